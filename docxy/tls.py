@@ -1,0 +1,259 @@
+"""The server's TLS context, reloadable while connections are open.
+
+One `ssl.SSLContext` is handed to hypercorn for the life of the process. A reload reads the
+certificate and key files once, checks the pair (parsed with `cryptography`, then loaded into a
+scratch context), and only then loads the same bytes into the live context: new handshakes get the
+new certificate, established connections keep theirs. A failed `load_cert_chain` on a live context
+would leave it half-loaded and break every later handshake, so the live one is never the first to
+see new files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import logging
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+log = logging.getLogger(__name__)
+
+ALPN = ["http/1.1"]
+
+
+class CertError(Exception):
+    """A certificate/key pair that cannot be served; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What a user wants to know about a served certificate."""
+
+    subject: str
+    sans: tuple[str, ...]
+    serial: str
+    not_after: dt.datetime
+    fingerprint: str
+
+    def days_left(self, now: dt.datetime | None = None) -> float:
+        now = now or dt.datetime.now(dt.UTC)
+        return round((self.not_after - now).total_seconds() / 86400, 2)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CertError(f"{what} {path}: unreadable ({exc.strerror or exc})") from exc
+
+
+def inspect_pair(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Path) -> CertInfo:
+    """Parse a PEM chain and key, check they belong together, describe the leaf certificate."""
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError as exc:
+        raise CertError(f"certificate {cert_path}: not a PEM certificate ({exc})") from exc
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise CertError(f"key {key_path}: not an unencrypted PEM private key") from exc
+    leaf = chain[0]
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if leaf.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
+        raise CertError(f"key {key_path} does not match certificate {cert_path}")
+    return describe(leaf)
+
+
+def describe(cert: x509.Certificate) -> CertInfo:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [*san.get_values_for_type(x509.DNSName)]
+        names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    return CertInfo(
+        subject=cert.subject.rfc4514_string(),
+        sans=tuple(names),
+        serial=format(cert.serial_number, "x"),
+        not_after=cert.not_valid_after_utc,
+        fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+def _new_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(ALPN)
+    return ctx
+
+
+def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path) -> None:
+    """Load exactly these bytes (not whatever the files hold by now) into `ctx`."""
+    fd, name = tempfile.mkstemp(prefix="docxy-tls-", suffix=".pem")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key_pem.rstrip(b"\n") + b"\n" + cert_pem)
+        ctx.load_cert_chain(name)
+    except ssl.SSLError as exc:
+        raise CertError(f"certificate {cert_path}: rejected by OpenSSL ({exc.reason})") from exc
+    finally:
+        os.unlink(name)
+
+
+def _file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+    sig = []
+    for path in paths:
+        try:
+            st = path.stat()
+            sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            sig.append((0, -1, 0))
+    return tuple(sig)
+
+
+class ReloadableTLS:
+    """The live server context plus what is needed to swap its certificate safely."""
+
+    def __init__(self, cert_path: Path, key_path: Path) -> None:
+        self.cert_path = Path(cert_path)
+        self.key_path = Path(key_path)
+        self.context = _new_context()
+        self._signature = _file_signature(self.cert_path, self.key_path)
+        cert_pem, key_pem, self._info = self._validated()
+        _load(self.context, cert_pem, key_pem, self.cert_path)
+        self._last_reload = _utcnow()
+        self._last_error: str | None = None
+        log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
+
+    def _validated(self) -> tuple[bytes, bytes, CertInfo]:
+        cert_pem = _read(self.cert_path, "certificate")
+        key_pem = _read(self.key_path, "key")
+        info = inspect_pair(cert_pem, key_pem, self.cert_path, self.key_path)
+        _load(_new_context(), cert_pem, key_pem, self.cert_path)
+        return cert_pem, key_pem, info
+
+    def _summary(self) -> str:
+        info = self._info
+        return (
+            f"subject={info.subject} sans={','.join(info.sans)} serial={info.serial} "
+            f"not_after={info.not_after.isoformat()}"
+        )
+
+    def reload(self) -> bool:
+        """Serve the files' current pair: True if the certificate changed.
+
+        On CertError the old certificate stays in service and the error shows in status().
+        """
+        self._signature = _file_signature(self.cert_path, self.key_path)
+        try:
+            cert_pem, key_pem, info = self._validated()
+        except CertError as exc:
+            self._last_error = str(exc)
+            raise
+        self._last_error = None
+        if info.fingerprint == self._info.fingerprint:
+            return False
+        _load(self.context, cert_pem, key_pem, self.cert_path)
+        self._info = info
+        self._last_reload = _utcnow()
+        log.info("TLS certificate reloaded from %s: %s", self.cert_path, self._summary())
+        return True
+
+    def status(self) -> dict[str, object]:
+        info = self._info
+        return {
+            "cert_path": str(self.cert_path),
+            "subject": info.subject,
+            "sans": list(info.sans),
+            "serial": info.serial,
+            "not_after": info.not_after.isoformat(),
+            "days_left": info.days_left(),
+            "last_reload": self._last_reload.isoformat(),
+            "last_error": self._last_error,
+        }
+
+    async def watch(self, interval: float) -> None:
+        """Reload whenever the files change (mtime, size or inode); log failures, never stop."""
+        while True:
+            await asyncio.sleep(interval)
+            if _file_signature(self.cert_path, self.key_path) == self._signature:
+                continue
+            try:
+                self.reload()
+            except CertError as exc:
+                log.warning(
+                    "TLS reload failed, still serving serial %s: %s", self._info.serial, exc
+                )
+            except Exception:  # a watcher that dies silently is worse than a noisy one
+                log.exception("TLS reload crashed; still serving serial %s", self._info.serial)
+
+
+def self_signed(
+    dir: Path,
+    hostname: str,
+    *,
+    cert_name: str = "selfsigned-cert.pem",
+    key_name: str = "selfsigned-key.pem",
+    days: int = 90,
+) -> tuple[Path, Path]:
+    """Write a bootstrap self-signed ECC certificate and key for `hostname` into `dir`."""
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
+    except ValueError:
+        alt = x509.DNSName(hostname)
+    now = _utcnow()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    cert_path, key_path = dir / cert_name, dir / key_name
+    write_atomic(key_path, key_pem, mode=0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    log.warning("no certificate configured: serving a self-signed bootstrap one for %s", hostname)
+    return cert_path, key_path
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+    """Write to a temporary file beside `path`, then rename: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
