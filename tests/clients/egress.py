@@ -1,0 +1,96 @@
+"""A loopback egress guard: the HTTP(S) proxy we give every daemon, which refuses everything.
+
+dockerd falls back to registry-1.docker.io when a mirror pull fails, and containerd would go to
+Docker Hub without a hosts.toml. Our tests may only talk to 127.0.0.1, so each daemon runs with
+HTTP_PROXY/HTTPS_PROXY pointing here: loopback traffic is never proxied, anything else arrives
+here, is answered 403 without being forwarded, and is recorded so a test can assert that no
+client ever tried to leave.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from types import TracebackType
+
+_REFUSAL = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n"
+    b"Connection: close\r\n\r\ndocxy tests: egress not allowed\r\n"
+)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    timeout = 5.0
+    server: _Server
+
+    def handle(self) -> None:
+        try:
+            first_line = self.rfile.readline(4096).decode("latin-1").strip()
+        except (OSError, TimeoutError):
+            first_line = "<no request line>"
+        self.server.record(first_line or "<empty>")
+        try:
+            self.wfile.write(_REFUSAL)
+        except OSError:
+            pass
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.attempts: list[str] = []
+        self._lock = threading.Lock()
+
+    def record(self, line: str) -> None:
+        with self._lock:
+            self.attempts.append(line)
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self.attempts)
+
+
+class EgressGuard:
+    """Context manager: a refusing proxy on 127.0.0.1; `attempts` lists what reached it."""
+
+    def __init__(self) -> None:
+        self._server = _Server()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        assert isinstance(host, str)
+        return f"http://{host}:{port}"
+
+    @property
+    def attempts(self) -> list[str]:
+        return self._server.snapshot()
+
+    def __enter__(self) -> EgressGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def probe(guard: EgressGuard) -> str:
+    """Send one CONNECT through the guard and return its status line (used by self-tests)."""
+    host, port = guard.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"CONNECT registry-1.docker.io:443 HTTP/1.1\r\n\r\n")
+        return sock.makefile("rb").readline().decode().strip()

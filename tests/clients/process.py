@@ -1,0 +1,133 @@
+"""Process plumbing shared by the daemon helpers: ports, polling, stopping, unmounting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+POLL_INTERVAL = 0.1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Poll `check` until it returns True; raise TimeoutError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(POLL_INTERVAL)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run a CLI to completion with a bounded wait; output is captured as text."""
+    result = subprocess.run(
+        list(argv),
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+def base_env(proxy_url: str) -> dict[str, str]:
+    """A clean environment whose only way off the machine is `proxy_url` (a loopback guard).
+
+    Go's proxy support never proxies loopback addresses, so traffic to 127.0.0.1 goes direct
+    while any attempt to reach another host ends at the guard.
+    """
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root"}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env[name] = proxy_url
+    env["NO_PROXY"] = env["no_proxy"] = ""
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers signal 0; treat it as gone.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 20.0) -> None:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL. Always reaps the child."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+
+
+def stop_pid(pid: int, *, marker: str, grace: float = 20.0) -> None:
+    """Stop a process we started indirectly (not our child), if it is still ours.
+
+    `marker` must appear in its command line, so a recycled pid is never signalled.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return
+    if marker not in cmdline:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            wait_for(lambda: not pid_alive(pid), timeout=grace, what=f"pid {pid} to exit")
+            return
+        except TimeoutError:
+            continue
+
+
+def mounts_under(root: Path) -> list[Path]:
+    """Mount points at or below `root`, deepest first (the order to unmount them in)."""
+    prefix = str(root.resolve())
+    found: list[Path] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mount_point = line.split()[4].replace("\\040", " ")
+        if mount_point == prefix or mount_point.startswith(prefix + "/"):
+            found.append(Path(mount_point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Lazily unmount everything a daemon left mounted below `root`."""
+    for mount_point in mounts_under(root):
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
