@@ -1,0 +1,5 @@
+import sys
+
+from docxy.cli import main
+
+sys.exit(main())

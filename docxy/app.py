@@ -1,0 +1,74 @@
+"""The Quart application: routes, error rendering, lifecycle of the shared upstream client."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator
+
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from docxy import acme, health, registry, token
+from docxy.config import Config
+from docxy.errors import NotFound, RegistryError, Unsupported
+from docxy.state import MirrorState
+from docxy.tasks import spawn
+from docxy.upstream import Upstream, UpstreamClient, make_http_client
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: RegistryError) -> Response:
+    response = Response(
+        json.dumps(error.body()), status=error.status, content_type="application/json"
+    )
+    response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+    return response
+
+
+def create_app(config: Config, *, probe: bool = True) -> Quart:
+    app = Quart("docxy")
+    app.config.update(
+        RESPONSE_TIMEOUT=None,  # streamed blobs take as long as they take
+        BODY_TIMEOUT=30,
+        MAX_CONTENT_LENGTH=64 * 1024,  # a read-only mirror takes no uploads
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    state = MirrorState(config, Upstream.from_config(config.upstream))
+    app.extensions["docxy"] = state
+    for blueprint in (registry.blueprint, token.blueprint, health.blueprint, acme.blueprint):
+        app.register_blueprint(blueprint)
+
+    @app.while_serving
+    async def lifespan() -> AsyncGenerator[None, None]:
+        http = make_http_client(config.upstream)
+        state.client = UpstreamClient(http)
+        probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
+        try:
+            yield
+        finally:
+            if probe_task is not None:
+                probe_task.cancel()
+            await http.aclose()
+
+    @app.errorhandler(RegistryError)
+    async def registry_error(error: RegistryError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        if error.code == 405:
+            return error_response(Unsupported("method not allowed"))
+        if error.code == 404:
+            return error_response(NotFound("unknown path"))
+        return error_response(
+            RegistryError(error.description or "bad request", status=error.code or 400)
+        )
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error", exc_info=error)
+        return error_response(RegistryError("internal error in the mirror"))
+
+    return app

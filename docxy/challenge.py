@@ -1,0 +1,85 @@
+"""Pure handling of the Bearer token protocol: challenges and scopes.
+
+A registry answers ``401`` with ``WWW-Authenticate: Bearer realm="...",service="...",scope="..."``.
+The mirror replaces the realm with its own token endpoint so that clients only ever talk to
+the mirror, and rewrites one-component repository names in scopes to Docker Hub's ``library/``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?')
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    scheme: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+    @property
+    def service(self) -> str | None:
+        return self.params.get("service")
+
+    def render(self) -> str:
+        parts = []
+        for key, value in self.params.items():
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'{key}="{escaped}"')
+        return f"{self.scheme} {','.join(parts)}" if parts else self.scheme
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """Parse one ``WWW-Authenticate`` value; ``None`` when it is not ``scheme params``."""
+    header = header.strip()
+    match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)", header)
+    if match is None:
+        return None
+    scheme = match.group(1)
+    rest = header[match.end() :]
+    params: dict[str, str] = {}
+    position = 0
+    while position < len(rest):
+        param = _PARAM.match(rest, position)
+        if param is None or param.end() == position:
+            return None
+        quoted, bare = param.group(2), param.group(3)
+        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else (bare or "")
+        params[param.group(1).lower()] = value
+        position = param.end()
+    return Challenge(scheme, params)
+
+
+def rewrite_challenge(header: str, realm: str, library_prefix: bool) -> str:
+    """Point a Bearer challenge at the mirror's token endpoint; other schemes pass unchanged."""
+    challenge = parse_challenge(header)
+    if challenge is None or challenge.scheme.lower() != "bearer":
+        return header
+    params = dict(challenge.params)
+    params["realm"] = realm
+    if "scope" in params:
+        params["scope"] = " ".join(
+            rewrite_scope(s, library_prefix) for s in params["scope"].split()
+        )
+    return Challenge("Bearer", params).render()
+
+
+def rewrite_scope(scope: str, library_prefix: bool) -> str:
+    """``repository:redis:pull`` → ``repository:library/redis:pull`` (Docker Hub only).
+
+    Other resource types and multi-component names pass unchanged. A scope's name may carry a
+    tag-like suffix in the form ``repository:name:tag:pull`` only in malformed requests; the last
+    colon always separates the actions.
+    """
+    parts = scope.split(":")
+    if not library_prefix or len(parts) < 3 or parts[0] != "repository":
+        return scope
+    name = ":".join(parts[1:-1])
+    if "/" in name or not name:
+        return scope
+    return f"repository:library/{name}:{parts[-1]}"

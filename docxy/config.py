@@ -1,0 +1,400 @@
+"""Docxy's settings: one frozen dataclass.
+
+Loaded from flags > env ``DOCXY_<SECTION>_<KEY>`` > a TOML file > defaults.
+
+Every value remembers where it came from, so a bad one stops start-up with a single line that
+names the key and its source: ``upstream.registry: not an http(s) URL: 'ftp://x' (env
+DOCXY_UPSTREAM_REGISTRY)``. Unknown keys in the TOML file or in a known ``DOCXY_<SECTION>_``
+prefix are errors, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from docxy.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host in ("", "0.0.0.0", "::")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: HostPort
+    tls_listen: HostPort | None
+    public_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_path: Path | None
+    key_path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    registry: str
+    auth_realm: str | None
+    library_prefix: bool
+    username: str | None = field(repr=False)
+    password: str | None = field(repr=False)
+    connect_timeout: float
+    read_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    enabled: bool
+    dir: Path
+    max_size: int
+    tag_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class CertsConfig:
+    domain: str | None
+    email: str | None
+    acme_server: str | None
+    ca_bundle: Path | None
+    webroot: Path | None
+    config_dir: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    tls: TlsConfig
+    upstream: UpstreamConfig
+    cache: CacheConfig
+    certs: CertsConfig
+    log: LogConfig
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+# --- value parsers: each takes the raw value (str from env/flags, any TOML type) -------------
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    text = _str(value).strip()
+    return text or None
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _float(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        try:
+            number = float(_str(value))
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return number
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """``"20G"``, ``"512MiB"``, ``1048576`` → bytes (binary multiples)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.fullmatch(_str(value).strip())
+    if match is None:
+        raise ValueError(f"expected a size such as 20G or 512M, got {value!r}")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    size = int(number * 1024 ** "_KMGT".index(unit or "_"))
+    if size <= 0:
+        raise ValueError(f"expected a positive size, got {value!r}")
+    return size
+
+
+def parse_host_port(value: object) -> HostPort:
+    text = _str(value).strip()
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
+    if match is None:
+        raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:PORT), got {value!r}")
+    host = match.group(1) if match.group(1) is not None else match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {value!r}")
+    return HostPort(host, port)
+
+
+def _opt_host_port(value: object) -> HostPort | None:
+    return parse_host_port(value) if _opt_str(value) else None
+
+
+def parse_url(value: object) -> str:
+    text = _str(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"URL must not carry a query, fragment or credentials: {value!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ValueError(f"bad port in URL {value!r}") from None
+    return text
+
+
+def _opt_url(value: object) -> str | None:
+    return parse_url(value) if _opt_str(value) else None
+
+
+def _path(value: object) -> Path:
+    return Path(_str(value)).expanduser()
+
+
+def _opt_path(value: object) -> Path | None:
+    return _path(value) if _opt_str(value) else None
+
+
+def _level(value: object) -> str:
+    text = _str(value).strip().upper()
+    if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
+    return text
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "docxy")
+
+
+Parser = Callable[[object], Any]
+
+# (section, key) → (parser, default). Defaults are raw values run through the parser too.
+SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
+    "server": {
+        "listen": (parse_host_port, "127.0.0.1:8080"),
+        "tls_listen": (_opt_host_port, ""),
+        "public_url": (_opt_url, ""),
+    },
+    "tls": {
+        "cert_path": (_opt_path, ""),
+        "key_path": (_opt_path, ""),
+    },
+    "upstream": {
+        "registry": (parse_url, "https://registry-1.docker.io"),
+        "auth_realm": (_opt_url, ""),
+        "library_prefix": (_bool, True),
+        "username": (_opt_str, ""),
+        "password": (_opt_str, ""),
+        "connect_timeout": (_float, 10.0),
+        "read_timeout": (_float, 60.0),
+    },
+    "cache": {
+        "enabled": (_bool, True),
+        "dir": (_path, None),  # default computed at load time (XDG_CACHE_HOME)
+        "max_size": (parse_size, "20G"),
+        "tag_ttl": (_float, 300.0),
+    },
+    "certs": {
+        "domain": (_opt_str, ""),
+        "email": (_opt_str, ""),
+        "acme_server": (_opt_url, ""),
+        "ca_bundle": (_opt_path, ""),
+        "webroot": (_opt_path, ""),
+        "config_dir": (_opt_path, ""),
+    },
+    "log": {"level": (_level, "INFO")},
+}
+
+SECRET_KEYS = frozenset({"upstream.password"})
+
+# Names the seed used, still accepted.
+ENV_ALIASES = {"DOCXY_CERT_PATH": "tls.cert_path", "DOCXY_KEY_PATH": "tls.key_path"}
+
+
+def env_name(key: str) -> str:
+    return "DOCXY_" + key.replace(".", "_").upper()
+
+
+def _from_toml(path: Path) -> dict[str, tuple[object, str]]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+    found: dict[str, tuple[object, str]] = {}
+    for section, table in data.items():
+        if section not in SETTINGS:
+            raise ConfigError(f"{section}: unknown section (file {path})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: must be a table [{section}] (file {path})")
+        for key, value in table.items():
+            if key not in SETTINGS[section]:
+                raise ConfigError(f"{section}.{key}: unknown key (file {path})")
+            found[f"{section}.{key}"] = (value, f"file {path}")
+    return found
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
+    found: dict[str, tuple[object, str]] = {}
+    for alias, key in ENV_ALIASES.items():
+        if alias in environ:
+            found[key] = (environ[alias], f"env {alias}")
+    for name, value in environ.items():
+        for section, keys in SETTINGS.items():
+            prefix = f"DOCXY_{section.upper()}_"
+            if not name.startswith(prefix):
+                continue
+            key = name[len(prefix) :].lower()
+            if key not in keys:
+                raise ConfigError(f"{section}.{key}: unknown key (env {name})")
+            found[f"{section}.{key}"] = (value, f"env {name}")
+    return found
+
+
+def load_config(
+    overrides: Mapping[str, object] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the config from defaults < TOML file < environment < ``overrides`` (CLI flags).
+
+    ``overrides`` maps ``section.key`` to a raw value; its source is reported as ``flag``.
+    The TOML file is ``config_file``, else ``$DOCXY_CONFIG``, else none.
+    """
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get("DOCXY_CONFIG"):
+        config_file = Path(environ["DOCXY_CONFIG"])
+    raw: dict[str, tuple[object, str]] = {}
+    for section, keys in SETTINGS.items():
+        for key, (_, default) in keys.items():
+            raw[f"{section}.{key}"] = (default, "default")
+    raw["cache.dir"] = (_default_cache_dir(), "default")
+    if config_file is not None:
+        raw.update(_from_toml(config_file))
+    raw.update(_from_env(environ))
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if name not in SETTINGS.get(section, {}):
+            raise ConfigError(f"{key}: unknown key (flag)")
+        raw[key] = (value, "flag")
+
+    values: dict[str, Any] = {}
+    for key, (value, source) in raw.items():
+        section, _, name = key.partition(".")
+        parser = SETTINGS[section][name][0]
+        try:
+            values[key] = parser(value)
+        except ValueError as exc:
+            shown = "(hidden)" if key in SECRET_KEYS else exc
+            raise ConfigError(f"{key}: {shown} ({source})") from None
+    sources = {key: source for key, (_, source) in raw.items()}
+    return _assemble(values, sources)
+
+
+def _section(values: Mapping[str, Any], section: str) -> dict[str, Any]:
+    prefix = section + "."
+    return {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+
+
+def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{key}: {message} ({sources.get(key, 'default')})")
+
+    server = _section(values, "server")
+    tls = TlsConfig(**_section(values, "tls"))
+    certs = CertsConfig(**_section(values, "certs"))
+    if (tls.cert_path is None) != (tls.key_path is None):
+        missing = "tls.key_path" if tls.key_path is None else "tls.cert_path"
+        raise fail(missing, "tls.cert_path and tls.key_path must be given together")
+    for key in ("tls.cert_path", "tls.key_path", "certs.ca_bundle"):
+        path = values[key]
+        if path is not None and not os.access(path, os.R_OK):
+            raise fail(key, f"cannot read {path}")
+    if server["public_url"] is None:
+        server["public_url"] = _derive_public_url(server["listen"], server["tls_listen"], certs)
+        if server["public_url"] is None:
+            raise fail(
+                "server.public_url",
+                "required when the mirror listens on a wildcard address: clients must be "
+                "told a URL they can reach (e.g. https://mirror.example.com)",
+            )
+    upstream = UpstreamConfig(**_section(values, "upstream"))
+    if (upstream.username is None) != (upstream.password is None):
+        raise fail("upstream.username", "upstream.username and upstream.password go together")
+    return Config(
+        server=ServerConfig(**server),
+        tls=tls,
+        upstream=upstream,
+        cache=CacheConfig(**_section(values, "cache")),
+        certs=certs,
+        log=LogConfig(**_section(values, "log")),
+        sources=sources,
+    )
+
+
+def _derive_public_url(
+    listen: HostPort, tls_listen: HostPort | None, certs: CertsConfig
+) -> str | None:
+    if tls_listen is not None:
+        host = certs.domain or (None if tls_listen.is_wildcard else tls_listen.host)
+        if host is None:
+            return None
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}" + ("" if tls_listen.port == 443 else f":{tls_listen.port}")
+    if listen.is_wildcard:
+        if certs.domain:
+            return f"http://{certs.domain}" + ("" if listen.port == 80 else f":{listen.port}")
+        return None
+    return f"http://{listen}"
+
+
+def describe(config: Config) -> list[tuple[str, str, str]]:
+    """(key, shown value, source) for every setting, secrets hidden; for logs and ``--show``."""
+    rows = []
+    for section, keys in SETTINGS.items():
+        for key in keys:
+            value = getattr(getattr(config, section), key)
+            full = f"{section}.{key}"
+            shown = "(set)" if full in SECRET_KEYS and value else str(value)
+            rows.append((full, shown, config.sources.get(full, "default")))
+    return rows

@@ -1,0 +1,62 @@
+"""Pure header policy: what crosses the mirror in each direction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# RFC 9110 §7.6.1 connection-specific headers, plus the ones the mirror recomputes itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Request headers forwarded from the client to the upstream registry.
+FORWARD_REQUEST = frozenset(
+    {
+        "accept",
+        "authorization",
+        "range",
+        "if-range",
+        "if-none-match",
+        "if-modified-since",
+    }
+)
+
+# Response headers the mirror never relays: hop-by-hop, the upstream's cookies and server
+# identity, and headers it rewrites itself (``www-authenticate``, ``location``).
+_DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "server", "date", "www-authenticate", "location"}
+
+
+def request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Client request headers to send upstream (every ``Accept`` value kept)."""
+    return [(k, v) for k, v in headers if k.lower() in FORWARD_REQUEST]
+
+
+def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Upstream response headers to relay to the client, hop-by-hop and rewritten ones dropped."""
+    connection_named = set()
+    pairs = list(headers)
+    for key, value in pairs:
+        if key.lower() == "connection":
+            connection_named |= {token.strip().lower() for token in value.split(",")}
+    return [
+        (k, v)
+        for k, v in pairs
+        if k.lower() not in _DROP_RESPONSE and k.lower() not in connection_named
+    ]
+
+
+def redirect_headers(headers: list[tuple[str, str]], same_origin: bool) -> list[tuple[str, str]]:
+    """Headers for the next hop of an upstream redirect: ``Authorization`` stays on one origin."""
+    if same_origin:
+        return headers
+    return [(k, v) for k, v in headers if k.lower() != "authorization"]

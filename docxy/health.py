@@ -1,0 +1,48 @@
+"""``/health``: is the mirror serving, and how is its upstream doing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from quart import Blueprint, Response, jsonify
+
+from docxy import __version__
+from docxy.errors import UpstreamError
+from docxy.state import MirrorState, mirror_state
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("health", __name__)
+
+PROBE_INTERVAL = 60.0
+
+
+def health_report(state: MirrorState) -> dict[str, object]:
+    upstream = state.upstream
+    seen = state.http.health_of(upstream).as_dict() if state.client is not None else {}
+    report: dict[str, object] = {
+        "status": "ok" if seen.get("reachable") is not False else "degraded",
+        "version": __version__,
+        "upstream": {"registry": upstream.registry, **seen},
+    }
+    for name, provider in state.extras.get("health", {}).items():
+        report[name] = provider()
+    return report
+
+
+@blueprint.route("/health", methods=["GET", "HEAD"])
+async def health() -> Response:
+    response = jsonify(health_report(mirror_state()))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def probe_upstream(state: MirrorState, interval: float = PROBE_INTERVAL) -> None:
+    """Ask the upstream's ``/v2/`` now and then (free against pull limits) so health is fresh."""
+    while True:
+        try:
+            await state.http.challenge(state.upstream, refresh=True)
+        except UpstreamError as exc:
+            log.warning("upstream %s unreachable: %s", state.upstream.host, exc.message)
+        await asyncio.sleep(interval)

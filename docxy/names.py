@@ -1,0 +1,116 @@
+"""Pure parsing of registry API paths, repository names, tags and digests.
+
+The grammar is the OCI distribution spec's: a name is path components of lower-case
+alphanumerics separated by ``.``, ``_``, ``__`` or runs of ``-``, joined by ``/``; a tag is
+``[A-Za-z0-9_][A-Za-z0-9._-]{0,127}``; a digest is ``algorithm:encoded``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from docxy.errors import DigestInvalid, NameInvalid, NotFound, TagInvalid
+
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_DIGEST = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+MAX_NAME_LENGTH = 255
+
+
+class Kind(Enum):
+    MANIFEST = "manifests"
+    BLOB = "blobs"
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    algorithm: str
+    hex: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One ``/v2/<name>/<kind>/<reference>`` request target."""
+
+    name: str
+    kind: Kind
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @property
+    def ref(self) -> str:
+        return str(self.digest) if self.digest is not None else str(self.tag)
+
+
+def validate_name(name: str) -> str:
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise NameInvalid("invalid repository name", {"name": name[:MAX_NAME_LENGTH]})
+    for component in name.split("/"):
+        if not _COMPONENT.fullmatch(component):
+            raise NameInvalid(
+                "invalid repository name: components are lower-case letters, digits and "
+                "single separators (. _ __ -), joined by /",
+                {"name": name},
+            )
+    return name
+
+
+def parse_digest(text: str) -> Digest:
+    match = _DIGEST.fullmatch(text)
+    if match is None:
+        raise DigestInvalid("invalid digest", {"digest": text[:200]})
+    algorithm, encoded = match.groups()
+    expected = _DIGEST_HEX_LENGTHS.get(algorithm)
+    if expected is None:
+        raise DigestInvalid("unsupported digest algorithm", {"digest": text[:200]})
+    if len(encoded) != expected or not re.fullmatch(r"[a-f0-9]+", encoded):
+        raise DigestInvalid(
+            f"invalid {algorithm} digest: expected {expected} lower-case hex characters",
+            {"digest": text[:200]},
+        )
+    return Digest(algorithm, encoded)
+
+
+def validate_tag(text: str) -> str:
+    if not _TAG.fullmatch(text):
+        raise TagInvalid("invalid tag", {"tag": text[:200]})
+    return text
+
+
+def parse_v2_path(raw_path: str) -> Reference | None:
+    """Parse a raw (still percent-encoded) request path below ``/v2/``.
+
+    Returns ``None`` for ``/v2/`` itself; raises ``NotFound`` for paths the API does not have,
+    and ``NameInvalid``/``DigestInvalid``/``TagInvalid`` for bad parts. Percent-encoding is
+    never decoded: no valid name, tag or digest contains ``%``, so ``%2F`` or ``%2e%2e`` cannot
+    smuggle a separator or a traversal past the grammar.
+    """
+    if not raw_path.startswith("/v2/"):
+        raise NotFound("unknown path")
+    rest = raw_path[len("/v2/") :]
+    if rest == "":
+        return None
+    parts = rest.split("/")
+    if len(parts) < 3 or parts[-2] not in ("manifests", "blobs"):
+        raise NotFound("unknown registry API path", {"path": raw_path[:200]})
+    kind = Kind(parts[-2])
+    name = validate_name("/".join(parts[:-2]))
+    ref = parts[-1]
+    if kind is Kind.BLOB:
+        return Reference(name, kind, digest=parse_digest(ref))
+    if ":" in ref:
+        return Reference(name, kind, digest=parse_digest(ref))
+    return Reference(name, kind, tag=validate_tag(ref))
+
+
+def upstream_name(name: str, library_prefix: bool) -> str:
+    """Docker Hub keeps official images under ``library/``: ``redis`` → ``library/redis``."""
+    if library_prefix and "/" not in name:
+        return f"library/{name}"
+    return name

@@ -1,0 +1,93 @@
+"""The Registry HTTP API v2 routes: the ``/v2/`` challenge, manifests and blobs (read-only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from quart import Blueprint, Response, request
+from werkzeug.datastructures import Headers
+
+from docxy.challenge import rewrite_challenge
+from docxy.errors import Unsupported
+from docxy.headers import request_headers
+from docxy.names import parse_v2_path, upstream_name
+from docxy.proxy import API_VERSION_HEADER, read_small, relay
+from docxy.state import mirror_state
+
+blueprint = Blueprint("registry", __name__)
+
+READ_METHODS = ("GET", "HEAD")
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def request_facts() -> dict[str, Any]:
+    """The per-request facts the access log prints (set up by ``middleware.AccessLog``)."""
+    facts = request.scope.get("docxy")
+    return facts if isinstance(facts, dict) else {}
+
+
+def _raw_path() -> str:
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        return raw.decode("latin-1")
+    return request.path
+
+
+@blueprint.route("/v2", methods=ALL_METHODS)
+@blueprint.route("/v2/", methods=ALL_METHODS)
+async def ping() -> Response:
+    """Answer the version check; relay the upstream's challenge, realm re-pointed at the mirror."""
+    if request.method not in READ_METHODS:
+        raise Unsupported("this mirror is read-only", {"method": request.method})
+    state = mirror_state()
+    upstream = state.upstream_for(request.args.get("ns"))
+    answer = await state.http.send(
+        upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
+    )
+    body = await read_small(answer)
+    headers = [API_VERSION_HEADER, ("Content-Type", "application/json")]
+    if answer.status_code == 401:
+        challenge = answer.headers.get("www-authenticate")
+        if challenge is not None:
+            realm = state.token_realm
+            headers.append(
+                ("WWW-Authenticate", rewrite_challenge(challenge, realm, upstream.library_prefix))
+            )
+        error = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+        return Response(json.dumps(error), status=401, headers=Headers(headers))
+    if answer.status_code >= 400:
+        return Response(body or b"{}", status=answer.status_code, headers=Headers(headers))
+    return Response(b"{}", status=200, headers=Headers(headers))
+
+
+@blueprint.route("/v2/<path:rest>", methods=ALL_METHODS)
+async def content(rest: str) -> Response:
+    """``/v2/<name>/manifests/<reference>`` and ``/v2/<name>/blobs/<digest>``, GET and HEAD."""
+    del rest  # parsed from the raw path, so percent-encoding cannot hide a separator
+    reference = parse_v2_path(_raw_path())
+    if reference is None:
+        return await ping()
+    if request.method not in READ_METHODS:
+        raise Unsupported("this mirror is read-only", {"method": request.method})
+    state = mirror_state()
+    upstream = state.upstream_for(request.args.get("ns"))
+    name = upstream_name(reference.name, upstream.library_prefix)
+    path = f"/v2/{name}/{reference.kind.value}/{reference.ref}"
+    started = time.monotonic()
+    answer = await state.http.send(
+        upstream, request.method, upstream.url(path), request_headers(request.headers.items())
+    )
+    request_facts()["upstream_ms"] = (time.monotonic() - started) * 1000
+    health = state.http.health_of(upstream)
+    if "ratelimit-remaining" in answer.headers:
+        health.ratelimit_remaining = answer.headers["ratelimit-remaining"]
+        health.ratelimit_limit = answer.headers.get("ratelimit-limit")
+    request_facts()["cache"] = "bypass"
+    return relay(
+        answer,
+        method=request.method,
+        realm=state.token_realm,
+        library_prefix=upstream.library_prefix,
+    )

@@ -1,0 +1,124 @@
+"""Serving the app with hypercorn: listeners, TLS with a live-reloadable context, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from docxy.app import create_app
+from docxy.config import Config
+from docxy.errors import ConfigError
+from docxy.middleware import AccessLog, Guard
+from docxy.state import mirror_state
+from docxy.tasks import cancel_all, spawn
+
+if TYPE_CHECKING:
+    from docxy.tls import ReloadableTLS
+
+log = logging.getLogger(__name__)
+
+CERT_WATCH_INTERVAL = 30.0
+
+
+class _HypercornConfig(HypercornConfig):
+    """Hands hypercorn one live ``SSLContext`` that the mirror reloads in place."""
+
+    def __init__(self, tls: ReloadableTLS | None) -> None:
+        super().__init__()
+        self._tls = tls
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self._tls is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self._tls.context if self._tls is not None else None
+
+
+def load_tls(config: Config) -> ReloadableTLS | None:
+    """The TLS context for ``server.tls_listen``; a bad pair is a config error (exit 2)."""
+    if config.server.tls_listen is None:
+        return None
+    from docxy.tls import CertError, ReloadableTLS, self_signed
+
+    cert, key = config.tls.cert_path, config.tls.key_path
+    if cert is None or key is None:
+        bootstrap = config.cache.dir.parent / "docxy-tls"
+        host = config.certs.domain or "localhost"
+        cert, key = self_signed(bootstrap, host)
+        log.warning(
+            "TLS: no certificate configured; serving a self-signed bootstrap certificate for %s "
+            "(%s). Clients will not trust it: set tls.cert_path/tls.key_path or certs.domain.",
+            host,
+            cert,
+        )
+    try:
+        return ReloadableTLS(Path(cert), Path(key))
+    except CertError as exc:
+        raise ConfigError(
+            f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"
+        ) from exc
+
+
+def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConfig:
+    hc = _HypercornConfig(tls)
+    if tls is not None and config.server.tls_listen is not None:
+        hc.bind = [str(config.server.tls_listen)]
+        hc.insecure_bind = [str(config.server.listen)]
+    else:
+        hc.bind = [str(config.server.listen)]
+    hc.alpn_protocols = ["http/1.1"]  # Docker clients never use h2 with a mirror
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.keep_alive_timeout = 75
+    hc.graceful_timeout = 10
+    hc.h11_max_incomplete_size = 16 * 1024
+    return hc
+
+
+async def run(config: Config) -> None:
+    tls = load_tls(config)
+    app = create_app(config)
+    state = mirror_state(app)
+    if tls is not None:
+        state.extras.setdefault("health", {})["tls"] = tls.status
+    https_url = config.server.public_url if tls is not None else None
+    asgi = AccessLog(Guard(app, https_url))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(tls))
+        spawn("tls-watch", tls.watch(CERT_WATCH_INTERVAL))
+    listeners = [f"http://{config.server.listen}"]
+    if config.server.tls_listen is not None:
+        listeners.append(f"https://{config.server.tls_listen}")
+    log.info(
+        "docxy serving on %s, public URL %s, upstream %s",
+        ", ".join(listeners),
+        config.server.public_url,
+        config.upstream.registry,
+    )
+    try:
+        await serve(asgi, hypercorn_config(config, tls), shutdown_trigger=stop.wait)
+    finally:
+        await cancel_all()
+
+
+def _reload(tls: ReloadableTLS) -> None:
+    from docxy.tls import CertError
+
+    try:
+        changed = tls.reload()
+    except CertError as exc:
+        log.error("TLS reload failed, still serving the previous certificate: %s", exc)
+        return
+    log.info("TLS reload: %s", "new certificate loaded" if changed else "certificate unchanged")
