@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator
 
+import httpx
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
@@ -27,7 +28,10 @@ def error_response(error: RegistryError) -> Response:
     return response
 
 
-def create_app(config: Config, *, probe: bool = True) -> Quart:
+def create_app(
+    config: Config, *, probe: bool = True, transport: httpx.AsyncBaseTransport | None = None
+) -> Quart:
+    """Build the app. ``transport`` replaces the network for tests (``httpx.MockTransport``)."""
     app = Quart("docxy")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streamed blobs take as long as they take
@@ -42,7 +46,7 @@ def create_app(config: Config, *, probe: bool = True) -> Quart:
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
-        http = make_http_client(config.upstream)
+        http = make_http_client(config.upstream, transport)
         state.client = UpstreamClient(http)
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:

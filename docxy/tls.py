@@ -238,22 +238,31 @@ def self_signed(
         serialization.NoEncryption(),
     )
     cert_path, key_path = dir / cert_name, dir / key_name
-    write_atomic(key_path, key_pem, mode=0o600)
-    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    log.warning("no certificate configured: serving a self-signed bootstrap one for %s", hostname)
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    write_files_atomic([(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)])
+    log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)
     return cert_path, key_path
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def write_files_atomic(files: list[tuple[Path, bytes, int]]) -> None:
+    """Write each (path, data, mode) beside its target, then rename them all in a row.
+
+    Readers see old or new files, never half-written ones; staging every file before the first
+    rename keeps the moment where a new certificate sits beside an old key as short as possible.
+    """
+    staged: list[tuple[str, Path]] = []
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, data, mode in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            staged.append((tmp, path))
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)

@@ -101,7 +101,9 @@ def same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
-def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:
+def make_http_client(
+    config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
     timeout = httpx.Timeout(
         connect=config.connect_timeout,
         read=config.read_timeout,
@@ -114,6 +116,7 @@ def make_http_client(config: UpstreamConfig) -> httpx.AsyncClient:
         headers={"User-Agent": USER_AGENT},
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         trust_env=False,
+        transport=transport,
     )
 
 
