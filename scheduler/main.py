@@ -1,0 +1,97 @@
+"""``python -m scheduler``: renew at start, twice a day, and with backoff after a failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from docxy.errors import ConfigError
+from scheduler import settings as settings_mod
+from scheduler.renewal import Renewer, backoff
+
+log = logging.getLogger("scheduler")
+
+RENEW_JOB, RETRY_JOB = "renew", "retry"
+
+
+def _next_run(scheduler: BlockingScheduler) -> dt.datetime | None:
+    times = [job.next_run_time for job in scheduler.get_jobs() if job.next_run_time is not None]
+    return min(times) if times else None
+
+
+def build(renewer: Renewer) -> BlockingScheduler:
+    s = renewer.settings
+    scheduler = BlockingScheduler(timezone=dt.UTC, job_defaults={"coalesce": True})
+
+    def job() -> None:
+        if renewer.run():
+            if scheduler.get_job(RETRY_JOB) is not None:
+                scheduler.remove_job(RETRY_JOB)
+        else:
+            delay = backoff(renewer.failures, s.retry_base, s.retry_max)
+            when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+            scheduler.add_job(
+                job, DateTrigger(when), id=RETRY_JOB, replace_existing=True, max_instances=1
+            )
+            log.info("next attempt in %.0fs at %s", delay, when.isoformat())
+        renewer.write_status(_next_run(scheduler))
+
+    if s.interval:
+        trigger: IntervalTrigger | CronTrigger = IntervalTrigger(seconds=s.interval)
+    else:
+        hours = ",".join(str(h) for h in s.hours)
+        trigger = CronTrigger(hour=hours, minute=s.minute, timezone=dt.UTC)
+    scheduler.add_job(
+        job,
+        trigger,
+        id=RENEW_JOB,
+        max_instances=1,
+        misfire_grace_time=3600,
+        next_run_time=dt.datetime.now(dt.UTC),  # once at start too
+    )
+    return scheduler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        settings = settings_mod.load(argv)
+    except ConfigError as exc:
+        print(f"scheduler: config error: {exc}", file=sys.stderr)
+        return 2
+    renewer = Renewer(settings)
+    if settings.once:
+        ok = renewer.run()
+        renewer.write_status(None)
+        return 0 if ok else 1
+    scheduler = build(renewer)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    when = (
+        f"every {settings.interval:g}s"
+        if settings.interval
+        else f"daily at {settings.hours[0]:02d}:{settings.minute:02d} and "
+        f"{settings.hours[1]:02d}:{settings.minute:02d} UTC"
+    )
+    log.info("renewing certificates at start and %s; status in %s", when, settings.status_file)
+    scheduler.start()
+    return 0
