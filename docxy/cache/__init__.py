@@ -1,0 +1,95 @@
+"""The verifying pull-through cache: blobs, manifests and tags, and who may read them.
+
+``open_cache(directory, max_size=..., tag_ttl=...)`` lays out::
+
+    <directory>/blobs/   <directory>/tmp/     DiskBlobStore
+    <directory>/manifests/                    ManifestStore
+    <directory>/access/                       AccessIndex
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from docxy.cache.blobs import BlobEntry, BlobStore, DiskBlobStore, Fill, GcReport, Usage
+from docxy.cache.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
+from docxy.cache.errors import (
+    BlobInUse,
+    CacheError,
+    DigestMismatch,
+    FillAborted,
+    FillClosed,
+    InvalidDigest,
+    SizeMismatch,
+    VerifyError,
+)
+from docxy.cache.fill import BlobFollower, BlobWriter
+from docxy.cache.manifests import (
+    CachedManifest,
+    ManifestStore,
+    TagEntry,
+    TagResolution,
+    TagState,
+    referenced_digests,
+)
+from docxy.cache.reader import BlobReader
+from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
+
+__all__ = [
+    "ANONYMOUS",
+    "AccessIndex",
+    "BlobEntry",
+    "BlobFollower",
+    "BlobInUse",
+    "BlobReader",
+    "BlobStore",
+    "BlobWriter",
+    "Cache",
+    "CacheError",
+    "CachedManifest",
+    "Digest",
+    "DigestMismatch",
+    "DiskBlobStore",
+    "Fill",
+    "FillAborted",
+    "FillClosed",
+    "GcReport",
+    "Identity",
+    "InvalidDigest",
+    "ManifestStore",
+    "RepoKey",
+    "SizeMismatch",
+    "TagEntry",
+    "TagResolution",
+    "TagState",
+    "Usage",
+    "VerifyError",
+    "Visibility",
+    "blob_relpath",
+    "digest_of",
+    "is_digest",
+    "may_serve",
+    "open_cache",
+    "parse_digest",
+    "referenced_digests",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Cache:
+    blobs: DiskBlobStore
+    manifests: ManifestStore
+    access: AccessIndex
+
+
+def open_cache(directory: Path, *, max_size: int, tag_ttl: float) -> Cache:
+    """Open (and recover) the cache in ``directory`` for a serving process. Blocking: it scans
+    the blob files, so call it through ``asyncio.to_thread`` from an event loop."""
+    directory = Path(directory)
+    access = AccessIndex(directory / "access")
+    return Cache(
+        blobs=DiskBlobStore.open(directory, max_size),
+        manifests=ManifestStore.open(directory / "manifests", access, tag_ttl=tag_ttl),
+        access=access,
+    )

@@ -1,0 +1,348 @@
+"""Content-addressed blob storage on local disk, with coalesced fills and LRU eviction.
+
+Layout under ``root``: ``blobs/<algo>/<xx>/<hex>`` holds committed, verified blobs only;
+``tmp/`` holds fills in progress. Nothing else is stored: the index is rebuilt from the files
+on :meth:`DiskBlobStore.open`, and recency survives restarts as the files' mtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import stat
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from docxy.cache.digests import Digest, blob_relpath, digest_from_relpath
+from docxy.cache.errors import BlobInUse
+from docxy.cache.fill import WRITE_BUFFER, BlobFollower, BlobWriter, FillState, InFlight
+from docxy.cache.reader import READ_CHUNK, BlobReader
+
+log = logging.getLogger(__name__)
+
+#: What :meth:`BlobStore.fetch_or_join` hands out: a cache hit, the one writer, or a follower.
+Fill = BlobReader | BlobWriter | BlobFollower
+
+
+@dataclass(frozen=True, slots=True)
+class BlobEntry:
+    """A committed blob."""
+
+    digest: Digest
+    path: Path
+    size: int
+    last_used: float
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    entries: int
+    bytes: int
+    max_size: int
+    in_flight: int
+    pinned: int
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    removed_tmp: int = 0
+    removed_stray: int = 0
+    removed_corrupt: int = 0
+    evicted: int = 0
+    freed_bytes: int = 0
+
+
+class BlobStore(Protocol):
+    """What the routes use; a store shared by several replicas would implement the same."""
+
+    def lookup(self, digest: Digest) -> BlobEntry | None: ...
+    def open_read(
+        self, digest: Digest, start: int = 0, stop: int | None = None
+    ) -> BlobReader | None: ...
+    async def fetch_or_join(self, digest: Digest) -> Fill: ...
+    def list_entries(self) -> list[BlobEntry]: ...
+    def usage(self) -> Usage: ...
+    def remove(self, digest: Digest) -> bool: ...
+    async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport: ...
+
+
+class DiskBlobStore:
+    """A :class:`BlobStore` in one directory, owned by one process."""
+
+    def __init__(
+        self,
+        root: Path,
+        max_size: int,
+        *,
+        write_buffer: int = WRITE_BUFFER,
+        read_chunk: int = READ_CHUNK,
+    ) -> None:
+        self.root = Path(root)
+        self.max_size = max_size
+        self._write_buffer = write_buffer
+        self._read_chunk = read_chunk
+        self._index: OrderedDict[Digest, BlobEntry] = OrderedDict()  # least recent first
+        self._total = 0
+        self._fills: dict[Digest, InFlight] = {}
+        self._in_flight = 0
+        self._pins: Counter[Digest] = Counter()
+        self._write_failed_logged = False
+
+    @classmethod
+    def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
+        """Open for serving: delete leftover temp files, then rebuild the index from disk."""
+        store = cls(root, max_size, **options)
+        store.clear_tmp()
+        store.scan()
+        return store
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    def path_of(self, digest: Digest) -> Path:
+        return self.root / blob_relpath(digest)
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    def clear_tmp(self, older_than: float | None = None) -> int:
+        """Remove temp files not ours (fills of a process that died); returns how many.
+
+        ``older_than`` (seconds) spares younger files, for a CLI run beside a live server.
+        """
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        ours = {fill.tmp_path.name for fill in self._fills.values()}
+        cutoff = None if older_than is None else time.time() - older_than
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            if entry.name in ours:
+                continue
+            if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+            _unlink(Path(entry.path))
+            removed += 1
+        if removed:
+            log.info("cache: removed %d leftover temp files", removed)
+        return removed
+
+    def scan(self) -> list[Path]:
+        """Rebuild the index from ``blobs/``; returns stray paths that are not blobs."""
+        found: list[BlobEntry] = []
+        strays: list[Path] = []
+        base = self.root / "blobs"
+        base.mkdir(parents=True, exist_ok=True)
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                path = Path(dirpath, name)
+                digest = digest_from_relpath(path.relative_to(base).parts)
+                st = path.lstat()
+                if digest is None or not stat.S_ISREG(st.st_mode):
+                    strays.append(path)
+                    continue
+                found.append(BlobEntry(digest, path, st.st_size, st.st_mtime))
+        found.sort(key=lambda e: e.last_used)
+        self._index = OrderedDict((e.digest, e) for e in found)
+        self._total = sum(e.size for e in found)
+        return strays
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def lookup(self, digest: Digest) -> BlobEntry | None:
+        """The committed blob, marked as just used; None if not cached."""
+        entry = self._index.get(digest)
+        if entry is None:
+            return None
+        now = time.time()
+        try:
+            os.utime(entry.path, (now, now))
+        except FileNotFoundError:  # removed behind our back (e.g. by the CLI)
+            self._forget(entry)
+            return None
+        entry = BlobEntry(digest, entry.path, entry.size, now)
+        self._index[digest] = entry
+        self._index.move_to_end(digest)
+        return entry
+
+    def open_read(
+        self, digest: Digest, start: int = 0, stop: int | None = None
+    ) -> BlobReader | None:
+        """A pinned reader of bytes ``[start, stop)`` (``stop`` exclusive), or None on a miss.
+
+        Raises ValueError for a range outside the blob (the route answers 416).
+        """
+        entry = self.lookup(digest)
+        if entry is None:
+            return None
+        stop = entry.size if stop is None else stop
+        if not 0 <= start <= stop <= entry.size:
+            raise ValueError(f"range [{start}, {stop}) outside blob of {entry.size} bytes")
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)
+        except FileNotFoundError:
+            self._forget(entry)
+            return None
+        self._pins[digest] += 1
+        return BlobReader(
+            fd,
+            size=entry.size,
+            start=start,
+            stop=stop,
+            release=lambda: self._unpin(digest),
+            chunk_size=self._read_chunk,
+        )
+
+    # --- fills ------------------------------------------------------------------------------
+
+    async def fetch_or_join(self, digest: Digest) -> Fill:
+        """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower."""
+        fill = self._fills.get(digest)
+        if fill is not None and fill.state is FillState.WRITING:
+            fd = os.open(fill.tmp_path, os.O_RDONLY)
+            self._pins[digest] += 1
+            return BlobFollower(fill, fd, lambda: self._unpin(digest), self._read_chunk)
+        reader = self.open_read(digest)
+        if reader is not None:
+            return reader
+        return self._start_fill(digest)
+
+    def _start_fill(self, digest: Digest) -> BlobWriter:
+        name = f"{digest.algorithm}-{digest.hex}.{secrets.token_hex(6)}"
+        fill = InFlight(digest, self.tmp_dir / name)
+        try:
+            fd: int | None = os.open(fill.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            self.cache_write_failed(fill, exc)
+            fill.state, fill.reason = FillState.ABORTED, f"cannot create temp file: {exc}"
+            fd = None
+        else:
+            self._fills[digest] = fill
+        return BlobWriter(fill, fd, self, self._write_buffer)
+
+    # FillHost: called by writers.
+
+    def fill_grew(self, fill: InFlight, nbytes: int) -> None:
+        self._in_flight += nbytes
+        if self._total + self._in_flight > self.max_size:
+            self._evict(self._total + self._in_flight - self.max_size)
+
+    def fill_ended(self, fill: InFlight) -> None:
+        if self._fills.get(fill.digest) is fill:
+            del self._fills[fill.digest]
+            self._in_flight -= fill.written
+
+    def cache_write_failed(self, fill: InFlight, exc: OSError) -> None:
+        level = logging.DEBUG if self._write_failed_logged else logging.WARNING
+        self._write_failed_logged = True
+        log.log(level, "cache: cannot write %s (%s); serving it uncached", fill.digest, exc)
+
+    def fill_committed(self, fill: InFlight) -> BlobEntry | None:
+        """Move a verified, synced temp file into place if it fits under ``max_size``."""
+        size = fill.written
+        self.fill_ended(fill)
+        old = self._index.get(fill.digest)
+        if old is not None:  # stored meanwhile by another process: same verified bytes
+            _unlink(fill.tmp_path)
+            return old
+        if size > self.max_size or not self._evict(self._total + size - self.max_size):
+            log.info("cache: %s (%d bytes) does not fit, not kept", fill.digest, size)
+            _unlink(fill.tmp_path)
+            return None
+        path = self.path_of(fill.digest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(fill.tmp_path, path)
+        except OSError as exc:  # e.g. temp file removed by a concurrent `docxy cache gc`
+            log.warning("cache: cannot store %s: %s", fill.digest, exc)
+            return None
+        entry = BlobEntry(fill.digest, path, size, time.time())
+        self._index[fill.digest] = entry
+        self._total += size
+        self._write_failed_logged = False
+        return entry
+
+    # --- eviction ---------------------------------------------------------------------------
+
+    def _unpin(self, digest: Digest) -> None:
+        self._pins[digest] -= 1
+        if self._pins[digest] <= 0:
+            del self._pins[digest]
+
+    def _evict(self, need: int) -> bool:
+        """Evict least recently used, unpinned blobs until ``need`` bytes are freed."""
+        for entry in list(self._index.values()):
+            if need <= 0:
+                break
+            if self._pins[entry.digest]:
+                continue
+            _unlink(entry.path)
+            self._forget(entry)
+            need -= entry.size
+            log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
+        return need <= 0
+
+    def _forget(self, entry: BlobEntry) -> None:
+        if self._index.pop(entry.digest, None) is not None:
+            self._total -= entry.size
+
+    # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
+
+    def list_entries(self) -> list[BlobEntry]:
+        """Committed blobs, least recently used first."""
+        return list(self._index.values())
+
+    def usage(self) -> Usage:
+        return Usage(len(self._index), self._total, self.max_size, self._in_flight, len(self._pins))
+
+    def remove(self, digest: Digest) -> bool:
+        """Delete a committed blob; False if absent. Raises :class:`BlobInUse` while pinned."""
+        entry = self._index.get(digest)
+        if entry is None:
+            return False
+        if self._pins[digest]:
+            raise BlobInUse(f"{digest} is being read")
+        _unlink(entry.path)
+        self._forget(entry)
+        return True
+
+    async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport:
+        """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
+        every blob, and evict down to the cap."""
+        before = self._total
+        removed_tmp = self.clear_tmp(older_than=tmp_age)
+        strays = self.scan()
+        for path in strays:
+            _unlink(path)
+        corrupt = 0
+        if verify:
+            for entry in list(self._index.values()):
+                if self._pins[entry.digest]:
+                    continue
+                if not await asyncio.to_thread(_hash_matches, entry):
+                    log.warning("cache: %s is corrupt on disk, removed", entry.digest)
+                    _unlink(entry.path)
+                    self._forget(entry)
+                    corrupt += 1
+        count = len(self._index)
+        self._evict(self._total - self.max_size)
+        evicted = count - len(self._index)
+        return GcReport(removed_tmp, len(strays), corrupt, evicted, before - self._total)
+
+
+def _hash_matches(entry: BlobEntry) -> bool:
+    hasher = entry.digest.hasher()
+    with open(entry.path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest() == entry.digest.hex
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

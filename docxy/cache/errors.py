@@ -1,0 +1,46 @@
+"""Exceptions raised by the cache.
+
+    CacheError
+    ├── InvalidDigest (a ValueError)  not ``sha256:<64 hex>`` / ``sha512:<128 hex>``
+    ├── VerifyError                   a fill's bytes do not match what was promised
+    │   ├── SizeMismatch
+    │   └── DigestMismatch
+    ├── FillAborted                   a follower's writer gave up (cut upstream, bad bytes, disk)
+    ├── FillClosed                    a writer was used after commit/abort
+    └── BlobInUse                     remove() of a blob that is being read
+
+The routes translate these at the boundary: ``FillAborted`` and ``VerifyError`` mean the client's
+stream must be cut (never a short 200); ``InvalidDigest`` is a 400 ``DIGEST_INVALID``.
+"""
+
+
+class CacheError(Exception):
+    """Base class of every cache error."""
+
+
+class InvalidDigest(CacheError, ValueError):
+    """The text is not a digest this cache accepts."""
+
+
+class VerifyError(CacheError):
+    """The bytes written do not match the expected length or digest."""
+
+
+class SizeMismatch(VerifyError):
+    """Fewer or more bytes than announced."""
+
+
+class DigestMismatch(VerifyError):
+    """The bytes hash to a different digest."""
+
+
+class FillAborted(CacheError):
+    """The writer of a blob a follower was streaming aborted; the follower's client must be cut."""
+
+
+class FillClosed(CacheError):
+    """The writer was already committed or aborted."""
+
+
+class BlobInUse(CacheError):
+    """The blob is pinned by a reader or follower and cannot be removed now."""

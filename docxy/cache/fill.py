@@ -1,0 +1,340 @@
+"""One in-progress blob download: a single writer and any number of followers.
+
+The writer appends upstream bytes to a temp file while hashing them; followers read the same temp
+file as it grows (through their own descriptor, so the atomic rename at commit does not disturb
+them) and wait on the fill for more bytes, for the commit, or for an abort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
+
+from docxy.cache.digests import Digest
+from docxy.cache.errors import DigestMismatch, FillAborted, FillClosed, SizeMismatch
+from docxy.cache.reader import READ_CHUNK
+
+if TYPE_CHECKING:
+    from docxy.cache.blobs import BlobEntry
+
+log = logging.getLogger(__name__)
+
+#: Bytes buffered by a writer before one write+hash round trip to a worker thread.
+WRITE_BUFFER = 256 * 1024
+
+
+class FillState(enum.Enum):
+    WRITING = "writing"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class FillHost(Protocol):
+    """What a fill needs from the store that owns it."""
+
+    def fill_committed(self, fill: InFlight) -> BlobEntry | None: ...
+    def fill_ended(self, fill: InFlight) -> None: ...
+    def fill_grew(self, fill: InFlight, nbytes: int) -> None: ...
+    def cache_write_failed(self, fill: InFlight, exc: OSError) -> None: ...
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (tests replace this to simulate a full disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+@dataclass(eq=False)
+class InFlight:
+    """Shared state of one download, seen by its writer and its followers."""
+
+    digest: Digest
+    tmp_path: Path
+    state: FillState = FillState.WRITING
+    written: int = 0
+    size: int | None = None
+    size_known: bool = False
+    reason: str = ""
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        """Wake every follower waiting in :meth:`changed`."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def changed(self) -> None:
+        """Wait for the next :meth:`notify` (check the state first, with no await between)."""
+        await self._changed.wait()
+
+    def check_not_aborted(self) -> None:
+        if self.state is FillState.ABORTED:
+            raise FillAborted(f"fill of {self.digest} aborted: {self.reason}")
+
+
+class BlobWriter:
+    """The one caller that fetches a blob from upstream and feeds it to the cache.
+
+    Use as ``async with writer:`` (or call :meth:`abort` in ``finally``): leaving without
+    :meth:`commit` aborts the fill so followers fail fast instead of waiting forever.
+    If writing the temp file fails (disk full), the writer switches to pass-through: it keeps
+    hashing so :meth:`commit` still verifies, but nothing is cached and :attr:`caching` is False.
+    """
+
+    def __init__(
+        self, fill: InFlight, fd: int | None, host: FillHost, buffer_size: int = WRITE_BUFFER
+    ) -> None:
+        self.fill = fill
+        self._fd = fd
+        self._host = host
+        self._buffer_size = buffer_size
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self._count = 0
+        self._hash = fill.digest.hasher()
+        self._finished = False
+        self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
+
+    @property
+    def digest(self) -> Digest:
+        return self.fill.digest
+
+    @property
+    def caching(self) -> bool:
+        """False once the temp file is gone (disk full, abort): bytes are only passed through."""
+        return self._fd is not None and self.fill.state is FillState.WRITING
+
+    @property
+    def received(self) -> int:
+        """Bytes given to :meth:`write` so far."""
+        return self._count
+
+    def announce(self, size: int | None) -> None:
+        """Publish the upstream's Content-Length (or None) so followers can send headers."""
+        self.fill.size, self.fill.size_known = size, True
+        self.fill.notify()
+
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk``; followers see it after the next flush (every ``buffer_size``)."""
+        if self._finished:
+            raise FillClosed(f"writer of {self.digest} already finished")
+        if not chunk:
+            return
+        self._count += len(chunk)
+        self._pending.append(chunk)
+        self._pending_len += len(chunk)
+        if self._pending_len >= self._buffer_size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Hash and write the buffered bytes now, and wake the followers."""
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending, self._pending_len = [], 0
+        error = await asyncio.to_thread(self._hash_and_write, data, self._fd)
+        if error is not None:
+            self._stop_caching(error)
+        elif self.caching:
+            self.fill.written += len(data)
+            self._host.fill_grew(self.fill, len(data))
+            self.fill.notify()
+
+    def _hash_and_write(self, data: bytes, fd: int | None) -> OSError | None:
+        self._hash.update(data)
+        if fd is None:
+            return None
+        try:
+            write_all(fd, data)
+        except OSError as exc:
+            return exc
+        return None
+
+    def _stop_caching(self, exc: OSError) -> None:
+        self._host.cache_write_failed(self.fill, exc)
+        self._close_and_discard(f"cache write failed: {exc.strerror or exc}")
+
+    async def commit(self, expected_size: int | None = None) -> BlobEntry | None:
+        """Verify length and digest, then make the blob visible under its final name.
+
+        ``expected_size`` defaults to the announced size. Raises :class:`SizeMismatch` or
+        :class:`DigestMismatch` (after aborting: nothing cached, followers fail). Returns the
+        committed entry, or None in pass-through mode or when the blob does not fit the cache.
+        """
+        if self._finished:
+            raise FillClosed(f"writer of {self.digest} already finished")
+        await self.flush()
+        if expected_size is None:
+            expected_size = self.fill.size
+        if expected_size is not None and self._count != expected_size:
+            self.abort(f"expected {expected_size} bytes, got {self._count}")
+            raise SizeMismatch(f"{self.digest}: expected {expected_size} bytes, got {self._count}")
+        actual = self._hash.hexdigest()
+        if actual != self.digest.hex:
+            self.abort(f"content hashes to {self.digest.algorithm}:{actual}")
+            raise DigestMismatch(f"expected {self.digest}, got {self.digest.algorithm}:{actual}")
+        if not self.caching:
+            self._finish()
+            return None
+        fd = self._take_fd()
+        assert fd is not None  # caching implies an open temp file
+        try:
+            await asyncio.to_thread(_sync_and_close, fd)
+        except OSError as exc:
+            self._stop_caching(exc)
+            self._finish()
+            return None
+        self.fill.size, self.fill.size_known = self._count, True
+        entry = self._host.fill_committed(self.fill)
+        self.fill.state = FillState.COMMITTED
+        self._finish()
+        return entry
+
+    def abort(self, reason: str) -> None:
+        """Discard the temp file; followers raise :class:`FillAborted`. Idempotent."""
+        if self._finished:
+            return
+        self._close_and_discard(reason)
+        self._finish()
+
+    def _take_fd(self) -> int | None:
+        """Hand over the temp file descriptor; the finalizer no longer closes it."""
+        fd, self._fd = self._fd, None
+        if self._finalizer.detach() is not None:
+            self._finalizer = weakref.finalize(self, _abandon, self.fill, None, self._host)
+        return fd
+
+    def _close_and_discard(self, reason: str) -> None:
+        _discard(self.fill, self._take_fd(), self._host, reason)
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._pending, self._pending_len = [], 0
+        self._finalizer.detach()
+        self._host.fill_ended(self.fill)
+        self.fill.notify()
+
+    async def __aenter__(self) -> BlobWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._finished:
+            self.abort(
+                f"writer left without commit ({exc_type.__name__ if exc_type else 'no'} error)"
+            )
+
+
+class BlobFollower:
+    """A caller that streams a blob another caller is still downloading.
+
+    Iterating yields the bytes as the writer flushes them and ends after the commit; it raises
+    :class:`FillAborted` as soon as the writer aborts, so the route can cut its client.
+    """
+
+    def __init__(
+        self, fill: InFlight, fd: int, release: Callable[[], None], chunk_size: int = READ_CHUNK
+    ) -> None:
+        self.fill = fill
+        self._fd = fd
+        self._chunk_size = chunk_size
+        self._finalizer = weakref.finalize(self, _close_follower, fd, release)
+
+    @property
+    def digest(self) -> Digest:
+        return self.fill.digest
+
+    def close(self) -> None:
+        """Close the temp file descriptor and unpin; idempotent."""
+        self._finalizer()
+
+    async def size(self) -> int | None:
+        """Wait until the writer announces the size (None: unknown) or finishes."""
+        while not self.fill.size_known:
+            self.fill.check_not_aborted()
+            if self.fill.state is FillState.COMMITTED:
+                break
+            await self.fill.changed()
+        return self.fill.size
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        fill, pos = self.fill, 0
+        try:
+            while True:
+                fill.check_not_aborted()
+                if pos < fill.written:
+                    want = min(self._chunk_size, fill.written - pos)
+                    data = await asyncio.to_thread(os.pread, self._fd, want, pos)
+                    if not data:
+                        raise FillAborted(f"temp file of {fill.digest} shrank at byte {pos}")
+                    pos += len(data)
+                    yield data
+                elif fill.state is FillState.COMMITTED:
+                    return
+                else:
+                    await fill.changed()
+        finally:
+            self.close()
+
+    async def read_all(self) -> bytes:
+        """Everything, once committed (for small blobs and tests)."""
+        return b"".join([chunk async for chunk in self])
+
+    async def __aenter__(self) -> BlobFollower:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(fill: InFlight, fd: int | None, host: FillHost, reason: str) -> None:
+    if fd is not None:
+        os.close(fd)
+    if fill.state is FillState.WRITING:
+        fill.state, fill.reason = FillState.ABORTED, reason
+        log.info("cache fill of %s aborted: %s", fill.digest, reason)
+    try:
+        os.unlink(fill.tmp_path)
+    except FileNotFoundError:
+        pass
+    host.fill_ended(fill)
+    fill.notify()
+
+
+def _abandon(fill: InFlight, fd: int | None, host: FillHost) -> None:
+    """Finalizer of a writer dropped without commit or abort."""
+    _discard(fill, fd, host, "writer was dropped")
+
+
+def _close_follower(fd: int, release: Callable[[], None]) -> None:
+    try:
+        os.close(fd)
+    finally:
+        release()

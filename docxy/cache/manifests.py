@@ -1,0 +1,282 @@
+"""Manifests by digest (immutable) and tags → digest with a TTL, on disk, per upstream.
+
+Layout under ``root``::
+
+    by-digest/<sha256 of upstream>/<algo>/<xx>/<hex>        the manifest bytes
+    by-digest/<sha256 of upstream>/<algo>/<xx>/<hex>.json   {"media_type": ...}
+    tags/<sha256 of [upstream, repo, tag]>.json             {"upstream", "repo", "tag", "digest",
+                                                             "fetched_at", "public"}
+    tmp/                                                    atomic-write staging, cleared on open
+
+Every file is written to ``tmp/``, fsynced and renamed into place, and a manifest is re-hashed on
+every read, so a crash can only lose an entry, never serve a wrong one. Names never become paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from docxy.cache.digests import Digest, digest_of, parse_digest
+from docxy.cache.errors import CacheError, DigestMismatch, InvalidDigest
+from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
+from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedManifest:
+    digest: Digest
+    media_type: str
+    content: bytes
+    #: How this manifest is known in the repository it was asked for (None: never seen there).
+    visibility: Visibility | None
+
+
+class TagState(enum.Enum):
+    FRESH = "fresh"  # serve the cached manifest
+    STALE = "stale"  # revalidate with an upstream HEAD; serve the cached one if the upstream fails
+    MISSING = "missing"  # fetch from upstream
+
+
+@dataclass(frozen=True, slots=True)
+class TagEntry:
+    repo: RepoKey
+    tag: str
+    digest: Digest
+    fetched_at: float
+    public: bool
+
+    @property
+    def visibility(self) -> Visibility:
+        return Visibility(self.repo, self.public)
+
+
+@dataclass(frozen=True, slots=True)
+class TagResolution:
+    state: TagState
+    entry: TagEntry | None = None
+    manifest: CachedManifest | None = None
+
+    @property
+    def visibility(self) -> Visibility | None:
+        return None if self.entry is None else self.entry.visibility
+
+
+class ManifestStore:
+    """Manifest and tag cache; every method does its file I/O in a worker thread."""
+
+    def __init__(
+        self,
+        root: Path,
+        access: AccessIndex,
+        *,
+        tag_ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = Path(root)
+        self.access = access
+        self.tag_ttl = tag_ttl
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        access: AccessIndex,
+        *,
+        tag_ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> ManifestStore:
+        """Open for serving: remove temp files left by a crash."""
+        store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
+        clear_dir(store._tmp)
+        return store
+
+    @property
+    def _tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def _content_path(self, upstream: str, digest: Digest) -> Path:
+        upstream_key = hashlib.sha256(upstream.encode()).hexdigest()
+        return self.root / "by-digest" / upstream_key / digest.relpath()
+
+    def _tag_path(self, repo: RepoKey, tag: str) -> Path:
+        return self.root / "tags" / f"{repo.hashed(tag)}.json"
+
+    # --- manifests by digest ----------------------------------------------------------------
+
+    async def get(self, repo: RepoKey, digest: Digest) -> CachedManifest | None:
+        """The cached manifest ``digest`` of ``repo.upstream``, with its visibility in ``repo``."""
+        found = await asyncio.to_thread(self._read_manifest, repo.upstream, digest)
+        if found is None:
+            return None
+        content, media_type = found
+        return CachedManifest(digest, media_type, content, self.access.visibility(repo, digest))
+
+    async def put(
+        self,
+        repo: RepoKey,
+        content: bytes,
+        media_type: str,
+        *,
+        public: bool,
+        digest: Digest | None = None,
+    ) -> CachedManifest:
+        """Store a manifest fetched from ``repo`` and record its visibility there.
+
+        ``digest`` (the one asked for, or the upstream's Docker-Content-Digest) must match the
+        content, else :class:`DigestMismatch` and nothing is stored.
+        """
+        actual = digest_of(content, digest.algorithm if digest else "sha256")
+        if digest is not None and actual != digest:
+            raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
+        await asyncio.to_thread(self._write_manifest, repo.upstream, actual, content, media_type)
+        self.access.record(repo, actual, public=public)
+        return CachedManifest(actual, media_type, content, self.access.visibility(repo, actual))
+
+    def _read_manifest(self, upstream: str, digest: Digest) -> tuple[bytes, str] | None:
+        path = self._content_path(upstream, digest)
+        meta_path = path.with_name(path.name + ".json")
+        try:
+            meta = json.loads(meta_path.read_bytes())
+            content = path.read_bytes()
+            media_type = meta["media_type"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cache: unreadable manifest %s (%s), dropped", digest, exc)
+            media_type, content = None, b""
+        if not isinstance(media_type, str) or digest_of(content, digest.algorithm) != digest:
+            log.warning("cache: corrupt manifest %s on disk, dropped", digest)
+            unlink_quietly(meta_path)
+            unlink_quietly(path)
+            return None
+        return content, media_type
+
+    def _write_manifest(self, upstream: str, digest: Digest, content: bytes, media: str) -> None:
+        path = self._content_path(upstream, digest)
+        write_atomic(path, content, self._tmp)
+        meta = json.dumps({"media_type": media, "size": len(content)}).encode()
+        write_atomic(path.with_name(path.name + ".json"), meta, self._tmp)
+
+    # --- tags -------------------------------------------------------------------------------
+
+    async def resolve_tag(self, repo: RepoKey, tag: str) -> TagResolution:
+        """FRESH within ``tag_ttl`` of the last fetch or revalidation, else STALE; MISSING if
+        the tag or its manifest is not cached."""
+        entry = await asyncio.to_thread(self._read_tag, repo, tag)
+        if entry is None:
+            return TagResolution(TagState.MISSING)
+        manifest = await self.get(repo, entry.digest)
+        if manifest is None:
+            return TagResolution(TagState.MISSING)
+        age = self._clock() - entry.fetched_at
+        state = TagState.FRESH if 0 <= age < self.tag_ttl else TagState.STALE
+        return TagResolution(state, entry, manifest)
+
+    async def set_tag(self, repo: RepoKey, tag: str, digest: Digest, *, public: bool) -> TagEntry:
+        """Point ``tag`` at ``digest`` as of now (after a GET, or a HEAD that confirmed it).
+
+        A public tag stays public when a private fetch confirms the same digest.
+        """
+        old = await asyncio.to_thread(self._read_tag, repo, tag)
+        if old is not None and old.digest == digest and old.public:
+            public = True
+        entry = TagEntry(repo, tag, digest, self._clock(), public)
+        await asyncio.to_thread(self._write_tag, entry)
+        return entry
+
+    async def forget_tag(self, repo: RepoKey, tag: str) -> bool:
+        """Drop a tag (e.g. the upstream answered 404 for it); False if it was not cached."""
+        path = self._tag_path(repo, tag)
+        existed = path.exists()
+        await asyncio.to_thread(unlink_quietly, path)
+        return existed
+
+    def list_tags(self) -> list[TagEntry]:
+        """Every cached tag, oldest fetch first (for ``docxy cache ls``)."""
+        found = []
+        tags_dir = self.root / "tags"
+        if tags_dir.is_dir():
+            for path in tags_dir.glob("*.json"):
+                entry = _parse_tag(path)
+                if entry is not None:
+                    found.append(entry)
+        return sorted(found, key=lambda e: e.fetched_at)
+
+    def _read_tag(self, repo: RepoKey, tag: str) -> TagEntry | None:
+        entry = _parse_tag(self._tag_path(repo, tag))
+        if entry is None or entry.repo != repo or entry.tag != tag:
+            return None
+        return entry
+
+    def _write_tag(self, entry: TagEntry) -> None:
+        record = {
+            "upstream": entry.repo.upstream,
+            "repo": entry.repo.repo,
+            "tag": entry.tag,
+            "digest": str(entry.digest),
+            "fetched_at": entry.fetched_at,
+            "public": entry.public,
+        }
+        path = self._tag_path(entry.repo, entry.tag)
+        write_atomic(path, json.dumps(record).encode(), self._tmp)
+
+
+def _parse_tag(path: Path) -> TagEntry | None:
+    try:
+        data = json.loads(path.read_bytes())
+        fetched_at = data["fetched_at"]
+        public = data["public"]
+        if not isinstance(fetched_at, int | float) or not isinstance(public, bool):
+            raise TypeError("bad field types")
+        return TagEntry(
+            RepoKey(str(data["upstream"]), str(data["repo"])),
+            str(data["tag"]),
+            parse_digest(data["digest"]),
+            float(fetched_at),
+            public,
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, CacheError) as exc:
+        log.warning("cache: unreadable tag record %s (%s), ignored", path.name, exc)
+        return None
+
+
+def referenced_digests(content: bytes) -> list[Digest]:
+    """Digests a manifest or index points at (config, layers, child manifests), in order.
+
+    For ``docxy warm`` and ``docxy cache rm``; invalid entries are skipped.
+    """
+    try:
+        doc = json.loads(content)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    descriptors: list[Any] = [doc.get("config"), doc.get("subject")]
+    for key in ("layers", "manifests", "blobs"):
+        items = doc.get(key)
+        if isinstance(items, list):
+            descriptors.extend(items)
+    found: list[Digest] = []
+    for descriptor in descriptors:
+        if isinstance(descriptor, dict):
+            try:
+                digest = parse_digest(descriptor.get("digest"))  # type: ignore[arg-type]
+            except InvalidDigest:
+                continue
+            if digest not in found:
+                found.append(digest)
+    return found
