@@ -9,6 +9,7 @@ Every error a client can see is a :class:`RegistryError`; one handler in ``app.p
     │   ├── DigestInvalid           400 DIGEST_INVALID  malformed digest
     │   ├── TagInvalid              400 TAG_INVALID     malformed tag
     │   ├── RequestTooLarge         414/431 SIZE_INVALID  oversized query or headers
+    │   ├── RangeNotSatisfiable     416 RANGE_INVALID   a Range outside the blob
     │   ├── NotFound                404 NOT_FOUND       no such route
     │   └── Unsupported             405 UNSUPPORTED     the mirror is read-only
     └── UpstreamError               the upstream failed us (5xx)
@@ -64,6 +65,11 @@ class TagInvalid(ClientError):
 class RequestTooLarge(ClientError):
     status = 414
     code = "SIZE_INVALID"
+
+
+class RangeNotSatisfiable(ClientError):
+    status = 416
+    code = "RANGE_INVALID"
 
 
 class NotFound(ClientError):

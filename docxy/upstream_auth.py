@@ -1,0 +1,89 @@
+"""The mirror's own upstream tokens, kept to itself.
+
+For cache fills and revalidation the mirror does not use the client's token: it asks the
+upstream's token service for a pull token of its own — anonymous, or with the configured
+``upstream.username``/``upstream.password`` — per repository, and reuses it until shortly
+before it expires. Content the mirror can read this way is what it may share from its cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+
+import httpx
+
+from docxy.errors import UpstreamUnavailable
+from docxy.proxy import read_small
+from docxy.upstream import Upstream, UpstreamClient
+
+log = logging.getLogger(__name__)
+
+EXPIRY_MARGIN = 30.0
+DEFAULT_EXPIRES_IN = 60.0
+
+
+def basic_authorization(username: str, password: str) -> str:
+    raw = f"{username}:{password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+class MirrorTokens:
+    """Pull tokens the mirror holds for itself, per (upstream, repository)."""
+
+    def __init__(self, client: UpstreamClient) -> None:
+        self.client = client
+        self._tokens: dict[tuple[str, str], tuple[float, str]] = {}
+
+    async def headers(self, upstream: Upstream, repository: str) -> list[tuple[str, str]]:
+        """``Authorization`` for the mirror's own requests to ``repository`` (maybe none)."""
+        challenge = await self.client.challenge(upstream)
+        if challenge is None:
+            if upstream.credentials is not None:
+                return [("Authorization", basic_authorization(*upstream.credentials))]
+            return []
+        key = (upstream.host, repository)
+        cached = self._tokens.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return [("Authorization", f"Bearer {cached[1]}")]
+        token, expires_in = await self._fetch(upstream, repository, challenge.service)
+        self._tokens[key] = (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token)
+        return [("Authorization", f"Bearer {token}")]
+
+    def forget(self, upstream: Upstream, repository: str) -> None:
+        self._tokens.pop((upstream.host, repository), None)
+
+    async def _fetch(
+        self, upstream: Upstream, repository: str, service: str | None
+    ) -> tuple[str, float]:
+        realm = await self.client.auth_realm(upstream)
+        if realm is None:
+            raise UpstreamUnavailable("the upstream's token service is unknown")
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("scope", f"repository:{repository}:pull")
+        ]
+        if service:
+            params.insert(0, ("service", service))
+        headers = []
+        if upstream.credentials is not None:
+            headers.append(("Authorization", basic_authorization(*upstream.credentials)))
+        answer = await self.client.send(
+            upstream, "GET", realm, headers, params=httpx.QueryParams(params)
+        )
+        body = await read_small(answer)
+        if answer.status_code != 200:
+            raise UpstreamUnavailable(
+                f"the upstream's token service refused the mirror ({answer.status_code})"
+            )
+        try:
+            data = json.loads(body)
+            token = data.get("token") or data.get("access_token")
+            expires_in = float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
+        except (ValueError, AttributeError, TypeError):
+            token = None
+            expires_in = DEFAULT_EXPIRES_IN
+        if not isinstance(token, str) or not token:
+            raise UpstreamUnavailable("the upstream's token service sent no token")
+        return token, expires_in
