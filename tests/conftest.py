@@ -1,0 +1,82 @@
+"""Shared fixtures: the Docker-Hub-like test bed and the mirror as a child process.
+
+    bed           session-scoped tests.bed.Bed (token server, registry, front, CDN, images);
+                  reset before every test that uses it (servers up, no faults, empty logs)
+    start_mirror  factory: start_mirror(*extra_args, env=None) -> tests.bed.Mirror
+    mirror        start_mirror() with defaults
+    mirror_client httpx.Client(base_url=mirror.url), no redirects followed
+
+A failing test gets the logs of the mirrors it started appended to its report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import pytest
+
+from tests.bed import Bed, Mirror, start_bed
+from tests.bed.mirror import launch_mirror, stop_mirror
+
+MIRRORS_KEY = pytest.StashKey[list[Mirror]]()
+
+
+class StartMirror(Protocol):
+    def __call__(self, *extra_args: str, env: Mapping[str, str] | None = None) -> Mirror: ...
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    with start_bed(tmp_path_factory.mktemp("bed")) as started:
+        yield started
+
+
+@pytest.fixture(autouse=True)
+def _reset_bed(request: pytest.FixtureRequest) -> None:
+    """Every test that uses the bed starts from a healthy, quiet bed."""
+    if "bed" in request.fixturenames:
+        bed: Bed = request.getfixturevalue("bed")
+        bed.reset()
+
+
+@pytest.fixture
+def start_mirror(bed: Bed, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartMirror]:
+    started: list[Mirror] = []
+    request.node.stash[MIRRORS_KEY] = started
+
+    def start(*extra_args: str, env: Mapping[str, str] | None = None) -> Mirror:
+        workdir = tmp_path / f"mirror{len(started)}"
+        mirror = launch_mirror(bed.upstream_url, workdir, extra_args, env)
+        started.append(mirror)
+        return mirror
+
+    try:
+        yield start
+    finally:
+        for mirror in started:
+            stop_mirror(mirror)
+
+
+@pytest.fixture
+def mirror(start_mirror: StartMirror) -> Mirror:
+    return start_mirror()
+
+
+@pytest.fixture
+def mirror_client(mirror: Mirror) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=mirror.url, timeout=30, follow_redirects=False) as client:
+        yield client
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.failed:
+        for mirror in item.stash.get(MIRRORS_KEY, []):
+            report.sections.append((f"mirror log (port {mirror.port})", mirror.log_text()))
+    return report
