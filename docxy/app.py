@@ -11,11 +11,14 @@ from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from docxy import acme, health, registry, token
+from docxy.blobcache import BlobFiller
+from docxy.cache.blobs import DiskBlobStore
 from docxy.config import Config
-from docxy.errors import NotFound, RegistryError, Unsupported
+from docxy.errors import ConfigError, NotFound, RegistryError, Unsupported
 from docxy.state import MirrorState
 from docxy.tasks import spawn
 from docxy.upstream import Upstream, UpstreamClient, make_http_client
+from docxy.upstream_auth import MirrorTokens
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,19 @@ def error_response(error: RegistryError) -> Response:
     )
     response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
     return response
+
+
+def open_blob_store(config: Config) -> DiskBlobStore:
+    """Open the blob cache: leftover temp files removed, index rebuilt from disk."""
+    root = config.cache.dir / "blobs"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return DiskBlobStore.open(root, config.cache.max_size)
+    except OSError as exc:
+        source = config.sources.get("cache.dir", "default")
+        raise ConfigError(
+            f"cache.dir: cannot use {root}: {exc.strerror or exc} ({source})"
+        ) from exc
 
 
 def create_app(
@@ -40,6 +56,8 @@ def create_app(
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     state = MirrorState(config, Upstream.from_config(config.upstream))
+    if config.cache.enabled:
+        state.blobs = open_blob_store(config)
     app.extensions["docxy"] = state
     for blueprint in (registry.blueprint, token.blueprint, health.blueprint, acme.blueprint):
         app.register_blueprint(blueprint)
@@ -48,6 +66,9 @@ def create_app(
     async def lifespan() -> AsyncGenerator[None, None]:
         http = make_http_client(config.upstream, transport)
         state.client = UpstreamClient(http)
+        state.tokens = MirrorTokens(state.client)
+        if state.blobs is not None:
+            state.filler = BlobFiller(state.blobs, state.client, state.tokens)
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield

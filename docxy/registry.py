@@ -9,12 +9,14 @@ from typing import Any
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
+from docxy.blobcache import serve_from_disk
 from docxy.challenge import rewrite_challenge
 from docxy.errors import Unsupported
 from docxy.headers import request_headers
-from docxy.names import parse_v2_path, upstream_name
+from docxy.names import Digest, Kind, parse_v2_path, upstream_name
 from docxy.proxy import API_VERSION_HEADER, read_small, relay
-from docxy.state import mirror_state
+from docxy.state import MirrorState, mirror_state
+from docxy.upstream import Upstream
 
 blueprint = Blueprint("registry", __name__)
 
@@ -74,20 +76,49 @@ async def content(rest: str) -> Response:
     state = mirror_state()
     upstream = state.upstream_for(request.args.get("ns"))
     name = upstream_name(reference.name, upstream.library_prefix)
+    facts = request_facts()
+    if reference.kind is Kind.BLOB and reference.digest is not None:
+        cached = await _blob_from_cache(state, upstream, name, reference.digest)
+        if cached is not None:
+            return cached
     path = f"/v2/{name}/{reference.kind.value}/{reference.ref}"
     started = time.monotonic()
     answer = await state.http.send(
         upstream, request.method, upstream.url(path), request_headers(request.headers.items())
     )
-    request_facts()["upstream_ms"] = (time.monotonic() - started) * 1000
+    facts["upstream_ms"] = (time.monotonic() - started) * 1000
     health = state.http.health_of(upstream)
     if "ratelimit-remaining" in answer.headers:
         health.ratelimit_remaining = answer.headers["ratelimit-remaining"]
         health.ratelimit_limit = answer.headers.get("ratelimit-limit")
-    request_facts()["cache"] = "bypass"
+    facts.setdefault("cache", "bypass")
     return relay(
         answer,
         method=request.method,
         realm=state.token_realm,
         library_prefix=upstream.library_prefix,
     )
+
+
+async def _blob_from_cache(
+    state: MirrorState, upstream: Upstream, name: str, digest: Digest
+) -> Response | None:
+    """A hit from disk, or a miss streamed through one shared fill; ``None``: pass through."""
+    if state.blobs is None or state.filler is None:
+        return None
+    facts = request_facts()
+    range_header = request.headers.get("Range")
+    hit = serve_from_disk(state.blobs, digest, request.method, range_header)
+    if hit is not None:
+        facts["cache"] = "hit"
+        return hit
+    if request.method != "GET" or range_header:
+        return None
+    started = time.monotonic()
+    followed = await state.filler.follow(upstream, name, digest)
+    if followed is None:
+        facts["cache"] = "private"
+        return None
+    facts["cache"] = "miss"
+    facts["upstream_ms"] = (time.monotonic() - started) * 1000
+    return followed

@@ -7,8 +7,11 @@ from typing import Any
 
 from quart import Quart, current_app
 
+from docxy.blobcache import BlobFiller
+from docxy.cache.blobs import DiskBlobStore
 from docxy.config import Config
 from docxy.upstream import Upstream, UpstreamClient
+from docxy.upstream_auth import MirrorTokens
 
 
 @dataclass
@@ -16,6 +19,9 @@ class MirrorState:
     config: Config
     upstream: Upstream
     client: UpstreamClient | None = None
+    blobs: DiskBlobStore | None = None
+    tokens: MirrorTokens | None = None
+    filler: BlobFiller | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
