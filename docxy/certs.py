@@ -45,10 +45,15 @@ def certbot_reason(stdout: str, stderr: str, returncode: int) -> str:
     for i, line in enumerate(lines):
         if "with error:" in line:
             return _clip(line.split("with error:", 1)[1].strip())
-        if line.startswith("An unexpected error occurred") and i + 1 < len(lines):
-            return _clip(" ".join(lines[i + 1 : i + 3]).strip())
-    said = [line for line in stderr.splitlines() if line.strip() and not line.startswith(_NOISE)]
-    return _clip("; ".join(s.strip() for s in said)) or f"certbot exited with status {returncode}"
+        if line.startswith("An unexpected error occurred"):
+            return _clip(" ".join(_said(lines[i + 1 : i + 3])))
+    return (
+        _clip("; ".join(_said(stderr.splitlines()))) or f"certbot exited with status {returncode}"
+    )
+
+
+def _said(lines: list[str]) -> list[str]:
+    return [line.strip() for line in lines if line.strip() and not line.startswith(_NOISE)]
 
 
 def _clip(text: str, limit: int = 600) -> str:
