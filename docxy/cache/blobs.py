@@ -226,9 +226,16 @@ class DiskBlobStore:
     # FillHost: called by writers.
 
     def fill_grew(self, fill: InFlight, nbytes: int) -> None:
+        """Make room for the bytes of fills that will be kept, on a running store."""
         self._in_flight += nbytes
-        if self._total + self._in_flight > self.max_size:
-            self._evict(self._total + self._in_flight - self.max_size)
+        if not self._fits(fill):
+            return
+        kept = sum(f.written for f in self._fills.values() if self._fits(f))
+        if self._total + kept > self.max_size:
+            self._evict(self._total + kept - self.max_size)
+
+    def _fits(self, fill: InFlight) -> bool:
+        return max(fill.written, fill.size or 0) <= self.max_size
 
     def fill_ended(self, fill: InFlight) -> None:
         if self._fills.get(fill.digest) is fill:
@@ -253,13 +260,15 @@ class DiskBlobStore:
             _unlink(fill.tmp_path)
             return None
         path = self.path_of(fill.digest)
+        now = time.time_ns()
         try:
+            os.utime(fill.tmp_path, ns=(now, now))  # recency, to the ns, survives restarts
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(fill.tmp_path, path)
         except OSError as exc:  # e.g. temp file removed by a concurrent `docxy cache gc`
             log.warning("cache: cannot store %s: %s", fill.digest, exc)
             return None
-        entry = BlobEntry(fill.digest, path, size, time.time())
+        entry = BlobEntry(fill.digest, path, size, now / 1e9)
         self._index[fill.digest] = entry
         self._total += size
         self._write_failed_logged = False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, data: bytes, tmp_dir: Path, *, sync: bool = True) -> None:
-    """Write ``data`` to a temp file in ``tmp_dir`` (same file system), fsync, rename to ``path``."""
+    """Write ``data`` to a temp file in ``tmp_dir`` (same file system), fsync, rename it."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f"{path.name}.{secrets.token_hex(6)}"
     try:
