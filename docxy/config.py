@@ -166,17 +166,23 @@ def _opt_host_port(value: object) -> HostPort | None:
     return parse_host_port(value) if _opt_str(value) else None
 
 
+def _redacted(text: str) -> str:
+    """``text`` with any ``user:password@`` userinfo hidden, for error messages."""
+    return re.sub(r"(?<=//)[^/?#]*@", "(credentials hidden)@", text)
+
+
 def parse_url(value: object) -> str:
     text = _str(value).strip().rstrip("/")
+    shown = repr(_redacted(text))
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {value!r}")
+        raise ValueError(f"not an http(s) URL: {shown}")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"URL must not carry a query, fragment or credentials: {value!r}")
+        raise ValueError(f"URL must not carry a query, fragment or credentials: {shown}")
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
-        raise ValueError(f"bad port in URL {value!r}") from None
+        raise ValueError(f"bad port in URL {shown}") from None
     return text
 
 
