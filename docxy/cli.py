@@ -95,7 +95,10 @@ def setup_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --version, --help, usage errors: argparse has printed already
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
