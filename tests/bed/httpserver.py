@@ -138,6 +138,7 @@ class QuietHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive handler that does not print to stderr."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return
