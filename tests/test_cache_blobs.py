@@ -332,7 +332,7 @@ async def test_disk_full_switches_writer_to_pass_through(
     real_write_all = fill_module.write_all
     calls = 0
 
-    def write_all(fd: int, data: bytes) -> None:
+    def write_all(fd: int, data: list[bytes]) -> None:
         nonlocal calls
         calls += 1
         if calls >= 2:
@@ -368,7 +368,7 @@ async def test_disk_full_switches_writer_to_pass_through(
 async def test_pass_through_still_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = make_store(tmp_path)
 
-    def write_all(fd: int, data: bytes) -> None:
+    def write_all(fd: int, data: list[bytes]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(fill_module, "write_all", write_all)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bytes buffered by a writer before one write+hash round trip to a worker thread.
-WRITE_BUFFER = 256 * 1024
+WRITE_BUFFER = 512 * 1024
 
 
 class FillState(enum.Enum):
@@ -46,11 +46,16 @@ class FillHost(Protocol):
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None: ...
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd`` (tests replace this to simulate a full disk)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write all ``chunks`` to ``fd`` (tests replace this to simulate a full disk)."""
+    views = [memoryview(chunk) for chunk in chunks if chunk]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 @dataclass(eq=False)
@@ -138,22 +143,23 @@ class BlobWriter:
         """Hash and write the buffered bytes now, and wake the followers."""
         if not self._pending:
             return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        chunks, nbytes = self._pending, self._pending_len
         self._pending, self._pending_len = [], 0
-        error = await asyncio.to_thread(self._hash_and_write, data, self._fd)
+        error = await asyncio.to_thread(self._hash_and_write, chunks, self._fd)
         if error is not None:
             self._stop_caching(error)
         elif self.caching:
-            self.fill.written += len(data)
-            self._host.fill_grew(self.fill, len(data))
+            self.fill.written += nbytes
+            self._host.fill_grew(self.fill, nbytes)
             self.fill.notify()
 
-    def _hash_and_write(self, data: bytes, fd: int | None) -> OSError | None:
-        self._hash.update(data)
+    def _hash_and_write(self, chunks: list[bytes], fd: int | None) -> OSError | None:
+        for chunk in chunks:
+            self._hash.update(chunk)
         if fd is None:
             return None
         try:
-            write_all(fd, data)
+            write_all(fd, chunks)
         except OSError as exc:
             return exc
         return None
