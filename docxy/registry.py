@@ -68,11 +68,11 @@ async def ping() -> Response:
 async def content(rest: str) -> Response:
     """``/v2/<name>/manifests/<reference>`` and ``/v2/<name>/blobs/<digest>``, GET and HEAD."""
     del rest  # parsed from the raw path, so percent-encoding cannot hide a separator
+    if request.method not in READ_METHODS:  # before parsing: pushes to uploads/ are 405 too
+        raise Unsupported("this mirror is read-only", {"method": request.method})
     reference = parse_v2_path(_raw_path())
     if reference is None:
         return await ping()
-    if request.method not in READ_METHODS:
-        raise Unsupported("this mirror is read-only", {"method": request.method})
     state = mirror_state()
     upstream = state.upstream_for(request.args.get("ns"))
     name = upstream_name(reference.name, upstream.library_prefix)
