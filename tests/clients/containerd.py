@@ -98,8 +98,8 @@ class Containerd:
     def pull(
         self, ref: str, *, mirror_url: str, user: str | None = None, timeout: float = 300.0
     ) -> subprocess.CompletedProcess[str]:
-        """`ctr images pull` of a docker.io reference through the mirror, HTTP dumped to stderr."""
-        args = ["images", "pull", "--snapshotter", SNAPSHOTTER, "--http-dump"]
+        """`ctr images pull` of a docker.io reference through the mirror at `mirror_url`."""
+        args = ["images", "pull", "--snapshotter", SNAPSHOTTER]
         args += ["--hosts-dir", str(self.hosts_dir(mirror_url))]
         if user is not None:
             args += ["--user", user]
