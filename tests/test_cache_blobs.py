@@ -172,7 +172,7 @@ async def test_five_callers_one_writer_followers_stream_before_commit(tmp_path: 
         received = b""
         async for chunk in follower:
             received += chunk
-            if len(received) == len(part1):
+            if len(received) == len(part1) - 1:  # all of part1 but the held-back last byte
                 states_at_part1.append(writer.fill.state)
                 got_part1 += 1
                 if got_part1 == len(followers):
@@ -611,3 +611,46 @@ def test_kill_9_mid_write_leaves_nothing_servable(tmp_path: Path) -> None:
     assert store.lookup(digest_of(data)) is None
     assert os.listdir(tmp_path / "tmp") == []
     assert store.usage().entries == 0
+
+
+# --- the last byte waits for verification ----------------------------------------------------
+
+
+@pytest.mark.parametrize("good", [True, False])
+async def test_follower_gets_last_byte_only_after_verified_commit(
+    tmp_path: Path, good: bool
+) -> None:
+    store = make_store(tmp_path)
+    data = blob(4000)
+    digest = digest_of(data)
+    writer = await as_writer(store, digest)
+    follower = await store.fetch_or_join(digest)
+    assert isinstance(follower, BlobFollower)
+    chunks = follower.__aiter__()
+    await writer.write(data if good else data[:-1] + b"?")  # everything is on disk...
+    assert await guard(chunks.__anext__()) == data[:-1]  # ...but one byte is held back
+    rest = asyncio.gather(chunks.__anext__())
+    if good:
+        await writer.commit(len(data))
+        assert (await guard(rest))[0] == data[-1:]
+    else:
+        with pytest.raises(DigestMismatch):
+            await writer.commit(len(data))
+        with pytest.raises(FillAborted):
+            await guard(rest)
+
+
+def test_write_all_survives_partial_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        return real_writev(fd, [buffers[0][:3]])  # the kernel may write less than asked
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        fill_module.write_all(fd, [b"hello ", b"", b"partial", b" world"])
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"hello partial world"

@@ -246,8 +246,9 @@ class BlobWriter:
 class BlobFollower:
     """A caller that streams a blob another caller is still downloading.
 
-    Iterating yields the bytes as the writer flushes them and ends after the commit; it raises
-    :class:`FillAborted` as soon as the writer aborts, so the route can cut its client.
+    Iterating yields the bytes as the writer flushes them (all but the last byte, which waits
+    for the verified commit) and ends after the commit; it raises :class:`FillAborted` as soon
+    as the writer aborts, so the route can cut its client.
     """
 
     def __init__(
@@ -283,8 +284,11 @@ class BlobFollower:
         try:
             while True:
                 fill.check_not_aborted()
-                if pos < fill.written:
-                    want = min(self._chunk_size, fill.written - pos)
+                # The last byte waits for the commit: a blob that fails verification never
+                # reaches a client complete, so it cannot pass for a good one.
+                ready = fill.written if fill.state is FillState.COMMITTED else fill.written - 1
+                if pos < ready:
+                    want = min(self._chunk_size, ready - pos)
                     data = await asyncio.to_thread(os.pread, self._fd, want, pos)
                     if not data:
                         raise FillAborted(f"temp file of {fill.digest} shrank at byte {pos}")
