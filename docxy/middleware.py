@@ -17,7 +17,9 @@ log = logging.getLogger("docxy.access")
 
 MAX_QUERY = 8 * 1024
 MAX_PATH = 4 * 1024
-HTTPS_EXEMPT = ("/health", "/.well-known/acme-challenge/")
+# Served on plain HTTP too: the health check, and ACME HTTP-01 tokens (certbot needs port 80).
+HTTPS_EXEMPT_PATHS = frozenset({"/health"})
+HTTPS_EXEMPT_PREFIXES = ("/.well-known/acme-challenge/",)
 
 
 async def _send_error(
@@ -53,7 +55,8 @@ class Guard:
         if (
             self.https_url is not None
             and scope["scheme"] == "http"
-            and not path.startswith(HTTPS_EXEMPT)
+            and path not in HTTPS_EXEMPT_PATHS
+            and not path.startswith(HTTPS_EXEMPT_PREFIXES)
         ):
             target = self.https_url + (scope["raw_path"] or b"/").decode("latin-1")
             if scope["query_string"]:
