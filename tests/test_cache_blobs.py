@@ -298,11 +298,13 @@ async def test_follower_waiting_for_size_sees_abort(tmp_path: Path) -> None:
     writer = await as_writer(store, digest)
     follower = await store.fetch_or_join(digest)
     assert isinstance(follower, BlobFollower)
-    waiting = asyncio.gather(follower.size())
-    await asyncio.sleep(0)  # let it start waiting (not synchronisation: the result is checked)
-    writer.abort("upstream said 404")
+
+    async def abort() -> None:
+        writer.abort("upstream said 404")
+
+    # gather starts its tasks in order: size() is already waiting when abort() runs.
     with pytest.raises(FillAborted, match="404"):
-        await guard(waiting)
+        await guard(asyncio.gather(follower.size(), abort()))
     follower.close()
     assert store.usage().pinned == 0
 

@@ -34,6 +34,7 @@ from docxy.cache.manifests import (
     referenced_digests,
 )
 from docxy.cache.reader import BlobReader
+from docxy.cache.stream import tee
 from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "open_cache",
     "parse_digest",
     "referenced_digests",
+    "tee",
 ]
 
 
