@@ -171,10 +171,14 @@ class UpstreamClient:
             await response.aclose()
             if not location:
                 raise UpstreamUnavailable("the upstream sent a redirect without a Location")
-            next_url = urljoin(url, location)
+            try:
+                next_url = urljoin(url, location)
+                kept_origin = same_origin(url, next_url)
+            except ValueError:  # e.g. a port out of range
+                raise UpstreamUnavailable("the upstream redirected to a malformed URL") from None
             if urlsplit(next_url).scheme not in ("http", "https"):
                 raise UpstreamUnavailable("the upstream redirected to a non-HTTP URL")
-            current_headers = redirect_headers(current_headers, same_origin(url, next_url))
+            current_headers = redirect_headers(current_headers, kept_origin)
             if response.status_code == 303:
                 method = "GET" if method != "HEAD" else "HEAD"
             url, params = next_url, None

@@ -617,7 +617,15 @@ async def test_too_many_redirects_is_502() -> None:
     assert len(m.upstream.requests) == MAX_REDIRECTS + 1
 
 
-@pytest.mark.parametrize("headers", [{}, {"Location": ""}, {"Location": "ftp://cdn.example/blob"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Location": ""},
+        {"Location": "ftp://cdn.example/blob"},
+        {"Location": "https://cdn.example:99999/blob"},
+    ],
+)
 async def test_unusable_redirect_is_502(headers: dict[str, str]) -> None:
     async with mirror(lambda request: reply(307, headers=headers)) as m:
         response = await m.client.get(f"/v2/redis/blobs/{BLOB}")
