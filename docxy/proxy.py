@@ -43,6 +43,8 @@ def relay(upstream: httpx.Response, *, method: str, realm: str, library_prefix: 
     headers.append(API_VERSION_HEADER)
     body = _nothing(upstream) if method == "HEAD" else _stream(upstream)
     response = Response(body, status=upstream.status_code, headers=Headers(headers))
+    if "content-type" not in upstream.headers:
+        del response.headers["Content-Type"]  # Quart's default text/html would be a lie
     response.timeout = None
     return response
 

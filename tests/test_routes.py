@@ -900,3 +900,18 @@ async def test_acme_without_webroot_is_404(webroot: Path) -> None:
     async with mirror() as m:
         response = await m.client.get("/.well-known/acme-challenge/tok-EN_123")
     assert response.status_code == 404
+
+
+# --- the mirror adds no headers of its own to relayed content ---------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_no_content_type_invented_when_upstream_sends_none(method: str) -> None:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return reply(200, b"" if request.method == "HEAD" else b"raw", {"Content-Length": "3"})
+
+    async with mirror(upstream) as m:
+        response = await m.raw(method, f"/v2/redis/blobs/{BLOB}")
+    assert response.status == 200
+    assert "Content-Type" not in response.headers
+    assert response.headers["Content-Length"] == "3"
