@@ -6,6 +6,7 @@ If these fail, the mirror tests built on the bed mean nothing.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -114,6 +115,22 @@ def test_token_server_accepts_oauth_password_grant(bed: Bed) -> None:
         headers={"Authorization": f"Bearer {token}", "Accept": image.media_type},
     )
     assert manifest.status_code == 200
+
+
+def test_front_passes_every_accept_line(bed: Bed) -> None:
+    image = bed.images[HELLO]
+    conn = http.client.HTTPConnection("127.0.0.1", bed.front.port, timeout=30)
+    try:
+        conn.putrequest("GET", f"/v2/{HELLO}/manifests/{image.amd64_digest}")
+        conn.putheader("Authorization", pull_headers(bed, HELLO)["Authorization"])
+        conn.putheader("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        conn.putheader("Accept", "application/vnd.oci.image.manifest.v1+json")
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.read() == image.children[image.amd64_digest]
+    finally:
+        conn.close()
 
 
 def test_blob_get_redirects_to_cdn_which_refuses_authorization(bed: Bed) -> None:

@@ -220,6 +220,24 @@ def test_index_is_not_served_to_a_client_that_does_not_accept_it(
         assert response.status_code == 404
 
 
+def test_repeated_accept_lines_all_reach_upstream(mirror: Mirror, bed: Bed) -> None:
+    """containers/image (skopeo, podman) sends one Accept line per media type."""
+    image = bed.images[HELLO]
+    token = bed.token(f"repository:{HELLO}:pull")
+    conn = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=30)
+    try:
+        conn.putrequest("GET", f"/v2/{HELLO}/manifests/{image.amd64_digest}")
+        conn.putheader("Authorization", f"Bearer {token}")
+        conn.putheader("Accept", DOCKER_MANIFEST)
+        conn.putheader("Accept", OCI_MANIFEST)
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.read() == image.children[image.amd64_digest]
+    finally:
+        conn.close()
+
+
 def test_one_component_name_means_library(mirror_client: httpx.Client, bed: Bed) -> None:
     image = bed.images[HELLO]
     headers = bearer(mirror_client, bed, "hello")

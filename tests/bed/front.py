@@ -113,7 +113,7 @@ def _entry(handler: QuietHandler, site: str, status: int) -> UpstreamRequest:
         query=parts.query,
         auth_scheme=auth.split(" ", 1)[0] if auth else None,
         range=handler.headers.get("Range"),
-        accept=handler.headers.get("Accept"),
+        accept=", ".join(handler.headers.get_all("Accept") or []) or None,
         user_agent=handler.headers.get("User-Agent"),
         status=status,
     )
@@ -305,8 +305,14 @@ class _FrontHandler(QuietHandler):
         match = _V2_PATH.match(path)
         conn = http.client.HTTPConnection(LOOPBACK, server.registry_port, timeout=60)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            conn.request(self.command, self.path, body=body or None, headers=headers)
+            # Header by header: a client may repeat Accept, and each line must reach the registry.
+            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", f"{LOOPBACK}:{server.registry_port}")
+            for name, value in self.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    conn.putheader(name, value)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body or None)
             response = conn.getresponse()
             if match and match["kind"] == "blobs" and self.command == "GET":
                 if response.status == 200:
