@@ -129,7 +129,12 @@ class Mirror:
     upstream: FakeUpstream
 
     async def raw(
-        self, method: str, raw_path: str, headers: Iterable[tuple[str, str]] = ()
+        self,
+        method: str,
+        raw_path: str,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        body_seen: asyncio.Event | None = None,
     ) -> RawResponse:
         """Call the app as hypercorn does: the test client decodes paths and recomputes
         ``Content-Length`` from the body it collected, so it cannot show those."""
@@ -163,6 +168,8 @@ class Mirror:
 
         async def send(message: dict[str, Any]) -> None:
             messages.append(message)
+            if body_seen is not None and message.get("body"):
+                body_seen.set()
 
         await self.app(scope, receive, send)  # type: ignore[arg-type]
         start = messages[0]
@@ -442,6 +449,35 @@ async def test_upstream_url(path: str, settings: dict[str, object], upstream_pat
         response = await m.client.get(path)
     assert response.status_code == 200
     assert m.upstream.urls == [REGISTRY + upstream_path]
+
+
+class GatedBody(Body):
+    """Holds back its last chunk until the client has received the first one."""
+
+    def __init__(self, gate: asyncio.Event, *chunks: bytes) -> None:
+        super().__init__(*chunks)
+        self.gate = gate
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for index, chunk in enumerate(self.chunks):
+            if index == len(self.chunks) - 1:
+                await self.gate.wait()
+            self.read += 1
+            yield chunk
+
+
+async def test_get_streams_before_the_upstream_finishes() -> None:
+    gate = asyncio.Event()
+    body = GatedBody(gate, b"first-", b"last")
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return reply(200, body, {"Content-Length": "10"})
+
+    async with mirror(upstream) as m:
+        async with asyncio.timeout(10):  # a buffering mirror would wait for "last" forever
+            response = await m.raw("GET", f"/v2/redis/blobs/{BLOB}", body_seen=gate)
+    assert response.body == b"first-last"
+    assert body.closed
 
 
 async def test_get_streams_every_chunk_and_closes_upstream() -> None:
