@@ -184,3 +184,18 @@ def test_mirror_log_shows_the_requests_it_served(
     assert re.search(rf"HEAD /v2/library/hello/manifests/{image.tag} 200 ", log), log[-4000:]
     for digest in image.blobs:
         assert re.search(rf"GET /v2/library/hello/blobs/{digest} 200 ", log), log[-4000:]
+
+
+def test_missing_tag_fails_without_leaving_the_mirror(
+    bed: Bed, recorder: Relay, containerd: Containerd, egress: EgressGuard
+) -> None:
+    image = bed.images["docxytest/multi"]
+    ref = f"docker.io/{image.repo}:no-such-tag"
+
+    result = containerd.pull(ref, mirror_url=recorder.url)
+
+    assert result.returncode != 0
+    assert "not found" in result.stderr, result.stderr
+    heads = [e for e in recorder.exchanges if e.method == "HEAD"]
+    assert heads and heads[-1].status == 404, heads
+    assert egress.attempts == []
