@@ -12,9 +12,10 @@ from werkzeug.exceptions import HTTPException
 
 from docxy import acme, health, registry, token
 from docxy.blobcache import BlobFiller
-from docxy.cache.blobs import DiskBlobStore
+from docxy.cache import Cache, open_cache
 from docxy.config import Config
 from docxy.errors import ConfigError, NotFound, RegistryError, Unsupported
+from docxy.manifestcache import ManifestCache
 from docxy.state import MirrorState
 from docxy.tasks import spawn
 from docxy.upstream import Upstream, UpstreamClient, make_http_client
@@ -31,12 +32,12 @@ def error_response(error: RegistryError) -> Response:
     return response
 
 
-def open_blob_store(config: Config) -> DiskBlobStore:
-    """Open the blob cache: leftover temp files removed, index rebuilt from disk."""
-    root = config.cache.dir / "blobs"
+def open_store(config: Config) -> Cache:
+    """Open the cache: leftover temp files removed, index rebuilt from disk."""
+    root = config.cache.dir
     try:
         root.mkdir(parents=True, exist_ok=True)
-        return DiskBlobStore.open(root, config.cache.max_size)
+        return open_cache(root, max_size=config.cache.max_size, tag_ttl=config.cache.tag_ttl)
     except OSError as exc:
         source = config.sources.get("cache.dir", "default")
         raise ConfigError(
@@ -57,7 +58,7 @@ def create_app(
     )
     state = MirrorState(config, Upstream.from_config(config.upstream))
     if config.cache.enabled:
-        state.blobs = open_blob_store(config)
+        state.cache = open_store(config)
     app.extensions["docxy"] = state
     for blueprint in (registry.blueprint, token.blueprint, health.blueprint, acme.blueprint):
         app.register_blueprint(blueprint)
@@ -67,8 +68,9 @@ def create_app(
         http = make_http_client(config.upstream, transport)
         state.client = UpstreamClient(http)
         state.tokens = MirrorTokens(state.client)
-        if state.blobs is not None:
-            state.filler = BlobFiller(state.blobs, state.client, state.tokens)
+        if state.cache is not None:
+            state.filler = BlobFiller(state.cache.blobs, state.client, state.tokens)
+            state.manifests = ManifestCache(state.cache.manifests, state.client, state.tokens)
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield

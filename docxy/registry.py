@@ -10,8 +10,8 @@ from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
 from docxy.blobcache import serve_from_disk
-from docxy.challenge import rewrite_challenge
-from docxy.errors import Unsupported
+from docxy.challenge import Challenge, rewrite_challenge
+from docxy.errors import Unsupported, UpstreamError
 from docxy.headers import request_headers
 from docxy.names import Digest, Kind, parse_v2_path, upstream_name
 from docxy.proxy import API_VERSION_HEADER, read_small, relay
@@ -21,6 +21,7 @@ from docxy.upstream import Upstream
 blueprint = Blueprint("registry", __name__)
 
 READ_METHODS = ("GET", "HEAD")
+UNAUTHORIZED = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -45,11 +46,22 @@ async def ping() -> Response:
         raise Unsupported("this mirror is read-only", {"method": request.method})
     state = mirror_state()
     upstream = state.upstream_for(request.args.get("ns"))
-    answer = await state.http.send(
-        upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
-    )
-    body = await read_small(answer)
     headers = [API_VERSION_HEADER, ("Content-Type", "application/json")]
+    try:
+        answer = await state.http.send(
+            upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
+        )
+        body = await read_small(answer)
+    except UpstreamError:
+        if state.cache is None:
+            raise
+        # Stale-if-error: keep clients pulling what the cache holds. Tokens come from the
+        # mirror's own endpoint, which answers offline too.
+        known = state.http.known_challenge(upstream)
+        service = (known.service if known is not None else None) or upstream.host
+        challenge = Challenge("Bearer", {"realm": state.token_realm, "service": service})
+        headers.append(("WWW-Authenticate", challenge.render()))
+        return Response(json.dumps(UNAUTHORIZED), status=401, headers=Headers(headers))
     if answer.status_code == 401:
         challenge = answer.headers.get("www-authenticate")
         if challenge is not None:
@@ -57,8 +69,7 @@ async def ping() -> Response:
             headers.append(
                 ("WWW-Authenticate", rewrite_challenge(challenge, realm, upstream.library_prefix))
             )
-        error = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
-        return Response(json.dumps(error), status=401, headers=Headers(headers))
+        return Response(json.dumps(UNAUTHORIZED), status=401, headers=Headers(headers))
     if answer.status_code >= 400:
         return Response(body or b"{}", status=answer.status_code, headers=Headers(headers))
     return Response(b"{}", status=200, headers=Headers(headers))
@@ -81,6 +92,15 @@ async def content(rest: str) -> Response:
         cached = await _blob_from_cache(state, upstream, name, reference.digest)
         if cached is not None:
             return cached
+    elif state.manifests is not None:
+        started = time.monotonic()
+        accept = request.headers.getlist("Accept")
+        served = await state.manifests.serve(upstream, name, reference, request.method, accept)
+        if served is not None:
+            facts["cache"] = served[1]
+            if served[1] != "hit":
+                facts["upstream_ms"] = (time.monotonic() - started) * 1000
+            return served[0]
     path = f"/v2/{name}/{reference.kind.value}/{reference.ref}"
     started = time.monotonic()
     answer = await state.http.send(
@@ -104,11 +124,11 @@ async def _blob_from_cache(
     state: MirrorState, upstream: Upstream, name: str, digest: Digest
 ) -> Response | None:
     """A hit from disk, or a miss streamed through one shared fill; ``None``: pass through."""
-    if state.blobs is None or state.filler is None:
+    if state.cache is None or state.filler is None:
         return None
     facts = request_facts()
     range_header = request.headers.get("Range")
-    hit = serve_from_disk(state.blobs, digest, request.method, range_header)
+    hit = serve_from_disk(state.cache.blobs, digest, request.method, range_header)
     if hit is not None:
         facts["cache"] = "hit"
         return hit

@@ -8,8 +8,9 @@ from typing import Any
 from quart import Quart, current_app
 
 from docxy.blobcache import BlobFiller
-from docxy.cache.blobs import DiskBlobStore
+from docxy.cache import Cache
 from docxy.config import Config
+from docxy.manifestcache import ManifestCache
 from docxy.upstream import Upstream, UpstreamClient
 from docxy.upstream_auth import MirrorTokens
 
@@ -19,9 +20,10 @@ class MirrorState:
     config: Config
     upstream: Upstream
     client: UpstreamClient | None = None
-    blobs: DiskBlobStore | None = None
+    cache: Cache | None = None
     tokens: MirrorTokens | None = None
     filler: BlobFiller | None = None
+    manifests: ManifestCache | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

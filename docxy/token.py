@@ -9,16 +9,25 @@ later becomes the mirror's own authority (mirror-issued tokens).
 
 from __future__ import annotations
 
+import json
+import logging
+from datetime import UTC, datetime
+
 import httpx
 from quart import Blueprint, Response, request
 
 from docxy.challenge import rewrite_scope
-from docxy.errors import NotFound
+from docxy.errors import NotFound, UpstreamError
 from docxy.proxy import read_small
 from docxy.state import mirror_state
 
+log = logging.getLogger(__name__)
+
 blueprint = Blueprint("token", __name__)
 
+OFFLINE_TOKEN = "docxy-offline"
+OFFLINE_TOKEN_LIFETIME = 60
+AUTH_TROUBLE = frozenset({429, 500, 502, 503, 504})
 FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offline_token"})
 
 
@@ -34,11 +43,35 @@ def token_params(args: list[tuple[str, str]], library_prefix: bool) -> httpx.Que
     return httpx.QueryParams(params)
 
 
+def offline_token(reason: str) -> Response:
+    """A token of the mirror's own while the upstream's auth service is down.
+
+    It grants nothing upstream: the mirror serves public cached content without looking at
+    client tokens, and passes anything else through with the client's own token.
+    """
+    log.warning("upstream token service unavailable (%s): issuing an offline token", reason)
+    issued = datetime.now(UTC)
+    body = {
+        "token": OFFLINE_TOKEN,
+        "access_token": OFFLINE_TOKEN,
+        "expires_in": OFFLINE_TOKEN_LIFETIME,
+        "issued_at": issued.isoformat().replace("+00:00", "Z"),
+    }
+    response = Response(json.dumps(body), status=200, content_type="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @blueprint.route("/auth/token", methods=["GET"])
 async def token() -> Response:
     state = mirror_state()
     upstream = state.upstream_for(request.args.get("ns"))
-    realm = await state.http.auth_realm(upstream)
+    try:
+        realm = await state.http.auth_realm(upstream)
+    except UpstreamError as exc:
+        if state.cache is None:
+            raise
+        return offline_token(exc.message)
     if realm is None:
         raise NotFound("the upstream registry does not use token authentication")
     headers = []
@@ -46,8 +79,15 @@ async def token() -> Response:
     if authorization is not None:
         headers.append(("Authorization", authorization))
     params = token_params(list(request.args.items(multi=True)), upstream.library_prefix)
-    answer = await state.http.send(upstream, "GET", realm, headers, params=params)
-    body = await read_small(answer)
+    try:
+        answer = await state.http.send(upstream, "GET", realm, headers, params=params)
+        body = await read_small(answer)
+    except UpstreamError as exc:
+        if state.cache is None:
+            raise
+        return offline_token(exc.message)
+    if answer.status_code in AUTH_TROUBLE and state.cache is not None:
+        return offline_token(f"the upstream's token service answered {answer.status_code}")
     content_type = answer.headers.get("content-type", "application/json")
     response = Response(body, status=answer.status_code, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"

@@ -200,6 +200,11 @@ class UpstreamClient:
         self._realms[upstream.host] = (now, found)
         return found
 
+    def known_challenge(self, upstream: Upstream) -> Challenge | None:
+        """The last challenge seen from the upstream, however old (for answering offline)."""
+        cached = self._realms.get(upstream.host)
+        return cached[1] if cached is not None else None
+
     async def auth_realm(self, upstream: Upstream) -> str | None:
         if upstream.auth_realm is not None:
             return upstream.auth_realm
