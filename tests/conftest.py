@@ -19,9 +19,7 @@ import httpx
 import pytest
 
 from tests.bed import Bed, Mirror, start_bed
-from tests.bed.mirror import launch_mirror, stop_mirror
-
-MIRRORS_KEY = pytest.StashKey[list[Mirror]]()
+from tests.bed.mirror import MIRRORS_KEY, launch_mirror, stop_mirror
 
 
 class StartMirror(Protocol):
@@ -45,12 +43,13 @@ def _reset_bed(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def start_mirror(bed: Bed, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartMirror]:
     started: list[Mirror] = []
-    request.node.stash[MIRRORS_KEY] = started
+    reported = request.node.stash.setdefault(MIRRORS_KEY, [])
 
     def start(*extra_args: str, env: Mapping[str, str] | None = None) -> Mirror:
         workdir = tmp_path / f"mirror{len(started)}"
         mirror = launch_mirror(bed.upstream_url, workdir, extra_args, env)
         started.append(mirror)
+        reported.append(mirror)
         return mirror
 
     try:
