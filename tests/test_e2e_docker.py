@@ -109,7 +109,11 @@ def test_pull_official_image_index_picks_amd64(
 def test_private_repository_with_docker_hub_credentials(
     bed: Bed, dockerd: Dockerd, egress: EgressGuard
 ) -> None:
-    """dockerd presents the credentials it holds for Docker Hub to the mirror."""
+    """dockerd presents the credentials it holds for Docker Hub to the mirror.
+
+    (Without them the mirror pull fails and dockerd falls back to Docker Hub, so the anonymous
+    case is tested with containerd.)
+    """
     image = bed.images["docxytest/private"]
     assert image.private
     dockerd.set_docker_hub_credentials(bed.user, bed.password)
@@ -117,20 +121,28 @@ def test_private_repository_with_docker_hub_credentials(
     pull(dockerd, image)
 
     assert cat_test_file(dockerd, image) == image.content
+    scope = f"repository:{image.repo}:pull"
+    from_alice = [t for t in bed.token_log if scope in t.scopes and t.basic_user == bed.user]
+    assert from_alice and from_alice[0].status == 200, list(bed.token_log)
     assert_no_egress(egress, dockerd)
 
 
-def test_second_daemon_pulls_the_same_image_again(
+def test_second_daemon_is_served_from_the_mirror_cache(
     bed: Bed, mirror: Mirror, dockerd: Dockerd, egress: EgressGuard
 ) -> None:
-    """A fresh daemon (empty image store) pulling what the mirror has already served."""
+    """A fresh daemon (empty image store) pulls what the mirror already holds: no blob is
+    fetched from upstream again."""
     image = bed.images["docxytest/multi"]
     pull(dockerd, image)
+    first_fetches = len(bed.front_log.cdn_fetches())
+    assert first_fetches >= len(image.blobs)
 
     with running_dockerd(mirror_url=mirror.url, egress_proxy=egress.url) as other:
         pull(other, image)
         assert cat_test_file(other, image) == image.content
         assert_no_egress(egress, other)
+
+    assert len(bed.front_log.cdn_fetches()) == first_fetches
 
 
 def test_interrupted_layer_download_resumes_with_range(
