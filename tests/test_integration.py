@@ -6,6 +6,7 @@ Each test gets a fresh mirror (empty cache) and a reset bed; upstream traffic is
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import re
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.bed import Bed, Mirror
+from tests.bed import Bed, Fault, Mirror
 from tests.bed.images import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -495,3 +496,95 @@ def test_blob_digest_matches_after_full_pull(mirror_client: httpx.Client, bed: B
             response = mirror_client.get(f"/v2/{repo}/blobs/{digest}", headers=headers)
             assert response.status_code == 200
             assert sha256_digest(response.content) == digest
+
+
+# --- upstream misbehaviour: never a short or wrong success -----------------------------------
+
+
+def fetch_blob(
+    client: httpx.Client, headers: dict[str, str], digest: str
+) -> tuple[int, bytes, str]:
+    """(status, bytes received, transport error or "") for a blob GET through the mirror."""
+    received = bytearray()
+    status = 0
+    try:
+        with client.stream("GET", f"/v2/{MULTI}/blobs/{digest}", headers=headers) as response:
+            status = response.status_code
+            for chunk in response.iter_bytes():
+                received += chunk
+    except httpx.TransportError as exc:
+        return status, bytes(received), repr(exc)
+    return status, bytes(received), ""
+
+
+def assert_no_false_success(result: tuple[int, bytes, str], digest: str) -> None:
+    """A client may see an error or a broken transfer, or the right bytes; never wrong bytes
+    presented as a complete 200."""
+    status, body, error = result
+    if status == 200 and not error:
+        assert sha256_digest(body) == digest, "wrong bytes delivered as a complete 200"
+    else:
+        assert error or status >= 500, (status, len(body), error)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(site="cdn", kind="cut", after_bytes=100_000),
+        Fault(site="cdn", kind="corrupt", after_bytes=1_500_000),
+        Fault(site="cdn", kind="length", length_delta=-10),
+        Fault(site="cdn", kind="length", length_delta=10),
+        Fault(site="cdn", kind="status", status=500),
+    ],
+    ids=["cut", "corrupt", "short", "long", "500"],
+)
+def test_broken_blob_download_is_never_a_false_success(
+    mirror_client: httpx.Client, bed: Bed, fault: Fault
+) -> None:
+    digest = noise_layer(bed)
+    headers = bearer(mirror_client, bed, MULTI)
+    bed.faults.add(dataclasses.replace(fault, times=None))  # every upstream try misbehaves
+    assert_no_false_success(fetch_blob(mirror_client, headers, digest), digest)
+    assert bed.faults.fired, "the fault never fired: the test proved nothing"
+    bed.faults.clear()
+    status, body, error = fetch_blob(mirror_client, headers, digest)
+    assert (status, error) == (200, "")
+    assert sha256_digest(body) == digest, "a broken download was cached"
+
+
+def test_one_broken_download_then_a_good_one(mirror_client: httpx.Client, bed: Bed) -> None:
+    digest = noise_layer(bed)
+    headers = bearer(mirror_client, bed, MULTI)
+    bed.faults.add(Fault(site="cdn", kind="cut", after_bytes=300_000, times=1))
+    assert_no_false_success(fetch_blob(mirror_client, headers, digest), digest)
+    for _ in range(2):
+        status, body, error = fetch_blob(mirror_client, headers, digest)
+        assert (status, error, sha256_digest(body)) == (200, "", digest)
+
+
+def test_upstream_rate_limit_reaches_the_client(mirror_client: httpx.Client, bed: Bed) -> None:
+    headers = bearer(mirror_client, bed, MULTI)
+    bed.faults.add(
+        Fault(
+            site="front",
+            kind="status",
+            status=429,
+            headers={"Retry-After": "60"},
+            path_contains="/manifests/",
+            times=None,
+        )
+    )
+    response = mirror_client.get(f"/v2/{MULTI}/manifests/{bed.images[MULTI].tag}", headers=headers)
+    assert_error(response, 429, "TOOMANYREQUESTS")
+
+
+def test_cached_tag_is_served_while_upstream_is_down(mirror_client: httpx.Client, bed: Bed) -> None:
+    image = bed.images[MULTI]
+    headers = bearer(mirror_client, bed, MULTI)
+    url = f"/v2/{MULTI}/manifests/{image.tag}"
+    assert mirror_client.get(url, headers=headers).status_code == 200
+    bed.front.stop()
+    response = mirror_client.get(url, headers=headers)
+    assert response.status_code == 200
+    assert response.content == image.manifest
+    assert response.headers["Docker-Content-Digest"] == image.digest
