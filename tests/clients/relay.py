@@ -88,40 +88,35 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         self.request.settimeout(120)
-        client_in = self.request.makefile("rb")
-        request = _read_head(client_in)
-        if request is None:
-            return
-        method, target = request.start_line.split(" ")[:2]
-        length = int(request.get("content-length") or 0)
-        body = client_in.read(length) if length else b""
-        with socket.create_connection(("127.0.0.1", self.server.upstream_port), 120) as up:
+        with self.request.makefile("rb") as client_in:
+            request = _read_head(client_in)
+            if request is None:
+                return
+            length = int(request.get("content-length") or 0)
+            body = client_in.read(length) if length else b""
+        upstream = ("127.0.0.1", self.server.upstream_port)
+        with socket.create_connection(upstream, 120) as up, up.makefile("rb") as up_in:
             up.sendall(request.encode_closing() + body)
-            up_in = up.makefile("rb")
-            response = _read_head(up_in)
-            if response is None:
-                return
-            status = int(response.start_line.split(" ")[1])
-            size = response.get("content-length")
-            cut = status == 200 and size is not None and self.server.claim_cut(method, target)
-            self.server.record(
-                Exchange(
-                    method,
-                    target,
-                    request.as_dict(),
-                    status,
-                    response.as_dict(),
-                    cut,
-                )
-            )
-            self.request.sendall(response.encode_closing())
-            if method == "HEAD" or status in (204, 304):
-                return
-            if cut and size is not None:
-                _copy(up_in, self.request, int(size) // 2)
-                self.request.shutdown(socket.SHUT_WR)
-                return
-            _copy(up_in, self.request, int(size) if size is not None else None)
+            self._answer(request, up_in)
+
+    def _answer(self, request: _Head, up_in: io.BufferedReader) -> None:
+        method, target = request.start_line.split(" ")[:2]
+        response = _read_head(up_in)
+        if response is None:
+            return
+        status = int(response.start_line.split(" ")[1])
+        size = response.get("content-length")
+        cut = status == 200 and size is not None and self.server.claim_cut(method, target)
+        exchange = Exchange(method, target, request.as_dict(), status, response.as_dict(), cut)
+        self.server.record(exchange)
+        self.request.sendall(response.encode_closing())
+        if method == "HEAD" or status in (204, 304):
+            return
+        if cut and size is not None:
+            _copy(up_in, self.request, int(size) // 2)
+            self.request.shutdown(socket.SHUT_WR)
+            return
+        _copy(up_in, self.request, int(size) if size is not None else None)
 
 
 class _Server(socketserver.ThreadingTCPServer):
