@@ -440,9 +440,8 @@ async def test_scheduler_renewal_swaps_cert_with_zero_errors_and_intact_download
     with running_pebble(tmp_path / "pebble", http_port) as pebble:
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            server = tg.create_task(
-                serve(tiny_app(site.webroot), config, shutdown_trigger=stop.wait)
-            )  # type: ignore[arg-type]
+            serving = serve(tiny_app(site.webroot), config, shutdown_trigger=stop.wait)
+            server = tg.create_task(serving, name="hypercorn")
             watcher = tg.create_task(tls.watch(0.05), name="tls-watch")
             try:
                 await wait_async(lambda: _tcp_open(https_port), "hypercorn listening")
@@ -569,7 +568,8 @@ def test_supervisor_restarts_mirror_and_renewer_and_stops_cleanly(tmp_path: Path
         "DOCXY_CERTS_CONFIG_DIR": str(tmp_path / "letsencrypt"),
         "DOCXY_CERTS_WEBROOT": str(tmp_path / "webroot"),
     }
-    log = (tmp_path / "supervisord.log").open("wb")
+    # O_APPEND, like the pipe a container runtime gives: children reopen /dev/stdout.
+    log = (tmp_path / "supervisord.log").open("ab")
     sup = subprocess.Popen(
         ["supervisord", "-c", str(conf)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -611,4 +611,5 @@ def test_supervisor_restarts_mirror_and_renewer_and_stops_cleanly(tmp_path: Path
     # Both programs' own log lines reach supervisord's stdout.
     assert "docxy serving on" in output
     assert "renewing certificates at start" in output
-    assert "stopped: docxy (exit status 0)" in output or "stopped: docxy" in output
+    assert "stopped: docxy (exit status 0)" in output
+    assert "stopped: scheduler (exit status 0)" in output
