@@ -30,7 +30,13 @@ from tests.bed.httpserver import RequestLog
 from tests.bed.images import BUSYBOX, Pusher, TestImage, generated_chunks, seed_images
 from tests.bed.mirror import Mirror
 from tests.bed.registry import REGISTRY_BINARY, RegistryProcess, TokenAuth
-from tests.bed.tokenserver import AccessPolicy, Signer, TokenRequest, TokenServer
+from tests.bed.tokenserver import (
+    TOKEN_LIFETIME,
+    AccessPolicy,
+    Signer,
+    TokenRequest,
+    TokenServer,
+)
 
 __all__ = [
     "Bed",
@@ -113,6 +119,7 @@ class Bed:
                 server.start()
         self.front_log.clear()
         self.tokens.log.clear()
+        self.tokens.lifetime = TOKEN_LIFETIME
         self.front.reset_ratelimit()
 
     def token(self, *scopes: str, user: str | None = None, password: str | None = None) -> str:

@@ -128,13 +128,15 @@ class Signer:
         r, s = decode_dss_signature(der_sig)
         return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
-    def token(self, service: str, subject: str, access: list[dict[str, object]]) -> str:
+    def token(
+        self, service: str, subject: str, access: list[dict[str, object]], lifetime: int
+    ) -> str:
         now = int(time.time())
         claims: dict[str, object] = {
             "iss": self.issuer,
             "sub": subject,
             "aud": service,
-            "exp": now + TOKEN_LIFETIME,
+            "exp": now + lifetime,
             "nbf": now - 10,
             "iat": now,
             "jti": secrets.token_hex(12),
@@ -161,6 +163,9 @@ class TokenServer(LoopbackServer):
         self.service = service
         self.signer = signer
         self.log: RequestLog[TokenRequest] = RequestLog()
+        self.lifetime = TOKEN_LIFETIME
+        """Seconds a new token is valid; lower it to test expiry (check how much clock skew
+        the registry tolerates past `exp` before relying on an exact moment)."""
 
     @property
     def realm(self) -> str:
@@ -175,7 +180,7 @@ class TokenServer(LoopbackServer):
                 continue
             actions = self.policy.allowed(user, scope)
             access.append({"type": scope.type, "name": scope.name, "actions": list(actions)})
-        return self.signer.token(service or self.service, user or "", access)
+        return self.signer.token(service or self.service, user or "", access, self.lifetime)
 
     def issue(self, user: str | None, service: str, scope_texts: list[str]) -> dict[str, object]:
         token = self.mint(user, scope_texts, service)
@@ -183,7 +188,7 @@ class TokenServer(LoopbackServer):
         return {
             "token": token,
             "access_token": token,
-            "expires_in": TOKEN_LIFETIME,
+            "expires_in": self.lifetime,
             "issued_at": issued,
         }
 
