@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from docxy import __version__
+from docxy import __version__, cachecli, warm
 from docxy.config import Config, describe, load_config
 from docxy.errors import ConfigError
 
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--show-config", action="store_true", help="print the settings and their sources, then exit"
     )
+    cachecli.register(commands)
+    warm.register(commands)
     return parser
 
 
@@ -102,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    handler = getattr(args, "handler", None)
+    if handler is not None:  # docxy cache / docxy warm: they load the config themselves
+        return int(handler(args, config_from_args))
     try:
         config = config_from_args(args)
     except ConfigError as exc:
