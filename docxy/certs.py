@@ -16,10 +16,11 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from docxy.config import Config, load_config
+from docxy.config import Config
 from docxy.errors import ConfigError
 from docxy.tls import CertError, inspect_pair, write_files_atomic
 
@@ -208,16 +209,21 @@ def describe_files(cert_path: Path, key_path: Path) -> dict[str, object]:
 
 
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `certs obtain|renew|status`; the parsed namespace's `handler(args)` runs it."""
+    """Add ``docxy certs obtain|renew|status``; ``args.handler(args, config_from_args)`` runs it."""
     certs = subparsers.add_parser("certs", help="obtain, renew and inspect the TLS certificate")
-    certs.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML config file")
-    sub = certs.add_subparsers(dest="certs_command", required=True)
+    certs.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
+    certs.add_argument(
+        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
+    )
+    certs.set_defaults(handler=run_cli, no_library_prefix=False, no_cache=False)
+    sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config-dir", type=Path, help="certbot's directory (certs.config_dir)")
         p.add_argument("--ca-bundle", type=Path, help="CA bundle for the ACME server's TLS")
-        p.add_argument("--cert", type=Path, help="install the certificate here (tls.cert_path)")
-        p.add_argument("--key", type=Path, help="install the key here (tls.key_path)")
+        # Not tls.cert_path overrides: the files need not exist yet.
+        p.add_argument("--cert", dest="install_cert", type=Path, help="cert file (tls.cert_path)")
+        p.add_argument("--key", dest="install_key", type=Path, help="key file (tls.key_path)")
 
     obtain_p = sub.add_parser("obtain", help="get a certificate by HTTP-01 through the webroot")
     obtain_p.add_argument("--domain", help="the mirror's DNS name (certs.domain)")
@@ -231,12 +237,11 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     renew_p.add_argument("--force", action="store_true", help="renew even if not due")
     renew_p.add_argument("--dry-run", action="store_true", help="certbot --dry-run")
     common(renew_p)
-    status_p = sub.add_parser("status", help="show the installed certificate as JSON")
-    common(status_p)
-    certs.set_defaults(handler=run_cli)
+    common(sub.add_parser("status", help="show the installed certificate as JSON"))
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, load: Callable[[argparse.Namespace], Config]) -> int:
+    """Run one ``docxy certs`` action; `load` is the CLI's flags+env+TOML config loader."""
     flags = {
         "certs.domain": getattr(args, "domain", None),
         "certs.email": getattr(args, "email", None),
@@ -245,10 +250,9 @@ def run_cli(args: argparse.Namespace) -> int:
         "certs.config_dir": args.config_dir,
         "certs.ca_bundle": args.ca_bundle,
     }
-    overrides = {key: str(value) for key, value in flags.items() if value is not None}
+    args.set = [*args.set, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     try:
-        config = load_config(overrides, getattr(args, "config", None))
-        return _dispatch(args, config)
+        return _dispatch(args, load(args))
     except (ConfigError, CertbotError, CertError, ValueError) as exc:
         print(f"docxy certs {args.certs_command}: {exc}", file=sys.stderr)
         return 1
@@ -263,8 +267,8 @@ def _need(value: T | None, key: str) -> T:
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     certs = config.certs
-    cert_path: Path | None = args.cert or config.tls.cert_path
-    key_path: Path | None = args.key or config.tls.key_path
+    cert_path: Path | None = args.install_cert or config.tls.cert_path
+    key_path: Path | None = args.install_key or config.tls.key_path
     if args.certs_command == "status":
         cert, key = _need(cert_path, "tls.cert_path"), _need(key_path, "tls.key_path")
         print(json.dumps(describe_files(cert, key), indent=2))

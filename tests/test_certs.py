@@ -15,6 +15,7 @@ import pytest
 
 from docxy import certs
 from docxy.certs import CertbotError, certbot_reason, install, register_cli
+from docxy.cli import config_from_args
 from docxy.tls import CertError, self_signed
 
 CA_REFUSED = """\
@@ -132,10 +133,11 @@ def test_obtain_refuses_server_and_staging(tmp_path: Path) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
+    """As `docxy` runs a registered command: args.handler(args, config_from_args)."""
     parser = argparse.ArgumentParser(prog="docxy")
     register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
-    code: int = args.handler(args)
+    code: int = args.handler(args, config_from_args)
     return code
 
 

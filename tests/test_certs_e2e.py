@@ -12,6 +12,7 @@ the clients here. certbot trusts pebble's own HTTPS certificate through REQUESTS
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -35,6 +36,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from docxy import certs
+from docxy.cli import config_from_args
 from docxy.tls import ReloadableTLS, self_signed
 from tests.bed import need_binary
 from tests.bed.httpserver import LOOPBACK, free_port
@@ -271,18 +273,26 @@ def mirror_with_tls(site: Site) -> Iterator[tuple[Mirror, int]]:
         stop_mirror(mirror)
 
 
+def docxy_certs(*argv: str) -> int:
+    """`docxy certs ...` as the CLI runs it: the registered handler with the CLI's loader."""
+    parser = argparse.ArgumentParser(prog="docxy")
+    certs.register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["certs", *argv])
+    code: int = args.handler(args, config_from_args)
+    return code
+
+
 def obtain_through(site: Site, pebble: Pebble, mirror: Mirror, tls_port: int) -> int:
-    """certbot through the mirror's webroot, install, SIGHUP; the served serial once switched."""
-    live = certs.obtain(
-        DOMAIN,
-        EMAIL,
-        webroot=site.webroot,
-        config_dir=site.config_dir,
-        acme_server=pebble.directory,
-        ca_bundle=pebble.tls_ca,
-        staging=False,
+    """`docxy certs obtain` through the mirror's webroot, SIGHUP; the served serial after."""
+    code = docxy_certs(
+        "obtain",
+        *("--domain", DOMAIN, "--email", EMAIL, "--acme-server", pebble.directory),
+        *("--ca-bundle", str(pebble.tls_ca), "--webroot", str(site.webroot)),
+        *("--config-dir", str(site.config_dir), "--cert", str(site.cert), "--key", str(site.key)),
     )
-    assert certs.install(live, site.cert, site.key) is True
+    assert code == 0, pebble.logs()
+    live = site.config_dir / "live" / DOMAIN
+    assert site.cert.read_bytes() == (live / "fullchain.pem").read_bytes()
     mirror.proc.send_signal(signal.SIGHUP)
     serial = serial_of(site.cert)
     poll(lambda: served_cert(tls_port).serial_number == serial, what="mirror serves the new cert")
