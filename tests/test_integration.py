@@ -26,6 +26,7 @@ from tests.bed.images import (
     sha256_digest,
 )
 from tests.bed.mirror import MIRRORS_KEY, launch_mirror, stop_mirror
+from tests.conftest import StartMirror
 
 pytestmark = pytest.mark.e2e
 
@@ -135,6 +136,15 @@ def test_v2_challenge_points_at_the_mirror_with_upstream_service(
     challenge = parse_challenge(response.headers["WWW-Authenticate"])
     assert challenge["realm"] == f"{mirror.url}/auth/token"
     assert challenge["service"] == bed.service
+
+
+def test_challenge_realm_follows_public_url(start_mirror: StartMirror, bed: Bed) -> None:
+    public = "https://mirror.docxy.test"  # only written into headers, never connected to
+    mirror = start_mirror("--public-url", public)
+    response = httpx.get(f"{mirror.url}/v2/")
+    assert response.status_code == 401
+    challenge = parse_challenge(response.headers["WWW-Authenticate"])
+    assert (challenge["realm"], challenge["service"]) == (f"{public}/auth/token", bed.service)
 
 
 def test_anonymous_token_through_mirror_pulls(mirror_client: httpx.Client, bed: Bed) -> None:
