@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 CERTBOT = "certbot"
 TIMEOUT = 300.0
+STATUS_FILE = "status.json"  # the renewer's, in certs.config_dir
 _NOISE = ("Saving debug log", "Ask for help", "See the logfile", "- - -", "re-run Certbot")
 
 
@@ -203,6 +204,16 @@ def describe_files(cert_path: Path, key_path: Path) -> dict[str, object]:
         "not_after": info.not_after.isoformat(),
         "days_left": info.days_left(),
     }
+
+
+def renewal_status(config_dir: Path) -> dict[str, object]:
+    """The renewer's last status (for /health): last run, last error, next run, certificate."""
+    path = config_dir / STATUS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {"error": f"no renewer status in {path}: {exc.__class__.__name__}"}
+    return data if isinstance(data, dict) else {"error": f"{path}: not a JSON object"}
 
 
 # --- `docxy certs ...` ------------------------------------------------------------------------

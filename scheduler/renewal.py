@@ -148,12 +148,3 @@ class Renewer:
             status["certificate"] = certs.describe_files(s.cert_path, s.key_path)
         data = json.dumps(status, indent=2).encode() + b"\n"
         write_files_atomic([(s.status_file, data, 0o644)])
-
-
-def read_status(path: Path) -> dict[str, object]:
-    """The renewer's last status for the mirror's /health; an error entry if there is none."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return {"error": f"no renewer status in {path}: {exc}"}
-    return data if isinstance(data, dict) else {"error": f"{path}: not a JSON object"}

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from docxy.certs import STATUS_FILE
 from docxy.config import load_config
 from docxy.errors import ConfigError
 
@@ -28,7 +29,6 @@ class Settings:
     ca_bundle: Path | None
     cert_path: Path | None
     key_path: Path | None
-    status_file: Path
     hours: tuple[int, int]  # the two daily runs...
     minute: int  # ...at this minute: picked at random unless given
     interval: float | None  # instead of the daily runs (tests)
@@ -40,11 +40,14 @@ class Settings:
     certbot_timeout: float
     once: bool
 
+    @property
+    def status_file(self) -> Path:
+        return self.config_dir / STATUS_FILE  # read by the mirror: docxy.certs.renewal_status
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__)
     p.add_argument("--config", type=Path, help="the mirror's TOML config (default $DOCXY_CONFIG)")
-    p.add_argument("--status-file", type=Path, help="JSON status (default CONFIG_DIR/status.json)")
     p.add_argument("--hour", type=int, help="first daily run's hour 0-11 (default random)")
     p.add_argument("--minute", type=int, help="daily runs' minute (default random)")
     p.add_argument("--interval", type=float, help="run every N seconds instead of twice a day")
@@ -87,7 +90,6 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
     if config.certs.config_dir is None:
         raise ConfigError("certs.config_dir: not set (env DOCXY_CERTS_CONFIG_DIR or [certs])")
     hour = int(number("hour", random.randrange(12)) or 0) % 12
-    status_file = opt("status_file")
     pidfile, reload_command = opt("pidfile"), opt("reload_command")
     return Settings(
         domain=config.certs.domain,
@@ -98,7 +100,6 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         ca_bundle=config.certs.ca_bundle,
         cert_path=config.tls.cert_path,
         key_path=config.tls.key_path,
-        status_file=Path(status_file) if status_file else config.certs.config_dir / "status.json",
         hours=(hour, hour + 12),
         minute=int(number("minute", random.randrange(60)) or 0) % 60,
         interval=number("interval", None),

@@ -177,3 +177,11 @@ def test_cli_status_reports_a_broken_pair(
     _, key = self_signed(tmp_path / "b", "b.test")
     assert run_cli(["certs", "status", "--cert", str(cert), "--key", str(key)]) == 0
     assert "does not match" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_renewal_status_for_health(tmp_path: Path) -> None:
+    assert "no renewer status" in str(certs.renewal_status(tmp_path)["error"])
+    (tmp_path / certs.STATUS_FILE).write_text("[1]")
+    assert "not a JSON object" in str(certs.renewal_status(tmp_path)["error"])
+    (tmp_path / certs.STATUS_FILE).write_text('{"last_error": null, "failures": 0}')
+    assert certs.renewal_status(tmp_path) == {"last_error": None, "failures": 0}

@@ -23,7 +23,7 @@ from docxy.errors import ConfigError
 from docxy.tls import self_signed
 from scheduler import main as scheduler_main
 from scheduler import settings as settings_mod
-from scheduler.renewal import Renewer, backoff, read_status
+from scheduler.renewal import Renewer, backoff
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,12 @@ def poll(predicate: Callable[[], object], timeout: float = 15.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met before the deadline"
         time.sleep(0.02)
+
+
+def read_status(path: Path) -> dict[str, object]:
+    """What the mirror reads for /health."""
+    assert path.name == certs.STATUS_FILE
+    return certs.renewal_status(path.parent)
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
