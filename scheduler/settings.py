@@ -75,7 +75,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
     def opt(name: str) -> str | None:
         return _flag_or_env(getattr(args, name), name, environ)
 
-    def number(name: str, default: float | None) -> float | None:
+    def number(name: str, default: float, *, positive: bool = False) -> float:
         text = opt(name)
         if text is None:
             return default
@@ -83,13 +83,14 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
             value = float(text)
         except ValueError:
             raise ConfigError(f"scheduler.{name}: expected a number, got {text!r}") from None
-        if value < 0:
-            raise ConfigError(f"scheduler.{name}: expected a number >= 0, got {text!r}")
+        if value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise ConfigError(f"scheduler.{name}: expected a number {bound}, got {text!r}")
         return value
 
     if config.certs.config_dir is None:
         raise ConfigError("certs.config_dir: not set (env DOCXY_CERTS_CONFIG_DIR or [certs])")
-    hour = int(number("hour", random.randrange(12)) or 0) % 12
+    hour = int(number("hour", random.randrange(12))) % 12
     pidfile, reload_command = opt("pidfile"), opt("reload_command")
     return Settings(
         domain=config.certs.domain,
@@ -101,13 +102,13 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         cert_path=config.tls.cert_path,
         key_path=config.tls.key_path,
         hours=(hour, hour + 12),
-        minute=int(number("minute", random.randrange(60)) or 0) % 60,
-        interval=number("interval", None),
-        retry_base=number("retry_base", 300.0) or 300.0,
-        retry_max=number("retry_max", 6 * 3600.0) or 6 * 3600.0,
+        minute=int(number("minute", random.randrange(60))) % 60,
+        interval=number("interval", 0.0) or None,
+        retry_base=number("retry_base", 300.0, positive=True),
+        retry_max=number("retry_max", 6 * 3600.0, positive=True),
         pidfile=Path(pidfile) if pidfile else None,
         reload_command=reload_command,
         deploy_hook=opt("deploy_hook"),
-        certbot_timeout=number("certbot_timeout", 300.0) or 300.0,
+        certbot_timeout=number("certbot_timeout", 300.0, positive=True),
         once=args.once,
     )

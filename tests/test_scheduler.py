@@ -84,6 +84,8 @@ def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="scheduler.interval: expected a number, got 'soon'"):
         settings_mod.load([])
     monkeypatch.delenv("DOCXY_SCHEDULER_INTERVAL")
+    with pytest.raises(ConfigError, match="scheduler.retry_base: expected a number > 0, got '0'"):
+        settings_mod.load(["--retry-base", "0"])
     monkeypatch.delenv("DOCXY_CERTS_CONFIG_DIR")
     with pytest.raises(ConfigError, match="certs.config_dir: not set"):
         settings_mod.load([])
