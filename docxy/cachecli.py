@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -43,6 +44,8 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
 DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
 ConfigLoader = Callable[[argparse.Namespace], Config]
@@ -94,6 +97,8 @@ def parse_image_ref(text: str, *, library_prefix: bool = True) -> ImageRef:
     first, slash, remainder = rest.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
         domain, rest = first, remainder
+        if not _DOMAIN.fullmatch(domain):
+            raise ValueError(f"{text!r}: invalid registry host {domain!r}")
     name, colon, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
     if not colon:
         tag = ""
