@@ -48,15 +48,15 @@ class Settings:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__)
     p.add_argument("--config", type=Path, help="the mirror's TOML config (default $DOCXY_CONFIG)")
-    p.add_argument("--hour", type=int, help="first daily run's hour 0-11 (default random)")
-    p.add_argument("--minute", type=int, help="daily runs' minute (default random)")
-    p.add_argument("--interval", type=float, help="run every N seconds instead of twice a day")
-    p.add_argument("--retry-base", type=float, help="first retry after N seconds (default 300)")
-    p.add_argument("--retry-max", type=float, help="longest wait between retries (default 6h)")
+    p.add_argument("--hour", help="first daily run's hour 0-11 (default random)")
+    p.add_argument("--minute", help="daily runs' minute (default random)")
+    p.add_argument("--interval", help="run every N seconds instead of twice a day")
+    p.add_argument("--retry-base", help="first retry after N seconds (default 300)")
+    p.add_argument("--retry-max", help="longest wait between retries (default 6h)")
     p.add_argument("--pidfile", type=Path, help="send SIGHUP to the mirror's pid in this file")
     p.add_argument("--reload-command", help="run this to make the mirror reload instead")
     p.add_argument("--deploy-hook", help="extra certbot --deploy-hook command")
-    p.add_argument("--certbot-timeout", type=float, help="seconds per certbot run (default 300)")
+    p.add_argument("--certbot-timeout", help="seconds per certbot run (default 300)")
     p.add_argument("--once", action="store_true", help="one run, then exit (status 1 if failed)")
     return p
 
