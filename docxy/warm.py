@@ -218,11 +218,11 @@ class Warmer:
     """Pulls images through a mirror with one ``httpx.Client``."""
 
     def __init__(
-        self, client: httpx.Client, platform: str = "all", progress: TextIO = sys.stderr
+        self, client: httpx.Client, platform: str = "all", progress: TextIO | None = None
     ) -> None:
         self.client = client
         self.platform = platform
-        self.progress = progress
+        self.progress = sys.stderr if progress is None else progress
         self.tally = Tally()
 
     def warm(self, image: ImageRef) -> Tally:
