@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import httpx
 
 from docxy import __version__
+from docxy.cache import Digest, InvalidDigest, parse_digest
 from docxy.cachecli import ImageRef, human_size, parse_image_ref
 from docxy.challenge import parse_challenge
 from docxy.config import Config
@@ -208,10 +209,27 @@ def platform_matches(wanted: str, platform: str | None) -> bool:
     return platform == wanted or platform.startswith(wanted + "/")
 
 
-def _check_digest(digest: str, hasher: Any) -> None:
-    algorithm, _, expected = digest.partition(":")
-    if hasher.hexdigest() != expected:
-        raise WarmError(f"{digest[:19]}: the bytes hash to {algorithm}:{hasher.hexdigest()[:12]}")
+def _digest(text: str | None, what: str) -> Digest:
+    try:
+        return parse_digest(str(text))
+    except InvalidDigest as exc:
+        raise WarmError(f"{what}: {exc}") from None
+
+
+def _check(digest: Digest, hasher: Any) -> None:
+    if hasher.hexdigest() != digest.hex:
+        actual = f"{digest.algorithm}:{hasher.hexdigest()[:12]}"
+        raise WarmError(f"{str(digest)[:19]}: the bytes hash to {actual}")
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise WarmError(f"{what}: not a JSON object")
+    return doc
 
 
 class Warmer:
@@ -228,15 +246,16 @@ class Warmer:
     def warm(self, image: ImageRef) -> Tally:
         """Fetch ``image``'s manifests and blobs; what it took is added to ``self.tally``."""
         before = Tally(self.tally.manifests, self.tally.blobs, self.tally.bytes)
-        pinned = None if image.digest is None else str(image.digest)
-        body, media_type = self._manifest(image.name, image.ref, pinned)
+        body, media_type = self._manifest(image.name, image.ref, image.digest)
         if media_type in INDEX_TYPES:
-            children = [_descriptor(item) for item in json.loads(body).get("manifests", [])]
+            entries = _json_object(body, f"manifest {image.ref}").get("manifests")
+            children = [_descriptor(item) for item in entries or []]
             chosen = [c for c in children if c and platform_matches(self.platform, c.platform)]
             if not chosen:
                 raise WarmError(f"no manifest for platform {self.platform}")
             for child in chosen:
-                child_body, child_type = self._manifest(image.name, child.digest, child.digest)
+                digest = _digest(child.digest, "a platform entry")
+                child_body, child_type = self._manifest(image.name, str(digest), digest)
                 self._blobs(image.name, child_body, child_type)
         else:
             self._blobs(image.name, body, media_type)
@@ -246,45 +265,43 @@ class Warmer:
             self.tally.bytes - before.bytes,
         )
 
-    def _manifest(self, name: str, ref: str, digest: str | None) -> tuple[bytes, str]:
-        response = self._get(f"/v2/{name}/manifests/{ref}", {"Accept": ACCEPT})
-        body = response.content
+    def _manifest(self, name: str, ref: str, digest: Digest | None) -> tuple[bytes, str]:
+        """Manifest ``ref``, checked against ``digest`` or the mirror's Docker-Content-Digest."""
+        path = f"/v2/{name}/manifests/{ref}"
+        with self.client.stream("GET", path, headers={"Accept": ACCEPT}) as response:
+            _raise_for_status(response, path)
+            buffer = bytearray()
+            for chunk in response.iter_bytes():
+                buffer += chunk
+                if len(buffer) > MAX_MANIFEST:
+                    raise WarmError(f"{path}: manifest larger than {human_size(MAX_MANIFEST)}")
+        body = bytes(buffer)
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
-        digest = digest or response.headers.get("docker-content-digest")
-        if digest:
-            algorithm = digest.partition(":")[0]
-            if algorithm not in ("sha256", "sha512"):
-                raise WarmError(f"manifest {ref}: unsupported digest {digest[:80]!r}")
-            _check_digest(digest, hashlib.new(algorithm, body))
+        header = response.headers.get("docker-content-digest")
+        if digest is None and header:
+            digest = _digest(header, f"manifest {ref}: Docker-Content-Digest")
+        if digest is not None:
+            _check(digest, hashlib.new(digest.algorithm, body))
         if media_type not in INDEX_TYPES | IMAGE_TYPES:
             raise WarmError(f"manifest {ref}: unsupported media type {media_type!r}")
         self.tally.manifests += 1
         return body, media_type
 
-    def _get(self, path: str, headers: dict[str, str]) -> httpx.Response:
-        response = self.client.get(path, headers=headers)
-        _raise_for_status(response, path)
-        if len(response.content) > MAX_MANIFEST:
-            raise WarmError(f"{path}: manifest larger than {human_size(MAX_MANIFEST)}")
-        return response
-
     def _blobs(self, name: str, body: bytes, media_type: str) -> None:
         if media_type not in IMAGE_TYPES:
             raise WarmError(f"a platform entry is a {media_type}, not an image manifest")
-        doc = json.loads(body)
-        items = [doc.get("config"), *(doc.get("layers") or [])]
+        doc = _json_object(body, "image manifest")
+        layers = doc.get("layers")
+        items = [doc.get("config"), *(layers if isinstance(layers, list) else [])]
         for descriptor in filter(None, map(_descriptor, items)):
             if descriptor.digest not in self.tally.seen:
                 self._blob(name, descriptor)
                 self.tally.seen.add(descriptor.digest)
 
     def _blob(self, name: str, descriptor: Descriptor) -> None:
-        digest = descriptor.digest
-        algorithm = digest.partition(":")[0]
-        if algorithm not in ("sha256", "sha512"):
-            raise WarmError(f"blob {digest[:80]!r}: unsupported digest")
-        hasher = hashlib.new(algorithm)
-        progress = Progress(self.progress, digest[:19], descriptor.size)
+        digest = _digest(descriptor.digest, "a layer")
+        hasher = digest.hasher()
+        progress = Progress(self.progress, str(digest)[:19], descriptor.size)
         done = 0
         path = f"/v2/{name}/blobs/{digest}"
         with self.client.stream("GET", path) as response:
@@ -295,9 +312,11 @@ class Warmer:
                 progress.update(done)
         if descriptor.size is not None and done != descriptor.size:
             progress.finish(done, "wrong length")
-            raise WarmError(f"{digest[:19]}: got {done} bytes, the manifest says {descriptor.size}")
+            raise WarmError(
+                f"{str(digest)[:19]}: got {done} bytes, the manifest says {descriptor.size}"
+            )
         try:
-            _check_digest(digest, hasher)
+            _check(digest, hasher)
         except WarmError:
             progress.finish(done, "digest mismatch")
             raise

@@ -252,6 +252,31 @@ def test_manifest_not_matching_its_digest_fails(registry: FakeRegistry) -> None:
         warm.warm(parse_image_ref(f"app@{digest}"))
 
 
+@pytest.mark.parametrize(
+    ("body", "media_type", "message"),
+    [
+        (b"not json", OCI_MANIFEST, "not a JSON object"),
+        (b"[]", OCI_INDEX, "not a JSON object"),
+        (
+            b'{"manifests": [{"digest": "sha256:../../x", "platform": {"os": "linux", '
+            b'"architecture": "amd64"}}]}',
+            OCI_INDEX,
+            "a platform entry",
+        ),
+        (b'{"config": {"digest": "md5:00"}}', OCI_MANIFEST, "a layer"),
+        (b"{}", "application/vnd.docker.distribution.manifest.v1+json", "unsupported media type"),
+    ],
+)
+def test_malformed_manifests_fail_cleanly(
+    registry: FakeRegistry, body: bytes, media_type: str, message: str
+) -> None:
+    registry.add_manifest("library/odd", "1", body, media_type)
+    warm, _ = warmer(registry)
+    with pytest.raises(WarmError, match=message):
+        warm.warm(parse_image_ref("odd:1"))
+    assert registry.blob_gets == []
+
+
 def test_missing_image_exits_1_and_the_rest_is_still_warmed(
     registry: FakeRegistry, capsys: pytest.CaptureFixture[str]
 ) -> None:
