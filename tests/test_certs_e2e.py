@@ -143,6 +143,14 @@ def _tcp_open(port: int) -> bool:
     return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _get(url: str, verify: ssl.SSLContext) -> bytes | None:
     try:
         response = httpx.get(url, verify=verify, timeout=5)
@@ -584,9 +592,13 @@ def test_supervisor_restarts_mirror_and_renewer_and_stops_cleanly(tmp_path: Path
         ["supervisord", "-c", str(conf)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
 
+    seen: set[int] = set()  # every child pid, so none outlives the test
+
     def pid(program: str) -> int:
         text = supervisorctl(conf, env, "pid", program)
-        return int(text) if text.isdigit() else 0
+        number = int(text) if text.isdigit() else 0
+        seen.add(number)
+        return number
 
     def healthy() -> bool:
         with contextlib.suppress(httpx.TransportError):
@@ -606,18 +618,22 @@ def test_supervisor_restarts_mirror_and_renewer_and_stops_cleanly(tmp_path: Path
 
             poll(restarted, what=f"{program} restarted")
         poll(healthy, what="mirror healthy again")
-        children = [pid("docxy"), pid("scheduler")]
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(timeout=60) == 0
     finally:
         if sup.poll() is None:
-            sup.kill()
-            sup.wait(timeout=10)
+            sup.terminate()  # supervisord stops its children on SIGTERM; SIGKILL would orphan them
+            try:
+                sup.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                sup.kill()
+                sup.wait(timeout=10)
         log.close()
+        left = [child for child in seen - {0} if _alive(child)]
+        for child in left:
+            os.kill(child, signal.SIGKILL)
+    assert left == [], "children outlived supervisord"
     output = (tmp_path / "supervisord.log").read_text(errors="replace")
-    for child in children:
-        with pytest.raises(ProcessLookupError):
-            os.kill(child, 0)
     # Both programs' own log lines reach supervisord's stdout.
     assert "docxy serving on" in output
     assert "renewing certificates at start" in output
