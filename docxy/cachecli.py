@@ -229,6 +229,16 @@ async def manifest_closure(
     return seen
 
 
+async def unshared_blobs(
+    cache: Cache, repo: RepoKey, roots: Iterable[Digest], others: Iterable[TagEntry]
+) -> list[Digest]:
+    """Cached blobs reachable from ``roots`` in ``repo`` but from none of the ``others`` tags."""
+    mine = await manifest_closure(cache.manifests, repo, roots)
+    for other in others:
+        mine -= await manifest_closure(cache.manifests, other.repo, [other.digest])
+    return sorted((e.digest for e in cache.blobs.list_entries() if e.digest in mine), key=str)
+
+
 def upstream_host(config: Config) -> str:
     return urlsplit(config.upstream.registry).netloc
 
@@ -292,26 +302,19 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
                 file=sys.stderr,
             )
             return EXIT_NOT_FOUND
-    doomed: list[Digest] = []
-    if blobs:
-        mine = await manifest_closure(store, repo, roots)
-        kept: set[Digest] = set()
-        for other in tags:
-            if other not in targets:
-                kept |= await manifest_closure(store, other.repo, [other.digest])
-        unshared = mine - kept
-        doomed = sorted(
-            (e.digest for e in cache.blobs.list_entries() if e.digest in unshared), key=str
+    others = [t for t in tags if t not in targets]
+    doomed = await unshared_blobs(cache, repo, roots, others) if blobs else []
+    busy = open_by_processes(cache.blobs.path_of(d) for d in doomed)
+    for path, pid in sorted(busy.items()):
+        print(
+            f"docxy cache rm: blob {path.name[:12]} is being read (pid {pid}); "
+            "nothing removed, try again later",
+            file=sys.stderr,
         )
-        busy = open_by_processes(cache.blobs.path_of(d) for d in doomed)
-        if busy:
-            for path, pid in sorted(busy.items()):
-                print(
-                    f"docxy cache rm: blob {path.name[:12]} is being read (pid {pid}); "
-                    "nothing removed, try again later",
-                    file=sys.stderr,
-                )
-            return EXIT_NOT_FOUND
+    if busy:
+        return EXIT_NOT_FOUND
+    if not targets:
+        print(f"no tag points at {image.digest}", file=out)
     for tag in targets:
         await store.forget_tag(tag.repo, tag.tag)
         print(f"untagged {tag.repo.upstream}/{tag.repo.repo}:{tag.tag} ({tag.digest})", file=out)

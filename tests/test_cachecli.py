@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from docxy.cache import Digest, RepoKey, digest_of, open_cache
+from docxy.cache import Digest, RepoKey, digest_of, open_cache, parse_digest
 from docxy.cache.fill import BlobWriter
 from docxy.cachecli import ImageRef, human_age, human_size, parse_image_ref
 from docxy.cli import main
@@ -90,6 +90,7 @@ class Populated:
     hello: Digest  # library/hello:latest — an index of two images
     secret: Digest  # acme/secret:v1 — private
     blobs: dict[str, Digest]
+    children: list[Digest]  # hello's platform manifests
 
     def blob_path(self, name: str) -> Path:
         digest = self.blobs[name]
@@ -153,7 +154,8 @@ async def _populate(root: Path) -> Populated:
     secret = await tag(
         "acme/secret", "v1", image("alpine-cfg", "secret-l"), OCI_MANIFEST, public=False
     )
-    return Populated(root, alpine, busybox, hello, secret, digests)
+    platforms = [parse_digest(str(c["digest"])) for c in children]
+    return Populated(root, alpine, busybox, hello, secret, digests, platforms)
 
 
 @pytest.fixture(autouse=True)
@@ -317,6 +319,15 @@ def test_rm_by_digest(capsys: pytest.CaptureFixture[str], cache: Populated) -> N
     assert "untagged up.test/acme/secret:v1" in out
     _, blobs = listed(capsys, cache)
     assert str(cache.blobs["secret-l"]) not in blobs
+
+
+def test_rm_untagged_digest_keeps_what_a_tag_reaches(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    code, out, _ = run(capsys, cache, "rm", f"hello@{cache.children[0]}", "--blobs")
+    assert code == 0
+    assert out == f"no tag points at {cache.children[0]}\n"  # and hello:latest still needs them
+    assert len(listed(capsys, cache)[1]) == 10
 
 
 @pytest.mark.parametrize("image", ["alpine:edge", "nginx", "other.test/library/alpine:3.20"])
