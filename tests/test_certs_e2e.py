@@ -23,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -509,6 +510,49 @@ async def test_scheduler_renewal_swaps_cert_with_zero_errors_and_intact_download
     assert errors == []
     assert answered > 0 and seen == {first, second}
     assert tls.status()["last_error"] is None
+
+
+def test_scheduler_renews_the_running_mirror_with_zero_errors(tmp_path: Path) -> None:
+    """The same renewal against `docxy serve`: installed, SIGHUP through a pidfile, switched."""
+    site = Site(tmp_path)
+    with mirror_with_tls(site) as (mirror, tls_port):
+        with running_pebble(tmp_path / "pebble", mirror.port) as pebble:
+            first = obtain_through(site, pebble, mirror, tls_port)
+            pidfile = tmp_path / "docxy.pid"
+            pidfile.write_text(f"{mirror.proc.pid}\n")
+            stop, seen, errors = threading.Event(), set[int](), list[str]()
+            loop = threading.Thread(
+                target=https_loop, args=(tls_port, pebble.root, stop, seen, errors)
+            )
+            loop.start()
+            try:
+                poll(lambda: seen, what="the loop is answered")
+                result = run_renewer_once(site, pebble, "--pidfile", str(pidfile))
+                assert result.returncode == 0, result.stderr
+                assert f"mirror told by SIGHUP to pid {mirror.proc.pid}" in result.stderr
+                second = serial_of(site.cert)
+                poll(lambda: second in seen, what="new handshakes get the renewed certificate")
+            finally:
+                stop.set()
+                loop.join(timeout=30)
+            health = https_health(tls_port, pebble.root)
+    assert second != first and seen == {first, second}
+    assert errors == []
+    assert health["tls"]["serial"] == format(second, "x")
+    assert health["tls"]["last_error"] is None
+
+
+def https_loop(
+    port: int, root: Path, stop: threading.Event, seen: set[int], errors: list[str]
+) -> None:
+    """Handshake and GET /health over new connections until `stop` (bounded by DEADLINE * 4)."""
+    deadline = time.monotonic() + DEADLINE * 4
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            seen.add(served_cert(port, root).serial_number)
+            https_health(port, root)
+        except (OSError, ssl.SSLError, httpx.HTTPError, AssertionError) as exc:
+            errors.append(repr(exc))
 
 
 # --- 3: broken renewals leave the old certificate served and say why ----------------------------
