@@ -199,3 +199,20 @@ def test_missing_tag_fails_without_leaving_the_mirror(
     heads = [e for e in recorder.exchanges if e.method == "HEAD"]
     assert heads and heads[-1].status == 404, heads
     assert egress.attempts == []
+
+
+def test_cached_image_pulls_while_upstream_is_down(
+    bed: Bed, recorder: Relay, containerd: Containerd, egress: EgressGuard
+) -> None:
+    """Docker Hub has an outage: a node that never had the image still gets it from the
+    mirror's cache (the tag was fetched moments ago, well within cache.tag_ttl)."""
+    image = bed.images["library/hello"]
+    pull(containerd, recorder.url, image)
+    bed.front.stop()
+    bed.cdn.stop()
+
+    with running_containerd(egress_proxy=egress.url) as node:
+        pull(node, recorder.url, image)
+        assert image_digest(node, image) == image.digest
+        assert cat_test_file(node, image, "offline") == image.content
+    assert egress.attempts == []
