@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# Docxy appliance: the mirror and its certificate renewer under supervisord, in one container.
+#   docker compose up -d        (see compose.yaml; set DOCXY_DOMAIN and DOCXY_EMAIL for HTTPS)
+
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY docxy ./docxy
+COPY scheduler ./scheduler
+# Wheels for the app and what the container runs beside it: the renewer (APScheduler),
+# certbot (ACME client) and supervisor (process supervisor).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[scheduler]' certbot supervisor
+
+FROM python:3.12-slim
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels docxy certbot supervisor apscheduler \
+    && rm -rf /wheels \
+    && useradd --system --home-dir /var/lib/docxy --shell /usr/sbin/nologin docxy \
+    && mkdir -p /var/lib/docxy/cache /var/lib/docxy/certs /var/lib/docxy/webroot /run/docxy \
+    && chown -R docxy:docxy /var/lib/docxy /run/docxy
+COPY scripts/supervisord.conf /etc/docxy/supervisord.conf
+COPY scripts/entrypoint.sh /usr/local/bin/docxy-entrypoint
+
+ENV PYTHONUNBUFFERED=1 \
+    DOCXY_RUN_DIR=/run/docxy \
+    DOCXY_SERVER_LISTEN=0.0.0.0:80 \
+    DOCXY_CACHE_DIR=/var/lib/docxy/cache \
+    DOCXY_CERTS_WEBROOT=/var/lib/docxy/webroot \
+    DOCXY_CERTS_CONFIG_DIR=/var/lib/docxy/certs/letsencrypt
+
+# One volume per kind of state: the cache (large, disposable) and the certificates (small,
+# precious: Let's Encrypt rate-limits re-issuance).
+VOLUME ["/var/lib/docxy/cache", "/var/lib/docxy/certs"]
+EXPOSE 80 443
+USER docxy
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:80/health', timeout=4)"]
+ENTRYPOINT ["/usr/local/bin/docxy-entrypoint"]
