@@ -196,14 +196,7 @@ def describe_files(cert_path: Path, key_path: Path) -> dict[str, object]:
         info = inspect_pair(cert_path.read_bytes(), key_path.read_bytes(), cert_path, key_path)
     except (OSError, CertError) as exc:
         return {"cert_path": str(cert_path), "error": str(exc)}
-    return {
-        "cert_path": str(cert_path),
-        "subject": info.subject,
-        "sans": list(info.sans),
-        "serial": info.serial,
-        "not_after": info.not_after.isoformat(),
-        "days_left": info.days_left(),
-    }
+    return {"cert_path": str(cert_path), **info.as_dict()}
 
 
 def renewal_status(config_dir: Path) -> dict[str, object]:

@@ -48,6 +48,15 @@ class CertInfo:
         now = now or dt.datetime.now(dt.UTC)
         return round((self.not_after - now).total_seconds() / 86400, 2)
 
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "subject": self.subject,
+            "sans": list(self.sans),
+            "serial": self.serial,
+            "not_after": self.not_after.isoformat(),
+            "days_left": self.days_left(),
+        }
+
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -174,14 +183,9 @@ class ReloadableTLS:
         return True
 
     def status(self) -> dict[str, object]:
-        info = self._info
         return {
             "cert_path": str(self.cert_path),
-            "subject": info.subject,
-            "sans": list(info.sans),
-            "serial": info.serial,
-            "not_after": info.not_after.isoformat(),
-            "days_left": info.days_left(),
+            **self._info.as_dict(),
             "last_reload": self._last_reload.isoformat(),
             "last_error": self._last_error,
         }
