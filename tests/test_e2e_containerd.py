@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.bed import Bed, Mirror, TestImage, need_binary
@@ -126,27 +127,48 @@ def test_pull_multi_layer_repository(
     assert egress.attempts == []
 
 
+def get_manifest_by_tag(mirror_url: str, image: TestImage) -> httpx.Response:
+    """GET a manifest by tag as a plain registry client would (token dance if challenged)."""
+    url = f"{mirror_url}/v2/{image.repo}/manifests/{image.tag}?ns=docker.io"
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    with httpx.Client(timeout=30) as client:
+        challenge = client.get(url, headers=accept)
+        if challenge.status_code != 401:
+            return challenge
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge.headers["www-authenticate"]))
+        realm = params.pop("realm")
+        token = client.get(realm, params=params).json()["token"]
+        return client.get(url, headers=accept | {"Authorization": f"Bearer {token}"})
+
+
 def test_manifest_head_content_length_is_the_manifest_size(
-    bed: Bed, recorder: Relay, containerd: Containerd, egress: EgressGuard
+    bed: Bed, mirror: Mirror, recorder: Relay, containerd: Containerd, egress: EgressGuard
 ) -> None:
     """containerd resolves a tag by HEAD and trusts its Content-Length as the manifest size.
 
-    A wrong length makes the GET by digest that follows fail its size check. A cold mirror
-    (first pull) and a warm one (a second containerd pulling from the same mirror) both count.
+    A wrong length makes the GET by digest that follows fail its size check. Three pulls by
+    fresh containerds: cold mirror, warm mirror, and after a client fetched the manifest by tag
+    (so the mirror can answer the HEAD from its tag cache).
     """
     image = bed.images["docxytest/multi"]
     tag_path = f"/v2/docxytest/multi/manifests/{image.tag}?ns=docker.io"
 
     pull(containerd, recorder.url, image)
-    with running_containerd(egress_proxy=egress.url) as second:
-        pull(second, recorder.url, image)
-        assert image_digest(second, image) == image.digest
+    for step in ("warm", "tag cached"):
+        if step == "tag cached":
+            by_tag = get_manifest_by_tag(recorder.url, image)
+            assert by_tag.status_code == 200 and by_tag.content == image.manifest
+        with running_containerd(egress_proxy=egress.url) as node:
+            pull(node, recorder.url, image)
+            assert image_digest(node, image) == image.digest
 
     heads = [e for e in recorder.exchanges if e.method == "HEAD" and e.status == 200]
-    assert [e.target for e in heads] == [tag_path, tag_path]
+    assert [e.target for e in heads] == [tag_path] * 3
     for head in heads:
-        assert head.response_headers.get("content-length") == str(len(image.manifest))
-        assert head.response_headers.get("docker-content-digest") == image.digest
+        assert head.response_headers.get("content-length") == str(len(image.manifest)), head
+        assert head.response_headers.get("docker-content-digest") == image.digest, head
+    line = rf"HEAD /v2/docxytest/multi/manifests/{image.tag} 200 \d+ bytes cache=(\w+)"
+    assert re.findall(line, mirror.log_text(200000))[-1] == "hit", "last HEAD not from cache"
 
 
 def test_private_repository_needs_credentials(
