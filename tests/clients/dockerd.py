@@ -78,9 +78,6 @@ class Dockerd:
         config = {"auths": {DOCKER_HUB_AUTH_KEY: {"auth": token}}}
         (self.config_dir / "config.json").write_text(json.dumps(config))
 
-    def clear_credentials(self) -> None:
-        (self.config_dir / "config.json").write_text(json.dumps({"auths": {}}))
-
 
 def daemon_config(mirror_url: str) -> dict[str, object]:
     return {

@@ -9,7 +9,6 @@ client ever tried to leave.
 
 from __future__ import annotations
 
-import socket
 import socketserver
 import threading
 from types import TracebackType
@@ -86,11 +85,3 @@ class EgressGuard:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
-
-
-def probe(guard: EgressGuard) -> str:
-    """Send one CONNECT through the guard and return its status line (used by self-tests)."""
-    host, port = guard.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"CONNECT registry-1.docker.io:443 HTTP/1.1\r\n\r\n")
-        return sock.makefile("rb").readline().decode().strip()
