@@ -60,7 +60,8 @@ def base_env(proxy_url: str) -> dict[str, str]:
     Go's proxy support never proxies loopback addresses, so traffic to 127.0.0.1 goes direct
     while any attempt to reach another host ends at the guard.
     """
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root"}
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin:/usr/bin:/sbin:/bin"])
+    env = {"PATH": path.strip(os.pathsep), "HOME": os.environ.get("HOME", "/root")}
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env[name] = proxy_url
     env["NO_PROXY"] = env["no_proxy"] = ""
