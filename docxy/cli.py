@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from docxy import __version__, cachecli, warm
+from docxy import __version__, cachecli, certs, warm
 from docxy.config import Config, describe, load_config
 from docxy.errors import ConfigError
 
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cachecli.register(commands)
     warm.register(commands)
+    certs.register_cli(commands)
     return parser
 
 
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     handler = getattr(args, "handler", None)
-    if handler is not None:  # docxy cache / docxy warm: they load the config themselves
+    if handler is not None:  # cache, warm, certs: they load the config themselves
         return int(handler(args, config_from_args))
     try:
         config = config_from_args(args)

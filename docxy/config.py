@@ -354,8 +354,11 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         raise fail(missing, "tls.cert_path and tls.key_path must be given together")
     for key in ("tls.cert_path", "tls.key_path", "certs.ca_bundle"):
         path = values[key]
-        if path is not None and not os.access(path, os.R_OK):
-            raise fail(key, f"cannot read {path}")
+        if path is None or os.access(path, os.R_OK):
+            continue
+        if key != "certs.ca_bundle" and certs.domain is not None and not path.exists():
+            continue  # first start: a bootstrap certificate stands in until the renewer installs
+        raise fail(key, f"cannot read {path}")
     if server["public_url"] is None:
         server["public_url"] = _derive_public_url(server["listen"], server["tls_listen"], certs)
         if server["public_url"] is None:

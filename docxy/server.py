@@ -13,6 +13,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from docxy.app import create_app
+from docxy.certs import renewal_status
 from docxy.config import Config
 from docxy.errors import ConfigError
 from docxy.middleware import AccessLog, Guard
@@ -49,22 +50,31 @@ def load_tls(config: Config) -> ReloadableTLS | None:
     from docxy.tls import CertError, ReloadableTLS, self_signed
 
     cert, key = config.tls.cert_path, config.tls.key_path
+    host = config.certs.domain or "localhost"
     if cert is None or key is None:
-        bootstrap = config.cache.dir.parent / "docxy-tls"
-        host = config.certs.domain or "localhost"
-        cert, key = self_signed(bootstrap, host)
-        log.warning(
-            "TLS: no certificate configured; serving a self-signed bootstrap certificate for %s "
-            "(%s). Clients will not trust it: set tls.cert_path/tls.key_path or certs.domain.",
-            host,
-            cert,
-        )
+        cert, key = self_signed(config.cache.dir.parent / "docxy-tls", host)
+        _warn_bootstrap(host, cert)
+    elif config.certs.domain is not None and not (cert.exists() and key.exists()):
+        # First start with a domain: the renewer obtains the certificate through this mirror's
+        # webroot and installs it at these paths; the watcher then switches over.
+        self_signed(cert.parent, host, cert_name=cert.name, key_name=key.name)
+        _warn_bootstrap(host, cert)
     try:
         return ReloadableTLS(Path(cert), Path(key))
     except CertError as exc:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"
         ) from exc
+
+
+def _warn_bootstrap(host: str, cert: Path) -> None:
+    log.warning(
+        "TLS: no certificate yet; serving a self-signed bootstrap certificate for %s (%s). "
+        "Clients will not trust it until a real one is installed there (certs.domain with the "
+        "renewer, or tls.cert_path/tls.key_path).",
+        host,
+        cert,
+    )
 
 
 def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConfig:
@@ -89,6 +99,9 @@ async def run(config: Config) -> None:
     state = mirror_state(app)
     if tls is not None:
         state.extras.setdefault("health", {})["tls"] = tls.status
+    renewal_dir = config.certs.config_dir
+    if renewal_dir is not None:
+        state.extras.setdefault("health", {})["renewal"] = lambda: renewal_status(renewal_dir)
     https_url = config.server.public_url if tls is not None else None
     asgi = AccessLog(Guard(app, https_url))
     stop = asyncio.Event()

@@ -8,21 +8,10 @@ if [[ -n "${DOCXY_DOMAIN:-}" ]]; then
   export DOCXY_CERTS_EMAIL="${DOCXY_CERTS_EMAIL:-${DOCXY_EMAIL:-}}"
   export DOCXY_SERVER_TLS_LISTEN="${DOCXY_SERVER_TLS_LISTEN:-0.0.0.0:443}"
   export DOCXY_SERVER_PUBLIC_URL="${DOCXY_SERVER_PUBLIC_URL:-https://$DOCXY_DOMAIN}"
-  # The mirror serves the files in $served; the renewer obtains the certificate through the
-  # mirror's webroot and installs it there atomically, and the mirror reloads it in place.
-  # Until then a self-signed bootstrap certificate stands in (the mirror's log says so).
+  # The mirror serves the files in $served (a self-signed bootstrap until the first issuance,
+  # which the renewer obtains through the mirror's webroot and installs there atomically; the
+  # mirror then reloads it in place).
   served="/var/lib/docxy/certs/served"
-  if [[ ! -s "$served/fullchain.pem" || ! -s "$served/privkey.pem" ]]; then
-    python - "$served" "$DOCXY_DOMAIN" <<'PY'
-import sys
-from pathlib import Path
-
-from docxy.tls import self_signed
-
-self_signed(Path(sys.argv[1]), sys.argv[2], cert_name="fullchain.pem", key_name="privkey.pem")
-print("docxy: no certificate yet: serving a self-signed bootstrap until Let's Encrypt answers")
-PY
-  fi
   export DOCXY_TLS_CERT_PATH="${DOCXY_TLS_CERT_PATH:-$served/fullchain.pem}"
   export DOCXY_TLS_KEY_PATH="${DOCXY_TLS_KEY_PATH:-$served/privkey.pem}"
 elif [[ -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
