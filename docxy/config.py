@@ -205,8 +205,8 @@ def _level(value: object) -> str:
     return text
 
 
-def _default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def _default_cache_dir(environ: Mapping[str, str]) -> str:
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(base) / "docxy")
 
 
@@ -314,7 +314,7 @@ def load_config(
     for section, keys in SETTINGS.items():
         for key, (_, default) in keys.items():
             raw[f"{section}.{key}"] = (default, "default")
-    raw["cache.dir"] = (_default_cache_dir(), "default")
+    raw["cache.dir"] = (_default_cache_dir(environ), "default")
     if config_file is not None:
         raw.update(_from_toml(config_file))
     raw.update(_from_env(environ))

@@ -64,20 +64,16 @@ class UpstreamHealth:
     last_error_message: str | None = None
     ratelimit_limit: str | None = None
     ratelimit_remaining: str | None = None
+    reachable: bool | None = None  # None until tried; then whether the latest attempt got through
 
     def ok(self) -> None:
         self.last_ok = time.time()
+        self.reachable = True
 
     def failed(self, message: str) -> None:
         self.last_error = time.time()
         self.last_error_message = message
-
-    @property
-    def reachable(self) -> bool | None:
-        """``None`` until the upstream was tried; then whether the latest attempt reached it."""
-        if self.last_ok is None and self.last_error is None:
-            return None
-        return (self.last_ok or 0.0) >= (self.last_error or 0.0)
+        self.reachable = False
 
     def as_dict(self) -> dict[str, object]:
         return {

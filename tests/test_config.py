@@ -53,8 +53,8 @@ def cert_pair(tmp_path: Path) -> tuple[Path, Path]:
 def test_defaults_are_a_docker_hub_mirror_on_loopback(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    config = load_config(environ={})
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere/else")  # the environ argument wins
+    config = load_config(environ={"XDG_CACHE_HOME": str(tmp_path)})
     assert config.server.listen == HostPort("127.0.0.1", 8080)
     assert config.server.tls_listen is None
     assert config.server.public_url == "http://127.0.0.1:8080"
