@@ -10,6 +10,7 @@ mirror and not from somewhere else.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -124,6 +125,30 @@ def test_private_repository_with_docker_hub_credentials(
     scope = f"repository:{image.repo}:pull"
     from_alice = [t for t in bed.token_log if scope in t.scopes and t.basic_user == bed.user]
     assert from_alice and from_alice[0].status == 200, list(bed.token_log)
+    assert_no_egress(egress, dockerd)
+
+
+def test_docker_login_to_the_mirror_by_its_own_name(
+    bed: Bed, mirror: Mirror, dockerd: Dockerd, egress: EgressGuard
+) -> None:
+    """Used as a registry in its own right (`docker pull 127.0.0.1:PORT/repo`), the mirror is
+    no docker.io mirror, so dockerd has nothing to fall back to and failures are safe here:
+    anonymous is refused, `docker login` then makes the private pull work."""
+    image = bed.images["docxytest/private"]
+    host = mirror.url.removeprefix("http://")
+    ref = f"{host}/{image.repo}:{image.tag}"
+
+    anonymous = dockerd.docker("pull", ref)
+    assert anonymous.returncode != 0
+    assert re.search(r"denied|unauthorized|authentication required", anonymous.stderr, re.I)
+
+    login = dockerd.docker("login", host, "-u", bed.user, "--password-stdin", stdin=bed.password)
+    assert login.returncode == 0 and "Login Succeeded" in login.stdout, login.stderr
+
+    pulled = dockerd.docker("pull", ref)
+    assert pulled.returncode == 0, f"{pulled.stderr}\n{dockerd.log()[-6000:]}"
+    run = dockerd.docker("run", "--rm", "--network", "none", ref, "cat", "/docxy-test.txt")
+    assert run.stdout == image.content, run.stderr
     assert_no_egress(egress, dockerd)
 
 

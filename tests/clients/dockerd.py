@@ -63,11 +63,11 @@ class Dockerd:
         return self.root / "docker-config"
 
     def docker(
-        self, *args: str, timeout: float = 180.0, check: bool = False
+        self, *args: str, timeout: float = 180.0, check: bool = False, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run `docker -H <our socket> ARGS...` with our DOCKER_CONFIG."""
         argv = [docker_cli(), "-H", self.host, *args]
-        return run(argv, env=self.env, timeout=timeout, check=check)
+        return run(argv, env=self.env, timeout=timeout, check=check, stdin=stdin)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -36,11 +36,13 @@ def run(
     env: Mapping[str, str],
     timeout: float,
     check: bool = False,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a CLI to completion with a bounded wait; output is captured as text."""
     result = subprocess.run(
         list(argv),
         env=dict(env),
+        input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,
         timeout=timeout,
