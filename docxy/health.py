@@ -26,6 +26,14 @@ def health_report(state: MirrorState) -> dict[str, object]:
         "version": __version__,
         "upstream": {"registry": upstream.registry, **seen},
     }
+    if state.cache is not None:
+        usage = state.cache.blobs.usage()
+        report["cache"] = {
+            "blobs": usage.entries,
+            "bytes": usage.bytes,
+            "max_size": usage.max_size,
+            "fills_in_flight": usage.in_flight,
+        }
     for name, provider in state.extras.get("health", {}).items():
         report[name] = provider()
     return report

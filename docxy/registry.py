@@ -98,6 +98,8 @@ async def content(rest: str) -> Response:
         served = await state.manifests.serve(upstream, name, reference, request.method, accept)
         if served is not None:
             facts["cache"] = served[1]
+            if served[1] == "stale":
+                state.http.health_of(upstream).served_stale()
             if served[1] != "hit":
                 facts["upstream_ms"] = (time.monotonic() - started) * 1000
             return served[0]
@@ -107,10 +109,6 @@ async def content(rest: str) -> Response:
         upstream, request.method, upstream.url(path), request_headers(request.headers.items())
     )
     facts["upstream_ms"] = (time.monotonic() - started) * 1000
-    health = state.http.health_of(upstream)
-    if "ratelimit-remaining" in answer.headers:
-        health.ratelimit_remaining = answer.headers["ratelimit-remaining"]
-        health.ratelimit_limit = answer.headers.get("ratelimit-limit")
     facts.setdefault("cache", "bypass")
     return relay(
         answer,

@@ -65,10 +65,22 @@ class UpstreamHealth:
     ratelimit_limit: str | None = None
     ratelimit_remaining: str | None = None
     reachable: bool | None = None  # None until tried; then whether the latest attempt got through
+    stale_served: int = 0
+    last_stale: float | None = None
 
     def ok(self) -> None:
         self.last_ok = time.time()
         self.reachable = True
+
+    def served_stale(self) -> None:
+        """The cache answered for an upstream that failed (stale-if-error)."""
+        self.stale_served += 1
+        self.last_stale = time.time()
+
+    def saw(self, headers: httpx.Headers) -> None:
+        if "ratelimit-remaining" in headers:
+            self.ratelimit_remaining = headers["ratelimit-remaining"]
+            self.ratelimit_limit = headers.get("ratelimit-limit")
 
     def failed(self, message: str) -> None:
         self.last_error = time.time()
@@ -83,6 +95,8 @@ class UpstreamHealth:
             "last_error_message": self.last_error_message,
             "ratelimit_limit": self.ratelimit_limit,
             "ratelimit_remaining": self.ratelimit_remaining,
+            "stale_served": self.stale_served,
+            "last_stale": _iso(self.last_stale),
         }
 
 
@@ -161,6 +175,7 @@ class UpstreamClient:
                     f"{type(exc).__name__}"
                 ) from exc
             health.ok()
+            health.saw(response.headers)
             if response.status_code not in REDIRECT_STATUSES:
                 return response
             location = response.headers.get("location")

@@ -852,6 +852,8 @@ async def test_health_shape_before_any_upstream_call() -> None:
         "last_error_message": None,
         "ratelimit_limit": None,
         "ratelimit_remaining": None,
+        "stale_served": 0,
+        "last_stale": None,
     }
     assert m.upstream.requests == []
 
