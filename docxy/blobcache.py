@@ -19,23 +19,18 @@ from quart import Response
 from werkzeug.datastructures import Headers
 
 from docxy.cache.blobs import DiskBlobStore
-from docxy.cache.digests import Digest as CacheDigest
+from docxy.cache.digests import Digest
 from docxy.cache.errors import CacheError, FillAborted
 from docxy.cache.fill import BlobFollower, BlobWriter
 from docxy.cache.reader import BlobReader
 from docxy.errors import RangeNotSatisfiable, UpstreamError
-from docxy.names import Digest
-from docxy.proxy import API_VERSION_HEADER
+from docxy.proxy import API_VERSION_HEADER, empty_body
 from docxy.ranges import content_range, parse_range
 from docxy.tasks import spawn
 from docxy.upstream import Upstream, UpstreamClient
 from docxy.upstream_auth import MirrorTokens
 
 log = logging.getLogger(__name__)
-
-
-def cache_digest(digest: Digest) -> CacheDigest:
-    return CacheDigest(digest.algorithm, digest.hex)
 
 
 def _blob_headers(digest: Digest, length: int | None) -> list[tuple[str, str]]:
@@ -63,11 +58,6 @@ async def _stream_reader(reader: BlobReader | BlobFollower) -> AsyncIterator[byt
         reader.close()
 
 
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
-
-
 def _response(body: AsyncIterator[bytes], status: int, headers: list[tuple[str, str]]) -> Response:
     response = Response(body, status=status, headers=Headers(headers))
     response.timeout = None
@@ -78,14 +68,14 @@ def serve_from_disk(
     store: DiskBlobStore, digest: Digest, method: str, range_header: str | None
 ) -> Response | None:
     """A cache hit, with ``Range`` → 206; ``None`` on a miss."""
-    entry = store.lookup(cache_digest(digest))
+    entry = store.lookup(digest)
     if entry is None:
         return None
     try:
         span = parse_range(range_header, entry.size)
     except RangeNotSatisfiable:
         headers = [("Content-Range", f"bytes */{entry.size}"), API_VERSION_HEADER]
-        return _response(_empty(), 416, headers)
+        return _response(empty_body(), 416, headers)
     start, stop = span if span is not None else (0, entry.size)
     headers = _blob_headers(digest, stop - start)
     status = 200
@@ -93,8 +83,8 @@ def serve_from_disk(
         status = 206
         headers.append(("Content-Range", content_range(start, stop, entry.size)))
     if method == "HEAD":
-        return _response(_empty(), status, headers)
-    reader = store.open_read(cache_digest(digest), start, stop)
+        return _response(empty_body(), status, headers)
+    reader = store.open_read(digest, start, stop)
     if reader is None:  # evicted or removed between lookup and open
         return None
     return _response(_stream_reader(reader), status, headers)
@@ -110,10 +100,10 @@ class BlobFiller:
 
     async def follow(self, upstream: Upstream, name: str, digest: Digest) -> Response | None:
         """Stream the blob through the cache; ``None`` if the mirror may not fetch it itself."""
-        fill = await self.store.fetch_or_join(cache_digest(digest))
+        fill = await self.store.fetch_or_join(digest)
         if isinstance(fill, BlobWriter):
             spawn(f"fill {digest}", self._fill(fill, upstream, name, digest))
-            fill = await self.store.fetch_or_join(cache_digest(digest))
+            fill = await self.store.fetch_or_join(digest)
         if isinstance(fill, BlobReader):
             headers = _blob_headers(digest, fill.length)
             return _response(_stream_reader(fill), 200, headers)

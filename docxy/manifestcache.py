@@ -12,7 +12,6 @@ credentials, uncached.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 from quart import Response
 from werkzeug.datastructures import Headers
@@ -26,10 +25,10 @@ from docxy.cache import (
     VerifyError,
     may_serve,
 )
-from docxy.cache.digests import Digest as CacheDigest
+from docxy.cache.digests import Digest
 from docxy.errors import UpstreamError, UpstreamUnavailable
 from docxy.names import Reference
-from docxy.proxy import API_VERSION_HEADER, read_small
+from docxy.proxy import API_VERSION_HEADER, empty_body, read_small
 from docxy.upstream import Upstream, UpstreamClient
 from docxy.upstream_auth import MirrorTokens
 
@@ -59,11 +58,6 @@ def _raise_for_trouble(status: int) -> None:
         raise UpstreamUnavailable(f"the upstream answered {status}")
 
 
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
-
-
 def manifest_response(manifest: CachedManifest, method: str) -> Response:
     headers = Headers(
         [
@@ -75,7 +69,7 @@ def manifest_response(manifest: CachedManifest, method: str) -> Response:
         ]
     )
     if method == "HEAD":
-        response = Response(_empty(), status=200, headers=headers)
+        response = Response(empty_body(), status=200, headers=headers)
     else:
         response = Response(manifest.content, status=200, headers=headers)
     return response
@@ -93,7 +87,7 @@ class ManifestCache:
         """``(response, cache outcome)``, or ``None`` to pass the request through."""
         repo = RepoKey(upstream.host, name)
         if reference.digest is not None:
-            digest = CacheDigest(reference.digest.algorithm, reference.digest.hex)
+            digest = reference.digest
             cached = await self.store.get(repo, digest)
             if cached is not None and self._servable(cached, accept):
                 return manifest_response(cached, method), "hit"
@@ -138,7 +132,7 @@ class ManifestCache:
                 return manifest_response(stale, method), "revalidated"
             if current is None:
                 return None
-            moved = await self.store.get(repo, CacheDigest(*current.split(":", 1)))
+            moved = await self.store.get(repo, Digest(*current.split(":", 1)))
             if moved is not None and self._servable(moved, accept):
                 await self.store.set_tag(repo, tag, moved.digest, public=True)
                 return manifest_response(moved, method), "revalidated"
@@ -172,7 +166,7 @@ class ManifestCache:
         return digest if isinstance(digest, str) and ":" in digest else None
 
     async def _fetch(
-        self, upstream: Upstream, repo: RepoKey, reference: Reference, digest: CacheDigest | None
+        self, upstream: Upstream, repo: RepoKey, reference: Reference, digest: Digest | None
     ) -> CachedManifest | None:
         headers = await self.tokens.headers(upstream, repo.repo)
         headers.append(("Accept", ACCEPT_ALL))
@@ -189,7 +183,7 @@ class ManifestCache:
         header = answer.headers.get("docker-content-digest")
         if expected is None and header and header.startswith("sha256:"):
             try:
-                expected = CacheDigest(*header.split(":", 1))
+                expected = Digest(*header.split(":", 1))
             except ValueError:
                 expected = None
         try:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from docxy.cache.digests import Digest
 from docxy.errors import DigestInvalid, NameInvalid, NotFound, TagInvalid
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
@@ -23,15 +24,6 @@ MAX_NAME_LENGTH = 255
 class Kind(Enum):
     MANIFEST = "manifests"
     BLOB = "blobs"
-
-
-@dataclass(frozen=True, slots=True)
-class Digest:
-    algorithm: str
-    hex: str
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.hex}"
 
 
 @dataclass(frozen=True, slots=True)

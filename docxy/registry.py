@@ -10,10 +10,11 @@ from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
 from docxy.blobcache import serve_from_disk
+from docxy.cache.digests import Digest
 from docxy.challenge import Challenge, rewrite_challenge
 from docxy.errors import Unsupported, UpstreamError
 from docxy.headers import request_headers
-from docxy.names import Digest, Kind, parse_v2_path, upstream_name
+from docxy.names import Kind, parse_v2_path, upstream_name
 from docxy.proxy import API_VERSION_HEADER, read_small, relay
 from docxy.state import MirrorState, mirror_state
 from docxy.upstream import Upstream

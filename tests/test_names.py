@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from docxy.cache.digests import Digest
 from docxy.errors import DigestInvalid, NameInvalid, NotFound, RegistryError, TagInvalid
 from docxy.names import (
     MAX_NAME_LENGTH,
-    Digest,
     Kind,
     Reference,
     parse_digest,
