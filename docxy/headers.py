@@ -33,7 +33,14 @@ FORWARD_REQUEST = frozenset(
 
 # Response headers the mirror never relays: hop-by-hop, the upstream's cookies and server
 # identity, and headers it rewrites itself (``www-authenticate``, ``location``).
-_DROP_RESPONSE = HOP_BY_HOP | {"set-cookie", "server", "date", "www-authenticate", "location"}
+_DROP_RESPONSE = HOP_BY_HOP | {
+    "set-cookie",
+    "server",
+    "date",
+    "www-authenticate",
+    "location",
+    "docker-distribution-api-version",
+}
 
 
 def request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -25,7 +25,8 @@ from docxy.cache import (
     VerifyError,
     may_serve,
 )
-from docxy.cache.digests import Digest
+from docxy.cache.digests import Digest, parse_digest
+from docxy.cache.errors import InvalidDigest
 from docxy.errors import UpstreamError, UpstreamUnavailable
 from docxy.names import Reference
 from docxy.proxy import API_VERSION_HEADER, empty_body, read_small
@@ -127,17 +128,30 @@ class ManifestCache:
             except UpstreamError as exc:
                 log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
                 return manifest_response(stale, method), "stale"
-            if current == str(stale.digest):
+            if current == stale.digest:
                 await self.store.set_tag(repo, tag, stale.digest, public=True)
                 return manifest_response(stale, method), "revalidated"
             if current is None:
                 return None
-            moved = await self.store.get(repo, Digest(*current.split(":", 1)))
+            moved = await self.store.get(repo, current)
             if moved is not None and self._servable(moved, accept):
                 await self.store.set_tag(repo, tag, moved.digest, public=True)
                 return manifest_response(moved, method), "revalidated"
-        if method == "HEAD":
-            return None  # an upstream HEAD is free: pass it through
+        if method == "HEAD" and found.state is TagState.MISSING:
+            # containerd and dockerd resolve a tag by HEAD, then GET by digest: remember the
+            # tag now, or a later outage leaves a pulled image unresolvable. A HEAD upstream
+            # is free; a GET happens only for a manifest the cache lacks, and the client's
+            # following GET by digest is then a hit.
+            try:
+                current = await self._head_digest(upstream, repo, tag)
+            except UpstreamError:
+                return None
+            if current is None:
+                return None
+            known = await self.store.get(repo, current)
+            if known is not None and self._servable(known, accept):
+                await self.store.set_tag(repo, tag, known.digest, public=True)
+                return manifest_response(known, method), "revalidated"
         try:
             fetched = await self._fetch(upstream, repo, reference, None)
         except UpstreamError as exc:
@@ -152,7 +166,7 @@ class ManifestCache:
             return None
         return manifest_response(fetched, method), "miss"
 
-    async def _head_digest(self, upstream: Upstream, repo: RepoKey, tag: str) -> str | None:
+    async def _head_digest(self, upstream: Upstream, repo: RepoKey, tag: str) -> Digest | None:
         """The tag's current digest by an upstream HEAD; ``None`` if the mirror may not see it."""
         headers = await self.tokens.headers(upstream, repo.repo)
         headers.append(("Accept", ACCEPT_ALL))
@@ -162,8 +176,10 @@ class ManifestCache:
         _raise_for_trouble(answer.status_code)
         if answer.status_code != 200:
             return None
-        digest = answer.headers.get("docker-content-digest")
-        return digest if isinstance(digest, str) and ":" in digest else None
+        try:
+            return parse_digest(answer.headers.get("docker-content-digest", ""))
+        except InvalidDigest:
+            return None
 
     async def _fetch(
         self, upstream: Upstream, repo: RepoKey, reference: Reference, digest: Digest | None
@@ -181,10 +197,10 @@ class ManifestCache:
             return None  # schema 1 and the unknown are passed through, not cached
         expected = digest
         header = answer.headers.get("docker-content-digest")
-        if expected is None and header and header.startswith("sha256:"):
+        if expected is None and header:
             try:
-                expected = Digest(*header.split(":", 1))
-            except ValueError:
+                expected = parse_digest(header)
+            except InvalidDigest:
                 expected = None
         try:
             return await self.store.put(repo, body, media_type, public=True, digest=expected)

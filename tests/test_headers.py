@@ -72,7 +72,6 @@ def test_request_headers_dropped(name: str) -> None:
         ("Cache-Control", "max-age=31536000"),
         ("ratelimit-limit", "100;w=21600"),
         ("ratelimit-remaining", "99;w=21600"),
-        ("Docker-Distribution-Api-Version", "registry/2.0"),
     ],
 )
 def test_response_headers_relayed(header: tuple[str, str]) -> None:
@@ -91,6 +90,7 @@ def test_response_headers_relayed(header: tuple[str, str]) -> None:
         "Date",
         "WWW-Authenticate",
         "Location",
+        "Docker-Distribution-Api-Version",  # the mirror sends its own, once
     ],
 )
 def test_response_headers_dropped(name: str) -> None:
