@@ -1,0 +1,903 @@
+#!/usr/bin/env python3
+"""Benchmark Docxy's blob cache against Distribution's proxy mode and nginx, all on 127.0.0.1.
+
+Not a test: it prints figures and the ratios the cache issue sets as targets.
+
+1. An upstream: Debian's ``docker-registry`` (Distribution v2.8) without auth, holding random
+   blobs written straight into its filesystem storage. They are generated once into
+   ``--data-dir`` (default ``$XDG_CACHE_HOME/docxy-bench``) and reused by later runs.
+2. Peers in front of it: Docxy (``python -m docxy serve``), Distribution in proxy mode
+   (``proxy.remoteurl``) and nginx as a plain ``proxy_pass`` (no cache; ``proxy_buffering off``
+   with 1 MiB buffers, as the default 8 KiB cost it about 3x the CPU here), plus the upstream
+   itself as a baseline.
+3. Per peer and round: a cold GET (fresh cache) and a warm GET of the big blob with ``curl -o
+   /dev/null`` as MB/s (10^6 bytes/s) and CPU-seconds per GiB of the serving process tree
+   (utime+stime from /proc, read once the peer and the upstream have gone quiet, so work left
+   after the response, such as Distribution's second fetch, is counted). Byte counts are always
+   checked, sha256 once per peer.
+4. Docxy's peak RSS while ``--clients`` curls fetch different blobs at once, cold then warm.
+5. The big blob through a throttling TCP proxy (``--throttle-mbit``) in front of the upstream:
+   direct, through Docxy whose cache a previous pull filled (section 3's cache dir), and through
+   Docxy ``--no-cache``. A blob GET stands in for ``docker pull``: dockerd is not used.
+
+Usage: ``python scripts/bench_cache.py [--quick]``; ``--help`` lists the knobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+LOOPBACK = "127.0.0.1"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+MB = 1_000_000
+CHUNK = 4 * MiB
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BENCH_REPO = "bench/blob"
+START_TIMEOUT = 30.0
+SETTLE_LIMIT = 60.0
+TRANSFER_TIMEOUT = 1800
+
+
+# --- blobs in the upstream's storage ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+    repo: str = BENCH_REPO
+
+    @property
+    def path(self) -> str:
+        return f"/v2/{self.repo}/blobs/{self.digest}"
+
+
+class BlobData:
+    """Random blobs in a Distribution filesystem storage tree, generated once, reused after."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.storage = root / "storage"
+        self.v2 = self.storage / "docker/registry/v2"
+        self.index_path = root / "index.json"
+
+    def ensure(self, label: str, size: int, *, announce: bool = True) -> Blob:
+        key = f"{label}:{size}"
+        digest = self._index().get(key)
+        if digest is None or not self._stored(digest, size):
+            if announce:
+                print(f"  generating blob {key} ({size // MiB} MiB) ...", flush=True)
+            digest = self._generate(key, size)
+            self._save(key, digest)
+        blob = Blob(digest, size)
+        self._link(blob)
+        return blob
+
+    def _index(self) -> dict[str, str]:
+        try:
+            loaded = json.loads(self.index_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+    def _save(self, key: str, digest: str) -> None:
+        index = self._index() | {key: digest}
+        tmp = self.index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        tmp.replace(self.index_path)
+
+    def _data(self, digest: str) -> Path:
+        hexpart = digest.removeprefix("sha256:")
+        return self.v2 / "blobs/sha256" / hexpart[:2] / hexpart / "data"
+
+    def _stored(self, digest: str, size: int) -> bool:
+        path = self._data(digest)
+        return path.is_file() and path.stat().st_size == size
+
+    def _generate(self, key: str, size: int) -> str:
+        """AES-CTR keystream (fast, incompressible), hashed as it is written."""
+        self.v2.mkdir(parents=True, exist_ok=True)
+        seed = hashlib.sha256(key.encode()).digest()[:16]
+        stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+        zeros, digest = bytes(CHUNK), hashlib.sha256()
+        tmp = self.root / f"generating-{os.getpid()}.tmp"
+        try:
+            with tmp.open("wb") as out:
+                left = size
+                while left > 0:
+                    data = stream.update(zeros[: min(CHUNK, left)])
+                    digest.update(data)
+                    out.write(data)
+                    left -= len(data)
+            name = f"sha256:{digest.hexdigest()}"
+            self._data(name).parent.mkdir(parents=True, exist_ok=True)
+            tmp.replace(self._data(name))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return name
+
+    def _link(self, blob: Blob) -> None:
+        hexpart = blob.digest.removeprefix("sha256:")
+        link = self.v2 / "repositories" / blob.repo / "_layers/sha256" / hexpart / "link"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_text(blob.digest)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parents.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """utime+stime in seconds of ``pid`` and its live descendants (nginx workers)."""
+    ticks = 0
+    for member in _descendants(pid):
+        with contextlib.suppress(OSError, IndexError):
+            fields = _stat_fields(member)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+def status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def settle(pids: Sequence[int], quiet: float = 0.02, interval: float = 0.3) -> None:
+    """Wait (bounded) until ``pids`` stop using CPU: background work is done."""
+    deadline = time.monotonic() + SETTLE_LIMIT
+    before = sum(tree_cpu(pid) for pid in pids)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = sum(tree_cpu(pid) for pid in pids)
+        if now - before < quiet:
+            return
+        before = now
+    print(f"  warning: processes {list(pids)} still busy after {SETTLE_LIMIT}s", flush=True)
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class Services:
+    """Every process the benchmark starts; :meth:`stop_all` in ``finally``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.running: list[Service] = []
+
+    def start(
+        self,
+        name: str,
+        command: Sequence[str],
+        port: int,
+        ready_path: str,
+        env: Mapping[str, str] | None = None,
+    ) -> Service:
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                list(command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=dict(env) if env is not None else None,
+            )
+        service = Service(name, proc, port, log_path)
+        self.running.append(service)
+        self._wait_ready(service, ready_path)
+        return service
+
+    def _wait_ready(self, service: Service, path: str) -> None:
+        deadline, last = time.monotonic() + START_TIMEOUT, "no attempt"
+        while time.monotonic() < deadline:
+            if service.proc.poll() is not None:
+                raise RuntimeError(f"{service.name} exited:\n{service.log_text()[-3000:]}")
+            try:
+                status = httpx.get(service.url + path, timeout=2).status_code
+                if status == 200:
+                    return
+                last = f"status {status}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            time.sleep(0.05)
+        raise RuntimeError(f"{service.name} not ready ({last}):\n{service.log_text()[-3000:]}")
+
+    def stop(self, service: Service) -> None:
+        service.stop()
+        if service in self.running:
+            self.running.remove(service)
+
+    def stop_all(self) -> None:
+        while self.running:
+            self.running.pop().stop()
+
+
+def registry_config(port: int, storage: Path, remote: str | None) -> str:
+    config: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(storage)},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {"addr": f"{LOOPBACK}:{port}", "secret": os.urandom(16).hex()},
+    }
+    if remote is not None:
+        config["proxy"] = {"remoteurl": remote}
+    return json.dumps(config, indent=2)  # YAML is a superset of JSON
+
+
+def start_registry(
+    services: Services, name: str, storage: Path, remote: str | None = None
+) -> Service:
+    port = free_port()
+    config = services.workdir / f"{name}.yml"
+    config.write_text(registry_config(port, storage, remote))
+    command = ["docker-registry", "serve", str(config)]
+    return services.start(name, command, port, "/v2/", env={"PATH": "/usr/bin:/bin"})
+
+
+def nginx_config(prefix: Path, port: int, upstream_port: int) -> str:
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    temp = "\n".join(
+        f"  {kind}_temp_path {prefix}/{kind}_temp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""{user}daemon off;
+master_process on;
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+{temp}
+  upstream registry {{ server {LOOPBACK}:{upstream_port}; keepalive 8; }}
+  server {{
+    listen {LOOPBACK}:{port};
+    location / {{
+      proxy_pass http://registry;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_buffering off;
+      proxy_buffer_size 1m;
+      proxy_buffers 8 1m;
+      proxy_read_timeout 600s;
+    }}
+  }}
+}}
+"""
+
+
+def start_nginx(services: Services, upstream: Service) -> Service:
+    prefix = services.workdir / "nginx"
+    prefix.mkdir(exist_ok=True)
+    port = free_port()
+    config = prefix / "nginx.conf"
+    config.write_text(nginx_config(prefix, port, upstream.port))
+    command = ["nginx", "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
+    return services.start("nginx", command, port, "/v2/")
+
+
+def docxy_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_docxy(
+    services: Services, name: str, upstream_url: str, cache_dir: Path, max_size: int | None
+) -> Service:
+    """Docxy with its cache in ``cache_dir``; ``max_size=None``: ``--no-cache``."""
+    port = free_port()
+    command = [sys.executable, "-m", "docxy", "serve", "--listen", f"{LOOPBACK}:{port}"]
+    command += ["--upstream", upstream_url, "--cache-dir", str(cache_dir)]
+    if max_size is None:
+        command.append("--no-cache")
+    else:
+        command += ["--set", f"cache.max_size={max_size}"]
+    return services.start(name, command, port, "/health", env=docxy_env())
+
+
+# --- clients and measurements ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transfer:
+    status: int
+    nbytes: int
+    seconds: float
+
+
+def curl_command(url: str) -> list[str]:
+    write_out = "%{http_code} %{size_download} %{time_total}"
+    return ["curl", "-sS", "-o", "/dev/null", "-w", write_out, "--max-time", "1800", url]
+
+
+def parse_curl(output: str) -> Transfer:
+    status, nbytes, seconds = output.split()
+    return Transfer(int(status), int(nbytes), float(seconds))
+
+
+def curl_get(url: str) -> Transfer:
+    done = subprocess.run(
+        curl_command(url), capture_output=True, text=True, timeout=TRANSFER_TIMEOUT + 30
+    )
+    return parse_curl(done.stdout)
+
+
+def check_transfer(what: str, transfer: Transfer, blob: Blob) -> None:
+    if transfer.status != 200 or transfer.nbytes != blob.size:
+        raise RuntimeError(
+            f"{what}: status {transfer.status}, {transfer.nbytes} of {blob.size} bytes"
+        )
+
+
+def sha256_of(url: str) -> tuple[str, int]:
+    digest, total = hashlib.sha256(), 0
+    timeout = httpx.Timeout(60.0, read=600.0)
+    with httpx.stream("GET", url, timeout=timeout) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw(CHUNK):
+            digest.update(chunk)
+            total += len(chunk)
+    return f"sha256:{digest.hexdigest()}", total
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    nbytes: int
+    cpu: float
+    upstream_gets: int
+
+    @property
+    def mbps(self) -> float:
+        return self.nbytes / MB / self.seconds
+
+    @property
+    def cpu_per_gib(self) -> float:
+        return self.cpu / (self.nbytes / GiB)
+
+
+def upstream_gets(upstream: Service, blob: Blob) -> int:
+    """GETs of ``blob`` in the upstream's access log."""
+    return upstream.log_text().count(f'"GET {blob.path} ')
+
+
+def timed_get(peer: Service, upstream: Service, blob: Blob) -> Sample:
+    quiet = [peer.pid, upstream.pid]
+    settle(quiet)
+    gets, cpu = upstream_gets(upstream, blob), tree_cpu(peer.pid)
+    transfer = curl_get(peer.url + blob.path)
+    check_transfer(peer.name, transfer, blob)
+    settle(quiet)
+    used = tree_cpu(peer.pid) - cpu
+    return Sample(transfer.seconds, transfer.nbytes, used, upstream_gets(upstream, blob) - gets)
+
+
+# --- the comparison (sections 2 and 3) -------------------------------------------------------
+
+PEERS = ("upstream (direct)", "Distribution proxy", "Docxy", "nginx proxy_pass")
+
+
+@dataclass
+class PeerResult:
+    cold: list[Sample]
+    warm: list[Sample]
+    sha256: str = "not checked"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, services: Services, data: BlobData) -> None:
+        self.args = args
+        self.services = services
+        self.data = data
+        self.workdir = services.workdir
+        self.results = {name: PeerResult([], []) for name in PEERS}
+        self.docxy_cache: Path | None = None
+
+    def start_peer(self, name: str, upstream: Service, round_no: int) -> Service:
+        fresh = self.workdir / f"round{round_no}-{name.split()[0].lower()}"
+        if name == "Distribution proxy":
+            return start_registry(self.services, "distribution-proxy", fresh, upstream.url)
+        if name == "Docxy":
+            self.docxy_cache = fresh
+            return start_docxy(self.services, "docxy", upstream.url, fresh, 4 * self.args.size)
+        if name == "nginx proxy_pass":
+            return start_nginx(self.services, upstream)
+        return upstream
+
+    def round(self, upstream: Service, blob: Blob, round_no: int) -> None:
+        for name in PEERS:
+            if round_no > 0 and self.docxy_cache is not None and name == "Docxy":
+                shutil.rmtree(self.docxy_cache, ignore_errors=True)  # keep only the last one
+            peer = self.start_peer(name, upstream, round_no)
+            try:
+                result = self.results[name]
+                result.cold.append(timed_get(peer, upstream, blob))
+                for _ in range(self.args.warm):
+                    result.warm.append(timed_get(peer, upstream, blob))
+                if round_no == 0:
+                    digest, nbytes = sha256_of(peer.url + blob.path)
+                    ok = digest == blob.digest and nbytes == blob.size
+                    result.sha256 = "ok" if ok else f"WRONG ({digest}, {nbytes} bytes)"
+                self._log(name, round_no, result)
+            finally:
+                if peer is not upstream:
+                    self.services.stop(peer)
+            if name == "Distribution proxy":
+                shutil.rmtree(self.workdir / f"round{round_no}-distribution", ignore_errors=True)
+
+    def _log(self, name: str, round_no: int, result: PeerResult) -> None:
+        cold, warm = result.cold[-1], result.warm[-1]
+        print(
+            f"  round {round_no + 1} {name}: cold {cold.mbps:.0f} MB/s {cold.cpu_per_gib:.2f} "
+            f"CPU-s/GiB ({cold.upstream_gets} upstream GETs), warm {warm.mbps:.0f} MB/s "
+            f"{warm.cpu_per_gib:.2f} CPU-s/GiB ({warm.upstream_gets} upstream GETs)",
+            flush=True,
+        )
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float], fmt: str) -> str:
+    text = format(median(values), fmt)
+    if len(values) > 1:
+        text += f" [{format(min(values), fmt)}-{format(max(values), fmt)}]"
+    return text
+
+
+def print_table(results: Mapping[str, PeerResult], blob: Blob) -> None:
+    header = ("peer", "cold MB/s", "cold CPU-s/GiB", "warm MB/s", "warm CPU-s/GiB", "up GETs")
+    rows = [header]
+    for name, result in results.items():
+        cold, warm = result.cold, result.warm
+        cold_gets = median([s.upstream_gets for s in cold])
+        gets = f"{cold_gets:g}+{median([s.upstream_gets for s in warm]):g}"
+        rows.append(
+            (
+                name,
+                spread([s.mbps for s in cold], ".0f"),
+                spread([s.cpu_per_gib for s in cold], ".2f"),
+                spread([s.mbps for s in warm], ".0f"),
+                spread([s.cpu_per_gib for s in warm], ".2f"),
+                gets,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    print()
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print("  sha256 of a full GET: " + ", ".join(f"{n} {r.sha256}" for n, r in results.items()))
+    print(f"  blob {blob.digest} ({blob.size // MiB} MiB)")
+
+
+def print_ratios(results: Mapping[str, PeerResult]) -> None:
+    dist, docxy = results["Distribution proxy"], results["Docxy"]
+
+    def ratio(pick: Callable[[Sample], float], ours: list[Sample], theirs: list[Sample]) -> float:
+        return median([pick(s) for s in ours]) / median([pick(s) for s in theirs])
+
+    checks = [
+        (
+            "warm MB/s, Docxy / Distribution",
+            ratio(lambda s: s.mbps, docxy.warm, dist.warm),
+            ">=",
+            1.0,
+        ),
+        (
+            "warm CPU-s/GiB, Docxy / Distribution",
+            ratio(lambda s: s.cpu_per_gib, docxy.warm, dist.warm),
+            "<=",
+            1.0,
+        ),
+        (
+            "cold CPU-s/GiB, Docxy / Distribution",
+            ratio(lambda s: s.cpu_per_gib, docxy.cold, dist.cold),
+            "<=",
+            1.5,
+        ),
+        (
+            "cold MB/s, Docxy / Distribution",
+            ratio(lambda s: s.mbps, docxy.cold, dist.cold),
+            "",
+            0.0,
+        ),
+    ]
+    print()
+    for label, value, op, target in checks:
+        if not op:
+            print(f"  {label}: {value:.2f} (no target)")
+            continue
+        met = value >= target if op == ">=" else value <= target
+        print(f"  {label}: {value:.2f} (target {op} {target:g}: {'met' if met else 'MISSED'})")
+
+
+# --- section 4: memory under many clients ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrowdResult:
+    seconds: float
+    nbytes: int
+    peak_rss_kib: int
+    failures: int
+
+
+def crowd_get(service: Service, blobs: Sequence[Blob]) -> CrowdResult:
+    """All ``blobs`` at once, one curl each, sampling the server's RSS every 50 ms."""
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(curl_command(service.url + blob.path), stdout=subprocess.PIPE, text=True)
+        for blob in blobs
+    ]
+    peak = 0
+    try:
+        deadline = started + TRANSFER_TIMEOUT + 30
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            peak = max(peak, status_kib(service.pid, "VmRSS"))
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    seconds = time.monotonic() - started
+    failures, total = 0, 0
+    for proc, blob in zip(procs, blobs, strict=True):
+        out = proc.stdout.read() if proc.stdout is not None else ""
+        proc.wait()
+        transfer = parse_curl(out) if out.strip() else Transfer(0, 0, 0.0)
+        total += transfer.nbytes
+        failures += transfer.status != 200 or transfer.nbytes != blob.size
+    return CrowdResult(seconds, total, peak, failures)
+
+
+def crowd_section(args: argparse.Namespace, services: Services, data: BlobData) -> None:
+    size, clients = args.client_mib * MiB, args.clients
+    print(f"\n== Docxy RSS, {clients} clients x {args.client_mib} MiB different blobs ==")
+    print(f"  (blobs generated on first use: {clients * size / GiB:.1f} GiB in the data dir)")
+    blobs = [data.ensure(f"client-{i}", size, announce=False) for i in range(clients)]
+    upstream = start_registry(services, "upstream-crowd", data.storage)
+    cache = services.workdir / "crowd-docxy"
+    docxy = start_docxy(services, "docxy-crowd", upstream.url, cache, clients * size + GiB)
+    try:
+        idle = status_kib(docxy.pid, "VmRSS")
+        print(f"  Docxy idle RSS {idle / 1024:.0f} MiB")
+        for phase in ("cold (all misses)", "warm (all hits)"):
+            settle([docxy.pid, upstream.pid])
+            result = crowd_get(docxy, blobs)
+            print(
+                f"  {phase}: peak VmRSS {result.peak_rss_kib / 1024:.0f} MiB (sampled every 50 ms)"
+                f", {result.nbytes / MB / result.seconds:.0f} MB/s aggregate, "
+                f"{result.seconds:.1f} s, {result.failures} failed transfers"
+            )
+        hwm = status_kib(docxy.pid, "VmHWM")
+        verdict = "met" if hwm < 150 * 1024 else "MISSED"
+        print(
+            f"  Docxy VmHWM over the whole run {hwm / 1024:.0f} MiB (target < 150 MiB: {verdict})"
+        )
+    finally:
+        services.stop(docxy)
+        services.stop(upstream)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+# --- section 5: a throttled upstream ---------------------------------------------------------
+
+
+class ThrottleProxy:
+    """A TCP relay on loopback whose upstream→client direction shares one ``rate`` (bytes/s)."""
+
+    READ = 64 * 1024
+    BURST = 0.05
+
+    def __init__(self, target_port: int, rate: float) -> None:
+        self.target_port = target_port
+        self.rate = rate
+        self.port = 0
+        self._next = 0.0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="throttle", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("throttle proxy did not start")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        server = await asyncio.start_server(self._handle, LOOPBACK, 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        async with server:
+            await self._stop.wait()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(LOOPBACK, self.target_port)
+        except OSError:
+            writer.close()
+            return
+        try:
+            await asyncio.gather(
+                self._pump(reader, up_writer, throttled=False),
+                self._pump(up_reader, writer, throttled=True),
+            )
+        finally:
+            writer.close()
+            up_writer.close()
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, throttled: bool
+    ) -> None:
+        try:
+            while data := await reader.read(self.READ):
+                if throttled:
+                    await self._wait_turn(len(data))
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                if writer.can_write_eof():
+                    writer.write_eof()
+
+    async def _wait_turn(self, nbytes: int) -> None:
+        now = asyncio.get_running_loop().time()
+        # A token bucket holding BURST seconds of credit, so timer overshoot is made up for.
+        self._next = max(self._next, now - self.BURST) + nbytes / self.rate
+        await asyncio.sleep(self._next - now)
+
+
+def throttle_section(
+    args: argparse.Namespace, services: Services, data: BlobData, warm_cache: Path | None
+) -> None:
+    blob = data.ensure("main", args.size)
+    rate = args.throttle_mbit * 1e6 / 8
+    print(
+        f"\n== upstream throttled to {args.throttle_mbit:g} Mbit/s, {blob.size // MiB} MiB blob =="
+    )
+    upstream = start_registry(services, "upstream-throttled", data.storage)
+    proxy = ThrottleProxy(upstream.port, rate)
+    proxy.start()
+    try:
+        print(f"  wire time of the blob at that rate: {blob.size / rate:.1f} s")
+        direct = curl_get(proxy.url + blob.path)
+        check_transfer("through the throttle", direct, blob)
+        print(
+            f"  upstream direct through the throttle: {direct.seconds:.2f} s, "
+            f"{direct.nbytes / MB / direct.seconds:.1f} MB/s"
+        )
+        runs: list[tuple[str, Path, int | None]] = []
+        if warm_cache is not None:
+            runs.append(("Docxy, cache warmed by a previous pull", warm_cache, 4 * args.size))
+        runs.append(("Docxy --no-cache", services.workdir / "nocache", None))
+        for label, cache, max_size in runs:
+            docxy = start_docxy(services, "docxy-throttled", proxy.url, cache, max_size)
+            try:
+                sample = timed_get(docxy, upstream, blob)
+            finally:
+                services.stop(docxy)
+            print(
+                f"  {label}: {sample.seconds:.2f} s, {sample.mbps:.1f} MB/s, "
+                f"{sample.upstream_gets} upstream GETs of the blob"
+            )
+    finally:
+        proxy.stop()
+        services.stop(upstream)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes for a fast check")
+    parser.add_argument("--size-mib", type=int, help="big blob size (default 1024; quick 128)")
+    parser.add_argument("--rounds", type=int, help="cold+warm rounds per peer (3; quick 1)")
+    parser.add_argument("--warm", type=int, default=2, help="warm GETs per round (2)")
+    parser.add_argument("--clients", type=int, help="concurrent clients for RSS (50; quick 10)")
+    parser.add_argument("--client-mib", type=int, help="blob per client, MiB (256; quick 32)")
+    parser.add_argument("--throttle-mbit", type=float, default=100.0)
+    parser.add_argument("--skip-crowd", action="store_true")
+    parser.add_argument("--skip-throttle", action="store_true")
+    default_data = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "docxy-bench"
+    parser.add_argument("--data-dir", type=Path, default=default_data, help="generated blobs")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.size = (args.size_mib or (128 if quick else 1024)) * MiB
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.clients = args.clients or (10 if quick else 50)
+    args.client_mib = args.client_mib or (32 if quick else 256)
+    return args
+
+
+def describe_machine() -> None:
+    def version(command: Sequence[str]) -> str:
+        done = subprocess.run(list(command), capture_output=True, text=True, timeout=10)
+        return (done.stdout + done.stderr).strip().splitlines()[0]
+
+    commit = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
+    print(
+        f"  {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"Python {platform.python_version()}, Docxy {commit}"
+    )
+    print(
+        f"  {version(['docker-registry', '--version'])}; {version(['nginx', '-v'])}; "
+        f"{' '.join(version(['curl', '--version']).split()[:2])}"
+    )
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as load:
+        return " ".join(load.read().split()[:3])
+
+
+def require(binary: str, hint: str) -> None:
+    if shutil.which(binary) is None:
+        raise SystemExit(f"bench_cache: {binary} not found ({hint})")
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace, services: Services) -> None:
+    data = BlobData(args.data_dir)
+    print(f"== Docxy cache benchmark{' (quick)' if args.quick else ''}, all on {LOOPBACK} ==")
+    describe_machine()
+    print(f"  load average at start: {loadavg()}; blobs in {args.data_dir}")
+    blob = data.ensure("main", args.size)
+    upstream = start_registry(services, "upstream", data.storage)
+    bench = Bench(args, services, data)
+    print(
+        f"\n== {blob.size // MiB} MiB blob, {args.rounds} round(s): 1 cold + {args.warm} warm "
+        "GETs per peer each; curl -o /dev/null; MB = 10^6 bytes =="
+    )
+    for round_no in range(args.rounds):
+        bench.round(upstream, blob, round_no)
+    services.stop(upstream)
+    print(
+        f"\nmedian [min-max] over {args.rounds} round(s); CPU = serving process tree; "
+        "up GETs = upstream GETs of the blob per cold + per warm request"
+    )
+    print_table(bench.results, blob)
+    print_ratios(bench.results)
+    if not args.skip_crowd:
+        crowd_section(args, services, data)
+    if not args.skip_throttle:
+        throttle_section(args, services, data, bench.docxy_cache)
+    print(f"\n  load average at end: {loadavg()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    require("docker-registry", "apt-get install docker-registry")
+    require("nginx", "apt-get install -y nginx-light")
+    require("curl", "apt-get install curl")
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="docxy-bench-"))
+    services = Services(workdir)
+    try:
+        with sigterm_as_exit():
+            run(args, services)
+    finally:
+        services.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
