@@ -416,6 +416,7 @@ def test_broken_upstream_blob_fails_every_client_and_is_not_cached(
     healed, thread = start_download(mirror, FAULTY, headers, digest, FAULTY_SIZE)
     join_all([thread])
     assert healed.complete_and_right, healed
+    assert blob_path(cache, digest).is_file(), "the healed blob was not cached"
     assert file_digest(blob_path(cache, digest)) == digest
 
 
