@@ -12,6 +12,7 @@ credentials, uncached.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from quart import Response
 from werkzeug.datastructures import Headers
@@ -76,6 +77,27 @@ def manifest_response(manifest: CachedManifest, method: str) -> Response:
     return response
 
 
+@dataclass(frozen=True, slots=True)
+class HeadAnswer:
+    """What an upstream manifest HEAD said: enough to answer a client's HEAD."""
+
+    digest: Digest
+    media_type: str
+    length: int
+
+    def response(self) -> Response:
+        headers = Headers(
+            [
+                ("Content-Type", self.media_type),
+                ("Docker-Content-Digest", str(self.digest)),
+                ("ETag", f'"{self.digest}"'),
+                ("Content-Length", str(self.length)),
+                API_VERSION_HEADER,
+            ]
+        )
+        return Response(empty_body(), status=200, headers=headers)
+
+
 class ManifestCache:
     def __init__(self, store: ManifestStore, client: UpstreamClient, tokens: MirrorTokens) -> None:
         self.store = store
@@ -137,21 +159,20 @@ class ManifestCache:
             if moved is not None and self._servable(moved, accept):
                 await self.store.set_tag(repo, tag, moved.digest, public=True)
                 return manifest_response(moved, method), "revalidated"
-        if method == "HEAD" and found.state is TagState.MISSING:
+        if method == "HEAD":
+            if found.state is not TagState.MISSING:
+                return None
             # containerd and dockerd resolve a tag by HEAD, then GET by digest: remember the
-            # tag now, or a later outage leaves a pulled image unresolvable. A HEAD upstream
-            # is free; a GET happens only for a manifest the cache lacks, and the client's
-            # following GET by digest is then a hit.
+            # tag now (from a free upstream HEAD, never a counted GET), or an outage leaves an
+            # image pulled a minute ago unresolvable.
             try:
-                current = await self._head_digest(upstream, repo, tag)
+                head = await self._head(upstream, repo, tag)
             except UpstreamError:
                 return None
-            if current is None:
+            if head is None or not acceptable(head[1].media_type, accept):
                 return None
-            known = await self.store.get(repo, current)
-            if known is not None and self._servable(known, accept):
-                await self.store.set_tag(repo, tag, known.digest, public=True)
-                return manifest_response(known, method), "revalidated"
+            await self.store.set_tag(repo, tag, head[0], public=True)
+            return head[1].response(), "miss"
         try:
             fetched = await self._fetch(upstream, repo, reference, None)
         except UpstreamError as exc:
@@ -168,6 +189,13 @@ class ManifestCache:
 
     async def _head_digest(self, upstream: Upstream, repo: RepoKey, tag: str) -> Digest | None:
         """The tag's current digest by an upstream HEAD; ``None`` if the mirror may not see it."""
+        head = await self._head(upstream, repo, tag)
+        return head[0] if head is not None else None
+
+    async def _head(
+        self, upstream: Upstream, repo: RepoKey, tag: str
+    ) -> tuple[Digest, HeadAnswer] | None:
+        """An upstream HEAD of the tag with the mirror's token and every manifest type."""
         headers = await self.tokens.headers(upstream, repo.repo)
         headers.append(("Accept", ACCEPT_ALL))
         url = upstream.url(f"/v2/{repo.repo}/manifests/{tag}")
@@ -177,9 +205,14 @@ class ManifestCache:
         if answer.status_code != 200:
             return None
         try:
-            return parse_digest(answer.headers.get("docker-content-digest", ""))
+            digest = parse_digest(answer.headers.get("docker-content-digest", ""))
         except InvalidDigest:
             return None
+        length = answer.headers.get("content-length", "")
+        if not length.isdigit():
+            return None
+        media_type = answer.headers.get("content-type", "").split(";")[0].strip()
+        return digest, HeadAnswer(digest, media_type, int(length))
 
     async def _fetch(
         self, upstream: Upstream, repo: RepoKey, reference: Reference, digest: Digest | None
