@@ -656,3 +656,27 @@ def test_write_all_survives_partial_writes(tmp_path: Path, monkeypatch: pytest.M
     finally:
         os.close(fd)
     assert path.read_bytes() == b"hello partial world"
+
+
+def test_read_chunk_shrinks_as_readers_grow(tmp_path: Path) -> None:
+    from docxy.cache.blobs import MIN_READ_CHUNK, READ_BUDGET
+    from docxy.cache.digests import digest_of
+
+    store = DiskBlobStore.open(tmp_path, 1 << 30)
+    data = b"x" * 4096
+    digest = digest_of(data)
+    path = store.path_of(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    store.scan()
+    readers = [store.open_read(digest) for _ in range(100)]
+    try:
+        assert all(r is not None for r in readers)
+        sizes = [r._chunk_size for r in readers if r is not None]
+        assert sizes[0] == 1024 * 1024  # alone: the full default chunk
+        assert sizes[-1] == MIN_READ_CHUNK  # a hundred at once: the floor
+        assert sizes[20] == max(MIN_READ_CHUNK, READ_BUDGET // 21)
+    finally:
+        for r in readers:
+            if r is not None:
+                r.close()

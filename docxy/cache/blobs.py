@@ -25,6 +25,10 @@ from docxy.cache.reader import READ_CHUNK, BlobReader
 
 log = logging.getLogger(__name__)
 
+#: Read sizes shrink to keep the total of in-flight reads near this budget (see RSS benchmark).
+READ_BUDGET = 16 * 1024 * 1024
+MIN_READ_CHUNK = 256 * 1024
+
 #: What :meth:`BlobStore.fetch_or_join` hands out: a cache hit, the one writer, or a follower.
 Fill = BlobReader | BlobWriter | BlobFollower
 
@@ -168,6 +172,15 @@ class DiskBlobStore:
         self._index.move_to_end(digest)
         return entry
 
+    def _chunk_for_readers(self) -> int:
+        """Read size for a new reader: large alone, smaller when many read at once.
+
+        Memory in flight is about three chunks per reader, so the chunk shrinks as readers
+        grow (budget ``READ_BUDGET``), never below ``MIN_READ_CHUNK``.
+        """
+        readers = max(1, sum(self._pins.values()))  # the new reader is already pinned
+        return max(MIN_READ_CHUNK, min(self._read_chunk, READ_BUDGET // readers))
+
     def open_read(
         self, digest: Digest, start: int = 0, stop: int | None = None
     ) -> BlobReader | None:
@@ -193,7 +206,7 @@ class DiskBlobStore:
             start=start,
             stop=stop,
             release=lambda: self._unpin(digest),
-            chunk_size=self._read_chunk,
+            chunk_size=self._chunk_for_readers(),
         )
 
     # --- fills ------------------------------------------------------------------------------
@@ -204,7 +217,7 @@ class DiskBlobStore:
         if fill is not None and fill.state is FillState.WRITING:
             fd = os.open(fill.tmp_path, os.O_RDONLY)
             self._pins[digest] += 1
-            return BlobFollower(fill, fd, lambda: self._unpin(digest), self._read_chunk)
+            return BlobFollower(fill, fd, lambda: self._unpin(digest), self._chunk_for_readers())
         reader = self.open_read(digest)
         if reader is not None:
             return reader
