@@ -21,7 +21,10 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels docxy certbot sup
 COPY scripts/supervisord.conf /etc/docxy/supervisord.conf
 COPY scripts/entrypoint.sh /usr/local/bin/docxy-entrypoint
 
+# MALLOC_ARENA_MAX: fewer glibc arenas for the read threads (measured ~220 → ~160 MiB peak RSS
+# with 50 concurrent downloads).
 ENV PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     DOCXY_RUN_DIR=/run/docxy \
     DOCXY_SERVER_LISTEN=0.0.0.0:80 \
     DOCXY_CACHE_DIR=/var/lib/docxy/cache \
