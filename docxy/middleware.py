@@ -13,6 +13,8 @@ from typing import Any
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
+from docxy.errors import RegistryError, RequestTooLarge
+
 log = logging.getLogger("docxy.access")
 
 MAX_QUERY = 8 * 1024
@@ -23,9 +25,10 @@ HTTPS_EXEMPT_PREFIXES = ("/.well-known/acme-challenge/",)
 
 
 async def _send_error(
-    send: ASGISendCallable, status: int, code: str, message: str, extra: list[tuple[bytes, bytes]]
+    send: ASGISendCallable, error: RegistryError, extra: list[tuple[bytes, bytes]]
 ) -> None:
-    body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()
+    status = error.status
+    body = json.dumps(error.body()).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -33,6 +36,11 @@ async def _send_error(
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class UseHttps(RegistryError):
+    status = 308
+    code = "MOVED"
 
 
 class Guard:
@@ -49,7 +57,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         if len(scope["query_string"]) > MAX_QUERY or len(scope["raw_path"] or b"") > MAX_PATH:
-            await _send_error(send, 414, "SIZE_INVALID", "request target too long", [])
+            await _send_error(send, RequestTooLarge("request target too long"), [])
             return
         path = scope["path"]
         if (
@@ -62,7 +70,7 @@ class Guard:
             if scope["query_string"]:
                 target += "?" + scope["query_string"].decode("latin-1")
             location = [(b"location", target.encode("latin-1"))]
-            await _send_error(send, 308, "MOVED", "use HTTPS", location)
+            await _send_error(send, UseHttps("this mirror is served over HTTPS"), location)
             return
         await self.app(scope, receive, send)
 
