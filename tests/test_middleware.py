@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -13,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from werkzeug.datastructures import Headers
 
 from docxy.app import create_app
 from docxy.config import load_config
 from docxy.middleware import MAX_PATH, MAX_QUERY, AccessLog, Guard
+from tests.asgi import AsgiAnswer, call_asgi
 
 PUBLIC = "https://mirror.example.com"
 DIGEST = "sha256:" + "d" * 64
@@ -27,11 +26,7 @@ PASSWORD = "S3CRET-PASSWORD"
 BASIC = "Basic " + base64.b64encode(f"bob:{PASSWORD}".encode()).decode()
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: Headers
-    body: bytes
+Answer = AsgiAnswer
 
 
 @dataclass
@@ -54,42 +49,9 @@ async def call(
     scheme: str = "http",
     headers: Iterable[tuple[str, str]] = (),
 ) -> Answer:
-    path, _, query = raw_path.partition("?")
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": scheme,
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"evil.example")]
-        + [(k.lower().encode(), v.encode()) for k, v in headers],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8080),
-        "extensions": {},
-    }
-    messages: list[dict[str, Any]] = []
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.Event().wait()  # the client stays; the app cancels this when done
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        messages.append(message)
-
-    await asgi(scope, receive, send)
-    start = messages[0]
-    answer_headers = Headers([(k.decode(), v.decode()) for k, v in start["headers"]])
-    body = b"".join(m.get("body", b"") for m in messages[1:])
-    return Answer(start["status"], answer_headers, body)
+    return await call_asgi(
+        asgi, method, raw_path, host="evil.example", scheme=scheme, headers=headers
+    )
 
 
 def error_code(answer: Answer) -> str:

@@ -26,6 +26,7 @@ from docxy import __version__
 from docxy.app import create_app
 from docxy.config import load_config
 from docxy.upstream import MAX_REDIRECTS
+from tests.asgi import AsgiAnswer, call_asgi
 
 PUBLIC = "https://mirror.example.com"
 MIRROR_REALM = f"{PUBLIC}/auth/token"
@@ -115,11 +116,7 @@ class FakeUpstream:
         return [str(request.url) for request in self.requests]
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: Headers
-    body: bytes
+RawResponse = AsgiAnswer
 
 
 @dataclass
@@ -136,47 +133,15 @@ class Mirror:
         *,
         body_seen: asyncio.Event | None = None,
     ) -> RawResponse:
-        """Call the app as hypercorn does: the test client decodes paths and recomputes
-        ``Content-Length`` from the body it collected, so it cannot show those."""
-        path, _, query = raw_path.partition("?")
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "root_path": "",
-            "headers": [(b"host", b"mirror.example.com")]
-            + [(k.lower().encode(), v.encode()) for k, v in headers],
-            "client": ("127.0.0.1", 40000),
-            "server": ("127.0.0.1", 8080),
-            "extensions": {},
-        }
-        messages: list[dict[str, Any]] = []
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.Event().wait()  # the client never goes away; cancelled when done
-            raise AssertionError("unreachable")
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-            if body_seen is not None and message.get("body"):
-                body_seen.set()
-
-        await self.app(scope, receive, send)  # type: ignore[arg-type]
-        start = messages[0]
-        assert start["type"] == "http.response.start"
-        headers_out = Headers([(k.decode(), v.decode()) for k, v in start["headers"]])
-        body = b"".join(m.get("body", b"") for m in messages[1:])
-        return RawResponse(start["status"], headers_out, body)
+        """Call the app as hypercorn does (see tests/asgi.py)."""
+        return await call_asgi(
+            self.app,
+            method,
+            raw_path,
+            host="mirror.example.com",
+            headers=headers,
+            body_seen=body_seen,
+        )
 
 
 @asynccontextmanager
