@@ -10,8 +10,8 @@ client ever tried to leave.
 from __future__ import annotations
 
 import socketserver
-import threading
-from types import TracebackType
+
+from tests.clients.background import Background, RecordingServer
 
 _REFUSAL = (
     b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n"
@@ -35,53 +35,17 @@ class _Handler(socketserver.StreamRequestHandler):
             pass
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _Server(RecordingServer[str]):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.attempts: list[str] = []
-        self._lock = threading.Lock()
-
-    def record(self, line: str) -> None:
-        with self._lock:
-            self.attempts.append(line)
-
-    def snapshot(self) -> list[str]:
-        with self._lock:
-            return list(self.attempts)
+        super().__init__(_Handler)
 
 
-class EgressGuard:
+class EgressGuard(Background[_Server]):
     """Context manager: a refusing proxy on 127.0.0.1; `attempts` lists what reached it."""
 
     def __init__(self) -> None:
-        self._server = _Server()
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        assert isinstance(host, str)
-        return f"http://{host}:{port}"
+        super().__init__(_Server())
 
     @property
     def attempts(self) -> list[str]:
         return self._server.snapshot()
-
-    def __enter__(self) -> EgressGuard:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)

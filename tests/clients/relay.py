@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 import socket
 import socketserver
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
+
+from tests.clients.background import Background, RecordingServer
 
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection"}
 _MAX_HEAD = 64 * 1024
@@ -119,16 +119,11 @@ class _Handler(socketserver.BaseRequestHandler):
         _copy(up_in, self.request, int(size) if size is not None else None)
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _Server(RecordingServer[Exchange]):
     def __init__(self, upstream_port: int, cut: CutRule | None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.upstream_port = upstream_port
         self._cut = cut
-        self._lock = threading.Lock()
-        self._exchanges: list[Exchange] = []
 
     def claim_cut(self, method: str, target: str) -> bool:
         with self._lock:
@@ -137,44 +132,13 @@ class _Server(socketserver.ThreadingTCPServer):
             self._cut = None
             return True
 
-    def record(self, exchange: Exchange) -> None:
-        with self._lock:
-            self._exchanges.append(exchange)
 
-    def snapshot(self) -> list[Exchange]:
-        with self._lock:
-            return list(self._exchanges)
-
-
-class Relay:
+class Relay(Background[_Server]):
     """Context manager: a relay on 127.0.0.1 in front of the server on `upstream_port`."""
 
     def __init__(self, upstream_port: int, *, cut: CutRule | None = None) -> None:
-        self._server = _Server(upstream_port, cut)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        assert isinstance(host, str)
-        return f"http://{host}:{port}"
+        super().__init__(_Server(upstream_port, cut))
 
     @property
     def exchanges(self) -> list[Exchange]:
         return self._server.snapshot()
-
-    def __enter__(self) -> Relay:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
