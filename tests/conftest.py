@@ -20,6 +20,7 @@ import pytest
 
 from tests.bed import Bed, Mirror, start_bed
 from tests.bed.mirror import MIRRORS_KEY, launch_mirror, stop_mirror
+from tests.clients.egress import EgressGuard
 
 
 class StartMirror(Protocol):
@@ -68,6 +69,13 @@ def mirror(start_mirror: StartMirror) -> Mirror:
 def mirror_client(mirror: Mirror) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=mirror.url, timeout=30, follow_redirects=False) as client:
         yield client
+
+
+@pytest.fixture
+def egress() -> Iterator[EgressGuard]:
+    """A refusing proxy for every client daemon: records any attempt to leave 127.0.0.1."""
+    with EgressGuard() as guard:
+        yield guard
 
 
 @pytest.hookimpl(wrapper=True)

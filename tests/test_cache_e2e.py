@@ -220,11 +220,11 @@ def assert_failed(download: Download, size: int) -> None:
 
 
 @pytest.fixture
-def egress() -> Iterator[EgressGuard]:
+def egress(egress: EgressGuard) -> EgressGuard:
+    """The shared egress guard, for dockerd tests: they need the Docker binaries."""
     for name in ("dockerd", "docker", "containerd", "runc"):
         need_binary(name)
-    with EgressGuard() as guard:
-        yield guard
+    return egress
 
 
 def user_ref(image: TestImage) -> str:

@@ -30,12 +30,6 @@ def _containerd_binaries() -> None:
 
 
 @pytest.fixture
-def egress() -> Iterator[EgressGuard]:
-    with EgressGuard() as guard:
-        yield guard
-
-
-@pytest.fixture
 def containerd(egress: EgressGuard) -> Iterator[Containerd]:
     with running_containerd(egress_proxy=egress.url) as daemon:
         yield daemon

@@ -30,12 +30,6 @@ def _docker_binaries() -> None:
 
 
 @pytest.fixture
-def egress() -> Iterator[EgressGuard]:
-    with EgressGuard() as guard:
-        yield guard
-
-
-@pytest.fixture
 def dockerd(mirror: Mirror, egress: EgressGuard) -> Iterator[Dockerd]:
     with running_dockerd(mirror_url=mirror.url, egress_proxy=egress.url) as daemon:
         yield daemon

@@ -81,12 +81,6 @@ class HttpsMirror:
 
 
 @pytest.fixture
-def egress() -> Iterator[EgressGuard]:
-    with EgressGuard() as guard:
-        yield guard
-
-
-@pytest.fixture
 def https_mirror(start_mirror: StartMirror, tmp_path: Path) -> Iterator[HttpsMirror]:
     """The mirror on the bed, serving a pebble certificate for mirror.test obtained through it."""
     need_binary("pebble")
