@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from docxy.cache.digests import Digest
 from docxy.cache.errors import DigestMismatch, FillAborted, FillClosed, SizeMismatch
-from docxy.cache.reader import READ_CHUNK
+from docxy.cache.reader import READ_CHUNK, ClosingStream
 
 if TYPE_CHECKING:
     from docxy.cache.blobs import BlobEntry
@@ -243,7 +243,7 @@ class BlobWriter:
             )
 
 
-class BlobFollower:
+class BlobFollower(ClosingStream):
     """A caller that streams a blob another caller is still downloading.
 
     Iterating yields the bytes as the writer flushes them (all but the last byte, which waits
@@ -300,21 +300,6 @@ class BlobFollower:
                     await fill.changed()
         finally:
             self.close()
-
-    async def read_all(self) -> bytes:
-        """Everything, once committed (for small blobs and tests)."""
-        return b"".join([chunk async for chunk in self])
-
-    async def __aenter__(self) -> BlobFollower:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _sync_and_close(fd: int) -> None:

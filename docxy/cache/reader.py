@@ -7,12 +7,40 @@ import os
 import weakref
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
+from typing import Self
 
 #: Default read size: large enough for disk speed, small enough for many clients at once.
 READ_CHUNK = 1024 * 1024
 
 
-class BlobReader:
+class ClosingStream:
+    """An async iterator of chunks that holds a file open until :meth:`close`.
+
+    ``async with`` closes it; :meth:`read_all` collects everything (small blobs, tests).
+    """
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def read_all(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BlobReader(ClosingStream):
     """Bytes ``[start, stop)`` of a committed blob, from an already open file descriptor.
 
     The blob stays pinned (never evicted) until :meth:`close`, which also runs when the reader
@@ -64,21 +92,6 @@ class BlobReader:
                 yield data
         finally:
             self.close()
-
-    async def read_all(self) -> bytes:
-        """Everything in the range at once (for small blobs and tests)."""
-        return b"".join([chunk async for chunk in self])
-
-    async def __aenter__(self) -> BlobReader:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _release(fd: int, release: Callable[[], None]) -> None:
