@@ -11,6 +11,7 @@ A failing test gets the logs of the mirrors it started appended to its report.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -69,6 +70,18 @@ def mirror(start_mirror: StartMirror) -> Mirror:
 def mirror_client(mirror: Mirror) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=mirror.url, timeout=30, follow_redirects=False) as client:
         yield client
+
+
+@pytest.fixture
+def clean_docxy_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No DOCXY_* setting from the machine running the tests leaks into a test.
+
+    ``DOCXY_REQUIRE_E2E`` stays: it is the test run's own switch, not a mirror setting.
+    """
+    for name in list(os.environ):
+        if name.startswith("DOCXY_") and name != "DOCXY_REQUIRE_E2E":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from docxy.cache.fill import BlobWriter
 from docxy.cachecli import ImageRef, human_age, human_size, parse_image_ref
 from docxy.cli import main
 
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
 UPSTREAM = "http://up.test"
 HOST = "up.test"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -156,14 +158,6 @@ async def _populate(root: Path) -> Populated:
     )
     platforms = [parse_digest(str(c["digest"])) for c in children]
     return Populated(root, alpine, busybox, hello, secret, digests, platforms)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 @pytest.fixture

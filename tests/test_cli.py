@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,9 @@ import pytest
 from docxy import __version__
 from docxy.cli import EXIT_CONFIG, main
 
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
 SECRET = "hunter2-but-longer"
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No DOCXY_* setting from the machine running the tests leaks into these."""
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 def show(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, tuple[str, str]]:

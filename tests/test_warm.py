@@ -7,7 +7,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,20 +27,14 @@ from docxy.warm import (
 from tests.bed import Bed, Mirror
 from tests.conftest import StartMirror
 
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 # --- pure parts -----------------------------------------------------------------------------
