@@ -658,7 +658,7 @@ def test_write_all_survives_partial_writes(tmp_path: Path, monkeypatch: pytest.M
     assert path.read_bytes() == b"hello partial world"
 
 
-def test_read_chunk_shrinks_as_readers_grow(tmp_path: Path) -> None:
+def test_read_chunk_follows_the_number_of_readers(tmp_path: Path) -> None:
     from docxy.cache.blobs import MIN_READ_CHUNK, READ_BUDGET
     from docxy.cache.digests import digest_of
 
@@ -672,10 +672,19 @@ def test_read_chunk_shrinks_as_readers_grow(tmp_path: Path) -> None:
     readers = [store.open_read(digest) for _ in range(100)]
     try:
         assert all(r is not None for r in readers)
-        sizes = [r._chunk_size for r in readers if r is not None]
-        assert sizes[0] == 1024 * 1024  # alone: the full default chunk
-        assert sizes[-1] == MIN_READ_CHUNK  # a hundred at once: the floor
-        assert sizes[20] == max(MIN_READ_CHUNK, READ_BUDGET // 21)
+        asks = [r._chunk_size for r in readers if r is not None]
+        assert all(callable(ask) for ask in asks)
+        ask = asks[0]
+        assert callable(ask)
+        assert ask() == MIN_READ_CHUNK  # a hundred at once: the floor, for every reader
+        for r in readers[21:]:
+            assert r is not None
+            r.close()
+        assert ask() == max(MIN_READ_CHUNK, READ_BUDGET // 21)  # 21 left
+        for r in readers[1:21]:
+            assert r is not None
+            r.close()
+        assert ask() == 1024 * 1024  # alone again: the full default chunk
     finally:
         for r in readers:
             if r is not None:

@@ -173,12 +173,12 @@ class DiskBlobStore:
         return entry
 
     def _chunk_for_readers(self) -> int:
-        """Read size for a new reader: large alone, smaller when many read at once.
+        """Read size, asked before every read: large alone, smaller when many read at once.
 
         Memory in flight is about three chunks per reader, so the chunk shrinks as readers
         grow (budget ``READ_BUDGET``), never below ``MIN_READ_CHUNK``.
         """
-        readers = max(1, sum(self._pins.values()))  # the new reader is already pinned
+        readers = max(1, sum(self._pins.values()))  # every open reader is pinned
         return max(MIN_READ_CHUNK, min(self._read_chunk, READ_BUDGET // readers))
 
     def open_read(
@@ -206,7 +206,7 @@ class DiskBlobStore:
             start=start,
             stop=stop,
             release=lambda: self._unpin(digest),
-            chunk_size=self._chunk_for_readers(),
+            chunk_size=self._chunk_for_readers,
         )
 
     # --- fills ------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ class DiskBlobStore:
         if fill is not None and fill.state is FillState.WRITING:
             fd = os.open(fill.tmp_path, os.O_RDONLY)
             self._pins[digest] += 1
-            return BlobFollower(fill, fd, lambda: self._unpin(digest), self._chunk_for_readers())
+            return BlobFollower(fill, fd, lambda: self._unpin(digest), self._chunk_for_readers)
         reader = self.open_read(digest)
         if reader is not None:
             return reader

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from docxy.cache.digests import Digest
 from docxy.cache.errors import DigestMismatch, FillAborted, FillClosed, SizeMismatch
-from docxy.cache.reader import READ_CHUNK, ClosingStream
+from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 
 if TYPE_CHECKING:
     from docxy.cache.blobs import BlobEntry
@@ -252,7 +252,11 @@ class BlobFollower(ClosingStream):
     """
 
     def __init__(
-        self, fill: InFlight, fd: int, release: Callable[[], None], chunk_size: int = READ_CHUNK
+        self,
+        fill: InFlight,
+        fd: int,
+        release: Callable[[], None],
+        chunk_size: int | Callable[[], int] = READ_CHUNK,
     ) -> None:
         self.fill = fill
         self._fd = fd
@@ -288,7 +292,7 @@ class BlobFollower(ClosingStream):
                 # reaches a client complete, so it cannot pass for a good one.
                 ready = fill.written if fill.state is FillState.COMMITTED else fill.written - 1
                 if pos < ready:
-                    want = min(self._chunk_size, ready - pos)
+                    want = min(chunk_of(self._chunk_size), ready - pos)
                     data = await asyncio.to_thread(os.pread, self._fd, want, pos)
                     if not data:
                         raise FillAborted(f"temp file of {fill.digest} shrank at byte {pos}")

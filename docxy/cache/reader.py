@@ -13,6 +13,11 @@ from typing import Self
 READ_CHUNK = 1024 * 1024
 
 
+def chunk_of(size: int | Callable[[], int]) -> int:
+    """A read size, fixed or asked anew for every read (it shrinks as readers grow)."""
+    return size if isinstance(size, int) else size()
+
+
 class ClosingStream:
     """An async iterator of chunks that holds a file open until :meth:`close`.
 
@@ -55,7 +60,7 @@ class BlobReader(ClosingStream):
         start: int,
         stop: int,
         release: Callable[[], None],
-        chunk_size: int = READ_CHUNK,
+        chunk_size: int | Callable[[], int] = READ_CHUNK,
     ) -> None:
         self.size = size
         self.start = start
@@ -84,7 +89,7 @@ class BlobReader(ClosingStream):
         try:
             pos = self.start
             while pos < self.stop and not self.closed:
-                want = min(self._chunk_size, self.stop - pos)
+                want = min(chunk_of(self._chunk_size), self.stop - pos)
                 data = await asyncio.to_thread(os.pread, self._fd, want, pos)
                 if not data:
                     raise OSError(f"blob file ended at {pos} of {self.stop} bytes")
