@@ -12,6 +12,7 @@ a client never sees a short success. Content the mirror cannot read with its own
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -31,6 +32,8 @@ from docxy.upstream import Upstream, UpstreamClient
 from docxy.upstream_auth import MirrorTokens
 
 log = logging.getLogger(__name__)
+
+WRITE_FAILURE_BACKOFF = 60.0  # seconds of pass-through after the cache failed to write
 
 
 def _blob_headers(digest: Digest, length: int | None) -> list[tuple[str, str]]:
@@ -99,7 +102,14 @@ class BlobFiller:
         self.tokens = tokens
 
     async def follow(self, upstream: Upstream, name: str, digest: Digest) -> Response | None:
-        """Stream the blob through the cache; ``None`` if the mirror may not fetch it itself."""
+        """Stream the blob through the cache; ``None`` to pass the request through.
+
+        ``None`` when the mirror may not fetch the blob itself (private), and for a while after
+        the cache could not write (disk full): misses are then served uncached.
+        """
+        failed = self.store.write_failed_at
+        if failed is not None and time.monotonic() - failed < WRITE_FAILURE_BACKOFF:
+            return None
         fill = await self.store.fetch_or_join(digest)
         if isinstance(fill, BlobWriter):
             spawn(f"fill {digest}", self._fill(fill, upstream, name, digest))

@@ -96,6 +96,8 @@ class DiskBlobStore:
         self._in_flight = 0
         self._pins: Counter[Digest] = Counter()
         self._write_failed_logged = False
+        #: When writing a fill last failed (disk full...): the routes pass misses through a while.
+        self.write_failed_at: float | None = None
 
     @classmethod
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
@@ -256,6 +258,7 @@ class DiskBlobStore:
             self._in_flight -= fill.written
 
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None:
+        self.write_failed_at = time.monotonic()
         level = logging.DEBUG if self._write_failed_logged else logging.WARNING
         self._write_failed_logged = True
         log.log(level, "cache: cannot write %s (%s); serving it uncached", fill.digest, exc)
