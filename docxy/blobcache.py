@@ -34,6 +34,7 @@ from docxy.upstream_auth import MirrorTokens
 log = logging.getLogger(__name__)
 
 WRITE_FAILURE_BACKOFF = 60.0  # seconds of pass-through after the cache failed to write
+REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
 
 
 def _blob_headers(digest: Digest, length: int | None) -> list[tuple[str, str]]:
@@ -100,6 +101,7 @@ class BlobFiller:
         self.store = store
         self.client = client
         self.tokens = tokens
+        self._refused: dict[tuple[str, str], float] = {}  # repositories the mirror can't read
 
     async def follow(self, upstream: Upstream, name: str, digest: Digest) -> Response | None:
         """Stream the blob through the cache; ``None`` to pass the request through.
@@ -110,6 +112,9 @@ class BlobFiller:
         failed = self.store.write_failed_at
         if failed is not None and time.monotonic() - failed < WRITE_FAILURE_BACKOFF:
             return None
+        refused = self._refused.get((upstream.host, name))
+        if refused is not None and time.monotonic() - refused < REFUSED_TTL:
+            return None  # private to the mirror's token: don't ask upstream twice per request
         fill = await self.store.fetch_or_join(digest)
         if isinstance(fill, BlobWriter):
             spawn(f"fill {digest}", self._fill(fill, upstream, name, digest))
@@ -140,6 +145,8 @@ class BlobFiller:
                 return
             try:
                 if answer.status_code != 200:
+                    if answer.status_code in (401, 403, 404):
+                        self._refused[(upstream.host, name)] = time.monotonic()
                     writer.abort(f"upstream answered {answer.status_code} to the mirror's token")
                     return
                 length = answer.headers.get("content-length")

@@ -46,6 +46,7 @@ class Upstream:
     def __init__(self) -> None:
         self.token_auth: list[str | None] = []
         self.blob_gets = 0
+        self.refused: list[str | None] = []  # the Authorization of each refused blob GET
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "auth.test":
@@ -57,6 +58,7 @@ class Upstream:
             challenge = f'Bearer realm="{AUTH}",service="registry.test"'
             return reply(401, b"{}", {"WWW-Authenticate": challenge})
         if request.headers.get("authorization") != "Bearer account":
+            self.refused.append(request.headers.get("authorization"))
             return reply(401, b'{"errors": [{"code": "UNAUTHORIZED"}]}')
         self.blob_gets += 1
         return reply(200, BLOB)
@@ -99,9 +101,12 @@ async def test_the_mirror_fetches_with_its_own_account(tmp_path: Path) -> None:
 async def test_without_an_account_the_client_needs_its_own_token(tmp_path: Path) -> None:
     upstream = Upstream()
     async with mirror(tmp_path, upstream) as app:
-        response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
-        assert response.status_code == 401  # passed through with the client's (missing) token
+        for _ in range(3):
+            response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
+            assert response.status_code == 401  # passed through with the client's (no) token
     assert upstream.blob_gets == 0
+    # The mirror tried its own token once, then passed the other requests straight through.
+    assert upstream.refused == ["Bearer anon", None, None, None]
     assert cached_blobs(tmp_path) == []
 
 
