@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -29,90 +27,20 @@ from docxy.cache import (
     Cache,
     Digest,
     DiskBlobStore,
-    InvalidDigest,
     ManifestStore,
     RepoKey,
     TagEntry,
-    parse_digest,
     referenced_digests,
 )
 from docxy.config import Config
-from docxy.errors import ConfigError, RegistryError
-from docxy.names import upstream_name, validate_name, validate_tag
+from docxy.errors import ConfigError
+from docxy.names import ImageRef, parse_image_ref
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_DOMAIN = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
-DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-
 ConfigLoader = Callable[[argparse.Namespace], Config]
-
-
-# --- image references (pure) ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRef:
-    """``[domain/]name[:tag][@digest]`` as Docker reads it; ``domain`` None means Docker Hub."""
-
-    domain: str | None
-    name: str
-    tag: str | None
-    digest: Digest | None
-
-    @property
-    def ref(self) -> str:
-        """What goes after ``/manifests/``: the digest if given, else the tag."""
-        return str(self.digest) if self.digest is not None else str(self.tag)
-
-    def __str__(self) -> str:
-        text = f"{self.domain}/{self.name}" if self.domain else self.name
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
-
-    def on_hub(self) -> bool:
-        return self.domain is None or self.domain in DOCKER_HUB
-
-
-def parse_image_ref(text: str, *, library_prefix: bool = True) -> ImageRef:
-    """Parse an image reference; raise ValueError with a readable message when it is not one.
-
-    ``redis`` → ``library/redis:latest``; ``ghcr.io/a/b@sha256:...``; ``localhost:5000/x:1``.
-    The ``library/`` prefix is added to one-component names on Docker Hub only.
-    """
-    rest, _, digest_text = text.strip().partition("@")
-    digest = None
-    if digest_text:
-        try:
-            digest = parse_digest(digest_text)
-        except InvalidDigest as exc:
-            raise ValueError(f"{text!r}: {exc}") from None
-    domain = None
-    first, slash, remainder = rest.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        domain, rest = first, remainder
-        if not _DOMAIN.fullmatch(domain):
-            raise ValueError(f"{text!r}: invalid registry host {domain!r}")
-    name, colon, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
-    if not colon:
-        tag = ""
-    try:
-        validate_name(name)
-        if colon:
-            validate_tag(tag)
-    except RegistryError as exc:
-        raise ValueError(f"{text!r}: {exc.message}") from None
-    if domain in DOCKER_HUB or domain is None:
-        name = upstream_name(name, library_prefix)
-    if not colon and digest is None:
-        tag = "latest"
-    return ImageRef(domain, name, tag or None, digest)
 
 
 # --- formatting (pure) ----------------------------------------------------------------------

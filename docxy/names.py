@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from docxy.cache.digests import Digest
-from docxy.errors import DigestInvalid, NameInvalid, NotFound, TagInvalid
+from docxy.errors import DigestInvalid, NameInvalid, NotFound, RegistryError, TagInvalid
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -106,3 +106,71 @@ def upstream_name(name: str, library_prefix: bool) -> str:
     if library_prefix and "/" not in name:
         return f"library/{name}"
     return name
+
+
+# --- image references: what a person types (`docker pull redis:7`) -------------------
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
+DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """``[domain/]name[:tag][@digest]`` as Docker reads it; ``domain`` None means Docker Hub."""
+
+    domain: str | None
+    name: str
+    tag: str | None
+    digest: Digest | None
+
+    @property
+    def ref(self) -> str:
+        """What goes after ``/manifests/``: the digest if given, else the tag."""
+        return str(self.digest) if self.digest is not None else str(self.tag)
+
+    def __str__(self) -> str:
+        text = f"{self.domain}/{self.name}" if self.domain else self.name
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+    def on_hub(self) -> bool:
+        return self.domain is None or self.domain in DOCKER_HUB
+
+
+def parse_image_ref(text: str, *, library_prefix: bool = True) -> ImageRef:
+    """Parse an image reference; raise ValueError with a readable message when it is not one.
+
+    ``redis`` → ``library/redis:latest``; ``ghcr.io/a/b@sha256:...``; ``localhost:5000/x:1``.
+    The ``library/`` prefix is added to one-component names on Docker Hub only.
+    """
+    rest, _, digest_text = text.strip().partition("@")
+    digest = None
+    if digest_text:
+        try:
+            digest = parse_digest(digest_text)
+        except RegistryError as exc:
+            raise ValueError(f"{text!r}: {exc.message}") from None
+    domain = None
+    first, slash, remainder = rest.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        domain, rest = first, remainder
+        if not _DOMAIN.fullmatch(domain):
+            raise ValueError(f"{text!r}: invalid registry host {domain!r}")
+    name, colon, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not colon:
+        tag = ""
+    try:
+        validate_name(name)
+        if colon:
+            validate_tag(tag)
+    except RegistryError as exc:
+        raise ValueError(f"{text!r}: {exc.message}") from None
+    if domain in DOCKER_HUB or domain is None:
+        name = upstream_name(name, library_prefix)
+    if not colon and digest is None:
+        tag = "latest"
+    return ImageRef(domain, name, tag or None, digest)

@@ -27,10 +27,11 @@ import httpx
 
 from docxy import __version__
 from docxy.cache import Digest, InvalidDigest, parse_digest
-from docxy.cachecli import ImageRef, human_size, parse_image_ref
+from docxy.cachecli import human_size
 from docxy.challenge import parse_challenge
 from docxy.config import Config
 from docxy.errors import ConfigError
+from docxy.names import ImageRef, parse_image_ref
 
 EXIT_OK = 0
 EXIT_FAILED = 1

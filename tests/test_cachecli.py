@@ -13,8 +13,9 @@ import pytest
 
 from docxy.cache import Digest, RepoKey, digest_of, open_cache, parse_digest
 from docxy.cache.fill import BlobWriter
-from docxy.cachecli import ImageRef, human_age, human_size, parse_image_ref
+from docxy.cachecli import human_age, human_size
 from docxy.cli import main
+from docxy.names import ImageRef, parse_image_ref
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
 

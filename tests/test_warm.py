@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docxy.cachecli import parse_image_ref
 from docxy.cli import main
+from docxy.names import parse_image_ref
 from docxy.warm import (
     Progress,
     RegistryAuth,
