@@ -689,3 +689,45 @@ def test_read_chunk_follows_the_number_of_readers(tmp_path: Path) -> None:
         for r in readers:
             if r is not None:
                 r.close()
+
+
+async def test_cancelled_writer_never_closes_the_file_under_its_io_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    store = make_store(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+    real_write_all = fill_module.write_all
+    seen_fds: list[int] = []
+    write_errors: list[OSError] = []
+
+    def slow_write_all(fd: int, data: list[bytes]) -> None:
+        seen_fds.append(fd)
+        entered.set()
+        assert release.wait(10), "test never released the write"
+        try:
+            real_write_all(fd, data)  # EBADF if the descriptor was closed meanwhile
+        except OSError as exc:
+            write_errors.append(exc)
+            raise
+
+    monkeypatch.setattr(fill_module, "write_all", slow_write_all)
+    data = b"z" * (1 << 20)
+    writer = await as_writer(store, digest_of(data))
+
+    async def fill() -> None:
+        async with writer:
+            await writer.write(data)  # a full buffer: hashed and written in a thread
+
+    task = asyncio.get_running_loop().create_task(fill())  # noqa: TID251 - the test owns it
+    assert await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    for _ in range(20):  # let the cancellation reach the writer
+        await asyncio.sleep(0)
+    os.fstat(seen_fds[0])  # still open: the thread is still writing to it
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await guard(task)
+    assert write_errors == []  # the write ended on the file it started on
+    assert tmp_files(store) == []

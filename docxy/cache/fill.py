@@ -145,7 +145,15 @@ class BlobWriter:
             return
         chunks, nbytes = self._pending, self._pending_len
         self._pending, self._pending_len = [], 0
-        error = await asyncio.to_thread(self._hash_and_write, chunks, self._fd)
+        loop = asyncio.get_running_loop()
+        io = loop.run_in_executor(None, self._hash_and_write, chunks, self._fd)
+        try:
+            error = await asyncio.shield(io)
+        except asyncio.CancelledError:
+            # The thread still writes to the temp file: let it finish before anything (abort,
+            # a finalizer) closes that descriptor, which could by then name another file.
+            await asyncio.wait([io])
+            raise
         if error is not None:
             self._stop_caching(error)
         elif self.caching:
