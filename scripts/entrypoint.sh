@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
 # Container entry point: derive the HTTPS settings from DOCXY_DOMAIN, then run supervisord
 # (the mirror and the certificate renewer) as PID 1's only child, with exec.
+#
+# Paths default to the image's layout and can be moved (tests run this script outside the image):
+#   DOCXY_STATE_DIR        /var/lib/docxy                 cache/, webroot/, certs/ (the volumes)
+#   DOCXY_RUN_DIR          /run/docxy                     supervisord's socket and pid file
+#   DOCXY_SUPERVISOR_CONF  /etc/docxy/supervisord.conf
+# DOCXY_CACHE_DIR, DOCXY_CERTS_WEBROOT and DOCXY_CERTS_CONFIG_DIR, when unset, follow the state
+# directory (the Dockerfile sets them to these same defaults for `docker exec`).
 set -euo pipefail
+
+state="${DOCXY_STATE_DIR:-/var/lib/docxy}"
+export DOCXY_RUN_DIR="${DOCXY_RUN_DIR:-/run/docxy}"
+export DOCXY_CACHE_DIR="${DOCXY_CACHE_DIR:-$state/cache}"
+export DOCXY_CERTS_WEBROOT="${DOCXY_CERTS_WEBROOT:-$state/webroot}"
+export DOCXY_CERTS_CONFIG_DIR="${DOCXY_CERTS_CONFIG_DIR:-$state/certs/letsencrypt}"
+conf="${DOCXY_SUPERVISOR_CONF:-/etc/docxy/supervisord.conf}"
 
 if [[ -n "${DOCXY_DOMAIN:-}" ]]; then
   export DOCXY_CERTS_DOMAIN="${DOCXY_CERTS_DOMAIN:-$DOCXY_DOMAIN}"
@@ -11,7 +25,7 @@ if [[ -n "${DOCXY_DOMAIN:-}" ]]; then
   # The mirror serves the files in $served (a self-signed bootstrap until the first issuance,
   # which the renewer obtains through the mirror's webroot and installs there atomically; the
   # mirror then reloads it in place).
-  served="/var/lib/docxy/certs/served"
+  served="$state/certs/served"
   export DOCXY_TLS_CERT_PATH="${DOCXY_TLS_CERT_PATH:-$served/fullchain.pem}"
   export DOCXY_TLS_KEY_PATH="${DOCXY_TLS_KEY_PATH:-$served/privkey.pem}"
 elif [[ -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
@@ -19,4 +33,4 @@ elif [[ -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
   exit 2
 fi
 
-exec supervisord -c /etc/docxy/supervisord.conf
+exec supervisord -c "$conf"
