@@ -19,8 +19,14 @@ Not a test: it prints figures and the ratios the cache issue sets as targets.
 5. The big blob through a throttling TCP proxy (``--throttle-mbit``) in front of the upstream:
    direct, through Docxy whose cache a previous pull filled (section 3's cache dir), and through
    Docxy ``--no-cache``. A blob GET stands in for ``docker pull``: dockerd is not used.
+6. With ``--docker-pull`` (root, dockerd): a real ``docker pull`` of ``docxybench/big:1`` (a
+   ``--pull-mib`` random file in an uncompressed tar layer, plus a tiny /docxy-test.txt layer)
+   from a private dockerd (tests/clients/dockerd.py: vfs, no networks, egress guard) whose
+   registry mirror is Docxy, Docxy's upstream being the throttling proxy in front of a local
+   ``docker-registry``. Per mirror (cache on with a fresh cache dir, then ``--no-cache``): pull,
+   ``docker rmi``, pull again, each timed, with the upstream GETs of the big layer.
 
-Usage: ``python scripts/bench_cache.py [--quick]``; ``--help`` lists the knobs.
+Usage: ``python scripts/bench_cache.py [--quick] [--docker-pull]``; ``--help`` lists the knobs.
 """
 
 from __future__ import annotations
@@ -38,16 +44,21 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+if TYPE_CHECKING:
+    from tests.clients.dockerd import Dockerd
 
 LOOPBACK = "127.0.0.1"
 MiB = 1024 * 1024
@@ -76,6 +87,17 @@ class Blob:
         return f"/v2/{self.repo}/blobs/{self.digest}"
 
 
+def random_chunks(key: str, size: int) -> Iterator[bytes]:
+    """``size`` bytes of AES-CTR keystream seeded by ``key`` (fast, incompressible)."""
+    seed = hashlib.sha256(key.encode()).digest()[:16]
+    stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    zeros, left = bytes(CHUNK), size
+    while left > 0:
+        data = stream.update(zeros[: min(CHUNK, left)])
+        left -= len(data)
+        yield data
+
+
 class BlobData:
     """Random blobs in a Distribution filesystem storage tree, generated once, reused after."""
 
@@ -87,13 +109,25 @@ class BlobData:
 
     def ensure(self, label: str, size: int, *, announce: bool = True) -> Blob:
         key = f"{label}:{size}"
+        return self.ensure_stream(key, size, lambda: random_chunks(key, size), announce=announce)
+
+    def ensure_stream(
+        self,
+        key: str,
+        size: int,
+        chunks: Callable[[], Iterable[bytes]],
+        *,
+        repo: str = BENCH_REPO,
+        announce: bool = True,
+    ) -> Blob:
+        """The blob ``chunks()`` yields (``size`` bytes), stored once under ``key``."""
         digest = self._index().get(key)
         if digest is None or not self._stored(digest, size):
             if announce:
                 print(f"  generating blob {key} ({size // MiB} MiB) ...", flush=True)
-            digest = self._generate(key, size)
+            digest = self._generate(chunks())
             self._save(key, digest)
-        blob = Blob(digest, size)
+        blob = Blob(digest, size, repo)
         self._link(blob)
         return blob
 
@@ -118,21 +152,16 @@ class BlobData:
         path = self._data(digest)
         return path.is_file() and path.stat().st_size == size
 
-    def _generate(self, key: str, size: int) -> str:
-        """AES-CTR keystream (fast, incompressible), hashed as it is written."""
+    def _generate(self, chunks: Iterable[bytes]) -> str:
+        """Write ``chunks`` into the storage, hashed as they are written."""
         self.v2.mkdir(parents=True, exist_ok=True)
-        seed = hashlib.sha256(key.encode()).digest()[:16]
-        stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-        zeros, digest = bytes(CHUNK), hashlib.sha256()
+        digest = hashlib.sha256()
         tmp = self.root / f"generating-{os.getpid()}.tmp"
         try:
             with tmp.open("wb") as out:
-                left = size
-                while left > 0:
-                    data = stream.update(zeros[: min(CHUNK, left)])
+                for data in chunks:
                     digest.update(data)
                     out.write(data)
-                    left -= len(data)
             name = f"sha256:{digest.hexdigest()}"
             self._data(name).parent.mkdir(parents=True, exist_ok=True)
             tmp.replace(self._data(name))
@@ -679,6 +708,8 @@ class ThrottleProxy:
         self.target_port = target_port
         self.rate = rate
         self.port = 0
+        self.relayed = 0
+        """Bytes sent upstream→client so far (read from other threads: an int is enough)."""
         self._next = 0.0
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -732,6 +763,7 @@ class ThrottleProxy:
             while data := await reader.read(self.READ):
                 if throttled:
                     await self._wait_turn(len(data))
+                    self.relayed += len(data)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -786,6 +818,233 @@ def throttle_section(
         services.stop(upstream)
 
 
+# --- section 6: docker pull through a mirror, upstream throttled -----------------------------
+
+PULL_REPO = "docxybench/big"
+PULL_TAG = "1"
+PULL_IMAGE = f"{PULL_REPO}:{PULL_TAG}"  # a Docker Hub name, so dockerd asks its mirror
+PULL_FILE = "docxy-big.bin"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_TAR_LAYER = "application/vnd.docker.image.rootfs.diff.tar"  # uncompressed: diff_id = digest
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info.tobuf(tarfile.PAX_FORMAT)
+
+
+def _tar_tail(size: int) -> bytes:
+    return bytes(-size % 512) + bytes(1024)  # pad the member, then the end-of-archive blocks
+
+
+def big_layer_size(file_size: int) -> int:
+    return len(_tar_header(PULL_FILE, file_size)) + file_size + len(_tar_tail(file_size))
+
+
+def big_layer_chunks(key: str, file_size: int) -> Iterator[bytes]:
+    """An uncompressed tar holding one file of ``file_size`` random bytes."""
+    yield _tar_header(PULL_FILE, file_size)
+    yield from random_chunks(key, file_size)
+    yield _tar_tail(file_size)
+
+
+def small_tar(name: str, content: bytes) -> bytes:
+    return _tar_header(name, len(content)) + content + _tar_tail(len(content))
+
+
+def docker_arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class PullImage:
+    big: Blob
+    config_digest: str
+    diff_ids: list[str]
+
+
+def seed_pull_image(data: BlobData, upstream: Service, file_mib: int) -> PullImage:
+    """Layers and config into the upstream's storage, the manifest PUT under ``PULL_IMAGE``.
+
+    The tiny layer (/docxy-test.txt) comes first: vfs copies every lower layer into the next
+    one, so a big first layer would be copied again on top of the big layer's own unpacking.
+    """
+    file_size = file_mib * MiB
+    key = f"pull-layer:{file_size}"
+    big = data.ensure_stream(
+        key,
+        big_layer_size(file_size),
+        lambda: big_layer_chunks(key, file_size),
+        repo=PULL_REPO,
+    )
+    text = small_tar("docxy-test.txt", f"docxy bench image {PULL_IMAGE}\n".encode())
+
+    def small_blob(content: bytes) -> Blob:
+        digest = f"sha256:{hashlib.sha256(content).hexdigest()}"
+        return data.ensure_stream(
+            f"pull-small:{digest}",
+            len(content),
+            lambda: [content],
+            repo=PULL_REPO,
+            announce=False,
+        )
+
+    small = small_blob(text)
+    diff_ids = [small.digest, big.digest]  # uncompressed layers: diff_id == digest
+    config = {
+        "architecture": docker_arch(),
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "docxy bench_cache.py"}],
+    }
+    config_blob = small_blob(json.dumps(config).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {
+            "mediaType": DOCKER_CONFIG,
+            "digest": config_blob.digest,
+            "size": config_blob.size,
+        },
+        "layers": [
+            {"mediaType": DOCKER_TAR_LAYER, "digest": blob.digest, "size": blob.size}
+            for blob in (small, big)
+        ],
+    }
+    response = httpx.put(
+        f"{upstream.url}/v2/{PULL_REPO}/manifests/{PULL_TAG}",
+        content=json.dumps(manifest).encode(),
+        headers={"Content-Type": DOCKER_MANIFEST},
+        timeout=30,
+    )
+    if response.status_code != 201:
+        raise RuntimeError(f"manifest PUT: {response.status_code} {response.text[:500]}")
+    return PullImage(big, config_blob.digest, diff_ids)
+
+
+@dataclass(frozen=True)
+class Pull:
+    seconds: float
+    upstream_gets: int
+    upstream_bytes: int
+    check: str
+
+
+def pull_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (dockerd)"
+    for binary in ("dockerd", "containerd"):
+        if shutil.which(binary) is None:
+            return f"{binary} not found (apt-get install docker.io)"
+    import_repo_root()
+    from tests.clients.dockerd import docker_cli
+
+    if shutil.which(docker_cli()) is None:
+        return "docker CLI not found"
+    return None
+
+
+def import_repo_root() -> None:
+    """Let ``tests.clients`` (the private dockerd and its egress guard) be imported."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+
+
+def pull_section(args: argparse.Namespace, services: Services, data: BlobData) -> None:
+    rate = args.throttle_mbit * 1e6 / 8
+    print(
+        f"\n== docker pull of a {args.pull_mib} MiB image through a mirror, upstream throttled "
+        f"to {args.throttle_mbit:g} Mbit/s =="
+    )
+    reason = pull_skip_reason()
+    if reason is not None:
+        print(f"  skipped: {reason}")
+        return
+    import_repo_root()
+    from tests.clients.dockerd import running_dockerd
+    from tests.clients.egress import EgressGuard
+
+    upstream = start_registry(services, "upstream-pull", data.storage)
+    proxy = ThrottleProxy(upstream.port, rate)
+    proxy.start()
+    try:
+        image = seed_pull_image(data, upstream, args.pull_mib)
+        big = image.big
+        wire = big.size / rate
+        print(
+            f"  image {PULL_IMAGE}: layers {image.diff_ids[0][:19]} (/docxy-test.txt) + "
+            f"{big.digest[:19]} ({big.size} bytes, uncompressed tar); "
+            f"wire time of the big layer at that rate: {wire:.1f} s"
+        )
+        print(
+            "  a fresh dockerd (vfs) per mirror, `docker pull`, `docker rmi`, `docker pull`; "
+            "MB/s = big layer bytes / pull time"
+        )
+        runs: list[tuple[str, int | None]] = [
+            ("Docxy, cache on (fresh cache dir)", 4 * big.size),
+            ("Docxy --no-cache", None),
+        ]
+        with EgressGuard() as egress:
+            for label, max_size in runs:
+                cache = services.workdir / f"pull-cache-{'on' if max_size else 'off'}"
+                docxy = start_docxy(services, "docxy-pull", proxy.url, cache, max_size)
+                try:
+                    with running_dockerd(mirror_url=docxy.url, egress_proxy=egress.url) as daemon:
+                        pulls: list[Pull] = []
+                        for attempt in (1, 2):
+                            if attempt == 2:
+                                settle([docxy.pid])
+                                rmi = daemon.docker("rmi", PULL_IMAGE, timeout=120)
+                                if rmi.returncode != 0:
+                                    raise RuntimeError(f"docker rmi: {rmi.stderr.strip()}")
+                            pulls.append(timed_pull(daemon, upstream, proxy, image, wire))
+                finally:
+                    services.stop(docxy)
+                    shutil.rmtree(cache, ignore_errors=True)
+                for attempt, pull in enumerate(pulls, 1):
+                    print(
+                        f"  {label}, pull {attempt}: {pull.seconds:.2f} s, "
+                        f"{big.size / MB / pull.seconds:.1f} MB/s, {pull.upstream_gets} upstream "
+                        f"GETs of the big layer, {pull.upstream_bytes / MB:.1f} MB through the "
+                        f"throttle; image {pull.check}",
+                        flush=True,
+                    )
+                total = sum(p.upstream_gets for p in pulls)
+                print(f"  {label}: {total} upstream GETs of the big layer in total")
+            if egress.attempts:
+                print(f"  WARNING: dockerd tried to leave 127.0.0.1: {egress.attempts}")
+    finally:
+        proxy.stop()
+        services.stop(upstream)
+
+
+def timed_pull(
+    daemon: Dockerd, upstream: Service, proxy: ThrottleProxy, image: PullImage, wire: float
+) -> Pull:
+    gets, relayed = upstream_gets(upstream, image.big), proxy.relayed
+    started = time.monotonic()
+    done = daemon.docker("pull", PULL_IMAGE, timeout=3 * wire + 300)
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"docker pull: {done.stderr.strip()}\n--- dockerd log ---\n{daemon.log()[-4000:]}"
+        )
+    inspect = daemon.docker(
+        "image", "inspect", "--format", "{{.Id}} {{json .RootFS.Layers}}", PULL_IMAGE, timeout=60
+    )
+    image_id, _, layers = inspect.stdout.strip().partition(" ")
+    ok = image_id == image.config_digest and json.loads(layers or "null") == image.diff_ids
+    check = "ok (id and diff_ids)" if ok else f"WRONG: {inspect.stdout.strip()}"
+    return Pull(seconds, upstream_gets(upstream, image.big) - gets, proxy.relayed - relayed, check)
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -800,6 +1059,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--throttle-mbit", type=float, default=100.0)
     parser.add_argument("--skip-crowd", action="store_true")
     parser.add_argument("--skip-throttle", action="store_true")
+    parser.add_argument(
+        "--docker-pull",
+        action="store_true",
+        help="also time docker pull through Docxy with the cache on and off (root, dockerd)",
+    )
+    parser.add_argument("--pull-mib", type=int, help="big layer of the pulled image (1024; 128)")
     default_data = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "docxy-bench"
     parser.add_argument("--data-dir", type=Path, default=default_data, help="generated blobs")
     args = parser.parse_args(argv)
@@ -808,6 +1073,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if quick else 3)
     args.clients = args.clients or (10 if quick else 50)
     args.client_mib = args.client_mib or (32 if quick else 256)
+    args.pull_mib = args.pull_mib or (128 if quick else 1024)
     return args
 
 
@@ -879,6 +1145,8 @@ def run(args: argparse.Namespace, services: Services) -> None:
         crowd_section(args, services, data)
     if not args.skip_throttle:
         throttle_section(args, services, data, bench.docxy_cache)
+    if args.docker_pull:
+        pull_section(args, services, data)
     print(f"\n  load average at end: {loadavg()}")
 
 
