@@ -10,8 +10,11 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from docxy import certs
 from docxy.tls import CertError, write_files_atomic
@@ -29,6 +32,23 @@ class ReloadError(Exception):
 def backoff(failures: int, base: float, cap: float) -> float:
     """Seconds before retry number `failures` (1, 2, ...): base, 2*base, 4*base, ... up to cap."""
     return float(min(cap, base * 2 ** max(0, failures - 1)))
+
+
+MIRROR_WAIT = 120.0
+
+
+def wait_for(url: str, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; ValueError (a failed run, retried) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            raise ValueError(f"the mirror at {url} did not answer within {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 def tell_mirror(settings: Settings) -> str:
@@ -72,6 +92,7 @@ class Renewer:
     last_success: dt.datetime | None = None
     last_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reload_pending: bool = field(default=False, repr=False)
 
     @property
     def live_dir(self) -> Path | None:
@@ -105,6 +126,8 @@ class Renewer:
         if live is not None and not (live / "fullchain.pem").exists():
             if not s.email or not s.webroot:
                 raise ValueError("certs.email and certs.webroot are needed to obtain a certificate")
+            if s.wait_for_mirror:
+                wait_for(s.wait_for_mirror, MIRROR_WAIT)
             certs.obtain(
                 s.domain or "",
                 s.email,
@@ -127,13 +150,22 @@ class Renewer:
         """Install the lineage where the mirror serves it (if it changed) and tell the mirror.
 
         Done after every run, not only from a certbot deploy hook, so an install or a reload
-        that failed last time is caught up on the next run.
+        that failed last time is caught up on the next run (a failed reload stays pending even
+        though the files are already in place).
         """
         s, live = self.settings, self.live_dir
         if live is None or s.cert_path is None or s.key_path is None:
             return
-        if certs.install(live, s.cert_path, s.key_path):
-            log.info("new certificate installed; mirror told by %s", tell_mirror(s))
+        installed = certs.install(live, s.cert_path, s.key_path)
+        if installed:
+            self._reload_pending = True  # until the mirror has been told, however many runs
+        if self._reload_pending:
+            how = tell_mirror(s)
+            self._reload_pending = False
+            if installed:
+                log.info("new certificate installed; mirror told by %s", how)
+            else:
+                log.info("mirror told by %s of a certificate installed earlier", how)
 
     def write_status(self, next_run: dt.datetime | None) -> None:
         s = self.settings

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docxy.certs import STATUS_FILE
-from docxy.config import load_config
+from docxy.config import HostPort, load_config
 from docxy.errors import ConfigError
 
 
@@ -39,6 +39,7 @@ class Settings:
     deploy_hook: str | None
     certbot_timeout: float
     once: bool
+    wait_for_mirror: str | None = None  # poll this URL until it answers before a first issuance
 
     @property
     def status_file(self) -> Path:
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy-hook", help="extra certbot --deploy-hook command")
     p.add_argument("--certbot-timeout", help="seconds per certbot run (default 300)")
     p.add_argument("--once", action="store_true", help="one run, then exit (status 1 if failed)")
+    p.add_argument(
+        "--wait-for-mirror",
+        action="store_true",
+        help="before a first issuance, wait until the mirror's plain-HTTP listener answers "
+        "(it serves the HTTP-01 token; when both start together, asking the CA first fails)",
+    )
     return p
 
 
@@ -65,6 +72,12 @@ def _flag_or_env(value: object, name: str, environ: Mapping[str, str]) -> str | 
     if value is not None:
         return str(value)
     return environ.get(f"DOCXY_SCHEDULER_{name.upper()}") or None
+
+
+def _health_url(listen: HostPort) -> str:
+    host = "127.0.0.1" if listen.is_wildcard else listen.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{listen.port}/health"
 
 
 def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +103,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
 
     if config.certs.config_dir is None:
         raise ConfigError("certs.config_dir: not set (env DOCXY_CERTS_CONFIG_DIR or [certs])")
+    wait = args.wait_for_mirror or (opt("wait_for_mirror") or "").lower() in ("1", "true", "yes")
     hour = int(number("hour", random.randrange(12))) % 12
     pidfile, reload_command = opt("pidfile"), opt("reload_command")
     return Settings(
@@ -111,4 +125,5 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         deploy_hook=opt("deploy_hook"),
         certbot_timeout=number("certbot_timeout", 300.0, positive=True),
         once=args.once,
+        wait_for_mirror=_health_url(config.server.listen) if wait else None,
     )

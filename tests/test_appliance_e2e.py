@@ -116,9 +116,8 @@ def running_appliance(tmp_path: Path, pebble: Pebble, http_port: int) -> Iterato
         "DOCXY_CERTS_ACME_SERVER": pebble.directory,
         "DOCXY_CERTS_CA_BUNDLE": str(pebble.tls_ca),
         "REQUESTS_CA_BUNDLE": str(pebble.tls_ca),
-        # The first run is at start; a run that beat the mirror's listener is retried soon.
-        "DOCXY_SCHEDULER_RETRY_BASE": "1",
-        "DOCXY_SCHEDULER_RETRY_MAX": "4",
+        # No short retry: the first run at start waits for the mirror (--wait-for-mirror in
+        # supervisord.conf), so it must succeed the first time.
         "DOCXY_SCHEDULER_CERTBOT_TIMEOUT": "60",
     }
     log_path = tmp_path / "appliance.log"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -276,3 +277,46 @@ def test_process_runs_at_start_and_stops_on_sigterm(tmp_path: Path, env: dict[st
             proc.wait(timeout=10)
     assert proc.returncode == 0, out
     assert "renewing certificates at start and daily at" in out
+
+
+def test_a_failed_reload_is_retried_on_the_next_run(
+    tmp_path: Path,
+    fake_certbot: FakeCertbot,
+    hup_listener: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pidfile, seen = hup_listener
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+    hidden = pidfile.with_suffix(".away")
+    pidfile.rename(hidden)  # the mirror cannot be told this time
+    assert renewer.run() is False
+    assert "cannot signal the mirror" in str(renewer.last_error)
+    assert cert.read_bytes() == (fake_certbot.live / "fullchain.pem").read_bytes()  # installed
+
+    hidden.rename(pidfile)
+    monkeypatch.setattr(certs, "renew", lambda **kwargs: "")  # nothing due: files unchanged
+    assert renewer.run() is True
+    poll(lambda: seen.exists() and seen.read_text() == "hup\n")
+
+
+def test_wait_for_mirror_gives_up_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scheduler.renewal import wait_for
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(ValueError, match="did not answer within 0 s"):
+        wait_for(f"http://127.0.0.1:{port}/health", 0.0)
+
+
+@pytest.mark.usefixtures("env")
+def test_wait_for_mirror_url_comes_from_the_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCXY_SERVER_LISTEN", "0.0.0.0:8081")
+    monkeypatch.setenv("DOCXY_SERVER_PUBLIC_URL", "https://mirror.test")
+    assert settings_mod.load([]).wait_for_mirror is None
+    assert settings_mod.load(["--wait-for-mirror"]).wait_for_mirror == (
+        "http://127.0.0.1:8081/health"
+    )
