@@ -12,8 +12,9 @@ from werkzeug.datastructures import Headers
 from docxy.blobcache import serve_from_disk
 from docxy.cache.digests import Digest
 from docxy.challenge import Challenge, rewrite_challenge
-from docxy.errors import Unsupported, UpstreamError
+from docxy.errors import Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.headers import request_headers
+from docxy.manifestcache import SERVER_TROUBLE
 from docxy.names import Kind, parse_v2_path, upstream_name
 from docxy.proxy import API_VERSION_HEADER, read_small, relay
 from docxy.state import MirrorState, mirror_state
@@ -53,6 +54,8 @@ async def ping() -> Response:
             upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
         )
         body = await read_small(answer)
+        if answer.status_code in SERVER_TROUBLE and state.cache is not None:
+            raise UpstreamUnavailable(f"the upstream answered {answer.status_code}")
     except UpstreamError:
         if state.cache is None:
             raise
@@ -136,7 +139,7 @@ async def _blob_from_cache(
     started = time.monotonic()
     followed = await state.filler.follow(upstream, name, digest)
     if followed is None:
-        facts["cache"] = "private"
+        facts["cache"] = "uncached"  # private to the mirror's token, or the disk is failing
         return None
     facts["cache"] = "miss"
     facts["upstream_ms"] = (time.monotonic() - started) * 1000

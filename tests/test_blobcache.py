@@ -47,6 +47,7 @@ class Upstream:
         self.token_auth: list[str | None] = []
         self.blob_gets = 0
         self.refused: list[str | None] = []  # the Authorization of each refused blob GET
+        self.ping_status = 401
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "auth.test":
@@ -54,6 +55,8 @@ class Upstream:
             granted = request.headers.get("authorization") == basic("bot", "s3cret")
             token = b'{"token": "account"}' if granted else b'{"token": "anon"}'
             return reply(200, token, {"Content-Type": "application/json"})
+        if request.url.path == "/v2/" and self.ping_status != 401:
+            return reply(self.ping_status, b"{}")
         if request.url.path == "/v2/":
             challenge = f'Bearer realm="{AUTH}",service="registry.test"'
             return reply(401, b"{}", {"WWW-Authenticate": challenge})
@@ -133,3 +136,16 @@ async def test_a_full_disk_degrades_to_pass_through(
         assert await second.get_data() == BLOB
     assert cached_blobs(tmp_path) == []
     assert "serving it uncached" in caplog.text
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_ping_answers_with_the_mirrors_own_challenge_when_upstream_is_in_trouble(
+    tmp_path: Path, status: int
+) -> None:
+    upstream = Upstream()
+    upstream.ping_status = status
+    async with mirror(tmp_path, upstream) as app:
+        response = await app.test_client().get("/v2/")
+        assert response.status_code == 401
+        challenge = response.headers["WWW-Authenticate"]
+        assert challenge.startswith('Bearer realm="https://mirror.test/auth/token"')
