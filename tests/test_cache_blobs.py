@@ -31,7 +31,7 @@ from docxy.cache.errors import (
     SizeMismatch,
 )
 from docxy.cache.fill import BlobFollower, BlobWriter, FillState
-from docxy.cache.reader import BlobReader
+from docxy.cache.reader import READ_CHUNK, BlobReader
 
 T = TypeVar("T")
 GUARD = 10.0  # seconds before a would-be hang becomes a test failure
@@ -684,7 +684,7 @@ def test_read_chunk_follows_the_number_of_readers(tmp_path: Path) -> None:
         for r in readers[1:21]:
             assert r is not None
             r.close()
-        assert ask() == 1024 * 1024  # alone again: the full default chunk
+        assert ask() == READ_CHUNK  # alone again: the full default chunk
     finally:
         for r in readers:
             if r is not None:

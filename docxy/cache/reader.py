@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
 
-#: Default read size: large enough for disk speed, small enough for many clients at once.
-READ_CHUNK = 1024 * 1024
+#: Read size for a lone reader (shrunk as readers grow, see DiskBlobStore): 4 MiB measured
+#: less CPU per GiB on a cache hit than 1 MiB (see the README benchmark).
+READ_CHUNK = 4 * 1024 * 1024
 
 
 def chunk_of(size: int | Callable[[], int]) -> int:
