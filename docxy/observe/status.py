@@ -86,20 +86,22 @@ body{margin:0;padding:12px;background:var(--bg);color:var(--fg);
 font:16px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
 main{max-width:760px;margin:0 auto}
 h1{font-size:1.3rem;margin:4px 0 12px;display:flex;gap:8px;align-items:center;flex-wrap:wrap}
-h2{font-size:1rem;margin:0 0 8px;color:var(--muted);text-transform:uppercase;letter-spacing:.04em}
+h2{font-size:1rem;margin:0 0 8px;color:var(--muted);text-transform:uppercase;letter-spacing:.04em;
+display:flex;justify-content:space-between;align-items:center}
+h2 .badge{text-transform:none;letter-spacing:0}
 section{background:var(--card);border-radius:10px;padding:12px 14px;margin:0 0 12px;
 box-shadow:0 1px 2px rgba(0,0,0,.08)}
 .badge{font-size:.85rem;padding:2px 10px;border-radius:999px;color:#fff}
 .ok{background:var(--ok)}.bad{background:var(--bad)}.warn{background:var(--warn)}
 dl{display:grid;grid-template-columns:auto 1fr;gap:4px 12px;margin:0}
 dt{color:var(--muted)}dd{margin:0;font-weight:600;overflow-wrap:anywhere}
-.big{font-size:1.6rem;font-weight:700}
+.big{font-size:1.6rem;font-weight:700;margin:0}
 .bar{height:10px;background:var(--bar);border-radius:5px;overflow:hidden;margin:6px 0 10px}
-.bar>span{display:block;height:100%;background:var(--fill)}
+.bar>span{display:block;height:100%;min-width:3px;background:var(--fill)}
 table{width:100%;border-collapse:collapse;font-size:.95rem}
 td,th{text-align:left;padding:4px 0;border-bottom:1px solid var(--bar);vertical-align:top}
 td.n,th.n{text-align:right;white-space:nowrap;padding-left:8px}
-td.when{white-space:nowrap;color:var(--muted);padding-right:8px}
+.when{color:var(--muted);font-size:.85rem}
 .empty{color:var(--muted);margin:0}
 footer{color:var(--muted);font-size:.8rem;text-align:center;margin:8px 0}
 """
@@ -133,8 +135,8 @@ def render_page(report: dict[str, Any]) -> str:
     )
 
 
-def _section(ident: str, title: str, body: str) -> str:
-    return f"<section id={ident}><h2>{escape(title)}</h2>{body}</section>"
+def _section(ident: str, title: str, body: str, badge: str = "") -> str:
+    return f"<section id={ident}><h2>{escape(title)}{badge}</h2>{body}</section>"
 
 
 def _rows(rows: list[tuple[str, str]]) -> str:
@@ -162,8 +164,8 @@ def _upstream(upstream: dict[str, Any]) -> str:
     if upstream.get("stale_served"):
         last = _when(upstream.get("last_stale"))
         rows.append(("served stale", f"{upstream['stale_served']} (last {last})"))
-    badge = f' <span id=upstream-state class="badge {state[1]}">{state[0]}</span>'
-    return _section("upstream", "Upstream", f"<p class=big>{badge}</p>" + _rows(rows))
+    badge = f'<span id=upstream-state class="badge {state[1]}">{state[0]}</span>'
+    return _section("upstream", "Upstream", _rows(rows), badge)
 
 
 def _cache(cache: dict[str, Any]) -> str:
@@ -182,6 +184,7 @@ def _cache(cache: dict[str, Any]) -> str:
         return _section("cache", "Cache", "<p class=big>off</p>" + _rows(rows))
     used, cap = int(cache.get("bytes", 0)), int(cache.get("max_size", 0)) or 1
     share = min(100.0, used * 100 / cap)
+    empty = ";min-width:0" if used == 0 else ""
     rows += [
         ("blobs", str(cache.get("blobs", 0))),
         ("fills in flight", str(cache.get("fills_in_flight", 0))),
@@ -191,7 +194,7 @@ def _cache(cache: dict[str, Any]) -> str:
     head = (
         f"<p class=big id=cache-size>{escape(human_size(used))} "
         f"<small>of {escape(human_size(cap))}</small></p>"
-        f'<div class=bar title="{share:.1f}%"><span style="width:{share:.1f}%"></span></div>'
+        f'<div class=bar title="{share:.1f}%"><span style="width:{share:.1f}%{empty}"></span></div>'
     )
     return _section("cache", "Cache", head + _rows(rows))
 
@@ -212,8 +215,7 @@ def _traffic(traffic: dict[str, Any]) -> str:
 def _certificate(tls: object, renewal: object) -> str:
     rows: list[tuple[str, str]] = []
     if isinstance(tls, dict):
-        days = tls.get("days_left")
-        rows.append(("expires", f"{_when(tls.get('not_after'))} ({days} days)"))
+        rows.append(("expires", _when(tls.get("not_after"))))
         rows.append(("subject", str(tls.get("subject", "?"))))
     else:
         rows.append(("served", "no TLS listener"))
@@ -223,7 +225,8 @@ def _certificate(tls: object, renewal: object) -> str:
         else:
             outcome = "failed: " + str(renewal["last_error"]) if renewal.get("last_error") else "ok"
             rows.append(("last renewal", f"{_when(renewal.get('last_run'))}: {outcome}"))
-            rows.append(("next renewal", _when(renewal.get("next_run"))))
+            next_run = renewal.get("next_run")
+            rows.append(("next renewal", _when(next_run) if next_run else "not scheduled"))
     return _section("certificate", "Certificate", _rows(rows))
 
 
@@ -242,8 +245,8 @@ def _errors(errors: list[dict[str, Any]]) -> str:
     if not errors:
         return _section("errors", "Recent upstream errors", "<p class=empty>None.</p>")
     body = "".join(
-        f"<tr><td class=when>{escape(_when(item.get('at')))}</td>"
-        f"<td>{escape(str(item.get('kind', '')))}: {escape(str(item.get('message', '')))}</td></tr>"
+        f"<tr><td><span class=when>{escape(_when(item.get('at')))}</span><br>"
+        f"{escape(str(item.get('kind', '')))}: {escape(str(item.get('message', '')))}</td></tr>"
         for item in errors
     )
     return _section("errors", "Recent upstream errors", f"<table>{body}</table>")
