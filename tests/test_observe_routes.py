@@ -89,7 +89,7 @@ class Stack:
 
     async def admin_get(self, path: str) -> tuple[int, str]:
         response = await self.admin.test_client().get(path)
-        return response.status_code, (await response.get_data()).decode()
+        return response.status_code, await response.get_data(as_text=True)
 
     async def scrape(self) -> dict[str, float]:
         status, text = await self.admin_get("/metrics")
@@ -245,3 +245,14 @@ async def test_admin_root_redirects_to_the_page_and_unknown_paths_are_404(tmp_pa
         status, body = await mirror.admin_get("/nope")
     assert status == 404
     assert json.loads(body)["paths"] == ["/metrics", "/status", "/status.json"]
+
+
+async def test_metrics_speak_openmetrics_to_a_scraper_that_asks(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        plain = await mirror.admin.test_client().get("/metrics")
+        accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        open_metrics = await mirror.admin.test_client().get("/metrics", headers={"Accept": accept})
+        assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert open_metrics.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert (await open_metrics.get_data(as_text=True)).endswith("# EOF\n")
+        assert plain.headers["Cache-Control"] == "no-store"

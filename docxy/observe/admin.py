@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from quart import Blueprint, Quart, Response, current_app, redirect
+from prometheus_client.exposition import choose_encoder
+from quart import Blueprint, Quart, Response, current_app, redirect, request
 from werkzeug.exceptions import HTTPException
 
 from docxy.config import HostPort
@@ -42,8 +42,10 @@ def _no_store(response: Response) -> Response:
 
 @blueprint.route("/metrics", methods=["GET"])
 async def metrics() -> Response:
-    body = await asyncio.to_thread(generate_latest, observer_of().registry)
-    return _no_store(Response(body, content_type=CONTENT_TYPE_LATEST))
+    # Text format 0.0.4 by default; OpenMetrics or text 1.0.0 when the scraper asks for it.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = await asyncio.to_thread(encode, observer_of().registry)
+    return _no_store(Response(body, content_type=content_type))
 
 
 @blueprint.route("/status.json", methods=["GET"])
