@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve
@@ -79,6 +80,15 @@ def create_admin_app(observer: Observer) -> Quart:
     return app
 
 
+def _bind_error(listen: HostPort) -> OSError | None:
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    try:
+        with socket.create_server((listen.host, listen.port), family=family):
+            return None  # closed again at once; hypercorn binds it (SO_REUSEADDR)
+    except OSError as exc:
+        return exc
+
+
 async def serve_admin(
     app: Quart, listen: HostPort, shutdown_trigger: Callable[[], Awaitable[object]]
 ) -> None:
@@ -89,17 +99,14 @@ async def serve_admin(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2
-    try:  # fail here, before hypercorn starts the app, if the port is taken
-        sockets = config.create_sockets()
-    except OSError as exc:
+    refused = _bind_error(listen)  # before hypercorn starts the app, if the port is taken
+    if refused is not None:
         log.error(
             "admin listener: cannot listen on %s (%s); /metrics and /status are not served "
             "(set server.admin_listen to another HOST:PORT, or empty to turn it off)",
             listen,
-            exc.strerror or exc,
+            refused.strerror or refused,
         )
         return
-    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
-        sock.close()  # hypercorn binds again (SO_REUSEADDR)
     log.info("admin listener (metrics, status page) on http://%s", listen)
     await serve(app, config, shutdown_trigger=shutdown_trigger)
