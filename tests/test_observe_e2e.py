@@ -78,6 +78,14 @@ def test_the_admin_listener_is_not_the_public_one(observed: Observed) -> None:
     assert httpx.get(f"{observed.admin_url}/status").status_code == 200
 
 
+def test_an_idle_keep_alive_connection_counts_as_open(observed: Observed) -> None:
+    with httpx.Client(base_url=observed.mirror.url) as client:
+        assert client.get("/health").status_code == 200  # the connection stays open, idle
+        seen = observed.scrape()
+        assert seen["docxy_open_connections{}"] >= 1
+        assert seen["docxy_open_requests{}"] == 0
+
+
 # --- a real docker pull ---------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from docxy import __version__
 from docxy.errors import RegistryError
 from docxy.names import Kind, parse_v2_path
+from docxy.observe.connections import open_connections
 from docxy.state import MirrorState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -200,6 +201,13 @@ class MirrorCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield _gauge("docxy_build_info", "Docxy's version.", 1, {"version": __version__})
+        server = self.state.config.server
+        ports = [server.listen.port] + ([server.tls_listen.port] if server.tls_listen else [])
+        yield _gauge(
+            "docxy_open_connections",
+            "Client TCP connections open on the mirror's listeners, idle keep-alive included.",
+            open_connections(ports),
+        )
         yield from self._cache()
         yield from self._upstream()
         yield from self._certificate()

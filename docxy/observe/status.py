@@ -8,6 +8,7 @@ anywhere (mirrors run where the internet is filtered). It reloads itself every
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from html import escape
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from docxy.cachecli import human_size
 from docxy.health import health_report
 from docxy.observe.metrics import timestamp
-from docxy.observe.observer import Observer, total
+from docxy.observe.observer import Observer, Samples, total
 
 REFRESH_SECONDS = 10
 TOP_IMAGES = 10
@@ -38,6 +39,7 @@ def status_report(observer: Observer) -> dict[str, Any]:
         "requests": int(total(samples, "docxy_http_requests_total")),
         "errors_5xx": int(total(samples, "docxy_http_requests_total", status_class="5xx")),
         "open_requests": int(total(samples, "docxy_open_requests")),
+        "open_connections": _number(samples, "docxy_open_connections"),
         "sent_bytes": sent,
     }
     outcomes = {
@@ -64,6 +66,11 @@ def status_report(observer: Observer) -> dict[str, Any]:
     ]
     report["recent_errors"] = [event.as_dict() for event in observer.recent_errors()]
     return report
+
+
+def _number(samples: Samples, name: str) -> int | None:
+    value = total(samples, name)
+    return None if math.isnan(value) else int(value)
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -203,7 +210,8 @@ def _traffic(traffic: dict[str, Any]) -> str:
     sent = traffic.get("sent_bytes", {})
     rows = [
         ("requests", str(traffic.get("requests", 0))),
-        ("open now", str(traffic.get("open_requests", 0))),
+        ("open connections", _count(traffic.get("open_connections"))),
+        ("requests in progress", str(traffic.get("open_requests", 0))),
         ("5xx answers", str(traffic.get("errors_5xx", 0))),
         ("sent from cache", human_size(int(sent.get("cache", 0)))),
         ("sent from upstream", human_size(int(sent.get("upstream", 0)))),
@@ -271,6 +279,10 @@ def _duration(seconds: object) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit}"
     return f"{seconds} s"
+
+
+def _count(value: object) -> str:
+    return str(value) if isinstance(value, int) else "–"
 
 
 def _percent(ratio: object) -> str:
