@@ -43,6 +43,9 @@ SOURCES = {
 }
 
 
+OUTCOMES = ("hit", "miss", "stale", "revalidated", "bypass", "uncached")
+
+
 def route_kind(path: str) -> str:
     """``manifest``, ``blob``, ``ping``, ``token``, ``health``, ``acme`` or ``other``."""
     if path in ("/v2", "/v2/"):
@@ -124,6 +127,12 @@ class RequestMetrics:
             ["route", "status_class"],
             registry=registry,
         )
+        # Series that exist from the start, so a dashboard shows 0 rather than nothing.
+        for source in ("cache", "upstream", "passthrough", "other"):
+            self.sent_bytes.labels(source)
+        for route in ("manifest", "blob"):
+            for outcome in OUTCOMES:
+                self.cache.labels(route, outcome)
 
     def request_ended(
         self,

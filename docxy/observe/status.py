@@ -15,7 +15,7 @@ from typing import Any
 
 from docxy.cachecli import human_size
 from docxy.health import health_report
-from docxy.observe.metrics import timestamp
+from docxy.observe.metrics import OUTCOMES, timestamp
 from docxy.observe.observer import Observer, Samples, total
 
 REFRESH_SECONDS = 10
@@ -44,7 +44,7 @@ def status_report(observer: Observer) -> dict[str, Any]:
     }
     outcomes = {
         outcome: int(total(samples, "docxy_cache_requests_total", outcome=outcome))
-        for outcome in ("hit", "stale", "revalidated", "miss", "uncached", "bypass")
+        for outcome in OUTCOMES
     }
     asked = sum(outcomes.values())
     effect: dict[str, Any] = {
