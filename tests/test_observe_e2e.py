@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,22 @@ def test_an_idle_keep_alive_connection_counts_as_open(observed: Observed) -> Non
         seen = observed.scrape()
         assert seen["docxy_open_connections{}"] >= 1
         assert seen["docxy_open_requests{}"] == 0
+
+
+def test_the_served_certificate_expiry_is_exported(start_mirror: StartMirror) -> None:
+    admin = free_port()
+    mirror = start_mirror(
+        "--tls-listen",
+        f"{LOOPBACK}:{free_port()}",
+        "--set",
+        f"server.admin_listen={LOOPBACK}:{admin}",
+    )
+    observed = Observed(mirror, f"http://{LOOPBACK}:{admin}")
+    expiry = observed.scrape()["docxy_tls_cert_expiry_timestamp_seconds{}"]
+    days = (expiry - time.time()) / 86400
+    assert 80 < days <= 90  # the self-signed bootstrap certificate lives 90 days
+    tls = observed.status()["tls"]
+    assert isinstance(tls, dict) and tls["not_after"]
 
 
 # --- a real docker pull ---------------------------------------------------------------------
