@@ -40,6 +40,7 @@ class ServerConfig:
     listen: HostPort
     tls_listen: HostPort | None
     public_url: str
+    admin_listen: HostPort | None  # /metrics and /status (docxy.observe); None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "listen": (parse_host_port, "127.0.0.1:8080"),
         "tls_listen": (_opt_host_port, ""),
         "public_url": (_opt_url, ""),
+        "admin_listen": (_opt_host_port, "127.0.0.1:9180"),
     },
     "tls": {
         "cert_path": (_opt_path, ""),

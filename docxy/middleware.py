@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
@@ -75,11 +75,19 @@ class Guard:
         await self.app(scope, receive, send)
 
 
+class RequestObserver(Protocol):
+    """Told when each request starts and ends (``docxy.observe.Observer``: metrics, status)."""
+
+    def request_started(self) -> None: ...
+    def request_ended(self, scope: Scope, status: int, sent: int, seconds: float) -> None: ...
+
+
 class AccessLog:
     """One INFO line per request: method, path, status, bytes, cache, upstream and total time."""
 
-    def __init__(self, app: ASGIFramework) -> None:
+    def __init__(self, app: ASGIFramework, observer: RequestObserver | None = None) -> None:
         self.app = app
+        self.observer = observer
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -102,6 +110,8 @@ class AccessLog:
             await send(message)
 
         outcome = "done"
+        if self.observer is not None:
+            self.observer.request_started()
         try:
             await self.app(scope, receive, counting_send)
         except BaseException:
@@ -120,3 +130,5 @@ class AccessLog:
                 (time.monotonic() - started) * 1000,
                 outcome,
             )
+            if self.observer is not None:
+                self.observer.request_ended(scope, status, sent, time.monotonic() - started)

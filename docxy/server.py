@@ -18,6 +18,7 @@ from docxy.certs import renewal_status
 from docxy.config import Config
 from docxy.errors import ConfigError
 from docxy.middleware import AccessLog, Guard
+from docxy.observe import Observer, create_admin_app, serve_admin
 from docxy.state import mirror_state
 from docxy.tasks import cancel_all, spawn
 
@@ -122,7 +123,9 @@ async def run(config: Config) -> None:
     if renewal_dir is not None:
         state.extras.setdefault("health", {})["renewal"] = lambda: renewal_status(renewal_dir)
     https_url = config.server.public_url if tls is not None else None
-    asgi = AccessLog(Guard(app, https_url))
+    observer = Observer(state)
+    observer.attach(app)
+    asgi = AccessLog(Guard(app, https_url), observer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -139,6 +142,9 @@ async def run(config: Config) -> None:
         config.server.public_url,
         config.upstream.registry,
     )
+    if config.server.admin_listen is not None:
+        admin = create_admin_app(observer)
+        spawn("admin-listener", serve_admin(admin, config.server.admin_listen, stop.wait))
     try:
         await serve(asgi, hypercorn_config(config, tls), shutdown_trigger=stop.wait)
     finally:

@@ -127,6 +127,7 @@ SAMPLES = {
     "server.listen": "127.0.0.1:1234",
     "server.tls_listen": "127.0.0.1:8443",
     "server.public_url": "https://m.example",
+    "server.admin_listen": "127.0.0.1:9999",
     "tls.cert_path": "",
     "tls.key_path": "",
     "upstream.registry": "http://up.example",
@@ -601,4 +602,4 @@ def test_describe_lists_every_setting_with_its_source(tmp_path: Path) -> None:
     assert rows["log.level"] == ("DEBUG", "flag")
     assert rows["upstream.read_timeout"] == ("5.0", "env DOCXY_UPSTREAM_READ_TIMEOUT")
     assert rows["server.listen"] == ("127.0.0.1:8080", "default")
-    assert len(rows) == 23
+    assert len(rows) == 24

@@ -98,6 +98,12 @@ class DiskBlobStore:
         self._write_failed_logged = False
         #: When writing a fill last failed (disk full...): the routes pass misses through a while.
         self.write_failed_at: float | None = None
+        #: Since start, for /metrics: fills begun, clients that joined a fill another client was
+        #: already streaming (coalesced: no upstream fetch of their own), blobs evicted.
+        self.fills_started = 0
+        self.followers_joined = 0
+        self.evicted = 0
+        self.evicted_bytes = 0
 
     @classmethod
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
@@ -218,6 +224,8 @@ class DiskBlobStore:
         fill = self._fills.get(digest)
         if fill is not None and fill.state is FillState.WRITING:
             fd = os.open(fill.tmp_path, os.O_RDONLY)
+            if self._pins[digest]:  # another client is streaming this fill already
+                self.followers_joined += 1
             self._pins[digest] += 1
             return BlobFollower(fill, fd, lambda: self._unpin(digest), self._chunk_for_readers)
         reader = self.open_read(digest)
@@ -236,6 +244,7 @@ class DiskBlobStore:
             fd = None
         else:
             self._fills[digest] = fill
+            self.fills_started += 1
         return BlobWriter(fill, fd, self, self._write_buffer)
 
     # FillHost: called by writers.
@@ -307,6 +316,8 @@ class DiskBlobStore:
             _unlink(entry.path)
             self._forget(entry)
             need -= entry.size
+            self.evicted += 1
+            self.evicted_bytes += entry.size
             log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
         return need <= 0
 
@@ -319,6 +330,11 @@ class DiskBlobStore:
     def list_entries(self) -> list[BlobEntry]:
         """Committed blobs, least recently used first."""
         return list(self._index.values())
+
+    @property
+    def fills_open(self) -> int:
+        """Blob downloads in progress now."""
+        return len(self._fills)
 
     def usage(self) -> Usage:
         return Usage(len(self._index), self._total, self.max_size, self._in_flight, len(self._pins))
