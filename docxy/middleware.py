@@ -1,4 +1,4 @@
-"""ASGI layers around the app: request limits, plain-HTTP → HTTPS redirect, one access-log line.
+"""ASGI layers around the app: the request target, plain-HTTP → HTTPS redirect, one access-log line.
 
 They sit outside Quart so they see every request, including the ones they refuse, and so the
 access log can count the bytes that really went out, after a streamed body ends.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -75,8 +76,28 @@ class Guard:
         await self.app(scope, receive, send)
 
 
+_UNSAFE = re.compile(r"[^!-\[\]-~]")  # all but printable ASCII, space and backslash
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def loggable(text: str) -> str:
+    """``text`` as one unforgeable log field: control characters, NUL, spaces, backslashes and
+    anything beyond printable ASCII become ``\\xNN`` / ``\\uNNNN`` escapes, so a client cannot
+    end the line, start a forged one, or shift the fields that follow."""
+    return _UNSAFE.sub(_escape, text)
+
+
 class AccessLog:
-    """One INFO line per request: method, path, status, bytes, cache, upstream and total time."""
+    """One INFO line per request: method, path, status, bytes, cache, upstream and total time.
+
+    The method and path come from the client and are logged through :func:`loggable`.
+    """
 
     def __init__(self, app: ASGIFramework) -> None:
         self.app = app
@@ -111,8 +132,8 @@ class AccessLog:
             upstream_ms = facts.get("upstream_ms")
             log.info(
                 "%s %s %s %d bytes cache=%s upstream=%s total=%.0fms %s",
-                scope["method"],
-                scope["path"],
+                loggable(scope["method"]),
+                loggable(scope["path"]),
                 status,
                 sent,
                 facts.get("cache", "-"),

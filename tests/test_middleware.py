@@ -279,6 +279,36 @@ async def test_an_aborted_request_is_logged_and_reraised(
     assert line.endswith("aborted")
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/x\nGET /v2/forged/manifests/latest 200 0 bytes cache=hit",
+        "/v2/x\r\nforged",
+        "/v2/x\x00nul",
+        "/v2/x 404 0 bytes",
+        "/v2/x\x1b[31mred\u2028next\x85line",
+    ],
+)
+async def test_access_log_lines_cannot_be_forged(
+    caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="docxy.access")
+    inner = Inner()
+    await call(AccessLog(Guard(inner, None)), "GET", path)
+    [record] = [r for r in caplog.records if r.name == "docxy.access"]
+    line = record.getMessage()
+    assert line.isprintable() and line.isascii()
+    assert line.split(" ")[:3] == ["GET", line.split(" ")[1], "200"]
+    assert line.split(" ")[1].startswith("/v2/x\\x")
+
+
+async def test_access_log_escapes_the_method(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="docxy.access")
+    await call(AccessLog(Inner()), "GET\nPUT", "/v2/")
+    [line] = access_lines(caplog)
+    assert line.startswith("GET\\x0aPUT /v2/ 200 ")
+
+
 async def test_non_http_scopes_pass_through() -> None:
     seen: list[str] = []
 
