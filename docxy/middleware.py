@@ -44,8 +44,30 @@ class UseHttps(RegistryError):
     code = "MOVED"
 
 
+_ABSOLUTE = re.compile(rb"https?://([^/?#]*)(/.*)?", re.IGNORECASE | re.DOTALL)
+_ABSOLUTE_TEXT = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
+
+
+def origin_form(scope: Scope) -> Scope:
+    """``scope`` with an absolute-form target (``GET http://host/v2/ HTTP/1.1``) made origin-form.
+
+    RFC 9112 §3.2.2: a server accepts the absolute form and then takes the host from the
+    target, not the ``Host`` header. The routes only ever see ``/v2/...``, however it was asked.
+    """
+    raw: bytes = scope["raw_path"] or b""
+    match = _ABSOLUTE.fullmatch(raw)
+    if match is None:
+        return scope
+    authority, raw_path = match.group(1), match.group(2) or b"/"
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"host"]
+    headers.insert(0, (b"host", authority))
+    path = _ABSOLUTE_TEXT.sub("", scope["path"], count=1) or "/"
+    return {**scope, "path": path, "raw_path": raw_path, "headers": headers}  # type: ignore[return-value]
+
+
 class Guard:
-    """Refuses oversized request targets and redirects plain HTTP to HTTPS when TLS is on."""
+    """Normalises the request target, refuses oversized ones, and redirects plain HTTP to
+    HTTPS when TLS is on."""
 
     def __init__(self, app: ASGIFramework, https_url: str | None) -> None:
         self.app = app
@@ -57,6 +79,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = origin_form(scope)
         if len(scope["query_string"]) > MAX_QUERY or len(scope["raw_path"] or b"") > MAX_PATH:
             await _send_error(send, RequestTooLarge("request target too long"), [])
             return

@@ -15,7 +15,7 @@ import pytest
 
 from docxy.app import create_app
 from docxy.config import load_config
-from docxy.middleware import MAX_PATH, MAX_QUERY, AccessLog, Guard
+from docxy.middleware import MAX_PATH, MAX_QUERY, AccessLog, Guard, origin_form
 from tests.asgi import AsgiAnswer, call_asgi
 
 PUBLIC = "https://mirror.example.com"
@@ -85,6 +85,62 @@ async def test_query_at_the_limit_passes() -> None:
     answer = await call(Guard(inner, None), "GET", "/v2/?" + "a" * MAX_QUERY)
     assert answer.status == 200
     assert inner.paths == ["/v2/"]
+
+
+# --- Guard: absolute-form request targets ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v2/",
+        "/v2/redis/manifests/latest",
+        "/v2/org/app/manifests/latest?ns=docker.io",
+        "/v2/redis/blobs/" + DIGEST[:-1] + "X",
+        "/auth/token?service=registry.example&scope=repository:redis:pull",
+        "/health",
+        "/nowhere",
+    ],
+)
+async def test_absolute_form_is_answered_like_origin_form(target: str) -> None:
+    async with logged_mirror() as asgi:
+        plain = await call(asgi, "GET", target)
+        absolute = await call(asgi, "GET", "http://mirror.example.com" + target)
+    assert (absolute.status, absolute.body) == (plain.status, plain.body)
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "raw_path", "host"),
+    [
+        ("http://mirror.example.com/v2/", "/v2/", b"/v2/", b"mirror.example.com"),
+        (
+            "HTTPS://m.example:8443/v2/a%2Fb/manifests/x",
+            "/v2/a/b/manifests/x",
+            b"/v2/a%2Fb/manifests/x",
+            b"m.example:8443",
+        ),
+        ("http://mirror.example.com", "/", b"/", b"mirror.example.com"),
+    ],
+)
+def test_origin_form_of_an_absolute_target(
+    target: str, path: str, raw_path: bytes, host: bytes
+) -> None:
+    scope = {
+        "type": "http",
+        "path": target.replace("%2F", "/"),  # as hypercorn decodes it
+        "raw_path": target.encode(),
+        "headers": [(b"host", b"evil.example"), (b"accept", b"*/*")],
+    }
+    normal = origin_form(scope)  # type: ignore[arg-type]
+    assert (normal["path"], normal["raw_path"]) == (path, raw_path)
+    assert normal["headers"] == [(b"host", host), (b"accept", b"*/*")]
+
+
+async def test_absolute_form_redirects_to_the_same_https_path() -> None:
+    inner = Inner()
+    answer = await call(Guard(inner, PUBLIC), "GET", "http://evil.example/v2/?ns=docker.io")
+    assert answer.status == 308
+    assert answer.headers["Location"] == f"{PUBLIC}/v2/?ns=docker.io"
 
 
 # --- Guard: plain HTTP → HTTPS ----------------------------------------------------------------
