@@ -149,3 +149,26 @@ async def test_ping_answers_with_the_mirrors_own_challenge_when_upstream_is_in_t
         assert response.status_code == 401
         challenge = response.headers["WWW-Authenticate"]
         assert challenge.startswith('Bearer realm="https://mirror.test/auth/token"')
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status"),
+    [("bytes=" + "9" * 5000 + "-", 416), ("bytes=10-" + "9" * 5000, 206)],
+    ids=["huge start", "huge end"],
+)
+async def test_a_huge_range_on_a_cached_blob_is_no_server_error(
+    tmp_path: Path, range_header: str, status: int
+) -> None:
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        client = app.test_client()
+        assert await (await client.get(f"/v2/team/app/blobs/{DIGEST}")).get_data() == BLOB
+        answer = await client.get(f"/v2/team/app/blobs/{DIGEST}", headers={"Range": range_header})
+        assert answer.status_code == status
+        if status == 206:
+            assert await answer.get_data() == BLOB[10:]
+            assert answer.headers["Content-Range"] == f"bytes 10-{len(BLOB) - 1}/{len(BLOB)}"
+        else:
+            assert answer.headers["Content-Range"] == f"bytes */{len(BLOB)}"
+    assert upstream.blob_gets == 1
