@@ -12,7 +12,13 @@ import re
 import time
 from typing import Any
 
-from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPScope,
+    Scope,
+)
 
 from docxy.errors import RegistryError, RequestTooLarge
 
@@ -48,7 +54,7 @@ _ABSOLUTE = re.compile(rb"https?://([^/?#]*)(/.*)?", re.IGNORECASE | re.DOTALL)
 _ABSOLUTE_TEXT = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 
 
-def origin_form(scope: Scope) -> Scope:
+def origin_form(scope: HTTPScope) -> HTTPScope:
     """``scope`` with an absolute-form target (``GET http://host/v2/ HTTP/1.1``) made origin-form.
 
     RFC 9112 §3.2.2: a server accepts the absolute form and then takes the host from the
@@ -62,7 +68,8 @@ def origin_form(scope: Scope) -> Scope:
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"host"]
     headers.insert(0, (b"host", authority))
     path = _ABSOLUTE_TEXT.sub("", scope["path"], count=1) or "/"
-    return {**scope, "path": path, "raw_path": raw_path, "headers": headers}  # type: ignore[return-value]
+    normal: HTTPScope = {**scope, "path": path, "raw_path": raw_path, "headers": headers}
+    return normal
 
 
 class Guard:
@@ -79,24 +86,24 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope = origin_form(scope)
-        if len(scope["query_string"]) > MAX_QUERY or len(scope["raw_path"] or b"") > MAX_PATH:
+        http = origin_form(scope)
+        if len(http["query_string"]) > MAX_QUERY or len(http["raw_path"] or b"") > MAX_PATH:
             await _send_error(send, RequestTooLarge("request target too long"), [])
             return
-        path = scope["path"]
+        path = http["path"]
         if (
             self.https_url is not None
-            and scope["scheme"] == "http"
+            and http["scheme"] == "http"
             and path not in HTTPS_EXEMPT_PATHS
             and not path.startswith(HTTPS_EXEMPT_PREFIXES)
         ):
-            target = self.https_url + (scope["raw_path"] or b"/").decode("latin-1")
-            if scope["query_string"]:
-                target += "?" + scope["query_string"].decode("latin-1")
+            target = self.https_url + (http["raw_path"] or b"/").decode("latin-1")
+            if http["query_string"]:
+                target += "?" + http["query_string"].decode("latin-1")
             location = [(b"location", target.encode("latin-1"))]
             await _send_error(send, UseHttps("this mirror is served over HTTPS"), location)
             return
-        await self.app(scope, receive, send)
+        await self.app(http, receive, send)
 
 
 _UNSAFE = re.compile(r"[^!-\[\]-~]")  # all but printable ASCII, space and backslash
