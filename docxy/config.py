@@ -4,12 +4,14 @@ Loaded from flags > env ``DOCXY_<SECTION>_<KEY>`` > a TOML file > defaults.
 
 Every value remembers where it came from, so a bad one stops start-up with a single line that
 names the key and its source: ``upstream.registry: not an http(s) URL: 'ftp://x' (env
-DOCXY_UPSTREAM_REGISTRY)``. Unknown keys in the TOML file or in a known ``DOCXY_<SECTION>_``
-prefix are errors, not silently dropped.
+DOCXY_UPSTREAM_REGISTRY)``. Unknown keys in the TOML file and unknown ``DOCXY_*`` variables are
+errors, not silently dropped: every ``DOCXY_*`` variable is a setting, an alias, or one of the
+few documented :data:`OTHER_ENV` variables.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -118,16 +120,27 @@ def _bool(value: object) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def _float(value: object) -> float:
+def _number(value: object) -> float:
+    """A finite number: ``nan`` and ``inf`` are refused like any other non-number."""
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError(f"number out of range: {value!r}") from None
     else:
         try:
             number = float(_str(value))
         except ValueError:
             raise ValueError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _float(value: object) -> float:
+    number = _number(value)
     if number <= 0:
         raise ValueError(f"expected a positive number, got {value!r}")
     return number
@@ -144,7 +157,10 @@ def parse_size(value: object) -> int:
     if match is None:
         raise ValueError(f"expected a size such as 20G or 512M, got {value!r}")
     number, unit = float(match.group(1)), match.group(2).upper()
-    size = int(number * 1024 ** "_KMGT".index(unit or "_"))
+    scaled = number * 1024 ** "_KMGT".index(unit or "_")
+    if not math.isfinite(scaled):
+        raise ValueError(f"size out of range: {value!r}")
+    size = int(scaled)
     if size <= 0:
         raise ValueError(f"expected a positive size, got {value!r}")
     return size
@@ -254,6 +270,22 @@ SECRET_KEYS = frozenset({"upstream.password"})
 # Names the seed used, still accepted.
 ENV_ALIASES = {"DOCXY_CERT_PATH": "tls.cert_path", "DOCXY_KEY_PATH": "tls.key_path"}
 
+# The only DOCXY_* variables that are not settings. Any other DOCXY_* name stops start-up like an
+# unknown key, so a typo (DOCXY_SERVR_LISTEN) is never silently ignored. Add a name here when
+# a script starts reading one, and document it where it is read.
+OTHER_ENV = frozenset(
+    {
+        "DOCXY_CONFIG",  # the TOML file (load_config)
+        "DOCXY_DOMAIN",  # container: HTTPS with Let's Encrypt for this name (entrypoint.sh)
+        "DOCXY_EMAIL",  # container: the ACME account's e-mail (entrypoint.sh)
+        "DOCXY_STATE_DIR",  # container: cache, webroot and certificates (entrypoint.sh)
+        "DOCXY_RUN_DIR",  # container: supervisord's socket and pid file (entrypoint.sh)
+        "DOCXY_SUPERVISOR_CONF",  # container: supervisord's config (entrypoint.sh)
+        "DOCXY_REQUIRE_E2E",  # tests: a missing system binary fails instead of skipping
+        "DOCXY_DOCKER_CLI",  # tests: the docker CLI to drive the private dockerd with
+    }
+)
+
 
 def env_name(key: str) -> str:
     return "DOCXY_" + key.replace(".", "_").upper()
@@ -286,6 +318,10 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
         if alias in environ:
             found[key] = (environ[alias], f"env {alias}")
     for name, value in environ.items():
+        if not name.startswith("DOCXY_") or name in ENV_ALIASES or name in OTHER_ENV:
+            continue
+        if name.startswith("DOCXY_SCHEDULER_"):
+            continue  # the renewer's own (scheduler/settings.py)
         for section, keys in SETTINGS.items():
             prefix = f"DOCXY_{section.upper()}_"
             if not name.startswith(prefix):
@@ -294,6 +330,12 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
             if key not in keys:
                 raise ConfigError(f"{section}.{key}: unknown key (env {name})")
             found[f"{section}.{key}"] = (value, f"env {name}")
+            break
+        else:
+            raise ConfigError(
+                f"{name}: unknown variable (env {name}): not a setting (DOCXY_<SECTION>_<KEY>, "
+                f"sections {', '.join(SETTINGS)}) nor one of {', '.join(sorted(OTHER_ENV))}"
+            )
     return found
 
 
