@@ -7,6 +7,8 @@ names the key and its source: ``upstream.registry: not an http(s) URL: 'ftp://x'
 DOCXY_UPSTREAM_REGISTRY)``. Unknown keys in the TOML file and unknown ``DOCXY_*`` variables are
 errors, not silently dropped: every ``DOCXY_*`` variable is a setting, an alias, or one of the
 few documented :data:`OTHER_ENV` variables.
+
+The renewer (``python -m scheduler``) reads the same table: its settings are ``[scheduler]``.
 """
 
 from __future__ import annotations
@@ -85,6 +87,22 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The certificate renewer's own settings (``python -m scheduler``)."""
+
+    hour: int | None  # first daily run's hour, 0-11 (the second is 12 hours later); None: random
+    minute: int | None  # the daily runs' minute, 0-59; None: random
+    interval: float | None  # run every N seconds instead of twice a day (tests)
+    retry_base: float
+    retry_max: float
+    certbot_timeout: float
+    pidfile: Path | None
+    reload_command: str | None
+    deploy_hook: str | None
+    wait_for_mirror: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     tls: TlsConfig
@@ -92,6 +110,7 @@ class Config:
     cache: CacheConfig
     certs: CertsConfig
     log: LogConfig
+    scheduler: SchedulerConfig
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -144,6 +163,35 @@ def _float(value: object) -> float:
     if number <= 0:
         raise ValueError(f"expected a positive number, got {value!r}")
     return number
+
+
+def _opt_interval(value: object) -> float | None:
+    """Seconds, or None when empty or 0 (off)."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    number = _number(value)
+    if number < 0:
+        raise ValueError(f"expected a number >= 0, got {value!r}")
+    return number or None
+
+
+def _opt_int_in(low: int, high: int) -> Callable[[object], int | None]:
+    """A parser of an optional whole number in ``[low, high]``; out of range is an error."""
+
+    def parse(value: object) -> int | None:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*\d{1,6}\s*", value):
+            number = int(value)
+        else:
+            raise ValueError(f"expected a whole number {low}-{high}, got {value!r}")
+        if not low <= number <= high:
+            raise ValueError(f"expected a whole number {low}-{high}, got {value!r}")
+        return number
+
+    return parse
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?", re.IGNORECASE)
@@ -263,6 +311,18 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "config_dir": (_opt_path, ""),
     },
     "log": {"level": (_level, "INFO")},
+    "scheduler": {
+        "hour": (_opt_int_in(0, 11), ""),
+        "minute": (_opt_int_in(0, 59), ""),
+        "interval": (_opt_interval, ""),
+        "retry_base": (_float, 300.0),
+        "retry_max": (_float, 6 * 3600.0),
+        "certbot_timeout": (_float, 300.0),
+        "pidfile": (_opt_path, ""),
+        "reload_command": (_opt_str, ""),
+        "deploy_hook": (_opt_str, ""),
+        "wait_for_mirror": (_bool, False),
+    },
 }
 
 SECRET_KEYS = frozenset({"upstream.password"})
@@ -320,8 +380,6 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
     for name, value in environ.items():
         if not name.startswith("DOCXY_") or name in ENV_ALIASES or name in OTHER_ENV:
             continue
-        if name.startswith("DOCXY_SCHEDULER_"):
-            continue  # the renewer's own (scheduler/settings.py)
         for section, keys in SETTINGS.items():
             prefix = f"DOCXY_{section.upper()}_"
             if not name.startswith(prefix):
@@ -419,6 +477,7 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         cache=CacheConfig(**_section(values, "cache")),
         certs=certs,
         log=LogConfig(**_section(values, "log")),
+        scheduler=SchedulerConfig(**_section(values, "scheduler")),
         sources=sources,
     )
 

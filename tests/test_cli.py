@@ -66,7 +66,8 @@ def test_show_config_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert rows["upstream.registry"] == ("https://registry-1.docker.io", "default")
     assert rows["upstream.library_prefix"] == ("True", "default")
     assert rows["cache.dir"] == (str(tmp_path / "xdg" / "docxy"), "default")
-    assert len(rows) == 23
+    assert rows["scheduler.hour"] == ("None", "default")
+    assert len(rows) == 33
 
 
 def test_show_config_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -149,6 +149,16 @@ SAMPLES = {
     "certs.webroot": "/tmp/webroot",
     "certs.config_dir": "/tmp/letsencrypt",
     "log.level": "error",
+    "scheduler.hour": "3",
+    "scheduler.minute": "59",
+    "scheduler.interval": "30",
+    "scheduler.retry_base": "1",
+    "scheduler.retry_max": "60",
+    "scheduler.certbot_timeout": "10",
+    "scheduler.pidfile": "/run/docxy/docxy.pid",
+    "scheduler.reload_command": "supervisorctl signal HUP docxy",
+    "scheduler.deploy_hook": "true",
+    "scheduler.wait_for_mirror": "true",
 }
 
 
@@ -501,6 +511,17 @@ def test_unknown_flag_key() -> None:
         ("cache.tag_ttl", "infinity", "finite number"),
         ("upstream.read_timeout", "1e999", "finite number"),
         ("cache.max_size", "9" * 400 + "T", "out of range"),
+        ("scheduler.retry_base", "nan", "finite number"),
+        ("scheduler.interval", "-inf", "finite number"),
+        ("scheduler.interval", "-1", "expected a number >= 0"),
+        ("scheduler.hour", "12", "expected a whole number 0-11"),
+        ("scheduler.hour", "-1", "expected a whole number 0-11"),
+        ("scheduler.hour", "25", "expected a whole number 0-11"),
+        ("scheduler.hour", "3.5", "expected a whole number 0-11"),
+        ("scheduler.minute", "60", "expected a whole number 0-59"),
+        ("scheduler.minute", "soon", "expected a whole number 0-59"),
+        ("scheduler.certbot_timeout", "0", "positive number"),
+        ("scheduler.wait_for_mirror", "perhaps", "expected true or false"),
     ],
 )
 def test_bad_values_name_key_and_source(key: str, value: str, fragment: str) -> None:
@@ -526,6 +547,10 @@ def test_bad_values_name_key_and_source(key: str, value: str, fragment: str) -> 
         ("[upstream]\nread_timeout = nan\n", "upstream.read_timeout"),
         ("[upstream]\nconnect_timeout = inf\n", "upstream.connect_timeout"),
         ("[cache]\ntag_ttl = -nan\n", "cache.tag_ttl"),
+        ("[scheduler]\nhour = 12\n", "scheduler.hour"),
+        ("[scheduler]\nminute = 60\n", "scheduler.minute"),
+        ("[scheduler]\nretry_max = inf\n", "scheduler.retry_max"),
+        ("[scheduler]\nhoru = 1\n", "scheduler.horu"),
     ],
 )
 def test_bad_toml_values_name_key_and_file(tmp_path: Path, toml: str, key: str) -> None:
@@ -642,4 +667,6 @@ def test_describe_lists_every_setting_with_its_source(tmp_path: Path) -> None:
     assert rows["log.level"] == ("DEBUG", "flag")
     assert rows["upstream.read_timeout"] == ("5.0", "env DOCXY_UPSTREAM_READ_TIMEOUT")
     assert rows["server.listen"] == ("127.0.0.1:8080", "default")
-    assert len(rows) == 23
+    assert len(rows) == 33
+    assert rows["scheduler.hour"] == ("None", "default")  # picked at random by the renewer
+    assert rows["scheduler.retry_base"] == ("300.0", "default")
