@@ -64,7 +64,8 @@ def origin_form(scope: HTTPScope) -> HTTPScope:
     match = _ABSOLUTE.fullmatch(raw)
     if match is None:
         return scope
-    authority, raw_path = match.group(1), match.group(2) or b"/"
+    authority = match.group(1).rpartition(b"@")[2]  # never credentials in a Host header
+    raw_path = match.group(2) or b"/"
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"host"]
     headers.insert(0, (b"host", authority))
     path = _ABSOLUTE_TEXT.sub("", scope["path"], count=1) or "/"
@@ -163,7 +164,7 @@ class AccessLog:
             log.info(
                 "%s %s %s %d bytes cache=%s upstream=%s total=%.0fms %s",
                 loggable(scope["method"]),
-                loggable(scope["path"]),
+                loggable(origin_form(scope)["path"]),  # no user:password@host of the target
                 status,
                 sent,
                 facts.get("cache", "-"),

@@ -120,6 +120,7 @@ async def test_absolute_form_is_answered_like_origin_form(target: str) -> None:
             b"m.example:8443",
         ),
         ("http://mirror.example.com", "/", b"/", b"mirror.example.com"),
+        ("http://u:p@mirror.example.com/v2/", "/v2/", b"/v2/", b"mirror.example.com"),
     ],
 )
 def test_origin_form_of_an_absolute_target(
@@ -134,6 +135,19 @@ def test_origin_form_of_an_absolute_target(
     normal = origin_form(scope)
     assert (normal["path"], normal["raw_path"]) == (path, raw_path)
     assert normal["headers"] == [(b"host", host), (b"accept", b"*/*")]
+
+
+async def test_absolute_form_logs_the_path_without_the_authority(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="docxy.access")
+    inner = Inner()
+    target = f"http://bob:{PASSWORD}@mirror.example.com/v2/"
+    await call(AccessLog(Guard(inner, None)), "GET", target)
+    assert inner.paths == ["/v2/"]
+    [line] = access_lines(caplog)
+    assert line.startswith("GET /v2/ 200 ")
+    assert PASSWORD not in all_log_text(caplog)
 
 
 async def test_absolute_form_redirects_to_the_same_https_path() -> None:
