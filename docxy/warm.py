@@ -314,9 +314,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     try:
-        mirror = args.mirror or load_config(args).server.public_url
+        config = load_config(args)
+        mirror = args.mirror or config.server.public_url
         credentials = _credentials(args)
-        images = [_hub_image(text) for text in args.images]
+        prefix = config.upstream.library_prefix
+        images = [_hub_image(text, library_prefix=prefix) for text in args.images]
         if args.platform != "all" and not re.fullmatch(
             r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", args.platform
         ):
@@ -335,8 +337,9 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         return warm_all(Warmer(client, args.platform), images, sys.stdout)
 
 
-def _hub_image(text: str) -> ImageRef:
-    image = parse_image_ref(text)
+def _hub_image(text: str, *, library_prefix: bool) -> ImageRef:
+    """The image as the mirror names it: ``library/`` added only if ``upstream.library_prefix``."""
+    image = parse_image_ref(text, library_prefix=library_prefix)
     if not image.on_hub():
         raise ValueError(
             f"{text!r}: the mirror pulls from its own upstream; name the image without "

@@ -346,3 +346,16 @@ def test_warm_uses_the_configured_public_url(
     multi = bed.images["docxytest/multi"]
     assert main(["warm", "--config", str(config), f"{multi.repo}:{multi.tag}"]) == 0
     assert image_blobs(bed, "docxytest/multi") <= cached_blobs(mirror, capsys)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name"), [("false", "app:latest"), ("true", "library/app:latest")]
+)
+def test_warm_follows_the_library_prefix_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], prefix: str, name: str
+) -> None:
+    from tests.bed.httpserver import free_port
+
+    monkeypatch.setenv("DOCXY_UPSTREAM_LIBRARY_PREFIX", prefix)
+    assert main(["warm", "--mirror", f"http://127.0.0.1:{free_port()}", "app"]) == 1
+    assert f"docxy warm: {name}: ConnectError" in capsys.readouterr().err

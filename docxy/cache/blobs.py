@@ -1,8 +1,12 @@
-"""Content-addressed blob storage on local disk, with coalesced fills and LRU eviction.
+"""Content-addressed blob storage on local disk, with coalesced fills and image-aware eviction.
 
 Layout under ``root``: ``blobs/<algo>/<xx>/<hex>`` holds committed, verified blobs only;
 ``tmp/`` holds fills in progress. Nothing else is stored: the index is rebuilt from the files
 on :meth:`DiskBlobStore.open`, and recency survives restarts as the files' mtime.
+
+Eviction asks the manifest store (:attr:`DiskBlobStore.catalog`) which images need which blobs
+and evicts as :func:`docxy.cache.images.plan_eviction` says: blobs no image needs first, then
+whole images, least recently pulled first. Without a catalogue it is plain LRU.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Protocol
 from docxy.cache.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.cache.errors import BlobInUse
 from docxy.cache.fill import WRITE_BUFFER, BlobFollower, BlobWriter, FillState, InFlight
+from docxy.cache.images import ImageCatalog, plan_eviction
 from docxy.cache.reader import READ_CHUNK, BlobReader
 
 log = logging.getLogger(__name__)
@@ -104,6 +109,8 @@ class DiskBlobStore:
         self.followers_joined = 0
         self.evicted = 0
         self.evicted_bytes = 0
+        #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
+        self.catalog: ImageCatalog | None = None
 
     @classmethod
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
@@ -307,23 +314,27 @@ class DiskBlobStore:
             del self._pins[digest]
 
     def _evict(self, need: int) -> bool:
-        """Evict least recently used, unpinned blobs until ``need`` bytes are freed."""
-        for entry in list(self._index.values()):
-            if need <= 0:
-                break
-            if self._pins[entry.digest]:
-                continue
+        """Free ``need`` bytes: blobs no cached image needs first (least recently used first),
+        then whole images, least recently pulled first; never a pinned blob."""
+        if need <= 0:
+            return True
+        images = self.catalog.images() if self.catalog is not None else []
+        plan = plan_eviction(self._index.values(), images, need, lambda d: self._pins[d] > 0)
+        if plan.images and self.catalog is not None:
+            self.catalog.forget_images(plan.images)  # first: no manifest outlives its blobs
+        for entry in plan.blobs:
             _unlink(entry.path)
             self._forget(entry)
-            need -= entry.size
             self.evicted += 1
             self.evicted_bytes += entry.size
             log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
-        return need <= 0
+        return plan.freed >= need
 
     def _forget(self, entry: BlobEntry) -> None:
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
+            if self.catalog is not None:
+                self.catalog.blob_gone(entry.digest)  # images needing it are no longer offered
 
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
 
