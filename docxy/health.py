@@ -20,11 +20,12 @@ PROBE_INTERVAL = 60.0
 
 def health_report(state: MirrorState) -> dict[str, object]:
     upstream = state.upstream
-    seen = state.http.health_of(upstream).as_dict() if state.client is not None else {}
+    seen = state.http.health_of(upstream) if state.client is not None else None
+    healthy = seen is None or seen.healthy is not False
     report: dict[str, object] = {
-        "status": "ok" if seen.get("reachable") is not False else "degraded",
+        "status": "ok" if healthy else "degraded",
         "version": __version__,
-        "upstream": {"registry": upstream.registry, **seen},
+        "upstream": {"registry": upstream.registry, **(seen.as_dict() if seen else {})},
     }
     if state.cache is not None:
         usage = state.cache.blobs.usage()

@@ -31,7 +31,7 @@ from docxy.cache.errors import InvalidDigest
 from docxy.errors import UpstreamError, UpstreamUnavailable
 from docxy.names import Reference
 from docxy.proxy import API_VERSION_HEADER, empty_body, read_small
-from docxy.upstream import Upstream, UpstreamClient
+from docxy.upstream import SERVER_TROUBLE, Upstream, UpstreamClient
 from docxy.upstream_auth import MirrorTokens
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 ACCEPT_ALL = ", ".join(MANIFEST_TYPES)
-SERVER_TROUBLE = frozenset({429, 500, 502, 503, 504})
 
 
 def acceptable(media_type: str, accept_values: list[str]) -> bool:

@@ -28,6 +28,8 @@ USER_AGENT = f"docxy/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 REALM_TTL = 600.0
+#: Answers that mean "the upstream is in trouble, try later" (the routes serve stale on them).
+SERVER_TROUBLE = frozenset({429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +67,23 @@ class UpstreamHealth:
     ratelimit_limit: str | None = None
     ratelimit_remaining: str | None = None
     reachable: bool | None = None  # None until tried; then whether the latest attempt got through
+    healthy: bool | None = None  # None until tried; False after a failure or a 429/5xx answer
     stale_served: int = 0
     last_stale: float | None = None
 
     def ok(self) -> None:
         self.last_ok = time.time()
-        self.reachable = True
+        self.reachable = self.healthy = True
+
+    def answered(self, status: int) -> None:
+        """An answer came back: a 429/5xx is an outage for the routes, so for health too."""
+        if status in SERVER_TROUBLE:
+            self.reachable = True
+            self.healthy = False
+            self.last_error = time.time()
+            self.last_error_message = f"the upstream answered {status}"
+        else:
+            self.ok()
 
     def served_stale(self) -> None:
         """The cache answered for an upstream that failed (stale-if-error)."""
@@ -85,7 +98,7 @@ class UpstreamHealth:
     def failed(self, message: str) -> None:
         self.last_error = time.time()
         self.last_error_message = message
-        self.reachable = False
+        self.reachable = self.healthy = False
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -174,7 +187,7 @@ class UpstreamClient:
                     f"cannot reach the upstream registry ({urlsplit(url).netloc}): "
                     f"{type(exc).__name__}"
                 ) from exc
-            health.ok()
+            health.answered(response.status_code)
             health.saw(response.headers)
             if response.status_code not in REDIRECT_STATUSES:
                 return response

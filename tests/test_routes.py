@@ -918,3 +918,22 @@ async def test_no_content_type_invented_when_upstream_sends_none(method: str) ->
     assert response.status == 200
     assert "Content-Type" not in response.headers
     assert response.headers["Content-Length"] == "3"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_health_degraded_while_the_upstream_answers_trouble(status: int) -> None:
+    trouble = True
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return registry_error(status, "UNAVAILABLE") if trouble else hub(request)
+
+    async with mirror(upstream) as m:
+        await m.client.get("/v2/redis/manifests/latest")
+        degraded = await (await m.client.get("/health")).get_json()
+        trouble = False
+        await m.client.get("/v2/redis/manifests/latest")
+        healthy = await (await m.client.get("/health")).get_json()
+    assert degraded["status"] == "degraded"
+    assert str(status) in degraded["upstream"]["last_error_message"]
+    assert degraded["upstream"]["last_error"] is not None
+    assert healthy["status"] == "ok"

@@ -347,13 +347,14 @@ async def test_recovers_without_restart() -> None:
     assert client.health_of(HUB).reachable is True
 
 
-async def test_upstream_error_status_still_counts_as_reachable() -> None:
+async def test_upstream_error_status_is_reachable_but_not_healthy() -> None:
     client, _ = client_for(lambda request: httpx.Response(503))
     response = await client.send(HUB, "GET", f"{REGISTRY}/v2/", [])
     await response.aclose()
     await client.http.aclose()
     assert response.status_code == 503
     assert client.health_of(HUB).reachable is True
+    assert client.health_of(HUB).healthy is False
 
 
 # --- realm discovery ---------------------------------------------------------------------------
