@@ -14,11 +14,10 @@ from docxy.cache.digests import Digest
 from docxy.challenge import Challenge, rewrite_challenge
 from docxy.errors import Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.headers import request_headers
-from docxy.manifestcache import SERVER_TROUBLE
 from docxy.names import Kind, parse_v2_path, upstream_name
 from docxy.proxy import API_VERSION_HEADER, read_small, relay
 from docxy.state import MirrorState, mirror_state
-from docxy.upstream import Upstream
+from docxy.upstream import SERVER_TROUBLE, Upstream
 
 blueprint = Blueprint("registry", __name__)
 
