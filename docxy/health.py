@@ -53,5 +53,5 @@ async def probe_upstream(state: MirrorState, interval: float = PROBE_INTERVAL) -
         try:
             await state.http.challenge(state.upstream, refresh=True)
         except UpstreamError as exc:
-            log.warning("upstream %s unreachable: %s", state.upstream.host, exc.message)
+            log.warning("upstream %s in trouble: %s", state.upstream.host, exc.message)
         await asyncio.sleep(interval)

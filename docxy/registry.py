@@ -60,9 +60,13 @@ async def ping() -> Response:
             raise
         # Stale-if-error: keep clients pulling what the cache holds. Tokens come from the
         # mirror's own endpoint, which answers offline too.
+        # The upstream's service name only if it was ever seen: never a guess (a token for
+        # the wrong service fails once the upstream is back); /auth/token fills it in.
         known = state.http.known_challenge(upstream)
-        service = (known.service if known is not None else None) or upstream.host
-        challenge = Challenge("Bearer", {"realm": state.token_realm, "service": service})
+        params = {"realm": state.token_realm}
+        if known is not None and known.service:
+            params["service"] = known.service
+        challenge = Challenge("Bearer", params)
         headers.append(("WWW-Authenticate", challenge.render()))
         return Response(json.dumps(UNAUTHORIZED), status=401, headers=Headers(headers))
     if answer.status_code == 401:

@@ -31,9 +31,17 @@ AUTH_TROUBLE = frozenset({429, 500, 502, 503, 504})
 FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offline_token"})
 
 
-def token_params(args: list[tuple[str, str]], library_prefix: bool) -> httpx.QueryParams:
-    """The query to send to the upstream realm: known parameters only, scopes rewritten."""
+def token_params(
+    args: list[tuple[str, str]], library_prefix: bool, service: str | None = None
+) -> httpx.QueryParams:
+    """The query to send to the upstream realm: known parameters only, scopes rewritten.
+
+    ``service`` (the upstream's own, from its challenge) is added when the client sent none:
+    a challenge the mirror answered offline, before it ever saw the upstream, names none.
+    """
     params: list[tuple[str, str | int | float | bool | None]] = []
+    if service and not any(key == "service" for key, _ in args):
+        params.append(("service", service))
     for key, value in args:
         if key not in FORWARDED_PARAMS:
             continue
@@ -78,7 +86,12 @@ async def token() -> Response:
     authorization = request.headers.get("Authorization")
     if authorization is not None:
         headers.append(("Authorization", authorization))
-    params = token_params(list(request.args.items(multi=True)), upstream.library_prefix)
+    known = state.http.known_challenge(upstream)
+    params = token_params(
+        list(request.args.items(multi=True)),
+        upstream.library_prefix,
+        known.service if known is not None else None,
+    )
     try:
         answer = await state.http.send(upstream, "GET", realm, headers, params=params)
         body = await read_small(answer)

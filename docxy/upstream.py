@@ -216,6 +216,9 @@ class UpstreamClient:
             return cached[1]
         response = await self.send(upstream, "GET", upstream.url("/v2/"), [])
         await response.aclose()
+        if response.status_code not in (200, 401):
+            # Not an answer about auth (429/5xx, odd 4xx): try again next time, remember nothing.
+            raise UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")
         found = None
         if response.status_code == 401:
             parsed = parse_challenge(response.headers.get("www-authenticate", ""))

@@ -48,17 +48,20 @@ class Upstream:
         self.blob_gets = 0
         self.refused: list[str | None] = []  # the Authorization of each refused blob GET
         self.ping_status = 401
+        self.service = "registry.test"
+        self.token_queries: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "auth.test":
             self.token_auth.append(request.headers.get("authorization"))
+            self.token_queries.append(request.url.query.decode())
             granted = request.headers.get("authorization") == basic("bot", "s3cret")
             token = b'{"token": "account"}' if granted else b'{"token": "anon"}'
             return reply(200, token, {"Content-Type": "application/json"})
         if request.url.path == "/v2/" and self.ping_status != 401:
             return reply(self.ping_status, b"{}")
         if request.url.path == "/v2/":
-            challenge = f'Bearer realm="{AUTH}",service="registry.test"'
+            challenge = f'Bearer realm="{AUTH}",service="{self.service}"'
             return reply(401, b"{}", {"WWW-Authenticate": challenge})
         if request.headers.get("authorization") != "Bearer account":
             self.refused.append(request.headers.get("authorization"))
@@ -149,3 +152,37 @@ async def test_ping_answers_with_the_mirrors_own_challenge_when_upstream_is_in_t
         assert response.status_code == 401
         challenge = response.headers["WWW-Authenticate"]
         assert challenge.startswith('Bearer realm="https://mirror.test/auth/token"')
+
+
+async def test_an_answer_of_trouble_is_not_remembered_as_no_token_auth(tmp_path: Path) -> None:
+    upstream = Upstream()
+    upstream.ping_status = 503
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        during = await client.get("/auth/token?service=registry.test&scope=repository:a/b:pull")
+        upstream.ping_status = 401
+        after = await client.get("/auth/token?service=registry.test&scope=repository:a/b:pull")
+        assert during.status_code == 200  # the offline token, not "no token auth" (404)
+        assert after.status_code == 200
+        assert await after.get_json() == {"token": "anon"}  # the upstream's own, once back
+    assert upstream.token_auth == [None]
+
+
+async def test_a_mirror_started_in_an_outage_advertises_no_made_up_service(
+    tmp_path: Path,
+) -> None:
+    upstream = Upstream()
+    upstream.service = "auth-service.test"
+    upstream.ping_status = 503
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        during = await client.get("/v2/")
+        assert during.status_code == 401
+        assert "service=" not in during.headers["WWW-Authenticate"]
+        upstream.ping_status = 401
+        after = await client.get("/v2/")
+        assert 'service="auth-service.test"' in after.headers["WWW-Authenticate"]
+        # A client that got the challenge without a service still gets a token for the right one.
+        token = await client.get("/auth/token?scope=repository:a/b:pull")
+        assert token.status_code == 200
+    assert upstream.token_queries and "service=auth-service.test" in upstream.token_queries[-1]
