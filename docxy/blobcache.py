@@ -135,17 +135,16 @@ class BlobFiller:
     async def _fill(
         self, writer: BlobWriter, upstream: Upstream, name: str, digest: Digest
     ) -> None:
-        url = upstream.url(f"/v2/{name}/blobs/{digest}")
+        path = f"/v2/{name}/blobs/{digest}"
         async with writer:
             try:
-                headers = await self.tokens.headers(upstream, name)
-                answer = await self.client.send(upstream, "GET", url, headers)
+                answer = await self.tokens.send(upstream, "GET", name, path)
             except UpstreamError as exc:
                 writer.abort(f"upstream: {exc.message}")
                 return
             try:
                 if answer.status_code != 200:
-                    if answer.status_code in (401, 403, 404):
+                    if answer.status_code in (401, 403):  # a 404 is about this blob only
                         self._refused[(upstream.host, name)] = time.monotonic()
                     writer.abort(f"upstream answered {answer.status_code} to the mirror's token")
                     return

@@ -195,10 +195,8 @@ class ManifestCache:
         self, upstream: Upstream, repo: RepoKey, tag: str
     ) -> tuple[Digest, HeadAnswer] | None:
         """An upstream HEAD of the tag with the mirror's token and every manifest type."""
-        headers = await self.tokens.headers(upstream, repo.repo)
-        headers.append(("Accept", ACCEPT_ALL))
-        url = upstream.url(f"/v2/{repo.repo}/manifests/{tag}")
-        answer = await self.client.send(upstream, "HEAD", url, headers)
+        path = f"/v2/{repo.repo}/manifests/{tag}"
+        answer = await self.tokens.send(upstream, "HEAD", repo.repo, path, [("Accept", ACCEPT_ALL)])
         await answer.aclose()
         _raise_for_trouble(answer.status_code)
         if answer.status_code != 200:
@@ -216,10 +214,8 @@ class ManifestCache:
     async def _fetch(
         self, upstream: Upstream, repo: RepoKey, reference: Reference, digest: Digest | None
     ) -> CachedManifest | None:
-        headers = await self.tokens.headers(upstream, repo.repo)
-        headers.append(("Accept", ACCEPT_ALL))
-        url = upstream.url(f"/v2/{repo.repo}/manifests/{reference.ref}")
-        answer = await self.client.send(upstream, "GET", url, headers)
+        path = f"/v2/{repo.repo}/manifests/{reference.ref}"
+        answer = await self.tokens.send(upstream, "GET", repo.repo, path, [("Accept", ACCEPT_ALL)])
         body = await read_small(answer)
         _raise_for_trouble(answer.status_code)
         if answer.status_code != 200:

@@ -52,6 +52,31 @@ class MirrorTokens:
         self._tokens[key] = (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token)
         return [("Authorization", f"Bearer {token}")]
 
+    async def send(
+        self,
+        upstream: Upstream,
+        method: str,
+        repository: str,
+        path: str,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> httpx.Response:
+        """Send with the mirror's token; on a 401 fetch a fresh token and try once more.
+
+        A 401 to the mirror's own token most often means it expired early upstream, not that
+        the repository is private; a second 401 is the upstream's answer.
+        """
+        for attempt in (1, 2):
+            headers = await self.headers(upstream, repository) + list(extra or [])
+            answer = await self.client.send(upstream, method, upstream.url(path), headers)
+            if answer.status_code != 401 or attempt == 2 or not self._holds(upstream, repository):
+                return answer
+            await answer.aclose()
+            self.forget(upstream, repository)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _holds(self, upstream: Upstream, repository: str) -> bool:
+        return (upstream.host, repository) in self._tokens
+
     def forget(self, upstream: Upstream, repository: str) -> None:
         self._tokens.pop((upstream.host, repository), None)
 

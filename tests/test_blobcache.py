@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -75,7 +75,9 @@ def basic(user: str, password: str) -> str:
 
 
 @asynccontextmanager
-async def mirror(tmp_path: Path, upstream: Upstream, **settings: str) -> AsyncIterator[Quart]:
+async def mirror(
+    tmp_path: Path, upstream: Callable[[httpx.Request], httpx.Response], **settings: str
+) -> AsyncIterator[Quart]:
     overrides = {
         "upstream.registry": REGISTRY,
         "cache.dir": str(tmp_path / "cache"),
@@ -111,8 +113,8 @@ async def test_without_an_account_the_client_needs_its_own_token(tmp_path: Path)
             response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
             assert response.status_code == 401  # passed through with the client's (no) token
     assert upstream.blob_gets == 0
-    # The mirror tried its own token once, then passed the other requests straight through.
-    assert upstream.refused == ["Bearer anon", None, None, None]
+    # The mirror tried its own token, refreshed once, then passed the requests straight through.
+    assert upstream.refused == ["Bearer anon", "Bearer anon", None, None, None]
     assert cached_blobs(tmp_path) == []
 
 
@@ -186,3 +188,49 @@ async def test_a_mirror_started_in_an_outage_advertises_no_made_up_service(
         token = await client.get("/auth/token?scope=repository:a/b:pull")
         assert token.status_code == 200
     assert upstream.token_queries and "service=auth-service.test" in upstream.token_queries[-1]
+
+
+class Expiring:
+    """A token-auth registry whose first token to the mirror has already expired upstream."""
+
+    def __init__(self, missing: str = "") -> None:
+        self.issued = 0
+        self.missing = missing  # a digest this registry does not have
+        self.blob_auth: list[str | None] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            self.issued += 1
+            return reply(200, b'{"token": "t%d"}' % self.issued, {"Content-Type": "a/json"})
+        if request.url.path == "/v2/":
+            challenge = f'Bearer realm="{AUTH}",service="registry.test"'
+            return reply(401, b"{}", {"WWW-Authenticate": challenge})
+        self.blob_auth.append(request.headers.get("authorization"))
+        if request.headers.get("authorization") == "Bearer t1" and not self.missing:
+            return reply(401, b'{"errors": [{"code": "UNAUTHORIZED"}]}')
+        if self.missing and request.url.path.endswith(self.missing):
+            return reply(404, b'{"errors": [{"code": "BLOB_UNKNOWN"}]}')
+        return reply(200, BLOB)
+
+
+async def test_a_401_on_the_mirrors_own_token_refreshes_it_once(tmp_path: Path) -> None:
+    upstream = Expiring()
+    async with mirror(tmp_path, upstream) as app:
+        response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
+        assert response.status_code == 200
+        assert await response.get_data() == BLOB
+    assert upstream.blob_auth == ["Bearer t1", "Bearer t2"]
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+async def test_a_missing_blob_says_nothing_about_its_repository(tmp_path: Path) -> None:
+    missing = "sha256:" + "e" * 64
+    upstream = Expiring(missing=missing)
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        gone = await client.get(f"/v2/team/app/blobs/{missing}")
+        assert gone.status_code == 404
+        found = await client.get(f"/v2/team/app/blobs/{DIGEST}")
+        assert found.status_code == 200
+        assert await found.get_data() == BLOB
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
