@@ -116,6 +116,9 @@ class BlobFiller:
         if refused is not None and time.monotonic() - refused < REFUSED_TTL:
             return None  # private to the mirror's token: don't ask upstream twice per request
         fill = await self.store.fetch_or_join(digest)
+        if isinstance(fill, BlobWriter) and not fill.caching:
+            fill.abort("no temp file")  # the cache cannot write: no fetch of its own
+            return None
         if isinstance(fill, BlobWriter):
             spawn(f"fill {digest}", self._fill(fill, upstream, name, digest))
             fill = await self.store.fetch_or_join(digest)
@@ -153,8 +156,8 @@ class BlobFiller:
                 writer.announce(size)
                 async for chunk in answer.aiter_bytes():
                     await writer.write(chunk)
-                await writer.commit(size)
-                log.info("blob %s cached (%d bytes)", digest, writer.received)
+                if await writer.commit(size) is not None:
+                    log.info("blob %s cached (%d bytes)", digest, writer.received)
             except (httpx.HTTPError, CacheError) as exc:
                 writer.abort(f"{type(exc).__name__}: {exc}")
                 log.warning("blob %s: fill failed: %s: %s", digest, type(exc).__name__, exc)

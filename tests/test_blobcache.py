@@ -234,3 +234,22 @@ async def test_a_missing_blob_says_nothing_about_its_repository(tmp_path: Path) 
         assert found.status_code == 200
         assert await found.get_data() == BLOB
     assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+async def test_no_temp_file_means_one_download_and_no_cached_claim(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        tmp = tmp_path / "cache" / "tmp"
+        tmp.rmdir()
+        tmp.write_text("not a directory: the cache cannot create temp files")
+        response = await app.test_client().get(
+            f"/v2/team/app/blobs/{DIGEST}", headers={"Authorization": "Bearer account"}
+        )
+        assert response.status_code == 200
+        assert await response.get_data() == BLOB
+    assert upstream.blob_gets == 1  # the client's pass-through, no second fetch for the cache
+    assert cached_blobs(tmp_path) == []
+    assert " cached (" not in caplog.text

@@ -329,7 +329,7 @@ def _discard(fill: InFlight, fd: int | None, host: FillHost, reason: str) -> Non
         log.info("cache fill of %s aborted: %s", fill.digest, reason)
     try:
         os.unlink(fill.tmp_path)
-    except FileNotFoundError:
+    except OSError:  # never created (no tmp dir), or already removed
         pass
     host.fill_ended(fill)
     fill.notify()
