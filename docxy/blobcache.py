@@ -34,7 +34,6 @@ from docxy.upstream_auth import MirrorTokens
 log = logging.getLogger(__name__)
 
 WRITE_FAILURE_BACKOFF = 60.0  # seconds of pass-through after the cache failed to write
-REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
 
 
 def _blob_headers(digest: Digest, length: int | None) -> list[tuple[str, str]]:
@@ -101,7 +100,6 @@ class BlobFiller:
         self.store = store
         self.client = client
         self.tokens = tokens
-        self._refused: dict[tuple[str, str], float] = {}  # repositories the mirror can't read
 
     async def follow(self, upstream: Upstream, name: str, digest: Digest) -> Response | None:
         """Stream the blob through the cache; ``None`` to pass the request through.
@@ -112,8 +110,7 @@ class BlobFiller:
         failed = self.store.write_failed_at
         if failed is not None and time.monotonic() - failed < WRITE_FAILURE_BACKOFF:
             return None
-        refused = self._refused.get((upstream.host, name))
-        if refused is not None and time.monotonic() - refused < REFUSED_TTL:
+        if self.tokens.refused(upstream, name):
             return None  # private to the mirror's token: don't ask upstream twice per request
         fill = await self.store.fetch_or_join(digest)
         if isinstance(fill, BlobWriter) and not fill.caching:
@@ -148,7 +145,7 @@ class BlobFiller:
             try:
                 if answer.status_code != 200:
                     if answer.status_code in (401, 403):  # a 404 is about this blob only
-                        self._refused[(upstream.host, name)] = time.monotonic()
+                        self.tokens.mark_refused(upstream, name)
                     writer.abort(f"upstream answered {answer.status_code} to the mirror's token")
                     return
                 length = answer.headers.get("content-length")

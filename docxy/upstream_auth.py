@@ -15,6 +15,7 @@ import time
 
 import httpx
 
+from docxy.bounded import MAX_REPOSITORIES, LruDict
 from docxy.errors import UpstreamUnavailable
 from docxy.proxy import read_small
 from docxy.upstream import Upstream, UpstreamClient
@@ -22,6 +23,7 @@ from docxy.upstream import Upstream, UpstreamClient
 log = logging.getLogger(__name__)
 
 EXPIRY_MARGIN = 30.0
+REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
 DEFAULT_EXPIRES_IN = 60.0
 
 
@@ -33,9 +35,23 @@ def basic_authorization(username: str, password: str) -> str:
 class MirrorTokens:
     """Pull tokens the mirror holds for itself, per (upstream, repository)."""
 
-    def __init__(self, client: UpstreamClient) -> None:
+    def __init__(self, client: UpstreamClient, capacity: int = MAX_REPOSITORIES) -> None:
         self.client = client
-        self._tokens: dict[tuple[str, str], tuple[float, str]] = {}
+        self._tokens: LruDict[tuple[str, str], tuple[float, str]] = LruDict(capacity)
+        self._refused: LruDict[tuple[str, str], float] = LruDict(capacity)
+
+    def __len__(self) -> int:
+        """Repositories the mirror remembers something about (a token, a refusal)."""
+        return len(self._tokens) + len(self._refused)
+
+    def refused(self, upstream: Upstream, repository: str) -> bool:
+        """Whether the upstream refused the mirror's token for ``repository`` lately."""
+        since = self._refused.get((upstream.host, repository))
+        return since is not None and time.monotonic() - since < REFUSED_TTL
+
+    def mark_refused(self, upstream: Upstream, repository: str) -> None:
+        """Private to the mirror's token: pass it through a while instead of asking twice."""
+        self._refused.set((upstream.host, repository), time.monotonic())
 
     async def headers(self, upstream: Upstream, repository: str) -> list[tuple[str, str]]:
         """``Authorization`` for the mirror's own requests to ``repository`` (maybe none)."""
@@ -49,7 +65,7 @@ class MirrorTokens:
         if cached is not None and cached[0] > time.monotonic():
             return [("Authorization", f"Bearer {cached[1]}")]
         token, expires_in = await self._fetch(upstream, repository, challenge.service)
-        self._tokens[key] = (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token)
+        self._tokens.set(key, (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token))
         return [("Authorization", f"Bearer {token}")]
 
     async def send(
@@ -78,7 +94,7 @@ class MirrorTokens:
         return (upstream.host, repository) in self._tokens
 
     def forget(self, upstream: Upstream, repository: str) -> None:
-        self._tokens.pop((upstream.host, repository), None)
+        self._tokens.pop((upstream.host, repository))
 
     async def _fetch(
         self, upstream: Upstream, repository: str, service: str | None
