@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import httpx
 from quart import Quart, Response
@@ -14,7 +15,7 @@ from docxy import acme, health, registry, token
 from docxy.blobcache import BlobFiller
 from docxy.cache import Cache, open_cache
 from docxy.config import Config
-from docxy.errors import ConfigError, NotFound, RegistryError, Unsupported
+from docxy.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
 from docxy.manifestcache import ManifestCache
 from docxy.state import MirrorState
 from docxy.tasks import spawn
@@ -23,6 +24,8 @@ from docxy.upstream_auth import MirrorTokens
 
 log = logging.getLogger(__name__)
 
+ASGIHandler = Callable[[Any, Any, Any], Awaitable[None]]
+
 
 def error_response(error: RegistryError) -> Response:
     response = Response(
@@ -30,6 +33,23 @@ def error_response(error: RegistryError) -> Response:
     )
     response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
     return response
+
+
+class CutStreams:
+    """ASGI layer: a body that raised :class:`StreamCut` is left unended, without a traceback.
+
+    The server then closes the connection mid-body, which is what the client must see; the
+    reason was already logged in one line where the stream broke.
+    """
+
+    def __init__(self, app: ASGIHandler) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except StreamCut:
+            pass
 
 
 def open_store(config: Config) -> Cache:
@@ -50,6 +70,7 @@ def create_app(
 ) -> Quart:
     """Build the app. ``transport`` replaces the network for tests (``httpx.MockTransport``)."""
     app = Quart("docxy")
+    app.asgi_app = CutStreams(app.asgi_app)  # type: ignore[method-assign]
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streamed blobs take as long as they take
         BODY_TIMEOUT=30,

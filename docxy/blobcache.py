@@ -24,7 +24,7 @@ from docxy.cache.digests import Digest
 from docxy.cache.errors import CacheError, FillAborted
 from docxy.cache.fill import BlobFollower, BlobWriter
 from docxy.cache.reader import BlobReader
-from docxy.errors import RangeNotSatisfiable, UpstreamError
+from docxy.errors import RangeNotSatisfiable, StreamCut, UpstreamError
 from docxy.proxy import API_VERSION_HEADER, empty_body
 from docxy.ranges import content_range, parse_range
 from docxy.tasks import spawn
@@ -56,7 +56,7 @@ async def _stream_reader(reader: BlobReader | BlobFollower) -> AsyncIterator[byt
             yield chunk
     except FillAborted as exc:
         log.warning("blob fill failed, cutting the client: %s", exc)
-        raise
+        raise StreamCut(str(exc)) from None
     finally:
         reader.close()
 

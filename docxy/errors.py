@@ -16,7 +16,9 @@ Every error a client can see is a :class:`RegistryError`; one handler in ``app.p
         ├── UpstreamUnavailable     502 UNAVAILABLE     refused, reset, DNS, TLS, bad answer
         └── UpstreamTimeout         504 UNAVAILABLE     no answer in time
 
-``ConfigError`` is separate: it stops start-up and never reaches a client.
+``ConfigError`` is separate: it stops start-up and never reaches a client. ``StreamCut`` is
+raised inside a streamed body that cannot be finished (a failed fill): the app's ASGI layer
+then leaves the response unended, so the server closes the connection, logged in one line.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from typing import Any
 
 class ConfigError(Exception):
     """A setting is missing, unknown or invalid; the message names the key and its source."""
+
+
+class StreamCut(Exception):
+    """A started response body must stop short: the client has to see a broken download."""
 
 
 class RegistryError(Exception):

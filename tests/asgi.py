@@ -19,6 +19,7 @@ class AsgiAnswer:
     status: int
     headers: Headers
     body: bytes
+    complete: bool = True  # the app ended the body (False: the connection was cut)
 
 
 async def call_asgi(
@@ -70,4 +71,7 @@ async def call_asgi(
     assert start["type"] == "http.response.start"
     answer_headers = Headers([(k.decode(), v.decode()) for k, v in start["headers"]])
     body = b"".join(m.get("body", b"") for m in messages[1:])
-    return AsgiAnswer(start["status"], answer_headers, body)
+    complete = any(
+        m["type"] == "http.response.body" and not m.get("more_body", False) for m in messages
+    )
+    return AsgiAnswer(start["status"], answer_headers, body, complete)

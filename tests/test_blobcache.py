@@ -17,6 +17,7 @@ from quart import Quart
 from docxy.app import create_app
 from docxy.cache import fill
 from docxy.config import load_config
+from tests.asgi import call_asgi
 
 REGISTRY = "https://registry.test"
 AUTH = "https://auth.test/token"
@@ -253,3 +254,31 @@ async def test_no_temp_file_means_one_download_and_no_cached_claim(
     assert upstream.blob_gets == 1  # the client's pass-through, no second fetch for the cache
     assert cached_blobs(tmp_path) == []
     assert " cached (" not in caplog.text
+
+
+class Cut(httpx.AsyncByteStream):
+    """A blob body that breaks off after its first chunks."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield BLOB[: len(BLOB) // 2]
+        raise httpx.ReadError("connection reset by peer")
+
+
+async def test_a_client_cut_off_from_a_failed_fill_is_one_warning_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return reply(200, b"{}")
+        return httpx.Response(200, headers={"Content-Length": str(len(BLOB))}, stream=Cut())
+
+    async with mirror(tmp_path, upstream) as app:
+        caplog.clear()
+        answer = await call_asgi(app, "GET", f"/v2/team/app/blobs/{DIGEST}", host="mirror.test")
+    assert answer.status == 200
+    assert not answer.complete  # cut: the client sees a broken download, never a short success
+    assert len(answer.body) < len(BLOB)
+    assert not [r for r in caplog.records if r.exc_info]
+    cut = [r for r in caplog.records if "cutting the client" in r.getMessage()]
+    assert len(cut) == 1 and cut[0].levelname == "WARNING"
+    assert "\n" not in cut[0].getMessage()
