@@ -60,7 +60,7 @@ class NameInvalid(ClientError):
     code = "NAME_INVALID"
 
 
-class DigestInvalid(ClientError):
+class DigestInvalid(ClientError, ValueError):
     code = "DIGEST_INVALID"
 
 

@@ -27,8 +27,7 @@ from docxy.cache import (
     may_serve,
 )
 from docxy.cache.digests import Digest, parse_digest
-from docxy.cache.errors import InvalidDigest
-from docxy.errors import UpstreamError, UpstreamUnavailable
+from docxy.errors import DigestInvalid, UpstreamError, UpstreamUnavailable
 from docxy.names import Reference
 from docxy.proxy import API_VERSION_HEADER, empty_body, read_small
 from docxy.upstream import SERVER_TROUBLE, Upstream, UpstreamClient
@@ -203,7 +202,7 @@ class ManifestCache:
             return None
         try:
             digest = parse_digest(answer.headers.get("docker-content-digest", ""))
-        except InvalidDigest:
+        except DigestInvalid:
             return None
         length = answer.headers.get("content-length", "")
         if not length.isdigit():
@@ -228,7 +227,7 @@ class ManifestCache:
         if expected is None and header:
             try:
                 expected = parse_digest(header)
-            except InvalidDigest:
+            except DigestInvalid:
                 expected = None
         try:
             return await self.store.put(repo, body, media_type, public=True, digest=expected)

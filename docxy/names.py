@@ -11,13 +11,11 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from docxy.cache.digests import Digest
-from docxy.errors import DigestInvalid, NameInvalid, NotFound, RegistryError, TagInvalid
+from docxy.cache.digests import Digest, parse_digest
+from docxy.errors import NameInvalid, NotFound, RegistryError, TagInvalid
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-_DIGEST = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
-_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 MAX_NAME_LENGTH = 255
 
 
@@ -51,22 +49,6 @@ def validate_name(name: str) -> str:
                 {"name": name},
             )
     return name
-
-
-def parse_digest(text: str) -> Digest:
-    match = _DIGEST.fullmatch(text)
-    if match is None:
-        raise DigestInvalid("invalid digest", {"digest": text[:200]})
-    algorithm, encoded = match.groups()
-    expected = _DIGEST_HEX_LENGTHS.get(algorithm)
-    if expected is None:
-        raise DigestInvalid("unsupported digest algorithm", {"digest": text[:200]})
-    if len(encoded) != expected or not re.fullmatch(r"[a-f0-9]+", encoded):
-        raise DigestInvalid(
-            f"invalid {algorithm} digest: expected {expected} lower-case hex characters",
-            {"digest": text[:200]},
-        )
-    return Digest(algorithm, encoded)
 
 
 def validate_tag(text: str) -> str:

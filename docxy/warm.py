@@ -26,11 +26,11 @@ from typing import Any, TextIO
 import httpx
 
 from docxy import __version__
-from docxy.cache import Digest, InvalidDigest, parse_digest
+from docxy.cache import Digest, parse_digest
 from docxy.cachecli import human_size
 from docxy.challenge import parse_challenge
 from docxy.config import Config
-from docxy.errors import ConfigError
+from docxy.errors import ConfigError, DigestInvalid
 from docxy.names import ImageRef, parse_image_ref
 
 EXIT_OK = 0
@@ -213,7 +213,7 @@ def platform_matches(wanted: str, platform: str | None) -> bool:
 def _digest(text: str | None, what: str) -> Digest:
     try:
         return parse_digest(str(text))
-    except InvalidDigest as exc:
+    except DigestInvalid as exc:
         raise WarmError(f"{what}: {exc}") from None
 
 

@@ -14,7 +14,7 @@ from docxy.cache.digests import (
     is_digest,
     parse_digest,
 )
-from docxy.cache.errors import InvalidDigest
+from docxy.errors import DigestInvalid
 
 HEX64 = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
 HEX128 = "cd" + "0123456789abcdef" * 7 + "0123456789abcd"
@@ -59,7 +59,7 @@ def test_parse_good(text: str, algorithm: str) -> None:
     ],
 )
 def test_parse_bad(text: str) -> None:
-    with pytest.raises(InvalidDigest):
+    with pytest.raises(DigestInvalid):
         parse_digest(text)
     assert not is_digest(text)
 
@@ -74,7 +74,7 @@ def test_invalid_digest_is_a_value_error() -> None:
     [("sha256", "../" * 20), ("../blobs", HEX64), ("sha256", HEX64 + "/x"), ("", "")],
 )
 def test_constructor_validates_too(algorithm: str, hex_: str) -> None:
-    with pytest.raises(InvalidDigest):
+    with pytest.raises(DigestInvalid):
         Digest(algorithm, hex_)
 
 

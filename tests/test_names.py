@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from docxy.cache.digests import Digest
+from docxy.cache.digests import Digest, parse_digest
 from docxy.errors import DigestInvalid, NameInvalid, NotFound, RegistryError, TagInvalid
 from docxy.names import (
     MAX_NAME_LENGTH,
     Kind,
     Reference,
-    parse_digest,
     parse_v2_path,
     upstream_name,
     validate_name,

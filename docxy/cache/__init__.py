@@ -20,7 +20,6 @@ from docxy.cache.errors import (
     DigestMismatch,
     FillAborted,
     FillClosed,
-    InvalidDigest,
     SizeMismatch,
     VerifyError,
 )
@@ -57,7 +56,6 @@ __all__ = [
     "FillClosed",
     "GcReport",
     "Identity",
-    "InvalidDigest",
     "ManifestStore",
     "RepoKey",
     "SizeMismatch",

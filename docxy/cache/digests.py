@@ -1,7 +1,9 @@
 """Content digests: the only thing in the cache that ever becomes a file name.
 
 A :class:`Digest` can only be built from a validated algorithm and lowercase hex string, so any
-path derived from one (:func:`blob_relpath`) has no separators, dots or traversal in it.
+path derived from one (:func:`blob_relpath`) has no separators, dots or traversal in it. Every
+malformed digest, from a client's path or an upstream's header, raises the one
+:class:`~docxy.errors.DigestInvalid` (400 ``DIGEST_INVALID`` at the boundary).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from docxy.cache.errors import InvalidDigest
+from docxy.errors import DigestInvalid
 
 #: Accepted algorithms and the length of their hex encoding.
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
@@ -29,10 +31,14 @@ class Digest:
     def __post_init__(self) -> None:
         pattern = _HEX.get(self.algorithm) if isinstance(self.algorithm, str) else None
         if pattern is None:
-            raise InvalidDigest(f"unsupported digest algorithm {self.algorithm!r}")
+            raise DigestInvalid(
+                "unsupported digest algorithm", {"algorithm": str(self.algorithm)[:80]}
+            )
         if not isinstance(self.hex, str) or pattern.fullmatch(self.hex) is None:
-            raise InvalidDigest(
-                f"{self.algorithm} digest must be {ALGORITHMS[self.algorithm]} lowercase hex digits"
+            raise DigestInvalid(
+                f"invalid {self.algorithm} digest: expected "
+                f"{ALGORITHMS[self.algorithm]} lower-case hex characters",
+                {"digest": f"{self.algorithm}:{str(self.hex)[:200]}"},
             )
 
     def __str__(self) -> str:
@@ -48,12 +54,12 @@ class Digest:
 
 
 def parse_digest(text: str) -> Digest:
-    """Parse ``sha256:<64 hex>`` or ``sha512:<128 hex>``; raise :class:`InvalidDigest` otherwise."""
+    """Parse ``sha256:<64 hex>`` or ``sha512:<128 hex>``; raise :class:`DigestInvalid` otherwise."""
     if not isinstance(text, str):
-        raise InvalidDigest(f"digest must be a string, not {type(text).__name__}")
+        raise DigestInvalid(f"digest must be a string, not {type(text).__name__}")
     algorithm, sep, hex_ = text.partition(":")
     if not sep:
-        raise InvalidDigest(f"digest {text[:80]!r} has no algorithm prefix")
+        raise DigestInvalid("invalid digest: no algorithm prefix", {"digest": text[:200]})
     return Digest(algorithm, hex_)
 
 
@@ -61,7 +67,7 @@ def is_digest(text: str) -> bool:
     """Whether ``text`` is a digest this cache accepts (e.g. to tell a tag from a digest)."""
     try:
         parse_digest(text)
-    except InvalidDigest:
+    except DigestInvalid:
         return False
     return True
 
@@ -86,6 +92,6 @@ def digest_from_relpath(parts: tuple[str, ...]) -> Digest | None:
     algorithm, prefix, hex_ = parts
     try:
         digest = Digest(algorithm, hex_)
-    except InvalidDigest:
+    except DigestInvalid:
         return None
     return digest if prefix == hex_[:2] else None

@@ -1,7 +1,6 @@
 """Exceptions raised by the cache.
 
     CacheError
-    ├── InvalidDigest (a ValueError)  not ``sha256:<64 hex>`` / ``sha512:<128 hex>``
     ├── VerifyError                   a fill's bytes do not match what was promised
     │   ├── SizeMismatch
     │   └── DigestMismatch
@@ -10,16 +9,12 @@
     └── BlobInUse                     remove() of a blob that is being read
 
 The routes translate these at the boundary: ``FillAborted`` and ``VerifyError`` mean the client's
-stream must be cut (never a short 200); ``InvalidDigest`` is a 400 ``DIGEST_INVALID``.
+stream must be cut (never a short 200). A malformed digest is ``docxy.errors.DigestInvalid``.
 """
 
 
 class CacheError(Exception):
     """Base class of every cache error."""
-
-
-class InvalidDigest(CacheError, ValueError):
-    """The text is not a digest this cache accepts."""
 
 
 class VerifyError(CacheError):

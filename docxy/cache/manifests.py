@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from docxy.cache.digests import Digest, digest_of, parse_digest
-from docxy.cache.errors import CacheError, DigestMismatch, InvalidDigest
+from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
+from docxy.errors import DigestInvalid
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def referenced_digests(content: bytes) -> list[Digest]:
         if isinstance(descriptor, dict):
             try:
                 digest = parse_digest(descriptor.get("digest"))  # type: ignore[arg-type]
-            except InvalidDigest:
+            except DigestInvalid:
                 continue
             if digest not in found:
                 found.append(digest)
