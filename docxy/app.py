@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -12,27 +11,17 @@ from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from docxy import acme, health, registry, token
-from docxy.blobcache import BlobFiller
 from docxy.cache import Cache, open_cache
 from docxy.config import Config
 from docxy.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
-from docxy.manifestcache import ManifestCache
+from docxy.proxy import error_response
 from docxy.state import MirrorState
 from docxy.tasks import spawn
 from docxy.upstream import Upstream, UpstreamClient, make_http_client
-from docxy.upstream_auth import MirrorTokens
 
 log = logging.getLogger(__name__)
 
 ASGIHandler = Callable[[Any, Any, Any], Awaitable[None]]
-
-
-def error_response(error: RegistryError) -> Response:
-    response = Response(
-        json.dumps(error.body()), status=error.status, content_type="application/json"
-    )
-    response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
-    return response
 
 
 class CutStreams:
@@ -87,11 +76,7 @@ def create_app(
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
         http = make_http_client(config.upstream, transport)
-        state.client = UpstreamClient(http)
-        state.tokens = MirrorTokens(state.client)
-        if state.cache is not None:
-            state.filler = BlobFiller(state.cache.blobs, state.client, state.tokens)
-            state.manifests = ManifestCache(state.cache.manifests, state.client, state.tokens)
+        state.open(UpstreamClient(http))
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield

@@ -20,7 +20,7 @@ PROBE_INTERVAL = 60.0
 
 def health_report(state: MirrorState) -> dict[str, object]:
     upstream = state.upstream
-    seen = state.http.health_of(upstream) if state.client is not None else None
+    seen = state.client.health_of(upstream) if state.services is not None else None
     healthy = seen is None or seen.healthy is not False
     report: dict[str, object] = {
         "status": "ok" if healthy else "degraded",
@@ -51,7 +51,7 @@ async def probe_upstream(state: MirrorState, interval: float = PROBE_INTERVAL) -
     """Ask the upstream's ``/v2/`` now and then (free against pull limits) so health is fresh."""
     while True:
         try:
-            await state.http.challenge(state.upstream, refresh=True)
+            await state.client.challenge(state.upstream, refresh=True)
         except UpstreamError as exc:
             log.warning("upstream %s in trouble: %s", state.upstream.host, exc.message)
         await asyncio.sleep(interval)

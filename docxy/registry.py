@@ -1,29 +1,32 @@
-"""The Registry HTTP API v2 routes: the ``/v2/`` challenge, manifests and blobs (read-only)."""
+"""The Registry HTTP API v2 routes: the ``/v2/`` challenge, manifests and blobs (read-only).
+
+A content request is parsed into a :class:`~docxy.outcome.Pull`, handed to the blob or manifest
+service, and its outcome rendered by ``docxy.proxy``; a pass-through goes upstream with the
+client's own credentials. :func:`_record` is the one place that writes what happened into the
+access log's facts and the upstream's health.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from quart import Blueprint, Response, request
-from werkzeug.datastructures import Headers
 
-from docxy.blobcache import serve_from_disk
-from docxy.cache.digests import Digest
 from docxy.challenge import Challenge, rewrite_challenge
 from docxy.errors import Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.headers import request_headers
-from docxy.names import Kind, parse_v2_path, upstream_name
-from docxy.proxy import API_VERSION_HEADER, read_small, relay
+from docxy.names import Kind, Reference, parse_v2_path, upstream_name
+from docxy.outcome import Outcome, PassThrough, Pull, Reason, Source
+from docxy.proxy import registry_response, relay, served_response, unauthorized
 from docxy.state import MirrorState, mirror_state
-from docxy.upstream import SERVER_TROUBLE, Upstream
+from docxy.upstream import SERVER_TROUBLE, Upstream, read_small
 
 blueprint = Blueprint("registry", __name__)
 
 READ_METHODS = ("GET", "HEAD")
-UNAUTHORIZED = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+JSON = [("Content-Type", "application/json")]
 
 
 def request_facts() -> dict[str, Any]:
@@ -39,6 +42,11 @@ def _raw_path() -> str:
     return request.path
 
 
+def _upstream(state: MirrorState) -> Upstream:
+    """The upstream this request is for: the one place that chooses it."""
+    return state.upstream_for(request.args.get("ns"))
+
+
 @blueprint.route("/v2", methods=ALL_METHODS)
 @blueprint.route("/v2/", methods=ALL_METHODS)
 async def ping() -> Response:
@@ -46,10 +54,9 @@ async def ping() -> Response:
     if request.method not in READ_METHODS:
         raise Unsupported("this mirror is read-only", {"method": request.method})
     state = mirror_state()
-    upstream = state.upstream_for(request.args.get("ns"))
-    headers = [API_VERSION_HEADER, ("Content-Type", "application/json")]
+    upstream = _upstream(state)
     try:
-        answer = await state.http.send(
+        answer = await state.client.send(
             upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
         )
         body = await read_small(answer)
@@ -59,27 +66,21 @@ async def ping() -> Response:
         if state.cache is None:
             raise
         # Stale-if-error: keep clients pulling what the cache holds. Tokens come from the
-        # mirror's own endpoint, which answers offline too.
-        # The upstream's service name only if it was ever seen: never a guess (a token for
-        # the wrong service fails once the upstream is back); /auth/token fills it in.
-        known = state.http.known_challenge(upstream)
+        # mirror's own endpoint, which answers offline too. The upstream's service name only
+        # if it was ever seen: never a guess (/auth/token fills it in).
+        known = state.client.known_challenge(upstream)
         params = {"realm": state.token_realm}
         if known is not None and known.service:
             params["service"] = known.service
-        challenge = Challenge("Bearer", params)
-        headers.append(("WWW-Authenticate", challenge.render()))
-        return Response(json.dumps(UNAUTHORIZED), status=401, headers=Headers(headers))
+        return unauthorized(Challenge("Bearer", params).render())
     if answer.status_code == 401:
         challenge = answer.headers.get("www-authenticate")
         if challenge is not None:
-            realm = state.token_realm
-            headers.append(
-                ("WWW-Authenticate", rewrite_challenge(challenge, realm, upstream.library_prefix))
-            )
-        return Response(json.dumps(UNAUTHORIZED), status=401, headers=Headers(headers))
+            challenge = rewrite_challenge(challenge, state.token_realm, upstream.library_prefix)
+        return unauthorized(challenge)
     if answer.status_code >= 400:
-        return Response(body or b"{}", status=answer.status_code, headers=Headers(headers))
-    return Response(b"{}", status=200, headers=Headers(headers))
+        return registry_response(body or b"{}", answer.status_code, JSON)
+    return registry_response(b"{}", 200, JSON)
 
 
 @blueprint.route("/v2/<path:rest>", methods=ALL_METHODS)
@@ -92,58 +93,59 @@ async def content(rest: str) -> Response:
     if reference is None:
         return await ping()
     state = mirror_state()
-    upstream = state.upstream_for(request.args.get("ns"))
-    name = upstream_name(reference.name, upstream.library_prefix)
-    facts = request_facts()
-    if reference.kind is Kind.BLOB and reference.digest is not None:
-        cached = await _blob_from_cache(state, upstream, name, reference.digest)
-        if cached is not None:
-            return cached
-    elif state.manifests is not None:
-        started = time.monotonic()
-        accept = request.headers.getlist("Accept")
-        served = await state.manifests.serve(upstream, name, reference, request.method, accept)
-        if served is not None:
-            facts["cache"] = served[1]
-            if served[1] == "stale":
-                state.http.health_of(upstream).served_stale()
-            if served[1] != "hit":
-                facts["upstream_ms"] = (time.monotonic() - started) * 1000
-            return served[0]
-    path = f"/v2/{name}/{reference.kind.value}/{reference.ref}"
+    pull = _pull(state, reference)
+    services = state.running
     started = time.monotonic()
-    answer = await state.http.send(
-        upstream, request.method, upstream.url(path), request_headers(request.headers.items())
+    outcome: Outcome | None = None
+    try:
+        if reference.kind is Kind.BLOB:
+            outcome = await services.blobs.get(pull)
+        else:
+            outcome = await services.manifests.get(pull)
+        if isinstance(outcome, PassThrough):
+            return await _pass_through(state, pull)
+        return served_response(outcome)
+    finally:
+        _record(state, pull, outcome, started)
+
+
+def _pull(state: MirrorState, reference: Reference) -> Pull:
+    upstream = _upstream(state)
+    return Pull(
+        upstream,
+        upstream_name(reference.name, upstream.library_prefix),
+        reference,
+        request.method,
+        tuple(request.headers.getlist("Accept")),
+        request.headers.get("Range"),
     )
-    facts["upstream_ms"] = (time.monotonic() - started) * 1000
-    facts.setdefault("cache", "bypass")
+
+
+async def _pass_through(state: MirrorState, pull: Pull) -> Response:
+    """Send the request upstream with the client's own headers; relay the answer."""
+    headers = request_headers(request.headers.items())
+    url = pull.upstream.url(pull.path)
+    answer = await state.client.send(pull.upstream, pull.method, url, headers)
     return relay(
         answer,
-        method=request.method,
+        method=pull.method,
         realm=state.token_realm,
-        library_prefix=upstream.library_prefix,
+        library_prefix=pull.upstream.library_prefix,
     )
 
 
-async def _blob_from_cache(
-    state: MirrorState, upstream: Upstream, name: str, digest: Digest
-) -> Response | None:
-    """A hit from disk, or a miss streamed through one shared fill; ``None``: pass through."""
-    if state.cache is None or state.filler is None:
-        return None
+def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: float) -> None:
+    """What happened, for the access log (``cache=``, upstream time) and for health."""
     facts = request_facts()
-    range_header = request.headers.get("Range")
-    hit = serve_from_disk(state.cache.blobs, digest, request.method, range_header)
-    if hit is not None:
-        facts["cache"] = "hit"
-        return hit
-    if request.method != "GET" or range_header:
-        return None
-    started = time.monotonic()
-    followed = await state.filler.follow(upstream, name, digest)
-    if followed is None:
-        facts["cache"] = "uncached"  # private to the mirror's token, or the disk is failing
-        return None
-    facts["cache"] = "miss"
+    if outcome is None:  # an error before any outcome: the error response says it all
+        return
+    if isinstance(outcome, PassThrough):
+        facts["cache"] = "bypass" if outcome.reason is Reason.NO_CACHE else "uncached"
+        facts["reason"] = outcome.reason.value
+    else:
+        facts["cache"] = outcome.source.value
+        if outcome.source is Source.STALE:
+            state.client.health_of(pull.upstream).served_stale()
+        if outcome.source is Source.HIT:
+            return
     facts["upstream_ms"] = (time.monotonic() - started) * 1000
-    return followed

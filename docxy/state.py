@@ -1,4 +1,8 @@
-"""What a running mirror holds: its config, its upstreams and the shared upstream client."""
+"""What a running mirror holds: its config, its upstreams, and the services of the pull path.
+
+The services need the shared upstream client, which exists only while the app is serving:
+:meth:`MirrorState.open` builds them once it does, and reading them earlier is an error.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,30 @@ from typing import Any
 
 from quart import Quart, current_app
 
-from docxy.blobcache import BlobFiller
+from docxy.blobcache import BlobService
 from docxy.cache import Cache
 from docxy.config import Config
-from docxy.manifestcache import ManifestCache
+from docxy.manifestcache import ManifestService
 from docxy.upstream import Upstream, UpstreamClient
 from docxy.upstream_auth import MirrorTokens
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The pull path, built around one upstream client."""
+
+    client: UpstreamClient
+    tokens: MirrorTokens
+    blobs: BlobService
+    manifests: ManifestService
 
 
 @dataclass
 class MirrorState:
     config: Config
     upstream: Upstream
-    client: UpstreamClient | None = None
     cache: Cache | None = None
-    tokens: MirrorTokens | None = None
-    filler: BlobFiller | None = None
-    manifests: ManifestCache | None = None
+    services: Services | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -36,11 +47,27 @@ class MirrorState:
         del namespace
         return self.upstream
 
+    def open(self, client: UpstreamClient) -> Services:
+        """Build the pull path around ``client`` (when the app starts serving)."""
+        tokens = MirrorTokens(client)
+        cache = self.cache
+        self.services = Services(
+            client,
+            tokens,
+            BlobService(cache.blobs if cache is not None else None, tokens),
+            ManifestService(cache.manifests if cache is not None else None, tokens),
+        )
+        return self.services
+
     @property
-    def http(self) -> UpstreamClient:
-        if self.client is None:
-            raise RuntimeError("the upstream client is opened when the app starts serving")
-        return self.client
+    def running(self) -> Services:
+        if self.services is None:
+            raise RuntimeError("the pull path is built when the app starts serving")
+        return self.services
+
+    @property
+    def client(self) -> UpstreamClient:
+        return self.running.client
 
 
 def mirror_state(app: Quart | None = None) -> MirrorState:

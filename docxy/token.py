@@ -18,8 +18,8 @@ from quart import Blueprint, Response, request
 
 from docxy.challenge import rewrite_scope
 from docxy.errors import NotFound, UpstreamError
-from docxy.proxy import read_small
 from docxy.state import mirror_state
+from docxy.upstream import read_small
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ async def token() -> Response:
     state = mirror_state()
     upstream = state.upstream_for(request.args.get("ns"))
     try:
-        realm = await state.http.auth_realm(upstream)
+        realm = await state.client.auth_realm(upstream)
     except UpstreamError as exc:
         if state.cache is None:
             raise
@@ -86,14 +86,14 @@ async def token() -> Response:
     authorization = request.headers.get("Authorization")
     if authorization is not None:
         headers.append(("Authorization", authorization))
-    known = state.http.known_challenge(upstream)
+    known = state.client.known_challenge(upstream)
     params = token_params(
         list(request.args.items(multi=True)),
         upstream.library_prefix,
         known.service if known is not None else None,
     )
     try:
-        answer = await state.http.send(upstream, "GET", realm, headers, params=params)
+        answer = await state.client.send(upstream, "GET", realm, headers, params=params)
         body = await read_small(answer)
     except UpstreamError as exc:
         if state.cache is None:

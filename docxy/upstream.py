@@ -28,6 +28,7 @@ USER_AGENT = f"docxy/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 REALM_TTL = 600.0
+MAX_SMALL_BODY = 4 * 1024 * 1024
 #: Answers that mean "the upstream is in trouble, try later" (the routes serve stale on them).
 SERVER_TROUBLE = frozenset({429, 500, 502, 503, 504})
 
@@ -237,3 +238,18 @@ class UpstreamClient:
             return upstream.auth_realm
         found = await self.challenge(upstream)
         return found.realm if found is not None else None
+
+
+async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> bytes:
+    """Read a small body (token, manifest, ``/v2/`` answer) with a bound; always closes it."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in upstream.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamUnavailable(f"the upstream's answer exceeded {limit} bytes")
+            chunks.append(chunk)
+    finally:
+        await upstream.aclose()
+    return b"".join(chunks)

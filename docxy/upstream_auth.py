@@ -17,8 +17,7 @@ import httpx
 
 from docxy.bounded import MAX_REPOSITORIES, LruDict
 from docxy.errors import UpstreamUnavailable
-from docxy.proxy import read_small
-from docxy.upstream import Upstream, UpstreamClient
+from docxy.upstream import Upstream, UpstreamClient, read_small
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,15 @@ from docxy.cache.digests import Digest, blob_relpath, digest_of, is_digest, pars
 from docxy.cache.errors import (
     BlobInUse,
     CacheError,
+    CacheUnwritable,
     DigestMismatch,
+    FetchFailed,
     FillAborted,
     FillClosed,
     SizeMismatch,
     VerifyError,
 )
-from docxy.cache.fill import BlobFollower, BlobWriter
+from docxy.cache.fill import BlobFollower, BlobWriter, Download, Fetch
 from docxy.cache.manifests import (
     CachedManifest,
     ManifestStore,
@@ -47,10 +49,14 @@ __all__ = [
     "BlobWriter",
     "Cache",
     "CacheError",
+    "CacheUnwritable",
     "CachedManifest",
     "Digest",
     "DigestMismatch",
     "DiskBlobStore",
+    "Download",
+    "Fetch",
+    "FetchFailed",
     "Fill",
     "FillAborted",
     "FillClosed",

@@ -5,6 +5,8 @@
     │   ├── SizeMismatch
     │   └── DigestMismatch
     ├── FillAborted                   a follower's writer gave up (cut upstream, bad bytes, disk)
+    ├── FetchFailed                   the upstream half of a fill could not start a download
+    ├── CacheUnwritable               no temp file can be made (disk full...): pass through
     ├── FillClosed                    a writer was used after commit/abort
     └── BlobInUse                     remove() of a blob that is being read
 
@@ -31,6 +33,14 @@ class DigestMismatch(VerifyError):
 
 class FillAborted(CacheError):
     """The writer of a blob a follower was streaming aborted; the follower's client must be cut."""
+
+
+class FetchFailed(CacheError):
+    """The fetch a fill was given could not start (refused, not found, unreachable)."""
+
+
+class CacheUnwritable(CacheError):
+    """The cache cannot take a new blob now; the caller serves it uncached, fetching nothing."""
 
 
 class FillClosed(CacheError):
