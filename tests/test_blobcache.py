@@ -17,6 +17,7 @@ from quart import Quart
 from docxy.app import create_app
 from docxy.cache import fill
 from docxy.config import load_config
+from tests import fakes
 from tests.asgi import call_asgi
 
 REGISTRY = "https://registry.test"
@@ -25,20 +26,8 @@ BLOB = bytes(range(256)) * 4096  # 1 MiB: past the writer's flush size
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 
 
-class Stream(httpx.AsyncByteStream):
-    """A body as the network delivers it: not read yet (``content=`` would be pre-read)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for start in range(0, len(self.data), 65536):
-            yield self.data[start : start + 65536]
-
-
 def reply(status: int, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-    headers = {"Content-Length": str(len(data)), **(headers or {})}
-    return httpx.Response(status, headers=headers, stream=Stream(data))
+    return fakes.reply(status, data, headers or {}, length=True)
 
 
 class Upstream:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from docxy.app import create_app
 from docxy.config import load_config
 from docxy.upstream import MAX_REDIRECTS
 from tests.asgi import AsgiAnswer, call_asgi
+from tests.fakes import Body, FakeUpstream, Handler, reply
 
 PUBLIC = "https://mirror.example.com"
 MIRROR_REALM = f"{PUBLIC}/auth/token"
@@ -40,39 +41,6 @@ MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST = b'{"schemaVersion": 2, "mediaType": "' + MANIFEST_TYPE.encode() + b'"}'
 BASIC = "Basic " + base64.b64encode(b"bob:hunter2").decode()
 HUB_CHALLENGE = f'Bearer realm="{AUTH}",service="{SERVICE}"'
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class Body(httpx.AsyncByteStream):
-    """An upstream body in chunks that remembers how much the mirror read and if it closed it."""
-
-    def __init__(self, *chunks: bytes) -> None:
-        self.chunks = chunks
-        self.read = 0
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            self.read += 1
-            yield chunk
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-def reply(
-    status: int = 200,
-    body: bytes | Body = b"",
-    headers: Iterable[tuple[str, str]] | dict[str, str] = (),
-) -> httpx.Response:
-    """A response as the network would deliver it: a stream not yet read."""
-    stream = body if isinstance(body, Body) else Body(body) if body else Body()
-    return httpx.Response(
-        status,
-        headers=list(dict(headers).items()) if isinstance(headers, dict) else list(headers),
-        stream=stream,
-    )
 
 
 def registry_error(status: int, code: str) -> httpx.Response:
@@ -100,20 +68,6 @@ def hub(request: httpx.Request) -> httpx.Response:
     if "/blobs/" in url.path:
         return reply(307, headers={"Location": f"{CDN}/blobs/{BLOB}?sig=abc"})
     return registry_error(404, "NOT_FOUND")
-
-
-@dataclass
-class FakeUpstream:
-    handler: Handler
-    requests: list[httpx.Request] = field(default_factory=list)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.handler(request)
-
-    @property
-    def urls(self) -> list[str]:
-        return [str(request.url) for request in self.requests]
 
 
 RawResponse = AsgiAnswer

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-
 import httpx
 import pytest
 
@@ -20,38 +17,10 @@ from docxy.upstream import (
     make_http_client,
     same_origin,
 )
+from tests.fakes import FakeUpstream, Handler
 
 REGISTRY = "https://registry.example"
 HUB = Upstream(REGISTRY)
-
-Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class Body(httpx.AsyncByteStream):
-    def __init__(self, data: bytes = b"") -> None:
-        self.data = data
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self.data:
-            yield self.data
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-@dataclass
-class FakeUpstream:
-    handler: Handler
-    requests: list[httpx.Request] = field(default_factory=list)
-    bodies: list[Body] = field(default_factory=list)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        response = self.handler(request)
-        body = Body(response.content)
-        self.bodies.append(body)
-        return httpx.Response(response.status_code, headers=response.headers, stream=body)
 
 
 def upstream_config(**settings: object) -> UpstreamConfig:
