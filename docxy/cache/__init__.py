@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docxy.cache.blobs import BlobEntry, BlobStore, DiskBlobStore, Fill, GcReport, Usage
-from docxy.cache.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
 from docxy.cache.errors import (
     BlobInUse,
     CacheError,
@@ -37,6 +36,7 @@ from docxy.cache.manifests import (
 from docxy.cache.reader import BlobReader
 from docxy.cache.stream import tee
 from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
+from docxy.core.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
 
 __all__ = [
     "ANONYMOUS",

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from docxy.cache.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.cache.errors import BlobInUse, CacheUnwritable
 from docxy.cache.fill import (
     WRITE_BUFFER,
@@ -30,6 +29,7 @@ from docxy.cache.fill import (
     run_fill,
 )
 from docxy.cache.reader import READ_CHUNK, BlobReader
+from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
 
 log = logging.getLogger(__name__)

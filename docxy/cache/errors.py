@@ -11,7 +11,7 @@
     └── BlobInUse                     remove() of a blob that is being read
 
 The routes translate these at the boundary: ``FillAborted`` and ``VerifyError`` mean the client's
-stream must be cut (never a short 200). A malformed digest is ``docxy.errors.DigestInvalid``.
+stream must be cut (never a short 200). A malformed digest is ``docxy.core.errors.DigestInvalid``.
 """
 
 

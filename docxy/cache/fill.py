@@ -20,9 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
-from docxy.cache.digests import Digest
 from docxy.cache.errors import DigestMismatch, FetchFailed, FillAborted, FillClosed, SizeMismatch
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
+from docxy.core.digests import Digest
 
 if TYPE_CHECKING:
     from docxy.cache.blobs import BlobEntry

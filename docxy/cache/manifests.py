@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docxy.cache.digests import Digest, digest_of, parse_digest
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
-from docxy.errors import DigestInvalid
+from docxy.core.digests import Digest, digest_of, parse_digest
+from docxy.core.errors import DigestInvalid
 
 log = logging.getLogger(__name__)
 
