@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from docxy.errors import ConfigError
+from docxy.core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

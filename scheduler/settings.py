@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from docxy.certs import STATUS_FILE
 from docxy.config import HostPort, load_config
-from docxy.errors import ConfigError
+from docxy.core.errors import ConfigError
+from docxy.tls.certs import STATUS_FILE
 
 
 @dataclass(frozen=True)

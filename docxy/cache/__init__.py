@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docxy.cache.blobs import BlobEntry, BlobStore, DiskBlobStore, Fill, GcReport, Usage
-from docxy.cache.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
 from docxy.cache.errors import (
     BlobInUse,
     CacheError,
+    CacheUnwritable,
     DigestMismatch,
+    FetchFailed,
     FillAborted,
     FillClosed,
-    InvalidDigest,
     SizeMismatch,
     VerifyError,
 )
-from docxy.cache.fill import BlobFollower, BlobWriter
+from docxy.cache.fill import BlobFollower, BlobWriter, Download, Fetch
 from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
 from docxy.cache.manifests import (
     CachedManifest,
@@ -37,6 +37,7 @@ from docxy.cache.manifests import (
 from docxy.cache.reader import BlobReader
 from docxy.cache.stream import tee
 from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
+from docxy.core.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
 
 __all__ = [
     "ANONYMOUS",
@@ -49,11 +50,15 @@ __all__ = [
     "BlobWriter",
     "Cache",
     "CacheError",
+    "CacheUnwritable",
     "CachedManifest",
     "Digest",
     "DigestMismatch",
     "DiskBlobStore",
+    "Download",
     "EvictionPlan",
+    "Fetch",
+    "FetchFailed",
     "Fill",
     "FillAborted",
     "FillClosed",
@@ -62,7 +67,6 @@ __all__ = [
     "Image",
     "ImageCatalog",
     "ImageKey",
-    "InvalidDigest",
     "ManifestStore",
     "RepoKey",
     "SizeMismatch",

@@ -22,17 +22,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from docxy.cache.digests import Digest, blob_relpath, digest_from_relpath
-from docxy.cache.errors import BlobInUse
-from docxy.cache.fill import WRITE_BUFFER, BlobFollower, BlobWriter, FillState, InFlight
+from docxy.cache.errors import BlobInUse, CacheUnwritable
+from docxy.cache.fill import (
+    WRITE_BUFFER,
+    BlobFollower,
+    BlobWriter,
+    Fetch,
+    FillState,
+    InFlight,
+    run_fill,
+)
 from docxy.cache.images import ImageCatalog, plan_eviction
 from docxy.cache.reader import READ_CHUNK, BlobReader
+from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
+from docxy.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 #: Read sizes shrink to keep the total of in-flight reads near this budget (see RSS benchmark).
 READ_BUDGET = 16 * 1024 * 1024
 MIN_READ_CHUNK = 256 * 1024
+#: Seconds misses go uncached after the cache failed to write (disk full...).
+WRITE_FAILURE_BACKOFF = 60.0
 
 #: What :meth:`BlobStore.fetch_or_join` hands out: a cache hit, the one writer, or a follower.
 Fill = BlobReader | BlobWriter | BlobFollower
@@ -74,6 +85,7 @@ class BlobStore(Protocol):
         self, digest: Digest, start: int = 0, stop: int | None = None
     ) -> BlobReader | None: ...
     async def fetch_or_join(self, digest: Digest) -> Fill: ...
+    async def fill(self, digest: Digest, fetch: Fetch) -> BlobReader | BlobFollower: ...
     def list_entries(self) -> list[BlobEntry]: ...
     def usage(self) -> Usage: ...
     def remove(self, digest: Digest) -> bool: ...
@@ -226,19 +238,52 @@ class DiskBlobStore:
 
     # --- fills ------------------------------------------------------------------------------
 
-    async def fetch_or_join(self, digest: Digest) -> Fill:
-        """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower."""
+    async def fill(self, digest: Digest, fetch: Fetch) -> BlobReader | BlobFollower:
+        """Serve ``digest`` through the cache, fetching it upstream at most once.
+
+        A hit gives a reader; a fill in flight gives a follower; otherwise the temp file is
+        made first, then a named task runs ``fetch`` and tees it into the cache (see
+        :func:`run_fill`), and the caller follows that fill. Raises :class:`CacheUnwritable`
+        when no temp file can be made, or writing failed lately: nothing is fetched then.
+        """
         fill = self._fills.get(digest)
         if fill is not None and fill.state is FillState.WRITING:
-            fd = os.open(fill.tmp_path, os.O_RDONLY)
-            if self._pins[digest]:  # another client is streaming this fill already
-                self.followers_joined += 1
-            self._pins[digest] += 1
-            return BlobFollower(fill, fd, lambda: self._unpin(digest), self._chunk_for_readers)
+            return self._follow(fill)
+        reader = self.open_read(digest)
+        if reader is not None:
+            return reader
+        failed = self.write_failed_at
+        if failed is not None and time.monotonic() - failed < WRITE_FAILURE_BACKOFF:
+            raise CacheUnwritable("the cache failed to write lately")
+        writer = self._start_fill(digest)
+        if not writer.caching:
+            reason = writer.fill.reason
+            writer.abort(reason)
+            raise CacheUnwritable(reason)
+        follower = self._follow(writer.fill)  # joined before the fetch starts: no race
+        spawn(f"fill {digest}", run_fill(writer, fetch))
+        return follower
+
+    async def fetch_or_join(self, digest: Digest) -> Fill:
+        """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower.
+
+        The building block of :meth:`fill`, for callers that feed the writer themselves.
+        """
+        fill = self._fills.get(digest)
+        if fill is not None and fill.state is FillState.WRITING:
+            return self._follow(fill)
         reader = self.open_read(digest)
         if reader is not None:
             return reader
         return self._start_fill(digest)
+
+    def _follow(self, fill: InFlight) -> BlobFollower:
+        fd = os.open(fill.tmp_path, os.O_RDONLY)
+        if self._pins[fill.digest]:  # another client is streaming this fill already
+            self.followers_joined += 1
+        self._pins[fill.digest] += 1
+        release = self._unpin
+        return BlobFollower(fill, fd, lambda: release(fill.digest), self._chunk_for_readers)
 
     def _start_fill(self, digest: Digest) -> BlobWriter:
         name = f"{digest.algorithm}-{digest.hex}.{secrets.token_hex(6)}"

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from docxy.cache.digests import Digest, parse_digest
-from docxy.cache.errors import InvalidDigest
+from docxy.core.digests import Digest, parse_digest
+from docxy.core.errors import DigestInvalid
 
 if TYPE_CHECKING:
     from docxy.cache.blobs import BlobEntry
@@ -79,7 +79,7 @@ def _digests(items: Any) -> frozenset[Digest]:
         if isinstance(item, dict) and isinstance(item.get("digest"), str):
             try:
                 found.add(parse_digest(item["digest"]))
-            except InvalidDigest:
+            except DigestInvalid:
                 continue
     return frozenset(found)
 

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docxy.cache.digests import Digest, digest_of, parse_digest
-from docxy.cache.errors import CacheError, DigestMismatch, InvalidDigest
+from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, dependents, needs
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
+from docxy.core.digests import Digest, digest_of, parse_digest
+from docxy.core.errors import DigestInvalid
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class ManifestStore:
                 key = ImageKey(upstream_key, Digest(algorithm, hex_))
                 content = path.read_bytes()
                 mtime = path.stat().st_mtime
-            except (CacheError, OSError):
+            except (DigestInvalid, OSError):
                 continue  # the .json beside it, or a file that went away
             blobs, children = needs(content)
             images[key] = Image(key, mtime, blobs, children)
@@ -362,7 +363,7 @@ def referenced_digests(content: bytes) -> list[Digest]:
         if isinstance(descriptor, dict):
             try:
                 digest = parse_digest(descriptor.get("digest"))  # type: ignore[arg-type]
-            except InvalidDigest:
+            except DigestInvalid:
                 continue
             if digest not in found:
                 found.append(digest)
