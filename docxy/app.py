@@ -10,7 +10,7 @@ import httpx
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
-from docxy import acme, health, registry, token
+from docxy import acme, health, registry, setup_script, token
 from docxy.blobcache import BlobFiller
 from docxy.cache import Cache, open_cache
 from docxy.config import Config
@@ -60,7 +60,13 @@ def create_app(
     if config.cache.enabled:
         state.cache = open_store(config)
     app.extensions["docxy"] = state
-    for blueprint in (registry.blueprint, token.blueprint, health.blueprint, acme.blueprint):
+    for blueprint in (
+        registry.blueprint,
+        token.blueprint,
+        health.blueprint,
+        acme.blueprint,
+        setup_script.blueprint,
+    ):
         app.register_blueprint(blueprint)
 
     @app.while_serving
