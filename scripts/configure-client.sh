@@ -200,7 +200,11 @@ def same(a, b):
 
 mode = sys.argv[1]
 if mode == "mirrors":
-    for url in json.loads(sys.argv[2]) or []:
+    try:
+        mirrors = json.loads(sys.argv[2]) or []
+    except ValueError:
+        sys.exit(1)  # not an answer from a daemon
+    for url in mirrors if isinstance(mirrors, list) else []:
         print(url)
     sys.exit(0)
 path = sys.argv[2]

@@ -44,6 +44,9 @@ with open(os.path.join(here, ".rules", name + ".json")) as handle:
 line = " ".join(argv)
 for rule in rules:
     if re.search(rule["pattern"], line):
+        if rule["effect"]:
+            effect_env = {{**os.environ, "STANDINS": here}}
+            subprocess.run(["bash", "-c", rule["effect"]], check=True, env=effect_env)
         if rule["passthrough"]:
             os.execv(rule["passthrough"], [rule["passthrough"], *argv])
         sys.stdout.write(rule["stdout"])
@@ -62,6 +65,7 @@ class Rule:
     rc: int = 0
     stderr: str = ""
     passthrough: str = ""  # exec this real program with the same argv instead
+    effect: str = ""  # a bash command run first ($STANDINS is the stand-ins' directory)
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,15 @@ class ScriptBox:
                 (self.tools / name).symlink_to(found)
         (self.tools / "python3").symlink_to(sys.executable)
 
-    def stand_in(self, name: str, *rules: Rule) -> None:
-        """Put a recording stand-in for ``name`` first on PATH (exit 0 unless a rule matches)."""
+    def stand_in(self, name: str, *rules: Rule, present: bool = True) -> None:
+        """Put a recording stand-in for ``name`` first on PATH (exit 0 unless a rule matches).
+
+        With ``present=False`` it is kept aside as ``bin/.later/NAME``: a rule's ``effect`` can
+        install it (``cp $STANDINS/.later/docker $STANDINS/``), as apt-get would.
+        """
         (self.bin / ".rules" / f"{name}.json").write_text(json.dumps([asdict(r) for r in rules]))
-        program = self.bin / name
+        (self.bin / ".later").mkdir(exist_ok=True)
+        program = self.bin / name if present else self.bin / ".later" / name
         program.write_text(STAND_IN.format(python=sys.executable))
         program.chmod(0o755)
 
@@ -106,7 +115,7 @@ class ScriptBox:
 
     def run(
         self,
-        script: str,
+        script: str | Path,
         *args: str,
         env: Mapping[str, str] | None = None,
         stdin: str = "",
@@ -120,7 +129,9 @@ class ScriptBox:
             **(env or {}),
         }
         return subprocess.run(
-            [str(self.tools / "bash"), str(SCRIPTS / script), *args],
+            [str(self.tools / "bash"), str(SCRIPTS / script), *args]
+            if script
+            else [str(self.tools / "bash"), "-s", "--", *args],
             env=environ,
             input=stdin,
             capture_output=True,
