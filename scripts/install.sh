@@ -292,6 +292,8 @@ discover() {
   say "$distinct"
 }
 
+words() { printf '%s' "$*"; }
+
 contains() {
   local needle="$1" item
   shift
@@ -343,13 +345,16 @@ check_dns() {
   for ip in "${records_aaaa[@]}"; do
     contains "$ip" "${ours6[@]}" || problem="$DOMAIN has an AAAA record ($ip) that is not this host"
   done
+  local records ours
+  records="$(words "${records_a[@]}" "${records_aaaa[@]}")"
+  ours="$(words "${ours4[@]}" "${ours6[@]}")"
   if [[ -n "$problem" ]]; then
     say "DNS ($resolver):"
-    say "  $DOMAIN resolves to:       ${records_a[*]:-} ${records_aaaa[*]:-}"
-    say "  this host's public address: ${ours4[*]:-} ${ours6[*]:-}"
+    say "  $DOMAIN resolves to:       ${records:-nothing}"
+    say "  this host's public address: $ours"
     dns_problem "$problem"
   else
-    say "DNS: $DOMAIN -> ${records_a[*]:-} ${records_aaaa[*]:-}, this host ($resolver)"
+    say "DNS: $DOMAIN -> $records, this host ($resolver)"
   fi
 }
 
@@ -491,6 +496,13 @@ settle_dir() {
   ENV_FILE="$DIR/.env"
 }
 
+# dir_is_empty DIR: fails closed (an error listing DIR counts as "not empty").
+dir_is_empty() {
+  local entries
+  entries="$(find "$1" -mindepth 1 -maxdepth 1 -print -quit)" || return 1
+  [[ -z "$entries" ]]
+}
+
 get_project() {
   if [[ "$DIR" == "$CLONE" ]]; then
     say "  using the clone at $DIR"
@@ -516,6 +528,9 @@ get_project() {
   [[ -f "$scratch/tree/compose.yaml" ]] || die "$SOURCE_URL holds no compose.yaml"
   mkdir -p -- "$(dirname -- "$DIR")"
   if [[ -e "$DIR" ]]; then
+    # Only an earlier copy of the project is replaced, never some other directory.
+    [[ -f "$DIR/compose.yaml" ]] || dir_is_empty "$DIR" ||
+      die "$DIR exists and is not a Docxy project: pick another --dir"
     [[ -f "$DIR/.env" ]] && cp -p -- "$DIR/.env" "$scratch/tree/.env"
     rm -rf -- "$DIR"
   fi
@@ -686,7 +701,7 @@ uninstall() {
     volume_exists "${PROJECT}_certs" && act docker volume rm "${PROJECT}_certs"
     docker image inspect docxy:local >/dev/null 2>&1 && act docker image rm docxy:local
     [[ -e "$ENV_FILE" ]] && act rm -f "$ENV_FILE"
-    if [[ "$DIR" != "$CLONE" && -d "$DIR" ]]; then act rm -rf "$DIR"; fi
+    if [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]]; then act rm -rf "$DIR"; fi
   elif volume_exists "${PROJECT}_certs"; then
     say "  kept the certificate volume ${PROJECT}_certs (Let's Encrypt limits re-issuance);"
     say "  --uninstall --purge removes it, with .env and the image"

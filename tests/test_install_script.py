@@ -355,9 +355,11 @@ def test_dns_pointing_elsewhere_shows_both_and_stops(box: ScriptBox, resolver: R
 
 
 def test_skip_dns_check_goes_on_with_a_warning(box: ScriptBox, resolver: Resolver) -> None:
+    box.stand_in("curl", Rule(r"https://elsewhere.test/health", stdout=HEALTHY))
+
     result = install(box, resolver, "--domain", "elsewhere.test", "--skip-dns-check")
 
-    assert result.returncode != 2
+    assert result.returncode == 0, output(result)
     assert "going on (--skip-dns-check)" in result.stderr
     assert box.called(COMPOSE_UP)
 
@@ -368,7 +370,7 @@ def test_dns_with_matching_a_and_aaaa(box: ScriptBox, resolver: Resolver) -> Non
     result = install(box, resolver, "--domain", "dual.test", "--public-ip", OURS6)
 
     assert result.returncode == 0, output(result)
-    assert f"DNS: dual.test -> {OURS} {OURS6}" in result.stdout
+    assert f"DNS: dual.test -> {OURS} {OURS6}, this host" in result.stdout
 
 
 def test_an_aaaa_record_for_another_host_stops(box: ScriptBox, resolver: Resolver) -> None:
@@ -568,6 +570,23 @@ def test_piped_install_fetches_the_project_into_opt(box: ScriptBox, resolver: Re
     assert again.returncode == 0, output(again)
     assert "using the project at" in again.stdout and "Nothing to change" in again.stdout
     assert not box.called("file://")
+
+
+def test_piped_install_never_replaces_a_directory_that_is_not_docxy(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    precious = box.path("/srv/data")
+    precious.mkdir(parents=True)
+    (precious / "keep.txt").write_text("mine")
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--dir", str(precious)]
+    env = {"DOCXY_SOURCE_URL": source_tarball(box)}
+
+    result = box.run("", *args, env=env, stdin=clone_script(box).read_text())
+
+    assert result.returncode == 1, output(result)
+    assert "is not a Docxy project" in result.stderr
+    assert (precious / "keep.txt").read_text() == "mine"
 
 
 # --- uninstall ----------------------------------------------------------------------------------
