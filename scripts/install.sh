@@ -214,6 +214,10 @@ stack_running() {
 
 check_ports() {
   local listeners
+  if ! have ss; then
+    say "Ports 80 and 443: not checked (no ss here; apt-get install iproute2)"
+    return
+  fi
   listeners="$(ss -Hltnp '( sport = :80 or sport = :443 )' 2>/dev/null)" || listeners=""
   if [[ -z "$listeners" ]]; then
     say "Ports 80 and 443: free"
@@ -329,13 +333,20 @@ check_dns() {
       fi
     done
   else
-    # discover dies (in its subshell) when the services disagree: stop here too.
-    found4="$(discover 4)" || exit 1
-    found6="$(discover 6)" || exit 1
-    [[ -n "$found4" ]] && ours4=("$found4")
-    [[ -n "$found6" ]] && ours6=("$found6")
+    # Only the families the domain has records for are asked about. discover dies (in its
+    # subshell) when the services disagree: stop here too.
+    if ((${#records_a[@]})); then
+      found4="$(discover 4)" || exit 1
+      [[ -n "$found4" ]] && ours4=("$found4")
+    fi
+    if ((${#records_aaaa[@]})); then
+      found6="$(discover 6)" || exit 1
+      [[ -n "$found6" ]] && ours6=("$found6")
+    fi
+    if ((${#records_a[@]} + ${#records_aaaa[@]})) && ((${#ours4[@]} + ${#ours6[@]} == 0)); then
+      die "could not find this host's public address: pass --public-ip"
+    fi
   fi
-  ((${#ours4[@]} + ${#ours6[@]})) || die "could not find this host's public address: pass --public-ip"
   if ((${#records_a[@]} + ${#records_aaaa[@]} == 0)); then
     problem="$DOMAIN has no A or AAAA record"
   fi

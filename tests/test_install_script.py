@@ -430,8 +430,10 @@ def test_public_address_found_when_two_services_agree(box: ScriptBox, resolver: 
     result = discover(box, resolver, env)
 
     assert result.returncode == 0, output(result)
-    asked = [c.argv[-1] for c in box.calls("curl") if c.argv[0] == "-4"]
-    assert asked == ["http://ip-a.test/", "http://ip-b.test/", "http://127.0.0.1:9/down"]
+    asked = [c.argv[-1] for c in box.calls("curl") if c.argv[0] in ("-4", "-6")]
+    assert asked == ["http://ip-a.test/", "http://ip-b.test/", "http://127.0.0.1:9/down"], (
+        "IPv6 is not asked about: mirror.test has no AAAA record"
+    )
 
 
 def test_services_that_disagree_stop(box: ScriptBox, resolver: Resolver) -> None:
@@ -442,6 +444,15 @@ def test_services_that_disagree_stop(box: ScriptBox, resolver: Resolver) -> None
     assert result.returncode == 1, output(result)
     assert "disagree" in result.stderr and "192.0.2.1" in result.stderr
     assert "--public-ip" in result.stderr
+
+
+def test_no_service_answering_asks_for_public_ip(box: ScriptBox, resolver: Resolver) -> None:
+    env = discovery_box(box, {})
+
+    result = discover(box, resolver, env)
+
+    assert result.returncode == 1, output(result)
+    assert "could not find this host's public address: pass --public-ip" in result.stderr
 
 
 def test_one_service_alone_is_not_trusted(box: ScriptBox, resolver: Resolver) -> None:
