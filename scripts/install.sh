@@ -662,9 +662,11 @@ configure_local_docker() {
 }
 
 print_client_commands() {
+  local serves=serves
+  ((DRY_RUN)) && serves="would serve"
   cat <<EOF
 
-Docxy serves https://$DOMAIN. On each Docker host that should pull through it:
+Docxy $serves https://$DOMAIN. On each Docker host that should pull through it:
 
   curl -fsSL https://$DOMAIN/setup.sh | sudo bash
 
