@@ -1,6 +1,7 @@
 """configure-client.sh for real: the script the mirror serves at /setup.sh, piped to bash as a
 user would, edits a running dockerd's daemon.json, reloads it with SIGHUP, and `docker pull`
-then goes through the mirror.
+then goes through the mirror. The hosts.toml it writes for containerd is then used by a real
+containerd (`ctr --hosts-dir`) to pull through the mirror too.
 
 The private dockerd (tests.clients.dockerd) starts with `--config-file <dir>/daemon.json` whose
 only mirror is a dead one on 127.0.0.1:9, and `--pidfile <dir>/docker.pid`; the script gets
@@ -13,14 +14,16 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.bed import Bed, Mirror, need_binary
+from tests.clients.containerd import SNAPSHOTTER, running_containerd
 from tests.clients.dockerd import Dockerd, running_dockerd
 from tests.clients.egress import EgressGuard
-from tests.scriptbox import output
+from tests.scriptbox import output, run_ok
 from tests.test_setup_script import expected
 
 pytestmark = pytest.mark.e2e
@@ -107,3 +110,36 @@ def test_setup_script_points_a_running_dockerd_at_the_mirror(
     removed = run_served(script, dockerd, "--remove")
     assert removed.returncode == 0, output(removed)
     assert active_mirrors(dockerd) == [DEAD_MIRROR]
+
+
+def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
+    bed: Bed, mirror: Mirror, egress: EgressGuard, tmp_path: Path
+) -> None:
+    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
+        need_binary(name)
+    script = served_script(mirror)
+    root = tmp_path / "node"
+    configured = subprocess.run(
+        [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    said = run_ok(configured)
+    assert "hosts.toml" in said
+    hosts_dir = root / "etc" / "containerd" / "certs.d"
+    image = bed.images["docxytest/multi"]
+    ref = f"docker.io/{image.repo}:{image.tag}"
+
+    with running_containerd(egress_proxy=egress.url) as containerd:
+        pulled = containerd.ctr(
+            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(hosts_dir), ref
+        )
+        assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
+        ran = containerd.run_image(ref, "configured", "cat", "/docxy-test.txt")
+        assert ran.stdout == image.content, ran.stderr
+
+    assert egress.attempts == [], f"containerd left the machine: {egress.attempts}"
+    assert f"/v2/{image.repo}/manifests/{image.tag}" in mirror.log_text()
