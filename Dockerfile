@@ -29,6 +29,7 @@ ENV PYTHONUNBUFFERED=1 \
     MALLOC_ARENA_MAX=2 \
     DOCXY_RUN_DIR=/run/docxy \
     DOCXY_SERVER_LISTEN=0.0.0.0:80 \
+    DOCXY_SERVER_ADMIN_LISTEN=0.0.0.0:9180 \
     DOCXY_CACHE_DIR=/var/lib/docxy/cache \
     DOCXY_CERTS_WEBROOT=/var/lib/docxy/webroot \
     DOCXY_CERTS_CONFIG_DIR=/var/lib/docxy/certs/letsencrypt
@@ -36,7 +37,8 @@ ENV PYTHONUNBUFFERED=1 \
 # One volume per kind of state: the cache (large, disposable) and the certificates (small,
 # precious: Let's Encrypt rate-limits re-issuance).
 VOLUME ["/var/lib/docxy/cache", "/var/lib/docxy/certs"]
-EXPOSE 80 443
+# 9180: /metrics and /status; publish it on the host's loopback only (compose.yaml does).
+EXPOSE 80 443 9180
 USER docxy
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:80/health', timeout=4)"]

@@ -7,6 +7,16 @@ import re
 from docxy.errors import RangeNotSatisfiable
 
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+#: Any position with more digits than this is past the end of any blob (2**64 has 20 digits).
+_MAX_DIGITS = 20
+_BEYOND = 10**_MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    """A byte position from the header; a number too long to matter is just "past the end"
+    (``int()`` refuses texts over 4300 digits, and huge ones are costly to convert)."""
+    digits = digits.lstrip("0") or "0"
+    return _BEYOND if len(digits) > _MAX_DIGITS else int(digits)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -25,13 +35,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first == "" and last == "":
         return None
     if first == "":
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0:
             raise RangeNotSatisfiable("empty suffix range", {"size": size})
         return (max(size - suffix, 0), size)
-    start = int(first)
-    stop = size if last == "" else min(int(last) + 1, size)
-    if last != "" and int(last) < start:
+    start = _position(first)
+    stop = size if last == "" else min(_position(last) + 1, size)
+    if last != "" and _position(last) < start:
         return None
     if start >= size:
         raise RangeNotSatisfiable("range starts past the end of the blob", {"size": size})

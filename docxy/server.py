@@ -6,18 +6,21 @@ import asyncio
 import ctypes
 import logging
 import signal
+import socket
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 
 from docxy.app import create_app
 from docxy.certs import renewal_status
 from docxy.config import Config
 from docxy.errors import ConfigError
 from docxy.middleware import AccessLog, Guard
+from docxy.observe import Observer, create_admin_app, serve_admin
 from docxy.state import mirror_state
 from docxy.tasks import cancel_all, spawn
 
@@ -30,11 +33,15 @@ CERT_WATCH_INTERVAL = 30.0
 
 
 class _HypercornConfig(HypercornConfig):
-    """Hands hypercorn one live ``SSLContext`` that the mirror reloads in place."""
+    """Hands hypercorn one live ``SSLContext`` that the mirror reloads in place, and listening
+    sockets opened once, before the app starts (:meth:`create_sockets`)."""
 
     def __init__(self, tls: ReloadableTLS | None) -> None:
         super().__init__()
         self._tls = tls
+        self._sockets: Sockets | None = None
+        #: bind address → "key: ... (source)" words for an error naming the setting
+        self.bind_keys: dict[str, tuple[str, str]] = {}
 
     @property
     def ssl_enabled(self) -> bool:
@@ -42,6 +49,45 @@ class _HypercornConfig(HypercornConfig):
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         return self._tls.context if self._tls is not None else None
+
+    def create_sockets(self) -> Sockets:
+        """Bind every listener (once); one that cannot bind is a :class:`ConfigError` naming
+        its setting, so the mirror exits 2 with one line instead of a traceback."""
+        if self._sockets is None:
+            self._sockets = super().create_sockets()
+        return self._sockets
+
+    def _create_sockets(
+        self, binds: list[str], type_: int = socket.SOCK_STREAM
+    ) -> list[socket.socket]:
+        sockets: list[socket.socket] = []
+        try:
+            for bind in binds:
+                sockets.append(self._listen_socket(bind, type_))
+        except ConfigError:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    def _listen_socket(self, bind: str, type_: int) -> socket.socket:
+        """One socket as hypercorn makes it for ``HOST:PORT``, closed again if it cannot bind."""
+        key, source = self.bind_keys.get(bind, ("server.listen", "default"))
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, type_)
+        try:
+            if type_ == socket.SOCK_STREAM:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+            sock.setblocking(False)
+            sock.set_inheritable(True)
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"{key}: cannot listen on {bind}: {reason} ({source})") from None
+        return sock
 
 
 def load_tls(config: Config) -> ReloadableTLS | None:
@@ -85,6 +131,10 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
         hc.insecure_bind = [str(config.server.listen)]
     else:
         hc.bind = [str(config.server.listen)]
+    for key in ("server.listen", "server.tls_listen"):
+        listener = getattr(config.server, key.partition(".")[2])
+        if listener is not None:
+            hc.bind_keys[str(listener)] = (key, config.sources.get(key, "default"))
     hc.alpn_protocols = ["http/1.1"]  # Docker clients never use h2 with a mirror
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
@@ -114,6 +164,8 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 async def run(config: Config) -> None:
     limit_malloc_arenas()
     tls = load_tls(config)
+    hc = hypercorn_config(config, tls)
+    hc.create_sockets()  # before anything starts: a listener that cannot bind stops here
     app = create_app(config)
     state = mirror_state(app)
     if tls is not None:
@@ -122,7 +174,9 @@ async def run(config: Config) -> None:
     if renewal_dir is not None:
         state.extras.setdefault("health", {})["renewal"] = lambda: renewal_status(renewal_dir)
     https_url = config.server.public_url if tls is not None else None
-    asgi = AccessLog(Guard(app, https_url))
+    observer = Observer(state)
+    observer.attach(app)
+    asgi = AccessLog(Guard(app, https_url), observer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -139,8 +193,11 @@ async def run(config: Config) -> None:
         config.server.public_url,
         config.upstream.registry,
     )
+    if config.server.admin_listen is not None:
+        admin = create_admin_app(observer)
+        spawn("admin-listener", serve_admin(admin, config.server.admin_listen, stop.wait))
     try:
-        await serve(asgi, hypercorn_config(config, tls), shutdown_trigger=stop.wait)
+        await serve(asgi, hc, shutdown_trigger=stop.wait)
     finally:
         await cancel_all()
 

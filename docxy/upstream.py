@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -67,6 +68,10 @@ class UpstreamHealth:
     reachable: bool | None = None  # None until tried; then whether the latest attempt got through
     stale_served: int = 0
     last_stale: float | None = None
+    failures: Counter[str] = field(default_factory=Counter)  # by kind: timeout, unreachable
+    recent_failures: deque[tuple[float, str, str]] = field(
+        default_factory=lambda: deque(maxlen=20)
+    )  # (when, kind, message), for the status page
 
     def ok(self) -> None:
         self.last_ok = time.time()
@@ -82,10 +87,12 @@ class UpstreamHealth:
             self.ratelimit_remaining = headers["ratelimit-remaining"]
             self.ratelimit_limit = headers.get("ratelimit-limit")
 
-    def failed(self, message: str) -> None:
+    def failed(self, message: str, kind: str = "unreachable") -> None:
         self.last_error = time.time()
         self.last_error_message = message
         self.reachable = False
+        self.failures[kind] += 1
+        self.recent_failures.append((self.last_error, kind, message))
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -164,7 +171,7 @@ class UpstreamClient:
                 )
                 response = await self.http.send(request, stream=True)
             except httpx.TimeoutException as exc:
-                health.failed(f"timeout talking to {urlsplit(url).netloc}")
+                health.failed(f"timeout talking to {urlsplit(url).netloc}", "timeout")
                 raise UpstreamTimeout(
                     f"the upstream registry did not answer in time ({urlsplit(url).netloc})"
                 ) from exc

@@ -5,7 +5,8 @@ token from the realm it names, manifests, then every blob read to its end — so
 mirror, the one process that owns the cache directory, fills its own cache. Every platform of a
 manifest list or OCI index is fetched unless ``--platform`` picks one (attestation entries,
 platform ``unknown/unknown``, are skipped like ``docker pull`` does). Each manifest and blob is
-checked against its digest as it arrives; each blob gets a progress line on stderr.
+checked against its digest as it arrives; each blob's progress goes to stderr (a bar on a
+terminal, plain lines otherwise: ``docxy.progress``).
 
 Exit codes: 0 every image warmed, 1 some image failed, 2 configuration or usage error.
 """
@@ -32,6 +33,7 @@ from docxy.challenge import parse_challenge
 from docxy.config import Config
 from docxy.errors import ConfigError
 from docxy.names import ImageRef, parse_image_ref
+from docxy.progress import TransferProgress
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -110,59 +112,6 @@ class RegistryAuth(httpx.Auth):
         self._tokens[scope] = token
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
-
-
-# --- progress lines (formatting is pure) ----------------------------------------------------
-
-
-def progress_line(label: str, done: int, total: int | None, width: int = 24) -> str:
-    """``sha256:0123456789ab [#####.....] 1.0 MiB / 2.0 MiB  50%``; no bar without a total."""
-    if not total:
-        return f"{label}  {human_size(done)}"
-    percent = min(100, done * 100 // total)
-    filled = min(width, done * width // total)
-    bar = "#" * filled + "." * (width - filled)
-    return f"{label} [{bar}] {human_size(done)} / {human_size(total)} {percent:3d}%"
-
-
-class Progress:
-    """One blob's progress on ``stream``: redrawn in place on a TTY, else a line per update
-    (at most one a second, plus the last)."""
-
-    def __init__(
-        self,
-        stream: TextIO,
-        label: str,
-        total: int | None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stream = stream
-        self.label = label
-        self.total = total
-        self.tty = stream.isatty()
-        self._clock = clock
-        self._interval = 0.1 if self.tty else 1.0
-        self._last = clock()
-        self._shown = -1
-
-    def update(self, done: int) -> None:
-        now = self._clock()
-        if now - self._last >= self._interval and done != self._shown:
-            self._last = now
-            self._show(done, final=False)
-
-    def finish(self, done: int, note: str = "") -> None:
-        self._show(done, final=True, note=note)
-
-    def _show(self, done: int, *, final: bool, note: str = "") -> None:
-        self._shown = done
-        line = progress_line(self.label, done, self.total) + (f"  {note}" if note else "")
-        if self.tty:
-            self.stream.write("\r\x1b[K" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 # --- the pull -------------------------------------------------------------------------------
@@ -302,26 +251,28 @@ class Warmer:
     def _blob(self, name: str, descriptor: Descriptor) -> None:
         digest = _digest(descriptor.digest, "a layer")
         hasher = digest.hasher()
-        progress = Progress(self.progress, str(digest)[:19], descriptor.size)
         done = 0
         path = f"/v2/{name}/blobs/{digest}"
-        with self.client.stream("GET", path) as response:
+        with (
+            TransferProgress(self.progress, str(digest)[:19], descriptor.size) as progress,
+            self.client.stream("GET", path) as response,
+        ):
             _raise_for_status(response, path)
             for chunk in response.iter_bytes(CHUNK):
                 hasher.update(chunk)
                 done += len(chunk)
                 progress.update(done)
-        if descriptor.size is not None and done != descriptor.size:
-            progress.finish(done, "wrong length")
-            raise WarmError(
-                f"{str(digest)[:19]}: got {done} bytes, the manifest says {descriptor.size}"
-            )
-        try:
-            _check(digest, hasher)
-        except WarmError:
-            progress.finish(done, "digest mismatch")
-            raise
-        progress.finish(done, "ok")
+            if descriptor.size is not None and done != descriptor.size:
+                progress.finish(done, "wrong length")
+                raise WarmError(
+                    f"{str(digest)[:19]}: got {done} bytes, the manifest says {descriptor.size}"
+                )
+            try:
+                _check(digest, hasher)
+            except WarmError:
+                progress.finish(done, "digest mismatch")
+                raise
+            progress.finish(done, "ok")
         self.tally.blobs += 1
         self.tally.bytes += done
 
@@ -363,9 +314,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     try:
-        mirror = args.mirror or load_config(args).server.public_url
+        config = load_config(args)
+        mirror = args.mirror or config.server.public_url
         credentials = _credentials(args)
-        images = [_hub_image(text) for text in args.images]
+        prefix = config.upstream.library_prefix
+        images = [_hub_image(text, library_prefix=prefix) for text in args.images]
         if args.platform != "all" and not re.fullmatch(
             r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", args.platform
         ):
@@ -384,8 +337,9 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         return warm_all(Warmer(client, args.platform), images, sys.stdout)
 
 
-def _hub_image(text: str) -> ImageRef:
-    image = parse_image_ref(text)
+def _hub_image(text: str, *, library_prefix: bool) -> ImageRef:
+    """The image as the mirror names it: ``library/`` added only if ``upstream.library_prefix``."""
+    image = parse_image_ref(text, library_prefix=library_prefix)
     if not image.on_hub():
         raise ValueError(
             f"{text!r}: the mirror pulls from its own upstream; name the image without "

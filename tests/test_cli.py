@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,7 +66,8 @@ def test_show_config_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert rows["upstream.registry"] == ("https://registry-1.docker.io", "default")
     assert rows["upstream.library_prefix"] == ("True", "default")
     assert rows["cache.dir"] == (str(tmp_path / "xdg" / "docxy"), "default")
-    assert len(rows) == 23
+    assert rows["scheduler.hour"] == ("None", "default")
+    assert len(rows) == 34
 
 
 def test_show_config_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -234,3 +237,51 @@ def test_certificate_not_pem_stops_serve_before_listening(
     )
     assert error.startswith("docxy: config error: tls.cert_path")
     assert error.endswith("(flag)")
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port something else is listening on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def serve_args(tmp_path: Path, *args: str) -> list[str]:
+    # An upstream nobody answers on: the mirror must stop before it would ever ask.
+    return ["--upstream", "http://127.0.0.1:9", "--cache-dir", str(tmp_path / "cache"), *args]
+
+
+def test_a_listener_that_cannot_bind_is_one_line_naming_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, busy_port: int
+) -> None:
+    error = config_failure(capsys, *serve_args(tmp_path, "--listen", f"127.0.0.1:{busy_port}"))
+    assert error == (
+        f"docxy: config error: server.listen: cannot listen on 127.0.0.1:{busy_port}: "
+        "Address already in use (flag)"
+    )
+
+
+def test_a_busy_tls_listener_names_its_key_and_source(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    busy_port: int,
+) -> None:
+    monkeypatch.setenv("DOCXY_SERVER_TLS_LISTEN", f"127.0.0.1:{busy_port}")
+    from tests.bed.httpserver import free_port
+
+    error = config_failure(capsys, *serve_args(tmp_path, "--listen", f"127.0.0.1:{free_port()}"))
+    assert error.startswith("docxy: config error: server.tls_listen: cannot listen on 127.0.0.1:")
+    assert error.endswith("(env DOCXY_SERVER_TLS_LISTEN)")
+
+
+def test_an_address_not_on_this_machine_is_a_config_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    error = config_failure(
+        capsys,
+        *serve_args(tmp_path, "--listen", "192.0.2.1:8080", "--public-url", "http://x.example"),
+    )
+    assert error.startswith("docxy: config error: server.listen: cannot listen on 192.0.2.1:8080")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from docxy.config import (
+    ENV_ALIASES,
+    OTHER_ENV,
+    SETTINGS,
     Config,
     HostPort,
     describe,
@@ -127,6 +131,7 @@ SAMPLES = {
     "server.listen": "127.0.0.1:1234",
     "server.tls_listen": "127.0.0.1:8443",
     "server.public_url": "https://m.example",
+    "server.admin_listen": "127.0.0.1:9999",
     "tls.cert_path": "",
     "tls.key_path": "",
     "upstream.registry": "http://up.example",
@@ -145,6 +150,16 @@ SAMPLES = {
     "certs.webroot": "/tmp/webroot",
     "certs.config_dir": "/tmp/letsencrypt",
     "log.level": "error",
+    "scheduler.hour": "3",
+    "scheduler.minute": "59",
+    "scheduler.interval": "30",
+    "scheduler.retry_base": "1",
+    "scheduler.retry_max": "60",
+    "scheduler.certbot_timeout": "10",
+    "scheduler.pidfile": "/run/docxy/docxy.pid",
+    "scheduler.reload_command": "supervisorctl signal HUP docxy",
+    "scheduler.deploy_hook": "true",
+    "scheduler.wait_for_mirror": "true",
 }
 
 
@@ -211,9 +226,37 @@ def test_flag_beats_seed_alias(cert_pair: tuple[Path, Path], tmp_path: Path) -> 
     assert config.sources["tls.cert_path"] == "flag"
 
 
-def test_unrelated_docxy_env_is_ignored() -> None:
-    config = load_config(environ={"DOCXY_REQUIRE_E2E": "1", "DOCXY": "x", "PATH": "/bin"})
+def test_documented_non_setting_docxy_env_is_allowed() -> None:
+    environ = {name: "x" for name in OTHER_ENV} | {"DOCXY": "x", "PATH": "/bin"}
+    environ["DOCXY_CONFIG"] = ""
+    config = load_config(environ=environ)
     assert config.upstream.registry == "https://registry-1.docker.io"
+    container = {"DOCXY_DOMAIN", "DOCXY_EMAIL", "DOCXY_STATE_DIR", "DOCXY_RUN_DIR"}
+    assert container | {"DOCXY_CONFIG", "DOCXY_SUPERVISOR_CONF", "DOCXY_REQUIRE_E2E"} <= OTHER_ENV
+
+
+@pytest.mark.parametrize(
+    "name", ["DOCXY_SERVR_LISTEN", "DOCXY_LISTEN", "DOCXY_CERT", "DOCXY_SCHEDULR_HOUR", "DOCXY_"]
+)
+def test_any_other_docxy_env_stops_start_up(name: str) -> None:
+    message = config_error(environ={name: "127.0.0.1:1"})
+    assert message.startswith(f"{name}: unknown variable (env {name})")
+    assert "DOCXY_DOMAIN" in message  # says what is allowed
+
+
+def test_every_docxy_variable_the_container_files_read_is_allowed() -> None:
+    """Names that scripts/, the Dockerfile, compose.yaml and the README use are settings,
+    aliases or documented extras."""
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *root.glob("Dockerfile*"), *root.glob("compose*.y*ml")]
+    files += [p for p in (root / "scripts").rglob("*") if p.is_file()]
+    names = {m for f in files for m in re.findall(r"\bDOCXY_[A-Z0-9_]*[A-Z0-9]", f.read_text())}
+    settings = {env_name(key) for key, _, _ in describe(load_config(environ={}))}
+    prefixes = {f"DOCXY_{section.upper()}" for section in SETTINGS}
+    typo_example = {"DOCXY_SERVR_LISTEN"}  # the README's example of what is refused
+    unknown = names - settings - OTHER_ENV - set(ENV_ALIASES) - prefixes - typo_example
+    assert not unknown, f"DOCXY_* variables used but not allowed by docxy.config: {unknown}"
+    assert "DOCXY_DOMAIN" in names
 
 
 def test_toml_types(tmp_path: Path) -> None:
@@ -463,6 +506,23 @@ def test_unknown_flag_key() -> None:
         ("upstream.connect_timeout", "0", "positive number"),
         ("cache.tag_ttl", "-1", "positive number"),
         ("log.level", "loud", "expected DEBUG, INFO, WARNING or ERROR"),
+        ("upstream.read_timeout", "nan", "finite number"),
+        ("upstream.connect_timeout", "NaN", "finite number"),
+        ("upstream.read_timeout", "inf", "finite number"),
+        ("cache.tag_ttl", "infinity", "finite number"),
+        ("upstream.read_timeout", "1e999", "finite number"),
+        ("cache.max_size", "9" * 400 + "T", "out of range"),
+        ("scheduler.retry_base", "nan", "finite number"),
+        ("scheduler.interval", "-inf", "finite number"),
+        ("scheduler.interval", "-1", "expected a number >= 0"),
+        ("scheduler.hour", "12", "expected a whole number 0-11"),
+        ("scheduler.hour", "-1", "expected a whole number 0-11"),
+        ("scheduler.hour", "25", "expected a whole number 0-11"),
+        ("scheduler.hour", "3.5", "expected a whole number 0-11"),
+        ("scheduler.minute", "60", "expected a whole number 0-59"),
+        ("scheduler.minute", "soon", "expected a whole number 0-59"),
+        ("scheduler.certbot_timeout", "0", "positive number"),
+        ("scheduler.wait_for_mirror", "perhaps", "expected true or false"),
     ],
 )
 def test_bad_values_name_key_and_source(key: str, value: str, fragment: str) -> None:
@@ -485,6 +545,13 @@ def test_bad_values_name_key_and_source(key: str, value: str, fragment: str) -> 
         ("[cache]\nmax_size = -1\n", "cache.max_size"),
         ('[cache]\nmax_size = "huge"\n', "cache.max_size"),
         ('[upstream]\nregistry = ["https://a"]\n', "upstream.registry"),
+        ("[upstream]\nread_timeout = nan\n", "upstream.read_timeout"),
+        ("[upstream]\nconnect_timeout = inf\n", "upstream.connect_timeout"),
+        ("[cache]\ntag_ttl = -nan\n", "cache.tag_ttl"),
+        ("[scheduler]\nhour = 12\n", "scheduler.hour"),
+        ("[scheduler]\nminute = 60\n", "scheduler.minute"),
+        ("[scheduler]\nretry_max = inf\n", "scheduler.retry_max"),
+        ("[scheduler]\nhoru = 1\n", "scheduler.horu"),
     ],
 )
 def test_bad_toml_values_name_key_and_file(tmp_path: Path, toml: str, key: str) -> None:
@@ -601,4 +668,6 @@ def test_describe_lists_every_setting_with_its_source(tmp_path: Path) -> None:
     assert rows["log.level"] == ("DEBUG", "flag")
     assert rows["upstream.read_timeout"] == ("5.0", "env DOCXY_UPSTREAM_READ_TIMEOUT")
     assert rows["server.listen"] == ("127.0.0.1:8080", "default")
-    assert len(rows) == 23
+    assert len(rows) == 34
+    assert rows["scheduler.hour"] == ("None", "default")  # picked at random by the renewer
+    assert rows["scheduler.retry_base"] == ("300.0", "default")

@@ -15,7 +15,7 @@ import pytest
 
 from docxy.app import create_app
 from docxy.config import load_config
-from docxy.middleware import MAX_PATH, MAX_QUERY, AccessLog, Guard
+from docxy.middleware import MAX_PATH, MAX_QUERY, AccessLog, Guard, origin_form
 from tests.asgi import AsgiAnswer, call_asgi
 
 PUBLIC = "https://mirror.example.com"
@@ -85,6 +85,76 @@ async def test_query_at_the_limit_passes() -> None:
     answer = await call(Guard(inner, None), "GET", "/v2/?" + "a" * MAX_QUERY)
     assert answer.status == 200
     assert inner.paths == ["/v2/"]
+
+
+# --- Guard: absolute-form request targets ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v2/",
+        "/v2/redis/manifests/latest",
+        "/v2/org/app/manifests/latest?ns=docker.io",
+        "/v2/redis/blobs/" + DIGEST[:-1] + "X",
+        "/auth/token?service=registry.example&scope=repository:redis:pull",
+        "/health",
+        "/nowhere",
+    ],
+)
+async def test_absolute_form_is_answered_like_origin_form(target: str) -> None:
+    async with logged_mirror() as asgi:
+        plain = await call(asgi, "GET", target)
+        absolute = await call(asgi, "GET", "http://mirror.example.com" + target)
+    assert (absolute.status, absolute.body) == (plain.status, plain.body)
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "raw_path", "host"),
+    [
+        ("http://mirror.example.com/v2/", "/v2/", b"/v2/", b"mirror.example.com"),
+        (
+            "HTTPS://m.example:8443/v2/a%2Fb/manifests/x",
+            "/v2/a/b/manifests/x",
+            b"/v2/a%2Fb/manifests/x",
+            b"m.example:8443",
+        ),
+        ("http://mirror.example.com", "/", b"/", b"mirror.example.com"),
+        ("http://u:p@mirror.example.com/v2/", "/v2/", b"/v2/", b"mirror.example.com"),
+    ],
+)
+def test_origin_form_of_an_absolute_target(
+    target: str, path: str, raw_path: bytes, host: bytes
+) -> None:
+    scope: Any = {
+        "type": "http",
+        "path": target.replace("%2F", "/"),  # as hypercorn decodes it
+        "raw_path": target.encode(),
+        "headers": [(b"host", b"evil.example"), (b"accept", b"*/*")],
+    }
+    normal = origin_form(scope)
+    assert (normal["path"], normal["raw_path"]) == (path, raw_path)
+    assert normal["headers"] == [(b"host", host), (b"accept", b"*/*")]
+
+
+async def test_absolute_form_logs_the_path_without_the_authority(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="docxy.access")
+    inner = Inner()
+    target = f"http://bob:{PASSWORD}@mirror.example.com/v2/"
+    await call(AccessLog(Guard(inner, None)), "GET", target)
+    assert inner.paths == ["/v2/"]
+    [line] = access_lines(caplog)
+    assert line.startswith("GET /v2/ 200 ")
+    assert PASSWORD not in all_log_text(caplog)
+
+
+async def test_absolute_form_redirects_to_the_same_https_path() -> None:
+    inner = Inner()
+    answer = await call(Guard(inner, PUBLIC), "GET", "http://evil.example/v2/?ns=docker.io")
+    assert answer.status == 308
+    assert answer.headers["Location"] == f"{PUBLIC}/v2/?ns=docker.io"
 
 
 # --- Guard: plain HTTP → HTTPS ----------------------------------------------------------------
@@ -277,6 +347,36 @@ async def test_an_aborted_request_is_logged_and_reraised(
     [line] = access_lines(caplog)
     assert line.startswith(f"GET /v2/redis/blobs/{DIGEST} 200 5 bytes ")
     assert line.endswith("aborted")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/x\nGET /v2/forged/manifests/latest 200 0 bytes cache=hit",
+        "/v2/x\r\nforged",
+        "/v2/x\x00nul",
+        "/v2/x 404 0 bytes",
+        "/v2/x\x1b[31mred\u2028next\x85line",
+    ],
+)
+async def test_access_log_lines_cannot_be_forged(
+    caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="docxy.access")
+    inner = Inner()
+    await call(AccessLog(Guard(inner, None)), "GET", path)
+    [record] = [r for r in caplog.records if r.name == "docxy.access"]
+    line = record.getMessage()
+    assert line.isprintable() and line.isascii()
+    assert line.split(" ")[:3] == ["GET", line.split(" ")[1], "200"]
+    assert line.split(" ")[1].startswith("/v2/x\\x")
+
+
+async def test_access_log_escapes_the_method(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="docxy.access")
+    await call(AccessLog(Inner()), "GET\nPUT", "/v2/")
+    [line] = access_lines(caplog)
+    assert line.startswith("GET\\x0aPUT /v2/ 200 ")
 
 
 async def test_non_http_scopes_pass_through() -> None:

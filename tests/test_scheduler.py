@@ -85,11 +85,85 @@ def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="scheduler.interval: expected a number, got 'soon'"):
         settings_mod.load([])
     monkeypatch.delenv("DOCXY_SCHEDULER_INTERVAL")
-    with pytest.raises(ConfigError, match="scheduler.retry_base: expected a number > 0, got '0'"):
+    with pytest.raises(
+        ConfigError, match=r"scheduler.retry_base: expected a positive number, got '0' \(flag\)"
+    ):
         settings_mod.load(["--retry-base", "0"])
     monkeypatch.delenv("DOCXY_CERTS_CONFIG_DIR")
     with pytest.raises(ConfigError, match="certs.config_dir: not set"):
         settings_mod.load([])
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "value", "message"),
+    [
+        (
+            ["--hour", "12"],
+            None,
+            None,
+            r"scheduler.hour: expected a whole number 0-11, got '12' \(flag\)",
+        ),
+        (
+            [],
+            "DOCXY_SCHEDULER_HOUR",
+            "23",
+            r"scheduler.hour: .* got '23' \(env DOCXY_SCHEDULER_HOUR\)",
+        ),
+        (["--minute", "60"], None, None, r"scheduler.minute: expected a whole number 0-59"),
+        (
+            [],
+            "DOCXY_SCHEDULER_INTERVALL",
+            "5",
+            r"scheduler.intervall: unknown key \(env DOCXY_SCHEDULER_INTERVALL\)",
+        ),
+        ([], "DOCXY_SCHEDULR_HOUR", "1", r"DOCXY_SCHEDULR_HOUR: unknown variable"),
+        (["--retry-max", "nan"], None, None, r"scheduler.retry_max: expected a finite number"),
+    ],
+)
+@pytest.mark.usefixtures("env")
+def test_bad_renewer_settings_are_refused_like_any_other(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    name: str | None,
+    value: str | None,
+    message: str,
+) -> None:
+    if name is not None and value is not None:
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        settings_mod.load(argv)
+    assert scheduler_main.main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("scheduler: config error: ")
+
+
+@pytest.mark.usefixtures("env")
+def test_renewer_settings_from_the_shared_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "docxy.toml"
+    config.write_text(
+        "[scheduler]\nhour = 11\nminute = 0\nretry_base = 7\nwait_for_mirror = true\n"
+    )
+    monkeypatch.setenv("DOCXY_SCHEDULER_RETRY_BASE", "9")
+    s = settings_mod.load(["--config", str(config), "--pidfile", str(tmp_path / "pid")])
+    assert (s.hours, s.minute, s.retry_base) == ((11, 23), 0, 9.0)
+    assert s.pidfile == tmp_path / "pid"
+    assert s.wait_for_mirror == "http://127.0.0.1:8080/health"
+    assert s.interval is None
+
+
+def test_show_config_lists_the_renewer_settings(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from docxy.cli import main as docxy_main
+
+    monkeypatch.setenv("DOCXY_SCHEDULER_HOUR", "4")
+    assert docxy_main(["serve", "--show-config"]) == 0
+    out = capsys.readouterr().out
+    assert "scheduler.hour = 4  (env DOCXY_SCHEDULER_HOUR)" in out
+    assert "scheduler.certbot_timeout = 300.0  (default)" in out
 
 
 class FakeCertbot:

@@ -16,12 +16,10 @@ import pytest
 from docxy.cli import main
 from docxy.names import parse_image_ref
 from docxy.warm import (
-    Progress,
     RegistryAuth,
     Warmer,
     WarmError,
     platform_matches,
-    progress_line,
     warm_all,
 )
 from tests.bed import Bed, Mirror
@@ -38,53 +36,6 @@ def sha(data: bytes) -> str:
 
 
 # --- pure parts -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("done", "total", "line"),
-    [
-        (0, 1024, "sha256:ab [........] 0 B / 1.0 KiB   0%"),
-        (512, 1024, "sha256:ab [####....] 512 B / 1.0 KiB  50%"),
-        (1024, 1024, "sha256:ab [########] 1.0 KiB / 1.0 KiB 100%"),
-        (2048, 1024, "sha256:ab [########] 2.0 KiB / 1.0 KiB 100%"),
-        (300, None, "sha256:ab  300 B"),
-    ],
-)
-def test_progress_line(done: int, total: int | None, line: str) -> None:
-    assert progress_line("sha256:ab", done, total, width=8) == line
-
-
-def test_progress_without_a_tty_prints_a_line_per_update_at_most_once_a_second() -> None:
-    now = [0.0]
-    stream = io.StringIO()
-    progress = Progress(stream, "sha256:ab", 100, clock=lambda: now[0])
-    progress.update(10)  # too soon
-    now[0] = 1.0
-    progress.update(40)
-    now[0] = 1.5
-    progress.update(60)  # too soon again
-    progress.finish(100, "ok")
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
-    assert lines[0].endswith(" 40%")
-    assert lines[1].endswith("100%  ok")
-    assert "\r" not in stream.getvalue()
-
-
-def test_progress_on_a_tty_redraws_one_line() -> None:
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    now = [0.0]
-    stream = Tty()
-    progress = Progress(stream, "sha256:ab", 100, clock=lambda: now[0])
-    now[0] = 0.2
-    progress.update(50)
-    progress.finish(100)
-    text = stream.getvalue()
-    assert text.count("\r") == 2
-    assert text.count("\n") == 1 and text.endswith("100%\n")
 
 
 @pytest.mark.parametrize(
@@ -395,3 +346,16 @@ def test_warm_uses_the_configured_public_url(
     multi = bed.images["docxytest/multi"]
     assert main(["warm", "--config", str(config), f"{multi.repo}:{multi.tag}"]) == 0
     assert image_blobs(bed, "docxytest/multi") <= cached_blobs(mirror, capsys)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name"), [("false", "app:latest"), ("true", "library/app:latest")]
+)
+def test_warm_follows_the_library_prefix_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], prefix: str, name: str
+) -> None:
+    from tests.bed.httpserver import free_port
+
+    monkeypatch.setenv("DOCXY_UPSTREAM_LIBRARY_PREFIX", prefix)
+    assert main(["warm", "--mirror", f"http://127.0.0.1:{free_port()}", "app"]) == 1
+    assert f"docxy warm: {name}: ConnectError" in capsys.readouterr().err

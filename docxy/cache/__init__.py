@@ -3,7 +3,7 @@
 ``open_cache(directory, max_size=..., tag_ttl=...)`` lays out::
 
     <directory>/blobs/   <directory>/tmp/     DiskBlobStore
-    <directory>/manifests/                    ManifestStore
+    <directory>/manifests/                    ManifestStore (also the blob store's image catalogue)
     <directory>/access/                       AccessIndex
 """
 
@@ -25,6 +25,7 @@ from docxy.cache.errors import (
     VerifyError,
 )
 from docxy.cache.fill import BlobFollower, BlobWriter
+from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
 from docxy.cache.manifests import (
     CachedManifest,
     ManifestStore,
@@ -52,11 +53,15 @@ __all__ = [
     "Digest",
     "DigestMismatch",
     "DiskBlobStore",
+    "EvictionPlan",
     "Fill",
     "FillAborted",
     "FillClosed",
     "GcReport",
     "Identity",
+    "Image",
+    "ImageCatalog",
+    "ImageKey",
     "InvalidDigest",
     "ManifestStore",
     "RepoKey",
@@ -73,6 +78,7 @@ __all__ = [
     "may_serve",
     "open_cache",
     "parse_digest",
+    "plan_eviction",
     "referenced_digests",
     "tee",
 ]
@@ -90,8 +96,7 @@ def open_cache(directory: Path, *, max_size: int, tag_ttl: float) -> Cache:
     the blob files, so call it through ``asyncio.to_thread`` from an event loop."""
     directory = Path(directory)
     access = AccessIndex(directory / "access")
-    return Cache(
-        blobs=DiskBlobStore.open(directory, max_size),
-        manifests=ManifestStore.open(directory / "manifests", access, tag_ttl=tag_ttl),
-        access=access,
-    )
+    blobs = DiskBlobStore.open(directory, max_size)
+    manifests = ManifestStore.open(directory / "manifests", access, tag_ttl=tag_ttl)
+    blobs.catalog = manifests  # eviction keeps images whole, least recently pulled go first
+    return Cache(blobs=blobs, manifests=manifests, access=access)

@@ -1,8 +1,12 @@
-"""Content-addressed blob storage on local disk, with coalesced fills and LRU eviction.
+"""Content-addressed blob storage on local disk, with coalesced fills and image-aware eviction.
 
 Layout under ``root``: ``blobs/<algo>/<xx>/<hex>`` holds committed, verified blobs only;
 ``tmp/`` holds fills in progress. Nothing else is stored: the index is rebuilt from the files
 on :meth:`DiskBlobStore.open`, and recency survives restarts as the files' mtime.
+
+Eviction asks the manifest store (:attr:`DiskBlobStore.catalog`) which images need which blobs
+and evicts as :func:`docxy.cache.images.plan_eviction` says: blobs no image needs first, then
+whole images, least recently pulled first. Without a catalogue it is plain LRU.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Protocol
 from docxy.cache.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.cache.errors import BlobInUse
 from docxy.cache.fill import WRITE_BUFFER, BlobFollower, BlobWriter, FillState, InFlight
+from docxy.cache.images import ImageCatalog, plan_eviction
 from docxy.cache.reader import READ_CHUNK, BlobReader
 
 log = logging.getLogger(__name__)
@@ -98,6 +103,14 @@ class DiskBlobStore:
         self._write_failed_logged = False
         #: When writing a fill last failed (disk full...): the routes pass misses through a while.
         self.write_failed_at: float | None = None
+        #: Since start, for /metrics: fills begun, clients that joined a fill another client was
+        #: already streaming (coalesced: no upstream fetch of their own), blobs evicted.
+        self.fills_started = 0
+        self.followers_joined = 0
+        self.evicted = 0
+        self.evicted_bytes = 0
+        #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
+        self.catalog: ImageCatalog | None = None
 
     @classmethod
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
@@ -218,6 +231,8 @@ class DiskBlobStore:
         fill = self._fills.get(digest)
         if fill is not None and fill.state is FillState.WRITING:
             fd = os.open(fill.tmp_path, os.O_RDONLY)
+            if self._pins[digest]:  # another client is streaming this fill already
+                self.followers_joined += 1
             self._pins[digest] += 1
             return BlobFollower(fill, fd, lambda: self._unpin(digest), self._chunk_for_readers)
         reader = self.open_read(digest)
@@ -236,6 +251,7 @@ class DiskBlobStore:
             fd = None
         else:
             self._fills[digest] = fill
+            self.fills_started += 1
         return BlobWriter(fill, fd, self, self._write_buffer)
 
     # FillHost: called by writers.
@@ -298,27 +314,38 @@ class DiskBlobStore:
             del self._pins[digest]
 
     def _evict(self, need: int) -> bool:
-        """Evict least recently used, unpinned blobs until ``need`` bytes are freed."""
-        for entry in list(self._index.values()):
-            if need <= 0:
-                break
-            if self._pins[entry.digest]:
-                continue
+        """Free ``need`` bytes: blobs no cached image needs first (least recently used first),
+        then whole images, least recently pulled first; never a pinned blob."""
+        if need <= 0:
+            return True
+        images = self.catalog.images() if self.catalog is not None else []
+        plan = plan_eviction(self._index.values(), images, need, lambda d: self._pins[d] > 0)
+        if plan.images and self.catalog is not None:
+            self.catalog.forget_images(plan.images)  # first: no manifest outlives its blobs
+        for entry in plan.blobs:
             _unlink(entry.path)
             self._forget(entry)
-            need -= entry.size
+            self.evicted += 1
+            self.evicted_bytes += entry.size
             log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
-        return need <= 0
+        return plan.freed >= need
 
     def _forget(self, entry: BlobEntry) -> None:
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
+            if self.catalog is not None:
+                self.catalog.blob_gone(entry.digest)  # images needing it are no longer offered
 
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
 
     def list_entries(self) -> list[BlobEntry]:
         """Committed blobs, least recently used first."""
         return list(self._index.values())
+
+    @property
+    def fills_open(self) -> int:
+        """Blob downloads in progress now."""
+        return len(self._fills)
 
     def usage(self) -> Usage:
         return Usage(len(self._index), self._total, self.max_size, self._in_flight, len(self._pins))

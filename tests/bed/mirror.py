@@ -41,6 +41,9 @@ def mirror_env(workdir: Path, env: Mapping[str, str] | None) -> dict[str, str]:
     python_path = [str(REPO_ROOT), *filter(None, [base.get("PYTHONPATH")])]
     base["PYTHONPATH"] = os.pathsep.join(python_path)
     base["DOCXY_CACHE_DIR"] = str(workdir / "cache")
+    # No admin listener on the fixed default port, which parallel mirrors would race for;
+    # tests of it pass --set server.admin_listen=127.0.0.1:<free port>.
+    base["DOCXY_SERVER_ADMIN_LISTEN"] = ""
     return base | dict(env or {})
 
 

@@ -1,0 +1,112 @@
+"""The admin listener: ``/metrics``, ``/status`` and ``/status.json`` on their own port.
+
+A separate small Quart app served by its own hypercorn bind (``server.admin_listen``, loopback
+by default), so the public listener cannot serve them whatever its routes. The routes live in
+``blueprint``: when access control lands, the main app registers the same blueprint behind an
+admin-user check (the seam is :func:`observer_of`, the one place the routes find their data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+from prometheus_client.exposition import choose_encoder
+from quart import Blueprint, Quart, Response, current_app, redirect, request
+from werkzeug.exceptions import HTTPException
+
+from docxy.config import HostPort
+from docxy.observe.observer import Observer
+from docxy.observe.status import render_page, status_report
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("observe", __name__)
+EXTENSION = "docxy.observe"
+
+
+def observer_of(app: Quart | None = None) -> Observer:
+    observer = (app or current_app).extensions[EXTENSION]
+    assert isinstance(observer, Observer)
+    return observer
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.route("/metrics", methods=["GET"])
+async def metrics() -> Response:
+    # Text format 0.0.4 by default; OpenMetrics or text 1.0.0 when the scraper asks for it.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = await asyncio.to_thread(encode, observer_of().registry)
+    return _no_store(Response(body, content_type=content_type))
+
+
+@blueprint.route("/status.json", methods=["GET"])
+async def status_json() -> Response:
+    body = json.dumps(status_report(observer_of()), indent=1)
+    return _no_store(Response(body, content_type="application/json"))
+
+
+@blueprint.route("/status", methods=["GET"])
+async def status_page() -> Response:
+    page = render_page(status_report(observer_of()))
+    return _no_store(Response(page, content_type="text/html; charset=utf-8"))
+
+
+@blueprint.route("/", methods=["GET"])
+async def index() -> Response:
+    return redirect("/status")  # type: ignore[return-value]
+
+
+def create_admin_app(observer: Observer) -> Quart:
+    app = Quart("docxy-admin")
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.extensions[EXTENSION] = observer
+    app.register_blueprint(blueprint)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        body = json.dumps({"error": error.name, "paths": ["/metrics", "/status", "/status.json"]})
+        return Response(body, status=error.code or 400, content_type="application/json")
+
+    return app
+
+
+def _bind_error(listen: HostPort) -> OSError | None:
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    try:
+        with socket.create_server((listen.host, listen.port), family=family):
+            return None  # closed again at once; hypercorn binds it (SO_REUSEADDR)
+    except OSError as exc:
+        return exc
+
+
+async def serve_admin(
+    app: Quart, listen: HostPort, shutdown_trigger: Callable[[], Awaitable[object]]
+) -> None:
+    """Serve the admin app until ``shutdown_trigger``; a port in use is logged, not fatal:
+    the mirror's job is serving pulls, and its metrics are not worth refusing them for."""
+    config = HypercornConfig()
+    config.bind = [str(listen)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 2
+    refused = _bind_error(listen)  # before hypercorn starts the app, if the port is taken
+    if refused is not None:
+        log.error(
+            "admin listener: cannot listen on %s (%s); /metrics and /status are not served "
+            "(set server.admin_listen to another HOST:PORT, or empty to turn it off)",
+            listen,
+            refused.strerror or refused,
+        )
+        return
+    log.info("admin listener (metrics, status page) on http://%s", listen)
+    await serve(app, config, shutdown_trigger=shutdown_trigger)

@@ -1,0 +1,346 @@
+"""The mirror's Prometheus metrics, through ``prometheus-client``.
+
+Two kinds:
+
+- **per request**, counted when a request ends (:class:`RequestMetrics`, fed by the observer
+  from the access log's facts) and when an upstream answers (the shared client's hook);
+- **read at scrape time** from what the mirror already holds (:class:`MirrorCollector`): cache
+  size and fills, upstream reachability and rate limit, the served certificate, the renewer.
+
+Labels stay bounded: route kind, method, status class, cache outcome, upstream host (from the
+config). Never a repository, tag or client address.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from docxy import __version__
+from docxy.errors import RegistryError
+from docxy.names import Kind, parse_v2_path
+from docxy.observe.connections import open_connections
+from docxy.state import MirrorState
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+READ_METHODS = frozenset({"GET", "HEAD"})
+#: Where the bytes of a response came from, by the request's cache outcome.
+SOURCES = {
+    "hit": "cache",
+    "stale": "cache",
+    "revalidated": "cache",
+    "miss": "upstream",
+    "bypass": "passthrough",
+    "uncached": "passthrough",
+}
+
+
+OUTCOMES = ("hit", "miss", "stale", "revalidated", "bypass", "uncached")
+
+
+def route_kind(path: str) -> str:
+    """``manifest``, ``blob``, ``ping``, ``token``, ``health``, ``acme`` or ``other``."""
+    if path in ("/v2", "/v2/"):
+        return "ping"
+    if path.startswith("/v2/"):
+        try:
+            reference = parse_v2_path(path)
+        except RegistryError:  # a bad name or digest: refused with 400
+            return "other"
+        if reference is None:
+            return "other"
+        return "blob" if reference.kind is Kind.BLOB else "manifest"
+    if path == "/auth/token":
+        return "token"
+    if path == "/health":
+        return "health"
+    if path.startswith("/.well-known/acme-challenge/"):
+        return "acme"
+    return "other"
+
+
+def status_class(status: int) -> str:
+    """``2xx``..``5xx``; ``none`` when no response was started (client gone, crash)."""
+    return f"{status // 100}xx" if 100 <= status < 600 else "none"
+
+
+def bounded_method(method: str) -> str:
+    known = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    return method if method in known else "other"
+
+
+class RequestMetrics:
+    """Counters and histograms fed per request, in one registry (one per running mirror)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "docxy_http_requests",
+            "Client requests, by route kind, method and status class.",
+            ["route", "method", "status_class"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "docxy_http_request_duration_seconds",
+            "Client request time until the last byte was sent, by route kind.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "docxy_upstream_duration_seconds",
+            "Time a client request waited on the upstream (headers, or the fill it joined).",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.sent_bytes = Counter(
+            "docxy_sent_bytes",
+            "Body bytes sent to clients, by source: cache, upstream (a cache fill), "
+            "passthrough (not cached), other (challenges, tokens, health).",
+            ["source"],
+            registry=registry,
+        )
+        self.cache = Counter(
+            "docxy_cache_requests",
+            "Manifest and blob requests by cache outcome: hit, miss, stale, revalidated, "
+            "bypass (cache off or not cacheable), uncached (private or disk failing).",
+            ["route", "outcome"],
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            "docxy_open_requests",
+            "Client requests being served now (each holds an open connection).",
+            registry=registry,
+        )
+        self.upstream_responses = Counter(
+            "docxy_upstream_responses",
+            "Answers from the upstream (every hop, CDN redirects included), by what was asked "
+            "and status class.",
+            ["route", "status_class"],
+            registry=registry,
+        )
+        # Series that exist from the start, so a dashboard shows 0 rather than nothing.
+        for source in ("cache", "upstream", "passthrough", "other"):
+            self.sent_bytes.labels(source)
+        for route in ("manifest", "blob"):
+            for outcome in OUTCOMES:
+                self.cache.labels(route, outcome)
+
+    def request_ended(
+        self,
+        path: str,
+        method: str,
+        status: int,
+        sent: int,
+        seconds: float,
+        facts: dict[str, Any],
+    ) -> None:
+        route = route_kind(path)
+        self.requests.labels(route, bounded_method(method), status_class(status)).inc()
+        self.duration.labels(route).observe(seconds)
+        outcome = facts.get("cache")
+        if isinstance(outcome, str) and route in ("manifest", "blob"):
+            self.cache.labels(route, outcome).inc()
+        upstream_ms = facts.get("upstream_ms")
+        if isinstance(upstream_ms, int | float):
+            self.upstream_duration.labels(route).observe(upstream_ms / 1000)
+        source = SOURCES.get(outcome, "other") if isinstance(outcome, str) else "other"
+        self.sent_bytes.labels(source).inc(sent)
+
+    def upstream_answered(self, path: str, status: int) -> None:
+        self.upstream_responses.labels(route_kind(path), status_class(status)).inc()
+
+
+# --- read at scrape time --------------------------------------------------------------------
+
+
+def leading_number(text: object) -> float | None:
+    """``"76;w=21600"`` (Docker Hub's ``ratelimit-remaining``) → 76.0."""
+    if not isinstance(text, str):
+        return None
+    match = re.match(r"\s*(\d+(?:\.\d+)?)", text)
+    return float(match.group(1)) if match else None
+
+
+def timestamp(text: object) -> float | None:
+    """An ISO 8601 time (``2026-11-30T12:00:00Z`` or with an offset) → seconds since the epoch."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+Labels = dict[str, str] | None
+
+
+def _gauge(name: str, doc: str, value: float | None, labels: Labels = None) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), math.nan if value is None else value)
+    return family
+
+
+def _counter(name: str, doc: str, value: float, labels: Labels = None) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+Provider = Callable[[], dict[str, object]]
+
+
+class MirrorCollector(Collector):
+    """What the mirror holds, read when Prometheus scrapes (no request-path bookkeeping)."""
+
+    def __init__(self, state: MirrorState, status_errors: Tally[str]) -> None:
+        self.state = state
+        self.status_errors = status_errors  # upstream 429/5xx answers, counted by the hook
+
+    def collect(self) -> Iterable[Metric]:
+        yield _gauge("docxy_build_info", "Docxy's version.", 1, {"version": __version__})
+        server = self.state.config.server
+        ports = [server.listen.port] + ([server.tls_listen.port] if server.tls_listen else [])
+        yield _gauge(
+            "docxy_open_connections",
+            "Client TCP connections open on the mirror's listeners, idle keep-alive included.",
+            open_connections(ports),
+        )
+        yield from self._cache()
+        yield from self._upstream()
+        yield from self._certificate()
+
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.state.cache
+        if cache is None:
+            return
+        store = cache.blobs
+        usage = store.usage()
+        yield _gauge("docxy_cache_size_bytes", "Bytes of committed blobs.", usage.bytes)
+        yield _gauge("docxy_cache_max_size_bytes", "cache.max_size.", usage.max_size)
+        yield _gauge("docxy_cache_blobs", "Committed blobs.", usage.entries)
+        yield _gauge(
+            "docxy_cache_fills_in_flight", "Blob downloads into the cache now.", store.fills_open
+        )
+        yield _gauge(
+            "docxy_cache_fill_bytes_in_flight",
+            "Bytes written so far by the fills in flight.",
+            usage.in_flight,
+        )
+        yield _counter(
+            "docxy_cache_fills", "Blob fills started (one per digest missed).", store.fills_started
+        )
+        yield _counter(
+            "docxy_cache_coalesced_followers",
+            "Clients that joined a fill another client had started (no extra upstream fetch).",
+            store.followers_joined,
+        )
+        yield _counter(
+            "docxy_cache_evictions", "Blobs evicted to stay under the cap.", store.evicted
+        )
+        yield _counter(
+            "docxy_cache_evicted_bytes", "Bytes evicted to stay under the cap.", store.evicted_bytes
+        )
+
+    def _upstream(self) -> Iterator[Metric]:
+        client = self.state.client
+        if client is None:
+            return
+        upstream = self.state.upstream
+        host = {"upstream": upstream.host}
+        health = client.health_of(upstream)
+        up = None if health.reachable is None else float(health.reachable)
+        yield _gauge("docxy_upstream_up", "1 if the upstream's last answer got through.", up, host)
+        yield _gauge(
+            "docxy_upstream_ratelimit_remaining",
+            "The upstream's last ratelimit-remaining header (Docker Hub pulls left).",
+            leading_number(health.ratelimit_remaining),
+            host,
+        )
+        yield _gauge(
+            "docxy_upstream_ratelimit_limit",
+            "The upstream's last ratelimit-limit header.",
+            leading_number(health.ratelimit_limit),
+            host,
+        )
+        yield _gauge(
+            "docxy_upstream_last_success_timestamp_seconds",
+            "When the upstream last answered.",
+            health.last_ok,
+            host,
+        )
+        yield _counter(
+            "docxy_upstream_stale_served",
+            "Cached content served because the upstream failed (stale-if-error).",
+            health.stale_served,
+            host,
+        )
+        errors = CounterMetricFamily(
+            "docxy_upstream_errors",
+            "Upstream failures by kind: timeout, unreachable (connect/transport), "
+            "rate_limited (429), server_error (5xx).",
+            labels=["upstream", "kind"],
+        )
+        kinds: Tally[str] = Tally({"timeout": 0, "unreachable": 0})
+        kinds.update(health.failures)
+        kinds.update(self.status_errors)
+        for kind, count in sorted(kinds.items()):
+            errors.add_metric([upstream.host, kind], count)
+        yield errors
+
+    def _certificate(self) -> Iterator[Metric]:
+        providers: dict[str, Provider] = self.state.extras.get("health", {})
+        if "tls" in providers:
+            tls = providers["tls"]()
+            yield _gauge(
+                "docxy_tls_cert_expiry_timestamp_seconds",
+                "notAfter of the certificate being served.",
+                timestamp(tls.get("not_after")),
+            )
+        if "renewal" in providers:
+            renewal = providers["renewal"]()
+            last_run, last_success = (
+                timestamp(renewal.get("last_run")),
+                timestamp(renewal.get("last_success")),
+            )
+            ok = None
+            if last_run is not None:
+                ok = 1.0 if last_success is not None and last_success >= last_run else 0.0
+            yield _gauge(
+                "docxy_cert_renewal_last_run_ok",
+                "1 if the renewer's last run succeeded, 0 if it failed; NaN before any run.",
+                ok,
+            )
+            yield _gauge(
+                "docxy_cert_renewal_last_run_timestamp_seconds", "The renewer's last run.", last_run
+            )
+            yield _gauge(
+                "docxy_cert_renewal_last_success_timestamp_seconds",
+                "The renewer's last successful run.",
+                last_success,
+            )
+            failures = renewal.get("failures")
+            yield _gauge(
+                "docxy_cert_renewal_failures",
+                "Consecutive failed renewer runs.",
+                float(failures) if isinstance(failures, int) else None,
+            )
+
+
+def make_registry(state: MirrorState, status_errors: Tally[str]) -> CollectorRegistry:
+    """A registry of its own (not the global one): one per app, so tests can run several."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(MirrorCollector(state, status_errors))
+    ProcessCollector(registry=registry)  # RSS, CPU seconds, open file descriptors
+    return registry

@@ -1,0 +1,131 @@
+"""The observer: told when each request ends and when the upstream answers; keeps the figures.
+
+Fed from two places only, so the request path stays unaware of it:
+
+- ``middleware.AccessLog`` calls :meth:`Observer.request_started` and
+  :meth:`Observer.request_ended` with the facts the routes left in ``scope["docxy"]`` (cache
+  outcome, upstream time) and what went out (status, bytes, time);
+- the shared upstream client's ``response`` event hook (:meth:`Observer.attach`) sees every
+  upstream answer, including the 429s and 5xx that count as upstream errors.
+
+Everything else (cache size, upstream reachability, certificate) is read at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+from hypercorn.typing import Scope
+from quart import Quart
+
+from docxy.errors import RegistryError
+from docxy.names import parse_v2_path, upstream_name
+from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
+from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
+from docxy.state import MirrorState
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = 1000  # distinct image names remembered for "most pulled"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class Observer:
+    def __init__(self, state: MirrorState, *, top_keys: int = TOP_KEYS) -> None:
+        self.state = state
+        self.started_at = time.time()
+        self.status_errors: Counter[str] = Counter()  # upstream 429/5xx answers by kind
+        self.registry = make_registry(state, self.status_errors)
+        self.metrics = RequestMetrics(self.registry)
+        self.pulls = TopCounts(top_keys)
+        self.errors = RecentErrors()
+
+    # --- middleware.RequestObserver ---------------------------------------------------------
+
+    def request_started(self) -> None:
+        self.metrics.in_progress.inc()
+
+    def request_ended(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+        self.metrics.in_progress.dec()
+        try:
+            self._record(scope, status, sent, seconds)
+        except Exception:  # a counting bug must never break serving
+            log.exception("metrics: cannot record a request")
+
+    def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if isinstance(raw, bytes) and raw else scope.get("path", "")
+        path = str(path).split("?", 1)[0]
+        facts = scope.get("docxy")
+        method = str(scope.get("method", "GET"))
+        self.metrics.request_ended(
+            path, method, status, sent, seconds, facts if isinstance(facts, dict) else {}
+        )
+        if 200 <= status < 300 and method in ("GET", "HEAD"):
+            self._count_pull(path)
+
+    def _count_pull(self, path: str) -> None:
+        """A pull resolves its tag once (HEAD or GET ``manifests/<tag>``): count that."""
+        try:
+            reference = parse_v2_path(path)
+        except RegistryError:
+            return
+        if reference is None or reference.tag is None:
+            return
+        name = upstream_name(reference.name, self.state.upstream.library_prefix)
+        self.pulls.add(f"{name}:{reference.tag}")
+
+    # --- the upstream client ----------------------------------------------------------------
+
+    def attach(self, app: Quart) -> None:
+        """Hook into the shared upstream client once the app has opened it."""
+
+        @app.while_serving
+        async def hook_upstream() -> AsyncGenerator[None, None]:
+            # Registered after the app's own lifespan, so the client exists by now.
+            self.state.http.http.event_hooks["response"].append(self.upstream_answered)
+            yield
+
+    async def upstream_answered(self, response: httpx.Response) -> None:
+        status = response.status_code
+        self.metrics.upstream_answered(response.request.url.path, status)
+        kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else None
+        if kind is not None:
+            self.status_errors[kind] += 1
+            what = route_kind(response.request.url.path)
+            # Host and route kind only: a CDN URL's query is a signed credential.
+            self.errors.add(kind, f"{response.request.url.host} answered {status} ({what})")
+
+    # --- for the status page ----------------------------------------------------------------
+
+    def recent_errors(self, limit: int = 20) -> list[ErrorEvent]:
+        """Upstream failures (timeouts, unreachable) and bad answers (429/5xx), newest first."""
+        events = list(self.errors.latest())
+        if self.state.client is not None:
+            health = self.state.client.health_of(self.state.upstream)
+            events += [ErrorEvent(at, kind, text) for at, kind, text in health.recent_failures]
+        events.sort(key=lambda event: event.at, reverse=True)
+        return events[:limit]
+
+    def samples(self) -> Samples:
+        """Every current sample: ``(name, sorted labels) → value``."""
+        found: Samples = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return found
+
+
+def total(samples: Samples, name: str, **match: Any) -> float:
+    """The sum of ``name``'s samples whose labels include ``match``."""
+    wanted = {(key, str(value)) for key, value in match.items()}
+    return sum(
+        value
+        for (sample, labels), value in samples.items()
+        if sample == name and wanted <= set(labels)
+    )

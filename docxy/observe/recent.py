@@ -1,0 +1,73 @@
+"""Bounded in-memory tallies for the status page: the most pulled images, recent errors.
+
+Both are fed once per request, so both have a hard cap: memory stays flat however many
+distinct names clients send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+
+MAX_KEY = 200  # characters of an image name kept; longer names are cut
+
+
+class TopCounts:
+    """Counts per key, for at most ``max_keys`` distinct keys.
+
+    When the table is full, a new key replaces the least counted one and starts from that
+    count plus one (the "space-saving" scheme): a name pulled often still climbs into the top,
+    while a flood of one-off names cannot grow the table.
+    """
+
+    def __init__(self, max_keys: int = 1000) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.max_keys = max_keys
+        self._counts: Counter[str] = Counter()
+
+    def add(self, key: str) -> None:
+        key = key[:MAX_KEY]
+        if key in self._counts or len(self._counts) < self.max_keys:
+            self._counts[key] += 1
+            return
+        smallest, count = min(self._counts.items(), key=lambda item: item[1])
+        del self._counts[smallest]
+        self._counts[key] = count + 1
+
+    def top(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` most counted keys, most first; ties by name."""
+        return sorted(self._counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    at: float  # seconds since the epoch
+    kind: str
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"at": iso(self.at), "kind": self.kind, "message": self.message}
+
+
+class RecentErrors:
+    """The last ``size`` errors, newest first."""
+
+    def __init__(self, size: int = 20) -> None:
+        self._events: deque[ErrorEvent] = deque(maxlen=size)
+
+    def add(self, kind: str, message: str, at: float | None = None) -> None:
+        self._events.append(ErrorEvent(time.time() if at is None else at, kind, message))
+
+    def latest(self) -> list[ErrorEvent]:
+        return sorted(self._events, key=lambda event: event.at, reverse=True)
+
+
+def iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))

@@ -1,0 +1,74 @@
+"""The status page's HTML: self-contained, escaped, and readable with nothing to show."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from docxy.observe.status import REFRESH_SECONDS, render_page
+
+FULL: dict[str, Any] = {
+    "status": "ok",
+    "version": "0.1.0",
+    "generated_at": "2026-11-30T12:00:00Z",
+    "uptime_seconds": 7200,
+    "upstream": {
+        "registry": "https://registry-1.docker.io",
+        "reachable": True,
+        "last_ok": "2026-11-30T11:59:00Z",
+        "ratelimit_remaining": "76;w=21600",
+        "ratelimit_limit": "100;w=21600",
+    },
+    "cache": {
+        "blobs": 3,
+        "bytes": 3 * 1024**3,
+        "max_size": 20 * 1024**3,
+        "fills_in_flight": 1,
+        "requests": {"hit": 9, "miss": 1, "stale": 0},
+        "hit_ratio": 0.9,
+        "byte_hit_ratio": 0.5,
+        "coalesced_followers": 4,
+        "evictions": 0,
+    },
+    "traffic": {"requests": 10, "open_requests": 1, "errors_5xx": 0, "sent_bytes": {}},
+    "tls": {"not_after": "2027-02-28T10:00:00+00:00", "days_left": 90.0, "subject": "CN=m"},
+    "renewal": {"last_run": "2026-11-30T10:00:00Z", "last_error": None, "next_run": None},
+    "top_images": [{"image": "library/redis:7", "pulls": 12}],
+    "recent_errors": [{"at": "2026-11-30T11:00:00Z", "kind": "timeout", "message": "slow"}],
+}
+
+
+def test_the_page_is_self_contained_and_refreshes_itself() -> None:
+    page = render_page(FULL)
+    assert f'<meta http-equiv=refresh content="{REFRESH_SECONDS}">' in page
+    assert "width=device-width" in page
+    assert "<script" not in page
+    # Nothing loaded from anywhere: no src attributes, no remote stylesheet or font.
+    assert not re.search(r"\bsrc=|<link|@import|url\(", page)
+    assert not re.search(r'href="?https?:', page)
+
+
+def test_the_page_shows_the_figures() -> None:
+    page = render_page(FULL)
+    for text in ("3.0 GiB", "20.0 GiB", "90.0%", "76 of 100", "library/redis:7", "slow"):
+        assert text in page, text
+    assert "2027-02-28 10:00:00Z (in " in page  # the certificate's expiry, and how soon
+
+
+def test_every_value_is_escaped() -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    report = dict(FULL, status=evil, top_images=[{"image": evil, "pulls": 1}])
+    report["recent_errors"] = [{"at": None, "kind": evil, "message": evil}]
+    report["upstream"] = dict(
+        FULL["upstream"], registry=evil, last_error="x", last_error_message=evil
+    )
+    page = render_page(report)
+    assert "<img" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_an_empty_report_still_renders() -> None:
+    page = render_page({})
+    assert "No pulls yet." in page
+    assert "not tried yet" in page
+    assert "None." in page
