@@ -618,7 +618,16 @@ compose() {
     --env-file "$ENV_FILE" "$@"
 }
 
+# The account in .env only reaches the mirror if compose.yaml passes it into the container.
+check_compose_passes_account() {
+  [[ -n "$UPSTREAM_USER" && -f "$DIR/compose.yaml" ]] || return 0
+  grep -q 'DOCXY_UPSTREAM_USERNAME' -- "$DIR/compose.yaml" && return 0
+  warn "$DIR/compose.yaml does not pass DOCXY_UPSTREAM_USERNAME/PASSWORD into the container:"
+  warn "the mirror pulls anonymously until it does (the account stays in .env)"
+}
+
 bring_up() {
+  check_compose_passes_account
   if ((!ENV_CHANGED && !UPDATE)) && ((${#COMPOSE[@]})) && stack_running; then
     say "  Docxy is already running with these settings"
     return

@@ -231,6 +231,22 @@ def test_upstream_password_from_the_environment_is_written_but_never_shown(
     assert "dckr_pat_x-1" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("passed", [True, False])
+def test_an_account_that_compose_yaml_does_not_pass_on_is_warned_about(
+    box: ScriptBox, resolver: Resolver, passed: bool
+) -> None:
+    compose = box.base / "clone" / "compose.yaml"
+    text = "services:\n  docxy:\n    environment:\n      DOCXY_DOMAIN: ${DOCXY_DOMAIN}\n"
+    if passed:
+        text += "      DOCXY_UPSTREAM_USERNAME: ${DOCXY_UPSTREAM_USERNAME:-}\n"
+    compose.write_text(text)
+
+    result = install(box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "pw"})
+
+    assert result.returncode == 0, output(result)
+    assert ("pulls anonymously" in result.stderr) is not passed
+
+
 def test_missing_settings_are_prompted_for_with_the_password_unechoed(
     box: ScriptBox, resolver: Resolver
 ) -> None:
