@@ -44,6 +44,8 @@ usage: $PROG --domain NAME --email ADDRESS [options]
                             distribution's docker.io and Compose packages)
   --dir DIR                 where the project lives (default: the clone this runs from, else
                             /opt/docxy, fetched from \$DOCXY_SOURCE_URL)
+  --source-url URL          the project's .tar.gz to fetch (default: \$DOCXY_SOURCE_URL, else
+                            $SOURCE_URL)
   --update                  fetch the project again into --dir
   --configure-local-docker  also point this host's own dockerd at the mirror
   --health-timeout SECONDS  how long to wait for https://NAME/health (default 600)
@@ -90,7 +92,7 @@ parse_args() {
   while (($#)); do
     case "$1" in
       --domain | --email | --cache-size | --upstream-user | --public-ip | --dns-server | \
-        --dns-port | --dir | --health-timeout | --root)
+        --dns-port | --dir | --health-timeout | --root | --source-url)
         (($# >= 2)) || die "$1 needs a value" 2
         ;;
     esac
@@ -105,6 +107,7 @@ parse_args() {
       --skip-dns-check) SKIP_DNS=1 ;;
       --docker-repo) DOCKER_REPO=1 ;;
       --dir) DIR="$2"; shift ;;
+      --source-url) SOURCE_URL="$2"; shift ;;
       --update) UPDATE=1 ;;
       --configure-local-docker) LOCAL_DOCKER=1 ;;
       --health-timeout) HEALTH_TIMEOUT="$2"; shift ;;

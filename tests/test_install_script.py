@@ -607,9 +607,9 @@ def test_piped_install_never_replaces_a_directory_that_is_not_docxy(
     (precious / "keep.txt").write_text("mine")
     args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
     args += ["--public-ip", OURS, "--dns-server", resolver.address, "--dir", str(precious)]
-    env = {"DOCXY_SOURCE_URL": source_tarball(box)}
+    args += ["--source-url", source_tarball(box)]
 
-    result = box.run("", *args, env=env, stdin=clone_script(box).read_text())
+    result = box.run("", *args, stdin=clone_script(box).read_text())
 
     assert result.returncode == 1, output(result)
     assert "is not a Docxy project" in result.stderr
