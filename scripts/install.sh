@@ -316,7 +316,8 @@ check_dns() {
       say "DNS check: needs dig; the real run installs dnsutils for it"
       return 0
     fi
-    act apt-get install -y --no-install-recommends dnsutils
+    act apt-get update
+    act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dnsutils
   fi
   local found_a found_aaaa found4 found6
   if ! found_a="$(resolve A)" || ! found_aaaa="$(resolve AAAA)"; then
@@ -330,7 +331,7 @@ check_dns() {
       if is_ipv4 "$ip"; then
         ours4+=("$ip")
       elif is_ipv6 "$ip"; then
-        ours6+=("$ip")
+        ours6+=("${ip,,}") # dig prints AAAA records in lower case
       else
         die "--public-ip $ip is not an IP address" 2
       fi
@@ -344,7 +345,7 @@ check_dns() {
     fi
     if ((${#records_aaaa[@]})); then
       found6="$(discover 6)" || exit 1
-      [[ -n "$found6" ]] && ours6=("$found6")
+      [[ -n "$found6" ]] && ours6=("${found6,,}")
     fi
     if ((${#records_a[@]} + ${#records_aaaa[@]})) && ((${#ours4[@]} + ${#ours6[@]} == 0)); then
       die "could not find this host's public address: pass --public-ip"

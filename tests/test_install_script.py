@@ -383,7 +383,7 @@ def test_skip_dns_check_goes_on_with_a_warning(box: ScriptBox, resolver: Resolve
 def test_dns_with_matching_a_and_aaaa(box: ScriptBox, resolver: Resolver) -> None:
     box.stand_in("curl", Rule(r"/health", stdout=HEALTHY))
 
-    result = install(box, resolver, "--domain", "dual.test", "--public-ip", OURS6)
+    result = install(box, resolver, "--domain", "dual.test", "--public-ip", OURS6.upper())
 
     assert result.returncode == 0, output(result)
     assert f"DNS: dual.test -> {OURS} {OURS6}, this host" in result.stdout
@@ -410,6 +410,20 @@ def test_a_resolver_that_does_not_answer_stops(box: ScriptBox, resolver: Resolve
     assert result.returncode == 1, output(result)
     assert f"did not answer for {DOMAIN}" in result.stderr
     assert not box.called(COMPOSE_UP)
+
+
+def test_without_dig_dnsutils_is_installed_first(box: ScriptBox, resolver: Resolver) -> None:
+    box.without("dig")
+    box.stand_in("apt-get", Rule(r"install", effect=f'ln -s {shutil.which("dig")} "$STANDINS/dig"'))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    lines = [c.line for c in box.calls("apt-get")]
+    assert lines[:2] == [
+        "apt-get update",
+        "apt-get install -y --no-install-recommends dnsutils",
+    ]
 
 
 def test_dns_port_option(box: ScriptBox, resolver: Resolver) -> None:
