@@ -402,14 +402,24 @@ def blocks(lines):
 
 
 def config_path(path):
-    import tomllib
-
     try:
         with open(path, "rb") as handle:
-            config = tomllib.load(handle)
+            raw = handle.read()
     except FileNotFoundError:
         return
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        print(f"unreadable: {exc}")
+        return
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # Ubuntu 22.04's 3.10: the first config_path line will do
+        found = re.search(rb'^\s*config_path\s*=\s*"([^"]*)"', raw, re.M)
+        if found:
+            print(found.group(1).decode())
+        return
+    try:
+        config = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         print(f"unreadable: {exc}")
         return
     plugins = config.get("plugins", {})

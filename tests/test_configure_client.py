@@ -430,6 +430,27 @@ def test_containerd_config_path_is_reported(box: ScriptBox, config: str, verdict
     assert verdict in said
 
 
+def test_containerd_config_path_without_tomllib(box: ScriptBox) -> None:
+    """Python 3.10 (Ubuntu 22.04) has no tomllib: the config_path line is still found."""
+    box.path("/etc/containerd/config.toml").parent.mkdir(parents=True)
+    box.path("/etc/containerd/config.toml").write_text(
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+        '  config_path = "/etc/containerd/certs.d"\n'
+    )
+    no_tomllib = box.base / "no-tomllib"
+    no_tomllib.mkdir()
+    (no_tomllib / "tomllib.py").write_text("raise ImportError('as on Python 3.10')\n")
+
+    result = box.run(
+        SCRIPT,
+        *("--root", str(box.root), "--mirror", MIRROR, "--containerd"),
+        env={"PYTHONPATH": str(no_tomllib)},
+    )
+
+    assert result.returncode == 0, output(result)
+    assert "config_path points at /etc/containerd/certs.d" in result.stdout
+
+
 # --- podman -----------------------------------------------------------------------------------
 
 
