@@ -345,6 +345,13 @@ OTHER_ENV = frozenset(
         "DOCXY_SUPERVISOR_CONF",  # container: supervisord's config (entrypoint.sh)
         "DOCXY_REQUIRE_E2E",  # tests: a missing system binary fails instead of skipping
         "DOCXY_DOCKER_CLI",  # tests: the docker CLI to drive the private dockerd with
+        # Read by the shell scripts, never by the mirror (allowed so that a shell which exported
+        # them can still start it):
+        "DOCXY_SOURCE_URL",  # install.sh: where to fetch the project when piped from a URL
+        "DOCXY_IPV4_SERVICES",  # install.sh: public IPv4 discovery services (tests override)
+        "DOCXY_IPV6_SERVICES",  # install.sh: public IPv6 discovery services (tests override)
+        "DOCXY_PROMPT_INPUT",  # install.sh: where prompts read answers (tests: a file)
+        "DOCXY_RELOAD_WAIT",  # configure-client.sh: seconds to wait for dockerd to reload
     }
 )
 

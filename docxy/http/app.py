@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from docxy.cache import Cache, open_cache
 from docxy.config import Config
 from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
-from docxy.http import acme, auth, health, routes
+from docxy.http import acme, auth, health, routes, setup_script
 from docxy.http.responses import error_response
 from docxy.http.state import MirrorState
 from docxy.tasks import spawn
@@ -70,7 +70,13 @@ def create_app(
     if config.cache.enabled:
         state.cache = open_store(config)
     app.extensions["docxy"] = state
-    for blueprint in (routes.blueprint, auth.blueprint, health.blueprint, acme.blueprint):
+    for blueprint in (
+        routes.blueprint,
+        auth.blueprint,
+        health.blueprint,
+        acme.blueprint,
+        setup_script.blueprint,
+    ):
         app.register_blueprint(blueprint)
 
     @app.while_serving
