@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import httpx
 from quart import Blueprint, Response, request
 
-from docxy.core.challenge import rewrite_scope
+from docxy.core.challenge import rewrite_scope, unprefix_scope
 from docxy.core.errors import NotFound, UpstreamError
 from docxy.http.state import mirror_state
 from docxy.upstream.client import read_small
@@ -32,21 +32,32 @@ FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offli
 
 
 def token_params(
-    args: list[tuple[str, str]], library_prefix: bool, service: str | None = None
+    args: list[tuple[str, str]],
+    library_prefix: bool,
+    service: str | None = None,
+    *,
+    prefix: str | None = None,
+    own_service: bool = False,
 ) -> httpx.QueryParams:
     """The query to send to the upstream realm: known parameters only, scopes rewritten.
 
     ``service`` (the upstream's own, from its challenge) is added when the client sent none:
     a challenge the mirror answered offline, before it ever saw the upstream, names none.
+    ``own_service`` puts it in place of the client's (which may be another upstream's, from
+    the mirror's ``/v2/``). ``prefix`` (the upstream's name) comes off scope names first.
     """
     params: list[tuple[str, str | int | float | bool | None]] = []
-    if service and not any(key == "service" for key, _ in args):
+    if service and (own_service or not any(key == "service" for key, _ in args)):
         params.append(("service", service))
     for key, value in args:
-        if key not in FORWARDED_PARAMS:
+        if key not in FORWARDED_PARAMS or (key == "service" and own_service):
             continue
         if key == "scope":
-            value = " ".join(rewrite_scope(s, library_prefix) for s in value.split(" ") if s)
+            value = " ".join(
+                rewrite_scope(unprefix_scope(s, prefix) if prefix else s, library_prefix)
+                for s in value.split(" ")
+                if s
+            )
         params.append((key, value))
     return httpx.QueryParams(params)
 
@@ -58,6 +69,10 @@ def offline_token(reason: str) -> Response:
     client tokens, and passes anything else through with the client's own token.
     """
     log.warning("upstream token service unavailable (%s): issuing an offline token", reason)
+    return offline_token_body()
+
+
+def offline_token_body() -> Response:
     issued = datetime.now(UTC)
     body = {
         "token": OFFLINE_TOKEN,
@@ -70,16 +85,27 @@ def offline_token(reason: str) -> Response:
     return response
 
 
+def mirror_only_token(name: str) -> Response:
+    """For an upstream without token auth, reached through a challenge that asks for a token
+    (the mirror's ``/v2/`` speaks for ``[upstream]``): a token that grants nothing upstream,
+    so the client goes on and the mirror fetches with its own credentials."""
+    log.info("token asked for %s, which has no token service: a mirror-only token", name)
+    return offline_token_body()
+
+
 @blueprint.route("/auth/token", methods=["GET"])
 async def token() -> Response:
     state = mirror_state()
-    upstream = state.upstream_for(request.args.get("ns"))
+    scopes = request.args.getlist("scope")
+    upstream = state.upstreams.for_token(request.args.get("upstream"), scopes)
     try:
         realm = await state.client.auth_realm(upstream)
     except UpstreamError as exc:
         if state.cache is None:
             raise
         return offline_token(exc.message)
+    if realm is None and not upstream.is_default:
+        return mirror_only_token(upstream.name)
     if realm is None:
         raise NotFound("the upstream registry does not use token authentication")
     headers = []
@@ -91,6 +117,8 @@ async def token() -> Response:
         list(request.args.items(multi=True)),
         upstream.library_prefix,
         known.service if known is not None else None,
+        prefix=upstream.name,
+        own_service=not upstream.is_default,
     )
     try:
         answer = await state.client.send(upstream, "GET", realm, headers, params=params)

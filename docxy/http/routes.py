@@ -20,7 +20,8 @@ from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.http.responses import registry_response, relay, served_response, unauthorized
 from docxy.http.state import MirrorState, mirror_state
 from docxy.pull.outcome import Outcome, PassThrough, Pull, Reason, Source
-from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
+from docxy.upstream.client import SERVER_TROUBLE, read_small
+from docxy.upstream.routing import Route
 
 blueprint = Blueprint("registry", __name__)
 
@@ -42,9 +43,10 @@ def _raw_path() -> str:
     return request.path
 
 
-def _upstream(state: MirrorState) -> Upstream:
-    """The upstream this request is for: the one place that chooses it."""
-    return state.upstream_for(request.args.get("ns"))
+def _route(state: MirrorState, name: str = "") -> Route:
+    """The upstream this request is for (``?ns=``, host name, path prefix): the one place that
+    chooses it. An unknown one is refused here, before anything is sent."""
+    return state.route(name, ns=request.args.get("ns"), host=request.headers.get("Host"))
 
 
 @blueprint.route("/v2", methods=ALL_METHODS)
@@ -54,7 +56,8 @@ async def ping() -> Response:
     if request.method not in READ_METHODS:
         raise Unsupported("this mirror is read-only", {"method": request.method})
     state = mirror_state()
-    upstream = _upstream(state)
+    upstream = _route(state).upstream
+    realm = state.token_realm_for(upstream)
     try:
         answer = await state.client.send(
             upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
@@ -69,14 +72,14 @@ async def ping() -> Response:
         # mirror's own endpoint, which answers offline too. The upstream's service name only
         # if it was ever seen: never a guess (/auth/token fills it in).
         known = state.client.known_challenge(upstream)
-        params = {"realm": state.token_realm}
+        params = {"realm": realm}
         if known is not None and known.service:
             params["service"] = known.service
         return unauthorized(Challenge("Bearer", params).render())
     if answer.status_code == 401:
         challenge = answer.headers.get("www-authenticate")
         if challenge is not None:
-            challenge = rewrite_challenge(challenge, state.token_realm, upstream.library_prefix)
+            challenge = rewrite_challenge(challenge, realm, upstream.library_prefix)
         return unauthorized(challenge)
     if answer.status_code >= 400:
         return registry_response(body or b"{}", answer.status_code, JSON)
@@ -93,7 +96,8 @@ async def content(rest: str) -> Response:
     if reference is None:
         return await ping()
     state = mirror_state()
-    pull = _pull(state, reference)
+    route = _route(state, reference.name)
+    pull = _pull(route, reference)
     services = state.running
     started = time.monotonic()
     outcome: Outcome | None = None
@@ -103,17 +107,17 @@ async def content(rest: str) -> Response:
         else:
             outcome = await services.manifests.get(pull)
         if isinstance(outcome, PassThrough):
-            return await _pass_through(state, pull)
+            return await _pass_through(state, pull, route)
         return served_response(outcome)
     finally:
         _record(state, pull, outcome, started)
 
 
-def _pull(state: MirrorState, reference: Reference) -> Pull:
-    upstream = _upstream(state)
+def _pull(route: Route, reference: Reference) -> Pull:
+    upstream = route.upstream
     return Pull(
         upstream,
-        upstream_name(reference.name, upstream.library_prefix),
+        upstream_name(route.name, upstream.library_prefix),
         reference,
         request.method,
         tuple(request.headers.getlist("Accept")),
@@ -121,7 +125,7 @@ def _pull(state: MirrorState, reference: Reference) -> Pull:
     )
 
 
-async def _pass_through(state: MirrorState, pull: Pull) -> Response:
+async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Response:
     """Send the request upstream with the client's own headers; relay the answer."""
     headers = request_headers(request.headers.items())
     url = pull.upstream.url(pull.path)
@@ -129,8 +133,9 @@ async def _pass_through(state: MirrorState, pull: Pull) -> Response:
     return relay(
         answer,
         method=pull.method,
-        realm=state.token_realm,
+        realm=state.token_realm_for(pull.upstream),
         library_prefix=pull.upstream.library_prefix,
+        prefix=route.prefix,
     )
 
 
