@@ -137,10 +137,12 @@ def load_upstreams(
     if SECTION in flags:
         layers.append((flags[SECTION], "flag"))
     enabled: dict[str, Raw] = {}
+    mentioned: set[str] = set()  # in some layer's list: its keys are known, maybe unused
     for value, source in layers:  # the highest layer with a list decides which are on
         entries = _list_entries(value, source)
         enabled = {name: enabled.get(name, {}) | keys for name, keys in entries}
-    by_id = {env_id(name): name for name in enabled}
+        mentioned.update(enabled)
+    by_id = {env_id(name): name for name in mentioned}
     for var, value in environ.items():
         if var == ENV_LIST or not var.startswith(ENV_PREFIX):
             continue
@@ -153,14 +155,16 @@ def load_upstreams(
                 f"an enabled upstream ({', '.join(sorted(by_id)) or 'none enabled'}), "
                 f"KEY one of {', '.join(k.upper() for k in KEYS)}"
             )
-        enabled[name][key] = (value, f"env {var}")
+        if name in enabled:
+            enabled[name][key] = (value, f"env {var}")
     for flag, value in flags.items():
         if flag == SECTION:
             continue
         name, _, key = flag[len(SECTION) + 1 :].rpartition(".")
-        if name not in enabled or key not in KEYS:
+        if name not in mentioned or key not in KEYS:
             raise ConfigError(f"{flag}: unknown key (flag): upstreams.<enabled name>.<key>")
-        enabled[name][key] = (value, "flag")
+        if name in enabled:
+            enabled[name][key] = (value, "flag")
     upstreams, sources = [], {}
     for name, keys in enabled.items():
         built = _build(name, keys)
