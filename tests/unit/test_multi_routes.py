@@ -304,7 +304,7 @@ async def test_health_lists_every_upstream() -> None:
         await m.get("/v2/ghcr.test/owner/img/manifests/1")
         answer = await m.get("/health")
     report = json.loads(answer.body)
-    assert list(report["upstreams"]) == ["docker.io", "ghcr.test", "lab.test"]
+    assert sorted(report["upstreams"]) == ["docker.io", "ghcr.test", "lab.test"]
     assert report["upstreams"]["ghcr.test"]["registry"] == "https://ghcr.example"
     assert report["upstreams"]["ghcr.test"]["reachable"] is True
     assert report["upstreams"]["lab.test"].get("reachable") is None  # never asked
