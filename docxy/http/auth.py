@@ -19,7 +19,7 @@ from quart import Blueprint, Response, request
 from docxy.core.challenge import rewrite_scope, unprefix_scope
 from docxy.core.errors import NotFound, UpstreamError
 from docxy.http.state import mirror_state
-from docxy.upstream.client import read_small
+from docxy.upstream.client import Upstream, read_small
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,22 @@ def mirror_only_token(name: str) -> Response:
     return offline_token_body()
 
 
+def credentials_go_to(upstream: Upstream, named: str | None) -> bool:
+    """Whether the client's credentials may go to ``upstream``'s token service.
+
+    Only to the upstream whose challenge sent the client here: the one its realm names
+    (``?upstream=``), or ``[upstream]`` for the plain realm. A client pulling
+    ``mirror/ghcr.io/owner/img`` got the plain realm from the mirror's ``/v2/``, and its login
+    for the mirror's name is not ghcr.io's: that token request goes anonymous.
+    """
+    return named is not None or upstream.is_default
+
+
 @blueprint.route("/auth/token", methods=["GET"])
 async def token() -> Response:
     state = mirror_state()
-    scopes = request.args.getlist("scope")
-    upstream = state.upstreams.for_token(request.args.get("upstream"), scopes)
+    named = request.args.get("upstream")
+    upstream = state.upstreams.for_token(named, request.args.getlist("scope"))
     try:
         realm = await state.client.auth_realm(upstream)
     except UpstreamError as exc:
@@ -110,7 +121,7 @@ async def token() -> Response:
         raise NotFound("the upstream registry does not use token authentication")
     headers = []
     authorization = request.headers.get("Authorization")
-    if authorization is not None:
+    if authorization is not None and credentials_go_to(upstream, named):
         headers.append(("Authorization", authorization))
     known = state.client.known_challenge(upstream)
     params = token_params(

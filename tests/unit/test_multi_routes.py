@@ -226,6 +226,23 @@ async def test_token_by_scope_prefix_goes_to_that_upstreams_service() -> None:
     assert query == [("service", "ghcr-service"), ("scope", "repository:owner/img:pull")]
 
 
+async def test_credentials_go_only_to_the_upstream_whose_challenge_named_the_realm() -> None:
+    basic = [("Authorization", "Basic Ym9iOmh1bnRlcjI=")]
+    async with mirror() as m:
+        by_scope = "/auth/token?scope=repository:ghcr.test/owner/img:pull"
+        await call_asgi(m.app, "GET", by_scope, host="mirror.example.com", headers=basic)
+        by_realm = "/auth/token?upstream=ghcr.test&scope=repository:owner/img:pull"
+        await call_asgi(m.app, "GET", by_realm, host="mirror.example.com", headers=basic)
+        hub = "/auth/token?scope=repository:redis:pull"
+        await call_asgi(m.app, "GET", hub, host="mirror.example.com", headers=basic)
+    sent = [r for r in m.upstream.requests if r.url.host.startswith("auth.")]
+    assert [(r.url.host, "authorization" in r.headers) for r in sent] == [
+        ("auth.ghcr.example", False),  # the mirror's /v2/ realm is Docker Hub's: not ghcr's login
+        ("auth.ghcr.example", True),  # a challenge for ghcr.test named this realm
+        ("auth.hub.example", True),
+    ]
+
+
 async def test_token_by_realm_parameter() -> None:
     async with mirror() as m:
         answer = await m.get(
