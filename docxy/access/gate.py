@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from docxy.access.clientca import ClientCA
-from docxy.access.identity import ANONYMOUS, Identity, Via
+from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
 from docxy.access.keys import KeyRing
 from docxy.access.peer import peer_certificate
 from docxy.access.scopes import allows
@@ -48,7 +48,7 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    identity: Identity
+    identity: ClientIdentity
     refusal: Refusal | None = None
     #: the client's own Authorization may go upstream on a pass-through (open mode, or
     #: ``auth.upstream_logins`` for a certificate client whose token is not the mirror's)
@@ -119,7 +119,7 @@ class AccessControl:
         (None: the ``/v2/`` version check)."""
         client = self.certificate_client()
         if client is not None:
-            identity = Identity(Via.CERTIFICATE, client)
+            identity = ClientIdentity(Via.CERTIFICATE, client)
             token = bearer_token(authorization)
             forward = self.upstream_logins and token is not None and not self._ours(token)
             return Decision(identity, forward_credentials=forward or not self.users_mode)
@@ -134,7 +134,7 @@ class AccessControl:
             return self._refuse(repository, f"token {exc}", "invalid_token")
         if not self.users.exists(claims.user):
             return self._refuse(repository, "token of a removed user", "invalid_token")
-        identity = Identity(Via.TOKEN, claims.user)
+        identity = ClientIdentity(Via.TOKEN, claims.user)
         if repository is not None and not allows(claims.access, repository, "pull", self.normal):
             refusal = Refusal(403, "DENIED", f"the token does not grant pull on {repository}")
             return Decision(identity, refusal, forward_credentials=False)

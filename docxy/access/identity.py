@@ -22,7 +22,7 @@ class Via(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
+class ClientIdentity:
     via: Via
     name: str | None = None
 
@@ -33,15 +33,15 @@ class Identity:
         return ("user:" if self.via is Via.TOKEN else "cert:") + self.name
 
 
-ANONYMOUS = Identity(Via.ANONYMOUS)
+ANONYMOUS = ClientIdentity(Via.ANONYMOUS)
 
 
-def set_identity(facts: dict[str, Any], identity: Identity) -> None:
+def set_identity(facts: dict[str, Any], identity: ClientIdentity) -> None:
     facts[FACT] = identity
 
 
-def identity_of(scope: Mapping[str, Any]) -> Identity:
+def identity_of(scope: Mapping[str, Any]) -> ClientIdentity:
     """The identity the access check gave this request (ASGI scope), anonymous if none yet."""
     facts = scope.get("docxy")
     found = facts.get(FACT) if isinstance(facts, dict) else None
-    return found if isinstance(found, Identity) else ANONYMOUS
+    return found if isinstance(found, ClientIdentity) else ANONYMOUS

@@ -19,7 +19,7 @@ from werkzeug.datastructures import Headers
 
 from docxy.access.authority import Issued, issue_token
 from docxy.access.gate import Refusal, basic_credentials
-from docxy.access.identity import Identity, Via, set_identity
+from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core.challenge import rewrite_scope
 from docxy.core.errors import NotFound, UpstreamError
 from docxy.http.routes import request_facts
@@ -147,6 +147,6 @@ def _own_token(authorization: str | None) -> Response:
     else:
         assert isinstance(answer, Issued)
         response = Response(answer.body, status=200, content_type="application/json")
-        set_identity(request_facts(), Identity(Via.TOKEN, answer.user))
+        set_identity(request_facts(), ClientIdentity(Via.TOKEN, answer.user))
     response.headers["Cache-Control"] = "no-store"
     return response
