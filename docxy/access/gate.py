@@ -9,6 +9,7 @@ service, and the scope the request needs); a token for another repository is ``4
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -25,6 +26,8 @@ from docxy.access.users import UsersFile
 from docxy.config import Config
 from docxy.core.challenge import Challenge
 from docxy.core.names import upstream_name
+
+PASSWORD_CHECKS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class AccessControl:
         self.service = urlsplit(config.server.public_url).netloc
         self.spec = TokenSpec(config.server.public_url, self.service, auth.token_ttl)
         self.library_prefix = config.upstream.library_prefix
+        #: password checks at once (each runs in a thread and holds argon2's memory)
+        self.hashing = asyncio.Semaphore(PASSWORD_CHECKS)
 
     def prepare(self) -> None:
         """Create what is missing on disk (first key, the CA) before serving."""

@@ -9,6 +9,7 @@ later becomes the mirror's own authority (mirror-issued tokens).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -94,7 +95,7 @@ async def token() -> Response:
     if access is not None and access.users_mode:
         forward = access.upstream_logins and access.certificate_client() is not None
         if not forward or _is_mirror_user(request.headers.get("Authorization")):
-            return _own_token(request.headers.get("Authorization"))
+            return await _own_token(request.headers.get("Authorization"))
     upstream = state.upstream_for(request.args.get("ns"))
     try:
         realm = await state.client.auth_realm(upstream)
@@ -137,11 +138,13 @@ def _is_mirror_user(authorization: str | None) -> bool:
     return access is not None and credentials is not None and access.users.exists(credentials[0])
 
 
-def _own_token(authorization: str | None) -> Response:
+async def _own_token(authorization: str | None) -> Response:
     """Users mode: the mirror is the token authority (``docxy.access.authority``)."""
     access = mirror_state().access
     assert access is not None
-    answer = issue_token(access, authorization, request.args.getlist("scope"))
+    scopes = request.args.getlist("scope")
+    async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
+        answer = await asyncio.to_thread(issue_token, access, authorization, scopes)
     if isinstance(answer, Refusal):
         response = Response(answer.body(), status=answer.status, headers=Headers(answer.headers()))
     else:
