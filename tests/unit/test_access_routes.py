@@ -16,7 +16,8 @@ import pytest
 from docxy.access.keys import KeyRing
 from docxy.access.users import UsersFile
 from docxy.core.challenge import parse_challenge
-from tests.unit.test_routes import MIRROR_REALM, Mirror, hub, mirror
+from tests.unit.fakes import reply
+from tests.unit.test_routes import HUB_CHALLENGE, MIRROR_REALM, Mirror, hub, mirror
 
 MANIFEST_PATH = "/v2/library/redis/manifests/7"
 
@@ -163,3 +164,76 @@ async def test_offline_token_is_never_an_answer_to_credentials(
         anonymous = await m.client.get("/auth/token?scope=repository:library/redis:pull")
         assert anonymous.status_code == 200  # anonymous pulls of cached content go on
         assert (await anonymous.get_json())["token"]
+
+
+# --- client certificates (the TLS layer's verdict stands in: peer._PEER_CERT) ---------------
+
+
+@asynccontextmanager
+async def presenting(tmp_path: Path, client: str | None) -> AsyncIterator[None]:
+    """Requests made inside carry the client certificate ``docxy clients add`` issued."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from docxy.access import peer
+    from docxy.access.clientca import ClientCA
+
+    der = None
+    if client is not None:
+        ClientCA(tmp_path).issue(client, tmp_path / f"kit-{client}")
+        pem = (tmp_path / f"kit-{client}" / "client.cert").read_bytes()
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    token = peer._PEER_CERT.set(der)
+    try:
+        yield
+    finally:
+        peer._PEER_CERT.reset(token)
+
+
+CERTS = {"auth.client_certs": "true", "server.tls_listen": "127.0.0.1:8443"}
+
+
+async def test_a_client_certificate_pulls_without_a_token(tmp_path: Path) -> None:
+    async with users_mirror(tmp_path, **CERTS) as m, presenting(tmp_path, "laptop"):
+        assert (await m.client.get("/v2/")).status_code == 200
+        response = await m.client.get(MANIFEST_PATH, headers=bearer("hub-token"))
+        assert response.status_code == 200
+    async with users_mirror(tmp_path, **CERTS) as m, presenting(tmp_path, None):
+        assert (await m.client.get("/v2/")).status_code == 401
+
+
+async def test_a_revoked_certificate_is_anonymous(tmp_path: Path) -> None:
+    from docxy.access.clientca import ClientCA
+
+    async with users_mirror(tmp_path, **CERTS) as m, presenting(tmp_path, "laptop"):
+        assert ClientCA(tmp_path).revoke("laptop")
+        assert (await m.client.get(MANIFEST_PATH)).status_code == 401
+
+
+def private(request: httpx.Request) -> httpx.Response:
+    """An upstream where library/secret needs the client's own Docker Hub token."""
+    if "/secret/" in request.url.path:
+        if request.headers.get("Authorization") != "Bearer hub-token":
+            return reply(401, b"{}", {"WWW-Authenticate": HUB_CHALLENGE})
+    return hub(request)
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_upstream_logins_pass_through_only_when_the_operator_allows(
+    tmp_path: Path, allowed: bool
+) -> None:
+    UsersFile(tmp_path / "users").add("alice", "right")
+    settings: dict[str, object] = {
+        "auth.mode": "users",
+        "auth.dir": str(tmp_path),
+        "auth.upstream_logins": str(allowed).lower(),
+        **CERTS,
+    }
+    async with mirror(private, settings) as m, presenting(tmp_path, "laptop"):
+        path = "/v2/library/secret/manifests/1"
+        response = await m.client.get(path, headers=bearer("hub-token"))
+        assert response.status_code == (200 if allowed else 401)
+        sent = [
+            r.headers.get("Authorization") for r in m.upstream.requests if "secret" in r.url.path
+        ]
+        assert ("Bearer hub-token" in sent) is allowed
