@@ -203,3 +203,27 @@ def test_skopeo_with_credentials(bed: Bed, users_mirror: UsersMirror, tmp_path: 
     assert bad.returncode != 0 and "incorrect username or password" in bad.stderr, bad.stderr
     anonymous = skopeo_inspect(users_mirror, image, tmp_path, "--no-creds")
     assert anonymous.returncode != 0, anonymous.stdout
+
+
+def test_containerd_with_credentials(
+    bed: Bed, users_mirror: UsersMirror, egress: EgressGuard
+) -> None:
+    """containerd (hosts.toml naming the mirror, no fallback): `ctr --user` with the right
+    password pulls; a wrong password and none are refused."""
+    from tests.clients.containerd import running_containerd
+
+    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
+        need_binary(name)
+    image = bed.images["library/hello"]
+    ref = f"docker.io/{image.repo}:{image.tag}"
+    url = users_mirror.mirror.url
+    with running_containerd(egress_proxy=egress.url) as containerd:
+        anonymous = containerd.pull(ref, mirror_url=url)
+        assert anonymous.returncode != 0
+        assert "401" in anonymous.stderr or "unauthorized" in anonymous.stderr.lower()
+        wrong = containerd.pull(ref, mirror_url=url, user="alice:wrong")
+        assert wrong.returncode != 0
+        assert "401" in wrong.stderr or "unauthorized" in wrong.stderr.lower(), wrong.stderr
+        right = containerd.pull(ref, mirror_url=url, user=f"alice:{PASSWORD}")
+        assert right.returncode == 0, right.stderr[-4000:]
+    assert egress.attempts == []
