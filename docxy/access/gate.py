@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,6 +27,8 @@ from docxy.access.users import UsersFile
 from docxy.config import Config
 from docxy.core.challenge import Challenge
 from docxy.core.names import upstream_name
+
+log = logging.getLogger(__name__)
 
 PASSWORD_CHECKS = 2
 
@@ -99,6 +102,12 @@ class AccessControl:
         """Create what is missing on disk (first key, the CA) before serving."""
         if self.users_mode:
             self.keys.ensure()
+            if self.spec.issuer.startswith("http://"):
+                log.warning(
+                    "auth.mode = users over plain HTTP (%s): passwords and tokens cross the "
+                    "network unencrypted; serve HTTPS (server.tls_listen)",
+                    self.spec.issuer,
+                )
         if self.ca is not None:
             self.ca.ensure()
 
