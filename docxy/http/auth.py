@@ -3,8 +3,11 @@
 Clients are sent here by the challenges the mirror rewrites. The request is forwarded to the
 upstream's realm (configured, or discovered from its ``/v2/`` challenge) with ``service``,
 ``account``, every ``scope`` (``library/`` added on Docker Hub) and the client's Basic
-credentials, so ``docker login`` users pull with their own quota. This is the one place that
-later becomes the mirror's own authority (mirror-issued tokens).
+credentials, so ``docker login`` users pull with their own quota.
+
+In ``users`` mode (``docxy.access``) the mirror is the authority itself: it checks its own
+users' passwords and signs the tokens (``docxy.access.authority``); nothing is forwarded, unless
+``auth.upstream_logins`` lets a client-certificate holder's own Docker Hub login through.
 """
 
 from __future__ import annotations
