@@ -1,8 +1,12 @@
 """The client identity of a request: who it is for limits and logs.
 
 Set once per request by the access check (``gate.py``) into the request's facts (the dict
-``middleware.AccessLog`` puts at ``scope["docxy"]``); read with :func:`identity_of`. The IP
-address is not part of it: a limit keyed by address reads the scope's ``client`` itself.
+``middleware.AccessLog`` puts at ``scope["docxy"]``); read with :func:`identity_of` once the
+route has run (after ``await app(...)`` in an ASGI layer: bandwidth, logs). A layer that must
+know the client *before* the app runs (a rate limit) asks the access check itself:
+``mirror_state(app).access.check(authorization_header, None).identity`` (``gate.py``; ``access``
+is None in open mode without client certificates: everyone is anonymous). The IP address is
+not part of it: a limit keyed by address reads the scope's ``client`` itself.
 """
 
 from __future__ import annotations

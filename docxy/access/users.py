@@ -8,6 +8,7 @@ verification, so timing does not tell which names exist.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -21,8 +22,13 @@ from docxy.tls.context import write_files_atomic
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HASHER = PasswordHasher()
-# Verified against for unknown names so that they cost as much as known ones.
-_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against for unknown names so that they cost as much as known ones (made on
+    first use: hashing takes a moment that a CLI start should not pay)."""
+    return _HASHER.hash(secrets.token_hex(16))
 
 
 class UsersFileError(Exception):
@@ -119,7 +125,7 @@ class UsersFile:
     def check(self, name: str, password: str) -> bool:
         """Whether ``name`` is a user with this password; as slow for unknown names."""
         stored = self.users().get(name)
-        matched = verify_hash(stored if stored is not None else _DUMMY_HASH, password)
+        matched = verify_hash(stored if stored is not None else _dummy_hash(), password)
         return matched and stored is not None
 
     def names(self) -> list[str]:
