@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from docxy import __version__, cachecli, certs, warm
+from docxy import __version__, cachecli, certs, healthcheck, warm
 from docxy.config import Config, describe, load_config
 from docxy.errors import ConfigError
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     cachecli.register(commands)
     warm.register(commands)
     certs.register_cli(commands)
+    healthcheck.register(commands)
     return parser
 
 

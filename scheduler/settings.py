@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docxy.certs import STATUS_FILE
-from docxy.config import HostPort, load_config
+from docxy.config import load_config
 from docxy.errors import ConfigError
+from docxy.healthcheck import local_url
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,6 @@ def _flag_or_env(value: object, name: str, environ: Mapping[str, str]) -> str | 
     return environ.get(f"DOCXY_SCHEDULER_{name.upper()}") or None
 
 
-def _health_url(listen: HostPort) -> str:
-    host = "127.0.0.1" if listen.is_wildcard else listen.host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{listen.port}/health"
-
-
 def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
@@ -125,5 +120,5 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         deploy_hook=opt("deploy_hook"),
         certbot_timeout=number("certbot_timeout", 300.0, positive=True),
         once=args.once,
-        wait_for_mirror=_health_url(config.server.listen) if wait else None,
+        wait_for_mirror=local_url(config.server.listen) if wait else None,
     )
