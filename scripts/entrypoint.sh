@@ -7,7 +7,7 @@
 # Paths default to the image's layout and can be moved (tests run this script outside the image):
 #   DOCXY_STATE_DIR        /var/lib/docxy                 cache/, webroot/, certs/ (the volumes)
 #   DOCXY_RUN_DIR          /run/docxy                     supervisord's socket and pid file
-#   DOCXY_SUPERVISOR_CONF  /etc/docxy/supervisord.conf
+#   DOCXY_SUPERVISOR_CONF  supervisord.conf beside this script
 # DOCXY_CACHE_DIR, DOCXY_CERTS_WEBROOT and DOCXY_CERTS_CONFIG_DIR, when unset, follow the state
 # directory (the Dockerfile sets them to these same defaults).
 #
@@ -20,10 +20,10 @@ export DOCXY_RUN_DIR="${DOCXY_RUN_DIR:-/run/docxy}"
 export DOCXY_CACHE_DIR="${DOCXY_CACHE_DIR:-$state/cache}"
 export DOCXY_CERTS_WEBROOT="${DOCXY_CERTS_WEBROOT:-$state/webroot}"
 export DOCXY_CERTS_CONFIG_DIR="${DOCXY_CERTS_CONFIG_DIR:-$state/certs/letsencrypt}"
-# The directory of this script and of supervisor-fatal.sh (supervisord.conf runs it from there).
+# The directory of this script, supervisord.conf and supervisor-fatal.sh (the conf runs it).
 DOCXY_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export DOCXY_SCRIPTS_DIR
-conf="${DOCXY_SUPERVISOR_CONF:-/etc/docxy/supervisord.conf}"
+conf="${DOCXY_SUPERVISOR_CONF:-$DOCXY_SCRIPTS_DIR/supervisord.conf}"
 
 if [[ -n "${DOCXY_DOMAIN:-}" ]]; then
   export DOCXY_CERTS_DOMAIN="${DOCXY_CERTS_DOMAIN:-$DOCXY_DOMAIN}"
