@@ -22,14 +22,17 @@ same dockerd pulls through them: its registry mirror is a port chosen before it 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import subprocess
+import tarfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,7 +42,7 @@ from tests.bed import Bed, TestImage, need_binary
 from tests.bed.httpserver import LOOPBACK, free_port
 from tests.clients.baseimage import REPO_ROOT, build_image, import_base
 from tests.clients.container import Container, running_container
-from tests.clients.dockerd import Dockerd, running_dockerd
+from tests.clients.dockerd import Dockerd, docker_cli, running_dockerd
 from tests.clients.egress import EgressGuard
 from tests.test_appliance_e2e import handshake, is_self_signed
 from tests.test_certs_e2e import DOMAIN, EMAIL, poll, running_pebble
@@ -144,6 +147,55 @@ def stop_cleanly(container: Container) -> str:
     state = container.state()
     assert not state["Running"] and state["ExitCode"] == 0, container.report()
     return container.logs()
+
+
+# --- the image itself ---------------------------------------------------------------------------
+
+
+def layer_files(daemon: Dockerd, image: str) -> list[list[str]]:
+    """The paths in each layer of `image`, base layer first (from `docker save`)."""
+    argv = [docker_cli(), "-H", daemon.host, "save", image]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=daemon.env)
+    assert proc.stdout is not None
+    names: dict[str, list[str]] = {}
+    manifest: list[dict[str, Any]] = []
+    with proc, tarfile.open(fileobj=proc.stdout, mode="r|") as saved:
+        for member in saved:
+            content = saved.extractfile(member) if member.isfile() else None
+            if content is None:
+                continue
+            if member.name.endswith("layer.tar"):
+                with tarfile.open(fileobj=content, mode="r|") as layer:
+                    names[member.name] = [entry.name for entry in layer]
+            elif member.name == "manifest.json":
+                manifest = json.load(content)
+    assert proc.returncode == 0
+    return [names[path] for path in manifest[0]["Layers"]]
+
+
+def test_image_is_non_root_with_healthcheck_volumes_and_no_build_artefacts(
+    appliance: Appliance,
+) -> None:
+    found = json.loads(appliance.daemon.docker("image", "inspect", IMAGE, check=True).stdout)
+    config = found[0]["Config"]
+    assert config["User"] == "docxy"
+    assert config["Healthcheck"]["Test"] == ["CMD", "docxy", "health"]
+    assert config["StopSignal"] == "SIGTERM"
+    assert set(config["Volumes"]) == {f"{STATE}/cache", f"{STATE}/certs"}
+    assert config["Entrypoint"] == ["/usr/local/lib/docxy/entrypoint.sh"]
+    # Every layer above the base: nothing from the build stage but the venv. No wheels, no
+    # sources, no pip, no pip cache (not even deleted in a later layer: they'd be here then).
+    added = [path for layer in layer_files(appliance.daemon, IMAGE)[1:] for path in layer]
+    assert any(path.startswith("opt/docxy/bin/") for path in added), added[:50]
+    leftovers = [
+        path
+        for path in added
+        if path.endswith((".whl", ".tar.gz"))
+        or path.split("/")[0] in ("src", "wheels", "root", "tmp")
+        or "/site-packages/pip/" in path
+        or "/.cache/" in path
+    ]
+    assert leftovers == []
 
 
 # --- compose ------------------------------------------------------------------------------------
@@ -308,12 +360,26 @@ def test_healthy_on_a_moved_listener_and_a_killed_mirror_comes_back(
 # --- a mirror that cannot start takes the container down ----------------------------------------
 
 
+def daemon_time(daemon: Dockerd) -> str:
+    """The daemon's clock now, as `docker events --since/--until` take it."""
+    return daemon.docker("system", "info", "--format", "{{.SystemTime}}", check=True).stdout.strip()
+
+
+def exit_codes(container: Container, *, since: str) -> list[str]:
+    """Exit statuses of the container's `die` events so far, oldest first."""
+    argv = ["events", "--since", since, "--until", daemon_time(container.daemon)]
+    argv += ["--filter", f"container={container.name}", "--filter", "event=die"]
+    argv += ["--format", "{{.Actor.Attributes.exitCode}}"]
+    return container.daemon.docker(*argv, timeout=60, check=True).stdout.split()
+
+
 def test_unstartable_mirror_takes_the_container_down(appliance: Appliance, tmp_path: Path) -> None:
     cache = tmp_path / "root-owned-cache"
     cache.mkdir()
     cache.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     assert cache.stat().st_uid == 0  # the container's docxy user may not write it
     port = free_port()
+    started = daemon_time(appliance.daemon)
     with running_container(
         appliance.daemon,
         IMAGE,
@@ -326,7 +392,8 @@ def test_unstartable_mirror_takes_the_container_down(appliance: Appliance, tmp_p
             return int(container.inspect()["RestartCount"]) >= 1
 
         poll(restarted, GAVE_UP_DEADLINE, "a restart by the policy\n" + container.report())
-        assert container.state()["ExitCode"] == 1, container.report()
+        # State.ExitCode is reset once the policy has restarted it: read the `die` events.
+        assert exit_codes(container, since=started)[:1] == ["1"], container.report()
         logs = container.logs()
         assert "gave up: docxy entered FATAL state" in logs, logs
         assert "stopping the container" in logs, logs
