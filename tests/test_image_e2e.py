@@ -27,12 +27,10 @@ import os
 import shutil
 import stat
 import subprocess
-import tarfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -41,8 +39,8 @@ from cryptography import x509
 from tests.bed import Bed, TestImage, need_binary
 from tests.bed.httpserver import LOOPBACK, free_port
 from tests.clients.baseimage import REPO_ROOT, build_image, import_base
-from tests.clients.container import Container, running_container
-from tests.clients.dockerd import Dockerd, docker_cli, running_dockerd
+from tests.clients.container import Container, daemon_time, layer_files, running_container
+from tests.clients.dockerd import Dockerd, running_dockerd
 from tests.clients.egress import EgressGuard
 from tests.test_appliance_e2e import handshake, is_self_signed
 from tests.test_certs_e2e import DOMAIN, EMAIL, poll, running_pebble
@@ -150,27 +148,6 @@ def stop_cleanly(container: Container) -> str:
 
 
 # --- the image itself ---------------------------------------------------------------------------
-
-
-def layer_files(daemon: Dockerd, image: str) -> list[list[str]]:
-    """The paths in each layer of `image`, base layer first (from `docker save`)."""
-    argv = [docker_cli(), "-H", daemon.host, "save", image]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=daemon.env)
-    assert proc.stdout is not None
-    names: dict[str, list[str]] = {}
-    manifest: list[dict[str, Any]] = []
-    with proc, tarfile.open(fileobj=proc.stdout, mode="r|") as saved:
-        for member in saved:
-            content = saved.extractfile(member) if member.isfile() else None
-            if content is None:
-                continue
-            if member.name.endswith("layer.tar"):
-                with tarfile.open(fileobj=content, mode="r|") as layer:
-                    names[member.name] = [entry.name for entry in layer]
-            elif member.name == "manifest.json":
-                manifest = json.load(content)
-    assert proc.returncode == 0
-    return [names[path] for path in manifest[0]["Layers"]]
 
 
 def test_image_is_non_root_with_healthcheck_volumes_and_no_build_artefacts(
@@ -360,19 +337,6 @@ def test_healthy_on_a_moved_listener_and_a_killed_mirror_comes_back(
 # --- a mirror that cannot start takes the container down ----------------------------------------
 
 
-def daemon_time(daemon: Dockerd) -> str:
-    """The daemon's clock now, as `docker events --since/--until` take it."""
-    return daemon.docker("system", "info", "--format", "{{.SystemTime}}", check=True).stdout.strip()
-
-
-def exit_codes(container: Container, *, since: str) -> list[str]:
-    """Exit statuses of the container's `die` events so far, oldest first."""
-    argv = ["events", "--since", since, "--until", daemon_time(container.daemon)]
-    argv += ["--filter", f"container={container.name}", "--filter", "event=die"]
-    argv += ["--format", "{{.Actor.Attributes.exitCode}}"]
-    return container.daemon.docker(*argv, timeout=60, check=True).stdout.split()
-
-
 def test_unstartable_mirror_takes_the_container_down(appliance: Appliance, tmp_path: Path) -> None:
     cache = tmp_path / "root-owned-cache"
     cache.mkdir()
@@ -393,7 +357,7 @@ def test_unstartable_mirror_takes_the_container_down(appliance: Appliance, tmp_p
 
         poll(restarted, GAVE_UP_DEADLINE, "a restart by the policy\n" + container.report())
         # State.ExitCode is reset once the policy has restarted it: read the `die` events.
-        assert exit_codes(container, since=started)[:1] == ["1"], container.report()
+        assert container.exit_codes(since=started)[:1] == ["1"], container.report()
         logs = container.logs()
         assert "gave up: docxy entered FATAL state" in logs, logs
         assert "stopping the container" in logs, logs
