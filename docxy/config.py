@@ -117,6 +117,19 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Who may use the mirror (``docxy.access``)."""
+
+    mode: str  # "open": anyone; "users": the mirror's own users, tokens and client certificates
+    dir: Path  # token signing keys, the client CA and its list (the certificate volume)
+    users_file: Path
+    token_ttl: int  # seconds a token the mirror issues is valid
+    key_grace: float  # seconds the previous signing key still verifies after a rotation
+    client_certs: bool  # ask TLS clients for a certificate from the mirror's CA
+    upstream_logins: bool  # users mode: a client's own Docker Hub login may pass through
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     tls: TlsConfig
@@ -125,6 +138,7 @@ class Config:
     certs: CertsConfig
     log: LogConfig
     scheduler: SchedulerConfig
+    auth: AuthConfig
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     upstreams: tuple[NamedUpstreamConfig, ...] = ()  # more registries beside [upstream]
 
@@ -281,6 +295,20 @@ def _opt_path(value: object) -> Path | None:
     return _path(value) if _opt_str(value) else None
 
 
+def _mode(value: object) -> str:
+    text = _str(value).strip().lower()
+    if text not in ("open", "users"):
+        raise ValueError(f"expected open or users, got {value!r}")
+    return text
+
+
+def _ttl(value: object) -> int:
+    number = _number(value)
+    if not 10 <= number <= 86400:
+        raise ValueError(f"expected seconds between 10 and 86400, got {value!r}")
+    return int(number)
+
+
 def _level(value: object) -> str:
     text = _str(value).strip().upper()
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -331,6 +359,15 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "config_dir": (_opt_path, ""),
     },
     "log": {"level": (_level, "INFO")},
+    "auth": {
+        "mode": (_mode, "open"),
+        "dir": (_opt_path, ""),  # default: docxy-access beside cache.dir
+        "users_file": (_opt_path, ""),  # default: users in auth.dir
+        "token_ttl": (_ttl, 300),
+        "key_grace": (_float, 3600.0),
+        "client_certs": (_bool, False),
+        "upstream_logins": (_bool, False),
+    },
     "scheduler": {
         "hour": (_opt_int_in(0, 11), ""),
         "minute": (_opt_int_in(0, 59), ""),
@@ -361,6 +398,14 @@ OTHER_ENV = frozenset(
         "DOCXY_STATE_DIR",  # container: cache, webroot and certificates (entrypoint.sh)
         "DOCXY_RUN_DIR",  # container: supervisord's socket and pid file (entrypoint.sh)
         "DOCXY_SUPERVISOR_CONF",  # container: supervisord's config (entrypoint.sh)
+        "DOCXY_SCRIPTS_DIR",  # container: where supervisord finds its listener (entrypoint.sh)
+        "DOCXY_SUPERVISOR_RENEWER",  # container: whether the renewer runs (entrypoint.sh)
+        # compose.yaml's own (env_file: .env hands them to the container too):
+        "DOCXY_HTTP_PORT",  # host port published for the mirror's port 80
+        "DOCXY_HTTPS_PORT",  # host port published for the mirror's port 443
+        "DOCXY_ADMIN_PORT",  # host loopback port published for the admin listener
+        "DOCXY_IMAGE",  # the image's name
+        "DOCXY_BASE_IMAGE",  # the base image the build starts from
         "DOCXY_REQUIRE_E2E",  # tests: a missing system binary fails instead of skipping
         "DOCXY_DOCKER_CLI",  # tests: the docker CLI to drive the private dockerd with
         # Read by the shell scripts, never by the mirror (allowed so that a shell which exported
@@ -513,7 +558,15 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
     upstream = UpstreamConfig(**_section(values, "upstream"))
     if (upstream.username is None) != (upstream.password is None):
         raise fail("upstream.username", "upstream.username and upstream.password go together")
+    auth = _section(values, "auth")
+    if auth["dir"] is None:
+        auth["dir"] = values["cache.dir"].parent / "docxy-access"
+    if auth["users_file"] is None:
+        auth["users_file"] = auth["dir"] / "users"
+    if auth["client_certs"] and server["tls_listen"] is None:
+        raise fail("auth.client_certs", "client certificates need server.tls_listen")
     return Config(
+        auth=AuthConfig(**auth),
         server=ServerConfig(**server),
         tls=tls,
         upstream=upstream,

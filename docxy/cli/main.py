@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from docxy import __version__
+from docxy.cli import access as accesscli
 from docxy.cli import cache as cachecli
-from docxy.cli import warm
+from docxy.cli import healthcheck, warm
 from docxy.config import Config, describe, load_config
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     cachecli.register(commands)
     warm.register(commands)
     certs.register_cli(commands)
+    accesscli.register(commands)
+    healthcheck.register(commands)
     return parser
 
 
@@ -115,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     handler = getattr(args, "handler", None)
-    if handler is not None:  # cache, warm, certs: they load the config themselves
+    if (
+        handler is not None
+    ):  # cache, warm, certs, users, clients, tokens: they load the config themselves
         return int(handler(args, config_from_args))
     try:
         config = config_from_args(args)

@@ -106,8 +106,17 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         # webroot and installs it at these paths; the watcher then switches over.
         self_signed(cert.parent, host, cert_name=cert.name, key_name=key.name)
         _warn_bootstrap(host, cert)
+    client_ca = None
+    if config.auth.client_certs:
+        from docxy.access import peer
+        from docxy.access.clientca import ClientCA
+
+        ca = ClientCA(config.auth.dir)
+        ca.ensure()
+        client_ca = ca.cert_path
+        peer.install()
     try:
-        return ReloadableTLS(Path(cert), Path(key))
+        return ReloadableTLS(Path(cert), Path(key), client_ca)
     except CertError as exc:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"

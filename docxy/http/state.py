@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from quart import Quart, current_app
 
+from docxy.access.gate import AccessControl
 from docxy.cache import Cache
 from docxy.config import Config
 from docxy.pull.blobs import BlobService
@@ -37,6 +38,7 @@ class MirrorState:
     upstream: Upstream
     cache: Cache | None = None
     services: Services | None = None
+    access: AccessControl | None = None  # users mode or client certificates (docxy.access)
     extras: dict[str, Any] = field(default_factory=dict)
     upstreams: Upstreams = field(init=False)
 

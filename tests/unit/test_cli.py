@@ -67,7 +67,7 @@ def test_show_config_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert rows["upstream.library_prefix"] == ("True", "default")
     assert rows["cache.dir"] == (str(tmp_path / "xdg" / "docxy"), "default")
     assert rows["scheduler.hour"] == ("None", "default")
-    assert len(rows) == 34
+    assert len(rows) == 41
 
 
 def test_show_config_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -161,6 +161,13 @@ SAMPLES = {
     "scheduler.reload_command": "supervisorctl signal HUP docxy",
     "scheduler.deploy_hook": "true",
     "scheduler.wait_for_mirror": "true",
+    "auth.mode": "users",
+    "auth.dir": "/tmp/docxy-access",
+    "auth.users_file": "/tmp/docxy-users",
+    "auth.token_ttl": "60",
+    "auth.key_grace": "600",
+    "auth.client_certs": "false",
+    "auth.upstream_logins": "true",
 }
 
 
@@ -670,6 +677,6 @@ def test_describe_lists_every_setting_with_its_source(tmp_path: Path) -> None:
     assert rows["log.level"] == ("DEBUG", "flag")
     assert rows["upstream.read_timeout"] == ("5.0", "env DOCXY_UPSTREAM_READ_TIMEOUT")
     assert rows["server.listen"] == ("127.0.0.1:8080", "default")
-    assert len(rows) == 34
+    assert len(rows) == 41
     assert rows["scheduler.hour"] == ("None", "default")  # picked at random by the renewer
     assert rows["scheduler.retry_base"] == ("300.0", "default")
