@@ -18,10 +18,11 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from docxy import __version__
-from docxy.config import UpstreamConfig
+from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, parse_challenge
 from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers
+from docxy.upstream.presets import DEFAULT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,29 @@ class Upstream:
     auth_realm: str | None = None
     library_prefix: bool = True
     credentials: tuple[str, str] | None = field(default=None, repr=False)
+    name: str = DEFAULT_NAME  # the path prefix and ?ns= that pick it; [upstream] is docker.io
+    hosts: tuple[str, ...] = ()  # mirror host names that pick it
 
     @classmethod
-    def from_config(cls, config: UpstreamConfig) -> Upstream:
+    def from_config(cls, config: UpstreamConfig | NamedUpstreamConfig) -> Upstream:
         credentials = None
         if config.username is not None and config.password is not None:
             credentials = (config.username, config.password)
+        if isinstance(config, NamedUpstreamConfig):
+            return cls(
+                config.registry,
+                config.auth_realm,
+                config.library_prefix,
+                credentials,
+                config.name,
+                config.hosts,
+            )
         return cls(config.registry, config.auth_realm, config.library_prefix, credentials)
+
+    @property
+    def is_default(self) -> bool:
+        """``[upstream]``: what a request naming no upstream gets."""
+        return self.name == DEFAULT_NAME
 
     @property
     def host(self) -> str:
