@@ -7,6 +7,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY docxy ./docxy
 COPY scheduler ./scheduler
+# docxy/data/configure-client.sh (served at /setup.sh) is a link to this file.
+COPY scripts/configure-client.sh ./scripts/configure-client.sh
 # Wheels for the app and what the container runs beside it: the renewer (APScheduler),
 # certbot (ACME client) and supervisor (process supervisor).
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[scheduler]' certbot supervisor

@@ -1,5 +1,5 @@
 import sys
 
-from docxy.cli import main
+from docxy.cli.main import main
 
 sys.exit(main())

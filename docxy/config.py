@@ -4,12 +4,16 @@ Loaded from flags > env ``DOCXY_<SECTION>_<KEY>`` > a TOML file > defaults.
 
 Every value remembers where it came from, so a bad one stops start-up with a single line that
 names the key and its source: ``upstream.registry: not an http(s) URL: 'ftp://x' (env
-DOCXY_UPSTREAM_REGISTRY)``. Unknown keys in the TOML file or in a known ``DOCXY_<SECTION>_``
-prefix are errors, not silently dropped.
+DOCXY_UPSTREAM_REGISTRY)``. Unknown keys in the TOML file and unknown ``DOCXY_*`` variables are
+errors, not silently dropped: every ``DOCXY_*`` variable is a setting, an alias, or one of the
+few documented :data:`OTHER_ENV` variables.
+
+The renewer (``python -m scheduler``) reads the same table: its settings are ``[scheduler]``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from docxy.errors import ConfigError
+from docxy.core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,22 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The certificate renewer's own settings (``python -m scheduler``)."""
+
+    hour: int | None  # first daily run's hour, 0-11 (the second is 12 hours later); None: random
+    minute: int | None  # the daily runs' minute, 0-59; None: random
+    interval: float | None  # run every N seconds instead of twice a day (tests)
+    retry_base: float
+    retry_max: float
+    certbot_timeout: float
+    pidfile: Path | None
+    reload_command: str | None
+    deploy_hook: str | None
+    wait_for_mirror: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     tls: TlsConfig
@@ -91,6 +111,7 @@ class Config:
     cache: CacheConfig
     certs: CertsConfig
     log: LogConfig
+    scheduler: SchedulerConfig
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -119,19 +140,59 @@ def _bool(value: object) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def _float(value: object) -> float:
+def _number(value: object) -> float:
+    """A finite number: ``nan`` and ``inf`` are refused like any other non-number."""
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError(f"number out of range: {value!r}") from None
     else:
         try:
             number = float(_str(value))
         except ValueError:
             raise ValueError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _float(value: object) -> float:
+    number = _number(value)
     if number <= 0:
         raise ValueError(f"expected a positive number, got {value!r}")
     return number
+
+
+def _opt_interval(value: object) -> float | None:
+    """Seconds, or None when empty or 0 (off)."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    number = _number(value)
+    if number < 0:
+        raise ValueError(f"expected a number >= 0, got {value!r}")
+    return number or None
+
+
+def _opt_int_in(low: int, high: int) -> Callable[[object], int | None]:
+    """A parser of an optional whole number in ``[low, high]``; out of range is an error."""
+
+    def parse(value: object) -> int | None:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*\d{1,6}\s*", value):
+            number = int(value)
+        else:
+            raise ValueError(f"expected a whole number {low}-{high}, got {value!r}")
+        if not low <= number <= high:
+            raise ValueError(f"expected a whole number {low}-{high}, got {value!r}")
+        return number
+
+    return parse
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?", re.IGNORECASE)
@@ -145,7 +206,10 @@ def parse_size(value: object) -> int:
     if match is None:
         raise ValueError(f"expected a size such as 20G or 512M, got {value!r}")
     number, unit = float(match.group(1)), match.group(2).upper()
-    size = int(number * 1024 ** "_KMGT".index(unit or "_"))
+    scaled = number * 1024 ** "_KMGT".index(unit or "_")
+    if not math.isfinite(scaled):
+        raise ValueError(f"size out of range: {value!r}")
+    size = int(scaled)
     if size <= 0:
         raise ValueError(f"expected a positive size, got {value!r}")
     return size
@@ -249,12 +313,47 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "config_dir": (_opt_path, ""),
     },
     "log": {"level": (_level, "INFO")},
+    "scheduler": {
+        "hour": (_opt_int_in(0, 11), ""),
+        "minute": (_opt_int_in(0, 59), ""),
+        "interval": (_opt_interval, ""),
+        "retry_base": (_float, 300.0),
+        "retry_max": (_float, 6 * 3600.0),
+        "certbot_timeout": (_float, 300.0),
+        "pidfile": (_opt_path, ""),
+        "reload_command": (_opt_str, ""),
+        "deploy_hook": (_opt_str, ""),
+        "wait_for_mirror": (_bool, False),
+    },
 }
 
 SECRET_KEYS = frozenset({"upstream.password"})
 
 # Names the seed used, still accepted.
 ENV_ALIASES = {"DOCXY_CERT_PATH": "tls.cert_path", "DOCXY_KEY_PATH": "tls.key_path"}
+
+# The only DOCXY_* variables that are not settings. Any other DOCXY_* name stops start-up like an
+# unknown key, so a typo (DOCXY_SERVR_LISTEN) is never silently ignored. Add a name here when
+# a script starts reading one, and document it where it is read.
+OTHER_ENV = frozenset(
+    {
+        "DOCXY_CONFIG",  # the TOML file (load_config)
+        "DOCXY_DOMAIN",  # container: HTTPS with Let's Encrypt for this name (entrypoint.sh)
+        "DOCXY_EMAIL",  # container: the ACME account's e-mail (entrypoint.sh)
+        "DOCXY_STATE_DIR",  # container: cache, webroot and certificates (entrypoint.sh)
+        "DOCXY_RUN_DIR",  # container: supervisord's socket and pid file (entrypoint.sh)
+        "DOCXY_SUPERVISOR_CONF",  # container: supervisord's config (entrypoint.sh)
+        "DOCXY_REQUIRE_E2E",  # tests: a missing system binary fails instead of skipping
+        "DOCXY_DOCKER_CLI",  # tests: the docker CLI to drive the private dockerd with
+        # Read by the shell scripts, never by the mirror (allowed so that a shell which exported
+        # them can still start it):
+        "DOCXY_SOURCE_URL",  # install.sh: where to fetch the project when piped from a URL
+        "DOCXY_IPV4_SERVICES",  # install.sh: public IPv4 discovery services (tests override)
+        "DOCXY_IPV6_SERVICES",  # install.sh: public IPv6 discovery services (tests override)
+        "DOCXY_PROMPT_INPUT",  # install.sh: where prompts read answers (tests: a file)
+        "DOCXY_RELOAD_WAIT",  # configure-client.sh: seconds to wait for dockerd to reload
+    }
+)
 
 
 def env_name(key: str) -> str:
@@ -288,6 +387,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
         if alias in environ:
             found[key] = (environ[alias], f"env {alias}")
     for name, value in environ.items():
+        if not name.startswith("DOCXY_") or name in ENV_ALIASES or name in OTHER_ENV:
+            continue
         for section, keys in SETTINGS.items():
             prefix = f"DOCXY_{section.upper()}_"
             if not name.startswith(prefix):
@@ -296,6 +397,12 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
             if key not in keys:
                 raise ConfigError(f"{section}.{key}: unknown key (env {name})")
             found[f"{section}.{key}"] = (value, f"env {name}")
+            break
+        else:
+            raise ConfigError(
+                f"{name}: unknown variable (env {name}): not a setting (DOCXY_<SECTION>_<KEY>, "
+                f"sections {', '.join(SETTINGS)}) nor one of {', '.join(sorted(OTHER_ENV))}"
+            )
     return found
 
 
@@ -379,6 +486,7 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         cache=CacheConfig(**_section(values, "cache")),
         certs=certs,
         log=LogConfig(**_section(values, "log")),
+        scheduler=SchedulerConfig(**_section(values, "scheduler")),
         sources=sources,
     )
 

@@ -6,7 +6,7 @@ certbot to renew (certbot decides what is due) or, when no certificate exists ye
 A new certificate is installed atomically where the mirror serves it and the mirror is told to
 reload. Failures are retried with exponential backoff; every run leaves a small JSON status file.
 
-    settings.py   flags and DOCXY_SCHEDULER_* env, plus the mirror's [certs]/[tls] config
+    settings.py   [scheduler] in the mirror's settings table, plus its [certs] and [tls]
     renewal.py    one run: obtain-or-renew, install, tell the mirror, the backoff
     main.py       the APScheduler jobs, signals, ``main(argv) -> int``
 """

@@ -14,7 +14,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from docxy.errors import ConfigError
+from docxy.core.errors import ConfigError
 from scheduler import settings as settings_mod
 from scheduler.renewal import Renewer, backoff
 

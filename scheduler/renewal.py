@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from docxy import certs
-from docxy.tls import CertError, write_files_atomic
+from docxy.tls import certs
+from docxy.tls.context import CertError, write_files_atomic
 from scheduler.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
-"""The renewer's settings: its own flags (or ``DOCXY_SCHEDULER_*`` env) plus the mirror's config.
+"""The renewer's settings: ``[scheduler]`` in the mirror's own settings table, plus its flags.
 
-Domain, e-mail, webroot, certbot directory, CA bundle and the served cert/key paths come from the
-mirror's own config (``[certs]``, ``[tls]``, ``DOCXY_CERTS_*``, ``DOCXY_TLS_*``) so the two
-processes cannot disagree about them.
+``scheduler.*`` is checked like every other setting (``docxy.config``: a mistyped
+``DOCXY_SCHEDULER_*`` variable or an out-of-range hour stops start-up, ``docxy serve
+--show-config`` lists them). Domain, e-mail, webroot, certbot directory, CA bundle and the served
+cert/key paths come from ``[certs]`` and ``[tls]``, so the two processes cannot disagree.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from docxy.certs import STATUS_FILE
 from docxy.config import HostPort, load_config
-from docxy.errors import ConfigError
+from docxy.core.errors import ConfigError
+from docxy.tls.certs import STATUS_FILE
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__)
     p.add_argument("--config", type=Path, help="the mirror's TOML config (default $DOCXY_CONFIG)")
     p.add_argument("--hour", help="first daily run's hour 0-11 (default random)")
-    p.add_argument("--minute", help="daily runs' minute (default random)")
+    p.add_argument("--minute", help="daily runs' minute 0-59 (default random)")
     p.add_argument("--interval", help="run every N seconds instead of twice a day")
     p.add_argument("--retry-base", help="first retry after N seconds (default 300)")
     p.add_argument("--retry-max", help="longest wait between retries (default 6h)")
-    p.add_argument("--pidfile", type=Path, help="send SIGHUP to the mirror's pid in this file")
+    p.add_argument("--pidfile", help="send SIGHUP to the mirror's pid in this file")
     p.add_argument("--reload-command", help="run this to make the mirror reload instead")
     p.add_argument("--deploy-hook", help="extra certbot --deploy-hook command")
     p.add_argument("--certbot-timeout", help="seconds per certbot run (default 300)")
@@ -62,16 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait-for-mirror",
         action="store_true",
+        default=None,
         help="before a first issuance, wait until the mirror's plain-HTTP listener answers "
         "(it serves the HTTP-01 token; when both start together, asking the CA first fails)",
     )
     return p
 
 
-def _flag_or_env(value: object, name: str, environ: Mapping[str, str]) -> str | None:
-    if value is not None:
-        return str(value)
-    return environ.get(f"DOCXY_SCHEDULER_{name.upper()}") or None
+#: Flags that set a ``scheduler.*`` setting (the rest of the table comes from env and TOML).
+FLAG_KEYS = (
+    "hour",
+    "minute",
+    "interval",
+    "retry_base",
+    "retry_max",
+    "pidfile",
+    "reload_command",
+    "deploy_hook",
+    "certbot_timeout",
+    "wait_for_mirror",
+)
 
 
 def _health_url(listen: HostPort) -> str:
@@ -81,31 +92,20 @@ def _health_url(listen: HostPort) -> str:
 
 
 def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The renewer's settings: flags > env ``DOCXY_SCHEDULER_*`` > ``[scheduler]`` > defaults,
+    checked like every other setting (:mod:`docxy.config`)."""
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
-    config = load_config(None, args.config, environ)
-
-    def opt(name: str) -> str | None:
-        return _flag_or_env(getattr(args, name), name, environ)
-
-    def number(name: str, default: float, *, positive: bool = False) -> float:
-        text = opt(name)
-        if text is None:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(f"scheduler.{name}: expected a number, got {text!r}") from None
-        if value < 0 or (positive and value == 0):
-            bound = "> 0" if positive else ">= 0"
-            raise ConfigError(f"scheduler.{name}: expected a number {bound}, got {text!r}")
-        return value
-
+    overrides = {
+        f"scheduler.{name}": getattr(args, name)
+        for name in FLAG_KEYS
+        if getattr(args, name) is not None
+    }
+    config = load_config(overrides, args.config, environ)
     if config.certs.config_dir is None:
         raise ConfigError("certs.config_dir: not set (env DOCXY_CERTS_CONFIG_DIR or [certs])")
-    wait = args.wait_for_mirror or (opt("wait_for_mirror") or "").lower() in ("1", "true", "yes")
-    hour = int(number("hour", random.randrange(12))) % 12
-    pidfile, reload_command = opt("pidfile"), opt("reload_command")
+    own = config.scheduler
+    hour = random.randrange(12) if own.hour is None else own.hour
     return Settings(
         domain=config.certs.domain,
         email=config.certs.email,
@@ -116,14 +116,14 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         cert_path=config.tls.cert_path,
         key_path=config.tls.key_path,
         hours=(hour, hour + 12),
-        minute=int(number("minute", random.randrange(60))) % 60,
-        interval=number("interval", 0.0) or None,
-        retry_base=number("retry_base", 300.0, positive=True),
-        retry_max=number("retry_max", 6 * 3600.0, positive=True),
-        pidfile=Path(pidfile) if pidfile else None,
-        reload_command=reload_command,
-        deploy_hook=opt("deploy_hook"),
-        certbot_timeout=number("certbot_timeout", 300.0, positive=True),
+        minute=random.randrange(60) if own.minute is None else own.minute,
+        interval=own.interval,
+        retry_base=own.retry_base,
+        retry_max=own.retry_max,
+        pidfile=own.pidfile,
+        reload_command=own.reload_command,
+        deploy_hook=own.deploy_hook,
+        certbot_timeout=own.certbot_timeout,
         once=args.once,
-        wait_for_mirror=_health_url(config.server.listen) if wait else None,
+        wait_for_mirror=_health_url(config.server.listen) if own.wait_for_mirror else None,
     )

@@ -3,7 +3,7 @@
 ``open_cache(directory, max_size=..., tag_ttl=...)`` lays out::
 
     <directory>/blobs/   <directory>/tmp/     DiskBlobStore
-    <directory>/manifests/                    ManifestStore
+    <directory>/manifests/                    ManifestStore (also the blob store's image catalogue)
     <directory>/access/                       AccessIndex
 """
 
@@ -13,18 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docxy.cache.blobs import BlobEntry, BlobStore, DiskBlobStore, Fill, GcReport, Usage
-from docxy.cache.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
 from docxy.cache.errors import (
     BlobInUse,
     CacheError,
+    CacheUnwritable,
     DigestMismatch,
+    FetchFailed,
     FillAborted,
     FillClosed,
-    InvalidDigest,
     SizeMismatch,
     VerifyError,
 )
-from docxy.cache.fill import BlobFollower, BlobWriter
+from docxy.cache.fill import BlobFollower, BlobWriter, Download, Fetch
+from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
 from docxy.cache.manifests import (
     CachedManifest,
     ManifestStore,
@@ -36,6 +37,7 @@ from docxy.cache.manifests import (
 from docxy.cache.reader import BlobReader
 from docxy.cache.stream import tee
 from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
+from docxy.core.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
 
 __all__ = [
     "ANONYMOUS",
@@ -48,16 +50,23 @@ __all__ = [
     "BlobWriter",
     "Cache",
     "CacheError",
+    "CacheUnwritable",
     "CachedManifest",
     "Digest",
     "DigestMismatch",
     "DiskBlobStore",
+    "Download",
+    "EvictionPlan",
+    "Fetch",
+    "FetchFailed",
     "Fill",
     "FillAborted",
     "FillClosed",
     "GcReport",
     "Identity",
-    "InvalidDigest",
+    "Image",
+    "ImageCatalog",
+    "ImageKey",
     "ManifestStore",
     "RepoKey",
     "SizeMismatch",
@@ -73,6 +82,7 @@ __all__ = [
     "may_serve",
     "open_cache",
     "parse_digest",
+    "plan_eviction",
     "referenced_digests",
     "tee",
 ]
@@ -90,8 +100,7 @@ def open_cache(directory: Path, *, max_size: int, tag_ttl: float) -> Cache:
     the blob files, so call it through ``asyncio.to_thread`` from an event loop."""
     directory = Path(directory)
     access = AccessIndex(directory / "access")
-    return Cache(
-        blobs=DiskBlobStore.open(directory, max_size),
-        manifests=ManifestStore.open(directory / "manifests", access, tag_ttl=tag_ttl),
-        access=access,
-    )
+    blobs = DiskBlobStore.open(directory, max_size)
+    manifests = ManifestStore.open(directory / "manifests", access, tag_ttl=tag_ttl)
+    blobs.catalog = manifests  # eviction keeps images whole, least recently pulled go first
+    return Cache(blobs=blobs, manifests=manifests, access=access)

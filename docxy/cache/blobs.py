@@ -1,8 +1,12 @@
-"""Content-addressed blob storage on local disk, with coalesced fills and LRU eviction.
+"""Content-addressed blob storage on local disk, with coalesced fills and image-aware eviction.
 
 Layout under ``root``: ``blobs/<algo>/<xx>/<hex>`` holds committed, verified blobs only;
 ``tmp/`` holds fills in progress. Nothing else is stored: the index is rebuilt from the files
 on :meth:`DiskBlobStore.open`, and recency survives restarts as the files' mtime.
+
+Eviction asks the manifest store (:attr:`DiskBlobStore.catalog`) which images need which blobs
+and evicts as :func:`docxy.cache.images.plan_eviction` says: blobs no image needs first, then
+whole images, least recently pulled first. Without a catalogue it is plain LRU.
 """
 
 from __future__ import annotations
@@ -18,16 +22,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from docxy.cache.digests import Digest, blob_relpath, digest_from_relpath
-from docxy.cache.errors import BlobInUse
-from docxy.cache.fill import WRITE_BUFFER, BlobFollower, BlobWriter, FillState, InFlight
+from docxy.cache.errors import BlobInUse, CacheUnwritable
+from docxy.cache.fill import (
+    WRITE_BUFFER,
+    BlobFollower,
+    BlobWriter,
+    Fetch,
+    FillState,
+    InFlight,
+    run_fill,
+)
+from docxy.cache.images import ImageCatalog, plan_eviction
 from docxy.cache.reader import READ_CHUNK, BlobReader
+from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
+from docxy.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 #: Read sizes shrink to keep the total of in-flight reads near this budget (see RSS benchmark).
 READ_BUDGET = 16 * 1024 * 1024
 MIN_READ_CHUNK = 256 * 1024
+#: Seconds misses go uncached after the cache failed to write (disk full...).
+WRITE_FAILURE_BACKOFF = 60.0
 
 #: What :meth:`BlobStore.fetch_or_join` hands out: a cache hit, the one writer, or a follower.
 Fill = BlobReader | BlobWriter | BlobFollower
@@ -69,6 +85,7 @@ class BlobStore(Protocol):
         self, digest: Digest, start: int = 0, stop: int | None = None
     ) -> BlobReader | None: ...
     async def fetch_or_join(self, digest: Digest) -> Fill: ...
+    async def fill(self, digest: Digest, fetch: Fetch) -> BlobReader | BlobFollower: ...
     def list_entries(self) -> list[BlobEntry]: ...
     def usage(self) -> Usage: ...
     def remove(self, digest: Digest) -> bool: ...
@@ -104,6 +121,8 @@ class DiskBlobStore:
         self.followers_joined = 0
         self.evicted = 0
         self.evicted_bytes = 0
+        #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
+        self.catalog: ImageCatalog | None = None
 
     @classmethod
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
@@ -219,19 +238,52 @@ class DiskBlobStore:
 
     # --- fills ------------------------------------------------------------------------------
 
-    async def fetch_or_join(self, digest: Digest) -> Fill:
-        """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower."""
+    async def fill(self, digest: Digest, fetch: Fetch) -> BlobReader | BlobFollower:
+        """Serve ``digest`` through the cache, fetching it upstream at most once.
+
+        A hit gives a reader; a fill in flight gives a follower; otherwise the temp file is
+        made first, then a named task runs ``fetch`` and tees it into the cache (see
+        :func:`run_fill`), and the caller follows that fill. Raises :class:`CacheUnwritable`
+        when no temp file can be made, or writing failed lately: nothing is fetched then.
+        """
         fill = self._fills.get(digest)
         if fill is not None and fill.state is FillState.WRITING:
-            fd = os.open(fill.tmp_path, os.O_RDONLY)
-            if self._pins[digest]:  # another client is streaming this fill already
-                self.followers_joined += 1
-            self._pins[digest] += 1
-            return BlobFollower(fill, fd, lambda: self._unpin(digest), self._chunk_for_readers)
+            return self._follow(fill)
+        reader = self.open_read(digest)
+        if reader is not None:
+            return reader
+        failed = self.write_failed_at
+        if failed is not None and time.monotonic() - failed < WRITE_FAILURE_BACKOFF:
+            raise CacheUnwritable("the cache failed to write lately")
+        writer = self._start_fill(digest)
+        if not writer.caching:
+            reason = writer.fill.reason
+            writer.abort(reason)
+            raise CacheUnwritable(reason)
+        follower = self._follow(writer.fill)  # joined before the fetch starts: no race
+        spawn(f"fill {digest}", run_fill(writer, fetch))
+        return follower
+
+    async def fetch_or_join(self, digest: Digest) -> Fill:
+        """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower.
+
+        The building block of :meth:`fill`, for callers that feed the writer themselves.
+        """
+        fill = self._fills.get(digest)
+        if fill is not None and fill.state is FillState.WRITING:
+            return self._follow(fill)
         reader = self.open_read(digest)
         if reader is not None:
             return reader
         return self._start_fill(digest)
+
+    def _follow(self, fill: InFlight) -> BlobFollower:
+        fd = os.open(fill.tmp_path, os.O_RDONLY)
+        if self._pins[fill.digest]:  # another client is streaming this fill already
+            self.followers_joined += 1
+        self._pins[fill.digest] += 1
+        release = self._unpin
+        return BlobFollower(fill, fd, lambda: release(fill.digest), self._chunk_for_readers)
 
     def _start_fill(self, digest: Digest) -> BlobWriter:
         name = f"{digest.algorithm}-{digest.hex}.{secrets.token_hex(6)}"
@@ -307,23 +359,27 @@ class DiskBlobStore:
             del self._pins[digest]
 
     def _evict(self, need: int) -> bool:
-        """Evict least recently used, unpinned blobs until ``need`` bytes are freed."""
-        for entry in list(self._index.values()):
-            if need <= 0:
-                break
-            if self._pins[entry.digest]:
-                continue
+        """Free ``need`` bytes: blobs no cached image needs first (least recently used first),
+        then whole images, least recently pulled first; never a pinned blob."""
+        if need <= 0:
+            return True
+        images = self.catalog.images() if self.catalog is not None else []
+        plan = plan_eviction(self._index.values(), images, need, lambda d: self._pins[d] > 0)
+        if plan.images and self.catalog is not None:
+            self.catalog.forget_images(plan.images)  # first: no manifest outlives its blobs
+        for entry in plan.blobs:
             _unlink(entry.path)
             self._forget(entry)
-            need -= entry.size
             self.evicted += 1
             self.evicted_bytes += entry.size
             log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
-        return need <= 0
+        return plan.freed >= need
 
     def _forget(self, entry: BlobEntry) -> None:
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
+            if self.catalog is not None:
+                self.catalog.blob_gone(entry.digest)  # images needing it are no longer offered
 
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
 

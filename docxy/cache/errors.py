@@ -1,25 +1,22 @@
 """Exceptions raised by the cache.
 
     CacheError
-    ├── InvalidDigest (a ValueError)  not ``sha256:<64 hex>`` / ``sha512:<128 hex>``
     ├── VerifyError                   a fill's bytes do not match what was promised
     │   ├── SizeMismatch
     │   └── DigestMismatch
     ├── FillAborted                   a follower's writer gave up (cut upstream, bad bytes, disk)
+    ├── FetchFailed                   the upstream half of a fill could not start a download
+    ├── CacheUnwritable               no temp file can be made (disk full...): pass through
     ├── FillClosed                    a writer was used after commit/abort
     └── BlobInUse                     remove() of a blob that is being read
 
 The routes translate these at the boundary: ``FillAborted`` and ``VerifyError`` mean the client's
-stream must be cut (never a short 200); ``InvalidDigest`` is a 400 ``DIGEST_INVALID``.
+stream must be cut (never a short 200). A malformed digest is ``docxy.core.errors.DigestInvalid``.
 """
 
 
 class CacheError(Exception):
     """Base class of every cache error."""
-
-
-class InvalidDigest(CacheError, ValueError):
-    """The text is not a digest this cache accepts."""
 
 
 class VerifyError(CacheError):
@@ -36,6 +33,14 @@ class DigestMismatch(VerifyError):
 
 class FillAborted(CacheError):
     """The writer of a blob a follower was streaming aborted; the follower's client must be cut."""
+
+
+class FetchFailed(CacheError):
+    """The fetch a fill was given could not start (refused, not found, unreachable)."""
+
+
+class CacheUnwritable(CacheError):
+    """The cache cannot take a new blob now; the caller serves it uncached, fetching nothing."""
 
 
 class FillClosed(CacheError):

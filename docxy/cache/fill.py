@@ -2,7 +2,9 @@
 
 The writer appends upstream bytes to a temp file while hashing them; followers read the same temp
 file as it grows (through their own descriptor, so the atomic rename at commit does not disturb
-them) and wait on the fill for more bytes, for the commit, or for an abort.
+them) and wait on the fill for more bytes, for the commit, or for an abort. :func:`run_fill` is
+the whole download in one pass: fetch, announce the length, tee into the temp file, verify,
+commit; the store runs it as a named task (``DiskBlobStore.fill``).
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import enum
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
-from docxy.cache.digests import Digest
-from docxy.cache.errors import DigestMismatch, FillAborted, FillClosed, SizeMismatch
+from docxy.cache.errors import DigestMismatch, FetchFailed, FillAborted, FillClosed, SizeMismatch
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
+from docxy.core.digests import Digest
 
 if TYPE_CHECKING:
     from docxy.cache.blobs import BlobEntry
@@ -314,6 +316,43 @@ class BlobFollower(ClosingStream):
             self.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Download:
+    """What the upstream half of a fill hands the store: a length (None: unknown) and bytes.
+
+    ``close`` is always awaited once the fill is done with the download.
+    """
+
+    size: int | None
+    chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+
+
+#: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot.
+Fetch = Callable[[], Awaitable[Download]]
+
+
+async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
+    """Fetch, tee into the cache, verify and commit; any failure aborts (followers are cut)."""
+    async with writer:
+        try:
+            download = await fetch()
+        except FetchFailed as exc:
+            writer.abort(str(exc))
+            return
+        try:
+            writer.announce(download.size)
+            async for chunk in download.chunks:
+                await writer.write(chunk)
+            if await writer.commit(download.size) is not None:
+                log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
+        except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why
+            writer.abort(f"{type(exc).__name__}: {exc}")
+            log.warning("blob %s: fill failed: %s: %s", writer.digest, type(exc).__name__, exc)
+        finally:
+            await download.close()
+
+
 def _sync_and_close(fd: int) -> None:
     try:
         os.fsync(fd)
@@ -329,7 +368,7 @@ def _discard(fill: InFlight, fd: int | None, host: FillHost, reason: str) -> Non
         log.info("cache fill of %s aborted: %s", fill.digest, reason)
     try:
         os.unlink(fill.tmp_path)
-    except FileNotFoundError:
+    except OSError:  # never created (no tmp dir), or already removed
         pass
     host.fill_ended(fill)
     fill.notify()

@@ -10,6 +10,11 @@ Layout under ``root``::
 
 Every file is written to ``tmp/``, fsynced and renamed into place, and a manifest is re-hashed on
 every read, so a crash can only lose an entry, never serve a wrong one. Names never become paths.
+
+The store is also the blob store's :class:`~docxy.cache.images.ImageCatalog`: it keeps what each
+cached manifest needs and when it was last pulled (the file's mtime, so it survives restarts), and
+forgets whole images when eviction asks or when a blob one of them needs goes away. A manifest
+whose blobs are no longer all there is never offered.
 """
 
 from __future__ import annotations
@@ -19,16 +24,19 @@ import enum
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docxy.cache.digests import Digest, digest_of, parse_digest
-from docxy.cache.errors import CacheError, DigestMismatch, InvalidDigest
+from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
+from docxy.cache.images import Image, ImageKey, dependents, needs
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
+from docxy.core.digests import Digest, digest_of, parse_digest
+from docxy.core.errors import DigestInvalid
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,8 @@ class ManifestStore:
         self.access = access
         self.tag_ttl = tag_ttl
         self._clock = clock
+        self._images: dict[ImageKey, Image] | None = None  # read from disk on first use
+        self._tag_files: dict[Path, ImageKey] = {}
 
     @classmethod
     def open(
@@ -100,6 +110,7 @@ class ManifestStore:
         """Open for serving: remove temp files left by a crash."""
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         clear_dir(store._tmp)
+        store.images()  # read the catalogue now, off the event loop
         return store
 
     @property
@@ -107,8 +118,10 @@ class ManifestStore:
         return self.root / "tmp"
 
     def _content_path(self, upstream: str, digest: Digest) -> Path:
-        upstream_key = hashlib.sha256(upstream.encode()).hexdigest()
-        return self.root / "by-digest" / upstream_key / digest.relpath()
+        return self._key_path(ImageKey(_upstream_key(upstream), digest))
+
+    def _key_path(self, key: ImageKey) -> Path:
+        return self.root / "by-digest" / key.upstream / key.digest.relpath()
 
     def _tag_path(self, repo: RepoKey, tag: str) -> Path:
         return self.root / "tags" / f"{repo.hashed(tag)}.json"
@@ -121,6 +134,7 @@ class ManifestStore:
         if found is None:
             return None
         content, media_type = found
+        self._pulled(ImageKey(_upstream_key(repo.upstream), digest), content)
         return CachedManifest(digest, media_type, content, self.access.visibility(repo, digest))
 
     async def put(
@@ -141,6 +155,7 @@ class ManifestStore:
         if digest is not None and actual != digest:
             raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
         await asyncio.to_thread(self._write_manifest, repo.upstream, actual, content, media_type)
+        self._pulled(ImageKey(_upstream_key(repo.upstream), actual), content)
         self.access.record(repo, actual, public=public)
         return CachedManifest(actual, media_type, content, self.access.visibility(repo, actual))
 
@@ -161,6 +176,10 @@ class ManifestStore:
             unlink_quietly(meta_path)
             unlink_quietly(path)
             return None
+        try:
+            os.utime(path)  # last pulled: eviction forgets the least recently pulled first
+        except OSError:
+            pass
         return content, media_type
 
     def _write_manifest(self, upstream: str, digest: Digest, content: bytes, media: str) -> None:
@@ -194,6 +213,7 @@ class ManifestStore:
             public = True
         entry = TagEntry(repo, tag, digest, self._clock(), public)
         await asyncio.to_thread(self._write_tag, entry)
+        self._tag_files[self._tag_path(repo, tag)] = ImageKey(_upstream_key(repo.upstream), digest)
         return entry
 
     async def forget_tag(self, repo: RepoKey, tag: str) -> bool:
@@ -201,6 +221,7 @@ class ManifestStore:
         path = self._tag_path(repo, tag)
         existed = path.exists()
         await asyncio.to_thread(unlink_quietly, path)
+        self._tag_files.pop(path, None)
         return existed
 
     def list_tags(self) -> list[TagEntry]:
@@ -231,6 +252,73 @@ class ManifestStore:
         }
         path = self._tag_path(entry.repo, entry.tag)
         write_atomic(path, json.dumps(record).encode(), self._tmp)
+
+    # --- the image catalogue (for eviction) ------------------------------------------------
+
+    def images(self) -> list[Image]:
+        """Every cached manifest with what it needs and when it was last pulled."""
+        if self._images is None:
+            self._images, self._tag_files = self._scan()
+        return list(self._images.values())
+
+    def forget_images(self, keys: Iterable[ImageKey]) -> None:
+        """Drop these manifests and the tags pointing at them: they are no longer offered, so a
+        pull asks the upstream again (and fails cleanly, at its first step, if it is down)."""
+        gone = set(keys)
+        if not gone:
+            return
+        for key in gone:
+            path = self._key_path(key)
+            unlink_quietly(path.with_name(path.name + ".json"))
+            unlink_quietly(path)
+            if self._images is not None:
+                self._images.pop(key, None)
+        for tag_path, key in list(self._tag_files.items()):
+            if key in gone:
+                unlink_quietly(tag_path)
+                del self._tag_files[tag_path]
+        log.info("cache: forgot %d manifests (%s)", len(gone), ", ".join(sorted(_short(gone))))
+
+    def blob_gone(self, digest: Digest) -> None:
+        """A blob left the cache: forget every image that is no longer whole without it."""
+        self.forget_images(dependents(digest, self.images()))
+
+    def _pulled(self, key: ImageKey, content: bytes) -> None:
+        if self._images is None:
+            return  # read from disk, with this one, on first use
+        old = self._images.get(key)
+        if old is None:
+            blobs, children = needs(content)
+            self._images[key] = Image(key, time.time(), blobs, children)
+        else:
+            self._images[key] = Image(key, time.time(), old.blobs, old.children)
+
+    def _scan(self) -> tuple[dict[ImageKey, Image], dict[Path, ImageKey]]:
+        images: dict[ImageKey, Image] = {}
+        base = self.root / "by-digest"
+        for path in base.glob("*/*/*/*") if base.is_dir() else ():
+            upstream_key, algorithm, _, hex_ = path.relative_to(base).parts
+            try:
+                key = ImageKey(upstream_key, Digest(algorithm, hex_))
+                content = path.read_bytes()
+                mtime = path.stat().st_mtime
+            except (DigestInvalid, OSError):
+                continue  # the .json beside it, or a file that went away
+            blobs, children = needs(content)
+            images[key] = Image(key, mtime, blobs, children)
+        tags: dict[Path, ImageKey] = {}
+        for entry in self.list_tags():
+            path = self._tag_path(entry.repo, entry.tag)
+            tags[path] = ImageKey(_upstream_key(entry.repo.upstream), entry.digest)
+        return images, tags
+
+
+def _upstream_key(upstream: str) -> str:
+    return hashlib.sha256(upstream.encode()).hexdigest()
+
+
+def _short(keys: Iterable[ImageKey]) -> list[str]:
+    return [f"{key.digest.algorithm}:{key.digest.hex[:12]}" for key in keys]
 
 
 def _parse_tag(path: Path) -> TagEntry | None:
@@ -275,7 +363,7 @@ def referenced_digests(content: bytes) -> list[Digest]:
         if isinstance(descriptor, dict):
             try:
                 digest = parse_digest(descriptor.get("digest"))  # type: ignore[arg-type]
-            except InvalidDigest:
+            except DigestInvalid:
                 continue
             if digest not in found:
                 found.append(digest)

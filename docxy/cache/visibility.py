@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docxy.cache.digests import Digest
 from docxy.cache.files import write_atomic
+from docxy.core.digests import Digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from docxy import __version__
-from docxy.errors import RegistryError
-from docxy.names import Kind, parse_v2_path
+from docxy.core.errors import RegistryError
+from docxy.core.names import Kind, parse_v2_path
+from docxy.http.state import MirrorState
 from docxy.observe.connections import open_connections
-from docxy.state import MirrorState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -254,9 +254,9 @@ class MirrorCollector(Collector):
         )
 
     def _upstream(self) -> Iterator[Metric]:
-        client = self.state.client
-        if client is None:
+        if self.state.services is None:
             return
+        client = self.state.services.client
         upstream = self.state.upstream
         host = {"upstream": upstream.host}
         health = client.health_of(upstream)

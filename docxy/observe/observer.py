@@ -23,11 +23,11 @@ import httpx
 from hypercorn.typing import Scope
 from quart import Quart
 
-from docxy.errors import RegistryError
-from docxy.names import parse_v2_path, upstream_name
+from docxy.core.errors import RegistryError
+from docxy.core.names import parse_v2_path, upstream_name
+from docxy.http.state import MirrorState
 from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
-from docxy.state import MirrorState
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Observer:
         @app.while_serving
         async def hook_upstream() -> AsyncGenerator[None, None]:
             # Registered after the app's own lifespan, so the client exists by now.
-            self.state.http.http.event_hooks["response"].append(self.upstream_answered)
+            self.state.client.http.event_hooks["response"].append(self.upstream_answered)
             yield
 
     async def upstream_answered(self, response: httpx.Response) -> None:
@@ -106,8 +106,8 @@ class Observer:
     def recent_errors(self, limit: int = 20) -> list[ErrorEvent]:
         """Upstream failures (timeouts, unreachable) and bad answers (429/5xx), newest first."""
         events = list(self.errors.latest())
-        if self.state.client is not None:
-            health = self.state.client.health_of(self.state.upstream)
+        if self.state.services is not None:
+            health = self.state.services.client.health_of(self.state.upstream)
             events += [ErrorEvent(at, kind, text) for at, kind, text in health.recent_failures]
         events.sort(key=lambda event: event.at, reverse=True)
         return events[:limit]

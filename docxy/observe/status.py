@@ -13,8 +13,8 @@ import time
 from html import escape
 from typing import Any
 
-from docxy.cachecli import human_size
-from docxy.health import health_report
+from docxy.cli.cache import human_size
+from docxy.http.health import health_report
 from docxy.observe.metrics import OUTCOMES, timestamp
 from docxy.observe.observer import Observer, Samples, total
 

@@ -1,0 +1,190 @@
+"""Image-aware eviction: which cached images to forget and which blobs to delete, as pure data.
+
+An *image* here is one cached manifest: an image manifest needs its config and layer blobs; an
+index needs its child manifests. Evicting blob by blob would leave a cached tag whose layers are
+gone, so that with the upstream down the image fails half-way through a pull. Instead:
+
+1. blobs no cached image needs go first, least recently used first;
+2. then whole images, least recently pulled first: an image is forgotten (its manifest, so a tag
+   pointing at it resolves upstream again), then its blobs that no kept image needs are deleted;
+3. an index goes with its children, and a child with the indexes that point at it, so an index
+   the cache still offers never leads to a missing child.
+
+:func:`plan_eviction` decides; the stores apply the plan, manifests first, so the cache never
+offers a manifest whose blobs are already gone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from docxy.core.digests import Digest, parse_digest
+from docxy.core.errors import DigestInvalid
+
+if TYPE_CHECKING:
+    from docxy.cache.blobs import BlobEntry
+
+
+@dataclass(frozen=True, slots=True)
+class ImageKey:
+    """A cached manifest: ``upstream`` is the store's key for the upstream registry."""
+
+    upstream: str
+    digest: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    key: ImageKey
+    last_pulled: float
+    blobs: frozenset[Digest] = field(default_factory=frozenset)  # config and layers
+    children: frozenset[Digest] = field(default_factory=frozenset)  # an index's manifests
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionPlan:
+    images: tuple[ImageKey, ...]  # forget these manifests first...
+    blobs: tuple[BlobEntry, ...]  # ...then delete these blobs
+    freed: int
+
+
+class ImageCatalog(Protocol):
+    """What the blob store asks of the manifest store (:class:`ManifestStore` implements it)."""
+
+    def images(self) -> list[Image]: ...
+    def forget_images(self, keys: Iterable[ImageKey]) -> None: ...
+    def blob_gone(self, digest: Digest) -> None: ...
+
+
+def needs(content: bytes) -> tuple[frozenset[Digest], frozenset[Digest]]:
+    """``(blobs, child manifests)`` a manifest points at; invalid entries are skipped."""
+    try:
+        doc = json.loads(content)
+    except ValueError:
+        return frozenset(), frozenset()
+    if not isinstance(doc, dict):
+        return frozenset(), frozenset()
+    children = _digests(doc.get("manifests"))
+    blobs = _digests([doc.get("config")]) | _digests(doc.get("layers")) | _digests(doc.get("blobs"))
+    return blobs, children
+
+
+def _digests(items: Any) -> frozenset[Digest]:
+    found = set()
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("digest"), str):
+            try:
+                found.add(parse_digest(item["digest"]))
+            except DigestInvalid:
+                continue
+    return frozenset(found)
+
+
+def plan_eviction(
+    blobs: Iterable[BlobEntry],
+    images: Iterable[Image],
+    need: int,
+    pinned: Callable[[Digest], bool],
+) -> EvictionPlan:
+    """What to evict to free ``need`` bytes of blobs (fewer if pinned blobs stand in the way).
+
+    ``blobs`` are the stored blobs, least recently used first; pinned ones (being read) stay.
+    Images are only forgotten up to the last one whose forgetting freed bytes, so a plan that
+    cannot free anything more forgets nothing more.
+    """
+    present = {entry.digest: entry for entry in blobs}
+    catalog = {image.key: image for image in images}
+    users: Counter[Digest] = Counter(d for image in catalog.values() for d in image.blobs)
+    chosen: list[BlobEntry] = []
+    freed = 0
+
+    def take(digest: Digest) -> None:
+        nonlocal freed
+        entry = present.pop(digest, None)
+        if entry is not None:
+            chosen.append(entry)
+            freed += entry.size
+
+    for digest in [d for d in present if not users[d] and not pinned(d)]:
+        if freed >= need:
+            break
+        take(digest)
+    forgotten: list[ImageKey] = []
+    useful = 0  # forgotten[:useful] are worth forgetting
+    for image in sorted(catalog.values(), key=_recency(catalog)):
+        if freed >= need:
+            break
+        if image.key not in catalog:
+            continue  # already gone with its index or child
+        before = freed
+        for gone in _with_relatives(image.key, catalog):
+            forgotten.append(gone.key)
+            for digest in gone.blobs:
+                users[digest] -= 1
+                if not users[digest] and not pinned(digest) and freed < need:
+                    take(digest)
+        if freed > before:
+            useful = len(forgotten)
+    if useful < len(forgotten):  # nothing freed after these: keep them, and their blobs
+        forgotten = forgotten[:useful]
+    return EvictionPlan(tuple(forgotten), tuple(chosen), freed)
+
+
+def dependents(digest: Digest, images: Iterable[Image]) -> list[ImageKey]:
+    """Images no longer whole without blob ``digest``: those needing it, with their relatives."""
+    catalog = {image.key: image for image in images}
+    found: list[ImageKey] = []
+    for key in [k for k, image in catalog.items() if digest in image.blobs]:
+        found.extend(gone.key for gone in _with_relatives(key, catalog, children=False))
+    return found
+
+
+def _recency(catalog: dict[ImageKey, Image]) -> Callable[[Image], tuple[float, str, str]]:
+    """An index counts as pulled when any of its children last was, and a child as its index."""
+    parents: dict[ImageKey, list[Image]] = {}
+    for image in catalog.values():
+        for child in image.children:
+            parents.setdefault(ImageKey(image.key.upstream, child), []).append(image)
+
+    def family_time(image: Image) -> float:
+        times = [image.last_pulled]
+        for child in image.children:
+            found = catalog.get(ImageKey(image.key.upstream, child))
+            if found is not None:
+                times.append(found.last_pulled)
+        times.extend(parent.last_pulled for parent in parents.get(image.key, []))
+        return max(times)
+
+    return lambda image: (family_time(image), image.key.upstream, str(image.key.digest))
+
+
+def _with_relatives(
+    key: ImageKey, catalog: dict[ImageKey, Image], *, children: bool = True
+) -> list[Image]:
+    """Remove ``key`` from ``catalog`` with every index pointing at a removed manifest and (with
+    ``children``) every child only removed indexes pointed at; returns what was removed."""
+    removed: list[Image] = []
+    todo = [key]
+    while todo:
+        image = catalog.pop(todo.pop(), None)
+        if image is None:
+            continue
+        removed.append(image)
+        up = image.key.upstream
+        todo.extend(
+            k
+            for k, other in catalog.items()
+            if k.upstream == up and image.key.digest in other.children
+        )
+        for child in image.children if children else ():
+            child_key = ImageKey(up, child)
+            still_wanted = any(
+                k.upstream == up and child in other.children for k, other in catalog.items()
+            )
+            if child_key in catalog and not still_wanted:
+                todo.append(child_key)
+    return removed

@@ -1,0 +1,1 @@
+"""The `docxy` command: serve, cache, warm, certs."""

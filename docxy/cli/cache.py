@@ -1,0 +1,353 @@
+"""``docxy cache ls | du | rm | gc``: look at and tidy the cache directory of a mirror.
+
+The commands run beside a live mirror on the same ``cache.dir``: they never clear the mirror's
+temp files (only ``gc``, and then only old ones), and ``rm`` refuses to delete a blob that a
+process has open (``/proc/<pid>/fd``), so a client streaming it is never cut. Image names follow
+Docker's rules: ``redis`` is ``library/redis:latest`` on the configured upstream.
+
+Exit codes: 0 done, 1 not found or in use, 2 configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from docxy.cache import (
+    AccessIndex,
+    BlobEntry,
+    BlobInUse,
+    Cache,
+    Digest,
+    DiskBlobStore,
+    ManifestStore,
+    RepoKey,
+    TagEntry,
+    referenced_digests,
+)
+from docxy.config import Config
+from docxy.core.errors import ConfigError
+from docxy.core.names import ImageRef, parse_image_ref
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_CONFIG = 2
+
+ConfigLoader = Callable[[argparse.Namespace], Config]
+
+
+# --- formatting (pure) ----------------------------------------------------------------------
+
+
+def human_size(size: int) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(seconds: float) -> str:
+    """``95`` → ``1m``; negative ages (clock skew) show as ``0s``."""
+    seconds = max(0, int(seconds))
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds // length}{unit}"
+    return f"{seconds}s"
+
+
+def columns(rows: Iterable[tuple[str, ...]]) -> list[str]:
+    """Rows as lines with left-aligned columns two spaces apart."""
+    table = list(rows)
+    if not table:
+        return []
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+
+
+def tag_rows(tags: Iterable[TagEntry], now: float) -> list[tuple[str, ...]]:
+    ordered = sorted(tags, key=lambda t: (t.repo.upstream, t.repo.repo, t.tag))
+    return [
+        (
+            "tag",
+            t.repo.upstream,
+            f"{t.repo.repo}:{t.tag}",
+            str(t.digest),
+            human_age(now - t.fetched_at),
+            "public" if t.public else "private",
+        )
+        for t in ordered
+    ]
+
+
+def blob_rows(entries: Iterable[BlobEntry], now: float) -> list[tuple[str, ...]]:
+    blobs = list(entries)
+    blobs.sort(key=lambda e: (-e.last_used, str(e.digest)))  # most recently used first
+    return [
+        ("blob", str(e.digest), human_size(e.size), f"used {human_age(now - e.last_used)} ago")
+        for e in blobs
+    ]
+
+
+# --- the cache, opened for administration -------------------------------------------------
+
+
+def open_for_admin(directory: Path, max_size: int, tag_ttl: float) -> Cache:
+    """The cache in ``directory`` without the serving-time recovery: a live mirror's temp files
+    are left alone. Raises FileNotFoundError when there is no cache there."""
+    if not (directory / "blobs").is_dir() and not (directory / "manifests").is_dir():
+        raise FileNotFoundError(f"no cache in {directory}")
+    blobs = DiskBlobStore(directory, max_size)
+    blobs.scan()
+    access = AccessIndex(directory / "access")
+    manifests = ManifestStore(directory / "manifests", access, tag_ttl=tag_ttl)
+    return Cache(blobs=blobs, manifests=manifests, access=access)
+
+
+def open_by_processes(paths: Iterable[Path]) -> dict[Path, int]:
+    """Which of ``paths`` some process has open, with one such pid (Linux ``/proc``; ``{}``
+    elsewhere or for processes we may not inspect)."""
+    wanted = {os.path.realpath(path): path for path in paths}
+    found: dict[Path, int] = {}
+    if not wanted or not os.path.isdir("/proc/self/fd"):
+        return found
+    for proc in os.scandir("/proc"):
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list(os.scandir(f"/proc/{proc.name}/fd"))
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd.path)
+            except OSError:
+                continue
+            if target in wanted:
+                found.setdefault(wanted[target], int(proc.name))
+    return found
+
+
+async def manifest_closure(
+    store: ManifestStore, repo: RepoKey, roots: Iterable[Digest]
+) -> set[Digest]:
+    """Every digest reachable from the manifests ``roots`` (children, configs, layers)."""
+    seen: set[Digest] = set()
+    pending = list(roots)
+    while pending:
+        digest = pending.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        manifest = await store.get(repo, digest)
+        if manifest is not None:
+            pending.extend(referenced_digests(manifest.content))
+    return seen
+
+
+async def unshared_blobs(
+    cache: Cache, repo: RepoKey, roots: Iterable[Digest], others: Iterable[TagEntry]
+) -> list[Digest]:
+    """Cached blobs reachable from ``roots`` in ``repo`` but from none of the ``others`` tags."""
+    mine = await manifest_closure(cache.manifests, repo, roots)
+    for other in others:
+        mine -= await manifest_closure(cache.manifests, other.repo, [other.digest])
+    return sorted((e.digest for e in cache.blobs.list_entries() if e.digest in mine), key=str)
+
+
+def upstream_host(config: Config) -> str:
+    return urlsplit(config.upstream.registry).netloc
+
+
+def repo_key(image: ImageRef, config: Config) -> RepoKey:
+    """Where the mirror keeps ``image``: Docker Hub names live under the configured upstream."""
+    host = upstream_host(config) if image.on_hub() else str(image.domain)
+    return RepoKey(host, image.name)
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+def cmd_ls(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
+    now = time.time()
+    rows: list[tuple[str, ...]] = []
+    if not args.blobs_only:
+        rows.extend(tag_rows(cache.manifests.list_tags(), now))
+    lines = columns(rows)
+    if not args.tags_only:
+        lines.extend(columns(blob_rows(cache.blobs.list_entries(), now)))
+    for line in lines:
+        print(line, file=out)
+    return EXIT_OK
+
+
+def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
+    usage = cache.blobs.usage()
+    percent = 100.0 * usage.bytes / usage.max_size if usage.max_size else 0.0
+    tmp = cache.blobs.tmp_dir
+    filling = sum(1 for _ in os.scandir(tmp)) if tmp.is_dir() else 0
+    rows = [
+        ("blobs", str(usage.entries)),
+        ("tags", str(len(cache.manifests.list_tags()))),
+        ("size", f"{human_size(usage.bytes)} ({usage.bytes} bytes)"),
+        ("max_size", f"{human_size(usage.max_size)} ({usage.max_size} bytes)"),
+        ("used", f"{percent:.1f}%"),
+        ("filling", f"{filling} blobs being fetched"),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<10} {value}", file=out)
+    return EXIT_OK
+
+
+async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out: TextIO) -> int:
+    store = cache.manifests
+    tags = store.list_tags()
+    if image.digest is not None:
+        targets = [t for t in tags if t.repo == repo and t.digest == image.digest]
+        roots = {image.digest}
+        if not targets and await store.get(repo, image.digest) is None:
+            print(f"docxy cache rm: {image} is not cached", file=sys.stderr)
+            return EXIT_NOT_FOUND
+    else:
+        targets = [t for t in tags if t.repo == repo and t.tag == image.tag]
+        roots = {t.digest for t in targets}
+        if not targets:
+            print(
+                f"docxy cache rm: {image} is not cached (no tag {repo.repo}:{image.tag} "
+                f"from {repo.upstream})",
+                file=sys.stderr,
+            )
+            return EXIT_NOT_FOUND
+    others = [t for t in tags if t not in targets]
+    doomed = await unshared_blobs(cache, repo, roots, others) if blobs else []
+    busy = open_by_processes(cache.blobs.path_of(d) for d in doomed)
+    for path, pid in sorted(busy.items()):
+        print(
+            f"docxy cache rm: blob {path.name[:12]} is being read (pid {pid}); "
+            "nothing removed, try again later",
+            file=sys.stderr,
+        )
+    if busy:
+        return EXIT_NOT_FOUND
+    if not targets:
+        print(f"no tag points at {image.digest}", file=out)
+    for tag in targets:
+        await store.forget_tag(tag.repo, tag.tag)
+        print(f"untagged {tag.repo.upstream}/{tag.repo.repo}:{tag.tag} ({tag.digest})", file=out)
+    return _remove_blobs(cache.blobs, doomed, out)
+
+
+def _remove_blobs(store: DiskBlobStore, doomed: list[Digest], out: TextIO) -> int:
+    sizes = {e.digest: e.size for e in store.list_entries()}
+    freed, status = 0, EXIT_OK
+    for digest in doomed:
+        try:
+            removed = store.remove(digest)
+        except BlobInUse:
+            print(f"docxy cache rm: blob {digest} is being read; kept", file=sys.stderr)
+            status = EXIT_NOT_FOUND
+            continue
+        if removed:
+            freed += sizes.get(digest, 0)
+            print(f"removed blob {digest} ({human_size(sizes.get(digest, 0))})", file=out)
+    if doomed:
+        print(f"freed {human_size(freed)}", file=out)
+    return status
+
+
+async def cmd_gc(cache: Cache, verify: bool, out: TextIO) -> int:
+    report = await cache.blobs.gc(verify=verify)
+    rows = [
+        ("temp files removed", str(report.removed_tmp)),
+        ("stray files removed", str(report.removed_stray)),
+        ("corrupt blobs removed", str(report.removed_corrupt) if verify else "not checked"),
+        ("blobs evicted", str(report.evicted)),
+        ("freed", human_size(report.freed_bytes)),
+    ]
+    for line in columns((key + ":", value) for key, value in rows):
+        print(line, file=out)
+    return EXIT_OK
+
+
+# --- wiring into ``docxy`` ------------------------------------------------------------------
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``docxy cache`` and its subcommands; ``args.handler(args, load_config)`` runs one."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
+    common.add_argument("--cache-dir", metavar="DIR", help="the cache directory (cache.dir)")
+    common.add_argument("--upstream", metavar="URL", help="upstream registry (for IMAGE names)")
+    common.add_argument(
+        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
+    )
+    cache = commands.add_parser("cache", help="inspect and tidy the cache directory")
+    cache.set_defaults(handler=run, no_library_prefix=False, no_cache=False)
+    actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    ls = actions.add_parser("ls", parents=[common], help="list cached tags and blobs")
+    only = ls.add_mutually_exclusive_group()
+    only.add_argument("--tags", dest="tags_only", action="store_true", help="tags only")
+    only.add_argument("--blobs", dest="blobs_only", action="store_true", help="blobs only")
+    actions.add_parser(
+        "du", parents=[common], help="how much the cache holds, against cache.max_size"
+    )
+    rm = actions.add_parser(
+        "rm", parents=[common], help="forget a cached tag (and, with --blobs, its blobs)"
+    )
+    rm.add_argument("image", metavar="IMAGE[:TAG|@DIGEST]")
+    rm.add_argument(
+        "--blobs",
+        dest="rm_blobs",
+        action="store_true",
+        help="also delete the blobs it references that no other cached tag references",
+    )
+    gc = actions.add_parser(
+        "gc", parents=[common], help="drop stray and old temp files, evict down to max_size"
+    )
+    gc.add_argument("--verify", action="store_true", help="re-hash every blob, drop corrupt ones")
+
+
+def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
+    out = sys.stdout
+    try:
+        config = load_config(args)
+        image = None
+        if args.cache_command == "rm":
+            image = parse_image_ref(args.image, library_prefix=config.upstream.library_prefix)
+    except (ConfigError, ValueError) as exc:
+        print(f"docxy cache: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    directory = config.cache.dir
+    try:
+        cache = open_for_admin(directory, config.cache.max_size, config.cache.tag_ttl)
+    except FileNotFoundError:
+        if args.cache_command in ("ls", "du", "gc"):
+            print(f"docxy cache: no cache in {directory} (empty)", file=sys.stderr)
+            return EXIT_OK
+        print(
+            f"docxy cache rm: {args.image} is not cached (no cache in {directory})", file=sys.stderr
+        )
+        return EXIT_NOT_FOUND
+    except OSError as exc:
+        print(f"docxy cache: cannot read {directory}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.cache_command == "ls":
+        return cmd_ls(cache, args, out)
+    if args.cache_command == "du":
+        return cmd_du(cache, args, out)
+    if args.cache_command == "gc":
+        return asyncio.run(cmd_gc(cache, args.verify, out))
+    assert image is not None
+    return asyncio.run(cmd_rm(cache, image, repo_key(image, config), args.rm_blobs, out))

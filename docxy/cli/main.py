@@ -1,0 +1,133 @@
+"""``docxy``: the command line. ``main(argv) -> int`` so tests can call it directly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from docxy import __version__
+from docxy.cli import cache as cachecli
+from docxy.cli import warm
+from docxy.config import Config, describe, load_config
+from docxy.core.errors import ConfigError
+from docxy.tls import certs
+
+EXIT_CONFIG = 2
+
+# flag dest → config key
+FLAG_KEYS = {
+    "listen": "server.listen",
+    "tls_listen": "server.tls_listen",
+    "public_url": "server.public_url",
+    "upstream": "upstream.registry",
+    "auth_realm": "upstream.auth_realm",
+    "cert": "tls.cert_path",
+    "key": "tls.key_path",
+    "cache_dir": "cache.dir",
+    "log_level": "log.level",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="docxy", description="A self-hosted Docker registry mirror and pull-through cache."
+    )
+    parser.add_argument("--version", action="version", version=f"docxy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the mirror")
+    serve.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="plain-HTTP listener")
+    serve.add_argument("--tls-listen", metavar="HOST:PORT", help="HTTPS listener")
+    serve.add_argument("--public-url", metavar="URL", help="the URL clients reach the mirror at")
+    serve.add_argument("--upstream", metavar="URL", help="upstream registry base URL")
+    serve.add_argument("--auth-realm", metavar="URL", help="upstream token service")
+    serve.add_argument(
+        "--no-library-prefix",
+        action="store_true",
+        help="do not add library/ to one-component names",
+    )
+    serve.add_argument("--cert", metavar="PATH", help="TLS certificate chain (PEM)")
+    serve.add_argument("--key", metavar="PATH", help="TLS private key (PEM)")
+    serve.add_argument("--cache-dir", metavar="DIR")
+    serve.add_argument("--no-cache", action="store_true", help="forward every request")
+    serve.add_argument("--log-level", metavar="LEVEL")
+    serve.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="any setting, e.g. --set upstream.read_timeout=120 (repeatable)",
+    )
+    serve.add_argument(
+        "--show-config", action="store_true", help="print the settings and their sources, then exit"
+    )
+    cachecli.register(commands)
+    warm.register(commands)
+    certs.register_cli(commands)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, object] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected SECTION.KEY=VALUE (flag)")
+        overrides[key.strip()] = value
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[key] = value
+    if args.no_library_prefix:
+        overrides["upstream.library_prefix"] = False
+    if args.no_cache:
+        overrides["cache.enabled"] = False
+    return load_config(overrides, args.config)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --version, --help, usage errors: argparse has printed already
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    handler = getattr(args, "handler", None)
+    if handler is not None:  # cache, warm, certs: they load the config themselves
+        return int(handler(args, config_from_args))
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"docxy: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.show_config:
+        for key, value, source in describe(config):
+            print(f"{key} = {value}  ({source})")
+        return 0
+    setup_logging(config.log.level)
+    from docxy.http.server import run
+
+    try:
+        asyncio.run(run(config))
+    except ConfigError as exc:
+        print(f"docxy: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,392 @@
+"""``docxy warm IMAGE[:TAG]...``: prefetch images into a running mirror's cache.
+
+Warm pulls through the mirror over HTTP, the way a Docker client does — ``/v2/`` challenge,
+token from the realm it names, manifests, then every blob read to its end — so the running
+mirror, the one process that owns the cache directory, fills its own cache. Every platform of a
+manifest list or OCI index is fetched unless ``--platform`` picks one (attestation entries,
+platform ``unknown/unknown``, are skipped like ``docker pull`` does). Each manifest and blob is
+checked against its digest as it arrives; each blob's progress goes to stderr (a bar on a
+terminal, plain lines otherwise: ``docxy.cli.progress``).
+
+Exit codes: 0 every image warmed, 1 some image failed, 2 configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from docxy import __version__
+from docxy.cache import Digest, parse_digest
+from docxy.cli.cache import human_size
+from docxy.cli.progress import TransferProgress
+from docxy.config import Config
+from docxy.core.challenge import parse_challenge
+from docxy.core.errors import ConfigError, DigestInvalid
+from docxy.core.names import ImageRef, parse_image_ref
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+USER_AGENT = f"docxy-warm/{__version__}"
+INDEX_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+IMAGE_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    }
+)
+ACCEPT = ", ".join(sorted(INDEX_TYPES | IMAGE_TYPES))
+CHUNK = 1 << 20
+MAX_MANIFEST = 4 << 20
+_REPO_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs)/[^/]+")
+
+ConfigLoader = Callable[[argparse.Namespace], Config]
+
+
+class WarmError(Exception):
+    """One image could not be warmed; the message says why."""
+
+
+# --- auth: the registry token flow, as an httpx.Auth ----------------------------------------
+
+
+class RegistryAuth(httpx.Auth):
+    """Answers a registry's ``401`` like a Docker client: a Bearer challenge sends us to its
+    realm for a ``repository:<name>:pull`` token (anonymous, or with Basic credentials); a Basic
+    challenge gets the credentials. Tokens are kept per scope for the next requests."""
+
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+        self._basic = httpx.BasicAuth(*credentials) if credentials else None
+        self._tokens: dict[str, str] = {}
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        match = _REPO_PATH.fullmatch(request.url.path)
+        scope = f"repository:{match.group(1)}:pull" if match else ""
+        if scope in self._tokens:
+            request.headers["Authorization"] = f"Bearer {self._tokens[scope]}"
+        response = yield request
+        if response.status_code != 401:
+            return
+        challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+        if challenge is None:
+            return
+        if challenge.scheme.lower() == "basic" and self._basic is not None:
+            yield from self._basic.auth_flow(request)
+            return
+        if challenge.scheme.lower() != "bearer" or not challenge.realm:
+            return
+        params = {"scope": challenge.params.get("scope", scope)}
+        if challenge.service:
+            params["service"] = challenge.service
+        token_request = httpx.Request("GET", challenge.realm, params=params)
+        if self._basic is not None:
+            token_request = next(self._basic.auth_flow(token_request))
+        token_response = yield token_request
+        token_response.read()
+        if token_response.status_code != 200:
+            return  # the caller sees the original 401
+        try:
+            body = token_response.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            return
+        self._tokens[scope] = token
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+# --- the pull -------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    manifests: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    seen: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int | None
+    platform: str | None
+
+
+def _descriptor(item: Any) -> Descriptor | None:
+    if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
+        return None
+    size = item.get("size")
+    platform = item.get("platform")
+    name = None
+    if isinstance(platform, dict):
+        parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
+        name = "/".join(str(p) for p in parts if p)
+    return Descriptor(
+        str(item.get("mediaType", "")),
+        item["digest"],
+        size if isinstance(size, int) and size >= 0 else None,
+        name,
+    )
+
+
+def platform_matches(wanted: str, platform: str | None) -> bool:
+    """``all`` takes every real platform; ``linux/arm64`` also takes ``linux/arm64/v8``."""
+    if platform is None or platform.startswith("unknown/"):
+        return False
+    if wanted == "all":
+        return True
+    return platform == wanted or platform.startswith(wanted + "/")
+
+
+def _digest(text: str | None, what: str) -> Digest:
+    try:
+        return parse_digest(str(text))
+    except DigestInvalid as exc:
+        raise WarmError(f"{what}: {exc}") from None
+
+
+def _check(digest: Digest, hasher: Any) -> None:
+    if hasher.hexdigest() != digest.hex:
+        actual = f"{digest.algorithm}:{hasher.hexdigest()[:12]}"
+        raise WarmError(f"{str(digest)[:19]}: the bytes hash to {actual}")
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise WarmError(f"{what}: not a JSON object")
+    return doc
+
+
+class Warmer:
+    """Pulls images through a mirror with one ``httpx.Client``."""
+
+    def __init__(
+        self, client: httpx.Client, platform: str = "all", progress: TextIO | None = None
+    ) -> None:
+        self.client = client
+        self.platform = platform
+        self.progress = sys.stderr if progress is None else progress
+        self.tally = Tally()
+
+    def warm(self, image: ImageRef) -> Tally:
+        """Fetch ``image``'s manifests and blobs; what it took is added to ``self.tally``."""
+        before = Tally(self.tally.manifests, self.tally.blobs, self.tally.bytes)
+        body, media_type = self._manifest(image.name, image.ref, image.digest)
+        if media_type in INDEX_TYPES:
+            entries = _json_object(body, f"manifest {image.ref}").get("manifests")
+            children = [_descriptor(item) for item in entries or []]
+            chosen = [c for c in children if c and platform_matches(self.platform, c.platform)]
+            if not chosen:
+                raise WarmError(f"no manifest for platform {self.platform}")
+            for child in chosen:
+                digest = _digest(child.digest, "a platform entry")
+                child_body, child_type = self._manifest(image.name, str(digest), digest)
+                self._blobs(image.name, child_body, child_type)
+        else:
+            self._blobs(image.name, body, media_type)
+        return Tally(
+            self.tally.manifests - before.manifests,
+            self.tally.blobs - before.blobs,
+            self.tally.bytes - before.bytes,
+        )
+
+    def _manifest(self, name: str, ref: str, digest: Digest | None) -> tuple[bytes, str]:
+        """Manifest ``ref``, checked against ``digest`` or the mirror's Docker-Content-Digest."""
+        path = f"/v2/{name}/manifests/{ref}"
+        with self.client.stream("GET", path, headers={"Accept": ACCEPT}) as response:
+            _raise_for_status(response, path)
+            buffer = bytearray()
+            for chunk in response.iter_bytes():
+                buffer += chunk
+                if len(buffer) > MAX_MANIFEST:
+                    raise WarmError(f"{path}: manifest larger than {human_size(MAX_MANIFEST)}")
+        body = bytes(buffer)
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        header = response.headers.get("docker-content-digest")
+        if digest is None and header:
+            digest = _digest(header, f"manifest {ref}: Docker-Content-Digest")
+        if digest is not None:
+            _check(digest, hashlib.new(digest.algorithm, body))
+        if media_type not in INDEX_TYPES | IMAGE_TYPES:
+            raise WarmError(f"manifest {ref}: unsupported media type {media_type!r}")
+        self.tally.manifests += 1
+        return body, media_type
+
+    def _blobs(self, name: str, body: bytes, media_type: str) -> None:
+        if media_type not in IMAGE_TYPES:
+            raise WarmError(f"a platform entry is a {media_type}, not an image manifest")
+        doc = _json_object(body, "image manifest")
+        layers = doc.get("layers")
+        items = [doc.get("config"), *(layers if isinstance(layers, list) else [])]
+        for descriptor in filter(None, map(_descriptor, items)):
+            if descriptor.digest not in self.tally.seen:
+                self._blob(name, descriptor)
+                self.tally.seen.add(descriptor.digest)
+
+    def _blob(self, name: str, descriptor: Descriptor) -> None:
+        digest = _digest(descriptor.digest, "a layer")
+        hasher = digest.hasher()
+        done = 0
+        path = f"/v2/{name}/blobs/{digest}"
+        with (
+            TransferProgress(self.progress, str(digest)[:19], descriptor.size) as progress,
+            self.client.stream("GET", path) as response,
+        ):
+            _raise_for_status(response, path)
+            for chunk in response.iter_bytes(CHUNK):
+                hasher.update(chunk)
+                done += len(chunk)
+                progress.update(done)
+            if descriptor.size is not None and done != descriptor.size:
+                progress.finish(done, "wrong length")
+                raise WarmError(
+                    f"{str(digest)[:19]}: got {done} bytes, the manifest says {descriptor.size}"
+                )
+            try:
+                _check(digest, hasher)
+            except WarmError:
+                progress.finish(done, "digest mismatch")
+                raise
+            progress.finish(done, "ok")
+        self.tally.blobs += 1
+        self.tally.bytes += done
+
+
+def _raise_for_status(response: httpx.Response, path: str) -> None:
+    if response.status_code == 200:
+        return
+    if response.status_code == 401:
+        raise WarmError(f"{path}: unauthorized (private? try --username and --password-stdin)")
+    if response.status_code == 404:
+        raise WarmError(f"{path}: not found")
+    response.read()
+    raise WarmError(f"{path}: the mirror answered {response.status_code}: {response.text[:200]}")
+
+
+# --- wiring into ``docxy`` ------------------------------------------------------------------
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``docxy warm``; ``args.handler(args, load_config)`` runs it."""
+    warm = commands.add_parser(
+        "warm", help="prefetch images into the running mirror's cache (all platforms)"
+    )
+    warm.add_argument("images", metavar="IMAGE[:TAG]", nargs="+")
+    warm.add_argument(
+        "--mirror", metavar="URL", help="the running mirror (default: server.public_url)"
+    )
+    warm.add_argument(
+        "--platform", default="all", metavar="all|OS/ARCH", help="platforms of a list (all)"
+    )
+    warm.add_argument("--username", help="log in to the mirror's token service as this user")
+    warm.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    warm.add_argument("--timeout", type=float, default=60.0, help="read timeout, seconds (60)")
+    warm.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
+    warm.set_defaults(handler=run, set=[], no_library_prefix=False, no_cache=False)
+
+
+def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
+    try:
+        config = load_config(args)
+        mirror = args.mirror or config.server.public_url
+        credentials = _credentials(args)
+        prefix = config.upstream.library_prefix
+        images = [_hub_image(text, library_prefix=prefix) for text in args.images]
+        if args.platform != "all" and not re.fullmatch(
+            r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", args.platform
+        ):
+            raise ValueError(f"--platform {args.platform!r}: expected all or OS/ARCH[/VARIANT]")
+    except (ConfigError, ValueError) as exc:
+        print(f"docxy warm: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    timeout = httpx.Timeout(connect=10.0, read=args.timeout, write=30.0, pool=10.0)
+    with httpx.Client(
+        base_url=mirror,
+        auth=RegistryAuth(credentials),
+        timeout=timeout,
+        follow_redirects=True,
+        headers={"User-Agent": USER_AGENT},
+    ) as client:
+        return warm_all(Warmer(client, args.platform), images, sys.stdout)
+
+
+def _hub_image(text: str, *, library_prefix: bool) -> ImageRef:
+    """The image as the mirror names it: ``library/`` added only if ``upstream.library_prefix``."""
+    image = parse_image_ref(text, library_prefix=library_prefix)
+    if not image.on_hub():
+        raise ValueError(
+            f"{text!r}: the mirror pulls from its own upstream; name the image without "
+            f"a registry ({image.name})"
+        )
+    return image
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str, str] | None:
+    if args.password_stdin and not args.username:
+        raise ValueError("--password-stdin needs --username")
+    if not args.username:
+        return None
+    if not args.password_stdin:
+        raise ValueError(
+            "--username needs --password-stdin (passwords never go on the command line)"
+        )
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ValueError("--password-stdin: no password on standard input")
+    return args.username, password
+
+
+def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
+    status = EXIT_OK
+    started = time.monotonic()
+    for image in images:
+        began = time.monotonic()
+        try:
+            took = warmer.warm(image)
+        except WarmError as exc:
+            print(f"docxy warm: {image}: {exc}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        except httpx.HTTPError as exc:
+            print(f"docxy warm: {image}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        print(f"{image}: {_summary(took, time.monotonic() - began)}", file=out)
+    if len(images) > 1:
+        print(f"total: {_summary(warmer.tally, time.monotonic() - started)}", file=out)
+    return status
+
+
+def _summary(tally: Tally, seconds: float) -> str:
+    rate = human_size(int(tally.bytes / seconds)) if seconds > 0 else "-"
+    return (
+        f"{tally.manifests} manifests, {tally.blobs} blobs, {human_size(tally.bytes)} "
+        f"in {seconds:.1f}s ({rate}/s)"
+    )

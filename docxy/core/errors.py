@@ -1,0 +1,101 @@
+"""Errors the mirror can answer with, in the registry's JSON error format.
+
+Every error a client can see is a :class:`RegistryError`; one handler (``http/app.py``) renders it
+``{"errors": [{"code": ..., "message": ..., "detail": ...}]}`` with its HTTP status::
+
+    RegistryError
+    ├── ClientError                 the request itself is wrong (4xx)
+    │   ├── NameInvalid             400 NAME_INVALID    repository name breaks the grammar
+    │   ├── DigestInvalid           400 DIGEST_INVALID  malformed digest
+    │   ├── TagInvalid              400 TAG_INVALID     malformed tag
+    │   ├── RequestTooLarge         414/431 SIZE_INVALID  oversized query or headers
+    │   ├── RangeNotSatisfiable     416 RANGE_INVALID   a Range outside the blob
+    │   ├── NotFound                404 NOT_FOUND       no such route
+    │   └── Unsupported             405 UNSUPPORTED     the mirror is read-only
+    └── UpstreamError               the upstream failed us (5xx)
+        ├── UpstreamUnavailable     502 UNAVAILABLE     refused, reset, DNS, TLS, bad answer
+        └── UpstreamTimeout         504 UNAVAILABLE     no answer in time
+
+``ConfigError`` is separate: it stops start-up and never reaches a client. ``StreamCut`` is
+raised inside a streamed body that cannot be finished (a failed fill): the app's ASGI layer
+then leaves the response unended, so the server closes the connection, logged in one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; the message names the key and its source."""
+
+
+class StreamCut(Exception):
+    """A started response body must stop short: the client has to see a broken download."""
+
+
+class RegistryError(Exception):
+    status: int = 500
+    code: str = "UNKNOWN"
+
+    def __init__(self, message: str, detail: Any = None, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail is not None:
+            error["detail"] = self.detail
+        return {"errors": [error]}
+
+
+class ClientError(RegistryError):
+    status = 400
+
+
+class NameInvalid(ClientError):
+    code = "NAME_INVALID"
+
+
+class DigestInvalid(ClientError, ValueError):
+    code = "DIGEST_INVALID"
+
+
+class TagInvalid(ClientError):
+    code = "TAG_INVALID"
+
+
+class RequestTooLarge(ClientError):
+    status = 414
+    code = "SIZE_INVALID"
+
+
+class RangeNotSatisfiable(ClientError):
+    status = 416
+    code = "RANGE_INVALID"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class Unsupported(ClientError):
+    status = 405
+    code = "UNSUPPORTED"
+
+
+class UpstreamError(RegistryError):
+    status = 502
+    code = "UNAVAILABLE"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504

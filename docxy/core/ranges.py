@@ -1,0 +1,52 @@
+"""Pure parsing of a single-range ``Range: bytes=...`` header against a known size."""
+
+from __future__ import annotations
+
+import re
+
+from docxy.core.errors import RangeNotSatisfiable
+
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+#: Any position with more digits than this is past the end of any blob (2**64 has 20 digits).
+_MAX_DIGITS = 20
+_BEYOND = 10**_MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    """A byte position from the header; a number too long to matter is just "past the end"
+    (``int()`` refuses texts over 4300 digits, and huge ones are costly to convert)."""
+    digits = digits.lstrip("0") or "0"
+    return _BEYOND if len(digits) > _MAX_DIGITS else int(digits)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, stop)`` with ``stop`` exclusive, or ``None`` to send the whole body.
+
+    Forms: ``bytes=N-``, ``bytes=N-M``, ``bytes=-K`` (the last K bytes). A header the mirror
+    does not understand (several ranges, other units) is ignored, as RFC 9110 allows; a range
+    that starts past the end raises :class:`RangeNotSatisfiable` (416).
+    """
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header)
+    if match is None:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        suffix = _position(last)
+        if suffix == 0:
+            raise RangeNotSatisfiable("empty suffix range", {"size": size})
+        return (max(size - suffix, 0), size)
+    start = _position(first)
+    stop = size if last == "" else min(_position(last) + 1, size)
+    if last != "" and _position(last) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable("range starts past the end of the blob", {"size": size})
+    return (start, stop)
+
+
+def content_range(start: int, stop: int, size: int) -> str:
+    return f"bytes {start}-{stop - 1}/{size}"

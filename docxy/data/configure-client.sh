@@ -1,0 +1,1 @@
+../../scripts/configure-client.sh

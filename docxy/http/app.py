@@ -1,0 +1,113 @@
+"""The Quart application: routes, error rendering, lifecycle of the shared upstream client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import httpx
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from docxy.cache import Cache, open_cache
+from docxy.config import Config
+from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
+from docxy.http import acme, auth, health, routes, setup_script
+from docxy.http.responses import error_response
+from docxy.http.state import MirrorState
+from docxy.tasks import spawn
+from docxy.upstream.client import Upstream, UpstreamClient, make_http_client
+
+log = logging.getLogger(__name__)
+
+ASGIHandler = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+class CutStreams:
+    """ASGI layer: a body that raised :class:`StreamCut` is left unended, without a traceback.
+
+    The server then closes the connection mid-body, which is what the client must see; the
+    reason was already logged in one line where the stream broke.
+    """
+
+    def __init__(self, app: ASGIHandler) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except StreamCut:
+            pass
+
+
+def open_store(config: Config) -> Cache:
+    """Open the cache: leftover temp files removed, index rebuilt from disk."""
+    root = config.cache.dir
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return open_cache(root, max_size=config.cache.max_size, tag_ttl=config.cache.tag_ttl)
+    except OSError as exc:
+        source = config.sources.get("cache.dir", "default")
+        raise ConfigError(
+            f"cache.dir: cannot use {root}: {exc.strerror or exc} ({source})"
+        ) from exc
+
+
+def create_app(
+    config: Config, *, probe: bool = True, transport: httpx.AsyncBaseTransport | None = None
+) -> Quart:
+    """Build the app. ``transport`` replaces the network for tests (``httpx.MockTransport``)."""
+    app = Quart("docxy")
+    app.asgi_app = CutStreams(app.asgi_app)  # type: ignore[method-assign]
+    app.config.update(
+        RESPONSE_TIMEOUT=None,  # streamed blobs take as long as they take
+        BODY_TIMEOUT=30,
+        MAX_CONTENT_LENGTH=64 * 1024,  # a read-only mirror takes no uploads
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    state = MirrorState(config, Upstream.from_config(config.upstream))
+    if config.cache.enabled:
+        state.cache = open_store(config)
+    app.extensions["docxy"] = state
+    for blueprint in (
+        routes.blueprint,
+        auth.blueprint,
+        health.blueprint,
+        acme.blueprint,
+        setup_script.blueprint,
+    ):
+        app.register_blueprint(blueprint)
+
+    @app.while_serving
+    async def lifespan() -> AsyncGenerator[None, None]:
+        http = make_http_client(config.upstream, transport)
+        state.open(UpstreamClient(http))
+        probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
+        try:
+            yield
+        finally:
+            if probe_task is not None:
+                probe_task.cancel()
+            await http.aclose()
+
+    @app.errorhandler(RegistryError)
+    async def registry_error(error: RegistryError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        if error.code == 405:
+            return error_response(Unsupported("method not allowed"))
+        if error.code == 404:
+            return error_response(NotFound("unknown path"))
+        return error_response(
+            RegistryError(error.description or "bad request", status=error.code or 400)
+        )
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error", exc_info=error)
+        return error_response(RegistryError("internal error in the mirror"))
+
+    return app

@@ -1,0 +1,107 @@
+"""``/auth/token``: the mirror's token endpoint, today fronting the upstream's auth service.
+
+Clients are sent here by the challenges the mirror rewrites. The request is forwarded to the
+upstream's realm (configured, or discovered from its ``/v2/`` challenge) with ``service``,
+``account``, every ``scope`` (``library/`` added on Docker Hub) and the client's Basic
+credentials, so ``docker login`` users pull with their own quota. This is the one place that
+later becomes the mirror's own authority (mirror-issued tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+import httpx
+from quart import Blueprint, Response, request
+
+from docxy.core.challenge import rewrite_scope
+from docxy.core.errors import NotFound, UpstreamError
+from docxy.http.state import mirror_state
+from docxy.upstream.client import read_small
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("token", __name__)
+
+OFFLINE_TOKEN = "docxy-offline"
+OFFLINE_TOKEN_LIFETIME = 60
+AUTH_TROUBLE = frozenset({429, 500, 502, 503, 504})
+FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offline_token"})
+
+
+def token_params(
+    args: list[tuple[str, str]], library_prefix: bool, service: str | None = None
+) -> httpx.QueryParams:
+    """The query to send to the upstream realm: known parameters only, scopes rewritten.
+
+    ``service`` (the upstream's own, from its challenge) is added when the client sent none:
+    a challenge the mirror answered offline, before it ever saw the upstream, names none.
+    """
+    params: list[tuple[str, str | int | float | bool | None]] = []
+    if service and not any(key == "service" for key, _ in args):
+        params.append(("service", service))
+    for key, value in args:
+        if key not in FORWARDED_PARAMS:
+            continue
+        if key == "scope":
+            value = " ".join(rewrite_scope(s, library_prefix) for s in value.split(" ") if s)
+        params.append((key, value))
+    return httpx.QueryParams(params)
+
+
+def offline_token(reason: str) -> Response:
+    """A token of the mirror's own while the upstream's auth service is down.
+
+    It grants nothing upstream: the mirror serves public cached content without looking at
+    client tokens, and passes anything else through with the client's own token.
+    """
+    log.warning("upstream token service unavailable (%s): issuing an offline token", reason)
+    issued = datetime.now(UTC)
+    body = {
+        "token": OFFLINE_TOKEN,
+        "access_token": OFFLINE_TOKEN,
+        "expires_in": OFFLINE_TOKEN_LIFETIME,
+        "issued_at": issued.isoformat().replace("+00:00", "Z"),
+    }
+    response = Response(json.dumps(body), status=200, content_type="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.route("/auth/token", methods=["GET"])
+async def token() -> Response:
+    state = mirror_state()
+    upstream = state.upstream_for(request.args.get("ns"))
+    try:
+        realm = await state.client.auth_realm(upstream)
+    except UpstreamError as exc:
+        if state.cache is None:
+            raise
+        return offline_token(exc.message)
+    if realm is None:
+        raise NotFound("the upstream registry does not use token authentication")
+    headers = []
+    authorization = request.headers.get("Authorization")
+    if authorization is not None:
+        headers.append(("Authorization", authorization))
+    known = state.client.known_challenge(upstream)
+    params = token_params(
+        list(request.args.items(multi=True)),
+        upstream.library_prefix,
+        known.service if known is not None else None,
+    )
+    try:
+        answer = await state.client.send(upstream, "GET", realm, headers, params=params)
+        body = await read_small(answer)
+    except UpstreamError as exc:
+        if state.cache is None:
+            raise
+        return offline_token(exc.message)
+    if answer.status_code in AUTH_TROUBLE and state.cache is not None:
+        return offline_token(f"the upstream's token service answered {answer.status_code}")
+    content_type = answer.headers.get("content-type", "application/json")
+    response = Response(body, status=answer.status_code, content_type=content_type)
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,186 @@
+"""ASGI layers around the app: the request target, plain-HTTP → HTTPS redirect, one access-log line.
+
+They sit outside Quart so they see every request, including the ones they refuse, and so the
+access log can count the bytes that really went out, after a streamed body ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any, Protocol
+
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPScope,
+    Scope,
+)
+
+from docxy.core.errors import RegistryError, RequestTooLarge
+
+log = logging.getLogger("docxy.access")
+
+MAX_QUERY = 8 * 1024
+MAX_PATH = 4 * 1024
+# Served on plain HTTP too: the health check, and ACME HTTP-01 tokens (certbot needs port 80).
+HTTPS_EXEMPT_PATHS = frozenset({"/health"})
+HTTPS_EXEMPT_PREFIXES = ("/.well-known/acme-challenge/",)
+
+
+async def _send_error(
+    send: ASGISendCallable, error: RegistryError, extra: list[tuple[bytes, bytes]]
+) -> None:
+    status = error.status
+    body = json.dumps(error.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class UseHttps(RegistryError):
+    status = 308
+    code = "MOVED"
+
+
+_ABSOLUTE = re.compile(rb"https?://([^/?#]*)(/.*)?", re.IGNORECASE | re.DOTALL)
+_ABSOLUTE_TEXT = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
+
+
+def origin_form(scope: HTTPScope) -> HTTPScope:
+    """``scope`` with an absolute-form target (``GET http://host/v2/ HTTP/1.1``) made origin-form.
+
+    RFC 9112 §3.2.2: a server accepts the absolute form and then takes the host from the
+    target, not the ``Host`` header. The routes only ever see ``/v2/...``, however it was asked.
+    """
+    raw: bytes = scope["raw_path"] or b""
+    match = _ABSOLUTE.fullmatch(raw)
+    if match is None:
+        return scope
+    authority = match.group(1).rpartition(b"@")[2]  # never credentials in a Host header
+    raw_path = match.group(2) or b"/"
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"host"]
+    headers.insert(0, (b"host", authority))
+    path = _ABSOLUTE_TEXT.sub("", scope["path"], count=1) or "/"
+    normal: HTTPScope = {**scope, "path": path, "raw_path": raw_path, "headers": headers}
+    return normal
+
+
+class Guard:
+    """Normalises the request target, refuses oversized ones, and redirects plain HTTP to
+    HTTPS when TLS is on."""
+
+    def __init__(self, app: ASGIFramework, https_url: str | None) -> None:
+        self.app = app
+        self.https_url = https_url
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        http = origin_form(scope)
+        if len(http["query_string"]) > MAX_QUERY or len(http["raw_path"] or b"") > MAX_PATH:
+            await _send_error(send, RequestTooLarge("request target too long"), [])
+            return
+        path = http["path"]
+        if (
+            self.https_url is not None
+            and http["scheme"] == "http"
+            and path not in HTTPS_EXEMPT_PATHS
+            and not path.startswith(HTTPS_EXEMPT_PREFIXES)
+        ):
+            target = self.https_url + (http["raw_path"] or b"/").decode("latin-1")
+            if http["query_string"]:
+                target += "?" + http["query_string"].decode("latin-1")
+            location = [(b"location", target.encode("latin-1"))]
+            await _send_error(send, UseHttps("this mirror is served over HTTPS"), location)
+            return
+        await self.app(http, receive, send)
+
+
+_UNSAFE = re.compile(r"[^!-\[\]-~]")  # all but printable ASCII, space and backslash
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def loggable(text: str) -> str:
+    """``text`` as one unforgeable log field: control characters, NUL, spaces, backslashes and
+    anything beyond printable ASCII become ``\\xNN`` / ``\\uNNNN`` escapes, so a client cannot
+    end the line, start a forged one, or shift the fields that follow."""
+    return _UNSAFE.sub(_escape, text)
+
+
+class RequestObserver(Protocol):
+    """Told when each request starts and ends (``docxy.observe.Observer``: metrics, status)."""
+
+    def request_started(self) -> None: ...
+    def request_ended(self, scope: Scope, status: int, sent: int, seconds: float) -> None: ...
+
+
+class AccessLog:
+    """One INFO line per request: method, path, status, bytes, cache, upstream and total time.
+
+    The method and path come from the client and are logged through :func:`loggable`.
+    """
+
+    def __init__(self, app: ASGIFramework, observer: RequestObserver | None = None) -> None:
+        self.app = app
+        self.observer = observer
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        facts: dict[str, Any] = {}
+        scope["docxy"] = facts  # type: ignore[typeddict-unknown-key]
+        status = 0
+        sent = 0
+
+        async def counting_send(message: Any) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        outcome = "done"
+        if self.observer is not None:
+            self.observer.request_started()
+        try:
+            await self.app(scope, receive, counting_send)
+        except BaseException:
+            outcome = "aborted"
+            raise
+        finally:
+            upstream_ms = facts.get("upstream_ms")
+            log.info(
+                "%s %s %s %d bytes cache=%s upstream=%s total=%.0fms %s",
+                loggable(scope["method"]),
+                loggable(origin_form(scope)["path"]),  # no user:password@host of the target
+                status,
+                sent,
+                facts.get("cache", "-"),
+                "-" if upstream_ms is None else f"{upstream_ms:.0f}ms",
+                (time.monotonic() - started) * 1000,
+                outcome,
+            )
+            if self.observer is not None:
+                self.observer.request_ended(scope, status, sent, time.monotonic() - started)

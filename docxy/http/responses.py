@@ -1,0 +1,146 @@
+"""Registry responses: outcomes, errors and relayed upstream answers become HTTP, in one place.
+
+Every response of the registry API is built here, and :func:`registry_response` is the one
+spot that adds ``Docker-Distribution-API-Version``. A relayed upstream answer keeps its status
+and filtered headers, with a Bearer challenge re-pointed at the mirror's token endpoint; a
+cached blob body that breaks off (a failed fill) raises :class:`StreamCut`, so the client sees
+a cut connection, never a short success.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+import httpx
+from quart import Response
+from werkzeug.datastructures import Headers
+
+from docxy.cache.errors import FillAborted
+from docxy.cache.fill import BlobFollower
+from docxy.cache.reader import BlobReader
+from docxy.core.challenge import rewrite_challenge
+from docxy.core.errors import RangeNotSatisfiable, RegistryError, StreamCut
+from docxy.core.headers import response_headers
+from docxy.core.ranges import content_range
+from docxy.pull.outcome import BlobContent, ManifestContent, Served
+
+log = logging.getLogger(__name__)
+
+API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+Body = bytes | AsyncIterator[bytes]
+
+
+def registry_response(
+    body: Body, status: int, headers: Iterable[tuple[str, str]], *, streamed: bool = False
+) -> Response:
+    """The one constructor of registry API responses (adds the API version header).
+
+    ``streamed`` bodies have no time limit: a large blob takes as long as it takes.
+    """
+    response = Response(body, status=status, headers=Headers([*headers, API_VERSION_HEADER]))
+    if streamed:
+        response.timeout = None
+    return response
+
+
+async def empty_body() -> AsyncIterator[bytes]:
+    """A body of no bytes that leaves ``Content-Length`` alone (Quart rewrites it for ``b""``)."""
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+def error_response(error: RegistryError) -> Response:
+    """``{"errors": [{"code", "message", "detail"}]}`` with the error's status."""
+    headers = [("Content-Type", "application/json")]
+    if isinstance(error, RangeNotSatisfiable) and isinstance(error.detail, dict):
+        headers.append(("Content-Range", f"bytes */{error.detail.get('size', '*')}"))
+    return registry_response(json.dumps(error.body()).encode(), error.status, headers)
+
+
+def unauthorized(challenge: str | None) -> Response:
+    """The ``/v2/`` answer that starts a client's token dance."""
+    body = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+    headers = [("Content-Type", "application/json")]
+    if challenge is not None:
+        headers.append(("WWW-Authenticate", challenge))
+    return registry_response(json.dumps(body).encode(), 401, headers)
+
+
+def served_response(served: Served) -> Response:
+    if isinstance(served.content, BlobContent):
+        return _blob(served.content)
+    return _manifest(served.content)
+
+
+def _manifest(content: ManifestContent) -> Response:
+    headers = [
+        ("Content-Type", content.media_type),
+        ("Docker-Content-Digest", str(content.digest)),
+        ("ETag", f'"{content.digest}"'),
+        ("Content-Length", str(content.length)),
+    ]
+    body = content.body if content.body is not None else empty_body()
+    return registry_response(body, 200, headers)
+
+
+def _blob(content: BlobContent) -> Response:
+    headers = [
+        ("Content-Type", "application/octet-stream"),
+        ("Docker-Content-Digest", str(content.digest)),
+        ("ETag", f'"{content.digest}"'),
+        ("Accept-Ranges", "bytes"),
+        ("Cache-Control", "max-age=31536000"),
+    ]
+    status, length = 200, content.size
+    if content.span is not None and content.size is not None:
+        start, stop = content.span
+        status, length = 206, stop - start
+        headers.append(("Content-Range", content_range(start, stop, content.size)))
+    if length is not None:
+        headers.append(("Content-Length", str(length)))
+    body = empty_body() if content.stream is None else _cut_on_abort(content.stream)
+    return registry_response(body, status, headers, streamed=True)
+
+
+async def _cut_on_abort(stream: BlobReader | BlobFollower) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    except FillAborted as exc:
+        log.warning("blob fill failed, cutting the client: %s", exc)
+        raise StreamCut(str(exc)) from None
+    finally:
+        stream.close()
+
+
+async def _relayed(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
+async def _closed(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    await upstream.aclose()
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+def relay(upstream: httpx.Response, *, method: str, realm: str, library_prefix: bool) -> Response:
+    """A streaming response mirroring ``upstream``.
+
+    ``Content-Length`` is the upstream's, also for HEAD (an empty generator body keeps Quart
+    from rewriting it to 0). A Bearer challenge is re-pointed at the mirror's token endpoint.
+    """
+    headers = response_headers(upstream.headers.multi_items())
+    challenge = upstream.headers.get("www-authenticate")
+    if challenge is not None:
+        headers.append(("WWW-Authenticate", rewrite_challenge(challenge, realm, library_prefix)))
+    body = _closed(upstream) if method == "HEAD" else _relayed(upstream)
+    response = registry_response(body, upstream.status_code, headers, streamed=True)
+    if "content-type" not in upstream.headers:
+        del response.headers["Content-Type"]  # Quart's default text/html would be a lie
+    return response

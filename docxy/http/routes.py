@@ -1,0 +1,151 @@
+"""The Registry HTTP API v2 routes: the ``/v2/`` challenge, manifests and blobs (read-only).
+
+A content request is parsed into a :class:`~docxy.pull.outcome.Pull`, handed to the blob or manifest
+service, and its outcome rendered by ``docxy.http.responses``; a pass-through goes upstream with the
+client's own credentials. :func:`_record` is the one place that writes what happened into the
+access log's facts and the upstream's health.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from quart import Blueprint, Response, request
+
+from docxy.core.challenge import Challenge, rewrite_challenge
+from docxy.core.errors import Unsupported, UpstreamError, UpstreamUnavailable
+from docxy.core.headers import request_headers
+from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
+from docxy.http.responses import registry_response, relay, served_response, unauthorized
+from docxy.http.state import MirrorState, mirror_state
+from docxy.pull.outcome import Outcome, PassThrough, Pull, Reason, Source
+from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
+
+blueprint = Blueprint("registry", __name__)
+
+READ_METHODS = ("GET", "HEAD")
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+JSON = [("Content-Type", "application/json")]
+
+
+def request_facts() -> dict[str, Any]:
+    """The per-request facts the access log prints (set up by ``middleware.AccessLog``)."""
+    facts = request.scope.get("docxy")
+    return facts if isinstance(facts, dict) else {}
+
+
+def _raw_path() -> str:
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        return raw.decode("latin-1")
+    return request.path
+
+
+def _upstream(state: MirrorState) -> Upstream:
+    """The upstream this request is for: the one place that chooses it."""
+    return state.upstream_for(request.args.get("ns"))
+
+
+@blueprint.route("/v2", methods=ALL_METHODS)
+@blueprint.route("/v2/", methods=ALL_METHODS)
+async def ping() -> Response:
+    """Answer the version check; relay the upstream's challenge, realm re-pointed at the mirror."""
+    if request.method not in READ_METHODS:
+        raise Unsupported("this mirror is read-only", {"method": request.method})
+    state = mirror_state()
+    upstream = _upstream(state)
+    try:
+        answer = await state.client.send(
+            upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
+        )
+        body = await read_small(answer)
+        if answer.status_code in SERVER_TROUBLE and state.cache is not None:
+            raise UpstreamUnavailable(f"the upstream answered {answer.status_code}")
+    except UpstreamError:
+        if state.cache is None:
+            raise
+        # Stale-if-error: keep clients pulling what the cache holds. Tokens come from the
+        # mirror's own endpoint, which answers offline too. The upstream's service name only
+        # if it was ever seen: never a guess (/auth/token fills it in).
+        known = state.client.known_challenge(upstream)
+        params = {"realm": state.token_realm}
+        if known is not None and known.service:
+            params["service"] = known.service
+        return unauthorized(Challenge("Bearer", params).render())
+    if answer.status_code == 401:
+        challenge = answer.headers.get("www-authenticate")
+        if challenge is not None:
+            challenge = rewrite_challenge(challenge, state.token_realm, upstream.library_prefix)
+        return unauthorized(challenge)
+    if answer.status_code >= 400:
+        return registry_response(body or b"{}", answer.status_code, JSON)
+    return registry_response(b"{}", 200, JSON)
+
+
+@blueprint.route("/v2/<path:rest>", methods=ALL_METHODS)
+async def content(rest: str) -> Response:
+    """``/v2/<name>/manifests/<reference>`` and ``/v2/<name>/blobs/<digest>``, GET and HEAD."""
+    del rest  # parsed from the raw path, so percent-encoding cannot hide a separator
+    if request.method not in READ_METHODS:  # before parsing: pushes to uploads/ are 405 too
+        raise Unsupported("this mirror is read-only", {"method": request.method})
+    reference = parse_v2_path(_raw_path())
+    if reference is None:
+        return await ping()
+    state = mirror_state()
+    pull = _pull(state, reference)
+    services = state.running
+    started = time.monotonic()
+    outcome: Outcome | None = None
+    try:
+        if reference.kind is Kind.BLOB:
+            outcome = await services.blobs.get(pull)
+        else:
+            outcome = await services.manifests.get(pull)
+        if isinstance(outcome, PassThrough):
+            return await _pass_through(state, pull)
+        return served_response(outcome)
+    finally:
+        _record(state, pull, outcome, started)
+
+
+def _pull(state: MirrorState, reference: Reference) -> Pull:
+    upstream = _upstream(state)
+    return Pull(
+        upstream,
+        upstream_name(reference.name, upstream.library_prefix),
+        reference,
+        request.method,
+        tuple(request.headers.getlist("Accept")),
+        request.headers.get("Range"),
+    )
+
+
+async def _pass_through(state: MirrorState, pull: Pull) -> Response:
+    """Send the request upstream with the client's own headers; relay the answer."""
+    headers = request_headers(request.headers.items())
+    url = pull.upstream.url(pull.path)
+    answer = await state.client.send(pull.upstream, pull.method, url, headers)
+    return relay(
+        answer,
+        method=pull.method,
+        realm=state.token_realm,
+        library_prefix=pull.upstream.library_prefix,
+    )
+
+
+def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: float) -> None:
+    """What happened, for the access log (``cache=``, upstream time) and for health."""
+    facts = request_facts()
+    if outcome is None:  # an error before any outcome: the error response says it all
+        return
+    if isinstance(outcome, PassThrough):
+        facts["cache"] = "bypass" if outcome.reason is Reason.NO_CACHE else "uncached"
+        facts["reason"] = outcome.reason.value
+    else:
+        facts["cache"] = outcome.source.value
+        if outcome.source is Source.STALE:
+            state.client.health_of(pull.upstream).served_stale()
+        if outcome.source is Source.HIT:
+            return
+    facts["upstream_ms"] = (time.monotonic() - started) * 1000

@@ -1,0 +1,213 @@
+"""Serving the app with hypercorn: listeners, TLS with a live-reloadable context, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import signal
+import socket
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+
+from docxy.config import Config
+from docxy.core.errors import ConfigError
+from docxy.http.app import create_app
+from docxy.http.middleware import AccessLog, Guard
+from docxy.http.state import mirror_state
+from docxy.observe import Observer, create_admin_app, serve_admin
+from docxy.tasks import cancel_all, spawn
+from docxy.tls.certs import renewal_status
+
+if TYPE_CHECKING:
+    from docxy.tls.context import ReloadableTLS
+
+log = logging.getLogger(__name__)
+
+CERT_WATCH_INTERVAL = 30.0
+
+
+class _HypercornConfig(HypercornConfig):
+    """Hands hypercorn one live ``SSLContext`` that the mirror reloads in place, and listening
+    sockets opened once, before the app starts (:meth:`create_sockets`)."""
+
+    def __init__(self, tls: ReloadableTLS | None) -> None:
+        super().__init__()
+        self._tls = tls
+        self._sockets: Sockets | None = None
+        #: bind address → "key: ... (source)" words for an error naming the setting
+        self.bind_keys: dict[str, tuple[str, str]] = {}
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self._tls is not None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self._tls.context if self._tls is not None else None
+
+    def create_sockets(self) -> Sockets:
+        """Bind every listener (once); one that cannot bind is a :class:`ConfigError` naming
+        its setting, so the mirror exits 2 with one line instead of a traceback."""
+        if self._sockets is None:
+            self._sockets = super().create_sockets()
+        return self._sockets
+
+    def _create_sockets(
+        self, binds: list[str], type_: int = socket.SOCK_STREAM
+    ) -> list[socket.socket]:
+        sockets: list[socket.socket] = []
+        try:
+            for bind in binds:
+                sockets.append(self._listen_socket(bind, type_))
+        except ConfigError:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    def _listen_socket(self, bind: str, type_: int) -> socket.socket:
+        """One socket as hypercorn makes it for ``HOST:PORT``, closed again if it cannot bind."""
+        key, source = self.bind_keys.get(bind, ("server.listen", "default"))
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, type_)
+        try:
+            if type_ == socket.SOCK_STREAM:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+            sock.setblocking(False)
+            sock.set_inheritable(True)
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"{key}: cannot listen on {bind}: {reason} ({source})") from None
+        return sock
+
+
+def load_tls(config: Config) -> ReloadableTLS | None:
+    """The TLS context for ``server.tls_listen``; a bad pair is a config error (exit 2)."""
+    if config.server.tls_listen is None:
+        return None
+    from docxy.tls.context import CertError, ReloadableTLS, self_signed
+
+    cert, key = config.tls.cert_path, config.tls.key_path
+    host = config.certs.domain or "localhost"
+    if cert is None or key is None:
+        cert, key = self_signed(config.cache.dir.parent / "docxy-tls", host)
+        _warn_bootstrap(host, cert)
+    elif config.certs.domain is not None and not (cert.exists() and key.exists()):
+        # First start with a domain: the renewer obtains the certificate through this mirror's
+        # webroot and installs it at these paths; the watcher then switches over.
+        self_signed(cert.parent, host, cert_name=cert.name, key_name=key.name)
+        _warn_bootstrap(host, cert)
+    try:
+        return ReloadableTLS(Path(cert), Path(key))
+    except CertError as exc:
+        raise ConfigError(
+            f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"
+        ) from exc
+
+
+def _warn_bootstrap(host: str, cert: Path) -> None:
+    log.warning(
+        "TLS: no certificate yet; serving a self-signed bootstrap certificate for %s (%s). "
+        "Clients will not trust it until a real one is installed there (certs.domain with the "
+        "renewer, or tls.cert_path/tls.key_path).",
+        host,
+        cert,
+    )
+
+
+def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConfig:
+    hc = _HypercornConfig(tls)
+    if tls is not None and config.server.tls_listen is not None:
+        hc.bind = [str(config.server.tls_listen)]
+        hc.insecure_bind = [str(config.server.listen)]
+    else:
+        hc.bind = [str(config.server.listen)]
+    for key in ("server.listen", "server.tls_listen"):
+        listener = getattr(config.server, key.partition(".")[2])
+        if listener is not None:
+            hc.bind_keys[str(listener)] = (key, config.sources.get(key, "default"))
+    hc.alpn_protocols = ["http/1.1"]  # Docker clients never use h2 with a mirror
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.keep_alive_timeout = 75
+    hc.graceful_timeout = 10
+    hc.h11_max_incomplete_size = 16 * 1024
+    return hc
+
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas before the read threads start.
+
+    Each worker thread otherwise gets its own arena that keeps freed chunk buffers; with many
+    concurrent downloads that is most of the resident memory. Same effect as the
+    ``MALLOC_ARENA_MAX`` environment variable, which must be set before the process starts.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False  # not glibc
+
+
+async def run(config: Config) -> None:
+    limit_malloc_arenas()
+    tls = load_tls(config)
+    hc = hypercorn_config(config, tls)
+    hc.create_sockets()  # before anything starts: a listener that cannot bind stops here
+    app = create_app(config)
+    state = mirror_state(app)
+    if tls is not None:
+        state.extras.setdefault("health", {})["tls"] = tls.status
+    renewal_dir = config.certs.config_dir
+    if renewal_dir is not None:
+        state.extras.setdefault("health", {})["renewal"] = lambda: renewal_status(renewal_dir)
+    https_url = config.server.public_url if tls is not None else None
+    observer = Observer(state)
+    observer.attach(app)
+    asgi = AccessLog(Guard(app, https_url), observer)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(tls))
+        spawn("tls-watch", tls.watch(CERT_WATCH_INTERVAL))
+    listeners = [f"http://{config.server.listen}"]
+    if config.server.tls_listen is not None:
+        listeners.append(f"https://{config.server.tls_listen}")
+    log.info(
+        "docxy serving on %s, public URL %s, upstream %s",
+        ", ".join(listeners),
+        config.server.public_url,
+        config.upstream.registry,
+    )
+    if config.server.admin_listen is not None:
+        admin = create_admin_app(observer)
+        spawn("admin-listener", serve_admin(admin, config.server.admin_listen, stop.wait))
+    try:
+        await serve(asgi, hc, shutdown_trigger=stop.wait)
+    finally:
+        await cancel_all()
+
+
+def _reload(tls: ReloadableTLS) -> None:
+    from docxy.tls.context import CertError
+
+    try:
+        changed = tls.reload()
+    except CertError as exc:
+        log.error("TLS reload failed, still serving the previous certificate: %s", exc)
+        return
+    log.info("TLS reload: %s", "new certificate loaded" if changed else "certificate unchanged")

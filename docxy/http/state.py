@@ -1,0 +1,76 @@
+"""What a running mirror holds: its config, its upstreams, and the services of the pull path.
+
+The services need the shared upstream client, which exists only while the app is serving:
+:meth:`MirrorState.open` builds them once it does, and reading them earlier is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from quart import Quart, current_app
+
+from docxy.cache import Cache
+from docxy.config import Config
+from docxy.pull.blobs import BlobService
+from docxy.pull.manifests import ManifestService
+from docxy.upstream.client import Upstream, UpstreamClient
+from docxy.upstream.tokens import MirrorTokens
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The pull path, built around one upstream client."""
+
+    client: UpstreamClient
+    tokens: MirrorTokens
+    blobs: BlobService
+    manifests: ManifestService
+
+
+@dataclass
+class MirrorState:
+    config: Config
+    upstream: Upstream
+    cache: Cache | None = None
+    services: Services | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def token_realm(self) -> str:
+        """The realm the mirror advertises: always built from the configured public URL."""
+        return self.config.server.public_url + "/auth/token"
+
+    def upstream_for(self, namespace: str | None = None) -> Upstream:
+        """The upstream serving a request. One today; chosen by host, prefix or ``?ns=`` later."""
+        del namespace
+        return self.upstream
+
+    def open(self, client: UpstreamClient) -> Services:
+        """Build the pull path around ``client`` (when the app starts serving)."""
+        tokens = MirrorTokens(client)
+        cache = self.cache
+        self.services = Services(
+            client,
+            tokens,
+            BlobService(cache.blobs if cache is not None else None, tokens),
+            ManifestService(cache.manifests if cache is not None else None, tokens),
+        )
+        return self.services
+
+    @property
+    def running(self) -> Services:
+        if self.services is None:
+            raise RuntimeError("the pull path is built when the app starts serving")
+        return self.services
+
+    @property
+    def client(self) -> UpstreamClient:
+        return self.running.client
+
+
+def mirror_state(app: Quart | None = None) -> MirrorState:
+    state = (app or current_app).extensions["docxy"]
+    assert isinstance(state, MirrorState)
+    return state

@@ -1,0 +1,1 @@
+"""The pull path: blobs and manifests through the cache, answered as outcomes."""

@@ -1,0 +1,206 @@
+"""Manifests on the pull path: by digest forever, by tag for ``cache.tag_ttl``, then a HEAD.
+
+The mirror fetches manifests with its own upstream token and asks for every manifest type, so
+what it stores is public and fits any client. A tag older than its TTL is revalidated with an
+upstream ``HEAD`` — free against Docker Hub's pull limit — and the cached manifest is served if
+the digest did not change. When the upstream or its auth service is down, slow, or answers
+429/5xx, a cached tag is served stale (logged). Content the mirror cannot read with its own
+token, or will not cache (schema 1), passes through with the client's credentials, uncached.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from docxy.cache import (
+    CachedManifest,
+    ManifestStore,
+    RepoKey,
+    TagState,
+    VerifyError,
+    may_serve,
+)
+from docxy.core.digests import Digest, parse_digest
+from docxy.core.errors import DigestInvalid, UpstreamError, UpstreamUnavailable
+from docxy.pull.outcome import ManifestContent, Outcome, PassThrough, Pull, Reason, Served, Source
+from docxy.upstream.client import SERVER_TROUBLE, read_small
+from docxy.upstream.tokens import MirrorTokens
+
+log = logging.getLogger(__name__)
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+ACCEPT_ALL = ", ".join(MANIFEST_TYPES)
+
+
+def acceptable(media_type: str, accept_values: list[str]) -> bool:
+    """Whether a client that sent these ``Accept`` values takes ``media_type``."""
+    offered = {
+        part.split(";")[0].strip().lower() for value in accept_values for part in value.split(",")
+    }
+    offered.discard("")
+    return not offered or "*/*" in offered or media_type.lower() in offered
+
+
+def _raise_for_trouble(status: int) -> None:
+    if status in SERVER_TROUBLE:
+        raise UpstreamUnavailable(f"the upstream answered {status}")
+
+
+def _content(manifest: CachedManifest, pull: Pull) -> ManifestContent:
+    body = None if pull.head else manifest.content
+    return ManifestContent(manifest.digest, manifest.media_type, len(manifest.content), body)
+
+
+def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
+    return Served(source, _content(manifest, pull))
+
+
+UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
+NOT_ACCEPTED = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the cached type")
+
+
+class ManifestService:
+    """``get(pull)`` → an outcome; ``store`` None means the cache is off."""
+
+    def __init__(self, store: ManifestStore | None, tokens: MirrorTokens) -> None:
+        self.store = store
+        self.tokens = tokens
+
+    async def get(self, pull: Pull) -> Outcome:
+        if self.store is None:
+            return PassThrough(Reason.NO_CACHE)
+        repo = RepoKey(pull.upstream.host, pull.name)
+        digest = pull.reference.digest
+        if digest is None:
+            return await self._get_tag(self.store, repo, pull)
+        cached = await self.store.get(repo, digest)
+        if cached is not None and self._servable(cached, pull):
+            return _served(Source.HIT, cached, pull)
+        if pull.head:
+            return PassThrough(Reason.NOT_CACHEABLE, "HEAD of a manifest not cached")
+        try:
+            fetched = await self._fetch(repo, pull, digest)
+        except UpstreamError as exc:
+            return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+        if fetched is None:
+            return UNCACHED
+        if not self._servable(fetched, pull):
+            return NOT_ACCEPTED
+        return _served(Source.MISS, fetched, pull)
+
+    @staticmethod
+    def _servable(manifest: CachedManifest, pull: Pull) -> bool:
+        return may_serve(manifest.visibility, pull.identity) and acceptable(
+            manifest.media_type, list(pull.accept)
+        )
+
+    async def _get_tag(self, store: ManifestStore, repo: RepoKey, pull: Pull) -> Outcome:
+        tag = str(pull.reference.tag)
+        found = await store.resolve_tag(repo, tag)
+        stale = found.manifest
+        if stale is not None and not self._servable(stale, pull):
+            return NOT_ACCEPTED
+        if found.state is TagState.FRESH and stale is not None:
+            return _served(Source.HIT, stale, pull)
+        if found.state is TagState.STALE and stale is not None:
+            try:
+                current = await self._head_digest(repo, pull, tag)
+            except UpstreamError as exc:
+                log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
+                return _served(Source.STALE, stale, pull)
+            if current == stale.digest:
+                await store.set_tag(repo, tag, stale.digest, public=True)
+                return _served(Source.REVALIDATED, stale, pull)
+            if current is None:
+                return UNCACHED
+            moved = await store.get(repo, current)
+            if moved is not None and self._servable(moved, pull):
+                await store.set_tag(repo, tag, moved.digest, public=True)
+                return _served(Source.REVALIDATED, moved, pull)
+        if pull.head:
+            if found.state is not TagState.MISSING:
+                return PassThrough(Reason.NOT_CACHEABLE, "HEAD of a tag that moved")
+            # containerd and dockerd resolve a tag by HEAD, then GET by digest: remember the
+            # tag now (from a free upstream HEAD, never a counted GET), or an outage leaves an
+            # image pulled a minute ago unresolvable.
+            try:
+                head = await self._head(repo, pull, tag)
+            except UpstreamError as exc:
+                return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+            if head is None:
+                return UNCACHED
+            if not acceptable(head.media_type, list(pull.accept)):
+                return NOT_ACCEPTED
+            await store.set_tag(repo, tag, head.digest, public=True)
+            return Served(Source.MISS, head)
+        try:
+            fetched = await self._fetch(repo, pull, None)
+        except UpstreamError as exc:
+            if stale is None:  # pass through: the client sees the upstream's own answer
+                return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+            log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
+            return _served(Source.STALE, stale, pull)
+        if fetched is None:
+            return UNCACHED
+        await store.set_tag(repo, tag, fetched.digest, public=True)
+        if not self._servable(fetched, pull):
+            return NOT_ACCEPTED
+        return _served(Source.MISS, fetched, pull)
+
+    async def _head_digest(self, repo: RepoKey, pull: Pull, tag: str) -> Digest | None:
+        """The tag's current digest by an upstream HEAD; ``None`` if the mirror may not see it."""
+        head = await self._head(repo, pull, tag)
+        return head.digest if head is not None else None
+
+    async def _head(self, repo: RepoKey, pull: Pull, tag: str) -> ManifestContent | None:
+        """An upstream HEAD of the tag with the mirror's token and every manifest type."""
+        path = f"/v2/{repo.repo}/manifests/{tag}"
+        answer = await self.tokens.send(
+            pull.upstream, "HEAD", repo.repo, path, [("Accept", ACCEPT_ALL)]
+        )
+        await answer.aclose()
+        _raise_for_trouble(answer.status_code)
+        if answer.status_code != 200:
+            return None
+        try:
+            digest = parse_digest(answer.headers.get("docker-content-digest", ""))
+        except DigestInvalid:
+            return None
+        length = answer.headers.get("content-length", "")
+        if not length.isdigit():
+            return None
+        media_type = answer.headers.get("content-type", "").split(";")[0].strip()
+        return ManifestContent(digest, media_type, int(length), None)
+
+    async def _fetch(
+        self, repo: RepoKey, pull: Pull, digest: Digest | None
+    ) -> CachedManifest | None:
+        path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
+        answer = await self.tokens.send(
+            pull.upstream, "GET", repo.repo, path, [("Accept", ACCEPT_ALL)]
+        )
+        body = await read_small(answer)
+        _raise_for_trouble(answer.status_code)
+        if answer.status_code != 200:
+            return None
+        media_type = answer.headers.get("content-type", "").split(";")[0].strip()
+        if media_type not in MANIFEST_TYPES:
+            return None  # schema 1 and the unknown are passed through, not cached
+        expected = digest
+        header = answer.headers.get("docker-content-digest")
+        if expected is None and header:
+            try:
+                expected = parse_digest(header)
+            except DigestInvalid:
+                expected = None
+        try:
+            assert self.store is not None  # get() checked
+            return await self.store.put(repo, body, media_type, public=True, digest=expected)
+        except VerifyError as exc:
+            log.error("manifest %s from upstream does not match its digest: %s", pull.path, exc)
+            return None

@@ -1,0 +1,109 @@
+"""What the pull path did with a request: a small value the HTTP layer turns into a response.
+
+The blob and manifest services never build responses. They answer with an outcome::
+
+    Outcome
+    ├── Served          the mirror answers itself, from its cache (source: hit, miss, ...)
+    │   └── content     BlobContent (a stream or a HEAD) or ManifestContent (bytes or a HEAD)
+    └── PassThrough     the request goes upstream with the client's credentials, and why
+
+``docxy.http.responses`` renders them; the route records them (access log, health) in one place.
+A ``PassThrough`` always names its reason, the question an operator asks first.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from docxy.cache.fill import BlobFollower
+from docxy.cache.reader import BlobReader
+from docxy.cache.visibility import ANONYMOUS, Identity
+from docxy.core.digests import Digest
+from docxy.core.names import Reference
+from docxy.upstream.client import Upstream
+
+
+class Source(enum.Enum):
+    """Where the bytes of a served answer came from (the access log's ``cache=``)."""
+
+    HIT = "hit"  # the cache, without asking upstream
+    MISS = "miss"  # fetched upstream just now, through the cache
+    REVALIDATED = "revalidated"  # the cache, after an upstream HEAD said it is current
+    STALE = "stale"  # the cache, because the upstream failed (stale-if-error)
+
+
+class Reason(enum.Enum):
+    """Why a request was passed through uncached."""
+
+    NO_CACHE = "bypass"  # the cache is disabled
+    NOT_CACHEABLE = "not-cacheable"  # a request the cache does not answer (a Range on a miss)
+    PRIVATE = "private"  # the mirror's own token may not read it: the client's may
+    UPSTREAM_ANSWER = "upstream-answer"  # not found, schema 1...: the client gets it verbatim
+    UPSTREAM_FAILED = "upstream-failed"  # the mirror's fetch failed and nothing is cached
+    CACHE_UNWRITABLE = "cache-unwritable"  # disk full or unwritable: misses go uncached
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """One read request on the pull path, as the services see it.
+
+    ``name`` is the repository as the upstream knows it (``library/`` added on Docker Hub);
+    ``identity`` is who asks (anonymous until the mirror has users of its own).
+    """
+
+    upstream: Upstream
+    name: str
+    reference: Reference
+    method: str = "GET"
+    accept: tuple[str, ...] = ()
+    range: str | None = None
+    identity: Identity = ANONYMOUS
+
+    @property
+    def head(self) -> bool:
+        return self.method == "HEAD"
+
+    @property
+    def path(self) -> str:
+        """The upstream path of this request."""
+        return f"/v2/{self.name}/{self.reference.kind.value}/{self.reference.ref}"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobContent:
+    """A blob to send: all of it, or ``span`` (start, stop exclusive) of ``size`` bytes.
+
+    ``size`` is None while a fill does not know it (the upstream sent no length); ``stream``
+    is None for a HEAD.
+    """
+
+    digest: Digest
+    size: int | None
+    stream: BlobReader | BlobFollower | None
+    span: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestContent:
+    """A manifest to send; ``body`` None answers a HEAD (``length`` bytes upstream)."""
+
+    digest: Digest
+    media_type: str
+    length: int
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    source: Source
+    content: BlobContent | ManifestContent
+
+
+@dataclass(frozen=True, slots=True)
+class PassThrough:
+    reason: Reason
+    detail: str = ""
+
+
+Outcome = Served | PassThrough

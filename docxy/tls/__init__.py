@@ -1,0 +1,1 @@
+"""TLS and certificates: the reloadable server context and certbot's certificates."""

@@ -1,0 +1,301 @@
+"""Certificates from an ACME CA through certbot: obtain, renew, install, and `docxy certs`.
+
+certbot does the ACME work. HTTP-01 goes through ``--webroot``: certbot writes the token under
+``<webroot>/.well-known/acme-challenge/`` and the mirror serves that directory on its plain-HTTP
+listener, so the mirror keeps ports 80 and 443 to itself. certbot runs non-interactively with its
+own config/work/logs directories and a time limit; a failure becomes a CertbotError carrying
+certbot's own reason. ``install`` copies a lineage's files to the paths the mirror serves,
+atomically; the mirror notices (file watch or SIGHUP) and reloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from docxy.config import Config
+from docxy.core.errors import ConfigError
+from docxy.tls.context import CertError, inspect_pair, write_files_atomic
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CERTBOT = "certbot"
+TIMEOUT = 300.0
+STATUS_FILE = "status.json"  # the renewer's, in certs.config_dir
+_NOISE = ("Saving debug log", "Ask for help", "See the logfile", "- - -", "re-run Certbot")
+
+
+class CertbotError(Exception):
+    """certbot failed; the message is what it said went wrong (no secrets in certbot's output)."""
+
+
+def certbot_reason(stdout: str, stderr: str, returncode: int) -> str:
+    """Pick the lines of certbot's output that say why it failed."""
+    lines = [line.strip() for line in f"{stdout}\n{stderr}".splitlines()]
+    ca_problem = [line for line in lines if line.startswith(("Domain:", "Type:", "Detail:"))]
+    if ca_problem:
+        return _clip(" ".join(ca_problem))
+    for i, line in enumerate(lines):
+        if "with error:" in line:
+            return _clip(line.split("with error:", 1)[1].strip())
+        if line.startswith("An unexpected error occurred"):
+            return _clip(" ".join(_said(lines[i + 1 : i + 3])))
+    return (
+        _clip("; ".join(_said(stderr.splitlines()))) or f"certbot exited with status {returncode}"
+    )
+
+
+def _said(lines: list[str]) -> list[str]:
+    return [line.strip() for line in lines if line.strip() and not line.startswith(_NOISE)]
+
+
+def _clip(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _dirs(config_dir: Path) -> list[str]:
+    return [
+        "--config-dir",
+        str(config_dir),
+        "--work-dir",
+        str(config_dir / "work"),
+        "--logs-dir",
+        str(config_dir / "logs"),
+    ]
+
+
+def run_certbot(args: list[str], *, ca_bundle: Path | None, timeout: float = TIMEOUT) -> str:
+    """Run certbot non-interactively; its output on success, CertbotError otherwise."""
+    env = dict(os.environ)
+    if ca_bundle is not None:
+        env["REQUESTS_CA_BUNDLE"] = str(ca_bundle)  # the ACME server's TLS, for test CAs
+    cmd = [CERTBOT, *args, "--non-interactive"]
+    log.info("running certbot %s", args[0])
+    try:
+        proc = subprocess.run(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CertbotError(f"certbot {args[0]}: certbot is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CertbotError(f"certbot {args[0]}: no answer within {timeout:g}s") from exc
+    if proc.returncode != 0:
+        reason = certbot_reason(proc.stdout, proc.stderr, proc.returncode)
+        raise CertbotError(f"certbot {args[0]} failed: {reason}")
+    return proc.stdout + proc.stderr
+
+
+def obtain(
+    domain: str,
+    email: str,
+    *,
+    webroot: Path,
+    config_dir: Path,
+    acme_server: str | None,
+    ca_bundle: Path | None,
+    staging: bool,
+    dry_run: bool = False,
+    timeout: float = TIMEOUT,
+) -> Path:
+    """Get a certificate for `domain` by HTTP-01 through `webroot`; return its live directory."""
+    if acme_server and staging:
+        raise ValueError("give either an ACME server or staging, not both")
+    (webroot / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
+    args = [
+        "certonly",
+        "--webroot",
+        "--webroot-path",
+        str(webroot),
+        "--domain",
+        domain,
+        "--cert-name",
+        domain,
+        "--email",
+        email,
+        "--agree-tos",
+        "--no-eff-email",
+        "--keep-until-expiring",
+        "--key-type",
+        "ecdsa",
+        *_dirs(config_dir),
+    ]
+    if acme_server:
+        args += ["--server", acme_server]
+    elif staging:
+        args.append("--staging")
+    if dry_run:
+        args.append("--dry-run")
+    run_certbot(args, ca_bundle=ca_bundle, timeout=timeout)
+    log.info("certificate for %s obtained", domain)
+    return config_dir / "live" / domain
+
+
+def renew(
+    *,
+    config_dir: Path,
+    ca_bundle: Path | None,
+    deploy_hook: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    timeout: float = TIMEOUT,
+) -> str:
+    """Renew whatever certbot finds due in `config_dir` (it keeps each lineage's ACME server)."""
+    args = ["renew", "--no-random-sleep-on-renew", *_dirs(config_dir)]
+    if deploy_hook:
+        args += ["--deploy-hook", deploy_hook]
+    if force:
+        args.append("--force-renewal")
+    if dry_run:
+        args.append("--dry-run")
+    return run_certbot(args, ca_bundle=ca_bundle, timeout=timeout)
+
+
+def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
+    """Copy a lineage's full chain and key to the served paths; True if anything changed.
+
+    The pair is checked first (CertError if it does not match); the key is written mode 0600.
+    """
+    src_cert, src_key = live_dir / "fullchain.pem", live_dir / "privkey.pem"
+    try:
+        cert_pem, key_pem = src_cert.read_bytes(), src_key.read_bytes()
+    except OSError as exc:
+        raise CertError(f"lineage {live_dir}: unreadable ({exc.strerror or exc})") from exc
+    inspect_pair(cert_pem, key_pem, src_cert, src_key)
+    if _same(cert_path, cert_pem) and _same(key_path, key_pem):
+        return False
+    write_files_atomic([(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)])
+    log.info("installed certificate from %s to %s", live_dir, cert_path)
+    return True
+
+
+def _same(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def describe_files(cert_path: Path, key_path: Path) -> dict[str, object]:
+    """What `docxy certs status` shows for one cert/key pair (an error instead of failing)."""
+    try:
+        info = inspect_pair(cert_path.read_bytes(), key_path.read_bytes(), cert_path, key_path)
+    except (OSError, CertError) as exc:
+        return {"cert_path": str(cert_path), "error": str(exc)}
+    return {"cert_path": str(cert_path), **info.as_dict()}
+
+
+def renewal_status(config_dir: Path) -> dict[str, object]:
+    """The renewer's last status (for /health): last run, last error, next run, certificate."""
+    path = config_dir / STATUS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {"error": f"no renewer status in {path}: {exc.__class__.__name__}"}
+    return data if isinstance(data, dict) else {"error": f"{path}: not a JSON object"}
+
+
+# --- `docxy certs ...` ------------------------------------------------------------------------
+
+
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``docxy certs obtain|renew|status``; ``args.handler(args, config_from_args)`` runs it."""
+    certs = subparsers.add_parser("certs", help="obtain, renew and inspect the TLS certificate")
+    certs.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
+    certs.add_argument(
+        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
+    )
+    certs.set_defaults(handler=run_cli, no_library_prefix=False, no_cache=False)
+    sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config-dir", type=Path, help="certbot's directory (certs.config_dir)")
+        p.add_argument("--ca-bundle", type=Path, help="CA bundle for the ACME server's TLS")
+        # Not tls.cert_path overrides: the files need not exist yet.
+        p.add_argument("--cert", dest="install_cert", type=Path, help="cert file (tls.cert_path)")
+        p.add_argument("--key", dest="install_key", type=Path, help="key file (tls.key_path)")
+
+    obtain_p = sub.add_parser("obtain", help="get a certificate by HTTP-01 through the webroot")
+    obtain_p.add_argument("--domain", help="the mirror's DNS name (certs.domain)")
+    obtain_p.add_argument("--email", help="ACME account contact (certs.email)")
+    obtain_p.add_argument("--staging", action="store_true", help="Let's Encrypt staging")
+    obtain_p.add_argument("--acme-server", help="ACME directory URL (certs.acme_server)")
+    obtain_p.add_argument("--webroot", type=Path, help="served webroot (certs.webroot)")
+    obtain_p.add_argument("--dry-run", action="store_true", help="certbot --dry-run")
+    common(obtain_p)
+    renew_p = sub.add_parser("renew", help="renew what is due and install it")
+    renew_p.add_argument("--force", action="store_true", help="renew even if not due")
+    renew_p.add_argument("--dry-run", action="store_true", help="certbot --dry-run")
+    common(renew_p)
+    common(sub.add_parser("status", help="show the installed certificate as JSON"))
+
+
+def run_cli(args: argparse.Namespace, load: Callable[[argparse.Namespace], Config]) -> int:
+    """Run one ``docxy certs`` action; `load` is the CLI's flags+env+TOML config loader."""
+    flags = {
+        "certs.domain": getattr(args, "domain", None),
+        "certs.email": getattr(args, "email", None),
+        "certs.acme_server": getattr(args, "acme_server", None),
+        "certs.webroot": getattr(args, "webroot", None),
+        "certs.config_dir": args.config_dir,
+        "certs.ca_bundle": args.ca_bundle,
+    }
+    args.set = [*args.set, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+    try:
+        return _dispatch(args, load(args))
+    except (ConfigError, CertbotError, CertError, ValueError) as exc:
+        print(f"docxy certs {args.certs_command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _need(value: T | None, key: str) -> T:
+    if value is None:
+        env = "DOCXY_" + key.replace(".", "_").upper()
+        raise ConfigError(f"{key}: not set (give the flag, env {env} or the TOML key)")
+    return value
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    certs = config.certs
+    cert_path: Path | None = args.install_cert or config.tls.cert_path
+    key_path: Path | None = args.install_key or config.tls.key_path
+    if args.certs_command == "status":
+        cert, key = _need(cert_path, "tls.cert_path"), _need(key_path, "tls.key_path")
+        print(json.dumps(describe_files(cert, key), indent=2))
+        return 0
+    config_dir = _need(certs.config_dir, "certs.config_dir")
+    if args.certs_command == "obtain":
+        live = obtain(
+            _need(certs.domain, "certs.domain"),
+            _need(certs.email, "certs.email"),
+            webroot=_need(certs.webroot, "certs.webroot"),
+            config_dir=config_dir,
+            acme_server=certs.acme_server,
+            ca_bundle=certs.ca_bundle,
+            staging=args.staging,
+            dry_run=args.dry_run,
+        )
+    else:
+        renew(
+            config_dir=config_dir, ca_bundle=certs.ca_bundle, force=args.force, dry_run=args.dry_run
+        )
+        live = config_dir / "live" / _need(certs.domain, "certs.domain")
+    print(live)
+    if cert_path is not None and key_path is not None and not args.dry_run:
+        changed = install(live, cert_path, key_path)
+        print(f"{'installed' if changed else 'unchanged'}: {cert_path}")
+    return 0

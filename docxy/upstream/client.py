@@ -1,0 +1,262 @@
+"""The upstream registry: who it is (a value) and how the mirror talks to it (one shared client).
+
+``Upstream`` is a frozen value passed to every route, never a global: several upstreams
+(ghcr.io, quay.io, ...) become several values chosen per request. ``UpstreamClient`` owns the
+single ``httpx.AsyncClient``: its timeouts, its User-Agent, redirect following and the mapping
+of transport failures to registry errors (502/504), and it remembers how the upstream is doing
+for ``/health``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from docxy import __version__
+from docxy.config import UpstreamConfig
+from docxy.core.challenge import Challenge, parse_challenge
+from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from docxy.core.headers import redirect_headers
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"docxy/{__version__}"
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+REALM_TTL = 600.0
+MAX_SMALL_BODY = 4 * 1024 * 1024
+#: Answers that mean "the upstream is in trouble, try later" (the routes serve stale on them).
+SERVER_TROUBLE = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One upstream registry, as configured."""
+
+    registry: str
+    auth_realm: str | None = None
+    library_prefix: bool = True
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, config: UpstreamConfig) -> Upstream:
+        credentials = None
+        if config.username is not None and config.password is not None:
+            credentials = (config.username, config.password)
+        return cls(config.registry, config.auth_realm, config.library_prefix, credentials)
+
+    @property
+    def host(self) -> str:
+        """The upstream's identity in logs, health and cache keys: ``registry-1.docker.io``."""
+        return urlsplit(self.registry).netloc
+
+    def url(self, path: str) -> str:
+        return self.registry + path
+
+
+@dataclass(slots=True)
+class UpstreamHealth:
+    """What the mirror last saw of an upstream."""
+
+    last_ok: float | None = None
+    last_error: float | None = None
+    last_error_message: str | None = None
+    ratelimit_limit: str | None = None
+    ratelimit_remaining: str | None = None
+    reachable: bool | None = None  # None until tried; then whether the latest attempt got through
+    healthy: bool | None = None  # None until tried; False after a failure or a 429/5xx answer
+    stale_served: int = 0
+    last_stale: float | None = None
+    failures: Counter[str] = field(default_factory=Counter)  # by kind: timeout, unreachable
+    recent_failures: deque[tuple[float, str, str]] = field(
+        default_factory=lambda: deque(maxlen=20)
+    )  # (when, kind, message), for the status page
+
+    def ok(self) -> None:
+        self.last_ok = time.time()
+        self.reachable = self.healthy = True
+
+    def answered(self, status: int) -> None:
+        """An answer came back: a 429/5xx is an outage for the routes, so for health too."""
+        if status in SERVER_TROUBLE:
+            self.reachable = True
+            self.healthy = False
+            self.last_error = time.time()
+            self.last_error_message = f"the upstream answered {status}"
+        else:
+            self.ok()
+
+    def served_stale(self) -> None:
+        """The cache answered for an upstream that failed (stale-if-error)."""
+        self.stale_served += 1
+        self.last_stale = time.time()
+
+    def saw(self, headers: httpx.Headers) -> None:
+        if "ratelimit-remaining" in headers:
+            self.ratelimit_remaining = headers["ratelimit-remaining"]
+            self.ratelimit_limit = headers.get("ratelimit-limit")
+
+    def failed(self, message: str, kind: str = "unreachable") -> None:
+        self.last_error = time.time()
+        self.last_error_message = message
+        self.reachable = self.healthy = False
+        self.failures[kind] += 1
+        self.recent_failures.append((self.last_error, kind, message))
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "reachable": self.reachable,
+            "last_ok": _iso(self.last_ok),
+            "last_error": _iso(self.last_error),
+            "last_error_message": self.last_error_message,
+            "ratelimit_limit": self.ratelimit_limit,
+            "ratelimit_remaining": self.ratelimit_remaining,
+            "stale_served": self.stale_served,
+            "last_stale": _iso(self.last_stale),
+        }
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+def same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+def make_http_client(
+    config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(
+        connect=config.connect_timeout,
+        read=config.read_timeout,
+        write=config.read_timeout,
+        pool=config.connect_timeout,
+    )
+    return httpx.AsyncClient(
+        timeout=timeout,
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT},
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        trust_env=False,
+        transport=transport,
+    )
+
+
+class UpstreamClient:
+    """Sends requests upstream through the shared client; maps failures to registry errors."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.health: dict[str, UpstreamHealth] = {}
+        self._realms: dict[str, tuple[float, Challenge | None]] = {}
+
+    def health_of(self, upstream: Upstream) -> UpstreamHealth:
+        return self.health.setdefault(upstream.host, UpstreamHealth())
+
+    async def send(
+        self,
+        upstream: Upstream,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        *,
+        params: httpx.QueryParams | None = None,
+    ) -> httpx.Response:
+        """Send and follow redirects (any host); the caller must ``aclose()`` the response.
+
+        ``Authorization`` is dropped on a hop to another origin (a CDN's signed URL refuses
+        it); ``Range`` and the other headers are kept.
+        """
+        health = self.health_of(upstream)
+        current_headers = headers
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                request = self.http.build_request(
+                    method, url, headers=current_headers, params=params
+                )
+                response = await self.http.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                health.failed(f"timeout talking to {urlsplit(url).netloc}", "timeout")
+                raise UpstreamTimeout(
+                    f"the upstream registry did not answer in time ({urlsplit(url).netloc})"
+                ) from exc
+            except (httpx.TransportError, httpx.InvalidURL) as exc:
+                health.failed(f"{type(exc).__name__} talking to {urlsplit(url).netloc}")
+                raise UpstreamUnavailable(
+                    f"cannot reach the upstream registry ({urlsplit(url).netloc}): "
+                    f"{type(exc).__name__}"
+                ) from exc
+            health.answered(response.status_code)
+            health.saw(response.headers)
+            if response.status_code not in REDIRECT_STATUSES:
+                return response
+            location = response.headers.get("location")
+            await response.aclose()
+            if not location:
+                raise UpstreamUnavailable("the upstream sent a redirect without a Location")
+            try:
+                next_url = urljoin(url, location)
+                kept_origin = same_origin(url, next_url)
+            except ValueError:  # e.g. a port out of range
+                raise UpstreamUnavailable("the upstream redirected to a malformed URL") from None
+            if urlsplit(next_url).scheme not in ("http", "https"):
+                raise UpstreamUnavailable("the upstream redirected to a non-HTTP URL")
+            current_headers = redirect_headers(current_headers, kept_origin)
+            if response.status_code == 303:
+                method = "GET" if method != "HEAD" else "HEAD"
+            url, params = next_url, None
+        raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+
+    async def challenge(self, upstream: Upstream, *, refresh: bool = False) -> Challenge | None:
+        """The upstream's own ``/v2/`` Bearer challenge (cached), or ``None`` if it has none."""
+        now = time.monotonic()
+        cached = self._realms.get(upstream.host)
+        if cached is not None and now - cached[0] < REALM_TTL and not refresh:
+            return cached[1]
+        response = await self.send(upstream, "GET", upstream.url("/v2/"), [])
+        await response.aclose()
+        if response.status_code not in (200, 401):
+            # Not an answer about auth (429/5xx, odd 4xx): try again next time, remember nothing.
+            raise UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")
+        found = None
+        if response.status_code == 401:
+            parsed = parse_challenge(response.headers.get("www-authenticate", ""))
+            if parsed is not None and parsed.scheme.lower() == "bearer" and parsed.realm:
+                found = parsed
+        self._realms[upstream.host] = (now, found)
+        return found
+
+    def known_challenge(self, upstream: Upstream) -> Challenge | None:
+        """The last challenge seen from the upstream, however old (for answering offline)."""
+        cached = self._realms.get(upstream.host)
+        return cached[1] if cached is not None else None
+
+    async def auth_realm(self, upstream: Upstream) -> str | None:
+        if upstream.auth_realm is not None:
+            return upstream.auth_realm
+        found = await self.challenge(upstream)
+        return found.realm if found is not None else None
+
+
+async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> bytes:
+    """Read a small body (token, manifest, ``/v2/`` answer) with a bound; always closes it."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in upstream.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamUnavailable(f"the upstream's answer exceeded {limit} bytes")
+            chunks.append(chunk)
+    finally:
+        await upstream.aclose()
+    return b"".join(chunks)

@@ -1,0 +1,129 @@
+"""The mirror's own upstream tokens, kept to itself.
+
+For cache fills and revalidation the mirror does not use the client's token: it asks the
+upstream's token service for a pull token of its own — anonymous, or with the configured
+``upstream.username``/``upstream.password`` — per repository, and reuses it until shortly
+before it expires. Content the mirror can read this way is what it may share from its cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+
+import httpx
+
+from docxy.core.bounded import MAX_REPOSITORIES, LruDict
+from docxy.core.errors import UpstreamUnavailable
+from docxy.upstream.client import Upstream, UpstreamClient, read_small
+
+log = logging.getLogger(__name__)
+
+EXPIRY_MARGIN = 30.0
+REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
+DEFAULT_EXPIRES_IN = 60.0
+
+
+def basic_authorization(username: str, password: str) -> str:
+    raw = f"{username}:{password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+class MirrorTokens:
+    """Pull tokens the mirror holds for itself, per (upstream, repository)."""
+
+    def __init__(self, client: UpstreamClient, capacity: int = MAX_REPOSITORIES) -> None:
+        self.client = client
+        self._tokens: LruDict[tuple[str, str], tuple[float, str]] = LruDict(capacity)
+        self._refused: LruDict[tuple[str, str], float] = LruDict(capacity)
+
+    def __len__(self) -> int:
+        """Repositories the mirror remembers something about (a token, a refusal)."""
+        return len(self._tokens) + len(self._refused)
+
+    def refused(self, upstream: Upstream, repository: str) -> bool:
+        """Whether the upstream refused the mirror's token for ``repository`` lately."""
+        since = self._refused.get((upstream.host, repository))
+        return since is not None and time.monotonic() - since < REFUSED_TTL
+
+    def mark_refused(self, upstream: Upstream, repository: str) -> None:
+        """Private to the mirror's token: pass it through a while instead of asking twice."""
+        self._refused.set((upstream.host, repository), time.monotonic())
+
+    async def headers(self, upstream: Upstream, repository: str) -> list[tuple[str, str]]:
+        """``Authorization`` for the mirror's own requests to ``repository`` (maybe none)."""
+        challenge = await self.client.challenge(upstream)
+        if challenge is None:
+            if upstream.credentials is not None:
+                return [("Authorization", basic_authorization(*upstream.credentials))]
+            return []
+        key = (upstream.host, repository)
+        cached = self._tokens.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return [("Authorization", f"Bearer {cached[1]}")]
+        token, expires_in = await self._fetch(upstream, repository, challenge.service)
+        self._tokens.set(key, (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token))
+        return [("Authorization", f"Bearer {token}")]
+
+    async def send(
+        self,
+        upstream: Upstream,
+        method: str,
+        repository: str,
+        path: str,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> httpx.Response:
+        """Send with the mirror's token; on a 401 fetch a fresh token and try once more.
+
+        A 401 to the mirror's own token most often means it expired early upstream, not that
+        the repository is private; a second 401 is the upstream's answer.
+        """
+        for attempt in (1, 2):
+            headers = await self.headers(upstream, repository) + list(extra or [])
+            answer = await self.client.send(upstream, method, upstream.url(path), headers)
+            if answer.status_code != 401 or attempt == 2 or not self._holds(upstream, repository):
+                return answer
+            await answer.aclose()
+            self.forget(upstream, repository)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _holds(self, upstream: Upstream, repository: str) -> bool:
+        return (upstream.host, repository) in self._tokens
+
+    def forget(self, upstream: Upstream, repository: str) -> None:
+        self._tokens.pop((upstream.host, repository))
+
+    async def _fetch(
+        self, upstream: Upstream, repository: str, service: str | None
+    ) -> tuple[str, float]:
+        realm = await self.client.auth_realm(upstream)
+        if realm is None:
+            raise UpstreamUnavailable("the upstream's token service is unknown")
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("scope", f"repository:{repository}:pull")
+        ]
+        if service:
+            params.insert(0, ("service", service))
+        headers = []
+        if upstream.credentials is not None:
+            headers.append(("Authorization", basic_authorization(*upstream.credentials)))
+        answer = await self.client.send(
+            upstream, "GET", realm, headers, params=httpx.QueryParams(params)
+        )
+        body = await read_small(answer)
+        if answer.status_code != 200:
+            raise UpstreamUnavailable(
+                f"the upstream's token service refused the mirror ({answer.status_code})"
+            )
+        try:
+            data = json.loads(body)
+            token = data.get("token") or data.get("access_token")
+            expires_in = float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
+        except (ValueError, AttributeError, TypeError):
+            token = None
+            expires_in = DEFAULT_EXPIRES_IN
+        if not isinstance(token, str) or not token:
+            raise UpstreamUnavailable("the upstream's token service sent no token")
+        return token, expires_in

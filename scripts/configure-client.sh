@@ -1,0 +1,584 @@
+#!/usr/bin/env bash
+# Point this host's Docker, containerd and podman at a Docxy mirror (or take it out again).
+#
+#   curl -fsSL https://mirror.example.com/setup.sh | sudo bash          # served by the mirror
+#   sudo ./configure-client.sh --mirror https://mirror.example.com [--dry-run] [--remove]
+#
+# Docker:     merges the mirror into "registry-mirrors" of /etc/docker/daemon.json (first, no
+#             duplicates, every other key and mirror kept), backs the old file up, replaces it
+#             atomically, reloads dockerd (SIGHUP, or `systemctl reload docker`) and checks
+#             `docker info`. A malformed daemon.json is reported and left untouched (exit 3).
+# containerd: /etc/containerd/certs.d/docker.io/hosts.toml, and says whether containerd's
+#             config_path points there.
+# podman:     /etc/containers/registries.conf.d/50-docxy-mirror.conf.
+# Each runtime is configured where it is installed (its command on PATH), or when asked with
+# --docker / --containerd / --podman (then only those).
+#
+# Needs python3 (on every Debian and Ubuntu cloud image; `apt-get install python3-minimal`
+# otherwise): JSON is read and written with its json module, never edited as text.
+set -euo pipefail
+
+# The mirror that serves this script at /setup.sh fills in its own public URL here.
+MIRROR_DEFAULT=""
+
+PROG=configure-client.sh
+BACKUP_SUFFIX=docxy-backup
+PODMAN_DROPIN=50-docxy-mirror.conf
+
+usage() {
+  cat <<EOF
+usage: $PROG [--mirror URL] [options]
+
+  --mirror URL          the Docxy mirror, e.g. https://mirror.example.com${MIRROR_DEFAULT:+ (default: $MIRROR_DEFAULT)}
+  --remove              take this mirror out again (only this one)
+  --dry-run             print every change, make none
+  --no-reload           write the files, do not reload dockerd
+  --allow-restart       restart dockerd when a reload does not take (stops running containers
+                        unless live-restore is on)
+  --root DIR            take every path under DIR (default /), for images and tests
+  --daemon-json PATH    Docker's daemon.json (default DIR/etc/docker/daemon.json)
+  --dockerd-pidfile P   send SIGHUP to the dockerd whose pid is in P (default: systemd's docker
+                        unit if active, else DIR/run/docker.pid or DIR/var/run/docker.pid)
+  --docker, --containerd, --podman
+                        configure only these runtimes (default: every one installed)
+  --yes                 accepted for symmetry with install.sh; nothing is asked
+  -h, --help            this text
+EOF
+}
+
+say() { printf '%s\n' "$*"; }
+warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() {
+  warn "$1"
+  exit "${2:-1}"
+}
+
+MIRROR="$MIRROR_DEFAULT"
+REMOVE=0
+DRY_RUN=0
+RELOAD=1
+ALLOW_RESTART=0
+ROOT=/
+DAEMON_JSON=""
+PIDFILE=""
+WANT_DOCKER=0
+WANT_CONTAINERD=0
+WANT_PODMAN=0
+FAILED=0
+CHANGES=0
+
+parse_args() {
+  while (($#)); do
+    case "$1" in
+      --mirror) MIRROR="${2:?--mirror needs a URL}"; shift ;;
+      --mirror=*) MIRROR="${1#*=}" ;;
+      --remove) REMOVE=1 ;;
+      --dry-run) DRY_RUN=1 ;;
+      --no-reload) RELOAD=0 ;;
+      --allow-restart) ALLOW_RESTART=1 ;;
+      --root) ROOT="${2:?--root needs a directory}"; shift ;;
+      --daemon-json) DAEMON_JSON="${2:?--daemon-json needs a path}"; shift ;;
+      --dockerd-pidfile) PIDFILE="${2:?--dockerd-pidfile needs a path}"; shift ;;
+      --docker) WANT_DOCKER=1 ;;
+      --containerd) WANT_CONTAINERD=1 ;;
+      --podman) WANT_PODMAN=1 ;;
+      --yes | -y) ;;
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; die "unknown option: $1" 2 ;;
+    esac
+    shift
+  done
+  [[ -n "$MIRROR" ]] || { usage >&2; die "--mirror URL is required" 2; }
+  MIRROR="${MIRROR%/}"
+  local url_pattern='^https?://[][A-Za-z0-9.:-]+(/[A-Za-z0-9._~/-]*)?$'
+  [[ "$MIRROR" =~ $url_pattern ]] ||
+    die "--mirror must be an http(s) URL such as https://mirror.example.com, not '$MIRROR'" 2
+  ROOT="${ROOT%/}"
+  DAEMON_JSON="${DAEMON_JSON:-$ROOT/etc/docker/daemon.json}"
+}
+
+# The path P on this host, taken under --root.
+under_root() { printf '%s%s' "$ROOT" "$1"; }
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# --- files: backup, validate, atomic replace ------------------------------------------------
+
+# backup_file TARGET: copy TARGET aside (timestamped, never overwriting an older backup).
+backup_file() {
+  local backup
+  backup="$1.$BACKUP_SUFFIX-$(date -u +%Y%m%dT%H%M%SZ)"
+  while [[ -e "$backup" ]]; do backup="$backup.1"; done
+  cp -p -- "$1" "$backup"
+  say "  backed up the old file to $backup"
+}
+
+# install_file TARGET NEWFILE MODE: back TARGET up (if it exists), then rename NEWFILE over it.
+install_file() {
+  local target="$1" new="$2" mode="$3"
+  if [[ -e "$target" ]]; then
+    backup_file "$target"
+    chmod --reference="$target" -- "$new"
+    chown --reference="$target" -- "$new" 2>/dev/null || true
+  else
+    chmod "$mode" -- "$new"
+  fi
+  mv -f -- "$new" "$target"
+}
+
+# place_file TARGET CONTENT MODE: put the file CONTENT at TARGET, atomically: copied to a
+# temporary file beside TARGET (same file system), then renamed over it. CONTENT is removed.
+place_file() {
+  local target="$1" content="$2" mode="$3" dir staged
+  dir="$(dirname -- "$target")"
+  if [[ ! -d "$dir" ]]; then
+    mkdir -p -- "$dir"
+    say "  created $dir"
+  fi
+  staged="$(mktemp "$dir/.$(basename -- "$target").XXXXXX")"
+  cat -- "$content" >"$staged"
+  rm -f -- "$content"
+  install_file "$target" "$staged" "$mode"
+  CHANGES=$((CHANGES + 1))
+}
+
+show_new_content() {
+  say "  would write $1:"
+  sed 's/^/    | /' -- "$2"
+}
+
+# --- Docker: daemon.json ---------------------------------------------------------------------
+
+# The JSON work, in python3's json module. Modes:
+#   merge|remove FILE URL OUT  write the new document to OUT; exit 0 changed, 10 unchanged,
+#                              3 FILE is not a JSON object with a list of strings as mirrors
+#   validate FILE              exit 0 when FILE is a JSON object, 3 otherwise
+#   mirrors JSON               print the mirrors of `docker info` (a JSON list) one per line
+daemon_json_tool() {
+  python3 - "$@" <<'PY'
+import json
+import sys
+
+
+def fail(path, why):
+    print(f"{path}: {why}; left as it is", file=sys.stderr)
+    sys.exit(3)
+
+
+def unique_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("a key appears twice")
+    return dict(pairs)
+
+
+def load(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(path, f"cannot be read ({exc})")
+    if not text.strip():
+        return {}
+    try:
+        document = json.loads(text, object_pairs_hook=unique_keys)
+    except ValueError as exc:
+        fail(path, f"is not valid JSON ({exc})")
+    if not isinstance(document, dict):
+        fail(path, "is not a JSON object")
+    mirrors = document.get("registry-mirrors", [])
+    if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
+        fail(path, '"registry-mirrors" is not a list of URLs')
+    return document
+
+
+def same(a, b):
+    return a.rstrip("/") == b.rstrip("/")
+
+
+mode = sys.argv[1]
+if mode == "mirrors":
+    try:
+        mirrors = json.loads(sys.argv[2]) or []
+    except ValueError:
+        sys.exit(1)  # not an answer from a daemon
+    for url in mirrors if isinstance(mirrors, list) else []:
+        print(url)
+    sys.exit(0)
+path = sys.argv[2]
+document = load(path)
+if mode == "validate":
+    sys.exit(0)
+url, out = sys.argv[3], sys.argv[4]
+had = "registry-mirrors" in document
+mirrors = document.get("registry-mirrors", [])
+others = [m for m in mirrors if not same(m, url)]
+wanted = [url, *others] if mode == "merge" else others
+if wanted == mirrors and (had or mode == "remove"):
+    sys.exit(10)
+if wanted:
+    document["registry-mirrors"] = wanted
+else:
+    document.pop("registry-mirrors", None)
+with open(out, "w", encoding="utf-8") as handle:
+    json.dump(document, handle, indent=2, ensure_ascii=False)
+    handle.write("\n")
+PY
+}
+
+configure_docker() {
+  local verb=merge new rc=0
+  ((REMOVE)) && verb=remove
+  say "Docker: $DAEMON_JSON"
+  new="$(mktemp)"
+  daemon_json_tool "$verb" "$DAEMON_JSON" "$MIRROR" "$new" || rc=$?
+  if ((rc == 3)); then
+    rm -f -- "$new"
+    warn "fix $DAEMON_JSON by hand (it was not changed), then run this again"
+    exit 3
+  elif ((rc == 10)); then
+    rm -f -- "$new"
+    if ((REMOVE)); then
+      say "  $MIRROR is not in registry-mirrors: nothing to remove"
+    else
+      say "  $MIRROR is already the first registry mirror: unchanged"
+    fi
+    confirm_docker unchanged
+    return
+  elif ((rc != 0)); then
+    rm -f -- "$new"
+    die "could not build the new $DAEMON_JSON (python3 exited with $rc)"
+  fi
+  # The written document is read back before it replaces anything.
+  daemon_json_tool validate "$new" || { rm -f -- "$new"; die "the new daemon.json did not validate"; }
+  if ((DRY_RUN)); then
+    show_new_content "$DAEMON_JSON" "$new"
+    rm -f -- "$new"
+    say "  would reload dockerd and check \`docker info\`"
+    return
+  fi
+  place_file "$DAEMON_JSON" "$new" 0644
+  if ((REMOVE)); then
+    say "  removed $MIRROR from registry-mirrors"
+  else
+    say "  registry-mirrors now starts with $MIRROR"
+  fi
+  confirm_docker changed
+}
+
+# The mirrors the running dockerd uses, one per line; fails when no daemon answers.
+active_mirrors() {
+  local out
+  have docker || return 1
+  out="$(docker info --format '{{json .RegistryConfig.Mirrors}}' 2>/dev/null)" || return 1
+  daemon_json_tool mirrors "$out"
+}
+
+mirror_active() {
+  local url
+  while IFS= read -r url; do
+    [[ "${url%/}" == "$MIRROR" ]] && return 0
+  done <<<"$1"
+  return 1
+}
+
+# Did dockerd take the file? Polled for up to $DOCXY_RELOAD_WAIT seconds (default 10): a
+# SIGHUP reload finishes after kill returns.
+docker_agrees() {
+  local tries=$((${DOCXY_RELOAD_WAIT:-10} * 2)) mirrors
+  while ((tries-- > 0)); do
+    if mirrors="$(active_mirrors)"; then
+      if ((REMOVE)); then
+        mirror_active "$mirrors" || return 0
+      else
+        mirror_active "$mirrors" && return 0
+      fi
+    fi
+    sleep 0.5
+  done
+  return 1
+}
+
+dockerd_pid() {
+  local file pid
+  for file in "$PIDFILE" "$(under_root /run/docker.pid)" "$(under_root /var/run/docker.pid)"; do
+    [[ -n "$file" && -r "$file" ]] || continue
+    pid="$(tr -dc '0-9' <"$file")"
+    [[ -n "$pid" ]] && { printf '%s' "$pid"; return 0; }
+  done
+  return 1
+}
+
+systemd_docker_active() {
+  [[ -z "$PIDFILE" ]] && have systemctl && systemctl is-active --quiet docker 2>/dev/null
+}
+
+reload_dockerd() {
+  local pid
+  if systemd_docker_active; then
+    say "  reloading dockerd: systemctl reload docker"
+    systemctl reload docker
+  elif pid="$(dockerd_pid)"; then
+    say "  reloading dockerd: SIGHUP to pid $pid"
+    env kill -s HUP "$pid"
+  else
+    say "  no running dockerd found: it reads the mirror when it starts"
+    return 1
+  fi
+}
+
+# confirm_docker changed|unchanged: make the running dockerd use the file, and check it does.
+confirm_docker() {
+  local state="$1" mirrors
+  ((DRY_RUN)) && return 0
+  if [[ "$state" == unchanged ]]; then
+    mirrors="$(active_mirrors)" || return 0
+    if ((REMOVE)) && ! mirror_active "$mirrors"; then
+      return 0
+    elif ((!REMOVE)) && mirror_active "$mirrors"; then
+      say "  docker info: dockerd already uses $MIRROR"
+      return 0
+    fi
+    say "  docker info: the running dockerd does not match the file yet"
+  fi
+  if ((!RELOAD)); then
+    say "  not reloading dockerd (--no-reload): run 'systemctl reload docker' to apply"
+    return 0
+  fi
+  reload_dockerd || return 0
+  if ! have docker; then
+    say "  no docker command here to confirm the reload with"
+    return 0
+  fi
+  if docker_agrees; then
+    if ((REMOVE)); then
+      say "  docker info: dockerd no longer uses $MIRROR"
+    else
+      say "  docker info: dockerd now uses $MIRROR"
+    fi
+    return 0
+  fi
+  if ((ALLOW_RESTART)) && systemd_docker_active; then
+    say "  the reload did not take: restarting dockerd (systemctl restart docker)"
+    systemctl restart docker
+    if docker_agrees; then
+      say "  docker info: dockerd uses the new settings after the restart"
+      return 0
+    fi
+  fi
+  warn "dockerd did not pick up the change (\`docker info\` does not show it)."
+  warn "restart it to apply: systemctl restart docker (or rerun with --allow-restart)"
+  FAILED=1
+}
+
+# --- containerd: certs.d/docker.io/hosts.toml --------------------------------------------------
+
+# The hosts.toml work, in python3. Modes:
+#   merge|remove FILE URL OUT  exit 0 changed (OUT written, or empty OUT: delete FILE), 10 unchanged
+#   config-path CONFIG         print containerd's CRI config_path (nothing if unset)
+hosts_toml_tool() {
+  python3 - "$@" <<'PY'
+import re
+import sys
+
+HEADER = re.compile(r'^\s*\[\s*host\."([^"]*)"\s*\]\s*$')
+MARK = "# Written by Docxy's configure-client.sh"
+
+
+def blocks(lines):
+    """Split into the preamble and [host."..."] blocks (url, lines up to the next host)."""
+    preamble, found = [], []
+    for line in lines:
+        header = HEADER.match(line)
+        if header:
+            found.append((header.group(1), [line]))
+        elif found:
+            found[-1][1].append(line)
+        else:
+            preamble.append(line)
+    return preamble, found
+
+
+def config_path(path):
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        print(f"unreadable: {exc}")
+        return
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # Ubuntu 22.04's 3.10: the first config_path line will do
+        found = re.search(rb'^\s*config_path\s*=\s*"([^"]*)"', raw, re.M)
+        if found:
+            print(found.group(1).decode())
+        return
+    try:
+        config = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        print(f"unreadable: {exc}")
+        return
+    plugins = config.get("plugins", {})
+    for name in ("io.containerd.cri.v1.images", "io.containerd.grpc.v1.cri"):
+        value = plugins.get(name, {}).get("registry", {}).get("config_path")
+        if value:
+            print(value)
+            return
+
+
+mode = sys.argv[1]
+if mode == "config-path":
+    config_path(sys.argv[2])
+    sys.exit(0)
+path, url, out = sys.argv[2:5]
+try:
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines(keepends=True)
+except FileNotFoundError:
+    lines = []
+preamble, found = blocks(lines)
+ours = [block for block in found if block[0].rstrip("/") == url]
+others = [block for block in found if block[0].rstrip("/") != url]
+mine = (f'[host."{url}"]\n', '  capabilities = ["pull", "resolve"]\n')
+if not any(line.strip() for line in preamble):
+    preamble = [f"{MARK}: pulls of docker.io try the mirror first.\n",
+                'server = "https://registry-1.docker.io"\n', "\n"]
+if mode == "merge":
+    if found and found[0][0].rstrip("/") == url and len(ours) == 1:
+        sys.exit(10)
+    body = [*preamble, *mine, *(["\n"] if others else []), *(l for b in others for l in b[1])]
+else:
+    if not ours:
+        sys.exit(10)
+    if not others and all(l.startswith(MARK) or not l.strip() or l.startswith("server =")
+                          for l in preamble):
+        body = []
+    else:
+        body = [*preamble, *(l for b in others for l in b[1])]
+with open(out, "w", encoding="utf-8") as handle:
+    handle.writelines(body)
+PY
+}
+
+configure_containerd() {
+  local target new rc=0 config paths
+  target="$(under_root /etc/containerd/certs.d/docker.io/hosts.toml)"
+  say "containerd: $target"
+  new="$(mktemp)"
+  hosts_toml_tool "$( ((REMOVE)) && echo remove || echo merge)" "$target" "$MIRROR" "$new" || rc=$?
+  if ((rc == 10)); then
+    rm -f -- "$new"
+    if ((REMOVE)); then say "  $MIRROR is not listed: nothing to remove"; else say "  $MIRROR is already the first host: unchanged"; fi
+  elif ((rc != 0)); then
+    rm -f -- "$new"
+    die "could not build the new hosts.toml (python3 exited with $rc)"
+  elif [[ ! -s "$new" ]]; then
+    rm -f -- "$new"
+    if ((DRY_RUN)); then
+      say "  would remove $target (it held only this mirror)"
+    else
+      backup_file "$target"
+      rm -f -- "$target"
+      CHANGES=$((CHANGES + 1))
+      say "  removed $target (it held only this mirror)"
+    fi
+  elif ((DRY_RUN)); then
+    show_new_content "$target" "$new"
+    rm -f -- "$new"
+  else
+    place_file "$target" "$new" 0644
+    say "  wrote $target (containerd reads it at each pull: no restart needed)"
+  fi
+  config="$(under_root /etc/containerd/config.toml)"
+  paths="$(hosts_toml_tool config-path "$config")"
+  case ":$paths:" in
+    *:/etc/containerd/certs.d:* | *:/etc/containerd/certs.d/:*)
+      say "  containerd's config_path points at /etc/containerd/certs.d: the CRI (Kubernetes) uses it" ;;
+    ::)
+      say "  containerd's config_path is not set in $config: containerd 2.x uses /etc/containerd/certs.d"
+      say "  by default; for containerd 1.x set config_path = \"/etc/containerd/certs.d\" under"
+      say "  [plugins.\"io.containerd.grpc.v1.cri\".registry] and restart containerd" ;;
+    *)
+      say "  containerd's config_path is '$paths', which does not include /etc/containerd/certs.d:"
+      say "  the CRI will not see this file until it does (then restart containerd)" ;;
+  esac
+}
+
+# --- podman: registries.conf.d drop-in -------------------------------------------------------
+
+podman_dropin() {
+  local location="${MIRROR#*://}" insecure=""
+  [[ "$MIRROR" == http://* ]] && insecure=$'\ninsecure = true'
+  cat <<EOF
+# Written by Docxy's configure-client.sh: pulls of docker.io try the mirror first.
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "$location"$insecure
+EOF
+}
+
+configure_podman() {
+  local target new
+  target="$(under_root /etc/containers/registries.conf.d/$PODMAN_DROPIN)"
+  say "podman: $target"
+  if ((REMOVE)); then
+    if [[ ! -e "$target" ]] || ! grep -qF "location = \"${MIRROR#*://}\"" -- "$target"; then
+      say "  no drop-in for $MIRROR: nothing to remove"
+    elif ((DRY_RUN)); then
+      say "  would remove $target"
+    else
+      rm -f -- "$target"
+      CHANGES=$((CHANGES + 1))
+      say "  removed $target"
+    fi
+    return
+  fi
+  if [[ -e "$target" ]] && cmp -s -- "$target" <(podman_dropin); then
+    say "  unchanged"
+    return
+  fi
+  if ((DRY_RUN)); then
+    say "  would write $target:"
+    podman_dropin | sed 's/^/    | /'
+    return
+  fi
+  new="$(mktemp)"
+  podman_dropin >"$new"
+  place_file "$target" "$new" 0644
+  say "  wrote $target"
+}
+
+main() {
+  parse_args "$@"
+  have python3 || die "python3 is needed to edit JSON safely: apt-get install python3-minimal"
+  if ((!WANT_DOCKER && !WANT_CONTAINERD && !WANT_PODMAN)); then
+    if have dockerd || have docker || [[ -e "$DAEMON_JSON" ]]; then WANT_DOCKER=1; fi
+    have containerd && WANT_CONTAINERD=1
+    have podman && WANT_PODMAN=1
+    ((WANT_DOCKER || WANT_CONTAINERD || WANT_PODMAN)) ||
+      die "found no Docker, containerd or podman here; name one with --docker, --containerd or --podman"
+  fi
+  if [[ "$ROOT" == "" && "$(id -u)" != 0 && $DRY_RUN == 0 ]]; then
+    die "run as root (sudo), or try --dry-run first"
+  fi
+  ((DRY_RUN)) && say "Dry run: nothing is changed."
+  say "Mirror: $MIRROR$( ((REMOVE)) && echo " (removing)")"
+  ((WANT_DOCKER)) && configure_docker
+  ((WANT_CONTAINERD)) && configure_containerd
+  ((WANT_PODMAN)) && configure_podman
+  if ((DRY_RUN)); then
+    say "Dry run: the changes above were not made."
+  elif ((CHANGES == 0)); then
+    say "Nothing to change: every file was already as wanted."
+  fi
+  return "$FAILED"
+}
+
+main "$@"

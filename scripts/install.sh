@@ -1,0 +1,778 @@
+#!/usr/bin/env bash
+# Install Docxy on a fresh Debian or Ubuntu VPS: a Docker Hub mirror with Let's Encrypt HTTPS.
+#
+#   sudo ./scripts/install.sh --domain mirror.example.com --email you@example.com
+#   curl -fsSL <this script's URL> | sudo bash -s -- --domain mirror.example.com --email you@...
+#
+# Checks first, changes after: root, OS and architecture, ports 80/443, disk space, and that the
+# domain's A/AAAA records are this host's public addresses (Let's Encrypt would fail otherwise,
+# and failures count against its rate limits). Then: Docker Engine and Compose (installed if
+# missing), the project (the clone this runs from, or DOCXY_SOURCE_URL fetched into /opt/docxy),
+# .env (mode 600), `docker compose up`, a wait for /health over HTTPS with the issued
+# certificate, and the commands that point Docker hosts at the mirror.
+#
+# A second run with the same settings changes nothing and says so. --dry-run prints every
+# change without making it. --uninstall stops and removes the stack and its cache, keeping the
+# certificate volume unless --purge.
+set -euo pipefail
+
+PROG=install.sh
+PROJECT=docxy
+SOURCE_URL="${DOCXY_SOURCE_URL:-https://github.com/docxy/docxy/archive/refs/heads/main.tar.gz}"
+# Public-address discovery: several unrelated services must agree (space-separated URLs).
+IPV4_SERVICES="${DOCXY_IPV4_SERVICES:-https://api.ipify.org https://ipv4.icanhazip.com https://checkip.amazonaws.com https://ifconfig.me/ip}"
+IPV6_SERVICES="${DOCXY_IPV6_SERVICES:-https://api6.ipify.org https://ipv6.icanhazip.com https://ifconfig.co/ip}"
+# Where prompts read their answers (the terminal, also when the script itself is piped in).
+PROMPT_INPUT="${DOCXY_PROMPT_INPUT:-/dev/tty}"
+HEADROOM_KIB=$((2 * 1024 * 1024)) # the image and some slack, beside the cache
+
+usage() {
+  cat <<EOF
+usage: $PROG --domain NAME --email ADDRESS [options]
+       $PROG --uninstall [--purge]
+
+  --domain NAME             the mirror's DNS name (its A/AAAA records point at this host)
+  --email ADDRESS           for Let's Encrypt notices
+  --cache-size SIZE         cache cap, e.g. 20G (default: 20G, or what .env says)
+  --upstream-user NAME      a Docker Hub account for the mirror's own pulls; the password is
+                            read without echo (or from DOCXY_UPSTREAM_PASSWORD)
+  --public-ip ADDRESS       this host's public address (repeatable); skips discovery
+  --dns-server HOST[#PORT]  the resolver to ask for the domain's records (default: the system's)
+  --dns-port PORT           its port (default 53)
+  --skip-dns-check          go on when the records do not match (certificates will likely fail)
+  --docker-repo             install Docker from Docker's own apt repository (default: the
+                            distribution's docker.io and Compose packages)
+  --dir DIR                 where the project lives (default: the clone this runs from, else
+                            /opt/docxy, fetched from \$DOCXY_SOURCE_URL)
+  --source-url URL          the project's .tar.gz to fetch (default: \$DOCXY_SOURCE_URL, else
+                            $SOURCE_URL)
+  --update                  fetch the project again into --dir
+  --configure-local-docker  also point this host's own dockerd at the mirror
+  --health-timeout SECONDS  how long to wait for https://NAME/health (default 600)
+  --uninstall               stop and remove Docxy and its cache (keeps the certificates)
+  --purge                   with --uninstall: also the certificates, .env and the image
+  --dry-run                 print every change, make none
+  --yes                     never ask (unattended); missing settings are then errors
+  --root DIR                take every path under DIR (default /), for tests
+  -h, --help                this text
+EOF
+}
+
+say() { printf '%s\n' "$*"; }
+step() { printf '\n== %s\n' "$*"; }
+warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() {
+  warn "$1"
+  exit "${2:-1}"
+}
+
+DOMAIN=""
+EMAIL=""
+CACHE_SIZE=""
+UPSTREAM_USER=""
+UPSTREAM_PASSWORD="${DOCXY_UPSTREAM_PASSWORD:-}"
+PUBLIC_IPS=()
+DNS_SERVER=""
+DNS_PORT=""
+SKIP_DNS=0
+DOCKER_REPO=0
+DIR=""
+UPDATE=0
+LOCAL_DOCKER=0
+HEALTH_TIMEOUT=600
+UNINSTALL=0
+PURGE=0
+DRY_RUN=0
+YES=0
+ROOT=/
+CHANGES=0
+COMPOSE=()
+
+parse_args() {
+  while (($#)); do
+    case "$1" in
+      --domain | --email | --cache-size | --upstream-user | --public-ip | --dns-server | \
+        --dns-port | --dir | --health-timeout | --root | --source-url)
+        (($# >= 2)) || die "$1 needs a value" 2
+        ;;
+    esac
+    case "$1" in
+      --domain) DOMAIN="$2"; shift ;;
+      --email) EMAIL="$2"; shift ;;
+      --cache-size) CACHE_SIZE="$2"; shift ;;
+      --upstream-user) UPSTREAM_USER="$2"; shift ;;
+      --public-ip) PUBLIC_IPS+=("$2"); shift ;;
+      --dns-server) DNS_SERVER="$2"; shift ;;
+      --dns-port) DNS_PORT="$2"; shift ;;
+      --skip-dns-check) SKIP_DNS=1 ;;
+      --docker-repo) DOCKER_REPO=1 ;;
+      --dir) DIR="$2"; shift ;;
+      --source-url) SOURCE_URL="$2"; shift ;;
+      --update) UPDATE=1 ;;
+      --configure-local-docker) LOCAL_DOCKER=1 ;;
+      --health-timeout) HEALTH_TIMEOUT="$2"; shift ;;
+      --uninstall) UNINSTALL=1 ;;
+      --purge) PURGE=1 ;;
+      --dry-run) DRY_RUN=1 ;;
+      --yes | -y) YES=1 ;;
+      --root) ROOT="$2"; shift ;;
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; die "unknown option: $1" 2 ;;
+    esac
+    shift
+  done
+  ROOT="${ROOT%/}"
+  if [[ "$DNS_SERVER" == *"#"* ]]; then
+    DNS_PORT="${DNS_SERVER#*#}"
+    DNS_SERVER="${DNS_SERVER%%#*}"
+  fi
+  [[ -z "$DNS_PORT" || "$DNS_PORT" =~ ^[0-9]+$ ]] || die "--dns-port must be a number" 2
+  [[ "$HEALTH_TIMEOUT" =~ ^[0-9]+$ ]] || die "--health-timeout must be a number of seconds" 2
+  ((PURGE && !UNINSTALL)) && die "--purge goes with --uninstall" 2
+  return 0
+}
+
+under_root() { printf '%s%s' "$ROOT" "$1"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# act CMD...: run a command that changes the machine (or, in a dry run, say it would).
+act() {
+  CHANGES=$((CHANGES + 1))
+  if ((DRY_RUN)); then
+    say "  would run: $*"
+  else
+    say "  running: $*"
+    "$@"
+  fi
+}
+
+# --- checks -----------------------------------------------------------------------------------
+
+check_root() {
+  [[ "$(id -u)" == 0 ]] && return 0
+  ((DRY_RUN)) && { say "Not root: fine for a dry run, but the real run needs sudo."; return 0; }
+  die "run as root: sudo bash $PROG ... (or try --dry-run first)"
+}
+
+os_field() {
+  local file line
+  file="$(under_root /etc/os-release)"
+  [[ -r "$file" ]] || return 0
+  line="$(grep -E "^$1=" -- "$file" | head -n 1)" || true
+  line="${line#*=}"
+  line="${line#\"}"
+  printf '%s' "${line%\"}"
+}
+
+manual_steps() {
+  cat <<'EOF'
+Manual steps on another system:
+  1. Install Docker Engine and Compose: https://docs.docker.com/engine/install/
+  2. Get the project (git clone, or unpack its tarball) and cd into it.
+  3. Write .env (chmod 600) with DOCXY_DOMAIN=... and DOCXY_EMAIL=... (DOCXY_CACHE_MAX_SIZE=20G)
+  4. docker compose up -d --build   and check   curl https://DOMAIN/health
+EOF
+}
+
+OS_ID=""
+OS_CODENAME=""
+ARCH=""
+
+check_platform() {
+  local id like machine
+  id="$(os_field ID)"
+  like="$(os_field ID_LIKE)"
+  OS_CODENAME="$(os_field VERSION_CODENAME)"
+  case "$id" in
+    debian | ubuntu) OS_ID="$id" ;;
+    *)
+      case " $like " in
+        *" ubuntu "*) OS_ID=ubuntu ;;
+        *" debian "*) OS_ID=debian ;;
+        *)
+          manual_steps >&2
+          die "this script supports Debian and Ubuntu (and their derivatives); found '${id:-unknown}'"
+          ;;
+      esac
+      say "OS: $id, a $OS_ID derivative"
+      ;;
+  esac
+  [[ "$id" == "$OS_ID" ]] && say "OS: $(os_field PRETTY_NAME)"
+  machine="$(uname -m)"
+  case "$machine" in
+    x86_64 | amd64) ARCH=amd64 ;;
+    aarch64 | arm64) ARCH=arm64 ;;
+    *)
+      manual_steps >&2
+      die "the Docxy image is built for amd64 and arm64; this machine is $machine"
+      ;;
+  esac
+  say "Architecture: $ARCH"
+}
+
+stack_running() {
+  have docker || return 1
+  [[ -n "$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter status=running 2>/dev/null)" ]]
+}
+
+check_ports() {
+  local listeners
+  if ! have ss; then
+    say "Ports 80 and 443: not checked (no ss here; apt-get install iproute2)"
+    return
+  fi
+  listeners="$(ss -Hltnp '( sport = :80 or sport = :443 )' 2>/dev/null)" || listeners=""
+  if [[ -z "$listeners" ]]; then
+    say "Ports 80 and 443: free"
+  elif stack_running; then
+    say "Ports 80 and 443: already Docxy's"
+  else
+    say "Ports 80 and 443 are in use:"
+    say "$listeners"
+    die "free ports 80 and 443 (Let's Encrypt needs 80, clients 443), then run this again"
+  fi
+}
+
+# size_kib 20G -> 20971520
+size_kib() {
+  local number="${1%%[KkMmGgTt]*}" unit
+  unit="$(printf '%s' "${1#"$number"}" | cut -c1 | tr '[:lower:]' '[:upper:]')"
+  case "$unit" in
+    "") printf '%s' $((number / 1024)) ;;
+    K) printf '%s' "$number" ;;
+    M) printf '%s' $((number * 1024)) ;;
+    G) printf '%s' $((number * 1024 * 1024)) ;;
+    T) printf '%s' $((number * 1024 * 1024 * 1024)) ;;
+  esac
+}
+
+check_disk() {
+  local dir need avail
+  dir="$(under_root /var/lib/docker)"
+  while [[ ! -d "$dir" ]]; do dir="$(dirname -- "$dir")"; done
+  need=$(($(size_kib "$CACHE_SIZE") + HEADROOM_KIB))
+  avail="$(df -Pk -- "$dir" | awk 'NR == 2 { print $4 }')"
+  if ((avail < need)); then
+    die "only $((avail / 1024 / 1024)) GiB free at $dir; the cache ($CACHE_SIZE) and the image need $((need / 1024 / 1024)) GiB: free space or pass a smaller --cache-size"
+  fi
+  say "Disk: $((avail / 1024 / 1024)) GiB free at $dir, enough for a $CACHE_SIZE cache"
+}
+
+# --- DNS check ----------------------------------------------------------------------------------
+
+is_ipv4() { [[ "$1" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; }
+is_ipv6() { [[ "$1" =~ ^[0-9A-Fa-f:]+$ && "$1" == *:* ]]; }
+
+# resolve A|AAAA: the domain's records, one per line; fails when the resolver does not answer.
+resolve() {
+  local args=(+short +time=2 +tries=2) out line
+  [[ -n "$DNS_SERVER" ]] && args+=("@$DNS_SERVER")
+  [[ -n "$DNS_PORT" ]] && args+=(-p "$DNS_PORT")
+  out="$(dig "${args[@]}" "$1" "$DOMAIN" 2>&1)" || return 1
+  while IFS= read -r line; do
+    if [[ "$1" == A ]] && is_ipv4 "$line"; then say "$line"; fi
+    if [[ "$1" == AAAA ]] && is_ipv6 "$line"; then say "$line"; fi
+  done <<<"$out"
+}
+
+# discover 4|6: this host's public address as seen from outside. Each service is asked; the
+# answer counts when at least two agree and none disagrees. Prints nothing when none answers.
+discover() {
+  local family="$1" services answer answers=() distinct
+  if [[ "$family" == 4 ]]; then services="$IPV4_SERVICES"; else services="$IPV6_SERVICES"; fi
+  for url in $services; do
+    answer="$(curl "-$family" -fsS --max-time 5 "$url" 2>/dev/null | tr -d '[:space:]')" || continue
+    if [[ "$family" == 4 ]] && is_ipv4 "$answer"; then answers+=("$answer"); fi
+    if [[ "$family" == 6 ]] && is_ipv6 "$answer"; then answers+=("$answer"); fi
+  done
+  ((${#answers[@]})) || return 0
+  distinct="$(printf '%s\n' "${answers[@]}" | sort -u)"
+  if [[ "$(printf '%s\n' "$distinct" | wc -l)" -gt 1 ]]; then
+    warn "the address services disagree about this host's public IPv$family address:"
+    printf '  %s\n' "${answers[@]}" >&2
+    die "pass the right one with --public-ip"
+  fi
+  if ((${#answers[@]} < 2)); then
+    warn "only one service told this host's public IPv$family address ($distinct): not trusted alone"
+    die "pass it with --public-ip if it is right"
+  fi
+  say "$distinct"
+}
+
+words() { printf '%s' "$*"; }
+
+contains() {
+  local needle="$1" item
+  shift
+  for item in "$@"; do [[ "$item" == "$needle" ]] && return 0; done
+  return 1
+}
+
+check_dns() {
+  local resolver="${DNS_SERVER:-the system resolver}${DNS_PORT:+ port $DNS_PORT}"
+  local records_a=() records_aaaa=() ours4=() ours6=() ip problem=""
+  if ! have dig; then
+    if ((DRY_RUN)); then
+      say "DNS check: needs dig; the real run installs dnsutils for it"
+      return 0
+    fi
+    act apt-get update
+    act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dnsutils
+  fi
+  local found_a found_aaaa found4 found6
+  if ! found_a="$(resolve A)" || ! found_aaaa="$(resolve AAAA)"; then
+    dns_problem "$resolver did not answer for $DOMAIN"
+    return 0
+  fi
+  [[ -n "$found_a" ]] && mapfile -t records_a <<<"$found_a"
+  [[ -n "$found_aaaa" ]] && mapfile -t records_aaaa <<<"$found_aaaa"
+  if ((${#PUBLIC_IPS[@]})); then
+    for ip in "${PUBLIC_IPS[@]}"; do
+      if is_ipv4 "$ip"; then
+        ours4+=("$ip")
+      elif is_ipv6 "$ip"; then
+        ours6+=("${ip,,}") # dig prints AAAA records in lower case
+      else
+        die "--public-ip $ip is not an IP address" 2
+      fi
+    done
+  else
+    # Only the families the domain has records for are asked about. discover dies (in its
+    # subshell) when the services disagree: stop here too.
+    if ((${#records_a[@]})); then
+      found4="$(discover 4)" || exit 1
+      [[ -n "$found4" ]] && ours4=("$found4")
+    fi
+    if ((${#records_aaaa[@]})); then
+      found6="$(discover 6)" || exit 1
+      [[ -n "$found6" ]] && ours6=("${found6,,}")
+    fi
+    if ((${#records_a[@]} + ${#records_aaaa[@]})) && ((${#ours4[@]} + ${#ours6[@]} == 0)); then
+      die "could not find this host's public address: pass --public-ip"
+    fi
+  fi
+  if ((${#records_a[@]} + ${#records_aaaa[@]} == 0)); then
+    problem="$DOMAIN has no A or AAAA record"
+  fi
+  for ip in "${records_a[@]}"; do
+    contains "$ip" "${ours4[@]}" || problem="$DOMAIN has an A record ($ip) that is not this host"
+  done
+  for ip in "${records_aaaa[@]}"; do
+    contains "$ip" "${ours6[@]}" || problem="$DOMAIN has an AAAA record ($ip) that is not this host"
+  done
+  local records ours
+  records="$(words "${records_a[@]}" "${records_aaaa[@]}")"
+  ours="$(words "${ours4[@]}" "${ours6[@]}")"
+  if [[ -n "$problem" ]]; then
+    say "DNS ($resolver):"
+    say "  $DOMAIN resolves to:       ${records:-nothing}"
+    say "  this host's public address: $ours"
+    dns_problem "$problem"
+  else
+    say "DNS: $DOMAIN -> $records, this host ($resolver)"
+  fi
+}
+
+dns_problem() {
+  if ((SKIP_DNS)); then
+    warn "$1; going on (--skip-dns-check): the certificate will likely not be issued"
+  else
+    die "$1. Fix the DNS records (Let's Encrypt would fail, and failures count against its rate limits), or pass --skip-dns-check"
+  fi
+}
+
+# --- settings and .env --------------------------------------------------------------------------
+
+env_value() {
+  local line
+  [[ -r "$ENV_FILE" ]] || return 0
+  line="$(grep -E "^$1=" -- "$ENV_FILE" | tail -n 1)" || true
+  line="${line#*=}"
+  if [[ "$line" == \'*\' ]]; then line="${line#\'}"; line="${line%\'}"; fi
+  printf '%s' "$line"
+}
+
+PROMPT_FD=""
+
+# can_prompt: is there a terminal (or DOCXY_PROMPT_INPUT) to ask on? Opened once, as fd 3.
+can_prompt() {
+  ((!YES)) || return 1
+  [[ -n "$PROMPT_FD" ]] && return 0
+  { exec 3<"$PROMPT_INPUT"; } 2>/dev/null || return 1
+  PROMPT_FD=3
+}
+
+# ask VAR "question" [secret]: read an answer from the terminal into VAR.
+ask() {
+  local answer=""
+  printf '%s ' "$2" >&2
+  if [[ "${3:-}" == secret ]]; then
+    IFS= read -rs -u 3 answer || true
+    printf '\n' >&2
+  else
+    IFS= read -r -u 3 answer || true
+  fi
+  printf -v "$1" '%s' "$answer"
+}
+
+settle_settings() {
+  DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
+  EMAIL="${EMAIL:-$(env_value DOCXY_EMAIL)}"
+  CACHE_SIZE="${CACHE_SIZE:-$(env_value DOCXY_CACHE_MAX_SIZE)}"
+  CACHE_SIZE="${CACHE_SIZE:-20G}"
+  UPSTREAM_USER="${UPSTREAM_USER:-$(env_value DOCXY_UPSTREAM_USERNAME)}"
+  if [[ -z "$DOMAIN" ]] && can_prompt; then ask DOMAIN "The mirror's domain name (e.g. mirror.example.com):"; fi
+  if [[ -z "$EMAIL" ]] && can_prompt; then ask EMAIL "Email for Let's Encrypt notices:"; fi
+  [[ -n "$DOMAIN" ]] || die "--domain is required" 2
+  [[ -n "$EMAIL" ]] || die "--email is required" 2
+  DOMAIN="$(printf '%s' "$DOMAIN" | tr '[:upper:]' '[:lower:]')"
+  [[ "$DOMAIN" =~ ^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$ ]] ||
+    die "--domain '$DOMAIN' is not a DNS name" 2
+  [[ "$EMAIL" =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
+    die "--email '$EMAIL' is not an email address" 2
+  [[ "$CACHE_SIZE" =~ ^[0-9]+[KkMmGgTt]?$ ]] || die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
+  if [[ -n "$UPSTREAM_USER" ]]; then
+    [[ "$UPSTREAM_USER" =~ ^[A-Za-z0-9._@-]+$ ]] || die "--upstream-user '$UPSTREAM_USER' has odd characters" 2
+    UPSTREAM_PASSWORD="${UPSTREAM_PASSWORD:-$(env_value DOCXY_UPSTREAM_PASSWORD)}"
+    if [[ -z "$UPSTREAM_PASSWORD" ]] && can_prompt; then
+      ask UPSTREAM_PASSWORD "Password or access token for $UPSTREAM_USER (not shown):" secret
+    fi
+    [[ -n "$UPSTREAM_PASSWORD" ]] || die "the password for --upstream-user: set DOCXY_UPSTREAM_PASSWORD or run interactively" 2
+    [[ "$UPSTREAM_PASSWORD" != *"'"* && "$UPSTREAM_PASSWORD" != *$'\n'* ]] ||
+      die "the upstream password cannot contain a single quote or a newline (.env quoting)" 2
+  fi
+}
+
+# The .env: our keys first, then any other line the operator added, kept as it was.
+render_env() {
+  say "# Written by Docxy's install.sh; read by docker compose (compose.yaml). Mode 600."
+  say "DOCXY_DOMAIN=$DOMAIN"
+  say "DOCXY_EMAIL=$EMAIL"
+  say "DOCXY_CACHE_MAX_SIZE=$CACHE_SIZE"
+  if [[ -n "$UPSTREAM_USER" ]]; then
+    say "DOCXY_UPSTREAM_USERNAME=$UPSTREAM_USER"
+    say "DOCXY_UPSTREAM_PASSWORD='$UPSTREAM_PASSWORD'"
+  fi
+  if [[ -r "$ENV_FILE" ]]; then
+    grep -vE "^(# Written by Docxy|DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)=)" -- "$ENV_FILE" || true
+  fi
+}
+
+ENV_CHANGED=0
+
+write_env() {
+  local new
+  new="$(mktemp)"
+  chmod 600 "$new"
+  render_env >"$new"
+  if [[ -e "$ENV_FILE" ]] && cmp -s -- "$new" "$ENV_FILE"; then
+    rm -f -- "$new"
+    if [[ "$(stat -c %a -- "$ENV_FILE")" != 600 ]]; then
+      act chmod 600 "$ENV_FILE"
+    fi
+    say "  $ENV_FILE: unchanged"
+    return
+  fi
+  ENV_CHANGED=1
+  CHANGES=$((CHANGES + 1))
+  if ((DRY_RUN)); then
+    say "  would write $ENV_FILE (mode 600):"
+    sed -e "s/^\(DOCXY_UPSTREAM_PASSWORD=\).*/\1'********'/" -e 's/^/    | /' -- "$new"
+    rm -f -- "$new"
+    return
+  fi
+  mkdir -p -- "$(dirname -- "$ENV_FILE")"
+  local staged
+  staged="$(mktemp "$(dirname -- "$ENV_FILE")/.env.XXXXXX")"
+  cat -- "$new" >"$staged"
+  rm -f -- "$new"
+  chmod 600 -- "$staged"
+  mv -f -- "$staged" "$ENV_FILE"
+  say "  wrote $ENV_FILE (mode 600)"
+}
+
+# --- the project --------------------------------------------------------------------------------
+
+CLONE=""
+
+find_clone() {
+  local here
+  [[ -n "${BASH_SOURCE[0]:-}" && -f "${BASH_SOURCE[0]}" ]] || return 0
+  here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+  [[ -f "$here/compose.yaml" && -f "$here/Dockerfile" ]] && CLONE="$here"
+  return 0
+}
+
+settle_dir() {
+  find_clone
+  if [[ -z "$DIR" ]]; then
+    DIR="${CLONE:-$(under_root /opt/docxy)}"
+  fi
+  ENV_FILE="$DIR/.env"
+}
+
+# dir_is_empty DIR: fails closed (an error listing DIR counts as "not empty").
+dir_is_empty() {
+  local entries
+  entries="$(find "$1" -mindepth 1 -maxdepth 1 -print -quit)" || return 1
+  [[ -z "$entries" ]]
+}
+
+get_project() {
+  if [[ "$DIR" == "$CLONE" ]]; then
+    say "  using the clone at $DIR"
+    return
+  fi
+  if [[ -f "$DIR/compose.yaml" ]] && ((!UPDATE)); then
+    say "  using the project at $DIR (--update fetches it again)"
+    return
+  fi
+  CHANGES=$((CHANGES + 1))
+  if ((DRY_RUN)); then
+    say "  would fetch $SOURCE_URL into $DIR"
+    return
+  fi
+  local scratch
+  scratch="$(mktemp -d)"
+  say "  fetching $SOURCE_URL"
+  curl -fsSL --retry 3 -o "$scratch/source.tar.gz" "$SOURCE_URL" ||
+    die "could not fetch $SOURCE_URL (set DOCXY_SOURCE_URL to the project's .tar.gz)"
+  mkdir -p -- "$scratch/tree"
+  tar -xzf "$scratch/source.tar.gz" -C "$scratch/tree" --strip-components=1 ||
+    die "$SOURCE_URL is not a .tar.gz of the project"
+  [[ -f "$scratch/tree/compose.yaml" ]] || die "$SOURCE_URL holds no compose.yaml"
+  mkdir -p -- "$(dirname -- "$DIR")"
+  if [[ -e "$DIR" ]]; then
+    # Only an earlier copy of the project is replaced, never some other directory.
+    [[ -f "$DIR/compose.yaml" ]] || dir_is_empty "$DIR" ||
+      die "$DIR exists and is not a Docxy project: pick another --dir"
+    [[ -f "$DIR/.env" ]] && cp -p -- "$DIR/.env" "$scratch/tree/.env"
+    rm -rf -- "$DIR"
+  fi
+  mv -- "$scratch/tree" "$DIR"
+  rm -rf -- "$scratch"
+  say "  unpacked into $DIR"
+}
+
+# --- Docker -------------------------------------------------------------------------------------
+
+find_compose() {
+  COMPOSE=()
+  if have docker && docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+  elif have docker-compose; then
+    COMPOSE=(docker-compose)
+  fi
+}
+
+candidate() {
+  apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'
+}
+
+install_docker() {
+  local packages=()
+  find_compose
+  if have docker && ((${#COMPOSE[@]})); then
+    say "  Docker and Compose are installed (${COMPOSE[*]})"
+    return
+  fi
+  if ((DOCKER_REPO)); then
+    say "  source: Docker's own apt repository (--docker-repo): the newest Engine and Compose"
+    say "  plugin, at the cost of a third-party repository and signing key on this host"
+    local keyring list
+    keyring="$(under_root /etc/apt/keyrings/docker.asc)"
+    list="$(under_root /etc/apt/sources.list.d/docker.list)"
+    act mkdir -p "$(dirname -- "$keyring")"
+    act curl -fsSL -o "$keyring" "https://download.docker.com/linux/$OS_ID/gpg"
+    CHANGES=$((CHANGES + 1))
+    local line="deb [arch=$ARCH signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/$OS_ID $OS_CODENAME stable"
+    if ((DRY_RUN)); then
+      say "  would write $list: $line"
+    else
+      mkdir -p -- "$(dirname -- "$list")"
+      printf '%s\n' "$line" >"$list"
+    fi
+    act apt-get update
+    packages=(docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin)
+  else
+    say "  source: $OS_ID's own packages (docker.io): signed by the distribution and updated"
+    say "  with the rest of the system by apt; --docker-repo installs Docker's newer builds instead"
+    act apt-get update
+    have docker || packages+=(docker.io)
+    if candidate docker-compose-v2; then packages+=(docker-compose-v2); else packages+=(docker-compose); fi
+  fi
+  act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+  ((DRY_RUN)) && { COMPOSE=(docker compose); return; }
+  find_compose
+  ((${#COMPOSE[@]})) || die "Compose is still missing after installing ${packages[*]}"
+}
+
+start_docker() {
+  if ! have systemctl; then
+    say "  no systemd here: make sure dockerd runs"
+    return
+  fi
+  systemctl is-enabled --quiet docker 2>/dev/null || act systemctl enable docker
+  systemctl is-active --quiet docker 2>/dev/null || act systemctl start docker
+  say "  dockerd is enabled and running"
+}
+
+compose() {
+  "${COMPOSE[@]}" --project-name "$PROJECT" --project-directory "$DIR" -f "$DIR/compose.yaml" \
+    --env-file "$ENV_FILE" "$@"
+}
+
+# The account in .env only reaches the mirror if compose.yaml passes it into the container.
+check_compose_passes_account() {
+  [[ -n "$UPSTREAM_USER" && -f "$DIR/compose.yaml" ]] || return 0
+  grep -q 'DOCXY_UPSTREAM_USERNAME' -- "$DIR/compose.yaml" && return 0
+  warn "$DIR/compose.yaml does not pass DOCXY_UPSTREAM_USERNAME/PASSWORD into the container:"
+  warn "the mirror pulls anonymously until it does (the account stays in .env)"
+}
+
+bring_up() {
+  check_compose_passes_account
+  if ((!ENV_CHANGED && !UPDATE)) && ((${#COMPOSE[@]})) && stack_running; then
+    say "  Docxy is already running with these settings"
+    return
+  fi
+  CHANGES=$((CHANGES + 1))
+  if ((DRY_RUN)); then
+    say "  would run: ${COMPOSE[*]} --project-name $PROJECT -f $DIR/compose.yaml up -d --build"
+    return
+  fi
+  say "  building and starting (the first build takes a few minutes)"
+  compose up -d --build
+}
+
+wait_for_health() {
+  local url="https://$DOMAIN/health" deadline=$((SECONDS + HEALTH_TIMEOUT)) answer
+  if ((DRY_RUN)); then
+    say "  would wait for $url with a verified certificate"
+    return
+  fi
+  say "  waiting for $url (certificate verified; the first issuance takes a minute)"
+  while true; do
+    if answer="$(curl -fsS --max-time 10 --resolve "$DOMAIN:443:127.0.0.1" "$url" 2>&1)"; then
+      say "  $url: $answer"
+      return
+    fi
+    if ((SECONDS >= deadline)); then
+      warn "no healthy answer from $url after ${HEALTH_TIMEOUT}s: $answer"
+      warn "the mirror's log:"
+      compose logs --tail 60 >&2 || true
+      die "Docxy did not come up with a valid certificate; see the log above"
+    fi
+    sleep 5
+  done
+}
+
+configure_local_docker() {
+  local args=(--mirror "https://$DOMAIN" --docker --root "${ROOT:-/}")
+  ((DRY_RUN)) && args+=(--dry-run)
+  ((UNINSTALL)) && args+=(--remove)
+  bash "$DIR/scripts/configure-client.sh" "${args[@]}"
+}
+
+print_client_commands() {
+  local serves=serves
+  ((DRY_RUN)) && serves="would serve"
+  cat <<EOF
+
+Docxy $serves https://$DOMAIN. On each Docker host that should pull through it:
+
+  curl -fsSL https://$DOMAIN/setup.sh | sudo bash
+
+(it adds the mirror to /etc/docker/daemon.json, keeping everything else, and reloads dockerd;
+add '-s -- --containerd' or '-s -- --podman' for those, '-s -- --remove' to undo). By hand:
+
+  /etc/docker/daemon.json:  { "registry-mirrors": ["https://$DOMAIN"] }
+  then: sudo systemctl reload docker && docker info | grep -A1 'Registry Mirrors'
+EOF
+}
+
+# --- uninstall ----------------------------------------------------------------------------------
+
+volume_exists() { docker volume inspect "$1" >/dev/null 2>&1; }
+
+uninstall() {
+  step "Uninstalling Docxy from $DIR"
+  DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
+  if [[ -n "$DOMAIN" && -f "$DIR/scripts/configure-client.sh" ]] &&
+    grep -qF "https://$DOMAIN" -- "$(under_root /etc/docker/daemon.json)" 2>/dev/null; then
+    say "This host's dockerd uses the mirror: taking it out"
+    configure_local_docker
+  fi
+  find_compose
+  if ! have docker; then
+    say "Docker is not installed: nothing to remove"
+    return
+  fi
+  if stack_running || [[ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)" ]]; then
+    if ((${#COMPOSE[@]})) && [[ -f "$DIR/compose.yaml" ]]; then
+      CHANGES=$((CHANGES + 1))
+      if ((DRY_RUN)); then
+        say "  would run: ${COMPOSE[*]} --project-name $PROJECT down --remove-orphans"
+      else
+        DOCXY_DOMAIN="${DOMAIN:-unset}" DOCXY_EMAIL=unset compose down --remove-orphans
+      fi
+    else
+      local containers
+      mapfile -t containers < <(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
+      act docker rm -f "${containers[@]}"
+    fi
+  fi
+  volume_exists "${PROJECT}_cache" && act docker volume rm "${PROJECT}_cache"
+  if ((PURGE)); then
+    volume_exists "${PROJECT}_certs" && act docker volume rm "${PROJECT}_certs"
+    docker image inspect docxy:local >/dev/null 2>&1 && act docker image rm docxy:local
+    [[ -e "$ENV_FILE" ]] && act rm -f "$ENV_FILE"
+    if [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]]; then act rm -rf "$DIR"; fi
+  elif volume_exists "${PROJECT}_certs"; then
+    say "  kept the certificate volume ${PROJECT}_certs (Let's Encrypt limits re-issuance);"
+    say "  --uninstall --purge removes it, with .env and the image"
+  fi
+  say "  Docker itself stays installed"
+}
+
+# --- main ---------------------------------------------------------------------------------------
+
+main() {
+  parse_args "$@"
+  settle_dir
+  ((DRY_RUN)) && say "Dry run: nothing is changed."
+  if ((UNINSTALL)); then
+    check_root
+    uninstall
+  else
+    step "Checks"
+    check_root
+    check_platform
+    settle_settings
+    check_ports
+    check_disk
+    check_dns
+    step "Docker"
+    install_docker
+    start_docker
+    step "Docxy in $DIR"
+    get_project
+    write_env
+    bring_up
+    wait_for_health
+    if ((LOCAL_DOCKER)); then
+      step "This host's own dockerd"
+      configure_local_docker
+    fi
+  fi
+  if ((DRY_RUN)); then
+    say ""
+    say "Dry run: the changes above were not made."
+  elif ((CHANGES == 0)); then
+    say ""
+    say "Nothing to change: Docxy is already installed as asked."
+  fi
+  ((UNINSTALL)) || print_client_commands
+}
+
+main "$@"

@@ -1,0 +1,145 @@
+"""configure-client.sh for real: the script the mirror serves at /setup.sh, piped to bash as a
+user would, edits a running dockerd's daemon.json, reloads it with SIGHUP, and `docker pull`
+then goes through the mirror. The hosts.toml it writes for containerd is then used by a real
+containerd (`ctr --hosts-dir`) to pull through the mirror too.
+
+The private dockerd (tests.clients.dockerd) starts with `--config-file <dir>/daemon.json` whose
+only mirror is a dead one on 127.0.0.1:9, and `--pidfile <dir>/docker.pid`; the script gets
+both with `--daemon-json` and `--dockerd-pidfile`. Docker takes plain-http mirrors on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.bed import Bed, Mirror, need_binary
+from tests.clients.containerd import SNAPSHOTTER, running_containerd
+from tests.clients.dockerd import Dockerd, running_dockerd
+from tests.clients.egress import EgressGuard
+from tests.scriptbox import output, run_ok
+from tests.unit.test_setup_script import expected
+
+pytestmark = pytest.mark.e2e
+
+DEAD_MIRROR = "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def dockerd(mirror: Mirror, egress: EgressGuard) -> Iterator[Dockerd]:
+    for name in ("dockerd", "docker", "containerd", "runc", "python3"):
+        need_binary(name)
+    with running_dockerd(mirror_url=DEAD_MIRROR, egress_proxy=egress.url) as daemon:
+        yield daemon
+
+
+def served_script(mirror: Mirror) -> str:
+    response = httpx.get(f"{mirror.url}/setup.sh", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def run_served(script: str, daemon: Dockerd, *args: str) -> subprocess.CompletedProcess[str]:
+    """`curl -fsSL MIRROR/setup.sh | bash -s -- ARGS` against the private dockerd."""
+    return subprocess.run(
+        [
+            shutil.which("bash") or "bash",
+            "-s",
+            "--",
+            "--docker",
+            "--daemon-json",
+            str(daemon.root / "daemon.json"),
+            "--dockerd-pidfile",
+            str(daemon.root / "docker.pid"),
+            *args,
+        ],
+        input=script,
+        env={**daemon.env, "DOCXY_RELOAD_WAIT": "30"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def active_mirrors(daemon: Dockerd) -> list[str]:
+    result = daemon.docker("info", "--format", "{{json .RegistryConfig.Mirrors}}", check=True)
+    mirrors = json.loads(result.stdout)
+    assert isinstance(mirrors, list)
+    return [str(m).rstrip("/") for m in mirrors]
+
+
+def test_setup_script_points_a_running_dockerd_at_the_mirror(
+    bed: Bed, mirror: Mirror, dockerd: Dockerd, egress: EgressGuard
+) -> None:
+    script = served_script(mirror)
+    assert script == expected(mirror.url)
+    assert active_mirrors(dockerd) == [DEAD_MIRROR]
+
+    added = run_served(script, dockerd)
+
+    assert added.returncode == 0, output(added)
+    assert f"dockerd now uses {mirror.url}" in added.stdout, output(added)
+    assert active_mirrors(dockerd) == [mirror.url, DEAD_MIRROR]
+    on_disk = json.loads((dockerd.root / "daemon.json").read_text())
+    assert on_disk["registry-mirrors"] == [mirror.url, DEAD_MIRROR]
+    assert on_disk["storage-driver"] == "vfs", "the daemon's other settings are kept"
+
+    image = bed.images["docxytest/multi"]
+    pulled = dockerd.docker("pull", f"{image.short_repo}:{image.tag}")
+    assert pulled.returncode == 0, f"{pulled.stderr}\n{dockerd.log()[-6000:]}"
+    ran = dockerd.docker(
+        "run", "--rm", "--network", "none", f"{image.short_repo}:{image.tag}",
+        "cat", "/docxy-test.txt",
+    )  # fmt: skip
+    assert ran.stdout == image.content, ran.stderr
+    assert egress.attempts == [], f"dockerd left the machine: {egress.attempts}"
+    assert f"/v2/{image.repo}/manifests/{image.tag}" in mirror.log_text()
+
+    again = run_served(script, dockerd)
+    assert again.returncode == 0, output(again)
+    assert "Nothing to change" in again.stdout
+    assert json.loads((dockerd.root / "daemon.json").read_text()) == on_disk
+
+    removed = run_served(script, dockerd, "--remove")
+    assert removed.returncode == 0, output(removed)
+    assert active_mirrors(dockerd) == [DEAD_MIRROR]
+
+
+def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
+    bed: Bed, mirror: Mirror, egress: EgressGuard, tmp_path: Path
+) -> None:
+    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
+        need_binary(name)
+    script = served_script(mirror)
+    root = tmp_path / "node"
+    configured = subprocess.run(
+        [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    said = run_ok(configured)
+    assert "hosts.toml" in said
+    hosts_dir = root / "etc" / "containerd" / "certs.d"
+    image = bed.images["docxytest/multi"]
+    ref = f"docker.io/{image.repo}:{image.tag}"
+
+    with running_containerd(egress_proxy=egress.url) as containerd:
+        pulled = containerd.ctr(
+            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(hosts_dir), ref
+        )
+        assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
+        ran = containerd.run_image(ref, "configured", "cat", "/docxy-test.txt")
+        assert ran.stdout == image.content, ran.stderr
+
+    assert egress.attempts == [], f"containerd left the machine: {egress.attempts}"
+    assert f"/v2/{image.repo}/manifests/{image.tag}" in mirror.log_text()

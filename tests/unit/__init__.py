@@ -1,0 +1,1 @@
+"""Unit and route tests: no daemons, no network (see tests/e2e/ for those)."""

@@ -1,0 +1,300 @@
+"""Image-aware eviction: the pure planner (``plan_eviction``), and the cache store applying it.
+
+The store tests use ``open_cache`` as the mirror does: a tag whose image is evicted is forgotten
+with it, so a cached tag never leads to missing blobs (with the upstream down, a pull then fails
+at its first step instead of half-way through).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from docxy.cache import Cache, RepoKey, TagState, open_cache
+from docxy.cache.blobs import BlobEntry
+from docxy.cache.images import Image, ImageKey, dependents, needs, plan_eviction
+from docxy.config import load_config
+from docxy.core.digests import Digest, digest_of
+from docxy.http.app import create_app
+from tests.unit.fakes import Body, reply
+from tests.unit.test_cache_blobs import put
+
+UP = "u" * 64
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def d(name: str) -> Digest:
+    return digest_of(name.encode())
+
+
+def entry(name: str, size: int = 10, used: float = 0.0) -> BlobEntry:
+    return BlobEntry(d(name), Path("/nowhere") / name, size, used)
+
+
+def image(name: str, pulled: float, blobs: str = "", children: str = "") -> Image:
+    return Image(
+        ImageKey(UP, d(name)),
+        pulled,
+        frozenset(d(b) for b in blobs.split()),
+        frozenset(d(c) for c in children.split()),
+    )
+
+
+def names(plan_items: object) -> list[str]:
+    known = {d(n): n for n in "a b c x y z L1 L2 L3 shared orphan1 orphan2 I C1 C2 A B".split()}
+    out = []
+    for item in plan_items:  # type: ignore[attr-defined]
+        out.append(known[item.digest])
+    return out
+
+
+def never(_: Digest) -> bool:
+    return False
+
+
+# --- the planner ---------------------------------------------------------------------------------
+
+
+def test_orphans_go_first_least_recently_used_first() -> None:
+    blobs = [entry("orphan1"), entry("a"), entry("orphan2")]
+    plan = plan_eviction(blobs, [image("A", 1, "a")], 15, never)
+    assert names(plan.blobs) == ["orphan1", "orphan2"]
+    assert plan.images == ()
+    assert plan.freed == 20
+
+
+def test_then_whole_images_least_recently_pulled_first_keeping_shared_blobs() -> None:
+    blobs = [entry("shared"), entry("L1"), entry("L2")]  # the shared layer is the least recent
+    images = [image("B", 2, "shared L2"), image("A", 1, "shared L1")]
+    plan = plan_eviction(blobs, images, 10, never)
+    assert names(plan.images) == ["A"]
+    assert names(plan.blobs) == ["L1"]  # not the shared layer: B still needs it
+    plan = plan_eviction(blobs, images, 25, never)
+    assert names(plan.images) == ["A", "B"]
+    assert sorted(names(plan.blobs)) == ["L1", "L2", "shared"]
+
+
+def test_an_image_with_nothing_left_to_free_is_kept() -> None:
+    blobs = [entry("L1"), entry("L2")]
+    images = [image("A", 1, "L1"), image("B", 2, "L2")]
+    plan = plan_eviction(blobs, images, 15, lambda digest: digest == d("L2"))
+    assert names(plan.images) == ["A"]  # B's only blob is being read: forgetting B frees nothing
+    assert names(plan.blobs) == ["L1"]
+    assert plan.freed == 10
+
+
+def test_pinned_blobs_stay() -> None:
+    plan = plan_eviction([entry("orphan1")], [], 5, lambda digest: True)
+    assert (plan.blobs, plan.images, plan.freed) == ((), (), 0)
+
+
+def test_an_index_goes_with_its_children_and_a_child_with_its_index() -> None:
+    blobs = [entry("L1"), entry("L2"), entry("L3")]
+    images = [
+        image("I", 5, children="C1 C2"),
+        image("C1", 6, "L1"),
+        image("C2", 1, "L2"),  # pulled long ago, but its index was pulled recently
+        image("A", 3, "L3"),
+    ]
+    plan = plan_eviction(blobs, images, 5, never)
+    assert names(plan.images) == ["A"]  # the index family counts as pulled at 6
+    plan = plan_eviction(blobs, images, 15, never)
+    assert sorted(names(plan.images)) == ["A", "C1", "C2", "I"]
+
+
+def test_dependents_of_a_blob_include_the_indexes_above() -> None:
+    images = [image("I", 5, children="C1 C2"), image("C1", 6, "L1"), image("C2", 6, "L2")]
+    assert sorted(names(dependents(d("L1"), images))) == ["C1", "I"]
+    assert dependents(d("x"), images) == []
+
+
+def test_needs_reads_configs_layers_and_children() -> None:
+    manifest = {
+        "config": {"digest": str(d("x"))},
+        "layers": [{"digest": str(d("y"))}, {"digest": "bogus"}, "junk"],
+    }
+    assert needs(json.dumps(manifest).encode()) == (frozenset({d("x"), d("y")}), frozenset())
+    index = {"manifests": [{"digest": str(d("z"))}]}
+    assert needs(json.dumps(index).encode()) == (frozenset(), frozenset({d("z")}))
+    assert needs(b"not json") == (frozenset(), frozenset())
+
+
+# --- the cache store ---------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+CAP = 4 * MiB  # room for two 1 MiB images and a 2 MiB one, less their configs
+REGISTRY = "registry.test"
+
+
+async def cached_image(cache: Cache, repo: str, layers: list[bytes]) -> RepoKey:
+    """A pull through the mirror: the manifest (and its tag) first, then config and layers."""
+    key = RepoKey(REGISTRY, repo)
+    descriptors = [{"digest": str(digest_of(data)), "size": len(data)} for data in layers]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptors[0],
+        "layers": descriptors[1:],
+    }
+    body = json.dumps(manifest).encode()
+    stored = await cache.manifests.put(key, body, OCI_MANIFEST, public=True)
+    await cache.manifests.set_tag(key, "latest", stored.digest, public=True)
+    for data in layers:
+        if cache.blobs.lookup(digest_of(data)) is None:
+            await put(cache.blobs, data)
+    return key
+
+
+async def offered_whole(cache: Cache, repo: RepoKey) -> bool | None:
+    """None if the tag is no longer offered; else whether every blob it needs is cached."""
+    found = await cache.manifests.resolve_tag(repo, "latest")
+    if found.state is TagState.MISSING:
+        return None
+    assert found.manifest is not None
+    blobs, _ = needs(found.manifest.content)
+    return all(cache.blobs.lookup(b) is not None for b in blobs)
+
+
+def layer(name: str, size: int = MiB) -> bytes:
+    return (name.encode() * size)[:size]
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Cache:
+    return open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+
+
+async def test_a_cached_tag_always_has_all_its_blobs_under_eviction(cache: Cache) -> None:
+    old = await cached_image(cache, "team/old", [layer("cfg-old", 1024), layer("old-layer")])
+    new = await cached_image(cache, "team/new", [layer("cfg-new", 1024), layer("new-layer")])
+    # A third image that needs room: the least recently pulled image must go, whole.
+    third = await cached_image(
+        cache, "team/third", [layer("cfg-3", 1024), layer("big-1"), layer("big-2")]
+    )
+    states = {r.repo: await offered_whole(cache, r) for r in (old, new, third)}
+    assert states == {"team/old": None, "team/new": True, "team/third": True}
+    assert cache.blobs.usage().bytes <= CAP
+
+
+async def test_the_least_recently_pulled_image_goes_first(cache: Cache) -> None:
+    first = await cached_image(cache, "team/first", [layer("cfg-1", 1024), layer("l-1")])
+    second = await cached_image(cache, "team/second", [layer("cfg-2", 1024), layer("l-2")])
+    assert await offered_whole(cache, first)  # pulled again: now the second is the older
+    await cached_image(cache, "team/third", [layer("cfg-3", 1024), layer("l-3"), layer("l-3b")])
+    assert await offered_whole(cache, first) is True
+    assert await offered_whole(cache, second) is None
+
+
+async def test_a_layer_shared_with_a_kept_image_is_kept(cache: Cache) -> None:
+    shared = layer("shared-base", 2 * MiB)
+    old = await cached_image(cache, "team/old", [layer("cfg-old", 1024), shared, layer("o")])
+    new = await cached_image(cache, "team/new", [layer("cfg-new", 1024), shared])
+    await cached_image(cache, "team/more", [layer("cfg-m", 1024), layer("m-1")])
+    assert await offered_whole(cache, old) is None
+    assert await offered_whole(cache, new) is True
+    assert cache.blobs.lookup(digest_of(shared)) is not None
+
+
+async def test_a_blob_removed_by_hand_takes_its_images_out_of_the_cache(cache: Cache) -> None:
+    gone = layer("removed")
+    repo = await cached_image(cache, "team/app", [layer("cfg", 1024), gone])
+    assert await offered_whole(cache, repo) is True
+    assert cache.blobs.remove(digest_of(gone))
+    assert await offered_whole(cache, repo) is None
+
+
+async def test_the_catalogue_survives_a_restart(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)
+    old = await cached_image(cache, "team/old", [layer("cfg-old", 1024), layer("old-layer")])
+    new = await cached_image(cache, "team/new", [layer("cfg-new", 1024), layer("new-layer")])
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)  # a restart: read back from disk
+    await cached_image(cache, "team/third", [layer("cfg-3", 1024), layer("l-3"), layer("l-3b")])
+    assert await offered_whole(cache, old) is None
+    assert await offered_whole(cache, new) is True
+
+
+# --- through the mirror: with the upstream down, a pull never fails half-way ----------------
+
+
+class Registry:
+    """An upstream without auth holding a few single-platform images; ``down`` answers 503."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.files: dict[str, tuple[bytes, str]] = {}
+
+    def add(self, repo: str, layers: list[bytes]) -> None:
+        descriptors = []
+        for data in layers:
+            descriptors.append({"digest": str(digest_of(data)), "size": len(data)})
+            self.files[f"/v2/{repo}/blobs/{digest_of(data)}"] = (data, "application/octet-stream")
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptors[0],
+            "layers": descriptors[1:],
+        }
+        body = json.dumps(manifest).encode()
+        self.files[f"/v2/{repo}/manifests/latest"] = (body, OCI_MANIFEST)
+        self.files[f"/v2/{repo}/manifests/{digest_of(body)}"] = (body, OCI_MANIFEST)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            return reply(503, b'{"errors": [{"code": "UNAVAILABLE"}]}')
+        if request.url.path == "/v2/":
+            return reply(200, b"{}")
+        found = self.files.get(request.url.path)
+        if found is None:
+            return reply(404, b'{"errors": [{"code": "NOT_FOUND"}]}')
+        body, media_type = found
+        headers = {"Content-Type": media_type, "Docker-Content-Digest": str(digest_of(body))}
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(body))
+            return httpx.Response(200, headers=headers, stream=Body())
+        return reply(200, body, headers, length=True)
+
+
+async def pull(client: Any, repo: str) -> list[int]:
+    """Status of the manifest GET, then of every blob GET it leads to (none if it failed)."""
+    accept = {"Accept": OCI_MANIFEST}
+    manifest = await client.get(f"/v2/{repo}/manifests/latest", headers=accept)
+    statuses = [manifest.status_code]
+    if manifest.status_code == 200:
+        doc = json.loads(await manifest.get_data())
+        for descriptor in [doc["config"], *doc["layers"]]:
+            blob = await client.get(f"/v2/{repo}/blobs/{descriptor['digest']}")
+            await blob.get_data()
+            statuses.append(blob.status_code)
+    return statuses
+
+
+async def test_with_the_upstream_down_an_evicted_image_fails_at_its_first_step(
+    tmp_path: Path,
+) -> None:
+    registry = Registry()
+    for name in ("one", "two", "three"):
+        registry.add(
+            f"team/{name}", [layer(f"cfg-{name}", 1024), layer(f"layer-{name}", 3 * MiB // 2)]
+        )
+    overrides = {
+        "upstream.registry": "https://registry.test",
+        "server.public_url": "https://mirror.test",
+        "cache.dir": str(tmp_path / "cache"),
+        "cache.max_size": str(CAP),
+    }
+    config = load_config(overrides, environ={})
+    app = create_app(config, probe=False, transport=httpx.MockTransport(registry))
+    async with app.test_app():
+        client = app.test_client()
+        for name in ("one", "two", "three"):  # room for two: "one" is evicted
+            assert await pull(client, f"team/{name}") == [200, 200, 200]
+        registry.down = True
+        evicted = await pull(client, "team/one")
+        assert evicted[0] >= 500 and len(evicted) == 1, f"a pull failed half-way: {evicted}"
+        assert await pull(client, "team/three") == [200, 200, 200]  # still whole, from cache

@@ -1,0 +1,223 @@
+"""ManifestStore: manifests by digest, tags with a TTL, per upstream, on disk across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from docxy.cache.errors import DigestMismatch
+from docxy.cache.manifests import ManifestStore, TagState, referenced_digests
+from docxy.cache.visibility import AccessIndex, RepoKey
+from docxy.core.digests import digest_of
+
+HUB = "registry-1.docker.io"
+ALPINE = RepoKey(HUB, "library/alpine")
+OTHER = RepoKey(HUB, "library/busybox")
+MIRROR_ALPINE = RepoKey("mirror.example", "library/alpine")
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+TTL = 300.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def manifest_bytes(n: int) -> bytes:
+    layer = {"mediaType": "x", "digest": str(digest_of(b"layer%d" % n)), "size": 6}
+    config = {"mediaType": "c", "digest": str(digest_of(b"config%d" % n)), "size": 7}
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]}
+    return json.dumps(doc).encode()
+
+
+def open_store(root: Path, clock: Clock) -> ManifestStore:
+    return ManifestStore.open(
+        root / "manifests", AccessIndex(root / "access"), tag_ttl=TTL, clock=clock
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> ManifestStore:
+    return open_store(tmp_path, clock)
+
+
+async def test_put_get_round_trip(store: ManifestStore) -> None:
+    content = manifest_bytes(1)
+    stored = await store.put(ALPINE, content, OCI_MANIFEST, public=True)
+    assert stored.digest == digest_of(content)
+    got = await store.get(ALPINE, stored.digest)
+    assert got is not None
+    assert (got.content, got.media_type) == (content, OCI_MANIFEST)
+    assert got.visibility is not None and got.visibility.public
+
+
+async def test_put_rejects_wrong_digest(store: ManifestStore) -> None:
+    content = manifest_bytes(1)
+    claimed = digest_of(b"something else")
+    with pytest.raises(DigestMismatch):
+        await store.put(ALPINE, content, OCI_MANIFEST, public=True, digest=claimed)
+    assert await store.get(ALPINE, claimed) is None
+    assert await store.get(ALPINE, digest_of(content)) is None
+
+
+async def test_upstreams_never_mix(store: ManifestStore) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "3.20", stored.digest, public=True)
+    assert await store.get(MIRROR_ALPINE, stored.digest) is None
+    assert (await store.resolve_tag(MIRROR_ALPINE, "3.20")).state is TagState.MISSING
+
+
+async def test_visibility_is_per_repository(store: ManifestStore) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=False)
+    in_alpine = await store.get(ALPINE, stored.digest)
+    in_other = await store.get(OTHER, stored.digest)
+    assert in_alpine is not None and in_alpine.visibility is not None
+    assert not in_alpine.visibility.public
+    assert in_other is not None and in_other.visibility is None  # bytes cached, never seen there
+
+
+async def test_tag_fresh_then_stale_then_revalidated(store: ManifestStore, clock: Clock) -> None:
+    assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.MISSING
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    entry = await store.set_tag(ALPINE, "latest", stored.digest, public=True)
+    assert entry.fetched_at == clock.now
+
+    fresh = await store.resolve_tag(ALPINE, "latest")
+    assert fresh.state is TagState.FRESH
+    assert fresh.manifest is not None and fresh.manifest.content == manifest_bytes(1)
+    assert fresh.visibility is not None and fresh.visibility.public
+
+    clock.now += TTL - 1
+    assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.FRESH
+    clock.now += 1
+    stale = await store.resolve_tag(ALPINE, "latest")
+    assert stale.state is TagState.STALE
+    assert stale.manifest == fresh.manifest  # still servable if the upstream is down
+
+    # An upstream HEAD confirmed the digest: fresh again for another TTL, no GET needed.
+    await store.set_tag(ALPINE, "latest", stored.digest, public=True)
+    assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.FRESH
+
+
+async def test_tag_moves_to_new_digest(store: ManifestStore) -> None:
+    first = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    second = await store.put(ALPINE, manifest_bytes(2), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "latest", first.digest, public=True)
+    await store.set_tag(ALPINE, "latest", second.digest, public=True)
+    resolved = await store.resolve_tag(ALPINE, "latest")
+    assert resolved.entry is not None and resolved.entry.digest == second.digest
+    assert await store.get(ALPINE, first.digest) is not None  # by digest: immutable, kept
+
+
+async def test_clock_going_backwards_is_stale(store: ManifestStore, clock: Clock) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "latest", stored.digest, public=True)
+    clock.now -= 10
+    assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.STALE
+
+
+async def test_tag_without_its_manifest_is_missing(store: ManifestStore) -> None:
+    await store.set_tag(ALPINE, "latest", digest_of(b"never stored"), public=True)
+    assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.MISSING
+
+
+async def test_public_tag_not_downgraded_by_private_confirmation(store: ManifestStore) -> None:
+    first = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "latest", first.digest, public=True)
+    await store.set_tag(ALPINE, "latest", first.digest, public=False)
+    resolved = await store.resolve_tag(ALPINE, "latest")
+    assert resolved.visibility is not None and resolved.visibility.public
+    # A different digest seen only with a client's credentials is private.
+    second = await store.put(ALPINE, manifest_bytes(2), OCI_MANIFEST, public=False)
+    await store.set_tag(ALPINE, "latest", second.digest, public=False)
+    resolved = await store.resolve_tag(ALPINE, "latest")
+    assert resolved.visibility is not None and not resolved.visibility.public
+
+
+async def test_forget_and_list_tags(store: ManifestStore, clock: Clock) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "a", stored.digest, public=True)
+    clock.now += 1
+    await store.set_tag(OTHER, "b", stored.digest, public=False)
+    assert [(e.repo, e.tag) for e in store.list_tags()] == [(ALPINE, "a"), (OTHER, "b")]
+    assert await store.forget_tag(ALPINE, "a")
+    assert not await store.forget_tag(ALPINE, "a")
+    assert (await store.resolve_tag(ALPINE, "a")).state is TagState.MISSING
+    assert [e.tag for e in store.list_tags()] == ["b"]
+
+
+async def test_survives_restart(tmp_path: Path, clock: Clock) -> None:
+    store = open_store(tmp_path, clock)
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=False)
+    await store.set_tag(ALPINE, "latest", stored.digest, public=False)
+    leftover = store.root / "tmp" / "crashed-write.123"
+    leftover.write_bytes(b"{half")
+
+    reopened = open_store(tmp_path, clock)
+    assert not leftover.exists()
+    resolved = await reopened.resolve_tag(ALPINE, "latest")
+    assert resolved.state is TagState.FRESH
+    assert resolved.manifest is not None and resolved.manifest.content == manifest_bytes(1)
+    assert resolved.visibility is not None and not resolved.visibility.public
+
+
+async def test_corrupt_manifest_on_disk_is_never_served(store: ManifestStore) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "latest", stored.digest, public=True)
+    files = [p for p in (store.root / "by-digest").rglob("*") if p.is_file()]
+    content_file = next(p for p in files if p.suffix != ".json")
+    content_file.write_bytes(manifest_bytes(2))  # bit rot, or a torn write by another tool
+
+    assert await store.get(ALPINE, stored.digest) is None
+    assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.MISSING
+    assert not content_file.exists()
+
+
+async def test_content_without_metadata_is_missing(store: ManifestStore) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    meta = next(p for p in (store.root / "by-digest").rglob("*.json"))
+    os.unlink(meta)  # killed between writing the content and its metadata
+    assert await store.get(ALPINE, stored.digest) is None
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{", b"[]", b'{"digest": "sha256:zz"}'])
+async def test_corrupt_tag_record_is_missing(store: ManifestStore, garbage: bytes) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "latest", stored.digest, public=True)
+    (tag_file,) = (store.root / "tags").glob("*.json")
+    tag_file.write_bytes(garbage)
+    assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.MISSING
+    assert store.list_tags() == []
+
+
+async def test_tag_record_of_another_key_is_not_used(store: ManifestStore) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "latest", stored.digest, public=True)
+    (alpine_file,) = (store.root / "tags").glob("*.json")
+    await store.set_tag(OTHER, "latest", stored.digest, public=True)
+    other_file = next(p for p in (store.root / "tags").glob("*.json") if p != alpine_file)
+    other_file.write_bytes(alpine_file.read_bytes())  # as if two keys hashed alike
+    assert (await store.resolve_tag(OTHER, "latest")).state is TagState.MISSING
+
+
+def test_referenced_digests() -> None:
+    layer = digest_of(b"layer1")
+    config = digest_of(b"config1")
+    assert referenced_digests(manifest_bytes(1)) == [config, layer]
+    child = digest_of(b"child")
+    index = {"manifests": [{"digest": str(child)}, {"digest": "bogus"}, {"digest": str(child)}]}
+    assert referenced_digests(json.dumps(index).encode()) == [child]
+    assert referenced_digests(b"not json") == []
+    assert referenced_digests(b"[1, 2]") == []
+    assert referenced_digests(b'{"layers": "nope", "config": 3}') == []

@@ -1,0 +1,388 @@
+"""``docxy cache ls | du | rm | gc`` against a real cache directory filled through the store API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from docxy.cache import Digest, RepoKey, digest_of, open_cache, parse_digest
+from docxy.cache.fill import BlobWriter
+from docxy.cli.cache import human_age, human_size
+from docxy.cli.main import main
+from docxy.core.names import ImageRef, parse_image_ref
+
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
+UPSTREAM = "http://up.test"
+HOST = "up.test"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+# --- image references -----------------------------------------------------------------------
+
+HEX = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("redis", ImageRef(None, "library/redis", "latest", None)),
+        ("redis:7", ImageRef(None, "library/redis", "7", None)),
+        ("bitnami/redis", ImageRef(None, "bitnami/redis", "latest", None)),
+        ("docker.io/redis", ImageRef("docker.io", "library/redis", "latest", None)),
+        ("ghcr.io/a/b:v1", ImageRef("ghcr.io", "a/b", "v1", None)),
+        ("ghcr.io/b", ImageRef("ghcr.io", "b", "latest", None)),
+        ("localhost/x", ImageRef("localhost", "x", "latest", None)),
+        ("localhost:5000/x/y:2", ImageRef("localhost:5000", "x/y", "2", None)),
+        (f"redis@sha256:{HEX}", ImageRef(None, "library/redis", None, Digest("sha256", HEX))),
+        (f"redis:7@sha256:{HEX}", ImageRef(None, "library/redis", "7", Digest("sha256", HEX))),
+    ],
+)
+def test_parse_image_ref(text: str, expected: ImageRef) -> None:
+    assert parse_image_ref(text) == expected
+
+
+def test_parse_image_ref_without_library_prefix() -> None:
+    assert parse_image_ref("redis", library_prefix=False).name == "redis"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "Redis", "redis:", "redis:-x", "a//b", "redis@sha256:abc", "redis@md5:" + HEX, "../x"],
+)
+def test_parse_image_ref_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_image_ref(text)
+
+
+def test_image_ref_round_trips() -> None:
+    assert str(parse_image_ref("ghcr.io/a/b:v1")) == "ghcr.io/a/b:v1"
+    assert parse_image_ref(f"x@sha256:{HEX}").ref == f"sha256:{HEX}"
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (2 << 20, "2.0 MiB"), (5 << 40, "5.0 TiB")],
+)
+def test_human_size(size: int, text: str) -> None:
+    assert human_size(size) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(-5, "0s"), (59.9, "59s"), (60, "1m"), (7200, "2h"), (90000, "1d")]
+)
+def test_human_age(seconds: float, text: str) -> None:
+    assert human_age(seconds) == text
+
+
+# --- a populated cache ----------------------------------------------------------------------
+
+
+@dataclass
+class Populated:
+    root: Path
+    alpine: Digest  # library/alpine:3.20 — config, shared layer, own layer
+    busybox: Digest  # library/busybox:1 — config, shared layer, own layer
+    hello: Digest  # library/hello:latest — an index of two images
+    secret: Digest  # acme/secret:v1 — private
+    blobs: dict[str, Digest]
+    children: list[Digest]  # hello's platform manifests
+
+    def blob_path(self, name: str) -> Path:
+        digest = self.blobs[name]
+        return self.root / "blobs" / digest.algorithm / digest.hex[:2] / digest.hex
+
+
+def _descriptor(digest: Digest, size: int, media_type: str) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": str(digest), "size": size}
+
+
+async def _populate(root: Path) -> Populated:
+    cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
+    data = {
+        name: f"{name} ".encode() * 100
+        for name in ("shared", "alpine-cfg", "alpine-l", "busybox-cfg", "busybox-l")
+        + ("amd64-cfg", "amd64-l", "arm64-cfg", "arm64-l", "secret-l")
+    }
+    digests = {}
+    for name, content in data.items():
+        digest = digest_of(content)
+        writer = await cache.blobs.fetch_or_join(digest)
+        assert isinstance(writer, BlobWriter)
+        async with writer:
+            await writer.write(content)
+            assert await writer.commit(len(content)) is not None
+        digests[name] = digest
+
+    def image(cfg: str, *layers: str) -> bytes:
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": _descriptor(digests[cfg], len(data[cfg]), "application/json"),
+            "layers": [_descriptor(digests[n], len(data[n]), "x/layer") for n in layers],
+        }
+        return json.dumps(doc).encode()
+
+    async def tag(repo: str, name: str, content: bytes, media: str, public: bool = True) -> Digest:
+        key = RepoKey(HOST, repo)
+        stored = await cache.manifests.put(key, content, media, public=public)
+        await cache.manifests.set_tag(key, name, stored.digest, public=public)
+        return stored.digest
+
+    alpine = await tag(
+        "library/alpine", "3.20", image("alpine-cfg", "shared", "alpine-l"), OCI_MANIFEST
+    )
+    busybox = await tag(
+        "library/busybox", "1", image("busybox-cfg", "shared", "busybox-l"), OCI_MANIFEST
+    )
+    children = []
+    for arch in ("amd64", "arm64"):
+        content = image(f"{arch}-cfg", f"{arch}-l")
+        stored = await cache.manifests.put(
+            RepoKey(HOST, "library/hello"), content, OCI_MANIFEST, public=True
+        )
+        children.append(
+            _descriptor(stored.digest, len(content), OCI_MANIFEST)
+            | {"platform": {"os": "linux", "architecture": arch}}
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}).encode()
+    hello = await tag("library/hello", "latest", index, OCI_INDEX)
+    secret = await tag(
+        "acme/secret", "v1", image("alpine-cfg", "secret-l"), OCI_MANIFEST, public=False
+    )
+    platforms = [parse_digest(str(c["digest"])) for c in children]
+    return Populated(root, alpine, busybox, hello, secret, digests, platforms)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Populated:
+    return asyncio.run(_populate(tmp_path / "cache"))
+
+
+def run(capsys: pytest.CaptureFixture[str], cache: Populated, *args: str) -> tuple[int, str, str]:
+    action, *rest = args
+    code = main(["cache", action, "--cache-dir", str(cache.root), "--upstream", UPSTREAM, *rest])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def listed(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> tuple[list[list[str]], set[str]]:
+    code, out, _ = run(capsys, cache, "ls")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()]
+    tags = [row for row in rows if row[0] == "tag"]
+    blobs = {row[1] for row in rows if row[0] == "blob"}
+    return tags, blobs
+
+
+# --- ls -------------------------------------------------------------------------------------
+
+
+def test_ls_lists_tags_sorted_then_blobs(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    tags, blobs = listed(capsys, cache)
+    assert [row[2] for row in tags] == [
+        "acme/secret:v1",
+        "library/alpine:3.20",
+        "library/busybox:1",
+        "library/hello:latest",
+    ]
+    assert tags[1] == ["tag", HOST, "library/alpine:3.20", str(cache.alpine), "0s", "public"]
+    assert tags[0][-1] == "private"
+    assert blobs == {str(d) for d in cache.blobs.values()}
+
+
+def test_ls_blobs_most_recently_used_first(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    old = time.time() - 3600
+    for name in cache.blobs:
+        os.utime(cache.blob_path(name), (old, old))
+    os.utime(cache.blob_path("busybox-l"))
+    code, out, _ = run(capsys, cache, "ls", "--blobs")
+    assert code == 0
+    lines = out.splitlines()
+    assert all(line.startswith("blob") for line in lines)
+    assert lines[0].split()[1] == str(cache.blobs["busybox-l"])
+    assert lines[0].endswith("used 0s ago")
+    assert lines[1].endswith("used 1h ago")
+    assert "  1000 B  " in lines[0]  # "busybox-l " * 100
+
+
+def test_ls_tags_only(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
+    code, out, _ = run(capsys, cache, "ls", "--tags")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["tag"] * 4
+
+
+def test_ls_finds_the_cache_like_serve_does(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCXY_CACHE_DIR", str(cache.root))
+    assert main(["cache", "ls", "--tags"]) == 0
+    assert "library/alpine:3.20" in capsys.readouterr().out
+
+
+def test_ls_of_no_cache_is_empty(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path / "none")]) == 0
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "no cache" in err
+    assert not (tmp_path / "none").exists()
+
+
+def test_config_error_exits_2(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
+    code, out, err = run(capsys, cache, "du", "--set", "cache.max_size=lots")
+    assert code == 2
+    assert out == ""
+    assert "cache.max_size" in err and "(flag)" in err
+
+
+# --- du -------------------------------------------------------------------------------------
+
+
+def test_du(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
+    total = sum(p.stat().st_size for p in (cache.blob_path(n) for n in cache.blobs))
+    code, out, _ = run(capsys, cache, "du", "--set", "cache.max_size=64K")
+    assert code == 0
+    fields = dict(line.split(":", 1) for line in out.splitlines())
+    assert fields["blobs"].strip() == "10"
+    assert fields["tags"].strip() == "4"
+    assert fields["size"].strip() == f"{human_size(total)} ({total} bytes)"
+    assert fields["max_size"].strip() == "64.0 KiB (65536 bytes)"
+    assert fields["used"].strip() == f"{100 * total / 65536:.1f}%"
+
+
+# --- rm -------------------------------------------------------------------------------------
+
+
+def test_rm_forgets_the_tag_and_keeps_blobs(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    code, out, _ = run(capsys, cache, "rm", "alpine:3.20")
+    assert code == 0
+    assert f"untagged {HOST}/library/alpine:3.20 ({cache.alpine})" in out
+    tags, blobs = listed(capsys, cache)
+    assert "library/alpine:3.20" not in [row[2] for row in tags]
+    assert len(blobs) == 10
+
+
+def test_rm_blobs_keeps_blobs_shared_with_another_tag(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    code, out, _ = run(capsys, cache, "rm", "docker.io/library/busybox:1", "--blobs")
+    assert code == 0, out
+    assert "removed blob" in out
+    _, blobs = listed(capsys, cache)
+    gone = {name for name, digest in cache.blobs.items() if str(digest) not in blobs}
+    assert gone == {"busybox-cfg", "busybox-l"}  # "shared" is alpine's too
+    assert not cache.blob_path("busybox-l").exists()
+
+
+def test_rm_blobs_keeps_config_shared_with_a_private_image(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    assert run(capsys, cache, "rm", "alpine:3.20", "--blobs")[0] == 0
+    _, blobs = listed(capsys, cache)
+    gone = {name for name, digest in cache.blobs.items() if str(digest) not in blobs}
+    assert gone == {"alpine-l"}  # config is acme/secret's too, "shared" is busybox's
+
+
+def test_rm_index_removes_every_platform(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    code, out, _ = run(capsys, cache, "rm", "hello", "--blobs")
+    assert code == 0
+    _, blobs = listed(capsys, cache)
+    gone = {name for name, digest in cache.blobs.items() if str(digest) not in blobs}
+    assert gone == {"amd64-cfg", "amd64-l", "arm64-cfg", "arm64-l"}
+
+
+def test_rm_by_digest(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
+    code, out, _ = run(capsys, cache, "rm", f"{HOST}/acme/secret@{cache.secret}", "--blobs")
+    assert code == 0
+    assert "untagged up.test/acme/secret:v1" in out
+    _, blobs = listed(capsys, cache)
+    assert str(cache.blobs["secret-l"]) not in blobs
+
+
+def test_rm_untagged_digest_keeps_what_a_tag_reaches(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    code, out, _ = run(capsys, cache, "rm", f"hello@{cache.children[0]}", "--blobs")
+    assert code == 0
+    assert out == f"no tag points at {cache.children[0]}\n"  # and hello:latest still needs them
+    assert len(listed(capsys, cache)[1]) == 10
+
+
+@pytest.mark.parametrize("image", ["alpine:edge", "nginx", "other.test/library/alpine:3.20"])
+def test_rm_not_cached_exits_1(
+    capsys: pytest.CaptureFixture[str], cache: Populated, image: str
+) -> None:
+    code, out, err = run(capsys, cache, "rm", image)
+    assert code == 1
+    assert out == ""
+    assert "not cached" in err
+
+
+def test_rm_bad_reference_exits_2(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
+    code, _, err = run(capsys, cache, "rm", "Alpine")
+    assert code == 2
+    assert "invalid repository name" in err
+
+
+def test_rm_refuses_a_blob_being_read(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
+    with cache.blob_path("busybox-l").open("rb"):
+        code, out, err = run(capsys, cache, "rm", "busybox:1", "--blobs")
+    assert code == 1
+    assert f"{cache.blobs['busybox-l'].hex[:12]} is being read (pid {os.getpid()})" in err
+    assert "nothing removed" in err
+    tags, blobs = listed(capsys, cache)
+    assert "library/busybox:1" in [row[2] for row in tags]
+    assert len(blobs) == 10
+
+
+# --- gc -------------------------------------------------------------------------------------
+
+
+def test_gc_verify_reports_what_it_removed(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    (cache.root / "blobs" / "stray.txt").write_text("not a blob")
+    old_tmp = cache.root / "tmp" / "sha256-dead.123"
+    old_tmp.write_bytes(b"half a fill")
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    young_tmp = cache.root / "tmp" / "sha256-beef.456"  # a live mirror's fill in progress
+    young_tmp.write_bytes(b"filling")
+    cache.blob_path("amd64-l").write_bytes(b"bit rot")
+
+    code, out, _ = run(capsys, cache, "gc", "--verify")
+    assert code == 0
+    report = {k.strip(): v.strip() for k, v in (line.split(":") for line in out.splitlines())}
+    assert report["temp files removed"] == "1"
+    assert report["stray files removed"] == "1"
+    assert report["corrupt blobs removed"] == "1"
+    assert report["blobs evicted"] == "0"
+    assert young_tmp.exists() and not old_tmp.exists()
+    assert not cache.blob_path("amd64-l").exists()
+
+
+def test_gc_evicts_down_to_max_size(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
+    code, out, _ = run(capsys, cache, "gc", "--set", "cache.max_size=2K")
+    assert code == 0
+    assert "corrupt blobs removed:  not checked" in out
+    evicted = int(out.split("blobs evicted:")[1].split()[0])
+    assert evicted > 0
+    code, out, _ = run(capsys, cache, "du")
+    size = int(out.split("(")[1].split()[0])
+    assert size <= 2048

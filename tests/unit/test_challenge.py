@@ -1,0 +1,204 @@
+"""``WWW-Authenticate`` challenges and token scopes: parsing, rendering, rewriting."""
+
+from __future__ import annotations
+
+import pytest
+
+from docxy.core.challenge import Challenge, parse_challenge, rewrite_challenge, rewrite_scope
+
+HUB = (
+    'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+    'scope="repository:library/redis:pull"'
+)
+MIRROR_REALM = "https://mirror.example.com/auth/token"
+
+
+@pytest.mark.parametrize(
+    ("header", "scheme", "params"),
+    [
+        (
+            HUB,
+            "Bearer",
+            {
+                "realm": "https://auth.docker.io/token",
+                "service": "registry.docker.io",
+                "scope": "repository:library/redis:pull",
+            },
+        ),
+        ('Basic realm="Registry Realm"', "Basic", {"realm": "Registry Realm"}),
+        ("Bearer", "Bearer", {}),
+        ("  Bearer  ", "Bearer", {}),
+        # spaces around separators, bare tokens, parameter names are case-insensitive
+        (
+            'bearer Realm = "https://a/t" ,  Service=reg , error=insufficient_scope',
+            "bearer",
+            {"realm": "https://a/t", "service": "reg", "error": "insufficient_scope"},
+        ),
+        # a comma inside quotes belongs to the value
+        (
+            'Bearer realm="https://a/t",scope="repository:x/y:pull,push"',
+            "Bearer",
+            {"realm": "https://a/t", "scope": "repository:x/y:pull,push"},
+        ),
+        # escaped quotes and backslashes inside quotes
+        (
+            r'Bearer realm="say \"hi\"",service="back\\slash"',
+            "Bearer",
+            {"realm": 'say "hi"', "service": "back\\slash"},
+        ),
+        # several scopes separated by spaces stay one value
+        (
+            'Bearer realm="r",scope="repository:a:pull repository:b:pull"',
+            "Bearer",
+            {"realm": "r", "scope": "repository:a:pull repository:b:pull"},
+        ),
+        ('Bearer realm=""', "Bearer", {"realm": ""}),
+    ],
+)
+def test_parse_challenge(header: str, scheme: str, params: dict[str, str]) -> None:
+    challenge = parse_challenge(header)
+    assert challenge == Challenge(scheme, params)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "   ",
+        '"Bearer"',
+        '=realm="x"',
+        'Bearer realm="unterminated',
+        "Bearer realm",
+    ],
+)
+def test_unparsable_challenges(header: str) -> None:
+    assert parse_challenge(header) is None
+
+
+def test_challenge_properties() -> None:
+    challenge = parse_challenge(HUB)
+    assert challenge is not None
+    assert challenge.realm == "https://auth.docker.io/token"
+    assert challenge.service == "registry.docker.io"
+    assert Challenge("Bearer").realm is None
+    assert Challenge("Bearer").service is None
+
+
+@pytest.mark.parametrize(
+    ("challenge", "rendered"),
+    [
+        (Challenge("Bearer"), "Bearer"),
+        (
+            Challenge("Bearer", {"realm": "https://m/auth/token"}),
+            'Bearer realm="https://m/auth/token"',
+        ),
+        (
+            Challenge("Bearer", {"realm": "r", "service": "s", "scope": "a,b c"}),
+            'Bearer realm="r",service="s",scope="a,b c"',
+        ),
+        (Challenge("Bearer", {"realm": 'q"uote'}), r'Bearer realm="q\"uote"'),
+        (Challenge("Bearer", {"realm": "back\\slash"}), r'Bearer realm="back\\slash"'),
+    ],
+)
+def test_render(challenge: Challenge, rendered: str) -> None:
+    assert challenge.render() == rendered
+    assert parse_challenge(rendered) == challenge
+
+
+def test_rewrite_replaces_realm_keeps_service_and_prefixes_scope() -> None:
+    header = (
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:redis:pull"'
+    )
+    assert rewrite_challenge(header, MIRROR_REALM, library_prefix=True) == (
+        f'Bearer realm="{MIRROR_REALM}",service="registry.docker.io",'
+        'scope="repository:library/redis:pull"'
+    )
+
+
+def test_rewrite_keeps_every_other_parameter() -> None:
+    header = (
+        'Bearer realm="https://auth.example/token",service="svc",'
+        'scope="repository:redis:pull,push",error="insufficient_scope"'
+    )
+    rewritten = parse_challenge(rewrite_challenge(header, MIRROR_REALM, library_prefix=True))
+    assert rewritten == Challenge(
+        "Bearer",
+        {
+            "realm": MIRROR_REALM,
+            "service": "svc",
+            "scope": "repository:library/redis:pull,push",
+            "error": "insufficient_scope",
+        },
+    )
+
+
+def test_rewrite_every_scope_in_a_challenge() -> None:
+    header = 'Bearer realm="r",scope="repository:redis:pull repository:org/app:pull"'
+    rewritten = parse_challenge(rewrite_challenge(header, MIRROR_REALM, library_prefix=True))
+    assert rewritten is not None
+    assert rewritten.params["scope"] == "repository:library/redis:pull repository:org/app:pull"
+
+
+def test_rewrite_without_library_prefix_keeps_scope() -> None:
+    header = 'Bearer realm="r",service="s",scope="repository:redis:pull"'
+    rewritten = parse_challenge(rewrite_challenge(header, MIRROR_REALM, library_prefix=False))
+    assert rewritten == Challenge(
+        "Bearer", {"realm": MIRROR_REALM, "service": "s", "scope": "repository:redis:pull"}
+    )
+
+
+def test_rewrite_adds_realm_when_missing() -> None:
+    rewritten = parse_challenge(rewrite_challenge('Bearer service="s"', MIRROR_REALM, True))
+    assert rewritten == Challenge("Bearer", {"service": "s", "realm": MIRROR_REALM})
+
+
+def test_rewrite_is_case_insensitive_on_scheme_and_keys() -> None:
+    rewritten = parse_challenge(
+        rewrite_challenge('bearer REALM="https://up/token",Service="s"', MIRROR_REALM, True)
+    )
+    assert rewritten == Challenge("Bearer", {"realm": MIRROR_REALM, "service": "s"})
+
+
+def test_rewrite_keeps_quoted_commas_and_escaped_quotes() -> None:
+    header = r'Bearer realm="https://up/token",service="a \"quoted\", service"'
+    rewritten = rewrite_challenge(header, MIRROR_REALM, True)
+    assert parse_challenge(rewritten) == Challenge(
+        "Bearer", {"realm": MIRROR_REALM, "service": 'a "quoted", service'}
+    )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        'Basic realm="Registry Realm"',
+        'basic realm="https://auth.docker.io/token"',
+        'Digest realm="r",nonce="n"',
+        "not a challenge at all ===",
+        "",
+    ],
+)
+def test_rewrite_leaves_other_schemes_untouched(header: str) -> None:
+    assert rewrite_challenge(header, MIRROR_REALM, library_prefix=True) == header
+
+
+@pytest.mark.parametrize(
+    ("scope", "prefix", "expected"),
+    [
+        ("repository:redis:pull", True, "repository:library/redis:pull"),
+        ("repository:redis:pull,push", True, "repository:library/redis:pull,push"),
+        ("repository:redis:*", True, "repository:library/redis:*"),
+        ("repository:redis:pull", False, "repository:redis:pull"),
+        ("repository:library/redis:pull", True, "repository:library/redis:pull"),
+        ("repository:org/app:pull", True, "repository:org/app:pull"),
+        ("repository:a/b/c:pull", True, "repository:a/b/c:pull"),
+        ("registry:catalog:*", True, "registry:catalog:*"),
+        ("repository:redis", True, "repository:redis"),
+        ("repository::pull", True, "repository::pull"),
+        ("repository", True, "repository"),
+        ("", True, ""),
+        ("repository:localhost:5000/app:pull", True, "repository:localhost:5000/app:pull"),
+    ],
+)
+def test_rewrite_scope(scope: str, prefix: bool, expected: str) -> None:
+    assert rewrite_scope(scope, prefix) == expected

@@ -1,0 +1,287 @@
+"""The command line: ``main(argv) -> int``, ``--show-config``, and config errors as exit 2."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from docxy import __version__
+from docxy.cli.main import EXIT_CONFIG, main
+
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
+SECRET = "hunter2-but-longer"
+
+
+def show(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, tuple[str, str]]:
+    """Run ``serve --show-config``; return key → (value, source)."""
+    assert main(["serve", "--show-config", *args]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    rows = {}
+    for line in out.splitlines():
+        setting, _, source = line.rpartition("  (")
+        key, _, value = setting.partition(" = ")
+        assert source.endswith(")"), line
+        rows[key] = (value, source[:-1])
+    return rows
+
+
+def config_failure(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(["serve", *args]) == EXIT_CONFIG
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1, err
+    assert err.startswith("docxy: config error: ")
+    return err.strip()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"docxy {__version__}\n"
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--help"]) == 0
+    assert "--show-config" in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == EXIT_CONFIG
+    assert "serve" in capsys.readouterr().out
+
+
+def test_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--lisen", "127.0.0.1:1"]) == 2
+    assert "--lisen" in capsys.readouterr().err
+
+
+def test_show_config_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rows = show(capsys)
+    assert rows["server.listen"] == ("127.0.0.1:8080", "default")
+    assert rows["server.public_url"] == ("http://127.0.0.1:8080", "default")
+    assert rows["upstream.registry"] == ("https://registry-1.docker.io", "default")
+    assert rows["upstream.library_prefix"] == ("True", "default")
+    assert rows["cache.dir"] == (str(tmp_path / "xdg" / "docxy"), "default")
+    assert rows["scheduler.hour"] == ("None", "default")
+    assert len(rows) == 34
+
+
+def test_show_config_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rows = show(
+        capsys,
+        "--listen",
+        "127.0.0.1:9999",
+        "--public-url",
+        "https://mirror.example.com/",
+        "--upstream",
+        "http://127.0.0.1:5000",
+        "--auth-realm",
+        "http://127.0.0.1:5001/token",
+        "--no-library-prefix",
+        "--no-cache",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--log-level",
+        "debug",
+        "--set",
+        "upstream.read_timeout=120",
+        "--set",
+        "cache.max_size=1G",
+    )
+    assert rows["server.listen"] == ("127.0.0.1:9999", "flag")
+    assert rows["server.public_url"] == ("https://mirror.example.com", "flag")
+    assert rows["upstream.registry"] == ("http://127.0.0.1:5000", "flag")
+    assert rows["upstream.auth_realm"] == ("http://127.0.0.1:5001/token", "flag")
+    assert rows["upstream.library_prefix"] == ("False", "flag")
+    assert rows["cache.enabled"] == ("False", "flag")
+    assert rows["cache.dir"] == (str(tmp_path / "cache"), "flag")
+    assert rows["log.level"] == ("DEBUG", "flag")
+    assert rows["upstream.read_timeout"] == ("120.0", "flag")
+    assert rows["cache.max_size"] == (str(1024**3), "flag")
+
+
+def test_show_config_precedence(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "docxy.toml"
+    config.write_text(
+        '[server]\nlisten = "127.0.0.1:7000"\n'
+        '[upstream]\nregistry = "https://file.example"\nauth_realm = "https://file.example/t"\n'
+        '[log]\nlevel = "warning"\n'
+    )
+    monkeypatch.setenv("DOCXY_CONFIG", str(config))
+    monkeypatch.setenv("DOCXY_UPSTREAM_REGISTRY", "https://env.example")
+    monkeypatch.setenv("DOCXY_LOG_LEVEL", "error")
+    rows = show(capsys, "--log-level", "debug")
+    assert rows["server.listen"] == ("127.0.0.1:7000", f"file {config}")
+    assert rows["upstream.auth_realm"] == ("https://file.example/t", f"file {config}")
+    assert rows["upstream.registry"] == ("https://env.example", "env DOCXY_UPSTREAM_REGISTRY")
+    assert rows["log.level"] == ("DEBUG", "flag")
+
+
+def test_config_flag_beats_docxy_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    chosen, other = tmp_path / "chosen.toml", tmp_path / "other.toml"
+    chosen.write_text('[upstream]\nregistry = "https://chosen.example"\n')
+    other.write_text('[upstream]\nregistry = "https://other.example"\n')
+    monkeypatch.setenv("DOCXY_CONFIG", str(other))
+    rows = show(capsys, "--config", str(chosen))
+    assert rows["upstream.registry"] == ("https://chosen.example", f"file {chosen}")
+
+
+def test_show_config_hides_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCXY_UPSTREAM_USERNAME", "bob")
+    monkeypatch.setenv("DOCXY_UPSTREAM_PASSWORD", SECRET)
+    assert main(["serve", "--show-config"]) == 0
+    out = capsys.readouterr().out
+    assert SECRET not in out
+    assert "upstream.password = (set)  (env DOCXY_UPSTREAM_PASSWORD)" in out.splitlines()
+
+
+def test_seed_cert_aliases(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    monkeypatch.setenv("DOCXY_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_KEY_PATH", str(key))
+    rows = show(capsys)
+    assert rows["tls.cert_path"] == (str(cert), "env DOCXY_CERT_PATH")
+    assert rows["tls.key_path"] == (str(key), "env DOCXY_KEY_PATH")
+
+
+def test_bad_flag_value(capsys: pytest.CaptureFixture[str]) -> None:
+    error = config_failure(capsys, "--listen", "nowhere")
+    assert error.startswith("docxy: config error: server.listen: ")
+    assert error.endswith("(flag)")
+
+
+def test_bad_set_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    error = config_failure(capsys, "--set", "upstream.read_timeout")
+    assert "--set upstream.read_timeout" in error
+
+
+def test_unknown_set_key(capsys: pytest.CaptureFixture[str]) -> None:
+    error = config_failure(capsys, "--set", "upstream.nope=1")
+    assert error == "docxy: config error: upstream.nope: unknown key (flag)"
+
+
+def test_unknown_env_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCXY_SERVER_FOO", "1")
+    error = config_failure(capsys, "--show-config")
+    assert error == "docxy: config error: server.foo: unknown key (env DOCXY_SERVER_FOO)"
+
+
+def test_unknown_toml_key(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "docxy.toml"
+    config.write_text("[upstream]\nregistryy = 'https://x.example'\n")
+    error = config_failure(capsys, "--config", str(config))
+    assert error == f"docxy: config error: upstream.registryy: unknown key (file {config})"
+
+
+def test_bad_env_url(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCXY_UPSTREAM_REGISTRY", "registry.example")
+    error = config_failure(capsys)
+    assert error.startswith("docxy: config error: upstream.registry: not an http(s) URL")
+    assert error.endswith("(env DOCXY_UPSTREAM_REGISTRY)")
+
+
+def test_unreadable_cert(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("key")
+    missing = tmp_path / "missing.pem"
+    error = config_failure(capsys, "--cert", str(missing), "--key", str(key))
+    assert error == f"docxy: config error: tls.cert_path: cannot read {missing} (flag)"
+
+
+def test_wildcard_listen_without_public_url(capsys: pytest.CaptureFixture[str]) -> None:
+    error = config_failure(capsys, "--listen", "0.0.0.0:8080")
+    assert error.startswith("docxy: config error: server.public_url: required")
+
+
+def test_password_not_echoed_in_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCXY_UPSTREAM_PASSWORD", SECRET)
+    error = config_failure(capsys, "--show-config")
+    assert error.startswith("docxy: config error: upstream.username: ")
+    assert SECRET not in error
+
+
+def test_certificate_not_pem_stops_serve_before_listening(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    error = config_failure(
+        capsys,
+        "--listen",
+        "127.0.0.1:1",
+        "--tls-listen",
+        "127.0.0.1:1",
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+    )
+    assert error.startswith("docxy: config error: tls.cert_path")
+    assert error.endswith("(flag)")
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port something else is listening on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def serve_args(tmp_path: Path, *args: str) -> list[str]:
+    # An upstream nobody answers on: the mirror must stop before it would ever ask.
+    return ["--upstream", "http://127.0.0.1:9", "--cache-dir", str(tmp_path / "cache"), *args]
+
+
+def test_a_listener_that_cannot_bind_is_one_line_naming_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, busy_port: int
+) -> None:
+    error = config_failure(capsys, *serve_args(tmp_path, "--listen", f"127.0.0.1:{busy_port}"))
+    assert error == (
+        f"docxy: config error: server.listen: cannot listen on 127.0.0.1:{busy_port}: "
+        "Address already in use (flag)"
+    )
+
+
+def test_a_busy_tls_listener_names_its_key_and_source(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    busy_port: int,
+) -> None:
+    monkeypatch.setenv("DOCXY_SERVER_TLS_LISTEN", f"127.0.0.1:{busy_port}")
+    from tests.bed.httpserver import free_port
+
+    error = config_failure(capsys, *serve_args(tmp_path, "--listen", f"127.0.0.1:{free_port()}"))
+    assert error.startswith("docxy: config error: server.tls_listen: cannot listen on 127.0.0.1:")
+    assert error.endswith("(env DOCXY_SERVER_TLS_LISTEN)")
+
+
+def test_an_address_not_on_this_machine_is_a_config_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    error = config_failure(
+        capsys,
+        *serve_args(tmp_path, "--listen", "192.0.2.1:8080", "--public-url", "http://x.example"),
+    )
+    assert error.startswith("docxy: config error: server.listen: cannot listen on 192.0.2.1:8080")

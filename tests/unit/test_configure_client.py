@@ -1,0 +1,480 @@
+"""scripts/configure-client.sh against a sandbox root, with stand-ins for docker, systemctl, kill.
+
+Every test reads the files the script left under the sandbox root and the commands it ran (the
+stand-ins' log); nothing here touches the machine's own Docker, containerd or podman.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.scriptbox import Rule, ScriptBox, output, run_ok
+
+MIRROR = "https://mirror.example.com"
+SCRIPT = "configure-client.sh"
+DAEMON_JSON = "/etc/docker/daemon.json"
+HOSTS_TOML = "/etc/containerd/certs.d/docker.io/hosts.toml"
+PODMAN_DROPIN = "/etc/containers/registries.conf.d/50-docxy-mirror.conf"
+
+RICH = """{
+    "log-driver": "json-file",
+    "log-opts": {"max-size": "10m", "max-file": "3"},
+    "registry-mirrors": ["https://other.example", "https://mirror.example.com/", "https://third.example"],
+    "insecure-registries": ["10.0.0.5:5000"],
+    "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 64000, "Soft": 64000}},
+    "big": 123456789012345678901234567890,
+    "label": "café"
+}
+"""
+
+
+def docker_info(*mirrors: str) -> Rule:
+    """`docker info` of a dockerd using ``mirrors`` (dockerd adds a trailing slash)."""
+    return Rule(r"^info", stdout=json.dumps([m + "/" for m in mirrors]) + "\n")
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> ScriptBox:
+    """A Docker host under systemd whose dockerd answers `docker info` with our mirror."""
+    box = ScriptBox(tmp_path)
+    box.stand_in("docker", docker_info(MIRROR))
+    box.stand_in("systemctl", Rule(r"is-active", rc=0))
+    box.stand_in("kill")
+    return box
+
+
+def run(box: ScriptBox, *args: str) -> tuple[int, str]:
+    result = box.run(SCRIPT, "--root", str(box.root), *args)
+    return result.returncode, result.stdout + result.stderr
+
+
+def configure(box: ScriptBox, *args: str) -> str:
+    """Run the script under the sandbox root; it must succeed. Returns what it printed."""
+    return run_ok(box.run(SCRIPT, "--root", str(box.root), *args))
+
+
+def daemon_json(box: ScriptBox) -> dict[str, object]:
+    loaded = json.loads(box.path(DAEMON_JSON).read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def backups(box: ScriptBox, path: str) -> list[Path]:
+    target = box.path(path)
+    return sorted(target.parent.glob(target.name + ".docxy-backup-*"))
+
+
+def leftovers(box: ScriptBox) -> list[str]:
+    """Temporary files the script left behind (it stages files as hidden siblings)."""
+    return [name for name in box.files() if Path(name).name.startswith(".")]
+
+
+# --- daemon.json ---------------------------------------------------------------------------
+
+
+def test_missing_daemon_json_is_created_and_dockerd_reloaded(box: ScriptBox) -> None:
+    code, said = run(box, "--mirror", MIRROR)
+
+    assert code == 0, said
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+    assert box.path(DAEMON_JSON).stat().st_mode & 0o777 == 0o644
+    assert backups(box, DAEMON_JSON) == []
+    assert box.called(r"^systemctl reload docker$")
+    assert box.called(r"^docker info")
+    assert "dockerd now uses https://mirror.example.com" in said
+    assert leftovers(box) == []
+
+
+def test_empty_daemon_json_is_filled_in(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text("  \n")
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+    assert [p.read_text() for p in backups(box, DAEMON_JSON)] == ["  \n"]
+
+
+def test_rich_daemon_json_keeps_every_key_and_mirror_with_ours_first(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(RICH)
+    box.path(DAEMON_JSON).chmod(0o600)
+
+    code, said = run(box, "--mirror", MIRROR + "/", "--docker")
+
+    assert code == 0, said
+    after = daemon_json(box)
+    before = json.loads(RICH)
+    assert after["registry-mirrors"] == [
+        MIRROR,
+        "https://other.example",
+        "https://third.example",
+    ]
+    assert {k: v for k, v in after.items() if k != "registry-mirrors"} == {
+        k: v for k, v in before.items() if k != "registry-mirrors"
+    }
+    assert list(after) == list(before), "keys keep their order"
+    assert box.path(DAEMON_JSON).stat().st_mode & 0o777 == 0o600, "the file keeps its mode"
+    (backup,) = backups(box, DAEMON_JSON)
+    assert backup.read_text() == RICH
+
+
+def test_second_run_changes_nothing_and_says_so(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(RICH)
+    configure(box, "--mirror", MIRROR, "--docker")
+    first = box.files()
+    box.forget_calls()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    assert box.files() == first, "byte-identical, and no new backup"
+    assert "already the first registry mirror: unchanged" in said
+    assert "Nothing to change" in said
+    assert not box.called(r"^(systemctl reload|systemctl restart|kill)")
+
+
+def test_second_run_reloads_a_dockerd_that_missed_the_first(box: ScriptBox) -> None:
+    configure(box, "--mirror", MIRROR, "--no-reload")
+    assert not box.called(r"^systemctl reload")
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, env={"DOCXY_RELOAD_WAIT": "1"})
+
+    assert box.called(r"^systemctl reload docker$")
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        '{"registry-mirrors": ["https://other.example"],',
+        '["https://mirror.example.com"]',
+        '{"registry-mirrors": "https://other.example"}',
+        '{"registry-mirrors": [1, 2]}',
+        '{"debug": true, "debug": false}',
+        "\ufeff{}",
+        "not json at all",
+    ],
+)
+def test_malformed_daemon_json_is_left_untouched_with_an_error(box: ScriptBox, broken: str) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_bytes(broken.encode())
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 3, said
+    assert box.files() == before, "byte-for-byte untouched, no backup, no temp file"
+    assert "daemon.json" in said and "left as it is" in said
+    assert not box.called(r"^(systemctl reload|kill)")
+
+
+def test_dry_run_prints_the_new_file_and_changes_nothing(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(RICH)
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--dry-run", "--containerd", "--podman", "--docker")
+
+    assert code == 0, said
+    assert box.files() == before
+    assert f"would write {box.path(DAEMON_JSON)}" in said
+    assert f'|     "{MIRROR}",' in said
+    assert f"would write {box.path(HOSTS_TOML)}" in said
+    assert f"would write {box.path(PODMAN_DROPIN)}" in said
+    assert not box.called(r"^(systemctl reload|systemctl restart|kill)")
+
+
+def test_remove_takes_out_only_this_mirror(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(RICH)
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    code, said = run(box, "--mirror", MIRROR, "--remove", "--docker")
+
+    assert code == 0, said
+    after = daemon_json(box)
+    assert after["registry-mirrors"] == ["https://other.example", "https://third.example"]
+    assert after["log-opts"] == {"max-size": "10m", "max-file": "3"}
+    assert box.called(r"^systemctl reload docker$")
+    assert "dockerd no longer uses" in said
+
+    again, said = run(box, "--mirror", MIRROR, "--remove", "--docker")
+    assert again == 0 and "nothing to remove" in said
+
+
+def test_add_then_remove_leaves_no_registry_mirrors_key(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text('{"debug": true}')
+    configure(box, "--mirror", MIRROR, "--docker")
+    box.stand_in("docker", docker_info())
+
+    configure(box, "--mirror", MIRROR, "--docker", "--remove")
+
+    assert daemon_json(box) == {"debug": True}
+    assert len(backups(box, DAEMON_JSON)) == 2
+
+
+def test_reload_by_sighup_to_the_pid_in_the_pidfile(box: ScriptBox) -> None:
+    pidfile = box.base / "dockerd.pid"
+    pidfile.write_text("4242\n")
+
+    code, said = run(box, "--mirror", MIRROR, "--docker", "--dockerd-pidfile", str(pidfile))
+
+    assert code == 0, said
+    assert [c.argv for c in box.calls("kill")] == [["-s", "HUP", "4242"]]
+    assert not box.called(r"^systemctl reload")
+
+
+def test_without_systemd_the_pidfile_under_root_is_used(box: ScriptBox) -> None:
+    box.stand_in("systemctl", Rule(r"is-active", rc=3))
+    box.path("/run/docker.pid").parent.mkdir(parents=True)
+    box.path("/run/docker.pid").write_text("777")
+
+    configure(box, "--mirror", MIRROR)
+
+    assert [c.argv for c in box.calls("kill")] == [["-s", "HUP", "777"]]
+
+
+def test_no_running_dockerd_is_said_and_not_an_error(box: ScriptBox) -> None:
+    box.stand_in("systemctl", Rule(r"is-active", rc=3))
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    assert "no running dockerd found" in said
+    assert box.calls("kill") == []
+
+
+def test_a_reload_that_does_not_take_fails_and_says_how_to_restart(box: ScriptBox) -> None:
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    result = box.run(
+        SCRIPT, "--root", str(box.root), "--mirror", MIRROR, env={"DOCXY_RELOAD_WAIT": "1"}
+    )
+
+    assert result.returncode == 1, output(result)
+    assert "systemctl restart docker" in result.stderr
+    assert not box.called(r"^systemctl restart")
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+
+
+def test_allow_restart_restarts_when_the_reload_does_not_take(box: ScriptBox) -> None:
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    box.run(
+        SCRIPT,
+        "--root",
+        str(box.root),
+        "--mirror",
+        MIRROR,
+        "--allow-restart",
+        env={"DOCXY_RELOAD_WAIT": "1"},
+    )
+
+    assert box.called(r"^systemctl restart docker$")
+
+
+def test_no_reload_writes_the_file_only(box: ScriptBox) -> None:
+    code, said = run(box, "--mirror", MIRROR, "--docker", "--no-reload")
+
+    assert code == 0, said
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+    assert not box.called(r"^(systemctl reload|kill)")
+    assert "--no-reload" in said
+
+
+def test_daemon_json_option_names_the_file(box: ScriptBox) -> None:
+    elsewhere = box.base / "private" / "daemon.json"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text('{"storage-driver": "vfs"}')
+
+    run_ok(
+        box.run(
+            SCRIPT, "--mirror", MIRROR, "--docker", "--daemon-json", str(elsewhere), "--no-reload"
+        )
+    )
+
+    assert json.loads(elsewhere.read_text()) == {
+        "storage-driver": "vfs",
+        "registry-mirrors": [MIRROR],
+    }
+
+
+@pytest.mark.parametrize(
+    "bad", ["mirror.example.com", "https://", 'https://x"y', "https://a/$(id)", "ftp://x"]
+)
+def test_a_bad_mirror_url_is_refused(box: ScriptBox, bad: str) -> None:
+    code, said = run(box, "--mirror", bad)
+
+    assert code == 2, said
+    assert box.files() == {}
+
+
+def test_the_mirror_is_required(box: ScriptBox) -> None:
+    code, said = run(box)
+
+    assert code == 2 and "--mirror URL is required" in said
+
+
+def test_without_python3_nothing_is_touched(box: ScriptBox) -> None:
+    box.without("python3")
+
+    code, said = run(box, "--mirror", MIRROR)
+
+    assert code == 1 and "python3" in said
+    assert box.files() == {}
+
+
+# --- which runtimes ---------------------------------------------------------------------------
+
+
+def test_only_installed_runtimes_are_configured(tmp_path: Path) -> None:
+    box = ScriptBox(tmp_path)
+    box.stand_in("podman")
+
+    code, said = run(box, "--mirror", MIRROR)
+
+    assert code == 0, said
+    assert list(box.files()) == [PODMAN_DROPIN.lstrip("/")]
+
+
+def test_no_runtime_found_is_an_error(tmp_path: Path) -> None:
+    box = ScriptBox(tmp_path)
+
+    code, said = run(box, "--mirror", MIRROR)
+
+    assert code == 1 and "found no Docker, containerd or podman" in said
+    assert box.files() == {}
+
+
+# --- containerd -------------------------------------------------------------------------------
+
+
+def test_containerd_hosts_toml_is_written_and_kept_on_a_second_run(box: ScriptBox) -> None:
+    configure(box, "--mirror", MIRROR, "--containerd")
+    text = box.path(HOSTS_TOML).read_text()
+    first = box.files()
+
+    said = configure(box, "--mirror", MIRROR, "--containerd")
+
+    assert 'server = "https://registry-1.docker.io"' in text
+    assert f'[host."{MIRROR}"]\n  capabilities = ["pull", "resolve"]\n' in text
+    assert box.files() == first
+    assert "unchanged" in said
+
+
+def test_containerd_other_hosts_are_kept_after_ours(box: ScriptBox) -> None:
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(
+        'server = "https://registry-1.docker.io"\n\n'
+        '[host."https://corp-cache.example"]\n  capabilities = ["pull", "resolve"]\n'
+        '  [host."https://corp-cache.example".header]\n    x-team = ["a"]\n'
+    )
+
+    configure(box, "--mirror", MIRROR, "--containerd")
+    text = box.path(HOSTS_TOML).read_text()
+
+    hosts = list(tomllib.loads(text)["host"])
+    assert hosts == [MIRROR, "https://corp-cache.example"]
+    assert tomllib.loads(text)["host"]["https://corp-cache.example"]["header"] == {"x-team": ["a"]}
+
+    configure(box, "--mirror", MIRROR, "--containerd", "--remove")
+    assert list(tomllib.loads(box.path(HOSTS_TOML).read_text())["host"]) == [
+        "https://corp-cache.example"
+    ]
+
+
+def test_containerd_remove_deletes_a_file_that_held_only_this_mirror(box: ScriptBox) -> None:
+    configure(box, "--mirror", MIRROR, "--containerd")
+
+    configure(box, "--mirror", MIRROR, "--containerd", "--remove")
+
+    assert not box.path(HOSTS_TOML).exists()
+    assert len(backups(box, HOSTS_TOML)) == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "verdict"),
+    [
+        (
+            'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+            '  config_path = "/etc/containerd/certs.d"\n',
+            "config_path points at /etc/containerd/certs.d",
+        ),
+        (
+            'version = 3\n[plugins."io.containerd.cri.v1.images".registry]\n'
+            '  config_path = "/etc/containerd/certs.d:/etc/docker/certs.d"\n',
+            "config_path points at /etc/containerd/certs.d",
+        ),
+        (
+            'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+            '  config_path = "/etc/other"\n',
+            "config_path is '/etc/other', which does not include",
+        ),
+        ("version = 2\n", "config_path is not set"),
+    ],
+)
+def test_containerd_config_path_is_reported(box: ScriptBox, config: str, verdict: str) -> None:
+    box.path("/etc/containerd/config.toml").parent.mkdir(parents=True)
+    box.path("/etc/containerd/config.toml").write_text(config)
+
+    said = configure(box, "--mirror", MIRROR, "--containerd")
+
+    assert verdict in said
+
+
+def test_containerd_config_path_without_tomllib(box: ScriptBox) -> None:
+    """Python 3.10 (Ubuntu 22.04) has no tomllib: the config_path line is still found."""
+    box.path("/etc/containerd/config.toml").parent.mkdir(parents=True)
+    box.path("/etc/containerd/config.toml").write_text(
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+        '  config_path = "/etc/containerd/certs.d"\n'
+    )
+    no_tomllib = box.base / "no-tomllib"
+    no_tomllib.mkdir()
+    (no_tomllib / "tomllib.py").write_text("raise ImportError('as on Python 3.10')\n")
+
+    result = box.run(
+        SCRIPT,
+        *("--root", str(box.root), "--mirror", MIRROR, "--containerd"),
+        env={"PYTHONPATH": str(no_tomllib)},
+    )
+
+    assert result.returncode == 0, output(result)
+    assert "config_path points at /etc/containerd/certs.d" in result.stdout
+
+
+# --- podman -----------------------------------------------------------------------------------
+
+
+def test_podman_dropin_for_an_http_mirror_is_insecure(box: ScriptBox) -> None:
+    configure(box, "--mirror", "http://127.0.0.1:5000", "--podman")
+
+    dropin = tomllib.loads(box.path(PODMAN_DROPIN).read_text())
+    assert dropin["registry"] == [
+        {
+            "prefix": "docker.io",
+            "location": "docker.io",
+            "mirror": [{"location": "127.0.0.1:5000", "insecure": True}],
+        }
+    ]
+
+
+def test_podman_dropin_second_run_and_remove(box: ScriptBox) -> None:
+    configure(box, "--mirror", MIRROR, "--podman")
+    first = box.files()
+    said = configure(box, "--mirror", MIRROR, "--podman")
+    assert box.files() == first and "unchanged" in said
+
+    mirrors = tomllib.loads(box.path(PODMAN_DROPIN).read_text())["registry"][0]["mirror"]
+    assert mirrors == [{"location": "mirror.example.com"}]
+
+    configure(box, "--mirror", MIRROR, "--podman", "--remove")
+    assert not box.path(PODMAN_DROPIN).exists()

@@ -1,0 +1,690 @@
+"""scripts/install.sh against a sandbox root, with stand-ins for the commands that change a
+machine (apt-get, systemctl, docker, curl, ss) and a real DNS resolver (dnsmasq) on loopback.
+
+Each test runs a copy of the script inside a fake clone (compose.yaml, Dockerfile, scripts/),
+or pipes it to bash with DOCXY_SOURCE_URL pointing at a file:// tarball, as `curl | bash`
+would. Public-address discovery goes to stand-in services; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.bed import need_binary
+from tests.clients.process import free_port, wait_for
+from tests.scriptbox import REPO, Rule, ScriptBox, output
+
+DOMAIN = "mirror.test"
+OURS = "203.0.113.7"
+OURS6 = "2001:db8::7"
+EMAIL = "ops@example.org"
+DEBIAN = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_CODENAME=bookworm\n'
+HEALTHY = '{"status": "ok", "tls": {"days_left": 89}}'
+# Commands that only look: everything else a dry run must not call.
+QUERIES = (
+    r"^(ss |apt-cache |systemctl is-|docker (ps|info|volume inspect|image inspect|compose version))"
+)
+COMPOSE_UP = r"^docker compose --project-name docxy .* up -d --build$"
+
+
+@dataclass(frozen=True)
+class Resolver:
+    address: str  # for --dns-server: 127.0.0.1#PORT
+
+
+@pytest.fixture(scope="module")
+def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+    """dnsmasq on a free loopback port: mirror.test -> 203.0.113.7, dual.test -> v4 and v6,
+    elsewhere.test -> someone else's address."""
+    need_binary("dnsmasq")
+    need_binary("dig")
+    port = free_port()
+    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+    argv = [
+        "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+        f"--address=/{DOMAIN}/{OURS}",
+        f"--address=/dual.test/{OURS}", f"--address=/dual.test/{OURS6}",
+        "--address=/elsewhere.test/198.51.100.9",
+        "--address=/v6wrong.test/203.0.113.7", "--address=/v6wrong.test/2001:db8::bad",
+    ]  # fmt: skip
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+
+        def answers() -> bool:
+            dig = ["dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "-p", str(port)]
+            found = subprocess.run([*dig, "A", DOMAIN], capture_output=True, text=True)
+            return found.stdout.strip() == OURS
+
+        wait_for(answers, timeout=20, what=f"dnsmasq on port {port}: {log.read_text()}")
+        yield Resolver(f"127.0.0.1#{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def box(tmp_path: Path, resolver: Resolver) -> ScriptBox:
+    """A Debian 12 host with Docker, Compose and systemd, no Docxy yet, ports free."""
+    box = ScriptBox(tmp_path)
+    box.path("/etc/os-release").parent.mkdir(parents=True)
+    box.path("/etc/os-release").write_text(DEBIAN)
+    box.stand_in("ss")
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+        Rule(r"^info", stdout=f'["https://{DOMAIN}/"]\n'),
+    )
+    box.stand_in("systemctl")
+    box.stand_in("apt-get")
+    box.stand_in("apt-cache", Rule(r"policy", stdout="  Candidate: (none)\n"))
+    box.stand_in(
+        "curl",
+        Rule(r"file://", passthrough=shutil.which("curl") or "/usr/bin/curl"),
+        Rule(rf"https://{DOMAIN}/health", stdout=HEALTHY),
+        Rule(r".", rc=7, stderr="curl: (7) the stand-in reaches nothing\n"),
+    )
+    clone = tmp_path / "clone"
+    (clone / "scripts").mkdir(parents=True)
+    for name in ("compose.yaml", "Dockerfile", "scripts/install.sh", "scripts/configure-client.sh"):
+        shutil.copy(REPO / name, clone / name)
+    return box
+
+
+def clone_script(box: ScriptBox) -> Path:
+    return box.base / "clone" / "scripts" / "install.sh"
+
+
+def env_file(box: ScriptBox) -> Path:
+    return box.base / "clone" / ".env"
+
+
+def install(
+    box: ScriptBox, resolver: Resolver, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = [
+        "--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL,
+        "--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0", "--yes",
+    ]  # fmt: skip
+    return box.run(clone_script(box), *base, *args, env=env)
+
+
+def stack_is_running(box: ScriptBox) -> None:
+    """From now on the docker stand-in shows Docxy's container running."""
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^info", stdout="[]\n"),
+        Rule(r"^ps ", stdout="3f2a1b\n"),
+        Rule(r"^(volume|image) inspect"),
+    )
+
+
+# --- the whole run ------------------------------------------------------------------------------
+
+
+def test_install_from_a_clone_writes_env_brings_the_stack_up_and_prints_client_commands(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    result = install(box, resolver, "--cache-size", "1G")
+
+    assert result.returncode == 0, output(result)
+    env = env_file(box)
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert env.read_text().splitlines()[1:] == [
+        f"DOCXY_DOMAIN={DOMAIN}",
+        f"DOCXY_EMAIL={EMAIL}",
+        "DOCXY_CACHE_MAX_SIZE=1G",
+    ]
+    assert box.called(COMPOSE_UP)
+    up = next(c for c in box.calls("docker") if c.argv[-1] == "--build")
+    assert up.argv[up.argv.index("-f") + 1] == str(box.base / "clone" / "compose.yaml")
+    assert up.argv[up.argv.index("--env-file") + 1] == str(env)
+    health = [c for c in box.calls("curl") if "/health" in c.line]
+    assert health and f"{DOMAIN}:443:127.0.0.1" in health[0].argv, "checked on this host"
+    assert "--insecure" not in health[0].argv and "-k" not in health[0].argv
+    assert f"curl -fsSL https://{DOMAIN}/setup.sh | sudo bash" in result.stdout
+    assert f'"registry-mirrors": ["https://{DOMAIN}"]' in result.stdout
+    assert not box.called(r"^apt-get"), "Docker was already installed"
+
+
+def test_second_run_changes_nothing_and_says_so(box: ScriptBox, resolver: Resolver) -> None:
+    assert install(box, resolver).returncode == 0
+    before = env_file(box).read_bytes()
+    stack_is_running(box)
+    box.forget_calls()
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert env_file(box).read_bytes() == before
+    assert "unchanged" in result.stdout
+    assert "already running with these settings" in result.stdout
+    assert "Nothing to change" in result.stdout
+    assert not box.called(COMPOSE_UP)
+    assert not box.called(r"^(apt-get|systemctl (enable|start))")
+
+
+def test_a_changed_setting_rewrites_env_and_restarts_the_stack(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    (box.base / "clone" / ".env").write_text("DOCXY_DOMAIN=mirror.test\nDOCXY_LOG_LEVEL=DEBUG\n")
+    stack_is_running(box)
+
+    result = install(box, resolver, "--cache-size", "2G")
+
+    assert result.returncode == 0, output(result)
+    lines = env_file(box).read_text().splitlines()
+    assert "DOCXY_CACHE_MAX_SIZE=2G" in lines
+    assert "DOCXY_LOG_LEVEL=DEBUG" in lines, "the operator's own lines are kept"
+    assert box.called(COMPOSE_UP)
+
+
+def test_dry_run_changes_nothing(box: ScriptBox, resolver: Resolver) -> None:
+    box.without("docker")
+    box.without("systemctl")
+    files = box.files()
+
+    result = install(
+        box,
+        resolver,
+        "--dry-run",
+        "--upstream-user",
+        "bob",
+        env={"DOCXY_UPSTREAM_PASSWORD": "s3cret"},
+    )
+
+    assert result.returncode == 0, output(result)
+    assert box.files() == files
+    assert not env_file(box).exists()
+    assert "would run: env DEBIAN_FRONTEND=noninteractive apt-get install" in result.stdout
+    assert f"would write {env_file(box)}" in result.stdout
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "would run: docker compose --project-name docxy" in result.stdout
+    assert [c.line for c in box.calls() if not re.search(QUERIES, c.line)] == []
+
+
+# --- settings and .env --------------------------------------------------------------------------
+
+
+def test_upstream_password_from_the_environment_is_written_but_never_shown(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    result = install(
+        box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "dckr_pat_x-1"}
+    )
+
+    assert result.returncode == 0, output(result)
+    lines = env_file(box).read_text().splitlines()
+    assert "DOCXY_UPSTREAM_USERNAME=bob" in lines
+    assert "DOCXY_UPSTREAM_PASSWORD='dckr_pat_x-1'" in lines
+    assert "dckr_pat_x-1" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_an_account_that_compose_yaml_does_not_pass_on_is_warned_about(
+    box: ScriptBox, resolver: Resolver, passed: bool
+) -> None:
+    compose = box.base / "clone" / "compose.yaml"
+    text = "services:\n  docxy:\n    environment:\n      DOCXY_DOMAIN: ${DOCXY_DOMAIN}\n"
+    if passed:
+        text += "      DOCXY_UPSTREAM_USERNAME: ${DOCXY_UPSTREAM_USERNAME:-}\n"
+    compose.write_text(text)
+
+    result = install(box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "pw"})
+
+    assert result.returncode == 0, output(result)
+    assert ("pulls anonymously" in result.stderr) is not passed
+
+
+def test_missing_settings_are_prompted_for_with_the_password_unechoed(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    answers = box.base / "answers"
+    answers.write_text(f"{DOMAIN}\n{EMAIL}\nhunter2\n")
+    args = ["--root", str(box.root), "--public-ip", OURS, "--dns-server", resolver.address]
+    args += ["--health-timeout", "0", "--upstream-user", "bob"]
+
+    result = box.run(clone_script(box), *args, env={"DOCXY_PROMPT_INPUT": str(answers)})
+
+    assert result.returncode == 0, output(result)
+    assert "The mirror's domain name" in result.stderr
+    assert "Password or access token for bob (not shown)" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    lines = env_file(box).read_text().splitlines()
+    assert f"DOCXY_DOMAIN={DOMAIN}" in lines and "DOCXY_UPSTREAM_PASSWORD='hunter2'" in lines
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--domain", ""], "--domain is required"),
+        (["--domain", "not a name"], "is not a DNS name"),
+        (["--email", "nobody"], "is not an email address"),
+        (["--cache-size", "lots"], "is not a size"),
+        (["--upstream-user", "bob"], "set DOCXY_UPSTREAM_PASSWORD"),
+    ],
+)
+def test_bad_settings_stop_before_any_change(
+    box: ScriptBox, resolver: Resolver, args: list[str], said: str
+) -> None:
+    result = install(box, resolver, *args)
+
+    assert result.returncode == 2, output(result)
+    assert said in result.stderr
+    assert not env_file(box).exists()
+    assert not box.called(r"^(apt-get|systemctl|docker compose)")
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def test_not_root_stops(box: ScriptBox, resolver: Resolver) -> None:
+    box.stand_in("id", Rule(r"-u", stdout="1000\n"))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1 and "run as root" in result.stderr, output(result)
+    assert box.calls("docker") == [] and not env_file(box).exists()
+
+
+@pytest.mark.parametrize(
+    ("os_release", "ok"),
+    [
+        ('ID=ubuntu\nPRETTY_NAME="Ubuntu 24.04 LTS"\nVERSION_CODENAME=noble\n', True),
+        ('ID=linuxmint\nID_LIKE="ubuntu debian"\nVERSION_CODENAME=wilma\n', True),
+        ('ID=fedora\nPRETTY_NAME="Fedora Linux 40"\n', False),
+        ('ID=alpine\n', False),
+    ],
+)  # fmt: skip
+def test_operating_systems(box: ScriptBox, resolver: Resolver, os_release: str, ok: bool) -> None:
+    box.path("/etc/os-release").write_text(os_release)
+
+    result = install(box, resolver)
+
+    if ok:
+        assert result.returncode == 0, output(result)
+    else:
+        assert result.returncode == 1, output(result)
+        assert "supports Debian and Ubuntu" in result.stderr
+        assert "Manual steps" in result.stderr
+        assert box.calls("docker") == []
+
+
+def test_unsupported_architecture_stops(box: ScriptBox, resolver: Resolver) -> None:
+    box.stand_in("uname", Rule(r"-m", stdout="riscv64\n"))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1 and "this machine is riscv64" in result.stderr, output(result)
+
+
+def test_ports_held_by_something_else_stop(box: ScriptBox, resolver: Resolver) -> None:
+    nginx = 'LISTEN 0 511 0.0.0.0:80 0.0.0.0:* users:(("nginx",pid=812,fd=6))\n'
+    box.stand_in("ss", Rule(r".", stdout=nginx))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert "nginx" in result.stdout and "free ports 80 and 443" in result.stderr
+    assert not box.called(COMPOSE_UP)
+
+
+def test_ports_held_by_docxy_itself_are_fine(box: ScriptBox, resolver: Resolver) -> None:
+    box.stand_in("ss", Rule(r".", stdout="LISTEN 0 4096 0.0.0.0:443 0.0.0.0:* docker-proxy\n"))
+    stack_is_running(box)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert "already Docxy's" in result.stdout
+
+
+def test_not_enough_disk_for_the_cache_stops(box: ScriptBox, resolver: Resolver) -> None:
+    result = install(box, resolver, "--cache-size", "900000T")
+
+    assert result.returncode == 1, output(result)
+    assert "smaller --cache-size" in result.stderr
+
+
+# --- DNS ----------------------------------------------------------------------------------------
+
+
+def test_dns_pointing_elsewhere_shows_both_and_stops(box: ScriptBox, resolver: Resolver) -> None:
+    result = install(box, resolver, "--domain", "elsewhere.test")
+
+    assert result.returncode == 1, output(result)
+    assert "elsewhere.test resolves to:       198.51.100.9" in result.stdout
+    assert f"this host's public address: {OURS}" in result.stdout
+    assert "not this host" in result.stderr and "--skip-dns-check" in result.stderr
+    assert not env_file(box).exists()
+
+
+def test_skip_dns_check_goes_on_with_a_warning(box: ScriptBox, resolver: Resolver) -> None:
+    box.stand_in("curl", Rule(r"https://elsewhere.test/health", stdout=HEALTHY))
+
+    result = install(box, resolver, "--domain", "elsewhere.test", "--skip-dns-check")
+
+    assert result.returncode == 0, output(result)
+    assert "going on (--skip-dns-check)" in result.stderr
+    assert box.called(COMPOSE_UP)
+
+
+def test_dns_with_matching_a_and_aaaa(box: ScriptBox, resolver: Resolver) -> None:
+    box.stand_in("curl", Rule(r"/health", stdout=HEALTHY))
+
+    result = install(box, resolver, "--domain", "dual.test", "--public-ip", OURS6.upper())
+
+    assert result.returncode == 0, output(result)
+    assert f"DNS: dual.test -> {OURS} {OURS6}, this host" in result.stdout
+
+
+def test_an_aaaa_record_for_another_host_stops(box: ScriptBox, resolver: Resolver) -> None:
+    result = install(box, resolver, "--domain", "v6wrong.test")
+
+    assert result.returncode == 1, output(result)
+    assert "AAAA record (2001:db8::bad)" in result.stderr
+
+
+def test_a_name_without_records_stops(box: ScriptBox, resolver: Resolver) -> None:
+    result = install(box, resolver, "--domain", "nothing.test")
+
+    assert result.returncode == 1 and "has no A or AAAA record" in result.stderr, output(result)
+
+
+def test_a_resolver_that_does_not_answer_stops(box: ScriptBox, resolver: Resolver) -> None:
+    silent = f"127.0.0.1#{free_port()}"
+
+    result = install(box, resolver, "--dns-server", silent)
+
+    assert result.returncode == 1, output(result)
+    assert f"did not answer for {DOMAIN}" in result.stderr
+    assert not box.called(COMPOSE_UP)
+
+
+def test_without_dig_dnsutils_is_installed_first(box: ScriptBox, resolver: Resolver) -> None:
+    box.without("dig")
+    box.stand_in("apt-get", Rule(r"install", effect=f'ln -s {shutil.which("dig")} "$STANDINS/dig"'))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    lines = [c.line for c in box.calls("apt-get")]
+    assert lines[:2] == [
+        "apt-get update",
+        "apt-get install -y --no-install-recommends dnsutils",
+    ]
+
+
+def test_dns_port_option(box: ScriptBox, resolver: Resolver) -> None:
+    host, port = resolver.address.split("#")
+
+    result = install(box, resolver, "--dns-server", host, "--dns-port", port)
+
+    assert result.returncode == 0, output(result)
+
+
+def discovery_box(box: ScriptBox, answers: dict[str, str]) -> dict[str, str]:
+    """curl answers for the address services; returns the env naming them."""
+    rules = [Rule(rf"https://{DOMAIN}/health", stdout=HEALTHY)]
+    rules += [Rule(rf"-4 .*{url}$", stdout=ip + "\n") for url, ip in answers.items()]
+    rules.append(Rule(r".", rc=7))
+    box.stand_in("curl", *rules)
+    return {
+        "DOCXY_IPV4_SERVICES": " ".join(answers) + " http://127.0.0.1:9/down",
+        "DOCXY_IPV6_SERVICES": "http://127.0.0.1:9/v6",
+    }
+
+
+def discover(
+    box: ScriptBox, resolver: Resolver, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--dns-server", resolver.address, "--health-timeout", "0"]
+    return box.run(clone_script(box), *args, env=env)
+
+
+def test_public_address_found_when_two_services_agree(box: ScriptBox, resolver: Resolver) -> None:
+    env = discovery_box(box, {"http://ip-a.test/": OURS, "http://ip-b.test/": OURS})
+
+    result = discover(box, resolver, env)
+
+    assert result.returncode == 0, output(result)
+    asked = [c.argv[-1] for c in box.calls("curl") if c.argv[0] in ("-4", "-6")]
+    assert asked == ["http://ip-a.test/", "http://ip-b.test/", "http://127.0.0.1:9/down"], (
+        "IPv6 is not asked about: mirror.test has no AAAA record"
+    )
+
+
+def test_services_that_disagree_stop(box: ScriptBox, resolver: Resolver) -> None:
+    env = discovery_box(box, {"http://ip-a.test/": OURS, "http://ip-b.test/": "192.0.2.1"})
+
+    result = discover(box, resolver, env)
+
+    assert result.returncode == 1, output(result)
+    assert "disagree" in result.stderr and "192.0.2.1" in result.stderr
+    assert "--public-ip" in result.stderr
+
+
+def test_no_service_answering_asks_for_public_ip(box: ScriptBox, resolver: Resolver) -> None:
+    env = discovery_box(box, {})
+
+    result = discover(box, resolver, env)
+
+    assert result.returncode == 1, output(result)
+    assert "could not find this host's public address: pass --public-ip" in result.stderr
+
+
+def test_one_service_alone_is_not_trusted(box: ScriptBox, resolver: Resolver) -> None:
+    env = discovery_box(box, {"http://ip-a.test/": OURS})
+
+    result = discover(box, resolver, env)
+
+    assert result.returncode == 1 and "not trusted alone" in result.stderr, output(result)
+
+
+# --- Docker set-up ------------------------------------------------------------------------------
+
+
+def docker_arrives_with_apt(box: ScriptBox) -> None:
+    """No docker yet; `apt-get install` puts the docker stand-in on PATH."""
+    box.without("docker")
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version 2.26.1\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+        present=False,
+    )
+    box.stand_in("apt-get", Rule(r"install", effect='cp "$STANDINS/.later/docker" "$STANDINS/"'))
+
+
+def test_docker_from_the_distribution_by_default(box: ScriptBox, resolver: Resolver) -> None:
+    docker_arrives_with_apt(box)
+    box.stand_in("systemctl", Rule(r"^is-", rc=1))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    installs = [c.argv for c in box.calls("apt-get") if "install" in c.argv]
+    assert installs == [["install", "-y", "--no-install-recommends", "docker.io", "docker-compose"]]
+    assert "debian's own packages (docker.io)" in result.stdout
+    assert box.called(r"^systemctl enable docker$") and box.called(r"^systemctl start docker$")
+    assert box.called(COMPOSE_UP)
+
+
+def test_ubuntu_gets_compose_v2_from_the_distribution(box: ScriptBox, resolver: Resolver) -> None:
+    box.path("/etc/os-release").write_text("ID=ubuntu\nVERSION_CODENAME=noble\n")
+    docker_arrives_with_apt(box)
+    box.stand_in("apt-cache", Rule(r"docker-compose-v2", stdout="  Candidate: 2.24.6\n"))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert box.called(r"apt-get install -y --no-install-recommends docker.io docker-compose-v2$")
+
+
+def test_docker_repo_adds_dockers_repository(box: ScriptBox, resolver: Resolver) -> None:
+    docker_arrives_with_apt(box)
+    box.stand_in("curl", Rule(r"download\.docker\.com"), Rule(r"/health", stdout=HEALTHY))
+
+    result = install(box, resolver, "--docker-repo")
+
+    assert result.returncode == 0, output(result)
+    assert "Docker's own apt repository" in result.stdout
+    assert box.called(
+        r"^curl -fsSL -o \S+/etc/apt/keyrings/docker.asc https://download.docker.com/linux/debian/gpg$"
+    )
+    listing = box.path("/etc/apt/sources.list.d/docker.list").read_text()
+    assert "signed-by=/etc/apt/keyrings/docker.asc" in listing
+    assert "https://download.docker.com/linux/debian bookworm stable" in listing
+    assert box.called(
+        r"apt-get install .* docker-ce docker-ce-cli containerd.io .*docker-compose-plugin"
+    )
+
+
+def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    box.stand_in("docker", Rule(r"^compose", rc=1), Rule(r"^(volume|image) inspect", rc=1))
+    box.stand_in("docker-compose")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert box.called(r"^docker-compose --project-name docxy .* up -d --build$")
+
+
+def test_an_unhealthy_mirror_fails_and_shows_its_log(box: ScriptBox, resolver: Resolver) -> None:
+    box.stand_in("curl", Rule(r"/health", rc=60, stderr="curl: (60) SSL certificate problem\n"))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert "SSL certificate problem" in result.stderr
+    assert box.called(r"^docker compose .* logs --tail 60$")
+
+
+def test_configure_local_docker(box: ScriptBox, resolver: Resolver) -> None:
+    result = install(box, resolver, "--configure-local-docker")
+
+    assert result.returncode == 0, output(result)
+    assert f'"https://{DOMAIN}"' in box.path("/etc/docker/daemon.json").read_text()
+
+
+# --- piped from a URL ---------------------------------------------------------------------------
+
+
+def source_tarball(box: ScriptBox) -> str:
+    tarball = box.base / "docxy-main.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(box.base / "clone", arcname="docxy-main")
+    return f"file://{tarball}"
+
+
+def test_piped_install_fetches_the_project_into_opt(box: ScriptBox, resolver: Resolver) -> None:
+    env = {"DOCXY_SOURCE_URL": source_tarball(box)}
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    script = clone_script(box).read_text()
+
+    first = box.run("", *args, env=env, stdin=script)
+
+    assert first.returncode == 0, output(first)
+    project = box.path("/opt/docxy")
+    assert (project / "compose.yaml").read_text() == (REPO / "compose.yaml").read_text()
+    assert (project / ".env").stat().st_mode & 0o777 == 0o600
+    assert box.called(rf"-f {project}/compose.yaml .* up -d --build$")
+
+    box.forget_calls()
+    stack_is_running(box)
+    again = box.run("", *args, env=env, stdin=script)
+    assert again.returncode == 0, output(again)
+    assert "using the project at" in again.stdout and "Nothing to change" in again.stdout
+    assert not box.called("file://")
+
+
+def test_piped_install_never_replaces_a_directory_that_is_not_docxy(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    precious = box.path("/srv/data")
+    precious.mkdir(parents=True)
+    (precious / "keep.txt").write_text("mine")
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--dir", str(precious)]
+    args += ["--source-url", source_tarball(box)]
+
+    result = box.run("", *args, stdin=clone_script(box).read_text())
+
+    assert result.returncode == 1, output(result)
+    assert "is not a Docxy project" in result.stderr
+    assert (precious / "keep.txt").read_text() == "mine"
+
+
+# --- uninstall ----------------------------------------------------------------------------------
+
+
+def test_uninstall_keeps_the_certificates_and_undoes_the_local_docker(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    assert install(box, resolver, "--configure-local-docker").returncode == 0
+    stack_is_running(box)
+    box.forget_calls()
+
+    result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
+
+    assert result.returncode == 0, output(result)
+    assert box.called(r"^docker compose --project-name docxy .* down --remove-orphans$")
+    assert box.called(r"^docker volume rm docxy_cache$")
+    assert not box.called(r"volume rm docxy_certs")
+    assert "kept the certificate volume docxy_certs" in result.stdout
+    assert env_file(box).exists()
+    assert f"https://{DOMAIN}" not in box.path("/etc/docker/daemon.json").read_text()
+
+
+def test_uninstall_purge_removes_certificates_env_and_image(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box)
+
+    result = box.run(clone_script(box), "--root", str(box.root), "--uninstall", "--purge")
+
+    assert result.returncode == 0, output(result)
+    assert box.called(r"^docker volume rm docxy_certs$")
+    assert box.called(r"^docker image rm docxy:local$")
+    assert not env_file(box).exists()
+    assert (box.base / "clone" / "compose.yaml").exists(), "a clone is never deleted"
+
+
+def test_uninstall_twice_the_second_changes_nothing(box: ScriptBox, resolver: Resolver) -> None:
+    result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
+
+    assert result.returncode == 0, output(result)
+    assert "Nothing to change" in result.stdout
+    assert not box.called(r"(down|volume rm|image rm)")
+
+
+def test_uninstall_dry_run(box: ScriptBox, resolver: Resolver) -> None:
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box)
+    box.forget_calls()
+    files = box.files()
+
+    result = box.run(
+        clone_script(box), "--root", str(box.root), "--uninstall", "--purge", "--dry-run"
+    )
+
+    assert result.returncode == 0, output(result)
+    assert "would run: docker volume rm docxy_certs" in result.stdout
+    assert box.files() == files and env_file(box).exists()
+    assert not box.called(r"(down|volume rm|image rm)")

@@ -1,0 +1,75 @@
+"""The admin listener: its setting, serving on its own port, and a port already taken."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.config import HostPort, load_config
+from docxy.core.errors import ConfigError
+from docxy.http.state import MirrorState
+from docxy.observe import Observer, create_admin_app, serve_admin
+from docxy.upstream.client import Upstream
+from tests.bed.httpserver import LOOPBACK, free_port
+
+
+def test_admin_listen_is_loopback_by_default_and_can_be_turned_off() -> None:
+    assert load_config(environ={}).server.admin_listen == HostPort("127.0.0.1", 9180)
+    off = load_config(environ={"DOCXY_SERVER_ADMIN_LISTEN": ""})
+    assert off.server.admin_listen is None
+    moved = load_config({"server.admin_listen": "0.0.0.0:9100"}, environ={})
+    assert moved.server.admin_listen == HostPort("0.0.0.0", 9100)
+
+
+def test_a_bad_admin_listen_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"server\.admin_listen: .*env DOCXY_SERVER_ADMIN_LISTEN"):
+        load_config(environ={"DOCXY_SERVER_ADMIN_LISTEN": "nine-one-eight-zero"})
+
+
+def make_observer(tmp_path: Path) -> Observer:
+    config = load_config({"cache.dir": str(tmp_path), "cache.enabled": "false"}, environ={})
+    return Observer(MirrorState(config, Upstream.from_config(config.upstream)))
+
+
+async def test_serves_until_told_to_stop(tmp_path: Path) -> None:
+    port = free_port()
+    stop = asyncio.Event()
+    app = create_admin_app(make_observer(tmp_path))
+    serving = asyncio.get_running_loop().create_task(
+        serve_admin(app, HostPort(LOOPBACK, port), stop.wait)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{port}") as client:
+            for _ in range(200):  # until the listener is up (bounded)
+                try:
+                    answer = await client.get("/status.json")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the admin listener never answered")
+        assert answer.status_code == 200
+        assert answer.json()["cache"]["enabled"] is False
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+
+
+async def test_a_port_in_use_is_logged_and_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = create_admin_app(make_observer(tmp_path))
+        never = asyncio.Event()
+        with caplog.at_level(logging.ERROR, logger="docxy.observe.admin"):
+            await asyncio.wait_for(serve_admin(app, HostPort(LOOPBACK, port), never.wait), 30)
+    assert f"cannot listen on {LOOPBACK}:{port}" in caplog.text
+    assert "server.admin_listen" in caplog.text

@@ -1,0 +1,258 @@
+"""The admin app's routes, fed by real requests through the mirror's ASGI stack.
+
+The upstream is an ``httpx.MockTransport``; requests go through ``AccessLog(Guard(app))`` as
+hypercorn would call them, so the observer sees what the access log sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from quart import Quart
+
+from docxy.config import load_config
+from docxy.http.app import create_app
+from docxy.http.middleware import AccessLog, Guard
+from docxy.http.state import mirror_state
+from docxy.observe import Observer, create_admin_app
+from docxy.observe.status import status_report
+from tests.unit.asgi import AsgiAnswer, call_asgi
+
+REGISTRY = "http://upstream.test"
+BLOB = b"layer bytes " * 1000
+BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": "x", "digest": BLOB_DIGEST, "size": len(BLOB)},
+        "layers": [],
+    }
+).encode()
+MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+
+
+def answer(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:
+    """A response whose body is still to be read, as from the network."""
+    return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body))
+
+
+@dataclass
+class Upstream:
+    """An open registry (no auth); ``down`` makes every request fail to connect."""
+
+    down: bool = False
+    status: int | None = None  # answer every manifest request with this status
+    seen: list[str] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(f"{request.method} {request.url.path}")
+        if self.down:
+            raise httpx.ConnectError("connection refused")
+        path = request.url.path
+        if path == "/v2/":
+            return answer(200, b"{}")
+        if "/manifests/" in path:
+            if self.status is not None:
+                return answer(self.status, headers={"ratelimit-remaining": "0;w=21600"})
+            headers = {
+                "Content-Type": MANIFEST_TYPE,
+                "Docker-Content-Digest": MANIFEST_DIGEST,
+                "ratelimit-remaining": "99;w=21600",
+                "ratelimit-limit": "100;w=21600",
+            }
+            return answer(200, MANIFEST, headers)
+        if path.endswith(f"/blobs/{BLOB_DIGEST}"):
+            return answer(200, BLOB)
+        return answer(404, b'{"errors": [{"code": "NOT_FOUND", "message": "no"}]}')
+
+
+@dataclass
+class Stack:
+    app: Quart
+    admin: Quart
+    observer: Observer
+    upstream: Upstream
+    asgi: Any
+
+    async def get(self, path: str, method: str = "GET") -> AsgiAnswer:
+        return await call_asgi(self.asgi, method, path, host="mirror.test")
+
+    async def admin_get(self, path: str) -> tuple[int, str]:
+        response = await self.admin.test_client().get(path)
+        return response.status_code, await response.get_data(as_text=True)
+
+    async def scrape(self) -> dict[str, float]:
+        status, text = await self.admin_get("/metrics")
+        assert status == 200
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                found[f"{sample.name}{{{labels}}}"] = sample.value
+        return found
+
+
+@asynccontextmanager
+async def stack(tmp_path: Path, *, cache: bool = True) -> AsyncIterator[Stack]:
+    config = load_config(
+        {
+            "upstream.registry": REGISTRY,
+            "cache.enabled": str(cache).lower(),
+            "cache.dir": str(tmp_path / "cache"),
+        },
+        environ={},
+    )
+    upstream = Upstream()
+    app = create_app(config, probe=False, transport=httpx.MockTransport(upstream))
+    observer = Observer(mirror_state(app))
+    observer.attach(app)
+    async with app.test_app():
+        yield Stack(
+            app,
+            create_admin_app(observer),
+            observer,
+            upstream,
+            AccessLog(Guard(app, None), observer),
+        )
+
+
+def blob_path(name: str = "library/hello") -> str:
+    return f"/v2/{name}/blobs/{BLOB_DIGEST}"
+
+
+async def test_a_miss_then_a_hit_move_the_counters_they_should(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
+        first = await mirror.get(blob_path())
+        assert first.status == 200 and first.body == BLOB
+        fetched = len(mirror.upstream.seen)
+        second = await mirror.get(blob_path())
+        assert second.status == 200 and second.body == BLOB
+        assert len(mirror.upstream.seen) == fetched  # served from disk
+
+        seen = await mirror.scrape()
+    blob = "outcome=miss,route=blob"
+    assert seen[f"docxy_cache_requests_total{{{blob}}}"] == 1
+    assert seen["docxy_cache_requests_total{outcome=hit,route=blob}"] == 1
+    assert seen["docxy_cache_requests_total{outcome=miss,route=manifest}"] == 1
+    assert seen["docxy_sent_bytes_total{source=cache}"] == len(BLOB)
+    assert seen["docxy_sent_bytes_total{source=upstream}"] == len(BLOB) + len(MANIFEST)
+    assert seen["docxy_http_requests_total{method=GET,route=blob,status_class=2xx}"] == 2
+    assert seen["docxy_upstream_responses_total{route=blob,status_class=2xx}"] == 1
+    assert seen["docxy_upstream_duration_seconds_count{route=blob}"] == 1  # not the hit
+    assert seen["docxy_cache_size_bytes{}"] == len(BLOB)
+    assert seen["docxy_cache_fills_total{}"] == 1
+    assert seen["docxy_open_requests{}"] == 0
+    assert seen["docxy_upstream_ratelimit_remaining{upstream=upstream.test}"] == 99
+
+
+async def test_the_main_listener_does_not_serve_metrics_or_status(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        for path in ("/metrics", "/status", "/status.json"):
+            answer = await mirror.get(path)
+            assert answer.status == 404, path
+            assert b"docxy_" not in answer.body
+            assert answer.headers["Content-Type"] == "application/json"
+        status, _ = await mirror.admin_get("/v2/")
+        assert status == 404  # and the admin app serves no registry
+
+
+async def test_status_json_reports_pulls_hits_and_upstream(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        for _ in range(3):
+            await mirror.get("/v2/library/hello/manifests/latest", "HEAD")
+        await mirror.get("/v2/hello/manifests/latest")  # same image without the prefix
+        await mirror.get("/v2/library/other/manifests/1.0")
+        await mirror.get(f"/v2/library/other/manifests/{MANIFEST_DIGEST}")  # by digest: no pull
+        await mirror.get(blob_path())
+        await mirror.get(blob_path())
+        status, body = await mirror.admin_get("/status.json")
+    assert status == 200
+    report = json.loads(body)
+    assert report["status"] == "ok"
+    assert report["top_images"] == [
+        {"image": "library/hello:latest", "pulls": 4},
+        {"image": "library/other:1.0", "pulls": 1},
+    ]
+    assert report["upstream"]["reachable"] is True
+    assert report["cache"]["requests"]["hit"] >= 1
+    assert 0 < report["cache"]["byte_hit_ratio"] < 1
+    assert report["traffic"]["requests"] == 8
+    assert report["recent_errors"] == []
+
+
+async def test_upstream_errors_reach_metrics_and_the_status_page(tmp_path: Path) -> None:
+    async with stack(tmp_path, cache=False) as mirror:
+        mirror.upstream.status = 503
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 503
+        mirror.upstream.status = 429
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 429
+        mirror.upstream.down = True
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 502
+        seen = await mirror.scrape()
+        report = status_report(mirror.observer)
+        status, page = await mirror.admin_get("/status")
+    host = "upstream=upstream.test"
+    assert seen[f"docxy_upstream_errors_total{{kind=server_error,{host}}}"] == 1
+    assert seen[f"docxy_upstream_errors_total{{kind=rate_limited,{host}}}"] == 1
+    assert seen[f"docxy_upstream_errors_total{{kind=unreachable,{host}}}"] == 1
+    assert seen[f"docxy_upstream_up{{{host}}}"] == 0
+    assert seen["docxy_http_requests_total{method=GET,route=manifest,status_class=5xx}"] == 2
+    assert report["status"] == "degraded"
+    assert [e["kind"] for e in report["recent_errors"]] == [
+        "unreachable",
+        "rate_limited",
+        "server_error",
+    ]
+    assert report["cache"]["enabled"] is False
+    assert status == 200
+    assert "unreachable" in page and "answered 429" in page
+
+
+async def test_metrics_never_label_by_repository(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        for n in range(20):
+            await mirror.get(f"/v2/someone/repo{n}/manifests/tag{n}")
+        seen = await mirror.scrape()
+    assert not [name for name in seen if "repo" in name or "someone" in name]
+    assert seen["docxy_http_requests_total{method=GET,route=manifest,status_class=2xx}"] == 20
+
+
+async def test_bad_paths_are_counted_not_crashed_on(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        answer = await mirror.get("/v2/library/hello/blobs/sha256:nothex")
+        assert answer.status == 400
+        seen = await mirror.scrape()
+    assert seen["docxy_http_requests_total{method=GET,route=other,status_class=4xx}"] == 1
+    assert seen["docxy_open_requests{}"] == 0
+
+
+async def test_admin_root_redirects_to_the_page_and_unknown_paths_are_404(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        response = await mirror.admin.test_client().get("/")
+        assert response.status_code == 302
+        assert response.headers["Location"] == "/status"
+        status, body = await mirror.admin_get("/nope")
+    assert status == 404
+    assert json.loads(body)["paths"] == ["/metrics", "/status", "/status.json"]
+
+
+async def test_metrics_speak_openmetrics_to_a_scraper_that_asks(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        plain = await mirror.admin.test_client().get("/metrics")
+        accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        open_metrics = await mirror.admin.test_client().get("/metrics", headers={"Accept": accept})
+        assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert open_metrics.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert (await open_metrics.get_data(as_text=True)).endswith("# EOF\n")
+        assert plain.headers["Cache-Control"] == "no-store"

@@ -1,0 +1,299 @@
+"""The cache in the request path, against a MockTransport upstream: what a real registry can't
+be made to show (a full disk) and what the bed does not model (the mirror's own account)."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from quart import Quart
+
+from docxy.cache import fill
+from docxy.config import load_config
+from docxy.http.app import create_app
+from tests.unit import fakes
+from tests.unit.asgi import call_asgi
+
+REGISTRY = "https://registry.test"
+AUTH = "https://auth.test/token"
+BLOB = bytes(range(256)) * 4096  # 1 MiB: past the writer's flush size
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+def reply(status: int, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return fakes.reply(status, data, headers or {}, length=True)
+
+
+class Upstream:
+    """A token-auth registry whose one repository, ``team/app``, needs an account."""
+
+    def __init__(self) -> None:
+        self.token_auth: list[str | None] = []
+        self.blob_gets = 0
+        self.refused: list[str | None] = []  # the Authorization of each refused blob GET
+        self.ping_status = 401
+        self.service = "registry.test"
+        self.token_queries: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            self.token_auth.append(request.headers.get("authorization"))
+            self.token_queries.append(request.url.query.decode())
+            granted = request.headers.get("authorization") == basic("bot", "s3cret")
+            token = b'{"token": "account"}' if granted else b'{"token": "anon"}'
+            return reply(200, token, {"Content-Type": "application/json"})
+        if request.url.path == "/v2/" and self.ping_status != 401:
+            return reply(self.ping_status, b"{}")
+        if request.url.path == "/v2/":
+            challenge = f'Bearer realm="{AUTH}",service="{self.service}"'
+            return reply(401, b"{}", {"WWW-Authenticate": challenge})
+        if request.headers.get("authorization") != "Bearer account":
+            self.refused.append(request.headers.get("authorization"))
+            return reply(401, b'{"errors": [{"code": "UNAUTHORIZED"}]}')
+        self.blob_gets += 1
+        return reply(200, BLOB)
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@asynccontextmanager
+async def mirror(
+    tmp_path: Path, upstream: Callable[[httpx.Request], httpx.Response], **settings: str
+) -> AsyncIterator[Quart]:
+    overrides = {
+        "upstream.registry": REGISTRY,
+        "cache.dir": str(tmp_path / "cache"),
+        "server.public_url": "https://mirror.test",
+        **{key.replace("__", "."): value for key, value in settings.items()},
+    }
+    app = create_app(
+        load_config(overrides, environ={}), probe=False, transport=httpx.MockTransport(upstream)
+    )
+    async with app.test_app():
+        yield app
+
+
+def cached_blobs(tmp_path: Path) -> list[Path]:
+    return [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
+
+
+async def test_the_mirror_fetches_with_its_own_account(tmp_path: Path) -> None:
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
+        assert response.status_code == 200
+        assert await response.get_data() == BLOB
+    assert upstream.token_auth == [basic("bot", "s3cret")]
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+async def test_without_an_account_the_client_needs_its_own_token(tmp_path: Path) -> None:
+    upstream = Upstream()
+    async with mirror(tmp_path, upstream) as app:
+        for _ in range(3):
+            response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
+            assert response.status_code == 401  # passed through with the client's (no) token
+    assert upstream.blob_gets == 0
+    # The mirror tried its own token, refreshed once, then passed the requests straight through.
+    assert upstream.refused == ["Bearer anon", "Bearer anon", None, None, None]
+    assert cached_blobs(tmp_path) == []
+
+
+async def test_a_full_disk_degrades_to_pass_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def disk_full(fd: int, chunks: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fill, "write_all", disk_full)
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        client = app.test_client()
+        # The fill in progress fails: its client is cut off (the body never ends, so the server
+        # closes the connection mid-body), or at most given the whole blob: never a short success.
+        first = await call_asgi(app, "GET", f"/v2/team/app/blobs/{DIGEST}", host="mirror.test")
+        assert first.status == 200
+        if first.complete:
+            assert first.body == BLOB, "a short success"
+        else:
+            assert len(first.body) < len(BLOB)
+        second = await client.get(
+            f"/v2/team/app/blobs/{DIGEST}", headers={"Authorization": "Bearer account"}
+        )
+        assert second.status_code == 200
+        assert await second.get_data() == BLOB
+    assert cached_blobs(tmp_path) == []
+    assert "serving it uncached" in caplog.text
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_ping_answers_with_the_mirrors_own_challenge_when_upstream_is_in_trouble(
+    tmp_path: Path, status: int
+) -> None:
+    upstream = Upstream()
+    upstream.ping_status = status
+    async with mirror(tmp_path, upstream) as app:
+        response = await app.test_client().get("/v2/")
+        assert response.status_code == 401
+        challenge = response.headers["WWW-Authenticate"]
+        assert challenge.startswith('Bearer realm="https://mirror.test/auth/token"')
+
+
+async def test_an_answer_of_trouble_is_not_remembered_as_no_token_auth(tmp_path: Path) -> None:
+    upstream = Upstream()
+    upstream.ping_status = 503
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        during = await client.get("/auth/token?service=registry.test&scope=repository:a/b:pull")
+        upstream.ping_status = 401
+        after = await client.get("/auth/token?service=registry.test&scope=repository:a/b:pull")
+        assert during.status_code == 200  # the offline token, not "no token auth" (404)
+        assert after.status_code == 200
+        assert await after.get_json() == {"token": "anon"}  # the upstream's own, once back
+    assert upstream.token_auth == [None]
+
+
+async def test_a_mirror_started_in_an_outage_advertises_no_made_up_service(
+    tmp_path: Path,
+) -> None:
+    upstream = Upstream()
+    upstream.service = "auth-service.test"
+    upstream.ping_status = 503
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        during = await client.get("/v2/")
+        assert during.status_code == 401
+        assert "service=" not in during.headers["WWW-Authenticate"]
+        upstream.ping_status = 401
+        after = await client.get("/v2/")
+        assert 'service="auth-service.test"' in after.headers["WWW-Authenticate"]
+        # A client that got the challenge without a service still gets a token for the right one.
+        token = await client.get("/auth/token?scope=repository:a/b:pull")
+        assert token.status_code == 200
+    assert upstream.token_queries and "service=auth-service.test" in upstream.token_queries[-1]
+
+
+class Expiring:
+    """A token-auth registry whose first token to the mirror has already expired upstream."""
+
+    def __init__(self, missing: str = "") -> None:
+        self.issued = 0
+        self.missing = missing  # a digest this registry does not have
+        self.blob_auth: list[str | None] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            self.issued += 1
+            return reply(200, b'{"token": "t%d"}' % self.issued, {"Content-Type": "a/json"})
+        if request.url.path == "/v2/":
+            challenge = f'Bearer realm="{AUTH}",service="registry.test"'
+            return reply(401, b"{}", {"WWW-Authenticate": challenge})
+        self.blob_auth.append(request.headers.get("authorization"))
+        if request.headers.get("authorization") == "Bearer t1" and not self.missing:
+            return reply(401, b'{"errors": [{"code": "UNAUTHORIZED"}]}')
+        if self.missing and request.url.path.endswith(self.missing):
+            return reply(404, b'{"errors": [{"code": "BLOB_UNKNOWN"}]}')
+        return reply(200, BLOB)
+
+
+async def test_a_401_on_the_mirrors_own_token_refreshes_it_once(tmp_path: Path) -> None:
+    upstream = Expiring()
+    async with mirror(tmp_path, upstream) as app:
+        response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
+        assert response.status_code == 200
+        assert await response.get_data() == BLOB
+    assert upstream.blob_auth == ["Bearer t1", "Bearer t2"]
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+async def test_a_missing_blob_says_nothing_about_its_repository(tmp_path: Path) -> None:
+    missing = "sha256:" + "e" * 64
+    upstream = Expiring(missing=missing)
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        gone = await client.get(f"/v2/team/app/blobs/{missing}")
+        assert gone.status_code == 404
+        found = await client.get(f"/v2/team/app/blobs/{DIGEST}")
+        assert found.status_code == 200
+        assert await found.get_data() == BLOB
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+async def test_no_temp_file_means_one_download_and_no_cached_claim(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        tmp = tmp_path / "cache" / "tmp"
+        tmp.rmdir()
+        tmp.write_text("not a directory: the cache cannot create temp files")
+        response = await app.test_client().get(
+            f"/v2/team/app/blobs/{DIGEST}", headers={"Authorization": "Bearer account"}
+        )
+        assert response.status_code == 200
+        assert await response.get_data() == BLOB
+    assert upstream.blob_gets == 1  # the client's pass-through, no second fetch for the cache
+    assert cached_blobs(tmp_path) == []
+    assert " cached (" not in caplog.text
+
+
+class Cut(httpx.AsyncByteStream):
+    """A blob body that breaks off after its first chunks."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield BLOB[: len(BLOB) // 2]
+        raise httpx.ReadError("connection reset by peer")
+
+
+async def test_a_client_cut_off_from_a_failed_fill_is_one_warning_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return reply(200, b"{}")
+        return httpx.Response(200, headers={"Content-Length": str(len(BLOB))}, stream=Cut())
+
+    async with mirror(tmp_path, upstream) as app:
+        caplog.clear()
+        answer = await call_asgi(app, "GET", f"/v2/team/app/blobs/{DIGEST}", host="mirror.test")
+    assert answer.status == 200
+    assert not answer.complete  # cut: the client sees a broken download, never a short success
+    assert len(answer.body) < len(BLOB)
+    assert not [r for r in caplog.records if r.exc_info]
+    cut = [r for r in caplog.records if "cutting the client" in r.getMessage()]
+    assert len(cut) == 1 and cut[0].levelname == "WARNING"
+    assert "\n" not in cut[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status"),
+    [("bytes=" + "9" * 5000 + "-", 416), ("bytes=10-" + "9" * 5000, 206)],
+    ids=["huge start", "huge end"],
+)
+async def test_a_huge_range_on_a_cached_blob_is_no_server_error(
+    tmp_path: Path, range_header: str, status: int
+) -> None:
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        client = app.test_client()
+        assert await (await client.get(f"/v2/team/app/blobs/{DIGEST}")).get_data() == BLOB
+        answer = await client.get(f"/v2/team/app/blobs/{DIGEST}", headers={"Range": range_header})
+        assert answer.status_code == status
+        if status == 206:
+            assert await answer.get_data() == BLOB[10:]
+            assert answer.headers["Content-Range"] == f"bytes 10-{len(BLOB) - 1}/{len(BLOB)}"
+        else:
+            assert answer.headers["Content-Range"] == f"bytes */{len(BLOB)}"
+    assert upstream.blob_gets == 1

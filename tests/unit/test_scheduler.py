@@ -1,0 +1,396 @@
+"""The renewer without an ACME server: settings, backoff, one run, the APScheduler loop, signals.
+
+certbot is replaced by a small script on PATH where its behaviour matters; the real certbot
+against pebble is in test_certs_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from docxy.core.errors import ConfigError
+from docxy.tls import certs
+from docxy.tls.context import self_signed
+from scheduler import main as scheduler_main
+from scheduler import settings as settings_mod
+from scheduler.renewal import Renewer, backoff
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    values = {
+        "DOCXY_CERTS_DOMAIN": "mirror.test",
+        "DOCXY_CERTS_EMAIL": "ops@mirror.test",
+        "DOCXY_CERTS_WEBROOT": str(tmp_path / "webroot"),
+        "DOCXY_CERTS_CONFIG_DIR": str(tmp_path / "le"),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def poll(predicate: Callable[[], object], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(0.02)
+
+
+def read_status(path: Path) -> dict[str, object]:
+    """What the mirror reads for /health."""
+    assert path.name == certs.STATUS_FILE
+    return certs.renewal_status(path.parent)
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff(n, 10, 100) for n in range(1, 7)] == [10, 20, 40, 80, 100, 100]
+
+
+@pytest.mark.usefixtures("env")
+def test_settings_from_config_and_flags(tmp_path: Path) -> None:
+    s = settings_mod.load(["--interval", "2", "--retry-base", "0.5", "--minute", "7"])
+    assert (s.domain, s.email) == ("mirror.test", "ops@mirror.test")
+    assert s.config_dir == tmp_path / "le"
+    assert s.status_file == tmp_path / "le" / "status.json"
+    assert (s.interval, s.retry_base, s.minute) == (2.0, 0.5, 7)
+    assert s.hours[1] == s.hours[0] + 12 and 0 <= s.hours[0] < 12
+
+
+def test_settings_random_time_and_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCXY_SCHEDULER_RETRY_MAX", "60")
+    picked = {settings_mod.load([]).minute for _ in range(30)}
+    assert len(picked) > 1 and all(0 <= m < 60 for m in picked)
+    assert settings_mod.load([]).retry_max == 60.0
+
+
+@pytest.mark.usefixtures("env")
+def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCXY_SCHEDULER_INTERVAL", "soon")
+    with pytest.raises(ConfigError, match="scheduler.interval: expected a number, got 'soon'"):
+        settings_mod.load([])
+    monkeypatch.delenv("DOCXY_SCHEDULER_INTERVAL")
+    with pytest.raises(
+        ConfigError, match=r"scheduler.retry_base: expected a positive number, got '0' \(flag\)"
+    ):
+        settings_mod.load(["--retry-base", "0"])
+    monkeypatch.delenv("DOCXY_CERTS_CONFIG_DIR")
+    with pytest.raises(ConfigError, match="certs.config_dir: not set"):
+        settings_mod.load([])
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "value", "message"),
+    [
+        (
+            ["--hour", "12"],
+            None,
+            None,
+            r"scheduler.hour: expected a whole number 0-11, got '12' \(flag\)",
+        ),
+        (
+            [],
+            "DOCXY_SCHEDULER_HOUR",
+            "23",
+            r"scheduler.hour: .* got '23' \(env DOCXY_SCHEDULER_HOUR\)",
+        ),
+        (["--minute", "60"], None, None, r"scheduler.minute: expected a whole number 0-59"),
+        (
+            [],
+            "DOCXY_SCHEDULER_INTERVALL",
+            "5",
+            r"scheduler.intervall: unknown key \(env DOCXY_SCHEDULER_INTERVALL\)",
+        ),
+        ([], "DOCXY_SCHEDULR_HOUR", "1", r"DOCXY_SCHEDULR_HOUR: unknown variable"),
+        (["--retry-max", "nan"], None, None, r"scheduler.retry_max: expected a finite number"),
+    ],
+)
+@pytest.mark.usefixtures("env")
+def test_bad_renewer_settings_are_refused_like_any_other(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    name: str | None,
+    value: str | None,
+    message: str,
+) -> None:
+    if name is not None and value is not None:
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        settings_mod.load(argv)
+    assert scheduler_main.main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("scheduler: config error: ")
+
+
+@pytest.mark.usefixtures("env")
+def test_renewer_settings_from_the_shared_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "docxy.toml"
+    config.write_text(
+        "[scheduler]\nhour = 11\nminute = 0\nretry_base = 7\nwait_for_mirror = true\n"
+    )
+    monkeypatch.setenv("DOCXY_SCHEDULER_RETRY_BASE", "9")
+    s = settings_mod.load(["--config", str(config), "--pidfile", str(tmp_path / "pid")])
+    assert (s.hours, s.minute, s.retry_base) == ((11, 23), 0, 9.0)
+    assert s.pidfile == tmp_path / "pid"
+    assert s.wait_for_mirror == "http://127.0.0.1:8080/health"
+    assert s.interval is None
+
+
+def test_show_config_lists_the_renewer_settings(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from docxy.cli.main import main as docxy_main
+
+    monkeypatch.setenv("DOCXY_SCHEDULER_HOUR", "4")
+    assert docxy_main(["serve", "--show-config"]) == 0
+    out = capsys.readouterr().out
+    assert "scheduler.hour = 4  (env DOCXY_SCHEDULER_HOUR)" in out
+    assert "scheduler.certbot_timeout = 300.0  (default)" in out
+
+
+class FakeCertbot:
+    """Stands in for docxy.certs.obtain/renew: writes a fresh lineage, or fails when told to."""
+
+    def __init__(self, live: Path) -> None:
+        self.live = live
+        self.calls: list[str] = []
+        self.fail_next = 0
+
+    def _issue(self, what: str) -> None:
+        self.calls.append(what)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise certs.CertbotError(f"certbot {what} failed: Detail: the CA is having a nap")
+        self_signed(self.live, "mirror.test", cert_name="fullchain.pem", key_name="privkey.pem")
+
+    def obtain(self, *args: object, **kwargs: object) -> Path:
+        self._issue("certonly")
+        return self.live
+
+    def renew(self, **kwargs: object) -> str:
+        self._issue("renew")
+        return ""
+
+
+@pytest.fixture
+def fake_certbot(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> FakeCertbot:
+    fake = FakeCertbot(Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "mirror.test")
+    monkeypatch.setattr(certs, "obtain", fake.obtain)
+    monkeypatch.setattr(certs, "renew", fake.renew)
+    return fake
+
+
+@pytest.fixture
+def hup_listener(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A process that writes a line to a file for each SIGHUP; (pidfile, that file)."""
+    seen = tmp_path / "hups"
+    code = (
+        "import signal,sys\n"
+        f"f=open({str(seen)!r},'a',buffering=1)\n"
+        "signal.signal(signal.SIGHUP, lambda *a: f.write('hup\\n'))\n"
+        "print('ready', flush=True)\n"
+        "while True: signal.pause()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    pidfile = tmp_path / "docxy.pid"
+    pidfile.write_text(f"{proc.pid}\n")
+    try:
+        yield pidfile, seen
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def test_run_obtains_then_renews_installs_and_signals(
+    tmp_path: Path,
+    fake_certbot: FakeCertbot,
+    hup_listener: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pidfile, seen = hup_listener
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")  # what the mirror serves at first
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+
+    assert renewer.run() is True
+    assert fake_certbot.calls == ["certonly"]
+    assert cert.read_bytes() == (fake_certbot.live / "fullchain.pem").read_bytes()
+    assert key.read_bytes() == (fake_certbot.live / "privkey.pem").read_bytes()
+    poll(lambda: seen.exists() and seen.read_text() == "hup\n")
+
+    assert renewer.run() is True
+    assert fake_certbot.calls == ["certonly", "renew"]
+    poll(lambda: seen.read_text() == "hup\nhup\n")
+
+    fake_certbot.fail_next = 1
+    before = cert.read_bytes()
+    assert renewer.run() is False
+    assert renewer.failures == 1 and "the CA is having a nap" in str(renewer.last_error)
+    assert cert.read_bytes() == before
+    renewer.write_status(None)
+    status = read_status(renewer.settings.status_file)
+    assert status["failures"] == 1 and "nap" in str(status["last_error"])
+    assert status["last_success"] is not None
+
+
+@pytest.mark.usefixtures("env")
+def test_obtain_needs_email(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCXY_CERTS_EMAIL")
+    renewer = Renewer(settings_mod.load([]))
+    assert renewer.run() is False
+    assert "certs.email" in str(renewer.last_error)
+
+
+def test_scheduler_retries_with_backoff_then_recovers(fake_certbot: FakeCertbot) -> None:
+    fake_certbot.fail_next = 3
+    settings = settings_mod.load(["--interval", "3600", "--retry-base", "0.05"])
+    renewer = Renewer(settings)
+    scheduler = scheduler_main.build(renewer)
+    thread = threading.Thread(target=scheduler.start, name="scheduler-under-test")
+    thread.start()
+    try:
+        poll(lambda: read_status(settings.status_file).get("failures") == 0)
+        status = read_status(settings.status_file)
+    finally:
+        scheduler.shutdown(wait=False)
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    # At start, then three retries: 0.05s, 0.1s, 0.2s apart.
+    assert fake_certbot.calls == ["certonly"] * 4
+    assert status["last_error"] is None
+    # Only the regular run is left: an hour from now.
+    assert scheduler.get_job(scheduler_main.RETRY_JOB) is None
+    assert str(status["next_run"]) > str(status["last_run"])
+
+
+def test_daily_runs_at_the_picked_minute(fake_certbot: FakeCertbot) -> None:
+    settings = settings_mod.load(["--hour", "3", "--minute", "41"])
+    scheduler = scheduler_main.build(Renewer(settings))
+    trigger = str(scheduler.get_job(scheduler_main.RENEW_JOB).trigger)
+    assert "hour='3,15'" in trigger and "minute='41'" in trigger
+
+
+def fake_certbot_on_path(tmp_path: Path, script: str) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "certbot").write_text("#!/bin/sh\n" + script)
+    (bin_dir / "certbot").chmod(0o755)
+    env = {k: v for k, v in os.environ.items()}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+def test_once_reports_certbots_reason(tmp_path: Path, env: dict[str, str]) -> None:
+    lineage = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "mirror.test"
+    self_signed(lineage, "mirror.test", cert_name="fullchain.pem", key_name="privkey.pem")
+    proc_env = fake_certbot_on_path(
+        tmp_path,
+        "echo 'Saving debug log to /x' >&2\n"
+        "echo 'Failed to renew certificate mirror.test with error: the CA said no' >&2\n"
+        "exit 1\n",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler", "--once"],
+        env=proc_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "certbot renew failed: the CA said no" in proc.stderr
+    status = json.loads((Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "status.json").read_text())
+    assert status["last_error"] == "certbot renew failed: the CA said no"
+
+
+def test_process_runs_at_start_and_stops_on_sigterm(tmp_path: Path, env: dict[str, str]) -> None:
+    lineage = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "mirror.test"
+    self_signed(lineage, "mirror.test", cert_name="fullchain.pem", key_name="privkey.pem")
+    calls = tmp_path / "calls"
+    proc_env = fake_certbot_on_path(tmp_path, f'echo "$1" >> {calls}\n')
+    status_file = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "status.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler"],
+        env=proc_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        poll(lambda: status_file.exists() and read_status(status_file).get("last_success"))
+        assert calls.read_text() == "renew\n"
+        next_run = str(read_status(status_file)["next_run"])
+        assert next_run > str(read_status(status_file)["last_run"])
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, out
+    assert "renewing certificates at start and daily at" in out
+
+
+def test_a_failed_reload_is_retried_on_the_next_run(
+    tmp_path: Path,
+    fake_certbot: FakeCertbot,
+    hup_listener: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pidfile, seen = hup_listener
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+    hidden = pidfile.with_suffix(".away")
+    pidfile.rename(hidden)  # the mirror cannot be told this time
+    assert renewer.run() is False
+    assert "cannot signal the mirror" in str(renewer.last_error)
+    assert cert.read_bytes() == (fake_certbot.live / "fullchain.pem").read_bytes()  # installed
+
+    hidden.rename(pidfile)
+    monkeypatch.setattr(certs, "renew", lambda **kwargs: "")  # nothing due: files unchanged
+    assert renewer.run() is True
+    poll(lambda: seen.exists() and seen.read_text() == "hup\n")
+
+
+def test_wait_for_mirror_gives_up_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scheduler.renewal import wait_for
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(ValueError, match="did not answer within 0 s"):
+        wait_for(f"http://127.0.0.1:{port}/health", 0.0)
+
+
+@pytest.mark.usefixtures("env")
+def test_wait_for_mirror_url_comes_from_the_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCXY_SERVER_LISTEN", "0.0.0.0:8081")
+    monkeypatch.setenv("DOCXY_SERVER_PUBLIC_URL", "https://mirror.test")
+    assert settings_mod.load([]).wait_for_mirror is None
+    assert settings_mod.load(["--wait-for-mirror"]).wait_for_mirror == (
+        "http://127.0.0.1:8081/health"
+    )

@@ -1,0 +1,104 @@
+"""``/setup.sh``: the client script as shipped, with the mirror's public URL filled in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.config import load_config
+from docxy.http.app import create_app
+from docxy.http.setup_script import SetupScriptError, fill_in, shipped_script
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "configure-client.sh"
+
+
+def expected(url: str) -> str:
+    """The repository's script with its one MIRROR_DEFAULT line set to ``url``."""
+    lines = SCRIPT.read_text().splitlines(keepends=True)
+    index = lines.index('MIRROR_DEFAULT=""\n')
+    lines[index] = f'MIRROR_DEFAULT="{url}"\n'
+    return "".join(lines)
+
+
+def test_the_shipped_script_is_the_repositorys() -> None:
+    assert shipped_script() == SCRIPT.read_text()
+
+
+@pytest.mark.parametrize(
+    ("public_url", "filled"),
+    [
+        ("https://mirror.example.com", "https://mirror.example.com"),
+        ("https://mirror.example.com/", "https://mirror.example.com"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("https://[2001:db8::1]:8443/docker", "https://[2001:db8::1]:8443/docker"),
+    ],
+)
+def test_fill_in_sets_the_default_mirror(public_url: str, filled: str) -> None:
+    assert fill_in(SCRIPT.read_text(), public_url) == expected(filled)
+
+
+@pytest.mark.parametrize(
+    "public_url",
+    [
+        'https://x.example/"; rm -rf / #',
+        "https://x.example/$(id)",
+        "https://x.example/`id`",
+        "https://x.example/\\n",
+        "ftp://x.example",
+    ],
+)
+def test_fill_in_refuses_what_the_shell_would_interpret(public_url: str) -> None:
+    with pytest.raises(SetupScriptError):
+        fill_in(SCRIPT.read_text(), public_url)
+
+
+def test_fill_in_needs_exactly_one_placeholder() -> None:
+    with pytest.raises(SetupScriptError):
+        fill_in("#!/bin/sh\necho no placeholder\n", "https://mirror.example.com")
+
+
+async def test_route_serves_the_script_with_this_mirrors_url() -> None:
+    config = load_config(
+        {
+            "server.public_url": "https://mirror.example.com",
+            "upstream.registry": "https://registry.example",
+            "cache.enabled": "false",
+        },
+        environ={},
+    )
+    app = create_app(config, probe=False, transport=httpx.MockTransport(_no_upstream))
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/setup.sh")
+        body = await response.get_data(as_text=True)
+        head = await test_app.test_client().head("/setup.sh")
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/x-shellscript")
+    assert body == expected("https://mirror.example.com")
+    assert head.status_code == 200
+
+
+async def test_route_renders_a_bad_public_url_as_a_registry_error() -> None:
+    config = load_config(
+        {
+            "server.public_url": "https://mirror.example.com/a$b",
+            "upstream.registry": "https://registry.example",
+            "cache.enabled": "false",
+        },
+        environ={},
+    )
+    app = create_app(config, probe=False, transport=httpx.MockTransport(_no_upstream))
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/setup.sh")
+        body = json.loads(await response.get_data(as_text=True))
+
+    assert response.status_code == 500
+    assert "cannot be put in a shell script" in body["errors"][0]["message"]
+
+
+def _no_upstream(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"/setup.sh must not reach the upstream: {request.url}")

@@ -1,0 +1,251 @@
+"""ReloadableTLS: validation before a reload, live swap, status, file watching, bootstrap cert."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import ssl
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from docxy.tls.context import CertError, ReloadableTLS, self_signed
+
+
+def pair(tmp_path: Path, name: str, host: str = "localhost") -> tuple[Path, Path]:
+    return self_signed(tmp_path / name, host)
+
+
+def serial_of(cert_path: Path) -> str:
+    return format(x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number, "x")
+
+
+def install(src: tuple[Path, Path], dst: tuple[Path, Path]) -> None:
+    shutil.copyfile(src[0], dst[0])
+    shutil.copyfile(src[1], dst[1])
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = pair(tmp_path, "a")
+    dst = (tmp_path / "cert.pem", tmp_path / "key.pem")
+    install((cert, key), dst)
+    return dst
+
+
+def test_loads_and_describes(served: tuple[Path, Path]) -> None:
+    tls = ReloadableTLS(*served)
+    status = tls.status()
+    json.dumps(status)
+    assert status["serial"] == serial_of(served[0])
+    assert status["sans"] == ["localhost"]
+    assert status["subject"] == "CN=localhost"
+    assert 89 < float(str(status["days_left"])) <= 90
+    assert status["last_error"] is None
+    assert tls.context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize("fmt", ["pkcs1", "pkcs8"])
+def test_rsa_keys_load(tmp_path: Path, fmt: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert, _ = pair(tmp_path, "ec")
+    # Re-sign a certificate for the RSA key, reusing the subject of the bootstrap one.
+    ref = x509.load_pem_x509_certificate(cert.read_bytes())
+    rsa_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ref.subject)
+        .issuer_name(ref.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(ref.not_valid_before_utc)
+        .not_valid_after(ref.not_valid_after_utc)
+        .sign(key, hashes.SHA256())
+    )
+    private_format = {
+        "pkcs1": serialization.PrivateFormat.TraditionalOpenSSL,
+        "pkcs8": serialization.PrivateFormat.PKCS8,
+    }[fmt]
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, private_format, serialization.NoEncryption()
+    )
+    marker = b"RSA PRIVATE KEY" if fmt == "pkcs1" else b"BEGIN PRIVATE KEY"
+    assert marker in key_pem
+    (tmp_path / "rsa.crt").write_bytes(rsa_cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "rsa.key").write_bytes(key_pem)
+    tls = ReloadableTLS(tmp_path / "rsa.crt", tmp_path / "rsa.key")
+    assert tls.status()["sans"] == []
+
+
+def test_bootstrap_key_is_private_sec1(tmp_path: Path) -> None:
+    _, key = pair(tmp_path, "a")
+    assert b"BEGIN EC PRIVATE KEY" in key.read_bytes()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("mismatch", "does not match certificate"),
+        ("missing_cert", "unreadable"),
+        ("missing_key", "unreadable"),
+        ("garbage_cert", "not a PEM certificate"),
+        ("garbage_key", "not an unencrypted PEM private key"),
+    ],
+)
+def test_bad_pairs_are_refused_by_name(tmp_path: Path, breakage: str, message: str) -> None:
+    cert, key = pair(tmp_path, "a")
+    other_cert, other_key = pair(tmp_path, "b")
+    if breakage == "mismatch":
+        key = other_key
+    elif breakage == "missing_cert":
+        cert = tmp_path / "nope.pem"
+    elif breakage == "missing_key":
+        key = tmp_path / "nope.key"
+    elif breakage == "garbage_cert":
+        cert.write_text("hello\n")
+    else:
+        key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(CertError, match=message) as err:
+        ReloadableTLS(cert, key)
+    named = cert if breakage in ("missing_cert", "garbage_cert") else key
+    assert str(named) in str(err.value)
+
+
+def test_reload_unchanged_is_false(served: tuple[Path, Path]) -> None:
+    tls = ReloadableTLS(*served)
+    assert tls.reload() is False
+
+
+def test_failed_reload_keeps_old_and_reports(tmp_path: Path, served: tuple[Path, Path]) -> None:
+    tls = ReloadableTLS(*served)
+    old = tls.status()["serial"]
+    _, other_key = pair(tmp_path, "b")
+    shutil.copyfile(other_key, served[1])
+    with pytest.raises(CertError, match="does not match"):
+        tls.reload()
+    status = tls.status()
+    assert status["serial"] == old
+    assert "does not match" in str(status["last_error"])
+    # The old pair is restored: the error clears and nothing changed.
+    install(pair(tmp_path, "a2"), served)
+    assert tls.reload() is True
+    assert tls.status()["last_error"] is None
+
+
+# --- against a real TLS server using the live context -------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tls_echo_server(tls: ReloadableTLS) -> AsyncIterator[int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while line := await reader.readline():
+                writer.write(line)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=tls.context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def client_context(*cas: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    for ca in cas:
+        ctx.load_verify_locations(ca)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx
+
+
+async def connect(
+    port: int, ctx: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+    )
+    sslobj = writer.get_extra_info("ssl_object")
+    assert sslobj.selected_alpn_protocol() == "http/1.1"
+    der = sslobj.getpeercert(binary_form=True)
+    serial = format(x509.load_der_x509_certificate(der).serial_number, "x")
+    return reader, writer, serial
+
+
+async def test_reload_swaps_cert_for_new_handshakes_only(
+    tmp_path: Path, served: tuple[Path, Path]
+) -> None:
+    first = served[0].read_bytes()
+    (tmp_path / "first-ca.pem").write_bytes(first)
+    tls = ReloadableTLS(*served)
+    new = pair(tmp_path, "b")
+    # Both certificates are named CN=localhost, so each client trusts only one of them.
+    async with tls_echo_server(tls) as port:
+        reader, writer, before = await connect(port, client_context(tmp_path / "first-ca.pem"))
+        assert before == serial_of(tmp_path / "first-ca.pem")
+        install(new, served)
+        assert tls.reload() is True
+        # The open connection carries on with its certificate...
+        writer.write(b"still here\n")
+        assert await reader.readline() == b"still here\n"
+        writer.close()
+        # ...and the next handshake presents the new one.
+        _, writer2, after = await connect(port, client_context(new[0]))
+        writer2.close()
+        assert after == serial_of(new[0]) != before
+
+
+async def test_failed_reload_keeps_serving(tmp_path: Path, served: tuple[Path, Path]) -> None:
+    tls = ReloadableTLS(*served)
+    ca = tmp_path / "ca.pem"
+    shutil.copyfile(served[0], ca)
+    shutil.copyfile(pair(tmp_path, "b")[1], served[1])
+    with pytest.raises(CertError):
+        tls.reload()
+    async with tls_echo_server(tls) as port:
+        _, writer, serial = await connect(port, client_context(ca))
+        writer.close()
+    assert serial == serial_of(ca)
+
+
+async def poll(predicate: object, timeout: float = 10.0) -> None:
+    assert callable(predicate)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.02)
+
+
+async def test_watch_reloads_on_change_and_survives_bad_files(
+    tmp_path: Path, served: tuple[Path, Path]
+) -> None:
+    tls = ReloadableTLS(*served)
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(tls.watch(0.02), name="tls-watch")
+        # A mismatched key: reported, old certificate kept, the watcher keeps going.
+        shutil.copyfile(pair(tmp_path, "b")[1], served[1])
+        await poll(lambda: tls.status()["last_error"] is not None)
+        assert tls.status()["serial"] == serial_of(tmp_path / "a" / "selfsigned-cert.pem")
+        # A good pair, written in place: picked up.
+        new = pair(tmp_path, "c")
+        install(new, served)
+        await poll(lambda: tls.status()["serial"] == serial_of(new[0]))
+        assert tls.status()["last_error"] is None
+        assert not watcher.done()
+        watcher.cancel()
+
+
+def test_self_signed_ip_host(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "127.0.0.1", cert_name="c.pem", key_name="k.pem")
+    assert (cert.name, key.name) == ("c.pem", "k.pem")
+    assert ReloadableTLS(cert, key).status()["sans"] == ["127.0.0.1"]

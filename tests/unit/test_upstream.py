@@ -1,0 +1,392 @@
+"""The upstream client: redirects, failure mapping, health bookkeeping, realm discovery."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from docxy import __version__
+from docxy.config import UpstreamConfig, load_config
+from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from docxy.upstream.client import (
+    MAX_REDIRECTS,
+    USER_AGENT,
+    Upstream,
+    UpstreamClient,
+    UpstreamHealth,
+    make_http_client,
+    same_origin,
+)
+from tests.unit.fakes import FakeUpstream, Handler
+
+REGISTRY = "https://registry.example"
+HUB = Upstream(REGISTRY)
+
+
+def upstream_config(**settings: object) -> UpstreamConfig:
+    overrides = {f"upstream.{key}": value for key, value in settings.items()}
+    return load_config(overrides, environ={}).upstream
+
+
+def client_for(handler: Handler) -> tuple[UpstreamClient, FakeUpstream]:
+    fake = FakeUpstream(handler)
+    http = make_http_client(upstream_config(), httpx.MockTransport(fake))
+    return UpstreamClient(http), fake
+
+
+def redirect(status: int, location: str) -> httpx.Response:
+    return httpx.Response(status, headers={"Location": location})
+
+
+# --- Upstream value ---------------------------------------------------------------------------
+
+
+def test_upstream_from_config() -> None:
+    config = upstream_config(
+        registry="https://r.example:5000/",
+        auth_realm="https://auth.example/token",
+        library_prefix="false",
+        username="bob",
+        password="hunter2-secret",
+    )
+    upstream = Upstream.from_config(config)
+    assert upstream.registry == "https://r.example:5000"
+    assert upstream.auth_realm == "https://auth.example/token"
+    assert upstream.library_prefix is False
+    assert upstream.credentials == ("bob", "hunter2-secret")
+    assert upstream.host == "r.example:5000"
+    assert upstream.url("/v2/") == "https://r.example:5000/v2/"
+    assert "hunter2-secret" not in repr(upstream)
+
+
+def test_upstream_defaults() -> None:
+    upstream = Upstream.from_config(upstream_config())
+    assert upstream == Upstream("https://registry-1.docker.io")
+    assert upstream.host == "registry-1.docker.io"
+    assert upstream.credentials is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("https://r.example/v2/x", "https://r.example/storage/y?sig=1", True),
+        ("https://r.example/a", "https://R.EXAMPLE/b", True),
+        ("https://r.example:5000/a", "https://r.example:5000/b", True),
+        ("https://r.example/a", "http://r.example/a", False),
+        ("https://r.example/a", "https://cdn.example/a", False),
+        ("https://r.example/a", "https://r.example:8443/a", False),
+        ("https://r.example/a", "https://sub.r.example/a", False),
+        ("https://r.example/a", "https://r.example.evil/a", False),
+    ],
+)
+def test_same_origin(a: str, b: str, same: bool) -> None:
+    assert same_origin(a, b) is same
+
+
+# --- UpstreamHealth ---------------------------------------------------------------------------
+
+
+def test_health_unknown_until_tried() -> None:
+    health = UpstreamHealth()
+    assert health.reachable is None
+    assert health.as_dict()["reachable"] is None
+
+
+def test_health_failed_then_ok() -> None:
+    health = UpstreamHealth()
+    health.failed("ConnectError talking to r.example")
+    assert health.reachable is False
+    report = health.as_dict()
+    assert report["last_error_message"] == "ConnectError talking to r.example"
+    assert isinstance(report["last_error"], str) and report["last_error"].endswith("Z")
+    assert report["last_ok"] is None
+    health.ok()
+    assert health.reachable is True
+    assert health.as_dict()["last_ok"] is not None
+
+
+# --- the shared httpx client ------------------------------------------------------------------
+
+
+async def test_http_client_settings() -> None:
+    config = upstream_config(connect_timeout="3", read_timeout="45")
+    async with make_http_client(config) as http:
+        assert http.timeout == httpx.Timeout(connect=3.0, read=45.0, write=45.0, pool=3.0)
+        assert http.follow_redirects is False
+        assert http.headers["User-Agent"] == USER_AGENT == f"docxy/{__version__}"
+
+
+async def test_requests_carry_the_user_agent() -> None:
+    client, fake = client_for(lambda request: httpx.Response(200))
+    response = await client.send(HUB, "GET", f"{REGISTRY}/v2/", [("Accept", "a"), ("Accept", "b")])
+    await response.aclose()
+    await client.http.aclose()
+    [sent] = fake.requests
+    assert sent.headers["user-agent"] == USER_AGENT
+    assert sent.headers.get_list("accept") == ["a", "b"]
+
+
+# --- send: redirects ------------------------------------------------------------------------
+
+
+async def test_response_is_returned_unread_for_streaming() -> None:
+    client, fake = client_for(lambda request: httpx.Response(200, content=b"payload"))
+    response = await client.send(HUB, "GET", f"{REGISTRY}/v2/x/blobs/d", [])
+    assert not fake.bodies[0].closed
+    assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"payload"
+    await response.aclose()
+    assert fake.bodies[0].closed
+    await client.http.aclose()
+
+
+async def test_cross_origin_redirect_drops_authorization_keeps_range() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.example":
+            return httpx.Response(200, content=b"blob")
+        return redirect(307, "https://cdn.example/b?sig=1")
+
+    client, fake = client_for(handler)
+    headers = [("Authorization", "Bearer t"), ("Range", "bytes=5-"), ("Accept", "*/*")]
+    response = await client.send(HUB, "GET", f"{REGISTRY}/v2/x/blobs/d", headers)
+    await response.aclose()
+    await client.http.aclose()
+    first, second = fake.requests
+    assert first.headers["authorization"] == "Bearer t"
+    assert str(second.url) == "https://cdn.example/b?sig=1"
+    assert "authorization" not in second.headers
+    assert second.headers["range"] == "bytes=5-"
+    assert second.headers["accept"] == "*/*"
+    assert fake.bodies[0].closed  # the redirect response was released
+
+
+async def test_authorization_stays_off_after_returning_to_the_first_host() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.example":
+            return redirect(302, f"{REGISTRY}/back")
+        if request.url.path == "/back":
+            return httpx.Response(200)
+        return redirect(307, "https://cdn.example/b")
+
+    client, fake = client_for(handler)
+    response = await client.send(HUB, "GET", f"{REGISTRY}/v2/x/blobs/d", [("Authorization", "t")])
+    await response.aclose()
+    await client.http.aclose()
+    assert [("authorization" in r.headers) for r in fake.requests] == [True, False, False]
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_every_redirect_status_is_followed(status: int) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/final":
+            return httpx.Response(200)
+        return redirect(status, "/final")
+
+    client, fake = client_for(handler)
+    response = await client.send(HUB, "GET", f"{REGISTRY}/v2/x/blobs/d", [])
+    await response.aclose()
+    await client.http.aclose()
+    assert response.status_code == 200
+    assert [str(r.url) for r in fake.requests] == [
+        f"{REGISTRY}/v2/x/blobs/d",
+        f"{REGISTRY}/final",
+    ]
+
+
+async def test_head_stays_head_across_redirects() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/final":
+            return httpx.Response(200)
+        return redirect(303, "/final")
+
+    client, fake = client_for(handler)
+    response = await client.send(HUB, "HEAD", f"{REGISTRY}/v2/x/blobs/d", [])
+    await response.aclose()
+    await client.http.aclose()
+    assert [r.method for r in fake.requests] == ["HEAD", "HEAD"]
+
+
+async def test_params_go_to_the_first_hop_only() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth2.example":
+            return httpx.Response(200)
+        return redirect(302, "https://auth2.example/token?from=redirect")
+
+    client, fake = client_for(handler)
+    params = httpx.QueryParams([("scope", "repository:library/redis:pull"), ("service", "s")])
+    response = await client.send(HUB, "GET", "https://auth.example/token", [], params=params)
+    await response.aclose()
+    await client.http.aclose()
+    first, second = fake.requests
+    assert first.url.params.get_list("scope") == ["repository:library/redis:pull"]
+    assert str(second.url) == "https://auth2.example/token?from=redirect"
+
+
+async def test_redirect_limit() -> None:
+    client, fake = client_for(lambda request: redirect(307, f"/hop{len(fake.requests)}"))
+    with pytest.raises(UpstreamUnavailable, match=f"more than {MAX_REDIRECTS}"):
+        await client.send(HUB, "GET", f"{REGISTRY}/v2/x/blobs/d", [])
+    await client.http.aclose()
+    assert len(fake.requests) == MAX_REDIRECTS + 1
+    assert all(body.closed for body in fake.bodies)
+
+
+@pytest.mark.parametrize(
+    ("location", "words"),
+    [
+        (None, "without a Location"),
+        ("", "without a Location"),
+        ("ftp://cdn.example/blob", "non-HTTP"),
+        ("file:///etc/passwd", "non-HTTP"),
+        ("https://cdn.example:99999/blob", "malformed"),
+    ],
+)
+async def test_unusable_redirects(location: str | None, words: str) -> None:
+    headers = {} if location is None else {"Location": location}
+    client, fake = client_for(lambda request: httpx.Response(307, headers=headers))
+    with pytest.raises(UpstreamUnavailable, match=words) as info:
+        await client.send(HUB, "GET", f"{REGISTRY}/v2/x/blobs/d", [])
+    await client.http.aclose()
+    assert info.value.status == 502
+    assert len(fake.requests) == 1
+
+
+# --- send: failures ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "error", "status"),
+    [
+        (httpx.ConnectError("refused"), UpstreamUnavailable, 502),
+        (httpx.ReadError("reset"), UpstreamUnavailable, 502),
+        (httpx.RemoteProtocolError("garbage"), UpstreamUnavailable, 502),
+        (httpx.UnsupportedProtocol("gopher"), UpstreamUnavailable, 502),
+        (httpx.ConnectTimeout("slow"), UpstreamTimeout, 504),
+        (httpx.ReadTimeout("slow"), UpstreamTimeout, 504),
+        (httpx.PoolTimeout("busy"), UpstreamTimeout, 504),
+    ],
+)
+async def test_transport_failures_become_registry_errors(
+    exc: Exception, error: type[UpstreamError], status: int
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    client, _ = client_for(handler)
+    with pytest.raises(error) as info:
+        await client.send(HUB, "GET", f"{REGISTRY}/v2/", [])
+    await client.http.aclose()
+    assert info.value.status == status
+    assert info.value.__cause__ is exc
+    assert "registry.example" in str(info.value)
+    health = client.health_of(HUB)
+    assert health.reachable is False
+    assert health.last_error_message is not None
+    assert type(exc).__name__ in health.last_error_message or "timeout" in health.last_error_message
+
+
+async def test_failure_names_the_host_that_failed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.example":
+            raise httpx.ConnectError("refused")
+        return redirect(307, "https://cdn.example/b")
+
+    client, _ = client_for(handler)
+    with pytest.raises(UpstreamUnavailable, match="cdn.example"):
+        await client.send(HUB, "GET", f"{REGISTRY}/v2/x/blobs/d", [])
+    await client.http.aclose()
+
+
+async def test_recovers_without_restart() -> None:
+    down = True
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if down:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200)
+
+    client, _ = client_for(handler)
+    with pytest.raises(UpstreamUnavailable):
+        await client.send(HUB, "GET", f"{REGISTRY}/v2/", [])
+    assert client.health_of(HUB).reachable is False
+    down = False
+    response = await client.send(HUB, "GET", f"{REGISTRY}/v2/", [])
+    await response.aclose()
+    await client.http.aclose()
+    assert response.status_code == 200
+    assert client.health_of(HUB).reachable is True
+
+
+async def test_upstream_error_status_is_reachable_but_not_healthy() -> None:
+    client, _ = client_for(lambda request: httpx.Response(503))
+    response = await client.send(HUB, "GET", f"{REGISTRY}/v2/", [])
+    await response.aclose()
+    await client.http.aclose()
+    assert response.status_code == 503
+    assert client.health_of(HUB).reachable is True
+    assert client.health_of(HUB).healthy is False
+
+
+# --- realm discovery ---------------------------------------------------------------------------
+
+
+def challenging(header: str | None, status: int = 401) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {} if header is None else {"WWW-Authenticate": header}
+        return httpx.Response(status, headers=headers)
+
+    return handler
+
+
+async def test_configured_realm_asks_nobody() -> None:
+    client, fake = client_for(challenging('Bearer realm="https://other.example/token"'))
+    realm = await client.auth_realm(Upstream(REGISTRY, auth_realm="https://auth.example/token"))
+    await client.http.aclose()
+    assert realm == "https://auth.example/token"
+    assert fake.requests == []
+
+
+async def test_realm_discovered_once_and_refreshed_on_demand() -> None:
+    client, fake = client_for(
+        challenging('Bearer realm="https://auth.example/token",service="registry.example"')
+    )
+    assert await client.auth_realm(HUB) == "https://auth.example/token"
+    assert await client.auth_realm(HUB) == "https://auth.example/token"
+    assert [str(r.url) for r in fake.requests] == [f"{REGISTRY}/v2/"]
+    challenge = await client.challenge(HUB, refresh=True)
+    await client.http.aclose()
+    assert challenge is not None and challenge.service == "registry.example"
+    assert len(fake.requests) == 2
+    assert all(body.closed for body in fake.bodies)
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (None, 200),
+        (None, 401),
+        ('Basic realm="Registry Realm"', 401),
+        ('Bearer service="no-realm"', 401),
+        ('Bearer realm="https://auth.example/token"', 200),  # not a challenge without 401
+        ("garbage ===", 401),
+    ],
+)
+async def test_no_token_auth_discovered(header: str | None, status: int) -> None:
+    client, _ = client_for(challenging(header, status))
+    assert await client.auth_realm(HUB) is None
+    await client.http.aclose()
+
+
+async def test_discovery_failure_is_not_remembered() -> None:
+    down = True
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if down:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://a/t"'})
+
+    client, _ = client_for(handler)
+    with pytest.raises(UpstreamUnavailable):
+        await client.auth_realm(HUB)
+    down = False
+    assert await client.auth_realm(HUB) == "https://a/t"
+    await client.http.aclose()

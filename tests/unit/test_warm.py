@@ -1,0 +1,361 @@
+"""``docxy warm``: the pure parts, the token flow and digest checks against a MockTransport
+registry, and (e2e) warming a real mirror in front of the bed so that it fills its own cache."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.cli.main import main
+from docxy.cli.warm import (
+    RegistryAuth,
+    Warmer,
+    WarmError,
+    platform_matches,
+    warm_all,
+)
+from docxy.core.names import parse_image_ref
+from tests.bed import Bed, Mirror
+from tests.conftest import StartMirror
+
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- pure parts -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wanted", "platform", "taken"),
+    [
+        ("all", "linux/amd64", True),
+        ("all", "unknown/unknown", False),
+        ("all", None, False),
+        ("linux/arm64", "linux/arm64/v8", True),
+        ("linux/arm64", "linux/amd64", False),
+        ("linux/arm", "linux/arm64", False),
+        ("linux/arm/v7", "linux/arm/v7", True),
+    ],
+)
+def test_platform_matches(wanted: str, platform: str | None, taken: bool) -> None:
+    assert platform_matches(wanted, platform) is taken
+
+
+# --- against a MockTransport registry -------------------------------------------------------
+
+
+class FakeRegistry:
+    """A token-protected registry: ``/v2/`` and every read need ``Bearer good-token``."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[str, tuple[bytes, str]] = {}
+        self.token_requests: list[httpx.Request] = []
+        self.blob_gets: list[str] = []
+        self.corrupt: dict[str, bytes] = {}
+
+    def add_image(self, repo: str, tag: str, layers: list[bytes], arch: str = "amd64") -> str:
+        config = json.dumps({"architecture": arch, "os": "linux"}).encode()
+        for blob in (config, *layers):
+            self.blobs[sha(blob)] = blob
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "x", "digest": sha(config), "size": len(config)},
+            "layers": [{"mediaType": "x", "digest": sha(b), "size": len(b)} for b in layers],
+        }
+        return self.add_manifest(repo, tag, json.dumps(doc).encode(), OCI_MANIFEST)
+
+    def add_manifest(self, repo: str, tag: str, body: bytes, media_type: str) -> str:
+        self.manifests[f"{repo}:{tag}"] = self.manifests[f"{repo}:{sha(body)}"] = (body, media_type)
+        return sha(body)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            self.token_requests.append(request)
+            return httpx.Response(200, json={"token": "good-token"})
+        if request.headers.get("authorization") != "Bearer good-token":
+            challenge = 'Bearer realm="http://mirror.test/token",service="svc"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        path = request.url.path
+        if path == "/v2/":
+            return httpx.Response(200, json={})
+        name, kind, ref = path[len("/v2/") :].rsplit("/", 2)
+        if kind == "blobs" and ref in self.blobs:
+            self.blob_gets.append(ref)
+            return httpx.Response(200, content=self.corrupt.get(ref, self.blobs[ref]))
+        found = self.manifests.get(f"{name}:{ref}")
+        if kind == "manifests" and found is not None:
+            body, media_type = found
+            headers = {"Content-Type": media_type, "Docker-Content-Digest": sha(body)}
+            return httpx.Response(200, content=body, headers=headers)
+        return httpx.Response(404, json={"errors": [{"code": "NOT_FOUND"}]})
+
+
+@pytest.fixture
+def registry() -> FakeRegistry:
+    return FakeRegistry()
+
+
+def warmer(
+    registry: FakeRegistry, platform: str = "all", credentials: tuple[str, str] | None = None
+) -> tuple[Warmer, io.StringIO]:
+    client = httpx.Client(
+        base_url="http://mirror.test",
+        transport=httpx.MockTransport(registry.handler),
+        auth=RegistryAuth(credentials),
+    )
+    progress = io.StringIO()
+    return Warmer(client, platform, progress), progress
+
+
+def test_warm_gets_a_token_once_and_reads_every_blob(registry: FakeRegistry) -> None:
+    registry.add_image("library/app", "1", [b"layer one", b"layer two"])
+    warm, progress = warmer(registry)
+    tally = warm.warm(parse_image_ref("app:1"))
+    assert (tally.manifests, tally.blobs) == (1, 3)
+    assert sorted(registry.blob_gets) == sorted(registry.blobs)
+    assert len(registry.token_requests) == 1
+    params = registry.token_requests[0].url.params
+    assert params["scope"] == "repository:library/app:pull"
+    assert params["service"] == "svc"
+    assert "authorization" not in registry.token_requests[0].headers
+    assert progress.getvalue().count("ok\n") == 3
+
+
+def test_credentials_go_to_the_token_service(registry: FakeRegistry) -> None:
+    registry.add_image("team/app", "1", [b"layer"])
+    warm, _ = warmer(registry, credentials=("alice", "s3cret"))
+    warm.warm(parse_image_ref("team/app:1"))
+    expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert registry.token_requests[0].headers["authorization"] == expected
+
+
+def test_index_all_platforms_or_one(registry: FakeRegistry) -> None:
+    children = []
+    for arch in ("amd64", "arm64"):
+        digest = registry.add_image("library/multi", arch, [arch.encode() * 10], arch)
+        size = len(registry.manifests[f"library/multi:{digest}"][0])
+        entry = {"mediaType": OCI_MANIFEST, "digest": digest, "size": size}
+        children.append(entry | {"platform": {"os": "linux", "architecture": arch}})
+    attestation = {"mediaType": OCI_MANIFEST, "digest": sha(b"att"), "size": 3}
+    children.append(attestation | {"platform": {"os": "unknown", "architecture": "unknown"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
+    registry.add_manifest("library/multi", "latest", index.encode(), OCI_INDEX)
+
+    warm, _ = warmer(registry, platform="linux/arm64")
+    assert warm.warm(parse_image_ref("multi")).blobs == 2
+    assert sha(b"arm64" * 10) in registry.blob_gets
+    assert sha(b"amd64" * 10) not in registry.blob_gets
+
+    registry.blob_gets.clear()
+    warm, _ = warmer(registry)
+    tally = warm.warm(parse_image_ref("multi"))
+    assert (tally.manifests, tally.blobs) == (3, 4)  # index + 2 platforms; no attestation
+
+    warm, _ = warmer(registry, platform="windows/amd64")
+    with pytest.raises(WarmError, match="no manifest for platform windows/amd64"):
+        warm.warm(parse_image_ref("multi"))
+
+
+@pytest.mark.parametrize(
+    ("served", "message"),
+    [(b"layer tw0", "the bytes hash to"), (b"layer", "got 5 bytes, the manifest says 9")],
+)
+def test_wrong_blob_bytes_fail_the_image(
+    registry: FakeRegistry, capsys: pytest.CaptureFixture[str], served: bytes, message: str
+) -> None:
+    registry.add_image("library/app", "1", [b"layer two"])
+    registry.corrupt[sha(b"layer two")] = served
+    warm, progress = warmer(registry)
+    images = [parse_image_ref("app:1")]
+    assert warm_all(warm, images, io.StringIO()) == 1
+    assert message in capsys.readouterr().err
+    assert "ok" not in progress.getvalue().splitlines()[-1]
+
+
+def test_manifest_not_matching_its_digest_fails(registry: FakeRegistry) -> None:
+    digest = registry.add_image("library/app", "1", [b"layer"])
+    body, media_type = registry.manifests[f"library/app:{digest}"]
+    registry.manifests[f"library/app:{digest}"] = (body + b" ", media_type)
+    warm, _ = warmer(registry)
+    with pytest.raises(WarmError, match="the bytes hash to"):
+        warm.warm(parse_image_ref(f"app@{digest}"))
+
+
+@pytest.mark.parametrize(
+    ("body", "media_type", "message"),
+    [
+        (b"not json", OCI_MANIFEST, "not a JSON object"),
+        (b"[]", OCI_INDEX, "not a JSON object"),
+        (
+            b'{"manifests": [{"digest": "sha256:../../x", "platform": {"os": "linux", '
+            b'"architecture": "amd64"}}]}',
+            OCI_INDEX,
+            "a platform entry",
+        ),
+        (b'{"config": {"digest": "md5:00"}}', OCI_MANIFEST, "a layer"),
+        (b"{}", "application/vnd.docker.distribution.manifest.v1+json", "unsupported media type"),
+    ],
+)
+def test_malformed_manifests_fail_cleanly(
+    registry: FakeRegistry, body: bytes, media_type: str, message: str
+) -> None:
+    registry.add_manifest("library/odd", "1", body, media_type)
+    warm, _ = warmer(registry)
+    with pytest.raises(WarmError, match=message):
+        warm.warm(parse_image_ref("odd:1"))
+    assert registry.blob_gets == []
+
+
+def test_missing_image_exits_1_and_the_rest_is_still_warmed(
+    registry: FakeRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry.add_image("library/app", "1", [b"layer"])
+    warm, _ = warmer(registry)
+    out = io.StringIO()
+    assert warm_all(warm, [parse_image_ref("nope"), parse_image_ref("app:1")], out) == 1
+    assert "library/nope:latest" in capsys.readouterr().err
+    assert "library/app:1: 1 manifests, 2 blobs" in out.getvalue()
+    assert out.getvalue().splitlines()[-1].startswith("total: 1 manifests, 2 blobs")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ghcr.io/a/b"], "name the image without a registry"),
+        (["--platform", "amd64", "x"], "expected all or OS/ARCH"),
+        (["--username", "alice", "x"], "needs --password-stdin"),
+        (["--password-stdin", "x"], "needs --username"),
+        (["Bad"], "invalid repository name"),
+    ],
+)
+def test_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["warm", "--mirror", "http://127.0.0.1:9", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreachable_mirror_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.bed.httpserver import free_port
+
+    assert main(["warm", "--mirror", f"http://127.0.0.1:{free_port()}", "x"]) == 1
+    assert "ConnectError" in capsys.readouterr().err
+
+
+# --- e2e: a real mirror in front of the bed -------------------------------------------------
+
+
+def image_blobs(bed: Bed, name: str, platform: Callable[[str], bool] = lambda p: True) -> set[str]:
+    """Config and layer digests of every (chosen) platform of a bed image."""
+    image = bed.images[name]
+    manifests = [image.manifest] if not image.children else []
+    for plat, digest in image.platforms.items():
+        if platform(plat):
+            manifests.append(image.children[digest])
+    found: set[str] = set()
+    for body in manifests:
+        doc = json.loads(body)
+        found |= {d["digest"] for d in [doc["config"], *doc["layers"]]}
+    return found
+
+
+def cached_blobs(mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> set[str]:
+    cache_dir = mirror.log_path.parent / "cache"
+    capsys.readouterr()
+    assert main(["cache", "ls", "--blobs", "--cache-dir", str(cache_dir)]) == 0
+    return {line.split()[1] for line in capsys.readouterr().out.splitlines()}
+
+
+@pytest.mark.e2e
+def test_warm_fills_the_mirror_cache_with_every_platform(
+    mirror: Mirror, bed: Bed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hello = "library/hello"
+    wanted = image_blobs(bed, hello)
+    assert len(bed.images[hello].platforms) == 2
+    assert main(["warm", "--mirror", mirror.url, "hello"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"library/hello:latest: 3 manifests, {len(wanted)} blobs, ")
+    assert err.count("ok\n") == len(wanted)  # stderr is not a TTY: plain lines
+    assert wanted <= cached_blobs(mirror, capsys)
+    assert len(bed.front_log.cdn_fetches()) == len(wanted)  # each blob once, by the mirror
+
+    bed.front_log.clear()
+    assert main(["warm", "--mirror", mirror.url, "hello"]) == 0
+    assert bed.front_log.cdn_fetches() == []  # every blob now comes from the mirror's disk
+    assert bed.front_log.manifest_requests("GET") == []  # tag fresh, manifests by digest cached
+
+
+@pytest.mark.e2e
+def test_warm_one_platform_and_several_images(
+    mirror: Mirror, bed: Bed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hello = "library/hello"
+    multi = bed.images["docxytest/multi"]
+    arm64 = image_blobs(bed, hello, lambda p: p == "linux/arm64")
+    amd64 = image_blobs(bed, hello, lambda p: p == "linux/amd64")
+    args = ["warm", "--mirror", mirror.url, "--platform", "linux/arm64"]
+    assert main([*args, "hello", f"{multi.repo}:{multi.tag}"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith("total: 3 manifests, ")
+    cached = cached_blobs(mirror, capsys)
+    assert arm64 <= cached
+    assert not (amd64 - arm64) & cached
+    assert image_blobs(bed, "docxytest/multi") <= cached
+
+
+@pytest.mark.e2e
+def test_warm_private_image_needs_credentials(
+    mirror: Mirror, bed: Bed, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = bed.images["docxytest/private"]
+    reference = f"{private.repo}:{private.tag}"
+    assert main(["warm", "--mirror", mirror.url, reference]) == 1
+    assert "unauthorized" in capsys.readouterr().err
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(bed.password + "\n"))
+    args = ["warm", "--mirror", mirror.url, "--username", bed.user, "--password-stdin"]
+    assert main([*args, reference]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{reference}: 1 manifests, ")
+    assert bed.password not in out + err
+
+
+@pytest.mark.e2e
+def test_warm_uses_the_configured_public_url(
+    start_mirror: StartMirror, bed: Bed, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    mirror = start_mirror()
+    config = tmp_path / "docxy.toml"
+    config.write_text(f'[server]\npublic_url = "{mirror.url}"\n')
+    multi = bed.images["docxytest/multi"]
+    assert main(["warm", "--config", str(config), f"{multi.repo}:{multi.tag}"]) == 0
+    assert image_blobs(bed, "docxytest/multi") <= cached_blobs(mirror, capsys)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name"), [("false", "app:latest"), ("true", "library/app:latest")]
+)
+def test_warm_follows_the_library_prefix_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], prefix: str, name: str
+) -> None:
+    from tests.bed.httpserver import free_port
+
+    monkeypatch.setenv("DOCXY_UPSTREAM_LIBRARY_PREFIX", prefix)
+    assert main(["warm", "--mirror", f"http://127.0.0.1:{free_port()}", "app"]) == 1
+    assert f"docxy warm: {name}: ConnectError" in capsys.readouterr().err
