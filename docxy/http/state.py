@@ -57,10 +57,6 @@ class MirrorState:
             return self.token_realm
         return f"{self.token_realm}?upstream={quote(upstream.name, safe='')}"
 
-    def upstream_for(self, namespace: str | None = None) -> Upstream:
-        """The upstream ``namespace`` names (``?ns=``, ``?upstream=``); None: ``[upstream]``."""
-        return self.upstream if namespace is None else self.upstreams.named(namespace)
-
     def route(self, name: str, *, ns: str | None, host: str | None) -> Route:
         """The upstream for a request: by ``?ns=``, the mirror host name, or a path prefix."""
         return self.upstreams.route(name, ns=ns, host=host)

@@ -40,10 +40,6 @@ class Route:
     name: str
     prefix: str | None = None
 
-    def client_name(self, upstream_name: str) -> str:
-        """How the client calls ``upstream_name``: with its prefix again, if it used one."""
-        return f"{self.prefix}/{upstream_name}" if self.prefix else upstream_name
-
 
 def host_key(host: str) -> tuple[str, str]:
     """``Host`` header → (with port, without port), lower case: ``[::1]:80`` → ``[::1]``."""

@@ -69,11 +69,6 @@ def test_the_request_host_is_never_an_upstream_by_itself() -> None:
     assert TABLE.route("owner/img", host="evil.example").upstream is HUB
 
 
-def test_client_name_puts_the_prefix_back() -> None:
-    assert Route(GHCR, "owner/img", "ghcr.io").client_name("owner/img") == "ghcr.io/owner/img"
-    assert Route(GHCR, "owner/img").client_name("owner/img") == "owner/img"
-
-
 @pytest.mark.parametrize(
     ("host", "expected"),
     [
