@@ -49,7 +49,14 @@ def health_report(state: MirrorState) -> dict[str, object]:
 
 @blueprint.route("/health", methods=["GET", "HEAD"])
 async def health() -> Response:
-    response = jsonify(health_report(mirror_state()))
+    """The full report; with ``auth.mode = users`` only ``status`` and ``version`` (the public
+    listener then tells strangers nothing about the upstreams: the admin listener's
+    ``/status.json`` has the rest)."""
+    state = mirror_state()
+    report = health_report(state)
+    if state.access is not None and state.access.users_mode:
+        report = {key: report[key] for key in ("status", "version")}
+    response = jsonify(report)
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -142,7 +142,14 @@ def load_upstreams(
         entries = _list_entries(value, source)
         enabled = {name: enabled.get(name, {}) | keys for name, keys in entries}
         mentioned.update(enabled)
-    by_id = {env_id(name): name for name in mentioned}
+    by_id: dict[str, str] = {}
+    for name in sorted(mentioned):
+        other = by_id.setdefault(env_id(name), name)
+        if other != name:  # their DOCXY_UPSTREAMS_<ID>_* variables would be one another's
+            raise ConfigError(
+                f"{SECTION}: {other!r} and {name!r} share the environment name "
+                f"DOCXY_UPSTREAMS_{env_id(name)}_*: rename one"
+            )
     for var, value in environ.items():
         if var == ENV_LIST or not var.startswith(ENV_PREFIX):
             continue

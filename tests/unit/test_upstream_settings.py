@@ -197,3 +197,10 @@ def test_env_id() -> None:
     assert env_id("registry.k8s.io") == "REGISTRY_K8S_IO"
     assert env_id("mcr.microsoft.com") == "MCR_MICROSOFT_COM"
     assert env_id("my-lab.example") == "MY_LAB_EXAMPLE"
+
+
+def test_names_that_share_an_environment_name_are_refused() -> None:
+    # a-b.io and a.b.io would both read DOCXY_UPSTREAMS_A_B_IO_*: one's settings the other's.
+    env = {"DOCXY_UPSTREAMS": "a-b.io=https://one.test,a.b.io=https://two.test"}
+    with pytest.raises(ConfigError, match="share the environment name DOCXY_UPSTREAMS_A_B_IO_"):
+        load(env=env)
