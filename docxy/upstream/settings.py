@@ -143,12 +143,12 @@ def load_upstreams(
         enabled = {name: enabled.get(name, {}) | keys for name, keys in entries}
         mentioned.update(enabled)
     by_id: dict[str, str] = {}
-    for name in sorted(mentioned):
-        other = by_id.setdefault(env_id(name), name)
-        if other != name:  # their DOCXY_UPSTREAMS_<ID>_* variables would be one another's
+    for mentioned_name in sorted(mentioned):
+        other = by_id.setdefault(env_id(mentioned_name), mentioned_name)
+        if other != mentioned_name:  # their DOCXY_UPSTREAMS_<ID>_* variables would be shared
             raise ConfigError(
-                f"{SECTION}: {other!r} and {name!r} share the environment name "
-                f"DOCXY_UPSTREAMS_{env_id(name)}_*: rename one"
+                f"{SECTION}: {other!r} and {mentioned_name!r} share the environment name "
+                f"DOCXY_UPSTREAMS_{env_id(mentioned_name)}_*: rename one"
             )
     for var, value in environ.items():
         if var == ENV_LIST or not var.startswith(ENV_PREFIX):
