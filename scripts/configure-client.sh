@@ -509,7 +509,7 @@ confirm_docker() {
 # The hosts.toml work, in python3. Modes:
 #   merge|remove FILE URL OUT REGISTRY SERVER [CLIENT_CERT CLIENT_KEY CA]
 #                              exit 0 changed (OUT written, or empty OUT: delete FILE), 10
-#                              unchanged; the last three are paths on the host ("" for none)
+#                              unchanged; the last three are paths for hosts.toml ("" for none)
 #   config-path CONFIG         print containerd's CRI config_path (nothing if unset)
 hosts_toml_tool() {
   python3 - "$@" <<'PY'
@@ -617,13 +617,13 @@ PY
 # configure_registry ENTRY: /etc/containerd/certs.d/<registry>/hosts.toml sends that registry's
 # pulls to the mirror (containerd adds ?ns=<registry>, which picks the mirror's upstream). The
 # client certificate and server CA are copied beside it, under names that carry the mirror's
-# host, and hosts.toml names them by their path on this host.
+# host; hosts.toml names them relative to its own directory, as containerd resolves them, so
+# the file stays right under --root and wherever config_path puts certs.d.
 configure_registry() {
-  local registry server dir target new rc=0 cert="" key="" ca="" host_dir
+  local registry server dir target new rc=0 cert="" key="" ca=""
   registry="$(registry_name "$1")"
   server="$(registry_server "$1")"
   dir="$(under_root "/etc/containerd/certs.d/$registry")"
-  host_dir="/etc/containerd/certs.d/$registry"
   target="$dir/hosts.toml"
   say "containerd: $target"
   if ((!REMOVE)); then
@@ -634,11 +634,11 @@ configure_registry() {
     [[ -z "$CA_CERT" ]] || copy_in "$CA_CERT" "$dir/ca-$MIRROR_HOST.crt" 0644
     # Certificates installed by an earlier run stay named (the served script has no --client-cert).
     if [[ -n "$CLIENT_DIR" || -f "$dir/client-$MIRROR_HOST.cert" ]]; then
-      cert="$host_dir/client-$MIRROR_HOST.cert"
-      key="$host_dir/client-$MIRROR_HOST.key"
+      cert="client-$MIRROR_HOST.cert"
+      key="client-$MIRROR_HOST.key"
     fi
     if [[ -n "$CA_CERT" || -f "$dir/ca-$MIRROR_HOST.crt" ]]; then
-      ca="$host_dir/ca-$MIRROR_HOST.crt"
+      ca="ca-$MIRROR_HOST.crt"
     fi
   fi
   new="$(mktemp)"

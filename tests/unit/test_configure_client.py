@@ -488,6 +488,8 @@ def test_podman_dropin_second_run_and_remove(box: ScriptBox) -> None:
 CERTS_D = "/etc/docker/certs.d/mirror.example.com"
 CLIENT_CERT = "/etc/containerd/certs.d/docker.io/client-mirror.example.com.cert"
 CLIENT_KEY = "/etc/containerd/certs.d/docker.io/client-mirror.example.com.key"
+# hosts.toml names them relative to its directory, as containerd resolves them
+CLIENT_PAIR = ["client-mirror.example.com.cert", "client-mirror.example.com.key"]
 
 
 @pytest.fixture
@@ -536,18 +538,19 @@ def test_ca_cert_is_the_servers_ca_in_docker_and_containerd(
 
     assert box.path(f"{CERTS_D}/ca.crt").read_bytes() == server_ca.read_bytes()
     host = tomllib.loads(box.path(HOSTS_TOML).read_text())["host"][MIRROR]
-    assert host["ca"] == "/etc/containerd/certs.d/docker.io/ca-mirror.example.com.crt"
-    assert box.path(host["ca"]).read_bytes() == server_ca.read_bytes()
+    assert host["ca"] == "ca-mirror.example.com.crt"
+    ca = box.path("/etc/containerd/certs.d/docker.io/ca-mirror.example.com.crt")
+    assert ca.read_bytes() == server_ca.read_bytes()
 
 
-def test_client_cert_goes_into_hosts_toml_with_paths_on_the_host(box: ScriptBox, kit: Path) -> None:
+def test_client_cert_goes_into_hosts_toml_beside_it(box: ScriptBox, kit: Path) -> None:
     configure(box, "--mirror", MIRROR, "--containerd", "--client-cert", str(kit))
 
     hosts = tomllib.loads(box.path(HOSTS_TOML).read_text())
     assert hosts["server"] == "https://registry-1.docker.io"
     assert hosts["host"][MIRROR] == {
         "capabilities": ["pull", "resolve"],
-        "client": [[CLIENT_CERT, CLIENT_KEY]],
+        "client": [CLIENT_PAIR],
     }
     assert box.path(CLIENT_CERT).read_bytes() == (kit / "client.cert").read_bytes()
     assert box.path(CLIENT_KEY).read_bytes() == (kit / "client.key").read_bytes()
@@ -603,7 +606,7 @@ def test_client_cert_dry_run_changes_nothing(box: ScriptBox, kit: Path) -> None:
     assert box.files() == {}
     assert f"would install {box.path(CERTS_D)}/client.key (mode 0600)" in said
     assert f"would install {box.path(CLIENT_KEY)} (mode 0600)" in said
-    assert f'|   client = [["{CLIENT_CERT}", "{CLIENT_KEY}"]]' in said
+    assert f'|   client = [["{CLIENT_PAIR[0]}", "{CLIENT_PAIR[1]}"]]' in said
 
 
 def test_remove_takes_the_certificates_out(box: ScriptBox, kit: Path, server_ca: Path) -> None:
@@ -688,12 +691,7 @@ def test_one_hosts_toml_per_registry_with_its_real_server(box: ScriptBox, kit: P
     }
     ghcr = hosts_toml(box, "ghcr.io")["host"]
     assert isinstance(ghcr, dict)
-    assert ghcr[MIRROR]["client"] == [
-        [
-            "/etc/containerd/certs.d/ghcr.io/client-mirror.example.com.cert",
-            "/etc/containerd/certs.d/ghcr.io/client-mirror.example.com.key",
-        ]
-    ]
+    assert ghcr[MIRROR]["client"] == [CLIENT_PAIR]
     assert box.path("/etc/containerd/certs.d/ghcr.io/client-mirror.example.com.key").exists()
 
 
