@@ -3,13 +3,16 @@
 #
 #   curl -fsSL https://mirror.example.com/setup.sh | sudo bash          # served by the mirror
 #   sudo ./configure-client.sh --mirror https://mirror.example.com [--dry-run] [--remove]
+#       [--registry ghcr.io ...] [--client-cert DIR] [--ca-cert FILE]
 #
 # Docker:     merges the mirror into "registry-mirrors" of /etc/docker/daemon.json (first, no
 #             duplicates, every other key and mirror kept), backs the old file up, replaces it
 #             atomically, reloads dockerd (SIGHUP, or `systemctl reload docker`) and checks
 #             `docker info`. A malformed daemon.json is reported and left untouched (exit 3).
-# containerd: /etc/containerd/certs.d/docker.io/hosts.toml, and says whether containerd's
-#             config_path points there.
+# containerd: /etc/containerd/certs.d/<registry>/hosts.toml for each --registry (docker.io
+#             unless named), and says whether containerd's config_path points there.
+# Client certificates (--client-cert DIR, from `docxy clients add NAME --out DIR`): into
+#             /etc/docker/certs.d/<mirror-host>/ and beside each hosts.toml.
 # podman:     /etc/containers/registries.conf.d/50-docxy-mirror.conf.
 # Each runtime is configured where it is installed (its command on PATH), or when asked with
 # --docker / --containerd / --podman (then only those).
@@ -18,12 +21,16 @@
 # otherwise): JSON is read and written with its json module, never edited as text.
 set -euo pipefail
 
-# The mirror that serves this script at /setup.sh fills in its own public URL here.
+# The mirror that serves this script at /setup.sh fills in its own public URL here, and the
+# registries it fronts (NAME or NAME=URL, space-separated) for containerd.
 MIRROR_DEFAULT=""
+REGISTRIES_DEFAULT=""
 
 PROG=configure-client.sh
 BACKUP_SUFFIX=docxy-backup
 PODMAN_DROPIN=50-docxy-mirror.conf
+DOCKER_HUB=docker.io
+DOCKER_HUB_SERVER=https://registry-1.docker.io
 
 usage() {
   cat <<EOF
@@ -35,6 +42,12 @@ usage: $PROG [--mirror URL] [options]
   --no-reload           write the files, do not reload dockerd
   --allow-restart       restart dockerd when a reload does not take (stops running containers
                         unless live-restore is on)
+  --registry NAME[=URL] containerd: a hosts.toml for this registry pointing at the mirror
+                        (repeatable; URL defaults to https://NAME; default: ${REGISTRIES_DEFAULT:-docker.io})
+  --client-cert DIR     install DIR/client.cert and DIR/client.key (\`docxy clients add NAME
+                        --out DIR\`) for Docker and containerd; --remove takes them out
+  --ca-cert FILE        the CA that signed the mirror's server certificate, when it is a private
+                        one (not needed for a public CA such as Let's Encrypt)
   --root DIR            take every path under DIR (default /), for images and tests
   --daemon-json PATH    Docker's daemon.json (default DIR/etc/docker/daemon.json)
   --dockerd-pidfile P   send SIGHUP to the dockerd whose pid is in P (default: systemd's docker
@@ -64,6 +77,10 @@ PIDFILE=""
 WANT_DOCKER=0
 WANT_CONTAINERD=0
 WANT_PODMAN=0
+REGISTRIES=()
+CLIENT_DIR=""
+CA_CERT=""
+MIRROR_HOST=""
 FAILED=0
 CHANGES=0
 
@@ -77,6 +94,10 @@ parse_args() {
       --no-reload) RELOAD=0 ;;
       --allow-restart) ALLOW_RESTART=1 ;;
       --root) ROOT="${2:?--root needs a directory}"; shift ;;
+      --registry) REGISTRIES+=("${2:?--registry needs a name}"); shift ;;
+      --registry=*) REGISTRIES+=("${1#*=}") ;;
+      --client-cert) CLIENT_DIR="${2:?--client-cert needs a directory}"; shift ;;
+      --ca-cert) CA_CERT="${2:?--ca-cert needs a file}"; shift ;;
       --daemon-json) DAEMON_JSON="${2:?--daemon-json needs a path}"; shift ;;
       --dockerd-pidfile) PIDFILE="${2:?--dockerd-pidfile needs a path}"; shift ;;
       --docker) WANT_DOCKER=1 ;;
@@ -95,6 +116,50 @@ parse_args() {
     die "--mirror must be an http(s) URL such as https://mirror.example.com, not '$MIRROR'" 2
   ROOT="${ROOT%/}"
   DAEMON_JSON="${DAEMON_JSON:-$ROOT/etc/docker/daemon.json}"
+  MIRROR_HOST="${MIRROR#*://}"
+  MIRROR_HOST="${MIRROR_HOST%%/*}"
+  if ((${#REGISTRIES[@]} == 0)); then
+    read -r -a REGISTRIES <<<"${REGISTRIES_DEFAULT:-$DOCKER_HUB}"
+  fi
+  local entry name_pattern='^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(=https?://[][A-Za-z0-9.:-]+)?$'
+  for entry in "${REGISTRIES[@]}"; do
+    [[ "$entry" =~ $name_pattern ]] ||
+      die "--registry must be a registry host name such as ghcr.io (or NAME=https://HOST), not '$entry'" 2
+  done
+  check_certificates
+}
+
+# --client-cert DIR must hold a certificate and its key; --ca-cert FILE a certificate.
+check_certificates() {
+  if [[ -n "$CLIENT_DIR" ]]; then
+    CLIENT_DIR="${CLIENT_DIR%/}"
+    [[ "$MIRROR" == https://* ]] ||
+      die "--client-cert needs an https:// mirror: certificates are only presented over TLS" 2
+    is_pem "$CLIENT_DIR/client.cert" CERTIFICATE ||
+      die "--client-cert: $CLIENT_DIR/client.cert is missing or not a PEM certificate" 2
+    is_pem "$CLIENT_DIR/client.key" "PRIVATE KEY" ||
+      die "--client-cert: $CLIENT_DIR/client.key is missing or not a PEM private key" 2
+  fi
+  if [[ -n "$CA_CERT" ]]; then
+    [[ "$MIRROR" == https://* ]] || die "--ca-cert needs an https:// mirror" 2
+    is_pem "$CA_CERT" CERTIFICATE || die "--ca-cert: $CA_CERT is missing or not a PEM certificate" 2
+  fi
+}
+
+# is_pem FILE KIND: FILE is readable and holds a "-----BEGIN ...KIND-----" block.
+is_pem() { [[ -r "$1" ]] && grep -q -- "^-----BEGIN [A-Z ]*$2-----" "$1"; }
+
+# The registry name of a --registry entry (NAME or NAME=URL), and the server containerd falls
+# back to when the mirror does not answer.
+registry_name() { printf '%s' "${1%%=*}"; }
+registry_server() {
+  if [[ "$1" == *=* ]]; then
+    printf '%s' "${1#*=}"
+  elif [[ "$1" == "$DOCKER_HUB" ]]; then
+    printf '%s' "$DOCKER_HUB_SERVER"
+  else
+    printf 'https://%s' "$1"
+  fi
 }
 
 # The path P on this host, taken under --root.
@@ -145,6 +210,72 @@ place_file() {
 show_new_content() {
   say "  would write $1:"
   sed 's/^/    | /' -- "$2"
+}
+
+# copy_in SOURCE TARGET MODE: a copy of SOURCE at TARGET with MODE, replaced atomically; kept
+# as it is when it already holds the same bytes and mode. No backup: a certificate or key is
+# not an operator's edit, and an old key should not linger in a copy.
+copy_in() {
+  local source="$1" target="$2" mode="$3" dir staged
+  if [[ -f "$target" ]] && cmp -s -- "$source" "$target" &&
+    [[ "$(stat -c %a -- "$target")" == "${mode#0}" ]]; then
+    say "  $target: unchanged"
+    return
+  fi
+  if ((DRY_RUN)); then
+    say "  would install $target (mode $mode) from $source"
+    return
+  fi
+  dir="$(dirname -- "$target")"
+  if [[ ! -d "$dir" ]]; then
+    mkdir -p -- "$dir"
+    say "  created $dir"
+  fi
+  staged="$(mktemp "$dir/.$(basename -- "$target").XXXXXX")"
+  chmod "$mode" -- "$staged"
+  cat -- "$source" >"$staged"
+  mv -f -- "$staged" "$target"
+  CHANGES=$((CHANGES + 1))
+  say "  installed $target (mode $mode)"
+}
+
+# remove_file TARGET: delete TARGET if it is there.
+remove_file() {
+  [[ -e "$1" ]] || return 0
+  if ((DRY_RUN)); then
+    say "  would remove $1"
+    return
+  fi
+  rm -f -- "$1"
+  CHANGES=$((CHANGES + 1))
+  say "  removed $1"
+}
+
+# --- Docker: certs.d/<mirror-host>/ ------------------------------------------------------------
+
+# Docker reads /etc/docker/certs.d/<host[:port]>/ at each pull from that host, registry
+# mirrors included: client.cert + client.key are presented to the mirror, and a ca.crt there
+# is trusted for the mirror's server certificate. The ca.crt that `docxy clients add` writes is
+# the mirror's client CA: it never goes there (it would let that CA vouch for the server).
+configure_docker_certs() {
+  local dir name
+  dir="$(under_root "/etc/docker/certs.d/$MIRROR_HOST")"
+  if ((REMOVE)); then
+    [[ -d "$dir" ]] || return 0
+    say "Docker: $dir"
+    for name in client.cert client.key ca.crt; do remove_file "$dir/$name"; done
+    if [[ -d "$dir" ]] && ((!DRY_RUN)) && rmdir -- "$dir" 2>/dev/null; then
+      say "  removed $dir"
+    fi
+    return
+  fi
+  [[ -n "$CLIENT_DIR$CA_CERT" ]] || return 0
+  say "Docker: $dir (read at each pull: no reload needed)"
+  if [[ -n "$CLIENT_DIR" ]]; then
+    copy_in "$CLIENT_DIR/client.cert" "$dir/client.cert" 0644
+    copy_in "$CLIENT_DIR/client.key" "$dir/client.key" 0600
+  fi
+  [[ -z "$CA_CERT" ]] || copy_in "$CA_CERT" "$dir/ca.crt" 0644
 }
 
 # --- Docker: daemon.json ---------------------------------------------------------------------
@@ -373,13 +504,16 @@ confirm_docker() {
   FAILED=1
 }
 
-# --- containerd: certs.d/docker.io/hosts.toml --------------------------------------------------
+# --- containerd: certs.d/<registry>/hosts.toml ------------------------------------------------
 
 # The hosts.toml work, in python3. Modes:
-#   merge|remove FILE URL OUT  exit 0 changed (OUT written, or empty OUT: delete FILE), 10 unchanged
+#   merge|remove FILE URL OUT REGISTRY SERVER [CLIENT_CERT CLIENT_KEY CA]
+#                              exit 0 changed (OUT written, or empty OUT: delete FILE), 10
+#                              unchanged; the last three are paths for hosts.toml ("" for none)
 #   config-path CONFIG         print containerd's CRI config_path (nothing if unset)
 hosts_toml_tool() {
   python3 - "$@" <<'PY'
+import json
 import re
 import sys
 
@@ -430,11 +564,26 @@ def config_path(path):
             return
 
 
+def our_block(url, cert, key, ca):
+    """The mirror's [host] table: a TOML basic string is a JSON string for these paths."""
+    lines = [f"[host.{json.dumps(url)}]\n", '  capabilities = ["pull", "resolve"]\n']
+    if cert:
+        lines.append(f"  client = [[{json.dumps(cert)}, {json.dumps(key)}]]\n")
+    if ca:
+        lines.append(f"  ca = {json.dumps(ca)}\n")
+    return lines
+
+
+def content(lines):
+    return [line for line in lines if line.strip()]
+
+
 mode = sys.argv[1]
 if mode == "config-path":
     config_path(sys.argv[2])
     sys.exit(0)
-path, url, out = sys.argv[2:5]
+path, url, out, registry, server = sys.argv[2:7]
+cert, key, ca = (sys.argv[7:10] + ["", "", ""])[:3]
 try:
     with open(path, encoding="utf-8") as handle:
         lines = handle.read().splitlines(keepends=True)
@@ -443,12 +592,13 @@ except FileNotFoundError:
 preamble, found = blocks(lines)
 ours = [block for block in found if block[0].rstrip("/") == url]
 others = [block for block in found if block[0].rstrip("/") != url]
-mine = (f'[host."{url}"]\n', '  capabilities = ["pull", "resolve"]\n')
+mine = our_block(url, cert, key, ca)
 if not any(line.strip() for line in preamble):
-    preamble = [f"{MARK}: pulls of docker.io try the mirror first.\n",
-                'server = "https://registry-1.docker.io"\n', "\n"]
+    preamble = [f"{MARK}: pulls of {registry} try the mirror first.\n",
+                f"server = {json.dumps(server)}\n", "\n"]
 if mode == "merge":
-    if found and found[0][0].rstrip("/") == url and len(ours) == 1:
+    first = found[0] if found else None
+    if first and first[0].rstrip("/") == url and len(ours) == 1 and content(first[1]) == mine:
         sys.exit(10)
     body = [*preamble, *mine, *(["\n"] if others else []), *(l for b in others for l in b[1])]
 else:
@@ -464,12 +614,36 @@ with open(out, "w", encoding="utf-8") as handle:
 PY
 }
 
-configure_containerd() {
-  local target new rc=0 config paths
-  target="$(under_root /etc/containerd/certs.d/docker.io/hosts.toml)"
+# configure_registry ENTRY: /etc/containerd/certs.d/<registry>/hosts.toml sends that registry's
+# pulls to the mirror (containerd adds ?ns=<registry>, which picks the mirror's upstream). The
+# client certificate and server CA are copied beside it, under names that carry the mirror's
+# host; hosts.toml names them relative to its own directory, as containerd resolves them, so
+# the file stays right under --root and wherever config_path puts certs.d.
+configure_registry() {
+  local registry server dir target new rc=0 cert="" key="" ca=""
+  registry="$(registry_name "$1")"
+  server="$(registry_server "$1")"
+  dir="$(under_root "/etc/containerd/certs.d/$registry")"
+  target="$dir/hosts.toml"
   say "containerd: $target"
+  if ((!REMOVE)); then
+    if [[ -n "$CLIENT_DIR" ]]; then
+      copy_in "$CLIENT_DIR/client.cert" "$dir/client-$MIRROR_HOST.cert" 0644
+      copy_in "$CLIENT_DIR/client.key" "$dir/client-$MIRROR_HOST.key" 0600
+    fi
+    [[ -z "$CA_CERT" ]] || copy_in "$CA_CERT" "$dir/ca-$MIRROR_HOST.crt" 0644
+    # Certificates installed by an earlier run stay named (the served script has no --client-cert).
+    if [[ -n "$CLIENT_DIR" || -f "$dir/client-$MIRROR_HOST.cert" ]]; then
+      cert="client-$MIRROR_HOST.cert"
+      key="client-$MIRROR_HOST.key"
+    fi
+    if [[ -n "$CA_CERT" || -f "$dir/ca-$MIRROR_HOST.crt" ]]; then
+      ca="ca-$MIRROR_HOST.crt"
+    fi
+  fi
   new="$(mktemp)"
-  hosts_toml_tool "$( ((REMOVE)) && echo remove || echo merge)" "$target" "$MIRROR" "$new" || rc=$?
+  hosts_toml_tool "$( ((REMOVE)) && echo remove || echo merge)" "$target" "$MIRROR" "$new" \
+    "$registry" "$server" "$cert" "$key" "$ca" || rc=$?
   if ((rc == 10)); then
     rm -f -- "$new"
     if ((REMOVE)); then say "  $MIRROR is not listed: nothing to remove"; else say "  $MIRROR is already the first host: unchanged"; fi
@@ -493,6 +667,16 @@ configure_containerd() {
     place_file "$target" "$new" 0644
     say "  wrote $target (containerd reads it at each pull: no restart needed)"
   fi
+  if ((REMOVE)); then
+    remove_file "$dir/client-$MIRROR_HOST.cert"
+    remove_file "$dir/client-$MIRROR_HOST.key"
+    remove_file "$dir/ca-$MIRROR_HOST.crt"
+  fi
+}
+
+configure_containerd() {
+  local entry config paths
+  for entry in "${REGISTRIES[@]}"; do configure_registry "$entry"; done
   config="$(under_root /etc/containerd/config.toml)"
   paths="$(hosts_toml_tool config-path "$config")"
   case ":$paths:" in
@@ -555,6 +739,20 @@ configure_podman() {
   say "  wrote $target"
 }
 
+# Docker's registry-mirrors (and the podman drop-in) serve Docker Hub images only; other
+# registries go through the mirror by path prefix.
+docker_hub_only_note() {
+  local entry name
+  ((REMOVE)) && return 0
+  for entry in "${REGISTRIES[@]}"; do
+    name="$(registry_name "$entry")"
+    [[ "$name" == "$DOCKER_HUB" ]] && continue
+    say "  registry-mirrors applies to Docker Hub only: pull $name images through the mirror by"
+    say "  prefix, e.g. docker pull $MIRROR_HOST/$name/OWNER/IMAGE:TAG"
+    return 0
+  done
+}
+
 main() {
   parse_args "$@"
   have python3 || die "python3 is needed to edit JSON safely: apt-get install python3-minimal"
@@ -570,7 +768,15 @@ main() {
   fi
   ((DRY_RUN)) && say "Dry run: nothing is changed."
   say "Mirror: $MIRROR$( ((REMOVE)) && echo " (removing)")"
-  ((WANT_DOCKER)) && configure_docker
+  if [[ -n "$CLIENT_DIR" && -e "$CLIENT_DIR/ca.crt" ]] && ((!REMOVE)); then
+    say "  $CLIENT_DIR/ca.crt is the mirror's client CA (it checks clients): not installed;"
+    say "  a private CA of the mirror's server certificate goes in with --ca-cert FILE"
+  fi
+  if ((WANT_DOCKER)); then
+    configure_docker
+    configure_docker_certs
+    docker_hub_only_note
+  fi
   ((WANT_CONTAINERD)) && configure_containerd
   ((WANT_PODMAN)) && configure_podman
   if ((DRY_RUN)); then

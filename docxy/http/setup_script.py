@@ -2,7 +2,9 @@
 
 A Docker host is pointed at the mirror with ``curl -fsSL https://mirror.example.com/setup.sh |
 sudo bash``. The script is ``scripts/configure-client.sh``, shipped inside the package as
-``docxy/data/configure-client.sh``; its ``MIRROR_DEFAULT=""`` line gets ``server.public_url``.
+``docxy/data/configure-client.sh``; its ``MIRROR_DEFAULT=""`` line gets ``server.public_url``
+and its ``REGISTRIES_DEFAULT=""`` line the registries the mirror fronts (``docker.io``, then each
+of ``upstreams`` as ``NAME=REGISTRY-URL``), so containerd gets a ``hosts.toml`` for each.
 """
 
 from __future__ import annotations
@@ -13,29 +15,52 @@ from importlib import resources
 
 from quart import Blueprint, Response
 
+from docxy.config import Config
 from docxy.core.errors import RegistryError
 from docxy.http.state import mirror_state
+from docxy.upstream.presets import DEFAULT_NAME
 
 blueprint = Blueprint("setup_script", __name__)
 
 SCRIPT_RESOURCE = "data/configure-client.sh"
 PLACEHOLDER = 'MIRROR_DEFAULT=""\n'
+REGISTRIES_PLACEHOLDER = 'REGISTRIES_DEFAULT=""\n'
 # What may stand between double quotes in a shell script without being interpreted.
 _SAFE_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?")
+# One registry for the script's --registry: NAME or NAME=http(s)://HOST[:PORT] (no path).
+_SAFE_REGISTRY = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?:=https?://[A-Za-z0-9.:\[\]-]+)?")
 
 
 class SetupScriptError(RegistryError):
     """The script cannot be served (not shipped, or the public URL is not shell-safe)."""
 
 
-def fill_in(script: str, public_url: str) -> str:
-    """The script with ``MIRROR_DEFAULT`` set to ``public_url`` (trailing slash dropped)."""
+def registries_of(config: Config) -> tuple[str, ...]:
+    """The registries this mirror fronts, as the script's ``--registry`` takes them: Docker Hub
+    (``[upstream]``, whose hosts.toml falls back to Docker Hub itself), then each of
+    ``upstreams`` with its registry URL (just the name, meaning ``https://NAME``, when the URL
+    has a path the script's form cannot carry)."""
+    entries = [DEFAULT_NAME]
+    for upstream in config.upstreams:
+        entry = f"{upstream.name}={upstream.registry.rstrip('/')}"
+        entries.append(entry if _SAFE_REGISTRY.fullmatch(entry) else upstream.name)
+    return tuple(entries)
+
+
+def fill_in(script: str, public_url: str, registries: tuple[str, ...] = (DEFAULT_NAME,)) -> str:
+    """The script with ``MIRROR_DEFAULT`` set to ``public_url`` (trailing slash dropped) and
+    ``REGISTRIES_DEFAULT`` to ``registries``."""
     url = public_url.rstrip("/")
     if not _SAFE_URL.fullmatch(url):
         raise SetupScriptError(f"server.public_url {url!r} cannot be put in a shell script")
-    if script.count(PLACEHOLDER) != 1:
-        raise SetupScriptError("the shipped configure-client.sh has no MIRROR_DEFAULT line")
-    return script.replace(PLACEHOLDER, f'MIRROR_DEFAULT="{url}"\n')
+    for registry in registries:
+        if not _SAFE_REGISTRY.fullmatch(registry):
+            raise SetupScriptError(f"upstream {registry!r} cannot be put in a shell script")
+    for line in (PLACEHOLDER, REGISTRIES_PLACEHOLDER):
+        if script.count(line) != 1:
+            raise SetupScriptError(f"the shipped configure-client.sh has no {line.strip()} line")
+    script = script.replace(PLACEHOLDER, f'MIRROR_DEFAULT="{url}"\n')
+    return script.replace(REGISTRIES_PLACEHOLDER, f'REGISTRIES_DEFAULT="{" ".join(registries)}"\n')
 
 
 @cache
@@ -48,7 +73,8 @@ def shipped_script() -> str:
 
 @blueprint.route("/setup.sh", methods=["GET", "HEAD"])
 async def setup_script() -> Response:
-    body = fill_in(shipped_script(), mirror_state().config.server.public_url)
+    config = mirror_state().config
+    body = fill_in(shipped_script(), config.server.public_url, registries_of(config))
     response = Response(body, content_type="text/x-shellscript; charset=utf-8")
     response.headers["Cache-Control"] = "no-cache"
     return response

@@ -1,7 +1,12 @@
 """configure-client.sh for real: the script the mirror serves at /setup.sh, piped to bash as a
 user would, edits a running dockerd's daemon.json, reloads it with SIGHUP, and `docker pull`
 then goes through the mirror. The hosts.toml it writes for containerd is then used by a real
-containerd (`ctr --hosts-dir`) to pull through the mirror too.
+containerd (`ctr --hosts-dir`) to pull through the mirror too, for Docker Hub and for a second
+upstream (tests.bed.lab) whose hosts.toml the served script writes because the mirror is
+configured for it (containerd then sends ``?ns=lab.test``). And with a client certificate from
+`docxy clients add` (``--client-cert``) containerd pulls from a mirror in users mode over TLS,
+where without it the mirror refuses (containerd, unlike dockerd, presents client certificates
+to loopback registries too, so no network namespace is needed).
 
 The private dockerd (tests.clients.dockerd) starts with `--config-file <dir>/daemon.json` whose
 only mirror is a dead one on 127.0.0.1:9, and `--pidfile <dir>/docker.pid`; the script gets
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +26,14 @@ import httpx
 import pytest
 
 from tests.bed import Bed, Mirror, need_binary
+from tests.bed.httpserver import free_port
+from tests.bed.lab import Lab, start_lab
 from tests.clients.containerd import SNAPSHOTTER, running_containerd
 from tests.clients.dockerd import Dockerd, running_dockerd
 from tests.clients.egress import EgressGuard
+from tests.conftest import StartMirror
+from tests.e2e.test_access_e2e import docxy_cli
+from tests.e2e.test_client_certs_e2e import server_certificate
 from tests.scriptbox import output, run_ok
 from tests.unit.test_setup_script import expected
 
@@ -143,3 +154,117 @@ def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
 
     assert egress.attempts == [], f"containerd left the machine: {egress.attempts}"
     assert f"/v2/{image.repo}/manifests/{image.tag}" in mirror.log_text()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with start_lab(tmp_path / "lab") as started:
+        yield started
+
+
+def test_setup_script_writes_hosts_toml_for_every_configured_registry(
+    start_mirror: StartMirror, lab: Lab, egress: EgressGuard, tmp_path: Path
+) -> None:
+    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
+        need_binary(name)
+    mirror = start_mirror(
+        env={
+            "DOCXY_UPSTREAMS": f"lab.test={lab.url}",
+            "DOCXY_UPSTREAMS_LAB_TEST_USERNAME": lab.user,
+            "DOCXY_UPSTREAMS_LAB_TEST_PASSWORD": lab.password,
+        }
+    )
+    script = served_script(mirror)
+    assert script == expected(mirror.url, f"docker.io lab.test={lab.url}")
+    root = tmp_path / "node"
+    said = run_ok(
+        subprocess.run(
+            [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    )
+    hosts_dir = root / "etc" / "containerd" / "certs.d"
+    assert sorted(p.name for p in hosts_dir.iterdir()) == ["docker.io", "lab.test"], said
+    ref = f"lab.test/{lab.image.repo}:1"
+
+    with running_containerd(egress_proxy=egress.url) as containerd:
+        pulled = containerd.ctr(
+            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(hosts_dir), ref
+        )
+        assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
+        ran = containerd.run_image(ref, "lab", "cat", "/docxy-test.txt")
+        assert ran.stdout == lab.image.content, ran.stderr
+
+    assert egress.attempts == [], f"containerd left the machine: {egress.attempts}"
+    # The mirror fetched it (its User-Agent in the lab registry's log): containerd asked the
+    # mirror with ?ns=lab.test first, not the hosts.toml's fallback server.
+    assert any(f"/v2/{lab.image.repo}/manifests/1 " in line for line in lab.fetched_by_docxy())
+
+
+def test_client_cert_from_the_setup_script_lets_containerd_pull_in_users_mode(
+    bed: Bed, start_mirror: StartMirror, egress: EgressGuard, tmp_path: Path
+) -> None:
+    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
+        need_binary(name)
+    server_ca, cert, key = server_certificate(tmp_path / "server", "localhost")
+    auth_dir = tmp_path / "access"
+    tls_port = free_port()
+    mirror = start_mirror(
+        *("--tls-listen", f"127.0.0.1:{tls_port}", "--cert", str(cert), "--key", str(key)),
+        *("--public-url", f"https://localhost:{tls_port}"),
+        env={
+            "DOCXY_AUTH_MODE": "users",
+            "DOCXY_AUTH_CLIENT_CERTS": "true",
+            "DOCXY_AUTH_DIR": str(auth_dir),
+        },
+    )
+    kit = tmp_path / "kit"
+    issued = docxy_cli(auth_dir, "clients", "add", "node1", "--out", str(kit))
+    assert issued.returncode == 0, issued.stderr
+    trust = ssl.create_default_context(cafile=str(server_ca))
+    response = httpx.get(f"https://localhost:{tls_port}/setup.sh", verify=trust, timeout=30)
+    assert response.status_code == 200, response.text
+    script = response.text
+
+    def configure(root: Path, *args: str) -> Path:
+        said = run_ok(
+            subprocess.run(
+                [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)]
+                + [*args, "--ca-cert", str(server_ca)],
+                input=script,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        )
+        assert f"https://localhost:{tls_port}" in said
+        return root / "etc" / "containerd" / "certs.d"
+
+    with_cert = configure(tmp_path / "node1", "--client-cert", str(kit))
+    without = configure(tmp_path / "node2")
+    image = bed.images["docxytest/multi"]
+    ref = f"docker.io/{image.repo}:{image.tag}"
+
+    with running_containerd(egress_proxy=egress.url) as containerd:
+        refused = containerd.ctr(
+            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(without), ref
+        )
+        assert refused.returncode != 0, refused.stdout
+        pulled = containerd.ctr(
+            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(with_cert), ref
+        )
+        assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
+
+    served = [
+        line
+        for line in mirror.log_text(200000).splitlines()
+        if f" /v2/{image.repo}/" in line and " 200 " in line
+    ]
+    assert any("/manifests/" in line for line in served), mirror.log_text(6000)
+    assert any("/blobs/" in line for line in served), mirror.log_text(6000)
+    assert all(line.endswith(" client=cert:node1") for line in served), served

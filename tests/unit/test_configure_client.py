@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.scriptbox import Rule, ScriptBox, output, run_ok
+from docxy.access.clientca import ClientCA
+from docxy.http.setup_script import fill_in
+from tests.scriptbox import REPO, Rule, ScriptBox, output, run_ok
 
 MIRROR = "https://mirror.example.com"
 SCRIPT = "configure-client.sh"
@@ -478,3 +481,252 @@ def test_podman_dropin_second_run_and_remove(box: ScriptBox) -> None:
 
     configure(box, "--mirror", MIRROR, "--podman", "--remove")
     assert not box.path(PODMAN_DROPIN).exists()
+
+
+# --- client certificates (--client-cert, --ca-cert) -------------------------------------------
+
+CERTS_D = "/etc/docker/certs.d/mirror.example.com"
+CLIENT_CERT = "/etc/containerd/certs.d/docker.io/client-mirror.example.com.cert"
+CLIENT_KEY = "/etc/containerd/certs.d/docker.io/client-mirror.example.com.key"
+# hosts.toml names them relative to its directory, as containerd resolves them
+CLIENT_PAIR = ["client-mirror.example.com.cert", "client-mirror.example.com.key"]
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Path:
+    """What `docxy clients add ci --out kit` writes: client.cert, client.key, ca.crt."""
+    out = tmp_path / "kit"
+    out.mkdir()
+    ClientCA(tmp_path / "auth").issue("ci", out)
+    return out
+
+
+@pytest.fixture
+def server_ca(tmp_path: Path) -> Path:
+    """A private CA certificate for the mirror's server certificate (any PEM certificate)."""
+    path = tmp_path / "server-ca.pem"
+    ClientCA(tmp_path / "server-ca").ensure()
+    path.write_bytes((tmp_path / "server-ca" / "ca.crt").read_bytes())
+    return path
+
+
+def mode(box: ScriptBox, path: str) -> int:
+    return box.path(path).stat().st_mode & 0o777
+
+
+def test_client_cert_goes_into_docker_certs_d_without_the_client_ca(
+    box: ScriptBox, kit: Path
+) -> None:
+    said = configure(box, "--mirror", MIRROR, "--docker", "--client-cert", str(kit))
+
+    assert box.path(f"{CERTS_D}/client.cert").read_bytes() == (kit / "client.cert").read_bytes()
+    assert box.path(f"{CERTS_D}/client.key").read_bytes() == (kit / "client.key").read_bytes()
+    assert mode(box, f"{CERTS_D}/client.key") == 0o600
+    assert mode(box, f"{CERTS_D}/client.cert") == 0o644
+    assert not box.path(f"{CERTS_D}/ca.crt").exists(), "the client CA never vouches for the server"
+    assert "client CA" in said
+    assert leftovers(box) == []
+
+
+def test_ca_cert_is_the_servers_ca_in_docker_and_containerd(
+    box: ScriptBox, kit: Path, server_ca: Path
+) -> None:
+    configure(
+        box, "--mirror", MIRROR, "--docker", "--containerd",
+        "--client-cert", str(kit), "--ca-cert", str(server_ca),
+    )  # fmt: skip
+
+    assert box.path(f"{CERTS_D}/ca.crt").read_bytes() == server_ca.read_bytes()
+    host = tomllib.loads(box.path(HOSTS_TOML).read_text())["host"][MIRROR]
+    assert host["ca"] == "ca-mirror.example.com.crt"
+    ca = box.path("/etc/containerd/certs.d/docker.io/ca-mirror.example.com.crt")
+    assert ca.read_bytes() == server_ca.read_bytes()
+
+
+def test_client_cert_goes_into_hosts_toml_beside_it(box: ScriptBox, kit: Path) -> None:
+    configure(box, "--mirror", MIRROR, "--containerd", "--client-cert", str(kit))
+
+    hosts = tomllib.loads(box.path(HOSTS_TOML).read_text())
+    assert hosts["server"] == "https://registry-1.docker.io"
+    assert hosts["host"][MIRROR] == {
+        "capabilities": ["pull", "resolve"],
+        "client": [CLIENT_PAIR],
+    }
+    assert box.path(CLIENT_CERT).read_bytes() == (kit / "client.cert").read_bytes()
+    assert box.path(CLIENT_KEY).read_bytes() == (kit / "client.key").read_bytes()
+    assert mode(box, CLIENT_KEY) == 0o600
+    assert str(box.root) not in box.path(HOSTS_TOML).read_text(), "--root is not the host's path"
+
+
+def test_client_cert_second_run_changes_nothing(box: ScriptBox, kit: Path) -> None:
+    args = ("--mirror", MIRROR, "--docker", "--containerd", "--client-cert", str(kit))
+    configure(box, *args)
+    first = box.files()
+    box.forget_calls()
+
+    said = configure(box, *args)
+
+    assert box.files() == first
+    assert "Nothing to change" in said
+    assert not box.called(r"^(systemctl reload|kill)")
+
+
+def test_a_run_without_client_cert_keeps_the_installed_one(box: ScriptBox, kit: Path) -> None:
+    """The served script (no --client-cert) run again must not drop the certificate."""
+    configure(box, "--mirror", MIRROR, "--docker", "--containerd", "--client-cert", str(kit))
+    first = box.files()
+
+    configure(box, "--mirror", MIRROR, "--docker", "--containerd")
+
+    assert box.files() == first
+
+
+def test_a_new_client_cert_replaces_the_old_one(box: ScriptBox, kit: Path, tmp_path: Path) -> None:
+    configure(box, "--mirror", MIRROR, "--docker", "--containerd", "--client-cert", str(kit))
+    box.path(f"{CERTS_D}/client.key").chmod(0o644)
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    ClientCA(tmp_path / "auth").issue("ci", renewed)
+
+    configure(box, "--mirror", MIRROR, "--docker", "--containerd", "--client-cert", str(renewed))
+
+    for installed in (f"{CERTS_D}/client.key", CLIENT_KEY):
+        assert box.path(installed).read_bytes() == (renewed / "client.key").read_bytes()
+        assert mode(box, installed) == 0o600
+    assert box.path(CLIENT_CERT).read_bytes() == (renewed / "client.cert").read_bytes()
+    assert not [name for name in box.files() if "client.key.docxy-backup" in name]
+
+
+def test_client_cert_dry_run_changes_nothing(box: ScriptBox, kit: Path) -> None:
+    code, said = run(
+        box, "--mirror", MIRROR, "--docker", "--containerd", "--dry-run", "--client-cert", str(kit)
+    )
+
+    assert code == 0, said
+    assert box.files() == {}
+    assert f"would install {box.path(CERTS_D)}/client.key (mode 0600)" in said
+    assert f"would install {box.path(CLIENT_KEY)} (mode 0600)" in said
+    assert f'|   client = [["{CLIENT_PAIR[0]}", "{CLIENT_PAIR[1]}"]]' in said
+
+
+def test_remove_takes_the_certificates_out(box: ScriptBox, kit: Path, server_ca: Path) -> None:
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(
+        'server = "https://registry-1.docker.io"\n\n'
+        '[host."https://corp-cache.example"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    args = ("--mirror", MIRROR, "--docker", "--containerd")
+    configure(box, *args, "--client-cert", str(kit), "--ca-cert", str(server_ca))
+    box.stand_in("docker", docker_info())
+
+    dry = configure(box, *args, "--remove", "--dry-run")
+    assert f"would remove {box.path(CERTS_D)}/client.key" in dry
+    assert box.path(CLIENT_KEY).exists()
+    said = configure(box, *args, "--remove")
+
+    assert not box.path(CERTS_D).exists()
+    left = [name for name in box.files() if "containerd" in name and ".docxy-backup-" not in name]
+    assert left == [HOSTS_TOML.lstrip("/")], "the copies beside hosts.toml are gone"
+    hosts = tomllib.loads(box.path(HOSTS_TOML).read_text())
+    assert list(hosts["host"]) == ["https://corp-cache.example"]
+    assert "removed" in said
+    again = configure(box, *args, "--remove")
+    assert "Nothing to change" in again
+
+
+@pytest.mark.parametrize(
+    ("make", "complaint"),
+    [
+        (lambda kit: (kit / "client.key").unlink(), "client.key is missing"),
+        (lambda kit: (kit / "client.cert").write_text("not a cert\n"), "client.cert is missing"),
+        (lambda kit: (kit / "client.key").write_bytes((kit / "client.cert").read_bytes()), "key"),
+    ],
+)
+def test_an_incomplete_client_cert_dir_is_refused(
+    box: ScriptBox, kit: Path, make: Callable[[Path], object], complaint: str
+) -> None:
+    make(kit)
+
+    code, said = run(box, "--mirror", MIRROR, "--docker", "--containerd", "--client-cert", str(kit))
+
+    assert code == 2, said
+    assert complaint in said
+    assert box.files() == {}
+
+
+def test_client_cert_needs_an_https_mirror(box: ScriptBox, kit: Path) -> None:
+    code, said = run(box, "--mirror", "http://127.0.0.1:5000", "--client-cert", str(kit))
+
+    assert code == 2 and "https://" in said
+    assert box.files() == {}
+
+
+def test_certs_d_is_named_with_the_mirror_port(box: ScriptBox, kit: Path) -> None:
+    configure(box, "--mirror", "https://mirror.example.com:8443/", "--docker", "--no-reload",
+              "--client-cert", str(kit))  # fmt: skip
+
+    assert box.path("/etc/docker/certs.d/mirror.example.com:8443/client.cert").exists()
+
+
+# --- several registries (--registry) ----------------------------------------------------------
+
+
+def hosts_toml(box: ScriptBox, registry: str) -> dict[str, object]:
+    path = box.path(f"/etc/containerd/certs.d/{registry}/hosts.toml")
+    return tomllib.loads(path.read_text())
+
+
+def test_one_hosts_toml_per_registry_with_its_real_server(box: ScriptBox, kit: Path) -> None:
+    configure(
+        box, "--mirror", MIRROR, "--containerd", "--client-cert", str(kit),
+        "--registry", "docker.io", "--registry", "ghcr.io",
+        "--registry=lab.test=http://10.0.0.5:5000",
+    )  # fmt: skip
+
+    servers = {r: hosts_toml(box, r)["server"] for r in ("docker.io", "ghcr.io", "lab.test")}
+    assert servers == {
+        "docker.io": "https://registry-1.docker.io",
+        "ghcr.io": "https://ghcr.io",
+        "lab.test": "http://10.0.0.5:5000",
+    }
+    ghcr = hosts_toml(box, "ghcr.io")["host"]
+    assert isinstance(ghcr, dict)
+    assert ghcr[MIRROR]["client"] == [CLIENT_PAIR]
+    assert box.path("/etc/containerd/certs.d/ghcr.io/client-mirror.example.com.key").exists()
+
+
+def test_named_registries_replace_the_docker_io_default(box: ScriptBox) -> None:
+    configure(box, "--mirror", MIRROR, "--containerd", "--registry", "quay.io")
+
+    assert [name for name in box.files() if name.endswith("hosts.toml")] == [
+        "etc/containerd/certs.d/quay.io/hosts.toml"
+    ]
+
+
+def test_the_served_registries_are_the_default_and_removed_together(box: ScriptBox) -> None:
+    filled = fill_in(
+        (REPO / "scripts" / SCRIPT).read_text(),
+        MIRROR,
+        ("docker.io", "ghcr.io=https://ghcr.io"),
+    )
+    result = box.run("", "--root", str(box.root), "--containerd", "--docker", stdin=filled)
+    said = run_ok(result)
+
+    assert hosts_toml(box, "ghcr.io")["server"] == "https://ghcr.io"
+    assert hosts_toml(box, "docker.io")["server"] == "https://registry-1.docker.io"
+    assert "registry-mirrors applies to Docker Hub only" in said
+    assert "docker pull mirror.example.com/ghcr.io/OWNER/IMAGE:TAG" in said
+
+    box.stand_in("docker", docker_info())
+    run_ok(box.run("", "--root", str(box.root), "--containerd", "--remove", stdin=filled))
+    assert not [name for name in box.files() if name.endswith("hosts.toml")]
+
+
+@pytest.mark.parametrize(
+    "bad", ["GHCR.IO", "ghcr.io/x", "-x.io", "a.io=ftp://h", "a.io=https://h/p", "a b", "a;id"]
+)
+def test_a_bad_registry_is_refused(box: ScriptBox, bad: str) -> None:
+    code, said = run(box, "--mirror", MIRROR, "--containerd", "--registry", bad)
+
+    assert code == 2 and "--registry" in said, said
+    assert box.files() == {}

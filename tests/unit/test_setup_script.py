@@ -16,11 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "configure-client.sh"
 
 
-def expected(url: str) -> str:
-    """The repository's script with its one MIRROR_DEFAULT line set to ``url``."""
+def expected(url: str, registries: str = "docker.io") -> str:
+    """The repository's script with its MIRROR_DEFAULT and REGISTRIES_DEFAULT lines set."""
     lines = SCRIPT.read_text().splitlines(keepends=True)
     index = lines.index('MIRROR_DEFAULT=""\n')
     lines[index] = f'MIRROR_DEFAULT="{url}"\n'
+    index = lines.index('REGISTRIES_DEFAULT=""\n')
+    lines[index] = f'REGISTRIES_DEFAULT="{registries}"\n'
     return "".join(lines)
 
 
@@ -59,6 +61,45 @@ def test_fill_in_refuses_what_the_shell_would_interpret(public_url: str) -> None
 def test_fill_in_needs_exactly_one_placeholder() -> None:
     with pytest.raises(SetupScriptError):
         fill_in("#!/bin/sh\necho no placeholder\n", "https://mirror.example.com")
+    with pytest.raises(SetupScriptError, match="REGISTRIES_DEFAULT"):
+        fill_in('MIRROR_DEFAULT=""\n', "https://mirror.example.com")
+
+
+def test_fill_in_sets_the_registries() -> None:
+    filled = fill_in(
+        SCRIPT.read_text(), "https://m.example", ("docker.io", "lab.test=http://127.0.0.1:5000")
+    )
+
+    assert filled == expected("https://m.example", "docker.io lab.test=http://127.0.0.1:5000")
+
+
+@pytest.mark.parametrize(
+    "registry",
+    ["ghcr.io;id", "ghcr.io $(id)", 'a.b"', "lab.test=http://h/$(id)", "x=ftp://h", "GHCR.IO"],
+)
+def test_fill_in_refuses_a_registry_the_shell_would_interpret(registry: str) -> None:
+    with pytest.raises(SetupScriptError):
+        fill_in(SCRIPT.read_text(), "https://m.example", ("docker.io", registry))
+
+
+async def test_route_fills_in_every_configured_registry() -> None:
+    config = load_config(
+        {
+            "server.public_url": "https://mirror.example.com",
+            "upstream.registry": "https://registry.example",
+            "upstreams": "ghcr.io,lab.test=http://10.0.0.5:5000/,odd.test=https://odd.example/r",
+            "cache.enabled": "false",
+        },
+        environ={},
+    )
+    app = create_app(config, probe=False, transport=httpx.MockTransport(_no_upstream))
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/setup.sh")
+        body = await response.get_data(as_text=True)
+
+    assert response.status_code == 200
+    registries = "docker.io ghcr.io=https://ghcr.io lab.test=http://10.0.0.5:5000 odd.test"
+    assert body == expected("https://mirror.example.com", registries)
 
 
 async def test_route_serves_the_script_with_this_mirrors_url() -> None:
