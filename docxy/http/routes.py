@@ -118,6 +118,7 @@ def _pull(state: MirrorState, reference: Reference) -> Pull:
         request.method,
         tuple(request.headers.getlist("Accept")),
         request.headers.get("Range"),
+        authorization=request.headers.get("Authorization"),
     )
 
 
