@@ -14,7 +14,9 @@ every read, so a crash can only lose an entry, never serve a wrong one. Names ne
 The store is also the blob store's :class:`~docxy.cache.images.ImageCatalog`: it keeps what each
 cached manifest needs and when it was last pulled (the file's mtime, so it survives restarts), and
 forgets whole images when eviction asks or when a blob one of them needs goes away. A manifest
-whose blobs are no longer all there is never offered.
+whose blobs are no longer all there is never offered. It also answers which repositories hold a
+blob (:meth:`ManifestStore.blob_visibility`): those a cached manifest pointing at it was served
+for, so that knowledge lives exactly as long as the manifests do, restarts included.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class ManifestStore:
         self._clock = clock
         self._images: dict[ImageKey, Image] | None = None  # read from disk on first use
         self._tag_files: dict[Path, ImageKey] = {}
+        self._holders: dict[Digest, set[ImageKey]] = {}  # blob -> cached images that need it
 
     @classmethod
     def open(
@@ -257,9 +260,42 @@ class ManifestStore:
 
     def images(self) -> list[Image]:
         """Every cached manifest with what it needs and when it was last pulled."""
+        return list(self._catalogue().values())
+
+    def _catalogue(self) -> dict[ImageKey, Image]:
         if self._images is None:
             self._images, self._tag_files = self._scan()
-        return list(self._images.values())
+            self._holders = {}
+            for image in self._images.values():
+                self._hold(image)
+        return self._images
+
+    def _hold(self, image: Image) -> None:
+        for digest in image.blobs:
+            self._holders.setdefault(digest, set()).add(image.key)
+
+    def _release(self, image: Image) -> None:
+        for digest in image.blobs:
+            holders = self._holders.get(digest)
+            if holders is not None:
+                holders.discard(image.key)
+                if not holders:
+                    del self._holders[digest]
+
+    def blob_visibility(self, repo: RepoKey, digest: Digest) -> Visibility | None:
+        """How blob ``digest`` is known in ``repo``: through a cached manifest that needs it and
+        was served for ``repo`` (public if any such manifest is), else None (not known there)."""
+        self._catalogue()
+        upstream = _upstream_key(repo.upstream)
+        found: Visibility | None = None
+        for key in list(self._holders.get(digest, ())):
+            if key.upstream != upstream:
+                continue
+            seen = self.access.visibility(repo, key.digest)
+            if seen is not None and seen.public:
+                return seen
+            found = found or seen
+        return found
 
     def forget_images(self, keys: Iterable[ImageKey]) -> None:
         """Drop these manifests and the tags pointing at them: they are no longer offered, so a
@@ -272,7 +308,9 @@ class ManifestStore:
             unlink_quietly(path.with_name(path.name + ".json"))
             unlink_quietly(path)
             if self._images is not None:
-                self._images.pop(key, None)
+                image = self._images.pop(key, None)
+                if image is not None:
+                    self._release(image)
         for tag_path, key in list(self._tag_files.items()):
             if key in gone:
                 unlink_quietly(tag_path)
@@ -290,6 +328,7 @@ class ManifestStore:
         if old is None:
             blobs, children = needs(content)
             self._images[key] = Image(key, time.time(), blobs, children)
+            self._hold(self._images[key])
         else:
             self._images[key] = Image(key, time.time(), old.blobs, old.children)
 

@@ -149,6 +149,7 @@ def _pull(route: Route, reference: Reference) -> Pull:
         request.method,
         tuple(request.headers.getlist("Accept")),
         request.headers.get("Range"),
+        authorization=request.headers.get("Authorization"),
     )
 
 

@@ -14,6 +14,7 @@ from quart import Quart, current_app
 
 from docxy.access.gate import AccessControl
 from docxy.cache import Cache
+from docxy.cache.pairings import BlobPairings
 from docxy.config import Config
 from docxy.pull.blobs import BlobService
 from docxy.pull.manifests import ManifestService
@@ -68,7 +69,11 @@ class MirrorState:
         self.services = Services(
             client,
             tokens,
-            BlobService(cache.blobs if cache is not None else None, tokens),
+            BlobService(
+                cache.blobs if cache is not None else None,
+                tokens,
+                BlobPairings(cache.manifests if cache is not None else None),
+            ),
             ManifestService(cache.manifests if cache is not None else None, tokens),
         )
         return self.services

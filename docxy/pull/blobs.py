@@ -5,6 +5,12 @@ the store makes the temp file, starts that fetch once per digest as a named task
 client asking meanwhile (the first one included) follows the growing file. Content the mirror's
 token may not read (private repositories) and requests the cache does not answer (a ``Range``
 or a ``HEAD`` on a miss) pass through with the client's credentials, uncached, with a reason.
+
+A cached blob is served under a repository only once the mirror knows that repository holds it
+(``docxy.cache.pairings``); an unknown pairing is first confirmed by a free upstream ``HEAD``
+— with the mirror's token, then with the client's own credentials, which serves content
+private to that client from the cache without sharing it. Unconfirmed, the request passes
+through (the client sees the upstream's own answer); with the upstream down, it fails.
 """
 
 from __future__ import annotations
@@ -13,20 +19,34 @@ from functools import partial
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import CacheUnwritable, FetchFailed, FillAborted
-from docxy.cache.fill import Download
+from docxy.cache.fill import BlobFollower, Download
+from docxy.cache.pairings import BlobPairings
 from docxy.cache.reader import BlobReader
-from docxy.core.errors import UpstreamError
+from docxy.cache.visibility import RepoKey, may_serve
+from docxy.core.digests import Digest
+from docxy.core.errors import UpstreamError, UpstreamUnavailable
 from docxy.core.ranges import parse_range
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
+from docxy.upstream.client import SERVER_TROUBLE
 from docxy.upstream.tokens import MirrorTokens
+
+UNCONFIRMED = PassThrough(
+    Reason.UNCONFIRMED, "the upstream did not confirm the cached blob in this repository"
+)
 
 
 class BlobService:
     """``get(pull)`` → an outcome; ``store`` None means the cache is off."""
 
-    def __init__(self, store: DiskBlobStore | None, tokens: MirrorTokens) -> None:
+    def __init__(
+        self,
+        store: DiskBlobStore | None,
+        tokens: MirrorTokens,
+        pairings: BlobPairings | None = None,
+    ) -> None:
         self.store = store
         self.tokens = tokens
+        self.pairings = pairings if pairings is not None else BlobPairings(None)
 
     async def get(self, pull: Pull) -> Outcome:
         digest = pull.reference.digest
@@ -34,11 +54,14 @@ class BlobService:
             return PassThrough(Reason.NO_CACHE)
         entry = self.store.lookup(digest)
         if entry is not None:
+            held = await self._held(pull, digest)  # first: even a 416 would tell the size
+            if isinstance(held, PassThrough):
+                return held
             span = parse_range(pull.range, entry.size)  # RangeNotSatisfiable: 416
             start, stop = span if span is not None else (0, entry.size)
             reader = None if pull.head else self.store.open_read(digest, start, stop)
             if pull.head or reader is not None:  # None: evicted since the lookup, a miss
-                return Served(Source.HIT, BlobContent(digest, entry.size, reader, span))
+                return Served(held, BlobContent(digest, entry.size, reader, span))
         if pull.head or pull.range:
             return PassThrough(Reason.NOT_CACHEABLE, "HEAD or Range of a blob not cached")
         if self.tokens.refused(pull.upstream, pull.name):
@@ -47,16 +70,58 @@ class BlobService:
             stream = await self.store.fill(digest, partial(self._fetch, pull))
         except CacheUnwritable as exc:
             return PassThrough(Reason.CACHE_UNWRITABLE, str(exc))
-        if isinstance(stream, BlobReader):  # committed while we looked
-            return Served(Source.HIT, BlobContent(digest, stream.size, stream))
+        return await self._follow(pull, digest, stream)
+
+    async def _follow(
+        self, pull: Pull, digest: Digest, stream: BlobReader | BlobFollower
+    ) -> Outcome:
+        """Serve a fill (ours, or one started for another repository) or a fresh commit."""
         try:
-            size = await stream.size()
+            if isinstance(stream, BlobReader):  # committed while we looked
+                size: int | None = stream.size
+                source = Source.HIT
+            else:
+                size = await stream.size()  # our own fetch has confirmed the pairing by now
+                source = Source.MISS
+            held = await self._held(pull, digest)
         except FillAborted as exc:
             stream.close()
             if self.tokens.refused(pull.upstream, pull.name):
                 return PassThrough(Reason.PRIVATE, str(exc))
             return PassThrough(Reason.UPSTREAM_FAILED, str(exc))
-        return Served(Source.MISS, BlobContent(digest, size, stream))
+        except BaseException:
+            stream.close()
+            raise
+        if isinstance(held, PassThrough):
+            stream.close()
+            return held
+        return Served(source if held is Source.HIT else held, BlobContent(digest, size, stream))
+
+    async def _held(self, pull: Pull, digest: Digest) -> Source | PassThrough:
+        """Whether the pull's repository holds ``digest``: known (HIT), or confirmed upstream
+        just now (REVALIDATED), or not (a pass-through). Raises :class:`UpstreamError` when
+        the upstream cannot say (down, 429/5xx): an unknown pairing is never served blind."""
+        repo = RepoKey(pull.upstream.host, pull.name)
+        if may_serve(self.pairings.visibility(repo, digest), pull.identity):
+            return Source.HIT
+        if not self.tokens.refused(pull.upstream, pull.name):
+            answer = await self.tokens.send(pull.upstream, "HEAD", pull.name, pull.path)
+            await answer.aclose()
+            _raise_for_trouble(answer.status_code)
+            if answer.status_code == 200:
+                self.pairings.confirm(repo, digest, public=True)
+                return Source.REVALIDATED
+            if answer.status_code in (401, 403):
+                self.tokens.mark_refused(pull.upstream, pull.name)
+        if pull.authorization is not None:  # private to this client, maybe: not shared
+            headers = [("Authorization", pull.authorization)]
+            url = pull.upstream.url(pull.path)
+            answer = await self.tokens.client.send(pull.upstream, "HEAD", url, headers)
+            await answer.aclose()
+            _raise_for_trouble(answer.status_code)
+            if answer.status_code == 200:
+                return Source.REVALIDATED
+        return UNCONFIRMED
 
     async def _fetch(self, pull: Pull) -> Download:
         """The upstream half of a fill: a GET with the mirror's own token."""
@@ -69,6 +134,14 @@ class BlobService:
             if answer.status_code in (401, 403):  # a 404 is about this blob only
                 self.tokens.mark_refused(pull.upstream, pull.name)
             raise FetchFailed(f"upstream answered {answer.status_code} to the mirror's token")
+        digest = pull.reference.digest
+        if digest is not None:  # the upstream served it from this repository: it holds it
+            self.pairings.confirm(RepoKey(pull.upstream.host, pull.name), digest, public=True)
         length = answer.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
         return Download(size, answer.aiter_bytes(), answer.aclose)
+
+
+def _raise_for_trouble(status: int) -> None:
+    if status in SERVER_TROUBLE:
+        raise UpstreamUnavailable(f"the upstream answered {status}")

@@ -14,7 +14,7 @@ A ``PassThrough`` always names its reason, the question an operator asks first.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
@@ -42,6 +42,7 @@ class Reason(enum.Enum):
     UPSTREAM_ANSWER = "upstream-answer"  # not found, schema 1...: the client gets it verbatim
     UPSTREAM_FAILED = "upstream-failed"  # the mirror's fetch failed and nothing is cached
     CACHE_UNWRITABLE = "cache-unwritable"  # disk full or unwritable: misses go uncached
+    UNCONFIRMED = "unconfirmed"  # a cached blob the upstream did not confirm in this repository
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,9 @@ class Pull:
     """One read request on the pull path, as the services see it.
 
     ``name`` is the repository as the upstream knows it (``library/`` added on Docker Hub);
-    ``identity`` is who asks (anonymous until the mirror has users of its own).
+    ``identity`` is who asks (anonymous until the mirror has users of its own);
+    ``authorization`` the client's own ``Authorization`` header, for the upstream checks made on
+    its behalf (a blob cached from another repository, confirmed with the client's token).
     """
 
     upstream: Upstream
@@ -59,6 +62,7 @@ class Pull:
     accept: tuple[str, ...] = ()
     range: str | None = None
     identity: Identity = ANONYMOUS
+    authorization: str | None = field(default=None, repr=False)
 
     @property
     def head(self) -> bool:
