@@ -12,7 +12,8 @@ things the hostile-traffic run showed missing:
 - **a stall timeout** (``limits.send_timeout``): a write waits for the client to take the
   bytes; when the client takes *none* of them for that long, the connection is aborted (its
   buffered bytes dropped). A slow download that keeps taking bytes is never cut: progress is
-  the transport's write buffer shrinking, checked a few times per timeout, whatever the chunk.
+  the bytes not yet taken (the transport's buffer plus the kernel's send queue) shrinking,
+  checked a few times per timeout, whatever the chunk size.
 
 Idle clients and slow request headers are hypercorn's ``keep_alive_timeout``: its idle timer
 runs from the connection's start until a whole request head has arrived, and between requests.
@@ -26,9 +27,13 @@ its module and has no setting for it); :func:`raise_fd_limit` lifts the soft des
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import fcntl
 import json
 import logging
 import resource
+import struct
+import termios
 from dataclasses import dataclass
 
 import hypercorn.asyncio.run as hypercorn_run
@@ -133,11 +138,20 @@ class EdgeTCPServer(TCPServer):
             except (ConnectionError, RuntimeError):
                 await self.protocol.handle(Closed())
 
+    def _unsent(self) -> int:
+        """Bytes written but not yet taken by the client: ours, and the kernel's send queue.
+
+        The kernel's part matters: with a send buffer of megabytes, a socket turns writable
+        again only after a third of it has drained, which a slow client may take seconds for.
+        """
+        sock = self.writer.get_extra_info("socket")
+        return self.writer.transport.get_write_buffer_size() + _kernel_queue(sock)
+
     async def _drain(self, guard: ConnectionGuard, timeout: float) -> None:
         """Wait until the client has taken the bytes, as long as it keeps taking some."""
         transport = self.writer.transport
         loop = asyncio.get_running_loop()
-        left = transport.get_write_buffer_size()
+        left = self._unsent()
         progress_at = loop.time()
         while True:
             try:
@@ -145,7 +159,7 @@ class EdgeTCPServer(TCPServer):
                 return
             except TimeoutError:
                 pass
-            now, size = loop.time(), transport.get_write_buffer_size()
+            now, size = loop.time(), self._unsent()
             if size < left:
                 left, progress_at = size, now
             elif now - progress_at >= timeout:
@@ -153,7 +167,46 @@ class EdgeTCPServer(TCPServer):
                 peer = self.writer.get_extra_info("peername")
                 log.info("closing stalled %s: no bytes taken in %ss", peer, timeout)
                 transport.abort()
+                _trim_soon(loop)
                 raise ConnectionAbortedError("the client took no bytes")
+
+
+#: Seconds after the last stalled connection was dropped until freed memory is given back.
+TRIM_DELAY = 1.0
+_trim: asyncio.TimerHandle | None = None
+
+
+def _trim_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """Give the buffers of dropped connections back to the system, once things calm down.
+
+    A stalled download dies holding megabytes of write buffer; glibc keeps such freed memory in
+    its heap, so without a trim a few rounds of non-reading clients ratchet the resident size up.
+    """
+    global _trim
+    if _trim is not None:
+        _trim.cancel()
+    _trim = loop.call_later(TRIM_DELAY, malloc_trim)
+
+
+def malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)``: free heap pages back to the system; False if not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _kernel_queue(sock: object) -> int:
+    """Bytes still in the socket's send queue (Linux ``SIOCOUTQ``); 0 if it cannot be read."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        return 0
+    try:
+        answer = fcntl.ioctl(fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except (OSError, ValueError):
+        return 0
+    queued: int = struct.unpack("i", answer)[0]
+    return queued
 
 
 def install() -> None:
