@@ -18,6 +18,7 @@ from hypercorn.config import Sockets
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.edge import connections
+from docxy.edge.framing import Framing
 from docxy.edge.gate import Gate
 from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
@@ -190,7 +191,7 @@ async def run(config: Config) -> None:
     https_url = config.server.public_url if tls is not None else None
     observer = Observer(state)
     observer.attach(app)
-    asgi = AccessLog(Guard(Gate(app, config), https_url), observer)
+    asgi = AccessLog(Framing(Guard(Gate(app, config), https_url)), observer)
     connections.install()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
