@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from docxy.core.cidr import Networks, parse_networks
 from docxy.core.errors import ConfigError
 from docxy.core.forwarded import HEADERS as FORWARDED_HEADERS
-from docxy.core.rules import Pattern, RepositoryRules, parse_patterns
+from docxy.core.rules import Patterns, RepositoryRules, parse_patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +113,8 @@ class AccessConfig:
     """Who may use the mirror, and for what (``docxy.edge.gate``)."""
 
     allow: Networks  # client networks served; empty: everyone
-    repositories: tuple[Pattern, ...]  # repository patterns served; empty: all
-    deny_repositories: tuple[Pattern, ...]
+    repositories: Patterns  # repository patterns served; empty: all
+    deny_repositories: Patterns
 
     @property
     def rules(self) -> RepositoryRules:
@@ -275,7 +275,7 @@ def _networks(value: object) -> Networks:
     return parse_networks(value)
 
 
-def _patterns(value: object) -> tuple[Pattern, ...]:
+def _patterns(value: object) -> Patterns:
     if not isinstance(value, str | list):
         raise ValueError(f"expected a list of repository patterns, got {value!r}")
     return parse_patterns(value)

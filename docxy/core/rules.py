@@ -43,7 +43,24 @@ def parse_pattern(text: str) -> Pattern:
     return Pattern(text, re.compile(regex))
 
 
-def parse_patterns(value: str | Iterable[str]) -> tuple[Pattern, ...]:
+@dataclass(frozen=True, slots=True)
+class Patterns:
+    """A list of patterns; shown as the operator wrote it (``library/*, myorg/**``)."""
+
+    patterns: tuple[Pattern, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def __str__(self) -> str:
+        return ", ".join(pattern.text for pattern in self.patterns)
+
+    def match(self, name: str) -> Pattern | None:
+        """The first pattern matching ``name``, or None."""
+        return next((p for p in self.patterns if p.matches(name)), None)
+
+
+def parse_patterns(value: str | Iterable[str]) -> Patterns:
     """A comma-separated string (env, flags) or a list of strings (TOML)."""
     items = value.split(",") if isinstance(value, str) else list(value)
     patterns = []
@@ -52,23 +69,22 @@ def parse_patterns(value: str | Iterable[str]) -> tuple[Pattern, ...]:
             raise ValueError(f"expected pattern strings, got {item!r}")
         if item.strip():
             patterns.append(parse_pattern(item))
-    return tuple(patterns)
+    return Patterns(tuple(patterns))
 
 
 @dataclass(frozen=True, slots=True)
 class RepositoryRules:
-    allow: tuple[Pattern, ...] = ()
-    deny: tuple[Pattern, ...] = ()
+    allow: Patterns = Patterns()
+    deny: Patterns = Patterns()
 
     def __bool__(self) -> bool:
         return bool(self.allow or self.deny)
 
     def refusal(self, name: str) -> str | None:
         """Why ``name`` is not served, for the client to read; None when it is served."""
-        for pattern in self.deny:
-            if pattern.matches(name):
-                return f"repository {name} is not served by this mirror (denied by {pattern.text})"
-        if self.allow and not any(pattern.matches(name) for pattern in self.allow):
-            allowed = ", ".join(pattern.text for pattern in self.allow)
-            return f"repository {name} is not served by this mirror (it serves {allowed})"
+        denied = self.deny.match(name)
+        if denied is not None:
+            return f"repository {name} is not served by this mirror (denied by {denied.text})"
+        if self.allow and self.allow.match(name) is None:
+            return f"repository {name} is not served by this mirror (it serves {self.allow})"
         return None
