@@ -34,6 +34,7 @@ from docxy.core.cidr import Address
 from docxy.core.errors import Denied, RegistryError, TooManyRequests
 from docxy.core.names import Kind, parse_v2_path, upstream_name
 from docxy.edge.clients import limit_key, request_address
+from docxy.edge.fills import CLIENT
 from docxy.edge.limits import Buckets, Clock, retry_after
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,15 @@ class Gate:
             self.refused += 1
             await _send_error(send, error)
             return
+        named = CLIENT.set(key)  # for the fill caps (docxy.edge.fills), in the tasks it starts
+        try:
+            await self._serve(scope, receive, send, key)
+        finally:
+            CLIENT.reset(named)
+
+    async def _serve(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable, key: str
+    ) -> None:
         if not self.bandwidth:
             await self.app(scope, receive, send)
             return

@@ -13,6 +13,7 @@ from quart import Quart, current_app
 
 from docxy.cache import Cache
 from docxy.config import Config
+from docxy.edge.fills import FillPermits
 from docxy.pull.blobs import BlobService
 from docxy.pull.manifests import ManifestService
 from docxy.upstream.client import Upstream, UpstreamClient
@@ -54,7 +55,11 @@ class MirrorState:
         self.services = Services(
             client,
             tokens,
-            BlobService(cache.blobs if cache is not None else None, tokens),
+            BlobService(
+                cache.blobs if cache is not None else None,
+                tokens,
+                FillPermits(self.config.limits.fills_per_client, self.config.limits.fills_total),
+            ),
             ManifestService(cache.manifests if cache is not None else None, tokens),
         )
         return self.services

@@ -17,6 +17,7 @@ from docxy.cache.fill import Download
 from docxy.cache.reader import BlobReader
 from docxy.core.errors import UpstreamError
 from docxy.core.ranges import parse_range
+from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
 from docxy.upstream.tokens import MirrorTokens
 
@@ -24,9 +25,12 @@ from docxy.upstream.tokens import MirrorTokens
 class BlobService:
     """``get(pull)`` → an outcome; ``store`` None means the cache is off."""
 
-    def __init__(self, store: DiskBlobStore | None, tokens: MirrorTokens) -> None:
+    def __init__(
+        self, store: DiskBlobStore | None, tokens: MirrorTokens, permits: FillPermits | None = None
+    ) -> None:
         self.store = store
         self.tokens = tokens
+        self.permits = permits or FillPermits()
 
     async def get(self, pull: Pull) -> Outcome:
         digest = pull.reference.digest
@@ -43,11 +47,17 @@ class BlobService:
             return PassThrough(Reason.NOT_CACHEABLE, "HEAD or Range of a blob not cached")
         if self.tokens.refused(pull.upstream, pull.name):
             return PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
+        # Starting a fill needs a permit (429 over the caps); joining one does not.
+        release = None if self.store.filling(digest) else self.permits.acquire()
         try:
-            stream = await self.store.fill(digest, partial(self._fetch, pull))
+            stream = await self.store.fill(digest, partial(self._permitted, pull, release))
         except CacheUnwritable as exc:
+            if release is not None:
+                release()
             return PassThrough(Reason.CACHE_UNWRITABLE, str(exc))
         if isinstance(stream, BlobReader):  # committed while we looked
+            if release is not None:
+                release()
             return Served(Source.HIT, BlobContent(digest, stream.size, stream))
         try:
             size = await stream.size()
@@ -57,6 +67,17 @@ class BlobService:
                 return PassThrough(Reason.PRIVATE, str(exc))
             return PassThrough(Reason.UPSTREAM_FAILED, str(exc))
         return Served(Source.MISS, BlobContent(digest, size, stream))
+
+    async def _permitted(self, pull: Pull, release: Release | None) -> Download:
+        """:meth:`_fetch`, giving the fill's permit back when the download is closed."""
+        if release is None:
+            return await self._fetch(pull)
+        try:
+            download = await self._fetch(pull)
+        except BaseException:
+            release()
+            raise
+        return Download(download.size, download.chunks, released_after(download.close, release))
 
     async def _fetch(self, pull: Pull) -> Download:
         """The upstream half of a fill: a GET with the mirror's own token."""
