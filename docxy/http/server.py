@@ -147,6 +147,7 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
     hc.h11_max_incomplete_size = 16 * 1024  # request head; larger is a 431 from h11
     limits = config.limits
     hc.keep_alive_timeout = limits.idle_timeout  # also bounds a slow request head
+    hc.ssl_handshake_timeout = limits.idle_timeout  # a handshake is not yet a capped connection
     hc.read_timeout = None  # would cut long downloads (docxy.edge.connections)
     hc.backlog = limits.backlog or 100
     fd_limit = connections.raise_fd_limit()
