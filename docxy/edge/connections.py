@@ -150,6 +150,9 @@ class EdgeTCPServer(TCPServer):
     async def _drain(self, guard: ConnectionGuard, timeout: float) -> None:
         """Wait until the client has taken the bytes, as long as it keeps taking some."""
         transport = self.writer.transport
+        if transport.get_write_buffer_size() == 0:  # all handed to the kernel: nothing to wait
+            await self.writer.drain()  # for (it raises if the connection was lost meanwhile)
+            return
         loop = asyncio.get_running_loop()
         left = self._unsent()
         progress_at = loop.time()
