@@ -32,7 +32,8 @@ ENV PYTHONUNBUFFERED=1 \
     DOCXY_SERVER_ADMIN_LISTEN=0.0.0.0:9180 \
     DOCXY_CACHE_DIR=/var/lib/docxy/cache \
     DOCXY_CERTS_WEBROOT=/var/lib/docxy/webroot \
-    DOCXY_CERTS_CONFIG_DIR=/var/lib/docxy/certs/letsencrypt
+    DOCXY_CERTS_CONFIG_DIR=/var/lib/docxy/certs/letsencrypt \
+    DOCXY_AUTH_DIR=/var/lib/docxy/certs/access
 
 # One volume per kind of state: the cache (large, disposable) and the certificates (small,
 # precious: Let's Encrypt rate-limits re-issuance).

@@ -110,7 +110,7 @@ class SchedulerConfig:
 
 @dataclass(frozen=True, slots=True)
 class AccessConfig:
-    """Who may use the mirror, and for what (``docxy.edge.gate``)."""
+    """Who may use the mirror, and for what (``docxy.edge.admission``)."""
 
     allow: Networks  # client networks served; empty: everyone
     repositories: Patterns  # repository patterns served; empty: all
@@ -123,7 +123,7 @@ class AccessConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Connection limits (``docxy.edge.connections``) and per-client limits (``docxy.edge.gate``).
+    """Connection limits (``docxy.edge.connections``), per-client ones (``docxy.edge.admission``).
 
     A rate, count or size of 0 is off.
     """
@@ -140,6 +140,19 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Who may use the mirror (``docxy.access``)."""
+
+    mode: str  # "open": anyone; "users": the mirror's own users, tokens and client certificates
+    dir: Path  # token signing keys, the client CA and its list (the certificate volume)
+    users_file: Path
+    token_ttl: int  # seconds a token the mirror issues is valid
+    key_grace: float  # seconds the previous signing key still verifies after a rotation
+    client_certs: bool  # ask TLS clients for a certificate from the mirror's CA
+    upstream_logins: bool  # users mode: a client's own Docker Hub login may pass through
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     tls: TlsConfig
@@ -150,6 +163,7 @@ class Config:
     scheduler: SchedulerConfig
     access: AccessConfig
     limits: LimitsConfig
+    auth: AuthConfig
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -336,6 +350,20 @@ def _opt_path(value: object) -> Path | None:
     return _path(value) if _opt_str(value) else None
 
 
+def _mode(value: object) -> str:
+    text = _str(value).strip().lower()
+    if text not in ("open", "users"):
+        raise ValueError(f"expected open or users, got {value!r}")
+    return text
+
+
+def _ttl(value: object) -> int:
+    number = _number(value)
+    if not 10 <= number <= 86400:
+        raise ValueError(f"expected seconds between 10 and 86400, got {value!r}")
+    return int(number)
+
+
 def _level(value: object) -> str:
     text = _str(value).strip().upper()
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -403,6 +431,15 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),
+    },
+    "auth": {
+        "mode": (_mode, "open"),
+        "dir": (_opt_path, ""),  # default: docxy-access beside cache.dir
+        "users_file": (_opt_path, ""),  # default: users in auth.dir
+        "token_ttl": (_ttl, 300),
+        "key_grace": (_float, 3600.0),
+        "client_certs": (_bool, False),
+        "upstream_logins": (_bool, False),
     },
     "scheduler": {
         "hour": (_opt_int_in(0, 11), ""),
@@ -570,7 +607,15 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
     upstream = UpstreamConfig(**_section(values, "upstream"))
     if (upstream.username is None) != (upstream.password is None):
         raise fail("upstream.username", "upstream.username and upstream.password go together")
+    auth = _section(values, "auth")
+    if auth["dir"] is None:
+        auth["dir"] = values["cache.dir"].parent / "docxy-access"
+    if auth["users_file"] is None:
+        auth["users_file"] = auth["dir"] / "users"
+    if auth["client_certs"] and server["tls_listen"] is None:
+        raise fail("auth.client_certs", "client certificates need server.tls_listen")
     return Config(
+        auth=AuthConfig(**auth),
         server=ServerConfig(**server),
         tls=tls,
         upstream=upstream,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from docxy import __version__
+from docxy.cli import access as accesscli
 from docxy.cli import cache as cachecli
 from docxy.cli import warm
 from docxy.config import Config, describe, load_config
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     cachecli.register(commands)
     warm.register(commands)
     certs.register_cli(commands)
+    accesscli.register(commands)
     return parser
 
 
@@ -109,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     handler = getattr(args, "handler", None)
-    if handler is not None:  # cache, warm, certs: they load the config themselves
+    if (
+        handler is not None
+    ):  # cache, warm, certs, users, clients, tokens: they load the config themselves
         return int(handler(args, config_from_args))
     try:
         config = config_from_args(args)

@@ -21,7 +21,9 @@ hypercorn's ``read_timeout`` is left off: it also fires while a long download is
 a client that has nothing more to say, and would cut it.
 
 :func:`install` makes hypercorn's asyncio runner use the subclass (it names ``TCPServer`` in
-its module and has no setting for it); :func:`raise_fd_limit` lifts the soft descriptor limit.
+its module and has no setting for it); the subclass extends ``docxy.access.peer``'s, which
+swaps in the same way, so one class serves both. :func:`raise_fd_limit` lifts the soft
+descriptor limit.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from dataclasses import dataclass
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, Event, RawData
+
+from docxy.access.peer import PeerCertTCPServer
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +94,9 @@ class ConnectionGuard:
         self.open -= 1
 
 
-class EdgeTCPServer(TCPServer):
-    """hypercorn's connection, capped, closed when the peer leaves, aborted when stalled."""
+class EdgeTCPServer(PeerCertTCPServer):
+    """hypercorn's connection, capped, closed when the peer leaves, aborted when stalled; and,
+    as ``docxy.access.peer`` needs, noting the TLS client certificate for its requests."""
 
     @property
     def guard(self) -> ConnectionGuard | None:
@@ -213,8 +218,10 @@ def _kernel_queue(sock: object) -> int:
 
 
 def install() -> None:
-    """Make hypercorn's asyncio runner serve connections with :class:`EdgeTCPServer`."""
-    if getattr(hypercorn_run, "TCPServer", None) not in (TCPServer, EdgeTCPServer):
+    """Make hypercorn's asyncio runner serve connections with :class:`EdgeTCPServer` (after
+    ``docxy.access.peer.install``, whose class it extends, if that ran)."""
+    known = (TCPServer, PeerCertTCPServer, EdgeTCPServer)
+    if getattr(hypercorn_run, "TCPServer", None) not in known:
         raise RuntimeError("hypercorn.asyncio.run no longer names TCPServer: update docxy.edge")
     setattr(hypercorn_run, "TCPServer", EdgeTCPServer)  # noqa: B010 - not a public name
 

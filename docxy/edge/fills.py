@@ -4,8 +4,8 @@
 A fill is the mirror fetching a blob it does not hold; it costs upstream quota, bandwidth and
 cache space whether or not the client stays to read it. A request that would *start* one more
 fill than allowed is answered ``429 TOOMANYREQUESTS``; joining a fill already running, or a
-cache hit, is free. The client is the one the gate named for this request (:data:`CLIENT`, a
-context variable the gate sets, so it follows the request into the tasks it starts).
+cache hit, is free. The client is the one admission named for this request (:data:`CLIENT`, a
+context variable admission sets, so it follows the request into the tasks it starts).
 """
 
 from __future__ import annotations

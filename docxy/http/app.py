@@ -10,6 +10,7 @@ import httpx
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
+from docxy.access.gate import AccessControl
 from docxy.cache import Cache, open_cache
 from docxy.config import Config
 from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
@@ -69,6 +70,9 @@ def create_app(
     state = MirrorState(config, Upstream.from_config(config.upstream))
     if config.cache.enabled:
         state.cache = open_store(config)
+    if config.auth.mode == "users" or config.auth.client_certs:
+        state.access = AccessControl(config)
+        state.access.prepare()
     app.extensions["docxy"] = state
     for blueprint in (
         routes.blueprint,

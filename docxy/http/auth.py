@@ -3,21 +3,30 @@
 Clients are sent here by the challenges the mirror rewrites. The request is forwarded to the
 upstream's realm (configured, or discovered from its ``/v2/`` challenge) with ``service``,
 ``account``, every ``scope`` (``library/`` added on Docker Hub) and the client's Basic
-credentials, so ``docker login`` users pull with their own quota. This is the one place that
-later becomes the mirror's own authority (mirror-issued tokens).
+credentials, so ``docker login`` users pull with their own quota.
+
+In ``users`` mode (``docxy.access``) the mirror is the authority itself: it checks its own
+users' passwords and signs the tokens (``docxy.access.authority``); nothing is forwarded, unless
+``auth.upstream_logins`` lets a client-certificate holder's own Docker Hub login through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
 
 import httpx
 from quart import Blueprint, Response, request
+from werkzeug.datastructures import Headers
 
+from docxy.access.authority import Issued, issue_token
+from docxy.access.gate import Refusal, basic_credentials
+from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core.challenge import rewrite_scope
 from docxy.core.errors import NotFound, UpstreamError
+from docxy.http.routes import request_facts
 from docxy.http.state import mirror_state
 from docxy.upstream.client import read_small
 
@@ -51,12 +60,24 @@ def token_params(
     return httpx.QueryParams(params)
 
 
+class CredentialsUncheckable(UpstreamError):
+    """The upstream's token service is down and the client sent credentials only it can check."""
+
+    status = 503
+
+
 def offline_token(reason: str) -> Response:
     """A token of the mirror's own while the upstream's auth service is down.
 
     It grants nothing upstream: the mirror serves public cached content without looking at
-    client tokens, and passes anything else through with the client's own token.
+    client tokens, and passes anything else through with the client's own token. Only for
+    anonymous requests: credentials the mirror cannot check are never answered with a token
+    (a wrong password must not make ``docker login`` succeed).
     """
+    if request.headers.get("Authorization") is not None:
+        raise CredentialsUncheckable(
+            f"cannot check credentials now: the upstream's token service is unavailable ({reason})"
+        )
     log.warning("upstream token service unavailable (%s): issuing an offline token", reason)
     issued = datetime.now(UTC)
     body = {
@@ -73,6 +94,11 @@ def offline_token(reason: str) -> Response:
 @blueprint.route("/auth/token", methods=["GET"])
 async def token() -> Response:
     state = mirror_state()
+    access = state.access
+    if access is not None and access.users_mode:
+        forward = access.upstream_logins and access.certificate_client() is not None
+        if not forward or _is_mirror_user(request.headers.get("Authorization")):
+            return await _own_token(request.headers.get("Authorization"))
     upstream = state.upstream_for(request.args.get("ns"))
     try:
         realm = await state.client.auth_realm(upstream)
@@ -103,5 +129,30 @@ async def token() -> Response:
         return offline_token(f"the upstream's token service answered {answer.status_code}")
     content_type = answer.headers.get("content-type", "application/json")
     response = Response(body, status=answer.status_code, content_type=content_type)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _is_mirror_user(authorization: str | None) -> bool:
+    """Whether Basic credentials name one of the mirror's users (their password is checked
+    by the mirror, never sent upstream)."""
+    access = mirror_state().access
+    credentials = basic_credentials(authorization)
+    return access is not None and credentials is not None and access.users.exists(credentials[0])
+
+
+async def _own_token(authorization: str | None) -> Response:
+    """Users mode: the mirror is the token authority (``docxy.access.authority``)."""
+    access = mirror_state().access
+    assert access is not None
+    scopes = request.args.getlist("scope")
+    async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
+        answer = await asyncio.to_thread(issue_token, access, authorization, scopes)
+    if isinstance(answer, Refusal):
+        response = Response(answer.body(), status=answer.status, headers=Headers(answer.headers()))
+    else:
+        assert isinstance(answer, Issued)
+        response = Response(answer.body, status=200, content_type="application/json")
+        set_identity(request_facts(), ClientIdentity(Via.TOKEN, answer.user))
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -20,6 +20,7 @@ from hypercorn.typing import (
     Scope,
 )
 
+from docxy.access.identity import identity_of
 from docxy.core.errors import RegistryError, RequestTooLarge
 
 log = logging.getLogger("docxy.access")
@@ -171,8 +172,9 @@ class AccessLog:
             raise
         finally:
             upstream_ms = facts.get("upstream_ms")
+            who = identity_of(scope).label()
             log.info(
-                "%s %s %s %d bytes cache=%s upstream=%s total=%.0fms %s",
+                "%s %s %s %d bytes cache=%s upstream=%s total=%.0fms %s%s",
                 loggable(scope["method"]),
                 loggable(origin_form(scope)["path"]),  # no user:password@host of the target
                 status,
@@ -181,6 +183,7 @@ class AccessLog:
                 "-" if upstream_ms is None else f"{upstream_ms:.0f}ms",
                 (time.monotonic() - started) * 1000,
                 outcome,
+                "" if who == "-" else f" client={who}",  # docxy.access: cert:NAME, user:NAME
             )
             if self.observer is not None:
                 self.observer.request_ended(scope, status, sent, time.monotonic() - started)

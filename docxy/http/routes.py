@@ -13,6 +13,7 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
+from docxy.access.identity import set_identity
 from docxy.core.challenge import Challenge, rewrite_challenge
 from docxy.core.errors import Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.core.headers import request_headers
@@ -32,7 +33,9 @@ JSON = [("Content-Type", "application/json")]
 def request_facts() -> dict[str, Any]:
     """The per-request facts the access log prints (set up by ``middleware.AccessLog``)."""
     facts = request.scope.get("docxy")
-    return facts if isinstance(facts, dict) else {}
+    if not isinstance(facts, dict):  # no access log around the app (tests): keep them anyway
+        facts = request.scope["docxy"] = {}  # type: ignore[typeddict-unknown-key]
+    return facts
 
 
 def _raw_path() -> str:
@@ -53,7 +56,12 @@ async def ping() -> Response:
     """Answer the version check; relay the upstream's challenge, realm re-pointed at the mirror."""
     if request.method not in READ_METHODS:
         raise Unsupported("this mirror is read-only", {"method": request.method})
+    refused = _access(None)
+    if refused is not None:
+        return refused
     state = mirror_state()
+    if state.access is not None and state.access.users_mode:
+        return registry_response(b"{}", 200, JSON)  # the mirror is the authority: no upstream
     upstream = _upstream(state)
     try:
         answer = await state.client.send(
@@ -92,6 +100,9 @@ async def content(rest: str) -> Response:
     reference = parse_v2_path(_raw_path())
     if reference is None:
         return await ping()
+    refused = _access(reference.name)
+    if refused is not None:
+        return refused
     state = mirror_state()
     pull = _pull(state, reference)
     services = state.running
@@ -109,6 +120,22 @@ async def content(rest: str) -> Response:
         _record(state, pull, outcome, started)
 
 
+def _access(repository: str | None) -> Response | None:
+    """Who the client is (``docxy.access``), into the request's facts; in ``users`` mode the
+    refusal to answer with (``None`` for ``/v2/`` itself)."""
+    access = mirror_state().access
+    if access is None:
+        return None
+    decision = access.check(request.headers.get("Authorization"), repository)
+    facts = request_facts()
+    set_identity(facts, decision.identity)
+    facts["forward_credentials"] = decision.forward_credentials
+    refusal = decision.refusal
+    if refusal is None:
+        return None
+    return registry_response(refusal.body(), refusal.status, refusal.headers())
+
+
 def _pull(state: MirrorState, reference: Reference) -> Pull:
     upstream = _upstream(state)
     return Pull(
@@ -124,6 +151,8 @@ def _pull(state: MirrorState, reference: Reference) -> Pull:
 async def _pass_through(state: MirrorState, pull: Pull) -> Response:
     """Send the request upstream with the client's own headers; relay the answer."""
     headers = request_headers(request.headers.items())
+    if not request_facts().get("forward_credentials", True):  # the mirror's token stays here
+        headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
     url = pull.upstream.url(pull.path)
     answer = await state.client.send(pull.upstream, pull.method, url, headers)
     return relay(

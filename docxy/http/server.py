@@ -18,8 +18,8 @@ from hypercorn.config import Sockets
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.edge import connections
+from docxy.edge.admission import Admission
 from docxy.edge.framing import Framing
-from docxy.edge.gate import Gate
 from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
@@ -111,8 +111,17 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         # webroot and installs it at these paths; the watcher then switches over.
         self_signed(cert.parent, host, cert_name=cert.name, key_name=key.name)
         _warn_bootstrap(host, cert)
+    client_ca = None
+    if config.auth.client_certs:
+        from docxy.access import peer
+        from docxy.access.clientca import ClientCA
+
+        ca = ClientCA(config.auth.dir)
+        ca.ensure()
+        client_ca = ca.cert_path
+        peer.install()
     try:
-        return ReloadableTLS(Path(cert), Path(key))
+        return ReloadableTLS(Path(cert), Path(key), client_ca)
     except CertError as exc:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"
@@ -192,7 +201,7 @@ async def run(config: Config) -> None:
     https_url = config.server.public_url if tls is not None else None
     observer = Observer(state)
     observer.attach(app)
-    asgi = AccessLog(Framing(Guard(Gate(app, config), https_url)), observer)
+    asgi = AccessLog(Framing(Guard(Admission(app, config, state.access), https_url)), observer)
     connections.install()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

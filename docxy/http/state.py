@@ -11,6 +11,7 @@ from typing import Any
 
 from quart import Quart, current_app
 
+from docxy.access.gate import AccessControl
 from docxy.cache import Cache
 from docxy.config import Config
 from docxy.edge.fills import FillPermits
@@ -36,6 +37,7 @@ class MirrorState:
     upstream: Upstream
     cache: Cache | None = None
     services: Services | None = None
+    access: AccessControl | None = None  # users mode or client certificates (docxy.access)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -110,6 +110,17 @@ def _new_context() -> ssl.SSLContext:
     return ctx
 
 
+def ask_for_client_certificates(ctx: ssl.SSLContext, ca: Path) -> None:
+    """Ask each client for a certificate issued by ``ca`` (``docxy clients add``), without
+    requiring one: clients that have none (``docker login`` users) still connect, and the app
+    decides what they may do. A certificate from another issuer fails the handshake."""
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise CertError(f"client CA {ca}: unusable ({exc})") from exc
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+
+
 def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path) -> None:
     """Load exactly these bytes (not whatever the files hold by now) into `ctx`."""
     fd, name = tempfile.mkstemp(prefix="docxy-tls-", suffix=".pem")  # mode 0600
@@ -137,10 +148,12 @@ def _file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
 class ReloadableTLS:
     """The live server context plus what is needed to swap its certificate safely."""
 
-    def __init__(self, cert_path: Path, key_path: Path) -> None:
+    def __init__(self, cert_path: Path, key_path: Path, client_ca: Path | None = None) -> None:
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
         self.context = _new_context()
+        if client_ca is not None:
+            ask_for_client_certificates(self.context, client_ca)
         self._signature = _file_signature(self.cert_path, self.key_path)
         cert_pem, key_pem, self._info = self._validated()
         _load(self.context, cert_pem, key_pem, self.cert_path)

@@ -29,9 +29,10 @@ DOCKER_CERTS_D = Path("/etc/docker/certs.d")
 
 
 @contextmanager
-def hosts_entry(name: str, hosts: Path = HOSTS) -> Iterator[str]:
-    """Resolve `name` to 127.0.0.1 for every process on the machine while inside."""
-    line = f"127.0.0.1 {name} # docxy-test {secrets.token_hex(4)}\n"
+def hosts_entry(name: str, hosts: Path = HOSTS, address: str = "127.0.0.1") -> Iterator[str]:
+    """Resolve `name` to `address` (127.0.0.1, or one in a test's own network namespace) for
+    every process on the machine while inside."""
+    line = f"{address} {name} # docxy-test {secrets.token_hex(4)}\n"
     with hosts.open("r+") as handle:  # in place: /etc/hosts is often a bind mount
         fcntl.flock(handle, fcntl.LOCK_EX)
         text = handle.read()

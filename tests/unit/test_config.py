@@ -174,6 +174,13 @@ SAMPLES = {
     "limits.bandwidth": "10M",
     "limits.fills_per_client": "2",
     "limits.fills_total": "8",
+    "auth.mode": "users",
+    "auth.dir": "/tmp/docxy-access",
+    "auth.users_file": "/tmp/docxy-users",
+    "auth.token_ttl": "60",
+    "auth.key_grace": "600",
+    "auth.client_certs": "false",
+    "auth.upstream_logins": "true",
 }
 
 

@@ -1,4 +1,4 @@
-"""The gate as an ASGI layer: allow lists, repository rules and per-client limits."""
+"""Admission as an ASGI layer: allow lists, repository rules and per-client limits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from docxy.access.gate import Decision
+from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
 from docxy.config import Config, load_config
-from docxy.edge.gate import BANDWIDTH_GRACE, Gate
+from docxy.edge.admission import BANDWIDTH_GRACE, Admission
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -31,7 +33,7 @@ async def inner(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def call(
-    gate: Gate,
+    gate: Admission,
     path: str,
     client: str = "192.0.2.1",
     method: str = "GET",
@@ -44,9 +46,10 @@ async def call(
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers or []],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers or []]
+        + ([] if user is None else [(b"authorization", f"Bearer {user}".encode())]),
         "client": (client, 40000),
-        "docxy": {} if user is None else {"user": user},
+        "docxy": {},
     }
     sent: list[dict[str, Any]] = []
 
@@ -68,8 +71,19 @@ def config(**settings: object) -> Config:
     return load_config({**settings}, environ={})
 
 
-def gate(settings: dict[str, object], clock: Clock | None = None) -> Gate:
-    return Gate(inner, config(**settings), clock or Clock())
+class Users:
+    """Stands in for ``docxy.access``: a ``Bearer NAME`` header is the user NAME."""
+
+    def check(self, authorization: str | None, repository: str | None) -> Decision:
+        assert repository is None  # admission only asks who, never whether
+        if authorization is None:
+            return Decision(ANONYMOUS)
+        return Decision(ClientIdentity(Via.TOKEN, authorization.removeprefix("Bearer ")))
+
+
+def gate(settings: dict[str, object], clock: Clock | None = None) -> Admission:
+    access: Any = Users()
+    return Admission(inner, config(**settings), access, clock or Clock())
 
 
 async def test_allow_list_refuses_others_with_denied() -> None:
@@ -163,7 +177,7 @@ async def test_bandwidth_debt_refuses_new_requests_until_paid(
     async def paced(seconds: float) -> None:  # the pacing's waits, recorded; the clock stands
         slept.append(seconds)
 
-    monkeypatch.setattr("docxy.edge.gate.asyncio.sleep", paced)
+    monkeypatch.setattr("docxy.edge.admission.asyncio.sleep", paced)
     assert (await call(g, big, headers=headers))[0] == 200
     assert slept == sorted(slept) and slept[-1] > BANDWIDTH_GRACE  # paced ever longer
     status, head, body = await call(g, big)

@@ -1,4 +1,4 @@
-"""The gate: allow lists, repository rules and per-client limits, before any route runs.
+"""Admission: allow lists, repository rules and per-client limits, before any route runs.
 
 An ASGI layer inside the access log (so every refusal is logged like any request):
 
@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
@@ -33,9 +33,12 @@ from docxy.config import Config
 from docxy.core.cidr import Address
 from docxy.core.errors import Denied, RegistryError, TooManyRequests
 from docxy.core.names import Kind, parse_v2_path, upstream_name
-from docxy.edge.clients import limit_key, request_address
+from docxy.edge.clients import client_identity, limit_key, request_address
 from docxy.edge.fills import CLIENT
 from docxy.edge.limits import Buckets, Clock, retry_after
+
+if TYPE_CHECKING:
+    from docxy.access.gate import AccessControl
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,17 @@ EXEMPT_PREFIXES = ("/.well-known/acme-challenge/",)
 BANDWIDTH_GRACE = 10.0
 
 
-class Gate:
-    def __init__(self, app: ASGIFramework, config: Config, clock: Clock = time.monotonic) -> None:
+class Admission:
+    def __init__(
+        self,
+        app: ASGIFramework,
+        config: Config,
+        access: AccessControl | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.app = app
         self.config = config
+        self.access = access
         self.allow = config.access.allow
         self.rules = config.access.rules
         self.library_prefix = config.upstream.library_prefix
@@ -67,10 +77,7 @@ class Gate:
             await self.app(scope, receive, send)
             return
         address = request_address(scope, self.config.server)
-        key = limit_key(scope, address)
-        facts: Any = scope.get("docxy")
-        if isinstance(facts, dict):
-            facts["client"] = key
+        key = limit_key(client_identity(scope, self.access), address)
         try:
             self._admit(scope, address, key)
         except RegistryError as error:

@@ -1,0 +1,64 @@
+"""``/auth/token`` when the mirror is its own token authority (``auth.mode = "users"``).
+
+The client's Basic credentials are checked against the users file (constant time, as slow for
+unknown names); a right password gets a short-lived token for ``pull`` on the repositories it
+asked for. Anything else is ``401`` with a message the docker CLI prints. Nothing here asks the
+upstream: the mirror verifies its own users even while the upstream's token service is down,
+and never answers a wrong password with a token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from docxy.access.gate import AccessControl, Refusal, basic_credentials
+from docxy.access.scopes import grant, parse_scopes
+from docxy.access.tokens import issue
+from docxy.access.users import UsersFileError
+
+log = logging.getLogger(__name__)
+
+BAD_CREDENTIALS = "incorrect username or password"
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    body: bytes
+    user: str
+
+
+def issue_token(
+    access: AccessControl, authorization: str | None, scopes: list[str]
+) -> Issued | Refusal:
+    """A token for the user named by ``authorization``, or why not."""
+    credentials = basic_credentials(authorization)
+    if credentials is None:
+        return Refusal(
+            401,
+            "UNAUTHORIZED",
+            "authentication required: docker login first",
+            'Basic realm="docxy"',
+        )
+    user, password = credentials
+    try:
+        known = access.users.check(user, password)
+    except UsersFileError as exc:
+        log.error("users file: %s", exc)
+        return Refusal(503, "UNAVAILABLE", "the mirror cannot read its users file")
+    if not known:
+        log.info("token refused: bad credentials")  # never the name tried or the password
+        return Refusal(401, "UNAUTHORIZED", BAD_CREDENTIALS, 'Basic realm="docxy"')
+    now = time.time()
+    granted = grant(parse_scopes(scopes))
+    token = issue(access.keys, access.spec, user, granted, now)
+    body = {
+        "token": token,
+        "access_token": token,
+        "expires_in": access.spec.ttl,
+        "issued_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+    }
+    return Issued(json.dumps(body).encode(), user)

@@ -1,0 +1,177 @@
+"""The mirror's own CA for client certificates: ``docxy clients add/rm/list``.
+
+``ca.crt``/``ca.key`` and ``clients.json`` (name → serial and expiry of the one certificate that
+name may use) live in ``auth.dir``. The TLS listener asks for a client certificate signed by
+this CA (optional, so ``docker login`` clients without one still connect); a request's
+certificate maps to a client only while its serial is the one listed for its name, so
+``docxy clients rm`` (or issuing a new one for the same name) revokes it at once, without CRLs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from docxy.access.users import valid_name
+from docxy.tls.context import write_files_atomic
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+CLIENTS = "clients.json"
+CA_DAYS = 3650
+CLIENT_DAYS = 825
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEntry:
+    name: str
+    serial: str
+    not_after: str
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ClientCA:
+    def __init__(self, dir: Path) -> None:
+        self.dir = Path(dir)
+        self._clients_sig: tuple[int, int] | None = None
+        self._by_serial: dict[str, ClientEntry] = {}
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / CA_CERT
+
+    @property
+    def clients_path(self) -> Path:
+        return self.dir / CLIENTS
+
+    def ensure(self) -> None:
+        """Create the CA on first use."""
+        if self.cert_path.exists():
+            return
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "docxy client CA")])
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        write_files_atomic(
+            [
+                (self.dir / CA_KEY, _pem_key(key), 0o600),
+                (self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644),
+            ]
+        )
+
+    def _ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        self.ensure()
+        cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        key = serialization.load_pem_private_key((self.dir / CA_KEY).read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return cert, key
+
+    def entries(self) -> dict[str, ClientEntry]:
+        try:
+            data = json.loads(self.clients_path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {name: ClientEntry(name, e["serial"], e["not_after"]) for name, e in data.items()}
+
+    def _save(self, entries: dict[str, ClientEntry]) -> None:
+        data = {e.name: {"serial": e.serial, "not_after": e.not_after} for e in entries.values()}
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        write_files_atomic([(self.clients_path, text.encode(), 0o600)])
+
+    def issue(self, name: str, out: Path) -> ClientEntry:
+        """A new certificate for ``name`` (replacing and so revoking any earlier one), written
+        to ``out`` as ``client.cert``, ``client.key`` and ``ca.crt`` (Docker's certs.d names)."""
+        if not valid_name(name):
+            raise ValueError(f"{name!r}: a client name is 1-64 of a-z 0-9 . _ - (first a-z 0-9)")
+        ca_cert, ca_key = self._ca()
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CLIENT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        entry = ClientEntry(
+            name, format(cert.serial_number, "x"), cert.not_valid_after_utc.isoformat()
+        )
+        write_files_atomic(
+            [
+                (out / "client.key", _pem_key(key), 0o600),
+                (out / "client.cert", cert.public_bytes(serialization.Encoding.PEM), 0o644),
+                (out / "ca.crt", self.cert_path.read_bytes(), 0o644),
+            ]
+        )
+        entries = self.entries()
+        entries[name] = entry
+        self._save(entries)
+        return entry
+
+    def revoke(self, name: str) -> bool:
+        entries = self.entries()
+        if entries.pop(name, None) is None:
+            return False
+        self._save(entries)
+        return True
+
+    def client_of(self, der: bytes) -> str | None:
+        """The client name of a certificate the TLS layer verified, if it is still listed."""
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return None
+        entry = self._listed().get(format(cert.serial_number, "x"))
+        if entry is None or cert.not_valid_after_utc < _now():
+            return None
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return entry.name if names and names[0].value == entry.name else None
+
+    def _listed(self) -> dict[str, ClientEntry]:
+        try:
+            st = self.clients_path.stat()
+            sig = (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            return {}
+        if sig != self._clients_sig:
+            self._by_serial = {e.serial: e for e in self.entries().values()}
+            self._clients_sig = sig
+        return self._by_serial

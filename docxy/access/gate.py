@@ -1,0 +1,167 @@
+"""The access check of ``/v2/`` requests, and the mirror's access state.
+
+:class:`AccessControl` holds the users file, the signing keys and the client CA. For each
+request :meth:`AccessControl.check` decides who the client is (a client certificate from the
+mirror's CA, a token the mirror issued, or nobody) and, in ``users`` mode, whether it may go on:
+no credentials or a bad token is ``401`` with the mirror's own challenge (its realm and
+service, and the scope the request needs); a token for another repository is ``403 DENIED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from docxy.access.clientca import ClientCA
+from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
+from docxy.access.keys import KeyRing
+from docxy.access.peer import peer_certificate
+from docxy.access.scopes import allows
+from docxy.access.tokens import TokenInvalid, TokenSpec, verify
+from docxy.access.users import UsersFile
+from docxy.config import Config
+from docxy.core.challenge import Challenge
+from docxy.core.names import upstream_name
+
+log = logging.getLogger(__name__)
+
+PASSWORD_CHECKS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the mirror will not serve: status, registry error code, message, challenge."""
+
+    status: int
+    code: str
+    message: str
+    challenge: str | None = None
+
+    def body(self) -> bytes:
+        return json.dumps({"errors": [{"code": self.code, "message": self.message}]}).encode()
+
+    def headers(self) -> list[tuple[str, str]]:
+        headers = [("Content-Type", "application/json")]
+        if self.challenge is not None:
+            headers.append(("WWW-Authenticate", self.challenge))
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    identity: ClientIdentity
+    refusal: Refusal | None = None
+    #: the client's own Authorization may go upstream on a pass-through (open mode, or
+    #: ``auth.upstream_logins`` for a certificate client whose token is not the mirror's)
+    forward_credentials: bool = True
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """``Basic base64(user:password)`` → (user, password); None when absent or malformed."""
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        text = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = text.partition(":")
+    return (user, password) if sep else None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+class AccessControl:
+    def __init__(self, config: Config) -> None:
+        auth = config.auth
+        self.users_mode = auth.mode == "users"
+        self.upstream_logins = auth.upstream_logins
+        self.users = UsersFile(auth.users_file)
+        self.keys = KeyRing(auth.dir, auth.key_grace)
+        self.ca = ClientCA(auth.dir) if auth.client_certs else None
+        self.realm = config.server.public_url + "/auth/token"
+        self.service = urlsplit(config.server.public_url).netloc
+        self.spec = TokenSpec(config.server.public_url, self.service, auth.token_ttl)
+        self.library_prefix = config.upstream.library_prefix
+        #: password checks at once (each runs in a thread and holds argon2's memory)
+        self.hashing = asyncio.Semaphore(PASSWORD_CHECKS)
+
+    def prepare(self) -> None:
+        """Create what is missing on disk (first key, the CA) before serving."""
+        if self.users_mode:
+            self.keys.ensure()
+            if self.spec.issuer.startswith("http://"):
+                log.warning(
+                    "auth.mode = users over plain HTTP (%s): passwords and tokens cross the "
+                    "network unencrypted; serve HTTPS (server.tls_listen)",
+                    self.spec.issuer,
+                )
+        if self.ca is not None:
+            self.ca.ensure()
+
+    def normal(self, name: str) -> str:
+        return upstream_name(name, self.library_prefix)
+
+    def certificate_client(self) -> str | None:
+        der = peer_certificate()
+        if der is None or self.ca is None:
+            return None
+        return self.ca.client_of(der)
+
+    def challenge(self, repository: str | None, error: str | None = None) -> str:
+        params = {"realm": self.realm, "service": self.service}
+        if repository is not None:
+            params["scope"] = f"repository:{repository}:pull"
+        if error is not None:
+            params["error"] = error
+        return Challenge("Bearer", params).render()
+
+    def check(self, authorization: str | None, repository: str | None) -> Decision:
+        """Who the client is and, in users mode, whether it may read ``repository``
+        (None: the ``/v2/`` version check)."""
+        client = self.certificate_client()
+        if client is not None:
+            identity = ClientIdentity(Via.CERTIFICATE, client)
+            token = bearer_token(authorization)
+            forward = self.upstream_logins and token is not None and not self._ours(token)
+            return Decision(identity, forward_credentials=forward or not self.users_mode)
+        if not self.users_mode:
+            return Decision(ANONYMOUS)
+        token = bearer_token(authorization)
+        if token is None:
+            return self._refuse(repository, "authentication required", None)
+        try:
+            claims = verify(self.keys, self.spec, token)
+        except TokenInvalid as exc:
+            return self._refuse(repository, f"token {exc}", "invalid_token")
+        if not self.users.exists(claims.user):
+            return self._refuse(repository, "token of a removed user", "invalid_token")
+        identity = ClientIdentity(Via.TOKEN, claims.user)
+        if repository is not None and not allows(claims.access, repository, "pull", self.normal):
+            refusal = Refusal(403, "DENIED", f"the token does not grant pull on {repository}")
+            return Decision(identity, refusal, forward_credentials=False)
+        return Decision(identity, forward_credentials=False)
+
+    def _ours(self, token: str) -> bool:
+        try:
+            verify(self.keys, self.spec, token)
+        except TokenInvalid:
+            return False
+        return True
+
+    def _refuse(self, repository: str | None, message: str, error: str | None) -> Decision:
+        challenge = self.challenge(repository, error)
+        refusal = Refusal(401, "UNAUTHORIZED", message, challenge)
+        return Decision(ANONYMOUS, refusal, forward_credentials=False)

@@ -1,0 +1,130 @@
+"""The token signing keys, kept in ``auth.dir`` (on the certificate volume in the container).
+
+``token-key.pem`` signs new tokens. ``docxy tokens rotate`` moves it to ``token-key.previous.pem``
+and writes a new one; tokens signed with the previous key are still accepted for
+``auth.key_grace`` seconds after the rotation (the previous file's mtime), so nobody is logged out
+at once: clients pick up tokens from the new key as their old ones expire. The running mirror
+notices both files changing on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from docxy.tls.context import write_files_atomic
+
+CURRENT = "token-key.pem"
+PREVIOUS = "token-key.previous.pem"
+
+
+class TokenKeyError(Exception):
+    """A key file that cannot be read; the message names it."""
+
+
+def key_id(key: ec.EllipticCurvePublicKey) -> str:
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def new_key_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TokenKeyError(f"token key {path}: unreadable or not a PEM key ({exc})") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TokenKeyError(f"token key {path}: not an EC key")
+    return key
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    key: ec.EllipticCurvePrivateKey
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (0, -1, 0)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class KeyRing:
+    """The current key (created if missing) and, during its grace, the previous one."""
+
+    def __init__(self, dir: Path, grace: float) -> None:
+        self.dir = Path(dir)
+        self.grace = grace
+        self._signature: tuple[tuple[int, int, int], ...] = ()
+        self._current: SigningKey | None = None
+        self._previous: SigningKey | None = None
+        self._previous_since = 0.0
+
+    @property
+    def current_path(self) -> Path:
+        return self.dir / CURRENT
+
+    @property
+    def previous_path(self) -> Path:
+        return self.dir / PREVIOUS
+
+    def ensure(self) -> None:
+        """Write a first key if there is none."""
+        if not self.current_path.exists():
+            write_files_atomic([(self.current_path, new_key_pem(), 0o600)])
+
+    def rotate(self) -> str:
+        """Retire the current key (verifying only, for the grace) and sign with a new one."""
+        self.ensure()
+        os.replace(self.current_path, self.previous_path)
+        os.utime(self.previous_path)  # the rotation time: the grace runs from here
+        write_files_atomic([(self.current_path, new_key_pem(), 0o600)])
+        return self.signing().kid
+
+    def _refresh(self) -> None:
+        signature = (_stat(self.current_path), _stat(self.previous_path))
+        if signature == self._signature and self._current is not None:
+            return
+        self.ensure()
+        current = load_key(self.current_path)
+        self._current = SigningKey(key_id(current.public_key()), current)
+        self._previous = None
+        if self.previous_path.exists():
+            previous = load_key(self.previous_path)
+            self._previous = SigningKey(key_id(previous.public_key()), previous)
+            self._previous_since = self.previous_path.stat().st_mtime
+        self._signature = (_stat(self.current_path), _stat(self.previous_path))
+
+    def signing(self) -> SigningKey:
+        self._refresh()
+        assert self._current is not None
+        return self._current
+
+    def verifying(self, now: float | None = None) -> dict[str, ec.EllipticCurvePublicKey]:
+        """kid → public key of every key whose tokens are still honoured."""
+        self._refresh()
+        assert self._current is not None
+        keys = {self._current.kid: self._current.key.public_key()}
+        now = time.time() if now is None else now
+        if self._previous is not None and now - self._previous_since < self.grace:
+            keys[self._previous.kid] = self._previous.key.public_key()
+        return keys

@@ -1,0 +1,88 @@
+"""The mirror's own tokens: short-lived JWTs (ES256, PyJWT) naming a user and what they may pull.
+
+Claims are Distribution's: ``iss`` (the mirror's public URL), ``sub`` (the user), ``aud`` (the
+service named in the mirror's challenge), ``iat``/``nbf``/``exp``, ``jti`` and ``access`` (a list
+of ``{type, name, actions}``). A token is honoured only if its signature is from a key of the
+ring (``keys.py``), it is inside its lifetime, its issuer and audience are this mirror's, and
+its user still exists (checked by the caller against the users file).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from docxy.access.keys import KeyRing
+from docxy.access.scopes import Access, from_claim
+
+ALGORITHM = "ES256"
+LEEWAY = 5  # seconds of clock skew tolerated on nbf/exp
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user: str
+    access: tuple[Access, ...]
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSpec:
+    issuer: str
+    audience: str
+    ttl: int
+
+
+class TokenInvalid(Exception):
+    """A token the mirror does not honour; the message says why (never the token)."""
+
+
+def issue(ring: KeyRing, spec: TokenSpec, user: str, access: list[Access], now: float) -> str:
+    signing = ring.signing()
+    claims = {
+        "iss": spec.issuer,
+        "sub": user,
+        "aud": spec.audience,
+        "iat": int(now),
+        "nbf": int(now),
+        "exp": int(now) + spec.ttl,
+        "jti": secrets.token_urlsafe(12),
+        "access": [entry.claim() for entry in access],
+    }
+    return jwt.encode(claims, signing.key, algorithm=ALGORITHM, headers={"kid": signing.kid})
+
+
+def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None) -> Claims:
+    """The claims of a token this mirror issued and still honours, or :class:`TokenInvalid`."""
+    now = time.time() if now is None else now
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise TokenInvalid("not a token of this mirror") from exc
+    key = ring.verifying(now).get(str(header.get("kid")))
+    if key is None:
+        raise TokenInvalid("signed with an unknown or retired key")
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=spec.audience,
+            issuer=spec.issuer,
+            leeway=LEEWAY,
+            options={"require": ["exp", "nbf", "iat", "sub", "aud", "iss"], "verify_iat": False},
+        )
+        # PyJWT checks exp/nbf against the wall clock; `now` makes expiry testable.
+        if now > float(claims["exp"]) + LEEWAY:
+            raise jwt.ExpiredSignatureError("expired")
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenInvalid("expired") from exc
+    except jwt.PyJWTError as exc:
+        raise TokenInvalid(f"rejected ({type(exc).__name__})") from exc
+    user = claims["sub"]
+    if not isinstance(user, str):
+        raise TokenInvalid("rejected (no user)")
+    return Claims(user, tuple(from_claim(claims.get("access"))), float(claims["exp"]))

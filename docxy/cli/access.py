@@ -1,0 +1,121 @@
+"""``docxy users``, ``docxy clients`` and ``docxy tokens``: the mirror's own accounts.
+
+    docxy users add NAME [--password-stdin]    add or change a user (password prompted)
+    docxy users rm NAME                        remove a user; their tokens stop working
+    docxy users list
+    docxy clients add NAME --out DIR           a client certificate: client.cert, client.key, ca.crt
+    docxy clients rm NAME                      revoke it
+    docxy clients list
+    docxy tokens rotate                        a new signing key; the old one verifies for the grace
+
+They work on the files in ``auth.dir`` / ``auth.users_file``; a running mirror picks up the
+changes by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from docxy.access.clientca import ClientCA
+from docxy.access.keys import KeyRing
+from docxy.access.users import UsersFile, UsersFileError
+from docxy.config import Config
+from docxy.core.errors import ConfigError
+
+Loader = Callable[[argparse.Namespace], Config]
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def command(name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        parser = commands.add_parser(name, help=help)
+        parser.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
+        parser.add_argument(
+            "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
+        )
+        parser.set_defaults(handler=run, no_library_prefix=False, no_cache=False, group=name)
+        return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    users = command("users", "the mirror's users (auth.mode = users)")
+    add = users.add_parser("add", help="add a user or change a password")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    users.add_parser("rm", help="remove a user").add_argument("name")
+    users.add_parser("list", help="list the users")
+
+    clients = command("clients", "client certificates from the mirror's own CA")
+    issue = clients.add_parser("add", help="issue a client certificate")
+    issue.add_argument("name")
+    issue.add_argument("--out", type=Path, required=True, help="directory for the files")
+    clients.add_parser("rm", help="revoke a client's certificate").add_argument("name")
+    clients.add_parser("list", help="list the clients")
+
+    tokens = command("tokens", "the token signing key")
+    tokens.add_parser("rotate", help="sign with a new key; the old one verifies for the grace")
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def run(args: argparse.Namespace, load: Loader) -> int:
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        print(f"docxy: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.group == "users":
+            return _users(args, UsersFile(config.auth.users_file))
+        if args.group == "clients":
+            return _clients(args, ClientCA(config.auth.dir))
+        kid = KeyRing(config.auth.dir, config.auth.key_grace).rotate()
+        print(f"new signing key {kid}; the previous one verifies for {config.auth.key_grace:g}s")
+        return 0
+    except (ValueError, UsersFileError, OSError) as exc:
+        print(f"docxy {args.group} {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def _users(args: argparse.Namespace, users: UsersFile) -> int:
+    if args.action == "list":
+        for name in users.names():
+            print(name)
+        return 0
+    if args.action == "rm":
+        if not users.remove(args.name):
+            print(f"docxy users rm: no user {args.name}", file=sys.stderr)
+            return EXIT_FAIL
+        print(f"removed {args.name}")
+        return 0
+    new = users.add(args.name, _password(args))
+    print(f"{'added' if new else 'changed the password of'} {args.name} in {users.path}")
+    return 0
+
+
+def _clients(args: argparse.Namespace, ca: ClientCA) -> int:
+    if args.action == "list":
+        for entry in sorted(ca.entries().values(), key=lambda e: e.name):
+            print(f"{entry.name}\tserial {entry.serial}\tvalid until {entry.not_after}")
+        return 0
+    if args.action == "rm":
+        if not ca.revoke(args.name):
+            print(f"docxy clients rm: no client {args.name}", file=sys.stderr)
+            return EXIT_FAIL
+        print(f"revoked {args.name}")
+        return 0
+    entry = ca.issue(args.name, args.out)
+    print(
+        f"issued {entry.name} (serial {entry.serial}): {args.out}/client.cert, client.key, ca.crt"
+    )
+    return 0

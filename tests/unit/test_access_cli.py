@@ -1,0 +1,85 @@
+"""``docxy users``, ``docxy clients`` and ``docxy tokens`` through ``main(argv)``."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from docxy.access.clientca import ClientCA
+from docxy.access.users import UsersFile
+from docxy.cli.main import main
+
+
+@pytest.fixture
+def auth_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DOCXY_AUTH_DIR", str(tmp_path / "access"))
+    monkeypatch.setenv("DOCXY_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "access"
+
+
+def test_users_add_list_rm(
+    auth_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert main(["users", "add", "alice", "--password-stdin"]) == 0
+    assert UsersFile(auth_dir / "users").check("alice", "s3cret")
+    assert "s3cret" not in capsys.readouterr().out
+    assert main(["users", "list"]) == 0
+    assert capsys.readouterr().out == "alice\n"
+    assert main(["users", "rm", "alice"]) == 0
+    assert main(["users", "rm", "alice"]) == 1
+    assert "no user alice" in capsys.readouterr().err
+
+
+def test_users_add_refuses_bad_names_and_empty_passwords(
+    auth_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert main(["users", "add", "Bad:Name", "--password-stdin"]) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert main(["users", "add", "bob", "--password-stdin"]) == 1
+    assert "empty password" in capsys.readouterr().err
+    assert not (auth_dir / "users").exists()
+
+
+def test_users_add_prompts_twice(auth_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter(["one", "two"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt: next(answers))
+    assert main(["users", "add", "carol"]) == 1  # the passwords differ
+    answers = iter(["same", "same"])
+    assert main(["users", "add", "carol"]) == 0
+    assert UsersFile(auth_dir / "users").check("carol", "same")
+
+
+def test_clients_add_list_rm(
+    auth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["clients", "add", "ci", "--out", str(tmp_path / "kit")]) == 0
+    assert sorted(p.name for p in (tmp_path / "kit").iterdir()) == [
+        "ca.crt",
+        "client.cert",
+        "client.key",
+    ]
+    capsys.readouterr()
+    assert main(["clients", "list"]) == 0
+    assert capsys.readouterr().out.startswith("ci\tserial ")
+    assert main(["clients", "rm", "ci"]) == 0
+    assert ClientCA(auth_dir).entries() == {}
+    assert main(["clients", "rm", "ci"]) == 1
+
+
+def test_tokens_rotate(auth_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tokens", "rotate"]) == 0
+    assert (auth_dir / "token-key.pem").exists() and (auth_dir / "token-key.previous.pem").exists()
+    assert "verifies for 3600s" in capsys.readouterr().out
+
+
+def test_bad_config_is_exit_2(auth_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCXY_AUTH_MODE", "nobody")
+    assert main(["users", "list"]) == 2

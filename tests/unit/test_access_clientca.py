@@ -1,0 +1,110 @@
+"""The mirror's client CA: issuing, listing, revoking, and mapping a certificate to a client;
+and the TLS listener asking for (not requiring) a certificate from it."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from docxy.access.clientca import ClientCA
+from docxy.tls.context import ReloadableTLS, self_signed
+
+
+def der_of(path: Path) -> bytes:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_issue_list_revoke(tmp_path: Path) -> None:
+    ca = ClientCA(tmp_path / "ca")
+    entry = ca.issue("laptop", tmp_path / "kit")
+    kit = tmp_path / "kit"
+    assert (kit / "client.key").stat().st_mode & 0o777 == 0o600
+    assert (kit / "ca.crt").read_bytes() == ca.cert_path.read_bytes()
+    cert = x509.load_pem_x509_certificate((kit / "client.cert").read_bytes())
+    assert format(cert.serial_number, "x") == entry.serial
+    issuer = x509.load_pem_x509_certificate(ca.cert_path.read_bytes())
+    cert.verify_directly_issued_by(issuer)
+    assert list(ca.entries()) == ["laptop"]
+    running = ClientCA(tmp_path / "ca")  # the server's view, told only by the files
+    assert running.client_of(der_of(kit / "client.cert")) == "laptop"
+    assert ClientCA(tmp_path / "ca").revoke("laptop")
+    assert running.client_of(der_of(kit / "client.cert")) is None
+    assert not ca.revoke("laptop")
+
+
+def test_a_new_certificate_for_a_name_revokes_the_old_one(tmp_path: Path) -> None:
+    ca = ClientCA(tmp_path / "ca")
+    ca.issue("ci", tmp_path / "old")
+    ca.issue("ci", tmp_path / "new")
+    assert ca.client_of(der_of(tmp_path / "old" / "client.cert")) is None
+    assert ca.client_of(der_of(tmp_path / "new" / "client.cert")) == "ci"
+
+
+def test_certificates_of_another_ca_or_garbage_map_to_nobody(tmp_path: Path) -> None:
+    ours, theirs = ClientCA(tmp_path / "ours"), ClientCA(tmp_path / "theirs")
+    ours.issue("a", tmp_path / "a")
+    entry = theirs.issue("a", tmp_path / "b")
+    # the same serial listed under the same name in ours would be a forgery; it is not listed
+    assert entry.serial not in {e.serial for e in ours.entries().values()}
+    assert ours.client_of(der_of(tmp_path / "b" / "client.cert")) is None
+    assert ours.client_of(b"not a certificate") is None
+
+
+@pytest.mark.parametrize("name", ["", "UPPER", "../x", "a/b"])
+def test_bad_client_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError):
+        ClientCA(tmp_path).issue(name, tmp_path / "kit")
+
+
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> bytes | None:
+    """One TLS handshake over a socket pair: the client certificate the server saw."""
+    left, right = socket.socketpair()
+    seen: list[bytes | None] = []
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            with server.wrap_socket(left, server_side=True) as tls:
+                seen.append(tls.getpeercert(binary_form=True))
+                tls.sendall(b"x")
+        except (ssl.SSLError, OSError) as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client.wrap_socket(right, server_hostname="localhost") as tls:
+            tls.recv(1)
+    except (ssl.SSLError, OSError):
+        pass
+    thread.join(timeout=30)
+    if failed:
+        raise failed[0]
+    return seen[0] if seen else None
+
+
+def test_the_listener_asks_for_a_certificate_from_the_ca_but_needs_none(tmp_path: Path) -> None:
+    ca = ClientCA(tmp_path / "ca")
+    ca.issue("laptop", tmp_path / "kit")
+    cert, key = self_signed(tmp_path / "tls", "localhost")
+    tls = ReloadableTLS(cert, key, client_ca=ca.cert_path)
+    client = ssl.create_default_context(cafile=str(cert))
+    assert handshake(tls.context, client) is None  # no certificate: still served
+    client.load_cert_chain(tmp_path / "kit" / "client.cert", tmp_path / "kit" / "client.key")
+    der = handshake(tls.context, client)
+    assert der is not None and ca.client_of(der) == "laptop"
+    stranger = ClientCA(tmp_path / "other")
+    stranger.issue("x", tmp_path / "other-kit")
+    foreign = ssl.create_default_context(cafile=str(cert))
+    foreign.load_cert_chain(
+        tmp_path / "other-kit" / "client.cert", tmp_path / "other-kit" / "client.key"
+    )
+    with pytest.raises(ssl.SSLError):
+        handshake(tls.context, foreign)

@@ -1,0 +1,239 @@
+"""Users mode through the app: the mirror's own challenge, tokens and refusals; and the
+offline token, which is never an answer to credentials the mirror cannot check."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from docxy.access.keys import KeyRing
+from docxy.access.users import UsersFile
+from docxy.core.challenge import parse_challenge
+from tests.unit.fakes import reply
+from tests.unit.test_routes import HUB_CHALLENGE, MIRROR_REALM, Mirror, hub, mirror
+
+MANIFEST_PATH = "/v2/library/redis/manifests/7"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@asynccontextmanager
+async def users_mirror(tmp_path: Path, **settings: object) -> AsyncIterator[Mirror]:
+    UsersFile(tmp_path / "users").add("alice", "right")
+    config: dict[str, object] = {"auth.mode": "users", "auth.dir": str(tmp_path)}
+    config.update(settings)
+    async with mirror(hub, config) as m:
+        yield m
+
+
+async def token_for(m: Mirror, scope: str, user: str = "alice", password: str = "right") -> str:
+    response = await m.client.get(f"/auth/token?scope={scope}", headers=basic(user, password))
+    assert response.status_code == 200, await response.get_data()
+    body: dict[str, Any] = await response.get_json()
+    assert response.headers["Cache-Control"] == "no-store"
+    return str(body["token"])
+
+
+async def code_of(response: Any) -> str:
+    body = await response.get_json()
+    return str(body["errors"][0]["code"])
+
+
+async def test_no_token_gets_the_mirrors_own_challenge_with_the_scope(tmp_path: Path) -> None:
+    async with users_mirror(tmp_path) as m:
+        for path, scope in (("/v2/", None), (MANIFEST_PATH, "repository:library/redis:pull")):
+            response = await m.client.get(path)
+            assert response.status_code == 401
+            challenge = parse_challenge(response.headers["WWW-Authenticate"])
+            assert challenge is not None and challenge.realm == MIRROR_REALM
+            assert challenge.service == "mirror.example.com"
+            assert challenge.params.get("scope") == scope
+            assert await code_of(response) == "UNAUTHORIZED"
+        assert m.upstream.requests == []  # the upstream never hears of refused clients
+
+
+async def test_right_password_gets_a_token_that_pulls(tmp_path: Path) -> None:
+    async with users_mirror(tmp_path) as m:
+        token = await token_for(m, "repository:library/redis:pull")
+        assert (await m.client.get("/v2/", headers=bearer(token))).status_code == 200
+        response = await m.client.get(MANIFEST_PATH, headers=bearer(token))
+        assert response.status_code == 200
+        # upstream, the mirror uses its own credentials: never the client's token
+        sent = [r for r in m.upstream.requests if "/manifests/" in r.url.path]
+        assert sent and all(r.headers.get("Authorization") != f"Bearer {token}" for r in sent)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [basic("alice", "wrong"), basic("mallory", "right"), basic("alice", ""), {}, bearer("x")],
+)
+async def test_wrong_or_no_credentials_get_no_token(
+    tmp_path: Path, headers: dict[str, str]
+) -> None:
+    async with users_mirror(tmp_path) as m:
+        response = await m.client.get("/auth/token?scope=repository:x:pull", headers=headers)
+        assert response.status_code == 401
+        assert "token" not in await response.get_json()
+        assert m.upstream.requests == []
+
+
+async def test_a_token_for_one_repository_is_denied_on_another(tmp_path: Path) -> None:
+    async with users_mirror(tmp_path) as m:
+        token = await token_for(m, "repository:library/redis:pull")
+        response = await m.client.get("/v2/library/nginx/manifests/1", headers=bearer(token))
+        assert response.status_code == 403
+        assert await code_of(response) == "DENIED"
+        # docker's short name and Docker Hub's library/ name are one repository
+        short = await token_for(m, "repository:redis:pull")
+        assert (await m.client.get(MANIFEST_PATH, headers=bearer(short))).status_code == 200
+
+
+async def test_a_removed_users_tokens_stop_working(tmp_path: Path) -> None:
+    async with users_mirror(tmp_path) as m:
+        token = await token_for(m, "repository:library/redis:pull")
+        UsersFile(tmp_path / "users").remove("alice")  # `docxy users rm alice`, another process
+        response = await m.client.get(MANIFEST_PATH, headers=bearer(token))
+        assert response.status_code == 401
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+        assert (await m.client.get("/v2/", headers=bearer(token))).status_code == 401
+
+
+async def test_expired_tokens_and_tokens_of_another_key_are_refused(tmp_path: Path) -> None:
+    async with users_mirror(tmp_path, **{"auth.token_ttl": "10"}) as m:
+        token = await token_for(m, "repository:library/redis:pull")
+        from docxy.access.tokens import issue
+        from docxy.http.state import mirror_state
+
+        access = mirror_state(m.app).access
+        assert access is not None
+        expired = issue(access.keys, access.spec, "alice", [], time.time() - 60)
+        assert (await m.client.get("/v2/", headers=bearer(expired))).status_code == 401
+        stranger = issue(KeyRing(tmp_path / "other", 60), access.spec, "alice", [], time.time())
+        assert (await m.client.get("/v2/", headers=bearer(stranger))).status_code == 401
+        assert (await m.client.get("/v2/", headers=bearer(token))).status_code == 200
+
+
+async def test_users_mode_issues_tokens_while_the_upstream_is_down(tmp_path: Path) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    UsersFile(tmp_path / "users").add("alice", "right")
+    settings: dict[str, object] = {"auth.mode": "users", "auth.dir": str(tmp_path)}
+    async with mirror(down, settings) as m:
+        response = await m.client.get("/auth/token", headers=basic("alice", "wrong"))
+        assert response.status_code == 401
+        assert (
+            await m.client.get("/auth/token", headers=basic("alice", "right"))
+        ).status_code == 200
+
+
+# --- open mode: the offline token ---------------------------------------------------------
+
+
+def auth_down(request: httpx.Request) -> httpx.Response:
+    if request.url.host == "auth.example":
+        raise httpx.ConnectError("refused")
+    return hub(request)
+
+
+@pytest.mark.parametrize("password", ["wrong", "hunter2"])
+async def test_offline_token_is_never_an_answer_to_credentials(
+    tmp_path: Path, password: str
+) -> None:
+    """While the upstream's token service is down, credentials cannot be checked: no token
+    (today's mirror handed out its offline token, so `docker login` "succeeded")."""
+    settings: dict[str, object] = {"cache.enabled": "true", "cache.dir": str(tmp_path / "cache")}
+    async with mirror(auth_down, settings) as m:
+        response = await m.client.get("/auth/token", headers=basic("bob", password))
+        assert response.status_code == 503
+        body = await response.get_json()
+        assert "token" not in body and body["errors"][0]["code"] == "UNAVAILABLE"
+        anonymous = await m.client.get("/auth/token?scope=repository:library/redis:pull")
+        assert anonymous.status_code == 200  # anonymous pulls of cached content go on
+        assert (await anonymous.get_json())["token"]
+
+
+# --- client certificates (the TLS layer's verdict stands in: peer._PEER_CERT) ---------------
+
+
+@asynccontextmanager
+async def presenting(tmp_path: Path, client: str | None) -> AsyncIterator[None]:
+    """Requests made inside carry the client certificate ``docxy clients add`` issued."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from docxy.access import peer
+    from docxy.access.clientca import ClientCA
+
+    der = None
+    if client is not None:
+        ClientCA(tmp_path).issue(client, tmp_path / f"kit-{client}")
+        pem = (tmp_path / f"kit-{client}" / "client.cert").read_bytes()
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    token = peer._PEER_CERT.set(der)
+    try:
+        yield
+    finally:
+        peer._PEER_CERT.reset(token)
+
+
+CERTS = {"auth.client_certs": "true", "server.tls_listen": "127.0.0.1:8443"}
+
+
+async def test_a_client_certificate_pulls_without_a_token(tmp_path: Path) -> None:
+    async with users_mirror(tmp_path, **CERTS) as m, presenting(tmp_path, "laptop"):
+        assert (await m.client.get("/v2/")).status_code == 200
+        response = await m.client.get(MANIFEST_PATH, headers=bearer("hub-token"))
+        assert response.status_code == 200
+    async with users_mirror(tmp_path, **CERTS) as m, presenting(tmp_path, None):
+        assert (await m.client.get("/v2/")).status_code == 401
+
+
+async def test_a_revoked_certificate_is_anonymous(tmp_path: Path) -> None:
+    from docxy.access.clientca import ClientCA
+
+    async with users_mirror(tmp_path, **CERTS) as m, presenting(tmp_path, "laptop"):
+        assert ClientCA(tmp_path).revoke("laptop")
+        assert (await m.client.get(MANIFEST_PATH)).status_code == 401
+
+
+def private(request: httpx.Request) -> httpx.Response:
+    """An upstream where library/secret needs the client's own Docker Hub token."""
+    if "/secret/" in request.url.path:
+        if request.headers.get("Authorization") != "Bearer hub-token":
+            return reply(401, b"{}", {"WWW-Authenticate": HUB_CHALLENGE})
+    return hub(request)
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_upstream_logins_pass_through_only_when_the_operator_allows(
+    tmp_path: Path, allowed: bool
+) -> None:
+    UsersFile(tmp_path / "users").add("alice", "right")
+    settings: dict[str, object] = {
+        "auth.mode": "users",
+        "auth.dir": str(tmp_path),
+        "auth.upstream_logins": str(allowed).lower(),
+        **CERTS,
+    }
+    async with mirror(private, settings) as m, presenting(tmp_path, "laptop"):
+        path = "/v2/library/secret/manifests/1"
+        response = await m.client.get(path, headers=bearer("hub-token"))
+        assert response.status_code == (200 if allowed else 401)
+        sent = [
+            r.headers.get("Authorization") for r in m.upstream.requests if "secret" in r.url.path
+        ]
+        assert ("Bearer hub-token" in sent) is allowed

@@ -1,0 +1,121 @@
+"""The mirror's tokens: claims, lifetime, issuer and audience, signing keys and rotation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from docxy.access.keys import KeyRing
+from docxy.access.scopes import Access
+from docxy.access.tokens import TokenInvalid, TokenSpec, issue, verify
+
+SPEC = TokenSpec("https://mirror.test", "mirror.test", 300)
+PULL = [Access("repository", "library/redis", ("pull",))]
+
+
+def claims_of(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    data: dict[str, object] = json.loads(base64.urlsafe_b64decode(payload + "=" * 4))
+    return data
+
+
+def test_claims(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path, grace=60)
+    now = time.time()
+    token = issue(ring, SPEC, "alice", PULL, now)
+    claims = claims_of(token)
+    assert claims["sub"] == "alice" and claims["iss"] == SPEC.issuer
+    assert claims["aud"] == SPEC.audience
+    assert claims["exp"] == int(now) + 300
+    assert claims["access"] == [
+        {"type": "repository", "name": "library/redis", "actions": ["pull"]}
+    ]
+    verified = verify(ring, SPEC, token, now)
+    assert verified.user == "alice" and verified.access == tuple(PULL)
+
+
+def test_expired_and_not_yet_valid_tokens_are_refused(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path, grace=60)
+    now = time.time()
+    token = issue(ring, SPEC, "alice", PULL, now)
+    with pytest.raises(TokenInvalid, match="expired"):
+        verify(ring, SPEC, token, now + 301 + 5)
+    old = issue(ring, SPEC, "alice", PULL, now - 400)
+    with pytest.raises(TokenInvalid, match="expired"):
+        verify(ring, SPEC, old, now)
+    future = issue(ring, SPEC, "alice", PULL, now + 120)
+    with pytest.raises(TokenInvalid):
+        verify(ring, SPEC, future, now)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        TokenSpec("https://evil.test", "mirror.test", 300),
+        TokenSpec("https://mirror.test", "x", 300),
+    ],
+)
+def test_other_issuer_or_audience_is_refused(tmp_path: Path, other: TokenSpec) -> None:
+    ring = KeyRing(tmp_path, grace=60)
+    token = issue(ring, other, "alice", PULL, time.time())
+    with pytest.raises(TokenInvalid):
+        verify(ring, SPEC, token)
+
+
+def test_tampered_and_foreign_tokens_are_refused(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path / "a", grace=60)
+    token = issue(ring, SPEC, "alice", PULL, time.time())
+    head, payload, sig = token.split(".")
+    claims = claims_of(token)
+    claims["sub"] = "root"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    for bad in (f"{head}.{forged}.{sig}", "garbage", "", token[:-4] + "AAAA"):
+        with pytest.raises(TokenInvalid):
+            verify(ring, SPEC, bad)
+    stranger = issue(KeyRing(tmp_path / "b", grace=60), SPEC, "alice", PULL, time.time())
+    with pytest.raises(TokenInvalid, match="unknown or retired key"):
+        verify(ring, SPEC, stranger)
+
+
+def test_none_algorithm_is_refused(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path, grace=60)
+    kid = ring.signing().kid
+    head = base64.urlsafe_b64encode(json.dumps({"alg": "none", "kid": kid}).encode())
+    body = base64.urlsafe_b64encode(
+        json.dumps(claims_of(issue(ring, SPEC, "a", PULL, time.time()))).encode()
+    )
+    with pytest.raises(TokenInvalid):
+        verify(ring, SPEC, f"{head.decode().rstrip('=')}.{body.decode().rstrip('=')}.")
+
+
+def test_rotation_keeps_the_previous_key_for_the_grace_only(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path, grace=600)
+    now = time.time()
+    before = issue(ring, SPEC, "alice", PULL, now)
+    first = ring.signing().kid
+    running = KeyRing(tmp_path, grace=600)  # the server's ring, told by the files only
+    assert verify(running, SPEC, before, now).user == "alice"
+    rotated = KeyRing(tmp_path, grace=600).rotate()  # `docxy tokens rotate`
+    assert rotated != first
+    assert running.signing().kid == rotated
+    assert verify(running, SPEC, before, now).user == "alice"  # still honoured: no mass logout
+    after = issue(running, SPEC, "alice", PULL, now)
+    assert verify(running, SPEC, after, now).user == "alice"
+    with pytest.raises(TokenInvalid, match="retired"):
+        verify(running, SPEC, before, now + 601)
+    # a second rotation retires the first key at once
+    KeyRing(tmp_path, grace=600).rotate()
+    with pytest.raises(TokenInvalid):
+        verify(running, SPEC, before, now)
+    assert verify(running, SPEC, after, now).user == "alice"
+
+
+def test_key_files_are_private(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path, grace=1)
+    ring.signing()
+    assert os.stat(tmp_path / "token-key.pem").st_mode & 0o777 == 0o600

@@ -1,0 +1,68 @@
+"""The users file: parsing, argon2 and bcrypt hashes, adding and removing, re-reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from docxy.access.users import UsersFile, UsersFileError, hash_password, parse_users, verify_hash
+
+
+def test_argon2_and_bcrypt_hashes_verify() -> None:
+    argon = hash_password("s3cret")
+    assert argon.startswith("$argon2id$")
+    assert verify_hash(argon, "s3cret") and not verify_hash(argon, "s3creT")
+    bc = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    assert verify_hash(bc, "s3cret") and not verify_hash(bc, "wrong")
+    assert not verify_hash("plain", "plain")
+    assert not verify_hash("$argon2id$garbage", "x")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("alice", "expected NAME:HASH"),
+        ("Alice:$argon2id$x", "expected NAME:HASH"),
+        ("alice:plaintext", "not an argon2 or bcrypt hash"),
+        ("alice:$2b$x\nalice:$2b$y", "listed twice"),
+    ],
+)
+def test_bad_lines_name_the_file_and_line(text: str, words: str) -> None:
+    with pytest.raises(UsersFileError, match=words) as caught:
+        parse_users(text, Path("/etc/users"))
+    assert "/etc/users:" in str(caught.value)
+
+
+def test_comments_and_blank_lines_are_skipped() -> None:
+    users = parse_users("# users\n\nbob:$2b$04$abc\n", Path("u"))
+    assert users == {"bob": "$2b$04$abc"}
+
+
+def test_add_check_remove(tmp_path: Path) -> None:
+    users = UsersFile(tmp_path / "users")
+    assert users.names() == [] and not users.check("alice", "pw")
+    assert users.add("alice", "pw")
+    assert not users.add("alice", "pw2")  # a password change
+    assert users.check("alice", "pw2") and not users.check("alice", "pw")
+    assert not users.check("bob", "pw2")
+    assert (tmp_path / "users").stat().st_mode & 0o777 == 0o600
+    assert "pw2" not in (tmp_path / "users").read_text()
+    assert users.remove("alice") and not users.remove("alice")
+    assert not users.check("alice", "pw2")
+
+
+@pytest.mark.parametrize("name", ["", "Alice", "a:b", "-x", "a" * 65, "a b"])
+def test_bad_names_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError):
+        UsersFile(tmp_path / "users").add(name, "pw")
+
+
+def test_another_process_changing_the_file_is_seen(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    running = UsersFile(path)
+    UsersFile(path).add("alice", "pw")
+    assert running.exists("alice")
+    UsersFile(path).remove("alice")
+    assert not running.exists("alice")
