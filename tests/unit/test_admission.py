@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from docxy.access.gate import Decision
 from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
+from docxy.access.users import UsersFile
 from docxy.config import Config, load_config
 from docxy.edge.admission import BANDWIDTH_GRACE, Admission
+from docxy.http.state import mirror_state
+from tests.unit.asgi import call_asgi
+from tests.unit.test_access_routes import token_for, users_mirror
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -186,3 +191,28 @@ async def test_bandwidth_debt_refuses_new_requests_until_paid(
     assert (await call(g, big, client="192.0.2.2"))[0] == 200
     clock.now += 60
     assert (await call(g, big))[0] == 200
+
+
+async def test_users_of_docxy_access_have_limits_of_their_own(tmp_path: Path) -> None:
+    """With the real access check (users mode): two users behind one address are two clients,
+    and a token the check refuses counts against the address."""
+    UsersFile(tmp_path / "users").add("bob", "right")
+    settings = {"limits.requests_per_minute": "2"}
+    async with users_mirror(tmp_path, **settings) as m:
+        tokens = {
+            user: await token_for(m, "repository:library/redis:pull", user)
+            for user in ("alice", "bob")
+        }
+        state = mirror_state(m.app)
+        admitted = Admission(m.app, state.config, state.access)
+
+        async def status(token: str | None) -> int:
+            headers = [] if token is None else [("Authorization", f"Bearer {token}")]
+            answer = await call_asgi(
+                admitted, "GET", "/v2/", host="mirror.example.com", headers=headers
+            )
+            return answer.status
+
+        assert [await status(tokens["alice"]) for _ in range(3)] == [200, 200, 429]
+        assert await status(tokens["bob"]) == 200
+        assert [await status("forged") for _ in range(3)] == [401, 401, 429]  # the address's
