@@ -1,31 +1,57 @@
-# syntax=docker/dockerfile:1
 # Docxy appliance: the mirror and its certificate renewer under supervisord, in one container.
-#   docker compose up -d        (see compose.yaml; set DOCXY_DOMAIN and DOCXY_EMAIL for HTTPS)
+#   docker compose up -d        (see compose.yaml and .env.example)
+#   docker build --build-arg BASE_IMAGE=<a python3 image you can reach> -t docxy:local .
+#
+# BASE_IMAGE: any Debian-like image with python3 >= 3.11 and its venv module (the official
+# python:3.12-slim, or Debian bookworm's python3 + python3-venv). Both stages use it, so the venv
+# built in the first runs unchanged in the second. Nothing else is fetched from Docker Hub.
+ARG BASE_IMAGE=python:3.12-slim
 
-FROM python:3.12-slim AS build
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY docxy ./docxy
 COPY scheduler ./scheduler
 # docxy/data/configure-client.sh (served at /setup.sh) is a link to this file.
 COPY scripts/configure-client.sh ./scripts/configure-client.sh
-# Wheels for the app and what the container runs beside it: the renewer (APScheduler),
-# certbot (ACME client) and supervisor (process supervisor).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[scheduler]' certbot supervisor
+# One venv with the app and what runs beside it: the renewer (APScheduler), certbot and
+# supervisor. Only /opt/docxy reaches the runtime stage: the source, the built wheel and pip's
+# cache stay here, and pip and setuptools leave the venv after use. pip trusts the base image's
+# CA store when it has one (a TLS-inspecting proxy's CA added there is then honoured).
+RUN python3 -m venv /opt/docxy \
+    && if [ -f /etc/ssl/certs/ca-certificates.crt ]; then \
+         export PIP_CERT=/etc/ssl/certs/ca-certificates.crt; fi \
+    && /opt/docxy/bin/pip install --no-cache-dir --disable-pip-version-check \
+         '.[scheduler]' certbot \
+    && /opt/docxy/bin/certbot --version \
+    && /opt/docxy/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 
-FROM python:3.12-slim
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels docxy certbot supervisor apscheduler \
-    && rm -rf /wheels \
-    && useradd --system --home-dir /var/lib/docxy --shell /usr/sbin/nologin docxy \
+FROM ${BASE_IMAGE}
+COPY --from=build /opt/docxy /opt/docxy
+# Few instructions: with the vfs storage driver every one copies the whole file system.
+COPY scripts/entrypoint.sh scripts/supervisord.conf scripts/supervisor-fatal.sh \
+     scripts/container-docxy.sh /usr/local/lib/docxy/
+# The client set-up script also in /usr/share/docxy/, for `docker cp` (the mirror serves it at
+# /setup.sh with its public URL filled in).
+COPY scripts/configure-client.sh /usr/share/docxy/
+#
+# - cap_net_bind_service=+ep on the interpreter (the xattr `setcap` writes; libcap's tool is not
+#   in every base): the non-root mirror may bind 80/443 with host networking too, where Docker's
+#   net.ipv4.ip_unprivileged_port_start=0 does not apply and the sysctl is refused.
+# - The image's `docxy` command runs the CLI through the entrypoint, under the mirror's settings.
+RUN python3 -c "import os, struct, sys; os.setxattr(os.path.realpath(sys.executable), \
+        'security.capability', struct.pack('<5I', 0x02000001, 1 << 10, 0, 0, 0))" \
+    && ln -sf /usr/local/lib/docxy/container-docxy.sh /opt/docxy/bin/docxy \
+    && useradd --system --user-group --home-dir /var/lib/docxy --shell /usr/sbin/nologin docxy \
     && mkdir -p /var/lib/docxy/cache /var/lib/docxy/certs /var/lib/docxy/webroot /run/docxy \
+        /usr/share/docxy \
     && chown -R docxy:docxy /var/lib/docxy /run/docxy
-COPY scripts/supervisord.conf /etc/docxy/supervisord.conf
-COPY scripts/entrypoint.sh /usr/local/bin/docxy-entrypoint
 
 # MALLOC_ARENA_MAX: fewer glibc arenas for the read threads (measured ~220 → ~160 MiB peak RSS
-# with 50 concurrent downloads).
-ENV PYTHONUNBUFFERED=1 \
+# with 50 concurrent downloads; the mirror also sets it with mallopt at start).
+ENV PATH=/opt/docxy/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_ARENA_MAX=2 \
     DOCXY_RUN_DIR=/run/docxy \
     DOCXY_SERVER_LISTEN=0.0.0.0:80 \
@@ -36,11 +62,15 @@ ENV PYTHONUNBUFFERED=1 \
     DOCXY_AUTH_DIR=/var/lib/docxy/certs/access
 
 # One volume per kind of state: the cache (large, disposable) and the certificates (small,
-# precious: Let's Encrypt rate-limits re-issuance).
+# precious: Let's Encrypt rate-limits re-issuance). The webroot holds only the HTTP-01 tokens
+# of an issuance in progress, written and served inside this one container: no volume.
 VOLUME ["/var/lib/docxy/cache", "/var/lib/docxy/certs"]
 # 9180: /metrics and /status; publish it on the host's loopback only (compose.yaml does).
 EXPOSE 80 443 9180
 USER docxy
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:80/health', timeout=4)"]
-ENTRYPOINT ["/usr/local/bin/docxy-entrypoint"]
+# Follows DOCXY_SERVER_LISTEN (`docxy health` asks the configured listener, loopback for 0.0.0.0).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["docxy", "health"]
+# supervisord stops the programs on SIGTERM and waits up to 15 s for each (the mirror lets running
+# downloads finish for 10 s): give `docker stop` 30 s (compose.yaml's stop_grace_period does).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/lib/docxy/entrypoint.sh"]

@@ -471,6 +471,14 @@ OTHER_ENV = frozenset(
         "DOCXY_STATE_DIR",  # container: cache, webroot and certificates (entrypoint.sh)
         "DOCXY_RUN_DIR",  # container: supervisord's socket and pid file (entrypoint.sh)
         "DOCXY_SUPERVISOR_CONF",  # container: supervisord's config (entrypoint.sh)
+        "DOCXY_SCRIPTS_DIR",  # container: where supervisord finds its listener (entrypoint.sh)
+        "DOCXY_SUPERVISOR_RENEWER",  # container: whether the renewer runs (entrypoint.sh)
+        # compose.yaml's own (env_file: .env hands them to the container too):
+        "DOCXY_HTTP_PORT",  # host port published for the mirror's port 80
+        "DOCXY_HTTPS_PORT",  # host port published for the mirror's port 443
+        "DOCXY_ADMIN_PORT",  # host loopback port published for the admin listener
+        "DOCXY_IMAGE",  # the image's name
+        "DOCXY_BASE_IMAGE",  # the base image the build starts from
         "DOCXY_REQUIRE_E2E",  # tests: a missing system binary fails instead of skipping
         "DOCXY_DOCKER_CLI",  # tests: the docker CLI to drive the private dockerd with
         # Read by the shell scripts, never by the mirror (allowed so that a shell which exported

@@ -61,6 +61,18 @@ def build(renewer: Renewer) -> BlockingScheduler:
     return scheduler
 
 
+def idle(once: bool) -> int:
+    """No domain, no certificate: certbot is never run. Wait for SIGTERM (a supervisor would
+    otherwise take a renewer that exits at once for one that cannot start)."""
+    log.info("no certs.domain set: no certificate to obtain or renew; certbot is not run")
+    if once:
+        return 0
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    log.info("signal %d: stopping", signal.sigwait(stop))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -73,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"scheduler: config error: {exc}", file=sys.stderr)
         return 2
+    if settings.domain is None:
+        return idle(settings.once)
     renewer = Renewer(settings)
     if settings.once:
         ok = renewer.run()

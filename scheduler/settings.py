@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from docxy.config import HostPort, load_config
+from docxy.cli.healthcheck import local_url
+from docxy.config import load_config
 from docxy.core.errors import ConfigError
 from docxy.tls.certs import STATUS_FILE
 
@@ -85,12 +86,6 @@ FLAG_KEYS = (
 )
 
 
-def _health_url(listen: HostPort) -> str:
-    host = "127.0.0.1" if listen.is_wildcard else listen.host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{listen.port}/health"
-
-
 def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
     """The renewer's settings: flags > env ``DOCXY_SCHEDULER_*`` > ``[scheduler]`` > defaults,
     checked like every other setting (:mod:`docxy.config`)."""
@@ -125,5 +120,5 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         deploy_hook=own.deploy_hook,
         certbot_timeout=own.certbot_timeout,
         once=args.once,
-        wait_for_mirror=_health_url(config.server.listen) if own.wait_for_mirror else None,
+        wait_for_mirror=local_url(config.server.listen) if own.wait_for_mirror else None,
     )

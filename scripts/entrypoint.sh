@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Container entry point: derive the HTTPS settings from DOCXY_DOMAIN, then run supervisord
-# (the mirror and the certificate renewer) as PID 1's only child, with exec.
+# Container entry point: derive the HTTPS settings from DOCXY_DOMAIN, then exec supervisord (the
+# mirror, the certificate renewer and a listener that takes the container down if either gives
+# up). With arguments it execs those instead, under the same settings: the image's `docxy`
+# command comes through here, so `docker exec <ctr> docxy cache du` sees what the mirror sees.
 #
 # Paths default to the image's layout and can be moved (tests run this script outside the image):
 #   DOCXY_STATE_DIR        /var/lib/docxy                 cache/, webroot/, certs/ (the volumes)
 #   DOCXY_RUN_DIR          /run/docxy                     supervisord's socket and pid file
-#   DOCXY_SUPERVISOR_CONF  /etc/docxy/supervisord.conf
+#   DOCXY_SUPERVISOR_CONF  supervisord.conf beside this script
 # DOCXY_CACHE_DIR, DOCXY_CERTS_WEBROOT and DOCXY_CERTS_CONFIG_DIR, when unset, follow the state
-# directory (the Dockerfile sets them to these same defaults for `docker exec`).
+# directory (the Dockerfile sets them to these same defaults).
+#
+# Without DOCXY_DOMAIN the mirror serves plain HTTP only (behind a CDN or a reverse proxy: set
+# DOCXY_SERVER_PUBLIC_URL) and the renewer is not started: there is no certificate to renew.
 set -euo pipefail
 
 state="${DOCXY_STATE_DIR:-/var/lib/docxy}"
@@ -15,7 +20,10 @@ export DOCXY_RUN_DIR="${DOCXY_RUN_DIR:-/run/docxy}"
 export DOCXY_CACHE_DIR="${DOCXY_CACHE_DIR:-$state/cache}"
 export DOCXY_CERTS_WEBROOT="${DOCXY_CERTS_WEBROOT:-$state/webroot}"
 export DOCXY_CERTS_CONFIG_DIR="${DOCXY_CERTS_CONFIG_DIR:-$state/certs/letsencrypt}"
-conf="${DOCXY_SUPERVISOR_CONF:-/etc/docxy/supervisord.conf}"
+# The directory of this script, supervisord.conf and supervisor-fatal.sh (the conf runs it).
+DOCXY_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export DOCXY_SCRIPTS_DIR
+conf="${DOCXY_SUPERVISOR_CONF:-$DOCXY_SCRIPTS_DIR/supervisord.conf}"
 
 if [[ -n "${DOCXY_DOMAIN:-}" ]]; then
   export DOCXY_CERTS_DOMAIN="${DOCXY_CERTS_DOMAIN:-$DOCXY_DOMAIN}"
@@ -28,9 +36,19 @@ if [[ -n "${DOCXY_DOMAIN:-}" ]]; then
   served="$state/certs/served"
   export DOCXY_TLS_CERT_PATH="${DOCXY_TLS_CERT_PATH:-$served/fullchain.pem}"
   export DOCXY_TLS_KEY_PATH="${DOCXY_TLS_KEY_PATH:-$served/privkey.pem}"
-elif [[ -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
+  export DOCXY_SUPERVISOR_RENEWER=true
+else
+  export DOCXY_SUPERVISOR_RENEWER=false
+fi
+
+if (($# > 0)); then
+  exec "$@"
+fi
+
+if [[ -z "${DOCXY_DOMAIN:-}" && -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
   echo "docxy: set DOCXY_DOMAIN (HTTPS with Let's Encrypt) or DOCXY_SERVER_PUBLIC_URL" >&2
   exit 2
 fi
 
-exec supervisord -c "$conf"
+# supervisord in this process (exec), exiting 1 instead of 0 if a program went FATAL.
+exec python -m scheduler.supervise -c "$conf"

@@ -12,7 +12,7 @@ from pathlib import Path
 from docxy import __version__
 from docxy.cli import access as accesscli
 from docxy.cli import cache as cachecli
-from docxy.cli import warm
+from docxy.cli import healthcheck, warm
 from docxy.config import Config, describe, load_config
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.register(commands)
     certs.register_cli(commands)
     accesscli.register(commands)
+    healthcheck.register(commands)
     return parser
 
 

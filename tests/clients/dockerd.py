@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +91,14 @@ def daemon_config(mirror_url: str) -> dict[str, object]:
 
 
 @contextmanager
-def running_dockerd(*, mirror_url: str, egress_proxy: str) -> Iterator[Dockerd]:
+def running_dockerd(
+    *, mirror_url: str, egress_proxy: str, extra_config: Mapping[str, object] | None = None
+) -> Iterator[Dockerd]:
     """Start dockerd with `mirror_url` as its registry mirror; stop and clean up afterwards.
 
     `egress_proxy` is the loopback egress guard (tests.clients.egress) that dockerd's
     HTTP(S)_PROXY points at, so a fallback to registry-1.docker.io is refused, not sent.
+    `extra_config` adds daemon.json keys (e.g. max-concurrent-downloads for a benchmark).
     """
     # Short path: containerd's sockets live under the exec root (unix paths max 107 bytes).
     root = Path(tempfile.mkdtemp(prefix="dxd-", dir="/tmp"))
@@ -103,7 +106,8 @@ def running_dockerd(*, mirror_url: str, egress_proxy: str) -> Iterator[Dockerd]:
     config_dir = root / "docker-config"
     config_dir.mkdir()
     (config_dir / "config.json").write_text(json.dumps({"auths": {}}))
-    (root / "daemon.json").write_text(json.dumps(daemon_config(mirror_url)))
+    config = daemon_config(mirror_url) | dict(extra_config or {})
+    (root / "daemon.json").write_text(json.dumps(config))
     env = base_env(egress_proxy)
     env["DOCKER_CONFIG"] = str(config_dir)
     env["DOCKER_HOST"] = f"unix://{sock}"

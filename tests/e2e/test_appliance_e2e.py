@@ -272,9 +272,10 @@ def test_entrypoint_bootstraps_obtains_reloads_and_stops_cleanly(tmp_path: Path)
             assert "mirror told by reload command" in output, output
             assert "TLS reload: new certificate loaded" in output, output
 
-            # 5. The entrypoint exec'd supervisord: its pid is supervisord's, and SIGTERM to it
-            # stops the mirror, the renewer and everything they started.
-            assert "supervisord" in cmdline(supervisord)
+            # 5. The entrypoint exec'd supervisord (run in-process by scheduler.supervise): its
+            # pid is supervisord's, and SIGTERM to it stops the mirror, the renewer and
+            # everything they started.
+            assert "scheduler.supervise" in cmdline(supervisord)
             programs = {appliance.program_pid("docxy"), appliance.program_pid("scheduler")}
             assert 0 not in programs and programs <= note_children(), programs
             appliance.proc.send_signal(signal.SIGTERM)

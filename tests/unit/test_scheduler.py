@@ -394,3 +394,50 @@ def test_wait_for_mirror_url_comes_from_the_listener(monkeypatch: pytest.MonkeyP
     assert settings_mod.load(["--wait-for-mirror"]).wait_for_mirror == (
         "http://127.0.0.1:8081/health"
     )
+
+
+def test_without_a_domain_certbot_never_runs_and_sigterm_stops_it(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    calls = tmp_path / "calls"
+    proc_env = fake_certbot_on_path(tmp_path, f'echo "$1" >> {calls}\n')
+    del proc_env["DOCXY_CERTS_DOMAIN"]
+    # A lineage from some earlier setup: without a domain, `certbot renew` must not touch it.
+    lineage = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "old.test"
+    self_signed(lineage, "old.test", cert_name="fullchain.pem", key_name="privkey.pem")
+    log = tmp_path / "scheduler.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "--interval", "0.2"],
+            env=proc_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        poll(lambda: "certbot is not run" in log.read_text())
+        assert proc.poll() is None  # stays up: a supervisor must not see a renewer that died
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert not calls.exists(), calls.read_text()
+    assert not (Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "status.json").exists()
+
+
+def test_once_without_a_domain_exits_0_without_certbot(tmp_path: Path, env: dict[str, str]) -> None:
+    calls = tmp_path / "calls"
+    proc_env = fake_certbot_on_path(tmp_path, f'echo "$1" >> {calls}\n')
+    del proc_env["DOCXY_CERTS_DOMAIN"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler", "--once"],
+        env=proc_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no certs.domain set" in proc.stderr
+    assert not calls.exists()

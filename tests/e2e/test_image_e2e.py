@@ -1,0 +1,432 @@
+"""The appliance image, built for real and run the way an operator runs it (issue 7).
+
+One `docker build` for this module (a vfs build takes minutes): a private dockerd (vfs, no
+bridge networks, behind the egress guard) imports the locally made bookworm base
+(tests/clients/baseimage.py) and builds this checkout's Dockerfile on it. Containers run with
+`--network host` on free loopback ports against the loopback test upstream (tests/bed/), and the
+same dockerd pulls through them: its registry mirror is a port chosen before it started.
+
+    compose       compose.yaml and compose.host.yaml pass `docker-compose config` (1.29, as
+                  bookworm ships it); the host-networking variant comes up as written
+    pulls         docker pull through the container; `docker exec ... docxy cache du` sees the
+                  cache; after `docker restart`, a pull with the whole upstream down is served
+                  from the cache volume; `docker stop` ends cleanly
+    healing       HEALTHCHECK healthy on a moved listener; the mirror killed inside comes back
+                  (supervisord), the container never restarts
+    down          a mirror that cannot start (unwritable cache) takes the container down with
+                  exit status 1, and `--restart unless-stopped` restarts it
+    certificate   first start with a domain: bootstrap certificate, issuance from pebble through
+                  the container's plain listener, the issued certificate served; `docker exec`
+                  works under the derived settings; `docker stop` stops both programs cleanly
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from tests.bed import Bed, TestImage, need_binary
+from tests.bed.httpserver import LOOPBACK, free_port
+from tests.clients.baseimage import REPO_ROOT, build_image, import_base
+from tests.clients.container import Container, daemon_time, layer_files, running_container
+from tests.clients.dockerd import Dockerd, running_dockerd
+from tests.clients.egress import EgressGuard
+from tests.e2e.test_appliance_e2e import handshake, is_self_signed
+from tests.e2e.test_certs_e2e import DOMAIN, EMAIL, poll, running_pebble
+
+pytestmark = pytest.mark.e2e
+
+IMAGE = "docxy:e2e"
+DEAD_UPSTREAM = "http://127.0.0.1:9"  # discard port, closed: the certificate test never pulls
+STATE = "/var/lib/docxy"
+STOP_GRACE = "30"  # compose.yaml's stop_grace_period
+DEADLINE = 120.0  # a container's python starts slowly on a loaded 2-core machine
+GAVE_UP_DEADLINE = 300.0  # supervisord's 5 start retries with backoff, then docker's restart
+
+
+@dataclass(frozen=True)
+class Appliance:
+    """The private dockerd holding the built image; it pulls through `pull_port`."""
+
+    daemon: Dockerd
+    egress: EgressGuard
+    pull_port: int
+
+
+@pytest.fixture(scope="module")
+def appliance() -> Iterator[Appliance]:
+    for name in ("dockerd", "docker", "containerd", "runc", "mmdebstrap"):
+        need_binary(name)
+    pull_port = free_port()
+    with (
+        EgressGuard() as egress,
+        running_dockerd(
+            mirror_url=f"http://{LOOPBACK}:{pull_port}", egress_proxy=egress.url
+        ) as daemon,
+    ):
+        build_image(daemon, import_base(daemon), IMAGE)
+        yield Appliance(daemon, egress, pull_port)
+
+
+def mirror_env(port: int, upstream: str, **extra: str) -> dict[str, str]:
+    """A no-domain appliance on 127.0.0.1:`port` (plain HTTP, as behind a reverse proxy)."""
+    url = f"http://{LOOPBACK}:{port}"
+    return {
+        "DOCXY_SERVER_LISTEN": f"{LOOPBACK}:{port}",
+        "DOCXY_SERVER_PUBLIC_URL": url,
+        "DOCXY_UPSTREAM_REGISTRY": upstream,
+    } | extra
+
+
+def health_answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://{LOOPBACK}:{port}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_serving(container: Container, port: int) -> None:
+    def up() -> bool:
+        assert container.state()["Running"], container.report()
+        return health_answers(port)
+
+    poll(up, DEADLINE, f"/health on port {port}")
+
+
+def supervised_pid(container: Container, program: str) -> int:
+    sock = "unix:///run/docxy/supervisor.sock"
+    result = container.exec("supervisorctl", "-s", sock, "pid", program)
+    text = result.stdout.strip()
+    return int(text) if text.isdigit() else 0
+
+
+def docker_pull(appliance: Appliance, image: TestImage) -> None:
+    ref = f"{image.short_repo}:{image.tag}"
+    result = appliance.daemon.docker("pull", ref)
+    assert result.returncode == 0 and appliance.egress.attempts == [], (
+        f"docker pull {ref} failed or left the machine ({appliance.egress.attempts}):\n"
+        f"{result.stderr}\n--- dockerd log (tail) ---\n{appliance.daemon.log()[-4000:]}"
+    )
+
+
+def cat_test_file(appliance: Appliance, image: TestImage) -> str:
+    ref = f"{image.short_repo}:{image.tag}"
+    argv = ["run", "--rm", "--network", "none", ref, "cat", "/docxy-test.txt"]
+    return appliance.daemon.docker(*argv, check=True).stdout
+
+
+@contextmanager
+def upstream_outage(bed: Bed) -> Iterator[None]:
+    """Registry front, CDN and token server all down; all back up afterwards."""
+    servers = (bed.front, bed.cdn, bed.tokens)
+    for server in servers:
+        server.stop()
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.start()
+
+
+def stop_cleanly(container: Container) -> str:
+    """`docker stop` within the grace period: exit status 0, not SIGKILL's 137; the logs."""
+    container.docker("stop", "--time", STOP_GRACE, container.name, timeout=120)
+    state = container.state()
+    assert not state["Running"] and state["ExitCode"] == 0, container.report()
+    return container.logs()
+
+
+# --- the image itself ---------------------------------------------------------------------------
+
+
+def test_image_is_non_root_with_healthcheck_volumes_and_no_build_artefacts(
+    appliance: Appliance,
+) -> None:
+    found = json.loads(appliance.daemon.docker("image", "inspect", IMAGE, check=True).stdout)
+    config = found[0]["Config"]
+    assert config["User"] == "docxy"
+    assert config["Healthcheck"]["Test"] == ["CMD", "docxy", "health"]
+    assert config["StopSignal"] == "SIGTERM"
+    assert set(config["Volumes"]) == {f"{STATE}/cache", f"{STATE}/certs"}
+    assert config["Entrypoint"] == ["/usr/local/lib/docxy/entrypoint.sh"]
+    # Every layer above the base: nothing from the build stage but the venv. No wheels, no
+    # sources, no pip, no pip cache (not even deleted in a later layer: they'd be here then).
+    added = [path for layer in layer_files(appliance.daemon, IMAGE)[1:] for path in layer]
+    assert any(path.startswith("opt/docxy/bin/") for path in added), added[:50]
+    leftovers = [
+        path
+        for path in added
+        if path.endswith((".whl", ".tar.gz"))
+        or path.split("/")[0] in ("src", "wheels", "root", "tmp")
+        or "/site-packages/pip/" in path
+        or "/.cache/" in path
+    ]
+    assert leftovers == []
+
+
+# --- compose ------------------------------------------------------------------------------------
+
+
+def compose_project(directory: Path, env: Mapping[str, str]) -> Path:
+    """The compose files as shipped, with a .env as an operator writes it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("compose.yaml", "compose.host.yaml"):
+        shutil.copyfile(REPO_ROOT / name, directory / name)
+    (directory / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    return directory
+
+
+def docker_compose(
+    daemon: Dockerd, project: Path, *args: str, timeout: float = 300.0
+) -> subprocess.CompletedProcess[str]:
+    argv = [need_binary("docker-compose"), "--project-directory", str(project), *args]
+    env = daemon.env | {"COMPOSE_PROJECT_NAME": f"dx{project.name[-8:].lower()}"}
+    return subprocess.run(
+        argv, cwd=project, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_compose_files_are_valid_for_docker_compose(tmp_path: Path) -> None:
+    need_binary("docker-compose")
+    example = (REPO_ROOT / ".env.example").read_text()
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("compose.yaml", "compose.host.yaml"):
+        shutil.copyfile(REPO_ROOT / name, project / name)
+    (project / ".env").write_text(example)  # cp .env.example .env
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    configs: dict[str, str] = {}
+    for name in ("compose.yaml", "compose.host.yaml"):
+        result = subprocess.run(
+            ["docker-compose", "-f", name, "config"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, f"{name}:\n{result.stderr}"
+        config = configs[name] = result.stdout
+        assert "restart: unless-stopped" in config, config
+        assert "DOCXY_DOMAIN: mirror.example.com" in config, config  # .env reached the service
+        assert "max-size: 10m" in config, config
+        assert "/var/lib/docxy/cache" in config and "/var/lib/docxy/certs" in config, config
+    assert "published: 443" in configs["compose.yaml"] or "443:443" in configs["compose.yaml"]
+    # Host networking cannot be combined with published ports or with that sysctl.
+    host = configs["compose.host.yaml"]
+    assert "network_mode: host" in host, host
+    assert "ports:" not in host and "sysctls:" not in host, host
+
+
+def test_compose_host_variant_comes_up_as_written(
+    appliance: Appliance, bed: Bed, tmp_path: Path
+) -> None:
+    port = free_port()
+    project = compose_project(
+        tmp_path / "project",
+        mirror_env(port, bed.upstream_url) | {"DOCXY_IMAGE": IMAGE},
+    )
+    compose = ("-f", "compose.host.yaml")
+    up = docker_compose(appliance.daemon, project, *compose, "up", "--detach", "--no-build")
+    try:
+        assert up.returncode == 0, up.stderr
+        ids = docker_compose(appliance.daemon, project, *compose, "ps", "--quiet").stdout.split()
+        assert len(ids) == 1, ids
+        container = Container(appliance.daemon, ids[0])
+        wait_serving(container, port)
+        config = container.inspect()["HostConfig"]
+        assert config["NetworkMode"] == "host"
+        assert config["RestartPolicy"]["Name"] == "unless-stopped"
+        assert config["LogConfig"]["Config"] == {"max-file": "3", "max-size": "10m"}
+        # The mirror answers the registry API on the host's port, through to the loopback bed.
+        response = httpx.get(f"http://{LOOPBACK}:{port}/v2/", timeout=10)
+        assert response.status_code in (200, 401), response.text
+    finally:
+        down = docker_compose(appliance.daemon, project, *compose, "down", "--volumes")
+        assert down.returncode == 0, down.stderr
+
+
+# --- pulls, the cache volume, restart, stop -----------------------------------------------------
+
+
+def test_pull_through_the_container_then_from_its_cache_volume_after_restart(
+    appliance: Appliance, bed: Bed
+) -> None:
+    image = bed.images["library/hello"]
+    port = appliance.pull_port
+    env = mirror_env(port, bed.upstream_url)
+    volume = f"docxy-test-cache-{port}"
+    with running_container(
+        appliance.daemon,
+        IMAGE,
+        env=env,
+        volumes=[f"{volume}:{STATE}/cache"],
+        options=["--stop-timeout", STOP_GRACE],
+    ) as container:
+        try:
+            wait_serving(container, port)
+            docker_pull(appliance, image)
+            assert cat_test_file(appliance, image) == image.content
+
+            # The CLI inside sees the mirror's cache (its settings, its user).
+            du = container.exec("docxy", "cache", "du")
+            assert du.returncode == 0, du.stderr
+            assert f"blobs:     {len(image.blobs)}" in du.stdout, du.stdout
+            assert "tags:      1" in du.stdout, du.stdout
+
+            assert container.docker("restart", "--time", STOP_GRACE, container.name).returncode == 0
+            wait_serving(container, port)
+            appliance.daemon.docker("rmi", f"{image.short_repo}:{image.tag}", check=True)
+            with upstream_outage(bed):
+                docker_pull(appliance, image)  # nothing upstream answers: the volume serves
+                assert cat_test_file(appliance, image) == image.content
+
+            logs = stop_cleanly(container)
+            assert "stopped: docxy (exit status 0)" in logs, logs
+            # No domain: the renewer never started, so certbot never ran.
+            assert "spawned: 'scheduler'" not in logs and "certbot" not in logs, logs
+        finally:
+            appliance.daemon.docker("rm", "--force", container.name)
+            appliance.daemon.docker("volume", "rm", volume)
+
+
+# --- healthcheck and healing --------------------------------------------------------------------
+
+
+def test_healthy_on_a_moved_listener_and_a_killed_mirror_comes_back(
+    appliance: Appliance,
+) -> None:
+    port = free_port()
+    with running_container(
+        appliance.daemon,
+        IMAGE,
+        env=mirror_env(port, DEAD_UPSTREAM),
+        options=["--health-interval", "1s", "--health-start-period", "120s"],
+    ) as container:
+        # The image's HEALTHCHECK follows DOCXY_SERVER_LISTEN (127.0.0.1:<port>, not :80).
+        poll(lambda: container.health() == "healthy", DEADLINE, "healthy\n" + container.report())
+        probes = container.state()["Health"]["Log"]
+        assert any(f"127.0.0.1:{port}/health" in probe["Output"] for probe in probes), probes
+
+        before = supervised_pid(container, "docxy")
+        assert before > 0, container.report()
+        killed = container.exec("bash", "-c", f"kill -9 {before}")
+        assert killed.returncode == 0, killed.stderr
+
+        def respawned() -> bool:
+            return supervised_pid(container, "docxy") not in (0, before) and health_answers(port)
+
+        poll(respawned, DEADLINE, "the mirror respawned\n" + container.report())
+        state = container.state()
+        assert state["Running"] and container.inspect()["RestartCount"] == 0, container.report()
+        assert "exited: docxy (terminated by SIGKILL" in container.logs()
+
+
+# --- a mirror that cannot start takes the container down ----------------------------------------
+
+
+def test_unstartable_mirror_takes_the_container_down(appliance: Appliance, tmp_path: Path) -> None:
+    cache = tmp_path / "root-owned-cache"
+    cache.mkdir()
+    cache.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    assert cache.stat().st_uid == 0  # the container's docxy user may not write it
+    port = free_port()
+    started = daemon_time(appliance.daemon)
+    with running_container(
+        appliance.daemon,
+        IMAGE,
+        env=mirror_env(port, DEAD_UPSTREAM),
+        volumes=[f"{cache}:{STATE}/cache"],
+        options=["--restart", "unless-stopped"],
+    ) as container:
+
+        def restarted() -> bool:
+            return int(container.inspect()["RestartCount"]) >= 1
+
+        poll(restarted, GAVE_UP_DEADLINE, "a restart by the policy\n" + container.report())
+        # State.ExitCode is reset once the policy has restarted it: read the `die` events.
+        assert container.exit_codes(since=started)[:1] == ["1"], container.report()
+        logs = container.logs()
+        assert "gave up: docxy entered FATAL state" in logs, logs
+        assert "stopping the container" in logs, logs
+
+
+# --- first start with a domain: issuance from pebble --------------------------------------------
+
+
+def test_first_start_obtains_a_certificate_from_pebble_and_serves_it(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    http_port, tls_port = free_port(), free_port()  # pebble validates HTTP-01 on http_port
+    with running_pebble(tmp_path / "pebble", http_port) as pebble:
+        ca = tmp_path / "ca" / "pebble-ca.pem"
+        ca.parent.mkdir()
+        shutil.copyfile(pebble.tls_ca, ca)
+        ca.chmod(0o644)
+        env = {
+            "DOCXY_DOMAIN": DOMAIN,
+            "DOCXY_EMAIL": EMAIL,
+            "DOCXY_SERVER_LISTEN": f"{LOOPBACK}:{http_port}",
+            "DOCXY_SERVER_TLS_LISTEN": f"{LOOPBACK}:{tls_port}",
+            "DOCXY_UPSTREAM_REGISTRY": DEAD_UPSTREAM,
+            "DOCXY_CERTS_ACME_SERVER": pebble.directory,
+            "DOCXY_CERTS_CA_BUNDLE": "/etc/docxy-test/pebble-ca.pem",
+            "REQUESTS_CA_BUNDLE": "/etc/docxy-test/pebble-ca.pem",
+            "DOCXY_SCHEDULER_CERTBOT_TIMEOUT": "120",
+        }
+        with running_container(
+            appliance.daemon,
+            IMAGE,
+            env=env,
+            volumes=[f"{ca}:/etc/docxy-test/pebble-ca.pem:ro"],
+            options=["--stop-timeout", STOP_GRACE],
+        ) as container:
+            first: list[x509.Certificate] = []
+
+            def bootstrap_served() -> bool:
+                assert container.state()["Running"], container.report()
+                cert = handshake(tls_port)
+                if cert is not None:
+                    first.append(cert)
+                return bool(first)
+
+            poll(bootstrap_served, DEADLINE, "HTTPS on the bootstrap certificate")
+            assert is_self_signed(first[0]), first[0].issuer.rfc4514_string()
+
+            issued: list[x509.Certificate] = []
+
+            def pebble_cert_served() -> bool:
+                cert = handshake(tls_port, pebble.root)  # chain and name verified
+                if cert is not None:
+                    issued.append(cert)
+                return bool(issued)
+
+            what = f"pebble's certificate served\n{pebble.logs()}\n{container.report()}"
+            poll(pebble_cert_served, DEADLINE, what)
+            assert "Pebble Intermediate CA" in issued[0].issuer.rfc4514_string()
+            san = issued[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            assert san.value.get_values_for_type(x509.DNSName) == [DOMAIN]
+
+            # `docker exec` sees the settings the entrypoint derived from DOCXY_DOMAIN: without
+            # them this config has no public URL and the CLI would refuse to start.
+            status = container.exec("docxy", "certs", "status")
+            assert status.returncode == 0, status.stderr
+            assert format(issued[0].serial_number, "x") in status.stdout, status.stdout
+            du = container.exec("docxy", "cache", "du")
+            assert du.returncode == 0, du.stderr
+
+            logs = stop_cleanly(container)
+            assert "stopped: docxy (exit status 0)" in logs, logs
+            assert "stopped: scheduler (exit status 0)" in logs, logs

@@ -1,0 +1,93 @@
+"""``docxy health``: the probe the image's HEALTHCHECK runs against the configured listener."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from docxy.cli.healthcheck import EXIT_CONFIG, EXIT_OK, EXIT_UNHEALTHY, local_url
+from docxy.cli.main import main
+from docxy.config import HostPort
+from tests.clients.process import free_port
+
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "url"),
+    [
+        ("0.0.0.0", 80, "http://127.0.0.1:80/health"),
+        ("", 8080, "http://127.0.0.1:8080/health"),
+        ("::", 80, "http://[::1]:80/health"),
+        ("127.0.0.5", 5000, "http://127.0.0.5:5000/health"),
+        ("::1", 81, "http://[::1]:81/health"),
+        ("mirror.internal", 80, "http://mirror.internal:80/health"),
+    ],
+)
+def test_local_url_reaches_the_listener_from_this_host(host: str, port: int, url: str) -> None:
+    assert local_url(HostPort(host, port)) == url
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = b'{"status": "degraded"}' if self.path == "/health" else b"{}"
+        self.send_response(self.status if self.path == "/health" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server(request: pytest.FixtureRequest) -> Iterator[int]:
+    handler = type("Handler", (_Health,), {"status": request.param})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="health-server", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("health_server", "code"), [(200, EXIT_OK), (503, EXIT_UNHEALTHY)], indirect=["health_server"]
+)
+def test_health_follows_the_configured_listener(
+    health_server: int,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The listener comes from the config, as in the container (DOCXY_SERVER_LISTEN moved).
+    monkeypatch.setenv("DOCXY_SERVER_LISTEN", f"127.0.0.1:{health_server}")
+    assert main(["health"]) == code
+    out, err = capsys.readouterr()
+    said = out if code == EXIT_OK else err
+    assert f"127.0.0.1:{health_server}/health" in said
+    if code == EXIT_OK:
+        assert "degraded" in out  # degraded still serves: healthy for Docker
+
+
+def test_health_with_nothing_listening_is_unhealthy(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    assert main(["health", "--listen", f"127.0.0.1:{port}", "--timeout", "2"]) == EXIT_UNHEALTHY
+    assert f"127.0.0.1:{port}/health: Connect" in capsys.readouterr().err
+
+
+def test_health_config_error_is_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DOCXY_SERVER_LISTEN", "0.0.0.0:80")  # wildcard without a public URL
+    assert main(["health"]) == EXIT_CONFIG
+    assert "server.public_url" in capsys.readouterr().err
