@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from docxy.core.cidr import Networks, parse_networks
 from docxy.core.errors import ConfigError
+from docxy.core.forwarded import HEADERS as FORWARDED_HEADERS
+from docxy.core.rules import Patterns, RepositoryRules, parse_patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class ServerConfig:
     tls_listen: HostPort | None
     public_url: str
     admin_listen: HostPort | None  # /metrics and /status (docxy.observe); None: off
+    trusted_proxies: Networks = Networks()  # peers whose forwarded_header names the client
+    forwarded_header: str = "x-forwarded-for"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,37 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessConfig:
+    """Who may use the mirror, and for what (``docxy.edge.admission``)."""
+
+    allow: Networks  # client networks served; empty: everyone
+    repositories: Patterns  # repository patterns served; empty: all
+    deny_repositories: Patterns
+
+    @property
+    def rules(self) -> RepositoryRules:
+        return RepositoryRules(self.repositories, self.deny_repositories)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Connection limits (``docxy.edge.connections``), per-client ones (``docxy.edge.admission``).
+
+    A rate, count or size of 0 is off.
+    """
+
+    max_connections: int
+    backlog: int
+    idle_timeout: float
+    send_timeout: float
+    requests_per_minute: int
+    manifests_per_minute: int
+    bandwidth: int  # bytes a second per client
+    fills_per_client: int
+    fills_total: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     """Who may use the mirror (``docxy.access``)."""
 
@@ -138,6 +174,8 @@ class Config:
     certs: CertsConfig
     log: LogConfig
     scheduler: SchedulerConfig
+    access: AccessConfig
+    limits: LimitsConfig
     auth: AuthConfig
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     upstreams: tuple[NamedUpstreamConfig, ...] = ()  # more registries beside [upstream]
@@ -247,6 +285,41 @@ def parse_size(value: object) -> int:
     return size
 
 
+def _count(value: object) -> int:
+    """A whole number >= 0 (0: off)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,9}\s*", value):
+        return int(value)
+    raise ValueError(f"expected a whole number >= 0, got {value!r}")
+
+
+def _opt_size(value: object) -> int:
+    """A size such as ``10M``, or 0 / empty for off."""
+    if value in (0, "0") or (isinstance(value, str) and not value.strip()):
+        return 0
+    return parse_size(value)
+
+
+def _networks(value: object) -> Networks:
+    if not isinstance(value, str | list):
+        raise ValueError(f"expected a list of networks, got {value!r}")
+    return parse_networks(value)
+
+
+def _patterns(value: object) -> Patterns:
+    if not isinstance(value, str | list):
+        raise ValueError(f"expected a list of repository patterns, got {value!r}")
+    return parse_patterns(value)
+
+
+def _forwarded_header(value: object) -> str:
+    text = _str(value).strip().lower()
+    if text not in FORWARDED_HEADERS:
+        raise ValueError(f"expected {' or '.join(FORWARDED_HEADERS)}, got {value!r}")
+    return text
+
+
 def parse_host_port(value: object) -> HostPort:
     text = _str(value).strip()
     match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
@@ -330,6 +403,8 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "tls_listen": (_opt_host_port, ""),
         "public_url": (_opt_url, ""),
         "admin_listen": (_opt_host_port, "127.0.0.1:9180"),
+        "trusted_proxies": (_networks, ""),
+        "forwarded_header": (_forwarded_header, "x-forwarded-for"),
     },
     "tls": {
         "cert_path": (_opt_path, ""),
@@ -359,6 +434,22 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "config_dir": (_opt_path, ""),
     },
     "log": {"level": (_level, "INFO")},
+    "access": {
+        "allow": (_networks, ""),
+        "repositories": (_patterns, ""),
+        "deny_repositories": (_patterns, ""),
+    },
+    "limits": {
+        "max_connections": (_count, 1000),
+        "backlog": (_count, 1024),
+        "idle_timeout": (_float, 30.0),
+        "send_timeout": (_float, 60.0),
+        "requests_per_minute": (_count, 0),
+        "manifests_per_minute": (_count, 0),
+        "bandwidth": (_opt_size, 0),
+        "fills_per_client": (_count, 0),
+        "fills_total": (_count, 0),
+    },
     "auth": {
         "mode": (_mode, "open"),
         "dir": (_opt_path, ""),  # default: docxy-access beside cache.dir
@@ -574,6 +665,8 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         certs=certs,
         log=LogConfig(**_section(values, "log")),
         scheduler=SchedulerConfig(**_section(values, "scheduler")),
+        access=AccessConfig(**_section(values, "access")),
+        limits=LimitsConfig(**_section(values, "limits")),
         sources=sources,
     )
 

@@ -84,6 +84,7 @@ class BlobStore(Protocol):
     def open_read(
         self, digest: Digest, start: int = 0, stop: int | None = None
     ) -> BlobReader | None: ...
+    def filling(self, digest: Digest) -> bool: ...
     async def fetch_or_join(self, digest: Digest) -> Fill: ...
     async def fill(self, digest: Digest, fetch: Fetch) -> BlobReader | BlobFollower: ...
     def list_entries(self) -> list[BlobEntry]: ...
@@ -263,6 +264,11 @@ class DiskBlobStore:
         follower = self._follow(writer.fill)  # joined before the fetch starts: no race
         spawn(f"fill {digest}", run_fill(writer, fetch))
         return follower
+
+    def filling(self, digest: Digest) -> bool:
+        """Whether a fill of ``digest`` is running (a request for it would join, not start one)."""
+        fill = self._fills.get(digest)
+        return fill is not None and fill.state is FillState.WRITING
 
     async def fetch_or_join(self, digest: Digest) -> Fill:
         """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower.

@@ -11,6 +11,8 @@ Every error a client can see is a :class:`RegistryError`; one handler (``http/ap
     │   ├── RequestTooLarge         414/431 SIZE_INVALID  oversized query or headers
     │   ├── RangeNotSatisfiable     416 RANGE_INVALID   a Range outside the blob
     │   ├── NotFound                404 NOT_FOUND       no such route
+    │   ├── Denied                  403 DENIED          not on the allow list, repository rules
+    │   ├── TooManyRequests         429 TOOMANYREQUESTS a per-client limit (with Retry-After)
     │   └── Unsupported             405 UNSUPPORTED     the mirror is read-only
     └── UpstreamError               the upstream failed us (5xx)
         ├── UpstreamUnavailable     502 UNAVAILABLE     refused, reset, DNS, TLS, bad answer
@@ -81,6 +83,16 @@ class RangeNotSatisfiable(ClientError):
 class NotFound(ClientError):
     status = 404
     code = "NOT_FOUND"
+
+
+class Denied(ClientError):
+    status = 403
+    code = "DENIED"
+
+
+class TooManyRequests(ClientError):
+    status = 429
+    code = "TOOMANYREQUESTS"
 
 
 class Unsupported(ClientError):

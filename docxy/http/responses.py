@@ -21,7 +21,7 @@ from docxy.cache.errors import FillAborted
 from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenge
-from docxy.core.errors import RangeNotSatisfiable, RegistryError, StreamCut
+from docxy.core.errors import RangeNotSatisfiable, RegistryError, StreamCut, TooManyRequests
 from docxy.core.headers import response_headers
 from docxy.core.ranges import content_range
 from docxy.pull.outcome import BlobContent, ManifestContent, Served
@@ -56,6 +56,8 @@ def error_response(error: RegistryError) -> Response:
     headers = [("Content-Type", "application/json")]
     if isinstance(error, RangeNotSatisfiable) and isinstance(error.detail, dict):
         headers.append(("Content-Range", f"bytes */{error.detail.get('size', '*')}"))
+    if isinstance(error, TooManyRequests) and isinstance(error.detail, dict):
+        headers.append(("Retry-After", str(error.detail.get("retry_after", 1))))
     return registry_response(json.dumps(error.body()).encode(), error.status, headers)
 
 

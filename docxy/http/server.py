@@ -17,6 +17,9 @@ from hypercorn.config import Sockets
 
 from docxy.config import Config
 from docxy.core.errors import ConfigError
+from docxy.edge import connections
+from docxy.edge.admission import Admission
+from docxy.edge.framing import Framing
 from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
@@ -42,6 +45,8 @@ class _HypercornConfig(HypercornConfig):
         self._sockets: Sockets | None = None
         #: bind address → "key: ... (source)" words for an error naming the setting
         self.bind_keys: dict[str, tuple[str, str]] = {}
+        #: the connection cap and stall timeout (docxy.edge.connections); None: hypercorn's own
+        self.edge: connections.ConnectionGuard | None = None
 
     @property
     def ssl_enabled(self) -> bool:
@@ -147,9 +152,20 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
     hc.alpn_protocols = ["http/1.1"]  # Docker clients never use h2 with a mirror
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 75
     hc.graceful_timeout = 10
-    hc.h11_max_incomplete_size = 16 * 1024
+    hc.h11_max_incomplete_size = 16 * 1024  # request head; larger is a 431 from h11
+    limits = config.limits
+    hc.keep_alive_timeout = limits.idle_timeout  # also bounds a slow request head
+    hc.ssl_handshake_timeout = limits.idle_timeout  # a handshake is not yet a capped connection
+    hc.read_timeout = None  # would cut long downloads (docxy.edge.connections)
+    hc.backlog = limits.backlog or 100
+    fd_limit = connections.raise_fd_limit()
+    if limits.max_connections:
+        hc.edge = connections.ConnectionGuard(
+            connections.connection_cap(limits.max_connections, fd_limit), limits.send_timeout
+        )
+    else:
+        hc.edge = connections.ConnectionGuard(1 << 62, limits.send_timeout)
     return hc
 
 
@@ -185,7 +201,8 @@ async def run(config: Config) -> None:
     https_url = config.server.public_url if tls is not None else None
     observer = Observer(state)
     observer.attach(app)
-    asgi = AccessLog(Guard(app, https_url), observer)
+    asgi = AccessLog(Framing(Guard(Admission(app, config, state.access), https_url)), observer)
+    connections.install()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

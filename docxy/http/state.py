@@ -16,6 +16,7 @@ from docxy.access.gate import AccessControl
 from docxy.cache import Cache
 from docxy.cache.pairings import BlobPairings
 from docxy.config import Config
+from docxy.edge.fills import FillPermits
 from docxy.pull.blobs import BlobService
 from docxy.pull.manifests import ManifestService
 from docxy.upstream.client import Upstream, UpstreamClient
@@ -73,6 +74,7 @@ class MirrorState:
                 cache.blobs if cache is not None else None,
                 tokens,
                 BlobPairings(cache.manifests if cache is not None else None),
+                FillPermits(self.config.limits.fills_per_client, self.config.limits.fills_total),
             ),
             ManifestService(cache.manifests if cache is not None else None, tokens),
         )

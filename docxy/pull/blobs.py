@@ -26,6 +26,7 @@ from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
 from docxy.core.errors import UpstreamError, UpstreamUnavailable
 from docxy.core.ranges import parse_range
+from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
 from docxy.upstream.client import SERVER_TROUBLE
 from docxy.upstream.tokens import MirrorTokens
@@ -43,10 +44,12 @@ class BlobService:
         store: DiskBlobStore | None,
         tokens: MirrorTokens,
         pairings: BlobPairings | None = None,
+        permits: FillPermits | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.pairings = pairings if pairings is not None else BlobPairings(None)
+        self.permits = permits or FillPermits()
 
     async def get(self, pull: Pull) -> Outcome:
         digest = pull.reference.digest
@@ -66,10 +69,16 @@ class BlobService:
             return PassThrough(Reason.NOT_CACHEABLE, "HEAD or Range of a blob not cached")
         if self.tokens.refused(pull.upstream, pull.name):
             return PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
+        # Starting a fill needs a permit (429 over the caps); joining one does not.
+        release = None if self.store.filling(digest) else self.permits.acquire()
         try:
-            stream = await self.store.fill(digest, partial(self._fetch, pull))
+            stream = await self.store.fill(digest, partial(self._permitted, pull, release))
         except CacheUnwritable as exc:
+            if release is not None:
+                release()
             return PassThrough(Reason.CACHE_UNWRITABLE, str(exc))
+        if isinstance(stream, BlobReader) and release is not None:
+            release()  # committed while we looked: no fetch of ours
         return await self._follow(pull, digest, stream)
 
     async def _follow(
@@ -122,6 +131,17 @@ class BlobService:
             if answer.status_code == 200:
                 return Source.REVALIDATED
         return UNCONFIRMED
+
+    async def _permitted(self, pull: Pull, release: Release | None) -> Download:
+        """:meth:`_fetch`, giving the fill's permit back when the download is closed."""
+        if release is None:
+            return await self._fetch(pull)
+        try:
+            download = await self._fetch(pull)
+        except BaseException:
+            release()
+            raise
+        return Download(download.size, download.chunks, released_after(download.close, release))
 
     async def _fetch(self, pull: Pull) -> Download:
         """The upstream half of a fill: a GET with the mirror's own token."""

@@ -161,6 +161,20 @@ SAMPLES = {
     "scheduler.reload_command": "supervisorctl signal HUP docxy",
     "scheduler.deploy_hook": "true",
     "scheduler.wait_for_mirror": "true",
+    "server.trusted_proxies": "10.0.0.0/8, ::1",
+    "server.forwarded_header": "forwarded",
+    "access.allow": "192.0.2.0/24",
+    "access.repositories": "library/*",
+    "access.deny_repositories": "library/bad",
+    "limits.max_connections": "50",
+    "limits.backlog": "64",
+    "limits.idle_timeout": "5",
+    "limits.send_timeout": "5",
+    "limits.requests_per_minute": "600",
+    "limits.manifests_per_minute": "60",
+    "limits.bandwidth": "10M",
+    "limits.fills_per_client": "2",
+    "limits.fills_total": "8",
     "auth.mode": "users",
     "auth.dir": "/tmp/docxy-access",
     "auth.users_file": "/tmp/docxy-users",
@@ -677,6 +691,6 @@ def test_describe_lists_every_setting_with_its_source(tmp_path: Path) -> None:
     assert rows["log.level"] == ("DEBUG", "flag")
     assert rows["upstream.read_timeout"] == ("5.0", "env DOCXY_UPSTREAM_READ_TIMEOUT")
     assert rows["server.listen"] == ("127.0.0.1:8080", "default")
-    assert len(rows) == 41
+    assert len(rows) == sum(len(keys) for keys in SETTINGS.values())  # every one, once
     assert rows["scheduler.hour"] == ("None", "default")  # picked at random by the renewer
     assert rows["scheduler.retry_base"] == ("300.0", "default")

@@ -1,0 +1,94 @@
+"""IP networks for allow lists and trusted proxies, and the key a client's limits are kept under.
+
+Pure functions over :mod:`ipaddress` values. An IPv4 address that arrives IPv4-mapped
+(``::ffff:192.0.2.1``, as a dual-stack socket reports it) is the IPv4 address it maps, so one
+list entry covers both ways a client can reach the mirror. A network with host bits set
+(``10.0.0.1/8``) is refused: it is almost always a typo for something narrower or wider.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: IPv6 clients are kept by their /64: one host usually holds a whole /64 and can use any of it.
+IPV6_CLIENT_PREFIX = 64
+
+
+def parse_address(text: str) -> Address | None:
+    """``text`` as an IP address (``[v6]`` brackets and a ``%zone`` allowed), else None."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.partition("%")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return _unmapped(address)
+
+
+def _unmapped(address: Address) -> Address:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_network(text: str) -> Network:
+    """``"10.0.0.0/8"``, ``"2001:db8::/32"``, or a bare address (one host). Raises ValueError."""
+    text = text.strip()
+    if not text or any(c.isspace() for c in text):
+        raise ValueError(f"not an IP network: {text!r}")
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not an IP network ({exc}): {text!r}") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:  # ::ffff:10.0.0.0/104 is 10.0.0.0/8
+            return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+@dataclass(frozen=True, slots=True)
+class Networks:
+    """A list of networks; an address is *in* it when any network contains it."""
+
+    networks: tuple[Network, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __contains__(self, address: object) -> bool:
+        if not isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            return False
+        address = _unmapped(address)
+        return any(address in network for network in self.networks)
+
+    def __str__(self) -> str:
+        return ", ".join(str(network) for network in self.networks)
+
+
+def parse_networks(value: str | Iterable[str]) -> Networks:
+    """A comma-separated string (env, flags) or a list of strings (TOML) → :class:`Networks`."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    networks = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected network strings, got {item!r}")
+        if item.strip():
+            networks.append(parse_network(item))
+    return Networks(tuple(networks))
+
+
+def client_key(address: Address) -> str:
+    """The key per-client limits are kept under: the IPv4 address, or the IPv6 /64."""
+    address = _unmapped(address)
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    network = ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False)
+    return str(network)

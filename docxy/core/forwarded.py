@@ -1,0 +1,73 @@
+"""The client's address behind trusted reverse proxies (``X-Forwarded-For`` or ``Forwarded``).
+
+The headers are read only when the peer is a trusted proxy, and then from the right: each
+proxy appends the address it received the request from, so the rightmost entries are written
+by proxies we trust and everything left of the first untrusted address is the client's to
+invent. The walk stops at that first untrusted address, or at an entry that is not an address
+(``unknown``, an obfuscated ``_node``, garbage), in which case the last trusted hop is the
+client: an address we cannot read is never made up.
+
+Only one header is read (``server.forwarded_header``): a proxy that writes one of them lets a
+client send the other, and reading both would let the client choose.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from docxy.core.cidr import Address, Networks, parse_address
+
+HEADERS = ("x-forwarded-for", "forwarded")
+MAX_HOPS = 32  # a longer chain is cut at its right end: no client gets to make us walk forever
+
+_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)', re.IGNORECASE)
+
+
+def _forwarded_for(element: str) -> str:
+    """The ``for=`` value of one RFC 7239 element (``for="[2001:db8::1]:4711";proto=https``)."""
+    match = _FOR.search(element)
+    if match is None:
+        return ""
+    value = match.group(1)
+    if value.startswith('"'):
+        value = re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def _strip_port(value: str) -> str:
+    """``[v6]:port`` → ``[v6]``; ``v4:port`` → ``v4``; a bare IPv6 address stays whole."""
+    value = value.strip()
+    if value.startswith("["):
+        return value.partition("]")[0] + "]"
+    if value.count(":") == 1:
+        return value.partition(":")[0]
+    return value
+
+
+def forwarded_chain(header: str, values: Iterable[str]) -> list[str]:
+    """The hop entries of every ``header`` line, left to right (raw text, ports stripped)."""
+    entries: list[str] = []
+    for line in values:
+        for element in line.split(","):
+            entry = _forwarded_for(element) if header == "forwarded" else element
+            entries.append(_strip_port(entry))
+    return entries[-MAX_HOPS:]
+
+
+def client_address(
+    peer: Address, headers: Iterable[tuple[str, str]], trusted: Networks, header: str
+) -> Address:
+    """The address of the client: ``peer`` unless it is a trusted proxy that says otherwise."""
+    if peer not in trusted:
+        return peer
+    lines = [value for name, value in headers if name.lower() == header]
+    client = peer
+    for entry in reversed(forwarded_chain(header, lines)):
+        address = parse_address(entry)
+        if address is None:
+            return client
+        client = address
+        if address not in trusted:
+            return address
+    return client

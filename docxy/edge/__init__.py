@@ -1,0 +1,6 @@
+"""The edge: what stands between the internet and the registry routes.
+
+``connections`` caps open connections and closes idle and stalled ones (hypercorn's TCP
+server, one subclass), ``admission`` is the ASGI layer for allow lists, repository rules and
+per-client limits, ``limits`` keeps the token buckets, ``clients`` names a client.
+"""

@@ -1,0 +1,156 @@
+"""Admission: allow lists, repository rules and per-client limits, before any route runs.
+
+An ASGI layer inside the access log (so every refusal is logged like any request):
+
+1. the client's address (behind ``server.trusted_proxies``) must be in ``access.allow``, else
+   ``403 DENIED``;
+2. a ``/v2/<name>/...`` request must name a repository the rules serve, else ``403 DENIED``
+   with a message the docker CLI prints (``denied: repository ... is not served``);
+3. per client (its user when known, else its IP, IPv6 by /64), a request-rate bucket, a
+   manifest-fetch bucket (GETs of manifests) and a bandwidth bucket; an empty bucket is
+   ``429 TOOMANYREQUESTS`` with ``Retry-After``.
+
+Bandwidth is charged as body bytes go out: a response whose client is over its rate is paced
+(the next chunk waits until the debt is paid), and a new request from a client whose debt is
+more than :data:`BANDWIDTH_GRACE` seconds deep is refused. Pacing alone keeps one download at the
+limit; the refusal stops a client that opens ever more downloads at once.
+
+ACME HTTP-01 challenges and ``/health`` pass untouched: the CA and health checks come from
+addresses no allow list names, and must not be rate limited into failing a renewal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+from docxy.config import Config
+from docxy.core.cidr import Address
+from docxy.core.errors import Denied, RegistryError, TooManyRequests
+from docxy.core.names import Kind, parse_v2_path, upstream_name
+from docxy.edge.clients import client_identity, limit_key, request_address
+from docxy.edge.fills import CLIENT
+from docxy.edge.limits import Buckets, Clock, retry_after
+
+if TYPE_CHECKING:
+    from docxy.access.gate import AccessControl
+
+log = logging.getLogger(__name__)
+
+EXEMPT_PATHS = frozenset({"/health"})
+EXEMPT_PREFIXES = ("/.well-known/acme-challenge/",)
+#: A client may be this many seconds of bandwidth in debt before new requests are refused.
+BANDWIDTH_GRACE = 10.0
+
+
+class Admission:
+    def __init__(
+        self,
+        app: ASGIFramework,
+        config: Config,
+        access: AccessControl | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.access = access
+        self.allow = config.access.allow
+        self.rules = config.access.rules
+        self.library_prefix = config.upstream.library_prefix
+        limits = config.limits
+        self.requests = Buckets(limits.requests_per_minute / 60, limits.requests_per_minute, clock)
+        self.manifests = Buckets(
+            limits.manifests_per_minute / 60, limits.manifests_per_minute, clock
+        )
+        self.bandwidth = Buckets(limits.bandwidth, limits.bandwidth, clock)
+        self.refused = 0
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http" or _exempt(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        address = request_address(scope, self.config.server)
+        key = limit_key(client_identity(scope, self.access), address)
+        try:
+            self._admit(scope, address, key)
+        except RegistryError as error:
+            self.refused += 1
+            await _send_error(send, error)
+            return
+        named = CLIENT.set(key)  # for the fill caps (docxy.edge.fills), in the tasks it starts
+        try:
+            await self._serve(scope, receive, send, key)
+        finally:
+            CLIENT.reset(named)
+
+    async def _serve(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable, key: str
+    ) -> None:
+        if not self.bandwidth:
+            await self.app(scope, receive, send)
+            return
+
+        async def paced_send(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and message.get("body"):
+                wait = self.bandwidth.charge(key, len(message["body"]))
+                if wait > 0 and message.get("more_body", False):
+                    await asyncio.sleep(wait)  # pacing: the client's bytes per second
+
+        await self.app(scope, receive, paced_send)
+
+    def _admit(self, scope: Any, address: Address | None, key: str) -> None:
+        """Raise :class:`Denied` or :class:`TooManyRequests`, or return: the request may pass."""
+        if self.allow and address not in self.allow:
+            who = address or "this client"
+            raise Denied(f"access denied: {who} is not allowed to use this mirror")
+        name, kind = self._repository(scope)
+        if name is not None and self.rules:
+            refusal = self.rules.refusal(name)
+            if refusal is not None:
+                raise Denied(refusal, {"name": name})
+        _limit(self.requests.take(key), "too many requests from this client")
+        if kind is Kind.MANIFEST and scope["method"] == "GET":
+            _limit(self.manifests.take(key), "too many manifest fetches from this client")
+        debt = self.bandwidth.debt(key)
+        if debt > BANDWIDTH_GRACE:
+            _limit(debt - BANDWIDTH_GRACE, "this client is over its bandwidth")
+
+    def _repository(self, scope: Any) -> tuple[str | None, Kind | None]:
+        raw = scope.get("raw_path") or scope["path"].encode()
+        try:
+            reference = parse_v2_path(raw.decode("latin-1"))
+        except RegistryError:
+            return None, None  # not a content path: the routes answer it
+        if reference is None:
+            return None, None
+        return upstream_name(reference.name, self.library_prefix), reference.kind
+
+
+def _exempt(path: str) -> bool:
+    return path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
+
+
+def _limit(wait: float, message: str) -> None:
+    if wait > 0:
+        raise TooManyRequests(message, {"retry_after": retry_after(wait)})
+
+
+async def _send_error(send: ASGISendCallable, error: RegistryError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"docker-distribution-api-version", b"registry/2.0"),
+    ]
+    if isinstance(error, TooManyRequests) and isinstance(error.detail, dict):
+        headers.append((b"retry-after", error.detail["retry_after"].encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,255 @@
+"""Connections that cannot pin the mirror: a cap, a prompt close, and a stall timeout.
+
+hypercorn 0.18 serves each connection with a ``TCPServer``; this module's subclass adds three
+things the hostile-traffic run showed missing:
+
+- **a cap** on open connections (``limits.max_connections``): one over the cap gets a short
+  ``503`` with ``Retry-After`` and is closed at once, so a flood costs one descriptor per
+  connection for microseconds, not for as long as the client likes;
+- **a prompt close** when the peer hangs up: hypercorn keeps the connection's idle timer
+  running after the peer's EOF and closes the socket only when it fires, so 3000
+  connect-and-close clients left 3000 descriptors in CLOSE-WAIT for ``keep_alive_timeout``;
+- **a stall timeout** (``limits.send_timeout``): a write waits for the client to take the
+  bytes; when the client takes *none* of them for that long, the connection is aborted (its
+  buffered bytes dropped). A slow download that keeps taking bytes is never cut: progress is
+  the bytes not yet taken (the transport's buffer plus the kernel's send queue) shrinking,
+  checked a few times per timeout, whatever the chunk size.
+
+Idle clients and slow request headers are hypercorn's ``keep_alive_timeout``: its idle timer
+runs from the connection's start until a whole request head has arrived, and between requests.
+hypercorn's ``read_timeout`` is left off: it also fires while a long download is being sent to
+a client that has nothing more to say, and would cut it.
+
+:func:`install` makes hypercorn's asyncio runner use the subclass (it names ``TCPServer`` in
+its module and has no setting for it); the subclass extends ``docxy.access.peer``'s, which
+swaps in the same way, so one class serves both. :func:`raise_fd_limit` lifts the soft
+descriptor limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import fcntl
+import json
+import logging
+import resource
+import struct
+import termios
+from dataclasses import dataclass
+
+import hypercorn.asyncio.run as hypercorn_run
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.events import Closed, Event, RawData
+
+from docxy.access.peer import PeerCertTCPServer
+
+log = logging.getLogger(__name__)
+
+#: Descriptors kept back from the connection cap: listeners, the cache's files, the upstream.
+RESERVED_FDS = 64
+#: Each client connection may hold its socket, an open blob file and an upstream socket.
+FDS_PER_CONNECTION = 3
+#: Stall checks per ``send_timeout``: a stalled client is closed within 1¼ timeouts.
+CHECKS_PER_TIMEOUT = 4
+#: The soft descriptor limit asked for at most (an unlimited hard limit is not a target).
+MAX_FD_LIMIT = 1 << 20
+
+
+def _busy_response() -> bytes:
+    body = json.dumps(
+        {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many open connections"}]}
+    ).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "retry-after: 1\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+BUSY = _busy_response()
+
+
+@dataclass(slots=True)
+class ConnectionGuard:
+    """The shared count of open connections and the limits every connection obeys."""
+
+    max_connections: int
+    send_timeout: float | None
+    open: int = 0
+    refused: int = 0
+    stalled: int = 0
+
+    def admit(self) -> bool:
+        if self.open >= self.max_connections:
+            self.refused += 1
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+class EdgeTCPServer(PeerCertTCPServer):
+    """hypercorn's connection, capped, closed when the peer leaves, aborted when stalled; and,
+    as ``docxy.access.peer`` needs, noting the TLS client certificate for its requests."""
+
+    @property
+    def guard(self) -> ConnectionGuard | None:
+        guard = getattr(self.config, "edge", None)
+        return guard if isinstance(guard, ConnectionGuard) else None
+
+    async def run(self) -> None:
+        guard = self.guard
+        if guard is None:
+            await super().run()
+            return
+        if not guard.admit():
+            self._refuse()
+            return
+        try:
+            await super().run()
+        finally:
+            guard.release()
+
+    def _refuse(self) -> None:
+        """Over the cap: a short answer if the socket takes it at once, then the socket closed."""
+        transport = self.writer.transport
+        try:
+            transport.write(BUSY)
+        except (OSError, RuntimeError):
+            pass
+        transport.close()  # BUSY fits any socket buffer: close() flushes it without waiting
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The peer has gone (EOF, reset or timeout): stop the idle timer now, or hypercorn's
+        # task group waits for it, keeping the socket open for the whole keep-alive timeout.
+        await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        guard = self.guard
+        if not isinstance(event, RawData) or guard is None or guard.send_timeout is None:
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                self.writer.write(event.data)
+                await self._drain(guard, guard.send_timeout)
+            except (ConnectionError, RuntimeError):
+                await self.protocol.handle(Closed())
+
+    def _unsent(self) -> int:
+        """Bytes written but not yet taken by the client: ours, and the kernel's send queue.
+
+        The kernel's part matters: with a send buffer of megabytes, a socket turns writable
+        again only after a third of it has drained, which a slow client may take seconds for.
+        """
+        sock = self.writer.get_extra_info("socket")
+        return self.writer.transport.get_write_buffer_size() + _kernel_queue(sock)
+
+    async def _drain(self, guard: ConnectionGuard, timeout: float) -> None:
+        """Wait until the client has taken the bytes, as long as it keeps taking some."""
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() == 0:  # all handed to the kernel: nothing to wait
+            await self.writer.drain()  # for (it raises if the connection was lost meanwhile)
+            return
+        loop = asyncio.get_running_loop()
+        left = self._unsent()
+        progress_at = loop.time()
+        while True:
+            try:
+                await asyncio.wait_for(self.writer.drain(), timeout / CHECKS_PER_TIMEOUT)
+                return
+            except TimeoutError:
+                pass
+            now, size = loop.time(), self._unsent()
+            if size < left:
+                left, progress_at = size, now
+            elif now - progress_at >= timeout:
+                guard.stalled += 1
+                peer = self.writer.get_extra_info("peername")
+                log.info("closing stalled %s: no bytes taken in %ss", peer, timeout)
+                transport.abort()
+                _trim_soon(loop)
+                raise ConnectionAbortedError("the client took no bytes")
+
+
+#: Seconds after the last stalled connection was dropped until freed memory is given back.
+TRIM_DELAY = 1.0
+_trim: asyncio.TimerHandle | None = None
+
+
+def _trim_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """Give the buffers of dropped connections back to the system, once things calm down.
+
+    A stalled download dies holding megabytes of write buffer; glibc keeps such freed memory in
+    its heap, so without a trim a few rounds of non-reading clients ratchet the resident size up.
+    """
+    global _trim
+    if _trim is not None:
+        _trim.cancel()
+    _trim = loop.call_later(TRIM_DELAY, malloc_trim)
+
+
+def malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)``: free heap pages back to the system; False if not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _kernel_queue(sock: object) -> int:
+    """Bytes still in the socket's send queue (Linux ``SIOCOUTQ``); 0 if it cannot be read."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        return 0
+    try:
+        answer = fcntl.ioctl(fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except (OSError, ValueError):
+        return 0
+    queued: int = struct.unpack("i", answer)[0]
+    return queued
+
+
+def install() -> None:
+    """Make hypercorn's asyncio runner serve connections with :class:`EdgeTCPServer` (after
+    ``docxy.access.peer.install``, whose class it extends, if that ran)."""
+    known = (TCPServer, PeerCertTCPServer, EdgeTCPServer)
+    if getattr(hypercorn_run, "TCPServer", None) not in known:
+        raise RuntimeError("hypercorn.asyncio.run no longer names TCPServer: update docxy.edge")
+    setattr(hypercorn_run, "TCPServer", EdgeTCPServer)  # noqa: B010 - not a public name
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft limit on open descriptors to the hard limit; return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, MAX_FD_LIMIT)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def connection_cap(wanted: int, fd_limit: int) -> int:
+    """``wanted`` connections, or fewer if the descriptor limit cannot hold them all."""
+    affordable = max(1, (fd_limit - RESERVED_FDS) // FDS_PER_CONNECTION)
+    if wanted > affordable:
+        log.warning(
+            "limits.max_connections %d lowered to %d: the open-file limit is %d "
+            "(up to %d descriptors a connection)",
+            wanted,
+            affordable,
+            fd_limit,
+            FDS_PER_CONNECTION,
+        )
+        return affordable
+    return wanted

@@ -1,0 +1,105 @@
+"""Per-client token buckets: request rate, manifest fetches and bandwidth.
+
+A bucket holds up to ``burst`` tokens and refills at ``rate`` per second. Taking from a full
+enough bucket is free; otherwise the caller learns how long until it would be, which becomes
+``Retry-After``. Bandwidth may run into debt (a chunk is sent, then charged); a client in debt
+is paced within a response and refused a new one until the debt is paid.
+
+The table of buckets is bounded: the least recently used client is forgotten first, and a
+forgotten client starts again with a full bucket, which only ever errs towards serving.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+MAX_CLIENTS = 65536
+
+
+@dataclass(slots=True)
+class Bucket:
+    rate: float
+    burst: float
+    tokens: float
+    stamp: float
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self.stamp)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.stamp = now
+
+    def take(self, now: float, amount: float = 1.0) -> float:
+        """Take ``amount`` if the bucket holds it and return 0; else take nothing and return
+        the seconds until it would."""
+        self._refill(now)
+        if self.tokens >= amount:
+            self.tokens -= amount
+            return 0.0
+        return (amount - self.tokens) / self.rate
+
+    def charge(self, now: float, amount: float) -> float:
+        """Take ``amount`` even into debt; return the seconds until the debt is paid."""
+        self._refill(now)
+        self.tokens -= amount
+        return max(0.0, -self.tokens / self.rate)
+
+    def debt(self, now: float) -> float:
+        """Seconds until the bucket is out of debt (0 when it is not in debt)."""
+        self._refill(now)
+        return max(0.0, -self.tokens / self.rate)
+
+
+class Buckets:
+    """One :class:`Bucket` per client key, for one kind of limit; ``rate`` 0 means off."""
+
+    def __init__(self, rate: float, burst: float, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.clock = clock
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return self.rate > 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def of(self, key: str) -> Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = Bucket(self.rate, self.burst, self.burst, self.clock())
+            self._buckets[key] = bucket
+            if len(self._buckets) > MAX_CLIENTS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket
+
+    def take(self, key: str, amount: float = 1.0) -> float:
+        return self.of(key).take(self.clock(), amount) if self else 0.0
+
+    def charge(self, key: str, amount: float) -> float:
+        return self.of(key).charge(self.clock(), amount) if self else 0.0
+
+    def debt(self, key: str) -> float:
+        return self.of(key).debt(self.clock()) if self else 0.0
+
+
+def retry_after(seconds: float) -> str:
+    """``Retry-After`` in whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is refused at the edge: a status, an error code and a message."""
+
+    status: int
+    code: str
+    message: str
+    retry_after: float | None = None

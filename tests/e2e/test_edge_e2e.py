@@ -1,0 +1,295 @@
+"""The edge against a real running mirror: floods, non-reading and slow clients, the connection
+cap, allow lists, repository rules and per-client limits, all from loopback.
+
+Descriptor and memory figures are read from ``/proc/<pid>`` of the mirror. Loops are bounded;
+waiting is polling a condition under a generous deadline, never a timed assertion. Different
+clients are different loopback source addresses (127.0.0.2, 127.0.0.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.bed import Bed, Mirror
+from tests.bed.images import generated_chunks
+from tests.conftest import StartMirror
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1 << 20
+FLOOD = 3000
+HELLO = "library/hello"
+BIG = "docxytest/edge-big"
+MANIFESTS = (
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.docker.distribution.manifest.v2+json"
+)
+
+
+def fd_count(mirror: Mirror) -> int:
+    return len(os.listdir(f"/proc/{mirror.proc.pid}/fd"))
+
+
+def rss(mirror: Mirror) -> int:
+    with open(f"/proc/{mirror.proc.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def eventually(condition: Callable[[], bool], deadline: float = 60.0) -> bool:
+    """Poll ``condition`` until it holds or ``deadline`` seconds pass; whether it held."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def client(mirror: Mirror, source: str = "127.0.0.1") -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=source)
+    return httpx.Client(base_url=mirror.url, transport=transport, timeout=60)
+
+
+def bearer(http: httpx.Client, repo: str) -> dict[str, str]:
+    challenge = http.get("/v2/").headers["WWW-Authenticate"]
+    params = dict(part.split("=", 1) for part in challenge.partition(" ")[2].split(","))
+    realm, service = params["realm"].strip('"'), params["service"].strip('"')
+    answer = http.get(realm, params={"service": service, "scope": f"repository:{repo}:pull"})
+    assert answer.status_code == 200, answer.text
+    return {"Authorization": f"Bearer {answer.json()['token']}", "Accept": MANIFESTS}
+
+
+def cached_big_blob(bed: Bed, mirror: Mirror, size: int) -> tuple[str, dict[str, str]]:
+    """A blob of ``size`` bytes, pulled once through the mirror so it is served from disk."""
+    digest = bed.push_big_blob(BIG, size, seed=77)
+    with client(mirror) as http:
+        headers = bearer(http, BIG)
+        with http.stream("GET", f"/v2/{BIG}/blobs/{digest}", headers=headers) as answer:
+            assert answer.status_code == 200
+            assert sum(len(c) for c in answer.iter_bytes()) == size
+    return digest, headers
+
+
+def raw_get(mirror: Mirror, path: str, headers: dict[str, str], rcvbuf: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", mirror.port))
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{mirror.port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock
+
+
+def flood(mirror: Mirror) -> None:
+    for _ in range(FLOOD):
+        socket.create_connection(("127.0.0.1", mirror.port)).close()
+
+
+def test_a_connect_and_close_flood_leaves_no_descriptors_behind(start_mirror: StartMirror) -> None:
+    # A long idle timeout: only closing on the peer's EOF can bring the count back.
+    mirror = start_mirror("--set", "limits.idle_timeout=600")
+    first = fd_count(mirror)
+    flood(mirror)  # the first flood also sets the allocator's working set (measured: +20 MiB)
+    assert eventually(lambda: fd_count(mirror) <= first + 5), (first, fd_count(mirror))
+    baseline = rss(mirror)
+    for _ in range(2):
+        flood(mirror)
+        assert eventually(lambda: fd_count(mirror) <= first + 5), (first, fd_count(mirror))
+    assert rss(mirror) <= baseline + 8 * MiB, (baseline, rss(mirror))
+    assert httpx.get(f"{mirror.url}/health", timeout=30).status_code == 200
+
+
+def non_reading_round(mirror: Mirror, path: str, headers: dict[str, str], count: int) -> None:
+    """``count`` clients ask for a big blob and never read; each must be cut off."""
+    before = fd_count(mirror)
+    sockets = [raw_get(mirror, path, headers, 4096) for _ in range(count)]
+    try:
+        assert eventually(lambda: fd_count(mirror) >= before + count)  # all being served
+        assert eventually(lambda: fd_count(mirror) <= before + 5), (before, fd_count(mirror))
+        for sock in sockets:  # each was cut: after what it had buffered, the end
+            sock.settimeout(30)
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert received < 32 * MiB
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_idle_and_trickling_clients_are_closed_after_the_idle_timeout(
+    start_mirror: StartMirror,
+) -> None:
+    mirror = start_mirror("--set", "limits.idle_timeout=2")
+    baseline = fd_count(mirror)
+    idle = [socket.create_connection(("127.0.0.1", mirror.port)) for _ in range(20)]
+    trickling = [socket.create_connection(("127.0.0.1", mirror.port)) for _ in range(20)]
+    try:
+        for sock in trickling:
+            sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        closed: set[socket.socket] = set()
+        for _ in range(100):  # a byte each half second: a head that never ends
+            for sock in trickling:
+                if sock in closed:
+                    continue
+                try:
+                    sock.sendall(b"a")
+                except OSError:
+                    closed.add(sock)
+            if len(closed) == len(trickling):
+                break
+            time.sleep(0.5)  # the slow client's own pace, not synchronisation
+        assert len(closed) == len(trickling), f"{len(closed)} of {len(trickling)} closed"
+        for sock in idle:
+            sock.settimeout(30)
+            assert sock.recv(100) == b""  # closed by the server, nothing said
+        assert eventually(lambda: fd_count(mirror) <= baseline + 5), fd_count(mirror)
+    finally:
+        for sock in idle + trickling:
+            sock.close()
+
+
+def test_non_reading_clients_are_closed_and_memory_stays_flat(
+    bed: Bed, start_mirror: StartMirror
+) -> None:
+    mirror = start_mirror("--set", "limits.send_timeout=2", "--set", "limits.idle_timeout=600")
+    digest, headers = cached_big_blob(bed, mirror, 32 * MiB)
+    path = f"/v2/{BIG}/blobs/{digest}"
+    baseline_fds = fd_count(mirror)
+    non_reading_round(mirror, path, headers, 40)  # the allocator's first working set
+    warm_rss = rss(mirror)
+    for _ in range(3):
+        non_reading_round(mirror, path, headers, 40)
+    assert fd_count(mirror) <= baseline_fds + 5
+    assert rss(mirror) <= warm_rss + 16 * MiB, (warm_rss, rss(mirror))
+    assert mirror.log_text(10**7).count("closing stalled") >= 4 * 40
+    assert "Traceback" not in mirror.log_text(10**7)
+
+
+def test_a_slow_download_that_keeps_reading_is_not_cut(bed: Bed, start_mirror: StartMirror) -> None:
+    # One 4 MiB chunk takes this client ~3 s; the stall timeout is 1 s: only progress saves it.
+    mirror = start_mirror("--set", "limits.send_timeout=1")
+    size = 8 * MiB
+    digest, headers = cached_big_blob(bed, mirror, size)
+    sock = raw_get(mirror, f"/v2/{BIG}/blobs/{digest}", headers, 16384)
+    sock.settimeout(30)
+    data = bytearray()
+    try:
+        while chunk := sock.recv(64 * 1024):
+            data += chunk
+            if len(data) > size and data.find(b"\r\n\r\n") + 4 + size <= len(data):
+                break
+            time.sleep(0.05)  # the client's own slowness (~1 MiB/s), not synchronisation
+    finally:
+        sock.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == size
+    assert hashlib.sha256(body).hexdigest() == digest.removeprefix("sha256:")
+    expected = hashlib.sha256(b"".join(generated_chunks(size, seed=77))).hexdigest()
+    assert expected == digest.removeprefix("sha256:")
+
+
+def test_connections_over_the_cap_get_503_and_the_cap_frees(start_mirror: StartMirror) -> None:
+    mirror = start_mirror("--set", "limits.max_connections=20", "--set", "limits.idle_timeout=600")
+    held: list[socket.socket] = []
+    try:
+        # Each held connection has asked for nothing; the cap counts it all the same.
+        for _ in range(20):
+            held.append(socket.create_connection(("127.0.0.1", mirror.port)))
+        over = socket.create_connection(("127.0.0.1", mirror.port))
+        over.settimeout(30)
+        answer = over.recv(4096)
+        over.close()
+        assert answer.startswith(b"HTTP/1.1 503"), answer
+        assert b"retry-after: 1" in answer and b"TOOMANYREQUESTS" in answer
+        held.pop().close()
+
+        def served() -> bool:
+            try:
+                return httpx.get(f"{mirror.url}/health", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert eventually(served)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_allow_list_with_a_trusted_proxy(start_mirror: StartMirror) -> None:
+    mirror = start_mirror(
+        "--set", "access.allow=127.0.0.2/32, 10.9.0.0/16",
+        "--set", "server.trusted_proxies=127.0.0.4",
+    )  # fmt: skip
+    with client(mirror, "127.0.0.2") as allowed, client(mirror, "127.0.0.3") as other:
+        assert allowed.get("/v2/").status_code == 401  # the registry's usual challenge
+        refused = other.get("/v2/")
+        assert refused.status_code == 403
+        assert refused.json()["errors"][0]["code"] == "DENIED"
+        assert other.get("/health").status_code == 200
+        spoof = {"X-Forwarded-For": "10.9.1.1"}
+        assert other.get("/v2/", headers=spoof).status_code == 403  # not a trusted proxy
+    with client(mirror, "127.0.0.4") as proxy:
+        assert proxy.get("/v2/", headers={"X-Forwarded-For": "10.9.1.1"}).status_code == 401
+        assert proxy.get("/v2/").status_code == 403  # the proxy itself is not allowed
+        chain = {"X-Forwarded-For": "10.9.1.1, 192.0.2.50"}  # the client wrote the left part
+        assert proxy.get("/v2/", headers=chain).status_code == 403
+
+
+def test_repository_rules_refuse_with_a_message(bed: Bed, start_mirror: StartMirror) -> None:
+    mirror = start_mirror("--set", "access.repositories=library/*")
+    with client(mirror) as http:
+        headers = bearer(http, HELLO)
+        assert http.get("/v2/hello/manifests/latest", headers=headers).status_code == 200
+        refused = http.get("/v2/docxytest/multi/manifests/latest", headers=headers)
+        assert refused.status_code == 403
+        error = refused.json()["errors"][0]
+        assert error["code"] == "DENIED"
+        assert error["message"].startswith("repository docxytest/multi is not served")
+    assert not [r for r in bed.front_log if "docxytest/multi" in r.path]  # never asked upstream
+
+
+def test_request_rate_limit_under_load_spares_other_clients(start_mirror: StartMirror) -> None:
+    limit = 40
+    mirror = start_mirror("--set", f"limits.requests_per_minute={limit}")
+    started = time.monotonic()
+    with client(mirror, "127.0.0.2") as noisy, client(mirror, "127.0.0.3") as quiet:
+        with ThreadPoolExecutor(8) as pool:
+            flood = pool.map(lambda _: noisy.get("/v2/"), range(3 * limit))
+            calm = [quiet.get("/v2/") for _ in range(limit // 4)]
+            answers = list(flood)
+    elapsed = time.monotonic() - started
+    refused = [a for a in answers if a.status_code == 429]
+    passed = len(answers) - len(refused)
+    assert refused, "no 429 at three times the limit"
+    assert limit <= passed <= limit + elapsed * limit / 60 + 1
+    assert all(a.json()["errors"][0]["code"] == "TOOMANYREQUESTS" for a in refused)
+    assert all(int(a.headers["Retry-After"]) >= 1 for a in refused)
+    assert [a.status_code for a in calm] == [401] * (limit // 4)
+
+
+def test_manifest_fetch_limit(bed: Bed, start_mirror: StartMirror) -> None:
+    mirror = start_mirror("--set", "limits.manifests_per_minute=3")
+    with client(mirror, "127.0.0.2") as noisy, client(mirror, "127.0.0.3") as quiet:
+        headers = bearer(noisy, HELLO)
+        path = "/v2/hello/manifests/latest"
+        statuses = [noisy.get(path, headers=headers).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]
+        assert noisy.head(path, headers=headers).status_code == 200  # a HEAD is no fetch
+        assert quiet.get(path, headers=bearer(quiet, HELLO)).status_code == 200

@@ -1,0 +1,92 @@
+"""The connection layer's parts that need no running server: the cap's arithmetic, the
+descriptor limit, the hypercorn hook and the kernel's send queue."""
+
+from __future__ import annotations
+
+import resource
+import socket
+from collections.abc import Iterator
+
+import hypercorn.asyncio.run as hypercorn_run
+import pytest
+from hypercorn.asyncio.tcp_server import TCPServer
+
+from docxy.access.peer import PeerCertTCPServer
+from docxy.edge import connections
+from docxy.edge.connections import BUSY, ConnectionGuard, EdgeTCPServer, connection_cap
+
+
+def test_the_cap_counts_and_refuses_over_it() -> None:
+    guard = ConnectionGuard(max_connections=2, send_timeout=5.0)
+    assert guard.admit() and guard.admit()
+    assert not guard.admit()
+    guard.release()
+    assert guard.admit()
+    assert (guard.open, guard.refused) == (2, 1)
+
+
+def test_the_cap_fits_the_descriptor_limit(caplog: pytest.LogCaptureFixture) -> None:
+    assert connection_cap(100, 100_000) == 100
+    lowered = connection_cap(10_000, 1024)
+    assert lowered == (1024 - connections.RESERVED_FDS) // connections.FDS_PER_CONNECTION
+    assert "lowered" in caplog.text
+    assert connection_cap(10, 10) == 1
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_one() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        raised = connections.raise_fd_limit()
+        assert raised == min(hard, connections.MAX_FD_LIMIT)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == raised
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def hypercorn_server() -> Iterator[None]:
+    before = hypercorn_run.TCPServer  # type: ignore[attr-defined]
+    yield
+    setattr(hypercorn_run, "TCPServer", before)  # noqa: B010
+
+
+@pytest.mark.parametrize("installed", [TCPServer, PeerCertTCPServer, EdgeTCPServer])
+def test_install_extends_whichever_known_server_is_there(
+    hypercorn_server: None, installed: type
+) -> None:
+    setattr(hypercorn_run, "TCPServer", installed)  # noqa: B010
+    connections.install()
+    assert hypercorn_run.TCPServer is EdgeTCPServer  # type: ignore[attr-defined]
+    assert issubclass(EdgeTCPServer, PeerCertTCPServer)  # client certificates still noted
+
+
+def test_install_refuses_an_unknown_server(hypercorn_server: None) -> None:
+    setattr(hypercorn_run, "TCPServer", object)  # noqa: B010
+    with pytest.raises(RuntimeError, match="update docxy.edge"):
+        connections.install()
+
+
+def test_the_busy_answer_is_a_whole_registry_error() -> None:
+    head, _, body = BUSY.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert f"content-length: {len(body)}".encode() in head
+    assert b"retry-after: 1" in head and b'"TOOMANYREQUESTS"' in body
+
+
+def test_the_kernel_send_queue_is_read() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        receiver_side = socket.socket()
+        receiver_side.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver_side.connect(server.getsockname())
+        sender, _ = server.accept()
+        with sender, receiver_side:
+            assert connections._kernel_queue(sender) == 0
+            sender.setblocking(False)
+            try:
+                while True:  # until the receiver's window and our send buffer are full
+                    sender.send(b"x" * 65536)
+            except BlockingIOError:
+                pass
+            assert connections._kernel_queue(sender) > 0  # written, not taken
+    assert connections._kernel_queue(object()) == 0  # no descriptor: nothing known

@@ -1,0 +1,116 @@
+"""Caps on concurrent upstream fills, per client and overall, in the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.config import load_config
+from docxy.core.errors import TooManyRequests
+from docxy.edge.fills import CLIENT, FillPermits
+from docxy.http.app import create_app
+from docxy.http.state import mirror_state
+from tests.unit import fakes
+from tests.unit.asgi import AsgiAnswer, call_asgi
+
+BLOBS = {
+    f"sha256:{hashlib.sha256(data).hexdigest()}": data for data in (b"a" * 70000, b"b" * 9, b"c")
+}
+D1, D2, D3 = BLOBS
+
+
+def test_permits_count_per_client_and_overall() -> None:
+    contextvars.copy_context().run(count_permits)  # the client names stay in this test
+
+
+def count_permits() -> None:
+    permits = FillPermits(per_client=1, total=2)
+    CLIENT.set("a")
+    release_a = permits.acquire()
+    with pytest.raises(TooManyRequests, match="too many downloads"):
+        permits.acquire()
+    CLIENT.set("b")
+    permits.acquire()
+    CLIENT.set("c")
+    with pytest.raises(TooManyRequests, match="as much as it may"):
+        permits.acquire()
+    release_a()
+    release_a()  # twice is once
+    permits.acquire()
+    assert permits.running == {"b": 1, "c": 1}
+    assert permits.refused == 2
+
+
+class Held(fakes.Body):
+    """A blob body that flows only once the test lets it."""
+
+    def __init__(self, gate: asyncio.Event, data: bytes) -> None:
+        super().__init__(data)
+        self.gate = gate
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        await self.gate.wait()
+        for chunk in self.chunks:
+            yield chunk
+
+
+async def test_over_the_caps_a_new_fill_is_429_and_joining_is_free(tmp_path: Path) -> None:
+    flowing = asyncio.Event()
+    fetched: list[str] = []
+    asked = asyncio.Event()
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            return fakes.reply(200, b'{"token": "t"}', {"Content-Type": "application/json"})
+        if request.url.path == "/v2/":
+            challenge = 'Bearer realm="https://auth.test/token",service="registry.test"'
+            return fakes.reply(401, b"{}", {"WWW-Authenticate": challenge})
+        digest = request.url.path.rpartition("/")[2]
+        fetched.append(digest)
+        asked.set()
+        headers = {"Content-Length": str(len(BLOBS[digest]))}
+        return httpx.Response(200, headers=headers, stream=Held(flowing, BLOBS[digest]))
+
+    settings = {
+        "upstream.registry": "https://registry.test",
+        "cache.dir": str(tmp_path / "cache"),
+        "server.public_url": "https://mirror.test",
+        "limits.fills_per_client": "1",
+        "limits.fills_total": "2",
+    }
+    app = create_app(
+        load_config(settings, environ={}), probe=False, transport=httpx.MockTransport(upstream)
+    )
+
+    async def get(client: str, digest: str) -> AsgiAnswer:
+        CLIENT.set(client)  # as the gate does; each task has its own context
+        return await call_asgi(app, "GET", f"/v2/team/app/blobs/{digest}", host="mirror.test")
+
+    async def upstream_asked(count: int) -> None:
+        while len(fetched) < count:
+            asked.clear()
+            await asked.wait()
+
+    async with app.test_app(), asyncio.TaskGroup() as tasks:
+        first = tasks.create_task(get("a", D1))
+        await upstream_asked(1)
+        refused = await get("a", D2)
+        assert refused.status == 429
+        assert b"TOOMANYREQUESTS" in refused.body and refused.headers["Retry-After"] == "10"
+        joined = tasks.create_task(get("a", D1))  # the same blob: joins the running fill
+        other = tasks.create_task(get("b", D2))
+        await upstream_asked(2)
+        overall = await get("c", D3)
+        assert overall.status == 429 and b"as much as it may" in overall.body
+        flowing.set()
+        answers = [await first, await joined, await other]
+    assert [a.status for a in answers] == [200, 200, 200]
+    assert [a.body for a in answers] == [BLOBS[D1], BLOBS[D1], BLOBS[D2]]
+    assert fetched == [D1, D2]  # one fetch per blob; the refused ones never went upstream
+    assert not mirror_state(app).running.blobs.permits.running  # every permit given back
