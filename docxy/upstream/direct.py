@@ -70,7 +70,7 @@ class DirectBody:
     def readinto(self, buffer: memoryview) -> int:
         """Fill ``buffer`` from the body; 0 at its end. A cut or stalled upstream raises."""
         try:
-            return self._response.readinto(buffer)
+            nbytes = self._response.readinto(buffer)
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"the upstream registry stopped sending in time ({self._host})"
@@ -81,6 +81,12 @@ class DirectBody:
             raise UpstreamUnavailable(
                 f"the upstream registry's body broke off ({self._host}): {why}"
             ) from exc
+        if not nbytes and self._response.length:  # http.client says nothing of a short body
+            raise UpstreamUnavailable(
+                f"the upstream registry's body broke off ({self._host}): "
+                f"{self._response.length} bytes missing"
+            )
+        return nbytes
 
     def interrupt(self) -> None:
         """Make a blocked :meth:`readinto` in another thread return now (thread-safe)."""
