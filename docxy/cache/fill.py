@@ -36,7 +36,8 @@ WRITE_BUFFER = 512 * 1024
 #: Bytes written between two background syncs of the temp file ("sync behind"): the commit's
 #: own sync, which the clients' last byte waits for, then only has the tail left to flush.
 SYNC_BEHIND = 32 * 1024 * 1024
-#: The buffer a fill's worker thread reads the upstream body into (one per fill, reused).
+#: The buffer a fill's worker thread reads the upstream body into (one per fill, reused; the
+#: store makes it smaller when many fills run at once).
 PUMP_BUFFER = 1024 * 1024
 
 
@@ -116,9 +117,15 @@ class BlobWriter:
     """
 
     def __init__(
-        self, fill: InFlight, fd: int | None, host: FillHost, buffer_size: int = WRITE_BUFFER
+        self,
+        fill: InFlight,
+        fd: int | None,
+        host: FillHost,
+        buffer_size: int = WRITE_BUFFER,
+        pump_buffer: int | Callable[[], int] = PUMP_BUFFER,
     ) -> None:
         self.fill = fill
+        self._pump_buffer = pump_buffer
         self._fd = fd
         self._host = host
         self._buffer_size = buffer_size
@@ -191,7 +198,7 @@ class BlobWriter:
             self.fill.notify()
             self._start_sync_behind()
 
-    async def pump(self, body: BodySource, buffer_size: int = PUMP_BUFFER) -> None:
+    async def pump(self, body: BodySource) -> None:
         """Read ``body`` to its end in a thread of its own that hashes and writes every read.
 
         The event loop only hears of each read (followers woken, room made in the store). If
@@ -204,9 +211,9 @@ class BlobWriter:
         await self.flush()
         loop = asyncio.get_running_loop()
         stop = threading.Event()
+        buffer = bytearray(chunk_of(self._pump_buffer))
         done = in_own_thread(
-            f"fill {self.digest.hex[:12]}",
-            lambda: self._pump(body, bytearray(buffer_size), stop, loop),
+            f"fill {self.digest.hex[:12]}", lambda: self._pump(body, buffer, stop, loop)
         )
         try:
             await asyncio.shield(done)
