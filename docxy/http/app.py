@@ -93,7 +93,8 @@ def create_app(
     async def lifespan() -> AsyncGenerator[None, None]:
         ssl_context = upstream_ssl_context()
         http = make_http_client(config.upstream, transport, ssl_context)
-        state.open(UpstreamClient(http, direct_settings(config.upstream, ssl_context, transport)))
+        direct = direct_settings(config.upstream, ssl_context, transport)
+        state.open(UpstreamClient(http, direct))
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield
@@ -101,6 +102,8 @@ def create_app(
             if probe_task is not None:
                 probe_task.cancel()
             await http.aclose()
+            if direct is not None:
+                direct.idle.close()
 
     @app.errorhandler(RegistryError)
     async def registry_error(error: RegistryError) -> Response:

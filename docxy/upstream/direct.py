@@ -18,7 +18,8 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,16 +35,19 @@ from docxy.upstream.client import (
     UpstreamClient,
     next_hop,
 )
+from docxy.upstream.keepalive import IdleConnections, Origin
 
 
 @dataclass(frozen=True, slots=True)
 class DirectSettings:
-    """What a direct GET shares with the httpx client: TLS, timeouts, User-Agent."""
+    """What a direct GET shares with the httpx client: TLS, timeouts, User-Agent; and its own
+    idle connections, kept for the next GET to the same origin."""
 
     ssl_context: ssl.SSLContext
     connect_timeout: float
     read_timeout: float
     user_agent: str = USER_AGENT
+    idle: IdleConnections = field(default_factory=IdleConnections, compare=False)
 
 
 def direct_settings(
@@ -58,12 +62,24 @@ def direct_settings(
     return DirectSettings(ssl_context, config.connect_timeout, config.read_timeout)
 
 
+#: A redirect's or an error's body up to this size is read off so its connection can be kept.
+DRAIN_LIMIT = 64 * 1024
+
+
 class DirectBody:
     """An upstream body read with blocking :meth:`readinto` (a worker thread's job)."""
 
-    def __init__(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse):
+    def __init__(
+        self,
+        connection: http.client.HTTPConnection,
+        sock: socket.socket,
+        response: http.client.HTTPResponse,
+        give_back: Callable[[http.client.HTTPConnection], None],
+    ) -> None:
         self._connection = connection
+        self._sock = sock  # the connection forgets it when the answer says Connection: close
         self._response = response
+        self._give_back = give_back
         self._host = connection.host
         self._interrupted = False
 
@@ -91,16 +107,31 @@ class DirectBody:
     def interrupt(self) -> None:
         """Make a blocked :meth:`readinto` in another thread return now (thread-safe)."""
         self._interrupted = True
-        sock = self._connection.sock
-        if sock is not None:
-            try:  # the plain socket's shutdown: an SSLSocket's own would drop its SSL object
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:  # the plain socket's shutdown: an SSLSocket's own would drop its SSL object
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
 
-    def close(self) -> None:
-        self._response.close()
-        self._connection.close()
+    def close(self, drain: bool = False) -> None:
+        """Close the answer; its connection goes back to the idle ones if the answer was read
+        to its end (``drain``: read a small rest first; blocking, so only in a worker thread)."""
+        response = self._response
+        if drain and not response.isclosed() and (response.length or 0) <= DRAIN_LIMIT:
+            try:
+                response.read()
+            except (OSError, http.client.HTTPException):
+                self._interrupted = True
+        reusable = (
+            response.isclosed()
+            and not response.will_close
+            and not self._interrupted
+            and self._connection.sock is not None
+        )
+        response.close()
+        if reusable:
+            self._give_back(self._connection)
+        else:
+            self._connection.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +146,8 @@ class DirectAnswer:
         name = name.lower()
         return next((value for key, value in self.headers if key.lower() == name), None)
 
-    def close(self) -> None:
-        self.body.close()
+    def close(self, drain: bool = False) -> None:
+        self.body.close(drain)
 
 
 async def open_get(
@@ -149,41 +180,61 @@ def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> D
         if answer.status not in REDIRECT_STATUSES:
             return answer
         location = answer.header("location")
-        answer.close()
+        answer.close(drain=True)
         url, headers = next_hop(url, location, headers)
     raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
 
 
 def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
+    """One GET; an idle connection that fails before the answer is retried on a new one."""
     parts = urlsplit(url)
-    host = parts.netloc
-    connection = _connection(settings, parts.scheme, parts.hostname or "", parts.port)
+    origin: Origin = (parts.scheme, parts.hostname or "", parts.port)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    try:
+    while True:
+        connection = settings.idle.take(origin)
+        reused = connection is not None
+        if connection is None:
+            connection = _connection(settings, origin)
+        try:
+            return _send(settings, connection, origin, target, headers)
+        except TimeoutError as exc:
+            connection.close()
+            raise UpstreamTimeout(
+                f"the upstream registry did not answer in time ({parts.netloc})"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            if not reused:
+                raise UpstreamUnavailable(
+                    f"cannot reach the upstream registry ({parts.netloc}): {type(exc).__name__}"
+                ) from exc
+
+
+def _send(
+    settings: DirectSettings,
+    connection: http.client.HTTPConnection,
+    origin: Origin,
+    target: str,
+    headers: list[tuple[str, str]],
+) -> DirectAnswer:
+    if connection.sock is None:
         connection.connect()
         assert connection.sock is not None
         connection.sock.settimeout(settings.read_timeout)
-        connection.putrequest("GET", target)  # adds Host and Accept-Encoding: identity
-        connection.putheader("User-Agent", settings.user_agent)
-        for name, value in headers:
-            if name.lower() not in ("host", "user-agent", "accept-encoding"):
-                connection.putheader(name, value)
-        connection.endheaders()
-        response = connection.getresponse()
-    except TimeoutError as exc:
-        connection.close()
-        raise UpstreamTimeout(f"the upstream registry did not answer in time ({host})") from exc
-    except (OSError, http.client.HTTPException) as exc:
-        connection.close()
-        raise UpstreamUnavailable(
-            f"cannot reach the upstream registry ({host}): {type(exc).__name__}"
-        ) from exc
-    return DirectAnswer(response.status, response.getheaders(), DirectBody(connection, response))
+    sock = connection.sock
+    connection.putrequest("GET", target)  # adds Host and Accept-Encoding: identity
+    connection.putheader("User-Agent", settings.user_agent)
+    for name, value in headers:
+        if name.lower() not in ("host", "user-agent", "accept-encoding"):
+            connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    body = DirectBody(connection, sock, response, lambda c: settings.idle.give(origin, c))
+    return DirectAnswer(response.status, response.getheaders(), body)
 
 
-def _connection(
-    settings: DirectSettings, scheme: str, hostname: str, port: int | None
-) -> http.client.HTTPConnection:
+def _connection(settings: DirectSettings, origin: Origin) -> http.client.HTTPConnection:
+    scheme, hostname, port = origin
     if scheme == "https":
         return http.client.HTTPSConnection(
             hostname, port, timeout=settings.connect_timeout, context=settings.ssl_context

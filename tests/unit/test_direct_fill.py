@@ -8,7 +8,7 @@ import errno
 import os
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from docxy.upstream.direct import DirectSettings
 from tests.bed.httpserver import LoopbackServer, QuietHandler
 
 GUARD = 20.0
+MakeClient = Callable[..., UpstreamClient]
 LONG = os.urandom(5 * 1024 * 1024 + 12345)  # several buffers of the pump, and a tail
 
 
@@ -41,9 +42,16 @@ class Plan:
     then: str = "send"  # "cut": close the connection; "stall": wait for `release`
     release: threading.Event = field(default_factory=threading.Event)
     seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Authorization)
+    connections: int = 0
 
 
-class BlobHandler(QuietHandler):
+class CountingHandler(QuietHandler):
+    def setup(self) -> None:
+        super().setup()
+        self.owner().plan.connections += 1
+
+
+class BlobHandler(CountingHandler):
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         plan: Plan = self.owner().plan
         plan.seen.append((self.path, self.headers.get("Authorization")))
@@ -100,11 +108,25 @@ def server() -> Iterator[BlobServer]:
     served.stop()
 
 
+@pytest.fixture
+def clients() -> Iterator[list[UpstreamClient]]:
+    made: list[UpstreamClient] = []
+    yield made
+    for client in made:
+        assert client.direct is not None
+        client.direct.idle.close()
+
+
+@pytest.fixture
 def client_for(
-    read_timeout: float = GUARD, context: ssl.SSLContext | None = None
-) -> UpstreamClient:
-    settings = DirectSettings(context or upstream_ssl_context(), 5.0, read_timeout)
-    return UpstreamClient(httpx.AsyncClient(), settings)
+    clients: list[UpstreamClient],
+) -> MakeClient:
+    def make(read_timeout: float = GUARD, context: ssl.SSLContext | None = None) -> UpstreamClient:
+        settings = DirectSettings(context or upstream_ssl_context(), 5.0, read_timeout)
+        clients.append(UpstreamClient(httpx.AsyncClient(), settings))
+        return clients[-1]
+
+    return make
 
 
 async def open_download(client: UpstreamClient, url: str) -> Download:
@@ -133,7 +155,7 @@ async def fill_and_read(
 
 @pytest.mark.parametrize("body", [b"x", LONG], ids=["short", "long"])
 async def test_a_body_is_read_verified_and_kept(
-    tmp_path: Path, server: BlobServer, body: bytes
+    client_for: MakeClient, tmp_path: Path, server: BlobServer, body: bytes
 ) -> None:
     server.plan.body = body
     blobs, digest = make_store(tmp_path), digest_of(body)
@@ -144,7 +166,7 @@ async def test_a_body_is_read_verified_and_kept(
 
 
 async def test_redirects_are_followed_with_the_same_headers(
-    tmp_path: Path, server: BlobServer
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
 ) -> None:
     server.plan.body = LONG
     blobs, digest = make_store(tmp_path), digest_of(LONG)
@@ -152,7 +174,23 @@ async def test_redirects_are_followed_with_the_same_headers(
     assert server.plan.seen == [("/moved", "Bearer t"), ("/blob", "Bearer t")]
 
 
-async def test_over_tls_with_the_given_context(tmp_path: Path) -> None:
+async def test_connections_are_kept_and_a_closed_one_is_replaced(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    server.plan.body = LONG
+    digest, client = digest_of(LONG), client_for()
+    for name in ("a", "b"):  # two fills, each through a redirect: one connection
+        blobs = make_store(tmp_path / name)
+        assert await fill_and_read(blobs, digest, client, server.url + "/moved") == LONG
+    assert (len(server.plan.seen), server.plan.connections) == (4, 1)
+    server.stop()  # cuts the kept connection
+    server.start()
+    blobs = make_store(tmp_path / "c")
+    assert await fill_and_read(blobs, digest, client, server.url + "/blob") == LONG
+    assert server.plan.connections == 2
+
+
+async def test_over_tls_with_the_given_context(client_for: MakeClient, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path / "tls", "127.0.0.1")
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
@@ -170,7 +208,9 @@ async def test_over_tls_with_the_given_context(tmp_path: Path) -> None:
         tls.stop()
 
 
-async def test_wrong_bytes_are_not_kept(tmp_path: Path, server: BlobServer) -> None:
+async def test_wrong_bytes_are_not_kept(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
     server.plan.body = LONG[:-1] + b"!"
     blobs, digest = make_store(tmp_path), digest_of(LONG)
     with pytest.raises(FillAborted, match="hashes to"):
@@ -178,7 +218,9 @@ async def test_wrong_bytes_are_not_kept(tmp_path: Path, server: BlobServer) -> N
     assert blobs.lookup(digest) is None and list(blobs.tmp_dir.iterdir()) == []
 
 
-async def test_an_upstream_cut_mid_body_aborts_the_fill(tmp_path: Path, server: BlobServer) -> None:
+async def test_an_upstream_cut_mid_body_aborts_the_fill(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
     server.plan.body, server.plan.upto, server.plan.then = LONG, len(LONG) // 2, "cut"
     blobs, digest = make_store(tmp_path), digest_of(LONG)
     with pytest.raises(FillAborted, match="UpstreamUnavailable: .*broke off"):
@@ -186,7 +228,9 @@ async def test_an_upstream_cut_mid_body_aborts_the_fill(tmp_path: Path, server: 
     assert blobs.lookup(digest) is None and list(blobs.tmp_dir.iterdir()) == []
 
 
-async def test_a_stalled_upstream_times_out(tmp_path: Path, server: BlobServer) -> None:
+async def test_a_stalled_upstream_times_out(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
     server.plan.body, server.plan.upto, server.plan.then = LONG, 1000, "stall"
     blobs, digest = make_store(tmp_path), digest_of(LONG)
     with pytest.raises(FillAborted, match=f"{UpstreamTimeout.__name__}: .*in time"):
@@ -195,7 +239,7 @@ async def test_a_stalled_upstream_times_out(tmp_path: Path, server: BlobServer) 
 
 
 async def test_cancelling_ends_the_thread_and_removes_the_temp_file(
-    tmp_path: Path, server: BlobServer
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
 ) -> None:
     server.plan.body, server.plan.upto, server.plan.then = LONG, len(LONG) // 3, "stall"
     blobs, digest = make_store(tmp_path), digest_of(LONG)
@@ -219,7 +263,7 @@ async def test_cancelling_ends_the_thread_and_removes_the_temp_file(
 
 
 async def test_a_failing_disk_passes_through_and_keeps_nothing(
-    tmp_path: Path, server: BlobServer, monkeypatch: pytest.MonkeyPatch
+    client_for: MakeClient, tmp_path: Path, server: BlobServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def full(fd: int, chunks: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
