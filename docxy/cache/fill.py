@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import os
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from docxy.cache.errors import DigestMismatch, FetchFailed, FillAborted, FillClosed, SizeMismatch
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.core.digests import Digest
+from docxy.threads import in_own_thread
 
 if TYPE_CHECKING:
     from docxy.cache.blobs import BlobEntry
@@ -34,6 +36,9 @@ WRITE_BUFFER = 512 * 1024
 #: Bytes written between two background syncs of the temp file ("sync behind"): the commit's
 #: own sync, which the clients' last byte waits for, then only has the tail left to flush.
 SYNC_BEHIND = 32 * 1024 * 1024
+#: The buffer a fill's worker thread reads the upstream body into (one per fill, reused; the
+#: store makes it smaller when many fills run at once).
+PUMP_BUFFER = 1024 * 1024
 
 
 class FillState(enum.Enum):
@@ -51,7 +56,19 @@ class FillHost(Protocol):
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None: ...
 
 
-def write_all(fd: int, chunks: list[bytes]) -> None:
+class BodySource(Protocol):
+    """An upstream body read with blocking calls (``docxy.upstream.direct.DirectBody``)."""
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` from the body; 0 at its end; raises if the upstream fails."""
+        ...
+
+    def interrupt(self) -> None:
+        """Make a blocked :meth:`readinto` return or raise now; called from another thread."""
+        ...
+
+
+def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
     """Write all ``chunks`` to ``fd`` (tests replace this to simulate a full disk)."""
     views = [memoryview(chunk) for chunk in chunks if chunk]
     while views:
@@ -100,9 +117,15 @@ class BlobWriter:
     """
 
     def __init__(
-        self, fill: InFlight, fd: int | None, host: FillHost, buffer_size: int = WRITE_BUFFER
+        self,
+        fill: InFlight,
+        fd: int | None,
+        host: FillHost,
+        buffer_size: int = WRITE_BUFFER,
+        pump_buffer: int | Callable[[], int] = PUMP_BUFFER,
     ) -> None:
         self.fill = fill
+        self._pump_buffer = pump_buffer
         self._fd = fd
         self._host = host
         self._buffer_size = buffer_size
@@ -164,11 +187,69 @@ class BlobWriter:
             raise
         if error is not None:
             self._stop_caching(error)
-        elif self.caching:
+        else:
+            self._grew(nbytes)
+
+    def _grew(self, nbytes: int) -> None:
+        """``nbytes`` more are in the temp file: tell the store and the followers."""
+        if self.caching:
             self.fill.written += nbytes
             self._host.fill_grew(self.fill, nbytes)
             self.fill.notify()
             self._start_sync_behind()
+
+    async def pump(self, body: BodySource) -> None:
+        """Read ``body`` to its end in a thread of its own that hashes and writes every read.
+
+        The event loop only hears of each read (followers woken, room made in the store). If
+        writing fails the thread goes on reading and hashing, uncached, as :meth:`write` does.
+        Cancelling sets a stop flag, interrupts the body's blocked read and waits for the thread,
+        so the temp file's descriptor is never closed under a running write.
+        """
+        if self._finished:
+            raise FillClosed(f"writer of {self.digest} already finished")
+        await self.flush()
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        buffer = bytearray(chunk_of(self._pump_buffer))
+        done = in_own_thread(
+            f"fill {self.digest.hex[:12]}", lambda: self._pump(body, buffer, stop, loop)
+        )
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            stop.set()
+            body.interrupt()
+            await asyncio.wait([done])
+            if not done.cancelled():
+                done.exception()  # retrieved: the cancellation is what the caller sees
+            raise
+
+    def _pump(
+        self,
+        body: BodySource,
+        buffer: bytearray,
+        stop: threading.Event,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """The worker thread of :meth:`pump`: read, hash, write, tell the loop; repeat."""
+        view, fd = memoryview(buffer), self._fd
+        while not stop.is_set():
+            nbytes = body.readinto(view)
+            if not nbytes:
+                return
+            chunk = view[:nbytes]
+            self._hash.update(chunk)
+            self._count += nbytes
+            if fd is None:
+                continue
+            try:
+                write_all(fd, [chunk])
+            except OSError as exc:
+                fd = None  # the loop closes it in _stop_caching; this thread writes no more
+                loop.call_soon_threadsafe(self._stop_caching, exc)
+            else:
+                loop.call_soon_threadsafe(self._grew, nbytes)
 
     def _start_sync_behind(self) -> None:
         """Flush what is written so far in the background, one sync at a time.
@@ -344,14 +425,16 @@ class BlobFollower(ClosingStream):
 
 @dataclass(frozen=True, slots=True)
 class Download:
-    """What the upstream half of a fill hands the store: a length (None: unknown) and bytes.
+    """What the upstream half of a fill hands the store: a length (None: unknown) and bytes,
+    as ``chunks`` to iterate on the event loop or as a ``body`` a worker thread reads.
 
     ``close`` is always awaited once the fill is done with the download.
     """
 
     size: int | None
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncIterator[bytes] | None
     close: Callable[[], Awaitable[None]]
+    body: BodySource | None = None
 
 
 #: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot.
@@ -368,8 +451,11 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             return
         try:
             writer.announce(download.size)
-            async for chunk in download.chunks:
-                await writer.write(chunk)
+            if download.body is not None:
+                await writer.pump(download.body)
+            elif download.chunks is not None:
+                async for chunk in download.chunks:
+                    await writer.write(chunk)
             if await writer.commit(download.size) is not None:
                 log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
         except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why

@@ -18,7 +18,13 @@ from docxy.http import acme, auth, health, routes, setup_script
 from docxy.http.responses import error_response
 from docxy.http.state import MirrorState
 from docxy.tasks import spawn
-from docxy.upstream.client import Upstream, UpstreamClient, make_http_client
+from docxy.upstream.client import (
+    Upstream,
+    UpstreamClient,
+    make_http_client,
+    upstream_ssl_context,
+)
+from docxy.upstream.direct import direct_settings
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +91,10 @@ def create_app(
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
-        http = make_http_client(config.upstream, transport)
-        state.open(UpstreamClient(http))
+        ssl_context = upstream_ssl_context()
+        http = make_http_client(config.upstream, transport, ssl_context)
+        direct = direct_settings(config.upstream, ssl_context, transport)
+        state.open(UpstreamClient(http, direct))
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield
@@ -94,6 +102,8 @@ def create_app(
             if probe_task is not None:
                 probe_task.cancel()
             await http.aclose()
+            if direct is not None:
+                direct.idle.close()
 
     @app.errorhandler(RegistryError)
     async def registry_error(error: RegistryError) -> Response:

@@ -16,6 +16,7 @@ through (the client sees the upstream's own answer); with the upstream down, it 
 from __future__ import annotations
 
 from functools import partial
+from typing import NoReturn
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import CacheUnwritable, FetchFailed, FillAborted
@@ -28,6 +29,7 @@ from docxy.core.errors import UpstreamError, UpstreamUnavailable
 from docxy.core.ranges import parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
+from docxy.upstream import direct
 from docxy.upstream.client import SERVER_TROUBLE
 from docxy.upstream.tokens import MirrorTokens
 
@@ -141,22 +143,69 @@ class BlobService:
         except BaseException:
             release()
             raise
-        return Download(download.size, download.chunks, released_after(download.close, release))
+        return Download(
+            download.size,
+            download.chunks,
+            released_after(download.close, release),
+            body=download.body,
+        )
 
     async def _fetch(self, pull: Pull) -> Download:
-        """The upstream half of a fill: a GET with the mirror's own token."""
+        """The upstream half of a fill: a GET with the mirror's own token.
+
+        Made directly when the client allows it (its body then read by a worker thread, see
+        :mod:`docxy.upstream.direct`); through httpx otherwise, or to retry a 401 to a token the
+        mirror held (it expired early upstream) with a fresh one.
+        """
+        if self.tokens.client.direct is not None:
+            download = await self._fetch_direct(pull)
+            if download is not None:
+                return download
+        return await self._fetch_httpx(pull)
+
+    async def _fetch_direct(self, pull: Pull) -> Download | None:
+        try:
+            headers = await self.tokens.headers(pull.upstream, pull.name)
+            url = pull.upstream.url(pull.path)
+            answer = await direct.open_get(self.tokens.client, pull.upstream, url, headers)
+        except UpstreamError as exc:
+            raise FetchFailed(f"upstream: {exc.message}") from exc
+        if answer.status == 401 and self.tokens.holds(pull.upstream, pull.name):
+            answer.close()
+            self.tokens.forget(pull.upstream, pull.name)
+            return None
+        if answer.status != 200:
+            answer.close()
+            self._refused(pull, answer.status)
+        self._holds_blob(pull)
+        length = answer.header("content-length")
+        size = int(length) if length is not None and length.isdigit() else None
+
+        async def close() -> None:
+            answer.close()
+
+        return Download(size, None, close, body=answer.body)
+
+    def _holds_blob(self, pull: Pull) -> None:
+        """The upstream served the blob from this repository: it holds it."""
+        digest = pull.reference.digest
+        if digest is not None:
+            self.pairings.confirm(RepoKey(pull.upstream.host, pull.name), digest, public=True)
+
+    def _refused(self, pull: Pull, status: int) -> NoReturn:
+        if status in (401, 403):  # a 404 is about this blob only
+            self.tokens.mark_refused(pull.upstream, pull.name)
+        raise FetchFailed(f"upstream answered {status} to the mirror's token")
+
+    async def _fetch_httpx(self, pull: Pull) -> Download:
         try:
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path)
         except UpstreamError as exc:
             raise FetchFailed(f"upstream: {exc.message}") from exc
         if answer.status_code != 200:
             await answer.aclose()
-            if answer.status_code in (401, 403):  # a 404 is about this blob only
-                self.tokens.mark_refused(pull.upstream, pull.name)
-            raise FetchFailed(f"upstream answered {answer.status_code} to the mirror's token")
-        digest = pull.reference.digest
-        if digest is not None:  # the upstream served it from this repository: it holds it
-            self.pairings.confirm(RepoKey(pull.upstream.host, pull.name), digest, public=True)
+            self._refused(pull, answer.status_code)
+        self._holds_blob(pull)
         length = answer.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
         return Download(size, answer.aiter_bytes(), answer.aclose)

@@ -10,9 +10,11 @@ for ``/health``.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -24,6 +26,9 @@ from docxy.core.challenge import Challenge, parse_challenge
 from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers
 from docxy.upstream.presets import DEFAULT_NAME
+
+if TYPE_CHECKING:
+    from docxy.upstream.direct import DirectSettings
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +155,26 @@ def same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
+def next_hop(
+    url: str, location: str | None, headers: list[tuple[str, str]]
+) -> tuple[str, list[tuple[str, str]]]:
+    """Where a redirect from ``url`` leads, and the headers to send there.
+
+    ``Authorization`` is dropped on a hop to another origin; raises
+    :class:`UpstreamUnavailable` for a missing, malformed or non-HTTP ``Location``.
+    """
+    if not location:
+        raise UpstreamUnavailable("the upstream sent a redirect without a Location")
+    try:
+        next_url = urljoin(url, location)
+        kept_origin = same_origin(url, next_url)
+    except ValueError:  # e.g. a port out of range
+        raise UpstreamUnavailable("the upstream redirected to a malformed URL") from None
+    if urlsplit(next_url).scheme not in ("http", "https"):
+        raise UpstreamUnavailable("the upstream redirected to a non-HTTP URL")
+    return next_url, redirect_headers(headers, kept_origin)
+
+
 #: Bytes asked of an upstream connection per read. httpcore asks for 64 KiB, and each read costs
 #: a trip through anyio, httpcore and h11 on the event loop: on a cold pull that was the
 #: bottleneck (#12). Asking for more lets one read take whatever the event loop's transport
@@ -157,8 +182,16 @@ def same_origin(a: str, b: str) -> bool:
 UPSTREAM_READ_SIZE = 1024 * 1024
 
 
+def upstream_ssl_context() -> ssl.SSLContext:
+    """The TLS settings of every upstream connection: httpx's defaults (certifi's CAs,
+    verification on), made once so that the fills' direct GETs use the very same context."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def make_http_client(
-    config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None
+    config: UpstreamConfig,
+    transport: httpx.AsyncBaseTransport | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
     # httpcore has no setting for its read size; its class attribute is the knob (process-wide,
     # and this is the process's one upstream client).
@@ -175,15 +208,21 @@ def make_http_client(
         headers={"User-Agent": USER_AGENT},
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         trust_env=False,
+        verify=ssl_context if ssl_context is not None else True,
         transport=transport,
     )
 
 
 class UpstreamClient:
-    """Sends requests upstream through the shared client; maps failures to registry errors."""
+    """Sends requests upstream through the shared client; maps failures to registry errors.
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    ``direct`` set: cache fills make their blob GET with ``http.client`` and read the body in a
+    worker thread (:mod:`docxy.upstream.direct`); None: everything goes through ``http``.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, direct: DirectSettings | None = None) -> None:
         self.http = http
+        self.direct = direct
         self.health: dict[str, UpstreamHealth] = {}
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
 
@@ -229,19 +268,10 @@ class UpstreamClient:
                 return response
             location = response.headers.get("location")
             await response.aclose()
-            if not location:
-                raise UpstreamUnavailable("the upstream sent a redirect without a Location")
-            try:
-                next_url = urljoin(url, location)
-                kept_origin = same_origin(url, next_url)
-            except ValueError:  # e.g. a port out of range
-                raise UpstreamUnavailable("the upstream redirected to a malformed URL") from None
-            if urlsplit(next_url).scheme not in ("http", "https"):
-                raise UpstreamUnavailable("the upstream redirected to a non-HTTP URL")
-            current_headers = redirect_headers(current_headers, kept_origin)
+            url, current_headers = next_hop(url, location, current_headers)
             if response.status_code == 303:
                 method = "GET" if method != "HEAD" else "HEAD"
-            url, params = next_url, None
+            params = None
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
 
     async def challenge(self, upstream: Upstream, *, refresh: bool = False) -> Challenge | None:

@@ -83,13 +83,14 @@ class MirrorTokens:
         for attempt in (1, 2):
             headers = await self.headers(upstream, repository) + list(extra or [])
             answer = await self.client.send(upstream, method, upstream.url(path), headers)
-            if answer.status_code != 401 or attempt == 2 or not self._holds(upstream, repository):
+            if answer.status_code != 401 or attempt == 2 or not self.holds(upstream, repository):
                 return answer
             await answer.aclose()
             self.forget(upstream, repository)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _holds(self, upstream: Upstream, repository: str) -> bool:
+    def holds(self, upstream: Upstream, repository: str) -> bool:
+        """Whether the mirror holds a token of its own for ``repository`` now."""
         return (upstream.host, repository) in self._tokens
 
     def forget(self, upstream: Upstream, repository: str) -> None:

@@ -1,0 +1,242 @@
+"""A cache fill's blob GET made with ``http.client``, its body read off the event loop.
+
+httpx reads a body on the event loop, each read a trip through anyio, httpcore and h11, and over
+TLS one 16 KiB record per read: on a cold pull that was the bottleneck (#12). Here the fill's
+GET (with the mirror's token, redirects followed, the same User-Agent, timeouts and
+``ssl.SSLContext`` as the shared httpx client) is sent with ``http.client`` from a worker
+thread, which then reads the body with ``readinto`` into one reusable buffer. Everything else
+(challenges, tokens, manifests, HEADs, pass-through) stays on httpx.
+
+The httpx client is made with ``trust_env=False`` and no proxies, so there is no proxy to honour
+here; a client with a custom transport (the tests' fakes) gets no :class:`DirectSettings` and its
+fills stay on httpx. Failures map to the same errors as httpx's: :class:`UpstreamTimeout` (504)
+and :class:`UpstreamUnavailable` (502).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+from docxy.config import UpstreamConfig
+from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from docxy.threads import in_own_thread
+from docxy.upstream.client import (
+    MAX_REDIRECTS,
+    REDIRECT_STATUSES,
+    USER_AGENT,
+    Upstream,
+    UpstreamClient,
+    next_hop,
+)
+from docxy.upstream.keepalive import IdleConnections, Origin
+
+
+@dataclass(frozen=True, slots=True)
+class DirectSettings:
+    """What a direct GET shares with the httpx client: TLS, timeouts, User-Agent; and its own
+    idle connections, kept for the next GET to the same origin."""
+
+    ssl_context: ssl.SSLContext
+    connect_timeout: float
+    read_timeout: float
+    user_agent: str = USER_AGENT
+    idle: IdleConnections = field(default_factory=IdleConnections, compare=False)
+
+
+def direct_settings(
+    config: UpstreamConfig,
+    ssl_context: ssl.SSLContext,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> DirectSettings | None:
+    """The one place that chooses how fills read bodies: directly, unless the httpx client has
+    a transport of its own (tests' fakes), which ``http.client`` could not go through."""
+    if transport is not None:
+        return None
+    return DirectSettings(ssl_context, config.connect_timeout, config.read_timeout)
+
+
+#: A redirect's or an error's body up to this size is read off so its connection can be kept.
+DRAIN_LIMIT = 64 * 1024
+
+
+class DirectBody:
+    """An upstream body read with blocking :meth:`readinto` (a worker thread's job)."""
+
+    def __init__(
+        self,
+        connection: http.client.HTTPConnection,
+        sock: socket.socket,
+        response: http.client.HTTPResponse,
+        give_back: Callable[[http.client.HTTPConnection], None],
+    ) -> None:
+        self._connection = connection
+        self._sock = sock  # the connection forgets it when the answer says Connection: close
+        self._response = response
+        self._give_back = give_back
+        self._host = connection.host
+        self._interrupted = False
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` from the body; 0 at its end. A cut or stalled upstream raises."""
+        try:
+            nbytes = self._response.readinto(buffer)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"the upstream registry stopped sending in time ({self._host})"
+            ) from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError: a read on a connection that interrupt() or close() shut meanwhile.
+            why = "interrupted" if self._interrupted else type(exc).__name__
+            raise UpstreamUnavailable(
+                f"the upstream registry's body broke off ({self._host}): {why}"
+            ) from exc
+        if not nbytes and self._response.length:  # http.client says nothing of a short body
+            raise UpstreamUnavailable(
+                f"the upstream registry's body broke off ({self._host}): "
+                f"{self._response.length} bytes missing"
+            )
+        return nbytes
+
+    def interrupt(self) -> None:
+        """Make a blocked :meth:`readinto` in another thread return now (thread-safe)."""
+        self._interrupted = True
+        try:  # the plain socket's shutdown: an SSLSocket's own would drop its SSL object
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self, drain: bool = False) -> None:
+        """Close the answer; its connection goes back to the idle ones if the answer was read
+        to its end (``drain``: read a small rest first; blocking, so only in a worker thread)."""
+        response = self._response
+        if drain and not response.isclosed() and (response.length or 0) <= DRAIN_LIMIT:
+            try:
+                response.read()
+            except (OSError, http.client.HTTPException):
+                self._interrupted = True
+        reusable = (
+            response.isclosed()
+            and not response.will_close
+            and not self._interrupted
+            and self._connection.sock is not None
+        )
+        response.close()
+        if reusable:
+            self._give_back(self._connection)
+        else:
+            self._connection.close()
+
+
+@dataclass(frozen=True, slots=True)
+class DirectAnswer:
+    """The final answer to a direct GET: a status, its headers, and the open body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: DirectBody
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((value for key, value in self.headers if key.lower() == name), None)
+
+    def close(self, drain: bool = False) -> None:
+        self.body.close(drain)
+
+
+async def open_get(
+    client: UpstreamClient, upstream: Upstream, url: str, headers: list[tuple[str, str]]
+) -> DirectAnswer:
+    """GET ``url`` directly (``client.direct`` must be set), in a thread of its own; the
+    answer's body is left open for a worker thread to read. Records the upstream's health as
+    :meth:`UpstreamClient.send` does."""
+    settings = client.direct
+    assert settings is not None
+    health = client.health_of(upstream)
+    try:
+        answer = await in_own_thread(
+            f"upstream GET {urlsplit(url).netloc}",
+            lambda: get(settings, url, headers),
+            discard=DirectAnswer.close,
+        )
+    except UpstreamError as exc:
+        health.failed(exc.message, "timeout" if isinstance(exc, UpstreamTimeout) else "unreachable")
+        raise
+    health.answered(answer.status)
+    health.saw(httpx.Headers(answer.headers))
+    return answer
+
+
+def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
+    """GET ``url`` following redirects (blocking: call it from a worker thread)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        answer = _get_once(settings, url, headers)
+        if answer.status not in REDIRECT_STATUSES:
+            return answer
+        location = answer.header("location")
+        answer.close(drain=True)
+        url, headers = next_hop(url, location, headers)
+    raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+
+
+def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
+    """One GET; an idle connection that fails before the answer is retried on a new one."""
+    parts = urlsplit(url)
+    origin: Origin = (parts.scheme, parts.hostname or "", parts.port)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    while True:
+        connection = settings.idle.take(origin)
+        reused = connection is not None
+        if connection is None:
+            connection = _connection(settings, origin)
+        try:
+            return _send(settings, connection, origin, target, headers)
+        except TimeoutError as exc:
+            connection.close()
+            raise UpstreamTimeout(
+                f"the upstream registry did not answer in time ({parts.netloc})"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            if not reused:
+                raise UpstreamUnavailable(
+                    f"cannot reach the upstream registry ({parts.netloc}): {type(exc).__name__}"
+                ) from exc
+
+
+def _send(
+    settings: DirectSettings,
+    connection: http.client.HTTPConnection,
+    origin: Origin,
+    target: str,
+    headers: list[tuple[str, str]],
+) -> DirectAnswer:
+    if connection.sock is None:
+        connection.connect()
+        assert connection.sock is not None
+        connection.sock.settimeout(settings.read_timeout)
+    sock = connection.sock
+    connection.putrequest("GET", target)  # adds Host and Accept-Encoding: identity
+    connection.putheader("User-Agent", settings.user_agent)
+    for name, value in headers:
+        if name.lower() not in ("host", "user-agent", "accept-encoding"):
+            connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    body = DirectBody(connection, sock, response, lambda c: settings.idle.give(origin, c))
+    return DirectAnswer(response.status, response.getheaders(), body)
+
+
+def _connection(settings: DirectSettings, origin: Origin) -> http.client.HTTPConnection:
+    scheme, hostname, port = origin
+    if scheme == "https":
+        return http.client.HTTPSConnection(
+            hostname, port, timeout=settings.connect_timeout, context=settings.ssl_context
+        )
+    return http.client.HTTPConnection(hostname, port, timeout=settings.connect_timeout)

@@ -1,0 +1,277 @@
+"""Fills whose body a worker thread reads (docxy.upstream.direct + BlobWriter.pump), against a
+real loopback HTTP(S) server: whole bodies, bad bytes, a cut or stalled upstream, cancelling."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.cache import fill as fill_module
+from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.errors import FillAborted
+from docxy.cache.fill import BlobFollower, BlobWriter, Download, run_fill
+from docxy.core.digests import Digest, digest_of
+from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from docxy.tasks import spawn
+from docxy.tls.context import self_signed
+from docxy.upstream import direct
+from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
+from docxy.upstream.direct import DirectSettings
+from tests.bed.httpserver import LoopbackServer, QuietHandler
+
+GUARD = 20.0
+MakeClient = Callable[..., UpstreamClient]
+LONG = os.urandom(5 * 1024 * 1024 + 12345)  # several buffers of the pump, and a tail
+
+
+@dataclass
+class Plan:
+    """What the server sends for ``/blob``: a body, maybe cut or stalled after ``upto`` bytes."""
+
+    body: bytes = b""
+    upto: int | None = None
+    then: str = "send"  # "cut": close the connection; "stall": wait for `release`
+    release: threading.Event = field(default_factory=threading.Event)
+    seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Authorization)
+    connections: int = 0
+
+
+class CountingHandler(QuietHandler):
+    def setup(self) -> None:
+        super().setup()
+        self.owner().plan.connections += 1
+
+
+class BlobHandler(CountingHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        plan: Plan = self.owner().plan
+        plan.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path == "/moved":
+            self.send_response(307)
+            self.send_header("Location", "/blob")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(plan.body)))
+        self.end_headers()
+        upto = len(plan.body) if plan.upto is None else plan.upto
+        self.wfile.write(plan.body[:upto])
+        self.wfile.flush()
+        if plan.then == "stall":
+            plan.release.wait(GUARD)
+        elif plan.then == "cut":
+            self.close_connection = True
+            return
+        self.wfile.write(plan.body[upto:])
+
+
+class BlobServer(LoopbackServer):
+    def __init__(self) -> None:
+        super().__init__(BlobHandler)
+        self.plan = Plan()
+
+
+class TLSBlobServer(BlobServer):
+    """The same, over TLS with a self-signed certificate for 127.0.0.1."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self.context = context
+
+    def start(self) -> None:
+        super().start()
+        server = self._server
+        assert server is not None
+        server.socket = self.context.wrap_socket(server.socket, server_side=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def server() -> Iterator[BlobServer]:
+    served = BlobServer()
+    served.start()
+    yield served
+    served.plan.release.set()
+    served.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[UpstreamClient]]:
+    made: list[UpstreamClient] = []
+    yield made
+    for client in made:
+        assert client.direct is not None
+        client.direct.idle.close()
+
+
+@pytest.fixture
+def client_for(
+    clients: list[UpstreamClient],
+) -> MakeClient:
+    def make(read_timeout: float = GUARD, context: ssl.SSLContext | None = None) -> UpstreamClient:
+        settings = DirectSettings(context or upstream_ssl_context(), 5.0, read_timeout)
+        clients.append(UpstreamClient(httpx.AsyncClient(), settings))
+        return clients[-1]
+
+    return make
+
+
+async def open_download(client: UpstreamClient, url: str) -> Download:
+    upstream = Upstream(url.split("/blob")[0].split("/moved")[0])
+    answer = await direct.open_get(client, upstream, url, [("Authorization", "Bearer t")])
+    assert answer.status == 200
+    length = answer.header("content-length")
+
+    async def close() -> None:
+        answer.close()
+
+    return Download(int(length) if length else None, None, close, body=answer.body)
+
+
+def make_store(root: Path) -> DiskBlobStore:
+    return DiskBlobStore.open(root, 1 << 30)
+
+
+async def fill_and_read(
+    blobs: DiskBlobStore, digest: Digest, client: UpstreamClient, url: str
+) -> bytes:
+    follower = await blobs.fill(digest, lambda: open_download(client, url))
+    assert isinstance(follower, BlobFollower)
+    return await asyncio.wait_for(follower.read_all(), GUARD)
+
+
+@pytest.mark.parametrize("body", [b"x", LONG], ids=["short", "long"])
+async def test_a_body_is_read_verified_and_kept(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer, body: bytes
+) -> None:
+    server.plan.body = body
+    blobs, digest = make_store(tmp_path), digest_of(body)
+    assert await fill_and_read(blobs, digest, client_for(), server.url + "/blob") == body
+    entry = blobs.lookup(digest)
+    assert entry is not None and entry.path.read_bytes() == body
+    assert list(blobs.tmp_dir.iterdir()) == []
+
+
+async def test_redirects_are_followed_with_the_same_headers(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    server.plan.body = LONG
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    assert await fill_and_read(blobs, digest, client_for(), server.url + "/moved") == LONG
+    assert server.plan.seen == [("/moved", "Bearer t"), ("/blob", "Bearer t")]
+
+
+async def test_connections_are_kept_and_a_closed_one_is_replaced(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    server.plan.body = LONG
+    digest, client = digest_of(LONG), client_for()
+    for name in ("a", "b"):  # two fills, each through a redirect: one connection
+        blobs = make_store(tmp_path / name)
+        assert await fill_and_read(blobs, digest, client, server.url + "/moved") == LONG
+    assert (len(server.plan.seen), server.plan.connections) == (4, 1)
+    server.stop()  # cuts the kept connection
+    server.start()
+    blobs = make_store(tmp_path / "c")
+    assert await fill_and_read(blobs, digest, client, server.url + "/blob") == LONG
+    assert server.plan.connections == 2
+
+
+async def test_over_tls_with_the_given_context(client_for: MakeClient, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path / "tls", "127.0.0.1")
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    tls = TLSBlobServer(served)
+    tls.start()
+    try:
+        tls.plan.body = LONG
+        blobs, digest = make_store(tmp_path / "cache"), digest_of(LONG)
+        trusting = ssl.create_default_context(cafile=str(cert))
+        read = await fill_and_read(blobs, digest, client_for(context=trusting), tls.url + "/blob")
+        assert read == LONG
+        with pytest.raises(UpstreamUnavailable, match="cannot reach"):  # not trusted: refused
+            await direct.open_get(client_for(), Upstream(tls.url), tls.url + "/blob", [])
+    finally:
+        tls.stop()
+
+
+async def test_wrong_bytes_are_not_kept(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    server.plan.body = LONG[:-1] + b"!"
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    with pytest.raises(FillAborted, match="hashes to"):
+        await fill_and_read(blobs, digest, client_for(), server.url + "/blob")
+    assert blobs.lookup(digest) is None and list(blobs.tmp_dir.iterdir()) == []
+
+
+async def test_an_upstream_cut_mid_body_aborts_the_fill(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    server.plan.body, server.plan.upto, server.plan.then = LONG, len(LONG) // 2, "cut"
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    with pytest.raises(FillAborted, match="UpstreamUnavailable: .*broke off"):
+        await fill_and_read(blobs, digest, client_for(), server.url + "/blob")
+    assert blobs.lookup(digest) is None and list(blobs.tmp_dir.iterdir()) == []
+
+
+async def test_a_stalled_upstream_times_out(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    server.plan.body, server.plan.upto, server.plan.then = LONG, 1000, "stall"
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    with pytest.raises(FillAborted, match=f"{UpstreamTimeout.__name__}: .*in time"):
+        await fill_and_read(blobs, digest, client_for(read_timeout=0.2), server.url + "/blob")
+    assert blobs.lookup(digest) is None
+
+
+async def test_cancelling_ends_the_thread_and_removes_the_temp_file(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    server.plan.body, server.plan.upto, server.plan.then = LONG, len(LONG) // 3, "stall"
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    writer = await blobs.fetch_or_join(digest)
+    assert isinstance(writer, BlobWriter)
+    follower = await blobs.fetch_or_join(digest)
+    assert isinstance(follower, BlobFollower)
+    download = await open_download(client_for(), server.url + "/blob")
+    task = spawn("test fill", run_fill(writer, lambda: asyncio.sleep(0, download)))
+    while writer.fill.written < len(LONG) // 3 - fill_module.PUMP_BUFFER:
+        await asyncio.wait_for(writer.fill.changed(), GUARD)  # the thread is reading
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, GUARD)  # returns although the upstream still stalls
+    for thread in [t for t in threading.enumerate() if t.name.startswith("fill ")]:
+        thread.join(GUARD)  # it has handed back its result: only its last lines remain
+        assert not thread.is_alive()
+    with pytest.raises(FillAborted):
+        await asyncio.wait_for(follower.read_all(), GUARD)
+    assert list(blobs.tmp_dir.iterdir()) == []
+
+
+async def test_a_failing_disk_passes_through_and_keeps_nothing(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, chunks: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fill_module, "write_all", full)
+    server.plan.body = LONG
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    with pytest.raises(FillAborted, match="cache write failed"):
+        await fill_and_read(blobs, digest, client_for(), server.url + "/blob")
+    assert blobs.write_failed_at is not None and blobs.lookup(digest) is None
+    assert list(blobs.tmp_dir.iterdir()) == []
