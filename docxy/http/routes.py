@@ -149,14 +149,22 @@ def _pull(route: Route, reference: Reference) -> Pull:
         request.method,
         tuple(request.headers.getlist("Accept")),
         request.headers.get("Range"),
-        authorization=request.headers.get("Authorization"),
+        authorization=_upstream_authorization(),
     )
+
+
+def _upstream_authorization() -> str | None:
+    """The client's ``Authorization``, when it is meant for the upstream: never a token the
+    mirror issued itself (users mode), which must not leave the mirror."""
+    if not request_facts().get("forward_credentials", True):
+        return None
+    return request.headers.get("Authorization")
 
 
 async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Response:
     """Send the request upstream with the client's own headers; relay the answer."""
     headers = request_headers(request.headers.items())
-    if not request_facts().get("forward_credentials", True):  # the mirror's token stays here
+    if _upstream_authorization() is None:  # none, or the mirror's own token: it stays here
         headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
     url = pull.upstream.url(pull.path)
     answer = await state.client.send(pull.upstream, pull.method, url, headers)
