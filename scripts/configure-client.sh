@@ -129,8 +129,10 @@ parse_args() {
   check_certificates
 }
 
-# --client-cert DIR must hold a certificate and its key; --ca-cert FILE a certificate.
+# --client-cert DIR must hold a certificate and its key; --ca-cert FILE a certificate. With
+# --remove they are not read: the installed copies go, whatever DIR holds now.
 check_certificates() {
+  ((REMOVE)) && return 0
   if [[ -n "$CLIENT_DIR" ]]; then
     CLIENT_DIR="${CLIENT_DIR%/}"
     [[ "$MIRROR" == https://* ]] ||

@@ -630,7 +630,7 @@ def test_remove_takes_the_certificates_out(box: ScriptBox, kit: Path, server_ca:
     hosts = tomllib.loads(box.path(HOSTS_TOML).read_text())
     assert list(hosts["host"]) == ["https://corp-cache.example"]
     assert "removed" in said
-    again = configure(box, *args, "--remove")
+    again = configure(box, *args, "--remove", "--client-cert", str(box.base / "gone"))
     assert "Nothing to change" in again
 
 
