@@ -18,7 +18,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,6 +67,19 @@ class UpstreamConfig:
     password: str | None = field(repr=False)
     connect_timeout: float
     read_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class NamedUpstreamConfig:
+    """One of ``upstreams`` beside ``[upstream]`` (parsed by ``docxy.upstream.settings``)."""
+
+    name: str  # the path prefix and containerd's ?ns= that pick it: ghcr.io
+    registry: str
+    auth_realm: str | None
+    library_prefix: bool
+    username: str | None = field(repr=False)
+    password: str | None = field(repr=False)
+    hosts: tuple[str, ...]  # mirror host names (HOST or HOST:PORT) that pick it
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +178,7 @@ class Config:
     limits: LimitsConfig
     auth: AuthConfig
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    upstreams: tuple[NamedUpstreamConfig, ...] = ()  # more registries beside [upstream]
 
 
 # --- value parsers: each takes the raw value (str from env/flags, any TOML type) -------------
@@ -174,6 +188,10 @@ def _str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
     return value
+
+
+def parse_bool(value: object) -> bool:
+    return _bool(value)
 
 
 def _opt_str(value: object) -> str | None:
@@ -496,7 +514,8 @@ def env_name(key: str) -> str:
     return "DOCXY_" + key.replace(".", "_").upper()
 
 
-def _from_toml(path: Path) -> dict[str, tuple[object, str]]:
+def _from_toml(path: Path) -> tuple[dict[str, tuple[object, str]], object | None]:
+    """The file's settings, and its ``upstreams`` list (``docxy.upstream.settings``) if any."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -505,6 +524,7 @@ def _from_toml(path: Path) -> dict[str, tuple[object, str]]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
     found: dict[str, tuple[object, str]] = {}
+    upstreams = data.pop("upstreams", None)
     for section, table in data.items():
         if section not in SETTINGS:
             raise ConfigError(f"{section}: unknown section (file {path})")
@@ -514,7 +534,7 @@ def _from_toml(path: Path) -> dict[str, tuple[object, str]]:
             if key not in SETTINGS[section]:
                 raise ConfigError(f"{section}.{key}: unknown key (file {path})")
             found[f"{section}.{key}"] = (value, f"file {path}")
-    return found
+    return found, upstreams
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
@@ -525,6 +545,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
     for name, value in environ.items():
         if not name.startswith("DOCXY_") or name in ENV_ALIASES or name in OTHER_ENV:
             continue
+        if name == "DOCXY_UPSTREAMS" or name.startswith("DOCXY_UPSTREAMS_"):
+            continue  # docxy.upstream.settings
         for section, keys in SETTINGS.items():
             prefix = f"DOCXY_{section.upper()}_"
             if not name.startswith(prefix):
@@ -560,10 +582,16 @@ def load_config(
         for key, (_, default) in keys.items():
             raw[f"{section}.{key}"] = (default, "default")
     raw["cache.dir"] = (_default_cache_dir(environ), "default")
+    file_upstreams = None
     if config_file is not None:
-        raw.update(_from_toml(config_file))
+        found, file_upstreams = _from_toml(config_file)
+        raw.update(found)
     raw.update(_from_env(environ))
+    upstream_flags = {}
     for key, value in (overrides or {}).items():
+        if key == "upstreams" or key.startswith("upstreams."):
+            upstream_flags[key] = value
+            continue
         section, _, name = key.partition(".")
         if name not in SETTINGS.get(section, {}):
             raise ConfigError(f"{key}: unknown key (flag)")
@@ -579,7 +607,13 @@ def load_config(
             shown = "(hidden)" if key in SECRET_KEYS else exc
             raise ConfigError(f"{key}: {shown} ({source})") from None
     sources = {key: source for key, (_, source) in raw.items()}
-    return _assemble(values, sources)
+    from docxy.upstream.settings import load_upstreams  # it builds on this module's parsers
+
+    upstreams, upstream_sources = load_upstreams(
+        file_upstreams, f"file {config_file}", environ, upstream_flags
+    )
+    config = _assemble(values, sources | upstream_sources)
+    return replace(config, upstreams=upstreams)
 
 
 def _section(values: Mapping[str, Any], section: str) -> dict[str, Any]:
@@ -662,4 +696,6 @@ def describe(config: Config) -> list[tuple[str, str, str]]:
             full = f"{section}.{key}"
             shown = "(set)" if full in SECRET_KEYS and value else str(value)
             rows.append((full, shown, config.sources.get(full, "default")))
-    return rows
+    from docxy.upstream.settings import describe_upstreams
+
+    return rows + describe_upstreams(config.upstreams, config.sources)

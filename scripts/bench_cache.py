@@ -10,13 +10,21 @@ Not a test: it prints figures and the ratios the cache issue sets as targets.
    (``proxy.remoteurl``) and nginx as a plain ``proxy_pass`` (no cache; ``proxy_buffering off``
    with 1 MiB buffers, as the default 8 KiB cost it about 3x the CPU here), plus the upstream
    itself as a baseline.
-3. Per peer and round: a cold GET (fresh cache) and a warm GET of the big blob with ``curl -o
-   /dev/null`` as MB/s (10^6 bytes/s) and CPU-seconds per GiB of the serving process tree
-   (utime+stime from /proc, read once the peer and the upstream have gone quiet, so work left
-   after the response, such as Distribution's second fetch, is counted). Byte counts are always
-   checked, sha256 once per peer.
-4. Docxy's peak RSS while ``--clients`` curls fetch different blobs at once, cold then warm.
-5. The big blob through a throttling TCP proxy (``--throttle-mbit``) in front of the upstream:
+3. Per variant, peer and round: a cold GET (fresh cache) and warm GETs of the big blob with
+   ``curl -o /dev/null`` as MB/s (10^6 bytes/s) and CPU-seconds per GiB of the serving process
+   tree (utime+stime from /proc, read once the peer and the upstream have gone quiet, so work
+   left after the response, such as Distribution's second fetch, is counted). Byte counts are
+   always checked, sha256 once per peer and variant. Variants (``--variants``): plain HTTP;
+   HTTPS (the script makes one self-signed certificate: Docxy's TLS listener, Distribution's
+   ``http.tls``, nginx ``ssl``, a TLS twin of the upstream for the direct row; curl
+   ``--cacert``); and each of those with every peer's serving process tree pinned to one core
+   (``taskset -c 0``, as a 1 vCPU VPS; the upstream and curl are not pinned). The upstream the
+   peers fetch from is always plain HTTP. Rounds interleave the variants; every figure is a
+   median over the rounds, and each is also given as a ratio to Distribution's.
+4. Docxy's peak RSS while ``--clients`` curls fetch different blobs at once, cold then warm,
+   once per round with a fresh cache (plain HTTP, not pinned).
+5. A blob (``--throttle-mib``) through a throttling TCP proxy (``--throttle-mbit``) in front of
+   the upstream, once per round:
    direct, through Docxy whose cache a previous pull filled (section 3's cache dir), and through
    Docxy ``--no-cache``. A blob GET stands in for ``docker pull``: dockerd is not used.
 6. With ``--docker-pull`` (root, dockerd): a real ``docker pull`` of ``docxybench/big:1`` (a
@@ -26,7 +34,8 @@ Not a test: it prints figures and the ratios the cache issue sets as targets.
    ``docker-registry``. Per mirror (cache on with a fresh cache dir, then ``--no-cache``): pull,
    ``docker rmi``, pull again, each timed, with the upstream GETs of the big layer.
 
-Usage: ``python scripts/bench_cache.py [--quick] [--docker-pull]``; ``--help`` lists the knobs.
+Usage: ``python scripts/bench_cache.py [--quick] [--rounds N] [--variants http,https]
+[--docker-pull]``; ``--help`` lists the knobs.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -235,16 +245,80 @@ def settle(pids: Sequence[int], quiet: float = 0.02, interval: float = 0.3) -> N
     print(f"  warning: processes {list(pids)} still busy after {SETTLE_LIMIT}s", flush=True)
 
 
+@dataclass(frozen=True)
+class Tls:
+    """A self-signed certificate for 127.0.0.1 and its key; the certificate is its own CA."""
+
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> Tls:
+        from datetime import UTC, datetime, timedelta
+        from ipaddress import IPv4Address
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "docxy bench")])
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=2))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(IPv4Address(LOOPBACK)), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        tls = cls(directory / "bench-cert.pem", directory / "bench-key.pem")
+        tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        tls.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return tls
+
+    def context(self) -> ssl.SSLContext:
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
 @dataclass
 class Service:
     name: str
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    tls: Tls | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this service."""
+        return self.tls.context() if self.tls is not None else True
+
+    @property
+    def cacert(self) -> Path | None:
+        return self.tls.cert if self.tls is not None else None
 
     @property
     def pid(self) -> int:
@@ -280,8 +354,14 @@ class Services:
         port: int,
         ready_path: str,
         env: Mapping[str, str] | None = None,
+        *,
+        tls: Tls | None = None,
+        pin: bool = False,
     ) -> Service:
+        """Start ``command``; ``pin``: on CPU 0 only (its children inherit the affinity)."""
         log_path = self.workdir / f"{name}.log"
+        if pin:
+            command = ["taskset", "-c", "0", *command]
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 list(command),
@@ -291,7 +371,7 @@ class Services:
                 cwd=self.workdir,
                 env=dict(env) if env is not None else None,
             )
-        service = Service(name, proc, port, log_path)
+        service = Service(name, proc, port, log_path, tls)
         self.running.append(service)
         self._wait_ready(service, ready_path)
         return service
@@ -302,7 +382,7 @@ class Services:
             if service.proc.poll() is not None:
                 raise RuntimeError(f"{service.name} exited:\n{service.log_text()[-3000:]}")
             try:
-                status = httpx.get(service.url + path, timeout=2).status_code
+                status = httpx.get(service.url + path, timeout=2, verify=service.verify).status_code
                 if status == 200:
                     return
                 last = f"status {status}"
@@ -321,7 +401,7 @@ class Services:
             self.running.pop().stop()
 
 
-def registry_config(port: int, storage: Path, remote: str | None) -> str:
+def registry_config(port: int, storage: Path, remote: str | None, tls: Tls | None = None) -> str:
     config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
@@ -333,25 +413,37 @@ def registry_config(port: int, storage: Path, remote: str | None) -> str:
     }
     if remote is not None:
         config["proxy"] = {"remoteurl": remote}
+    if tls is not None:
+        config["http"] |= {"tls": {"certificate": str(tls.cert), "key": str(tls.key)}}
     return json.dumps(config, indent=2)  # YAML is a superset of JSON
 
 
 def start_registry(
-    services: Services, name: str, storage: Path, remote: str | None = None
+    services: Services,
+    name: str,
+    storage: Path,
+    remote: str | None = None,
+    *,
+    tls: Tls | None = None,
+    pin: bool = False,
 ) -> Service:
     port = free_port()
     config = services.workdir / f"{name}.yml"
-    config.write_text(registry_config(port, storage, remote))
+    config.write_text(registry_config(port, storage, remote, tls))
     command = ["docker-registry", "serve", str(config)]
-    return services.start(name, command, port, "/v2/", env={"PATH": "/usr/bin:/bin"})
+    env = {"PATH": "/usr/bin:/bin"}
+    return services.start(name, command, port, "/v2/", env, tls=tls, pin=pin)
 
 
-def nginx_config(prefix: Path, port: int, upstream_port: int) -> str:
+def nginx_config(prefix: Path, port: int, upstream_port: int, tls: Tls | None = None) -> str:
     user = "user root root;\n" if os.geteuid() == 0 else ""
     temp = "\n".join(
         f"  {kind}_temp_path {prefix}/{kind}_temp;"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    listen = f"{LOOPBACK}:{port}"
+    if tls is not None:
+        listen += f" ssl;\n    ssl_certificate {tls.cert};\n    ssl_certificate_key {tls.key}"
     return f"""{user}daemon off;
 master_process on;
 worker_processes auto;
@@ -363,7 +455,7 @@ http {{
 {temp}
   upstream registry {{ server {LOOPBACK}:{upstream_port}; keepalive 8; }}
   server {{
-    listen {LOOPBACK}:{port};
+    listen {listen};
     location / {{
       proxy_pass http://registry;
       proxy_http_version 1.1;
@@ -379,34 +471,52 @@ http {{
 """
 
 
-def start_nginx(services: Services, upstream: Service) -> Service:
+def start_nginx(
+    services: Services, upstream: Service, *, tls: Tls | None = None, pin: bool = False
+) -> Service:
     prefix = services.workdir / "nginx"
     prefix.mkdir(exist_ok=True)
     port = free_port()
     config = prefix / "nginx.conf"
-    config.write_text(nginx_config(prefix, port, upstream.port))
+    config.write_text(nginx_config(prefix, port, upstream.port, tls))
     command = ["nginx", "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
-    return services.start("nginx", command, port, "/v2/")
+    return services.start("nginx", command, port, "/v2/", tls=tls, pin=pin)
 
 
 def docxy_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["DOCXY_SERVER_ADMIN_LISTEN"] = ""  # not the fixed default port others may hold
     return env
 
 
 def start_docxy(
-    services: Services, name: str, upstream_url: str, cache_dir: Path, max_size: int | None
+    services: Services,
+    name: str,
+    upstream_url: str,
+    cache_dir: Path,
+    max_size: int | None,
+    *,
+    tls: Tls | None = None,
+    pin: bool = False,
 ) -> Service:
-    """Docxy with its cache in ``cache_dir``; ``max_size=None``: ``--no-cache``."""
+    """Docxy with its cache in ``cache_dir``; ``max_size=None``: ``--no-cache``.
+
+    With ``tls`` the returned service is its TLS listener (the plain one is on another port).
+    """
     port = free_port()
-    command = [sys.executable, "-m", "docxy", "serve", "--listen", f"{LOOPBACK}:{port}"]
+    command = [sys.executable, "-m", "docxy", "serve"]
+    if tls is None:
+        command += ["--listen", f"{LOOPBACK}:{port}"]
+    else:
+        command += ["--listen", f"{LOOPBACK}:{free_port()}", "--tls-listen", f"{LOOPBACK}:{port}"]
+        command += ["--cert", str(tls.cert), "--key", str(tls.key)]
     command += ["--upstream", upstream_url, "--cache-dir", str(cache_dir)]
     if max_size is None:
         command.append("--no-cache")
     else:
         command += ["--set", f"cache.max_size={max_size}"]
-    return services.start(name, command, port, "/health", env=docxy_env())
+    return services.start(name, command, port, "/health", docxy_env(), tls=tls, pin=pin)
 
 
 # --- clients and measurements ----------------------------------------------------------------
@@ -419,9 +529,10 @@ class Transfer:
     seconds: float
 
 
-def curl_command(url: str) -> list[str]:
+def curl_command(url: str, cacert: Path | None = None) -> list[str]:
     write_out = "%{http_code} %{size_download} %{time_total}"
-    return ["curl", "-sS", "-o", "/dev/null", "-w", write_out, "--max-time", "1800", url]
+    trust = ["--cacert", str(cacert)] if cacert is not None else []
+    return ["curl", "-sS", "-o", "/dev/null", "-w", write_out, "--max-time", "1800", *trust, url]
 
 
 def parse_curl(output: str) -> Transfer:
@@ -429,10 +540,12 @@ def parse_curl(output: str) -> Transfer:
     return Transfer(int(status), int(nbytes), float(seconds))
 
 
-def curl_get(url: str) -> Transfer:
+def curl_get(url: str, cacert: Path | None = None) -> Transfer:
     done = subprocess.run(
-        curl_command(url), capture_output=True, text=True, timeout=TRANSFER_TIMEOUT + 30
+        curl_command(url, cacert), capture_output=True, text=True, timeout=TRANSFER_TIMEOUT + 30
     )
+    if not done.stdout.strip():
+        raise RuntimeError(f"curl {url}: {done.stderr.strip()}")
     return parse_curl(done.stdout)
 
 
@@ -443,10 +556,10 @@ def check_transfer(what: str, transfer: Transfer, blob: Blob) -> None:
         )
 
 
-def sha256_of(url: str) -> tuple[str, int]:
+def sha256_of(url: str, verify: ssl.SSLContext | bool = True) -> tuple[str, int]:
     digest, total = hashlib.sha256(), 0
     timeout = httpx.Timeout(60.0, read=600.0)
-    with httpx.stream("GET", url, timeout=timeout) as response:
+    with httpx.stream("GET", url, timeout=timeout, verify=verify) as response:
         response.raise_for_status()
         for chunk in response.iter_raw(CHUNK):
             digest.update(chunk)
@@ -479,7 +592,7 @@ def timed_get(peer: Service, upstream: Service, blob: Blob) -> Sample:
     quiet = [peer.pid, upstream.pid]
     settle(quiet)
     gets, cpu = upstream_gets(upstream, blob), tree_cpu(peer.pid)
-    transfer = curl_get(peer.url + blob.path)
+    transfer = curl_get(peer.url + blob.path, peer.cacert)
     check_transfer(peer.name, transfer, blob)
     settle(quiet)
     used = tree_cpu(peer.pid) - cpu
@@ -489,62 +602,99 @@ def timed_get(peer: Service, upstream: Service, blob: Blob) -> Sample:
 # --- the comparison (sections 2 and 3) -------------------------------------------------------
 
 PEERS = ("upstream (direct)", "Distribution proxy", "Docxy", "nginx proxy_pass")
+DIRECT, DISTRIBUTION = PEERS[0], PEERS[1]
 
 
-@dataclass
+@dataclass(frozen=True)
+class Variant:
+    """How the peers are reached and run: HTTP or HTTPS, on every core or on CPU 0 only."""
+
+    https: bool
+    one_core: bool
+
+    @property
+    def name(self) -> str:
+        return ("HTTPS" if self.https else "HTTP") + (", one core" if self.one_core else "")
+
+
+VARIANTS = {
+    "http": Variant(https=False, one_core=False),
+    "https": Variant(https=True, one_core=False),
+    "http-1core": Variant(https=False, one_core=True),
+    "https-1core": Variant(https=True, one_core=True),
+}
+
+
 class PeerResult:
-    cold: list[Sample]
-    warm: list[Sample]
-    sha256: str = "not checked"
+    def __init__(self) -> None:
+        self.cold: list[Sample] = []
+        self.warm: list[Sample] = []
+        self.sha256 = "not checked"
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, services: Services, data: BlobData) -> None:
+    def __init__(
+        self, args: argparse.Namespace, services: Services, data: BlobData, tls: Tls
+    ) -> None:
         self.args = args
         self.services = services
         self.data = data
+        self.tls = tls
         self.workdir = services.workdir
-        self.results = {name: PeerResult([], []) for name in PEERS}
+        self.results = {
+            variant: {name: PeerResult() for name in PEERS} for variant in args.variant_list
+        }
         self.docxy_cache: Path | None = None
+        """The cache dir of the latest Docxy (the throttle section reuses it, warm)."""
 
-    def start_peer(self, name: str, upstream: Service, round_no: int) -> Service:
-        fresh = self.workdir / f"round{round_no}-{name.split()[0].lower()}"
-        if name == "Distribution proxy":
-            return start_registry(self.services, "distribution-proxy", fresh, upstream.url)
+    def start_peer(self, name: str, upstream: Service, variant: Variant, fresh: Path) -> Service:
+        tls, pin = (self.tls if variant.https else None), variant.one_core
+        if name == DIRECT:
+            storage = self.data.storage
+            return start_registry(self.services, "upstream-direct", storage, tls=tls, pin=pin)
+        if name == DISTRIBUTION:
+            return start_registry(
+                self.services, "distribution-proxy", fresh, upstream.url, tls=tls, pin=pin
+            )
         if name == "Docxy":
+            if self.docxy_cache is not None:
+                shutil.rmtree(self.docxy_cache, ignore_errors=True)  # keep only the latest
             self.docxy_cache = fresh
-            return start_docxy(self.services, "docxy", upstream.url, fresh, 4 * self.args.size)
-        if name == "nginx proxy_pass":
-            return start_nginx(self.services, upstream)
-        return upstream
+            max_size = 4 * self.args.size
+            return start_docxy(
+                self.services, "docxy", upstream.url, fresh, max_size, tls=tls, pin=pin
+            )
+        return start_nginx(self.services, upstream, tls=tls, pin=pin)
 
-    def round(self, upstream: Service, blob: Blob, round_no: int) -> None:
+    def round(self, upstream: Service, blob: Blob, round_no: int, variant: Variant) -> None:
         for name in PEERS:
-            if round_no > 0 and self.docxy_cache is not None and name == "Docxy":
-                shutil.rmtree(self.docxy_cache, ignore_errors=True)  # keep only the last one
-            peer = self.start_peer(name, upstream, round_no)
+            slug = f"{name.split()[0].lower()}-{variant.name.replace(', ', '-').replace(' ', '')}"
+            fresh = self.workdir / f"round{round_no}-{slug}"
+            peer = self.start_peer(name, upstream, variant, fresh)
+            # The direct row's own registry serves the blob: its log has the GETs.
+            source = peer if name == DIRECT else upstream
             try:
-                result = self.results[name]
-                result.cold.append(timed_get(peer, upstream, blob))
+                result = self.results[variant][name]
+                result.cold.append(timed_get(peer, source, blob))
                 for _ in range(self.args.warm):
-                    result.warm.append(timed_get(peer, upstream, blob))
+                    result.warm.append(timed_get(peer, source, blob))
                 if round_no == 0:
-                    digest, nbytes = sha256_of(peer.url + blob.path)
+                    digest, nbytes = sha256_of(peer.url + blob.path, peer.verify)
                     ok = digest == blob.digest and nbytes == blob.size
                     result.sha256 = "ok" if ok else f"WRONG ({digest}, {nbytes} bytes)"
-                self._log(name, round_no, result)
+                self._log(name, round_no, variant, result)
             finally:
-                if peer is not upstream:
-                    self.services.stop(peer)
-            if name == "Distribution proxy":
-                shutil.rmtree(self.workdir / f"round{round_no}-distribution", ignore_errors=True)
+                self.services.stop(peer)
+            if name == DISTRIBUTION:
+                shutil.rmtree(fresh, ignore_errors=True)
 
-    def _log(self, name: str, round_no: int, result: PeerResult) -> None:
+    def _log(self, name: str, round_no: int, variant: Variant, result: PeerResult) -> None:
         cold, warm = result.cold[-1], result.warm[-1]
         print(
-            f"  round {round_no + 1} {name}: cold {cold.mbps:.0f} MB/s {cold.cpu_per_gib:.2f} "
-            f"CPU-s/GiB ({cold.upstream_gets} upstream GETs), warm {warm.mbps:.0f} MB/s "
-            f"{warm.cpu_per_gib:.2f} CPU-s/GiB ({warm.upstream_gets} upstream GETs)",
+            f"  round {round_no + 1}, {variant.name}, {name}: cold {cold.mbps:.0f} MB/s "
+            f"{cold.cpu_per_gib:.2f} CPU-s/GiB ({cold.upstream_gets} upstream GETs), warm "
+            f"{warm.mbps:.0f} MB/s {warm.cpu_per_gib:.2f} CPU-s/GiB "
+            f"({warm.upstream_gets} upstream GETs)",
             flush=True,
         )
 
@@ -560,70 +710,64 @@ def spread(values: Sequence[float], fmt: str) -> str:
     return text
 
 
-def print_table(results: Mapping[str, PeerResult], blob: Blob) -> None:
-    header = ("peer", "cold MB/s", "cold CPU-s/GiB", "warm MB/s", "warm CPU-s/GiB", "up GETs")
+#: The columns of a variant's table: (title, which samples, what of each, format).
+METRICS: tuple[tuple[str, str, Callable[[Sample], float], str], ...] = (
+    ("cold MB/s", "cold", lambda s: s.mbps, ".0f"),
+    ("cold CPU-s/GiB", "cold", lambda s: s.cpu_per_gib, ".2f"),
+    ("warm MB/s", "warm", lambda s: s.mbps, ".0f"),
+    ("warm CPU-s/GiB", "warm", lambda s: s.cpu_per_gib, ".2f"),
+)
+
+
+def metric_median(result: PeerResult, kind: str, pick: Callable[[Sample], float]) -> float:
+    samples = result.cold if kind == "cold" else result.warm
+    return median([pick(s) for s in samples])
+
+
+def print_table(results: Mapping[str, PeerResult], variant: Variant) -> None:
+    """Medians [min-max] per peer, each with its ratio to Distribution's median."""
+    header = ("peer", *(title for title, *_ in METRICS), "up GETs")
+    dist = results[DISTRIBUTION]
     rows = [header]
     for name, result in results.items():
-        cold, warm = result.cold, result.warm
-        cold_gets = median([s.upstream_gets for s in cold])
-        gets = f"{cold_gets:g}+{median([s.upstream_gets for s in warm]):g}"
-        rows.append(
-            (
-                name,
-                spread([s.mbps for s in cold], ".0f"),
-                spread([s.cpu_per_gib for s in cold], ".2f"),
-                spread([s.mbps for s in warm], ".0f"),
-                spread([s.cpu_per_gib for s in warm], ".2f"),
-                gets,
-            )
-        )
+        cells = [name]
+        for _, kind, pick, fmt in METRICS:
+            values = [pick(s) for s in (result.cold if kind == "cold" else result.warm)]
+            ratio = median(values) / metric_median(dist, kind, pick)
+            cells.append(f"{spread(values, fmt)} ({ratio:.2f}x)")
+        cold_gets = median([s.upstream_gets for s in result.cold])
+        cells.append(f"{cold_gets:g}+{median([s.upstream_gets for s in result.warm]):g}")
+        rows.append(tuple(cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    print()
+    print(f"\n  -- {variant.name} --")
     for row in rows:
         print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     print("  sha256 of a full GET: " + ", ".join(f"{n} {r.sha256}" for n, r in results.items()))
-    print(f"  blob {blob.digest} ({blob.size // MiB} MiB)")
 
 
-def print_ratios(results: Mapping[str, PeerResult]) -> None:
-    dist, docxy = results["Distribution proxy"], results["Docxy"]
+#: The issue's targets for Docxy / Distribution, per metric, in every variant.
+TARGETS = {
+    "cold MB/s": (">=", 1.0),
+    "cold CPU-s/GiB": ("<=", 1.0),
+    "warm MB/s": (">=", 1.0),
+    "warm CPU-s/GiB": ("<=", 1.0),
+}
 
-    def ratio(pick: Callable[[Sample], float], ours: list[Sample], theirs: list[Sample]) -> float:
-        return median([pick(s) for s in ours]) / median([pick(s) for s in theirs])
 
-    checks = [
-        (
-            "warm MB/s, Docxy / Distribution",
-            ratio(lambda s: s.mbps, docxy.warm, dist.warm),
-            ">=",
-            1.0,
-        ),
-        (
-            "warm CPU-s/GiB, Docxy / Distribution",
-            ratio(lambda s: s.cpu_per_gib, docxy.warm, dist.warm),
-            "<=",
-            1.0,
-        ),
-        (
-            "cold CPU-s/GiB, Docxy / Distribution",
-            ratio(lambda s: s.cpu_per_gib, docxy.cold, dist.cold),
-            "<=",
-            1.5,
-        ),
-        (
-            "cold MB/s, Docxy / Distribution",
-            ratio(lambda s: s.mbps, docxy.cold, dist.cold),
-            "",
-            0.0,
-        ),
-    ]
-    print()
-    for label, value, op, target in checks:
-        if not op:
-            print(f"  {label}: {value:.2f} (no target)")
-            continue
-        met = value >= target if op == ">=" else value <= target
-        print(f"  {label}: {value:.2f} (target {op} {target:g}: {'met' if met else 'MISSED'})")
+def print_ratios(results: Mapping[Variant, Mapping[str, PeerResult]]) -> None:
+    """Docxy / Distribution per variant and metric (medians), against the targets."""
+    print("\n  Docxy / Distribution (medians):")
+    for variant, peers in results.items():
+        docxy, dist = peers["Docxy"], peers[DISTRIBUTION]
+        for title, kind, pick, fmt in METRICS:
+            ours, theirs = metric_median(docxy, kind, pick), metric_median(dist, kind, pick)
+            op, target = TARGETS[title]
+            value = ours / theirs
+            met = value >= target if op == ">=" else value <= target
+            print(
+                f"  {variant.name:<17} {title:<15} {ours:{fmt}} / {theirs:{fmt}} = "
+                f"{value:.2f} (target {op} {target:g}: {'met' if met else 'MISSED'})"
+            )
 
 
 # --- section 4: memory under many clients ----------------------------------------------------
@@ -667,32 +811,54 @@ def crowd_get(service: Service, blobs: Sequence[Blob]) -> CrowdResult:
 
 def crowd_section(args: argparse.Namespace, services: Services, data: BlobData) -> None:
     size, clients = args.client_mib * MiB, args.clients
-    print(f"\n== Docxy RSS, {clients} clients x {args.client_mib} MiB different blobs ==")
+    print(
+        f"\n== Docxy RSS, {clients} clients x {args.client_mib} MiB different blobs, "
+        f"{args.rounds} round(s) with a fresh cache =="
+    )
     print(f"  (blobs generated on first use: {clients * size / GiB:.1f} GiB in the data dir)")
     blobs = [data.ensure(f"client-{i}", size, announce=False) for i in range(clients)]
     upstream = start_registry(services, "upstream-crowd", data.storage)
-    cache = services.workdir / "crowd-docxy"
-    docxy = start_docxy(services, "docxy-crowd", upstream.url, cache, clients * size + GiB)
+    phases = ("cold (all misses)", "warm (all hits)")
+    runs: dict[str, list[CrowdResult]] = {phase: [] for phase in phases}
+    idle, hwm = [], []
     try:
-        idle = status_kib(docxy.pid, "VmRSS")
-        print(f"  Docxy idle RSS {idle / 1024:.0f} MiB")
-        for phase in ("cold (all misses)", "warm (all hits)"):
-            settle([docxy.pid, upstream.pid])
-            result = crowd_get(docxy, blobs)
-            print(
-                f"  {phase}: peak VmRSS {result.peak_rss_kib / 1024:.0f} MiB (sampled every 50 ms)"
-                f", {result.nbytes / MB / result.seconds:.0f} MB/s aggregate, "
-                f"{result.seconds:.1f} s, {result.failures} failed transfers"
-            )
-        hwm = status_kib(docxy.pid, "VmHWM")
-        verdict = "met" if hwm < 150 * 1024 else "MISSED"
-        print(
-            f"  Docxy VmHWM over the whole run {hwm / 1024:.0f} MiB (target < 150 MiB: {verdict})"
-        )
+        for round_no in range(args.rounds):
+            cache = services.workdir / f"crowd-docxy-{round_no}"
+            docxy = start_docxy(services, "docxy-crowd", upstream.url, cache, clients * size + GiB)
+            try:
+                idle.append(status_kib(docxy.pid, "VmRSS") / 1024)
+                for phase in phases:
+                    settle([docxy.pid, upstream.pid])
+                    result = crowd_get(docxy, blobs)
+                    runs[phase].append(result)
+                    print(
+                        f"  round {round_no + 1} {phase}: peak VmRSS "
+                        f"{result.peak_rss_kib / 1024:.0f} MiB, "
+                        f"{result.nbytes / MB / result.seconds:.0f} MB/s aggregate, "
+                        f"{result.failures} failed transfers",
+                        flush=True,
+                    )
+                hwm.append(status_kib(docxy.pid, "VmHWM") / 1024)
+            finally:
+                services.stop(docxy)
+                shutil.rmtree(cache, ignore_errors=True)
     finally:
-        services.stop(docxy)
         services.stop(upstream)
-        shutil.rmtree(cache, ignore_errors=True)
+    print(f"  median [min-max] over {args.rounds} round(s); RSS sampled every 50 ms")
+    print(f"  Docxy idle RSS {spread(idle, '.0f')} MiB")
+    for phase, results in runs.items():
+        peaks = [r.peak_rss_kib / 1024 for r in results]
+        speeds = [r.nbytes / MB / r.seconds for r in results]
+        failed = sum(r.failures for r in results)
+        print(
+            f"  {phase}: peak VmRSS {spread(peaks, '.0f')} MiB, "
+            f"{spread(speeds, '.0f')} MB/s aggregate, {failed} failed transfers in all"
+        )
+    verdict = "met" if max(hwm) < 150 else "MISSED"
+    print(
+        f"  Docxy VmHWM per round {spread(hwm, '.0f')} MiB, "
+        f"highest {max(hwm):.0f} (target < 150 MiB: {verdict})"
+    )
 
 
 # --- section 5: a throttled upstream ---------------------------------------------------------
@@ -783,39 +949,60 @@ class ThrottleProxy:
 def throttle_section(
     args: argparse.Namespace, services: Services, data: BlobData, warm_cache: Path | None
 ) -> None:
-    blob = data.ensure("main", args.size)
+    blob = data.ensure("main", args.throttle_size)
     rate = args.throttle_mbit * 1e6 / 8
     print(
-        f"\n== upstream throttled to {args.throttle_mbit:g} Mbit/s, {blob.size // MiB} MiB blob =="
+        f"\n== upstream throttled to {args.throttle_mbit:g} Mbit/s, {blob.size // MiB} MiB blob, "
+        f"{args.rounds} round(s) =="
     )
     upstream = start_registry(services, "upstream-throttled", data.storage)
     proxy = ThrottleProxy(upstream.port, rate)
     proxy.start()
+    warmed = services.workdir / "throttle-warmed"
     try:
         print(f"  wire time of the blob at that rate: {blob.size / rate:.1f} s")
-        direct = curl_get(proxy.url + blob.path)
-        check_transfer("through the throttle", direct, blob)
-        print(
-            f"  upstream direct through the throttle: {direct.seconds:.2f} s, "
-            f"{direct.nbytes / MB / direct.seconds:.1f} MB/s"
-        )
-        runs: list[tuple[str, Path, int | None]] = []
-        if warm_cache is not None:
-            runs.append(("Docxy, cache warmed by a previous pull", warm_cache, 4 * args.size))
-        runs.append(("Docxy --no-cache", services.workdir / "nocache", None))
-        for label, cache, max_size in runs:
-            docxy = start_docxy(services, "docxy-throttled", proxy.url, cache, max_size)
+        if warm_cache is not None and blob.size == args.size:
+            shutil.copytree(warm_cache, warmed)  # a cache a previous pull filled
+        else:
+            warm = start_docxy(services, "docxy-warming", upstream.url, warmed, 4 * blob.size)
             try:
-                sample = timed_get(docxy, upstream, blob)
+                check_transfer("warming", curl_get(warm.url + blob.path), blob)
             finally:
-                services.stop(docxy)
+                services.stop(warm)
+        runs: dict[str, list[Sample]] = {"upstream direct through the throttle": []}
+        for round_no in range(args.rounds):
+            direct = curl_get(proxy.url + blob.path)
+            check_transfer("through the throttle", direct, blob)
+            runs["upstream direct through the throttle"].append(
+                Sample(direct.seconds, direct.nbytes, 0.0, 1)
+            )
+            cases: list[tuple[str, Path, int | None]] = [
+                ("Docxy, cache warmed by a previous pull", warmed, 4 * blob.size),
+                ("Docxy --no-cache", services.workdir / "nocache", None),
+            ]
+            for label, cache, max_size in cases:
+                docxy = start_docxy(services, "docxy-throttled", proxy.url, cache, max_size)
+                try:
+                    sample = timed_get(docxy, upstream, blob)
+                finally:
+                    services.stop(docxy)
+                runs.setdefault(label, []).append(sample)
+                print(
+                    f"  round {round_no + 1} {label}: {sample.seconds:.2f} s, "
+                    f"{sample.upstream_gets} upstream GETs of the blob",
+                    flush=True,
+                )
+        print(f"  median [min-max] over {args.rounds} round(s):")
+        for label, samples in runs.items():
             print(
-                f"  {label}: {sample.seconds:.2f} s, {sample.mbps:.1f} MB/s, "
-                f"{sample.upstream_gets} upstream GETs of the blob"
+                f"  {label}: {spread([s.seconds for s in samples], '.2f')} s, "
+                f"{spread([s.mbps for s in samples], '.1f')} MB/s, "
+                f"{spread([s.upstream_gets for s in samples], 'g')} upstream GETs of the blob"
             )
     finally:
         proxy.stop()
         services.stop(upstream)
+        shutil.rmtree(warmed, ignore_errors=True)
 
 
 # --- section 6: docker pull through a mirror, upstream throttled -----------------------------
@@ -1056,7 +1243,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warm", type=int, default=2, help="warm GETs per round (2)")
     parser.add_argument("--clients", type=int, help="concurrent clients for RSS (50; quick 10)")
     parser.add_argument("--client-mib", type=int, help="blob per client, MiB (256; quick 32)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)",
+    )
     parser.add_argument("--throttle-mbit", type=float, default=100.0)
+    parser.add_argument("--throttle-mib", type=int, help="throttled blob (default: --size-mib)")
     parser.add_argument("--skip-crowd", action="store_true")
     parser.add_argument("--skip-throttle", action="store_true")
     parser.add_argument(
@@ -1074,6 +1267,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.clients = args.clients or (10 if quick else 50)
     args.client_mib = args.client_mib or (32 if quick else 256)
     args.pull_mib = args.pull_mib or (128 if quick else 1024)
+    args.throttle_size = args.throttle_mib * MiB if args.throttle_mib else args.size
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    args.variant_list = [VARIANTS[name] for name in args.variants.split(",")]
     return args
 
 
@@ -1127,19 +1325,23 @@ def run(args: argparse.Namespace, services: Services) -> None:
     print(f"  load average at start: {loadavg()}; blobs in {args.data_dir}")
     blob = data.ensure("main", args.size)
     upstream = start_registry(services, "upstream", data.storage)
-    bench = Bench(args, services, data)
+    bench = Bench(args, services, data, Tls.make(services.workdir))
     print(
-        f"\n== {blob.size // MiB} MiB blob, {args.rounds} round(s): 1 cold + {args.warm} warm "
-        "GETs per peer each; curl -o /dev/null; MB = 10^6 bytes =="
+        f"\n== {blob.size // MiB} MiB blob, {args.rounds} round(s) of "
+        f"{', '.join(v.name for v in args.variant_list)}: 1 cold + {args.warm} warm GETs per "
+        "peer each; curl -o /dev/null; MB = 10^6 bytes =="
     )
     for round_no in range(args.rounds):
-        bench.round(upstream, blob, round_no)
+        for variant in args.variant_list:
+            bench.round(upstream, blob, round_no, variant)
     services.stop(upstream)
     print(
-        f"\nmedian [min-max] over {args.rounds} round(s); CPU = serving process tree; "
-        "up GETs = upstream GETs of the blob per cold + per warm request"
+        f"\nmedian [min-max] over {args.rounds} round(s) (ratio to Distribution's median); "
+        "CPU = serving process tree; up GETs = upstream GETs of the blob per cold + per warm "
+        f"request; blob {blob.digest} ({blob.size // MiB} MiB)"
     )
-    print_table(bench.results, blob)
+    for variant, results in bench.results.items():
+        print_table(results, variant)
     print_ratios(bench.results)
     if not args.skip_crowd:
         crowd_section(args, services, data)
@@ -1155,6 +1357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     require("docker-registry", "apt-get install docker-registry")
     require("nginx", "apt-get install -y nginx-light")
     require("curl", "apt-get install curl")
+    if any(v.one_core for v in args.variant_list):
+        require("taskset", "apt-get install util-linux")
     args.data_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="docxy-bench-"))
     services = Services(workdir)

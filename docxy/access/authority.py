@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from docxy.access.gate import AccessControl, Refusal, basic_credentials
+from docxy.access.gate import USERS_UNREADABLE, AccessControl, Refusal, basic_credentials
 from docxy.access.scopes import grant, parse_scopes
 from docxy.access.tokens import issue
 from docxy.access.users import UsersFileError
@@ -48,7 +48,7 @@ def issue_token(
         known = access.users.check(user, password)
     except UsersFileError as exc:
         log.error("users file: %s", exc)
-        return Refusal(503, "UNAVAILABLE", "the mirror cannot read its users file")
+        return USERS_UNREADABLE
     if not known:
         log.info("token refused: bad credentials")  # never the name tried or the password
         return Refusal(401, "UNAUTHORIZED", BAD_CREDENTIALS, 'Basic realm="docxy"')

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from docxy.access.users import valid_name
 from docxy.tls.context import write_files_atomic
 
+log = logging.getLogger(__name__)
+
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 CLIENTS = "clients.json"
 CA_DAYS = 3650
 CLIENT_DAYS = 825
+
+
+class ClientsFileError(ValueError):
+    """``clients.json`` is not a client list (edited by hand?); the message names the file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +108,16 @@ class ClientCA:
 
     def entries(self) -> dict[str, ClientEntry]:
         try:
-            data = json.loads(self.clients_path.read_text())
+            text = self.clients_path.read_text()
         except FileNotFoundError:
             return {}
-        return {name: ClientEntry(name, e["serial"], e["not_after"]) for name, e in data.items()}
+        try:
+            data = json.loads(text)
+            return {n: ClientEntry(n, e["serial"], e["not_after"]) for n, e in data.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ClientsFileError(
+                f"{self.clients_path}: not a client list ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _save(self, entries: dict[str, ClientEntry]) -> None:
         data = {e.name: {"serial": e.serial, "not_after": e.not_after} for e in entries.values()}
@@ -172,6 +185,11 @@ class ClientCA:
         except FileNotFoundError:
             return {}
         if sig != self._clients_sig:
-            self._by_serial = {e.serial: e for e in self.entries().values()}
+            try:
+                entries = self.entries()
+            except ClientsFileError as exc:  # fail closed, logged once per change of the file
+                log.error("%s; no client certificate is honoured until it is fixed", exc)
+                entries = {}
+            self._by_serial = {e.serial: e for e in entries.values()}
             self._clients_sig = sig
         return self._by_serial

@@ -23,7 +23,7 @@ from docxy.access.keys import KeyRing
 from docxy.access.peer import peer_certificate
 from docxy.access.scopes import allows
 from docxy.access.tokens import TokenInvalid, TokenSpec, verify
-from docxy.access.users import UsersFile
+from docxy.access.users import UsersFile, UsersFileError
 from docxy.config import Config
 from docxy.core.challenge import Challenge
 from docxy.core.names import upstream_name
@@ -50,6 +50,11 @@ class Refusal:
         if self.challenge is not None:
             headers.append(("WWW-Authenticate", self.challenge))
         return headers
+
+
+#: The users file cannot be read or parsed (edited by hand?): nobody's password or token can
+#: be checked, so nothing is served; the log says why.
+USERS_UNREADABLE = Refusal(503, "UNAVAILABLE", "the mirror cannot read its users file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +151,12 @@ class AccessControl:
             claims = verify(self.keys, self.spec, token)
         except TokenInvalid as exc:
             return self._refuse(repository, f"token {exc}", "invalid_token")
-        if not self.users.exists(claims.user):
+        try:
+            known = self.users.exists(claims.user)
+        except UsersFileError as exc:
+            log.error("users file: %s", exc)
+            return Decision(ANONYMOUS, USERS_UNREADABLE, forward_credentials=False)
+        if not known:
             return self._refuse(repository, "token of a removed user", "invalid_token")
         identity = ClientIdentity(Via.TOKEN, claims.user)
         if repository is not None and not allows(claims.access, repository, "pull", self.normal):

@@ -373,18 +373,20 @@ class DiskBlobStore:
         plan = plan_eviction(self._index.values(), images, need, lambda d: self._pins[d] > 0)
         if plan.images and self.catalog is not None:
             self.catalog.forget_images(plan.images)  # first: no manifest outlives its blobs
-        for entry in plan.blobs:
+        for entry in plan.blobs:  # no image the plan keeps needs these: no catalogue check
             _unlink(entry.path)
-            self._forget(entry)
+            self._forget(entry, planned=True)
             self.evicted += 1
             self.evicted_bytes += entry.size
             log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
         return plan.freed >= need
 
-    def _forget(self, entry: BlobEntry) -> None:
+    def _forget(self, entry: BlobEntry, *, planned: bool = False) -> None:
+        """Drop ``entry`` from the index; unless an eviction plan already forgot every image
+        needing it (``planned``), the catalogue forgets them now."""
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
-            if self.catalog is not None:
+            if self.catalog is not None and not planned:
                 self.catalog.blob_gone(entry.digest)  # images needing it are no longer offered
 
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------

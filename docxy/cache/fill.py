@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Bytes buffered by a writer before one write+hash round trip to a worker thread.
 WRITE_BUFFER = 512 * 1024
+#: Bytes written between two background syncs of the temp file ("sync behind"): the commit's
+#: own sync, which the clients' last byte waits for, then only has the tail left to flush.
+SYNC_BEHIND = 32 * 1024 * 1024
 
 
 class FillState(enum.Enum):
@@ -107,6 +110,9 @@ class BlobWriter:
         self._pending_len = 0
         self._count = 0
         self._hash = fill.digest.hasher()
+        self._sync_behind = SYNC_BEHIND
+        self._synced_from = 0  # bytes written when the latest background sync started
+        self._sync: asyncio.Future[OSError | None] | None = None
         self._finished = False
         self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
 
@@ -162,6 +168,20 @@ class BlobWriter:
             self.fill.written += nbytes
             self._host.fill_grew(self.fill, nbytes)
             self.fill.notify()
+            self._start_sync_behind()
+
+    def _start_sync_behind(self) -> None:
+        """Flush what is written so far in the background, one sync at a time.
+
+        The sync gets its own descriptor: an abort may close the writer's while it runs.
+        """
+        if self._fd is None or self.fill.written - self._synced_from < self._sync_behind:
+            return
+        if self._sync is not None and not self._sync.done():
+            return
+        self._synced_from = self.fill.written
+        loop = asyncio.get_running_loop()
+        self._sync = loop.run_in_executor(None, _sync_behind, os.dup(self._fd))
 
     def _hash_and_write(self, chunks: list[bytes], fd: int | None) -> OSError | None:
         for chunk in chunks:
@@ -200,6 +220,12 @@ class BlobWriter:
         if not self.caching:
             self._finish()
             return None
+        if self._sync is not None:  # an error seen there is not reported again to the last sync
+            error = await asyncio.shield(self._sync)
+            if error is not None:
+                self._stop_caching(error)
+                self._finish()
+                return None
         fd = self._take_fd()
         assert fd is not None  # caching implies an open temp file
         try:
@@ -351,6 +377,17 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             log.warning("blob %s: fill failed: %s: %s", writer.digest, type(exc).__name__, exc)
         finally:
             await download.close()
+
+
+def _sync_behind(fd: int) -> OSError | None:
+    """Flush a temp file's data written so far through ``fd`` (a dup), then close it."""
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        os.close(fd)
+    return None
 
 
 def _sync_and_close(fd: int) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -77,12 +77,16 @@ def columns(rows: Iterable[tuple[str, ...]]) -> list[str]:
     ]
 
 
-def tag_rows(tags: Iterable[TagEntry], now: float) -> list[tuple[str, ...]]:
+def tag_rows(
+    tags: Iterable[TagEntry], now: float, names: Mapping[str, str] | None = None
+) -> list[tuple[str, ...]]:
+    """One row per cached tag; ``names`` shows an upstream's host (the store's key) by name."""
+    names = names or {}
     ordered = sorted(tags, key=lambda t: (t.repo.upstream, t.repo.repo, t.tag))
     return [
         (
             "tag",
-            t.repo.upstream,
+            names.get(t.repo.upstream, t.repo.upstream),
             f"{t.repo.repo}:{t.tag}",
             str(t.digest),
             human_age(now - t.fetched_at),
@@ -171,10 +175,20 @@ def upstream_host(config: Config) -> str:
     return urlsplit(config.upstream.registry).netloc
 
 
+def upstream_names(config: Config) -> dict[str, str]:
+    """The store's key of each configured upstream (its registry's host) → its name."""
+    return {urlsplit(u.registry).netloc: u.name for u in config.upstreams}
+
+
 def repo_key(image: ImageRef, config: Config) -> RepoKey:
-    """Where the mirror keeps ``image``: Docker Hub names live under the configured upstream."""
-    host = upstream_host(config) if image.on_hub() else str(image.domain)
-    return RepoKey(host, image.name)
+    """Where the mirror keeps ``image``: Docker Hub names live under the configured upstream,
+    ``ghcr.io/owner/img`` under the upstream named ghcr.io when there is one."""
+    if image.on_hub():
+        return RepoKey(upstream_host(config), image.name)
+    for upstream in config.upstreams:
+        if upstream.name == image.domain:
+            return RepoKey(urlsplit(upstream.registry).netloc, image.name)
+    return RepoKey(str(image.domain), image.name)
 
 
 # --- the commands -------------------------------------------------------------------------
@@ -184,7 +198,9 @@ def cmd_ls(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
     now = time.time()
     rows: list[tuple[str, ...]] = []
     if not args.blobs_only:
-        rows.extend(tag_rows(cache.manifests.list_tags(), now))
+        rows.extend(
+            tag_rows(cache.manifests.list_tags(), now, getattr(args, "upstream_names", None))
+        )
     lines = columns(rows)
     if not args.tags_only:
         lines.extend(columns(blob_rows(cache.blobs.list_entries(), now)))
@@ -344,6 +360,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         print(f"docxy cache: cannot read {directory}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.cache_command == "ls":
+        args.upstream_names = upstream_names(config)
         return cmd_ls(cache, args, out)
     if args.cache_command == "du":
         return cmd_du(cache, args, out)

@@ -26,6 +26,7 @@ FLAG_KEYS = {
     "public_url": "server.public_url",
     "upstream": "upstream.registry",
     "auth_realm": "upstream.auth_realm",
+    "upstreams": "upstreams",
     "cert": "tls.cert_path",
     "key": "tls.key_path",
     "cache_dir": "cache.dir",
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", metavar="URL", help="the URL clients reach the mirror at")
     serve.add_argument("--upstream", metavar="URL", help="upstream registry base URL")
     serve.add_argument("--auth-realm", metavar="URL", help="upstream token service")
+    serve.add_argument(
+        "--upstreams",
+        metavar="NAME[=URL],...",
+        help="more upstreams: presets (ghcr.io, quay.io, ...) or NAME=URL",
+    )
     serve.add_argument(
         "--no-library-prefix",
         action="store_true",

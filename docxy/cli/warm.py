@@ -318,7 +318,8 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         mirror = args.mirror or config.server.public_url
         credentials = _credentials(args)
         prefix = config.upstream.library_prefix
-        images = [_hub_image(text, library_prefix=prefix) for text in args.images]
+        names = [upstream.name for upstream in config.upstreams]
+        images = [_mirror_image(text, names, library_prefix=prefix) for text in args.images]
         if args.platform != "all" and not re.fullmatch(
             r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", args.platform
         ):
@@ -337,15 +338,19 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         return warm_all(Warmer(client, args.platform), images, sys.stdout)
 
 
-def _hub_image(text: str, *, library_prefix: bool) -> ImageRef:
-    """The image as the mirror names it: ``library/`` added only if ``upstream.library_prefix``."""
+def _mirror_image(text: str, upstreams: list[str], *, library_prefix: bool) -> ImageRef:
+    """The image as the mirror names it: ``library/`` added only if ``upstream.library_prefix``;
+    ``ghcr.io/owner/img`` by path prefix when ``ghcr.io`` is one of the configured upstreams."""
     image = parse_image_ref(text, library_prefix=library_prefix)
-    if not image.on_hub():
-        raise ValueError(
-            f"{text!r}: the mirror pulls from its own upstream; name the image without "
-            f"a registry ({image.name})"
-        )
-    return image
+    if image.on_hub():
+        return image
+    if image.domain in upstreams:
+        return ImageRef(None, f"{image.domain}/{image.name}", image.tag, image.digest)
+    known = ", ".join(["docker.io", *upstreams])
+    raise ValueError(
+        f"{text!r}: {image.domain} is not one of the mirror's upstreams ({known}); "
+        f"configure it under upstreams, or name the image without a registry"
+    )
 
 
 def _credentials(args: argparse.Namespace) -> tuple[str, str] | None:

@@ -55,8 +55,14 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme, params)
 
 
-def rewrite_challenge(header: str, realm: str, library_prefix: bool) -> str:
-    """Point a Bearer challenge at the mirror's token endpoint; other schemes pass unchanged."""
+def rewrite_challenge(
+    header: str, realm: str, library_prefix: bool, *, prefix: str | None = None
+) -> str:
+    """Point a Bearer challenge at the mirror's token endpoint; other schemes pass unchanged.
+
+    ``prefix`` (``ghcr.io``) is put back in front of scope names for a client that pulls by
+    path prefix, so the scope names the repository the way the client does.
+    """
     challenge = parse_challenge(header)
     if challenge is None or challenge.scheme.lower() != "bearer":
         return header
@@ -64,9 +70,39 @@ def rewrite_challenge(header: str, realm: str, library_prefix: bool) -> str:
     params["realm"] = realm
     if "scope" in params:
         params["scope"] = " ".join(
-            rewrite_scope(s, library_prefix) for s in params["scope"].split()
+            prefix_scope(rewrite_scope(s, library_prefix), prefix) for s in params["scope"].split()
         )
     return Challenge("Bearer", params).render()
+
+
+def _repository_scope(scope: str) -> tuple[str, str] | None:
+    """``repository:a/b:pull`` → (``a/b``, ``pull``); None for other scopes."""
+    parts = scope.split(":")
+    if len(parts) < 3 or parts[0] != "repository":
+        return None
+    return ":".join(parts[1:-1]), parts[-1]
+
+
+def scope_repository(scope: str) -> str | None:
+    """The repository a ``repository:<name>:<actions>`` scope names, else None."""
+    found = _repository_scope(scope)
+    return found[0] if found is not None else None
+
+
+def prefix_scope(scope: str, prefix: str | None) -> str:
+    """``repository:owner/img:pull`` → ``repository:ghcr.io/owner/img:pull``."""
+    found = _repository_scope(scope)
+    if prefix is None or found is None or not found[0]:
+        return scope
+    return f"repository:{prefix}/{found[0]}:{found[1]}"
+
+
+def unprefix_scope(scope: str, prefix: str) -> str:
+    """``repository:ghcr.io/owner/img:pull`` → ``repository:owner/img:pull``; others unchanged."""
+    found = _repository_scope(scope)
+    if found is None or not found[0].startswith(prefix + "/"):
+        return scope
+    return f"repository:{found[0][len(prefix) + 1 :]}:{found[1]}"
 
 
 def rewrite_scope(scope: str, library_prefix: bool) -> str:

@@ -24,11 +24,11 @@ from werkzeug.datastructures import Headers
 from docxy.access.authority import Issued, issue_token
 from docxy.access.gate import Refusal, basic_credentials
 from docxy.access.identity import ClientIdentity, Via, set_identity
-from docxy.core.challenge import rewrite_scope
+from docxy.core.challenge import rewrite_scope, unprefix_scope
 from docxy.core.errors import NotFound, UpstreamError
 from docxy.http.routes import request_facts
 from docxy.http.state import mirror_state
-from docxy.upstream.client import read_small
+from docxy.upstream.client import Upstream, read_small
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +41,32 @@ FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offli
 
 
 def token_params(
-    args: list[tuple[str, str]], library_prefix: bool, service: str | None = None
+    args: list[tuple[str, str]],
+    library_prefix: bool,
+    service: str | None = None,
+    *,
+    prefix: str | None = None,
+    own_service: bool = False,
 ) -> httpx.QueryParams:
     """The query to send to the upstream realm: known parameters only, scopes rewritten.
 
     ``service`` (the upstream's own, from its challenge) is added when the client sent none:
     a challenge the mirror answered offline, before it ever saw the upstream, names none.
+    ``own_service`` puts it in place of the client's (which may be another upstream's, from
+    the mirror's ``/v2/``). ``prefix`` (the upstream's name) comes off scope names first.
     """
     params: list[tuple[str, str | int | float | bool | None]] = []
-    if service and not any(key == "service" for key, _ in args):
+    if service and (own_service or not any(key == "service" for key, _ in args)):
         params.append(("service", service))
     for key, value in args:
-        if key not in FORWARDED_PARAMS:
+        if key not in FORWARDED_PARAMS or (key == "service" and own_service):
             continue
         if key == "scope":
-            value = " ".join(rewrite_scope(s, library_prefix) for s in value.split(" ") if s)
+            value = " ".join(
+                rewrite_scope(unprefix_scope(s, prefix) if prefix else s, library_prefix)
+                for s in value.split(" ")
+                if s
+            )
         params.append((key, value))
     return httpx.QueryParams(params)
 
@@ -79,6 +90,10 @@ def offline_token(reason: str) -> Response:
             f"cannot check credentials now: the upstream's token service is unavailable ({reason})"
         )
     log.warning("upstream token service unavailable (%s): issuing an offline token", reason)
+    return offline_token_body()
+
+
+def offline_token_body() -> Response:
     issued = datetime.now(UTC)
     body = {
         "token": OFFLINE_TOKEN,
@@ -91,6 +106,25 @@ def offline_token(reason: str) -> Response:
     return response
 
 
+def mirror_only_token(name: str) -> Response:
+    """For an upstream without token auth, reached through a challenge that asks for a token
+    (the mirror's ``/v2/`` speaks for ``[upstream]``): a token that grants nothing upstream,
+    so the client goes on and the mirror fetches with its own credentials."""
+    log.info("token asked for %s, which has no token service: a mirror-only token", name)
+    return offline_token_body()
+
+
+def credentials_go_to(upstream: Upstream, named: str | None) -> bool:
+    """Whether the client's credentials may go to ``upstream``'s token service.
+
+    Only to the upstream whose challenge sent the client here: the one its realm names
+    (``?upstream=``), or ``[upstream]`` for the plain realm. A client pulling
+    ``mirror/ghcr.io/owner/img`` got the plain realm from the mirror's ``/v2/``, and its login
+    for the mirror's name is not ghcr.io's: that token request goes anonymous.
+    """
+    return named is not None or upstream.is_default
+
+
 @blueprint.route("/auth/token", methods=["GET"])
 async def token() -> Response:
     state = mirror_state()
@@ -99,24 +133,29 @@ async def token() -> Response:
         forward = access.upstream_logins and access.certificate_client() is not None
         if not forward or _is_mirror_user(request.headers.get("Authorization")):
             return await _own_token(request.headers.get("Authorization"))
-    upstream = state.upstream_for(request.args.get("ns"))
+    named = request.args.get("upstream")
+    upstream = state.upstreams.for_token(named, request.args.getlist("scope"))
     try:
         realm = await state.client.auth_realm(upstream)
     except UpstreamError as exc:
         if state.cache is None:
             raise
         return offline_token(exc.message)
+    if realm is None and not upstream.is_default:
+        return mirror_only_token(upstream.name)
     if realm is None:
         raise NotFound("the upstream registry does not use token authentication")
     headers = []
     authorization = request.headers.get("Authorization")
-    if authorization is not None:
+    if authorization is not None and credentials_go_to(upstream, named):
         headers.append(("Authorization", authorization))
     known = state.client.known_challenge(upstream)
     params = token_params(
         list(request.args.items(multi=True)),
         upstream.library_prefix,
         known.service if known is not None else None,
+        prefix=upstream.name,
+        own_service=not upstream.is_default,
     )
     try:
         answer = await state.client.send(upstream, "GET", realm, headers, params=params)

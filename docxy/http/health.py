@@ -10,6 +10,7 @@ from quart import Blueprint, Response, jsonify
 from docxy import __version__
 from docxy.core.errors import UpstreamError
 from docxy.http.state import MirrorState, mirror_state
+from docxy.upstream.client import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -18,14 +19,20 @@ blueprint = Blueprint("health", __name__)
 PROBE_INTERVAL = 60.0
 
 
-def health_report(state: MirrorState) -> dict[str, object]:
-    upstream = state.upstream
+def _upstream_report(state: MirrorState, upstream: Upstream) -> tuple[bool, dict[str, object]]:
     seen = state.client.health_of(upstream) if state.services is not None else None
     healthy = seen is None or seen.healthy is not False
+    return healthy, {"registry": upstream.registry, **(seen.as_dict() if seen else {})}
+
+
+def health_report(state: MirrorState) -> dict[str, object]:
+    """``upstream`` is ``[upstream]``; ``upstreams`` has every upstream by name, it included."""
+    reports = {u.name: _upstream_report(state, u) for u in state.upstreams.all()}
     report: dict[str, object] = {
-        "status": "ok" if healthy else "degraded",
+        "status": "ok" if all(ok for ok, _ in reports.values()) else "degraded",
         "version": __version__,
-        "upstream": {"registry": upstream.registry, **(seen.as_dict() if seen else {})},
+        "upstream": reports[state.upstream.name][1],
+        "upstreams": {name: shown for name, (_, shown) in reports.items()},
     }
     if state.cache is not None:
         usage = state.cache.blobs.usage()
@@ -42,16 +49,24 @@ def health_report(state: MirrorState) -> dict[str, object]:
 
 @blueprint.route("/health", methods=["GET", "HEAD"])
 async def health() -> Response:
-    response = jsonify(health_report(mirror_state()))
+    """The full report; with ``auth.mode = users`` only ``status`` and ``version`` (the public
+    listener then tells strangers nothing about the upstreams: the admin listener's
+    ``/status.json`` has the rest)."""
+    state = mirror_state()
+    report = health_report(state)
+    if state.access is not None and state.access.users_mode:
+        report = {key: report[key] for key in ("status", "version")}
+    response = jsonify(report)
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 async def probe_upstream(state: MirrorState, interval: float = PROBE_INTERVAL) -> None:
-    """Ask the upstream's ``/v2/`` now and then (free against pull limits) so health is fresh."""
+    """Ask each upstream's ``/v2/`` now and then (free against pull limits): fresh health."""
     while True:
-        try:
-            await state.client.challenge(state.upstream, refresh=True)
-        except UpstreamError as exc:
-            log.warning("upstream %s in trouble: %s", state.upstream.host, exc.message)
+        for upstream in state.upstreams.all():
+            try:
+                await state.client.challenge(upstream, refresh=True)
+            except UpstreamError as exc:
+                log.warning("upstream %s in trouble: %s", upstream.name, exc.message)
         await asyncio.sleep(interval)

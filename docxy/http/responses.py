@@ -131,16 +131,25 @@ async def _closed(upstream: httpx.Response) -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-def relay(upstream: httpx.Response, *, method: str, realm: str, library_prefix: bool) -> Response:
+def relay(
+    upstream: httpx.Response,
+    *,
+    method: str,
+    realm: str,
+    library_prefix: bool,
+    prefix: str | None = None,
+) -> Response:
     """A streaming response mirroring ``upstream``.
 
     ``Content-Length`` is the upstream's, also for HEAD (an empty generator body keeps Quart
-    from rewriting it to 0). A Bearer challenge is re-pointed at the mirror's token endpoint.
+    from rewriting it to 0). A Bearer challenge is re-pointed at the mirror's token endpoint,
+    its scopes named as the client names the repository (``prefix``, if it used one).
     """
     headers = response_headers(upstream.headers.multi_items())
     challenge = upstream.headers.get("www-authenticate")
     if challenge is not None:
-        headers.append(("WWW-Authenticate", rewrite_challenge(challenge, realm, library_prefix)))
+        rewritten = rewrite_challenge(challenge, realm, library_prefix, prefix=prefix)
+        headers.append(("WWW-Authenticate", rewritten))
     body = _closed(upstream) if method == "HEAD" else _relayed(upstream)
     response = registry_response(body, upstream.status_code, headers, streamed=True)
     if "content-type" not in upstream.headers:

@@ -21,7 +21,8 @@ from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.http.responses import registry_response, relay, served_response, unauthorized
 from docxy.http.state import MirrorState, mirror_state
 from docxy.pull.outcome import Outcome, PassThrough, Pull, Reason, Source
-from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
+from docxy.upstream.client import SERVER_TROUBLE, read_small
+from docxy.upstream.routing import Route
 
 blueprint = Blueprint("registry", __name__)
 
@@ -45,9 +46,10 @@ def _raw_path() -> str:
     return request.path
 
 
-def _upstream(state: MirrorState) -> Upstream:
-    """The upstream this request is for: the one place that chooses it."""
-    return state.upstream_for(request.args.get("ns"))
+def _route(state: MirrorState, name: str = "") -> Route:
+    """The upstream this request is for (``?ns=``, host name, path prefix): the one place that
+    chooses it. An unknown one is refused here, before anything is sent."""
+    return state.route(name, ns=request.args.get("ns"), host=request.headers.get("Host"))
 
 
 @blueprint.route("/v2", methods=ALL_METHODS)
@@ -62,7 +64,8 @@ async def ping() -> Response:
     state = mirror_state()
     if state.access is not None and state.access.users_mode:
         return registry_response(b"{}", 200, JSON)  # the mirror is the authority: no upstream
-    upstream = _upstream(state)
+    upstream = _route(state).upstream
+    realm = state.token_realm_for(upstream)
     try:
         answer = await state.client.send(
             upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
@@ -77,14 +80,14 @@ async def ping() -> Response:
         # mirror's own endpoint, which answers offline too. The upstream's service name only
         # if it was ever seen: never a guess (/auth/token fills it in).
         known = state.client.known_challenge(upstream)
-        params = {"realm": state.token_realm}
+        params = {"realm": realm}
         if known is not None and known.service:
             params["service"] = known.service
         return unauthorized(Challenge("Bearer", params).render())
     if answer.status_code == 401:
         challenge = answer.headers.get("www-authenticate")
         if challenge is not None:
-            challenge = rewrite_challenge(challenge, state.token_realm, upstream.library_prefix)
+            challenge = rewrite_challenge(challenge, realm, upstream.library_prefix)
         return unauthorized(challenge)
     if answer.status_code >= 400:
         return registry_response(body or b"{}", answer.status_code, JSON)
@@ -104,7 +107,8 @@ async def content(rest: str) -> Response:
     if refused is not None:
         return refused
     state = mirror_state()
-    pull = _pull(state, reference)
+    route = _route(state, reference.name)
+    pull = _pull(route, reference)
     services = state.running
     started = time.monotonic()
     outcome: Outcome | None = None
@@ -114,7 +118,7 @@ async def content(rest: str) -> Response:
         else:
             outcome = await services.manifests.get(pull)
         if isinstance(outcome, PassThrough):
-            return await _pass_through(state, pull)
+            return await _pass_through(state, pull, route)
         return served_response(outcome)
     finally:
         _record(state, pull, outcome, started)
@@ -136,11 +140,11 @@ def _access(repository: str | None) -> Response | None:
     return registry_response(refusal.body(), refusal.status, refusal.headers())
 
 
-def _pull(state: MirrorState, reference: Reference) -> Pull:
-    upstream = _upstream(state)
+def _pull(route: Route, reference: Reference) -> Pull:
+    upstream = route.upstream
     return Pull(
         upstream,
-        upstream_name(reference.name, upstream.library_prefix),
+        upstream_name(route.name, upstream.library_prefix),
         reference,
         request.method,
         tuple(request.headers.getlist("Accept")),
@@ -148,7 +152,7 @@ def _pull(state: MirrorState, reference: Reference) -> Pull:
     )
 
 
-async def _pass_through(state: MirrorState, pull: Pull) -> Response:
+async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Response:
     """Send the request upstream with the client's own headers; relay the answer."""
     headers = request_headers(request.headers.items())
     if not request_facts().get("forward_credentials", True):  # the mirror's token stays here
@@ -158,8 +162,9 @@ async def _pass_through(state: MirrorState, pull: Pull) -> Response:
     return relay(
         answer,
         method=pull.method,
-        realm=state.token_realm,
+        realm=state.token_realm_for(pull.upstream),
         library_prefix=pull.upstream.library_prefix,
+        prefix=route.prefix,
     )
 
 

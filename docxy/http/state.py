@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from quart import Quart, current_app
 
@@ -18,6 +19,7 @@ from docxy.edge.fills import FillPermits
 from docxy.pull.blobs import BlobService
 from docxy.pull.manifests import ManifestService
 from docxy.upstream.client import Upstream, UpstreamClient
+from docxy.upstream.routing import Route, Upstreams
 from docxy.upstream.tokens import MirrorTokens
 
 
@@ -39,16 +41,26 @@ class MirrorState:
     services: Services | None = None
     access: AccessControl | None = None  # users mode or client certificates (docxy.access)
     extras: dict[str, Any] = field(default_factory=dict)
+    upstreams: Upstreams = field(init=False)
+
+    def __post_init__(self) -> None:
+        others = [Upstream.from_config(named) for named in self.config.upstreams]
+        self.upstreams = Upstreams(self.upstream, others)
 
     @property
     def token_realm(self) -> str:
         """The realm the mirror advertises: always built from the configured public URL."""
         return self.config.server.public_url + "/auth/token"
 
-    def upstream_for(self, namespace: str | None = None) -> Upstream:
-        """The upstream serving a request. One today; chosen by host, prefix or ``?ns=`` later."""
-        del namespace
-        return self.upstream
+    def token_realm_for(self, upstream: Upstream) -> str:
+        """The realm for one upstream's challenges: the same endpoint, naming the upstream."""
+        if upstream.is_default:
+            return self.token_realm
+        return f"{self.token_realm}?upstream={quote(upstream.name, safe='')}"
+
+    def route(self, name: str, *, ns: str | None, host: str | None) -> Route:
+        """The upstream for a request: by ``?ns=``, the mirror host name, or a path prefix."""
+        return self.upstreams.route(name, ns=ns, host=host)
 
     def open(self, client: UpstreamClient) -> Services:
         """Build the pull path around ``client`` (when the app starts serving)."""

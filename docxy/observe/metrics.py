@@ -192,6 +192,10 @@ def _gauge(name: str, doc: str, value: float | None, labels: Labels = None) -> M
     return family
 
 
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def _counter(name: str, doc: str, value: float, labels: Labels = None) -> Metric:
     family = CounterMetricFamily(name, doc, labels=list(labels or {}))
     family.add_metric(list((labels or {}).values()), value)
@@ -254,37 +258,34 @@ class MirrorCollector(Collector):
         )
 
     def _upstream(self) -> Iterator[Metric]:
+        """One sample per configured upstream, labelled with its registry's host."""
         if self.state.services is None:
             return
         client = self.state.services.client
-        upstream = self.state.upstream
-        host = {"upstream": upstream.host}
-        health = client.health_of(upstream)
-        up = None if health.reachable is None else float(health.reachable)
-        yield _gauge("docxy_upstream_up", "1 if the upstream's last answer got through.", up, host)
-        yield _gauge(
+        upstreams = [(u, client.health_of(u)) for u in self.state.upstreams.all()]
+        label = ["upstream"]
+        up = GaugeMetricFamily(
+            "docxy_upstream_up", "1 if the upstream's last answer got through.", labels=label
+        )
+        remaining = GaugeMetricFamily(
             "docxy_upstream_ratelimit_remaining",
             "The upstream's last ratelimit-remaining header (Docker Hub pulls left).",
-            leading_number(health.ratelimit_remaining),
-            host,
+            labels=label,
         )
-        yield _gauge(
+        limit = GaugeMetricFamily(
             "docxy_upstream_ratelimit_limit",
             "The upstream's last ratelimit-limit header.",
-            leading_number(health.ratelimit_limit),
-            host,
+            labels=label,
         )
-        yield _gauge(
+        last_ok = GaugeMetricFamily(
             "docxy_upstream_last_success_timestamp_seconds",
             "When the upstream last answered.",
-            health.last_ok,
-            host,
+            labels=label,
         )
-        yield _counter(
+        stale = CounterMetricFamily(
             "docxy_upstream_stale_served",
             "Cached content served because the upstream failed (stale-if-error).",
-            health.stale_served,
-            host,
+            labels=label,
         )
         errors = CounterMetricFamily(
             "docxy_upstream_errors",
@@ -292,12 +293,21 @@ class MirrorCollector(Collector):
             "rate_limited (429), server_error (5xx).",
             labels=["upstream", "kind"],
         )
-        kinds: Tally[str] = Tally({"timeout": 0, "unreachable": 0})
-        kinds.update(health.failures)
-        kinds.update(self.status_errors)
-        for kind, count in sorted(kinds.items()):
-            errors.add_metric([upstream.host, kind], count)
-        yield errors
+        for upstream, health in upstreams:
+            host = [upstream.host]
+            reachable = None if health.reachable is None else float(health.reachable)
+            up.add_metric(host, _or_nan(reachable))
+            remaining.add_metric(host, _or_nan(leading_number(health.ratelimit_remaining)))
+            limit.add_metric(host, _or_nan(leading_number(health.ratelimit_limit)))
+            last_ok.add_metric(host, _or_nan(health.last_ok))
+            stale.add_metric(host, health.stale_served)
+            kinds: Tally[str] = Tally({"timeout": 0, "unreachable": 0})
+            kinds.update(health.failures)
+            if upstream.is_default:  # 429/5xx answers are counted by the hook, for all at once
+                kinds.update(self.status_errors)
+            for kind, count in sorted(kinds.items()):
+                errors.add_metric([upstream.host, kind], count)
+        yield from (up, remaining, limit, last_ok, stale, errors)
 
     def _certificate(self) -> Iterator[Metric]:
         providers: dict[str, Provider] = self.state.extras.get("health", {})

@@ -107,8 +107,9 @@ class Observer:
         """Upstream failures (timeouts, unreachable) and bad answers (429/5xx), newest first."""
         events = list(self.errors.latest())
         if self.state.services is not None:
-            health = self.state.services.client.health_of(self.state.upstream)
-            events += [ErrorEvent(at, kind, text) for at, kind, text in health.recent_failures]
+            for upstream in self.state.upstreams.all():
+                health = self.state.services.client.health_of(upstream)
+                events += [ErrorEvent(at, kind, text) for at, kind, text in health.recent_failures]
         events.sort(key=lambda event: event.at, reverse=True)
         return events[:limit]
 

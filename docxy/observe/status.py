@@ -119,6 +119,7 @@ def render_page(report: dict[str, Any]) -> str:
     status = str(report.get("status", "unknown"))
     sections = [
         _upstream(report.get("upstream", {})),
+        *_other_upstreams(report.get("upstreams", {})),
         _cache(report.get("cache", {})),
         _traffic(report.get("traffic", {})),
         _certificate(report.get("tls"), report.get("renewal")),
@@ -150,7 +151,16 @@ def _rows(rows: list[tuple[str, str]]) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows) + "</dl>"
 
 
-def _upstream(upstream: dict[str, Any]) -> str:
+def _other_upstreams(upstreams: dict[str, Any]) -> list[str]:
+    """A section per upstream beside ``[upstream]`` (the first section), by name."""
+    others = [(n, u) for n, u in sorted(upstreams.items()) if n != "docker.io" and u]
+    return [
+        _upstream(upstream, f"upstream-{index}", f"Upstream {name}")
+        for index, (name, upstream) in enumerate(others, start=1)
+    ]
+
+
+def _upstream(upstream: dict[str, Any], ident: str = "upstream", title: str = "Upstream") -> str:
     reachable = upstream.get("reachable")
     state = ("not tried yet", "warn")
     if reachable is not None:
@@ -171,8 +181,8 @@ def _upstream(upstream: dict[str, Any]) -> str:
     if upstream.get("stale_served"):
         last = _when(upstream.get("last_stale"))
         rows.append(("served stale", f"{upstream['stale_served']} (last {last})"))
-    badge = f'<span id=upstream-state class="badge {state[1]}">{state[0]}</span>'
-    return _section("upstream", "Upstream", _rows(rows), badge)
+    badge = f'<span id={ident}-state class="badge {state[1]}">{state[0]}</span>'
+    return _section(ident, title, _rows(rows), badge)
 
 
 def _cache(cache: dict[str, Any]) -> str:

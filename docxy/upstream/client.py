@@ -15,13 +15,15 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from docxy import __version__
-from docxy.config import UpstreamConfig
+from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, parse_challenge
 from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers
+from docxy.upstream.presets import DEFAULT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,29 @@ class Upstream:
     auth_realm: str | None = None
     library_prefix: bool = True
     credentials: tuple[str, str] | None = field(default=None, repr=False)
+    name: str = DEFAULT_NAME  # the path prefix and ?ns= that pick it; [upstream] is docker.io
+    hosts: tuple[str, ...] = ()  # mirror host names that pick it
 
     @classmethod
-    def from_config(cls, config: UpstreamConfig) -> Upstream:
+    def from_config(cls, config: UpstreamConfig | NamedUpstreamConfig) -> Upstream:
         credentials = None
         if config.username is not None and config.password is not None:
             credentials = (config.username, config.password)
+        if isinstance(config, NamedUpstreamConfig):
+            return cls(
+                config.registry,
+                config.auth_realm,
+                config.library_prefix,
+                credentials,
+                config.name,
+                config.hosts,
+            )
         return cls(config.registry, config.auth_realm, config.library_prefix, credentials)
+
+    @property
+    def is_default(self) -> bool:
+        """``[upstream]``: what a request naming no upstream gets."""
+        return self.name == DEFAULT_NAME
 
     @property
     def host(self) -> str:
@@ -132,9 +150,19 @@ def same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
+#: Bytes asked of an upstream connection per read. httpcore asks for 64 KiB, and each read costs
+#: a trip through anyio, httpcore and h11 on the event loop: on a cold pull that was the
+#: bottleneck (#12). Asking for more lets one read take whatever the event loop's transport
+#: holds (up to 256 KiB on plain HTTP; a TLS upstream still yields one 16 KiB record per read).
+UPSTREAM_READ_SIZE = 1024 * 1024
+
+
 def make_http_client(
     config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
+    # httpcore has no setting for its read size; its class attribute is the knob (process-wide,
+    # and this is the process's one upstream client).
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_SIZE
     timeout = httpx.Timeout(
         connect=config.connect_timeout,
         read=config.read_timeout,

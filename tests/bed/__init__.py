@@ -46,6 +46,7 @@ __all__ = [
     "TokenRequest",
     "UpstreamRequest",
     "need_binary",
+    "need_root",
     "need_static_busybox",
     "start_bed",
 ]
@@ -68,6 +69,12 @@ def need_binary(name: str) -> str:
     if path is None:
         _unavailable(f"{name} not found on PATH")
     return path
+
+
+def need_root(reason: str) -> None:
+    """Skip the test unless it runs as root (fail when DOCXY_REQUIRE_E2E=1)."""
+    if os.geteuid() != 0:
+        _unavailable(reason)
 
 
 def _is_static_elf(path: Path) -> bool:

@@ -28,7 +28,28 @@ class TokenAuth:
     rootcertbundle: Path
 
 
-def _config(port: int, storage: Path, auth: TokenAuth) -> str:
+@dataclass(frozen=True)
+class BasicAuth:
+    """htpasswd (bcrypt) Basic auth: a plain private registry without a token service."""
+
+    realm: str
+    htpasswd: Path
+
+
+def _auth(auth: TokenAuth | BasicAuth) -> dict[str, object]:
+    if isinstance(auth, BasicAuth):
+        return {"htpasswd": {"realm": auth.realm, "path": str(auth.htpasswd)}}
+    return {
+        "token": {
+            "realm": auth.realm,
+            "service": auth.service,
+            "issuer": auth.issuer,
+            "rootcertbundle": str(auth.rootcertbundle),
+        }
+    }
+
+
+def _config(port: int, storage: Path, auth: TokenAuth | BasicAuth) -> str:
     # YAML is a superset of JSON, so the config is written as JSON (no YAML library needed).
     config = {
         "version": 0.1,
@@ -39,14 +60,7 @@ def _config(port: int, storage: Path, auth: TokenAuth) -> str:
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": {"addr": f"{LOOPBACK}:{port}", "secret": os.urandom(16).hex()},
-        "auth": {
-            "token": {
-                "realm": auth.realm,
-                "service": auth.service,
-                "issuer": auth.issuer,
-                "rootcertbundle": str(auth.rootcertbundle),
-            }
-        },
+        "auth": _auth(auth),
     }
     return json.dumps(config, indent=2)
 
@@ -54,7 +68,7 @@ def _config(port: int, storage: Path, auth: TokenAuth) -> str:
 class RegistryProcess:
     """`docker-registry serve` as a child process; `stop()` always kills it."""
 
-    def __init__(self, binary: str, workdir: Path, auth: TokenAuth) -> None:
+    def __init__(self, binary: str, workdir: Path, auth: TokenAuth | BasicAuth) -> None:
         self.binary = binary
         self.workdir = workdir
         self.auth = auth

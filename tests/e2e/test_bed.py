@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import io
 import json
-import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.bed import Bed, Fault, need_binary
+from tests.bed import Bed, Fault, need_binary, need_root
 from tests.bed.images import generated_digest, sha256_digest
 
 pytestmark = pytest.mark.e2e
@@ -224,8 +223,7 @@ def _extract_image(bed: Bed, repo: str, root: Path) -> None:
 @pytest.mark.parametrize("repo", ["library/hello", "docxytest/multi"])
 def test_amd64_image_runs_cat(bed: Bed, repo: str, tmp_path: Path) -> None:
     chroot = need_binary("chroot")
-    if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
+    need_root("chroot needs root")
     _extract_image(bed, repo, tmp_path)
     result = subprocess.run(
         [chroot, str(tmp_path), "cat", "/docxy-test.txt"],

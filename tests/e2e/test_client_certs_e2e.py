@@ -15,7 +15,6 @@ allowed by a client certificate from `docxy clients add`.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.bed import Bed, Mirror, TestImage, need_binary
+from tests.bed import Bed, Mirror, TestImage, need_binary, need_root
 from tests.bed.httpserver import free_port
 from tests.clients.dockerd import Dockerd
 from tests.clients.egress import EgressGuard
@@ -133,8 +132,7 @@ class CertSetup:
 def setup(start_mirror: StartMirror, egress: EgressGuard, tmp_path: Path) -> Iterator[CertSetup]:
     for binary in ("ip", "dockerd", "docker", "containerd", "runc"):
         need_binary(binary)
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces and /etc/docker/certs.d need root")
+    need_root("network namespaces and /etc/docker/certs.d need root")
     name = f"mirror-{secrets.token_hex(3)}.test"
     ca, cert, key = server_certificate(tmp_path / "server", name)
     auth_dir = tmp_path / "access"

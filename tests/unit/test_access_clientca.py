@@ -57,6 +57,23 @@ def test_certificates_of_another_ca_or_garbage_map_to_nobody(tmp_path: Path) -> 
     assert ours.client_of(b"not a certificate") is None
 
 
+@pytest.mark.parametrize("text", ["{not json", '{"laptop": {"serial": 1}}', "[]"])
+def test_a_broken_client_list_lets_no_certificate_in(
+    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """clients.json edited by hand into something unreadable: certificates map to nobody (the
+    client then needs a token, as without one), with a log line, never an internal error."""
+    ca = ClientCA(tmp_path / "ca")
+    ca.issue("laptop", tmp_path / "kit")
+    running = ClientCA(tmp_path / "ca")
+    assert running.client_of(der_of(tmp_path / "kit" / "client.cert")) == "laptop"
+    ca.clients_path.write_text(text)
+    for _ in range(2):
+        assert running.client_of(der_of(tmp_path / "kit" / "client.cert")) is None
+    assert [r.levelname for r in caplog.records] == ["ERROR"]  # once, not per request
+    assert "clients.json" in caplog.records[0].getMessage()
+
+
 @pytest.mark.parametrize("name", ["", "UPPER", "../x", "a/b"])
 def test_bad_client_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError):

@@ -237,3 +237,29 @@ async def test_upstream_logins_pass_through_only_when_the_operator_allows(
             r.headers.get("Authorization") for r in m.upstream.requests if "secret" in r.url.path
         ]
         assert ("Bearer hub-token" in sent) is allowed
+
+
+async def test_an_unreadable_users_file_is_503_not_an_internal_error(tmp_path: Path) -> None:
+    """A users file broken by hand while tokens are out: pulls say why (503, registry JSON)
+    instead of a 500 with a traceback, and nothing is let through."""
+    async with users_mirror(tmp_path) as m:
+        token = await token_for(m, "repository:library/redis:pull")
+        (tmp_path / "users").write_text("alice has no hash\n")
+        for path in ("/v2/", MANIFEST_PATH):
+            response = await m.client.get(path, headers=bearer(token))
+            assert response.status_code == 503
+            assert await code_of(response) == "UNAVAILABLE"
+        assert [r for r in m.upstream.requests if "/manifests/" in r.url.path] == []
+
+
+async def test_health_tells_strangers_only_status_and_version_in_users_mode(
+    tmp_path: Path,
+) -> None:
+    async with users_mirror(tmp_path) as m:
+        response = await m.client.get("/health")
+        assert response.status_code == 200
+        report: dict[str, Any] = await response.get_json()
+        assert set(report) == {"status", "version"}  # no upstream URLs or their last errors
+    async with mirror(hub, {}) as m:  # open mode keeps the whole report
+        report = await (await m.client.get("/health")).get_json()
+        assert "upstream" in report and "registry" in report["upstream"]

@@ -642,6 +642,61 @@ async def test_follower_gets_last_byte_only_after_verified_commit(
             await guard(rest)
 
 
+# --- sync behind: the commit's own sync has only the tail left -------------------------------
+
+
+async def test_a_long_fill_is_synced_behind_its_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fill_module, "SYNC_BEHIND", 1 << 20)
+    real_fdatasync, synced_sizes = os.fdatasync, []
+
+    def recording_fdatasync(fd: int) -> None:
+        synced_sizes.append(os.fstat(fd).st_size)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+    store = make_store(tmp_path)
+    data = blob(5 << 20)
+    digest = digest_of(data)
+    writer = await as_writer(store, digest)
+    follower = await store.fetch_or_join(digest)
+    assert isinstance(follower, BlobFollower)
+    async with writer:
+        for start in range(0, len(data), 1 << 20):
+            await writer.write(data[start : start + (1 << 20)])
+        assert await writer.commit(len(data)) is not None
+    assert synced_sizes and all(size >= 1 << 20 for size in synced_sizes)  # while writing
+    assert await guard(follower.read_all()) == data
+    assert await read(store, digest) == data
+
+
+async def test_a_failed_sync_behind_caches_nothing_and_cuts_followers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fill_module, "SYNC_BEHIND", 1 << 20)
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    store = make_store(tmp_path)
+    data = blob(3 << 20)
+    digest = digest_of(data)
+    writer = await as_writer(store, digest)
+    follower = await store.fetch_or_join(digest)
+    assert isinstance(follower, BlobFollower)
+    async with writer:
+        for start in range(0, len(data), 1 << 20):
+            await writer.write(data[start : start + (1 << 20)])
+        assert await writer.commit(len(data)) is None
+    with pytest.raises(FillAborted, match="cache write failed"):
+        await guard(follower.read_all())
+    assert store.lookup(digest) is None
+    assert tmp_files(store) == []
+    assert store.write_failed_at is not None
+
+
 def test_write_all_survives_partial_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_writev = os.writev
 

@@ -8,6 +8,7 @@ at its first step instead of half-way through).
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,30 @@ def test_an_index_goes_with_its_children_and_a_child_with_its_index() -> None:
     assert names(plan.images) == ["A"]  # the index family counts as pulled at 6
     plan = plan_eviction(blobs, images, 15, never)
     assert sorted(names(plan.images)) == ["A", "C1", "C2", "I"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_no_kept_image_needs_an_evicted_blob(seed: int) -> None:
+    """Whatever the catalogue, the plan deletes only blobs that no image it keeps needs (the
+    store relies on this: it does not re-check the kept images blob by blob)."""
+    rng = random.Random(seed)
+    blob_names = [f"b{i}" for i in range(12)]
+    blobs = [entry(n, size=rng.randint(1, 30)) for n in blob_names]
+    images = [
+        image(f"m{i}", rng.random(), " ".join(rng.sample(blob_names, rng.randint(0, 4))))
+        for i in range(8)
+    ]
+    indexes = [
+        image(f"i{i}", rng.random(), children=" ".join(f"m{rng.randrange(8)}" for _ in range(2)))
+        for i in range(2)
+    ]
+    pinned = {d(n) for n in rng.sample(blob_names, 2)}
+    plan = plan_eviction(blobs, images + indexes, rng.randint(1, 200), pinned.__contains__)
+    gone = {b.digest for b in plan.blobs}
+    kept = [i for i in images + indexes if i.key not in set(plan.images)]
+    assert not gone & pinned
+    assert all(not (i.blobs & gone) for i in kept)
+    assert plan.freed == sum(b.size for b in plan.blobs)
 
 
 def test_dependents_of_a_blob_include_the_indexes_above() -> None:

@@ -386,3 +386,19 @@ def test_gc_evicts_down_to_max_size(capsys: pytest.CaptureFixture[str], cache: P
     code, out, _ = run(capsys, cache, "du")
     size = int(out.split("(")[1].split()[0])
     assert size <= 2048
+
+
+def test_repo_key_finds_each_upstreams_store_key() -> None:
+    from docxy.cache import RepoKey
+    from docxy.cli.cache import repo_key, upstream_names
+    from docxy.config import load_config
+    from docxy.core.names import parse_image_ref
+
+    config = load_config(
+        {"upstreams": "ghcr.io,lab.test=http://127.0.0.1:5000"},
+        environ={"DOCXY_UPSTREAM_REGISTRY": "http://127.0.0.1:7000"},
+    )
+    assert repo_key(parse_image_ref("redis"), config) == RepoKey("127.0.0.1:7000", "library/redis")
+    assert repo_key(parse_image_ref("lab.test/a/b:1"), config) == RepoKey("127.0.0.1:5000", "a/b")
+    assert repo_key(parse_image_ref("ghcr.io/o/i"), config) == RepoKey("ghcr.io", "o/i")
+    assert upstream_names(config) == {"ghcr.io": "ghcr.io", "127.0.0.1:5000": "lab.test"}

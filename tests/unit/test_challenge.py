@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from docxy.core.challenge import Challenge, parse_challenge, rewrite_challenge, rewrite_scope
+from docxy.core.challenge import (
+    Challenge,
+    parse_challenge,
+    prefix_scope,
+    rewrite_challenge,
+    rewrite_scope,
+    unprefix_scope,
+)
 
 HUB = (
     'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
@@ -202,3 +209,40 @@ def test_rewrite_leaves_other_schemes_untouched(header: str) -> None:
 )
 def test_rewrite_scope(scope: str, prefix: bool, expected: str) -> None:
     assert rewrite_scope(scope, prefix) == expected
+
+
+@pytest.mark.parametrize(
+    ("scope", "prefix", "expected"),
+    [
+        ("repository:owner/img:pull", "ghcr.io", "repository:ghcr.io/owner/img:pull"),
+        ("repository:img:pull,push", "lab.test", "repository:lab.test/img:pull,push"),
+        ("registry:catalog:*", "ghcr.io", "registry:catalog:*"),
+        ("repository:owner/img:pull", None, "repository:owner/img:pull"),
+    ],
+)
+def test_prefix_scope(scope: str, prefix: str | None, expected: str) -> None:
+    assert prefix_scope(scope, prefix) == expected
+    if prefix is not None and expected != scope:
+        assert unprefix_scope(expected, prefix) == scope
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "repository:quay.io/owner/img:pull",  # another upstream's prefix stays
+        "repository:ghcr.iox/img:pull",
+        "repository:ghcr.io:pull",
+        "registry:catalog:*",
+    ],
+)
+def test_unprefix_scope_leaves_other_names(scope: str) -> None:
+    assert unprefix_scope(scope, "ghcr.io") == scope
+
+
+def test_rewrite_challenge_with_a_prefix() -> None:
+    header = 'Bearer realm="https://up/token",service="s",scope="repository:redis:pull"'
+    rewritten = parse_challenge(
+        rewrite_challenge(header, MIRROR_REALM, library_prefix=True, prefix="docker.io")
+    )
+    assert rewritten is not None
+    assert rewritten.params["scope"] == "repository:docker.io/library/redis:pull"

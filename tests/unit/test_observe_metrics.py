@@ -250,3 +250,33 @@ def test_no_renewer_status_yet_is_nan_not_a_failure(tmp_path: Path) -> None:
     state = make_state(tmp_path)
     state.extras["health"] = {"renewal": lambda: {"error": "no renewer status"}}
     assert math.isnan(scrape(make_registry(state, Counter()))["docxy_cert_renewal_last_run_ok"])
+
+
+async def test_every_upstream_has_its_own_samples(tmp_path: Path) -> None:
+    config = load_config(
+        {
+            "upstream.registry": UPSTREAM,
+            "cache.enabled": "false",
+            "upstreams": "lab.test=http://lab.test:5000",
+        },
+        environ={},
+    )
+    state = MirrorState(config, Upstream.from_config(config.upstream))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "lab.test":
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, headers={"ratelimit-remaining": "7;w=21600"})
+
+    registry = make_registry(state, Counter())
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = state.open(UpstreamClient(http)).client
+        await client.challenge(state.upstream)
+        with pytest.raises(UpstreamUnavailable):
+            await client.challenge(state.upstreams.named("lab.test"))
+    seen = scrape(registry)
+    assert seen["docxy_upstream_up{upstream=upstream.test}"] == 1
+    assert seen["docxy_upstream_ratelimit_remaining{upstream=upstream.test}"] == 7
+    assert seen["docxy_upstream_up{upstream=lab.test:5000}"] == 0
+    assert seen["docxy_upstream_errors_total{kind=unreachable,upstream=lab.test:5000}"] == 1
+    assert seen["docxy_upstream_errors_total{kind=unreachable,upstream=upstream.test}"] == 0

@@ -72,3 +72,15 @@ def test_an_empty_report_still_renders() -> None:
     assert "No pulls yet." in page
     assert "not tried yet" in page
     assert "None." in page
+
+
+def test_every_other_upstream_has_a_section() -> None:
+    upstreams = {
+        "docker.io": FULL["upstream"],
+        "ghcr.io": {"registry": "https://ghcr.io", "reachable": False, "last_error_message": "x"},
+        "<b>.test": {"registry": "<i>", "reachable": None},
+    }
+    page = render_page(dict(FULL, upstreams=upstreams))
+    assert page.count("<section id=upstream") == 3  # [upstream] once, then the two others
+    assert '<h2>Upstream ghcr.io<span id=upstream-2-state class="badge bad">unreachable' in page
+    assert "<b>" not in page and "&lt;b&gt;.test" in page

@@ -116,6 +116,27 @@ async def test_http_client_settings() -> None:
         assert http.headers["User-Agent"] == USER_AGENT == f"docxy/{__version__}"
 
 
+async def test_the_client_reads_a_big_body_in_large_chunks() -> None:
+    """More than httpcore's 64 KiB per read: the cold path's cost is per read (#12)."""
+    import asyncio
+
+    body = bytes(4 * 1024 * 1024)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, make_http_client(upstream_config()) as http:
+        async with http.stream("GET", f"http://127.0.0.1:{port}/blob") as response:
+            sizes = [len(chunk) async for chunk in response.aiter_raw()]
+    assert sum(sizes) == len(body)
+    assert max(sizes) > 64 * 1024
+
+
 async def test_requests_carry_the_user_agent() -> None:
     client, fake = client_for(lambda request: httpx.Response(200))
     response = await client.send(HUB, "GET", f"{REGISTRY}/v2/", [("Accept", "a"), ("Accept", "b")])

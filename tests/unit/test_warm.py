@@ -359,3 +359,20 @@ def test_warm_follows_the_library_prefix_setting(
     monkeypatch.setenv("DOCXY_UPSTREAM_LIBRARY_PREFIX", prefix)
     assert main(["warm", "--mirror", f"http://127.0.0.1:{free_port()}", "app"]) == 1
     assert f"docxy warm: {name}: ConnectError" in capsys.readouterr().err
+
+
+def test_warm_names_an_upstream_by_prefix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.bed.httpserver import free_port
+
+    monkeypatch.setenv("DOCXY_UPSTREAMS", "ghcr.io,lab.test=http://127.0.0.1:9")
+    mirror = f"http://127.0.0.1:{free_port()}"
+    assert main(["warm", "--mirror", mirror, "ghcr.io/owner/img", "lab.test/a:1"]) == 1
+    err = capsys.readouterr().err
+    assert "docxy warm: ghcr.io/owner/img:latest: ConnectError" in err  # accepted, then tried
+    assert "docxy warm: lab.test/a:1: ConnectError" in err
+    assert main(["warm", "--mirror", mirror, "quay.io/owner/img"]) == 2
+    assert "quay.io is not one of the mirror's upstreams (docker.io, ghcr.io, lab.test)" in (
+        capsys.readouterr().err
+    )

@@ -1,0 +1,128 @@
+"""Which upstream a request is for: ``?ns=``, the mirror host name, or a path prefix.
+
+Pure: strings in, an :class:`Upstream` out, or :class:`UpstreamUnknown` before anything is sent.
+Only configured upstreams can ever be chosen; what a client writes only *selects* one of them::
+
+    ?ns=ghcr.io                          containerd's hosts.toml mirror: the name as given
+    Host: ghcr.mirror.example.com        one of an upstream's ``hosts``: the name as given
+    /v2/ghcr.io/owner/img/...            a path prefix: ``owner/img`` on ghcr.io
+    /v2/owner/img/...                    none of these: ``[upstream]`` (Docker Hub)
+
+A first component that looks like a registry host (it has a dot) but names no configured
+upstream is refused, never sent to the default as a repository name. Names reach this module
+already checked against the distribution grammar (``docxy.core.names``), so ``@``, ``:``, ``%``
+and ``..`` cannot occur in a prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from docxy.core.challenge import scope_repository
+from docxy.core.errors import ClientError
+from docxy.upstream.client import Upstream
+
+
+class UpstreamUnknown(ClientError):
+    """A request names an upstream this mirror is not configured for."""
+
+    status = 404
+    code = "NAME_UNKNOWN"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The upstream chosen, the name as that upstream knows it (before ``library/``), and the
+    prefix the client wrote in front of it (``None`` unless chosen by path prefix)."""
+
+    upstream: Upstream
+    name: str
+    prefix: str | None = None
+
+
+def host_key(host: str) -> tuple[str, str]:
+    """``Host`` header → (with port, without port), lower case: ``[::1]:80`` → ``[::1]``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        bare = host[: host.find("]") + 1] if "]" in host else host
+    else:
+        bare = host.partition(":")[0]
+    return host, bare
+
+
+class Upstreams:
+    """The configured upstreams: ``[upstream]`` first, then ``upstreams`` in order."""
+
+    def __init__(self, default: Upstream, others: Iterable[Upstream] = ()) -> None:
+        self.default = default
+        self.by_name: dict[str, Upstream] = {default.name: default}
+        self.by_host: dict[str, Upstream] = {}
+        for upstream in others:
+            self.by_name[upstream.name] = upstream
+            for host in upstream.hosts:
+                self.by_host[host] = upstream
+
+    def all(self) -> list[Upstream]:
+        return list(self.by_name.values())
+
+    def named(self, name: str) -> Upstream:
+        found = self.by_name.get(name)
+        if found is None:
+            raise UpstreamUnknown(
+                "this mirror has no such upstream", {"upstream": name[:100], "known": self.names()}
+            )
+        return found
+
+    def names(self) -> list[str]:
+        return list(self.by_name)
+
+    def for_host(self, host: str | None) -> Upstream | None:
+        """The upstream whose ``hosts`` list the request's host, if any."""
+        if not host or not self.by_host:
+            return None
+        full, bare = host_key(host)
+        return self.by_host.get(full) or self.by_host.get(bare)
+
+    def route(self, name: str, *, ns: str | None = None, host: str | None = None) -> Route:
+        """The upstream for repository ``name`` (``""`` for ``/v2/`` itself)."""
+        if ns is not None:
+            return Route(self.named(ns), name)
+        by_host = self.for_host(host)
+        if by_host is not None:
+            return Route(by_host, name)
+        return self.by_prefix(name)
+
+    def by_prefix(self, name: str) -> Route:
+        first, slash, rest = name.partition("/")
+        if not slash:
+            return Route(self.default, name)
+        found = self.by_name.get(first)
+        if found is not None:
+            return Route(found, rest, first)
+        if "." in first:
+            raise UpstreamUnknown(
+                "this mirror has no such upstream", {"upstream": first, "known": self.names()}
+            )
+        return Route(self.default, name)
+
+    def for_token(self, named: str | None, scopes: Iterable[str]) -> Upstream:
+        """The upstream a token request is for: the realm's ``?upstream=``, else the one every
+        repository scope names by prefix (a client that pulls ``mirror/ghcr.io/owner/img``
+        asks the realm of the mirror's ``/v2/`` for ``repository:ghcr.io/owner/img:pull``)."""
+        if named is not None:
+            return self.named(named)
+        chosen: Upstream | None = None
+        for text in scopes:
+            for scope in text.split(" "):
+                repository = scope_repository(scope)
+                if repository is None:
+                    continue
+                upstream = self.by_prefix(repository).upstream
+                if chosen is not None and upstream is not chosen:
+                    raise ClientError(
+                        "one token request cannot name repositories of two upstreams",
+                        {"upstreams": [chosen.name, upstream.name]},
+                    )
+                chosen = upstream
+        return chosen or self.default

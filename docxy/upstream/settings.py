@@ -1,0 +1,250 @@
+"""The ``upstreams`` setting: more registries beside ``[upstream]``, in every settings layer.
+
+Forms, lowest precedence first (the settings contract: flag > env > file > preset)::
+
+    upstreams = ["ghcr.io", "quay.io"]           # TOML: presets, one line
+    [[upstreams]]                                # TOML: or a table each
+    name = "lab.example"                         # path prefix and containerd's ?ns=
+    registry = "https://registry.lab.example"
+    hosts = ["lab-mirror.example.com"]           # optional: mirror host names that pick it
+    username = "..."; password = "..."           # optional; also auth_realm, library_prefix
+
+    DOCXY_UPSTREAMS="ghcr.io,lab.example=https://registry.lab.example"
+    DOCXY_UPSTREAMS_<ID>_<KEY>=value             # ID: the name upper-cased, . and - as _
+    --upstreams "ghcr.io,quay.io"  /  --set upstreams.ghcr.io.hosts=ghcr.mirror.example.com
+
+The highest layer that gives the list decides which upstreams are on; each one's keys merge
+from every layer. Mistakes stop start-up naming the key and its source, as for any setting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from docxy.config import NamedUpstreamConfig, parse_bool, parse_url
+from docxy.core.errors import ConfigError
+from docxy.upstream.presets import DEFAULT_NAME, PRESETS
+
+SECTION = "upstreams"
+ENV_LIST = "DOCXY_UPSTREAMS"
+ENV_PREFIX = "DOCXY_UPSTREAMS_"
+KEYS = ("registry", "auth_realm", "library_prefix", "username", "password", "hosts")
+SECRET = "password"
+_NAME = re.compile(r"[a-z0-9]+(?:-+[a-z0-9]+)*(?:\.[a-z0-9]+(?:-+[a-z0-9]+)*)+")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::\d{{1,5}})?")
+
+Raw = dict[str, tuple[object, str]]  # key → (raw value, source)
+
+
+def env_id(name: str) -> str:
+    """``ghcr.io`` → ``GHCR_IO``: how a name appears in ``DOCXY_UPSTREAMS_<ID>_<KEY>``."""
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def is_upstreams_key(key: str) -> bool:
+    """Whether a flag key (``section.key``) belongs here rather than to the settings table."""
+    return key == SECTION or key.startswith(SECTION + ".")
+
+
+def is_upstreams_env(name: str) -> bool:
+    return name == ENV_LIST or name.startswith(ENV_PREFIX)
+
+
+def parse_name(value: object) -> str:
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if not _NAME.fullmatch(text) or len(text) > 253:
+        raise ValueError(
+            f"expected a registry host name such as ghcr.io (lower case, with a dot), got {value!r}"
+        )
+    return text
+
+
+def parse_hosts(value: object) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of host names, got {value!r}")
+    hosts = []
+    for item in items:
+        text = item.strip().lower() if isinstance(item, str) else ""
+        if not _HOST.fullmatch(text):
+            raise ValueError(f"expected HOST or HOST:PORT, got {item!r}")
+        hosts.append(text)
+    return tuple(hosts)
+
+
+def _opt(value: object) -> str | None:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value.strip() or None
+
+
+PARSERS: dict[str, Any] = {
+    "registry": parse_url,
+    "auth_realm": lambda v: parse_url(v) if _opt(v) else None,
+    "library_prefix": parse_bool,
+    "username": _opt,
+    "password": _opt,
+    "hosts": parse_hosts,
+}
+
+
+def _list_entries(value: object, source: str) -> list[tuple[str, Raw]]:
+    """``"a,b=URL"``, ``["a", {...}]`` → (name, keys given with the name)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigError(f"{SECTION}: expected a list of upstreams ({source})")
+    entries = []
+    for item in items:
+        if isinstance(item, str):
+            if not item.strip():
+                continue
+            name_text, sep, url = item.partition("=")
+            keys: Raw = {"registry": (url, source)} if sep else {}
+        elif isinstance(item, dict):
+            table = dict(item)
+            name_text = table.pop("name", None)
+            if name_text is None:
+                raise ConfigError(f"{SECTION}: every [[upstreams]] needs a name ({source})")
+            for key in table:
+                if key not in KEYS:
+                    raise ConfigError(f"{SECTION}.{name_text}.{key}: unknown key ({source})")
+            keys = {key: (raw, source) for key, raw in table.items()}
+        else:
+            raise ConfigError(f"{SECTION}: expected names or tables, got {item!r} ({source})")
+        try:
+            name = parse_name(name_text)
+        except ValueError as exc:
+            raise ConfigError(f"{SECTION}: {exc} ({source})") from None
+        entries.append((name, keys))
+    return entries
+
+
+def load_upstreams(
+    file_value: object | None,
+    file_source: str,
+    environ: Mapping[str, str],
+    flags: Mapping[str, object],
+) -> tuple[tuple[NamedUpstreamConfig, ...], dict[str, str]]:
+    """The configured upstreams (``[upstream]`` not included) and each key's source."""
+    layers: list[tuple[object, str]] = []
+    if file_value is not None:
+        layers.append((file_value, file_source))
+    if ENV_LIST in environ:
+        layers.append((environ[ENV_LIST], f"env {ENV_LIST}"))
+    if SECTION in flags:
+        layers.append((flags[SECTION], "flag"))
+    enabled: dict[str, Raw] = {}
+    mentioned: set[str] = set()  # in some layer's list: its keys are known, maybe unused
+    for value, source in layers:  # the highest layer with a list decides which are on
+        entries = _list_entries(value, source)
+        enabled = {name: enabled.get(name, {}) | keys for name, keys in entries}
+        mentioned.update(enabled)
+    by_id: dict[str, str] = {}
+    for mentioned_name in sorted(mentioned):
+        other = by_id.setdefault(env_id(mentioned_name), mentioned_name)
+        if other != mentioned_name:  # their DOCXY_UPSTREAMS_<ID>_* variables would be shared
+            raise ConfigError(
+                f"{SECTION}: {other!r} and {mentioned_name!r} share the environment name "
+                f"DOCXY_UPSTREAMS_{env_id(mentioned_name)}_*: rename one"
+            )
+    for var, value in environ.items():
+        if var == ENV_LIST or not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :]
+        key = next((k for k in KEYS if rest.endswith("_" + k.upper())), None)
+        name = by_id.get(rest[: -len(key) - 1]) if key else None
+        if key is None or name is None:
+            raise ConfigError(
+                f"{var}: unknown variable (env {var}): expected DOCXY_UPSTREAMS_<ID>_<KEY> for "
+                f"an enabled upstream ({', '.join(sorted(by_id)) or 'none enabled'}), "
+                f"KEY one of {', '.join(k.upper() for k in KEYS)}"
+            )
+        if name in enabled:
+            enabled[name][key] = (value, f"env {var}")
+    for flag, value in flags.items():
+        if flag == SECTION:
+            continue
+        name, _, key = flag[len(SECTION) + 1 :].rpartition(".")
+        if name not in mentioned or key not in KEYS:
+            raise ConfigError(f"{flag}: unknown key (flag): upstreams.<enabled name>.<key>")
+        if name in enabled:
+            enabled[name][key] = (value, "flag")
+    upstreams, sources = [], {}
+    for name, keys in enabled.items():
+        built = _build(name, keys)
+        if built is not None:
+            upstreams.append(built)
+            sources.update({f"{SECTION}.{name}.{k}": s for k, (_, s) in keys.items()})
+    _check_hosts(upstreams, sources)
+    return tuple(upstreams), sources
+
+
+def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
+    preset = PRESETS.get(name)
+    if name == DEFAULT_NAME:
+        if keys:
+            key, (_, source) = next(iter(keys.items()))
+            raise ConfigError(
+                f"{SECTION}.{name}.{key}: Docker Hub is configured under [upstream] ({source})"
+            )
+        return None  # [upstream] itself
+    values: dict[str, Any] = {
+        "registry": preset.registry if preset else None,
+        "auth_realm": None,
+        "library_prefix": preset.library_prefix if preset else False,
+        "username": None,
+        "password": None,
+        "hosts": (),
+    }
+    for key, (raw, source) in keys.items():
+        try:
+            values[key] = PARSERS[key](raw)
+        except ValueError as exc:
+            shown = "(hidden)" if key == SECRET else exc
+            raise ConfigError(f"{SECTION}.{name}.{key}: {shown} ({source})") from None
+    if values["registry"] is None:
+        raise ConfigError(
+            f"{SECTION}.{name}.registry: required: {name} is not a preset "
+            f"({', '.join(sorted(PRESETS))}) (no source)"
+        )
+    if (values["username"] is None) != (values["password"] is None):
+        source = (keys.get("username") or keys.get("password") or (None, "?"))[1]
+        raise ConfigError(
+            f"{SECTION}.{name}.username: username and password go together ({source})"
+        )
+    return NamedUpstreamConfig(name=name, **values)
+
+
+def _check_hosts(upstreams: list[NamedUpstreamConfig], sources: Mapping[str, str]) -> None:
+    owner: dict[str, str] = {}
+    for upstream in upstreams:
+        for host in upstream.hosts:
+            if host in owner:
+                key = f"{SECTION}.{upstream.name}.hosts"
+                raise ConfigError(
+                    f"{key}: {host} already picks {owner[host]} ({sources.get(key, '?')})"
+                )
+            owner[host] = upstream.name
+
+
+def describe_upstreams(
+    upstreams: tuple[NamedUpstreamConfig, ...], sources: Mapping[str, str]
+) -> list[tuple[str, str, str]]:
+    """(key, shown value, source) per upstream key, password hidden (``--show-config``)."""
+    rows = []
+    for upstream in upstreams:
+        for key in KEYS:
+            value = getattr(upstream, key)
+            full = f"{SECTION}.{upstream.name}.{key}"
+            if key == SECRET:
+                shown = "(set)" if value else "None"
+            elif key == "hosts":
+                shown = ",".join(value)
+            else:
+                shown = str(value)
+            default = "preset" if upstream.name in PRESETS else "default"
+            rows.append((full, shown, sources.get(full, default)))
+    return rows

@@ -1,0 +1,206 @@
+"""The ``upstreams`` setting in every layer: presets, tables, env, flags, and its mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docxy.cli.main import main
+from docxy.config import Config, NamedUpstreamConfig, describe, load_config
+from docxy.core.errors import ConfigError
+from docxy.upstream.settings import env_id
+
+BASE = {"server.listen": "127.0.0.1:8080"}
+
+
+def load(
+    toml: str | None = None,
+    env: dict[str, str] | None = None,
+    flags: dict[str, object] | None = None,
+    tmp_path: Path | None = None,
+) -> Config:
+    path = None
+    if toml is not None:
+        assert tmp_path is not None
+        path = tmp_path / "docxy.toml"
+        path.write_text(toml)
+    return load_config({**BASE, **(flags or {})}, path, environ=env or {})
+
+
+def by_name(config: Config) -> dict[str, NamedUpstreamConfig]:
+    return {u.name: u for u in config.upstreams}
+
+
+def test_none_by_default() -> None:
+    assert load().upstreams == ()
+
+
+def test_presets_in_one_toml_line(tmp_path: Path) -> None:
+    config = load('upstreams = ["ghcr.io", "quay.io", "registry.k8s.io"]\n', tmp_path=tmp_path)
+    found = by_name(config)
+    assert list(found) == ["ghcr.io", "quay.io", "registry.k8s.io"]
+    assert found["ghcr.io"].registry == "https://ghcr.io"
+    assert found["registry.k8s.io"].registry == "https://registry.k8s.io"
+    assert not found["quay.io"].library_prefix
+    assert config.sources.get("upstreams.ghcr.io.registry") is None  # from the preset
+
+
+@pytest.mark.parametrize("name", ["gcr.io", "mcr.microsoft.com", "nvcr.io"])
+def test_every_preset_enables_with_its_name(name: str) -> None:
+    (upstream,) = load(env={"DOCXY_UPSTREAMS": name}).upstreams
+    assert upstream.registry == f"https://{name}"
+
+
+def test_docker_io_in_the_list_is_upstream_itself() -> None:
+    config = load(env={"DOCXY_UPSTREAMS": "docker.io,ghcr.io"})
+    assert [u.name for u in config.upstreams] == ["ghcr.io"]
+
+
+def test_tables_with_hosts_and_credentials(tmp_path: Path) -> None:
+    toml = """
+[[upstreams]]
+name = "lab.example"
+registry = "http://127.0.0.1:5000"
+hosts = ["127.0.0.2:8080", "Lab-Mirror.example.com"]
+username = "bob"
+password = "hunter2"
+
+[[upstreams]]
+name = "ghcr.io"
+hosts = ["ghcr.mirror.example.com"]
+"""
+    found = by_name(load(toml, tmp_path=tmp_path))
+    lab = found["lab.example"]
+    assert lab.registry == "http://127.0.0.1:5000"
+    assert lab.hosts == ("127.0.0.2:8080", "lab-mirror.example.com")
+    assert (lab.username, lab.password) == ("bob", "hunter2")
+    assert found["ghcr.io"].registry == "https://ghcr.io"
+    assert found["ghcr.io"].hosts == ("ghcr.mirror.example.com",)
+
+
+def test_env_list_with_urls_and_per_upstream_keys() -> None:
+    env = {
+        "DOCXY_UPSTREAMS": "ghcr.io, lab.example=http://127.0.0.1:5000",
+        "DOCXY_UPSTREAMS_LAB_EXAMPLE_USERNAME": "bob",
+        "DOCXY_UPSTREAMS_LAB_EXAMPLE_PASSWORD": "hunter2",
+        "DOCXY_UPSTREAMS_GHCR_IO_HOSTS": "ghcr.mirror.example.com,127.0.0.3:8443",
+    }
+    config = load(env=env)
+    found = by_name(config)
+    assert found["lab.example"].username == "bob"
+    assert found["ghcr.io"].hosts == ("ghcr.mirror.example.com", "127.0.0.3:8443")
+    assert config.sources["upstreams.ghcr.io.hosts"] == "env DOCXY_UPSTREAMS_GHCR_IO_HOSTS"
+
+
+def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
+    toml = '[[upstreams]]\nname = "ghcr.io"\nhosts = ["from-file.example"]\n'
+    env = {"DOCXY_UPSTREAMS": "ghcr.io,quay.io", "DOCXY_UPSTREAMS_QUAY_IO_HOSTS": "q.example"}
+    config = load(
+        toml,
+        env=env,
+        flags={"upstreams": "ghcr.io", "upstreams.ghcr.io.hosts": "from-flag.example"},
+        tmp_path=tmp_path,
+    )
+    # The flag's list decides what is on (quay.io is not), keys merge from every layer.
+    assert [u.name for u in config.upstreams] == ["ghcr.io"]
+    assert config.upstreams[0].hosts == ("from-flag.example",)
+    assert config.sources["upstreams.ghcr.io.hosts"] == "flag"
+    only_file = load(toml, env={"DOCXY_UPSTREAMS": "ghcr.io"}, tmp_path=tmp_path)
+    assert only_file.upstreams[0].hosts == ("from-file.example",)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"DOCXY_UPSTREAMS": "lab.example"}, "upstreams.lab.example.registry: required"),
+        ({"DOCXY_UPSTREAMS": "Ghcr"}, "upstreams: expected a registry host name"),
+        ({"DOCXY_UPSTREAMS": "evil.com/x"}, "expected a registry host name"),
+        ({"DOCXY_UPSTREAMS": "lab.example=ftp://x"}, "upstreams.lab.example.registry: not an"),
+        ({"DOCXY_UPSTREAMS": "a.example=https://u:p@x"}, "must not carry"),
+        ({"DOCXY_UPSTREAMS": "docker.io=https://x"}, "upstreams.docker.io.registry: Docker Hub"),
+        ({"DOCXY_UPSTREAMS_GHCR_IO_HOSTS": "x"}, "DOCXY_UPSTREAMS_GHCR_IO_HOSTS: unknown"),
+        (
+            {"DOCXY_UPSTREAMS": "ghcr.io", "DOCXY_UPSTREAMS_GHCR_IO_HOTS": "x"},
+            "DOCXY_UPSTREAMS_GHCR_IO_HOTS: unknown variable",
+        ),
+        (
+            {"DOCXY_UPSTREAMS": "ghcr.io", "DOCXY_UPSTREAMS_GHCR_IO_HOSTS": "a b"},
+            "upstreams.ghcr.io.hosts: expected HOST or HOST:PORT",
+        ),
+        (
+            {"DOCXY_UPSTREAMS": "ghcr.io", "DOCXY_UPSTREAMS_GHCR_IO_USERNAME": "bob"},
+            "upstreams.ghcr.io.username: username and password go together",
+        ),
+        (
+            {
+                "DOCXY_UPSTREAMS": "ghcr.io,quay.io",
+                "DOCXY_UPSTREAMS_GHCR_IO_HOSTS": "same.example",
+                "DOCXY_UPSTREAMS_QUAY_IO_HOSTS": "same.example",
+            },
+            "same.example already picks ghcr.io",
+        ),
+    ],
+)
+def test_mistakes_name_the_key_and_source(env: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(env=env)
+    assert words in str(caught.value)
+    assert "(env DOCXY_UPSTREAMS" in str(caught.value) or "(no source)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ('[[upstreams]]\nregistry = "https://x.example"\n', "needs a name"),
+        ('[[upstreams]]\nname = "a.example"\nregistri = "https://x"\n', "a.example.registri"),
+        ("upstreams = 5\n", "expected a list"),
+        ("upstreams = [5]\n", "expected names or tables"),
+        ('[[upstreams]]\nname = "a.example"\nregistry = 5\n', "a.example.registry"),
+    ],
+)
+def test_file_mistakes(tmp_path: Path, toml: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(toml, tmp_path=tmp_path)
+    assert words in str(caught.value)
+    assert f"file {tmp_path}" in str(caught.value)
+
+
+def test_a_bad_password_is_never_shown() -> None:
+    env = {
+        "DOCXY_UPSTREAMS": "ghcr.io",
+        "DOCXY_UPSTREAMS_GHCR_IO_USERNAME": "bob",
+        "DOCXY_UPSTREAMS_GHCR_IO_PASSWORD": "s3cret",
+    }
+    rows = describe(load(env=env))
+    assert ("upstreams.ghcr.io.password", "(set)", "env DOCXY_UPSTREAMS_GHCR_IO_PASSWORD") in rows
+    assert not any("s3cret" in value for _, value, _ in rows)
+
+
+def test_show_config_and_the_upstreams_flag(
+    capsys: pytest.CaptureFixture[str], clean_docxy_env: None
+) -> None:
+    code = main(["serve", "--upstreams", "ghcr.io,lab.example=http://127.0.0.1:5000",
+                 "--show-config"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "upstreams.ghcr.io.registry = https://ghcr.io  (preset)" in out
+    assert "upstreams.lab.example.registry = http://127.0.0.1:5000  (flag)" in out
+
+
+def test_unknown_flag_key_for_an_upstream() -> None:
+    with pytest.raises(ConfigError, match=r"upstreams\.quay\.io\.hosts: unknown key \(flag\)"):
+        load(flags={"upstreams": "ghcr.io", "upstreams.quay.io.hosts": "x.example"})
+
+
+def test_env_id() -> None:
+    assert env_id("registry.k8s.io") == "REGISTRY_K8S_IO"
+    assert env_id("mcr.microsoft.com") == "MCR_MICROSOFT_COM"
+    assert env_id("my-lab.example") == "MY_LAB_EXAMPLE"
+
+
+def test_names_that_share_an_environment_name_are_refused() -> None:
+    # a-b.io and a.b.io would both read DOCXY_UPSTREAMS_A_B_IO_*: one's settings the other's.
+    env = {"DOCXY_UPSTREAMS": "a-b.io=https://one.test,a.b.io=https://two.test"}
+    with pytest.raises(ConfigError, match="share the environment name DOCXY_UPSTREAMS_A_B_IO_"):
+        load(env=env)
