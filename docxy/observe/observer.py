@@ -89,17 +89,24 @@ class Observer:
         async def hook_upstream() -> AsyncGenerator[None, None]:
             # Registered after the app's own lifespan, so the client exists by now.
             self.state.client.http.event_hooks["response"].append(self.upstream_answered)
+            self.state.client.direct_listeners.append(self.direct_answered)
             yield
 
     async def upstream_answered(self, response: httpx.Response) -> None:
-        status = response.status_code
-        self.metrics.upstream_answered(response.request.url.path, status)
+        self._answered(response.request.url.host, response.request.url.path, response.status_code)
+
+    def direct_answered(self, url: str, status: int) -> None:
+        """An answer to a cache fill's direct GET (:mod:`docxy.upstream.direct`)."""
+        parts = httpx.URL(url)
+        self._answered(parts.host, parts.path, status)
+
+    def _answered(self, host: str, path: str, status: int) -> None:
+        self.metrics.upstream_answered(path, status)
         kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else None
         if kind is not None:
             self.status_errors[kind] += 1
-            what = route_kind(response.request.url.path)
             # Host and route kind only: a CDN URL's query is a signed credential.
-            self.errors.add(kind, f"{response.request.url.host} answered {status} ({what})")
+            self.errors.add(kind, f"{host} answered {status} ({route_kind(path)})")
 
     # --- for the status page ----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import logging
 import ssl
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
@@ -224,6 +225,9 @@ class UpstreamClient:
         self.http = http
         self.direct = direct
         self.health: dict[str, UpstreamHealth] = {}
+        #: Told ``(url, status)`` of every answer a direct GET got, each redirect hop included
+        #: (the httpx client's own ``response`` event hooks see the rest).
+        self.direct_listeners: list[Callable[[str, int], None]] = []
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:

@@ -19,7 +19,7 @@ import http.client
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import httpx
@@ -141,6 +141,7 @@ class DirectAnswer:
     status: int
     headers: list[tuple[str, str]]
     body: DirectBody
+    hops: tuple[tuple[str, int], ...] = ()  # (url, status) of each answer, redirects first
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -170,15 +171,20 @@ async def open_get(
         raise
     health.answered(answer.status)
     health.saw(httpx.Headers(answer.headers))
+    for listener in client.direct_listeners:
+        for hop_url, status in answer.hops:
+            listener(hop_url, status)
     return answer
 
 
 def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
     """GET ``url`` following redirects (blocking: call it from a worker thread)."""
+    hops: list[tuple[str, int]] = []
     for _ in range(MAX_REDIRECTS + 1):
         answer = _get_once(settings, url, headers)
+        hops.append((url, answer.status))
         if answer.status not in REDIRECT_STATUSES:
-            return answer
+            return replace(answer, hops=tuple(hops))
         location = answer.header("location")
         answer.close(drain=True)
         url, headers = next_hop(url, location, headers)
