@@ -23,6 +23,7 @@ from pathlib import Path
 from docxy.access.clientca import ClientCA
 from docxy.access.keys import KeyRing
 from docxy.access.users import UsersFile, UsersFileError
+from docxy.cli.options import add_config_arguments
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 
@@ -34,11 +35,8 @@ EXIT_USAGE = 2
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def command(name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         parser = commands.add_parser(name, help=help)
-        parser.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
-        parser.add_argument(
-            "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
-        )
-        parser.set_defaults(handler=run, no_library_prefix=False, no_cache=False, group=name)
+        add_config_arguments(parser)
+        parser.set_defaults(handler=run, group=name)
         return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     users = command("users", "the mirror's users (auth.mode = users)")

@@ -32,6 +32,7 @@ from docxy.cache import (
     TagEntry,
     referenced_digests,
 )
+from docxy.cli.options import add_config_arguments
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.names import ImageRef, parse_image_ref
@@ -303,14 +304,11 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO) -> int:
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``docxy cache`` and its subcommands; ``args.handler(args, load_config)`` runs one."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
+    add_config_arguments(common)
     common.add_argument("--cache-dir", metavar="DIR", help="the cache directory (cache.dir)")
     common.add_argument("--upstream", metavar="URL", help="upstream registry (for IMAGE names)")
-    common.add_argument(
-        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
-    )
     cache = commands.add_parser("cache", help="inspect and tidy the cache directory")
-    cache.set_defaults(handler=run, no_library_prefix=False, no_cache=False)
+    cache.set_defaults(handler=run)
     actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     ls = actions.add_parser("ls", parents=[common], help="list cached tags and blobs")
     only = ls.add_mutually_exclusive_group()

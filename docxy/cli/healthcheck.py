@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 
+from docxy.cli.options import add_config_arguments
 from docxy.config import Config, HostPort
 from docxy.core.errors import ConfigError
 
@@ -52,13 +52,10 @@ def probe(url: str, timeout: float) -> tuple[bool, str]:
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``docxy health``; ``args.handler(args, config_from_args)`` runs it."""
     health = commands.add_parser("health", help="probe the running mirror's /health (exit 0: up)")
-    health.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
-    health.add_argument(
-        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
-    )
+    add_config_arguments(health)
     health.add_argument("--listen", metavar="HOST:PORT", help="the listener to probe")
     health.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
-    health.set_defaults(handler=run, no_library_prefix=False, no_cache=False)
+    health.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict[str, object] = {}
-    for item in args.set:
+    for item in getattr(args, "set", []):  # commands without --set have none
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item}: expected SECTION.KEY=VALUE (flag)")
@@ -91,9 +91,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, dest, None)
         if value is not None:
             overrides[key] = value
-    if args.no_library_prefix:
+    if getattr(args, "no_library_prefix", False):  # serve's own flags
         overrides["upstream.library_prefix"] = False
-    if args.no_cache:
+    if getattr(args, "no_cache", False):
         overrides["cache.enabled"] = False
     return load_config(overrides, args.config)
 

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -29,6 +28,7 @@ import httpx
 from docxy import __version__
 from docxy.cache import Digest, parse_digest
 from docxy.cli.cache import human_size
+from docxy.cli.options import add_config_arguments
 from docxy.cli.progress import TransferProgress
 from docxy.config import Config
 from docxy.core.challenge import parse_challenge
@@ -308,8 +308,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     warm.add_argument("--timeout", type=float, default=60.0, help="read timeout, seconds (60)")
-    warm.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
-    warm.set_defaults(handler=run, set=[], no_library_prefix=False, no_cache=False)
+    add_config_arguments(warm, with_set=False)
+    warm.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:

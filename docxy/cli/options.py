@@ -1,0 +1,15 @@
+"""The options every command that reads the mirror's settings shares (``--config``, ``--set``);
+``docxy.cli.main.config_from_args`` turns them into a :class:`docxy.config.Config`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, with_set: bool = True) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
+    if with_set:
+        parser.add_argument(
+            "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
+        )
