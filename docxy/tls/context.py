@@ -219,6 +219,24 @@ class ReloadableTLS:
                 log.exception("TLS reload crashed; still serving serial %s", self._info.serial)
 
 
+def self_signed_builder(
+    key: ec.EllipticCurvePrivateKey, common_name: str, days: float
+) -> x509.CertificateBuilder:
+    """A certificate for ``key`` issued by itself, valid from five minutes ago (clock skew) for
+    ``days``: the common part of the bootstrap certificate and the client CA."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = _utcnow()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
 def self_signed(
     dir: Path,
     hostname: str,
@@ -231,20 +249,12 @@ def self_signed(
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
     try:
         alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
     except ValueError:
         alt = x509.DNSName(hostname)
-    now = _utcnow()
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        self_signed_builder(key, hostname[:64], days)
         .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
