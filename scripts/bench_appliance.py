@@ -4,13 +4,13 @@
 Not a test: it prints figures against issue 7's targets (idle under 100 MiB, under 300 MiB
 while 20 clients pull different images). Everything runs on 127.0.0.1, as root:
 
-1. The test bed (tests/bed/: Distribution registry, token server, CDN front) seeded with
+1. The test bed (lab/bed/: Distribution registry, token server, CDN front) seeded with
    ``--images`` images ``bench/app<i>:1``, each a busybox layer, a ``--layer-mib`` layer of its
    own random bytes and a small text layer.
-2. A private dockerd (tests/clients/dockerd.py: vfs, no bridge networks, egress guard) with
+2. A private dockerd (lab/clients/dockerd.py: vfs, no bridge networks, egress guard) with
    ``max-concurrent-downloads`` = the number of images, whose registry mirror is the container.
    It imports the locally made bookworm base and builds this checkout's image
-   (tests/clients/baseimage.py), as tests/test_image_e2e.py does.
+   (lab/clients/baseimage.py), as tests/test_image_e2e.py does.
 3. Image size (``docker image inspect``).
 4. Idle memory of the whole container, three ways: the sum of VmRSS of every process in it (its
    PID 1 and all descendants, from /proc: pages shared by its python processes count once in
@@ -49,8 +49,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 if TYPE_CHECKING:
-    from tests.bed import Bed
-    from tests.clients.container import Container
+    from lab.bed import Bed
+    from lab.clients.container import Container
 
 LOOPBACK = "127.0.0.1"
 MiB = 1 << 20
@@ -204,7 +204,7 @@ class BenchImage:
 
 
 def seed(bed: Bed, count: int, layer_mib: int) -> list[BenchImage]:
-    from tests.bed.images import build_image, busybox_layer, make_layer, noise, text_layer
+    from lab.bed.images import build_image, busybox_layer, make_layer, noise, text_layer
 
     seeded = []
     for index in range(count):
@@ -294,12 +294,12 @@ def pull_all(container: Container, images: Sequence[BenchImage]) -> tuple[Memory
 
 
 def run(args: argparse.Namespace) -> None:
-    from tests.bed import start_bed
-    from tests.clients.baseimage import build_image, import_base
-    from tests.clients.container import running_container
-    from tests.clients.dockerd import running_dockerd
-    from tests.clients.egress import EgressGuard
-    from tests.clients.process import free_port
+    from lab.bed import start_bed
+    from lab.clients.baseimage import build_image, import_base
+    from lab.clients.container import running_container
+    from lab.clients.dockerd import running_dockerd
+    from lab.clients.egress import EgressGuard
+    from lab.ports import free_port
 
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dxbench-")))

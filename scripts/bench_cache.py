@@ -29,7 +29,7 @@ Not a test: it prints figures and the ratios the cache issue sets as targets.
    Docxy ``--no-cache``. A blob GET stands in for ``docker pull``: dockerd is not used.
 6. With ``--docker-pull`` (root, dockerd): a real ``docker pull`` of ``docxybench/big:1`` (a
    ``--pull-mib`` random file in an uncompressed tar layer, plus a tiny /docxy-test.txt layer)
-   from a private dockerd (tests/clients/dockerd.py: vfs, no networks, egress guard) whose
+   from a private dockerd (lab/clients/dockerd.py: vfs, no networks, egress guard) whose
    registry mirror is Docxy, Docxy's upstream being the throttling proxy in front of a local
    ``docker-registry``. Per mirror (cache on with a fresh cache dir, then ``--no-cache``): pull,
    ``docker rmi``, pull again, each timed, with the upstream GETs of the big layer.
@@ -68,7 +68,7 @@ import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 if TYPE_CHECKING:
-    from tests.clients.dockerd import Dockerd
+    from lab.clients.dockerd import Dockerd
 
 LOOPBACK = "127.0.0.1"
 MiB = 1024 * 1024
@@ -1131,7 +1131,7 @@ def pull_skip_reason() -> str | None:
         if shutil.which(binary) is None:
             return f"{binary} not found (apt-get install docker.io)"
     import_repo_root()
-    from tests.clients.dockerd import docker_cli
+    from lab.clients.dockerd import docker_cli
 
     if shutil.which(docker_cli()) is None:
         return "docker CLI not found"
@@ -1139,7 +1139,7 @@ def pull_skip_reason() -> str | None:
 
 
 def import_repo_root() -> None:
-    """Let ``tests.clients`` (the private dockerd and its egress guard) be imported."""
+    """Let ``lab.clients`` (the private dockerd and its egress guard) be imported."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
 
@@ -1155,8 +1155,8 @@ def pull_section(args: argparse.Namespace, services: Services, data: BlobData) -
         print(f"  skipped: {reason}")
         return
     import_repo_root()
-    from tests.clients.dockerd import running_dockerd
-    from tests.clients.egress import EgressGuard
+    from lab.clients.dockerd import running_dockerd
+    from lab.clients.egress import EgressGuard
 
     upstream = start_registry(services, "upstream-pull", data.storage)
     proxy = ThrottleProxy(upstream.port, rate)

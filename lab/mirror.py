@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.bed.httpserver import LOOPBACK, free_port
+from lab import REPO_ROOT
+from lab.ports import LOOPBACK, free_port
 
-# Where a test keeps the mirrors it used, so a failing test's report can show their logs.
-MIRRORS_KEY = pytest.StashKey[list["Mirror"]]()
-REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.bed.httpserver import LOOPBACK, free_port
+from lab.ports import LOOPBACK, free_port
 
 REGISTRY_BINARY = "docker-registry"
 START_TIMEOUT = 30.0

@@ -1,24 +1,15 @@
-"""Process plumbing shared by the daemon helpers: ports, polling, stopping, unmounting."""
+"""Process plumbing shared by the lab's parts: polling, running, stopping, unmounting."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 POLL_INTERVAL = 0.1
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], bool], *, timeout: float, what: str) -> None:
