@@ -5,17 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from lab import REPO_ROOT
 from lab.ports import LOOPBACK, free_port
-
-START_TIMEOUT = 30.0
+from lab.processes import stop_process
+from lab.service import start_service
 
 
 @dataclass
@@ -53,7 +50,6 @@ def launch_mirror(
     """Start the mirror and wait until /health answers 200; kill it if it never does."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log_path = workdir / f"mirror-{port}.log"
     command = [
         sys.executable,
         "-m",
@@ -65,50 +61,16 @@ def launch_mirror(
         upstream_url,
         *extra_args,
     ]
-    with log_path.open("ab") as log:
-        log.write(f"$ {' '.join(command)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            env=mirror_env(workdir, env),
-        )
-    mirror = Mirror(f"http://{LOOPBACK}:{port}", port, proc, log_path)
-    try:
-        wait_healthy(mirror)
-    except BaseException:
-        stop_mirror(mirror)
-        raise
-    return mirror
-
-
-def wait_healthy(mirror: Mirror, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no attempt"
-    while time.monotonic() < deadline:
-        if mirror.proc.poll() is not None:
-            raise RuntimeError(
-                f"mirror exited with {mirror.proc.returncode}:\n{mirror.log_text(4000)}"
-            )
-        try:
-            response = httpx.get(f"{mirror.url}/health", timeout=2)
-            if response.status_code == 200:
-                return
-            last = f"status {response.status_code}"
-        except httpx.TransportError as exc:
-            last = repr(exc)
-        time.sleep(0.05)
-    raise RuntimeError(f"mirror not healthy after {timeout}s ({last}):\n{mirror.log_text(4000)}")
+    service = start_service(
+        f"mirror-{port}",
+        command,
+        port=port,
+        workdir=workdir,
+        ready_path="/health",
+        env=mirror_env(workdir, env),
+    )
+    return Mirror(service.url, port, service.proc, service.log_path)
 
 
 def stop_mirror(mirror: Mirror) -> None:
-    if mirror.proc.poll() is None:
-        mirror.proc.terminate()
-        try:
-            mirror.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            mirror.proc.kill()
-            mirror.proc.wait(timeout=10)
+    stop_process(mirror.proc, grace=10)

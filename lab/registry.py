@@ -1,23 +1,23 @@
-"""A real Distribution registry (Debian's `docker-registry`, v2.8) with token auth, on loopback.
+"""A real Distribution registry (Debian's `docker-registry`, v2.8) on loopback.
 
-Storage is a filesystem directory in the bed's work dir; the CDN reads blobs from it directly.
+Token auth (the bed's), htpasswd Basic auth (the second upstream) or none (the benchmarks'
+upstream); optionally a pull-through cache of `remote` (Distribution's proxy mode), and TLS.
+Storage is a filesystem directory (the bed's CDN reads blobs from it directly, the benchmarks
+write blobs straight into it).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from lab.certs import CertPair
 from lab.ports import LOOPBACK, free_port
+from lab.service import Service, start_service
 
 REGISTRY_BINARY = "docker-registry"
-START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,19 @@ def _auth(auth: TokenAuth | BasicAuth) -> dict[str, object]:
     }
 
 
-def _config(port: int, storage: Path, auth: TokenAuth | BasicAuth) -> str:
-    # YAML is a superset of JSON, so the config is written as JSON (no YAML library needed).
-    config = {
+def registry_config(
+    port: int,
+    storage: Path,
+    *,
+    auth: TokenAuth | BasicAuth | None = None,
+    remote: str | None = None,
+    tls: CertPair | None = None,
+) -> str:
+    """The registry's config.yml: `remote` makes it a pull-through cache of that registry."""
+    http: dict[str, object] = {"addr": f"{LOOPBACK}:{port}", "secret": os.urandom(16).hex()}
+    if tls is not None:
+        http["tls"] = {"certificate": str(tls.cert), "key": str(tls.key)}
+    config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {
@@ -59,27 +69,50 @@ def _config(port: int, storage: Path, auth: TokenAuth | BasicAuth) -> str:
             "delete": {"enabled": True},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
-        "http": {"addr": f"{LOOPBACK}:{port}", "secret": os.urandom(16).hex()},
-        "auth": _auth(auth),
+        "http": http,
     }
+    if auth is not None:
+        config["auth"] = _auth(auth)
+    if remote is not None:
+        config["proxy"] = {"remoteurl": remote}
+    # YAML is a superset of JSON, so the config is written as JSON (no YAML library needed).
     return json.dumps(config, indent=2)
 
 
 class RegistryProcess:
-    """`docker-registry serve` as a child process; `stop()` always kills it."""
+    """`docker-registry serve` as a child process; `stop()` always kills it.
 
-    def __init__(self, binary: str, workdir: Path, auth: TokenAuth | BasicAuth) -> None:
+    Its config and log are `<workdir>/<name>.yml` and `.log`; storage is `storage`, by default
+    `<workdir>/storage`. `cpus` pins it (`taskset -c`).
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        auth: TokenAuth | BasicAuth | None = None,
+        *,
+        name: str = "registry",
+        storage: Path | None = None,
+        remote: str | None = None,
+        tls: CertPair | None = None,
+        cpus: str | None = None,
+    ) -> None:
         self.binary = binary
         self.workdir = workdir
         self.auth = auth
-        self.storage = workdir / "storage"
-        self.log_path = workdir / "registry.log"
+        self.name = name
+        self.storage = storage if storage is not None else workdir / "storage"
+        self.remote = remote
+        self.tls = tls
+        self.cpus = cpus
+        self.log_path = workdir / f"{name}.log"
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._service: Service | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
 
     def blob_path(self, digest: str) -> Path:
         algorithm, _, hexpart = digest.partition(":")
@@ -87,37 +120,27 @@ class RegistryProcess:
             self.storage / "docker/registry/v2/blobs" / algorithm / hexpart[:2] / hexpart / "data"
         )
 
-    def start(self) -> None:
+    def start(self) -> Service:
+        """Start it on a free port and wait until `/v2/` answers (401 with auth, else 200)."""
         self.storage.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        config_path = self.workdir / "config.yml"
-        config_path.write_text(_config(self.port, self.storage, self.auth))
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [self.binary, "serve", str(config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        last_error = "no attempt"
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited early:\n{self.log_tail()}")
-            try:
-                response = httpx.get(f"{self.url}/v2/", timeout=2)
-                if response.status_code == 401:
-                    return
-                last_error = f"status {response.status_code}"
-            except httpx.TransportError as exc:
-                last_error = repr(exc)
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"docker-registry not ready ({last_error}):\n{self.log_tail()}")
+        config_path = self.workdir / f"{self.name}.yml"
+        config = registry_config(
+            self.port, self.storage, auth=self.auth, remote=self.remote, tls=self.tls
+        )
+        config_path.write_text(config)
+        self._service = start_service(
+            self.name,
+            [self.binary, "serve", str(config_path)],
+            port=self.port,
+            workdir=self.workdir,
+            ready_path="/v2/",
+            ready_statuses=(200,) if self.auth is None else (401,),
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            tls=self.tls,
+            cpus=self.cpus,
+        )
+        return self._service
 
     def log_tail(self, limit: int = 4000) -> str:
         try:
@@ -126,12 +149,6 @@ class RegistryProcess:
             return ""
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        service, self._service = self._service, None
+        if service is not None:
+            service.stop(grace=5)
