@@ -4,13 +4,13 @@
 Not a test: it prints figures against issue 7's targets (idle under 100 MiB, under 300 MiB
 while 20 clients pull different images). Everything runs on 127.0.0.1, as root:
 
-1. The test bed (tests/bed/: Distribution registry, token server, CDN front) seeded with
+1. The test bed (lab/bed/: Distribution registry, token server, CDN front) seeded with
    ``--images`` images ``bench/app<i>:1``, each a busybox layer, a ``--layer-mib`` layer of its
    own random bytes and a small text layer.
-2. A private dockerd (tests/clients/dockerd.py: vfs, no bridge networks, egress guard) with
+2. A private dockerd (lab/clients/dockerd.py: vfs, no bridge networks, egress guard) with
    ``max-concurrent-downloads`` = the number of images, whose registry mirror is the container.
    It imports the locally made bookworm base and builds this checkout's image
-   (tests/clients/baseimage.py), as tests/test_image_e2e.py does.
+   (lab/clients/baseimage.py), as tests/e2e/test_image_e2e.py does.
 3. Image size (``docker image inspect``).
 4. Idle memory of the whole container, three ways: the sum of VmRSS of every process in it (its
    PID 1 and all descendants, from /proc: pages shared by its python processes count once in
@@ -40,19 +40,24 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# The loopback lab (lab/, beside scripts/) is not installed: this checkout's copy, and with it
+# this checkout's docxy, come first: the one sys.path line, which ruff lets imports follow.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-if TYPE_CHECKING:
-    from tests.bed import Bed
-    from tests.clients.container import Container
+from lab import Unavailable
+from lab.bed import Bed, start_bed
+from lab.bed.images import build_image, busybox_layer, make_layer, noise, text_layer
+from lab.clients.baseimage import build_image as build_appliance
+from lab.clients.baseimage import import_base
+from lab.clients.container import Container, running_container
+from lab.clients.dockerd import running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.ports import LOOPBACK, free_port
+from lab.processes import command_line, pss_kib, rss_kib, tree
 
-LOOPBACK = "127.0.0.1"
 MiB = 1 << 20
 IMAGE = "docxy:bench"
 SAMPLE_INTERVAL = 0.2
@@ -63,56 +68,6 @@ PEAK_TARGET_MIB = 300
 
 
 # --- memory of a container, from /proc -----------------------------------------------------------
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of `pid` (every thread's children file)."""
-    found: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def tree(pid: int) -> list[int]:
-    pids, frontier = [pid], [pid]
-    while frontier:
-        frontier = [child for parent in frontier for child in _children(parent)]
-        pids += frontier
-    return pids
-
-
-def _kib_field(path: str, name: str) -> int:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def rss_kib(pid: int) -> int:
-    return _kib_field(f"/proc/{pid}/status", "VmRSS")
-
-
-def pss_kib(pid: int) -> int:
-    """Proportional set size: pages shared by N processes count 1/N in each."""
-    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
-
-
-def command(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:70]
 
 
 def cgroup_kib(pid: int) -> int:
@@ -162,7 +117,7 @@ class Memory:
 def container_memory(container: Container) -> tuple[Memory, list[tuple[int, int, str]]]:
     """The container's memory, and (RSS KiB, PSS KiB, command) per process."""
     root = int(container.state()["Pid"])
-    rows = [(rss_kib(pid), pss_kib(pid), command(pid)) for pid in tree(root)]
+    rows = [(rss_kib(pid), pss_kib(pid), command_line(pid)) for pid in tree(root)]
     return Memory.of(root), rows
 
 
@@ -204,8 +159,6 @@ class BenchImage:
 
 
 def seed(bed: Bed, count: int, layer_mib: int) -> list[BenchImage]:
-    from tests.bed.images import build_image, busybox_layer, make_layer, noise, text_layer
-
     seeded = []
     for index in range(count):
         repo, content = f"bench/app{index}", f"docxy bench image {index}\n"
@@ -294,13 +247,6 @@ def pull_all(container: Container, images: Sequence[BenchImage]) -> tuple[Memory
 
 
 def run(args: argparse.Namespace) -> None:
-    from tests.bed import start_bed
-    from tests.clients.baseimage import build_image, import_base
-    from tests.clients.container import running_container
-    from tests.clients.dockerd import running_dockerd
-    from tests.clients.egress import EgressGuard
-    from tests.clients.process import free_port
-
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dxbench-")))
         bed = stack.enter_context(start_bed(workdir))
@@ -317,7 +263,7 @@ def run(args: argparse.Namespace) -> None:
         )
         print("building the image (vfs: a few minutes) ...", flush=True)
         started = time.monotonic()
-        build_image(daemon, import_base(daemon), IMAGE)
+        build_appliance(daemon, import_base(daemon), IMAGE)
         print(f"  built in {time.monotonic() - started:.0f} s")
         inspected = json.loads(daemon.docker("image", "inspect", IMAGE, check=True).stdout)
         size = int(inspected[0]["Size"])
@@ -381,7 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_appliance: needs root (a private dockerd)", file=sys.stderr)
         return 2
-    run(parse_args(argv))
+    try:
+        run(parse_args(argv))
+    except Unavailable as exc:
+        print(f"bench_appliance: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -29,7 +29,7 @@ Not a test: it prints figures and the ratios the cache issue sets as targets.
    Docxy ``--no-cache``. A blob GET stands in for ``docker pull``: dockerd is not used.
 6. With ``--docker-pull`` (root, dockerd): a real ``docker pull`` of ``docxybench/big:1`` (a
    ``--pull-mib`` random file in an uncompressed tar layer, plus a tiny /docxy-test.txt layer)
-   from a private dockerd (tests/clients/dockerd.py: vfs, no networks, egress guard) whose
+   from a private dockerd (lab/clients/dockerd.py: vfs, no networks, egress guard) whose
    registry mirror is Docxy, Docxy's upstream being the throttling proxy in front of a local
    ``docker-registry``. Per mirror (cache on with a fresh cache dir, then ``--no-cache``): pull,
    ``docker rmi``, pull again, each timed, with the upstream GETs of the big layer.
@@ -49,7 +49,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -62,23 +61,30 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-if TYPE_CHECKING:
-    from tests.clients.dockerd import Dockerd
+# The loopback lab (lab/, beside scripts/) is not installed: this checkout's copy, and with it
+# this checkout's docxy, come first: the one sys.path line, which ruff lets imports follow.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LOOPBACK = "127.0.0.1"
+from lab import REPO_ROOT, Unavailable, need
+from lab.certs import CertPair, loopback_cert
+from lab.clients.dockerd import Dockerd, docker_cli, running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.mirror import mirror_env
+from lab.ports import LOOPBACK, free_port
+from lab.processes import status_kib, tree_cpu
+from lab.registry import REGISTRY_BINARY, RegistryProcess
+from lab.service import Service, start_service
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 MB = 1_000_000
 CHUNK = 4 * MiB
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_REPO = "bench/blob"
-START_TIMEOUT = 30.0
+ONE_CORE = "0"  # the CPU a pinned peer runs on (taskset -c)
 SETTLE_LIMIT = 60.0
 TRANSFER_TIMEOUT = 1800
 
@@ -189,49 +195,6 @@ class BlobData:
 # --- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rpartition(")")[2].split()
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                parents.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(parents.get(current, []))
-    return found
-
-
-def tree_cpu(pid: int) -> float:
-    """utime+stime in seconds of ``pid`` and its live descendants (nginx workers)."""
-    ticks = 0
-    for member in _descendants(pid):
-        with contextlib.suppress(OSError, IndexError):
-            fields = _stat_fields(member)
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLK_TCK
-
-
-def status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def settle(pids: Sequence[int], quiet: float = 0.02, interval: float = 0.3) -> None:
     """Wait (bounded) until ``pids`` stop using CPU: background work is done."""
     deadline = time.monotonic() + SETTLE_LIMIT
@@ -243,101 +206,6 @@ def settle(pids: Sequence[int], quiet: float = 0.02, interval: float = 0.3) -> N
             return
         before = now
     print(f"  warning: processes {list(pids)} still busy after {SETTLE_LIMIT}s", flush=True)
-
-
-@dataclass(frozen=True)
-class Tls:
-    """A self-signed certificate for 127.0.0.1 and its key; the certificate is its own CA."""
-
-    cert: Path
-    key: Path
-
-    @classmethod
-    def make(cls, directory: Path) -> Tls:
-        from datetime import UTC, datetime, timedelta
-        from ipaddress import IPv4Address
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "docxy bench")])
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=2))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(IPv4Address(LOOPBACK)), x509.DNSName("localhost")]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        tls = cls(directory / "bench-cert.pem", directory / "bench-key.pem")
-        tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        tls.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return tls
-
-    def context(self) -> ssl.SSLContext:
-        import ssl
-
-        return ssl.create_default_context(cafile=str(self.cert))
-
-
-@dataclass
-class Service:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    tls: Tls | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
-
-    @property
-    def verify(self) -> ssl.SSLContext | bool:
-        """What an httpx client needs to trust this service."""
-        return self.tls.context() if self.tls is not None else True
-
-    @property
-    def cacert(self) -> Path | None:
-        return self.tls.cert if self.tls is not None else None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 class Services:
@@ -355,41 +223,26 @@ class Services:
         ready_path: str,
         env: Mapping[str, str] | None = None,
         *,
-        tls: Tls | None = None,
+        tls: CertPair | None = None,
         pin: bool = False,
     ) -> Service:
-        """Start ``command``; ``pin``: on CPU 0 only (its children inherit the affinity)."""
-        log_path = self.workdir / f"{name}.log"
-        if pin:
-            command = ["taskset", "-c", "0", *command]
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                list(command),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
-                env=dict(env) if env is not None else None,
-            )
-        service = Service(name, proc, port, log_path, tls)
-        self.running.append(service)
-        self._wait_ready(service, ready_path)
-        return service
+        """Start ``command``; ``pin``: on one core only (its children inherit the affinity)."""
+        cpus = ONE_CORE if pin else None
+        service = start_service(
+            name,
+            command,
+            port=port,
+            workdir=self.workdir,
+            ready_path=ready_path,
+            env=env,
+            tls=tls,
+            cpus=cpus,
+        )
+        return self.track(service)
 
-    def _wait_ready(self, service: Service, path: str) -> None:
-        deadline, last = time.monotonic() + START_TIMEOUT, "no attempt"
-        while time.monotonic() < deadline:
-            if service.proc.poll() is not None:
-                raise RuntimeError(f"{service.name} exited:\n{service.log_text()[-3000:]}")
-            try:
-                status = httpx.get(service.url + path, timeout=2, verify=service.verify).status_code
-                if status == 200:
-                    return
-                last = f"status {status}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.05)
-        raise RuntimeError(f"{service.name} not ready ({last}):\n{service.log_text()[-3000:]}")
+    def track(self, service: Service) -> Service:
+        self.running.append(service)
+        return service
 
     def stop(self, service: Service) -> None:
         service.stop()
@@ -401,41 +254,29 @@ class Services:
             self.running.pop().stop()
 
 
-def registry_config(port: int, storage: Path, remote: str | None, tls: Tls | None = None) -> str:
-    config: dict[str, object] = {
-        "version": 0.1,
-        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(storage)},
-            "maintenance": {"uploadpurging": {"enabled": False}},
-        },
-        "http": {"addr": f"{LOOPBACK}:{port}", "secret": os.urandom(16).hex()},
-    }
-    if remote is not None:
-        config["proxy"] = {"remoteurl": remote}
-    if tls is not None:
-        config["http"] |= {"tls": {"certificate": str(tls.cert), "key": str(tls.key)}}
-    return json.dumps(config, indent=2)  # YAML is a superset of JSON
-
-
 def start_registry(
     services: Services,
     name: str,
     storage: Path,
     remote: str | None = None,
     *,
-    tls: Tls | None = None,
+    tls: CertPair | None = None,
     pin: bool = False,
 ) -> Service:
-    port = free_port()
-    config = services.workdir / f"{name}.yml"
-    config.write_text(registry_config(port, storage, remote, tls))
-    command = ["docker-registry", "serve", str(config)]
-    env = {"PATH": "/usr/bin:/bin"}
-    return services.start(name, command, port, "/v2/", env, tls=tls, pin=pin)
+    """Distribution without auth on ``storage``; with ``remote``, its proxy mode."""
+    registry = RegistryProcess(
+        REGISTRY_BINARY,
+        services.workdir,
+        name=name,
+        storage=storage,
+        remote=remote,
+        tls=tls,
+        cpus=ONE_CORE if pin else None,
+    )
+    return services.track(registry.start())
 
 
-def nginx_config(prefix: Path, port: int, upstream_port: int, tls: Tls | None = None) -> str:
+def nginx_config(prefix: Path, port: int, upstream_port: int, tls: CertPair | None = None) -> str:
     user = "user root root;\n" if os.geteuid() == 0 else ""
     temp = "\n".join(
         f"  {kind}_temp_path {prefix}/{kind}_temp;"
@@ -472,7 +313,7 @@ http {{
 
 
 def start_nginx(
-    services: Services, upstream: Service, *, tls: Tls | None = None, pin: bool = False
+    services: Services, upstream: Service, *, tls: CertPair | None = None, pin: bool = False
 ) -> Service:
     prefix = services.workdir / "nginx"
     prefix.mkdir(exist_ok=True)
@@ -483,13 +324,6 @@ def start_nginx(
     return services.start("nginx", command, port, "/v2/", tls=tls, pin=pin)
 
 
-def docxy_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env["DOCXY_SERVER_ADMIN_LISTEN"] = ""  # not the fixed default port others may hold
-    return env
-
-
 def start_docxy(
     services: Services,
     name: str,
@@ -497,7 +331,7 @@ def start_docxy(
     cache_dir: Path,
     max_size: int | None,
     *,
-    tls: Tls | None = None,
+    tls: CertPair | None = None,
     pin: bool = False,
 ) -> Service:
     """Docxy with its cache in ``cache_dir``; ``max_size=None``: ``--no-cache``.
@@ -516,7 +350,8 @@ def start_docxy(
         command.append("--no-cache")
     else:
         command += ["--set", f"cache.max_size={max_size}"]
-    return services.start(name, command, port, "/health", docxy_env(), tls=tls, pin=pin)
+    env = mirror_env(services.workdir, None)  # --cache-dir above wins over its cache dir
+    return services.start(name, command, port, "/health", env, tls=tls, pin=pin)
 
 
 # --- clients and measurements ----------------------------------------------------------------
@@ -634,7 +469,7 @@ class PeerResult:
 
 class Bench:
     def __init__(
-        self, args: argparse.Namespace, services: Services, data: BlobData, tls: Tls
+        self, args: argparse.Namespace, services: Services, data: BlobData, tls: CertPair
     ) -> None:
         self.args = args
         self.services = services
@@ -1125,23 +960,13 @@ class Pull:
 
 
 def pull_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (dockerd)"
-    for binary in ("dockerd", "containerd"):
-        if shutil.which(binary) is None:
-            return f"{binary} not found (apt-get install docker.io)"
-    import_repo_root()
-    from tests.clients.dockerd import docker_cli
-
-    if shutil.which(docker_cli()) is None:
-        return "docker CLI not found"
+    try:
+        need.root("needs root (dockerd)")
+        for binary in ("dockerd", "containerd", docker_cli()):
+            need.binary(binary)
+    except Unavailable as exc:
+        return f"{exc} (apt-get install docker.io)"
     return None
-
-
-def import_repo_root() -> None:
-    """Let ``tests.clients`` (the private dockerd and its egress guard) be imported."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
 
 
 def pull_section(args: argparse.Namespace, services: Services, data: BlobData) -> None:
@@ -1154,10 +979,6 @@ def pull_section(args: argparse.Namespace, services: Services, data: BlobData) -
     if reason is not None:
         print(f"  skipped: {reason}")
         return
-    import_repo_root()
-    from tests.clients.dockerd import running_dockerd
-    from tests.clients.egress import EgressGuard
-
     upstream = start_registry(services, "upstream-pull", data.storage)
     proxy = ThrottleProxy(upstream.port, rate)
     proxy.start()
@@ -1325,7 +1146,7 @@ def run(args: argparse.Namespace, services: Services) -> None:
     print(f"  load average at start: {loadavg()}; blobs in {args.data_dir}")
     blob = data.ensure("main", args.size)
     upstream = start_registry(services, "upstream", data.storage)
-    bench = Bench(args, services, data, Tls.make(services.workdir))
+    bench = Bench(args, services, data, loopback_cert(services.workdir, "bench"))
     print(
         f"\n== {blob.size // MiB} MiB blob, {args.rounds} round(s) of "
         f"{', '.join(v.name for v in args.variant_list)}: 1 cold + {args.warm} warm GETs per "

@@ -1,12 +1,14 @@
 """Shared fixtures: the Docker-Hub-like test bed and the mirror as a child process.
 
-    bed           session-scoped tests.bed.Bed (token server, registry, front, CDN, images);
+    bed           session-scoped lab.bed.Bed (token server, registry, front, CDN, images);
                   reset before every test that uses it (servers up, no faults, empty logs)
-    start_mirror  factory: start_mirror(*extra_args, env=None) -> tests.bed.Mirror
+    start_mirror  factory: start_mirror(*extra_args, env=None) -> lab.mirror.Mirror
     mirror        start_mirror() with defaults
     mirror_client httpx.Client(base_url=mirror.url), no redirects followed
 
-A failing test gets the logs of the mirrors it started appended to its report.
+A failing test gets the logs of the mirrors it started appended to its report. A lab part this
+machine cannot run (`lab.Unavailable`, raised in a fixture or a test) skips the test, or fails
+it under DOCXY_REQUIRE_E2E=1 (tests/unavailable.py).
 """
 
 from __future__ import annotations
@@ -19,9 +21,14 @@ from typing import Protocol
 import httpx
 import pytest
 
-from tests.bed import Bed, Mirror, start_bed
-from tests.bed.mirror import MIRRORS_KEY, launch_mirror, stop_mirror
-from tests.clients.egress import EgressGuard
+from lab import Unavailable
+from lab.bed import Bed, start_bed
+from lab.clients.egress import EgressGuard
+from lab.mirror import Mirror, launch_mirror, stop_mirror
+from tests.unavailable import skip_or_fail
+
+# Where a test keeps the mirrors it used, so a failing test's report can show their logs.
+MIRRORS_KEY = pytest.StashKey[list[Mirror]]()
 
 
 class StartMirror(Protocol):
@@ -89,6 +96,22 @@ def egress() -> Iterator[EgressGuard]:
     """A refusing proxy for every client daemon: records any attempt to leave 127.0.0.1."""
     with EgressGuard() as guard:
         yield guard
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        yield
+    except Unavailable as exc:
+        skip_or_fail(str(exc))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        yield
+    except Unavailable as exc:
+        skip_or_fail(str(exc))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,1 +1,1 @@
-"""End-to-end tests against real parts on loopback (tests/bed/, tests/clients/)."""
+"""End-to-end tests against real parts on loopback (lab/bed/, lab/clients/)."""

@@ -27,11 +27,13 @@ import pytest
 from docxy.access.keys import KeyRing
 from docxy.access.scopes import Access
 from docxy.access.tokens import TokenSpec, issue
-from tests.bed import Bed, Mirror, TestImage, need_binary
-from tests.bed.mirror import REPO_ROOT
-from tests.clients.dockerd import Dockerd, running_dockerd
-from tests.clients.egress import EgressGuard
+from lab import REPO_ROOT
+from lab.bed import Bed, TestImage
+from lab.clients.dockerd import Dockerd, running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.mirror import Mirror
 from tests.conftest import StartMirror
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -210,7 +212,7 @@ def test_containerd_with_credentials(
 ) -> None:
     """containerd (hosts.toml naming the mirror, no fallback): `ctr --user` with the right
     password pulls; a wrong password and none are refused."""
-    from tests.clients.containerd import running_containerd
+    from lab.clients.containerd import running_containerd
 
     for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
         need_binary(name)

@@ -30,9 +30,9 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.bed import need_binary
-from tests.bed.httpserver import LOOPBACK, free_port
+from lab.ports import LOOPBACK, free_port
 from tests.e2e.test_certs_e2e import DOMAIN, EMAIL, Pebble, poll, running_pebble, served_cert
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

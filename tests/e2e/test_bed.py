@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.bed import Bed, Fault, need_binary, need_root
-from tests.bed.images import generated_digest, sha256_digest
+from lab.bed import Bed, Fault
+from lab.bed.images import generated_digest, sha256_digest
+from tests.unavailable import need_binary, need_root
 
 pytestmark = pytest.mark.e2e
 

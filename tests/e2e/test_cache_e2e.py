@@ -35,9 +35,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.bed import Bed, Fault, Mirror, TestImage, need_binary
-from tests.bed.faults_extra import held_cdn
-from tests.bed.images import (
+from lab import REPO_ROOT
+from lab.bed import Bed, Fault, TestImage
+from lab.bed.faults_extra import held_cdn
+from lab.bed.images import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_MANIFEST,
@@ -50,10 +51,11 @@ from tests.bed.images import (
     noise,
     text_layer,
 )
-from tests.bed.mirror import REPO_ROOT
-from tests.clients.dockerd import Dockerd, running_dockerd
-from tests.clients.egress import EgressGuard
+from lab.clients.dockerd import Dockerd, running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.mirror import Mirror
 from tests.conftest import StartMirror
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

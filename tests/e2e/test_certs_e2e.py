@@ -39,9 +39,9 @@ from hypercorn.config import Config as HypercornConfig
 from docxy.cli.main import config_from_args
 from docxy.tls import certs
 from docxy.tls.context import ReloadableTLS, self_signed
-from tests.bed import need_binary
-from tests.bed.httpserver import LOOPBACK, free_port
-from tests.bed.mirror import Mirror, launch_mirror, stop_mirror
+from lab.mirror import Mirror, launch_mirror, stop_mirror
+from lab.ports import LOOPBACK, free_port
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ allowed by a client certificate from `docxy clients add`.
                  certificate for NAME from a test CA
     namespace    dockerd treats every 127.0.0.0/8 registry as insecure and then sends no client
                  certificate, so NAME resolves (one /etc/hosts line) to an address inside a
-                 network namespace this test creates (tests.clients.netns), where a forwarder
+                 network namespace this test creates (lab.clients.netns), where a forwarder
                  passes the TCP stream, TLS and all, to the mirror on the host's loopback
     dockerd      a private daemon with registry-mirrors = https://NAME, its trust and the client
                  certificate in /etc/docker/certs.d/NAME/; every other host ends at the egress
@@ -28,14 +28,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.bed import Bed, Mirror, TestImage, need_binary, need_root
-from tests.bed.httpserver import free_port
-from tests.clients.dockerd import Dockerd
-from tests.clients.egress import EgressGuard
-from tests.clients.netns import Namespace, forwarder, namespace
-from tests.clients.tlstrust import DOCKER_CERTS_D, hosts_entry, running_dockerd_direct_to
+from lab.bed import Bed, TestImage
+from lab.clients.dockerd import Dockerd
+from lab.clients.egress import EgressGuard
+from lab.clients.netns import Namespace, forwarder, namespace
+from lab.clients.tlstrust import DOCKER_CERTS_D, hosts_entry, running_dockerd_direct_to
+from lab.mirror import Mirror
+from lab.ports import free_port
 from tests.conftest import StartMirror
 from tests.e2e.test_access_e2e import docxy_cli
+from tests.unavailable import need_binary, need_root
 
 pytestmark = pytest.mark.e2e
 

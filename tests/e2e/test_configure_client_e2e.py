@@ -2,13 +2,13 @@
 user would, edits a running dockerd's daemon.json, reloads it with SIGHUP, and `docker pull`
 then goes through the mirror. The hosts.toml it writes for containerd is then used by a real
 containerd (`ctr --hosts-dir`) to pull through the mirror too, for Docker Hub and for a second
-upstream (tests.bed.lab) whose hosts.toml the served script writes because the mirror is
+upstream (lab.basic_upstream) whose hosts.toml the served script writes because the mirror is
 configured for it (containerd then sends ``?ns=lab.test``). And with a client certificate from
 `docxy clients add` (``--client-cert``) containerd pulls from a mirror in users mode over TLS,
 where without it the mirror refuses (containerd, unlike dockerd, presents client certificates
 to loopback registries too, so no network namespace is needed).
 
-The private dockerd (tests.clients.dockerd) starts with `--config-file <dir>/daemon.json` whose
+The private dockerd (lab.clients.dockerd) starts with `--config-file <dir>/daemon.json` whose
 only mirror is a dead one on 127.0.0.1:9, and `--pidfile <dir>/docker.pid`; the script gets
 both with `--daemon-json` and `--dockerd-pidfile`. Docker takes plain-http mirrors on 127.0.0.1.
 """
@@ -25,16 +25,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.bed import Bed, Mirror, need_binary
-from tests.bed.httpserver import free_port
-from tests.bed.lab import Lab, start_lab
-from tests.clients.containerd import SNAPSHOTTER, running_containerd
-from tests.clients.dockerd import Dockerd, running_dockerd
-from tests.clients.egress import EgressGuard
+from lab.basic_upstream import BasicUpstream, start_basic_upstream
+from lab.bed import Bed
+from lab.clients.containerd import SNAPSHOTTER, running_containerd
+from lab.clients.dockerd import Dockerd, running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.mirror import Mirror
+from lab.ports import free_port
 from tests.conftest import StartMirror
 from tests.e2e.test_access_e2e import docxy_cli
 from tests.e2e.test_client_certs_e2e import server_certificate
 from tests.scriptbox import output, run_ok
+from tests.unavailable import need_binary
 from tests.unit.test_setup_script import expected
 
 pytestmark = pytest.mark.e2e
@@ -157,13 +159,13 @@ def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    with start_lab(tmp_path / "lab") as started:
+def lab(tmp_path: Path) -> Iterator[BasicUpstream]:
+    with start_basic_upstream(tmp_path / "lab") as started:
         yield started
 
 
 def test_setup_script_writes_hosts_toml_for_every_configured_registry(
-    start_mirror: StartMirror, lab: Lab, egress: EgressGuard, tmp_path: Path
+    start_mirror: StartMirror, lab: BasicUpstream, egress: EgressGuard, tmp_path: Path
 ) -> None:
     for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
         need_binary(name)

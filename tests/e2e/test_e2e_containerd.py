@@ -15,10 +15,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.bed import Bed, Mirror, TestImage, need_binary
-from tests.clients.containerd import Containerd, running_containerd
-from tests.clients.egress import EgressGuard
-from tests.clients.relay import Exchange, Relay
+from lab.bed import Bed, TestImage
+from lab.clients.containerd import Containerd, running_containerd
+from lab.clients.egress import EgressGuard
+from lab.clients.relay import Exchange, Relay
+from lab.mirror import Mirror
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed import Bed, Mirror, need_binary
-from tests.bed.images import sha256_digest
+from lab.bed import Bed
+from lab.bed.images import sha256_digest
+from lab.mirror import Mirror
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bed import Bed, Mirror, need_binary
-from tests.clients.dockerd import Dockerd, running_dockerd
-from tests.clients.egress import EgressGuard
+from lab.bed import Bed
+from lab.clients.dockerd import Dockerd, running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.mirror import Mirror
 from tests.conftest import StartMirror
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

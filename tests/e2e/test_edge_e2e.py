@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.bed import Bed, Mirror
-from tests.bed.images import generated_chunks
+from lab.bed import Bed
+from lab.bed.images import generated_chunks
+from lab.mirror import Mirror
 from tests.conftest import StartMirror
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import socket
 import httpx
 import pytest
 
-from tests.bed import Mirror
+from lab.mirror import Mirror
 from tests.conftest import StartMirror
 
 pytestmark = pytest.mark.e2e

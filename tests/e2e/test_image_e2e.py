@@ -2,8 +2,8 @@
 
 One `docker build` for this module (a vfs build takes minutes): a private dockerd (vfs, no
 bridge networks, behind the egress guard) imports the locally made bookworm base
-(tests/clients/baseimage.py) and builds this checkout's Dockerfile on it. Containers run with
-`--network host` on free loopback ports against the loopback test upstream (tests/bed/), and the
+(lab/clients/baseimage.py) and builds this checkout's Dockerfile on it. Containers run with
+`--network host` on free loopback ports against the loopback test upstream (lab/bed/), and the
 same dockerd pulls through them: its registry mirror is a port chosen before it started.
 
     compose       compose.yaml and compose.host.yaml pass `docker-compose config` (1.29, as
@@ -36,14 +36,16 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.bed import Bed, TestImage, need_binary
-from tests.bed.httpserver import LOOPBACK, free_port
-from tests.clients.baseimage import REPO_ROOT, build_image, import_base
-from tests.clients.container import Container, daemon_time, layer_files, running_container
-from tests.clients.dockerd import Dockerd, running_dockerd
-from tests.clients.egress import EgressGuard
+from lab import REPO_ROOT
+from lab.bed import Bed, TestImage
+from lab.clients.baseimage import build_image, import_base
+from lab.clients.container import Container, daemon_time, layer_files, running_container
+from lab.clients.dockerd import Dockerd, running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.ports import LOOPBACK, free_port
 from tests.e2e.test_appliance_e2e import handshake, is_self_signed
 from tests.e2e.test_certs_e2e import DOMAIN, EMAIL, poll, running_pebble
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

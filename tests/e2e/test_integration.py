@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.bed import Bed, Fault, Mirror
-from tests.bed.images import (
+from lab.bed import Bed, Fault
+from lab.bed.images import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -25,8 +25,8 @@ from tests.bed.images import (
     TestImage,
     sha256_digest,
 )
-from tests.bed.mirror import MIRRORS_KEY, launch_mirror, stop_mirror
-from tests.conftest import StartMirror
+from lab.mirror import Mirror, launch_mirror, stop_mirror
+from tests.conftest import MIRRORS_KEY, StartMirror
 
 pytestmark = pytest.mark.e2e
 

@@ -1,8 +1,8 @@
 """Many upstreams through one mirror, with real clients and two real registries on loopback.
 
-    [upstream]  the Docker-Hub-like bed's front: token service, CDN (tests.bed)
+    [upstream]  the Docker-Hub-like bed's front: token service, CDN (lab.bed)
     hub.test    the bed's registry itself, not its front           (token auth, own realm)
-    lab.test    a plain private registry with htpasswd Basic auth  (tests.bed.lab)
+    lab.test    a plain private registry with htpasswd Basic auth  (lab.basic_upstream)
 
 dockerd pulls by path prefix (``127.0.0.1:PORT/lab.test/team/tool:1``), containerd with a
 hosts.toml for ``lab.test`` (it sends ``?ns=lab.test``), skopeo by host name (a forwarder on
@@ -23,15 +23,16 @@ import httpx
 import pytest
 
 from docxy.cli.main import main
-from tests.bed import Bed, Mirror, need_binary
-from tests.bed.images import sha256_digest
-from tests.bed.lab import Lab, start_lab
-from tests.bed.mirror import launch_mirror, stop_mirror
-from tests.clients.containerd import Containerd, running_containerd
-from tests.clients.dockerd import running_dockerd
-from tests.clients.egress import EgressGuard
-from tests.clients.forward import Forwarder
+from lab.basic_upstream import BasicUpstream, start_basic_upstream
+from lab.bed import Bed
+from lab.bed.images import sha256_digest
+from lab.clients.containerd import Containerd, running_containerd
+from lab.clients.dockerd import running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.clients.forward import Forwarder
+from lab.mirror import Mirror, launch_mirror, stop_mirror
 from tests.conftest import StartMirror
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -39,8 +40,8 @@ TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with start_lab(tmp_path_factory.mktemp("lab")) as started:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BasicUpstream]:
+    with start_basic_upstream(tmp_path_factory.mktemp("lab")) as started:
         yield started
 
 
@@ -50,7 +51,7 @@ def forwarder() -> Iterator[Forwarder]:
         yield forward
 
 
-def upstreams_env(bed: Bed, lab: Lab, hub_host: str = "") -> dict[str, str]:
+def upstreams_env(bed: Bed, lab: BasicUpstream, hub_host: str = "") -> dict[str, str]:
     """The env form of the settings: a list with URLs, then keys per upstream."""
     env = {
         "DOCXY_UPSTREAMS": f"lab.test={lab.url},hub.test={bed.registry.url}",
@@ -63,7 +64,7 @@ def upstreams_env(bed: Bed, lab: Lab, hub_host: str = "") -> dict[str, str]:
 
 
 @pytest.fixture
-def multi(start_mirror: StartMirror, bed: Bed, lab: Lab) -> Mirror:
+def multi(start_mirror: StartMirror, bed: Bed, lab: BasicUpstream) -> Mirror:
     return start_mirror(env=upstreams_env(bed, lab))
 
 
@@ -75,7 +76,7 @@ def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_dockerd_pulls_each_upstream_by_path_prefix(
-    multi: Mirror, bed: Bed, lab: Lab, egress: EgressGuard
+    multi: Mirror, bed: Bed, lab: BasicUpstream, egress: EgressGuard
 ) -> None:
     for name in ("dockerd", "docker", "containerd", "runc"):
         need_binary(name)
@@ -105,7 +106,7 @@ def test_dockerd_pulls_each_upstream_by_path_prefix(
 
 
 def test_containerd_pulls_a_non_docker_hub_registry_with_ns(
-    multi: Mirror, lab: Lab, egress: EgressGuard
+    multi: Mirror, lab: BasicUpstream, egress: EgressGuard
 ) -> None:
     for name in ("containerd", "ctr", "containerd-shim-runc-v2"):
         need_binary(name)
@@ -137,7 +138,7 @@ def _lab_hosts_dir(daemon: Containerd, mirror: Mirror) -> Path:
 
 
 def test_skopeo_by_host_name_with_the_clients_credentials_for_that_upstream(
-    start_mirror: StartMirror, bed: Bed, lab: Lab, forwarder: Forwarder, tmp_path: Path
+    start_mirror: StartMirror, bed: Bed, lab: BasicUpstream, forwarder: Forwarder, tmp_path: Path
 ) -> None:
     skopeo = need_binary("skopeo")
     mirror = start_mirror(env=upstreams_env(bed, lab, hub_host=forwarder.host))
@@ -168,7 +169,7 @@ def test_skopeo_by_host_name_with_the_clients_credentials_for_that_upstream(
 
 
 def test_health_cache_ls_and_warm_know_every_upstream(
-    multi: Mirror, bed: Bed, lab: Lab, monkeypatch: pytest.MonkeyPatch,
+    multi: Mirror, bed: Bed, lab: BasicUpstream, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     for name, value in upstreams_env(bed, lab).items():

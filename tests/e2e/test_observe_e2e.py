@@ -20,11 +20,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from docxy.cli.main import main
-from tests.bed import Bed, Mirror, need_binary
-from tests.bed.httpserver import LOOPBACK, free_port
-from tests.clients.dockerd import Dockerd, running_dockerd
-from tests.clients.egress import EgressGuard
+from lab.bed import Bed
+from lab.clients.dockerd import Dockerd, running_dockerd
+from lab.clients.egress import EgressGuard
+from lab.mirror import Mirror
+from lab.ports import LOOPBACK, free_port
 from tests.conftest import StartMirror
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

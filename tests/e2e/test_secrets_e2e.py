@@ -15,7 +15,8 @@ import socket
 import httpx
 import pytest
 
-from tests.bed import Bed, Fault, Mirror
+from lab.bed import Bed, Fault
+from lab.mirror import Mirror
 from tests.conftest import StartMirror
 
 pytestmark = pytest.mark.e2e

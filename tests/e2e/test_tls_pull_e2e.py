@@ -29,11 +29,12 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.bed import Bed, Mirror, TestImage, need_binary
-from tests.bed.httpserver import LOOPBACK, free_port
-from tests.bed.images import generated_digest
-from tests.clients.egress import EgressGuard
-from tests.clients.tlstrust import docker_ca, env_direct_to, hosts_entry, running_dockerd_direct_to
+from lab.bed import Bed, TestImage
+from lab.bed.images import generated_digest
+from lab.clients.egress import EgressGuard
+from lab.clients.tlstrust import docker_ca, env_direct_to, hosts_entry, running_dockerd_direct_to
+from lab.mirror import Mirror
+from lab.ports import LOOPBACK, free_port
 from tests.conftest import StartMirror
 from tests.e2e.test_certs_e2e import (
     DOMAIN,
@@ -47,6 +48,7 @@ from tests.e2e.test_certs_e2e import (
     serial_of,
     served_cert,
 )
+from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -271,7 +271,7 @@ def test_a_busy_tls_listener_names_its_key_and_source(
     busy_port: int,
 ) -> None:
     monkeypatch.setenv("DOCXY_SERVER_TLS_LISTEN", f"127.0.0.1:{busy_port}")
-    from tests.bed.httpserver import free_port
+    from lab.ports import free_port
 
     error = config_failure(capsys, *serve_args(tmp_path, "--listen", f"127.0.0.1:{free_port()}"))
     assert error.startswith("docxy: config error: server.tls_listen: cannot listen on 127.0.0.1:")

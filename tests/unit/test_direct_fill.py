@@ -26,7 +26,7 @@ from docxy.tls.context import self_signed
 from docxy.upstream import direct
 from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
-from tests.bed.httpserver import LoopbackServer, QuietHandler
+from lab.bed.httpserver import LoopbackServer, QuietHandler
 
 GUARD = 20.0
 MakeClient = Callable[..., UpstreamClient]

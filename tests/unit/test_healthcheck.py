@@ -11,7 +11,7 @@ import pytest
 from docxy.cli.healthcheck import EXIT_CONFIG, EXIT_OK, EXIT_UNHEALTHY, local_url
 from docxy.cli.main import main
 from docxy.config import HostPort
-from tests.clients.process import free_port
+from lab.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed import need_binary
-from tests.clients.process import free_port, wait_for
+from lab.ports import free_port
+from lab.processes import wait_for
 from tests.scriptbox import REPO, Rule, ScriptBox, output
+from tests.unavailable import need_binary
 
 DOMAIN = "mirror.test"
 OURS = "203.0.113.7"

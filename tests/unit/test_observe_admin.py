@@ -15,7 +15,7 @@ from docxy.core.errors import ConfigError
 from docxy.http.state import MirrorState
 from docxy.observe import Observer, create_admin_app, serve_admin
 from docxy.upstream.client import Upstream
-from tests.bed.httpserver import LOOPBACK, free_port
+from lab.ports import LOOPBACK, free_port
 
 
 def test_admin_listen_is_loopback_by_default_and_can_be_turned_off() -> None:

@@ -22,7 +22,8 @@ from docxy.cli.warm import (
     warm_all,
 )
 from docxy.core.names import parse_image_ref
-from tests.bed import Bed, Mirror
+from lab.bed import Bed
+from lab.mirror import Mirror
 from tests.conftest import StartMirror
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
@@ -251,7 +252,7 @@ def test_usage_errors_exit_2(
 
 
 def test_unreachable_mirror_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.bed.httpserver import free_port
+    from lab.ports import free_port
 
     assert main(["warm", "--mirror", f"http://127.0.0.1:{free_port()}", "x"]) == 1
     assert "ConnectError" in capsys.readouterr().err
@@ -354,7 +355,7 @@ def test_warm_uses_the_configured_public_url(
 def test_warm_follows_the_library_prefix_setting(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], prefix: str, name: str
 ) -> None:
-    from tests.bed.httpserver import free_port
+    from lab.ports import free_port
 
     monkeypatch.setenv("DOCXY_UPSTREAM_LIBRARY_PREFIX", prefix)
     assert main(["warm", "--mirror", f"http://127.0.0.1:{free_port()}", "app"]) == 1
@@ -364,7 +365,7 @@ def test_warm_follows_the_library_prefix_setting(
 def test_warm_names_an_upstream_by_prefix(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.bed.httpserver import free_port
+    from lab.ports import free_port
 
     monkeypatch.setenv("DOCXY_UPSTREAMS", "ghcr.io,lab.test=http://127.0.0.1:9")
     mirror = f"http://127.0.0.1:{free_port()}"

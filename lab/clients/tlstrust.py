@@ -4,7 +4,7 @@
   resolvers read); exactly that line is removed afterwards, even when the test fails.
 - `docker_ca`: `/etc/docker/certs.d/HOST:PORT/ca.crt`, dockerd's per-registry trust; removed
   afterwards together with the directories it had to create.
-- `running_dockerd_direct_to`: `tests.clients.dockerd.running_dockerd`, except that NAME is in
+- `running_dockerd_direct_to`: `lab.clients.dockerd.running_dockerd`, except that NAME is in
   the daemon's NO_PROXY. A name (unlike 127.0.0.1) would otherwise be sent to the egress guard;
   NAME resolves to 127.0.0.1 through `hosts_entry`, so nothing leaves loopback, and every other
   host still ends at the guard.
@@ -20,9 +20,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from unittest import mock
 
-from tests.clients import dockerd as dockerd_module
-from tests.clients.dockerd import Dockerd, running_dockerd
-from tests.clients.process import base_env
+from lab.clients import dockerd as dockerd_module
+from lab.clients.dockerd import Dockerd, running_dockerd
+from lab.processes import base_env
 
 HOSTS = Path("/etc/hosts")
 DOCKER_CERTS_D = Path("/etc/docker/certs.d")

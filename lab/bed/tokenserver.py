@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from tests.bed.httpserver import LoopbackServer, QuietHandler, RequestLog
+from lab.bed.httpserver import LoopbackServer, QuietHandler, RequestLog
 
 TOKEN_LIFETIME = 300
 

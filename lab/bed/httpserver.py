@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
 
-LOOPBACK = "127.0.0.1"
+from lab.ports import LOOPBACK
 
 T = TypeVar("T")
 
@@ -123,15 +123,6 @@ class LoopbackServer:
         server.cut_connections()
         server.server_close()
         thread.join(timeout=10)
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (for child processes we cannot hand a
-    socket to)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class QuietHandler(BaseHTTPRequestHandler):

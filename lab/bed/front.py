@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from tests.bed.faults import ConnectionCut, Fault, Faults, declared_length, write_body
-from tests.bed.httpserver import LOOPBACK, LoopbackServer, QuietHandler, RequestLog
+from lab.bed.faults import ConnectionCut, Fault, Faults, declared_length, write_body
+from lab.bed.httpserver import LoopbackServer, QuietHandler, RequestLog
+from lab.ports import LOOPBACK
 
 BlobPathFn = Callable[[str], Path]
 RATELIMIT_LIMIT = 100

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socketserver
 
-from tests.clients.background import Background, RecordingServer
+from lab.clients.background import Background, RecordingServer
 
 _REFUSAL = (
     b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 33\r\n"

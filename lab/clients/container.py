@@ -1,4 +1,4 @@
-"""Containers and images of a private dockerd (tests.clients.dockerd), through the docker CLI.
+"""Containers and images of a private dockerd (lab.clients.dockerd), through the docker CLI.
 
 Only host networking (or none): the test daemons have no bridge networks. `running_container`
 removes the container and its anonymous volumes afterwards, whatever happened. `layer_files`
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from tests.clients.dockerd import Dockerd, docker_cli
+from lab.clients.dockerd import Dockerd, docker_cli
 
 
 @dataclass(frozen=True)

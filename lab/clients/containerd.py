@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.clients.process import base_env, run, stop_process, unmount_under, wait_for
+from lab.processes import base_env, run, stop_process, unmount_under, wait_for
 
 SNAPSHOTTER = "native"
 START_TIMEOUT = 60.0
@@ -114,7 +114,7 @@ class Containerd:
 def running_containerd(*, egress_proxy: str) -> Iterator[Containerd]:
     """Start containerd in its own directory; stop it and clean up afterwards.
 
-    `egress_proxy` (tests.clients.egress) becomes HTTP(S)_PROXY for containerd and ctr.
+    `egress_proxy` (lab.clients.egress) becomes HTTP(S)_PROXY for containerd and ctr.
     """
     root = Path(tempfile.mkdtemp(prefix="dxc-", dir="/tmp"))
     (root / "config.toml").write_text(config_toml(root))

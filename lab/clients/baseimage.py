@@ -20,10 +20,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.clients.dockerd import Dockerd, docker_cli
-from tests.clients.process import run
+from lab import REPO_ROOT
+from lab.clients.dockerd import Dockerd, docker_cli
+from lab.processes import run
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("DOCXY_CI_CACHE", "/var/cache/docxy-ci"))
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))

@@ -7,7 +7,7 @@ than `hold_after` pass untouched. It combines with `bed.faults` (a `corrupt` or 
 still applies to the bytes that follow). Waiting is bounded by `timeout`: a forgotten gate opens
 by itself rather than hanging the bed.
 
-The CDN reads blob files through `tests.bed.front._file_chunks`; the context manager swaps that
+The CDN reads blob files through `lab.bed.front._file_chunks`; the context manager swaps that
 function for the duration and puts it back afterwards, so `front.py` needs no hook of its own.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
-from tests.bed import front
+from lab.bed import front
 
 
 class CdnGate:

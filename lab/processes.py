@@ -1,24 +1,15 @@
-"""Process plumbing shared by the daemon helpers: ports, polling, stopping, unmounting."""
+"""Process plumbing shared by the lab's parts: polling, running, stopping, unmounting."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 POLL_INTERVAL = 0.1
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], bool], *, timeout: float, what: str) -> None:
@@ -134,3 +125,75 @@ def unmount_under(root: Path) -> None:
     """Lazily unmount everything a daemon left mounted below `root`."""
     for mount_point in mounts_under(root):
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
+
+
+# --- a process tree's CPU and memory, from /proc ----------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (field 3, the state, first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (by the parent pid in every /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """utime+stime in seconds of `pid` and its live descendants (nginx's workers, say)."""
+    ticks = 0
+    for member in tree(pid):
+        try:
+            fields = _stat_fields(member)
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / CLK_TCK
+
+
+def _kib_field(path: str, name: str) -> int:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A KiB figure of /proc/PID/status (VmRSS, VmHWM, ...); 0 once the process is gone."""
+    return _kib_field(f"/proc/{pid}/status", field)
+
+
+def rss_kib(pid: int) -> int:
+    return status_kib(pid, "VmRSS")
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared by N processes count 1/N in each."""
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss")
+
+
+def command_line(pid: int, limit: int = 70) -> str:
+    """The process's command line (its first `limit` characters), or "?" once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:limit]

@@ -24,15 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.clients.process import (
-    base_env,
-    pid_alive,
-    run,
-    stop_pid,
-    stop_process,
-    unmount_under,
-    wait_for,
-)
+from lab.processes import base_env, pid_alive, run, stop_pid, stop_process, unmount_under, wait_for
 
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 START_TIMEOUT = 60.0
@@ -96,7 +88,7 @@ def running_dockerd(
 ) -> Iterator[Dockerd]:
     """Start dockerd with `mirror_url` as its registry mirror; stop and clean up afterwards.
 
-    `egress_proxy` is the loopback egress guard (tests.clients.egress) that dockerd's
+    `egress_proxy` is the loopback egress guard (lab.clients.egress) that dockerd's
     HTTP(S)_PROXY points at, so a fallback to registry-1.docker.io is refused, not sent.
     `extra_config` adds daemon.json keys (e.g. max-concurrent-downloads for a benchmark).
     """

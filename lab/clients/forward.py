@@ -10,7 +10,7 @@ import socket
 import socketserver
 import threading
 
-from tests.clients.background import Background, RecordingServer
+from lab.clients.background import Background, RecordingServer
 
 _CHUNK = 64 * 1024
 

@@ -15,7 +15,7 @@ import socketserver
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.clients.background import Background, RecordingServer
+from lab.clients.background import Background, RecordingServer
 
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection"}
 _MAX_HEAD = 64 * 1024

@@ -1,5 +1,7 @@
 """A second upstream for the many-upstreams tests: a plain private registry with Basic auth.
 
+(The tests call it "lab": its name in their mirror's `upstreams` is `lab.test`.)
+
 Debian's ``docker-registry`` with an htpasswd file (Distribution takes bcrypt hashes only), no
 token service, seeded with one runnable image. The Docker-Hub-like bed (token auth) is the other.
 """
@@ -16,12 +18,13 @@ from pathlib import Path
 import bcrypt
 
 from docxy import __version__
-from tests.bed import TestImage, need_binary, need_static_busybox
-from tests.bed.images import Pusher, _seed_single
-from tests.bed.registry import REGISTRY_BINARY, BasicAuth, RegistryProcess
+from lab import need
+from lab.bed import TestImage
+from lab.bed.images import BUSYBOX, Pusher, _seed_single
+from lab.registry import REGISTRY_BINARY, BasicAuth, RegistryProcess
 
-LAB_USER = "lab-robot"
-LAB_REPO = "team/tool"
+USER = "lab-robot"
+REPO = "team/tool"
 
 
 class BasicPusher(Pusher):
@@ -37,7 +40,7 @@ class BasicPusher(Pusher):
 
 
 @dataclass
-class Lab:
+class BasicUpstream:
     url: str
     user: str
     password: str
@@ -51,20 +54,21 @@ class Lab:
 
 
 @contextmanager
-def start_lab(workdir: Path) -> Iterator[Lab]:
-    binary = need_binary(REGISTRY_BINARY)
-    need_static_busybox()
+def start_basic_upstream(workdir: Path) -> Iterator[BasicUpstream]:
+    """Start the registry under `workdir`, seed `team/tool:1`, stop it afterwards."""
+    binary = need.binary(REGISTRY_BINARY)
+    need.static_busybox(BUSYBOX)
     password = secrets.token_urlsafe(12)
     workdir.mkdir(parents=True, exist_ok=True)
     htpasswd = workdir / "htpasswd"
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
-    htpasswd.write_text(f"{LAB_USER}:{hashed}\n")
+    htpasswd.write_text(f"{USER}:{hashed}\n")
     registry = RegistryProcess(binary, workdir, BasicAuth("docxy-lab", htpasswd))
     registry.start()
-    pusher = BasicPusher(registry.url, LAB_USER, password)
+    pusher = BasicPusher(registry.url, USER, password)
     try:
-        image = _seed_single(pusher, LAB_REPO, "1", [], True)
-        yield Lab(registry.url, LAB_USER, password, image, registry)
+        image = _seed_single(pusher, REPO, "1", [], True)
+        yield BasicUpstream(registry.url, USER, password, image, registry)
     finally:
         pusher.close()
         registry.stop()
