@@ -25,6 +25,7 @@ from typing import Protocol
 from docxy.cache.errors import BlobInUse, CacheUnwritable
 from docxy.cache.fill import (
     PUMP_BUFFER,
+    PUMP_DEPTH,
     WRITE_BUFFER,
     BlobFollower,
     BlobWriter,
@@ -43,9 +44,9 @@ log = logging.getLogger(__name__)
 #: Read sizes shrink to keep the total of in-flight reads near this budget (see RSS benchmark).
 READ_BUDGET = 16 * 1024 * 1024
 MIN_READ_CHUNK = 256 * 1024
-#: Upstream read buffers of the fills running at once share this budget (one buffer per fill).
+#: Upstream read buffers of the fills running at once share this budget (PUMP_DEPTH per fill).
 PUMP_BUDGET = 16 * 1024 * 1024
-MIN_PUMP_BUFFER = 256 * 1024
+MIN_PUMP_BUFFER = 64 * 1024
 #: Seconds misses go uncached after the cache failed to write (disk full...).
 WRITE_FAILURE_BACKOFF = 60.0
 
@@ -310,8 +311,10 @@ class DiskBlobStore:
         return BlobWriter(fill, fd, self, self._write_buffer, self._pump_buffer)
 
     def _pump_buffer(self) -> int:
-        """A fill's upstream read buffer: 1 MiB alone, smaller when many fills run at once."""
-        return max(MIN_PUMP_BUFFER, min(PUMP_BUFFER, PUMP_BUDGET // max(1, len(self._fills))))
+        """A fill's upstream read size: each fill holds ``PUMP_DEPTH`` buffers of it (read and
+        hashed in turn), 1 MiB each alone, less when many fills share ``PUMP_BUDGET``."""
+        share = PUMP_BUDGET // (max(1, len(self._fills)) * PUMP_DEPTH)
+        return max(MIN_PUMP_BUFFER, min(PUMP_BUFFER, share))
 
     # FillHost: called by writers.
 

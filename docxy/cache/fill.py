@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import os
+import queue
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,8 @@ from docxy.core.digests import Digest
 from docxy.threads import in_own_thread
 
 if TYPE_CHECKING:
+    from hashlib import _Hash as Hasher
+
     from docxy.cache.blobs import BlobEntry
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,9 @@ SYNC_BEHIND = 32 * 1024 * 1024
 #: The buffer a fill's worker thread reads the upstream body into (one per fill, reused; the
 #: store makes it smaller when many fills run at once).
 PUMP_BUFFER = 1024 * 1024
+#: Buffers of that size in one fill's pipeline: read and written by one thread, hashed by
+#: another; a buffer is read into again once it is hashed.
+PUMP_DEPTH = 4
 
 
 class FillState(enum.Enum):
@@ -199,21 +205,25 @@ class BlobWriter:
             self._start_sync_behind()
 
     async def pump(self, body: BodySource) -> None:
-        """Read ``body`` to its end in a thread of its own that hashes and writes every read.
+        """Read ``body`` to its end in a thread of its own that writes every read, while a
+        second thread hashes what was written.
 
-        The event loop only hears of each read (followers woken, room made in the store). If
-        writing fails the thread goes on reading and hashing, uncached, as :meth:`write` does.
-        Cancelling sets a stop flag, interrupts the body's blocked read and waits for the thread,
-        so the temp file's descriptor is never closed under a running write.
+        Followers see each read as soon as it is in the temp file: the hash, the slowest step,
+        is off their path (only the last byte waits for it, at the commit), and the reading
+        thread is back in ``recv`` while the hash runs. The event loop only hears of each read
+        (followers woken, room made in the store). If writing fails the thread goes on reading,
+        uncached, as :meth:`write` does. Cancelling sets a stop flag, interrupts the body's
+        blocked read and waits for both threads, so the temp file's descriptor is never closed
+        under a running write.
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
         await self.flush()
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        buffer = bytearray(chunk_of(self._pump_buffer))
+        size = chunk_of(self._pump_buffer)
         done = in_own_thread(
-            f"fill {self.digest.hex[:12]}", lambda: self._pump(body, buffer, stop, loop)
+            f"fill {self.digest.hex[:12]}", lambda: self._pump(body, size, stop, loop)
         )
         try:
             await asyncio.shield(done)
@@ -228,28 +238,44 @@ class BlobWriter:
     def _pump(
         self,
         body: BodySource,
-        buffer: bytearray,
+        size: int,
         stop: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """The worker thread of :meth:`pump`: read, hash, write, tell the loop; repeat."""
-        view, fd = memoryview(buffer), self._fd
-        while not stop.is_set():
-            nbytes = body.readinto(view)
-            if not nbytes:
-                return
-            chunk = view[:nbytes]
-            self._hash.update(chunk)
-            self._count += nbytes
-            if fd is None:
-                continue
-            try:
-                write_all(fd, [chunk])
-            except OSError as exc:
-                fd = None  # the loop closes it in _stop_caching; this thread writes no more
-                loop.call_soon_threadsafe(self._stop_caching, exc)
-            else:
-                loop.call_soon_threadsafe(self._grew, nbytes)
+        """The reading thread of :meth:`pump`: read, write, tell the loop, pass the buffer to
+        the hashing thread; repeat. Returns once everything read is hashed."""
+        fd = self._fd
+        free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(PUMP_DEPTH):
+            free.put(bytearray(size))
+        hashing: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        hasher = threading.Thread(
+            target=_hash_all,
+            args=(self._hash, hashing, free),
+            name=f"hash {self.digest.hex[:12]}",
+            daemon=True,
+        )
+        hasher.start()
+        try:
+            while not stop.is_set():
+                buffer = free.get()
+                with memoryview(buffer) as chunk:
+                    nbytes = body.readinto(chunk)
+                    if not nbytes:
+                        return
+                    self._count += nbytes
+                    if fd is not None:
+                        try:
+                            write_all(fd, [chunk[:nbytes]])
+                        except OSError as exc:
+                            fd = None  # the loop closes it in _stop_caching: no more writes
+                            loop.call_soon_threadsafe(self._stop_caching, exc)
+                        else:
+                            loop.call_soon_threadsafe(self._grew, nbytes)
+                hashing.put((buffer, nbytes))
+        finally:
+            hashing.put(None)
+            hasher.join()
 
     def _start_sync_behind(self) -> None:
         """Flush what is written so far in the background, one sync at a time.
@@ -463,6 +489,19 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             log.warning("blob %s: fill failed: %s: %s", writer.digest, type(exc).__name__, exc)
         finally:
             await download.close()
+
+
+def _hash_all(
+    hasher: Hasher,
+    hashing: queue.SimpleQueue[tuple[bytearray, int] | None],
+    free: queue.SimpleQueue[bytearray],
+) -> None:
+    """The hashing thread of a fill's pump: hash each buffer in order, hand it back to read."""
+    while (item := hashing.get()) is not None:
+        buffer, nbytes = item
+        with memoryview(buffer) as view:
+            hasher.update(view[:nbytes])
+        free.put(buffer)
 
 
 def _sync_behind(fd: int) -> OSError | None:

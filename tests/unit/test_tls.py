@@ -249,3 +249,32 @@ def test_self_signed_ip_host(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path, "127.0.0.1", cert_name="c.pem", key_name="k.pem")
     assert (cert.name, key.name) == ("c.pem", "k.pem")
     assert ReloadableTLS(cert, key).status()["sans"] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("first", ["AES128", "AES256", "CHACHA20"])
+def test_the_client_chooses_among_the_strong_suites(served: tuple[Path, Path], first: str) -> None:
+    """A Go client (docker) lists AES-128-GCM first; the mirror must not override it with
+    its own order. TLS 1.2 here, where a client's cipher order can be set from Python."""
+    cert, key = served
+    server = ReloadableTLS(cert, key).context
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    suites = {
+        "AES128": "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256",
+        "AES256": "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384",
+        "CHACHA20": "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+    }
+    client.set_ciphers(":".join([suites[first], *(v for k, v in suites.items() if k != first)]))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    back_in, back_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    talker = client.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    listener = server.wrap_bio(back_in, back_out, server_side=True)
+    for _ in range(10):  # a handshake is a few round trips of memory buffers
+        for side in (talker, listener):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        back_in.write(outgoing.read())
+        incoming.write(back_out.read())
+    negotiated = talker.cipher()
+    assert negotiated is not None and first in negotiated[0]
