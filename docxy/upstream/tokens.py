@@ -4,10 +4,15 @@ For cache fills and revalidation the mirror does not use the client's token: it 
 upstream's token service for a pull token of its own — anonymous, or with the configured
 ``upstream.username``/``upstream.password`` — per repository, and reuses it until shortly
 before it expires. Content the mirror can read this way is what it may share from its cache.
+
+Concurrent misses for one repository share one token request: the first starts it as a named
+task, the others await it (a client going away cancels only its own wait). A failed request
+is not remembered: every waiter gets the error, and the next miss asks again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -16,7 +21,8 @@ import time
 import httpx
 
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
-from docxy.core.errors import UpstreamUnavailable
+from docxy.core.errors import UpstreamError, UpstreamUnavailable
+from docxy.tasks import spawn
 from docxy.upstream.client import Upstream, UpstreamClient, read_small
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,9 @@ class MirrorTokens:
         self.client = client
         self._tokens: LruDict[tuple[str, str], tuple[float, str]] = LruDict(capacity)
         self._refused: LruDict[tuple[str, str], float] = LruDict(capacity)
+        #: token requests in flight, one per (upstream, repository); as many as clients waiting
+        self._fetching: dict[tuple[str, str], asyncio.Task[str | UpstreamError]] = {}
+        self.followers_joined = 0  # misses that waited for another's token request
 
     def __len__(self) -> int:
         """Repositories the mirror remembers something about (a token, a refusal)."""
@@ -63,9 +72,36 @@ class MirrorTokens:
         cached = self._tokens.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return [("Authorization", f"Bearer {cached[1]}")]
-        token, expires_in = await self._fetch(upstream, repository, challenge.service)
-        self._tokens.set(key, (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token))
+        token = await self._shared_fetch(upstream, repository, challenge.service)
         return [("Authorization", f"Bearer {token}")]
+
+    async def _shared_fetch(self, upstream: Upstream, repository: str, service: str | None) -> str:
+        """The token of the request in flight for ``repository``, started if none is."""
+        key = (upstream.host, repository)
+        fetching = self._fetching.get(key)
+        if fetching is None:
+            fetch = self._fetch_and_keep(key, upstream, repository, service)
+            fetching = self._fetching[key] = spawn(f"token {upstream.host} {repository}", fetch)
+        else:
+            self.followers_joined += 1
+        result = await asyncio.shield(fetching)
+        if isinstance(result, UpstreamError):
+            raise result
+        return result
+
+    async def _fetch_and_keep(
+        self, key: tuple[str, str], upstream: Upstream, repository: str, service: str | None
+    ) -> str | UpstreamError:
+        """One token request; kept on success. A failure is handed to the waiters (returned,
+        so the task does not log it as a crash) and forgotten."""
+        try:
+            token, expires_in = await self._fetch(upstream, repository, service)
+        except UpstreamError as exc:
+            return exc
+        finally:
+            del self._fetching[key]
+        self._tokens.set(key, (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token))
+        return token
 
     async def send(
         self,
