@@ -8,6 +8,12 @@ before it expires. Content the mirror can read this way is what it may share fro
 Concurrent misses for one repository share one token request: the first starts it as a named
 task, the others await it (a client going away cancels only its own wait). A failed request
 is not remembered: every waiter gets the error, and the next miss asks again.
+
+A token service that refuses the mirror (401/403: its credentials revoked, or no anonymous
+tokens) has answered, not failed: :class:`TokenRefused`, and :meth:`MirrorTokens.send` answers
+the request with that refusal as the upstream would answer a token it does not accept, so the
+pull services pass the content through (or confirm it with the client's credentials) instead
+of taking the upstream for down (stale-if-error, health).
 """
 
 from __future__ import annotations
@@ -30,6 +36,24 @@ log = logging.getLogger(__name__)
 EXPIRY_MARGIN = 30.0
 REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
 DEFAULT_EXPIRES_IN = 60.0
+
+
+class TokenRefused(UpstreamError):
+    """The upstream's token service refused the mirror: ``401 UNAUTHORIZED`` or ``403 DENIED``.
+
+    An ``UpstreamError`` so that whoever fetches with the mirror's token gives up the fetch as
+    for any upstream error; never an outage (nothing counts it as one, the services are told
+    by :meth:`MirrorTokens.send` as an answer)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(
+            f"the upstream's token service refused the mirror ({status})", status=status
+        )
+        self.code = "DENIED" if status == 403 else "UNAUTHORIZED"
+
+    def answer(self) -> httpx.Response:
+        """The refusal as the upstream's answer to a request made with the refused token."""
+        return httpx.Response(self.status, json=self.body())
 
 
 def basic_authorization(username: str, password: str) -> str:
@@ -96,6 +120,9 @@ class MirrorTokens:
         so the task does not log it as a crash) and forgotten."""
         try:
             token, expires_in = await self._fetch(upstream, repository, service)
+        except TokenRefused as exc:
+            self.mark_refused(upstream, repository)
+            return exc
         except UpstreamError as exc:
             return exc
         finally:
@@ -114,10 +141,14 @@ class MirrorTokens:
         """Send with the mirror's token; on a 401 fetch a fresh token and try once more.
 
         A 401 to the mirror's own token most often means it expired early upstream, not that
-        the repository is private; a second 401 is the upstream's answer.
+        the repository is private; a second 401 is the upstream's answer. A token service
+        refusing the mirror is answered here as the registry would answer (401/403).
         """
         for attempt in (1, 2):
-            headers = await self.headers(upstream, repository) + list(extra or [])
+            try:
+                headers = await self.headers(upstream, repository) + list(extra or [])
+            except TokenRefused as refused:
+                return refused.answer()
             answer = await self.client.send(upstream, method, upstream.url(path), headers)
             if answer.status_code != 401 or attempt == 2 or not self.holds(upstream, repository):
                 return answer
@@ -150,6 +181,8 @@ class MirrorTokens:
             upstream, "GET", realm, headers, params=httpx.QueryParams(params)
         )
         body = await read_small(answer)
+        if answer.status_code in (401, 403):
+            raise TokenRefused(answer.status_code)
         if answer.status_code != 200:
             raise UpstreamUnavailable(
                 f"the upstream's token service refused the mirror ({answer.status_code})"
