@@ -150,6 +150,7 @@ class LimitsConfig:
     bandwidth: int  # bytes a second per client
     fills_per_client: int
     fills_total: int
+    h2_max_streams: int  # requests at once on one HTTP/2 (h2c) connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,19 @@ def parse_size(value: object) -> int:
     return size
 
 
+def _int_in(low: int, high: int) -> Callable[[object], int]:
+    """A parser of a whole number in ``[low, high]``."""
+    optional = _opt_int_in(low, high)
+
+    def parse(value: object) -> int:
+        number = optional(value)
+        if number is None:
+            raise ValueError(f"expected a whole number {low}-{high}, got {value!r}")
+        return number
+
+    return parse
+
+
 def _count(value: object) -> int:
     """A whole number >= 0 (0: off)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -397,6 +411,10 @@ def _default_cache_dir(environ: Mapping[str, str]) -> str:
 Parser = Callable[[object], Any]
 
 # (section, key) → (parser, default). Defaults are raw values run through the parser too.
+#: Requests at once on one h2c connection (hypercorn's own default is 100). Docker clients
+#: speak HTTP/1.1 to a mirror; each stream is a request the connection cap counts once.
+H2_MAX_STREAMS = 8
+
 SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     "server": {
         "listen": (parse_host_port, "127.0.0.1:8080"),
@@ -449,6 +467,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),
+        "h2_max_streams": (_int_in(1, 1000), H2_MAX_STREAMS),
     },
     "auth": {
         "mode": (_mode, "open"),

@@ -159,6 +159,8 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
     hc.ssl_handshake_timeout = limits.idle_timeout  # a handshake is not yet a capped connection
     hc.read_timeout = None  # would cut long downloads (docxy.edge.connections)
     hc.backlog = limits.backlog or 100
+    # h2c: each stream is a request on a connection the connection cap counts once
+    hc.h2_max_concurrent_streams = limits.h2_max_streams
     fd_limit = connections.raise_fd_limit()
     if limits.max_connections:
         hc.edge = connections.ConnectionGuard(

@@ -175,6 +175,7 @@ SAMPLES = {
     "limits.bandwidth": "10M",
     "limits.fills_per_client": "2",
     "limits.fills_total": "8",
+    "limits.h2_max_streams": "4",
     "auth.mode": "users",
     "auth.dir": "/tmp/docxy-access",
     "auth.users_file": "/tmp/docxy-users",
