@@ -13,6 +13,7 @@ The renewer (``python -m scheduler``) reads the same table: its settings are ``[
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -40,6 +41,16 @@ class HostPort:
     @property
     def is_wildcard(self) -> bool:
         return self.host in ("", "0.0.0.0", "::")
+
+    @property
+    def is_loopback(self) -> bool:
+        """Reachable from this host only (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # another host name: it may resolve to anything
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +175,7 @@ class AuthConfig:
     key_grace: float  # seconds the previous signing key still verifies after a rotation
     client_certs: bool  # ask TLS clients for a certificate from the mirror's CA
     upstream_logins: bool  # users mode: a client's own Docker Hub login may pass through
+    allow_plain_http: bool  # users mode may take passwords over plain HTTP off loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +489,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "key_grace": (_float, 3600.0),
         "client_certs": (_bool, False),
         "upstream_logins": (_bool, False),
+        "allow_plain_http": (_bool, False),
     },
     "scheduler": {
         "hour": (_opt_int_in(0, 11), ""),

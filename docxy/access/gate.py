@@ -33,6 +33,7 @@ from docxy.access.tokens import TokenInvalid, TokenSpec, verify
 from docxy.access.users import UsersFile, UsersFileError
 from docxy.config import Config
 from docxy.core.challenge import Challenge
+from docxy.core.errors import ConfigError
 from docxy.core.names import upstream_name
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,28 @@ def remembered(scope: Mapping[str, Any]) -> Identified | None:
     return found if isinstance(found, Identified) else None
 
 
+def plain_http_exposed(config: Config) -> bool:
+    """Whether ``users`` mode takes passwords and tokens over plain HTTP from the network:
+    no TLS listener (with one, plain HTTP only redirects) and a listener off loopback (a TLS
+    proxy on the same host, or the tests, reach it on loopback)."""
+    server = config.server
+    return (
+        config.auth.mode == "users" and server.tls_listen is None and not server.listen.is_loopback
+    )
+
+
+def refuse_plain_http(config: Config) -> None:
+    """Refuse to serve ``users`` mode over plain HTTP off loopback unless the operator said
+    ``auth.allow_plain_http``: :class:`ConfigError` (one line, exit 2)."""
+    if plain_http_exposed(config) and not config.auth.allow_plain_http:
+        source = config.sources.get("auth.mode", "default")
+        raise ConfigError(
+            f"auth.mode: users over plain HTTP on {config.server.listen} would take passwords "
+            "and tokens in clear text: serve HTTPS (server.tls_listen), listen on loopback "
+            f"behind a TLS proxy, or set auth.allow_plain_http = true ({source})"
+        )
+
+
 def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     """``Basic base64(user:password)`` → (user, password); None when absent or malformed."""
     if authorization is None:
@@ -133,6 +156,7 @@ class AccessControl:
         auth = config.auth
         self.users_mode = auth.mode == "users"
         self.upstream_logins = auth.upstream_logins
+        self.plain_http = plain_http_exposed(config)
         self.users = UsersFile(auth.users_file)
         self.keys = KeyRing(auth.dir, auth.key_grace)
         self.ca = ClientCA(auth.dir) if auth.client_certs else None
@@ -147,11 +171,10 @@ class AccessControl:
         """Create what is missing on disk (first key, the CA) before serving."""
         if self.users_mode:
             self.keys.ensure()
-            if self.spec.issuer.startswith("http://"):
+            if self.plain_http:
                 log.warning(
-                    "auth.mode = users over plain HTTP (%s): passwords and tokens cross the "
-                    "network unencrypted; serve HTTPS (server.tls_listen)",
-                    self.spec.issuer,
+                    "auth.mode = users over plain HTTP off loopback (auth.allow_plain_http): "
+                    "passwords and tokens cross the network unencrypted"
                 )
         if self.ca is not None:
             self.ca.ensure()

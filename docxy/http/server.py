@@ -15,6 +15,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 
+from docxy.access.gate import refuse_plain_http
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.edge import connections
@@ -189,6 +190,7 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 
 async def run(config: Config) -> None:
+    refuse_plain_http(config)  # before anything listens
     limit_malloc_arenas()
     tls = load_tls(config)
     hc = hypercorn_config(config, tls)

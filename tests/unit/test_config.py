@@ -183,6 +183,7 @@ SAMPLES = {
     "auth.key_grace": "600",
     "auth.client_certs": "false",
     "auth.upstream_logins": "true",
+    "auth.allow_plain_http": "true",
 }
 
 
