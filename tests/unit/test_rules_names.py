@@ -48,3 +48,24 @@ async def refused_as(path: str, host: str = "mirror.example.com") -> str | None:
 )
 async def test_prefix_routed_names_are_matched_as_written(path: str, refused: str | None) -> None:
     assert await refused_as(path) == refused
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "refused"),
+    [
+        # containerd's ?ns= and a mirror host name pick ghcr.io too: the same name as a prefix
+        ("/v2/myorg/app/manifests/1?ns=ghcr.io", "mirror.example.com", None),
+        ("/v2/library/app/manifests/1?ns=ghcr.io", "mirror.example.com", "ghcr.io/library/app"),
+        ("/v2/library/app/manifests/1", "ghcr.mirror.example.com", "ghcr.io/library/app"),
+        ("/v2/myorg/app/manifests/1", "ghcr.mirror.example.com", None),
+        # Docker Hub by its own name is Docker Hub
+        ("/v2/docker.io/library/redis/manifests/1", "mirror.example.com", None),
+        ("/v2/redis/manifests/1?ns=docker.io", "mirror.example.com", None),
+    ],
+)
+async def test_every_way_to_pick_an_upstream_gives_the_rules_one_name(
+    path: str, host: str, refused: str | None
+) -> None:
+    """A deny rule for ``ghcr.io/**`` or an allow list of ``library/*`` cannot be walked around
+    with ``?ns=ghcr.io`` or ghcr.io's host name (the path then holds ``library/app`` only)."""
+    assert await refused_as(path, host) == refused
