@@ -13,7 +13,8 @@ A token service that refuses the mirror (401/403: its credentials revoked, or no
 tokens) has answered, not failed: :class:`TokenRefused`, and :meth:`MirrorTokens.send` answers
 the request with that refusal as the upstream would answer a token it does not accept, so the
 pull services pass the content through (or confirm it with the client's credentials) instead
-of taking the upstream for down (stale-if-error, health).
+of taking the upstream for down (stale-if-error, health). That answer stands for
+``REFUSED_TTL``: the repository's next misses do not ask the token service again.
 """
 
 from __future__ import annotations
@@ -68,13 +69,15 @@ class MirrorTokens:
         self.client = client
         self._tokens: LruDict[tuple[str, str], tuple[float, str]] = LruDict(capacity)
         self._refused: LruDict[tuple[str, str], float] = LruDict(capacity)
+        #: repositories the token service itself refused the mirror: (when, 401 or 403)
+        self._denied: LruDict[tuple[str, str], tuple[float, int]] = LruDict(capacity)
         #: token requests in flight, one per (upstream, repository); as many as clients waiting
         self._fetching: dict[tuple[str, str], asyncio.Task[str | UpstreamError]] = {}
         self.followers_joined = 0  # misses that waited for another's token request
 
     def __len__(self) -> int:
         """Repositories the mirror remembers something about (a token, a refusal)."""
-        return len(self._tokens) + len(self._refused)
+        return len(self._tokens) + len(self._refused) + len(self._denied)
 
     def refused(self, upstream: Upstream, repository: str) -> bool:
         """Whether the upstream refused the mirror's token for ``repository`` lately."""
@@ -96,6 +99,9 @@ class MirrorTokens:
         cached = self._tokens.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return [("Authorization", f"Bearer {cached[1]}")]
+        denied = self._denied.get(key)
+        if denied is not None and time.monotonic() - denied[0] < REFUSED_TTL:
+            raise TokenRefused(denied[1])  # its answer stands a while: not asked again at once
         token = await self._shared_fetch(upstream, repository, challenge.service)
         return [("Authorization", f"Bearer {token}")]
 
@@ -121,6 +127,7 @@ class MirrorTokens:
         try:
             token, expires_in = await self._fetch(upstream, repository, service)
         except TokenRefused as exc:
+            self._denied.set(key, (time.monotonic(), exc.status))
             self.mark_refused(upstream, repository)
             return exc
         except UpstreamError as exc:
