@@ -161,7 +161,7 @@ class LimitsConfig:
     bandwidth: int  # bytes a second per client
     fills_per_client: int
     fills_total: int
-    h2_max_streams: int  # requests at once on one HTTP/2 (h2c) connection
+    h2_max_streams: int  # requests at once on one HTTP/2 (h2c) connection; 0: h2c refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,9 +423,9 @@ def _default_cache_dir(environ: Mapping[str, str]) -> str:
 Parser = Callable[[object], Any]
 
 # (section, key) → (parser, default). Defaults are raw values run through the parser too.
-#: Requests at once on one h2c connection (hypercorn's own default is 100). Docker clients
-#: speak HTTP/1.1 to a mirror; each stream is a request the connection cap counts once.
-H2_MAX_STREAMS = 8
+#: Requests at once on one h2c connection; 0: h2c refused (``docxy.edge.h2c`` says why).
+#: Docker clients speak HTTP/1.1 to a mirror.
+H2_MAX_STREAMS = 0
 
 SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     "server": {
@@ -479,7 +479,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),
-        "h2_max_streams": (_int_in(1, 1000), H2_MAX_STREAMS),
+        "h2_max_streams": (_int_in(0, 1000), H2_MAX_STREAMS),
     },
     "auth": {
         "mode": (_mode, "open"),

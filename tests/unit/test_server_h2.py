@@ -1,14 +1,18 @@
-"""``limits.h2_max_streams``: how many requests one h2c connection may carry at once, handed to
-hypercorn (whose own default, 100, would make the connection cap count 100 requests as one)."""
+"""``limits.h2_max_streams``: 0 (the default) refuses HTTP/2 over plain TCP (h2c); a number
+allows it with that many requests at once on one connection, handed to hypercorn (whose own
+default, 100, would make the connection cap count 100 requests as one)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import hypercorn.protocol
 import pytest
+from hypercorn.protocol.h2 import H2Protocol
 
 from docxy.config import H2_MAX_STREAMS, load_config
 from docxy.core.errors import ConfigError
+from docxy.edge import h2c
 from docxy.http.server import hypercorn_config
 
 
@@ -16,10 +20,9 @@ def settings(tmp_path: Path, **values: str) -> dict[str, object]:
     return {"cache.dir": str(tmp_path / "cache"), **values}
 
 
-def test_the_default_is_well_below_hypercorns(tmp_path: Path) -> None:
+def test_h2c_is_refused_by_default(tmp_path: Path) -> None:
     config = load_config(settings(tmp_path), environ={})
-    assert config.limits.h2_max_streams == H2_MAX_STREAMS <= 32
-    assert hypercorn_config(config, None).h2_max_concurrent_streams == H2_MAX_STREAMS
+    assert config.limits.h2_max_streams == H2_MAX_STREAMS == 0
 
 
 @pytest.mark.parametrize("value", ["1", "3", "100"])
@@ -30,7 +33,17 @@ def test_the_setting_reaches_hypercorn(tmp_path: Path, value: str) -> None:
     assert from_env.limits.h2_max_streams == int(value)
 
 
-@pytest.mark.parametrize("value", ["0", "1001", "-1", "many", ""])
+@pytest.mark.parametrize("value", ["1001", "-1", "many", ""])
 def test_bad_values_name_the_setting(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="limits.h2_max_streams"):
         load_config(settings(tmp_path, **{"limits.h2_max_streams": value}), environ={})
+
+
+def test_install_swaps_the_class_hypercorn_switches_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hypercorn.protocol, "H2Protocol", H2Protocol)
+    h2c.install()
+    assert vars(hypercorn.protocol)["H2Protocol"] is h2c.H2cRefused
+    h2c.install()  # twice is fine
+    monkeypatch.setattr(hypercorn.protocol, "H2Protocol", object)
+    with pytest.raises(RuntimeError, match="hypercorn"):
+        h2c.install()
