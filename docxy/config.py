@@ -13,6 +13,7 @@ The renewer (``python -m scheduler``) reads the same table: its settings are ``[
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -40,6 +41,16 @@ class HostPort:
     @property
     def is_wildcard(self) -> bool:
         return self.host in ("", "0.0.0.0", "::")
+
+    @property
+    def is_loopback(self) -> bool:
+        """Reachable from this host only (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # another host name: it may resolve to anything
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +161,7 @@ class LimitsConfig:
     bandwidth: int  # bytes a second per client
     fills_per_client: int
     fills_total: int
+    h2_max_streams: int  # requests at once on one HTTP/2 (h2c) connection; 0: h2c refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +175,7 @@ class AuthConfig:
     key_grace: float  # seconds the previous signing key still verifies after a rotation
     client_certs: bool  # ask TLS clients for a certificate from the mirror's CA
     upstream_logins: bool  # users mode: a client's own Docker Hub login may pass through
+    allow_plain_http: bool  # users mode may take passwords over plain HTTP off loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +298,19 @@ def parse_size(value: object) -> int:
     return size
 
 
+def _int_in(low: int, high: int) -> Callable[[object], int]:
+    """A parser of a whole number in ``[low, high]``."""
+    optional = _opt_int_in(low, high)
+
+    def parse(value: object) -> int:
+        number = optional(value)
+        if number is None:
+            raise ValueError(f"expected a whole number {low}-{high}, got {value!r}")
+        return number
+
+    return parse
+
+
 def _count(value: object) -> int:
     """A whole number >= 0 (0: off)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -397,6 +423,10 @@ def _default_cache_dir(environ: Mapping[str, str]) -> str:
 Parser = Callable[[object], Any]
 
 # (section, key) → (parser, default). Defaults are raw values run through the parser too.
+#: Requests at once on one h2c connection; 0: h2c refused (``docxy.edge.h2c`` says why).
+#: Docker clients speak HTTP/1.1 to a mirror.
+H2_MAX_STREAMS = 0
+
 SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     "server": {
         "listen": (parse_host_port, "127.0.0.1:8080"),
@@ -449,6 +479,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),
+        "h2_max_streams": (_int_in(0, 1000), H2_MAX_STREAMS),
     },
     "auth": {
         "mode": (_mode, "open"),
@@ -458,6 +489,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "key_grace": (_float, 3600.0),
         "client_certs": (_bool, False),
         "upstream_logins": (_bool, False),
+        "allow_plain_http": (_bool, False),
     },
     "scheduler": {
         "hour": (_opt_int_in(0, 11), ""),

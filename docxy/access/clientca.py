@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from docxy.access.users import valid_name
+from docxy.core.bounded import LruDict
 from docxy.tls.context import self_signed_builder, write_files_atomic
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,38 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+PRESENTED_KEPT = 256  # client certificates whose parse is kept
+
+
+@dataclass(frozen=True, slots=True)
+class _Presented:
+    serial: str
+    name: str | None
+    not_after: dt.datetime
+
+    @classmethod
+    def parse(cls, der: bytes) -> _Presented | None:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return None
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = names[0].value if names else None
+        return cls(
+            format(cert.serial_number, "x"),
+            name if isinstance(name, str) else None,
+            cert.not_valid_after_utc,
+        )
+
+
 class ClientCA:
     def __init__(self, dir: Path) -> None:
         self.dir = Path(dir)
-        self._clients_sig: tuple[int, int] | None = None
+        self._clients_sig: tuple[int, int, int] | None = None
         self._by_serial: dict[str, ClientEntry] = {}
+        #: what a certificate says (serial, name, expiry), by its DER: a connection presents
+        #: the same one on every request, parsed once
+        self._presented: LruDict[bytes, _Presented] = LruDict(PRESENTED_KEPT)
 
     @property
     def cert_path(self) -> Path:
@@ -160,20 +188,21 @@ class ClientCA:
 
     def client_of(self, der: bytes) -> str | None:
         """The client name of a certificate the TLS layer verified, if it is still listed."""
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
+        presented = self._presented.get(der)
+        if presented is None:
+            presented = _Presented.parse(der)
+            if presented is None:
+                return None
+            self._presented.set(der, presented)
+        entry = self._listed().get(presented.serial)
+        if entry is None or presented.not_after < _now():
             return None
-        entry = self._listed().get(format(cert.serial_number, "x"))
-        if entry is None or cert.not_valid_after_utc < _now():
-            return None
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return entry.name if names and names[0].value == entry.name else None
+        return entry.name if presented.name == entry.name else None
 
     def _listed(self) -> dict[str, ClientEntry]:
         try:
             st = self.clients_path.stat()
-            sig = (st.st_mtime_ns, st.st_ino)
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             return {}
         if sig != self._clients_sig:

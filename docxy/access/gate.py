@@ -5,6 +5,11 @@ request :meth:`AccessControl.check` decides who the client is (a client certific
 mirror's CA, a token the mirror issued, or nobody) and, in ``users`` mode, whether it may go on:
 no credentials or a bad token is ``401`` with the mirror's own challenge (its realm and
 service, and the scope the request needs); a token for another repository is ``403 DENIED``.
+
+The check has a costly half, :meth:`AccessControl.identify` (a token's signature, the client
+certificate, the users file), and a cheap one, :meth:`AccessControl.decide` (the repository).
+The edge identifies a request first, for its limits, and leaves the result in the ASGI scope
+(:func:`remember`); the route's check reuses it (:func:`remembered`): one verification a request.
 """
 
 from __future__ import annotations
@@ -14,18 +19,21 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from docxy.access.clientca import ClientCA
 from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
 from docxy.access.keys import KeyRing
 from docxy.access.peer import peer_certificate
-from docxy.access.scopes import allows
+from docxy.access.scopes import Access, allows
 from docxy.access.tokens import TokenInvalid, TokenSpec, verify
 from docxy.access.users import UsersFile, UsersFileError
 from docxy.config import Config
 from docxy.core.challenge import Challenge
+from docxy.core.errors import ConfigError
 from docxy.core.names import upstream_name
 
 log = logging.getLogger(__name__)
@@ -58,12 +66,67 @@ USERS_UNREADABLE = Refusal(503, "UNAVAILABLE", "the mirror cannot read its users
 
 
 @dataclass(frozen=True, slots=True)
+class Identified:
+    """Who a request's credentials say the client is, before any repository is considered."""
+
+    identity: ClientIdentity
+    #: what the mirror's token grants (None: no token of the mirror's decides, e.g. a
+    #: certificate client, or open mode)
+    granted: tuple[Access, ...] | None = None
+    #: the client's own Authorization may go upstream on a pass-through
+    forward: bool = False
+    #: why the credentials are refused (401), and the challenge's ``error``
+    problem: str | None = None
+    error: str | None = None
+    unavailable: bool = False  # the users file cannot be read: nobody can be checked
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     identity: ClientIdentity
     refusal: Refusal | None = None
     #: the client's own Authorization may go upstream on a pass-through (open mode, or
     #: ``auth.upstream_logins`` for a certificate client whose token is not the mirror's)
     forward_credentials: bool = True
+    #: what the check found out about the credentials, for another check of the same request
+    identified: Identified | None = None
+
+
+#: Where the edge leaves what it learned of a request's credentials in the ASGI scope, so the
+#: route's check does not verify the same token (or read the same certificate) again.
+IDENTIFIED = "docxy.identified"
+
+
+def remember(scope: MutableMapping[str, Any], decision: Decision) -> None:
+    if decision.identified is not None:
+        scope[IDENTIFIED] = decision.identified
+
+
+def remembered(scope: Mapping[str, Any]) -> Identified | None:
+    found = scope.get(IDENTIFIED)
+    return found if isinstance(found, Identified) else None
+
+
+def plain_http_exposed(config: Config) -> bool:
+    """Whether ``users`` mode takes passwords and tokens over plain HTTP from the network:
+    no TLS listener (with one, plain HTTP only redirects) and a listener off loopback (a TLS
+    proxy on the same host, or the tests, reach it on loopback)."""
+    server = config.server
+    return (
+        config.auth.mode == "users" and server.tls_listen is None and not server.listen.is_loopback
+    )
+
+
+def refuse_plain_http(config: Config) -> None:
+    """Refuse to serve ``users`` mode over plain HTTP off loopback unless the operator said
+    ``auth.allow_plain_http``: :class:`ConfigError` (one line, exit 2)."""
+    if plain_http_exposed(config) and not config.auth.allow_plain_http:
+        source = config.sources.get("auth.mode", "default")
+        raise ConfigError(
+            f"auth.mode: users over plain HTTP on {config.server.listen} would take passwords "
+            "and tokens in clear text: serve HTTPS (server.tls_listen), listen on loopback "
+            f"behind a TLS proxy, or set auth.allow_plain_http = true ({source})"
+        )
 
 
 def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
@@ -93,6 +156,7 @@ class AccessControl:
         auth = config.auth
         self.users_mode = auth.mode == "users"
         self.upstream_logins = auth.upstream_logins
+        self.plain_http = plain_http_exposed(config)
         self.users = UsersFile(auth.users_file)
         self.keys = KeyRing(auth.dir, auth.key_grace)
         self.ca = ClientCA(auth.dir) if auth.client_certs else None
@@ -107,11 +171,10 @@ class AccessControl:
         """Create what is missing on disk (first key, the CA) before serving."""
         if self.users_mode:
             self.keys.ensure()
-            if self.spec.issuer.startswith("http://"):
+            if self.plain_http:
                 log.warning(
-                    "auth.mode = users over plain HTTP (%s): passwords and tokens cross the "
-                    "network unencrypted; serve HTTPS (server.tls_listen)",
-                    self.spec.issuer,
+                    "auth.mode = users over plain HTTP off loopback (auth.allow_plain_http): "
+                    "passwords and tokens cross the network unencrypted"
                 )
         if self.ca is not None:
             self.ca.ensure()
@@ -133,36 +196,52 @@ class AccessControl:
             params["error"] = error
         return Challenge("Bearer", params).render()
 
-    def check(self, authorization: str | None, repository: str | None) -> Decision:
+    def check(
+        self, authorization: str | None, repository: str | None, known: Identified | None = None
+    ) -> Decision:
         """Who the client is and, in users mode, whether it may read ``repository``
-        (None: the ``/v2/`` version check)."""
+        (None: the ``/v2/`` version check). ``known``: who an earlier check of this very
+        request found (the edge's, :func:`remembered`), so the credentials are checked once."""
+        return self.decide(known if known is not None else self.identify(authorization), repository)
+
+    def identify(self, authorization: str | None) -> Identified:
+        """The costly half of the check, the same for every repository: the connection's
+        client certificate, or a token's signature and its user."""
         client = self.certificate_client()
-        if client is not None:
-            identity = ClientIdentity(Via.CERTIFICATE, client)
-            token = bearer_token(authorization)
-            forward = self.upstream_logins and token is not None and not self._ours(token)
-            return Decision(identity, forward_credentials=forward or not self.users_mode)
-        if not self.users_mode:
-            return Decision(ANONYMOUS)
         token = bearer_token(authorization)
+        if client is not None:
+            forward = self.upstream_logins and token is not None and not self._ours(token)
+            identity = ClientIdentity(Via.CERTIFICATE, client)
+            return Identified(identity, forward=forward or not self.users_mode)
+        if not self.users_mode:
+            return Identified(ANONYMOUS, forward=True)
         if token is None:
-            return self._refuse(repository, "authentication required", None)
+            return Identified(ANONYMOUS, problem="authentication required")
         try:
             claims = verify(self.keys, self.spec, token)
         except TokenInvalid as exc:
-            return self._refuse(repository, f"token {exc}", "invalid_token")
+            return Identified(ANONYMOUS, problem=f"token {exc}", error="invalid_token")
         try:
             known = self.users.exists(claims.user)
         except UsersFileError as exc:
             log.error("users file: %s", exc)
-            return Decision(ANONYMOUS, USERS_UNREADABLE, forward_credentials=False)
+            return Identified(ANONYMOUS, unavailable=True)
         if not known:
-            return self._refuse(repository, "token of a removed user", "invalid_token")
-        identity = ClientIdentity(Via.TOKEN, claims.user)
-        if repository is not None and not allows(claims.access, repository, "pull", self.normal):
-            refusal = Refusal(403, "DENIED", f"the token does not grant pull on {repository}")
-            return Decision(identity, refusal, forward_credentials=False)
-        return Decision(identity, forward_credentials=False)
+            return Identified(ANONYMOUS, problem="token of a removed user", error="invalid_token")
+        return Identified(ClientIdentity(Via.TOKEN, claims.user), claims.access)
+
+    def decide(self, who: Identified, repository: str | None) -> Decision:
+        """The cheap half: what ``who`` may do with ``repository``."""
+        if who.unavailable:
+            return Decision(ANONYMOUS, USERS_UNREADABLE, forward_credentials=False, identified=who)
+        if who.problem is not None:
+            return self._refuse(who, repository, who.problem, who.error)
+        if who.granted is not None and repository is not None:
+            if not allows(who.granted, repository, "pull", self.normal):
+                message = f"the token does not grant pull on {repository}"
+                refusal = Refusal(403, "DENIED", message)
+                return Decision(who.identity, refusal, forward_credentials=False, identified=who)
+        return Decision(who.identity, forward_credentials=who.forward, identified=who)
 
     def _ours(self, token: str) -> bool:
         try:
@@ -171,7 +250,9 @@ class AccessControl:
             return False
         return True
 
-    def _refuse(self, repository: str | None, message: str, error: str | None) -> Decision:
+    def _refuse(
+        self, who: Identified, repository: str | None, message: str, error: str | None
+    ) -> Decision:
         challenge = self.challenge(repository, error)
         refusal = Refusal(401, "UNAUTHORIZED", message, challenge)
-        return Decision(ANONYMOUS, refusal, forward_credentials=False)
+        return Decision(ANONYMOUS, refusal, forward_credentials=False, identified=who)

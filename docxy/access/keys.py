@@ -4,7 +4,8 @@
 and writes a new one; tokens signed with the previous key are still accepted for
 ``auth.key_grace`` seconds after the rotation (the previous file's mtime), so nobody is logged out
 at once: clients pick up tokens from the new key as their old ones expire. The running mirror
-notices both files changing on its own.
+notices both files changing on its own: it stats them on each use, and reads and parses them
+again only when their (mtime, size, inode) changed.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
 class SigningKey:
     kid: str
     key: ec.EllipticCurvePrivateKey
+    public: ec.EllipticCurvePublicKey
+
+    @classmethod
+    def of(cls, key: ec.EllipticCurvePrivateKey) -> SigningKey:
+        public = key.public_key()
+        return cls(key_id(public), key, public)
 
 
 def _stat(path: Path) -> tuple[int, int, int]:
@@ -105,12 +112,10 @@ class KeyRing:
         if signature == self._signature and self._current is not None:
             return
         self.ensure()
-        current = load_key(self.current_path)
-        self._current = SigningKey(key_id(current.public_key()), current)
+        self._current = SigningKey.of(load_key(self.current_path))
         self._previous = None
         if self.previous_path.exists():
-            previous = load_key(self.previous_path)
-            self._previous = SigningKey(key_id(previous.public_key()), previous)
+            self._previous = SigningKey.of(load_key(self.previous_path))
             self._previous_since = self.previous_path.stat().st_mtime
         self._signature = (_stat(self.current_path), _stat(self.previous_path))
 
@@ -123,8 +128,8 @@ class KeyRing:
         """kid → public key of every key whose tokens are still honoured."""
         self._refresh()
         assert self._current is not None
-        keys = {self._current.kid: self._current.key.public_key()}
+        keys = {self._current.kid: self._current.public}
         now = time.time() if now is None else now
         if self._previous is not None and now - self._previous_since < self.grace:
-            keys[self._previous.kid] = self._previous.key.public_key()
+            keys[self._previous.kid] = self._previous.public
         return keys

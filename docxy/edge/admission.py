@@ -5,7 +5,9 @@ An ASGI layer inside the access log (so every refusal is logged like any request
 1. the client's address (behind ``server.trusted_proxies``) must be in ``access.allow``, else
    ``403 DENIED``;
 2. a ``/v2/<name>/...`` request must name a repository the rules serve, else ``403 DENIED``
-   with a message the docker CLI prints (``denied: repository ... is not served``);
+   with a message the docker CLI prints (``denied: repository ... is not served``); the name
+   is the upstream's, behind the upstream's name unless it is Docker Hub (``ghcr.io/owner/img``),
+   however the request picks the upstream;
 3. per client (its user when known, else its IP, IPv6 by /64), a request-rate bucket, a
    manifest-fetch bucket (GETs of manifests) and a bandwidth bucket; an empty bucket is
    ``429 TOOMANYREQUESTS`` with ``Retry-After``.
@@ -26,6 +28,7 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
@@ -36,6 +39,8 @@ from docxy.core.names import Kind, parse_v2_path, upstream_name
 from docxy.edge.clients import client_identity, limit_key, request_address
 from docxy.edge.fills import CLIENT
 from docxy.edge.limits import Buckets, Clock, retry_after
+from docxy.upstream.client import Upstream
+from docxy.upstream.routing import Upstreams, UpstreamUnknown
 
 if TYPE_CHECKING:
     from docxy.access.gate import AccessControl
@@ -61,7 +66,8 @@ class Admission:
         self.access = access
         self.allow = config.access.allow
         self.rules = config.access.rules
-        self.library_prefix = config.upstream.library_prefix
+        others = [Upstream.from_config(named) for named in config.upstreams]
+        self.upstreams = Upstreams(Upstream.from_config(config.upstream), others)
         limits = config.limits
         self.requests = Buckets(limits.requests_per_minute / 60, limits.requests_per_minute, clock)
         self.manifests = Buckets(
@@ -131,7 +137,28 @@ class Admission:
             return None, None  # not a content path: the routes answer it
         if reference is None:
             return None, None
-        return upstream_name(reference.name, self.library_prefix), reference.kind
+        return self._rules_name(scope, reference.name), reference.kind
+
+    def _rules_name(self, scope: Any, name: str) -> str:
+        """The name the rules match, whichever way the request picks its upstream (``?ns=``,
+        host name, path prefix, as the routes do): Docker Hub's with ``library/``, another
+        upstream's behind that upstream's name (``ghcr.io/owner/img``)."""
+        headers = dict(scope["headers"])
+        host = headers[b"host"].decode("latin-1") if b"host" in headers else None
+        try:
+            route = self.upstreams.route(name, ns=_query_value(scope, "ns"), host=host)
+        except UpstreamUnknown:  # the routes refuse it, with nothing sent
+            return upstream_name(name, self.upstreams.default.library_prefix)
+        upstream = route.upstream
+        plain = upstream_name(route.name, upstream.library_prefix)
+        return plain if upstream.is_default else f"{upstream.name}/{plain}"
+
+
+def _query_value(scope: Any, key: str) -> str | None:
+    """The first value of ``key`` in the query string, as the routes' ``request.args`` read it."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return next((value for name, value in pairs if name == key), None)
 
 
 def _exempt(path: str) -> bool:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from hypercorn.typing import HTTPScope
 
+from docxy.access.gate import remember
 from docxy.config import ServerConfig
 from docxy.core.cidr import Address, client_key, parse_address
 from docxy.core.forwarded import client_address
@@ -31,7 +32,8 @@ def client_identity(scope: HTTPScope, access: AccessControl | None) -> str | Non
 
     The one place limits learn an identity. It runs before the routes, so it asks the access
     check itself (a token's signature, or the connection's client certificate; never a
-    password), as ``docxy.access.identity`` says a layer before the app must.
+    password), as ``docxy.access.identity`` says a layer before the app must, and leaves what it
+    found in the scope for the route's check (``gate.remember``): one verification a request.
     """
     if access is None:
         return None
@@ -39,7 +41,9 @@ def client_identity(scope: HTTPScope, access: AccessControl | None) -> str | Non
         (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"),
         None,
     )
-    identity = access.check(authorization, None).identity
+    decision = access.check(authorization, None)
+    remember(scope, decision)  # type: ignore[arg-type]
+    identity = decision.identity
     return identity.label() if identity.name is not None else None
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
+from docxy.access.gate import remembered
 from docxy.access.identity import set_identity
 from docxy.core.challenge import Challenge, rewrite_challenge
 from docxy.core.errors import Unsupported, UpstreamError, UpstreamUnavailable
@@ -130,7 +131,8 @@ def _access(repository: str | None) -> Response | None:
     access = mirror_state().access
     if access is None:
         return None
-    decision = access.check(request.headers.get("Authorization"), repository)
+    known = remembered(request.scope)  # the edge's check of this request, if it ran
+    decision = access.check(request.headers.get("Authorization"), repository, known)
     facts = request_facts()
     set_identity(facts, decision.identity)
     facts["forward_credentials"] = decision.forward_credentials

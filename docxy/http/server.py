@@ -16,9 +16,10 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 
+from docxy.access.gate import refuse_plain_http
 from docxy.config import Config
 from docxy.core.errors import ConfigError
-from docxy.edge import connections
+from docxy.edge import connections, h2c
 from docxy.edge.admission import Admission
 from docxy.edge.framing import Framing
 from docxy.http.app import create_app
@@ -160,6 +161,9 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
     hc.ssl_handshake_timeout = limits.idle_timeout  # a handshake is not yet a capped connection
     hc.read_timeout = None  # would cut long downloads (docxy.edge.connections)
     hc.backlog = limits.backlog or 100
+    # h2c: each stream is a request on a connection the connection cap counts once; 0: h2c is
+    # refused altogether (docxy.edge.h2c, installed by run())
+    hc.h2_max_concurrent_streams = max(limits.h2_max_streams, 1)
     fd_limit = connections.raise_fd_limit()
     if limits.max_connections:
         hc.edge = connections.ConnectionGuard(
@@ -204,6 +208,7 @@ def tune_malloc(arenas: int = 2) -> bool:
 
 
 async def run(config: Config) -> None:
+    refuse_plain_http(config)  # before anything listens
     tune_malloc()
     tls = load_tls(config)
     hc = hypercorn_config(config, tls)
@@ -220,6 +225,8 @@ async def run(config: Config) -> None:
     observer.attach(app)
     asgi = AccessLog(Framing(Guard(Admission(app, config, state.access), https_url)), observer)
     connections.install()
+    if config.limits.h2_max_streams == 0:
+        h2c.install()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

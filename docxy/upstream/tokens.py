@@ -4,10 +4,22 @@ For cache fills and revalidation the mirror does not use the client's token: it 
 upstream's token service for a pull token of its own — anonymous, or with the configured
 ``upstream.username``/``upstream.password`` — per repository, and reuses it until shortly
 before it expires. Content the mirror can read this way is what it may share from its cache.
+
+Concurrent misses for one repository share one token request: the first starts it as a named
+task, the others await it (a client going away cancels only its own wait). A failed request
+is not remembered: every waiter gets the error, and the next miss asks again.
+
+A token service that refuses the mirror (401/403: its credentials revoked, or no anonymous
+tokens) has answered, not failed: :class:`TokenRefused`, and :meth:`MirrorTokens.send` answers
+the request with that refusal as the upstream would answer a token it does not accept, so the
+pull services pass the content through (or confirm it with the client's credentials) instead
+of taking the upstream for down (stale-if-error, health). That answer stands for
+``REFUSED_TTL``: the repository's next misses do not ask the token service again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -16,7 +28,8 @@ import time
 import httpx
 
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
-from docxy.core.errors import UpstreamUnavailable
+from docxy.core.errors import UpstreamError, UpstreamUnavailable
+from docxy.tasks import spawn
 from docxy.upstream.client import Upstream, UpstreamClient, read_small
 
 log = logging.getLogger(__name__)
@@ -24,6 +37,24 @@ log = logging.getLogger(__name__)
 EXPIRY_MARGIN = 30.0
 REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
 DEFAULT_EXPIRES_IN = 60.0
+
+
+class TokenRefused(UpstreamError):
+    """The upstream's token service refused the mirror: ``401 UNAUTHORIZED`` or ``403 DENIED``.
+
+    An ``UpstreamError`` so that whoever fetches with the mirror's token gives up the fetch as
+    for any upstream error; never an outage (nothing counts it as one, the services are told
+    by :meth:`MirrorTokens.send` as an answer)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(
+            f"the upstream's token service refused the mirror ({status})", status=status
+        )
+        self.code = "DENIED" if status == 403 else "UNAUTHORIZED"
+
+    def answer(self) -> httpx.Response:
+        """The refusal as the upstream's answer to a request made with the refused token."""
+        return httpx.Response(self.status, json=self.body())
 
 
 def basic_authorization(username: str, password: str) -> str:
@@ -38,10 +69,15 @@ class MirrorTokens:
         self.client = client
         self._tokens: LruDict[tuple[str, str], tuple[float, str]] = LruDict(capacity)
         self._refused: LruDict[tuple[str, str], float] = LruDict(capacity)
+        #: repositories the token service itself refused the mirror: (when, 401 or 403)
+        self._denied: LruDict[tuple[str, str], tuple[float, int]] = LruDict(capacity)
+        #: token requests in flight, one per (upstream, repository); as many as clients waiting
+        self._fetching: dict[tuple[str, str], asyncio.Task[str | UpstreamError]] = {}
+        self.followers_joined = 0  # misses that waited for another's token request
 
     def __len__(self) -> int:
         """Repositories the mirror remembers something about (a token, a refusal)."""
-        return len(self._tokens) + len(self._refused)
+        return len(self._tokens) + len(self._refused) + len(self._denied)
 
     def refused(self, upstream: Upstream, repository: str) -> bool:
         """Whether the upstream refused the mirror's token for ``repository`` lately."""
@@ -63,9 +99,43 @@ class MirrorTokens:
         cached = self._tokens.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return [("Authorization", f"Bearer {cached[1]}")]
-        token, expires_in = await self._fetch(upstream, repository, challenge.service)
-        self._tokens.set(key, (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token))
+        denied = self._denied.get(key)
+        if denied is not None and time.monotonic() - denied[0] < REFUSED_TTL:
+            raise TokenRefused(denied[1])  # its answer stands a while: not asked again at once
+        token = await self._shared_fetch(upstream, repository, challenge.service)
         return [("Authorization", f"Bearer {token}")]
+
+    async def _shared_fetch(self, upstream: Upstream, repository: str, service: str | None) -> str:
+        """The token of the request in flight for ``repository``, started if none is."""
+        key = (upstream.host, repository)
+        fetching = self._fetching.get(key)
+        if fetching is None:
+            fetch = self._fetch_and_keep(key, upstream, repository, service)
+            fetching = self._fetching[key] = spawn(f"token {upstream.host} {repository}", fetch)
+        else:
+            self.followers_joined += 1
+        result = await asyncio.shield(fetching)
+        if isinstance(result, UpstreamError):
+            raise result
+        return result
+
+    async def _fetch_and_keep(
+        self, key: tuple[str, str], upstream: Upstream, repository: str, service: str | None
+    ) -> str | UpstreamError:
+        """One token request; kept on success. A failure is handed to the waiters (returned,
+        so the task does not log it as a crash) and forgotten."""
+        try:
+            token, expires_in = await self._fetch(upstream, repository, service)
+        except TokenRefused as exc:
+            self._denied.set(key, (time.monotonic(), exc.status))
+            self.mark_refused(upstream, repository)
+            return exc
+        except UpstreamError as exc:
+            return exc
+        finally:
+            del self._fetching[key]
+        self._tokens.set(key, (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token))
+        return token
 
     async def send(
         self,
@@ -78,10 +148,14 @@ class MirrorTokens:
         """Send with the mirror's token; on a 401 fetch a fresh token and try once more.
 
         A 401 to the mirror's own token most often means it expired early upstream, not that
-        the repository is private; a second 401 is the upstream's answer.
+        the repository is private; a second 401 is the upstream's answer. A token service
+        refusing the mirror is answered here as the registry would answer (401/403).
         """
         for attempt in (1, 2):
-            headers = await self.headers(upstream, repository) + list(extra or [])
+            try:
+                headers = await self.headers(upstream, repository) + list(extra or [])
+            except TokenRefused as refused:
+                return refused.answer()
             answer = await self.client.send(upstream, method, upstream.url(path), headers)
             if answer.status_code != 401 or attempt == 2 or not self.holds(upstream, repository):
                 return answer
@@ -114,6 +188,8 @@ class MirrorTokens:
             upstream, "GET", realm, headers, params=httpx.QueryParams(params)
         )
         body = await read_small(answer)
+        if answer.status_code in (401, 403):
+            raise TokenRefused(answer.status_code)
         if answer.status_code != 200:
             raise UpstreamUnavailable(
                 f"the upstream's token service refused the mirror ({answer.status_code})"

@@ -175,6 +175,7 @@ SAMPLES = {
     "limits.bandwidth": "10M",
     "limits.fills_per_client": "2",
     "limits.fills_total": "8",
+    "limits.h2_max_streams": "4",
     "auth.mode": "users",
     "auth.dir": "/tmp/docxy-access",
     "auth.users_file": "/tmp/docxy-users",
@@ -182,6 +183,7 @@ SAMPLES = {
     "auth.key_grace": "600",
     "auth.client_certs": "false",
     "auth.upstream_logins": "true",
+    "auth.allow_plain_http": "true",
 }
 
 

@@ -1,0 +1,53 @@
+"""A token the mirror issued to its own client never goes upstream (``users`` mode).
+
+The path that could leak it: a blob the cache holds, asked for under a repository the mirror
+has not paired it with yet, where the mirror's own upstream token is refused (private
+content). The mirror then confirms the pairing with the client's credentials, and, unconfirmed,
+passes the request through: both must go without the client's token when that token is the
+mirror's. The fake upstream (``test_pull_scoped_blobs.Hub``) records every request it got.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quart import Quart
+
+from docxy.access.users import UsersFile
+from tests.unit.test_pull_scoped_blobs import BASE, Hub, basic, blob_url, mirror
+
+
+async def users_token(app: Quart, *repositories: str) -> str:
+    query = "&".join(f"scope=repository:{name}:pull" for name in repositories)
+    response = await app.test_client().get(
+        f"/auth/token?{query}", headers={"Authorization": basic("alice", "right")}
+    )
+    assert response.status_code == 200, await response.get_data()
+    return str((await response.get_json())["token"])
+
+
+async def test_a_mirror_issued_token_never_reaches_the_upstream(tmp_path: Path) -> None:
+    UsersFile(tmp_path / "auth" / "users").add("alice", "right")
+    hub = Hub()
+    users = {"auth__mode": "users", "auth__dir": str(tmp_path / "auth")}
+    async with mirror(tmp_path, hub, **users) as app:
+        token = await users_token(app, "library/base", "team/mine")
+        ours = {"Authorization": f"Bearer {token}"}
+        client = app.test_client()
+        # cached through a public repository, with the mirror's own upstream token
+        response = await client.get(blob_url("library/base", BASE), headers=ours)
+        assert response.status_code == 200 and await response.get_data() == BASE
+        # team/mine is private to the mirror's token: the cached blob there is checked
+        # upstream (a HEAD), then passed through; the client's token is the mirror's, so
+        # neither carries it, and the client sees the upstream's refusal.
+        for method in ("get", "head"):
+            response = await getattr(client, method)(blob_url("team/mine", BASE), headers=ours)
+            assert response.status_code == 401
+            assert BASE not in await response.get_data()
+        manifest = await client.get("/v2/team/mine/manifests/1", headers=ours)
+        assert manifest.status_code == 401
+    mine = [r for r in hub.requests if "/team/mine/" in r.url.path]
+    assert {r.method for r in mine} == {"GET", "HEAD"}  # the upstream was asked, both ways
+    assert any("/blobs/" in r.url.path and r.method == "HEAD" for r in mine)
+    sent = [r.headers.get("authorization") for r in hub.requests]
+    assert all(token not in (value or "") for value in sent), sent

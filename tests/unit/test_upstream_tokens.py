@@ -1,0 +1,116 @@
+"""The mirror's own upstream tokens: one token request per repository however many misses wait
+for it, and a failed request is not remembered (the next miss asks again)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from docxy.core.errors import UpstreamUnavailable
+from docxy.tasks import spawn
+from docxy.upstream.client import Upstream, UpstreamClient
+from docxy.upstream.tokens import MirrorTokens
+
+CHALLENGE = 'Bearer realm="https://auth.test/token",service="registry.test"'
+UPSTREAM = Upstream("https://registry.test")
+WAITERS = 10
+YIELDS = 10_000  # turns of the event loop a test waits for something before it fails
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the event loop until ``condition`` holds (bounded: never hangs a test)."""
+    for _ in range(YIELDS):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the awaited state never came")
+
+
+class TokenService:
+    """A registry whose token endpoint counts its requests per scope and answers only when
+    ``open`` is set, with ``status``."""
+
+    def __init__(self) -> None:
+        self.asked: Counter[str] = Counter()
+        self.open = asyncio.Event()
+        self.status = 200
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        scope = request.url.params["scope"]
+        self.asked[scope] += 1
+        await self.open.wait()
+        if self.status != 200:
+            return httpx.Response(self.status, json={"errors": [{"code": "UNAVAILABLE"}]})
+        return httpx.Response(200, json={"token": f"t{self.asked[scope]}", "expires_in": 300})
+
+
+async def misses(tokens: MirrorTokens, service: TokenService, repository: str) -> list[object]:
+    """``WAITERS`` concurrent misses for ``repository``; the token service answers once every
+    one of them is either asking it or waiting for another's request."""
+    scope = f"repository:{repository}:pull"
+    joined = tokens.followers_joined
+    waiting = [spawn(f"miss {n}", tokens.headers(UPSTREAM, repository)) for n in range(WAITERS)]
+    await until(lambda: service.asked[scope] + tokens.followers_joined - joined >= WAITERS)
+    service.open.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    service.open.clear()
+    return results
+
+
+@pytest.fixture
+async def service() -> TokenService:
+    return TokenService()
+
+
+async def test_concurrent_misses_share_one_token_request(service: TokenService) -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(service)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        await tokens.client.challenge(UPSTREAM)  # the /v2/ probe is not what is counted here
+        results = await misses(tokens, service, "library/redis")
+        assert results == [[("Authorization", "Bearer t1")]] * WAITERS
+        assert service.asked == {"repository:library/redis:pull": 1}
+        # kept: the next miss asks nobody; another repository gets its own token
+        assert await tokens.headers(UPSTREAM, "library/redis") == [("Authorization", "Bearer t1")]
+        assert (
+            await misses(tokens, service, "library/nginx")
+            == [[("Authorization", "Bearer t1")]] * WAITERS
+        )
+        assert service.asked["repository:library/redis:pull"] == 1
+
+
+async def test_a_failed_token_request_fails_its_waiters_and_is_not_remembered(
+    service: TokenService,
+) -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(service)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        await tokens.client.challenge(UPSTREAM)
+        service.status = 503
+        failed = await misses(tokens, service, "library/redis")
+        assert all(isinstance(result, UpstreamUnavailable) for result in failed), failed
+        assert service.asked == {"repository:library/redis:pull": 1}
+        service.status = 200
+        service.open.set()
+        assert await tokens.headers(UPSTREAM, "library/redis") == [("Authorization", "Bearer t2")]
+        assert service.asked == {"repository:library/redis:pull": 2}
+
+
+async def test_a_client_going_away_does_not_cancel_the_others_token(
+    service: TokenService,
+) -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(service)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        await tokens.client.challenge(UPSTREAM)
+        first = spawn("first", tokens.headers(UPSTREAM, "library/redis"))
+        second = spawn("second", tokens.headers(UPSTREAM, "library/redis"))
+        await until(lambda: tokens.followers_joined == 1)  # the second waits for the first's
+        first.cancel()  # the client that started the request hangs up
+        service.open.set()
+        assert await second == [("Authorization", "Bearer t1")]
+        assert first.cancelled()
+        assert service.asked == {"repository:library/redis:pull": 1}
