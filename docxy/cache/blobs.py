@@ -6,7 +6,10 @@ on :meth:`DiskBlobStore.open`, and recency survives restarts as the files' mtime
 
 Eviction asks the manifest store (:attr:`DiskBlobStore.catalog`) which images need which blobs
 and evicts as :func:`docxy.cache.images.plan_eviction` says: blobs no image needs first, then
-whole images, least recently pulled first. Without a catalogue it is plain LRU.
+whole images, least recently pulled first. Without a catalogue it is plain LRU. It starts when
+the cache (with the fills it will keep) passes ``max_size`` and frees down to :func:`low_water`,
+so the plan over the whole catalogue is made once per that many bytes, in a worker thread over a
+snapshot; the event loop only applies it, a chunk at a time, re-checking each blob as it goes.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import secrets
 import stat
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from docxy.cache.errors import BlobInUse, CacheUnwritable
 from docxy.cache.fill import (
@@ -33,12 +37,14 @@ from docxy.cache.fill import (
     InFlight,
     run_fill,
 )
-from docxy.cache.images import ImageCatalog, plan_eviction
+from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
 from docxy.cache.reader import READ_CHUNK, BlobReader
 from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Read sizes shrink to keep the total of in-flight reads near this budget (see RSS benchmark).
 READ_BUDGET = 16 * 1024 * 1024
@@ -48,6 +54,19 @@ PUMP_BUDGET = 16 * 1024 * 1024
 MIN_PUMP_BUFFER = 256 * 1024
 #: Seconds misses go uncached after the cache failed to write (disk full...).
 WRITE_FAILURE_BACKOFF = 60.0
+#: Eviction frees down to this share of ``max_size``, but never more than LOW_WATER_GAP below it.
+LOW_WATER = 0.9
+LOW_WATER_GAP = 8 * 1024**3
+#: Plans made again when an image it would forget was pulled while it was being made.
+PLAN_ATTEMPTS = 3
+#: Blobs (and manifests) an eviction drops between two turns of the event loop.
+APPLY_CHUNK = 256
+
+
+def low_water(max_size: int) -> int:
+    """Where eviction stops: ``max_size`` less 10% of it, or less 8 GiB for caches over 80 GiB."""
+    return max_size - min(max_size - int(max_size * LOW_WATER), LOW_WATER_GAP)
+
 
 #: What :meth:`BlobStore.fetch_or_join` hands out: a cache hit, the one writer, or a follower.
 Fill = BlobReader | BlobWriter | BlobFollower
@@ -128,6 +147,9 @@ class DiskBlobStore:
         self.evicted_bytes = 0
         #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
         self.catalog: ImageCatalog | None = None
+        self._eviction: asyncio.Task[None] | None = None
+        #: Eviction plans made since start (each over the whole catalogue, in a worker thread).
+        self.plans = 0
 
     @classmethod
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
@@ -316,13 +338,14 @@ class DiskBlobStore:
     # FillHost: called by writers.
 
     def fill_grew(self, fill: InFlight, nbytes: int) -> None:
-        """Make room for the bytes of fills that will be kept, on a running store."""
+        """Count a running fill's bytes; past ``max_size``, start evicting in the background."""
         self._in_flight += nbytes
-        if not self._fits(fill):
-            return
-        kept = sum(f.written for f in self._fills.values() if self._fits(f))
-        if self._total + kept > self.max_size:
-            self._evict(self._total + kept - self.max_size)
+        if self._fits(fill) and self._kept_bytes() > self.max_size:
+            self._start_eviction()
+
+    def _kept_bytes(self) -> int:
+        """Committed blobs and the bytes so far of fills that will be kept."""
+        return self._total + sum(f.written for f in self._fills.values() if self._fits(f))
 
     def _fits(self, fill: InFlight) -> bool:
         return max(fill.written, fill.size or 0) <= self.max_size
@@ -338,6 +361,16 @@ class DiskBlobStore:
         self._write_failed_logged = True
         log.log(level, "cache: cannot write %s (%s); serving it uncached", fill.digest, exc)
 
+    async def make_room(self, fill: InFlight) -> None:
+        """Before a commit: wait until the verified fill fits under ``max_size``, evicting (at
+        most twice) if it does not yet. It may still not fit: pinned blobs cannot go."""
+        if fill.written > self.max_size:
+            return
+        for _ in range(2):
+            if self._total + fill.written <= self.max_size:
+                return
+            await asyncio.wait([self._start_eviction()])  # a cancelled commit leaves it running
+
     def fill_committed(self, fill: InFlight) -> BlobEntry | None:
         """Move a verified, synced temp file into place if it fits under ``max_size``."""
         size = fill.written
@@ -346,9 +379,11 @@ class DiskBlobStore:
         if old is not None:  # stored meanwhile by another process: same verified bytes
             _unlink(fill.tmp_path)
             return old
-        if size > self.max_size or not self._evict(self._total + size - self.max_size):
+        if size > self.max_size or self._total + size > self.max_size:
             log.info("cache: %s (%d bytes) does not fit, not kept", fill.digest, size)
             _unlink(fill.tmp_path)
+            if size <= self.max_size:
+                self._start_eviction()  # a commit that did not wait for room (see make_room)
             return None
         path = self.path_of(fill.digest)
         now = time.time_ns()
@@ -372,22 +407,78 @@ class DiskBlobStore:
         if self._pins[digest] <= 0:
             del self._pins[digest]
 
-    def _evict(self, need: int) -> bool:
-        """Free ``need`` bytes: blobs no cached image needs first (least recently used first),
-        then whole images, least recently pulled first; never a pinned blob."""
-        if need <= 0:
-            return True
-        images = self.catalog.images() if self.catalog is not None else []
-        plan = plan_eviction(self._index.values(), images, need, lambda d: self._pins[d] > 0)
-        if plan.images and self.catalog is not None:
-            self.catalog.forget_images(plan.images)  # first: no manifest outlives its blobs
-        for entry in plan.blobs:  # no image the plan keeps needs these: no catalogue check
-            _unlink(entry.path)
-            self._forget(entry, planned=True)
-            self.evicted += 1
-            self.evicted_bytes += entry.size
-            log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
-        return plan.freed >= need
+    def _start_eviction(self) -> asyncio.Task[None]:
+        """The running eviction down to :func:`low_water`, started if none is."""
+        if self._eviction is None or self._eviction.done():
+            self._eviction = spawn("cache-eviction", self._evict_to(low_water(self.max_size)))
+        return self._eviction
+
+    async def settle(self) -> None:
+        """Wait for a running eviction to end (tests, ``docxy cache gc``)."""
+        if self._eviction is not None:
+            await asyncio.wait([self._eviction])
+
+    async def _evict_to(self, target: int) -> None:
+        """Evict until the kept bytes are at most ``target``: blobs no cached image needs first
+        (least recently used first), then whole images, least recently pulled first; never a
+        pinned blob, nor one an image that is still offered needs."""
+        catalog = self.catalog
+        if catalog is not None:
+            await catalog.loaded()
+        for attempt in range(1, PLAN_ATTEMPTS + 1):
+            need = self._kept_bytes() - target
+            if need <= 0:
+                return
+            blobs = list(self._index.values())
+            images = catalog.images() if catalog is not None else []
+            pinned = frozenset(self._pins)
+            plan, pulled = await asyncio.to_thread(_plan, blobs, images, need, pinned)
+            self.plans += 1
+            moved = catalog is not None and any(
+                catalog.pulled_at(key) != when for key, when in pulled.items()
+            )
+            if moved and attempt < PLAN_ATTEMPTS:
+                continue  # an image it forgets was pulled meanwhile: plan again
+            await self._apply(plan)
+            return
+
+    async def _apply(self, plan: EvictionPlan) -> None:
+        """Forget the plan's images, then delete its blobs, yielding to the loop between chunks.
+
+        Manifests go first, so no manifest outlives its blobs; a blob is deleted only if it is
+        still unpinned and no image the catalogue offers now needs it (one may have been pulled
+        since the plan was made)."""
+        catalog = self.catalog
+        for keys in _chunks(plan.images):
+            if catalog is not None:
+                catalog.forget_images(keys)  # with any index above them
+            await asyncio.sleep(0)
+        trash: list[Path] = []
+        for entries in _chunks(plan.blobs):
+            for planned in entries:
+                entry = self._index.get(planned.digest)
+                if entry is None or self._pins[entry.digest]:
+                    continue
+                if catalog is not None and catalog.needed(entry.digest):
+                    continue
+                trash.append(self._drop(entry))
+            await asyncio.sleep(0)
+        if trash:
+            await asyncio.to_thread(_unlink_all, trash)
+
+    def _drop(self, entry: BlobEntry) -> Path:
+        """Take an evicted blob out of the index and off its name; returns where it now is, in
+        ``tmp/``, for a worker thread to delete (freeing a large file's extents takes a while)."""
+        trash = self.tmp_dir / f"evicted-{entry.digest.hex}.{secrets.token_hex(6)}"
+        try:
+            os.rename(entry.path, trash)
+        except FileNotFoundError:
+            pass
+        self._forget(entry, planned=True)
+        self.evicted += 1
+        self.evicted_bytes += entry.size
+        log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
+        return trash
 
     def _forget(self, entry: BlobEntry, *, planned: bool = False) -> None:
         """Drop ``entry`` from the index; unless an eviction plan already forgot every image
@@ -441,7 +532,8 @@ class DiskBlobStore:
                     self._forget(entry)
                     corrupt += 1
         count = len(self._index)
-        self._evict(self._total - self.max_size)
+        await self.settle()
+        await self._evict_to(self.max_size)
         evicted = count - len(self._index)
         return GcReport(removed_tmp, len(strays), corrupt, evicted, before - self._total)
 
@@ -452,6 +544,25 @@ def _hash_matches(entry: BlobEntry) -> bool:
         while chunk := f.read(READ_CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest() == entry.digest.hex
+
+
+def _plan(
+    blobs: list[BlobEntry], images: list[Image], need: int, pinned: frozenset[Digest]
+) -> tuple[EvictionPlan, dict[ImageKey, float]]:
+    """In a worker thread: the plan, and when each image it forgets was last pulled."""
+    plan = plan_eviction(blobs, images, need, pinned.__contains__)
+    planned = set(plan.images)
+    return plan, {image.key: image.last_pulled for image in images if image.key in planned}
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), APPLY_CHUNK):
+        yield items[start : start + APPLY_CHUNK]
+
+
+def _unlink_all(paths: Iterable[Path]) -> None:
+    for path in paths:
+        _unlink(path)
 
 
 def _unlink(path: Path) -> None:

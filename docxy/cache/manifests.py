@@ -31,16 +31,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
-from docxy.cache.images import Image, ImageKey, dependents, needs
+from docxy.cache.images import Image, ImageKey, needs
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
 from docxy.core.digests import Digest, digest_of, parse_digest
 from docxy.core.errors import DigestInvalid
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +101,10 @@ class ManifestStore:
         self.tag_ttl = tag_ttl
         self._clock = clock
         self._images: dict[ImageKey, Image] | None = None  # read from disk on first use
-        self._tag_files: dict[Path, ImageKey] = {}
+        self._tag_files: dict[Path, ImageKey] = {}  # tag record -> the image it points at
+        self._tags_of: dict[ImageKey, set[Path]] = {}  # ...and back
         self._holders: dict[Digest, set[ImageKey]] = {}  # blob -> cached images that need it
+        self._parents: dict[ImageKey, set[ImageKey]] = {}  # child manifest -> indexes above it
 
     @classmethod
     def open(
@@ -216,7 +221,7 @@ class ManifestStore:
             public = True
         entry = TagEntry(repo, tag, digest, self._clock(), public)
         await asyncio.to_thread(self._write_tag, entry)
-        self._tag_files[self._tag_path(repo, tag)] = ImageKey(_upstream_key(repo.upstream), digest)
+        self._point_tag(self._tag_path(repo, tag), ImageKey(_upstream_key(repo.upstream), digest))
         return entry
 
     async def forget_tag(self, repo: RepoKey, tag: str) -> bool:
@@ -224,7 +229,7 @@ class ManifestStore:
         path = self._tag_path(repo, tag)
         existed = path.exists()
         await asyncio.to_thread(unlink_quietly, path)
-        self._tag_files.pop(path, None)
+        self._point_tag(path, None)
         return existed
 
     def list_tags(self) -> list[TagEntry]:
@@ -264,23 +269,53 @@ class ManifestStore:
 
     def _catalogue(self) -> dict[ImageKey, Image]:
         if self._images is None:
-            self._images, self._tag_files = self._scan()
-            self._holders = {}
-            for image in self._images.values():
-                self._hold(image)
+            images, tags = self._scan()
+            self._adopt(images, tags)
+        assert self._images is not None
         return self._images
 
-    def _hold(self, image: Image) -> None:
+    def _adopt(self, images: dict[ImageKey, Image], tags: dict[Path, ImageKey]) -> None:
+        """Take a catalogue read from disk, with its indexes."""
+        self._images, self._tag_files, self._tags_of = images, {}, {}
+        self._holders, self._parents = {}, {}
+        for image in images.values():
+            self._index(image)
+        for path, key in tags.items():
+            self._point_tag(path, key)
+
+    async def loaded(self) -> None:
+        """The catalogue is read from disk (see :meth:`open`)."""
+        self._catalogue()
+
+    def _index(self, image: Image) -> None:
         for digest in image.blobs:
             self._holders.setdefault(digest, set()).add(image.key)
+        for child in image.children:
+            self._parents.setdefault(ImageKey(image.key.upstream, child), set()).add(image.key)
 
-    def _release(self, image: Image) -> None:
+    def _unindex(self, image: Image) -> None:
         for digest in image.blobs:
-            holders = self._holders.get(digest)
-            if holders is not None:
-                holders.discard(image.key)
-                if not holders:
-                    del self._holders[digest]
+            _discard(self._holders, digest, image.key)
+        for child in image.children:
+            _discard(self._parents, ImageKey(image.key.upstream, child), image.key)
+
+    def _point_tag(self, path: Path, key: ImageKey | None) -> None:
+        """Tag record ``path`` now points at ``key`` (None: it is gone)."""
+        old = self._tag_files.pop(path, None)
+        if old is not None:
+            _discard(self._tags_of, old, path)
+        if key is not None:
+            self._tag_files[path] = key
+            self._tags_of.setdefault(key, set()).add(path)
+
+    def needed(self, digest: Digest) -> bool:
+        """Whether a cached image needs blob ``digest``."""
+        self._catalogue()
+        return digest in self._holders
+
+    def pulled_at(self, key: ImageKey) -> float | None:
+        image = self._catalogue().get(key)
+        return None if image is None else image.last_pulled
 
     def blob_visibility(self, repo: RepoKey, digest: Digest) -> Visibility | None:
         """How blob ``digest`` is known in ``repo``: through a cached manifest that needs it and
@@ -298,28 +333,40 @@ class ManifestStore:
         return found
 
     def forget_images(self, keys: Iterable[ImageKey]) -> None:
-        """Drop these manifests and the tags pointing at them: they are no longer offered, so a
-        pull asks the upstream again (and fails cleanly, at its first step, if it is down)."""
-        gone = set(keys)
+        """Drop these manifests, every index pointing at one of them, and the tags pointing at
+        any of those: they are no longer offered, so a pull asks the upstream again (and fails
+        cleanly, at its first step, if it is down)."""
+        images = self._catalogue()
+        gone = self._with_indexes(keys)
         if not gone:
             return
         for key in gone:
             path = self._key_path(key)
             unlink_quietly(path.with_name(path.name + ".json"))
             unlink_quietly(path)
-            if self._images is not None:
-                image = self._images.pop(key, None)
-                if image is not None:
-                    self._release(image)
-        for tag_path, key in list(self._tag_files.items()):
-            if key in gone:
+            image = images.pop(key, None)
+            if image is not None:
+                self._unindex(image)
+            for tag_path in list(self._tags_of.get(key, ())):
                 unlink_quietly(tag_path)
-                del self._tag_files[tag_path]
+                self._point_tag(tag_path, None)
         log.info("cache: forgot %d manifests (%s)", len(gone), ", ".join(sorted(_short(gone))))
+
+    def _with_indexes(self, keys: Iterable[ImageKey]) -> set[ImageKey]:
+        """``keys`` and, transitively, the cached indexes pointing at them."""
+        found: set[ImageKey] = set()
+        todo = list(keys)
+        while todo:
+            key = todo.pop()
+            if key not in found:
+                found.add(key)
+                todo.extend(self._parents.get(key, ()))
+        return found
 
     def blob_gone(self, digest: Digest) -> None:
         """A blob left the cache: forget every image that is no longer whole without it."""
-        self.forget_images(dependents(digest, self.images()))
+        self._catalogue()
+        self.forget_images(list(self._holders.get(digest, ())))
 
     def _pulled(self, key: ImageKey, content: bytes) -> None:
         if self._images is None:
@@ -328,7 +375,7 @@ class ManifestStore:
         if old is None:
             blobs, children = needs(content)
             self._images[key] = Image(key, time.time(), blobs, children)
-            self._hold(self._images[key])
+            self._index(self._images[key])
         else:
             self._images[key] = Image(key, time.time(), old.blobs, old.children)
 
@@ -350,6 +397,14 @@ class ManifestStore:
             path = self._tag_path(entry.repo, entry.tag)
             tags[path] = ImageKey(_upstream_key(entry.repo.upstream), entry.digest)
         return images, tags
+
+
+def _discard(index: dict[K, set[V]], key: K, value: V) -> None:
+    values = index.get(key)
+    if values is not None:
+        values.discard(value)
+        if not values:
+            del index[key]
 
 
 def _upstream_key(upstream: str) -> str:
