@@ -27,8 +27,10 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -105,6 +107,8 @@ class ManifestStore:
         self._tags_of: dict[ImageKey, set[Path]] = {}  # ...and back
         self._holders: dict[Digest, set[ImageKey]] = {}  # blob -> cached images that need it
         self._parents: dict[ImageKey, set[ImageKey]] = {}  # child manifest -> indexes above it
+        self._scanning: Future[Scanned] | None = None  # the catalogue read in a thread (open)
+        self._journal: list[Callable[[], None]] = []  # changes made while it was being read
 
     @classmethod
     def open(
@@ -115,10 +119,18 @@ class ManifestStore:
         tag_ttl: float,
         clock: Callable[[], float] = time.time,
     ) -> ManifestStore:
-        """Open for serving: remove temp files left by a crash."""
+        """Open for serving: remove temp files left by a crash, and read the catalogue (every
+        manifest and tag) in a worker thread, so a large cache does not hold up the first
+        answers. Manifests and tags are served meanwhile, straight from disk; what changes is
+        noted and replayed on the catalogue once it is read."""
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         clear_dir(store._tmp)
-        store.images()  # read the catalogue now, off the event loop
+        store._scanning = Future()
+        thread = threading.Thread(
+            target=_run_into, args=(store._scan, store._scanning), name="docxy-catalogue"
+        )
+        thread.daemon = True  # reads only: nothing to finish at exit
+        thread.start()
         return store
 
     @property
@@ -268,11 +280,25 @@ class ManifestStore:
         return list(self._catalogue().values())
 
     def _catalogue(self) -> dict[ImageKey, Image]:
+        """The catalogue; if it is still being read, waits for it (blocking, see :meth:`loaded`)."""
         if self._images is None:
-            images, tags = self._scan()
-            self._adopt(images, tags)
+            scanned = self._scan() if self._scanning is None else self._scanning.result()
+            self._adopt(*scanned)
         assert self._images is not None
         return self._images
+
+    def _in_memory(self) -> bool:
+        """Whether the catalogue is in memory (taking over a finished background read)."""
+        if self._images is None and self._scanning is not None and self._scanning.done():
+            self._catalogue()
+        return self._images is not None
+
+    def _or_later(self, change: Callable[[], None]) -> None:
+        """Make ``change`` to the catalogue now, or once it is read."""
+        if self._in_memory():
+            change()
+        else:
+            self._journal.append(change)
 
     def _adopt(self, images: dict[ImageKey, Image], tags: dict[Path, ImageKey]) -> None:
         """Take a catalogue read from disk, with its indexes."""
@@ -282,9 +308,14 @@ class ManifestStore:
             self._index(image)
         for path, key in tags.items():
             self._point_tag(path, key)
+        journal, self._journal = self._journal, []
+        for change in journal:
+            change()
 
     async def loaded(self) -> None:
-        """The catalogue is read from disk (see :meth:`open`)."""
+        """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""
+        if self._scanning is not None and not self._scanning.done():
+            await asyncio.wrap_future(self._scanning)
         self._catalogue()
 
     def _index(self, image: Image) -> None:
@@ -301,6 +332,9 @@ class ManifestStore:
 
     def _point_tag(self, path: Path, key: ImageKey | None) -> None:
         """Tag record ``path`` now points at ``key`` (None: it is gone)."""
+        if not self._in_memory():
+            self._journal.append(lambda: self._point_tag(path, key))
+            return
         old = self._tag_files.pop(path, None)
         if old is not None:
             _discard(self._tags_of, old, path)
@@ -369,17 +403,24 @@ class ManifestStore:
         self.forget_images(list(self._holders.get(digest, ())))
 
     def _pulled(self, key: ImageKey, content: bytes) -> None:
-        if self._images is None:
+        if self._images is None and self._scanning is None:
             return  # read from disk, with this one, on first use
-        old = self._images.get(key)
-        if old is None:
-            blobs, children = needs(content)
-            self._images[key] = Image(key, time.time(), blobs, children)
-            self._index(self._images[key])
-        else:
-            self._images[key] = Image(key, time.time(), old.blobs, old.children)
+        blobs, children = needs(content)
+        pulled = Image(key, time.time(), blobs, children)
+        self._or_later(lambda: self._note_pull(pulled))
 
-    def _scan(self) -> tuple[dict[ImageKey, Image], dict[Path, ImageKey]]:
+    def _note_pull(self, pulled: Image) -> None:
+        assert self._images is not None
+        old = self._images.get(pulled.key)
+        if old is None:
+            self._images[pulled.key] = pulled
+            self._index(pulled)
+        else:
+            self._images[pulled.key] = Image(
+                pulled.key, pulled.last_pulled, old.blobs, old.children
+            )
+
+    def _scan(self) -> Scanned:
         images: dict[ImageKey, Image] = {}
         base = self.root / "by-digest"
         for path in base.glob("*/*/*/*") if base.is_dir() else ():
@@ -397,6 +438,18 @@ class ManifestStore:
             path = self._tag_path(entry.repo, entry.tag)
             tags[path] = ImageKey(_upstream_key(entry.repo.upstream), entry.digest)
         return images, tags
+
+
+Scanned = tuple[dict[ImageKey, Image], dict[Path, ImageKey]]
+
+
+def _run_into(work: Callable[[], Scanned], future: Future[Scanned]) -> None:
+    """In a worker thread: ``work()``'s result (or error) into ``future``."""
+    try:
+        future.set_result(work())
+    except BaseException as exc:
+        log.error("cache: cannot read the manifest catalogue: %s", exc)
+        future.set_exception(exc)
 
 
 def _discard(index: dict[K, set[V]], key: K, value: V) -> None:
