@@ -4,7 +4,7 @@
 
     <directory>/blobs/   <directory>/tmp/     DiskBlobStore
     <directory>/manifests/                    ManifestStore (also the blob store's image catalogue)
-    <directory>/access/                       AccessIndex
+    <directory>/access/                       AccessIndex (lives and dies with the manifests)
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, needs
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
+from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core.digests import Digest, digest_of, parse_digest
 from docxy.core.errors import DigestInvalid
 
@@ -125,6 +125,7 @@ class ManifestStore:
         noted and replayed on the catalogue once it is read."""
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         clear_dir(store._tmp)
+        store.migrate_access()
         store._scanning = Future()
         thread = threading.Thread(
             target=_run_into, args=(store._scan, store._scanning), name="docxy-catalogue"
@@ -132,6 +133,15 @@ class ManifestStore:
         thread.daemon = True  # reads only: nothing to finish at exit
         thread.start()
         return store
+
+    def migrate_access(self) -> None:
+        """Move repository records of the earlier layout (once, after an upgrade), keeping only
+        those of manifests still cached (see :meth:`AccessIndex.migrate`)."""
+        moved = self.access.migrate(
+            lambda up, digest: self._key_path(ImageKey(up, digest)).exists()
+        )
+        if moved:
+            log.info("cache: moved %d repository records to the per-manifest layout", moved)
 
     @property
     def _tmp(self) -> Path:
@@ -378,6 +388,7 @@ class ManifestStore:
             path = self._key_path(key)
             unlink_quietly(path.with_name(path.name + ".json"))
             unlink_quietly(path)
+            self.access.forget_digest(key.upstream, key.digest)
             image = images.pop(key, None)
             if image is not None:
                 self._unindex(image)
@@ -458,10 +469,6 @@ def _discard(index: dict[K, set[V]], key: K, value: V) -> None:
         values.discard(value)
         if not values:
             del index[key]
-
-
-def _upstream_key(upstream: str) -> str:
-    return hashlib.sha256(upstream.encode()).hexdigest()
 
 
 def _short(keys: Iterable[ImageKey]) -> list[str]:
