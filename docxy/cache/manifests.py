@@ -160,12 +160,15 @@ class ManifestStore:
 
     async def get(self, repo: RepoKey, digest: Digest) -> CachedManifest | None:
         """The cached manifest ``digest`` of ``repo.upstream``, with its visibility in ``repo``."""
-        found = await asyncio.to_thread(self._read_manifest, repo.upstream, digest)
+        found = await asyncio.to_thread(self._read_manifest, repo, digest)
         if found is None:
             return None
-        content, media_type = found
-        self._pulled(ImageKey(_upstream_key(repo.upstream), digest), content)
-        return CachedManifest(digest, media_type, content, self.access.visibility(repo, digest))
+        content, media_type, visibility = found
+        key = ImageKey(_upstream_key(repo.upstream), digest)
+        if self._images is not None and key not in self._images:
+            return None  # evicted while it was read: no longer offered, its blobs may be gone
+        self._pulled(key, content)
+        return CachedManifest(digest, media_type, content, visibility)
 
     async def put(
         self,
@@ -184,13 +187,18 @@ class ManifestStore:
         actual = digest_of(content, digest.algorithm if digest else "sha256")
         if digest is not None and actual != digest:
             raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
-        await asyncio.to_thread(self._write_manifest, repo.upstream, actual, content, media_type)
+        # In the catalogue first: from now on, eviction keeps the blobs it needs.
         self._pulled(ImageKey(_upstream_key(repo.upstream), actual), content)
-        self.access.record(repo, actual, public=public)
-        return CachedManifest(actual, media_type, content, self.access.visibility(repo, actual))
+        visibility = await asyncio.to_thread(
+            self._write_manifest, repo, actual, content, media_type, public
+        )
+        return CachedManifest(actual, media_type, content, visibility)
 
-    def _read_manifest(self, upstream: str, digest: Digest) -> tuple[bytes, str] | None:
-        path = self._content_path(upstream, digest)
+    def _read_manifest(
+        self, repo: RepoKey, digest: Digest
+    ) -> tuple[bytes, str, Visibility | None] | None:
+        """In a worker thread: content, media type and visibility in ``repo``, or None."""
+        path = self._content_path(repo.upstream, digest)
         meta_path = path.with_name(path.name + ".json")
         try:
             meta = json.loads(meta_path.read_bytes())
@@ -210,13 +218,18 @@ class ManifestStore:
             os.utime(path)  # last pulled: eviction forgets the least recently pulled first
         except OSError:
             pass
-        return content, media_type
+        return content, media_type, self.access.visibility(repo, digest)
 
-    def _write_manifest(self, upstream: str, digest: Digest, content: bytes, media: str) -> None:
-        path = self._content_path(upstream, digest)
+    def _write_manifest(
+        self, repo: RepoKey, digest: Digest, content: bytes, media: str, public: bool
+    ) -> Visibility | None:
+        """In a worker thread: store the manifest, record it in ``repo``; its visibility there."""
+        path = self._content_path(repo.upstream, digest)
         write_atomic(path, content, self._tmp)
         meta = json.dumps({"media_type": media, "size": len(content)}).encode()
         write_atomic(path.with_name(path.name + ".json"), meta, self._tmp)
+        self.access.record(repo, digest, public=public)
+        return self.access.visibility(repo, digest)
 
     # --- tags -------------------------------------------------------------------------------
 
@@ -249,8 +262,7 @@ class ManifestStore:
     async def forget_tag(self, repo: RepoKey, tag: str) -> bool:
         """Drop a tag (e.g. the upstream answered 404 for it); False if it was not cached."""
         path = self._tag_path(repo, tag)
-        existed = path.exists()
-        await asyncio.to_thread(unlink_quietly, path)
+        existed = await asyncio.to_thread(_unlink_existed, path)
         self._point_tag(path, None)
         return existed
 
@@ -416,20 +428,18 @@ class ManifestStore:
     def _pulled(self, key: ImageKey, content: bytes) -> None:
         if self._images is None and self._scanning is None:
             return  # read from disk, with this one, on first use
-        blobs, children = needs(content)
-        pulled = Image(key, time.time(), blobs, children)
-        self._or_later(lambda: self._note_pull(pulled))
+        now = time.time()
+        self._or_later(lambda: self._note_pull(key, now, content))
 
-    def _note_pull(self, pulled: Image) -> None:
+    def _note_pull(self, key: ImageKey, when: float, content: bytes) -> None:
         assert self._images is not None
-        old = self._images.get(pulled.key)
+        old = self._images.get(key)
         if old is None:
-            self._images[pulled.key] = pulled
-            self._index(pulled)
+            blobs, children = needs(content)  # parsed once, when it joins the catalogue
+            self._images[key] = Image(key, when, blobs, children)
+            self._index(self._images[key])
         else:
-            self._images[pulled.key] = Image(
-                pulled.key, pulled.last_pulled, old.blobs, old.children
-            )
+            self._images[key] = Image(key, when, old.blobs, old.children)
 
     def _scan(self) -> Scanned:
         images: dict[ImageKey, Image] = {}
@@ -449,6 +459,14 @@ class ManifestStore:
             path = self._tag_path(entry.repo, entry.tag)
             tags[path] = ImageKey(_upstream_key(entry.repo.upstream), entry.digest)
         return images, tags
+
+
+def _unlink_existed(path: Path) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 Scanned = tuple[dict[ImageKey, Image], dict[Path, ImageKey]]

@@ -3,14 +3,16 @@ first answers, tags are served meanwhile, and nothing that changes during the re
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from docxy.cache import Cache, ImageKey, ManifestStore, TagState, open_cache
+from docxy.cache import Cache, ImageKey, ManifestStore, RepoKey, TagState, open_cache
 from docxy.cache.manifests import Scanned
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
@@ -18,6 +20,7 @@ from tests.unit.test_cache_blobs import GUARD, put
 from tests.unit.test_cache_eviction import cached_image, layer, manifest, offered_whole
 
 CAP = 1000
+OCI = "application/vnd.oci.image.manifest.v1+json"
 
 
 @dataclass
@@ -103,3 +106,57 @@ async def test_eviction_waits_for_the_catalogue(tmp_path: Path, held_scan: HeldS
     assert await offered_whole(cache, new) is True
     assert cache.blobs.usage().bytes <= CAP
     assert held_scan.held == [True, True]
+
+
+# --- reads and writes racing an eviction -------------------------------------------------------
+
+
+async def test_a_manifest_evicted_while_it_is_read_is_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 10), layer("l")]
+    repo = await cached_image(cache, "team/app", layers)
+    await cache.manifests.loaded()
+    read_done, go_on = threading.Event(), threading.Event()
+    read = cache.manifests._read_manifest
+
+    def slow_read(*args: Any) -> Any:
+        found = read(*args)
+        read_done.set()
+        go_on.wait(GUARD)
+        return found
+
+    monkeypatch.setattr(cache.manifests, "_read_manifest", slow_read)
+    reading = spawn("reading", cache.manifests.get(repo, digest_of(manifest(layers))))
+    assert await asyncio.to_thread(read_done.wait, GUARD)
+    cache.manifests.forget_images([key_of(cache, layers)])  # an eviction, meanwhile
+    go_on.set()
+    assert await reading is None
+    assert cache.manifests.images() == []
+
+
+async def test_a_manifest_being_stored_already_keeps_its_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    await cache.manifests.loaded()
+    layers = [layer("cfg", 10), layer("l")]
+    for data in layers:
+        await put(cache.blobs, data)
+    assert not cache.manifests.needed(digest_of(layers[1]))
+    writing, go_on = threading.Event(), threading.Event()
+    write = cache.manifests._write_manifest
+
+    def slow_write(*args: Any) -> Any:
+        writing.set()
+        go_on.wait(GUARD)
+        return write(*args)
+
+    monkeypatch.setattr(cache.manifests, "_write_manifest", slow_write)
+    repo = RepoKey("registry.test", "team/app")
+    storing = spawn("storing", cache.manifests.put(repo, manifest(layers), OCI, public=True))
+    assert await asyncio.to_thread(writing.wait, GUARD)
+    assert cache.manifests.needed(digest_of(layers[1]))  # an eviction now would keep it
+    go_on.set()
+    await storing
