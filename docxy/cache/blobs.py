@@ -2,7 +2,8 @@
 
 Layout under ``root``: ``blobs/<algo>/<xx>/<hex>`` holds committed, verified blobs only;
 ``tmp/`` holds fills in progress. Nothing else is stored: the index is rebuilt from the files
-on :meth:`DiskBlobStore.open`, and recency survives restarts as the files' mtime.
+on :meth:`DiskBlobStore.open` (in a worker thread: until it is read, a blob missing from the
+index is looked up on disk), and recency survives restarts as the files' mtime.
 
 Eviction asks the manifest store (:attr:`DiskBlobStore.catalog`) which images need which blobs
 and evicts as :func:`docxy.cache.images.plan_eviction` says: blobs no image needs first, then
@@ -21,7 +22,8 @@ import secrets
 import stat
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -39,6 +41,7 @@ from docxy.cache.fill import (
 )
 from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
 from docxy.cache.reader import READ_CHUNK, BlobReader
+from docxy.cache.startup import read_in_thread
 from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
 
@@ -148,15 +151,25 @@ class DiskBlobStore:
         #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
         self.catalog: ImageCatalog | None = None
         self._eviction: asyncio.Task[None] | None = None
+        self._reading: Future[Walked] | None = None  # the index, read at open in a thread
+        self._gone_while_reading: set[Digest] = set()
         #: Eviction plans made since start (each over the whole catalogue, in a worker thread).
         self.plans = 0
 
     @classmethod
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
-        """Open for serving: delete leftover temp files, then rebuild the index from disk."""
+        """Open for serving: delete leftover temp files, then rebuild the index from disk in a
+        worker thread. Blobs are served meanwhile (one ``stat`` finds a blob the index does not
+        hold yet); eviction waits for the index, so the cap holds again once it is read."""
         store = cls(root, max_size, **options)
         store.clear_tmp()
-        store.scan()
+        (store.root / "blobs").mkdir(parents=True, exist_ok=True)
+        store._reading = read_in_thread("docxy-blob-index", store._walk)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return store  # taken over at first use
+        store._reading.add_done_callback(lambda _: _call_soon(loop, store._index_read))
         return store
 
     @property
@@ -190,6 +203,14 @@ class DiskBlobStore:
 
     def scan(self) -> list[Path]:
         """Rebuild the index from ``blobs/``; returns stray paths that are not blobs."""
+        found, strays = self._walk()
+        found.sort(key=lambda e: e.last_used)
+        self._index = OrderedDict((e.digest, e) for e in found)
+        self._total = sum(e.size for e in found)
+        return strays
+
+    def _walk(self) -> Walked:
+        """Every blob under ``blobs/`` (and the stray files there); reads only."""
         found: list[BlobEntry] = []
         strays: list[Path] = []
         base = self.root / "blobs"
@@ -203,16 +224,54 @@ class DiskBlobStore:
                     strays.append(path)
                     continue
                 found.append(BlobEntry(digest, path, st.st_size, st.st_mtime))
-        found.sort(key=lambda e: e.last_used)
-        self._index = OrderedDict((e.digest, e) for e in found)
-        self._total = sum(e.size for e in found)
-        return strays
+        return found, strays
+
+    def _index_read(self) -> bool:
+        """Whether the index is complete (taking over the worker thread's, once it is done: on
+        the loop, which :meth:`open` asks to do so as soon as the thread ends)."""
+        if self._reading is not None and self._reading.done():
+            found, _ = self._reading.result()
+            self._reading = None
+            for entry in found:  # blobs looked up, stored or gone meanwhile are known better
+                if entry.digest not in self._index and entry.digest not in self._gone_while_reading:
+                    self._index[entry.digest] = entry
+            self._index = OrderedDict(sorted(self._index.items(), key=lambda i: i[1].last_used))
+            self._total = sum(e.size for e in self._index.values())
+            self._gone_while_reading.clear()
+            if self._kept_bytes() > self.max_size and _on_a_loop():
+                self._start_eviction()  # commits meanwhile knew only part of the index
+        return self._reading is None
+
+    async def indexed(self) -> None:
+        """Wait, without blocking the loop, until the index is read (see :meth:`open`)."""
+        if self._reading is not None:
+            await asyncio.wait([asyncio.wrap_future(self._reading)])
+        self._index_read()
+
+    def _entry(self, digest: Digest) -> BlobEntry | None:
+        """The index's entry; while the index is being read, a blob found on disk joins it."""
+        entry = self._index.get(digest)
+        if entry is not None:
+            return entry
+        if self._index_read():
+            return self._index.get(digest)  # (the read may have just been taken over)
+        path = self.path_of(digest)
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or digest in self._gone_while_reading:
+            return None
+        entry = BlobEntry(digest, path, st.st_size, st.st_mtime)
+        self._index[digest] = entry
+        self._total += entry.size
+        return entry
 
     # --- reads ------------------------------------------------------------------------------
 
     def lookup(self, digest: Digest) -> BlobEntry | None:
         """The committed blob, marked as just used; None if not cached."""
-        entry = self._index.get(digest)
+        entry = self._entry(digest)
         if entry is None:
             return None
         now = time.time()
@@ -422,6 +481,7 @@ class DiskBlobStore:
         """Evict until the kept bytes are at most ``target``: blobs no cached image needs first
         (least recently used first), then whole images, least recently pulled first; never a
         pinned blob, nor one an image that is still offered needs."""
+        await self.indexed()
         catalog = self.catalog
         if catalog is not None:
             await catalog.loaded()
@@ -483,6 +543,8 @@ class DiskBlobStore:
     def _forget(self, entry: BlobEntry, *, planned: bool = False) -> None:
         """Drop ``entry`` from the index; unless an eviction plan already forgot every image
         needing it (``planned``), the catalogue forgets them now."""
+        if self._reading is not None:
+            self._gone_while_reading.add(entry.digest)
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
             if self.catalog is not None and not planned:
@@ -491,7 +553,11 @@ class DiskBlobStore:
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
 
     def list_entries(self) -> list[BlobEntry]:
-        """Committed blobs, least recently used first."""
+        """Committed blobs, least recently used first. Waits for the index if it is still being
+        read (administration and tests; the request path never lists)."""
+        if self._reading is not None:
+            self._reading.result()
+        self._index_read()
         return list(self._index.values())
 
     @property
@@ -500,11 +566,13 @@ class DiskBlobStore:
         return len(self._fills)
 
     def usage(self) -> Usage:
+        """Never waits: while the index is being read, what is known so far (/health)."""
+        self._index_read()
         return Usage(len(self._index), self._total, self.max_size, self._in_flight, len(self._pins))
 
     def remove(self, digest: Digest) -> bool:
         """Delete a committed blob; False if absent. Raises :class:`BlobInUse` while pinned."""
-        entry = self._index.get(digest)
+        entry = self._entry(digest)
         if entry is None:
             return False
         if self._pins[digest]:
@@ -516,6 +584,7 @@ class DiskBlobStore:
     async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport:
         """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
         every blob, and evict down to the cap."""
+        await self.indexed()
         before = self._total
         removed_tmp = self.clear_tmp(older_than=tmp_age)
         strays = self.scan()
@@ -544,6 +613,24 @@ def _hash_matches(entry: BlobEntry) -> bool:
         while chunk := f.read(READ_CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest() == entry.digest.hex
+
+
+Walked = tuple[list[BlobEntry], list[Path]]
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop is closed: nobody is left to serve
+        pass
 
 
 def _plan(

@@ -26,7 +26,6 @@ import enum
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -37,6 +36,7 @@ from typing import Any, TypeVar
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, needs
+from docxy.cache.startup import read_in_thread
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
 from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core.digests import Digest, digest_of, parse_digest
@@ -126,12 +126,7 @@ class ManifestStore:
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         clear_dir(store._tmp)
         store.migrate_access()
-        store._scanning = Future()
-        thread = threading.Thread(
-            target=_run_into, args=(store._scan, store._scanning), name="docxy-catalogue"
-        )
-        thread.daemon = True  # reads only: nothing to finish at exit
-        thread.start()
+        store._scanning = read_in_thread("docxy-manifest-catalogue", store._scan)
         return store
 
     def migrate_access(self) -> None:
@@ -470,15 +465,6 @@ def _unlink_existed(path: Path) -> bool:
 
 
 Scanned = tuple[dict[ImageKey, Image], dict[Path, ImageKey]]
-
-
-def _run_into(work: Callable[[], Scanned], future: Future[Scanned]) -> None:
-    """In a worker thread: ``work()``'s result (or error) into ``future``."""
-    try:
-        future.set_result(work())
-    except BaseException as exc:
-        log.error("cache: cannot read the manifest catalogue: %s", exc)
-        future.set_exception(exc)
 
 
 def _discard(index: dict[K, set[V]], key: K, value: V) -> None:
