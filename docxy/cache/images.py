@@ -65,6 +65,10 @@ class ImageCatalog(Protocol):
         """Stop offering these images, and every index pointing at one of them."""
         ...
 
+    async def evict_images(self, keys: Iterable[ImageKey]) -> None:
+        """:meth:`forget_images`, the files deleted off the event loop."""
+        ...
+
     def blob_gone(self, digest: Digest) -> None: ...
 
     def needed(self, digest: Digest) -> bool:

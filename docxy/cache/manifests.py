@@ -387,22 +387,43 @@ class ManifestStore:
         """Drop these manifests, every index pointing at one of them, and the tags pointing at
         any of those: they are no longer offered, so a pull asks the upstream again (and fails
         cleanly, at its first step, if it is down)."""
+        self._delete(*self._unoffer(keys))
+
+    async def evict_images(self, keys: Iterable[ImageKey]) -> None:
+        """:meth:`forget_images`, with the files deleted in a worker thread (slow on some file
+        systems); the images are no longer offered from the call on (:meth:`get` misses)."""
+        gone, tags = self._unoffer(keys)
+        if gone:
+            await asyncio.to_thread(self._delete, gone, tags)
+
+    def _unoffer(self, keys: Iterable[ImageKey]) -> tuple[set[ImageKey], list[Path]]:
+        """Take the images (with the indexes above them) out of the catalogue and their tags out
+        of the tag map; returns them, and the tag records, for :meth:`_delete`."""
         images = self._catalogue()
         gone = self._with_indexes(keys)
-        if not gone:
-            return
+        tags: list[Path] = []
+        for key in gone:
+            image = images.pop(key, None)
+            if image is not None:
+                self._unindex(image)
+            for tag_path in list(self._tags_of.get(key, ())):
+                tags.append(tag_path)
+                self._point_tag(tag_path, None)
+        if gone:
+            names = sorted(_short(gone))
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            log.info("cache: forgot %d manifests (%s%s)", len(gone), ", ".join(names[:8]), more)
+        return gone, tags
+
+    def _delete(self, gone: Iterable[ImageKey], tags: Iterable[Path]) -> None:
+        """The files of forgotten images: tag records first, then manifests and their records."""
+        for tag_path in tags:
+            unlink_quietly(tag_path)
         for key in gone:
             path = self._key_path(key)
             unlink_quietly(path.with_name(path.name + ".json"))
             unlink_quietly(path)
             self.access.forget_digest(key.upstream, key.digest)
-            image = images.pop(key, None)
-            if image is not None:
-                self._unindex(image)
-            for tag_path in list(self._tags_of.get(key, ())):
-                unlink_quietly(tag_path)
-                self._point_tag(tag_path, None)
-        log.info("cache: forgot %d manifests (%s)", len(gone), ", ".join(sorted(_short(gone))))
 
     def _with_indexes(self, keys: Iterable[ImageKey]) -> set[ImageKey]:
         """``keys`` and, transitively, the cached indexes pointing at them."""

@@ -160,3 +160,29 @@ async def test_a_manifest_being_stored_already_keeps_its_blobs(
     assert cache.manifests.needed(digest_of(layers[1]))  # an eviction now would keep it
     go_on.set()
     await storing
+
+
+async def test_an_evicted_image_is_not_offered_while_its_files_are_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 10), layer("l")]
+    repo = await cached_image(cache, "team/app", layers)
+    await cache.manifests.loaded()
+    deleting, go_on = threading.Event(), threading.Event()
+    delete = cache.manifests._delete
+
+    def slow_delete(*args: Any) -> None:
+        deleting.set()
+        go_on.wait(GUARD)
+        delete(*args)
+
+    monkeypatch.setattr(cache.manifests, "_delete", slow_delete)
+    evicting = spawn("evicting", cache.manifests.evict_images([key_of(cache, layers)]))
+    assert await asyncio.to_thread(deleting.wait, GUARD)  # the files are still there...
+    assert (await cache.manifests.resolve_tag(repo, "latest")).state is TagState.MISSING
+    assert await cache.manifests.get(repo, digest_of(manifest(layers))) is None
+    go_on.set()
+    await evicting
+    assert not list((tmp_path / "cache" / "manifests" / "tags").iterdir())
+    assert list(cache.access.markers()) == []
