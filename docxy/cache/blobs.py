@@ -161,7 +161,8 @@ class DiskBlobStore:
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
         """Open for serving: delete leftover temp files, then rebuild the index from disk in a
         worker thread. Blobs are served meanwhile (one ``stat`` finds a blob the index does not
-        hold yet); eviction waits for the index, so the cap holds again once it is read."""
+        hold yet) and eviction waits for the index; a fill committed meanwhile counted only the
+        blobs known then, so the cap holds again from the next fill on."""
         store = cls(root, max_size, **options)
         store.clear_tmp()
         (store.root / "blobs").mkdir(parents=True, exist_ok=True)
@@ -239,8 +240,6 @@ class DiskBlobStore:
             self._index = OrderedDict(sorted(self._index.items(), key=lambda i: i[1].last_used))
             self._total = sum(e.size for e in self._index.values())
             self._gone_while_reading.clear()
-            if self._kept_bytes() > self.max_size and _on_a_loop():
-                self._start_eviction()  # commits meanwhile knew only part of the index
         return self._reading is None
 
     async def indexed(self) -> None:
@@ -615,14 +614,6 @@ def _hash_matches(entry: BlobEntry) -> bool:
 
 
 Walked = tuple[list[BlobEntry], list[Path]]
-
-
-def _on_a_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:

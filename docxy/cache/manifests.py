@@ -107,6 +107,9 @@ class ManifestStore:
         self._tags_of: dict[ImageKey, set[Path]] = {}  # ...and back
         self._holders: dict[Digest, set[ImageKey]] = {}  # blob -> cached images that need it
         self._parents: dict[ImageKey, set[ImageKey]] = {}  # child manifest -> indexes above it
+        #: Cached manifest -> the repositories (hashed) it was served for -> publicly or not:
+        #: the access records, in memory for blob_visibility (asked for every unknown pairing).
+        self._seen: dict[ImageKey, dict[str, bool]] = {}
         self._scanning: Future[Scanned] | None = None  # the catalogue read in a thread (open)
         self._journal: list[Callable[[], None]] = []  # changes made while it was being read
 
@@ -183,11 +186,20 @@ class ManifestStore:
         if digest is not None and actual != digest:
             raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
         # In the catalogue first: from now on, eviction keeps the blobs it needs.
-        self._pulled(ImageKey(_upstream_key(repo.upstream), actual), content)
+        key = ImageKey(_upstream_key(repo.upstream), actual)
+        self._pulled(key, content)
         visibility = await asyncio.to_thread(
             self._write_manifest, repo, actual, content, media_type, public
         )
+        if visibility is not None:
+            hashed, seen_public = repo.hashed(), visibility.public
+            self._or_later(lambda: self._note_seen(key, hashed, seen_public))
         return CachedManifest(actual, media_type, content, visibility)
+
+    def _note_seen(self, key: ImageKey, repo: str, public: bool) -> None:
+        if self._images is not None and key in self._images:
+            known = self._seen.setdefault(key, {})
+            known[repo] = known.get(repo, False) or public
 
     def _read_manifest(
         self, repo: RepoKey, digest: Digest
@@ -317,9 +329,14 @@ class ManifestStore:
         else:
             self._journal.append(change)
 
-    def _adopt(self, images: dict[ImageKey, Image], tags: dict[Path, ImageKey]) -> None:
+    def _adopt(
+        self,
+        images: dict[ImageKey, Image],
+        tags: dict[Path, ImageKey],
+        seen: dict[ImageKey, dict[str, bool]],
+    ) -> None:
         """Take a catalogue read from disk, with its indexes."""
-        self._images, self._tag_files, self._tags_of = images, {}, {}
+        self._images, self._tag_files, self._tags_of, self._seen = images, {}, {}, seen
         self._holders, self._parents = {}, {}
         for image in images.values():
             self._index(image)
@@ -372,15 +389,16 @@ class ManifestStore:
         """How blob ``digest`` is known in ``repo``: through a cached manifest that needs it and
         was served for ``repo`` (public if any such manifest is), else None (not known there)."""
         self._catalogue()
-        upstream = _upstream_key(repo.upstream)
+        upstream, hashed = _upstream_key(repo.upstream), repo.hashed()
         found: Visibility | None = None
-        for key in list(self._holders.get(digest, ())):
+        for key in self._holders.get(digest, ()):
             if key.upstream != upstream:
                 continue
-            seen = self.access.visibility(repo, key.digest)
-            if seen is not None and seen.public:
-                return seen
-            found = found or seen
+            public = self._seen.get(key, {}).get(hashed)
+            if public:
+                return Visibility(repo, public=True)
+            if public is not None:
+                found = Visibility(repo, public=False)
         return found
 
     def forget_images(self, keys: Iterable[ImageKey]) -> None:
@@ -406,6 +424,7 @@ class ManifestStore:
             image = images.pop(key, None)
             if image is not None:
                 self._unindex(image)
+            self._seen.pop(key, None)
             for tag_path in list(self._tags_of.get(key, ())):
                 tags.append(tag_path)
                 self._point_tag(tag_path, None)
@@ -474,7 +493,13 @@ class ManifestStore:
         for entry in self.list_tags():
             path = self._tag_path(entry.repo, entry.tag)
             tags[path] = ImageKey(_upstream_key(entry.repo.upstream), entry.digest)
-        return images, tags
+        seen: dict[ImageKey, dict[str, bool]] = {}
+        for upstream, digest, marker in self.access.markers():
+            key = ImageKey(upstream, digest)
+            if key in images and marker.suffix in (".public", ".private"):
+                known = seen.setdefault(key, {})
+                known[marker.stem] = known.get(marker.stem, False) or marker.suffix == ".public"
+        return images, tags, seen
 
 
 def _unlink_existed(path: Path) -> bool:
@@ -485,7 +510,7 @@ def _unlink_existed(path: Path) -> bool:
     return True
 
 
-Scanned = tuple[dict[ImageKey, Image], dict[Path, ImageKey]]
+Scanned = tuple[dict[ImageKey, Image], dict[Path, ImageKey], dict[ImageKey, dict[str, bool]]]
 
 
 def _discard(index: dict[K, set[V]], key: K, value: V) -> None:

@@ -122,3 +122,30 @@ def test_forget_digest_is_per_upstream(tmp_path: Path) -> None:
     index.forget_digest(upstream_key("hub.test"), digest)
     assert index.visibility(hub, digest) is None
     assert index.visibility(ghcr, digest) == Visibility(ghcr, public=False)
+
+
+async def test_blob_visibility_is_answered_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cache"
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 10), layer("l")]
+    public = await cached_image(cache, "team/app", layers)
+    private = RepoKey(REGISTRY, "team/private")
+    await cache.manifests.put(private, manifest(layers), "application/json", public=False)
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)  # a restart: read back from disk
+    await cache.manifests.loaded()
+
+    def no_disk(*_: object) -> None:
+        raise AssertionError("blob_visibility read the disk")
+
+    monkeypatch.setattr(AccessIndex, "visibility", no_disk)
+    blob = digest_of(layers[1])
+    assert cache.manifests.blob_visibility(public, blob) == Visibility(public, public=True)
+    assert cache.manifests.blob_visibility(private, blob) == Visibility(private, public=False)
+    assert cache.manifests.blob_visibility(RepoKey(REGISTRY, "team/other"), blob) is None
+    other = RepoKey(REGISTRY, "team/later")
+    monkeypatch.undo()
+    await cache.manifests.put(other, manifest(layers), "application/json", public=True)
+    monkeypatch.setattr(AccessIndex, "visibility", no_disk)
+    assert cache.manifests.blob_visibility(other, blob) == Visibility(other, public=True)
