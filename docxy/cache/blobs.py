@@ -519,19 +519,25 @@ class DiskBlobStore:
                     continue
                 if catalog is not None and catalog.needed(entry.digest):
                     continue
-                trash.append(self._drop(entry))
+                dropped = self._drop(entry)
+                if dropped is not None:
+                    trash.append(dropped)
             await asyncio.sleep(0)
         if trash:
             await asyncio.to_thread(_unlink_all, trash)
 
-    def _drop(self, entry: BlobEntry) -> Path:
+    def _drop(self, entry: BlobEntry) -> Path | None:
         """Take an evicted blob out of the index and off its name; returns where it now is, in
-        ``tmp/``, for a worker thread to delete (freeing a large file's extents takes a while)."""
+        ``tmp/``, for a worker thread to delete (freeing a large file's extents takes a while).
+        None if it cannot be moved (it stays cached)."""
         trash = self.tmp_dir / f"evicted-{entry.digest.hex}.{secrets.token_hex(6)}"
         try:
             os.rename(entry.path, trash)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            log.warning("cache: cannot evict %s: %s", entry.digest, exc)
+            return None
         self._forget(entry, planned=True)
         self.evicted += 1
         self.evicted_bytes += entry.size
