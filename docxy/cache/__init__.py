@@ -4,7 +4,7 @@
 
     <directory>/blobs/   <directory>/tmp/     DiskBlobStore
     <directory>/manifests/                    ManifestStore (also the blob store's image catalogue)
-    <directory>/access/                       AccessIndex
+    <directory>/access/                       AccessIndex (lives and dies with the manifests)
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ class Cache:
 
 
 def open_cache(directory: Path, *, max_size: int, tag_ttl: float) -> Cache:
-    """Open (and recover) the cache in ``directory`` for a serving process. Blocking: it scans
-    the blob files, so call it through ``asyncio.to_thread`` from an event loop."""
+    """Open (and recover) the cache in ``directory`` for a serving process. Quick: the blob
+    index and the manifest catalogue are read in worker threads, and the stores serve from disk
+    meanwhile (``await cache.blobs.indexed()`` / ``cache.manifests.loaded()`` wait for them).
+    Called on the event loop, it takes the index over there as soon as it is read."""
     directory = Path(directory)
     access = AccessIndex(directory / "access")
     blobs = DiskBlobStore.open(directory, max_size)

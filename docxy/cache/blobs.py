@@ -2,11 +2,15 @@
 
 Layout under ``root``: ``blobs/<algo>/<xx>/<hex>`` holds committed, verified blobs only;
 ``tmp/`` holds fills in progress. Nothing else is stored: the index is rebuilt from the files
-on :meth:`DiskBlobStore.open`, and recency survives restarts as the files' mtime.
+on :meth:`DiskBlobStore.open` (in a worker thread: until it is read, a blob missing from the
+index is looked up on disk), and recency survives restarts as the files' mtime.
 
 Eviction asks the manifest store (:attr:`DiskBlobStore.catalog`) which images need which blobs
 and evicts as :func:`docxy.cache.images.plan_eviction` says: blobs no image needs first, then
-whole images, least recently pulled first. Without a catalogue it is plain LRU.
+whole images, least recently pulled first. Without a catalogue it is plain LRU. It starts when
+the cache (with the fills it will keep) passes ``max_size`` and frees down to :func:`low_water`,
+so the plan over the whole catalogue is made once per that many bytes, in a worker thread over a
+snapshot; the event loop only applies it, a chunk at a time, re-checking each blob as it goes.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import secrets
 import stat
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from docxy.cache.errors import BlobInUse, CacheUnwritable
 from docxy.cache.fill import (
@@ -34,12 +40,15 @@ from docxy.cache.fill import (
     InFlight,
     run_fill,
 )
-from docxy.cache.images import ImageCatalog, plan_eviction
+from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
 from docxy.cache.reader import READ_CHUNK, BlobReader
+from docxy.cache.startup import read_in_thread
 from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Read sizes shrink to keep the total of in-flight reads near this budget (see RSS benchmark).
 READ_BUDGET = 16 * 1024 * 1024
@@ -49,6 +58,20 @@ PUMP_BUDGET = 16 * 1024 * 1024
 MIN_PUMP_BUFFER = 64 * 1024
 #: Seconds misses go uncached after the cache failed to write (disk full...).
 WRITE_FAILURE_BACKOFF = 60.0
+#: Eviction frees down to this share of ``max_size``, but never more than LOW_WATER_GAP below it.
+LOW_WATER = 0.9
+LOW_WATER_GAP = 8 * 1024**3
+#: Plans made again when an image it would forget was pulled while it was being made.
+PLAN_ATTEMPTS = 3
+#: Blobs an eviction takes off their names between two turns of the event loop (a rename
+#: each, 0.3 ms on a slow overlay file system; the unlinks are done in a worker thread).
+APPLY_CHUNK = 32
+
+
+def low_water(max_size: int) -> int:
+    """Where eviction stops: ``max_size`` less 10% of it, or less 8 GiB for caches over 80 GiB."""
+    return max_size - min(max_size - int(max_size * LOW_WATER), LOW_WATER_GAP)
+
 
 #: What :meth:`BlobStore.fetch_or_join` hands out: a cache hit, the one writer, or a follower.
 Fill = BlobReader | BlobWriter | BlobFollower
@@ -129,13 +152,27 @@ class DiskBlobStore:
         self.evicted_bytes = 0
         #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
         self.catalog: ImageCatalog | None = None
+        self._eviction: asyncio.Task[None] | None = None
+        self._reading: Future[Walked] | None = None  # the index, read at open in a thread
+        self._gone_while_reading: set[Digest] = set()
+        #: Eviction plans made since start (each over the whole catalogue, in a worker thread).
+        self.plans = 0
 
     @classmethod
     def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
-        """Open for serving: delete leftover temp files, then rebuild the index from disk."""
+        """Open for serving: delete leftover temp files, then rebuild the index from disk in a
+        worker thread. Blobs are served meanwhile (one ``stat`` finds a blob the index does not
+        hold yet) and eviction waits for the index; a fill committed meanwhile counted only the
+        blobs known then, so the cap holds again from the next fill on."""
         store = cls(root, max_size, **options)
         store.clear_tmp()
-        store.scan()
+        (store.root / "blobs").mkdir(parents=True, exist_ok=True)
+        store._reading = read_in_thread("docxy-blob-index", store._walk)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return store  # taken over at first use
+        store._reading.add_done_callback(lambda _: _call_soon(loop, store._index_read))
         return store
 
     @property
@@ -169,6 +206,14 @@ class DiskBlobStore:
 
     def scan(self) -> list[Path]:
         """Rebuild the index from ``blobs/``; returns stray paths that are not blobs."""
+        found, strays = self._walk()
+        found.sort(key=lambda e: e.last_used)
+        self._index = OrderedDict((e.digest, e) for e in found)
+        self._total = sum(e.size for e in found)
+        return strays
+
+    def _walk(self) -> Walked:
+        """Every blob under ``blobs/`` (and the stray files there); reads only."""
         found: list[BlobEntry] = []
         strays: list[Path] = []
         base = self.root / "blobs"
@@ -182,16 +227,52 @@ class DiskBlobStore:
                     strays.append(path)
                     continue
                 found.append(BlobEntry(digest, path, st.st_size, st.st_mtime))
-        found.sort(key=lambda e: e.last_used)
-        self._index = OrderedDict((e.digest, e) for e in found)
-        self._total = sum(e.size for e in found)
-        return strays
+        return found, strays
+
+    def _index_read(self) -> bool:
+        """Whether the index is complete (taking over the worker thread's, once it is done: on
+        the loop, which :meth:`open` asks to do so as soon as the thread ends)."""
+        if self._reading is not None and self._reading.done():
+            found, _ = self._reading.result()
+            self._reading = None
+            for entry in found:  # blobs looked up, stored or gone meanwhile are known better
+                if entry.digest not in self._index and entry.digest not in self._gone_while_reading:
+                    self._index[entry.digest] = entry
+            self._index = OrderedDict(sorted(self._index.items(), key=lambda i: i[1].last_used))
+            self._total = sum(e.size for e in self._index.values())
+            self._gone_while_reading.clear()
+        return self._reading is None
+
+    async def indexed(self) -> None:
+        """Wait, without blocking the loop, until the index is read (see :meth:`open`)."""
+        if self._reading is not None:
+            await asyncio.wait([asyncio.wrap_future(self._reading)])
+        self._index_read()
+
+    def _entry(self, digest: Digest) -> BlobEntry | None:
+        """The index's entry; while the index is being read, a blob found on disk joins it."""
+        entry = self._index.get(digest)
+        if entry is not None:
+            return entry
+        if self._index_read():
+            return self._index.get(digest)  # (the read may have just been taken over)
+        path = self.path_of(digest)
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or digest in self._gone_while_reading:
+            return None
+        entry = BlobEntry(digest, path, st.st_size, st.st_mtime)
+        self._index[digest] = entry
+        self._total += entry.size
+        return entry
 
     # --- reads ------------------------------------------------------------------------------
 
     def lookup(self, digest: Digest) -> BlobEntry | None:
         """The committed blob, marked as just used; None if not cached."""
-        entry = self._index.get(digest)
+        entry = self._entry(digest)
         if entry is None:
             return None
         now = time.time()
@@ -319,13 +400,14 @@ class DiskBlobStore:
     # FillHost: called by writers.
 
     def fill_grew(self, fill: InFlight, nbytes: int) -> None:
-        """Make room for the bytes of fills that will be kept, on a running store."""
+        """Count a running fill's bytes; past ``max_size``, start evicting in the background."""
         self._in_flight += nbytes
-        if not self._fits(fill):
-            return
-        kept = sum(f.written for f in self._fills.values() if self._fits(f))
-        if self._total + kept > self.max_size:
-            self._evict(self._total + kept - self.max_size)
+        if self._fits(fill) and self._kept_bytes() > self.max_size:
+            self._start_eviction()
+
+    def _kept_bytes(self) -> int:
+        """Committed blobs and the bytes so far of fills that will be kept."""
+        return self._total + sum(f.written for f in self._fills.values() if self._fits(f))
 
     def _fits(self, fill: InFlight) -> bool:
         return max(fill.written, fill.size or 0) <= self.max_size
@@ -341,6 +423,16 @@ class DiskBlobStore:
         self._write_failed_logged = True
         log.log(level, "cache: cannot write %s (%s); serving it uncached", fill.digest, exc)
 
+    async def make_room(self, fill: InFlight) -> None:
+        """Before a commit: wait until the verified fill fits under ``max_size``, evicting (at
+        most twice) if it does not yet. It may still not fit: pinned blobs cannot go."""
+        if fill.written > self.max_size:
+            return
+        for _ in range(2):
+            if self._total + fill.written <= self.max_size:
+                return
+            await asyncio.wait([self._start_eviction()])  # a cancelled commit leaves it running
+
     def fill_committed(self, fill: InFlight) -> BlobEntry | None:
         """Move a verified, synced temp file into place if it fits under ``max_size``."""
         size = fill.written
@@ -349,9 +441,11 @@ class DiskBlobStore:
         if old is not None:  # stored meanwhile by another process: same verified bytes
             _unlink(fill.tmp_path)
             return old
-        if size > self.max_size or not self._evict(self._total + size - self.max_size):
+        if size > self.max_size or self._total + size > self.max_size:
             log.info("cache: %s (%d bytes) does not fit, not kept", fill.digest, size)
             _unlink(fill.tmp_path)
+            if size <= self.max_size:
+                self._start_eviction()  # a commit that did not wait for room (see make_room)
             return None
         path = self.path_of(fill.digest)
         now = time.time_ns()
@@ -375,26 +469,89 @@ class DiskBlobStore:
         if self._pins[digest] <= 0:
             del self._pins[digest]
 
-    def _evict(self, need: int) -> bool:
-        """Free ``need`` bytes: blobs no cached image needs first (least recently used first),
-        then whole images, least recently pulled first; never a pinned blob."""
-        if need <= 0:
-            return True
-        images = self.catalog.images() if self.catalog is not None else []
-        plan = plan_eviction(self._index.values(), images, need, lambda d: self._pins[d] > 0)
-        if plan.images and self.catalog is not None:
-            self.catalog.forget_images(plan.images)  # first: no manifest outlives its blobs
-        for entry in plan.blobs:  # no image the plan keeps needs these: no catalogue check
-            _unlink(entry.path)
-            self._forget(entry, planned=True)
-            self.evicted += 1
-            self.evicted_bytes += entry.size
-            log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
-        return plan.freed >= need
+    def _start_eviction(self) -> asyncio.Task[None]:
+        """The running eviction down to :func:`low_water`, started if none is."""
+        if self._eviction is None or self._eviction.done():
+            self._eviction = spawn("cache-eviction", self._evict_to(low_water(self.max_size)))
+        return self._eviction
+
+    async def settle(self) -> None:
+        """Wait for a running eviction to end (tests, ``docxy cache gc``)."""
+        if self._eviction is not None:
+            await asyncio.wait([self._eviction])
+
+    async def _evict_to(self, target: int) -> None:
+        """Evict until the kept bytes are at most ``target``: blobs no cached image needs first
+        (least recently used first), then whole images, least recently pulled first; never a
+        pinned blob, nor one an image that is still offered needs."""
+        await self.indexed()
+        catalog = self.catalog
+        if catalog is not None:
+            await catalog.loaded()
+        for attempt in range(1, PLAN_ATTEMPTS + 1):
+            need = self._kept_bytes() - target
+            if need <= 0:
+                return
+            blobs = list(self._index.values())
+            images = catalog.images() if catalog is not None else []
+            pinned = frozenset(self._pins)
+            plan, pulled = await asyncio.to_thread(_plan, blobs, images, need, pinned)
+            self.plans += 1
+            moved = catalog is not None and any(
+                catalog.pulled_at(key) != when for key, when in pulled.items()
+            )
+            if moved and attempt < PLAN_ATTEMPTS:
+                continue  # an image it forgets was pulled meanwhile: plan again
+            await self._apply(plan)
+            return
+
+    async def _apply(self, plan: EvictionPlan) -> None:
+        """Forget the plan's images, then delete its blobs, yielding to the loop between chunks.
+
+        Manifests go first, so no manifest outlives its blobs; a blob is deleted only if it is
+        still unpinned and no image the catalogue offers now needs it (one may have been pulled
+        since the plan was made)."""
+        catalog = self.catalog
+        if catalog is not None and plan.images:
+            await catalog.evict_images(plan.images)  # with any index above them
+        trash: list[Path] = []
+        for entries in _chunks(plan.blobs):
+            for planned in entries:
+                entry = self._index.get(planned.digest)
+                if entry is None or self._pins[entry.digest]:
+                    continue
+                if catalog is not None and catalog.needed(entry.digest):
+                    continue
+                dropped = self._drop(entry)
+                if dropped is not None:
+                    trash.append(dropped)
+            await asyncio.sleep(0)
+        if trash:
+            await asyncio.to_thread(_unlink_all, trash)
+
+    def _drop(self, entry: BlobEntry) -> Path | None:
+        """Take an evicted blob out of the index and off its name; returns where it now is, in
+        ``tmp/``, for a worker thread to delete (freeing a large file's extents takes a while).
+        None if it cannot be moved (it stays cached)."""
+        trash = self.tmp_dir / f"evicted-{entry.digest.hex}.{secrets.token_hex(6)}"
+        try:
+            os.rename(entry.path, trash)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cache: cannot evict %s: %s", entry.digest, exc)
+            return None
+        self._forget(entry, planned=True)
+        self.evicted += 1
+        self.evicted_bytes += entry.size
+        log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
+        return trash
 
     def _forget(self, entry: BlobEntry, *, planned: bool = False) -> None:
         """Drop ``entry`` from the index; unless an eviction plan already forgot every image
         needing it (``planned``), the catalogue forgets them now."""
+        if self._reading is not None:
+            self._gone_while_reading.add(entry.digest)
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
             if self.catalog is not None and not planned:
@@ -403,7 +560,11 @@ class DiskBlobStore:
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
 
     def list_entries(self) -> list[BlobEntry]:
-        """Committed blobs, least recently used first."""
+        """Committed blobs, least recently used first. Waits for the index if it is still being
+        read (administration and tests; the request path never lists)."""
+        if self._reading is not None:
+            self._reading.result()
+        self._index_read()
         return list(self._index.values())
 
     @property
@@ -412,11 +573,13 @@ class DiskBlobStore:
         return len(self._fills)
 
     def usage(self) -> Usage:
+        """Never waits: while the index is being read, what is known so far (/health)."""
+        self._index_read()
         return Usage(len(self._index), self._total, self.max_size, self._in_flight, len(self._pins))
 
     def remove(self, digest: Digest) -> bool:
         """Delete a committed blob; False if absent. Raises :class:`BlobInUse` while pinned."""
-        entry = self._index.get(digest)
+        entry = self._entry(digest)
         if entry is None:
             return False
         if self._pins[digest]:
@@ -428,6 +591,7 @@ class DiskBlobStore:
     async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport:
         """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
         every blob, and evict down to the cap."""
+        await self.indexed()
         before = self._total
         removed_tmp = self.clear_tmp(older_than=tmp_age)
         strays = self.scan()
@@ -444,7 +608,8 @@ class DiskBlobStore:
                     self._forget(entry)
                     corrupt += 1
         count = len(self._index)
-        self._evict(self._total - self.max_size)
+        await self.settle()
+        await self._evict_to(self.max_size)
         evicted = count - len(self._index)
         return GcReport(removed_tmp, len(strays), corrupt, evicted, before - self._total)
 
@@ -455,6 +620,35 @@ def _hash_matches(entry: BlobEntry) -> bool:
         while chunk := f.read(READ_CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest() == entry.digest.hex
+
+
+Walked = tuple[list[BlobEntry], list[Path]]
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop is closed: nobody is left to serve
+        pass
+
+
+def _plan(
+    blobs: list[BlobEntry], images: list[Image], need: int, pinned: frozenset[Digest]
+) -> tuple[EvictionPlan, dict[ImageKey, float]]:
+    """In a worker thread: the plan, and when each image it forgets was last pulled."""
+    plan = plan_eviction(blobs, images, need, pinned.__contains__)
+    planned = set(plan.images)
+    return plan, {image.key: image.last_pulled for image in images if image.key in planned}
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), APPLY_CHUNK):
+        yield items[start : start + APPLY_CHUNK]
+
+
+def _unlink_all(paths: Iterable[Path]) -> None:
+    for path in paths:
+        _unlink(path)
 
 
 def _unlink(path: Path) -> None:

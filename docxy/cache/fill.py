@@ -56,6 +56,7 @@ class FillState(enum.Enum):
 class FillHost(Protocol):
     """What a fill needs from the store that owns it."""
 
+    async def make_room(self, fill: InFlight) -> None: ...
     def fill_committed(self, fill: InFlight) -> BlobEntry | None: ...
     def fill_ended(self, fill: InFlight) -> None: ...
     def fill_grew(self, fill: InFlight, nbytes: int) -> None: ...
@@ -342,6 +343,7 @@ class BlobWriter:
             self._finish()
             return None
         self.fill.size, self.fill.size_known = self._count, True
+        await self._host.make_room(self.fill)
         entry = self._host.fill_committed(self.fill)
         self.fill.state = FillState.COMMITTED
         self._finish()

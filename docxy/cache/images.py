@@ -55,9 +55,29 @@ class EvictionPlan:
 class ImageCatalog(Protocol):
     """What the blob store asks of the manifest store (:class:`ManifestStore` implements it)."""
 
+    async def loaded(self) -> None:
+        """Wait until the catalogue is read from disk (before planning an eviction)."""
+        ...
+
     def images(self) -> list[Image]: ...
-    def forget_images(self, keys: Iterable[ImageKey]) -> None: ...
+
+    def forget_images(self, keys: Iterable[ImageKey]) -> None:
+        """Stop offering these images, and every index pointing at one of them."""
+        ...
+
+    async def evict_images(self, keys: Iterable[ImageKey]) -> None:
+        """:meth:`forget_images`, the files deleted off the event loop."""
+        ...
+
     def blob_gone(self, digest: Digest) -> None: ...
+
+    def needed(self, digest: Digest) -> bool:
+        """Whether an image the cache still offers needs blob ``digest``."""
+        ...
+
+    def pulled_at(self, key: ImageKey) -> float | None:
+        """When ``key`` was last pulled; None if it is not cached."""
+        ...
 
 
 def needs(content: bytes) -> tuple[frozenset[Digest], frozenset[Digest]]:
@@ -94,10 +114,12 @@ def plan_eviction(
 
     ``blobs`` are the stored blobs, least recently used first; pinned ones (being read) stay.
     Images are only forgotten up to the last one whose forgetting freed bytes, so a plan that
-    cannot free anything more forgets nothing more.
+    cannot free anything more forgets nothing more. Linear in the blobs and images, plus one
+    sort of the images: the blob store runs it in a worker thread over a snapshot.
     """
     present = {entry.digest: entry for entry in blobs}
     catalog = {image.key: image for image in images}
+    parents = parents_of(catalog.values())
     users: Counter[Digest] = Counter(d for image in catalog.values() for d in image.blobs)
     chosen: list[BlobEntry] = []
     freed = 0
@@ -115,13 +137,17 @@ def plan_eviction(
         take(digest)
     forgotten: list[ImageKey] = []
     useful = 0  # forgotten[:useful] are worth forgetting
-    for image in sorted(catalog.values(), key=_recency(catalog)):
+    if freed < need:
+        ordered = sorted(catalog.values(), key=_recency(catalog, parents))
+    else:
+        ordered = []
+    for image in ordered:
         if freed >= need:
             break
         if image.key not in catalog:
             continue  # already gone with its index or child
         before = freed
-        for gone in _with_relatives(image.key, catalog):
+        for gone in with_relatives(image.key, catalog, parents):
             forgotten.append(gone.key)
             for digest in gone.blobs:
                 users[digest] -= 1
@@ -134,21 +160,32 @@ def plan_eviction(
     return EvictionPlan(tuple(forgotten), tuple(chosen), freed)
 
 
+Parents = dict[ImageKey, list[ImageKey]]
+
+
+def parents_of(images: Iterable[Image]) -> Parents:
+    """Each child manifest's key → the keys of the indexes pointing at it (same upstream)."""
+    parents: Parents = {}
+    for image in images:
+        for child in image.children:
+            parents.setdefault(ImageKey(image.key.upstream, child), []).append(image.key)
+    return parents
+
+
 def dependents(digest: Digest, images: Iterable[Image]) -> list[ImageKey]:
     """Images no longer whole without blob ``digest``: those needing it, with their relatives."""
     catalog = {image.key: image for image in images}
+    parents = parents_of(catalog.values())
     found: list[ImageKey] = []
     for key in [k for k, image in catalog.items() if digest in image.blobs]:
-        found.extend(gone.key for gone in _with_relatives(key, catalog, children=False))
+        found.extend(gone.key for gone in with_relatives(key, catalog, parents, children=False))
     return found
 
 
-def _recency(catalog: dict[ImageKey, Image]) -> Callable[[Image], tuple[float, str, str]]:
+def _recency(
+    catalog: dict[ImageKey, Image], parents: Parents
+) -> Callable[[Image], tuple[float, str, str]]:
     """An index counts as pulled when any of its children last was, and a child as its index."""
-    parents: dict[ImageKey, list[Image]] = {}
-    for image in catalog.values():
-        for child in image.children:
-            parents.setdefault(ImageKey(image.key.upstream, child), []).append(image)
 
     def family_time(image: Image) -> float:
         times = [image.last_pulled]
@@ -156,17 +193,20 @@ def _recency(catalog: dict[ImageKey, Image]) -> Callable[[Image], tuple[float, s
             found = catalog.get(ImageKey(image.key.upstream, child))
             if found is not None:
                 times.append(found.last_pulled)
-        times.extend(parent.last_pulled for parent in parents.get(image.key, []))
+        times.extend(catalog[key].last_pulled for key in parents.get(image.key, ()))
         return max(times)
 
     return lambda image: (family_time(image), image.key.upstream, str(image.key.digest))
 
 
-def _with_relatives(
-    key: ImageKey, catalog: dict[ImageKey, Image], *, children: bool = True
+def with_relatives(
+    key: ImageKey, catalog: dict[ImageKey, Image], parents: Parents, *, children: bool = True
 ) -> list[Image]:
     """Remove ``key`` from ``catalog`` with every index pointing at a removed manifest and (with
-    ``children``) every child only removed indexes pointed at; returns what was removed."""
+    ``children``) every child only removed indexes pointed at; returns what was removed.
+
+    ``parents`` is :func:`parents_of` the catalogue before any removal; removed keys in it are
+    skipped, so one index serves a whole plan."""
     removed: list[Image] = []
     todo = [key]
     while todo:
@@ -175,16 +215,10 @@ def _with_relatives(
             continue
         removed.append(image)
         up = image.key.upstream
-        todo.extend(
-            k
-            for k, other in catalog.items()
-            if k.upstream == up and image.key.digest in other.children
-        )
+        todo.extend(k for k in parents.get(image.key, ()) if k in catalog)
         for child in image.children if children else ():
             child_key = ImageKey(up, child)
-            still_wanted = any(
-                k.upstream == up and child in other.children for k, other in catalog.items()
-            )
+            still_wanted = any(k in catalog for k in parents.get(child_key, ()))
             if child_key in catalog and not still_wanted:
                 todo.append(child_key)
     return removed

@@ -23,24 +23,29 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
-from docxy.cache.images import Image, ImageKey, dependents, needs
+from docxy.cache.images import Image, ImageKey, needs
+from docxy.cache.startup import read_in_thread
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
+from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core.digests import Digest, digest_of, parse_digest
 from docxy.core.errors import DigestInvalid
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +103,15 @@ class ManifestStore:
         self.tag_ttl = tag_ttl
         self._clock = clock
         self._images: dict[ImageKey, Image] | None = None  # read from disk on first use
-        self._tag_files: dict[Path, ImageKey] = {}
+        self._tag_files: dict[Path, ImageKey] = {}  # tag record -> the image it points at
+        self._tags_of: dict[ImageKey, set[Path]] = {}  # ...and back
         self._holders: dict[Digest, set[ImageKey]] = {}  # blob -> cached images that need it
+        self._parents: dict[ImageKey, set[ImageKey]] = {}  # child manifest -> indexes above it
+        #: Cached manifest -> the repositories (hashed) it was served for -> publicly or not:
+        #: the access records, in memory for blob_visibility (asked for every unknown pairing).
+        self._seen: dict[ImageKey, dict[str, bool]] = {}
+        self._scanning: Future[Scanned] | None = None  # the catalogue read in a thread (open)
+        self._journal: list[Callable[[], None]] = []  # changes made while it was being read
 
     @classmethod
     def open(
@@ -110,11 +122,24 @@ class ManifestStore:
         tag_ttl: float,
         clock: Callable[[], float] = time.time,
     ) -> ManifestStore:
-        """Open for serving: remove temp files left by a crash."""
+        """Open for serving: remove temp files left by a crash, and read the catalogue (every
+        manifest and tag) in a worker thread, so a large cache does not hold up the first
+        answers. Manifests and tags are served meanwhile, straight from disk; what changes is
+        noted and replayed on the catalogue once it is read."""
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         clear_dir(store._tmp)
-        store.images()  # read the catalogue now, off the event loop
+        store.migrate_access()
+        store._scanning = read_in_thread("docxy-manifest-catalogue", store._scan)
         return store
+
+    def migrate_access(self) -> None:
+        """Move repository records of the earlier layout (once, after an upgrade), keeping only
+        those of manifests still cached (see :meth:`AccessIndex.migrate`)."""
+        moved = self.access.migrate(
+            lambda up, digest: self._key_path(ImageKey(up, digest)).exists()
+        )
+        if moved:
+            log.info("cache: moved %d repository records to the per-manifest layout", moved)
 
     @property
     def _tmp(self) -> Path:
@@ -133,12 +158,15 @@ class ManifestStore:
 
     async def get(self, repo: RepoKey, digest: Digest) -> CachedManifest | None:
         """The cached manifest ``digest`` of ``repo.upstream``, with its visibility in ``repo``."""
-        found = await asyncio.to_thread(self._read_manifest, repo.upstream, digest)
+        found = await asyncio.to_thread(self._read_manifest, repo, digest)
         if found is None:
             return None
-        content, media_type = found
-        self._pulled(ImageKey(_upstream_key(repo.upstream), digest), content)
-        return CachedManifest(digest, media_type, content, self.access.visibility(repo, digest))
+        content, media_type, visibility = found
+        key = ImageKey(_upstream_key(repo.upstream), digest)
+        if self._images is not None and key not in self._images:
+            return None  # evicted while it was read: no longer offered, its blobs may be gone
+        self._pulled(key, content)
+        return CachedManifest(digest, media_type, content, visibility)
 
     async def put(
         self,
@@ -157,13 +185,27 @@ class ManifestStore:
         actual = digest_of(content, digest.algorithm if digest else "sha256")
         if digest is not None and actual != digest:
             raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
-        await asyncio.to_thread(self._write_manifest, repo.upstream, actual, content, media_type)
-        self._pulled(ImageKey(_upstream_key(repo.upstream), actual), content)
-        self.access.record(repo, actual, public=public)
-        return CachedManifest(actual, media_type, content, self.access.visibility(repo, actual))
+        # In the catalogue first: from now on, eviction keeps the blobs it needs.
+        key = ImageKey(_upstream_key(repo.upstream), actual)
+        self._pulled(key, content)
+        visibility = await asyncio.to_thread(
+            self._write_manifest, repo, actual, content, media_type, public
+        )
+        if visibility is not None:
+            hashed, seen_public = repo.hashed(), visibility.public
+            self._or_later(lambda: self._note_seen(key, hashed, seen_public))
+        return CachedManifest(actual, media_type, content, visibility)
 
-    def _read_manifest(self, upstream: str, digest: Digest) -> tuple[bytes, str] | None:
-        path = self._content_path(upstream, digest)
+    def _note_seen(self, key: ImageKey, repo: str, public: bool) -> None:
+        if self._images is not None and key in self._images:
+            known = self._seen.setdefault(key, {})
+            known[repo] = known.get(repo, False) or public
+
+    def _read_manifest(
+        self, repo: RepoKey, digest: Digest
+    ) -> tuple[bytes, str, Visibility | None] | None:
+        """In a worker thread: content, media type and visibility in ``repo``, or None."""
+        path = self._content_path(repo.upstream, digest)
         meta_path = path.with_name(path.name + ".json")
         try:
             meta = json.loads(meta_path.read_bytes())
@@ -183,13 +225,18 @@ class ManifestStore:
             os.utime(path)  # last pulled: eviction forgets the least recently pulled first
         except OSError:
             pass
-        return content, media_type
+        return content, media_type, self.access.visibility(repo, digest)
 
-    def _write_manifest(self, upstream: str, digest: Digest, content: bytes, media: str) -> None:
-        path = self._content_path(upstream, digest)
+    def _write_manifest(
+        self, repo: RepoKey, digest: Digest, content: bytes, media: str, public: bool
+    ) -> Visibility | None:
+        """In a worker thread: store the manifest, record it in ``repo``; its visibility there."""
+        path = self._content_path(repo.upstream, digest)
         write_atomic(path, content, self._tmp)
         meta = json.dumps({"media_type": media, "size": len(content)}).encode()
         write_atomic(path.with_name(path.name + ".json"), meta, self._tmp)
+        self.access.record(repo, digest, public=public)
+        return self.access.visibility(repo, digest)
 
     # --- tags -------------------------------------------------------------------------------
 
@@ -216,15 +263,14 @@ class ManifestStore:
             public = True
         entry = TagEntry(repo, tag, digest, self._clock(), public)
         await asyncio.to_thread(self._write_tag, entry)
-        self._tag_files[self._tag_path(repo, tag)] = ImageKey(_upstream_key(repo.upstream), digest)
+        self._point_tag(self._tag_path(repo, tag), ImageKey(_upstream_key(repo.upstream), digest))
         return entry
 
     async def forget_tag(self, repo: RepoKey, tag: str) -> bool:
         """Drop a tag (e.g. the upstream answered 404 for it); False if it was not cached."""
         path = self._tag_path(repo, tag)
-        existed = path.exists()
-        await asyncio.to_thread(unlink_quietly, path)
-        self._tag_files.pop(path, None)
+        existed = await asyncio.to_thread(_unlink_existed, path)
+        self._point_tag(path, None)
         return existed
 
     def list_tags(self) -> list[TagEntry]:
@@ -263,76 +309,174 @@ class ManifestStore:
         return list(self._catalogue().values())
 
     def _catalogue(self) -> dict[ImageKey, Image]:
+        """The catalogue; if it is still being read, waits for it (blocking, see :meth:`loaded`)."""
         if self._images is None:
-            self._images, self._tag_files = self._scan()
-            self._holders = {}
-            for image in self._images.values():
-                self._hold(image)
+            scanned = self._scan() if self._scanning is None else self._scanning.result()
+            self._adopt(*scanned)
+        assert self._images is not None
         return self._images
 
-    def _hold(self, image: Image) -> None:
+    def _in_memory(self) -> bool:
+        """Whether the catalogue is in memory (taking over a finished background read)."""
+        if self._images is None and self._scanning is not None and self._scanning.done():
+            self._catalogue()
+        return self._images is not None
+
+    def _or_later(self, change: Callable[[], None]) -> None:
+        """Make ``change`` to the catalogue now, or once it is read."""
+        if self._in_memory():
+            change()
+        else:
+            self._journal.append(change)
+
+    def _adopt(
+        self,
+        images: dict[ImageKey, Image],
+        tags: dict[Path, ImageKey],
+        seen: dict[ImageKey, dict[str, bool]],
+    ) -> None:
+        """Take a catalogue read from disk, with its indexes."""
+        self._images, self._tag_files, self._tags_of, self._seen = images, {}, {}, seen
+        self._holders, self._parents = {}, {}
+        for image in images.values():
+            self._index(image)
+        for path, key in tags.items():
+            self._point_tag(path, key)
+        journal, self._journal = self._journal, []
+        for change in journal:
+            change()
+
+    async def loaded(self) -> None:
+        """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""
+        if self._scanning is not None and not self._scanning.done():
+            await asyncio.wrap_future(self._scanning)
+        self._catalogue()
+
+    def _index(self, image: Image) -> None:
         for digest in image.blobs:
             self._holders.setdefault(digest, set()).add(image.key)
+        for child in image.children:
+            self._parents.setdefault(ImageKey(image.key.upstream, child), set()).add(image.key)
 
-    def _release(self, image: Image) -> None:
+    def _unindex(self, image: Image) -> None:
         for digest in image.blobs:
-            holders = self._holders.get(digest)
-            if holders is not None:
-                holders.discard(image.key)
-                if not holders:
-                    del self._holders[digest]
+            _discard(self._holders, digest, image.key)
+        for child in image.children:
+            _discard(self._parents, ImageKey(image.key.upstream, child), image.key)
+
+    def _point_tag(self, path: Path, key: ImageKey | None) -> None:
+        """Tag record ``path`` now points at ``key`` (None: it is gone)."""
+        if not self._in_memory():
+            self._journal.append(lambda: self._point_tag(path, key))
+            return
+        old = self._tag_files.pop(path, None)
+        if old is not None:
+            _discard(self._tags_of, old, path)
+        if key is not None:
+            self._tag_files[path] = key
+            self._tags_of.setdefault(key, set()).add(path)
+
+    def needed(self, digest: Digest) -> bool:
+        """Whether a cached image needs blob ``digest``."""
+        self._catalogue()
+        return digest in self._holders
+
+    def pulled_at(self, key: ImageKey) -> float | None:
+        image = self._catalogue().get(key)
+        return None if image is None else image.last_pulled
 
     def blob_visibility(self, repo: RepoKey, digest: Digest) -> Visibility | None:
         """How blob ``digest`` is known in ``repo``: through a cached manifest that needs it and
         was served for ``repo`` (public if any such manifest is), else None (not known there)."""
         self._catalogue()
-        upstream = _upstream_key(repo.upstream)
+        upstream, hashed = _upstream_key(repo.upstream), repo.hashed()
         found: Visibility | None = None
-        for key in list(self._holders.get(digest, ())):
+        for key in self._holders.get(digest, ()):
             if key.upstream != upstream:
                 continue
-            seen = self.access.visibility(repo, key.digest)
-            if seen is not None and seen.public:
-                return seen
-            found = found or seen
+            public = self._seen.get(key, {}).get(hashed)
+            if public:
+                return Visibility(repo, public=True)
+            if public is not None:
+                found = Visibility(repo, public=False)
         return found
 
     def forget_images(self, keys: Iterable[ImageKey]) -> None:
-        """Drop these manifests and the tags pointing at them: they are no longer offered, so a
-        pull asks the upstream again (and fails cleanly, at its first step, if it is down)."""
-        gone = set(keys)
-        if not gone:
-            return
+        """Drop these manifests, every index pointing at one of them, and the tags pointing at
+        any of those: they are no longer offered, so a pull asks the upstream again (and fails
+        cleanly, at its first step, if it is down)."""
+        self._delete(*self._unoffer(keys))
+
+    async def evict_images(self, keys: Iterable[ImageKey]) -> None:
+        """:meth:`forget_images`, with the files deleted in a worker thread (slow on some file
+        systems); the images are no longer offered from the call on (:meth:`get` misses)."""
+        gone, tags = self._unoffer(keys)
+        if gone:
+            await asyncio.to_thread(self._delete, gone, tags)
+
+    def _unoffer(self, keys: Iterable[ImageKey]) -> tuple[set[ImageKey], list[Path]]:
+        """Take the images (with the indexes above them) out of the catalogue and their tags out
+        of the tag map; returns them, and the tag records, for :meth:`_delete`."""
+        images = self._catalogue()
+        gone = self._with_indexes(keys)
+        tags: list[Path] = []
+        for key in gone:
+            image = images.pop(key, None)
+            if image is not None:
+                self._unindex(image)
+            self._seen.pop(key, None)
+            for tag_path in list(self._tags_of.get(key, ())):
+                tags.append(tag_path)
+                self._point_tag(tag_path, None)
+        if gone:
+            names = sorted(_short(gone))
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            log.info("cache: forgot %d manifests (%s%s)", len(gone), ", ".join(names[:8]), more)
+        return gone, tags
+
+    def _delete(self, gone: Iterable[ImageKey], tags: Iterable[Path]) -> None:
+        """The files of forgotten images: tag records first, then manifests and their records."""
+        for tag_path in tags:
+            unlink_quietly(tag_path)
         for key in gone:
             path = self._key_path(key)
             unlink_quietly(path.with_name(path.name + ".json"))
             unlink_quietly(path)
-            if self._images is not None:
-                image = self._images.pop(key, None)
-                if image is not None:
-                    self._release(image)
-        for tag_path, key in list(self._tag_files.items()):
-            if key in gone:
-                unlink_quietly(tag_path)
-                del self._tag_files[tag_path]
-        log.info("cache: forgot %d manifests (%s)", len(gone), ", ".join(sorted(_short(gone))))
+            self.access.forget_digest(key.upstream, key.digest)
+
+    def _with_indexes(self, keys: Iterable[ImageKey]) -> set[ImageKey]:
+        """``keys`` and, transitively, the cached indexes pointing at them."""
+        found: set[ImageKey] = set()
+        todo = list(keys)
+        while todo:
+            key = todo.pop()
+            if key not in found:
+                found.add(key)
+                todo.extend(self._parents.get(key, ()))
+        return found
 
     def blob_gone(self, digest: Digest) -> None:
         """A blob left the cache: forget every image that is no longer whole without it."""
-        self.forget_images(dependents(digest, self.images()))
+        self._catalogue()
+        self.forget_images(list(self._holders.get(digest, ())))
 
     def _pulled(self, key: ImageKey, content: bytes) -> None:
-        if self._images is None:
+        if self._images is None and self._scanning is None:
             return  # read from disk, with this one, on first use
+        now = time.time()
+        self._or_later(lambda: self._note_pull(key, now, content))
+
+    def _note_pull(self, key: ImageKey, when: float, content: bytes) -> None:
+        assert self._images is not None
         old = self._images.get(key)
         if old is None:
-            blobs, children = needs(content)
-            self._images[key] = Image(key, time.time(), blobs, children)
-            self._hold(self._images[key])
+            blobs, children = needs(content)  # parsed once, when it joins the catalogue
+            self._images[key] = Image(key, when, blobs, children)
+            self._index(self._images[key])
         else:
-            self._images[key] = Image(key, time.time(), old.blobs, old.children)
+            self._images[key] = Image(key, when, old.blobs, old.children)
 
-    def _scan(self) -> tuple[dict[ImageKey, Image], dict[Path, ImageKey]]:
+    def _scan(self) -> Scanned:
         images: dict[ImageKey, Image] = {}
         base = self.root / "by-digest"
         for path in base.glob("*/*/*/*") if base.is_dir() else ():
@@ -349,11 +493,32 @@ class ManifestStore:
         for entry in self.list_tags():
             path = self._tag_path(entry.repo, entry.tag)
             tags[path] = ImageKey(_upstream_key(entry.repo.upstream), entry.digest)
-        return images, tags
+        seen: dict[ImageKey, dict[str, bool]] = {}
+        for upstream, digest, marker in self.access.markers():
+            key = ImageKey(upstream, digest)
+            if key in images and marker.suffix in (".public", ".private"):
+                known = seen.setdefault(key, {})
+                known[marker.stem] = known.get(marker.stem, False) or marker.suffix == ".public"
+        return images, tags, seen
 
 
-def _upstream_key(upstream: str) -> str:
-    return hashlib.sha256(upstream.encode()).hexdigest()
+def _unlink_existed(path: Path) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+Scanned = tuple[dict[ImageKey, Image], dict[Path, ImageKey], dict[ImageKey, dict[str, bool]]]
+
+
+def _discard(index: dict[K, set[V]], key: K, value: V) -> None:
+    values = index.get(key)
+    if values is not None:
+        values.discard(value)
+        if not values:
+            del index[key]
 
 
 def _short(keys: Iterable[ImageKey]) -> list[str]:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docxy.cache.files import write_atomic
+from docxy.cache.files import unlink_quietly, write_atomic
 from docxy.core.digests import Digest
+from docxy.core.errors import DigestInvalid
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,31 +71,33 @@ def may_serve(entry: Visibility | None, identity: Identity) -> bool:
 
 
 class AccessIndex:
-    """Which digests were seen in which repository, and whether publicly.
+    """Which manifests were seen in which repository, and whether publicly.
 
-    Layout: ``<root>/<sha256 of repo key>/<algo>/<hex>.public|.private`` (empty marker files,
-    created atomically), plus ``repo.json`` naming the repository for listings. A public record
-    is never downgraded by a later private one.
+    Layout: ``<root>/by-digest/<sha256 of upstream>/<algo>/<xx>/<hex>/<sha256 of repo key>.public``
+    (or ``.private``): a marker file holding the repository's names, for listings, written
+    atomically. A public record is never downgraded by a later private one. The records of a
+    manifest live as long as it does: the manifest store drops them all with
+    :meth:`forget_digest` when it forgets the manifest. :meth:`migrate` moves records of the
+    earlier layout, ``<root>/<sha256 of repo key>/<algo>/<hex>.public`` beside a ``repo.json``.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def _digest_dir(self, upstream: str, digest: Digest) -> Path:
+        """``upstream`` is the store's key of the upstream (:func:`upstream_key`)."""
+        return self.root / "by-digest" / upstream / digest.algorithm / digest.hex[:2] / digest.hex
+
     def _marker(self, repo: RepoKey, digest: Digest, public: bool) -> Path:
         suffix = "public" if public else "private"
-        return self.root / repo.hashed() / digest.algorithm / f"{digest.hex}.{suffix}"
+        directory = self._digest_dir(upstream_key(repo.upstream), digest)
+        return directory / f"{repo.hashed()}.{suffix}"
 
     def record(self, repo: RepoKey, digest: Digest, *, public: bool) -> None:
         """Remember that ``digest`` was fetched in ``repo`` anonymously (public) or not."""
         marker = self._marker(repo, digest, public)
-        if marker.exists():
-            return
-        if not marker.parent.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            repo_json = marker.parent.parent / "repo.json"
-            write_atomic(repo_json, _repo_json(repo), repo_json.parent, sync=False)
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
-        os.close(fd)
+        if not marker.exists():
+            write_atomic(marker, _repo_json(repo), marker.parent, sync=False)
 
     def visibility(self, repo: RepoKey, digest: Digest) -> Visibility | None:
         """Public if ever seen publicly in ``repo``, private if seen only privately, else None."""
@@ -104,23 +109,67 @@ class AccessIndex:
 
     def forget(self, repo: RepoKey, digest: Digest) -> None:
         for public in (True, False):
+            unlink_quietly(self._marker(repo, digest, public))
+
+    def forget_digest(self, upstream: str, digest: Digest) -> None:
+        """Drop every repository's record of ``digest`` at ``upstream`` (the store's key)."""
+        shutil.rmtree(self._digest_dir(upstream, digest), ignore_errors=True)
+
+    def markers(self) -> Iterator[tuple[str, Digest, Path]]:
+        """Every record as ``(upstream key, digest, marker path)`` (administration)."""
+        base = self.root / "by-digest"
+        for path in base.glob("*/*/*/*/*.*") if base.is_dir() else ():
+            upstream, algorithm, _, hex_, _name = path.relative_to(base).parts
             try:
-                os.unlink(self._marker(repo, digest, public))
-            except FileNotFoundError:
-                pass
+                yield upstream, Digest(algorithm, hex_), path
+            except DigestInvalid:
+                continue
 
     def repositories(self) -> list[RepoKey]:
         """Every repository with a record (for ``docxy cache ls``)."""
-        found = []
-        if self.root.is_dir():
-            for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+        found: set[RepoKey] = set()
+        for _, _, path in self.markers():
+            if path.suffix in (".public", ".private"):
+                repo = _parse_repo_json(path)
+                if repo is not None:
+                    found.add(repo)
+        return sorted(found, key=lambda r: (r.upstream, r.repo))
+
+    def migrate(self, keep: Callable[[str, Digest], bool]) -> int:
+        """Move the records of the earlier layout into this one, dropping those whose manifest
+        ``keep(upstream key, digest)`` says is no longer cached; returns how many moved."""
+        moved = 0
+        if not self.root.is_dir():
+            return moved
+        for old in os.scandir(self.root):
+            repo = _parse_repo_json(Path(old.path, "repo.json")) if old.is_dir() else None
+            if repo is None:
+                continue
+            for marker in Path(old.path).glob("*/*.*"):
+                hex_, _, suffix = marker.name.partition(".")
                 try:
-                    data = json.loads(Path(entry.path, "repo.json").read_text())
-                    found.append(RepoKey(str(data["upstream"]), str(data["repo"])))
-                except (OSError, ValueError, KeyError, TypeError):
+                    digest = Digest(marker.parent.name, hex_)
+                except DigestInvalid:
                     continue
-        return found
+                if suffix in ("public", "private") and keep(upstream_key(repo.upstream), digest):
+                    self.record(repo, digest, public=suffix == "public")
+                    moved += 1
+            shutil.rmtree(old.path, ignore_errors=True)
+        return moved
+
+
+def upstream_key(upstream: str) -> str:
+    """How the cache names an upstream on disk: never the raw host."""
+    return hashlib.sha256(upstream.encode()).hexdigest()
 
 
 def _repo_json(repo: RepoKey) -> bytes:
     return json.dumps({"upstream": repo.upstream, "repo": repo.repo}).encode()
+
+
+def _parse_repo_json(path: Path) -> RepoKey | None:
+    try:
+        data = json.loads(path.read_bytes())
+        return RepoKey(str(data["upstream"]), str(data["repo"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -118,6 +118,8 @@ def open_for_admin(directory: Path, max_size: int, tag_ttl: float) -> Cache:
     blobs.scan()
     access = AccessIndex(directory / "access")
     manifests = ManifestStore(directory / "manifests", access, tag_ttl=tag_ttl)
+    manifests.migrate_access()
+    blobs.catalog = manifests  # gc evicts image by image; a removed blob takes its images along
     return Cache(blobs=blobs, manifests=manifests, access=access)
 
 

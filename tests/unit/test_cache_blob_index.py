@@ -1,0 +1,85 @@
+"""The blob index is read in a worker thread at start: blobs are served meanwhile, what changes
+is kept, and eviction waits for the whole index."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from docxy.cache.blobs import DiskBlobStore, Walked
+from docxy.core.digests import digest_of
+from docxy.tasks import spawn
+from tests.unit.test_cache_blobs import GUARD, blob, guard, make_store, put, read
+
+
+@dataclass
+class HeldWalk:
+    """``DiskBlobStore._walk`` held until :attr:`release` is set (set at first)."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    threads: list[int] = field(default_factory=list)
+    held: list[bool] = field(default_factory=list)
+
+
+@pytest.fixture
+def held_walk(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldWalk]:
+    held = HeldWalk()
+    held.release.set()
+    walk = DiskBlobStore._walk
+
+    def slow(store: DiskBlobStore) -> Walked:
+        held.threads.append(threading.get_ident())
+        held.held.append(held.release.wait(GUARD))
+        return walk(store)
+
+    monkeypatch.setattr(DiskBlobStore, "_walk", slow)
+    yield held
+    held.release.set()
+
+
+async def restarted(tmp_path: Path, held: HeldWalk) -> tuple[DiskBlobStore, list[bytes]]:
+    """A store holding three 300-byte blobs, the first the least recently used, reopened with
+    its index read held."""
+    store = make_store(tmp_path, max_size=1000)
+    data = [blob(300, i) for i in range(3)]
+    for item in data:
+        await put(store, item)
+    await store.indexed()
+    os.utime(store.path_of(store.list_entries()[0].digest), (1000, 1000))
+    held.release.clear()
+    return make_store(tmp_path, max_size=1000), data
+
+
+async def test_blobs_are_served_while_the_index_is_read(
+    tmp_path: Path, held_walk: HeldWalk
+) -> None:
+    store, (first, second, third) = await restarted(tmp_path, held_walk)
+    assert await read(store, digest_of(second)) == second  # one stat finds it
+    assert store.usage().entries == 1  # what is known so far; never waits (/health)
+    assert store.remove(digest_of(third))  # not indexed yet, removed all the same
+    fourth = await put(store, blob(300, 4))  # stored meanwhile
+    held_walk.release.set()
+    await store.indexed()
+    assert [e.digest for e in store.list_entries()] == [digest_of(first), digest_of(second), fourth]
+    assert store.usage().bytes == 900
+    assert held_walk.held == [True, True]
+    assert threading.get_ident() not in held_walk.threads
+
+
+async def test_eviction_waits_for_the_whole_index(tmp_path: Path, held_walk: HeldWalk) -> None:
+    store, data = await restarted(tmp_path, held_walk)
+    assert await read(store, digest_of(data[2])) == data[2]  # the only blob known early
+    # 300 known + 800 more passes the cap: an eviction starts, and waits for the index.
+    newcomer = spawn("newcomer", put(store, blob(800, 9)))
+    held_walk.release.set()
+    await guard(newcomer)
+    await store.settle()
+    # Planned over the whole index: down to 900 with the newcomer, so the two blobs the early
+    # index did not know went too (planned over the early index, only the known one would have).
+    assert [store.lookup(digest_of(d)) for d in data] == [None, None, None]
+    assert store.usage().bytes == 800

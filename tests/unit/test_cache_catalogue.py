@@ -1,0 +1,188 @@
+"""The manifest catalogue is read in a worker thread at start: a large cache does not hold up the
+first answers, tags are served meanwhile, and nothing that changes during the read is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docxy.cache import Cache, ImageKey, ManifestStore, RepoKey, TagState, open_cache
+from docxy.cache.manifests import Scanned
+from docxy.core.digests import digest_of
+from docxy.tasks import spawn
+from tests.unit.test_cache_blobs import GUARD, put
+from tests.unit.test_cache_eviction import cached_image, layer, manifest, offered_whole
+
+CAP = 1000
+OCI = "application/vnd.oci.image.manifest.v1+json"
+
+
+@dataclass
+class HeldScan:
+    """``ManifestStore._scan`` held until :attr:`release` is set."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    threads: list[int] = field(default_factory=list)
+    held: list[bool] = field(default_factory=list)
+
+
+@pytest.fixture
+def held_scan(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldScan]:
+    held = HeldScan()
+    scan = ManifestStore._scan
+
+    def slow(store: ManifestStore) -> Scanned:
+        held.threads.append(threading.get_ident())
+        held.held.append(held.release.wait(GUARD))
+        return scan(store)
+
+    monkeypatch.setattr(ManifestStore, "_scan", slow)
+    yield held
+    held.release.set()
+
+
+async def populated(root: Path) -> Cache:
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)
+    await cached_image(cache, "team/old", [layer("cfg-old", 10), layer("l-old")])
+    await cached_image(cache, "team/new", [layer("cfg-new", 10), layer("l-new")])
+    await cache.manifests.loaded()
+    return cache
+
+
+def key_of(cache: Cache, layers: list[bytes]) -> ImageKey:
+    upstream = next(iter(cache.manifests.images())).key.upstream
+    return ImageKey(upstream, digest_of(manifest(layers)))
+
+
+async def test_tags_are_served_while_the_catalogue_is_read(
+    tmp_path: Path, held_scan: HeldScan
+) -> None:
+    root = tmp_path / "cache"
+    held_scan.release.set()
+    before = await populated(root)
+    old, new = (tag.repo for tag in before.manifests.list_tags())
+    held_scan.release.clear()
+
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)  # a restart; the read is held
+    assert held_scan.held == [True]  # only the first start's read has finished
+    for repo in (old, new):
+        found = await cache.manifests.resolve_tag(repo, "latest")
+        assert found.state is TagState.FRESH and found.manifest is not None
+    third_layers = [layer("cfg-3", 10), layer("l-3")]
+    third = await cached_image(cache, "team/third", third_layers)  # noted, replayed later
+    held_scan.release.set()
+    await cache.manifests.loaded()
+
+    assert held_scan.held == [True, True]
+    assert threading.get_ident() not in held_scan.threads
+    assert {image.key for image in cache.manifests.images()} >= {key_of(cache, third_layers)}
+    assert len(cache.manifests.images()) == 3
+    cache.manifests.forget_images([key_of(cache, third_layers)])  # its tag was noted too
+    assert await offered_whole(cache, third) is None
+    assert await offered_whole(cache, old) is True
+
+
+async def test_eviction_waits_for_the_catalogue(tmp_path: Path, held_scan: HeldScan) -> None:
+    root = tmp_path / "cache"
+    held_scan.release.set()
+    before = await populated(root)
+    old, new = (tag.repo for tag in before.manifests.list_tags())
+    held_scan.release.clear()
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)
+    # 600 cached + 500 more passes the cap; the eviction must wait for the catalogue, or it
+    # would take every blob for one no image needs.
+    newcomer = spawn("newcomer", put(cache.blobs, layer("big", 500)))
+    held_scan.release.set()
+    await cache.manifests.loaded()
+    await newcomer
+    await cache.blobs.settle()
+    assert await offered_whole(cache, old) is None  # the least recently pulled, whole
+    assert await offered_whole(cache, new) is True
+    assert cache.blobs.usage().bytes <= CAP
+    assert held_scan.held == [True, True]
+
+
+# --- reads and writes racing an eviction -------------------------------------------------------
+
+
+async def test_a_manifest_evicted_while_it_is_read_is_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 10), layer("l")]
+    repo = await cached_image(cache, "team/app", layers)
+    await cache.manifests.loaded()
+    read_done, go_on = threading.Event(), threading.Event()
+    read = cache.manifests._read_manifest
+
+    def slow_read(*args: Any) -> Any:
+        found = read(*args)
+        read_done.set()
+        go_on.wait(GUARD)
+        return found
+
+    monkeypatch.setattr(cache.manifests, "_read_manifest", slow_read)
+    reading = spawn("reading", cache.manifests.get(repo, digest_of(manifest(layers))))
+    assert await asyncio.to_thread(read_done.wait, GUARD)
+    cache.manifests.forget_images([key_of(cache, layers)])  # an eviction, meanwhile
+    go_on.set()
+    assert await reading is None
+    assert cache.manifests.images() == []
+
+
+async def test_a_manifest_being_stored_already_keeps_its_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    await cache.manifests.loaded()
+    layers = [layer("cfg", 10), layer("l")]
+    for data in layers:
+        await put(cache.blobs, data)
+    assert not cache.manifests.needed(digest_of(layers[1]))
+    writing, go_on = threading.Event(), threading.Event()
+    write = cache.manifests._write_manifest
+
+    def slow_write(*args: Any) -> Any:
+        writing.set()
+        go_on.wait(GUARD)
+        return write(*args)
+
+    monkeypatch.setattr(cache.manifests, "_write_manifest", slow_write)
+    repo = RepoKey("registry.test", "team/app")
+    storing = spawn("storing", cache.manifests.put(repo, manifest(layers), OCI, public=True))
+    assert await asyncio.to_thread(writing.wait, GUARD)
+    assert cache.manifests.needed(digest_of(layers[1]))  # an eviction now would keep it
+    go_on.set()
+    await storing
+
+
+async def test_an_evicted_image_is_not_offered_while_its_files_are_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 10), layer("l")]
+    repo = await cached_image(cache, "team/app", layers)
+    await cache.manifests.loaded()
+    deleting, go_on = threading.Event(), threading.Event()
+    delete = cache.manifests._delete
+
+    def slow_delete(*args: Any) -> None:
+        deleting.set()
+        go_on.wait(GUARD)
+        delete(*args)
+
+    monkeypatch.setattr(cache.manifests, "_delete", slow_delete)
+    evicting = spawn("evicting", cache.manifests.evict_images([key_of(cache, layers)]))
+    assert await asyncio.to_thread(deleting.wait, GUARD)  # the files are still there...
+    assert (await cache.manifests.resolve_tag(repo, "latest")).state is TagState.MISSING
+    assert await cache.manifests.get(repo, digest_of(manifest(layers))) is None
+    go_on.set()
+    await evicting
+    assert not list((tmp_path / "cache" / "manifests" / "tags").iterdir())
+    assert list(cache.access.markers()) == []
