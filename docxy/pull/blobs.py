@@ -113,6 +113,8 @@ class BlobService:
         just now (REVALIDATED), or not (a pass-through). Raises :class:`UpstreamError` when
         the upstream cannot say (down, 429/5xx): an unknown pairing is never served blind."""
         repo = RepoKey(pull.upstream.host, pull.name)
+        if self.pairings.manifests is not None:  # still read at start-up: wait off the loop
+            await self.pairings.manifests.loaded()
         if may_serve(self.pairings.visibility(repo, digest), pull.identity):
             return Source.HIT
         if not self.tokens.refused(pull.upstream, pull.name):
