@@ -7,6 +7,8 @@ A new certificate is installed atomically where the mirror serves it and the mir
 reload. Failures are retried with exponential backoff; every run leaves a small JSON status file.
 
     settings.py   [scheduler] in the mirror's settings table, plus its [certs] and [tls]
-    renewal.py    one run: obtain-or-renew, install, tell the mirror, the backoff
+    runs.py       what the renewer remembers of its runs, the backoff, the status file
+    worker.py     each run in a child process, so the renewer that waits stays small
+    renewal.py    a run's work: obtain-or-renew, install, tell the mirror
     main.py       the APScheduler jobs, signals, ``main(argv) -> int``
 """

@@ -16,7 +16,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from docxy.core.errors import ConfigError
 from scheduler import settings as settings_mod
-from scheduler.renewal import Renewer, backoff
+from scheduler.runs import Runs, backoff, configure_logging
+from scheduler.worker import InChild
 
 log = logging.getLogger("scheduler")
 
@@ -28,7 +29,7 @@ def _next_run(scheduler: BlockingScheduler) -> dt.datetime | None:
     return min(times) if times else None
 
 
-def build(renewer: Renewer) -> BlockingScheduler:
+def build(renewer: Runs) -> BlockingScheduler:
     s = renewer.settings
     scheduler = BlockingScheduler(timezone=dt.UTC, job_defaults={"coalesce": True})
 
@@ -74,25 +75,23 @@ def idle(once: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    configure_logging()
+    flags = list(sys.argv[1:] if argv is None else argv)
     try:
-        settings = settings_mod.load(argv)
+        settings = settings_mod.load(flags)
     except ConfigError as exc:
         print(f"scheduler: config error: {exc}", file=sys.stderr)
         return 2
     if settings.domain is None:
         return idle(settings.once)
-    renewer = Renewer(settings)
     if settings.once:
-        ok = renewer.run()
-        renewer.write_status(None)
+        from scheduler.renewal import Renewer  # the work, in this process: it ends after one run
+
+        once = Renewer(settings)
+        ok = once.run()
+        once.write_status(None)
         return 0 if ok else 1
-    scheduler = build(renewer)
+    scheduler = build(InChild(settings, argv=flags))
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

@@ -1,23 +1,25 @@
-"""One renewal run: obtain or renew with certbot, install, tell the mirror; backoff; status."""
+"""A renewal run's work: obtain or renew with certbot, install, tell the mirror.
+
+The scheduler does it in a child process (:mod:`scheduler.worker`); ``--once`` and the tests do
+it in process. The bookkeeping (failures, the status file) is :class:`scheduler.runs.Runs`.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import os
 import shlex
 import signal
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from docxy.tls import certs
-from docxy.tls.context import CertError, write_files_atomic
+from docxy.tls.context import CertError
+from scheduler.runs import RunFailed, Runs
 from scheduler.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,11 +29,6 @@ RELOAD_TIMEOUT = 30.0
 
 class ReloadError(Exception):
     """The mirror could not be told to reload (it still picks the files up by watching them)."""
-
-
-def backoff(failures: int, base: float, cap: float) -> float:
-    """Seconds before retry number `failures` (1, 2, ...): base, 2*base, 4*base, ... up to cap."""
-    return float(min(cap, base * 2 ** max(0, failures - 1)))
 
 
 MIRROR_WAIT = 120.0
@@ -78,48 +75,29 @@ def tell_mirror(settings: Settings) -> str:
     return "file watch"
 
 
-def _iso(when: dt.datetime | None) -> str | None:
-    return when.isoformat() if when is not None else None
-
-
 @dataclass
-class Renewer:
-    """Runs renewals one at a time and remembers how the last ones went."""
+class Renewer(Runs):
+    """Does the work in this process."""
 
-    settings: Settings
-    failures: int = 0
-    last_run: dt.datetime | None = None
-    last_success: dt.datetime | None = None
-    last_error: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _reload_pending: bool = field(default=False, repr=False)
+    reload_pending: bool = False  # installed, the mirror not yet told (carried between runs)
 
     @property
     def live_dir(self) -> Path | None:
         s = self.settings
         return s.config_dir / "live" / s.domain if s.domain else None
 
-    def run(self) -> bool:
-        """One run; True on success. Never raises for certbot, certificate or reload trouble."""
-        if not self._lock.acquire(blocking=False):
-            log.info("renewal already running; skipped")
-            return True
+    def attempt(self) -> None:
         try:
-            self.last_run = dt.datetime.now(dt.UTC)
             self._obtain_or_renew()
             self._deploy()
         except (certs.CertbotError, CertError, ReloadError, OSError, ValueError) as exc:
-            self.failures += 1
-            self.last_error = str(exc)
-            log.error("certificate renewal failed (%d in a row): %s", self.failures, exc)
-            return False
-        else:
-            self.failures = 0
-            self.last_error = None
-            self.last_success = self.last_run
-            return True
-        finally:
-            self._lock.release()
+            raise RunFailed(str(exc)) from exc
+
+    def certificate(self) -> dict[str, object] | None:
+        s = self.settings
+        if s.cert_path is None or s.key_path is None:
+            return None
+        return certs.describe_files(s.cert_path, s.key_path)
 
     def _obtain_or_renew(self) -> None:
         s, live = self.settings, self.live_dir
@@ -158,25 +136,11 @@ class Renewer:
             return
         installed = certs.install(live, s.cert_path, s.key_path)
         if installed:
-            self._reload_pending = True  # until the mirror has been told, however many runs
-        if self._reload_pending:
+            self.reload_pending = True  # until the mirror has been told, however many runs
+        if self.reload_pending:
             how = tell_mirror(s)
-            self._reload_pending = False
+            self.reload_pending = False
             if installed:
                 log.info("new certificate installed; mirror told by %s", how)
             else:
                 log.info("mirror told by %s of a certificate installed earlier", how)
-
-    def write_status(self, next_run: dt.datetime | None) -> None:
-        s = self.settings
-        status: dict[str, object] = {
-            "last_run": _iso(self.last_run),
-            "last_success": _iso(self.last_success),
-            "last_error": self.last_error,
-            "failures": self.failures,
-            "next_run": _iso(next_run),
-        }
-        if s.cert_path is not None and s.key_path is not None:
-            status["certificate"] = certs.describe_files(s.cert_path, s.key_path)
-        data = json.dumps(status, indent=2).encode() + b"\n"
-        write_files_atomic([(s.status_file, data, 0o644)])

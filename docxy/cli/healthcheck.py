@@ -11,8 +11,6 @@ import argparse
 import sys
 from collections.abc import Callable
 
-import httpx
-
 from docxy.cli.options import add_config_arguments
 from docxy.config import Config, HostPort
 from docxy.core.errors import ConfigError
@@ -34,6 +32,8 @@ def local_url(listen: HostPort, path: str = "/health") -> str:
 
 def probe(url: str, timeout: float) -> tuple[bool, str]:
     """(healthy, what to print): healthy when `url` answers 200."""
+    import httpx  # here: the certificate renewer imports local_url and stays small without it
+
     try:
         # trust_env=False: a proxy from the environment must not stand between us and loopback.
         with httpx.Client(timeout=timeout, trust_env=False) as client:

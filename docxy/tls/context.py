@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from docxy.tls.files import write_files_atomic as write_files_atomic  # its callers import it here
+
 log = logging.getLogger(__name__)
 
 ALPN = ["http/1.1"]
@@ -273,27 +275,3 @@ def self_signed(
     write_files_atomic([(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)])
     log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)
     return cert_path, key_path
-
-
-def write_files_atomic(files: list[tuple[Path, bytes, int]]) -> None:
-    """Write each (path, data, mode) beside its target, then rename them all in a row.
-
-    Readers see old or new files, never half-written ones; staging every file before the first
-    rename keeps the moment where a new certificate sits beside an old key as short as possible.
-    """
-    staged: list[tuple[str, Path]] = []
-    try:
-        for path, data, mode in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            staged.append((tmp, path))
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)

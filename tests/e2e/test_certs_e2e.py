@@ -51,6 +51,7 @@ EMAIL = "ops@mirror.test"
 DEAD_UPSTREAM = "http://127.0.0.1:9"  # the certificate tests never pull
 VALIDITY = 3600  # pebble's certificate lifetime: always due for renewal (certbot: < 30 days)
 DEADLINE = 60.0
+STARTSECS = 30.0  # scripts/supervisord.conf: a program is RUNNING after that long
 
 
 def poll(predicate: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> None:
@@ -665,7 +666,8 @@ def test_supervisor_restarts_mirror_and_renewer_and_stops_cleanly(tmp_path: Path
                 running = "RUNNING" in supervisorctl(conf, env, "status", program)
                 return running and pid(program) not in (0, old)
 
-            poll(restarted, what=f"{program} restarted")
+            # RUNNING once it has stayed up startsecs (30 s in supervisord.conf).
+            poll(restarted, DEADLINE + STARTSECS, what=f"{program} restarted")
         poll(healthy, what="mirror healthy again")
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(timeout=60) == 0

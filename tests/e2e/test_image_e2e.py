@@ -54,7 +54,9 @@ DEAD_UPSTREAM = "http://127.0.0.1:9"  # discard port, closed: the certificate te
 STATE = "/var/lib/docxy"
 STOP_GRACE = "30"  # compose.yaml's stop_grace_period
 DEADLINE = 120.0  # a container's python starts slowly on a loaded 2-core machine
-GAVE_UP_DEADLINE = 300.0  # supervisord's 5 start retries with backoff, then docker's restart
+# Bounds a hang only: 6 failed starts (each the mirror's imports, then its error), supervisord's
+# 1+2+3+4+5 s backoff, then docker's restart; well under a minute idle, minutes on a loaded host.
+GAVE_UP_DEADLINE = 900.0
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from docxy.tls import certs
 from docxy.tls.context import self_signed
 from scheduler import main as scheduler_main
 from scheduler import settings as settings_mod
-from scheduler.renewal import Renewer, backoff
+from scheduler.renewal import Renewer
+from scheduler.runs import backoff
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return values
 
 
-def poll(predicate: Callable[[], object], timeout: float = 15.0) -> None:
+#: Only bounds a hang: a renewer process started under heavy machine load may take a long while
+#: to import (its runs start a second interpreter), and a deadline is no speed test.
+HANG = 180.0
+
+
+def poll(predicate: Callable[[], object], timeout: float = HANG) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met before the deadline"
@@ -330,6 +336,9 @@ def test_process_runs_at_start_and_stops_on_sigterm(tmp_path: Path, env: dict[st
     self_signed(lineage, "mirror.test", cert_name="fullchain.pem", key_name="privkey.pem")
     calls = tmp_path / "calls"
     proc_env = fake_certbot_on_path(tmp_path, f'echo "$1" >> {calls}\n')
+    served = tmp_path / "served"
+    proc_env["DOCXY_TLS_CERT_PATH"] = str(served / "fullchain.pem")
+    proc_env["DOCXY_TLS_KEY_PATH"] = str(served / "privkey.pem")
     status_file = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "status.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "scheduler"],
@@ -339,12 +348,22 @@ def test_process_runs_at_start_and_stops_on_sigterm(tmp_path: Path, env: dict[st
         text=True,
     )
     try:
-        poll(lambda: status_file.exists() and read_status(status_file).get("last_success"))
+
+        def first_run_done() -> bool:
+            assert proc.poll() is None, "the renewer exited"  # fail at once, not at the deadline
+            return status_file.exists() and read_status(status_file).get("last_success") is not None
+
+        poll(first_run_done)
         assert calls.read_text() == "renew\n"
         next_run = str(read_status(status_file)["next_run"])
         assert next_run > str(read_status(status_file)["last_run"])
+        # Installed and described by the run's child process, written down by the renewer.
+        assert (served / "fullchain.pem").read_bytes() == (lineage / "fullchain.pem").read_bytes()
+        certificate = read_status(status_file)["certificate"]
+        assert isinstance(certificate, dict) and "error" not in certificate, certificate
+        assert certificate["cert_path"] == str(served / "fullchain.pem")
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=HANG)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -417,7 +436,7 @@ def test_without_a_domain_certbot_never_runs_and_sigterm_stops_it(
         poll(lambda: "certbot is not run" in log.read_text())
         assert proc.poll() is None  # stays up: a supervisor must not see a renewer that died
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()
+        assert proc.wait(timeout=HANG) == 0, log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -441,3 +460,29 @@ def test_once_without_a_domain_exits_0_without_certbot(tmp_path: Path, env: dict
     assert proc.returncode == 0, proc.stderr
     assert "no certs.domain set" in proc.stderr
     assert not calls.exists()
+
+
+def test_the_waiting_renewer_loads_neither_certbots_helpers_nor_cryptography() -> None:
+    """The runs' work is done in child processes: the renewer that waits stays small."""
+    heavy = ("cryptography", "httpx", "scheduler.renewal", "docxy.tls.certs", "docxy.tls.context")
+    code = f"import sys, scheduler.main\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=HANG
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[]\n"
+
+
+def test_the_status_file_name_is_the_one_the_mirror_reads() -> None:
+    assert settings_mod.STATUS_FILE == certs.STATUS_FILE
+
+
+@pytest.mark.usefixtures("env")
+def test_a_run_whose_child_gives_no_result_is_a_failed_run() -> None:
+    from scheduler.worker import InChild
+
+    runs = InChild(settings_mod.load([]), argv=["--no-such-flag"])  # the child refuses it
+    assert runs.run() is False
+    assert runs.failures == 1
+    assert "exited 2 without a result" in str(runs.last_error)
