@@ -250,20 +250,21 @@ class BlobWriter:
         for _ in range(PUMP_DEPTH):
             free.put(bytearray(size))
         hashing: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        failed: list[BaseException] = []
         hasher = threading.Thread(
             target=_hash_all,
-            args=(self._hash, hashing, free),
+            args=(self._hash, hashing, free, failed),
             name=f"hash {self.digest.hex[:12]}",
             daemon=True,
         )
         hasher.start()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not failed:
                 buffer = free.get()
                 with memoryview(buffer) as chunk:
                     nbytes = body.readinto(chunk)
                     if not nbytes:
-                        return
+                        break
                     self._count += nbytes
                     if fd is not None:
                         try:
@@ -277,6 +278,8 @@ class BlobWriter:
         finally:
             hashing.put(None)
             hasher.join()
+        if failed:
+            raise FillAborted(f"hashing {self.digest} failed: {failed[0]!r}") from failed[0]
 
     def _start_sync_behind(self) -> None:
         """Flush what is written so far in the background, one sync at a time.
@@ -497,12 +500,21 @@ def _hash_all(
     hasher: Hasher,
     hashing: queue.SimpleQueue[tuple[bytearray, int] | None],
     free: queue.SimpleQueue[bytearray],
+    failed: list[BaseException],
 ) -> None:
-    """The hashing thread of a fill's pump: hash each buffer in order, hand it back to read."""
+    """The hashing thread of a fill's pump: hash each buffer in order, hand it back to read.
+
+    Should hashing fail, the buffers still go back (the reading thread never waits for ever)
+    and the error waits in ``failed`` for the reading thread to raise.
+    """
     while (item := hashing.get()) is not None:
         buffer, nbytes = item
-        with memoryview(buffer) as view:
-            hasher.update(view[:nbytes])
+        if not failed:
+            try:
+                with memoryview(buffer) as view:
+                    hasher.update(view[:nbytes])
+            except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
+                failed.append(exc)
         free.put(buffer)
 
 
