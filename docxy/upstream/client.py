@@ -9,6 +9,7 @@ for ``/health``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -24,8 +25,9 @@ import httpx
 from docxy import __version__
 from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, parse_challenge
-from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers
+from docxy.tasks import spawn
 from docxy.upstream.presets import DEFAULT_NAME
 
 if TYPE_CHECKING:
@@ -229,6 +231,9 @@ class UpstreamClient:
         #: (the httpx client's own ``response`` event hooks see the rest).
         self.direct_listeners: list[Callable[[str, int], None]] = []
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
+        self._probing: dict[str, asyncio.Task[Challenge | None | UpstreamError]] = {}
+        #: Callers that waited for another's ``/v2/`` probe instead of sending their own.
+        self.probes_joined = 0
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:
         return self.health.setdefault(upstream.host, UpstreamHealth())
@@ -279,16 +284,39 @@ class UpstreamClient:
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
 
     async def challenge(self, upstream: Upstream, *, refresh: bool = False) -> Challenge | None:
-        """The upstream's own ``/v2/`` Bearer challenge (cached), or ``None`` if it has none."""
-        now = time.monotonic()
+        """The upstream's own ``/v2/`` Bearer challenge (cached), or ``None`` if it has none.
+
+        Concurrent callers share one probe (a cold start's first misses ask once, not once
+        each); a failure reaches them all and is not remembered.
+        """
         cached = self._realms.get(upstream.host)
-        if cached is not None and now - cached[0] < REALM_TTL and not refresh:
+        if cached is not None and time.monotonic() - cached[0] < REALM_TTL and not refresh:
             return cached[1]
-        response = await self.send(upstream, "GET", upstream.url("/v2/"), [])
-        await response.aclose()
-        if response.status_code not in (200, 401):
-            # Not an answer about auth (429/5xx, odd 4xx): try again next time, remember nothing.
-            raise UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")
+        probing = self._probing.get(upstream.host)
+        if probing is None:
+            probe = self._probe(upstream)
+            probing = self._probing[upstream.host] = spawn(f"probe {upstream.host}", probe)
+        else:
+            self.probes_joined += 1
+        found = await asyncio.shield(probing)
+        if isinstance(found, UpstreamError):
+            raise found
+        return found
+
+    async def _probe(self, upstream: Upstream) -> Challenge | None | UpstreamError:
+        """One ``/v2/`` GET; its challenge kept. A failure is returned (handed to the waiters,
+        not logged as a crashed task) and forgotten."""
+        try:
+            now = time.monotonic()
+            response = await self.send(upstream, "GET", upstream.url("/v2/"), [])
+            await response.aclose()
+            if response.status_code not in (200, 401):
+                # Not an answer about auth (429/5xx, odd 4xx): try again next time.
+                return UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")
+        except UpstreamError as exc:
+            return exc
+        finally:
+            del self._probing[upstream.host]
         found = None
         if response.status_code == 401:
             parsed = parse_challenge(response.headers.get("www-authenticate", ""))
