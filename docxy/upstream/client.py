@@ -9,7 +9,6 @@ for ``/health``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -27,7 +26,7 @@ from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, parse_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers
-from docxy.tasks import spawn
+from docxy.tasks import Coalesced
 from docxy.upstream.presets import DEFAULT_NAME
 
 if TYPE_CHECKING:
@@ -231,9 +230,7 @@ class UpstreamClient:
         #: (the httpx client's own ``response`` event hooks see the rest).
         self.direct_listeners: list[Callable[[str, int], None]] = []
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
-        self._probing: dict[str, asyncio.Task[Challenge | None | UpstreamError]] = {}
-        #: Callers that waited for another's ``/v2/`` probe instead of sending their own.
-        self.probes_joined = 0
+        self._probes: Coalesced[str, Challenge | None] = Coalesced(UpstreamError)
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:
         return self.health.setdefault(upstream.host, UpstreamHealth())
@@ -292,31 +289,22 @@ class UpstreamClient:
         cached = self._realms.get(upstream.host)
         if cached is not None and time.monotonic() - cached[0] < REALM_TTL and not refresh:
             return cached[1]
-        probing = self._probing.get(upstream.host)
-        if probing is None:
-            probe = self._probe(upstream)
-            probing = self._probing[upstream.host] = spawn(f"probe {upstream.host}", probe)
-        else:
-            self.probes_joined += 1
-        found = await asyncio.shield(probing)
-        if isinstance(found, UpstreamError):
-            raise found
-        return found
+        host = upstream.host
+        return await self._probes.run(host, f"probe {host}", lambda: self._probe(upstream))
 
-    async def _probe(self, upstream: Upstream) -> Challenge | None | UpstreamError:
-        """One ``/v2/`` GET; its challenge kept. A failure is returned (handed to the waiters,
-        not logged as a crashed task) and forgotten."""
-        try:
-            now = time.monotonic()
-            response = await self.send(upstream, "GET", upstream.url("/v2/"), [])
-            await response.aclose()
-            if response.status_code not in (200, 401):
-                # Not an answer about auth (429/5xx, odd 4xx): try again next time.
-                return UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")
-        except UpstreamError as exc:
-            return exc
-        finally:
-            del self._probing[upstream.host]
+    @property
+    def probes_joined(self) -> int:
+        """Callers that waited for another's ``/v2/`` probe instead of sending their own."""
+        return self._probes.joined
+
+    async def _probe(self, upstream: Upstream) -> Challenge | None:
+        """One ``/v2/`` GET; its challenge kept (a failure raises, and is not kept)."""
+        now = time.monotonic()
+        response = await self.send(upstream, "GET", upstream.url("/v2/"), [])
+        await response.aclose()
+        if response.status_code not in (200, 401):
+            # Not an answer about auth (429/5xx, odd 4xx): try again next time.
+            raise UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")
         found = None
         if response.status_code == 401:
             parsed = parse_challenge(response.headers.get("www-authenticate", ""))

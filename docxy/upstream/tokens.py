@@ -19,7 +19,6 @@ of taking the upstream for down (stale-if-error, health). That answer stands for
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -29,7 +28,7 @@ import httpx
 
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
 from docxy.core.errors import UpstreamError, UpstreamUnavailable
-from docxy.tasks import spawn
+from docxy.tasks import Coalesced
 from docxy.upstream.client import Upstream, UpstreamClient, read_small
 
 log = logging.getLogger(__name__)
@@ -72,8 +71,7 @@ class MirrorTokens:
         #: repositories the token service itself refused the mirror: (when, 401 or 403)
         self._denied: LruDict[tuple[str, str], tuple[float, int]] = LruDict(capacity)
         #: token requests in flight, one per (upstream, repository); as many as clients waiting
-        self._fetching: dict[tuple[str, str], asyncio.Task[str | UpstreamError]] = {}
-        self.followers_joined = 0  # misses that waited for another's token request
+        self._fetching: Coalesced[tuple[str, str], str] = Coalesced(UpstreamError)
 
     def __len__(self) -> int:
         """Repositories the mirror remembers something about (a token, a refusal)."""
@@ -105,35 +103,29 @@ class MirrorTokens:
         token = await self._shared_fetch(upstream, repository, challenge.service)
         return [("Authorization", f"Bearer {token}")]
 
+    @property
+    def followers_joined(self) -> int:
+        """Misses that waited for another's token request instead of sending their own."""
+        return self._fetching.joined
+
     async def _shared_fetch(self, upstream: Upstream, repository: str, service: str | None) -> str:
         """The token of the request in flight for ``repository``, started if none is."""
         key = (upstream.host, repository)
-        fetching = self._fetching.get(key)
-        if fetching is None:
-            fetch = self._fetch_and_keep(key, upstream, repository, service)
-            fetching = self._fetching[key] = spawn(f"token {upstream.host} {repository}", fetch)
-        else:
-            self.followers_joined += 1
-        result = await asyncio.shield(fetching)
-        if isinstance(result, UpstreamError):
-            raise result
-        return result
+        name = f"token {upstream.host} {repository}"
+        return await self._fetching.run(
+            key, name, lambda: self._fetch_and_keep(key, upstream, repository, service)
+        )
 
     async def _fetch_and_keep(
         self, key: tuple[str, str], upstream: Upstream, repository: str, service: str | None
-    ) -> str | UpstreamError:
-        """One token request; kept on success. A failure is handed to the waiters (returned,
-        so the task does not log it as a crash) and forgotten."""
+    ) -> str:
+        """One token request; the token kept, a refusal remembered a while."""
         try:
             token, expires_in = await self._fetch(upstream, repository, service)
         except TokenRefused as exc:
             self._denied.set(key, (time.monotonic(), exc.status))
             self.mark_refused(upstream, repository)
-            return exc
-        except UpstreamError as exc:
-            return exc
-        finally:
-            del self._fetching[key]
+            raise
         self._tokens.set(key, (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token))
         return token
 
