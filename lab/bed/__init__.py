@@ -80,6 +80,18 @@ class Bed:
         self.tokens.lifetime = TOKEN_LIFETIME
         self.front.reset_ratelimit()
 
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """Registry front, CDN and token server all down; all back up afterwards."""
+        servers = (self.front, self.cdn, self.tokens)
+        for server in servers:
+            server.stop()
+        try:
+            yield
+        finally:
+            for server in servers:
+                server.start()
+
     def token(self, *scopes: str, user: str | None = None, password: str | None = None) -> str:
         """A token straight from the bed's token server (not through the mirror)."""
         auth = (user, password or "") if user is not None else None

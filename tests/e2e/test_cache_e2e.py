@@ -27,8 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,19 +127,6 @@ def cached_mirror(start_mirror: StartMirror, cache: Path, *settings: str) -> Mir
     for setting in settings:
         args += ["--set", setting]
     return start_mirror(*args)
-
-
-@contextmanager
-def upstream_outage(bed: Bed) -> Iterator[None]:
-    """Registry front, CDN and token server all down; all back up afterwards."""
-    servers = (bed.front, bed.cdn, bed.tokens)
-    for server in servers:
-        server.stop()
-    try:
-        yield
-    finally:
-        for server in servers:
-            server.start()
 
 
 # --- helpers: the registry API through the mirror (httpx) ------------------------------------
@@ -271,7 +257,7 @@ def test_second_docker_pull_with_upstream_and_token_server_down(
         docker_rmi(daemon, ref)
         served_before = mirror_blob_gets(mirror, image.repo)
 
-        with upstream_outage(bed):
+        with bed.outage():
             docker_pull(daemon, ref, egress)
             assert docker_run_cat(daemon, ref) == image.content
 
@@ -457,7 +443,7 @@ def test_private_content_is_not_served_to_anonymous_by_another_name_or_offline(
 
         probe(MULTI, bearer(client, MULTI), "upstream up, public name")
         probe(MULTI, {"Accept": ACCEPT}, "upstream up, public name, no token")
-        with upstream_outage(bed):
+        with bed.outage():
             for repo in (MULTI, PRIVATE):
                 probe(repo, bearer(client, repo), f"upstream down, {repo}")
                 probe(repo, {"Accept": ACCEPT}, f"upstream down, {repo}, no token")

@@ -28,7 +28,6 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,19 +127,6 @@ def cat_test_file(appliance: Appliance, image: TestImage) -> str:
     ref = f"{image.short_repo}:{image.tag}"
     argv = ["run", "--rm", "--network", "none", ref, "cat", "/docxy-test.txt"]
     return appliance.daemon.docker(*argv, check=True).stdout
-
-
-@contextmanager
-def upstream_outage(bed: Bed) -> Iterator[None]:
-    """Registry front, CDN and token server all down; all back up afterwards."""
-    servers = (bed.front, bed.cdn, bed.tokens)
-    for server in servers:
-        server.stop()
-    try:
-        yield
-    finally:
-        for server in servers:
-            server.start()
 
 
 def stop_cleanly(container: Container) -> str:
@@ -293,7 +279,7 @@ def test_pull_through_the_container_then_from_its_cache_volume_after_restart(
             assert container.docker("restart", "--time", STOP_GRACE, container.name).returncode == 0
             wait_serving(container, port)
             appliance.daemon.docker("rmi", f"{image.short_repo}:{image.tag}", check=True)
-            with upstream_outage(bed):
+            with bed.outage():
                 docker_pull(appliance, image)  # nothing upstream answers: the volume serves
                 assert cat_test_file(appliance, image) == image.content
 
