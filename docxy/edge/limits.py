@@ -93,13 +93,3 @@ class Buckets:
 def retry_after(seconds: float) -> str:
     """``Retry-After`` in whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a request is refused at the edge: a status, an error code and a message."""
-
-    status: int
-    code: str
-    message: str
-    retry_after: float | None = None
