@@ -29,7 +29,6 @@ descriptor limit.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import fcntl
 import json
 import logging
@@ -43,6 +42,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, Event, RawData
 
 from docxy.access.peer import PeerCertTCPServer
+from docxy.heap import malloc_trim
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +194,6 @@ def _trim_soon(loop: asyncio.AbstractEventLoop) -> None:
     if _trim is not None:
         _trim.cancel()
     _trim = loop.call_later(TRIM_DELAY, malloc_trim)
-
-
-def malloc_trim() -> bool:
-    """glibc's ``malloc_trim(0)``: free heap pages back to the system; False if not glibc."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
 
 
 def _kernel_queue(sock: object) -> int:

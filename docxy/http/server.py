@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -22,6 +20,7 @@ from docxy.core.errors import ConfigError
 from docxy.edge import connections, h2c
 from docxy.edge.admission import Admission
 from docxy.edge.framing import Framing
+from docxy.heap import tune_malloc
 from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
@@ -172,39 +171,6 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
     else:
         hc.edge = connections.ConnectionGuard(1 << 62, limits.send_timeout)
     return hc
-
-
-M_ARENA_MAX = -8  # glibc mallopt parameters
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-#: Buffers under this size come from the heap, not from a fresh mmap each (see below).
-MMAP_THRESHOLD = 8 * 1024 * 1024
-#: Free memory at the top of the heap kept for the next buffers instead of handed back.
-TRIM_THRESHOLD = 16 * 1024 * 1024
-
-
-def tune_malloc(arenas: int = 2) -> bool:
-    """Set glibc's malloc up for a process that moves megabyte buffers; False if not glibc.
-
-    - At most ``arenas`` arenas: each worker thread otherwise gets its own arena that keeps
-      freed chunk buffers; with many concurrent downloads that is most of the resident memory
-      (as ``MALLOC_ARENA_MAX``, which must be set before the process starts).
-    - Fixed mmap and trim thresholds: with glibc's moving ones, the megabyte of TLS output
-      each chunk of a blob becomes was mapped, faulted in page by page and handed back again,
-      on the event loop: about a tenth of a cold pull's CPU over HTTPS (measured 2.4 -> 2.0
-      CPU-s/GiB on one core). ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the
-      environment win over these.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False  # not glibc
-    done = bool(mallopt(M_ARENA_MAX, arenas))
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and done
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        done = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and done
-    return done
 
 
 async def run(config: Config) -> None:

@@ -22,7 +22,7 @@ PROBE = textwrap.dedent(
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
     if sys.argv[1] == "tuned":
-        from docxy.http.server import tune_malloc
+        from docxy.heap import tune_malloc
         assert tune_malloc()
     before = libc.mallinfo2().hblks
     buffer = bytearray(2 * 1024 * 1024)
