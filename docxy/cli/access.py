@@ -25,11 +25,9 @@ from docxy.access.keys import KeyRing
 from docxy.access.users import UsersFile, UsersFileError
 from docxy.cli.options import add_config_arguments
 from docxy.config import Config
-from docxy.core.errors import ConfigError
 
 Loader = Callable[[argparse.Namespace], Config]
 EXIT_FAIL = 1
-EXIT_USAGE = 2
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,11 +65,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace, load: Loader) -> int:
-    try:
-        config = load(args)
-    except ConfigError as exc:
-        print(f"docxy: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    config = load(args)  # a ConfigError is docxy's (main) to report
     try:
         if args.group == "users":
             return _users(args, UsersFile(config.auth.users_file))

@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 from docxy.cli.options import add_config_arguments
 from docxy.config import Config, HostPort
-from docxy.core.errors import ConfigError
 
-EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_UNHEALTHY = 0, 1
 DEFAULT_TIMEOUT = 5.0
 
 ConfigLoader = Callable[[argparse.Namespace], Config]
@@ -59,11 +58,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
-    try:
-        config = load_config(args)
-    except ConfigError as exc:
-        print(f"docxy: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    config = load_config(args)  # a ConfigError is docxy's (main) to report
     healthy, said = probe(local_url(config.server.listen), args.timeout)
     print(said, file=sys.stdout if healthy else sys.stderr)
     return EXIT_OK if healthy else EXIT_UNHEALTHY

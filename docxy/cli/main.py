@@ -117,12 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    # cache, warm, users, clients, tokens and health load the config themselves
     handler = getattr(args, "handler", None)
-    if (
-        handler is not None
-    ):  # cache, warm, certs, users, clients, tokens: they load the config themselves
-        return int(handler(args, config_from_args))
     try:
+        if handler is not None:
+            return int(handler(args, config_from_args))
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"docxy: config error: {exc}", file=sys.stderr)
