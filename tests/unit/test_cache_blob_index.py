@@ -6,43 +6,27 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from docxy.cache.blobs import DiskBlobStore, Walked
+from docxy.cache.blobs import DiskBlobStore
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
-from tests.unit.test_cache_blobs import GUARD, blob, guard, make_store, put, read
-
-
-@dataclass
-class HeldWalk:
-    """``DiskBlobStore._walk`` held until :attr:`release` is set (set at first)."""
-
-    release: threading.Event = field(default_factory=threading.Event)
-    threads: list[int] = field(default_factory=list)
-    held: list[bool] = field(default_factory=list)
+from tests.unit.held import Held, hold
+from tests.unit.test_cache_blobs import blob, guard, make_store, put, read
 
 
 @pytest.fixture
-def held_walk(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldWalk]:
-    held = HeldWalk()
+def held_walk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
+    """``DiskBlobStore._walk`` held until ``release`` is set (set at first)."""
+    held = hold(monkeypatch, DiskBlobStore, "_walk")
     held.release.set()
-    walk = DiskBlobStore._walk
-
-    def slow(store: DiskBlobStore) -> Walked:
-        held.threads.append(threading.get_ident())
-        held.held.append(held.release.wait(GUARD))
-        return walk(store)
-
-    monkeypatch.setattr(DiskBlobStore, "_walk", slow)
     yield held
     held.release.set()
 
 
-async def restarted(tmp_path: Path, held: HeldWalk) -> tuple[DiskBlobStore, list[bytes]]:
+async def restarted(tmp_path: Path, held: Held) -> tuple[DiskBlobStore, list[bytes]]:
     """A store holding three 300-byte blobs, the first the least recently used, reopened with
     its index read held."""
     store = make_store(tmp_path, max_size=1000)
@@ -55,9 +39,7 @@ async def restarted(tmp_path: Path, held: HeldWalk) -> tuple[DiskBlobStore, list
     return make_store(tmp_path, max_size=1000), data
 
 
-async def test_blobs_are_served_while_the_index_is_read(
-    tmp_path: Path, held_walk: HeldWalk
-) -> None:
+async def test_blobs_are_served_while_the_index_is_read(tmp_path: Path, held_walk: Held) -> None:
     store, (first, second, third) = await restarted(tmp_path, held_walk)
     assert await read(store, digest_of(second)) == second  # one stat finds it
     assert store.usage().entries == 1  # what is known so far; never waits (/health)
@@ -71,7 +53,7 @@ async def test_blobs_are_served_while_the_index_is_read(
     assert threading.get_ident() not in held_walk.threads
 
 
-async def test_eviction_waits_for_the_whole_index(tmp_path: Path, held_walk: HeldWalk) -> None:
+async def test_eviction_waits_for_the_whole_index(tmp_path: Path, held_walk: Held) -> None:
     store, data = await restarted(tmp_path, held_walk)
     assert await read(store, digest_of(data[2])) == data[2]  # the only blob known early
     # 300 known + 800 more passes the cap: an eviction starts, and waits for the index.

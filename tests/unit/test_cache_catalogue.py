@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from docxy.cache import Cache, ImageKey, ManifestStore, RepoKey, TagState, open_cache
-from docxy.cache.manifests import Scanned
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
+from tests.unit.held import Held, hold
 from tests.unit.test_cache_blobs import GUARD, put
 from tests.unit.test_cache_eviction import cached_image, layer, manifest, offered_whole
 
@@ -23,26 +22,10 @@ CAP = 1000
 OCI = "application/vnd.oci.image.manifest.v1+json"
 
 
-@dataclass
-class HeldScan:
-    """``ManifestStore._scan`` held until :attr:`release` is set."""
-
-    release: threading.Event = field(default_factory=threading.Event)
-    threads: list[int] = field(default_factory=list)
-    held: list[bool] = field(default_factory=list)
-
-
 @pytest.fixture
-def held_scan(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldScan]:
-    held = HeldScan()
-    scan = ManifestStore._scan
-
-    def slow(store: ManifestStore) -> Scanned:
-        held.threads.append(threading.get_ident())
-        held.held.append(held.release.wait(GUARD))
-        return scan(store)
-
-    monkeypatch.setattr(ManifestStore, "_scan", slow)
+def held_scan(monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
+    """``ManifestStore._scan`` held until ``release`` is set."""
+    held = hold(monkeypatch, ManifestStore, "_scan")
     yield held
     held.release.set()
 
@@ -60,9 +43,7 @@ def key_of(cache: Cache, layers: list[bytes]) -> ImageKey:
     return ImageKey(upstream, digest_of(manifest(layers)))
 
 
-async def test_tags_are_served_while_the_catalogue_is_read(
-    tmp_path: Path, held_scan: HeldScan
-) -> None:
+async def test_tags_are_served_while_the_catalogue_is_read(tmp_path: Path, held_scan: Held) -> None:
     root = tmp_path / "cache"
     held_scan.release.set()
     before = await populated(root)
@@ -88,7 +69,7 @@ async def test_tags_are_served_while_the_catalogue_is_read(
     assert await offered_whole(cache, old) is True
 
 
-async def test_eviction_waits_for_the_catalogue(tmp_path: Path, held_scan: HeldScan) -> None:
+async def test_eviction_waits_for_the_catalogue(tmp_path: Path, held_scan: Held) -> None:
     root = tmp_path / "cache"
     held_scan.release.set()
     before = await populated(root)

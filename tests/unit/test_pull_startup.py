@@ -6,14 +6,15 @@ import asyncio
 from pathlib import Path
 
 from docxy.tasks import spawn
-from tests.unit.test_cache_catalogue import HeldScan, held_scan
+from tests.unit.held import Held
+from tests.unit.test_cache_catalogue import held_scan
 from tests.unit.test_pull_blobs import BLOB, DIGEST, Upstream, cached_blobs, mirror
 
 __all__ = ["held_scan"]  # the fixture, used by name below
 
 
 async def test_a_blob_asked_for_while_the_catalogue_is_read_does_not_stop_the_loop(
-    tmp_path: Path, held_scan: HeldScan
+    tmp_path: Path, held_scan: Held
 ) -> None:
     upstream = Upstream()
     account = {"upstream__username": "bot", "upstream__password": "s3cret"}
