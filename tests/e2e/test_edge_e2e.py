@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from docxy.edge.connections import TRIM_DELAY
 from lab.bed import Bed
 from lab.bed.images import generated_chunks
 from lab.mirror import Mirror
@@ -171,13 +172,17 @@ def test_non_reading_clients_are_closed_and_memory_stays_flat(
     mirror = start_mirror("--set", "limits.send_timeout=2", "--set", "limits.idle_timeout=600")
     digest, headers = cached_big_blob(bed, mirror, 32 * MiB)
     path = f"/v2/{BIG}/blobs/{digest}"
-    baseline_fds = fd_count(mirror)
-    non_reading_round(mirror, path, headers, 40)  # the allocator's first working set
-    warm_rss = rss(mirror)
-    for _ in range(3):
+    baseline_fds, baseline_rss = fd_count(mirror), rss(mirror)
+    for _ in range(4):
         non_reading_round(mirror, path, headers, 40)
     assert fd_count(mirror) <= baseline_fds + 5
-    assert rss(mirror) <= warm_rss + 16 * MiB, (warm_rss, rss(mirror))
+    # Dropped connections' buffers are given back TRIM_DELAY after the last one is cut (and a
+    # round may end with a few still being torn down). With the trim off: +48 MiB, 3 runs of 3.
+    bound = baseline_rss + 16 * MiB
+    assert eventually(lambda: rss(mirror) <= bound, deadline=10 * TRIM_DELAY), (
+        baseline_rss,
+        rss(mirror),
+    )
     assert mirror.log_text(10**7).count("closing stalled") >= 4 * 40
     assert "Traceback" not in mirror.log_text(10**7)
 
