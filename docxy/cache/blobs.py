@@ -8,9 +8,16 @@ index is looked up on disk), and recency survives restarts as the files' mtime.
 Eviction asks the manifest store (:attr:`DiskBlobStore.catalog`) which images need which blobs
 and evicts as :func:`docxy.cache.images.plan_eviction` says: blobs no image needs first, then
 whole images, least recently pulled first. Without a catalogue it is plain LRU. It starts when
-the cache (with the fills it will keep) passes ``max_size`` and frees down to :func:`low_water`,
-so the plan over the whole catalogue is made once per that many bytes, in a worker thread over a
-snapshot; the event loop only applies it, a chunk at a time, re-checking each blob as it goes.
+a fill needs room that committed blobs and the other fills' reservations leave no more of under
+``max_size``, and frees down to :func:`low_water`, so the plan over the whole catalogue is made
+once per that many bytes, in a worker thread over a snapshot; the event loop only applies it, a
+chunk at a time, re-checking each blob as it goes.
+
+The cap is a promise about the disk: a fill reserves its length (the upstream's Content-Length,
+or its bytes as they come when there is none) before writing, committed blobs, reservations and
+evicted files not yet deleted together never pass ``max_size``, and a fill that gets no room
+(larger than the cache, or the rest is pinned or needed) is not written at all: it ends with
+:class:`NoRoom` and the route passes the blob through.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from docxy.cache.errors import BlobInUse, CacheUnwritable
+from docxy.cache.errors import BlobInUse, CacheUnwritable, NoRoom
 from docxy.cache.fill import (
     PUMP_BUFFER,
     PUMP_DEPTH,
@@ -61,6 +68,13 @@ WRITE_FAILURE_BACKOFF = 60.0
 #: Eviction frees down to this share of ``max_size``, but never more than LOW_WATER_GAP below it.
 LOW_WATER = 0.9
 LOW_WATER_GAP = 8 * 1024**3
+#: A fill that needs room waits for at most this many evictions, each this many seconds at most.
+ROOM_ATTEMPTS = 2
+ROOM_WAIT = 30.0
+#: Seconds a blob that found no room passes straight through (larger than the cache: always).
+NO_ROOM_BACKOFF = 60.0
+#: Blobs remembered as having found no room, least recently added forgotten first.
+NO_ROOM_MEMORY = 1024
 #: Plans made again when an image it would forget was pulled while it was being made.
 PLAN_ATTEMPTS = 3
 #: Blobs an eviction takes off their names between two turns of the event loop (a rename
@@ -94,6 +108,7 @@ class Usage:
     max_size: int
     in_flight: int
     pinned: int
+    reserved: int = 0  # bytes the running fills may still grow to, counted against max_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +155,10 @@ class DiskBlobStore:
         self._total = 0
         self._fills: dict[Digest, InFlight] = {}
         self._in_flight = 0
+        self._reserved = 0  # by the running fills (InFlight.reserved), counted against the cap
+        self._wanted = 0  # by fills waiting for room: eviction frees enough for them too
+        self._trash = 0  # evicted bytes still on disk, being deleted in a worker thread
+        self._no_room: OrderedDict[Digest, tuple[float, str]] = OrderedDict()  # until, why
         self._pins: Counter[Digest] = Counter()
         self._write_failed_logged = False
         #: When writing a fill last failed (disk full...): the routes pass misses through a while.
@@ -331,7 +350,8 @@ class DiskBlobStore:
         A hit gives a reader; a fill in flight gives a follower; otherwise the temp file is
         made first, then a named task runs ``fetch`` and tees it into the cache (see
         :func:`run_fill`), and the caller follows that fill. Raises :class:`CacheUnwritable`
-        when no temp file can be made, or writing failed lately: nothing is fetched then.
+        when no temp file can be made, or writing failed lately, and :class:`NoRoom` when this
+        blob found no room lately: nothing is fetched then.
         """
         fill = self._fills.get(digest)
         if fill is not None and fill.state is FillState.WRITING:
@@ -342,6 +362,7 @@ class DiskBlobStore:
         failed = self.write_failed_at
         if failed is not None and time.monotonic() - failed < WRITE_FAILURE_BACKOFF:
             raise CacheUnwritable("the cache failed to write lately")
+        self._check_room_lately(digest)
         writer = self._start_fill(digest)
         if not writer.caching:
             reason = writer.fill.reason
@@ -399,23 +420,74 @@ class DiskBlobStore:
 
     # FillHost: called by writers.
 
+    async def reserve(self, fill: InFlight, nbytes: int) -> None:
+        """Count ``nbytes`` more of ``fill`` against ``max_size`` before they are written,
+        evicting first if they do not fit (waiting for at most ``ROOM_ATTEMPTS`` evictions).
+
+        Raises :class:`NoRoom` if the blob is larger than the cache, or the room cannot be
+        made (what is left is pinned by readers and fills, or needed by images still offered);
+        the blob then passes straight through for a while (see :meth:`_check_room_lately`).
+        """
+        wanted = fill.reserved + nbytes
+        if wanted > self.max_size:
+            reason = f"{wanted} bytes or more, larger than the whole cache ({self.max_size})"
+            raise self._found_no_room(fill.digest, reason, float("inf"))
+        await self.indexed()  # the cap counts every committed blob
+        self._wanted += nbytes
+        try:
+            for _ in range(ROOM_ATTEMPTS):
+                if self._room() >= nbytes:
+                    break
+                await asyncio.wait([self._start_eviction()], timeout=ROOM_WAIT)
+        finally:
+            self._wanted -= nbytes
+        if self._room() < nbytes:
+            reason = (
+                f"no room for {nbytes} more bytes: {self._total} committed and {self._reserved}"
+                f" reserved by running fills of {self.max_size}, the rest in use"
+            )
+            raise self._found_no_room(fill.digest, reason, time.monotonic() + NO_ROOM_BACKOFF)
+        if self._fills.get(fill.digest) is fill and fill.state is FillState.WRITING:
+            fill.reserved += nbytes
+            self._reserved += nbytes
+
+    def _room(self) -> int:
+        """Bytes a fill may still reserve: the cap less committed, reserved and trashed bytes."""
+        return self.max_size - self._total - self._reserved - self._trash
+
+    def _found_no_room(self, digest: Digest, reason: str, until: float) -> NoRoom:
+        log.info("cache: %s not cached, %s; passed through", digest, reason)
+        self._no_room[digest] = (until, reason)
+        self._no_room.move_to_end(digest)
+        while len(self._no_room) > NO_ROOM_MEMORY:
+            self._no_room.popitem(last=False)
+        return NoRoom(f"not cached: {reason}")
+
+    def _check_room_lately(self, digest: Digest) -> None:
+        """Raise :class:`NoRoom` if ``digest`` found no room lately (or is larger than the
+        cache): its clients pass it through without the mirror fetching it first."""
+        lately = self._no_room.get(digest)
+        if lately is None:
+            return
+        until, reason = lately
+        if time.monotonic() < until:
+            raise NoRoom(f"not cached: {reason}")
+        del self._no_room[digest]
+
     def fill_grew(self, fill: InFlight, nbytes: int) -> None:
-        """Count a running fill's bytes; past ``max_size``, start evicting in the background."""
+        """Count a running fill's bytes (within its reservation)."""
         self._in_flight += nbytes
-        if self._fits(fill) and self._kept_bytes() > self.max_size:
-            self._start_eviction()
 
     def _kept_bytes(self) -> int:
-        """Committed blobs and the bytes so far of fills that will be kept."""
-        return self._total + sum(f.written for f in self._fills.values() if self._fits(f))
-
-    def _fits(self, fill: InFlight) -> bool:
-        return max(fill.written, fill.size or 0) <= self.max_size
+        """Committed blobs, the fills' reservations and the room fills wait for."""
+        return self._total + self._reserved + self._wanted
 
     def fill_ended(self, fill: InFlight) -> None:
         if self._fills.get(fill.digest) is fill:
             del self._fills[fill.digest]
             self._in_flight -= fill.written
+            self._reserved -= fill.reserved
+            fill.reserved = 0
 
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None:
         self.write_failed_at = time.monotonic()
@@ -423,29 +495,17 @@ class DiskBlobStore:
         self._write_failed_logged = True
         log.log(level, "cache: cannot write %s (%s); serving it uncached", fill.digest, exc)
 
-    async def make_room(self, fill: InFlight) -> None:
-        """Before a commit: wait until the verified fill fits under ``max_size``, evicting (at
-        most twice) if it does not yet. It may still not fit: pinned blobs cannot go."""
-        if fill.written > self.max_size:
-            return
-        for _ in range(2):
-            if self._total + fill.written <= self.max_size:
-                return
-            await asyncio.wait([self._start_eviction()])  # a cancelled commit leaves it running
-
     def fill_committed(self, fill: InFlight) -> BlobEntry | None:
-        """Move a verified, synced temp file into place if it fits under ``max_size``."""
+        """Move a verified, synced temp file into place: its reservation becomes its size."""
         size = fill.written
         self.fill_ended(fill)
         old = self._index.get(fill.digest)
         if old is not None:  # stored meanwhile by another process: same verified bytes
             _unlink(fill.tmp_path)
             return old
-        if size > self.max_size or self._total + size > self.max_size:
-            log.info("cache: %s (%d bytes) does not fit, not kept", fill.digest, size)
+        if self._total + size > self.max_size:  # cannot be, as it had reserved its size
+            log.warning("cache: %s (%d bytes) does not fit, not kept", fill.digest, size)
             _unlink(fill.tmp_path)
-            if size <= self.max_size:
-                self._start_eviction()  # a commit that did not wait for room (see make_room)
             return None
         path = self.path_of(fill.digest)
         now = time.time_ns()
@@ -515,19 +575,25 @@ class DiskBlobStore:
         if catalog is not None and plan.images:
             await catalog.evict_images(plan.images)  # with any index above them
         trash: list[Path] = []
-        for entries in _chunks(plan.blobs):
-            for planned in entries:
-                entry = self._index.get(planned.digest)
-                if entry is None or self._pins[entry.digest]:
-                    continue
-                if catalog is not None and catalog.needed(entry.digest):
-                    continue
-                dropped = self._drop(entry)
-                if dropped is not None:
-                    trash.append(dropped)
-            await asyncio.sleep(0)
-        if trash:
-            await asyncio.to_thread(_unlink_all, trash)
+        trashed = 0  # evicted bytes still on disk: no fill may count on them yet
+        try:
+            for entries in _chunks(plan.blobs):
+                for planned in entries:
+                    entry = self._index.get(planned.digest)
+                    if entry is None or self._pins[entry.digest]:
+                        continue
+                    if catalog is not None and catalog.needed(entry.digest):
+                        continue
+                    dropped = self._drop(entry)
+                    if dropped is not None:
+                        trash.append(dropped)
+                        trashed += entry.size
+                        self._trash += entry.size
+                await asyncio.sleep(0)
+            if trash:
+                await asyncio.to_thread(_unlink_all, trash)
+        finally:
+            self._trash -= trashed
 
     def _drop(self, entry: BlobEntry) -> Path | None:
         """Take an evicted blob out of the index and off its name; returns where it now is, in
@@ -575,7 +641,14 @@ class DiskBlobStore:
     def usage(self) -> Usage:
         """Never waits: while the index is being read, what is known so far (/health)."""
         self._index_read()
-        return Usage(len(self._index), self._total, self.max_size, self._in_flight, len(self._pins))
+        return Usage(
+            len(self._index),
+            self._total,
+            self.max_size,
+            self._in_flight,
+            len(self._pins),
+            self._reserved,
+        )
 
     def remove(self, digest: Digest) -> bool:
         """Delete a committed blob; False if absent. Raises :class:`BlobInUse` while pinned."""

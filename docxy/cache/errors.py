@@ -5,6 +5,7 @@
     │   ├── SizeMismatch
     │   └── DigestMismatch
     ├── FillAborted                   a follower's writer gave up (cut upstream, bad bytes, disk)
+    │   └── NoRoom                    no room under cache.max_size for it: pass through
     ├── FetchFailed                   the upstream half of a fill could not start a download
     ├── CacheUnwritable               no temp file can be made (disk full...): pass through
     ├── FillClosed                    a writer was used after commit/abort
@@ -33,6 +34,11 @@ class DigestMismatch(VerifyError):
 
 class FillAborted(CacheError):
     """The writer of a blob a follower was streaming aborted; the follower's client must be cut."""
+
+
+class NoRoom(FillAborted):
+    """The blob cannot be kept under ``cache.max_size`` (larger than the cache, or the rest is in
+    use and cannot be evicted): nothing is written past the cap; the caller passes it through."""
 
 
 class FetchFailed(CacheError):

@@ -3,8 +3,9 @@
 The writer appends upstream bytes to a temp file while hashing them; followers read the same temp
 file as it grows (through their own descriptor, so the atomic rename at commit does not disturb
 them) and wait on the fill for more bytes, for the commit, or for an abort. :func:`run_fill` is
-the whole download in one pass: fetch, announce the length, tee into the temp file, verify,
-commit; the store runs it as a named task (``DiskBlobStore.fill``).
+the whole download in one pass: fetch, reserve and announce the length, tee into the temp file,
+verify, commit; the store runs it as a named task (``DiskBlobStore.fill``). The temp file never
+grows past the room the store reserved for it (see :meth:`BlobWriter.reserve`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
-from docxy.cache.errors import DigestMismatch, FetchFailed, FillAborted, FillClosed, SizeMismatch
+from docxy.cache.errors import (
+    DigestMismatch,
+    FetchFailed,
+    FillAborted,
+    FillClosed,
+    NoRoom,
+    SizeMismatch,
+)
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.core.digests import Digest
 from docxy.threads import in_own_thread
@@ -56,7 +64,7 @@ class FillState(enum.Enum):
 class FillHost(Protocol):
     """What a fill needs from the store that owns it."""
 
-    async def make_room(self, fill: InFlight) -> None: ...
+    async def reserve(self, fill: InFlight, nbytes: int) -> None: ...
     def fill_committed(self, fill: InFlight) -> BlobEntry | None: ...
     def fill_ended(self, fill: InFlight) -> None: ...
     def fill_grew(self, fill: InFlight, nbytes: int) -> None: ...
@@ -98,6 +106,10 @@ class InFlight:
     size: int | None = None
     size_known: bool = False
     reason: str = ""
+    #: Bytes the store counts against ``max_size`` for this fill; ``written`` never passes it.
+    reserved: int = 0
+    #: Aborted because the cache had no room for it: its followers pass it through.
+    no_room: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -111,6 +123,8 @@ class InFlight:
 
     def check_not_aborted(self) -> None:
         if self.state is FillState.ABORTED:
+            if self.no_room:
+                raise NoRoom(self.reason)
             raise FillAborted(f"fill of {self.digest} aborted: {self.reason}")
 
 
@@ -183,6 +197,8 @@ class BlobWriter:
             return
         chunks, nbytes = self._pending, self._pending_len
         self._pending, self._pending_len = [], 0
+        if self.caching:
+            await self.reserve(self.fill.written + nbytes)  # else: written uncached
         loop = asyncio.get_running_loop()
         io = loop.run_in_executor(None, self._hash_and_write, chunks, self._fd)
         try:
@@ -204,6 +220,26 @@ class BlobWriter:
             self._host.fill_grew(self.fill, nbytes)
             self.fill.notify()
             self._start_sync_behind()
+
+    async def reserve(self, total: int) -> bool:
+        """Whether the temp file may grow to ``total`` bytes: within the fill's reservation, or
+        reserved from the store now (which may evict first). A fill of unknown length reserves
+        as its bytes arrive. If not, the fill stops caching and its followers are cut: more
+        bytes than announced (``commit`` then raises :class:`SizeMismatch`), or no room (they
+        raise :class:`NoRoom` and pass the blob through). Nothing is ever written past it."""
+        fill = self.fill
+        if total <= fill.reserved:
+            return self.caching
+        if fill.size_known and fill.size is not None and total > fill.size:
+            self._close_and_discard(f"upstream sent more than the {fill.size} bytes it announced")
+            return False
+        try:
+            await self._host.reserve(fill, total - fill.reserved)
+        except NoRoom as exc:
+            fill.no_room = True
+            self._close_and_discard(str(exc))
+            return False
+        return self.caching
 
     async def pump(self, body: BodySource) -> None:
         """Read ``body`` to its end in a thread of its own that writes every read, while a
@@ -244,8 +280,10 @@ class BlobWriter:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """The reading thread of :meth:`pump`: read, write, tell the loop, pass the buffer to
-        the hashing thread; repeat. Returns once everything read is hashed."""
+        the hashing thread; repeat. Returns once everything read is hashed, or early when the
+        fill may not grow (no room, more than announced: see :meth:`reserve`)."""
         fd = self._fd
+        written = self.fill.written  # by this thread's writes; the loop hears of them later
         free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(PUMP_DEPTH):
             free.put(bytearray(size))
@@ -266,6 +304,8 @@ class BlobWriter:
                     if not nbytes:
                         break
                     self._count += nbytes
+                    if fd is not None and not self._reserved_from_thread(written + nbytes, loop):
+                        break  # the fill is over: reading on would serve nobody
                     if fd is not None:
                         try:
                             write_all(fd, [chunk[:nbytes]])
@@ -273,6 +313,7 @@ class BlobWriter:
                             fd = None  # the loop closes it in _stop_caching: no more writes
                             loop.call_soon_threadsafe(self._stop_caching, exc)
                         else:
+                            written += nbytes
                             loop.call_soon_threadsafe(self._grew, nbytes)
                 hashing.put((buffer, nbytes))
         finally:
@@ -280,6 +321,12 @@ class BlobWriter:
             hasher.join()
         if failed:
             raise FillAborted(f"hashing {self.digest} failed: {failed[0]!r}") from failed[0]
+
+    def _reserved_from_thread(self, total: int, loop: asyncio.AbstractEventLoop) -> bool:
+        """:meth:`reserve`, from the pump's thread: asks the loop only past the reservation."""
+        if total <= self.fill.reserved:
+            return True
+        return asyncio.run_coroutine_threadsafe(self.reserve(total), loop).result()
 
     def _start_sync_behind(self) -> None:
         """Flush what is written so far in the background, one sync at a time.
@@ -346,7 +393,6 @@ class BlobWriter:
             self._finish()
             return None
         self.fill.size, self.fill.size_known = self._count, True
-        await self._host.make_room(self.fill)
         entry = self._host.fill_committed(self.fill)
         self.fill.state = FillState.COMMITTED
         self._finish()
@@ -481,12 +527,18 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             writer.abort(str(exc))
             return
         try:
+            if download.size is not None and not await writer.reserve(download.size):
+                return  # no room: the followers pass it through (the store said why)
             writer.announce(download.size)
             if download.body is not None:
                 await writer.pump(download.body)
             elif download.chunks is not None:
                 async for chunk in download.chunks:
                     await writer.write(chunk)
+                    if writer.fill.no_room:
+                        break
+            if writer.fill.no_room:
+                return  # a blob of unknown length outgrew the room the cache could make
             if await writer.commit(download.size) is not None:
                 log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
         except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why

@@ -19,7 +19,7 @@ from functools import partial
 from typing import NoReturn
 
 from docxy.cache.blobs import DiskBlobStore
-from docxy.cache.errors import CacheUnwritable, FetchFailed, FillAborted
+from docxy.cache.errors import CacheUnwritable, FetchFailed, FillAborted, NoRoom
 from docxy.cache.fill import BlobFollower, Download
 from docxy.cache.pairings import BlobPairings
 from docxy.cache.reader import BlobReader
@@ -75,10 +75,11 @@ class BlobService:
         release = None if self.store.filling(digest) else self.permits.acquire()
         try:
             stream = await self.store.fill(digest, partial(self._permitted, pull, release))
-        except CacheUnwritable as exc:
+        except (CacheUnwritable, NoRoom) as exc:
             if release is not None:
                 release()
-            return PassThrough(Reason.CACHE_UNWRITABLE, str(exc))
+            full = isinstance(exc, NoRoom)
+            return PassThrough(Reason.CACHE_FULL if full else Reason.CACHE_UNWRITABLE, str(exc))
         if isinstance(stream, BlobReader) and release is not None:
             release()  # committed while we looked: no fetch of ours
         return await self._follow(pull, digest, stream)
@@ -95,6 +96,9 @@ class BlobService:
                 size = await stream.size()  # our own fetch has confirmed the pairing by now
                 source = Source.MISS
             held = await self._held(pull, digest)
+        except NoRoom as exc:  # before a byte was sent: the blob does not fit under the cap
+            stream.close()
+            return PassThrough(Reason.CACHE_FULL, str(exc))
         except FillAborted as exc:
             stream.close()
             if self.tokens.refused(pull.upstream, pull.name):

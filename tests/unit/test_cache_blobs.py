@@ -27,6 +27,7 @@ from docxy.cache.errors import (
     DigestMismatch,
     FillAborted,
     FillClosed,
+    NoRoom,
     SizeMismatch,
 )
 from docxy.cache.fill import BlobFollower, BlobWriter, FillState
@@ -447,7 +448,7 @@ async def test_follower_pin_survives_eviction_after_commit(tmp_path: Path) -> No
     assert store.usage().bytes == 60 == disk_bytes(store)
 
 
-async def test_blob_larger_than_cache_is_served_not_kept(tmp_path: Path) -> None:
+async def test_blob_larger_than_cache_is_never_written_nor_evicts(tmp_path: Path) -> None:
     store = make_store(tmp_path, max_size=100)
     keep = await put(store, blob(50, 1))
     big = blob(150, 2)
@@ -455,8 +456,10 @@ async def test_blob_larger_than_cache_is_served_not_kept(tmp_path: Path) -> None
     follower = await store.fetch_or_join(digest_of(big))
     assert isinstance(follower, BlobFollower)
     await writer.write(big)
-    assert await writer.commit(150) is None
-    assert await guard(follower.read_all()) == big  # followers still get their bytes
+    assert os.listdir(store.tmp_dir) == []  # not a byte of it on disk
+    assert await writer.commit(150) is None  # still verified, for a caller serving it itself
+    with pytest.raises(NoRoom, match="larger than the whole cache"):  # the route passes it on
+        await guard(follower.read_all())
     assert store.lookup(digest_of(big)) is None
     assert store.lookup(keep) is not None
     assert tmp_files(store) == []
