@@ -543,7 +543,8 @@ class DiskBlobStore:
     async def _evict_to(self, target: int) -> None:
         """Evict until the kept bytes are at most ``target``: blobs no cached image needs first
         (least recently used first), then whole images, least recently pulled first; never a
-        pinned blob, nor one an image that is still offered needs."""
+        pinned blob, nor one an image that is still offered needs. A plan that cannot bring
+        them under ``max_size`` (too much is pinned) evicts nothing: it would make no room."""
         await self.indexed()
         catalog = self.catalog
         if catalog is not None:
@@ -562,6 +563,10 @@ class DiskBlobStore:
             )
             if moved and attempt < PLAN_ATTEMPTS:
                 continue  # an image it forgets was pulled meanwhile: plan again
+            short = self._kept_bytes() - self.max_size - plan.freed
+            if short > 0:  # the fills waiting for room would not get it: keep every image
+                log.info("cache: no room can be made (%d bytes short, the rest in use)", short)
+                return
             await self._apply(plan)
             return
 

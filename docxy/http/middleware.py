@@ -174,12 +174,13 @@ class AccessLog:
             upstream_ms = facts.get("upstream_ms")
             who = identity_of(scope).label()
             log.info(
-                "%s %s %s %d bytes cache=%s upstream=%s total=%.0fms %s%s",
+                "%s %s %s %d bytes cache=%s%s upstream=%s total=%.0fms %s%s",
                 loggable(scope["method"]),
                 loggable(origin_form(scope)["path"]),  # no user:password@host of the target
                 status,
                 sent,
                 facts.get("cache", "-"),
+                f" reason={facts['reason']}" if "reason" in facts else "",  # of a pass-through
                 "-" if upstream_ms is None else f"{upstream_ms:.0f}ms",
                 (time.monotonic() - started) * 1000,
                 outcome,

@@ -242,6 +242,11 @@ class MirrorCollector(Collector):
             "Bytes written so far by the fills in flight.",
             usage.in_flight,
         )
+        yield _gauge(
+            "docxy_cache_reserved_bytes",
+            "Bytes the fills in flight reserved under cache.max_size (their announced length).",
+            usage.reserved,
+        )
         yield _counter(
             "docxy_cache_fills", "Blob fills started (one per digest missed).", store.fills_started
         )

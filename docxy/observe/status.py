@@ -58,6 +58,7 @@ def status_report(observer: Observer) -> dict[str, Any]:
         effect["evictions"] = int(total(samples, "docxy_cache_evictions_total"))
         cache["fills_in_flight"] = int(total(samples, "docxy_cache_fills_in_flight"))
         cache["fill_bytes_in_flight"] = int(total(samples, "docxy_cache_fill_bytes_in_flight"))
+        cache["reserved_bytes"] = int(total(samples, "docxy_cache_reserved_bytes"))
         cache.update(effect)
     else:
         report["cache"] = {"enabled": False, **effect}
@@ -205,6 +206,7 @@ def _cache(cache: dict[str, Any]) -> str:
     rows += [
         ("blobs", str(cache.get("blobs", 0))),
         ("fills in flight", str(cache.get("fills_in_flight", 0))),
+        ("reserved by fills", human_size(int(cache.get("reserved_bytes", 0)))),
         ("coalesced followers", str(cache.get("coalesced_followers", 0))),
         ("evictions", str(cache.get("evictions", 0))),
     ]

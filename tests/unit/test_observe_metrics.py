@@ -158,6 +158,7 @@ async def test_cache_size_fills_followers_and_evictions_are_read_at_scrape_time(
     assert isinstance(writer, BlobWriter)
     followers = [await state.cache.blobs.fetch_or_join(writer.digest) for _ in range(3)]
     assert all(isinstance(f, BlobFollower) for f in followers)
+    assert await writer.reserve(10)  # its room under the cap, before its first byte
 
     seen = scrape(registry)
     assert seen["docxy_cache_size_bytes"] == 1800
@@ -167,12 +168,14 @@ async def test_cache_size_fills_followers_and_evictions_are_read_at_scrape_time(
     assert seen["docxy_cache_evicted_bytes_total"] == 900
     assert seen["docxy_cache_fills_total"] == 4
     assert seen["docxy_cache_fills_in_flight"] == 1
+    assert seen["docxy_cache_reserved_bytes"] == 10
     assert seen["docxy_cache_coalesced_followers_total"] == 2  # the first follower is no join
     for follower in followers:
         assert isinstance(follower, BlobFollower)
         follower.close()
     writer.abort("test over")
-    assert scrape(registry)["docxy_cache_fills_in_flight"] == 0
+    after = scrape(registry)
+    assert (after["docxy_cache_fills_in_flight"], after["docxy_cache_reserved_bytes"]) == (0, 0)
 
 
 def test_no_cache_metrics_when_the_cache_is_off(tmp_path: Path) -> None:

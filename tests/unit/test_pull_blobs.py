@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from quart import Quart
 from docxy.cache import fill
 from docxy.config import load_config
 from docxy.http.app import create_app
+from docxy.http.middleware import AccessLog, Guard
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
 
@@ -134,6 +136,29 @@ async def test_a_full_disk_degrades_to_pass_through(
         assert await second.get_data() == BLOB
     assert cached_blobs(tmp_path) == []
     assert "serving it uncached" in caplog.text
+
+
+async def test_a_blob_larger_than_the_cache_passes_through_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="docxy")
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, cache__max_size="512K", **settings) as app:
+        path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+        for _ in range(2):
+            logged = AccessLog(Guard(app, None))
+            answer = await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
+            assert answer.status == 200
+            assert answer.complete and answer.body == BLOB  # 1 MiB, through, whole
+    assert cached_blobs(tmp_path) == []
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+    # The mirror's own fetch learned the length, then let go: the second request went
+    # straight through (1 + 2 GETs, not 2 + 2).
+    assert upstream.blob_gets == 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert len(lines) == 2 and all("cache=uncached reason=cache-full" in line for line in lines)
+    assert "larger than the whole cache (524288)" in caplog.text
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])

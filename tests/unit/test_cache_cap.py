@@ -1,0 +1,306 @@
+"""``cache.max_size`` as a promise about the disk: fills reserve their length before writing, so
+committed blobs and temp files together never pass it, and a blob that finds no room is not
+written at all (its clients pass it through, with the reason).
+
+The disk is measured for real after every write of every fill (``fill.write_all`` wrapped),
+in whatever thread writes, counting each file once by inode (a rename between two directory
+reads is not counted twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docxy.cache import Cache, open_cache
+from docxy.cache import fill as fill_module
+from docxy.cache.errors import FillAborted, NoRoom
+from docxy.cache.fill import BlobFollower, Download
+from docxy.cache.reader import BlobReader
+from docxy.core.digests import digest_of
+from tests.unit.test_cache_blobs import blob, guard, make_store, put
+from tests.unit.test_cache_eviction import cached_image, layer, offered_whole
+
+
+def bytes_on_disk(root: Path) -> int:
+    """Every file of the blob store under ``root``: blobs, temp files, evicted files not yet
+    deleted (``cache.max_size`` caps blobs; manifests and tags are stored beside them)."""
+    seen: dict[tuple[int, int], int] = {}
+    for dirpath, _dirs, files in [*os.walk(root / "blobs"), *os.walk(root / "tmp")]:
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+@dataclass
+class DiskWatch:
+    """The most bytes seen on disk under ``root`` right after any write of any fill."""
+
+    root: Path
+    peak: int = 0
+    writes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def after_write(self) -> None:
+        store = self.root / "cache"  # the ``cache`` fixture's store, else a store in root
+        size = bytes_on_disk(store if store.is_dir() else self.root)
+        with self.lock:
+            self.writes += 1
+            self.peak = max(self.peak, size)
+
+
+@pytest.fixture
+def watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DiskWatch]:
+    watched = DiskWatch(tmp_path)
+    real_write_all = fill_module.write_all
+
+    def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
+        real_write_all(fd, chunks)
+        watched.after_write()
+
+    monkeypatch.setattr(fill_module, "write_all", write_all)
+    yield watched
+
+
+class Body:
+    """A blocking upstream body, as a fill's pump thread reads it."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.pos = data, step, 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = min(len(buffer), self.step, len(self.data) - self.pos)
+        buffer[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def interrupt(self) -> None:
+        pass
+
+
+class Upstream:
+    """Serves one blob per fetch, announcing ``announced`` bytes (None: no Content-Length), as
+    chunks on the loop or as a body read by the pump's thread; counts fetches."""
+
+    def __init__(
+        self, data: bytes, *, announced: int | None = -1, body: bool = False, step: int = 50
+    ) -> None:
+        self.data, self.body, self.step = data, body, step
+        self.announced = len(data) if announced == -1 else announced
+        self.fetches = 0
+
+    async def fetch(self) -> Download:
+        self.fetches += 1
+        if self.body:
+            return Download(self.announced, None, _closed, body=Body(self.data, self.step))
+        return Download(self.announced, self._chunks(), _closed)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), self.step):
+            await asyncio.sleep(0)  # let the other fills write in between
+            yield self.data[start : start + self.step]
+
+
+async def _closed() -> None:
+    pass
+
+
+async def served(stream: BlobReader | BlobFollower) -> bytes | NoRoom:
+    """What a client of the route gets: the bytes, or the pass-through's reason."""
+    try:
+        return await guard(stream.read_all())
+    except NoRoom as exc:
+        return exc
+
+
+KINDS: dict[str, dict[str, Any]] = {
+    "chunks, length known": {},
+    "chunks, no length": {"announced": None},
+    "pump, length known": {"body": True},
+    "pump, no length": {"body": True, "announced": None},
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+async def test_concurrent_fills_that_fit_alone_never_take_the_disk_past_the_cap(
+    tmp_path: Path, watch: DiskWatch, kind: str
+) -> None:
+    store = make_store(tmp_path, max_size=1000)
+    old = [await put(store, blob(200, i)) for i in range(3)]  # 600 committed, unpinned
+    reader = store.open_read(old[2])  # one of them being read: it cannot go
+    assert reader is not None
+    datas = [blob(300, 10 + i) for i in range(5)]  # 1500 more: each fits, together they do not
+    upstreams = [Upstream(data, **KINDS[kind]) for data in datas]
+    streams = [
+        await store.fill(digest_of(d), u.fetch) for d, u in zip(datas, upstreams, strict=True)
+    ]
+    results = await asyncio.gather(*(served(s) for s in streams))
+    await store.settle()
+    reader.close()
+
+    assert watch.writes > 0
+    assert watch.peak <= 1000, f"{watch.peak} bytes on disk, cap 1000"
+    kept = [d for d in datas if store.lookup(digest_of(d)) is not None]
+    assert kept, "some fills were kept"
+    for data, result in zip(datas, results, strict=True):
+        if isinstance(result, NoRoom):
+            assert "no room" in str(result)
+            assert store.lookup(digest_of(data)) is None
+        else:
+            assert result == data
+    assert store.lookup(old[2]) is not None  # read while the room was made: kept
+    usage = store.usage()
+    assert usage.bytes == bytes_on_disk(tmp_path) <= 1000
+    assert (usage.reserved, usage.in_flight) == (0, 0)
+
+
+async def test_a_blob_larger_than_the_cache_is_never_fetched_twice_nor_evicts(
+    tmp_path: Path, watch: DiskWatch
+) -> None:
+    store = make_store(tmp_path, max_size=1000)
+    keep = await put(store, blob(600, 1))
+    big = blob(1500, 2)
+    upstream = Upstream(big)
+    first = await store.fill(digest_of(big), upstream.fetch)
+    result = await served(first)
+    assert isinstance(result, NoRoom)
+    assert "larger than the whole cache" in str(result)
+    with pytest.raises(NoRoom, match="larger than the whole cache"):
+        await store.fill(digest_of(big), upstream.fetch)  # known now: straight through
+    assert upstream.fetches == 1
+    assert store.lookup(keep) is not None  # nothing evicted for it
+    assert store.evicted == 0
+    assert watch.peak <= 1000
+
+
+async def test_room_taken_by_reads_and_fills_passes_through_then_fills_again(
+    tmp_path: Path,
+) -> None:
+    store = make_store(tmp_path, max_size=1000)
+    held = await put(store, blob(800, 1))
+    reader = store.open_read(held)  # pinned: eviction cannot free it
+    assert reader is not None
+    data = blob(300, 2)
+    upstream = Upstream(data)
+    result = await served(await store.fill(digest_of(data), upstream.fetch))
+    assert isinstance(result, NoRoom)
+    assert "800 committed" in str(result)
+    with pytest.raises(NoRoom):  # for a while, without asking upstream again
+        await store.fill(digest_of(data), upstream.fetch)
+    assert upstream.fetches == 1
+    assert store.lookup(held) is not None
+    reader.close()
+    store._no_room.clear()  # the minute is over
+    assert await served(await store.fill(digest_of(data), upstream.fetch)) == data
+    assert store.lookup(held) is None  # evicted once nobody read it
+
+
+async def test_a_blob_of_unknown_length_outgrowing_the_room_is_cut_then_passed_through(
+    tmp_path: Path, watch: DiskWatch
+) -> None:
+    store = make_store(tmp_path, max_size=1000)
+    held = await put(store, blob(500, 1))
+    reader = store.open_read(held)
+    assert reader is not None
+    data = blob(700, 2)
+    upstream = Upstream(data, announced=None, body=True, step=100)
+    follower = await store.fill(digest_of(data), upstream.fetch)
+    assert isinstance(follower, BlobFollower)
+    assert await guard(follower.size()) is None  # streamed as it comes...
+    with pytest.raises(NoRoom, match="no room"):  # ...and cut where the room ends
+        await guard(follower.read_all())
+    with pytest.raises(NoRoom):  # the client's retry passes through
+        await store.fill(digest_of(data), upstream.fetch)
+    assert upstream.fetches == 1
+    assert watch.peak <= 1000
+    reader.close()
+
+
+@pytest.mark.parametrize("body", [False, True])
+async def test_more_bytes_than_announced_are_never_written(
+    tmp_path: Path, watch: DiskWatch, body: bool
+) -> None:
+    store = make_store(tmp_path, max_size=10_000)
+    data = blob(1000, 1)
+    upstream = Upstream(data + b"x" * 3000, announced=len(data), body=body, step=100)
+    follower = await store.fill(digest_of(data), upstream.fetch)
+    with pytest.raises(FillAborted) as raised:
+        await guard(follower.read_all())
+    assert not isinstance(raised.value, NoRoom)  # a failed upstream, not a full cache
+    assert "more than the 1000 bytes it announced" in str(raised.value)
+    assert watch.peak <= len(data)
+    assert store.lookup(digest_of(data)) is None
+    assert os.listdir(store.tmp_dir) == []
+    assert store.usage().reserved == 0
+
+
+async def test_a_running_fill_shows_its_reservation(tmp_path: Path) -> None:
+    store = make_store(tmp_path, max_size=1000)
+    data = blob(400, 1)
+    gate = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        await gate.wait()
+        yield data
+
+    async def fetch() -> Download:
+        return Download(len(data), chunks(), _closed)
+
+    follower = await store.fill(digest_of(data), fetch)
+    assert isinstance(follower, BlobFollower)
+    assert await guard(follower.size()) == 400  # announced once reserved
+    usage = store.usage()
+    assert (usage.bytes, usage.reserved, usage.in_flight) == (0, 400, 0)
+    gate.set()
+    assert await guard(follower.read_all()) == data
+    usage = store.usage()
+    assert (usage.bytes, usage.reserved) == (400, 0)
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Cache:
+    return open_cache(tmp_path / "cache", max_size=1000, tag_ttl=300)
+
+
+async def test_room_for_a_fill_is_made_image_by_image(cache: Cache, watch: DiskWatch) -> None:
+    older = await cached_image(cache, "team/older", [layer("cfg-o", 10), layer("l-o")])
+    newer = await cached_image(cache, "team/newer", [layer("cfg-n", 10), layer("l-n")])
+    loose = layer("loose", 100)
+    await put(cache.blobs, loose)  # 700 committed
+    data = blob(450, 9)  # 1150 > 1000: 250 must go, as the loose blob and the older image
+    result = await served(await cache.blobs.fill(digest_of(data), Upstream(data).fetch))
+    assert result == data
+    assert await offered_whole(cache, newer) is True
+    assert await offered_whole(cache, older) is None  # forgotten whole, never half
+    assert cache.blobs.lookup(digest_of(loose)) is None
+    assert watch.peak <= 1000
+    assert cache.blobs.usage().bytes == bytes_on_disk(cache.blobs.root) <= 1000
+
+
+async def test_no_room_when_a_pulled_image_is_in_use_forgets_no_image(
+    cache: Cache, watch: DiskWatch
+) -> None:
+    kept = await cached_image(cache, "team/kept", [layer("cfg-k", 10), layer("l-k", 690)])
+    reader = cache.blobs.open_read(digest_of(layer("l-k", 690)))  # being pulled now
+    assert reader is not None
+    data = blob(450, 9)
+    result = await served(await cache.blobs.fill(digest_of(data), Upstream(data).fetch))
+    assert isinstance(result, NoRoom)
+    reader.close()
+    assert await offered_whole(cache, kept) is True  # nothing forgotten for no room
+    assert cache.blobs.lookup(digest_of(layer("l-k", 690))) is not None
+    assert watch.peak <= 1000
