@@ -228,7 +228,7 @@ class BlobWriter:
         bytes than announced (``commit`` then raises :class:`SizeMismatch`), or no room (they
         raise :class:`NoRoom` and pass the blob through). Nothing is ever written past it."""
         fill = self.fill
-        if total <= fill.reserved:
+        if total <= fill.reserved or not self.caching:
             return self.caching
         if fill.size_known and fill.size is not None and total > fill.size:
             self._close_and_discard(f"upstream sent more than the {fill.size} bytes it announced")

@@ -467,10 +467,12 @@ def push_eviction_images(bed: Bed, count: int) -> list[tuple[str, str]]:
 
 
 class DiskSampler:
-    """Sums the committed blobs on disk every few milliseconds while pulls go on."""
+    """Sums the committed blobs on disk (and the temp files, with ``temp``) every few
+    milliseconds while pulls go on."""
 
-    def __init__(self, cache: Path) -> None:
+    def __init__(self, cache: Path, *, temp: bool = False) -> None:
         self.cache = cache
+        self.temp = temp
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -478,7 +480,11 @@ class DiskSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, sum(blob_files(self.cache).values()))
+                temps = temp_files(self.cache) if self.temp else []
+                on_disk = sum(blob_files(self.cache).values()) + sum(
+                    p.stat().st_size for p in temps
+                )
+                self.peak = max(self.peak, on_disk)
             except FileNotFoundError:  # a blob evicted between listing and stat
                 pass
             self._stop.wait(0.01)
@@ -512,6 +518,31 @@ def test_eviction_keeps_blobs_under_max_size_while_docker_pulls(
         assert docker_run_cat(daemon, last_ref) == f"docxy test image {last_ref} linux/amd64\n"
     assert sampler.peak <= max_size, f"blobs on disk peaked at {sampler.peak} > {max_size}"
     assert images[0][1] not in blob_files(cache), "the least recently used layer was not evicted"
+
+
+TOO_BIG = "docxytest/toobig"
+TOO_BIG_SIZE = 8 * MiB
+
+
+def test_a_blob_larger_than_the_cache_passes_through_and_is_never_written(
+    bed: Bed, start_mirror: StartMirror, tmp_path: Path
+) -> None:
+    digest = bed.push_big_blob(TOO_BIG, TOO_BIG_SIZE, seed=75)
+    cache = tmp_path / "cache"
+    max_size = TOO_BIG_SIZE // 2
+    mirror = cached_mirror(start_mirror, cache, f"cache.max_size={max_size}")
+    with httpx.Client(base_url=mirror.url, timeout=60) as client:
+        headers = bearer(client, TOO_BIG)
+    with DiskSampler(cache, temp=True) as sampler:
+        for _ in range(2):
+            download, thread = start_download(mirror, TOO_BIG, headers, digest, TOO_BIG_SIZE)
+            join_all([thread])
+            assert download.complete_and_right, download
+    assert sampler.peak <= max_size, f"blobs and temp files peaked at {sampler.peak}"
+    assert blob_files(cache) == {} and temp_files(cache) == []
+    log = mirror.log_text(limit=10**8)
+    assert log.count("cache=uncached reason=cache-full") == 2, log[-4000:]
+    assert "larger than the whole cache" in log
 
 
 # --- 7. kill -9 during a blob write ----------------------------------------------------------
