@@ -1,5 +1,5 @@
 """The blob index is read in a worker thread at start: blobs are served meanwhile, what changes
-is kept, and eviction waits for the whole index."""
+is kept, and eviction and new fills' reservations wait for the whole index."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ async def test_blobs_are_served_while_the_index_is_read(tmp_path: Path, held_wal
     assert await read(store, digest_of(second)) == second  # one stat finds it
     assert store.usage().entries == 1  # what is known so far; never waits (/health)
     assert store.remove(digest_of(third))  # not indexed yet, removed all the same
-    fourth = await put(store, blob(300, 4))  # stored meanwhile
+    # A fill meanwhile reserves its room once the index is read: the cap counts every blob.
+    storing = spawn("fourth", put(store, blob(300, 4)))
     held_walk.release.set()
+    fourth = await guard(storing)
     await store.indexed()
     assert [e.digest for e in store.list_entries()] == [digest_of(first), digest_of(second), fourth]
     assert store.usage().bytes == 900
