@@ -156,7 +156,7 @@ class DiskBlobStore:
         self._fills: dict[Digest, InFlight] = {}
         self._in_flight = 0
         self._reserved = 0  # by the running fills (InFlight.reserved), counted against the cap
-        self._wanted = 0  # by fills waiting for room: eviction frees enough for them too
+        self._waiting: list[int] = []  # bytes each fill waiting for room wants: eviction frees
         self._trash = 0  # evicted bytes still on disk, being deleted in a worker thread
         self._no_room: OrderedDict[Digest, tuple[float, str]] = OrderedDict()  # until, why
         self._pins: Counter[Digest] = Counter()
@@ -433,14 +433,14 @@ class DiskBlobStore:
             reason = f"{wanted} bytes or more, larger than the whole cache ({self.max_size})"
             raise self._found_no_room(fill.digest, reason, float("inf"))
         await self.indexed()  # the cap counts every committed blob
-        self._wanted += nbytes
+        self._waiting.append(nbytes)
         try:
             for _ in range(ROOM_ATTEMPTS):
                 if self._room() >= nbytes:
                     break
                 await asyncio.wait([self._start_eviction()], timeout=ROOM_WAIT)
         finally:
-            self._wanted -= nbytes
+            self._waiting.remove(nbytes)
         if self._room() < nbytes:
             reason = (
                 f"no room for {nbytes} more bytes: {self._total} committed and {self._reserved}"
@@ -480,7 +480,7 @@ class DiskBlobStore:
 
     def _kept_bytes(self) -> int:
         """Committed blobs, the fills' reservations and the room fills wait for."""
-        return self._total + self._reserved + self._wanted
+        return self._total + self._reserved + sum(self._waiting)
 
     def fill_ended(self, fill: InFlight) -> None:
         if self._fills.get(fill.digest) is fill:
@@ -543,8 +543,8 @@ class DiskBlobStore:
     async def _evict_to(self, target: int) -> None:
         """Evict until the kept bytes are at most ``target``: blobs no cached image needs first
         (least recently used first), then whole images, least recently pulled first; never a
-        pinned blob, nor one an image that is still offered needs. A plan that cannot bring
-        them under ``max_size`` (too much is pinned) evicts nothing: it would make no room."""
+        pinned blob, nor one an image that is still offered needs. A plan that would not make
+        room for any fill waiting for it (too much is pinned) evicts nothing."""
         await self.indexed()
         catalog = self.catalog
         if catalog is not None:
@@ -563,9 +563,11 @@ class DiskBlobStore:
             )
             if moved and attempt < PLAN_ATTEMPTS:
                 continue  # an image it forgets was pulled meanwhile: plan again
-            short = self._kept_bytes() - self.max_size - plan.freed
-            if short > 0:  # the fills waiting for room would not get it: keep every image
-                log.info("cache: no room can be made (%d bytes short, the rest in use)", short)
+            if self._waiting and self._room() + plan.freed < min(self._waiting):
+                # No fill waiting for room would get it: forget no image for nothing.
+                log.info(
+                    "cache: no room can be made for %d bytes, the rest in use", min(self._waiting)
+                )
                 return
             await self._apply(plan)
             return
