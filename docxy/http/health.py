@@ -35,12 +35,15 @@ def health_report(state: MirrorState) -> dict[str, object]:
         "upstreams": {name: shown for name, (_, shown) in reports.items()},
     }
     if state.cache is not None:
-        usage = state.cache.blobs.usage()
+        blobs = state.cache.blobs
+        usage = blobs.usage()
         report["cache"] = {
             "blobs": usage.entries,
             "bytes": usage.bytes,
             "max_size": usage.max_size,
-            "fills_in_flight": usage.in_flight,
+            "fills_in_flight": blobs.fills_open,
+            "fill_bytes_in_flight": usage.in_flight,
+            "reserved_bytes": usage.reserved,
         }
     for name, provider in state.extras.get("health", {}).items():
         report[name] = provider()

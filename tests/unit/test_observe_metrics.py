@@ -15,6 +15,7 @@ from docxy.cache import digest_of, open_cache
 from docxy.cache.fill import BlobFollower, BlobWriter
 from docxy.config import load_config
 from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from docxy.http.health import health_report
 from docxy.http.state import MirrorState
 from docxy.observe.metrics import (
     RequestMetrics,
@@ -170,6 +171,12 @@ async def test_cache_size_fills_followers_and_evictions_are_read_at_scrape_time(
     assert seen["docxy_cache_fills_in_flight"] == 1
     assert seen["docxy_cache_reserved_bytes"] == 10
     assert seen["docxy_cache_coalesced_followers_total"] == 2  # the first follower is no join
+    await writer.write(b"4" * 10)
+    await writer.flush()
+    health = health_report(state)["cache"]
+    assert isinstance(health, dict)
+    assert (health["fills_in_flight"], health["fill_bytes_in_flight"]) == (1, 10)
+    assert health["reserved_bytes"] == 10
     for follower in followers:
         assert isinstance(follower, BlobFollower)
         follower.close()
