@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, U
 from docxy.http import acme, auth, health, routes, setup_script
 from docxy.http.responses import error_response
 from docxy.http.state import MirrorState
+from docxy.shared.tier import SharedTier, open_tier
 from docxy.tasks import spawn
 from docxy.upstream.client import (
     Upstream,
@@ -61,6 +63,21 @@ def open_store(config: Config) -> Cache:
         ) from exc
 
 
+def _open_shared(
+    state: MirrorState, transport: httpx.AsyncBaseTransport | None, ssl_context: ssl.SSLContext
+) -> tuple[httpx.AsyncClient | None, SharedTier | None]:
+    """The shared tier and its own client, if ``[shared]`` is set and the cache is on. Its own
+    client: the object store's answers must not count as the upstream's (health, metrics)."""
+    config = state.config
+    if not config.shared.enabled or state.cache is None:
+        return None, None
+    http = make_http_client(config.upstream, transport, ssl_context)
+    shared = open_tier(config.shared, state.cache.blobs, http)
+    state.extras.setdefault("health", {})["shared"] = shared.report
+    log.info("shared store: %s bucket %s", config.shared.endpoint, config.shared.bucket)
+    return http, shared
+
+
 def create_app(
     config: Config, *, probe: bool = True, transport: httpx.AsyncBaseTransport | None = None
 ) -> Quart:
@@ -94,7 +111,8 @@ def create_app(
         ssl_context = upstream_ssl_context()
         http = make_http_client(config.upstream, transport, ssl_context)
         direct = direct_settings(config.upstream, ssl_context, transport)
-        state.open(UpstreamClient(http, direct))
+        shared_http, shared = _open_shared(state, transport, ssl_context)
+        state.open(UpstreamClient(http, direct), shared)
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield
@@ -102,6 +120,8 @@ def create_app(
             if probe_task is not None:
                 probe_task.cancel()
             await http.aclose()
+            if shared_http is not None:
+                await shared_http.aclose()
             if direct is not None:
                 direct.idle.close()
 
