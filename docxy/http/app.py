@@ -18,6 +18,7 @@ from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, U
 from docxy.http import acme, auth, health, routes, setup_script
 from docxy.http.responses import error_response
 from docxy.http.state import MirrorState
+from docxy.shared.objects import require_signer
 from docxy.shared.tier import SharedTier, open_tier
 from docxy.tasks import spawn
 from docxy.upstream.client import (
@@ -93,6 +94,8 @@ def create_app(
     state = MirrorState(config, Upstream.from_config(config.upstream))
     if config.cache.enabled:
         state.cache = open_store(config)
+    if config.shared.enabled:
+        require_signer()
     if config.auth.mode == "users" or config.auth.client_certs:
         state.access = AccessControl(config)
         state.access.prepare()

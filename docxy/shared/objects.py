@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from docxy.core.digests import Digest
+from docxy.core.errors import ConfigError
 from docxy.shared.keys import blob_key, object_url
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -42,6 +44,14 @@ class Bucket:
 
     def url(self, digest: Digest) -> str:
         return object_url(self.endpoint, self.bucket, blob_key(self.prefix, digest))
+
+
+def require_signer() -> None:
+    """Fail at start-up, not at the first miss, when botocore is not installed."""
+    if importlib.util.find_spec("botocore") is None:
+        raise ConfigError(
+            "shared.endpoint: the shared tier needs botocore: pip install 'docxy[shared]'"
+        )
 
 
 def signed_headers(

@@ -65,10 +65,16 @@ def fresh_prefix() -> str:
 
 
 def replica(
-    start_mirror: StartMirror, cache: Path, store: Weed, prefix: str, endpoint: str = ""
+    start_mirror: StartMirror,
+    cache: Path,
+    store: Weed,
+    prefix: str,
+    endpoint: str = "",
+    admin_port: int | None = None,
 ) -> Mirror:
     """A mirror with its own disk cache and the shared tier on (the secret in the env)."""
     settings = {
+        "server.admin_listen": f"127.0.0.1:{admin_port}" if admin_port else "",
         "shared.endpoint": endpoint or store.url,
         "shared.bucket": store.bucket,
         "shared.access_key": store.access_key,
@@ -152,7 +158,8 @@ def test_a_blob_pulled_through_one_replica_comes_from_the_bucket_on_the_other(
     digest = bed.push_big_blob(HELLO, 3 * MiB + 17, seed=41)
     prefix = fresh_prefix()
     a = replica(start_mirror, tmp_path / "cache-a", weed, prefix)
-    b = replica(start_mirror, tmp_path / "cache-b", weed, prefix)
+    admin = free_port()
+    b = replica(start_mirror, tmp_path / "cache-b", weed, prefix, admin_port=admin)
     assert get_blob(a, digest) == (200, digest, "")
     poll(lambda: shared_health(a)["uploaded"] == 1, "replica A uploaded the blob")
     stored = object_bytes(weed, prefix, digest)
@@ -168,6 +175,10 @@ def test_a_blob_pulled_through_one_replica_comes_from_the_bucket_on_the_other(
     # A second pull through B is a local hit: neither the upstream nor the bucket is asked.
     assert get_blob(b, digest) == (200, digest, "")
     assert blob_fetches(bed) == 0 and shared_health(b)["hits"] == 1
+    metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=10).text
+    assert "docxy_shared_up 1.0" in metrics
+    assert 'docxy_shared_blobs_total{result="hit"} 1.0' in metrics
+    assert 'docxy_shared_uploads_total{result="uploaded"} 0.0' in metrics
 
 
 def test_with_the_object_store_down_a_replica_pulls_from_the_upstream(
