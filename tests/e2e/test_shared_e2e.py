@@ -6,6 +6,8 @@ one bucket of a real S3-compatible object store (SeaweedFS on loopback) in front
   repository holds it;
 - with the object store down, B pulls from the upstream as without it, and /health says so
   under "shared" while the mirror's status stays "ok";
+- a private layer in the bucket is not served by another replica under a public repository's
+  name (the pairing rule holds for blobs from the bucket);
 - a corrupt object is never served: the fill from it fails verification (the client sees a
   broken transfer, as with a corrupt upstream), and the next GET fills from the upstream, whose
   verified copy then replaces the object.
@@ -37,6 +39,7 @@ from tests.unavailable import need_binary
 pytestmark = pytest.mark.e2e
 
 HELLO = "library/hello"
+PRIVATE = "docxytest/private"
 MiB = 1 << 20
 DEADLINE = 60.0
 
@@ -71,6 +74,7 @@ def replica(
     prefix: str,
     endpoint: str = "",
     admin_port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Mirror:
     """A mirror with its own disk cache and the shared tier on (the secret in the env)."""
     settings = {
@@ -83,7 +87,7 @@ def replica(
     args = ["--cache-dir", str(cache)]
     for key, value in settings.items():
         args += ["--set", f"{key}={value}"]
-    return start_mirror(*args, env={"DOCXY_SHARED_SECRET_KEY": store.secret_key})
+    return start_mirror(*args, env={"DOCXY_SHARED_SECRET_KEY": store.secret_key, **(env or {})})
 
 
 def shared_health(mirror: Mirror) -> dict[str, object]:
@@ -220,3 +224,37 @@ def test_a_corrupt_object_is_never_served_and_the_next_pull_fills_from_the_upstr
     poll(lambda: shared_health(mirror)["uploaded"] == 1, "the good copy is uploaded")
     stored = object_bytes(weed, prefix, digest)
     assert stored is not None and "sha256:" + hashlib.sha256(stored).hexdigest() == digest
+
+
+def test_a_private_layer_in_the_bucket_is_not_served_under_another_name(
+    bed: Bed, start_mirror: StartMirror, tmp_path: Path, weed: Weed
+) -> None:
+    """Both replicas read the upstream with an account that may read the private repository
+    (the worst case): B has the layer in the bucket, but the public repository does not hold it
+    upstream, so B never serves it under that name, to anonymous or token-holding clients."""
+    need_binary("weed")
+    private, public = bed.images[PRIVATE], bed.images[HELLO]
+    only_private = sorted(set(private.blobs) - set(public.blobs))
+    assert only_private
+    account = {"DOCXY_UPSTREAM_USERNAME": bed.user, "DOCXY_UPSTREAM_PASSWORD": bed.password}
+    prefix = fresh_prefix()
+    a = replica(start_mirror, tmp_path / "cache-a", weed, prefix, env=account)
+    b = replica(start_mirror, tmp_path / "cache-b", weed, prefix, env=account)
+    with httpx.Client(base_url=a.url, timeout=30) as client:
+        contents = {d: client.get(f"/v2/{PRIVATE}/blobs/{d}") for d in only_private}
+    assert all(answer.status_code == 200 for answer in contents.values())
+    count = len(only_private)
+    poll(lambda: shared_health(a)["uploaded"] == count, "A uploaded the private layers")
+
+    with httpx.Client(base_url=b.url, timeout=30) as client:
+        token = client.get(
+            "/auth/token", params={"service": bed.service, "scope": f"repository:{HELLO}:pull"}
+        ).json()["token"]
+        for digest, content in contents.items():
+            for auth in ({}, {"Authorization": f"Bearer {token}"}):
+                for method in ("GET", "HEAD"):
+                    leaked = client.request(method, f"/v2/{HELLO}/blobs/{digest}", headers=auth)
+                    assert leaked.status_code in (401, 404), (method, leaked.status_code)
+                    assert content.content not in leaked.content
+    # The rule, not a missing object, kept them in: B did read them from the bucket.
+    assert shared_health(b)["hits"] == count
