@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from docxy.http import acme, auth, health, routes, setup_script
 from docxy.http.responses import error_response
 from docxy.http.state import MirrorState
 from docxy.shared.objects import require_signer
-from docxy.shared.tier import SharedTier, open_tier
+from docxy.shared.tier import SHARED_CONNECT, SHARED_READ, SharedTier, open_tier
 from docxy.tasks import spawn
 from docxy.upstream.client import (
     Upstream,
@@ -72,7 +73,8 @@ def _open_shared(
     config = state.config
     if not config.shared.enabled or state.cache is None:
         return None, None
-    http = make_http_client(config.upstream, transport, ssl_context)
+    timeouts = replace(config.upstream, connect_timeout=SHARED_CONNECT, read_timeout=SHARED_READ)
+    http = make_http_client(timeouts, transport, ssl_context)
     shared = open_tier(config.shared, state.cache.blobs, http)
     state.extras.setdefault("health", {})["shared"] = shared.report
     log.info("shared store: %s bucket %s", config.shared.endpoint, config.shared.bucket)

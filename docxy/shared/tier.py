@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds the tier is skipped after the object store failed.
 RETRY_AFTER = 30.0
+#: The store's client timeouts (seconds to connect; without a byte): a store that hangs costs a
+#: miss this long at most, once per RETRY_AFTER, before it goes straight to the upstream.
+SHARED_CONNECT = 3.0
+SHARED_READ = 15.0
 #: Blobs remembered as bad in the object store (read from upstream, overwritten on upload).
 MAX_BAD = 4096
 
@@ -80,24 +84,15 @@ class SharedTier:
             return None
         self.counts.hits += 1
         length = answer.headers.get("content-length", "")
-        read_all = [False]
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in answer.aiter_bytes():
-                    yield chunk
-            except httpx.HTTPError as exc:
-                self._trouble(ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}"))
-                raise
-            read_all[0] = True
+        body = _ObjectBody(answer)
 
         async def close() -> None:
             await answer.aclose()
-            if read_all[0] and not self._committed(digest):
+            if body.read_all and not self._committed(digest):
                 self._corrupt(digest)
 
         log.info("blob %s: filling from the shared store", digest)
-        return Download(int(length) if length.isdigit() else None, chunks(), close)
+        return Download(int(length) if length.isdigit() else None, body.chunks(self), close)
 
     def _corrupt(self, digest: Digest) -> None:
         self.counts.corrupt += 1
@@ -176,6 +171,23 @@ class SharedTier:
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,
         }
+
+
+class _ObjectBody:
+    """An object's body as a fill reads it; remembers whether it was read to its end."""
+
+    def __init__(self, answer: httpx.Response) -> None:
+        self.answer = answer
+        self.read_all = False
+
+    async def chunks(self, tier: SharedTier) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.answer.aiter_bytes():
+                yield chunk
+        except httpx.HTTPError as exc:
+            tier._trouble(ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}"))
+            raise
+        self.read_all = True
 
 
 def open_tier(config: SharedConfig, blobs: DiskBlobStore, http: httpx.AsyncClient) -> SharedTier:

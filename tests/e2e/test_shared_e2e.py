@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -185,19 +187,32 @@ def test_a_blob_pulled_through_one_replica_comes_from_the_bucket_on_the_other(
     assert 'docxy_shared_uploads_total{result="uploaded"} 0.0' in metrics
 
 
+@contextmanager
+def dead_store(kind: str) -> Iterator[str]:
+    """An endpoint that refuses connections, or one that takes them and never answers."""
+    if kind == "refusing":
+        yield f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        return
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections complete in the backlog; nothing is ever read
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("kind", ["refusing", "silent"])
 def test_with_the_object_store_down_a_replica_pulls_from_the_upstream(
-    bed: Bed, start_mirror: StartMirror, tmp_path: Path, weed: Weed
+    bed: Bed, start_mirror: StartMirror, tmp_path: Path, weed: Weed, kind: str
 ) -> None:
     need_binary("weed")
-    digest = bed.push_big_blob(HELLO, MiB + 5, seed=42)
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    mirror = replica(start_mirror, tmp_path / "cache", weed, fresh_prefix(), endpoint=dead)
-    assert get_blob(mirror, digest) == (200, digest, "")
-    assert len(bed.front_log.cdn_fetches()) == 1
-    health = shared_health(mirror)
-    assert health["reachable"] is False and health["last_error"]
-    assert health["status"] == "ok"  # a detail, not a failure of the mirror
-    assert health["hits"] == 0
+    digest = bed.push_big_blob(HELLO, MiB + 5, seed=42 + len(kind))
+    with dead_store(kind) as dead:
+        mirror = replica(start_mirror, tmp_path / "cache", weed, fresh_prefix(), endpoint=dead)
+        assert get_blob(mirror, digest) == (200, digest, "")
+        assert len(bed.front_log.cdn_fetches()) == 1
+        health = shared_health(mirror)
+        assert health["reachable"] is False and health["last_error"]
+        assert health["status"] == "ok"  # a detail, not a failure of the mirror
+        assert health["hits"] == 0
 
 
 def test_a_corrupt_object_is_never_served_and_the_next_pull_fills_from_the_upstream(
