@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
+import importlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -47,11 +47,14 @@ class Bucket:
 
 
 def require_signer() -> None:
-    """Fail at start-up, not at the first miss, when botocore is not installed."""
-    if importlib.util.find_spec("botocore") is None:
+    """Load the signer at start-up (not on the loop at the first miss); without botocore the
+    mirror refuses to start."""
+    try:
+        importlib.import_module("botocore.auth")
+    except ImportError as exc:
         raise ConfigError(
             "shared.endpoint: the shared tier needs botocore: pip install 'docxy[shared]'"
-        )
+        ) from exc
 
 
 def signed_headers(
@@ -107,7 +110,8 @@ class ObjectStore:
 
     async def open(self, digest: Digest) -> httpx.Response | None:
         """The object's body, streamed (the caller closes it), or None when there is none."""
-        answer = await self._send("GET", self.bucket.url(digest), stream=True)
+        identity = {"Accept-Encoding": "identity"}  # the blob's own bytes, never re-encoded
+        answer = await self._send("GET", self.bucket.url(digest), headers=identity, stream=True)
         if answer.status_code == 404:
             await answer.aclose()
             return None

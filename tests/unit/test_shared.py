@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 
 import pytest
 
@@ -11,7 +12,7 @@ from docxy.config import load_config
 from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
 from docxy.shared.keys import blob_key, object_url, parse_bucket, parse_prefix
-from docxy.shared.objects import EMPTY_SHA256, Bucket, signed_headers
+from docxy.shared.objects import EMPTY_SHA256, Bucket, require_signer, signed_headers
 from docxy.shared.uploads import UploadQueue
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
@@ -215,3 +216,14 @@ def test_a_queue_needs_room() -> None:
 
     with pytest.raises(ValueError):
         UploadQueue(upload, concurrency=0)
+
+
+def test_without_botocore_the_shared_tier_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_signer()  # installed here (the test extra)
+
+    def missing(name: str) -> None:
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(ConfigError, match=r"shared\.endpoint: .*botocore"):
+        require_signer()
