@@ -125,6 +125,8 @@ def create_app(
             if probe_task is not None:
                 probe_task.cancel()
             await http.aclose()
+            if shared is not None:
+                shared.uploads.cancel()  # before their client closes
             if shared_http is not None:
                 await shared_http.aclose()
             if direct is not None:

@@ -71,6 +71,13 @@ class UploadQueue:
         # here on starts a worker of its own instead of counting on this one.
         self._workers.discard(asyncio.current_task())
 
+    def cancel(self) -> None:
+        """Stop every upload now (shutdown); what waited is forgotten."""
+        self._waiting.clear()
+        self._busy.clear()
+        for worker in list(self._workers):
+            worker.cancel()
+
     async def drained(self) -> None:
         """Wait until no upload waits or runs (tests, shutdown); bounded by the work queued."""
         while self._workers:

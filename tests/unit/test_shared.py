@@ -210,6 +210,17 @@ async def test_an_offer_right_after_the_workers_emptied_the_queue_is_not_lost() 
     assert done == [digest(n) for n in range(20)]
 
 
+async def test_cancel_stops_the_uploads_and_forgets_what_waited() -> None:
+    held = HeldUploads()
+    queue = UploadQueue(held.upload, concurrency=1)
+    for n in range(3):
+        queue.offer(digest(n))
+    await settle()
+    queue.cancel()
+    await asyncio.wait_for(queue.drained(), 10)
+    assert held.started == [digest(0)] and held.running == 0 and queue.waiting == 0
+
+
 def test_a_queue_needs_room() -> None:
     async def upload(item: Digest) -> None:
         del item
