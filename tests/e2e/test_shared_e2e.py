@@ -174,6 +174,8 @@ def test_a_blob_pulled_through_one_replica_comes_from_the_bucket_on_the_other(
     bed.front_log.clear()
     assert get_blob(b, digest) == (200, digest, "")
     assert blob_fetches(bed) == 0, bed.front_log.where(lambda r: True)
+    heads = bed.front_log.where(lambda r: r.kind == "blob" and r.method == "HEAD")
+    assert len(heads) == 1  # B confirmed that the repository holds it before serving it
     assert digest in blob_files(tmp_path / "cache-b")  # B's own disk cache holds it now
     health = shared_health(b)
     assert health["hits"] == 1 and health["corrupt"] == 0
