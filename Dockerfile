@@ -22,7 +22,7 @@ RUN python3 -m venv /opt/docxy \
     && if [ -f /etc/ssl/certs/ca-certificates.crt ]; then \
          export PIP_CERT=/etc/ssl/certs/ca-certificates.crt; fi \
     && /opt/docxy/bin/pip install --no-cache-dir --disable-pip-version-check \
-         '.[scheduler,shared]' certbot \
+         '.[scheduler]' certbot \
     && /opt/docxy/bin/certbot --version \
     && /opt/docxy/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 
