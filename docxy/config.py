@@ -28,6 +28,7 @@ from docxy.core.cidr import Networks, parse_networks
 from docxy.core.errors import ConfigError
 from docxy.core.forwarded import HEADERS as FORWARDED_HEADERS
 from docxy.core.rules import Patterns, RepositoryRules, parse_patterns
+from docxy.shared.keys import parse_bucket, parse_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,24 @@ class CacheConfig:
     dir: Path
     max_size: int
     tag_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class SharedConfig:
+    """The shared tier (``docxy.shared``): blobs in an S3-compatible bucket for every replica.
+    Off while ``endpoint`` is None."""
+
+    endpoint: str | None = None
+    bucket: str | None = None
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    prefix: str = "docxy"
+    uploads: int = 2  # uploads at once
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +211,7 @@ class Config:
     auth: AuthConfig
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     upstreams: tuple[NamedUpstreamConfig, ...] = ()  # more registries beside [upstream]
+    shared: SharedConfig = SharedConfig()  # off
 
 
 # --- value parsers: each takes the raw value (str from env/flags, any TOML type) -------------
@@ -415,6 +435,15 @@ def _level(value: object) -> str:
     return text
 
 
+def _bucket(value: object) -> str | None:
+    text = _opt_str(value)
+    return None if text is None else parse_bucket(text)
+
+
+def _prefix(value: object) -> str:
+    return parse_prefix(_str(value))
+
+
 def _default_cache_dir(environ: Mapping[str, str]) -> str:
     base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(base) / "docxy")
@@ -454,6 +483,15 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "dir": (_path, None),  # default computed at load time (XDG_CACHE_HOME)
         "max_size": (parse_size, "20G"),
         "tag_ttl": (_float, 300.0),
+    },
+    "shared": {
+        "endpoint": (_opt_url, ""),
+        "bucket": (_bucket, ""),
+        "region": (_str, "us-east-1"),
+        "access_key": (_opt_str, ""),
+        "secret_key": (_opt_str, ""),
+        "prefix": (_prefix, "docxy"),
+        "uploads": (_int_in(1, 64), 2),
     },
     "certs": {
         "domain": (_opt_str, ""),
@@ -505,7 +543,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     },
 }
 
-SECRET_KEYS = frozenset({"upstream.password"})
+SECRET_KEYS = frozenset({"upstream.password", "shared.secret_key"})
 
 # Names the seed used, still accepted.
 ENV_ALIASES = {"DOCXY_CERT_PATH": "tls.cert_path", "DOCXY_KEY_PATH": "tls.key_path"}
@@ -688,7 +726,15 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         auth["users_file"] = auth["dir"] / "users"
     if auth["client_certs"] and server["tls_listen"] is None:
         raise fail("auth.client_certs", "client certificates need server.tls_listen")
+    shared = SharedConfig(**_section(values, "shared"))
+    if shared.enabled:
+        for key in ("bucket", "access_key", "secret_key"):
+            if getattr(shared, key) is None:
+                raise fail(f"shared.{key}", "required with shared.endpoint")
+        if not shared.region.strip():
+            raise fail("shared.region", "must not be empty")
     return Config(
+        shared=shared,
         auth=AuthConfig(**auth),
         server=ServerConfig(**server),
         tls=tls,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -17,6 +19,8 @@ from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, U
 from docxy.http import acme, auth, health, routes, setup_script
 from docxy.http.responses import error_response
 from docxy.http.state import MirrorState
+from docxy.shared.objects import require_signer
+from docxy.shared.tier import SHARED_CONNECT, SHARED_READ, SharedTier, open_tier
 from docxy.tasks import spawn
 from docxy.upstream.client import (
     Upstream,
@@ -61,6 +65,22 @@ def open_store(config: Config) -> Cache:
         ) from exc
 
 
+def _open_shared(
+    state: MirrorState, transport: httpx.AsyncBaseTransport | None, ssl_context: ssl.SSLContext
+) -> tuple[httpx.AsyncClient | None, SharedTier | None]:
+    """The shared tier and its own client, if ``[shared]`` is set and the cache is on. Its own
+    client: the object store's answers must not count as the upstream's (health, metrics)."""
+    config = state.config
+    if not config.shared.enabled or state.cache is None:
+        return None, None
+    timeouts = replace(config.upstream, connect_timeout=SHARED_CONNECT, read_timeout=SHARED_READ)
+    http = make_http_client(timeouts, transport, ssl_context)
+    shared = open_tier(config.shared, state.cache.blobs, http)
+    state.extras.setdefault("health", {})["shared"] = shared.report
+    log.info("shared store: %s bucket %s", config.shared.endpoint, config.shared.bucket)
+    return http, shared
+
+
 def create_app(
     config: Config, *, probe: bool = True, transport: httpx.AsyncBaseTransport | None = None
 ) -> Quart:
@@ -76,6 +96,8 @@ def create_app(
     state = MirrorState(config, Upstream.from_config(config.upstream))
     if config.cache.enabled:
         state.cache = open_store(config)
+    if config.shared.enabled:
+        require_signer()
     if config.auth.mode == "users" or config.auth.client_certs:
         state.access = AccessControl(config)
         state.access.prepare()
@@ -94,7 +116,8 @@ def create_app(
         ssl_context = upstream_ssl_context()
         http = make_http_client(config.upstream, transport, ssl_context)
         direct = direct_settings(config.upstream, ssl_context, transport)
-        state.open(UpstreamClient(http, direct))
+        shared_http, shared = _open_shared(state, transport, ssl_context)
+        state.open(UpstreamClient(http, direct), shared)
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield
@@ -102,6 +125,10 @@ def create_app(
             if probe_task is not None:
                 probe_task.cancel()
             await http.aclose()
+            if shared is not None:
+                shared.uploads.cancel()  # before their client closes
+            if shared_http is not None:
+                await shared_http.aclose()
             if direct is not None:
                 direct.idle.close()
 

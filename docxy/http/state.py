@@ -19,6 +19,7 @@ from docxy.config import Config
 from docxy.edge.fills import FillPermits
 from docxy.pull.blobs import BlobService
 from docxy.pull.manifests import ManifestService
+from docxy.shared.tier import SharedTier
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.routing import Route, Upstreams
 from docxy.upstream.tokens import MirrorTokens
@@ -63,7 +64,7 @@ class MirrorState:
         """The upstream for a request: by ``?ns=``, the mirror host name, or a path prefix."""
         return self.upstreams.route(name, ns=ns, host=host)
 
-    def open(self, client: UpstreamClient) -> Services:
+    def open(self, client: UpstreamClient, shared: SharedTier | None = None) -> Services:
         """Build the pull path around ``client`` (when the app starts serving)."""
         tokens = MirrorTokens(client)
         cache = self.cache
@@ -75,6 +76,7 @@ class MirrorState:
                 tokens,
                 BlobPairings(cache.manifests if cache is not None else None),
                 FillPermits(self.config.limits.fills_per_client, self.config.limits.fills_total),
+                shared,
             ),
             ManifestService(cache.manifests if cache is not None else None, tokens),
         )

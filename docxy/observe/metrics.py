@@ -223,6 +223,7 @@ class MirrorCollector(Collector):
         )
         yield from self._cache()
         yield from self._upstream()
+        yield from self._shared()
         yield from self._certificate()
 
     def _cache(self) -> Iterator[Metric]:
@@ -313,6 +314,47 @@ class MirrorCollector(Collector):
             for kind, count in sorted(kinds.items()):
                 errors.add_metric([upstream.host, kind], count)
         yield from (up, remaining, limit, last_ok, stale, errors)
+
+    def _shared(self) -> Iterator[Metric]:
+        """The shared tier (``[shared]``), when it is on."""
+        services = self.state.services
+        shared = services.blobs.shared if services is not None else None
+        if shared is None:
+            return
+        reachable = None if shared.reachable is None else float(shared.reachable)
+        yield _gauge(
+            "docxy_shared_up",
+            "1 if the shared store's last answer got through.",
+            _or_nan(reachable),
+        )
+        counts = shared.counts
+        blobs = CounterMetricFamily(
+            "docxy_shared_blobs",
+            "Local misses asked of the shared store: hit (filled from it), miss, corrupt "
+            "(its object did not verify).",
+            labels=["result"],
+        )
+        for result, value in (
+            ("hit", counts.hits),
+            ("miss", counts.misses),
+            ("corrupt", counts.corrupt),
+        ):
+            blobs.add_metric([result], value)
+        uploads = CounterMetricFamily(
+            "docxy_shared_uploads",
+            "Uploads to the shared store: uploaded, skipped (already there), failed, dropped "
+            "(queue full).",
+            labels=["result"],
+        )
+        for result, value in (
+            ("uploaded", counts.uploaded),
+            ("skipped", counts.upload_skipped),
+            ("failed", counts.upload_failed),
+            ("dropped", shared.uploads.dropped),
+        ):
+            uploads.add_metric([result], value)
+        yield from (blobs, uploads)
+        yield _counter("docxy_shared_errors", "Shared store requests that failed.", counts.errors)
 
     def _certificate(self) -> Iterator[Metric]:
         providers: dict[str, Provider] = self.state.extras.get("health", {})

@@ -11,6 +11,11 @@ A cached blob is served under a repository only once the mirror knows that repos
 — with the mirror's token, then with the client's own credentials, which serves content
 private to that client from the cache without sharing it. Unconfirmed, the request passes
 through (the client sees the upstream's own answer); with the upstream down, it fails.
+
+With a shared tier (``docxy.shared``) a fill reads the blob from the object store when it is
+there, else from the upstream, and a blob filled from the upstream is uploaded afterwards. A
+blob filled from the object store is still served under a repository only as above: the fill
+confirms no pairing, so an unknown one is confirmed upstream first.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from docxy.core.errors import UpstreamError, UpstreamUnavailable
 from docxy.core.ranges import parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
+from docxy.shared.tier import SharedTier
 from docxy.upstream import direct
 from docxy.upstream.client import SERVER_TROUBLE
 from docxy.upstream.tokens import MirrorTokens
@@ -47,8 +53,10 @@ class BlobService:
         tokens: MirrorTokens,
         pairings: BlobPairings | None = None,
         permits: FillPermits | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self.store = store
+        self.shared = shared
         self.tokens = tokens
         self.pairings = pairings if pairings is not None else BlobPairings(None)
         self.permits = permits or FillPermits()
@@ -157,6 +165,24 @@ class BlobService:
         )
 
     async def _fetch(self, pull: Pull) -> Download:
+        """A fill's download: from the shared tier when it has the blob, else upstream (and
+        then offered to the shared tier once the fill is done)."""
+        digest = pull.reference.digest
+        if self.shared is None or digest is None:
+            return await self._fetch_upstream(pull)
+        download = await self.shared.download(digest)
+        if download is not None:
+            return download
+        download = await self._fetch_upstream(pull)
+        shared = self.shared
+
+        async def close() -> None:
+            await download.close()
+            shared.filled(digest)
+
+        return Download(download.size, download.chunks, close, body=download.body)
+
+    async def _fetch_upstream(self, pull: Pull) -> Download:
         """The upstream half of a fill: a GET with the mirror's own token.
 
         Made directly when the client allows it (its body then read by a worker thread, see

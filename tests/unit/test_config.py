@@ -184,6 +184,12 @@ SAMPLES = {
     "auth.client_certs": "false",
     "auth.upstream_logins": "true",
     "auth.allow_plain_http": "true",
+    "shared.bucket": "docxy-cache",
+    "shared.region": "eu-west-3",
+    "shared.access_key": "docxy",
+    "shared.secret_key": "not-shown",
+    "shared.prefix": "team/docxy",
+    "shared.uploads": "4",
 }
 
 
@@ -196,7 +202,8 @@ def test_every_setting_has_an_env_name(key: str, value: str) -> None:
 
 def test_samples_cover_every_setting() -> None:
     keys = {key for key, _, _ in describe(load_config(environ={}))}
-    assert keys - set(SAMPLES) == {"upstream.username", "upstream.password"}
+    # shared.endpoint needs the bucket and keys beside it: tests/unit/test_shared.py
+    assert keys - set(SAMPLES) == {"upstream.username", "upstream.password", "shared.endpoint"}
 
 
 def test_docxy_config_env_names_the_file(tmp_path: Path) -> None:

@@ -1,0 +1,156 @@
+"""The object store's requests: HEAD, GET (streamed), PUT (streamed from a file), DELETE.
+
+Requests go through the mirror's one httpx client and are signed with AWS Signature Version 4
+by botocore's signer (``botocore.auth.SigV4Auth``, imported only when the shared tier is on).
+The payload's SHA-256 is given, never computed by the signer: an upload streams the blob from
+disk and its hash is the blob's own digest, already verified by the fill; other requests have
+no body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+from docxy.core.digests import Digest
+from docxy.core.errors import ConfigError
+from docxy.shared.keys import blob_key, object_url
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: Bytes read from disk per chunk of an upload.
+UPLOAD_CHUNK = 1024 * 1024
+
+
+class ObjectStoreError(Exception):
+    """The object store could not be reached or answered with an error; the message says."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Where the shared blobs live and how to sign for them."""
+
+    endpoint: str
+    bucket: str
+    region: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    prefix: str = ""
+
+    def url(self, digest: Digest) -> str:
+        return object_url(self.endpoint, self.bucket, blob_key(self.prefix, digest))
+
+
+def require_signer() -> None:
+    """Load the signer at start-up (not on the loop at the first miss); without botocore the
+    mirror refuses to start."""
+    try:
+        importlib.import_module("botocore.auth")
+    except ImportError as exc:
+        raise ConfigError(
+            "shared.endpoint: the shared tier needs botocore: pip install 'docxy[shared]'"
+        ) from exc
+
+
+def signed_headers(
+    bucket: Bucket, method: str, url: str, payload_sha256: str, headers: Mapping[str, str] = {}
+) -> dict[str, str]:
+    """The headers of a SigV4-signed request (``x-amz-date``, ``x-amz-content-sha256``,
+    ``Authorization``, and ``headers``); the host is signed as the URL names it."""
+    from botocore.auth import SigV4Auth  # ~6 MB: only when the shared tier is on
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(
+        method=method, url=url, headers={**headers, "X-Amz-Content-SHA256": payload_sha256}
+    )
+    SigV4Auth(Credentials(bucket.access_key, bucket.secret_key), "s3", bucket.region).add_auth(
+        request
+    )
+    return {str(name): str(value) for name, value in request.headers.items()}
+
+
+class ObjectStore:
+    """Blobs in one bucket, through ``client``."""
+
+    def __init__(self, bucket: Bucket, client: httpx.AsyncClient) -> None:
+        self.bucket = bucket
+        self.client = client
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        payload: str = EMPTY_SHA256,
+        headers: Mapping[str, str] = {},
+        content: AsyncIterator[bytes] | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        signed = signed_headers(self.bucket, method, url, payload, headers)
+        request = self.client.build_request(method, url, headers=signed, content=content)
+        try:
+            return await self.client.send(request, stream=stream)
+        except httpx.HTTPError as exc:
+            raise ObjectStoreError(f"{method} {type(exc).__name__}: {exc}") from exc
+
+    async def size_of(self, digest: Digest) -> int | None:
+        """The stored object's length, or None when there is none."""
+        answer = await self._send("HEAD", self.bucket.url(digest))
+        if answer.status_code == 404:
+            return None
+        _check(answer, "HEAD")
+        length = answer.headers.get("content-length", "")
+        return int(length) if length.isdigit() else None
+
+    async def open(self, digest: Digest) -> httpx.Response | None:
+        """The object's body, streamed (the caller closes it), or None when there is none."""
+        identity = {"Accept-Encoding": "identity"}  # the blob's own bytes, never re-encoded
+        answer = await self._send("GET", self.bucket.url(digest), headers=identity, stream=True)
+        if answer.status_code == 404:
+            await answer.aclose()
+            return None
+        if answer.status_code != 200:
+            await answer.aclose()
+            _check(answer, "GET")
+        return answer
+
+    async def put(self, digest: Digest, fd: int, size: int) -> None:
+        """Store ``size`` bytes read from ``fd`` (a verified sha256 blob) under ``digest``."""
+        if digest.algorithm != "sha256":
+            raise ValueError("only sha256 blobs are signed by their digest")
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        answer = await self._send(
+            "PUT",
+            self.bucket.url(digest),
+            payload=digest.hex,
+            headers=headers,
+            content=_read_chunks(fd, size),
+        )
+        _check(answer, "PUT")
+
+    async def delete(self, digest: Digest) -> None:
+        answer = await self._send("DELETE", self.bucket.url(digest))
+        if answer.status_code != 404:
+            _check(answer, "DELETE")
+
+
+def _check(answer: httpx.Response, what: str) -> None:
+    if not 200 <= answer.status_code < 300:
+        raise ObjectStoreError(f"{what} answered {answer.status_code}")
+
+
+async def _read_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
+    """``size`` bytes of ``fd`` from its start, read in worker threads; short is an error."""
+    offset = 0
+    while offset < size:
+        chunk = await asyncio.to_thread(os.pread, fd, min(UPLOAD_CHUNK, size - offset), offset)
+        if not chunk:
+            raise ObjectStoreError(f"the blob file ended at {offset} of {size} bytes")
+        offset += len(chunk)
+        yield chunk

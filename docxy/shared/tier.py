@@ -1,0 +1,204 @@
+"""SharedTier: the object store as a source for local fills and a sink after upstream fills.
+
+- :meth:`SharedTier.download` is tried by a fill before the upstream: the object's bytes go
+  through the same fill as an upstream's (digest and length verified before the commit, so a
+  corrupt object is never served whole). A fill from an object that does not commit is
+  reported once, and the blob is marked bad here: this replica fetches it upstream from then
+  on and overwrites the object with its verified copy.
+- :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
+  blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
+  at the same length is skipped. Keys are content addresses: replicas racing are harmless.
+- The object store failing never fails a pull: its first failure of a burst is logged, the
+  tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), and
+  ``/health`` shows it under ``shared`` without changing the mirror's status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.fill import Download
+from docxy.config import SharedConfig
+from docxy.core.bounded import LruDict
+from docxy.core.digests import Digest
+from docxy.shared.objects import Bucket, ObjectStore, ObjectStoreError
+from docxy.shared.uploads import UploadQueue
+
+log = logging.getLogger(__name__)
+
+#: Seconds the tier is skipped after the object store failed.
+RETRY_AFTER = 30.0
+#: The store's client timeouts (seconds to connect; without a byte): a store that hangs costs a
+#: miss this long at most, once per RETRY_AFTER, before it goes straight to the upstream.
+SHARED_CONNECT = 3.0
+SHARED_READ = 15.0
+#: Blobs remembered as bad in the object store (read from upstream, overwritten on upload).
+MAX_BAD = 4096
+
+
+@dataclass
+class SharedCounts:
+    """Since start, for /health and /metrics."""
+
+    hits: int = 0  # local fills started from the object store
+    misses: int = 0  # asked, not there
+    corrupt: int = 0  # fills from an object that did not verify
+    uploaded: int = 0
+    upload_skipped: int = 0  # already stored
+    upload_failed: int = 0
+    errors: int = 0  # object store requests that failed (unreachable, 5xx, 403...)
+
+
+class SharedTier:
+    def __init__(self, objects: ObjectStore, blobs: DiskBlobStore, concurrency: int) -> None:
+        self.objects = objects
+        self.blobs = blobs
+        self.uploads = UploadQueue(self._upload, concurrency)
+        self.counts = SharedCounts()
+        self._bad: LruDict[Digest, bool] = LruDict(MAX_BAD)
+        self._failed_at: float | None = None
+        self.last_error: str | None = None
+        self.reachable: bool | None = None  # None: not asked yet
+
+    # --- the source -------------------------------------------------------------------------
+
+    async def download(self, digest: Digest) -> Download | None:
+        """The object as a fill's download, or None (absent, known bad, store in trouble)."""
+        if digest in self._bad or self._resting():
+            return None
+        try:
+            answer = await self.objects.open(digest)
+        except ObjectStoreError as exc:
+            self._trouble(exc)
+            return None
+        self._answered()
+        if answer is None:
+            self.counts.misses += 1
+            return None
+        self.counts.hits += 1
+        length = answer.headers.get("content-length", "")
+        body = _ObjectBody(answer)
+
+        async def close() -> None:
+            await answer.aclose()
+            if body.read_all and not self._committed(digest):
+                self._corrupt(digest)
+
+        log.info("blob %s: filling from the shared store", digest)
+        return Download(int(length) if length.isdigit() else None, body.chunks(self), close)
+
+    def _corrupt(self, digest: Digest) -> None:
+        self.counts.corrupt += 1
+        self._bad.set(digest, True)
+        log.warning(
+            "shared store: the object of %s did not verify; fetching it upstream from now on",
+            digest,
+        )
+
+    # --- the sink ---------------------------------------------------------------------------
+
+    def filled(self, digest: Digest) -> None:
+        """A fill from the upstream ended: queue a committed sha256 blob for upload."""
+        if digest.algorithm == "sha256" and self._committed(digest) and not self._resting():
+            self.uploads.offer(digest)
+
+    async def _upload(self, digest: Digest) -> None:
+        try:
+            fd = os.open(self.blobs.path_of(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            return  # evicted meanwhile
+        try:
+            size = os.fstat(fd).st_size
+            if digest not in self._bad and await self.objects.size_of(digest) == size:
+                self.counts.upload_skipped += 1
+                return
+            await self.objects.put(digest, fd, size)
+        except ObjectStoreError as exc:
+            self.counts.upload_failed += 1
+            self._trouble(exc)
+            return
+        finally:
+            os.close(fd)
+        self._answered()
+        self._bad.pop(digest)
+        self.counts.uploaded += 1
+        log.info("shared store: uploaded %s (%d bytes)", digest, size)
+
+    # --- health -----------------------------------------------------------------------------
+
+    def _committed(self, digest: Digest) -> bool:
+        return os.path.exists(self.blobs.path_of(digest))
+
+    def _resting(self) -> bool:
+        failed = self._failed_at
+        return failed is not None and time.monotonic() - failed < RETRY_AFTER
+
+    def _trouble(self, exc: ObjectStoreError) -> None:
+        self.counts.errors += 1
+        self.last_error = str(exc)
+        if self.reachable is not False:  # once per burst
+            log.warning(
+                "shared store %s in trouble (%s): pulls go to the upstream for %gs",
+                self.objects.bucket.endpoint,
+                exc,
+                RETRY_AFTER,
+            )
+        self.reachable = False
+        self._failed_at = time.monotonic()
+
+    def _answered(self) -> None:
+        if self.reachable is False:
+            log.info("shared store %s answers again", self.objects.bucket.endpoint)
+        self.reachable = True
+        self._failed_at = None
+
+    def report(self) -> dict[str, object]:
+        """The ``shared`` detail of ``/health`` (never the mirror's status)."""
+        bucket = self.objects.bucket
+        return {
+            "endpoint": bucket.endpoint,
+            "bucket": bucket.bucket,
+            "reachable": self.reachable,
+            "last_error": self.last_error,
+            **vars(self.counts),
+            "uploads_waiting": self.uploads.waiting,
+            "uploads_dropped": self.uploads.dropped,
+        }
+
+
+class _ObjectBody:
+    """An object's body as a fill reads it; remembers whether it was read to its end."""
+
+    def __init__(self, answer: httpx.Response) -> None:
+        self.answer = answer
+        self.read_all = False
+
+    async def chunks(self, tier: SharedTier) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.answer.aiter_bytes():
+                yield chunk
+        except httpx.HTTPError as exc:
+            tier._trouble(ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}"))
+            raise
+        self.read_all = True
+
+
+def open_tier(config: SharedConfig, blobs: DiskBlobStore, http: httpx.AsyncClient) -> SharedTier:
+    """The tier for ``config`` (enabled) over the local ``blobs``, sending through ``http``."""
+    assert config.endpoint and config.bucket and config.access_key and config.secret_key
+    bucket = Bucket(
+        config.endpoint,
+        config.bucket,
+        config.region,
+        config.access_key,
+        config.secret_key,
+        config.prefix,
+    )
+    return SharedTier(ObjectStore(bucket, http), blobs, config.uploads)
