@@ -32,14 +32,13 @@ from docxy.cache import (
     TagEntry,
     referenced_digests,
 )
+from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.options import add_config_arguments
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.names import ImageRef, parse_image_ref
 
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-EXIT_CONFIG = 2
+EXIT_NOT_FOUND = EXIT_FAILED
 
 ConfigLoader = Callable[[argparse.Namespace], Config]
 

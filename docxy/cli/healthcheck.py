@@ -11,10 +11,11 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from docxy.cli.exits import EXIT_FAILED, EXIT_OK
 from docxy.cli.options import add_config_arguments
 from docxy.config import Config, HostPort
 
-EXIT_OK, EXIT_UNHEALTHY = 0, 1
+EXIT_UNHEALTHY = EXIT_FAILED
 DEFAULT_TIMEOUT = 5.0
 
 ConfigLoader = Callable[[argparse.Namespace], Config]
