@@ -17,17 +17,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from docxy.access.clientca import ClientCA
 from docxy.access.keys import KeyRing
 from docxy.access.users import UsersFile, UsersFileError
 from docxy.cli.exits import EXIT_FAILED
-from docxy.cli.options import add_config_arguments
-from docxy.config import Config
-
-Loader = Callable[[argparse.Namespace], Config]
+from docxy.cli.options import ConfigLoader, add_config_arguments
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,7 +60,7 @@ def _password(args: argparse.Namespace) -> str:
     return first
 
 
-def run(args: argparse.Namespace, load: Loader) -> int:
+def run(args: argparse.Namespace, load: ConfigLoader) -> int:
     config = load(args)  # a ConfigError is docxy's (main) to report
     try:
         if args.group == "users":
