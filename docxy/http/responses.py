@@ -21,13 +21,12 @@ from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenge
 from docxy.core.errors import RegistryError, StreamCut, Unauthorized
-from docxy.core.headers import response_headers
+from docxy.core.headers import API_VERSION_HEADER, response_headers
 from docxy.core.ranges import content_range
 from docxy.pull.outcome import BlobContent, ManifestContent, Served
 
 log = logging.getLogger(__name__)
 
-API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 Body = bytes | AsyncIterator[bytes]
 
 
