@@ -4,12 +4,13 @@
                  proxy mode, TLS
     mirror       Docxy itself as a child process (`python -m docxy serve`)
     basic_upstream  a second upstream: a registry with htpasswd Basic auth, seeded
+    acme         a real ACME server: pebble, with pebble-challtestsrv as its DNS (certbot's tests)
     bed/         the Docker-Hub-like upstream: token server, registry, front, CDN, faults, images
     clients/     private dockerd and containerd, the egress guard, relays and forwarders, a network
                  namespace, TLS trust for daemons, the appliance's base image and containers
     service      a child process serving HTTP on a free port, waited on until it answers
     processes    polling, stopping, unmounting; CPU and memory of a process tree (/proc)
-    ports, certs free loopback ports; a self-signed certificate for 127.0.0.1
+    ports, certs free loopback ports, whether one accepts; a self-signed certificate for 127.0.0.1
     need         the binaries and privileges a part needs
 
 Nothing here imports pytest. A part that cannot run on this machine (a missing binary, not

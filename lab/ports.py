@@ -14,3 +14,12 @@ def free_port(host: str = LOOPBACK) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def accepts(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something accepts TCP connections on `host`:`port` now."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -15,14 +15,16 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from docxy.access.gate import USERS_UNREADABLE, AccessControl, Refusal, basic_credentials
+from docxy.access.gate import AccessControl, basic_credentials, users_unreadable
 from docxy.access.scopes import grant, parse_scopes
 from docxy.access.tokens import issue
 from docxy.access.users import UsersFileError
+from docxy.core.errors import RegistryError, Unauthorized
 
 log = logging.getLogger(__name__)
 
 BAD_CREDENTIALS = "incorrect username or password"
+BASIC_CHALLENGE = 'Basic realm="docxy"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,25 +35,20 @@ class Issued:
 
 def issue_token(
     access: AccessControl, authorization: str | None, scopes: list[str]
-) -> Issued | Refusal:
+) -> Issued | RegistryError:
     """A token for the user named by ``authorization``, or why not."""
     credentials = basic_credentials(authorization)
     if credentials is None:
-        return Refusal(
-            401,
-            "UNAUTHORIZED",
-            "authentication required: docker login first",
-            'Basic realm="docxy"',
-        )
+        return Unauthorized("authentication required: docker login first", BASIC_CHALLENGE)
     user, password = credentials
     try:
         known = access.users.check(user, password)
     except UsersFileError as exc:
         log.error("users file: %s", exc)
-        return USERS_UNREADABLE
+        return users_unreadable()
     if not known:
         log.info("token refused: bad credentials")  # never the name tried or the password
-        return Refusal(401, "UNAUTHORIZED", BAD_CREDENTIALS, 'Basic realm="docxy"')
+        return Unauthorized(BAD_CREDENTIALS, BASIC_CHALLENGE)
     now = time.time()
     granted = grant(parse_scopes(scopes))
     token = issue(access.keys, access.spec, user, granted, now)

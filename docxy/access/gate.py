@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from docxy.access.tokens import TokenInvalid, TokenSpec, verify
 from docxy.access.users import UsersFile, UsersFileError
 from docxy.config import Config
 from docxy.core.challenge import Challenge
-from docxy.core.errors import ConfigError
+from docxy.core.errors import ConfigError, Denied, MirrorUnavailable, RegistryError, Unauthorized
 from docxy.core.names import upstream_name
 
 log = logging.getLogger(__name__)
@@ -41,28 +40,10 @@ log = logging.getLogger(__name__)
 PASSWORD_CHECKS = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A request the mirror will not serve: status, registry error code, message, challenge."""
-
-    status: int
-    code: str
-    message: str
-    challenge: str | None = None
-
-    def body(self) -> bytes:
-        return json.dumps({"errors": [{"code": self.code, "message": self.message}]}).encode()
-
-    def headers(self) -> list[tuple[str, str]]:
-        headers = [("Content-Type", "application/json")]
-        if self.challenge is not None:
-            headers.append(("WWW-Authenticate", self.challenge))
-        return headers
-
-
-#: The users file cannot be read or parsed (edited by hand?): nobody's password or token can
-#: be checked, so nothing is served; the log says why.
-USERS_UNREADABLE = Refusal(503, "UNAVAILABLE", "the mirror cannot read its users file")
+def users_unreadable() -> MirrorUnavailable:
+    """The users file cannot be read or parsed (edited by hand?): nobody's password or token
+    can be checked, so nothing is served; the log says why."""
+    return MirrorUnavailable("the mirror cannot read its users file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +65,8 @@ class Identified:
 @dataclass(frozen=True, slots=True)
 class Decision:
     identity: ClientIdentity
-    refusal: Refusal | None = None
+    #: the registry error to answer with (401 with the mirror's challenge, 403, 503), if any
+    refusal: RegistryError | None = None
     #: the client's own Authorization may go upstream on a pass-through (open mode, or
     #: ``auth.upstream_logins`` for a certificate client whose token is not the mirror's)
     forward_credentials: bool = True
@@ -233,14 +215,15 @@ class AccessControl:
     def decide(self, who: Identified, repository: str | None) -> Decision:
         """The cheap half: what ``who`` may do with ``repository``."""
         if who.unavailable:
-            return Decision(ANONYMOUS, USERS_UNREADABLE, forward_credentials=False, identified=who)
+            unreadable = users_unreadable()
+            return Decision(ANONYMOUS, unreadable, forward_credentials=False, identified=who)
         if who.problem is not None:
             return self._refuse(who, repository, who.problem, who.error)
         if who.granted is not None and repository is not None:
             if not allows(who.granted, repository, "pull", self.normal):
                 message = f"the token does not grant pull on {repository}"
-                refusal = Refusal(403, "DENIED", message)
-                return Decision(who.identity, refusal, forward_credentials=False, identified=who)
+                denied = Denied(message)
+                return Decision(who.identity, denied, forward_credentials=False, identified=who)
         return Decision(who.identity, forward_credentials=who.forward, identified=who)
 
     def _ours(self, token: str) -> bool:
@@ -254,5 +237,5 @@ class AccessControl:
         self, who: Identified, repository: str | None, message: str, error: str | None
     ) -> Decision:
         challenge = self.challenge(repository, error)
-        refusal = Refusal(401, "UNAUTHORIZED", message, challenge)
+        refusal = Unauthorized(message, challenge)
         return Decision(ANONYMOUS, refusal, forward_credentials=False, identified=who)

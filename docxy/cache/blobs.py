@@ -353,12 +353,9 @@ class DiskBlobStore:
         when no temp file can be made, or writing failed lately, and :class:`NoRoom` when this
         blob found no room lately: nothing is fetched then.
         """
-        fill = self._fills.get(digest)
-        if fill is not None and fill.state is FillState.WRITING:
-            return self._follow(fill)
-        reader = self.open_read(digest)
-        if reader is not None:
-            return reader
+        joined = self._join(digest)
+        if joined is not None:
+            return joined
         failed = self.write_failed_at
         if failed is not None and time.monotonic() - failed < WRITE_FAILURE_BACKOFF:
             raise CacheUnwritable("the cache failed to write lately")
@@ -374,21 +371,24 @@ class DiskBlobStore:
 
     def filling(self, digest: Digest) -> bool:
         """Whether a fill of ``digest`` is running (a request for it would join, not start one)."""
-        fill = self._fills.get(digest)
-        return fill is not None and fill.state is FillState.WRITING
+        return self._writing(digest) is not None
 
     async def fetch_or_join(self, digest: Digest) -> Fill:
         """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower.
 
         The building block of :meth:`fill`, for callers that feed the writer themselves.
         """
+        joined = self._join(digest)
+        return joined if joined is not None else self._start_fill(digest)
+
+    def _writing(self, digest: Digest) -> InFlight | None:
         fill = self._fills.get(digest)
-        if fill is not None and fill.state is FillState.WRITING:
-            return self._follow(fill)
-        reader = self.open_read(digest)
-        if reader is not None:
-            return reader
-        return self._start_fill(digest)
+        return fill if fill is not None and fill.state is FillState.WRITING else None
+
+    def _join(self, digest: Digest) -> BlobReader | BlobFollower | None:
+        """A follower of the fill of ``digest`` running now, else a reader of the cached blob."""
+        fill = self._writing(digest)
+        return self._follow(fill) if fill is not None else self.open_read(digest)
 
     def _follow(self, fill: InFlight) -> BlobFollower:
         fd = os.open(fill.tmp_path, os.O_RDONLY)

@@ -17,17 +17,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from docxy.access.clientca import ClientCA
 from docxy.access.keys import KeyRing
 from docxy.access.users import UsersFile, UsersFileError
-from docxy.cli.options import add_config_arguments
-from docxy.config import Config
-
-Loader = Callable[[argparse.Namespace], Config]
-EXIT_FAIL = 1
+from docxy.cli.exits import EXIT_FAILED
+from docxy.cli.options import ConfigLoader, add_config_arguments
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,7 +60,7 @@ def _password(args: argparse.Namespace) -> str:
     return first
 
 
-def run(args: argparse.Namespace, load: Loader) -> int:
+def run(args: argparse.Namespace, load: ConfigLoader) -> int:
     config = load(args)  # a ConfigError is docxy's (main) to report
     try:
         if args.group == "users":
@@ -76,7 +72,7 @@ def run(args: argparse.Namespace, load: Loader) -> int:
         return 0
     except (ValueError, UsersFileError, OSError) as exc:
         print(f"docxy {args.group} {args.action}: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAILED
 
 
 def _users(args: argparse.Namespace, users: UsersFile) -> int:
@@ -87,7 +83,7 @@ def _users(args: argparse.Namespace, users: UsersFile) -> int:
     if args.action == "rm":
         if not users.remove(args.name):
             print(f"docxy users rm: no user {args.name}", file=sys.stderr)
-            return EXIT_FAIL
+            return EXIT_FAILED
         print(f"removed {args.name}")
         return 0
     new = users.add(args.name, _password(args))
@@ -103,7 +99,7 @@ def _clients(args: argparse.Namespace, ca: ClientCA) -> int:
     if args.action == "rm":
         if not ca.revoke(args.name):
             print(f"docxy clients rm: no client {args.name}", file=sys.stderr)
-            return EXIT_FAIL
+            return EXIT_FAILED
         print(f"revoked {args.name}")
         return 0
     entry = ca.issue(args.name, args.out)

@@ -15,7 +15,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -32,16 +32,13 @@ from docxy.cache import (
     TagEntry,
     referenced_digests,
 )
-from docxy.cli.options import add_config_arguments
+from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.names import ImageRef, parse_image_ref
 
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-EXIT_CONFIG = 2
-
-ConfigLoader = Callable[[argparse.Namespace], Config]
+EXIT_NOT_FOUND = EXIT_FAILED
 
 
 # --- formatting (pure) ----------------------------------------------------------------------

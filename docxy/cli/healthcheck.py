@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
-from docxy.cli.options import add_config_arguments
-from docxy.config import Config, HostPort
+from docxy.cli.exits import EXIT_FAILED, EXIT_OK
+from docxy.cli.options import ConfigLoader, add_config_arguments
+from docxy.config import HostPort
 
-EXIT_OK, EXIT_UNHEALTHY = 0, 1
+EXIT_UNHEALTHY = EXIT_FAILED
 DEFAULT_TIMEOUT = 5.0
-
-ConfigLoader = Callable[[argparse.Namespace], Config]
 
 
 def local_url(listen: HostPort, path: str = "/health") -> str:

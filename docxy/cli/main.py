@@ -13,11 +13,10 @@ from docxy import __version__
 from docxy.cli import access as accesscli
 from docxy.cli import cache as cachecli
 from docxy.cli import healthcheck, warm
+from docxy.cli.exits import EXIT_CONFIG
 from docxy.config import Config, describe, load_config
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
-
-EXIT_CONFIG = 2
 
 # flag dest → config key
 FLAG_KEYS = {

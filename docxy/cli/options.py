@@ -4,7 +4,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+
+from docxy.config import Config
+
+ConfigLoader = Callable[[argparse.Namespace], Config]
+"""What a command's ``run`` is handed to load the settings (``main.config_from_args``)."""
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, with_set: bool = True) -> None:

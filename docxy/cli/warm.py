@@ -19,7 +19,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -28,16 +28,12 @@ import httpx
 from docxy import __version__
 from docxy.cache import Digest, parse_digest
 from docxy.cli.cache import human_size
-from docxy.cli.options import add_config_arguments
+from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.cli.progress import TransferProgress
-from docxy.config import Config
 from docxy.core.challenge import parse_challenge
 from docxy.core.errors import ConfigError, DigestInvalid
 from docxy.core.names import ImageRef, parse_image_ref
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 USER_AGENT = f"docxy-warm/{__version__}"
 INDEX_TYPES = frozenset(
@@ -56,8 +52,6 @@ ACCEPT = ", ".join(sorted(INDEX_TYPES | IMAGE_TYPES))
 CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20
 _REPO_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs)/[^/]+")
-
-ConfigLoader = Callable[[argparse.Namespace], Config]
 
 
 class WarmError(Exception):

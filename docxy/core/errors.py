@@ -1,7 +1,9 @@
 """Errors the mirror can answer with, in the registry's JSON error format.
 
-Every error a client can see is a :class:`RegistryError`; one handler (``http/app.py``) renders it
-``{"errors": [{"code": ..., "message": ..., "detail": ...}]}`` with its HTTP status::
+Every error a client can see is a :class:`RegistryError`, rendered by its own :meth:`body`
+(``{"errors": [{"code": ..., "message": ..., "detail": ...}]}``, :meth:`encoded` as bytes) and
+:meth:`headers` with its HTTP status: ``http/responses.py``'s ``error_response`` for the app,
+the edge's ASGI layers for what they refuse before it::
 
     RegistryError
     ├── ClientError                 the request itself is wrong (4xx)
@@ -11,9 +13,11 @@ Every error a client can see is a :class:`RegistryError`; one handler (``http/ap
     │   ├── RequestTooLarge         414/431 SIZE_INVALID  oversized query or headers
     │   ├── RangeNotSatisfiable     416 RANGE_INVALID   a Range outside the blob
     │   ├── NotFound                404 NOT_FOUND       no such route
+    │   ├── Unauthorized            401 UNAUTHORIZED    no or bad credentials (with a challenge)
     │   ├── Denied                  403 DENIED          not on the allow list, repository rules
     │   ├── TooManyRequests         429 TOOMANYREQUESTS a per-client limit (with Retry-After)
     │   └── Unsupported             405 UNSUPPORTED     the mirror is read-only
+    ├── MirrorUnavailable           503 UNAVAILABLE     the mirror cannot check who asks
     └── UpstreamError               the upstream failed us (5xx)
         ├── UpstreamUnavailable     502 UNAVAILABLE     refused, reset, DNS, TLS, bad answer
         └── UpstreamTimeout         504 UNAVAILABLE     no answer in time
@@ -25,6 +29,7 @@ then leaves the response unended, so the server closes the connection, logged in
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -53,6 +58,14 @@ class RegistryError(Exception):
             error["detail"] = self.detail
         return {"errors": [error]}
 
+    def encoded(self) -> bytes:
+        return json.dumps(self.body()).encode()
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The response's headers but its length and the API version (the caller's layer adds
+        those): ``Content-Type``, and what a kind of error adds to it."""
+        return [("Content-Type", "application/json")]
+
 
 class ClientError(RegistryError):
     status = 400
@@ -79,10 +92,33 @@ class RangeNotSatisfiable(ClientError):
     status = 416
     code = "RANGE_INVALID"
 
+    def headers(self) -> list[tuple[str, str]]:
+        headers = super().headers()
+        if isinstance(self.detail, dict):
+            headers.append(("Content-Range", f"bytes */{self.detail.get('size', '*')}"))
+        return headers
+
 
 class NotFound(ClientError):
     status = 404
     code = "NOT_FOUND"
+
+
+class Unauthorized(ClientError):
+    """``challenge``: the ``WWW-Authenticate`` value that tells the client where to log in."""
+
+    status = 401
+    code = "UNAUTHORIZED"
+
+    def __init__(self, message: str, challenge: str | None = None, detail: Any = None) -> None:
+        super().__init__(message, detail)
+        self.challenge = challenge
+
+    def headers(self) -> list[tuple[str, str]]:
+        headers = super().headers()
+        if self.challenge is not None:
+            headers.append(("WWW-Authenticate", self.challenge))
+        return headers
 
 
 class Denied(ClientError):
@@ -94,10 +130,21 @@ class TooManyRequests(ClientError):
     status = 429
     code = "TOOMANYREQUESTS"
 
+    def headers(self) -> list[tuple[str, str]]:
+        headers = super().headers()
+        if isinstance(self.detail, dict):
+            headers.append(("Retry-After", str(self.detail.get("retry_after", 1))))
+        return headers
+
 
 class Unsupported(ClientError):
     status = 405
     code = "UNSUPPORTED"
+
+
+class MirrorUnavailable(RegistryError):
+    status = 503
+    code = "UNAVAILABLE"
 
 
 class UpstreamError(RegistryError):

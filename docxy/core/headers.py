@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# Every answer of the registry API carries it (the app's and the edge's refusals alike).
+API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones the mirror recomputes itself.
 HOP_BY_HOP = frozenset(
     {

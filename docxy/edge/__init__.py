@@ -2,5 +2,6 @@
 
 ``connections`` caps open connections and closes idle and stalled ones (hypercorn's TCP
 server, one subclass), ``admission`` is the ASGI layer for allow lists, repository rules and
-per-client limits, ``limits`` keeps the token buckets, ``clients`` names a client.
+per-client limits, ``limits`` keeps the token buckets, ``clients`` names a client,
+``replies`` sends a registry error from an ASGI layer before the app.
 """

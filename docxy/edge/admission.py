@@ -24,7 +24,6 @@ addresses no allow list names, and must not be rate limited into failing a renew
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,10 +34,12 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 from docxy.config import Config
 from docxy.core.cidr import Address
 from docxy.core.errors import Denied, RegistryError, TooManyRequests
+from docxy.core.headers import API_VERSION_HEADER
 from docxy.core.names import Kind, parse_v2_path, upstream_name
 from docxy.edge.clients import client_identity, limit_key, request_address
 from docxy.edge.fills import CLIENT
 from docxy.edge.limits import Buckets, Clock, retry_after
+from docxy.edge.replies import send_error
 from docxy.upstream.client import Upstream
 from docxy.upstream.routing import Upstreams, UpstreamUnknown
 
@@ -88,7 +89,7 @@ class Admission:
             self._admit(scope, address, key)
         except RegistryError as error:
             self.refused += 1
-            await _send_error(send, error)
+            await send_error(send, error, [API_VERSION_HEADER])
             return
         named = CLIENT.set(key)  # for the fill caps (docxy.edge.fills), in the tasks it starts
         try:
@@ -168,16 +169,3 @@ def _exempt(path: str) -> bool:
 def _limit(wait: float, message: str) -> None:
     if wait > 0:
         raise TooManyRequests(message, {"retry_after": retry_after(wait)})
-
-
-async def _send_error(send: ASGISendCallable, error: RegistryError) -> None:
-    body = json.dumps(error.body()).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"docker-distribution-api-version", b"registry/2.0"),
-    ]
-    if isinstance(error, TooManyRequests) and isinstance(error.detail, dict):
-        headers.append((b"retry-after", error.detail["retry_after"].encode()))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import resource
 import struct
@@ -42,6 +41,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, Event, RawData
 
 from docxy.access.peer import PeerCertTCPServer
+from docxy.core.errors import TooManyRequests
 from docxy.heap import malloc_trim
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ MAX_FD_LIMIT = 1 << 20
 
 
 def _busy_response() -> bytes:
-    body = json.dumps(
-        {"errors": [{"code": "TOOMANYREQUESTS", "message": "too many open connections"}]}
-    ).encode()
+    """Written on the socket before any ASGI app runs: the head by hand, the body the registry
+    error's own."""
+    body = TooManyRequests("too many open connections", status=503).encoded()
     head = (
         "HTTP/1.1 503 Service Unavailable\r\n"
         "content-type: application/json\r\n"

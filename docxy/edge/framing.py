@@ -14,11 +14,10 @@ incomplete, so one that arrives in a single read may be larger.
 
 from __future__ import annotations
 
-import json
-
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from docxy.core.errors import ClientError, RegistryError, RequestTooLarge
+from docxy.edge.replies import send_error
 
 MAX_HEAD = 16 * 1024  # bytes of header names and values, the same as h11's incomplete limit
 
@@ -54,11 +53,4 @@ class Framing:
         if error is None:
             await self.app(scope, receive, send)
             return
-        body = json.dumps(error.body()).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_error(send, error, [("Connection", "close")])

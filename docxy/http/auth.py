@@ -22,10 +22,10 @@ from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
 from docxy.access.authority import Issued, issue_token
-from docxy.access.gate import Refusal, basic_credentials
+from docxy.access.gate import basic_credentials
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core.challenge import rewrite_scope, unprefix_scope
-from docxy.core.errors import NotFound, UpstreamError
+from docxy.core.errors import NotFound, RegistryError, UpstreamError
 from docxy.http.routes import request_facts
 from docxy.http.state import mirror_state
 from docxy.upstream.client import Upstream, read_small
@@ -187,8 +187,9 @@ async def _own_token(authorization: str | None) -> Response:
     scopes = request.args.getlist("scope")
     async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
         answer = await asyncio.to_thread(issue_token, access, authorization, scopes)
-    if isinstance(answer, Refusal):
-        response = Response(answer.body(), status=answer.status, headers=Headers(answer.headers()))
+    if isinstance(answer, RegistryError):  # the token endpoint's answers carry no API version
+        headers = Headers(answer.headers())
+        response = Response(answer.encoded(), status=answer.status, headers=headers)
     else:
         assert isinstance(answer, Issued)
         response = Response(answer.body, status=200, content_type="application/json")

@@ -6,7 +6,6 @@ access log can count the bytes that really went out, after a streamed body ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -22,6 +21,7 @@ from hypercorn.typing import (
 
 from docxy.access.identity import identity_of
 from docxy.core.errors import RegistryError, RequestTooLarge
+from docxy.edge.replies import send_error
 
 log = logging.getLogger("docxy.access")
 
@@ -30,20 +30,6 @@ MAX_PATH = 4 * 1024
 # Served on plain HTTP too: the health check, and ACME HTTP-01 tokens (certbot needs port 80).
 HTTPS_EXEMPT_PATHS = frozenset({"/health"})
 HTTPS_EXEMPT_PREFIXES = ("/.well-known/acme-challenge/",)
-
-
-async def _send_error(
-    send: ASGISendCallable, error: RegistryError, extra: list[tuple[bytes, bytes]]
-) -> None:
-    status = error.status
-    body = json.dumps(error.body()).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class UseHttps(RegistryError):
@@ -90,7 +76,7 @@ class Guard:
             return
         http = origin_form(scope)
         if len(http["query_string"]) > MAX_QUERY or len(http["raw_path"] or b"") > MAX_PATH:
-            await _send_error(send, RequestTooLarge("request target too long"), [])
+            await send_error(send, RequestTooLarge("request target too long"))
             return
         path = http["path"]
         if (
@@ -102,8 +88,8 @@ class Guard:
             target = self.https_url + (http["raw_path"] or b"/").decode("latin-1")
             if http["query_string"]:
                 target += "?" + http["query_string"].decode("latin-1")
-            location = [(b"location", target.encode("latin-1"))]
-            await _send_error(send, UseHttps("this mirror is served over HTTPS"), location)
+            location = [("Location", target)]
+            await send_error(send, UseHttps("this mirror is served over HTTPS"), location)
             return
         await self.app(http, receive, send)
 

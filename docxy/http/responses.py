@@ -9,7 +9,6 @@ a cut connection, never a short success.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 
@@ -21,14 +20,13 @@ from docxy.cache.errors import FillAborted
 from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenge
-from docxy.core.errors import RangeNotSatisfiable, RegistryError, StreamCut, TooManyRequests
-from docxy.core.headers import response_headers
+from docxy.core.errors import RegistryError, StreamCut, Unauthorized
+from docxy.core.headers import API_VERSION_HEADER, response_headers
 from docxy.core.ranges import content_range
 from docxy.pull.outcome import BlobContent, ManifestContent, Served
 
 log = logging.getLogger(__name__)
 
-API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 Body = bytes | AsyncIterator[bytes]
 
 
@@ -52,22 +50,13 @@ async def empty_body() -> AsyncIterator[bytes]:
 
 
 def error_response(error: RegistryError) -> Response:
-    """``{"errors": [{"code", "message", "detail"}]}`` with the error's status."""
-    headers = [("Content-Type", "application/json")]
-    if isinstance(error, RangeNotSatisfiable) and isinstance(error.detail, dict):
-        headers.append(("Content-Range", f"bytes */{error.detail.get('size', '*')}"))
-    if isinstance(error, TooManyRequests) and isinstance(error.detail, dict):
-        headers.append(("Retry-After", str(error.detail.get("retry_after", 1))))
-    return registry_response(json.dumps(error.body()).encode(), error.status, headers)
+    """``{"errors": [{"code", "message", "detail"}]}`` with the error's status and headers."""
+    return registry_response(error.encoded(), error.status, error.headers())
 
 
 def unauthorized(challenge: str | None) -> Response:
     """The ``/v2/`` answer that starts a client's token dance."""
-    body = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
-    headers = [("Content-Type", "application/json")]
-    if challenge is not None:
-        headers.append(("WWW-Authenticate", challenge))
-    return registry_response(json.dumps(body).encode(), 401, headers)
+    return error_response(Unauthorized("authentication required", challenge))
 
 
 def served_response(served: Served) -> Response:

@@ -19,7 +19,13 @@ from docxy.core.challenge import Challenge, rewrite_challenge
 from docxy.core.errors import Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.core.headers import request_headers
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
-from docxy.http.responses import registry_response, relay, served_response, unauthorized
+from docxy.http.responses import (
+    error_response,
+    registry_response,
+    relay,
+    served_response,
+    unauthorized,
+)
 from docxy.http.state import MirrorState, mirror_state
 from docxy.pull.outcome import Outcome, PassThrough, Pull, Reason, Source
 from docxy.upstream.client import SERVER_TROUBLE, read_small
@@ -139,7 +145,7 @@ def _access(repository: str | None) -> Response | None:
     refusal = decision.refusal
     if refusal is None:
         return None
-    return registry_response(refusal.body(), refusal.status, refusal.headers())
+    return error_response(refusal)
 
 
 def _pull(route: Route, reference: Reference) -> Pull:

@@ -31,7 +31,6 @@ from docxy.http.state import MirrorState
 from docxy.observe.connections import open_connections
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-READ_METHODS = frozenset({"GET", "HEAD"})
 #: Where the bytes of a response came from, by the request's cache outcome.
 SOURCES = {
     "hit": "cache",

@@ -9,7 +9,7 @@
 
 Only the image's paths are moved (DOCXY_STATE_DIR, DOCXY_RUN_DIR, DOCXY_SUPERVISOR_CONF) and the
 ports are loopback ones; the ACME server is pebble with challtestsrv resolving the domain to
-127.0.0.1, as in tests/test_certs_e2e.py. The upstream is a closed loopback port: nothing pulls.
+127.0.0.1, as in tests/e2e/test_certs_e2e.py. The upstream is a closed loopback port: nothing pulls.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import httpx
 import pytest
 from cryptography import x509
 
+from lab.acme import DOMAIN, EMAIL, Pebble, running_pebble
 from lab.ports import LOOPBACK, free_port
-from tests.e2e.test_certs_e2e import DOMAIN, EMAIL, Pebble, poll, running_pebble, served_cert
+from tests.e2e.test_certs_e2e import poll, served_cert
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e

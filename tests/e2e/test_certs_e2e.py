@@ -1,13 +1,14 @@
 """Certificates end to end: real certbot against a real ACME server (pebble) on loopback.
 
-    pebble-challtestsrv   DNS only: every name resolves to 127.0.0.1 (no AAAA)
-    pebble                ACME directory; validates HTTP-01 on the mirror's plain-HTTP port
+    pebble                `lab.acme`: ACME directory, with pebble-challtestsrv as its DNS;
+                          validates HTTP-01 on the mirror's plain-HTTP port
     certbot               --webroot into the directory the mirror serves
     the mirror            `python -m docxy serve` (tests 1, 3, 4) or, for the streaming test, a
                           tiny ASGI app on hypercorn with the same ReloadableTLS (test 2)
 
-Pebble's root CA is new at every start; it is fetched from the management port and trusted by
-the clients here. certbot trusts pebble's own HTTPS certificate through REQUESTS_CA_BUNDLE.
+Pebble's root CA is new at every start (`Pebble.root`), trusted by the clients here. certbot
+trusts pebble's own HTTPS certificate (`Pebble.tls_ca`) through REQUESTS_CA_BUNDLE, which
+docxy sets from --ca-bundle / certs.ca_bundle.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +40,16 @@ from hypercorn.config import Config as HypercornConfig
 from docxy.cli.main import config_from_args
 from docxy.tls import certs
 from docxy.tls.context import ReloadableTLS, self_signed
+from lab.acme import DOMAIN, EMAIL, Pebble, running_pebble
 from lab.mirror import Mirror, launch_mirror, stop_mirror
-from lab.ports import LOOPBACK, free_port
+from lab.ports import LOOPBACK, accepts, free_port
+from lab.processes import pid_alive
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DOMAIN = "mirror.test"
-EMAIL = "ops@mirror.test"
 DEAD_UPSTREAM = "http://127.0.0.1:9"  # the certificate tests never pull
-VALIDITY = 3600  # pebble's certificate lifetime: always due for renewal (certbot: < 30 days)
 DEADLINE = 60.0
 STARTSECS = 30.0  # scripts/supervisord.conf: a program is RUNNING after that long
 
@@ -59,116 +59,6 @@ def poll(predicate: Callable[[], object], timeout: float = DEADLINE, what: str =
     while not predicate():
         assert time.monotonic() < deadline, f"not before the deadline: {what}"
         time.sleep(0.05)
-
-
-# --- pebble -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Pebble:
-    workdir: Path
-    http_port: int
-    directory: str = ""
-    tls_ca: Path = Path()  # pebble's own HTTPS certificate, for certbot
-    root: Path = Path()  # the CA behind issued certificates (new at every start)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self) -> None:
-        need_binary("pebble")
-        need_binary("pebble-challtestsrv")
-        need_binary("certbot")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.tls_ca, tls_key = self_signed(
-            self.workdir, LOOPBACK, cert_name="pebble-tls.pem", key_name="pebble-tls.key"
-        )
-        dns, dns_admin, acme, admin = (free_port() for _ in range(4))
-        config = {
-            "pebble": {
-                "listenAddress": f"{LOOPBACK}:{acme}",
-                "managementListenAddress": f"{LOOPBACK}:{admin}",
-                "certificate": str(self.tls_ca),
-                "privateKey": str(tls_key),
-                "httpPort": self.http_port,
-                "tlsPort": free_port(),
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
-                "certificateValidityPeriod": VALIDITY,
-            }
-        }
-        (self.workdir / "pebble.json").write_text(json.dumps(config))
-        self._spawn(
-            "challtestsrv",
-            ["pebble-challtestsrv", "-defaultIPv4", LOOPBACK, "-defaultIPv6", ""]
-            + ["-dns01", f"{LOOPBACK}:{dns}", "-management", f"{LOOPBACK}:{dns_admin}"]
-            + ["-http01", "", "-https01", "", "-tlsalpn01", ""],
-            {},
-        )
-        poll(lambda: _tcp_open(dns), 15, "challtestsrv DNS")
-        self._spawn(
-            "pebble",
-            ["pebble", "-config", str(self.workdir / "pebble.json")]
-            + ["-dnsserver", f"{LOOPBACK}:{dns}"],
-            {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"},
-        )
-        self.directory = f"https://{LOOPBACK}:{acme}/dir"
-        verify = ssl.create_default_context(cafile=self.tls_ca)
-        poll(lambda: _get(self.directory, verify) is not None, 30, "pebble directory")
-        root = _get(f"https://{LOOPBACK}:{admin}/roots/0", verify)
-        assert root is not None and b"BEGIN CERTIFICATE" in root
-        self.root = self.workdir / "pebble-root.pem"
-        self.root.write_bytes(root)
-
-    def _spawn(self, name: str, cmd: list[str], env: Mapping[str, str]) -> None:
-        with (self.workdir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
-            )
-        self.procs.append(proc)
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        self.procs.clear()
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.workdir.glob("*.log"))
-
-
-def _tcp_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
-        return True
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _get(url: str, verify: ssl.SSLContext) -> bytes | None:
-    try:
-        response = httpx.get(url, verify=verify, timeout=5)
-    except httpx.TransportError:
-        return None
-    return response.content if response.status_code == 200 else None
-
-
-@contextlib.contextmanager
-def running_pebble(workdir: Path, http_port: int) -> Iterator[Pebble]:
-    pebble = Pebble(workdir, http_port)
-    try:
-        pebble.start()
-        yield pebble
-    finally:
-        pebble.stop()
 
 
 # --- what a client sees -------------------------------------------------------------------------
@@ -464,7 +354,7 @@ async def test_scheduler_renewal_swaps_cert_with_zero_errors_and_intact_download
             server = tg.create_task(serving, name="hypercorn")
             watcher = tg.create_task(tls.watch(0.05), name="tls-watch")
             try:
-                await wait_async(lambda: _tcp_open(https_port), "hypercorn listening")
+                await wait_async(lambda: accepts(https_port), "hypercorn listening")
                 # First issuance: no lineage yet, so the renewer obtains through the webroot.
                 out = await renewer_once(site, pebble)
                 assert "new certificate installed; mirror told by file watch" in out
@@ -680,7 +570,7 @@ def test_supervisor_restarts_mirror_and_renewer_and_stops_cleanly(tmp_path: Path
                 sup.kill()
                 sup.wait(timeout=10)
         log.close()
-        left = [child for child in seen - {0} if _alive(child)]
+        left = [child for child in seen - {0} if pid_alive(child)]
         for child in left:
             os.kill(child, signal.SIGKILL)
     assert left == [], "children outlived supervisord"

@@ -36,6 +36,7 @@ import pytest
 from cryptography import x509
 
 from lab import REPO_ROOT
+from lab.acme import DOMAIN, EMAIL, running_pebble
 from lab.bed import Bed, TestImage
 from lab.clients.baseimage import build_image, import_base
 from lab.clients.container import Container, daemon_time, layer_files, running_container
@@ -43,7 +44,7 @@ from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.ports import LOOPBACK, free_port
 from tests.e2e.test_appliance_e2e import handshake, is_self_signed
-from tests.e2e.test_certs_e2e import DOMAIN, EMAIL, poll, running_pebble
+from tests.e2e.test_certs_e2e import poll
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e

@@ -2,7 +2,7 @@
 
     the mirror   `python -m docxy serve` in front of the Docker-Hub-like bed, plain HTTP for the
                  ACME webroot and HTTPS as https://mirror.test:PORT (its public URL)
-    pebble       issues the certificate through the mirror's webroot (tests.test_certs_e2e)
+    pebble       issues the certificate through the mirror's webroot (lab.acme)
     clients      skopeo and a private dockerd, trusting pebble's root for mirror.test only,
                  resolving mirror.test to 127.0.0.1 through one /etc/hosts line, and with
                  every other host sent to the refusing egress guard
@@ -29,6 +29,7 @@ import httpx
 import pytest
 from cryptography import x509
 
+from lab.acme import DOMAIN, Pebble, running_pebble
 from lab.bed import Bed, TestImage
 from lab.bed.images import generated_digest
 from lab.clients.egress import EgressGuard
@@ -37,14 +38,11 @@ from lab.mirror import Mirror
 from lab.ports import LOOPBACK, free_port
 from tests.conftest import StartMirror
 from tests.e2e.test_certs_e2e import (
-    DOMAIN,
-    Pebble,
     Site,
     https_loop,
     obtain_through,
     poll,
     run_renewer_once,
-    running_pebble,
     serial_of,
     served_cert,
 )

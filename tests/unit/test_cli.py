@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from docxy import __version__
-from docxy.cli.main import EXIT_CONFIG, main
+from docxy.cli.exits import EXIT_CONFIG
+from docxy.cli.main import main
 from docxy.config import SETTINGS
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from docxy.cli.healthcheck import EXIT_OK, EXIT_UNHEALTHY, local_url
-from docxy.cli.main import EXIT_CONFIG, main
+from docxy.cli.exits import EXIT_CONFIG, EXIT_OK
+from docxy.cli.healthcheck import EXIT_UNHEALTHY, local_url
+from docxy.cli.main import main
 from docxy.config import HostPort
 from lab.ports import free_port
 
