@@ -13,7 +13,7 @@ import json
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -33,7 +33,7 @@ class ObjectStore:
     service: Service
     bucket: str
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)  # not in pytest's failure reports
     region: str = "us-east-1"
 
     @property

@@ -193,16 +193,15 @@ class Pusher:
     def __init__(self, registry_url: str, token_for: TokenFn) -> None:
         self.registry_url = registry_url
         self._token_for = token_for
-        self._tokens: dict[str, str] = {}
         self._client = httpx.Client(timeout=httpx.Timeout(60.0))
 
     def close(self) -> None:
         self._client.close()
 
     def _headers(self, repo: str) -> dict[str, str]:
-        if repo not in self._tokens:
-            self._tokens[repo] = self._token_for(repo)
-        return {"Authorization": f"Bearer {self._tokens[repo]}"}
+        # A token minted for each request: the bed lives for the whole session, longer than a
+        # token (a kept one expired under tests that push late in a full run).
+        return {"Authorization": f"Bearer {self._token_for(repo)}"}
 
     def _start_upload(self, repo: str) -> str:
         url = f"{self.registry_url}/v2/{repo}/blobs/uploads/"
