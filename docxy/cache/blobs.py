@@ -50,6 +50,7 @@ from docxy.cache.fill import (
 from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
 from docxy.cache.reader import READ_CHUNK, BlobReader
 from docxy.cache.startup import read_in_thread
+from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
 
@@ -73,7 +74,7 @@ ROOM_ATTEMPTS = 2
 ROOM_WAIT = 30.0
 #: Seconds a blob that found no room passes straight through (larger than the cache: always).
 NO_ROOM_BACKOFF = 60.0
-#: Blobs remembered as having found no room, least recently added forgotten first.
+#: Blobs remembered as having found no room, least recently seen forgotten first.
 NO_ROOM_MEMORY = 1024
 #: Plans made again when an image it would forget was pulled while it was being made.
 PLAN_ATTEMPTS = 3
@@ -158,7 +159,7 @@ class DiskBlobStore:
         self._reserved = 0  # by the running fills (InFlight.reserved), counted against the cap
         self._waiting: list[int] = []  # bytes each fill waiting for room wants: eviction frees
         self._trash = 0  # evicted bytes still on disk, being deleted in a worker thread
-        self._no_room: OrderedDict[Digest, tuple[float, str]] = OrderedDict()  # until, why
+        self._no_room: LruDict[Digest, tuple[float, str]] = LruDict(NO_ROOM_MEMORY)  # until, why
         self._pins: Counter[Digest] = Counter()
         self._write_failed_logged = False
         #: When writing a fill last failed (disk full...): the routes pass misses through a while.
@@ -288,6 +289,10 @@ class DiskBlobStore:
         return entry
 
     # --- reads ------------------------------------------------------------------------------
+
+    def holds(self, digest: Digest) -> bool:
+        """Whether the blob is committed here, from the index (its recency untouched)."""
+        return self._entry(digest) is not None
 
     def lookup(self, digest: Digest) -> BlobEntry | None:
         """The committed blob, marked as just used; None if not cached."""
@@ -457,10 +462,7 @@ class DiskBlobStore:
 
     def _found_no_room(self, digest: Digest, reason: str, until: float) -> NoRoom:
         log.info("cache: %s not cached, %s; passed through", digest, reason)
-        self._no_room[digest] = (until, reason)
-        self._no_room.move_to_end(digest)
-        while len(self._no_room) > NO_ROOM_MEMORY:
-            self._no_room.popitem(last=False)
+        self._no_room.set(digest, (until, reason))
         return NoRoom(f"not cached: {reason}")
 
     def _check_room_lately(self, digest: Digest) -> None:
@@ -472,7 +474,7 @@ class DiskBlobStore:
         until, reason = lately
         if time.monotonic() < until:
             raise NoRoom(f"not cached: {reason}")
-        del self._no_room[digest]
+        self._no_room.pop(digest)
 
     def fill_grew(self, fill: InFlight, nbytes: int) -> None:
         """Count a running fill's bytes (within its reservation)."""

@@ -88,7 +88,7 @@ class SharedTier:
 
         async def close() -> None:
             await answer.aclose()
-            if body.read_all and not self._committed(digest):
+            if body.read_all and not self.blobs.holds(digest):
                 self._corrupt(digest)
 
         log.info("blob %s: filling from the shared store", digest)
@@ -106,7 +106,7 @@ class SharedTier:
 
     def filled(self, digest: Digest) -> None:
         """A fill from the upstream ended: queue a committed sha256 blob for upload."""
-        if digest.algorithm == "sha256" and self._committed(digest) and not self._resting():
+        if digest.algorithm == "sha256" and self.blobs.holds(digest) and not self._resting():
             self.uploads.offer(digest)
 
     async def _upload(self, digest: Digest) -> None:
@@ -132,9 +132,6 @@ class SharedTier:
         log.info("shared store: uploaded %s (%d bytes)", digest, size)
 
     # --- health -----------------------------------------------------------------------------
-
-    def _committed(self, digest: Digest) -> bool:
-        return os.path.exists(self.blobs.path_of(digest))
 
     def _resting(self) -> bool:
         failed = self._failed_at
