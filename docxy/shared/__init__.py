@@ -5,7 +5,7 @@ verified; the shared tier is only a *source* for a local fill (before the upstre
 *sink* after a fill from the upstream committed (a bounded background upload).
 
     keys      object keys and URLs (pure)
-    objects   the object store's four requests (HEAD, GET, PUT, DELETE), signed with SigV4
+    objects   the object store's requests (HEAD, GET, PUT), signed with SigV4
     uploads   the bounded upload queue
     tier      SharedTier: what the pull path asks, and what /health and /metrics show
 """

@@ -1,7 +1,8 @@
-"""The object store's requests: HEAD, GET (streamed), PUT (streamed from a file), DELETE.
+"""The object store's requests: HEAD, GET (streamed), PUT (streamed from a file).
 
-Requests go through the mirror's one httpx client and are signed with AWS Signature Version 4
-by botocore's signer (``botocore.auth.SigV4Auth``, imported only when the shared tier is on).
+Requests go through the tier's own httpx client (made like the upstream's; the store's answers
+must not count as the upstream's in health and metrics) and are signed with AWS Signature
+Version 4 by botocore's signer (``botocore.auth.SigV4Auth``, loaded only when the tier is on).
 The payload's SHA-256 is given, never computed by the signer: an upload streams the blob from
 disk and its hash is the blob's own digest, already verified by the fill; other requests have
 no body.
@@ -133,11 +134,6 @@ class ObjectStore:
             content=_read_chunks(fd, size),
         )
         _check(answer, "PUT")
-
-    async def delete(self, digest: Digest) -> None:
-        answer = await self._send("DELETE", self.bucket.url(digest))
-        if answer.status_code != 404:
-            _check(answer, "DELETE")
 
 
 def _check(answer: httpx.Response, what: str) -> None:
