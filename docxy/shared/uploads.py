@@ -79,6 +79,7 @@ class UploadQueue:
             worker.cancel()
 
     async def drained(self) -> None:
-        """Wait until no upload waits or runs (tests, shutdown); bounded by the work queued."""
+        """Wait until no upload waits or runs (tests; shutdown cancels instead); bounded by the work
+        queued."""
         while self._workers:
             await asyncio.wait(list(self._workers))
