@@ -72,7 +72,8 @@ LOW_WATER_GAP = 8 * 1024**3
 #: A fill that needs room waits for at most this many evictions, each this many seconds at most.
 ROOM_ATTEMPTS = 2
 ROOM_WAIT = 30.0
-#: Seconds a blob that found no room passes straight through (larger than the cache: always).
+#: Seconds a blob that found no room passes straight through, unless the room it needed is
+#: free sooner (larger than the cache: always).
 NO_ROOM_BACKOFF = 60.0
 #: Blobs remembered as having found no room, least recently seen forgotten first.
 NO_ROOM_MEMORY = 1024
@@ -159,7 +160,9 @@ class DiskBlobStore:
         self._reserved = 0  # by the running fills (InFlight.reserved), counted against the cap
         self._waiting: list[int] = []  # bytes each fill waiting for room wants: eviction frees
         self._trash = 0  # evicted bytes still on disk, being deleted in a worker thread
-        self._no_room: LruDict[Digest, tuple[float, str]] = LruDict(NO_ROOM_MEMORY)  # until, why
+        #: Blobs that found no room: until when they pass through, why, and the bytes they
+        #: wanted in all (free room of that size ends the wait early).
+        self._no_room: LruDict[Digest, tuple[float, str, int]] = LruDict(NO_ROOM_MEMORY)
         self._pins: Counter[Digest] = Counter()
         self._write_failed_logged = False
         #: When writing a fill last failed (disk full...): the routes pass misses through a while.
@@ -436,7 +439,7 @@ class DiskBlobStore:
         wanted = fill.reserved + nbytes
         if wanted > self.max_size:
             reason = f"{wanted} bytes or more, larger than the whole cache ({self.max_size})"
-            raise self._found_no_room(fill.digest, reason, float("inf"))
+            raise self._found_no_room(fill.digest, reason, float("inf"), wanted)
         await self.indexed()  # the cap counts every committed blob
         self._waiting.append(nbytes)
         try:
@@ -451,7 +454,8 @@ class DiskBlobStore:
                 f"no room for {nbytes} more bytes: {self._total} committed and {self._reserved}"
                 f" reserved by running fills of {self.max_size}, the rest in use"
             )
-            raise self._found_no_room(fill.digest, reason, time.monotonic() + NO_ROOM_BACKOFF)
+            until = time.monotonic() + NO_ROOM_BACKOFF
+            raise self._found_no_room(fill.digest, reason, until, wanted)
         if self._fills.get(fill.digest) is fill and fill.state is FillState.WRITING:
             fill.reserved += nbytes
             self._reserved += nbytes
@@ -460,19 +464,20 @@ class DiskBlobStore:
         """Bytes a fill may still reserve: the cap less committed, reserved and trashed bytes."""
         return self.max_size - self._total - self._reserved - self._trash
 
-    def _found_no_room(self, digest: Digest, reason: str, until: float) -> NoRoom:
+    def _found_no_room(self, digest: Digest, reason: str, until: float, needed: int) -> NoRoom:
         log.info("cache: %s not cached, %s; passed through", digest, reason)
-        self._no_room.set(digest, (until, reason))
+        self._no_room.set(digest, (until, reason, needed))
         return NoRoom(f"not cached: {reason}")
 
     def _check_room_lately(self, digest: Digest) -> None:
         """Raise :class:`NoRoom` if ``digest`` found no room lately (or is larger than the
-        cache): its clients pass it through without the mirror fetching it first."""
+        cache): its clients pass it through without the mirror fetching it first. Once the
+        room it needed is free (no eviction needed), it is fetched and cached again at once."""
         lately = self._no_room.get(digest)
         if lately is None:
             return
-        until, reason = lately
-        if time.monotonic() < until:
+        until, reason, needed = lately
+        if time.monotonic() < until and self._room() < needed:
             raise NoRoom(f"not cached: {reason}")
         self._no_room.pop(digest)
 

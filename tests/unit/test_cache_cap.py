@@ -208,6 +208,26 @@ async def test_room_taken_by_reads_and_fills_passes_through_then_fills_again(
     assert store.lookup(held) is None  # evicted once nobody read it
 
 
+async def test_a_blob_that_found_no_room_is_cached_as_soon_as_its_room_is_free(
+    tmp_path: Path,
+) -> None:
+    store = make_store(tmp_path, max_size=1000)
+    held = await put(store, blob(800, 1))
+    reader = store.open_read(held)
+    assert reader is not None
+    data = blob(300, 2)
+    upstream = Upstream(data)
+    assert isinstance(await served(await store.fill(digest_of(data), upstream.fetch)), NoRoom)
+    reader.close()
+    with pytest.raises(NoRoom):  # the room is there to be made, but only by an eviction
+        await store.fill(digest_of(data), upstream.fetch)
+    assert upstream.fetches == 1
+    assert store.remove(held)  # now free without evicting anything: well within the minute
+    assert await served(await store.fill(digest_of(data), upstream.fetch)) == data
+    assert upstream.fetches == 2
+    assert store.lookup(digest_of(data)) is not None
+
+
 async def test_a_blob_of_unknown_length_outgrowing_the_room_is_cut_then_passed_through(
     tmp_path: Path, watch: DiskWatch
 ) -> None:
