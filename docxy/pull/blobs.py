@@ -104,7 +104,7 @@ class BlobService:
             return PassThrough(Reason.CACHE_FULL if full else Reason.CACHE_UNWRITABLE, str(exc))
         if isinstance(stream, BlobReader) and release is not None:
             release()  # committed while we looked: no fetch of ours
-        if isinstance(stream, BlobFollower):  # of our fill, or of one started before: kept
+        if isinstance(stream, BlobFollower):  # our fill's origin; a joined fill's is known
             self._origins.setdefault(stream.fill, origin)
         return await self._follow(pull, digest, stream)
 
