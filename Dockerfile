@@ -15,14 +15,16 @@ COPY scheduler ./scheduler
 # docxy/data/configure-client.sh (served at /setup.sh) is a link to this file.
 COPY scripts/configure-client.sh ./scripts/configure-client.sh
 # One venv with the app and what runs beside it: the renewer (APScheduler), certbot and
-# supervisor. Only /opt/docxy reaches the runtime stage: the source, the built wheel and pip's
-# cache stay here, and pip and setuptools leave the venv after use. pip trusts the base image's
-# CA store when it has one (a TLS-inspecting proxy's CA added there is then honoured).
+# supervisor, and botocore for the shared tier of several replicas ([shared]: +24 MB of image,
+# imported only when shared.endpoint is set, so a single mirror's memory is unchanged). Only
+# /opt/docxy reaches the runtime stage: the source, the built wheel and pip's cache stay here,
+# and pip and setuptools leave the venv after use. pip trusts the base image's CA store when it
+# has one (a TLS-inspecting proxy's CA added there is then honoured).
 RUN python3 -m venv /opt/docxy \
     && if [ -f /etc/ssl/certs/ca-certificates.crt ]; then \
          export PIP_CERT=/etc/ssl/certs/ca-certificates.crt; fi \
     && /opt/docxy/bin/pip install --no-cache-dir --disable-pip-version-check \
-         '.[scheduler]' certbot \
+         '.[scheduler,shared]' certbot \
     && /opt/docxy/bin/certbot --version \
     && /opt/docxy/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 

@@ -31,18 +31,20 @@ from docxy.http.state import MirrorState
 from docxy.observe.connections import open_connections
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-#: Where the bytes of a response came from, by the request's cache outcome.
+#: Where the bytes of a response came from, by the request's cache outcome. A fill from the
+#: shared bucket ([shared]) is its own source: neither this replica's cache nor the upstream.
 SOURCES = {
     "hit": "cache",
     "stale": "cache",
     "revalidated": "cache",
+    "shared": "shared",
     "miss": "upstream",
     "bypass": "passthrough",
     "uncached": "passthrough",
 }
+SENT_SOURCES = ("cache", "shared", "upstream", "passthrough", "other")
 
-
-OUTCOMES = ("hit", "miss", "stale", "revalidated", "bypass", "uncached")
+OUTCOMES = ("hit", "miss", "shared", "stale", "revalidated", "bypass", "uncached")
 
 
 def route_kind(path: str) -> str:
@@ -102,15 +104,17 @@ class RequestMetrics:
         )
         self.sent_bytes = Counter(
             "docxy_sent_bytes",
-            "Body bytes sent to clients, by source: cache, upstream (a cache fill), "
-            "passthrough (not cached), other (challenges, tokens, health).",
+            "Body bytes sent to clients, by source: cache, shared (a cache fill from the "
+            "shared bucket), upstream (a cache fill from the upstream), passthrough (not "
+            "cached), other (challenges, tokens, health).",
             ["source"],
             registry=registry,
         )
         self.cache = Counter(
             "docxy_cache_requests",
-            "Manifest and blob requests by cache outcome: hit, miss, stale, revalidated, "
-            "bypass (cache off or not cacheable), uncached (private or disk failing).",
+            "Manifest and blob requests by cache outcome: hit, miss, shared (filled from the "
+            "shared bucket), stale, revalidated, bypass (cache off or not cacheable), uncached "
+            "(private or disk failing).",
             ["route", "outcome"],
             registry=registry,
         )
@@ -127,7 +131,7 @@ class RequestMetrics:
             registry=registry,
         )
         # Series that exist from the start, so a dashboard shows 0 rather than nothing.
-        for source in ("cache", "upstream", "passthrough", "other"):
+        for source in SENT_SOURCES:
             self.sent_bytes.labels(source)
         for route in ("manifest", "blob"):
             for outcome in OUTCOMES:

@@ -15,12 +15,13 @@ from typing import Any
 
 from docxy.cli.cache import human_size
 from docxy.http.health import health_report
-from docxy.observe.metrics import OUTCOMES, timestamp
+from docxy.observe.metrics import OUTCOMES, SENT_SOURCES, timestamp
 from docxy.observe.observer import Observer, Samples, total
 
 REFRESH_SECONDS = 10
 TOP_IMAGES = 10
-FROM_CACHE = ("hit", "stale", "revalidated")
+#: Answers that cost the upstream no download: this replica's cache, or the shared bucket.
+FROM_CACHE = ("hit", "stale", "revalidated", "shared")
 
 
 def status_report(observer: Observer) -> dict[str, Any]:
@@ -32,9 +33,9 @@ def status_report(observer: Observer) -> dict[str, Any]:
     report["uptime_seconds"] = round(now - observer.started_at)
     sent = {
         source: int(total(samples, "docxy_sent_bytes_total", source=source))
-        for source in ("cache", "upstream", "passthrough", "other")
+        for source in SENT_SOURCES
     }
-    served = sent["cache"] + sent["upstream"] + sent["passthrough"]
+    served = sent["cache"] + sent["shared"] + sent["upstream"] + sent["passthrough"]
     report["traffic"] = {
         "requests": int(total(samples, "docxy_http_requests_total")),
         "errors_5xx": int(total(samples, "docxy_http_requests_total", status_class="5xx")),
@@ -50,7 +51,7 @@ def status_report(observer: Observer) -> dict[str, Any]:
     effect: dict[str, Any] = {
         "requests": outcomes,
         "hit_ratio": _ratio(sum(outcomes[o] for o in FROM_CACHE), asked),
-        "byte_hit_ratio": _ratio(sent["cache"], served),
+        "byte_hit_ratio": _ratio(sent["cache"] + sent["shared"], served),
     }
     cache = report.get("cache")
     if isinstance(cache, dict):
@@ -229,6 +230,8 @@ def _traffic(traffic: dict[str, Any]) -> str:
         ("sent from upstream", human_size(int(sent.get("upstream", 0)))),
         ("passed through", human_size(int(sent.get("passthrough", 0)))),
     ]
+    if sent.get("shared"):  # a replica with [shared]: what the bucket spared the upstream
+        rows.insert(5, ("sent from the shared bucket", human_size(int(sent["shared"]))))
     return _section("traffic", "Traffic since start", _rows(rows))
 
 

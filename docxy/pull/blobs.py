@@ -15,17 +15,21 @@ through (the client sees the upstream's own answer); with the upstream down, it 
 With a shared tier (``docxy.shared``) a fill reads the blob from the object store when it is
 there, else from the upstream, and a blob filled from the upstream is uploaded afterwards. A
 blob filled from the object store is still served under a repository only as above: the fill
-confirms no pairing, so an unknown one is confirmed upstream first.
+confirms no pairing, so an unknown one is confirmed upstream first. Every client of such a fill
+is told so (``Source.SHARED``, the access log's ``cache=shared``): its bytes spent no upstream
+quota.
 """
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import CacheUnwritable, FetchFailed, FillAborted, NoRoom
-from docxy.cache.fill import BlobFollower, Download
+from docxy.cache.fill import BlobFollower, Download, InFlight
 from docxy.cache.pairings import BlobPairings
 from docxy.cache.reader import BlobReader
 from docxy.cache.visibility import RepoKey, may_serve
@@ -44,6 +48,13 @@ UNCONFIRMED = PassThrough(
 )
 
 
+@dataclass
+class FillOrigin:
+    """Where one fill's download came from, set by its fetch before any byte is announced."""
+
+    shared: bool = False
+
+
 class BlobService:
     """``get(pull)`` → an outcome; ``store`` None means the cache is off."""
 
@@ -60,6 +71,8 @@ class BlobService:
         self.tokens = tokens
         self.pairings = pairings if pairings is not None else BlobPairings(None)
         self.permits = permits or FillPermits()
+        #: The origin of each fill this service started, for the clients that follow it.
+        self._origins: weakref.WeakKeyDictionary[InFlight, FillOrigin] = weakref.WeakKeyDictionary()
 
     async def get(self, pull: Pull) -> Outcome:
         digest = pull.reference.digest
@@ -81,8 +94,9 @@ class BlobService:
             return PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
         # Starting a fill needs a permit (429 over the caps); joining one does not.
         release = None if self.store.filling(digest) else self.permits.acquire()
+        origin = FillOrigin()
         try:
-            stream = await self.store.fill(digest, partial(self._permitted, pull, release))
+            stream = await self.store.fill(digest, partial(self._permitted, pull, release, origin))
         except (CacheUnwritable, NoRoom) as exc:
             if release is not None:
                 release()
@@ -90,6 +104,8 @@ class BlobService:
             return PassThrough(Reason.CACHE_FULL if full else Reason.CACHE_UNWRITABLE, str(exc))
         if isinstance(stream, BlobReader) and release is not None:
             release()  # committed while we looked: no fetch of ours
+        if isinstance(stream, BlobFollower):  # our fill's origin; a joined fill's is known
+            self._origins.setdefault(stream.fill, origin)
         return await self._follow(pull, digest, stream)
 
     async def _follow(
@@ -102,7 +118,7 @@ class BlobService:
                 source = Source.HIT
             else:
                 size = await stream.size()  # our own fetch has confirmed the pairing by now
-                source = Source.MISS
+                source = Source.SHARED if self._from_shared(stream) else Source.MISS
             held = await self._held(pull, digest)
         except NoRoom as exc:  # before a byte was sent: the blob does not fit under the cap
             stream.close()
@@ -118,7 +134,15 @@ class BlobService:
         if isinstance(held, PassThrough):
             stream.close()
             return held
-        return Served(source if held is Source.HIT else held, BlobContent(digest, size, stream))
+        if source is not Source.SHARED and held is not Source.HIT:
+            source = held  # confirmed upstream just now (a fill from the bucket says so first)
+        return Served(source, BlobContent(digest, size, stream))
+
+    def _from_shared(self, follower: BlobFollower) -> bool:
+        """Whether the fill ``follower`` streams reads the shared bucket (known once it has
+        announced its size: its fetch has returned by then)."""
+        origin = self._origins.get(follower.fill)
+        return origin is not None and origin.shared
 
     async def _held(self, pull: Pull, digest: Digest) -> Source | PassThrough:
         """Whether the pull's repository holds ``digest``: known (HIT), or confirmed upstream
@@ -148,12 +172,12 @@ class BlobService:
                 return Source.REVALIDATED
         return UNCONFIRMED
 
-    async def _permitted(self, pull: Pull, release: Release | None) -> Download:
+    async def _permitted(self, pull: Pull, release: Release | None, origin: FillOrigin) -> Download:
         """:meth:`_fetch`, giving the fill's permit back when the download is closed."""
         if release is None:
-            return await self._fetch(pull)
+            return await self._fetch(pull, origin)
         try:
-            download = await self._fetch(pull)
+            download = await self._fetch(pull, origin)
         except BaseException:
             release()
             raise
@@ -164,14 +188,15 @@ class BlobService:
             body=download.body,
         )
 
-    async def _fetch(self, pull: Pull) -> Download:
-        """A fill's download: from the shared tier when it has the blob, else upstream (and
-        then offered to the shared tier once the fill is done)."""
+    async def _fetch(self, pull: Pull, origin: FillOrigin) -> Download:
+        """A fill's download: from the shared tier when it has the blob (``origin`` says so),
+        else upstream (and then offered to the shared tier once the fill is done)."""
         digest = pull.reference.digest
         if self.shared is None or digest is None:
             return await self._fetch_upstream(pull)
         download = await self.shared.download(digest)
         if download is not None:
+            origin.shared = True
             return download
         download = await self._fetch_upstream(pull)
         shared = self.shared

@@ -18,10 +18,15 @@ same dockerd pulls through them: its registry mirror is a port chosen before it 
     certificate   first start with a domain: bootstrap certificate, issuance from pebble through
                   the container's plain listener, the issued certificate served; `docker exec`
                   works under the derived settings; `docker stop` stops both programs cleanly
+    replicas      two containers with `DOCXY_SHARED_*` and one bucket of a real S3-compatible
+                  store on loopback (SeaweedFS, lab/objectstore.py): a blob pulled through one
+                  lands in the bucket, and the other serves it from there (`cache=shared` in its
+                  access log), not from the upstream
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,9 +47,11 @@ from lab.clients.baseimage import build_image, import_base
 from lab.clients.container import Container, daemon_time, layer_files, running_container
 from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
+from lab.objectstore import start_objectstore
 from lab.ports import LOOPBACK, free_port
 from tests.e2e.test_appliance_e2e import handshake, is_self_signed
 from tests.e2e.test_certs_e2e import poll
+from tests.e2e.test_shared_e2e import blob_fetches, get_blob, object_bytes, shared_health
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
@@ -153,17 +160,38 @@ def test_image_is_non_root_with_healthcheck_volumes_and_no_build_artefacts(
     assert config["Entrypoint"] == ["/usr/local/lib/docxy/entrypoint.sh"]
     # Every layer above the base: nothing from the build stage but the venv. No wheels, no
     # sources, no pip, no pip cache (not even deleted in a later layer: they'd be here then).
+    # An archive is a leftover unless an installed distribution lists it as one of its own files
+    # (python-dateutil, botocore's, ships its time zones as dateutil-zoneinfo.tar.gz).
     added = [path for layer in layer_files(appliance.daemon, IMAGE)[1:] for path in layer]
     assert any(path.startswith("opt/docxy/bin/") for path in added), added[:50]
+    installed = installed_files(appliance)
+    assert "opt/docxy/bin/docxy" in installed  # the list is of the venv, as layer paths
     leftovers = [
         path
         for path in added
-        if path.endswith((".whl", ".tar.gz"))
+        if (path.endswith((".whl", ".tar.gz")) and path not in installed)
         or path.split("/")[0] in ("src", "wheels", "root", "tmp")
         or "/site-packages/pip/" in path
         or "/.cache/" in path
     ]
     assert leftovers == []
+
+
+#: Prints every file the installed distributions record (their dist-info RECORD), one a line.
+RECORDED_FILES = (
+    "import importlib.metadata, os\n"
+    "for dist in importlib.metadata.distributions():\n"
+    "    for name in dist.files or ():\n"
+    "        print(os.path.normpath(dist.locate_file(name)))\n"
+)
+
+
+def installed_files(appliance: Appliance) -> set[str]:
+    """The files pip installed into the image's venv, by their distributions' own records, as
+    paths in a layer (no leading slash)."""
+    argv = ["run", "--rm", "--network", "none", "--entrypoint", "/opt/docxy/bin/python3"]
+    result = appliance.daemon.docker(*argv, IMAGE, "-c", RECORDED_FILES, timeout=300, check=True)
+    return {line.lstrip("/") for line in result.stdout.splitlines()}
 
 
 # --- compose ------------------------------------------------------------------------------------
@@ -421,3 +449,54 @@ def test_first_start_obtains_a_certificate_from_pebble_and_serves_it(
             logs = stop_cleanly(container)
             assert "stopped: docxy (exit status 0)" in logs, logs
             assert "stopped: scheduler (exit status 0)" in logs, logs
+
+
+# --- replicas sharing one bucket ----------------------------------------------------------------
+
+
+def test_two_replicas_share_blobs_through_a_bucket(
+    appliance: Appliance, bed: Bed, tmp_path: Path
+) -> None:
+    """The image carries the shared tier's signer (botocore): with `DOCXY_SHARED_*` set, as in
+    each replica's .env, the mirror starts, uploads what it fetched and serves another
+    replica's uploads. Without botocore the mirror refuses to start and no replica serves."""
+    need_binary("weed")
+    store = start_objectstore(tmp_path / "weed")
+    try:
+        size = 2 * (1 << 20) + 11
+        digest = bed.push_big_blob("library/hello", size, seed=61)
+        shared = {
+            "DOCXY_SHARED_ENDPOINT": store.url,
+            "DOCXY_SHARED_BUCKET": store.bucket,
+            "DOCXY_SHARED_ACCESS_KEY": store.access_key,
+            "DOCXY_SHARED_SECRET_KEY": store.secret_key,
+            "DOCXY_SHARED_PREFIX": "appliance",
+        }
+        port_a, port_b = free_port(), free_port()
+        url_a, url_b = f"http://{LOOPBACK}:{port_a}", f"http://{LOOPBACK}:{port_b}"
+        with (
+            running_container(
+                appliance.daemon, IMAGE, env=mirror_env(port_a, bed.upstream_url, **shared)
+            ) as a,
+            running_container(
+                appliance.daemon, IMAGE, env=mirror_env(port_b, bed.upstream_url, **shared)
+            ) as b,
+        ):
+            wait_serving(a, port_a)
+            wait_serving(b, port_b)
+            assert get_blob(url_a, digest) == (200, digest, "")
+            poll(lambda: shared_health(url_a)["uploaded"] == 1, DEADLINE, "A uploaded the blob")
+            stored = object_bytes(store, "appliance", digest)
+            assert stored is not None and "sha256:" + hashlib.sha256(stored).hexdigest() == digest
+
+            bed.front_log.clear()
+            assert get_blob(url_b, digest) == (200, digest, "")
+            assert blob_fetches(bed) == 0  # B read it from the bucket, not the upstream
+            health = shared_health(url_b)
+            assert health["reachable"] is True and health["hits"] == 1, health
+            line = f"GET /v2/library/hello/blobs/{digest} 200 {size} bytes cache="
+            poll(lambda: line + "miss " in a.logs(), DEADLINE, "A's access log: cache=miss")
+            poll(lambda: line + "shared " in b.logs(), DEADLINE, "B's access log: cache=shared")
+            assert store.secret_key not in a.logs() + b.logs()
+    finally:
+        store.stop()

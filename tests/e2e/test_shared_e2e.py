@@ -3,7 +3,7 @@ one bucket of a real S3-compatible object store (SeaweedFS on loopback) in front
 
 - a blob pulled through replica A is uploaded, and replica B serves it with no blob GET at the
   upstream (neither the front's redirect nor the CDN): only the free HEAD that confirms the
-  repository holds it;
+  repository holds it; A's access log says `cache=miss`, B's `cache=shared`;
 - with the object store down, B pulls from the upstream as without it, and /health says so
   under "shared" while the mirror's status stays "ok";
 - a private layer in the bucket is not served by another replica under a public repository's
@@ -92,20 +92,22 @@ def replica(
     return start_mirror(*args, env={"DOCXY_SHARED_SECRET_KEY": store.secret_key, **(env or {})})
 
 
-def shared_health(mirror: Mirror) -> dict[str, object]:
-    report = httpx.get(f"{mirror.url}/health", timeout=10).json()
+def shared_health(url: str) -> dict[str, object]:
+    """The ``shared`` detail of the /health of the mirror at ``url``, with its ``status``."""
+    report = httpx.get(f"{url}/health", timeout=10).json()
     assert isinstance(report, dict)
     shared = report["shared"]
     assert isinstance(shared, dict)
     return {**shared, "status": report["status"]}
 
 
-def get_blob(mirror: Mirror, digest: str) -> tuple[int, str, str]:
-    """(status, sha256 of the bytes received, error) of one blob GET through ``mirror``."""
+def get_blob(url: str, digest: str) -> tuple[int, str, str]:
+    """(status, sha256 of the bytes received, error) of one blob GET through the mirror at
+    ``url``."""
     hasher = hashlib.sha256()
     status, error = 0, ""
     try:
-        with httpx.Client(base_url=mirror.url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=60) as client:
             headers = bearer(client, HELLO)
             with client.stream("GET", f"/v2/{HELLO}/blobs/{digest}", headers=headers) as answer:
                 status = answer.status_code
@@ -166,23 +168,27 @@ def test_a_blob_pulled_through_one_replica_comes_from_the_bucket_on_the_other(
     a = replica(start_mirror, tmp_path / "cache-a", weed, prefix)
     admin = free_port()
     b = replica(start_mirror, tmp_path / "cache-b", weed, prefix, admin_port=admin)
-    assert get_blob(a, digest) == (200, digest, "")
-    poll(lambda: shared_health(a)["uploaded"] == 1, "replica A uploaded the blob")
+    assert get_blob(a.url, digest) == (200, digest, "")
+    poll(lambda: shared_health(a.url)["uploaded"] == 1, "replica A uploaded the blob")
     stored = object_bytes(weed, prefix, digest)
     assert stored is not None and "sha256:" + hashlib.sha256(stored).hexdigest() == digest
 
     bed.front_log.clear()
-    assert get_blob(b, digest) == (200, digest, "")
+    assert get_blob(b.url, digest) == (200, digest, "")
     assert blob_fetches(bed) == 0, bed.front_log.where(lambda r: True)
     heads = bed.front_log.where(lambda r: r.kind == "blob" and r.method == "HEAD")
     assert len(heads) == 1  # B confirmed that the repository holds it before serving it
     assert digest in blob_files(tmp_path / "cache-b")  # B's own disk cache holds it now
-    health = shared_health(b)
+    health = shared_health(b.url)
     assert health["hits"] == 1 and health["corrupt"] == 0
+    # The access logs tell the two fills apart (the line is written once the request ended).
+    line = f"GET /v2/{HELLO}/blobs/{digest} 200 {3 * MiB + 17} bytes cache="
+    poll(lambda: line + "miss " in a.log_text(), "A's access log: cache=miss")
+    poll(lambda: line + "shared " in b.log_text(), "B's access log: cache=shared")
     assert health["uploaded"] == 0  # nothing to upload: it came from the bucket
     # A second pull through B is a local hit: neither the upstream nor the bucket is asked.
-    assert get_blob(b, digest) == (200, digest, "")
-    assert blob_fetches(bed) == 0 and shared_health(b)["hits"] == 1
+    assert get_blob(b.url, digest) == (200, digest, "")
+    assert blob_fetches(bed) == 0 and shared_health(b.url)["hits"] == 1
     metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=10).text
     assert "docxy_shared_up 1.0" in metrics
     assert 'docxy_shared_blobs_total{result="hit"} 1.0' in metrics
@@ -209,9 +215,9 @@ def test_with_the_object_store_down_a_replica_pulls_from_the_upstream(
     digest = bed.push_big_blob(HELLO, MiB + 5, seed=42 + len(kind))
     with dead_store(kind) as dead:
         mirror = replica(start_mirror, tmp_path / "cache", weed, fresh_prefix(), endpoint=dead)
-        assert get_blob(mirror, digest) == (200, digest, "")
+        assert get_blob(mirror.url, digest) == (200, digest, "")
         assert len(bed.front_log.cdn_fetches()) == 1
-        health = shared_health(mirror)
+        health = shared_health(mirror.url)
         assert health["reachable"] is False and health["last_error"]
         assert health["status"] == "ok"  # a detail, not a failure of the mirror
         assert health["hits"] == 0
@@ -228,17 +234,17 @@ def test_a_corrupt_object_is_never_served_and_the_next_pull_fills_from_the_upstr
     bad = bytes(size)  # same length, wrong bytes
     put_object(weed, prefix, digest, bad, tmp_path / "bad")
 
-    status, received, error = get_blob(mirror, digest)
+    status, received, error = get_blob(mirror.url, digest)
     assert not (status == 200 and received == digest and not error)  # never a right-looking 200
     assert (status, error) != (200, "")  # the client saw the failure
     assert digest not in blob_files(tmp_path / "cache")
-    poll(lambda: shared_health(mirror)["corrupt"] == 1, "the corrupt object is reported")
+    poll(lambda: shared_health(mirror.url)["corrupt"] == 1, "the corrupt object is reported")
 
     bed.front_log.clear()
-    assert get_blob(mirror, digest) == (200, digest, "")
+    assert get_blob(mirror.url, digest) == (200, digest, "")
     assert len(bed.front_log.cdn_fetches()) == 1  # from the upstream this time
     # The verified copy replaces the bad object (an upload that is not skipped as "there").
-    poll(lambda: shared_health(mirror)["uploaded"] == 1, "the good copy is uploaded")
+    poll(lambda: shared_health(mirror.url)["uploaded"] == 1, "the good copy is uploaded")
     stored = object_bytes(weed, prefix, digest)
     assert stored is not None and "sha256:" + hashlib.sha256(stored).hexdigest() == digest
 
@@ -261,7 +267,7 @@ def test_a_private_layer_in_the_bucket_is_not_served_under_another_name(
         contents = {d: client.get(f"/v2/{PRIVATE}/blobs/{d}") for d in only_private}
     assert all(answer.status_code == 200 for answer in contents.values())
     count = len(only_private)
-    poll(lambda: shared_health(a)["uploaded"] == count, "A uploaded the private layers")
+    poll(lambda: shared_health(a.url)["uploaded"] == count, "A uploaded the private layers")
 
     with httpx.Client(base_url=b.url, timeout=30) as client:
         token = client.get(
@@ -274,4 +280,4 @@ def test_a_private_layer_in_the_bucket_is_not_served_under_another_name(
                     assert leaked.status_code in (401, 404), (method, leaked.status_code)
                     assert content.content not in leaked.content
     # The rule, not a missing object, kept them in: B did read them from the bucket.
-    assert shared_health(b)["hits"] == count
+    assert shared_health(b.url)["hits"] == count

@@ -88,13 +88,14 @@ def test_request_metrics_count_by_route_method_status_and_source() -> None:
     metrics.request_ended(blob, "GET", 200, 1000, 0.01, {"cache": "hit"})
     metrics.request_ended(blob, "GET", 200, 300, 0.5, {"cache": "miss", "upstream_ms": 200.0})
     metrics.request_ended(blob, "GET", 200, 20, 0.2, {"cache": "uncached", "upstream_ms": 9})
+    metrics.request_ended(blob, "GET", 200, 4000, 0.3, {"cache": "shared", "upstream_ms": 50})
     metrics.request_ended("/v2/", "GET", 401, 70, 0.1, {})
     value = registry.get_sample_value
     assert (
         value(
             "docxy_http_requests_total", {"route": "blob", "method": "GET", "status_class": "2xx"}
         )
-        == 3
+        == 4
     )
     assert (
         value(
@@ -106,11 +107,13 @@ def test_request_metrics_count_by_route_method_status_and_source() -> None:
     assert value("docxy_cache_requests_total", {"route": "blob", "outcome": "miss"}) == 1
     assert value("docxy_sent_bytes_total", {"source": "cache"}) == 1000
     assert value("docxy_sent_bytes_total", {"source": "upstream"}) == 300
+    assert value("docxy_sent_bytes_total", {"source": "shared"}) == 4000  # not upstream bytes
+    assert value("docxy_cache_requests_total", {"route": "blob", "outcome": "shared"}) == 1
     assert value("docxy_sent_bytes_total", {"source": "passthrough"}) == 20
     assert value("docxy_sent_bytes_total", {"source": "other"}) == 70
-    assert value("docxy_upstream_duration_seconds_count", {"route": "blob"}) == 2
-    assert value("docxy_upstream_duration_seconds_sum", {"route": "blob"}) == pytest.approx(0.209)
-    assert value("docxy_http_request_duration_seconds_count", {"route": "blob"}) == 3
+    assert value("docxy_upstream_duration_seconds_count", {"route": "blob"}) == 3
+    assert value("docxy_upstream_duration_seconds_sum", {"route": "blob"}) == pytest.approx(0.259)
+    assert value("docxy_http_request_duration_seconds_count", {"route": "blob"}) == 4
 
 
 def make_state(tmp_path: Path, *, cache: bool = True, max_size: str = "1G") -> MirrorState:

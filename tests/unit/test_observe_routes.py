@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from quart import Quart
 
@@ -27,6 +29,13 @@ from docxy.observe.status import status_report
 from tests.unit.asgi import AsgiAnswer, call_asgi
 
 REGISTRY = "http://upstream.test"
+STORE_HOST = "store.test"
+SHARED = {
+    "shared.endpoint": f"http://{STORE_HOST}:8333",
+    "shared.bucket": "docxy-cache",
+    "shared.access_key": "docxy",
+    "shared.secret_key": "not-a-real-secret-0123456789",
+}
 BLOB = b"layer bytes " * 1000
 BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -53,8 +62,12 @@ class Upstream:
     down: bool = False
     status: int | None = None  # answer every manifest request with this status
     seen: list[str] = field(default_factory=list)
+    in_bucket: bool = False  # the shared bucket (STORE, with SHARED settings) holds the blob
+    bucket_seen: list[str] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == STORE_HOST:
+            return self.bucket(request)
         self.seen.append(f"{request.method} {request.url.path}")
         if self.down:
             raise httpx.ConnectError("connection refused")
@@ -74,6 +87,15 @@ class Upstream:
         if path.endswith(f"/blobs/{BLOB_DIGEST}"):
             return answer(200, BLOB)
         return answer(404, b'{"errors": [{"code": "NOT_FOUND", "message": "no"}]}')
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        """An S3-compatible store: the blob's object if ``in_bucket``, uploads taken."""
+        self.bucket_seen.append(f"{request.method} {request.url.path}")
+        if request.method == "PUT":
+            return answer(200)
+        if self.in_bucket and request.url.path.endswith(BLOB_DIGEST.removeprefix("sha256:")):
+            return answer(200, BLOB, {"Content-Length": str(len(BLOB))})
+        return answer(404)
 
 
 @dataclass
@@ -103,16 +125,23 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(tmp_path: Path, *, cache: bool = True) -> AsyncIterator[Stack]:
+async def stack(
+    tmp_path: Path,
+    *,
+    cache: bool = True,
+    settings: dict[str, str] | None = None,
+    upstream: Upstream | None = None,
+) -> AsyncIterator[Stack]:
     config = load_config(
         {
             "upstream.registry": REGISTRY,
             "cache.enabled": str(cache).lower(),
             "cache.dir": str(tmp_path / "cache"),
+            **(settings or {}),
         },
         environ={},
     )
-    upstream = Upstream()
+    upstream = upstream or Upstream()
     app = create_app(config, probe=False, transport=httpx.MockTransport(upstream))
     observer = Observer(mirror_state(app))
     observer.attach(app)
@@ -154,6 +183,43 @@ async def test_a_miss_then_a_hit_move_the_counters_they_should(tmp_path: Path) -
     assert seen["docxy_cache_fills_total{}"] == 1
     assert seen["docxy_open_requests{}"] == 0
     assert seen["docxy_upstream_ratelimit_remaining{upstream=upstream.test}"] == 99
+
+
+@pytest.mark.parametrize("in_bucket", [True, False], ids=["in the bucket", "not there"])
+async def test_a_fill_from_the_shared_bucket_is_told_apart_from_an_upstream_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, in_bucket: bool
+) -> None:
+    """In the access log (cache=shared), the metrics and the status report: a byte from the
+    bucket is no upstream byte. Not there, the same request is an upstream miss as ever."""
+    upstream = Upstream(in_bucket=in_bucket)
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        first = await mirror.get(blob_path())
+        assert first.status == 200 and first.body == BLOB
+        second = await mirror.get(blob_path())  # then a local hit either way
+        assert second.status == 200 and second.body == BLOB
+        seen = await mirror.scrape()
+        _, body = await mirror.admin_get("/status.json")
+    blob_gets = [line for line in upstream.seen if line.startswith("GET /v2/library/hello/blobs")]
+    lines = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert len(lines) == 2, lines
+    report = json.loads(body)
+    sent = report["traffic"]["sent_bytes"]
+    if in_bucket:
+        assert blob_gets == []  # only a free HEAD confirmed that the repository holds it
+        assert " cache=shared " in lines[0], lines
+        assert seen["docxy_cache_requests_total{outcome=shared,route=blob}"] == 1
+        assert seen["docxy_cache_requests_total{outcome=miss,route=blob}"] == 0
+        assert (sent["shared"], sent["upstream"], sent["cache"]) == (len(BLOB), 0, len(BLOB))
+        assert report["cache"]["byte_hit_ratio"] == 1.0  # nothing came from the upstream
+    else:
+        assert len(blob_gets) == 1
+        assert " cache=miss " in lines[0], lines
+        assert seen["docxy_cache_requests_total{outcome=shared,route=blob}"] == 0
+        assert (sent["shared"], sent["upstream"], sent["cache"]) == (0, len(BLOB), len(BLOB))
+        assert report["cache"]["byte_hit_ratio"] == 0.5
+    assert " cache=hit " in lines[1], lines
+    assert report["cache"]["requests"]["hit"] == 1
 
 
 async def test_the_main_listener_does_not_serve_metrics_or_status(tmp_path: Path) -> None:
