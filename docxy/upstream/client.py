@@ -15,6 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -212,6 +213,9 @@ def make_http_client(
         trust_env=False,
         verify=ssl_context if ssl_context is not None else True,
         transport=transport,
+        # Keeps no cookie: one client carries every client's requests and the mirror's own,
+        # so a cookie set for one (a session after someone's login) would ride on all of them.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
 
 
