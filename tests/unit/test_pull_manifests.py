@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import errno
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from docxy.cache import manifests
+from docxy.http.state import mirror_state
+from tests.unit import fakes
 from tests.unit.asgi import call_asgi
 from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub, mirror
 
@@ -62,3 +67,46 @@ async def test_a_tag_resolved_by_head_to_a_manifest_cached_for_another_repositor
         hub.down = True
         response = await app.test_client().get(copy, headers=AS_ANON)
         assert response.status_code == 200
+
+
+class Stalling(fakes.Body):
+    """A body whose headers came, then nothing: the read timeout fires mid-body."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.chunks[0][:10]
+        raise httpx.ReadTimeout("the upstream stopped sending")
+
+
+class StallingHub(Hub):
+    """The hub, whose manifest bodies stall once ``stall`` is set."""
+
+    stall = False
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = super().__call__(request)
+        if self.stall and request.method == "GET" and "/manifests/" in request.url.path:
+            body = answer.stream
+            assert isinstance(body, fakes.Body)
+            return httpx.Response(200, headers=answer.headers, stream=Stalling(*body.chunks))
+        return answer
+
+
+async def test_a_stale_tag_is_served_when_the_upstream_stalls_in_the_manifest_body(
+    tmp_path: Path,
+) -> None:
+    """Stale-if-error covers an upstream that times out, also once its headers are in: the
+    tag moved upstream, the new manifest's body stalls, the cached one is served (before: a
+    500, the httpx timeout escaping as an internal error)."""
+    hub = StallingHub()
+    old = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == old
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0  # from now on, every cached tag is revalidated
+        moved = json.dumps({**json.loads(old), "annotations": {"v": "2"}}).encode()
+        hub.repos["library/base"].manifests["1"] = moved
+        hub.stall = True
+        response = await app.test_client().get(TAG, headers=AS_ANON)
+        assert response.status_code == 200
+        assert await response.get_data() == old
