@@ -245,7 +245,10 @@ class DiskBlobStore:
             for name in files:
                 path = Path(dirpath, name)
                 digest = digest_from_relpath(path.relative_to(base).parts)
-                st = path.lstat()
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:  # removed since listed (`docxy cache rm` meanwhile)
+                    continue
                 if digest is None or not stat.S_ISREG(st.st_mode):
                     strays.append(path)
                     continue

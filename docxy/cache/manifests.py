@@ -180,7 +180,8 @@ class ManifestStore:
         """Store a manifest fetched from ``repo`` and record its visibility there.
 
         ``digest`` (the one asked for, or the upstream's Docker-Content-Digest) must match the
-        content, else :class:`DigestMismatch` and nothing is stored.
+        content, else :class:`DigestMismatch` and nothing is stored. A disk that refuses the
+        write (full, read-only) does not fail the pull: the manifest is returned, not kept.
         """
         actual = digest_of(content, digest.algorithm if digest else "sha256")
         if digest is not None and actual != digest:
@@ -188,9 +189,13 @@ class ManifestStore:
         # In the catalogue first: from now on, eviction keeps the blobs it needs.
         key = ImageKey(_upstream_key(repo.upstream), actual)
         self._pulled(key, content)
-        visibility = await asyncio.to_thread(
-            self._write_manifest, repo, actual, content, media_type, public
-        )
+        try:
+            visibility = await asyncio.to_thread(
+                self._write_manifest, repo, actual, content, media_type, public
+            )
+        except OSError as exc:
+            log.warning("cache: cannot store manifest %s (%s); served uncached", actual, exc)
+            return CachedManifest(actual, media_type, content, Visibility(repo, public))
         if visibility is not None:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))
@@ -256,13 +261,18 @@ class ManifestStore:
     async def set_tag(self, repo: RepoKey, tag: str, digest: Digest, *, public: bool) -> TagEntry:
         """Point ``tag`` at ``digest`` as of now (after a GET, or a HEAD that confirmed it).
 
-        A public tag stays public when a private fetch confirms the same digest.
+        A public tag stays public when a private fetch confirms the same digest. A disk that
+        refuses the write leaves the tag as it was (the pull goes on, uncached).
         """
         old = await asyncio.to_thread(self._read_tag, repo, tag)
         if old is not None and old.digest == digest and old.public:
             public = True
         entry = TagEntry(repo, tag, digest, self._clock(), public)
-        await asyncio.to_thread(self._write_tag, entry)
+        try:
+            await asyncio.to_thread(self._write_tag, entry)
+        except OSError as exc:
+            log.warning("cache: cannot store tag %s:%s (%s); not cached", repo.repo, tag, exc)
+            return entry
         self._point_tag(self._tag_path(repo, tag), ImageKey(_upstream_key(repo.upstream), digest))
         return entry
 

@@ -103,6 +103,10 @@ class ManifestService:
         tag = str(pull.reference.tag)
         found = await store.resolve_tag(repo, tag)
         stale = found.manifest
+        if stale is not None and not may_serve(stale.visibility, pull.identity):
+            # The tag was noted from a HEAD, its manifest cached for another repository only:
+            # fetched for this one as a miss, then served from the cache.
+            stale = None
         if stale is not None and not self._servable(stale, pull):
             return NOT_ACCEPTED
         if found.state is TagState.FRESH and stale is not None:

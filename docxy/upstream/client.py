@@ -15,6 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -212,6 +213,9 @@ def make_http_client(
         trust_env=False,
         verify=ssl_context if ssl_context is not None else True,
         transport=transport,
+        # Keeps no cookie: one client carries every client's requests and the mirror's own,
+        # so a cookie set for one (a session after someone's login) would ride on all of them.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
 
 
@@ -326,7 +330,10 @@ class UpstreamClient:
 
 
 async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> bytes:
-    """Read a small body (token, manifest, ``/v2/`` answer) with a bound; always closes it."""
+    """Read a small body (token, manifest, ``/v2/`` answer) with a bound; always closes it.
+
+    A body that stalls or breaks off raises :class:`UpstreamTimeout` or
+    :class:`UpstreamUnavailable`, as a failure before the headers does."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -335,6 +342,12 @@ async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> b
             if size > limit:
                 raise UpstreamUnavailable(f"the upstream's answer exceeded {limit} bytes")
             chunks.append(chunk)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout("the upstream registry stopped sending in time") from exc
+    except httpx.RequestError as exc:
+        raise UpstreamUnavailable(
+            f"the upstream registry's answer broke off: {type(exc).__name__}"
+        ) from exc
     finally:
         await upstream.aclose()
     return b"".join(chunks)

@@ -67,3 +67,30 @@ async def test_eviction_waits_for_the_whole_index(tmp_path: Path, held_walk: Hel
     # index did not know went too (planned over the early index, only the known one would have).
     assert [store.lookup(digest_of(d)) for d in data] == [None, None, None]
     assert store.usage().bytes == 800
+
+
+async def test_a_blob_removed_while_the_index_is_read_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docxy cache rm --blobs`` (another process) may delete a blob between the walk listing
+    its directory and the stat of it: the index leaves it out. It must not fail the whole
+    read, which left every blob request of the server failing (500) until a restart."""
+    store = make_store(tmp_path, max_size=1000)
+    data = [blob(300, i) for i in range(3)]
+    for item in data:
+        await put(store, item)
+    gone = store.path_of(digest_of(data[0]))
+    walk = os.walk
+
+    def walk_racing_a_removal(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+        for dirpath, dirs, files in walk(top):
+            if gone.name in files:
+                gone.unlink()  # listed, then removed before it is looked at
+            yield dirpath, dirs, files
+
+    monkeypatch.setattr(os, "walk", walk_racing_a_removal)
+    again = make_store(tmp_path, max_size=1000)
+    await again.indexed()
+    assert again.lookup(digest_of(data[0])) is None
+    assert await read(again, digest_of(data[1])) == data[1]
+    assert again.usage().bytes == 600

@@ -147,6 +147,25 @@ async def test_requests_carry_the_user_agent() -> None:
     assert sent.headers.get_list("accept") == ["a", "b"]
 
 
+async def test_no_cookie_set_for_one_request_is_sent_with_the_next() -> None:
+    """The one client carries every client's pass-through and the mirror's own requests: a
+    cookie an upstream sets for one of them (a session after a login with someone's
+    credentials) must not ride along on anyone else's request."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") == "Basic alice":
+            return httpx.Response(200, headers={"Set-Cookie": "sid=alice-session; Path=/"})
+        return httpx.Response(200)
+
+    client, fake = client_for(handler)
+    for authorization in ([("Authorization", "Basic alice")], []):
+        response = await client.send(HUB, "GET", f"{REGISTRY}/v2/team/x/manifests/1", authorization)
+        await response.aclose()
+    await client.http.aclose()
+    _alice, other = fake.requests
+    assert "cookie" not in other.headers
+
+
 # --- send: redirects ------------------------------------------------------------------------
 
 

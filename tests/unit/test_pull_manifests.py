@@ -1,0 +1,112 @@
+"""Manifests on the pull path (``docxy.pull.manifests``) when the cache cannot keep them."""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.cache import manifests
+from docxy.http.state import mirror_state
+from tests.unit import fakes
+from tests.unit.asgi import call_asgi
+from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub, mirror
+
+TAG = "/v2/library/base/manifests/1"
+
+
+def full_disk(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_full_cache_disk_serves_manifests_uncached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for blobs, a cache that cannot write degrades to serving uncached: the manifest the
+    mirror fetched (and verified) reaches the client, never a 500."""
+    hub = Hub()
+    expected = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        monkeypatch.setattr(manifests, "write_atomic", full_disk)
+        head = await call_asgi(app, "HEAD", TAG, host="mirror.test", headers=AS_ANON.items())
+        assert head.status == 200
+        assert head.headers["Content-Length"] == str(len(expected))
+        for _ in range(2):  # nothing kept: the second pull fetches again
+            response = await app.test_client().get(TAG, headers=AS_ANON)
+            assert response.status_code == 200
+            assert await response.get_data() == expected
+            assert response.headers["Content-Type"] == DOCKER_MANIFEST
+    assert hub.seen("GET", "manifests") == [TAG] * 2
+
+
+async def test_a_tag_resolved_by_head_to_a_manifest_cached_for_another_repository_is_cached(
+    tmp_path: Path,
+) -> None:
+    """containerd resolves a tag by HEAD (the mirror then notes the tag) before it GETs; when
+    that digest is cached already, but for another repository, the tag's next GET must fetch
+    it for this repository once and serve it from the cache after, not pass every GET
+    through to the upstream (a counted pull each, and nothing to serve if it goes down)."""
+    hub = Hub()
+    same = hub.repos["library/base"].manifests["1"]
+    hub.repos["library/app"].manifests["1"] = same  # one image under two names
+    copy = "/v2/library/app/manifests/1"
+    async with mirror(tmp_path, hub) as app:
+        assert (await app.test_client().get(TAG, headers=AS_ANON)).status_code == 200
+        head = await call_asgi(app, "HEAD", copy, host="mirror.test", headers=AS_ANON.items())
+        assert head.status == 200
+        for _ in range(3):
+            response = await app.test_client().get(copy, headers=AS_ANON)
+            assert response.status_code == 200
+            assert await response.get_data() == same
+        assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
+        assert hub.seen("GET", "manifests") == [TAG, copy]  # fetched once for each name
+        hub.down = True
+        response = await app.test_client().get(copy, headers=AS_ANON)
+        assert response.status_code == 200
+
+
+class Stalling(fakes.Body):
+    """A body whose headers came, then nothing: the read timeout fires mid-body."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.chunks[0][:10]
+        raise httpx.ReadTimeout("the upstream stopped sending")
+
+
+class StallingHub(Hub):
+    """The hub, whose manifest bodies stall once ``stall`` is set."""
+
+    stall = False
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = super().__call__(request)
+        if self.stall and request.method == "GET" and "/manifests/" in request.url.path:
+            body = answer.stream
+            assert isinstance(body, fakes.Body)
+            return httpx.Response(200, headers=answer.headers, stream=Stalling(*body.chunks))
+        return answer
+
+
+async def test_a_stale_tag_is_served_when_the_upstream_stalls_in_the_manifest_body(
+    tmp_path: Path,
+) -> None:
+    """Stale-if-error covers an upstream that times out, also once its headers are in: the
+    tag moved upstream, the new manifest's body stalls, the cached one is served (before: a
+    500, the httpx timeout escaping as an internal error)."""
+    hub = StallingHub()
+    old = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == old
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0  # from now on, every cached tag is revalidated
+        moved = json.dumps({**json.loads(old), "annotations": {"v": "2"}}).encode()
+        hub.repos["library/base"].manifests["1"] = moved
+        hub.stall = True
+        response = await app.test_client().get(TAG, headers=AS_ANON)
+        assert response.status_code == 200
+        assert await response.get_data() == old
