@@ -891,3 +891,22 @@ async def test_health_degraded_while_the_upstream_answers_trouble(status: int) -
     assert str(status) in degraded["upstream"]["last_error_message"]
     assert degraded["upstream"]["last_error"] is not None
     assert healthy["status"] == "ok"
+
+
+# --- doubled slashes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v2//manifests/latest", "/v2//blobs/" + BLOB, "/auth//token"])
+async def test_doubled_slashes_get_a_registry_error_not_a_redirect_built_from_host(
+    path: str,
+) -> None:
+    """Werkzeug's slash merging answered these with an HTML ``308`` whose ``Location`` was
+    built from the client's ``Host`` (``http://evil.example/v2/manifests/latest``): a page
+    no registry client can read, pointing wherever the client said the mirror is."""
+    async with mirror() as m:
+        answer = await call_asgi(m.app, "GET", path, host="evil.example")
+    assert answer.status in (400, 404)
+    assert answer.headers["Content-Type"] == "application/json"
+    assert "Location" not in answer.headers
+    assert json.loads(answer.body)["errors"][0]["code"] in ("NAME_INVALID", "NOT_FOUND")
+    assert m.upstream.requests == []
