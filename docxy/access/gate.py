@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -120,7 +119,7 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
         return None
     try:
         text = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and a plain one for non-ASCII text
         return None
     user, sep, password = text.partition(":")
     return (user, password) if sep else None
