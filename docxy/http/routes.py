@@ -16,8 +16,8 @@ from quart import Blueprint, Response, request
 from docxy.access.gate import remembered
 from docxy.access.identity import set_identity
 from docxy.core.challenge import Challenge, rewrite_challenge
-from docxy.core.errors import Unsupported, UpstreamError, UpstreamUnavailable
-from docxy.core.headers import request_headers
+from docxy.core.errors import ClientError, Unsupported, UpstreamError, UpstreamUnavailable
+from docxy.core.headers import request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.http.responses import (
     error_response,
@@ -46,6 +46,13 @@ def request_facts() -> dict[str, Any]:
     return facts
 
 
+def refuse_unsendable() -> None:
+    """A header the mirror may forward upstream must be one it can send: else ``400``."""
+    name = unsendable(request.headers.items())
+    if name is not None:
+        raise ClientError(f"the {name} header is not ASCII", {"header": name})
+
+
 def _raw_path() -> str:
     raw = request.scope.get("raw_path")
     if isinstance(raw, bytes) and raw:
@@ -71,6 +78,7 @@ async def ping() -> Response:
     state = mirror_state()
     if state.access is not None and state.access.users_mode:
         return registry_response(b"{}", 200, JSON)  # the mirror is the authority: no upstream
+    refuse_unsendable()
     upstream = _route(state).upstream
     realm = state.token_realm_for(upstream)
     try:
@@ -113,6 +121,7 @@ async def content(rest: str) -> Response:
     refused = _access(reference.name)
     if refused is not None:
         return refused
+    refuse_unsendable()
     state = mirror_state()
     route = _route(state, reference.name)
     pull = _pull(route, reference)

@@ -910,3 +910,30 @@ async def test_doubled_slashes_get_a_registry_error_not_a_redirect_built_from_ho
     assert "Location" not in answer.headers
     assert json.loads(answer.body)["errors"][0]["code"] in ("NAME_INVALID", "NOT_FOUND")
     assert m.upstream.requests == []
+
+
+# --- header values beyond ASCII -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "header"),
+    [
+        ("/v2/", "Authorization"),
+        ("/v2/redis/manifests/latest", "Accept"),
+        ("/v2/redis/manifests/latest", "Authorization"),
+        (f"/v2/redis/blobs/{BLOB}", "Range"),
+        ("/auth/token?scope=repository:redis:pull", "Authorization"),
+    ],
+)
+async def test_a_header_to_forward_beyond_ascii_is_a_400_not_an_internal_error(
+    path: str, header: str
+) -> None:
+    """HTTP/1.1 lets a header value carry bytes beyond ASCII (obs-text), and h11 takes them;
+    httpx cannot send them, so forwarding one raised inside the route: ``500`` and a
+    traceback. The client's request is what is wrong: ``400`` in the registry's format."""
+    async with mirror() as m:
+        answer = await m.raw("GET", path, [(header, "Bearer \u00e9t\u00e9")])
+    assert answer.status == 400
+    assert answer.headers["Content-Type"] == "application/json"
+    assert header in json.loads(answer.body)["errors"][0]["message"]
+    assert m.upstream.requests == []
