@@ -8,6 +8,7 @@ access log's facts and the upstream's health.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -105,8 +106,20 @@ async def ping() -> Response:
             challenge = rewrite_challenge(challenge, realm, upstream.library_prefix)
         return unauthorized(challenge)
     if answer.status_code >= 400:
-        return registry_response(body or b"{}", answer.status_code, JSON)
+        return registry_response(_error_body(body, answer.status_code), answer.status_code, JSON)
     return registry_response(b"{}", 200, JSON)
+
+
+def _error_body(body: bytes, status: int) -> bytes:
+    """The upstream's error body when it is a registry error, else the mirror's own saying the
+    status (a proxy's HTML page, labelled JSON, would break the client's error parse)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("errors"), list):
+        return body
+    return UpstreamError(f"the upstream answered {status} to /v2/", status=status).encoded()
 
 
 @blueprint.route("/v2/<path:rest>", methods=ALL_METHODS)

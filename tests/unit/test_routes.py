@@ -937,3 +937,24 @@ async def test_a_header_to_forward_beyond_ascii_is_a_400_not_an_internal_error(
     assert answer.headers["Content-Type"] == "application/json"
     assert header in json.loads(answer.body)["errors"][0]["message"]
     assert m.upstream.requests == []
+
+
+@pytest.mark.parametrize("body", [b"<html><body>Not Found</body></html>", b"", b"not json"])
+async def test_v2_upstream_error_that_is_not_json_becomes_a_registry_error(body: bytes) -> None:
+    """The ``/v2/`` answer to an upstream error was the upstream's body labelled
+    ``application/json`` whatever it was: a proxy's HTML page then broke the client's error
+    parse (``invalid character '<'``). It is now the registry's JSON error, same status."""
+    html = {"Content-Type": "text/html"}
+    async with mirror(lambda request: reply(404, body, html)) as m:
+        answer = await m.raw("GET", "/v2/")
+    assert answer.status == 404
+    assert answer.headers["Content-Type"] == "application/json"
+    [error] = json.loads(answer.body)["errors"]
+    assert "404" in error["message"]
+
+
+async def test_v2_upstream_registry_error_is_relayed() -> None:
+    async with mirror(lambda request: registry_error(403, "DENIED")) as m:
+        answer = await m.raw("GET", "/v2/")
+    assert answer.status == 403
+    assert json.loads(answer.body)["errors"][0]["code"] == "DENIED"
