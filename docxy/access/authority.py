@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from docxy.access.gate import AccessControl, basic_credentials, users_unreadable
+from docxy.access.gate import AccessControl, basic_credentials, key_unreadable, users_unreadable
+from docxy.access.keys import TokenKeyError
 from docxy.access.scopes import grant, parse_scopes
 from docxy.access.tokens import issue
 from docxy.access.users import UsersFileError
@@ -51,7 +52,10 @@ def issue_token(
         return Unauthorized(BAD_CREDENTIALS, BASIC_CHALLENGE)
     now = time.time()
     granted = grant(parse_scopes(scopes))
-    token = issue(access.keys, access.spec, user, granted, now)
+    try:
+        token = issue(access.keys, access.spec, user, granted, now)
+    except TokenKeyError as exc:
+        return key_unreadable(exc)
     body = {
         "token": token,
         "access_token": token,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit
 
 from docxy.access.clientca import ClientCA
 from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
-from docxy.access.keys import KeyRing
+from docxy.access.keys import KeyRing, TokenKeyError
 from docxy.access.peer import peer_certificate
 from docxy.access.scopes import Access, allows
 from docxy.access.tokens import TokenInvalid, TokenSpec, verify
@@ -40,10 +39,21 @@ log = logging.getLogger(__name__)
 PASSWORD_CHECKS = 2
 
 
+USERS_UNREADABLE = "the mirror cannot read its users file"
+KEY_UNREADABLE = "the mirror cannot read its token signing key"
+
+
 def users_unreadable() -> MirrorUnavailable:
     """The users file cannot be read or parsed (edited by hand?): nobody's password or token
     can be checked, so nothing is served; the log says why."""
-    return MirrorUnavailable("the mirror cannot read its users file")
+    return MirrorUnavailable(USERS_UNREADABLE)
+
+
+def key_unreadable(exc: TokenKeyError) -> MirrorUnavailable:
+    """The token signing key cannot be read (``token-key.pem`` broken, or not readable by the
+    mirror's user): no token can be checked or issued; the log says why."""
+    log.error("%s", exc)
+    return MirrorUnavailable(KEY_UNREADABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,8 @@ class Identified:
     #: why the credentials are refused (401), and the challenge's ``error``
     problem: str | None = None
     error: str | None = None
-    unavailable: bool = False  # the users file cannot be read: nobody can be checked
+    #: why nobody can be checked now (the users file or the signing key cannot be read): 503
+    unavailable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +131,7 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
         return None
     try:
         text = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and a plain one for non-ASCII text
         return None
     user, sep, password = text.partition(":")
     return (user, password) if sep else None
@@ -203,19 +214,21 @@ class AccessControl:
             claims = verify(self.keys, self.spec, token)
         except TokenInvalid as exc:
             return Identified(ANONYMOUS, problem=f"token {exc}", error="invalid_token")
+        except TokenKeyError as exc:
+            return Identified(ANONYMOUS, unavailable=key_unreadable(exc).message)
         try:
             known = self.users.exists(claims.user)
         except UsersFileError as exc:
             log.error("users file: %s", exc)
-            return Identified(ANONYMOUS, unavailable=True)
+            return Identified(ANONYMOUS, unavailable=USERS_UNREADABLE)
         if not known:
             return Identified(ANONYMOUS, problem="token of a removed user", error="invalid_token")
         return Identified(ClientIdentity(Via.TOKEN, claims.user), claims.access)
 
     def decide(self, who: Identified, repository: str | None) -> Decision:
         """The cheap half: what ``who`` may do with ``repository``."""
-        if who.unavailable:
-            unreadable = users_unreadable()
+        if who.unavailable is not None:
+            unreadable = MirrorUnavailable(who.unavailable)
             return Decision(ANONYMOUS, unreadable, forward_credentials=False, identified=who)
         if who.problem is not None:
             return self._refuse(who, repository, who.problem, who.error)
@@ -231,6 +244,9 @@ class AccessControl:
             verify(self.keys, self.spec, token)
         except TokenInvalid:
             return False
+        except TokenKeyError as exc:  # it may be ours: never let it go upstream
+            key_unreadable(exc)
+            return True
         return True
 
     def _refuse(

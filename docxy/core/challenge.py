@@ -34,25 +34,33 @@ class Challenge:
         return f"{self.scheme} {','.join(parts)}" if parts else self.scheme
 
 
-def parse_challenge(header: str) -> Challenge | None:
-    """Parse one ``WWW-Authenticate`` value; ``None`` when it is not ``scheme params``."""
-    header = header.strip()
-    match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)", header)
-    if match is None:
-        return None
-    scheme = match.group(1)
-    rest = header[match.end() :]
+def _read_params(rest: str) -> tuple[dict[str, str], bool]:
+    """The ``key=value`` pairs at the start of ``rest``, and whether they were all of it."""
     params: dict[str, str] = {}
     position = 0
     while position < len(rest):
         param = _PARAM.match(rest, position)
         if param is None or param.end() == position:
-            return None
+            return params, False
         quoted, bare = param.group(2), param.group(3)
         value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else (bare or "")
         params[param.group(1).lower()] = value
         position = param.end()
-    return Challenge(scheme, params)
+    return params, True
+
+
+def _scheme(header: str) -> tuple[str, str] | None:
+    match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)", header)
+    return None if match is None else (match.group(1), header[match.end() :])
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """Parse one ``WWW-Authenticate`` value; ``None`` when it is not ``scheme params``."""
+    found = _scheme(header.strip())
+    if found is None:
+        return None
+    params, whole = _read_params(found[1])
+    return Challenge(found[0], params) if whole else None
 
 
 def rewrite_challenge(
@@ -63,10 +71,12 @@ def rewrite_challenge(
     ``prefix`` (``ghcr.io``) is put back in front of scope names for a client that pulls by
     path prefix, so the scope names the repository the way the client does.
     """
-    challenge = parse_challenge(header)
-    if challenge is None or challenge.scheme.lower() != "bearer":
+    found = _scheme(header.strip())
+    if found is None or found[0].lower() != "bearer":
         return header
-    params = dict(challenge.params)
+    # A Bearer challenge never leaves with the upstream's realm, even one this parser cannot
+    # read to the end (another challenge after it, an odd parameter): what it read is kept.
+    params, _ = _read_params(found[1])
     params["realm"] = realm
     if "scope" in params:
         params["scope"] = " ".join(

@@ -46,6 +46,12 @@ _DROP_RESPONSE = HOP_BY_HOP | {
 }
 
 
+def unsendable(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The name of the first header the mirror would forward whose value is not ASCII: HTTP/1.1
+    lets a client send such bytes (obs-text), and the upstream client cannot send them on."""
+    return next((k for k, v in headers if k.lower() in FORWARD_REQUEST and not v.isascii()), None)
+
+
 def request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Client request headers to send upstream (every ``Accept`` value kept)."""
     return [(k, v) for k, v in headers if k.lower() in FORWARD_REQUEST]

@@ -38,6 +38,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         suffix = _position(last)
         if suffix == 0:
             raise RangeNotSatisfiable("empty suffix range", {"size": size})
+        if size == 0:  # satisfiable (RFC 9110 §14.1.1), but no byte to name: the whole body
+            return None
         return (max(size - suffix, 0), size)
     start = _position(first)
     stop = size if last == "" else min(_position(last) + 1, size)

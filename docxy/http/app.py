@@ -87,6 +87,9 @@ def create_app(
     """Build the app. ``transport`` replaces the network for tests (``httpx.MockTransport``)."""
     app = Quart("docxy")
     app.asgi_app = CutStreams(app.asgi_app)  # type: ignore[method-assign]
+    # No werkzeug redirect for ``//`` (an HTML 308 to a URL built from ``Host``): such a path
+    # gets the registry's JSON error like any other bad one. Before the rules are added.
+    app.url_map.merge_slashes = False
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streamed blobs take as long as they take
         BODY_TIMEOUT=30,

@@ -26,7 +26,7 @@ from docxy.access.gate import basic_credentials
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core.challenge import rewrite_scope, unprefix_scope
 from docxy.core.errors import NotFound, RegistryError, UpstreamError
-from docxy.http.routes import request_facts
+from docxy.http.routes import refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.upstream.client import Upstream, read_small
 
@@ -133,6 +133,7 @@ async def token() -> Response:
         forward = access.upstream_logins and access.certificate_client() is not None
         if not forward or _is_mirror_user(request.headers.get("Authorization")):
             return await _own_token(request.headers.get("Authorization"))
+    refuse_unsendable()  # what follows may forward the client's Authorization
     named = request.args.get("upstream")
     upstream = state.upstreams.for_token(named, request.args.getlist("scope"))
     try:

@@ -8,6 +8,7 @@ access log's facts and the upstream's health.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -16,8 +17,8 @@ from quart import Blueprint, Response, request
 from docxy.access.gate import remembered
 from docxy.access.identity import set_identity
 from docxy.core.challenge import Challenge, rewrite_challenge
-from docxy.core.errors import Unsupported, UpstreamError, UpstreamUnavailable
-from docxy.core.headers import request_headers
+from docxy.core.errors import ClientError, Unsupported, UpstreamError, UpstreamUnavailable
+from docxy.core.headers import request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.http.responses import (
     error_response,
@@ -46,6 +47,13 @@ def request_facts() -> dict[str, Any]:
     return facts
 
 
+def refuse_unsendable() -> None:
+    """A header the mirror may forward upstream must be one it can send: else ``400``."""
+    name = unsendable(request.headers.items())
+    if name is not None:
+        raise ClientError(f"the {name} header is not ASCII", {"header": name})
+
+
 def _raw_path() -> str:
     raw = request.scope.get("raw_path")
     if isinstance(raw, bytes) and raw:
@@ -71,6 +79,7 @@ async def ping() -> Response:
     state = mirror_state()
     if state.access is not None and state.access.users_mode:
         return registry_response(b"{}", 200, JSON)  # the mirror is the authority: no upstream
+    refuse_unsendable()
     upstream = _route(state).upstream
     realm = state.token_realm_for(upstream)
     try:
@@ -97,8 +106,20 @@ async def ping() -> Response:
             challenge = rewrite_challenge(challenge, realm, upstream.library_prefix)
         return unauthorized(challenge)
     if answer.status_code >= 400:
-        return registry_response(body or b"{}", answer.status_code, JSON)
+        return registry_response(_error_body(body, answer.status_code), answer.status_code, JSON)
     return registry_response(b"{}", 200, JSON)
+
+
+def _error_body(body: bytes, status: int) -> bytes:
+    """The upstream's error body when it is a registry error, else the mirror's own saying the
+    status (a proxy's HTML page, labelled JSON, would break the client's error parse)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("errors"), list):
+        return body
+    return UpstreamError(f"the upstream answered {status} to /v2/", status=status).encoded()
 
 
 @blueprint.route("/v2/<path:rest>", methods=ALL_METHODS)
@@ -113,6 +134,7 @@ async def content(rest: str) -> Response:
     refused = _access(reference.name)
     if refused is not None:
         return refused
+    refuse_unsendable()
     state = mirror_state()
     route = _route(state, reference.name)
     pull = _pull(route, reference)

@@ -263,3 +263,19 @@ async def test_health_tells_strangers_only_status_and_version_in_users_mode(
     async with mirror(hub, {}) as m:  # open mode keeps the whole report
         report = await (await m.client.get("/health")).get_json()
         assert "upstream" in report and "registry" in report["upstream"]
+
+
+@pytest.mark.parametrize("value", ["Basic \u00e9t\u00e9", "Basic YWxpY2U6cmlnaHQ=\u00ff"])
+async def test_basic_credentials_beyond_ascii_are_a_401_not_an_internal_error(
+    tmp_path: Path, value: str
+) -> None:
+    """``base64.b64decode`` refuses text beyond ASCII with a plain ``ValueError``, which the
+    Basic parser did not catch: such a header made ``/auth/token`` a ``500``."""
+    async with users_mirror(tmp_path) as m:
+        answer = await m.raw(
+            "GET", "/auth/token?scope=repository:x:pull", [("Authorization", value)]
+        )
+        assert answer.status == 401
+        assert answer.headers["Content-Type"] == "application/json"
+        assert b'"UNAUTHORIZED"' in answer.body and b'token"' not in answer.body
+        assert m.upstream.requests == []

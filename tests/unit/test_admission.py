@@ -216,3 +216,39 @@ async def test_users_of_docxy_access_have_limits_of_their_own(tmp_path: Path) ->
         assert [await status(tokens["alice"]) for _ in range(3)] == [200, 200, 429]
         assert await status(tokens["bob"]) == 200
         assert [await status("forged") for _ in range(3)] == [401, 401, 429]  # the address's
+
+
+async def test_an_unreadable_token_key_is_503_not_an_exception_out_of_the_edge(
+    tmp_path: Path,
+) -> None:
+    """``token-key.pem`` broken by hand (or left unreadable to the mirror's user by a root
+    ``docxy tokens rotate``) while tokens are out: the edge's token check raised
+    ``TokenKeyError`` out of the ASGI stack, so every client holding a token got the server's
+    bare 500. Like an unreadable users file, it is now 503 in the registry's JSON format, and
+    nothing is let through; ``/auth/token`` says the same."""
+    async with users_mirror(tmp_path) as m:
+        token = await token_for(m, "repository:library/redis:pull")
+        (tmp_path / "token-key.pem").write_text("not a key\n")
+        state = mirror_state(m.app)
+        admitted = Admission(m.app, state.config, state.access)
+        for path in ("/v2/", "/v2/library/redis/manifests/7"):
+            answer = await call_asgi(
+                admitted,
+                "GET",
+                path,
+                host="mirror.example.com",
+                headers=[("Authorization", f"Bearer {token}")],
+            )
+            assert answer.status == 503
+            assert answer.headers["Content-Type"] == "application/json"
+            assert json.loads(answer.body)["errors"][0]["code"] == "UNAVAILABLE"
+        issued = await call_asgi(
+            admitted,
+            "GET",
+            "/auth/token?scope=repository:library/redis:pull",
+            host="mirror.example.com",
+            headers=[("Authorization", "Basic YWxpY2U6cmlnaHQ=")],
+        )
+        assert issued.status == 503
+        assert json.loads(issued.body)["errors"][0]["code"] == "UNAVAILABLE"
+        assert [r for r in m.upstream.requests if "/manifests/" in r.url.path] == []

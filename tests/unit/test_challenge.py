@@ -246,3 +246,33 @@ def test_rewrite_challenge_with_a_prefix() -> None:
     )
     assert rewritten is not None
     assert rewritten.params["scope"] == "repository:docker.io/library/redis:pull"
+
+
+@pytest.mark.parametrize(
+    ("header", "kept"),
+    [
+        # RFC 9110 §11.6.1: one header may list several challenges
+        (
+            'Bearer realm="https://auth.example/token",service="registry.example", '
+            'Basic realm="https://auth.example/basic"',
+            {"service": "registry.example"},
+        ),
+        # a parameter name with a dot is a legal token
+        (
+            'Bearer realm="https://auth.example/token",service="s",x.y="1"',
+            {"service": "s"},
+        ),
+        ('Bearer realm="https://auth.example/token', {}),  # cut off
+    ],
+)
+def test_a_bearer_challenge_never_keeps_the_upstream_realm(
+    header: str, kept: dict[str, str]
+) -> None:
+    """A Bearer challenge the parser could not read to the end was relayed as the upstream
+    wrote it: the client then took the mirror host's login to the upstream's own realm. Now
+    the realm is always the mirror's, with what could be read kept."""
+    rewritten = rewrite_challenge(header, MIRROR_REALM, library_prefix=True)
+    assert "auth.example" not in rewritten
+    parsed = parse_challenge(rewritten)
+    assert parsed is not None and parsed.scheme == "Bearer"
+    assert parsed.params == {"realm": MIRROR_REALM, **kept}

@@ -54,3 +54,12 @@ def test_unsatisfiable(header: str) -> None:
 
 def test_content_range() -> None:
     assert content_range(10, 20, 100) == "bytes 10-19/100"
+
+
+def test_suffix_range_of_an_empty_blob_is_the_whole_empty_body() -> None:
+    """RFC 9110 §14.1.1: on a zero-length representation a suffix range is satisfiable, and
+    there is no byte to name in a ``Content-Range``. It gave the span (0, 0), which the blob
+    response sent as ``206`` with ``Content-Range: bytes 0--1/0``; now the whole (empty) body."""
+    assert parse_range("bytes=-5", 0) is None
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range("bytes=0-", 0)

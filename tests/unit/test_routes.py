@@ -891,3 +891,70 @@ async def test_health_degraded_while_the_upstream_answers_trouble(status: int) -
     assert str(status) in degraded["upstream"]["last_error_message"]
     assert degraded["upstream"]["last_error"] is not None
     assert healthy["status"] == "ok"
+
+
+# --- doubled slashes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v2//manifests/latest", "/v2//blobs/" + BLOB, "/auth//token"])
+async def test_doubled_slashes_get_a_registry_error_not_a_redirect_built_from_host(
+    path: str,
+) -> None:
+    """Werkzeug's slash merging answered these with an HTML ``308`` whose ``Location`` was
+    built from the client's ``Host`` (``http://evil.example/v2/manifests/latest``): a page
+    no registry client can read, pointing wherever the client said the mirror is."""
+    async with mirror() as m:
+        answer = await call_asgi(m.app, "GET", path, host="evil.example")
+    assert answer.status in (400, 404)
+    assert answer.headers["Content-Type"] == "application/json"
+    assert "Location" not in answer.headers
+    assert json.loads(answer.body)["errors"][0]["code"] in ("NAME_INVALID", "NOT_FOUND")
+    assert m.upstream.requests == []
+
+
+# --- header values beyond ASCII -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "header"),
+    [
+        ("/v2/", "Authorization"),
+        ("/v2/redis/manifests/latest", "Accept"),
+        ("/v2/redis/manifests/latest", "Authorization"),
+        (f"/v2/redis/blobs/{BLOB}", "Range"),
+        ("/auth/token?scope=repository:redis:pull", "Authorization"),
+    ],
+)
+async def test_a_header_to_forward_beyond_ascii_is_a_400_not_an_internal_error(
+    path: str, header: str
+) -> None:
+    """HTTP/1.1 lets a header value carry bytes beyond ASCII (obs-text), and h11 takes them;
+    httpx cannot send them, so forwarding one raised inside the route: ``500`` and a
+    traceback. The client's request is what is wrong: ``400`` in the registry's format."""
+    async with mirror() as m:
+        answer = await m.raw("GET", path, [(header, "Bearer \u00e9t\u00e9")])
+    assert answer.status == 400
+    assert answer.headers["Content-Type"] == "application/json"
+    assert header in json.loads(answer.body)["errors"][0]["message"]
+    assert m.upstream.requests == []
+
+
+@pytest.mark.parametrize("body", [b"<html><body>Not Found</body></html>", b"", b"not json"])
+async def test_v2_upstream_error_that_is_not_json_becomes_a_registry_error(body: bytes) -> None:
+    """The ``/v2/`` answer to an upstream error was the upstream's body labelled
+    ``application/json`` whatever it was: a proxy's HTML page then broke the client's error
+    parse (``invalid character '<'``). It is now the registry's JSON error, same status."""
+    html = {"Content-Type": "text/html"}
+    async with mirror(lambda request: reply(404, body, html)) as m:
+        answer = await m.raw("GET", "/v2/")
+    assert answer.status == 404
+    assert answer.headers["Content-Type"] == "application/json"
+    [error] = json.loads(answer.body)["errors"]
+    assert "404" in error["message"]
+
+
+async def test_v2_upstream_registry_error_is_relayed() -> None:
+    async with mirror(lambda request: registry_error(403, "DENIED")) as m:
+        answer = await m.raw("GET", "/v2/")
+    assert answer.status == 403
+    assert json.loads(answer.body)["errors"][0]["code"] == "DENIED"
