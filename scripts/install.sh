@@ -498,7 +498,7 @@ CLONE=""
 find_clone() {
   local here
   [[ -n "${BASH_SOURCE[0]:-}" && -f "${BASH_SOURCE[0]}" ]] || return 0
-  here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+  here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
   [[ -f "$here/compose.yaml" && -f "$here/Dockerfile" ]] && CLONE="$here"
   return 0
 }
@@ -507,6 +507,9 @@ settle_dir() {
   find_clone
   if [[ -z "$DIR" ]]; then
     DIR="${CLONE:-$(under_root /opt/docxy)}"
+  elif [[ -d "$DIR" ]]; then
+    # One spelling per directory ("clone/", "."), so the clone is never taken for a fetched copy.
+    DIR="$(cd -- "$DIR" && pwd -P)"
   fi
   ENV_FILE="$DIR/.env"
 }

@@ -667,6 +667,25 @@ def test_uninstall_purge_removes_certificates_env_and_image(
     assert (box.base / "clone" / "compose.yaml").exists(), "a clone is never deleted"
 
 
+@pytest.mark.parametrize("spelling", ["{clone}/", "{clone}/scripts/.."])
+def test_uninstall_purge_never_deletes_the_clone_named_another_way(
+    box: ScriptBox, resolver: Resolver, spelling: str
+) -> None:
+    """`--dir /root/docxy/` (a shell's completion adds the slash) is still the clone."""
+    clone = box.base / "clone"
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box)
+    named = spelling.format(clone=clone)
+
+    result = box.run(
+        clone_script(box), "--root", str(box.root), "--uninstall", "--purge", "--dir", named
+    )
+
+    assert result.returncode == 0, output(result)
+    assert (clone / "compose.yaml").exists() and (clone / "Dockerfile").exists(), output(result)
+    assert not env_file(box).exists(), "the purge still removes .env"
+
+
 def test_uninstall_twice_the_second_changes_nothing(box: ScriptBox, resolver: Resolver) -> None:
     result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
 
