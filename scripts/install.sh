@@ -674,6 +674,11 @@ configure_local_docker() {
   local args=(--mirror "https://$DOMAIN" --docker --root "${ROOT:-/}")
   ((DRY_RUN)) && args+=(--dry-run)
   ((UNINSTALL)) && args+=(--remove)
+  if ((DRY_RUN)) && [[ ! -f "$DIR/scripts/configure-client.sh" ]]; then
+    # A dry run fetches nothing: the script is not there to ask.
+    say "  would run: bash $DIR/scripts/configure-client.sh ${args[*]}"
+    return
+  fi
   bash "$DIR/scripts/configure-client.sh" "${args[@]}"
 }
 

@@ -614,6 +614,23 @@ def test_piped_install_fetches_the_project_into_opt(box: ScriptBox, resolver: Re
     assert not box.called("file://")
 
 
+def test_piped_dry_run_with_configure_local_docker_changes_nothing_and_succeeds(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The project is not fetched in a dry run: its configure-client.sh is not there yet."""
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--dry-run"]
+    args += ["--configure-local-docker", "--source-url", source_tarball(box)]
+    files = box.files()
+
+    result = box.run("", *args, stdin=clone_script(box).read_text())
+
+    assert result.returncode == 0, output(result)
+    assert f"https://{DOMAIN}" in result.stdout.split("This host's own dockerd")[1]
+    assert "Dry run: the changes above were not made." in result.stdout
+    assert box.files() == files
+
+
 def test_piped_install_never_replaces_a_directory_that_is_not_docxy(
     box: ScriptBox, resolver: Resolver
 ) -> None:
