@@ -452,7 +452,8 @@ reload_dockerd() {
   local pid
   if systemd_docker_active; then
     say "  reloading dockerd: systemctl reload docker"
-    systemctl reload docker
+    # dockerd is running: whether the reload failed or not, `docker info` tells if it took.
+    systemctl reload docker || warn "systemctl reload docker failed"
   elif pid="$(dockerd_pid)"; then
     say "  reloading dockerd: SIGHUP to pid $pid"
     env kill -s HUP "$pid"

@@ -268,6 +268,21 @@ def test_a_reload_that_does_not_take_fails_and_says_how_to_restart(box: ScriptBo
     assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
 
 
+def test_a_failed_systemctl_reload_is_not_taken_for_success(box: ScriptBox) -> None:
+    """A unit that cannot reload: the running dockerd keeps its old mirrors, so say so."""
+    refused = "Failed to reload docker.service: Job type reload is not applicable for unit.\n"
+    box.stand_in("systemctl", Rule(r"^is-active"), Rule(r"^reload", rc=1, stderr=refused))
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    result = box.run(
+        SCRIPT, "--root", str(box.root), "--mirror", MIRROR, env={"DOCXY_RELOAD_WAIT": "1"}
+    )
+
+    assert result.returncode == 1, output(result)
+    assert "systemctl restart docker" in result.stderr
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+
+
 def test_allow_restart_restarts_when_the_reload_does_not_take(box: ScriptBox) -> None:
     box.stand_in("docker", docker_info("https://other.example"))
 
