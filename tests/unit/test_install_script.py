@@ -248,6 +248,26 @@ def test_an_account_that_compose_yaml_does_not_pass_on_is_warned_about(
     assert ("pulls anonymously" in result.stderr) is not passed
 
 
+ENV_FILE_FORMS = {
+    "key": "services:\n  docxy:\n    env_file: .env\n",
+    "list": "services:\n  docxy:\n    env_file:\n      - .env\n",
+}
+
+
+@pytest.mark.parametrize("form", ["key", "list", "the repository's"])
+def test_an_account_passed_on_by_env_file_is_not_warned_about(
+    box: ScriptBox, resolver: Resolver, form: str
+) -> None:
+    """`env_file: .env` hands the container every line of .env, the account included."""
+    if form in ENV_FILE_FORMS:
+        (box.base / "clone" / "compose.yaml").write_text(ENV_FILE_FORMS[form])
+
+    result = install(box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "pw"})
+
+    assert result.returncode == 0, output(result)
+    assert "pulls anonymously" not in result.stderr, output(result)
+
+
 def test_missing_settings_are_prompted_for_with_the_password_unechoed(
     box: ScriptBox, resolver: Resolver
 ) -> None:
