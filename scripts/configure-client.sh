@@ -481,7 +481,17 @@ confirm_docker() {
     say "  not reloading dockerd (--no-reload): run 'systemctl reload docker' to apply"
     return 0
   fi
-  reload_dockerd || return 0
+  if ! reload_dockerd; then
+    # None found to reload, yet `docker info` may reach one (a snap's, another unit name's).
+    local active=0
+    mirrors="$(active_mirrors)" || return 0
+    mirror_active "$mirrors" && active=1
+    if ((active != REMOVE)); then return 0; fi
+    warn "yet \`docker info\` answers, from a dockerd without this change: one this script cannot"
+    warn "reload (not systemd's docker unit, no pid file) or that reads another daemon.json: restart it"
+    FAILED=1
+    return 0
+  fi
   if ! have docker; then
     say "  no docker command here to confirm the reload with"
     return 0

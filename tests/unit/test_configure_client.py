@@ -255,6 +255,22 @@ def test_no_running_dockerd_is_said_and_not_an_error(box: ScriptBox) -> None:
     assert box.calls("kill") == []
 
 
+def test_a_dockerd_that_answers_but_cannot_be_reloaded_is_not_taken_for_none(
+    box: ScriptBox,
+) -> None:
+    """No docker unit, no pid file, yet `docker info` answers without the mirror (a snap's or a
+    differently named unit's dockerd): the file was written but nothing uses it yet."""
+    box.stand_in("systemctl", Rule(r"is-active", rc=3))
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--docker")
+
+    assert result.returncode == 1, output(result)
+    assert "from a dockerd without this change" in result.stderr and "restart it" in result.stderr
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+    assert box.calls("kill") == []
+
+
 def test_a_reload_that_does_not_take_fails_and_says_how_to_restart(box: ScriptBox) -> None:
     box.stand_in("docker", docker_info("https://other.example"))
 
