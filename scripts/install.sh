@@ -258,6 +258,18 @@ check_disk() {
   say "Disk: $((avail / 1024 / 1024)) GiB free at $dir, enough for a $CACHE_SIZE cache"
 }
 
+# curl asks the address services, fetches the project and Docker's key, and checks /health at
+# the end: a minimal image without it gets it (and the CA bundle, only recommended by curl).
+need_curl() {
+  have curl && return 0
+  if ((DRY_RUN)); then
+    say "curl: missing; the real run installs curl and ca-certificates"
+    return 0
+  fi
+  act apt-get update
+  act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl ca-certificates
+}
+
 # --- DNS check ----------------------------------------------------------------------------------
 
 is_ipv4() { [[ "$1" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; }
@@ -762,6 +774,7 @@ main() {
     settle_settings
     check_ports
     check_disk
+    need_curl
     check_dns
     step "Docker"
     install_docker

@@ -447,6 +447,22 @@ def test_without_dig_dnsutils_is_installed_first(box: ScriptBox, resolver: Resol
     ]
 
 
+def test_without_curl_curl_is_installed_first(box: ScriptBox, resolver: Resolver) -> None:
+    """A minimal image without curl: the health check (and discovery, the piped fetch, Docker's
+    key) needs it, so it is installed with the CA bundle, not reported as a certificate failure."""
+    box.stand_in(
+        "curl", Rule(rf"https://{DOMAIN}/health", stdout=HEALTHY), Rule(r".", rc=7), present=False
+    )
+    box.without("curl")
+    box.stand_in("apt-get", Rule(r"install .*curl", effect='cp "$STANDINS/.later/curl" "$STANDINS/"'))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert box.called(r"^apt-get install -y --no-install-recommends curl ca-certificates$")
+    assert box.called(rf"^curl .*https://{DOMAIN}/health$")
+
+
 def test_dns_port_option(box: ScriptBox, resolver: Resolver) -> None:
     host, port = resolver.address.split("#")
 
