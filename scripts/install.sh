@@ -694,7 +694,12 @@ configure_local_docker() {
     say "  would run: bash $DIR/scripts/configure-client.sh ${args[*]}"
     return
   fi
+  local file before
+  file="$(under_root /etc/docker/daemon.json)"
+  before="$(cat -- "$file" 2>/dev/null)" || before=""
   bash "$DIR/scripts/configure-client.sh" "${args[@]}"
+  # Its changes are this run's too (the closing "Nothing to change" would be false).
+  [[ "$(cat -- "$file" 2>/dev/null)" == "$before" ]] || CHANGES=$((CHANGES + 1))
 }
 
 print_client_commands() {

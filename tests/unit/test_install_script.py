@@ -618,6 +618,25 @@ def test_configure_local_docker(box: ScriptBox, resolver: Resolver) -> None:
     assert f'"https://{DOMAIN}"' in box.path("/etc/docker/daemon.json").read_text()
 
 
+def test_a_rerun_that_puts_the_mirror_back_in_daemon_json_does_not_say_nothing_changed(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    assert install(box, resolver, "--configure-local-docker").returncode == 0
+    box.stand_in(  # Docxy running, and a dockerd that takes the mirror when reloaded
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^info", stdout=f'["https://{DOMAIN}/"]\n'),
+        Rule(r"^ps ", stdout="3f2a1b\n"),
+    )
+    box.path("/etc/docker/daemon.json").write_text('{"debug": true}\n')
+
+    result = install(box, resolver, "--configure-local-docker")
+
+    assert result.returncode == 0, output(result)
+    assert f'"https://{DOMAIN}"' in box.path("/etc/docker/daemon.json").read_text()
+    assert "Nothing to change" not in result.stdout
+
+
 # --- piped from a URL ---------------------------------------------------------------------------
 
 
