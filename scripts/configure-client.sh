@@ -530,7 +530,7 @@ import json
 import re
 import sys
 
-HEADER = re.compile(r'^\s*\[\s*host\."([^"]*)"\s*\]\s*$')
+HEADER = re.compile(r"""^\s*\[\s*host\.(?:"([^"]*)"|'([^']*)')\s*\]\s*$""")
 MARK = "# Written by Docxy's configure-client.sh"
 
 
@@ -540,7 +540,7 @@ def blocks(lines):
     for line in lines:
         header = HEADER.match(line)
         if header:
-            found.append((header.group(1), [line]))
+            found.append((header.group(1) or header.group(2), [line]))
         elif found:
             found[-1][1].append(line)
         else:

@@ -425,6 +425,20 @@ def test_containerd_other_hosts_are_kept_after_ours(box: ScriptBox) -> None:
     ]
 
 
+def test_containerd_hosts_in_literal_string_keys_are_still_after_ours(box: ScriptBox) -> None:
+    """`[host.'https://...']` (a TOML literal string) names a host as well as double quotes."""
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(
+        "server = 'https://registry-1.docker.io'\n\n"
+        "[host.'https://corp-cache.example']\n  capabilities = ['pull', 'resolve']\n"
+    )
+
+    configure(box, "--mirror", MIRROR, "--containerd")
+
+    hosts = list(tomllib.loads(box.path(HOSTS_TOML).read_text())["host"])
+    assert hosts == [MIRROR, "https://corp-cache.example"]
+
+
 def test_containerd_remove_deletes_a_file_that_held_only_this_mirror(box: ScriptBox) -> None:
     configure(box, "--mirror", MIRROR, "--containerd")
 
