@@ -50,7 +50,8 @@ usage: $PROG --domain NAME --email ADDRESS [options]
   --configure-local-docker  also point this host's own dockerd at the mirror
   --health-timeout SECONDS  how long to wait for https://NAME/health (default 600)
   --uninstall               stop and remove Docxy and its cache (keeps the certificates)
-  --purge                   with --uninstall: also the certificates, .env and the image
+  --purge                   with --uninstall: also the certificates, .env, the image and a
+                            fetched --dir (never a clone)
   --dry-run                 print every change, make none
   --yes                     never ask (unattended); missing settings are then errors
   --root DIR                take every path under DIR (default /), for tests

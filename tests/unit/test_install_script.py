@@ -307,6 +307,23 @@ def test_bad_settings_stop_before_any_change(
     assert not box.called(r"^(apt-get|systemctl|docker compose)")
 
 
+def test_help_and_the_readme_name_the_same_options(tmp_path: Path) -> None:
+    """What --help offers is in README's "Install on a VPS", and the other way round; and
+    --purge says it deletes a fetched project directory, as the README does."""
+    box = ScriptBox(tmp_path)
+    helped = box.run("install.sh", "--help")
+    section = (REPO / "README.md").read_text().split("## Install on a VPS")[1].split("\n## ")[0]
+    option = r"(?<![\w-])--[a-z][a-z-]*"
+
+    offered = set(re.findall(rf"^\s+({option})", helped.stdout, re.M))
+    documented = set(re.findall(option, section)) - {"--build"}  # docker compose up's
+
+    assert helped.returncode == 0, output(helped)
+    assert offered == documented
+    purge = helped.stdout.split("\n  --purge")[1].split("\n  --")[0]
+    assert "fetched" in purge, purge
+
+
 # --- checks -------------------------------------------------------------------------------------
 
 
@@ -454,7 +471,9 @@ def test_without_curl_curl_is_installed_first(box: ScriptBox, resolver: Resolver
         "curl", Rule(rf"https://{DOMAIN}/health", stdout=HEALTHY), Rule(r".", rc=7), present=False
     )
     box.without("curl")
-    box.stand_in("apt-get", Rule(r"install .*curl", effect='cp "$STANDINS/.later/curl" "$STANDINS/"'))
+    box.stand_in(
+        "apt-get", Rule(r"install .*curl", effect='cp "$STANDINS/.later/curl" "$STANDINS/"')
+    )
 
     result = install(box, resolver)
 
