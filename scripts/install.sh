@@ -199,6 +199,10 @@ check_platform() {
       ;;
   esac
   [[ "$id" == "$OS_ID" ]] && say "OS: $(os_field PRETTY_NAME)"
+  # Docker's repository knows Ubuntu's releases, not a derivative's own (Mint's "wilma").
+  if [[ "$OS_ID" == ubuntu && -n "$(os_field UBUNTU_CODENAME)" ]]; then
+    OS_CODENAME="$(os_field UBUNTU_CODENAME)"
+  fi
   machine="$(uname -m)"
   case "$machine" in
     x86_64 | amd64) ARCH=amd64 ;;

@@ -608,6 +608,24 @@ def test_docker_repo_adds_dockers_repository(box: ScriptBox, resolver: Resolver)
     )
 
 
+def test_docker_repo_on_an_ubuntu_derivative_names_ubuntus_release(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Linux Mint 22's VERSION_CODENAME is its own (wilma): Docker's repository only has
+    Ubuntu's (noble), and a wrong one breaks every later apt-get update on the host."""
+    box.path("/etc/os-release").write_text(
+        'ID=linuxmint\nID_LIKE="ubuntu debian"\nVERSION_CODENAME=wilma\nUBUNTU_CODENAME=noble\n'
+    )
+    docker_arrives_with_apt(box)
+    box.stand_in("curl", Rule(r"download\.docker\.com"), Rule(r"/health", stdout=HEALTHY))
+
+    result = install(box, resolver, "--docker-repo")
+
+    assert result.returncode == 0, output(result)
+    listing = box.path("/etc/apt/sources.list.d/docker.list").read_text()
+    assert "https://download.docker.com/linux/ubuntu noble stable" in listing
+
+
 def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(
     box: ScriptBox, resolver: Resolver
 ) -> None:
