@@ -447,7 +447,9 @@ settle_settings() {
     die "--domain '$DOMAIN' is not a DNS name" 2
   [[ "$EMAIL" =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
     die "--email '$EMAIL' is not an email address" 2
-  [[ "$CACHE_SIZE" =~ ^[0-9]+[KkMmGgTt]?$ ]] || die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
+  # As the mirror reads it (20G, 512MiB, 1TB; binary units), less the fractions; never 0.
+  [[ "$CACHE_SIZE" =~ ^[1-9][0-9]*([KkMmGgTt]([Ii]?[Bb])?)?$ ]] ||
+    die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
   if [[ -n "$UPSTREAM_USER" ]]; then
     [[ "$UPSTREAM_USER" =~ ^[A-Za-z0-9._@-]+$ ]] || die "--upstream-user '$UPSTREAM_USER' has odd characters" 2
     UPSTREAM_PASSWORD="${UPSTREAM_PASSWORD:-$(env_value DOCXY_UPSTREAM_PASSWORD)}"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from docxy.config import parse_size
 from lab.ports import free_port
 from lab.processes import wait_for
 from tests.scriptbox import REPO, Rule, ScriptBox, output
@@ -322,6 +323,31 @@ def test_help_and_the_readme_name_the_same_options(tmp_path: Path) -> None:
     assert offered == documented
     purge = helped.stdout.split("\n  --purge")[1].split("\n  --")[0]
     assert "fetched" in purge, purge
+
+
+@pytest.mark.parametrize(
+    ("size", "ok"), [("5GiB", True), ("512MB", True), ("1g", True), ("0", False)]
+)
+def test_cache_sizes_are_those_the_mirror_takes(
+    box: ScriptBox, resolver: Resolver, size: str, ok: bool
+) -> None:
+    """install.sh agrees with the mirror's parse_size: a size kept in .env that the mirror reads
+    is not refused on the next run, and one the mirror refuses does not get into .env."""
+    env_file(box).write_text(f"DOCXY_CACHE_MAX_SIZE={size}\n")
+    try:
+        parse_size(size)
+    except ValueError:
+        assert not ok
+    else:
+        assert ok
+
+    result = install(box, resolver)
+
+    assert (result.returncode == 0) is ok, output(result)
+    if ok:
+        assert f"DOCXY_CACHE_MAX_SIZE={size}" in env_file(box).read_text().splitlines()
+    else:
+        assert result.returncode == 2 and "is not a size" in result.stderr, output(result)
 
 
 # --- checks -------------------------------------------------------------------------------------
