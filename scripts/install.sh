@@ -280,6 +280,23 @@ need_curl() {
 is_ipv4() { [[ "$1" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; }
 is_ipv6() { [[ "$1" =~ ^[0-9A-Fa-f:]+$ && "$1" == *:* ]]; }
 
+# ipv6_full ADDRESS: the eight groups written out in lower case, so that two spellings of one
+# address compare equal (2001:0db8:0:0::7 and dig's 2001:db8::7).
+ipv6_full() {
+  local address="${1,,}" head tail group full=""
+  local -a groups=() after=()
+  head="${address%%::*}"
+  [[ -n "$head" ]] && IFS=: read -r -a groups <<<"$head"
+  if [[ "$address" == *::* ]]; then
+    tail="${address#*::}"
+    [[ -n "$tail" ]] && IFS=: read -r -a after <<<"$tail"
+    while ((${#groups[@]} + ${#after[@]} < 8)); do groups+=(0); done
+    groups+=("${after[@]}")
+  fi
+  for group in "${groups[@]}"; do full+="$(printf '%04x' "0x${group:-0}"):"; done
+  printf '%s' "${full%:}"
+}
+
 # resolve A|AAAA: the domain's records, one per line; fails when the resolver does not answer.
 resolve() {
   local args=(+short +time=2 +tries=2) out line
@@ -374,8 +391,11 @@ check_dns() {
   for ip in "${records_a[@]}"; do
     contains "$ip" "${ours4[@]}" || problem="$DOMAIN has an A record ($ip) that is not this host"
   done
+  local full6=()
+  for ip in "${ours6[@]}"; do full6+=("$(ipv6_full "$ip")"); done
   for ip in "${records_aaaa[@]}"; do
-    contains "$ip" "${ours6[@]}" || problem="$DOMAIN has an AAAA record ($ip) that is not this host"
+    contains "$(ipv6_full "$ip")" "${full6[@]}" ||
+      problem="$DOMAIN has an AAAA record ($ip) that is not this host"
   done
   local records ours
   records="$(words "${records_a[@]}" "${records_aaaa[@]}")"

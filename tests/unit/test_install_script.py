@@ -453,6 +453,19 @@ def test_dns_with_matching_a_and_aaaa(box: ScriptBox, resolver: Resolver) -> Non
     assert f"DNS: dual.test -> {OURS} {OURS6}, this host" in result.stdout
 
 
+@pytest.mark.parametrize("spelled", ["2001:0db8:0:0::7", "2001:db8:0:0:0:0:0:7", "2001:DB8::0:7"])
+def test_an_ipv6_public_ip_spelled_another_way_is_still_this_host(
+    box: ScriptBox, resolver: Resolver, spelled: str
+) -> None:
+    """dig prints 2001:db8::7; the same address written out (a provider's panel) matches it."""
+    box.stand_in("curl", Rule(r"/health", stdout=HEALTHY))
+
+    result = install(box, resolver, "--domain", "dual.test", "--public-ip", spelled)
+
+    assert result.returncode == 0, output(result)
+    assert "not this host" not in result.stderr
+
+
 def test_an_aaaa_record_for_another_host_stops(box: ScriptBox, resolver: Resolver) -> None:
     result = install(box, resolver, "--domain", "v6wrong.test")
 
