@@ -665,11 +665,11 @@ compose() {
 }
 
 # The account in .env only reaches the mirror if compose.yaml passes it into the container:
-# by name, or with the whole file (`env_file: .env`, or `- .env` in an env_file list).
+# by name, or with the whole file (`env_file: .env` or `./.env`, or `- .env` in a list).
 check_compose_passes_account() {
   [[ -n "$UPSTREAM_USER" && -f "$DIR/compose.yaml" ]] || return 0
   grep -q 'DOCXY_UPSTREAM_USERNAME' -- "$DIR/compose.yaml" && return 0
-  grep -qE "^[[:space:]]*(env_file:|-)[[:space:]]*[\"']?\.env[\"']?[[:space:]]*\$" -- "$DIR/compose.yaml" &&
+  grep -qE "^[[:space:]]*(env_file:|-)[[:space:]]*[\"']?(\./)?\.env[\"']?[[:space:]]*\$" -- "$DIR/compose.yaml" &&
     return 0
   warn "$DIR/compose.yaml does not pass DOCXY_UPSTREAM_USERNAME/PASSWORD into the container:"
   warn "the mirror pulls anonymously until it does (the account stays in .env)"

@@ -252,10 +252,11 @@ def test_an_account_that_compose_yaml_does_not_pass_on_is_warned_about(
 ENV_FILE_FORMS = {
     "key": "services:\n  docxy:\n    env_file: .env\n",
     "list": "services:\n  docxy:\n    env_file:\n      - .env\n",
+    "relative": "services:\n  docxy:\n    env_file: './.env'\n",
 }
 
 
-@pytest.mark.parametrize("form", ["key", "list", "the repository's"])
+@pytest.mark.parametrize("form", ["key", "list", "relative", "the repository's"])
 def test_an_account_passed_on_by_env_file_is_not_warned_about(
     box: ScriptBox, resolver: Resolver, form: str
 ) -> None:
