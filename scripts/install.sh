@@ -550,6 +550,8 @@ settle_dir() {
     # One spelling per directory ("clone/", "."), so the clone is never taken for a fetched copy.
     DIR="$(cd -- "$DIR" && pwd -P)"
   fi
+  # Piped, the script has no clone of its own; a git clone named by --dir is one all the same.
+  if [[ -z "$CLONE" && -d "$DIR/.git" && -f "$DIR/compose.yaml" ]]; then CLONE="$DIR"; fi
   ENV_FILE="$DIR/.env"
 }
 

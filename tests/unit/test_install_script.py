@@ -835,6 +835,27 @@ def test_uninstall_purge_never_deletes_the_clone_named_another_way(
     assert not env_file(box).exists(), "the purge still removes .env"
 
 
+@pytest.mark.parametrize("action", [["--update"], ["--uninstall", "--purge"]])
+def test_a_piped_run_never_replaces_or_deletes_a_git_clone_named_by_dir(
+    box: ScriptBox, resolver: Resolver, action: list[str]
+) -> None:
+    """Piped, the script has no clone of its own: a --dir holding a git clone is still one."""
+    clone = box.base / "clone"
+    tarball = source_tarball(box)  # the project as published: no .git, no local change
+    (clone / ".git").mkdir()
+    (clone / "local-change.txt").write_text("mine")
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box)
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    args += ["--dir", str(clone), "--source-url", tarball, *action]
+
+    result = box.run("", *args, stdin=clone_script(box).read_text())
+
+    assert result.returncode == 0, output(result)
+    assert (clone / ".git").is_dir() and (clone / "local-change.txt").exists(), output(result)
+
+
 def test_uninstall_twice_the_second_changes_nothing(box: ScriptBox, resolver: Resolver) -> None:
     result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
 
