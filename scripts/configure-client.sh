@@ -452,7 +452,8 @@ reload_dockerd() {
   local pid
   if systemd_docker_active; then
     say "  reloading dockerd: systemctl reload docker"
-    systemctl reload docker
+    # dockerd is running: whether the reload failed or not, `docker info` tells if it took.
+    systemctl reload docker || warn "systemctl reload docker failed"
   elif pid="$(dockerd_pid)"; then
     say "  reloading dockerd: SIGHUP to pid $pid"
     env kill -s HUP "$pid"
@@ -480,7 +481,17 @@ confirm_docker() {
     say "  not reloading dockerd (--no-reload): run 'systemctl reload docker' to apply"
     return 0
   fi
-  reload_dockerd || return 0
+  if ! reload_dockerd; then
+    # None found to reload, yet `docker info` may reach one (a snap's, another unit name's).
+    local active=0
+    mirrors="$(active_mirrors)" || return 0
+    mirror_active "$mirrors" && active=1
+    if ((active != REMOVE)); then return 0; fi
+    warn "yet \`docker info\` answers, from a dockerd without this change: one this script cannot"
+    warn "reload (not systemd's docker unit, no pid file) or that reads another daemon.json: restart it"
+    FAILED=1
+    return 0
+  fi
   if ! have docker; then
     say "  no docker command here to confirm the reload with"
     return 0
@@ -519,7 +530,7 @@ import json
 import re
 import sys
 
-HEADER = re.compile(r'^\s*\[\s*host\."([^"]*)"\s*\]\s*$')
+HEADER = re.compile(r"""^\s*\[\s*host\.(?:"([^"]*)"|'([^']*)')\s*\]\s*$""")
 MARK = "# Written by Docxy's configure-client.sh"
 
 
@@ -529,7 +540,7 @@ def blocks(lines):
     for line in lines:
         header = HEADER.match(line)
         if header:
-            found.append((header.group(1), [line]))
+            found.append((header.group(1) or header.group(2), [line]))
         elif found:
             found[-1][1].append(line)
         else:

@@ -50,7 +50,8 @@ usage: $PROG --domain NAME --email ADDRESS [options]
   --configure-local-docker  also point this host's own dockerd at the mirror
   --health-timeout SECONDS  how long to wait for https://NAME/health (default 600)
   --uninstall               stop and remove Docxy and its cache (keeps the certificates)
-  --purge                   with --uninstall: also the certificates, .env and the image
+  --purge                   with --uninstall: also the certificates, .env, the image and a
+                            fetched --dir (never a clone)
   --dry-run                 print every change, make none
   --yes                     never ask (unattended); missing settings are then errors
   --root DIR                take every path under DIR (default /), for tests
@@ -198,6 +199,10 @@ check_platform() {
       ;;
   esac
   [[ "$id" == "$OS_ID" ]] && say "OS: $(os_field PRETTY_NAME)"
+  # Docker's repository knows Ubuntu's releases, not a derivative's own (Mint's "wilma").
+  if [[ "$OS_ID" == ubuntu && -n "$(os_field UBUNTU_CODENAME)" ]]; then
+    OS_CODENAME="$(os_field UBUNTU_CODENAME)"
+  fi
   machine="$(uname -m)"
   case "$machine" in
     x86_64 | amd64) ARCH=amd64 ;;
@@ -258,10 +263,39 @@ check_disk() {
   say "Disk: $((avail / 1024 / 1024)) GiB free at $dir, enough for a $CACHE_SIZE cache"
 }
 
+# curl asks the address services, fetches the project and Docker's key, and checks /health at
+# the end: a minimal image without it gets it (and the CA bundle, only recommended by curl).
+need_curl() {
+  have curl && return 0
+  if ((DRY_RUN)); then
+    say "curl: missing; the real run installs curl and ca-certificates"
+    return 0
+  fi
+  act apt-get update
+  act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl ca-certificates
+}
+
 # --- DNS check ----------------------------------------------------------------------------------
 
 is_ipv4() { [[ "$1" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; }
 is_ipv6() { [[ "$1" =~ ^[0-9A-Fa-f:]+$ && "$1" == *:* ]]; }
+
+# ipv6_full ADDRESS: the eight groups written out in lower case, so that two spellings of one
+# address compare equal (2001:0db8:0:0::7 and dig's 2001:db8::7).
+ipv6_full() {
+  local address="${1,,}" head tail group full=""
+  local -a groups=() after=()
+  head="${address%%::*}"
+  [[ -n "$head" ]] && IFS=: read -r -a groups <<<"$head"
+  if [[ "$address" == *::* ]]; then
+    tail="${address#*::}"
+    [[ -n "$tail" ]] && IFS=: read -r -a after <<<"$tail"
+    while ((${#groups[@]} + ${#after[@]} < 8)); do groups+=(0); done
+    groups+=("${after[@]}")
+  fi
+  for group in "${groups[@]}"; do full+="$(printf '%04x' "0x${group:-0}"):"; done
+  printf '%s' "${full%:}"
+}
 
 # resolve A|AAAA: the domain's records, one per line; fails when the resolver does not answer.
 resolve() {
@@ -357,8 +391,11 @@ check_dns() {
   for ip in "${records_a[@]}"; do
     contains "$ip" "${ours4[@]}" || problem="$DOMAIN has an A record ($ip) that is not this host"
   done
+  local full6=()
+  for ip in "${ours6[@]}"; do full6+=("$(ipv6_full "$ip")"); done
   for ip in "${records_aaaa[@]}"; do
-    contains "$ip" "${ours6[@]}" || problem="$DOMAIN has an AAAA record ($ip) that is not this host"
+    contains "$(ipv6_full "$ip")" "${full6[@]}" ||
+      problem="$DOMAIN has an AAAA record ($ip) that is not this host"
   done
   local records ours
   records="$(words "${records_a[@]}" "${records_aaaa[@]}")"
@@ -430,7 +467,9 @@ settle_settings() {
     die "--domain '$DOMAIN' is not a DNS name" 2
   [[ "$EMAIL" =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
     die "--email '$EMAIL' is not an email address" 2
-  [[ "$CACHE_SIZE" =~ ^[0-9]+[KkMmGgTt]?$ ]] || die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
+  # As the mirror reads it (20G, 512MiB, 1TB; binary units), less the fractions; never 0.
+  [[ "$CACHE_SIZE" =~ ^[1-9][0-9]*([KkMmGgTt]([Ii]?[Bb])?)?$ ]] ||
+    die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
   if [[ -n "$UPSTREAM_USER" ]]; then
     [[ "$UPSTREAM_USER" =~ ^[A-Za-z0-9._@-]+$ ]] || die "--upstream-user '$UPSTREAM_USER' has odd characters" 2
     UPSTREAM_PASSWORD="${UPSTREAM_PASSWORD:-$(env_value DOCXY_UPSTREAM_PASSWORD)}"
@@ -498,7 +537,7 @@ CLONE=""
 find_clone() {
   local here
   [[ -n "${BASH_SOURCE[0]:-}" && -f "${BASH_SOURCE[0]}" ]] || return 0
-  here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+  here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
   [[ -f "$here/compose.yaml" && -f "$here/Dockerfile" ]] && CLONE="$here"
   return 0
 }
@@ -507,7 +546,12 @@ settle_dir() {
   find_clone
   if [[ -z "$DIR" ]]; then
     DIR="${CLONE:-$(under_root /opt/docxy)}"
+  elif [[ -d "$DIR" ]]; then
+    # One spelling per directory ("clone/", "."), so the clone is never taken for a fetched copy.
+    DIR="$(cd -- "$DIR" && pwd -P)"
   fi
+  # Piped, the script has no clone of its own; a git clone named by --dir is one all the same.
+  if [[ -z "$CLONE" && -d "$DIR/.git" && -f "$DIR/compose.yaml" ]]; then CLONE="$DIR"; fi
   ENV_FILE="$DIR/.env"
 }
 
@@ -622,10 +666,13 @@ compose() {
     --env-file "$ENV_FILE" "$@"
 }
 
-# The account in .env only reaches the mirror if compose.yaml passes it into the container.
+# The account in .env only reaches the mirror if compose.yaml passes it into the container:
+# by name, or with the whole file (`env_file: .env` or `./.env`, or `- .env` in a list).
 check_compose_passes_account() {
   [[ -n "$UPSTREAM_USER" && -f "$DIR/compose.yaml" ]] || return 0
   grep -q 'DOCXY_UPSTREAM_USERNAME' -- "$DIR/compose.yaml" && return 0
+  grep -qE "^[[:space:]]*(env_file:|-)[[:space:]]*[\"']?(\./)?\.env[\"']?[[:space:]]*\$" -- "$DIR/compose.yaml" &&
+    return 0
   warn "$DIR/compose.yaml does not pass DOCXY_UPSTREAM_USERNAME/PASSWORD into the container:"
   warn "the mirror pulls anonymously until it does (the account stays in .env)"
 }
@@ -671,7 +718,17 @@ configure_local_docker() {
   local args=(--mirror "https://$DOMAIN" --docker --root "${ROOT:-/}")
   ((DRY_RUN)) && args+=(--dry-run)
   ((UNINSTALL)) && args+=(--remove)
+  if ((DRY_RUN)) && [[ ! -f "$DIR/scripts/configure-client.sh" ]]; then
+    # A dry run fetches nothing: the script is not there to ask.
+    say "  would run: bash $DIR/scripts/configure-client.sh ${args[*]}"
+    return
+  fi
+  local file before
+  file="$(under_root /etc/docker/daemon.json)"
+  before="$(cat -- "$file" 2>/dev/null)" || before=""
   bash "$DIR/scripts/configure-client.sh" "${args[@]}"
+  # Its changes are this run's too (the closing "Nothing to change" would be false).
+  [[ "$(cat -- "$file" 2>/dev/null)" == "$before" ]] || CHANGES=$((CHANGES + 1))
 }
 
 print_client_commands() {
@@ -751,6 +808,7 @@ main() {
     settle_settings
     check_ports
     check_disk
+    need_curl
     check_dns
     step "Docker"
     install_docker

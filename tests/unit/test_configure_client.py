@@ -255,6 +255,22 @@ def test_no_running_dockerd_is_said_and_not_an_error(box: ScriptBox) -> None:
     assert box.calls("kill") == []
 
 
+def test_a_dockerd_that_answers_but_cannot_be_reloaded_is_not_taken_for_none(
+    box: ScriptBox,
+) -> None:
+    """No docker unit, no pid file, yet `docker info` answers without the mirror (a snap's or a
+    differently named unit's dockerd): the file was written but nothing uses it yet."""
+    box.stand_in("systemctl", Rule(r"is-active", rc=3))
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--docker")
+
+    assert result.returncode == 1, output(result)
+    assert "from a dockerd without this change" in result.stderr and "restart it" in result.stderr
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+    assert box.calls("kill") == []
+
+
 def test_a_reload_that_does_not_take_fails_and_says_how_to_restart(box: ScriptBox) -> None:
     box.stand_in("docker", docker_info("https://other.example"))
 
@@ -265,6 +281,21 @@ def test_a_reload_that_does_not_take_fails_and_says_how_to_restart(box: ScriptBo
     assert result.returncode == 1, output(result)
     assert "systemctl restart docker" in result.stderr
     assert not box.called(r"^systemctl restart")
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+
+
+def test_a_failed_systemctl_reload_is_not_taken_for_success(box: ScriptBox) -> None:
+    """A unit that cannot reload: the running dockerd keeps its old mirrors, so say so."""
+    refused = "Failed to reload docker.service: Job type reload is not applicable for unit.\n"
+    box.stand_in("systemctl", Rule(r"^is-active"), Rule(r"^reload", rc=1, stderr=refused))
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    result = box.run(
+        SCRIPT, "--root", str(box.root), "--mirror", MIRROR, env={"DOCXY_RELOAD_WAIT": "1"}
+    )
+
+    assert result.returncode == 1, output(result)
+    assert "systemctl restart docker" in result.stderr
     assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
 
 
@@ -392,6 +423,20 @@ def test_containerd_other_hosts_are_kept_after_ours(box: ScriptBox) -> None:
     assert list(tomllib.loads(box.path(HOSTS_TOML).read_text())["host"]) == [
         "https://corp-cache.example"
     ]
+
+
+def test_containerd_hosts_in_literal_string_keys_are_still_after_ours(box: ScriptBox) -> None:
+    """`[host.'https://...']` (a TOML literal string) names a host as well as double quotes."""
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(
+        "server = 'https://registry-1.docker.io'\n\n"
+        "[host.'https://corp-cache.example']\n  capabilities = ['pull', 'resolve']\n"
+    )
+
+    configure(box, "--mirror", MIRROR, "--containerd")
+
+    hosts = list(tomllib.loads(box.path(HOSTS_TOML).read_text())["host"])
+    assert hosts == [MIRROR, "https://corp-cache.example"]
 
 
 def test_containerd_remove_deletes_a_file_that_held_only_this_mirror(box: ScriptBox) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from docxy.config import parse_size
 from lab.ports import free_port
 from lab.processes import wait_for
 from tests.scriptbox import REPO, Rule, ScriptBox, output
@@ -248,6 +249,27 @@ def test_an_account_that_compose_yaml_does_not_pass_on_is_warned_about(
     assert ("pulls anonymously" in result.stderr) is not passed
 
 
+ENV_FILE_FORMS = {
+    "key": "services:\n  docxy:\n    env_file: .env\n",
+    "list": "services:\n  docxy:\n    env_file:\n      - .env\n",
+    "relative": "services:\n  docxy:\n    env_file: './.env'\n",
+}
+
+
+@pytest.mark.parametrize("form", ["key", "list", "relative", "the repository's"])
+def test_an_account_passed_on_by_env_file_is_not_warned_about(
+    box: ScriptBox, resolver: Resolver, form: str
+) -> None:
+    """`env_file: .env` hands the container every line of .env, the account included."""
+    if form in ENV_FILE_FORMS:
+        (box.base / "clone" / "compose.yaml").write_text(ENV_FILE_FORMS[form])
+
+    result = install(box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "pw"})
+
+    assert result.returncode == 0, output(result)
+    assert "pulls anonymously" not in result.stderr, output(result)
+
+
 def test_missing_settings_are_prompted_for_with_the_password_unechoed(
     box: ScriptBox, resolver: Resolver
 ) -> None:
@@ -285,6 +307,48 @@ def test_bad_settings_stop_before_any_change(
     assert said in result.stderr
     assert not env_file(box).exists()
     assert not box.called(r"^(apt-get|systemctl|docker compose)")
+
+
+def test_help_and_the_readme_name_the_same_options(tmp_path: Path) -> None:
+    """What --help offers is in README's "Install on a VPS", and the other way round; and
+    --purge says it deletes a fetched project directory, as the README does."""
+    box = ScriptBox(tmp_path)
+    helped = box.run("install.sh", "--help")
+    section = (REPO / "README.md").read_text().split("## Install on a VPS")[1].split("\n## ")[0]
+    option = r"(?<![\w-])--[a-z][a-z-]*"
+
+    offered = set(re.findall(rf"^\s+({option})", helped.stdout, re.M))
+    documented = set(re.findall(option, section)) - {"--build"}  # docker compose up's
+
+    assert helped.returncode == 0, output(helped)
+    assert offered == documented
+    purge = helped.stdout.split("\n  --purge")[1].split("\n  --")[0]
+    assert "fetched" in purge, purge
+
+
+@pytest.mark.parametrize(
+    ("size", "ok"), [("5GiB", True), ("512MB", True), ("1g", True), ("0", False)]
+)
+def test_cache_sizes_are_those_the_mirror_takes(
+    box: ScriptBox, resolver: Resolver, size: str, ok: bool
+) -> None:
+    """install.sh agrees with the mirror's parse_size: a size kept in .env that the mirror reads
+    is not refused on the next run, and one the mirror refuses does not get into .env."""
+    env_file(box).write_text(f"DOCXY_CACHE_MAX_SIZE={size}\n")
+    try:
+        parse_size(size)
+    except ValueError:
+        assert not ok
+    else:
+        assert ok
+
+    result = install(box, resolver)
+
+    assert (result.returncode == 0) is ok, output(result)
+    if ok:
+        assert f"DOCXY_CACHE_MAX_SIZE={size}" in env_file(box).read_text().splitlines()
+    else:
+        assert result.returncode == 2 and "is not a size" in result.stderr, output(result)
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -390,6 +454,19 @@ def test_dns_with_matching_a_and_aaaa(box: ScriptBox, resolver: Resolver) -> Non
     assert f"DNS: dual.test -> {OURS} {OURS6}, this host" in result.stdout
 
 
+@pytest.mark.parametrize("spelled", ["2001:0db8:0:0::7", "2001:db8:0:0:0:0:0:7", "2001:DB8::0:7"])
+def test_an_ipv6_public_ip_spelled_another_way_is_still_this_host(
+    box: ScriptBox, resolver: Resolver, spelled: str
+) -> None:
+    """dig prints 2001:db8::7; the same address written out (a provider's panel) matches it."""
+    box.stand_in("curl", Rule(r"/health", stdout=HEALTHY))
+
+    result = install(box, resolver, "--domain", "dual.test", "--public-ip", spelled)
+
+    assert result.returncode == 0, output(result)
+    assert "not this host" not in result.stderr
+
+
 def test_an_aaaa_record_for_another_host_stops(box: ScriptBox, resolver: Resolver) -> None:
     result = install(box, resolver, "--domain", "v6wrong.test")
 
@@ -425,6 +502,24 @@ def test_without_dig_dnsutils_is_installed_first(box: ScriptBox, resolver: Resol
         "apt-get update",
         "apt-get install -y --no-install-recommends dnsutils",
     ]
+
+
+def test_without_curl_curl_is_installed_first(box: ScriptBox, resolver: Resolver) -> None:
+    """A minimal image without curl: the health check (and discovery, the piped fetch, Docker's
+    key) needs it, so it is installed with the CA bundle, not reported as a certificate failure."""
+    box.stand_in(
+        "curl", Rule(rf"https://{DOMAIN}/health", stdout=HEALTHY), Rule(r".", rc=7), present=False
+    )
+    box.without("curl")
+    box.stand_in(
+        "apt-get", Rule(r"install .*curl", effect='cp "$STANDINS/.later/curl" "$STANDINS/"')
+    )
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert box.called(r"^apt-get install -y --no-install-recommends curl ca-certificates$")
+    assert box.called(rf"^curl .*https://{DOMAIN}/health$")
 
 
 def test_dns_port_option(box: ScriptBox, resolver: Resolver) -> None:
@@ -553,6 +648,24 @@ def test_docker_repo_adds_dockers_repository(box: ScriptBox, resolver: Resolver)
     )
 
 
+def test_docker_repo_on_an_ubuntu_derivative_names_ubuntus_release(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Linux Mint 22's VERSION_CODENAME is its own (wilma): Docker's repository only has
+    Ubuntu's (noble), and a wrong one breaks every later apt-get update on the host."""
+    box.path("/etc/os-release").write_text(
+        'ID=linuxmint\nID_LIKE="ubuntu debian"\nVERSION_CODENAME=wilma\nUBUNTU_CODENAME=noble\n'
+    )
+    docker_arrives_with_apt(box)
+    box.stand_in("curl", Rule(r"download\.docker\.com"), Rule(r"/health", stdout=HEALTHY))
+
+    result = install(box, resolver, "--docker-repo")
+
+    assert result.returncode == 0, output(result)
+    listing = box.path("/etc/apt/sources.list.d/docker.list").read_text()
+    assert "https://download.docker.com/linux/ubuntu noble stable" in listing
+
+
 def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(
     box: ScriptBox, resolver: Resolver
 ) -> None:
@@ -580,6 +693,25 @@ def test_configure_local_docker(box: ScriptBox, resolver: Resolver) -> None:
 
     assert result.returncode == 0, output(result)
     assert f'"https://{DOMAIN}"' in box.path("/etc/docker/daemon.json").read_text()
+
+
+def test_a_rerun_that_puts_the_mirror_back_in_daemon_json_does_not_say_nothing_changed(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    assert install(box, resolver, "--configure-local-docker").returncode == 0
+    box.stand_in(  # Docxy running, and a dockerd that takes the mirror when reloaded
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^info", stdout=f'["https://{DOMAIN}/"]\n'),
+        Rule(r"^ps ", stdout="3f2a1b\n"),
+    )
+    box.path("/etc/docker/daemon.json").write_text('{"debug": true}\n')
+
+    result = install(box, resolver, "--configure-local-docker")
+
+    assert result.returncode == 0, output(result)
+    assert f'"https://{DOMAIN}"' in box.path("/etc/docker/daemon.json").read_text()
+    assert "Nothing to change" not in result.stdout
 
 
 # --- piped from a URL ---------------------------------------------------------------------------
@@ -612,6 +744,23 @@ def test_piped_install_fetches_the_project_into_opt(box: ScriptBox, resolver: Re
     assert again.returncode == 0, output(again)
     assert "using the project at" in again.stdout and "Nothing to change" in again.stdout
     assert not box.called("file://")
+
+
+def test_piped_dry_run_with_configure_local_docker_changes_nothing_and_succeeds(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The project is not fetched in a dry run: its configure-client.sh is not there yet."""
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--dry-run"]
+    args += ["--configure-local-docker", "--source-url", source_tarball(box)]
+    files = box.files()
+
+    result = box.run("", *args, stdin=clone_script(box).read_text())
+
+    assert result.returncode == 0, output(result)
+    assert f"https://{DOMAIN}" in result.stdout.split("This host's own dockerd")[1]
+    assert "Dry run: the changes above were not made." in result.stdout
+    assert box.files() == files
 
 
 def test_piped_install_never_replaces_a_directory_that_is_not_docxy(
@@ -665,6 +814,46 @@ def test_uninstall_purge_removes_certificates_env_and_image(
     assert box.called(r"^docker image rm docxy:local$")
     assert not env_file(box).exists()
     assert (box.base / "clone" / "compose.yaml").exists(), "a clone is never deleted"
+
+
+@pytest.mark.parametrize("spelling", ["{clone}/", "{clone}/scripts/.."])
+def test_uninstall_purge_never_deletes_the_clone_named_another_way(
+    box: ScriptBox, resolver: Resolver, spelling: str
+) -> None:
+    """`--dir /root/docxy/` (a shell's completion adds the slash) is still the clone."""
+    clone = box.base / "clone"
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box)
+    named = spelling.format(clone=clone)
+
+    result = box.run(
+        clone_script(box), "--root", str(box.root), "--uninstall", "--purge", "--dir", named
+    )
+
+    assert result.returncode == 0, output(result)
+    assert (clone / "compose.yaml").exists() and (clone / "Dockerfile").exists(), output(result)
+    assert not env_file(box).exists(), "the purge still removes .env"
+
+
+@pytest.mark.parametrize("action", [["--update"], ["--uninstall", "--purge"]])
+def test_a_piped_run_never_replaces_or_deletes_a_git_clone_named_by_dir(
+    box: ScriptBox, resolver: Resolver, action: list[str]
+) -> None:
+    """Piped, the script has no clone of its own: a --dir holding a git clone is still one."""
+    clone = box.base / "clone"
+    tarball = source_tarball(box)  # the project as published: no .git, no local change
+    (clone / ".git").mkdir()
+    (clone / "local-change.txt").write_text("mine")
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box)
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    args += ["--dir", str(clone), "--source-url", tarball, *action]
+
+    result = box.run("", *args, stdin=clone_script(box).read_text())
+
+    assert result.returncode == 0, output(result)
+    assert (clone / ".git").is_dir() and (clone / "local-change.txt").exists(), output(result)
 
 
 def test_uninstall_twice_the_second_changes_nothing(box: ScriptBox, resolver: Resolver) -> None:
