@@ -89,6 +89,15 @@ def inspect_pair(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Pat
     return describe(leaf)
 
 
+def chain_fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 over every certificate of a PEM chain, in order: two chains with the same leaf
+    but other intermediates (the leaf alone, then the full chain) differ."""
+    digest = hashes.Hash(hashes.SHA256())
+    for cert in x509.load_pem_x509_certificates(cert_pem):
+        digest.update(cert.fingerprint(hashes.SHA256()))
+    return digest.finalize().hex()
+
+
 def describe(cert: x509.Certificate) -> CertInfo:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -163,6 +172,7 @@ class ReloadableTLS:
         self._signature = _file_signature(self.cert_path, self.key_path)
         cert_pem, key_pem, self._info = self._validated()
         _load(self.context, cert_pem, key_pem, self.cert_path)
+        self._chain = chain_fingerprint(cert_pem)
         self._last_reload = _utcnow()
         self._last_error: str | None = None
         log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
@@ -193,10 +203,11 @@ class ReloadableTLS:
             self._last_error = str(exc)
             raise
         self._last_error = None
-        if info.fingerprint == self._info.fingerprint:
+        chain = chain_fingerprint(cert_pem)
+        if chain == self._chain:  # the whole chain: a fixed intermediate is a change too
             return False
         _load(self.context, cert_pem, key_pem, self.cert_path)
-        self._info = info
+        self._info, self._chain = info, chain
         self._last_reload = _utcnow()
         log.info("TLS certificate reloaded from %s: %s", self.cert_path, self._summary())
         return True
