@@ -1,11 +1,14 @@
 """The server's TLS context, reloadable while connections are open.
 
-One `ssl.SSLContext` is handed to hypercorn for the life of the process. A reload reads the
-certificate and key files once, checks the pair (parsed with `cryptography`, then loaded into a
-scratch context), and only then loads the same bytes into the live context: new handshakes get the
-new certificate, established connections keep theirs. A failed `load_cert_chain` on a live context
-would leave it half-loaded and break every later handshake, so the live one is never the first to
-see new files.
+One `ssl.SSLContext` is handed to the server for the life of the process. A reload reads the
+certificate and key files once, checks the pair (parsed with `cryptography`), and loads the same
+bytes into a new context of their own; the served context's SNI callback, which OpenSSL runs on
+every ClientHello (with a server name or without), moves each new connection onto the newest
+context before a certificate is chosen. New handshakes get the new certificate, established
+connections keep theirs. Nothing is ever loaded into a context in service: a failed
+`load_cert_chain` would leave it half-loaded, and OpenSSL keeps one certificate per key type in a
+context, so a new ECDSA pair loaded over an RSA one (or the reverse) would leave the old
+certificate served to every client that prefers the old type.
 """
 
 from __future__ import annotations
@@ -161,28 +164,38 @@ def _file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
 
 
 class ReloadableTLS:
-    """The live server context plus what is needed to swap its certificate safely."""
+    """The context served for the life of the process, and the newest certificate's own."""
 
     def __init__(self, cert_path: Path, key_path: Path, client_ca: Path | None = None) -> None:
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
-        self.context = _new_context()
-        if client_ca is not None:
-            ask_for_client_certificates(self.context, client_ca)
+        self.client_ca = client_ca
         self._signature = _file_signature(self.cert_path, self.key_path)
-        cert_pem, key_pem, self._info = self._validated()
-        _load(self.context, cert_pem, key_pem, self.cert_path)
-        self._chain = chain_fingerprint(cert_pem)
+        self.context, self._info, self._chain = self._loaded()
+        self.context.sni_callback = self._to_newest
+        self._newest = self.context
         self._last_reload = _utcnow()
         self._last_error: str | None = None
         log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
 
-    def _validated(self) -> tuple[bytes, bytes, CertInfo]:
+    def _loaded(self) -> tuple[ssl.SSLContext, CertInfo, str]:
+        """A new context serving the files' pair (checked first), its description and chain."""
         cert_pem = _read(self.cert_path, "certificate")
         key_pem = _read(self.key_path, "key")
         info = inspect_pair(cert_pem, key_pem, self.cert_path, self.key_path)
-        _load(_new_context(), cert_pem, key_pem, self.cert_path)
-        return cert_pem, key_pem, info
+        context = _new_context()
+        if self.client_ca is not None:
+            ask_for_client_certificates(context, self.client_ca)
+        _load(context, cert_pem, key_pem, self.cert_path)
+        return context, info, chain_fingerprint(cert_pem)
+
+    def _to_newest(
+        self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
+        """OpenSSL's servername callback: the handshake goes on with the newest certificate."""
+        newest = self._newest
+        if context is not newest:
+            connection.context = newest
 
     def _summary(self) -> str:
         info = self._info
@@ -198,16 +211,14 @@ class ReloadableTLS:
         """
         self._signature = _file_signature(self.cert_path, self.key_path)
         try:
-            cert_pem, key_pem, info = self._validated()
+            context, info, chain = self._loaded()
         except CertError as exc:
             self._last_error = str(exc)
             raise
         self._last_error = None
-        chain = chain_fingerprint(cert_pem)
         if chain == self._chain:  # the whole chain: a fixed intermediate is a change too
             return False
-        _load(self.context, cert_pem, key_pem, self.cert_path)
-        self._info, self._chain = info, chain
+        self._newest, self._info, self._chain = context, info, chain
         self._last_reload = _utcnow()
         log.info("TLS certificate reloaded from %s: %s", self.cert_path, self._summary())
         return True

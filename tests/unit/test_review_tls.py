@@ -11,10 +11,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from docxy.tls.context import ReloadableTLS
+from docxy.tls.context import ReloadableTLS, self_signed
 
 Issued = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
 
@@ -100,3 +100,86 @@ async def test_a_reload_that_adds_the_missing_intermediate_serves_the_whole_chai
         cert.write_bytes(_pem(leaf) + _pem(intermediate[1]))  # the full chain
         assert tls.reload() is True
         assert await _verifies(port, tmp_path / "root.pem")
+
+
+def _rsa_pair(directory: Path) -> tuple[Path, Path]:
+    """A self-signed RSA certificate for localhost (its own trust anchor), PKCS#8 key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(_pem(cert))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def _presented(port: int, *, ecdsa_only: bool, sni: bool = True) -> bytes:
+    """The DER certificate the server presents to a client that accepts anything; with
+    ``ecdsa_only`` the client offers only ECDSA suites (TLS 1.2), as a client preferring ECDSA
+    signatures would be served."""
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    if ecdsa_only:
+        client.maximum_version = ssl.TLSVersion.TLSv1_2
+        client.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384")
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client, server_hostname="localhost" if sni else ""
+    )
+    der: bytes = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    await reader.readline()
+    writer.close()
+    return der
+
+
+async def test_a_reload_to_another_key_type_stops_serving_the_old_certificate(
+    tmp_path: Path,
+) -> None:
+    """The first start with certs.domain serves an ECDSA bootstrap certificate at the cert
+    paths; the operator then installs their own RSA certificate there (or moves from an RSA
+    certificate to Let's Encrypt's ECDSA one). OpenSSL keeps one certificate per key type in
+    a context, so loading the new pair into the live context left the old one in its slot:
+    every client that offers (or prefers) the old type's signatures still got the old,
+    bootstrap or expiring, certificate after the reload, while /health showed the new one."""
+    cert, key = self_signed(tmp_path / "ec", "localhost")  # ECDSA P-256, as the bootstrap
+    served = (tmp_path / "cert.pem", tmp_path / "key.pem")
+    served[0].write_bytes(cert.read_bytes())
+    served[1].write_bytes(key.read_bytes())
+    tls = ReloadableTLS(*served)
+    rsa_cert, rsa_key = _rsa_pair(tmp_path / "rsa")
+    new_der = x509.load_pem_x509_certificate(rsa_cert.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    async with _tls_server(tls.context) as port:
+        served[0].write_bytes(rsa_cert.read_bytes())
+        served[1].write_bytes(rsa_key.read_bytes())
+        assert tls.reload() is True
+        assert await _presented(port, ecdsa_only=False) == new_der
+        # A client that sends no server name (a mirror reached by IP address) too.
+        assert await _presented(port, ecdsa_only=False, sni=False) == new_der
+        # A client that cannot take RSA now fails the handshake: it must not get the old one.
+        try:
+            shown = await _presented(port, ecdsa_only=True)
+        except (ssl.SSLError, ConnectionError):
+            shown = b""
+        assert shown != x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
