@@ -54,13 +54,19 @@ class _HypercornConfig(HypercornConfig):
         return self._tls is not None
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
-        return self._tls.context if self._tls is not None else None
+        if self._tls is None or self.edge is not None:
+            return None  # the edge does each handshake once the connection is counted
+        return self._tls.context
 
     def create_sockets(self) -> Sockets:
         """Bind every listener (once); one that cannot bind is a :class:`ConfigError` naming
         its setting, so the mirror exits 2 with one line instead of a traceback."""
         if self._sockets is None:
             self._sockets = super().create_sockets()
+            if self.edge is not None and self._tls is not None:
+                self.edge.tls = connections.TLSListeners.of(
+                    self._tls.context, self._sockets.secure_sockets, self.keep_alive_timeout
+                )
         return self._sockets
 
     def _create_sockets(
@@ -157,7 +163,10 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
     hc.h11_max_incomplete_size = 16 * 1024  # request head; larger is a 431 from h11
     limits = config.limits
     hc.keep_alive_timeout = limits.idle_timeout  # also bounds a slow request head
-    hc.ssl_handshake_timeout = limits.idle_timeout  # a handshake is not yet a capped connection
+    # TLS handshakes are the edge's, each once its connection is counted and bounded by
+    # idle_timeout (docxy.edge.connections.TLSListeners); asyncio's server does none, and
+    # refuses a timeout for one.
+    hc.ssl_handshake_timeout = None  # type: ignore[assignment]
     hc.read_timeout = None  # would cut long downloads (docxy.edge.connections)
     hc.backlog = limits.backlog or 100
     # h2c: each stream is a request on a connection the connection cap counts once; 0: h2c is
