@@ -1,0 +1,49 @@
+"""Review faults in the command line (docxy.cli, ``docxy certs``): a user's mistake is one line
+on stderr and a failing exit code, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from docxy.cli.exits import EXIT_FAILED
+from lab import REPO_ROOT
+
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
+
+def docxy(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``python -m docxy ARGS`` as a user runs it, with no terminal and nothing on stdin (as
+    ``docker exec <container> docxy ...`` without ``-it``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["XDG_CACHE_HOME"] = str(cwd / "xdg")
+    env.update(settings)
+    return subprocess.run(
+        [sys.executable, "-m", "docxy", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,  # no controlling terminal: getpass reads stdin, as in a container
+        check=False,
+    )
+
+
+def test_users_add_without_a_terminal_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """``docker exec mirror docxy users add alice`` (no -it): no terminal to prompt on and
+    nothing on stdin. getpass then raises EOFError, which escaped as a traceback."""
+    done = docxy("users", "add", "alice", cwd=tmp_path, DOCXY_AUTH_DIR=str(tmp_path / "auth"))
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == EXIT_FAILED, done
+    assert "docxy users add:" in done.stderr and "--password-stdin" in done.stderr
+    assert (
+        not (tmp_path / "auth" / "users").exists()
+        or "alice" not in (tmp_path / "auth" / "users").read_text()
+    )
