@@ -260,6 +260,10 @@ def run_cli(args: argparse.Namespace, load: Callable[[argparse.Namespace], Confi
     except (ConfigError, CertbotError, CertError, ValueError) as exc:
         print(f"docxy certs {args.certs_command}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a webroot, config dir or certificate path it may not write
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"docxy certs {args.certs_command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def _need(value: T | None, key: str) -> T:

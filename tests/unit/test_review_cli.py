@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from docxy.cli.exits import EXIT_FAILED
+from docxy.cli.main import main
 from lab import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
@@ -47,3 +48,29 @@ def test_users_add_without_a_terminal_is_an_error_not_a_traceback(tmp_path: Path
         not (tmp_path / "auth" / "users").exists()
         or "alice" not in (tmp_path / "auth" / "users").read_text()
     )
+
+
+def test_certs_obtain_into_a_webroot_it_cannot_make_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A webroot (or certificate path) the user may not write: the OSError escaped from
+    ``docxy certs`` as a traceback. Root can write anywhere, so a path under a regular file
+    stands in for one the user may not write (the same OSError, another errno)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    argv = [
+        "certs",
+        "obtain",
+        "--domain",
+        "mirror.test",
+        "--email",
+        "a@mirror.test",
+        "--config-dir",
+        str(tmp_path / "letsencrypt"),
+        "--webroot",
+        str(blocker / "webroot"),
+    ]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("docxy certs obtain: ") and str(blocker / "webroot") in err, err
+    assert err.count("\n") == 1, err
