@@ -7,6 +7,8 @@ import logging
 import signal
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,12 +113,15 @@ def load_tls(config: Config) -> ReloadableTLS | None:
     cert, key = config.tls.cert_path, config.tls.key_path
     host = config.certs.domain or "localhost"
     if cert is None or key is None:
-        cert, key = self_signed(config.cache.dir.parent / "docxy-tls", host)
+        bootstrap = config.cache.dir.parent / "docxy-tls"
+        with _unwritable("cache.dir", config, f"the bootstrap certificate in {bootstrap}"):
+            cert, key = self_signed(bootstrap, host)
         _warn_bootstrap(host, cert)
     elif config.certs.domain is not None and not (cert.exists() and key.exists()):
         # First start with a domain: the renewer obtains the certificate through this mirror's
         # webroot and installs it at these paths; the watcher then switches over.
-        self_signed(cert.parent, host, cert_name=cert.name, key_name=key.name)
+        with _unwritable("tls.cert_path", config, f"a bootstrap certificate at {cert}"):
+            self_signed(cert.parent, host, cert_name=cert.name, key_name=key.name)
         _warn_bootstrap(host, cert)
     client_ca = None
     if config.auth.client_certs:
@@ -124,7 +129,8 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         from docxy.access.clientca import ClientCA
 
         ca = ClientCA(config.auth.dir)
-        ca.ensure()
+        with _unwritable("auth.dir", config, f"the client CA in {config.auth.dir}"):
+            ca.ensure()
         client_ca = ca.cert_path
         peer.install()
     try:
@@ -133,6 +139,20 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"
         ) from exc
+
+
+@contextmanager
+def _unwritable(key: str, config: Config, what: str) -> Iterator[None]:
+    """An OSError writing ``what`` becomes a :class:`ConfigError` naming ``key`` (exit 2 with
+    one line, as for a cache directory the mirror may not write), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        source = config.sources.get(key, "default")
+        raise ConfigError(
+            f"{key}: cannot write {what}: {exc.strerror or exc}{where} ({source})"
+        ) from None
 
 
 def _warn_bootstrap(host: str, cert: Path) -> None:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from docxy.cli.exits import EXIT_FAILED
+from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED
 from docxy.cli.main import main
+from docxy.tls.context import self_signed
 from lab import REPO_ROOT
+from lab.ports import LOOPBACK, free_port
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
 
@@ -73,4 +75,46 @@ def test_certs_obtain_into_a_webroot_it_cannot_make_is_an_error_not_a_traceback(
     assert main(argv) == EXIT_FAILED
     err = capsys.readouterr().err
     assert err.startswith("docxy certs obtain: ") and str(blocker / "webroot") in err, err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ([], "cache.dir"),  # no certificate: the bootstrap one goes beside cache.dir
+        (["--set", "certs.domain=mirror.test"], "tls.cert_path"),  # first start with a domain
+        (["--set", "auth.client_certs=true"], "auth.dir"),  # the client CA
+    ],
+)
+def test_serve_with_tls_where_it_cannot_write_is_a_config_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: list[str], key: str
+) -> None:
+    """``docxy serve --tls-listen`` writes a bootstrap certificate (and, with client
+    certificates, its CA) before anything listens. A directory it may not write there (a
+    certificate volume owned by root, with the mirror running as docxy) let the OSError out as
+    a traceback, where an unwritable cache.dir is one config error line and exit 2."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    paths = {
+        "cache.dir": ["--cache-dir", str(blocker / "cache")],
+        "tls.cert_path": ["--cert", str(blocker / "cert.pem"), "--key", str(blocker / "key.pem")],
+        "auth.dir": ["--set", f"auth.dir={blocker / 'access'}"],
+    }
+    argv = [
+        "serve",
+        "--listen", f"{LOOPBACK}:{free_port()}",
+        "--tls-listen", f"{LOOPBACK}:{free_port()}",
+        "--upstream", f"http://{LOOPBACK}:{free_port()}",
+        "--set", "server.admin_listen=",
+        *settings,
+        *paths[key],
+    ]  # fmt: skip
+    if key != "cache.dir":
+        argv += ["--cache-dir", str(tmp_path / "cache")]
+    if key == "auth.dir":  # a certificate that exists: only the CA is left to write
+        cert, private = self_signed(tmp_path / "tls", "mirror.test")
+        argv += ["--cert", str(cert), "--key", str(private)]
+    assert main(argv) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f"docxy: config error: {key}: cannot write "), err
     assert err.count("\n") == 1, err
