@@ -118,3 +118,17 @@ def test_serve_with_tls_where_it_cannot_write_is_a_config_error_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith(f"docxy: config error: {key}: cannot write "), err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("mirror", ["http://[::1", "localhost:5000", "mirror.example.com"])
+def test_warm_with_a_mirror_that_is_no_url_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], mirror: str
+) -> None:
+    """A typo in --mirror (an unclosed IPv6 bracket) raised httpx.InvalidURL out of
+    ``docxy warm`` as a traceback; a host without its scheme was tried and reported per image
+    as 'UnsupportedProtocol ... localhost://', exit 1, as if the mirror had failed. Both are
+    usage errors: one line naming --mirror, exit 2, nothing sent."""
+    assert main(["warm", "--mirror", mirror, "redis"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f"docxy warm: --mirror {mirror!r}: "), err
+    assert err.count("\n") == 1, err
