@@ -78,11 +78,16 @@ class Upstreams:
         return list(self.by_name)
 
     def for_host(self, host: str | None) -> Upstream | None:
-        """The upstream whose ``hosts`` list the request's host, if any."""
+        """The upstream whose ``hosts`` list the request's host, if any. An entry without a
+        port takes the host on any port; ``HOST:443`` and ``HOST:80`` also take ``HOST`` with
+        no port, as an HTTP client writes the default port of its scheme."""
         if not host or not self.by_host:
             return None
         full, bare = host_key(host)
-        return self.by_host.get(full) or self.by_host.get(bare)
+        found = self.by_host.get(full) or self.by_host.get(bare)
+        if found is None and full == bare:  # no port: the scheme's default, which clients omit
+            found = self.by_host.get(f"{bare}:443") or self.by_host.get(f"{bare}:80")
+        return found
 
     def route(self, name: str, *, ns: str | None = None, host: str | None = None) -> Route:
         """The upstream for repository ``name`` (``""`` for ``/v2/`` itself)."""
