@@ -13,6 +13,7 @@ from docxy.http.app import open_store
 from docxy.http.state import MirrorState
 from docxy.observe import Observer, create_admin_app
 from docxy.upstream.client import Upstream
+from tests.unit.test_observe_routes import stack
 
 
 async def test_metrics_read_the_mirror_on_its_event_loop_not_in_a_worker_thread(
@@ -42,3 +43,18 @@ async def test_metrics_read_the_mirror_on_its_event_loop_not_in_a_worker_thread(
     assert answer.status_code == 200
     assert b"docxy_cache_blobs" in await answer.get_data()
     assert readers and all(thread is loop_thread for thread in readers), readers
+
+
+async def test_most_pulled_names_the_upstream_a_pull_went_to(tmp_path: Path) -> None:
+    """'Most pulled' named each pull by its path alone, as if it were Docker Hub's: containerd
+    pulling ghcr.io's owner/tool through its hosts.toml (?ns=ghcr.io) was listed as
+    'owner/tool', and ghcr.io's one-component 'tool' as Docker Hub's official 'library/tool'.
+    It now names them as the repository rules and a pull by path prefix do."""
+    settings = {"upstreams": "ghcr.io=http://ghcr.test"}
+    async with stack(tmp_path, settings=settings) as mirror:
+        assert (await mirror.get("/v2/owner/tool/manifests/1?ns=ghcr.io")).status == 200
+        assert (await mirror.get("/v2/tool/manifests/2?ns=ghcr.io")).status == 200
+        assert (await mirror.get("/v2/ghcr.io/owner/tool/manifests/1")).status == 200
+        assert (await mirror.get("/v2/tool/manifests/3")).status == 200
+        top = dict(mirror.observer.pulls.top(10))
+    assert top == {"ghcr.io/owner/tool:1": 2, "ghcr.io/tool:2": 1, "library/tool:3": 1}
