@@ -3,6 +3,7 @@ on stderr and a failing exit code, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -132,3 +133,19 @@ def test_warm_with_a_mirror_that_is_no_url_is_a_usage_error(
     err = capsys.readouterr().err
     assert err.startswith(f"docxy warm: --mirror {mirror!r}: "), err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("broken", ["missing", "mismatched"])
+def test_certs_status_of_a_pair_it_cannot_serve_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], broken: str
+) -> None:
+    """``docxy certs status`` printed {"error": ...} for a missing or mismatched pair and
+    exited 0, so a script or a monitoring check (``docxy certs status || alert``) saw a good
+    certificate. It still prints the JSON, and exits 1."""
+    cert, key = self_signed(tmp_path / "a", "a.test")
+    if broken == "missing":
+        cert = tmp_path / "nowhere" / "cert.pem"
+    else:
+        _, key = self_signed(tmp_path / "b", "b.test")
+    assert main(["certs", "status", "--cert", str(cert), "--key", str(key)]) == EXIT_FAILED
+    assert "error" in json.loads(capsys.readouterr().out)
