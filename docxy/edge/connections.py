@@ -18,7 +18,8 @@ things the hostile-traffic run showed missing:
   hypercorn sees the connection, so connections that never finish one (each holding a
   descriptor and asyncio's 256 KiB TLS buffer until ``limits.idle_timeout``) escaped the cap.
   The TLS listener's sockets are served plain (:class:`TLSListeners`) and each connection
-  does its handshake here, once counted; one over the cap is closed before any handshake.
+  does its handshake here, once counted, with the newest certificate's context (which is how
+  a reloaded certificate reaches new connections); one over the cap is closed before any.
 
 Idle clients and slow request headers are hypercorn's ``keep_alive_timeout``: its idle timer
 runs from the connection's start until a whole request head has arrived, and between requests.
@@ -42,7 +43,7 @@ import socket
 import ssl
 import struct
 import termios
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import hypercorn.asyncio.run as hypercorn_run
@@ -86,13 +87,16 @@ BUSY = _busy_response()
 class TLSListeners:
     """The TLS listeners, whose connections the edge hands to TLS itself once counted."""
 
-    context: ssl.SSLContext
+    context: Callable[[], ssl.SSLContext]  # the newest certificate's, asked per handshake
     addresses: frozenset[tuple[str, int]]  # as bound: (host, port), a wildcard host included
     handshake_timeout: float
 
     @classmethod
     def of(
-        cls, context: ssl.SSLContext, sockets: Iterable[socket.socket], handshake_timeout: float
+        cls,
+        context: Callable[[], ssl.SSLContext],
+        sockets: Iterable[socket.socket],
+        handshake_timeout: float,
     ) -> TLSListeners:
         bound = frozenset(_address(sock.getsockname()) for sock in sockets)
         return cls(context, bound, handshake_timeout)
@@ -173,7 +177,8 @@ class EdgeTCPServer(PeerCertTCPServer):
         """TLS on a TLS listener's connection, now that it is counted; False if it failed (the
         socket is closed then, as asyncio's own server handshake would have)."""
         try:
-            await self.writer.start_tls(tls.context, ssl_handshake_timeout=tls.handshake_timeout)
+            context = tls.context()
+            await self.writer.start_tls(context, ssl_handshake_timeout=tls.handshake_timeout)
         except OSError:  # ssl.SSLError, a reset, the handshake timeout
             self.writer.transport.abort()
             return False

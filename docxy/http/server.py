@@ -39,8 +39,9 @@ CERT_WATCH_INTERVAL = 30.0
 
 
 class _HypercornConfig(HypercornConfig):
-    """Hands hypercorn one live ``SSLContext`` that the mirror reloads in place, and listening
-    sockets opened once, before the app starts (:meth:`create_sockets`)."""
+    """Listening sockets opened once, before the app starts (:meth:`create_sockets`); the TLS
+    listener's are served plain to hypercorn, the edge doing each handshake with the newest
+    certificate (``docxy.edge.connections.TLSListeners``)."""
 
     def __init__(self, tls: ReloadableTLS | None) -> None:
         super().__init__()
@@ -57,8 +58,8 @@ class _HypercornConfig(HypercornConfig):
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         if self._tls is None or self.edge is not None:
-            return None  # the edge does each handshake once the connection is counted
-        return self._tls.context
+            return None  # the edge does each handshake, counted, with the newest certificate
+        return self._tls.context  # (without the edge, reloads would not reach new handshakes)
 
     def create_sockets(self) -> Sockets:
         """Bind every listener (once); one that cannot bind is a :class:`ConfigError` naming
@@ -66,8 +67,9 @@ class _HypercornConfig(HypercornConfig):
         if self._sockets is None:
             self._sockets = super().create_sockets()
             if self.edge is not None and self._tls is not None:
+                tls = self._tls
                 self.edge.tls = connections.TLSListeners.of(
-                    self._tls.context, self._sockets.secure_sockets, self.keep_alive_timeout
+                    lambda: tls.context, self._sockets.secure_sockets, self.keep_alive_timeout
                 )
         return self._sockets
 

@@ -1,14 +1,13 @@
 """The server's TLS context, reloadable while connections are open.
 
-One `ssl.SSLContext` is handed to the server for the life of the process. A reload reads the
-certificate and key files once, checks the pair (parsed with `cryptography`), and loads the same
-bytes into a new context of their own; the served context's SNI callback, which OpenSSL runs on
-every ClientHello (with a server name or without), moves each new connection onto the newest
-context before a certificate is chosen. New handshakes get the new certificate, established
-connections keep theirs. Nothing is ever loaded into a context in service: a failed
-`load_cert_chain` would leave it half-loaded, and OpenSSL keeps one certificate per key type in a
-context, so a new ECDSA pair loaded over an RSA one (or the reverse) would leave the old
-certificate served to every client that prefers the old type.
+A reload reads the certificate and key files once, checks the pair (parsed with `cryptography`),
+and loads the same bytes into a new context of their own, which becomes
+:attr:`ReloadableTLS.context`. The edge takes that attribute for each new handshake
+(``docxy.edge.connections``): new handshakes get the new certificate, established connections
+keep theirs. Nothing is ever loaded into a
+context in service: a failed `load_cert_chain` would leave it half-loaded, and OpenSSL keeps one
+certificate per key type in a context, so a new ECDSA pair loaded over an RSA one (or the reverse)
+would leave the old certificate served to every client that prefers the old type.
 """
 
 from __future__ import annotations
@@ -164,16 +163,16 @@ def _file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
 
 
 class ReloadableTLS:
-    """The context served for the life of the process, and the newest certificate's own."""
+    """The newest certificate's context (:attr:`context`, taken for each new handshake) and
+    what it takes to replace it safely."""
 
     def __init__(self, cert_path: Path, key_path: Path, client_ca: Path | None = None) -> None:
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
         self.client_ca = client_ca
         self._signature = _file_signature(self.cert_path, self.key_path)
+        #: Replaced (never changed) by a reload: take it per handshake, never keep it.
         self.context, self._info, self._chain = self._loaded()
-        self.context.sni_callback = self._to_newest
-        self._newest = self.context
         self._last_reload = _utcnow()
         self._last_error: str | None = None
         log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
@@ -188,14 +187,6 @@ class ReloadableTLS:
             ask_for_client_certificates(context, self.client_ca)
         _load(context, cert_pem, key_pem, self.cert_path)
         return context, info, chain_fingerprint(cert_pem)
-
-    def _to_newest(
-        self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext
-    ) -> None:
-        """OpenSSL's servername callback: the handshake goes on with the newest certificate."""
-        newest = self._newest
-        if context is not newest:
-            connection.context = newest
 
     def _summary(self) -> str:
         info = self._info
@@ -218,7 +209,7 @@ class ReloadableTLS:
         self._last_error = None
         if chain == self._chain:  # the whole chain: a fixed intermediate is a change too
             return False
-        self._newest, self._info, self._chain = context, info, chain
+        self.context, self._info, self._chain = context, info, chain
         self._last_reload = _utcnow()
         log.info("TLS certificate reloaded from %s: %s", self.cert_path, self._summary())
         return True

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -45,14 +47,17 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def _tls_server(context: ssl.SSLContext) -> AsyncIterator[int]:
+async def _tls_server(tls: ReloadableTLS) -> AsyncIterator[int]:
+    """Each connection's handshake with the context of the moment, as the edge does it."""
+
     async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.start_tls(tls.context)
             writer.write(b"hello\n")
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(hello, "127.0.0.1", 0, ssl=context)
+    server = await asyncio.start_server(hello, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
@@ -95,7 +100,7 @@ async def test_a_reload_that_adds_the_missing_intermediate_serves_the_whole_chai
     )
     cert.write_bytes(_pem(leaf))  # the leaf alone
     tls = ReloadableTLS(cert, key)
-    async with _tls_server(tls.context) as port:
+    async with _tls_server(tls) as port:
         assert not await _verifies(port, tmp_path / "root.pem")
         cert.write_bytes(_pem(leaf) + _pem(intermediate[1]))  # the full chain
         assert tls.reload() is True
@@ -168,7 +173,7 @@ async def test_a_reload_to_another_key_type_stops_serving_the_old_certificate(
     new_der = x509.load_pem_x509_certificate(rsa_cert.read_bytes()).public_bytes(
         serialization.Encoding.DER
     )
-    async with _tls_server(tls.context) as port:
+    async with _tls_server(tls) as port:
         served[0].write_bytes(rsa_cert.read_bytes())
         served[1].write_bytes(rsa_key.read_bytes())
         assert tls.reload() is True
@@ -183,3 +188,39 @@ async def test_a_reload_to_another_key_type_stops_serving_the_old_certificate(
         assert shown != x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(
             serialization.Encoding.DER
         )
+
+
+def _client_hello(server_name: bytes) -> bytes:
+    """A real ClientHello whose SNI is ``server_name`` (same length as ``a.test``)."""
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    talker = client.wrap_bio(incoming, outgoing, server_hostname="a.test")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        talker.do_handshake()
+    hello = outgoing.read()
+    assert len(server_name) == len(b"a.test") and hello.count(b"a.test") == 1
+    return hello.replace(b"a.test", server_name)
+
+
+async def test_a_server_name_beyond_ascii_makes_no_python_noise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Python SNI callback (how the context used to be switched after a reload) makes
+    CPython decode every client's server name as ASCII first: a hostile ClientHello with other
+    bytes there printed an 'Exception ignored' UnicodeDecodeError to stderr for each
+    connection. Nothing in Python looks at the server name now: OpenSSL answers it."""
+    ignored: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda raised: ignored.append(raised.exc_value))
+    cert, key = self_signed(tmp_path, "localhost")
+    tls = ReloadableTLS(cert, key)
+    async with _tls_server(tls) as port:
+        for name in (b"a.test", b"\xff.test", b"\xc3\xa9test"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_client_hello(name))
+            await writer.drain()
+            answer = await reader.read(5)
+            writer.close()
+            assert answer[:1] == b"\x16", (name, answer)  # a handshake record: a ServerHello
+    assert ignored == []
