@@ -58,3 +58,16 @@ async def test_most_pulled_names_the_upstream_a_pull_went_to(tmp_path: Path) -> 
         assert (await mirror.get("/v2/tool/manifests/3")).status == 200
         top = dict(mirror.observer.pulls.top(10))
     assert top == {"ghcr.io/owner/tool:1": 2, "ghcr.io/tool:2": 1, "library/tool:3": 1}
+
+
+async def test_two_upstreams_of_one_registry_make_one_sample_each_metric(tmp_path: Path) -> None:
+    """Two upstream names for one registry (two mirror host names, say) made two samples with
+    the same labels in each docxy_upstream_* family (they are labelled by the registry's host,
+    and their health is one): Prometheus refuses a scrape with a duplicate series, so every
+    metric of the mirror was lost. One sample per registry host now."""
+    settings = {"upstreams": "a.example=http://lab.test,b.example=http://lab.test"}
+    async with stack(tmp_path, settings=settings) as mirror:
+        _, text = await mirror.admin_get("/metrics")
+    up = [line for line in text.splitlines() if line.startswith("docxy_upstream_up{")]
+    assert sorted(up) == sorted(set(up)), up
+    assert len(up) == 2, up  # [upstream] and lab.test
