@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +151,43 @@ def test_certs_status_of_a_pair_it_cannot_serve_fails(
         _, key = self_signed(tmp_path / "b", "b.test")
     assert main(["certs", "status", "--cert", str(cert), "--key", str(key)]) == EXIT_FAILED
     assert "error" in json.loads(capsys.readouterr().out)
+
+
+def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
+    """Ctrl-C while ``docxy warm`` waits on the mirror (a long download, a stalled mirror)
+    printed a KeyboardInterrupt traceback through httpx's and httpcore's frames. It now
+    ends with one line and the shell's code for an interrupted command, 130."""
+    with socket.create_server((LOOPBACK, 0)) as stalled:  # accepts, never answers
+        port = stalled.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+        warm = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "docxy",
+                "warm",
+                "--mirror",
+                f"http://{LOOPBACK}:{port}",
+                "redis",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            stalled.settimeout(60)
+            connection, _ = stalled.accept()  # warm is now waiting for an answer
+            warm.send_signal(signal.SIGINT)
+            _, err = warm.communicate(timeout=60)
+            connection.close()
+        finally:
+            warm.kill()
+    assert "Traceback" not in err, err
+    assert warm.returncode == 130, (warm.returncode, err)
+    assert err.strip() == "docxy: interrupted", err
