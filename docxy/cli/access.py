@@ -54,8 +54,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass(f"password for {args.name}: ")
-    if getpass.getpass("again: ") != first:
+    try:
+        first = getpass.getpass(f"password for {args.name}: ")
+        again = getpass.getpass("again: ")
+    except EOFError:  # no terminal and nothing on stdin (docker exec without -it)
+        raise ValueError(
+            "no password given: run it on a terminal (docker exec -it), or pipe the password "
+            "in with --password-stdin"
+        ) from None
+    if again != first:
         raise ValueError("the passwords differ")
     return first
 

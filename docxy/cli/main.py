@@ -13,7 +13,7 @@ from docxy import __version__
 from docxy.cli import access as accesscli
 from docxy.cli import cache as cachecli
 from docxy.cli import healthcheck, warm
-from docxy.cli.exits import EXIT_CONFIG
+from docxy.cli.exits import EXIT_CONFIG, EXIT_INTERRUPTED
 from docxy.config import Config, describe, load_config
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"docxy: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:  # Ctrl-C in warm's downloads, a password prompt...
+        print("docxy: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.show_config:
         for key, value, source in describe(config):
             print(f"{key} = {value}  ({source})")

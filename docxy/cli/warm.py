@@ -309,7 +309,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     try:
         config = load_config(args)
-        mirror = args.mirror or config.server.public_url
+        mirror = _mirror_url(args.mirror or config.server.public_url)
         credentials = _credentials(args)
         prefix = config.upstream.library_prefix
         names = [upstream.name for upstream in config.upstreams]
@@ -330,6 +330,17 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         headers={"User-Agent": USER_AGENT},
     ) as client:
         return warm_all(Warmer(client, args.platform), images, sys.stdout)
+
+
+def _mirror_url(text: str) -> str:
+    """``--mirror`` (or ``server.public_url``) as an http(s) URL with a host, or ValueError."""
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"--mirror {text!r}: not a URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"--mirror {text!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+    return text
 
 
 def _mirror_image(text: str, upstreams: list[str], *, library_prefix: bool) -> ImageRef:

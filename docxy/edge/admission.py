@@ -27,7 +27,6 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
@@ -41,7 +40,7 @@ from docxy.edge.fills import CLIENT
 from docxy.edge.limits import Buckets, Clock, retry_after
 from docxy.edge.replies import send_error
 from docxy.upstream.client import Upstream
-from docxy.upstream.routing import Upstreams, UpstreamUnknown
+from docxy.upstream.routing import Upstreams, UpstreamUnknown, request_picks
 
 if TYPE_CHECKING:
     from docxy.access.gate import AccessControl
@@ -144,22 +143,11 @@ class Admission:
         """The name the rules match, whichever way the request picks its upstream (``?ns=``,
         host name, path prefix, as the routes do): Docker Hub's with ``library/``, another
         upstream's behind that upstream's name (``ghcr.io/owner/img``)."""
-        headers = dict(scope["headers"])
-        host = headers[b"host"].decode("latin-1") if b"host" in headers else None
+        ns, host = request_picks(scope)
         try:
-            route = self.upstreams.route(name, ns=_query_value(scope, "ns"), host=host)
+            return self.upstreams.qualified(name, ns=ns, host=host)
         except UpstreamUnknown:  # the routes refuse it, with nothing sent
             return upstream_name(name, self.upstreams.default.library_prefix)
-        upstream = route.upstream
-        plain = upstream_name(route.name, upstream.library_prefix)
-        return plain if upstream.is_default else f"{upstream.name}/{plain}"
-
-
-def _query_value(scope: Any, key: str) -> str | None:
-    """The first value of ``key`` in the query string, as the routes' ``request.args`` read it."""
-    query = scope.get("query_string", b"").decode("latin-1")
-    pairs = parse_qsl(query, keep_blank_values=True)
-    return next((value for name, value in pairs if name == key), None)
 
 
 def _exempt(path: str) -> bool:

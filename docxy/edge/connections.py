@@ -13,7 +13,13 @@ things the hostile-traffic run showed missing:
   bytes; when the client takes *none* of them for that long, the connection is aborted (its
   buffered bytes dropped). A slow download that keeps taking bytes is never cut: progress is
   the bytes not yet taken (the transport's buffer plus the kernel's send queue) shrinking,
-  checked a few times per timeout, whatever the chunk size.
+  checked a few times per timeout, whatever the chunk size;
+- **the TLS handshake after the count**: asyncio's server would do each handshake before
+  hypercorn sees the connection, so connections that never finish one (each holding a
+  descriptor and asyncio's 256 KiB TLS buffer until ``limits.idle_timeout``) escaped the cap.
+  The TLS listener's sockets are served plain (:class:`TLSListeners`) and each connection
+  does its handshake here, once counted, with the newest certificate's context (which is how
+  a reloaded certificate reaches new connections); one over the cap is closed before any.
 
 Idle clients and slow request headers are hypercorn's ``keep_alive_timeout``: its idle timer
 runs from the connection's start until a whole request head has arrived, and between requests.
@@ -30,10 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import logging
 import resource
+import socket
+import ssl
 import struct
 import termios
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import hypercorn.asyncio.run as hypercorn_run
@@ -73,6 +83,47 @@ def _busy_response() -> bytes:
 BUSY = _busy_response()
 
 
+@dataclass(frozen=True, slots=True)
+class TLSListeners:
+    """The TLS listeners, whose connections the edge hands to TLS itself once counted."""
+
+    context: Callable[[], ssl.SSLContext]  # the newest certificate's, asked per handshake
+    addresses: frozenset[tuple[str, int]]  # as bound: (host, port), a wildcard host included
+    handshake_timeout: float
+
+    @classmethod
+    def of(
+        cls,
+        context: Callable[[], ssl.SSLContext],
+        sockets: Iterable[socket.socket],
+        handshake_timeout: float,
+    ) -> TLSListeners:
+        bound = frozenset(_address(sock.getsockname()) for sock in sockets)
+        return cls(context, bound, handshake_timeout)
+
+    def serves(self, local: object) -> bool:
+        """Whether a connection accepted at ``local`` (its socket's own address) is TLS."""
+        if not isinstance(local, tuple):
+            return False
+        host, port = _address(local)
+        return any(
+            port == bound_port and (bound_host in ("0.0.0.0", "::") or bound_host == host)
+            for bound_host, bound_port in self.addresses
+        )
+
+
+def _address(sockname: tuple[object, ...]) -> tuple[str, int]:
+    """``(host, port)`` of a socket name, an IPv4-mapped host as its IPv4 address."""
+    host, port = str(sockname[0]), int(str(sockname[1]))
+    try:
+        mapped = ipaddress.ip_address(host)
+    except ValueError:
+        return host, port
+    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+        return str(mapped.ipv4_mapped), port
+    return str(mapped), port
+
+
 @dataclass(slots=True)
 class ConnectionGuard:
     """The shared count of open connections and the limits every connection obeys."""
@@ -82,6 +133,7 @@ class ConnectionGuard:
     open: int = 0
     refused: int = 0
     stalled: int = 0
+    tls: TLSListeners | None = None  # set once the listeners are bound
 
     def admit(self) -> bool:
         if self.open >= self.max_connections:
@@ -108,19 +160,37 @@ class EdgeTCPServer(PeerCertTCPServer):
         if guard is None:
             await super().run()
             return
+        tls = guard.tls if guard.tls is not None and guard.tls.serves(self._local()) else None
         if not guard.admit():
-            self._refuse()
+            self._refuse(tls is None)
             return
         try:
-            await super().run()
+            if tls is None or await self._handshake(tls):
+                await super().run()
         finally:
             guard.release()
 
-    def _refuse(self) -> None:
-        """Over the cap: a short answer if the socket takes it at once, then the socket closed."""
+    def _local(self) -> object:
+        return self.writer.get_extra_info("sockname")
+
+    async def _handshake(self, tls: TLSListeners) -> bool:
+        """TLS on a TLS listener's connection, now that it is counted; False if it failed (the
+        socket is closed then, as asyncio's own server handshake would have)."""
+        try:
+            context = tls.context()
+            await self.writer.start_tls(context, ssl_handshake_timeout=tls.handshake_timeout)
+        except OSError:  # ssl.SSLError, a reset, the handshake timeout
+            self.writer.transport.abort()
+            return False
+        return True
+
+    def _refuse(self, plain: bool = True) -> None:
+        """Over the cap: a short answer if the socket takes it at once, then the socket closed.
+        A TLS connection is closed before its handshake: no answer can be read without one."""
         transport = self.writer.transport
         try:
-            transport.write(BUSY)
+            if plain:
+                transport.write(BUSY)
         except (OSError, RuntimeError):
             pass
         transport.close()  # BUSY fits any socket buffer: close() flushes it without waiting

@@ -7,6 +7,8 @@ import logging
 import signal
 import socket
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +39,9 @@ CERT_WATCH_INTERVAL = 30.0
 
 
 class _HypercornConfig(HypercornConfig):
-    """Hands hypercorn one live ``SSLContext`` that the mirror reloads in place, and listening
-    sockets opened once, before the app starts (:meth:`create_sockets`)."""
+    """Listening sockets opened once, before the app starts (:meth:`create_sockets`); the TLS
+    listener's are served plain to hypercorn, the edge doing each handshake with the newest
+    certificate (``docxy.edge.connections.TLSListeners``)."""
 
     def __init__(self, tls: ReloadableTLS | None) -> None:
         super().__init__()
@@ -54,13 +57,20 @@ class _HypercornConfig(HypercornConfig):
         return self._tls is not None
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
-        return self._tls.context if self._tls is not None else None
+        if self._tls is None or self.edge is not None:
+            return None  # the edge does each handshake, counted, with the newest certificate
+        return self._tls.context  # (without the edge, reloads would not reach new handshakes)
 
     def create_sockets(self) -> Sockets:
         """Bind every listener (once); one that cannot bind is a :class:`ConfigError` naming
         its setting, so the mirror exits 2 with one line instead of a traceback."""
         if self._sockets is None:
             self._sockets = super().create_sockets()
+            if self.edge is not None and self._tls is not None:
+                tls = self._tls
+                self.edge.tls = connections.TLSListeners.of(
+                    lambda: tls.context, self._sockets.secure_sockets, self.keep_alive_timeout
+                )
         return self._sockets
 
     def _create_sockets(
@@ -105,12 +115,15 @@ def load_tls(config: Config) -> ReloadableTLS | None:
     cert, key = config.tls.cert_path, config.tls.key_path
     host = config.certs.domain or "localhost"
     if cert is None or key is None:
-        cert, key = self_signed(config.cache.dir.parent / "docxy-tls", host)
+        bootstrap = config.cache.dir.parent / "docxy-tls"
+        with _unwritable("cache.dir", config, f"the bootstrap certificate in {bootstrap}"):
+            cert, key = self_signed(bootstrap, host)
         _warn_bootstrap(host, cert)
     elif config.certs.domain is not None and not (cert.exists() and key.exists()):
         # First start with a domain: the renewer obtains the certificate through this mirror's
         # webroot and installs it at these paths; the watcher then switches over.
-        self_signed(cert.parent, host, cert_name=cert.name, key_name=key.name)
+        with _unwritable("tls.cert_path", config, f"a bootstrap certificate at {cert}"):
+            self_signed(cert.parent, host, cert_name=cert.name, key_name=key.name)
         _warn_bootstrap(host, cert)
     client_ca = None
     if config.auth.client_certs:
@@ -118,7 +131,8 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         from docxy.access.clientca import ClientCA
 
         ca = ClientCA(config.auth.dir)
-        ca.ensure()
+        with _unwritable("auth.dir", config, f"the client CA in {config.auth.dir}"):
+            ca.ensure()
         client_ca = ca.cert_path
         peer.install()
     try:
@@ -127,6 +141,20 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"
         ) from exc
+
+
+@contextmanager
+def _unwritable(key: str, config: Config, what: str) -> Iterator[None]:
+    """An OSError writing ``what`` becomes a :class:`ConfigError` naming ``key`` (exit 2 with
+    one line, as for a cache directory the mirror may not write), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        source = config.sources.get(key, "default")
+        raise ConfigError(
+            f"{key}: cannot write {what}: {exc.strerror or exc}{where} ({source})"
+        ) from None
 
 
 def _warn_bootstrap(host: str, cert: Path) -> None:
@@ -157,7 +185,10 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
     hc.h11_max_incomplete_size = 16 * 1024  # request head; larger is a 431 from h11
     limits = config.limits
     hc.keep_alive_timeout = limits.idle_timeout  # also bounds a slow request head
-    hc.ssl_handshake_timeout = limits.idle_timeout  # a handshake is not yet a capped connection
+    # TLS handshakes are the edge's, each once its connection is counted and bounded by
+    # idle_timeout (docxy.edge.connections.TLSListeners); asyncio's server does none, and
+    # refuses a timeout for one.
+    hc.ssl_handshake_timeout = None  # type: ignore[assignment]
     hc.read_timeout = None  # would cut long downloads (docxy.edge.connections)
     hc.backlog = limits.backlog or 100
     # h2c: each stream is a request on a connection the connection cap counts once; 0: h2c is

@@ -8,7 +8,6 @@ admin-user check (the seam is :func:`observer_of`, the one place the routes find
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -44,8 +43,10 @@ def _no_store(response: Response) -> Response:
 @blueprint.route("/metrics", methods=["GET"])
 async def metrics() -> Response:
     # Text format 0.0.4 by default; OpenMetrics or text 1.0.0 when the scraper asks for it.
+    # On the event loop, never in a worker thread: the collectors read the blob store, the
+    # upstreams' health and counters, which only the loop may touch (as /status.json does).
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = await asyncio.to_thread(encode, observer_of().registry)
+    body = encode(observer_of().registry)
     return _no_store(Response(body, content_type=content_type))
 
 

@@ -29,6 +29,7 @@ from docxy.core.errors import RegistryError
 from docxy.core.names import Kind, parse_v2_path
 from docxy.http.state import MirrorState
 from docxy.observe.connections import open_connections
+from docxy.upstream.client import Upstream
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: Where the bytes of a response came from, by the request's cache outcome. A fill from the
@@ -271,7 +272,12 @@ class MirrorCollector(Collector):
         if self.state.services is None:
             return
         client = self.state.services.client
-        upstreams = [(u, client.health_of(u)) for u in self.state.upstreams.all()]
+        # One per registry host, the label (and the key of its health): two upstream names for
+        # one registry would be a duplicate series, and Prometheus refuses the whole scrape.
+        by_host: dict[str, Upstream] = {}
+        for upstream in self.state.upstreams.all():  # [upstream] first: its name wins
+            by_host.setdefault(upstream.host, upstream)
+        upstreams = [(u, client.health_of(u)) for u in by_host.values()]
         label = ["upstream"]
         up = GaugeMetricFamily(
             "docxy_upstream_up", "1 if the upstream's last answer got through.", labels=label

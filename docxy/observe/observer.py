@@ -24,10 +24,11 @@ from hypercorn.typing import Scope
 from quart import Quart
 
 from docxy.core.errors import RegistryError
-from docxy.core.names import parse_v2_path, upstream_name
+from docxy.core.names import parse_v2_path
 from docxy.http.state import MirrorState
 from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
+from docxy.upstream.routing import UpstreamUnknown, request_picks
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,22 @@ class Observer:
             path, method, status, sent, seconds, facts if isinstance(facts, dict) else {}
         )
         if 200 <= status < 300 and method in ("GET", "HEAD"):
-            self._count_pull(path)
+            self._count_pull(scope, path)
 
-    def _count_pull(self, path: str) -> None:
-        """A pull resolves its tag once (HEAD or GET ``manifests/<tag>``): count that."""
+    def _count_pull(self, scope: Scope, path: str) -> None:
+        """A pull resolves its tag once (HEAD or GET ``manifests/<tag>``): count that, under
+        the name the repository rules use (``ghcr.io/owner/img`` however it was picked)."""
         try:
             reference = parse_v2_path(path)
         except RegistryError:
             return
         if reference is None or reference.tag is None:
             return
-        name = upstream_name(reference.name, self.state.upstream.library_prefix)
+        ns, host = request_picks(scope)
+        try:
+            name = self.state.upstreams.qualified(reference.name, ns=ns, host=host)
+        except UpstreamUnknown:  # refused, so not a pull (a 2xx never gets here)
+            return
         self.pulls.add(f"{name}:{reference.tag}")
 
     # --- the upstream client ----------------------------------------------------------------

@@ -260,6 +260,10 @@ def run_cli(args: argparse.Namespace, load: Callable[[argparse.Namespace], Confi
     except (ConfigError, CertbotError, CertError, ValueError) as exc:
         print(f"docxy certs {args.certs_command}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a webroot, config dir or certificate path it may not write
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"docxy certs {args.certs_command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def _need(value: T | None, key: str) -> T:
@@ -275,8 +279,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     key_path: Path | None = args.install_key or config.tls.key_path
     if args.certs_command == "status":
         cert, key = _need(cert_path, "tls.cert_path"), _need(key_path, "tls.key_path")
-        print(json.dumps(describe_files(cert, key), indent=2))
-        return 0
+        described = describe_files(cert, key)
+        print(json.dumps(described, indent=2))
+        return 1 if "error" in described else 0  # shown either way; a script sees the failure
     config_dir = _need(certs.config_dir, "certs.config_dir")
     if args.certs_command == "obtain":
         live = obtain(

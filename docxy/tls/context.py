@@ -1,11 +1,13 @@
 """The server's TLS context, reloadable while connections are open.
 
-One `ssl.SSLContext` is handed to hypercorn for the life of the process. A reload reads the
-certificate and key files once, checks the pair (parsed with `cryptography`, then loaded into a
-scratch context), and only then loads the same bytes into the live context: new handshakes get the
-new certificate, established connections keep theirs. A failed `load_cert_chain` on a live context
-would leave it half-loaded and break every later handshake, so the live one is never the first to
-see new files.
+A reload reads the certificate and key files once, checks the pair (parsed with `cryptography`),
+and loads the same bytes into a new context of their own, which becomes
+:attr:`ReloadableTLS.context`. The edge takes that attribute for each new handshake
+(``docxy.edge.connections``): new handshakes get the new certificate, established connections
+keep theirs. Nothing is ever loaded into a
+context in service: a failed `load_cert_chain` would leave it half-loaded, and OpenSSL keeps one
+certificate per key type in a context, so a new ECDSA pair loaded over an RSA one (or the reverse)
+would leave the old certificate served to every client that prefers the old type.
 """
 
 from __future__ import annotations
@@ -89,6 +91,15 @@ def inspect_pair(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Pat
     return describe(leaf)
 
 
+def chain_fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 over every certificate of a PEM chain, in order: two chains with the same leaf
+    but other intermediates (the leaf alone, then the full chain) differ."""
+    digest = hashes.Hash(hashes.SHA256())
+    for cert in x509.load_pem_x509_certificates(cert_pem):
+        digest.update(cert.fingerprint(hashes.SHA256()))
+    return digest.finalize().hex()
+
+
 def describe(cert: x509.Certificate) -> CertInfo:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -152,27 +163,30 @@ def _file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
 
 
 class ReloadableTLS:
-    """The live server context plus what is needed to swap its certificate safely."""
+    """The newest certificate's context (:attr:`context`, taken for each new handshake) and
+    what it takes to replace it safely."""
 
     def __init__(self, cert_path: Path, key_path: Path, client_ca: Path | None = None) -> None:
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
-        self.context = _new_context()
-        if client_ca is not None:
-            ask_for_client_certificates(self.context, client_ca)
+        self.client_ca = client_ca
         self._signature = _file_signature(self.cert_path, self.key_path)
-        cert_pem, key_pem, self._info = self._validated()
-        _load(self.context, cert_pem, key_pem, self.cert_path)
+        #: Replaced (never changed) by a reload: take it per handshake, never keep it.
+        self.context, self._info, self._chain = self._loaded()
         self._last_reload = _utcnow()
         self._last_error: str | None = None
         log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
 
-    def _validated(self) -> tuple[bytes, bytes, CertInfo]:
+    def _loaded(self) -> tuple[ssl.SSLContext, CertInfo, str]:
+        """A new context serving the files' pair (checked first), its description and chain."""
         cert_pem = _read(self.cert_path, "certificate")
         key_pem = _read(self.key_path, "key")
         info = inspect_pair(cert_pem, key_pem, self.cert_path, self.key_path)
-        _load(_new_context(), cert_pem, key_pem, self.cert_path)
-        return cert_pem, key_pem, info
+        context = _new_context()
+        if self.client_ca is not None:
+            ask_for_client_certificates(context, self.client_ca)
+        _load(context, cert_pem, key_pem, self.cert_path)
+        return context, info, chain_fingerprint(cert_pem)
 
     def _summary(self) -> str:
         info = self._info
@@ -188,15 +202,14 @@ class ReloadableTLS:
         """
         self._signature = _file_signature(self.cert_path, self.key_path)
         try:
-            cert_pem, key_pem, info = self._validated()
+            context, info, chain = self._loaded()
         except CertError as exc:
             self._last_error = str(exc)
             raise
         self._last_error = None
-        if info.fingerprint == self._info.fingerprint:
+        if chain == self._chain:  # the whole chain: a fixed intermediate is a change too
             return False
-        _load(self.context, cert_pem, key_pem, self.cert_path)
-        self._info = info
+        self.context, self._info, self._chain = context, info, chain
         self._last_reload = _utcnow()
         log.info("TLS certificate reloaded from %s: %s", self.cert_path, self._summary())
         return True

@@ -16,11 +16,14 @@ and ``..`` cannot occur in a prefix.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
 
 from docxy.core.challenge import scope_repository
 from docxy.core.errors import ClientError
+from docxy.core.names import upstream_name
 from docxy.upstream.client import Upstream
 
 
@@ -78,11 +81,16 @@ class Upstreams:
         return list(self.by_name)
 
     def for_host(self, host: str | None) -> Upstream | None:
-        """The upstream whose ``hosts`` list the request's host, if any."""
+        """The upstream whose ``hosts`` list the request's host, if any. An entry without a
+        port takes the host on any port; ``HOST:443`` and ``HOST:80`` also take ``HOST`` with
+        no port, as an HTTP client writes the default port of its scheme."""
         if not host or not self.by_host:
             return None
         full, bare = host_key(host)
-        return self.by_host.get(full) or self.by_host.get(bare)
+        found = self.by_host.get(full) or self.by_host.get(bare)
+        if found is None and full == bare:  # no port: the scheme's default, which clients omit
+            found = self.by_host.get(f"{bare}:443") or self.by_host.get(f"{bare}:80")
+        return found
 
     def route(self, name: str, *, ns: str | None = None, host: str | None = None) -> Route:
         """The upstream for repository ``name`` (``""`` for ``/v2/`` itself)."""
@@ -92,6 +100,15 @@ class Upstreams:
         if by_host is not None:
             return Route(by_host, name)
         return self.by_prefix(name)
+
+    def qualified(self, name: str, *, ns: str | None = None, host: str | None = None) -> str:
+        """Repository ``name`` as the repository rules and the status page know it, however
+        the request picks its upstream: Docker Hub's with ``library/``, another upstream's
+        behind that upstream's name (``ghcr.io/owner/img``). Raises :class:`UpstreamUnknown`."""
+        route = self.route(name, ns=ns, host=host)
+        upstream = route.upstream
+        plain = upstream_name(route.name, upstream.library_prefix)
+        return plain if upstream.is_default else f"{upstream.name}/{plain}"
 
     def by_prefix(self, name: str) -> Route:
         first, slash, rest = name.partition("/")
@@ -126,3 +143,13 @@ class Upstreams:
                     )
                 chosen = upstream
         return chosen or self.default
+
+
+def request_picks(scope: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(ns, host)`` of an ASGI request, as the routes read them (``request.args``' first
+    ``ns``, the ``Host`` header): what :meth:`Upstreams.route` takes besides the name."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    ns = next((value for key, value in pairs if key == "ns"), None)
+    host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+    return ns, host

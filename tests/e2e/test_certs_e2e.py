@@ -38,6 +38,9 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from docxy.cli.main import config_from_args
+from docxy.config import load_config
+from docxy.edge import connections
+from docxy.http.server import hypercorn_config
 from docxy.tls import certs
 from docxy.tls.context import ReloadableTLS, self_signed
 from lab.acme import DOMAIN, EMAIL, Pebble, running_pebble
@@ -269,17 +272,15 @@ async def respond(send: Callable[..., Any], status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class LiveTLSConfig(HypercornConfig):
-    def __init__(self, tls: ReloadableTLS) -> None:
-        super().__init__()
-        self.tls = tls
-
-    @property
-    def ssl_enabled(self) -> bool:
-        return True
-
-    def create_ssl_context(self) -> ssl.SSLContext:
-        return self.tls.context
+def mirror_tls_config(tls: ReloadableTLS, http_port: int, https_port: int) -> HypercornConfig:
+    """hypercorn set up as the mirror sets it up: its edge does each TLS handshake with the
+    newest certificate (``docxy.edge.connections``)."""
+    connections.install()
+    listen = {"server.listen": f"{LOOPBACK}:{http_port}"}
+    settings = {**listen, "server.tls_listen": f"{LOOPBACK}:{https_port}"}
+    config = hypercorn_config(load_config(settings, environ={}), tls)
+    config.accesslog = None
+    return config
 
 
 async def open_tls(
@@ -342,11 +343,7 @@ async def test_scheduler_renewal_swaps_cert_with_zero_errors_and_intact_download
     site.bootstrap()
     tls = ReloadableTLS(site.cert, site.key)
     http_port, https_port = free_port(), free_port()
-    config = LiveTLSConfig(tls)
-    config.bind = [f"{LOOPBACK}:{https_port}"]
-    config.insecure_bind = [f"{LOOPBACK}:{http_port}"]
-    config.alpn_protocols = ["http/1.1"]
-    config.accesslog = None
+    config = mirror_tls_config(tls, http_port, https_port)
     with running_pebble(tmp_path / "pebble", http_port) as pebble:
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:

@@ -175,7 +175,7 @@ def test_cli_status_reports_a_broken_pair(
 ) -> None:
     cert, _ = self_signed(tmp_path / "a", "a.test")
     _, key = self_signed(tmp_path / "b", "b.test")
-    assert run_cli(["certs", "status", "--cert", str(cert), "--key", str(key)]) == 0
+    assert run_cli(["certs", "status", "--cert", str(cert), "--key", str(key)]) == 1
     assert "does not match" in json.loads(capsys.readouterr().out)["error"]
 
 

@@ -144,14 +144,17 @@ def test_failed_reload_keeps_old_and_reports(tmp_path: Path, served: tuple[Path,
 
 @contextlib.asynccontextmanager
 async def tls_echo_server(tls: ReloadableTLS) -> AsyncIterator[int]:
+    """Each connection's handshake with the context of the moment, as the edge does it."""
+
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.start_tls(tls.context)
             while line := await reader.readline():
                 writer.write(line)
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=tls.context)
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield port

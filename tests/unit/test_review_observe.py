@@ -1,0 +1,73 @@
+"""Review faults in observability (docxy.observe), each shown by a failing test first."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from docxy.cache.blobs import DiskBlobStore, Usage
+from docxy.config import load_config
+from docxy.http.app import open_store
+from docxy.http.state import MirrorState
+from docxy.observe import Observer, create_admin_app
+from docxy.upstream.client import Upstream
+from tests.unit.test_observe_routes import stack
+
+
+async def test_metrics_read_the_mirror_on_its_event_loop_not_in_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blob store, the upstream health and the counters are the event loop's alone (no
+    locks). /metrics collected them in a worker thread: ``usage()`` there takes over the
+    start-up index read (reassigning the store's index while the loop inserts into it: a
+    blob committed meanwhile is lost from the index and the cap), and a Counter that gains
+    its first key of a kind while the thread iterates it fails the scrape with 'dictionary
+    changed size during iteration'. Collecting happens on the loop; only encoding may not."""
+    config = load_config({"cache.dir": str(tmp_path / "cache")}, environ={})
+    state = MirrorState(config, Upstream.from_config(config.upstream))
+    state.cache = open_store(config)
+    loop_thread = threading.current_thread()
+    readers: list[threading.Thread] = []
+    usage = DiskBlobStore.usage
+
+    def watched(store: DiskBlobStore) -> Usage:
+        readers.append(threading.current_thread())
+        return usage(store)
+
+    monkeypatch.setattr(DiskBlobStore, "usage", watched)
+    admin = create_admin_app(Observer(state))
+    async with admin.test_app():
+        answer = await admin.test_client().get("/metrics")
+    assert answer.status_code == 200
+    assert b"docxy_cache_blobs" in await answer.get_data()
+    assert readers and all(thread is loop_thread for thread in readers), readers
+
+
+async def test_most_pulled_names_the_upstream_a_pull_went_to(tmp_path: Path) -> None:
+    """'Most pulled' named each pull by its path alone, as if it were Docker Hub's: containerd
+    pulling ghcr.io's owner/tool through its hosts.toml (?ns=ghcr.io) was listed as
+    'owner/tool', and ghcr.io's one-component 'tool' as Docker Hub's official 'library/tool'.
+    It now names them as the repository rules and a pull by path prefix do."""
+    settings = {"upstreams": "ghcr.io=http://ghcr.test"}
+    async with stack(tmp_path, settings=settings) as mirror:
+        assert (await mirror.get("/v2/owner/tool/manifests/1?ns=ghcr.io")).status == 200
+        assert (await mirror.get("/v2/tool/manifests/2?ns=ghcr.io")).status == 200
+        assert (await mirror.get("/v2/ghcr.io/owner/tool/manifests/1")).status == 200
+        assert (await mirror.get("/v2/tool/manifests/3")).status == 200
+        top = dict(mirror.observer.pulls.top(10))
+    assert top == {"ghcr.io/owner/tool:1": 2, "ghcr.io/tool:2": 1, "library/tool:3": 1}
+
+
+async def test_two_upstreams_of_one_registry_make_one_sample_each_metric(tmp_path: Path) -> None:
+    """Two upstream names for one registry (two mirror host names, say) made two samples with
+    the same labels in each docxy_upstream_* family (they are labelled by the registry's host,
+    and their health is one): Prometheus refuses a scrape with a duplicate series, so every
+    metric of the mirror was lost. One sample per registry host now."""
+    settings = {"upstreams": "a.example=http://lab.test,b.example=http://lab.test"}
+    async with stack(tmp_path, settings=settings) as mirror:
+        _, text = await mirror.admin_get("/metrics")
+    up = [line for line in text.splitlines() if line.startswith("docxy_upstream_up{")]
+    assert sorted(up) == sorted(set(up)), up
+    assert len(up) == 2, up  # [upstream] and lab.test
