@@ -219,7 +219,10 @@ class DiskBlobStore:
         for entry in os.scandir(self.tmp_dir):
             if entry.name in ours:
                 continue
-            if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+            try:
+                if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:  # gone since listed: a live mirror's fill committed
                 continue
             _unlink(Path(entry.path))
             removed += 1
