@@ -364,8 +364,8 @@ class DiskBlobStore:
         A hit gives a reader; a fill in flight gives a follower; otherwise the temp file is
         made first, then a named task runs ``fetch`` and tees it into the cache (see
         :func:`run_fill`), and the caller follows that fill. Raises :class:`CacheUnwritable`
-        when no temp file can be made, or writing failed lately, and :class:`NoRoom` when this
-        blob found no room lately: nothing is fetched then.
+        when no temp file can be made or opened to follow, or writing failed lately, and
+        :class:`NoRoom` when this blob found no room lately: nothing is fetched then.
         """
         joined = self._join(digest)
         if joined is not None:
@@ -379,7 +379,11 @@ class DiskBlobStore:
             reason = writer.fill.reason
             writer.abort(reason)
             raise CacheUnwritable(reason)
-        follower = self._follow(writer.fill)  # joined before the fetch starts: no race
+        try:
+            follower = self._follow(writer.fill)  # joined before the fetch starts: no race
+        except CacheUnwritable as exc:
+            writer.abort(str(exc))  # nothing fetched: its caller passes the blob through
+            raise
         spawn(f"fill {digest}", run_fill(writer, fetch))
         return follower
 
@@ -390,7 +394,8 @@ class DiskBlobStore:
     async def fetch_or_join(self, digest: Digest) -> Fill:
         """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower.
 
-        The building block of :meth:`fill`, for callers that feed the writer themselves.
+        The building block of :meth:`fill`, for callers that feed the writer themselves. Raises
+        :class:`CacheUnwritable` if the running fill's temp file cannot be opened to follow.
         """
         joined = self._join(digest)
         return joined if joined is not None else self._start_fill(digest)
@@ -405,7 +410,12 @@ class DiskBlobStore:
         return self._follow(fill) if fill is not None else self.open_read(digest)
 
     def _follow(self, fill: InFlight) -> BlobFollower:
-        fd = os.open(fill.tmp_path, os.O_RDONLY)
+        """A follower of ``fill``; :class:`CacheUnwritable` if its temp file cannot be opened
+        (no descriptor left, or removed by `docxy cache gc` under a slow fill)."""
+        try:
+            fd = os.open(fill.tmp_path, os.O_RDONLY)
+        except OSError as exc:
+            raise CacheUnwritable(f"cannot follow the fill of {fill.digest}: {exc}") from exc
         if self._pins[fill.digest]:  # another client is streaming this fill already
             self.followers_joined += 1
         self._pins[fill.digest] += 1
