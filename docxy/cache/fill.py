@@ -30,6 +30,7 @@ from docxy.cache.errors import (
     FillClosed,
     NoRoom,
     SizeMismatch,
+    VerifyError,
 )
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.core.digests import Digest
@@ -505,13 +506,16 @@ class Download:
     """What the upstream half of a fill hands the store: a length (None: unknown) and bytes,
     as ``chunks`` to iterate on the event loop or as a ``body`` a worker thread reads.
 
-    ``close`` is always awaited once the fill is done with the download.
+    ``close`` is always awaited once the fill is done with the download. ``mismatch`` is told
+    when the bytes, read to their end, are not the blob (digest or length): their source is
+    bad. A fill that fails for any other reason (a full disk, no room) tells it nothing.
     """
 
     size: int | None
     chunks: AsyncIterator[bytes] | None
     close: Callable[[], Awaitable[None]]
     body: BodySource | None = None
+    mismatch: Callable[[VerifyError], None] | None = None
 
 
 #: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot.
@@ -539,7 +543,13 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
                         break
             if writer.fill.no_room:
                 return  # a blob of unknown length outgrew the room the cache could make
-            if await writer.commit(download.size) is not None:
+            try:
+                committed = await writer.commit(download.size)
+            except VerifyError as exc:
+                if download.mismatch is not None:
+                    download.mismatch(exc)
+                raise
+            if committed is not None:
                 log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
         except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why
             writer.abort(f"{type(exc).__name__}: {exc}")

@@ -23,7 +23,7 @@ quota.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import NoReturn
 
@@ -181,12 +181,7 @@ class BlobService:
         except BaseException:
             release()
             raise
-        return Download(
-            download.size,
-            download.chunks,
-            released_after(download.close, release),
-            body=download.body,
-        )
+        return replace(download, close=released_after(download.close, release))
 
     async def _fetch(self, pull: Pull, origin: FillOrigin) -> Download:
         """A fill's download: from the shared tier when it has the blob (``origin`` says so),
@@ -205,7 +200,7 @@ class BlobService:
             await download.close()
             shared.filled(digest)
 
-        return Download(download.size, download.chunks, close, body=download.body)
+        return replace(download, close=close)
 
     async def _fetch_upstream(self, pull: Pull) -> Download:
         """The upstream half of a fill: a GET with the mirror's own token.

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from docxy.cache import files
 from docxy.cache import fill as fill_module
 from docxy.cache import manifests as manifests_module
 from docxy.cache.blobs import DiskBlobStore
@@ -204,7 +205,7 @@ async def open_manifests(root: Path) -> ManifestStore:
 
 def refusing_write(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
     """The ``nth`` file write of the manifest store fails as on a full disk."""
-    real = manifests_module.write_atomic
+    real = files.write_atomic
     calls = 0
 
     def write_atomic(path: Path, data: bytes, tmp_dir: Path, *, sync: bool = True) -> None:
