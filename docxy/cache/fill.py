@@ -111,6 +111,8 @@ class InFlight:
     reserved: int = 0
     #: Aborted because the cache had no room for it: its followers pass it through.
     no_room: bool = False
+    #: Where its bytes come from (the download's ``origin``), set before its size is announced.
+    origin: str = ""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -516,6 +518,8 @@ class Download:
     close: Callable[[], Awaitable[None]]
     body: BodySource | None = None
     mismatch: Callable[[VerifyError], None] | None = None
+    #: Where the bytes come from, told to every client of the fill (``InFlight.origin``).
+    origin: str = "upstream"
 
 
 #: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot.
@@ -530,6 +534,7 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
         except FetchFailed as exc:
             writer.abort(str(exc))
             return
+        writer.fill.origin = download.origin
         try:
             if download.size is not None and not await writer.reserve(download.size):
                 return  # no room: the followers pass it through (the store said why)

@@ -42,6 +42,8 @@ SHARED_CONNECT = 3.0
 SHARED_READ = 15.0
 #: Blobs remembered as bad in the object store (read from upstream, overwritten on upload).
 MAX_BAD = 4096
+#: The ``origin`` of a fill from the object store (``Download.origin``).
+ORIGIN = "shared"
 
 
 @dataclass
@@ -91,6 +93,7 @@ class SharedTier:
             self._chunks(answer),
             answer.aclose,
             mismatch=lambda _: self._corrupt(digest),
+            origin=ORIGIN,
         )
 
     async def _chunks(self, answer: httpx.Response) -> AsyncIterator[bytes]:
