@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from docxy.cache.errors import BlobInUse, CacheUnwritable, NoRoom
+from docxy.cache.files import remove_off_loop
 from docxy.cache.fill import (
     PUMP_BUFFER,
     PUMP_DEPTH,
@@ -512,6 +513,12 @@ class DiskBlobStore:
             self._reserved -= fill.reserved
             fill.reserved = 0
 
+    def fill_discarded(self, fill: InFlight, fd: int | None) -> None:
+        """Delete an aborted fill's temp file: its name goes now, and the last close, which
+        frees its blocks (seconds for many GiB on ext4), in a worker thread (the cap stops
+        counting them at once, as a synchronous unlink did)."""
+        remove_off_loop(fill.tmp_path, fd)
+
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None:
         self.write_failed_at = time.monotonic()
         level = logging.DEBUG if self._write_failed_logged else logging.WARNING
@@ -524,11 +531,11 @@ class DiskBlobStore:
         self.fill_ended(fill)
         old = self._index.get(fill.digest)
         if old is not None:  # stored meanwhile by another process: same verified bytes
-            _unlink(fill.tmp_path)
+            remove_off_loop(fill.tmp_path)
             return old
         if self._total + size > self.max_size:  # cannot be, as it had reserved its size
             log.warning("cache: %s (%d bytes) does not fit, not kept", fill.digest, size)
-            _unlink(fill.tmp_path)
+            remove_off_loop(fill.tmp_path)
             return None
         path = self.path_of(fill.digest)
         now = time.time_ns()

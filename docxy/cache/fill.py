@@ -32,6 +32,7 @@ from docxy.cache.errors import (
     SizeMismatch,
     VerifyError,
 )
+from docxy.cache.files import close_off_loop
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.core.digests import Digest
 from docxy.threads import in_own_thread
@@ -68,6 +69,10 @@ class FillHost(Protocol):
     async def reserve(self, fill: InFlight, nbytes: int) -> None: ...
     def fill_committed(self, fill: InFlight) -> BlobEntry | None: ...
     def fill_ended(self, fill: InFlight) -> None: ...
+    def fill_discarded(self, fill: InFlight, fd: int | None) -> None:
+        """Close ``fd`` (None: not open) and delete the temp file, off the event loop."""
+        ...
+
     def fill_grew(self, fill: InFlight, nbytes: int) -> None: ...
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None: ...
 
@@ -604,15 +609,10 @@ def _sync_and_close(fd: int) -> None:
 
 
 def _discard(fill: InFlight, fd: int | None, host: FillHost, reason: str) -> None:
-    if fd is not None:
-        os.close(fd)
     if fill.state is FillState.WRITING:
         fill.state, fill.reason = FillState.ABORTED, reason
         log.info("cache fill of %s aborted: %s", fill.digest, reason)
-    try:
-        os.unlink(fill.tmp_path)
-    except OSError:  # never created (no tmp dir), or already removed
-        pass
+    host.fill_discarded(fill, fd)
     host.fill_ended(fill)
     fill.notify()
 
@@ -623,7 +623,5 @@ def _abandon(fill: InFlight, fd: int | None, host: FillHost) -> None:
 
 
 def _close_follower(fd: int, release: Callable[[], None]) -> None:
-    try:
-        os.close(fd)
-    finally:
-        release()
+    close_off_loop(fd)  # the last descriptor of an aborted fill's temp file frees its blocks
+    release()

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
 
+from docxy.cache.files import close_off_loop
+
 #: Read size for a lone reader (shrunk as readers grow, see DiskBlobStore): 4 MiB measured
 #: less CPU per GiB on a cache hit than 1 MiB (see the README benchmark).
 READ_CHUNK = 4 * 1024 * 1024
@@ -101,7 +103,5 @@ class BlobReader(ClosingStream):
 
 
 def _release(fd: int, release: Callable[[], None]) -> None:
-    try:
-        os.close(fd)
-    finally:
-        release()
+    close_off_loop(fd)  # the last descriptor of a blob removed meanwhile frees its blocks
+    release()
