@@ -32,7 +32,6 @@ from docxy.cache.errors import (
     SizeMismatch,
     VerifyError,
 )
-from docxy.cache.files import close_off_loop
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.core.digests import Digest
 from docxy.threads import in_own_thread
@@ -460,18 +459,12 @@ class BlobFollower(ClosingStream):
         release: Callable[[], None],
         chunk_size: int | Callable[[], int] = READ_CHUNK,
     ) -> None:
+        super().__init__(fd, release, chunk_size)
         self.fill = fill
-        self._fd = fd
-        self._chunk_size = chunk_size
-        self._finalizer = weakref.finalize(self, _close_follower, fd, release)
 
     @property
     def digest(self) -> Digest:
         return self.fill.digest
-
-    def close(self) -> None:
-        """Close the temp file descriptor and unpin; idempotent."""
-        self._finalizer()
 
     async def size(self) -> int | None:
         """Wait until the writer announces the size (None: unknown) or finishes."""
@@ -494,8 +487,7 @@ class BlobFollower(ClosingStream):
                 # reaches a client complete, so it cannot pass for a good one.
                 ready = fill.written if fill.state is FillState.COMMITTED else fill.written - 1
                 if pos < ready:
-                    want = min(chunk_of(self._chunk_size), ready - pos)
-                    data = await asyncio.to_thread(os.pread, self._fd, want, pos)
+                    data = await self._read(pos, ready - pos)
                     if not data:
                         raise FillAborted(f"temp file of {fill.digest} shrank at byte {pos}")
                     pos += len(data)
@@ -620,8 +612,3 @@ def _discard(fill: InFlight, fd: int | None, host: FillHost, reason: str) -> Non
 def _abandon(fill: InFlight, fd: int | None, host: FillHost) -> None:
     """Finalizer of a writer dropped without commit or abort."""
     _discard(fill, fd, host, "writer was dropped")
-
-
-def _close_follower(fd: int, release: Callable[[], None]) -> None:
-    close_off_loop(fd)  # the last descriptor of an aborted fill's temp file frees its blocks
-    release()
