@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from docxy.cache.errors import BlobInUse, CacheUnwritable, NoRoom
+from docxy.cache.files import remove_off_loop
 from docxy.cache.fill import (
     PUMP_BUFFER,
     PUMP_DEPTH,
@@ -219,7 +220,10 @@ class DiskBlobStore:
         for entry in os.scandir(self.tmp_dir):
             if entry.name in ours:
                 continue
-            if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+            try:
+                if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:  # gone since listed: a live mirror's fill committed
                 continue
             _unlink(Path(entry.path))
             removed += 1
@@ -361,8 +365,8 @@ class DiskBlobStore:
         A hit gives a reader; a fill in flight gives a follower; otherwise the temp file is
         made first, then a named task runs ``fetch`` and tees it into the cache (see
         :func:`run_fill`), and the caller follows that fill. Raises :class:`CacheUnwritable`
-        when no temp file can be made, or writing failed lately, and :class:`NoRoom` when this
-        blob found no room lately: nothing is fetched then.
+        when no temp file can be made or opened to follow, or writing failed lately, and
+        :class:`NoRoom` when this blob found no room lately: nothing is fetched then.
         """
         joined = self._join(digest)
         if joined is not None:
@@ -376,7 +380,11 @@ class DiskBlobStore:
             reason = writer.fill.reason
             writer.abort(reason)
             raise CacheUnwritable(reason)
-        follower = self._follow(writer.fill)  # joined before the fetch starts: no race
+        try:
+            follower = self._follow(writer.fill)  # joined before the fetch starts: no race
+        except CacheUnwritable as exc:
+            writer.abort(str(exc))  # nothing fetched: its caller passes the blob through
+            raise
         spawn(f"fill {digest}", run_fill(writer, fetch))
         return follower
 
@@ -387,7 +395,8 @@ class DiskBlobStore:
     async def fetch_or_join(self, digest: Digest) -> Fill:
         """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower.
 
-        The building block of :meth:`fill`, for callers that feed the writer themselves.
+        The building block of :meth:`fill`, for callers that feed the writer themselves. Raises
+        :class:`CacheUnwritable` if the running fill's temp file cannot be opened to follow.
         """
         joined = self._join(digest)
         return joined if joined is not None else self._start_fill(digest)
@@ -402,7 +411,12 @@ class DiskBlobStore:
         return self._follow(fill) if fill is not None else self.open_read(digest)
 
     def _follow(self, fill: InFlight) -> BlobFollower:
-        fd = os.open(fill.tmp_path, os.O_RDONLY)
+        """A follower of ``fill``; :class:`CacheUnwritable` if its temp file cannot be opened
+        (no descriptor left, or removed by `docxy cache gc` under a slow fill)."""
+        try:
+            fd = os.open(fill.tmp_path, os.O_RDONLY)
+        except OSError as exc:
+            raise CacheUnwritable(f"cannot follow the fill of {fill.digest}: {exc}") from exc
         if self._pins[fill.digest]:  # another client is streaming this fill already
             self.followers_joined += 1
         self._pins[fill.digest] += 1
@@ -499,6 +513,12 @@ class DiskBlobStore:
             self._reserved -= fill.reserved
             fill.reserved = 0
 
+    def fill_discarded(self, fill: InFlight, fd: int | None) -> None:
+        """Delete an aborted fill's temp file: its name goes now, and the last close, which
+        frees its blocks (seconds for many GiB on ext4), in a worker thread (the cap stops
+        counting them at once, as a synchronous unlink did)."""
+        remove_off_loop(fill.tmp_path, fd)
+
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None:
         self.write_failed_at = time.monotonic()
         level = logging.DEBUG if self._write_failed_logged else logging.WARNING
@@ -511,11 +531,11 @@ class DiskBlobStore:
         self.fill_ended(fill)
         old = self._index.get(fill.digest)
         if old is not None:  # stored meanwhile by another process: same verified bytes
-            _unlink(fill.tmp_path)
+            remove_off_loop(fill.tmp_path)
             return old
         if self._total + size > self.max_size:  # cannot be, as it had reserved its size
             log.warning("cache: %s (%d bytes) does not fit, not kept", fill.digest, size)
-            _unlink(fill.tmp_path)
+            remove_off_loop(fill.tmp_path)
             return None
         path = self.path_of(fill.digest)
         now = time.time_ns()

@@ -1,7 +1,9 @@
-"""Crash-safe small-file writes: a reader sees the old file or the new one, never half of one."""
+"""Crash-safe small-file writes (a reader sees the old file or the new one, never half of one),
+and removals that never block the event loop on freeing a large file's blocks."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from pathlib import Path
@@ -43,4 +45,37 @@ def unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
+        pass
+
+
+def close_off_loop(fd: int) -> None:
+    """Close ``fd``, in a worker thread when called on the event loop: the last close of a file
+    already unlinked frees its blocks, which takes long for a file of many GiB (ext4)."""
+    try:
+        asyncio.get_running_loop().run_in_executor(None, _close_quietly, fd)
+    except RuntimeError:  # no loop here (a finalizer in a thread), or it is shutting down
+        _close_quietly(fd)
+
+
+def remove_off_loop(path: Path, fd: int | None = None) -> None:
+    """Remove ``path`` without blocking the event loop on freeing its blocks: its name goes now
+    (cheap while a descriptor holds the file: ``fd``, else one opened here), and the last close,
+    which frees the blocks, runs in a worker thread (see :func:`close_off_loop`)."""
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone already, or cannot be held open: removed here and now
+            pass
+    try:
+        os.unlink(path)
+    except OSError:  # gone already, or refused: a temp file left is cleared at the next start
+        pass
+    if fd is not None:
+        close_off_loop(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:  # EIO from a failing disk: the descriptor is released all the same
         pass

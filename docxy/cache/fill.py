@@ -30,6 +30,7 @@ from docxy.cache.errors import (
     FillClosed,
     NoRoom,
     SizeMismatch,
+    VerifyError,
 )
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.core.digests import Digest
@@ -67,6 +68,10 @@ class FillHost(Protocol):
     async def reserve(self, fill: InFlight, nbytes: int) -> None: ...
     def fill_committed(self, fill: InFlight) -> BlobEntry | None: ...
     def fill_ended(self, fill: InFlight) -> None: ...
+    def fill_discarded(self, fill: InFlight, fd: int | None) -> None:
+        """Close ``fd`` (None: not open) and delete the temp file, off the event loop."""
+        ...
+
     def fill_grew(self, fill: InFlight, nbytes: int) -> None: ...
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None: ...
 
@@ -110,6 +115,8 @@ class InFlight:
     reserved: int = 0
     #: Aborted because the cache had no room for it: its followers pass it through.
     no_room: bool = False
+    #: Where its bytes come from (the download's ``origin``), set before its size is announced.
+    origin: str = ""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -452,18 +459,12 @@ class BlobFollower(ClosingStream):
         release: Callable[[], None],
         chunk_size: int | Callable[[], int] = READ_CHUNK,
     ) -> None:
+        super().__init__(fd, release, chunk_size)
         self.fill = fill
-        self._fd = fd
-        self._chunk_size = chunk_size
-        self._finalizer = weakref.finalize(self, _close_follower, fd, release)
 
     @property
     def digest(self) -> Digest:
         return self.fill.digest
-
-    def close(self) -> None:
-        """Close the temp file descriptor and unpin; idempotent."""
-        self._finalizer()
 
     async def size(self) -> int | None:
         """Wait until the writer announces the size (None: unknown) or finishes."""
@@ -486,8 +487,7 @@ class BlobFollower(ClosingStream):
                 # reaches a client complete, so it cannot pass for a good one.
                 ready = fill.written if fill.state is FillState.COMMITTED else fill.written - 1
                 if pos < ready:
-                    want = min(chunk_of(self._chunk_size), ready - pos)
-                    data = await asyncio.to_thread(os.pread, self._fd, want, pos)
+                    data = await self._read(pos, ready - pos)
                     if not data:
                         raise FillAborted(f"temp file of {fill.digest} shrank at byte {pos}")
                     pos += len(data)
@@ -505,13 +505,18 @@ class Download:
     """What the upstream half of a fill hands the store: a length (None: unknown) and bytes,
     as ``chunks`` to iterate on the event loop or as a ``body`` a worker thread reads.
 
-    ``close`` is always awaited once the fill is done with the download.
+    ``close`` is always awaited once the fill is done with the download. ``mismatch`` is told
+    when the bytes, read to their end, are not the blob (digest or length): their source is
+    bad. A fill that fails for any other reason (a full disk, no room) tells it nothing.
     """
 
     size: int | None
     chunks: AsyncIterator[bytes] | None
     close: Callable[[], Awaitable[None]]
     body: BodySource | None = None
+    mismatch: Callable[[VerifyError], None] | None = None
+    #: Where the bytes come from, told to every client of the fill (``InFlight.origin``).
+    origin: str = "upstream"
 
 
 #: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot.
@@ -526,6 +531,7 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
         except FetchFailed as exc:
             writer.abort(str(exc))
             return
+        writer.fill.origin = download.origin
         try:
             if download.size is not None and not await writer.reserve(download.size):
                 return  # no room: the followers pass it through (the store said why)
@@ -539,7 +545,13 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
                         break
             if writer.fill.no_room:
                 return  # a blob of unknown length outgrew the room the cache could make
-            if await writer.commit(download.size) is not None:
+            try:
+                committed = await writer.commit(download.size)
+            except VerifyError as exc:
+                if download.mismatch is not None:
+                    download.mismatch(exc)
+                raise
+            if committed is not None:
                 log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
         except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why
             writer.abort(f"{type(exc).__name__}: {exc}")
@@ -589,15 +601,10 @@ def _sync_and_close(fd: int) -> None:
 
 
 def _discard(fill: InFlight, fd: int | None, host: FillHost, reason: str) -> None:
-    if fd is not None:
-        os.close(fd)
     if fill.state is FillState.WRITING:
         fill.state, fill.reason = FillState.ABORTED, reason
         log.info("cache fill of %s aborted: %s", fill.digest, reason)
-    try:
-        os.unlink(fill.tmp_path)
-    except OSError:  # never created (no tmp dir), or already removed
-        pass
+    host.fill_discarded(fill, fd)
     host.fill_ended(fill)
     fill.notify()
 
@@ -605,10 +612,3 @@ def _discard(fill: InFlight, fd: int | None, host: FillHost, reason: str) -> Non
 def _abandon(fill: InFlight, fd: int | None, host: FillHost) -> None:
     """Finalizer of a writer dropped without commit or abort."""
     _discard(fill, fd, host, "writer was dropped")
-
-
-def _close_follower(fd: int, release: Callable[[], None]) -> None:
-    try:
-        os.close(fd)
-    finally:
-        release()

@@ -10,6 +10,8 @@ Layout under ``root``::
 
 Every file is written to ``tmp/``, fsynced and renamed into place, and a manifest is re-hashed on
 every read, so a crash can only lose an entry, never serve a wrong one. Names never become paths.
+A manifest is cached once its own file is in place, written after its ``.json`` record: a write
+the disk refuses halfway leaves no manifest, and none in the catalogue either.
 
 The store is also the blob store's :class:`~docxy.cache.images.ImageCatalog`: it keeps what each
 cached manifest needs and when it was last pulled (the file's mtime, so it survives restarts), and
@@ -195,6 +197,8 @@ class ManifestStore:
             )
         except OSError as exc:
             log.warning("cache: cannot store manifest %s (%s); served uncached", actual, exc)
+            if not await asyncio.to_thread(self._on_disk, key):  # not cached before either
+                self._or_later(lambda: self._not_cached(key))
             return CachedManifest(actual, media_type, content, Visibility(repo, public))
         if visibility is not None:
             hashed, seen_public = repo.hashed(), visibility.public
@@ -211,7 +215,7 @@ class ManifestStore:
     ) -> tuple[bytes, str, Visibility | None] | None:
         """In a worker thread: content, media type and visibility in ``repo``, or None."""
         path = self._content_path(repo.upstream, digest)
-        meta_path = path.with_name(path.name + ".json")
+        meta_path = _meta_path(path)
         try:
             meta = json.loads(meta_path.read_bytes())
             content = path.read_bytes()
@@ -235,11 +239,14 @@ class ManifestStore:
     def _write_manifest(
         self, repo: RepoKey, digest: Digest, content: bytes, media: str, public: bool
     ) -> Visibility | None:
-        """In a worker thread: store the manifest, record it in ``repo``; its visibility there."""
+        """In a worker thread: store the manifest, record it in ``repo``; its visibility there.
+
+        The manifest's own file goes last: once it is there, the manifest is cached (for
+        :meth:`_scan` as for :meth:`get`), so a write that fails halfway leaves none."""
         path = self._content_path(repo.upstream, digest)
-        write_atomic(path, content, self._tmp)
         meta = json.dumps({"media_type": media, "size": len(content)}).encode()
-        write_atomic(path.with_name(path.name + ".json"), meta, self._tmp)
+        write_atomic(_meta_path(path), meta, self._tmp)
+        write_atomic(path, content, self._tmp)
         self.access.record(repo, digest, public=public)
         return self.access.visibility(repo, digest)
 
@@ -362,6 +369,20 @@ class ManifestStore:
             await asyncio.wrap_future(self._scanning)
         self._catalogue()
 
+    def _on_disk(self, key: ImageKey) -> bool:
+        """In a worker thread: whether manifest ``key`` is cached, its record beside it."""
+        path = self._key_path(key)
+        return path.is_file() and _meta_path(path).is_file()
+
+    def _not_cached(self, key: ImageKey) -> None:
+        """Manifest ``key`` joined the catalogue but could not be stored: not an image of the
+        cache (a tag pointing at it stays, as one noted from a HEAD does)."""
+        assert self._images is not None
+        image = self._images.pop(key, None)
+        if image is not None:
+            self._unindex(image)
+        self._seen.pop(key, None)
+
     def _index(self, image: Image) -> None:
         for digest in image.blobs:
             self._holders.setdefault(digest, set()).add(image.key)
@@ -450,8 +471,8 @@ class ManifestStore:
             unlink_quietly(tag_path)
         for key in gone:
             path = self._key_path(key)
-            unlink_quietly(path.with_name(path.name + ".json"))
-            unlink_quietly(path)
+            unlink_quietly(path)  # first: without it, the manifest is no longer cached
+            unlink_quietly(_meta_path(path))
             self.access.forget_digest(key.upstream, key.digest)
 
     def _with_indexes(self, keys: Iterable[ImageKey]) -> set[ImageKey]:
@@ -493,6 +514,8 @@ class ManifestStore:
             upstream_key, algorithm, _, hex_ = path.relative_to(base).parts
             try:
                 key = ImageKey(upstream_key, Digest(algorithm, hex_))
+                if not _meta_path(path).is_file():
+                    continue  # its record was never written: not cached (as for get)
                 content = path.read_bytes()
                 mtime = path.stat().st_mtime
             except (DigestInvalid, OSError):
@@ -510,6 +533,11 @@ class ManifestStore:
                 known = seen.setdefault(key, {})
                 known[marker.stem] = known.get(marker.stem, False) or marker.suffix == ".public"
         return images, tags, seen
+
+
+def _meta_path(path: Path) -> Path:
+    """The record (media type, size) beside a manifest's file."""
+    return path.with_name(path.name + ".json")
 
 
 def _unlink_existed(path: Path) -> bool:

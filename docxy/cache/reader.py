@@ -1,4 +1,5 @@
-"""Streaming reads of a blob file in large ``os.pread`` chunks, off the event loop."""
+"""Streaming reads of a blob file in large ``os.pread`` chunks, off the event loop: a committed
+blob's (:class:`BlobReader`) and, through the same base, a growing fill's (``BlobFollower``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
+
+from docxy.cache.files import close_off_loop
 
 #: Read size for a lone reader (shrunk as readers grow, see DiskBlobStore): 4 MiB measured
 #: less CPU per GiB on a cache hit than 1 MiB (see the README benchmark).
@@ -20,13 +23,32 @@ def chunk_of(size: int | Callable[[], int]) -> int:
 
 
 class ClosingStream:
-    """An async iterator of chunks that holds a file open until :meth:`close`.
+    """Chunks of a file read through a descriptor held open (and its blob pinned by the
+    ``release`` callback) until :meth:`close`, which also runs when it is garbage collected.
 
-    ``async with`` closes it; :meth:`read_all` collects everything (small blobs, tests).
+    Subclasses iterate with :meth:`_read`. ``async with`` closes it; :meth:`read_all` collects
+    everything (small blobs, tests).
     """
 
+    def __init__(
+        self, fd: int, release: Callable[[], None], chunk_size: int | Callable[[], int]
+    ) -> None:
+        self._fd = fd
+        self._chunk_size = chunk_size
+        self._finalizer = weakref.finalize(self, _release, fd, release)
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the file and unpin the blob; idempotent."""
+        self._finalizer()
+
+    async def _read(self, pos: int, limit: int) -> bytes:
+        """Up to a chunk, and at most ``limit`` bytes, from ``pos``, read in a worker thread."""
+        want = min(chunk_of(self._chunk_size), limit)
+        return await asyncio.to_thread(os.pread, self._fd, want, pos)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         raise NotImplementedError
@@ -63,25 +85,15 @@ class BlobReader(ClosingStream):
         release: Callable[[], None],
         chunk_size: int | Callable[[], int] = READ_CHUNK,
     ) -> None:
+        super().__init__(fd, release, chunk_size)
         self.size = size
         self.start = start
         self.stop = stop
-        self._fd = fd
-        self._chunk_size = chunk_size
-        self._finalizer = weakref.finalize(self, _release, fd, release)
 
     @property
     def length(self) -> int:
         """Number of bytes this reader yields (the response's Content-Length)."""
         return self.stop - self.start
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
-
-    def close(self) -> None:
-        """Close the file and unpin the blob; idempotent."""
-        self._finalizer()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
@@ -90,8 +102,7 @@ class BlobReader(ClosingStream):
         try:
             pos = self.start
             while pos < self.stop and not self.closed:
-                want = min(chunk_of(self._chunk_size), self.stop - pos)
-                data = await asyncio.to_thread(os.pread, self._fd, want, pos)
+                data = await self._read(pos, self.stop - pos)
                 if not data:
                     raise OSError(f"blob file ended at {pos} of {self.stop} bytes")
                 pos += len(data)
@@ -101,7 +112,5 @@ class BlobReader(ClosingStream):
 
 
 def _release(fd: int, release: Callable[[], None]) -> None:
-    try:
-        os.close(fd)
-    finally:
-        release()
+    close_off_loop(fd)  # the last descriptor of a file already removed frees its blocks
+    release()

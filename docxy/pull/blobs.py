@@ -22,14 +22,13 @@ quota.
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import partial
 from typing import NoReturn
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import CacheUnwritable, FetchFailed, FillAborted, NoRoom
-from docxy.cache.fill import BlobFollower, Download, InFlight
+from docxy.cache.fill import BlobFollower, Download
 from docxy.cache.pairings import BlobPairings
 from docxy.cache.reader import BlobReader
 from docxy.cache.visibility import RepoKey, may_serve
@@ -38,6 +37,7 @@ from docxy.core.errors import UpstreamError, UpstreamUnavailable
 from docxy.core.ranges import parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
+from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.shared.tier import SharedTier
 from docxy.upstream import direct
 from docxy.upstream.client import SERVER_TROUBLE
@@ -46,13 +46,6 @@ from docxy.upstream.tokens import MirrorTokens
 UNCONFIRMED = PassThrough(
     Reason.UNCONFIRMED, "the upstream did not confirm the cached blob in this repository"
 )
-
-
-@dataclass
-class FillOrigin:
-    """Where one fill's download came from, set by its fetch before any byte is announced."""
-
-    shared: bool = False
 
 
 class BlobService:
@@ -71,8 +64,6 @@ class BlobService:
         self.tokens = tokens
         self.pairings = pairings if pairings is not None else BlobPairings(None)
         self.permits = permits or FillPermits()
-        #: The origin of each fill this service started, for the clients that follow it.
-        self._origins: weakref.WeakKeyDictionary[InFlight, FillOrigin] = weakref.WeakKeyDictionary()
 
     async def get(self, pull: Pull) -> Outcome:
         digest = pull.reference.digest
@@ -94,9 +85,8 @@ class BlobService:
             return PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
         # Starting a fill needs a permit (429 over the caps); joining one does not.
         release = None if self.store.filling(digest) else self.permits.acquire()
-        origin = FillOrigin()
         try:
-            stream = await self.store.fill(digest, partial(self._permitted, pull, release, origin))
+            stream = await self.store.fill(digest, partial(self._permitted, pull, release))
         except (CacheUnwritable, NoRoom) as exc:
             if release is not None:
                 release()
@@ -104,8 +94,6 @@ class BlobService:
             return PassThrough(Reason.CACHE_FULL if full else Reason.CACHE_UNWRITABLE, str(exc))
         if isinstance(stream, BlobReader) and release is not None:
             release()  # committed while we looked: no fetch of ours
-        if isinstance(stream, BlobFollower):  # our fill's origin; a joined fill's is known
-            self._origins.setdefault(stream.fill, origin)
         return await self._follow(pull, digest, stream)
 
     async def _follow(
@@ -118,7 +106,8 @@ class BlobService:
                 source = Source.HIT
             else:
                 size = await stream.size()  # our own fetch has confirmed the pairing by now
-                source = Source.SHARED if self._from_shared(stream) else Source.MISS
+                # The fill's download has begun by now: where from is known to all it serves.
+                source = Source.SHARED if stream.fill.origin == SHARED_ORIGIN else Source.MISS
             held = await self._held(pull, digest)
         except NoRoom as exc:  # before a byte was sent: the blob does not fit under the cap
             stream.close()
@@ -137,12 +126,6 @@ class BlobService:
         if source is not Source.SHARED and held is not Source.HIT:
             source = held  # confirmed upstream just now (a fill from the bucket says so first)
         return Served(source, BlobContent(digest, size, stream))
-
-    def _from_shared(self, follower: BlobFollower) -> bool:
-        """Whether the fill ``follower`` streams reads the shared bucket (known once it has
-        announced its size: its fetch has returned by then)."""
-        origin = self._origins.get(follower.fill)
-        return origin is not None and origin.shared
 
     async def _held(self, pull: Pull, digest: Digest) -> Source | PassThrough:
         """Whether the pull's repository holds ``digest``: known (HIT), or confirmed upstream
@@ -172,31 +155,26 @@ class BlobService:
                 return Source.REVALIDATED
         return UNCONFIRMED
 
-    async def _permitted(self, pull: Pull, release: Release | None, origin: FillOrigin) -> Download:
+    async def _permitted(self, pull: Pull, release: Release | None) -> Download:
         """:meth:`_fetch`, giving the fill's permit back when the download is closed."""
         if release is None:
-            return await self._fetch(pull, origin)
+            return await self._fetch(pull)
         try:
-            download = await self._fetch(pull, origin)
+            download = await self._fetch(pull)
         except BaseException:
             release()
             raise
-        return Download(
-            download.size,
-            download.chunks,
-            released_after(download.close, release),
-            body=download.body,
-        )
+        return replace(download, close=released_after(download.close, release))
 
-    async def _fetch(self, pull: Pull, origin: FillOrigin) -> Download:
-        """A fill's download: from the shared tier when it has the blob (``origin`` says so),
-        else upstream (and then offered to the shared tier once the fill is done)."""
+    async def _fetch(self, pull: Pull) -> Download:
+        """A fill's download: from the shared tier when it has the blob (its ``origin`` says
+        so, to every client of the fill), else upstream (and then offered to the shared tier
+        once the fill is done)."""
         digest = pull.reference.digest
         if self.shared is None or digest is None:
             return await self._fetch_upstream(pull)
         download = await self.shared.download(digest)
         if download is not None:
-            origin.shared = True
             return download
         download = await self._fetch_upstream(pull)
         shared = self.shared
@@ -205,7 +183,7 @@ class BlobService:
             await download.close()
             shared.filled(digest)
 
-        return Download(download.size, download.chunks, close, body=download.body)
+        return replace(download, close=close)
 
     async def _fetch_upstream(self, pull: Pull) -> Download:
         """The upstream half of a fill: a GET with the mirror's own token.

@@ -2,9 +2,10 @@
 
 - :meth:`SharedTier.download` is tried by a fill before the upstream: the object's bytes go
   through the same fill as an upstream's (digest and length verified before the commit, so a
-  corrupt object is never served whole). A fill from an object that does not commit is
-  reported once, and the blob is marked bad here: this replica fetches it upstream from then
-  on and overwrites the object with its verified copy.
+  corrupt object is never served whole). A fill whose object does not match its digest or
+  length is reported once, and the blob is marked bad here: this replica fetches it upstream
+  from then on and overwrites the object with its verified copy. A good object the fill could
+  not keep (a full local disk, no room) is not the object's fault, and stays trusted.
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
@@ -41,6 +42,8 @@ SHARED_CONNECT = 3.0
 SHARED_READ = 15.0
 #: Blobs remembered as bad in the object store (read from upstream, overwritten on upload).
 MAX_BAD = 4096
+#: The ``origin`` of a fill from the object store (``Download.origin``).
+ORIGIN = "shared"
 
 
 @dataclass
@@ -84,15 +87,23 @@ class SharedTier:
             return None
         self.counts.hits += 1
         length = answer.headers.get("content-length", "")
-        body = _ObjectBody(answer)
-
-        async def close() -> None:
-            await answer.aclose()
-            if body.read_all and not self.blobs.holds(digest):
-                self._corrupt(digest)
-
         log.info("blob %s: filling from the shared store", digest)
-        return Download(int(length) if length.isdigit() else None, body.chunks(self), close)
+        return Download(
+            int(length) if length.isdigit() else None,
+            self._chunks(answer),
+            answer.aclose,
+            mismatch=lambda _: self._corrupt(digest),
+            origin=ORIGIN,
+        )
+
+    async def _chunks(self, answer: httpx.Response) -> AsyncIterator[bytes]:
+        """An object's body as a fill reads it; a body that breaks off is the store's trouble."""
+        try:
+            async for chunk in answer.aiter_bytes():
+                yield chunk
+        except httpx.HTTPError as exc:
+            self._trouble(ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}"))
+            raise
 
     def _corrupt(self, digest: Digest) -> None:
         self.counts.corrupt += 1
@@ -168,23 +179,6 @@ class SharedTier:
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,
         }
-
-
-class _ObjectBody:
-    """An object's body as a fill reads it; remembers whether it was read to its end."""
-
-    def __init__(self, answer: httpx.Response) -> None:
-        self.answer = answer
-        self.read_all = False
-
-    async def chunks(self, tier: SharedTier) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.answer.aiter_bytes():
-                yield chunk
-        except httpx.HTTPError as exc:
-            tier._trouble(ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}"))
-            raise
-        self.read_all = True
 
 
 def open_tier(config: SharedConfig, blobs: DiskBlobStore, http: httpx.AsyncClient) -> SharedTier:
