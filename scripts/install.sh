@@ -506,7 +506,7 @@ write_env() {
   render_env >"$new"
   if [[ -e "$ENV_FILE" ]] && cmp -s -- "$new" "$ENV_FILE"; then
     rm -f -- "$new"
-    if [[ "$(stat -c %a -- "$ENV_FILE")" != 600 ]]; then
+    if [[ "$(stat -L -c %a -- "$ENV_FILE")" != 600 ]]; then
       act chmod 600 "$ENV_FILE"
     fi
     say "  $ENV_FILE: unchanged"
@@ -520,14 +520,22 @@ write_env() {
     rm -f -- "$new"
     return
   fi
-  mkdir -p -- "$(dirname -- "$ENV_FILE")"
-  local staged
-  staged="$(mktemp "$(dirname -- "$ENV_FILE")/.env.XXXXXX")"
+  # A .env linked in from elsewhere (a config repository): that file is replaced, the link stays.
+  local target="$ENV_FILE" staged
+  if [[ -L "$ENV_FILE" ]]; then
+    target="$(readlink -f -- "$ENV_FILE")" || die "$ENV_FILE is a link that leads nowhere"
+  fi
+  mkdir -p -- "$(dirname -- "$target")"
+  staged="$(mktemp "$(dirname -- "$target")/.env.XXXXXX")"
   cat -- "$new" >"$staged"
   rm -f -- "$new"
   chmod 600 -- "$staged"
-  mv -f -- "$staged" "$ENV_FILE"
-  say "  wrote $ENV_FILE (mode 600)"
+  mv -f -- "$staged" "$target"
+  if [[ "$target" == "$ENV_FILE" ]]; then
+    say "  wrote $ENV_FILE (mode 600)"
+  else
+    say "  wrote $target (mode 600), which $ENV_FILE links to"
+  fi
 }
 
 # --- the project --------------------------------------------------------------------------------

@@ -695,6 +695,31 @@ def test_configure_local_docker(box: ScriptBox, resolver: Resolver) -> None:
     assert f'"https://{DOMAIN}"' in box.path("/etc/docker/daemon.json").read_text()
 
 
+def test_symlinked_daemon_json_and_env_are_edited_through_their_links(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """daemon.json and .env kept in a config repository and linked into place: the files they
+    point at are written, the links stay."""
+    repo = box.base / "config-repo"
+    repo.mkdir()
+    (repo / "daemon.json").write_text('{"debug": true}\n')
+    (repo / "docxy.env").write_text("DOCXY_LOG_LEVEL=DEBUG\n")
+    box.path("/etc/docker").mkdir(parents=True)
+    box.path("/etc/docker/daemon.json").symlink_to(repo / "daemon.json")
+    env_file(box).symlink_to(repo / "docxy.env")
+
+    result = install(box, resolver, "--configure-local-docker")
+
+    assert result.returncode == 0, output(result)
+    assert box.path("/etc/docker/daemon.json").is_symlink()
+    assert f'"https://{DOMAIN}"' in (repo / "daemon.json").read_text()
+    assert env_file(box).is_symlink()
+    written = (repo / "docxy.env").read_text().splitlines()
+    assert f"DOCXY_DOMAIN={DOMAIN}" in written and "DOCXY_LOG_LEVEL=DEBUG" in written
+    assert (repo / "docxy.env").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in repo.iterdir()) == ["daemon.json", "docxy.env"]
+
+
 def test_a_rerun_that_puts_the_mirror_back_in_daemon_json_does_not_say_nothing_changed(
     box: ScriptBox, resolver: Resolver
 ) -> None:
