@@ -570,40 +570,113 @@ dir_is_empty() {
   [[ -z "$entries" ]]
 }
 
+# An update keeps the project it replaces beside $DIR until the new one has answered on
+# /health; if the update fails before that, the EXIT trap puts it back (roll_back).
+PREVIOUS=""
+UP_TRIED=0
+
+previous_dir() { printf '%s/.%s.previous' "$(dirname -- "$DIR")" "$(basename -- "$DIR")"; }
+
 get_project() {
   if [[ "$DIR" == "$CLONE" ]]; then
     say "  using the clone at $DIR"
     return
   fi
+  if [[ ! -e "$DIR" && -f "$(previous_dir)/compose.yaml" ]] && ((!DRY_RUN)); then
+    say "  an interrupted update left the project at $(previous_dir): putting it back"
+    mv -- "$(previous_dir)" "$DIR"
+  fi
   if [[ -f "$DIR/compose.yaml" ]] && ((!UPDATE)); then
     say "  using the project at $DIR (--update fetches it again)"
     return
+  fi
+  # Only an earlier copy of the project is replaced, never some other directory.
+  if [[ -e "$DIR" ]] && [[ ! -f "$DIR/compose.yaml" ]] && ! dir_is_empty "$DIR"; then
+    die "$DIR exists and is not a Docxy project: pick another --dir"
   fi
   CHANGES=$((CHANGES + 1))
   if ((DRY_RUN)); then
     say "  would fetch $SOURCE_URL into $DIR"
     return
   fi
-  local scratch
-  scratch="$(mktemp -d)"
-  say "  fetching $SOURCE_URL"
-  curl -fsSL --retry 3 -o "$scratch/source.tar.gz" "$SOURCE_URL" ||
-    die "could not fetch $SOURCE_URL (set DOCXY_SOURCE_URL to the project's .tar.gz)"
-  mkdir -p -- "$scratch/tree"
-  tar -xzf "$scratch/source.tar.gz" -C "$scratch/tree" --strip-components=1 ||
-    die "$SOURCE_URL is not a .tar.gz of the project"
-  [[ -f "$scratch/tree/compose.yaml" ]] || die "$SOURCE_URL holds no compose.yaml"
+  local scratch staged unchanged=""
+  [[ -f "$DIR/compose.yaml" ]] && unchanged=" ($DIR is unchanged)"
   mkdir -p -- "$(dirname -- "$DIR")"
-  if [[ -e "$DIR" ]]; then
-    # Only an earlier copy of the project is replaced, never some other directory.
-    [[ -f "$DIR/compose.yaml" ]] || dir_is_empty "$DIR" ||
-      die "$DIR exists and is not a Docxy project: pick another --dir"
-    [[ -f "$DIR/.env" ]] && cp -p -- "$DIR/.env" "$scratch/tree/.env"
-    rm -rf -- "$DIR"
+  # Unpacked beside $DIR, on its file system: a full disk stops the update here, before the
+  # project is touched, and putting the new tree in place is a rename.
+  scratch="$(mktemp -d)"
+  staged="$(mktemp -d "$(dirname -- "$DIR")/.$(basename -- "$DIR").new-XXXXXX")"
+  say "  fetching $SOURCE_URL"
+  if ! curl -fsSL --retry 3 -o "$scratch/source.tar.gz" "$SOURCE_URL"; then
+    rm -rf -- "$scratch" "$staged"
+    die "could not fetch $SOURCE_URL (set DOCXY_SOURCE_URL to the project's .tar.gz)$unchanged"
   fi
-  mv -- "$scratch/tree" "$DIR"
+  if ! tar -xzf "$scratch/source.tar.gz" -C "$staged" --strip-components=1; then
+    rm -rf -- "$scratch" "$staged"
+    die "could not unpack $SOURCE_URL (not a .tar.gz of the project, or the disk is full)$unchanged"
+  fi
   rm -rf -- "$scratch"
-  say "  unpacked into $DIR"
+  if [[ ! -f "$staged/compose.yaml" ]]; then
+    rm -rf -- "$staged"
+    die "$SOURCE_URL holds no compose.yaml$unchanged"
+  fi
+  chmod 755 -- "$staged"
+  # .env as it is: a link into a config repository stays a link.
+  if [[ -e "$DIR/.env" || -L "$DIR/.env" ]] && ! cp -pP -- "$DIR/.env" "$staged/.env"; then
+    rm -rf -- "$staged"
+    die "could not copy $DIR/.env into the new project$unchanged"
+  fi
+  if [[ -f "$DIR/compose.yaml" ]]; then
+    PREVIOUS="$(previous_dir)"
+    rm -rf -- "$PREVIOUS" # left by an update that was stopped before it cleaned up
+    if ! mv -- "$DIR" "$PREVIOUS"; then
+      PREVIOUS=""
+      rm -rf -- "$staged"
+      die "could not move $DIR aside$unchanged"
+    fi
+  elif [[ -e "$DIR" ]]; then
+    rmdir -- "$DIR"
+  fi
+  if ! mv -- "$staged" "$DIR"; then
+    rm -rf -- "$staged"
+    die "could not put the new project in place at $DIR"
+  fi
+  say "  unpacked into $DIR${PREVIOUS:+ (the previous project kept at $PREVIOUS until the new one answers)}"
+}
+
+# roll_back: an update failed after its new project went in place: the previous one goes back,
+# and back up if the new one had been started.
+roll_back() {
+  warn "the update failed: putting the previous project back in $DIR"
+  if ! rm -rf -- "$DIR" || ! mv -- "$PREVIOUS" "$DIR"; then
+    warn "could not: the previous project is at $PREVIOUS; move it back to $DIR by hand"
+    return
+  fi
+  PREVIOUS=""
+  if ((!UP_TRIED)); then
+    warn "the previous project is back as it was; the running mirror was not touched"
+    return
+  fi
+  warn "bringing the previous version up again"
+  if compose up -d --build >&2; then
+    warn "the previous version is running again (check https://$DOMAIN/health)"
+  else
+    warn "the previous version did not come back up either: see the messages above"
+  fi
+}
+
+# The update is done: the new project answered.
+drop_previous() {
+  [[ -n "$PREVIOUS" ]] || return 0
+  rm -rf -- "$PREVIOUS"
+  PREVIOUS=""
+  say "  removed the previous project"
+}
+
+on_exit() {
+  local status=$?
+  if [[ -n "$PREVIOUS" ]] && ((status != 0)); then roll_back; fi
+  return "$status"
 }
 
 # --- Docker -------------------------------------------------------------------------------------
@@ -697,6 +770,7 @@ bring_up() {
     return
   fi
   say "  building and starting (the first build takes a few minutes)"
+  UP_TRIED=1
   compose up -d --build
 }
 
@@ -803,6 +877,9 @@ uninstall() {
 # --- main ---------------------------------------------------------------------------------------
 
 main() {
+  trap on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   parse_args "$@"
   settle_dir
   ((DRY_RUN)) && say "Dry run: nothing is changed."
@@ -826,6 +903,7 @@ main() {
     write_env
     bring_up
     wait_for_health
+    drop_previous
     if ((LOCAL_DOCKER)); then
       step "This host's own dockerd"
       configure_local_docker

@@ -8,12 +8,13 @@ would. Public-address discovery goes to stand-in services; nothing leaves the ma
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -803,6 +804,91 @@ def test_piped_install_never_replaces_a_directory_that_is_not_docxy(
     assert result.returncode == 1, output(result)
     assert "is not a Docxy project" in result.stderr
     assert (precious / "keep.txt").read_text() == "mine"
+
+
+def piped_update_setup(box: ScriptBox, resolver: Resolver) -> tuple[list[str], Path, str]:
+    """A piped install of version 1 into /opt/docxy, running; returns the arguments of an
+    update to version 2, the project directory and version 1's compose.yaml."""
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    clone = box.base / "clone"
+    first = box.run("", *args, env={"DOCXY_SOURCE_URL": source_tarball(box)}, stdin=script(box))
+    assert first.returncode == 0, output(first)
+    project = box.path("/opt/docxy")
+    old = (project / "compose.yaml").read_text()
+    with (clone / "compose.yaml").open("a") as compose:
+        compose.write("# version 2\n")
+    stack_is_running(box)
+    box.forget_calls()
+    return [*args, "--update", "--source-url", source_tarball(box)], project, old
+
+
+def script(box: ScriptBox) -> str:
+    return clone_script(box).read_text()
+
+
+def sibling_leftovers(project: Path) -> list[str]:
+    return sorted(p.name for p in project.parent.iterdir() if p != project)
+
+
+def test_an_update_that_cannot_put_the_new_project_in_place_keeps_the_old_one(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The new tree's move into /opt/docxy fails (a full disk while copying it across file
+    systems): the working install must still be there."""
+    args, project, old = piped_update_setup(box, resolver)
+    mv = shutil.which("mv") or "/usr/bin/mv"
+    box.without("mv")
+    box.stand_in(
+        "mv",
+        Rule(rf"^(-f )?-- (?!\S*previous)\S+ {re.escape(str(project))}$", rc=1,
+             stderr="mv: write error: No space left on device\n"),
+        Rule(r".", passthrough=mv),
+    )  # fmt: skip
+
+    result = box.run("", *args, stdin=script(box))
+
+    assert result.returncode == 1, output(result)
+    assert (project / "compose.yaml").read_text() == old, output(result)
+    assert (project / ".env").read_text().startswith("# Written by Docxy"), output(result)
+    assert "putting the previous project back" in result.stderr, output(result)
+    assert "the running mirror was not touched" in result.stderr
+    assert sibling_leftovers(project) == []
+    assert not box.called(r"compose .* up ")
+
+
+@pytest.mark.parametrize("failure", ["build", "health"])
+def test_an_update_that_fails_puts_the_previous_project_back_and_up(
+    box: ScriptBox, resolver: Resolver, failure: str
+) -> None:
+    args, project, old = piped_update_setup(box, resolver)
+    docker = [
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^ps ", stdout="3f2a1b\n"),
+        Rule(r"^(volume|image) inspect"),
+    ]
+    if failure == "build":  # only the first build fails: bringing version 1 back up works
+        rules = box.bin / ".rules"
+        (rules / "docker-after.json").write_text(json.dumps([asdict(r) for r in docker]))
+        swap = 'cp "$STANDINS/.rules/docker-after.json" "$STANDINS/.rules/docker.json"'
+        docker.insert(0, Rule(r"up -d --build$", rc=17, stderr="no space left\n", effect=swap))
+    box.stand_in("docker", *docker)
+    if failure == "health":
+        box.stand_in(
+            "curl",
+            Rule(r"file://", passthrough=shutil.which("curl") or "/usr/bin/curl"),
+            Rule(r"/health", rc=22, stderr="curl: (22) The requested URL returned error: 502\n"),
+        )
+
+    result = box.run("", *args, stdin=script(box))
+
+    assert result.returncode != 0, output(result)
+    assert (project / "compose.yaml").read_text() == old, output(result)
+    assert (project / ".env").read_text().startswith("# Written by Docxy")
+    assert "putting the previous project back" in result.stderr, output(result)
+    ups = [c for c in box.calls("docker") if c.argv[-2:] == ["-d", "--build"]]
+    assert len(ups) == 2, "the new version tried, then the previous one brought up again"
+    assert sibling_leftovers(project) == []
 
 
 # --- uninstall ----------------------------------------------------------------------------------
