@@ -420,13 +420,45 @@ dns_problem() {
 
 # --- settings and .env --------------------------------------------------------------------------
 
+# env_assignment KEY: a regex for the lines of .env that set KEY, as docker compose reads them
+# (Compose 1.29's python-dotenv and v2's compose-go agree): `KEY=...`, `export KEY=...`, with
+# spaces before the key and around the `=`.
+env_assignment() { printf '^[[:space:]]*(export[[:space:]]+)?%s[[:space:]]*=' "$1"; }
+
+# env_value KEY: KEY's value in .env as docker compose reads it; the last line setting it wins.
+# 'single quotes' are taken as written; in "double quotes" \" and \\ stand for " and \; an
+# unquoted value ends before a ` #` comment, and surrounding spaces are not part of it.
 env_value() {
-  local line
+  local line value out="" i char
   [[ -r "$ENV_FILE" ]] || return 0
-  line="$(grep -E "^$1=" -- "$ENV_FILE" | tail -n 1)" || true
-  line="${line#*=}"
-  if [[ "$line" == \'*\' ]]; then line="${line#\'}"; line="${line%\'}"; fi
-  printf '%s' "$line"
+  line="$(grep -E "$(env_assignment "$1")" -- "$ENV_FILE" | tail -n 1)" || true
+  [[ -n "$line" ]] || return 0
+  value="${line#*=}"
+  value="${value%$'\r'}"
+  value="${value#"${value%%[![:space:]]*}"}"
+  case "$value" in
+    \'*)
+      value="${value#\'}"
+      out="${value%%\'*}"
+      ;;
+    \"*)
+      for ((i = 1; i < ${#value}; i++)); do
+        char="${value:i:1}"
+        if [[ "$char" == '"' ]]; then
+          break
+        elif [[ "$char" == "\\" && ("${value:i+1:1}" == '"' || "${value:i+1:1}" == "\\") ]]; then
+          i=$((i + 1))
+          char="${value:i:1}"
+        fi
+        out+="$char"
+      done
+      ;;
+    *)
+      out="${value%%[[:space:]]#*}"
+      out="${out%"${out##*[![:space:]]}"}"
+      ;;
+  esac
+  printf '%s' "$out"
 }
 
 PROMPT_FD=""
@@ -493,7 +525,10 @@ render_env() {
     say "DOCXY_UPSTREAM_PASSWORD='$UPSTREAM_PASSWORD'"
   fi
   if [[ -r "$ENV_FILE" ]]; then
-    grep -vE "^(# Written by Docxy|DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)=)" -- "$ENV_FILE" || true
+    # Ours in every spelling compose reads (`export`, spaces): a stale one must not stay behind.
+    grep -vE -e "^# Written by Docxy" \
+      -e "$(env_assignment "DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)")" \
+      -- "$ENV_FILE" || true
   fi
 }
 

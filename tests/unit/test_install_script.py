@@ -9,6 +9,7 @@ would. Public-address discovery goes to stand-in services; nothing leaves the ma
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -269,6 +270,64 @@ def test_an_account_passed_on_by_env_file_is_not_warned_about(
 
     assert result.returncode == 0, output(result)
     assert "pulls anonymously" not in result.stderr, output(result)
+
+
+# .env lines as docker compose writes and reads them: each gives DOCXY_DOMAIN=mirror.test
+# and DOCXY_CACHE_MAX_SIZE=2G (Compose 1.29's python-dotenv and v2's compose-go agree on these).
+ENV_SPELLINGS = {
+    "double quotes": 'DOCXY_DOMAIN="mirror.test"\nDOCXY_CACHE_MAX_SIZE="2G"\n',
+    "single quotes": "DOCXY_DOMAIN='mirror.test'\nDOCXY_CACHE_MAX_SIZE='2G'\n",
+    "export": 'export DOCXY_DOMAIN=mirror.test\nexport DOCXY_CACHE_MAX_SIZE="2G"\n',
+    "comments": (
+        "# the mirror\n\nDOCXY_DOMAIN=mirror.test # ours\nDOCXY_CACHE_MAX_SIZE='2G'  # cap\n"
+    ),
+    "spaces": "  DOCXY_DOMAIN = mirror.test  \nDOCXY_CACHE_MAX_SIZE= 2G\n",
+    "last wins": 'DOCXY_DOMAIN=old.test\nDOCXY_DOMAIN="mirror.test"\nDOCXY_CACHE_MAX_SIZE=2G\r\n',
+}
+
+
+def compose_reads(tmp_path: Path, env_text: str) -> dict[str, str]:
+    """What docker-compose (bookworm's 1.29) substitutes from `env_text` as its .env."""
+    need_binary("docker-compose")
+    project = tmp_path / "compose-oracle"
+    project.mkdir()
+    (project / ".env").write_text(env_text)
+    (project / "compose.yaml").write_text(
+        "services:\n  x:\n    image: busybox\n    environment:\n"
+        "      DOMAIN: ${DOCXY_DOMAIN}\n      SIZE: ${DOCXY_CACHE_MAX_SIZE}\n"
+    )
+    shown = subprocess.run(
+        ["docker-compose", "--project-directory", str(project), "-f", "compose.yaml", "config"],
+        cwd=project, capture_output=True, text=True, timeout=60, check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")},
+    ).stdout  # fmt: skip
+    found = dict(re.findall(r"^\s+(DOMAIN|SIZE): (.*)$", shown, re.M))
+    return {k: v.strip("'\"") for k, v in found.items()}
+
+
+@pytest.mark.parametrize("spelling", list(ENV_SPELLINGS))
+def test_env_is_read_as_docker_compose_reads_it(
+    box: ScriptBox, resolver: Resolver, tmp_path: Path, spelling: str
+) -> None:
+    """A .env in any of these spellings gives install.sh the values compose gives the
+    container, and a rerun writes them back in its own plain form, the old lines gone."""
+    text = ENV_SPELLINGS[spelling]
+    assert compose_reads(tmp_path, text) == {"DOMAIN": DOMAIN, "SIZE": "2G"}
+    env_file(box).write_text(text + "DOCXY_LOG_LEVEL=DEBUG\n")
+    args = ["--root", str(box.root), "--email", EMAIL, "--public-ip", OURS]
+    args += ["--dns-server", resolver.address, "--health-timeout", "0", "--yes"]
+
+    result = box.run(clone_script(box), *args)
+
+    assert result.returncode == 0, output(result)
+    lines = env_file(box).read_text().splitlines()
+    assert lines[1:4] == [
+        f"DOCXY_DOMAIN={DOMAIN}",
+        f"DOCXY_EMAIL={EMAIL}",
+        "DOCXY_CACHE_MAX_SIZE=2G",
+    ]
+    assert [line for line in lines if "DOCXY_DOMAIN" in line or "CACHE_MAX" in line] == lines[1:4:2]
+    assert "DOCXY_LOG_LEVEL=DEBUG" in lines
 
 
 def test_missing_settings_are_prompted_for_with_the_password_unechoed(
