@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install Docxy on a fresh Debian or Ubuntu VPS: a Docker Hub mirror with Let's Encrypt HTTPS.
 #
-#   sudo ./scripts/install.sh --domain mirror.example.com --email you@example.com
-#   curl -fsSL <this script's URL> | sudo bash -s -- --domain mirror.example.com --email you@...
+#   sudo ./scripts/install.sh --domain mirror.example.com [--email you@example.com]
+#   curl -fsSL <this script's URL> | sudo bash -s -- --domain mirror.example.com
 #
 # Checks first, changes after: root, OS and architecture, ports 80/443, disk space, and that the
 # domain's A/AAAA records are this host's public addresses (Let's Encrypt would fail otherwise,
@@ -28,11 +28,12 @@ HEADROOM_KIB=$((2 * 1024 * 1024)) # the image and some slack, beside the cache
 
 usage() {
   cat <<EOF
-usage: $PROG --domain NAME --email ADDRESS [options]
+usage: $PROG --domain NAME [--email ADDRESS] [options]
        $PROG --uninstall [--purge]
 
   --domain NAME             the mirror's DNS name (its A/AAAA records point at this host)
-  --email ADDRESS           for Let's Encrypt notices
+  --email ADDRESS           the ACME account's contact (optional: Let's Encrypt sends no
+                            expiry mail since 2025; the mirror renews and reports by itself)
   --cache-size SIZE         cache cap, e.g. 20G (default: 20G, or what .env says)
   --upstream-user NAME      a Docker Hub account for the mirror's own pulls; the password is
                             read without echo (or from DOCXY_UPSTREAM_PASSWORD)
@@ -170,7 +171,7 @@ manual_steps() {
 Manual steps on another system:
   1. Install Docker Engine and Compose: https://docs.docker.com/engine/install/
   2. Get the project (git clone, or unpack its tarball) and cd into it.
-  3. Write .env (chmod 600) with DOCXY_DOMAIN=... and DOCXY_EMAIL=... (DOCXY_CACHE_MAX_SIZE=20G)
+  3. Write .env (chmod 600) with DOCXY_DOMAIN=... (DOCXY_EMAIL=... optional, DOCXY_CACHE_MAX_SIZE=20G)
   4. docker compose up -d --build   and check   curl https://DOMAIN/health
 EOF
 }
@@ -461,6 +462,9 @@ env_value() {
   printf '%s' "$out"
 }
 
+# env_sets KEY: .env has a line setting KEY (perhaps to nothing).
+env_sets() { [[ -r "$ENV_FILE" ]] && grep -qE "$(env_assignment "$1")" -- "$ENV_FILE"; }
+
 PROMPT_FD=""
 
 # can_prompt: is there a terminal (or DOCXY_PROMPT_INPUT) to ask on? Opened once, as fd 3.
@@ -491,13 +495,15 @@ settle_settings() {
   CACHE_SIZE="${CACHE_SIZE:-20G}"
   UPSTREAM_USER="${UPSTREAM_USER:-$(env_value DOCXY_UPSTREAM_USERNAME)}"
   if [[ -z "$DOMAIN" ]] && can_prompt; then ask DOMAIN "The mirror's domain name (e.g. mirror.example.com):"; fi
-  if [[ -z "$EMAIL" ]] && can_prompt; then ask EMAIL "Email for Let's Encrypt notices:"; fi
+  # Optional: asked once; an empty DOCXY_EMAIL= in .env is the answer "none".
+  if [[ -z "$EMAIL" ]] && ! env_sets DOCXY_EMAIL && can_prompt; then
+    ask EMAIL "Email for the Let's Encrypt account (optional; Enter for none):"
+  fi
   [[ -n "$DOMAIN" ]] || die "--domain is required" 2
-  [[ -n "$EMAIL" ]] || die "--email is required" 2
   DOMAIN="$(printf '%s' "$DOMAIN" | tr '[:upper:]' '[:lower:]')"
   [[ "$DOMAIN" =~ ^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$ ]] ||
     die "--domain '$DOMAIN' is not a DNS name" 2
-  [[ "$EMAIL" =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
+  [[ -z "$EMAIL" || "$EMAIL" =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
     die "--email '$EMAIL' is not an email address" 2
   # As the mirror reads it (20G, 512MiB, 1TB; binary units), less the fractions; never 0.
   [[ "$CACHE_SIZE" =~ ^[1-9][0-9]*([KkMmGgTt]([Ii]?[Bb])?)?$ ]] ||

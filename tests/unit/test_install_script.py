@@ -369,6 +369,25 @@ def test_bad_settings_stop_before_any_change(
     assert not box.called(r"^(apt-get|systemctl|docker compose)")
 
 
+def test_the_email_is_optional_and_asked_for_once(box: ScriptBox, resolver: Resolver) -> None:
+    """No --email: the ACME account goes without a contact (the appliance registers without
+    one). Asked on a terminal, an empty answer is kept as DOCXY_EMAIL= and not asked again."""
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--public-ip", OURS]
+    args += ["--dns-server", resolver.address, "--health-timeout", "0"]
+    answers = box.base / "answers"
+    answers.write_text("\n")
+
+    first = box.run(clone_script(box), *args, env={"DOCXY_PROMPT_INPUT": str(answers)})
+
+    assert first.returncode == 0, output(first)
+    assert "Email for the Let's Encrypt account (optional" in first.stderr
+    assert "DOCXY_EMAIL=" in env_file(box).read_text().splitlines()
+    answers.write_text("")
+    again = box.run(clone_script(box), *args, env={"DOCXY_PROMPT_INPUT": str(answers)})
+    assert again.returncode == 0, output(again)
+    assert "Email for" not in again.stderr
+
+
 def test_help_and_the_readme_name_the_same_options(tmp_path: Path) -> None:
     """What --help offers is in README's "Install on a VPS", and the other way round; and
     --purge says it deletes a fetched project directory, as the README does."""
