@@ -969,6 +969,24 @@ def test_an_update_that_fails_puts_the_previous_project_back_and_up(
     assert sibling_leftovers(project) == []
 
 
+def test_a_project_left_aside_by_an_interrupted_update_is_put_back(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Killed between its two renames, an update leaves the project only at .docxy.previous:
+    the next run puts it back instead of fetching a new one into an empty place."""
+    args, project, old = piped_update_setup(box, resolver)
+    project.rename(project.parent / ".docxy.previous")
+    rerun = [a for a in args if a != "--update"]
+
+    result = box.run("", *rerun, stdin=script(box))
+
+    assert result.returncode == 0, output(result)
+    assert "an interrupted update left the project" in result.stdout
+    assert (project / "compose.yaml").read_text() == old
+    assert not box.called("file://"), "nothing fetched"
+    assert sibling_leftovers(project) == []
+
+
 # --- uninstall ----------------------------------------------------------------------------------
 
 
