@@ -102,8 +102,8 @@ class Renewer(Runs):
     def _obtain_or_renew(self) -> None:
         s, live = self.settings, self.live_dir
         if live is not None and not (live / "fullchain.pem").exists():
-            if not s.email or not s.webroot:
-                raise ValueError("certs.email and certs.webroot are needed to obtain a certificate")
+            if not s.webroot:
+                raise ValueError("certs.webroot is needed to obtain a certificate")
             if s.wait_for_mirror:
                 wait_for(s.wait_for_mirror, MIRROR_WAIT)
             certs.obtain(

@@ -180,11 +180,12 @@ backup_file() {
   say "  backed up the old file to $backup"
 }
 
-# install_file TARGET NEWFILE MODE: back TARGET up (if it exists), then rename NEWFILE over it.
+# install_file TARGET NEWFILE MODE [BACKUP_AT]: back TARGET up (if it exists; beside BACKUP_AT
+# when given), then rename NEWFILE over it.
 install_file() {
   local target="$1" new="$2" mode="$3"
   if [[ -e "$target" ]]; then
-    backup_file "$target"
+    backup_file "${4:-$target}"
     chmod --reference="$target" -- "$new"
     chown --reference="$target" -- "$new" 2>/dev/null || true
   else
@@ -193,10 +194,25 @@ install_file() {
   mv -f -- "$new" "$target"
 }
 
-# place_file TARGET CONTENT MODE: put the file CONTENT at TARGET, atomically: copied to a
-# temporary file beside TARGET (same file system), then renamed over it. CONTENT is removed.
+# real_target PATH: PATH, or the file it links to (some hosts keep daemon.json in a config
+# repository and link it into /etc/docker): that file is replaced, the link stays.
+real_target() {
+  local real
+  if [[ ! -L "$1" ]]; then
+    printf '%s' "$1"
+    return
+  fi
+  real="$(readlink -f -- "$1")" || die "$1 is a link that leads nowhere (a loop?): fix it first"
+  printf '%s' "$real"
+}
+
+# place_file TARGET CONTENT MODE: put the file CONTENT at TARGET (or the file TARGET links to),
+# atomically: copied to a temporary file beside it (same file system), then renamed over it.
+# The backup goes beside TARGET. CONTENT is removed.
 place_file() {
-  local target="$1" content="$2" mode="$3" dir staged
+  local link="$1" content="$2" mode="$3" target dir staged
+  target="$(real_target "$link")"
+  [[ "$target" == "$link" ]] || say "  $link links to $target: writing that file"
   dir="$(dirname -- "$target")"
   if [[ ! -d "$dir" ]]; then
     mkdir -p -- "$dir"
@@ -205,7 +221,7 @@ place_file() {
   staged="$(mktemp "$dir/.$(basename -- "$target").XXXXXX")"
   cat -- "$content" >"$staged"
   rm -f -- "$content"
-  install_file "$target" "$staged" "$mode"
+  install_file "$target" "$staged" "$mode" "$link"
   CHANGES=$((CHANGES + 1))
 }
 
@@ -218,7 +234,8 @@ show_new_content() {
 # as it is when it already holds the same bytes and mode. No backup: a certificate or key is
 # not an operator's edit, and an old key should not linger in a copy.
 copy_in() {
-  local source="$1" target="$2" mode="$3" dir staged
+  local source="$1" target dir staged mode="$3"
+  target="$(real_target "$2")"
   if [[ -f "$target" ]] && cmp -s -- "$source" "$target" &&
     [[ "$(stat -c %a -- "$target")" == "${mode#0}" ]]; then
     say "  $target: unchanged"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install Docxy on a fresh Debian or Ubuntu VPS: a Docker Hub mirror with Let's Encrypt HTTPS.
 #
-#   sudo ./scripts/install.sh --domain mirror.example.com --email you@example.com
-#   curl -fsSL <this script's URL> | sudo bash -s -- --domain mirror.example.com --email you@...
+#   sudo ./scripts/install.sh --domain mirror.example.com [--email you@example.com]
+#   curl -fsSL <this script's URL> | sudo bash -s -- --domain mirror.example.com
 #
 # Checks first, changes after: root, OS and architecture, ports 80/443, disk space, and that the
 # domain's A/AAAA records are this host's public addresses (Let's Encrypt would fail otherwise,
@@ -28,11 +28,12 @@ HEADROOM_KIB=$((2 * 1024 * 1024)) # the image and some slack, beside the cache
 
 usage() {
   cat <<EOF
-usage: $PROG --domain NAME --email ADDRESS [options]
+usage: $PROG --domain NAME [--email ADDRESS] [options]
        $PROG --uninstall [--purge]
 
   --domain NAME             the mirror's DNS name (its A/AAAA records point at this host)
-  --email ADDRESS           for Let's Encrypt notices
+  --email ADDRESS           the ACME account's contact (optional: Let's Encrypt sends no
+                            expiry mail since 2025; the mirror renews and reports by itself)
   --cache-size SIZE         cache cap, e.g. 20G (default: 20G, or what .env says)
   --upstream-user NAME      a Docker Hub account for the mirror's own pulls; the password is
                             read without echo (or from DOCXY_UPSTREAM_PASSWORD)
@@ -170,7 +171,7 @@ manual_steps() {
 Manual steps on another system:
   1. Install Docker Engine and Compose: https://docs.docker.com/engine/install/
   2. Get the project (git clone, or unpack its tarball) and cd into it.
-  3. Write .env (chmod 600) with DOCXY_DOMAIN=... and DOCXY_EMAIL=... (DOCXY_CACHE_MAX_SIZE=20G)
+  3. Write .env (chmod 600) with DOCXY_DOMAIN=... (DOCXY_EMAIL=... optional, DOCXY_CACHE_MAX_SIZE=20G)
   4. docker compose up -d --build   and check   curl https://DOMAIN/health
 EOF
 }
@@ -420,14 +421,49 @@ dns_problem() {
 
 # --- settings and .env --------------------------------------------------------------------------
 
+# env_assignment KEY: a regex for the lines of .env that set KEY, as docker compose reads them
+# (Compose 1.29's python-dotenv and v2's compose-go agree): `KEY=...`, `export KEY=...`, with
+# spaces before the key and around the `=`.
+env_assignment() { printf '^[[:space:]]*(export[[:space:]]+)?%s[[:space:]]*=' "$1"; }
+
+# env_value KEY: KEY's value in .env as docker compose reads it; the last line setting it wins.
+# 'single quotes' are taken as written; in "double quotes" \" and \\ stand for " and \; an
+# unquoted value ends before a ` #` comment, and surrounding spaces are not part of it.
 env_value() {
-  local line
+  local line value out="" i char
   [[ -r "$ENV_FILE" ]] || return 0
-  line="$(grep -E "^$1=" -- "$ENV_FILE" | tail -n 1)" || true
-  line="${line#*=}"
-  if [[ "$line" == \'*\' ]]; then line="${line#\'}"; line="${line%\'}"; fi
-  printf '%s' "$line"
+  line="$(grep -E "$(env_assignment "$1")" -- "$ENV_FILE" | tail -n 1)" || true
+  [[ -n "$line" ]] || return 0
+  value="${line#*=}"
+  value="${value%$'\r'}"
+  value="${value#"${value%%[![:space:]]*}"}"
+  case "$value" in
+    \'*)
+      value="${value#\'}"
+      out="${value%%\'*}"
+      ;;
+    \"*)
+      for ((i = 1; i < ${#value}; i++)); do
+        char="${value:i:1}"
+        if [[ "$char" == '"' ]]; then
+          break
+        elif [[ "$char" == "\\" && ("${value:i+1:1}" == '"' || "${value:i+1:1}" == "\\") ]]; then
+          i=$((i + 1))
+          char="${value:i:1}"
+        fi
+        out+="$char"
+      done
+      ;;
+    *)
+      out="${value%%[[:space:]]#*}"
+      out="${out%"${out##*[![:space:]]}"}"
+      ;;
+  esac
+  printf '%s' "$out"
 }
+
+# env_sets KEY: .env has a line setting KEY (perhaps to nothing).
+env_sets() { [[ -r "$ENV_FILE" ]] && grep -qE "$(env_assignment "$1")" -- "$ENV_FILE"; }
 
 PROMPT_FD=""
 
@@ -459,13 +495,15 @@ settle_settings() {
   CACHE_SIZE="${CACHE_SIZE:-20G}"
   UPSTREAM_USER="${UPSTREAM_USER:-$(env_value DOCXY_UPSTREAM_USERNAME)}"
   if [[ -z "$DOMAIN" ]] && can_prompt; then ask DOMAIN "The mirror's domain name (e.g. mirror.example.com):"; fi
-  if [[ -z "$EMAIL" ]] && can_prompt; then ask EMAIL "Email for Let's Encrypt notices:"; fi
+  # Optional: asked once; an empty DOCXY_EMAIL= in .env is the answer "none".
+  if [[ -z "$EMAIL" ]] && ! env_sets DOCXY_EMAIL && can_prompt; then
+    ask EMAIL "Email for the Let's Encrypt account (optional; Enter for none):"
+  fi
   [[ -n "$DOMAIN" ]] || die "--domain is required" 2
-  [[ -n "$EMAIL" ]] || die "--email is required" 2
   DOMAIN="$(printf '%s' "$DOMAIN" | tr '[:upper:]' '[:lower:]')"
   [[ "$DOMAIN" =~ ^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$ ]] ||
     die "--domain '$DOMAIN' is not a DNS name" 2
-  [[ "$EMAIL" =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
+  [[ -z "$EMAIL" || "$EMAIL" =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
     die "--email '$EMAIL' is not an email address" 2
   # As the mirror reads it (20G, 512MiB, 1TB; binary units), less the fractions; never 0.
   [[ "$CACHE_SIZE" =~ ^[1-9][0-9]*([KkMmGgTt]([Ii]?[Bb])?)?$ ]] ||
@@ -493,7 +531,10 @@ render_env() {
     say "DOCXY_UPSTREAM_PASSWORD='$UPSTREAM_PASSWORD'"
   fi
   if [[ -r "$ENV_FILE" ]]; then
-    grep -vE "^(# Written by Docxy|DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)=)" -- "$ENV_FILE" || true
+    # Ours in every spelling compose reads (`export`, spaces): a stale one must not stay behind.
+    grep -vE -e "^# Written by Docxy" \
+      -e "$(env_assignment "DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)")" \
+      -- "$ENV_FILE" || true
   fi
 }
 
@@ -506,7 +547,7 @@ write_env() {
   render_env >"$new"
   if [[ -e "$ENV_FILE" ]] && cmp -s -- "$new" "$ENV_FILE"; then
     rm -f -- "$new"
-    if [[ "$(stat -c %a -- "$ENV_FILE")" != 600 ]]; then
+    if [[ "$(stat -L -c %a -- "$ENV_FILE")" != 600 ]]; then
       act chmod 600 "$ENV_FILE"
     fi
     say "  $ENV_FILE: unchanged"
@@ -520,14 +561,22 @@ write_env() {
     rm -f -- "$new"
     return
   fi
-  mkdir -p -- "$(dirname -- "$ENV_FILE")"
-  local staged
-  staged="$(mktemp "$(dirname -- "$ENV_FILE")/.env.XXXXXX")"
+  # A .env linked in from elsewhere (a config repository): that file is replaced, the link stays.
+  local target="$ENV_FILE" staged
+  if [[ -L "$ENV_FILE" ]]; then
+    target="$(readlink -f -- "$ENV_FILE")" || die "$ENV_FILE is a link that leads nowhere"
+  fi
+  mkdir -p -- "$(dirname -- "$target")"
+  staged="$(mktemp "$(dirname -- "$target")/.env.XXXXXX")"
   cat -- "$new" >"$staged"
   rm -f -- "$new"
   chmod 600 -- "$staged"
-  mv -f -- "$staged" "$ENV_FILE"
-  say "  wrote $ENV_FILE (mode 600)"
+  mv -f -- "$staged" "$target"
+  if [[ "$target" == "$ENV_FILE" ]]; then
+    say "  wrote $ENV_FILE (mode 600)"
+  else
+    say "  wrote $target (mode 600), which $ENV_FILE links to"
+  fi
 }
 
 # --- the project --------------------------------------------------------------------------------
@@ -562,40 +611,113 @@ dir_is_empty() {
   [[ -z "$entries" ]]
 }
 
+# An update keeps the project it replaces beside $DIR until the new one has answered on
+# /health; if the update fails before that, the EXIT trap puts it back (roll_back).
+PREVIOUS=""
+UP_TRIED=0
+
+previous_dir() { printf '%s/.%s.previous' "$(dirname -- "$DIR")" "$(basename -- "$DIR")"; }
+
 get_project() {
   if [[ "$DIR" == "$CLONE" ]]; then
     say "  using the clone at $DIR"
     return
   fi
+  if [[ ! -e "$DIR" && -f "$(previous_dir)/compose.yaml" ]] && ((!DRY_RUN)); then
+    say "  an interrupted update left the project at $(previous_dir): putting it back"
+    mv -- "$(previous_dir)" "$DIR"
+  fi
   if [[ -f "$DIR/compose.yaml" ]] && ((!UPDATE)); then
     say "  using the project at $DIR (--update fetches it again)"
     return
+  fi
+  # Only an earlier copy of the project is replaced, never some other directory.
+  if [[ -e "$DIR" ]] && [[ ! -f "$DIR/compose.yaml" ]] && ! dir_is_empty "$DIR"; then
+    die "$DIR exists and is not a Docxy project: pick another --dir"
   fi
   CHANGES=$((CHANGES + 1))
   if ((DRY_RUN)); then
     say "  would fetch $SOURCE_URL into $DIR"
     return
   fi
-  local scratch
-  scratch="$(mktemp -d)"
-  say "  fetching $SOURCE_URL"
-  curl -fsSL --retry 3 -o "$scratch/source.tar.gz" "$SOURCE_URL" ||
-    die "could not fetch $SOURCE_URL (set DOCXY_SOURCE_URL to the project's .tar.gz)"
-  mkdir -p -- "$scratch/tree"
-  tar -xzf "$scratch/source.tar.gz" -C "$scratch/tree" --strip-components=1 ||
-    die "$SOURCE_URL is not a .tar.gz of the project"
-  [[ -f "$scratch/tree/compose.yaml" ]] || die "$SOURCE_URL holds no compose.yaml"
+  local scratch staged unchanged=""
+  [[ -f "$DIR/compose.yaml" ]] && unchanged=" ($DIR is unchanged)"
   mkdir -p -- "$(dirname -- "$DIR")"
-  if [[ -e "$DIR" ]]; then
-    # Only an earlier copy of the project is replaced, never some other directory.
-    [[ -f "$DIR/compose.yaml" ]] || dir_is_empty "$DIR" ||
-      die "$DIR exists and is not a Docxy project: pick another --dir"
-    [[ -f "$DIR/.env" ]] && cp -p -- "$DIR/.env" "$scratch/tree/.env"
-    rm -rf -- "$DIR"
+  # Unpacked beside $DIR, on its file system: a full disk stops the update here, before the
+  # project is touched, and putting the new tree in place is a rename.
+  scratch="$(mktemp -d)"
+  staged="$(mktemp -d "$(dirname -- "$DIR")/.$(basename -- "$DIR").new-XXXXXX")"
+  say "  fetching $SOURCE_URL"
+  if ! curl -fsSL --retry 3 -o "$scratch/source.tar.gz" "$SOURCE_URL"; then
+    rm -rf -- "$scratch" "$staged"
+    die "could not fetch $SOURCE_URL (set DOCXY_SOURCE_URL to the project's .tar.gz)$unchanged"
   fi
-  mv -- "$scratch/tree" "$DIR"
+  if ! tar -xzf "$scratch/source.tar.gz" -C "$staged" --strip-components=1; then
+    rm -rf -- "$scratch" "$staged"
+    die "could not unpack $SOURCE_URL (not a .tar.gz of the project, or the disk is full)$unchanged"
+  fi
   rm -rf -- "$scratch"
-  say "  unpacked into $DIR"
+  if [[ ! -f "$staged/compose.yaml" ]]; then
+    rm -rf -- "$staged"
+    die "$SOURCE_URL holds no compose.yaml$unchanged"
+  fi
+  chmod 755 -- "$staged"
+  # .env as it is: a link into a config repository stays a link.
+  if [[ -e "$DIR/.env" || -L "$DIR/.env" ]] && ! cp -pP -- "$DIR/.env" "$staged/.env"; then
+    rm -rf -- "$staged"
+    die "could not copy $DIR/.env into the new project$unchanged"
+  fi
+  if [[ -f "$DIR/compose.yaml" ]]; then
+    PREVIOUS="$(previous_dir)"
+    rm -rf -- "$PREVIOUS" # left by an update that was stopped before it cleaned up
+    if ! mv -- "$DIR" "$PREVIOUS"; then
+      PREVIOUS=""
+      rm -rf -- "$staged"
+      die "could not move $DIR aside$unchanged"
+    fi
+  elif [[ -e "$DIR" ]]; then
+    rmdir -- "$DIR"
+  fi
+  if ! mv -- "$staged" "$DIR"; then
+    rm -rf -- "$staged"
+    die "could not put the new project in place at $DIR"
+  fi
+  say "  unpacked into $DIR${PREVIOUS:+ (the previous project kept at $PREVIOUS until the new one answers)}"
+}
+
+# roll_back: an update failed after its new project went in place: the previous one goes back,
+# and back up if the new one had been started.
+roll_back() {
+  warn "the update failed: putting the previous project back in $DIR"
+  if ! rm -rf -- "$DIR" || ! mv -- "$PREVIOUS" "$DIR"; then
+    warn "could not: the previous project is at $PREVIOUS; move it back to $DIR by hand"
+    return
+  fi
+  PREVIOUS=""
+  if ((!UP_TRIED)); then
+    warn "the previous project is back as it was; the running mirror was not touched"
+    return
+  fi
+  warn "bringing the previous version up again"
+  if compose up -d --build >&2; then
+    warn "the previous version is running again (check https://$DOMAIN/health)"
+  else
+    warn "the previous version did not come back up either: see the messages above"
+  fi
+}
+
+# The update is done: the new project answered.
+drop_previous() {
+  [[ -n "$PREVIOUS" ]] || return 0
+  rm -rf -- "$PREVIOUS"
+  PREVIOUS=""
+  say "  removed the previous project"
+}
+
+on_exit() {
+  local status=$?
+  if [[ -n "$PREVIOUS" ]] && ((status != 0)); then roll_back; fi
+  return "$status"
 }
 
 # --- Docker -------------------------------------------------------------------------------------
@@ -689,6 +811,7 @@ bring_up() {
     return
   fi
   say "  building and starting (the first build takes a few minutes)"
+  UP_TRIED=1
   compose up -d --build
 }
 
@@ -795,6 +918,9 @@ uninstall() {
 # --- main ---------------------------------------------------------------------------------------
 
 main() {
+  trap on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   parse_args "$@"
   settle_dir
   ((DRY_RUN)) && say "Dry run: nothing is changed."
@@ -818,6 +944,7 @@ main() {
     write_env
     bring_up
     wait_for_health
+    drop_previous
     if ((LOCAL_DOCKER)); then
       step "This host's own dockerd"
       configure_local_docker

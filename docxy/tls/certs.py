@@ -102,7 +102,7 @@ def run_certbot(args: list[str], *, ca_bundle: Path | None, timeout: float = TIM
 
 def obtain(
     domain: str,
-    email: str,
+    email: str | None,
     *,
     webroot: Path,
     config_dir: Path,
@@ -112,7 +112,11 @@ def obtain(
     dry_run: bool = False,
     timeout: float = TIMEOUT,
 ) -> Path:
-    """Get a certificate for `domain` by HTTP-01 through `webroot`; return its live directory."""
+    """Get a certificate for `domain` by HTTP-01 through `webroot`; return its live directory.
+
+    Without `email` the ACME account is registered without a contact: Let's Encrypt stopped
+    sending expiry mail in 2025 and the renewer watches expiry itself, so an address is optional.
+    """
     if acme_server and staging:
         raise ValueError("give either an ACME server or staging, not both")
     (webroot / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
@@ -125,10 +129,8 @@ def obtain(
         domain,
         "--cert-name",
         domain,
-        "--email",
-        email,
+        *(["--email", email, "--no-eff-email"] if email else ["--register-unsafely-without-email"]),
         "--agree-tos",
-        "--no-eff-email",
         "--keep-until-expiring",
         "--key-type",
         "ecdsa",
@@ -140,6 +142,8 @@ def obtain(
         args.append("--staging")
     if dry_run:
         args.append("--dry-run")
+    if not email:
+        log.info("no certs.email: registering the ACME account without an email address")
     run_certbot(args, ca_bundle=ca_bundle, timeout=timeout)
     log.info("certificate for %s obtained", domain)
     return config_dir / "live" / domain
@@ -231,7 +235,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     obtain_p = sub.add_parser("obtain", help="get a certificate by HTTP-01 through the webroot")
     obtain_p.add_argument("--domain", help="the mirror's DNS name (certs.domain)")
-    obtain_p.add_argument("--email", help="ACME account contact (certs.email)")
+    obtain_p.add_argument("--email", help="ACME account contact (certs.email; optional)")
     obtain_p.add_argument("--staging", action="store_true", help="Let's Encrypt staging")
     obtain_p.add_argument("--acme-server", help="ACME directory URL (certs.acme_server)")
     obtain_p.add_argument("--webroot", type=Path, help="served webroot (certs.webroot)")
@@ -286,7 +290,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.certs_command == "obtain":
         live = obtain(
             _need(certs.domain, "certs.domain"),
-            _need(certs.email, "certs.email"),
+            certs.email,
             webroot=_need(certs.webroot, "certs.webroot"),
             config_dir=config_dir,
             acme_server=certs.acme_server,

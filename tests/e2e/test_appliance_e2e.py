@@ -93,7 +93,9 @@ class Appliance:
 
 
 @contextlib.contextmanager
-def running_appliance(tmp_path: Path, pebble: Pebble, http_port: int) -> Iterator[Appliance]:
+def running_appliance(
+    tmp_path: Path, pebble: Pebble, http_port: int, email: str | None = EMAIL
+) -> Iterator[Appliance]:
     need_binary("supervisord")
     need_binary("supervisorctl")
     # Installed under another name than the repository's, as DOCXY_SUPERVISOR_CONF allows: the
@@ -107,12 +109,13 @@ def running_appliance(tmp_path: Path, pebble: Pebble, http_port: int) -> Iterato
     tls_port = free_port()
     env = base_env(tmp_path) | {
         "DOCXY_DOMAIN": DOMAIN,
-        "DOCXY_EMAIL": EMAIL,
         "DOCXY_STATE_DIR": str(state),
         "DOCXY_RUN_DIR": str(run_dir),
         "DOCXY_SUPERVISOR_CONF": str(conf),
         "DOCXY_SERVER_LISTEN": f"{LOOPBACK}:{http_port}",
         "DOCXY_SERVER_TLS_LISTEN": f"{LOOPBACK}:{tls_port}",
+        # Not the default 127.0.0.1:9180, which two appliances (or tests) at once would share.
+        "DOCXY_SERVER_ADMIN_LISTEN": f"{LOOPBACK}:{free_port()}",
         "DOCXY_UPSTREAM_REGISTRY": DEAD_UPSTREAM,
         "DOCXY_CERTS_ACME_SERVER": pebble.directory,
         "DOCXY_CERTS_CA_BUNDLE": str(pebble.tls_ca),
@@ -121,6 +124,8 @@ def running_appliance(tmp_path: Path, pebble: Pebble, http_port: int) -> Iterato
         # supervisord.conf), so it must succeed the first time.
         "DOCXY_SCHEDULER_CERTBOT_TIMEOUT": "60",
     }
+    if email is not None:
+        env["DOCXY_EMAIL"] = email
     log_path = tmp_path / "appliance.log"
     # O_APPEND, like the pipe a container runtime gives: supervisord's children reopen /dev/stdout.
     with log_path.open("ab") as log:
@@ -290,6 +295,41 @@ def test_entrypoint_bootstraps_obtains_reloads_and_stops_cleanly(tmp_path: Path)
         output = appliance.output()
         assert "stopped: docxy (exit status 0)" in output
         assert "stopped: scheduler (exit status 0)" in output
+
+
+def test_a_domain_without_an_email_gets_its_certificate_and_the_mirror_stays_up(
+    tmp_path: Path,
+) -> None:
+    """DOCXY_DOMAIN alone: an ACME account without a contact (Let's Encrypt sends no expiry
+    mail since 2025, so the address is optional). The certificate is issued, the mirror serves
+    it, and nothing goes FATAL."""
+    http_port = free_port()
+    with (
+        running_pebble(tmp_path / "pebble", http_port) as pebble,
+        running_appliance(tmp_path, pebble, http_port, email=None) as appliance,
+    ):
+        issued: list[x509.Certificate] = []
+
+        def pebble_cert_served() -> bool:
+            assert appliance.proc.poll() is None, appliance.output()
+            cert = handshake(appliance.tls_port, pebble.root)
+            if cert is not None:
+                issued.append(cert)
+            return bool(issued)
+
+        poll(pebble_cert_served, DEADLINE, "pebble's certificate served\n" + appliance.output())
+        assert "Pebble Intermediate CA" in issued[0].issuer.rfc4514_string()
+
+        def renewal_recorded() -> bool:
+            return bool(appliance.health().get("renewal", {}).get("last_success"))
+
+        poll(renewal_recorded, DEADLINE, "renewal status in /health\n" + appliance.output())
+        renewal = appliance.health()["renewal"]
+        assert renewal["last_error"] is None and renewal["failures"] == 0, renewal
+        output = appliance.output()
+        assert "without an email" in output, output
+        assert "FATAL" not in output and "gave up" not in output, output
+        assert appliance.program_pid("docxy") and appliance.program_pid("scheduler")
 
 
 def test_entrypoint_without_domain_or_public_url_exits_2(tmp_path: Path) -> None:

@@ -132,6 +132,29 @@ def test_obtain_refuses_server_and_staging(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize("email", ["ops@a.test", None])
+def test_obtain_registers_with_the_email_or_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, email: str | None
+) -> None:
+    seen: list[list[str]] = []
+
+    def run_certbot(args: list[str], **_: object) -> str:
+        seen.append(args)
+        return ""
+
+    monkeypatch.setattr(certs, "run_certbot", run_certbot)
+    certs.obtain(
+        "a.test", email, webroot=tmp_path, config_dir=tmp_path, acme_server=None,
+        ca_bundle=None, staging=False,
+    )  # fmt: skip
+    (args,) = seen
+    if email is None:
+        assert "--register-unsafely-without-email" in args and "--email" not in args
+    else:
+        assert args[args.index("--email") + 1] == email
+        assert "--register-unsafely-without-email" not in args
+
+
 def run_cli(argv: list[str]) -> int:
     """As `docxy` runs a registered command: args.handler(args, config_from_args)."""
     parser = argparse.ArgumentParser(prog="docxy")

@@ -224,6 +224,35 @@ def test_add_then_remove_leaves_no_registry_mirrors_key(box: ScriptBox) -> None:
     assert len(backups(box, DAEMON_JSON)) == 2
 
 
+@pytest.mark.parametrize("link", ["absolute", "relative"])
+def test_a_symlinked_daemon_json_is_edited_through_its_link(box: ScriptBox, link: str) -> None:
+    """Some hosts keep daemon.json in a config repository and link it into /etc/docker: the
+    file the link points at is edited, the link stays."""
+    real = box.base / "config-repo" / "docker" / "daemon.json"
+    real.parent.mkdir(parents=True)
+    real.write_text('{"debug": true}\n')
+    real.chmod(0o640)
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    to = real if link == "absolute" else Path("../../..") / "config-repo/docker/daemon.json"
+    box.path(DAEMON_JSON).symlink_to(to)
+
+    said = configure(box, "--mirror", MIRROR, "--docker")
+
+    assert box.path(DAEMON_JSON).is_symlink(), said
+    assert box.path(DAEMON_JSON).readlink() == to
+    assert json.loads(real.read_text()) == {"debug": True, "registry-mirrors": [MIRROR]}
+    assert real.stat().st_mode & 0o777 == 0o640, "the file keeps its mode"
+    (backup,) = backups(box, DAEMON_JSON)
+    assert backup.read_text() == '{"debug": true}\n' and not backup.is_symlink()
+    assert list(real.parent.iterdir()) == [real], "nothing staged or left in the repository"
+
+    box.stand_in("docker", docker_info())
+    configure(box, "--mirror", MIRROR, "--docker", "--remove")
+
+    assert box.path(DAEMON_JSON).is_symlink()
+    assert json.loads(real.read_text()) == {"debug": True}
+
+
 def test_reload_by_sighup_to_the_pid_in_the_pidfile(box: ScriptBox) -> None:
     pidfile = box.base / "dockerd.pid"
     pidfile.write_text("4242\n")
@@ -423,6 +452,19 @@ def test_containerd_other_hosts_are_kept_after_ours(box: ScriptBox) -> None:
     assert list(tomllib.loads(box.path(HOSTS_TOML).read_text())["host"]) == [
         "https://corp-cache.example"
     ]
+
+
+def test_a_symlinked_hosts_toml_is_edited_through_its_link(box: ScriptBox) -> None:
+    real = box.base / "config-repo" / "hosts.toml"
+    real.parent.mkdir(parents=True)
+    real.write_text('[host."https://corp-cache.example"]\n  capabilities = ["pull"]\n')
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).symlink_to(real)
+
+    configure(box, "--mirror", MIRROR, "--containerd")
+
+    assert box.path(HOSTS_TOML).is_symlink()
+    assert list(tomllib.loads(real.read_text())["host"]) == [MIRROR, "https://corp-cache.example"]
 
 
 def test_containerd_hosts_in_literal_string_keys_are_still_after_ours(box: ScriptBox) -> None:

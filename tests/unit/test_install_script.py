@@ -8,12 +8,14 @@ would. Public-address discovery goes to stand-in services; nothing leaves the ma
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -270,6 +272,64 @@ def test_an_account_passed_on_by_env_file_is_not_warned_about(
     assert "pulls anonymously" not in result.stderr, output(result)
 
 
+# .env lines as docker compose writes and reads them: each gives DOCXY_DOMAIN=mirror.test
+# and DOCXY_CACHE_MAX_SIZE=2G (Compose 1.29's python-dotenv and v2's compose-go agree on these).
+ENV_SPELLINGS = {
+    "double quotes": 'DOCXY_DOMAIN="mirror.test"\nDOCXY_CACHE_MAX_SIZE="2G"\n',
+    "single quotes": "DOCXY_DOMAIN='mirror.test'\nDOCXY_CACHE_MAX_SIZE='2G'\n",
+    "export": 'export DOCXY_DOMAIN=mirror.test\nexport DOCXY_CACHE_MAX_SIZE="2G"\n',
+    "comments": (
+        "# the mirror\n\nDOCXY_DOMAIN=mirror.test # ours\nDOCXY_CACHE_MAX_SIZE='2G'  # cap\n"
+    ),
+    "spaces": "  DOCXY_DOMAIN = mirror.test  \nDOCXY_CACHE_MAX_SIZE= 2G\n",
+    "last wins": 'DOCXY_DOMAIN=old.test\nDOCXY_DOMAIN="mirror.test"\nDOCXY_CACHE_MAX_SIZE=2G\r\n',
+}
+
+
+def compose_reads(tmp_path: Path, env_text: str) -> dict[str, str]:
+    """What docker-compose (bookworm's 1.29) substitutes from `env_text` as its .env."""
+    need_binary("docker-compose")
+    project = tmp_path / "compose-oracle"
+    project.mkdir()
+    (project / ".env").write_text(env_text)
+    (project / "compose.yaml").write_text(
+        "services:\n  x:\n    image: busybox\n    environment:\n"
+        "      DOMAIN: ${DOCXY_DOMAIN}\n      SIZE: ${DOCXY_CACHE_MAX_SIZE}\n"
+    )
+    shown = subprocess.run(
+        ["docker-compose", "--project-directory", str(project), "-f", "compose.yaml", "config"],
+        cwd=project, capture_output=True, text=True, timeout=60, check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")},
+    ).stdout  # fmt: skip
+    found = dict(re.findall(r"^\s+(DOMAIN|SIZE): (.*)$", shown, re.M))
+    return {k: v.strip("'\"") for k, v in found.items()}
+
+
+@pytest.mark.parametrize("spelling", list(ENV_SPELLINGS))
+def test_env_is_read_as_docker_compose_reads_it(
+    box: ScriptBox, resolver: Resolver, tmp_path: Path, spelling: str
+) -> None:
+    """A .env in any of these spellings gives install.sh the values compose gives the
+    container, and a rerun writes them back in its own plain form, the old lines gone."""
+    text = ENV_SPELLINGS[spelling]
+    assert compose_reads(tmp_path, text) == {"DOMAIN": DOMAIN, "SIZE": "2G"}
+    env_file(box).write_text(text + "DOCXY_LOG_LEVEL=DEBUG\n")
+    args = ["--root", str(box.root), "--email", EMAIL, "--public-ip", OURS]
+    args += ["--dns-server", resolver.address, "--health-timeout", "0", "--yes"]
+
+    result = box.run(clone_script(box), *args)
+
+    assert result.returncode == 0, output(result)
+    lines = env_file(box).read_text().splitlines()
+    assert lines[1:4] == [
+        f"DOCXY_DOMAIN={DOMAIN}",
+        f"DOCXY_EMAIL={EMAIL}",
+        "DOCXY_CACHE_MAX_SIZE=2G",
+    ]
+    assert [line for line in lines if "DOCXY_DOMAIN" in line or "CACHE_MAX" in line] == lines[1:4:2]
+    assert "DOCXY_LOG_LEVEL=DEBUG" in lines
+
+
 def test_missing_settings_are_prompted_for_with_the_password_unechoed(
     box: ScriptBox, resolver: Resolver
 ) -> None:
@@ -307,6 +367,25 @@ def test_bad_settings_stop_before_any_change(
     assert said in result.stderr
     assert not env_file(box).exists()
     assert not box.called(r"^(apt-get|systemctl|docker compose)")
+
+
+def test_the_email_is_optional_and_asked_for_once(box: ScriptBox, resolver: Resolver) -> None:
+    """No --email: the ACME account goes without a contact (the appliance registers without
+    one). Asked on a terminal, an empty answer is kept as DOCXY_EMAIL= and not asked again."""
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--public-ip", OURS]
+    args += ["--dns-server", resolver.address, "--health-timeout", "0"]
+    answers = box.base / "answers"
+    answers.write_text("\n")
+
+    first = box.run(clone_script(box), *args, env={"DOCXY_PROMPT_INPUT": str(answers)})
+
+    assert first.returncode == 0, output(first)
+    assert "Email for the Let's Encrypt account (optional" in first.stderr
+    assert "DOCXY_EMAIL=" in env_file(box).read_text().splitlines()
+    answers.write_text("")
+    again = box.run(clone_script(box), *args, env={"DOCXY_PROMPT_INPUT": str(answers)})
+    assert again.returncode == 0, output(again)
+    assert "Email for" not in again.stderr
 
 
 def test_help_and_the_readme_name_the_same_options(tmp_path: Path) -> None:
@@ -695,6 +774,31 @@ def test_configure_local_docker(box: ScriptBox, resolver: Resolver) -> None:
     assert f'"https://{DOMAIN}"' in box.path("/etc/docker/daemon.json").read_text()
 
 
+def test_symlinked_daemon_json_and_env_are_edited_through_their_links(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """daemon.json and .env kept in a config repository and linked into place: the files they
+    point at are written, the links stay."""
+    repo = box.base / "config-repo"
+    repo.mkdir()
+    (repo / "daemon.json").write_text('{"debug": true}\n')
+    (repo / "docxy.env").write_text("DOCXY_LOG_LEVEL=DEBUG\n")
+    box.path("/etc/docker").mkdir(parents=True)
+    box.path("/etc/docker/daemon.json").symlink_to(repo / "daemon.json")
+    env_file(box).symlink_to(repo / "docxy.env")
+
+    result = install(box, resolver, "--configure-local-docker")
+
+    assert result.returncode == 0, output(result)
+    assert box.path("/etc/docker/daemon.json").is_symlink()
+    assert f'"https://{DOMAIN}"' in (repo / "daemon.json").read_text()
+    assert env_file(box).is_symlink()
+    written = (repo / "docxy.env").read_text().splitlines()
+    assert f"DOCXY_DOMAIN={DOMAIN}" in written and "DOCXY_LOG_LEVEL=DEBUG" in written
+    assert (repo / "docxy.env").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in repo.iterdir()) == ["daemon.json", "docxy.env"]
+
+
 def test_a_rerun_that_puts_the_mirror_back_in_daemon_json_does_not_say_nothing_changed(
     box: ScriptBox, resolver: Resolver
 ) -> None:
@@ -778,6 +882,109 @@ def test_piped_install_never_replaces_a_directory_that_is_not_docxy(
     assert result.returncode == 1, output(result)
     assert "is not a Docxy project" in result.stderr
     assert (precious / "keep.txt").read_text() == "mine"
+
+
+def piped_update_setup(box: ScriptBox, resolver: Resolver) -> tuple[list[str], Path, str]:
+    """A piped install of version 1 into /opt/docxy, running; returns the arguments of an
+    update to version 2, the project directory and version 1's compose.yaml."""
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    clone = box.base / "clone"
+    first = box.run("", *args, env={"DOCXY_SOURCE_URL": source_tarball(box)}, stdin=script(box))
+    assert first.returncode == 0, output(first)
+    project = box.path("/opt/docxy")
+    old = (project / "compose.yaml").read_text()
+    with (clone / "compose.yaml").open("a") as compose:
+        compose.write("# version 2\n")
+    stack_is_running(box)
+    box.forget_calls()
+    return [*args, "--update", "--source-url", source_tarball(box)], project, old
+
+
+def script(box: ScriptBox) -> str:
+    return clone_script(box).read_text()
+
+
+def sibling_leftovers(project: Path) -> list[str]:
+    return sorted(p.name for p in project.parent.iterdir() if p != project)
+
+
+def test_an_update_that_cannot_put_the_new_project_in_place_keeps_the_old_one(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The new tree's move into /opt/docxy fails (a full disk while copying it across file
+    systems): the working install must still be there."""
+    args, project, old = piped_update_setup(box, resolver)
+    mv = shutil.which("mv") or "/usr/bin/mv"
+    box.without("mv")
+    box.stand_in(
+        "mv",
+        Rule(rf"^(-f )?-- (?!\S*previous)\S+ {re.escape(str(project))}$", rc=1,
+             stderr="mv: write error: No space left on device\n"),
+        Rule(r".", passthrough=mv),
+    )  # fmt: skip
+
+    result = box.run("", *args, stdin=script(box))
+
+    assert result.returncode == 1, output(result)
+    assert (project / "compose.yaml").read_text() == old, output(result)
+    assert (project / ".env").read_text().startswith("# Written by Docxy"), output(result)
+    assert "putting the previous project back" in result.stderr, output(result)
+    assert "the running mirror was not touched" in result.stderr
+    assert sibling_leftovers(project) == []
+    assert not box.called(r"compose .* up ")
+
+
+@pytest.mark.parametrize("failure", ["build", "health"])
+def test_an_update_that_fails_puts_the_previous_project_back_and_up(
+    box: ScriptBox, resolver: Resolver, failure: str
+) -> None:
+    args, project, old = piped_update_setup(box, resolver)
+    docker = [
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^ps ", stdout="3f2a1b\n"),
+        Rule(r"^(volume|image) inspect"),
+    ]
+    if failure == "build":  # only the first build fails: bringing version 1 back up works
+        rules = box.bin / ".rules"
+        (rules / "docker-after.json").write_text(json.dumps([asdict(r) for r in docker]))
+        swap = 'cp "$STANDINS/.rules/docker-after.json" "$STANDINS/.rules/docker.json"'
+        docker.insert(0, Rule(r"up -d --build$", rc=17, stderr="no space left\n", effect=swap))
+    box.stand_in("docker", *docker)
+    if failure == "health":
+        box.stand_in(
+            "curl",
+            Rule(r"file://", passthrough=shutil.which("curl") or "/usr/bin/curl"),
+            Rule(r"/health", rc=22, stderr="curl: (22) The requested URL returned error: 502\n"),
+        )
+
+    result = box.run("", *args, stdin=script(box))
+
+    assert result.returncode != 0, output(result)
+    assert (project / "compose.yaml").read_text() == old, output(result)
+    assert (project / ".env").read_text().startswith("# Written by Docxy")
+    assert "putting the previous project back" in result.stderr, output(result)
+    ups = [c for c in box.calls("docker") if c.argv[-2:] == ["-d", "--build"]]
+    assert len(ups) == 2, "the new version tried, then the previous one brought up again"
+    assert sibling_leftovers(project) == []
+
+
+def test_a_project_left_aside_by_an_interrupted_update_is_put_back(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Killed between its two renames, an update leaves the project only at .docxy.previous:
+    the next run puts it back instead of fetching a new one into an empty place."""
+    args, project, old = piped_update_setup(box, resolver)
+    project.rename(project.parent / ".docxy.previous")
+    rerun = [a for a in args if a != "--update"]
+
+    result = box.run("", *rerun, stdin=script(box))
+
+    assert result.returncode == 0, output(result)
+    assert "an interrupted update left the project" in result.stdout
+    assert (project / "compose.yaml").read_text() == old
+    assert not box.called("file://"), "nothing fetched"
+    assert sibling_leftovers(project) == []
 
 
 # --- uninstall ----------------------------------------------------------------------------------
