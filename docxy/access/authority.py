@@ -1,6 +1,7 @@
 """``/auth/token`` when the mirror is its own token authority (``auth.mode = "users"``).
 
-The client's Basic credentials are checked against the users file (constant time, as slow for
+The client's Basic credentials (or the password of a POSTed password grant, read into the same
+form by ``docxy.http.token_ask``) are checked against the users file (constant time, as slow for
 unknown names); a right password gets a short-lived token for ``pull`` on the repositories it
 asked for. Anything else is ``401`` with a message the docker CLI prints. Nothing here asks the
 upstream: the mirror verifies its own users even while the upstream's token service is down,
@@ -32,6 +33,13 @@ BASIC_CHALLENGE = 'Basic realm="docxy"'
 class Issued:
     body: bytes
     user: str
+    #: what the token grants, as scopes (``repository:library/redis:pull``)
+    scope: str = ""
+
+    def posted_body(self) -> bytes:
+        """The answer to the OAuth2 POST form: the same, with the ``scope`` granted
+        (Distribution's ``oauth.md``). No ``refresh_token``: the mirror issues none."""
+        return json.dumps({**json.loads(self.body), "scope": self.scope}).encode()
 
 
 def issue_token(
@@ -62,4 +70,5 @@ def issue_token(
         "expires_in": access.spec.ttl,
         "issued_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
     }
-    return Issued(json.dumps(body).encode(), user)
+    scope = " ".join(access.scope() for access in granted)
+    return Issued(json.dumps(body).encode(), user, scope)

@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -85,6 +86,8 @@ class ClientCA:
         self.dir = Path(dir)
         self._clients_sig: tuple[int, int, int] | None = None
         self._by_serial: dict[str, ClientEntry] = {}
+        #: why clients.json cannot be used, and the file's signature then (logged once)
+        self._broken: tuple[tuple[int, int, int] | None, ClientsFileError] | None = None
         #: what a certificate says (serial, name, expiry), by its DER: a connection presents
         #: the same one on every request, parsed once
         self._presented: LruDict[bytes, _Presented] = LruDict(PRESENTED_KEPT)
@@ -131,6 +134,9 @@ class ClientCA:
             text = self.clients_path.read_text()
         except FileNotFoundError:
             return {}
+        except (OSError, UnicodeDecodeError) as exc:  # permission denied, a directory, ...
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ClientsFileError(f"{self.clients_path}: unreadable ({reason})") from exc
         try:
             data = json.loads(text)
             return {n: ClientEntry(n, e["serial"], e["not_after"]) for n, e in data.items()}
@@ -187,7 +193,12 @@ class ClientCA:
         return True
 
     def client_of(self, der: bytes) -> str | None:
-        """The client name of a certificate the TLS layer verified, if it is still listed."""
+        """The client name of a certificate the TLS layer verified, if it is still listed.
+
+        :class:`ClientsFileError` when ``clients.json`` cannot be read or parsed: nobody's
+        certificate can be checked (logged once per change of the file; the caller answers
+        503, as for an unreadable users file).
+        """
         presented = self._presented.get(der)
         if presented is None:
             presented = _Presented.parse(der)
@@ -202,15 +213,26 @@ class ClientCA:
     def _listed(self) -> dict[str, ClientEntry]:
         try:
             st = self.clients_path.stat()
-            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            self._fail(None, ClientsFileError(f"{self.clients_path}: unreadable ({exc.strerror})"))
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._broken is not None and self._broken[0] == sig:
+            raise self._broken[1]  # the same broken file: not read again for each request
         if sig != self._clients_sig:
             try:
                 entries = self.entries()
-            except ClientsFileError as exc:  # fail closed, logged once per change of the file
-                log.error("%s; no client certificate is honoured until it is fixed", exc)
-                entries = {}
+            except ClientsFileError as exc:  # fail closed: nobody is let in on a guess
+                self._fail(sig, exc)
             self._by_serial = {e.serial: e for e in entries.values()}
             self._clients_sig = sig
+            self._broken = None
         return self._by_serial
+
+    def _fail(self, sig: tuple[int, int, int] | None, exc: ClientsFileError) -> NoReturn:
+        """Raise ``exc``, logged once while the same fault lasts (not once per request)."""
+        if self._broken is None or str(self._broken[1]) != str(exc):
+            log.error("%s; no client certificate is honoured until it is fixed", exc)
+        self._broken = (sig, exc)
+        raise exc

@@ -3,8 +3,9 @@
 :class:`AccessControl` holds the users file, the signing keys and the client CA. For each
 request :meth:`AccessControl.check` decides who the client is (a client certificate from the
 mirror's CA, a token the mirror issued, or nobody) and, in ``users`` mode, whether it may go on:
-no credentials or a bad token is ``401`` with the mirror's own challenge (its realm and
-service, and the scope the request needs); a token for another repository is ``403 DENIED``.
+no credentials, a bad token or a token for another repository is ``401`` with the mirror's own
+challenge (its realm and service, the scope the request needs, and for a token that lacks it
+``error="insufficient_scope"``, as Distribution answers).
 
 The check has a costly half, :meth:`AccessControl.identify` (a token's signature, the client
 certificate, the users file), and a cheap one, :meth:`AccessControl.decide` (the repository).
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from docxy.access.clientca import ClientCA
+from docxy.access.clientca import CLIENTS, ClientCA, ClientsFileError
 from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
 from docxy.access.keys import KeyRing, TokenKeyError
 from docxy.access.peer import peer_certificate
@@ -31,7 +32,7 @@ from docxy.access.tokens import TokenInvalid, TokenSpec, verify
 from docxy.access.users import UsersFile, UsersFileError
 from docxy.config import Config
 from docxy.core.challenge import Challenge
-from docxy.core.errors import ConfigError, Denied, MirrorUnavailable, RegistryError, Unauthorized
+from docxy.core.errors import ConfigError, MirrorUnavailable, RegistryError, Unauthorized
 from docxy.core.names import upstream_name
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ PASSWORD_CHECKS = 2
 
 USERS_UNREADABLE = "the mirror cannot read its users file"
 KEY_UNREADABLE = "the mirror cannot read its token signing key"
+CLIENTS_UNREADABLE = f"the mirror cannot read its client list ({CLIENTS})"
 
 
 def users_unreadable() -> MirrorUnavailable:
@@ -76,7 +78,7 @@ class Identified:
 @dataclass(frozen=True, slots=True)
 class Decision:
     identity: ClientIdentity
-    #: the registry error to answer with (401 with the mirror's challenge, 403, 503), if any
+    #: the registry error to answer with (401 with the mirror's challenge, 503), if any
     refusal: RegistryError | None = None
     #: the client's own Authorization may go upstream on a pass-through (open mode, or
     #: ``auth.upstream_logins`` for a certificate client whose token is not the mirror's)
@@ -176,10 +178,16 @@ class AccessControl:
         return upstream_name(name, self.library_prefix)
 
     def certificate_client(self) -> str | None:
+        """The client the connection's certificate names, if any; :class:`MirrorUnavailable`
+        (503) while ``clients.json`` cannot be read (logged with the path and the reason; the
+        client is told the file's name only)."""
         der = peer_certificate()
         if der is None or self.ca is None:
             return None
-        return self.ca.client_of(der)
+        try:
+            return self.ca.client_of(der)
+        except ClientsFileError as exc:
+            raise MirrorUnavailable(CLIENTS_UNREADABLE) from exc
 
     def challenge(self, repository: str | None, error: str | None = None) -> str:
         params = {"realm": self.realm, "service": self.service}
@@ -200,7 +208,10 @@ class AccessControl:
     def identify(self, authorization: str | None) -> Identified:
         """The costly half of the check, the same for every repository: the connection's
         client certificate, or a token's signature and its user."""
-        client = self.certificate_client()
+        try:
+            client = self.certificate_client()
+        except MirrorUnavailable as exc:
+            return Identified(ANONYMOUS, unavailable=exc.message)
         token = bearer_token(authorization)
         if client is not None:
             forward = self.upstream_logins and token is not None and not self._ours(token)
@@ -234,9 +245,13 @@ class AccessControl:
             return self._refuse(who, repository, who.problem, who.error)
         if who.granted is not None and repository is not None:
             if not allows(who.granted, repository, "pull", self.normal):
+                # Distribution's answer: 401 naming the scope needed, so the client asks for
+                # a token that has it (a 403 ends the pull of a client holding one token for
+                # several repositories).
                 message = f"the token does not grant pull on {repository}"
-                denied = Denied(message)
-                return Decision(who.identity, denied, forward_credentials=False, identified=who)
+                challenge = self.challenge(repository, "insufficient_scope")
+                refusal = Unauthorized(message, challenge)
+                return Decision(who.identity, refusal, forward_credentials=False, identified=who)
         return Decision(who.identity, forward_credentials=who.forward, identified=who)
 
     def _ours(self, token: str) -> bool:

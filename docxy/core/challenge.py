@@ -36,17 +36,23 @@ class Challenge:
 
 def _read_params(rest: str) -> tuple[dict[str, str], bool]:
     """The ``key=value`` pairs at the start of ``rest``, and whether they were all of it."""
+    params, used = _params_at(rest)
+    return params, used == len(rest)
+
+
+def _params_at(rest: str) -> tuple[dict[str, str], int]:
+    """The ``key=value`` pairs at the start of ``rest``, and how many characters they took."""
     params: dict[str, str] = {}
     position = 0
     while position < len(rest):
         param = _PARAM.match(rest, position)
         if param is None or param.end() == position:
-            return params, False
+            break
         quoted, bare = param.group(2), param.group(3)
         value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else (bare or "")
         params[param.group(1).lower()] = value
         position = param.end()
-    return params, True
+    return params, position
 
 
 def _scheme(header: str) -> tuple[str, str] | None:
@@ -83,6 +89,57 @@ def rewrite_challenge(
             prefix_scope(rewrite_scope(s, library_prefix), prefix) for s in params["scope"].split()
         )
     return Challenge("Bearer", params).render()
+
+
+def split_challenges(header: str) -> list[str]:
+    """The challenges of one ``WWW-Authenticate`` value, each as its own text.
+
+    RFC 7235 lets one value hold several (``Basic realm="r", Bearer realm="..."``), and a
+    client joining repeated headers (httpx does) makes one of them. A piece that reads as no
+    challenge (no scheme) ends the list: it is dropped, never passed on.
+    """
+    found: list[str] = []
+    rest = header.strip()
+    while rest:
+        scheme = _scheme(rest)
+        if scheme is None:
+            break
+        after = scheme[1]
+        _, used = _params_at(after)
+        end = len(rest) - len(after) + used
+        found.append(rest[:end].strip().rstrip(",").strip())
+        rest = rest[end:].lstrip(" \t,")
+    return found
+
+
+def bearer_challenge(values: list[str]) -> Challenge | None:
+    """The first Bearer challenge with a realm among ``WWW-Authenticate`` values (each may
+    hold several challenges)."""
+    for value in values:
+        for text in split_challenges(value):
+            parsed = parse_challenge(text)
+            if parsed is not None and parsed.scheme.lower() == "bearer" and parsed.realm:
+                return parsed
+    return None
+
+
+def rewrite_challenges(
+    values: list[str], realm: str, library_prefix: bool, *, prefix: str | None = None
+) -> list[str]:
+    """The ``WWW-Authenticate`` values to relay for an upstream's: one a challenge.
+
+    When the upstream offers a Bearer challenge (alone, or beside Basic, in one value or in
+    several), the client gets the Bearer ones only, each pointed at the mirror's token
+    endpoint: the mirror speaks tokens to its clients, and an upstream's realm never reaches
+    them. (Docker's client answers every scheme it was offered, in its own order: a Basic
+    challenge beside the mirror's Bearer would have it send Basic to the mirror, or fail
+    for want of a password.) Without one (a Basic-only registry), the values pass unchanged.
+    """
+    challenges = [text for value in values for text in split_challenges(value)]
+    bearers = [text for text in challenges if text.split(None, 1)[0].lower() == "bearer"]
+    if not bearers:
+        return list(values)
+    return [rewrite_challenge(text, realm, library_prefix, prefix=prefix) for text in bearers]
 
 
 def _repository_scope(scope: str) -> tuple[str, str] | None:

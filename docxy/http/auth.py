@@ -1,9 +1,11 @@
 """``/auth/token``: the mirror's token endpoint, today fronting the upstream's auth service.
 
-Clients are sent here by the challenges the mirror rewrites. The request is forwarded to the
-upstream's realm (configured, or discovered from its ``/v2/`` challenge) with ``service``,
-``account``, every ``scope`` (``library/`` added on Docker Hub) and the client's Basic
-credentials, so ``docker login`` users pull with their own quota.
+Clients are sent here by the challenges the mirror rewrites, with a GET or the OAuth2 POST
+form (``docxy.http.token_ask``). The request is forwarded to the upstream's realm (configured,
+or discovered from its ``/v2/`` challenge) with ``service``, ``account``, every ``scope``
+(``library/`` added on Docker Hub) and the client's Basic credentials (a POSTed password grant
+becomes those), so ``docker login`` users pull with their own quota; a POSTed refresh token
+is relayed as a POST. A login goes only to the upstream it is for (:func:`credentials_go_to`).
 
 In ``users`` mode (``docxy.access``) the mirror is the authority itself: it checks its own
 users' passwords and signs the tokens (``docxy.access.authority``); nothing is forwarded, unless
@@ -21,13 +23,15 @@ import httpx
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
-from docxy.access.authority import Issued, issue_token
-from docxy.access.gate import basic_credentials
+from docxy.access.authority import BASIC_CHALLENGE, Issued, issue_token
+from docxy.access.gate import basic_credentials, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
-from docxy.core.challenge import rewrite_scope, unprefix_scope
-from docxy.core.errors import NotFound, RegistryError, UpstreamError
+from docxy.access.users import UsersFileError
+from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
+from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.http.routes import refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
+from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
 from docxy.upstream.client import Upstream, read_small
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ OFFLINE_TOKEN = "docxy-offline"
 OFFLINE_TOKEN_LIFETIME = 60
 AUTH_TROUBLE = frozenset({429, 500, 502, 503, 504})
 FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offline_token"})
+NO_REFRESH_TOKENS = "this mirror issues no refresh tokens: docker login again"
 
 
 def token_params(
@@ -77,7 +82,7 @@ class CredentialsUncheckable(UpstreamError):
     status = 503
 
 
-def offline_token(reason: str) -> Response:
+def offline_token(reason: str, credentialed: bool) -> Response:
     """A token of the mirror's own while the upstream's auth service is down.
 
     It grants nothing upstream: the mirror serves public cached content without looking at
@@ -85,7 +90,7 @@ def offline_token(reason: str) -> Response:
     anonymous requests: credentials the mirror cannot check are never answered with a token
     (a wrong password must not make ``docker login`` succeed).
     """
-    if request.headers.get("Authorization") is not None:
+    if credentialed:
         raise CredentialsUncheckable(
             f"cannot check credentials now: the upstream's token service is unavailable ({reason})"
         )
@@ -114,86 +119,136 @@ def mirror_only_token(name: str) -> Response:
     return offline_token_body()
 
 
-def credentials_go_to(upstream: Upstream, named: str | None) -> bool:
-    """Whether the client's credentials may go to ``upstream``'s token service.
+def credentials_go_to(upstream: Upstream, named: str | None, scopes: list[str]) -> bool:
+    """Whether the client's login may go to ``upstream``'s token service.
 
-    Only to the upstream whose challenge sent the client here: the one its realm names
-    (``?upstream=``), or ``[upstream]`` for the plain realm. A client pulling
-    ``mirror/ghcr.io/owner/img`` got the plain realm from the mirror's ``/v2/``, and its login
-    for the mirror's name is not ghcr.io's: that token request goes anonymous.
+    A client sends the login it holds for the host name it pulls from. The mirror's own name
+    stands for ``[upstream]`` (Docker Hub): that login goes there and nowhere else. Another
+    upstream gets it only when the client reached it as that upstream itself: through one of
+    its ``hosts`` names or containerd's ``?ns=`` (the realm then names it, ``?upstream=``,
+    and the scopes name its repositories as it does). A client that names it by path prefix
+    (``mirror/ghcr.io/owner/img``: scopes ``repository:ghcr.io/owner/img``) is using the
+    mirror's login, which is not ghcr.io's: that token request goes anonymous, whichever
+    realm it came by (the ``/v2/`` one, or the one in ghcr.io's own challenge).
     """
-    return named is not None or upstream.is_default
+    if upstream.is_default:
+        return True
+    return named is not None and not any(_by_prefix(s, upstream.name) for s in scopes)
 
 
-@blueprint.route("/auth/token", methods=["GET"])
+def _by_prefix(scope_text: str, prefix: str) -> bool:
+    return any(
+        (scope_repository(scope) or "").startswith(prefix + "/") for scope in scope_text.split(" ")
+    )
+
+
+async def read_ask() -> TokenAsk:
+    """The request as one :class:`TokenAsk` (the POST form read within the app's body limit)."""
+    authorization = request.headers.get("Authorization")
+    query = list(request.args.items(multi=True))
+    if request.method != "POST":
+        return from_query(query, authorization)
+    form = await request.form
+    return from_form(query, form.items(multi=True), authorization)
+
+
+@blueprint.route("/auth/token", methods=["GET", "POST"])
 async def token() -> Response:
+    ask = await read_ask()
     state = mirror_state()
     access = state.access
     if access is not None and access.users_mode:
         forward = access.upstream_logins and access.certificate_client() is not None
-        if not forward or _is_mirror_user(request.headers.get("Authorization")):
-            return await _own_token(request.headers.get("Authorization"))
+        if not forward or _is_mirror_user(ask.authorization):
+            return await _own_token(ask)
     refuse_unsendable()  # what follows may forward the client's Authorization
-    named = request.args.get("upstream")
-    upstream = state.upstreams.for_token(named, request.args.getlist("scope"))
+    named = ask.get("upstream")
+    upstream = state.upstreams.for_token(named, ask.scopes)
+    if ask.credentialed and not credentials_go_to(upstream, named, ask.scopes):
+        ask = ask.anonymous()
     try:
         realm = await state.client.auth_realm(upstream)
     except UpstreamError as exc:
         if state.cache is None:
             raise
-        return offline_token(exc.message)
+        return offline_token(exc.message, ask.credentialed)
     if realm is None and not upstream.is_default:
         return mirror_only_token(upstream.name)
     if realm is None:
         raise NotFound("the upstream registry does not use token authentication")
-    headers = []
-    authorization = request.headers.get("Authorization")
-    if authorization is not None and credentials_go_to(upstream, named):
-        headers.append(("Authorization", authorization))
     known = state.client.known_challenge(upstream)
     params = token_params(
-        list(request.args.items(multi=True)),
+        list(ask.args),
         upstream.library_prefix,
         known.service if known is not None else None,
         prefix=upstream.name,
         own_service=not upstream.is_default,
     )
     try:
-        answer = await state.client.send(upstream, "GET", realm, headers, params=params)
+        answer = await _ask_upstream(upstream, realm, ask, params)
         body = await read_small(answer)
     except UpstreamError as exc:
         if state.cache is None:
             raise
-        return offline_token(exc.message)
+        return offline_token(exc.message, ask.credentialed)
     if answer.status_code in AUTH_TROUBLE and state.cache is not None:
-        return offline_token(f"the upstream's token service answered {answer.status_code}")
+        reason = f"the upstream's token service answered {answer.status_code}"
+        return offline_token(reason, ask.credentialed)
+    if ask.posted and answer.status_code == 200:
+        body = for_post_client(body)
     content_type = answer.headers.get("content-type", "application/json")
     response = Response(body, status=answer.status_code, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
+async def _ask_upstream(
+    upstream: Upstream, realm: str, ask: TokenAsk, params: httpx.QueryParams
+) -> httpx.Response:
+    """The upstream's token service asked as every one of them takes it: a GET, with the
+    client's Basic login if any (a password grant too). Only a refresh token, which only
+    the POST form carries, is POSTed (to the service that issued it)."""
+    client = mirror_state().client
+    if ask.refresh_token is None:
+        headers = [] if ask.authorization is None else [("Authorization", ask.authorization)]
+        return await client.send(upstream, "GET", realm, headers, params=params)
+    form = params.merge({"grant_type": "refresh_token", "refresh_token": ask.refresh_token})
+    headers = [("Content-Type", "application/x-www-form-urlencoded")]
+    return await client.send(upstream, "POST", realm, headers, content=str(form).encode())
+
+
 def _is_mirror_user(authorization: str | None) -> bool:
     """Whether Basic credentials name one of the mirror's users (their password is checked
-    by the mirror, never sent upstream)."""
+    by the mirror, never sent upstream). While the users file cannot be read nobody can
+    tell: 503, and nothing leaves."""
     access = mirror_state().access
     credentials = basic_credentials(authorization)
-    return access is not None and credentials is not None and access.users.exists(credentials[0])
+    if access is None or credentials is None:
+        return False
+    try:
+        return access.users.exists(credentials[0])
+    except UsersFileError as exc:
+        log.error("users file: %s", exc)
+        raise users_unreadable() from exc
 
 
-async def _own_token(authorization: str | None) -> Response:
+async def _own_token(ask: TokenAsk) -> Response:
     """Users mode: the mirror is the token authority (``docxy.access.authority``)."""
     access = mirror_state().access
     assert access is not None
-    scopes = request.args.getlist("scope")
-    async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
-        answer = await asyncio.to_thread(issue_token, access, authorization, scopes)
+    if ask.refresh_token is not None:
+        # The mirror issues no refresh tokens (a login it could not revoke when the users
+        # file changes): one from anywhere else gets the way to a password login.
+        answer: Issued | RegistryError = Unauthorized(NO_REFRESH_TOKENS, BASIC_CHALLENGE)
+    else:
+        async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
+            answer = await asyncio.to_thread(issue_token, access, ask.authorization, ask.scopes)
     if isinstance(answer, RegistryError):  # the token endpoint's answers carry no API version
         headers = Headers(answer.headers())
         response = Response(answer.encoded(), status=answer.status, headers=headers)
     else:
-        assert isinstance(answer, Issued)
-        response = Response(answer.body, status=200, content_type="application/json")
+        body = answer.posted_body() if ask.posted else answer.body
+        response = Response(body, status=200, content_type="application/json")
         set_identity(request_facts(), ClientIdentity(Via.TOKEN, answer.user))
     response.headers["Cache-Control"] = "no-store"
     return response

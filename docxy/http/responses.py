@@ -19,7 +19,7 @@ from werkzeug.datastructures import Headers
 from docxy.cache.errors import FillAborted
 from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
-from docxy.core.challenge import rewrite_challenge
+from docxy.core.challenge import rewrite_challenges
 from docxy.core.errors import RegistryError, StreamCut, Unauthorized
 from docxy.core.headers import API_VERSION_HEADER, response_headers
 from docxy.core.ranges import content_range
@@ -54,9 +54,13 @@ def error_response(error: RegistryError) -> Response:
     return registry_response(error.encoded(), error.status, error.headers())
 
 
-def unauthorized(challenge: str | None) -> Response:
-    """The ``/v2/`` answer that starts a client's token dance."""
-    return error_response(Unauthorized("authentication required", challenge))
+def unauthorized(*challenges: str) -> Response:
+    """The ``/v2/`` answer that starts a client's token dance: one header a challenge."""
+    first = challenges[0] if challenges else None
+    response = error_response(Unauthorized("authentication required", first))
+    for challenge in challenges[1:]:
+        response.headers.add("WWW-Authenticate", challenge)
+    return response
 
 
 def served_response(served: Served) -> Response:
@@ -135,10 +139,9 @@ def relay(
     its scopes named as the client names the repository (``prefix``, if it used one).
     """
     headers = response_headers(upstream.headers.multi_items())
-    challenge = upstream.headers.get("www-authenticate")
-    if challenge is not None:
-        rewritten = rewrite_challenge(challenge, realm, library_prefix, prefix=prefix)
-        headers.append(("WWW-Authenticate", rewritten))
+    offered = upstream.headers.get_list("www-authenticate")
+    for challenge in rewrite_challenges(offered, realm, library_prefix, prefix=prefix):
+        headers.append(("WWW-Authenticate", challenge))
     body = _closed(upstream) if method == "HEAD" else _relayed(upstream)
     response = registry_response(body, upstream.status_code, headers, streamed=True)
     if "content-type" not in upstream.headers:

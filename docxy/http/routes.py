@@ -16,7 +16,7 @@ from quart import Blueprint, Response, request
 
 from docxy.access.gate import remembered
 from docxy.access.identity import set_identity
-from docxy.core.challenge import Challenge, rewrite_challenge
+from docxy.core.challenge import Challenge, rewrite_challenges
 from docxy.core.errors import ClientError, Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.core.headers import request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
@@ -101,10 +101,8 @@ async def ping() -> Response:
             params["service"] = known.service
         return unauthorized(Challenge("Bearer", params).render())
     if answer.status_code == 401:
-        challenge = answer.headers.get("www-authenticate")
-        if challenge is not None:
-            challenge = rewrite_challenge(challenge, realm, upstream.library_prefix)
-        return unauthorized(challenge)
+        offered = answer.headers.get_list("www-authenticate")
+        return unauthorized(*rewrite_challenges(offered, realm, upstream.library_prefix))
     if answer.status_code >= 400:
         return registry_response(_error_body(body, answer.status_code), answer.status_code, JSON)
     return registry_response(b"{}", 200, JSON)

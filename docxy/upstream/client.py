@@ -24,7 +24,7 @@ import httpx
 
 from docxy import __version__
 from docxy.config import NamedUpstreamConfig, UpstreamConfig
-from docxy.core.challenge import Challenge, parse_challenge
+from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers
 from docxy.tasks import Coalesced
@@ -247,18 +247,20 @@ class UpstreamClient:
         headers: list[tuple[str, str]],
         *,
         params: httpx.QueryParams | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """Send and follow redirects (any host); the caller must ``aclose()`` the response.
 
         ``Authorization`` is dropped on a hop to another origin (a CDN's signed URL refuses
-        it); ``Range`` and the other headers are kept.
+        it); ``Range`` and the other headers are kept. ``content`` (a token form) goes with
+        the first hop only, as ``params`` do.
         """
         health = self.health_of(upstream)
         current_headers = headers
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 request = self.http.build_request(
-                    method, url, headers=current_headers, params=params
+                    method, url, headers=current_headers, params=params, content=content
                 )
                 response = await self.http.send(request, stream=True)
             except httpx.TimeoutException as exc:
@@ -281,7 +283,7 @@ class UpstreamClient:
             url, current_headers = next_hop(url, location, current_headers)
             if response.status_code == 303:
                 method = "GET" if method != "HEAD" else "HEAD"
-            params = None
+            params = content = None
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
 
     async def challenge(self, upstream: Upstream, *, refresh: bool = False) -> Challenge | None:
@@ -310,10 +312,8 @@ class UpstreamClient:
             # Not an answer about auth (429/5xx, odd 4xx): try again next time.
             raise UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")
         found = None
-        if response.status_code == 401:
-            parsed = parse_challenge(response.headers.get("www-authenticate", ""))
-            if parsed is not None and parsed.scheme.lower() == "bearer" and parsed.realm:
-                found = parsed
+        if response.status_code == 401:  # the Bearer one, beside Basic or alone
+            found = bearer_challenge(response.headers.get_list("www-authenticate"))
         self._realms[upstream.host] = (now, found)
         return found
 

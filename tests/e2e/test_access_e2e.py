@@ -165,7 +165,8 @@ def test_tokens_work_only_for_their_repository_and_lifetime(
     token = answer.json()["token"]
     assert users_mirror.get(path, token).status_code == 200
     other = users_mirror.get("/v2/docxytest/multi/manifests/1", token)
-    assert other.status_code == 403 and other.json()["errors"][0]["code"] == "DENIED"
+    assert other.status_code == 401 and other.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert 'error="insufficient_scope"' in other.headers["WWW-Authenticate"]
     # a token the server signed with its own key, expired a minute ago
     ring = KeyRing(users_mirror.auth_dir, grace=3600)
     spec = TokenSpec(users_mirror.mirror.url, users_mirror.host, 300)

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from docxy.access.clientca import ClientCA
+from docxy.access.clientca import ClientCA, ClientsFileError
 from docxy.tls.context import ReloadableTLS, self_signed
 
 
@@ -61,17 +61,23 @@ def test_certificates_of_another_ca_or_garbage_map_to_nobody(tmp_path: Path) -> 
 def test_a_broken_client_list_lets_no_certificate_in(
     tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """clients.json edited by hand into something unreadable: certificates map to nobody (the
-    client then needs a token, as without one), with a log line, never an internal error."""
+    """clients.json edited by hand into something unreadable: no certificate is honoured, and
+    the caller is told why (``ClientsFileError``, which the access check answers with a 503
+    naming the file), with a log line once, never an internal error."""
     ca = ClientCA(tmp_path / "ca")
     ca.issue("laptop", tmp_path / "kit")
     running = ClientCA(tmp_path / "ca")
     assert running.client_of(der_of(tmp_path / "kit" / "client.cert")) == "laptop"
     ca.clients_path.write_text(text)
     for _ in range(2):
-        assert running.client_of(der_of(tmp_path / "kit" / "client.cert")) is None
+        with pytest.raises(ClientsFileError, match="clients.json"):
+            running.client_of(der_of(tmp_path / "kit" / "client.cert"))
     assert [r.levelname for r in caplog.records] == ["ERROR"]  # once, not per request
     assert "clients.json" in caplog.records[0].getMessage()
+    ca.clients_path.write_text("{}")  # fixed: read again, and a list again
+    assert running.client_of(der_of(tmp_path / "kit" / "client.cert")) is None
+    ca.issue("laptop", tmp_path / "kit")
+    assert running.client_of(der_of(tmp_path / "kit" / "client.cert")) == "laptop"
 
 
 @pytest.mark.parametrize("name", ["", "UPPER", "../x", "a/b"])

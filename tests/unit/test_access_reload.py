@@ -56,8 +56,8 @@ async def test_a_request_through_the_edge_verifies_its_token_once(
         calls.clear()
         assert await status(edge, token) == 200
         assert calls["verify"] == 1
-        # refusals too: a token for another repository, and a forged one
-        assert await status(edge, token, "/v2/library/nginx/manifests/1") == 403
+        # refusals too: a token for another repository (401 insufficient_scope), a forged one
+        assert await status(edge, token, "/v2/library/nginx/manifests/1") == 401
         assert await status(edge, "forged") == 401
         assert calls["verify"] == 3
 

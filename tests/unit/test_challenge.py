@@ -6,10 +6,13 @@ import pytest
 
 from docxy.core.challenge import (
     Challenge,
+    bearer_challenge,
     parse_challenge,
     prefix_scope,
     rewrite_challenge,
+    rewrite_challenges,
     rewrite_scope,
+    split_challenges,
     unprefix_scope,
 )
 
@@ -276,3 +279,49 @@ def test_a_bearer_challenge_never_keeps_the_upstream_realm(
     parsed = parse_challenge(rewritten)
     assert parsed is not None and parsed.scheme == "Bearer"
     assert parsed.params == {"realm": MIRROR_REALM, **kept}
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('Basic realm="r"', ['Basic realm="r"']),
+        (
+            'Basic realm="r", Bearer realm="https://a/t",service="s"',
+            ['Basic realm="r"', 'Bearer realm="https://a/t",service="s"'],
+        ),
+        (
+            'Bearer realm="https://a/t",service="s", Basic realm="r"',
+            ['Bearer realm="https://a/t",service="s"', 'Basic realm="r"'],
+        ),
+        ('Bearer realm="a, b",service="s"', ['Bearer realm="a, b",service="s"']),
+        ("Negotiate", ["Negotiate"]),
+        ('Bearer realm="x" "junk', ['Bearer realm="x"']),  # an unreadable tail is dropped
+        ("", []),
+    ],
+)
+def test_split_challenges(header: str, expected: list[str]) -> None:
+    assert split_challenges(header) == expected
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ['Basic realm="r"', 'Bearer realm="https://auth.example/token",service="s"'],
+        ['Basic realm="r", Bearer realm="https://auth.example/token",service="s"'],
+        ['Bearer realm="https://auth.example/token",service="s"', 'Basic realm="r"'],
+    ],
+)
+def test_beside_basic_only_the_bearer_challenge_is_relayed_with_the_mirrors_realm(
+    values: list[str],
+) -> None:
+    relayed = rewrite_challenges(values, MIRROR_REALM, library_prefix=True)
+    assert relayed == [f'Bearer realm="{MIRROR_REALM}",service="s"']
+    found = bearer_challenge(values)
+    assert found is not None and found.realm == "https://auth.example/token"
+
+
+def test_without_a_bearer_challenge_the_values_pass_unchanged() -> None:
+    values = ['Basic realm="lab"', 'Digest realm="x", nonce="y"']
+    assert rewrite_challenges(values, MIRROR_REALM, library_prefix=True) == values
+    assert bearer_challenge(values) is None
+    assert bearer_challenge(['Bearer service="no-realm"']) is None
