@@ -11,7 +11,7 @@ import errno
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ from docxy.shared.tier import SharedTier
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
 from tests.unit import fakes
+from tests.unit.turns import until
 
 GUARD = 10.0  # seconds before a would-be hang becomes a test failure
-YIELDS = 10_000  # turns of the event loop a test waits for something before it fails
 REGISTRY = Upstream("https://registry.test")
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = digest_of(BLOB)
@@ -47,15 +47,6 @@ PULL = Pull(REGISTRY, "team/app", Reference("team/app", Kind.BLOB, digest=DIGEST
 
 def make_store(root: Path, max_size: int = 1 << 30) -> DiskBlobStore:
     return DiskBlobStore.open(root, max_size, write_buffer=0)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to the event loop until ``condition`` holds (bounded: never hangs a test)."""
-    for _ in range(YIELDS):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the awaited state never came")
 
 
 class HeldBody(httpx.AsyncByteStream):

@@ -10,7 +10,8 @@ import httpx
 from docxy.core.errors import UpstreamUnavailable
 from docxy.tasks import spawn
 from docxy.upstream.client import Upstream, UpstreamClient
-from tests.unit.test_upstream_tokens import CHALLENGE, UPSTREAM, WAITERS, until
+from tests.unit.test_upstream_tokens import CHALLENGE, UPSTREAM, WAITERS
+from tests.unit.turns import until
 
 
 class Registry:

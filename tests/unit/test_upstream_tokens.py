@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -14,20 +13,11 @@ from docxy.core.errors import UpstreamUnavailable
 from docxy.tasks import spawn
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
+from tests.unit.turns import until
 
 CHALLENGE = 'Bearer realm="https://auth.test/token",service="registry.test"'
 UPSTREAM = Upstream("https://registry.test")
 WAITERS = 10
-YIELDS = 10_000  # turns of the event loop a test waits for something before it fails
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to the event loop until ``condition`` holds (bounded: never hangs a test)."""
-    for _ in range(YIELDS):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the awaited state never came")
 
 
 class TokenService:
