@@ -120,6 +120,7 @@ class Renewer(Runs):
         certs.renew(
             config_dir=s.config_dir,
             ca_bundle=s.ca_bundle,
+            cert_name=s.domain,
             deploy_hook=s.deploy_hook,
             timeout=s.certbot_timeout,
         )
