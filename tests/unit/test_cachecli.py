@@ -402,3 +402,31 @@ def test_repo_key_finds_each_upstreams_store_key() -> None:
     assert repo_key(parse_image_ref("lab.test/a/b:1"), config) == RepoKey("127.0.0.1:5000", "a/b")
     assert repo_key(parse_image_ref("ghcr.io/o/i"), config) == RepoKey("ghcr.io", "o/i")
     assert upstream_names(config) == {"ghcr.io": "ghcr.io", "127.0.0.1:5000": "lab.test"}
+
+
+def test_gc_verify_goes_on_past_a_blob_the_live_mirror_evicted_meanwhile(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gc --verify` re-hashes a whole cache (minutes on a big one) beside a serving mirror,
+    which evicts blobs meanwhile: one listed at the start is gone by the time its turn comes.
+    That blob is simply no longer there: not corrupt, and the gc goes on to the end."""
+    from docxy.cache import blobs as blobs_mod
+
+    cache.blob_path("amd64-l").write_bytes(b"bit rot")
+    evicted = cache.blob_path("busybox-l")
+    real_hash = blobs_mod._hash_matches
+
+    def hash_while_the_mirror_evicts(entry: blobs_mod.BlobEntry) -> bool:
+        if evicted.exists() and entry.path != evicted:
+            trash = cache.root / "tmp" / "evicted-busybox-l"
+            evicted.rename(trash)  # what the mirror's eviction does: off its name, then freed
+            trash.unlink()
+        return real_hash(entry)
+
+    monkeypatch.setattr(blobs_mod, "_hash_matches", hash_while_the_mirror_evicts)
+    code, out, err = run(capsys, cache, "gc", "--verify")
+    assert not evicted.exists()
+    assert (code, err) == (0, "")
+    report = {k.strip(): v.strip() for k, v in (line.split(":") for line in out.splitlines())}
+    assert report["corrupt blobs removed"] == "1"  # the rotten one; the evicted one is not
+    assert not cache.blob_path("amd64-l").exists()
