@@ -39,7 +39,9 @@ def wait_for(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
+            # trust_env=False: a proxy from the environment (certbot's, to reach the CA) cannot
+            # reach this host's own listener (docxy.cli.healthcheck.probe does the same).
+            if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
