@@ -533,3 +533,46 @@ def test_a_failed_first_issuance_installs_nothing(
     assert renewer.run() is False
     assert str(renewer.last_error) == "certbot certonly failed: Detail: the CA is having a nap"
     assert (cert.read_bytes(), key.read_bytes()) == before
+
+
+def test_a_retry_the_renewer_wakes_late_for_still_runs(
+    fake_certbot: FakeCertbot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewer woke up late for its retry: swapped out on a small box under memory
+    pressure, a paused container, a resumed VM, the wall clock stepped forward by NTP after
+    boot. Here the job executor's clock runs 5 s ahead of the retry's time. The retry must still
+    run (once), not be dropped as missed, leaving the next attempt to the daily run up to 12 h
+    later and a next_run in the past in the status."""
+    import datetime as dt
+
+    from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+    from apscheduler.executors import base as executor_base
+
+    class Late(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Late:
+            real = dt.datetime.now(tz) + dt.timedelta(seconds=5)
+            return cls.fromtimestamp(real.timestamp(), tz)
+
+    monkeypatch.setattr(executor_base, "datetime", Late)
+    fake_certbot.fail_next = 1
+    settings = settings_mod.load(["--interval", "3600", "--retry-base", "0.05"])
+    scheduler = scheduler_main.build(Renewer(settings))
+    retries: list[int] = []
+
+    def seen(event: JobExecutionEvent) -> None:
+        if event.job_id == scheduler_main.RETRY_JOB:
+            retries.append(event.code)
+
+    scheduler.add_listener(seen, EVENT_JOB_EXECUTED | EVENT_JOB_MISSED)
+    thread = threading.Thread(target=scheduler.start, name="scheduler-under-test")
+    thread.start()
+    try:
+        poll(lambda: retries)
+        status = read_status(settings.status_file)
+    finally:
+        scheduler.shutdown(wait=False)
+        thread.join(timeout=10)
+    assert retries == [EVENT_JOB_EXECUTED]
+    assert fake_certbot.calls == ["certonly", "certonly"]
+    assert status["failures"] == 0
