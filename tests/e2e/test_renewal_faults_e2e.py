@@ -8,11 +8,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from docxy.tls import certs
 from lab.acme import EMAIL, running_pebble
-from tests.e2e.test_certs_e2e import Site, mirror_with_tls, run_renewer_once, serial_of
+from lab.mirror import launch_mirror, stop_mirror
+from tests.e2e.test_certs_e2e import (
+    DEAD_UPSTREAM,
+    Site,
+    mirror_with_tls,
+    run_renewer_once,
+    serial_of,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -53,3 +61,31 @@ def test_an_earlier_domains_lineage_neither_fails_nor_blocks_the_renewal(tmp_pat
     assert second.returncode == 0, second.stderr
     assert status["last_error"] is None and status["failures"] == 0
     assert OLD_DOMAIN not in second.stderr, second.stderr
+
+
+def test_a_mirror_without_a_domain_reports_no_renewal_trouble(tmp_path: Path) -> None:
+    """The plain-HTTP appliance (no DOCXY_DOMAIN, behind a CDN or a reverse proxy): the image
+    sets certs.config_dir for every container, but without certs.domain no renewer runs (the
+    entrypoint does not start it; run by hand it idles and writes no status, by design). /health
+    and /status then showed a renewal error ("no renewer status ... FileNotFoundError") that no
+    renewer would ever clear. With a domain, a missing status is worth showing: it stays."""
+    config_dir = tmp_path / "letsencrypt"
+    plain = launch_mirror(
+        DEAD_UPSTREAM, tmp_path / "plain", [], {"DOCXY_CERTS_CONFIG_DIR": str(config_dir)}
+    )
+    try:
+        plain_health = httpx.get(f"{plain.url}/health", timeout=10).json()
+    finally:
+        stop_mirror(plain)
+    with_domain = launch_mirror(
+        DEAD_UPSTREAM,
+        tmp_path / "domain",
+        [],
+        {"DOCXY_CERTS_CONFIG_DIR": str(config_dir), "DOCXY_CERTS_DOMAIN": "mirror.test"},
+    )
+    try:
+        domain_health = httpx.get(f"{with_domain.url}/health", timeout=10).json()
+    finally:
+        stop_mirror(with_domain)
+    assert "renewal" not in plain_health, plain_health["renewal"]
+    assert "no renewer status" in domain_health["renewal"]["error"]
