@@ -31,7 +31,11 @@ def _next_run(scheduler: BlockingScheduler) -> dt.datetime | None:
 
 def build(renewer: Runs) -> BlockingScheduler:
     s = renewer.settings
-    scheduler = BlockingScheduler(timezone=dt.UTC, job_defaults={"coalesce": True})
+    # A run the renewer wakes up late for (swapped out, a paused container, the clock stepped
+    # forward) still runs, once: APScheduler's default drops a run more than 1 s late, and a
+    # dropped retry left the next attempt to the daily run, up to 12 h later.
+    late_is_fine = {"coalesce": True, "misfire_grace_time": None}
+    scheduler = BlockingScheduler(timezone=dt.UTC, job_defaults=late_is_fine)
 
     def job() -> None:
         if renewer.run():
@@ -56,7 +60,6 @@ def build(renewer: Runs) -> BlockingScheduler:
         trigger,
         id=RENEW_JOB,
         max_instances=1,
-        misfire_grace_time=3600,
         next_run_time=dt.datetime.now(dt.UTC),  # once at start too
     )
     return scheduler

@@ -39,7 +39,9 @@ def wait_for(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
+            # trust_env=False: a proxy from the environment (certbot's, to reach the CA) cannot
+            # reach this host's own listener (docxy.cli.healthcheck.probe does the same).
+            if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -89,9 +91,25 @@ class Renewer(Runs):
     def attempt(self) -> None:
         try:
             self._obtain_or_renew()
-            self._deploy()
-        except (certs.CertbotError, CertError, ReloadError, OSError, ValueError) as exc:
+        except (certs.CertbotError, CertError, OSError, ValueError) as exc:
+            self._deploy_despite(exc)
             raise RunFailed(str(exc)) from exc
+        try:
+            self._deploy()
+        except (CertError, ReloadError, OSError, ValueError) as exc:
+            raise RunFailed(str(exc)) from exc
+
+    def _deploy_despite(self, failure: Exception) -> None:
+        """certbot failed, but a certificate issued earlier may still not be the one served (the
+        served files lost or replaced by a bootstrap pair, an install cut short): serve it now,
+        not after certbot's next success. The run stays failed for certbot's reason."""
+        live = self.live_dir
+        if live is None or not (live / "fullchain.pem").exists():
+            return  # nothing issued yet
+        try:
+            self._deploy()
+        except (CertError, ReloadError, OSError, ValueError) as exc:
+            log.warning("after %s, installing the issued certificate failed too: %s", failure, exc)
 
     def certificate(self) -> dict[str, object] | None:
         s = self.settings
@@ -120,6 +138,7 @@ class Renewer(Runs):
         certs.renew(
             config_dir=s.config_dir,
             ca_bundle=s.ca_bundle,
+            cert_name=s.domain,
             deploy_hook=s.deploy_hook,
             timeout=s.certbot_timeout,
         )

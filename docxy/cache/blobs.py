@@ -712,7 +712,12 @@ class DiskBlobStore:
             for entry in list(self._index.values()):
                 if self._pins[entry.digest]:
                     continue
-                if not await asyncio.to_thread(_hash_matches, entry):
+                try:
+                    intact = await asyncio.to_thread(_hash_matches, entry)
+                except FileNotFoundError:  # evicted or removed meanwhile (a live mirror's)
+                    self._forget(entry)
+                    continue
+                if not intact:
                     log.warning("cache: %s is corrupt on disk, removed", entry.digest)
                     _unlink(entry.path)
                     self._forget(entry)

@@ -35,6 +35,7 @@ from docxy.cache import (
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import Config
+from docxy.core.digests import ALGORITHMS
 from docxy.core.errors import ConfigError
 from docxy.core.names import ImageRef, parse_image_ref
 
@@ -212,8 +213,7 @@ def cmd_ls(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
 def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
     usage = cache.blobs.usage()
     percent = 100.0 * usage.bytes / usage.max_size if usage.max_size else 0.0
-    tmp = cache.blobs.tmp_dir
-    filling = sum(1 for _ in os.scandir(tmp)) if tmp.is_dir() else 0
+    filling = fills_in(cache.blobs.tmp_dir)
     rows = [
         ("blobs", str(usage.entries)),
         ("tags", str(len(cache.manifests.list_tags()))),
@@ -225,6 +225,14 @@ def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
     for key, value in rows:
         print(f"{key + ':':<10} {value}", file=out)
     return EXIT_OK
+
+
+def fills_in(tmp: Path) -> int:
+    """Blob downloads in progress: temp files named ``<algorithm>-<hex>.<suffix>``, not the
+    evicted blobs a live mirror is freeing beside them (``evicted-<hex>.<suffix>``)."""
+    if not tmp.is_dir():
+        return 0
+    return sum(1 for entry in os.scandir(tmp) if entry.name.split("-", 1)[0] in ALGORITHMS)
 
 
 async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out: TextIO) -> int:

@@ -215,7 +215,8 @@ async def run(config: Config) -> None:
     if tls is not None:
         state.extras.setdefault("health", {})["tls"] = tls.status
     renewal_dir = config.certs.config_dir
-    if renewal_dir is not None:
+    # Without a domain no renewer runs (or it idles, writing no status): nothing to report.
+    if renewal_dir is not None and config.certs.domain is not None:
         state.extras.setdefault("health", {})["renewal"] = lambda: renewal_status(renewal_dir)
     https_url = config.server.public_url if tls is not None else None
     observer = Observer(state)

@@ -153,13 +153,22 @@ def renew(
     *,
     config_dir: Path,
     ca_bundle: Path | None,
+    cert_name: str | None = None,
     deploy_hook: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     timeout: float = TIMEOUT,
 ) -> str:
-    """Renew whatever certbot finds due in `config_dir` (it keeps each lineage's ACME server)."""
+    """Renew what certbot finds due in `config_dir` (it keeps each lineage's ACME server).
+
+    With `cert_name` (the mirror's domain) only that lineage: one left by an earlier domain,
+    whose renewal fails once that name no longer leads here, would otherwise fail every run
+    (certbot exits 1 if any lineage fails), keep the renewed certificate from being installed,
+    and ask the CA for the old name at every retry.
+    """
     args = ["renew", "--no-random-sleep-on-renew", *_dirs(config_dir)]
+    if cert_name:
+        args += ["--cert-name", cert_name]
     if deploy_hook:
         args += ["--deploy-hook", deploy_hook]
     if force:
@@ -299,10 +308,15 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             dry_run=args.dry_run,
         )
     else:
+        domain = _need(certs.domain, "certs.domain")
         renew(
-            config_dir=config_dir, ca_bundle=certs.ca_bundle, force=args.force, dry_run=args.dry_run
+            config_dir=config_dir,
+            ca_bundle=certs.ca_bundle,
+            cert_name=domain,
+            force=args.force,
+            dry_run=args.dry_run,
         )
-        live = config_dir / "live" / _need(certs.domain, "certs.domain")
+        live = config_dir / "live" / domain
     print(live)
     if cert_path is not None and key_path is not None and not args.dry_run:
         changed = install(live, cert_path, key_path)

@@ -402,3 +402,58 @@ def test_repo_key_finds_each_upstreams_store_key() -> None:
     assert repo_key(parse_image_ref("lab.test/a/b:1"), config) == RepoKey("127.0.0.1:5000", "a/b")
     assert repo_key(parse_image_ref("ghcr.io/o/i"), config) == RepoKey("ghcr.io", "o/i")
     assert upstream_names(config) == {"ghcr.io": "ghcr.io", "127.0.0.1:5000": "lab.test"}
+
+
+def test_gc_verify_goes_on_past_a_blob_the_live_mirror_evicted_meanwhile(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gc --verify` re-hashes a whole cache (minutes on a big one) beside a serving mirror,
+    which evicts blobs meanwhile: one listed at the start is gone by the time its turn comes.
+    That blob is simply no longer there: not corrupt, and the gc goes on to the end."""
+    from docxy.cache import blobs as blobs_mod
+
+    cache.blob_path("amd64-l").write_bytes(b"bit rot")
+    evicted = cache.blob_path("busybox-l")
+    real_hash = blobs_mod._hash_matches
+
+    def hash_while_the_mirror_evicts(entry: blobs_mod.BlobEntry) -> bool:
+        if evicted.exists() and entry.path != evicted:
+            trash = cache.root / "tmp" / "evicted-busybox-l"
+            evicted.rename(trash)  # what the mirror's eviction does: off its name, then freed
+            trash.unlink()
+        return real_hash(entry)
+
+    monkeypatch.setattr(blobs_mod, "_hash_matches", hash_while_the_mirror_evicts)
+    code, out, err = run(capsys, cache, "gc", "--verify")
+    assert not evicted.exists()
+    assert (code, err) == (0, "")
+    report = {k.strip(): v.strip() for k, v in (line.split(":") for line in out.splitlines())}
+    assert report["corrupt blobs removed"] == "1"  # the rotten one; the evicted one is not
+    assert not cache.blob_path("amd64-l").exists()
+
+
+def test_du_counts_fills_not_the_evicted_blobs_being_freed(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """A live mirror evicting frees large blobs in a worker thread: until then each sits in
+    tmp/ beside the fills (seconds per multi-GiB file, a whole batch at once). `du` run then, on
+    the full cache an operator is looking into, counted each as a blob being fetched."""
+
+    async def evict_one_while_one_fills() -> tuple[int, str]:
+        live = open_cache(cache.root, max_size=1 << 20, tag_ttl=300)
+        await live.blobs.indexed()
+        writer = await live.blobs.fetch_or_join(digest_of(b"on its way"))
+        assert isinstance(writer, BlobWriter)
+        async with writer:
+            await writer.write(b"on its")
+            entry = live.blobs.lookup(cache.blobs["busybox-l"])
+            assert entry is not None
+            trash = live.blobs._drop(entry)  # eviction: off its name, not yet freed
+            assert trash is not None and trash.exists()
+            code = main(["cache", "du", "--cache-dir", str(cache.root), "--upstream", UPSTREAM])
+            return code, capsys.readouterr().out
+
+    code, out = asyncio.run(evict_one_while_one_fills())
+    assert code == 0
+    fields = dict(line.split(":", 1) for line in out.splitlines())
+    assert fields["filling"].strip() == "1 blobs being fetched"

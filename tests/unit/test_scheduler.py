@@ -490,3 +490,89 @@ def test_a_run_whose_child_gives_no_result_is_a_failed_run() -> None:
     assert runs.run() is False
     assert runs.failures == 1
     assert "exited 2 without a result" in str(runs.last_error)
+
+
+def test_a_failed_certbot_run_still_serves_the_certificate_already_issued(
+    tmp_path: Path,
+    fake_certbot: FakeCertbot,
+    hup_listener: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A valid certificate in certbot's lineage, but the mirror serves another pair: its
+    self-signed bootstrap (the served files were lost or moved, tls.cert_path changed), or the
+    pair of an install that was cut short. certbot cannot reach the CA just now. The run fails
+    and says why, but the issued certificate is served at once, not after certbot's next
+    success (hours of backoff, with no Docker client trusting the mirror meanwhile)."""
+    pidfile, seen = hup_listener
+    fake_certbot._issue("certonly")  # issued earlier
+    fake_certbot.calls.clear()
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+
+    fake_certbot.fail_next = 1
+    assert renewer.run() is False
+    assert fake_certbot.calls == ["renew"]
+    assert "the CA is having a nap" in str(renewer.last_error)
+    assert cert.read_bytes() == (fake_certbot.live / "fullchain.pem").read_bytes()
+    assert key.read_bytes() == (fake_certbot.live / "privkey.pem").read_bytes()
+    poll(lambda: seen.exists() and seen.read_text() == "hup\n")
+
+
+def test_a_failed_first_issuance_installs_nothing(
+    tmp_path: Path, fake_certbot: FakeCertbot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No lineage yet and certbot failed: the bootstrap pair stays, certbot's reason is told."""
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")
+    before = cert.read_bytes(), key.read_bytes()
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    renewer = Renewer(settings_mod.load([]))
+    fake_certbot.fail_next = 1
+    assert renewer.run() is False
+    assert str(renewer.last_error) == "certbot certonly failed: Detail: the CA is having a nap"
+    assert (cert.read_bytes(), key.read_bytes()) == before
+
+
+def test_a_retry_the_renewer_wakes_late_for_still_runs(
+    fake_certbot: FakeCertbot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewer woke up late for its retry: swapped out on a small box under memory
+    pressure, a paused container, a resumed VM, the wall clock stepped forward by NTP after
+    boot. Here the job executor's clock runs 5 s ahead of the retry's time. The retry must still
+    run (once), not be dropped as missed, leaving the next attempt to the daily run up to 12 h
+    later and a next_run in the past in the status."""
+    import datetime as dt
+
+    from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+    from apscheduler.executors import base as executor_base
+
+    class Late(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Late:
+            real = dt.datetime.now(tz) + dt.timedelta(seconds=5)
+            return cls.fromtimestamp(real.timestamp(), tz)
+
+    monkeypatch.setattr(executor_base, "datetime", Late)
+    fake_certbot.fail_next = 1
+    settings = settings_mod.load(["--interval", "3600", "--retry-base", "0.05"])
+    scheduler = scheduler_main.build(Renewer(settings))
+    retries: list[int] = []
+
+    def seen(event: JobExecutionEvent) -> None:
+        if event.job_id == scheduler_main.RETRY_JOB:
+            retries.append(event.code)
+
+    scheduler.add_listener(seen, EVENT_JOB_EXECUTED | EVENT_JOB_MISSED)
+    thread = threading.Thread(target=scheduler.start, name="scheduler-under-test")
+    thread.start()
+    try:
+        poll(lambda: retries)
+        status = read_status(settings.status_file)
+    finally:
+        scheduler.shutdown(wait=False)
+        thread.join(timeout=10)
+    assert retries == [EVENT_JOB_EXECUTED]
+    assert fake_certbot.calls == ["certonly", "certonly"]
+    assert status["failures"] == 0

@@ -1,0 +1,91 @@
+"""Renewal faults a user would hit, shown with real certbot against pebble on loopback.
+
+Each test failed on the code before its fix (see the commit that added it).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.tls import certs
+from lab.acme import EMAIL, running_pebble
+from lab.mirror import launch_mirror, stop_mirror
+from tests.e2e.test_certs_e2e import (
+    DEAD_UPSTREAM,
+    Site,
+    mirror_with_tls,
+    run_renewer_once,
+    serial_of,
+)
+
+pytestmark = pytest.mark.e2e
+
+OLD_DOMAIN = "old.mirror.test"  # the mirror's earlier name (challtestsrv resolves it too)
+
+
+def test_an_earlier_domains_lineage_neither_fails_nor_blocks_the_renewal(tmp_path: Path) -> None:
+    """The mirror was renamed: certbot's directory still holds the lineage of its earlier name,
+    whose renewal now fails (that name no longer leads here; below, its webroot is one nobody
+    serves). Renewing the mirror's own certificate must neither fail because of it, nor leave
+    the renewed certificate uninstalled, nor ask the CA for the earlier name again and again."""
+    site = Site(tmp_path)
+    with mirror_with_tls(site) as (mirror, _tls_port):
+        with running_pebble(tmp_path / "pebble", mirror.port) as pebble:
+            certs.obtain(
+                OLD_DOMAIN,
+                EMAIL,
+                webroot=site.webroot,
+                config_dir=site.config_dir,
+                acme_server=pebble.directory,
+                ca_bundle=pebble.tls_ca,
+                staging=False,
+            )
+            conf = site.config_dir / "renewal" / f"{OLD_DOMAIN}.conf"
+            gone = tmp_path / "old-webroot"  # no server answers for this one any more
+            conf.write_text(re.sub(re.escape(str(site.webroot)), str(gone), conf.read_text()))
+
+            first = run_renewer_once(site, pebble)  # the first issuance for the new name
+            assert first.returncode == 0, first.stderr
+            served = serial_of(site.cert)
+
+            second = run_renewer_once(site, pebble)  # pebble's certificates are always due
+            status = site.status()
+            live = site.config_dir / "live" / "mirror.test"
+            renewed = serial_of(live / "fullchain.pem")
+    assert renewed != served  # renewed...
+    assert site.cert.read_bytes() == (live / "fullchain.pem").read_bytes()  # ...and served
+    assert second.returncode == 0, second.stderr
+    assert status["last_error"] is None and status["failures"] == 0
+    assert OLD_DOMAIN not in second.stderr, second.stderr
+
+
+def test_a_mirror_without_a_domain_reports_no_renewal_trouble(tmp_path: Path) -> None:
+    """The plain-HTTP appliance (no DOCXY_DOMAIN, behind a CDN or a reverse proxy): the image
+    sets certs.config_dir for every container, but without certs.domain no renewer runs (the
+    entrypoint does not start it; run by hand it idles and writes no status, by design). /health
+    and /status then showed a renewal error ("no renewer status ... FileNotFoundError") that no
+    renewer would ever clear. With a domain, a missing status is worth showing: it stays."""
+    config_dir = tmp_path / "letsencrypt"
+    plain = launch_mirror(
+        DEAD_UPSTREAM, tmp_path / "plain", [], {"DOCXY_CERTS_CONFIG_DIR": str(config_dir)}
+    )
+    try:
+        plain_health = httpx.get(f"{plain.url}/health", timeout=10).json()
+    finally:
+        stop_mirror(plain)
+    with_domain = launch_mirror(
+        DEAD_UPSTREAM,
+        tmp_path / "domain",
+        [],
+        {"DOCXY_CERTS_CONFIG_DIR": str(config_dir), "DOCXY_CERTS_DOMAIN": "mirror.test"},
+    )
+    try:
+        domain_health = httpx.get(f"{with_domain.url}/health", timeout=10).json()
+    finally:
+        stop_mirror(with_domain)
+    assert "renewal" not in plain_health, plain_health["renewal"]
+    assert "no renewer status" in domain_health["renewal"]["error"]
