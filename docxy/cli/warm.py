@@ -31,7 +31,7 @@ from docxy.cli.cache import human_size
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.cli.progress import TransferProgress
-from docxy.core.challenge import parse_challenge
+from docxy.core.challenge import bearer_challenge, parse_challenge, split_challenges
 from docxy.core.errors import ConfigError, DigestInvalid
 from docxy.core.names import ImageRef, parse_image_ref
 
@@ -64,7 +64,8 @@ class WarmError(Exception):
 class RegistryAuth(httpx.Auth):
     """Answers a registry's ``401`` like a Docker client: a Bearer challenge sends us to its
     realm for a ``repository:<name>:pull`` token (anonymous, or with Basic credentials); a Basic
-    challenge gets the credentials. Tokens are kept per scope for the next requests."""
+    challenge gets the credentials. Every challenge offered counts (several headers, or several
+    in one), and Bearer wins over Basic. Tokens are kept per scope for the next requests."""
 
     def __init__(self, credentials: tuple[str, str] | None = None) -> None:
         self._basic = httpx.BasicAuth(*credentials) if credentials else None
@@ -78,13 +79,13 @@ class RegistryAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
-        challenge = parse_challenge(response.headers.get("www-authenticate", ""))
-        if challenge is None:
-            return
-        if challenge.scheme.lower() == "basic" and self._basic is not None:
-            yield from self._basic.auth_flow(request)
-            return
-        if challenge.scheme.lower() != "bearer" or not challenge.realm:
+        # Each header on its own (httpx's ``get`` joins repeated ones with ", ", which reads
+        # as no challenge): a Bearer challenge wins, as in Docker's client; Basic otherwise.
+        offered = response.headers.get_list("www-authenticate")
+        challenge = bearer_challenge(offered)
+        if challenge is None or not challenge.realm:
+            if self._basic is not None and _offers_basic(offered):
+                yield from self._basic.auth_flow(request)
             return
         params = {"scope": challenge.params.get("scope", scope)}
         if challenge.service:
@@ -106,6 +107,11 @@ class RegistryAuth(httpx.Auth):
         self._tokens[scope] = token
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+def _offers_basic(values: list[str]) -> bool:
+    challenges = (parse_challenge(text) for value in values for text in split_challenges(value))
+    return any(c is not None and c.scheme.lower() == "basic" for c in challenges)
 
 
 # --- the pull -------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def mirror_only_token(name: str) -> Response:
     return offline_token_body()
 
 
-def credentials_go_to(upstream: Upstream, named: str | None, scopes: list[str]) -> bool:
+def credentials_go_to(upstream: Upstream, ask: TokenAsk) -> bool:
     """Whether the client's login may go to ``upstream``'s token service.
 
     A client sends the login it holds for the host name it pulls from. The mirror's own name
@@ -127,13 +127,16 @@ def credentials_go_to(upstream: Upstream, named: str | None, scopes: list[str]) 
     upstream gets it only when the client reached it as that upstream itself: through one of
     its ``hosts`` names or containerd's ``?ns=`` (the realm then names it, ``?upstream=``,
     and the scopes name its repositories as it does). A client that names it by path prefix
-    (``mirror/ghcr.io/owner/img``: scopes ``repository:ghcr.io/owner/img``) is using the
-    mirror's login, which is not ghcr.io's: that token request goes anonymous, whichever
-    realm it came by (the ``/v2/`` one, or the one in ghcr.io's own challenge).
+    (``mirror/ghcr.io/owner/img``) is using the mirror's login, which is not ghcr.io's: that
+    token request goes anonymous, whichever realm it came by. The ``/v2/`` one names no
+    upstream, and the scopes say ``repository:ghcr.io/owner/img``; the one in ghcr.io's own
+    challenge says ``via=prefix``, which holds when that challenge named no scope at all.
     """
     if upstream.is_default:
         return True
-    return named is not None and not any(_by_prefix(s, upstream.name) for s in scopes)
+    if ask.get("upstream") is None or ask.get("via") == "prefix":
+        return False
+    return not any(_by_prefix(s, upstream.name) for s in ask.scopes)
 
 
 def _by_prefix(scope_text: str, prefix: str) -> bool:
@@ -162,9 +165,8 @@ async def token() -> Response:
         if not forward or _is_mirror_user(ask.authorization):
             return await _own_token(ask)
     refuse_unsendable()  # what follows may forward the client's Authorization
-    named = ask.get("upstream")
-    upstream = state.upstreams.for_token(named, ask.scopes)
-    if ask.credentialed and not credentials_go_to(upstream, named, ask.scopes):
+    upstream = state.upstreams.for_token(ask.get("upstream"), ask.scopes)
+    if ask.credentialed and not credentials_go_to(upstream, ask):
         ask = ask.anonymous()
     try:
         realm = await state.client.auth_realm(upstream)

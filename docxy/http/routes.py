@@ -199,7 +199,7 @@ async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Respons
     return relay(
         answer,
         method=pull.method,
-        realm=state.token_realm_for(pull.upstream),
+        realm=state.token_realm_for(pull.upstream, by_prefix=route.prefix is not None),
         library_prefix=pull.upstream.library_prefix,
         prefix=route.prefix,
     )

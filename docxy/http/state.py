@@ -54,11 +54,14 @@ class MirrorState:
         """The realm the mirror advertises: always built from the configured public URL."""
         return self.config.server.public_url + "/auth/token"
 
-    def token_realm_for(self, upstream: Upstream) -> str:
-        """The realm for one upstream's challenges: the same endpoint, naming the upstream."""
+    def token_realm_for(self, upstream: Upstream, *, by_prefix: bool = False) -> str:
+        """The realm for one upstream's challenges: the same endpoint, naming the upstream,
+        and saying so (``via=prefix``) when the client named it by path prefix: that client's
+        login is the mirror's, which ``/auth/token`` then keeps from it (``credentials_go_to``)."""
         if upstream.is_default:
             return self.token_realm
-        return f"{self.token_realm}?upstream={quote(upstream.name, safe='')}"
+        realm = f"{self.token_realm}?upstream={quote(upstream.name, safe='')}"
+        return realm + "&via=prefix" if by_prefix else realm
 
     def route(self, name: str, *, ns: str | None, host: str | None) -> Route:
         """The upstream for a request: by ``?ns=``, the mirror host name, or a path prefix."""

@@ -139,16 +139,33 @@ def ask_for_client_certificates(ctx: ssl.SSLContext, ca: Path) -> None:
 
 
 def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path) -> None:
-    """Load exactly these bytes (not whatever the files hold by now) into `ctx`."""
-    fd, name = tempfile.mkstemp(prefix="docxy-tls-", suffix=".pem")  # mode 0600
+    """Load exactly these bytes (not whatever the files hold by now) into `ctx`.
+
+    OpenSSL takes only a path, so they go to an anonymous memory file (``memfd``, named by
+    ``/proc/self/fd``): the key is never written to a filesystem. Only where there is none
+    (no memfd or no ``/proc``) a 0600 temp file holds them, removed once loaded.
+    """
+    fd = -1
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = os.memfd_create("docxy-tls", os.MFD_CLOEXEC)
+        except OSError:  # a kernel or sandbox without it
+            fd = -1
+    on_disk = fd < 0
+    if on_disk:
+        fd, name = tempfile.mkstemp(prefix="docxy-tls-", suffix=".pem")  # mode 0600
+    else:
+        name = f"/proc/self/fd/{fd}"
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(fd, "wb", closefd=False) as fh:
             fh.write(key_pem.rstrip(b"\n") + b"\n" + cert_pem)
         ctx.load_cert_chain(name)
     except ssl.SSLError as exc:
         raise CertError(f"certificate {cert_path}: rejected by OpenSSL ({exc.reason})") from exc
     finally:
-        os.unlink(name)
+        os.close(fd)
+        if on_disk:
+            os.unlink(name)
 
 
 def _file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:

@@ -190,7 +190,7 @@ async def test_challenges_name_the_upstream_and_the_clients_repository() -> None
     assert by_prefix.status == by_ns.status == hub.status == 401
     realm = f"{PUBLIC}/auth/token?upstream=ghcr.test"
     assert challenge_of(by_prefix) == {
-        "realm": realm,
+        "realm": realm + "&via=prefix",  # the client's login is the mirror's: kept from ghcr
         "service": "ghcr-service",
         "scope": "repository:ghcr.test/owner/img:pull",
     }

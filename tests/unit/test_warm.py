@@ -23,6 +23,7 @@ from docxy.cli.warm import (
 )
 from docxy.core.names import parse_image_ref
 from lab.bed import Bed
+from lab.bed.httpserver import LoopbackServer, QuietHandler
 from lab.mirror import Mirror
 from tests.conftest import StartMirror
 
@@ -67,6 +68,8 @@ class FakeRegistry:
         self.token_requests: list[httpx.Request] = []
         self.blob_gets: list[str] = []
         self.corrupt: dict[str, bytes] = {}
+        self.realm = "http://mirror.test/token"
+        self.challenges: list[str] = []  # WWW-Authenticate values, one header each
 
     def add_image(self, repo: str, tag: str, layers: list[bytes], arch: str = "amd64") -> str:
         config = json.dumps({"architecture": arch, "os": "linux"}).encode()
@@ -89,8 +92,8 @@ class FakeRegistry:
             self.token_requests.append(request)
             return httpx.Response(200, json={"token": "good-token"})
         if request.headers.get("authorization") != "Bearer good-token":
-            challenge = 'Bearer realm="http://mirror.test/token",service="svc"'
-            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+            values = self.challenges or [f'Bearer realm="{self.realm}",service="svc"']
+            return httpx.Response(401, headers=[("WWW-Authenticate", v) for v in values])
         path = request.url.path
         if path == "/v2/":
             return httpx.Response(200, json={})
@@ -143,6 +146,82 @@ def test_credentials_go_to_the_token_service(registry: FakeRegistry) -> None:
     warm.warm(parse_image_ref("team/app:1"))
     expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
     assert registry.token_requests[0].headers["authorization"] == expected
+
+
+def serve_over_loopback(registry: FakeRegistry) -> LoopbackServer:
+    """``registry`` behind a real HTTP server on 127.0.0.1: repeated headers stay repeated on
+    the wire, as a real registry sends them (a MockTransport never puts them on a wire)."""
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            url = f"http://{self.headers['Host']}{self.path}"
+            answer = registry.handler(httpx.Request("GET", url, headers=self.headers.items()))
+            self.send_response(answer.status_code)
+            for name, value in answer.headers.multi_items():
+                if name != "content-length":
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+    server = LoopbackServer(Handler)
+    server.start()
+    registry.realm = f"{server.url}/token"
+    return server
+
+
+@pytest.mark.parametrize("basic_first", [True, False])
+@pytest.mark.parametrize("credentials", [None, ("alice", "s3cret")])
+def test_two_challenge_headers_still_find_the_token_service(
+    registry: FakeRegistry, basic_first: bool, credentials: tuple[str, str] | None
+) -> None:
+    """A registry offering Basic and Bearer in two ``WWW-Authenticate`` headers: warm takes
+    the Bearer one (its realm, service and scope) and logs in there, never with Basic."""
+    server = serve_over_loopback(registry)
+    try:
+        scope = "repository:library/app:pull"
+        bearer = f'Bearer realm="{registry.realm}",service="svc",scope="{scope}"'
+        basic = 'Basic realm="basic, not here"'
+        registry.challenges = [basic, bearer] if basic_first else [bearer, basic]
+        registry.add_image("library/app", "1", [b"layer one"])
+        auth = RegistryAuth(credentials)
+        with httpx.Client(base_url=server.url, auth=auth) as client:
+            tally = Warmer(client, "all", io.StringIO()).warm(parse_image_ref("app:1"))
+    finally:
+        server.stop()
+    assert (tally.manifests, tally.blobs) == (1, 2)
+    assert len(registry.token_requests) == 1
+    asked = registry.token_requests[0]
+    assert (asked.url.params["service"], asked.url.params["scope"]) == ("svc", scope)
+    expected = "Basic " + base64.b64encode(b"alice:s3cret").decode() if credentials else None
+    assert asked.headers.get("authorization") == expected
+
+
+@pytest.mark.parametrize("credentials", [("alice", "s3cret"), None])
+def test_a_basic_only_registry_gets_the_credentials(
+    registry: FakeRegistry, credentials: tuple[str, str] | None
+) -> None:
+    registry.add_image("team/app", "1", [b"layer"])
+    registry.challenges = ['Basic realm="one"', 'Basic realm="two"']
+    login = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+
+    def basic(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") == login:
+            request.headers["authorization"] = "Bearer good-token"
+        return registry.handler(request)
+
+    client = httpx.Client(
+        base_url="http://mirror.test",
+        transport=httpx.MockTransport(basic),
+        auth=RegistryAuth(credentials),
+    )
+    warm = Warmer(client, "all", io.StringIO())
+    if credentials is None:
+        with pytest.raises(WarmError, match="unauthorized"):
+            warm.warm(parse_image_ref("team/app:1"))
+    else:
+        assert warm.warm(parse_image_ref("team/app:1")).blobs == 2
+    assert registry.token_requests == []
 
 
 def test_index_all_platforms_or_one(registry: FakeRegistry) -> None:
