@@ -26,6 +26,7 @@ from quart import Quart
 from docxy.core.errors import RegistryError
 from docxy.core.names import parse_v2_path
 from docxy.http.state import MirrorState
+from docxy.observe.connections import ConnectionCounter
 from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
 from docxy.upstream.routing import UpstreamUnknown, request_picks
@@ -41,10 +42,20 @@ class Observer:
         self.state = state
         self.started_at = time.time()
         self.status_errors: Counter[str] = Counter()  # upstream 429/5xx answers by kind
-        self.registry = make_registry(state, self.status_errors)
+        self.connections = ConnectionCounter(self._listener_ports)
+        self.registry = make_registry(state, self.status_errors, lambda: self.connections.last)
         self.metrics = RequestMetrics(self.registry)
         self.pulls = TopCounts(top_keys)
         self.errors = RecentErrors()
+
+    def _listener_ports(self) -> list[int]:
+        server = self.state.config.server
+        return [server.listen.port] + ([server.tls_listen.port] if server.tls_listen else [])
+
+    async def refresh(self) -> None:
+        """Read what cannot be read on the event loop (the open connections), before a scrape
+        or a status report."""
+        await self.connections.refresh()
 
     # --- middleware.RequestObserver ---------------------------------------------------------
 
