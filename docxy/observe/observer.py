@@ -25,6 +25,7 @@ from quart import Quart
 
 from docxy.core.errors import RegistryError
 from docxy.core.names import parse_v2_path
+from docxy.http.middleware import origin_form
 from docxy.http.state import MirrorState
 from docxy.observe.connections import ConnectionCounter
 from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
@@ -70,6 +71,8 @@ class Observer:
             log.exception("metrics: cannot record a request")
 
     def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+        if scope["type"] == "http":  # GET http://host/v2/... counts as the /v2/... it asks for,
+            scope = origin_form(scope)  # its host (for the pull's upstream) the target's
         raw = scope.get("raw_path")
         path = raw.decode("latin-1") if isinstance(raw, bytes) and raw else scope.get("path", "")
         path = str(path).split("?", 1)[0]

@@ -257,6 +257,22 @@ async def test_status_json_reports_pulls_hits_and_upstream(tmp_path: Path) -> No
     assert report["recent_errors"] == []
 
 
+async def test_absolute_form_targets_count_under_their_route_and_upstream(tmp_path: Path) -> None:
+    """``GET http://host/v2/...`` (RFC 9112 §3.2.2) is the request its origin form would be:
+    its route in the metrics, and a pull of the upstream its authority picks."""
+    lab = {"upstreams": "lab.test=http://upstream.test", "upstreams.lab.test.hosts": "lab.example"}
+    async with stack(tmp_path, settings=lab) as mirror:
+        for target in ("/v2/", "/v2/team/tool/manifests/1", blob_path("team/tool")):
+            answer = await mirror.get("http://lab.example" + target)
+            assert answer.status == 200, target
+        seen = await mirror.scrape()
+        report = status_report(mirror.observer)
+    for route in ("ping", "manifest", "blob"):
+        assert seen[f"docxy_http_requests_total{{method=GET,route={route},status_class=2xx}}"] == 1
+    assert not [name for name in seen if "route=other" in name]
+    assert report["top_images"] == [{"image": "lab.test/team/tool:1", "pulls": 1}]
+
+
 async def test_upstream_errors_reach_metrics_and_the_status_page(tmp_path: Path) -> None:
     async with stack(tmp_path, cache=False) as mirror:
         mirror.upstream.status = 503
