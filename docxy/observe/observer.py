@@ -30,6 +30,7 @@ from docxy.http.state import MirrorState
 from docxy.observe.connections import ConnectionCounter
 from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
+from docxy.upstream.client import CLIENT_CREDENTIALS
 from docxy.upstream.routing import UpstreamUnknown, request_picks
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,14 @@ class Observer:
             yield
 
     async def upstream_answered(self, response: httpx.Response) -> None:
-        self._answered(response.request.url.host, response.request.url.path, response.status_code)
+        request = response.request
+        status = response.status_code
+        if status == 429 and request.extensions.get(CLIENT_CREDENTIALS):
+            # The rate limit of the client's own account, not an upstream error: counted
+            # among the answers only.
+            self.metrics.upstream_answered(request.url.path, status)
+            return
+        self._answered(request.url.host, request.url.path, status)
 
     def direct_answered(self, url: str, status: int) -> None:
         """An answer to a cache fill's direct GET (:mod:`docxy.upstream.direct`)."""
