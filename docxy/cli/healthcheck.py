@@ -1,42 +1,79 @@
 """``docxy health``: ask the configured plain-HTTP listener for ``/health``.
 
 The container's ``HEALTHCHECK`` runs it, so the probe follows ``server.listen`` wherever the
-operator moved it (a wildcard listener is asked on loopback). Exit codes: 0 the mirror answered
-200 (``ok`` or ``degraded``: it serves), 1 it did not answer or not with 200, 2 config error.
+operator moved it. A wildcard listener is asked on loopback: ``0.0.0.0`` at 127.0.0.1, and
+``[::]`` at 127.0.0.1 then ``::1``. The mirror binds ``[::]`` without setting ``IPV6_V6ONLY``,
+so the socket is dual-stack unless ``net.ipv6.bindv6only`` says otherwise (then ``::1``
+first), and IPv4 loopback exists where IPv6 loopback may not (containers often run with
+``net.ipv6.conf.lo.disable_ipv6=1``); an address that refuses the connection or cannot be
+used is followed by the other. Exit codes: 0 the mirror answered 200 (``ok`` or
+``degraded``: it serves), 1 it did not answer or not with 200, 2 config error.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docxy.cli.exits import EXIT_FAILED, EXIT_OK
 from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import HostPort
 
+if TYPE_CHECKING:
+    import httpx
+
 EXIT_UNHEALTHY = EXIT_FAILED
 DEFAULT_TIMEOUT = 5.0
+BINDV6ONLY = Path("/proc/sys/net/ipv6/bindv6only")
+
+
+def ipv6_only_by_default() -> bool:
+    """Whether an ``[::]`` socket that does not say is IPv6-only here (Linux's default: no)."""
+    try:
+        return BINDV6ONLY.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def local_urls(listen: HostPort, path: str = "/health") -> list[str]:
+    """The URLs this host reaches `listen` at, the likeliest first: loopback for a wildcard."""
+    hosts = [listen.host]
+    if listen.host == "::":
+        hosts = ["::1", "127.0.0.1"] if ipv6_only_by_default() else ["127.0.0.1", "::1"]
+    elif listen.is_wildcard:
+        hosts = ["127.0.0.1"]
+    return [f"http://{f'[{host}]' if ':' in host else host}:{listen.port}{path}" for host in hosts]
 
 
 def local_url(listen: HostPort, path: str = "/health") -> str:
-    """The URL this host reaches `listen` at: loopback for a wildcard address."""
-    host = listen.host
-    if listen.is_wildcard:
-        host = "::1" if host == "::" else "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{listen.port}{path}"
+    """The URL this host most likely reaches `listen` at (:func:`local_urls`' first)."""
+    return local_urls(listen, path)[0]
 
 
-def probe(url: str, timeout: float) -> tuple[bool, str]:
-    """(healthy, what to print): healthy when `url` answers 200."""
+def probe(urls: list[str], timeout: float) -> tuple[bool, str]:
+    """(healthy, what to print): healthy when one of `urls` answers 200. The next URL is
+    tried only when one cannot be connected to; an answer, or a timeout, is the verdict."""
     import httpx  # here: the certificate renewer imports local_url and stays small without it
 
-    try:
-        # trust_env=False: a proxy from the environment must not stand between us and loopback.
-        with httpx.Client(timeout=timeout, trust_env=False) as client:
-            response = client.get(url)
-    except httpx.HTTPError as exc:
-        return False, f"{url}: {type(exc).__name__}: {exc}"
+    failed: list[str] = []
+    for url in urls:
+        try:
+            # trust_env=False: a proxy from the environment must not stand between us and
+            # loopback.
+            with httpx.Client(timeout=timeout, trust_env=False) as client:
+                response = client.get(url)
+        except httpx.ConnectError as exc:
+            failed.append(f"{url}: {type(exc).__name__}: {exc}")
+            continue
+        except httpx.HTTPError as exc:
+            return False, "; ".join([*failed, f"{url}: {type(exc).__name__}: {exc}"])
+        return _verdict(url, response)
+    return False, "; ".join(failed)
+
+
+def _verdict(url: str, response: httpx.Response) -> tuple[bool, str]:
     if response.status_code != 200:
         return False, f"{url}: HTTP {response.status_code}"
     try:
@@ -57,6 +94,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     config = load_config(args)  # a ConfigError is docxy's (main) to report
-    healthy, said = probe(local_url(config.server.listen), args.timeout)
+    healthy, said = probe(local_urls(config.server.listen), args.timeout)
     print(said, file=sys.stdout if healthy else sys.stderr)
     return EXIT_OK if healthy else EXIT_UNHEALTHY

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import ipaddress
 import logging
 import resource
 import socket
@@ -45,6 +44,7 @@ import struct
 import termios
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
@@ -83,12 +83,42 @@ def _busy_response() -> bytes:
 BUSY = _busy_response()
 
 
+class Listener(socket.socket):
+    """A listening socket that notes which connections it accepted.
+
+    asyncio accepts with this object's :meth:`accept` (it is the socket hypercorn hands to
+    ``start_server``), and hypercorn serves every listener's connections with one callback: this
+    is how the edge learns which listener a connection came in on (:func:`accepted_by`).
+    Addresses cannot tell: listeners may share a port on different addresses, a wildcard of
+    one family beside an address of the other."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        connection, address = super().accept()
+        _accepted_by[connection.fileno()] = self  # an older entry for the descriptor: replaced
+        return connection, address
+
+
+#: Accepted descriptor → the listener that accepted it, until the edge asks. Every accept by a
+#: :class:`Listener` writes its descriptor's entry, so a left-over one (a connection closed
+#: before the edge saw it) is replaced before the edge can ask about that descriptor again.
+_accepted_by: dict[int, Listener] = {}
+
+
+def accepted_by(sock: object) -> Listener | None:
+    """The listener that accepted ``sock`` (a connection's socket or asyncio's wrapper of it);
+    answered once per connection. None: not accepted by a :class:`Listener`."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        return None
+    return _accepted_by.pop(fileno(), None)
+
+
 @dataclass(frozen=True, slots=True)
 class TLSListeners:
     """The TLS listeners, whose connections the edge hands to TLS itself once counted."""
 
     context: Callable[[], ssl.SSLContext]  # the newest certificate's, asked per handshake
-    addresses: frozenset[tuple[str, int]]  # as bound: (host, port), a wildcard host included
+    sockets: frozenset[Listener]
     handshake_timeout: float
 
     @classmethod
@@ -98,30 +128,16 @@ class TLSListeners:
         sockets: Iterable[socket.socket],
         handshake_timeout: float,
     ) -> TLSListeners:
-        bound = frozenset(_address(sock.getsockname()) for sock in sockets)
-        return cls(context, bound, handshake_timeout)
+        listeners: list[Listener] = []
+        for sock in sockets:  # another socket's connections could not be told: served plain
+            if not isinstance(sock, Listener):
+                raise TypeError(f"a TLS listener must be a docxy.edge Listener, not {sock!r}")
+            listeners.append(sock)
+        return cls(context, frozenset(listeners), handshake_timeout)
 
-    def serves(self, local: object) -> bool:
-        """Whether a connection accepted at ``local`` (its socket's own address) is TLS."""
-        if not isinstance(local, tuple):
-            return False
-        host, port = _address(local)
-        return any(
-            port == bound_port and (bound_host in ("0.0.0.0", "::") or bound_host == host)
-            for bound_host, bound_port in self.addresses
-        )
-
-
-def _address(sockname: tuple[object, ...]) -> tuple[str, int]:
-    """``(host, port)`` of a socket name, an IPv4-mapped host as its IPv4 address."""
-    host, port = str(sockname[0]), int(str(sockname[1]))
-    try:
-        mapped = ipaddress.ip_address(host)
-    except ValueError:
-        return host, port
-    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
-        return str(mapped.ipv4_mapped), port
-    return str(mapped), port
+    def serves(self, listener: Listener | None) -> bool:
+        """Whether a connection that ``listener`` accepted is TLS."""
+        return listener in self.sockets
 
 
 @dataclass(slots=True)
@@ -160,7 +176,8 @@ class EdgeTCPServer(PeerCertTCPServer):
         if guard is None:
             await super().run()
             return
-        tls = guard.tls if guard.tls is not None and guard.tls.serves(self._local()) else None
+        listener = accepted_by(self.writer.get_extra_info("socket"))
+        tls = guard.tls if guard.tls is not None and guard.tls.serves(listener) else None
         if not guard.admit():
             self._refuse(tls is None)
             return
@@ -169,9 +186,6 @@ class EdgeTCPServer(PeerCertTCPServer):
                 await super().run()
         finally:
             guard.release()
-
-    def _local(self) -> object:
-        return self.writer.get_extra_info("sockname")
 
     async def _handshake(self, tls: TLSListeners) -> bool:
         """TLS on a TLS listener's connection, now that it is counted; False if it failed (the

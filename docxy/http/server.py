@@ -91,7 +91,7 @@ class _HypercornConfig(HypercornConfig):
         key, source = self.bind_keys.get(bind, ("server.listen", "default"))
         host, _, port = bind.rpartition(":")
         host = host.strip("[]")
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, type_)
+        sock = connections.Listener(socket.AF_INET6 if ":" in host else socket.AF_INET, type_)
         try:
             if type_ == socket.SOCK_STREAM:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -45,20 +45,27 @@ async def metrics() -> Response:
     # Text format 0.0.4 by default; OpenMetrics or text 1.0.0 when the scraper asks for it.
     # On the event loop, never in a worker thread: the collectors read the blob store, the
     # upstreams' health and counters, which only the loop may touch (as /status.json does).
+    # The one slow read, the kernel's socket tables, is done first in a worker thread.
+    observer = observer_of()
+    await observer.refresh()
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encode(observer_of().registry)
+    body = encode(observer.registry)
     return _no_store(Response(body, content_type=content_type))
 
 
 @blueprint.route("/status.json", methods=["GET"])
 async def status_json() -> Response:
-    body = json.dumps(status_report(observer_of()), indent=1)
+    observer = observer_of()
+    await observer.refresh()
+    body = json.dumps(status_report(observer), indent=1)
     return _no_store(Response(body, content_type="application/json"))
 
 
 @blueprint.route("/status", methods=["GET"])
 async def status_page() -> Response:
-    page = render_page(status_report(observer_of()))
+    observer = observer_of()
+    await observer.refresh()
+    page = render_page(status_report(observer))
     return _no_store(Response(page, content_type="text/html; charset=utf-8"))
 
 

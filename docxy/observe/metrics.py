@@ -28,7 +28,6 @@ from docxy import __version__
 from docxy.core.errors import RegistryError
 from docxy.core.names import Kind, parse_v2_path
 from docxy.http.state import MirrorState
-from docxy.observe.connections import open_connections
 from docxy.upstream.client import Upstream
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -212,18 +211,23 @@ Provider = Callable[[], dict[str, object]]
 class MirrorCollector(Collector):
     """What the mirror holds, read when Prometheus scrapes (no request-path bookkeeping)."""
 
-    def __init__(self, state: MirrorState, status_errors: Tally[str]) -> None:
+    def __init__(
+        self,
+        state: MirrorState,
+        status_errors: Tally[str],
+        open_connections: Callable[[], int | None],
+    ) -> None:
         self.state = state
         self.status_errors = status_errors  # upstream 429/5xx answers, counted by the hook
+        #: the latest count (docxy.observe.connections: read off the loop before a scrape)
+        self.open_connections = open_connections
 
     def collect(self) -> Iterable[Metric]:
         yield _gauge("docxy_build_info", "Docxy's version.", 1, {"version": __version__})
-        server = self.state.config.server
-        ports = [server.listen.port] + ([server.tls_listen.port] if server.tls_listen else [])
         yield _gauge(
             "docxy_open_connections",
             "Client TCP connections open on the mirror's listeners, idle keep-alive included.",
-            open_connections(ports),
+            self.open_connections(),
         )
         yield from self._cache()
         yield from self._upstream()
@@ -404,9 +408,17 @@ class MirrorCollector(Collector):
             )
 
 
-def make_registry(state: MirrorState, status_errors: Tally[str]) -> CollectorRegistry:
+def _unknown() -> int | None:
+    return None
+
+
+def make_registry(
+    state: MirrorState,
+    status_errors: Tally[str],
+    open_connections: Callable[[], int | None] = _unknown,
+) -> CollectorRegistry:
     """A registry of its own (not the global one): one per app, so tests can run several."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(MirrorCollector(state, status_errors))
+    registry.register(MirrorCollector(state, status_errors, open_connections))
     ProcessCollector(registry=registry)  # RSS, CPU seconds, open file descriptors
     return registry

@@ -25,9 +25,12 @@ from quart import Quart
 
 from docxy.core.errors import RegistryError
 from docxy.core.names import parse_v2_path
+from docxy.http.middleware import origin_form
 from docxy.http.state import MirrorState
+from docxy.observe.connections import ConnectionCounter
 from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
+from docxy.upstream.client import CLIENT_CREDENTIALS
 from docxy.upstream.routing import UpstreamUnknown, request_picks
 
 log = logging.getLogger(__name__)
@@ -41,10 +44,20 @@ class Observer:
         self.state = state
         self.started_at = time.time()
         self.status_errors: Counter[str] = Counter()  # upstream 429/5xx answers by kind
-        self.registry = make_registry(state, self.status_errors)
+        self.connections = ConnectionCounter(self._listener_ports)
+        self.registry = make_registry(state, self.status_errors, lambda: self.connections.last)
         self.metrics = RequestMetrics(self.registry)
         self.pulls = TopCounts(top_keys)
         self.errors = RecentErrors()
+
+    def _listener_ports(self) -> list[int]:
+        server = self.state.config.server
+        return [server.listen.port] + ([server.tls_listen.port] if server.tls_listen else [])
+
+    async def refresh(self) -> None:
+        """Read what cannot be read on the event loop (the open connections), before a scrape
+        or a status report."""
+        await self.connections.refresh()
 
     # --- middleware.RequestObserver ---------------------------------------------------------
 
@@ -59,6 +72,8 @@ class Observer:
             log.exception("metrics: cannot record a request")
 
     def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+        if scope["type"] == "http":  # GET http://host/v2/... counts as the /v2/... it asks for,
+            scope = origin_form(scope)  # its host (for the pull's upstream) the target's
         raw = scope.get("raw_path")
         path = raw.decode("latin-1") if isinstance(raw, bytes) and raw else scope.get("path", "")
         path = str(path).split("?", 1)[0]
@@ -99,7 +114,14 @@ class Observer:
             yield
 
     async def upstream_answered(self, response: httpx.Response) -> None:
-        self._answered(response.request.url.host, response.request.url.path, response.status_code)
+        request = response.request
+        status = response.status_code
+        if status == 429 and request.extensions.get(CLIENT_CREDENTIALS):
+            # The rate limit of the client's own account, not an upstream error: counted
+            # among the answers only.
+            self.metrics.upstream_answered(request.url.path, status)
+            return
+        self._answered(request.url.host, request.url.path, status)
 
     def direct_answered(self, url: str, status: int) -> None:
         """An answer to a cache fill's direct GET (:mod:`docxy.upstream.direct`)."""

@@ -42,6 +42,8 @@ REALM_TTL = 600.0
 MAX_SMALL_BODY = 4 * 1024 * 1024
 #: Answers that mean "the upstream is in trouble, try later" (the routes serve stale on them).
 SERVER_TROUBLE = frozenset({429, 500, 502, 503, 504})
+#: In a request's ``extensions``: it is made with a client's credentials.
+CLIENT_CREDENTIALS = "docxy.client_credentials"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +105,37 @@ class UpstreamHealth:
         default_factory=lambda: deque(maxlen=20)
     )  # (when, kind, message), for the status page
 
+    #: whether the mirror's own latest answer was a 429 (its own account's, or its address's,
+    #: rate limit), which only its own requests can tell is over
+    limited: bool = False
+
     def ok(self) -> None:
         self.last_ok = time.time()
         self.reachable = self.healthy = True
 
-    def answered(self, status: int) -> None:
-        """An answer came back: a 429/5xx is an outage for the routes, so for health too."""
+    def answered(self, status: int, own: bool = True) -> None:
+        """An answer came back: a 429/5xx is an outage for the routes, so for health too.
+
+        Not ``own`` (made with a client's credentials): its 429 is that client's account's
+        rate limit, which says nothing about the mirror's, so it only says the upstream
+        answered; and a success does not end the mirror's own rate limit. A 5xx is the
+        upstream's trouble whoever asked."""
+        if status == 429 and not own:
+            self.reachable = True
+            return
         if status in SERVER_TROUBLE:
             self.reachable = True
             self.healthy = False
             self.last_error = time.time()
             self.last_error_message = f"the upstream answered {status}"
+            if own:
+                self.limited = status == 429
+            return
+        if own:
+            self.limited = False
+        if self.limited:  # a client got through with its own account: the mirror's limit stands
+            self.reachable = True
+            self.last_ok = time.time()
         else:
             self.ok()
 
@@ -123,6 +145,7 @@ class UpstreamHealth:
         self.last_stale = time.time()
 
     def saw(self, headers: httpx.Headers) -> None:
+        """The rate-limit headers of an answer to the mirror's own request."""
         if "ratelimit-remaining" in headers:
             self.ratelimit_remaining = headers["ratelimit-remaining"]
             self.ratelimit_limit = headers.get("ratelimit-limit")
@@ -248,19 +271,32 @@ class UpstreamClient:
         *,
         params: httpx.QueryParams | None = None,
         content: bytes | None = None,
+        mirror_credentials: bool = False,
     ) -> httpx.Response:
         """Send and follow redirects (any host); the caller must ``aclose()`` the response.
 
         ``Authorization`` is dropped on a hop to another origin (a CDN's signed URL refuses
         it); ``Range`` and the other headers are kept. ``content`` (a token form) goes with
         the first hop only, as ``params`` do.
+
+        An ``Authorization`` is a client's unless ``mirror_credentials`` says it is the
+        mirror's own (:mod:`docxy.upstream.tokens`): the answers to a client's credentials
+        tell the upstream's health only what is not about that client's account (its rate
+        limit, and the ``ratelimit-*`` headers, are not the mirror's).
         """
         health = self.health_of(upstream)
+        own = mirror_credentials or not any(k.lower() == "authorization" for k, _ in headers)
         current_headers = headers
+        marks = None if own else {CLIENT_CREDENTIALS: True}  # for the response hooks to see
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 request = self.http.build_request(
-                    method, url, headers=current_headers, params=params, content=content
+                    method,
+                    url,
+                    headers=current_headers,
+                    params=params,
+                    content=content,
+                    extensions=marks,
                 )
                 response = await self.http.send(request, stream=True)
             except httpx.TimeoutException as exc:
@@ -274,8 +310,9 @@ class UpstreamClient:
                     f"cannot reach the upstream registry ({urlsplit(url).netloc}): "
                     f"{type(exc).__name__}"
                 ) from exc
-            health.answered(response.status_code)
-            health.saw(response.headers)
+            health.answered(response.status_code, own)
+            if own:
+                health.saw(response.headers)
             if response.status_code not in REDIRECT_STATUSES:
                 return response
             location = response.headers.get("location")

@@ -148,7 +148,9 @@ class MirrorTokens:
                 headers = await self.headers(upstream, repository) + list(extra or [])
             except TokenRefused as refused:
                 return refused.answer()
-            answer = await self.client.send(upstream, method, upstream.url(path), headers)
+            answer = await self.client.send(
+                upstream, method, upstream.url(path), headers, mirror_credentials=True
+            )
             if answer.status_code != 401 or attempt == 2 or not self.holds(upstream, repository):
                 return answer
             await answer.aclose()
@@ -177,7 +179,12 @@ class MirrorTokens:
         if upstream.credentials is not None:
             headers.append(("Authorization", basic_authorization(*upstream.credentials)))
         answer = await self.client.send(
-            upstream, "GET", realm, headers, params=httpx.QueryParams(params)
+            upstream,
+            "GET",
+            realm,
+            headers,
+            params=httpx.QueryParams(params),
+            mirror_credentials=True,
         )
         body = await read_small(answer)
         if answer.status_code in (401, 403):

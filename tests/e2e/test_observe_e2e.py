@@ -8,6 +8,7 @@ figure is scraped from that listener, as Prometheus or a browser would.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -103,6 +104,36 @@ def test_the_served_certificate_expiry_is_exported(start_mirror: StartMirror) ->
     assert 80 < days <= 90  # the self-signed bootstrap certificate lives 90 days
     tls = observed.status()["tls"]
     assert isinstance(tls, dict) and tls["not_after"]
+
+
+def raw_request(port: int, head: str) -> str:
+    """``head`` written as is on a new connection; the status line of the answer."""
+    with socket.create_connection((LOOPBACK, port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode()
+
+
+def test_absolute_form_requests_are_counted_under_their_route(bed: Bed, observed: Observed) -> None:
+    """HTTP/1.1 servers must accept ``GET http://host/path``: such a pull is a manifest (and
+    a pull of its image) on the metrics and the status page, as its origin form would be."""
+    image = bed.images["library/hello"]
+    port = observed.mirror.port
+    authority = f"{LOOPBACK}:{port}"
+    for target in ("/v2/", f"/v2/{image.repo}/manifests/{image.tag}"):
+        line = raw_request(
+            port,
+            f"GET http://{authority}{target} HTTP/1.1\r\nHost: {authority}\r\n"
+            "Connection: close\r\n\r\n",
+        )
+        assert line.startswith("HTTP/1.1 "), line
+    seen = observed.scrape()
+    assert total(seen, "docxy_http_requests_total", route="ping", method="GET") == 1
+    assert total(seen, "docxy_http_requests_total", route="manifest", status_class="2xx") == 1
+    assert total(seen, "docxy_http_requests_total", route="other") == 0
+    assert observed.status()["top_images"] == [{"image": f"{image.repo}:{image.tag}", "pulls": 1}]
 
 
 # --- a real docker pull ---------------------------------------------------------------------

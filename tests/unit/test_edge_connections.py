@@ -3,8 +3,10 @@ descriptor limit, the hypercorn hook and the kernel's send queue."""
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import socket
+import ssl
 from collections.abc import Iterator
 
 import hypercorn.asyncio.run as hypercorn_run
@@ -90,3 +92,49 @@ def test_the_kernel_send_queue_is_read() -> None:
                 pass
             assert connections._kernel_queue(sender) > 0  # written, not taken
     assert connections._kernel_queue(object()) == 0  # no descriptor: nothing known
+
+
+def _listener(host: str, port: int = 0) -> connections.Listener:
+    sock = connections.Listener(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen()
+    return sock
+
+
+async def test_the_listener_that_accepted_a_connection_decides_tls() -> None:
+    """An IPv4 wildcard TLS listener and a plain one on ::1 at the same port (they bind side
+    by side): a connection to ::1 is the plain listener's, though its local address has the
+    TLS listener's port and a wildcard matches any host. asyncio accepts with the listener's
+    own accept(), so the connection's socket tells which listener it came from."""
+    tls = _listener("0.0.0.0")
+    port = tls.getsockname()[1]
+    plain = _listener("::1", port)
+    listeners = connections.TLSListeners.of(lambda: ssl.create_default_context(), [tls], 5.0)
+    seen: dict[str, bool] = {}  # the address a connection was made to → taken for TLS
+    done = asyncio.Event()
+
+    async def served(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        listener = connections.accepted_by(writer.get_extra_info("socket"))
+        seen[writer.get_extra_info("sockname")[0]] = listeners.serves(listener)
+        writer.close()
+        if len(seen) == 2:
+            done.set()
+
+    servers = [await asyncio.start_server(served, sock=sock) for sock in (tls, plain)]
+    try:
+        for host in ("::1", "127.0.0.1"):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    assert seen == {"::1": False, "127.0.0.1": True}
+    assert connections.accepted_by(object()) is None
+
+
+def test_a_tls_listener_that_cannot_tell_its_connections_is_refused() -> None:
+    with socket.socket() as plain_socket, pytest.raises(TypeError, match="Listener"):
+        connections.TLSListeners.of(lambda: ssl.create_default_context(), [plain_socket], 5.0)

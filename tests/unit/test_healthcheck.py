@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from docxy.cli import healthcheck
 from docxy.cli.exits import EXIT_CONFIG, EXIT_OK
-from docxy.cli.healthcheck import EXIT_UNHEALTHY, local_url
+from docxy.cli.healthcheck import EXIT_UNHEALTHY, local_url, local_urls
 from docxy.cli.main import main
 from docxy.config import HostPort
 from lab.ports import free_port
@@ -22,7 +24,6 @@ pytestmark = pytest.mark.usefixtures("clean_docxy_env")
     [
         ("0.0.0.0", 80, "http://127.0.0.1:80/health"),
         ("", 8080, "http://127.0.0.1:8080/health"),
-        ("::", 80, "http://[::1]:80/health"),
         ("127.0.0.5", 5000, "http://127.0.0.5:5000/health"),
         ("::1", 81, "http://[::1]:81/health"),
         ("mirror.internal", 80, "http://mirror.internal:80/health"),
@@ -30,6 +31,27 @@ pytestmark = pytest.mark.usefixtures("clean_docxy_env")
 )
 def test_local_url_reaches_the_listener_from_this_host(host: str, port: int, url: str) -> None:
     assert local_url(HostPort(host, port)) == url
+
+
+@pytest.mark.parametrize(
+    ("bindv6only", "urls"),
+    [
+        ("0", ["http://127.0.0.1:80/health", "http://[::1]:80/health"]),
+        ("1", ["http://[::1]:80/health", "http://127.0.0.1:80/health"]),
+        (None, ["http://127.0.0.1:80/health", "http://[::1]:80/health"]),  # no IPv6 sysctl
+    ],
+)
+def test_a_wildcard_ipv6_listener_is_asked_on_both_loopbacks_the_likelier_first(
+    bindv6only: str | None, urls: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[::]`` is dual-stack unless the host makes sockets IPv6-only by default: then IPv4
+    loopback reaches it, and exists where IPv6 loopback may not (containers)."""
+    setting = tmp_path / "bindv6only"
+    if bindv6only is not None:
+        setting.write_text(bindv6only + "\n")
+    monkeypatch.setattr(healthcheck, "BINDV6ONLY", setting)
+    assert local_urls(HostPort("::", 80)) == urls
+    assert local_url(HostPort("::", 80)) == urls[0]
 
 
 class _Health(http.server.BaseHTTPRequestHandler):

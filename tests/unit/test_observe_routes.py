@@ -257,6 +257,22 @@ async def test_status_json_reports_pulls_hits_and_upstream(tmp_path: Path) -> No
     assert report["recent_errors"] == []
 
 
+async def test_absolute_form_targets_count_under_their_route_and_upstream(tmp_path: Path) -> None:
+    """``GET http://host/v2/...`` (RFC 9112 §3.2.2) is the request its origin form would be:
+    its route in the metrics, and a pull of the upstream its authority picks."""
+    lab = {"upstreams": "lab.test=http://upstream.test", "upstreams.lab.test.hosts": "lab.example"}
+    async with stack(tmp_path, settings=lab) as mirror:
+        for target in ("/v2/", "/v2/team/tool/manifests/1", blob_path("team/tool")):
+            answer = await mirror.get("http://lab.example" + target)
+            assert answer.status == 200, target
+        seen = await mirror.scrape()
+        report = status_report(mirror.observer)
+    for route in ("ping", "manifest", "blob"):
+        assert seen[f"docxy_http_requests_total{{method=GET,route={route},status_class=2xx}}"] == 1
+    assert not [name for name in seen if "route=other" in name]
+    assert report["top_images"] == [{"image": "lab.test/team/tool:1", "pulls": 1}]
+
+
 async def test_upstream_errors_reach_metrics_and_the_status_page(tmp_path: Path) -> None:
     async with stack(tmp_path, cache=False) as mirror:
         mirror.upstream.status = 503
@@ -283,6 +299,43 @@ async def test_upstream_errors_reach_metrics_and_the_status_page(tmp_path: Path)
     assert report["cache"]["enabled"] is False
     assert status == 200
     assert "unreachable" in page and "answered 429" in page
+
+
+@dataclass
+class ClientLimited(Upstream):
+    """Answers a client's own token with its account's rate limit."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") == "Bearer client-token":
+            self.seen.append(f"{request.method} {request.url.path} (client)")
+            return answer(429, b"{}", {"ratelimit-remaining": "0;w=21600"})
+        return super().__call__(request)
+
+
+async def test_a_clients_own_rate_limit_does_not_degrade_the_mirror(tmp_path: Path) -> None:
+    """A pass-through made with the client's own credentials hits that account's rate limit:
+    the client gets the 429, the mirror stays ok, with no upstream error on its page."""
+    async with stack(tmp_path, cache=False, upstream=ClientLimited()) as mirror:
+        answered = await call_asgi(
+            mirror.asgi,
+            "GET",
+            "/v2/library/hello/manifests/latest",
+            host="mirror.test",
+            headers=[("Authorization", "Bearer client-token")],
+        )
+        assert answered.status == 429
+        assert mirror.upstream.seen == ["GET /v2/library/hello/manifests/latest (client)"]
+        health = (await mirror.get("/health")).body
+        seen = await mirror.scrape()
+        status, body = await mirror.admin_get("/status.json")
+    assert json.loads(health)["status"] == "ok"
+    report = json.loads(body)
+    assert report["status"] == "ok" and report["recent_errors"] == []
+    assert report["upstream"]["ratelimit_remaining"] is None  # the client's, not the mirror's
+    host = "upstream=upstream.test"
+    assert seen.get(f"docxy_upstream_errors_total{{kind=rate_limited,{host}}}", 0) == 0
+    assert seen[f"docxy_upstream_up{{{host}}}"] == 1
+    assert seen["docxy_upstream_responses_total{route=manifest,status_class=4xx}"] == 1
 
 
 async def test_metrics_never_label_by_repository(tmp_path: Path) -> None:

@@ -430,3 +430,47 @@ async def test_discovery_failure_is_not_remembered() -> None:
     down = False
     assert await client.auth_realm(HUB) == "https://a/t"
     await client.http.aclose()
+
+
+async def test_a_clients_own_rate_limit_is_not_the_mirrors() -> None:
+    """A 429 to a client's credentials is its account's limit: the upstream answered, and the
+    mirror's own standing (healthy, its ratelimit headers) is what its own requests say."""
+    mirror_limited = False
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        client_asked = request.headers.get("authorization") == "Bearer client-token"
+        if client_asked or mirror_limited:
+            return httpx.Response(429, headers={"ratelimit-remaining": "0;w=21600"})
+        return httpx.Response(200, headers={"ratelimit-remaining": "90;w=21600"})
+
+    client, _ = client_for(handler)
+    health = client.health_of(HUB)
+
+    async def ask(authorization: str | None, mirror_credentials: bool = False) -> int:
+        headers = [] if authorization is None else [("Authorization", authorization)]
+        answer = await client.send(
+            HUB,
+            "GET",
+            f"{REGISTRY}/v2/x/manifests/1",
+            headers,
+            mirror_credentials=mirror_credentials,
+        )
+        await answer.aclose()
+        return answer.status_code
+
+    assert await ask("Bearer mirror-token", mirror_credentials=True) == 200
+    assert await ask("Bearer client-token") == 429
+    assert (health.reachable, health.healthy, health.ratelimit_remaining) == (
+        True,
+        True,
+        "90;w=21600",
+    )
+    mirror_limited = True
+    assert await ask("Bearer mirror-token", mirror_credentials=True) == 429
+    assert health.healthy is False and health.ratelimit_remaining == "0;w=21600"
+    mirror_limited = False
+    assert await ask("Bearer client-of-another-account") == 200
+    assert health.healthy is False  # a client's success does not lift the mirror's own limit
+    assert await ask(None) == 200  # anonymous: the mirror's own address asked
+    assert health.healthy is True
+    await client.http.aclose()
