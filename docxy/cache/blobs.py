@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from docxy.cache.errors import BlobInUse, CacheUnwritable, NoRoom
+from docxy.cache.errors import BlobInUse, CacheUnreadable, CacheUnwritable, NoRoom
 from docxy.cache.files import remove_off_loop
 from docxy.cache.fill import (
     PUMP_BUFFER,
@@ -166,6 +166,7 @@ class DiskBlobStore:
         self._no_room: LruDict[Digest, tuple[float, str, int]] = LruDict(NO_ROOM_MEMORY)
         self._pins: Counter[Digest] = Counter()
         self._write_failed_logged = False
+        self._read_failed_logged = False
         #: When writing a fill last failed (disk full...): the routes pass misses through a while.
         self.write_failed_at: float | None = None
         #: Since start, for /metrics: fills begun, clients that joined a fill another client was
@@ -334,7 +335,9 @@ class DiskBlobStore:
     ) -> BlobReader | None:
         """A pinned reader of bytes ``[start, stop)`` (``stop`` exclusive), or None on a miss.
 
-        Raises ValueError for a range outside the blob (the route answers 416).
+        Raises ValueError for a range outside the blob (the route answers 416), and
+        :class:`CacheUnreadable` when its file cannot be opened now (no descriptor left, EIO):
+        the blob stays cached and this client is passed through.
         """
         entry = self.lookup(digest)
         if entry is None:
@@ -347,6 +350,10 @@ class DiskBlobStore:
         except FileNotFoundError:
             self._forget(entry)
             return None
+        except OSError as exc:
+            self._cache_read_failed(digest, exc)
+            raise CacheUnreadable(f"cannot open the cached {digest}: {exc}") from exc
+        self._read_failed_logged = False
         self._pins[digest] += 1
         return BlobReader(
             fd,
@@ -356,6 +363,12 @@ class DiskBlobStore:
             release=lambda: self._unpin(digest),
             chunk_size=self._chunk_for_readers,
         )
+
+    def _cache_read_failed(self, digest: Digest, exc: OSError) -> None:
+        """One warning per run of failed opens (EMFILE comes in floods), the rest at DEBUG."""
+        level = logging.DEBUG if self._read_failed_logged else logging.WARNING
+        self._read_failed_logged = True
+        log.log(level, "cache: cannot open %s (%s); passed through", digest, exc)
 
     # --- fills ------------------------------------------------------------------------------
 
@@ -396,7 +409,8 @@ class DiskBlobStore:
         """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower.
 
         The building block of :meth:`fill`, for callers that feed the writer themselves. Raises
-        :class:`CacheUnwritable` if the running fill's temp file cannot be opened to follow.
+        :class:`CacheUnwritable` if the running fill's temp file cannot be opened to follow,
+        :class:`CacheUnreadable` if the cached blob cannot be opened.
         """
         joined = self._join(digest)
         return joined if joined is not None else self._start_fill(digest)
