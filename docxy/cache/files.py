@@ -1,5 +1,5 @@
 """Crash-safe small-file writes (a reader sees the old file or the new one, never half of one),
-and removals that never block the event loop on freeing a large file's blocks."""
+and removals and closes that never block the event loop on freeing a large file's blocks."""
 
 from __future__ import annotations
 
@@ -46,6 +46,25 @@ def unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def close_after_reading(fd: int) -> None:
+    """Close a descriptor a reader held: at once while its file still has a name (that close
+    frees nothing, and a worker thread per served blob costs more than the close), else as
+    :func:`close_off_loop` (removed meanwhile: evicted, an aborted fill, `docxy cache rm` or
+    `gc` in another process; the last close frees the blocks)."""
+    if _named(fd):
+        _close_quietly(fd)
+    else:
+        close_off_loop(fd)
+
+
+def _named(fd: int) -> bool:
+    """Whether the file open as ``fd`` still has a name (one ``fstat``: the inode is in memory)."""
+    try:
+        return os.fstat(fd).st_nlink > 0
+    except OSError:  # EIO: let the close take its time in a worker thread
+        return False
 
 
 def close_off_loop(fd: int) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
 
-from docxy.cache.files import close_off_loop
+from docxy.cache.files import close_after_reading
 
 #: Read size for a lone reader (shrunk as readers grow, see DiskBlobStore): 4 MiB measured
 #: less CPU per GiB on a cache hit than 1 MiB (see the README benchmark).
@@ -112,5 +112,5 @@ class BlobReader(ClosingStream):
 
 
 def _release(fd: int, release: Callable[[], None]) -> None:
-    close_off_loop(fd)  # the last descriptor of a file already removed frees its blocks
+    close_after_reading(fd)  # in a worker thread if the file is removed: it frees the blocks
     release()

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,6 +23,7 @@ from docxy.cache.fill import Download
 from docxy.core.digests import Digest
 from docxy.edge.fills import FillPermits
 from docxy.pull.outcome import BlobContent, PassThrough, Reason, Served
+from tests.unit.test_cache_blobs import put
 from tests.unit.test_cache_faults import (
     BLOB,
     DIGEST,
@@ -30,6 +34,8 @@ from tests.unit.test_cache_faults import (
     make_store,
     running,
 )
+
+T = TypeVar("T")
 
 
 async def cached(store: DiskBlobStore, registry: Registry, permits: FillPermits) -> None:
@@ -99,3 +105,75 @@ async def test_a_blob_committed_while_a_miss_looked_that_cannot_be_opened_is_pas
     with pytest.raises(CacheUnreadable, match="Too many open files"):
         await store.fill(DIGEST, fetch)
     assert (store.fills_open, store.usage().pinned) == (0, 0)
+
+
+# --- where a reader's descriptor is closed --------------------------------------------------
+
+
+class Closes:
+    """The thread of every ``os.close`` of a descriptor open on a file under ``root`` (read
+    from /proc/self/fd before the close), and how many jobs went to the loop's executor."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = str(root) + "/"
+        self.threads: list[int] = []
+        self.closed = threading.Event()
+        self.submitted: list[str] = []
+        real_close = os.close
+
+        def close(fd: int) -> None:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                target = ""
+            real_close(fd)
+            if target.startswith(self.root):
+                self.threads.append(threading.get_ident())
+                self.closed.set()
+
+        monkeypatch.setattr(os, "close", close)
+        loop = asyncio.get_running_loop()
+        real_run = loop.run_in_executor
+
+        def run_in_executor(executor: Any, func: Callable[..., T], *args: Any) -> Any:
+            self.submitted.append(getattr(func, "__name__", repr(func)))
+            return real_run(executor, func, *args)
+
+        monkeypatch.setattr(loop, "run_in_executor", run_in_executor)
+
+
+async def test_a_hit_closes_its_file_on_the_loop_without_the_thread_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close of a file that still has its name frees nothing: a warm hit closes its
+    descriptor at once, on the loop, and the thread pool only reads (one pread here)."""
+    store = make_store(tmp_path)
+    digest = await put(store, BLOB[:1000])
+    closes = Closes(tmp_path, monkeypatch)
+    reader = store.open_read(digest)
+    assert reader is not None
+    assert await reader.read_all() == BLOB[:1000]
+    jobs = list(closes.submitted)
+    assert await asyncio.to_thread(closes.closed.wait, GUARD), "never closed"
+    assert closes.threads == [threading.get_ident()]
+    assert len(jobs) == 1, jobs  # the read; no close job
+    assert store.usage().pinned == 0
+
+
+async def test_a_reader_of_a_blob_removed_meanwhile_closes_it_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docxy cache rm --blobs` (another process, which cannot see the mirror's readers)
+    removes a blob while a hit streams it: the reader holds the last descriptor, whose close
+    frees the blocks (seconds for many GiB on ext4): a worker thread does it."""
+    store = make_store(tmp_path)
+    digest = await put(store, BLOB)
+    reader = store.open_read(digest)
+    assert reader is not None
+    cli = DiskBlobStore(tmp_path, 1 << 30)  # as `docxy cache` opens it, beside the mirror
+    cli.scan()
+    assert cli.remove(digest)
+    closes = Closes(tmp_path, monkeypatch)
+    assert await reader.read_all() == BLOB
+    assert await asyncio.to_thread(closes.closed.wait, GUARD), "never closed"
+    assert closes.threads and threading.get_ident() not in closes.threads
