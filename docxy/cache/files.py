@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -48,15 +49,17 @@ def unlink_quietly(path: Path) -> None:
         pass
 
 
-def close_after_reading(fd: int) -> None:
+def close_after_reading(fd: int, closed: Callable[[], None] | None = None) -> None:
     """Close a descriptor a reader held: at once while its file still has a name (that close
     frees nothing, and a worker thread per served blob costs more than the close), else as
     :func:`close_off_loop` (removed meanwhile: evicted, an aborted fill, `docxy cache rm` or
-    `gc` in another process; the last close frees the blocks)."""
+    `gc` in another process; the last close frees the blocks). Then ``closed``, if given."""
     if _named(fd):
         _close_quietly(fd)
+        if closed is not None:
+            closed()
     else:
-        close_off_loop(fd)
+        close_off_loop(fd, closed)
 
 
 def _named(fd: int) -> bool:
@@ -67,30 +70,27 @@ def _named(fd: int) -> bool:
         return False
 
 
-def close_off_loop(fd: int) -> None:
+def close_off_loop(fd: int, closed: Callable[[], None] | None = None) -> None:
     """Close ``fd``, in a worker thread when called on the event loop: the last close of a file
-    already unlinked frees its blocks, which takes long for a file of many GiB (ext4)."""
+    already unlinked frees its blocks, which takes long for a file of many GiB (ext4). Then
+    ``closed``, if given: on the loop, once the descriptor is closed (the blocks freed)."""
     try:
-        asyncio.get_running_loop().run_in_executor(None, _close_quietly, fd)
+        closing = asyncio.get_running_loop().run_in_executor(None, _close_quietly, fd)
     except RuntimeError:  # no loop here (a finalizer in a thread), or it is shutting down
         _close_quietly(fd)
+        if closed is not None:
+            closed()
+        return
+    if closed is not None:
+        closing.add_done_callback(lambda _: closed())
 
 
-def remove_off_loop(path: Path, fd: int | None = None) -> None:
-    """Remove ``path`` without blocking the event loop on freeing its blocks: its name goes now
-    (cheap while a descriptor holds the file: ``fd``, else one opened here), and the last close,
-    which frees the blocks, runs in a worker thread (see :func:`close_off_loop`)."""
-    if fd is None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:  # gone already, or cannot be held open: removed here and now
-            pass
+def open_quietly(path: Path) -> int | None:
+    """A read-only descriptor of ``path``, or None if it cannot be opened (gone already...)."""
     try:
-        os.unlink(path)
-    except OSError:  # gone already, or refused: a temp file left is cleared at the next start
-        pass
-    if fd is not None:
-        close_off_loop(fd)
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def _close_quietly(fd: int) -> None:

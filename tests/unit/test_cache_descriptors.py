@@ -17,13 +17,16 @@ from typing import Any, TypeVar
 
 import pytest
 
+from docxy.cache import fill as fill_module
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import CacheUnreadable
-from docxy.cache.fill import Download
-from docxy.core.digests import Digest
+from docxy.cache.fill import BlobFollower, BlobWriter, Download
+from docxy.core.digests import Digest, digest_of
 from docxy.edge.fills import FillPermits
 from docxy.pull.outcome import BlobContent, PassThrough, Reason, Served
-from tests.unit.test_cache_blobs import put
+from docxy.tasks import spawn
+from tests.unit.test_cache_blobs import blob, put
+from tests.unit.test_cache_cap import Upstream, bytes_on_disk, served
 from tests.unit.test_cache_faults import (
     BLOB,
     DIGEST,
@@ -34,6 +37,7 @@ from tests.unit.test_cache_faults import (
     make_store,
     running,
 )
+from tests.unit.turns import until
 
 T = TypeVar("T")
 
@@ -177,3 +181,79 @@ async def test_a_reader_of_a_blob_removed_meanwhile_closes_it_off_the_loop(
     assert await reader.read_all() == BLOB
     assert await asyncio.to_thread(closes.closed.wait, GUARD), "never closed"
     assert closes.threads and threading.get_ident() not in closes.threads
+
+
+# --- the cap while a removed temp file is still held open ---------------------------------------
+
+
+class Peak:
+    """The most bytes :func:`bytes_on_disk` saw right after any write of any fill."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.peak = 0
+        self.lock = threading.Lock()
+        real_write_all = fill_module.write_all
+
+        def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
+            real_write_all(fd, chunks)
+            size = bytes_on_disk(root)
+            with self.lock:
+                self.peak = max(self.peak, size)
+
+        monkeypatch.setattr(fill_module, "write_all", write_all)
+
+
+class SlowClose:
+    """The close that frees a removed temp file's blocks, in a worker thread, waits for
+    ``done`` (as freeing many GiB on ext4 takes seconds)."""
+
+    def __init__(self, tmp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.done = threading.Event()
+        loop_thread, real_close = threading.get_ident(), os.close
+
+        def close(fd: int) -> None:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                target = ""
+            removed = target.startswith(f"{tmp_dir}/") and target.endswith(" (deleted)")
+            if removed and threading.get_ident() != loop_thread:
+                self.done.wait(GUARD)
+            real_close(fd)
+
+        monkeypatch.setattr(os, "close", close)
+
+
+@pytest.mark.parametrize("holder", ["a follower", "the freeing close"])
+async def test_an_aborted_fills_bytes_count_against_the_cap_until_they_are_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder: str
+) -> None:
+    """A fill aborted after 300 bytes loses its temp file's name at once, but its blocks stay
+    on disk while a descriptor holds the file: a follower whose client has not gone yet, or the
+    writer's own close, freeing them in a worker thread. A new fill of 800 bytes under a cap of
+    1000 waits for them to be freed: the disk never holds more than ``cache.max_size``."""
+    store = make_store(tmp_path, max_size=1000)
+    peak = Peak(tmp_path, monkeypatch)
+    first = blob(300, 1)
+    writer = await store.fetch_or_join(digest_of(first))
+    assert isinstance(writer, BlobWriter)
+    follower = await store.fetch_or_join(digest_of(first)) if holder == "a follower" else None
+    assert follower is None or isinstance(follower, BlobFollower)
+    await writer.write(first)
+    slow = SlowClose(store.tmp_dir, monkeypatch) if follower is None else None
+    writer.abort("the upstream broke off")
+    assert os.listdir(store.tmp_dir) == []  # its name is gone at once
+
+    second = blob(800, 2)
+    stream = await store.fill(digest_of(second), Upstream(second).fetch)
+    reading = spawn("read the second blob", served(stream))
+    await until(lambda: reading.done() or bool(store._waiting))
+    if follower is not None:
+        follower.close()  # its client goes: the last descriptor of the first temp file
+    if slow is not None:
+        slow.done.set()
+    assert await asyncio.wait_for(reading, GUARD) == second
+    assert peak.peak <= 1000, f"{peak.peak} bytes on disk, cap 1000"
+    assert store.holds(digest_of(second))
+    await until(lambda: store.usage().freeing == 0)
+    assert bytes_on_disk(tmp_path) == store.usage().bytes == 800
