@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -23,8 +24,11 @@ from docxy.cache.errors import CacheUnreadable
 from docxy.cache.fill import BlobFollower, BlobWriter, Download
 from docxy.core.digests import Digest, digest_of
 from docxy.edge.fills import FillPermits
+from docxy.http.middleware import AccessLog, Guard
 from docxy.pull.outcome import BlobContent, PassThrough, Reason, Served
 from docxy.tasks import spawn
+from tests.unit import test_pull_blobs as pull_tests
+from tests.unit.asgi import call_asgi
 from tests.unit.test_cache_blobs import blob, put
 from tests.unit.test_cache_cap import Upstream, bytes_on_disk, served
 from tests.unit.test_cache_faults import (
@@ -91,6 +95,37 @@ async def test_a_hit_that_cannot_open_its_blob_is_passed_through(
     assert store.holds(DIGEST)  # still cached: the next hit is served from disk
     reader = store.open_read(DIGEST)
     assert reader is not None and await reader.read_all() == BLOB
+
+
+async def test_a_client_whose_hit_cannot_open_the_blob_gets_it_from_the_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the app: no descriptor left for a cached blob, and the client still gets the
+    whole blob with a 200 (from the upstream, with its own token), logged with the reason."""
+    caplog.set_level(logging.INFO, logger="docxy")
+    upstream = pull_tests.Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    path, auth = f"/v2/team/app/blobs/{pull_tests.DIGEST}", [("Authorization", "Bearer account")]
+    async with pull_tests.mirror(tmp_path, upstream, **settings) as app:
+        logged = AccessLog(Guard(app, None))
+        first = await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
+        assert (first.status, first.body) == (200, pull_tests.BLOB)
+        (cached_file,) = pull_tests.cached_blobs(tmp_path)
+        real_open = os.open
+
+        def no_descriptor_left(file: str | Path, flags: int, *args: int) -> int:
+            if Path(file) == cached_file:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return real_open(file, flags, *args)
+
+        monkeypatch.setattr(os, "open", no_descriptor_left)
+        second = await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
+        assert second.status == 200
+        assert second.complete and second.body == pull_tests.BLOB
+    assert upstream.blob_gets == 2  # the fill, then the pass-through
+    assert pull_tests.cached_blobs(tmp_path) == [cached_file]
+    lines = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert "cache=uncached reason=cache-unreadable" in lines[-1]
 
 
 async def test_a_blob_committed_while_a_miss_looked_that_cannot_be_opened_is_passed_through(
