@@ -16,6 +16,7 @@ from docxy.cache.blobs import BlobEntry, BlobStore, DiskBlobStore, Fill, GcRepor
 from docxy.cache.errors import (
     BlobInUse,
     CacheError,
+    CacheUnreadable,
     CacheUnwritable,
     DigestMismatch,
     FetchFailed,
@@ -50,6 +51,7 @@ __all__ = [
     "BlobWriter",
     "Cache",
     "CacheError",
+    "CacheUnreadable",
     "CacheUnwritable",
     "CachedManifest",
     "Digest",

@@ -14,8 +14,9 @@ once per that many bytes, in a worker thread over a snapshot; the event loop onl
 chunk at a time, re-checking each blob as it goes.
 
 The cap is a promise about the disk: a fill reserves its length (the upstream's Content-Length,
-or its bytes as they come when there is none) before writing, committed blobs, reservations and
-evicted files not yet deleted together never pass ``max_size``, and a fill that gets no room
+or its bytes as they come when there is none) before writing, committed blobs, reservations,
+evicted files not yet deleted and aborted fills' temp files not yet freed (removed, but held
+open by a descriptor) together never pass ``max_size``, and a fill that gets no room
 (larger than the cache, or the rest is pinned or needed) is not written at all: it ends with
 :class:`NoRoom` and the route passes the blob through.
 """
@@ -32,11 +33,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from docxy.cache.errors import BlobInUse, CacheUnwritable, NoRoom
-from docxy.cache.files import remove_off_loop
+from docxy.cache.errors import BlobInUse, CacheUnreadable, CacheUnwritable, NoRoom
+from docxy.cache.files import close_after_reading, close_off_loop, open_quietly
 from docxy.cache.fill import (
     PUMP_BUFFER,
     PUMP_DEPTH,
@@ -112,6 +114,9 @@ class Usage:
     in_flight: int
     pinned: int
     reserved: int = 0  # bytes the running fills may still grow to, counted against max_size
+    #: Bytes of removed files not freed yet (evicted blobs being deleted, aborted fills' temp
+    #: files still held open), counted against max_size until they are.
+    freeing: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +165,16 @@ class DiskBlobStore:
         self._in_flight = 0
         self._reserved = 0  # by the running fills (InFlight.reserved), counted against the cap
         self._waiting: list[int] = []  # bytes each fill waiting for room wants: eviction frees
+        self._making_room = asyncio.Lock()  # fills short of room wait their turn (_make_room)
         self._trash = 0  # evicted bytes still on disk, being deleted in a worker thread
+        self._unlinked = 0  # bytes of removed temp files still held open (InFlight.unlinked)
+        self._unlinked_freed = asyncio.Event()  # set (and replaced) as they are freed
         #: Blobs that found no room: until when they pass through, why, and the bytes they
         #: wanted in all (free room of that size ends the wait early).
         self._no_room: LruDict[Digest, tuple[float, str, int]] = LruDict(NO_ROOM_MEMORY)
         self._pins: Counter[Digest] = Counter()
         self._write_failed_logged = False
+        self._read_failed_logged = False
         #: When writing a fill last failed (disk full...): the routes pass misses through a while.
         self.write_failed_at: float | None = None
         #: Since start, for /metrics: fills begun, clients that joined a fill another client was
@@ -334,7 +343,9 @@ class DiskBlobStore:
     ) -> BlobReader | None:
         """A pinned reader of bytes ``[start, stop)`` (``stop`` exclusive), or None on a miss.
 
-        Raises ValueError for a range outside the blob (the route answers 416).
+        Raises ValueError for a range outside the blob (the route answers 416), and
+        :class:`CacheUnreadable` when its file cannot be opened now (no descriptor left, EIO):
+        the blob stays cached and this client is passed through.
         """
         entry = self.lookup(digest)
         if entry is None:
@@ -347,15 +358,25 @@ class DiskBlobStore:
         except FileNotFoundError:
             self._forget(entry)
             return None
+        except OSError as exc:
+            self._cache_read_failed(digest, exc)
+            raise CacheUnreadable(f"cannot open the cached {digest}: {exc}") from exc
+        self._read_failed_logged = False
         self._pins[digest] += 1
         return BlobReader(
             fd,
             size=entry.size,
             start=start,
             stop=stop,
-            release=lambda: self._unpin(digest),
+            release=partial(self._reader_closed, digest),
             chunk_size=self._chunk_for_readers,
         )
+
+    def _cache_read_failed(self, digest: Digest, exc: OSError) -> None:
+        """One warning per run of failed opens (EMFILE comes in floods), the rest at DEBUG."""
+        level = logging.DEBUG if self._read_failed_logged else logging.WARNING
+        self._read_failed_logged = True
+        log.log(level, "cache: cannot open %s (%s); passed through", digest, exc)
 
     # --- fills ------------------------------------------------------------------------------
 
@@ -396,7 +417,8 @@ class DiskBlobStore:
         """A reader on a hit; else the writer if nobody is fetching ``digest``; else a follower.
 
         The building block of :meth:`fill`, for callers that feed the writer themselves. Raises
-        :class:`CacheUnwritable` if the running fill's temp file cannot be opened to follow.
+        :class:`CacheUnwritable` if the running fill's temp file cannot be opened to follow,
+        :class:`CacheUnreadable` if the cached blob cannot be opened.
         """
         joined = self._join(digest)
         return joined if joined is not None else self._start_fill(digest)
@@ -420,8 +442,18 @@ class DiskBlobStore:
         if self._pins[fill.digest]:  # another client is streaming this fill already
             self.followers_joined += 1
         self._pins[fill.digest] += 1
-        release = self._unpin
-        return BlobFollower(fill, fd, lambda: release(fill.digest), self._chunk_for_readers)
+        fill.holders += 1
+        release = partial(self._follower_closed, fill)
+        return BlobFollower(fill, fd, release, self._chunk_for_readers)
+
+    def _follower_closed(self, fill: InFlight, fd: int) -> None:
+        """A follower is done: unpinned now, one holder less of the temp file once closed."""
+        self._unpin(fill.digest)
+        close_after_reading(fd, partial(self.temp_closed, fill))
+
+    def _reader_closed(self, digest: Digest, fd: int) -> None:
+        self._unpin(digest)
+        close_after_reading(fd)
 
     def _start_fill(self, digest: Digest) -> BlobWriter:
         name = f"{digest.algorithm}-{digest.hex}.{secrets.token_hex(6)}"
@@ -447,7 +479,8 @@ class DiskBlobStore:
 
     async def reserve(self, fill: InFlight, nbytes: int) -> None:
         """Count ``nbytes`` more of ``fill`` against ``max_size`` before they are written,
-        evicting first if they do not fit (waiting for at most ``ROOM_ATTEMPTS`` evictions).
+        evicting first if they do not fit (waiting for at most ``ROOM_ATTEMPTS`` evictions, or
+        for removed temp files to be freed; fills short of room take turns).
 
         Raises :class:`NoRoom` if the blob is larger than the cache, or the room cannot be
         made (what is left is pinned by readers and fills, or needed by images still offered);
@@ -458,14 +491,28 @@ class DiskBlobStore:
             reason = f"{wanted} bytes or more, larger than the whole cache ({self.max_size})"
             raise self._found_no_room(fill.digest, reason, float("inf"), wanted)
         await self.indexed()  # the cap counts every committed blob
-        self._waiting.append(nbytes)
-        try:
-            for _ in range(ROOM_ATTEMPTS):
-                if self._room() >= nbytes:
-                    break
+        if self._room() < nbytes:
+            self._waiting.append(nbytes)
+            try:
+                async with self._making_room:
+                    await self._make_room(fill, nbytes, wanted)
+            finally:
+                self._waiting.remove(nbytes)
+        if self._fills.get(fill.digest) is fill and fill.state is FillState.WRITING:
+            fill.reserved += nbytes
+            self._reserved += nbytes
+
+    async def _make_room(self, fill: InFlight, nbytes: int, wanted: int) -> None:
+        """Wait for ``nbytes`` of room, one fill at a time: each sees what the one before left
+        (a fill that gave up has lost its temp file's name by then, and its bytes are freed
+        soon: the next one waits for them rather than giving up alongside it)."""
+        for _ in range(ROOM_ATTEMPTS):
+            if self._room() >= nbytes:
+                return
+            if self._room() + self._unlinked >= nbytes:  # aborted fills' files will do
+                await self._unlinked_gone(nbytes)
+            else:
                 await asyncio.wait([self._start_eviction()], timeout=ROOM_WAIT)
-        finally:
-            self._waiting.remove(nbytes)
         if self._room() < nbytes:
             reason = (
                 f"no room for {nbytes} more bytes: {self._total} committed and {self._reserved}"
@@ -473,13 +520,22 @@ class DiskBlobStore:
             )
             until = time.monotonic() + NO_ROOM_BACKOFF
             raise self._found_no_room(fill.digest, reason, until, wanted)
-        if self._fills.get(fill.digest) is fill and fill.state is FillState.WRITING:
-            fill.reserved += nbytes
-            self._reserved += nbytes
 
     def _room(self) -> int:
-        """Bytes a fill may still reserve: the cap less committed, reserved and trashed bytes."""
-        return self.max_size - self._total - self._reserved - self._trash
+        """Bytes a fill may still reserve: the cap less committed, reserved and removed bytes
+        not freed yet (evicted, or aborted fills' temp files still held open)."""
+        return self.max_size - self._total - self._reserved - self._trash - self._unlinked
+
+    async def _unlinked_gone(self, nbytes: int) -> None:
+        """Wait (``ROOM_WAIT`` at most) until the removed temp files still held open have
+        been freed, or enough of them for ``nbytes``: their last descriptors close soon (a
+        follower's client cut by the abort, a close in a worker thread)."""
+        try:
+            async with asyncio.timeout(ROOM_WAIT):
+                while self._unlinked and self._room() < nbytes:
+                    await self._unlinked_freed.wait()
+        except TimeoutError:
+            pass
 
     def _found_no_room(self, digest: Digest, reason: str, until: float, needed: int) -> NoRoom:
         log.info("cache: %s not cached, %s; passed through", digest, reason)
@@ -514,10 +570,48 @@ class DiskBlobStore:
             fill.reserved = 0
 
     def fill_discarded(self, fill: InFlight, fd: int | None) -> None:
-        """Delete an aborted fill's temp file: its name goes now, and the last close, which
-        frees its blocks (seconds for many GiB on ext4), in a worker thread (the cap stops
-        counting them at once, as a synchronous unlink did)."""
-        remove_off_loop(fill.tmp_path, fd)
+        """Delete an aborted fill's temp file (``fd``: the writer's descriptor, or None)."""
+        self._remove_temp(fill, fd)
+
+    def _remove_temp(self, fill: InFlight, fd: int | None) -> None:
+        """Delete ``fill``'s temp file without freeing its blocks on the loop: its name goes
+        now, while a descriptor holds the file (``fd``, else one opened here); the last close
+        here frees the blocks (seconds for many GiB on ext4) in a worker thread, and until
+        then they count against ``max_size`` (see :meth:`temp_closed`)."""
+        if fill.removed:  # discarded again (cut for no room, then aborted): its name is gone
+            if fd is not None:
+                fill.holders += 1
+                close_off_loop(fd, partial(self.temp_closed, fill))
+            return
+        fill.removed = True
+        if fd is None:
+            fd = open_quietly(fill.tmp_path)
+        size = fill.written
+        if fd is not None:
+            fill.holders += 1
+            try:
+                size = os.fstat(fd).st_size
+            except OSError:  # EIO: what the fill wrote
+                pass
+        try:
+            os.unlink(fill.tmp_path)
+        except OSError:  # gone already, or refused: a temp file left is cleared at next start
+            pass
+        if fill.holders:  # held open (fd, followers, a sync): the last close frees its blocks
+            fill.unlinked = size
+            self._unlinked += size
+        if fd is not None:
+            close_off_loop(fd, partial(self.temp_closed, fill))
+
+    def temp_closed(self, fill: InFlight) -> None:
+        """One of ``fill.holders`` is closed; the last one of a removed temp file freed its
+        blocks: they leave the cap's count now."""
+        fill.holders -= 1
+        if fill.holders <= 0 and fill.unlinked:
+            self._unlinked -= fill.unlinked
+            fill.unlinked = 0
+            freed, self._unlinked_freed = self._unlinked_freed, asyncio.Event()
+            freed.set()
 
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None:
         self.write_failed_at = time.monotonic()
@@ -531,11 +625,11 @@ class DiskBlobStore:
         self.fill_ended(fill)
         old = self._index.get(fill.digest)
         if old is not None:  # stored meanwhile by another process: same verified bytes
-            remove_off_loop(fill.tmp_path)
+            self._remove_temp(fill, None)
             return old
         if self._total + size > self.max_size:  # cannot be, as it had reserved its size
             log.warning("cache: %s (%d bytes) does not fit, not kept", fill.digest, size)
-            remove_off_loop(fill.tmp_path)
+            self._remove_temp(fill, None)
             return None
         path = self.path_of(fill.digest)
         now = time.time_ns()
@@ -685,6 +779,7 @@ class DiskBlobStore:
             self._in_flight,
             len(self._pins),
             self._reserved,
+            self._trash + self._unlinked,
         )
 
     def remove(self, digest: Digest) -> bool:

@@ -8,6 +8,7 @@
     │   └── NoRoom                    no room under cache.max_size for it: pass through
     ├── FetchFailed                   the upstream half of a fill could not start a download
     ├── CacheUnwritable               no temp file can be made (disk full...): pass through
+    ├── CacheUnreadable               a cached blob cannot be opened (no descriptor left, EIO)
     ├── FillClosed                    a writer was used after commit/abort
     └── BlobInUse                     remove() of a blob that is being read
 
@@ -47,6 +48,11 @@ class FetchFailed(CacheError):
 
 class CacheUnwritable(CacheError):
     """The cache cannot take a new blob now; the caller serves it uncached, fetching nothing."""
+
+
+class CacheUnreadable(CacheError):
+    """A cached blob's file cannot be opened now (no descriptor left, a failing disk); the
+    caller serves it uncached (passed through), and the blob stays cached."""
 
 
 class FillClosed(CacheError):

@@ -1,11 +1,12 @@
 """Crash-safe small-file writes (a reader sees the old file or the new one, never half of one),
-and removals that never block the event loop on freeing a large file's blocks."""
+and removals and closes that never block the event loop on freeing a large file's blocks."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -48,30 +49,48 @@ def unlink_quietly(path: Path) -> None:
         pass
 
 
-def close_off_loop(fd: int) -> None:
-    """Close ``fd``, in a worker thread when called on the event loop: the last close of a file
-    already unlinked frees its blocks, which takes long for a file of many GiB (ext4)."""
+def close_after_reading(fd: int, closed: Callable[[], None] | None = None) -> None:
+    """Close a descriptor a reader held: at once while its file still has a name (that close
+    frees nothing, and a worker thread per served blob costs more than the close), else as
+    :func:`close_off_loop` (removed meanwhile: evicted, an aborted fill, `docxy cache rm` or
+    `gc` in another process; the last close frees the blocks). Then ``closed``, if given."""
+    if _named(fd):
+        _close_quietly(fd)
+        if closed is not None:
+            closed()
+    else:
+        close_off_loop(fd, closed)
+
+
+def _named(fd: int) -> bool:
+    """Whether the file open as ``fd`` still has a name (one ``fstat``: the inode is in memory)."""
     try:
-        asyncio.get_running_loop().run_in_executor(None, _close_quietly, fd)
+        return os.fstat(fd).st_nlink > 0
+    except OSError:  # EIO: let the close take its time in a worker thread
+        return False
+
+
+def close_off_loop(fd: int, closed: Callable[[], None] | None = None) -> None:
+    """Close ``fd``, in a worker thread when called on the event loop: the last close of a file
+    already unlinked frees its blocks, which takes long for a file of many GiB (ext4). Then
+    ``closed``, if given: on the loop, once the descriptor is closed (the blocks freed)."""
+    try:
+        closing = asyncio.get_running_loop().run_in_executor(None, _close_quietly, fd)
     except RuntimeError:  # no loop here (a finalizer in a thread), or it is shutting down
         _close_quietly(fd)
+        if closed is not None:
+            closed()
+        return
+    if closed is not None:
+        closing.add_done_callback(lambda _: closed())
 
 
-def remove_off_loop(path: Path, fd: int | None = None) -> None:
-    """Remove ``path`` without blocking the event loop on freeing its blocks: its name goes now
-    (cheap while a descriptor holds the file: ``fd``, else one opened here), and the last close,
-    which frees the blocks, runs in a worker thread (see :func:`close_off_loop`)."""
-    if fd is None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:  # gone already, or cannot be held open: removed here and now
-            pass
+def open_quietly(path: Path) -> int | None:
+    """A read-only descriptor of ``path``, or None if it cannot be opened (gone already...)."""
     try:
-        os.unlink(path)
-    except OSError:  # gone already, or refused: a temp file left is cleared at the next start
-        pass
-    if fd is not None:
-        close_off_loop(fd)
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def _close_quietly(fd: int) -> None:

@@ -72,6 +72,10 @@ class FillHost(Protocol):
         """Close ``fd`` (None: not open) and delete the temp file, off the event loop."""
         ...
 
+    def temp_closed(self, fill: InFlight) -> None:
+        """One of ``fill.holders`` was closed (on the loop, after the close)."""
+        ...
+
     def fill_grew(self, fill: InFlight, nbytes: int) -> None: ...
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None: ...
 
@@ -117,6 +121,13 @@ class InFlight:
     no_room: bool = False
     #: Where its bytes come from (the download's ``origin``), set before its size is announced.
     origin: str = ""
+    #: Descriptors open on the temp file that tell the store when they are closed (followers',
+    #: a background sync's, the writer's once the file is removed); whether the store removed
+    #: the file, and its bytes if it was still held then: they count against ``max_size``
+    #: until its last close frees them.
+    holders: int = 0
+    removed: bool = False
+    unlinked: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -347,6 +358,9 @@ class BlobWriter:
         self._synced_from = self.fill.written
         loop = asyncio.get_running_loop()
         self._sync = loop.run_in_executor(None, _sync_behind, os.dup(self._fd))
+        fill, host = self.fill, self._host
+        fill.holders += 1  # its descriptor may be the temp file's last, if the fill aborts
+        self._sync.add_done_callback(lambda _: host.temp_closed(fill))
 
     def _hash_and_write(self, chunks: list[bytes], fd: int | None) -> OSError | None:
         for chunk in chunks:
@@ -456,7 +470,7 @@ class BlobFollower(ClosingStream):
         self,
         fill: InFlight,
         fd: int,
-        release: Callable[[], None],
+        release: Callable[[int], None],
         chunk_size: int | Callable[[], int] = READ_CHUNK,
     ) -> None:
         super().__init__(fd, release, chunk_size)

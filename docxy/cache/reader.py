@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
 
-from docxy.cache.files import close_off_loop
-
 #: Read size for a lone reader (shrunk as readers grow, see DiskBlobStore): 4 MiB measured
 #: less CPU per GiB on a cache hit than 1 MiB (see the README benchmark).
 READ_CHUNK = 4 * 1024 * 1024
@@ -23,19 +21,20 @@ def chunk_of(size: int | Callable[[], int]) -> int:
 
 
 class ClosingStream:
-    """Chunks of a file read through a descriptor held open (and its blob pinned by the
-    ``release`` callback) until :meth:`close`, which also runs when it is garbage collected.
+    """Chunks of a file read through a descriptor held open (and its blob pinned) until
+    :meth:`close`, which also runs when it is garbage collected: ``release(fd)`` closes the
+    descriptor and unpins the blob (the store's, which knows what the close may free).
 
     Subclasses iterate with :meth:`_read`. ``async with`` closes it; :meth:`read_all` collects
     everything (small blobs, tests).
     """
 
     def __init__(
-        self, fd: int, release: Callable[[], None], chunk_size: int | Callable[[], int]
+        self, fd: int, release: Callable[[int], None], chunk_size: int | Callable[[], int]
     ) -> None:
         self._fd = fd
         self._chunk_size = chunk_size
-        self._finalizer = weakref.finalize(self, _release, fd, release)
+        self._finalizer = weakref.finalize(self, release, fd)
 
     @property
     def closed(self) -> bool:
@@ -82,7 +81,7 @@ class BlobReader(ClosingStream):
         size: int,
         start: int,
         stop: int,
-        release: Callable[[], None],
+        release: Callable[[int], None],
         chunk_size: int | Callable[[], int] = READ_CHUNK,
     ) -> None:
         super().__init__(fd, release, chunk_size)
@@ -109,8 +108,3 @@ class BlobReader(ClosingStream):
                 yield data
         finally:
             self.close()
-
-
-def _release(fd: int, release: Callable[[], None]) -> None:
-    close_off_loop(fd)  # the last descriptor of a file already removed frees its blocks
-    release()

@@ -27,7 +27,14 @@ from functools import partial
 from typing import NoReturn
 
 from docxy.cache.blobs import DiskBlobStore
-from docxy.cache.errors import CacheUnwritable, FetchFailed, FillAborted, NoRoom
+from docxy.cache.errors import (
+    CacheError,
+    CacheUnreadable,
+    CacheUnwritable,
+    FetchFailed,
+    FillAborted,
+    NoRoom,
+)
 from docxy.cache.fill import BlobFollower, Download
 from docxy.cache.pairings import BlobPairings
 from docxy.cache.reader import BlobReader
@@ -76,7 +83,10 @@ class BlobService:
                 return held
             span = parse_range(pull.range, entry.size)  # RangeNotSatisfiable: 416
             start, stop = span if span is not None else (0, entry.size)
-            reader = None if pull.head else self.store.open_read(digest, start, stop)
+            try:
+                reader = None if pull.head else self.store.open_read(digest, start, stop)
+            except CacheUnreadable as exc:  # no descriptor left, EIO: the upstream serves it
+                return PassThrough(Reason.CACHE_UNREADABLE, str(exc))
             if pull.head or reader is not None:  # None: evicted since the lookup, a miss
                 return Served(held, BlobContent(digest, entry.size, reader, span))
         if pull.head or pull.range:
@@ -87,11 +97,10 @@ class BlobService:
         release = None if self.store.filling(digest) else self.permits.acquire()
         try:
             stream = await self.store.fill(digest, partial(self._permitted, pull, release))
-        except (CacheUnwritable, NoRoom) as exc:
+        except (CacheUnwritable, CacheUnreadable, NoRoom) as exc:
             if release is not None:
                 release()
-            full = isinstance(exc, NoRoom)
-            return PassThrough(Reason.CACHE_FULL if full else Reason.CACHE_UNWRITABLE, str(exc))
+            return PassThrough(_uncached_because(exc), str(exc))
         if isinstance(stream, BlobReader) and release is not None:
             release()  # committed while we looked: no fetch of ours
         return await self._follow(pull, digest, stream)
@@ -244,6 +253,14 @@ class BlobService:
         length = answer.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
         return Download(size, answer.aiter_bytes(), answer.aclose)
+
+
+def _uncached_because(exc: CacheError) -> Reason:
+    if isinstance(exc, NoRoom):
+        return Reason.CACHE_FULL
+    if isinstance(exc, CacheUnreadable):
+        return Reason.CACHE_UNREADABLE
+    return Reason.CACHE_UNWRITABLE
 
 
 def _raise_for_trouble(status: int) -> None:

@@ -43,6 +43,7 @@ class Reason(enum.Enum):
     UPSTREAM_ANSWER = "upstream-answer"  # not found, schema 1...: the client gets it verbatim
     UPSTREAM_FAILED = "upstream-failed"  # the mirror's fetch failed and nothing is cached
     CACHE_UNWRITABLE = "cache-unwritable"  # disk full or unwritable: misses go uncached
+    CACHE_UNREADABLE = "cache-unreadable"  # a cached blob's file cannot be opened (EMFILE, EIO)
     CACHE_FULL = "cache-full"  # no room under cache.max_size (too big, or the rest is in use)
     UNCONFIRMED = "unconfirmed"  # a cached blob the upstream did not confirm in this repository
 

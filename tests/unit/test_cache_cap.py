@@ -31,7 +31,9 @@ from tests.unit.test_cache_eviction import cached_image, layer, offered_whole
 
 def bytes_on_disk(root: Path) -> int:
     """Every file of the blob store under ``root``: blobs, temp files, evicted files not yet
-    deleted (``cache.max_size`` caps blobs; manifests and tags are stored beside them)."""
+    deleted (``cache.max_size`` caps blobs; manifests and tags are stored beside them), and
+    files removed but still held open here, whose blocks are not freed yet (an aborted fill's
+    temp file until its last descriptor is closed)."""
     seen: dict[tuple[int, int], int] = {}
     for dirpath, _dirs, files in [*os.walk(root / "blobs"), *os.walk(root / "tmp")]:
         for name in files:
@@ -40,6 +42,14 @@ def bytes_on_disk(root: Path) -> int:
             except FileNotFoundError:  # deleted meanwhile
                 continue
             seen[(st.st_dev, st.st_ino)] = st.st_size
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{root}/") and target.endswith(" (deleted)"):
+                st = os.fstat(int(fd))
+                seen[(st.st_dev, st.st_ino)] = st.st_size
+        except OSError:  # closed meanwhile
+            continue
     return sum(seen.values())
 
 
