@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import importlib
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -26,10 +28,23 @@ from docxy.shared.keys import blob_key, object_url
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Bytes read from disk per chunk of an upload.
 UPLOAD_CHUNK = 1024 * 1024
+#: Bytes of an error answer's body read for the store's reason (an S3 ``<Error>`` is ~500).
+ERROR_BODY = 4096
+_CODE = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
 
 
 class ObjectStoreError(Exception):
-    """The object store could not be reached or answered with an error; the message says."""
+    """The object store could not be reached or answered with an error; the message says.
+
+    ``status`` is the store's answer (None: none came: unreachable, timed out, cut off) and
+    ``code`` its S3 error code (``NoSuchKey``, ``RequestTimeTooSkewed``...; empty: none given).
+    """
+
+    def __init__(self, message: str, status: int | None = None, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +120,7 @@ class ObjectStore:
         answer = await self._send("HEAD", self.bucket.url(digest))
         if answer.status_code == 404:
             return None
-        _check(answer, "HEAD")
+        await _check(answer, "HEAD")
         length = answer.headers.get("content-length", "")
         return int(length) if length.isdigit() else None
 
@@ -117,8 +132,7 @@ class ObjectStore:
             await answer.aclose()
             return None
         if answer.status_code != 200:
-            await answer.aclose()
-            _check(answer, "GET")
+            raise await refusal(answer, "GET")
         return answer
 
     async def put(self, digest: Digest, fd: int, size: int) -> None:
@@ -133,12 +147,45 @@ class ObjectStore:
             headers=headers,
             content=_read_chunks(fd, size),
         )
-        _check(answer, "PUT")
+        await _check(answer, "PUT")
 
 
-def _check(answer: httpx.Response, what: str) -> None:
+async def _check(answer: httpx.Response, what: str) -> None:
     if not 200 <= answer.status_code < 300:
-        raise ObjectStoreError(f"{what} answered {answer.status_code}")
+        raise await refusal(answer, what)
+
+
+async def refusal(answer: httpx.Response, what: str) -> ObjectStoreError:
+    """The error for an answer that is not a success, with the store's own reason when its body
+    gives one (an S3 ``<Error>``'s ``Code`` and ``Message``): a bare 403 does not tell a wrong
+    secret from a clock that drifted. Reads at most :data:`ERROR_BODY` bytes, and closes it."""
+    body = await _head_of_body(answer)
+    code = _CODE.search(body)
+    message = _MESSAGE.search(body)
+    reason = code.group(1).decode() if code else ""
+    text = f"{what} answered {answer.status_code}"
+    if reason:
+        text += f" {reason}"
+    if message:
+        said = html.unescape(message.group(1).decode("utf-8", "replace"))
+        text += ": " + "".join(c if c.isprintable() else " " for c in said).strip()
+    return ObjectStoreError(text, answer.status_code, reason)
+
+
+async def _head_of_body(answer: httpx.Response) -> bytes:
+    if answer.is_closed:  # read already (not streamed)
+        return answer.content[:ERROR_BODY]
+    body = b""
+    try:
+        async for chunk in answer.aiter_raw():
+            body += chunk
+            if len(body) >= ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass  # the status says enough
+    finally:
+        await answer.aclose()
+    return body[:ERROR_BODY]
 
 
 async def _read_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
