@@ -125,15 +125,18 @@ class ObjectStore:
         return int(length) if length.isdigit() else None
 
     async def open(self, digest: Digest) -> httpx.Response | None:
-        """The object's body, streamed (the caller closes it), or None when there is none."""
+        """The object's body, streamed (the caller closes it), or None when there is none.
+
+        A 404 for another reason than the key (``NoSuchBucket``: a bucket never made, a typo
+        in ``shared.bucket``) is the store's trouble, not a miss: no blob can come from it."""
         identity = {"Accept-Encoding": "identity"}  # the blob's own bytes, never re-encoded
         answer = await self._send("GET", self.bucket.url(digest), headers=identity, stream=True)
-        if answer.status_code == 404:
-            await answer.aclose()
+        if answer.status_code == 200:
+            return answer
+        error = await refusal(answer, "GET")
+        if answer.status_code == 404 and error.code in ("", "NoSuchKey"):
             return None
-        if answer.status_code != 200:
-            raise await refusal(answer, "GET")
-        return answer
+        raise error
 
     async def put(self, digest: Digest, fd: int, size: int) -> None:
         """Store ``size`` bytes read from ``fd`` (a verified sha256 blob) under ``digest``."""
