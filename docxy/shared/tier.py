@@ -11,7 +11,9 @@
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
 - The object store failing never fails a pull: its first failure of a burst is logged, the
   tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), and
-  ``/health`` shows it under ``shared`` without changing the mirror's status.
+  ``/health`` shows it under ``shared`` without changing the mirror's status. An upload the
+  store refuses (a 4xx: a read-only key, an object too large) is counted and logged, but is
+  no failure of the store: the tier goes on reading from it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class SharedTier:
         self._bad: LruDict[Digest, bool] = LruDict(MAX_BAD)
         self._failed_at: float | None = None
         self.last_error: str | None = None
+        self._refusal: str | None = None  # the latest refused upload's reason, logged once
         self.reachable: bool | None = None  # None: not asked yet
 
     # --- the source -------------------------------------------------------------------------
@@ -133,7 +136,10 @@ class SharedTier:
             await self.objects.put(digest, fd, size)
         except ObjectStoreError as exc:
             self.counts.upload_failed += 1
-            self._trouble(exc)
+            if _refused(exc):
+                self._upload_refused(digest, exc)
+            else:
+                self._trouble(exc)
             return
         finally:
             os.close(fd)
@@ -141,6 +147,15 @@ class SharedTier:
         self._bad.pop(digest)
         self.counts.uploaded += 1
         log.info("shared store: uploaded %s (%d bytes)", digest, size)
+
+    def _upload_refused(self, digest: Digest, exc: ObjectStoreError) -> None:
+        """The store answered an upload with a refusal of its own (a key that may only read,
+        an object too large for one PUT): it is up, and reading from it still works. Logged
+        once for each new reason; the tier does not rest."""
+        self.last_error = str(exc)
+        if str(exc) != self._refusal:
+            self._refusal = str(exc)
+            log.warning("shared store: the upload of %s was refused (%s)", digest, exc)
 
     # --- health -----------------------------------------------------------------------------
 
@@ -179,6 +194,12 @@ class SharedTier:
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,
         }
+
+
+def _refused(exc: ObjectStoreError) -> bool:
+    """A 4xx answer: the store is up and says no to this request (but 408 and 429: it is
+    slow or overloaded, which is trouble)."""
+    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429)
 
 
 def open_tier(config: SharedConfig, blobs: DiskBlobStore, http: httpx.AsyncClient) -> SharedTier:
