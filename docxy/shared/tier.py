@@ -10,7 +10,8 @@
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
 - The object store failing never fails a pull: its first failure of a burst is logged, the
-  tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), and
+  tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), then
+  one miss at a time asks it again until it answers (the others go to the upstream), and
   ``/health`` shows it under ``shared`` without changing the mirror's status. An upload the
   store refuses (a 4xx: a read-only key, an object too large) is counted and logged, but is
   no failure of the store: the tier goes on reading from it.
@@ -72,18 +73,27 @@ class SharedTier:
         self.last_error: str | None = None
         self._refusal: str | None = None  # the latest refused upload's reason, logged once
         self.reachable: bool | None = None  # None: not asked yet
+        self._probing = False  # a miss asks a store that failed whether it is back
 
     # --- the source -------------------------------------------------------------------------
 
     async def download(self, digest: Digest) -> Download | None:
         """The object as a fill's download, or None (absent, known bad, store in trouble)."""
-        if digest in self._bad or self._resting():
+        if digest in self._bad or self._resting() or self._probing:
             return None
+        # After a failure, one miss at a time finds out whether the store is back: a hung store
+        # must not hold every miss that comes meanwhile for the whole timeout.
+        probe = self.reachable is False
+        if probe:
+            self._probing = True
         try:
             answer = await self.objects.open(digest)
         except ObjectStoreError as exc:
             self._trouble(exc)
             return None
+        finally:
+            if probe:
+                self._probing = False
         self._answered()
         if answer is None:
             self.counts.misses += 1
