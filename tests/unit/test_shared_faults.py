@@ -1,5 +1,6 @@
 """Faults of the shared tier that need no object store: a store that takes connections and
-never answers (a hung host, a wedged gateway), on a real loopback socket."""
+never answers (a hung host, a wedged gateway), on a real loopback socket; a setting the tier
+cannot work with."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import httpx
 import pytest
 
 from docxy.cache.blobs import DiskBlobStore
+from docxy.config import load_config
 from docxy.core.digests import Digest
+from docxy.core.errors import ConfigError
 from docxy.shared import tier as tier_module
 from docxy.shared.objects import Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
@@ -96,3 +99,20 @@ async def test_a_hung_store_costs_one_miss_at_a_time_when_the_tier_tries_it_agai
             assert not probe.done() and len(store.accepted) == 2  # it went straight upstream
             assert await asyncio.wait_for(probe, GUARD) is None
             assert tier.reachable is False
+
+
+@pytest.mark.usefixtures("clean_docxy_env")
+@pytest.mark.parametrize("flags", [{"cache.enabled": False}, {"cache.enabled": "false"}])
+def test_a_shared_tier_without_the_local_cache_refuses_to_start(flags: dict[str, object]) -> None:
+    """The tier fills the local cache: with the cache off (`--no-cache`, e.g. taking the bucket
+    for the cache) nothing would ever be read from the bucket or uploaded to it, and the mirror
+    said nothing about it: every pull went to the upstream."""
+    shared = {
+        "shared.endpoint": "http://127.0.0.1:8333",
+        "shared.bucket": "docxy-cache",
+        "shared.access_key": "docxy",
+        "shared.secret_key": "not-a-secret",
+    }
+    with pytest.raises(ConfigError, match=r"shared\.endpoint: .*cache\.enabled"):
+        load_config({**shared, **flags}, environ={})
+    assert load_config(shared, environ={}).shared.enabled  # with the cache: fine
