@@ -34,6 +34,11 @@ _CODE = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
 
 
+class BlobChanged(Exception):
+    """A blob's file no longer holds the blob (shorter, or not hashing to its digest): it is
+    not uploaded. The local disk's fault, not the store's."""
+
+
 class ObjectStoreError(Exception):
     """The object store could not be reached or answered with an error; the message says.
 
@@ -139,7 +144,12 @@ class ObjectStore:
         raise error
 
     async def put(self, digest: Digest, fd: int, size: int) -> None:
-        """Store ``size`` bytes read from ``fd`` (a verified sha256 blob) under ``digest``."""
+        """Store ``size`` bytes read from ``fd`` (a verified sha256 blob) under ``digest``.
+
+        The bytes are hashed again as they are sent, and the PUT is cut before its last byte
+        (:class:`BlobChanged`) unless they are the blob: not every store checks the payload
+        hash a request is signed with (SeaweedFS does not), and a file can rot after its fill.
+        """
         if digest.algorithm != "sha256":
             raise ValueError("only sha256 blobs are signed by their digest")
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
@@ -148,7 +158,7 @@ class ObjectStore:
             self.bucket.url(digest),
             payload=digest.hex,
             headers=headers,
-            content=_read_chunks(fd, size),
+            content=_read_chunks(fd, size, digest),
         )
         await _check(answer, "PUT")
 
@@ -191,12 +201,24 @@ async def _head_of_body(answer: httpx.Response) -> bytes:
     return body[:ERROR_BODY]
 
 
-async def _read_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
-    """``size`` bytes of ``fd`` from its start, read in worker threads; short is an error."""
+async def _read_chunks(fd: int, size: int, digest: Digest) -> AsyncIterator[bytes]:
+    """``size`` bytes of ``fd`` from its start, read and hashed in worker threads. The last
+    chunk goes only if all of them hash to ``digest``; else, or if the file is short,
+    :class:`BlobChanged` is raised, which cuts the request before its body is complete."""
+    hasher = hashlib.sha256()
     offset = 0
     while offset < size:
-        chunk = await asyncio.to_thread(os.pread, fd, min(UPLOAD_CHUNK, size - offset), offset)
+        length = min(UPLOAD_CHUNK, size - offset)
+        chunk = await asyncio.to_thread(_read_and_hash, fd, length, offset, hasher)
         if not chunk:
-            raise ObjectStoreError(f"the blob file ended at {offset} of {size} bytes")
+            raise BlobChanged(f"the blob file ended at {offset} of {size} bytes")
         offset += len(chunk)
+        if offset >= size and hasher.hexdigest() != digest.hex:
+            raise BlobChanged(f"the blob file hashes to sha256:{hasher.hexdigest()}")
         yield chunk
+
+
+def _read_and_hash(fd: int, length: int, offset: int, hasher: hashlib._Hash) -> bytes:
+    chunk = os.pread(fd, length, offset)
+    hasher.update(chunk)
+    return chunk

@@ -32,7 +32,7 @@ from docxy.cache.fill import Download
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
-from docxy.shared.objects import Bucket, ObjectStore, ObjectStoreError
+from docxy.shared.objects import BlobChanged, Bucket, ObjectStore, ObjectStoreError
 from docxy.shared.uploads import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,15 @@ class SharedTier:
                 self.counts.upload_skipped += 1
                 return
             await self.objects.put(digest, fd, size)
+        except BlobChanged as exc:
+            self.counts.upload_failed += 1
+            log.warning(
+                "shared store: not uploading %s: its cached file changed since its fill (%s); "
+                "`docxy cache gc --verify` removes such files",
+                digest,
+                exc,
+            )
+            return
         except ObjectStoreError as exc:
             self.counts.upload_failed += 1
             if _refused(exc):

@@ -210,3 +210,33 @@ async def test_a_replica_whose_uploads_are_refused_still_fills_from_the_bucket(
         assert registry.blob_gets == 1  # only the blob the bucket did not have
         assert tier.counts.hits == 1 and tier.reachable is True
         assert "AccessDenied" in (tier.last_error or ""), tier.last_error  # why it failed
+
+
+# --- a local copy that went bad --------------------------------------------------------------
+
+
+async def test_a_local_copy_that_went_bad_is_not_uploaded(
+    weed: Weed, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README: the bucket holds only verified blobs. SeaweedFS does not check the payload hash
+    an upload is signed with, so what reaches the bucket is whatever the local file holds: a
+    blob whose file changed after its fill (bit rot, what `docxy cache gc --verify` looks for)
+    must not be uploaded, where every other replica would fetch it, fail to verify it and cut
+    its client."""
+    blob = os.urandom(3 * 1024 * 1024 + 5)  # more than one read of the upload
+    digest = digest_of(blob)
+    async with (
+        tier_on(weed, tmp_path) as tier,
+        httpx.AsyncClient(transport=httpx.MockTransport(Registry(blob))) as http,
+    ):
+        without_tier = BlobService(tier.blobs, MirrorTokens(UpstreamClient(http)))
+        assert await pulled(without_tier, digest) == (Source.MISS, blob)
+        with open(tier.blobs.path_of(digest), "r+b") as cached:  # one byte rots
+            cached.seek(2_000_000)
+            cached.write(bytes([blob[2_000_000] ^ 1]))
+        tier.filled(digest)
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+        assert (tier.counts.uploaded, tier.counts.upload_failed) == (0, 1)
+        assert await asyncio.wait_for(tier.objects.size_of(digest), GUARD) is None
+        assert tier.reachable is not False  # the local disk's fault, not the store's
+    assert str(digest) in caplog.text
