@@ -733,6 +733,11 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
                 raise fail(f"shared.{key}", "required with shared.endpoint")
         if not shared.region.strip():
             raise fail("shared.region", "must not be empty")
+        if not values["cache.enabled"]:  # the tier fills the local cache and uploads from it
+            where = sources.get("cache.enabled", "default")
+            raise fail(
+                "shared.endpoint", f"needs the local cache, but cache.enabled is off ({where})"
+            )
     return Config(
         shared=shared,
         auth=AuthConfig(**auth),

@@ -2,7 +2,8 @@
 
 ``start_objectstore(workdir)`` starts master, volume, filer and S3 gateway in one process, every
 listener on 127.0.0.1 on free ports, with one S3 identity (``ObjectStore.access_key`` /
-``secret_key``) allowed everything, and creates the bucket ``ObjectStore.bucket``. Raises
+``secret_key``) allowed everything and one that may only read (``reader_key`` / ``reader_secret``:
+a replica given read-only credentials), and creates the bucket ``ObjectStore.bucket``. Raises
 :class:`lab.Unavailable` when ``weed`` is not installed.
 """
 
@@ -34,6 +35,8 @@ class ObjectStore:
     bucket: str
     access_key: str
     secret_key: str = field(repr=False)  # not in pytest's failure reports
+    reader_key: str = ""
+    reader_secret: str = field(default="", repr=False)
     region: str = "us-east-1"
 
     @property
@@ -57,13 +60,19 @@ def start_objectstore(workdir: Path, bucket: str = BUCKET) -> ObjectStore:
     data = workdir / "data"
     data.mkdir(exist_ok=True)
     access_key, secret_key = "docxy" + secrets.token_hex(4), secrets.token_hex(16)
+    reader_key, reader_secret = "reader" + secrets.token_hex(4), secrets.token_hex(16)
     identities = {
         "identities": [
             {
                 "name": "docxy",
                 "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }
+            },
+            {
+                "name": "reader",
+                "credentials": [{"accessKey": reader_key, "secretKey": reader_secret}],
+                "actions": ["Read", "List"],
+            },
         ]
     }
     s3_config = workdir / "s3.json"
@@ -103,7 +112,7 @@ def start_objectstore(workdir: Path, bucket: str = BUCKET) -> ObjectStore:
         ready_statuses=(403,),
         timeout=START_TIMEOUT,
     )
-    store = ObjectStore(service, bucket, access_key, secret_key)
+    store = ObjectStore(service, bucket, access_key, secret_key, reader_key, reader_secret)
     try:
         make_bucket(store)
     except BaseException:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import importlib
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -26,10 +28,28 @@ from docxy.shared.keys import blob_key, object_url
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Bytes read from disk per chunk of an upload.
 UPLOAD_CHUNK = 1024 * 1024
+#: Bytes of an error answer's body read for the store's reason (an S3 ``<Error>`` is ~500).
+ERROR_BODY = 4096
+_CODE = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
+
+
+class BlobChanged(Exception):
+    """A blob's file no longer holds the blob (shorter, or not hashing to its digest): it is
+    not uploaded. The local disk's fault, not the store's."""
 
 
 class ObjectStoreError(Exception):
-    """The object store could not be reached or answered with an error; the message says."""
+    """The object store could not be reached or answered with an error; the message says.
+
+    ``status`` is the store's answer (None: none came: unreachable, timed out, cut off) and
+    ``code`` its S3 error code (``NoSuchKey``, ``RequestTimeTooSkewed``...; empty: none given).
+    """
+
+    def __init__(self, message: str, status: int | None = None, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,24 +125,31 @@ class ObjectStore:
         answer = await self._send("HEAD", self.bucket.url(digest))
         if answer.status_code == 404:
             return None
-        _check(answer, "HEAD")
+        await _check(answer, "HEAD")
         length = answer.headers.get("content-length", "")
         return int(length) if length.isdigit() else None
 
     async def open(self, digest: Digest) -> httpx.Response | None:
-        """The object's body, streamed (the caller closes it), or None when there is none."""
+        """The object's body, streamed (the caller closes it), or None when there is none.
+
+        A 404 for another reason than the key (``NoSuchBucket``: a bucket never made, a typo
+        in ``shared.bucket``) is the store's trouble, not a miss: no blob can come from it."""
         identity = {"Accept-Encoding": "identity"}  # the blob's own bytes, never re-encoded
         answer = await self._send("GET", self.bucket.url(digest), headers=identity, stream=True)
-        if answer.status_code == 404:
-            await answer.aclose()
+        if answer.status_code == 200:
+            return answer
+        error = await refusal(answer, "GET")
+        if answer.status_code == 404 and error.code in ("", "NoSuchKey"):
             return None
-        if answer.status_code != 200:
-            await answer.aclose()
-            _check(answer, "GET")
-        return answer
+        raise error
 
     async def put(self, digest: Digest, fd: int, size: int) -> None:
-        """Store ``size`` bytes read from ``fd`` (a verified sha256 blob) under ``digest``."""
+        """Store ``size`` bytes read from ``fd`` (a verified sha256 blob) under ``digest``.
+
+        The bytes are hashed again as they are sent, and the PUT is cut before its last byte
+        (:class:`BlobChanged`) unless they are the blob: not every store checks the payload
+        hash a request is signed with (SeaweedFS does not), and a file can rot after its fill.
+        """
         if digest.algorithm != "sha256":
             raise ValueError("only sha256 blobs are signed by their digest")
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
@@ -131,22 +158,67 @@ class ObjectStore:
             self.bucket.url(digest),
             payload=digest.hex,
             headers=headers,
-            content=_read_chunks(fd, size),
+            content=_read_chunks(fd, size, digest),
         )
-        _check(answer, "PUT")
+        await _check(answer, "PUT")
 
 
-def _check(answer: httpx.Response, what: str) -> None:
+async def _check(answer: httpx.Response, what: str) -> None:
     if not 200 <= answer.status_code < 300:
-        raise ObjectStoreError(f"{what} answered {answer.status_code}")
+        raise await refusal(answer, what)
 
 
-async def _read_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
-    """``size`` bytes of ``fd`` from its start, read in worker threads; short is an error."""
+async def refusal(answer: httpx.Response, what: str) -> ObjectStoreError:
+    """The error for an answer that is not a success, with the store's own reason when its body
+    gives one (an S3 ``<Error>``'s ``Code`` and ``Message``): a bare 403 does not tell a wrong
+    secret from a clock that drifted. Reads at most :data:`ERROR_BODY` bytes, and closes it."""
+    body = await _head_of_body(answer)
+    code = _CODE.search(body)
+    message = _MESSAGE.search(body)
+    reason = code.group(1).decode() if code else ""
+    text = f"{what} answered {answer.status_code}"
+    if reason:
+        text += f" {reason}"
+    if message:
+        said = html.unescape(message.group(1).decode("utf-8", "replace"))
+        text += ": " + "".join(c if c.isprintable() else " " for c in said).strip()
+    return ObjectStoreError(text, answer.status_code, reason)
+
+
+async def _head_of_body(answer: httpx.Response) -> bytes:
+    if answer.is_closed:  # read already (not streamed)
+        return answer.content[:ERROR_BODY]
+    body = b""
+    try:
+        async for chunk in answer.aiter_raw():
+            body += chunk
+            if len(body) >= ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass  # the status says enough
+    finally:
+        await answer.aclose()
+    return body[:ERROR_BODY]
+
+
+async def _read_chunks(fd: int, size: int, digest: Digest) -> AsyncIterator[bytes]:
+    """``size`` bytes of ``fd`` from its start, read and hashed in worker threads. The last
+    chunk goes only if all of them hash to ``digest``; else, or if the file is short,
+    :class:`BlobChanged` is raised, which cuts the request before its body is complete."""
+    hasher = hashlib.sha256()
     offset = 0
     while offset < size:
-        chunk = await asyncio.to_thread(os.pread, fd, min(UPLOAD_CHUNK, size - offset), offset)
+        length = min(UPLOAD_CHUNK, size - offset)
+        chunk = await asyncio.to_thread(_read_and_hash, fd, length, offset, hasher)
         if not chunk:
-            raise ObjectStoreError(f"the blob file ended at {offset} of {size} bytes")
+            raise BlobChanged(f"the blob file ended at {offset} of {size} bytes")
         offset += len(chunk)
+        if offset >= size and hasher.hexdigest() != digest.hex:
+            raise BlobChanged(f"the blob file hashes to sha256:{hasher.hexdigest()}")
         yield chunk
+
+
+def _read_and_hash(fd: int, length: int, offset: int, hasher: hashlib._Hash) -> bytes:
+    chunk = os.pread(fd, length, offset)
+    hasher.update(chunk)
+    return chunk

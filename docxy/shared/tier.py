@@ -10,8 +10,11 @@
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
 - The object store failing never fails a pull: its first failure of a burst is logged, the
-  tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), and
-  ``/health`` shows it under ``shared`` without changing the mirror's status.
+  tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), then
+  one miss at a time asks it again until it answers (the others go to the upstream), and
+  ``/health`` shows it under ``shared`` without changing the mirror's status. An upload the
+  store refuses (a 4xx: a read-only key, an object too large) is counted and logged, but is
+  no failure of the store: the tier goes on reading from it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from docxy.cache.fill import Download
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
-from docxy.shared.objects import Bucket, ObjectStore, ObjectStoreError
+from docxy.shared.objects import BlobChanged, Bucket, ObjectStore, ObjectStoreError
 from docxy.shared.uploads import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -68,19 +71,29 @@ class SharedTier:
         self._bad: LruDict[Digest, bool] = LruDict(MAX_BAD)
         self._failed_at: float | None = None
         self.last_error: str | None = None
+        self._refusal: str | None = None  # the latest refused upload's reason, logged once
         self.reachable: bool | None = None  # None: not asked yet
+        self._probing = False  # a miss asks a store that failed whether it is back
 
     # --- the source -------------------------------------------------------------------------
 
     async def download(self, digest: Digest) -> Download | None:
         """The object as a fill's download, or None (absent, known bad, store in trouble)."""
-        if digest in self._bad or self._resting():
+        if digest in self._bad or self._resting() or self._probing:
             return None
+        # After a failure, one miss at a time finds out whether the store is back: a hung store
+        # must not hold every miss that comes meanwhile for the whole timeout.
+        probe = self.reachable is False
+        if probe:
+            self._probing = True
         try:
             answer = await self.objects.open(digest)
         except ObjectStoreError as exc:
             self._trouble(exc)
             return None
+        finally:
+            if probe:
+                self._probing = False
         self._answered()
         if answer is None:
             self.counts.misses += 1
@@ -131,9 +144,21 @@ class SharedTier:
                 self.counts.upload_skipped += 1
                 return
             await self.objects.put(digest, fd, size)
+        except BlobChanged as exc:
+            self.counts.upload_failed += 1
+            log.warning(
+                "shared store: not uploading %s: its cached file changed since its fill (%s); "
+                "`docxy cache gc --verify` removes such files",
+                digest,
+                exc,
+            )
+            return
         except ObjectStoreError as exc:
             self.counts.upload_failed += 1
-            self._trouble(exc)
+            if _refused(exc):
+                self._upload_refused(digest, exc)
+            else:
+                self._trouble(exc)
             return
         finally:
             os.close(fd)
@@ -141,6 +166,15 @@ class SharedTier:
         self._bad.pop(digest)
         self.counts.uploaded += 1
         log.info("shared store: uploaded %s (%d bytes)", digest, size)
+
+    def _upload_refused(self, digest: Digest, exc: ObjectStoreError) -> None:
+        """The store answered an upload with a refusal of its own (a key that may only read,
+        an object too large for one PUT): it is up, and reading from it still works. Logged
+        once for each new reason; the tier does not rest."""
+        self.last_error = str(exc)
+        if str(exc) != self._refusal:
+            self._refusal = str(exc)
+            log.warning("shared store: the upload of %s was refused (%s)", digest, exc)
 
     # --- health -----------------------------------------------------------------------------
 
@@ -179,6 +213,12 @@ class SharedTier:
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,
         }
+
+
+def _refused(exc: ObjectStoreError) -> bool:
+    """A 4xx answer: the store is up and says no to this request (but 408 and 429: it is
+    slow or overloaded, which is trouble)."""
+    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429)
 
 
 def open_tier(config: SharedConfig, blobs: DiskBlobStore, http: httpx.AsyncClient) -> SharedTier:

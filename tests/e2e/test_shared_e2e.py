@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from docxy.core.digests import parse_digest
-from docxy.shared.objects import Bucket, ObjectStore
+from docxy.shared.objects import Bucket, ObjectStore, signed_headers
 from lab.bed import Bed
 from lab.mirror import Mirror
 from lab.objectstore import ObjectStore as Weed
@@ -138,21 +138,13 @@ def object_bytes(store: Weed, prefix: str, digest: str) -> bytes | None:
     return asyncio.run(read())
 
 
-def put_object(store: Weed, prefix: str, digest: str, data: bytes, path: Path) -> None:
-    """Store ``data`` under ``digest``'s key (SeaweedFS does not check the payload hash)."""
-    path.write_bytes(data)
-
-    async def put() -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            async with httpx.AsyncClient(timeout=30) as client:
-                await ObjectStore(_bucket(store, prefix), client).put(
-                    parse_digest(digest), fd, len(data)
-                )
-        finally:
-            os.close(fd)
-
-    asyncio.run(put())
+def put_object(store: Weed, prefix: str, digest: str, data: bytes) -> None:
+    """Store ``data`` under ``digest``'s key, signed for ``digest`` (SeaweedFS does not check
+    the payload hash; the mirror's own uploads check what they send)."""
+    bucket = _bucket(store, prefix)
+    url = bucket.url(parse_digest(digest))
+    headers = signed_headers(bucket, "PUT", url, parse_digest(digest).hex)
+    assert httpx.put(url, content=data, headers=headers, timeout=30).status_code == 200
 
 
 def _bucket(store: Weed, prefix: str) -> Bucket:
@@ -232,7 +224,7 @@ def test_a_corrupt_object_is_never_served_and_the_next_pull_fills_from_the_upstr
     prefix = fresh_prefix()
     mirror = replica(start_mirror, tmp_path / "cache", weed, prefix)
     bad = bytes(size)  # same length, wrong bytes
-    put_object(weed, prefix, digest, bad, tmp_path / "bad")
+    put_object(weed, prefix, digest, bad)
 
     status, received, error = get_blob(mirror.url, digest)
     assert not (status == 200 and received == digest and not error)  # never a right-looking 200

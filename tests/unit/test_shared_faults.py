@@ -1,0 +1,118 @@
+"""Faults of the shared tier that need no object store: a store that takes connections and
+never answers (a hung host, a wedged gateway), on a real loopback socket; a setting the tier
+cannot work with."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.cache.blobs import DiskBlobStore
+from docxy.config import load_config
+from docxy.core.digests import Digest
+from docxy.core.errors import ConfigError
+from docxy.shared import tier as tier_module
+from docxy.shared.objects import Bucket, ObjectStore
+from docxy.shared.tier import SharedTier
+from docxy.tasks import spawn
+
+GUARD = 30.0  # seconds before a would-be hang becomes a test failure
+#: The tier's read timeout here: how long the silent store makes a request wait.
+SILENT_FOR = 1.0
+
+
+class SilentStore:
+    """A listener that accepts connections, counts them, and never sends a byte."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self.arrived = threading.Semaphore(0)  # released once per connection
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.accepted.append(connection)
+            self.arrived.release()
+
+    async def connection(self) -> None:
+        """Wait for the next connection (bounded)."""
+        assert await asyncio.to_thread(self.arrived.acquire, timeout=GUARD), "no connection"
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (close does not)
+        self.listener.close()
+        self._thread.join(GUARD)
+        for connection in self.accepted:
+            connection.close()
+
+
+@contextmanager
+def silent_store() -> Iterator[SilentStore]:
+    store = SilentStore()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def digest(n: int) -> Digest:
+    return Digest("sha256", f"{n:064x}")
+
+
+async def test_a_hung_store_costs_one_miss_at_a_time_when_the_tier_tries_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: "a hung store costs one miss that long, then 30 s of straight-to-upstream".
+    Once the rest is over, the next miss finds out whether the store is back; a miss that comes
+    meanwhile must not wait on the same silent store too (a pull's layers come three at a
+    time, and every one of them would wait the full timeout, every 30 s)."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    with silent_store() as store:
+        where = Bucket(store.url, "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+        timeout = httpx.Timeout(SILENT_FOR, connect=GUARD)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            tier = SharedTier(ObjectStore(where, http), blobs, 1)
+            assert await asyncio.wait_for(tier.download(digest(1)), GUARD) is None
+            assert tier.reachable is False and "ReadTimeout" in (tier.last_error or "")
+            await store.connection()
+
+            monkeypatch.setattr(tier_module, "RETRY_AFTER", 0.0)  # the 30 s are over
+            probe = spawn("probe", tier.download(digest(2)))
+            await store.connection()  # the probe waits on the silent store now
+            assert await asyncio.wait_for(tier.download(digest(3)), GUARD) is None
+            assert not probe.done() and len(store.accepted) == 2  # it went straight upstream
+            assert await asyncio.wait_for(probe, GUARD) is None
+            assert tier.reachable is False
+
+
+@pytest.mark.usefixtures("clean_docxy_env")
+@pytest.mark.parametrize("flags", [{"cache.enabled": False}, {"cache.enabled": "false"}])
+def test_a_shared_tier_without_the_local_cache_refuses_to_start(flags: dict[str, object]) -> None:
+    """The tier fills the local cache: with the cache off (`--no-cache`, e.g. taking the bucket
+    for the cache) nothing would ever be read from the bucket or uploaded to it, and the mirror
+    said nothing about it: every pull went to the upstream."""
+    shared = {
+        "shared.endpoint": "http://127.0.0.1:8333",
+        "shared.bucket": "docxy-cache",
+        "shared.access_key": "docxy",
+        "shared.secret_key": "not-a-secret",
+    }
+    with pytest.raises(ConfigError, match=r"shared\.endpoint: .*cache\.enabled"):
+        load_config({**shared, **flags}, environ={})
+    assert load_config(shared, environ={}).shared.enabled  # with the cache: fine
