@@ -32,7 +32,8 @@ from cryptography import x509
 
 from lab.acme import DOMAIN, EMAIL, Pebble, running_pebble
 from lab.ports import LOOPBACK, free_port
-from tests.e2e.test_certs_e2e import poll, served_cert
+from tests.e2e.test_certs_e2e import served_cert
+from tests.e2e.waiting import poll
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e

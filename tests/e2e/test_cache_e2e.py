@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
 from tests.conftest import StartMirror
+from tests.e2e.waiting import poll
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
@@ -69,14 +69,6 @@ STREAMED = 512 * 1024  # what a client must have received while the upstream is 
 
 
 # --- helpers: polling, the cache directory ---------------------------------------------------
-
-
-def poll(check: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() >= end:
-            raise AssertionError(f"not within {deadline:.0f}s: {what}")
-        time.sleep(0.05)
 
 
 def blob_files(cache: Path) -> dict[str, int]:
@@ -344,6 +336,7 @@ def test_concurrent_pulls_fetch_each_blob_once_upstream(
         assert len(downloads) == 5 * len(sizes), "a pull could not get its manifest"
         poll(
             lambda: all(d.streaming.is_set() for d in downloads),
+            DEADLINE,
             "every client receiving its blobs while the upstream is still sending them "
             f"(received: {sorted(d.received for d in downloads)})",
         )
@@ -387,16 +380,20 @@ def test_broken_upstream_blob_fails_every_client_and_is_not_cached(
 
     with held_cdn(HOLD) as gate:
         first = start_download(mirror, FAULTY, headers, digest, FAULTY_SIZE)
-        poll(lambda: first[0].streaming.is_set(), "the first client streaming")
+        poll(lambda: first[0].streaming.is_set(), DEADLINE, "the first client streaming")
         second = start_download(mirror, FAULTY, headers, digest, FAULTY_SIZE)
-        poll(lambda: second[0].streaming.is_set(), "a second client following the same fill")
+        poll(
+            lambda: second[0].streaming.is_set(),
+            DEADLINE,
+            "a second client following the same fill",
+        )
         gate.release()
         join_all([first[1], second[1]])
 
     assert bed.faults.fired, "the fault never fired: the test proved nothing"
     for download, _ in (first, second):
         assert_failed(download, FAULTY_SIZE)
-    poll(lambda: temp_files(cache) == [], "the failed fill's temp file removed")
+    poll(lambda: temp_files(cache) == [], DEADLINE, "the failed fill's temp file removed")
     assert digest not in blob_files(cache)
     assert digest.split(":", 1)[1] not in cache_ls(cache)
 
@@ -542,7 +539,9 @@ def test_a_blob_larger_than_the_cache_passes_through_and_is_never_written(
     assert blob_files(cache) == {} and temp_files(cache) == []
     # An access line is written once its response has ended: the client can finish first.
     line = "cache=uncached reason=cache-full"
-    poll(lambda: mirror.log_text(limit=10**8).count(line) >= 2, "both pass-throughs logged")
+    poll(
+        lambda: mirror.log_text(limit=10**8).count(line) >= 2, DEADLINE, "both pass-throughs logged"
+    )
     log = mirror.log_text(limit=10**8)
     assert log.count(line) == 2, log[-4000:]
     assert "larger than the whole cache" in log
@@ -569,6 +568,7 @@ def test_kill_9_during_blob_write_then_restart(
         download, thread = start_download(mirror, CRASH, headers, digest, CRASH_SIZE)
         poll(
             lambda: any(p.stat().st_size >= STREAMED for p in temp_files(cache)),
+            DEADLINE,
             "the mirror writing the blob to a temp file",
         )
         mirror.proc.kill()
@@ -581,7 +581,7 @@ def test_kill_9_during_blob_write_then_restart(
     assert not final.exists(), "a partial blob under its final name"
 
     restarted = cached_mirror(start_mirror, cache)
-    poll(lambda: temp_files(cache) == [], "temp files of the killed mirror cleaned up")
+    poll(lambda: temp_files(cache) == [], DEADLINE, "temp files of the killed mirror cleaned up")
     assert not final.exists()
     assert digest.split(":", 1)[1] not in cache_ls(cache)
 

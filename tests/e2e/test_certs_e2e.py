@@ -47,6 +47,7 @@ from lab.acme import DOMAIN, EMAIL, Pebble, running_pebble
 from lab.mirror import Mirror, launch_mirror, stop_mirror
 from lab.ports import LOOPBACK, accepts, free_port
 from lab.processes import pid_alive
+from tests.e2e.waiting import poll
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
@@ -55,13 +56,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEAD_UPSTREAM = "http://127.0.0.1:9"  # the certificate tests never pull
 DEADLINE = 60.0
 STARTSECS = 30.0  # scripts/supervisord.conf: a program is RUNNING after that long
-
-
-def poll(predicate: Callable[[], object], timeout: float = DEADLINE, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not before the deadline: {what}"
-        time.sleep(0.05)
 
 
 # --- what a client sees -------------------------------------------------------------------------
@@ -198,7 +192,11 @@ def obtain_through(site: Site, pebble: Pebble, mirror: Mirror, tls_port: int) ->
     assert site.cert.read_bytes() == (live / "fullchain.pem").read_bytes()
     mirror.proc.send_signal(signal.SIGHUP)
     serial = serial_of(site.cert)
-    poll(lambda: served_cert(tls_port).serial_number == serial, what="mirror serves the new cert")
+    poll(
+        lambda: served_cert(tls_port).serial_number == serial,
+        DEADLINE,
+        "mirror serves the new cert",
+    )
     return serial
 
 
@@ -414,12 +412,12 @@ def test_scheduler_renews_the_running_mirror_with_zero_errors(tmp_path: Path) ->
             )
             loop.start()
             try:
-                poll(lambda: seen, what="the loop is answered")
+                poll(lambda: seen, DEADLINE, "the loop is answered")
                 result = run_renewer_once(site, pebble, "--pidfile", str(pidfile))
                 assert result.returncode == 0, result.stderr
                 assert f"mirror told by SIGHUP to pid {mirror.proc.pid}" in result.stderr
                 second = serial_of(site.cert)
-                poll(lambda: second in seen, what="new handshakes get the renewed certificate")
+                poll(lambda: second in seen, DEADLINE, "new handshakes get the renewed certificate")
             finally:
                 stop.set()
                 loop.join(timeout=30)
@@ -474,7 +472,8 @@ def test_broken_renewals_keep_the_old_cert_and_say_why(tmp_path: Path) -> None:
             mirror.proc.send_signal(signal.SIGHUP)
             poll(
                 lambda: https_health(tls_port, pebble.root)["tls"]["last_error"],
-                what="reload error in /health",
+                DEADLINE,
+                "reload error in /health",
             )
             tls_health = https_health(tls_port, pebble.root)["tls"]
             assert "does not match" in tls_health["last_error"]
@@ -542,9 +541,9 @@ def test_supervisor_restarts_mirror_and_renewer_and_stops_cleanly(tmp_path: Path
         return False
 
     try:
-        poll(lambda: healthy() and pid("docxy") and pid("scheduler"), what="both programs up")
+        poll(lambda: healthy() and pid("docxy") and pid("scheduler"), DEADLINE, "both programs up")
         output_path = tmp_path / "supervisord.log"
-        poll(lambda: "certbot is not run" in output_path.read_text(), what="renewer idle")
+        poll(lambda: "certbot is not run" in output_path.read_text(), DEADLINE, "renewer idle")
         for program in ("docxy", "scheduler"):
             old = pid(program)
             os.kill(old, signal.SIGKILL)
@@ -554,8 +553,8 @@ def test_supervisor_restarts_mirror_and_renewer_and_stops_cleanly(tmp_path: Path
                 return running and pid(program) not in (0, old)
 
             # RUNNING once it has stayed up startsecs (30 s in supervisord.conf).
-            poll(restarted, DEADLINE + STARTSECS, what=f"{program} restarted")
-        poll(healthy, what="mirror healthy again")
+            poll(restarted, DEADLINE + STARTSECS, f"{program} restarted")
+        poll(healthy, DEADLINE, "mirror healthy again")
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(timeout=60) == 0
     finally:

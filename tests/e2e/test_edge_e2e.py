@@ -12,7 +12,6 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -23,8 +22,10 @@ from lab.bed import Bed
 from lab.bed.images import generated_chunks
 from lab.mirror import Mirror
 from tests.conftest import StartMirror
+from tests.e2e.waiting import eventually
 
 pytestmark = pytest.mark.e2e
+DEADLINE = 60.0
 
 MiB = 1 << 20
 FLOOD = 3000
@@ -47,16 +48,6 @@ def rss(mirror: Mirror) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-def eventually(condition: Callable[[], bool], deadline: float = 60.0) -> bool:
-    """Poll ``condition`` until it holds or ``deadline`` seconds pass; whether it held."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def client(mirror: Mirror, source: str = "127.0.0.1") -> httpx.Client:
@@ -104,11 +95,14 @@ def test_a_connect_and_close_flood_leaves_no_descriptors_behind(start_mirror: St
     mirror = start_mirror("--set", "limits.idle_timeout=600")
     first = fd_count(mirror)
     flood(mirror)  # the first flood also sets the allocator's working set (measured: +20 MiB)
-    assert eventually(lambda: fd_count(mirror) <= first + 5), (first, fd_count(mirror))
+    assert eventually(lambda: fd_count(mirror) <= first + 5, DEADLINE), (first, fd_count(mirror))
     baseline = rss(mirror)
     for _ in range(2):
         flood(mirror)
-        assert eventually(lambda: fd_count(mirror) <= first + 5), (first, fd_count(mirror))
+        assert eventually(lambda: fd_count(mirror) <= first + 5, DEADLINE), (
+            first,
+            fd_count(mirror),
+        )
     assert rss(mirror) <= baseline + 8 * MiB, (baseline, rss(mirror))
     assert httpx.get(f"{mirror.url}/health", timeout=30).status_code == 200
 
@@ -118,8 +112,11 @@ def non_reading_round(mirror: Mirror, path: str, headers: dict[str, str], count:
     before = fd_count(mirror)
     sockets = [raw_get(mirror, path, headers, 4096) for _ in range(count)]
     try:
-        assert eventually(lambda: fd_count(mirror) >= before + count)  # all being served
-        assert eventually(lambda: fd_count(mirror) <= before + 5), (before, fd_count(mirror))
+        assert eventually(lambda: fd_count(mirror) >= before + count, DEADLINE)  # all being served
+        assert eventually(lambda: fd_count(mirror) <= before + 5, DEADLINE), (
+            before,
+            fd_count(mirror),
+        )
         for sock in sockets:  # each was cut: after what it had buffered, the end
             sock.settimeout(30)
             received = 0
@@ -160,7 +157,7 @@ def test_idle_and_trickling_clients_are_closed_after_the_idle_timeout(
         for sock in idle:
             sock.settimeout(30)
             assert sock.recv(100) == b""  # closed by the server, nothing said
-        assert eventually(lambda: fd_count(mirror) <= baseline + 5), fd_count(mirror)
+        assert eventually(lambda: fd_count(mirror) <= baseline + 5, DEADLINE), fd_count(mirror)
     finally:
         for sock in idle + trickling:
             sock.close()
@@ -232,7 +229,7 @@ def test_connections_over_the_cap_get_503_and_the_cap_frees(start_mirror: StartM
             except httpx.TransportError:
                 return False
 
-        assert eventually(served)
+        assert eventually(served, DEADLINE)
     finally:
         for sock in held:
             sock.close()

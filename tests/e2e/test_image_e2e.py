@@ -50,8 +50,8 @@ from lab.clients.egress import EgressGuard
 from lab.objectstore import start_objectstore
 from lab.ports import LOOPBACK, free_port
 from tests.e2e.test_appliance_e2e import handshake, is_self_signed
-from tests.e2e.test_certs_e2e import poll
 from tests.e2e.test_shared_e2e import blob_fetches, get_blob, object_bytes, shared_health
+from tests.e2e.waiting import poll
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,7 @@ import dataclasses
 import http.client
 import json
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -27,6 +26,7 @@ from lab.bed.images import (
 )
 from lab.mirror import Mirror, launch_mirror, stop_mirror
 from tests.conftest import MIRRORS_KEY, StartMirror
+from tests.e2e.waiting import poll
 
 pytestmark = pytest.mark.e2e
 
@@ -110,15 +110,6 @@ def raw_request(mirror: Mirror, method: str, target: str) -> tuple[int, bytes, s
         return response.status, response.read(), response.getheader("Content-Type") or ""
     finally:
         conn.close()
-
-
-def poll(check: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {deadline}s: {what}")
 
 
 def noise_layer(bed: Bed) -> str:
@@ -491,10 +482,14 @@ def test_upstream_down_is_502_then_recovers(
     response = mirror_client.get(url, headers=headers)
     assert response.status_code == 502
     assert response.json()["errors"][0]["code"]
-    poll(lambda: health_status(mirror) == "degraded", "health says degraded")
+    poll(lambda: health_status(mirror) == "degraded", DEADLINE, "health says degraded")
     bed.front.start()
-    poll(lambda: mirror_client.get(url, headers=headers).status_code == 200, "mirror recovers")
-    poll(lambda: health_status(mirror) == "ok", "health says ok again")
+    poll(
+        lambda: mirror_client.get(url, headers=headers).status_code == 200,
+        DEADLINE,
+        "mirror recovers",
+    )
+    poll(lambda: health_status(mirror) == "ok", DEADLINE, "health says ok again")
     assert mirror.proc.poll() is None
 
 

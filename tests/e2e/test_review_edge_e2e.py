@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,23 +14,16 @@ import pytest
 
 from lab.mirror import Mirror, launch_mirror, stop_mirror
 from lab.ports import LOOPBACK, free_port
+from tests.e2e.waiting import eventually
 
 pytestmark = pytest.mark.e2e
+DEADLINE = 20.0
 
 CAP = 10
 
 
 def fd_count(mirror: Mirror) -> int:
     return len(os.listdir(f"/proc/{mirror.proc.pid}/fd"))
-
-
-def eventually(condition: Callable[[], bool], deadline: float = 20.0) -> bool:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
@@ -77,10 +69,10 @@ def test_tls_connections_count_against_the_cap_before_their_handshake(
         sock.setblocking(False)
     try:
         # Those over the cap are closed by the mirror at once; the rest wait for a ClientHello.
-        assert eventually(lambda: sum(map(closed_by_peer, silent)) >= 5 * CAP), sum(
+        assert eventually(lambda: sum(map(closed_by_peer, silent)) >= 5 * CAP, DEADLINE), sum(
             map(closed_by_peer, silent)
         )
-        assert eventually(lambda: fd_count(mirror) <= baseline + CAP + 2), (
+        assert eventually(lambda: fd_count(mirror) <= baseline + CAP + 2, DEADLINE), (
             baseline,
             fd_count(mirror),
         )
@@ -98,7 +90,7 @@ def test_tls_connections_count_against_the_cap_before_their_handshake(
         except httpx.TransportError:
             return False
 
-    assert eventually(served)
+    assert eventually(served, DEADLINE)
     # ...as HTTPS: the plain listener's redirect is not what a TLS client gets.
     url = f"https://{LOOPBACK}:{tls_port}/v2/"
     assert httpx.get(url, verify=context, timeout=30).status_code != 308

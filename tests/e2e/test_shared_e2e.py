@@ -20,7 +20,7 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from lab.objectstore import start_objectstore
 from lab.ports import free_port
 from tests.conftest import StartMirror
 from tests.e2e.test_cache_e2e import bearer, blob_files
+from tests.e2e.waiting import poll
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
@@ -54,14 +55,6 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
         yield store
     finally:
         store.stop()
-
-
-def poll(check: Callable[[], bool], what: str) -> None:
-    end = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() >= end:
-            raise AssertionError(f"not within {DEADLINE:.0f}s: {what}")
-        time.sleep(0.1)
 
 
 def fresh_prefix() -> str:
@@ -161,7 +154,7 @@ def test_a_blob_pulled_through_one_replica_comes_from_the_bucket_on_the_other(
     admin = free_port()
     b = replica(start_mirror, tmp_path / "cache-b", weed, prefix, admin_port=admin)
     assert get_blob(a.url, digest) == (200, digest, "")
-    poll(lambda: shared_health(a.url)["uploaded"] == 1, "replica A uploaded the blob")
+    poll(lambda: shared_health(a.url)["uploaded"] == 1, DEADLINE, "replica A uploaded the blob")
     stored = object_bytes(weed, prefix, digest)
     assert stored is not None and "sha256:" + hashlib.sha256(stored).hexdigest() == digest
 
@@ -175,8 +168,8 @@ def test_a_blob_pulled_through_one_replica_comes_from_the_bucket_on_the_other(
     assert health["hits"] == 1 and health["corrupt"] == 0
     # The access logs tell the two fills apart (the line is written once the request ended).
     line = f"GET /v2/{HELLO}/blobs/{digest} 200 {3 * MiB + 17} bytes cache="
-    poll(lambda: line + "miss " in a.log_text(), "A's access log: cache=miss")
-    poll(lambda: line + "shared " in b.log_text(), "B's access log: cache=shared")
+    poll(lambda: line + "miss " in a.log_text(), DEADLINE, "A's access log: cache=miss")
+    poll(lambda: line + "shared " in b.log_text(), DEADLINE, "B's access log: cache=shared")
     assert health["uploaded"] == 0  # nothing to upload: it came from the bucket
     # A second pull through B is a local hit: neither the upstream nor the bucket is asked.
     assert get_blob(b.url, digest) == (200, digest, "")
@@ -230,13 +223,17 @@ def test_a_corrupt_object_is_never_served_and_the_next_pull_fills_from_the_upstr
     assert not (status == 200 and received == digest and not error)  # never a right-looking 200
     assert (status, error) != (200, "")  # the client saw the failure
     assert digest not in blob_files(tmp_path / "cache")
-    poll(lambda: shared_health(mirror.url)["corrupt"] == 1, "the corrupt object is reported")
+    poll(
+        lambda: shared_health(mirror.url)["corrupt"] == 1,
+        DEADLINE,
+        "the corrupt object is reported",
+    )
 
     bed.front_log.clear()
     assert get_blob(mirror.url, digest) == (200, digest, "")
     assert len(bed.front_log.cdn_fetches()) == 1  # from the upstream this time
     # The verified copy replaces the bad object (an upload that is not skipped as "there").
-    poll(lambda: shared_health(mirror.url)["uploaded"] == 1, "the good copy is uploaded")
+    poll(lambda: shared_health(mirror.url)["uploaded"] == 1, DEADLINE, "the good copy is uploaded")
     stored = object_bytes(weed, prefix, digest)
     assert stored is not None and "sha256:" + hashlib.sha256(stored).hexdigest() == digest
 
@@ -259,7 +256,9 @@ def test_a_private_layer_in_the_bucket_is_not_served_under_another_name(
         contents = {d: client.get(f"/v2/{PRIVATE}/blobs/{d}") for d in only_private}
     assert all(answer.status_code == 200 for answer in contents.values())
     count = len(only_private)
-    poll(lambda: shared_health(a.url)["uploaded"] == count, "A uploaded the private layers")
+    poll(
+        lambda: shared_health(a.url)["uploaded"] == count, DEADLINE, "A uploaded the private layers"
+    )
 
     with httpx.Client(base_url=b.url, timeout=30) as client:
         token = client.get(

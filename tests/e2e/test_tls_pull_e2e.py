@@ -38,14 +38,15 @@ from lab.mirror import Mirror
 from lab.ports import LOOPBACK, free_port
 from tests.conftest import StartMirror
 from tests.e2e.test_certs_e2e import (
+    DEADLINE,
     Site,
     https_loop,
     obtain_through,
-    poll,
     run_renewer_once,
     serial_of,
     served_cert,
 )
+from tests.e2e.waiting import poll
 from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
@@ -224,7 +225,7 @@ def test_download_spanning_a_renewal_completes_and_new_handshakes_get_the_new_ce
             # Half-read and held open: renew, and watch new connections all through it.
             loop.start()
             try:
-                poll(lambda: seen, what="the request loop is answered")
+                poll(lambda: seen, DEADLINE, "the request loop is answered")
                 pidfile = tmp_path / "docxy.pid"
                 pidfile.write_text(f"{https_mirror.mirror.proc.pid}\n")
                 renewed = run_renewer_once(
@@ -232,7 +233,7 @@ def test_download_spanning_a_renewal_completes_and_new_handshakes_get_the_new_ce
                 )
                 assert renewed.returncode == 0, renewed.stderr
                 second = serial_of(https_mirror.site.cert)
-                poll(lambda: second in seen, what="new handshakes get the renewed certificate")
+                poll(lambda: second in seen, DEADLINE, "new handshakes get the renewed certificate")
             finally:
                 stop.set()
                 loop.join(timeout=60)
