@@ -51,9 +51,21 @@ def write_pair(cert_path: Path, key_path: Path, cert_pem: bytes, key_pem: bytes)
         finally:
             Path(tmp).unlink(missing_ok=True)
     _sync_dirs(path for path, _, _ in pairs)
-    for path, _, _ in pairs:
-        os.replace(pending_path(path), path)
+    for path, data, _ in pairs:
+        try:
+            os.replace(pending_path(path), path)
+        except FileNotFoundError:
+            if not _holds(path, data):
+                raise
+            # a mirror starting just now completed this install (docxy.tls.recover)
     _sync_dirs(path for path, _, _ in pairs)
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _staged(path: Path, data: bytes, mode: int) -> str:

@@ -164,3 +164,24 @@ def test_an_interrupted_bootstrap_pair_is_completed(
     assert key.exists() and not cert.exists()
     assert finish_install(cert, key) is True
     assert matching(cert, key)
+
+
+def test_a_mirror_starting_mid_install_and_the_install_both_finish(
+    site: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirror starts (and completes the install) just between the renewer's two renames:
+    the renewer's own second rename then finds its pending file gone, and must not fail."""
+    live, cert, key = site
+    real: Callable[..., None] = os.replace
+    started: list[bool] = []
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(dst)) == cert and not started:
+            started.append(True)
+            assert finish_install(cert, key) is True  # the mirror, starting now
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert certs.install(live, cert, key) is True
+    monkeypatch.undo()
+    assert contents(cert, key) == contents(live / "fullchain.pem", live / "privkey.pem")
