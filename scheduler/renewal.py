@@ -7,9 +7,7 @@ it in process. The bookkeeping (failures, the status file) is :class:`scheduler.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ import httpx
 
 from docxy.tls import certs
 from docxy.tls.context import CertError
+from scheduler.mirror_pid import StalePidfile, signal_mirror
 from scheduler.runs import RunFailed, Runs
 from scheduler.settings import Settings
 
@@ -69,8 +68,9 @@ def tell_mirror(settings: Settings) -> str:
         return "reload command"
     if settings.pidfile:
         try:
-            pid = int(settings.pidfile.read_text().strip())
-            os.kill(pid, signal.SIGHUP)
+            pid = signal_mirror(settings.pidfile)
+        except StalePidfile as exc:
+            raise ReloadError(str(exc)) from exc
         except (OSError, ValueError) as exc:
             raise ReloadError(f"cannot signal the mirror via {settings.pidfile}: {exc}") from exc
         return f"SIGHUP to pid {pid}"

@@ -114,6 +114,10 @@ def load_tls(config: Config) -> ReloadableTLS | None:
 
     cert, key = config.tls.cert_path, config.tls.key_path
     host = config.certs.domain or "localhost"
+    if cert is not None and key is not None:
+        from docxy.tls.recover import finish_install
+
+        finish_install(cert, key)  # a renewer's install cut short between its two renames
     if cert is None or key is None:
         bootstrap = config.cache.dir.parent / "docxy-tls"
         with _unwritable("cache.dir", config, f"the bootstrap certificate in {bootstrap}"):

@@ -5,7 +5,8 @@ certbot does the ACME work. HTTP-01 goes through ``--webroot``: certbot writes t
 listener, so the mirror keeps ports 80 and 443 to itself. certbot runs non-interactively with its
 own config/work/logs directories and a time limit; a failure becomes a CertbotError carrying
 certbot's own reason. ``install`` copies a lineage's files to the paths the mirror serves,
-atomically; the mirror notices (file watch or SIGHUP) and reloads.
+atomically (an install cut short between the two files is completed at the mirror's start,
+:mod:`docxy.tls.recover`); the mirror notices (file watch or SIGHUP) and reloads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import TypeVar
 
 from docxy.config import Config
 from docxy.core.errors import ConfigError
-from docxy.tls.context import CertError, inspect_pair, write_files_atomic
+from docxy.tls.context import CertError, inspect_pair
+from docxy.tls.files import write_pair
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,7 @@ def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
     """Copy a lineage's full chain and key to the served paths; True if anything changed.
 
     The pair is checked first (CertError if it does not match); the key is written mode 0600.
+    A crash part way leaves a state the mirror completes at start (:mod:`docxy.tls.recover`).
     """
     src_cert, src_key = live_dir / "fullchain.pem", live_dir / "privkey.pem"
     try:
@@ -191,7 +194,7 @@ def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
     inspect_pair(cert_pem, key_pem, src_cert, src_key)
     if _same(cert_path, cert_pem) and _same(key_path, key_pem):
         return False
-    write_files_atomic([(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)])
+    write_pair(cert_path, key_path, cert_pem, key_pem)
     log.info("installed certificate from %s to %s", live_dir, cert_path)
     return True
 

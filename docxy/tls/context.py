@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from docxy.tls.files import write_files_atomic as write_files_atomic  # its callers import it here
+from docxy.tls.files import write_pair
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,6 @@ def self_signed(
     )
     cert_path, key_path = dir / cert_name, dir / key_name
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    write_files_atomic([(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)])
+    write_pair(cert_path, key_path, cert_pem, key_pem)
     log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)
     return cert_path, key_path

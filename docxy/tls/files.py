@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -13,20 +14,86 @@ def write_files_atomic(files: list[tuple[Path, bytes, int]]) -> None:
 
     Readers see old or new files, never half-written ones; staging every file before the first
     rename keeps the moment where a new certificate sits beside an old key as short as possible.
+    A certificate and its key go through :func:`write_pair` instead, which a crash between the
+    renames cannot leave mismatched for good.
     """
     staged: list[tuple[str, Path]] = []
     try:
         for path, data, mode in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            staged.append((tmp, path))
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            staged.append((_staged(path, data, mode), path))
         for tmp, path in staged:
             os.replace(tmp, path)
     finally:
         for tmp, _ in staged:
             Path(tmp).unlink(missing_ok=True)
+
+
+def pending_path(path: Path) -> Path:
+    """Where :func:`write_pair` keeps the new `path` until it is renamed into place."""
+    return path.with_name(f".{path.name}.pending")
+
+
+def write_pair(cert_path: Path, key_path: Path, cert_pem: bytes, key_pem: bytes) -> None:
+    """Put a certificate and its key in place so that a crash at any moment leaves either the
+    old pair, the new pair, or a half-done install that :func:`docxy.tls.recover.finish_install`
+    completes.
+
+    Both new files are first made whole beside their targets, under :func:`pending_path` names
+    (written, synced, renamed, the directory synced); then the key is renamed into place, then
+    the certificate. A crash between those two renames leaves the new key beside the old
+    certificate, with the new certificate still pending next to it.
+    """
+    pairs = [(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)]
+    for path, data, mode in pairs:
+        tmp = _staged(path, data, mode)
+        try:
+            os.replace(tmp, pending_path(path))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    _sync_dirs(path for path, _, _ in pairs)
+    for path, data, _ in pairs:
+        try:
+            os.replace(pending_path(path), path)
+        except FileNotFoundError:
+            if not _holds(path, data):
+                raise
+            # a mirror starting just now completed this install (docxy.tls.recover)
+    _sync_dirs(path for path, _, _ in pairs)
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _staged(path: Path, data: bytes, mode: int) -> str:
+    """A temp file beside `path` holding `data` with `mode`, synced; its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _sync_dirs(paths: Iterable[Path]) -> None:
+    """fsync the directories holding `paths`, so their renames survive a power loss in order."""
+    for parent in {path.parent for path in paths}:
+        try:
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue  # a directory that cannot be opened to sync (some filesystems)
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

@@ -24,6 +24,7 @@ from docxy.tls import certs
 from docxy.tls.context import self_signed
 from scheduler import main as scheduler_main
 from scheduler import settings as settings_mod
+from scheduler.mirror_pid import StalePidfile, is_mirror, signal_mirror
 from scheduler.renewal import Renewer
 from scheduler.runs import backoff
 
@@ -208,7 +209,7 @@ def fake_certbot(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> FakeCe
 
 @pytest.fixture
 def hup_listener(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """A process that writes a line to a file for each SIGHUP; (pidfile, that file)."""
+    """A stand-in mirror that writes a line to a file for each SIGHUP; (pidfile, that file)."""
     seen = tmp_path / "hups"
     code = (
         "import signal,sys\n"
@@ -217,7 +218,9 @@ def hup_listener(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         "print('ready', flush=True)\n"
         "while True: signal.pause()\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    # "docxy serve" in its command line: the renewer signals only a process that runs the mirror
+    argv = [sys.executable, "-c", code, "docxy", "serve"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     pidfile = tmp_path / "docxy.pid"
     pidfile.write_text(f"{proc.pid}\n")
@@ -576,3 +579,125 @@ def test_a_retry_the_renewer_wakes_late_for_still_runs(
     assert retries == [EVENT_JOB_EXECUTED]
     assert fake_certbot.calls == ["certonly", "certonly"]
     assert status["failures"] == 0
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[str]]:
+    """An unrelated process with SIGHUP's default action (terminate) that answers each line on
+    its stdin, so a test can tell for sure whether it is still alive."""
+    code = "import sys\nfor line in sys.stdin:\n    print('pong', flush=True)\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdout.close()
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+
+def answers(proc: subprocess.Popen[str]) -> bool:
+    """Whether `proc` still answers a ping (a process killed by a signal reads and writes no
+    more: the kernel has ended it by the time kill() returns)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write("ping\n")
+        proc.stdin.flush()
+    except BrokenPipeError:
+        return False
+    return proc.stdout.readline() == "pong\n"
+
+
+def test_a_stale_pidfile_is_reported_and_its_pid_left_alone(
+    tmp_path: Path,
+    fake_certbot: FakeCertbot,
+    bystander: subprocess.Popen[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The mirror died and its pid went to another process: the renewer must not send that
+    process SIGHUP (which would end it), and must say the pidfile is stale."""
+    assert answers(bystander)
+    pidfile = tmp_path / "docxy.pid"
+    pidfile.write_text(f"{bystander.pid}\n")
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+
+    succeeded = renewer.run()
+    assert answers(bystander), "the process named by the stale pidfile was signalled"
+    assert succeeded is False
+    assert cert.read_bytes() == (fake_certbot.live / "fullchain.pem").read_bytes()  # installed
+    error = str(renewer.last_error)
+    assert f"stale pidfile {pidfile}" in error and f"pid {bystander.pid} is not the mirror" in error
+    renewer.write_status(None)
+    assert read_status(renewer.settings.status_file)["last_error"] == error
+    assert renewer.reload_pending  # told on a later run, once the pidfile names the mirror
+
+
+def test_a_pidfile_naming_no_process_is_reported_stale(
+    tmp_path: Path, fake_certbot: FakeCertbot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=HANG)
+    pidfile = tmp_path / "docxy.pid"
+    pidfile.write_text(f"{gone.pid}\n")
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+
+    assert renewer.run() is False
+    assert f"stale pidfile {pidfile}: no process {gone.pid}" in str(renewer.last_error)
+
+
+@pytest.mark.parametrize(
+    ("argv", "mirror"),
+    [
+        (["/usr/bin/python3", "-m", "docxy", "serve", "--listen", ":8080"], True),
+        (["/usr/bin/python3", "/usr/local/bin/docxy", "serve"], True),
+        (["docxy", "serve", "--config", "/etc/docxy.toml"], True),
+        (["/usr/bin/python3", "-m", "docxy", "cache", "du"], False),
+        (["/usr/bin/python3", "-m", "scheduler.worker"], False),
+        (["certbot", "renew", "--cert-name", "docxy"], False),
+        (["sh", "-c", "docxy serve"], False),
+        (["/usr/bin/python3", "-m", "docxy"], False),
+        ([], False),
+    ],
+)
+def test_is_mirror_knows_the_mirrors_command_line(argv: list[str], mirror: bool) -> None:
+    assert is_mirror(argv) is mirror
+
+
+def test_without_pidfds_a_stale_pidfile_is_still_refused(
+    tmp_path: Path, bystander: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel (or a container's seccomp filter) without pidfd_open: checked, then os.kill."""
+
+    def refused(pid: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    pidfile = tmp_path / "docxy.pid"
+    pidfile.write_text(f"{bystander.pid}\n")
+    with pytest.raises(StalePidfile, match="is not the mirror"):
+        signal_mirror(pidfile)
+    assert answers(bystander)
+
+
+def test_without_pidfds_the_mirror_is_still_signalled(
+    hup_listener: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    pidfile, seen = hup_listener
+    assert signal_mirror(pidfile) == int(pidfile.read_text())
+    poll(lambda: seen.exists() and seen.read_text() == "hup\n")
