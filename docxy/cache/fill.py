@@ -349,15 +349,22 @@ class BlobWriter:
     def _start_sync_behind(self) -> None:
         """Flush what is written so far in the background, one sync at a time.
 
-        The sync gets its own descriptor: an abort may close the writer's while it runs.
+        The sync gets its own descriptor: an abort may close the writer's while it runs. With
+        no descriptor left for it (EMFILE, ENFILE) this sync is skipped: the commit's own sync
+        flushes everything, and the next try comes ``SYNC_BEHIND`` bytes later.
         """
         if self._fd is None or self.fill.written - self._synced_from < self._sync_behind:
             return
         if self._sync is not None and not self._sync.done():
             return
         self._synced_from = self.fill.written
+        try:
+            fd = os.dup(self._fd)
+        except OSError as exc:  # runs in _grew, a loop callback: nothing may escape from here
+            log.debug("cache: no background sync of %s now: %s", self.digest, exc)
+            return
         loop = asyncio.get_running_loop()
-        self._sync = loop.run_in_executor(None, _sync_behind, os.dup(self._fd))
+        self._sync = loop.run_in_executor(None, _sync_behind, fd)
         fill, host = self.fill, self._host
         fill.holders += 1  # its descriptor may be the temp file's last, if the fill aborts
         self._sync.add_done_callback(lambda _: host.temp_closed(fill))
