@@ -593,6 +593,8 @@ class DiskBlobStore:
                 size = os.fstat(fd).st_size
             except OSError:  # EIO: what the fill wrote
                 pass
+        if fill.still_writing:  # a thread of its writer may write up to its reservation yet
+            size = max(size, fill.reserved)
         try:
             os.unlink(fill.tmp_path)
         except OSError:  # gone already, or refused: a temp file left is cleared at next start

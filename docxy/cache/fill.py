@@ -19,9 +19,10 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from docxy.cache.errors import (
     DigestMismatch,
@@ -32,6 +33,7 @@ from docxy.cache.errors import (
     SizeMismatch,
     VerifyError,
 )
+from docxy.cache.files import close_off_loop
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.core.digests import Digest
 from docxy.threads import in_own_thread
@@ -128,6 +130,9 @@ class InFlight:
     holders: int = 0
     removed: bool = False
     unlinked: int = 0
+    #: Discarded while a thread of the writer may still write (it stops at its next read): the
+    #: temp file may grow to the reservation until that thread is done, and counts as that large.
+    still_writing: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -176,6 +181,9 @@ class BlobWriter:
         self._synced_from = 0  # bytes written when the latest background sync started
         self._sync: asyncio.Future[OSError | None] | None = None
         self._finished = False
+        #: A thread that may write through ``_fd`` while it runs (a flush's, the pump's): the
+        #: descriptor is closed only once it is done (see :meth:`_close_and_discard`).
+        self._fd_user: asyncio.Future[Any] | None = None
         self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
 
     @property
@@ -219,6 +227,7 @@ class BlobWriter:
             await self.reserve(self.fill.written + nbytes)  # else: written uncached
         loop = asyncio.get_running_loop()
         io = loop.run_in_executor(None, self._hash_and_write, chunks, self._fd)
+        self._fd_user = io
         try:
             error = await asyncio.shield(io)
         except asyncio.CancelledError:
@@ -269,7 +278,8 @@ class BlobWriter:
         (followers woken, room made in the store). If writing fails the thread goes on reading,
         uncached, as :meth:`write` does. Cancelling sets a stop flag, interrupts the body's
         blocked read and waits for both threads, so the temp file's descriptor is never closed
-        under a running write.
+        under a running write; an abort meanwhile (another task, a second cancel) leaves it
+        open until the reading thread is done, which it is at its next read.
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -280,6 +290,7 @@ class BlobWriter:
         done = in_own_thread(
             f"fill {self.digest.hex[:12]}", lambda: self._pump(body, size, stop, loop)
         )
+        self._fd_user = done
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -328,8 +339,8 @@ class BlobWriter:
                         try:
                             write_all(fd, [chunk[:nbytes]])
                         except OSError as exc:
-                            fd = None  # the loop closes it in _stop_caching: no more writes
-                            loop.call_soon_threadsafe(self._stop_caching, exc)
+                            fd = None  # no more writes: the loop may close it at once
+                            loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
                         else:
                             written += nbytes
                             loop.call_soon_threadsafe(self._grew, nbytes)
@@ -349,15 +360,22 @@ class BlobWriter:
     def _start_sync_behind(self) -> None:
         """Flush what is written so far in the background, one sync at a time.
 
-        The sync gets its own descriptor: an abort may close the writer's while it runs.
+        The sync gets its own descriptor: an abort may close the writer's while it runs. With
+        no descriptor left for it (EMFILE, ENFILE) this sync is skipped: the commit's own sync
+        flushes everything, and the next try comes ``SYNC_BEHIND`` bytes later.
         """
         if self._fd is None or self.fill.written - self._synced_from < self._sync_behind:
             return
         if self._sync is not None and not self._sync.done():
             return
         self._synced_from = self.fill.written
+        try:
+            fd = os.dup(self._fd)
+        except OSError as exc:  # runs in _grew, a loop callback: nothing may escape from here
+            log.debug("cache: no background sync of %s now: %s", self.digest, exc)
+            return
         loop = asyncio.get_running_loop()
-        self._sync = loop.run_in_executor(None, _sync_behind, os.dup(self._fd))
+        self._sync = loop.run_in_executor(None, _sync_behind, fd)
         fill, host = self.fill, self._host
         fill.holders += 1  # its descriptor may be the temp file's last, if the fill aborts
         self._sync.add_done_callback(lambda _: host.temp_closed(fill))
@@ -372,6 +390,11 @@ class BlobWriter:
         except OSError as exc:
             return exc
         return None
+
+    def _thread_stopped_caching(self, exc: OSError) -> None:
+        """The pump's thread failed to write and no longer uses the temp file's descriptor."""
+        self._fd_user = None
+        self._stop_caching(exc)
 
     def _stop_caching(self, exc: OSError) -> None:
         self._host.cache_write_failed(self.fill, exc)
@@ -434,7 +457,19 @@ class BlobWriter:
         return fd
 
     def _close_and_discard(self, reason: str) -> None:
-        _discard(self.fill, self._take_fd(), self._host, reason)
+        fd = self._take_fd()
+        user = self._fd_user
+        if fd is not None and user is not None and not user.done():
+            # A thread may be about to write through fd: closed now, its number could name
+            # another file (the next open anywhere in the process) by the time the write comes.
+            # It is closed once the thread is done (the pump's stops at its next read, as the
+            # fill has no reservation left), a holder of the removed temp file until then.
+            fill, host, held = self.fill, self._host, fd
+            fill.holders += 1
+            fill.still_writing = True
+            user.add_done_callback(lambda _: close_off_loop(held, partial(host.temp_closed, fill)))
+            fd = None
+        _discard(self.fill, fd, self._host, reason)
 
     def _finish(self) -> None:
         self._finished = True

@@ -44,6 +44,7 @@ def health_report(state: MirrorState) -> dict[str, object]:
             "fills_in_flight": blobs.fills_open,
             "fill_bytes_in_flight": usage.in_flight,
             "reserved_bytes": usage.reserved,
+            "freeing_bytes": usage.freeing,
         }
     for name, provider in state.extras.get("health", {}).items():
         report[name] = provider()

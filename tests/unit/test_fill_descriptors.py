@@ -1,0 +1,164 @@
+"""A fill's temp file descriptor: a background sync that gets no descriptor of its own, and
+a descriptor the pump's thread still writes through while the loop discards the fill."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from docxy.cache import fill as fill_module
+from docxy.cache.fill import BlobFollower
+from docxy.core.digests import digest_of
+from docxy.tasks import spawn
+from tests.unit.test_cache_blobs import GUARD, as_writer, blob, guard, make_store, read
+from tests.unit.test_fill_hashing import Memory
+
+MIB = 1 << 20
+
+
+def no_descriptor_to_dup(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``os.dup`` fails as with every descriptor taken (EMFILE); returns the fds it was asked."""
+    asked: list[int] = []
+
+    def dup(fd: int) -> int:
+        asked.append(fd)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "dup", dup)
+    return asked
+
+
+@pytest.mark.parametrize("path", ["write", "pump"])
+async def test_a_sync_behind_with_no_descriptor_left_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    monkeypatch.setattr(fill_module, "SYNC_BEHIND", MIB)
+    asked = no_descriptor_to_dup(monkeypatch)
+    store = make_store(tmp_path)
+    data = blob(3 * MIB + 4321)
+    digest = digest_of(data)
+    writer = await as_writer(store, digest)
+    follower = await store.fetch_or_join(digest)
+    assert isinstance(follower, BlobFollower)
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        async with writer:
+            if path == "write":
+                for start in range(0, len(data), MIB):
+                    await writer.write(data[start : start + MIB])
+            else:
+                await guard(writer.pump(Memory(data)))
+            assert await writer.commit(len(data)) is not None
+    assert asked, "no background sync was tried"
+    assert await guard(follower.read_all()) == data
+    assert await read(store, digest) == data
+    assert writer.fill.holders == 0  # a sync that never started holds nothing
+    assert store.usage().in_flight == 0 and store.usage().reserved == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+class WriteGate:
+    """Holds the fill's first write to its temp file (the thread past its read, before its
+    write) until :attr:`go` is set; tells which descriptor it was about to write through.
+    The loop hears of it without a worker thread (the test's executor has only one)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.entered, self.wrote = asyncio.Event(), asyncio.Event()
+        self.go = threading.Event()
+        self.fd = -1
+        self._write_all = fill_module.write_all
+        monkeypatch.setattr(fill_module, "write_all", self.write_all)
+
+    def write_all(self, fd: int, chunks: list[bytes] | list[memoryview]) -> None:
+        if self.fd >= 0:
+            self._write_all(fd, chunks)
+            return
+        self.fd = fd
+        self.loop.call_soon_threadsafe(self.entered.set)
+        self.go.wait(GUARD)
+        try:
+            self._write_all(fd, chunks)
+        finally:
+            self.loop.call_soon_threadsafe(self.wrote.set)
+
+
+def open_files(tmp_dir: Path, suffix: str) -> list[int]:
+    """Descriptors of this process open on files in ``tmp_dir`` whose name ends in ``suffix``."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(f"{tmp_dir}/") and target.endswith(suffix):
+            found.append(int(name))
+    return found
+
+
+async def settled(loop: asyncio.AbstractEventLoop) -> None:
+    """Every close the loop handed to its default executor so far is done (it has one worker
+    free: one more while a held write takes the other)."""
+    await loop.run_in_executor(None, lambda: None)
+
+
+@pytest.mark.parametrize(
+    "how", ["pump, aborted by another task", "pump, cancelled twice", "write, aborted"]
+)
+async def test_a_discarded_fill_never_writes_into_a_file_opened_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    held_writes = 0 if how.startswith("pump") else 1  # the write's job waits in a worker
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1 + held_writes))  # see settled()
+    store = make_store(tmp_path / "cache")
+    data = blob(64 * 1024)
+    writer = await as_writer(store, digest_of(data))
+    assert await writer.reserve(len(data))  # a known length: no more asking the loop
+    writer.announce(len(data))
+    gate = WriteGate(monkeypatch)
+
+    async def feed() -> None:
+        async with writer:
+            if how.startswith("pump"):
+                await writer.pump(Memory(data))
+            else:
+                await writer.write(data)
+
+    task = spawn("feed", feed())
+    await guard(gate.entered.wait())
+    if how != "pump, cancelled twice":
+        writer.abort("its client went away")
+    else:  # the second cancel reaches the pump while it waits for its thread
+        task.cancel()
+        await asyncio.sleep(0)  # one turn: the task takes the first cancel
+        task.cancel()
+        await asyncio.wait([task])
+    await settled(loop)
+    victims: list[int] = []  # opened as another client would: the lowest free number first
+    while not victims or victims[-1] < gate.fd:
+        victims.append(os.open(tmp_path / f"victim-{len(victims)}", os.O_RDWR | os.O_CREAT))
+    held = store.usage().freeing  # the removed temp file, which the thread may write yet
+    try:
+        gate.go.set()
+        await guard(gate.wrote.wait())
+        await asyncio.wait([task])
+        for n in range(len(victims)):
+            assert (tmp_path / f"victim-{n}").read_bytes() == b"", "a blob's bytes went astray"
+        assert held == len(data)  # counted against the cap as large as it may grow
+        assert store.usage().freeing > 0 or not open_files(store.tmp_dir, " (deleted)")
+        freed = store._unlinked_freed
+        if store.usage().freeing:
+            await guard(freed.wait())  # the thread is done: the writer's descriptor is closed
+        await settled(loop)
+        assert open_files(store.tmp_dir, "") == [] and os.listdir(store.tmp_dir) == []
+        assert (store.usage().freeing, writer.fill.holders) == (0, 0)
+    finally:
+        for fd in victims:
+            os.close(fd)
