@@ -29,6 +29,16 @@ from tests.unit.test_cache_blobs import blob, guard, make_store, put
 from tests.unit.test_cache_eviction import cached_image, layer, offered_whole
 
 
+async def all_freed(store: Any, seconds: float = 10.0) -> None:
+    """Wait (bounded) until the store counts no removed file as still being freed: an aborted
+    fill's temp file is closed in a worker thread, and the store hears of it a moment later."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while store.usage().freeing:
+        assert loop.time() < deadline, f"{store.usage().freeing} bytes never freed"
+        await asyncio.sleep(0.01)
+
+
 def bytes_on_disk(root: Path) -> int:
     """Every file of the blob store under ``root``: blobs, temp files, evicted files not yet
     deleted (``cache.max_size`` caps blobs; manifests and tags are stored beside them), and
@@ -55,7 +65,13 @@ def bytes_on_disk(root: Path) -> int:
 
 @dataclass
 class DiskWatch:
-    """The most bytes seen on disk under ``root`` right after any write of any fill."""
+    """The most bytes seen on disk under ``root`` right after any write of any fill.
+
+    Each write and the measurement after it hold ``lock``, so no other fill writes while the
+    files are summed one by one: a sum of files read at different moments could otherwise count
+    a file just before it was freed and another fill's write into that room just after (more
+    than was ever on disk at once). Frees are not held: they can only lower the sum.
+    """
 
     root: Path
     peak: int = 0
@@ -63,11 +79,11 @@ class DiskWatch:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def after_write(self) -> None:
+        """Measure (with ``lock`` held)."""
         store = self.root / "cache"  # the ``cache`` fixture's store, else a store in root
         size = bytes_on_disk(store if store.is_dir() else self.root)
-        with self.lock:
-            self.writes += 1
-            self.peak = max(self.peak, size)
+        self.writes += 1
+        self.peak = max(self.peak, size)
 
 
 @pytest.fixture
@@ -76,8 +92,9 @@ def watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DiskWatch
     real_write_all = fill_module.write_all
 
     def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
-        real_write_all(fd, chunks)
-        watched.after_write()
+        with watched.lock:
+            real_write_all(fd, chunks)
+            watched.after_write()
 
     monkeypatch.setattr(fill_module, "write_all", write_all)
     yield watched
@@ -172,6 +189,7 @@ async def test_concurrent_fills_that_fit_alone_never_take_the_disk_past_the_cap(
         else:
             assert result == data
     assert store.lookup(old[2]) is not None  # read while the room was made: kept
+    await all_freed(store)
     usage = store.usage()
     assert usage.bytes == bytes_on_disk(tmp_path) <= 1000
     assert (usage.reserved, usage.in_flight) == (0, 0)
