@@ -57,7 +57,10 @@ def bytes_on_disk(root: Path) -> int:
             target = os.readlink(f"/proc/self/fd/{fd}")
             if target.startswith(f"{root}/") and target.endswith(" (deleted)"):
                 st = os.fstat(int(fd))
-                seen[(st.st_dev, st.st_ino)] = st.st_size
+                # Still that file? Closed and its number reused meanwhile (a directory the
+                # walk above opened: 4096 bytes counted once), it is not.
+                if os.readlink(f"/proc/self/fd/{fd}") == target:
+                    seen[(st.st_dev, st.st_ino)] = st.st_size
         except OSError:  # closed meanwhile
             continue
     return sum(seen.values())
