@@ -116,11 +116,8 @@ class DirectBody:
         """Close the answer; its connection goes back to the idle ones if the answer was read
         to its end (``drain``: read a small rest first; blocking, so only in a worker thread)."""
         response = self._response
-        if drain and not response.isclosed() and (response.length or 0) <= DRAIN_LIMIT:
-            try:
-                response.read()
-            except (OSError, http.client.HTTPException):
-                self._interrupted = True
+        if drain and not response.isclosed():
+            self._drain(response)
         reusable = (
             response.isclosed()
             and not response.will_close
@@ -132,6 +129,17 @@ class DirectBody:
             self._give_back(self._connection)
         else:
             self._connection.close()
+
+    def _drain(self, response: http.client.HTTPResponse) -> None:
+        """Read off a small rest so the connection can be kept: ``DRAIN_LIMIT`` bytes at most,
+        a rest of no stated length (chunked) included; a larger one is left unread, and then
+        the connection is not kept (it is not at the end of its answer)."""
+        if response.length is not None and response.length > DRAIN_LIMIT:
+            return
+        try:
+            response.read(DRAIN_LIMIT + 1)
+        except (OSError, http.client.HTTPException):
+            self._interrupted = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,8 @@ from lab.bed.httpserver import LoopbackServer, QuietHandler
 GUARD = 20.0
 MakeClient = Callable[..., UpstreamClient]
 LONG = os.urandom(5 * 1024 * 1024 + 12345)  # several buffers of the pump, and a tail
+REDIRECT_CHUNK = 64 * 1024
+REDIRECT_BODY = 256 * 1024 * 1024
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Plan:
     release: threading.Event = field(default_factory=threading.Event)
     seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Authorization)
     connections: int = 0
+    redirect_body_sent: int = 0  # bytes of /moved-endless's body the server got to send
 
 
 class CountingHandler(QuietHandler):
@@ -55,6 +58,20 @@ class BlobHandler(CountingHandler):
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         plan: Plan = self.owner().plan
         plan.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path == "/moved-endless":  # a redirect whose chunked body never seems to end
+            self.send_response(307)
+            self.send_header("Location", "/blob")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"%x\r\n%s\r\n" % (REDIRECT_CHUNK, b"r" * REDIRECT_CHUNK)
+            try:
+                for _ in range(REDIRECT_BODY // REDIRECT_CHUNK):  # bounded: 256 MiB at most
+                    self.wfile.write(chunk)
+                    plan.redirect_body_sent += REDIRECT_CHUNK
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:  # the client closed the connection: it stopped reading
+                self.close_connection = True
+            return
         if self.path == "/moved":
             self.send_response(307)
             self.send_header("Location", "/blob")
@@ -172,6 +189,22 @@ async def test_redirects_are_followed_with_the_same_headers(
     blobs, digest = make_store(tmp_path), digest_of(LONG)
     assert await fill_and_read(blobs, digest, client_for(), server.url + "/moved") == LONG
     assert server.plan.seen == [("/moved", "Bearer t"), ("/blob", "Bearer t")]
+
+
+async def test_a_redirect_with_an_endless_body_is_not_read_to_its_end(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    """A redirect's body is read off only when small, so its connection can be kept: one of
+    no stated length (chunked) was read to its end, however long, before the fill went on (a
+    broken or hostile upstream could hold the fill there for ever). Now at most the drain limit
+    is read; the rest is left and that connection closed."""
+    server.plan.body = LONG
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    assert await fill_and_read(blobs, digest, client_for(), server.url + "/moved-endless") == LONG
+    assert [path for path, _ in server.plan.seen] == ["/moved-endless", "/blob"]
+    assert server.plan.connections == 2  # the redirect's connection was not kept
+    # What loopback buffers take beyond the drain limit, not the 256 MiB body.
+    assert server.plan.redirect_body_sent < 64 * 1024 * 1024, server.plan.redirect_body_sent
 
 
 async def test_connections_are_kept_and_a_closed_one_is_replaced(
