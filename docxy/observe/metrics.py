@@ -256,6 +256,11 @@ class MirrorCollector(Collector):
             "Bytes the fills in flight reserved under cache.max_size (their announced length).",
             usage.reserved,
         )
+        yield _gauge(
+            "docxy_cache_freeing_bytes",
+            "Bytes of removed files not freed yet, still counted under cache.max_size.",
+            usage.freeing,
+        )
         yield _counter(
             "docxy_cache_fills", "Blob fills started (one per digest missed).", store.fills_started
         )

@@ -208,6 +208,7 @@ def _cache(cache: dict[str, Any]) -> str:
         ("blobs", str(cache.get("blobs", 0))),
         ("fills in flight", str(cache.get("fills_in_flight", 0))),
         ("reserved by fills", human_size(int(cache.get("reserved_bytes", 0)))),
+        ("being freed", human_size(int(cache.get("freeing_bytes", 0)))),
         ("coalesced followers", str(cache.get("coalesced_followers", 0))),
         ("evictions", str(cache.get("evictions", 0))),
     ]

@@ -1,14 +1,17 @@
-"""/health's cache report counts every byte the cap counts, removed files not freed yet too."""
+"""/health's cache report, /metrics and /status.json count every byte the cap counts, removed
+files not freed yet too."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 
 from docxy.cache import digest_of
 from docxy.cache.fill import BlobFollower, BlobWriter
 from docxy.http.health import health_report
-from tests.unit.test_observe_metrics import make_state
+from docxy.observe.metrics import make_registry
+from tests.unit.test_observe_metrics import make_state, scrape
 
 GUARD = 10.0
 
@@ -32,6 +35,8 @@ async def test_health_shows_the_bytes_of_an_aborted_fill_not_freed_yet(tmp_path:
     # Nothing committed or reserved, yet a fill of 600 bytes finds no room: the operator sees why.
     assert (cache["bytes"], cache["reserved_bytes"], cache["max_size"]) == (0, 0, 2048)
     assert cache["freeing_bytes"] == 1500
+    registry = make_registry(state, Counter())
+    assert scrape(registry)["docxy_cache_freeing_bytes"] == 1500
 
     freed = store._unlinked_freed
     follower.close()  # its client is cut: the last descriptor goes, the blocks are freed
@@ -39,3 +44,4 @@ async def test_health_shows_the_bytes_of_an_aborted_fill_not_freed_yet(tmp_path:
     cache = health_report(state)["cache"]
     assert isinstance(cache, dict)
     assert cache["freeing_bytes"] == 0
+    assert scrape(registry)["docxy_cache_freeing_bytes"] == 0

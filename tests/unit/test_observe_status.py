@@ -25,6 +25,7 @@ FULL: dict[str, Any] = {
         "max_size": 20 * 1024**3,
         "fills_in_flight": 1,
         "reserved_bytes": 512 * 1024**2,
+        "freeing_bytes": 3 * 1024**2,
         "requests": {"hit": 9, "miss": 1, "stale": 0},
         "hit_ratio": 0.9,
         "byte_hit_ratio": 0.5,
@@ -52,6 +53,7 @@ def test_the_page_is_self_contained_and_refreshes_itself() -> None:
 def test_the_page_shows_the_figures() -> None:
     page = render_page(FULL)
     assert "512.0 MiB" in page  # reserved by fills in flight
+    assert "3.0 MiB" in page  # removed files being freed, still counted under the cap
     for text in ("3.0 GiB", "20.0 GiB", "90.0%", "76 of 100", "library/redis:7", "slow"):
         assert text in page, text
     assert "2027-02-28 10:00:00Z (in " in page  # the certificate's expiry, and how soon
