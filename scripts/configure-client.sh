@@ -461,6 +461,15 @@ dockerd_pid() {
   return 1
 }
 
+# is_dockerd PID: whether PID is a running dockerd. A pid file left by a dockerd that is gone (or
+# one under --root, an image's) may name any process of this host now, and SIGHUP ends most
+# programs. The host's own /proc, whatever --root says: the pid is this host's.
+is_dockerd() {
+  local comm
+  comm="$(cat "/proc/$1/comm" 2>/dev/null)" || return 1
+  [[ "$comm" == dockerd ]]
+}
+
 systemd_docker_active() {
   [[ -z "$PIDFILE" ]] && have systemctl && systemctl is-active --quiet docker 2>/dev/null
 }
@@ -472,6 +481,10 @@ reload_dockerd() {
     # dockerd is running: whether the reload failed or not, `docker info` tells if it took.
     systemctl reload docker || warn "systemctl reload docker failed"
   elif pid="$(dockerd_pid)"; then
+    if ! is_dockerd "$pid"; then
+      warn "the dockerd pid file names pid $pid, which is not a running dockerd: not signalled"
+      return 1
+    fi
     say "  reloading dockerd: SIGHUP to pid $pid"
     env kill -s HUP "$pid"
   else

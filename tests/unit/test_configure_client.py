@@ -7,8 +7,10 @@ stand-ins' log); nothing here touches the machine's own Docker, containerd or po
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -253,25 +255,66 @@ def test_a_symlinked_daemon_json_is_edited_through_its_link(box: ScriptBox, link
     assert json.loads(real.read_text()) == {"debug": True}
 
 
-def test_reload_by_sighup_to_the_pid_in_the_pidfile(box: ScriptBox) -> None:
+def running(tmp_path: Path, name: str) -> Iterator[int]:
+    """A real process of this host whose name (``/proc/PID/comm``) is ``name``: ``sleep``
+    started through a link of that name; its pid while the fixture lasts."""
+    link = tmp_path / "procs" / name
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    proc = subprocess.Popen([str(link), "600"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def dockerd(tmp_path: Path) -> Iterator[int]:
+    """A stand-in dockerd process (the stand-in ``kill`` never signals it)."""
+    yield from running(tmp_path, "dockerd")
+
+
+@pytest.fixture
+def bystander(tmp_path: Path) -> Iterator[int]:
+    """Some other process of this host."""
+    yield from running(tmp_path, "bystander")
+
+
+def test_reload_by_sighup_to_the_pid_in_the_pidfile(box: ScriptBox, dockerd: int) -> None:
     pidfile = box.base / "dockerd.pid"
-    pidfile.write_text("4242\n")
+    pidfile.write_text(f"{dockerd}\n")
 
     code, said = run(box, "--mirror", MIRROR, "--docker", "--dockerd-pidfile", str(pidfile))
 
     assert code == 0, said
-    assert [c.argv for c in box.calls("kill")] == [["-s", "HUP", "4242"]]
+    assert [c.argv for c in box.calls("kill")] == [["-s", "HUP", str(dockerd)]]
     assert not box.called(r"^systemctl reload")
 
 
-def test_without_systemd_the_pidfile_under_root_is_used(box: ScriptBox) -> None:
+def test_without_systemd_the_pidfile_under_root_is_used(box: ScriptBox, dockerd: int) -> None:
     box.stand_in("systemctl", Rule(r"is-active", rc=3))
     box.path("/run/docker.pid").parent.mkdir(parents=True)
-    box.path("/run/docker.pid").write_text("777")
+    box.path("/run/docker.pid").write_text(str(dockerd))
 
     configure(box, "--mirror", MIRROR)
 
-    assert [c.argv for c in box.calls("kill")] == [["-s", "HUP", "777"]]
+    assert [c.argv for c in box.calls("kill")] == [["-s", "HUP", str(dockerd)]]
+
+
+def test_a_pidfile_naming_another_process_is_not_signalled(box: ScriptBox, bystander: int) -> None:
+    """A pid file left by a dockerd that is gone, or an image's under --root, names a pid this
+    host may have given to any process since: SIGHUP would end most of them."""
+    box.stand_in("systemctl", Rule(r"is-active", rc=3))
+    box.stand_in("docker", docker_info())  # the host's own dockerd, if any, is not changed
+    box.path("/run/docker.pid").parent.mkdir(parents=True)
+    box.path("/run/docker.pid").write_text(str(bystander))
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert box.calls("kill") == [], said
+    assert f"names pid {bystander}, which is not a running dockerd: not signalled" in said
+    assert code != 0, said  # `docker info` says the change did not take: restart it
 
 
 def test_no_running_dockerd_is_said_and_not_an_error(box: ScriptBox) -> None:
