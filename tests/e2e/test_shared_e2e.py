@@ -32,7 +32,6 @@ from docxy.shared.objects import Bucket, ObjectStore, signed_headers
 from lab.bed import Bed
 from lab.mirror import Mirror
 from lab.objectstore import ObjectStore as Weed
-from lab.objectstore import start_objectstore
 from lab.ports import free_port
 from tests.conftest import StartMirror
 from tests.e2e.test_cache_e2e import bearer, blob_files
@@ -45,16 +44,6 @@ HELLO = "library/hello"
 PRIVATE = "docxytest/private"
 MiB = 1 << 20
 DEADLINE = 60.0
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
-    need_binary("weed")
-    store = start_objectstore(tmp_path_factory.mktemp("weed"))
-    try:
-        yield store
-    finally:
-        store.stop()
 
 
 def fresh_prefix() -> str:

@@ -12,7 +12,7 @@ import asyncio
 import datetime
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,8 +29,6 @@ from docxy.shared.tier import SharedTier
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
 from lab.objectstore import ObjectStore as Weed
-from lab.objectstore import start_objectstore
-from tests.unavailable import need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +36,6 @@ GUARD = 30.0  # seconds before a would-be hang becomes a test failure
 REGISTRY = Upstream("https://registry.test")
 REPO = "team/app"
 ABSENT = Digest("sha256", "ab" * 32)
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
-    need_binary("weed")
-    store = start_objectstore(tmp_path_factory.mktemp("weed"))
-    try:
-        yield store
-    finally:
-        store.stop()
 
 
 def prefix_of(tmp_path: Path) -> str:
