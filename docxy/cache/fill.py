@@ -184,6 +184,7 @@ class BlobWriter:
         #: A thread that may write through ``_fd`` while it runs (a flush's, the pump's): the
         #: descriptor is closed only once it is done (see :meth:`_close_and_discard`).
         self._fd_user: asyncio.Future[Any] | None = None
+        self._pumped: BodySource | None = None  # the body the pump's thread reads, meanwhile
         self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
 
     @property
@@ -278,8 +279,9 @@ class BlobWriter:
         (followers woken, room made in the store). If writing fails the thread goes on reading,
         uncached, as :meth:`write` does. Cancelling sets a stop flag, interrupts the body's
         blocked read and waits for both threads, so the temp file's descriptor is never closed
-        under a running write; an abort meanwhile (another task, a second cancel) leaves it
-        open until the reading thread is done, which it is at its next read.
+        under a running write; an abort meanwhile (another task, a second cancel) interrupts
+        the body's read too, and leaves the descriptor open until the reading thread is done,
+        which it is at once (a stalled upstream does not hold the removed temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -290,7 +292,7 @@ class BlobWriter:
         done = in_own_thread(
             f"fill {self.digest.hex[:12]}", lambda: self._pump(body, size, stop, loop)
         )
-        self._fd_user = done
+        self._fd_user, self._pumped = done, body
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -300,6 +302,8 @@ class BlobWriter:
             if not done.cancelled():
                 done.exception()  # retrieved: the cancellation is what the caller sees
             raise
+        finally:
+            self._pumped = None
 
     def _pump(
         self,
@@ -469,6 +473,10 @@ class BlobWriter:
             fill.still_writing = True
             user.add_done_callback(lambda _: close_off_loop(held, partial(host.temp_closed, fill)))
             fd = None
+            if self._pumped is not None:
+                # The pump's thread may be blocked in a read of a stalled upstream until its
+                # read timeout: cut that read, so the thread ends and the room is freed now.
+                self._pumped.interrupt()
         _discard(self.fill, fd, self._host, reason)
 
     def _finish(self) -> None:

@@ -18,6 +18,7 @@ from docxy.cache.fill import BlobFollower
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
 from tests.unit.test_cache_blobs import GUARD, as_writer, blob, guard, make_store, read
+from tests.unit.test_cache_cap import all_freed
 from tests.unit.test_fill_hashing import Memory
 
 MIB = 1 << 20
@@ -162,3 +163,66 @@ async def test_a_discarded_fill_never_writes_into_a_file_opened_after_it(
     finally:
         for fd in victims:
             os.close(fd)
+
+
+#: How long a stalled upstream read blocks before it times out (the upstream's read timeout),
+#: far longer than the test waits for the room to be freed.
+STALL = 3 * GUARD
+
+
+class Stalled:
+    """An upstream body that sends ``first`` and then stalls in its next read until it is
+    interrupted (or its read times out after ``STALL`` seconds)."""
+
+    def __init__(self, first: bytes) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.first: bytes | None = first
+        self.stalled = asyncio.Event()
+        self.interrupted = threading.Event()
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self.first is not None:
+            first, self.first = self.first, None
+            buffer[: len(first)] = first
+            return len(first)
+        self.loop.call_soon_threadsafe(self.stalled.set)
+        if self.interrupted.wait(STALL):
+            raise OSError(errno.ECONNABORTED, "the upstream connection was shut")
+        raise TimeoutError("the upstream stopped sending")
+
+    def interrupt(self) -> None:
+        self.interrupted.set()
+
+
+async def test_an_abort_ends_a_pump_stalled_on_its_upstream_and_frees_its_room(
+    tmp_path: Path,
+) -> None:
+    """A fill whose upstream stalls is aborted by another task (as ``fetch_or_join``'s callers
+    may): its reading thread, blocked in the body's read, is interrupted and ends at once, so
+    the removed temp file (counted at its reservation meanwhile) is freed then, not when the
+    upstream read times out."""
+    store = make_store(tmp_path)
+    data = blob(256 * 1024)
+    writer = await as_writer(store, digest_of(data))
+    assert await writer.reserve(len(data))
+    writer.announce(len(data))
+    body = Stalled(data[: 64 * 1024])
+
+    async def feed() -> None:
+        async with writer:
+            await writer.pump(body)
+
+    task = spawn("feed", feed())
+    try:
+        await guard(body.stalled.wait())
+        writer.abort("its client went away")
+        assert store.usage().freeing == len(data)  # what its thread may still write
+        await all_freed(store, GUARD)  # well before the read would time out
+        assert body.interrupted.is_set()
+        await guard(asyncio.wait([task]))
+        assert isinstance(task.exception(), OSError)  # the pump saw its read cut
+        assert (store.usage().freeing, writer.fill.holders) == (0, 0)
+        assert open_files(store.tmp_dir, "") == [] and os.listdir(store.tmp_dir) == []
+    finally:
+        body.interrupt()  # the thread ends whatever happened
+        await asyncio.wait([task], timeout=GUARD)
