@@ -154,7 +154,7 @@ async def test_a_discarded_fill_never_writes_into_a_file_opened_after_it(
             assert (tmp_path / f"victim-{n}").read_bytes() == b"", "a blob's bytes went astray"
         assert held == len(data)  # counted against the cap as large as it may grow
         assert store.usage().freeing > 0 or not open_files(store.tmp_dir, " (deleted)")
-        freed = store._unlinked_freed
+        freed = store._room_freed
         if store.usage().freeing:
             await guard(freed.wait())  # the thread is done: the writer's descriptor is closed
         await settled(loop)
