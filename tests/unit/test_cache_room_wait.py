@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import NoRoom
 from docxy.cache.fill import BlobFollower, BlobWriter
+from docxy.config import load_config
 from docxy.core.digests import digest_of
+from docxy.core.errors import ConfigError
+from docxy.http.app import open_store
 from docxy.tasks import spawn
 from tests.unit.test_cache_blobs import blob, guard, put
 from tests.unit.test_cache_cap import Upstream, all_freed, bytes_on_disk, served
@@ -80,3 +85,14 @@ async def test_a_fill_that_gets_no_room_in_the_room_wait_passes_through(tmp_path
     stalled.close()
     reader.close()
     await all_freed(store)
+
+
+def test_the_room_wait_is_a_setting(tmp_path: Path) -> None:
+    """``cache.room_wait`` (``DOCXY_CACHE_ROOM_WAIT``) is the store's wait; 30 s unless set,
+    and a wait of no time or less is refused at start-up, naming the setting."""
+    base = {"upstream.registry": "http://127.0.0.1:9", "cache.dir": str(tmp_path)}
+    assert open_store(load_config(base, environ={})).blobs.room_wait == 30.0
+    config = load_config(base, environ={"DOCXY_CACHE_ROOM_WAIT": "2.5"})
+    assert open_store(config).blobs.room_wait == 2.5
+    with pytest.raises(ConfigError, match="cache.room_wait"):
+        load_config(base | {"cache.room_wait": "0"}, environ={})
