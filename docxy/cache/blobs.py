@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from docxy.cache.errors import BlobInUse, CacheUnreadable, CacheUnwritable, NoRoom
 from docxy.cache.files import close_after_reading, close_off_loop, open_quietly
@@ -578,19 +578,26 @@ class DiskBlobStore:
                 self._room_grew()
             fill.reserved = 0
 
-    def fill_discarded(self, fill: InFlight, fd: int | None) -> None:
-        """Delete an aborted fill's temp file (``fd``: the writer's descriptor, or None)."""
-        self._remove_temp(fill, fd)
+    def fill_discarded(
+        self, fill: InFlight, fd: int | None, writing: asyncio.Future[Any] | None = None
+    ) -> None:
+        """Delete an aborted fill's temp file (``fd``: the writer's descriptor, or None; a
+        thread that may still write through it: ``writing``)."""
+        self._remove_temp(fill, fd, writing)
 
-    def _remove_temp(self, fill: InFlight, fd: int | None) -> None:
+    def _remove_temp(
+        self, fill: InFlight, fd: int | None, writing: asyncio.Future[Any] | None = None
+    ) -> None:
         """Delete ``fill``'s temp file without freeing its blocks on the loop: its name goes
         now, while a descriptor holds the file (``fd``, else one opened here); the last close
         here frees the blocks (seconds for many GiB on ext4) in a worker thread, and until
-        then they count against ``max_size`` (see :meth:`temp_closed`)."""
+        then they count against ``max_size`` (see :meth:`temp_closed`). ``fd`` is closed once
+        ``writing`` (a thread of the writer) is done, and until then the file counts as large
+        as the fill's reservation: the thread may still write that much into it."""
         if fill.removed:  # discarded again (cut for no room, then aborted): its name is gone
             if fd is not None:
                 fill.holders += 1
-                close_off_loop(fd, partial(self.temp_closed, fill))
+                self._close_held(fill, fd, writing)
             return
         fill.removed = True
         if fd is None:
@@ -602,7 +609,7 @@ class DiskBlobStore:
                 size = os.fstat(fd).st_size
             except OSError:  # EIO: what the fill wrote
                 pass
-        if fill.still_writing:  # a thread of its writer may write up to its reservation yet
+        if writing is not None:  # its thread may write up to the reservation yet
             size = max(size, fill.reserved)
         try:
             os.unlink(fill.tmp_path)
@@ -612,7 +619,16 @@ class DiskBlobStore:
             fill.unlinked = size
             self._unlinked += size
         if fd is not None:
-            close_off_loop(fd, partial(self.temp_closed, fill))
+            self._close_held(fill, fd, writing)
+
+    def _close_held(self, fill: InFlight, fd: int, writing: asyncio.Future[Any] | None) -> None:
+        """Close ``fd``, a holder of ``fill``'s removed temp file, off the loop: once
+        ``writing`` is done, if given (its thread may write through it until then)."""
+        close = partial(close_off_loop, fd, partial(self.temp_closed, fill))
+        if writing is None:
+            close()
+        else:
+            writing.add_done_callback(lambda _: close())
 
     def temp_closed(self, fill: InFlight) -> None:
         """One of ``fill.holders`` is closed; the last one of a removed temp file freed its

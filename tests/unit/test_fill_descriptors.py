@@ -18,8 +18,9 @@ from docxy.cache.fill import BlobFollower
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
 from tests.unit.test_cache_blobs import GUARD, as_writer, blob, guard, make_store, read
-from tests.unit.test_cache_cap import all_freed
+from tests.unit.test_cache_cap import Upstream, all_freed, served, watch_writes
 from tests.unit.test_fill_hashing import Memory
+from tests.unit.turns import until
 
 MIB = 1 << 20
 
@@ -226,3 +227,38 @@ async def test_an_abort_ends_a_pump_stalled_on_its_upstream_and_frees_its_room(
     finally:
         body.interrupt()  # the thread ends whatever happened
         await asyncio.wait([task], timeout=GUARD)
+
+
+async def test_a_discarded_fills_thread_writing_yet_keeps_its_room_until_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill of 600 bytes is aborted while its thread is past its reservation, about to
+    write: the removed temp file will still grow to 600 bytes. A fill of 600 more under a cap
+    of 1000 waits for that thread to be done, so the disk never holds both (the removed file
+    counts at its reservation, not at the size it had when it was removed)."""
+    store = make_store(tmp_path, max_size=1000)
+    watch = watch_writes(tmp_path, monkeypatch)
+    first = blob(600, 1)
+    writer = await as_writer(store, digest_of(first))
+    assert await writer.reserve(len(first))
+    writer.announce(len(first))
+    gate = WriteGate(monkeypatch)
+
+    async def feed() -> None:
+        async with writer:
+            await writer.pump(Memory(first))
+
+    task = spawn("feed", feed())
+    await guard(gate.entered.wait())
+    writer.abort("its client went away")
+    second = blob(600, 2)
+    reading = spawn("read", served(await store.fill(digest_of(second), Upstream(second).fetch)))
+    try:
+        await until(lambda: reading.done() or bool(store._waiting))
+    finally:
+        gate.go.set()
+    await guard(asyncio.wait([task]))
+    assert await guard(reading) == second
+    assert watch.peak <= 1000, f"{watch.peak} bytes on disk, cap 1000"
+    await all_freed(store)
+    assert store.holds(digest_of(second))
