@@ -100,6 +100,7 @@ class CacheConfig:
     dir: Path
     max_size: int
     tag_ttl: float
+    room_wait: float = 30.0  # seconds a download short of room waits for it, then passes through
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +484,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "dir": (_path, None),  # default computed at load time (XDG_CACHE_HOME)
         "max_size": (parse_size, "20G"),
         "tag_ttl": (_float, 300.0),
+        "room_wait": (_float, 30.0),
     },
     "shared": {
         "endpoint": (_opt_url, ""),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from docxy.cache.blobs import BlobEntry, BlobStore, DiskBlobStore, Fill, GcReport, Usage
+from docxy.cache.blobs import ROOM_WAIT, BlobEntry, BlobStore, DiskBlobStore, Fill, GcReport, Usage
 from docxy.cache.errors import (
     BlobInUse,
     CacheError,
@@ -97,14 +97,16 @@ class Cache:
     access: AccessIndex
 
 
-def open_cache(directory: Path, *, max_size: int, tag_ttl: float) -> Cache:
+def open_cache(
+    directory: Path, *, max_size: int, tag_ttl: float, room_wait: float = ROOM_WAIT
+) -> Cache:
     """Open (and recover) the cache in ``directory`` for a serving process. Quick: the blob
     index and the manifest catalogue are read in worker threads, and the stores serve from disk
     meanwhile (``await cache.blobs.indexed()`` / ``cache.manifests.loaded()`` wait for them).
     Called on the event loop, it takes the index over there as soon as it is read."""
     directory = Path(directory)
     access = AccessIndex(directory / "access")
-    blobs = DiskBlobStore.open(directory, max_size)
+    blobs = DiskBlobStore.open(directory, max_size, room_wait=room_wait)
     manifests = ManifestStore.open(directory / "manifests", access, tag_ttl=tag_ttl)
     blobs.catalog = manifests  # eviction keeps images whole, least recently pulled go first
     return Cache(blobs=blobs, manifests=manifests, access=access)

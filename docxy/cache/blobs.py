@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from docxy.cache.errors import BlobInUse, CacheUnreadable, CacheUnwritable, NoRoom
 from docxy.cache.files import close_after_reading, close_off_loop, open_quietly
@@ -72,7 +72,8 @@ WRITE_FAILURE_BACKOFF = 60.0
 #: Eviction frees down to this share of ``max_size``, but never more than LOW_WATER_GAP below it.
 LOW_WATER = 0.9
 LOW_WATER_GAP = 8 * 1024**3
-#: A fill that needs room waits for at most this many evictions, each this many seconds at most.
+#: A fill that needs room waits for at most this many evictions, and this many seconds in all
+#: (``cache.room_wait``), then passes the blob through.
 ROOM_ATTEMPTS = 2
 ROOM_WAIT = 30.0
 #: Seconds a blob that found no room passes straight through, unless the room it needed is
@@ -154,9 +155,11 @@ class DiskBlobStore:
         *,
         write_buffer: int = WRITE_BUFFER,
         read_chunk: int = READ_CHUNK,
+        room_wait: float = ROOM_WAIT,
     ) -> None:
         self.root = Path(root)
         self.max_size = max_size
+        self.room_wait = room_wait  # seconds a fill short of room waits for it, in all
         self._write_buffer = write_buffer
         self._read_chunk = read_chunk
         self._index: OrderedDict[Digest, BlobEntry] = OrderedDict()  # least recent first
@@ -165,10 +168,10 @@ class DiskBlobStore:
         self._in_flight = 0
         self._reserved = 0  # by the running fills (InFlight.reserved), counted against the cap
         self._waiting: list[int] = []  # bytes each fill waiting for room wants: eviction frees
-        self._making_room = asyncio.Lock()  # fills short of room wait their turn (_make_room)
         self._trash = 0  # evicted bytes still on disk, being deleted in a worker thread
         self._unlinked = 0  # bytes of removed temp files still held open (InFlight.unlinked)
-        self._unlinked_freed = asyncio.Event()  # set (and replaced) as they are freed
+        #: Set (and replaced) when room may have grown: bytes freed, an eviction over.
+        self._room_freed = asyncio.Event()
         #: Blobs that found no room: until when they pass through, why, and the bytes they
         #: wanted in all (free room of that size ends the wait early).
         self._no_room: LruDict[Digest, tuple[float, str, int]] = LruDict(NO_ROOM_MEMORY)
@@ -192,12 +195,14 @@ class DiskBlobStore:
         self.plans = 0
 
     @classmethod
-    def open(cls, root: Path, max_size: int, **options: int) -> DiskBlobStore:
+    def open(
+        cls, root: Path, max_size: int, *, room_wait: float = ROOM_WAIT, **options: int
+    ) -> DiskBlobStore:
         """Open for serving: delete leftover temp files, then rebuild the index from disk in a
         worker thread. Blobs are served meanwhile (one ``stat`` finds a blob the index does not
         hold yet) and eviction waits for the index; a fill committed meanwhile counted only the
         blobs known then, so the cap holds again from the next fill on."""
-        store = cls(root, max_size, **options)
+        store = cls(root, max_size, room_wait=room_wait, **options)
         store.clear_tmp()
         (store.root / "blobs").mkdir(parents=True, exist_ok=True)
         store._reading = read_in_thread("docxy-blob-index", store._walk)
@@ -479,8 +484,8 @@ class DiskBlobStore:
 
     async def reserve(self, fill: InFlight, nbytes: int) -> None:
         """Count ``nbytes`` more of ``fill`` against ``max_size`` before they are written,
-        evicting first if they do not fit (waiting for at most ``ROOM_ATTEMPTS`` evictions, or
-        for removed temp files to be freed; fills short of room take turns).
+        evicting first if they do not fit, or waiting for removed files to be freed: for
+        ``room_wait`` seconds at most (see :meth:`_make_room`).
 
         Raises :class:`NoRoom` if the blob is larger than the cache, or the room cannot be
         made (what is left is pinned by readers and fills, or needed by images still offered);
@@ -494,8 +499,7 @@ class DiskBlobStore:
         if self._room() < nbytes:
             self._waiting.append(nbytes)
             try:
-                async with self._making_room:
-                    await self._make_room(fill, nbytes, wanted)
+                await self._make_room(fill, nbytes, wanted)
             finally:
                 self._waiting.remove(nbytes)
         if self._fills.get(fill.digest) is fill and fill.state is FillState.WRITING:
@@ -503,16 +507,25 @@ class DiskBlobStore:
             self._reserved += nbytes
 
     async def _make_room(self, fill: InFlight, nbytes: int, wanted: int) -> None:
-        """Wait for ``nbytes`` of room, one fill at a time: each sees what the one before left
-        (a fill that gave up has lost its temp file's name by then, and its bytes are freed
-        soon: the next one waits for them rather than giving up alongside it)."""
-        for _ in range(ROOM_ATTEMPTS):
-            if self._room() >= nbytes:
-                return
-            if self._room() + self._unlinked >= nbytes:  # aborted fills' files will do
-                await self._unlinked_gone(nbytes)
-            else:
-                await asyncio.wait([self._start_eviction()], timeout=ROOM_WAIT)
+        """Wait until ``nbytes`` are free, ``room_wait`` seconds at most: for removed files
+        being freed if their bytes will do (a follower's client cut by the abort, a close or
+        an eviction's deletes in a worker thread), else for an eviction (``ROOM_ATTEMPTS`` at
+        most). Each fill waits on its own, woken whenever room may have grown; a fill that
+        gave up has its temp file removed at once, so one waking after it waits for those
+        bytes rather than giving up alongside it."""
+        evictions: list[asyncio.Task[None]] = []
+        try:
+            async with asyncio.timeout(self.room_wait):
+                while self._room() < nbytes:
+                    if self._room() + self._trash + self._unlinked < nbytes:
+                        eviction = self._start_eviction()
+                        if eviction not in evictions:
+                            if len(evictions) == ROOM_ATTEMPTS:
+                                break
+                            evictions.append(eviction)
+                    await self._room_freed.wait()
+        except TimeoutError:
+            pass
         if self._room() < nbytes:
             reason = (
                 f"no room for {nbytes} more bytes: {self._total} committed and {self._reserved}"
@@ -526,16 +539,10 @@ class DiskBlobStore:
         not freed yet (evicted, or aborted fills' temp files still held open)."""
         return self.max_size - self._total - self._reserved - self._trash - self._unlinked
 
-    async def _unlinked_gone(self, nbytes: int) -> None:
-        """Wait (``ROOM_WAIT`` at most) until the removed temp files still held open have
-        been freed, or enough of them for ``nbytes``: their last descriptors close soon (a
-        follower's client cut by the abort, a close in a worker thread)."""
-        try:
-            async with asyncio.timeout(ROOM_WAIT):
-                while self._unlinked and self._room() < nbytes:
-                    await self._unlinked_freed.wait()
-        except TimeoutError:
-            pass
+    def _room_grew(self) -> None:
+        """Wake the fills waiting for room (:meth:`_make_room`): they check it again."""
+        freed, self._room_freed = self._room_freed, asyncio.Event()
+        freed.set()
 
     def _found_no_room(self, digest: Digest, reason: str, until: float, needed: int) -> NoRoom:
         log.info("cache: %s not cached, %s; passed through", digest, reason)
@@ -567,21 +574,30 @@ class DiskBlobStore:
             del self._fills[fill.digest]
             self._in_flight -= fill.written
             self._reserved -= fill.reserved
+            if fill.reserved:
+                self._room_grew()
             fill.reserved = 0
 
-    def fill_discarded(self, fill: InFlight, fd: int | None) -> None:
-        """Delete an aborted fill's temp file (``fd``: the writer's descriptor, or None)."""
-        self._remove_temp(fill, fd)
+    def fill_discarded(
+        self, fill: InFlight, fd: int | None, writing: asyncio.Future[Any] | None = None
+    ) -> None:
+        """Delete an aborted fill's temp file (``fd``: the writer's descriptor, or None; a
+        thread that may still write through it: ``writing``)."""
+        self._remove_temp(fill, fd, writing)
 
-    def _remove_temp(self, fill: InFlight, fd: int | None) -> None:
+    def _remove_temp(
+        self, fill: InFlight, fd: int | None, writing: asyncio.Future[Any] | None = None
+    ) -> None:
         """Delete ``fill``'s temp file without freeing its blocks on the loop: its name goes
         now, while a descriptor holds the file (``fd``, else one opened here); the last close
         here frees the blocks (seconds for many GiB on ext4) in a worker thread, and until
-        then they count against ``max_size`` (see :meth:`temp_closed`)."""
+        then they count against ``max_size`` (see :meth:`temp_closed`). ``fd`` is closed once
+        ``writing`` (a thread of the writer) is done, and until then the file counts as large
+        as the fill's reservation: the thread may still write that much into it."""
         if fill.removed:  # discarded again (cut for no room, then aborted): its name is gone
             if fd is not None:
                 fill.holders += 1
-                close_off_loop(fd, partial(self.temp_closed, fill))
+                self._close_held(fill, fd, writing)
             return
         fill.removed = True
         if fd is None:
@@ -593,7 +609,7 @@ class DiskBlobStore:
                 size = os.fstat(fd).st_size
             except OSError:  # EIO: what the fill wrote
                 pass
-        if fill.still_writing:  # a thread of its writer may write up to its reservation yet
+        if writing is not None:  # its thread may write up to the reservation yet
             size = max(size, fill.reserved)
         try:
             os.unlink(fill.tmp_path)
@@ -603,7 +619,16 @@ class DiskBlobStore:
             fill.unlinked = size
             self._unlinked += size
         if fd is not None:
-            close_off_loop(fd, partial(self.temp_closed, fill))
+            self._close_held(fill, fd, writing)
+
+    def _close_held(self, fill: InFlight, fd: int, writing: asyncio.Future[Any] | None) -> None:
+        """Close ``fd``, a holder of ``fill``'s removed temp file, off the loop: once
+        ``writing`` is done, if given (its thread may write through it until then)."""
+        close = partial(close_off_loop, fd, partial(self.temp_closed, fill))
+        if writing is None:
+            close()
+        else:
+            writing.add_done_callback(lambda _: close())
 
     def temp_closed(self, fill: InFlight) -> None:
         """One of ``fill.holders`` is closed; the last one of a removed temp file freed its
@@ -612,8 +637,7 @@ class DiskBlobStore:
         if fill.holders <= 0 and fill.unlinked:
             self._unlinked -= fill.unlinked
             fill.unlinked = 0
-            freed, self._unlinked_freed = self._unlinked_freed, asyncio.Event()
-            freed.set()
+            self._room_grew()
 
     def cache_write_failed(self, fill: InFlight, exc: OSError) -> None:
         self.write_failed_at = time.monotonic()
@@ -659,6 +683,7 @@ class DiskBlobStore:
         """The running eviction down to :func:`low_water`, started if none is."""
         if self._eviction is None or self._eviction.done():
             self._eviction = spawn("cache-eviction", self._evict_to(low_water(self.max_size)))
+            self._eviction.add_done_callback(lambda _: self._room_grew())
         return self._eviction
 
     async def settle(self) -> None:
@@ -793,6 +818,7 @@ class DiskBlobStore:
             raise BlobInUse(f"{digest} is being read")
         _unlink(entry.path)
         self._forget(entry)
+        self._room_grew()
         return True
 
     async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport:

@@ -19,7 +19,6 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,7 +32,6 @@ from docxy.cache.errors import (
     SizeMismatch,
     VerifyError,
 )
-from docxy.cache.files import close_off_loop
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.core.digests import Digest
 from docxy.threads import in_own_thread
@@ -70,8 +68,11 @@ class FillHost(Protocol):
     async def reserve(self, fill: InFlight, nbytes: int) -> None: ...
     def fill_committed(self, fill: InFlight) -> BlobEntry | None: ...
     def fill_ended(self, fill: InFlight) -> None: ...
-    def fill_discarded(self, fill: InFlight, fd: int | None) -> None:
-        """Close ``fd`` (None: not open) and delete the temp file, off the event loop."""
+    def fill_discarded(
+        self, fill: InFlight, fd: int | None, writing: asyncio.Future[Any] | None = None
+    ) -> None:
+        """Delete the temp file and close ``fd`` (None: not open) off the event loop; with
+        ``writing`` (a thread that may still write through ``fd``), once that is done."""
         ...
 
     def temp_closed(self, fill: InFlight) -> None:
@@ -130,9 +131,6 @@ class InFlight:
     holders: int = 0
     removed: bool = False
     unlinked: int = 0
-    #: Discarded while a thread of the writer may still write (it stops at its next read): the
-    #: temp file may grow to the reservation until that thread is done, and counts as that large.
-    still_writing: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -184,6 +182,7 @@ class BlobWriter:
         #: A thread that may write through ``_fd`` while it runs (a flush's, the pump's): the
         #: descriptor is closed only once it is done (see :meth:`_close_and_discard`).
         self._fd_user: asyncio.Future[Any] | None = None
+        self._pumped: BodySource | None = None  # the body the pump's thread reads, meanwhile
         self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
 
     @property
@@ -278,8 +277,9 @@ class BlobWriter:
         (followers woken, room made in the store). If writing fails the thread goes on reading,
         uncached, as :meth:`write` does. Cancelling sets a stop flag, interrupts the body's
         blocked read and waits for both threads, so the temp file's descriptor is never closed
-        under a running write; an abort meanwhile (another task, a second cancel) leaves it
-        open until the reading thread is done, which it is at its next read.
+        under a running write; an abort meanwhile (another task, a second cancel) interrupts
+        the body's read too, and leaves the descriptor open until the reading thread is done,
+        which it is at once (a stalled upstream does not hold the removed temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -290,7 +290,7 @@ class BlobWriter:
         done = in_own_thread(
             f"fill {self.digest.hex[:12]}", lambda: self._pump(body, size, stop, loop)
         )
-        self._fd_user = done
+        self._fd_user, self._pumped = done, body
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -300,6 +300,8 @@ class BlobWriter:
             if not done.cancelled():
                 done.exception()  # retrieved: the cancellation is what the caller sees
             raise
+        finally:
+            self._pumped = None
 
     def _pump(
         self,
@@ -459,17 +461,16 @@ class BlobWriter:
     def _close_and_discard(self, reason: str) -> None:
         fd = self._take_fd()
         user = self._fd_user
-        if fd is not None and user is not None and not user.done():
-            # A thread may be about to write through fd: closed now, its number could name
-            # another file (the next open anywhere in the process) by the time the write comes.
-            # It is closed once the thread is done (the pump's stops at its next read, as the
-            # fill has no reservation left), a holder of the removed temp file until then.
-            fill, host, held = self.fill, self._host, fd
-            fill.holders += 1
-            fill.still_writing = True
-            user.add_done_callback(lambda _: close_off_loop(held, partial(host.temp_closed, fill)))
-            fd = None
-        _discard(self.fill, fd, self._host, reason)
+        writing = user if fd is not None and user is not None and not user.done() else None
+        if writing is not None and self._pumped is not None:
+            # The pump's thread may be blocked in a read of a stalled upstream until its read
+            # timeout: cut that read, so the thread ends and its descriptor is closed now.
+            self._pumped.interrupt()
+        # A thread may be about to write through fd: closed now, its number could name another
+        # file (the next open anywhere in the process) by the time the write comes. The store
+        # closes it once the thread is done (the pump's stops at its next read, as the fill
+        # has no reservation left).
+        _discard(self.fill, fd, self._host, reason, writing)
 
     def _finish(self) -> None:
         self._finished = True
@@ -649,11 +650,17 @@ def _sync_and_close(fd: int) -> None:
         os.close(fd)
 
 
-def _discard(fill: InFlight, fd: int | None, host: FillHost, reason: str) -> None:
+def _discard(
+    fill: InFlight,
+    fd: int | None,
+    host: FillHost,
+    reason: str,
+    writing: asyncio.Future[Any] | None = None,
+) -> None:
     if fill.state is FillState.WRITING:
         fill.state, fill.reason = FillState.ABORTED, reason
         log.info("cache fill of %s aborted: %s", fill.digest, reason)
-    host.fill_discarded(fill, fd)
+    host.fill_discarded(fill, fd, writing)
     host.fill_ended(fill)
     fill.notify()
 

@@ -57,7 +57,10 @@ def open_store(config: Config) -> Cache:
     root = config.cache.dir
     try:
         root.mkdir(parents=True, exist_ok=True)
-        return open_cache(root, max_size=config.cache.max_size, tag_ttl=config.cache.tag_ttl)
+        cache = config.cache
+        return open_cache(
+            root, max_size=cache.max_size, tag_ttl=cache.tag_ttl, room_wait=cache.room_wait
+        )
     except OSError as exc:
         source = config.sources.get("cache.dir", "default")
         raise ConfigError(

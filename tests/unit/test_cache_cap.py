@@ -89,9 +89,9 @@ class DiskWatch:
         self.peak = max(self.peak, size)
 
 
-@pytest.fixture
-def watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DiskWatch]:
-    watched = DiskWatch(tmp_path)
+def watch_writes(root: Path, monkeypatch: pytest.MonkeyPatch) -> DiskWatch:
+    """Measure the disk under ``root`` after every write of every fill from now on."""
+    watched = DiskWatch(root)
     real_write_all = fill_module.write_all
 
     def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
@@ -100,7 +100,12 @@ def watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DiskWatch
             watched.after_write()
 
     monkeypatch.setattr(fill_module, "write_all", write_all)
-    yield watched
+    return watched
+
+
+@pytest.fixture
+def watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DiskWatch]:
+    yield watch_writes(tmp_path, monkeypatch)
 
 
 class Body:

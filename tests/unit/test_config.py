@@ -144,6 +144,7 @@ SAMPLES = {
     "cache.dir": "/tmp/docxy-cache",
     "cache.max_size": "1G",
     "cache.tag_ttl": "1",
+    "cache.room_wait": "12.5",
     "certs.domain": "m.example",
     "certs.email": "ops@m.example",
     "certs.acme_server": "https://acme.example/dir",

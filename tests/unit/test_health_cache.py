@@ -38,7 +38,7 @@ async def test_health_shows_the_bytes_of_an_aborted_fill_not_freed_yet(tmp_path:
     registry = make_registry(state, Counter())
     assert scrape(registry)["docxy_cache_freeing_bytes"] == 1500
 
-    freed = store._unlinked_freed
+    freed = store._room_freed
     follower.close()  # its client is cut: the last descriptor goes, the blocks are freed
     await asyncio.wait_for(freed.wait(), GUARD)
     cache = health_report(state)["cache"]
