@@ -28,6 +28,7 @@ from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers
 from docxy.tasks import Coalesced
+from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.presets import DEFAULT_NAME
 
 if TYPE_CHECKING:
@@ -258,6 +259,9 @@ class UpstreamClient:
         self.direct_listeners: list[Callable[[str, int], None]] = []
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
         self._probes: Coalesced[str, Challenge | None] = Coalesced(UpstreamError)
+        #: Tokens the mirror's token endpoint relayed for anonymous pulls: a request carrying
+        #: one is the mirror's own as far as the upstream's health goes.
+        self.anonymous_tokens = AnonymousTokens()
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:
         return self.health.setdefault(upstream.host, UpstreamHealth())
@@ -280,12 +284,14 @@ class UpstreamClient:
         the first hop only, as ``params`` do.
 
         An ``Authorization`` is a client's unless ``mirror_credentials`` says it is the
-        mirror's own (:mod:`docxy.upstream.tokens`): the answers to a client's credentials
-        tell the upstream's health only what is not about that client's account (its rate
-        limit, and the ``ratelimit-*`` headers, are not the mirror's).
+        mirror's own (:mod:`docxy.upstream.tokens`) or it carries a token the mirror's token
+        endpoint handed out for an anonymous pull (:mod:`docxy.upstream.anonymous`: the
+        mirror's address asks then): the answers to a client's credentials tell the upstream's
+        health only what is not about that client's account (its rate limit, and the
+        ``ratelimit-*`` headers, are not the mirror's).
         """
         health = self.health_of(upstream)
-        own = mirror_credentials or not any(k.lower() == "authorization" for k, _ in headers)
+        own = mirror_credentials or self._anonymous(headers)
         current_headers = headers
         marks = None if own else {CLIENT_CREDENTIALS: True}  # for the response hooks to see
         for _ in range(MAX_REDIRECTS + 1):
@@ -322,6 +328,12 @@ class UpstreamClient:
                 method = "GET" if method != "HEAD" else "HEAD"
             params = content = None
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+
+    def _anonymous(self, headers: list[tuple[str, str]]) -> bool:
+        """Whether a request with ``headers`` asks as nobody in particular: without
+        ``Authorization``, or with an anonymous token of the mirror's endpoint."""
+        sent = [value for key, value in headers if key.lower() == "authorization"]
+        return all(self.anonymous_tokens.holds(value) for value in sent)
 
     async def challenge(self, upstream: Upstream, *, refresh: bool = False) -> Challenge | None:
         """The upstream's own ``/v2/`` Bearer challenge (cached), or ``None`` if it has none.
