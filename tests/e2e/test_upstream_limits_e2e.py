@@ -64,3 +64,41 @@ def test_a_429_to_an_anonymous_token_is_the_mirrors_rate_limit(
     assert seen["last_error_message"] == "the upstream answered 429", seen
     assert seen["ratelimit_remaining"] == "0;w=21600", seen
     assert bed.faults.fired, "the fault never fired: the test proved nothing"
+
+
+def health_status(mirror: Mirror) -> str:
+    response = httpx.get(f"{mirror.url}/health", timeout=10)
+    assert response.status_code == 200
+    status: str = response.json()["status"]
+    return status
+
+
+def test_the_mirrors_rate_limit_lasts_until_a_pull_gets_through(
+    start_mirror: StartMirror, bed: Bed
+) -> None:
+    """Docker Hub's `/v2/` and token service answer whatever the pull limit: such an answer
+    says nothing about it. Every docker pull pings `/v2/` first, and the mirror probes it once
+    a minute; each of those ended the mirror's rate-limited state, so /health said `ok` while
+    every pull was refused."""
+    mirror = start_mirror("--no-cache")
+    fault = Fault(
+        site="front",
+        kind="status",
+        status=429,
+        headers=LIMITED,
+        path_contains="/manifests/",
+        times=None,
+    )
+    bed.faults.add(fault)
+    url = f"/v2/{MULTI}/manifests/{bed.images[MULTI].tag}"
+    with httpx.Client(base_url=mirror.url, timeout=30, follow_redirects=False) as client:
+        anonymous = bearer(client, bed, MULTI)
+        assert_error(client.get(url, headers=anonymous), 429, "TOOMANYREQUESTS")
+        # The next pull begins as every pull does: a ping, a token.
+        assert client.get("/v2/").status_code == 401
+        anonymous = bearer(client, bed, MULTI)
+        assert health_status(mirror) == "degraded"
+
+        bed.faults.clear()  # the limit's window is over
+        assert client.get(url, headers=anonymous).status_code == 200
+        assert health_status(mirror) == "ok"
