@@ -91,10 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scheduler.renewal import Renewer  # the work, in this process: it ends after one run
 
         once = Renewer(settings)
+        once.restore()
         ok = once.run()
         once.write_status(None)
         return 0 if ok else 1
-    scheduler = build(InChild(settings, argv=flags))
+    renewer = InChild(settings, argv=flags)
+    renewer.restore()  # failures in a row, their backoff, the last success: as before a restart
+    scheduler = build(renewer)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

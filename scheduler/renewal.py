@@ -81,8 +81,6 @@ def tell_mirror(settings: Settings) -> str:
 class Renewer(Runs):
     """Does the work in this process."""
 
-    reload_pending: bool = False  # installed, the mirror not yet told (carried between runs)
-
     @property
     def live_dir(self) -> Path | None:
         s = self.settings

@@ -1,5 +1,11 @@
 """What the renewer remembers of its runs, and the status file it leaves: stdlib only.
 
+The status file is also the renewer's memory across restarts (supervisord's, the appliance's):
+it lives next to the certificates on their volume, is replaced atomically after every run, and a
+starting renewer takes the count of failures in a row, when they began, the last success and a
+pending reload up from it (:meth:`Runs.restore`). Without that, a renewal failing for days looked
+new after each restart, and its backoff started again at ``retry_base``.
+
 The long-lived renewer imports this, not :mod:`scheduler.renewal`: a run's work (certbot, the
 certificate checks with cryptography, httpx) happens in a child process (:mod:`scheduler.worker`),
 so the process that waits between runs stays small.
@@ -43,6 +49,16 @@ def _iso(when: dt.datetime | None) -> str | None:
     return when.isoformat() if when is not None else None
 
 
+def _when(value: object) -> dt.datetime | None:
+    """An aware time written by :func:`_iso`; ValueError for anything else."""
+    if value is None:
+        return None
+    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    if when is None or when.tzinfo is None:
+        raise ValueError(f"not a time: {value!r}")
+    return when
+
+
 @dataclass
 class Runs:
     """Runs renewals one at a time and remembers how the last ones went; ``attempt`` is the work."""
@@ -52,6 +68,8 @@ class Runs:
     last_run: dt.datetime | None = None
     last_success: dt.datetime | None = None
     last_error: str | None = None
+    failing_since: dt.datetime | None = None  # the first failure of those in a row
+    reload_pending: bool = False  # installed, the mirror not yet told (carried between runs)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def attempt(self) -> None:
@@ -72,16 +90,56 @@ class Runs:
             self.attempt()
         except RunFailed as exc:
             self.failures += 1
+            if self.failing_since is None:
+                self.failing_since = self.last_run
             self.last_error = str(exc)
             log.error("certificate renewal failed (%d in a row): %s", self.failures, exc)
             return False
         else:
             self.failures = 0
             self.last_error = None
+            self.failing_since = None
             self.last_success = self.last_run
             return True
         finally:
             self._lock.release()
+
+    def restore(self) -> None:
+        """Take up where the renewer was before it (re)started, from the status file it left.
+
+        A missing file is a first start; one that cannot be read or makes no sense (cut short,
+        hand-edited, another version's) is logged and ignored: the count starts afresh, and the
+        renewal runs as usual.
+        """
+        path = self.settings.status_file
+        try:
+            data = json.loads(path.read_bytes())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            failures, error = data.get("failures", 0), data.get("last_error")
+            if type(failures) is not int or failures < 0:
+                raise ValueError(f"failures: {failures!r}")
+            if error is not None and not isinstance(error, str):
+                raise ValueError(f"last_error: {error!r}")
+            last_run, last_success = _when(data.get("last_run")), _when(data.get("last_success"))
+            failing_since = _when(data.get("failing_since"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+            log.warning("renewer status %s unreadable, counting afresh: %s", path, exc)
+            return
+        self.failures, self.last_error = failures, error if failures else None
+        self.last_run, self.last_success = last_run, last_success
+        # a file from before failing_since was kept: the trouble began at the latest last_run
+        self.failing_since = (failing_since or last_run) if failures else None
+        self.reload_pending = data.get("reload_pending") is True
+        if failures:
+            log.info(
+                "renewal has failed %d time(s) in a row since %s; last success %s",
+                failures,
+                _iso(self.failing_since),
+                _iso(last_success) or "never",
+            )
 
     def write_status(self, next_run: dt.datetime | None) -> None:
         """The status file the mirror reads (``docxy.tls.certs.renewal_status``), atomically."""
@@ -90,7 +148,9 @@ class Runs:
             "last_success": _iso(self.last_success),
             "last_error": self.last_error,
             "failures": self.failures,
+            "failing_since": _iso(self.failing_since),
             "next_run": _iso(next_run),
+            "reload_pending": self.reload_pending,
         }
         certificate = self.certificate()
         if certificate is not None:

@@ -28,7 +28,6 @@ class InChild(Runs):
     """Does each run's work in a child process (the flags it was started with are passed on)."""
 
     argv: Sequence[str] = ()
-    reload_pending: bool = False  # as the last child left it
     described: dict[str, object] | None = field(default=None, repr=False)
 
     def attempt(self) -> None:

@@ -126,7 +126,10 @@ class GcReport:
     removed_stray: int = 0
     removed_corrupt: int = 0
     evicted: int = 0
-    freed_bytes: int = 0
+    freed_bytes: int = 0  # of the files this gc removed (temp, stray, corrupt, evicted)
+    #: Of the blobs that went from disk meanwhile without this gc (a live mirror's evictions,
+    #: `docxy cache rm`): not freed by it, so not in ``freed_bytes``.
+    gone_bytes: int = 0
 
 
 class BlobStore(Protocol):
@@ -186,6 +189,8 @@ class DiskBlobStore:
         self.followers_joined = 0
         self.evicted = 0
         self.evicted_bytes = 0
+        #: Bytes of blobs an eviction found already gone from disk (another process removed them).
+        self.vanished_bytes = 0
         #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
         self.catalog: ImageCatalog | None = None
         self._eviction: asyncio.Task[None] | None = None
@@ -227,23 +232,29 @@ class DiskBlobStore:
 
         ``older_than`` (seconds) spares younger files, for a CLI run beside a live server.
         """
+        return self._clear_tmp(older_than)[0]
+
+    def _clear_tmp(self, older_than: float | None) -> tuple[int, int]:
+        """:meth:`clear_tmp`: how many files it removed, and their bytes."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         ours = {fill.tmp_path.name for fill in self._fills.values()}
         cutoff = None if older_than is None else time.time() - older_than
-        removed = 0
+        removed = freed = 0
         for entry in os.scandir(self.tmp_dir):
             if entry.name in ours:
                 continue
             try:
-                if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                    continue
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # gone since listed: a live mirror's fill committed
                 continue
-            _unlink(Path(entry.path))
-            removed += 1
+            if cutoff is not None and st.st_mtime > cutoff:
+                continue
+            if _unlink(Path(entry.path)):
+                removed += 1
+                freed += st.st_size
         if removed:
             log.info("cache: removed %d leftover temp files", removed)
-        return removed
+        return removed, freed
 
     def scan(self) -> list[Path]:
         """Rebuild the index from ``blobs/``; returns stray paths that are not blobs."""
@@ -756,12 +767,14 @@ class DiskBlobStore:
     def _drop(self, entry: BlobEntry) -> Path | None:
         """Take an evicted blob out of the index and off its name; returns where it now is, in
         ``tmp/``, for a worker thread to delete (freeing a large file's extents takes a while).
-        None if it cannot be moved (it stays cached)."""
+        None if it cannot be moved (it stays cached) or is gone already (it is forgotten)."""
         trash = self.tmp_dir / f"evicted-{entry.digest.hex}.{secrets.token_hex(6)}"
         try:
             os.rename(entry.path, trash)
-        except FileNotFoundError:
-            pass
+        except FileNotFoundError:  # gone behind our back (another process evicted or removed
+            self._forget(entry, planned=True)  # it): not evicted here, nothing to delete
+            self.vanished_bytes += entry.size
+            return None
         except OSError as exc:
             log.warning("cache: cannot evict %s: %s", entry.digest, exc)
             return None
@@ -823,13 +836,18 @@ class DiskBlobStore:
 
     async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport:
         """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
-        every blob, and evict down to the cap."""
+        every blob, and evict down to the cap.
+
+        Beside a live mirror, blobs also go meanwhile without this gc (the mirror evicts):
+        the report's ``freed_bytes`` counts only the files this gc removed, ``gone_bytes``
+        the blobs it found gone."""
         await self.indexed()
-        before = self._total
-        removed_tmp = self.clear_tmp(older_than=tmp_age)
+        known = dict(self._index)
+        removed_tmp, freed = self._clear_tmp(older_than=tmp_age)
         strays = self.scan()
+        gone = sum(e.size for d, e in known.items() if d not in self._index)
         for path in strays:
-            _unlink(path)
+            freed += _size_removed(path)
         corrupt = 0
         if verify:
             for entry in list(self._index.values()):
@@ -839,17 +857,24 @@ class DiskBlobStore:
                     intact = await asyncio.to_thread(_hash_matches, entry)
                 except FileNotFoundError:  # evicted or removed meanwhile (a live mirror's)
                     self._forget(entry)
+                    gone += entry.size
                     continue
                 if not intact:
                     log.warning("cache: %s is corrupt on disk, removed", entry.digest)
-                    _unlink(entry.path)
+                    freed += _size_removed(entry.path)
                     self._forget(entry)
                     corrupt += 1
-        count = len(self._index)
         await self.settle()
+        evicted, evicted_bytes, vanished = self.evicted, self.evicted_bytes, self.vanished_bytes
         await self._evict_to(self.max_size)
-        evicted = count - len(self._index)
-        return GcReport(removed_tmp, len(strays), corrupt, evicted, before - self._total)
+        return GcReport(
+            removed_tmp,
+            len(strays),
+            corrupt,
+            self.evicted - evicted,
+            freed + self.evicted_bytes - evicted_bytes,
+            gone + self.vanished_bytes - vanished,
+        )
 
 
 def _hash_matches(entry: BlobEntry) -> bool:
@@ -889,8 +914,19 @@ def _unlink_all(paths: Iterable[Path]) -> None:
         _unlink(path)
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: Path) -> bool:
+    """Whether ``path`` was removed here (False: it was gone already)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        return False
+    return True
+
+
+def _size_removed(path: Path) -> int:
+    """Remove ``path``; the bytes that freed (0 if it was gone already)."""
+    try:
+        size = path.lstat().st_size
+    except FileNotFoundError:
+        return 0
+    return size if _unlink(path) else 0

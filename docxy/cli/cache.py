@@ -217,8 +217,8 @@ def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
     rows = [
         ("blobs", str(usage.entries)),
         ("tags", str(len(cache.manifests.list_tags()))),
-        ("size", f"{human_size(usage.bytes)} ({usage.bytes} bytes)"),
-        ("max_size", f"{human_size(usage.max_size)} ({usage.max_size} bytes)"),
+        ("size", _bytes(usage.bytes)),
+        ("max_size", _bytes(usage.max_size)),
         ("used", f"{percent:.1f}%"),
         ("filling", f"{filling} blobs being fetched"),
     ]
@@ -291,6 +291,10 @@ def _remove_blobs(store: DiskBlobStore, doomed: list[Digest], out: TextIO) -> in
     return status
 
 
+def _bytes(size: int) -> str:
+    return f"{human_size(size)} ({size} bytes)"
+
+
 async def cmd_gc(cache: Cache, verify: bool, out: TextIO) -> int:
     report = await cache.blobs.gc(verify=verify)
     rows = [
@@ -298,7 +302,8 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO) -> int:
         ("stray files removed", str(report.removed_stray)),
         ("corrupt blobs removed", str(report.removed_corrupt) if verify else "not checked"),
         ("blobs evicted", str(report.evicted)),
-        ("freed", human_size(report.freed_bytes)),
+        ("freed", _bytes(report.freed_bytes)),  # by this gc; not what went meanwhile:
+        ("gone meanwhile", _bytes(report.gone_bytes)),  # a live mirror's evictions, `rm`
     ]
     for line in columns((key + ":", value) for key, value in rows):
         print(line, file=out)

@@ -99,6 +99,8 @@ def offline_token(reason: str, credentialed: bool) -> Response:
 
 
 def offline_token_body() -> Response:
+    # Given only to anonymous asks: pulling with it is pulling as nobody, from the mirror.
+    mirror_state().client.anonymous_tokens.remember(OFFLINE_TOKEN, OFFLINE_TOKEN_LIFETIME)
     issued = datetime.now(UTC)
     body = {
         "token": OFFLINE_TOKEN,
@@ -196,6 +198,10 @@ async def token() -> Response:
     if answer.status_code in AUTH_TROUBLE and state.cache is not None:
         reason = f"the upstream's token service answered {answer.status_code}"
         return offline_token(reason, ask.credentialed)
+    if answer.status_code == 200 and not ask.credentialed:
+        # A client pulling with this token asks from the mirror's address, as nobody: its
+        # rate limit is the mirror's (docxy.upstream.anonymous).
+        state.client.anonymous_tokens.remember_answer(body)
     if ask.posted and answer.status_code == 200:
         body = for_post_client(body)
     content_type = answer.headers.get("content-type", "application/json")

@@ -249,6 +249,10 @@ def _certificate(tls: object, renewal: object) -> str:
         else:
             outcome = "failed: " + str(renewal["last_error"]) if renewal.get("last_error") else "ok"
             rows.append(("last renewal", f"{_when(renewal.get('last_run'))}: {outcome}"))
+            failures, since = renewal.get("failures"), renewal.get("failing_since")
+            if isinstance(failures, int) and failures > 0:
+                began = f" since {_when(since)}" if since else ""
+                rows.append(("failing", f"{failures} run(s) in a row{began}"))
             next_run = renewal.get("next_run")
             rows.append(("next renewal", _when(next_run) if next_run else "not scheduled"))
     return _section("certificate", "Certificate", _rows(rows))

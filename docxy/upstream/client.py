@@ -10,6 +10,7 @@ for ``/health``.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from collections import Counter, deque
@@ -28,6 +29,7 @@ from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers
 from docxy.tasks import Coalesced
+from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.presets import DEFAULT_NAME
 
 if TYPE_CHECKING:
@@ -44,6 +46,7 @@ MAX_SMALL_BODY = 4 * 1024 * 1024
 SERVER_TROUBLE = frozenset({429, 500, 502, 503, 504})
 #: In a request's ``extensions``: it is made with a client's credentials.
 CLIENT_CREDENTIALS = "docxy.client_credentials"
+PULL_PATH = re.compile(r"/v2/.+/(manifests|blobs)/[^/]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +116,14 @@ class UpstreamHealth:
         self.last_ok = time.time()
         self.reachable = self.healthy = True
 
-    def answered(self, status: int, own: bool = True) -> None:
+    def answered(self, status: int, own: bool = True, pull: bool = True) -> None:
         """An answer came back: a 429/5xx is an outage for the routes, so for health too.
 
         Not ``own`` (made with a client's credentials): its 429 is that client's account's
         rate limit, which says nothing about the mirror's, so it only says the upstream
-        answered; and a success does not end the mirror's own rate limit. A 5xx is the
-        upstream's trouble whoever asked."""
+        answered; and a success does not end the mirror's own rate limit. Nor does an answer
+        that is not to a ``pull`` (a manifest or blob request): ``/v2/`` and the token service
+        answer whatever the pull limit. A 5xx is the upstream's trouble whoever asked."""
         if status == 429 and not own:
             self.reachable = True
             return
@@ -128,12 +132,12 @@ class UpstreamHealth:
             self.healthy = False
             self.last_error = time.time()
             self.last_error_message = f"the upstream answered {status}"
-            if own:
+            if own and (pull or status == 429):  # a 5xx to /v2/ says nothing of the limit
                 self.limited = status == 429
             return
-        if own:
+        if own and pull:
             self.limited = False
-        if self.limited:  # a client got through with its own account: the mirror's limit stands
+        if self.limited:  # a client's login got through, or /v2/ answered: the limit stands
             self.reachable = True
             self.last_ok = time.time()
         else:
@@ -174,6 +178,12 @@ def _iso(stamp: float | None) -> str | None:
     if stamp is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+def is_pull(url: str) -> bool:
+    """Whether ``url`` asks for a manifest or a blob (what a registry's pull limit counts),
+    not ``/v2/`` or a token."""
+    return PULL_PATH.search(urlsplit(url).path) is not None
 
 
 def same_origin(a: str, b: str) -> bool:
@@ -258,6 +268,9 @@ class UpstreamClient:
         self.direct_listeners: list[Callable[[str, int], None]] = []
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
         self._probes: Coalesced[str, Challenge | None] = Coalesced(UpstreamError)
+        #: Tokens the mirror's token endpoint relayed for anonymous pulls: a request carrying
+        #: one is the mirror's own as far as the upstream's health goes.
+        self.anonymous_tokens = AnonymousTokens()
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:
         return self.health.setdefault(upstream.host, UpstreamHealth())
@@ -280,12 +293,15 @@ class UpstreamClient:
         the first hop only, as ``params`` do.
 
         An ``Authorization`` is a client's unless ``mirror_credentials`` says it is the
-        mirror's own (:mod:`docxy.upstream.tokens`): the answers to a client's credentials
-        tell the upstream's health only what is not about that client's account (its rate
-        limit, and the ``ratelimit-*`` headers, are not the mirror's).
+        mirror's own (:mod:`docxy.upstream.tokens`) or it carries a token the mirror's token
+        endpoint handed out for an anonymous pull (:mod:`docxy.upstream.anonymous`: the
+        mirror's address asks then): the answers to a client's credentials tell the upstream's
+        health only what is not about that client's account (its rate limit, and the
+        ``ratelimit-*`` headers, are not the mirror's).
         """
         health = self.health_of(upstream)
-        own = mirror_credentials or not any(k.lower() == "authorization" for k, _ in headers)
+        own = mirror_credentials or self._anonymous(headers)
+        pull = is_pull(url)
         current_headers = headers
         marks = None if own else {CLIENT_CREDENTIALS: True}  # for the response hooks to see
         for _ in range(MAX_REDIRECTS + 1):
@@ -310,7 +326,7 @@ class UpstreamClient:
                     f"cannot reach the upstream registry ({urlsplit(url).netloc}): "
                     f"{type(exc).__name__}"
                 ) from exc
-            health.answered(response.status_code, own)
+            health.answered(response.status_code, own, pull)
             if own:
                 health.saw(response.headers)
             if response.status_code not in REDIRECT_STATUSES:
@@ -322,6 +338,12 @@ class UpstreamClient:
                 method = "GET" if method != "HEAD" else "HEAD"
             params = content = None
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+
+    def _anonymous(self, headers: list[tuple[str, str]]) -> bool:
+        """Whether a request with ``headers`` asks as nobody in particular: without
+        ``Authorization``, or with an anonymous token of the mirror's endpoint."""
+        sent = [value for key, value in headers if key.lower() == "authorization"]
+        return all(self.anonymous_tokens.holds(value) for value in sent)
 
     async def challenge(self, upstream: Upstream, *, refresh: bool = False) -> Challenge | None:
         """The upstream's own ``/v2/`` Bearer challenge (cached), or ``None`` if it has none.

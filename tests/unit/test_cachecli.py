@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -457,3 +458,76 @@ def test_du_counts_fills_not_the_evicted_blobs_being_freed(
     assert code == 0
     fields = dict(line.split(":", 1) for line in out.splitlines())
     assert fields["filling"].strip() == "1 blobs being fetched"
+
+
+def _gc_report(out: str) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines())}
+
+
+def _bytes_of(shown: str) -> int:
+    """``1.0 KiB (1021 bytes)`` → 1021."""
+    return int(shown.split("(")[1].split()[0])
+
+
+def _evict_as_the_mirror_does(cache: Populated, path: Path) -> None:
+    trash = cache.root / "tmp" / f"evicted-{path.name}.0"
+    path.rename(trash)  # off its name, then freed in a worker thread
+    trash.unlink()
+
+
+def test_gc_counts_as_freed_only_what_it_removed(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gc --verify` beside a live mirror: a blob the mirror evicts meanwhile (1000 bytes) is
+    not gc's doing. Its "freed" counted it (the cache's size before less its size after) and
+    left out the temp file and the stray gc did remove: it said 1000 B for 21 bytes."""
+    from docxy.cache import blobs as blobs_mod
+
+    (cache.root / "blobs" / "stray.txt").write_text("not a blob")  # 10 bytes
+    old_tmp = cache.root / "tmp" / "sha256-dead.123"
+    old_tmp.write_bytes(b"half a fill")  # 11 bytes
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    evicted = cache.blob_path("busybox-l")
+    assert evicted.stat().st_size == 1000
+    real_hash = blobs_mod._hash_matches
+
+    def hash_while_the_mirror_evicts(entry: blobs_mod.BlobEntry) -> bool:
+        if evicted.exists() and entry.path != evicted:
+            _evict_as_the_mirror_does(cache, evicted)
+        return real_hash(entry)
+
+    monkeypatch.setattr(blobs_mod, "_hash_matches", hash_while_the_mirror_evicts)
+    code, out, err = run(capsys, cache, "gc", "--verify")
+    assert (code, err) == (0, "")
+    report = _gc_report(out)
+    assert _bytes_of(report["freed"]) == 21, out
+    assert _bytes_of(report["gone meanwhile"]) == 1000, out
+
+
+def test_gc_does_not_count_a_blob_the_mirror_evicted_before_it_could(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eviction down to a lowered cap: the live mirror evicts one of the blobs gc planned to,
+    between the plan and its deletion. gc counted it as evicted and freed by itself."""
+    from docxy.cache import blobs as blobs_mod
+
+    sizes_before = {p: p.stat().st_size for p in (cache.root / "blobs").rglob("*") if p.is_file()}
+    real_plan = blobs_mod._plan
+    taken: list[Path] = []
+
+    def plan_while_the_mirror_evicts(*args: Any) -> Any:
+        plan, pulled = real_plan(*args)
+        if not taken:
+            taken.append(plan.blobs[0].path)
+            _evict_as_the_mirror_does(cache, plan.blobs[0].path)
+        return plan, pulled
+
+    monkeypatch.setattr(blobs_mod, "_plan", plan_while_the_mirror_evicts)
+    code, out, err = run(capsys, cache, "gc", "--set", "cache.max_size=2K")
+    assert (code, err) == (0, "")
+    left = {p for p in (cache.root / "blobs").rglob("*") if p.is_file()}
+    removed_by_gc = [p for p in sizes_before if p not in left and p not in taken]
+    report = _gc_report(out)
+    assert int(report["blobs evicted"]) == len(removed_by_gc), out
+    assert _bytes_of(report["freed"]) == sum(sizes_before[p] for p in removed_by_gc), out
+    assert _bytes_of(report["gone meanwhile"]) == sizes_before[taken[0]], out

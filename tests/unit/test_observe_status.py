@@ -88,3 +88,16 @@ def test_every_other_upstream_has_a_section() -> None:
     assert page.count("<section id=upstream") == 3  # [upstream] once, then the two others
     assert '<h2>Upstream ghcr.io<span id=upstream-2-state class="badge bad">unreachable' in page
     assert "<b>" not in page and "&lt;b&gt;.test" in page
+
+
+def test_a_renewal_failing_for_a_while_says_since_when() -> None:
+    renewal = {
+        "last_run": "2026-11-30T10:00:00Z",
+        "last_error": "certbot renew failed: the CA is down",
+        "failures": 5,
+        "failing_since": "2026-11-27T22:00:00Z",
+        "next_run": None,
+    }
+    page = render_page(dict(FULL, renewal=renewal))
+    assert "5 run(s) in a row since 2026-11-27 22:00:00Z (" in page
+    assert "run(s) in a row" not in render_page(FULL)  # nothing failing, nothing said

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import http.server
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from docxy.tls import certs
+from docxy.tls.context import self_signed
 from scheduler.renewal import wait_for
+from tests.unit.test_scheduler import HANG, REPO_ROOT, poll
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -53,3 +62,127 @@ def test_waiting_for_the_mirror_ignores_a_proxy_from_the_environment(
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     wait_for(mirror_health, 0.0)  # one attempt: answered, or ValueError
+
+
+# --- the renewer's memory across restarts -----------------------------------------------------
+
+
+@pytest.fixture
+def renewer_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of a renewer process for mirror.test whose certbot always fails (an
+    issued lineage exists, so each run is a `certbot renew`)."""
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    self_signed(
+        config_dir / "live" / "mirror.test",
+        "mirror.test",
+        cert_name="fullchain.pem",
+        key_name="privkey.pem",
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    certbot = bin_dir / "certbot"
+    certbot.write_text("#!/bin/sh\necho 'Failed to renew: the CA is down' >&2\nexit 1\n")
+    certbot.chmod(0o755)
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO_ROOT),
+        "DOCXY_CERTS_DOMAIN": "mirror.test",
+        "DOCXY_CERTS_WEBROOT": str(tmp_path / "webroot"),
+        "DOCXY_CERTS_CONFIG_DIR": str(config_dir),
+    }
+
+
+def _status(env: dict[str, str]) -> dict[str, object]:
+    """What the mirror reads for /health, /metrics and the status page."""
+    return certs.renewal_status(Path(env["DOCXY_CERTS_CONFIG_DIR"]))
+
+
+def _once(env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr  # the run failed, as certbot did
+
+
+def _days_ago(days: int) -> str:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).isoformat()
+
+
+def test_a_restarted_renewer_goes_on_counting_failures(renewer_env: dict[str, str]) -> None:
+    """Each `--once` run is a renewer that starts afresh (as after a restart by supervisord or of
+    the appliance). The count of failures in a row, and when the trouble began, were in memory
+    only: every restart wrote `failures: 1`, so a renewal failing for days looked new."""
+    _once(renewer_env)
+    first = _status(renewer_env)
+    assert first["failures"] == 1 and first["failing_since"] == first["last_run"]
+    _once(renewer_env)
+    second = _status(renewer_env)
+    assert second["failures"] == 2, second
+    assert second["failing_since"] == first["last_run"]
+    assert "the CA is down" in str(second["last_error"])
+
+
+def test_a_restarted_renewer_keeps_its_backoff_and_last_success(
+    renewer_env: dict[str, str],
+) -> None:
+    """The long-running renewer, restarted after four failed runs: its next failure is the fifth
+    (the status page and docxy_cert_renewal_failures say so), its retry waits 16 x retry_base
+    rather than starting over at 1 x, and the last success three days ago is not forgotten."""
+    status_file = Path(renewer_env["DOCXY_CERTS_CONFIG_DIR"]) / "status.json"
+    earlier = {
+        "last_run": _days_ago(1),
+        "last_success": _days_ago(3),
+        "last_error": "certbot renew failed: the CA is down",
+        "failures": 4,
+        "failing_since": _days_ago(2),
+        "next_run": _days_ago(0),
+    }
+    status_file.write_text(json.dumps(earlier))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler", "--interval", "86400", "--retry-base", "60"],
+        env=renewer_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def ran() -> bool:
+            assert proc.poll() is None, "the renewer exited"
+            return _status(renewer_env).get("last_run") != earlier["last_run"]
+
+        poll(ran)
+        status = _status(renewer_env)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=HANG)
+    assert status["failures"] == 5, status
+    assert status["last_success"] == earlier["last_success"]
+    assert status["failing_since"] == earlier["failing_since"]
+    last_run = dt.datetime.fromisoformat(str(status["last_run"]))
+    next_run = dt.datetime.fromisoformat(str(status["next_run"]))
+    assert next_run - last_run >= dt.timedelta(seconds=60 * 16 - 60), (last_run, next_run)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{not json", b"[1, 2]", b'{"failures": "many", "last_success": 7}', b"\xff\xfe"],
+)
+def test_a_lost_or_mangled_memory_starts_the_count_afresh(
+    renewer_env: dict[str, str], content: bytes
+) -> None:
+    """A status file cut short, hand-edited or of another version is no reason not to renew."""
+    status_file = Path(renewer_env["DOCXY_CERTS_CONFIG_DIR"]) / "status.json"
+    status_file.write_bytes(content)
+    _once(renewer_env)
+    status = _status(renewer_env)
+    assert status["failures"] == 1 and status["last_success"] is None, status

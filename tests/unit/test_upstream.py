@@ -474,3 +474,29 @@ async def test_a_clients_own_rate_limit_is_not_the_mirrors() -> None:
     assert await ask(None) == 200  # anonymous: the mirror's own address asked
     assert health.healthy is True
     await client.http.aclose()
+
+
+async def test_the_minute_probe_does_not_end_the_mirrors_rate_limit() -> None:
+    """`/v2/` answers 401 whatever the pull limit: only a pull that gets through ends it."""
+    limited = True
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://a/t"'})
+        return httpx.Response(429 if limited else 200)
+
+    client, _ = client_for(handler)
+    health = client.health_of(HUB)
+
+    async def pull() -> int:
+        answer = await client.send(HUB, "GET", f"{REGISTRY}/v2/x/manifests/1", [])
+        await answer.aclose()
+        return answer.status_code
+
+    assert await pull() == 429
+    await client.challenge(HUB, refresh=True)  # docxy.http.health.probe_upstream's
+    assert health.healthy is False and health.reachable is True
+    limited = False
+    assert await pull() == 200
+    assert health.healthy is True
+    await client.http.aclose()
