@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from docxy.cache.fill import Download
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
+from docxy.shared.blobfile import BlobFile
 from docxy.shared.objects import BlobChanged, Bucket, ObjectStore, ObjectStoreError
 from docxy.shared.uploads import UploadQueue
 
@@ -135,15 +135,15 @@ class SharedTier:
 
     async def _upload(self, digest: Digest) -> None:
         try:
-            fd = os.open(self.blobs.path_of(digest), os.O_RDONLY)
+            file = BlobFile.open(self.blobs.path_of(digest))
         except FileNotFoundError:
             return  # evicted meanwhile
         try:
-            size = os.fstat(fd).st_size
+            size = file.size()
             if digest not in self._bad and await self.objects.size_of(digest) == size:
                 self.counts.upload_skipped += 1
                 return
-            await self.objects.put(digest, fd, size)
+            await self.objects.put(digest, file, size)
         except BlobChanged as exc:
             self.counts.upload_failed += 1
             log.warning(
@@ -161,7 +161,7 @@ class SharedTier:
                 self._trouble(exc)
             return
         finally:
-            os.close(fd)
+            file.close()  # a read cancelled at shutdown may still run: it closes it then
         self._answered()
         self._bad.pop(digest)
         self.counts.uploaded += 1
