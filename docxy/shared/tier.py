@@ -9,6 +9,9 @@
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
+  Nothing is queued while the store's last answer was a failure, and what waited when it
+  failed is dropped (counted, one log line): it is not tried blob after blob against a store
+  that is down or hung.
 - The object store failing never fails a pull: its first failure of a burst is logged, the
   tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), then
   one miss at a time asks it again until it answers (the others go to the upstream), and
@@ -129,8 +132,13 @@ class SharedTier:
     # --- the sink ---------------------------------------------------------------------------
 
     def filled(self, digest: Digest) -> None:
-        """A fill from the upstream ended: queue a committed sha256 blob for upload."""
-        if digest.algorithm == "sha256" and self.blobs.holds(digest) and not self._resting():
+        """A fill from the upstream ended: queue a committed sha256 blob for upload, unless the
+        store's last answer was a failure (a miss finds out whether it is back)."""
+        if (
+            digest.algorithm == "sha256"
+            and self.blobs.holds(digest)
+            and self.reachable is not False
+        ):
             self.uploads.offer(digest)
 
     async def _upload(self, digest: Digest) -> None:
@@ -194,6 +202,13 @@ class SharedTier:
             )
         self.reachable = False
         self._failed_at = time.monotonic()
+        dropped = self.uploads.drop_waiting()  # not tried one by one against the same store
+        if dropped:
+            log.info(
+                "shared store: %d queued uploads dropped while it rests (a later fill uploads "
+                "them, here or on another replica)",
+                dropped,
+            )
 
     def _answered(self) -> None:
         if self.reachable is False:

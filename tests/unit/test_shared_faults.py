@@ -5,6 +5,7 @@ while its disk read runs; a setting the tier cannot work with."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -100,6 +101,42 @@ async def test_a_hung_store_costs_one_miss_at_a_time_when_the_tier_tries_it_agai
             assert not probe.done() and len(store.accepted) == 2  # it went straight upstream
             assert await asyncio.wait_for(probe, GUARD) is None
             assert tier.reachable is False
+
+
+def cached_blob(blobs: DiskBlobStore, n: int) -> Digest:
+    """A blob file in ``blobs`` (as a committed fill leaves it); its digest."""
+    data = n.to_bytes(4, "big") * 1000
+    digest = digest_of(data)
+    path = blobs.path_of(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return digest
+
+
+async def test_uploads_queued_when_the_store_fails_are_dropped_not_tried_one_by_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Blobs queued for upload while the store worked, then the first upload finds it hung:
+    the tier rests (its misses go straight upstream), but the uploads that waited were still
+    tried one after another, each waiting the whole timeout on the same silent store. They
+    are dropped (counted as dropped) with one log line, and the store is left alone."""
+    caplog.set_level(logging.INFO, "docxy.shared.tier")
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    queued = [cached_blob(blobs, n) for n in range(4)]
+    with silent_store() as store:
+        where = Bucket(store.url, "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+        timeout = httpx.Timeout(SILENT_FOR, connect=GUARD)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            tier = SharedTier(ObjectStore(where, http), blobs, 1)
+            assert all(tier.uploads.offer(digest) for digest in queued)
+            await store.connection()  # the first upload asks the silent store
+            await asyncio.wait_for(tier.uploads.drained(), GUARD)
+            assert tier.reachable is False
+            assert len(store.accepted) == 1, "the resting store was asked again"
+            assert (tier.counts.errors, tier.counts.upload_failed) == (1, 1)
+            assert (tier.uploads.dropped, tier.uploads.waiting) == (3, 0)
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "3 queued uploads" in dropped[0].getMessage()
 
 
 @pytest.mark.usefixtures("clean_docxy_env")
