@@ -15,9 +15,10 @@
 - The object store failing never fails a pull: its first failure of a burst is logged, the
   tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), then
   one miss at a time asks it again until it answers (the others go to the upstream), and
-  ``/health`` shows it under ``shared`` without changing the mirror's status. An upload the
-  store refuses (a 4xx: a read-only key, an object too large) is counted and logged, but is
-  no failure of the store: the tier goes on reading from it.
+  ``/health`` shows it under ``shared`` without changing the mirror's status (its state and
+  counts; the endpoint, bucket and last error only on the admin listener's ``/status.json``).
+  An upload the store refuses (a 4xx: a read-only key, an object too large) is counted and
+  logged, but is no failure of the store: the tier goes on reading from it.
 """
 
 from __future__ import annotations
@@ -217,13 +218,22 @@ class SharedTier:
         self._failed_at = None
 
     def report(self) -> dict[str, object]:
-        """The ``shared`` detail of ``/health`` (never the mirror's status)."""
+        """The ``shared`` detail of ``/status.json`` (never the mirror's status)."""
         bucket = self.objects.bucket
         return {
             "endpoint": bucket.endpoint,
             "bucket": bucket.bucket,
             "reachable": self.reachable,
             "last_error": self.last_error,
+            **self.public_report(),
+        }
+
+    def public_report(self) -> dict[str, object]:
+        """The ``shared`` part of the public ``/health``: how the tier is doing, not where the
+        bucket is nor what the store said (an S3 endpoint is often an internal address; an
+        error message can name the bucket, the key and the account)."""
+        return {
+            "reachable": self.reachable,
             **vars(self.counts),
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,
