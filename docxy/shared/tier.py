@@ -92,6 +92,10 @@ class SharedTier:
             self._probing = True
         try:
             answer = await self.objects.open(digest)
+            # The body's first bytes before the fill starts: a body that breaks off (or never
+            # comes) before them is the store failing while no client has a byte, and the fill
+            # reads the upstream instead. Later, the clients have bytes: they are cut.
+            started = None if answer is None else await _started(answer)
         except ObjectStoreError as exc:
             self._trouble(exc)
             return None
@@ -99,27 +103,32 @@ class SharedTier:
             if probe:
                 self._probing = False
         self._answered()
-        if answer is None:
+        if answer is None or started is None:
             self.counts.misses += 1
             return None
+        first, body = started
         self.counts.hits += 1
         length = answer.headers.get("content-length", "")
         log.info("blob %s: filling from the shared store", digest)
         return Download(
             int(length) if length.isdigit() else None,
-            self._chunks(answer),
+            self._chunks(first, body),
             answer.aclose,
             mismatch=lambda _: self._corrupt(digest),
             origin=ORIGIN,
         )
 
-    async def _chunks(self, answer: httpx.Response) -> AsyncIterator[bytes]:
-        """An object's body as a fill reads it; a body that breaks off is the store's trouble."""
+    async def _chunks(self, first: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """An object's body as a fill reads it; a body that breaks off is the store's trouble
+        (the fill is aborted: its clients are cut, nothing is kept, the object is not taken
+        for a corrupt one)."""
+        if first:
+            yield first
         try:
-            async for chunk in answer.aiter_bytes():
+            async for chunk in body:
                 yield chunk
         except httpx.HTTPError as exc:
-            self._trouble(ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}"))
+            self._trouble(_body_error(exc))
             raise
 
     def _corrupt(self, digest: Digest) -> None:
@@ -238,6 +247,24 @@ class SharedTier:
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,
         }
+
+
+async def _started(answer: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first chunk of the answer's body (empty: an empty object) and the rest of it; a
+    failure closes the answer."""
+    body = answer.aiter_bytes()
+    try:
+        return await anext(body, b""), body
+    except httpx.HTTPError as exc:
+        await answer.aclose()
+        raise _body_error(exc) from exc
+    except BaseException:  # cancelled: the fill's task ends
+        await answer.aclose()
+        raise
+
+
+def _body_error(exc: httpx.HTTPError) -> ObjectStoreError:
+    return ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}")
 
 
 def _refused(exc: ObjectStoreError) -> bool:
