@@ -38,6 +38,7 @@ async def test_the_public_health_says_how_the_shared_tier_is_not_where_it_is(
         assert pulled.status == 200
         public = await mirror.get("/health")
         _, admin_body = await mirror.admin_get("/status.json")
+        _, page = await mirror.admin_get("/status")
     assert public.status == 200
     shared = json.loads(public.body)["shared"]
     assert shared["reachable"] is False and shared["errors"] == 1  # the state, for anyone
@@ -46,3 +47,12 @@ async def test_the_public_health_says_how_the_shared_tier_is_not_where_it_is(
     admin = json.loads(admin_body)["shared"]  # the operator's view keeps the detail
     assert (admin["endpoint"], admin["bucket"]) == (SHARED["shared.endpoint"], BUCKET)
     assert "AccessDenied" in admin["last_error"] and ARN in admin["last_error"]
+    for shown in ('id=shared-state class="badge bad">unreachable', SHARED["shared.endpoint"]):
+        assert shown in page, shown
+    assert BUCKET in page and "AccessDenied" in page
+
+
+async def test_the_status_page_has_no_shared_section_without_the_tier(tmp_path: Path) -> None:
+    async with stack(tmp_path) as mirror:
+        _, page = await mirror.admin_get("/status")
+    assert "id=shared" not in page and "id=cache" in page
