@@ -25,8 +25,12 @@ def _upstream_report(state: MirrorState, upstream: Upstream) -> tuple[bool, dict
     return healthy, {"registry": upstream.registry, **(seen.as_dict() if seen else {})}
 
 
-def health_report(state: MirrorState) -> dict[str, object]:
-    """``upstream`` is ``[upstream]``; ``upstreams`` has every upstream by name, it included."""
+def health_report(state: MirrorState, *, public: bool = False) -> dict[str, object]:
+    """``upstream`` is ``[upstream]``; ``upstreams`` has every upstream by name, it included.
+
+    ``public`` (the main listener's ``/health``): a part that registered a public report of its
+    own in ``extras["health_public"]`` shows that one (the shared tier: its state, not where
+    the bucket is); the admin listener's ``/status.json`` shows them whole."""
     reports = {u.name: _upstream_report(state, u) for u in state.upstreams.all()}
     report: dict[str, object] = {
         "status": "ok" if all(ok for ok, _ in reports.values()) else "degraded",
@@ -46,18 +50,19 @@ def health_report(state: MirrorState) -> dict[str, object]:
             "reserved_bytes": usage.reserved,
             "freeing_bytes": usage.freeing,
         }
+    trimmed = state.extras.get("health_public", {}) if public else {}
     for name, provider in state.extras.get("health", {}).items():
-        report[name] = provider()
+        report[name] = trimmed.get(name, provider)()
     return report
 
 
 @blueprint.route("/health", methods=["GET", "HEAD"])
 async def health() -> Response:
-    """The full report; with ``auth.mode = users`` only ``status`` and ``version`` (the public
+    """The public report; with ``auth.mode = users`` only ``status`` and ``version`` (the public
     listener then tells strangers nothing about the upstreams: the admin listener's
     ``/status.json`` has the rest)."""
     state = mirror_state()
-    report = health_report(state)
+    report = health_report(state, public=True)
     if state.access is not None and state.access.users_mode:
         report = {key: report[key] for key in ("status", "version")}
     response = jsonify(report)

@@ -361,7 +361,7 @@ class MirrorCollector(Collector):
         uploads = CounterMetricFamily(
             "docxy_shared_uploads",
             "Uploads to the shared store: uploaded, skipped (already there), failed, dropped "
-            "(queue full).",
+            "(queue full, or waiting when the store failed).",
             labels=["result"],
         )
         for result, value in (

@@ -123,6 +123,7 @@ def render_page(report: dict[str, Any]) -> str:
         _upstream(report.get("upstream", {})),
         *_other_upstreams(report.get("upstreams", {})),
         _cache(report.get("cache", {})),
+        *_shared(report.get("shared")),
         _traffic(report.get("traffic", {})),
         _certificate(report.get("tls"), report.get("renewal")),
         _top_images(report.get("top_images", [])),
@@ -218,6 +219,34 @@ def _cache(cache: dict[str, Any]) -> str:
         f'<div class=bar title="{share:.1f}%"><span style="width:{share:.1f}%{empty}"></span></div>'
     )
     return _section("cache", "Cache", head + _rows(rows))
+
+
+COUNTED = ("hits", "misses", "corrupt")
+UPLOADS = ("uploaded", "upload_skipped", "upload_failed")
+
+
+def _shared(shared: object) -> list[str]:
+    """The shared bucket (``[shared]``), where it is and how it is doing; none without it."""
+    if not isinstance(shared, dict):
+        return []
+    reachable = shared.get("reachable")
+    state = ("not asked yet", "warn")
+    if reachable is not None:
+        state = ("reachable", "ok") if reachable else ("unreachable", "bad")
+    rows = [
+        ("bucket", f"{shared.get('endpoint', '?')} {shared.get('bucket', '?')}"),
+        ("hits · misses · corrupt", " · ".join(str(shared.get(k, 0)) for k in COUNTED)),
+        ("uploaded · skipped · failed", " · ".join(str(shared.get(k, 0)) for k in UPLOADS)),
+        (
+            "uploads waiting · dropped",
+            f"{shared.get('uploads_waiting', 0)} · {shared.get('uploads_dropped', 0)}",
+        ),
+        ("errors", str(shared.get("errors", 0))),
+    ]
+    if shared.get("last_error"):
+        rows.append(("last error", str(shared["last_error"])))
+    badge = f'<span id=shared-state class="badge {state[1]}">{state[0]}</span>'
+    return [_section("shared", "Shared bucket", _rows(rows), badge)]
 
 
 def _traffic(traffic: dict[str, Any]) -> str:

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import html
 import importlib
-import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import httpx
 
 from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
+from docxy.shared.blobfile import BlobFile
 from docxy.shared.keys import blob_key, object_url
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -143,8 +143,8 @@ class ObjectStore:
             return None
         raise error
 
-    async def put(self, digest: Digest, fd: int, size: int) -> None:
-        """Store ``size`` bytes read from ``fd`` (a verified sha256 blob) under ``digest``.
+    async def put(self, digest: Digest, file: BlobFile, size: int) -> None:
+        """Store ``size`` bytes read from ``file`` (a verified sha256 blob) under ``digest``.
 
         The bytes are hashed again as they are sent, and the PUT is cut before its last byte
         (:class:`BlobChanged`) unless they are the blob: not every store checks the payload
@@ -158,7 +158,7 @@ class ObjectStore:
             self.bucket.url(digest),
             payload=digest.hex,
             headers=headers,
-            content=_read_chunks(fd, size, digest),
+            content=_read_chunks(file, size, digest),
         )
         await _check(answer, "PUT")
 
@@ -201,15 +201,15 @@ async def _head_of_body(answer: httpx.Response) -> bytes:
     return body[:ERROR_BODY]
 
 
-async def _read_chunks(fd: int, size: int, digest: Digest) -> AsyncIterator[bytes]:
-    """``size`` bytes of ``fd`` from its start, read and hashed in worker threads. The last
+async def _read_chunks(file: BlobFile, size: int, digest: Digest) -> AsyncIterator[bytes]:
+    """``size`` bytes of ``file`` from its start, read and hashed in worker threads. The last
     chunk goes only if all of them hash to ``digest``; else, or if the file is short,
     :class:`BlobChanged` is raised, which cuts the request before its body is complete."""
     hasher = hashlib.sha256()
     offset = 0
     while offset < size:
         length = min(UPLOAD_CHUNK, size - offset)
-        chunk = await asyncio.to_thread(_read_and_hash, fd, length, offset, hasher)
+        chunk = await asyncio.to_thread(_read_and_hash, file, length, offset, hasher)
         if not chunk:
             raise BlobChanged(f"the blob file ended at {offset} of {size} bytes")
         offset += len(chunk)
@@ -218,7 +218,7 @@ async def _read_chunks(fd: int, size: int, digest: Digest) -> AsyncIterator[byte
         yield chunk
 
 
-def _read_and_hash(fd: int, length: int, offset: int, hasher: hashlib._Hash) -> bytes:
-    chunk = os.pread(fd, length, offset)
+def _read_and_hash(file: BlobFile, length: int, offset: int, hasher: hashlib._Hash) -> bytes:
+    chunk = file.pread(length, offset)
     hasher.update(chunk)
     return chunk

@@ -9,18 +9,21 @@
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
+  Nothing is queued while the store's last answer was a failure, and what waited when it
+  failed is dropped (counted, one log line): it is not tried blob after blob against a store
+  that is down or hung.
 - The object store failing never fails a pull: its first failure of a burst is logged, the
   tier is skipped for ``RETRY_AFTER`` seconds (straight to the upstream, as without it), then
   one miss at a time asks it again until it answers (the others go to the upstream), and
-  ``/health`` shows it under ``shared`` without changing the mirror's status. An upload the
-  store refuses (a 4xx: a read-only key, an object too large) is counted and logged, but is
-  no failure of the store: the tier goes on reading from it.
+  ``/health`` shows it under ``shared`` without changing the mirror's status (its state and
+  counts; the endpoint, bucket and last error only on the admin listener's ``/status.json``).
+  An upload the store refuses (a 4xx: a read-only key, an object too large) is counted and
+  logged, but is no failure of the store: the tier goes on reading from it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from docxy.cache.fill import Download
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
+from docxy.shared.blobfile import BlobFile
 from docxy.shared.objects import BlobChanged, Bucket, ObjectStore, ObjectStoreError
 from docxy.shared.uploads import UploadQueue
 
@@ -88,6 +92,10 @@ class SharedTier:
             self._probing = True
         try:
             answer = await self.objects.open(digest)
+            # The body's first bytes before the fill starts: a body that breaks off (or never
+            # comes) before them is the store failing while no client has a byte, and the fill
+            # reads the upstream instead. Later, the clients have bytes: they are cut.
+            started = None if answer is None else await _started(answer)
         except ObjectStoreError as exc:
             self._trouble(exc)
             return None
@@ -95,27 +103,32 @@ class SharedTier:
             if probe:
                 self._probing = False
         self._answered()
-        if answer is None:
+        if answer is None or started is None:
             self.counts.misses += 1
             return None
+        first, body = started
         self.counts.hits += 1
         length = answer.headers.get("content-length", "")
         log.info("blob %s: filling from the shared store", digest)
         return Download(
             int(length) if length.isdigit() else None,
-            self._chunks(answer),
+            self._chunks(first, body),
             answer.aclose,
             mismatch=lambda _: self._corrupt(digest),
             origin=ORIGIN,
         )
 
-    async def _chunks(self, answer: httpx.Response) -> AsyncIterator[bytes]:
-        """An object's body as a fill reads it; a body that breaks off is the store's trouble."""
+    async def _chunks(self, first: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """An object's body as a fill reads it; a body that breaks off is the store's trouble
+        (the fill is aborted: its clients are cut, nothing is kept, the object is not taken
+        for a corrupt one)."""
+        if first:
+            yield first
         try:
-            async for chunk in answer.aiter_bytes():
+            async for chunk in body:
                 yield chunk
         except httpx.HTTPError as exc:
-            self._trouble(ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}"))
+            self._trouble(_body_error(exc))
             raise
 
     def _corrupt(self, digest: Digest) -> None:
@@ -129,21 +142,26 @@ class SharedTier:
     # --- the sink ---------------------------------------------------------------------------
 
     def filled(self, digest: Digest) -> None:
-        """A fill from the upstream ended: queue a committed sha256 blob for upload."""
-        if digest.algorithm == "sha256" and self.blobs.holds(digest) and not self._resting():
+        """A fill from the upstream ended: queue a committed sha256 blob for upload, unless the
+        store's last answer was a failure (a miss finds out whether it is back)."""
+        if (
+            digest.algorithm == "sha256"
+            and self.blobs.holds(digest)
+            and self.reachable is not False
+        ):
             self.uploads.offer(digest)
 
     async def _upload(self, digest: Digest) -> None:
         try:
-            fd = os.open(self.blobs.path_of(digest), os.O_RDONLY)
+            file = BlobFile.open(self.blobs.path_of(digest))
         except FileNotFoundError:
             return  # evicted meanwhile
         try:
-            size = os.fstat(fd).st_size
+            size = file.size()
             if digest not in self._bad and await self.objects.size_of(digest) == size:
                 self.counts.upload_skipped += 1
                 return
-            await self.objects.put(digest, fd, size)
+            await self.objects.put(digest, file, size)
         except BlobChanged as exc:
             self.counts.upload_failed += 1
             log.warning(
@@ -161,7 +179,7 @@ class SharedTier:
                 self._trouble(exc)
             return
         finally:
-            os.close(fd)
+            file.close()  # a read cancelled at shutdown may still run: it closes it then
         self._answered()
         self._bad.pop(digest)
         self.counts.uploaded += 1
@@ -194,6 +212,13 @@ class SharedTier:
             )
         self.reachable = False
         self._failed_at = time.monotonic()
+        dropped = self.uploads.drop_waiting()  # not tried one by one against the same store
+        if dropped:
+            log.info(
+                "shared store: %d queued uploads dropped while it rests (a later fill uploads "
+                "them, here or on another replica)",
+                dropped,
+            )
 
     def _answered(self) -> None:
         if self.reachable is False:
@@ -202,17 +227,44 @@ class SharedTier:
         self._failed_at = None
 
     def report(self) -> dict[str, object]:
-        """The ``shared`` detail of ``/health`` (never the mirror's status)."""
+        """The ``shared`` detail of ``/status.json`` (never the mirror's status)."""
         bucket = self.objects.bucket
         return {
             "endpoint": bucket.endpoint,
             "bucket": bucket.bucket,
             "reachable": self.reachable,
             "last_error": self.last_error,
+            **self.public_report(),
+        }
+
+    def public_report(self) -> dict[str, object]:
+        """The ``shared`` part of the public ``/health``: how the tier is doing, not where the
+        bucket is nor what the store said (an S3 endpoint is often an internal address; an
+        error message can name the bucket, the key and the account)."""
+        return {
+            "reachable": self.reachable,
             **vars(self.counts),
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,
         }
+
+
+async def _started(answer: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first chunk of the answer's body (empty: an empty object) and the rest of it; a
+    failure closes the answer."""
+    body = answer.aiter_bytes()
+    try:
+        return await anext(body, b""), body
+    except httpx.HTTPError as exc:
+        await answer.aclose()
+        raise _body_error(exc) from exc
+    except BaseException:  # cancelled: the fill's task ends
+        await answer.aclose()
+        raise
+
+
+def _body_error(exc: httpx.HTTPError) -> ObjectStoreError:
+    return ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}")
 
 
 def _refused(exc: ObjectStoreError) -> bool:

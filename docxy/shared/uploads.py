@@ -1,8 +1,9 @@
 """The shared tier's upload queue: bounded in waiting items and in uploads at once.
 
 ``offer(digest)`` queues a blob unless it is already waiting or being uploaded, or the queue is
-full (then it is dropped and counted: another replica, or the next fill, will upload it). At
-most ``concurrency`` worker tasks run; each takes items until the queue is empty, then ends.
+full (then it is dropped and counted: another replica, or the next fill, will upload it); the tier
+drops what waits when the store fails (:meth:`UploadQueue.drop_waiting`). At most
+``concurrency`` worker tasks run; each takes items until the queue is empty, then ends.
 Nothing here is on a client's path: ``offer`` never waits.
 """
 
@@ -70,6 +71,14 @@ class UploadQueue:
         # Leave the set now, with no await since the queue was seen empty: an offer made from
         # here on starts a worker of its own instead of counting on this one.
         self._workers.discard(asyncio.current_task())
+
+    def drop_waiting(self) -> int:
+        """Forget the blobs waiting (uploads running go on), counted as dropped; how many."""
+        count = len(self._waiting)
+        self._busy.difference_update(self._waiting)
+        self._waiting.clear()
+        self.dropped += count
+        return count
 
     def cancel(self) -> None:
         """Stop every upload now (shutdown); what waited is forgotten."""

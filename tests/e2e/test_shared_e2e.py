@@ -188,11 +188,17 @@ def test_with_the_object_store_down_a_replica_pulls_from_the_upstream(
     need_binary("weed")
     digest = bed.push_big_blob(HELLO, MiB + 5, seed=42 + len(kind))
     with dead_store(kind) as dead:
-        mirror = replica(start_mirror, tmp_path / "cache", weed, fresh_prefix(), endpoint=dead)
+        admin = free_port()
+        mirror = replica(
+            start_mirror, tmp_path / "cache", weed, fresh_prefix(), endpoint=dead, admin_port=admin
+        )
         assert get_blob(mirror.url, digest) == (200, digest, "")
         assert len(bed.front_log.cdn_fetches()) == 1
         health = shared_health(mirror.url)
-        assert health["reachable"] is False and health["last_error"]
+        assert health["reachable"] is False
+        assert "last_error" not in health and "endpoint" not in health  # the operator's only:
+        status = httpx.get(f"http://127.0.0.1:{admin}/status.json", timeout=10).json()
+        assert status["shared"]["last_error"] and status["shared"]["endpoint"] == dead
         assert health["status"] == "ok"  # a detail, not a failure of the mirror
         assert health["hits"] == 0
 

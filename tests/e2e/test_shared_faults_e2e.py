@@ -24,6 +24,7 @@ from docxy.core.digests import Digest, digest_of
 from docxy.core.names import Kind, Reference
 from docxy.pull.blobs import BlobService
 from docxy.pull.outcome import BlobContent, Pull, Served, Source
+from docxy.shared.blobfile import BlobFile
 from docxy.shared.objects import Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
 from docxy.upstream.client import Upstream, UpstreamClient
@@ -76,12 +77,12 @@ async def put_object(weed: Weed, tmp_path: Path, data: bytes) -> Digest:
     digest = digest_of(data)
     path = tmp_path / f"object-{digest.hex[:12]}"
     path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
+    file = BlobFile.open(path)
     try:
         async with tier_on(weed, tmp_path) as tier:
-            await tier.objects.put(digest, fd, len(data))
+            await tier.objects.put(digest, file, len(data))
     finally:
-        os.close(fd)
+        file.close()
     return digest
 
 

@@ -1,10 +1,12 @@
 """Faults of the shared tier that need no object store: a store that takes connections and
-never answers (a hung host, a wedged gateway), on a real loopback socket; a setting the tier
-cannot work with."""
+never answers (a hung host, a wedged gateway), on a real loopback socket; an upload cancelled
+while its disk read runs; a setting the tier cannot work with."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.config import load_config
-from docxy.core.digests import Digest
+from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import ConfigError
 from docxy.shared import tier as tier_module
 from docxy.shared.objects import Bucket, ObjectStore
@@ -101,6 +103,42 @@ async def test_a_hung_store_costs_one_miss_at_a_time_when_the_tier_tries_it_agai
             assert tier.reachable is False
 
 
+def cached_blob(blobs: DiskBlobStore, n: int) -> Digest:
+    """A blob file in ``blobs`` (as a committed fill leaves it); its digest."""
+    data = n.to_bytes(4, "big") * 1000
+    digest = digest_of(data)
+    path = blobs.path_of(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return digest
+
+
+async def test_uploads_queued_when_the_store_fails_are_dropped_not_tried_one_by_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Blobs queued for upload while the store worked, then the first upload finds it hung:
+    the tier rests (its misses go straight upstream), but the uploads that waited were still
+    tried one after another, each waiting the whole timeout on the same silent store. They
+    are dropped (counted as dropped) with one log line, and the store is left alone."""
+    caplog.set_level(logging.INFO, "docxy.shared.tier")
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    queued = [cached_blob(blobs, n) for n in range(4)]
+    with silent_store() as store:
+        where = Bucket(store.url, "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+        timeout = httpx.Timeout(SILENT_FOR, connect=GUARD)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            tier = SharedTier(ObjectStore(where, http), blobs, 1)
+            assert all(tier.uploads.offer(digest) for digest in queued)
+            await store.connection()  # the first upload asks the silent store
+            await asyncio.wait_for(tier.uploads.drained(), GUARD)
+            assert tier.reachable is False
+            assert len(store.accepted) == 1, "the resting store was asked again"
+            assert (tier.counts.errors, tier.counts.upload_failed) == (1, 1)
+            assert (tier.uploads.dropped, tier.uploads.waiting) == (3, 0)
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "3 queued uploads" in dropped[0].getMessage()
+
+
 @pytest.mark.usefixtures("clean_docxy_env")
 @pytest.mark.parametrize("flags", [{"cache.enabled": False}, {"cache.enabled": "false"}])
 def test_a_shared_tier_without_the_local_cache_refuses_to_start(flags: dict[str, object]) -> None:
@@ -116,3 +154,78 @@ def test_a_shared_tier_without_the_local_cache_refuses_to_start(flags: dict[str,
     with pytest.raises(ConfigError, match=r"shared\.endpoint: .*cache\.enabled"):
         load_config({**shared, **flags}, environ={})
     assert load_config(shared, environ={}).shared.enabled  # with the cache: fine
+
+
+class GatedReads:
+    """``os.pread`` of one file waits for the test: the first read of it says it started, then
+    reads once released and records what it got (bytes, or the error)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.done = threading.Event()
+        self.got: list[bytes | OSError] = []
+        self._pread = os.pread
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if target != self.path:
+            return self._pread(fd, length, offset)
+        self.started.set()
+        self.release.wait(GUARD)
+        try:
+            chunk = self._pread(fd, length, offset)
+        except OSError as exc:
+            self.got.append(exc)
+            raise
+        finally:
+            self.done.set()
+        self.got.append(chunk)
+        return chunk
+
+
+async def accepting_store(request: httpx.Request) -> httpx.Response:
+    """An object store that has nothing and takes every upload."""
+    if request.method == "HEAD":
+        return httpx.Response(404)
+    await request.aread()
+    return httpx.Response(200)
+
+
+async def test_an_upload_cancelled_at_shutdown_never_reads_another_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown cancels the uploads; one whose disk read was running in a worker thread
+    stopped waiting for it, and its descriptor was closed while the read went on. The next
+    file opened got the same number (the kernel reuses the lowest free one), and the read
+    went on in that file: the upload's bytes came from another file (or the read failed)."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    data = os.urandom(200_000)
+    digest = digest_of(data)
+    path = blobs.path_of(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(bytes(len(data)))
+    gate = GatedReads(path)
+    monkeypatch.setattr(os, "pread", gate.pread)
+    where = Bucket("http://store.test", "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(accepting_store)) as http:
+        tier = SharedTier(ObjectStore(where, http), blobs, 1)
+        assert tier.uploads.offer(digest)
+        assert await asyncio.to_thread(gate.started.wait, GUARD), "the upload never read"
+        tier.uploads.cancel()  # shutdown
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+        other = os.open(decoy, os.O_RDONLY)  # whatever the process opens next
+        try:
+            gate.release.set()
+            assert await asyncio.to_thread(gate.done.wait, GUARD)
+        finally:
+            os.close(other)
+    assert len(gate.got) == 1, gate.got
+    got = gate.got[0]
+    assert isinstance(got, bytes) and digest_of(got) == digest, "it read another file"

@@ -1,0 +1,62 @@
+"""BlobFile: a descriptor read in worker threads is closed only once no read of it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from docxy.shared.blobfile import BlobFile, ClosedFile
+from docxy.tasks import spawn
+
+GUARD = 10.0  # seconds before a would-be hang becomes a test failure
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+async def test_a_close_during_a_read_waits_for_it_and_a_later_read_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"0123456789")
+    file = BlobFile.open(path)
+    fd = file._fd
+    started, release = threading.Event(), threading.Event()
+    pread = os.pread
+
+    def held(fd: int, length: int, offset: int) -> bytes:
+        started.set()
+        release.wait(GUARD)
+        return pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", held)
+    reading = spawn("read", asyncio.to_thread(file.pread, 4, 2))
+    assert await asyncio.to_thread(started.wait, GUARD)
+    file.close()
+    assert is_open(fd)  # the read runs: its descriptor stays
+    file.close()  # idempotent
+    release.set()
+    assert await asyncio.wait_for(reading, GUARD) == b"2345"
+    assert not is_open(fd)  # the read returned: closed
+    with pytest.raises(ClosedFile):
+        file.pread(4, 0)
+    with pytest.raises(ClosedFile):
+        file.size()
+
+
+def test_a_close_with_no_read_running_closes_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"abc")
+    file = BlobFile.open(path)
+    assert file.size() == 3 and file.pread(2, 1) == b"bc"
+    file.close()
+    assert not is_open(file._fd)
