@@ -279,3 +279,38 @@ async def test_basic_credentials_beyond_ascii_are_a_401_not_an_internal_error(
         assert answer.headers["Content-Type"] == "application/json"
         assert b'"UNAUTHORIZED"' in answer.body and b'token"' not in answer.body
         assert m.upstream.requests == []
+
+
+async def test_the_mirrors_own_expired_or_retired_token_never_goes_upstream(
+    tmp_path: Path,
+) -> None:
+    """With ``auth.upstream_logins``, a certificate client's Bearer token goes upstream unless
+    it is the mirror's own. "Own" was decided by verifying it: a token the mirror issued that
+    has since expired, or whose key was rotated out, failed the check and so was sent to
+    the upstream, user name, issuer and all (README: never a token the mirror issued)."""
+    from docxy.access.tokens import issue
+    from docxy.http.state import mirror_state
+
+    UsersFile(tmp_path / "users").add("alice", "right")
+    settings: dict[str, object] = {
+        "auth.mode": "users",
+        "auth.dir": str(tmp_path),
+        "auth.upstream_logins": "true",
+        "auth.key_grace": "60",
+        **CERTS,
+    }
+    async with mirror(private, settings) as m, presenting(tmp_path, "laptop"):
+        access = mirror_state(m.app).access
+        assert access is not None
+        expired = issue(access.keys, access.spec, "alice", [], time.time() - 3600)
+        retired = issue(access.keys, access.spec, "alice", [], time.time())
+        access.keys.rotate()
+        access.keys.rotate()  # the key that signed both is gone altogether
+        path = "/v2/library/secret/manifests/1"
+        for token in (expired, retired):
+            response = await m.client.get(path, headers=bearer(token))
+            assert response.status_code == 401
+        sent = {r.headers.get("Authorization") for r in m.upstream.requests}
+        assert f"Bearer {expired}" not in sent and f"Bearer {retired}" not in sent
+        response = await m.client.get(path, headers=bearer("hub-token"))  # Docker Hub's own
+        assert response.status_code == 200
