@@ -172,6 +172,7 @@ class LimitsConfig:
     """
 
     max_connections: int
+    connections_per_client: int  # open connections from one address (IPv6: its /64)
     backlog: int
     idle_timeout: float
     send_timeout: float
@@ -509,6 +510,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     },
     "limits": {
         "max_connections": (_count, 1000),
+        "connections_per_client": (_count, 128),
         "backlog": (_count, 1024),
         "idle_timeout": (_float, 30.0),
         "send_timeout": (_float, 60.0),

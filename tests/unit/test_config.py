@@ -167,6 +167,7 @@ SAMPLES = {
     "access.repositories": "library/*",
     "access.deny_repositories": "library/bad",
     "limits.max_connections": "50",
+    "limits.connections_per_client": "8",
     "limits.backlog": "64",
     "limits.idle_timeout": "5",
     "limits.send_timeout": "5",
