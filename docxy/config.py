@@ -178,6 +178,7 @@ class LimitsConfig:
     send_timeout: float
     requests_per_minute: int
     manifests_per_minute: int
+    failed_logins_per_minute: int  # wrong passwords at /auth/token per client (users mode)
     bandwidth: int  # bytes a second per client
     fills_per_client: int
     fills_total: int
@@ -516,6 +517,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "send_timeout": (_float, 60.0),
         "requests_per_minute": (_count, 0),
         "manifests_per_minute": (_count, 0),
+        "failed_logins_per_minute": (_count, 10),
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from docxy.access.clientca import CLIENTS, ClientCA, ClientsFileError
 from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
 from docxy.access.keys import KeyRing, TokenKeyError
+from docxy.access.logins import FailedLogins
 from docxy.access.peer import peer_certificate
 from docxy.access.scopes import Access, allows
 from docxy.access.tokens import TokenInvalid, TokenSpec, issued_here, verify
@@ -161,6 +162,8 @@ class AccessControl:
         self.library_prefix = config.upstream.library_prefix
         #: password checks at once (each runs in a thread and holds argon2's memory)
         self.hashing = asyncio.Semaphore(PASSWORD_CHECKS)
+        #: wrong passwords a client may try a minute (``docxy.access.logins``)
+        self.logins = FailedLogins(config.limits.failed_logins_per_minute)
 
     def prepare(self) -> None:
         """Create what is missing on disk (first key, the CA) before serving."""

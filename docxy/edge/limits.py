@@ -42,6 +42,11 @@ class Bucket:
             return 0.0
         return (amount - self.tokens) / self.rate
 
+    def wait(self, now: float, amount: float = 1.0) -> float:
+        """Seconds until the bucket holds ``amount``, taking nothing (0: it holds it now)."""
+        self._refill(now)
+        return max(0.0, (amount - self.tokens) / self.rate)
+
     def charge(self, now: float, amount: float) -> float:
         """Take ``amount`` even into debt; return the seconds until the debt is paid."""
         self._refill(now)
@@ -82,6 +87,9 @@ class Buckets:
 
     def take(self, key: str, amount: float = 1.0) -> float:
         return self.of(key).take(self.clock(), amount) if self else 0.0
+
+    def wait(self, key: str, amount: float = 1.0) -> float:
+        return self.of(key).wait(self.clock(), amount) if self else 0.0
 
     def charge(self, key: str, amount: float) -> float:
         return self.of(key).charge(self.clock(), amount) if self else 0.0

@@ -23,12 +23,14 @@ import httpx
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
-from docxy.access.authority import BASIC_CHALLENGE, Issued, issue_token
-from docxy.access.gate import basic_credentials, users_unreadable
+from docxy.access.authority import BASIC_CHALLENGE, BadCredentials, Issued, issue_token
+from docxy.access.gate import AccessControl, basic_credentials, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.access.users import UsersFileError
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
+from docxy.core.cidr import client_key
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
+from docxy.edge.clients import request_address
 from docxy.http.routes import refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
@@ -243,8 +245,7 @@ async def _own_token(ask: TokenAsk) -> Response:
         # file changes): one from anywhere else gets the way to a password login.
         answer: Issued | RegistryError = Unauthorized(NO_REFRESH_TOKENS, BASIC_CHALLENGE)
     else:
-        async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
-            answer = await asyncio.to_thread(issue_token, access, ask.authorization, ask.scopes)
+        answer = await _checked_login(access, ask)
     if isinstance(answer, RegistryError):  # the token endpoint's answers carry no API version
         headers = Headers(answer.headers())
         response = Response(answer.encoded(), status=answer.status, headers=headers)
@@ -254,3 +255,20 @@ async def _own_token(ask: TokenAsk) -> Response:
         set_identity(request_facts(), ClientIdentity(Via.TOKEN, answer.user))
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | RegistryError:
+    """The token for the password ``ask`` carries, within the guessing limit of its client's
+    address (``docxy.access.logins``): a client out of wrong guesses is not checked at all."""
+    config = mirror_state().config
+    address = request_address(request.scope, config.server)  # type: ignore[arg-type]
+    client = client_key(address) if address is not None else "unknown"
+    credentialed = ask.authorization is not None
+    refusal = access.logins.refusal(client) if credentialed else None
+    if refusal is not None:
+        return refusal
+    async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
+        answer = await asyncio.to_thread(issue_token, access, ask.authorization, ask.scopes)
+    if isinstance(answer, BadCredentials):
+        access.logins.failed(client)
+    return answer

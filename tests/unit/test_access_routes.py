@@ -314,3 +314,27 @@ async def test_the_mirrors_own_expired_or_retired_token_never_goes_upstream(
         assert f"Bearer {expired}" not in sent and f"Bearer {retired}" not in sent
         response = await m.client.get(path, headers=bearer("hub-token"))  # Docker Hub's own
         assert response.status_code == 200
+
+
+async def test_password_guessing_is_throttled_per_address(tmp_path: Path) -> None:
+    """Nothing limited password guesses at ``/auth/token`` (``limits.requests_per_minute`` is
+    off by default): one address could try a dozen passwords a second for as long as it
+    liked. Now ``limits.failed_logins_per_minute`` (default 10) wrong passwords from one
+    address, and its next logins are ``429`` with ``Retry-After``, the right password too
+    (else the refusal would not stop the guessing); another address logs in as before."""
+    stranger = {"client": ("203.0.113.7", 40000)}
+    neighbour = {"client": ("203.0.113.8", 40000)}
+    async with users_mirror(tmp_path) as m:
+        path = "/auth/token?scope=repository:library/redis:pull"
+        for _ in range(10):
+            wrong = await m.client.get(path, headers=basic("alice", "guess"), scope_base=stranger)
+            assert wrong.status_code == 401
+        for password in ("guess", "right"):
+            throttled = await m.client.get(
+                path, headers=basic("alice", password), scope_base=stranger
+            )
+            assert throttled.status_code == 429
+            assert await code_of(throttled) == "TOOMANYREQUESTS"
+            assert int(throttled.headers["Retry-After"]) >= 1
+        right = await m.client.get(path, headers=basic("alice", "right"), scope_base=neighbour)
+        assert right.status_code == 200
