@@ -230,3 +230,22 @@ def test_containerd_with_credentials(
         right = containerd.pull(ref, mirror_url=url, user=f"alice:{PASSWORD}")
         assert right.returncode == 0, right.stderr[-4000:]
     assert egress.attempts == []
+
+
+def test_password_guessing_is_throttled_by_the_peer_address(users_mirror: UsersMirror) -> None:
+    """The running server counts wrong passwords by the TCP peer (no trusted proxy: a
+    rotating ``X-Forwarded-For`` changes nothing), and another address logs in as before."""
+    credentials = base64.b64encode(b"alice:guess").decode()
+    url = f"{users_mirror.mirror.url}/auth/token"
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    statuses = []
+    with httpx.Client(transport=transport, timeout=30) as guesser:
+        for attempt in range(12):
+            headers = {
+                "Authorization": f"Basic {credentials}",
+                "X-Forwarded-For": f"198.51.100.{attempt}",
+                "Forwarded": f"for=198.51.100.{attempt}",
+            }
+            statuses.append(guesser.get(url, headers=headers).status_code)
+    assert statuses == [401] * 10 + [429] * 2
+    assert users_mirror.token("repository:library/hello:pull").status_code == 200  # 127.0.0.1
