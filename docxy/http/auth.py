@@ -24,8 +24,9 @@ from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
 from docxy.access.authority import BASIC_CHALLENGE, BadCredentials, Issued, issue_token
-from docxy.access.gate import AccessControl, basic_credentials, users_unreadable
+from docxy.access.gate import AccessControl, basic_credentials, bearer_token, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
+from docxy.access.tokens import issued_here
 from docxy.access.users import UsersFileError
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.cidr import client_key
@@ -164,7 +165,7 @@ async def token() -> Response:
     access = state.access
     if access is not None and access.users_mode:
         forward = access.upstream_logins and access.certificate_client() is not None
-        if not forward or _is_mirror_user(ask.authorization):
+        if not forward or _is_mirror_user(ask.authorization) or _is_mirror_token(ask):
             return await _own_token(ask)
     refuse_unsendable()  # what follows may forward the client's Authorization
     upstream = state.upstreams.for_token(ask.get("upstream"), ask.scopes)
@@ -234,6 +235,14 @@ def _is_mirror_user(authorization: str | None) -> bool:
     except UsersFileError as exc:
         log.error("users file: %s", exc)
         raise users_unreadable() from exc
+
+
+def _is_mirror_token(ask: TokenAsk) -> bool:
+    """Whether the request carries a token the mirror issued (valid or not): never a login
+    for the upstream's token service."""
+    access = mirror_state().access
+    token = bearer_token(ask.authorization)
+    return access is not None and token is not None and issued_here(access.spec, token)
 
 
 async def _own_token(ask: TokenAsk) -> Response:

@@ -338,3 +338,22 @@ async def test_password_guessing_is_throttled_per_address(tmp_path: Path) -> Non
             assert int(throttled.headers["Retry-After"]) >= 1
         right = await m.client.get(path, headers=basic("alice", "right"), scope_base=neighbour)
         assert right.status_code == 200
+
+
+async def test_the_mirrors_token_sent_to_its_token_endpoint_stays_here(tmp_path: Path) -> None:
+    """With ``auth.upstream_logins``, a certificate client's token request goes upstream
+    unless its Basic login names one of the mirror's users; a Bearer token the mirror issued
+    was not such a login, so it was relayed to the upstream's token service."""
+    UsersFile(tmp_path / "users").add("alice", "right")
+    settings: dict[str, object] = {
+        "auth.mode": "users",
+        "auth.dir": str(tmp_path),
+        "auth.upstream_logins": "true",
+        **CERTS,
+    }
+    async with mirror(private, settings) as m, presenting(tmp_path, "laptop"):
+        token = await token_for(m, "repository:library/redis:pull")
+        answer = await m.client.get("/auth/token?scope=x", headers=bearer(token))
+        assert answer.status_code == 401
+        sent = {r.headers.get("Authorization") for r in m.upstream.requests}
+        assert f"Bearer {token}" not in sent
