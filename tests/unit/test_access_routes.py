@@ -322,9 +322,15 @@ async def test_password_guessing_is_throttled_per_address(tmp_path: Path) -> Non
     liked. Now ``limits.failed_logins_per_minute`` (default 10) wrong passwords from one
     address, and its next logins are ``429`` with ``Retry-After``, the right password too
     (else the refusal would not stop the guessing); another address logs in as before."""
+    from docxy.access.logins import FailedLogins
+    from docxy.http.state import mirror_state
+
     stranger = {"client": ("203.0.113.7", 40000)}
     neighbour = {"client": ("203.0.113.8", 40000)}
     async with users_mirror(tmp_path) as m:
+        access = mirror_state(m.app).access
+        assert access is not None
+        access.logins = FailedLogins(10, clock=lambda: 100.0)  # no refill while checks run
         path = "/auth/token?scope=repository:library/redis:pull"
         for _ in range(10):
             wrong = await m.client.get(path, headers=basic("alice", "guess"), scope_base=stranger)
