@@ -363,3 +363,18 @@ async def test_the_mirrors_token_sent_to_its_token_endpoint_stays_here(tmp_path:
         assert answer.status_code == 401
         sent = {r.headers.get("Authorization") for r in m.upstream.requests}
         assert f"Bearer {token}" not in sent
+
+
+async def test_health_tells_addresses_off_the_allow_list_only_status_and_version() -> None:
+    """``/health`` is served to every address (health checks come from anywhere), but in open
+    mode it gave the whole report, upstream registry URLs (an internal ``10.0.0.5:5000``
+    too), their last errors and the cache's size, to the very strangers ``access.allow``
+    keeps out. Now an address off the list gets what users mode shows strangers."""
+    settings: dict[str, object] = {"access.allow": "192.0.2.0/24"}
+    async with mirror(hub, settings) as m:
+        stranger = await m.client.get("/health", scope_base={"client": ("203.0.113.9", 1)})
+        assert stranger.status_code == 200
+        assert set(await stranger.get_json()) == {"status", "version"}
+        allowed = await m.client.get("/health", scope_base={"client": ("192.0.2.7", 1)})
+        report: dict[str, Any] = await allowed.get_json()
+        assert "registry" in report["upstream"]
