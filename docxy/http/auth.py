@@ -272,12 +272,17 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
     config = mirror_state().config
     address = request_address(request.scope, config.server)  # type: ignore[arg-type]
     client = client_key(address) if address is not None else "unknown"
-    credentialed = ask.authorization is not None
-    refusal = access.logins.refusal(client) if credentialed else None
+    if ask.authorization is None:  # no password to check: nothing to count
+        return issue_token(access, None, ask.scopes)
+    refusal = access.logins.take(client)  # before the check: guesses sent at once count too
     if refusal is not None:
         return refusal
-    async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
-        answer = await asyncio.to_thread(issue_token, access, ask.authorization, ask.scopes)
-    if isinstance(answer, BadCredentials):
-        access.logins.failed(client)
+    wrong = False
+    try:
+        async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
+            answer = await asyncio.to_thread(issue_token, access, ask.authorization, ask.scopes)
+        wrong = isinstance(answer, BadCredentials)
+    finally:
+        if not wrong:  # a right password, or no answer at all: the place goes back
+            access.logins.give_back(client)
     return answer

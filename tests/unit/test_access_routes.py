@@ -378,3 +378,36 @@ async def test_health_tells_addresses_off_the_allow_list_only_status_and_version
         allowed = await m.client.get("/health", scope_base={"client": ("192.0.2.7", 1)})
         report: dict[str, Any] = await allowed.get_json()
         assert "registry" in report["upstream"]
+
+
+async def test_concurrent_guesses_cannot_outrun_the_password_guessing_limit(
+    tmp_path: Path,
+) -> None:
+    """The limit was checked before a password check and charged after it: guesses sent at
+    once all passed the check while the first ones waited for a hashing slot, so one address
+    with 30 connections had 30 passwords checked, not 10. Now each password check takes its
+    place first (and gives it back if the password was right)."""
+    import asyncio
+
+    from docxy.access.logins import FailedLogins
+    from docxy.http.state import mirror_state
+
+    stranger = {"client": ("203.0.113.7", 40000)}
+    async with users_mirror(tmp_path) as m:
+        access = mirror_state(m.app).access
+        assert access is not None
+        access.logins = FailedLogins(10, clock=lambda: 100.0)
+        path = "/auth/token?scope=repository:library/redis:pull"
+        answers = await asyncio.gather(
+            *(
+                m.client.get(path, headers=basic("alice", f"guess{n}"), scope_base=stranger)
+                for n in range(30)
+            )
+        )
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [401] * 10 + [429] * 20
+        for _ in range(3):  # right passwords give their place back
+            right = await m.client.get(
+                path, headers=basic("alice", "right"), scope_base={"client": ("192.0.2.1", 1)}
+            )
+            assert right.status_code == 200
