@@ -173,11 +173,13 @@ class LimitsConfig:
     """
 
     max_connections: int
+    connections_per_client: int  # open connections from one address (IPv6: its /64)
     backlog: int
     idle_timeout: float
     send_timeout: float
     requests_per_minute: int
     manifests_per_minute: int
+    failed_logins_per_minute: int  # wrong passwords at /auth/token per client (users mode)
     bandwidth: int  # bytes a second per client
     fills_per_client: int
     fills_total: int
@@ -511,11 +513,13 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     },
     "limits": {
         "max_connections": (_count, 1000),
+        "connections_per_client": (_count, 128),
         "backlog": (_count, 1024),
         "idle_timeout": (_float, 30.0),
         "send_timeout": (_float, 60.0),
         "requests_per_minute": (_count, 0),
         "manifests_per_minute": (_count, 0),
+        "failed_logins_per_minute": (_count, 10),
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),

@@ -1,6 +1,7 @@
 """Who the client is: the mirror's own users, tokens and client certificates.
 
     users.py      the users file (``name:hash``, argon2id or bcrypt), constant-time checks
+    logins.py     wrong passwords a client address may try a minute (password guessing)
     scopes.py     token scopes (``repository:library/redis:pull``): parsing and granting
     keys.py       the token signing keys on disk: current, previous (kept for a grace), rotation
     tokens.py     issuing and verifying the mirror's short-lived signed tokens (JWT, ES256)

@@ -29,6 +29,11 @@ BAD_CREDENTIALS = "incorrect username or password"
 BASIC_CHALLENGE = 'Basic realm="docxy"'
 
 
+class BadCredentials(Unauthorized):
+    """A user name and password the users file does not have (what the guessing limit counts,
+    ``docxy.access.logins``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Issued:
     body: bytes
@@ -57,7 +62,7 @@ def issue_token(
         return users_unreadable()
     if not known:
         log.info("token refused: bad credentials")  # never the name tried or the password
-        return Unauthorized(BAD_CREDENTIALS, BASIC_CHALLENGE)
+        return BadCredentials(BAD_CREDENTIALS, BASIC_CHALLENGE)
     now = time.time()
     granted = grant(parse_scopes(scopes))
     try:

@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 from docxy.access.clientca import CLIENTS, ClientCA, ClientsFileError
 from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
 from docxy.access.keys import KeyRing, TokenKeyError
+from docxy.access.logins import FailedLogins
 from docxy.access.peer import peer_certificate
 from docxy.access.scopes import Access, allows
-from docxy.access.tokens import TokenInvalid, TokenSpec, verify
+from docxy.access.tokens import TokenInvalid, TokenSpec, issued_here, verify
 from docxy.access.users import UsersFile, UsersFileError
 from docxy.config import Config
 from docxy.core.challenge import Challenge
@@ -161,6 +162,8 @@ class AccessControl:
         self.library_prefix = config.upstream.library_prefix
         #: password checks at once (each runs in a thread and holds argon2's memory)
         self.hashing = asyncio.Semaphore(PASSWORD_CHECKS)
+        #: wrong passwords a client may try a minute (``docxy.access.logins``)
+        self.logins = FailedLogins(config.limits.failed_logins_per_minute)
 
     def prepare(self) -> None:
         """Create what is missing on disk (first key, the CA) before serving."""
@@ -255,14 +258,9 @@ class AccessControl:
         return Decision(who.identity, forward_credentials=who.forward, identified=who)
 
     def _ours(self, token: str) -> bool:
-        try:
-            verify(self.keys, self.spec, token)
-        except TokenInvalid:
-            return False
-        except TokenKeyError as exc:  # it may be ours: never let it go upstream
-            key_unreadable(exc)
-            return True
-        return True
+        """A token the mirror issued, honoured or not (expired, of a retired key): it never
+        goes upstream as the client's login."""
+        return issued_here(self.spec, token)
 
     def _refuse(
         self, who: Identified, repository: str | None, message: str, error: str | None

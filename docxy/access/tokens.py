@@ -55,6 +55,17 @@ def issue(ring: KeyRing, spec: TokenSpec, user: str, access: list[Access], now: 
     return jwt.encode(claims, signing.key, algorithm=ALGORITHM, headers={"kid": signing.kid})
 
 
+def issued_here(spec: TokenSpec, token: str) -> bool:
+    """Whether ``token`` says this mirror issued it (its ``iss``), honoured or not: expired, or
+    signed by a key rotated out, it is still the mirror's, never a credential for an upstream.
+    Nothing is verified: a stranger's token that claims our issuer only stays here too."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    return isinstance(claims, dict) and claims.get("iss") == spec.issuer
+
+
 def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None) -> Claims:
     """The claims of a token this mirror issued and still honours, or :class:`TokenInvalid`."""
     now = time.time() if now is None else now

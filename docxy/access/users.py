@@ -3,7 +3,8 @@
 The file is read again whenever it changes on disk, so ``docxy users add/rm`` takes effect in a
 running mirror without a restart (and a removed user's tokens stop working at once: tokens are
 only honoured for names still in the file). A check for an unknown name still runs one full hash
-verification, so timing does not tell which names exist.
+verification, at the scheme and cost most of the file's hashes have (bcrypt from ``htpasswd -B``
+is a hundred times cheaper than argon2id), so timing does not tell which names exist.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from docxy.tls.context import write_files_atomic
@@ -24,11 +26,31 @@ NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HASHER = PasswordHasher()
 
 
+def cost_of(stored: str) -> str:
+    """What a check of ``stored`` costs, as its scheme and parameters: ``$2b$05`` (bcrypt's
+    rounds) or ``$argon2id$v=19$m=65536,t=3,p=4``."""
+    if stored.startswith("$argon2"):
+        return stored.rsplit("$", 2)[0]
+    return stored[:6]
+
+
 @functools.cache
-def _dummy_hash() -> str:
-    """Verified against for unknown names so that they cost as much as known ones (made on
-    first use: hashing takes a moment that a CLI start should not pay)."""
-    return _HASHER.hash(secrets.token_hex(16))
+def _dummy_hash(cost: str = "") -> str:
+    """Verified against for unknown names so that they cost as much as known ones: a hash of
+    a random password with the scheme and parameters ``cost`` (:func:`cost_of`), argon2id's
+    defaults when none (made on first use: hashing takes a moment a CLI start should not pay)."""
+    secret = secrets.token_hex(16)
+    try:
+        if cost.startswith(("$2a$", "$2b$", "$2y$")):
+            salt = bcrypt.gensalt(int(cost[4:6]), b"2a" if cost[2] == "a" else b"2b")
+            return bcrypt.hashpw(secret.encode(), salt).decode()
+        if cost.startswith("$argon2"):
+            salt_and_tag = _HASHER.hash(secret).split("$")[-2:]  # their lengths: any will do
+            params = extract_parameters("$".join([cost, *salt_and_tag]))
+            return PasswordHasher.from_parameters(params).hash(secret)
+    except (InvalidHashError, ValueError):  # a cost the library refuses, as it refuses the
+        pass  # hashes that have it: those users cannot log in either
+    return _HASHER.hash(secret)
 
 
 class UsersFileError(Exception):
@@ -88,6 +110,13 @@ class _Snapshot:
     signature: tuple[int, int, int]
     users: dict[str, str]
 
+    @functools.cached_property
+    def usual_cost(self) -> str:
+        """The cost most of the users' hashes have (:func:`cost_of`): an unknown name is
+        checked at it, so that its answer takes as long as most known names'."""
+        costs = Counter(cost_of(stored) for stored in self.users.values())
+        return costs.most_common(1)[0][0] if costs else ""
+
 
 class UsersFile:
     """The users file at ``path``, re-read when it changes (mtime, size or inode)."""
@@ -123,10 +152,14 @@ class UsersFile:
         return name in self.users()
 
     def check(self, name: str, password: str) -> bool:
-        """Whether ``name`` is a user with this password; as slow for unknown names."""
+        """Whether ``name`` is a user with this password; as slow for unknown names (as most
+        users' hashes: a file that mixes costs tells the rarer ones apart)."""
         stored = self.users().get(name)
-        matched = verify_hash(stored if stored is not None else _dummy_hash(), password)
-        return matched and stored is not None
+        if stored is None:
+            assert self._snapshot is not None
+            verify_hash(_dummy_hash(self._snapshot.usual_cost), password)
+            return False
+        return verify_hash(stored, password)
 
     def names(self) -> list[str]:
         return sorted(self.users())

@@ -5,7 +5,9 @@ things the hostile-traffic run showed missing:
 
 - **a cap** on open connections (``limits.max_connections``): one over the cap gets a short
   ``503`` with ``Retry-After`` and is closed at once, so a flood costs one descriptor per
-  connection for microseconds, not for as long as the client likes;
+  connection for microseconds, not for as long as the client likes; and a cap per address
+  (``limits.connections_per_client``, an IPv6 client by its /64, trusted proxies exempt), so
+  one client cannot hold every place of the first (``429`` beyond it);
 - **a prompt close** when the peer hangs up: hypercorn keeps the connection's idle timer
   running after the peer's EOF and closes the socket only when it fires, so 3000
   connect-and-close clients left 3000 descriptors in CLOSE-WAIT for ``keep_alive_timeout``;
@@ -42,8 +44,9 @@ import socket
 import ssl
 import struct
 import termios
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hypercorn.asyncio.run as hypercorn_run
@@ -51,6 +54,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, Event, RawData
 
 from docxy.access.peer import PeerCertTCPServer
+from docxy.core.cidr import Networks, client_key, parse_address
 from docxy.core.errors import TooManyRequests
 from docxy.heap import malloc_trim
 
@@ -66,12 +70,12 @@ CHECKS_PER_TIMEOUT = 4
 MAX_FD_LIMIT = 1 << 20
 
 
-def _busy_response() -> bytes:
+def _busy_response(error: TooManyRequests, reason: str) -> bytes:
     """Written on the socket before any ASGI app runs: the head by hand, the body the registry
     error's own."""
-    body = TooManyRequests("too many open connections", status=503).encoded()
+    body = error.encoded()
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"HTTP/1.1 {error.status} {reason}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
         "retry-after: 1\r\n"
@@ -80,7 +84,13 @@ def _busy_response() -> bytes:
     return head.encode() + body
 
 
-BUSY = _busy_response()
+BUSY = _busy_response(
+    TooManyRequests("too many open connections", status=503), "Service Unavailable"
+)
+#: One address holds ``limits.connections_per_client`` connections already.
+CLIENT_BUSY = _busy_response(
+    TooManyRequests("too many open connections from this address"), "Too Many Requests"
+)
 
 
 class Listener(socket.socket):
@@ -142,24 +152,64 @@ class TLSListeners:
 
 @dataclass(slots=True)
 class ConnectionGuard:
-    """The shared count of open connections and the limits every connection obeys."""
+    """The shared count of open connections and the limits every connection obeys: the cap
+    on all of them, and on those from one address (``per_client``; an IPv6 client by its
+    /64, as the per-client limits count it). A trusted proxy's connections carry many clients:
+    only the total counts them."""
 
     max_connections: int
     send_timeout: float | None
+    per_client: int = 0  # 0: no cap per address
+    trusted: Networks = field(default_factory=Networks)
     open: int = 0
     refused: int = 0
+    refused_per_client: int = 0
     stalled: int = 0
     tls: TLSListeners | None = None  # set once the listeners are bound
+    by_client: Counter[str] = field(default_factory=Counter)
 
-    def admit(self) -> bool:
+    def admit(self, peer: object = None) -> Admitted:
+        """A place for a new connection from ``peer`` (asyncio's peername), or the refusal."""
         if self.open >= self.max_connections:
             self.refused += 1
-            return False
+            return Admitted(None, BUSY)
+        key = self._client_key(peer)
+        if key is not None:
+            if self.by_client[key] >= self.per_client:
+                self.refused_per_client += 1
+                return Admitted(None, CLIENT_BUSY)
+            self.by_client[key] += 1
         self.open += 1
-        return True
+        return Admitted(key)
 
-    def release(self) -> None:
+    def release(self, admitted: Admitted | None = None) -> None:
         self.open -= 1
+        key = admitted.key if admitted is not None else None
+        if key is not None:
+            self.by_client[key] -= 1
+            if self.by_client[key] <= 0:
+                del self.by_client[key]
+
+    def _client_key(self, peer: object) -> str | None:
+        """The key ``peer`` is capped under; None when it is not capped per address."""
+        if not self.per_client or not isinstance(peer, tuple) or not peer:
+            return None
+        address = parse_address(str(peer[0]))
+        if address is None or address in self.trusted:
+            return None
+        return client_key(address)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """What :meth:`ConnectionGuard.admit` decided: the per-address key the connection counts
+    under, or the answer to refuse it with (``refusal``, written on a plain connection)."""
+
+    key: str | None
+    refusal: bytes | None = None
+
+    def __bool__(self) -> bool:
+        return self.refusal is None
 
 
 class EdgeTCPServer(PeerCertTCPServer):
@@ -178,14 +228,15 @@ class EdgeTCPServer(PeerCertTCPServer):
             return
         listener = accepted_by(self.writer.get_extra_info("socket"))
         tls = guard.tls if guard.tls is not None and guard.tls.serves(listener) else None
-        if not guard.admit():
-            self._refuse(tls is None)
+        admitted = guard.admit(self.writer.get_extra_info("peername"))
+        if not admitted:
+            self._refuse(admitted.refusal if tls is None else None)
             return
         try:
             if tls is None or await self._handshake(tls):
                 await super().run()
         finally:
-            guard.release()
+            guard.release(admitted)
 
     async def _handshake(self, tls: TLSListeners) -> bool:
         """TLS on a TLS listener's connection, now that it is counted; False if it failed (the
@@ -198,13 +249,14 @@ class EdgeTCPServer(PeerCertTCPServer):
             return False
         return True
 
-    def _refuse(self, plain: bool = True) -> None:
-        """Over the cap: a short answer if the socket takes it at once, then the socket closed.
-        A TLS connection is closed before its handshake: no answer can be read without one."""
+    def _refuse(self, answer: bytes | None) -> None:
+        """Over a cap: a short answer if the socket takes it at once, then the socket closed.
+        A TLS connection is closed before its handshake (``answer`` None): no answer can be
+        read without one."""
         transport = self.writer.transport
         try:
-            if plain:
-                transport.write(BUSY)
+            if answer is not None:
+                transport.write(answer)
         except (OSError, RuntimeError):
             pass
         transport.close()  # BUSY fits any socket buffer: close() flushes it without waiting

@@ -42,6 +42,11 @@ class Bucket:
             return 0.0
         return (amount - self.tokens) / self.rate
 
+    def give(self, now: float, amount: float = 1.0) -> None:
+        """Put back ``amount`` taken for something that turned out free (up to ``burst``)."""
+        self._refill(now)
+        self.tokens = min(self.burst, self.tokens + amount)
+
     def charge(self, now: float, amount: float) -> float:
         """Take ``amount`` even into debt; return the seconds until the debt is paid."""
         self._refill(now)
@@ -82,6 +87,10 @@ class Buckets:
 
     def take(self, key: str, amount: float = 1.0) -> float:
         return self.of(key).take(self.clock(), amount) if self else 0.0
+
+    def give(self, key: str, amount: float = 1.0) -> None:
+        if self:
+            self.of(key).give(self.clock(), amount)
 
     def charge(self, key: str, amount: float) -> float:
         return self.of(key).charge(self.clock(), amount) if self else 0.0

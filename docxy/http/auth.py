@@ -23,12 +23,15 @@ import httpx
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
-from docxy.access.authority import BASIC_CHALLENGE, Issued, issue_token
-from docxy.access.gate import basic_credentials, users_unreadable
+from docxy.access.authority import BASIC_CHALLENGE, BadCredentials, Issued, issue_token
+from docxy.access.gate import AccessControl, basic_credentials, bearer_token, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
+from docxy.access.tokens import issued_here
 from docxy.access.users import UsersFileError
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
+from docxy.core.cidr import client_key
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
+from docxy.edge.clients import request_address
 from docxy.http.routes import refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
@@ -164,7 +167,7 @@ async def token() -> Response:
     access = state.access
     if access is not None and access.users_mode:
         forward = access.upstream_logins and access.certificate_client() is not None
-        if not forward or _is_mirror_user(ask.authorization):
+        if not forward or _is_mirror_user(ask.authorization) or _is_mirror_token(ask):
             return await _own_token(ask)
     refuse_unsendable()  # what follows may forward the client's Authorization
     upstream = state.upstreams.for_token(ask.get("upstream"), ask.scopes)
@@ -240,6 +243,14 @@ def _is_mirror_user(authorization: str | None) -> bool:
         raise users_unreadable() from exc
 
 
+def _is_mirror_token(ask: TokenAsk) -> bool:
+    """Whether the request carries a token the mirror issued (valid or not): never a login
+    for the upstream's token service."""
+    access = mirror_state().access
+    token = bearer_token(ask.authorization)
+    return access is not None and token is not None and issued_here(access.spec, token)
+
+
 async def _own_token(ask: TokenAsk) -> Response:
     """Users mode: the mirror is the token authority (``docxy.access.authority``)."""
     access = mirror_state().access
@@ -249,8 +260,7 @@ async def _own_token(ask: TokenAsk) -> Response:
         # file changes): one from anywhere else gets the way to a password login.
         answer: Issued | RegistryError = Unauthorized(NO_REFRESH_TOKENS, BASIC_CHALLENGE)
     else:
-        async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
-            answer = await asyncio.to_thread(issue_token, access, ask.authorization, ask.scopes)
+        answer = await _checked_login(access, ask)
     if isinstance(answer, RegistryError):  # the token endpoint's answers carry no API version
         headers = Headers(answer.headers())
         response = Response(answer.encoded(), status=answer.status, headers=headers)
@@ -260,3 +270,25 @@ async def _own_token(ask: TokenAsk) -> Response:
         set_identity(request_facts(), ClientIdentity(Via.TOKEN, answer.user))
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | RegistryError:
+    """The token for the password ``ask`` carries, within the guessing limit of its client's
+    address (``docxy.access.logins``): a client out of wrong guesses is not checked at all."""
+    config = mirror_state().config
+    address = request_address(request.scope, config.server)  # type: ignore[arg-type]
+    client = client_key(address) if address is not None else "unknown"
+    if ask.authorization is None:  # no password to check: nothing to count
+        return issue_token(access, None, ask.scopes)
+    refusal = access.logins.take(client)  # before the check: guesses sent at once count too
+    if refusal is not None:
+        return refusal
+    wrong = False
+    try:
+        async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
+            answer = await asyncio.to_thread(issue_token, access, ask.authorization, ask.scopes)
+        wrong = isinstance(answer, BadCredentials)
+    finally:
+        if not wrong:  # a right password, or no answer at all: the place goes back
+            access.logins.give_back(client)
+    return answer

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response, jsonify, request
 
 from docxy import __version__
 from docxy.core.errors import UpstreamError
+from docxy.edge.clients import request_address
 from docxy.http.state import MirrorState, mirror_state
 from docxy.upstream.client import Upstream
 
@@ -56,14 +57,28 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     return report
 
 
+def _for_strangers(state: MirrorState) -> bool:
+    """Whether this request gets only ``status`` and ``version``: always in ``users`` mode,
+    and from an address off ``access.allow`` (``/health`` is never refused, but what the
+    allow list keeps out learns nothing of the upstreams)."""
+    if state.access is not None and state.access.users_mode:
+        return True
+    config = state.config
+    if not config.access.allow:
+        return False
+    address = request_address(request.scope, config.server)  # type: ignore[arg-type]
+    return address not in config.access.allow
+
+
 @blueprint.route("/health", methods=["GET", "HEAD"])
 async def health() -> Response:
-    """The public report; with ``auth.mode = users`` only ``status`` and ``version`` (the public
-    listener then tells strangers nothing about the upstreams: the admin listener's
+    """The public report (without where the shared bucket is or what it said); for strangers
+    (``auth.mode = users``, an address off the allow list) only ``status`` and ``version``:
+    the public listener then tells them nothing about the upstreams (the admin listener's
     ``/status.json`` has the rest)."""
     state = mirror_state()
     report = health_report(state, public=True)
-    if state.access is not None and state.access.users_mode:
+    if _for_strangers(state):
         report = {key: report[key] for key in ("status", "version")}
     response = jsonify(report)
     response.headers["Cache-Control"] = "no-store"

@@ -20,7 +20,7 @@ from hypercorn.typing import (
 )
 
 from docxy.access.identity import identity_of
-from docxy.core.errors import RegistryError, RequestTooLarge
+from docxy.core.errors import ClientError, RegistryError, RequestTooLarge
 from docxy.edge.replies import send_error
 
 log = logging.getLogger("docxy.access")
@@ -60,6 +60,20 @@ def origin_form(scope: HTTPScope) -> HTTPScope:
     return normal
 
 
+def readable_host(scope: HTTPScope) -> bool:
+    """Whether the request's host (``Host``, or the absolute-form target's, which
+    :func:`origin_form` put there) is one the app can take: werkzeug IDNA-encodes it, port
+    aside, while Quart builds the request context, outside the app's error handling, so a
+    label over 63 characters or an empty one was a bodiless ``500`` and a logged traceback."""
+    host = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"")
+    name = host.decode("latin-1").lower().partition(":")[0]
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 class Guard:
     """Normalises the request target, refuses oversized ones, and redirects plain HTTP to
     HTTPS when TLS is on."""
@@ -77,6 +91,9 @@ class Guard:
         http = origin_form(scope)
         if len(http["query_string"]) > MAX_QUERY or len(http["raw_path"] or b"") > MAX_PATH:
             await send_error(send, RequestTooLarge("request target too long"))
+            return
+        if not readable_host(http):
+            await send_error(send, ClientError("the Host header is not a host name"))
             return
         path = http["path"]
         if (

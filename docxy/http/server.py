@@ -199,12 +199,13 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConf
     # refused altogether (docxy.edge.h2c, installed by run())
     hc.h2_max_concurrent_streams = max(limits.h2_max_streams, 1)
     fd_limit = connections.raise_fd_limit()
-    if limits.max_connections:
-        hc.edge = connections.ConnectionGuard(
-            connections.connection_cap(limits.max_connections, fd_limit), limits.send_timeout
-        )
-    else:
-        hc.edge = connections.ConnectionGuard(1 << 62, limits.send_timeout)
+    cap = connections.connection_cap(limits.max_connections, fd_limit)
+    hc.edge = connections.ConnectionGuard(
+        cap if limits.max_connections else 1 << 62,
+        limits.send_timeout,
+        per_client=limits.connections_per_client,
+        trusted=config.server.trusted_proxies,
+    )
     return hc
 
 

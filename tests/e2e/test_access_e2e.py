@@ -230,3 +230,33 @@ def test_containerd_with_credentials(
         right = containerd.pull(ref, mirror_url=url, user=f"alice:{PASSWORD}")
         assert right.returncode == 0, right.stderr[-4000:]
     assert egress.attempts == []
+
+
+def test_password_guessing_is_throttled_by_the_peer_address(
+    start_mirror: StartMirror, tmp_path: Path
+) -> None:
+    """The running server counts wrong passwords by the TCP peer (no trusted proxy: a
+    rotating ``X-Forwarded-For`` changes nothing), and another address logs in as before.
+    Two a minute: the bucket refills one every 30 s, far longer than these requests take."""
+    auth_dir = tmp_path / "access"
+    env = {
+        "DOCXY_AUTH_MODE": "users",
+        "DOCXY_AUTH_DIR": str(auth_dir),
+        "DOCXY_LIMITS_FAILED_LOGINS_PER_MINUTE": "2",
+    }
+    users_mirror = UsersMirror(start_mirror(env=env), auth_dir)
+    users_mirror.add_user("alice", PASSWORD)
+    credentials = base64.b64encode(b"alice:guess").decode()
+    url = f"{users_mirror.mirror.url}/auth/token"
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    statuses = []
+    with httpx.Client(transport=transport, timeout=30) as guesser:
+        for attempt in range(4):
+            headers = {
+                "Authorization": f"Basic {credentials}",
+                "X-Forwarded-For": f"198.51.100.{attempt}",
+                "Forwarded": f"for=198.51.100.{attempt}",
+            }
+            statuses.append(guesser.get(url, headers=headers).status_code)
+    assert statuses == [401, 401, 429, 429]
+    assert users_mirror.token("repository:library/hello:pull").status_code == 200  # 127.0.0.1

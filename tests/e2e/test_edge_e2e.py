@@ -296,3 +296,35 @@ def test_manifest_fetch_limit(bed: Bed, start_mirror: StartMirror) -> None:
         assert statuses == [200, 200, 200, 429, 429]
         assert noisy.head(path, headers=headers).status_code == 200  # a HEAD is no fetch
         assert quiet.get(path, headers=bearer(quiet, HELLO)).status_code == 200
+
+
+def test_one_address_cannot_take_every_connection(start_mirror: StartMirror) -> None:
+    """The connection cap was only a total: one client holding ``limits.max_connections``
+    silent connections (each kept for ``limits.idle_timeout``, renewed as it lapses) left
+    every other client a ``503``. Now each address (IPv6: its /64) holds at most
+    ``limits.connections_per_client`` (default 128) and gets ``429`` beyond it; the rest of
+    the cap stays for the others."""
+    cap = 200
+    mirror = start_mirror(
+        "--set", f"limits.max_connections={cap}", "--set", "limits.idle_timeout=600"
+    )  # fmt: skip
+    held: list[socket.socket] = []
+    try:
+        for _ in range(cap):
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", mirror.port))
+            held.append(sock)
+        over = socket.socket()
+        over.bind(("127.0.0.2", 0))
+        over.connect(("127.0.0.1", mirror.port))
+        over.settimeout(30)
+        answer = over.recv(4096)
+        over.close()
+        assert answer.startswith(b"HTTP/1.1 429"), answer
+        assert b"retry-after:" in answer and b"TOOMANYREQUESTS" in answer
+        with client(mirror, "127.0.0.3") as other:
+            assert other.get("/v2/").status_code == 401  # served: the registry's challenge
+    finally:
+        for sock in held:
+            sock.close()

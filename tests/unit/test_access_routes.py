@@ -279,3 +279,135 @@ async def test_basic_credentials_beyond_ascii_are_a_401_not_an_internal_error(
         assert answer.headers["Content-Type"] == "application/json"
         assert b'"UNAUTHORIZED"' in answer.body and b'token"' not in answer.body
         assert m.upstream.requests == []
+
+
+async def test_the_mirrors_own_expired_or_retired_token_never_goes_upstream(
+    tmp_path: Path,
+) -> None:
+    """With ``auth.upstream_logins``, a certificate client's Bearer token goes upstream unless
+    it is the mirror's own. "Own" was decided by verifying it: a token the mirror issued that
+    has since expired, or whose key was rotated out, failed the check and so was sent to
+    the upstream, user name, issuer and all (README: never a token the mirror issued)."""
+    from docxy.access.tokens import issue
+    from docxy.http.state import mirror_state
+
+    UsersFile(tmp_path / "users").add("alice", "right")
+    settings: dict[str, object] = {
+        "auth.mode": "users",
+        "auth.dir": str(tmp_path),
+        "auth.upstream_logins": "true",
+        "auth.key_grace": "60",
+        **CERTS,
+    }
+    async with mirror(private, settings) as m, presenting(tmp_path, "laptop"):
+        access = mirror_state(m.app).access
+        assert access is not None
+        expired = issue(access.keys, access.spec, "alice", [], time.time() - 3600)
+        retired = issue(access.keys, access.spec, "alice", [], time.time())
+        access.keys.rotate()
+        access.keys.rotate()  # the key that signed both is gone altogether
+        path = "/v2/library/secret/manifests/1"
+        for token in (expired, retired):
+            response = await m.client.get(path, headers=bearer(token))
+            assert response.status_code == 401
+        sent = {r.headers.get("Authorization") for r in m.upstream.requests}
+        assert f"Bearer {expired}" not in sent and f"Bearer {retired}" not in sent
+        response = await m.client.get(path, headers=bearer("hub-token"))  # Docker Hub's own
+        assert response.status_code == 200
+
+
+async def test_password_guessing_is_throttled_per_address(tmp_path: Path) -> None:
+    """Nothing limited password guesses at ``/auth/token`` (``limits.requests_per_minute`` is
+    off by default): one address could try a dozen passwords a second for as long as it
+    liked. Now ``limits.failed_logins_per_minute`` (default 10) wrong passwords from one
+    address, and its next logins are ``429`` with ``Retry-After``, the right password too
+    (else the refusal would not stop the guessing); another address logs in as before."""
+    from docxy.access.logins import FailedLogins
+    from docxy.http.state import mirror_state
+
+    stranger = {"client": ("203.0.113.7", 40000)}
+    neighbour = {"client": ("203.0.113.8", 40000)}
+    async with users_mirror(tmp_path) as m:
+        access = mirror_state(m.app).access
+        assert access is not None
+        access.logins = FailedLogins(10, clock=lambda: 100.0)  # no refill while checks run
+        path = "/auth/token?scope=repository:library/redis:pull"
+        for _ in range(10):
+            wrong = await m.client.get(path, headers=basic("alice", "guess"), scope_base=stranger)
+            assert wrong.status_code == 401
+        for password in ("guess", "right"):
+            throttled = await m.client.get(
+                path, headers=basic("alice", password), scope_base=stranger
+            )
+            assert throttled.status_code == 429
+            assert await code_of(throttled) == "TOOMANYREQUESTS"
+            assert int(throttled.headers["Retry-After"]) >= 1
+        right = await m.client.get(path, headers=basic("alice", "right"), scope_base=neighbour)
+        assert right.status_code == 200
+
+
+async def test_the_mirrors_token_sent_to_its_token_endpoint_stays_here(tmp_path: Path) -> None:
+    """With ``auth.upstream_logins``, a certificate client's token request goes upstream
+    unless its Basic login names one of the mirror's users; a Bearer token the mirror issued
+    was not such a login, so it was relayed to the upstream's token service."""
+    UsersFile(tmp_path / "users").add("alice", "right")
+    settings: dict[str, object] = {
+        "auth.mode": "users",
+        "auth.dir": str(tmp_path),
+        "auth.upstream_logins": "true",
+        **CERTS,
+    }
+    async with mirror(private, settings) as m, presenting(tmp_path, "laptop"):
+        token = await token_for(m, "repository:library/redis:pull")
+        answer = await m.client.get("/auth/token?scope=x", headers=bearer(token))
+        assert answer.status_code == 401
+        sent = {r.headers.get("Authorization") for r in m.upstream.requests}
+        assert f"Bearer {token}" not in sent
+
+
+async def test_health_tells_addresses_off_the_allow_list_only_status_and_version() -> None:
+    """``/health`` is served to every address (health checks come from anywhere), but in open
+    mode it gave the whole report, upstream registry URLs (an internal ``10.0.0.5:5000``
+    too), their last errors and the cache's size, to the very strangers ``access.allow``
+    keeps out. Now an address off the list gets what users mode shows strangers."""
+    settings: dict[str, object] = {"access.allow": "192.0.2.0/24"}
+    async with mirror(hub, settings) as m:
+        stranger = await m.client.get("/health", scope_base={"client": ("203.0.113.9", 1)})
+        assert stranger.status_code == 200
+        assert set(await stranger.get_json()) == {"status", "version"}
+        allowed = await m.client.get("/health", scope_base={"client": ("192.0.2.7", 1)})
+        report: dict[str, Any] = await allowed.get_json()
+        assert "registry" in report["upstream"]
+
+
+async def test_concurrent_guesses_cannot_outrun_the_password_guessing_limit(
+    tmp_path: Path,
+) -> None:
+    """The limit was checked before a password check and charged after it: guesses sent at
+    once all passed the check while the first ones waited for a hashing slot, so one address
+    with 30 connections had 30 passwords checked, not 10. Now each password check takes its
+    place first (and gives it back if the password was right)."""
+    import asyncio
+
+    from docxy.access.logins import FailedLogins
+    from docxy.http.state import mirror_state
+
+    stranger = {"client": ("203.0.113.7", 40000)}
+    async with users_mirror(tmp_path) as m:
+        access = mirror_state(m.app).access
+        assert access is not None
+        access.logins = FailedLogins(10, clock=lambda: 100.0)
+        path = "/auth/token?scope=repository:library/redis:pull"
+        answers = await asyncio.gather(
+            *(
+                m.client.get(path, headers=basic("alice", f"guess{n}"), scope_base=stranger)
+                for n in range(30)
+            )
+        )
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [401] * 10 + [429] * 20
+        for _ in range(3):  # right passwords give their place back
+            right = await m.client.get(
+                path, headers=basic("alice", "right"), scope_base={"client": ("192.0.2.1", 1)}
+            )
+            assert right.status_code == 200

@@ -14,8 +14,9 @@ import pytest
 from hypercorn.asyncio.tcp_server import TCPServer
 
 from docxy.access.peer import PeerCertTCPServer
+from docxy.core.cidr import parse_networks
 from docxy.edge import connections
-from docxy.edge.connections import BUSY, ConnectionGuard, EdgeTCPServer, connection_cap
+from docxy.edge.connections import BUSY, CLIENT_BUSY, ConnectionGuard, EdgeTCPServer, connection_cap
 
 
 def test_the_cap_counts_and_refuses_over_it() -> None:
@@ -25,6 +26,23 @@ def test_the_cap_counts_and_refuses_over_it() -> None:
     guard.release()
     assert guard.admit()
     assert (guard.open, guard.refused) == (2, 1)
+
+
+def test_the_cap_per_address_counts_ipv6_by_64_and_spares_trusted_proxies() -> None:
+    guard = ConnectionGuard(
+        max_connections=100, send_timeout=5.0, per_client=2, trusted=parse_networks("10.0.0.9")
+    )
+    first = guard.admit(("2001:db8:1:2::1", 4000, 0, 0))
+    assert first and guard.admit(("2001:db8:1:2:ffff::7", 4001, 0, 0))  # the same /64
+    refused = guard.admit(("2001:db8:1:2::3", 4002, 0, 0))
+    assert not refused and refused.refusal == CLIENT_BUSY and guard.refused_per_client == 1
+    assert guard.admit(("2001:db8:1:3::1", 4003, 0, 0))  # another /64
+    assert all(guard.admit(("10.0.0.9", port)) for port in range(10))  # the proxy: total only
+    guard.release(first)
+    assert guard.admit(("::ffff:192.0.2.1", 1)) and guard.admit(("192.0.2.1", 2))
+    assert not guard.admit(("192.0.2.1", 3))  # mapped or not, one address
+    assert guard.admit(("2001:db8:1:2::3", 4004, 0, 0))  # the place `first` left
+    assert guard.open == 15
 
 
 def test_the_cap_fits_the_descriptor_limit(caplog: pytest.LogCaptureFixture) -> None:

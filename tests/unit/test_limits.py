@@ -51,3 +51,21 @@ def test_the_table_of_clients_is_bounded() -> None:
 def test_retry_after_is_whole_seconds_at_least_one() -> None:
     assert retry_after(0.01) == "1"
     assert retry_after(2.2) == "3"
+
+
+def test_failed_logins_refill_are_given_back_and_are_kept_per_client() -> None:
+    from docxy.access.logins import FailedLogins
+
+    now = [0.0]
+    logins = FailedLogins(6, clock=lambda: now[0])  # one wrong password back every 10 s
+    assert logins.take("192.0.2.1") is None
+    logins.give_back("192.0.2.1")  # a right password costs nothing
+    for _ in range(6):
+        assert logins.take("192.0.2.1") is None
+    refusal = logins.take("192.0.2.1")
+    assert refusal is not None and refusal.status == 429
+    assert ("Retry-After", "10") in refusal.headers()
+    assert logins.take("192.0.2.2") is None
+    now[0] = 10.0
+    assert logins.take("192.0.2.1") is None
+    assert FailedLogins(0).take("192.0.2.1") is None  # off

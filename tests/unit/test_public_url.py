@@ -138,3 +138,25 @@ async def test_the_https_redirect_goes_to_the_public_url(tmp_path: Path, target:
     location = answer.headers["Location"]
     assert location.startswith(PUBLIC + "/"), location
     assert urlsplit(location).netloc == urlsplit(PUBLIC).netloc, location
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".example", "mirror..example", "a" * 64 + ":443"])
+@pytest.mark.parametrize(
+    "target", ["/v2/", "/v2/library/x/manifests/latest", "/auth/token", "/setup.sh"]
+)
+async def test_a_host_header_werkzeug_cannot_read_is_a_400_not_a_500(
+    tmp_path: Path, host: str, target: str
+) -> None:
+    """A ``Host`` with a label over 63 characters or an empty one made werkzeug raise
+    ``BadHost`` while Quart built the request context, outside its error handling: hypercorn
+    answered ``500`` with no body and logged a 70-line traceback at ERROR, one per request
+    (a log flood for anyone; found with ``Host: aaaa...`` against a running mirror). Now it is
+    a ``400`` in the registry's error format, before the app, for a ``Host`` header and for
+    an absolute-form target alike."""
+    async with mirror(tmp_path, upstream) as app:
+        stack = AccessLog(Guard(app, None))
+        for path, header in ((target, host), (f"http://{host}{target}", "mirror.test")):
+            answer = await call_asgi(stack, "GET", path, host=header)
+            assert answer.status == 400, (path, answer.status)
+            assert answer.headers["Content-Type"] == "application/json"
+            assert answer.body.startswith(b'{"errors": [{"code": ')
