@@ -9,6 +9,7 @@
     clients/     private dockerd and containerd, the egress guard, relays and forwarders, a network
                  namespace, TLS trust for daemons, the appliance's base image and containers
     service      a child process serving HTTP on a free port, waited on until it answers
+    health       a stand-in for the mirror's /health, for the probes that ask it
     processes    polling, stopping, unmounting; CPU and memory of a process tree (/proc)
     ports, certs free loopback ports, whether one accepts; a self-signed certificate for 127.0.0.1
     need         the binaries and privileges a part needs
