@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from docxy.config import load_config
+from docxy.config import Config, load_config
 from docxy.core.errors import ConfigError
 from docxy.http.server import load_tls
 from docxy.tls import certs
@@ -53,6 +53,20 @@ def site(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def contents(*paths: Path) -> tuple[bytes, ...]:
     return tuple(path.read_bytes() for path in paths)
+
+
+def serving(cert: Path, key: Path, tmp_path: Path) -> Config:
+    """A mirror's config serving TLS from `cert` and `key` (what ``load_tls`` starts with)."""
+    return load_config(
+        {
+            "server.tls_listen": "127.0.0.1:8443",
+            "tls.cert_path": str(cert),
+            "tls.key_path": str(key),
+            "cache.dir": str(tmp_path / "cache"),
+        },
+        None,
+        {},
+    )
 
 
 def test_cut_between_the_renames_is_completed(
@@ -96,18 +110,8 @@ def test_a_mismatch_no_install_left_is_still_refused(tmp_path: Path) -> None:
     before = contents(cert, key)
     assert finish_install(cert, key) is False
     assert contents(cert, key) == before
-    config = load_config(
-        {
-            "server.tls_listen": "127.0.0.1:8443",
-            "tls.cert_path": str(cert),
-            "tls.key_path": str(key),
-            "cache.dir": str(tmp_path / "cache"),
-        },
-        None,
-        {},
-    )
     with pytest.raises(ConfigError, match="does not match"):
-        load_tls(config)
+        load_tls(serving(cert, key, tmp_path))
 
 
 def test_a_live_reload_of_a_half_install_is_refused(
@@ -136,17 +140,7 @@ def test_the_mirror_starts_with_the_completed_pair(
     with pytest.raises(Crash):
         certs.install(live, cert, key)
     monkeypatch.undo()
-    config = load_config(
-        {
-            "server.tls_listen": "127.0.0.1:8443",
-            "tls.cert_path": str(cert),
-            "tls.key_path": str(key),
-            "cache.dir": str(tmp_path / "cache"),
-        },
-        None,
-        {},
-    )
-    tls = load_tls(config)
+    tls = load_tls(serving(cert, key, tmp_path))
     assert tls is not None
     assert contents(cert, key) == contents(live / "fullchain.pem", live / "privkey.pem")
     assert tls.status()["last_error"] is None
