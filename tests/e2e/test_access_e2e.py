@@ -33,7 +33,7 @@ from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
 from tests.conftest import StartMirror
-from tests.unavailable import need_binary
+from tests.unavailable import CONTAINERD, DOCKER, need_binaries, need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -100,8 +100,7 @@ def users_mirror(start_mirror: StartMirror, tmp_path: Path) -> UsersMirror:
 
 @pytest.fixture
 def dockerd(users_mirror: UsersMirror, egress: EgressGuard) -> Iterator[Dockerd]:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     with running_dockerd(mirror_url=users_mirror.mirror.url, egress_proxy=egress.url) as daemon:
         yield daemon
 
@@ -215,8 +214,7 @@ def test_containerd_with_credentials(
     password pulls; a wrong password and none are refused."""
     from lab.clients.containerd import running_containerd
 
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
-        need_binary(name)
+    need_binaries(*CONTAINERD)
     image = bed.images["library/hello"]
     ref = f"docker.io/{image.repo}:{image.tag}"
     url = users_mirror.mirror.url

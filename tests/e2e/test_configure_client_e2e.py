@@ -36,7 +36,7 @@ from tests.conftest import StartMirror
 from tests.e2e.test_access_e2e import docxy_cli
 from tests.e2e.test_client_certs_e2e import server_certificate
 from tests.scriptbox import output, run_ok
-from tests.unavailable import need_binary
+from tests.unavailable import CONTAINERD, DOCKER, need_binaries
 from tests.unit.test_setup_script import expected
 
 pytestmark = pytest.mark.e2e
@@ -46,8 +46,7 @@ DEAD_MIRROR = "http://127.0.0.1:9"
 
 @pytest.fixture
 def dockerd(mirror: Mirror, egress: EgressGuard) -> Iterator[Dockerd]:
-    for name in ("dockerd", "docker", "containerd", "runc", "python3"):
-        need_binary(name)
+    need_binaries(*DOCKER, "python3")
     with running_dockerd(mirror_url=DEAD_MIRROR, egress_proxy=egress.url) as daemon:
         yield daemon
 
@@ -128,8 +127,7 @@ def test_setup_script_points_a_running_dockerd_at_the_mirror(
 def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
     bed: Bed, mirror: Mirror, egress: EgressGuard, tmp_path: Path
 ) -> None:
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
-        need_binary(name)
+    need_binaries(*CONTAINERD, "python3")
     script = served_script(mirror)
     root = tmp_path / "node"
     configured = subprocess.run(
@@ -167,8 +165,7 @@ def lab(tmp_path: Path) -> Iterator[BasicUpstream]:
 def test_setup_script_writes_hosts_toml_for_every_configured_registry(
     start_mirror: StartMirror, lab: BasicUpstream, egress: EgressGuard, tmp_path: Path
 ) -> None:
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
-        need_binary(name)
+    need_binaries(*CONTAINERD, "python3")
     mirror = start_mirror(
         env={
             "DOCXY_UPSTREAMS": f"lab.test={lab.url}",
@@ -210,8 +207,7 @@ def test_setup_script_writes_hosts_toml_for_every_configured_registry(
 def test_client_cert_from_the_setup_script_lets_containerd_pull_in_users_mode(
     bed: Bed, start_mirror: StartMirror, egress: EgressGuard, tmp_path: Path
 ) -> None:
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
-        need_binary(name)
+    need_binaries(*CONTAINERD, "python3")
     server_ca, cert, key = server_certificate(tmp_path / "server", "localhost")
     auth_dir = tmp_path / "access"
     tls_port = free_port()

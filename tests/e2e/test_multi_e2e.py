@@ -32,7 +32,7 @@ from lab.clients.egress import EgressGuard
 from lab.clients.forward import Forwarder
 from lab.mirror import Mirror, launch_mirror, stop_mirror
 from tests.conftest import StartMirror
-from tests.unavailable import need_binary
+from tests.unavailable import DOCKER, need_binaries, need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -78,8 +78,7 @@ def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_dockerd_pulls_each_upstream_by_path_prefix(
     multi: Mirror, bed: Bed, lab: BasicUpstream, egress: EgressGuard
 ) -> None:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     multi_image = bed.images["docxytest/multi"]
     refs = {
         f"127.0.0.1:{multi.port}/lab.test/{lab.image.repo}:1": lab.image,
@@ -108,8 +107,7 @@ def test_dockerd_pulls_each_upstream_by_path_prefix(
 def test_containerd_pulls_a_non_docker_hub_registry_with_ns(
     multi: Mirror, lab: BasicUpstream, egress: EgressGuard
 ) -> None:
-    for name in ("containerd", "ctr", "containerd-shim-runc-v2"):
-        need_binary(name)
+    need_binaries("containerd", "ctr", "containerd-shim-runc-v2")
     with running_containerd(egress_proxy=egress.url) as daemon:
         hosts = _lab_hosts_dir(daemon, multi)
         ref = f"lab.test/{lab.image.repo}:1"

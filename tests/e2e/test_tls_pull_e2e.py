@@ -47,7 +47,7 @@ from tests.e2e.test_certs_e2e import (
     served_cert,
 )
 from tests.e2e.waiting import poll
-from tests.unavailable import need_binary
+from tests.unavailable import DOCKER, need_binaries, need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -148,8 +148,7 @@ def test_skopeo_pulls_over_https_trusting_only_pebbles_root(
 def test_dockerd_pulls_through_the_https_mirror_with_certs_d_trust(
     https_mirror: HttpsMirror, bed: Bed, egress: EgressGuard
 ) -> None:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     image: TestImage = bed.images["docxytest/multi"]
     ref = f"{image.short_repo}:{image.tag}"
     with (
