@@ -33,7 +33,8 @@ from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
 from tests.conftest import StartMirror
-from tests.unavailable import CONTAINERD, DOCKER, need_binaries, need_binary
+from tests.e2e.skopeo import run_skopeo
+from tests.unavailable import CONTAINERD, DOCKER, need_binaries
 
 pytestmark = pytest.mark.e2e
 
@@ -180,20 +181,13 @@ def test_tokens_work_only_for_their_repository_and_lifetime(
 def skopeo_inspect(
     served: UsersMirror, image: TestImage, home: Path, *creds: str
 ) -> subprocess.CompletedProcess[str]:
-    skopeo = need_binary("skopeo")
-    auth_file = home / "auth.json"
-    auth_file.write_text('{"auths": {}}')
-    command = [
-        skopeo,
+    return run_skopeo(
+        home,
         "inspect",
         "--raw",  # the manifest only: the mirror has no tags/list
         "--tls-verify=false",
         *creds,
         f"docker://{served.host}/{image.repo}:{image.tag}",
-    ]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "REGISTRY_AUTH_FILE": str(auth_file)}
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False
     )
 
 
