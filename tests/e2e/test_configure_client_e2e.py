@@ -27,7 +27,7 @@ import pytest
 
 from lab.basic_upstream import BasicUpstream, start_basic_upstream
 from lab.bed import Bed
-from lab.clients.containerd import SNAPSHOTTER, running_containerd
+from lab.clients.containerd import running_containerd
 from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
@@ -80,6 +80,30 @@ def run_served(script: str, daemon: Dockerd, *args: str) -> subprocess.Completed
     )
 
 
+def configure_containerd(script: str, root: Path, *args: str) -> tuple[str, Path]:
+    """`curl -fsSL MIRROR/setup.sh | bash -s -- --containerd --root ROOT ARGS`, which must
+    succeed: what it said, and the hosts directory it wrote."""
+    said = run_ok(
+        subprocess.run(
+            [
+                shutil.which("bash") or "bash",
+                "-s",
+                "--",
+                "--containerd",
+                "--root",
+                str(root),
+                *args,
+            ],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    )
+    return said, root / "etc" / "containerd" / "certs.d"
+
+
 def active_mirrors(daemon: Dockerd) -> list[str]:
     result = daemon.docker("info", "--format", "{{json .RegistryConfig.Mirrors}}", check=True)
     mirrors = json.loads(result.stdout)
@@ -130,24 +154,13 @@ def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
     need_binaries(*CONTAINERD, "python3")
     script = served_script(mirror)
     root = tmp_path / "node"
-    configured = subprocess.run(
-        [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    said = run_ok(configured)
+    said, hosts_dir = configure_containerd(script, root)
     assert "hosts.toml" in said
-    hosts_dir = root / "etc" / "containerd" / "certs.d"
     image = bed.images["docxytest/multi"]
     ref = f"docker.io/{image.repo}:{image.tag}"
 
     with running_containerd(egress_proxy=egress.url) as containerd:
-        pulled = containerd.ctr(
-            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(hosts_dir), ref
-        )
+        pulled = containerd.pull(ref, hosts_dir=hosts_dir)
         assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
         ran = containerd.run_image(ref, "configured", "cat", "/docxy-test.txt")
         assert ran.stdout == image.content, ran.stderr
@@ -176,24 +189,12 @@ def test_setup_script_writes_hosts_toml_for_every_configured_registry(
     script = served_script(mirror)
     assert script == expected(mirror.url, f"docker.io lab.test={lab.url}")
     root = tmp_path / "node"
-    said = run_ok(
-        subprocess.run(
-            [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)],
-            input=script,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    )
-    hosts_dir = root / "etc" / "containerd" / "certs.d"
+    said, hosts_dir = configure_containerd(script, root)
     assert sorted(p.name for p in hosts_dir.iterdir()) == ["docker.io", "lab.test"], said
     ref = f"lab.test/{lab.image.repo}:1"
 
     with running_containerd(egress_proxy=egress.url) as containerd:
-        pulled = containerd.ctr(
-            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(hosts_dir), ref
-        )
+        pulled = containerd.pull(ref, hosts_dir=hosts_dir)
         assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
         ran = containerd.run_image(ref, "lab", "cat", "/docxy-test.txt")
         assert ran.stdout == lab.image.content, ran.stderr
@@ -229,19 +230,9 @@ def test_client_cert_from_the_setup_script_lets_containerd_pull_in_users_mode(
     script = response.text
 
     def configure(root: Path, *args: str) -> Path:
-        said = run_ok(
-            subprocess.run(
-                [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)]
-                + [*args, "--ca-cert", str(server_ca)],
-                input=script,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        )
+        said, hosts_dir = configure_containerd(script, root, *args, "--ca-cert", str(server_ca))
         assert f"https://localhost:{tls_port}" in said
-        return root / "etc" / "containerd" / "certs.d"
+        return hosts_dir
 
     with_cert = configure(tmp_path / "node1", "--client-cert", str(kit))
     without = configure(tmp_path / "node2")
@@ -249,13 +240,9 @@ def test_client_cert_from_the_setup_script_lets_containerd_pull_in_users_mode(
     ref = f"docker.io/{image.repo}:{image.tag}"
 
     with running_containerd(egress_proxy=egress.url) as containerd:
-        refused = containerd.ctr(
-            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(without), ref
-        )
+        refused = containerd.pull(ref, hosts_dir=without)
         assert refused.returncode != 0, refused.stdout
-        pulled = containerd.ctr(
-            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(with_cert), ref
-        )
+        pulled = containerd.pull(ref, hosts_dir=with_cert)
         assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
 
     served = [

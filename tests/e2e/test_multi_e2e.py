@@ -107,10 +107,7 @@ def test_containerd_pulls_a_non_docker_hub_registry_with_ns(
     with running_containerd(egress_proxy=egress.url) as daemon:
         hosts = _lab_hosts_dir(daemon, multi)
         ref = f"lab.test/{lab.image.repo}:1"
-        pulled = daemon.ctr(
-            "images", "pull", "--snapshotter", "native", "--hosts-dir", str(hosts), ref,
-            timeout=TIMEOUT,
-        )  # fmt: skip
+        pulled = daemon.pull(ref, hosts_dir=hosts, timeout=TIMEOUT)
         assert pulled.returncode == 0, f"{pulled.stdout[-2000:]}\n{pulled.stderr[-4000:]}"
         listing = daemon.ctr("images", "ls", check=True).stdout
         assert any(
