@@ -42,6 +42,17 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, served: set[Path], renames: int
     monkeypatch.setattr(os, "replace", replace)  # as docxy.tls.files calls it
 
 
+def install_cut(
+    monkeypatch: pytest.MonkeyPatch, live: Path, cert: Path, key: Path, renames: int
+) -> None:
+    """The renewer's install of `live` at `cert` and `key`, cut short after `renames` of its
+    renames onto them."""
+    crash_after(monkeypatch, {cert, key}, renames)
+    with pytest.raises(Crash):
+        certs.install(live, cert, key)
+    monkeypatch.undo()
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> tuple[Path, Path, Path]:
     """(live lineage, served cert, served key): the old pair served, a renewed one issued."""
@@ -73,10 +84,7 @@ def test_cut_between_the_renames_is_completed(
     site: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     live, cert, key = site
-    crash_after(monkeypatch, {cert, key}, 1)
-    with pytest.raises(Crash):
-        certs.install(live, cert, key)
-    monkeypatch.undo()
+    install_cut(monkeypatch, live, cert, key, 1)
     assert not matching(cert, key)
     with pytest.raises(CertError, match="does not match"):
         ReloadableTLS(cert, key)  # what the mirror refused to start with
@@ -93,10 +101,7 @@ def test_cut_before_the_first_rename_keeps_the_old_pair(
 ) -> None:
     live, cert, key = site
     before = contents(cert, key)
-    crash_after(monkeypatch, {cert, key}, 0)
-    with pytest.raises(Crash):
-        certs.install(live, cert, key)
-    monkeypatch.undo()
+    install_cut(monkeypatch, live, cert, key, 0)
     assert finish_install(cert, key) is False
     assert contents(cert, key) == before
     # The renewer's next install puts the new pair in place over the pending one.
@@ -122,10 +127,7 @@ def test_a_live_reload_of_a_half_install_is_refused(
     live, cert, key = site
     tls = ReloadableTLS(cert, key)
     serial = tls.status()["serial"]
-    crash_after(monkeypatch, {cert, key}, 1)
-    with pytest.raises(Crash):
-        certs.install(live, cert, key)
-    monkeypatch.undo()
+    install_cut(monkeypatch, live, cert, key, 1)
     with pytest.raises(CertError, match="does not match"):
         tls.reload()
     assert tls.status()["serial"] == serial
@@ -136,10 +138,7 @@ def test_the_mirror_starts_with_the_completed_pair(
     site: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     live, cert, key = site
-    crash_after(monkeypatch, {cert, key}, 1)
-    with pytest.raises(Crash):
-        certs.install(live, cert, key)
-    monkeypatch.undo()
+    install_cut(monkeypatch, live, cert, key, 1)
     tls = load_tls(serving(cert, key, tmp_path))
     assert tls is not None
     assert contents(cert, key) == contents(live / "fullchain.pem", live / "privkey.pem")
