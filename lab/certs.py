@@ -1,24 +1,29 @@
-"""A self-signed certificate for the loopback address, for peers that serve TLS in the lab.
+"""Certificates for the lab: a self-signed one for the loopback address, and chains of any depth.
 
-The certificate is its own CA (clients trust it directly: curl `--cacert`, an `ssl` context)
-and names 127.0.0.1 and localhost. Its skeleton is Docxy's own `self_signed_builder()`.
+`loopback_cert` is its own CA (clients trust it directly: curl `--cacert`, an `ssl` context)
+and names 127.0.0.1 and localhost. `issue` makes one certificate of a chain (a root, an
+intermediate, a leaf for a name), signed by the `Issued` above it or by itself.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
-from docxy.tls.context import self_signed_builder
 from lab.ports import LOOPBACK
 
 DAYS = 2
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -33,24 +38,66 @@ class CertPair:
         return ssl.create_default_context(cafile=str(self.cert))
 
 
-def loopback_cert(directory: Path, name: str = "lab") -> CertPair:
-    """Write `<name>-cert.pem` and `<name>-key.pem` into `directory` (created if missing)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.IPAddress(IPv4Address(LOOPBACK)), x509.DNSName("localhost")]
-    cert = (
-        self_signed_builder(key, f"docxy {name}", DAYS)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pair = CertPair(directory / f"{name}-cert.pem", directory / f"{name}-key.pem")
-    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(
-        key.private_bytes(
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its private key, in memory."""
+
+    key: PrivateKey
+    cert: x509.Certificate
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        """The key as unencrypted PKCS#8 PEM."""
+        return self.key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+
+    def write(self, cert: Path, key: Path) -> CertPair:
+        """The certificate alone at `cert`, the key at `key` (their directories made)."""
+        for path, data in ((cert, self.cert_pem), (key, self.key_pem)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return CertPair(cert, key)
+
+
+def issue(
+    common_name: str,
+    issuer: Issued | None = None,
+    *,
+    ca: bool = False,
+    names: Sequence[x509.GeneralName] = (),
+    key: PrivateKey | None = None,
+    days: float = DAYS,
+) -> Issued:
+    """A certificate for `common_name` (and the subject alternative `names`), signed by
+    `issuer` or, without one, by itself; a new P-256 key unless `key` is given. Valid from
+    five minutes ago (clock skew) for `days`."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject if issuer is None else issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    return pair
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return Issued(key, builder.sign(key if issuer is None else issuer.key, hashes.SHA256()))
+
+
+def loopback_cert(directory: Path, name: str = "lab") -> CertPair:
+    """Write `<name>-cert.pem` and `<name>-key.pem` into `directory` (created if missing)."""
+    names = [x509.IPAddress(IPv4Address(LOOPBACK)), x509.DNSName("localhost")]
+    issued = issue(f"docxy {name}", ca=True, names=names)
+    return issued.write(directory / f"{name}-cert.pem", directory / f"{name}-key.pem")

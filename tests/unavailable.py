@@ -40,6 +40,18 @@ def need_binary(name: str) -> str:
     return _needed(lambda: need.binary(name))
 
 
+DOCKER = ("dockerd", "docker", "containerd", "runc")
+"""What a private dockerd (lab.clients.dockerd) runs on."""
+CONTAINERD = ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
+"""What a private containerd pulling and running with ctr (lab.clients.containerd) runs on."""
+
+
+def need_binaries(*names: str) -> None:
+    """Skip the test unless every one of `names` is on PATH (fail when DOCXY_REQUIRE_E2E=1)."""
+    for name in names:
+        need_binary(name)
+
+
 def need_root(reason: str) -> None:
     """Skip the test unless it runs as root (fail when DOCXY_REQUIRE_E2E=1)."""
     _needed(lambda: need.root(reason))

@@ -24,6 +24,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from docxy.access.users import valid_name
 from docxy.core.bounded import LruDict
 from docxy.tls.context import self_signed_builder, write_files_atomic
+from docxy.tls.files import write_pair
+from docxy.tls.recover import finish_install
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,15 @@ class ClientCA:
         return self.dir / CLIENTS
 
     def ensure(self) -> None:
-        """Create the CA on first use."""
-        if self.cert_path.exists():
+        """Create the CA on first use.
+
+        Written as the TLS pair is (key, then certificate, each whole beside its target
+        first), and completed from there by whoever comes next: a crash between the renames,
+        or a second start in that moment (the mirror and ``docxy clients add`` at once), meets
+        the pending certificate instead of making a second CA whose key would sign for the
+        first one's certificate.
+        """
+        if finish_install(self.cert_path, self.dir / CA_KEY) or self.cert_path.exists():
             return
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
@@ -115,12 +124,8 @@ class ClientCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        write_files_atomic(
-            [
-                (self.dir / CA_KEY, _pem_key(key), 0o600),
-                (self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644),
-            ]
-        )
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        write_pair(self.cert_path, self.dir / CA_KEY, pem, _pem_key(key))
 
     def _ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         self.ensure()

@@ -96,11 +96,20 @@ class Containerd:
         return directory
 
     def pull(
-        self, ref: str, *, mirror_url: str, user: str | None = None, timeout: float = 300.0
+        self,
+        ref: str,
+        *,
+        mirror_url: str | None = None,
+        hosts_dir: Path | None = None,
+        user: str | None = None,
+        timeout: float = 300.0,
     ) -> subprocess.CompletedProcess[str]:
-        """`ctr images pull` of a docker.io reference through the mirror at `mirror_url`."""
-        args = ["images", "pull", "--snapshotter", SNAPSHOTTER]
-        args += ["--hosts-dir", str(self.hosts_dir(mirror_url))]
+        """`ctr images pull` of a docker.io reference through the mirror at `mirror_url`, or of
+        any reference as the hosts directory `hosts_dir` (one of the two) says."""
+        if hosts_dir is None:
+            assert mirror_url is not None, "pull needs a mirror_url or a hosts_dir"
+            hosts_dir = self.hosts_dir(mirror_url)
+        args = ["images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(hosts_dir)]
         if user is not None:
             args += ["--user", user]
         return self.ctr(*args, ref, timeout=timeout)

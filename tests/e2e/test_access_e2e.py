@@ -33,7 +33,8 @@ from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
 from tests.conftest import StartMirror
-from tests.unavailable import need_binary
+from tests.e2e.skopeo import run_skopeo
+from tests.unavailable import CONTAINERD, DOCKER, need_binaries
 
 pytestmark = pytest.mark.e2e
 
@@ -100,8 +101,7 @@ def users_mirror(start_mirror: StartMirror, tmp_path: Path) -> UsersMirror:
 
 @pytest.fixture
 def dockerd(users_mirror: UsersMirror, egress: EgressGuard) -> Iterator[Dockerd]:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     with running_dockerd(mirror_url=users_mirror.mirror.url, egress_proxy=egress.url) as daemon:
         yield daemon
 
@@ -181,20 +181,13 @@ def test_tokens_work_only_for_their_repository_and_lifetime(
 def skopeo_inspect(
     served: UsersMirror, image: TestImage, home: Path, *creds: str
 ) -> subprocess.CompletedProcess[str]:
-    skopeo = need_binary("skopeo")
-    auth_file = home / "auth.json"
-    auth_file.write_text('{"auths": {}}')
-    command = [
-        skopeo,
+    return run_skopeo(
+        home,
         "inspect",
         "--raw",  # the manifest only: the mirror has no tags/list
         "--tls-verify=false",
         *creds,
         f"docker://{served.host}/{image.repo}:{image.tag}",
-    ]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "REGISTRY_AUTH_FILE": str(auth_file)}
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False
     )
 
 
@@ -215,8 +208,7 @@ def test_containerd_with_credentials(
     password pulls; a wrong password and none are refused."""
     from lab.clients.containerd import running_containerd
 
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
-        need_binary(name)
+    need_binaries(*CONTAINERD)
     image = bed.images["library/hello"]
     ref = f"docker.io/{image.repo}:{image.tag}"
     url = users_mirror.mirror.url

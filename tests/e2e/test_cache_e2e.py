@@ -54,7 +54,7 @@ from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
 from tests.conftest import StartMirror
 from tests.e2e.waiting import poll
-from tests.unavailable import need_binary
+from tests.unavailable import DOCKER, need_binaries
 
 pytestmark = pytest.mark.e2e
 
@@ -202,8 +202,7 @@ def assert_failed(download: Download, size: int) -> None:
 @pytest.fixture
 def egress(egress: EgressGuard) -> EgressGuard:
     """The shared egress guard, for dockerd tests: they need the Docker binaries."""
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     return egress
 
 

@@ -14,7 +14,6 @@ allowed by a client certificate from `docxy clients add`.
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -24,11 +23,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from lab.bed import Bed, TestImage
+from lab.certs import issue
 from lab.clients.dockerd import Dockerd
 from lab.clients.egress import EgressGuard
 from lab.clients.netns import Namespace, forwarder, namespace
@@ -44,46 +41,13 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 180
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def server_certificate(out: Path, name: str) -> tuple[Path, Path, Path]:
     """A test CA and a server certificate for ``name`` it signed: (ca, cert, key) paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "docxy test server CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = out / "server-ca.crt", out / "server.pem", out / "server-key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(_key_pem(key))
-    return paths
+    ca = issue("docxy test server CA", ca=True, days=1)
+    server = issue(name, ca, names=[x509.DNSName(name)], days=1)
+    pair = server.write(out / "server.pem", out / "server-key.pem")
+    (out / "server-ca.crt").write_bytes(ca.cert_pem)
+    return out / "server-ca.crt", pair.cert, pair.key
 
 
 @contextmanager

@@ -27,7 +27,7 @@ import pytest
 
 from lab.basic_upstream import BasicUpstream, start_basic_upstream
 from lab.bed import Bed
-from lab.clients.containerd import SNAPSHOTTER, running_containerd
+from lab.clients.containerd import running_containerd
 from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
@@ -36,7 +36,7 @@ from tests.conftest import StartMirror
 from tests.e2e.test_access_e2e import docxy_cli
 from tests.e2e.test_client_certs_e2e import server_certificate
 from tests.scriptbox import output, run_ok
-from tests.unavailable import need_binary
+from tests.unavailable import CONTAINERD, DOCKER, need_binaries
 from tests.unit.test_setup_script import expected
 
 pytestmark = pytest.mark.e2e
@@ -46,8 +46,7 @@ DEAD_MIRROR = "http://127.0.0.1:9"
 
 @pytest.fixture
 def dockerd(mirror: Mirror, egress: EgressGuard) -> Iterator[Dockerd]:
-    for name in ("dockerd", "docker", "containerd", "runc", "python3"):
-        need_binary(name)
+    need_binaries(*DOCKER, "python3")
     with running_dockerd(mirror_url=DEAD_MIRROR, egress_proxy=egress.url) as daemon:
         yield daemon
 
@@ -79,6 +78,30 @@ def run_served(script: str, daemon: Dockerd, *args: str) -> subprocess.Completed
         timeout=120,
         check=False,
     )
+
+
+def configure_containerd(script: str, root: Path, *args: str) -> tuple[str, Path]:
+    """`curl -fsSL MIRROR/setup.sh | bash -s -- --containerd --root ROOT ARGS`, which must
+    succeed: what it said, and the hosts directory it wrote."""
+    said = run_ok(
+        subprocess.run(
+            [
+                shutil.which("bash") or "bash",
+                "-s",
+                "--",
+                "--containerd",
+                "--root",
+                str(root),
+                *args,
+            ],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    )
+    return said, root / "etc" / "containerd" / "certs.d"
 
 
 def active_mirrors(daemon: Dockerd) -> list[str]:
@@ -128,28 +151,16 @@ def test_setup_script_points_a_running_dockerd_at_the_mirror(
 def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
     bed: Bed, mirror: Mirror, egress: EgressGuard, tmp_path: Path
 ) -> None:
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
-        need_binary(name)
+    need_binaries(*CONTAINERD, "python3")
     script = served_script(mirror)
     root = tmp_path / "node"
-    configured = subprocess.run(
-        [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    said = run_ok(configured)
+    said, hosts_dir = configure_containerd(script, root)
     assert "hosts.toml" in said
-    hosts_dir = root / "etc" / "containerd" / "certs.d"
     image = bed.images["docxytest/multi"]
     ref = f"docker.io/{image.repo}:{image.tag}"
 
     with running_containerd(egress_proxy=egress.url) as containerd:
-        pulled = containerd.ctr(
-            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(hosts_dir), ref
-        )
+        pulled = containerd.pull(ref, hosts_dir=hosts_dir)
         assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
         ran = containerd.run_image(ref, "configured", "cat", "/docxy-test.txt")
         assert ran.stdout == image.content, ran.stderr
@@ -167,8 +178,7 @@ def lab(tmp_path: Path) -> Iterator[BasicUpstream]:
 def test_setup_script_writes_hosts_toml_for_every_configured_registry(
     start_mirror: StartMirror, lab: BasicUpstream, egress: EgressGuard, tmp_path: Path
 ) -> None:
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
-        need_binary(name)
+    need_binaries(*CONTAINERD, "python3")
     mirror = start_mirror(
         env={
             "DOCXY_UPSTREAMS": f"lab.test={lab.url}",
@@ -179,24 +189,12 @@ def test_setup_script_writes_hosts_toml_for_every_configured_registry(
     script = served_script(mirror)
     assert script == expected(mirror.url, f"docker.io lab.test={lab.url}")
     root = tmp_path / "node"
-    said = run_ok(
-        subprocess.run(
-            [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)],
-            input=script,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    )
-    hosts_dir = root / "etc" / "containerd" / "certs.d"
+    said, hosts_dir = configure_containerd(script, root)
     assert sorted(p.name for p in hosts_dir.iterdir()) == ["docker.io", "lab.test"], said
     ref = f"lab.test/{lab.image.repo}:1"
 
     with running_containerd(egress_proxy=egress.url) as containerd:
-        pulled = containerd.ctr(
-            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(hosts_dir), ref
-        )
+        pulled = containerd.pull(ref, hosts_dir=hosts_dir)
         assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
         ran = containerd.run_image(ref, "lab", "cat", "/docxy-test.txt")
         assert ran.stdout == lab.image.content, ran.stderr
@@ -210,8 +208,7 @@ def test_setup_script_writes_hosts_toml_for_every_configured_registry(
 def test_client_cert_from_the_setup_script_lets_containerd_pull_in_users_mode(
     bed: Bed, start_mirror: StartMirror, egress: EgressGuard, tmp_path: Path
 ) -> None:
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "python3"):
-        need_binary(name)
+    need_binaries(*CONTAINERD, "python3")
     server_ca, cert, key = server_certificate(tmp_path / "server", "localhost")
     auth_dir = tmp_path / "access"
     tls_port = free_port()
@@ -233,19 +230,9 @@ def test_client_cert_from_the_setup_script_lets_containerd_pull_in_users_mode(
     script = response.text
 
     def configure(root: Path, *args: str) -> Path:
-        said = run_ok(
-            subprocess.run(
-                [shutil.which("bash") or "bash", "-s", "--", "--containerd", "--root", str(root)]
-                + [*args, "--ca-cert", str(server_ca)],
-                input=script,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        )
+        said, hosts_dir = configure_containerd(script, root, *args, "--ca-cert", str(server_ca))
         assert f"https://localhost:{tls_port}" in said
-        return root / "etc" / "containerd" / "certs.d"
+        return hosts_dir
 
     with_cert = configure(tmp_path / "node1", "--client-cert", str(kit))
     without = configure(tmp_path / "node2")
@@ -253,13 +240,9 @@ def test_client_cert_from_the_setup_script_lets_containerd_pull_in_users_mode(
     ref = f"docker.io/{image.repo}:{image.tag}"
 
     with running_containerd(egress_proxy=egress.url) as containerd:
-        refused = containerd.ctr(
-            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(without), ref
-        )
+        refused = containerd.pull(ref, hosts_dir=without)
         assert refused.returncode != 0, refused.stdout
-        pulled = containerd.ctr(
-            "images", "pull", "--snapshotter", SNAPSHOTTER, "--hosts-dir", str(with_cert), ref
-        )
+        pulled = containerd.pull(ref, hosts_dir=with_cert)
         assert pulled.returncode == 0, f"{pulled.stderr}\n{containerd.log()[-6000:]}"
 
     served = [

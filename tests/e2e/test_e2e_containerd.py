@@ -20,15 +20,14 @@ from lab.clients.containerd import Containerd, running_containerd
 from lab.clients.egress import EgressGuard
 from lab.clients.relay import Exchange, Relay
 from lab.mirror import Mirror
-from tests.unavailable import need_binary
+from tests.unavailable import CONTAINERD, need_binaries
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _containerd_binaries() -> None:
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
-        need_binary(name)
+    need_binaries(*CONTAINERD)
 
 
 @pytest.fixture

@@ -20,15 +20,14 @@ from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.clients.relay import Exchange, Relay
 from lab.mirror import Mirror
-from tests.unavailable import need_binary
+from tests.unavailable import DOCKER, need_binaries
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _docker_binaries() -> None:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from lab.bed import Bed
 from lab.bed.images import sha256_digest
 from lab.mirror import Mirror
-from tests.unavailable import need_binary
+from tests.e2e.skopeo import run_skopeo
 
 pytestmark = pytest.mark.e2e
 
@@ -24,21 +24,14 @@ TIMEOUT = 180
 def skopeo_copy(
     mirror: Mirror, reference: str, dest: Path, *flags: str, home: Path
 ) -> subprocess.CompletedProcess[str]:
-    skopeo = need_binary("skopeo")
-    auth_file = home / "auth.json"
-    auth_file.write_text('{"auths": {}}')
-    command = [
-        skopeo,
+    return run_skopeo(
+        home,
         "--insecure-policy",
         "copy",
         "--src-tls-verify=false",
         *flags,
         f"docker://127.0.0.1:{mirror.port}/{reference}",
         f"oci:{dest}",
-    ]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "REGISTRY_AUTH_FILE": str(auth_file)}
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False
     )
 
 

@@ -16,7 +16,7 @@ from lab.clients.dockerd import Dockerd, running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
 from tests.conftest import StartMirror
-from tests.unavailable import need_binary
+from tests.unavailable import DOCKER, need_binaries
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +28,7 @@ def ruled_mirror(start_mirror: StartMirror) -> Mirror:
 
 @pytest.fixture
 def dockerd(ruled_mirror: Mirror, egress: EgressGuard) -> Iterator[Dockerd]:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     with running_dockerd(mirror_url=ruled_mirror.url, egress_proxy=egress.url) as daemon:
         yield daemon
 

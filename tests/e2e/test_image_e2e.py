@@ -52,7 +52,7 @@ from lab.ports import LOOPBACK, free_port
 from tests.e2e.test_appliance_e2e import handshake, is_self_signed
 from tests.e2e.test_shared_e2e import blob_fetches, get_blob, object_bytes, shared_health
 from tests.e2e.waiting import poll
-from tests.unavailable import need_binary
+from tests.unavailable import DOCKER, need_binaries, need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -77,8 +77,7 @@ class Appliance:
 
 @pytest.fixture(scope="module")
 def appliance() -> Iterator[Appliance]:
-    for name in ("dockerd", "docker", "containerd", "runc", "mmdebstrap"):
-        need_binary(name)
+    need_binaries(*DOCKER, "mmdebstrap")
     pull_port = free_port()
     with (
         EgressGuard() as egress,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +31,8 @@ from lab.clients.egress import EgressGuard
 from lab.clients.forward import Forwarder
 from lab.mirror import Mirror, launch_mirror, stop_mirror
 from tests.conftest import StartMirror
-from tests.unavailable import need_binary
+from tests.e2e.skopeo import run_skopeo
+from tests.unavailable import DOCKER, need_binaries, need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -68,18 +68,13 @@ def multi(start_mirror: StartMirror, bed: Bed, lab: BasicUpstream) -> Mirror:
     return start_mirror(env=upstreams_env(bed, lab))
 
 
-def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, env=env)
-
-
 # --- real clients ---------------------------------------------------------------------------
 
 
 def test_dockerd_pulls_each_upstream_by_path_prefix(
     multi: Mirror, bed: Bed, lab: BasicUpstream, egress: EgressGuard
 ) -> None:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     multi_image = bed.images["docxytest/multi"]
     refs = {
         f"127.0.0.1:{multi.port}/lab.test/{lab.image.repo}:1": lab.image,
@@ -108,15 +103,11 @@ def test_dockerd_pulls_each_upstream_by_path_prefix(
 def test_containerd_pulls_a_non_docker_hub_registry_with_ns(
     multi: Mirror, lab: BasicUpstream, egress: EgressGuard
 ) -> None:
-    for name in ("containerd", "ctr", "containerd-shim-runc-v2"):
-        need_binary(name)
+    need_binaries("containerd", "ctr", "containerd-shim-runc-v2")
     with running_containerd(egress_proxy=egress.url) as daemon:
         hosts = _lab_hosts_dir(daemon, multi)
         ref = f"lab.test/{lab.image.repo}:1"
-        pulled = daemon.ctr(
-            "images", "pull", "--snapshotter", "native", "--hosts-dir", str(hosts), ref,
-            timeout=TIMEOUT,
-        )  # fmt: skip
+        pulled = daemon.pull(ref, hosts_dir=hosts, timeout=TIMEOUT)
         assert pulled.returncode == 0, f"{pulled.stdout[-2000:]}\n{pulled.stderr[-4000:]}"
         listing = daemon.ctr("images", "ls", check=True).stdout
         assert any(
@@ -140,22 +131,19 @@ def _lab_hosts_dir(daemon: Containerd, mirror: Mirror) -> Path:
 def test_skopeo_by_host_name_with_the_clients_credentials_for_that_upstream(
     start_mirror: StartMirror, bed: Bed, lab: BasicUpstream, forwarder: Forwarder, tmp_path: Path
 ) -> None:
-    skopeo = need_binary("skopeo")
+    need_binary("skopeo")
     mirror = start_mirror(env=upstreams_env(bed, lab, hub_host=forwarder.host))
     forwarder.target(mirror.port)
-    auth_file = tmp_path / "auth.json"
-    auth_file.write_text('{"auths": {}}')
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REGISTRY_AUTH_FILE": str(auth_file)}
     public, private = bed.images["docxytest/multi"], bed.images["docxytest/private"]
     for image, creds in (
         (public, ["--src-no-creds"]),
         (private, ["--src-creds", f"{bed.user}:{bed.password}"]),
     ):
         layout = tmp_path / image.repo.replace("/", "-")
-        copied = run(
-            [skopeo, "--insecure-policy", "copy", "--src-tls-verify=false", *creds,
-             f"docker://{forwarder.host}/{image.repo}:{image.tag}", f"dir:{layout}"],
-            env,
+        copied = run_skopeo(
+            tmp_path, "--insecure-policy", "copy", "--src-tls-verify=false", *creds,
+            f"docker://{forwarder.host}/{image.repo}:{image.tag}", f"dir:{layout}",
+            timeout=TIMEOUT,
         )  # fmt: skip
         assert copied.returncode == 0, copied.stderr
         # dir: keeps the manifest as the registry sent it, byte for byte.

@@ -27,7 +27,7 @@ from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror
 from lab.ports import LOOPBACK, free_port
 from tests.conftest import StartMirror
-from tests.unavailable import need_binary
+from tests.unavailable import DOCKER, need_binaries, need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -141,8 +141,7 @@ def test_absolute_form_requests_are_counted_under_their_route(bed: Bed, observed
 
 @pytest.fixture
 def dockerd(observed: Observed, egress: EgressGuard) -> Iterator[Dockerd]:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     with running_dockerd(mirror_url=observed.mirror.url, egress_proxy=egress.url) as daemon:
         yield daemon
 

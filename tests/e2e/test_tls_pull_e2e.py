@@ -37,6 +37,7 @@ from lab.clients.tlstrust import docker_ca, env_direct_to, hosts_entry, running_
 from lab.mirror import Mirror
 from lab.ports import LOOPBACK, free_port
 from tests.conftest import StartMirror
+from tests.e2e.skopeo import run_skopeo
 from tests.e2e.test_certs_e2e import (
     DEADLINE,
     Site,
@@ -47,7 +48,7 @@ from tests.e2e.test_certs_e2e import (
     served_cert,
 )
 from tests.e2e.waiting import poll
-from tests.unavailable import need_binary
+from tests.unavailable import DOCKER, need_binaries, need_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -102,17 +103,15 @@ def https_mirror(start_mirror: StartMirror, tmp_path: Path) -> Iterator[HttpsMir
 def skopeo_copy(
     target: HttpsMirror, reference: str, dest: Path, egress: EgressGuard, *flags: str
 ) -> subprocess.CompletedProcess[str]:
-    home = dest.parent / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "auth.json").write_text('{"auths": {}}')
-    env = env_direct_to(DOMAIN, egress.url) | {
-        "HOME": str(home),
-        "REGISTRY_AUTH_FILE": str(home / "auth.json"),
-    }
-    command = [need_binary("skopeo"), "--insecure-policy", "copy", "--src-no-creds", *flags]
-    command += [f"docker://{target.host}/{reference}", f"oci:{dest}"]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT, env=env, check=False
+    return run_skopeo(
+        dest.parent / "home",
+        "--insecure-policy",
+        "copy",
+        "--src-no-creds",
+        *flags,
+        f"docker://{target.host}/{reference}",
+        f"oci:{dest}",
+        env=env_direct_to(DOMAIN, egress.url),
     )
 
 
@@ -148,8 +147,7 @@ def test_skopeo_pulls_over_https_trusting_only_pebbles_root(
 def test_dockerd_pulls_through_the_https_mirror_with_certs_d_trust(
     https_mirror: HttpsMirror, bed: Bed, egress: EgressGuard
 ) -> None:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
+    need_binaries(*DOCKER)
     image: TestImage = bed.images["docxytest/multi"]
     ref = f"{image.short_repo}:{image.tag}"
     with (

@@ -25,7 +25,7 @@ from lab.mirror import Mirror
 from tests.conftest import StartMirror
 from tests.e2e.test_access_e2e import PASSWORD, UsersMirror, login
 from tests.e2e.test_access_e2e import users_mirror as users_mirror  # the fixture
-from tests.unavailable import need_binary
+from tests.unavailable import CONTAINERD, DOCKER, need_binaries
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +39,6 @@ def token_requests(mirror: Mirror) -> list[tuple[str, int]]:
     return [(method, int(status)) for method, status in found]
 
 
-def docker_binaries() -> None:
-    for name in ("dockerd", "docker", "containerd", "runc"):
-        need_binary(name)
-
-
 @pytest.fixture
 def open_mirror(start_mirror: StartMirror) -> Mirror:
     return start_mirror()
@@ -51,14 +46,14 @@ def open_mirror(start_mirror: StartMirror) -> Mirror:
 
 @pytest.fixture
 def open_dockerd(open_mirror: Mirror, egress: EgressGuard) -> Iterator[Dockerd]:
-    docker_binaries()
+    need_binaries(*DOCKER)
     with running_dockerd(mirror_url=open_mirror.url, egress_proxy=egress.url) as daemon:
         yield daemon
 
 
 @pytest.fixture
 def users_dockerd(users_mirror: UsersMirror, egress: EgressGuard) -> Iterator[Dockerd]:
-    docker_binaries()
+    need_binaries(*DOCKER)
     with running_dockerd(mirror_url=users_mirror.mirror.url, egress_proxy=egress.url) as daemon:
         yield daemon
 
@@ -127,8 +122,7 @@ def test_containerds_password_grant_is_answered_without_a_405_round_trip(
     and containerd asked again with GET)."""
     from lab.clients.containerd import running_containerd
 
-    for name in ("containerd", "ctr", "runc", "containerd-shim-runc-v2"):
-        need_binary(name)
+    need_binaries(*CONTAINERD)
     image = bed.images["library/hello"]
     ref = f"docker.io/{image.repo}:{image.tag}"
     with running_containerd(egress_proxy=egress.url) as containerd:

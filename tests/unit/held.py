@@ -17,6 +17,7 @@ class Held:
     """Calls of a held method wait for :attr:`release` (for at most ``GUARD``)."""
 
     release: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)  # a call is waiting
     threads: list[int] = field(default_factory=list)  # who called it
     held: list[bool] = field(default_factory=list)  # whether each call was released in time
 
@@ -28,6 +29,7 @@ def hold(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> Held:
 
     def slow(self: object, *args: Any, **kwargs: Any) -> Any:
         held.threads.append(threading.get_ident())
+        held.entered.set()
         held.held.append(held.release.wait(GUARD))
         return original(self, *args, **kwargs)
 

@@ -3,16 +3,18 @@ and the TLS listener asking for (not requiring) a certificate from it."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from docxy.access.clientca import ClientCA, ClientsFileError
+from docxy.access.clientca import CA_KEY, ClientCA, ClientsFileError
 from docxy.tls.context import ReloadableTLS, self_signed
 
 
@@ -131,3 +133,65 @@ def test_the_listener_asks_for_a_certificate_from_the_ca_but_needs_none(tmp_path
     )
     with pytest.raises(ssl.SSLError):
         handshake(tls.context, foreign)
+
+
+class Crash(Exception):
+    """The power went out."""
+
+
+def before_rename_onto(
+    monkeypatch: pytest.MonkeyPatch, target: Path, act: Callable[[], None]
+) -> None:
+    """Run `act` once, as the CA is about to be renamed onto `target`."""
+    real: Callable[..., None] = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(dst)) == target:
+            monkeypatch.setattr(os, "replace", real)
+            act()
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)  # as docxy.tls.files calls it
+
+
+def honoured(tmp_path: Path, ca: ClientCA) -> bool:
+    """Whether a certificate the CA issues now gets through the mirror's TLS listener."""
+    ca.issue("laptop", tmp_path / "kit")
+    cert, key = self_signed(tmp_path / "tls", "localhost")
+    client = ssl.create_default_context(cafile=str(cert))
+    client.load_cert_chain(tmp_path / "kit" / "client.cert", tmp_path / "kit" / "client.key")
+    try:
+        der = handshake(ReloadableTLS(cert, key, client_ca=ca.cert_path).context, client)
+    except ssl.SSLError:
+        return False
+    return der is not None and ca.client_of(der) == "laptop"
+
+
+@pytest.mark.parametrize("onto", [CA_KEY, "ca.crt"])
+def test_a_second_start_while_the_ca_is_written_keeps_one_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, onto: str
+) -> None:
+    """The mirror starting while ``docxy clients add`` creates the CA (or two of them at
+    once): the second finds no ``ca.crt`` yet and must not make a CA of its own in between."""
+    ca = ClientCA(tmp_path / "ca")
+    before_rename_onto(monkeypatch, ca.dir / onto, ClientCA(ca.dir).ensure)
+    ca.ensure()
+    monkeypatch.undo()
+    assert honoured(tmp_path, ClientCA(ca.dir))
+
+
+def test_a_ca_cut_between_its_renames_is_whole_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = ClientCA(tmp_path / "ca")
+
+    def crash() -> None:
+        raise Crash
+
+    before_rename_onto(monkeypatch, ca.cert_path, crash)
+    with pytest.raises(Crash):
+        ca.ensure()
+    monkeypatch.undo()
+    assert (ca.dir / CA_KEY).exists() and not ca.cert_path.exists()
+    ClientCA(ca.dir).ensure()
+    assert honoured(tmp_path, ClientCA(ca.dir))

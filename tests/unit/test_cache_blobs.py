@@ -53,6 +53,17 @@ async def as_writer(store: DiskBlobStore, digest: Digest) -> BlobWriter:
     return fill
 
 
+async def as_follower(store: DiskBlobStore, digest: Digest) -> BlobFollower:
+    fill = await store.fetch_or_join(digest)
+    assert isinstance(fill, BlobFollower)
+    return fill
+
+
+async def write_in_pieces(writer: BlobWriter, data: bytes, size: int) -> None:
+    for start in range(0, len(data), size):
+        await writer.write(data[start : start + size])
+
+
 async def put(store: DiskBlobStore, data: bytes) -> Digest:
     digest = digest_of(data)
     writer = await as_writer(store, digest)
@@ -221,8 +232,7 @@ async def test_follower_joining_late_reads_from_start(tmp_path: Path) -> None:
     digest = digest_of(data)
     writer = await as_writer(store, digest)
     await writer.write(data[:1000])
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
     await writer.write(data[1000:])
     await writer.commit(len(data))
     assert await guard(follower.read_all()) == data
@@ -244,8 +254,7 @@ async def test_bad_fill_fails_everyone_and_caches_nothing(
     digest = digest_of(good)
     bad = sent if sent is not None else (good[:1200] if announced == 2000 else good + b"x")
     writer = await as_writer(store, digest)
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
     writer.announce(announced)
     first_chunk = asyncio.Event()
 
@@ -280,8 +289,7 @@ async def test_writer_leaving_without_commit_aborts_followers(tmp_path: Path) ->
     data = blob(500)
     digest = digest_of(data)
     writer = await as_writer(store, digest)
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
 
     with pytest.raises(ConnectionError):
         async with writer:
@@ -297,8 +305,7 @@ async def test_follower_waiting_for_size_sees_abort(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     digest = digest_of(b"x")
     writer = await as_writer(store, digest)
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
 
     async def abort() -> None:
         writer.abort("upstream said 404")
@@ -315,8 +322,7 @@ async def test_dropped_writer_aborts_followers(tmp_path: Path) -> None:
     digest = digest_of(b"dropped")
     writer = await as_writer(store, digest)
     await writer.write(b"drop")
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
     del writer
     gc.collect()
     with pytest.raises(FillAborted, match="dropped"):
@@ -348,11 +354,9 @@ async def test_disk_full_switches_writer_to_pass_through(
     async def one_blob(data: bytes) -> None:
         digest = digest_of(data)
         writer = await as_writer(store, digest)
-        follower = await store.fetch_or_join(digest)
-        assert isinstance(follower, BlobFollower)
+        follower = await as_follower(store, digest)
         async with writer:
-            for i in range(0, len(data), 100):
-                await writer.write(data[i : i + 100])  # the route keeps streaming to its client
+            await write_in_pieces(writer, data, 100)  # the route keeps streaming to its client
             assert not writer.caching
             assert await writer.commit(len(data)) is None  # verified, not cached
         with pytest.raises(FillAborted, match="No space"):
@@ -431,8 +435,7 @@ async def test_follower_pin_survives_eviction_after_commit(tmp_path: Path) -> No
     data = blob(60, 1)
     digest = digest_of(data)
     writer = await as_writer(store, digest)
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
     await writer.write(data)
     await writer.commit(60)
     # Another blob needs the space, but the follower still reads the first one: not kept.
@@ -630,8 +633,7 @@ async def test_follower_gets_last_byte_only_after_verified_commit(
     data = blob(4000)
     digest = digest_of(data)
     writer = await as_writer(store, digest)
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
     chunks = follower.__aiter__()
     await writer.write(data if good else data[:-1] + b"?")  # everything is on disk...
     assert await guard(chunks.__anext__()) == data[:-1]  # ...but one byte is held back
@@ -664,11 +666,9 @@ async def test_a_long_fill_is_synced_behind_its_writes(
     data = blob(5 << 20)
     digest = digest_of(data)
     writer = await as_writer(store, digest)
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
     async with writer:
-        for start in range(0, len(data), 1 << 20):
-            await writer.write(data[start : start + (1 << 20)])
+        await write_in_pieces(writer, data, 1 << 20)
         assert await writer.commit(len(data)) is not None
     assert synced_sizes and all(size >= 1 << 20 for size in synced_sizes)  # while writing
     assert await guard(follower.read_all()) == data
@@ -688,11 +688,9 @@ async def test_a_failed_sync_behind_caches_nothing_and_cuts_followers(
     data = blob(3 << 20)
     digest = digest_of(data)
     writer = await as_writer(store, digest)
-    follower = await store.fetch_or_join(digest)
-    assert isinstance(follower, BlobFollower)
+    follower = await as_follower(store, digest)
     async with writer:
-        for start in range(0, len(data), 1 << 20):
-            await writer.write(data[start : start + (1 << 20)])
+        await write_in_pieces(writer, data, 1 << 20)
         assert await writer.commit(len(data)) is None
     with pytest.raises(FillAborted, match="cache write failed"):
         await guard(follower.read_all())

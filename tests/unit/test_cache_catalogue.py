@@ -126,20 +126,12 @@ async def test_a_manifest_being_stored_already_keeps_its_blobs(
     for data in layers:
         await put(cache.blobs, data)
     assert not cache.manifests.needed(digest_of(layers[1]))
-    writing, go_on = threading.Event(), threading.Event()
-    write = cache.manifests._write_manifest
-
-    def slow_write(*args: Any) -> Any:
-        writing.set()
-        go_on.wait(GUARD)
-        return write(*args)
-
-    monkeypatch.setattr(cache.manifests, "_write_manifest", slow_write)
+    writing = hold(monkeypatch, ManifestStore, "_write_manifest")
     repo = RepoKey("registry.test", "team/app")
     storing = spawn("storing", cache.manifests.put(repo, manifest(layers), OCI, public=True))
-    assert await asyncio.to_thread(writing.wait, GUARD)
+    assert await asyncio.to_thread(writing.entered.wait, GUARD)
     assert cache.manifests.needed(digest_of(layers[1]))  # an eviction now would keep it
-    go_on.set()
+    writing.release.set()
     await storing
 
 
@@ -150,20 +142,12 @@ async def test_an_evicted_image_is_not_offered_while_its_files_are_deleted(
     layers = [layer("cfg", 10), layer("l")]
     repo = await cached_image(cache, "team/app", layers)
     await cache.manifests.loaded()
-    deleting, go_on = threading.Event(), threading.Event()
-    delete = cache.manifests._delete
-
-    def slow_delete(*args: Any) -> None:
-        deleting.set()
-        go_on.wait(GUARD)
-        delete(*args)
-
-    monkeypatch.setattr(cache.manifests, "_delete", slow_delete)
+    deleting = hold(monkeypatch, ManifestStore, "_delete")
     evicting = spawn("evicting", cache.manifests.evict_images([key_of(cache, layers)]))
-    assert await asyncio.to_thread(deleting.wait, GUARD)  # the files are still there...
+    assert await asyncio.to_thread(deleting.entered.wait, GUARD)  # the files are still there...
     assert (await cache.manifests.resolve_tag(repo, "latest")).state is TagState.MISSING
     assert await cache.manifests.get(repo, digest_of(manifest(layers))) is None
-    go_on.set()
+    deleting.release.set()
     await evicting
     assert not list((tmp_path / "cache" / "manifests" / "tags").iterdir())
     assert list(cache.access.markers()) == []

@@ -15,14 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
-from docxy.cache import Cache, RepoKey, TagState, open_cache
+from docxy.cache import Cache, open_cache
 from docxy.cache.blobs import BlobEntry
 from docxy.cache.images import Image, ImageKey, dependents, needs, plan_eviction
 from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
 from docxy.http.app import create_app
 from tests.unit.fakes import Body, reply
-from tests.unit.test_cache_blobs import put
+from tests.unit.test_cache_eviction import cached_image, manifest, offered_whole
 
 UP = "u" * 64
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -153,36 +153,6 @@ def test_needs_reads_configs_layers_and_children() -> None:
 
 MiB = 1024 * 1024
 CAP = 4 * MiB  # room for two 1 MiB images and a 2 MiB one, less their configs
-REGISTRY = "registry.test"
-
-
-async def cached_image(cache: Cache, repo: str, layers: list[bytes]) -> RepoKey:
-    """A pull through the mirror: the manifest (and its tag) first, then config and layers."""
-    key = RepoKey(REGISTRY, repo)
-    descriptors = [{"digest": str(digest_of(data)), "size": len(data)} for data in layers]
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptors[0],
-        "layers": descriptors[1:],
-    }
-    body = json.dumps(manifest).encode()
-    stored = await cache.manifests.put(key, body, OCI_MANIFEST, public=True)
-    await cache.manifests.set_tag(key, "latest", stored.digest, public=True)
-    for data in layers:
-        if cache.blobs.lookup(digest_of(data)) is None:
-            await put(cache.blobs, data)
-    return key
-
-
-async def offered_whole(cache: Cache, repo: RepoKey) -> bool | None:
-    """None if the tag is no longer offered; else whether every blob it needs is cached."""
-    found = await cache.manifests.resolve_tag(repo, "latest")
-    if found.state is TagState.MISSING:
-        return None
-    assert found.manifest is not None
-    blobs, _ = needs(found.manifest.content)
-    return all(cache.blobs.lookup(b) is not None for b in blobs)
 
 
 def layer(name: str, size: int = MiB) -> bytes:
@@ -255,17 +225,9 @@ class Registry:
         self.files: dict[str, tuple[bytes, str]] = {}
 
     def add(self, repo: str, layers: list[bytes]) -> None:
-        descriptors = []
         for data in layers:
-            descriptors.append({"digest": str(digest_of(data)), "size": len(data)})
             self.files[f"/v2/{repo}/blobs/{digest_of(data)}"] = (data, "application/octet-stream")
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptors[0],
-            "layers": descriptors[1:],
-        }
-        body = json.dumps(manifest).encode()
+        body = manifest(layers)
         self.files[f"/v2/{repo}/manifests/latest"] = (body, OCI_MANIFEST)
         self.files[f"/v2/{repo}/manifests/{digest_of(body)}"] = (body, OCI_MANIFEST)
 

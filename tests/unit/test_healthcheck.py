@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from docxy.cli.exits import EXIT_CONFIG, EXIT_OK
 from docxy.cli.healthcheck import EXIT_UNHEALTHY, local_url, local_urls
 from docxy.cli.main import main
 from docxy.config import HostPort
+from lab.health import health_server as serving_health
 from lab.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
@@ -54,33 +53,10 @@ def test_a_wildcard_ipv6_listener_is_asked_on_both_loopbacks_the_likelier_first(
     assert local_url(HostPort("::", 80)) == urls[0]
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    status = 200
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        body = b'{"status": "degraded"}' if self.path == "/health" else b"{}"
-        self.send_response(self.status if self.path == "/health" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def health_server(request: pytest.FixtureRequest) -> Iterator[int]:
-    handler = type("Handler", (_Health,), {"status": request.param})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="health-server", daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving_health(request.param, b'{"status": "degraded"}') as server:
+        yield server.port
 
 
 @pytest.mark.parametrize(

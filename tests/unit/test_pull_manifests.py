@@ -14,7 +14,8 @@ from docxy.cache import manifests
 from docxy.http.state import mirror_state
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
-from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub, mirror
+from tests.unit.test_pull_blobs import mirror
+from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub
 
 TAG = "/v2/library/base/manifests/1"
 

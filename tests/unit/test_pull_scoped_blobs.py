@@ -8,11 +8,9 @@ so each test asserts what a client of the mirror would see, and what the upstrea
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +20,12 @@ from quart import Quart
 
 from docxy.cache import AccessIndex, ManifestStore, RepoKey, parse_digest
 from docxy.cache.pairings import BlobPairings
-from docxy.config import load_config
-from docxy.http.app import create_app
 from docxy.http.state import mirror_state
 from docxy.tasks import spawn
 from tests.unit import fakes
+from tests.unit.test_pull_blobs import basic, mirror
 
-REGISTRY = "https://registry.test"
-HOST = "registry.test"
+HOST = "registry.test"  # of test_pull_blobs.REGISTRY, the upstream mirror() is given
 AUTH = "https://auth.test/token"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 ACCOUNT = ("bot", "s3cret")
@@ -133,25 +129,6 @@ class Hub:
 def json_reply(status: int, doc: object, headers: dict[str, str] | None = None) -> httpx.Response:
     base = {"Content-Type": "application/json"} | (headers or {})
     return fakes.reply(status, json.dumps(doc).encode(), base, length=True)
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-@asynccontextmanager
-async def mirror(tmp_path: Path, hub: Hub, **settings: str) -> AsyncIterator[Quart]:
-    overrides = {
-        "upstream.registry": REGISTRY,
-        "cache.dir": str(tmp_path / "cache"),
-        "server.public_url": "https://mirror.test",
-        **{key.replace("__", "."): value for key, value in settings.items()},
-    }
-    app = create_app(
-        load_config(overrides, environ={}), probe=False, transport=httpx.MockTransport(hub)
-    )
-    async with app.test_app():
-        yield app
 
 
 def blob_url(repo: str, data: bytes) -> str:
@@ -299,7 +276,7 @@ async def test_a_client_joining_a_fill_for_another_repository_is_checked(
             return fakes.reply(200, Slow(APP), {}, length=True)
         return answer
 
-    async with mirror(tmp_path, slow_blob) as app:  # type: ignore[arg-type]
+    async with mirror(tmp_path, slow_blob) as app:
         store = mirror_state(app).running.blobs.store
         assert store is not None
         client = app.test_client()
@@ -355,7 +332,7 @@ async def test_an_upstream_in_trouble_confirms_nothing(tmp_path: Path, status: i
             return json_reply(status, {"errors": [{"code": "TOOMANYREQUESTS"}]})
         return plain(request)
 
-    async with mirror(tmp_path, troubled) as app:  # type: ignore[arg-type]
+    async with mirror(tmp_path, troubled) as app:
         assert await get(app, blob_url("library/app", APP)) == (200, APP)
         status_seen, body = await get(app, blob_url("library/other", APP))
         assert status_seen >= 500 and APP not in body

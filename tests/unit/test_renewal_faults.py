@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,34 +15,16 @@ import pytest
 
 from docxy.tls import certs
 from docxy.tls.context import self_signed
+from lab.health import health_server
 from scheduler.renewal import wait_for
 from tests.unit.test_scheduler import HANG, REPO_ROOT, poll
-
-
-class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        body = b'{"status": "ok"}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def mirror_health() -> Iterator[str]:
     """A plain-HTTP listener on loopback answering /health with 200, as the mirror does."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, name="health")
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/health"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+    with health_server() as server:
+        yield f"{server.url}/health"
 
 
 def test_waiting_for_the_mirror_ignores_a_proxy_from_the_environment(

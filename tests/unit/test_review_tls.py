@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -12,38 +11,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from docxy.tls.context import ReloadableTLS, self_signed
-
-Issued = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
-
-
-def _issue(name: str, issuer: Issued | None, *, ca: bool) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    signer_key, issuer_name = (key, subject) if issuer is None else (issuer[0], issuer[1].subject)
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        names = [x509.DNSName("localhost")]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return key, builder.sign(signer_key, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
+from lab.certs import issue
 
 
 @contextlib.asynccontextmanager
@@ -86,23 +58,15 @@ async def test_a_reload_that_adds_the_missing_intermediate_serves_the_whole_chai
     Clients then fail with 'certificate signed by unknown authority'; the operator puts the
     full chain in place and sends SIGHUP. The leaf is the same, so the reload must not be
     taken for 'unchanged': the chain is what changed."""
-    root = _issue("review root", None, ca=True)
-    intermediate = _issue("review intermediate", root, ca=True)
-    leaf_key, leaf = _issue("localhost", intermediate, ca=False)
-    (tmp_path / "root.pem").write_bytes(_pem(root[1]))
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    key.write_bytes(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert.write_bytes(_pem(leaf))  # the leaf alone
-    tls = ReloadableTLS(cert, key)
+    root = issue("review root", ca=True)
+    intermediate = issue("review intermediate", root, ca=True)
+    leaf = issue("localhost", intermediate, names=[x509.DNSName("localhost")])
+    (tmp_path / "root.pem").write_bytes(root.cert_pem)
+    served = leaf.write(tmp_path / "cert.pem", tmp_path / "key.pem")  # the leaf alone
+    tls = ReloadableTLS(served.cert, served.key)
     async with _tls_server(tls) as port:
         assert not await _verifies(port, tmp_path / "root.pem")
-        cert.write_bytes(_pem(leaf) + _pem(intermediate[1]))  # the full chain
+        served.cert.write_bytes(leaf.cert_pem + intermediate.cert_pem)  # the full chain
         assert tls.reload() is True
         assert await _verifies(port, tmp_path / "root.pem")
 
@@ -110,30 +74,10 @@ async def test_a_reload_that_adds_the_missing_intermediate_serves_the_whole_chai
 def _rsa_pair(directory: Path) -> tuple[Path, Path]:
     """A self-signed RSA certificate for localhost (its own trust anchor), PKCS#8 key."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
+    pair = issue("localhost", names=[x509.DNSName("localhost")], key=key).write(
+        directory / "cert.pem", directory / "key.pem"
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(_pem(cert))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    return pair.cert, pair.key
 
 
 async def _presented(port: int, *, ecdsa_only: bool, sni: bool = True) -> bytes:

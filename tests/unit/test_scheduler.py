@@ -207,6 +207,24 @@ def fake_certbot(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> FakeCe
     return fake
 
 
+def pidfile_naming(tmp_path: Path, pid: int) -> Path:
+    """A pidfile, as the mirror writes it, naming `pid`."""
+    pidfile = tmp_path / "docxy.pid"
+    pidfile.write_text(f"{pid}\n")
+    return pidfile
+
+
+def renewer_for(
+    pidfile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Renewer, Path, Path]:
+    """A renewer for a mirror serving a self-signed bootstrap pair and named by `pidfile`;
+    (renewer, served cert, served key)."""
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")  # what the mirror serves at first
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    return Renewer(settings_mod.load(["--pidfile", str(pidfile)])), cert, key
+
+
 @pytest.fixture
 def hup_listener(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A stand-in mirror that writes a line to a file for each SIGHUP; (pidfile, that file)."""
@@ -222,8 +240,7 @@ def hup_listener(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     argv = [sys.executable, "-c", code, "docxy", "serve"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-    pidfile = tmp_path / "docxy.pid"
-    pidfile.write_text(f"{proc.pid}\n")
+    pidfile = pidfile_naming(tmp_path, proc.pid)
     try:
         yield pidfile, seen
     finally:
@@ -239,10 +256,7 @@ def test_run_obtains_then_renews_installs_and_signals(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pidfile, seen = hup_listener
-    cert, key = self_signed(tmp_path / "tls", "bootstrap")  # what the mirror serves at first
-    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
-    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
-    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+    renewer, cert, key = renewer_for(pidfile, tmp_path, monkeypatch)
 
     assert renewer.run() is True
     assert fake_certbot.calls == ["certonly"]
@@ -386,10 +400,7 @@ def test_a_failed_reload_is_retried_on_the_next_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pidfile, seen = hup_listener
-    cert, key = self_signed(tmp_path / "tls", "bootstrap")
-    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
-    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
-    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+    renewer, cert, _ = renewer_for(pidfile, tmp_path, monkeypatch)
     hidden = pidfile.with_suffix(".away")
     pidfile.rename(hidden)  # the mirror cannot be told this time
     assert renewer.run() is False
@@ -509,10 +520,7 @@ def test_a_failed_certbot_run_still_serves_the_certificate_already_issued(
     pidfile, seen = hup_listener
     fake_certbot._issue("certonly")  # issued earlier
     fake_certbot.calls.clear()
-    cert, key = self_signed(tmp_path / "tls", "bootstrap")
-    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
-    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
-    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+    renewer, cert, key = renewer_for(pidfile, tmp_path, monkeypatch)
 
     fake_certbot.fail_next = 1
     assert renewer.run() is False
@@ -623,12 +631,8 @@ def test_a_stale_pidfile_is_reported_and_its_pid_left_alone(
     """The mirror died and its pid went to another process: the renewer must not send that
     process SIGHUP (which would end it), and must say the pidfile is stale."""
     assert answers(bystander)
-    pidfile = tmp_path / "docxy.pid"
-    pidfile.write_text(f"{bystander.pid}\n")
-    cert, key = self_signed(tmp_path / "tls", "bootstrap")
-    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
-    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
-    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+    pidfile = pidfile_naming(tmp_path, bystander.pid)
+    renewer, cert, _ = renewer_for(pidfile, tmp_path, monkeypatch)
 
     succeeded = renewer.run()
     assert answers(bystander), "the process named by the stale pidfile was signalled"
@@ -646,12 +650,8 @@ def test_a_pidfile_naming_no_process_is_reported_stale(
 ) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait(timeout=HANG)
-    pidfile = tmp_path / "docxy.pid"
-    pidfile.write_text(f"{gone.pid}\n")
-    cert, key = self_signed(tmp_path / "tls", "bootstrap")
-    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
-    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
-    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+    pidfile = pidfile_naming(tmp_path, gone.pid)
+    renewer, _, _ = renewer_for(pidfile, tmp_path, monkeypatch)
 
     assert renewer.run() is False
     assert f"stale pidfile {pidfile}: no process {gone.pid}" in str(renewer.last_error)
@@ -684,8 +684,7 @@ def test_without_pidfds_a_stale_pidfile_is_still_refused(
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "pidfd_open", refused)
-    pidfile = tmp_path / "docxy.pid"
-    pidfile.write_text(f"{bystander.pid}\n")
+    pidfile = pidfile_naming(tmp_path, bystander.pid)
     with pytest.raises(StalePidfile, match="is not the mirror"):
         signal_mirror(pidfile)
     assert answers(bystander)

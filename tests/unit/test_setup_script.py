@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from quart import Quart
 
 from docxy.config import load_config
 from docxy.http.app import create_app
@@ -83,16 +84,10 @@ def test_fill_in_refuses_a_registry_the_shell_would_interpret(registry: str) -> 
 
 
 async def test_route_fills_in_every_configured_registry() -> None:
-    config = load_config(
-        {
-            "server.public_url": "https://mirror.example.com",
-            "upstream.registry": "https://registry.example",
-            "upstreams": "ghcr.io,lab.test=http://10.0.0.5:5000/,odd.test=https://odd.example/r",
-            "cache.enabled": "false",
-        },
-        environ={},
+    app = mirror_app(
+        "https://mirror.example.com",
+        upstreams="ghcr.io,lab.test=http://10.0.0.5:5000/,odd.test=https://odd.example/r",
     )
-    app = create_app(config, probe=False, transport=httpx.MockTransport(_no_upstream))
     async with app.test_app() as test_app:
         response = await test_app.test_client().get("/setup.sh")
         body = await response.get_data(as_text=True)
@@ -103,15 +98,7 @@ async def test_route_fills_in_every_configured_registry() -> None:
 
 
 async def test_route_serves_the_script_with_this_mirrors_url() -> None:
-    config = load_config(
-        {
-            "server.public_url": "https://mirror.example.com",
-            "upstream.registry": "https://registry.example",
-            "cache.enabled": "false",
-        },
-        environ={},
-    )
-    app = create_app(config, probe=False, transport=httpx.MockTransport(_no_upstream))
+    app = mirror_app("https://mirror.example.com")
     async with app.test_app() as test_app:
         response = await test_app.test_client().get("/setup.sh")
         body = await response.get_data(as_text=True)
@@ -124,21 +111,28 @@ async def test_route_serves_the_script_with_this_mirrors_url() -> None:
 
 
 async def test_route_renders_a_bad_public_url_as_a_registry_error() -> None:
-    config = load_config(
-        {
-            "server.public_url": "https://mirror.example.com/a$b",
-            "upstream.registry": "https://registry.example",
-            "cache.enabled": "false",
-        },
-        environ={},
-    )
-    app = create_app(config, probe=False, transport=httpx.MockTransport(_no_upstream))
+    app = mirror_app("https://mirror.example.com/a$b")
     async with app.test_app() as test_app:
         response = await test_app.test_client().get("/setup.sh")
         body = json.loads(await response.get_data(as_text=True))
 
     assert response.status_code == 500
     assert "cannot be put in a shell script" in body["errors"][0]["message"]
+
+
+def mirror_app(public_url: str, **settings: str) -> Quart:
+    """A cache-less mirror at `public_url` (with more `settings`) whose upstream must not be
+    asked."""
+    config = load_config(
+        {
+            "server.public_url": public_url,
+            "upstream.registry": "https://registry.example",
+            "cache.enabled": "false",
+            **settings,
+        },
+        environ={},
+    )
+    return create_app(config, probe=False, transport=httpx.MockTransport(_no_upstream))
 
 
 def _no_upstream(request: httpx.Request) -> httpx.Response:

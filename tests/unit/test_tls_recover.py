@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from docxy.config import load_config
+from docxy.config import Config, load_config
 from docxy.core.errors import ConfigError
 from docxy.http.server import load_tls
 from docxy.tls import certs
@@ -42,6 +42,17 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, served: set[Path], renames: int
     monkeypatch.setattr(os, "replace", replace)  # as docxy.tls.files calls it
 
 
+def install_cut(
+    monkeypatch: pytest.MonkeyPatch, live: Path, cert: Path, key: Path, renames: int
+) -> None:
+    """The renewer's install of `live` at `cert` and `key`, cut short after `renames` of its
+    renames onto them."""
+    crash_after(monkeypatch, {cert, key}, renames)
+    with pytest.raises(Crash):
+        certs.install(live, cert, key)
+    monkeypatch.undo()
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> tuple[Path, Path, Path]:
     """(live lineage, served cert, served key): the old pair served, a renewed one issued."""
@@ -55,14 +66,25 @@ def contents(*paths: Path) -> tuple[bytes, ...]:
     return tuple(path.read_bytes() for path in paths)
 
 
+def serving(cert: Path, key: Path, tmp_path: Path) -> Config:
+    """A mirror's config serving TLS from `cert` and `key` (what ``load_tls`` starts with)."""
+    return load_config(
+        {
+            "server.tls_listen": "127.0.0.1:8443",
+            "tls.cert_path": str(cert),
+            "tls.key_path": str(key),
+            "cache.dir": str(tmp_path / "cache"),
+        },
+        None,
+        {},
+    )
+
+
 def test_cut_between_the_renames_is_completed(
     site: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     live, cert, key = site
-    crash_after(monkeypatch, {cert, key}, 1)
-    with pytest.raises(Crash):
-        certs.install(live, cert, key)
-    monkeypatch.undo()
+    install_cut(monkeypatch, live, cert, key, 1)
     assert not matching(cert, key)
     with pytest.raises(CertError, match="does not match"):
         ReloadableTLS(cert, key)  # what the mirror refused to start with
@@ -79,10 +101,7 @@ def test_cut_before_the_first_rename_keeps_the_old_pair(
 ) -> None:
     live, cert, key = site
     before = contents(cert, key)
-    crash_after(monkeypatch, {cert, key}, 0)
-    with pytest.raises(Crash):
-        certs.install(live, cert, key)
-    monkeypatch.undo()
+    install_cut(monkeypatch, live, cert, key, 0)
     assert finish_install(cert, key) is False
     assert contents(cert, key) == before
     # The renewer's next install puts the new pair in place over the pending one.
@@ -96,18 +115,8 @@ def test_a_mismatch_no_install_left_is_still_refused(tmp_path: Path) -> None:
     before = contents(cert, key)
     assert finish_install(cert, key) is False
     assert contents(cert, key) == before
-    config = load_config(
-        {
-            "server.tls_listen": "127.0.0.1:8443",
-            "tls.cert_path": str(cert),
-            "tls.key_path": str(key),
-            "cache.dir": str(tmp_path / "cache"),
-        },
-        None,
-        {},
-    )
     with pytest.raises(ConfigError, match="does not match"):
-        load_tls(config)
+        load_tls(serving(cert, key, tmp_path))
 
 
 def test_a_live_reload_of_a_half_install_is_refused(
@@ -118,10 +127,7 @@ def test_a_live_reload_of_a_half_install_is_refused(
     live, cert, key = site
     tls = ReloadableTLS(cert, key)
     serial = tls.status()["serial"]
-    crash_after(monkeypatch, {cert, key}, 1)
-    with pytest.raises(Crash):
-        certs.install(live, cert, key)
-    monkeypatch.undo()
+    install_cut(monkeypatch, live, cert, key, 1)
     with pytest.raises(CertError, match="does not match"):
         tls.reload()
     assert tls.status()["serial"] == serial
@@ -132,21 +138,8 @@ def test_the_mirror_starts_with_the_completed_pair(
     site: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     live, cert, key = site
-    crash_after(monkeypatch, {cert, key}, 1)
-    with pytest.raises(Crash):
-        certs.install(live, cert, key)
-    monkeypatch.undo()
-    config = load_config(
-        {
-            "server.tls_listen": "127.0.0.1:8443",
-            "tls.cert_path": str(cert),
-            "tls.key_path": str(key),
-            "cache.dir": str(tmp_path / "cache"),
-        },
-        None,
-        {},
-    )
-    tls = load_tls(config)
+    install_cut(monkeypatch, live, cert, key, 1)
+    tls = load_tls(serving(cert, key, tmp_path))
     assert tls is not None
     assert contents(cert, key) == contents(live / "fullchain.pem", live / "privkey.pem")
     assert tls.status()["last_error"] is None

@@ -19,17 +19,16 @@ from quart import Quart
 
 from docxy.access.users import UsersFile
 from docxy.http.state import mirror_state
+from tests.unit.test_pull_blobs import basic, mirror
 from tests.unit.test_pull_scoped_blobs import (
     ACCOUNT,
     APP,
     AS_ANON,
     HOST,
     Hub,
-    basic,
     blob_url,
     get,
     json_reply,
-    mirror,
 )
 
 AS_ACCOUNT = {"upstream__username": ACCOUNT[0], "upstream__password": ACCOUNT[1]}

@@ -14,7 +14,8 @@ from pathlib import Path
 from quart import Quart
 
 from docxy.access.users import UsersFile
-from tests.unit.test_pull_scoped_blobs import BASE, Hub, basic, blob_url, mirror
+from tests.unit.test_pull_blobs import basic, mirror
+from tests.unit.test_pull_scoped_blobs import BASE, Hub, blob_url
 
 
 async def users_token(app: Quart, *repositories: str) -> str:
