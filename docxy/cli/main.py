@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
+    parser: argparse.ArgumentParser = Parser(
         prog="docxy", description="A self-hosted Docker registry mirror and pull-through cache."
     )
     parser.add_argument("--version", action="version", version=f"docxy {__version__}")
