@@ -774,13 +774,24 @@ install_docker() {
 }
 
 start_docker() {
+  local before=$CHANGES
   if ! have systemctl; then
     say "  no systemd here: make sure dockerd runs"
     return
   fi
+  # systemctl without systemd as init (WSL, a container, another init) answers "offline" here
+  # and fails every other command.
+  if [[ "$(systemctl is-system-running 2>/dev/null)" == offline ]]; then
+    say "  systemd is not running here: make sure dockerd runs (and starts at boot)"
+    return
+  fi
   systemctl is-enabled --quiet docker 2>/dev/null || act systemctl enable docker
   systemctl is-active --quiet docker 2>/dev/null || act systemctl start docker
-  say "  dockerd is enabled and running"
+  if ((DRY_RUN && CHANGES > before)); then
+    say "  dockerd would be enabled and started"
+  else
+    say "  dockerd is enabled and running"
+  fi
 }
 
 compose() {

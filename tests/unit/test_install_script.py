@@ -697,6 +697,41 @@ def test_docker_from_the_distribution_by_default(box: ScriptBox, resolver: Resol
     assert box.called(COMPOSE_UP)
 
 
+def test_a_dry_run_does_not_say_a_stopped_dockerd_is_running(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """It printed "would run: systemctl start docker", then "dockerd is enabled and running"."""
+    box.stand_in("systemctl", Rule(r"^is-(enabled|active)", rc=1))
+
+    result = install(box, resolver, "--dry-run")
+
+    assert result.returncode == 0, output(result)
+    assert "would run: systemctl start docker" in result.stdout
+    assert "is enabled and running" not in result.stdout, result.stdout
+    assert "dockerd would be enabled and started" in result.stdout
+
+
+def test_systemctl_without_systemd_running_is_not_asked_to_start_docker(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """WSL, a container, a host booted with another init: systemctl is there but answers
+    "System has not been booted with systemd" to everything, and `systemctl enable docker`
+    ended the install with that line alone (set -e)."""
+    booted = "System has not been booted with systemd as init system (PID 1). Can't operate.\n"
+    box.stand_in(
+        "systemctl",
+        Rule(r"^is-system-running", stdout="offline\n", rc=1),
+        Rule(r".", stderr=booted, rc=1),
+    )
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert not box.called(r"^systemctl (enable|start|reload|restart)"), output(result)
+    assert "systemd is not running here" in result.stdout
+    assert box.called(COMPOSE_UP)
+
+
 def test_ubuntu_gets_compose_v2_from_the_distribution(box: ScriptBox, resolver: Resolver) -> None:
     box.path("/etc/os-release").write_text("ID=ubuntu\nVERSION_CODENAME=noble\n")
     docker_arrives_with_apt(box)
