@@ -162,6 +162,27 @@ def test_install_from_a_clone_writes_env_brings_the_stack_up_and_prints_client_c
     assert not box.called(r"^apt-get"), "Docker was already installed"
 
 
+def test_a_base_image_off_docker_hub_is_written_for_the_build(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The build starts from Docker Hub's python:3.12-slim unless .env names DOCXY_BASE_IMAGE.
+    A piped install cannot be given a .env beforehand (--dir must not exist yet, or hold
+    Docxy), so on a host that cannot reach Docker Hub it had no way to build at all."""
+    base = "registry.internal.example/library/python:3.12-slim"
+
+    result = install(box, resolver, "--base-image", base)
+
+    assert result.returncode == 0, output(result)
+    assert f"DOCXY_BASE_IMAGE={base}" in env_file(box).read_text().splitlines()
+    assert box.called(COMPOSE_UP)
+    before = env_file(box).read_bytes()
+    stack_is_running(box)
+    again = install(box, resolver)  # kept, as every setting of a first run
+    assert again.returncode == 0 and "Nothing to change" in again.stdout, output(again)
+    assert env_file(box).read_bytes() == before
+    assert install(box, resolver, "--base-image", "bad image").returncode == 2
+
+
 def test_second_run_changes_nothing_and_says_so(box: ScriptBox, resolver: Resolver) -> None:
     assert install(box, resolver).returncode == 0
     before = env_file(box).read_bytes()
