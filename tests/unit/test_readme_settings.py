@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from docxy.cli.main import build_parser, config_from_args
-from docxy.config import ENV_ALIASES, SETTINGS, Config, env_name, load_config
+from docxy.config import ENV_ALIASES, OTHER_ENV, SETTINGS, Config, env_name, load_config
 from docxy.core.errors import ConfigError
 from docxy.tls.context import self_signed
 from scheduler import settings as scheduler_settings
@@ -189,3 +189,11 @@ def test_every_docxy_toml_example_loads(tmp_path: Path) -> None:
                 raise
         checked += 1
     assert checked >= 5
+
+
+def test_the_settings_section_names_every_docxy_variable_that_is_not_a_setting() -> None:
+    """It says every DOCXY_* variable must be a setting, an alias, or one of those it lists:
+    a name it leaves out reads as one that stops start-up."""
+    section = README.read_text().split("\n## Settings\n")[1].split("\n| key |")[0]
+    named = set(re.findall(r"`(DOCXY_[A-Z0-9_]+)`", section))
+    assert sorted(OTHER_ENV - named) == []
