@@ -37,6 +37,8 @@ usage: $PROG --domain NAME [--email ADDRESS] [options]
   --cache-size SIZE         cache cap, e.g. 20G (default: 20G, or what .env says)
   --upstream-user NAME      a Docker Hub account for the mirror's own pulls; the password is
                             read without echo (or from DOCXY_UPSTREAM_PASSWORD)
+  --base-image IMAGE        the image the build starts from (default: Docker Hub's
+                            python:3.12-slim, or what .env says): one this host can pull
   --public-ip ADDRESS       this host's public address (repeatable); skips discovery
   --dns-server HOST[#PORT]  the resolver to ask for the domain's records (default: the system's)
   --dns-port PORT           its port (default 53)
@@ -72,6 +74,7 @@ DOMAIN=""
 EMAIL=""
 CACHE_SIZE=""
 UPSTREAM_USER=""
+BASE_IMAGE=""
 UPSTREAM_PASSWORD="${DOCXY_UPSTREAM_PASSWORD:-}"
 PUBLIC_IPS=()
 DNS_SERVER=""
@@ -94,7 +97,7 @@ parse_args() {
   while (($#)); do
     case "$1" in
       --domain | --email | --cache-size | --upstream-user | --public-ip | --dns-server | \
-        --dns-port | --dir | --health-timeout | --root | --source-url)
+        --dns-port | --dir | --health-timeout | --root | --source-url | --base-image)
         (($# >= 2)) || die "$1 needs a value" 2
         ;;
     esac
@@ -103,6 +106,7 @@ parse_args() {
       --email) EMAIL="$2"; shift ;;
       --cache-size) CACHE_SIZE="$2"; shift ;;
       --upstream-user) UPSTREAM_USER="$2"; shift ;;
+      --base-image) BASE_IMAGE="$2"; shift ;;
       --public-ip) PUBLIC_IPS+=("$2"); shift ;;
       --dns-server) DNS_SERVER="$2"; shift ;;
       --dns-port) DNS_PORT="$2"; shift ;;
@@ -494,6 +498,9 @@ settle_settings() {
   CACHE_SIZE="${CACHE_SIZE:-$(env_value DOCXY_CACHE_MAX_SIZE)}"
   CACHE_SIZE="${CACHE_SIZE:-20G}"
   UPSTREAM_USER="${UPSTREAM_USER:-$(env_value DOCXY_UPSTREAM_USERNAME)}"
+  BASE_IMAGE="${BASE_IMAGE:-$(env_value DOCXY_BASE_IMAGE)}"
+  [[ -z "$BASE_IMAGE" || "$BASE_IMAGE" =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]*$ ]] ||
+    die "--base-image '$BASE_IMAGE' is not an image reference" 2
   if [[ -z "$DOMAIN" ]] && can_prompt; then ask DOMAIN "The mirror's domain name (e.g. mirror.example.com):"; fi
   # Optional: asked once; an empty DOCXY_EMAIL= in .env is the answer "none".
   if [[ -z "$EMAIL" ]] && ! env_sets DOCXY_EMAIL && can_prompt; then
@@ -526,6 +533,7 @@ render_env() {
   say "DOCXY_DOMAIN=$DOMAIN"
   say "DOCXY_EMAIL=$EMAIL"
   say "DOCXY_CACHE_MAX_SIZE=$CACHE_SIZE"
+  [[ -z "$BASE_IMAGE" ]] || say "DOCXY_BASE_IMAGE=$BASE_IMAGE"
   if [[ -n "$UPSTREAM_USER" ]]; then
     say "DOCXY_UPSTREAM_USERNAME=$UPSTREAM_USER"
     say "DOCXY_UPSTREAM_PASSWORD='$UPSTREAM_PASSWORD'"
@@ -533,7 +541,7 @@ render_env() {
   if [[ -r "$ENV_FILE" ]]; then
     # Ours in every spelling compose reads (`export`, spaces): a stale one must not stay behind.
     grep -vE -e "^# Written by Docxy" \
-      -e "$(env_assignment "DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)")" \
+      -e "$(env_assignment "DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|BASE_IMAGE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)")" \
       -- "$ENV_FILE" || true
   fi
 }
@@ -774,13 +782,24 @@ install_docker() {
 }
 
 start_docker() {
+  local before=$CHANGES
   if ! have systemctl; then
     say "  no systemd here: make sure dockerd runs"
     return
   fi
+  # systemctl without systemd as init (WSL, a container, another init) answers "offline" here
+  # and fails every other command.
+  if [[ "$(systemctl is-system-running 2>/dev/null)" == offline ]]; then
+    say "  systemd is not running here: make sure dockerd runs (and starts at boot)"
+    return
+  fi
   systemctl is-enabled --quiet docker 2>/dev/null || act systemctl enable docker
   systemctl is-active --quiet docker 2>/dev/null || act systemctl start docker
-  say "  dockerd is enabled and running"
+  if ((DRY_RUN && CHANGES > before)); then
+    say "  dockerd would be enabled and started"
+  else
+    say "  dockerd is enabled and running"
+  fi
 }
 
 compose() {

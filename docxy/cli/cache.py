@@ -235,6 +235,18 @@ def fills_in(tmp: Path) -> int:
     return sum(1 for entry in os.scandir(tmp) if entry.name.split("-", 1)[0] in ALGORITHMS)
 
 
+def _elsewhere(tags: list[TagEntry], repo: RepoKey, tag: str | None) -> str:
+    """The upstreams that tag is cached from, when it is not from the one asked for: the
+    mirror was started with another upstream.registry than this command sees."""
+    hosts = sorted({t.repo.upstream for t in tags if t.repo.repo == repo.repo and t.tag == tag})
+    if not hosts:
+        return ""
+    return (
+        f"; it is cached from {', '.join(hosts)}: give --upstream with that registry's URL "
+        f"(or the mirror's --config), as the mirror was started with"
+    )
+
+
 async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out: TextIO) -> int:
     store = cache.manifests
     tags = store.list_tags()
@@ -250,7 +262,7 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
         if not targets:
             print(
                 f"docxy cache rm: {image} is not cached (no tag {repo.repo}:{image.tag} "
-                f"from {repo.upstream})",
+                f"from {repo.upstream}){_elsewhere(tags, repo, image.tag)}",
                 file=sys.stderr,
             )
             return EXIT_NOT_FOUND

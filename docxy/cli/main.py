@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from docxy import __version__
 from docxy.cli import access as accesscli
@@ -33,8 +34,18 @@ FLAG_KEYS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that takes no abbreviations: ``--config`` after ``certs status`` was
+    read as its ``--config-dir``, ``--password`` as ``--password-stdin``. Every sub-parser is
+    one too (``add_subparsers`` makes them of the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = Parser(
         prog="docxy", description="A self-hosted Docker registry mirror and pull-through cache."
     )
     parser.add_argument("--version", action="version", version=f"docxy {__version__}")

@@ -390,6 +390,10 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
             print(f"docxy warm: {image}: {exc}", file=sys.stderr)
             status = EXIT_FAILED
             continue
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Every image after this one would fail the same way: say where, once, and stop.
+            print(f"docxy warm: {image}: {_unreachable(warmer.client, exc)}", file=sys.stderr)
+            return EXIT_FAILED
         except httpx.HTTPError as exc:
             print(f"docxy warm: {image}: {type(exc).__name__}: {exc}", file=sys.stderr)
             status = EXIT_FAILED
@@ -398,6 +402,29 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
     if len(images) > 1:
         print(f"total: {_summary(warmer.tally, time.monotonic() - started)}", file=out)
     return status
+
+
+def _unreachable(client: httpx.Client, exc: httpx.TransportError) -> str:
+    """What a failed connection means: the mirror is not where warm looked, or (when the
+    mirror sent warm elsewhere, e.g. to a token realm built from its server.public_url) that
+    other place is not reachable from here."""
+    reason = f"{type(exc).__name__}: {exc}"
+    mirror = str(client.base_url).rstrip("/")
+    try:
+        asked = exc.request.url
+    except RuntimeError:  # no request attached: it can only be the mirror
+        asked = client.base_url
+    if (asked.scheme, asked.host, asked.port) == (
+        client.base_url.scheme,
+        client.base_url.host,
+        client.base_url.port,
+    ):
+        return (
+            f"cannot reach the mirror at {mirror} ({reason}): is docxy serve running there? "
+            f"--mirror URL names another (the default is server.public_url)"
+        )
+    where = str(asked.copy_with(query=None))
+    return f"the mirror at {mirror} sent warm to {where}, which cannot be reached ({reason})"
 
 
 def _summary(tally: Tally, seconds: float) -> str:

@@ -239,6 +239,9 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
+        # Also after the action, as `docxy cache ls --config` takes it (SUPPRESS: not given
+        # here, the one given before the action stays).
+        p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML config file")
         p.add_argument("--config-dir", type=Path, help="certbot's directory (certs.config_dir)")
         p.add_argument("--ca-bundle", type=Path, help="CA bundle for the ACME server's TLS")
         # Not tls.cert_path overrides: the files need not exist yet.

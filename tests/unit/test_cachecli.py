@@ -336,6 +336,20 @@ def test_rm_not_cached_exits_1(
     assert "not cached" in err
 
 
+def test_rm_of_a_tag_cached_from_another_upstream_names_it_and_the_way_there(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """A mirror started with --upstream (or DOCXY_UPSTREAM_REGISTRY in its own unit), then
+    `docxy cache rm alpine:3.20` in a shell without it: "not cached (... from
+    registry-1.docker.io)", while `docxy cache ls` lists that very tag."""
+    argv = ["cache", "rm", "--cache-dir", str(cache.root), "alpine:3.20"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "not cached" in err
+    assert f"cached from {HOST}" in err and "--upstream" in err, err
+    assert main([*argv[:2], "--upstream", UPSTREAM, *argv[2:]]) == 0
+
+
 def test_rm_bad_reference_exits_2(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
     code, _, err = run(capsys, cache, "rm", "Alpine")
     assert code == 2

@@ -287,3 +287,36 @@ def test_an_address_not_on_this_machine_is_a_config_error(
         *serve_args(tmp_path, "--listen", "192.0.2.1:8080", "--public-url", "http://x.example"),
     )
     assert error.startswith("docxy: config error: server.listen: cannot listen on 192.0.2.1:8080")
+
+
+def test_config_after_a_certs_action_is_the_config_file_never_certbots_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`docxy certs status --config docxy.toml`, written as `docxy cache ls --config` takes it,
+    was read as an abbreviation of the action's --config-dir: the file became certbot's
+    directory, the settings were never read, and the error blamed tls.cert_path."""
+    from docxy.tls.context import self_signed
+
+    cert, key = self_signed(tmp_path, "mirror.test")
+    config = tmp_path / "docxy.toml"
+    config.write_text(f'[tls]\ncert_path = "{cert}"\nkey_path = "{key}"\n')
+
+    assert main(["certs", "status", "--config", str(config)]) == 0, capsys.readouterr().err
+    assert '"sans": [\n    "mirror.test"\n  ]' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["certs", "obtain", "--conf", "x"],  # not --config-dir
+        ["serve", "--show", "--list", "127.0.0.1:1"],  # not --show-config, not --listen
+        ["users", "add", "--password", "alice"],  # not --password-stdin
+    ],
+)
+def test_an_abbreviated_flag_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """No flag stands for a longer one it begins: a guess at a user's intent is how --config
+    became --config-dir."""
+    assert main(argv) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err

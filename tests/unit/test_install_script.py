@@ -162,6 +162,27 @@ def test_install_from_a_clone_writes_env_brings_the_stack_up_and_prints_client_c
     assert not box.called(r"^apt-get"), "Docker was already installed"
 
 
+def test_a_base_image_off_docker_hub_is_written_for_the_build(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The build starts from Docker Hub's python:3.12-slim unless .env names DOCXY_BASE_IMAGE.
+    A piped install cannot be given a .env beforehand (--dir must not exist yet, or hold
+    Docxy), so on a host that cannot reach Docker Hub it had no way to build at all."""
+    base = "registry.internal.example/library/python:3.12-slim"
+
+    result = install(box, resolver, "--base-image", base)
+
+    assert result.returncode == 0, output(result)
+    assert f"DOCXY_BASE_IMAGE={base}" in env_file(box).read_text().splitlines()
+    assert box.called(COMPOSE_UP)
+    before = env_file(box).read_bytes()
+    stack_is_running(box)
+    again = install(box, resolver)  # kept, as every setting of a first run
+    assert again.returncode == 0 and "Nothing to change" in again.stdout, output(again)
+    assert env_file(box).read_bytes() == before
+    assert install(box, resolver, "--base-image", "bad image").returncode == 2
+
+
 def test_second_run_changes_nothing_and_says_so(box: ScriptBox, resolver: Resolver) -> None:
     assert install(box, resolver).returncode == 0
     before = env_file(box).read_bytes()
@@ -694,6 +715,41 @@ def test_docker_from_the_distribution_by_default(box: ScriptBox, resolver: Resol
     assert installs == [["install", "-y", "--no-install-recommends", "docker.io", "docker-compose"]]
     assert "debian's own packages (docker.io)" in result.stdout
     assert box.called(r"^systemctl enable docker$") and box.called(r"^systemctl start docker$")
+    assert box.called(COMPOSE_UP)
+
+
+def test_a_dry_run_does_not_say_a_stopped_dockerd_is_running(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """It printed "would run: systemctl start docker", then "dockerd is enabled and running"."""
+    box.stand_in("systemctl", Rule(r"^is-(enabled|active)", rc=1))
+
+    result = install(box, resolver, "--dry-run")
+
+    assert result.returncode == 0, output(result)
+    assert "would run: systemctl start docker" in result.stdout
+    assert "is enabled and running" not in result.stdout, result.stdout
+    assert "dockerd would be enabled and started" in result.stdout
+
+
+def test_systemctl_without_systemd_running_is_not_asked_to_start_docker(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """WSL, a container, a host booted with another init: systemctl is there but answers
+    "System has not been booted with systemd" to everything, and `systemctl enable docker`
+    ended the install with that line alone (set -e)."""
+    booted = "System has not been booted with systemd as init system (PID 1). Can't operate.\n"
+    box.stand_in(
+        "systemctl",
+        Rule(r"^is-system-running", stdout="offline\n", rc=1),
+        Rule(r".", stderr=booted, rc=1),
+    )
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert not box.called(r"^systemctl (enable|start|reload|restart)"), output(result)
+    assert "systemd is not running here" in result.stdout
     assert box.called(COMPOSE_UP)
 
 

@@ -700,3 +700,22 @@ def test_without_pidfds_the_mirror_is_still_signalled(
     pidfile, seen = hup_listener
     assert signal_mirror(pidfile) == int(pidfile.read_text())
     poll(lambda: seen.exists() and seen.read_text() == "hup\n")
+
+
+def test_without_apscheduler_the_renewer_says_which_extra_to_install() -> None:
+    """README's first line installs `pip install -e .`, without the scheduler extra; then
+    `python -m scheduler`, as the TLS section says, died with a ModuleNotFoundError traceback."""
+    blocked = (
+        "import runpy, sys; sys.modules['apscheduler'] = None; "
+        "runpy.run_module('scheduler', run_name='__main__', alter_sys=True)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "pip install" in result.stderr and "[scheduler]" in result.stderr, result.stderr

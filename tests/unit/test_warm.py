@@ -337,6 +337,49 @@ def test_unreachable_mirror_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ConnectError" in capsys.readouterr().err
 
 
+def test_an_unreachable_mirror_is_named_once_with_the_way_to_name_another(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Without --mirror, warm asks server.public_url (http://127.0.0.1:8080 by default). A
+    mirror serving elsewhere got one `library/x:latest: ConnectError: [Errno 111] Connection
+    refused` per image, naming neither the URL asked nor --mirror."""
+    from lab.ports import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "docxy.toml"
+    config.write_text(f'[server]\npublic_url = "{url}"\n')
+
+    assert main(["warm", "--config", str(config), "x", "y", "z"]) == 1
+
+    err = capsys.readouterr().err
+    assert f"cannot reach the mirror at {url}" in err and "--mirror" in err, err
+    assert err.count(url) == 1, err
+
+
+def test_a_token_service_out_of_reach_is_named_not_the_mirror(
+    registry: FakeRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """warm through http://127.0.0.1:8080 of a mirror whose public_url is another name: its
+    realm is out of reach from here, and the message says that, not "is the mirror running"."""
+    registry.realm = "https://mirror.example.com/auth/token"
+    registry.add_image("library/app", "1", [b"layer"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "mirror.example.com":
+            raise httpx.ConnectError("Name or service not known", request=request)
+        return registry.handler(request)
+
+    transport = httpx.MockTransport(handler)
+    client = httpx.Client(base_url="http://mirror.test", transport=transport, auth=RegistryAuth())
+    warm = Warmer(client, "all", io.StringIO())
+
+    assert warm_all(warm, [parse_image_ref("app:1")], io.StringIO()) == 1
+
+    err = capsys.readouterr().err
+    assert "sent warm to https://mirror.example.com/auth/token" in err, err
+    assert "is docxy serve running" not in err
+
+
 # --- e2e: a real mirror in front of the bed -------------------------------------------------
 
 
@@ -438,7 +481,7 @@ def test_warm_follows_the_library_prefix_setting(
 
     monkeypatch.setenv("DOCXY_UPSTREAM_LIBRARY_PREFIX", prefix)
     assert main(["warm", "--mirror", f"http://127.0.0.1:{free_port()}", "app"]) == 1
-    assert f"docxy warm: {name}: ConnectError" in capsys.readouterr().err
+    assert f"docxy warm: {name}: cannot reach the mirror" in capsys.readouterr().err
 
 
 def test_warm_names_an_upstream_by_prefix(
@@ -448,10 +491,11 @@ def test_warm_names_an_upstream_by_prefix(
 
     monkeypatch.setenv("DOCXY_UPSTREAMS", "ghcr.io,lab.test=http://127.0.0.1:9")
     mirror = f"http://127.0.0.1:{free_port()}"
-    assert main(["warm", "--mirror", mirror, "ghcr.io/owner/img", "lab.test/a:1"]) == 1
-    err = capsys.readouterr().err
-    assert "docxy warm: ghcr.io/owner/img:latest: ConnectError" in err  # accepted, then tried
-    assert "docxy warm: lab.test/a:1: ConnectError" in err
+    # Accepted, then tried (the mirror is not there: warm stops at the first image it tries).
+    assert main(["warm", "--mirror", mirror, "ghcr.io/owner/img"]) == 1
+    assert "docxy warm: ghcr.io/owner/img:latest: cannot reach" in capsys.readouterr().err
+    assert main(["warm", "--mirror", mirror, "lab.test/a:1"]) == 1
+    assert "docxy warm: lab.test/a:1: cannot reach" in capsys.readouterr().err
     assert main(["warm", "--mirror", mirror, "quay.io/owner/img"]) == 2
     assert "quay.io is not one of the mirror's upstreams (docker.io, ghcr.io, lab.test)" in (
         capsys.readouterr().err
