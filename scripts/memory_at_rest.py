@@ -13,8 +13,11 @@ Not a test: it prints figures. Everything runs on 127.0.0.1 (the test bed of lab
 Each is measured at rest after start, then at rest again after pulls through the mirror (every
 public bed image, cold then warm, with the token dance a client does, and one ``--big-mib`` blob
 cold then warm). Per process, from /proc: RSS, PSS (shared pages split between the processes
-sharing them), USS (pages of its own: what ending it would give back) and threads. "At rest" is
-the median of ``--samples`` readings a second apart, after ``--settle`` seconds.
+sharing them), USS (pages of its own: what ending it would give back), anon (its anonymous
+memory: heap, Python objects, stacks; what the code controls) and threads. PSS and USS move with
+whatever else on the machine maps the same libraries (another python, say); RSS and anon do
+not. "At rest" is the median of ``--samples`` readings a second apart, after ``--settle``
+seconds.
 
 ``--python``: the interpreter of every process (default: this one). The image's packages are
 not this machine's (httpx loads its CLI's click/rich/pygments when click is installed, for
@@ -75,6 +78,7 @@ class Usage:
     rss: int
     pss: int
     uss: int
+    anon: int
     threads: int
 
     @staticmethod
@@ -86,10 +90,11 @@ class Usage:
                 fields[name] = int(value.split()[0])
             status = Path(f"/proc/{pid}/status").read_text()
         except (OSError, ValueError):
-            return Usage(0, 0, 0, 0)
+            return Usage(0, 0, 0, 0, 0)
         threads = int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE)[1])  # type: ignore[index]
         private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-        return Usage(fields.get("Rss", 0), fields.get("Pss", 0), private, threads)
+        rss, pss, anon = (fields.get(name, 0) for name in ("Rss", "Pss", "Anonymous"))
+        return Usage(rss, pss, private, anon, threads)
 
     @staticmethod
     def median(samples: Sequence[Usage]) -> Usage:
@@ -100,6 +105,7 @@ class Usage:
             mid(lambda u: u.rss),
             mid(lambda u: u.pss),
             mid(lambda u: u.uss),
+            mid(lambda u: u.anon),
             mid(lambda u: u.threads),
         )
 
@@ -132,12 +138,12 @@ def name_of(pid: int) -> str:
 
 def report(title: str, usage: dict[str, Usage]) -> None:
     print(f"\n{title}")
-    print(f"  {'process':<46} {'RSS':>7} {'PSS':>7} {'USS':>7} {'threads':>7}  (MiB)")
+    print(f"  {'process':<46} {'RSS':>7} {'PSS':>7} {'USS':>7} {'anon':>7} {'threads':>7}  (MiB)")
     for name, u in usage.items():
-        figures = " ".join(f"{kib / 1024:7.1f}" for kib in (u.rss, u.pss, u.uss))
+        figures = " ".join(f"{kib / 1024:7.1f}" for kib in (u.rss, u.pss, u.uss, u.anon))
         print(f"  {name:<46} {figures} {u.threads:7}")
-    total = [sum(getattr(u, f) for u in usage.values()) / 1024 for f in ("rss", "pss", "uss")]
-    print(f"  {'sum':<46} {total[0]:7.1f} {total[1]:7.1f} {total[2]:7.1f}", flush=True)
+    totals = (sum(getattr(u, f) for u in usage.values()) for f in ("rss", "pss", "uss", "anon"))
+    print(f"  {'sum':<46} " + " ".join(f"{kib / 1024:7.1f}" for kib in totals), flush=True)
 
 
 # --- pulls through the mirror ---------------------------------------------------------------------
@@ -296,7 +302,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--python", default=sys.executable, help="interpreter of the processes")
     parser.add_argument("--big-mib", type=int, default=64, help="one big blob pulled (0: none)")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds before sampling")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds before sampling")
     parser.add_argument("--samples", type=int, default=5, help="readings a second apart")
     return parser.parse_args(argv)
 
