@@ -23,10 +23,8 @@ import httpx
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
-from docxy.access.authority import BASIC_CHALLENGE, Issued, issue_token
 from docxy.access.gate import basic_credentials, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
-from docxy.access.users import UsersFileError
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.http.routes import refuse_unsendable, request_facts
@@ -227,6 +225,8 @@ def _is_mirror_user(authorization: str | None) -> bool:
     credentials = basic_credentials(authorization)
     if access is None or credentials is None:
         return False
+    from docxy.access.users import UsersFileError  # users mode: loaded with access.users
+
     try:
         return access.users.exists(credentials[0])
     except UsersFileError as exc:
@@ -235,7 +235,10 @@ def _is_mirror_user(authorization: str | None) -> bool:
 
 
 async def _own_token(ask: TokenAsk) -> Response:
-    """Users mode: the mirror is the token authority (``docxy.access.authority``)."""
+    """Users mode: the mirror is the token authority (``docxy.access.authority``, imported
+    here: an open mirror loads neither argon2 nor PyJWT, see ``docxy.access.gate``)."""
+    from docxy.access.authority import BASIC_CHALLENGE, Issued, issue_token
+
     access = mirror_state().access
     assert access is not None
     if ask.refresh_token is not None:

@@ -12,18 +12,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+from docxy.access.clientca import CLIENTS
+from docxy.access.gate import CLIENTS_UNREADABLE
 from lab import REPO_ROOT
 
 #: Loads what ``docxy serve`` loads up to serving (the CLI, the server, the app built from the
-#: settings in argv[1]) and prints which of argv[2:] are in sys.modules.
+#: settings in argv[1], its access state prepared as before serving) and prints which of
+#: argv[2:] are in sys.modules.
 MIRROR = """
 import json, sys
 import docxy.cli.main, docxy.http.server
 from docxy.config import load_config
 from docxy.http.app import create_app
-create_app(load_config(json.loads(sys.argv[1]), environ={}), probe=False)
+from docxy.http.state import mirror_state
+app = create_app(load_config(json.loads(sys.argv[1]), environ={}), probe=False)
+access = mirror_state(app).access
+if access is not None:
+    access.prepare()
 print(json.dumps(sorted(name for name in sys.argv[2:] if sys.modules.get(name))))
 """
+
+#: What checks credentials: needed in users mode, with client certificates, or for TLS.
+CREDENTIALS = ["cryptography", "jwt", "argon2", "bcrypt"]
 
 
 def loaded(code: str, *args: str) -> list[str]:
@@ -42,9 +52,28 @@ def loaded(code: str, *args: str) -> list[str]:
     return names
 
 
+def plain(tmp_path: Path, **more: str) -> str:
+    settings = {"upstream.registry": "http://127.0.0.1:9", "cache.dir": str(tmp_path / "cache")}
+    return json.dumps(settings | more)
+
+
 def test_the_mirror_does_not_load_a_command_line_ui(tmp_path: Path) -> None:
     """rich and pygments are for ``docxy warm``'s progress bars (and httpx's own CLI, which
     Quart's click dependency would otherwise load): ~3.4 MiB the serving mirror never uses."""
-    settings = {"upstream.registry": "http://127.0.0.1:9", "cache.dir": str(tmp_path / "cache")}
     heavy = ["rich", "pygments", "httpx._main"]
-    assert loaded(MIRROR, json.dumps(settings), *heavy, "httpx", "quart") == ["httpx", "quart"]
+    assert loaded(MIRROR, plain(tmp_path), *heavy, "httpx", "quart") == ["httpx", "quart"]
+
+
+def test_an_open_mirror_without_tls_loads_no_credential_checks(tmp_path: Path) -> None:
+    """cryptography, PyJWT, argon2 and bcrypt: ~10 MiB a mirror that checks no credentials
+    and serves no TLS (behind a CDN or a TLS proxy) never uses."""
+    assert loaded(MIRROR, plain(tmp_path), *CREDENTIALS) == []
+
+
+def test_users_mode_loads_what_checks_credentials(tmp_path: Path) -> None:
+    users = {"auth.mode": "users", "auth.dir": str(tmp_path / "auth")}
+    assert loaded(MIRROR, plain(tmp_path, **users), *CREDENTIALS) == sorted(CREDENTIALS)
+
+
+def test_the_gate_names_the_client_list_clientca_reads() -> None:
+    assert f"({CLIENTS})" in CLIENTS_UNREADABLE
