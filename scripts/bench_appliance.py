@@ -20,7 +20,8 @@ while 20 clients pull different images). Everything runs on 127.0.0.1, as root:
    a closed loopback port, so the renewer's first run fails at once and it then idles) and
    without one (mirror only: the renewer is not started), ``--idle-seconds`` after /health.
 5. Peak memory while ``docker pull`` of every image runs at once through the container (sampled
-   every 0.2 s), then the memory once the pulls are done. Every pull must succeed.
+   every 0.2 s), then the memory once the pulls are done, and at rest ``REST_SETTLE`` seconds
+   later. Every pull must succeed.
 
 Usage: ``python scripts/bench_appliance.py [--images 20] [--layer-mib 16]``.
 """
@@ -65,6 +66,9 @@ START_TIMEOUT = 180.0
 PULL_TIMEOUT = 900.0
 IDLE_TARGET_MIB = 100
 PEAK_TARGET_MIB = 300
+#: Seconds after the pulls before the at-rest figures: the mirror's rest trim comes 5 s after
+#: its last request (docxy.http.rest.REST_DELAY).
+REST_SETTLE = 10.0
 
 
 # --- memory of a container, from /proc -----------------------------------------------------------
@@ -299,6 +303,10 @@ def run(args: argparse.Namespace) -> None:
             peak, elapsed = pull_all(container, images)
             after, _ = container_memory(container)
             print(f"  all pulled in {elapsed:.0f} s\n  peak:  {peak}\n  after: {after}")
+            time.sleep(REST_SETTLE)  # the mirror trims its heap once at rest (docxy.http.rest)
+            print("\nat rest after the pulls (no domain):")
+            rested = idle_memory(container, args.idle_seconds)
+            print(f"  total: {rested}")
             if egress.attempts:
                 raise RuntimeError(f"dockerd tried to leave the machine: {egress.attempts}")
 
@@ -308,6 +316,7 @@ def run(args: argparse.Namespace) -> None:
         summary_row("idle, domain (mirror + renewer)", idle_domain, IDLE_TARGET_MIB)
         summary_row("idle, no domain (mirror only)", idle_plain, IDLE_TARGET_MIB)
         summary_row(f"peak, {args.images} pulls at once", peak, PEAK_TARGET_MIB)
+        summary_row("at rest after the pulls", rested, IDLE_TARGET_MIB)
 
 
 def summary_row(label: str, memory: Memory, target_mib: int) -> None:

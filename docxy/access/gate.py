@@ -11,30 +11,37 @@ The check has a costly half, :meth:`AccessControl.identify` (a token's signature
 certificate, the users file), and a cheap one, :meth:`AccessControl.decide` (the repository).
 The edge identifies a request first, for its limits, and leaves the result in the ASGI scope
 (:func:`remember`); the route's check reuses it (:func:`remembered`): one verification a request.
+
+What checks credentials is imported when a mode needs it: the users file (argon2, bcrypt), the
+signing keys and tokens (cryptography, PyJWT) in ``users`` mode, the client CA (cryptography)
+with ``auth.client_certs``. An open mirror without TLS loads none of them (~10 MiB at rest).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from docxy.access.clientca import CLIENTS, ClientCA, ClientsFileError
 from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
-from docxy.access.keys import KeyRing, TokenKeyError
 from docxy.access.logins import FailedLogins
 from docxy.access.peer import peer_certificate
 from docxy.access.scopes import Access, allows
-from docxy.access.tokens import TokenInvalid, TokenSpec, issued_here, verify
-from docxy.access.users import UsersFile, UsersFileError
 from docxy.config import Config
 from docxy.core.challenge import Challenge
 from docxy.core.errors import ConfigError, MirrorUnavailable, RegistryError, Unauthorized
 from docxy.core.names import upstream_name
+
+if TYPE_CHECKING:
+    from docxy.access.clientca import ClientCA
+    from docxy.access.keys import KeyRing, TokenKeyError
+    from docxy.access.tokens import TokenSpec
+    from docxy.access.users import UsersFile
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,8 @@ PASSWORD_CHECKS = 2
 
 USERS_UNREADABLE = "the mirror cannot read its users file"
 KEY_UNREADABLE = "the mirror cannot read its token signing key"
-CLIENTS_UNREADABLE = f"the mirror cannot read its client list ({CLIENTS})"
+#: names docxy.access.clientca.CLIENTS (a test holds them equal; importing it loads cryptography)
+CLIENTS_UNREADABLE = "the mirror cannot read its client list (clients.json)"
 
 
 def users_unreadable() -> MirrorUnavailable:
@@ -149,25 +157,46 @@ def bearer_token(authorization: str | None) -> str | None:
 
 class AccessControl:
     def __init__(self, config: Config) -> None:
-        auth = config.auth
+        auth = self._auth = config.auth
         self.users_mode = auth.mode == "users"
         self.upstream_logins = auth.upstream_logins
         self.plain_http = plain_http_exposed(config)
-        self.users = UsersFile(auth.users_file)
-        self.keys = KeyRing(auth.dir, auth.key_grace)
-        self.ca = ClientCA(auth.dir) if auth.client_certs else None
+        self.ca: ClientCA | None = None
+        if auth.client_certs:
+            from docxy.access.clientca import ClientCA
+
+            self.ca = ClientCA(auth.dir)
+        self.public_url = config.server.public_url
         self.realm = config.server.public_url + "/auth/token"
         self.service = urlsplit(config.server.public_url).netloc
-        self.spec = TokenSpec(config.server.public_url, self.service, auth.token_ttl)
         self.library_prefix = config.upstream.library_prefix
         #: password checks at once (each runs in a thread and holds argon2's memory)
         self.hashing = asyncio.Semaphore(PASSWORD_CHECKS)
         #: wrong passwords a client may try a minute (``docxy.access.logins``)
         self.logins = FailedLogins(config.limits.failed_logins_per_minute)
 
+    @functools.cached_property
+    def users(self) -> UsersFile:
+        from docxy.access.users import UsersFile
+
+        return UsersFile(self._auth.users_file)
+
+    @functools.cached_property
+    def keys(self) -> KeyRing:
+        from docxy.access.keys import KeyRing
+
+        return KeyRing(self._auth.dir, self._auth.key_grace)
+
+    @functools.cached_property
+    def spec(self) -> TokenSpec:
+        from docxy.access.tokens import TokenSpec
+
+        return TokenSpec(self.public_url, self.service, self._auth.token_ttl)
+
     def prepare(self) -> None:
         """Create what is missing on disk (first key, the CA) before serving."""
         if self.users_mode:
+            self.users, self.spec  # noqa: B018 - loaded now, not by the first login
             self.keys.ensure()
             if self.plain_http:
                 log.warning(
@@ -187,6 +216,8 @@ class AccessControl:
         der = peer_certificate()
         if der is None or self.ca is None:
             return None
+        from docxy.access.clientca import ClientsFileError  # loaded with self.ca
+
         try:
             return self.ca.client_of(der)
         except ClientsFileError as exc:
@@ -224,6 +255,11 @@ class AccessControl:
             return Identified(ANONYMOUS, forward=True)
         if token is None:
             return Identified(ANONYMOUS, problem="authentication required")
+        # users mode: loaded with the keys and the users file (sys.modules lookups from here)
+        from docxy.access.keys import TokenKeyError
+        from docxy.access.tokens import TokenInvalid, verify
+        from docxy.access.users import UsersFileError
+
         try:
             claims = verify(self.keys, self.spec, token)
         except TokenInvalid as exc:
@@ -260,6 +296,8 @@ class AccessControl:
     def _ours(self, token: str) -> bool:
         """A token the mirror issued, honoured or not (expired, of a retired key): it never
         goes upstream as the client's login."""
+        from docxy.access.tokens import issued_here
+
         return issued_here(self.spec, token)
 
     def _refuse(

@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from docxy.tls.context import write_files_atomic
+from docxy.tls.files import write_files_atomic
 
 CURRENT = "token-key.pem"
 PREVIOUS = "token-key.previous.pem"

@@ -20,7 +20,7 @@ import bcrypt
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from docxy.tls.context import write_files_atomic
+from docxy.tls.files import write_files_atomic
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HASHER = PasswordHasher()

@@ -18,12 +18,14 @@ import argparse
 import getpass
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from docxy.access.clientca import ClientCA
-from docxy.access.keys import KeyRing
-from docxy.access.users import UsersFile, UsersFileError
 from docxy.cli.exits import EXIT_FAILED
 from docxy.cli.options import ConfigLoader, add_config_arguments
+
+if TYPE_CHECKING:
+    from docxy.access.clientca import ClientCA
+    from docxy.access.users import UsersFile
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,6 +70,12 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace, load: ConfigLoader) -> int:
+    # Imported here: every docxy command (`docxy serve` too) registers these subcommands, and
+    # argon2, bcrypt and cryptography would stay in the mirror's memory (docxy.access.gate).
+    from docxy.access.clientca import ClientCA
+    from docxy.access.keys import KeyRing
+    from docxy.access.users import UsersFile, UsersFileError
+
     config = load(args)  # a ConfigError is docxy's (main) to report
     try:
         if args.group == "users":

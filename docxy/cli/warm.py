@@ -30,7 +30,6 @@ from docxy.cache import Digest, parse_digest
 from docxy.cli.cache import human_size
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.options import ConfigLoader, add_config_arguments
-from docxy.cli.progress import TransferProgress
 from docxy.core.challenge import bearer_challenge, parse_challenge, split_challenges
 from docxy.core.errors import ConfigError, DigestInvalid
 from docxy.core.names import ImageRef, parse_image_ref
@@ -249,6 +248,8 @@ class Warmer:
                 self.tally.seen.add(descriptor.digest)
 
     def _blob(self, name: str, descriptor: Descriptor) -> None:
+        from docxy.cli.progress import TransferProgress  # rich: not in `docxy serve`'s memory
+
         digest = _digest(descriptor.digest, "a layer")
         hasher = digest.hasher()
         done = 0

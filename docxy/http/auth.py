@@ -18,16 +18,14 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import httpx
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
-from docxy.access.authority import BASIC_CHALLENGE, BadCredentials, Issued, issue_token
 from docxy.access.gate import AccessControl, basic_credentials, bearer_token, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
-from docxy.access.tokens import issued_here
-from docxy.access.users import UsersFileError
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.cidr import client_key
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
@@ -36,6 +34,9 @@ from docxy.http.routes import refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
 from docxy.upstream.client import Upstream, read_small
+
+if TYPE_CHECKING:
+    from docxy.access.authority import Issued
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,8 @@ def _is_mirror_user(authorization: str | None) -> bool:
     credentials = basic_credentials(authorization)
     if access is None or credentials is None:
         return False
+    from docxy.access.users import UsersFileError  # users mode: loaded with access.users
+
     try:
         return access.users.exists(credentials[0])
     except UsersFileError as exc:
@@ -248,11 +251,18 @@ def _is_mirror_token(ask: TokenAsk) -> bool:
     for the upstream's token service."""
     access = mirror_state().access
     token = bearer_token(ask.authorization)
-    return access is not None and token is not None and issued_here(access.spec, token)
+    if access is None or token is None:
+        return False
+    from docxy.access.tokens import issued_here  # loaded with access (PyJWT)
+
+    return issued_here(access.spec, token)
 
 
 async def _own_token(ask: TokenAsk) -> Response:
-    """Users mode: the mirror is the token authority (``docxy.access.authority``)."""
+    """Users mode: the mirror is the token authority (``docxy.access.authority``, imported
+    here: an open mirror loads neither argon2 nor PyJWT, see ``docxy.access.gate``)."""
+    from docxy.access.authority import BASIC_CHALLENGE
+
     access = mirror_state().access
     assert access is not None
     if ask.refresh_token is not None:
@@ -275,6 +285,8 @@ async def _own_token(ask: TokenAsk) -> Response:
 async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | RegistryError:
     """The token for the password ``ask`` carries, within the guessing limit of its client's
     address (``docxy.access.logins``): a client out of wrong guesses is not checked at all."""
+    from docxy.access.authority import BadCredentials, issue_token
+
     config = mirror_state().config
     address = request_address(request.scope, config.server)  # type: ignore[arg-type]
     client = client_key(address) if address is not None else "unknown"

@@ -25,6 +25,7 @@ from docxy.edge.framing import Framing
 from docxy.heap import tune_malloc
 from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
+from docxy.http.rest import TrimAtRest
 from docxy.http.state import mirror_state
 from docxy.observe import Observer, create_admin_app, serve_admin
 from docxy.tasks import cancel_all, spawn
@@ -226,7 +227,10 @@ async def run(config: Config) -> None:
     https_url = config.server.public_url if tls is not None else None
     observer = Observer(state)
     observer.attach(app)
-    asgi = AccessLog(Framing(Guard(Admission(app, config, state.access), https_url)), observer)
+    asgi = TrimAtRest(
+        AccessLog(Framing(Guard(Admission(app, config, state.access), https_url)), observer)
+    )
+    asgi.arm()  # the imports' garbage, once serving
     connections.install()
     if config.limits.h2_max_streams == 0:
         h2c.install()

@@ -7,6 +7,10 @@ own config/work/logs directories and a time limit; a failure becomes a CertbotEr
 certbot's own reason. ``install`` copies a lineage's files to the paths the mirror serves,
 atomically (an install cut short between the two files is completed at the mirror's start,
 :mod:`docxy.tls.recover`); the mirror notices (file watch or SIGHUP) and reloads.
+
+The mirror imports this module for ``renewal_status`` and the CLI for ``register_cli``:
+cryptography (``docxy.tls.context``) is imported only by the functions that inspect a pair, so
+a mirror without TLS never loads it.
 """
 
 from __future__ import annotations
@@ -23,8 +27,7 @@ from typing import TypeVar
 
 from docxy.config import Config
 from docxy.core.errors import ConfigError
-from docxy.tls.context import CertError, inspect_pair
-from docxy.tls.files import write_pair
+from docxy.tls.files import CertError, write_pair
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +194,8 @@ def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
         cert_pem, key_pem = src_cert.read_bytes(), src_key.read_bytes()
     except OSError as exc:
         raise CertError(f"lineage {live_dir}: unreadable ({exc.strerror or exc})") from exc
+    from docxy.tls.context import inspect_pair  # cryptography: see the module docstring
+
     inspect_pair(cert_pem, key_pem, src_cert, src_key)
     if _same(cert_path, cert_pem) and _same(key_path, key_pem):
         return False
@@ -208,6 +213,8 @@ def _same(path: Path, data: bytes) -> bool:
 
 def describe_files(cert_path: Path, key_path: Path) -> dict[str, object]:
     """What `docxy certs status` shows for one cert/key pair (an error instead of failing)."""
+    from docxy.tls.context import inspect_pair
+
     try:
         info = inspect_pair(cert_path.read_bytes(), key_path.read_bytes(), cert_path, key_path)
     except (OSError, CertError) as exc:

@@ -27,16 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from docxy.tls.files import CertError as CertError  # its callers import it here
 from docxy.tls.files import write_files_atomic as write_files_atomic  # its callers import it here
 from docxy.tls.files import write_pair
 
 log = logging.getLogger(__name__)
 
 ALPN = ["http/1.1"]
-
-
-class CertError(Exception):
-    """A certificate/key pair that cannot be served; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+class CertError(Exception):
+    """A certificate/key pair that cannot be served; the message names the file and the problem."""
+
+
 def write_files_atomic(files: list[tuple[Path, bytes, int]]) -> None:
     """Write each (path, data, mode) beside its target, then rename them all in a row.
 
