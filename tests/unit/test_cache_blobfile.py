@@ -1,4 +1,5 @@
-"""BlobFile: a descriptor read in worker threads is closed only once no read of it runs."""
+"""BlobFile (docxy/cache/files.py): a descriptor read in worker threads is closed only once no
+read of it runs (the shared tier's uploads and the cache's readers use it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from docxy.shared.blobfile import BlobFile, ClosedFile
+from docxy.cache.files import BlobFile, ClosedFile
 from docxy.tasks import spawn
 
 GUARD = 10.0  # seconds before a would-be hang becomes a test failure
