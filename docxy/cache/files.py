@@ -1,11 +1,13 @@
 """Crash-safe small-file writes (a reader sees the old file or the new one, never half of one),
-and removals and closes that never block the event loop on freeing a large file's blocks."""
+removals and closes that never block the event loop on freeing a large file's blocks, and
+:class:`BlobFile`, a descriptor read in worker threads and closed only once no read runs."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +100,87 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:  # EIO from a failing disk: the descriptor is released all the same
         pass
+
+
+class ClosedFile(OSError):
+    """A read of a :class:`BlobFile` that was closed already."""
+
+
+class BlobFile:
+    """A blob file read with ``os.pread`` in worker threads, released only once no read runs.
+
+    A reader cancelled (a client that left, an upload cancelled at shutdown) stops waiting, but
+    a read already running goes on in its thread: closing the descriptor then would let the
+    read land in whatever file the process opens next under the same number (the kernel reuses
+    the lowest free one). So :meth:`close` calls ``release(fd)`` at once when no read runs (the
+    common case: no thread hop); else the last read hands it to the event loop :meth:`close`
+    ran on as it returns (or closes the descriptor itself if that loop is gone). A read that
+    starts after the close raises :class:`ClosedFile` without touching the descriptor.
+    """
+
+    def __init__(self, fd: int, release: Callable[[int], None] = close_after_reading) -> None:
+        self._fd = fd
+        self._release = release
+        self._lock = threading.Lock()
+        self._reads = 0  # reads running now, in any thread
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # where a late release runs
+
+    @classmethod
+    def open(cls, path: Path) -> BlobFile:
+        return cls(os.open(path, os.O_RDONLY))
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def size(self) -> int:
+        """The file's length now (on the loop: an ``fstat`` does not block)."""
+        with self._lock:
+            if self._closing:
+                raise ClosedFile("the blob file is closed")
+            return os.fstat(self._fd).st_size
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (blocking: call it in a worker thread)."""
+        with self._lock:
+            if self._closing:
+                raise ClosedFile("the blob file is closed")
+            self._reads += 1
+        try:
+            return os.pread(self._fd, length, offset)
+        finally:
+            with self._lock:
+                self._reads -= 1
+                last = self._closing and self._reads == 0
+            if last:
+                self._release_late()
+
+    def close(self) -> None:
+        """Release now, or once the read running now returns; idempotent."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._reads == 0
+            if not idle:
+                self._loop = _running_loop()
+        if idle:
+            self._release(self._fd)
+
+    def _release_late(self) -> None:
+        """In the last read's thread: the release on the loop :meth:`close` ran on."""
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._release, self._fd)
+                return
+            except RuntimeError:  # that loop is closed: no release to run there
+                pass
+        _close_quietly(self._fd)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

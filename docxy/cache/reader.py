@@ -4,11 +4,12 @@ blob's (:class:`BlobReader`) and, through the same base, a growing fill's (``Blo
 from __future__ import annotations
 
 import asyncio
-import os
 import weakref
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
+
+from docxy.cache.files import BlobFile
 
 #: Read size for a lone reader (shrunk as readers grow, see DiskBlobStore): 4 MiB measured
 #: less CPU per GiB on a cache hit than 1 MiB (see the README benchmark).
@@ -23,7 +24,9 @@ def chunk_of(size: int | Callable[[], int]) -> int:
 class ClosingStream:
     """Chunks of a file read through a descriptor held open (and its blob pinned) until
     :meth:`close`, which also runs when it is garbage collected: ``release(fd)`` closes the
-    descriptor and unpins the blob (the store's, which knows what the close may free).
+    descriptor and unpins the blob (the store's, which knows what the close may free). It runs
+    once no read of the file runs (:class:`BlobFile`): a client that leaves mid-read cancels
+    the wait, not the read in its thread.
 
     Subclasses iterate with :meth:`_read`. ``async with`` closes it; :meth:`read_all` collects
     everything (small blobs, tests).
@@ -32,9 +35,9 @@ class ClosingStream:
     def __init__(
         self, fd: int, release: Callable[[int], None], chunk_size: int | Callable[[], int]
     ) -> None:
-        self._fd = fd
+        self._file = BlobFile(fd, release)
         self._chunk_size = chunk_size
-        self._finalizer = weakref.finalize(self, release, fd)
+        self._finalizer = weakref.finalize(self, self._file.close)
 
     @property
     def closed(self) -> bool:
@@ -47,7 +50,7 @@ class ClosingStream:
     async def _read(self, pos: int, limit: int) -> bytes:
         """Up to a chunk, and at most ``limit`` bytes, from ``pos``, read in a worker thread."""
         want = min(chunk_of(self._chunk_size), limit)
-        return await asyncio.to_thread(os.pread, self._fd, want, pos)
+        return await asyncio.to_thread(self._file.pread, want, pos)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         raise NotImplementedError

@@ -6,7 +6,6 @@ verified; the shared tier is only a *source* for a local fill (before the upstre
 
     keys      object keys and URLs (pure)
     objects   the object store's requests (HEAD, GET, PUT), signed with SigV4
-    blobfile  a blob file an upload reads in worker threads (closed once no read runs)
     uploads   the bounded upload queue
     tier      SharedTier: what the pull path asks, and what /health and /metrics show
 """

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from docxy.cache.files import BlobFile
 from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
-from docxy.shared.blobfile import BlobFile
 from docxy.shared.keys import blob_key, object_url
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()

@@ -20,11 +20,11 @@ import httpx
 import pytest
 
 from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.files import BlobFile
 from docxy.core.digests import Digest, digest_of
 from docxy.core.names import Kind, Reference
 from docxy.pull.blobs import BlobService
 from docxy.pull.outcome import BlobContent, Pull, Served, Source
-from docxy.shared.blobfile import BlobFile
 from docxy.shared.objects import Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
 from docxy.upstream.client import Upstream, UpstreamClient
