@@ -114,6 +114,11 @@ parse_args() {
   local url_pattern='^https?://[][A-Za-z0-9.:-]+(/[A-Za-z0-9._~/-]*)?$'
   [[ "$MIRROR" =~ $url_pattern ]] ||
     die "--mirror must be an http(s) URL such as https://mirror.example.com, not '$MIRROR'" 2
+  # Scheme and host are not case-sensitive: one spelling, so every file compares equal.
+  local scheme="${MIRROR%%://*}" rest="${MIRROR#*://}" path=""
+  [[ "$rest" == */* ]] && path="/${rest#*/}"
+  rest="${rest%%/*}"
+  MIRROR="${scheme,,}://${rest,,}$path"
   ROOT="${ROOT%/}"
   DAEMON_JSON="${DAEMON_JSON:-$ROOT/etc/docker/daemon.json}"
   MIRROR_HOST="${MIRROR#*://}"
@@ -344,8 +349,15 @@ def load(path):
     return document
 
 
+def canonical(url):
+    """The URL as compared: scheme and host in lower case, no trailing slash."""
+    scheme, sep, rest = url.rstrip("/").partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
+
+
 def same(a, b):
-    return a.rstrip("/") == b.rstrip("/")
+    return canonical(a) == canonical(b)
 
 
 mode = sys.argv[1]
@@ -621,6 +633,13 @@ def content(lines):
     return [line for line in lines if line.strip()]
 
 
+def canonical(url):
+    """The URL as compared: scheme and host in lower case, no trailing slash."""
+    scheme, sep, rest = url.rstrip("/").partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}{sep}{host.lower()}{slash}{path}"
+
+
 mode = sys.argv[1]
 if mode == "config-path":
     config_path(sys.argv[2])
@@ -633,15 +652,15 @@ try:
 except FileNotFoundError:
     lines = []
 preamble, found = blocks(lines)
-ours = [block for block in found if block[0].rstrip("/") == url]
-others = [block for block in found if block[0].rstrip("/") != url]
+ours = [block for block in found if canonical(block[0]) == canonical(url)]
+others = [block for block in found if canonical(block[0]) != canonical(url)]
 mine = our_block(url, cert, key, ca)
 if not any(line.strip() for line in preamble):
     preamble = [f"{MARK}: pulls of {registry} try the mirror first.\n",
                 f"server = {json.dumps(server)}\n", "\n"]
 if mode == "merge":
     first = found[0] if found else None
-    if first and first[0].rstrip("/") == url and len(ours) == 1 and content(first[1]) == mine:
+    if first and canonical(first[0]) == canonical(url) and len(ours) == 1 and content(first[1]) == mine:
         sys.exit(10)
     body = [*preamble, *mine, *(["\n"] if others else []), *(l for b in others for l in b[1])]
 else:
@@ -756,7 +775,7 @@ configure_podman() {
   target="$(under_root /etc/containers/registries.conf.d/$PODMAN_DROPIN)"
   say "podman: $target"
   if ((REMOVE)); then
-    if [[ ! -e "$target" ]] || ! grep -qF "location = \"${MIRROR#*://}\"" -- "$target"; then
+    if [[ ! -e "$target" ]] || ! grep -qiF "location = \"${MIRROR#*://}\"" -- "$target"; then
       say "  no drop-in for $MIRROR: nothing to remove"
     elif ((DRY_RUN)); then
       say "  would remove $target"

@@ -225,13 +225,26 @@ stack_running() {
   [[ -n "$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter status=running 2>/dev/null)" ]]
 }
 
+# ports_unchecked WHY: the check could not be made; say so, and how to look by hand.
+ports_unchecked() {
+  say "Ports 80 and 443: not checked ($1)"
+  say "  check by hand that nothing listens there: sudo lsof -nP -iTCP:80 -iTCP:443 -sTCP:LISTEN"
+  say "  (or: sudo netstat -ltnp | grep -E ':(80|443) '); the mirror cannot start while they are taken"
+}
+
 check_ports() {
-  local listeners
+  local listeners error
   if ! have ss; then
-    say "Ports 80 and 443: not checked (no ss here; apt-get install iproute2)"
+    ports_unchecked "no ss here; apt-get install iproute2"
     return
   fi
-  listeners="$(ss -Hltnp '( sport = :80 or sport = :443 )' 2>/dev/null)" || listeners=""
+  error="$(mktemp)"
+  if ! listeners="$(ss -Hltnp '( sport = :80 or sport = :443 )' 2>"$error")"; then
+    ports_unchecked "ss failed: $(head -n 1 -- "$error")"
+    rm -f -- "$error"
+    return
+  fi
+  rm -f -- "$error"
   if [[ -z "$listeners" ]]; then
     say "Ports 80 and 443: free"
   elif stack_running; then

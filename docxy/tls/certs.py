@@ -292,6 +292,14 @@ def run_cli(args: argparse.Namespace, load: Callable[[argparse.Namespace], Confi
         return 1
 
 
+NO_TLS = (
+    "no certificate is managed here: TLS is not configured (tls.cert_path and tls.key_path are"
+    " not set), so the mirror serves plain HTTP only. For HTTPS in the container appliance set"
+    " DOCXY_DOMAIN in .env (the entry point derives the rest); elsewhere set tls.cert_path and"
+    " tls.key_path (env DOCXY_TLS_CERT_PATH and DOCXY_TLS_KEY_PATH, or --cert and --key here)"
+)
+
+
 def _need(value: T | None, key: str) -> T:
     if value is None:
         env = "DOCXY_" + key.replace(".", "_").upper()
@@ -304,6 +312,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     cert_path: Path | None = args.install_cert or config.tls.cert_path
     key_path: Path | None = args.install_key or config.tls.key_path
     if args.certs_command == "status":
+        if cert_path is None and key_path is None:
+            raise ConfigError(NO_TLS)
         cert, key = _need(cert_path, "tls.cert_path"), _need(key_path, "tls.key_path")
         described = describe_files(cert, key)
         print(json.dumps(described, indent=2))

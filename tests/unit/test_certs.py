@@ -202,6 +202,17 @@ def test_cli_status_reports_a_broken_pair(
     assert "does not match" in json.loads(capsys.readouterr().out)["error"]
 
 
+@pytest.mark.usefixtures("clean_env")
+def test_cli_status_without_tls_says_what_that_means_and_what_to_set(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_cli(["certs", "status"]) == 1
+    said = capsys.readouterr().err
+    assert "no certificate is managed" in said and "plain HTTP" in said
+    assert "DOCXY_DOMAIN" in said  # the appliance
+    assert "DOCXY_TLS_CERT_PATH" in said and "DOCXY_TLS_KEY_PATH" in said  # elsewhere
+
+
 def test_renewal_status_for_health(tmp_path: Path) -> None:
     assert "no renewer status" in str(certs.renewal_status(tmp_path)["error"])
     (tmp_path / certs.STATUS_FILE).write_text("[1]")

@@ -860,3 +860,32 @@ def test_a_bad_registry_is_refused(box: ScriptBox, bad: str) -> None:
 
     assert code == 2 and "--registry" in said, said
     assert box.files() == {}
+
+
+# --- the mirror's URL compares as a URL: scheme and host in any case, a trailing slash ----------
+
+
+def test_the_mirror_in_another_case_is_the_same_mirror_in_daemon_json(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(
+        '{"registry-mirrors": ["HTTPS://Mirror.Example.COM/", "https://other.example"]}'
+    )
+
+    configure(box, "--mirror", MIRROR, "--docker")
+    assert daemon_json(box)["registry-mirrors"] == [MIRROR, "https://other.example"]
+
+    box.stand_in("docker", docker_info("https://other.example"))
+    configure(box, "--mirror", "https://MIRROR.example.com/", "--docker", "--remove")
+    assert daemon_json(box)["registry-mirrors"] == ["https://other.example"]
+
+
+def test_the_mirror_in_another_case_is_the_same_host_in_hosts_toml(box: ScriptBox) -> None:
+    configure(box, "--mirror", "https://MIRROR.Example.com", "--containerd")
+    text = box.path(HOSTS_TOML).read_text()
+    assert f'[host."{MIRROR}"]' in text
+
+    said = configure(box, "--mirror", MIRROR + "/", "--containerd")
+    assert "unchanged" in said and box.path(HOSTS_TOML).read_text() == text
+
+    configure(box, "--mirror", "https://Mirror.Example.Com", "--containerd", "--remove")
+    assert not box.path(HOSTS_TOML).exists()

@@ -505,6 +505,27 @@ def test_ports_held_by_something_else_stop(box: ScriptBox, resolver: Resolver) -
     assert not box.called(COMPOSE_UP)
 
 
+def test_a_failing_ss_is_not_taken_for_free_ports(box: ScriptBox, resolver: Resolver) -> None:
+    box.stand_in("ss", Rule(r".", rc=1, stderr="Cannot open netlink socket: Permission denied\n"))
+
+    result = install(box, resolver)
+
+    assert "Ports 80 and 443: free" not in result.stdout, output(result)
+    assert "Ports 80 and 443: not checked (ss failed" in result.stdout, output(result)
+    assert "-sTCP:LISTEN" in result.stdout  # how to look by hand
+
+
+def test_without_ss_the_ports_are_not_checked_and_it_says_how(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    box.without("ss")
+
+    result = install(box, resolver)
+
+    assert "Ports 80 and 443: not checked (no ss here" in result.stdout, output(result)
+    assert "-sTCP:LISTEN" in result.stdout
+
+
 def test_ports_held_by_docxy_itself_are_fine(box: ScriptBox, resolver: Resolver) -> None:
     box.stand_in("ss", Rule(r".", stdout="LISTEN 0 4096 0.0.0.0:443 0.0.0.0:* docker-proxy\n"))
     stack_is_running(box)
