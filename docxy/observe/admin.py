@@ -8,6 +8,7 @@ admin-user check (the seam is :func:`observer_of`, the one place the routes find
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import socket
@@ -20,6 +21,7 @@ from quart import Blueprint, Quart, Response, current_app, redirect, request
 from werkzeug.exceptions import HTTPException
 
 from docxy.config import HostPort
+from docxy.core.errors import Denied
 from docxy.observe.observer import Observer
 from docxy.observe.status import render_page, status_report
 
@@ -74,11 +76,49 @@ async def index() -> Response:
     return redirect("/status")  # type: ignore[return-value]
 
 
-def create_admin_app(observer: Observer) -> Quart:
+def _host_name(host: str) -> str:
+    """``Host`` without its port, lower case; ``[::1]:9180`` → ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_allowed(host: str, listen: HostPort | None) -> bool:
+    """Whether the admin listener answers a request carrying ``Host: host``.
+
+    DNS rebinding (a page on evil.example re-resolving its name to 127.0.0.1 to read an
+    ``ssh -L`` tunnel) always arrives with the attacker's DNS name in ``Host``: an address
+    literal cannot be rebound, so any address is answered (the LAN address of a listener on
+    0.0.0.0 too), and of names only ``localhost`` and the listen address's own name.
+    """
+    name = _host_name(host)
+    if _is_address(name) or name == "localhost":
+        return True
+    return listen is not None and name == listen.host.lower()
+
+
+def create_admin_app(observer: Observer, listen: HostPort | None = None) -> Quart:
     app = Quart("docxy-admin")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.extensions[EXTENSION] = observer
     app.register_blueprint(blueprint)
+
+    @app.before_request
+    async def known_host() -> Response | None:
+        host = request.headers.get("Host", "")
+        if host_allowed(host, listen):
+            return None
+        error = Denied("the admin listener answers only loopback names and addresses")
+        return Response(error.encoded(), status=error.status, content_type="application/json")
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

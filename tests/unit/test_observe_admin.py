@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from pathlib import Path
@@ -16,6 +17,7 @@ from docxy.http.state import MirrorState
 from docxy.observe import Observer, create_admin_app, serve_admin
 from docxy.upstream.client import Upstream
 from lab.ports import LOOPBACK, free_port
+from tests.unit.asgi import call_asgi
 
 
 def test_admin_listen_is_loopback_by_default_and_can_be_turned_off() -> None:
@@ -73,3 +75,60 @@ async def test_a_port_in_use_is_logged_and_not_fatal(
             await asyncio.wait_for(serve_admin(app, HostPort(LOOPBACK, port), never.wait), 30)
     assert f"cannot listen on {LOOPBACK}:{port}" in caplog.text
     assert "server.admin_listen" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example:9180", "evil.example", "localhost.evil.example:9180", "127.0.0.1.nip.io:9180"],
+)
+async def test_a_foreign_host_name_is_refused(tmp_path: Path, host: str) -> None:
+    # DNS rebinding: a page on evil.example re-resolves its name to 127.0.0.1 and reads the
+    # ssh -L tunnel; the browser still sends Host: evil.example, which is what gives it away.
+    app = create_admin_app(make_observer(tmp_path), HostPort("127.0.0.1", 9180))
+    for path in ("/status.json", "/metrics", "/status"):
+        answer = await call_asgi(app, "GET", path, host=host)
+        assert answer.status == 403
+        assert json.loads(answer.body)["errors"][0]["code"] == "DENIED"
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost:9180", "127.0.0.1:9180", "127.0.0.5", "[::1]:9180", "10.0.0.7:9100"]
+)
+async def test_loopback_and_address_hosts_are_served(tmp_path: Path, host: str) -> None:
+    # An address literal cannot be rebound: only a DNS name can change what it points at.
+    app = create_admin_app(make_observer(tmp_path), HostPort("0.0.0.0", 9100))
+    answer = await call_asgi(app, "GET", "/status.json", host=host)
+    assert answer.status == 200
+
+
+async def test_the_listen_name_itself_is_served(tmp_path: Path) -> None:
+    app = create_admin_app(make_observer(tmp_path), HostPort("mirror.lan", 9180))
+    assert (await call_asgi(app, "GET", "/status.json", host="mirror.lan:9180")).status == 200
+    assert (await call_asgi(app, "GET", "/status.json", host="other.lan:9180")).status == 403
+
+
+async def test_a_real_listener_refuses_a_rebound_name(tmp_path: Path) -> None:
+    port = free_port()
+    stop = asyncio.Event()
+    app = create_admin_app(make_observer(tmp_path), HostPort(LOOPBACK, port))
+    serving = asyncio.get_running_loop().create_task(
+        serve_admin(app, HostPort(LOOPBACK, port), stop.wait)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{port}") as client:
+            for _ in range(200):  # until the listener is up (bounded)
+                try:
+                    answer = await client.get(
+                        "/status.json", headers={"Host": f"evil.example:{port}"}
+                    )
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the admin listener never answered")
+        assert answer.status_code == 403
+        assert answer.json()["errors"][0]["code"] == "DENIED"
+        assert "cache" not in answer.text
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 30)
