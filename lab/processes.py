@@ -9,6 +9,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import httpx
+
+from lab.ports import LOOPBACK
+
 POLL_INTERVAL = 0.1
 
 
@@ -197,3 +201,24 @@ def command_line(pid: int, limit: int = 70) -> str:
     except OSError:
         return "?"
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:limit]
+
+
+def wait_healthy(
+    port: int, *, stopped: Callable[[], str | None], detail: Callable[[], str], timeout: float
+) -> None:
+    """Poll ``/health`` on loopback ``port`` until it answers 200. ``stopped`` says why the
+    process behind it is gone (RuntimeError), or None while it runs; ``detail`` (its log, its
+    state) goes into either error, as into the TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reason = stopped()
+        if reason is not None:
+            raise RuntimeError(f"{reason}:\n{detail()}")
+        try:
+            if httpx.get(f"http://{LOOPBACK}:{port}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no /health on port {port}:\n{detail()}")
+        time.sleep(0.5)

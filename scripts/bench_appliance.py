@@ -42,8 +42,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 # The loopback lab (lab/, beside scripts/) is not installed: this checkout's copy, and with it
 # this checkout's docxy, come first: the one sys.path line, which ruff lets imports follow.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,7 +55,7 @@ from lab.clients.container import Container, running_container
 from lab.clients.dockerd import running_dockerd
 from lab.clients.egress import EgressGuard
 from lab.ports import LOOPBACK, free_port
-from lab.processes import command_line, pss_kib, rss_kib, tree
+from lab.processes import command_line, pss_kib, rss_kib, tree, wait_healthy
 
 MiB = 1 << 20
 IMAGE = "docxy:bench"
@@ -180,18 +178,12 @@ def seed(bed: Bed, count: int, layer_mib: int) -> list[BenchImage]:
 
 
 def wait_health(container: Container, port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if not container.state()["Running"]:
-            raise RuntimeError(f"the container stopped:\n{container.report()}")
-        try:
-            if httpx.get(f"http://{LOOPBACK}:{port}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no /health on port {port}:\n{container.report()}")
-        time.sleep(0.5)
+    wait_healthy(
+        port,
+        stopped=lambda: None if container.state()["Running"] else "the container stopped",
+        detail=container.report,
+        timeout=START_TIMEOUT,
+    )
 
 
 def wait_log(container: Container, text: str) -> None:

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lab import REPO_ROOT, Unavailable
 from lab.bed import Bed, start_bed
 from lab.ports import LOOPBACK, free_port
-from lab.processes import command_line, tree
+from lab.processes import command_line, tree, wait_healthy
 
 MiB = 1 << 20
 START_TIMEOUT = 120.0
@@ -198,21 +198,6 @@ def environment(python: str, extra: dict[str, str]) -> dict[str, str]:
     return env | extra
 
 
-def wait_health(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://{LOOPBACK}:{port}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no /health on {port}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
 def wait_text(log: Path, text: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while text not in log.read_text(errors="replace"):
@@ -228,7 +213,12 @@ def started(argv: list[str], env: dict[str, str], workdir: Path) -> Iterator[tup
         proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     try:
         port = int(env["DOCXY_SERVER_LISTEN"].rsplit(":", 1)[1])
-        wait_health(port, proc, log)
+        wait_healthy(
+            port,
+            stopped=lambda: None if proc.poll() is None else f"exited {proc.returncode}",
+            detail=lambda: log.read_text()[-3000:],
+            timeout=START_TIMEOUT,
+        )
         yield proc.pid, log
     finally:
         proc.terminate()  # supervisord stops its children
