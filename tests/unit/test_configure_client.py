@@ -163,8 +163,8 @@ def test_second_run_reloads_a_dockerd_that_missed_the_first(box: ScriptBox) -> N
         '{"registry-mirrors": "https://other.example"}',
         '{"registry-mirrors": [1, 2]}',
         '{"debug": true, "debug": false}',
-        "\ufeff{}",
         "not json at all",
+        '{"debug": true, "registry-mirrors": [] // ours\n}',
     ],
 )
 def test_malformed_daemon_json_is_left_untouched_with_an_error(box: ScriptBox, broken: str) -> None:
@@ -178,6 +178,95 @@ def test_malformed_daemon_json_is_left_untouched_with_an_error(box: ScriptBox, b
     assert box.files() == before, "byte-for-byte untouched, no backup, no temp file"
     assert "daemon.json" in said and "left as it is" in said
     assert not box.called(r"^(systemctl reload|kill)")
+
+
+@pytest.mark.parametrize(
+    ("comment", "where"),
+    [
+        ('{\n  // the log settings\n  "debug": true\n}\n', "line 2 column 3"),
+        ('{"debug": true /* on */}', "line 1 column 16"),
+        ('# daemon settings\n{"debug": true}\n', "line 1 column 1"),
+    ],
+)
+def test_a_comment_in_daemon_json_is_refused_saying_so(
+    box: ScriptBox, comment: str, where: str
+) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(comment)
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 3, said
+    assert box.files() == before
+    assert f"has a comment at {where}" in said
+    assert "dockerd refuses" in said
+
+
+@pytest.mark.parametrize("mirrors", ["null", "[]"])
+def test_an_empty_registry_mirrors_becomes_the_mirror_in_its_place(
+    box: ScriptBox, mirrors: str
+) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    text = f'{{"debug": true, "registry-mirrors": {mirrors}, "log-level": "warn"}}\n'
+    box.path(DAEMON_JSON).write_text(text)
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    after = daemon_json(box)
+    assert after == {"debug": True, "registry-mirrors": [MIRROR], "log-level": "warn"}
+    assert list(after) == ["debug", "registry-mirrors", "log-level"]
+    assert [p.read_text() for p in backups(box, DAEMON_JSON)] == [text]
+
+
+def test_removing_from_a_null_registry_mirrors_changes_nothing(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text('{"registry-mirrors": null}\n')
+    box.stand_in("docker", docker_info())
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker", "--remove")
+
+    assert code == 0, said
+    assert box.files() == before
+    assert "not in registry-mirrors: nothing to remove" in said
+
+
+def test_a_daemon_json_with_a_byte_order_mark_keeps_it(box: ScriptBox) -> None:
+    """Notepad writes one; dockerd 23.0 and later read past it (20.10 refused the file)."""
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_bytes(b"\xef\xbb\xbf" + RICH.encode())
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    written = box.path(DAEMON_JSON).read_bytes()
+    assert written.startswith(b"\xef\xbb\xbf{"), "one mark, where it was"
+    after = json.loads(written[3:])
+    assert after["registry-mirrors"] == [MIRROR, "https://other.example", "https://third.example"]
+    assert list(after) == list(json.loads(RICH))
+    (backup,) = backups(box, DAEMON_JSON)
+    assert backup.read_bytes() == b"\xef\xbb\xbf" + RICH.encode()
+
+    box.forget_calls()
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    assert "already the first registry mirror: unchanged" in said
+    assert box.path(DAEMON_JSON).read_bytes() == written
+
+
+def test_a_utf16_daemon_json_is_refused_saying_what_it_is(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_bytes("\ufeff{}".encode("utf-16-le"))
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 3, said
+    assert box.files() == before
+    assert "UTF-16" in said and "save it as UTF-8" in said
 
 
 def test_dry_run_prints_the_new_file_and_changes_nothing(box: ScriptBox) -> None:
