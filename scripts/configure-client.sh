@@ -147,6 +147,11 @@ check_certificates() {
       die "--client-cert: $CLIENT_DIR/client.cert is missing or not a PEM certificate" 2
     is_pem "$CLIENT_DIR/client.key" "PRIVATE KEY" ||
       die "--client-cert: $CLIENT_DIR/client.key is missing or not a PEM private key" 2
+    # `docxy clients add` renames the new key, then the new certificate: a pending one is the
+    # trace of a run cut short, whose key may sit beside another pair's certificate.
+    if [[ -e "$CLIENT_DIR/.client.cert.pending" || -e "$CLIENT_DIR/.client.key.pending" ]]; then
+      die "--client-cert: $CLIENT_DIR holds a kit that \`docxy clients add\` did not finish (a .client.*.pending file): run it again" 2
+    fi
   fi
   if [[ -n "$CA_CERT" ]]; then
     [[ "$MIRROR" == https://* ]] || die "--ca-cert needs an https:// mirror" 2

@@ -36,6 +36,8 @@ CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 CA_LOCK = ".ca.lock"
 CLIENTS = "clients.json"
+KIT_CERT = "client.cert"
+KIT_KEY = "client.key"
 CA_DAYS = 3650
 CLIENT_DAYS = 825
 
@@ -203,12 +205,16 @@ class ClientCA:
         entry = ClientEntry(
             name, format(cert.serial_number, "x"), cert.not_valid_after_utc.isoformat()
         )
-        write_files_atomic(
-            [
-                (out / "client.key", _pem_key(key), 0o600),
-                (out / "client.cert", cert.public_bytes(serialization.Encoding.PEM), 0o644),
-                (out / "ca.crt", self.cert_path.read_bytes(), 0o644),
-            ]
+        # The CA first (it is the same one an earlier kit here holds), then the pair as the TLS
+        # pair is written: a cut between the two renames leaves the new key beside the old
+        # certificate, but with the new certificate whole beside it as .client.cert.pending,
+        # which configure-client.sh refuses to install from (run this again).
+        write_files_atomic([(out / "ca.crt", self.cert_path.read_bytes(), 0o644)])
+        write_pair(
+            out / KIT_CERT,
+            out / KIT_KEY,
+            cert.public_bytes(serialization.Encoding.PEM),
+            _pem_key(key),
         )
         entries = self.entries()
         entries[name] = entry

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from docxy.access.clientca import CA_KEY, ClientCA, ClientsFileError
 from docxy.tls.context import ReloadableTLS, self_signed
 from docxy.tls.files import pending_path
-from docxy.tls.recover import matching
+from docxy.tls.recover import finish_install, matching
 
 
 def der_of(path: Path) -> bytes:
@@ -246,3 +246,35 @@ def test_a_second_ensure_while_the_first_writes_its_files_takes_the_first_ones_c
     assert not rival.is_alive() and failed == []
     assert matching(ca.cert_path, ca.dir / CA_KEY)
     assert honoured(tmp_path, second), "what the second issues is signed by the CA in place"
+
+
+def test_a_kit_cut_between_key_and_certificate_keeps_the_new_certificate_beside_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docxy clients add`` over an earlier kit, cut after client.key and before client.cert:
+    the new key sat beside the old certificate with nothing to tell. Now the new certificate
+    waits whole beside it (.client.cert.pending), the pair completes from there, and a rerun
+    leaves a whole kit and no pending file."""
+    ca = ClientCA(tmp_path / "ca")
+    kit = tmp_path / "kit"
+    ca.issue("laptop", kit)
+    cert, key = kit / "client.cert", kit / "client.key"
+    old_key = key.read_bytes()
+
+    def crash() -> None:
+        raise Crash
+
+    before_rename_onto(monkeypatch, cert, crash)
+    with pytest.raises(Crash):
+        ca.issue("laptop", kit)
+    monkeypatch.undo()
+
+    assert key.read_bytes() != old_key, "cut after the key was renamed"
+    assert not matching(cert, key)
+    assert matching(pending_path(cert), key), "the key's own certificate is whole beside it"
+    assert finish_install(cert, key) and matching(cert, key)
+
+    ca.issue("laptop", kit)
+    assert matching(cert, key)
+    assert sorted(p.name for p in kit.iterdir()) == ["ca.crt", "client.cert", "client.key"]
+    assert ca.client_of(der_of(cert)) == "laptop"

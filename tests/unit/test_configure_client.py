@@ -859,6 +859,13 @@ def test_remove_takes_the_certificates_out(box: ScriptBox, kit: Path, server_ca:
         (lambda kit: (kit / "client.key").unlink(), "client.key is missing"),
         (lambda kit: (kit / "client.cert").write_text("not a cert\n"), "client.cert is missing"),
         (lambda kit: (kit / "client.key").write_bytes((kit / "client.cert").read_bytes()), "key"),
+        # `docxy clients add` cut between its renames (ClientCA.issue writes the pair as
+        # docxy.tls.files.write_pair does): the new key beside the old certificate
+        (
+            lambda kit: shutil.copy(kit / "client.cert", kit / ".client.cert.pending"),
+            "did not finish",
+        ),
+        (lambda kit: shutil.copy(kit / "client.key", kit / ".client.key.pending"), "run it again"),
     ],
 )
 def test_an_incomplete_client_cert_dir_is_refused(
