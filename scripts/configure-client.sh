@@ -37,14 +37,17 @@ usage() {
   cat <<EOF
 usage: $PROG [--mirror URL] [options]
 
-  --mirror URL          the Docxy mirror, e.g. https://mirror.example.com${MIRROR_DEFAULT:+ (default: $MIRROR_DEFAULT)}
+  --mirror URL          the Docxy mirror's root URL (no path), e.g. https://mirror.example.com${MIRROR_DEFAULT:+
+                        (default: $MIRROR_DEFAULT)}
   --remove              take this mirror out again (only this one)
   --dry-run             print every change, make none
   --no-reload           write the files, do not reload dockerd
   --allow-restart       restart dockerd when a reload does not take (stops running containers
                         unless live-restore is on)
   --registry NAME[=URL] containerd: a hosts.toml for this registry pointing at the mirror
-                        (repeatable; URL defaults to https://NAME; default: ${REGISTRIES_DEFAULT:-docker.io})
+                        (repeatable; URL, where pulls go when the mirror does not answer,
+                        defaults to https://NAME, for docker.io to $DOCKER_HUB_SERVER;
+                        default: ${REGISTRIES_DEFAULT:-docker.io})
   --client-cert DIR     install DIR/client.cert and DIR/client.key (\`docxy clients add NAME
                         --out DIR\`) for Docker and containerd; --remove takes them out
   --ca-cert FILE        the CA that signed the mirror's server certificate, when it is a private
@@ -120,6 +123,12 @@ parse_args() {
   [[ "$rest" == */* ]] && path="/${rest#*/}"
   rest="${rest%%/*}"
   MIRROR="${scheme,,}://${rest,,}$path"
+  # dockerd refuses to start with a registry mirror that has a path ("invalid mirror: path,
+  # query, or fragment at end of the URI"), and Docxy answers /v2/ at its root. --remove still
+  # takes one out (say, one an older version of this script wrote).
+  if [[ -n "$path" ]] && ((!REMOVE)); then
+    die "--mirror takes the mirror's root URL (scheme, host, port), not '$MIRROR': dockerd refuses to start with a registry mirror that has a path" 2
+  fi
   ROOT="${ROOT%/}"
   DAEMON_JSON="${DAEMON_JSON:-$ROOT/etc/docker/daemon.json}"
   MIRROR_HOST="${MIRROR#*://}"

@@ -512,6 +512,35 @@ def test_a_bad_mirror_url_is_refused(box: ScriptBox, bad: str) -> None:
     assert box.files() == {}
 
 
+@pytest.mark.parametrize("path", ["/docker", "/v2/", "/v2/library"])
+def test_a_mirror_url_with_a_path_is_refused_before_anything_changes(
+    box: ScriptBox, path: str
+) -> None:
+    """dockerd (20.10, and moby's ValidateMirror to this day) will not start with a registry
+    mirror that has a path; the script wrote one, and an --allow-restart then left no dockerd."""
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(RICH)
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR + path, "--docker", "--containerd", "--podman")
+
+    assert code == 2, said
+    assert "root URL" in said and "path" in said
+    assert box.files() == before
+    assert not box.called(r"^(systemctl reload|kill)")
+
+
+def test_remove_still_takes_out_a_mirror_with_a_path(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(json.dumps({"registry-mirrors": [MIRROR + "/docker"]}))
+    box.stand_in("docker", docker_info())
+
+    code, said = run(box, "--mirror", MIRROR + "/docker", "--docker", "--remove")
+
+    assert code == 0, said
+    assert daemon_json(box) == {}
+
+
 def test_the_mirror_is_required(box: ScriptBox) -> None:
     code, said = run(box)
 
