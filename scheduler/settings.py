@@ -52,7 +52,9 @@ class Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__)
+    # No abbreviations, as in docxy's own CLI (docxy.cli.main.Parser, not imported: it would
+    # load the mirror's CLI into the renewer): `--reload CMD` is not --reload-command.
+    p = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__, allow_abbrev=False)
     p.add_argument("--config", type=Path, help="the mirror's TOML config (default $DOCXY_CONFIG)")
     p.add_argument("--hour", help="first daily run's hour 0-11 (default random)")
     p.add_argument("--minute", help="daily runs' minute 0-59 (default random)")

@@ -8,7 +8,8 @@
 # Docker:     merges the mirror into "registry-mirrors" of /etc/docker/daemon.json (first, no
 #             duplicates, every other key and mirror kept), backs the old file up, replaces it
 #             atomically, reloads dockerd (SIGHUP, or `systemctl reload docker`) and checks
-#             `docker info`. A malformed daemon.json is reported and left untouched (exit 3).
+#             `docker info`. A malformed daemon.json is reported and left untouched (exit 3);
+#             a UTF-8 byte order mark and "registry-mirrors": null are read as dockerd reads them.
 # containerd: /etc/containerd/certs.d/<registry>/hosts.toml for each --registry (docker.io
 #             unless named), and says whether containerd's config_path points there.
 # Client certificates (--client-cert DIR, from `docxy clients add NAME --out DIR`): into
@@ -36,14 +37,17 @@ usage() {
   cat <<EOF
 usage: $PROG [--mirror URL] [options]
 
-  --mirror URL          the Docxy mirror, e.g. https://mirror.example.com${MIRROR_DEFAULT:+ (default: $MIRROR_DEFAULT)}
+  --mirror URL          the Docxy mirror's root URL (no path), e.g. https://mirror.example.com${MIRROR_DEFAULT:+
+                        (default: $MIRROR_DEFAULT)}
   --remove              take this mirror out again (only this one)
   --dry-run             print every change, make none
   --no-reload           write the files, do not reload dockerd
   --allow-restart       restart dockerd when a reload does not take (stops running containers
                         unless live-restore is on)
   --registry NAME[=URL] containerd: a hosts.toml for this registry pointing at the mirror
-                        (repeatable; URL defaults to https://NAME; default: ${REGISTRIES_DEFAULT:-docker.io})
+                        (repeatable; URL, where pulls go when the mirror does not answer,
+                        defaults to https://NAME, for docker.io to $DOCKER_HUB_SERVER;
+                        default: ${REGISTRIES_DEFAULT:-docker.io})
   --client-cert DIR     install DIR/client.cert and DIR/client.key (\`docxy clients add NAME
                         --out DIR\`) for Docker and containerd; --remove takes them out
   --ca-cert FILE        the CA that signed the mirror's server certificate, when it is a private
@@ -119,6 +123,12 @@ parse_args() {
   [[ "$rest" == */* ]] && path="/${rest#*/}"
   rest="${rest%%/*}"
   MIRROR="${scheme,,}://${rest,,}$path"
+  # dockerd refuses to start with a registry mirror that has a path ("invalid mirror: path,
+  # query, or fragment at end of the URI"), and Docxy answers /v2/ at its root. --remove still
+  # takes one out (say, one an older version of this script wrote).
+  if [[ -n "$path" ]] && ((!REMOVE)); then
+    die "--mirror takes the mirror's root URL (scheme, host, port), not '$MIRROR': dockerd refuses to start with a registry mirror that has a path" 2
+  fi
   ROOT="${ROOT%/}"
   DAEMON_JSON="${DAEMON_JSON:-$ROOT/etc/docker/daemon.json}"
   MIRROR_HOST="${MIRROR#*://}"
@@ -146,6 +156,11 @@ check_certificates() {
       die "--client-cert: $CLIENT_DIR/client.cert is missing or not a PEM certificate" 2
     is_pem "$CLIENT_DIR/client.key" "PRIVATE KEY" ||
       die "--client-cert: $CLIENT_DIR/client.key is missing or not a PEM private key" 2
+    # `docxy clients add` renames the new key, then the new certificate: a pending one is the
+    # trace of a run cut short, whose key may sit beside another pair's certificate.
+    if [[ -e "$CLIENT_DIR/.client.cert.pending" || -e "$CLIENT_DIR/.client.key.pending" ]]; then
+      die "--client-cert: $CLIENT_DIR holds a kit that \`docxy clients add\` did not finish (a .client.*.pending file): run it again" 2
+    fi
   fi
   if [[ -n "$CA_CERT" ]]; then
     [[ "$MIRROR" == https://* ]] || die "--ca-cert needs an https:// mirror" 2
@@ -327,26 +342,59 @@ def unique_keys(pairs):
     return dict(pairs)
 
 
-def load(path):
+# A UTF-8 byte order mark (Notepad writes one) is read past, as dockerd 23.0 and later do, and
+# written back. dockerd also reads UTF-16 with a mark; that is a Windows file: refused, named.
+BOM = b"\xef\xbb\xbf"
+UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
+COMMENT_STARTS = ("//", "/*", "#")
+
+
+def read_text(path):
+    """The text of the file at path and the byte order mark it began with (b"" for none)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
+        return "", b""
+    except OSError as exc:
         fail(path, f"cannot be read ({exc})")
+    if raw.startswith(UTF16_MARKS):
+        fail(path, "is UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8")
+    mark = BOM if raw.startswith(BOM) else b""
+    try:
+        return raw[len(mark):].decode("utf-8"), mark
+    except UnicodeDecodeError as exc:
+        fail(path, f"cannot be read ({exc})")
+
+
+def not_json(path, text, exc):
+    """Say why text is not JSON: by name when the parser stopped at a comment."""
+    if isinstance(exc, json.JSONDecodeError) and text[exc.pos:].startswith(COMMENT_STARTS):
+        fail(path, f"has a comment at line {exc.lineno} column {exc.colno}: JSON allows none,"
+                   " and dockerd refuses the file too; delete it")
+    fail(path, f"is not valid JSON ({exc})")
+
+
+def load(path):
+    """The document in the file at path (a missing or blank file is {}) and its byte order mark.
+
+    "registry-mirrors": null is read as dockerd reads it: no mirrors.
+    """
+    text, mark = read_text(path)
     if not text.strip():
-        return {}
+        return {}, mark
     try:
         document = json.loads(text, object_pairs_hook=unique_keys)
     except ValueError as exc:
-        fail(path, f"is not valid JSON ({exc})")
+        not_json(path, text, exc)
     if not isinstance(document, dict):
         fail(path, "is not a JSON object")
-    mirrors = document.get("registry-mirrors", [])
+    mirrors = document.get("registry-mirrors")
+    if mirrors is None:
+        mirrors = []
     if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
         fail(path, '"registry-mirrors" is not a list of URLs')
-    return document
+    return document, mark
 
 
 def canonical(url):
@@ -370,12 +418,12 @@ if mode == "mirrors":
         print(url)
     sys.exit(0)
 path = sys.argv[2]
-document = load(path)
+document, mark = load(path)
 if mode == "validate":
     sys.exit(0)
 url, out = sys.argv[3], sys.argv[4]
-had = "registry-mirrors" in document
-mirrors = document.get("registry-mirrors", [])
+had = document.get("registry-mirrors") is not None
+mirrors = document.get("registry-mirrors") or []
 others = [m for m in mirrors if not same(m, url)]
 wanted = [url, *others] if mode == "merge" else others
 if wanted == mirrors and (had or mode == "remove"):
@@ -384,9 +432,8 @@ if wanted:
     document["registry-mirrors"] = wanted
 else:
     document.pop("registry-mirrors", None)
-with open(out, "w", encoding="utf-8") as handle:
-    json.dump(document, handle, indent=2, ensure_ascii=False)
-    handle.write("\n")
+with open(out, "wb") as handle:
+    handle.write(mark + json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n")
 PY
 }
 

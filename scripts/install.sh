@@ -895,8 +895,9 @@ Docxy $serves https://$DOMAIN. On each Docker host that should pull through it:
 
   curl -fsSL https://$DOMAIN/setup.sh | sudo bash
 
-(it adds the mirror to /etc/docker/daemon.json, keeping everything else, and reloads dockerd;
-add '-s -- --containerd' or '-s -- --podman' for those, '-s -- --remove' to undo). By hand:
+(it sets up Docker, containerd and podman, whichever are installed: for Docker the mirror goes
+first in /etc/docker/daemon.json, everything else kept, and dockerd is reloaded.
+'-s -- --dry-run' shows the changes first, '-s -- --remove' undoes them). By hand:
 
   /etc/docker/daemon.json:  { "registry-mirrors": ["https://$DOMAIN"] }
   then: sudo systemctl reload docker && docker info | grep -A1 'Registry Mirrors'

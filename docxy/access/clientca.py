@@ -10,8 +10,11 @@ certificate maps to a client only while its serial is the one listed for its nam
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -31,7 +34,10 @@ log = logging.getLogger(__name__)
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
+CA_LOCK = ".ca.lock"
 CLIENTS = "clients.json"
+KIT_CERT = "client.cert"
+KIT_KEY = "client.key"
 CA_DAYS = 3650
 CLIENT_DAYS = 825
 
@@ -57,6 +63,16 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file at `path` (made if missing): one writer at a time,
+    across processes (the mirror starting and ``docxy clients add``) and threads alike."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:  # closing it releases the lock
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 PRESENTED_KEPT = 256  # client certificates whose parse is kept
@@ -111,8 +127,19 @@ class ClientCA:
         the pending certificate instead of making a second CA whose key would sign for the
         first one's certificate.
         """
-        if finish_install(self.cert_path, self.dir / CA_KEY) or self.cert_path.exists():
+        if self._ca_in_place():
             return
+        with _exclusive(self.dir / CA_LOCK):
+            # A second start waits here while the first writes its CA, then takes that one: two
+            # writers at once swapped each other's pending files (the first failed with
+            # FileNotFoundError) or one renamed its CA over a CA the other had issued from.
+            if not self._ca_in_place():
+                self._create()
+
+    def _ca_in_place(self) -> bool:
+        return finish_install(self.cert_path, self.dir / CA_KEY) or self.cert_path.exists()
+
+    def _create(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             self_signed_builder(key, "docxy client CA", CA_DAYS)
@@ -178,12 +205,16 @@ class ClientCA:
         entry = ClientEntry(
             name, format(cert.serial_number, "x"), cert.not_valid_after_utc.isoformat()
         )
-        write_files_atomic(
-            [
-                (out / "client.key", _pem_key(key), 0o600),
-                (out / "client.cert", cert.public_bytes(serialization.Encoding.PEM), 0o644),
-                (out / "ca.crt", self.cert_path.read_bytes(), 0o644),
-            ]
+        # The CA first (it is the same one an earlier kit here holds), then the pair as the TLS
+        # pair is written: a cut between the two renames leaves the new key beside the old
+        # certificate, but with the new certificate whole beside it as .client.cert.pending,
+        # which configure-client.sh refuses to install from (run this again).
+        write_files_atomic([(out / "ca.crt", self.cert_path.read_bytes(), 0o644)])
+        write_pair(
+            out / KIT_CERT,
+            out / KIT_KEY,
+            cert.public_bytes(serialization.Encoding.PEM),
+            _pem_key(key),
         )
         entries = self.entries()
         entries[name] = entry

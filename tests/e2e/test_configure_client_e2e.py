@@ -148,6 +148,23 @@ def test_setup_script_points_a_running_dockerd_at_the_mirror(
     assert active_mirrors(dockerd) == [DEAD_MIRROR]
 
 
+def test_a_null_registry_mirrors_that_dockerd_runs_with_becomes_the_mirror(
+    mirror: Mirror, egress: EgressGuard
+) -> None:
+    need_binaries(*DOCKER, "python3")
+    null_mirrors: dict[str, object] = {"registry-mirrors": None}
+    with running_dockerd(
+        mirror_url=DEAD_MIRROR, egress_proxy=egress.url, extra_config=null_mirrors
+    ) as daemon:
+        assert '"registry-mirrors": null' in (daemon.root / "daemon.json").read_text()
+        assert active_mirrors(daemon) == []
+
+        added = run_served(served_script(mirror), daemon)
+
+        assert added.returncode == 0, output(added)
+        assert active_mirrors(daemon) == [mirror.url]
+
+
 def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
     bed: Bed, mirror: Mirror, egress: EgressGuard, tmp_path: Path
 ) -> None:

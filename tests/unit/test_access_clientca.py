@@ -3,6 +3,7 @@ and the TLS listener asking for (not requiring) a certificate from it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import ssl
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 
 from docxy.access.clientca import CA_KEY, ClientCA, ClientsFileError
 from docxy.tls.context import ReloadableTLS, self_signed
+from docxy.tls.files import pending_path
+from docxy.tls.recover import finish_install, matching
 
 
 def der_of(path: Path) -> bytes:
@@ -195,3 +198,83 @@ def test_a_ca_cut_between_its_renames_is_whole_at_the_next_start(
     assert (ca.dir / CA_KEY).exists() and not ca.cert_path.exists()
     ClientCA(ca.dir).ensure()
     assert honoured(tmp_path, ClientCA(ca.dir))
+
+
+#: Bounds a hang only (a thread that never gets going on a loaded machine): no speed test.
+HANG = 120.0
+
+
+def test_a_second_ensure_while_the_first_writes_its_files_takes_the_first_ones_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``ensure()`` at once (the mirror starting while ``docxy clients add`` makes the CA),
+    the second arriving while the first still writes its files: the second used to make a CA
+    of its own and rename it in, and the first then failed with FileNotFoundError (its pending
+    key was gone). The second now waits for the first's CA and takes it; neither fails."""
+    ca = ClientCA(tmp_path / "ca")
+    second = ClientCA(ca.dir)
+    waiting_or_done = threading.Event()
+    failed: list[BaseException] = []
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if threading.current_thread() is rival:
+            waiting_or_done.set()  # about to wait for the first writer's lock
+        real_flock(fd, operation)
+
+    def run_second() -> None:
+        try:
+            second.ensure()
+        except BaseException as exc:  # handed to the test thread
+            failed.append(exc)
+        finally:
+            waiting_or_done.set()
+
+    rival = threading.Thread(target=run_second)
+
+    def start_the_second() -> None:
+        rival.start()
+        assert waiting_or_done.wait(HANG)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    # the first has its key pending and is writing its certificate's temporary file
+    before_rename_onto(monkeypatch, pending_path(ca.cert_path), start_the_second)
+    ca.ensure()
+    rival.join(HANG)
+    monkeypatch.undo()
+
+    assert not rival.is_alive() and failed == []
+    assert matching(ca.cert_path, ca.dir / CA_KEY)
+    assert honoured(tmp_path, second), "what the second issues is signed by the CA in place"
+
+
+def test_a_kit_cut_between_key_and_certificate_keeps_the_new_certificate_beside_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docxy clients add`` over an earlier kit, cut after client.key and before client.cert:
+    the new key sat beside the old certificate with nothing to tell. Now the new certificate
+    waits whole beside it (.client.cert.pending), the pair completes from there, and a rerun
+    leaves a whole kit and no pending file."""
+    ca = ClientCA(tmp_path / "ca")
+    kit = tmp_path / "kit"
+    ca.issue("laptop", kit)
+    cert, key = kit / "client.cert", kit / "client.key"
+    old_key = key.read_bytes()
+
+    def crash() -> None:
+        raise Crash
+
+    before_rename_onto(monkeypatch, cert, crash)
+    with pytest.raises(Crash):
+        ca.issue("laptop", kit)
+    monkeypatch.undo()
+
+    assert key.read_bytes() != old_key, "cut after the key was renamed"
+    assert not matching(cert, key)
+    assert matching(pending_path(cert), key), "the key's own certificate is whole beside it"
+    assert finish_install(cert, key) and matching(cert, key)
+
+    ca.issue("laptop", kit)
+    assert matching(cert, key)
+    assert sorted(p.name for p in kit.iterdir()) == ["ca.crt", "client.cert", "client.key"]
+    assert ca.client_of(der_of(cert)) == "laptop"

@@ -163,8 +163,8 @@ def test_second_run_reloads_a_dockerd_that_missed_the_first(box: ScriptBox) -> N
         '{"registry-mirrors": "https://other.example"}',
         '{"registry-mirrors": [1, 2]}',
         '{"debug": true, "debug": false}',
-        "\ufeff{}",
         "not json at all",
+        '{"debug": true, "registry-mirrors": [] // ours\n}',
     ],
 )
 def test_malformed_daemon_json_is_left_untouched_with_an_error(box: ScriptBox, broken: str) -> None:
@@ -178,6 +178,95 @@ def test_malformed_daemon_json_is_left_untouched_with_an_error(box: ScriptBox, b
     assert box.files() == before, "byte-for-byte untouched, no backup, no temp file"
     assert "daemon.json" in said and "left as it is" in said
     assert not box.called(r"^(systemctl reload|kill)")
+
+
+@pytest.mark.parametrize(
+    ("comment", "where"),
+    [
+        ('{\n  // the log settings\n  "debug": true\n}\n', "line 2 column 3"),
+        ('{"debug": true /* on */}', "line 1 column 16"),
+        ('# daemon settings\n{"debug": true}\n', "line 1 column 1"),
+    ],
+)
+def test_a_comment_in_daemon_json_is_refused_saying_so(
+    box: ScriptBox, comment: str, where: str
+) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(comment)
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 3, said
+    assert box.files() == before
+    assert f"has a comment at {where}" in said
+    assert "dockerd refuses" in said
+
+
+@pytest.mark.parametrize("mirrors", ["null", "[]"])
+def test_an_empty_registry_mirrors_becomes_the_mirror_in_its_place(
+    box: ScriptBox, mirrors: str
+) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    text = f'{{"debug": true, "registry-mirrors": {mirrors}, "log-level": "warn"}}\n'
+    box.path(DAEMON_JSON).write_text(text)
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    after = daemon_json(box)
+    assert after == {"debug": True, "registry-mirrors": [MIRROR], "log-level": "warn"}
+    assert list(after) == ["debug", "registry-mirrors", "log-level"]
+    assert [p.read_text() for p in backups(box, DAEMON_JSON)] == [text]
+
+
+def test_removing_from_a_null_registry_mirrors_changes_nothing(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text('{"registry-mirrors": null}\n')
+    box.stand_in("docker", docker_info())
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker", "--remove")
+
+    assert code == 0, said
+    assert box.files() == before
+    assert "not in registry-mirrors: nothing to remove" in said
+
+
+def test_a_daemon_json_with_a_byte_order_mark_keeps_it(box: ScriptBox) -> None:
+    """Notepad writes one; dockerd 23.0 and later read past it (20.10 refused the file)."""
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_bytes(b"\xef\xbb\xbf" + RICH.encode())
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    written = box.path(DAEMON_JSON).read_bytes()
+    assert written.startswith(b"\xef\xbb\xbf{"), "one mark, where it was"
+    after = json.loads(written[3:])
+    assert after["registry-mirrors"] == [MIRROR, "https://other.example", "https://third.example"]
+    assert list(after) == list(json.loads(RICH))
+    (backup,) = backups(box, DAEMON_JSON)
+    assert backup.read_bytes() == b"\xef\xbb\xbf" + RICH.encode()
+
+    box.forget_calls()
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 0, said
+    assert "already the first registry mirror: unchanged" in said
+    assert box.path(DAEMON_JSON).read_bytes() == written
+
+
+def test_a_utf16_daemon_json_is_refused_saying_what_it_is(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_bytes("\ufeff{}".encode("utf-16-le"))
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 3, said
+    assert box.files() == before
+    assert "UTF-16" in said and "save it as UTF-8" in said
 
 
 def test_dry_run_prints_the_new_file_and_changes_nothing(box: ScriptBox) -> None:
@@ -421,6 +510,35 @@ def test_a_bad_mirror_url_is_refused(box: ScriptBox, bad: str) -> None:
 
     assert code == 2, said
     assert box.files() == {}
+
+
+@pytest.mark.parametrize("path", ["/docker", "/v2/", "/v2/library"])
+def test_a_mirror_url_with_a_path_is_refused_before_anything_changes(
+    box: ScriptBox, path: str
+) -> None:
+    """dockerd (20.10, and moby's ValidateMirror to this day) will not start with a registry
+    mirror that has a path; the script wrote one, and an --allow-restart then left no dockerd."""
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(RICH)
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR + path, "--docker", "--containerd", "--podman")
+
+    assert code == 2, said
+    assert "root URL" in said and "path" in said
+    assert box.files() == before
+    assert not box.called(r"^(systemctl reload|kill)")
+
+
+def test_remove_still_takes_out_a_mirror_with_a_path(box: ScriptBox) -> None:
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(json.dumps({"registry-mirrors": [MIRROR + "/docker"]}))
+    box.stand_in("docker", docker_info())
+
+    code, said = run(box, "--mirror", MIRROR + "/docker", "--docker", "--remove")
+
+    assert code == 0, said
+    assert daemon_json(box) == {}
 
 
 def test_the_mirror_is_required(box: ScriptBox) -> None:
@@ -770,6 +888,13 @@ def test_remove_takes_the_certificates_out(box: ScriptBox, kit: Path, server_ca:
         (lambda kit: (kit / "client.key").unlink(), "client.key is missing"),
         (lambda kit: (kit / "client.cert").write_text("not a cert\n"), "client.cert is missing"),
         (lambda kit: (kit / "client.key").write_bytes((kit / "client.cert").read_bytes()), "key"),
+        # `docxy clients add` cut between its renames (ClientCA.issue writes the pair as
+        # docxy.tls.files.write_pair does): the new key beside the old certificate
+        (
+            lambda kit: shutil.copy(kit / "client.cert", kit / ".client.cert.pending"),
+            "did not finish",
+        ),
+        (lambda kit: shutil.copy(kit / "client.key", kit / ".client.key.pending"), "run it again"),
     ],
 )
 def test_an_incomplete_client_cert_dir_is_refused(

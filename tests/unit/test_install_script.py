@@ -162,6 +162,22 @@ def test_install_from_a_clone_writes_env_brings_the_stack_up_and_prints_client_c
     assert not box.called(r"^apt-get"), "Docker was already installed"
 
 
+def test_the_client_commands_say_what_the_served_script_configures(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The served script configures every runtime installed on the host (README, Client
+    set-up); `--containerd` or `--podman` restricts it to those. The closing words told users
+    to "add '-s -- --containerd' or '-s -- --podman'" for them, which on a Docker host that
+    also runs containerd leaves Docker out."""
+    result = install(box, resolver, "--dry-run")
+
+    assert result.returncode == 0, output(result)
+    said = " ".join(result.stdout.split())
+    assert "Docker, containerd and podman, whichever are installed" in said
+    assert "'-s -- --dry-run' shows the changes first, '-s -- --remove' undoes them" in said
+    assert "-s -- --containerd" not in said
+
+
 def test_a_base_image_off_docker_hub_is_written_for_the_build(
     box: ScriptBox, resolver: Resolver
 ) -> None:

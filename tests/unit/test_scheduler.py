@@ -102,6 +102,27 @@ def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
+    "argv",
+    [
+        ["--reload", "supervisorctl signal HUP docxy"],  # not --reload-command
+        ["--wait", "--once"],  # not --wait-for-mirror
+        ["--deploy", "true"],  # not --deploy-hook
+        ["--retry-b", "5"],  # not --retry-base
+    ],
+)
+@pytest.mark.usefixtures("env")
+def test_an_abbreviated_flag_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """As in the docxy CLI: no flag stands for a longer one it begins (a guess at intent is how
+    `docxy certs status --config` became --config-dir)."""
+    with pytest.raises(SystemExit) as exited:
+        settings_mod.load(argv)
+    assert exited.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("argv", "name", "value", "message"),
     [
         (
