@@ -20,8 +20,9 @@ from docxy.observe.observer import Observer, Samples, total
 
 REFRESH_SECONDS = 10
 TOP_IMAGES = 10
-#: Answers that cost the upstream no download: this replica's cache, or the shared bucket.
-FROM_CACHE = ("hit", "stale", "revalidated", "shared")
+#: Answers that cost the upstream no download: this replica's cache (a fill another request
+#: started included), or the shared bucket.
+FROM_CACHE = ("hit", "joined", "stale", "revalidated", "shared")
 
 
 def status_report(observer: Observer) -> dict[str, Any]:
@@ -196,8 +197,8 @@ def _cache(cache: dict[str, Any]) -> str:
     asked = cache.get("requests", {})
     rows.append(
         (
-            "hits · misses · stale",
-            f"{asked.get('hit', 0)} · {asked.get('miss', 0)} · {asked.get('stale', 0)}",
+            "hits · joined · misses · stale",
+            " · ".join(str(asked.get(o, 0)) for o in ("hit", "joined", "miss", "stale")),
         )
     )
     if cache.get("enabled") is False:

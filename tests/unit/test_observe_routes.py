@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +131,10 @@ async def stack(
     cache: bool = True,
     settings: dict[str, str] | None = None,
     upstream: Upstream | None = None,
+    transport_handler: Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+    | None = None,
 ) -> AsyncIterator[Stack]:
+    """``transport_handler``: answers the upstream's requests instead of ``upstream``."""
     config = load_config(
         {
             "upstream.registry": REGISTRY,
@@ -142,7 +145,8 @@ async def stack(
         environ={},
     )
     upstream = upstream or Upstream()
-    app = create_app(config, probe=False, transport=httpx.MockTransport(upstream))
+    transport = httpx.MockTransport(transport_handler or upstream)
+    app = create_app(config, probe=False, transport=transport)
     observer = Observer(mirror_state(app))
     observer.attach(app)
     async with app.test_app():

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from docxy.cache.blobs import DiskBlobStore, Usage
 from docxy.config import load_config
 from docxy.http.app import open_store
-from docxy.http.state import MirrorState
+from docxy.http.state import MirrorState, mirror_state
 from docxy.observe import Observer, create_admin_app
+from docxy.observe.status import status_report
+from docxy.tasks import spawn
 from docxy.upstream.client import Upstream
-from tests.unit.test_observe_routes import stack
+from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, blob_path, stack
+from tests.unit.test_observe_routes import Upstream as RoutesUpstream
+from tests.unit.turns import until
+
+GUARD = 10.0  # seconds before a would-be hang becomes a test failure
 
 
 async def test_metrics_read_the_mirror_on_its_event_loop_not_in_a_worker_thread(
@@ -71,3 +82,63 @@ async def test_two_upstreams_of_one_registry_make_one_sample_each_metric(tmp_pat
     up = [line for line in text.splitlines() if line.startswith("docxy_upstream_up{")]
     assert sorted(up) == sorted(set(up)), up
     assert len(up) == 2, up  # [upstream] and lab.test
+
+
+class HeldBlob(httpx.AsyncByteStream):
+    """The blob's first half at once, the rest once ``release`` is set."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield BLOB[: len(BLOB) // 2]
+        await self.release.wait()
+        yield BLOB[len(BLOB) // 2 :]
+
+
+@dataclass
+class SlowBlobUpstream(RoutesUpstream):
+    """Holds each blob download half-way until ``release`` is set."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/blobs/{BLOB_DIGEST}") and request.method == "GET":
+            self.seen.append(f"{request.method} {request.url.path}")
+            length = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=length, stream=HeldBlob(self.release))
+        return self(request)
+
+
+async def test_a_client_joining_a_fill_is_no_miss_and_its_bytes_no_upstream_bytes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two clients asking for one blob at once cost the upstream one download: the second
+    follows the first's fill. It was counted as a second miss, its bytes as upstream bytes:
+    misses and docxy_sent_bytes_total{source="upstream"} doubled what the upstream sent, and
+    the status page's hit ratios (README: 'what cost the upstream no download') fell for the
+    very requests the coalescing spared. The joiner is now ``cache=joined``, its bytes the
+    cache's."""
+    upstream = SlowBlobUpstream()
+    async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        store = mirror_state(mirror.app).running.blobs.store
+        assert store is not None
+        first = spawn("first", mirror.get(blob_path()))
+        await until(lambda: store.fills_started == 1)
+        second = spawn("second", mirror.get(blob_path()))
+        await until(lambda: store.followers_joined == 1)
+        upstream.release.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, second), GUARD)
+        seen = await mirror.scrape()
+        report = status_report(mirror.observer)
+    assert [(a.status, a.body == BLOB) for a in answers] == [(200, True), (200, True)]
+    assert [line for line in upstream.seen if "/blobs/" in line] == [f"GET {blob_path()}"]
+    lines = sorted(r.getMessage() for r in caplog.records if r.name == "docxy.access")
+    assert [line.split(" cache=")[1].split()[0] for line in lines] == ["joined", "miss"], lines
+    assert seen["docxy_cache_requests_total{outcome=miss,route=blob}"] == 1
+    assert seen.get("docxy_cache_requests_total{outcome=joined,route=blob}") == 1
+    assert seen["docxy_sent_bytes_total{source=upstream}"] == len(BLOB)
+    assert seen["docxy_sent_bytes_total{source=cache}"] == len(BLOB)
+    assert report["cache"]["hit_ratio"] == 0.5
+    assert report["cache"]["byte_hit_ratio"] == 0.5
