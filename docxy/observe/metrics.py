@@ -18,7 +18,7 @@ import math
 import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -44,6 +44,22 @@ SOURCES = {
     "uncached": "passthrough",
 }
 SENT_SOURCES = ("cache", "shared", "upstream", "passthrough", "other")
+
+#: The settings whose limits refuse connections or requests (``limits.send_timeout``: drops a
+#: download whose client took nothing for that long), each a sample of docxy_refused_total.
+REFUSING_SETTINGS = (
+    "access.allow",
+    "access.repositories",
+    "limits.max_connections",
+    "limits.connections_per_client",
+    "limits.requests_per_minute",
+    "limits.manifests_per_minute",
+    "limits.bandwidth",
+    "limits.fills_per_client",
+    "limits.fills_total",
+    "limits.failed_logins_per_minute",
+    "limits.send_timeout",
+)
 
 OUTCOMES = ("hit", "joined", "miss", "shared", "stale", "revalidated", "bypass", "uncached")
 
@@ -209,6 +225,17 @@ def _counter(name: str, doc: str, value: float, labels: Labels = None) -> Metric
 Provider = Callable[[], dict[str, object]]
 
 
+class Refuser(Protocol):
+    """A part that refuses by a setting (admission, the connection guard, the fill caps, the
+    login limit): how many so far, by setting."""
+
+    def refusals(self) -> dict[str, int]: ...
+
+
+def _no_refusers() -> list[Refuser]:
+    return []
+
+
 class MirrorCollector(Collector):
     """What the mirror holds, read when Prometheus scrapes (no request-path bookkeeping)."""
 
@@ -217,8 +244,11 @@ class MirrorCollector(Collector):
         state: MirrorState,
         status_errors: Tally[str],
         open_connections: Callable[[], int | None],
+        refusers: Callable[[], list[Refuser]] = _no_refusers,
     ) -> None:
         self.state = state
+        #: the parts outside the state that refuse (docxy.http.server.run: admission, the edge)
+        self.refusers = refusers
         self.status_errors = status_errors  # upstream 429/5xx answers, counted by the hook
         #: the latest count (docxy.observe.connections: read off the loop before a scrape)
         self.open_connections = open_connections
@@ -234,6 +264,26 @@ class MirrorCollector(Collector):
         yield from self._upstream()
         yield from self._shared()
         yield from self._certificate()
+        yield self._refused()
+
+    def _refused(self) -> Metric:
+        counts: Tally[str] = Tally(dict.fromkeys(REFUSING_SETTINGS, 0))
+        refusers = list(self.refusers())
+        if self.state.services is not None:
+            refusers.append(self.state.services.blobs.permits)
+        if self.state.access is not None:
+            refusers.append(self.state.access.logins)
+        for refuser in refusers:
+            counts.update(refuser.refusals())
+        family = CounterMetricFamily(
+            "docxy_refused",
+            "Connections and requests a limit refused, by the setting that did (for "
+            "limits.send_timeout: downloads dropped because the client took no bytes).",
+            labels=["setting"],
+        )
+        for setting, count in counts.items():
+            family.add_metric([setting], count)
+        return family
 
     def _cache(self) -> Iterator[Metric]:
         cache = self.state.cache
@@ -422,9 +472,10 @@ def make_registry(
     state: MirrorState,
     status_errors: Tally[str],
     open_connections: Callable[[], int | None] = _unknown,
+    refusers: Callable[[], list[Refuser]] = _no_refusers,
 ) -> CollectorRegistry:
     """A registry of its own (not the global one): one per app, so tests can run several."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(MirrorCollector(state, status_errors, open_connections))
+    registry.register(MirrorCollector(state, status_errors, open_connections, refusers))
     ProcessCollector(registry=registry)  # RSS, CPU seconds, open file descriptors
     return registry

@@ -28,7 +28,7 @@ from docxy.core.names import parse_v2_path
 from docxy.http.middleware import origin_form
 from docxy.http.state import MirrorState
 from docxy.observe.connections import ConnectionCounter
-from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
+from docxy.observe.metrics import Refuser, RequestMetrics, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
 from docxy.upstream.client import CLIENT_CREDENTIALS
 from docxy.upstream.routing import UpstreamUnknown, request_picks
@@ -45,7 +45,12 @@ class Observer:
         self.started_at = time.time()
         self.status_errors: Counter[str] = Counter()  # upstream 429/5xx answers by kind
         self.connections = ConnectionCounter(self._listener_ports)
-        self.registry = make_registry(state, self.status_errors, lambda: self.connections.last)
+        #: parts that refuse by a setting, beside those in the state (docxy_refused_total):
+        #: admission and the connection guard, which docxy.http.server.run makes
+        self.refusers: list[Refuser] = []
+        self.registry = make_registry(
+            state, self.status_errors, lambda: self.connections.last, lambda: self.refusers
+        )
         self.metrics = RequestMetrics(self.registry)
         self.pulls = TopCounts(top_keys)
         self.errors = RecentErrors()

@@ -14,12 +14,15 @@ import pytest
 
 from docxy.cache.blobs import DiskBlobStore, Usage
 from docxy.config import load_config
+from docxy.edge.admission import Admission
 from docxy.http.app import open_store
+from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import MirrorState, mirror_state
 from docxy.observe import Observer, create_admin_app
 from docxy.observe.status import status_report
 from docxy.tasks import spawn
 from docxy.upstream.client import Upstream
+from tests.unit.asgi import call_asgi
 from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, blob_path, stack
 from tests.unit.test_observe_routes import Upstream as RoutesUpstream
 from tests.unit.turns import until
@@ -142,3 +145,31 @@ async def test_a_client_joining_a_fill_is_no_miss_and_its_bytes_no_upstream_byte
     assert seen["docxy_sent_bytes_total{source=cache}"] == len(BLOB)
     assert report["cache"]["hit_ratio"] == 0.5
     assert report["cache"]["byte_hit_ratio"] == 0.5
+
+
+async def test_requests_a_limit_refuses_are_counted_by_the_setting_that_refused_them(
+    tmp_path: Path,
+) -> None:
+    """A 429 of limits.manifests_per_minute or a 403 of access.deny_repositories was only a
+    4xx among the 404s of images that do not exist (tests/e2e/test_observe_e2e.py shows the
+    connection caps and server.run's wiring)."""
+    settings = {"limits.manifests_per_minute": "1", "access.deny_repositories": "library/bad"}
+    async with stack(tmp_path, settings=settings) as mirror:
+        state = mirror_state(mirror.app)
+        admission = Admission(mirror.app, state.config, state.access)
+        mirror.observer.refusers.append(admission)  # as docxy.http.server.run does
+        asgi = AccessLog(Guard(admission, None), mirror.observer)
+        statuses = [
+            (await call_asgi(asgi, "GET", path, host="mirror.test")).status
+            for path in (
+                "/v2/library/hello/manifests/latest",
+                "/v2/library/hello/manifests/latest",
+                "/v2/library/bad/manifests/latest",
+            )
+        ]
+        seen = await mirror.scrape()
+    assert statuses == [200, 429, 403]
+    assert seen["docxy_refused_total{setting=limits.manifests_per_minute}"] == 1
+    assert seen["docxy_refused_total{setting=access.repositories}"] == 1
+    assert seen["docxy_refused_total{setting=limits.requests_per_minute}"] == 0
+    assert seen["docxy_refused_total{setting=limits.fills_total}"] == 0  # read from the state
