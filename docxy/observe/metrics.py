@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from docxy import __version__
 from docxy.core.errors import RegistryError
 from docxy.core.names import Kind, parse_v2_path
+from docxy.http.middleware import ENDS
 from docxy.http.state import MirrorState
 from docxy.upstream.client import Upstream
 
@@ -140,6 +141,14 @@ class RequestMetrics:
             "Client requests being served now (each holds an open connection).",
             registry=registry,
         )
+        self.unfinished = Counter(
+            "docxy_http_requests_unfinished",
+            "Client requests whose answer did not go out whole, by route kind and how they "
+            "ended: cut (the mirror cut the body: the download behind it failed), left (the "
+            "client went away first), aborted (an error).",
+            ["route", "outcome"],
+            registry=registry,
+        )
         self.upstream_responses = Counter(
             "docxy_upstream_responses",
             "Answers from the upstream (every hop, CDN redirects included), by what was asked "
@@ -153,6 +162,8 @@ class RequestMetrics:
         for route in ("manifest", "blob"):
             for outcome in OUTCOMES:
                 self.cache.labels(route, outcome)
+            for end in ENDS[1:]:
+                self.unfinished.labels(route, end)
 
     def request_ended(
         self,
@@ -162,9 +173,12 @@ class RequestMetrics:
         sent: int,
         seconds: float,
         facts: dict[str, Any],
+        end: str = "done",
     ) -> None:
         route = route_kind(path)
         self.requests.labels(route, bounded_method(method), status_class(status)).inc()
+        if end in ENDS[1:]:
+            self.unfinished.labels(route, end).inc()
         self.duration.labels(route).observe(seconds)
         outcome = facts.get("cache")
         if isinstance(outcome, str) and route in ("manifest", "blob"):

@@ -69,14 +69,16 @@ class Observer:
     def request_started(self) -> None:
         self.metrics.in_progress.inc()
 
-    def request_ended(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+    def request_ended(
+        self, scope: Scope, status: int, sent: int, seconds: float, end: str = "done"
+    ) -> None:
         self.metrics.in_progress.dec()
         try:
-            self._record(scope, status, sent, seconds)
+            self._record(scope, status, sent, seconds, end)
         except Exception:  # a counting bug must never break serving
             log.exception("metrics: cannot record a request")
 
-    def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+    def _record(self, scope: Scope, status: int, sent: int, seconds: float, end: str) -> None:
         if scope["type"] == "http":  # GET http://host/v2/... counts as the /v2/... it asks for,
             scope = origin_form(scope)  # its host (for the pull's upstream) the target's
         raw = scope.get("raw_path")
@@ -85,7 +87,7 @@ class Observer:
         facts = scope.get("docxy")
         method = str(scope.get("method", "GET"))
         self.metrics.request_ended(
-            path, method, status, sent, seconds, facts if isinstance(facts, dict) else {}
+            path, method, status, sent, seconds, facts if isinstance(facts, dict) else {}, end
         )
         if 200 <= status < 300 and method in ("GET", "HEAD"):
             self._count_pull(scope, path)

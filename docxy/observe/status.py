@@ -40,6 +40,8 @@ def status_report(observer: Observer) -> dict[str, Any]:
     report["traffic"] = {
         "requests": int(total(samples, "docxy_http_requests_total")),
         "errors_5xx": int(total(samples, "docxy_http_requests_total", status_class="5xx")),
+        # answers the mirror cut short (the download behind them failed): the client retries
+        "cut": int(total(samples, "docxy_http_requests_unfinished_total", outcome="cut")),
         "open_requests": int(total(samples, "docxy_open_requests")),
         "open_connections": _number(samples, "docxy_open_connections"),
         "sent_bytes": sent,
@@ -257,12 +259,13 @@ def _traffic(traffic: dict[str, Any]) -> str:
         ("open connections", _count(traffic.get("open_connections"))),
         ("requests in progress", str(traffic.get("open_requests", 0))),
         ("5xx answers", str(traffic.get("errors_5xx", 0))),
+        ("answers cut (download failed)", str(traffic.get("cut", 0))),
         ("sent from cache", human_size(int(sent.get("cache", 0)))),
         ("sent from upstream", human_size(int(sent.get("upstream", 0)))),
         ("passed through", human_size(int(sent.get("passthrough", 0)))),
     ]
     if sent.get("shared"):  # a replica with [shared]: what the bucket spared the upstream
-        rows.insert(5, ("sent from the shared bucket", human_size(int(sent["shared"]))))
+        rows.insert(6, ("sent from the shared bucket", human_size(int(sent["shared"]))))
     return _section("traffic", "Traffic since start", _rows(rows))
 
 

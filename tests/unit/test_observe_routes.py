@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -347,7 +348,7 @@ async def test_metrics_never_label_by_repository(tmp_path: Path) -> None:
         for n in range(20):
             await mirror.get(f"/v2/someone/repo{n}/manifests/tag{n}")
         seen = await mirror.scrape()
-    assert not [name for name in seen if "repo" in name or "someone" in name]
+    assert not [name for name in seen if re.search(r"repo\d|someone", name)]
     assert seen["docxy_http_requests_total{method=GET,route=manifest,status_class=2xx}"] == 20
 
 

@@ -173,3 +173,88 @@ async def test_requests_a_limit_refuses_are_counted_by_the_setting_that_refused_
     assert seen["docxy_refused_total{setting=access.repositories}"] == 1
     assert seen["docxy_refused_total{setting=limits.requests_per_minute}"] == 0
     assert seen["docxy_refused_total{setting=limits.fills_total}"] == 0  # read from the state
+
+
+class BrokenBlob(httpx.AsyncByteStream):
+    """The blob's first half, then the connection to the upstream breaks."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield BLOB[: len(BLOB) // 2]
+        raise httpx.ReadError("the upstream went away")
+
+
+async def test_a_download_the_mirror_cut_is_not_logged_or_counted_as_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fill that broke off after the client's 200 had started cuts the client (never a
+    short success): the access log still ended the line 'done', and /metrics had one more
+    2xx and nothing else, so a dashboard of failed pulls stayed flat while clients retried.
+    The line now says 'cut', and docxy_http_requests_unfinished_total counts it."""
+    upstream = RoutesUpstream()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/blobs/{BLOB_DIGEST}") and request.method == "GET":
+            length = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=length, stream=BrokenBlob())
+        return upstream(request)
+
+    async with stack(tmp_path, upstream=upstream, transport_handler=handle) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        answer = await mirror.get(blob_path())
+        seen = await mirror.scrape()
+        report = status_report(mirror.observer)
+    assert answer.status == 200 and not answer.complete  # the client saw it cut
+    [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert line.endswith(" cut"), line
+    unfinished = "docxy_http_requests_unfinished_total"
+    assert seen.get(f"{unfinished}{{outcome=cut,route=blob}}") == 1
+    assert seen[f"{unfinished}{{outcome=left,route=blob}}"] == 0
+    assert report["traffic"]["cut"] == 1
+
+
+async def test_a_client_leaving_mid_download_is_logged_as_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other way an answer ends unfinished: the client goes away (Quart stops sending).
+    It is 'left', not 'done', and not counted as a download the mirror cut."""
+    upstream = SlowBlobUpstream()
+    async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        answered = asyncio.Event()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": blob_path(),
+            "raw_path": blob_path().encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"mirror.test")],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8080),
+            "extensions": {},
+        }
+        asked = False
+
+        async def receive() -> dict[str, object]:
+            nonlocal asked
+            if not asked:
+                asked = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":  # the 200 went out, the body is on
+                answered.set()  # its way (held half-way upstream): the client leaves
+
+        await asyncio.wait_for(mirror.asgi(scope, receive, send), GUARD)
+        upstream.release.set()  # the fill goes on without the client
+        seen = await mirror.scrape()
+    [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert line.endswith(" left"), line
+    unfinished = "docxy_http_requests_unfinished_total"
+    assert seen[f"{unfinished}{{outcome=left,route=blob}}"] == 1
+    assert seen[f"{unfinished}{{outcome=cut,route=blob}}"] == 0
