@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,13 +13,16 @@ import httpx
 import pytest
 
 from docxy.cache.blobs import DiskBlobStore, Usage
+from docxy.cli.main import setup_logging
 from docxy.config import load_config
+from docxy.core.digests import Digest
 from docxy.edge.admission import Admission
 from docxy.http.app import open_store
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import MirrorState, mirror_state
 from docxy.observe import Observer, create_admin_app
 from docxy.observe.status import status_report
+from docxy.shared.objects import EMPTY_SHA256, Bucket, signed_headers
 from docxy.tasks import spawn
 from docxy.upstream.client import Upstream
 from tests.unit.asgi import call_asgi
@@ -258,3 +261,31 @@ async def test_a_client_leaving_mid_download_is_logged_as_left(
     unfinished = "docxy_http_requests_unfinished_total"
     assert seen[f"{unfinished}{{outcome=left,route=blob}}"] == 1
     assert seen[f"{unfinished}{{outcome=cut,route=blob}}"] == 0
+
+
+@pytest.fixture
+def logger_levels() -> Iterator[None]:
+    """Put back the levels ``setup_logging`` gives the libraries' loggers."""
+    names = ("httpx", "httpcore", "botocore", "hypercorn.error")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.usefixtures("logger_levels")
+def test_debug_logs_never_show_a_shared_bucket_requests_signature(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With log.level = DEBUG, botocore's signer logged every bucket request's canonical form
+    and its SigV4 signature (the Authorization header, good for replaying that request for
+    minutes), on lines of their own that break the one-line-per-event log. The libraries'
+    loggers stay at WARNING, as httpx's always were."""
+    setup_logging("DEBUG")
+    caplog.set_level(logging.DEBUG)
+    bucket = Bucket("http://127.0.0.1:8333", "b-1", "eu-west-3", "AKEY", "s3-secret-0123456789")
+    headers = signed_headers(bucket, "GET", bucket.url(Digest("sha256", "ab" * 32)), EMPTY_SHA256)
+    signature = headers["Authorization"].rpartition("Signature=")[2]
+    assert len(signature) == 64
+    assert signature not in caplog.text
+    assert "CanonicalRequest" not in caplog.text
