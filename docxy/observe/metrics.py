@@ -62,6 +62,9 @@ REFUSING_SETTINGS = (
     "limits.send_timeout",
 )
 
+#: docxy_upstream_errors_total's kinds (``UpstreamHealth.failures``), each exported from the start.
+ERROR_KINDS = ("timeout", "unreachable", "rate_limited", "server_error")
+
 OUTCOMES = ("hit", "joined", "miss", "shared", "stale", "revalidated", "bypass", "uncached")
 
 
@@ -256,14 +259,12 @@ class MirrorCollector(Collector):
     def __init__(
         self,
         state: MirrorState,
-        status_errors: Tally[str],
         open_connections: Callable[[], int | None],
         refusers: Callable[[], list[Refuser]] = _no_refusers,
     ) -> None:
         self.state = state
         #: the parts outside the state that refuse (docxy.http.server.run: admission, the edge)
         self.refusers = refusers
-        self.status_errors = status_errors  # upstream 429/5xx answers, counted by the hook
         #: the latest count (docxy.observe.connections: read off the loop before a scrape)
         self.open_connections = open_connections
 
@@ -390,10 +391,8 @@ class MirrorCollector(Collector):
             limit.add_metric(host, _or_nan(leading_number(health.ratelimit_limit)))
             last_ok.add_metric(host, _or_nan(health.last_ok))
             stale.add_metric(host, health.stale_served)
-            kinds: Tally[str] = Tally({"timeout": 0, "unreachable": 0})
+            kinds: Tally[str] = Tally(dict.fromkeys(ERROR_KINDS, 0))
             kinds.update(health.failures)
-            if upstream.is_default:  # 429/5xx answers are counted by the hook, for all at once
-                kinds.update(self.status_errors)
             for kind, count in sorted(kinds.items()):
                 errors.add_metric([upstream.host, kind], count)
         yield from (up, remaining, limit, last_ok, stale, errors)
@@ -484,12 +483,11 @@ def _unknown() -> int | None:
 
 def make_registry(
     state: MirrorState,
-    status_errors: Tally[str],
     open_connections: Callable[[], int | None] = _unknown,
     refusers: Callable[[], list[Refuser]] = _no_refusers,
 ) -> CollectorRegistry:
     """A registry of its own (not the global one): one per app, so tests can run several."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(MirrorCollector(state, status_errors, open_connections, refusers))
+    registry.register(MirrorCollector(state, open_connections, refusers))
     ProcessCollector(registry=registry)  # RSS, CPU seconds, open file descriptors
     return registry

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -43,14 +42,11 @@ class Observer:
     def __init__(self, state: MirrorState, *, top_keys: int = TOP_KEYS) -> None:
         self.state = state
         self.started_at = time.time()
-        self.status_errors: Counter[str] = Counter()  # upstream 429/5xx answers by kind
         self.connections = ConnectionCounter(self._listener_ports)
         #: parts that refuse by a setting, beside those in the state (docxy_refused_total):
         #: admission and the connection guard, which docxy.http.server.run makes
         self.refusers: list[Refuser] = []
-        self.registry = make_registry(
-            state, self.status_errors, lambda: self.connections.last, lambda: self.refusers
-        )
+        self.registry = make_registry(state, lambda: self.connections.last, lambda: self.refusers)
         self.metrics = RequestMetrics(self.registry)
         self.pulls = TopCounts(top_keys)
         self.errors = RecentErrors()
@@ -136,10 +132,11 @@ class Observer:
         self._answered(parts.host, parts.path, status)
 
     def _answered(self, host: str, path: str, status: int) -> None:
+        """Every answer, by route and status class; a 429/5xx on the page's recent errors (the
+        upstream's health counts it, under that upstream, for docxy_upstream_errors_total)."""
         self.metrics.upstream_answered(path, status)
         kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else None
         if kind is not None:
-            self.status_errors[kind] += 1
             # Host and route kind only: a CDN URL's query is a signed credential.
             self.errors.add(kind, f"{host} answered {status} ({route_kind(path)})")
 

@@ -289,3 +289,39 @@ def test_debug_logs_never_show_a_shared_bucket_requests_signature(
     assert len(signature) == 64
     assert signature not in caplog.text
     assert "CanonicalRequest" not in caplog.text
+
+
+@dataclass
+class TwoRegistries(RoutesUpstream):
+    """upstream.test as the stack's upstream; ghcr.test answering every manifest with 503
+    once ``ghcr_down`` (a CDN hop of it, too)."""
+
+    ghcr_down: bool = False
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "ghcr.test" and self.ghcr_down and "/manifests/" in request.url.path:
+            self.seen.append(f"ghcr {request.method} {request.url.path}")
+            return httpx.Response(503, stream=httpx.ByteStream(b""))
+        return super().__call__(request)
+
+
+async def test_upstream_errors_are_counted_under_the_upstream_that_answered(
+    tmp_path: Path,
+) -> None:
+    """A 429 or 5xx was counted under [upstream] whichever upstream answered it: with ghcr.io
+    failing, docxy_upstream_errors_total{upstream="<Docker Hub>",kind="server_error"} rose
+    while ghcr.io's had no such sample at all, so an alert named the wrong registry. Each
+    upstream's answers are now counted under it (its CDN hops too: the upstream's health
+    counts them, not the hook that sees only a host)."""
+    upstream = TwoRegistries()
+    settings = {"upstreams": "ghcr.io=http://ghcr.test"}
+    async with stack(tmp_path, cache=False, settings=settings, upstream=upstream) as mirror:
+        assert (await mirror.get("/v2/ghcr.io/owner/tool/manifests/1")).status == 200
+        upstream.ghcr_down = True
+        assert (await mirror.get("/v2/ghcr.io/owner/tool/manifests/1")).status == 503
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
+        seen = await mirror.scrape()
+    errors = "docxy_upstream_errors_total"
+    assert seen[f"{errors}{{kind=server_error,upstream=ghcr.test}}"] == 1
+    assert seen[f"{errors}{{kind=server_error,upstream=upstream.test}}"] == 0
+    assert seen[f"{errors}{{kind=rate_limited,upstream=upstream.test}}"] == 0
