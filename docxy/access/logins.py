@@ -29,12 +29,18 @@ class FailedLogins:
 
     def __init__(self, per_minute: int, clock: Clock = time.monotonic) -> None:
         self.buckets = Buckets(per_minute / 60, per_minute, clock)
+        self.refused = 0
+
+    def refusals(self) -> dict[str, int]:
+        """Logins refused so far (``docxy_refused_total``)."""
+        return {"limits.failed_logins_per_minute": self.refused}
 
     def take(self, client: str) -> TooManyRequests | None:
         """A place for one password check by ``client``, or why not (nothing taken then)."""
         wait = self.buckets.take(client)
         if wait <= 0:
             return None
+        self.refused += 1
         return TooManyRequests(THROTTLED, {"retry_after": retry_after(wait)})
 
     def give_back(self, client: str) -> None:

@@ -114,7 +114,9 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpcore"):
+    # Libraries' own lines: httpx's name every URL (a CDN's signed query), botocore's signer
+    # every bucket request's signature; neither is one line per event.
+    for noisy in ("httpx", "httpcore", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

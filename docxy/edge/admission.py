@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -51,6 +52,9 @@ EXEMPT_PATHS = frozenset({"/health"})
 EXEMPT_PREFIXES = ("/.well-known/acme-challenge/",)
 #: A client may be this many seconds of bandwidth in debt before new requests are refused.
 BANDWIDTH_GRACE = 10.0
+#: Why a request is refused: the setting that refuses it (``limits.requests_per_minute``), and
+#: the error it is answered with.
+Refusal = tuple[str, RegistryError]
 
 
 class Admission:
@@ -74,7 +78,7 @@ class Admission:
             limits.manifests_per_minute / 60, limits.manifests_per_minute, clock
         )
         self.bandwidth = Buckets(limits.bandwidth, limits.bandwidth, clock)
-        self.refused = 0
+        self.refused: Counter[str] = Counter()  # by the setting that refused (/metrics)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -84,10 +88,10 @@ class Admission:
             return
         address = request_address(scope, self.config.server)
         key = limit_key(client_identity(scope, self.access), address)
-        try:
-            self._admit(scope, address, key)
-        except RegistryError as error:
-            self.refused += 1
+        refusal = self._admit(scope, address, key)
+        if refusal is not None:
+            setting, error = refusal
+            self.refused[setting] += 1
             await send_error(send, error, [API_VERSION_HEADER])
             return
         named = CLIENT.set(key)  # for the fill caps (docxy.edge.fills), in the tasks it starts
@@ -112,22 +116,36 @@ class Admission:
 
         await self.app(scope, receive, paced_send)
 
-    def _admit(self, scope: Any, address: Address | None, key: str) -> None:
-        """Raise :class:`Denied` or :class:`TooManyRequests`, or return: the request may pass."""
+    def refusals(self) -> dict[str, int]:
+        """Requests refused so far, by the setting that refused them (``docxy_refused_total``)."""
+        return dict(self.refused)
+
+    def _admit(self, scope: Any, address: Address | None, key: str) -> Refusal | None:
+        """Why the request may not pass (the setting that refuses it, and the error to send);
+        None: it may."""
         if self.allow and address not in self.allow:
             who = address or "this client"
-            raise Denied(f"access denied: {who} is not allowed to use this mirror")
+            return "access.allow", Denied(f"access denied: {who} is not allowed to use this mirror")
         name, kind = self._repository(scope)
         if name is not None and self.rules:
             refusal = self.rules.refusal(name)
             if refusal is not None:
-                raise Denied(refusal, {"name": name})
-        _limit(self.requests.take(key), "too many requests from this client")
+                return "access.repositories", Denied(refusal, {"name": name})
+        wait = self.requests.take(key)
+        if wait > 0:
+            return "limits.requests_per_minute", _too_many(
+                wait, "too many requests from this client"
+            )
         if kind is Kind.MANIFEST and scope["method"] == "GET":
-            _limit(self.manifests.take(key), "too many manifest fetches from this client")
+            wait = self.manifests.take(key)
+            if wait > 0:
+                message = "too many manifest fetches from this client"
+                return "limits.manifests_per_minute", _too_many(wait, message)
         debt = self.bandwidth.debt(key)
         if debt > BANDWIDTH_GRACE:
-            _limit(debt - BANDWIDTH_GRACE, "this client is over its bandwidth")
+            message = "this client is over its bandwidth"
+            return "limits.bandwidth", _too_many(debt - BANDWIDTH_GRACE, message)
+        return None
 
     def _repository(self, scope: Any) -> tuple[str | None, Kind | None]:
         raw = scope.get("raw_path") or scope["path"].encode()
@@ -154,6 +172,5 @@ def _exempt(path: str) -> bool:
     return path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES)
 
 
-def _limit(wait: float, message: str) -> None:
-    if wait > 0:
-        raise TooManyRequests(message, {"retry_after": retry_after(wait)})
+def _too_many(wait: float, message: str) -> TooManyRequests:
+    return TooManyRequests(message, {"retry_after": retry_after(wait)})

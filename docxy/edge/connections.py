@@ -182,6 +182,14 @@ class ConnectionGuard:
         self.open += 1
         return Admitted(key)
 
+    def refusals(self) -> dict[str, int]:
+        """Connections refused (or, ``limits.send_timeout``, dropped) so far, by the setting."""
+        return {
+            "limits.max_connections": self.refused,
+            "limits.connections_per_client": self.refused_per_client,
+            "limits.send_timeout": self.stalled,
+        }
+
     def release(self, admitted: Admitted | None = None) -> None:
         self.open -= 1
         key = admitted.key if admitted is not None else None

@@ -32,18 +32,21 @@ class FillPermits:
         self.total = total
         self.running: Counter[str] = Counter()
         self.refused = 0
+        self.refused_by: Counter[str] = Counter()  # by the setting that refused (/metrics)
 
     def acquire(self) -> Release:
         """A permit for one new fill by the current client, or :class:`TooManyRequests`."""
         client = CLIENT.get()
         if self.total and sum(self.running.values()) >= self.total:
             self.refused += 1
+            self.refused_by["limits.fills_total"] += 1
             raise TooManyRequests(
                 "the mirror is fetching as much as it may; try again shortly",
                 {"retry_after": RETRY_AFTER},
             )
         if self.per_client and self.running[client] >= self.per_client:
             self.refused += 1
+            self.refused_by["limits.fills_per_client"] += 1
             raise TooManyRequests(
                 "this client has too many downloads in progress upstream",
                 {"retry_after": RETRY_AFTER},
@@ -60,6 +63,10 @@ class FillPermits:
                     del self.running[client]
 
         return release
+
+    def refusals(self) -> dict[str, int]:
+        """Fills refused so far, by the setting that refused them (``docxy_refused_total``)."""
+        return dict(self.refused_by)
 
 
 def released_after(

@@ -17,6 +17,7 @@ from docxy.cache import Cache, open_cache
 from docxy.config import Config
 from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
 from docxy.http import acme, auth, health, routes, setup_script
+from docxy.http.middleware import CUT
 from docxy.http.responses import error_response
 from docxy.http.state import MirrorState
 from docxy.shared.objects import require_signer
@@ -39,7 +40,8 @@ class CutStreams:
     """ASGI layer: a body that raised :class:`StreamCut` is left unended, without a traceback.
 
     The server then closes the connection mid-body, which is what the client must see; the
-    reason was already logged in one line where the stream broke.
+    reason was already logged in one line where the stream broke. The request's facts say so,
+    for the access log (``cut``, not a client that left) and the metrics.
     """
 
     def __init__(self, app: ASGIHandler) -> None:
@@ -49,7 +51,9 @@ class CutStreams:
         try:
             await self.app(scope, receive, send)
         except StreamCut:
-            pass
+            facts = scope.get("docxy")
+            if isinstance(facts, dict):
+                facts[CUT] = True
 
 
 def open_store(config: Config) -> Cache:

@@ -132,11 +132,22 @@ class RequestObserver(Protocol):
     """Told when each request starts and ends (``docxy.observe.Observer``: metrics, status)."""
 
     def request_started(self) -> None: ...
-    def request_ended(self, scope: Scope, status: int, sent: int, seconds: float) -> None: ...
+    def request_ended(
+        self, scope: Scope, status: int, sent: int, seconds: float, end: str = "done"
+    ) -> None: ...
+
+
+#: How a request ended, the access log's last word: ``done`` (its answer went out whole),
+#: ``cut`` (the mirror cut the body: the download behind it failed; see ``CutStreams``),
+#: ``left`` (the client went away before the last byte), ``aborted`` (an error escaped).
+ENDS = ("done", "cut", "left", "aborted")
+#: The fact ``docxy.http.app.CutStreams`` leaves when it cut a body.
+CUT = "cut"
 
 
 class AccessLog:
-    """One INFO line per request: method, path, status, bytes, cache, upstream and total time.
+    """One INFO line per request: method, path, status, bytes, cache, upstream and total time,
+    and how it ended (:data:`ENDS`).
 
     The method and path come from the client and are logged through :func:`loggable`.
     """
@@ -156,13 +167,15 @@ class AccessLog:
         scope["docxy"] = facts  # type: ignore[typeddict-unknown-key]
         status = 0
         sent = 0
+        ended = False  # the body's last message went out
 
         async def counting_send(message: Any) -> None:
-            nonlocal status, sent
+            nonlocal status, sent, ended
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+                ended = not message.get("more_body", False)
             await send(message)
 
         outcome = "done"
@@ -173,6 +186,9 @@ class AccessLog:
         except BaseException:
             outcome = "aborted"
             raise
+        else:
+            if not ended:  # returned with the answer unfinished: cut by the mirror, or the
+                outcome = "cut" if facts.get(CUT) else "left"  # client left (Quart stops)
         finally:
             upstream_ms = facts.get("upstream_ms")
             who = identity_of(scope).label()
@@ -190,4 +206,5 @@ class AccessLog:
                 "" if who == "-" else f" client={who}",  # docxy.access: cert:NAME, user:NAME
             )
             if self.observer is not None:
-                self.observer.request_ended(scope, status, sent, time.monotonic() - started)
+                seconds = time.monotonic() - started
+                self.observer.request_ended(scope, status, sent, seconds, outcome)

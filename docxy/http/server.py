@@ -172,7 +172,7 @@ def _warn_bootstrap(host: str, cert: Path) -> None:
     )
 
 
-def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> HypercornConfig:
+def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> _HypercornConfig:
     hc = _HypercornConfig(tls)
     if tls is not None and config.server.tls_listen is not None:
         hc.bind = [str(config.server.tls_listen)]
@@ -227,9 +227,11 @@ async def run(config: Config) -> None:
     https_url = config.server.public_url if tls is not None else None
     observer = Observer(state)
     observer.attach(app)
-    asgi = TrimAtRest(
-        AccessLog(Framing(Guard(Admission(app, config, state.access), https_url)), observer)
-    )
+    admission = Admission(app, config, state.access)
+    if hc.edge is not None:
+        observer.refusers.append(hc.edge)
+    observer.refusers.append(admission)
+    asgi = TrimAtRest(AccessLog(Framing(Guard(admission, https_url)), observer))
     asgi.arm()  # the imports' garbage, once serving
     connections.install()
     if config.limits.h2_max_streams == 0:

@@ -18,7 +18,7 @@ import math
 import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from docxy import __version__
 from docxy.core.errors import RegistryError
 from docxy.core.names import Kind, parse_v2_path
+from docxy.http.middleware import ENDS
 from docxy.http.state import MirrorState
 from docxy.upstream.client import Upstream
 
@@ -38,13 +39,33 @@ SOURCES = {
     "stale": "cache",
     "revalidated": "cache",
     "shared": "shared",
+    "joined": "cache",  # a fill another request started: its bytes were fetched once
     "miss": "upstream",
     "bypass": "passthrough",
     "uncached": "passthrough",
 }
 SENT_SOURCES = ("cache", "shared", "upstream", "passthrough", "other")
 
-OUTCOMES = ("hit", "miss", "shared", "stale", "revalidated", "bypass", "uncached")
+#: The settings whose limits refuse connections or requests (``limits.send_timeout``: drops a
+#: download whose client took nothing for that long), each a sample of docxy_refused_total.
+REFUSING_SETTINGS = (
+    "access.allow",
+    "access.repositories",
+    "limits.max_connections",
+    "limits.connections_per_client",
+    "limits.requests_per_minute",
+    "limits.manifests_per_minute",
+    "limits.bandwidth",
+    "limits.fills_per_client",
+    "limits.fills_total",
+    "limits.failed_logins_per_minute",
+    "limits.send_timeout",
+)
+
+#: docxy_upstream_errors_total's kinds (``UpstreamHealth.failures``), each exported from the start.
+ERROR_KINDS = ("timeout", "unreachable", "rate_limited", "server_error")
+
+OUTCOMES = ("hit", "joined", "miss", "shared", "stale", "revalidated", "bypass", "uncached")
 
 
 def route_kind(path: str) -> str:
@@ -104,23 +125,31 @@ class RequestMetrics:
         )
         self.sent_bytes = Counter(
             "docxy_sent_bytes",
-            "Body bytes sent to clients, by source: cache, shared (a cache fill from the "
-            "shared bucket), upstream (a cache fill from the upstream), passthrough (not "
-            "cached), other (challenges, tokens, health).",
+            "Body bytes sent to clients, by source: cache (a fill another request started "
+            "too), shared (a cache fill from the shared bucket), upstream (a cache fill from "
+            "the upstream), passthrough (not cached), other (challenges, tokens, health).",
             ["source"],
             registry=registry,
         )
         self.cache = Counter(
             "docxy_cache_requests",
-            "Manifest and blob requests by cache outcome: hit, miss, shared (filled from the "
-            "shared bucket), stale, revalidated, bypass (cache off or not cacheable), uncached "
-            "(private or disk failing).",
+            "Manifest and blob requests by cache outcome: hit, joined (a fill another request "
+            "started), miss, shared (filled from the shared bucket), stale, revalidated, bypass "
+            "(cache off or not cacheable), uncached (private or disk failing).",
             ["route", "outcome"],
             registry=registry,
         )
         self.in_progress = Gauge(
             "docxy_open_requests",
             "Client requests being served now (each holds an open connection).",
+            registry=registry,
+        )
+        self.unfinished = Counter(
+            "docxy_http_requests_unfinished",
+            "Client requests whose answer did not go out whole, by route kind and how they "
+            "ended: cut (the mirror cut the body: the download behind it failed), left (the "
+            "client went away first), aborted (an error).",
+            ["route", "outcome"],
             registry=registry,
         )
         self.upstream_responses = Counter(
@@ -136,6 +165,8 @@ class RequestMetrics:
         for route in ("manifest", "blob"):
             for outcome in OUTCOMES:
                 self.cache.labels(route, outcome)
+            for end in ENDS[1:]:
+                self.unfinished.labels(route, end)
 
     def request_ended(
         self,
@@ -145,9 +176,12 @@ class RequestMetrics:
         sent: int,
         seconds: float,
         facts: dict[str, Any],
+        end: str = "done",
     ) -> None:
         route = route_kind(path)
         self.requests.labels(route, bounded_method(method), status_class(status)).inc()
+        if end in ENDS[1:]:
+            self.unfinished.labels(route, end).inc()
         self.duration.labels(route).observe(seconds)
         outcome = facts.get("cache")
         if isinstance(outcome, str) and route in ("manifest", "blob"):
@@ -208,17 +242,29 @@ def _counter(name: str, doc: str, value: float, labels: Labels = None) -> Metric
 Provider = Callable[[], dict[str, object]]
 
 
+class Refuser(Protocol):
+    """A part that refuses by a setting (admission, the connection guard, the fill caps, the
+    login limit): how many so far, by setting."""
+
+    def refusals(self) -> dict[str, int]: ...
+
+
+def _no_refusers() -> list[Refuser]:
+    return []
+
+
 class MirrorCollector(Collector):
     """What the mirror holds, read when Prometheus scrapes (no request-path bookkeeping)."""
 
     def __init__(
         self,
         state: MirrorState,
-        status_errors: Tally[str],
         open_connections: Callable[[], int | None],
+        refusers: Callable[[], list[Refuser]] = _no_refusers,
     ) -> None:
         self.state = state
-        self.status_errors = status_errors  # upstream 429/5xx answers, counted by the hook
+        #: the parts outside the state that refuse (docxy.http.server.run: admission, the edge)
+        self.refusers = refusers
         #: the latest count (docxy.observe.connections: read off the loop before a scrape)
         self.open_connections = open_connections
 
@@ -233,6 +279,26 @@ class MirrorCollector(Collector):
         yield from self._upstream()
         yield from self._shared()
         yield from self._certificate()
+        yield self._refused()
+
+    def _refused(self) -> Metric:
+        counts: Tally[str] = Tally(dict.fromkeys(REFUSING_SETTINGS, 0))
+        refusers = list(self.refusers())
+        if self.state.services is not None:
+            refusers.append(self.state.services.blobs.permits)
+        if self.state.access is not None:
+            refusers.append(self.state.access.logins)
+        for refuser in refusers:
+            counts.update(refuser.refusals())
+        family = CounterMetricFamily(
+            "docxy_refused",
+            "Connections and requests a limit refused, by the setting that did (for "
+            "limits.send_timeout: downloads dropped because the client took no bytes).",
+            labels=["setting"],
+        )
+        for setting, count in counts.items():
+            family.add_metric([setting], count)
+        return family
 
     def _cache(self) -> Iterator[Metric]:
         cache = self.state.cache
@@ -325,10 +391,8 @@ class MirrorCollector(Collector):
             limit.add_metric(host, _or_nan(leading_number(health.ratelimit_limit)))
             last_ok.add_metric(host, _or_nan(health.last_ok))
             stale.add_metric(host, health.stale_served)
-            kinds: Tally[str] = Tally({"timeout": 0, "unreachable": 0})
+            kinds: Tally[str] = Tally(dict.fromkeys(ERROR_KINDS, 0))
             kinds.update(health.failures)
-            if upstream.is_default:  # 429/5xx answers are counted by the hook, for all at once
-                kinds.update(self.status_errors)
             for kind, count in sorted(kinds.items()):
                 errors.add_metric([upstream.host, kind], count)
         yield from (up, remaining, limit, last_ok, stale, errors)
@@ -419,11 +483,11 @@ def _unknown() -> int | None:
 
 def make_registry(
     state: MirrorState,
-    status_errors: Tally[str],
     open_connections: Callable[[], int | None] = _unknown,
+    refusers: Callable[[], list[Refuser]] = _no_refusers,
 ) -> CollectorRegistry:
     """A registry of its own (not the global one): one per app, so tests can run several."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(MirrorCollector(state, status_errors, open_connections))
+    registry.register(MirrorCollector(state, open_connections, refusers))
     ProcessCollector(registry=registry)  # RSS, CPU seconds, open file descriptors
     return registry

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -28,7 +27,7 @@ from docxy.core.names import parse_v2_path
 from docxy.http.middleware import origin_form
 from docxy.http.state import MirrorState
 from docxy.observe.connections import ConnectionCounter
-from docxy.observe.metrics import RequestMetrics, make_registry, route_kind
+from docxy.observe.metrics import Refuser, RequestMetrics, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
 from docxy.upstream.client import CLIENT_CREDENTIALS
 from docxy.upstream.routing import UpstreamUnknown, request_picks
@@ -43,9 +42,11 @@ class Observer:
     def __init__(self, state: MirrorState, *, top_keys: int = TOP_KEYS) -> None:
         self.state = state
         self.started_at = time.time()
-        self.status_errors: Counter[str] = Counter()  # upstream 429/5xx answers by kind
         self.connections = ConnectionCounter(self._listener_ports)
-        self.registry = make_registry(state, self.status_errors, lambda: self.connections.last)
+        #: parts that refuse by a setting, beside those in the state (docxy_refused_total):
+        #: admission and the connection guard, which docxy.http.server.run makes
+        self.refusers: list[Refuser] = []
+        self.registry = make_registry(state, lambda: self.connections.last, lambda: self.refusers)
         self.metrics = RequestMetrics(self.registry)
         self.pulls = TopCounts(top_keys)
         self.errors = RecentErrors()
@@ -64,14 +65,16 @@ class Observer:
     def request_started(self) -> None:
         self.metrics.in_progress.inc()
 
-    def request_ended(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+    def request_ended(
+        self, scope: Scope, status: int, sent: int, seconds: float, end: str = "done"
+    ) -> None:
         self.metrics.in_progress.dec()
         try:
-            self._record(scope, status, sent, seconds)
+            self._record(scope, status, sent, seconds, end)
         except Exception:  # a counting bug must never break serving
             log.exception("metrics: cannot record a request")
 
-    def _record(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+    def _record(self, scope: Scope, status: int, sent: int, seconds: float, end: str) -> None:
         if scope["type"] == "http":  # GET http://host/v2/... counts as the /v2/... it asks for,
             scope = origin_form(scope)  # its host (for the pull's upstream) the target's
         raw = scope.get("raw_path")
@@ -80,7 +83,7 @@ class Observer:
         facts = scope.get("docxy")
         method = str(scope.get("method", "GET"))
         self.metrics.request_ended(
-            path, method, status, sent, seconds, facts if isinstance(facts, dict) else {}
+            path, method, status, sent, seconds, facts if isinstance(facts, dict) else {}, end
         )
         if 200 <= status < 300 and method in ("GET", "HEAD"):
             self._count_pull(scope, path)
@@ -129,10 +132,11 @@ class Observer:
         self._answered(parts.host, parts.path, status)
 
     def _answered(self, host: str, path: str, status: int) -> None:
+        """Every answer, by route and status class; a 429/5xx on the page's recent errors (the
+        upstream's health counts it, under that upstream, for docxy_upstream_errors_total)."""
         self.metrics.upstream_answered(path, status)
         kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else None
         if kind is not None:
-            self.status_errors[kind] += 1
             # Host and route kind only: a CDN URL's query is a signed credential.
             self.errors.add(kind, f"{host} answered {status} ({route_kind(path)})")
 

@@ -20,8 +20,9 @@ from docxy.observe.observer import Observer, Samples, total
 
 REFRESH_SECONDS = 10
 TOP_IMAGES = 10
-#: Answers that cost the upstream no download: this replica's cache, or the shared bucket.
-FROM_CACHE = ("hit", "stale", "revalidated", "shared")
+#: Answers that cost the upstream no download: this replica's cache (a fill another request
+#: started included), or the shared bucket.
+FROM_CACHE = ("hit", "joined", "stale", "revalidated", "shared")
 
 
 def status_report(observer: Observer) -> dict[str, Any]:
@@ -39,6 +40,8 @@ def status_report(observer: Observer) -> dict[str, Any]:
     report["traffic"] = {
         "requests": int(total(samples, "docxy_http_requests_total")),
         "errors_5xx": int(total(samples, "docxy_http_requests_total", status_class="5xx")),
+        # answers the mirror cut short (the download behind them failed): the client retries
+        "cut": int(total(samples, "docxy_http_requests_unfinished_total", outcome="cut")),
         "open_requests": int(total(samples, "docxy_open_requests")),
         "open_connections": _number(samples, "docxy_open_connections"),
         "sent_bytes": sent,
@@ -196,8 +199,8 @@ def _cache(cache: dict[str, Any]) -> str:
     asked = cache.get("requests", {})
     rows.append(
         (
-            "hits · misses · stale",
-            f"{asked.get('hit', 0)} · {asked.get('miss', 0)} · {asked.get('stale', 0)}",
+            "hits · joined · misses · stale",
+            " · ".join(str(asked.get(o, 0)) for o in ("hit", "joined", "miss", "stale")),
         )
     )
     if cache.get("enabled") is False:
@@ -256,12 +259,13 @@ def _traffic(traffic: dict[str, Any]) -> str:
         ("open connections", _count(traffic.get("open_connections"))),
         ("requests in progress", str(traffic.get("open_requests", 0))),
         ("5xx answers", str(traffic.get("errors_5xx", 0))),
+        ("answers cut (download failed)", str(traffic.get("cut", 0))),
         ("sent from cache", human_size(int(sent.get("cache", 0)))),
         ("sent from upstream", human_size(int(sent.get("upstream", 0)))),
         ("passed through", human_size(int(sent.get("passthrough", 0)))),
     ]
     if sent.get("shared"):  # a replica with [shared]: what the bucket spared the upstream
-        rows.insert(5, ("sent from the shared bucket", human_size(int(sent["shared"]))))
+        rows.insert(6, ("sent from the shared bucket", human_size(int(sent["shared"]))))
     return _section("traffic", "Traffic since start", _rows(rows))
 
 

@@ -94,7 +94,8 @@ class BlobService:
         if self.tokens.refused(pull.upstream, pull.name):
             return PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
         # Starting a fill needs a permit (429 over the caps); joining one does not.
-        release = None if self.store.filling(digest) else self.permits.acquire()
+        joined = self.store.filling(digest)
+        release = None if joined else self.permits.acquire()
         try:
             stream = await self.store.fill(digest, partial(self._permitted, pull, release))
         except (CacheUnwritable, CacheUnreadable, NoRoom) as exc:
@@ -103,12 +104,15 @@ class BlobService:
             return PassThrough(_uncached_because(exc), str(exc))
         if isinstance(stream, BlobReader) and release is not None:
             release()  # committed while we looked: no fetch of ours
-        return await self._follow(pull, digest, stream)
+        return await self._follow(pull, digest, stream, joined)
 
     async def _follow(
-        self, pull: Pull, digest: Digest, stream: BlobReader | BlobFollower
+        self, pull: Pull, digest: Digest, stream: BlobReader | BlobFollower, joined: bool = False
     ) -> Outcome:
-        """Serve a fill (ours, or one started for another repository) or a fresh commit."""
+        """Serve a fill (ours, or one ``joined``: another request started it, maybe for another
+        repository) or a fresh commit. A client of a fill it joined is told so whatever the
+        fill's origin (:attr:`Source.JOINED`): only the request that started a fill made the
+        upstream (or the bucket) send its bytes."""
         try:
             if isinstance(stream, BlobReader):  # committed while we looked
                 size: int | None = stream.size
@@ -132,7 +136,9 @@ class BlobService:
         if isinstance(held, PassThrough):
             stream.close()
             return held
-        if source is not Source.SHARED and held is not Source.HIT:
+        if isinstance(stream, BlobFollower) and joined:
+            source = Source.JOINED
+        elif source is not Source.SHARED and held is not Source.HIT:
             source = held  # confirmed upstream just now (a fill from the bucket says so first)
         return Served(source, BlobContent(digest, size, stream))
 

@@ -103,7 +103,8 @@ class UpstreamHealth:
     healthy: bool | None = None  # None until tried; False after a failure or a 429/5xx answer
     stale_served: int = 0
     last_stale: float | None = None
-    failures: Counter[str] = field(default_factory=Counter)  # by kind: timeout, unreachable
+    #: by kind: timeout, unreachable, rate_limited (429), server_error (5xx)
+    failures: Counter[str] = field(default_factory=Counter)
     recent_failures: deque[tuple[float, str, str]] = field(
         default_factory=lambda: deque(maxlen=20)
     )  # (when, kind, message), for the status page
@@ -127,6 +128,8 @@ class UpstreamHealth:
         if status == 429 and not own:
             self.reachable = True
             return
+        if status == 429 or status >= 500:  # docxy_upstream_errors_total, under this upstream
+            self.failures["rate_limited" if status == 429 else "server_error"] += 1
         if status in SERVER_TROUBLE:
             self.reachable = True
             self.healthy = False

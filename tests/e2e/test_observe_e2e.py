@@ -267,3 +267,53 @@ def test_status_page_with_an_empty_cache(observed: Observed, tmp_path: Path) -> 
     assert "No pulls yet." in text_of(dom, "images")
     assert "None." in text_of(dom, "errors")
     assert "no TLS listener" in text_of(dom, "certificate")
+
+
+# --- what the limits refuse -----------------------------------------------------------------
+
+
+def test_what_the_limits_refuse_is_counted_by_the_setting_that_refused_it(
+    start_mirror: StartMirror,
+) -> None:
+    """A connection over ``limits.connections_per_client`` was answered 429 and closed, counted
+    nowhere an operator could see; a request over ``limits.requests_per_minute`` was only a
+    4xx among the 404s of images that do not exist. Both are now in docxy_refused_total,
+    labelled with the setting to raise."""
+    admin = free_port()
+    mirror = start_mirror(
+        "--set", f"server.admin_listen={LOOPBACK}:{admin}",
+        "--set", "limits.connections_per_client=2",
+        "--set", "limits.requests_per_minute=1",
+        "--set", "limits.idle_timeout=600",
+    )  # fmt: skip
+    observed = Observed(mirror, f"http://{LOOPBACK}:{admin}")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(2):  # from 127.0.0.2, apart from the health checks' 127.0.0.1
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect((LOOPBACK, mirror.port))
+            held.append(sock)
+        over = socket.socket()
+        over.bind(("127.0.0.2", 0))
+        over.connect((LOOPBACK, mirror.port))
+        over.settimeout(30)
+        answer = over.recv(4096)
+        over.close()
+        assert answer.startswith(b"HTTP/1.1 429"), answer
+    finally:
+        for sock in held:
+            sock.close()
+    transport = httpx.HTTPTransport(local_address="127.0.0.3")
+    with httpx.Client(base_url=mirror.url, transport=transport, timeout=30) as client:
+        statuses = [client.get("/v2/").status_code for _ in range(2)]
+    assert statuses == [401, 429]  # the registry's challenge, then the limit
+    seen = observed.scrape()
+    refused = {
+        key.split("setting=")[1].rstrip("}"): value
+        for key, value in seen.items()
+        if key.startswith("docxy_refused_total{")
+    }
+    assert refused.get("limits.connections_per_client") == 1, refused
+    assert refused.get("limits.requests_per_minute") == 1, refused
+    assert refused.get("limits.max_connections") == 0, refused

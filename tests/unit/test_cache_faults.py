@@ -312,7 +312,8 @@ async def test_a_client_joining_a_bucket_fill_through_another_service_is_told_sh
 ) -> None:
     """Two services over one store (as two upstreams sharing the cache would be): a client of
     the second joins the fill the first started from the bucket; its bytes came from the bucket
-    too, so it is `cache=shared`, not `cache=miss`."""
+    too, so it is not `cache=miss`: the first is `cache=shared`, the second `cache=joined` (the
+    bucket sent the bytes once)."""
     store, registry = make_store(tmp_path), Registry()
     tier = shared_tier(store, ObjectBucket(BLOB))
     one, other = (blob_service(store, registry, FillPermits(), tier) for _ in range(2))
@@ -323,7 +324,7 @@ async def test_a_client_joining_a_bucket_fill_through_another_service_is_told_sh
         assert outcome.content.stream is not None
         assert await asyncio.wait_for(outcome.content.stream.read_all(), GUARD) == BLOB
     assert isinstance(first, Served) and isinstance(second, Served)
-    assert (first.source, second.source) == (Source.SHARED, Source.SHARED)
+    assert (first.source, second.source) == (Source.SHARED, Source.JOINED)
     assert registry.blob_gets == 0
 
 

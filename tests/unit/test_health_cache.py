@@ -4,7 +4,6 @@ files not freed yet too."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from pathlib import Path
 
 from docxy.cache import digest_of
@@ -35,7 +34,7 @@ async def test_health_shows_the_bytes_of_an_aborted_fill_not_freed_yet(tmp_path:
     # Nothing committed or reserved, yet a fill of 600 bytes finds no room: the operator sees why.
     assert (cache["bytes"], cache["reserved_bytes"], cache["max_size"]) == (0, 0, 2048)
     assert cache["freeing_bytes"] == 1500
-    registry = make_registry(state, Counter())
+    registry = make_registry(state)
     assert scrape(registry)["docxy_cache_freeing_bytes"] == 1500
 
     freed = store._room_freed

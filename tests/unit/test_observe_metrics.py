@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -151,7 +150,7 @@ async def test_cache_size_fills_followers_and_evictions_are_read_at_scrape_time(
     tmp_path: Path,
 ) -> None:
     state = make_state(tmp_path, max_size="2K")
-    registry = make_registry(state, Counter())
+    registry = make_registry(state)
     assert scrape(registry)["docxy_cache_size_bytes"] == 0
     first, second, third = b"1" * 900, b"2" * 900, b"3" * 900
     await put(state, first)
@@ -189,7 +188,7 @@ async def test_cache_size_fills_followers_and_evictions_are_read_at_scrape_time(
 
 
 def test_no_cache_metrics_when_the_cache_is_off(tmp_path: Path) -> None:
-    registry = make_registry(make_state(tmp_path, cache=False), Counter())
+    registry = make_registry(make_state(tmp_path, cache=False))
     assert not [name for name in scrape(registry) if name.startswith("docxy_cache_")]
     assert scrape(registry)["docxy_build_info{version=0.1.0}"] == 1
 
@@ -200,6 +199,9 @@ async def test_upstream_reachability_rate_limit_and_errors_by_kind(tmp_path: Pat
         httpx.Response(
             200, headers={"ratelimit-remaining": "76;w=21600", "ratelimit-limit": "100;w=21600"}
         ),
+        httpx.Response(429),
+        httpx.Response(503),
+        httpx.Response(429),
         httpx.ConnectError("refused"),
         httpx.ReadTimeout("slow"),
         httpx.ConnectError("refused"),
@@ -211,8 +213,7 @@ async def test_upstream_reachability_rate_limit_and_errors_by_kind(tmp_path: Pat
             raise answer
         return answer
 
-    status_errors: Counter[str] = Counter({"rate_limited": 2})
-    registry = make_registry(state, status_errors)
+    registry = make_registry(state)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
         client = state.open(UpstreamClient(http)).client
         host = "upstream=upstream.test"
@@ -222,6 +223,9 @@ async def test_upstream_reachability_rate_limit_and_errors_by_kind(tmp_path: Pat
         assert seen[f"docxy_upstream_up{{{host}}}"] == 1
         assert seen[f"docxy_upstream_ratelimit_remaining{{{host}}}"] == 76
         assert seen[f"docxy_upstream_ratelimit_limit{{{host}}}"] == 100
+        for _ in range(3):  # 429, 503, 429: answers, counted as errors of this upstream
+            with pytest.raises(UpstreamUnavailable, match="answered"):
+                await client.challenge(state.upstream, refresh=True)
         for expected in (UpstreamUnavailable, UpstreamTimeout, UpstreamUnavailable):
             with pytest.raises(expected):
                 await client.challenge(state.upstream, refresh=True)
@@ -230,6 +234,7 @@ async def test_upstream_reachability_rate_limit_and_errors_by_kind(tmp_path: Pat
     assert seen[f"docxy_upstream_errors_total{{kind=unreachable,{host}}}"] == 2
     assert seen[f"docxy_upstream_errors_total{{kind=timeout,{host}}}"] == 1
     assert seen[f"docxy_upstream_errors_total{{kind=rate_limited,{host}}}"] == 2
+    assert seen[f"docxy_upstream_errors_total{{kind=server_error,{host}}}"] == 1
     assert seen[f"docxy_upstream_ratelimit_remaining{{{host}}}"] == 76  # last seen, kept
 
 
@@ -245,7 +250,7 @@ def test_certificate_expiry_and_renewal_outcome(tmp_path: Path) -> None:
         "tls": lambda: {"not_after": "2027-02-28T10:00:00+00:00", "days_left": 90.0},
         "renewal": lambda: renewal,
     }
-    registry = make_registry(state, Counter())
+    registry = make_registry(state)
     seen = scrape(registry)
     assert seen["docxy_tls_cert_expiry_timestamp_seconds"] == timestamp("2027-02-28T10:00:00Z")
     assert seen["docxy_cert_renewal_last_run_ok"] == 1
@@ -262,7 +267,7 @@ def test_certificate_expiry_and_renewal_outcome(tmp_path: Path) -> None:
 def test_no_renewer_status_yet_is_nan_not_a_failure(tmp_path: Path) -> None:
     state = make_state(tmp_path)
     state.extras["health"] = {"renewal": lambda: {"error": "no renewer status"}}
-    assert math.isnan(scrape(make_registry(state, Counter()))["docxy_cert_renewal_last_run_ok"])
+    assert math.isnan(scrape(make_registry(state))["docxy_cert_renewal_last_run_ok"])
 
 
 async def test_every_upstream_has_its_own_samples(tmp_path: Path) -> None:
@@ -281,7 +286,7 @@ async def test_every_upstream_has_its_own_samples(tmp_path: Path) -> None:
             raise httpx.ConnectError("refused")
         return httpx.Response(200, headers={"ratelimit-remaining": "7;w=21600"})
 
-    registry = make_registry(state, Counter())
+    registry = make_registry(state)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
         client = state.open(UpstreamClient(http)).client
         await client.challenge(state.upstream)

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from docxy.cache.blobs import DiskBlobStore, Usage
+from docxy.cli.main import setup_logging
 from docxy.config import load_config
+from docxy.core.digests import Digest
+from docxy.edge.admission import Admission
 from docxy.http.app import open_store
-from docxy.http.state import MirrorState
+from docxy.http.middleware import AccessLog, Guard
+from docxy.http.state import MirrorState, mirror_state
 from docxy.observe import Observer, create_admin_app
+from docxy.observe.status import status_report
+from docxy.shared.objects import EMPTY_SHA256, Bucket, signed_headers
+from docxy.tasks import spawn
 from docxy.upstream.client import Upstream
-from tests.unit.test_observe_routes import stack
+from tests.unit.asgi import call_asgi
+from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, blob_path, stack
+from tests.unit.test_observe_routes import Upstream as RoutesUpstream
+from tests.unit.turns import until
+
+GUARD = 10.0  # seconds before a would-be hang becomes a test failure
 
 
 async def test_metrics_read_the_mirror_on_its_event_loop_not_in_a_worker_thread(
@@ -71,3 +88,240 @@ async def test_two_upstreams_of_one_registry_make_one_sample_each_metric(tmp_pat
     up = [line for line in text.splitlines() if line.startswith("docxy_upstream_up{")]
     assert sorted(up) == sorted(set(up)), up
     assert len(up) == 2, up  # [upstream] and lab.test
+
+
+class HeldBlob(httpx.AsyncByteStream):
+    """The blob's first half at once, the rest once ``release`` is set."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield BLOB[: len(BLOB) // 2]
+        await self.release.wait()
+        yield BLOB[len(BLOB) // 2 :]
+
+
+@dataclass
+class SlowBlobUpstream(RoutesUpstream):
+    """Holds each blob download half-way until ``release`` is set."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/blobs/{BLOB_DIGEST}") and request.method == "GET":
+            self.seen.append(f"{request.method} {request.url.path}")
+            length = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=length, stream=HeldBlob(self.release))
+        return self(request)
+
+
+async def test_a_client_joining_a_fill_is_no_miss_and_its_bytes_no_upstream_bytes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two clients asking for one blob at once cost the upstream one download: the second
+    follows the first's fill. It was counted as a second miss, its bytes as upstream bytes:
+    misses and docxy_sent_bytes_total{source="upstream"} doubled what the upstream sent, and
+    the status page's hit ratios (README: 'what cost the upstream no download') fell for the
+    very requests the coalescing spared. The joiner is now ``cache=joined``, its bytes the
+    cache's."""
+    upstream = SlowBlobUpstream()
+    async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        store = mirror_state(mirror.app).running.blobs.store
+        assert store is not None
+        first = spawn("first", mirror.get(blob_path()))
+        await until(lambda: store.fills_started == 1)
+        second = spawn("second", mirror.get(blob_path()))
+        await until(lambda: store.followers_joined == 1)
+        upstream.release.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, second), GUARD)
+        seen = await mirror.scrape()
+        report = status_report(mirror.observer)
+    assert [(a.status, a.body == BLOB) for a in answers] == [(200, True), (200, True)]
+    assert [line for line in upstream.seen if "/blobs/" in line] == [f"GET {blob_path()}"]
+    lines = sorted(r.getMessage() for r in caplog.records if r.name == "docxy.access")
+    assert [line.split(" cache=")[1].split()[0] for line in lines] == ["joined", "miss"], lines
+    assert seen["docxy_cache_requests_total{outcome=miss,route=blob}"] == 1
+    assert seen.get("docxy_cache_requests_total{outcome=joined,route=blob}") == 1
+    assert seen["docxy_sent_bytes_total{source=upstream}"] == len(BLOB)
+    assert seen["docxy_sent_bytes_total{source=cache}"] == len(BLOB)
+    assert report["cache"]["hit_ratio"] == 0.5
+    assert report["cache"]["byte_hit_ratio"] == 0.5
+
+
+async def test_requests_a_limit_refuses_are_counted_by_the_setting_that_refused_them(
+    tmp_path: Path,
+) -> None:
+    """A 429 of limits.manifests_per_minute or a 403 of access.deny_repositories was only a
+    4xx among the 404s of images that do not exist (tests/e2e/test_observe_e2e.py shows the
+    connection caps and server.run's wiring)."""
+    settings = {"limits.manifests_per_minute": "1", "access.deny_repositories": "library/bad"}
+    async with stack(tmp_path, settings=settings) as mirror:
+        state = mirror_state(mirror.app)
+        admission = Admission(mirror.app, state.config, state.access)
+        mirror.observer.refusers.append(admission)  # as docxy.http.server.run does
+        asgi = AccessLog(Guard(admission, None), mirror.observer)
+        statuses = [
+            (await call_asgi(asgi, "GET", path, host="mirror.test")).status
+            for path in (
+                "/v2/library/hello/manifests/latest",
+                "/v2/library/hello/manifests/latest",
+                "/v2/library/bad/manifests/latest",
+            )
+        ]
+        seen = await mirror.scrape()
+    assert statuses == [200, 429, 403]
+    assert seen["docxy_refused_total{setting=limits.manifests_per_minute}"] == 1
+    assert seen["docxy_refused_total{setting=access.repositories}"] == 1
+    assert seen["docxy_refused_total{setting=limits.requests_per_minute}"] == 0
+    assert seen["docxy_refused_total{setting=limits.fills_total}"] == 0  # read from the state
+
+
+class BrokenBlob(httpx.AsyncByteStream):
+    """The blob's first half, then the connection to the upstream breaks."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield BLOB[: len(BLOB) // 2]
+        raise httpx.ReadError("the upstream went away")
+
+
+async def test_a_download_the_mirror_cut_is_not_logged_or_counted_as_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fill that broke off after the client's 200 had started cuts the client (never a
+    short success): the access log still ended the line 'done', and /metrics had one more
+    2xx and nothing else, so a dashboard of failed pulls stayed flat while clients retried.
+    The line now says 'cut', and docxy_http_requests_unfinished_total counts it."""
+    upstream = RoutesUpstream()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/blobs/{BLOB_DIGEST}") and request.method == "GET":
+            length = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=length, stream=BrokenBlob())
+        return upstream(request)
+
+    async with stack(tmp_path, upstream=upstream, transport_handler=handle) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        answer = await mirror.get(blob_path())
+        seen = await mirror.scrape()
+        report = status_report(mirror.observer)
+    assert answer.status == 200 and not answer.complete  # the client saw it cut
+    [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert line.endswith(" cut"), line
+    unfinished = "docxy_http_requests_unfinished_total"
+    assert seen.get(f"{unfinished}{{outcome=cut,route=blob}}") == 1
+    assert seen[f"{unfinished}{{outcome=left,route=blob}}"] == 0
+    assert report["traffic"]["cut"] == 1
+
+
+async def test_a_client_leaving_mid_download_is_logged_as_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other way an answer ends unfinished: the client goes away (Quart stops sending).
+    It is 'left', not 'done', and not counted as a download the mirror cut."""
+    upstream = SlowBlobUpstream()
+    async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        answered = asyncio.Event()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": blob_path(),
+            "raw_path": blob_path().encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"mirror.test")],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8080),
+            "extensions": {},
+        }
+        asked = False
+
+        async def receive() -> dict[str, object]:
+            nonlocal asked
+            if not asked:
+                asked = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":  # the 200 went out, the body is on
+                answered.set()  # its way (held half-way upstream): the client leaves
+
+        await asyncio.wait_for(mirror.asgi(scope, receive, send), GUARD)
+        upstream.release.set()  # the fill goes on without the client
+        seen = await mirror.scrape()
+    [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert line.endswith(" left"), line
+    unfinished = "docxy_http_requests_unfinished_total"
+    assert seen[f"{unfinished}{{outcome=left,route=blob}}"] == 1
+    assert seen[f"{unfinished}{{outcome=cut,route=blob}}"] == 0
+
+
+@pytest.fixture
+def logger_levels() -> Iterator[None]:
+    """Put back the levels ``setup_logging`` gives the libraries' loggers."""
+    names = ("httpx", "httpcore", "botocore", "hypercorn.error")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.usefixtures("logger_levels")
+def test_debug_logs_never_show_a_shared_bucket_requests_signature(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With log.level = DEBUG, botocore's signer logged every bucket request's canonical form
+    and its SigV4 signature (the Authorization header, good for replaying that request for
+    minutes), on lines of their own that break the one-line-per-event log. The libraries'
+    loggers stay at WARNING, as httpx's always were."""
+    setup_logging("DEBUG")
+    caplog.set_level(logging.DEBUG)
+    bucket = Bucket("http://127.0.0.1:8333", "b-1", "eu-west-3", "AKEY", "s3-secret-0123456789")
+    headers = signed_headers(bucket, "GET", bucket.url(Digest("sha256", "ab" * 32)), EMPTY_SHA256)
+    signature = headers["Authorization"].rpartition("Signature=")[2]
+    assert len(signature) == 64
+    assert signature not in caplog.text
+    assert "CanonicalRequest" not in caplog.text
+
+
+@dataclass
+class TwoRegistries(RoutesUpstream):
+    """upstream.test as the stack's upstream; ghcr.test answering every manifest with 503
+    once ``ghcr_down`` (a CDN hop of it, too)."""
+
+    ghcr_down: bool = False
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "ghcr.test" and self.ghcr_down and "/manifests/" in request.url.path:
+            self.seen.append(f"ghcr {request.method} {request.url.path}")
+            return httpx.Response(503, stream=httpx.ByteStream(b""))
+        return super().__call__(request)
+
+
+async def test_upstream_errors_are_counted_under_the_upstream_that_answered(
+    tmp_path: Path,
+) -> None:
+    """A 429 or 5xx was counted under [upstream] whichever upstream answered it: with ghcr.io
+    failing, docxy_upstream_errors_total{upstream="<Docker Hub>",kind="server_error"} rose
+    while ghcr.io's had no such sample at all, so an alert named the wrong registry. Each
+    upstream's answers are now counted under it (its CDN hops too: the upstream's health
+    counts them, not the hook that sees only a host)."""
+    upstream = TwoRegistries()
+    settings = {"upstreams": "ghcr.io=http://ghcr.test"}
+    async with stack(tmp_path, cache=False, settings=settings, upstream=upstream) as mirror:
+        assert (await mirror.get("/v2/ghcr.io/owner/tool/manifests/1")).status == 200
+        upstream.ghcr_down = True
+        assert (await mirror.get("/v2/ghcr.io/owner/tool/manifests/1")).status == 503
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
+        seen = await mirror.scrape()
+    errors = "docxy_upstream_errors_total"
+    assert seen[f"{errors}{{kind=server_error,upstream=ghcr.test}}"] == 1
+    assert seen[f"{errors}{{kind=server_error,upstream=upstream.test}}"] == 0
+    assert seen[f"{errors}{{kind=rate_limited,upstream=upstream.test}}"] == 0

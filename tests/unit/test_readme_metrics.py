@@ -1,0 +1,70 @@
+"""The README's metrics table against what a live ``/metrics`` exports.
+
+A mirror with every part that adds metrics (the cache, the shared tier, a TLS certificate and
+the renewer's status) is scraped through the admin app; every ``docxy_*`` family it exports is
+in the table with the labels the table gives, and every name the table lists is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from docxy.http.state import mirror_state
+from docxy.tls import certs
+from docxy.tls.context import ReloadableTLS, self_signed
+from tests.unit.test_observe_routes import SHARED, blob_path, stack
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def table() -> dict[str, set[str]]:
+    """Each metric name of the table → the label names its row gives."""
+    section = README.read_text().split("\n## Metrics and the status page\n")[1]
+    section = section.split("\n## ")[0]
+    rows: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        names, labels = [cell.strip() for cell in line.strip().strip("|").split("|")][:2]
+        for name in re.findall(r"`([a-z_*]+)`", names):
+            rows[name] = set(re.findall(r"`([a-z_]+)`", labels))
+    return rows
+
+
+def exported(text: str) -> dict[str, set[str]]:
+    """Each ``docxy_*`` family of a scrape (counters by their ``_total`` name) → its labels."""
+    families: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("docxy_") or family.name.endswith("_created"):
+            continue  # a counter's creation time: prometheus-client's own, in text 0.0.4
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {key for sample in family.samples for key in sample.labels} - {"le"}
+        families[name] = labels
+    return families
+
+
+async def test_the_readme_metrics_table_is_what_metrics_exports(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path / "tls", "mirror.test")
+    renewer = tmp_path / "letsencrypt"
+    renewer.mkdir()
+    status = {"last_run": "2026-11-30T03:00:00Z", "last_success": "2026-11-30T03:00:00Z"}
+    (renewer / certs.STATUS_FILE).write_text(json.dumps({**status, "failures": 0}))
+    async with stack(tmp_path, settings=SHARED) as mirror:
+        providers = mirror_state(mirror.app).extras.setdefault("health", {})
+        providers["tls"] = ReloadableTLS(cert, key).status  # as docxy.http.server.run does
+        providers["renewal"] = lambda: certs.renewal_status(renewer)
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
+        assert (await mirror.get(blob_path())).status == 200
+        code, text = await mirror.admin_get("/metrics")
+    assert code == 200
+    documented, found = table(), exported(text)
+    assert "docxy_shared_up" in found and "docxy_tls_cert_expiry_timestamp_seconds" in found
+    assert sorted(set(found) - set(documented)) == [], "exported, not in the README's table"
+    listed = {name for name in documented if name.startswith("docxy_")}
+    assert sorted(listed - set(found)) == [], "in the README's table, not exported"
+    wrong = {name: (documented[name], labels) for name, labels in found.items()}
+    assert {name: pair for name, pair in wrong.items() if pair[0] != pair[1]} == {}
