@@ -23,6 +23,7 @@ from docxy.cache import (
 from docxy.core.digests import Digest, parse_digest
 from docxy.core.errors import DigestInvalid, UpstreamError, UpstreamUnavailable
 from docxy.pull.outcome import ManifestContent, Outcome, PassThrough, Pull, Reason, Served, Source
+from docxy.tasks import Coalesced
 from docxy.upstream.client import SERVER_TROUBLE, read_small
 from docxy.upstream.tokens import MirrorTokens
 
@@ -70,6 +71,16 @@ class ManifestService:
     def __init__(self, store: ManifestStore | None, tokens: MirrorTokens) -> None:
         self.store = store
         self.tokens = tokens
+        #: upstream GETs in flight, one per (upstream, repository, reference)
+        self._fetching: Coalesced[tuple[str, str, str], CachedManifest | None] = Coalesced(
+            UpstreamError
+        )
+
+    @property
+    def fetches_joined(self) -> int:
+        """Misses that waited for another's upstream GET of the manifest instead of sending
+        their own."""
+        return self._fetching.joined
 
     async def get(self, pull: Pull) -> Outcome:
         if self.store is None:
@@ -182,6 +193,20 @@ class ManifestService:
         return ManifestContent(digest, media_type, int(length), None)
 
     async def _fetch(
+        self, repo: RepoKey, pull: Pull, digest: Digest | None
+    ) -> CachedManifest | None:
+        """The manifest fetched with the mirror's token and stored; None if it is not one the
+        mirror may cache. Concurrent misses of one manifest share one upstream GET (a counted
+        pull on Docker Hub): the first starts it as a named task, the others wait for it, and
+        a client going away cancels only its own wait."""
+        ref = pull.reference.ref
+        return await self._fetching.run(
+            (repo.upstream, repo.repo, ref),
+            f"manifest {repo.upstream} {repo.repo}:{ref}",
+            lambda: self._fetch_once(repo, pull, digest),
+        )
+
+    async def _fetch_once(
         self, repo: RepoKey, pull: Pull, digest: Digest | None
     ) -> CachedManifest | None:
         path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
