@@ -180,6 +180,8 @@ class ManifestService:
         )
         await answer.aclose()
         _raise_for_trouble(answer.status_code)
+        if answer.status_code == 404:
+            await self._gone(repo, tag)
         if answer.status_code != 200:
             return None
         try:
@@ -191,6 +193,14 @@ class ManifestService:
             return None
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
         return ManifestContent(digest, media_type, int(length), None)
+
+    async def _gone(self, repo: RepoKey, tag: str) -> None:
+        """The upstream answered the mirror's own request for ``tag`` with 404: the tag was
+        deleted (or moved out of the mirror's sight). Forget it, so that an outage never brings
+        it back as a stale answer; the manifests stay cached by digest."""
+        assert self.store is not None  # get() checked
+        if await self.store.forget_tag(repo, tag):
+            log.info("cache: %s:%s is gone upstream (404), tag forgotten", repo.repo, tag)
 
     async def _fetch(
         self, repo: RepoKey, pull: Pull, digest: Digest | None
@@ -215,6 +225,8 @@ class ManifestService:
         )
         body = await read_small(answer)
         _raise_for_trouble(answer.status_code)
+        if answer.status_code == 404 and digest is None:
+            await self._gone(repo, str(pull.reference.tag))
         if answer.status_code != 200:
             return None
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()

@@ -111,3 +111,27 @@ async def test_a_stale_tag_is_served_when_the_upstream_stalls_in_the_manifest_bo
         response = await app.test_client().get(TAG, headers=AS_ANON)
         assert response.status_code == 200
         assert await response.get_data() == old
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_tag_the_upstream_deleted_is_forgotten_not_served_stale(
+    tmp_path: Path, method: str
+) -> None:
+    """Once the upstream answers the mirror's own request for a tag with 404 (the tag was
+    deleted, say for a bad image), the mirror forgets the tag: a later outage must not bring
+    the deleted tag back as a stale answer, nor keep asking about it after every TTL."""
+    hub = Hub()
+    old = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == old
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0  # from now on, every cached tag is revalidated
+        del hub.repos["library/base"].manifests["1"]
+        answer = await call_asgi(app, method, TAG, host="mirror.test", headers=AS_ANON.items())
+        assert answer.status == 404  # the upstream's answer, relayed
+        assert cache.manifests.list_tags() == []
+        hub.down = True
+        response = await app.test_client().get(TAG, headers=AS_ANON)
+        assert response.status_code == 502
+        assert await response.get_data() != old
