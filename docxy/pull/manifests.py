@@ -11,6 +11,7 @@ token, or will not cache (schema 1), passes through with the client's credential
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from docxy.cache import (
     CachedManifest,
@@ -59,6 +60,15 @@ def _content(manifest: CachedManifest, pull: Pull) -> ManifestContent:
 
 def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
     return Served(source, _content(manifest, pull))
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The upstream's answer to the mirror's HEAD of a tag: ``found`` if it answered 200,
+    ``content`` if that answer also named the manifest (its digest and length)."""
+
+    found: bool
+    content: ManifestContent | None = None
 
 
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
@@ -124,35 +134,37 @@ class ManifestService:
             return _served(Source.HIT, stale, pull)
         if found.state is TagState.STALE and stale is not None:
             try:
-                current = await self._head_digest(repo, pull, tag)
+                head = await self._head(repo, pull, tag)
             except UpstreamError as exc:
                 log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
                 return _served(Source.STALE, stale, pull)
+            current = head.content.digest if head.content is not None else None
             if current == stale.digest:
                 await store.set_tag(repo, tag, stale.digest, public=True)
                 return _served(Source.REVALIDATED, stale, pull)
-            if current is None:
+            if not head.found:
                 return UNCACHED
-            moved = await store.get(repo, current)
+            # Moved, or found without a digest to compare (a GET below tells): not confirmed.
+            moved = await store.get(repo, current) if current is not None else None
             if moved is not None and self._servable(moved, pull):
                 await store.set_tag(repo, tag, moved.digest, public=True)
                 return _served(Source.REVALIDATED, moved, pull)
         if pull.head:
             if found.state is not TagState.MISSING:
-                return PassThrough(Reason.NOT_CACHEABLE, "HEAD of a tag that moved")
+                return PassThrough(Reason.NOT_CACHEABLE, "HEAD of a tag not confirmed")
             # containerd and dockerd resolve a tag by HEAD, then GET by digest: remember the
             # tag now (from a free upstream HEAD, never a counted GET), or an outage leaves an
             # image pulled a minute ago unresolvable.
             try:
-                head = await self._head(repo, pull, tag)
+                noted = (await self._head(repo, pull, tag)).content
             except UpstreamError as exc:
                 return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
-            if head is None:
+            if noted is None:
                 return UNCACHED
-            if not acceptable(head.media_type, list(pull.accept)):
+            if not acceptable(noted.media_type, list(pull.accept)):
                 return NOT_ACCEPTED
-            await store.set_tag(repo, tag, head.digest, public=True)
-            return Served(Source.MISS, head)
+            await store.set_tag(repo, tag, noted.digest, public=True)
+            return Served(Source.MISS, noted)
         try:
             fetched = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
@@ -167,12 +179,7 @@ class ManifestService:
             return NOT_ACCEPTED
         return _served(Source.MISS, fetched, pull)
 
-    async def _head_digest(self, repo: RepoKey, pull: Pull, tag: str) -> Digest | None:
-        """The tag's current digest by an upstream HEAD; ``None`` if the mirror may not see it."""
-        head = await self._head(repo, pull, tag)
-        return head.digest if head is not None else None
-
-    async def _head(self, repo: RepoKey, pull: Pull, tag: str) -> ManifestContent | None:
+    async def _head(self, repo: RepoKey, pull: Pull, tag: str) -> Head:
         """An upstream HEAD of the tag with the mirror's token and every manifest type."""
         path = f"/v2/{repo.repo}/manifests/{tag}"
         answer = await self.tokens.send(
@@ -183,16 +190,16 @@ class ManifestService:
         if answer.status_code == 404:
             await self._gone(repo, tag)
         if answer.status_code != 200:
-            return None
+            return Head(found=False)
         try:
             digest = parse_digest(answer.headers.get("docker-content-digest", ""))
         except DigestInvalid:
-            return None
+            return Head(found=True)  # the spec's SHOULD: some registries name no digest
         length = answer.headers.get("content-length", "")
         if not length.isdigit():
-            return None
+            return Head(found=True)
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
-        return ManifestContent(digest, media_type, int(length), None)
+        return Head(True, ManifestContent(digest, media_type, int(length), None))
 
     async def _gone(self, repo: RepoKey, tag: str) -> None:
         """The upstream answered the mirror's own request for ``tag`` with 404: the tag was

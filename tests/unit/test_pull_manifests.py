@@ -135,3 +135,38 @@ async def test_a_tag_the_upstream_deleted_is_forgotten_not_served_stale(
         response = await app.test_client().get(TAG, headers=AS_ANON)
         assert response.status_code == 502
         assert await response.get_data() != old
+
+
+class DigestlessHub(Hub):
+    """The hub, answering a manifest HEAD without Docker-Content-Digest (the spec's SHOULD:
+    some registries leave it out; containerd falls back to a GET for them)."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = super().__call__(request)
+        if request.method == "HEAD" and "/manifests/" in request.url.path:
+            headers = [(k, v) for k, v in answer.headers.items() if k != "docker-content-digest"]
+            return httpx.Response(answer.status_code, headers=headers, stream=answer.stream)
+        return answer
+
+
+async def test_a_tag_revalidated_against_a_head_without_a_digest_is_fetched_and_cached(
+    tmp_path: Path,
+) -> None:
+    """An upstream whose HEAD names no digest cannot confirm a cached tag that way: the mirror
+    fetches the manifest itself (the GET the client would have sent) and caches the tag again,
+    rather than passing every pull of it through, uncached, once its TTL is over."""
+    hub = DigestlessHub()
+    manifest = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == manifest
+        cache = mirror_state(app).cache
+        assert cache is not None
+        [first] = cache.manifests.list_tags()
+        cache.manifests.tag_ttl = 0  # the cached tag is stale: revalidated at each pull
+        for _ in range(2):
+            response = await app.test_client().get(TAG, headers=AS_ANON)
+            assert await response.get_data() == manifest
+        [again] = cache.manifests.list_tags()
+        assert again.fetched_at > first.fetched_at  # the tag is current again
+    assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
+    assert hub.seen("GET", "manifests") == [TAG] * 3  # the mirror's own GETs, one a pull
