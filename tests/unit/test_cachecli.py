@@ -419,6 +419,44 @@ def test_repo_key_finds_each_upstreams_store_key() -> None:
     assert upstream_names(config) == {"ghcr.io": "ghcr.io", "127.0.0.1:5000": "lab.test"}
 
 
+def test_rm_of_an_upstream_with_the_library_prefix_finds_the_tag_the_mirror_cached(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A named upstream may have Docker Hub's ``library/`` rule (a Docker Hub mirror such as
+    mirror.gcr.io): the mirror caches ``hub.test/redis`` as ``library/redis`` there, so that
+    is what ``docxy cache rm hub.test/redis:7`` must find, as ``docxy warm`` does."""
+    from docxy.cache import RepoKey
+    from docxy.cli.cache import repo_key
+    from docxy.config import load_config
+    from docxy.core.names import upstream_name
+    from docxy.http.state import MirrorState
+    from docxy.upstream.client import Upstream
+
+    settings = {"upstreams": "hub.test=http://hub.test", "upstreams.hub.test.library_prefix": "1"}
+    config = load_config(settings, environ={})
+    route = MirrorState(config, Upstream.from_config(config.upstream)).route(
+        "hub.test/redis", ns=None, host=None
+    )
+    # where the mirror's pulls keep it (docxy.http.routes._pull, ManifestService.get)
+    stored = RepoKey(route.upstream.host, upstream_name(route.name, route.upstream.library_prefix))
+    assert stored == RepoKey("hub.test", "library/redis")
+    assert repo_key(parse_image_ref("hub.test/redis:7"), config) == stored
+
+    async def populate() -> None:
+        cache = open_cache(tmp_path / "cache", max_size=1 << 20, tag_ttl=300)
+        content = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST}).encode()
+        manifest = await cache.manifests.put(stored, content, OCI_MANIFEST, public=True)
+        await cache.manifests.set_tag(stored, "7", manifest.digest, public=True)
+
+    asyncio.run(populate())
+    flags = ["--set", "upstreams=hub.test=http://hub.test"]
+    flags += ["--set", "upstreams.hub.test.library_prefix=true"]
+    code = main(["cache", "rm", "hub.test/redis:7", "--cache-dir", str(tmp_path / "cache"), *flags])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "untagged hub.test/library/redis:7" in out
+
+
 def test_gc_verify_goes_on_past_a_blob_the_live_mirror_evicted_meanwhile(
     capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
 ) -> None:
