@@ -326,6 +326,48 @@ def test_rm_untagged_digest_keeps_what_a_tag_reaches(
     assert len(listed(capsys, cache)[1]) == 10
 
 
+def test_rm_blobs_of_an_artifact_leaves_the_image_it_refers_to(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An artifact (a signature, an SBOM: OCI 1.1 referrers) names the image it is about as its
+    ``subject``; the image does not belong to it. ``rm --blobs`` of the artifact's tag takes the
+    artifact's own blobs, never the blobs of that image (pulled by digest, say)."""
+    root = tmp_path / "cache"
+    repo = RepoKey(HOST, "library/app")
+    blobs = {name: f"{name} ".encode() * 50 for name in ("cfg", "layer", "sbom-cfg", "sbom")}
+
+    async def populate() -> None:
+        cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
+        for content in blobs.values():
+            writer = await cache.blobs.fetch_or_join(digest_of(content))
+            assert isinstance(writer, BlobWriter)
+            async with writer:
+                await writer.write(content)
+                assert await writer.commit(len(content)) is not None
+
+        def manifest(cfg: str, layer: str, **extra: object) -> bytes:
+            def descriptor(name: str) -> dict[str, object]:
+                return _descriptor(digest_of(blobs[name]), len(blobs[name]), "x/y")
+
+            doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(cfg)}
+            return json.dumps(doc | {"layers": [descriptor(layer)], **extra}).encode()
+
+        image = await cache.manifests.put(repo, manifest("cfg", "layer"), OCI_MANIFEST, public=True)
+        subject = _descriptor(image.digest, len(image.content), OCI_MANIFEST)
+        sbom = manifest("sbom-cfg", "sbom", subject=subject)
+        stored = await cache.manifests.put(repo, sbom, OCI_MANIFEST, public=True)
+        await cache.manifests.set_tag(repo, "sbom", stored.digest, public=True)
+
+    asyncio.run(populate())
+    code = main(
+        ["cache", "rm", "app:sbom", "--blobs", "--cache-dir", str(root), "--upstream", UPSTREAM]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    removed = {name for name, content in blobs.items() if str(digest_of(content)) in out}
+    assert removed == {"sbom-cfg", "sbom"}
+
+
 @pytest.mark.parametrize("image", ["alpine:edge", "nginx", "other.test/library/alpine:3.20"])
 def test_rm_not_cached_exits_1(
     capsys: pytest.CaptureFixture[str], cache: Populated, image: str
