@@ -132,6 +132,7 @@ class ManifestService:
             return NOT_ACCEPTED
         if found.state is TagState.FRESH and stale is not None:
             return _served(Source.HIT, stale, pull)
+        head: Head | None = None
         if found.state is TagState.STALE and stale is not None:
             try:
                 head = await self._head(repo, pull, tag)
@@ -150,21 +151,8 @@ class ManifestService:
                 await store.set_tag(repo, tag, moved.digest, public=True)
                 return _served(Source.REVALIDATED, moved, pull)
         if pull.head:
-            if found.state is not TagState.MISSING:
-                return PassThrough(Reason.NOT_CACHEABLE, "HEAD of a tag not confirmed")
-            # containerd and dockerd resolve a tag by HEAD, then GET by digest: remember the
-            # tag now (from a free upstream HEAD, never a counted GET), or an outage leaves an
-            # image pulled a minute ago unresolvable.
-            try:
-                noted = (await self._head(repo, pull, tag)).content
-            except UpstreamError as exc:
-                return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
-            if noted is None:
-                return UNCACHED
-            if not acceptable(noted.media_type, list(pull.accept)):
-                return NOT_ACCEPTED
-            await store.set_tag(repo, tag, noted.digest, public=True)
-            return Served(Source.MISS, noted)
+            note = found.state is TagState.MISSING
+            return await self._answer_head(store, repo, pull, tag, head, note=note)
         try:
             fetched = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
@@ -178,6 +166,41 @@ class ManifestService:
         if not self._servable(fetched, pull):
             return NOT_ACCEPTED
         return _served(Source.MISS, fetched, pull)
+
+    async def _answer_head(
+        self,
+        store: ManifestStore,
+        repo: RepoKey,
+        pull: Pull,
+        tag: str,
+        head: Head | None,
+        *,
+        note: bool,
+    ) -> Outcome:
+        """A client's HEAD of a tag the cache cannot answer, answered from the mirror's own
+        upstream HEAD (``head``, or one made now): free against pull limits, and made with the
+        mirror's credentials, which the client may not hold for this upstream (Basic auth).
+
+        containerd and dockerd resolve a tag by HEAD, then GET by digest. A tag not cached yet
+        is noted now (``note``), or an outage leaves an image pulled a minute ago unresolvable;
+        a cached tag that moved keeps its record until the new manifest is cached (that GET
+        by digest), so an outage before then still finds the old one.
+        """
+        if head is None:
+            try:
+                head = await self._head(repo, pull, tag)
+            except UpstreamError as exc:
+                return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+        found = head.content
+        if found is None:
+            if head.found:
+                return PassThrough(Reason.NOT_CACHEABLE, "the upstream's HEAD names no digest")
+            return UNCACHED
+        if not acceptable(found.media_type, list(pull.accept)):
+            return NOT_ACCEPTED
+        if note:
+            await store.set_tag(repo, tag, found.digest, public=True)
+        return Served(Source.MISS, found)
 
     async def _head(self, repo: RepoKey, pull: Pull, tag: str) -> Head:
         """An upstream HEAD of the tag with the mirror's token and every manifest type."""

@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docxy.cache import manifests
+from docxy.cache import manifests, parse_digest
 from docxy.http.state import mirror_state
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
-from tests.unit.test_pull_blobs import mirror
-from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub
+from tests.unit.test_pull_blobs import basic, mirror
+from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub, digest_of
 
 TAG = "/v2/library/base/manifests/1"
 
@@ -170,3 +170,75 @@ async def test_a_tag_revalidated_against_a_head_without_a_digest_is_fetched_and_
         assert again.fetched_at > first.fetched_at  # the tag is current again
     assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
     assert hub.seen("GET", "manifests") == [TAG] * 3  # the mirror's own GETs, one a pull
+
+
+class BasicRegistry:
+    """A registry with Basic auth and no token service (``docxy.upstream`` sends the mirror's
+    ``upstream.username``/``password``): a client of the mirror holds no login for it, so a
+    request passed through to it is a 401."""
+
+    login = basic("bot", "s3cret")
+
+    def __init__(self) -> None:
+        self.manifests: dict[str, bytes] = {}  # tag or digest -> manifest
+        self.requests: list[httpx.Request] = []
+
+    def tag(self, tag: str, content: bytes) -> str:
+        digest = digest_of(content)
+        self.manifests[tag] = self.manifests[digest] = content
+        return digest
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.headers.get("authorization") != self.login:
+            return fakes.reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="lab"'}, length=True)
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", length=True)
+        content = self.manifests.get(request.url.path.rpartition("/")[2])
+        if content is None:
+            return fakes.reply(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}', length=True)
+        headers = {
+            "Content-Type": DOCKER_MANIFEST,
+            "Docker-Content-Digest": digest_of(content),
+            "Content-Length": str(len(content)),
+        }
+        return fakes.reply(200, b"" if request.method == "HEAD" else content, headers)
+
+
+async def test_a_head_of_a_tag_that_moved_is_answered_by_the_mirror_not_passed_through(
+    tmp_path: Path,
+) -> None:
+    """containerd resolves a tag by HEAD. When the cached tag has moved upstream, the mirror's
+    own HEAD already knows the new digest: it answers with it (the client then GETs that digest
+    through the mirror). Passed through instead, the HEAD went upstream with the client's
+    credentials, which for an upstream the mirror reaches with a login of its own (Basic, no
+    token service) is a 401 at every try: the new image could never be resolved."""
+    registry = BasicRegistry()
+    old = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 1}).encode()
+    new = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 2}).encode()
+    registry.tag("1", old)
+    tag = "/v2/team/tool/manifests/1"
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, registry, **settings) as app:
+
+        async def resolve() -> tuple[int, str | None]:
+            answer = await call_asgi(app, "HEAD", tag, host="mirror.test")
+            return answer.status, answer.headers.get("Docker-Content-Digest")
+
+        async def fetch(digest: str) -> bytes:
+            response = await app.test_client().get(f"/v2/team/tool/manifests/{digest}")
+            assert response.status_code == 200
+            return await response.get_data(as_text=False)
+
+        assert await resolve() == (200, digest_of(old))
+        assert await fetch(digest_of(old)) == old
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0  # the cached tag is revalidated at each resolve
+        moved = registry.tag("1", new)
+        assert await resolve() == (200, moved)
+        assert await fetch(moved) == new
+        assert await resolve() == (200, moved)
+        assert [t.digest for t in cache.manifests.list_tags()] == [parse_digest(moved)]
+    asked = [r for r in registry.requests if "/manifests/" in r.url.path]
+    assert all(r.headers.get("authorization") == BasicRegistry.login for r in asked)
