@@ -64,7 +64,7 @@ def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """The upstream's answer to the mirror's HEAD of a tag: ``found`` if it answered 200,
+    """The upstream's answer to the mirror's HEAD of a manifest: ``found`` if it answered 200,
     ``content`` if that answer also named the manifest (its digest and length)."""
 
     found: bool
@@ -102,8 +102,8 @@ class ManifestService:
         cached = await self.store.get(repo, digest)
         if cached is not None and self._servable(cached, pull):
             return _served(Source.HIT, cached, pull)
-        if pull.head:
-            return PassThrough(Reason.NOT_CACHEABLE, "HEAD of a manifest not cached")
+        if pull.head:  # containerd resolves a digest-pinned image so
+            return await self._answer_head(self.store, repo, pull, None, note=False)
         try:
             fetched = await self._fetch(repo, pull, digest)
         except UpstreamError as exc:
@@ -135,7 +135,7 @@ class ManifestService:
         head: Head | None = None
         if found.state is TagState.STALE and stale is not None:
             try:
-                head = await self._head(repo, pull, tag)
+                head = await self._head(repo, pull)
             except UpstreamError as exc:
                 log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
                 return _served(Source.STALE, stale, pull)
@@ -152,7 +152,7 @@ class ManifestService:
                 return _served(Source.REVALIDATED, moved, pull)
         if pull.head:
             note = found.state is TagState.MISSING
-            return await self._answer_head(store, repo, pull, tag, head, note=note)
+            return await self._answer_head(store, repo, pull, head, note=note)
         try:
             fetched = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
@@ -172,14 +172,13 @@ class ManifestService:
         store: ManifestStore,
         repo: RepoKey,
         pull: Pull,
-        tag: str,
         head: Head | None,
         *,
         note: bool,
     ) -> Outcome:
-        """A client's HEAD of a tag the cache cannot answer, answered from the mirror's own
-        upstream HEAD (``head``, or one made now): free against pull limits, and made with the
-        mirror's credentials, which the client may not hold for this upstream (Basic auth).
+        """A client's HEAD of a manifest the cache cannot answer, answered from the mirror's
+        own upstream HEAD (``head``, or one made now): free against pull limits, and made with
+        the mirror's credentials, which the client may not hold for this upstream (Basic auth).
 
         containerd and dockerd resolve a tag by HEAD, then GET by digest. A tag not cached yet
         is noted now (``note``), or an outage leaves an image pulled a minute ago unresolvable;
@@ -188,7 +187,7 @@ class ManifestService:
         """
         if head is None:
             try:
-                head = await self._head(repo, pull, tag)
+                head = await self._head(repo, pull)
             except UpstreamError as exc:
                 return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
         found = head.content
@@ -199,25 +198,30 @@ class ManifestService:
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
         if note:
-            await store.set_tag(repo, tag, found.digest, public=True)
+            await store.set_tag(repo, str(pull.reference.tag), found.digest, public=True)
         return Served(Source.MISS, found)
 
-    async def _head(self, repo: RepoKey, pull: Pull, tag: str) -> Head:
-        """An upstream HEAD of the tag with the mirror's token and every manifest type."""
-        path = f"/v2/{repo.repo}/manifests/{tag}"
+    async def _head(self, repo: RepoKey, pull: Pull) -> Head:
+        """An upstream HEAD of the tag or digest with the mirror's token and every manifest
+        type. A 404 for a tag forgets it (:meth:`_gone`)."""
+        tag, asked = pull.reference.tag, pull.reference.digest
+        path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
         answer = await self.tokens.send(
             pull.upstream, "HEAD", repo.repo, path, [("Accept", ACCEPT_ALL)]
         )
         await answer.aclose()
         _raise_for_trouble(answer.status_code)
-        if answer.status_code == 404:
+        if answer.status_code == 404 and tag is not None:
             await self._gone(repo, tag)
         if answer.status_code != 200:
             return Head(found=False)
-        try:
-            digest = parse_digest(answer.headers.get("docker-content-digest", ""))
+        header = answer.headers.get("docker-content-digest")
+        try:  # the spec's SHOULD: some registries name no digest (by digest, it is the one asked)
+            digest = parse_digest(header) if header else asked
         except DigestInvalid:
-            return Head(found=True)  # the spec's SHOULD: some registries name no digest
+            digest = None
+        if digest is None or asked not in (None, digest):
+            return Head(found=True)
         length = answer.headers.get("content-length", "")
         if not length.isdigit():
             return Head(found=True)

@@ -242,3 +242,22 @@ async def test_a_head_of_a_tag_that_moved_is_answered_by_the_mirror_not_passed_t
         assert [t.digest for t in cache.manifests.list_tags()] == [parse_digest(moved)]
     asked = [r for r in registry.requests if "/manifests/" in r.url.path]
     assert all(r.headers.get("authorization") == BasicRegistry.login for r in asked)
+
+
+async def test_a_head_by_digest_not_cached_is_answered_by_the_mirror(tmp_path: Path) -> None:
+    """containerd resolves a digest-pinned image with a HEAD by digest: when the cache does not
+    hold that manifest yet, the mirror's own HEAD answers (the client holds no login for a
+    Basic-auth upstream: passed through, it was a 401 and the pull failed)."""
+    registry = BasicRegistry()
+    content = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST}).encode()
+    digest = registry.tag("1", content)
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, registry, **settings) as app:
+        path = f"/v2/team/tool/manifests/{digest}"
+        answer = await call_asgi(app, "HEAD", path, host="mirror.test")
+        assert (answer.status, answer.body) == (200, b"")
+        assert answer.headers["Docker-Content-Digest"] == digest
+        assert answer.headers["Content-Length"] == str(len(content))
+        assert answer.headers["Content-Type"] == DOCKER_MANIFEST
+    asked = [r for r in registry.requests if "/manifests/" in r.url.path]
+    assert [r.headers.get("authorization") for r in asked] == [BasicRegistry.login]
