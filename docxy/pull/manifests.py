@@ -100,7 +100,9 @@ class ManifestService:
         if digest is None:
             return await self._get_tag(self.store, repo, pull)
         cached = await self.store.get(repo, digest)
-        if cached is not None and self._servable(cached, pull):
+        if cached is not None and may_serve(cached.visibility, pull.identity):
+            if not acceptable(cached.media_type, list(pull.accept)):
+                return NOT_ACCEPTED  # fetching it again would change nothing (immutable)
             return _served(Source.HIT, cached, pull)
         if pull.head:  # containerd resolves a digest-pinned image so
             return await self._answer_head(self.store, repo, pull, None, note=False)

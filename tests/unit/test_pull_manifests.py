@@ -261,3 +261,24 @@ async def test_a_head_by_digest_not_cached_is_answered_by_the_mirror(tmp_path: P
         assert answer.headers["Content-Type"] == DOCKER_MANIFEST
     asked = [r for r in registry.requests if "/manifests/" in r.url.path]
     assert [r.headers.get("authorization") for r in asked] == [BasicRegistry.login]
+
+
+async def test_a_cached_manifest_by_digest_the_client_does_not_accept_costs_one_get(
+    tmp_path: Path,
+) -> None:
+    """A client whose Accept leaves out a cached manifest's type is passed through (it gets
+    the upstream's own answer), as for a tag: one upstream GET, its own. The mirror fetching
+    the same immutable manifest again first made it two counted pulls."""
+    hub = Hub()
+    manifest = hub.repos["library/base"].manifests["1"]
+    digest = digest_of(manifest)
+    hub.repos["library/base"].manifests[digest] = manifest
+    path = f"/v2/library/base/manifests/{digest}"
+    async with mirror(tmp_path, hub) as app:
+        assert (await app.test_client().get(path, headers=AS_ANON)).status_code == 200
+        asked = len(hub.requests)
+        narrow = AS_ANON | {"Accept": "application/vnd.oci.image.index.v1+json"}
+        response = await app.test_client().get(path, headers=narrow)
+        assert response.status_code == 200  # the hub answers whatever the Accept
+        gets = [r for r in hub.requests[asked:] if r.method == "GET"]
+    assert [r.headers.get("authorization") for r in gets] == [AS_ANON["Authorization"]]
