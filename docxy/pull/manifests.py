@@ -4,8 +4,13 @@ The mirror fetches manifests with its own upstream token and asks for every mani
 what it stores is public and fits any client. A tag older than its TTL is revalidated with an
 upstream ``HEAD`` — free against Docker Hub's pull limit — and the cached manifest is served if
 the digest did not change. When the upstream or its auth service is down, slow, or answers
-429/5xx, a cached tag is served stale (logged). Content the mirror cannot read with its own
-token, or will not cache (schema 1), passes through with the client's credentials, uncached.
+429/5xx, a cached tag is served stale (logged); one it answers 404 for is forgotten. Content
+the mirror cannot read with its own token, or will not cache (schema 1), passes through with
+the client's credentials, uncached.
+
+Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub). A
+client's HEAD the cache cannot answer is answered from the mirror's own upstream HEAD, made with
+the mirror's credentials (the client may hold none for this upstream).
 """
 
 from __future__ import annotations
