@@ -282,3 +282,31 @@ async def test_a_cached_manifest_by_digest_the_client_does_not_accept_costs_one_
         assert response.status_code == 200  # the hub answers whatever the Accept
         gets = [r for r in hub.requests[asked:] if r.method == "GET"]
     assert [r.headers.get("authorization") for r in gets] == [AS_ANON["Authorization"]]
+
+
+async def test_a_basic_auth_upstream_is_reached_with_the_mirrors_login_when_passing_through(
+    tmp_path: Path,
+) -> None:
+    """An upstream without a token service takes only the Basic login the mirror is configured
+    with; its clients hold none (the mirror hands them a token that grants nothing upstream). A
+    request passed through (the cache off, a blob larger than the cache, a Range on a miss...)
+    goes with the mirror's login, else it is a 401 whatever the client does. A client's own
+    Basic login (``docker login`` to one of the upstream's host names) still goes as sent."""
+    registry = BasicRegistry()
+    content = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST}).encode()
+    registry.tag("1", content)
+    settings = {
+        "upstream__username": "bot",
+        "upstream__password": "s3cret",
+        "cache__enabled": "false",
+    }
+    async with mirror(tmp_path, registry, **settings) as app:
+        for auth in ({}, {"Authorization": "Bearer docxy-offline"}):
+            response = await app.test_client().get("/v2/team/tool/manifests/1", headers=auth)
+            assert response.status_code == 200
+            assert await response.get_data(as_text=False) == content
+        own = {"Authorization": basic("alice", "pw")}
+        response = await app.test_client().get("/v2/team/tool/manifests/1", headers=own)
+        assert response.status_code == 401  # hers, as sent: the registry does not know alice
+    asked = [r.headers.get("authorization") for r in registry.requests if r.url.path != "/v2/"]
+    assert asked == [BasicRegistry.login, BasicRegistry.login, basic("alice", "pw")]
