@@ -587,7 +587,9 @@ def _parse_tag(path: Path) -> TagEntry | None:
 def referenced_digests(content: bytes) -> list[Digest]:
     """Digests a manifest or index points at (config, layers, child manifests), in order.
 
-    For ``docxy warm`` and ``docxy cache rm``; invalid entries are skipped.
+    What it is made of, as :func:`docxy.cache.images.needs` counts it: never its ``subject``,
+    the image an artifact (a signature, an SBOM) is about, which is not part of the artifact.
+    For ``docxy cache rm``; invalid entries are skipped.
     """
     try:
         doc = json.loads(content)
@@ -595,7 +597,7 @@ def referenced_digests(content: bytes) -> list[Digest]:
         return []
     if not isinstance(doc, dict):
         return []
-    descriptors: list[Any] = [doc.get("config"), doc.get("subject")]
+    descriptors: list[Any] = [doc.get("config")]
     for key in ("layers", "manifests", "blobs"):
         items = doc.get(key)
         if isinstance(items, list):

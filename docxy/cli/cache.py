@@ -37,7 +37,7 @@ from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import Config
 from docxy.core.digests import ALGORITHMS
 from docxy.core.errors import ConfigError
-from docxy.core.names import ImageRef, parse_image_ref
+from docxy.core.names import ImageRef, parse_image_ref, upstream_name
 
 EXIT_NOT_FOUND = EXIT_FAILED
 
@@ -187,8 +187,9 @@ def repo_key(image: ImageRef, config: Config) -> RepoKey:
     if image.on_hub():
         return RepoKey(upstream_host(config), image.name)
     for upstream in config.upstreams:
-        if upstream.name == image.domain:
-            return RepoKey(urlsplit(upstream.registry).netloc, image.name)
+        if upstream.name == image.domain:  # its own library/ rule, as the mirror applies it
+            name = upstream_name(image.name, upstream.library_prefix)
+            return RepoKey(urlsplit(upstream.registry).netloc, name)
     return RepoKey(str(image.domain), image.name)
 
 

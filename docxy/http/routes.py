@@ -190,12 +190,25 @@ def _upstream_authorization() -> str | None:
 
 
 async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Response:
-    """Send the request upstream with the client's own headers; relay the answer."""
+    """Send the request upstream with the client's own headers; relay the answer.
+
+    An upstream without a token service gets the mirror's own Basic login in place of the
+    client's token (which grants nothing there), unless the client sent a Basic login itself.
+    """
     headers = request_headers(request.headers.items())
-    if _upstream_authorization() is None:  # none, or the mirror's own token: it stays here
+    client_login = _upstream_authorization()
+    if client_login is None:  # none, or the mirror's own token: it stays here
         headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+    mirror_login = None
+    if not (client_login or "").lower().startswith("basic "):
+        mirror_login = await state.running.tokens.basic_login(pull.upstream)
+    if mirror_login is not None:
+        headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+        headers.append(("Authorization", mirror_login))
     url = pull.upstream.url(pull.path)
-    answer = await state.client.send(pull.upstream, pull.method, url, headers)
+    answer = await state.client.send(
+        pull.upstream, pull.method, url, headers, mirror_credentials=mirror_login is not None
+    )
     return relay(
         answer,
         method=pull.method,

@@ -4,13 +4,19 @@ The mirror fetches manifests with its own upstream token and asks for every mani
 what it stores is public and fits any client. A tag older than its TTL is revalidated with an
 upstream ``HEAD`` — free against Docker Hub's pull limit — and the cached manifest is served if
 the digest did not change. When the upstream or its auth service is down, slow, or answers
-429/5xx, a cached tag is served stale (logged). Content the mirror cannot read with its own
-token, or will not cache (schema 1), passes through with the client's credentials, uncached.
+429/5xx, a cached tag is served stale (logged); one it answers 404 for is forgotten. Content
+the mirror cannot read with its own token, or will not cache (schema 1), passes through with
+the client's credentials, uncached.
+
+Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub). A
+client's HEAD the cache cannot answer is answered from the mirror's own upstream HEAD, made with
+the mirror's credentials (the client may hold none for this upstream).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from docxy.cache import (
     CachedManifest,
@@ -23,6 +29,7 @@ from docxy.cache import (
 from docxy.core.digests import Digest, parse_digest
 from docxy.core.errors import DigestInvalid, UpstreamError, UpstreamUnavailable
 from docxy.pull.outcome import ManifestContent, Outcome, PassThrough, Pull, Reason, Served, Source
+from docxy.tasks import Coalesced
 from docxy.upstream.client import SERVER_TROUBLE, read_small
 from docxy.upstream.tokens import MirrorTokens
 
@@ -60,6 +67,15 @@ def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
     return Served(source, _content(manifest, pull))
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The upstream's answer to the mirror's HEAD of a manifest: ``found`` if it answered 200,
+    ``content`` if that answer also named the manifest (its digest and length)."""
+
+    found: bool
+    content: ManifestContent | None = None
+
+
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
 NOT_ACCEPTED = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the cached type")
 
@@ -70,6 +86,16 @@ class ManifestService:
     def __init__(self, store: ManifestStore | None, tokens: MirrorTokens) -> None:
         self.store = store
         self.tokens = tokens
+        #: upstream GETs in flight, one per (upstream, repository, reference)
+        self._fetching: Coalesced[tuple[str, str, str], CachedManifest | None] = Coalesced(
+            UpstreamError
+        )
+
+    @property
+    def fetches_joined(self) -> int:
+        """Misses that waited for another's upstream GET of the manifest instead of sending
+        their own."""
+        return self._fetching.joined
 
     async def get(self, pull: Pull) -> Outcome:
         if self.store is None:
@@ -79,10 +105,12 @@ class ManifestService:
         if digest is None:
             return await self._get_tag(self.store, repo, pull)
         cached = await self.store.get(repo, digest)
-        if cached is not None and self._servable(cached, pull):
+        if cached is not None and may_serve(cached.visibility, pull.identity):
+            if not acceptable(cached.media_type, list(pull.accept)):
+                return NOT_ACCEPTED  # fetching it again would change nothing (immutable)
             return _served(Source.HIT, cached, pull)
-        if pull.head:
-            return PassThrough(Reason.NOT_CACHEABLE, "HEAD of a manifest not cached")
+        if pull.head:  # containerd resolves a digest-pinned image so
+            return await self._answer_head(self.store, repo, pull, None, note=False)
         try:
             fetched = await self._fetch(repo, pull, digest)
         except UpstreamError as exc:
@@ -111,37 +139,27 @@ class ManifestService:
             return NOT_ACCEPTED
         if found.state is TagState.FRESH and stale is not None:
             return _served(Source.HIT, stale, pull)
+        head: Head | None = None
         if found.state is TagState.STALE and stale is not None:
             try:
-                current = await self._head_digest(repo, pull, tag)
+                head = await self._head(repo, pull)
             except UpstreamError as exc:
                 log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
                 return _served(Source.STALE, stale, pull)
+            current = head.content.digest if head.content is not None else None
             if current == stale.digest:
                 await store.set_tag(repo, tag, stale.digest, public=True)
                 return _served(Source.REVALIDATED, stale, pull)
-            if current is None:
+            if not head.found:
                 return UNCACHED
-            moved = await store.get(repo, current)
+            # Moved, or found without a digest to compare (a GET below tells): not confirmed.
+            moved = await store.get(repo, current) if current is not None else None
             if moved is not None and self._servable(moved, pull):
                 await store.set_tag(repo, tag, moved.digest, public=True)
                 return _served(Source.REVALIDATED, moved, pull)
         if pull.head:
-            if found.state is not TagState.MISSING:
-                return PassThrough(Reason.NOT_CACHEABLE, "HEAD of a tag that moved")
-            # containerd and dockerd resolve a tag by HEAD, then GET by digest: remember the
-            # tag now (from a free upstream HEAD, never a counted GET), or an outage leaves an
-            # image pulled a minute ago unresolvable.
-            try:
-                head = await self._head(repo, pull, tag)
-            except UpstreamError as exc:
-                return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
-            if head is None:
-                return UNCACHED
-            if not acceptable(head.media_type, list(pull.accept)):
-                return NOT_ACCEPTED
-            await store.set_tag(repo, tag, head.digest, public=True)
-            return Served(Source.MISS, head)
+            note = found.state is TagState.MISSING
+            return await self._answer_head(store, repo, pull, head, note=note)
         try:
             fetched = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
@@ -156,32 +174,90 @@ class ManifestService:
             return NOT_ACCEPTED
         return _served(Source.MISS, fetched, pull)
 
-    async def _head_digest(self, repo: RepoKey, pull: Pull, tag: str) -> Digest | None:
-        """The tag's current digest by an upstream HEAD; ``None`` if the mirror may not see it."""
-        head = await self._head(repo, pull, tag)
-        return head.digest if head is not None else None
+    async def _answer_head(
+        self,
+        store: ManifestStore,
+        repo: RepoKey,
+        pull: Pull,
+        head: Head | None,
+        *,
+        note: bool,
+    ) -> Outcome:
+        """A client's HEAD of a manifest the cache cannot answer, answered from the mirror's
+        own upstream HEAD (``head``, or one made now): free against pull limits, and made with
+        the mirror's credentials, which the client may not hold for this upstream (Basic auth).
 
-    async def _head(self, repo: RepoKey, pull: Pull, tag: str) -> ManifestContent | None:
-        """An upstream HEAD of the tag with the mirror's token and every manifest type."""
-        path = f"/v2/{repo.repo}/manifests/{tag}"
+        containerd and dockerd resolve a tag by HEAD, then GET by digest. A tag not cached yet
+        is noted now (``note``), or an outage leaves an image pulled a minute ago unresolvable;
+        a cached tag that moved keeps its record until the new manifest is cached (that GET
+        by digest), so an outage before then still finds the old one.
+        """
+        if head is None:
+            try:
+                head = await self._head(repo, pull)
+            except UpstreamError as exc:
+                return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+        found = head.content
+        if found is None:
+            if head.found:
+                return PassThrough(Reason.NOT_CACHEABLE, "the upstream's HEAD names no digest")
+            return UNCACHED
+        if not acceptable(found.media_type, list(pull.accept)):
+            return NOT_ACCEPTED
+        if note:
+            await store.set_tag(repo, str(pull.reference.tag), found.digest, public=True)
+        return Served(Source.MISS, found)
+
+    async def _head(self, repo: RepoKey, pull: Pull) -> Head:
+        """An upstream HEAD of the tag or digest with the mirror's token and every manifest
+        type. A 404 for a tag forgets it (:meth:`_gone`)."""
+        tag, asked = pull.reference.tag, pull.reference.digest
+        path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
         answer = await self.tokens.send(
             pull.upstream, "HEAD", repo.repo, path, [("Accept", ACCEPT_ALL)]
         )
         await answer.aclose()
         _raise_for_trouble(answer.status_code)
+        if answer.status_code == 404 and tag is not None:
+            await self._gone(repo, tag)
         if answer.status_code != 200:
-            return None
-        try:
-            digest = parse_digest(answer.headers.get("docker-content-digest", ""))
+            return Head(found=False)
+        header = answer.headers.get("docker-content-digest")
+        try:  # the spec's SHOULD: some registries name no digest (by digest, it is the one asked)
+            digest = parse_digest(header) if header else asked
         except DigestInvalid:
-            return None
+            digest = None
+        if digest is None or asked not in (None, digest):
+            return Head(found=True)
         length = answer.headers.get("content-length", "")
         if not length.isdigit():
-            return None
+            return Head(found=True)
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
-        return ManifestContent(digest, media_type, int(length), None)
+        return Head(True, ManifestContent(digest, media_type, int(length), None))
+
+    async def _gone(self, repo: RepoKey, tag: str) -> None:
+        """The upstream answered the mirror's own request for ``tag`` with 404: the tag was
+        deleted (or moved out of the mirror's sight). Forget it, so that an outage never brings
+        it back as a stale answer; the manifests stay cached by digest."""
+        assert self.store is not None  # get() checked
+        if await self.store.forget_tag(repo, tag):
+            log.info("cache: %s:%s is gone upstream (404), tag forgotten", repo.repo, tag)
 
     async def _fetch(
+        self, repo: RepoKey, pull: Pull, digest: Digest | None
+    ) -> CachedManifest | None:
+        """The manifest fetched with the mirror's token and stored; None if it is not one the
+        mirror may cache. Concurrent misses of one manifest share one upstream GET (a counted
+        pull on Docker Hub): the first starts it as a named task, the others wait for it, and
+        a client going away cancels only its own wait."""
+        ref = pull.reference.ref
+        return await self._fetching.run(
+            (repo.upstream, repo.repo, ref),
+            f"manifest {repo.upstream} {repo.repo}:{ref}",
+            lambda: self._fetch_once(repo, pull, digest),
+        )
+
+    async def _fetch_once(
         self, repo: RepoKey, pull: Pull, digest: Digest | None
     ) -> CachedManifest | None:
         path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
@@ -190,6 +266,8 @@ class ManifestService:
         )
         body = await read_small(answer)
         _raise_for_trouble(answer.status_code)
+        if answer.status_code == 404 and digest is None:
+            await self._gone(repo, str(pull.reference.tag))
         if answer.status_code != 200:
             return None
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()

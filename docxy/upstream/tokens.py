@@ -157,6 +157,19 @@ class MirrorTokens:
             self.forget(upstream, repository)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def basic_login(self, upstream: Upstream) -> str | None:
+        """The mirror's own Basic login for an upstream without a token service, which its
+        clients cannot hold a login of theirs for (they get a token that grants nothing
+        upstream): what a request passed through for them goes with. None for an upstream
+        with token auth or without credentials, or whose ``/v2/`` cannot say now."""
+        if upstream.credentials is None:
+            return None
+        try:
+            challenge = await self.client.challenge(upstream)
+        except UpstreamError:
+            return None
+        return basic_authorization(*upstream.credentials) if challenge is None else None
+
     def holds(self, upstream: Upstream, repository: str) -> bool:
         """Whether the mirror holds a token of its own for ``repository`` now."""
         return (upstream.host, repository) in self._tokens

@@ -118,6 +118,21 @@ def test_containerd_pulls_a_non_docker_hub_registry_with_ns(
     assert any(f"/v2/{lab.image.repo}/manifests/1 " in line for line in lab.fetched_by_docxy())
 
 
+def test_containerd_pulls_a_digest_pinned_image_of_a_basic_auth_upstream(
+    multi: Mirror, lab: BasicUpstream, egress: EgressGuard
+) -> None:
+    """A digest-pinned reference (as Kubernetes manifests often have) makes containerd resolve
+    with a HEAD of the manifest by digest. lab.test takes only the mirror's own login (Basic),
+    which containerd does not hold: the mirror must answer that HEAD itself."""
+    need_binaries("containerd", "ctr", "containerd-shim-runc-v2")
+    with running_containerd(egress_proxy=egress.url) as daemon:
+        hosts = _lab_hosts_dir(daemon, multi)
+        ref = f"lab.test/{lab.image.repo}@{lab.image.digest}"
+        pulled = daemon.pull(ref, hosts_dir=hosts, timeout=TIMEOUT)
+        assert pulled.returncode == 0, f"{pulled.stdout[-2000:]}\n{pulled.stderr[-4000:]}"
+    assert egress.attempts == []  # nothing tried https://lab.test: the mirror answered
+
+
 def _lab_hosts_dir(daemon: Containerd, mirror: Mirror) -> Path:
     directory = daemon.root / "hosts-lab"
     (directory / "lab.test").mkdir(parents=True, exist_ok=True)

@@ -326,6 +326,48 @@ def test_rm_untagged_digest_keeps_what_a_tag_reaches(
     assert len(listed(capsys, cache)[1]) == 10
 
 
+def test_rm_blobs_of_an_artifact_leaves_the_image_it_refers_to(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An artifact (a signature, an SBOM: OCI 1.1 referrers) names the image it is about as its
+    ``subject``; the image does not belong to it. ``rm --blobs`` of the artifact's tag takes the
+    artifact's own blobs, never the blobs of that image (pulled by digest, say)."""
+    root = tmp_path / "cache"
+    repo = RepoKey(HOST, "library/app")
+    blobs = {name: f"{name} ".encode() * 50 for name in ("cfg", "layer", "sbom-cfg", "sbom")}
+
+    async def populate() -> None:
+        cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
+        for content in blobs.values():
+            writer = await cache.blobs.fetch_or_join(digest_of(content))
+            assert isinstance(writer, BlobWriter)
+            async with writer:
+                await writer.write(content)
+                assert await writer.commit(len(content)) is not None
+
+        def manifest(cfg: str, layer: str, **extra: object) -> bytes:
+            def descriptor(name: str) -> dict[str, object]:
+                return _descriptor(digest_of(blobs[name]), len(blobs[name]), "x/y")
+
+            doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(cfg)}
+            return json.dumps(doc | {"layers": [descriptor(layer)], **extra}).encode()
+
+        image = await cache.manifests.put(repo, manifest("cfg", "layer"), OCI_MANIFEST, public=True)
+        subject = _descriptor(image.digest, len(image.content), OCI_MANIFEST)
+        sbom = manifest("sbom-cfg", "sbom", subject=subject)
+        stored = await cache.manifests.put(repo, sbom, OCI_MANIFEST, public=True)
+        await cache.manifests.set_tag(repo, "sbom", stored.digest, public=True)
+
+    asyncio.run(populate())
+    code = main(
+        ["cache", "rm", "app:sbom", "--blobs", "--cache-dir", str(root), "--upstream", UPSTREAM]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    removed = {name for name, content in blobs.items() if str(digest_of(content)) in out}
+    assert removed == {"sbom-cfg", "sbom"}
+
+
 @pytest.mark.parametrize("image", ["alpine:edge", "nginx", "other.test/library/alpine:3.20"])
 def test_rm_not_cached_exits_1(
     capsys: pytest.CaptureFixture[str], cache: Populated, image: str
@@ -417,6 +459,44 @@ def test_repo_key_finds_each_upstreams_store_key() -> None:
     assert repo_key(parse_image_ref("lab.test/a/b:1"), config) == RepoKey("127.0.0.1:5000", "a/b")
     assert repo_key(parse_image_ref("ghcr.io/o/i"), config) == RepoKey("ghcr.io", "o/i")
     assert upstream_names(config) == {"ghcr.io": "ghcr.io", "127.0.0.1:5000": "lab.test"}
+
+
+def test_rm_of_an_upstream_with_the_library_prefix_finds_the_tag_the_mirror_cached(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A named upstream may have Docker Hub's ``library/`` rule (a Docker Hub mirror such as
+    mirror.gcr.io): the mirror caches ``hub.test/redis`` as ``library/redis`` there, so that
+    is what ``docxy cache rm hub.test/redis:7`` must find, as ``docxy warm`` does."""
+    from docxy.cache import RepoKey
+    from docxy.cli.cache import repo_key
+    from docxy.config import load_config
+    from docxy.core.names import upstream_name
+    from docxy.http.state import MirrorState
+    from docxy.upstream.client import Upstream
+
+    settings = {"upstreams": "hub.test=http://hub.test", "upstreams.hub.test.library_prefix": "1"}
+    config = load_config(settings, environ={})
+    route = MirrorState(config, Upstream.from_config(config.upstream)).route(
+        "hub.test/redis", ns=None, host=None
+    )
+    # where the mirror's pulls keep it (docxy.http.routes._pull, ManifestService.get)
+    stored = RepoKey(route.upstream.host, upstream_name(route.name, route.upstream.library_prefix))
+    assert stored == RepoKey("hub.test", "library/redis")
+    assert repo_key(parse_image_ref("hub.test/redis:7"), config) == stored
+
+    async def populate() -> None:
+        cache = open_cache(tmp_path / "cache", max_size=1 << 20, tag_ttl=300)
+        content = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST}).encode()
+        manifest = await cache.manifests.put(stored, content, OCI_MANIFEST, public=True)
+        await cache.manifests.set_tag(stored, "7", manifest.digest, public=True)
+
+    asyncio.run(populate())
+    flags = ["--set", "upstreams=hub.test=http://hub.test"]
+    flags += ["--set", "upstreams.hub.test.library_prefix=true"]
+    code = main(["cache", "rm", "hub.test/redis:7", "--cache-dir", str(tmp_path / "cache"), *flags])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "untagged hub.test/library/redis:7" in out
 
 
 def test_gc_verify_goes_on_past_a_blob_the_live_mirror_evicted_meanwhile(

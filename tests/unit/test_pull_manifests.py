@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docxy.cache import manifests
+from docxy.cache import manifests, parse_digest
 from docxy.http.state import mirror_state
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
-from tests.unit.test_pull_blobs import mirror
-from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub
+from tests.unit.test_pull_blobs import basic, mirror
+from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub, digest_of
 
 TAG = "/v2/library/base/manifests/1"
 
@@ -111,3 +111,202 @@ async def test_a_stale_tag_is_served_when_the_upstream_stalls_in_the_manifest_bo
         response = await app.test_client().get(TAG, headers=AS_ANON)
         assert response.status_code == 200
         assert await response.get_data() == old
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_tag_the_upstream_deleted_is_forgotten_not_served_stale(
+    tmp_path: Path, method: str
+) -> None:
+    """Once the upstream answers the mirror's own request for a tag with 404 (the tag was
+    deleted, say for a bad image), the mirror forgets the tag: a later outage must not bring
+    the deleted tag back as a stale answer, nor keep asking about it after every TTL."""
+    hub = Hub()
+    old = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == old
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0  # from now on, every cached tag is revalidated
+        del hub.repos["library/base"].manifests["1"]
+        answer = await call_asgi(app, method, TAG, host="mirror.test", headers=AS_ANON.items())
+        assert answer.status == 404  # the upstream's answer, relayed
+        assert cache.manifests.list_tags() == []
+        hub.down = True
+        response = await app.test_client().get(TAG, headers=AS_ANON)
+        assert response.status_code == 502
+        assert await response.get_data() != old
+
+
+class DigestlessHub(Hub):
+    """The hub, answering a manifest HEAD without Docker-Content-Digest (the spec's SHOULD:
+    some registries leave it out; containerd falls back to a GET for them)."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = super().__call__(request)
+        if request.method == "HEAD" and "/manifests/" in request.url.path:
+            headers = [(k, v) for k, v in answer.headers.items() if k != "docker-content-digest"]
+            return httpx.Response(answer.status_code, headers=headers, stream=answer.stream)
+        return answer
+
+
+async def test_a_tag_revalidated_against_a_head_without_a_digest_is_fetched_and_cached(
+    tmp_path: Path,
+) -> None:
+    """An upstream whose HEAD names no digest cannot confirm a cached tag that way: the mirror
+    fetches the manifest itself (the GET the client would have sent) and caches the tag again,
+    rather than passing every pull of it through, uncached, once its TTL is over."""
+    hub = DigestlessHub()
+    manifest = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == manifest
+        cache = mirror_state(app).cache
+        assert cache is not None
+        [first] = cache.manifests.list_tags()
+        cache.manifests.tag_ttl = 0  # the cached tag is stale: revalidated at each pull
+        for _ in range(2):
+            response = await app.test_client().get(TAG, headers=AS_ANON)
+            assert await response.get_data() == manifest
+        [again] = cache.manifests.list_tags()
+        assert again.fetched_at > first.fetched_at  # the tag is current again
+    assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
+    assert hub.seen("GET", "manifests") == [TAG] * 3  # the mirror's own GETs, one a pull
+
+
+class BasicRegistry:
+    """A registry with Basic auth and no token service (``docxy.upstream`` sends the mirror's
+    ``upstream.username``/``password``): a client of the mirror holds no login for it, so a
+    request passed through to it is a 401."""
+
+    login = basic("bot", "s3cret")
+
+    def __init__(self) -> None:
+        self.manifests: dict[str, bytes] = {}  # tag or digest -> manifest
+        self.requests: list[httpx.Request] = []
+
+    def tag(self, tag: str, content: bytes) -> str:
+        digest = digest_of(content)
+        self.manifests[tag] = self.manifests[digest] = content
+        return digest
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.headers.get("authorization") != self.login:
+            return fakes.reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="lab"'}, length=True)
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", length=True)
+        content = self.manifests.get(request.url.path.rpartition("/")[2])
+        if content is None:
+            return fakes.reply(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}', length=True)
+        headers = {
+            "Content-Type": DOCKER_MANIFEST,
+            "Docker-Content-Digest": digest_of(content),
+            "Content-Length": str(len(content)),
+        }
+        return fakes.reply(200, b"" if request.method == "HEAD" else content, headers)
+
+
+async def test_a_head_of_a_tag_that_moved_is_answered_by_the_mirror_not_passed_through(
+    tmp_path: Path,
+) -> None:
+    """containerd resolves a tag by HEAD. When the cached tag has moved upstream, the mirror's
+    own HEAD already knows the new digest: it answers with it (the client then GETs that digest
+    through the mirror). Passed through instead, the HEAD went upstream with the client's
+    credentials, which for an upstream the mirror reaches with a login of its own (Basic, no
+    token service) is a 401 at every try: the new image could never be resolved."""
+    registry = BasicRegistry()
+    old = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 1}).encode()
+    new = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 2}).encode()
+    registry.tag("1", old)
+    tag = "/v2/team/tool/manifests/1"
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, registry, **settings) as app:
+
+        async def resolve() -> tuple[int, str | None]:
+            answer = await call_asgi(app, "HEAD", tag, host="mirror.test")
+            return answer.status, answer.headers.get("Docker-Content-Digest")
+
+        async def fetch(digest: str) -> bytes:
+            response = await app.test_client().get(f"/v2/team/tool/manifests/{digest}")
+            assert response.status_code == 200
+            return await response.get_data(as_text=False)
+
+        assert await resolve() == (200, digest_of(old))
+        assert await fetch(digest_of(old)) == old
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0  # the cached tag is revalidated at each resolve
+        moved = registry.tag("1", new)
+        assert await resolve() == (200, moved)
+        assert await fetch(moved) == new
+        assert await resolve() == (200, moved)
+        assert [t.digest for t in cache.manifests.list_tags()] == [parse_digest(moved)]
+    asked = [r for r in registry.requests if "/manifests/" in r.url.path]
+    assert all(r.headers.get("authorization") == BasicRegistry.login for r in asked)
+
+
+async def test_a_head_by_digest_not_cached_is_answered_by_the_mirror(tmp_path: Path) -> None:
+    """containerd resolves a digest-pinned image with a HEAD by digest: when the cache does not
+    hold that manifest yet, the mirror's own HEAD answers (the client holds no login for a
+    Basic-auth upstream: passed through, it was a 401 and the pull failed)."""
+    registry = BasicRegistry()
+    content = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST}).encode()
+    digest = registry.tag("1", content)
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, registry, **settings) as app:
+        path = f"/v2/team/tool/manifests/{digest}"
+        answer = await call_asgi(app, "HEAD", path, host="mirror.test")
+        assert (answer.status, answer.body) == (200, b"")
+        assert answer.headers["Docker-Content-Digest"] == digest
+        assert answer.headers["Content-Length"] == str(len(content))
+        assert answer.headers["Content-Type"] == DOCKER_MANIFEST
+    asked = [r for r in registry.requests if "/manifests/" in r.url.path]
+    assert [r.headers.get("authorization") for r in asked] == [BasicRegistry.login]
+
+
+async def test_a_cached_manifest_by_digest_the_client_does_not_accept_costs_one_get(
+    tmp_path: Path,
+) -> None:
+    """A client whose Accept leaves out a cached manifest's type is passed through (it gets
+    the upstream's own answer), as for a tag: one upstream GET, its own. The mirror fetching
+    the same immutable manifest again first made it two counted pulls."""
+    hub = Hub()
+    manifest = hub.repos["library/base"].manifests["1"]
+    digest = digest_of(manifest)
+    hub.repos["library/base"].manifests[digest] = manifest
+    path = f"/v2/library/base/manifests/{digest}"
+    async with mirror(tmp_path, hub) as app:
+        assert (await app.test_client().get(path, headers=AS_ANON)).status_code == 200
+        asked = len(hub.requests)
+        narrow = AS_ANON | {"Accept": "application/vnd.oci.image.index.v1+json"}
+        response = await app.test_client().get(path, headers=narrow)
+        assert response.status_code == 200  # the hub answers whatever the Accept
+        gets = [r for r in hub.requests[asked:] if r.method == "GET"]
+    assert [r.headers.get("authorization") for r in gets] == [AS_ANON["Authorization"]]
+
+
+async def test_a_basic_auth_upstream_is_reached_with_the_mirrors_login_when_passing_through(
+    tmp_path: Path,
+) -> None:
+    """An upstream without a token service takes only the Basic login the mirror is configured
+    with; its clients hold none (the mirror hands them a token that grants nothing upstream). A
+    request passed through (the cache off, a blob larger than the cache, a Range on a miss...)
+    goes with the mirror's login, else it is a 401 whatever the client does. A client's own
+    Basic login (``docker login`` to one of the upstream's host names) still goes as sent."""
+    registry = BasicRegistry()
+    content = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST}).encode()
+    registry.tag("1", content)
+    settings = {
+        "upstream__username": "bot",
+        "upstream__password": "s3cret",
+        "cache__enabled": "false",
+    }
+    async with mirror(tmp_path, registry, **settings) as app:
+        for auth in ({}, {"Authorization": "Bearer docxy-offline"}):
+            response = await app.test_client().get("/v2/team/tool/manifests/1", headers=auth)
+            assert response.status_code == 200
+            assert await response.get_data(as_text=False) == content
+        own = {"Authorization": basic("alice", "pw")}
+        response = await app.test_client().get("/v2/team/tool/manifests/1", headers=own)
+        assert response.status_code == 401  # hers, as sent: the registry does not know alice
+    asked = [r.headers.get("authorization") for r in registry.requests if r.url.path != "/v2/"]
+    assert asked == [BasicRegistry.login, BasicRegistry.login, basic("alice", "pw")]
