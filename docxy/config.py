@@ -180,6 +180,7 @@ class LimitsConfig:
     requests_per_minute: int
     manifests_per_minute: int
     failed_logins_per_minute: int  # wrong passwords at /auth/token per client (users mode)
+    token_relays_per_minute: int  # /v2/ and /auth/token asked upstream per address (edge.relays)
     bandwidth: int  # bytes a second per client
     fills_per_client: int
     fills_total: int
@@ -458,6 +459,10 @@ Parser = Callable[[object], Any]
 #: Requests at once on one h2c connection; 0: h2c refused (``docxy.edge.h2c`` says why).
 #: Docker clients speak HTTP/1.1 to a mirror.
 H2_MAX_STREAMS = 0
+#: ``/v2/`` and ``/auth/token`` requests relayed upstream per client address and minute
+#: (``docxy.edge.relays``): a docker pull asks two, so a farm behind one NAT pulls 300 images
+#: a minute before it is refused, and a loop asks the upstream 10 a second, not thousands.
+TOKEN_RELAYS_PER_MINUTE = 600
 
 SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     "server": {
@@ -520,6 +525,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "requests_per_minute": (_count, 0),
         "manifests_per_minute": (_count, 0),
         "failed_logins_per_minute": (_count, 10),
+        "token_relays_per_minute": (_count, TOKEN_RELAYS_PER_MINUTE),
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),

@@ -175,6 +175,7 @@ SAMPLES = {
     "limits.requests_per_minute": "600",
     "limits.manifests_per_minute": "60",
     "limits.failed_logins_per_minute": "5",
+    "limits.token_relays_per_minute": "120",
     "limits.bandwidth": "10M",
     "limits.fills_per_client": "2",
     "limits.fills_total": "8",
