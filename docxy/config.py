@@ -60,6 +60,7 @@ class ServerConfig:
     tls_listen: HostPort | None
     public_url: str
     admin_listen: HostPort | None  # /metrics and /status (docxy.observe); None: off
+    admin_hosts: tuple[str, ...] = ()  # more Host names the admin listener answers
     trusted_proxies: Networks = Networks()  # peers whose forwarded_header names the client
     forwarded_header: str = "x-forwarded-for"
 
@@ -363,6 +364,28 @@ def _patterns(value: object) -> Patterns:
     return parse_patterns(value)
 
 
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    """Host names without a port (``docxy``, ``metrics.lan``): a comma-separated string (env,
+    flags) or a TOML list; matched without case, exactly (no wildcards)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of host names, got {value!r}")
+    names = []
+    for item in items:
+        text = item.strip().lower() if isinstance(item, str) else None
+        if text == "" and isinstance(value, str):
+            continue
+        if text is None or len(text) > 253 or not _HOST_NAME.fullmatch(text):
+            raise ValueError(
+                f"expected host names without a port, such as docxy or metrics.lan, got {item!r}"
+            )
+        names.append(text)
+    return tuple(names)
+
+
 def _forwarded_header(value: object) -> str:
     text = _str(value).strip().lower()
     if text not in FORWARDED_HEADERS:
@@ -470,6 +493,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "tls_listen": (_opt_host_port, ""),
         "public_url": (_opt_url, ""),
         "admin_listen": (_opt_host_port, "127.0.0.1:9180"),
+        "admin_hosts": (_host_names, ""),
         "trusted_proxies": (_networks, ""),
         "forwarded_header": (_forwarded_header, "x-forwarded-for"),
     },
@@ -790,6 +814,8 @@ def describe(config: Config) -> list[tuple[str, str, str]]:
             value = getattr(getattr(config, section), key)
             full = f"{section}.{key}"
             shown = "(set)" if full in SECRET_KEYS and value else str(value)
+            if isinstance(value, tuple):  # a list of names: as it is written
+                shown = ",".join(value)
             rows.append((full, shown, config.sources.get(full, "default")))
     from docxy.upstream.settings import describe_upstreams
 

@@ -133,6 +133,7 @@ SAMPLES = {
     "server.tls_listen": "127.0.0.1:8443",
     "server.public_url": "https://m.example",
     "server.admin_listen": "127.0.0.1:9999",
+    "server.admin_hosts": "docxy,metrics.lan",
     "tls.cert_path": "",
     "tls.key_path": "",
     "upstream.registry": "http://up.example",
