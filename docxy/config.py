@@ -60,6 +60,7 @@ class ServerConfig:
     tls_listen: HostPort | None
     public_url: str
     admin_listen: HostPort | None  # /metrics and /status (docxy.observe); None: off
+    admin_hosts: tuple[str, ...] = ()  # more Host names the admin listener answers
     trusted_proxies: Networks = Networks()  # peers whose forwarded_header names the client
     forwarded_header: str = "x-forwarded-for"
 
@@ -180,6 +181,7 @@ class LimitsConfig:
     requests_per_minute: int
     manifests_per_minute: int
     failed_logins_per_minute: int  # wrong passwords at /auth/token per client (users mode)
+    token_relays_per_minute: int  # /v2/ and /auth/token asked upstream per address (edge.relays)
     bandwidth: int  # bytes a second per client
     fills_per_client: int
     fills_total: int
@@ -362,6 +364,28 @@ def _patterns(value: object) -> Patterns:
     return parse_patterns(value)
 
 
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    """Host names without a port (``docxy``, ``metrics.lan``): a comma-separated string (env,
+    flags) or a TOML list; matched without case, exactly (no wildcards)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of host names, got {value!r}")
+    names = []
+    for item in items:
+        text = item.strip().lower() if isinstance(item, str) else None
+        if text == "" and isinstance(value, str):
+            continue
+        if text is None or len(text) > 253 or not _HOST_NAME.fullmatch(text):
+            raise ValueError(
+                f"expected host names without a port, such as docxy or metrics.lan, got {item!r}"
+            )
+        names.append(text)
+    return tuple(names)
+
+
 def _forwarded_header(value: object) -> str:
     text = _str(value).strip().lower()
     if text not in FORWARDED_HEADERS:
@@ -458,6 +482,10 @@ Parser = Callable[[object], Any]
 #: Requests at once on one h2c connection; 0: h2c refused (``docxy.edge.h2c`` says why).
 #: Docker clients speak HTTP/1.1 to a mirror.
 H2_MAX_STREAMS = 0
+#: ``/v2/`` and ``/auth/token`` requests relayed upstream per client address and minute
+#: (``docxy.edge.relays``): a docker pull asks two, so a farm behind one NAT pulls 300 images
+#: a minute before it is refused, and a loop asks the upstream 10 a second, not thousands.
+TOKEN_RELAYS_PER_MINUTE = 600
 
 SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     "server": {
@@ -465,6 +493,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "tls_listen": (_opt_host_port, ""),
         "public_url": (_opt_url, ""),
         "admin_listen": (_opt_host_port, "127.0.0.1:9180"),
+        "admin_hosts": (_host_names, ""),
         "trusted_proxies": (_networks, ""),
         "forwarded_header": (_forwarded_header, "x-forwarded-for"),
     },
@@ -520,6 +549,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "requests_per_minute": (_count, 0),
         "manifests_per_minute": (_count, 0),
         "failed_logins_per_minute": (_count, 10),
+        "token_relays_per_minute": (_count, TOKEN_RELAYS_PER_MINUTE),
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),
@@ -784,6 +814,8 @@ def describe(config: Config) -> list[tuple[str, str, str]]:
             value = getattr(getattr(config, section), key)
             full = f"{section}.{key}"
             shown = "(set)" if full in SECRET_KEYS and value else str(value)
+            if isinstance(value, tuple):  # a list of names: as it is written
+                shown = ",".join(value)
             rows.append((full, shown, config.sources.get(full, "default")))
     from docxy.upstream.settings import describe_upstreams
 

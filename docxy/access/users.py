@@ -10,6 +10,7 @@ is a hundred times cheaper than argon2id), so timing does not tell which names e
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import secrets
 from collections import Counter
@@ -24,6 +25,10 @@ from docxy.tls.files import write_files_atomic
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HASHER = PasswordHasher()
+#: What bcrypt reads of a password; ``htpasswd -B`` hashes that much of a longer one.
+BCRYPT_MAX_BYTES = 72
+
+log = logging.getLogger(__name__)
 
 
 def cost_of(stored: str) -> str:
@@ -66,18 +71,34 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
+def is_bcrypt(stored: str) -> bool:
+    return stored.startswith(("$2a$", "$2b$", "$2y$"))
+
+
+def bcrypt_too_long(password: str) -> bool:
+    """Whether bcrypt would read only part of ``password`` (:data:`BCRYPT_MAX_BYTES`)."""
+    return len(password.encode()) > BCRYPT_MAX_BYTES
+
+
 def verify_hash(stored: str, password: str) -> bool:
-    """Whether ``password`` matches ``stored`` (argon2 ``$argon2...`` or bcrypt ``$2a/b/y$``)."""
+    """Whether ``password`` matches ``stored`` (argon2 ``$argon2...`` or bcrypt ``$2a/b/y$``).
+
+    bcrypt reads 72 bytes: a longer password never matches a bcrypt hash. bcrypt 4.1-4.3 would
+    match it by its first 72 bytes (any ending logs in), bcrypt 5 raises. The check still runs,
+    on those 72 bytes, so that the answer takes as long as any other.
+    """
     if stored.startswith("$argon2"):
         try:
             return _HASHER.verify(stored, password)
         except (VerificationError, InvalidHashError):
             return False
-    if stored.startswith(("$2a$", "$2b$", "$2y$")):
+    if is_bcrypt(stored):
+        encoded = password.encode()
         try:
-            return bcrypt.checkpw(password.encode(), stored.encode())
+            matched = bcrypt.checkpw(encoded[:BCRYPT_MAX_BYTES], stored.encode())
         except ValueError:
             return False
+        return matched and len(encoded) <= BCRYPT_MAX_BYTES
     return False
 
 
@@ -159,6 +180,14 @@ class UsersFile:
             assert self._snapshot is not None
             verify_hash(_dummy_hash(self._snapshot.usual_cost), password)
             return False
+        if is_bcrypt(stored) and bcrypt_too_long(password):
+            log.warning(
+                "users file: %s has a bcrypt hash, which checks %d bytes of a password: a "
+                "longer one is refused; set it again with `docxy users add %s` (argon2id)",
+                name,
+                BCRYPT_MAX_BYTES,
+                name,
+            )
         return verify_hash(stored, password)
 
     def names(self) -> list[str]:

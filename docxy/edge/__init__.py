@@ -4,5 +4,6 @@
 the connection is counted) and closes idle and stalled ones (hypercorn's TCP server, one
 subclass), ``admission`` is the ASGI layer for allow lists, repository rules and
 per-client limits, ``limits`` keeps the token buckets, ``clients`` names a client,
+``relays`` limits the ``/v2/`` and token requests passed upstream per client address,
 ``replies`` sends a registry error from an ASGI layer before the app.
 """

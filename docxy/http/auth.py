@@ -30,7 +30,7 @@ from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.cidr import client_key
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.edge.clients import request_address
-from docxy.http.routes import refuse_unsendable, request_facts
+from docxy.http.routes import count_relay, refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
 from docxy.upstream.client import Upstream, read_small
@@ -174,6 +174,7 @@ async def token() -> Response:
     upstream = state.upstreams.for_token(ask.get("upstream"), ask.scopes)
     if ask.credentialed and not credentials_go_to(upstream, ask):
         ask = ask.anonymous()
+    count_relay(state)  # what follows asks the upstream, from the mirror's address
     try:
         realm = await state.client.auth_realm(upstream)
     except UpstreamError as exc:

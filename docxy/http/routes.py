@@ -20,6 +20,7 @@ from docxy.core.challenge import Challenge, rewrite_challenges
 from docxy.core.errors import ClientError, Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.core.headers import request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
+from docxy.edge.clients import limit_key, request_address
 from docxy.http.responses import (
     error_response,
     registry_response,
@@ -54,6 +55,13 @@ def refuse_unsendable() -> None:
         raise ClientError(f"the {name} header is not ASCII", {"header": name})
 
 
+def count_relay(state: MirrorState) -> None:
+    """This request is about to be passed upstream with no pull behind it (its ``/v2/``, its
+    token): one from its address's bucket, or ``429`` (``docxy.edge.relays``)."""
+    address = request_address(request.scope, state.config.server)  # type: ignore[arg-type]
+    state.relays.take(limit_key(None, address))
+
+
 def _raw_path() -> str:
     raw = request.scope.get("raw_path")
     if isinstance(raw, bytes) and raw:
@@ -81,6 +89,7 @@ async def ping() -> Response:
         return registry_response(b"{}", 200, JSON)  # the mirror is the authority: no upstream
     refuse_unsendable()
     upstream = _route(state).upstream
+    count_relay(state)
     realm = state.token_realm_for(upstream)
     try:
         answer = await state.client.send(

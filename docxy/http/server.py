@@ -253,7 +253,7 @@ async def run(config: Config) -> None:
         config.upstream.registry,
     )
     if config.server.admin_listen is not None:
-        admin = create_admin_app(observer, config.server.admin_listen)
+        admin = create_admin_app(observer, config.server.admin_listen, config.server.admin_hosts)
         spawn("admin-listener", serve_admin(admin, config.server.admin_listen, stop.wait))
     try:
         await serve(asgi, hc, shutdown_trigger=stop.wait)

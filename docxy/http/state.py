@@ -17,6 +17,7 @@ from docxy.cache import Cache
 from docxy.cache.pairings import BlobPairings
 from docxy.config import Config
 from docxy.edge.fills import FillPermits
+from docxy.edge.relays import TokenRelays
 from docxy.pull.blobs import BlobService
 from docxy.pull.manifests import ManifestService
 from docxy.shared.tier import SharedTier
@@ -44,10 +45,13 @@ class MirrorState:
     access: AccessControl | None = None  # users mode or client certificates (docxy.access)
     extras: dict[str, Any] = field(default_factory=dict)
     upstreams: Upstreams = field(init=False)
+    #: ``/v2/`` and token requests passed upstream, per client address (docxy.edge.relays)
+    relays: TokenRelays = field(init=False)
 
     def __post_init__(self) -> None:
         others = [Upstream.from_config(named) for named in self.config.upstreams]
         self.upstreams = Upstreams(self.upstream, others)
+        self.relays = TokenRelays(self.config.limits.token_relays_per_minute)
 
     @property
     def token_realm(self) -> str:

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
@@ -92,21 +92,25 @@ def _is_address(name: str) -> bool:
     return True
 
 
-def host_allowed(host: str, listen: HostPort | None) -> bool:
+def host_allowed(host: str, listen: HostPort | None, names: Collection[str] = ()) -> bool:
     """Whether the admin listener answers a request carrying ``Host: host``.
 
     DNS rebinding (a page on evil.example re-resolving its name to 127.0.0.1 to read an
     ``ssh -L`` tunnel) always arrives with the attacker's DNS name in ``Host``: an address
     literal cannot be rebound, so any address is answered (the LAN address of a listener on
-    0.0.0.0 too), and of names only ``localhost`` and the listen address's own name.
+    0.0.0.0 too), and of names only ``localhost``, the listen address's own name and the
+    operator's ``names`` (``server.admin_hosts``, lower case: a Compose service name a
+    scraper uses), each exactly.
     """
     name = _host_name(host)
-    if _is_address(name) or name == "localhost":
+    if _is_address(name) or name == "localhost" or name in names:
         return True
     return listen is not None and name == listen.host.lower()
 
 
-def create_admin_app(observer: Observer, listen: HostPort | None = None) -> Quart:
+def create_admin_app(
+    observer: Observer, listen: HostPort | None = None, names: Collection[str] = ()
+) -> Quart:
     app = Quart("docxy-admin")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.extensions[EXTENSION] = observer
@@ -115,9 +119,12 @@ def create_admin_app(observer: Observer, listen: HostPort | None = None) -> Quar
     @app.before_request
     async def known_host() -> Response | None:
         host = request.headers.get("Host", "")
-        if host_allowed(host, listen):
+        if host_allowed(host, listen, names):
             return None
-        error = Denied("the admin listener answers only loopback names and addresses")
+        error = Denied(
+            "the admin listener answers only addresses, localhost, its listen name and "
+            "the names in server.admin_hosts"
+        )
         return Response(error.encoded(), status=error.status, content_type="application/json")
 
     @app.errorhandler(HTTPException)

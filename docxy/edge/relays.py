@@ -1,0 +1,40 @@
+"""Token relays: requests the mirror passes to the upstream with no pull behind them.
+
+A client's ``/v2/`` is answered with the upstream's own ``/v2/`` (its challenge, re-pointed at
+the mirror), and its ``/auth/token`` with the upstream's token service. Both leave from the
+mirror's address, and neither fetches anything: a loop of them would have the upstream
+rate-limit or ban that address, for every user of the mirror. So each client address (IPv6:
+its /64; behind ``server.trusted_proxies`` the address they name) has a bucket of
+``limits.token_relays_per_minute`` of them, refilled at that rate; an empty one is
+``429 TOOMANYREQUESTS`` with ``Retry-After``, and nothing is sent.
+
+A real pull asks few: dockerd 20.10 sends one ``/v2/`` and one ``/auth/token`` per image,
+however many layers (measured through the mirror with a 40-layer image), and containerd asks
+a token only when a request is challenged. Keyed by address, never by user: the relays are
+what an anonymous client can make the mirror send.
+"""
+
+from __future__ import annotations
+
+import time
+
+from docxy.core.errors import TooManyRequests
+from docxy.edge.limits import Buckets, Clock, retry_after
+
+THROTTLED = "too many /v2/ and token requests from this client; try again later"
+
+
+class TokenRelays:
+    """Per-address buckets of relayed ``/v2/`` and token requests; ``per_minute`` 0 is off."""
+
+    def __init__(self, per_minute: int, clock: Clock = time.monotonic) -> None:
+        self.buckets = Buckets(per_minute / 60, per_minute, clock)
+        self.refused = 0
+
+    def take(self, client: str) -> None:
+        """Count one relay for ``client`` (an address key), or raise :class:`TooManyRequests`
+        when its bucket is empty."""
+        wait = self.buckets.take(client)
+        if wait > 0:
+            self.refused += 1
+            raise TooManyRequests(THROTTLED, {"retry_after": retry_after(wait)})

@@ -1,0 +1,156 @@
+"""``/v2/`` and ``/auth/token`` passed upstream, per client address (``docxy.edge.relays``).
+
+In open mode each of them makes the mirror ask the upstream (its ``/v2/``, its token service)
+from the mirror's own address with no pull behind it. These tests drive the app as clients do
+and count what reached the fake upstream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from docxy.config import TOKEN_RELAYS_PER_MINUTE
+from docxy.http.state import mirror_state
+from tests.unit.test_access_routes import basic, users_mirror
+from tests.unit.test_routes import Mirror, mirror
+
+TOKEN = "/auth/token?scope=repository:redis:pull&service=registry.example"
+MANIFEST = "/v2/library/redis/manifests/7"
+
+
+class Clock:
+    """A clock that moves only when told: the buckets refill by it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def relaying(
+    settings: dict[str, object] | None = None,
+) -> AsyncIterator[tuple[Mirror, Clock]]:
+    clock = Clock()
+    async with mirror(settings=settings) as m:
+        mirror_state(m.app).relays.buckets.clock = clock
+        yield m, clock
+
+
+async def ask(m: Mirror, path: str, client: str = "192.0.2.1", **kwargs: Any) -> Any:
+    return await m.client.get(path, scope_base={"client": (client, 40000)}, **kwargs)
+
+
+async def refused(response: Any) -> bool:
+    """Whether ``response`` is the limit's refusal, checked as a client reads it."""
+    if response.status_code != 429:
+        return False
+    body = json.loads(await response.get_data())
+    assert response.headers["Content-Type"] == "application/json"
+    assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert int(response.headers["Retry-After"]) >= 1
+    return True
+
+
+async def test_a_loop_from_one_address_reaches_the_upstream_no_more_than_the_default() -> None:
+    """700 ``/v2/`` and token requests (GET and POST) in a moment: the upstream hears the
+    default's worth, the rest are ``429`` with ``Retry-After`` (on 8c69772 all 700 went)."""
+    sent = TOKEN_RELAYS_PER_MINUTE + 100
+    async with relaying() as (m, _):
+        answers = []
+        for i in range(sent):
+            if i % 3 == 0:
+                answers.append(await ask(m, "/v2/"))
+            elif i % 3 == 1:
+                answers.append(await ask(m, TOKEN))
+            else:
+                form = {"grant_type": "none", "scope": "repository:redis:pull"}
+                answers.append(
+                    await m.client.post(
+                        "/auth/token", form=form, scope_base={"client": ("192.0.2.1", 1)}
+                    )
+                )
+        refusals = [a for a in answers if await refused(a)]
+        assert len(m.upstream.requests) == TOKEN_RELAYS_PER_MINUTE
+        assert len(refusals) == sent - TOKEN_RELAYS_PER_MINUTE
+        assert all(a.status_code in (200, 401) for a in answers[:TOKEN_RELAYS_PER_MINUTE])
+
+
+async def test_the_bucket_refills_at_the_limit_a_minute() -> None:
+    async with relaying({"limits.token_relays_per_minute": "60"}) as (m, clock):
+        for _ in range(60):
+            assert not await refused(await ask(m, TOKEN))
+        answer = await ask(m, TOKEN)
+        assert await refused(answer)
+        assert answer.headers["Retry-After"] == "1"
+        clock.now += 1.0  # one a second
+        assert (await ask(m, TOKEN)).status_code == 200
+        assert await refused(await ask(m, "/v2/"))
+        assert len(m.upstream.requests) == 61
+
+
+async def test_each_address_has_its_own_bucket_and_an_ipv6_client_its_64() -> None:
+    async with relaying({"limits.token_relays_per_minute": "2"}) as (m, _):
+        for client in ("192.0.2.1", "2001:db8:1:2::1"):
+            assert not await refused(await ask(m, "/v2/", client))
+            assert not await refused(await ask(m, TOKEN, client))
+        assert await refused(await ask(m, "/v2/", "192.0.2.1"))
+        assert await refused(await ask(m, TOKEN, "2001:db8:1:2::ffff"))  # the same /64
+        assert not await refused(await ask(m, TOKEN, "192.0.2.2"))
+        assert not await refused(await ask(m, TOKEN, "2001:db8:1:3::1"))
+        assert len(m.upstream.requests) == 6
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client() -> None:
+    settings: dict[str, object] = {
+        "limits.token_relays_per_minute": "1",
+        "server.trusted_proxies": "10.0.0.1",
+    }
+    async with relaying(settings) as (m, _):
+        for client in ("192.0.2.1", "192.0.2.2"):
+            forwarded = {"X-Forwarded-For": client}
+            assert not await refused(await ask(m, TOKEN, "10.0.0.1", headers=forwarded))
+        assert await refused(
+            await ask(m, TOKEN, "10.0.0.1", headers={"X-Forwarded-For": "192.0.2.1"})
+        )
+        # From a peer that is no trusted proxy the header is the client's own word: ignored.
+        untrusted = "10.0.0.9"
+        assert not await refused(
+            await ask(m, TOKEN, untrusted, headers={"X-Forwarded-For": "192.0.2.3"})
+        )
+        assert await refused(
+            await ask(m, TOKEN, untrusted, headers={"X-Forwarded-For": "192.0.2.4"})
+        )
+
+
+async def test_pulls_are_not_relays() -> None:
+    """Manifest and blob requests are what the other limits are for: they never take from
+    this bucket, and an empty bucket does not stop them."""
+    async with relaying({"limits.token_relays_per_minute": "1"}) as (m, _):
+        for _ in range(5):
+            assert (await ask(m, MANIFEST)).status_code == 200
+        assert not await refused(await ask(m, TOKEN))
+        assert await refused(await ask(m, TOKEN))
+        assert (await ask(m, MANIFEST)).status_code == 200
+
+
+async def test_users_mode_answers_v2_and_its_own_tokens_without_counting(tmp_path: Path) -> None:
+    """The mirror that is its own token authority asks the upstream nothing for them."""
+    async with users_mirror(tmp_path, **{"limits.token_relays_per_minute": "1"}) as m:
+        for _ in range(5):
+            assert (await ask(m, "/v2/")).status_code == 401
+            assert (await ask(m, TOKEN)).status_code == 401  # anonymous: a login needed
+            assert (await ask(m, TOKEN, headers=basic("alice", "right"))).status_code == 200
+        assert m.upstream.requests == []
+
+
+async def test_zero_turns_the_limit_off() -> None:
+    async with relaying({"limits.token_relays_per_minute": "0"}) as (m, _):
+        for _ in range(50):
+            assert not await refused(await ask(m, "/v2/"))
+        assert len(m.upstream.requests) == 50
