@@ -36,7 +36,13 @@ from docxy.cache.fill import Download
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
-from docxy.shared.objects import BlobChanged, Bucket, ObjectStore, ObjectStoreError
+from docxy.shared.objects import (
+    BlobChanged,
+    Bucket,
+    ObjectStore,
+    ObjectStoreError,
+    failure,
+)
 from docxy.shared.uploads import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -264,7 +270,7 @@ async def _started(answer: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]
 
 
 def _body_error(exc: httpx.HTTPError) -> ObjectStoreError:
-    return ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}")
+    return ObjectStoreError(failure("GET body:", exc))
 
 
 def _refused(exc: ObjectStoreError) -> bool:
