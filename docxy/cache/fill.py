@@ -195,6 +195,11 @@ class BlobWriter:
         return self._fd is not None and self.fill.state is FillState.WRITING
 
     @property
+    def finished(self) -> bool:
+        """Committed or aborted: nothing more is written."""
+        return self._finished
+
+    @property
     def received(self) -> int:
         """Bytes given to :meth:`write` so far."""
         return self._count
@@ -604,10 +609,21 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             if committed is not None:
                 log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
         except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why
-            writer.abort(f"{type(exc).__name__}: {exc}")
-            log.warning("blob %s: fill failed: %s: %s", writer.digest, type(exc).__name__, exc)
+            if writer.finished and not isinstance(exc, VerifyError):
+                # Aborted meanwhile (its clients went away...): that abort was logged, and this
+                # is its echo (the upstream read it interrupted, the commit it closed).
+                log.debug(
+                    "blob %s: fill ended by its abort: %s: %s", writer.digest, _name(exc), exc
+                )
+            else:
+                writer.abort(f"{_name(exc)}: {exc}")
+                log.warning("blob %s: fill failed: %s: %s", writer.digest, _name(exc), exc)
         finally:
             await download.close()
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
 
 
 def _hash_all(

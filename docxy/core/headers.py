@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 # Every answer of the registry API carries it (the app's and the edge's refusals alike).
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -76,3 +78,21 @@ def redirect_headers(headers: list[tuple[str, str]], same_origin: bool) -> list[
     if same_origin:
         return headers
     return [(k, v) for k, v in headers if k.lower() != "authorization"]
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """How long a ``Retry-After`` (RFC 9110 §10.2.3) asks to wait from ``now`` (epoch seconds):
+    its delay-seconds, or its HTTP-date less ``now`` (0 when past). None when absent or not
+    one of the two."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT; a date without a zone is taken as such
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)

@@ -52,3 +52,21 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 def content_range(start: int, stop: int, size: int) -> str:
     return f"bytes {start}-{stop - 1}/{size}"
+
+
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)\s*")
+
+
+def parse_content_range(header: str | None) -> tuple[int, int, int | None] | None:
+    """A ``206``'s ``Content-Range: bytes first-last/size`` as ``(start, stop, size)``, ``stop``
+    exclusive and ``size`` None for ``*``; None when absent or not that form (or impossible:
+    last before first, past the size)."""
+    match = _CONTENT_RANGE.fullmatch(header or "")
+    if match is None:
+        return None
+    first, last, total = match.groups()
+    start, stop = int(first), int(last) + 1
+    size = None if total == "*" else int(total)
+    if stop <= start or (size is not None and stop > size):
+        return None
+    return (start, stop, size)

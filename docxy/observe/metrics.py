@@ -413,13 +413,15 @@ class MirrorCollector(Collector):
         blobs = CounterMetricFamily(
             "docxy_shared_blobs",
             "Local misses asked of the shared store: hit (filled from it), miss, corrupt "
-            "(its object did not verify).",
+            "(its object did not verify), resumed (a hit whose body broke off, finished from "
+            "the upstream).",
             labels=["result"],
         )
         for result, value in (
             ("hit", counts.hits),
             ("miss", counts.misses),
             ("corrupt", counts.corrupt),
+            ("resumed", counts.resumed),
         ):
             blobs.add_metric([result], value)
         uploads = CounterMetricFamily(

@@ -184,6 +184,10 @@ def _upstream(upstream: dict[str, Any], ident: str = "upstream", title: str = "U
     if upstream.get("last_error"):
         message = upstream.get("last_error_message") or ""
         rows.append(("last error", f"{_when(upstream['last_error'])}: {message}"))
+    if upstream.get("rate_limited_until"):
+        rows.append(("rate limited until", _when(upstream["rate_limited_until"])))
+    elif upstream.get("last_rate_limited"):
+        rows.append(("last rate limited", _when(upstream["last_rate_limited"])))
     if upstream.get("stale_served"):
         last = _when(upstream.get("last_stale"))
         rows.append(("served stale", f"{upstream['stale_served']} (last {last})"))

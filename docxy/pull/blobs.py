@@ -22,6 +22,7 @@ quota.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
 from typing import NoReturn
@@ -41,7 +42,7 @@ from docxy.cache.reader import BlobReader
 from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
 from docxy.core.errors import UpstreamError, UpstreamUnavailable
-from docxy.core.ranges import parse_range
+from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
@@ -188,7 +189,7 @@ class BlobService:
         digest = pull.reference.digest
         if self.shared is None or digest is None:
             return await self._fetch_upstream(pull)
-        download = await self.shared.download(digest)
+        download = await self.shared.download(digest, partial(self._fetch_rest, pull))
         if download is not None:
             return download
         download = await self._fetch_upstream(pull)
@@ -259,6 +260,45 @@ class BlobService:
         length = answer.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
         return Download(size, answer.aiter_bytes(), answer.aclose)
+
+    async def _fetch_rest(self, pull: Pull, offset: int) -> Download:
+        """The blob from ``offset`` on, from the upstream (a shared store's body broke off
+        there): a GET with ``Range: bytes=offset-`` and the mirror's own token. A ``206`` must
+        start at ``offset``; a ``200`` (an upstream that ignores ranges) is read past its first
+        ``offset`` bytes. Raises :class:`FetchFailed` otherwise."""
+        ranged = [("Range", f"bytes={offset}-")]
+        try:
+            answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, ranged)
+        except UpstreamError as exc:
+            raise FetchFailed(f"upstream: {exc.message}") from exc
+        status = answer.status_code
+        span = parse_content_range(answer.headers.get("content-range"))
+        if status == 206 and (span is None or span[0] != offset):
+            await answer.aclose()
+            raise FetchFailed(
+                f"upstream answered bytes={offset}- with Content-Range "
+                f"{answer.headers.get('content-range')!r}"
+            )
+        if status not in (200, 206):
+            await answer.aclose()
+            self._refused(pull, status)
+        self._holds_blob(pull)
+        length = answer.headers.get("content-length")
+        size = int(length) if length is not None and length.isdigit() else None
+        if status == 206:
+            return Download(size, answer.aiter_bytes(), answer.aclose)
+        left = None if size is None else max(size - offset, 0)
+        return Download(left, _skipped(answer.aiter_bytes(), offset), answer.aclose)
+
+
+async def _skipped(chunks: AsyncIterator[bytes], offset: int) -> AsyncIterator[bytes]:
+    """``chunks`` past their first ``offset`` bytes."""
+    async for chunk in chunks:
+        if offset >= len(chunk):
+            offset -= len(chunk)
+            continue
+        yield chunk[offset:] if offset else chunk
+        offset = 0
 
 
 def _uncached_because(exc: CacheError) -> Reason:

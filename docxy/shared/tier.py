@@ -5,7 +5,10 @@
   corrupt object is never served whole). A fill whose object does not match its digest or
   length is reported once, and the blob is marked bad here: this replica fetches it upstream
   from then on and overwrites the object with its verified copy. A good object the fill could
-  not keep (a full local disk, no room) is not the object's fault, and stays trusted.
+  not keep (a full local disk, no room) is not the object's fault, and stays trusted. A body
+  that breaks off after its first bytes went out is finished from the upstream
+  (:mod:`docxy.shared.body`); should that blob then not verify, the object is marked bad too
+  (which half was wrong cannot be told; overwriting a good object costs one upload).
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
@@ -36,6 +39,7 @@ from docxy.cache.fill import Download
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
+from docxy.shared.body import ObjectBody, Resume, body_error
 from docxy.shared.objects import BlobChanged, Bucket, ObjectStore, ObjectStoreError
 from docxy.shared.uploads import UploadQueue
 
@@ -63,6 +67,7 @@ class SharedCounts:
     uploaded: int = 0
     upload_skipped: int = 0  # already stored
     upload_failed: int = 0
+    resumed: int = 0  # fills from an object whose body broke off, finished from the upstream
     errors: int = 0  # object store requests that failed (unreachable, 5xx, 403...)
 
 
@@ -81,8 +86,12 @@ class SharedTier:
 
     # --- the source -------------------------------------------------------------------------
 
-    async def download(self, digest: Digest) -> Download | None:
-        """The object as a fill's download, or None (absent, known bad, store in trouble)."""
+    async def download(self, digest: Digest, rest: Resume | None = None) -> Download | None:
+        """The object as a fill's download, or None (absent, known bad, store in trouble).
+
+        ``rest``: where the rest of the blob comes from should the object's body break off
+        after its first bytes went to the fill's clients (:mod:`docxy.shared.body`); without
+        it such a fill is aborted (its clients cut)."""
         if digest in self._bad or self._resting() or self._probing:
             return None
         # After a failure, one miss at a time finds out whether the store is back: a hung store
@@ -94,7 +103,8 @@ class SharedTier:
             answer = await self.objects.open(digest)
             # The body's first bytes before the fill starts: a body that breaks off (or never
             # comes) before them is the store failing while no client has a byte, and the fill
-            # reads the upstream instead. Later, the clients have bytes: they are cut.
+            # reads the upstream instead. Later, the clients have bytes: the rest comes from
+            # ``rest``.
             started = None if answer is None else await _started(answer)
         except ObjectStoreError as exc:
             self._trouble(exc)
@@ -106,30 +116,32 @@ class SharedTier:
         if answer is None or started is None:
             self.counts.misses += 1
             return None
-        first, body = started
+        first, chunks = started
         self.counts.hits += 1
         length = answer.headers.get("content-length", "")
         log.info("blob %s: filling from the shared store", digest)
+        body = ObjectBody(
+            digest,
+            answer,
+            first,
+            chunks,
+            None if rest is None else self._counted(rest),
+            self._trouble,
+        )
         return Download(
             int(length) if length.isdigit() else None,
-            self._chunks(first, body),
-            answer.aclose,
+            body.chunks(),
+            body.close,
             mismatch=lambda _: self._corrupt(digest),
             origin=ORIGIN,
         )
 
-    async def _chunks(self, first: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """An object's body as a fill reads it; a body that breaks off is the store's trouble
-        (the fill is aborted: its clients are cut, nothing is kept, the object is not taken
-        for a corrupt one)."""
-        if first:
-            yield first
-        try:
-            async for chunk in body:
-                yield chunk
-        except httpx.HTTPError as exc:
-            self._trouble(_body_error(exc))
-            raise
+    def _counted(self, rest: Resume) -> Resume:
+        async def resumed(offset: int) -> Download:
+            self.counts.resumed += 1
+            return await rest(offset)
+
+        return resumed
 
     def _corrupt(self, digest: Digest) -> None:
         self.counts.corrupt += 1
@@ -257,14 +269,10 @@ async def _started(answer: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]
         return await anext(body, b""), body
     except httpx.HTTPError as exc:
         await answer.aclose()
-        raise _body_error(exc) from exc
+        raise body_error(exc) from exc
     except BaseException:  # cancelled: the fill's task ends
         await answer.aclose()
         raise
-
-
-def _body_error(exc: httpx.HTTPError) -> ObjectStoreError:
-    return ObjectStoreError(f"GET body: {type(exc).__name__}: {exc}")
 
 
 def _refused(exc: ObjectStoreError) -> bool:

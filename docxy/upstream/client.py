@@ -27,7 +27,7 @@ from docxy import __version__
 from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from docxy.core.headers import redirect_headers
+from docxy.core.headers import redirect_headers, retry_after_seconds
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.presets import DEFAULT_NAME
@@ -44,6 +44,10 @@ REALM_TTL = 600.0
 MAX_SMALL_BODY = 4 * 1024 * 1024
 #: Answers that mean "the upstream is in trouble, try later" (the routes serve stale on them).
 SERVER_TROUBLE = frozenset({429, 500, 502, 503, 504})
+#: Seconds the mirror's own rate limit is taken to stand after a 429 without ``Retry-After``,
+#: and at most with one (Docker Hub's pull window is 6 hours).
+RATE_LIMIT_HOLD = 600.0
+RATE_LIMIT_MAX = 6 * 3600.0
 #: In a request's ``extensions``: it is made with a client's credentials.
 CLIENT_CREDENTIALS = "docxy.client_credentials"
 PULL_PATH = re.compile(r"/v2/.+/(manifests|blobs)/[^/]+$")
@@ -100,7 +104,8 @@ class UpstreamHealth:
     ratelimit_limit: str | None = None
     ratelimit_remaining: str | None = None
     reachable: bool | None = None  # None until tried; then whether the latest attempt got through
-    healthy: bool | None = None  # None until tried; False after a failure or a 429/5xx answer
+    # See the property: None until tried; False after a failure or a 429/5xx answer
+    _healthy: bool | None = None
     stale_served: int = 0
     last_stale: float | None = None
     #: by kind: timeout, unreachable, rate_limited (429), server_error (5xx)
@@ -110,21 +115,60 @@ class UpstreamHealth:
     )  # (when, kind, message), for the status page
 
     #: whether the mirror's own latest answer was a 429 (its own account's, or its address's,
-    #: rate limit), which only its own requests can tell is over
-    limited: bool = False
+    #: rate limit), which only its own requests can tell is over, or the time it stands
+    _limited: bool = False
+    last_limited: float | None = None  # when the mirror's own request was last answered 429
+    limited_until: float | None = None  # when its limit is taken to be over (while it stands)
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+
+    @property
+    def healthy(self) -> bool | None:
+        """None until tried; False after a failure or a 429/5xx answer, until an answer that
+        gets through, or the end of the mirror's own rate limit (:attr:`limited`)."""
+        self._limit_over()
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, value: bool | None) -> None:
+        self._healthy = value
+
+    @property
+    def limited(self) -> bool:
+        """Whether the mirror's own rate limit stands: from its own 429 until an own pull gets
+        through, or until the time the 429's ``Retry-After`` gave (:data:`RATE_LIMIT_HOLD`
+        without one; :data:`RATE_LIMIT_MAX` at most). Nothing asks the upstream to find out:
+        an idle mirror spends no pull of its quota, and is not "degraded" for ever."""
+        self._limit_over()
+        return self._limited
+
+    def _limit_over(self) -> None:
+        if not self._limited or self.limited_until is None or self.clock() < self.limited_until:
+            return
+        self._limited, self.limited_until = False, None
+        if self.last_error == self.last_limited:  # the 429 was the last trouble: it is over
+            self._healthy = True
+
+    def _limit(self, retry_after: str | None) -> None:
+        now = self.clock()
+        wait = retry_after_seconds(retry_after, now)
+        hold = RATE_LIMIT_HOLD if wait is None else min(wait, RATE_LIMIT_MAX)
+        self._limited, self.last_limited, self.limited_until = True, now, now + hold
 
     def ok(self) -> None:
-        self.last_ok = time.time()
+        self.last_ok = self.clock()
         self.reachable = self.healthy = True
 
-    def answered(self, status: int, own: bool = True, pull: bool = True) -> None:
+    def answered(
+        self, status: int, own: bool = True, pull: bool = True, retry_after: str | None = None
+    ) -> None:
         """An answer came back: a 429/5xx is an outage for the routes, so for health too.
 
         Not ``own`` (made with a client's credentials): its 429 is that client's account's
         rate limit, which says nothing about the mirror's, so it only says the upstream
         answered; and a success does not end the mirror's own rate limit. Nor does an answer
         that is not to a ``pull`` (a manifest or blob request): ``/v2/`` and the token service
-        answer whatever the pull limit. A 5xx is the upstream's trouble whoever asked."""
+        answer whatever the pull limit. A 5xx is the upstream's trouble whoever asked.
+        ``retry_after``: the answer's ``Retry-After``, how long an own 429's limit stands."""
         if status == 429 and not own:
             self.reachable = True
             return
@@ -133,23 +177,26 @@ class UpstreamHealth:
         if status in SERVER_TROUBLE:
             self.reachable = True
             self.healthy = False
-            self.last_error = time.time()
+            self.last_error = self.clock()
             self.last_error_message = f"the upstream answered {status}"
-            if own and (pull or status == 429):  # a 5xx to /v2/ says nothing of the limit
-                self.limited = status == 429
+            if own and status == 429:
+                self._limit(retry_after)
+                self.last_error = self.last_limited
+            elif own and pull:  # a 5xx to /v2/ says nothing of the limit
+                self._limited, self.limited_until = False, None
             return
         if own and pull:
-            self.limited = False
+            self._limited, self.limited_until = False, None
         if self.limited:  # a client's login got through, or /v2/ answered: the limit stands
             self.reachable = True
-            self.last_ok = time.time()
+            self.last_ok = self.clock()
         else:
             self.ok()
 
     def served_stale(self) -> None:
         """The cache answered for an upstream that failed (stale-if-error)."""
         self.stale_served += 1
-        self.last_stale = time.time()
+        self.last_stale = self.clock()
 
     def saw(self, headers: httpx.Headers) -> None:
         """The rate-limit headers of an answer to the mirror's own request."""
@@ -158,7 +205,7 @@ class UpstreamHealth:
             self.ratelimit_limit = headers.get("ratelimit-limit")
 
     def failed(self, message: str, kind: str = "unreachable") -> None:
-        self.last_error = time.time()
+        self.last_error = self.clock()
         self.last_error_message = message
         self.reachable = self.healthy = False
         self.failures[kind] += 1
@@ -172,6 +219,8 @@ class UpstreamHealth:
             "last_error_message": self.last_error_message,
             "ratelimit_limit": self.ratelimit_limit,
             "ratelimit_remaining": self.ratelimit_remaining,
+            "rate_limited_until": _iso(self.limited_until if self.limited else None),
+            "last_rate_limited": _iso(self.last_limited),
             "stale_served": self.stale_served,
             "last_stale": _iso(self.last_stale),
         }
@@ -329,7 +378,7 @@ class UpstreamClient:
                     f"cannot reach the upstream registry ({urlsplit(url).netloc}): "
                     f"{type(exc).__name__}"
                 ) from exc
-            health.answered(response.status_code, own, pull)
+            health.answered(response.status_code, own, pull, response.headers.get("retry-after"))
             if own:
                 health.saw(response.headers)
             if response.status_code not in REDIRECT_STATUSES:

@@ -177,7 +177,7 @@ async def open_get(
     except UpstreamError as exc:
         health.failed(exc.message, "timeout" if isinstance(exc, UpstreamTimeout) else "unreachable")
         raise
-    health.answered(answer.status)
+    health.answered(answer.status, retry_after=answer.header("retry-after"))
     health.saw(httpx.Headers(answer.headers))
     for listener in client.direct_listeners:
         for hop_url, status in answer.hops:

@@ -4,9 +4,11 @@ number of bytes (a store restarting, a gateway losing its volume server, a netwo
 
 - cut before the first byte of the body: nothing was sent to a client yet, so the mirror fills
   from the upstream instead (the client gets the whole blob);
-- cut mid-way: bytes have gone to the clients, so they are cut (never a short 200 that looks
-  complete), nothing is cached, the object is not marked corrupt (the store failed, the object
-  did not), and the failure is counted and logged; the next pull comes from the upstream.
+- cut mid-way: bytes have gone to the clients, so the rest of the blob comes from the upstream
+  (a ``Range`` GET from where the body broke off): the client gets the whole blob, verified and
+  cached, and the failure is counted and logged. Should the upstream not give the rest, the
+  clients are cut (never a short 200 that looks complete), nothing is cached, the object is not
+  marked corrupt (the store failed, the object did not); the next pull comes from the upstream.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lab.bed import Bed
+from lab.bed import Bed, Fault
+from lab.bed.front import UpstreamRequest
 from lab.bed.images import generated_chunks
 from lab.objectstore import ObjectStore as Weed
 from tests.conftest import StartMirror
@@ -30,7 +33,6 @@ from tests.e2e.test_shared_e2e import (
     DEADLINE,
     HELLO,
     MiB,
-    blob_fetches,
     fresh_prefix,
     get_blob,
     object_bytes,
@@ -128,6 +130,12 @@ def cutting_proxy(weed: Weed, cut_at: int) -> Iterator[CuttingProxy]:
         proxy.close()
 
 
+def blob_gets(bed: Bed) -> list[UpstreamRequest]:
+    """The blob GETs the upstream saw: the front's (a ``Range`` it relays as the registry's
+    ``206``, else a ``307`` to the CDN) and the CDN's."""
+    return bed.front_log.where(lambda r: r.kind == "blob" and r.method == "GET")
+
+
 def stored_blob(bed: Bed, weed: Weed, prefix: str, size: int, seed: int) -> str:
     """A blob of the bed's upstream that the bucket holds too (its right bytes); its digest."""
     digest = bed.push_big_blob(HELLO, size, seed=seed)
@@ -156,9 +164,11 @@ def test_a_body_cut_before_its_first_byte_is_filled_from_the_upstream(
     assert "shared store" in mirror.log_text() and "in trouble" in mirror.log_text()
 
 
-def test_a_body_cut_mid_way_is_never_served_whole_nor_taken_for_corrupt(
+def test_a_body_cut_mid_way_is_finished_from_the_upstream(
     bed: Bed, start_mirror: StartMirror, tmp_path: Path, weed: Weed
 ) -> None:
+    """The client had the first MiB of a 200 when the store's body broke off: it got a short
+    body and had to pull again. The rest comes from the upstream, only the rest."""
     need_binary("weed")
     prefix = fresh_prefix()
     size = 3 * MiB + 5
@@ -166,11 +176,37 @@ def test_a_body_cut_mid_way_is_never_served_whole_nor_taken_for_corrupt(
     with cutting_proxy(weed, cut_at=MiB) as proxy:
         mirror = replica(start_mirror, tmp_path / "cache", weed, prefix, endpoint=proxy.url)
         bed.front_log.clear()
+        assert get_blob(mirror.url, digest) == (200, digest, "")
+        assert proxy.cuts == 1
+    [rest] = blob_gets(bed)
+    assert (rest.range, rest.status) == (f"bytes={MiB}-", 206), rest  # what it had not yet
+    assert digest in blob_files(tmp_path / "cache")
+    health = shared_health(mirror.url)
+    counts = [health[key] for key in ("hits", "resumed", "corrupt", "errors", "reachable")]
+    assert counts == [1, 1, 0, 1, False], health
+    log = mirror.log_text()
+    assert "in trouble" in log and f"broke off after {MiB} bytes" in log
+    assert "fill failed" not in log
+    stored = object_bytes(weed, prefix, digest)  # the object was right all along
+    assert stored is not None and f"sha256:{hashlib.sha256(stored).hexdigest()}" == digest
+
+
+def test_a_body_cut_mid_way_whose_rest_fails_is_never_served_whole_nor_taken_for_corrupt(
+    bed: Bed, start_mirror: StartMirror, tmp_path: Path, weed: Weed
+) -> None:
+    need_binary("weed")
+    prefix = fresh_prefix()
+    size = 3 * MiB + 5
+    digest = stored_blob(bed, weed, prefix, size, seed=63)
+    bed.faults.add(Fault(site="front", kind="status", status=503, path_contains=digest))
+    with cutting_proxy(weed, cut_at=MiB) as proxy:
+        mirror = replica(start_mirror, tmp_path / "cache", weed, prefix, endpoint=proxy.url)
+        bed.front_log.clear()
         status, received, error = get_blob(mirror.url, digest)
         assert proxy.cuts == 1
+    assert bed.faults.fired, "the rest was never asked of the upstream"
     assert status == 200 and error and received != digest  # a cut transfer, never a whole one
     assert digest not in blob_files(tmp_path / "cache")
-    assert blob_fetches(bed) == 0
     poll(lambda: shared_health(mirror.url)["errors"] == 1, DEADLINE, "the cut is counted")
     health = shared_health(mirror.url)
     assert (health["hits"], health["corrupt"], health["reachable"]) == (1, 0, False), health
@@ -178,8 +214,9 @@ def test_a_body_cut_mid_way_is_never_served_whole_nor_taken_for_corrupt(
     assert "in trouble" in log and f"blob {digest}: fill failed" in log
 
     # The client retries (Docker does): the store rests, the upstream serves it whole.
+    bed.front_log.clear()
     assert get_blob(mirror.url, digest) == (200, digest, "")
-    assert len(bed.front_log.cdn_fetches()) == 1
+    assert [r.range for r in blob_gets(bed)] == [None, None]  # the front's 307, the CDN's 200
     assert digest in blob_files(tmp_path / "cache")
     stored = object_bytes(weed, prefix, digest)  # the object was right all along
     assert stored is not None and f"sha256:{hashlib.sha256(stored).hexdigest()}" == digest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import ssl
 import threading
@@ -292,6 +293,33 @@ async def test_cancelling_ends_the_thread_and_removes_the_temp_file(
         assert not thread.is_alive()
     with pytest.raises(FillAborted):
         await asyncio.wait_for(follower.read_all(), GUARD)
+    assert list(blobs.tmp_dir.iterdir()) == []
+
+
+async def test_an_abort_under_a_stalled_read_is_logged_once(
+    client_for: MakeClient,
+    tmp_path: Path,
+    server: BlobServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An abort (its client went away) while the pump's thread is blocked on the upstream
+    interrupts that read: the fill logged the abort, then a second line, a warning that the
+    fill failed with the read it had itself interrupted. One event, one line."""
+    server.plan.body, server.plan.upto, server.plan.then = LONG, len(LONG) // 3, "stall"
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    writer = await blobs.fetch_or_join(digest)
+    assert isinstance(writer, BlobWriter)
+    download = await open_download(client_for(), server.url + "/blob")
+    task = spawn("test fill", run_fill(writer, lambda: asyncio.sleep(0, download)))
+    while writer.fill.written < len(LONG) // 3 - fill_module.PUMP_BUFFER:
+        await asyncio.wait_for(writer.fill.changed(), GUARD)  # the thread is reading
+    with caplog.at_level("DEBUG", logger="docxy"):
+        writer.abort("its client went away")
+        await asyncio.wait_for(task, GUARD)  # the interrupted read ends the fill's task
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO and digest.hex in r.message]
+    assert [r.getMessage() for r in lines] == [
+        f"cache fill of {digest} aborted: its client went away"
+    ]
     assert list(blobs.tmp_dir.iterdir()) == []
 
 

@@ -101,3 +101,14 @@ def test_a_renewal_failing_for_a_while_says_since_when() -> None:
     page = render_page(dict(FULL, renewal=renewal))
     assert "5 run(s) in a row since 2026-11-27 22:00:00Z (" in page
     assert "run(s) in a row" not in render_page(FULL)  # nothing failing, nothing said
+
+
+def test_the_mirrors_rate_limit_says_until_when_then_when_it_was() -> None:
+    limited = {"registry": "r", "reachable": True, "rate_limited_until": "2999-01-01T00:00:00Z"}
+    limited["last_rate_limited"] = "2026-11-30T11:00:00Z"
+    page = render_page({"upstream": limited})
+    assert "rate limited until" in page and "2999-01-01 00:00:00Z (in " in page
+    over = {**limited, "rate_limited_until": None}
+    page = render_page({"upstream": over})
+    assert "rate limited until" not in page
+    assert "last rate limited" in page and "2026-11-30 11:00:00Z (" in page

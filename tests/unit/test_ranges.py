@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from docxy.core.errors import RangeNotSatisfiable
-from docxy.core.ranges import content_range, parse_range
+from docxy.core.ranges import content_range, parse_content_range, parse_range
 
 HUGE = "9" * 5000  # past Python's int-from-text digit limit (4300)
 
@@ -63,3 +63,25 @@ def test_suffix_range_of_an_empty_blob_is_the_whole_empty_body() -> None:
     assert parse_range("bytes=-5", 0) is None
     with pytest.raises(RangeNotSatisfiable):
         parse_range("bytes=0-", 0)
+
+
+@pytest.mark.parametrize(
+    ("header", "span"),
+    [
+        ("bytes 0-9/10", (0, 10, 10)),
+        ("bytes 1048576-3145732/3145733", (1048576, 3145733, 3145733)),
+        ("bytes 5-5/*", (5, 6, None)),
+        (" bytes 2-3/4 ", (2, 4, 4)),
+        (None, None),
+        ("", None),
+        ("bytes */10", None),  # a 416's: no range
+        ("bytes 5-4/10", None),  # last before first
+        ("bytes 0-10/10", None),  # past the size
+        ("items 0-1/2", None),
+        ("bytes 0-1/2, 4-5/6", None),
+        ("bytes -1-2/3", None),
+        (f"bytes 0-{HUGE}/{HUGE}", None),
+    ],
+)
+def test_a_206s_content_range(header: str | None, span: tuple[int, int, int | None] | None) -> None:
+    assert parse_content_range(header) == span

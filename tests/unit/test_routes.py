@@ -771,6 +771,8 @@ async def test_health_shape_before_any_upstream_call() -> None:
         "last_error_message": None,
         "ratelimit_limit": None,
         "ratelimit_remaining": None,
+        "rate_limited_until": None,
+        "last_rate_limited": None,
         "stale_served": 0,
         "last_stale": None,
     }

@@ -21,7 +21,7 @@ from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import ConfigError
 from docxy.shared import tier as tier_module
-from docxy.shared.objects import Bucket, ObjectStore
+from docxy.shared.objects import Bucket, ObjectStore, failure
 from docxy.shared.tier import SharedTier
 from docxy.tasks import spawn
 
@@ -101,6 +101,42 @@ async def test_a_hung_store_costs_one_miss_at_a_time_when_the_tier_tries_it_agai
             assert not probe.done() and len(store.accepted) == 2  # it went straight upstream
             assert await asyncio.wait_for(probe, GUARD) is None
             assert tier.reachable is False
+
+
+async def test_a_timeout_says_what_timed_out_and_after_how_long(tmp_path: Path) -> None:
+    """``/status.json`` showed ``HEAD ReadTimeout: `` with nothing after the colon (an httpx
+    timeout has an empty text): the store's last error says which request waited for what,
+    and how long."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    with silent_store() as store:
+        where = Bucket(store.url, "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+        timeout = httpx.Timeout(SILENT_FOR, connect=GUARD)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            tier = SharedTier(ObjectStore(where, http), blobs, 1)
+            assert await asyncio.wait_for(tier.download(digest(1)), GUARD) is None
+            assert tier.last_error == "GET ReadTimeout: nothing received within 1s"
+            tier.uploads.offer(cached_blob(blobs, 1))
+            await asyncio.wait_for(tier.uploads.drained(), GUARD)
+            assert tier.report()["last_error"] == "HEAD ReadTimeout: nothing received within 1s"
+
+
+@pytest.mark.parametrize(
+    ("error", "said", "with_text"),
+    [
+        (httpx.ConnectTimeout, "GET ConnectTimeout: no connection within 3s", "(the reason)"),
+        (httpx.WriteTimeout, "GET WriteTimeout: could not send within 4.5s", "(the reason)"),
+        (httpx.PoolTimeout, "GET PoolTimeout: no free connection within 6s", "(the reason)"),
+        (httpx.ReadError, "GET ReadError (no detail given)", "GET ReadError: the reason"),
+    ],
+)
+def test_failures_with_no_text_of_their_own_are_described(
+    error: type[httpx.TransportError], said: str, with_text: str
+) -> None:
+    limits = httpx.Timeout(15.0, connect=3.0, write=4.5, pool=6.0)
+    request = httpx.Request("GET", "http://store", extensions={"timeout": limits.as_dict()})
+    assert failure("GET", error("", request=request)) == said
+    assert failure("GET", error("the reason", request=request)).endswith(with_text)
+    assert failure("GET", error("")).startswith("GET ")  # raised without its request
 
 
 def cached_blob(blobs: DiskBlobStore, n: int) -> Digest:

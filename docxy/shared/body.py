@@ -1,0 +1,84 @@
+"""An object's body as a fill reads it, and the rest of the blob from the upstream should the
+body break off after some of its bytes went out.
+
+A body that breaks off before its first byte never gets here: no client has a byte yet, and
+the tier leaves the fill to the upstream, whole. Later, the fill's clients have the first bytes
+of a ``200``: instead of cutting them (each retrying the whole blob), the fill goes on with
+``rest(offset)``, the blob's bytes from ``offset`` on from the pull's upstream (a ``Range``
+GET). The fill verifies length and digest over the whole body at its commit, as any fill's,
+so a rest that is not the blob's is never kept nor served as a whole blob.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+
+from docxy.cache.fill import Download
+from docxy.core.digests import Digest
+from docxy.shared.objects import ObjectStoreError, failure
+
+log = logging.getLogger(__name__)
+
+#: The blob's bytes from an offset on (``Download.chunks``, ``size`` what is left, when known);
+#: raises :class:`~docxy.cache.errors.FetchFailed` when the upstream cannot give them.
+Resume = Callable[[int], Awaitable[Download]]
+
+
+class ObjectBody:
+    """The chunks of ``answer`` (``first``, then ``body``), or the rest from ``rest`` once it
+    breaks off; ``broke`` is told the store's failure (the tier's health) either way."""
+
+    def __init__(
+        self,
+        digest: Digest,
+        answer: httpx.Response,
+        first: bytes,
+        body: AsyncIterator[bytes],
+        rest: Resume | None,
+        broke: Callable[[ObjectStoreError], None],
+    ) -> None:
+        self.digest = digest
+        self.answer = answer
+        self.first = first
+        self.body = body
+        self.rest = rest
+        self.broke = broke
+        self.resumed: Download | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        sent = 0
+        if self.first:
+            yield self.first
+            sent = len(self.first)
+        try:
+            async for chunk in self.body:
+                yield chunk
+                sent += len(chunk)
+        except httpx.HTTPError as exc:
+            self.broke(body_error(exc))
+            if self.rest is None:
+                raise
+            await self.answer.aclose()
+            log.info(
+                "blob %s: the shared store's body broke off after %d bytes; the rest from the "
+                "upstream",
+                self.digest,
+                sent,
+            )
+            self.resumed = await self.rest(sent)
+            rest = self.resumed.chunks
+            assert rest is not None, "a rest is read on the loop"
+            async for chunk in rest:
+                yield chunk
+
+    async def close(self) -> None:
+        await self.answer.aclose()
+        if self.resumed is not None:
+            await self.resumed.close()
+
+
+def body_error(exc: httpx.HTTPError) -> ObjectStoreError:
+    return ObjectStoreError(failure("GET body:", exc))

@@ -1,0 +1,98 @@
+"""A shared-store body that breaks off after its first bytes went out: the rest of the blob
+comes from the upstream, as each upstream answers a ``Range`` (the real store and registry of
+tests/e2e/test_shared_cut_e2e.py show the common case; these are the answers a registry there
+cannot be made to give: a ``Range`` ignored, a ``206`` from elsewhere, a rest refused)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, SHARED, Upstream, answer, stack
+
+CUT_AT = 5000  # bytes of the object's body before it breaks off
+
+
+class BreaksOff(httpx.AsyncByteStream):
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
+        raise httpx.ReadError("connection reset by peer")
+
+
+class CutBucket(Upstream):
+    """The bucket's object breaks off after ``CUT_AT`` bytes; the upstream answers a ranged
+    blob GET as ``ranges`` says: ``honoured`` (206 from the start asked), ``ignored`` (the
+    whole blob, 200), ``elsewhere`` (206 from byte 0), ``refused`` (503)."""
+
+    def __init__(self, ranges: str) -> None:
+        super().__init__(in_bucket=True)
+        self.ranges = ranges
+        self.ranged: list[str] = []  # the Range of each upstream blob GET
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.bucket_seen.append(f"GET {request.url.path}")
+            headers = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=headers, stream=BreaksOff(BLOB[:CUT_AT]))
+        return super().bucket(request)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        wanted = request.headers.get("range")
+        if request.method != "GET" or "/blobs/" not in request.url.path or wanted is None:
+            return super().__call__(request)
+        self.ranged.append(wanted)
+        start = int(wanted.removeprefix("bytes=").removesuffix("-"))
+        if self.ranges == "refused":
+            return answer(503, b'{"errors": [{"code": "UNAVAILABLE", "message": "busy"}]}')
+        if self.ranges == "ignored":
+            return answer(200, BLOB, {"Content-Length": str(len(BLOB))})
+        first = 0 if self.ranges == "elsewhere" else start
+        span = {"Content-Range": f"bytes {first}-{len(BLOB) - 1}/{len(BLOB)}"}
+        return answer(206, BLOB[first:], {"Content-Length": str(len(BLOB) - first), **span})
+
+
+def cached(root: Path) -> list[Path]:
+    return [path for path in (root / "cache" / "blobs").rglob("*") if path.is_file()]
+
+
+def blob_path() -> str:
+    return f"/v2/library/hello/blobs/{BLOB_DIGEST}"
+
+
+@pytest.mark.parametrize("ranges", ["honoured", "ignored"])
+async def test_the_rest_comes_from_the_upstream_and_the_blob_is_kept(
+    tmp_path: Path, ranges: str
+) -> None:
+    upstream = CutBucket(ranges)
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        first = await mirror.get(blob_path())
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+        seen = await mirror.scrape()
+        kept = cached(tmp_path)
+    assert (first.status, first.body == BLOB) == (200, True)
+    assert upstream.ranged == [f"bytes={CUT_AT}-"]
+    assert [path.read_bytes() == BLOB for path in kept] == [True]
+    assert (health["hits"], health["resumed"], health["corrupt"], health["errors"]) == (1, 1, 0, 1)
+    assert seen["docxy_shared_blobs_total{result=resumed}"] == 1
+
+
+@pytest.mark.parametrize("ranges", ["elsewhere", "refused"])
+async def test_a_rest_the_upstream_does_not_give_cuts_the_clients_and_keeps_nothing(
+    tmp_path: Path, ranges: str
+) -> None:
+    upstream = CutBucket(ranges)
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        first = await mirror.get(blob_path())
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+        files = cached(tmp_path)
+    assert first.body != BLOB and len(first.body) < len(BLOB)  # never a whole-looking blob
+    assert upstream.ranged == [f"bytes={CUT_AT}-"]
+    assert files == []
+    assert (health["resumed"], health["corrupt"]) == (1, 0)  # the object is not blamed
