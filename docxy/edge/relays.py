@@ -31,6 +31,10 @@ class TokenRelays:
         self.buckets = Buckets(per_minute / 60, per_minute, clock)
         self.refused = 0
 
+    def refusals(self) -> dict[str, int]:
+        """Relays refused so far (``docxy_refused_total``)."""
+        return {"limits.token_relays_per_minute": self.refused}
+
     def take(self, client: str) -> None:
         """Count one relay for ``client`` (an address key), or raise :class:`TooManyRequests`
         when its bucket is empty."""

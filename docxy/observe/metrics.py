@@ -59,6 +59,7 @@ REFUSING_SETTINGS = (
     "limits.fills_per_client",
     "limits.fills_total",
     "limits.failed_logins_per_minute",
+    "limits.token_relays_per_minute",
     "limits.send_timeout",
 )
 
@@ -283,7 +284,7 @@ class MirrorCollector(Collector):
 
     def _refused(self) -> Metric:
         counts: Tally[str] = Tally(dict.fromkeys(REFUSING_SETTINGS, 0))
-        refusers = list(self.refusers())
+        refusers: list[Refuser] = [*self.refusers(), self.state.relays]
         if self.state.services is not None:
             refusers.append(self.state.services.blobs.permits)
         if self.state.access is not None:

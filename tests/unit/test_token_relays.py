@@ -15,6 +15,7 @@ from typing import Any
 
 from docxy.config import TOKEN_RELAYS_PER_MINUTE
 from docxy.http.state import mirror_state
+from docxy.observe.metrics import MirrorCollector
 from tests.unit.test_access_routes import basic, users_mirror
 from tests.unit.test_routes import Mirror, mirror
 
@@ -154,3 +155,16 @@ async def test_zero_turns_the_limit_off() -> None:
         for _ in range(50):
             assert not await refused(await ask(m, "/v2/"))
         assert len(m.upstream.requests) == 50
+
+
+async def test_refused_relays_are_counted_for_metrics_by_their_setting() -> None:
+    """docxy_refused_total names the setting a 429 came from, as for every other limit."""
+    async with relaying({"limits.token_relays_per_minute": "1"}) as (m, _):
+        assert not await refused(await ask(m, "/v2/"))
+        assert await refused(await ask(m, TOKEN))
+        assert await refused(await ask(m, "/v2/"))
+        collector = MirrorCollector(mirror_state(m.app), lambda: None)
+        family = next(f for f in collector.collect() if f.name == "docxy_refused")
+    counts = {s.labels["setting"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert counts["limits.token_relays_per_minute"] == 2
+    assert counts["limits.requests_per_minute"] == 0
