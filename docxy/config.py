@@ -713,13 +713,14 @@ def load_config(
             shown = "(hidden)" if key in SECRET_KEYS else exc
             raise ConfigError(f"{key}: {shown} ({source})") from None
     sources = {key: source for key, (_, source) in raw.items()}
-    from docxy.upstream.settings import load_upstreams  # it builds on this module's parsers
+    from docxy.upstream.settings import check_registry_hosts, load_upstreams  # on this module
 
     upstreams, upstream_sources = load_upstreams(
         file_upstreams, f"file {config_file}", environ, upstream_flags
     )
-    config = _assemble(values, sources | upstream_sources)
-    return replace(config, upstreams=upstreams)
+    config = replace(_assemble(values, sources | upstream_sources), upstreams=upstreams)
+    check_registry_hosts(config)
+    return config
 
 
 def _section(values: Mapping[str, Any], section: str) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from every layer. Mistakes stop start-up naming the key and its source, as for a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
-from docxy.config import NamedUpstreamConfig, parse_bool, parse_url
+from docxy.config import Config, NamedUpstreamConfig, UpstreamConfig, parse_bool, parse_url
 from docxy.core.errors import ConfigError
 from docxy.upstream.presets import DEFAULT_NAME, PRESETS
 
@@ -37,6 +38,7 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 _HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::\d{{1,5}})?")
 
 Raw = dict[str, tuple[object, str]]  # key → (raw value, source)
+AnyUpstream = UpstreamConfig | NamedUpstreamConfig
 
 
 def env_id(name: str) -> str:
@@ -228,6 +230,58 @@ def _check_hosts(upstreams: list[NamedUpstreamConfig], sources: Mapping[str, str
                     f"{key}: {host} already picks {owner[host]} ({sources.get(key, '?')})"
                 )
             owner[host] = upstream.name
+
+
+class SharedHost(NamedTuple):
+    """An upstream (``later``, its ``registry``) on the registry ``host`` of an ``earlier``
+    one, and how their settings differ (``[]``: the same upstream under two names)."""
+
+    earlier: str
+    later: str
+    registry: str
+    host: str
+    differences: list[str]
+
+
+def same_registry_host(config: Config) -> Iterator[SharedHost]:
+    """Every upstream whose registry host an earlier one has, ``[upstream]`` included. The
+    mirror keys cache entries, tokens, refusals, realms and health by that host
+    (``Upstream.host``): such upstreams share all of them."""
+    first: dict[str, tuple[str, AnyUpstream]] = {}
+    sections: list[tuple[str, AnyUpstream]] = [("[upstream]", config.upstream)]
+    sections += [(f"{SECTION}.{u.name}", u) for u in config.upstreams]
+    for section, upstream in sections:
+        host = urlsplit(upstream.registry).netloc
+        earlier, other = first.setdefault(host, (section, upstream))
+        if earlier != section:
+            differences = _differences(other, upstream)
+            yield SharedHost(earlier, section, upstream.registry, host, differences)
+
+
+def _differences(a: AnyUpstream, b: AnyUpstream) -> list[str]:
+    found = []
+    if a.registry != b.registry:
+        found.append("another registry URL")
+    if a.auth_realm != b.auth_realm:
+        found.append("another auth_realm")
+    if (a.username, a.password) != (b.username, b.password):
+        found.append("another login")
+    return found
+
+
+def check_registry_hosts(config: Config) -> None:
+    """Refuse two upstreams on one registry host unless they are the same upstream (registry
+    URL, auth_realm and login alike), which sharing cannot harm."""
+    for shared in same_registry_host(config):
+        if shared.differences:
+            key = f"{shared.later}.registry"
+            raise ConfigError(
+                f"{key}: {shared.registry} has the registry host {shared.host} of "
+                f"{shared.earlier}, with {' and '.join(shared.differences)}: the mirror keys "
+                f"its cache, tokens, refusals and health by that host, so the two would share "
+                f"them; "
+                f"configure each registry once ({config.sources.get(key, 'preset')})"
+            )
 
 
 def describe_upstreams(

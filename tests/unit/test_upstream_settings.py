@@ -204,3 +204,54 @@ def test_names_that_share_an_environment_name_are_refused() -> None:
     env = {"DOCXY_UPSTREAMS": "a-b.io=https://one.test,a.b.io=https://two.test"}
     with pytest.raises(ConfigError, match="share the environment name DOCXY_UPSTREAMS_A_B_IO_"):
         load(env=env)
+
+
+# --- two upstreams on one registry host -------------------------------------------------
+# The mirror keys its cache, tokens, refusals, realms and health by the registry's host
+# (``Upstream.host``): two upstreams there share all of it.
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        (  # a second name for ghcr.io with a login of its own: tokens would mix
+            '[[upstreams]]\nname = "ghcr.io"\n\n[[upstreams]]\nname = "ghcr.work.example"\n'
+            'registry = "https://ghcr.io"\nusername = "robot"\npassword = "s3cret"\n',
+            "upstreams.ghcr.work.example.registry: https://ghcr.io has the registry host "
+            "ghcr.io of upstreams.ghcr.io, with another login",
+        ),
+        (  # Docker Hub again under a name, anonymous beside [upstream]'s account
+            '[upstream]\nusername = "hub"\npassword = "s3cret"\n\n[[upstreams]]\n'
+            'name = "hub.example"\nregistry = "https://registry-1.docker.io"\n',
+            "upstreams.hub.example.registry: https://registry-1.docker.io has the registry host "
+            "registry-1.docker.io of [upstream], with another login",
+        ),
+        (  # one host, two registries under different paths: same repository names would mix
+            '[[upstreams]]\nname = "a.example"\nregistry = "https://lab.example/a"\n\n'
+            '[[upstreams]]\nname = "b.example"\nregistry = "https://lab.example/b"\n'
+            'auth_realm = "https://lab.example/token"\n',
+            "of upstreams.a.example, with another registry URL and another auth_realm",
+        ),
+    ],
+)
+def test_two_upstreams_on_one_registry_host_are_refused(
+    tmp_path: Path, toml: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(toml, tmp_path=tmp_path)
+    message = str(caught.value)
+    assert words in message
+    assert "share" in message and f"(file {tmp_path}" in message
+    assert "s3cret" not in message
+
+
+def test_the_same_upstream_under_two_names_is_allowed(tmp_path: Path) -> None:
+    # Identical in all the mirror keys by: sharing is harmless (and said at start-up).
+    toml = (
+        '[[upstreams]]\nname = "ghcr.io"\nhosts = ["ghcr.mirror.example.com"]\n\n'
+        '[[upstreams]]\nname = "ghcr.alias.example"\nregistry = "https://ghcr.io"\n'
+    )
+    assert [u.name for u in load(toml, tmp_path=tmp_path).upstreams] == [
+        "ghcr.io",
+        "ghcr.alias.example",
+    ]
