@@ -30,6 +30,7 @@ from docxy.http.state import mirror_state
 from docxy.observe import Observer, create_admin_app, serve_admin
 from docxy.tasks import cancel_all, spawn
 from docxy.tls.certs import renewal_status
+from docxy.upstream.startup import warn_about_upstreams
 
 if TYPE_CHECKING:
     from docxy.tls.context import ReloadableTLS
@@ -252,6 +253,7 @@ async def run(config: Config) -> None:
         config.server.public_url,
         config.upstream.registry,
     )
+    warn_about_upstreams(config)
     if config.server.admin_listen is not None:
         admin = create_admin_app(observer, config.server.admin_listen, config.server.admin_hosts)
         spawn("admin-listener", serve_admin(admin, config.server.admin_listen, stop.wait))
