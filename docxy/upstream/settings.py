@@ -33,6 +33,7 @@ ENV_LIST = "DOCXY_UPSTREAMS"
 ENV_PREFIX = "DOCXY_UPSTREAMS_"
 KEYS = ("registry", "auth_realm", "library_prefix", "username", "password", "hosts")
 SECRET = "password"
+PRESET_KEYS = ("registry", "library_prefix")  # what a preset gives (docxy.upstream.presets)
 _NAME = re.compile(r"[a-z0-9]+(?:-+[a-z0-9]+)*(?:\.[a-z0-9]+(?:-+[a-z0-9]+)*)+")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 _HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::\d{{1,5}})?")
@@ -299,6 +300,6 @@ def describe_upstreams(
                 shown = ",".join(value)
             else:
                 shown = str(value)
-            default = "preset" if upstream.name in PRESETS else "default"
+            default = "preset" if upstream.name in PRESETS and key in PRESET_KEYS else "default"
             rows.append((full, shown, sources.get(full, default)))
     return rows

@@ -255,3 +255,27 @@ def test_the_same_upstream_under_two_names_is_allowed(tmp_path: Path) -> None:
         "ghcr.io",
         "ghcr.alias.example",
     ]
+
+
+def test_show_config_lists_every_upstream_with_its_hosts_and_no_secret(
+    capsys: pytest.CaptureFixture[str], clean_docxy_env: None, tmp_path: Path
+) -> None:
+    path = tmp_path / "docxy.toml"
+    path.write_text(
+        '[upstream]\nusername = "hub"\npassword = "hub-s3cret"\n\n'
+        '[[upstreams]]\nname = "ghcr.io"\nhosts = ["ghcr.mirror.example", "127.0.0.2:8080"]\n\n'
+        '[[upstreams]]\nname = "lab.example"\nregistry = "http://127.0.0.1:5000"\n'
+        'username = "bob"\npassword = "lab-s3cret"\n'
+    )
+    code = main(["serve", "--config", str(path), "--listen", "127.0.0.1:8080", "--show-config"])
+    out = capsys.readouterr().out
+    assert code == 0
+    source = f"(file {path})"
+    assert f"upstream.password = (set)  {source}" in out
+    assert f"upstreams.ghcr.io.hosts = ghcr.mirror.example,127.0.0.2:8080  {source}" in out
+    assert "upstreams.ghcr.io.registry = https://ghcr.io  (preset)" in out
+    # what the preset does not give is a default, as for any upstream
+    assert "upstreams.ghcr.io.password = None  (default)" in out
+    assert f"upstreams.lab.example.password = (set)  {source}" in out
+    assert "upstreams.lab.example.hosts =   (default)" in out
+    assert "s3cret" not in out
