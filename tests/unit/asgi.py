@@ -22,19 +22,17 @@ class AsgiAnswer:
     complete: bool = True  # the app ended the body (False: the connection was cut)
 
 
-async def call_asgi(
-    app: Any,
+def http_scope(
     method: str,
     raw_path: str,
     *,
     host: str,
     scheme: str = "http",
     headers: Iterable[tuple[str, str]] = (),
-    body_seen: asyncio.Event | None = None,
-) -> AsgiAnswer:
-    """One request; ``body_seen`` is set when the first body bytes go out."""
+) -> dict[str, Any]:
+    """The scope hypercorn gives an HTTP/1.1 request from 127.0.0.1 for ``raw_path``."""
     path, _, query = raw_path.partition("?")
-    scope: dict[str, Any] = {
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -50,6 +48,20 @@ async def call_asgi(
         "server": ("127.0.0.1", 8080),
         "extensions": {},
     }
+
+
+async def call_asgi(
+    app: Any,
+    method: str,
+    raw_path: str,
+    *,
+    host: str,
+    scheme: str = "http",
+    headers: Iterable[tuple[str, str]] = (),
+    body_seen: asyncio.Event | None = None,
+) -> AsgiAnswer:
+    """One request; ``body_seen`` is set when the first body bytes go out."""
+    scope = http_scope(method, raw_path, host=host, scheme=scheme, headers=headers)
     messages: list[dict[str, Any]] = []
     requested = False
 

@@ -25,7 +25,7 @@ from docxy.observe.status import status_report
 from docxy.shared.objects import EMPTY_SHA256, Bucket, signed_headers
 from docxy.tasks import spawn
 from docxy.upstream.client import Upstream
-from tests.unit.asgi import call_asgi
+from tests.unit.asgi import call_asgi, http_scope
 from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, blob_path, stack
 from tests.unit.test_observe_routes import Upstream as RoutesUpstream
 from tests.unit.turns import until
@@ -224,21 +224,7 @@ async def test_a_client_leaving_mid_download_is_logged_as_left(
     async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
         caplog.set_level(logging.INFO, logger="docxy.access")
         answered = asyncio.Event()
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": blob_path(),
-            "raw_path": blob_path().encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"mirror.test")],
-            "client": ("127.0.0.1", 40000),
-            "server": ("127.0.0.1", 8080),
-            "extensions": {},
-        }
+        scope = http_scope("GET", blob_path(), host="mirror.test")
         asked = False
 
         async def receive() -> dict[str, object]:
