@@ -51,10 +51,26 @@ class Settings:
         return self.config_dir / STATUS_FILE  # read by the mirror: docxy.certs.renewal_status
 
 
+#: ``--help``'s text, for the user (the module's docstring is for its reader).
+DESCRIPTION = (
+    "Renew the mirror's TLS certificate with certbot: once at start, then twice a day (or "
+    "every --interval seconds), retrying with backoff after a failure. A new certificate is "
+    "installed where the mirror reads it, and the mirror told to reload (--pidfile or "
+    "--reload-command)."
+)
+EPILOG = (
+    "Settings: these flags, then DOCXY_SCHEDULER_* variables, then [scheduler] in the "
+    "mirror's config file; the domain, e-mail and certificate paths come from its [certs] "
+    "and [tls]. `docxy serve --show-config` lists them all."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations, as in docxy's own CLI (docxy.cli.main.Parser, not imported: it would
     # load the mirror's CLI into the renewer): `--reload CMD` is not --reload-command.
-    p = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__, allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        prog="python -m scheduler", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False
+    )
     p.add_argument("--config", type=Path, help="the mirror's TOML config (default $DOCXY_CONFIG)")
     p.add_argument("--hour", help="first daily run's hour 0-11 (default random)")
     p.add_argument("--minute", help="daily runs' minute 0-59 (default random)")

@@ -41,6 +41,8 @@ usage: $PROG [--mirror URL] [options]
                         (default: $MIRROR_DEFAULT)}
   --remove              take this mirror out again (only this one)
   --dry-run             print every change, make none
+  --no-summary          leave out the opening and closing lines (Dry run..., Nothing to
+                        change...): for a script that runs this one and says its own
   --no-reload           write the files, do not reload dockerd
   --allow-restart       restart dockerd when a reload does not take (stops running containers
                         unless live-restore is on)
@@ -73,6 +75,7 @@ die() {
 MIRROR="$MIRROR_DEFAULT"
 REMOVE=0
 DRY_RUN=0
+SUMMARY=1
 RELOAD=1
 ALLOW_RESTART=0
 ROOT=/
@@ -95,6 +98,7 @@ parse_args() {
       --mirror=*) MIRROR="${1#*=}" ;;
       --remove) REMOVE=1 ;;
       --dry-run) DRY_RUN=1 ;;
+      --no-summary) SUMMARY=0 ;;
       --no-reload) RELOAD=0 ;;
       --allow-restart) ALLOW_RESTART=1 ;;
       --root) ROOT="${2:?--root needs a directory}"; shift ;;
@@ -875,7 +879,7 @@ main() {
   if [[ "$ROOT" == "" && "$(id -u)" != 0 && $DRY_RUN == 0 ]]; then
     die "run as root (sudo), or try --dry-run first"
   fi
-  ((DRY_RUN)) && say "Dry run: nothing is changed."
+  ((DRY_RUN && SUMMARY)) && say "Dry run: nothing is changed."
   say "Mirror: $MIRROR$( ((REMOVE)) && echo " (removing)")"
   if [[ -n "$CLIENT_DIR" && -e "$CLIENT_DIR/ca.crt" ]] && ((!REMOVE)); then
     say "  $CLIENT_DIR/ca.crt is the mirror's client CA (it checks clients): not installed;"
@@ -888,7 +892,9 @@ main() {
   fi
   ((WANT_CONTAINERD)) && configure_containerd
   ((WANT_PODMAN)) && configure_podman
-  if ((DRY_RUN)); then
+  if ((!SUMMARY)); then
+    : # the script that ran this one says its own
+  elif ((DRY_RUN)); then
     say "Dry run: the changes above were not made."
   elif ((CHANGES == 0)); then
     say "Nothing to change: every file was already as wanted."

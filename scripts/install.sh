@@ -870,7 +870,8 @@ wait_for_health() {
 }
 
 configure_local_docker() {
-  local args=(--mirror "https://$DOMAIN" --docker --root "${ROOT:-/}")
+  # --no-summary: its "Dry run..." and "Nothing to change..." lines are this script's to say.
+  local args=(--mirror "https://$DOMAIN" --docker --root "${ROOT:-/}" --no-summary)
   ((DRY_RUN)) && args+=(--dry-run)
   ((UNINSTALL)) && args+=(--remove)
   if ((DRY_RUN)) && [[ ! -f "$DIR/scripts/configure-client.sh" ]]; then

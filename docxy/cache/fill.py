@@ -420,12 +420,13 @@ class BlobWriter:
         if expected_size is None:
             expected_size = self.fill.size
         if expected_size is not None and self._count != expected_size:
-            self.abort(f"expected {expected_size} bytes, got {self._count}")
+            self.fail(f"length mismatch: expected {expected_size} bytes, got {self._count}")
             raise SizeMismatch(f"{self.digest}: expected {expected_size} bytes, got {self._count}")
         actual = self._hash.hexdigest()
         if actual != self.digest.hex:
-            self.abort(f"content hashes to {self.digest.algorithm}:{actual}")
-            raise DigestMismatch(f"expected {self.digest}, got {self.digest.algorithm}:{actual}")
+            got = f"{self.digest.algorithm}:{actual}"
+            self.fail(f"digest mismatch: expected {self.digest}, got {got}")
+            raise DigestMismatch(f"expected {self.digest}, got {got}")
         if not self.caching:
             self._finish()
             return None
@@ -456,6 +457,14 @@ class BlobWriter:
         self._close_and_discard(reason)
         self._finish()
 
+    def fail(self, reason: str) -> None:
+        """Abort because the download failed: one WARNING line says why and where the bytes
+        came from (:attr:`InFlight.origin`), in place of the abort's INFO line. Idempotent."""
+        if self._finished:
+            return
+        self._close_and_discard(reason, failed=True)
+        self._finish()
+
     def _take_fd(self) -> int | None:
         """Hand over the temp file descriptor; the finalizer no longer closes it."""
         fd, self._fd = self._fd, None
@@ -463,7 +472,7 @@ class BlobWriter:
             self._finalizer = weakref.finalize(self, _abandon, self.fill, None, self._host)
         return fd
 
-    def _close_and_discard(self, reason: str) -> None:
+    def _close_and_discard(self, reason: str, *, failed: bool = False) -> None:
         fd = self._take_fd()
         user = self._fd_user
         writing = user if fd is not None and user is not None and not user.done() else None
@@ -475,7 +484,7 @@ class BlobWriter:
         # file (the next open anywhere in the process) by the time the write comes. The store
         # closes it once the thread is done (the pump's stops at its next read, as the fill
         # has no reservation left).
-        _discard(self.fill, fd, self._host, reason, writing)
+        _discard(self.fill, fd, self._host, reason, writing, failed=failed)
 
     def _finish(self) -> None:
         self._finished = True
@@ -609,15 +618,13 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             if committed is not None:
                 log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
         except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why
-            if writer.finished and not isinstance(exc, VerifyError):
-                # Aborted meanwhile (its clients went away...): that abort was logged, and this
-                # is its echo (the upstream read it interrupted, the commit it closed).
-                log.debug(
-                    "blob %s: fill ended by its abort: %s: %s", writer.digest, _name(exc), exc
-                )
+            if writer.finished:
+                # Ended already, and logged then: the commit's verify error (its own WARNING),
+                # or an abort meanwhile (its clients went away...) of which this is the echo
+                # (the upstream read it interrupted, the commit it closed).
+                log.debug("blob %s: fill ended: %s: %s", writer.digest, _name(exc), exc)
             else:
-                writer.abort(f"{_name(exc)}: {exc}")
-                log.warning("blob %s: fill failed: %s: %s", writer.digest, _name(exc), exc)
+                writer.fail(f"{_name(exc)}: {exc}")
         finally:
             await download.close()
 
@@ -672,10 +679,18 @@ def _discard(
     host: FillHost,
     reason: str,
     writing: asyncio.Future[Any] | None = None,
+    *,
+    failed: bool = False,
 ) -> None:
+    """End a fill without its blob. Its one log line: a WARNING for a ``failed`` download
+    (which says where its bytes came from), else an INFO (its clients went away, no disk)."""
     if fill.state is FillState.WRITING:
         fill.state, fill.reason = FillState.ABORTED, reason
-        log.info("cache fill of %s aborted: %s", fill.digest, reason)
+        if failed:
+            origin = fill.origin or "upstream"
+            log.warning("blob %s: fill failed (from %s): %s", fill.digest, origin, reason)
+        else:
+            log.info("cache fill of %s aborted: %s", fill.digest, reason)
     host.fill_discarded(fill, fd, writing)
     host.fill_ended(fill)
     fill.notify()

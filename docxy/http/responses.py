@@ -17,7 +17,7 @@ from quart import Response
 from werkzeug.datastructures import Headers
 
 from docxy.cache.errors import FillAborted
-from docxy.cache.fill import BlobFollower
+from docxy.cache.fill import BlobFollower, FillState
 from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenges
 from docxy.core.errors import RegistryError, StreamCut, Unauthorized
@@ -104,7 +104,11 @@ async def _cut_on_abort(stream: BlobReader | BlobFollower) -> AsyncIterator[byte
         async for chunk in stream:
             yield chunk
     except FillAborted as exc:
-        log.warning("blob fill failed, cutting the client: %s", exc)
+        # A fill that ended without its blob said why in its own line, once for all its
+        # clients; each client's access line ends in ``cut``. Only a cut of this client's
+        # own (its temp file shrank under it) is news here.
+        told = isinstance(stream, BlobFollower) and stream.fill.state is FillState.ABORTED
+        log.log(logging.DEBUG if told else logging.WARNING, "cutting the client: %s", exc)
         raise StreamCut(str(exc)) from None
     finally:
         stream.close()

@@ -18,7 +18,8 @@ import httpx
 
 from docxy.cache.fill import Download
 from docxy.core.digests import Digest
-from docxy.shared.objects import ObjectStoreError, failure
+from docxy.core.failures import failure
+from docxy.shared.objects import ObjectStoreError
 
 log = logging.getLogger(__name__)
 

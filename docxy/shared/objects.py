@@ -23,6 +23,7 @@ import httpx
 from docxy.cache.files import BlobFile
 from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
+from docxy.core.failures import failure
 from docxy.shared.keys import blob_key, object_url
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -161,40 +162,6 @@ class ObjectStore:
             content=_read_chunks(file, size, digest),
         )
         await _check(answer, "PUT")
-
-
-#: What each httpx timeout waited for, by its key in ``httpx.Timeout``.
-_WAITED_FOR: dict[type[httpx.HTTPError], tuple[str, str]] = {
-    httpx.ConnectTimeout: ("connect", "no connection"),
-    httpx.ReadTimeout: ("read", "nothing received"),
-    httpx.WriteTimeout: ("write", "could not send"),
-    httpx.PoolTimeout: ("pool", "no free connection"),
-}
-
-
-def failure(what: str, exc: httpx.HTTPError) -> str:
-    """``what`` failed, in words: ``GET ReadTimeout: nothing received within 15s``. An httpx
-    timeout has no text of its own (``HEAD ReadTimeout: `` said nothing): it says what it
-    waited for and how long (the request's timeout), then its text if it has one."""
-    name, text = type(exc).__name__, str(exc)
-    waited = _WAITED_FOR.get(type(exc))
-    if waited is None:
-        return f"{what} {name}: {text}" if text else f"{what} {name} (no detail given)"
-    key, missing = waited
-    seconds = _timeout_of(exc, key)
-    told = f"{what} {name}: {missing}"
-    if seconds is not None:
-        told += f" within {seconds:g}s"
-    return f"{told} ({text})" if text else told
-
-
-def _timeout_of(exc: httpx.HTTPError, key: str) -> float | None:
-    try:
-        limits = exc.request.extensions.get("timeout", {})
-    except RuntimeError:  # raised without its request
-        return None
-    seconds = limits.get(key)
-    return float(seconds) if isinstance(seconds, int | float) else None
 
 
 async def _check(answer: httpx.Response, what: str) -> None:

@@ -27,6 +27,7 @@ from docxy import __version__
 from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from docxy.core.failures import failure
 from docxy.core.headers import redirect_headers, retry_after_seconds
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
@@ -368,9 +369,10 @@ class UpstreamClient:
                 )
                 response = await self.http.send(request, stream=True)
             except httpx.TimeoutException as exc:
-                health.failed(f"timeout talking to {urlsplit(url).netloc}", "timeout")
+                said = failure(f"{method} {urlsplit(url).netloc}", exc)  # which wait, how long
+                health.failed(said, "timeout")
                 raise UpstreamTimeout(
-                    f"the upstream registry did not answer in time ({urlsplit(url).netloc})"
+                    f"the upstream registry did not answer in time ({said})"
                 ) from exc
             except (httpx.TransportError, httpx.InvalidURL) as exc:
                 health.failed(f"{type(exc).__name__} talking to {urlsplit(url).netloc}")
@@ -454,7 +456,8 @@ async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> b
                 raise UpstreamUnavailable(f"the upstream's answer exceeded {limit} bytes")
             chunks.append(chunk)
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeout("the upstream registry stopped sending in time") from exc
+        said = failure(f"{upstream.request.method} {upstream.url.host}", exc)
+        raise UpstreamTimeout(f"the upstream registry stopped sending in time ({said})") from exc
     except httpx.RequestError as exc:
         raise UpstreamUnavailable(
             f"the upstream registry's answer broke off: {type(exc).__name__}"

@@ -867,6 +867,26 @@ def test_configure_local_docker(box: ScriptBox, resolver: Resolver) -> None:
     assert f'"https://{DOMAIN}"' in box.path("/etc/docker/daemon.json").read_text()
 
 
+def test_a_dry_run_that_configures_local_docker_says_dry_run_once_at_each_end(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """configure-client.sh, run by install.sh, printed its own 'Dry run: nothing is changed.'
+    and 'Dry run: the changes above were not made.' in the middle of install.sh's."""
+    files = box.files()
+
+    result = install(box, resolver, "--dry-run", "--configure-local-docker")
+
+    assert result.returncode == 0, output(result)
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("Dry run")] == [
+        "Dry run: nothing is changed.",
+        "Dry run: the changes above were not made.",
+    ], result.stdout
+    assert lines.index("Dry run: nothing is changed.") < 2
+    assert "would write" in result.stdout.split("This host's own dockerd")[1]  # its changes
+    assert box.files() == files
+
+
 def test_symlinked_daemon_json_and_env_are_edited_through_their_links(
     box: ScriptBox, resolver: Resolver
 ) -> None:

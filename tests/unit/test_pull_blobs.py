@@ -296,9 +296,43 @@ async def test_a_client_cut_off_from_a_failed_fill_is_one_warning_line(
     assert not answer.complete  # cut: the client sees a broken download, never a short success
     assert len(answer.body) < len(BLOB)
     assert not [r for r in caplog.records if r.exc_info]
-    cut = [r for r in caplog.records if "cutting the client" in r.getMessage()]
-    assert len(cut) == 1 and cut[0].levelname == "WARNING"
-    assert "\n" not in cut[0].getMessage()
+    # One line for the failed download, said by the fill (why, and where from); the client's
+    # cut adds no second warning.
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == [
+        f"blob {DIGEST}: fill failed (from upstream): ReadError: connection reset by peer"
+    ]
+
+
+async def test_a_blob_that_does_not_verify_is_one_warning_saying_what_and_from_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes of the right length that hash to another digest: the client is cut and the log
+    says so once, as a warning naming both digests and where the bytes came from, and the
+    access line marks the request as cut; no second line for the fill's abort or the cut."""
+    wrong = bytes(reversed(BLOB))
+    got = "sha256:" + hashlib.sha256(wrong).hexdigest()
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return reply(200, b"{}" if request.url.path == "/v2/" else wrong)
+
+    async with mirror(tmp_path, upstream) as app:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            logged = AccessLog(Guard(app, None))
+            path = f"/v2/team/app/blobs/{DIGEST}"
+            answer = await call_asgi(logged, "GET", path, host="mirror.test")
+    assert not answer.complete and len(answer.body) < len(BLOB)
+    lines = [
+        r
+        for r in caplog.records
+        if r.name.startswith("docxy") and r.levelno >= logging.INFO and DIGEST[7:] in r.message
+    ]
+    warnings = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"expected {DIGEST}, got {got}" in warnings[0] and "from upstream" in warnings[0]
+    [access] = [r.getMessage() for r in lines if r.levelno == logging.INFO]
+    assert access.startswith(f"GET /v2/team/app/blobs/{DIGEST} 200 ") and access.endswith(" cut")
 
 
 @pytest.mark.parametrize(

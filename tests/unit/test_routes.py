@@ -202,6 +202,33 @@ async def test_v2_upstream_failure(exc: Exception, status: int, words: str) -> N
     assert "registry.example" in body["errors"][0]["message"]
 
 
+@pytest.mark.parametrize(
+    ("timeout", "said"),
+    [
+        (httpx.ConnectTimeout, "ConnectTimeout: no connection within 7s"),
+        (httpx.ReadTimeout, "ReadTimeout: nothing received within 9s"),
+        (httpx.PoolTimeout, "PoolTimeout: no free connection within 7s"),
+    ],
+)
+async def test_an_upstream_timeout_says_what_timed_out_and_after_how_long(
+    timeout: type[httpx.TimeoutException], said: str
+) -> None:
+    """httpx raises its timeouts with the request (and its own limits) but no text worth
+    reading: the client's error and /health say which wait ran out, and after how long."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise timeout("", request=request)
+
+    settings: dict[str, object] = {"upstream.connect_timeout": 7, "upstream.read_timeout": 9}
+    async with mirror(handler, settings) as m:
+        response = await m.client.get("/v2/")
+        health = await (await m.client.get("/health")).get_json()
+    assert response.status_code == 504
+    message = (await response.get_json())["errors"][0]["message"]
+    assert "did not answer in time" in message and f"registry.example {said}" in message
+    assert f"GET registry.example {said}" == health["upstream"]["last_error_message"]
+
+
 # --- manifests --------------------------------------------------------------------------------
 
 

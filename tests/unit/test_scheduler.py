@@ -740,3 +740,12 @@ def test_without_apscheduler_the_renewer_says_which_extra_to_install() -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert "pip install" in result.stderr and "[scheduler]" in result.stderr, result.stderr
+
+
+def test_help_tells_a_user_what_the_renewer_does_not_how_its_settings_module_works() -> None:
+    """``python -m scheduler --help`` printed the settings module's docstring (reST markup,
+    'checked like every other setting (docxy.config ...)'), not what the program is for."""
+    said = settings_mod.build_parser().format_help()
+    assert "``" not in said and "docxy.config" not in said
+    assert "Renew the mirror's TLS certificate" in said
+    assert "DOCXY_SCHEDULER_" in said and "[scheduler]" in said  # where its settings come from

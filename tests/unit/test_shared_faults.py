@@ -20,8 +20,9 @@ from docxy.cache.blobs import DiskBlobStore
 from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import ConfigError
+from docxy.core.failures import failure
 from docxy.shared import tier as tier_module
-from docxy.shared.objects import Bucket, ObjectStore, failure
+from docxy.shared.objects import Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
 from docxy.tasks import spawn
 

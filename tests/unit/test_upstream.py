@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -15,6 +17,7 @@ from docxy.upstream.client import (
     UpstreamClient,
     UpstreamHealth,
     make_http_client,
+    read_small,
     same_origin,
 )
 from tests.unit.fakes import FakeUpstream, Handler
@@ -500,3 +503,30 @@ async def test_the_minute_probe_does_not_end_the_mirrors_rate_limit() -> None:
     assert await pull() == 200
     assert health.healthy is True
     await client.http.aclose()
+
+
+class Stalled(httpx.AsyncByteStream):
+    """A body whose first read runs out of time, as httpx raises it (with its request)."""
+
+    def __init__(self, request: httpx.Request) -> None:
+        self.request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise httpx.ReadTimeout("", request=self.request)
+        yield b""  # pragma: no cover - makes this an async generator
+
+
+async def test_a_small_body_that_stalls_says_after_how_long() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Stalled(request))
+
+    http = make_http_client(upstream_config(read_timeout=9), httpx.MockTransport(handler))
+    client = UpstreamClient(http)
+    try:
+        answer = await client.send(HUB, "GET", HUB.url("/v2/"), [])
+        with pytest.raises(UpstreamTimeout) as stalled:
+            await read_small(answer)
+    finally:
+        await http.aclose()
+    said = "GET registry.example ReadTimeout: nothing received within 9s"
+    assert str(stalled.value) == f"the upstream registry stopped sending in time ({said})"

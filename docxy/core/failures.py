@@ -1,0 +1,43 @@
+"""A failed HTTP request in words, for logs, /health and error messages.
+
+An httpx timeout has no text of its own (``str()`` is empty, or ``timed out``): what it waited
+for and for how long are in its type and in the request's own ``timeout`` extension. Used for
+the upstream registry (``docxy.upstream.client``) and the shared object store.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+#: What each httpx timeout waited for, by its key in ``httpx.Timeout``.
+_WAITED_FOR: dict[type[httpx.HTTPError], tuple[str, str]] = {
+    httpx.ConnectTimeout: ("connect", "no connection"),
+    httpx.ReadTimeout: ("read", "nothing received"),
+    httpx.WriteTimeout: ("write", "could not send"),
+    httpx.PoolTimeout: ("pool", "no free connection"),
+}
+
+
+def failure(what: str, exc: httpx.HTTPError) -> str:
+    """``what`` failed, in words: ``GET ReadTimeout: nothing received within 15s``. An httpx
+    timeout has no text of its own (``HEAD ReadTimeout: `` said nothing): it says what it
+    waited for and how long (the request's timeout), then its text if it has one."""
+    name, text = type(exc).__name__, str(exc)
+    waited = _WAITED_FOR.get(type(exc))
+    if waited is None:
+        return f"{what} {name}: {text}" if text else f"{what} {name} (no detail given)"
+    key, missing = waited
+    seconds = _timeout_of(exc, key)
+    told = f"{what} {name}: {missing}"
+    if seconds is not None:
+        told += f" within {seconds:g}s"
+    return f"{told} ({text})" if text else told
+
+
+def _timeout_of(exc: httpx.HTTPError, key: str) -> float | None:
+    try:
+        limits = exc.request.extensions.get("timeout", {})
+    except RuntimeError:  # raised without its request
+        return None
+    seconds = limits.get(key)
+    return float(seconds) if isinstance(seconds, int | float) else None
