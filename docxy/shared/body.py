@@ -18,8 +18,8 @@ import httpx
 
 from docxy.cache.fill import Download
 from docxy.core.digests import Digest
-from docxy.core.failures import failure
 from docxy.shared.objects import ObjectStoreError
+from docxy.upstream.failures import failure
 
 log = logging.getLogger(__name__)
 

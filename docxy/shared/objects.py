@@ -23,8 +23,8 @@ import httpx
 from docxy.cache.files import BlobFile
 from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
-from docxy.core.failures import failure
 from docxy.shared.keys import blob_key, object_url
+from docxy.upstream.failures import failure
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: Bytes read from disk per chunk of an upload.

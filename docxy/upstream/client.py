@@ -27,10 +27,10 @@ from docxy import __version__
 from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from docxy.core.failures import failure
 from docxy.core.headers import redirect_headers, retry_after_seconds
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
+from docxy.upstream.failures import failure
 from docxy.upstream.presets import DEFAULT_NAME
 
 if TYPE_CHECKING:

@@ -20,11 +20,11 @@ from docxy.cache.blobs import DiskBlobStore
 from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import ConfigError
-from docxy.core.failures import failure
 from docxy.shared import tier as tier_module
 from docxy.shared.objects import Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
 from docxy.tasks import spawn
+from docxy.upstream.failures import failure
 
 GUARD = 30.0  # seconds before a would-be hang becomes a test failure
 #: The tier's read timeout here: how long the silent store makes a request wait.
