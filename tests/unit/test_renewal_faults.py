@@ -220,3 +220,40 @@ def test_a_renewer_restarted_long_after_its_failures_runs_at_once(
     scheduler = scheduler_main.build(renewer)
     first = scheduler.get_job(scheduler_main.RENEW_JOB).next_run_time
     assert first <= dt.datetime.now(dt.UTC) and first >= before - dt.timedelta(seconds=1)
+
+
+def test_a_restarted_renewer_owing_an_install_runs_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within its backoff, but the certificate issued last is not the one served (the served
+    files lost, the mirror on a bootstrap pair): the first run, which installs it, is not put
+    off by the backoff."""
+    from scheduler import main as scheduler_main
+    from scheduler import settings as settings_mod
+    from scheduler.runs import Runs
+
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    self_signed(
+        config_dir / "live" / "mirror.test",
+        "mirror.test",
+        cert_name="fullchain.pem",
+        key_name="privkey.pem",
+    )
+    served, _ = self_signed(tmp_path / "served", "bootstrap")
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(served))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(tmp_path / "served" / "selfsigned-key.pem"))
+    last_run = dt.datetime.now(dt.UTC)
+    earlier = {"last_run": last_run.isoformat(), "failures": 4, "last_error": "CA down"}
+    (config_dir / "status.json").write_text(json.dumps(earlier))
+    renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
+    renewer.restore()
+    first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first <= dt.datetime.now(dt.UTC)
+    served.write_bytes((config_dir / "live" / "mirror.test" / "fullchain.pem").read_bytes())
+    first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first >= last_run + dt.timedelta(seconds=480)
