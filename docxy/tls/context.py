@@ -182,14 +182,16 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
             os.unlink(name)
 
 
-def _file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+def _file_signature(*paths: Path) -> tuple[tuple[int, int, int, int], ...]:
+    """What changes when a file is replaced or rewritten, and (ctime) when its owner or mode
+    does: a pair the mirror could not read, fixed by chmod or chown, is tried again."""
     sig = []
     for path in paths:
         try:
             st = path.stat()
-            sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            sig.append((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
         except OSError:
-            sig.append((0, -1, 0))
+            sig.append((0, 0, -1, 0))
     return tuple(sig)
 
 
@@ -276,7 +278,8 @@ class ReloadableTLS:
         }
 
     async def watch(self, interval: float) -> None:
-        """Reload whenever the files change (mtime, size or inode); log failures, never stop."""
+        """Reload whenever the files change (mtime, ctime, size or inode); log failures, never
+        stop."""
         while True:
             await asyncio.sleep(interval)
             self.warn_if_expiring()
