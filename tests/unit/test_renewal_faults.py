@@ -257,3 +257,27 @@ def test_a_restarted_renewer_owing_an_install_runs_at_once(
     served.write_bytes((config_dir / "live" / "mirror.test" / "fullchain.pem").read_bytes())
     first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
     assert first >= last_run + dt.timedelta(seconds=480)
+
+
+def test_a_last_run_in_the_future_puts_the_first_run_off_by_one_backoff_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock stepped back a day since the last failed run (a VM restored, NTP after a bad
+    RTC): the renewer waits one backoff from now, not a day and a backoff."""
+    from scheduler import main as scheduler_main
+    from scheduler import settings as settings_mod
+    from scheduler.runs import Runs
+
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    config_dir.mkdir()
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    (config_dir / "status.json").write_text(json.dumps({"last_run": ahead, "failures": 4}))
+    renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
+    renewer.restore()
+    first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=480)
