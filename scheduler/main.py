@@ -55,13 +55,15 @@ def build(renewer: Runs) -> BlockingScheduler:
     else:
         hours = ",".join(str(h) for h in s.hours)
         trigger = CronTrigger(hour=hours, minute=s.minute, timezone=dt.UTC)
-    scheduler.add_job(
-        job,
-        trigger,
-        id=RENEW_JOB,
-        max_instances=1,
-        next_run_time=dt.datetime.now(dt.UTC),  # once at start too
-    )
+    now = dt.datetime.now(dt.UTC)
+    first = renewer.first_run(now)  # once at start too, after a failing streak's backoff
+    if first > now:
+        log.info(
+            "%d failed run(s) in a row before this start: first attempt at %s (backoff)",
+            renewer.failures,
+            first.isoformat(),
+        )
+    scheduler.add_job(job, trigger, id=RENEW_JOB, max_instances=1, next_run_time=first)
     return scheduler
 
 

@@ -104,6 +104,36 @@ class Runs:
         finally:
             self._lock.release()
 
+    def first_run(self, now: dt.datetime) -> dt.datetime:
+        """When a starting renewer runs first: at once, unless it restored failures in a row
+        whose backoff has not run out since the last of them.
+
+        A renewer restarted in a loop (the appliance's container, supervisord) otherwise asked
+        the CA at every start, and a failing validation every minute runs into the CA's limit
+        (Let's Encrypt: 5 failed validations an hour). Never later than a full backoff from
+        ``now``: a last run in the future (the clock stepped back) cannot put the run off longer.
+        """
+        if not self.failures or self.last_run is None or self._install_owed():
+            return now
+        s = self.settings
+        delay = dt.timedelta(seconds=backoff(self.failures, s.retry_base, s.retry_max))
+        return max(now, min(self.last_run + delay, now + delay))
+
+    def _install_owed(self) -> bool:
+        """Whether the certificate issued last is not the one served (the served files lost, a
+        bootstrap pair in their place): the first run installs it, so it is not put off."""
+        s = self.settings
+        if s.domain is None or s.cert_path is None:
+            return False
+        try:
+            issued = (s.config_dir / "live" / s.domain / "fullchain.pem").read_bytes()
+        except OSError:
+            return False  # nothing issued yet
+        try:
+            return s.cert_path.read_bytes() != issued
+        except OSError:
+            return True
+
     def restore(self) -> None:
         """Take up where the renewer was before it (re)started, from the status file it left.
 

@@ -54,6 +54,9 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     trimmed = state.extras.get("health_public", {}) if public else {}
     for name, provider in state.extras.get("health", {}).items():
         report[name] = trimmed.get(name, provider)()
+    tls = report.get("tls")
+    if isinstance(tls, dict) and tls.get("expires_soon") is True:
+        report["status"] = "degraded"  # clients will soon refuse it: renewals are failing
     return report
 
 

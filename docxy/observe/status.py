@@ -277,6 +277,8 @@ def _certificate(tls: object, renewal: object) -> str:
     rows: list[tuple[str, str]] = []
     if isinstance(tls, dict):
         rows.append(("expires", _when(tls.get("not_after"))))
+        if tls.get("expires_soon") is True:  # docxy.tls.context.CertInfo.expires_soon
+            rows.append(("warning", "expires soon and has not been renewed: see the renewal"))
         rows.append(("subject", str(tls.get("subject", "?"))))
     else:
         rows.append(("served", "no TLS listener"))

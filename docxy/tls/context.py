@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 ALPN = ["http/1.1"]
 
+#: A certificate "expires soon" with less than this left, or a sixth of its lifetime if less
+#: (a short-lived one). certbot renews a 90-day certificate at 30 days left: at 7, renewals have
+#: failed for more than three weeks.
+EXPIRY_WARNING = dt.timedelta(days=7)
+
 
 @dataclass(frozen=True)
 class CertInfo:
@@ -45,6 +50,15 @@ class CertInfo:
     serial: str
     not_after: dt.datetime
     fingerprint: str
+    not_before: dt.datetime | None = None
+
+    def expires_soon(self, now: dt.datetime | None = None) -> bool:
+        """Less than :data:`EXPIRY_WARNING` left (a sixth of its lifetime if less), or expired."""
+        now = now or dt.datetime.now(dt.UTC)
+        margin = EXPIRY_WARNING
+        if self.not_before is not None:
+            margin = min(margin, (self.not_after - self.not_before) / 6)
+        return self.not_after - now < margin
 
     def days_left(self, now: dt.datetime | None = None) -> float:
         now = now or dt.datetime.now(dt.UTC)
@@ -57,6 +71,7 @@ class CertInfo:
             "serial": self.serial,
             "not_after": self.not_after.isoformat(),
             "days_left": self.days_left(),
+            "expires_soon": self.expires_soon(),
         }
 
 
@@ -111,6 +126,7 @@ def describe(cert: x509.Certificate) -> CertInfo:
         serial=format(cert.serial_number, "x"),
         not_after=cert.not_valid_after_utc,
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+        not_before=cert.not_valid_before_utc,
     )
 
 
@@ -166,14 +182,16 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
             os.unlink(name)
 
 
-def _file_signature(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+def _file_signature(*paths: Path) -> tuple[tuple[int, int, int, int], ...]:
+    """What changes when a file is replaced or rewritten, and (ctime) when its owner or mode
+    does: a pair the mirror could not read, fixed by chmod or chown, is tried again."""
     sig = []
     for path in paths:
         try:
             st = path.stat()
-            sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            sig.append((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
         except OSError:
-            sig.append((0, -1, 0))
+            sig.append((0, 0, -1, 0))
     return tuple(sig)
 
 
@@ -190,7 +208,9 @@ class ReloadableTLS:
         self.context, self._info, self._chain = self._loaded()
         self._last_reload = _utcnow()
         self._last_error: str | None = None
+        self._warned: tuple[str, dt.datetime] | None = None  # serial and time of the last warning
         log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
+        self.warn_if_expiring()
 
     def _loaded(self) -> tuple[ssl.SSLContext, CertInfo, str]:
         """A new context serving the files' pair (checked first), its description and chain."""
@@ -229,6 +249,26 @@ class ReloadableTLS:
         log.info("TLS certificate reloaded from %s: %s", self.cert_path, self._summary())
         return True
 
+    def warn_if_expiring(self, now: dt.datetime | None = None) -> None:
+        """Log a warning, once every 24 hours, while the served certificate expires soon:
+        renewals that keep failing show in the mirror's own log, not only in the renewer's."""
+        now = now or _utcnow()
+        info = self._info
+        if not info.expires_soon(now):
+            return
+        if self._warned is not None and self._warned[0] == info.serial:
+            if now - self._warned[1] < dt.timedelta(days=1):
+                return
+        self._warned = (info.serial, now)
+        log.warning(
+            "TLS certificate %s (serial %s) expires in %.1f days, at %s: it has not been renewed"
+            " (see the renewer's log and `renewal` in /health)",
+            self.cert_path,
+            info.serial,
+            info.days_left(now),
+            info.not_after.isoformat(),
+        )
+
     def status(self) -> dict[str, object]:
         return {
             "cert_path": str(self.cert_path),
@@ -238,9 +278,11 @@ class ReloadableTLS:
         }
 
     async def watch(self, interval: float) -> None:
-        """Reload whenever the files change (mtime, size or inode); log failures, never stop."""
+        """Reload whenever the files change (mtime, ctime, size or inode); log failures, never
+        stop."""
         while True:
             await asyncio.sleep(interval)
+            self.warn_if_expiring()
             if _file_signature(self.cert_path, self.key_path) == self._signature:
                 continue
             try:

@@ -112,3 +112,12 @@ def test_the_mirrors_rate_limit_says_until_when_then_when_it_was() -> None:
     page = render_page({"upstream": over})
     assert "rate limited until" not in page
     assert "last rate limited" in page and "2026-11-30 11:00:00Z (" in page
+
+
+def test_a_certificate_near_its_end_is_called_out() -> None:
+    """The page showed the expiry date of a certificate 5 days from its end like any other:
+    nothing said renewals had been failing for weeks."""
+    tls = {"not_after": "2026-12-05T10:00:00+00:00", "days_left": 5.0, "expires_soon": True}
+    page = render_page(dict(FULL, status="degraded", tls=tls))
+    assert "not been renewed" in page
+    assert "not been renewed" not in render_page(FULL)

@@ -166,3 +166,118 @@ def test_a_lost_or_mangled_memory_starts_the_count_afresh(
     _once(renewer_env)
     status = _status(renewer_env)
     assert status["failures"] == 1 and status["last_success"] is None, status
+
+
+def test_a_renewer_restarted_right_after_failures_waits_out_its_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewer restarted just after its fourth failure in a row (a container in a restart
+    loop, supervisord restarting a crashed renewer): it ran certbot at once on every start,
+    whatever its backoff said, so a loop restarting every minute asked the CA every minute and
+    ran into Let's Encrypt's 5 failed validations an hour. Its first run now waits out the
+    backoff it restored (4 failures, 60 s base: 8 minutes after the last run)."""
+    from scheduler import main as scheduler_main
+    from scheduler import settings as settings_mod
+    from scheduler.runs import Runs
+
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    config_dir.mkdir()
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    last_run = dt.datetime.now(dt.UTC)
+    earlier = {"last_run": last_run.isoformat(), "failures": 4, "last_error": "CA down"}
+    (config_dir / "status.json").write_text(json.dumps(earlier))
+    renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
+    renewer.restore()
+    scheduler = scheduler_main.build(renewer)
+    first = scheduler.get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first >= last_run + dt.timedelta(seconds=480), (last_run, first)
+
+
+def test_a_renewer_restarted_long_after_its_failures_runs_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backoff already waited out (the last failed run a day ago): run at start, as ever."""
+    from scheduler import main as scheduler_main
+    from scheduler import settings as settings_mod
+    from scheduler.runs import Runs
+
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    config_dir.mkdir()
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    earlier = {"last_run": _days_ago(1), "failures": 4, "last_error": "CA down"}
+    (config_dir / "status.json").write_text(json.dumps(earlier))
+    renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
+    renewer.restore()
+    before = dt.datetime.now(dt.UTC)
+    scheduler = scheduler_main.build(renewer)
+    first = scheduler.get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first <= dt.datetime.now(dt.UTC) and first >= before - dt.timedelta(seconds=1)
+
+
+def test_a_restarted_renewer_owing_an_install_runs_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within its backoff, but the certificate issued last is not the one served (the served
+    files lost, the mirror on a bootstrap pair): the first run, which installs it, is not put
+    off by the backoff."""
+    from scheduler import main as scheduler_main
+    from scheduler import settings as settings_mod
+    from scheduler.runs import Runs
+
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    self_signed(
+        config_dir / "live" / "mirror.test",
+        "mirror.test",
+        cert_name="fullchain.pem",
+        key_name="privkey.pem",
+    )
+    served, _ = self_signed(tmp_path / "served", "bootstrap")
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(served))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(tmp_path / "served" / "selfsigned-key.pem"))
+    last_run = dt.datetime.now(dt.UTC)
+    earlier = {"last_run": last_run.isoformat(), "failures": 4, "last_error": "CA down"}
+    (config_dir / "status.json").write_text(json.dumps(earlier))
+    renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
+    renewer.restore()
+    first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first <= dt.datetime.now(dt.UTC)
+    served.write_bytes((config_dir / "live" / "mirror.test" / "fullchain.pem").read_bytes())
+    first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first >= last_run + dt.timedelta(seconds=480)
+
+
+def test_a_last_run_in_the_future_puts_the_first_run_off_by_one_backoff_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock stepped back a day since the last failed run (a VM restored, NTP after a bad
+    RTC): the renewer waits one backoff from now, not a day and a backoff."""
+    from scheduler import main as scheduler_main
+    from scheduler import settings as settings_mod
+    from scheduler.runs import Runs
+
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    config_dir.mkdir()
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    (config_dir / "status.json").write_text(json.dumps({"last_run": ahead, "failures": 4}))
+    renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
+    renewer.restore()
+    first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=480)

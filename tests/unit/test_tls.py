@@ -281,3 +281,31 @@ def test_the_client_chooses_among_the_strong_suites(served: tuple[Path, Path], f
         incoming.write(back_out.read())
     negotiated = talker.cipher()
     assert negotiated is not None and first in negotiated[0]
+
+
+async def test_watch_serves_a_new_pair_once_its_permissions_are_fixed(
+    tmp_path: Path, served: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewed key the mirror may not read (installed by another user, 0600): the reload fails
+    and the old certificate stays, as it should. The operator fixes it with chmod or chown,
+    which changes neither mtime, size nor inode: the watcher never tried again, the mirror kept
+    the old certificate until its expiry (the renewer, its files in place, sends no reload)."""
+    tls = ReloadableTLS(*served)
+    unreadable = {served[1]}
+    real_read = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self in unreadable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    new = pair(tmp_path, "b")
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(tls.watch(0.02), name="tls-watch")
+        install(new, served)
+        await poll(lambda: "unreadable" in str(tls.status()["last_error"]))
+        unreadable.clear()
+        served[1].chmod(0o640)  # the fix: only the inode's ctime changes
+        await poll(lambda: tls.status()["serial"] == serial_of(new[0]))
+        watcher.cancel()
