@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from docxy.cache.errors import (
     DigestMismatch,
     FetchFailed,
+    FetchRefused,
     FillAborted,
     FillClosed,
     NoRoom,
@@ -583,7 +584,8 @@ class Download:
     origin: str = "upstream"
 
 
-#: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot.
+#: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot:
+#: :class:`FetchRefused` when the upstream said no (an INFO line), else a WARNING.
 Fetch = Callable[[], Awaitable[Download]]
 
 
@@ -592,8 +594,11 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
     async with writer:
         try:
             download = await fetch()
-        except FetchFailed as exc:
+        except FetchRefused as exc:  # the client's pass-through gets the upstream's answer
             writer.abort(str(exc))
+            return
+        except FetchFailed as exc:  # upstream trouble: the client gets an error too
+            writer.fail(str(exc))
             return
         writer.fill.origin = download.origin
         try:

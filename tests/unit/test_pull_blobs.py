@@ -304,6 +304,61 @@ async def test_a_client_cut_off_from_a_failed_fill_is_one_warning_line(
     ]
 
 
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        (503, "registry.test answered 503 to the mirror's token"),
+        (0, "cannot reach the upstream registry (registry.test): ConnectError"),
+    ],
+)
+async def test_a_fill_that_cannot_start_is_one_warning_naming_blob_upstream_and_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, status: int, said: str
+) -> None:
+    """The upstream answers 5xx to the mirror's blob GET, or cannot be reached: the client gets
+    an error, and the operator one WARNING naming the blob, the upstream and what it answered
+    (besides the request's access line)."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return reply(200, b"{}")
+        if not status:
+            raise httpx.ConnectError("connection refused")
+        return reply(status, b'{"errors": []}')
+
+    async with mirror(tmp_path, upstream) as app:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            logged = AccessLog(Guard(app, None))
+            path = f"/v2/team/app/blobs/{DIGEST}"
+            answer = await call_asgi(logged, "GET", path, host="mirror.test")
+    assert answer.status >= 500
+    lines = [r for r in caplog.records if r.name.startswith("docxy") and r.levelno >= logging.INFO]
+    warned = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
+    assert warned == [f"blob {DIGEST}: fill failed (from upstream): {said}"]
+    assert [r.name for r in lines if r.levelno == logging.INFO] == ["docxy.access"]
+
+
+async def test_a_fill_refused_by_the_upstream_is_one_info_line_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 to the mirror's own token is a repository private to it: the request passes
+    through with the client's credentials (as designed), so one INFO line says so, no WARNING."""
+
+    async with mirror(tmp_path, Upstream()) as app:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            logged = AccessLog(Guard(app, None))
+            path = f"/v2/team/app/blobs/{DIGEST}"
+            answer = await call_asgi(logged, "GET", path, host="mirror.test")
+    assert answer.status == 401
+    lines = [r for r in caplog.records if r.name.startswith("docxy") and r.levelno >= logging.INFO]
+    assert not [r for r in lines if r.levelno >= logging.WARNING]
+    [fill_line] = [r.getMessage() for r in lines if r.name != "docxy.access"]
+    assert fill_line == (
+        f"cache fill of {DIGEST} aborted: registry.test answered 401 to the mirror's token"
+    )
+
+
 async def test_a_blob_that_does_not_verify_is_one_warning_saying_what_and_from_where(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
