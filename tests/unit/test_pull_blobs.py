@@ -135,7 +135,35 @@ async def test_a_full_disk_degrades_to_pass_through(
         assert second.status_code == 200
         assert await second.get_data() == BLOB
     assert cached_blobs(tmp_path) == []
-    assert "serving it uncached" in caplog.text
+    assert "a retry is passed through uncached" in caplog.text
+
+
+async def test_a_disk_that_fails_mid_fill_is_one_warning_saying_why_and_what_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk fills up under a download: one WARNING names the blob and the error, and says
+    what follows (this download is cut, the retry and other misses go uncached a while); no
+    second line for the fill's abort, none for the retry passed through."""
+
+    def disk_full(fd: int, chunks: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fill, "write_all", disk_full)
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, Upstream(), **settings) as app:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+            answers = [
+                await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
+                for logged in (AccessLog(Guard(app, None)), AccessLog(Guard(app, None)))
+            ]
+    assert answers[1].complete and answers[1].body == BLOB  # the retry, passed through
+    lines = [r for r in caplog.records if r.name.startswith("docxy") and r.levelno >= logging.INFO]
+    assert [r.name for r in lines if r.levelno == logging.INFO] == ["docxy.access"] * 2
+    [warned] = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
+    assert warned.startswith(f"cache: cannot write {DIGEST} (No space left on device, ENOSPC)")
+    assert "download is cut" in warned and "uncached for 60 s" in warned
 
 
 async def test_a_blob_larger_than_the_cache_passes_through_with_its_reason(
