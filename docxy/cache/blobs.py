@@ -24,6 +24,7 @@ open by a descriptor) together never pass ``max_size``, and a fill that gets no 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -477,7 +478,7 @@ class DiskBlobStore:
         try:
             fd: int | None = os.open(fill.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
-            self.cache_write_failed(fill, exc)
+            self.cache_write_failed(fill, exc, "serving it uncached")
             fill.state, fill.reason = FillState.ABORTED, f"cannot create temp file: {exc}"
             fd = None
         else:
@@ -650,11 +651,21 @@ class DiskBlobStore:
             fill.unlinked = 0
             self._room_grew()
 
-    def cache_write_failed(self, fill: InFlight, exc: OSError) -> None:
+    def cache_write_failed(self, fill: InFlight, exc: OSError, outcome: str) -> None:
+        """The one line for a write that failed: the blob, the error, ``outcome`` (what its
+        clients get) and that misses go uncached a while. A WARNING, then DEBUG until a blob
+        is stored again (a full disk fails every fill meanwhile)."""
         self.write_failed_at = time.monotonic()
         level = logging.DEBUG if self._write_failed_logged else logging.WARNING
         self._write_failed_logged = True
-        log.log(level, "cache: cannot write %s (%s); serving it uncached", fill.digest, exc)
+        log.log(
+            level,
+            "cache: cannot write %s (%s); %s, and misses go uncached for %.0f s",
+            fill.digest,
+            os_error(exc),
+            outcome,
+            WRITE_FAILURE_BACKOFF,
+        )
 
     def fill_committed(self, fill: InFlight) -> BlobEntry | None:
         """Move a verified, synced temp file into place: its reservation becomes its size."""
@@ -930,3 +941,10 @@ def _size_removed(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return size if _unlink(path) else 0
+
+
+def os_error(exc: OSError) -> str:
+    """``No space left on device, ENOSPC``: the words and the name to look up."""
+    name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    words = exc.strerror or str(exc)
+    return f"{words}, {name}" if name else words

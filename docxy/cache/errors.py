@@ -7,6 +7,7 @@
     ├── FillAborted                   a follower's writer gave up (cut upstream, bad bytes, disk)
     │   └── NoRoom                    no room under cache.max_size for it: pass through
     ├── FetchFailed                   the upstream half of a fill could not start a download
+    │   └── FetchRefused              the upstream answered 401, 403 or 404: not the mirror's
     ├── CacheUnwritable               no temp file can be made (disk full...): pass through
     ├── CacheUnreadable               a cached blob cannot be opened (no descriptor left, EIO)
     ├── FillClosed                    a writer was used after commit/abort
@@ -44,6 +45,11 @@ class NoRoom(FillAborted):
 
 class FetchFailed(CacheError):
     """The fetch a fill was given could not start (refused, not found, unreachable)."""
+
+
+class FetchRefused(FetchFailed):
+    """The upstream refused the mirror's token or has no such blob (401, 403, 404): no fault
+    of the mirror's; the client's own request, passed through, gets the upstream's answer."""
 
 
 class CacheUnwritable(CacheError):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from docxy.cache.errors import (
     DigestMismatch,
     FetchFailed,
+    FetchRefused,
     FillAborted,
     FillClosed,
     NoRoom,
@@ -80,7 +81,9 @@ class FillHost(Protocol):
         ...
 
     def fill_grew(self, fill: InFlight, nbytes: int) -> None: ...
-    def cache_write_failed(self, fill: InFlight, exc: OSError) -> None: ...
+    def cache_write_failed(self, fill: InFlight, exc: OSError, outcome: str) -> None:
+        """Say (the one line for it) that writing ``fill`` failed, and ``outcome``."""
+        ...
 
 
 class BodySource(Protocol):
@@ -404,8 +407,9 @@ class BlobWriter:
         self._stop_caching(exc)
 
     def _stop_caching(self, exc: OSError) -> None:
-        self._host.cache_write_failed(self.fill, exc)
-        self._close_and_discard(f"cache write failed: {exc.strerror or exc}")
+        outcome = "its download is cut (a retry is passed through uncached)"
+        self._host.cache_write_failed(self.fill, exc, outcome)
+        self._close_and_discard(f"cache write failed: {exc.strerror or exc}", said=True)
 
     async def commit(self, expected_size: int | None = None) -> BlobEntry | None:
         """Verify length and digest, then make the blob visible under its final name.
@@ -472,7 +476,7 @@ class BlobWriter:
             self._finalizer = weakref.finalize(self, _abandon, self.fill, None, self._host)
         return fd
 
-    def _close_and_discard(self, reason: str, *, failed: bool = False) -> None:
+    def _close_and_discard(self, reason: str, *, failed: bool = False, said: bool = False) -> None:
         fd = self._take_fd()
         user = self._fd_user
         writing = user if fd is not None and user is not None and not user.done() else None
@@ -484,7 +488,7 @@ class BlobWriter:
         # file (the next open anywhere in the process) by the time the write comes. The store
         # closes it once the thread is done (the pump's stops at its next read, as the fill
         # has no reservation left).
-        _discard(self.fill, fd, self._host, reason, writing, failed=failed)
+        _discard(self.fill, fd, self._host, reason, writing, failed=failed, said=said)
 
     def _finish(self) -> None:
         self._finished = True
@@ -583,7 +587,8 @@ class Download:
     origin: str = "upstream"
 
 
-#: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot.
+#: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot:
+#: :class:`FetchRefused` when the upstream said no (an INFO line), else a WARNING.
 Fetch = Callable[[], Awaitable[Download]]
 
 
@@ -592,8 +597,11 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
     async with writer:
         try:
             download = await fetch()
-        except FetchFailed as exc:
+        except FetchRefused as exc:  # the client's pass-through gets the upstream's answer
             writer.abort(str(exc))
+            return
+        except FetchFailed as exc:  # upstream trouble: the client gets an error too
+            writer.fail(str(exc))
             return
         writer.fill.origin = download.origin
         try:
@@ -681,15 +689,17 @@ def _discard(
     writing: asyncio.Future[Any] | None = None,
     *,
     failed: bool = False,
+    said: bool = False,
 ) -> None:
     """End a fill without its blob. Its one log line: a WARNING for a ``failed`` download
-    (which says where its bytes came from), else an INFO (its clients went away, no disk)."""
+    (which says where its bytes came from), none when the caller ``said`` why (the store's
+    line for a failed write), else an INFO (its clients went away...)."""
     if fill.state is FillState.WRITING:
         fill.state, fill.reason = FillState.ABORTED, reason
         if failed:
             origin = fill.origin or "upstream"
             log.warning("blob %s: fill failed (from %s): %s", fill.digest, origin, reason)
-        else:
+        elif not said:
             log.info("cache fill of %s aborted: %s", fill.digest, reason)
     host.fill_discarded(fill, fd, writing)
     host.fill_ended(fill)

@@ -33,6 +33,7 @@ from docxy.cache.errors import (
     CacheUnreadable,
     CacheUnwritable,
     FetchFailed,
+    FetchRefused,
     FillAborted,
     NoRoom,
 )
@@ -220,7 +221,7 @@ class BlobService:
             url = pull.upstream.url(pull.path)
             answer = await direct.open_get(self.tokens.client, pull.upstream, url, headers)
         except UpstreamError as exc:
-            raise FetchFailed(f"upstream: {exc.message}") from exc
+            raise FetchFailed(exc.message) from exc
         if answer.status == 401 and self.tokens.holds(pull.upstream, pull.name):
             answer.close()
             self.tokens.forget(pull.upstream, pull.name)
@@ -244,15 +245,18 @@ class BlobService:
             self.pairings.confirm(RepoKey(pull.upstream.host, pull.name), digest, public=True)
 
     def _refused(self, pull: Pull, status: int) -> NoReturn:
+        said = f"{pull.upstream.host} answered {status} to the mirror's token"
         if status in (401, 403):  # a 404 is about this blob only
             self.tokens.mark_refused(pull.upstream, pull.name)
-        raise FetchFailed(f"upstream answered {status} to the mirror's token")
+        if status in (401, 403, 404):
+            raise FetchRefused(said)
+        raise FetchFailed(said)
 
     async def _fetch_httpx(self, pull: Pull) -> Download:
         try:
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path)
         except UpstreamError as exc:
-            raise FetchFailed(f"upstream: {exc.message}") from exc
+            raise FetchFailed(exc.message) from exc
         if answer.status_code != 200:
             await answer.aclose()
             self._refused(pull, answer.status_code)
@@ -270,13 +274,13 @@ class BlobService:
         try:
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, ranged)
         except UpstreamError as exc:
-            raise FetchFailed(f"upstream: {exc.message}") from exc
+            raise FetchFailed(exc.message) from exc
         status = answer.status_code
         span = parse_content_range(answer.headers.get("content-range"))
         if status == 206 and (span is None or span[0] != offset):
             await answer.aclose()
             raise FetchFailed(
-                f"upstream answered bytes={offset}- with Content-Range "
+                f"{pull.upstream.host} answered bytes={offset}- with Content-Range "
                 f"{answer.headers.get('content-range')!r}"
             )
         if status not in (200, 206):

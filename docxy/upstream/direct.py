@@ -20,6 +20,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from urllib.parse import urlsplit
 
 import httpx
@@ -75,12 +76,14 @@ class DirectBody:
         sock: socket.socket,
         response: http.client.HTTPResponse,
         give_back: Callable[[http.client.HTTPConnection], None],
+        read_timeout: float,
     ) -> None:
         self._connection = connection
         self._sock = sock  # the connection forgets it when the answer says Connection: close
         self._response = response
         self._give_back = give_back
         self._host = connection.host
+        self._read_timeout = read_timeout  # the socket's, for saying how long it waited
         self._interrupted = False
 
     def readinto(self, buffer: memoryview) -> int:
@@ -88,8 +91,9 @@ class DirectBody:
         try:
             nbytes = self._response.readinto(buffer)
         except TimeoutError as exc:
+            waited = _waited(f"GET {self._host}", "nothing received", self._read_timeout)
             raise UpstreamTimeout(
-                f"the upstream registry stopped sending in time ({self._host})"
+                f"the upstream registry stopped sending in time ({waited})"
             ) from exc
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # ValueError: a read on a connection that interrupt() or close() shut meanwhile.
@@ -209,12 +213,17 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
         reused = connection is not None
         if connection is None:
             connection = _connection(settings, origin)
+        waiting = "no connection", settings.connect_timeout
         try:
+            if connection.sock is None:
+                connection.connect()  # and the TLS handshake: under the connect timeout
+            waiting = "nothing received", settings.read_timeout
             return _send(settings, connection, origin, target, headers)
         except TimeoutError as exc:
             connection.close()
+            waited = _waited(f"GET {parts.netloc}", *waiting)
             raise UpstreamTimeout(
-                f"the upstream registry did not answer in time ({parts.netloc})"
+                f"the upstream registry did not answer in time ({waited})"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
@@ -231,11 +240,9 @@ def _send(
     target: str,
     headers: list[tuple[str, str]],
 ) -> DirectAnswer:
-    if connection.sock is None:
-        connection.connect()
-        assert connection.sock is not None
-        connection.sock.settimeout(settings.read_timeout)
     sock = connection.sock
+    assert sock is not None  # connected by the caller
+    sock.settimeout(settings.read_timeout)
     connection.putrequest("GET", target)  # adds Host and Accept-Encoding: identity
     connection.putheader("User-Agent", settings.user_agent)
     for name, value in headers:
@@ -243,8 +250,15 @@ def _send(
             connection.putheader(name, value)
     connection.endheaders()
     response = connection.getresponse()
-    body = DirectBody(connection, sock, response, lambda c: settings.idle.give(origin, c))
+    give_back = partial(settings.idle.give, origin)
+    body = DirectBody(connection, sock, response, give_back, settings.read_timeout)
     return DirectAnswer(response.status, response.getheaders(), body)
+
+
+def _waited(what: str, missing: str, seconds: float) -> str:
+    """``GET host: nothing received within 15s``, as :func:`~docxy.upstream.failures.failure`
+    says an httpx timeout."""
+    return f"{what}: {missing} within {seconds:g}s"
 
 
 def _connection(settings: DirectSettings, origin: Origin) -> http.client.HTTPConnection:

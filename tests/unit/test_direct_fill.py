@@ -7,6 +7,8 @@ import asyncio
 import errno
 import logging
 import os
+import re
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -42,7 +44,9 @@ class Plan:
 
     body: bytes = b""
     upto: int | None = None
-    then: str = "send"  # "cut": close the connection; "stall": wait for `release`
+    #: "cut": close the connection; "stall": wait for `release`; "hang": wait for `release`
+    #: before the status line
+    then: str = "send"
     release: threading.Event = field(default_factory=threading.Event)
     seen: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Authorization)
     connections: int = 0
@@ -78,6 +82,9 @@ class BlobHandler(CountingHandler):
             self.send_header("Location", "/blob")
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if plan.then == "hang":
+            plan.release.wait(GUARD)
             return
         self.send_response(200)
         self.send_header("Content-Length", str(len(plan.body)))
@@ -267,9 +274,41 @@ async def test_a_stalled_upstream_times_out(
 ) -> None:
     server.plan.body, server.plan.upto, server.plan.then = LONG, 1000, "stall"
     blobs, digest = make_store(tmp_path), digest_of(LONG)
-    with pytest.raises(FillAborted, match=f"{UpstreamTimeout.__name__}: .*in time"):
+    said = "stopped sending in time (GET 127.0.0.1: nothing received within 0.2s)"
+    with pytest.raises(FillAborted, match=f"{UpstreamTimeout.__name__}: .*{re.escape(said)}"):
         await fill_and_read(blobs, digest, client_for(read_timeout=0.2), server.url + "/blob")
     assert blobs.lookup(digest) is None
+
+
+async def test_an_upstream_that_never_answers_times_out_saying_after_how_long(
+    client_for: MakeClient, server: BlobServer
+) -> None:
+    server.plan.then = "hang"
+    netloc = server.url.removeprefix("http://")
+    said = f"did not answer in time (GET {netloc}: nothing received within 0.2s)"
+    with pytest.raises(UpstreamTimeout, match=re.escape(said)):
+        await open_download(client_for(read_timeout=0.2), server.url + "/blob")
+
+
+async def test_an_upstream_that_takes_no_connection_times_out_saying_after_how_long(
+    clients: list[UpstreamClient],
+) -> None:
+    """A listener that accepts nothing, its queue (of one) full: the kernel drops the next
+    connection's SYN, and the connect waits out its timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        netloc = f"127.0.0.1:{listener.getsockname()[1]}"
+        queued = [socket.create_connection(listener.getsockname(), timeout=GUARD)]
+        settings = DirectSettings(upstream_ssl_context(), 0.2, GUARD)
+        clients.append(UpstreamClient(httpx.AsyncClient(), settings))
+        said = f"did not answer in time (GET {netloc}: no connection within 0.2s)"
+        try:
+            with pytest.raises(UpstreamTimeout, match=re.escape(said)):
+                await open_download(clients[-1], f"http://{netloc}/blob")
+        finally:
+            for sock in queued:
+                sock.close()
 
 
 async def test_cancelling_ends_the_thread_and_removes_the_temp_file(

@@ -135,7 +135,35 @@ async def test_a_full_disk_degrades_to_pass_through(
         assert second.status_code == 200
         assert await second.get_data() == BLOB
     assert cached_blobs(tmp_path) == []
-    assert "serving it uncached" in caplog.text
+    assert "a retry is passed through uncached" in caplog.text
+
+
+async def test_a_disk_that_fails_mid_fill_is_one_warning_saying_why_and_what_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk fills up under a download: one WARNING names the blob and the error, and says
+    what follows (this download is cut, the retry and other misses go uncached a while); no
+    second line for the fill's abort, none for the retry passed through."""
+
+    def disk_full(fd: int, chunks: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fill, "write_all", disk_full)
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, Upstream(), **settings) as app:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+            answers = [
+                await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
+                for logged in (AccessLog(Guard(app, None)), AccessLog(Guard(app, None)))
+            ]
+    assert answers[1].complete and answers[1].body == BLOB  # the retry, passed through
+    lines = [r for r in caplog.records if r.name.startswith("docxy") and r.levelno >= logging.INFO]
+    assert [r.name for r in lines if r.levelno == logging.INFO] == ["docxy.access"] * 2
+    [warned] = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
+    assert warned.startswith(f"cache: cannot write {DIGEST} (No space left on device, ENOSPC)")
+    assert "download is cut" in warned and "uncached for 60 s" in warned
 
 
 async def test_a_blob_larger_than_the_cache_passes_through_with_its_reason(
@@ -302,6 +330,61 @@ async def test_a_client_cut_off_from_a_failed_fill_is_one_warning_line(
     assert warned == [
         f"blob {DIGEST}: fill failed (from upstream): ReadError: connection reset by peer"
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        (503, "registry.test answered 503 to the mirror's token"),
+        (0, "cannot reach the upstream registry (registry.test): ConnectError"),
+    ],
+)
+async def test_a_fill_that_cannot_start_is_one_warning_naming_blob_upstream_and_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, status: int, said: str
+) -> None:
+    """The upstream answers 5xx to the mirror's blob GET, or cannot be reached: the client gets
+    an error, and the operator one WARNING naming the blob, the upstream and what it answered
+    (besides the request's access line)."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return reply(200, b"{}")
+        if not status:
+            raise httpx.ConnectError("connection refused")
+        return reply(status, b'{"errors": []}')
+
+    async with mirror(tmp_path, upstream) as app:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            logged = AccessLog(Guard(app, None))
+            path = f"/v2/team/app/blobs/{DIGEST}"
+            answer = await call_asgi(logged, "GET", path, host="mirror.test")
+    assert answer.status >= 500
+    lines = [r for r in caplog.records if r.name.startswith("docxy") and r.levelno >= logging.INFO]
+    warned = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
+    assert warned == [f"blob {DIGEST}: fill failed (from upstream): {said}"]
+    assert [r.name for r in lines if r.levelno == logging.INFO] == ["docxy.access"]
+
+
+async def test_a_fill_refused_by_the_upstream_is_one_info_line_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 to the mirror's own token is a repository private to it: the request passes
+    through with the client's credentials (as designed), so one INFO line says so, no WARNING."""
+
+    async with mirror(tmp_path, Upstream()) as app:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            logged = AccessLog(Guard(app, None))
+            path = f"/v2/team/app/blobs/{DIGEST}"
+            answer = await call_asgi(logged, "GET", path, host="mirror.test")
+    assert answer.status == 401
+    lines = [r for r in caplog.records if r.name.startswith("docxy") and r.levelno >= logging.INFO]
+    assert not [r for r in lines if r.levelno >= logging.WARNING]
+    [fill_line] = [r.getMessage() for r in lines if r.name != "docxy.access"]
+    assert fill_line == (
+        f"cache fill of {DIGEST} aborted: registry.test answered 401 to the mirror's token"
+    )
 
 
 async def test_a_blob_that_does_not_verify_is_one_warning_saying_what_and_from_where(
