@@ -4,8 +4,6 @@ cost one upstream GET (a counted pull on Docker Hub), as concurrent blob misses 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,18 +13,10 @@ from docxy.http.state import mirror_state
 from docxy.tasks import spawn
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_scoped_blobs import AS_ANON, Hub, digest_of
+from tests.unit.turns import until
 
 CLIENTS = 8
 GUARD = 30.0  # seconds a test waits for a state before it fails (never reached when it works)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait, bounded, for ``condition`` (the work also runs in worker threads)."""
-    deadline = time.monotonic() + GUARD
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("the awaited state never came")
-        await asyncio.sleep(0.001)
 
 
 class HeldHub(Hub):
