@@ -177,8 +177,12 @@ def upstream_host(config: Config) -> str:
 
 
 def upstream_names(config: Config) -> dict[str, str]:
-    """The store's key of each configured upstream (its registry's host) → its name."""
-    return {urlsplit(u.registry).netloc: u.name for u in config.upstreams}
+    """The store's key of each configured upstream (its registry's host) → its name; two
+    sections may be one upstream on one host (identical but for their names): ``a.io,b.io``."""
+    names: dict[str, list[str]] = {}
+    for upstream in config.upstreams:
+        names.setdefault(urlsplit(upstream.registry).netloc, []).append(upstream.name)
+    return {host: ",".join(each) for host, each in names.items()}
 
 
 def repo_key(image: ImageRef, config: Config) -> RepoKey:

@@ -234,6 +234,17 @@ def test_ls_finds_the_cache_like_serve_does(
     assert "library/alpine:3.20" in capsys.readouterr().out
 
 
+def test_ls_names_every_upstream_on_the_tags_registry_host(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """Two upstream sections may name one registry when they are the same upstream: the
+    listing shows each tag under both names, not whichever came last."""
+    both = f"upstreams=a.test={UPSTREAM},b.test={UPSTREAM}"
+    code, out, _ = run(capsys, cache, "ls", "--tags", "--set", both)
+    assert code == 0
+    assert {line.split()[1] for line in out.splitlines()} == {"a.test,b.test"}
+
+
 def test_ls_of_no_cache_is_empty(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["cache", "ls", "--cache-dir", str(tmp_path / "none")]) == 0
     out, err = capsys.readouterr()
