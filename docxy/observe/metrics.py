@@ -20,7 +20,14 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -489,7 +496,13 @@ def make_registry(
     open_connections: Callable[[], int | None] = _unknown,
     refusers: Callable[[], list[Refuser]] = _no_refusers,
 ) -> CollectorRegistry:
-    """A registry of its own (not the global one): one per app, so tests can run several."""
+    """A registry of its own (not the global one): one per app, so tests can run several.
+
+    Without prometheus-client's ``<counter>_created`` series (each counter's and histogram's
+    start time as a gauge of its own): they would double the series a Prometheus stores, for
+    what ``process_start_time_seconds`` already tells. The switch is the library's, for the
+    whole process (read as samples are made); docxy is the only exporter in it."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=True)
     registry.register(MirrorCollector(state, open_connections, refusers))
     ProcessCollector(registry=registry)  # RSS, CPU seconds, open file descriptors
