@@ -363,7 +363,10 @@ class MirrorCollector(Collector):
         upstreams = [(u, client.health_of(u)) for u in by_host.values()]
         label = ["upstream"]
         up = GaugeMetricFamily(
-            "docxy_upstream_up", "1 if the upstream's last answer got through.", labels=label
+            "docxy_upstream_up",
+            "1 if the upstream answered the last request (a 429 or 5xx too), 0 after a timeout "
+            "or a failed connection; see docxy_upstream_errors_total for failing answers.",
+            labels=label,
         )
         remaining = GaugeMetricFamily(
             "docxy_upstream_ratelimit_remaining",
@@ -377,7 +380,7 @@ class MirrorCollector(Collector):
         )
         last_ok = GaugeMetricFamily(
             "docxy_upstream_last_success_timestamp_seconds",
-            "When the upstream last answered.",
+            "When an answer of the upstream last got through (not a 429 or 5xx).",
             labels=label,
         )
         stale = CounterMetricFamily(

@@ -306,6 +306,25 @@ async def test_upstream_errors_reach_metrics_and_the_status_page(tmp_path: Path)
     assert "unreachable" in page and "answered 429" in page
 
 
+async def test_an_upstream_answering_5xx_is_up_but_failing(tmp_path: Path) -> None:
+    """``docxy_upstream_up`` says the upstream answers at all (as the README's table says):
+    a 503 keeps it 1; the errors counter and the last success are what tell it is failing."""
+    async with stack(tmp_path, cache=False) as mirror:
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
+        succeeded = (await mirror.scrape())[
+            "docxy_upstream_last_success_timestamp_seconds{upstream=upstream.test}"
+        ]
+        mirror.upstream.status = 503
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 503
+        seen = await mirror.scrape()
+        health = json.loads((await mirror.get("/health")).body)
+    host = "upstream=upstream.test"
+    assert seen[f"docxy_upstream_up{{{host}}}"] == 1
+    assert seen[f"docxy_upstream_errors_total{{kind=server_error,{host}}}"] == 1
+    assert seen[f"docxy_upstream_last_success_timestamp_seconds{{{host}}}"] == succeeded
+    assert health["status"] == "degraded"
+
+
 @dataclass
 class ClientLimited(Upstream):
     """Answers a client's own token with its account's rate limit."""
