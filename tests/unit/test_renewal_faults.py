@@ -17,7 +17,7 @@ from docxy.tls import certs
 from docxy.tls.context import self_signed
 from lab.health import health_server
 from scheduler.renewal import wait_for
-from tests.unit.test_scheduler import HANG, REPO_ROOT, poll
+from tests.unit.test_scheduler import HANG, REPO_ROOT, issued_lineage, poll
 
 
 @pytest.fixture
@@ -55,12 +55,7 @@ def renewer_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         if name.startswith("DOCXY_"):
             monkeypatch.delenv(name)
     config_dir = tmp_path / "le"
-    self_signed(
-        config_dir / "live" / "mirror.test",
-        "mirror.test",
-        cert_name="fullchain.pem",
-        key_name="privkey.pem",
-    )
+    issued_lineage(config_dir / "live" / "mirror.test")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     certbot = bin_dir / "certbot"
