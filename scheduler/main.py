@@ -64,6 +64,8 @@ def build(renewer: Runs) -> BlockingScheduler:
             first.isoformat(),
         )
     scheduler.add_job(job, trigger, id=RENEW_JOB, max_instances=1, next_run_time=first)
+    if first > now:  # else the run at once writes it; until then /health showed the old time
+        renewer.write_status(first)
     return scheduler
 
 

@@ -6,6 +6,7 @@ it in process. The bookkeeping (failures, the status file) is :class:`scheduler.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shlex
 import subprocess
@@ -117,6 +118,8 @@ class Renewer(Runs):
 
     def _obtain_or_renew(self) -> None:
         s, live = self.settings, self.live_dir
+        if live is not None and (live / "fullchain.pem").exists() and s.domain:
+            _set_aside_without_renewal_config(s.config_dir, s.domain)
         if live is not None and not (live / "fullchain.pem").exists():
             if not s.webroot:
                 raise ValueError("certs.webroot is needed to obtain a certificate")
@@ -161,3 +164,26 @@ class Renewer(Runs):
                 log.info("new certificate installed; mirror told by %s", how)
             else:
                 log.info("mirror told by %s of a certificate installed earlier", how)
+
+
+def _set_aside_without_renewal_config(config_dir: Path, domain: str) -> None:
+    """A lineage whose ``renewal/<domain>.conf`` is gone (deleted by hand, a backup restored in
+    part) cannot be renewed: certbot answers "no certificate found" at every run, and refuses a
+    new ``certonly`` while ``live/<domain>`` and ``archive/<domain>`` exist. Move both to
+    ``orphaned/<time>/`` (their relative links still resolve there), so this run obtains a new
+    certificate for the domain; the one served stays until the new one is installed."""
+    if (config_dir / "renewal" / f"{domain}.conf").exists():
+        return
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = config_dir / "orphaned" / stamp
+    for part in ("live", "archive"):
+        if (config_dir / part / domain).exists():
+            (aside / part).mkdir(parents=True, exist_ok=True)
+            (config_dir / part / domain).rename(aside / part / domain)
+    log.warning(
+        "certbot's renewal configuration %s is missing, so the certificate in %s cannot be"
+        " renewed: moved it to %s and obtaining a new one",
+        config_dir / "renewal" / f"{domain}.conf",
+        config_dir / "live" / domain,
+        aside,
+    )

@@ -70,6 +70,8 @@ class Runs:
     last_error: str | None = None
     failing_since: dt.datetime | None = None  # the first failure of those in a row
     reload_pending: bool = False  # installed, the mirror not yet told (carried between runs)
+    #: The served certificate as the status file last described it: shown until a run says anew.
+    restored_certificate: dict[str, object] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def attempt(self) -> None:
@@ -163,6 +165,8 @@ class Runs:
         # a file from before failing_since was kept: the trouble began at the latest last_run
         self.failing_since = (failing_since or last_run) if failures else None
         self.reload_pending = data.get("reload_pending") is True
+        certificate = data.get("certificate")
+        self.restored_certificate = certificate if isinstance(certificate, dict) else None
         if failures:
             log.info(
                 "renewal has failed %d time(s) in a row since %s; last success %s",
@@ -182,7 +186,7 @@ class Runs:
             "next_run": _iso(next_run),
             "reload_pending": self.reload_pending,
         }
-        certificate = self.certificate()
+        certificate = self.certificate() or self.restored_certificate
         if certificate is not None:
             status["certificate"] = certificate
         data = json.dumps(status, indent=2).encode() + b"\n"

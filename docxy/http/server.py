@@ -112,7 +112,7 @@ def load_tls(config: Config) -> ReloadableTLS | None:
     """The TLS context for ``server.tls_listen``; a bad pair is a config error (exit 2)."""
     if config.server.tls_listen is None:
         return None
-    from docxy.tls.context import CertError, ReloadableTLS, self_signed
+    from docxy.tls.context import CertError, ReloadableTLS, kept_self_signed, self_signed
 
     cert, key = config.tls.cert_path, config.tls.key_path
     host = config.certs.domain or "localhost"
@@ -123,7 +123,7 @@ def load_tls(config: Config) -> ReloadableTLS | None:
     if cert is None or key is None:
         bootstrap = config.cache.dir.parent / "docxy-tls"
         with _unwritable("cache.dir", config, f"the bootstrap certificate in {bootstrap}"):
-            cert, key = self_signed(bootstrap, host)
+            cert, key = kept_self_signed(bootstrap, host)
         _warn_bootstrap(host, cert)
     elif config.certs.domain is not None and not (cert.exists() and key.exists()):
         # First start with a domain: the renewer obtains the certificate through this mirror's

@@ -345,3 +345,36 @@ def self_signed(
     write_pair(cert_path, key_path, cert_pem, key_pem)
     log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)
     return cert_path, key_path
+
+
+def kept_self_signed(dir: Path, hostname: str, *, days: int = 90) -> tuple[Path, Path]:
+    """The self-signed pair in `dir` if it still serves (see :func:`_reusable`), else a new one.
+
+    Clients that trust the mirror's own certificate (``configure-client.sh`` fetches it) keep
+    trusting it across restarts; a new one is made when it is near its end or for another host.
+    """
+    cert_path, key_path = dir / "selfsigned-cert.pem", dir / "selfsigned-key.pem"
+    reason = _reusable(cert_path, key_path, hostname, dt.timedelta(days=days) / 3)
+    if reason is None:
+        log.info("TLS: keeping the self-signed certificate %s for %s", cert_path, hostname)
+        return cert_path, key_path
+    log.info("TLS: making a new self-signed certificate: %s", reason)
+    return self_signed(dir, hostname, days=days)
+
+
+def _reusable(cert_path: Path, key_path: Path, hostname: str, margin: dt.timedelta) -> str | None:
+    """Why the pair cannot be kept, or None: unreadable or mismatched, names another host, or
+    less than `margin` left (a third of a new one's lifetime, certbot's: 30 of 90 days)."""
+    if not cert_path.exists():
+        return f"none in {cert_path.parent} yet"
+    try:
+        info = inspect_pair(
+            _read(cert_path, "certificate"), _read(key_path, "key"), cert_path, key_path
+        )
+    except CertError as exc:
+        return str(exc)
+    if info.sans != (hostname,):
+        return f"{cert_path} names {', '.join(info.sans) or 'no host'}, not {hostname}"
+    if info.not_after - _utcnow() < margin:
+        return f"{cert_path} expires at {info.not_after.isoformat()}"
+    return None

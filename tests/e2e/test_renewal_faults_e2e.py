@@ -89,3 +89,28 @@ def test_a_mirror_without_a_domain_reports_no_renewal_trouble(tmp_path: Path) ->
         stop_mirror(with_domain)
     assert "renewal" not in plain_health, plain_health["renewal"]
     assert "no renewer status" in domain_health["renewal"]["error"]
+
+
+def test_a_deleted_renewal_config_falls_back_to_a_new_certificate(tmp_path: Path) -> None:
+    """certbot's ``renewal/<domain>.conf`` removed (by hand, a cleanup, a half-restored backup)
+    while ``live/<domain>`` stays: every run failed "no certificate found" for ever, and the
+    served certificate ran out. The renewer now obtains a new certificate for the domain."""
+    site = Site(tmp_path)
+    with mirror_with_tls(site) as (mirror, _tls_port):
+        with running_pebble(tmp_path / "pebble", mirror.port) as pebble:
+            first = run_renewer_once(site, pebble)  # the first issuance
+            assert first.returncode == 0, first.stderr
+            served = serial_of(site.cert)
+            (site.config_dir / "renewal" / "mirror.test.conf").unlink()
+
+            second = run_renewer_once(site, pebble)
+            status = site.status()
+            again = run_renewer_once(site, pebble)  # and renewals go on as before
+    assert second.returncode == 0, second.stderr
+    assert status["last_error"] is None and status["failures"] == 0
+    assert serial_of(site.cert) != served
+    assert "renewal configuration" in second.stderr, second.stderr  # the fallback is logged
+    assert again.returncode == 0, again.stderr
+    assert (site.config_dir / "renewal" / "mirror.test.conf").exists()
+    kept = list((site.config_dir / "orphaned").glob("*/live/mirror.test/fullchain.pem"))
+    assert [serial_of(path) for path in kept] == [served]  # set aside, its links still resolve

@@ -17,7 +17,7 @@ from docxy.tls import certs
 from docxy.tls.context import self_signed
 from lab.health import health_server
 from scheduler.renewal import wait_for
-from tests.unit.test_scheduler import HANG, REPO_ROOT, poll
+from tests.unit.test_scheduler import HANG, REPO_ROOT, issued_lineage, poll
 
 
 @pytest.fixture
@@ -55,12 +55,7 @@ def renewer_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         if name.startswith("DOCXY_"):
             monkeypatch.delenv(name)
     config_dir = tmp_path / "le"
-    self_signed(
-        config_dir / "live" / "mirror.test",
-        "mirror.test",
-        cert_name="fullchain.pem",
-        key_name="privkey.pem",
-    )
+    issued_lineage(config_dir / "live" / "mirror.test")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     certbot = bin_dir / "certbot"
@@ -281,3 +276,40 @@ def test_a_last_run_in_the_future_puts_the_first_run_off_by_one_backoff_at_most(
     renewer.restore()
     first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
     assert first <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=480)
+
+
+def test_a_renewer_whose_first_run_waits_says_when_in_its_status_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted renewer waiting out its backoff left status.json as the run before the
+    restart wrote it: /health showed a next_run already past (or the old schedule) until the
+    first run, minutes later. It now writes the delayed time at start, keeping the rest."""
+    from scheduler import main as scheduler_main
+    from scheduler import settings as settings_mod
+    from scheduler.runs import Runs
+
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    config_dir.mkdir()
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    last_run = dt.datetime.now(dt.UTC)
+    certificate = {"cert_path": "/tls/cert.pem", "serial": "abc"}
+    earlier = {
+        "last_run": last_run.isoformat(),
+        "failures": 4,
+        "last_error": "CA down",
+        "next_run": last_run.isoformat(),
+        "certificate": certificate,
+    }
+    (config_dir / "status.json").write_text(json.dumps(earlier))
+    renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
+    renewer.restore()
+    first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
+    status = json.loads((config_dir / "status.json").read_text())
+    assert dt.datetime.fromisoformat(status["next_run"]) == first, (status, first)
+    assert status["failures"] == 4 and status["last_error"] == "CA down"
+    assert status["last_run"] == last_run.isoformat()
+    assert status["certificate"] == certificate  # what the served certificate was stays shown

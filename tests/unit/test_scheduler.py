@@ -194,6 +194,15 @@ def test_show_config_lists_the_renewer_settings(
     assert "scheduler.certbot_timeout = 300.0  (default)" in out
 
 
+def issued_lineage(live: Path) -> None:
+    """A lineage as certbot leaves it for `live`'s domain: its live files and its
+    ``renewal/<domain>.conf`` (without which the renewer obtains a new certificate)."""
+    self_signed(live, live.name, cert_name="fullchain.pem", key_name="privkey.pem")
+    renewal = live.parent.parent / "renewal"
+    renewal.mkdir(exist_ok=True)
+    (renewal / f"{live.name}.conf").write_text(f"# certbot's lineage of {live.name}\n")
+
+
 class FakeCertbot:
     """Stands in for docxy.certs.obtain/renew: writes a fresh lineage, or fails when told to."""
 
@@ -208,7 +217,7 @@ class FakeCertbot:
         if self.fail_next:
             self.fail_next -= 1
             raise certs.CertbotError(f"certbot {what} failed: Detail: the CA is having a nap")
-        self_signed(self.live, "mirror.test", cert_name="fullchain.pem", key_name="privkey.pem")
+        issued_lineage(self.live)
 
     def obtain(self, *args: object, **kwargs: object) -> Path:
         self.emails.append(args[1])
@@ -352,7 +361,7 @@ def fake_certbot_on_path(tmp_path: Path, script: str) -> dict[str, str]:
 
 def test_once_reports_certbots_reason(tmp_path: Path, env: dict[str, str]) -> None:
     lineage = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "mirror.test"
-    self_signed(lineage, "mirror.test", cert_name="fullchain.pem", key_name="privkey.pem")
+    issued_lineage(lineage)
     proc_env = fake_certbot_on_path(
         tmp_path,
         "echo 'Saving debug log to /x' >&2\n"
@@ -375,7 +384,7 @@ def test_once_reports_certbots_reason(tmp_path: Path, env: dict[str, str]) -> No
 
 def test_process_runs_at_start_and_stops_on_sigterm(tmp_path: Path, env: dict[str, str]) -> None:
     lineage = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "mirror.test"
-    self_signed(lineage, "mirror.test", cert_name="fullchain.pem", key_name="privkey.pem")
+    issued_lineage(lineage)
     calls = tmp_path / "calls"
     proc_env = fake_certbot_on_path(tmp_path, f'echo "$1" >> {calls}\n')
     served = tmp_path / "served"
