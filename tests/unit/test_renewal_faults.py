@@ -71,6 +71,19 @@ def renewer_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     }
 
 
+def renewer_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The environment of a renewer run in this process for mirror.test: no other DOCXY_*
+    setting, its certbot config dir (made, and returned) under ``tmp_path``."""
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    config_dir.mkdir(exist_ok=True)
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    return config_dir
+
+
 def _status(env: dict[str, str]) -> dict[str, object]:
     """What the mirror reads for /health, /metrics and the status page."""
     return certs.renewal_status(Path(env["DOCXY_CERTS_CONFIG_DIR"]))
@@ -175,13 +188,7 @@ def test_a_renewer_restarted_right_after_failures_waits_out_its_backoff(
     from scheduler import settings as settings_mod
     from scheduler.runs import Runs
 
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    config_dir = tmp_path / "le"
-    config_dir.mkdir()
-    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
-    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    config_dir = renewer_settings(tmp_path, monkeypatch)
     last_run = dt.datetime.now(dt.UTC)
     earlier = {"last_run": last_run.isoformat(), "failures": 4, "last_error": "CA down"}
     (config_dir / "status.json").write_text(json.dumps(earlier))
@@ -200,13 +207,7 @@ def test_a_renewer_restarted_long_after_its_failures_runs_at_once(
     from scheduler import settings as settings_mod
     from scheduler.runs import Runs
 
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    config_dir = tmp_path / "le"
-    config_dir.mkdir()
-    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
-    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    config_dir = renewer_settings(tmp_path, monkeypatch)
     earlier = {"last_run": _days_ago(1), "failures": 4, "last_error": "CA down"}
     (config_dir / "status.json").write_text(json.dumps(earlier))
     renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
@@ -227,10 +228,7 @@ def test_a_restarted_renewer_owing_an_install_runs_at_once(
     from scheduler import settings as settings_mod
     from scheduler.runs import Runs
 
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    config_dir = tmp_path / "le"
+    config_dir = renewer_settings(tmp_path, monkeypatch)
     self_signed(
         config_dir / "live" / "mirror.test",
         "mirror.test",
@@ -238,8 +236,6 @@ def test_a_restarted_renewer_owing_an_install_runs_at_once(
         key_name="privkey.pem",
     )
     served, _ = self_signed(tmp_path / "served", "bootstrap")
-    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
-    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
     monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(served))
     monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(tmp_path / "served" / "selfsigned-key.pem"))
     last_run = dt.datetime.now(dt.UTC)
@@ -263,13 +259,7 @@ def test_a_last_run_in_the_future_puts_the_first_run_off_by_one_backoff_at_most(
     from scheduler import settings as settings_mod
     from scheduler.runs import Runs
 
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    config_dir = tmp_path / "le"
-    config_dir.mkdir()
-    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
-    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    config_dir = renewer_settings(tmp_path, monkeypatch)
     ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
     (config_dir / "status.json").write_text(json.dumps({"last_run": ahead, "failures": 4}))
     renewer = Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
@@ -288,13 +278,7 @@ def test_a_renewer_whose_first_run_waits_says_when_in_its_status_at_once(
     from scheduler import settings as settings_mod
     from scheduler.runs import Runs
 
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    config_dir = tmp_path / "le"
-    config_dir.mkdir()
-    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
-    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    config_dir = renewer_settings(tmp_path, monkeypatch)
     last_run = dt.datetime.now(dt.UTC)
     certificate = {"cert_path": "/tls/cert.pem", "serial": "abc"}
     earlier = {
