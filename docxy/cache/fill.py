@@ -125,6 +125,10 @@ class InFlight:
     reserved: int = 0
     #: Aborted because the cache had no room for it: its followers pass it through.
     no_room: bool = False
+    #: Set when the cache itself gave the fill up (a failed write, no room) after this many
+    #: good bytes in the temp file: a follower with a ``rest`` reads them, then gets the rest
+    #: of the blob from the upstream (see :meth:`BlobFollower._resumed`) instead of being cut.
+    kept: int | None = None
     #: Where its bytes come from (the download's ``origin``), set before its size is announced.
     origin: str = ""
     #: Descriptors open on the temp file that tell the store when they are closed (followers',
@@ -157,8 +161,9 @@ class BlobWriter:
 
     Use as ``async with writer:`` (or call :meth:`abort` in ``finally``): leaving without
     :meth:`commit` aborts the fill so followers fail fast instead of waiting forever.
-    If writing the temp file fails (disk full), the writer switches to pass-through: it keeps
-    hashing so :meth:`commit` still verifies, but nothing is cached and :attr:`caching` is False.
+    If writing the temp file fails (disk full, EIO), the fill is given up with the bytes
+    written so far kept for its followers (:attr:`InFlight.kept`): they get the rest from the
+    upstream (see :class:`BlobFollower`); nothing is cached and :attr:`caching` is False.
     """
 
     def __init__(
@@ -270,7 +275,7 @@ class BlobWriter:
         try:
             await self._host.reserve(fill, total - fill.reserved)
         except NoRoom as exc:
-            fill.no_room = True
+            fill.no_room, fill.kept = True, fill.written
             self._close_and_discard(str(exc))
             return False
         return self.caching
@@ -282,12 +287,13 @@ class BlobWriter:
         Followers see each read as soon as it is in the temp file: the hash, the slowest step,
         is off their path (only the last byte waits for it, at the commit), and the reading
         thread is back in ``recv`` while the hash runs. The event loop only hears of each read
-        (followers woken, room made in the store). If writing fails the thread goes on reading,
-        uncached, as :meth:`write` does. Cancelling sets a stop flag, interrupts the body's
-        blocked read and waits for both threads, so the temp file's descriptor is never closed
-        under a running write; an abort meanwhile (another task, a second cancel) interrupts
-        the body's read too, and leaves the descriptor open until the reading thread is done,
-        which it is at once (a stalled upstream does not hold the removed temp file).
+        (followers woken, room made in the store). If writing fails the thread stops reading:
+        the fill is given up (its followers get the rest from the upstream). Cancelling sets a
+        stop flag, interrupts the body's blocked read and waits for both threads, so the temp
+        file's descriptor is never closed under a running write; an abort meanwhile (another
+        task, a second cancel) interrupts the body's read too, and leaves the descriptor open
+        until the reading thread is done, which it is at once (a stalled upstream does not
+        hold the removed temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -349,8 +355,10 @@ class BlobWriter:
                         try:
                             write_all(fd, [chunk[:nbytes]])
                         except OSError as exc:
-                            fd = None  # no more writes: the loop may close it at once
+                            # No more writes: the loop may close the descriptor at once, and
+                            # gives the fill up; reading on would serve nobody.
                             loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
+                            break
                         else:
                             written += nbytes
                             loop.call_soon_threadsafe(self._grew, nbytes)
@@ -407,8 +415,11 @@ class BlobWriter:
         self._stop_caching(exc)
 
     def _stop_caching(self, exc: OSError) -> None:
-        outcome = "its download is cut (a retry is passed through uncached)"
+        """Give the fill up after a failed write (or sync): its followers keep the bytes
+        written so far and get the rest of the blob from the upstream, uncached."""
+        outcome = "its clients get the rest from the upstream, uncached"
         self._host.cache_write_failed(self.fill, exc, outcome)
+        self.fill.kept = self.fill.written
         self._close_and_discard(f"cache write failed: {exc.strerror or exc}", said=True)
 
     async def commit(self, expected_size: int | None = None) -> BlobEntry | None:
@@ -517,7 +528,10 @@ class BlobFollower(ClosingStream):
 
     Iterating yields the bytes as the writer flushes them (all but the last byte, which waits
     for the verified commit) and ends after the commit; it raises :class:`FillAborted` as soon
-    as the writer aborts, so the route can cut its client.
+    as the writer aborts, so the route can cut its client. With a :attr:`rest`, a fill the
+    cache itself gave up (a failed write, no room: :attr:`InFlight.kept`) is not the end: the
+    follower yields the bytes kept in the temp file, then the rest of the blob from ``rest``,
+    verified as a fill is (see :meth:`_resumed`).
     """
 
     def __init__(
@@ -529,6 +543,10 @@ class BlobFollower(ClosingStream):
     ) -> None:
         super().__init__(fd, release, chunk_size)
         self.fill = fill
+        #: The blob from an offset on, from elsewhere (the upstream), for a fill given up.
+        self.rest: Resume | None = None
+        #: Where the bytes after :attr:`resumed_at` came from, once resumed.
+        self.resumed_at: int | None = None
 
     @property
     def digest(self) -> Digest:
@@ -550,6 +568,11 @@ class BlobFollower(ClosingStream):
         fill, pos = self.fill, 0
         try:
             while True:
+                given_up = fill.state is FillState.ABORTED and fill.kept is not None
+                if given_up and self.rest is not None:
+                    async for data in self._resumed(pos, fill.kept or 0):
+                        yield data
+                    return
                 fill.check_not_aborted()
                 # The last byte waits for the commit: a blob that fails verification never
                 # reaches a client complete, so it cannot pass for a good one.
@@ -566,6 +589,70 @@ class BlobFollower(ClosingStream):
                     await fill.changed()
         finally:
             self.close()
+
+    async def _resumed(self, pos: int, kept: int) -> AsyncIterator[bytes]:
+        """The blob from ``pos`` on, for a fill the cache gave up after ``kept`` good bytes:
+        those from the temp file (this follower's descriptor still reads it), the rest from
+        :attr:`rest`. Verified as a fill is: the length, and the digest over every byte (the
+        kept ones hashed again from the file), before the last byte goes out; a mismatch or a
+        rest that cannot be had raises :class:`FillAborted` (the client is cut, never given a
+        short or a wrong blob). The temp file is closed before the rest is asked for.
+        """
+        rest, fill = self.rest, self.fill
+        assert rest is not None
+        if fill.size is not None:
+            kept = min(kept, fill.size - 1)  # the last byte waits for the verified whole
+        while pos < kept:
+            data = await self._read(pos, kept - pos)
+            if not data:
+                raise FillAborted(f"temp file of {fill.digest} shrank at byte {pos}")
+            pos += len(data)
+            yield data
+        try:
+            hasher = await asyncio.to_thread(self._hashed, pos)
+        except OSError as exc:
+            raise FillAborted(f"cannot read back the kept bytes of {fill.digest}: {exc}") from exc
+        self.close()
+        self.resumed_at = pos
+        try:
+            download = await rest(pos)
+        except FetchFailed as exc:
+            log.warning("blob %s: cannot get the rest after byte %d: %s", fill.digest, pos, exc)
+            raise FillAborted(f"the rest of {fill.digest} could not be had: {exc}") from exc
+        try:
+            chunks = download.chunks
+            assert chunks is not None, "a rest is read on the loop"
+            held = b""  # the last byte seen so far: it goes out once the whole is verified
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                hasher.update(chunk)
+                pos += len(chunk)
+                if held:
+                    yield held
+                if len(chunk) > 1:
+                    yield chunk[:-1]
+                held = chunk[-1:]
+            problem = _verify_rest(fill, pos, hasher)
+            if problem:
+                log.warning("blob %s: %s; the client is cut", fill.digest, problem)
+                raise FillAborted(f"{fill.digest}: {problem}")
+            if held:
+                yield held
+        finally:
+            await download.close()
+
+    def _hashed(self, nbytes: int) -> Hasher:
+        """A hasher of the temp file's first ``nbytes`` (blocking: a worker thread's)."""
+        hasher = self.fill.digest.hasher()
+        pos = 0
+        while pos < nbytes:
+            data = self._file.pread(min(READ_CHUNK, nbytes - pos), pos)
+            if not data:
+                raise OSError(f"the temp file ended at byte {pos} of {nbytes}")
+            hasher.update(data)
+            pos += len(data)
+        return hasher
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,6 +673,10 @@ class Download:
     #: Where the bytes come from, told to every client of the fill (``InFlight.origin``).
     origin: str = "upstream"
 
+
+#: The blob's bytes from an offset on (``Download.chunks``, ``size`` what is left, when known);
+#: raises :class:`FetchFailed` when they cannot be had.
+Resume = Callable[[int], Awaitable[Download]]
 
 #: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot:
 #: :class:`FetchRefused` when the upstream said no (an INFO line), else a WARNING.
@@ -613,10 +704,12 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             elif download.chunks is not None:
                 async for chunk in download.chunks:
                     await writer.write(chunk)
-                    if writer.fill.no_room:
+                    if writer.fill.state is FillState.ABORTED:
                         break
-            if writer.fill.no_room:
-                return  # a blob of unknown length outgrew the room the cache could make
+            if writer.fill.kept is not None:
+                # The cache gave it up (no room for a blob of unknown length that outgrew it, a
+                # failed write), and said why: its followers get the rest from the upstream.
+                return
             try:
                 committed = await writer.commit(download.size)
             except VerifyError as exc:
@@ -639,6 +732,16 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
 
 def _name(exc: BaseException) -> str:
     return type(exc).__name__
+
+
+def _verify_rest(fill: InFlight, total: int, hasher: Hasher) -> str:
+    """What is wrong with a resumed blob of ``total`` bytes hashed by ``hasher`` ("": nothing)."""
+    if fill.size is not None and total != fill.size:
+        return f"the resumed blob is {total} bytes, not {fill.size}"
+    actual = hasher.hexdigest()
+    if actual != fill.digest.hex:
+        return f"the resumed blob hashes to {fill.digest.algorithm}:{actual}"
+    return ""
 
 
 def _hash_all(

@@ -5,6 +5,9 @@ the store makes the temp file, starts that fetch once per digest as a named task
 client asking meanwhile (the first one included) follows the growing file. Content the mirror's
 token may not read (private repositories) and requests the cache does not answer (a ``Range``
 or a ``HEAD`` on a miss) pass through with the client's credentials, uncached, with a reason.
+Should the cache give a fill up midway (its disk fails, or a blob of unknown length outgrows
+the room), each of its clients keeps what it has and gets the rest from the upstream with a
+``Range`` GET (:meth:`BlobService._fetch_rest`), verified before its last byte.
 
 A cached blob is served under a repository only once the mirror knows that repository holds it
 (``docxy.cache.pairings``); an unknown pairing is first confirmed by a free upstream ``HEAD``
@@ -138,6 +141,10 @@ class BlobService:
         if isinstance(held, PassThrough):
             stream.close()
             return held
+        if isinstance(stream, BlobFollower):
+            # Should the cache give the fill up (a failed write...), this client gets the rest
+            # of the blob from the upstream instead of a cut.
+            stream.rest = partial(self._fetch_rest, pull)
         if isinstance(stream, BlobFollower) and joined:
             source = Source.JOINED
         elif source is not Source.SHARED and held is not Source.HIT:
@@ -267,9 +274,10 @@ class BlobService:
 
     async def _fetch_rest(self, pull: Pull, offset: int) -> Download:
         """The blob from ``offset`` on, from the upstream (a shared store's body broke off
-        there): a GET with ``Range: bytes=offset-`` and the mirror's own token. A ``206`` must
-        start at ``offset``; a ``200`` (an upstream that ignores ranges) is read past its first
-        ``offset`` bytes. Raises :class:`FetchFailed` otherwise."""
+        there, or the cache gave up a fill its client had that much of): a GET with ``Range:
+        bytes=offset-`` and the mirror's own token. A ``206`` must start at ``offset``; a
+        ``200`` (an upstream that ignores ranges) is read past its first ``offset`` bytes.
+        Raises :class:`FetchFailed` otherwise."""
         ranged = [("Range", f"bytes={offset}-")]
         try:
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, ranged)

@@ -12,20 +12,16 @@ so a rest that is not the blob's is never kept nor served as a whole blob.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from docxy.cache.fill import Download
+from docxy.cache.fill import Download, Resume
 from docxy.core.digests import Digest
 from docxy.shared.objects import ObjectStoreError
 from docxy.upstream.failures import failure
 
 log = logging.getLogger(__name__)
-
-#: The blob's bytes from an offset on (``Download.chunks``, ``size`` what is left, when known);
-#: raises :class:`~docxy.cache.errors.FetchFailed` when the upstream cannot give them.
-Resume = Callable[[int], Awaitable[Download]]
 
 
 class ObjectBody:

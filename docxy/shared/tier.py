@@ -35,11 +35,11 @@ import httpx
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.files import BlobFile
-from docxy.cache.fill import Download
+from docxy.cache.fill import Download, Resume
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
-from docxy.shared.body import ObjectBody, Resume, body_error
+from docxy.shared.body import ObjectBody, body_error
 from docxy.shared.objects import BlobChanged, Bucket, ObjectStore, ObjectStoreError
 from docxy.shared.uploads import UploadQueue
 

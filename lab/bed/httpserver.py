@@ -9,6 +9,7 @@ connection, so a client with a pooled connection sees the outage too.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -70,6 +71,13 @@ class _TrackingHTTPServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer (the mirror stopped reading a body it no longer
+        needs) is no fault of the bed's: no traceback for it; anything else as usual."""
+        if isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
+            return
+        super().handle_error(request, client_address)
 
     def cut_connections(self) -> None:
         with self._open_lock:

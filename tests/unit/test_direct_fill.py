@@ -11,7 +11,7 @@ import re
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -374,4 +374,71 @@ async def test_a_failing_disk_passes_through_and_keeps_nothing(
     with pytest.raises(FillAborted, match="cache write failed"):
         await fill_and_read(blobs, digest, client_for(), server.url + "/blob")
     assert blobs.write_failed_at is not None and blobs.lookup(digest) is None
+    assert list(blobs.tmp_dir.iterdir()) == []
+
+
+@dataclass
+class CountingBody:
+    """A body that counts the bytes the pump read from it."""
+
+    inner: fill_module.BodySource
+    read: int = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        nbytes = self.inner.readinto(buffer)
+        self.read += nbytes
+        return nbytes
+
+    def interrupt(self) -> None:
+        self.inner.interrupt()
+
+
+async def test_a_disk_failing_mid_fill_stops_the_pump_and_its_follower_gets_the_rest(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes fail past 2 MiB: the pump stops reading the upstream at once (nobody would get
+    its bytes), the fill keeps what it wrote for its follower, which gets the rest from its
+    ``rest`` (asked from where the kept bytes end) and the whole blob, verified."""
+    limit, written = 2 * 1024 * 1024, 0
+
+    def fails_past_limit(fd: int, chunks: list[bytes]) -> None:
+        nonlocal written
+        size = sum(len(chunk) for chunk in chunks)
+        if written + size > limit:
+            raise OSError(errno.EIO, "Input/output error")
+        real_write_all(fd, chunks)
+        written += size
+
+    real_write_all = fill_module.write_all
+    monkeypatch.setattr(fill_module, "write_all", fails_past_limit)
+    server.plan.body = LONG
+    blobs, digest, client = make_store(tmp_path), digest_of(LONG), client_for()
+    counted: list[CountingBody] = []
+    asked: list[int] = []
+
+    async def download() -> Download:
+        opened = await open_download(client, server.url + "/blob")
+        assert opened.body is not None
+        counted.append(CountingBody(opened.body))
+        return Download(opened.size, None, opened.close, body=counted[0])
+
+    async def rest(offset: int) -> Download:
+        asked.append(offset)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(offset, len(LONG), 100_000):
+                yield LONG[start : start + 100_000]
+
+        async def close() -> None:
+            pass
+
+        return Download(len(LONG) - offset, chunks(), close)
+
+    follower = await blobs.fill(digest, download)
+    assert isinstance(follower, BlobFollower)
+    follower.rest = rest
+    assert await asyncio.wait_for(follower.read_all(), GUARD) == LONG
+    assert asked == [written] and follower.resumed_at == written
+    assert counted[0].read <= written + fill_module.PUMP_BUFFER, "the pump read on for nobody"
+    assert blobs.lookup(digest) is None and blobs.write_failed_at is not None
     assert list(blobs.tmp_dir.iterdir()) == []

@@ -38,6 +38,9 @@ class Upstream:
     def __init__(self) -> None:
         self.token_auth: list[str | None] = []
         self.blob_gets = 0
+        self.ranges: list[str | None] = []  # the Range of each blob GET made with the account
+        self.rest: bytes | None = None  # what a ranged GET answers past its offset (None: BLOB)
+        self.rest_status = 206
         self.refused: list[str | None] = []  # the Authorization of each refused blob GET
         self.ping_status = 401
         self.service = "registry.test"
@@ -59,7 +62,14 @@ class Upstream:
             self.refused.append(request.headers.get("authorization"))
             return reply(401, b'{"errors": [{"code": "UNAUTHORIZED"}]}')
         self.blob_gets += 1
-        return reply(200, BLOB)
+        ranged = request.headers.get("range")
+        self.ranges.append(ranged)
+        if ranged is None:
+            return reply(200, BLOB)
+        start = int(ranged.removeprefix("bytes=").removesuffix("-"))
+        rest = BLOB[start:] if self.rest is None else self.rest
+        span = f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"
+        return reply(self.rest_status, rest, {"Content-Range": span})
 
 
 def basic(user: str, password: str) -> str:
@@ -110,6 +120,78 @@ async def test_without_an_account_the_client_needs_its_own_token(tmp_path: Path)
     assert cached_blobs(tmp_path) == []
 
 
+def disk_full_after(nbytes: int) -> Callable[[int, list[bytes]], None]:
+    """A ``write_all`` that writes ``nbytes`` (whole calls), then fails with ENOSPC."""
+    written = 0
+
+    def write_all(fd: int, chunks: list[bytes]) -> None:
+        nonlocal written
+        size = sum(len(chunk) for chunk in chunks)
+        if written + size > nbytes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, chunks)
+        written += size
+
+    return write_all
+
+
+real_write_all = fill.write_all
+HALF = len(BLOB) // 2  # the writer's first flush (WRITE_BUFFER)
+
+
+async def test_a_disk_that_fails_mid_fill_gives_its_client_the_rest_from_the_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fails after the fill wrote half the blob: its client is not cut but gets the
+    first half from the temp file and the rest from the upstream (a Range GET from there on,
+    with the mirror's account); nothing is cached, and the next miss passes through."""
+    monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+        first = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+        assert first.status == 200
+        assert first.complete and first.body == BLOB
+        assert upstream.ranges == [None, f"bytes={HALF}-"]
+        second = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+        assert second.complete and second.body == BLOB
+    assert cached_blobs(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("rest", "status"),
+    [(BLOB[HALF:-1] + b"x", 206), (BLOB[HALF:-1], 206), (b"", 503)],
+    ids=["wrong-bytes", "short", "refused"],
+)
+async def test_a_rest_that_is_not_the_blob_cuts_the_client_before_its_last_byte(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    rest: bytes,
+    status: int,
+) -> None:
+    """The rest from the upstream is verified with the kept half: a wrong byte, a short rest
+    or an upstream that will not send it cuts the client, which never has the whole length
+    (so never a wrong blob that looks complete), with one WARNING saying so."""
+    monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    upstream = Upstream()
+    upstream.rest, upstream.rest_status = rest, status
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        with caplog.at_level(logging.WARNING, logger="docxy"):
+            path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+            answer = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+    assert answer.status == 200
+    assert not answer.complete
+    assert len(answer.body) < len(BLOB)
+    assert answer.body == BLOB[: len(answer.body)]  # the wrong last byte never went out
+    said = [r.getMessage() for r in caplog.records if "the client is cut" in r.getMessage()]
+    said += [r.getMessage() for r in caplog.records if "cannot get the rest" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert cached_blobs(tmp_path) == []
+
+
 async def test_a_full_disk_degrades_to_pass_through(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -121,28 +203,25 @@ async def test_a_full_disk_degrades_to_pass_through(
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
     async with mirror(tmp_path, upstream, **settings) as app:
         client = app.test_client()
-        # The fill in progress fails: its client is cut off (the body never ends, so the server
-        # closes the connection mid-body), or at most given the whole blob: never a short success.
+        # The fill fails at its first write: its client gets the blob from the upstream.
         first = await call_asgi(app, "GET", f"/v2/team/app/blobs/{DIGEST}", host="mirror.test")
         assert first.status == 200
-        if first.complete:
-            assert first.body == BLOB, "a short success"
-        else:
-            assert len(first.body) < len(BLOB)
+        assert first.complete and first.body == BLOB
+        assert upstream.ranges == [None, "bytes=0-"]
         second = await client.get(
             f"/v2/team/app/blobs/{DIGEST}", headers={"Authorization": "Bearer account"}
         )
         assert second.status_code == 200
         assert await second.get_data() == BLOB
     assert cached_blobs(tmp_path) == []
-    assert "a retry is passed through uncached" in caplog.text
+    assert "its clients get the rest from the upstream, uncached" in caplog.text
 
 
 async def test_a_disk_that_fails_mid_fill_is_one_warning_saying_why_and_what_now(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The disk fills up under a download: one WARNING names the blob and the error, and says
-    what follows (this download is cut, the retry and other misses go uncached a while); no
+    what follows (its clients get the rest upstream, other misses go uncached a while); no
     second line for the fill's abort, none for the retry passed through."""
 
     def disk_full(fd: int, chunks: list[bytes]) -> None:
@@ -163,7 +242,7 @@ async def test_a_disk_that_fails_mid_fill_is_one_warning_saying_why_and_what_now
     assert [r.name for r in lines if r.levelno == logging.INFO] == ["docxy.access"] * 2
     [warned] = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
     assert warned.startswith(f"cache: cannot write {DIGEST} (No space left on device, ENOSPC)")
-    assert "download is cut" in warned and "uncached for 60 s" in warned
+    assert "clients get the rest from the upstream" in warned and "uncached for 60 s" in warned
 
 
 async def test_a_blob_larger_than_the_cache_passes_through_with_its_reason(
