@@ -111,6 +111,25 @@ def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
 
 
 @dataclass(eq=False)
+class Handover:
+    """Where a download went on from the upstream, if it did: ``at`` is how many bytes its
+    ``origin`` gave before (a shared store's body that broke off, finished from the upstream:
+    :mod:`docxy.shared.body`), None while every byte came from the origin. Set once, by the
+    download, before the upstream's first byte is handed to the fill; read by whoever counts
+    where a client's bytes came from (a fill's clients get the blob from its first byte)."""
+
+    at: int | None = None
+
+    def upstream_part(self, nbytes: int) -> int:
+        """Of the blob's first ``nbytes``, how many came from the upstream after the handover."""
+        return 0 if self.at is None else max(nbytes - self.at, 0)
+
+    def describe(self, origin: str) -> str:
+        """Where the bytes came from, for a log line: ``shared until byte 5000, then upstream``."""
+        return origin if self.at is None else f"{origin} until byte {self.at}, then upstream"
+
+
+@dataclass(eq=False)
 class InFlight:
     """Shared state of one download, seen by its writer and its followers."""
 
@@ -131,6 +150,8 @@ class InFlight:
     kept: int | None = None
     #: Where its bytes come from (the download's ``origin``), set before its size is announced.
     origin: str = ""
+    #: Where they came from the upstream instead, if they did (the download's ``handover``).
+    handover: Handover = field(default_factory=Handover)
     #: Descriptors open on the temp file that tell the store when they are closed (followers',
     #: a background sync's, the writer's once the file is removed); whether the store removed
     #: the file, and its bytes if it was still held then: they count against ``max_size``
@@ -422,26 +443,25 @@ class BlobWriter:
         self.fill.kept = self.fill.written
         self._close_and_discard(f"cache write failed: {exc.strerror or exc}", said=True)
 
-    async def commit(self, expected_size: int | None = None) -> BlobEntry | None:
+    async def commit(
+        self, expected_size: int | None = None, mismatch: Mismatch | None = None
+    ) -> BlobEntry | None:
         """Verify length and digest, then make the blob visible under its final name.
 
         ``expected_size`` defaults to the announced size. Raises :class:`SizeMismatch` or
-        :class:`DigestMismatch` (after aborting: nothing cached, followers fail). Returns the
+        :class:`DigestMismatch` (after aborting: nothing cached, followers fail; ``mismatch``
+        is told first, and what it answers ends the failure's one WARNING line). Returns the
         committed entry, or None in pass-through mode or when the blob does not fit the cache.
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
         await self.flush()
-        if expected_size is None:
-            expected_size = self.fill.size
-        if expected_size is not None and self._count != expected_size:
-            self.fail(f"length mismatch: expected {expected_size} bytes, got {self._count}")
-            raise SizeMismatch(f"{self.digest}: expected {expected_size} bytes, got {self._count}")
-        actual = self._hash.hexdigest()
-        if actual != self.digest.hex:
-            got = f"{self.digest.algorithm}:{actual}"
-            self.fail(f"digest mismatch: expected {self.digest}, got {got}")
-            raise DigestMismatch(f"expected {self.digest}, got {got}")
+        failed = self._unverified(self.fill.size if expected_size is None else expected_size)
+        if failed is not None:
+            reason, unverified = failed
+            said = None if mismatch is None else mismatch(unverified)
+            self.fail(reason if not said else f"{reason}; {said}")
+            raise unverified
         if not self.caching:
             self._finish()
             return None
@@ -464,6 +484,17 @@ class BlobWriter:
         self.fill.state = FillState.COMMITTED
         self._finish()
         return entry
+
+    def _unverified(self, expected_size: int | None) -> tuple[str, VerifyError] | None:
+        """Why the bytes received are not the blob (for the log, and as raised), or None."""
+        if expected_size is not None and self._count != expected_size:
+            said = f"expected {expected_size} bytes, got {self._count}"
+            return f"length mismatch: {said}", SizeMismatch(f"{self.digest}: {said}")
+        actual = self._hash.hexdigest()
+        if actual != self.digest.hex:
+            said = f"expected {self.digest}, got {self.digest.algorithm}:{actual}"
+            return f"digest mismatch: {said}", DigestMismatch(said)
+        return None
 
     def abort(self, reason: str) -> None:
         """Discard the temp file; followers raise :class:`FillAborted`. Idempotent."""
@@ -545,8 +576,8 @@ class BlobFollower(ClosingStream):
         self.fill = fill
         #: The blob from an offset on, from elsewhere (the upstream), for a fill given up.
         self.rest: Resume | None = None
-        #: Where the bytes after :attr:`resumed_at` came from, once resumed.
-        self.resumed_at: int | None = None
+        #: Where this follower went on from :attr:`rest`, if it did (its own, not the fill's).
+        self.handover = Handover()
 
     @property
     def digest(self) -> Digest:
@@ -613,7 +644,7 @@ class BlobFollower(ClosingStream):
         except OSError as exc:
             raise FillAborted(f"cannot read back the kept bytes of {fill.digest}: {exc}") from exc
         self.close()
-        self.resumed_at = pos
+        self.handover.at = pos
         try:
             download = await rest(pos)
         except FetchFailed as exc:
@@ -655,23 +686,31 @@ class BlobFollower(ClosingStream):
         return hasher
 
 
+#: Told why a fill's bytes are not its blob; answers what was made of it, for the fill's
+#: WARNING line (None: nothing to add).
+Mismatch = Callable[[VerifyError], str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Download:
     """What the upstream half of a fill hands the store: a length (None: unknown) and bytes,
     as ``chunks`` to iterate on the event loop or as a ``body`` a worker thread reads.
 
     ``close`` is always awaited once the fill is done with the download. ``mismatch`` is told
-    when the bytes, read to their end, are not the blob (digest or length): their source is
-    bad. A fill that fails for any other reason (a full disk, no room) tells it nothing.
+    when the bytes, read to their end, are not the blob (digest or length), before the fill's
+    one WARNING line says so: what it answers (what the source's owner made of it) ends that
+    line. A fill that fails for any other reason (a full disk, no room) tells it nothing.
     """
 
     size: int | None
     chunks: AsyncIterator[bytes] | None
     close: Callable[[], Awaitable[None]]
     body: BodySource | None = None
-    mismatch: Callable[[VerifyError], None] | None = None
+    mismatch: Mismatch | None = None
     #: Where the bytes come from, told to every client of the fill (``InFlight.origin``).
     origin: str = "upstream"
+    #: Where they came from the upstream instead, should the download go on from it.
+    handover: Handover = field(default_factory=Handover)
 
 
 #: The blob's bytes from an offset on (``Download.chunks``, ``size`` what is left, when known);
@@ -694,7 +733,7 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
         except FetchFailed as exc:  # upstream trouble: the client gets an error too
             writer.fail(str(exc))
             return
-        writer.fill.origin = download.origin
+        writer.fill.origin, writer.fill.handover = download.origin, download.handover
         try:
             if download.size is not None and not await writer.reserve(download.size):
                 return  # no room: the followers pass it through (the store said why)
@@ -710,12 +749,7 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
                 # The cache gave it up (no room for a blob of unknown length that outgrew it, a
                 # failed write), and said why: its followers get the rest from the upstream.
                 return
-            try:
-                committed = await writer.commit(download.size)
-            except VerifyError as exc:
-                if download.mismatch is not None:
-                    download.mismatch(exc)
-                raise
+            committed = await writer.commit(download.size, download.mismatch)
             if committed is not None:
                 log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
         except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why
@@ -800,7 +834,7 @@ def _discard(
     if fill.state is FillState.WRITING:
         fill.state, fill.reason = FillState.ABORTED, reason
         if failed:
-            origin = fill.origin or "upstream"
+            origin = fill.handover.describe(fill.origin or "upstream")
             log.warning("blob %s: fill failed (from %s): %s", fill.digest, origin, reason)
         elif not said:
             log.info("cache fill of %s aborted: %s", fill.digest, reason)

@@ -20,6 +20,7 @@ from hypercorn.typing import (
 )
 
 from docxy.access.identity import identity_of
+from docxy.cache.fill import Handover
 from docxy.core.errors import ClientError, RegistryError, RequestTooLarge
 from docxy.edge.replies import send_error
 
@@ -143,11 +144,28 @@ class RequestObserver(Protocol):
 ENDS = ("done", "cut", "left", "aborted")
 #: The fact ``docxy.http.app.CutStreams`` leaves when it cut a body.
 CUT = "cut"
+#: The fact an answer from a fill carries: its :class:`~docxy.cache.fill.Handover` objects,
+#: where the upstream took over should the shared store's body have broken off (the fill's),
+#: or should the cache have given the fill up (the client's own; see :func:`upstream_bytes`).
+HANDOVER = "handover"
+
+
+def upstream_bytes(facts: dict[str, Any], sent: int) -> int | None:
+    """Of the ``sent`` bytes of an answer from a fill, how many the upstream gave after the
+    earliest handover (they spent upstream quota); None if there was none."""
+    handovers = facts.get(HANDOVER)
+    if not isinstance(handovers, tuple):
+        return None
+    taken = [h for h in handovers if isinstance(h, Handover) and h.at is not None]
+    if not taken:
+        return None
+    return max(h.upstream_part(sent) for h in taken)
 
 
 class AccessLog:
-    """One INFO line per request: method, path, status, bytes, cache, upstream and total time,
-    and how it ended (:data:`ENDS`).
+    """One INFO line per request: method, path, status, bytes, cache (and, for a shared-store
+    fill finished from the upstream, ``upstream_bytes``), upstream and total time, and how it
+    ended (:data:`ENDS`).
 
     The method and path come from the client and are logged through :func:`loggable`.
     """
@@ -191,15 +209,17 @@ class AccessLog:
                 outcome = "cut" if facts.get(CUT) else "left"  # client left (Quart stops)
         finally:
             upstream_ms = facts.get("upstream_ms")
+            resumed = upstream_bytes(facts, sent)
             who = identity_of(scope).label()
             log.info(
-                "%s %s %s %d bytes cache=%s%s upstream=%s total=%.0fms %s%s",
+                "%s %s %s %d bytes cache=%s%s%s upstream=%s total=%.0fms %s%s",
                 loggable(scope["method"]),
                 loggable(origin_form(scope)["path"]),  # no user:password@host of the target
                 status,
                 sent,
                 facts.get("cache", "-"),
                 f" reason={facts['reason']}" if "reason" in facts else "",  # of a pass-through
+                "" if resumed is None else f" upstream_bytes={resumed}",
                 "-" if upstream_ms is None else f"{upstream_ms:.0f}ms",
                 (time.monotonic() - started) * 1000,
                 outcome,

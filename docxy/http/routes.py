@@ -16,11 +16,13 @@ from quart import Blueprint, Response, request
 
 from docxy.access.gate import remembered
 from docxy.access.identity import set_identity
+from docxy.cache.fill import BlobFollower
 from docxy.core.challenge import Challenge, rewrite_challenges
 from docxy.core.errors import ClientError, Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.core.headers import request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.edge.clients import limit_key, request_address
+from docxy.http.middleware import HANDOVER
 from docxy.http.responses import (
     error_response,
     registry_response,
@@ -29,7 +31,7 @@ from docxy.http.responses import (
     unauthorized,
 )
 from docxy.http.state import MirrorState, mirror_state
-from docxy.pull.outcome import Outcome, PassThrough, Pull, Reason, Source
+from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Source
 from docxy.upstream.client import SERVER_TROUBLE, read_small
 from docxy.upstream.routing import Route
 
@@ -237,6 +239,14 @@ def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: fl
         facts["reason"] = outcome.reason.value
     else:
         facts["cache"] = outcome.source.value
+        content = outcome.content
+        stream = content.stream if isinstance(content, BlobContent) else None
+        if isinstance(stream, BlobFollower):
+            # The rest may come from the upstream yet: the client's own, should the cache give
+            # the fill up; the fill's, should a shared store's body break off.
+            own = stream.handover
+            shared = outcome.source is Source.SHARED
+            facts[HANDOVER] = (stream.fill.handover, own) if shared else (own,)
         if outcome.source is Source.STALE:
             state.client.health_of(pull.upstream).served_stale()
         if outcome.source is Source.HIT:

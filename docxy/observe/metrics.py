@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 from docxy import __version__
 from docxy.core.errors import RegistryError
 from docxy.core.names import Kind, parse_v2_path
-from docxy.http.middleware import ENDS
+from docxy.http.middleware import ENDS, upstream_bytes
 from docxy.http.state import MirrorState
 from docxy.upstream.client import Upstream
 
@@ -135,7 +135,8 @@ class RequestMetrics:
             "docxy_sent_bytes",
             "Body bytes sent to clients, by source: cache (a fill another request started "
             "too), shared (a cache fill from the shared bucket), upstream (a cache fill from "
-            "the upstream), passthrough (not cached), other (challenges, tokens, health).",
+            "the upstream, or the rest of a shared one whose body broke off), passthrough (not "
+            "cached), other (challenges, tokens, health).",
             ["source"],
             registry=registry,
         )
@@ -198,7 +199,10 @@ class RequestMetrics:
         if isinstance(upstream_ms, int | float):
             self.upstream_duration.labels(route).observe(upstream_ms / 1000)
         source = SOURCES.get(outcome, "other") if isinstance(outcome, str) else "other"
-        self.sent_bytes.labels(source).inc(sent)
+        resumed = upstream_bytes(facts, sent) or 0  # a shared fill's rest, from the upstream
+        if resumed:
+            self.sent_bytes.labels("upstream").inc(resumed)
+        self.sent_bytes.labels(source).inc(sent - resumed)
 
     def upstream_answered(self, path: str, status: int) -> None:
         self.upstream_responses.labels(route_kind(path), status_class(status)).inc()
@@ -424,8 +428,8 @@ class MirrorCollector(Collector):
         blobs = CounterMetricFamily(
             "docxy_shared_blobs",
             "Local misses asked of the shared store: hit (filled from it), miss, corrupt "
-            "(its object did not verify), resumed (a hit whose body broke off, finished from "
-            "the upstream).",
+            "(its object, read whole, did not verify), resumed (a hit whose body broke off, "
+            "finished from the upstream).",
             labels=["result"],
         )
         for result, value in (

@@ -20,7 +20,8 @@ there, else from the upstream, and a blob filled from the upstream is uploaded a
 blob filled from the object store is still served under a repository only as above: the fill
 confirms no pairing, so an unknown one is confirmed upstream first. Every client of such a fill
 is told so (``Source.SHARED``, the access log's ``cache=shared``): its bytes spent no upstream
-quota.
+quota, but for the rest of a store body that broke off (:meth:`BlobService._fetch_rest`), which
+the fill's handover counts as the upstream's (``upstream_bytes=`` in the access log).
 """
 
 from __future__ import annotations

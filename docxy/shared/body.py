@@ -6,7 +6,9 @@ the tier leaves the fill to the upstream, whole. Later, the fill's clients have 
 of a ``200``: instead of cutting them (each retrying the whole blob), the fill goes on with
 ``rest(offset)``, the blob's bytes from ``offset`` on from the pull's upstream (a ``Range``
 GET). The fill verifies length and digest over the whole body at its commit, as any fill's,
-so a rest that is not the blob's is never kept nor served as a whole blob.
+so a rest that is not the blob's is never kept nor served as a whole blob. Where the upstream
+took over is told to the fill (:class:`~docxy.cache.fill.Handover`) before its first byte: the
+bytes from there on spent upstream quota, and are counted as the upstream's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from docxy.cache.fill import Download, Resume
+from docxy.cache.fill import Download, Handover, Resume
 from docxy.core.digests import Digest
 from docxy.shared.objects import ObjectStoreError
 from docxy.upstream.failures import failure
@@ -26,7 +28,8 @@ log = logging.getLogger(__name__)
 
 class ObjectBody:
     """The chunks of ``answer`` (``first``, then ``body``), or the rest from ``rest`` once it
-    breaks off; ``broke`` is told the store's failure (the tier's health) either way."""
+    breaks off; ``broke`` is told the store's failure (the tier's health) either way, and
+    ``handover`` where the rest began."""
 
     def __init__(
         self,
@@ -36,6 +39,7 @@ class ObjectBody:
         body: AsyncIterator[bytes],
         rest: Resume | None,
         broke: Callable[[ObjectStoreError], None],
+        handover: Handover,
     ) -> None:
         self.digest = digest
         self.answer = answer
@@ -43,6 +47,7 @@ class ObjectBody:
         self.body = body
         self.rest = rest
         self.broke = broke
+        self.handover = handover
         self.resumed: Download | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -66,6 +71,7 @@ class ObjectBody:
                 sent,
             )
             self.resumed = await self.rest(sent)
+            self.handover.at = sent
             rest = self.resumed.chunks
             assert rest is not None, "a rest is read on the loop"
             async for chunk in rest:

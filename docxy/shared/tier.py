@@ -7,8 +7,10 @@
   from then on and overwrites the object with its verified copy. A good object the fill could
   not keep (a full local disk, no room) is not the object's fault, and stays trusted. A body
   that breaks off after its first bytes went out is finished from the upstream
-  (:mod:`docxy.shared.body`); should that blob then not verify, the object is marked bad too
-  (which half was wrong cannot be told; overwriting a good object costs one upload).
+  (:mod:`docxy.shared.body`); should that blob then not verify, the object is *not* marked
+  bad: which part was wrong cannot be told (the upstream's rest as likely as the store's
+  part), and only what is known bad is blamed. The fill's one WARNING names both sources and
+  says so; the next miss reads the object again, and a bad one is then caught whole.
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
@@ -35,7 +37,7 @@ import httpx
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.files import BlobFile
-from docxy.cache.fill import Download, Resume
+from docxy.cache.fill import Download, Handover, Resume
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
@@ -63,7 +65,7 @@ class SharedCounts:
 
     hits: int = 0  # local fills started from the object store
     misses: int = 0  # asked, not there
-    corrupt: int = 0  # fills from an object that did not verify
+    corrupt: int = 0  # fills from an object that did not verify (read whole: not resumed)
     uploaded: int = 0
     upload_skipped: int = 0  # already stored
     upload_failed: int = 0
@@ -120,6 +122,7 @@ class SharedTier:
         self.counts.hits += 1
         length = answer.headers.get("content-length", "")
         log.info("blob %s: filling from the shared store", digest)
+        handover = Handover()
         body = ObjectBody(
             digest,
             answer,
@@ -127,13 +130,15 @@ class SharedTier:
             chunks,
             None if rest is None else self._counted(rest),
             self._trouble,
+            handover,
         )
         return Download(
             int(length) if length.isdigit() else None,
             body.chunks(),
             body.close,
-            mismatch=lambda _: self._corrupt(digest),
+            mismatch=lambda _: self._unverified(digest, handover),
             origin=ORIGIN,
+            handover=handover,
         )
 
     def _counted(self, rest: Resume) -> Resume:
@@ -143,13 +148,14 @@ class SharedTier:
 
         return resumed
 
-    def _corrupt(self, digest: Digest) -> None:
+    def _unverified(self, digest: Digest, handover: Handover) -> str:
+        """A fill from the object did not verify: what the tier makes of it, for the end of
+        the fill's WARNING line (its only line: one failure, one line)."""
+        if handover.at is not None:  # the store's part, or the upstream's rest: not known
+            return "the shared object is not marked bad (which part was wrong cannot be told)"
         self.counts.corrupt += 1
         self._bad.set(digest, True)
-        log.warning(
-            "shared store: the object of %s did not verify; fetching it upstream from now on",
-            digest,
-        )
+        return "the shared object is marked bad: fetched upstream from now on, then replaced"
 
     # --- the sink ---------------------------------------------------------------------------
 

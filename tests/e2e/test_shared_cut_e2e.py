@@ -6,9 +6,10 @@ number of bytes (a store restarting, a gateway losing its volume server, a netwo
   from the upstream instead (the client gets the whole blob);
 - cut mid-way: bytes have gone to the clients, so the rest of the blob comes from the upstream
   (a ``Range`` GET from where the body broke off): the client gets the whole blob, verified and
-  cached, and the failure is counted and logged. Should the upstream not give the rest, the
-  clients are cut (never a short 200 that looks complete), nothing is cached, the object is not
-  marked corrupt (the store failed, the object did not); the next pull comes from the upstream.
+  cached, the failure is counted and logged, and the rest's bytes count as the upstream's.
+  Should the upstream not give the rest, the clients are cut (never a short 200 that looks
+  complete), nothing is cached, the object is not marked corrupt (the store failed, the object
+  did not); the next pull comes from the upstream.
 """
 
 from __future__ import annotations
@@ -184,6 +185,9 @@ def test_a_body_cut_mid_way_is_finished_from_the_upstream(
     health = shared_health(mirror.url)
     counts = [health[key] for key in ("hits", "resumed", "corrupt", "errors", "reachable")]
     assert counts == [1, 1, 0, 1, False], health
+    # The rest spent upstream quota: the access log (and docxy_sent_bytes_total) say so.
+    resumed = f" cache=shared upstream_bytes={size - MiB} "
+    poll(lambda: resumed in mirror.log_text(), DEADLINE, "the access line counts the rest")
     log = mirror.log_text()
     assert "in trouble" in log and f"broke off after {MiB} bytes" in log
     assert "fill failed" not in log

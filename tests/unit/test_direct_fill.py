@@ -438,7 +438,7 @@ async def test_a_disk_failing_mid_fill_stops_the_pump_and_its_follower_gets_the_
     assert isinstance(follower, BlobFollower)
     follower.rest = rest
     assert await asyncio.wait_for(follower.read_all(), GUARD) == LONG
-    assert asked == [written] and follower.resumed_at == written
+    assert asked == [written] and follower.handover.at == written
     assert counted[0].read <= written + fill_module.PUMP_BUFFER, "the pump read on for nobody"
     assert blobs.lookup(digest) is None and blobs.write_failed_at is not None
     assert list(blobs.tmp_dir.iterdir()) == []

@@ -140,20 +140,25 @@ HALF = len(BLOB) // 2  # the writer's first flush (WRITE_BUFFER)
 
 
 async def test_a_disk_that_fails_mid_fill_gives_its_client_the_rest_from_the_upstream(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The disk fails after the fill wrote half the blob: its client is not cut but gets the
     first half from the temp file and the rest from the upstream (a Range GET from there on,
-    with the mirror's account); nothing is cached, and the next miss passes through."""
+    with the mirror's account, counted as upstream bytes); nothing is cached, and the next
+    miss passes through."""
     monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
     upstream = Upstream()
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
     async with mirror(tmp_path, upstream, **settings) as app:
         path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
-        first = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+        logged = AccessLog(Guard(app, None))
+        with caplog.at_level(logging.INFO, logger="docxy.access"):
+            first = await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
         assert first.status == 200
         assert first.complete and first.body == BLOB
         assert upstream.ranges == [None, f"bytes={HALF}-"]
+        [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+        assert f"cache=miss upstream_bytes={len(BLOB) - HALF} " in line, line
         second = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
         assert second.complete and second.body == BLOB
     assert cached_blobs(tmp_path) == []

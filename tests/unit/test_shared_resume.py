@@ -6,12 +6,15 @@ cannot be made to give: a ``Range`` ignored, a ``206`` from elsewhere, a rest re
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from docxy.cache.fill import Handover
+from docxy.shared import tier
 from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, SHARED, Upstream, answer, stack
 
 CUT_AT = 5000  # bytes of the object's body before it breaks off
@@ -96,3 +99,82 @@ async def test_a_rest_the_upstream_does_not_give_cuts_the_clients_and_keeps_noth
     assert upstream.ranged == [f"bytes={CUT_AT}-"]
     assert files == []
     assert (health["resumed"], health["corrupt"]) == (1, 0)  # the object is not blamed
+
+
+@pytest.mark.parametrize("ranges", ["honoured", "ignored"])
+async def test_the_bytes_of_the_rest_are_counted_as_the_upstreams(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ranges: str
+) -> None:
+    """The rest spent upstream quota: the metrics (and the status page's byte hit ratio) count
+    it as upstream bytes, and the access log says how many of the answer's bytes it was."""
+    async with stack(tmp_path, settings=SHARED, upstream=CutBucket(ranges)) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        first = await mirror.get(blob_path())
+        seen = await mirror.scrape()
+    rest = len(BLOB) - CUT_AT
+    assert (first.status, first.body == BLOB) == (200, True)
+    assert seen["docxy_sent_bytes_total{source=shared}"] == CUT_AT
+    assert seen["docxy_sent_bytes_total{source=upstream}"] == rest
+    lines = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert len(lines) == 1 and f" cache=shared upstream_bytes={rest} " in lines[0], lines
+
+
+class BadRest(CutBucket):
+    """A ``206`` from the right byte whose bytes are not the blob's: the whole fails its digest,
+    though the bucket's part was good (on a second GET, the bucket sends the object whole)."""
+
+    def __init__(self) -> None:
+        super().__init__("honoured")
+        self.bucket_gets = 0
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.bucket_gets += 1
+            if self.bucket_gets > 1:
+                self.bucket_seen.append(f"GET {request.url.path}")
+                return answer(200, BLOB, {"Content-Length": str(len(BLOB))})
+        return super().bucket(request)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("range") is None:
+            return super().__call__(request)
+        self.ranged.append(request.headers["range"])
+        span = {"Content-Range": f"bytes {CUT_AT}-{len(BLOB) - 1}/{len(BLOB)}"}
+        wrong = bytes(len(BLOB) - CUT_AT)
+        return answer(206, wrong, {"Content-Length": str(len(wrong)), **span})
+
+
+async def test_a_resumed_blob_that_does_not_verify_does_not_blame_the_object(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which part was bad cannot be told: one WARNING names both sources, and the object is
+    not marked bad (the next miss reads it again: whole, it verifies, and is served)."""
+    monkeypatch.setattr(tier, "RETRY_AFTER", 0.0)  # the body breaking off made the tier rest
+    upstream = BadRest()
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        caplog.set_level(logging.INFO)
+        first = await mirror.get(blob_path())
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+        second = await mirror.get(blob_path())
+        kept = cached(tmp_path)
+    assert first.body != BLOB and len(first.body) < len(BLOB)  # cut, never served whole
+    assert (health["resumed"], health["corrupt"]) == (1, 0)
+    assert (second.status, second.body == BLOB, upstream.bucket_gets) == (200, True, 2)
+    assert [path.read_bytes() == BLOB for path in kept] == [True]
+    failed = [r.getMessage() for r in caplog.records if "did not verify" in r.getMessage()]
+    failed += [r.getMessage() for r in caplog.records if "fill failed" in r.getMessage()]
+    assert len(failed) == 1, failed
+    assert f"(from shared until byte {CUT_AT}, then upstream)" in failed[0], failed
+    assert "digest mismatch" in failed[0] and "not marked bad" in failed[0], failed
+
+
+@pytest.mark.parametrize(
+    ("at", "sent", "upstream"),
+    [(None, 12000, 0), (5000, 12000, 7000), (5000, 5000, 0), (5000, 3000, 0), (0, 12000, 12000)],
+)
+def test_the_handover_splits_what_a_client_got(at: int | None, sent: int, upstream: int) -> None:
+    """A client of the fill gets the blob from its first byte: of what it got, the bytes past
+    the handover are the upstream's (none when it left before, or nothing was handed over)."""
+    assert Handover(at).upstream_part(sent) == upstream
+    where = Handover(at).describe("shared")
+    assert where == ("shared" if at is None else f"shared until byte {at}, then upstream")

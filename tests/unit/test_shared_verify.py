@@ -1,0 +1,46 @@
+"""An object in the bucket that is not its blob (the same length, wrong bytes): the fill from
+it fails verification with one WARNING, which says what the tier made of it (the object marked
+bad), and the next miss fills from the upstream (the real store of
+tests/e2e/test_shared_e2e.py shows the upload that replaces the object)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.unit.test_observe_routes import BLOB, SHARED, Upstream, answer, blob_path, stack
+
+
+class WrongObject(Upstream):
+    def __init__(self) -> None:
+        super().__init__(in_bucket=True)
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.bucket_seen.append(f"GET {request.url.path}")
+            return answer(200, bytes(len(BLOB)), {"Content-Length": str(len(BLOB))})
+        return super().bucket(request)
+
+
+async def test_an_object_that_does_not_verify_is_one_warning_and_marked_bad(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = WrongObject()
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        caplog.set_level(logging.INFO)
+        first = await mirror.get(blob_path())
+        second = await mirror.get(blob_path())
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+    assert first.body != BLOB and len(first.body) < len(BLOB)  # cut, never served whole
+    assert (second.status, second.body == BLOB) == (200, True)
+    bucket_gets = [line for line in upstream.bucket_seen if line.startswith("GET ")]
+    assert len(bucket_gets) == 1  # the second miss went to the upstream
+    assert (health["hits"], health["corrupt"]) == (1, 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "fill failed (from shared): digest mismatch" in warnings[0], warnings
+    assert "marked bad" in warnings[0], warnings
