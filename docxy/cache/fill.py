@@ -711,6 +711,11 @@ class Download:
     origin: str = "upstream"
     #: Where they came from the upstream instead, should the download go on from it.
     handover: Handover = field(default_factory=Handover)
+    #: The rest of the blob from an offset on, should ``body`` or ``chunks`` raise one of
+    #: ``broke_off`` (a cut or stalled upstream) midway: the fill goes on from there, up to
+    #: :data:`RESUMES` times, each after some progress (see :func:`run_fill`).
+    resume: Resume | None = None
+    broke_off: tuple[type[Exception], ...] = ()
 
 
 #: The blob's bytes from an offset on (``Download.chunks``, ``size`` what is left, when known);
@@ -722,8 +727,17 @@ Resume = Callable[[int], Awaitable[Download]]
 Fetch = Callable[[], Awaitable[Download]]
 
 
+#: Times a fill goes on after its upstream broke off (each time after new bytes came).
+RESUMES = 3
+
+
 async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
-    """Fetch, tee into the cache, verify and commit; any failure aborts (followers are cut)."""
+    """Fetch, tee into the cache, verify and commit; any failure aborts (followers are cut).
+
+    A download that breaks off midway (``Download.broke_off``) goes on from where it broke
+    with ``Download.resume``, up to :data:`RESUMES` times, each only after the last try gave
+    new bytes: its clients stream on, and the commit verifies the whole as ever.
+    """
     async with writer:
         try:
             download = await fetch()
@@ -734,17 +748,12 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             writer.fail(str(exc))
             return
         writer.fill.origin, writer.fill.handover = download.origin, download.handover
+        resumed: list[Download] = []  # the rests asked for, closed with the download
         try:
             if download.size is not None and not await writer.reserve(download.size):
                 return  # no room: the followers pass it through (the store said why)
             writer.announce(download.size)
-            if download.body is not None:
-                await writer.pump(download.body)
-            elif download.chunks is not None:
-                async for chunk in download.chunks:
-                    await writer.write(chunk)
-                    if writer.fill.state is FillState.ABORTED:
-                        break
+            await _feed_resuming(writer, download, resumed)
             if writer.fill.kept is not None:
                 # The cache gave it up (no room for a blob of unknown length that outgrew it, a
                 # failed write), and said why: its followers get the rest from the upstream.
@@ -759,9 +768,57 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
                 # (the upstream read it interrupted, the commit it closed).
                 log.debug("blob %s: fill ended: %s: %s", writer.digest, _name(exc), exc)
             else:
-                writer.fail(f"{_name(exc)}: {exc}")
+                writer.fail(str(exc) if isinstance(exc, BrokeOff) else f"{_name(exc)}: {exc}")
         finally:
+            for rest in reversed(resumed):
+                await rest.close()
             await download.close()
+
+
+async def _feed_resuming(writer: BlobWriter, download: Download, resumed: list[Download]) -> None:
+    """Feed ``download`` to ``writer``, going on with its ``resume`` when it breaks off."""
+    current = download
+    while True:
+        start = writer.received
+        try:
+            await _feed(writer, current)
+            return
+        except download.broke_off as exc:
+            gave = writer.received - start
+            tries = len(resumed)
+            if download.resume is None or writer.fill.state is not FillState.WRITING:
+                raise
+            if tries == 0 and gave <= 0:
+                raise  # broke off before its first byte: nothing to go on from
+            if tries >= RESUMES or gave <= 0:
+                said = f"{tries} resume{'s' if tries != 1 else ''}, the last gave {gave} bytes"
+                raise BrokeOff(f"{_name(exc)}: {exc} ({said})") from exc
+            log.info(
+                "blob %s: the upstream broke off after %d bytes (%s); going on from there "
+                "(%d of %d)",
+                writer.digest,
+                writer.received,
+                exc,
+                tries + 1,
+                RESUMES,
+            )
+            current = await download.resume(writer.received)
+            resumed.append(current)
+
+
+async def _feed(writer: BlobWriter, download: Download) -> None:
+    """Every byte of ``download`` to ``writer`` (a pump's thread, or chunks on the loop)."""
+    if download.body is not None:
+        await writer.pump(download.body)
+    elif download.chunks is not None:
+        async for chunk in download.chunks:
+            await writer.write(chunk)
+            if writer.fill.state is FillState.ABORTED:
+                break
+
+
+class BrokeOff(FillAborted):
+    """A download broke off again and again, or gave nothing new after it was resumed."""
 
 
 def _name(exc: BaseException) -> str:

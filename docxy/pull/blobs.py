@@ -31,6 +31,8 @@ from dataclasses import replace
 from functools import partial
 from typing import NoReturn
 
+import httpx
+
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import (
     CacheError,
@@ -215,13 +217,18 @@ class BlobService:
 
         Made directly when the client allows it (its body then read by a worker thread, see
         :mod:`docxy.upstream.direct`); through httpx otherwise, or to retry a 401 to a token the
-        mirror held (it expired early upstream) with a fresh one.
+        mirror held (it expired early upstream) with a fresh one. A body that breaks off midway
+        (a cut or stalled connection) goes on with a ``Range`` GET from there
+        (:meth:`_fetch_rest`).
         """
+        download = None
         if self.tokens.client.direct is not None:
             download = await self._fetch_direct(pull)
-            if download is not None:
-                return download
-        return await self._fetch_httpx(pull)
+        if download is None:
+            download = await self._fetch_httpx(pull)
+        # A body that breaks off midway goes on from there (see docxy.cache.fill.run_fill).
+        resume = partial(self._fetch_rest, pull)
+        return replace(download, resume=resume, broke_off=(UpstreamError, httpx.TransportError))
 
     async def _fetch_direct(self, pull: Pull) -> Download | None:
         try:

@@ -6,8 +6,9 @@ What issue 3 promises a user, through a mirror started with its own `--cache-dir
 - 20 pulls of one tag cost at most one upstream manifest GET (revalidation is by HEAD);
 - 5 concurrent pulls of an uncached image fetch each blob once upstream, and the followers
   stream while the upstream is still sending;
-- a cut, corrupt or mis-sized upstream blob reaches every client as a failure, is never
-  cached, and the next GET (upstream healed) is right;
+- a corrupt or mis-sized upstream blob reaches every client as a failure, is never cached,
+  and the next GET (upstream healed) is right; a body cut midway is resumed with a Range GET
+  (every client gets it whole, and it is cached);
 - private content is not served to anonymous clients, also under a public repository's name
   and while the upstream is down;
 - eviction keeps the blobs on disk under `cache.max_size` while pulls go on;
@@ -350,7 +351,7 @@ def test_concurrent_pulls_fetch_each_blob_once_upstream(
     assert held_while_streaming == 3, "the three big layers were each held once"
 
 
-# --- 4. broken upstream blobs: a failure for every client, nothing cached --------------------
+# --- 4. broken upstream blobs: a failure for every client, nothing cached; a cut resumed ------
 
 
 FAULTY = "docxytest/faulty"
@@ -360,12 +361,12 @@ FAULTY_SIZE = 6 * MiB
 @pytest.mark.parametrize(
     "fault",
     [
-        Fault(site="cdn", kind="cut", after_bytes=4 * MiB),
+        # A cut body is no failure now: the fill goes on from where it broke (next test).
         Fault(site="cdn", kind="corrupt", after_bytes=FAULTY_SIZE - 100),
         Fault(site="cdn", kind="length", length_delta=-10),
         Fault(site="cdn", kind="length", length_delta=10),
     ],
-    ids=["cut", "wrong-bytes", "short-length", "long-length"],
+    ids=["wrong-bytes", "short-length", "long-length"],
 )
 def test_broken_upstream_blob_fails_every_client_and_is_not_cached(
     bed: Bed, start_mirror: StartMirror, tmp_path: Path, fault: Fault
@@ -402,6 +403,34 @@ def test_broken_upstream_blob_fails_every_client_and_is_not_cached(
     assert healed.complete_and_right, healed
     assert blob_path(cache, digest).is_file(), "the healed blob was not cached"
     assert file_digest(blob_path(cache, digest)) == digest
+
+
+def test_an_upstream_that_breaks_off_midway_is_resumed_for_every_client_and_cached(
+    bed: Bed, start_mirror: StartMirror, tmp_path: Path
+) -> None:
+    """The CDN cuts every blob body after 4 MiB: the fill goes on with a Range GET from where
+    it broke (2 MiB left, under the cut), both clients streaming it get the whole blob, uncut,
+    and it is cached once."""
+    digest = bed.push_big_blob(FAULTY, FAULTY_SIZE, seed=41)
+    cache = tmp_path / "cache"
+    mirror = cached_mirror(start_mirror, cache)
+    with httpx.Client(base_url=mirror.url, timeout=60) as client:
+        headers = bearer(client, FAULTY)
+    bed.faults.add(Fault(site="cdn", kind="cut", after_bytes=4 * MiB, times=None))
+    with held_cdn(HOLD) as gate:
+        first = start_download(mirror, FAULTY, headers, digest, FAULTY_SIZE)
+        poll(lambda: first[0].streaming.is_set(), DEADLINE, "the first client streaming")
+        second = start_download(mirror, FAULTY, headers, digest, FAULTY_SIZE)
+        poll(lambda: second[0].streaming.is_set(), DEADLINE, "a second client following")
+        gate.release()
+        join_all([first[1], second[1]])
+    assert bed.faults.fired, "the fault never fired: the test proved nothing"
+    for download, _ in (first, second):
+        assert download.complete_and_right, download
+    assert file_digest(blob_path(cache, digest)) == digest
+    log = mirror.log_text(limit=10**7)
+    assert log.count("broke off after") == 1, log[-4000:]
+    assert "fill failed" not in log
 
 
 # --- 5. private content stays private --------------------------------------------------------

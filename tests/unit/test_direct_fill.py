@@ -4,6 +4,7 @@ real loopback HTTP(S) server: whole bodies, bad bytes, a cut or stalled upstream
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -442,3 +443,36 @@ async def test_a_disk_failing_mid_fill_stops_the_pump_and_its_follower_gets_the_
     assert counted[0].read <= written + fill_module.PUMP_BUFFER, "the pump read on for nobody"
     assert blobs.lookup(digest) is None and blobs.write_failed_at is not None
     assert list(blobs.tmp_dir.iterdir()) == []
+
+
+async def test_an_upstream_cut_mid_body_goes_on_from_there_when_it_may(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer
+) -> None:
+    """The pump's body breaks off after 2 MiB; the download says how to go on (its ``resume``,
+    for the error the direct body raises): the fill asks for the rest from where the bytes
+    stopped, feeds it on the loop, and commits the whole, verified."""
+    server.plan.body, server.plan.upto, server.plan.then = LONG, 2 * 1024 * 1024, "cut"
+    blobs, digest, client = make_store(tmp_path), digest_of(LONG), client_for()
+    asked: list[int] = []
+
+    async def rest(offset: int) -> Download:
+        asked.append(offset)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield LONG[offset:]
+
+        async def close() -> None:
+            pass
+
+        return Download(len(LONG) - offset, chunks(), close)
+
+    async def download() -> Download:
+        opened = await open_download(client, server.url + "/blob")
+        return dataclasses.replace(opened, resume=rest, broke_off=(UpstreamUnavailable,))
+
+    follower = await blobs.fill(digest, download)
+    assert isinstance(follower, BlobFollower)
+    assert await asyncio.wait_for(follower.read_all(), GUARD) == LONG
+    assert asked == [2 * 1024 * 1024]
+    entry = blobs.lookup(digest)
+    assert entry is not None and entry.path.read_bytes() == LONG

@@ -41,6 +41,7 @@ class Upstream:
         self.ranges: list[str | None] = []  # the Range of each blob GET made with the account
         self.rest: bytes | None = None  # what a ranged GET answers past its offset (None: BLOB)
         self.rest_status = 206
+        self.cut_after: int | None = None  # each blob body breaks off after this many bytes
         self.refused: list[str | None] = []  # the Authorization of each refused blob GET
         self.ping_status = 401
         self.service = "registry.test"
@@ -64,12 +65,30 @@ class Upstream:
         self.blob_gets += 1
         ranged = request.headers.get("range")
         self.ranges.append(ranged)
-        if ranged is None:
-            return reply(200, BLOB)
-        start = int(ranged.removeprefix("bytes=").removesuffix("-"))
-        rest = BLOB[start:] if self.rest is None else self.rest
-        span = f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"
-        return reply(self.rest_status, rest, {"Content-Range": span})
+        start = 0 if ranged is None else int(ranged.removeprefix("bytes=").removesuffix("-"))
+        rest = BLOB[start:] if self.rest is None or ranged is None else self.rest
+        headers = {}
+        if ranged is not None:
+            headers["Content-Range"] = f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"
+        if self.cut_after is not None:
+            headers["Content-Length"] = str(len(rest))
+            body = CutAfter(rest, self.cut_after)
+            return httpx.Response(200 if ranged is None else 206, headers=headers, stream=body)
+        return reply(200 if ranged is None else self.rest_status, rest, headers)
+
+
+class CutAfter(httpx.AsyncByteStream):
+    """A body that breaks off after its first ``nbytes`` (in 64 KiB chunks)."""
+
+    def __init__(self, data: bytes, nbytes: int) -> None:
+        self.data, self.nbytes = data, nbytes
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sent = min(self.nbytes, len(self.data))
+        for start in range(0, sent, 65536):
+            yield self.data[start : min(start + 65536, sent)]
+        if sent < len(self.data):
+            raise httpx.ReadError("connection reset by peer")
 
 
 def basic(user: str, password: str) -> str:
@@ -162,6 +181,43 @@ async def test_a_disk_that_fails_mid_fill_gives_its_client_the_rest_from_the_ups
         second = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
         assert second.complete and second.body == BLOB
     assert cached_blobs(tmp_path) == []
+
+
+async def test_an_upstream_that_breaks_off_midway_is_resumed_and_the_blob_cached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upstream's body breaks off after 300 KB each time: the fill goes on from there with
+    a Range GET (each giving 300 KB more), so its client gets the whole blob, uncut, and the
+    blob is cached; one INFO line per resume says so, no WARNING."""
+    upstream = Upstream()
+    upstream.cut_after = 300_000  # 1 MiB in four tries: the first and three resumes
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+            answer = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert upstream.ranges == [None, "bytes=300000-", "bytes=600000-", "bytes=900000-"]
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+    resumed = [r for r in caplog.records if "broke off after" in r.getMessage()]
+    assert [r.levelno for r in resumed] == [logging.INFO] * 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_an_upstream_that_keeps_breaking_off_fails_the_fill_after_three_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = Upstream()
+    upstream.cut_after = 100_000  # four tries give 400 KB of the 1 MiB
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+        answer = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+    assert answer.status == 200 and not answer.complete
+    assert len(answer.body) < 400_000 and answer.body == BLOB[: len(answer.body)]
+    assert len(upstream.ranges) == 4 and cached_blobs(tmp_path) == []
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "(3 resumes, the last gave 100000 bytes)" in warned[0]
 
 
 @pytest.mark.parametrize(
@@ -409,10 +465,12 @@ async def test_a_client_cut_off_from_a_failed_fill_is_one_warning_line(
     assert len(answer.body) < len(BLOB)
     assert not [r for r in caplog.records if r.exc_info]
     # One line for the failed download, said by the fill (why, and where from); the client's
-    # cut adds no second warning.
+    # cut adds no second warning. It went on from where it broke once, with a Range GET, which
+    # broke off again with nothing new (this upstream ignores Range and always breaks there).
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warned == [
-        f"blob {DIGEST}: fill failed (from upstream): ReadError: connection reset by peer"
+        f"blob {DIGEST}: fill failed (from upstream): ReadError: connection reset by peer "
+        "(1 resume, the last gave 0 bytes)"
     ]
 
 
