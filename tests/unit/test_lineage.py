@@ -8,9 +8,12 @@ pebble; the real certbot is in tests/e2e/test_renewal_faults_e2e.py.
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
 import logging
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from cryptography import x509
 
 from docxy.tls import certs, lineage
 from scheduler import settings as settings_mod
+from scheduler import worker
 from scheduler.renewal import Renewer
 from tests.unit.test_certs import run_cli
 from tests.unit.test_scheduler import FakeCertbot, issued_lineage, read_status
@@ -216,3 +220,19 @@ def test_cli_renew_says_what_to_do_and_moves_nothing(
     assert expected in said
     assert (le / "live" / "mirror.test" / "fullchain.pem").exists()
     assert not (le / "orphaned").exists() and obtain.calls == []
+
+
+def test_the_worker_child_hands_what_it_set_aside_to_the_renewer(
+    le: Path,
+    obtain: FakeCertbot,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The waiting renewer writes the status file from the child's one JSON line."""
+    issued_lineage(le / "live" / "mirror.test")
+    (le / "renewal" / "mirror.test.conf").unlink()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("{}"))
+    assert worker.main([]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    (aside,) = (le / "orphaned").iterdir()
+    assert result["error"] is None and result["set_aside"]["moved_to"] == str(aside)
