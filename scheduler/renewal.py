@@ -6,7 +6,6 @@ it in process. The bookkeeping (failures, the status file) is :class:`scheduler.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import shlex
 import subprocess
@@ -18,6 +17,7 @@ import httpx
 
 from docxy.tls import certs
 from docxy.tls.context import CertError
+from docxy.tls.lineage import Lineage
 from scheduler.mirror_pid import StalePidfile, signal_mirror
 from scheduler.runs import RunFailed, Runs
 from scheduler.settings import Settings
@@ -117,32 +117,32 @@ class Renewer(Runs):
         return certs.describe_files(s.cert_path, s.key_path)
 
     def _obtain_or_renew(self) -> None:
-        s, live = self.settings, self.live_dir
-        if live is not None and (live / "fullchain.pem").exists() and s.domain:
-            _set_aside_without_renewal_config(s.config_dir, s.domain)
-        if live is not None and not (live / "fullchain.pem").exists():
-            if not s.webroot:
-                raise ValueError("certs.webroot is needed to obtain a certificate")
-            if s.wait_for_mirror:
-                wait_for(s.wait_for_mirror, MIRROR_WAIT)
-            certs.obtain(
-                s.domain or "",
-                s.email,
-                webroot=s.webroot,
-                config_dir=s.config_dir,
-                acme_server=s.acme_server,
-                ca_bundle=s.ca_bundle,
-                staging=False,
-                timeout=s.certbot_timeout,
-            )
+        """Renew the lineage, or obtain one: first, or in place of one certbot cannot renew
+        (:mod:`docxy.tls.lineage`; what it set aside goes to the status file)."""
+        s = self.settings
+        if s.domain is None:
             return
-        certs.renew(
-            config_dir=s.config_dir,
+        lineage = Lineage(
+            s.config_dir,
+            s.domain,
+            webroot=s.webroot,
+            email=s.email,
+            acme_server=s.acme_server,
             ca_bundle=s.ca_bundle,
-            cert_name=s.domain,
-            deploy_hook=s.deploy_hook,
             timeout=s.certbot_timeout,
         )
+        try:
+            if lineage.issued():
+                lineage.renew(deploy_hook=s.deploy_hook, before_obtain=self._wait_for_mirror)
+            else:
+                lineage.obtain(self._wait_for_mirror)
+        finally:
+            if lineage.set_aside is not None:
+                self.set_aside = lineage.set_aside.as_dict()
+
+    def _wait_for_mirror(self) -> None:
+        if self.settings.wait_for_mirror:
+            wait_for(self.settings.wait_for_mirror, MIRROR_WAIT)
 
     def _deploy(self) -> None:
         """Install the lineage where the mirror serves it (if it changed) and tell the mirror.
@@ -164,26 +164,3 @@ class Renewer(Runs):
                 log.info("new certificate installed; mirror told by %s", how)
             else:
                 log.info("mirror told by %s of a certificate installed earlier", how)
-
-
-def _set_aside_without_renewal_config(config_dir: Path, domain: str) -> None:
-    """A lineage whose ``renewal/<domain>.conf`` is gone (deleted by hand, a backup restored in
-    part) cannot be renewed: certbot answers "no certificate found" at every run, and refuses a
-    new ``certonly`` while ``live/<domain>`` and ``archive/<domain>`` exist. Move both to
-    ``orphaned/<time>/`` (their relative links still resolve there), so this run obtains a new
-    certificate for the domain; the one served stays until the new one is installed."""
-    if (config_dir / "renewal" / f"{domain}.conf").exists():
-        return
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = config_dir / "orphaned" / stamp
-    for part in ("live", "archive"):
-        if (config_dir / part / domain).exists():
-            (aside / part).mkdir(parents=True, exist_ok=True)
-            (config_dir / part / domain).rename(aside / part / domain)
-    log.warning(
-        "certbot's renewal configuration %s is missing, so the certificate in %s cannot be"
-        " renewed: moved it to %s and obtaining a new one",
-        config_dir / "renewal" / f"{domain}.conf",
-        config_dir / "live" / domain,
-        aside,
-    )

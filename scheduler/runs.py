@@ -72,6 +72,9 @@ class Runs:
     reload_pending: bool = False  # installed, the mirror not yet told (carried between runs)
     #: The served certificate as the status file last described it: shown until a run says anew.
     restored_certificate: dict[str, object] | None = None
+    #: The last lineage certbot could not renew, set aside and obtained anew
+    #: (``docxy.tls.lineage.SetAside.as_dict``): kept in the status file until the next one.
+    set_aside: dict[str, object] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def attempt(self) -> None:
@@ -167,6 +170,8 @@ class Runs:
         self.reload_pending = data.get("reload_pending") is True
         certificate = data.get("certificate")
         self.restored_certificate = certificate if isinstance(certificate, dict) else None
+        set_aside = data.get("set_aside")
+        self.set_aside = set_aside if isinstance(set_aside, dict) else None
         if failures:
             log.info(
                 "renewal has failed %d time(s) in a row since %s; last success %s",
@@ -189,5 +194,7 @@ class Runs:
         certificate = self.certificate() or self.restored_certificate
         if certificate is not None:
             status["certificate"] = certificate
+        if self.set_aside is not None:
+            status["set_aside"] = self.set_aside
         data = json.dumps(status, indent=2).encode() + b"\n"
         write_files_atomic([(self.settings.status_file, data, 0o644)])

@@ -52,6 +52,9 @@ class InChild(Runs):
             raise RunFailed(f"the renewal run exited {proc.returncode} without a result") from exc
         self.reload_pending = pending
         self.described = result.get("certificate")
+        set_aside = result.get("set_aside")
+        if isinstance(set_aside, dict):  # this run's (None: the last one's stays)
+            self.set_aside = set_aside
         if error is not None:
             raise RunFailed(str(error))
 
@@ -75,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "error": error,
         "reload_pending": renewer.reload_pending,
         "certificate": renewer.certificate(),
+        "set_aside": renewer.set_aside,
     }
     print(json.dumps(result), flush=True)
     return 0

@@ -112,7 +112,13 @@ def load_tls(config: Config) -> ReloadableTLS | None:
     """The TLS context for ``server.tls_listen``; a bad pair is a config error (exit 2)."""
     if config.server.tls_listen is None:
         return None
-    from docxy.tls.context import CertError, ReloadableTLS, kept_self_signed, self_signed
+    from docxy.tls.context import (
+        SELF_SIGNED_DAYS,
+        CertError,
+        ReloadableTLS,
+        SelfSignedPair,
+        self_signed,
+    )
 
     cert, key = config.tls.cert_path, config.tls.key_path
     host = config.certs.domain or "localhost"
@@ -120,10 +126,11 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         from docxy.tls.recover import finish_install
 
         finish_install(cert, key)  # a renewer's install cut short between its two renames
+    own = None  # the mirror's own pair, renewed while it runs
     if cert is None or key is None:
-        bootstrap = config.cache.dir.parent / "docxy-tls"
-        with _unwritable("cache.dir", config, f"the bootstrap certificate in {bootstrap}"):
-            cert, key = kept_self_signed(bootstrap, host)
+        own = SelfSignedPair(config.cache.dir.parent / "docxy-tls", host, SELF_SIGNED_DAYS)
+        with _unwritable("cache.dir", config, f"the bootstrap certificate in {own.dir}"):
+            cert, key = own.kept()
         _warn_bootstrap(host, cert)
     elif config.certs.domain is not None and not (cert.exists() and key.exists()):
         # First start with a domain: the renewer obtains the certificate through this mirror's
@@ -142,7 +149,7 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         client_ca = ca.cert_path
         peer.install()
     try:
-        return ReloadableTLS(Path(cert), Path(key), client_ca)
+        return ReloadableTLS(Path(cert), Path(key), client_ca, own)
     except CertError as exc:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"

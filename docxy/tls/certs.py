@@ -40,7 +40,12 @@ _NOISE = ("Saving debug log", "Ask for help", "See the logfile", "- - -", "re-ru
 
 
 class CertbotError(Exception):
-    """certbot failed; the message is what it said went wrong (no secrets in certbot's output)."""
+    """certbot failed; the message is what it said went wrong (no secrets in certbot's output),
+    :attr:`output` all it said (:func:`docxy.tls.lineage.unreadable` reads it)."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 def certbot_reason(stdout: str, stderr: str, returncode: int) -> str:
@@ -101,7 +106,7 @@ def run_certbot(args: list[str], *, ca_bundle: Path | None, timeout: float = TIM
         raise CertbotError(f"certbot {args[0]}: no answer within {timeout:g}s") from exc
     if proc.returncode != 0:
         reason = certbot_reason(proc.stdout, proc.stderr, proc.returncode)
-        raise CertbotError(f"certbot {args[0]} failed: {reason}")
+        raise CertbotError(f"certbot {args[0]} failed: {reason}", proc.stdout + proc.stderr)
     return proc.stdout + proc.stderr
 
 
@@ -266,6 +271,10 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     renew_p = sub.add_parser("renew", help="renew what is due and install it")
     renew_p.add_argument("--force", action="store_true", help="renew even if not due")
     renew_p.add_argument("--dry-run", action="store_true", help="certbot --dry-run")
+    # A lineage certbot cannot renew (docxy.tls.lineage) is obtained anew, through these:
+    renew_p.add_argument("--webroot", type=Path, help="served webroot (certs.webroot)")
+    renew_p.add_argument("--acme-server", help="ACME directory URL (certs.acme_server)")
+    renew_p.add_argument("--email", help="ACME account contact (certs.email; optional)")
     common(renew_p)
     common(sub.add_parser("status", help="show the installed certificate as JSON"))
 
@@ -331,15 +340,21 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             dry_run=args.dry_run,
         )
     else:
-        domain = _need(certs.domain, "certs.domain")
-        renew(
-            config_dir=config_dir,
+        from docxy.tls.lineage import Lineage  # which imports this module
+
+        lineage = Lineage(
+            config_dir,
+            _need(certs.domain, "certs.domain"),
+            webroot=certs.webroot,
+            email=certs.email,
+            acme_server=certs.acme_server,
             ca_bundle=certs.ca_bundle,
-            cert_name=domain,
-            force=args.force,
-            dry_run=args.dry_run,
         )
-        live = config_dir / "live" / domain
+        lineage.renew(force=args.force, dry_run=args.dry_run)
+        live = lineage.live
+        if lineage.set_aside is not None:
+            aside = lineage.set_aside
+            print(f"set aside to {aside.moved_to} and obtained anew: {aside.reason}")
     print(live)
     if cert_path is not None and key_path is not None and not args.dry_run:
         changed = install(live, cert_path, key_path)

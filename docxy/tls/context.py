@@ -39,6 +39,8 @@ ALPN = ["http/1.1"]
 #: (a short-lived one). certbot renews a 90-day certificate at 30 days left: at 7, renewals have
 #: failed for more than three weeks.
 EXPIRY_WARNING = dt.timedelta(days=7)
+#: How long a self-signed pair that could not be renewed (written or loaded) is left alone.
+OWN_RETRY = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -199,10 +201,19 @@ class ReloadableTLS:
     """The newest certificate's context (:attr:`context`, taken for each new handshake) and
     what it takes to replace it safely."""
 
-    def __init__(self, cert_path: Path, key_path: Path, client_ca: Path | None = None) -> None:
+    def __init__(
+        self,
+        cert_path: Path,
+        key_path: Path,
+        client_ca: Path | None = None,
+        own: SelfSignedPair | None = None,
+    ) -> None:
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
         self.client_ca = client_ca
+        #: The mirror's own self-signed pair, served from these paths: renewed while serving.
+        self.own = own
+        self._own_tried: dt.datetime | None = None  # when a new one was last written (or not)
         self._signature = _file_signature(self.cert_path, self.key_path)
         #: Replaced (never changed) by a reload: take it per handshake, never keep it.
         self.context, self._info, self._chain = self._loaded()
@@ -269,6 +280,33 @@ class ReloadableTLS:
             info.not_after.isoformat(),
         )
 
+    def renew_own_if_due(self, now: dt.datetime | None = None) -> bool:
+        """Write a new self-signed pair when the mirror's own (:attr:`own`) is near its end:
+        the watch then loads it like any new pair (a renewed Let's Encrypt certificate), so a
+        mirror running for months never serves it out. True if it wrote one. At most once an
+        hour (:data:`OWN_RETRY`): a pair that cannot be written or loaded is not retried at
+        every tick."""
+        now = now or _utcnow()
+        own = self.own
+        if own is None or not own.due(self._info, now):
+            return False
+        if self._own_tried is not None and now - self._own_tried < OWN_RETRY:
+            return False
+        self._own_tried = now
+        log.warning(
+            "TLS: the self-signed certificate %s (serial %s) ends at %s: making a new one;"
+            " clients that trust the old one must fetch the new one",
+            self.cert_path,
+            self._info.serial,
+            self._info.not_after.isoformat(),
+        )
+        try:
+            own.renew()
+        except OSError as exc:
+            log.error("TLS: cannot write a new self-signed certificate in %s: %s", own.dir, exc)
+            return False
+        return True
+
     def status(self) -> dict[str, object]:
         return {
             "cert_path": str(self.cert_path),
@@ -278,11 +316,12 @@ class ReloadableTLS:
         }
 
     async def watch(self, interval: float) -> None:
-        """Reload whenever the files change (mtime, ctime, size or inode); log failures, never
-        stop."""
+        """Reload whenever the files change (mtime, ctime, size or inode), after renewing the
+        mirror's own self-signed pair if it is due; log failures, never stop."""
         while True:
             await asyncio.sleep(interval)
             self.warn_if_expiring()
+            self.renew_own_if_due()
             if _file_signature(self.cert_path, self.key_path) == self._signature:
                 continue
             try:
@@ -319,7 +358,7 @@ def self_signed(
     *,
     cert_name: str = "selfsigned-cert.pem",
     key_name: str = "selfsigned-key.pem",
-    days: int = 90,
+    days: float = 90,
 ) -> tuple[Path, Path]:
     """Write a bootstrap self-signed ECC certificate and key for `hostname` into `dir`."""
     dir = Path(dir)
@@ -347,19 +386,53 @@ def self_signed(
     return cert_path, key_path
 
 
-def kept_self_signed(dir: Path, hostname: str, *, days: int = 90) -> tuple[Path, Path]:
-    """The self-signed pair in `dir` if it still serves (see :func:`_reusable`), else a new one.
+#: The life of the mirror's own self-signed certificate (TLS on, no certificate paths), in days.
+SELF_SIGNED_DAYS = 90.0
+
+
+@dataclass(frozen=True)
+class SelfSignedPair:
+    """The mirror's own self-signed pair in `dir` for `hostname`: kept while it serves, made
+    anew when a third of its life or less is left (certbot's margin: 30 of 90 days), at start
+    (:meth:`kept`) and while the mirror runs (:meth:`ReloadableTLS.watch`).
 
     Clients that trust the mirror's own certificate (``configure-client.sh`` fetches it) keep
     trusting it across restarts; a new one is made when it is near its end or for another host.
     """
-    cert_path, key_path = dir / "selfsigned-cert.pem", dir / "selfsigned-key.pem"
-    reason = _reusable(cert_path, key_path, hostname, dt.timedelta(days=days) / 3)
-    if reason is None:
-        log.info("TLS: keeping the self-signed certificate %s for %s", cert_path, hostname)
-        return cert_path, key_path
-    log.info("TLS: making a new self-signed certificate: %s", reason)
-    return self_signed(dir, hostname, days=days)
+
+    dir: Path
+    hostname: str
+    days: float = SELF_SIGNED_DAYS
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / "selfsigned-cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / "selfsigned-key.pem"
+
+    @property
+    def margin(self) -> dt.timedelta:
+        return dt.timedelta(days=self.days) / 3
+
+    def kept(self) -> tuple[Path, Path]:
+        """The pair in `dir` if it still serves (see :func:`_reusable`), else a new one."""
+        reason = _reusable(self.cert_path, self.key_path, self.hostname, self.margin)
+        if reason is None:
+            log.info(
+                "TLS: keeping the self-signed certificate %s for %s", self.cert_path, self.hostname
+            )
+            return self.cert_path, self.key_path
+        log.info("TLS: making a new self-signed certificate: %s", reason)
+        return self.renew()
+
+    def due(self, served: CertInfo, now: dt.datetime) -> bool:
+        """Whether the served certificate (this pair's) is within the margin of its end."""
+        return served.not_after - now < self.margin
+
+    def renew(self) -> tuple[Path, Path]:
+        return self_signed(self.dir, self.hostname, days=self.days)
 
 
 def _reusable(cert_path: Path, key_path: Path, hostname: str, margin: dt.timedelta) -> str | None:

@@ -5,18 +5,22 @@ Each test failed on the code before its fix (see the commit that added it).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from docxy.tls import certs
-from lab.acme import EMAIL, running_pebble
+from lab.acme import DOMAIN, EMAIL, running_pebble
 from lab.mirror import launch_mirror, stop_mirror
 from tests.e2e.test_certs_e2e import (
     DEAD_UPSTREAM,
     Site,
+    docxy_certs,
     mirror_with_tls,
     run_renewer_once,
     serial_of,
@@ -110,7 +114,92 @@ def test_a_deleted_renewal_config_falls_back_to_a_new_certificate(tmp_path: Path
     assert status["last_error"] is None and status["failures"] == 0
     assert serial_of(site.cert) != served
     assert "renewal configuration" in second.stderr, second.stderr  # the fallback is logged
+    assert "is missing" in status["set_aside"]["reason"]
     assert again.returncode == 0, again.stderr
     assert (site.config_dir / "renewal" / "mirror.test.conf").exists()
     kept = list((site.config_dir / "orphaned").glob("*/live/mirror.test/fullchain.pem"))
     assert [serial_of(path) for path in kept] == [served]  # set aside, its links still resolve
+
+
+def cut_short(config_dir: Path) -> None:
+    conf = config_dir / "renewal" / "mirror.test.conf"
+    conf.write_text(conf.read_text()[:200])
+
+
+def not_parseable(config_dir: Path) -> None:
+    (config_dir / "renewal" / "mirror.test.conf").write_text("[[[ not\n = = x\n")
+
+
+def naming_another_directory(config_dir: Path) -> None:
+    """The config directory restored to another path: the file names the old one."""
+    conf = config_dir / "renewal" / "mirror.test.conf"
+    conf.write_text(conf.read_text().replace(str(config_dir), "/srv/old-letsencrypt"))
+
+
+def live_files_deleted(config_dir: Path) -> None:
+    shutil.rmtree(config_dir / "live" / "mirror.test")
+
+
+@pytest.mark.parametrize(
+    "breakage", [cut_short, not_parseable, naming_another_directory, live_files_deleted]
+)
+def test_a_broken_renewal_config_falls_back_to_a_new_certificate(
+    tmp_path: Path, breakage: Callable[[Path], None]
+) -> None:
+    """certbot 2.1 skips a renewal configuration it cannot read ("Renewal configuration file
+    ... is broken", "1 parse failure(s)", exit 1): every run failed and the certificate ran out.
+    With live/ deleted, certbot issued into a new lineage mirror.test-0001 at every run, which
+    nothing installed. Now the lineage is set aside, once, and a new one obtained and served."""
+    site = Site(tmp_path)
+    with mirror_with_tls(site) as (mirror, _tls_port):
+        with running_pebble(tmp_path / "pebble", mirror.port) as pebble:
+            first = run_renewer_once(site, pebble)
+            assert first.returncode == 0, first.stderr
+            served = serial_of(site.cert)
+            breakage(site.config_dir)
+
+            second = run_renewer_once(site, pebble)
+            status = site.status()
+            again = run_renewer_once(site, pebble)  # and renewals go on as before
+    assert second.returncode == 0, second.stderr
+    assert status["last_error"] is None and status["failures"] == 0
+    new = serial_of(site.cert)
+    assert new != served
+    assert new == serial_of(site.config_dir / "live" / "mirror.test" / "fullchain.pem")
+    warnings = [line for line in second.stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1, second.stderr
+    (aside,) = (site.config_dir / "orphaned").iterdir()
+    assert str(aside) in warnings[0] and status["set_aside"]["moved_to"] == str(aside)
+    assert status["set_aside"]["reason"] in warnings[0]
+    assert (aside / "renewal" / "mirror.test.conf").exists()  # kept for whoever looks into it
+    lineages = sorted(path.name for path in (site.config_dir / "renewal").iterdir())
+    assert lineages == ["mirror.test.conf"]  # no mirror.test-0001
+    assert again.returncode == 0, again.stderr
+    assert " WARNING " not in again.stderr
+
+
+def test_docxy_certs_renew_obtains_anew_without_a_renewal_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It reported certbot's "No certificate found" (the renewer, meanwhile, fell back)."""
+    for name in [name for name in os.environ if name.startswith("DOCXY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", DOMAIN)
+    site = Site(tmp_path)
+    with mirror_with_tls(site) as (mirror, _tls_port):
+        with running_pebble(tmp_path / "pebble", mirror.port) as pebble:
+            first = run_renewer_once(site, pebble)
+            assert first.returncode == 0, first.stderr
+            served = serial_of(site.cert)
+            (site.config_dir / "renewal" / "mirror.test.conf").unlink()
+            code = docxy_certs(
+                "renew",
+                *("--config-dir", str(site.config_dir), "--webroot", str(site.webroot)),
+                *("--acme-server", pebble.directory, "--ca-bundle", str(pebble.tls_ca)),
+                *("--cert", str(site.cert), "--key", str(site.key)),
+            )
+    assert code == 0
+    assert serial_of(site.cert) != served
+    assert (site.config_dir / "renewal" / "mirror.test.conf").exists()
+    kept = list((site.config_dir / "orphaned").glob("*/live/mirror.test/fullchain.pem"))
+    assert [serial_of(path) for path in kept] == [served]

@@ -1,16 +1,23 @@
 """The self-signed certificate of a mirror with TLS on and no certificate paths: kept across
-restarts while it is good, made anew only when it is near its end or names another host."""
+restarts while it is good, made anew only when it is near its end or names another host, at
+start and while the mirror runs."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import stat
 from pathlib import Path
 
+import pytest
+
 from docxy.config import Config, load_config
 from docxy.http.server import load_tls
+from docxy.tls import context
 from docxy.tls.certs import describe_files
 from docxy.tls.context import self_signed
 from lab.ports import LOOPBACK, free_port
+from tests.unit.test_tls import client_context, connect, poll, serial_of, tls_echo_server
 
 
 def config(tmp_path: Path, **settings: object) -> Config:
@@ -63,3 +70,42 @@ def test_a_broken_self_signed_pair_is_replaced(tmp_path: Path) -> None:
     tls = load_tls(config(tmp_path))
     assert tls is not None
     assert tls.status()["sans"] == ["localhost"]
+
+
+async def test_a_running_mirror_renews_its_self_signed_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror running past the pair's margin (a third of its life left) kept serving it until
+    a restart, up to its end. Here a pair that lives 6 s: past 4 s the watch writes a new one
+    and new handshakes get it, as they get a renewed Let's Encrypt certificate."""
+    monkeypatch.setattr(context, "SELF_SIGNED_DAYS", 6 / 86400)
+    tls = load_tls(config(tmp_path))
+    assert tls is not None
+    cert = tmp_path / "docxy-tls" / "selfsigned-cert.pem"
+    first = tmp_path / "first.pem"
+    first.write_bytes(cert.read_bytes())
+    async with tls_echo_server(tls) as port, asyncio.TaskGroup() as tg:
+        _, writer, before = await connect(port, client_context(first))
+        writer.close()
+        watcher = tg.create_task(tls.watch(0.05), name="tls-watch")
+        await poll(lambda: tls.status()["serial"] != before)
+        _, writer, after = await connect(port, client_context(cert))  # trusts the new one only
+        writer.close()
+        watcher.cancel()
+    assert after == serial_of(cert) != before
+    assert stat.S_IMODE((tmp_path / "docxy-tls" / "selfsigned-key.pem").stat().st_mode) == 0o600
+
+
+def test_a_self_signed_pair_is_renewed_once_an_hour_at_most(tmp_path: Path) -> None:
+    """A new pair that does not make the served one new (it cannot be loaded, say) is not
+    written again at every tick of the watch."""
+    own = context.SelfSignedPair(tmp_path / "docxy-tls", "localhost", days=90)
+    tls = context.ReloadableTLS(*own.kept(), own=own)
+    now = dt.datetime.now(dt.UTC)
+    assert tls.renew_own_if_due(now) is False  # 90 days left
+    late = now + dt.timedelta(days=61)
+    assert tls.renew_own_if_due(late) is True
+    assert tls.renew_own_if_due(late + dt.timedelta(minutes=59)) is False
+    assert tls.renew_own_if_due(late + dt.timedelta(minutes=61)) is True
+    plain = context.ReloadableTLS(own.cert_path, own.key_path)  # tls.cert_path: not its own
+    assert plain.renew_own_if_due(late) is False
