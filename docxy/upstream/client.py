@@ -28,6 +28,7 @@ from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers, retry_after_seconds
+from docxy.core.hosts import origin, url_host
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.failures import failure
@@ -88,8 +89,9 @@ class Upstream:
 
     @property
     def host(self) -> str:
-        """The upstream's identity in logs, health and cache keys: ``registry-1.docker.io``."""
-        return urlsplit(self.registry).netloc
+        """The upstream's identity in logs, health and cache keys: ``registry-1.docker.io``
+        (lower case, no default port: ``docxy.core.hosts``)."""
+        return url_host(self.registry)
 
     def url(self, path: str) -> str:
         return self.registry + path
@@ -240,8 +242,8 @@ def is_pull(url: str) -> bool:
 
 
 def same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+    """Whether two URLs share scheme, host and port (``https://x`` is ``https://x:443``)."""
+    return origin(a) == origin(b)
 
 
 def next_hop(

@@ -22,10 +22,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 from docxy.config import Config, NamedUpstreamConfig, UpstreamConfig, parse_bool, parse_url
 from docxy.core.errors import ConfigError
+from docxy.core.hosts import host_key, url_host
 from docxy.upstream.presets import DEFAULT_NAME, PRESETS
 
 SECTION = "upstreams"
@@ -66,6 +66,7 @@ def parse_name(value: object) -> str:
 
 
 def parse_hosts(value: object) -> tuple[str, ...]:
+    """Mirror host names, as compared (``docxy.core.hosts``): ``X:443`` and ``X:80`` are ``x``."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
         raise ValueError(f"expected a list of host names, got {value!r}")
@@ -74,7 +75,7 @@ def parse_hosts(value: object) -> tuple[str, ...]:
         text = item.strip().lower() if isinstance(item, str) else ""
         if not _HOST.fullmatch(text):
             raise ValueError(f"expected HOST or HOST:PORT, got {item!r}")
-        hosts.append(text)
+        hosts.append(host_key(text)[0])
     return tuple(hosts)
 
 
@@ -252,7 +253,7 @@ def same_registry_host(config: Config) -> Iterator[SharedHost]:
     sections: list[tuple[str, AnyUpstream]] = [("[upstream]", config.upstream)]
     sections += [(f"{SECTION}.{u.name}", u) for u in config.upstreams]
     for section, upstream in sections:
-        host = urlsplit(upstream.registry).netloc
+        host = url_host(upstream.registry)
         earlier, other = first.setdefault(host, (section, upstream))
         if earlier != section:
             differences = _differences(other, upstream)
