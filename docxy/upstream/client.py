@@ -437,6 +437,12 @@ class UpstreamClient:
         cached = self._realms.get(upstream.host)
         return cached[1] if cached is not None else None
 
+    def challenge_fresh(self, upstream: Upstream) -> bool:
+        """Whether the mirror's own ``/v2/`` probe of the upstream answered within
+        :data:`REALM_TTL` (what :meth:`known_challenge` says is then current)."""
+        cached = self._realms.get(upstream.host)
+        return cached is not None and time.monotonic() - cached[0] < REALM_TTL
+
     async def auth_realm(self, upstream: Upstream) -> str | None:
         if upstream.auth_realm is not None:
             return upstream.auth_realm
