@@ -7,7 +7,8 @@ holds one host twice under two spellings:
 
 - :func:`host_key`: a mirror host name (a ``Host`` header, an upstream's ``hosts`` entry).
   The mirror serves both schemes and a ``Host`` header does not say which, so ``:443`` and
-  ``:80`` are both dropped;
+  ``:80`` are both dropped (an entry that names a port, :func:`takes_any_port` says, still
+  takes no other port than those);
 - :func:`url_host` and :func:`canonical_url`: a URL's host (a registry's, which keys the
   cache, tokens and health), without the default port of *its* scheme (``http://x:443`` keeps
   its port);
@@ -46,6 +47,13 @@ def host_key(host: str) -> tuple[str, str]:
     host = host.strip().lower()
     bare, port = _split(host)
     return (bare if _is_default(port, MIRROR_DEFAULT_PORTS) else host), bare
+
+
+def takes_any_port(entry: str) -> bool:
+    """Whether a ``hosts`` entry names no port (and so takes its host on any port), rather
+    than a port of its own, a default one included: ``ghcr.mirror`` does, ``ghcr.mirror:443``
+    does not."""
+    return _split(entry.strip())[1] == ""
 
 
 def url_host(url: str) -> str:

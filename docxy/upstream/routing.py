@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 
 from docxy.core.challenge import scope_repository
 from docxy.core.errors import ClientError
-from docxy.core.hosts import host_key
+from docxy.core.hosts import host_key, takes_any_port
 from docxy.core.names import upstream_name
 from docxy.upstream.client import Upstream
 
@@ -51,11 +51,14 @@ class Upstreams:
     def __init__(self, default: Upstream, others: Iterable[Upstream] = ()) -> None:
         self.default = default
         self.by_name: dict[str, Upstream] = {default.name: default}
-        self.by_host: dict[str, Upstream] = {}
+        self.by_host: dict[str, Upstream] = {}  # entries that name a port, as compared
+        self.any_port: dict[str, Upstream] = {}  # entries that name none
         for upstream in others:
             self.by_name[upstream.name] = upstream
             for host in upstream.hosts:
-                self.by_host[host_key(host)[0]] = upstream
+                full, bare = host_key(host)
+                table = self.any_port if takes_any_port(host) else self.by_host
+                table[full if table is self.by_host else bare] = upstream
 
     def all(self) -> list[Upstream]:
         return list(self.by_name.values())
@@ -73,13 +76,13 @@ class Upstreams:
 
     def for_host(self, host: str | None) -> Upstream | None:
         """The upstream whose ``hosts`` list the request's host, if any: the entry for the
-        host and its port, else one without a port, which takes the host on any port. A
+        host and its port, else one that names no port, which takes the host on any port. A
         default port is no port (``docxy.core.hosts``), in the entry and in the request alike:
-        ``HOST``, ``HOST:443`` and ``HOST:80`` are one host."""
-        if not host or not self.by_host:
+        ``HOST:443`` takes ``HOST``, ``HOST:443`` and ``HOST:80``, but not ``HOST:8443``."""
+        if not host or not (self.by_host or self.any_port):
             return None
         full, bare = host_key(host)
-        return self.by_host.get(full) or self.by_host.get(bare)
+        return self.by_host.get(full) or self.any_port.get(bare)
 
     def route(self, name: str, *, ns: str | None = None, host: str | None = None) -> Route:
         """The upstream for repository ``name`` (``""`` for ``/v2/`` itself)."""

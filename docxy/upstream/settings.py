@@ -66,7 +66,6 @@ def parse_name(value: object) -> str:
 
 
 def parse_hosts(value: object) -> tuple[str, ...]:
-    """Mirror host names, as compared (``docxy.core.hosts``): ``X:443`` and ``X:80`` are ``x``."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
         raise ValueError(f"expected a list of host names, got {value!r}")
@@ -75,7 +74,7 @@ def parse_hosts(value: object) -> tuple[str, ...]:
         text = item.strip().lower() if isinstance(item, str) else ""
         if not _HOST.fullmatch(text):
             raise ValueError(f"expected HOST or HOST:PORT, got {item!r}")
-        hosts.append(host_key(text)[0])
+        hosts.append(text)
     return tuple(hosts)
 
 
@@ -223,15 +222,19 @@ def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
 
 
 def _check_hosts(upstreams: list[NamedUpstreamConfig], sources: Mapping[str, str]) -> None:
+    """Refuse a mirror host name claimed twice, however written: ``x``, ``x:443`` and
+    ``x:80`` are one host (``docxy.core.hosts``)."""
     owner: dict[str, str] = {}
     for upstream in upstreams:
         for host in upstream.hosts:
-            if host in owner:
+            compared = host_key(host)[0]
+            if compared in owner:
                 key = f"{SECTION}.{upstream.name}.hosts"
+                said = host if host == compared else f"{host} (the host {compared})"
                 raise ConfigError(
-                    f"{key}: {host} already picks {owner[host]} ({sources.get(key, '?')})"
+                    f"{key}: {said} already picks {owner[compared]} ({sources.get(key, '?')})"
                 )
-            owner[host] = upstream.name
+            owner[compared] = upstream.name
 
 
 class SharedHost(NamedTuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from docxy.core.hosts import canonical_url, host_key, origin, url_host
+from docxy.core.hosts import canonical_url, host_key, origin, takes_any_port, url_host
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,20 @@ from docxy.core.hosts import canonical_url, host_key, origin, url_host
 )
 def test_host_key(host: str, expected: tuple[str, str]) -> None:
     assert host_key(host) == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "any_port"),
+    [
+        ("mirror.example.com", True),
+        ("mirror.example.com:443", False),  # the default ports, and no other
+        ("mirror.example.com:5000", False),
+        ("[::1]", True),
+        ("[::1]:80", False),
+    ],
+)
+def test_an_entry_without_a_port_takes_any_port(entry: str, any_port: bool) -> None:
+    assert takes_any_port(entry) is any_port
 
 
 @pytest.mark.parametrize(

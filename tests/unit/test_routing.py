@@ -79,16 +79,18 @@ def test_a_default_port_is_no_port_in_hosts_and_requests(entry: str, host: str) 
     ghcr = Upstream("https://ghcr.io", library_prefix=False, name="ghcr.io", hosts=(entry,))
     table = Upstreams(HUB, [ghcr])
     assert table.route("owner/img", host=host) == Route(ghcr, "owner/img")
-    assert table.route("owner/img", host="ghcr.mirror.test:5000").upstream is ghcr  # any port
     assert table.route("owner/img", host="other.mirror.test:443").upstream is HUB
+    # Another port: an entry that names no port takes it, one that names :443 does not.
+    other_port = table.route("owner/img", host="ghcr.mirror.test:5000").upstream
+    assert other_port is (ghcr if entry == "ghcr.mirror.test" else HUB)
 
 
 def test_a_port_of_its_own_is_taken_before_the_host_on_any_port() -> None:
     lab = Upstream("http://127.0.0.1:5000", name="lab.test", hosts=("mirror.test:5000",))
-    ghcr = Upstream("https://ghcr.io", name="ghcr.io", hosts=("mirror.test:443",))
+    ghcr = Upstream("https://ghcr.io", name="ghcr.io", hosts=("mirror.test",))
     table = Upstreams(HUB, [lab, ghcr])
     assert table.route("a/b", host="mirror.test:5000").upstream is lab
-    assert table.route("a/b", host="mirror.test").upstream is ghcr
+    assert table.route("a/b", host="mirror.test:443").upstream is ghcr
     assert table.route("a/b", host="mirror.test:8443").upstream is ghcr
 
 

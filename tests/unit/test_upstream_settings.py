@@ -297,13 +297,18 @@ def test_hosts_that_differ_only_by_a_default_port_are_refused(
     }
     with pytest.raises(ConfigError) as caught:
         load(env=env)
-    assert "upstreams.quay.io.hosts: " in str(caught.value)
-    assert "already picks ghcr.io" in str(caught.value)
+    message = str(caught.value)
+    assert message.startswith(f"upstreams.quay.io.hosts: {quay_hosts.lower()} ")
+    assert "already picks ghcr.io (env DOCXY_UPSTREAMS_QUAY_IO_HOSTS)" in message
 
 
-def test_hosts_are_kept_without_a_default_port() -> None:
-    env = {"DOCXY_UPSTREAMS": "ghcr.io", "DOCXY_UPSTREAMS_GHCR_IO_HOSTS": "A.example:443,b:8443"}
-    assert by_name(load(env=env))["ghcr.io"].hosts == ("a.example", "b:8443")
+def test_hosts_on_other_ports_of_one_host_are_two_names() -> None:
+    env = {
+        "DOCXY_UPSTREAMS": "ghcr.io,quay.io",
+        "DOCXY_UPSTREAMS_GHCR_IO_HOSTS": "same.example",
+        "DOCXY_UPSTREAMS_QUAY_IO_HOSTS": "same.example:8443",
+    }
+    assert by_name(load(env=env))["quay.io"].hosts == ("same.example:8443",)
 
 
 def test_the_same_upstream_under_two_names_is_allowed(tmp_path: Path) -> None:
