@@ -56,9 +56,8 @@ class Upstreams:
         for upstream in others:
             self.by_name[upstream.name] = upstream
             for host in upstream.hosts:
-                full, bare = host_key(host)
                 table = self.any_port if takes_any_port(host) else self.by_host
-                table[full if table is self.by_host else bare] = upstream
+                table[host_key(host)[0]] = upstream
 
     def all(self) -> list[Upstream]:
         return list(self.by_name.values())
