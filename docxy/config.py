@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from docxy.core.cidr import Networks, parse_networks
 from docxy.core.errors import ConfigError
 from docxy.core.forwarded import HEADERS as FORWARDED_HEADERS
+from docxy.core.hosts import canonical_url
 from docxy.core.rules import Patterns, RepositoryRules, parse_patterns
 from docxy.shared.keys import parse_bucket, parse_prefix
 
@@ -426,7 +427,7 @@ def parse_url(value: object) -> str:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise ValueError(f"bad port in URL {shown}") from None
-    return text
+    return canonical_url(text)  # https://GHCR.io:443 is https://ghcr.io (docxy.core.hosts)
 
 
 def _opt_url(value: object) -> str | None:

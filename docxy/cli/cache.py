@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import urlsplit
 
 from docxy.cache import (
     AccessIndex,
@@ -37,6 +36,7 @@ from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import Config
 from docxy.core.digests import ALGORITHMS
 from docxy.core.errors import ConfigError
+from docxy.core.hosts import url_host
 from docxy.core.names import ImageRef, parse_image_ref, upstream_name
 
 EXIT_NOT_FOUND = EXIT_FAILED
@@ -173,7 +173,7 @@ async def unshared_blobs(
 
 
 def upstream_host(config: Config) -> str:
-    return urlsplit(config.upstream.registry).netloc
+    return url_host(config.upstream.registry)
 
 
 def upstream_names(config: Config) -> dict[str, str]:
@@ -181,7 +181,7 @@ def upstream_names(config: Config) -> dict[str, str]:
     sections may be one upstream on one host (identical but for their names): ``a.io,b.io``."""
     names: dict[str, list[str]] = {}
     for upstream in config.upstreams:
-        names.setdefault(urlsplit(upstream.registry).netloc, []).append(upstream.name)
+        names.setdefault(url_host(upstream.registry), []).append(upstream.name)
     return {host: ",".join(each) for host, each in names.items()}
 
 
@@ -193,7 +193,7 @@ def repo_key(image: ImageRef, config: Config) -> RepoKey:
     for upstream in config.upstreams:
         if upstream.name == image.domain:  # its own library/ rule, as the mirror applies it
             name = upstream_name(image.name, upstream.library_prefix)
-            return RepoKey(urlsplit(upstream.registry).netloc, name)
+            return RepoKey(url_host(upstream.registry), name)
     return RepoKey(str(image.domain), image.name)
 
 

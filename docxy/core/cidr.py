@@ -86,7 +86,10 @@ def parse_networks(value: str | Iterable[str]) -> Networks:
 
 
 def client_key(address: Address) -> str:
-    """The key per-client limits are kept under: the IPv4 address, or the IPv6 /64."""
+    """The key per-client limits are kept under: the IPv4 address (an IPv4-mapped one too), or
+    the IPv6 /64. The one rule every per-address limit keys by: the connection cap per client
+    (``docxy.edge.connections``), and through ``docxy.edge.clients.limit_key`` wrong passwords,
+    token relays, and admission's buckets and fill caps for a client without an identity."""
     address = _unmapped(address)
     if isinstance(address, ipaddress.IPv4Address):
         return str(address)

@@ -1,17 +1,24 @@
 """Token relays: requests the mirror passes to the upstream with no pull behind them.
 
-A client's ``/v2/`` is answered with the upstream's own ``/v2/`` (its challenge, re-pointed at
-the mirror), and its ``/auth/token`` with the upstream's token service. Both leave from the
-mirror's address, and neither fetches anything: a loop of them would have the upstream
-rate-limit or ban that address, for every user of the mirror. So each client address (IPv6:
-its /64; behind ``server.trusted_proxies`` the address they name) has a bucket of
-``limits.token_relays_per_minute`` of them, refilled at that rate; an empty one is
+A client's ``/auth/token`` is answered by the upstream's token service, and a ``/v2/`` the
+mirror cannot answer itself by the upstream's own ``/v2/`` (its challenge, re-pointed at the
+mirror). Both leave from the mirror's address, and neither fetches anything: a loop of them
+would have the upstream rate-limit or ban that address, for every user of the mirror. So each
+client address (IPv6: its /64; behind ``server.trusted_proxies`` the address they name) has a
+bucket of ``limits.token_relays_per_minute`` of them, refilled at that rate; an empty one is
 ``429 TOOMANYREQUESTS`` with ``Retry-After``, and nothing is sent.
+
+A ``/v2/`` without credentials only asks for the challenge, the same for every client, which
+the mirror's own probe of the upstream's ``/v2/`` keeps (``UpstreamClient.challenge``): while
+that is fresh, it is answered from it, relays nothing and counts nothing; a client out of
+relays gets it however old, never a ``429``. A ``/v2/`` with credentials (``docker login``
+checking a token) is relayed, and counted: only the upstream can say whether they hold.
 
 A real pull asks few: dockerd 20.10 sends one ``/v2/`` and one ``/auth/token`` per image,
 however many layers (measured through the mirror with a 40-layer image), and containerd asks
-a token only when a request is challenged. Keyed by address, never by user: the relays are
-what an anonymous client can make the mirror send.
+a token only when a request is challenged; dockerd's ``/v2/`` carries no credentials, and is
+answered from the known challenge. Keyed by address, never by user: the relays are what an
+anonymous client can make the mirror send.
 """
 
 from __future__ import annotations
@@ -35,10 +42,14 @@ class TokenRelays:
         """Relays refused so far (``docxy_refused_total``)."""
         return {"limits.token_relays_per_minute": self.refused}
 
-    def take(self, client: str) -> None:
-        """Count one relay for ``client`` (an address key), or raise :class:`TooManyRequests`
-        when its bucket is empty."""
+    def take(self, client: str, *, refuse: bool = True) -> bool:
+        """Count one relay for ``client`` (an address key): True. With its bucket empty, raise
+        :class:`TooManyRequests` (a refusal, for ``/metrics``); or, not ``refuse``, return
+        False, nothing counted: the caller answers without the upstream."""
         wait = self.buckets.take(client)
-        if wait > 0:
-            self.refused += 1
-            raise TooManyRequests(THROTTLED, {"retry_after": retry_after(wait)})
+        if wait <= 0:
+            return True
+        if not refuse:
+            return False
+        self.refused += 1
+        raise TooManyRequests(THROTTLED, {"retry_after": retry_after(wait)})

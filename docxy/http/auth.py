@@ -27,9 +27,8 @@ from werkzeug.datastructures import Headers
 from docxy.access.gate import AccessControl, basic_credentials, bearer_token, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
-from docxy.core.cidr import client_key
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
-from docxy.edge.clients import request_address
+from docxy.edge.clients import limit_key, request_address
 from docxy.http.routes import count_relay, refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
@@ -290,7 +289,7 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
 
     config = mirror_state().config
     address = request_address(request.scope, config.server)  # type: ignore[arg-type]
-    client = client_key(address) if address is not None else "unknown"
+    client = limit_key(None, address)  # by address, never by the user name it guesses for
     if ask.authorization is None:  # no password to check: nothing to count
         return issue_token(access, None, ask.scopes)
     refusal = access.logins.take(client)  # before the check: guesses sent at once count too

@@ -32,7 +32,7 @@ from docxy.http.responses import (
 )
 from docxy.http.state import MirrorState, mirror_state
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Source
-from docxy.upstream.client import SERVER_TROUBLE, read_small
+from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
 from docxy.upstream.routing import Route
 
 blueprint = Blueprint("registry", __name__)
@@ -57,11 +57,12 @@ def refuse_unsendable() -> None:
         raise ClientError(f"the {name} header is not ASCII", {"header": name})
 
 
-def count_relay(state: MirrorState) -> None:
+def count_relay(state: MirrorState, *, refuse: bool = True) -> bool:
     """This request is about to be passed upstream with no pull behind it (its ``/v2/``, its
-    token): one from its address's bucket, or ``429`` (``docxy.edge.relays``)."""
+    token): one from its address's bucket (True), or ``429`` (``docxy.edge.relays``); False
+    instead of the ``429`` when not ``refuse`` (the caller has an answer of its own)."""
     address = request_address(request.scope, state.config.server)  # type: ignore[arg-type]
-    state.relays.take(limit_key(None, address))
+    return state.relays.take(limit_key(None, address), refuse=refuse)
 
 
 def _raw_path() -> str:
@@ -80,7 +81,9 @@ def _route(state: MirrorState, name: str = "") -> Route:
 @blueprint.route("/v2", methods=ALL_METHODS)
 @blueprint.route("/v2/", methods=ALL_METHODS)
 async def ping() -> Response:
-    """Answer the version check; relay the upstream's challenge, realm re-pointed at the mirror."""
+    """Answer the version check with the upstream's challenge, realm re-pointed at the mirror:
+    the one the mirror knows for a client without credentials, else the upstream's own answer
+    (a token relay, ``docxy.edge.relays``)."""
     if request.method not in READ_METHODS:
         raise Unsupported("this mirror is read-only", {"method": request.method})
     refused = _access(None)
@@ -91,8 +94,14 @@ async def ping() -> Response:
         return registry_response(b"{}", 200, JSON)  # the mirror is the authority: no upstream
     refuse_unsendable()
     upstream = _route(state).upstream
-    count_relay(state)
     realm = state.token_realm_for(upstream)
+    known = _anonymous_challenge(state, upstream)
+    if known is None:
+        count_relay(state)
+    elif state.client.challenge_fresh(upstream) or not count_relay(state, refuse=False):
+        # The same for every client, and the mirror's own probe saw it: nothing to relay
+        # (fresh), or nothing this client may relay now (however old).
+        return unauthorized(*rewrite_challenges([known.render()], realm, upstream.library_prefix))
     try:
         answer = await state.client.send(
             upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
@@ -117,6 +126,15 @@ async def ping() -> Response:
     if answer.status_code >= 400:
         return registry_response(_error_body(body, answer.status_code), answer.status_code, JSON)
     return registry_response(b"{}", 200, JSON)
+
+
+def _anonymous_challenge(state: MirrorState, upstream: Upstream) -> Challenge | None:
+    """The upstream's Bearer challenge to a ``/v2/`` without credentials, as the mirror last saw
+    it; None when it saw none, or when the client sends credentials: whether they hold, only
+    the upstream can say (``docker login`` checks a token so)."""
+    if request.headers.get("Authorization") is not None:
+        return None
+    return state.client.known_challenge(upstream)
 
 
 def _error_body(body: bytes, status: int) -> bytes:

@@ -28,6 +28,7 @@ from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers, retry_after_seconds
+from docxy.core.hosts import origin, url_host
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.failures import failure
@@ -88,8 +89,9 @@ class Upstream:
 
     @property
     def host(self) -> str:
-        """The upstream's identity in logs, health and cache keys: ``registry-1.docker.io``."""
-        return urlsplit(self.registry).netloc
+        """The upstream's identity in logs, health and cache keys: ``registry-1.docker.io``
+        (lower case, no default port: ``docxy.core.hosts``)."""
+        return url_host(self.registry)
 
     def url(self, path: str) -> str:
         return self.registry + path
@@ -240,8 +242,8 @@ def is_pull(url: str) -> bool:
 
 
 def same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+    """Whether two URLs share scheme, host and port (``https://x`` is ``https://x:443``)."""
+    return origin(a) == origin(b)
 
 
 def next_hop(
@@ -434,6 +436,12 @@ class UpstreamClient:
         """The last challenge seen from the upstream, however old (for answering offline)."""
         cached = self._realms.get(upstream.host)
         return cached[1] if cached is not None else None
+
+    def challenge_fresh(self, upstream: Upstream) -> bool:
+        """Whether the mirror's own ``/v2/`` probe of the upstream answered within
+        :data:`REALM_TTL` (what :meth:`known_challenge` says is then current)."""
+        cached = self._realms.get(upstream.host)
+        return cached is not None and time.monotonic() - cached[0] < REALM_TTL
 
     async def auth_realm(self, upstream: Upstream) -> str | None:
         if upstream.auth_realm is not None:

@@ -27,6 +27,7 @@ import httpx
 
 from docxy.config import UpstreamConfig
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from docxy.core.hosts import origin as url_origin
 from docxy.threads import in_own_thread
 from docxy.upstream.client import (
     MAX_REDIRECTS,
@@ -206,7 +207,8 @@ def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> D
 def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
     """One GET; an idle connection that fails before the answer is retried on a new one."""
     parts = urlsplit(url)
-    origin: Origin = (parts.scheme, parts.hostname or "", parts.port)
+    scheme, hostname, port = url_origin(url)  # https://x and https://x:443: one idle pool
+    origin: Origin = (scheme, hostname or "", port)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     while True:
         connection = settings.idle.take(origin)

@@ -4,7 +4,7 @@ Pure: strings in, an :class:`Upstream` out, or :class:`UpstreamUnknown` before a
 Only configured upstreams can ever be chosen; what a client writes only *selects* one of them::
 
     ?ns=ghcr.io                          containerd's hosts.toml mirror: the name as given
-    Host: ghcr.mirror.example.com        one of an upstream's ``hosts``: the name as given
+    Host: ghcr.mirror.example.com        one of an upstream's ``hosts`` (``:443`` or not)
     /v2/ghcr.io/owner/img/...            a path prefix: ``owner/img`` on ghcr.io
     /v2/owner/img/...                    none of these: ``[upstream]`` (Docker Hub)
 
@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 
 from docxy.core.challenge import scope_repository
 from docxy.core.errors import ClientError
+from docxy.core.hosts import host_key, takes_any_port
 from docxy.core.names import upstream_name
 from docxy.upstream.client import Upstream
 
@@ -44,27 +45,19 @@ class Route:
     prefix: str | None = None
 
 
-def host_key(host: str) -> tuple[str, str]:
-    """``Host`` header → (with port, without port), lower case: ``[::1]:80`` → ``[::1]``."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        bare = host[: host.find("]") + 1] if "]" in host else host
-    else:
-        bare = host.partition(":")[0]
-    return host, bare
-
-
 class Upstreams:
     """The configured upstreams: ``[upstream]`` first, then ``upstreams`` in order."""
 
     def __init__(self, default: Upstream, others: Iterable[Upstream] = ()) -> None:
         self.default = default
         self.by_name: dict[str, Upstream] = {default.name: default}
-        self.by_host: dict[str, Upstream] = {}
+        self.by_host: dict[str, Upstream] = {}  # entries that name a port, as compared
+        self.any_port: dict[str, Upstream] = {}  # entries that name none
         for upstream in others:
             self.by_name[upstream.name] = upstream
             for host in upstream.hosts:
-                self.by_host[host] = upstream
+                table = self.any_port if takes_any_port(host) else self.by_host
+                table[host_key(host)[0]] = upstream
 
     def all(self) -> list[Upstream]:
         return list(self.by_name.values())
@@ -81,16 +74,14 @@ class Upstreams:
         return list(self.by_name)
 
     def for_host(self, host: str | None) -> Upstream | None:
-        """The upstream whose ``hosts`` list the request's host, if any. An entry without a
-        port takes the host on any port; ``HOST:443`` and ``HOST:80`` also take ``HOST`` with
-        no port, as an HTTP client writes the default port of its scheme."""
-        if not host or not self.by_host:
+        """The upstream whose ``hosts`` list the request's host, if any: the entry for the
+        host and its port, else one that names no port, which takes the host on any port. A
+        default port is no port (``docxy.core.hosts``), in the entry and in the request alike:
+        ``HOST:443`` takes ``HOST``, ``HOST:443`` and ``HOST:80``, but not ``HOST:8443``."""
+        if not host or not (self.by_host or self.any_port):
             return None
         full, bare = host_key(host)
-        found = self.by_host.get(full) or self.by_host.get(bare)
-        if found is None and full == bare:  # no port: the scheme's default, which clients omit
-            found = self.by_host.get(f"{bare}:443") or self.by_host.get(f"{bare}:80")
-        return found
+        return self.by_host.get(full) or self.any_port.get(bare)
 
     def route(self, name: str, *, ns: str | None = None, host: str | None = None) -> Route:
         """The upstream for repository ``name`` (``""`` for ``/v2/`` itself)."""

@@ -22,10 +22,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 from docxy.config import Config, NamedUpstreamConfig, UpstreamConfig, parse_bool, parse_url
 from docxy.core.errors import ConfigError
+from docxy.core.hosts import host_key, url_host
 from docxy.upstream.presets import DEFAULT_NAME, PRESETS
 
 SECTION = "upstreams"
@@ -222,15 +222,19 @@ def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
 
 
 def _check_hosts(upstreams: list[NamedUpstreamConfig], sources: Mapping[str, str]) -> None:
+    """Refuse a mirror host name claimed twice, however written: ``x``, ``x:443`` and
+    ``x:80`` are one host (``docxy.core.hosts``)."""
     owner: dict[str, str] = {}
     for upstream in upstreams:
         for host in upstream.hosts:
-            if host in owner:
+            compared = host_key(host)[0]
+            if compared in owner:
                 key = f"{SECTION}.{upstream.name}.hosts"
+                said = host if host == compared else f"{host} (the host {compared})"
                 raise ConfigError(
-                    f"{key}: {host} already picks {owner[host]} ({sources.get(key, '?')})"
+                    f"{key}: {said} already picks {owner[compared]} ({sources.get(key, '?')})"
                 )
-            owner[host] = upstream.name
+            owner[compared] = upstream.name
 
 
 class SharedHost(NamedTuple):
@@ -252,7 +256,7 @@ def same_registry_host(config: Config) -> Iterator[SharedHost]:
     sections: list[tuple[str, AnyUpstream]] = [("[upstream]", config.upstream)]
     sections += [(f"{SECTION}.{u.name}", u) for u in config.upstreams]
     for section, upstream in sections:
-        host = urlsplit(upstream.registry).netloc
+        host = url_host(upstream.registry)
         earlier, other = first.setdefault(host, (section, upstream))
         if earlier != section:
             differences = _differences(other, upstream)

@@ -11,9 +11,9 @@ operator may mean, whose effect is easy to miss::
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 from docxy.config import Config
+from docxy.core.hosts import url_host
 from docxy.upstream.client import Upstream
 from docxy.upstream.routing import Upstreams
 from docxy.upstream.settings import SECTION, same_registry_host
@@ -40,7 +40,7 @@ def _public_host_claim(config: Config) -> str | None:
         [Upstream.from_config(named) for named in config.upstreams],
     )
     public = config.server.public_url
-    host = urlsplit(public).netloc.lower()
+    host = url_host(public)
     found = upstreams.for_host(host)
     if found is None:
         return None

@@ -2,9 +2,11 @@
 
 ``limits.token_relays_per_minute`` (``docxy.edge.relays``) counts the ``/v2/`` and
 ``/auth/token`` requests the mirror passes upstream per client address. Its default must be one
-a real pull never reaches: dockerd sends one of each per image, however many layers. With the
-limit at 2, a cold pull of a multi-layer image still succeeds through the mirror (a failed one
-would show as dockerd falling back to the egress guard), and the next relay is ``429``.
+a real pull never reaches: dockerd sends one of each per image, however many layers (its
+``/v2/``, without credentials, is answered from the challenge the mirror's probe keeps). With
+the limit at 2, a cold pull of a multi-layer image still succeeds through the mirror (a failed
+one would show as dockerd falling back to the egress guard), and the next relay is ``429``;
+``/v2/`` is still answered with the challenge.
 """
 
 from __future__ import annotations
@@ -44,3 +46,9 @@ def test_a_docker_pull_fits_in_two_relays_and_a_third_is_refused(
     assert refused[0].json()["errors"][0]["code"] == "TOOMANYREQUESTS"
     assert int(refused[0].headers["Retry-After"]) >= 1
     assert len(bed.token_log) == relayed + len(answers) - len(refused)  # nothing sent for it
+    # Out of relays, a client still learns where to log in (the next pull's first request).
+    with httpx.Client(base_url=mirror.url, timeout=30) as client:
+        ping = client.get("/v2/")
+    assert ping.status_code == 401, ping.text
+    challenge = ping.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer ") and '/auth/token"' in challenge, challenge

@@ -346,6 +346,34 @@ async def test_password_guessing_is_throttled_per_address(tmp_path: Path) -> Non
         assert right.status_code == 200
 
 
+async def test_password_guesses_are_counted_per_ipv4_address_and_ipv6_64(
+    tmp_path: Path,
+) -> None:
+    """The guesses of one /64 are one client's, whichever of its 2^64 addresses they come
+    from; an IPv4 client reaching a dual-stack socket (``::ffff:203.0.113.7``) is the IPv4
+    client."""
+    from docxy.access.logins import FailedLogins
+    from docxy.http.state import mirror_state
+
+    path = "/auth/token?scope=repository:library/redis:pull"
+    async with users_mirror(tmp_path) as m:
+        access = mirror_state(m.app).access
+        assert access is not None
+        access.logins = FailedLogins(2, clock=lambda: 100.0)
+
+        async def login(client: str, password: str = "guess") -> int:
+            scope = {"client": (client, 40000)}
+            answer = await m.client.get(path, headers=basic("alice", password), scope_base=scope)
+            return answer.status_code
+
+        assert [await login("2001:db8:1:2::1"), await login("2001:db8:1:2:ffff::9")] == [401, 401]
+        assert await login("2001:db8:1:2::7", "right") == 429  # the same /64: out of guesses
+        assert await login("2001:db8:1:3::1", "right") == 200  # the next /64
+        assert [await login("203.0.113.7"), await login("::ffff:203.0.113.7")] == [401, 401]
+        assert await login("203.0.113.7", "right") == 429
+        assert await login("203.0.113.8", "right") == 200
+
+
 async def test_the_mirrors_token_sent_to_its_token_endpoint_stays_here(tmp_path: Path) -> None:
     """With ``auth.upstream_logins``, a certificate client's token request goes upstream
     unless its Basic login names one of the mirror's users; a Bearer token the mirror issued

@@ -161,6 +161,24 @@ async def test_ipv6_clients_share_their_64_and_users_their_name() -> None:
     assert (await call(g, "/v2/", client="198.51.100.7"))[0] == 200  # the address, not ann
 
 
+async def test_the_fill_caps_count_the_client_admission_names() -> None:
+    """The fill caps (``docxy.edge.fills``) count per ``CLIENT``, which admission sets: an
+    IPv6 client by its /64, an IPv4-mapped address as the IPv4 one, a user by name."""
+    from docxy.edge.fills import CLIENT
+
+    named: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        named.append(CLIENT.get())
+        await inner(scope, receive, send)
+
+    g = Admission(app, config(), Users(), Clock())  # type: ignore[arg-type]
+    for client in ("2001:db8:1:2::1", "2001:db8:1:2:aaaa::2", "::ffff:192.0.2.9", "192.0.2.9"):
+        assert (await call(g, "/v2/", client=client))[0] == 200
+    assert (await call(g, "/v2/", client="2001:db8:1:2::1", user="ann"))[0] == 200
+    assert named == ["2001:db8:1:2::/64", "2001:db8:1:2::/64", "192.0.2.9", "192.0.2.9", "user:ann"]
+
+
 async def test_manifest_gets_have_their_own_limit() -> None:
     g = gate({"limits.manifests_per_minute": 2})
     path = "/v2/library/redis/manifests/latest"

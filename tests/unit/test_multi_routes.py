@@ -146,6 +146,19 @@ async def test_each_way_reaches_its_upstream(path: str, host: str, expected: str
         assert m.upstream.requests[-1].headers["authorization"] == "Basic bGFiOnB3"
 
 
+@pytest.mark.parametrize("entry", ["lab-mirror.example.com", "lab-mirror.example.com:443"])
+@pytest.mark.parametrize("host", ["lab-mirror.example.com", "lab-mirror.example.com:443"])
+async def test_a_host_with_or_without_its_default_port_reaches_its_upstream(
+    entry: str, host: str
+) -> None:
+    settings: dict[str, object] = {"upstreams.lab.test.hosts": entry}
+    async with mirror(None, **settings) as m:
+        answer = await m.get("/v2/owner/img/manifests/1", host)
+    assert answer.status == 200
+    assert m.sent()[-1] == "lab.example/v2/owner/img/manifests/1"
+    assert {r.url.host for r in m.upstream.requests} == {"lab.example"}
+
+
 @pytest.mark.parametrize(
     ("path", "code"),
     [

@@ -6,7 +6,7 @@ import pytest
 
 from docxy.core.errors import ClientError
 from docxy.upstream.client import Upstream
-from docxy.upstream.routing import Route, Upstreams, UpstreamUnknown, host_key
+from docxy.upstream.routing import Route, Upstreams, UpstreamUnknown
 
 HUB = Upstream("https://registry-1.docker.io")
 GHCR = Upstream(
@@ -69,17 +69,29 @@ def test_the_request_host_is_never_an_upstream_by_itself() -> None:
     assert TABLE.route("owner/img", host="evil.example").upstream is HUB
 
 
+@pytest.mark.parametrize("entry", ["ghcr.mirror.test", "ghcr.mirror.test:443"])
 @pytest.mark.parametrize(
-    ("host", "expected"),
-    [
-        ("Mirror.Example.com", ("mirror.example.com", "mirror.example.com")),
-        ("mirror.example.com:5000", ("mirror.example.com:5000", "mirror.example.com")),
-        ("[::1]:8080", ("[::1]:8080", "[::1]")),
-        ("[::1]", ("[::1]", "[::1]")),
-    ],
+    "host", ["ghcr.mirror.test", "ghcr.mirror.test:443", "GHCR.mirror.test:80"]
 )
-def test_host_key(host: str, expected: tuple[str, str]) -> None:
-    assert host_key(host) == expected
+def test_a_default_port_is_no_port_in_hosts_and_requests(entry: str, host: str) -> None:
+    """``HOST`` and ``HOST:443`` are one host, whichever the entry says and the client
+    writes."""
+    ghcr = Upstream("https://ghcr.io", library_prefix=False, name="ghcr.io", hosts=(entry,))
+    table = Upstreams(HUB, [ghcr])
+    assert table.route("owner/img", host=host) == Route(ghcr, "owner/img")
+    assert table.route("owner/img", host="other.mirror.test:443").upstream is HUB
+    # Another port: an entry that names no port takes it, one that names :443 does not.
+    other_port = table.route("owner/img", host="ghcr.mirror.test:5000").upstream
+    assert other_port is (ghcr if entry == "ghcr.mirror.test" else HUB)
+
+
+def test_a_port_of_its_own_is_taken_before_the_host_on_any_port() -> None:
+    lab = Upstream("http://127.0.0.1:5000", name="lab.test", hosts=("mirror.test:5000",))
+    ghcr = Upstream("https://ghcr.io", name="ghcr.io", hosts=("mirror.test",))
+    table = Upstreams(HUB, [lab, ghcr])
+    assert table.route("a/b", host="mirror.test:5000").upstream is lab
+    assert table.route("a/b", host="mirror.test:443").upstream is ghcr
+    assert table.route("a/b", host="mirror.test:8443").upstream is ghcr
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from docxy.config import TOKEN_RELAYS_PER_MINUTE
 from docxy.http.state import mirror_state
 from docxy.observe.metrics import MirrorCollector
 from tests.unit.test_access_routes import basic, users_mirror
-from tests.unit.test_routes import Mirror, mirror
+from tests.unit.test_routes import MIRROR_REALM, SERVICE, Mirror, mirror
 
 TOKEN = "/auth/token?scope=repository:redis:pull&service=registry.example"
 MANIFEST = "/v2/library/redis/manifests/7"
@@ -41,6 +43,13 @@ async def relaying(
     async with mirror(settings=settings) as m:
         mirror_state(m.app).relays.buckets.clock = clock
         yield m, clock
+
+
+async def probe(m: Mirror) -> None:
+    """What the mirror's background probe does now and then: its own ``/v2/``, its challenge
+    kept (``docxy.http.health.probe_upstream``; off in these tests)."""
+    state = mirror_state(m.app)
+    await state.client.challenge(state.upstreams.default, refresh=True)
 
 
 async def ask(m: Mirror, path: str, client: str = "192.0.2.1", **kwargs: Any) -> Any:
@@ -168,3 +177,65 @@ async def test_refused_relays_are_counted_for_metrics_by_their_setting() -> None
     counts = {s.labels["setting"]: s.value for s in family.samples if s.name.endswith("_total")}
     assert counts["limits.token_relays_per_minute"] == 2
     assert counts["limits.requests_per_minute"] == 0
+
+
+# --- /v2/ without credentials: the challenge the mirror knows ---------------------------------
+
+HUB_V2 = f'Bearer realm="{MIRROR_REALM}",service="{SERVICE}"'
+
+
+async def test_a_client_out_of_relays_still_gets_the_challenge_on_v2() -> None:
+    """``/v2/`` only asks for the challenge, which the mirror knows: a client out of relays
+    was refused it (429) on 7c3e2a4, and a docker pull then stopped at its first request."""
+    async with relaying({"limits.token_relays_per_minute": "1"}) as (m, _):
+        await probe(m)
+        assert not await refused(await ask(m, TOKEN))
+        assert await refused(await ask(m, TOKEN))
+        for path in ("/v2/", "/v2", "/v2/?ns=docker.io"):
+            answer = await ask(m, path)
+            assert answer.status_code == 401, path
+            assert answer.headers["WWW-Authenticate"] == HUB_V2
+            assert (await answer.get_json())["errors"][0]["code"] == "UNAUTHORIZED"
+        assert await refused(await ask(m, TOKEN))  # the real relays: still 429
+        assert len(m.upstream.requests) == 2  # the probe and the one token
+
+
+async def test_v2_without_credentials_relays_nothing_while_the_challenge_is_fresh() -> None:
+    async with relaying({"limits.token_relays_per_minute": "1"}) as (m, _):
+        relayed = await ask(m, "/v2/")  # nothing known yet: relayed, and counted
+        assert relayed.headers["WWW-Authenticate"] == HUB_V2
+        assert await refused(await ask(m, TOKEN))
+        await probe(m)
+        sent = len(m.upstream.requests)
+        for _ in range(20):
+            answer = await ask(m, "/v2/")
+            assert answer.status_code == 401
+            assert answer.headers["WWW-Authenticate"] == relayed.headers["WWW-Authenticate"]
+        assert len(m.upstream.requests) == sent
+
+
+async def test_a_stale_challenge_is_asked_again_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``REALM_TTL`` the upstream is asked again (a relay) while the client may; one out
+    of relays gets what the mirror last saw."""
+    monkeypatch.setattr("docxy.upstream.client.REALM_TTL", 0.0)
+    async with relaying({"limits.token_relays_per_minute": "1"}) as (m, _):
+        await probe(m)
+        assert (await ask(m, "/v2/")).status_code == 401
+        assert [r.url.path for r in m.upstream.requests] == ["/v2/", "/v2/"]
+        answer = await ask(m, "/v2/")
+        assert answer.status_code == 401 and answer.headers["WWW-Authenticate"] == HUB_V2
+        assert len(m.upstream.requests) == 2
+        assert await refused(await ask(m, TOKEN))
+
+
+async def test_v2_with_credentials_is_relayed_and_counted() -> None:
+    """Whether a token holds only the upstream can say (``docker login`` checks so)."""
+    async with relaying({"limits.token_relays_per_minute": "1"}) as (m, _):
+        await probe(m)
+        bearer = {"Authorization": "Bearer t0ken"}
+        assert (await ask(m, "/v2/", headers=bearer)).status_code == 401
+        assert m.upstream.requests[-1].headers["authorization"] == "Bearer t0ken"
+        assert await refused(await ask(m, "/v2/", headers=bearer))
+        assert len(m.upstream.requests) == 2

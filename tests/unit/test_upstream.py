@@ -69,12 +69,20 @@ def test_upstream_defaults() -> None:
     assert upstream.credentials is None
 
 
+def test_an_upstream_host_has_no_default_port() -> None:
+    """The host keys the cache, tokens and health: ``https://ghcr.io:443`` is ``ghcr.io``."""
+    assert Upstream("https://GHCR.io:443").host == Upstream("https://ghcr.io").host == "ghcr.io"
+    assert Upstream("http://10.0.0.5:5000").host == "10.0.0.5:5000"
+
+
 @pytest.mark.parametrize(
     ("a", "b", "same"),
     [
         ("https://r.example/v2/x", "https://r.example/storage/y?sig=1", True),
         ("https://r.example/a", "https://R.EXAMPLE/b", True),
         ("https://r.example:5000/a", "https://r.example:5000/b", True),
+        ("https://r.example/a", "https://r.example:443/b", True),  # the default port, written
+        ("http://r.example/a", "http://r.example:80/b", True),
         ("https://r.example/a", "http://r.example/a", False),
         ("https://r.example/a", "https://cdn.example/a", False),
         ("https://r.example/a", "https://r.example:8443/a", False),

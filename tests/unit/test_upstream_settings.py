@@ -245,6 +245,72 @@ def test_two_upstreams_on_one_registry_host_are_refused(
     assert "s3cret" not in message
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {  # a registry URL with the default port is the registry host without it
+            "DOCXY_UPSTREAMS": "ghcr.io,ghcr.work.example=https://ghcr.io:443",
+            "DOCXY_UPSTREAMS_GHCR_WORK_EXAMPLE_USERNAME": "robot",
+            "DOCXY_UPSTREAMS_GHCR_WORK_EXAMPLE_PASSWORD": "s3cret",
+        },
+        {
+            "DOCXY_UPSTREAMS": "hub.example=https://Registry-1.Docker.IO:443",
+            "DOCXY_UPSTREAMS_HUB_EXAMPLE_USERNAME": "robot",
+            "DOCXY_UPSTREAMS_HUB_EXAMPLE_PASSWORD": "s3cret",
+        },
+    ],
+)
+def test_a_default_port_does_not_make_another_registry_host(env: dict[str, str]) -> None:
+    """``https://ghcr.io:443`` and ``https://ghcr.io`` were two hosts to this check (and two
+    sets of cache keys and tokens for one registry): a second login there went unrefused."""
+    with pytest.raises(ConfigError) as caught:
+        load(env=env)
+    message = str(caught.value)
+    assert "has the registry host" in message and "with another login" in message
+    assert "s3cret" not in message
+
+
+def test_a_registry_url_is_kept_without_its_default_port() -> None:
+    config = load(env={"DOCXY_UPSTREAMS": "lab.example=https://Lab.Example:443/v2mirror"})
+    assert by_name(config)["lab.example"].registry == "https://lab.example/v2mirror"
+    assert load(flags={"upstream.registry": "http://10.0.0.5:80"}).upstream.registry == (
+        "http://10.0.0.5"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ghcr_hosts", "quay_hosts"),
+    [
+        ("same.example", "same.example:443"),
+        ("same.example:443", "Same.Example"),
+        ("same.example:80", "same.example:443"),
+        ("[2001:db8::1]", "[2001:db8::1]:443"),
+    ],
+)
+def test_hosts_that_differ_only_by_a_default_port_are_refused(
+    ghcr_hosts: str, quay_hosts: str
+) -> None:
+    env = {
+        "DOCXY_UPSTREAMS": "ghcr.io,quay.io",
+        "DOCXY_UPSTREAMS_GHCR_IO_HOSTS": ghcr_hosts,
+        "DOCXY_UPSTREAMS_QUAY_IO_HOSTS": quay_hosts,
+    }
+    with pytest.raises(ConfigError) as caught:
+        load(env=env)
+    message = str(caught.value)
+    assert message.startswith(f"upstreams.quay.io.hosts: {quay_hosts.lower()} ")
+    assert "already picks ghcr.io (env DOCXY_UPSTREAMS_QUAY_IO_HOSTS)" in message
+
+
+def test_hosts_on_other_ports_of_one_host_are_two_names() -> None:
+    env = {
+        "DOCXY_UPSTREAMS": "ghcr.io,quay.io",
+        "DOCXY_UPSTREAMS_GHCR_IO_HOSTS": "same.example",
+        "DOCXY_UPSTREAMS_QUAY_IO_HOSTS": "same.example:8443",
+    }
+    assert by_name(load(env=env))["quay.io"].hosts == ("same.example:8443",)
+
+
 def test_the_same_upstream_under_two_names_is_allowed(tmp_path: Path) -> None:
     # Identical in all the mirror keys by: sharing is harmless (and said at start-up).
     toml = (

@@ -1,0 +1,82 @@
+"""Host names as the mirror compares them: lower case, and a default port is no port.
+
+``ghcr.io``, ``ghcr.io:443`` and ``GHCR.io`` are one host, and ``https://ghcr.io:443`` is
+``https://ghcr.io``: a client writes the default port or leaves it out as it likes, and an
+operator may too. Every comparison of hosts goes through one of these functions, so no table
+holds one host twice under two spellings:
+
+- :func:`host_key`: a mirror host name (a ``Host`` header, an upstream's ``hosts`` entry).
+  The mirror serves both schemes and a ``Host`` header does not say which, so ``:443`` and
+  ``:80`` are both dropped (an entry that names a port, :func:`takes_any_port` says, still
+  takes no other port than those);
+- :func:`url_host` and :func:`canonical_url`: a URL's host (a registry's, which keys the
+  cache, tokens and health), without the default port of *its* scheme (``http://x:443`` keeps
+  its port);
+- :func:`origin`: a URL's scheme, host and port, the default port filled in (a redirect keeps
+  ``Authorization`` on the same origin only; idle direct connections are kept per origin).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+#: A mirror host name on either of these ports is the name without a port.
+MIRROR_DEFAULT_PORTS = frozenset(DEFAULT_PORTS.values())
+
+
+def _split(host: str) -> tuple[str, str]:
+    """``host[:port]`` → (host, port text, ``""`` for none); ``[::1]:80`` → (``[::1]``, ``80``)."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return host, ""
+        return host[: end + 1], host[end + 1 :].removeprefix(":")
+    bare, _, port = host.partition(":")
+    return bare, port
+
+
+def _is_default(port: str, defaults: frozenset[int]) -> bool:
+    return port == "" or (port.isascii() and port.isdigit() and int(port) in defaults)
+
+
+def host_key(host: str) -> tuple[str, str]:
+    """A mirror host name → (as compared, without any port), lower case, a default port
+    dropped: ``Ghcr.Mirror:443`` → (``ghcr.mirror``, ``ghcr.mirror``); ``[::1]:8080`` →
+    (``[::1]:8080``, ``[::1]``)."""
+    host = host.strip().lower()
+    bare, port = _split(host)
+    return (bare if _is_default(port, MIRROR_DEFAULT_PORTS) else host), bare
+
+
+def takes_any_port(entry: str) -> bool:
+    """Whether a ``hosts`` entry names no port (and so takes its host on any port), rather
+    than a port of its own, a default one included: ``ghcr.mirror`` does, ``ghcr.mirror:443``
+    does not."""
+    return _split(entry.strip())[1] == ""
+
+
+def url_host(url: str) -> str:
+    """The host (and port) a URL names, as registries are compared: ``https://GHCR.io:443/v2``
+    → ``ghcr.io``; ``http://10.0.0.5:5000`` → ``10.0.0.5:5000``. Credentials are not part of
+    it."""
+    parts = urlsplit(url)
+    bare, port = _split(parts.netloc.rpartition("@")[2].lower())
+    default = DEFAULT_PORTS.get(parts.scheme)
+    if _is_default(port, frozenset() if default is None else frozenset({default})):
+        return bare
+    return f"{bare}:{port}"
+
+
+def canonical_url(url: str) -> str:
+    """``url`` with its host as :func:`url_host` writes it: ``https://GHCR.io:443/v2`` →
+    ``https://ghcr.io/v2``. Credentials in it are dropped (settings refuse them anyway)."""
+    return urlunsplit(urlsplit(url)._replace(netloc=url_host(url)))
+
+
+def origin(url: str) -> tuple[str, str | None, int | None]:
+    """Scheme, host name and port of ``url``, the scheme's default port when it names none.
+    Raises ValueError for a port out of range."""
+    parts = urlsplit(url)
+    port = parts.port
+    return parts.scheme, parts.hostname, DEFAULT_PORTS.get(parts.scheme) if port is None else port
