@@ -238,9 +238,18 @@ class ManifestService:
     async def _gone(self, repo: RepoKey, tag: str) -> None:
         """The upstream answered the mirror's own request for ``tag`` with 404: the tag was
         deleted (or moved out of the mirror's sight). Forget it, so that an outage never brings
-        it back as a stale answer; the manifests stay cached by digest."""
+        it back as a stale answer; the manifests stay cached by digest. A disk that refuses
+        (read-only, EIO) keeps the tag, as it keeps one it cannot write: the pull goes on, and
+        its client gets the upstream's 404, never a 500."""
         assert self.store is not None  # get() checked
-        if await self.store.forget_tag(repo, tag):
+        try:
+            forgotten = await self.store.forget_tag(repo, tag)
+        except OSError as exc:
+            log.warning(
+                "cache: cannot forget tag %s:%s, gone upstream (404): %s", repo.repo, tag, exc
+            )
+            return
+        if forgotten:
             log.info("cache: %s:%s is gone upstream (404), tag forgotten", repo.repo, tag)
 
     async def _fetch(
