@@ -186,9 +186,7 @@ class UpstreamHealth:
             if own and status == 429:
                 self._limit(retry_after)
                 self.last_error = self.last_limited
-            elif own and pull:  # a 5xx to /v2/ says nothing of the limit
-                self._limited, self.limited_until = False, None
-            return
+            return  # a 5xx says nothing of the limit: it stands (:attr:`limited`)
         if own and pull:
             self._limited, self.limited_until = False, None
         if self.limited:  # a client's login got through, or /v2/ answered: the limit stands

@@ -527,6 +527,33 @@ async def test_the_minute_probe_does_not_end_the_mirrors_rate_limit() -> None:
     await client.http.aclose()
 
 
+async def test_a_5xx_to_a_pull_does_not_end_the_mirrors_rate_limit() -> None:
+    """Only a pull that gets through, or the 429's Retry-After, ends the limit. A 503 to a
+    pull meanwhile (the registry's own trouble, not a word about the limit) ended it, and the
+    minute probe's next answer then made /health 'ok' while every pull still got 429."""
+    pulls = [429, 503, 429]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://a/t"'})
+        return httpx.Response(pulls.pop(0), headers={"Retry-After": "3600"})
+
+    client, _ = client_for(handler)
+    health = client.health_of(HUB)
+
+    async def pull() -> int:
+        answer = await client.send(HUB, "GET", f"{REGISTRY}/v2/x/manifests/1", [])
+        await answer.aclose()
+        return answer.status_code
+
+    assert [await pull(), await pull()] == [429, 503]
+    await client.challenge(HUB, refresh=True)  # docxy.http.health.probe_upstream's
+    assert (health.limited, health.healthy) == (True, False)
+    assert health.as_dict()["rate_limited_until"] is not None
+    assert await pull() == 429  # as the upstream said: the limit stood
+    await client.http.aclose()
+
+
 class Stalled(httpx.AsyncByteStream):
     """A body whose first read runs out of time, as httpx raises it (with its request)."""
 
