@@ -64,7 +64,14 @@ class Coalesced(Generic[K, T]):
         self.joined = 0
 
     async def run(self, key: K, name: str, work: Callable[[], Awaitable[T]]) -> T:
+        result, _ = await self.share(key, name, work)
+        return result
+
+    async def share(self, key: K, name: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """:meth:`run`, and whether this caller joined a task another caller started (so that
+        it can say it cost the upstream nothing of its own)."""
         task = self._running.get(key)
+        joined = task is not None
         if task is None:
             task = self._running[key] = spawn(name, self._one(key, work))
         else:
@@ -72,7 +79,7 @@ class Coalesced(Generic[K, T]):
         result = await asyncio.shield(task)
         if isinstance(result, _Failed):
             raise result.error
-        return result
+        return result, joined
 
     async def _one(self, key: K, work: Callable[[], Awaitable[T]]) -> T | _Failed:
         try:

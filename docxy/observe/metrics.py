@@ -46,7 +46,7 @@ SOURCES = {
     "stale": "cache",
     "revalidated": "cache",
     "shared": "shared",
-    "joined": "cache",  # a fill another request started: its bytes were fetched once
+    "joined": "cache",  # a fill or manifest GET another request started: fetched once
     "miss": "upstream",
     "bypass": "passthrough",
     "uncached": "passthrough",
@@ -133,18 +133,20 @@ class RequestMetrics:
         )
         self.sent_bytes = Counter(
             "docxy_sent_bytes",
-            "Body bytes sent to clients, by source: cache (a fill another request started "
-            "too), shared (a cache fill from the shared bucket), upstream (a cache fill from "
-            "the upstream, or the rest of a shared one whose body broke off), passthrough (not "
-            "cached), other (challenges, tokens, health).",
+            "Body bytes sent to clients, by source: cache (a fill or manifest GET another "
+            "request started too), shared (a cache fill from the shared bucket), upstream (a "
+            "cache fill from the upstream, or the rest of a shared one whose body broke off, or "
+            "of one the cache gave up), passthrough (not cached), other (challenges, tokens, "
+            "health).",
             ["source"],
             registry=registry,
         )
         self.cache = Counter(
             "docxy_cache_requests",
-            "Manifest and blob requests by cache outcome: hit, joined (a fill another request "
-            "started), miss, shared (filled from the shared bucket), stale, revalidated, bypass "
-            "(cache off or not cacheable), uncached (private or disk failing).",
+            "Manifest and blob requests by cache outcome: hit, joined (a blob fill or manifest "
+            "GET another request started), miss, shared (filled from the shared bucket), stale, "
+            "revalidated, bypass (cache off or not cacheable), uncached (private or disk "
+            "failing).",
             ["route", "outcome"],
             registry=registry,
         )

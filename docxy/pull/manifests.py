@@ -112,14 +112,14 @@ class ManifestService:
         if pull.head:  # containerd resolves a digest-pinned image so
             return await self._answer_head(self.store, repo, pull, None, note=False)
         try:
-            fetched = await self._fetch(repo, pull, digest)
+            fetched, source = await self._fetch(repo, pull, digest)
         except UpstreamError as exc:
             return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
         if fetched is None:
             return UNCACHED
         if not self._servable(fetched, pull):
             return NOT_ACCEPTED
-        return _served(Source.MISS, fetched, pull)
+        return _served(source, fetched, pull)
 
     @staticmethod
     def _servable(manifest: CachedManifest, pull: Pull) -> bool:
@@ -161,7 +161,7 @@ class ManifestService:
             note = found.state is TagState.MISSING
             return await self._answer_head(store, repo, pull, head, note=note)
         try:
-            fetched = await self._fetch(repo, pull, None)
+            fetched, source = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
             if stale is None:  # pass through: the client sees the upstream's own answer
                 return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
@@ -172,7 +172,7 @@ class ManifestService:
         await store.set_tag(repo, tag, fetched.digest, public=True)
         if not self._servable(fetched, pull):
             return NOT_ACCEPTED
-        return _served(Source.MISS, fetched, pull)
+        return _served(source, fetched, pull)
 
     async def _answer_head(
         self,
@@ -238,24 +238,35 @@ class ManifestService:
     async def _gone(self, repo: RepoKey, tag: str) -> None:
         """The upstream answered the mirror's own request for ``tag`` with 404: the tag was
         deleted (or moved out of the mirror's sight). Forget it, so that an outage never brings
-        it back as a stale answer; the manifests stay cached by digest."""
+        it back as a stale answer; the manifests stay cached by digest. A disk that refuses
+        (read-only, EIO) keeps the tag, as it keeps one it cannot write: the pull goes on, and
+        its client gets the upstream's 404, never a 500."""
         assert self.store is not None  # get() checked
-        if await self.store.forget_tag(repo, tag):
+        try:
+            forgotten = await self.store.forget_tag(repo, tag)
+        except OSError as exc:
+            log.warning(
+                "cache: cannot forget tag %s:%s, gone upstream (404): %s", repo.repo, tag, exc
+            )
+            return
+        if forgotten:
             log.info("cache: %s:%s is gone upstream (404), tag forgotten", repo.repo, tag)
 
     async def _fetch(
         self, repo: RepoKey, pull: Pull, digest: Digest | None
-    ) -> CachedManifest | None:
+    ) -> tuple[CachedManifest | None, Source]:
         """The manifest fetched with the mirror's token and stored; None if it is not one the
         mirror may cache. Concurrent misses of one manifest share one upstream GET (a counted
-        pull on Docker Hub): the first starts it as a named task, the others wait for it, and
-        a client going away cancels only its own wait."""
+        pull on Docker Hub): the first starts it as a named task (:attr:`Source.MISS`), the
+        others wait for it (:attr:`Source.JOINED`: no fetch of their own), and a client going
+        away cancels only its own wait."""
         ref = pull.reference.ref
-        return await self._fetching.run(
+        fetched, joined = await self._fetching.share(
             (repo.upstream, repo.repo, ref),
             f"manifest {repo.upstream} {repo.repo}:{ref}",
             lambda: self._fetch_once(repo, pull, digest),
         )
+        return fetched, Source.JOINED if joined else Source.MISS
 
     async def _fetch_once(
         self, repo: RepoKey, pull: Pull, digest: Digest | None

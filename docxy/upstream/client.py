@@ -164,7 +164,8 @@ class UpstreamHealth:
     def answered(
         self, status: int, own: bool = True, pull: bool = True, retry_after: str | None = None
     ) -> None:
-        """An answer came back: a 429/5xx is an outage for the routes, so for health too.
+        """An answer came back: a 429/5xx is an outage for the routes, so for health too
+        (every 5xx here, though the routes serve stale only for :data:`SERVER_TROUBLE`).
 
         Not ``own`` (made with a client's credentials): its 429 is that client's account's
         rate limit, which says nothing about the mirror's, so it only says the upstream
@@ -177,7 +178,9 @@ class UpstreamHealth:
             return
         if status == 429 or status >= 500:  # docxy_upstream_errors_total, under this upstream
             self.failures["rate_limited" if status == 429 else "server_error"] += 1
-        if status in SERVER_TROUBLE:
+        # Every 5xx, not only those the routes serve stale for (SERVER_TROUBLE): a CDN front's
+        # 522, a 501, are the upstream failing, never a success.
+        if status in SERVER_TROUBLE or status >= 500:
             self.reachable = True
             self.healthy = False
             self.last_error = self.clock()
@@ -185,9 +188,7 @@ class UpstreamHealth:
             if own and status == 429:
                 self._limit(retry_after)
                 self.last_error = self.last_limited
-            elif own and pull:  # a 5xx to /v2/ says nothing of the limit
-                self._limited, self.limited_until = False, None
-            return
+            return  # a 5xx says nothing of the limit: it stands (:attr:`limited`)
         if own and pull:
             self._limited, self.limited_until = False, None
         if self.limited:  # a client's login got through, or /v2/ answered: the limit stands

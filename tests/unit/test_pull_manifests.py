@@ -137,6 +137,30 @@ async def test_a_tag_the_upstream_deleted_is_forgotten_not_served_stale(
         assert await response.get_data() != old
 
 
+def read_only_disk(*args: object, **kwargs: object) -> bool:
+    raise OSError(errno.EROFS, "Read-only file system")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_deleted_tag_the_disk_cannot_forget_still_gets_the_upstreams_404(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
+    """A cache disk gone read-only refuses to drop a tag record as it refuses to write one:
+    the client's pull still gets the upstream's 404 (a warning says the tag stays), never a
+    500 for a disk the pull did not need."""
+    hub = Hub()
+    async with mirror(tmp_path, hub) as app:
+        assert (await app.test_client().get(TAG, headers=AS_ANON)).status_code == 200
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0  # revalidated at the next pull
+        del hub.repos["library/base"].manifests["1"]
+        monkeypatch.setattr(manifests, "_unlink_existed", read_only_disk)
+        answer = await call_asgi(app, method, TAG, host="mirror.test", headers=AS_ANON.items())
+        assert answer.status == 404  # the upstream's answer, relayed
+    assert "cannot forget tag library/base:1, gone upstream (404)" in caplog.text
+
+
 class DigestlessHub(Hub):
     """The hub, answering a manifest HEAD without Docker-Content-Digest (the spec's SHOULD:
     some registries leave it out; containerd falls back to a GET for them)."""

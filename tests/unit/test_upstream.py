@@ -20,7 +20,8 @@ from docxy.upstream.client import (
     read_small,
     same_origin,
 )
-from tests.unit.fakes import FakeUpstream, Handler
+from tests.unit.fakes import FakeUpstream, Handler, reply
+from tests.unit.test_routes import hub, mirror
 
 REGISTRY = "https://registry.example"
 HUB = Upstream(REGISTRY)
@@ -114,6 +115,27 @@ def test_health_failed_then_ok() -> None:
     health.ok()
     assert health.reachable is True
     assert health.as_dict()["last_ok"] is not None
+
+
+@pytest.mark.parametrize("status", [501, 505, 522, 524])
+async def test_every_5xx_is_upstream_trouble_on_health_not_a_success(status: int) -> None:
+    """A 5xx the routes do not serve stale for (a CDN front's 522 "origin unreachable", a 501)
+    still says the upstream fails: /health is degraded with it as the last error, and it is no
+    success (the README's and the metric's 'not a 429 or 5xx'). It counted as server_error in
+    docxy_upstream_errors_total, yet moved last_ok on and left /health 'ok'."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if "/manifests/" in request.url.path:
+            return reply(status, b"<html>origin down</html>", {"Content-Type": "text/html"})
+        return hub(request)
+
+    async with mirror(upstream) as m:
+        assert (await m.client.get("/v2/redis/manifests/latest")).status_code == status
+        report = await (await m.client.get("/health")).get_json()
+    assert report["status"] == "degraded"
+    assert report["upstream"]["last_error_message"] == f"the upstream answered {status}"
+    assert report["upstream"]["last_ok"] is None
+    assert report["upstream"]["reachable"] is True  # it answered: docxy_upstream_up stays 1
 
 
 # --- the shared httpx client ------------------------------------------------------------------
@@ -510,6 +532,33 @@ async def test_the_minute_probe_does_not_end_the_mirrors_rate_limit() -> None:
     limited = False
     assert await pull() == 200
     assert health.healthy is True
+    await client.http.aclose()
+
+
+async def test_a_5xx_to_a_pull_does_not_end_the_mirrors_rate_limit() -> None:
+    """Only a pull that gets through, or the 429's Retry-After, ends the limit. A 503 to a
+    pull meanwhile (the registry's own trouble, not a word about the limit) ended it, and the
+    minute probe's next answer then made /health 'ok' while every pull still got 429."""
+    pulls = [429, 503, 429]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://a/t"'})
+        return httpx.Response(pulls.pop(0), headers={"Retry-After": "3600"})
+
+    client, _ = client_for(handler)
+    health = client.health_of(HUB)
+
+    async def pull() -> int:
+        answer = await client.send(HUB, "GET", f"{REGISTRY}/v2/x/manifests/1", [])
+        await answer.aclose()
+        return answer.status_code
+
+    assert [await pull(), await pull()] == [429, 503]
+    await client.challenge(HUB, refresh=True)  # docxy.http.health.probe_upstream's
+    assert (health.limited, health.healthy) == (True, False)
+    assert health.as_dict()["rate_limited_until"] is not None
+    assert await pull() == 429  # as the upstream said: the limit stood
     await client.http.aclose()
 
 
