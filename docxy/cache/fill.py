@@ -646,7 +646,7 @@ class BlobFollower(ClosingStream):
         self.close()
         self.handover.at = pos
         try:
-            download = await rest(pos)
+            download = await rest(pos, fill.size)
         except FetchFailed as exc:
             log.warning("blob %s: cannot get the rest after byte %d: %s", fill.digest, pos, exc)
             raise FillAborted(f"the rest of {fill.digest} could not be had: {exc}") from exc
@@ -718,9 +718,10 @@ class Download:
     broke_off: tuple[type[Exception], ...] = ()
 
 
-#: The blob's bytes from an offset on (``Download.chunks``, ``size`` what is left, when known);
-#: raises :class:`FetchFailed` when they cannot be had.
-Resume = Callable[[int], Awaitable[Download]]
+#: The bytes of a blob of a given size (None: unknown) from an offset on (``Download.chunks``,
+#: ``size`` what is left, when known); raises :class:`FetchFailed` when they cannot be had, or
+#: when the answer says it is not that rest (from elsewhere, of a blob of another length).
+Resume = Callable[[int, int | None], Awaitable[Download]]
 
 #: Starts a download for a fill; raises :class:`FetchFailed` (with the reason) if it cannot:
 #: :class:`FetchRefused` when the upstream said no (an INFO line), else a WARNING.
@@ -802,7 +803,7 @@ async def _feed_resuming(writer: BlobWriter, download: Download, resumed: list[D
                 tries + 1,
                 RESUMES,
             )
-            current = await download.resume(writer.received)
+            current = await download.resume(writer.received, writer.fill.size)
             resumed.append(current)
 
 

@@ -280,35 +280,57 @@ class BlobService:
         size = int(length) if length is not None and length.isdigit() else None
         return Download(size, answer.aiter_bytes(), answer.aclose)
 
-    async def _fetch_rest(self, pull: Pull, offset: int) -> Download:
-        """The blob from ``offset`` on, from the upstream (a shared store's body broke off
-        there, or the cache gave up a fill its client had that much of): a GET with ``Range:
-        bytes=offset-`` and the mirror's own token. A ``206`` must start at ``offset``; a
-        ``200`` (an upstream that ignores ranges) is read past its first ``offset`` bytes.
-        Raises :class:`FetchFailed` otherwise."""
+    async def _fetch_rest(self, pull: Pull, offset: int, size: int | None) -> Download:
+        """The blob (``size`` bytes, None: unknown) from ``offset`` on, from the upstream (a
+        shared store's body broke off there, a fill's upstream body did, or the cache gave up
+        a fill its client had that much of): a GET with ``Range: bytes=offset-`` and the
+        mirror's own token. A ``206`` must run from ``offset`` to the end of a blob of
+        ``size`` bytes; a ``200`` (an upstream that ignores ranges), whose length says, must
+        be ``size`` bytes, and is read past its first ``offset``. Anything else raises
+        :class:`FetchFailed` before a byte of it is read: an answer of another length is not
+        this blob, and only its whole download would tell otherwise."""
         ranged = [("Range", f"bytes={offset}-")]
         try:
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, ranged)
         except UpstreamError as exc:
             raise FetchFailed(exc.message) from exc
         status = answer.status_code
-        span = parse_content_range(answer.headers.get("content-range"))
-        if status == 206 and (span is None or span[0] != offset):
-            await answer.aclose()
-            raise FetchFailed(
-                f"{pull.upstream.host} answered bytes={offset}- with Content-Range "
-                f"{answer.headers.get('content-range')!r}"
-            )
         if status not in (200, 206):
             await answer.aclose()
             self._refused(pull, status)
-        self._holds_blob(pull)
         length = answer.headers.get("content-length")
-        size = int(length) if length is not None and length.isdigit() else None
+        known = int(length) if length is not None and length.isdigit() else None
+        problem = not_the_rest(status, answer.headers.get("content-range"), known, offset, size)
+        if problem:
+            await answer.aclose()
+            raise FetchFailed(f"{pull.upstream.host} answered bytes={offset}- with {problem}")
+        self._holds_blob(pull)
         if status == 206:
-            return Download(size, answer.aiter_bytes(), answer.aclose)
-        left = None if size is None else max(size - offset, 0)
+            return Download(known, answer.aiter_bytes(), answer.aclose)
+        left = None if known is None else max(known - offset, 0)
         return Download(left, _skipped(answer.aiter_bytes(), offset), answer.aclose)
+
+
+def not_the_rest(
+    status: int, content_range: str | None, length: int | None, offset: int, size: int | None
+) -> str:
+    """What makes an answer (``status``, its ``Content-Range`` and length) to ``Range:
+    bytes=offset-`` not the rest of a blob of ``size`` bytes (None: unknown), for a log
+    line; "" when nothing does (as far as its headers tell)."""
+    if status == 200:
+        if length is not None and size is not None and length != size:
+            return f"a 200 of {length} bytes, not the blob's {size}"
+        return ""
+    span = parse_content_range(content_range)
+    if span is None or span[0] != offset:
+        return f"Content-Range {content_range!r}"
+    _, stop, total = span
+    if total is not None and size is not None and total != size:
+        return f"Content-Range {content_range!r}: not of the blob's {size} bytes"
+    end = total if total is not None else size
+    if end is not None and stop != end:
+        return f"Content-Range {content_range!r}: not to the blob's end"
+    return ""
 
 
 async def _skipped(chunks: AsyncIterator[bytes], offset: int) -> AsyncIterator[bytes]:

@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 
 class ObjectBody:
     """The chunks of ``answer`` (``first``, then ``body``), or the rest from ``rest`` once it
-    breaks off; ``broke`` is told the store's failure (the tier's health) either way, and
-    ``handover`` where the rest began."""
+    breaks off (the rest of a blob of ``size`` bytes, None: unknown); ``broke`` is told the
+    store's failure (the tier's health) either way, and ``handover`` where the rest began."""
 
     def __init__(
         self,
         digest: Digest,
+        size: int | None,
         answer: httpx.Response,
         first: bytes,
         body: AsyncIterator[bytes],
@@ -42,6 +43,7 @@ class ObjectBody:
         handover: Handover,
     ) -> None:
         self.digest = digest
+        self.size = size
         self.answer = answer
         self.first = first
         self.body = body
@@ -70,7 +72,7 @@ class ObjectBody:
                 self.digest,
                 sent,
             )
-            self.resumed = await self.rest(sent)
+            self.resumed = await self.rest(sent, self.size)
             self.handover.at = sent
             rest = self.resumed.chunks
             assert rest is not None, "a rest is read on the loop"

@@ -121,10 +121,12 @@ class SharedTier:
         first, chunks = started
         self.counts.hits += 1
         length = answer.headers.get("content-length", "")
+        size = int(length) if length.isdigit() else None
         log.info("blob %s: filling from the shared store", digest)
         handover = Handover()
         body = ObjectBody(
             digest,
+            size,
             answer,
             first,
             chunks,
@@ -133,7 +135,7 @@ class SharedTier:
             handover,
         )
         return Download(
-            int(length) if length.isdigit() else None,
+            size,
             body.chunks(),
             body.close,
             mismatch=lambda _: self._unverified(digest, handover),
@@ -142,9 +144,9 @@ class SharedTier:
         )
 
     def _counted(self, rest: Resume) -> Resume:
-        async def resumed(offset: int) -> Download:
+        async def resumed(offset: int, size: int | None) -> Download:
             self.counts.resumed += 1
-            return await rest(offset)
+            return await rest(offset, size)
 
         return resumed
 

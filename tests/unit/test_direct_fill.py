@@ -423,7 +423,7 @@ async def test_a_disk_failing_mid_fill_stops_the_pump_and_its_follower_gets_the_
         counted.append(CountingBody(opened.body))
         return Download(opened.size, None, opened.close, body=counted[0])
 
-    async def rest(offset: int) -> Download:
+    async def rest(offset: int, size: int | None) -> Download:
         asked.append(offset)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -455,7 +455,7 @@ async def test_an_upstream_cut_mid_body_goes_on_from_there_when_it_may(
     blobs, digest, client = make_store(tmp_path), digest_of(LONG), client_for()
     asked: list[int] = []
 
-    async def rest(offset: int) -> Download:
+    async def rest(offset: int, size: int | None) -> Download:
         asked.append(offset)
 
         async def chunks() -> AsyncIterator[bytes]:

@@ -253,6 +253,85 @@ async def test_a_rest_that_is_not_the_blob_cuts_the_client_before_its_last_byte(
     assert cached_blobs(tmp_path) == []
 
 
+class WrongRest(Upstream):
+    """Answers a Range GET with ``status``, ``headers`` and ``body`` (what another blob's rest,
+    or a part of this one's, would be), counting the bytes of it the mirror reads."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        super().__init__()
+        self.answer, self.headers, self.body = status, headers, body
+        self.read = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        ranged = request.headers.get("range")
+        if ranged is None or request.url.host == "auth.test":
+            return super().__call__(request)
+        self.ranges.append(ranged)
+        return httpx.Response(self.answer, headers=self.headers, stream=Counted(self))
+
+
+class Counted(httpx.AsyncByteStream):
+    def __init__(self, upstream: WrongRest) -> None:
+        self.upstream = upstream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        body = self.upstream.body
+        for start in range(0, len(body), 65536):
+            self.upstream.read += len(body[start : start + 65536])
+            yield body[start : start + 65536]
+
+
+OTHER = 2 * len(BLOB)  # the length of another blob, whose rest an upstream answers
+
+
+def wrong_rest(offset: int, case: str) -> WrongRest:
+    if case == "other-total":  # the rest of a longer blob
+        size = OTHER - offset
+        headers = {"Content-Range": f"bytes {offset}-{OTHER - 1}/{OTHER}"}
+    elif case == "not-to-the-end":  # a part of the rest only
+        size = 1000
+        headers = {"Content-Range": f"bytes {offset}-{offset + size - 1}/{len(BLOB)}"}
+    else:  # "200-other-length": the Range ignored, and a whole blob of another length
+        size = OTHER
+        headers = {}
+    headers["Content-Length"] = str(size)
+    return WrongRest(206 if headers.get("Content-Range") else 200, headers, b"y" * size)
+
+
+@pytest.mark.parametrize("case", ["other-total", "not-to-the-end", "200-other-length"])
+@pytest.mark.parametrize("why", ["broke-off", "disk-failed"])
+async def test_an_answer_that_is_not_the_rest_fails_at_once_unread(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    why: str,
+) -> None:
+    """The rest is asked for (the upstream's body broke off, or the disk failed under the
+    fill) and the answer's headers say it is not this blob's rest: another blob's length, a
+    part only. Nothing of it is read (it used to be downloaded whole, to fail at the commit or
+    at the verify); the client is cut, with one WARNING naming the answer."""
+    offset = 300_000 if why == "broke-off" else HALF
+    upstream = wrong_rest(offset, case)
+    if why == "broke-off":
+        upstream.cut_after = offset
+    else:
+        monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+            answer = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+    assert answer.status == 200 and not answer.complete
+    assert answer.body == BLOB[: len(answer.body)]
+    assert upstream.ranges == [None, f"bytes={offset}-"] and upstream.read == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    warned = [w for w in warned if "cannot write" not in w]  # the disk's own line
+    assert len(warned) == 1, warned
+    assert f"registry.test answered bytes={offset}- with " in warned[0], warned
+    assert cached_blobs(tmp_path) == []
+
+
 async def test_a_full_disk_degrades_to_pass_through(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
