@@ -462,6 +462,8 @@ class BlobWriter:
             said = None if mismatch is None else mismatch(unverified)
             self.fail(reason if not said else f"{reason}; {said}")
             raise unverified
+        # Verified: should the sync fail now, the followers keep every byte (and know it).
+        self.fill.size, self.fill.size_known = self._count, True
         if not self.caching:
             self._finish()
             return None
@@ -627,10 +629,13 @@ class BlobFollower(ClosingStream):
         :attr:`rest`. Verified as a fill is: the length, and the digest over every byte (the
         kept ones hashed again from the file), before the last byte goes out; a mismatch or a
         rest that cannot be had raises :class:`FillAborted` (the client is cut, never given a
-        short or a wrong blob). The temp file is closed before the rest is asked for.
+        short or a wrong blob). The temp file is closed before the rest is asked for. A fill
+        given up with every byte kept (verified, but its commit's sync failed) needs no rest:
+        the last byte comes from the file too, once the re-hash of the whole verifies.
         """
         rest, fill = self.rest, self.fill
         assert rest is not None
+        whole = fill.size is not None and kept >= fill.size  # a verified fill whose sync failed
         if fill.size is not None:
             kept = min(kept, fill.size - 1)  # the last byte waits for the verified whole
         while pos < kept:
@@ -640,9 +645,13 @@ class BlobFollower(ClosingStream):
             pos += len(data)
             yield data
         try:
-            hasher = await asyncio.to_thread(self._hashed, pos)
+            hasher = await asyncio.to_thread(self._hashed, pos + 1 if whole else pos)
         except OSError as exc:
             raise FillAborted(f"cannot read back the kept bytes of {fill.digest}: {exc}") from exc
+        if whole:  # the last byte is kept too: no rest to ask for
+            async for data in self._last_kept(pos, hasher):
+                yield data
+            return
         self.close()
         self.handover.at = pos
         try:
@@ -672,6 +681,15 @@ class BlobFollower(ClosingStream):
                 yield held
         finally:
             await download.close()
+
+    async def _last_kept(self, pos: int, hasher: Hasher) -> AsyncIterator[bytes]:
+        """The kept blob's last byte, at ``pos``, once ``hasher`` (over all of it) verifies."""
+        last = await self._read(pos, 1)
+        problem = _verify_rest(self.fill, pos + len(last), hasher)
+        if problem:
+            log.warning("blob %s: %s; the client is cut", self.fill.digest, problem)
+            raise FillAborted(f"{self.fill.digest}: {problem}")
+        yield last
 
     def _hashed(self, nbytes: int) -> Hasher:
         """A hasher of the temp file's first ``nbytes`` (blocking: a worker thread's)."""

@@ -7,6 +7,7 @@ import base64
 import errno
 import hashlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -329,6 +330,42 @@ async def test_an_answer_that_is_not_the_rest_fails_at_once_unread(
     warned = [w for w in warned if "cannot write" not in w]  # the disk's own line
     assert len(warned) == 1, warned
     assert f"registry.test answered bytes={offset}- with " in warned[0], warned
+    assert cached_blobs(tmp_path) == []
+
+
+class NoLength(Upstream):
+    """Sends the blob without a Content-Length (its length unknown until its end)."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = super().__call__(request)
+        if request.url.host == "auth.test" or request.headers.get("range") is not None:
+            return answer
+        if answer.status_code != 200 or request.url.path == "/v2/":
+            return answer
+        return httpx.Response(200, stream=fakes.Body.of(BLOB))
+
+
+@pytest.mark.parametrize("length", ["known", "unknown"])
+async def test_a_sync_that_fails_after_the_verify_leaves_the_client_the_whole_kept_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, length: str
+) -> None:
+    """The fill has every byte and they verified; only the commit's sync fails (EIO). The
+    client gets the whole blob from the temp file, its last byte after the kept bytes are
+    hashed again: no Range GET. (It used to ask for the rest from the blob's end: a 1-byte
+    Range GET for a known length, and for an unknown one a Range past the end, which cut it.)"""
+
+    def sync_fails(fd: int) -> None:
+        os.close(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fill, "_sync_and_close", sync_fails)
+    upstream = Upstream() if length == "known" else NoLength()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+        answer = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert upstream.ranges == [None]
     assert cached_blobs(tmp_path) == []
 
 
