@@ -17,7 +17,8 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -603,8 +604,10 @@ class BlobFollower(ClosingStream):
             while True:
                 given_up = fill.state is FillState.ABORTED and fill.kept is not None
                 if given_up and self.rest is not None:
-                    async for data in self._resumed(pos, fill.kept or 0):
-                        yield data
+                    # Closed with this stream (a client that left): the rest's answer with it.
+                    async with aclosing(self._resumed(pos, fill.kept or 0)) as resumed:
+                        async for data in resumed:
+                            yield data
                     return
                 fill.check_not_aborted()
                 # The last byte waits for the commit: a blob that fails verification never
@@ -623,7 +626,7 @@ class BlobFollower(ClosingStream):
         finally:
             self.close()
 
-    async def _resumed(self, pos: int, kept: int) -> AsyncIterator[bytes]:
+    async def _resumed(self, pos: int, kept: int) -> AsyncGenerator[bytes]:
         """The blob from ``pos`` on, for a fill the cache gave up after ``kept`` good bytes:
         those from the temp file (this follower's descriptor still reads it), the rest from
         :attr:`rest`. Verified as a fill is: the length, and the digest over every byte (the

@@ -476,3 +476,50 @@ async def test_an_upstream_cut_mid_body_goes_on_from_there_when_it_may(
     assert asked == [2 * 1024 * 1024]
     entry = blobs.lookup(digest)
     assert entry is not None and entry.path.read_bytes() == LONG
+
+
+async def test_a_client_that_leaves_mid_rest_closes_the_rest_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk failed under the fill, its follower went on with the rest from the upstream,
+    and its client leaves: the rest's answer (an upstream connection) is closed as the
+    follower's stream is, not left to the garbage collector's finalizer task."""
+
+    def fails_past_1_mib(fd: int, chunks: list[bytes]) -> None:
+        if os.fstat(fd).st_size + sum(len(chunk) for chunk in chunks) > 1024 * 1024:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, chunks)
+
+    real_write_all = fill_module.write_all
+    monkeypatch.setattr(fill_module, "write_all", fails_past_1_mib)
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    asked: list[int] = []
+    closed: list[int] = []
+
+    async def pieces(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 100_000):
+            yield data[start : start + 100_000]
+
+    async def nothing() -> None:
+        pass
+
+    async def download() -> Download:
+        return Download(len(LONG), pieces(LONG), nothing)
+
+    async def rest(offset: int, size: int | None) -> Download:
+        asked.append(offset)
+
+        async def close() -> None:
+            closed.append(offset)
+
+        return Download(len(LONG) - offset, pieces(LONG[offset:]), close)
+
+    follower = await blobs.fill(digest, download)
+    assert isinstance(follower, BlobFollower)
+    follower.rest = rest
+    chunks = aiter(follower)
+    while not asked:
+        await asyncio.wait_for(anext(chunks), GUARD)
+    await asyncio.wait_for(anext(chunks), GUARD)  # a piece of the rest
+    await chunks.aclose()  # type: ignore[attr-defined]
+    assert closed == asked
