@@ -292,7 +292,8 @@ class BlobWriter:
         if total <= fill.reserved or not self.caching:
             return self.caching
         if fill.size_known and fill.size is not None and total > fill.size:
-            self._close_and_discard(f"upstream sent more than the {fill.size} bytes it announced")
+            said = f"upstream sent more than the {fill.size} bytes it announced"
+            self._close_and_discard(said, failed=True)  # a failed download: its one WARNING
             return False
         try:
             await self._host.reserve(fill, total - fill.reserved)

@@ -523,3 +523,30 @@ async def test_a_client_that_leaves_mid_rest_closes_the_rest_at_once(
     await asyncio.wait_for(anext(chunks), GUARD)  # a piece of the rest
     await chunks.aclose()  # type: ignore[attr-defined]
     assert closed == asked
+
+
+async def test_a_body_longer_than_announced_is_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A download that sends more than its announced length failed, as a short one does:
+    one WARNING says so (it was an INFO line, as for a fill its clients left)."""
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+
+    async def longer() -> AsyncIterator[bytes]:
+        yield LONG
+        yield b"more"
+
+    async def nothing() -> None:
+        pass
+
+    async def download() -> Download:
+        return Download(len(LONG), longer(), nothing)
+
+    follower = await blobs.fill(digest, download)
+    assert isinstance(follower, BlobFollower)
+    with caplog.at_level(logging.INFO, logger="docxy"), pytest.raises(FillAborted):
+        await asyncio.wait_for(follower.read_all(), GUARD)
+    await blobs.settle()
+    lines = [r for r in caplog.records if "announced" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.WARNING], caplog.text
+    assert blobs.lookup(digest) is None
