@@ -200,9 +200,12 @@ class BlobService:
         digest = pull.reference.digest
         if self.shared is None or digest is None:
             return await self._fetch_upstream(pull)
-        download = await self.shared.download(digest, partial(self._fetch_rest, pull))
+        rest = partial(self._fetch_rest, pull)
+        download = await self.shared.download(digest, rest)
         if download is not None:
-            return download
+            # The store's body that breaks off goes on from the upstream (docxy.shared.body);
+            # that rest, should it break off in its turn, goes on as an upstream fill's does.
+            return replace(download, resume=rest, broke_off=(httpx.TransportError,))
         download = await self._fetch_upstream(pull)
         shared = self.shared
 

@@ -58,6 +58,9 @@ class CutBucket(Upstream):
             return answer(200, BLOB, {"Content-Length": str(len(BLOB))})
         first = 0 if self.ranges == "elsewhere" else start
         span = {"Content-Range": f"bytes {first}-{len(BLOB) - 1}/{len(BLOB)}"}
+        if self.ranges == "cut" and len(self.ranged) == 1:  # the rest breaks off in its turn
+            headers = {"Content-Length": str(len(BLOB) - first), **span}
+            return httpx.Response(206, headers=headers, stream=BreaksOff(BLOB[first:][:CUT_AT]))
         return answer(206, BLOB[first:], {"Content-Length": str(len(BLOB) - first), **span})
 
 
@@ -84,6 +87,20 @@ async def test_the_rest_comes_from_the_upstream_and_the_blob_is_kept(
     assert [path.read_bytes() == BLOB for path in kept] == [True]
     assert (health["hits"], health["resumed"], health["corrupt"], health["errors"]) == (1, 1, 0, 1)
     assert seen["docxy_shared_blobs_total{result=resumed}"] == 1
+
+
+async def test_a_rest_that_breaks_off_in_its_turn_goes_on_from_there(tmp_path: Path) -> None:
+    """The upstream's rest breaks off too, after new bytes: the fill goes on from there with
+    another Range GET, as a fill from the upstream does, and the blob is whole and kept."""
+    upstream = CutBucket("cut")
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        first = await mirror.get(blob_path())
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+        kept = cached(tmp_path)
+    assert (first.status, first.body == BLOB) == (200, True)
+    assert upstream.ranged == [f"bytes={CUT_AT}-", f"bytes={2 * CUT_AT}-"]
+    assert [path.read_bytes() == BLOB for path in kept] == [True]
+    assert (health["resumed"], health["corrupt"]) == (1, 0)
 
 
 @pytest.mark.parametrize("ranges", ["elsewhere", "refused"])
