@@ -631,9 +631,10 @@ class BlobFollower(ClosingStream):
         """The blob from ``pos`` on, for a fill the cache gave up after ``kept`` good bytes:
         those from the temp file (this follower's descriptor still reads it), the rest from
         :attr:`rest`. Verified as a fill is: the length, and the digest over every byte (the
-        kept ones hashed again from the file), before the last byte goes out; a mismatch or a
-        rest that cannot be had raises :class:`FillAborted` (the client is cut, never given a
-        short or a wrong blob). The temp file is closed before the rest is asked for. A fill
+        kept ones hashed again from the file), before the last byte goes out; a mismatch, a
+        rest that cannot be had or that breaks off (its ``broke_off``) raises
+        :class:`FillAborted` (the client is cut, never given a short or a wrong blob), with one
+        WARNING. The temp file is closed before the rest is asked for. A fill
         given up with every byte kept (verified, but its commit's sync failed) needs no rest:
         the last byte comes from the file too, once the re-hash of the whole verifies.
         """
@@ -667,16 +668,21 @@ class BlobFollower(ClosingStream):
             chunks = download.chunks
             assert chunks is not None, "a rest is read on the loop"
             held = b""  # the last byte seen so far: it goes out once the whole is verified
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                hasher.update(chunk)
-                pos += len(chunk)
-                if held:
-                    yield held
-                if len(chunk) > 1:
-                    yield chunk[:-1]
-                held = chunk[-1:]
+            try:
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    hasher.update(chunk)
+                    pos += len(chunk)
+                    if held:
+                        yield held
+                    if len(chunk) > 1:
+                        yield chunk[:-1]
+                    held = chunk[-1:]
+            except download.broke_off as exc:  # a cut, as a failed fill's: one line says why
+                said = f"the rest broke off at byte {pos}: {_name(exc)}: {exc}"
+                log.warning("blob %s: %s; the client is cut", fill.digest, said)
+                raise FillAborted(f"{fill.digest}: {said}") from exc
             problem = _verify_rest(fill, pos, hasher)
             if problem:
                 log.warning("blob %s: %s; the client is cut", fill.digest, problem)
@@ -735,7 +741,8 @@ class Download:
     handover: Handover = field(default_factory=Handover)
     #: The rest of the blob from an offset on, should ``body`` or ``chunks`` raise one of
     #: ``broke_off`` (a cut or stalled upstream) midway: the fill goes on from there, up to
-    #: :data:`RESUMES` times, each after some progress (see :func:`run_fill`).
+    #: :data:`RESUMES` times, each after some progress (see :func:`run_fill`); a follower's own
+    #: rest that raises one of them cuts its client (see :meth:`BlobFollower._resumed`).
     resume: Resume | None = None
     broke_off: tuple[type[Exception], ...] = ()
 

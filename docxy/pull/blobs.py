@@ -308,10 +308,12 @@ class BlobService:
             await answer.aclose()
             raise FetchFailed(f"{pull.upstream.host} answered bytes={offset}- with {problem}")
         self._holds_blob(pull)
+        broke_off = (httpx.TransportError,)  # a cut or stalled body: the caller's to say
         if status == 206:
-            return Download(known, answer.aiter_bytes(), answer.aclose)
+            return Download(known, answer.aiter_bytes(), answer.aclose, broke_off=broke_off)
         left = None if known is None else max(known - offset, 0)
-        return Download(left, _skipped(answer.aiter_bytes(), offset), answer.aclose)
+        chunks = _skipped(answer.aiter_bytes(), offset)
+        return Download(left, chunks, answer.aclose, broke_off=broke_off)
 
 
 def not_the_rest(

@@ -333,6 +333,47 @@ async def test_an_answer_that_is_not_the_rest_fails_at_once_unread(
     assert cached_blobs(tmp_path) == []
 
 
+class RestBreaksOff(Upstream):
+    """Answers a Range GET with the rest asked for, which breaks off after 100 KB."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        ranged = request.headers.get("range")
+        if ranged is None or request.url.host == "auth.test":
+            return super().__call__(request)
+        self.ranges.append(ranged)
+        start = int(ranged.removeprefix("bytes=").removesuffix("-"))
+        headers = {
+            "Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}",
+            "Content-Length": str(len(BLOB) - start),
+        }
+        return httpx.Response(206, headers=headers, stream=CutAfter(BLOB[start:], 100_000))
+
+
+async def test_a_followers_rest_that_breaks_off_cuts_its_client_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk failed under the fill and the client's rest from the upstream breaks off: the
+    client is cut as for any failed download (its access line ``cut``), with one WARNING
+    saying so, not an error escaping the response's body (``aborted``, a traceback)."""
+    monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    upstream = RestBreaksOff()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+        logged = AccessLog(Guard(app, None))
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            answer = await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
+    assert answer.status == 200 and not answer.complete
+    assert answer.body == BLOB[: len(answer.body)]
+    assert upstream.ranges == [None, f"bytes={HALF}-"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert line.endswith(" cut"), line
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    warned = [r for r in warned if "cannot write" not in r.getMessage()]  # the disk's own line
+    assert [r.levelno for r in warned] == [logging.WARNING], caplog.text
+    assert "ReadError: connection reset by peer" in warned[0].getMessage()
+
+
 class NoLength(Upstream):
     """Sends the blob without a Content-Length (its length unknown until its end)."""
 
