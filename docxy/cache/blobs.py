@@ -685,8 +685,9 @@ class DiskBlobStore:
             os.utime(fill.tmp_path, ns=(now, now))  # recency, to the ns, survives restarts
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(fill.tmp_path, path)
-        except OSError as exc:  # e.g. temp file removed by a concurrent `docxy cache gc`
+        except OSError as exc:  # EIO, ENOSPC (mkdir), removed by a concurrent `docxy cache gc`
             log.warning("cache: cannot store %s: %s", fill.digest, exc)
+            self._remove_temp(fill, None)  # not left behind: its followers' descriptors hold it
             return None
         entry = BlobEntry(fill.digest, path, size, now / 1e9)
         self._index[fill.digest] = entry

@@ -788,3 +788,22 @@ async def test_cancelled_writer_never_closes_the_file_under_its_io_thread(
         await guard(task)
     assert write_errors == []  # the write ended on the file it started on
     assert tmp_files(store) == []
+
+
+async def test_a_blob_the_disk_cannot_move_into_place_leaves_no_temp_file(tmp_path: Path) -> None:
+    """The verified, synced fill cannot be renamed into place (here its directory cannot be
+    made: a file has its name; EIO, ENOSPC on a full disk's mkdir): its follower still gets the
+    blob, and the temp file does not stay behind until the next start, uncounted."""
+    store = make_store(tmp_path)
+    data = blob(10_000)
+    digest = digest_of(data)
+    store.path_of(digest).parent.parent.mkdir(parents=True, exist_ok=True)
+    store.path_of(digest).parent.write_bytes(b"")  # where the blob's directory goes
+    writer = await as_writer(store, digest)
+    follower = await as_follower(store, digest)
+    async with writer:
+        await writer.write(data)
+        assert await writer.commit(len(data)) is None
+    assert await guard(follower.read_all()) == data
+    assert store.lookup(digest) is None
+    assert tmp_files(store) == []
