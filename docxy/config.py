@@ -187,6 +187,9 @@ class LimitsConfig:
     fills_per_client: int
     fills_total: int
     h2_max_streams: int  # requests at once on one HTTP/2 (h2c) connection; 0: h2c refused
+    #: client networks the per-client limits spare (a NAT-ed office, a CI farm): see
+    #: ``docxy.edge.admission``; the global caps, the allow list and failed logins still apply
+    exempt: Networks = Networks()
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,7 +488,8 @@ Parser = Callable[[object], Any]
 H2_MAX_STREAMS = 0
 #: ``/v2/`` and ``/auth/token`` requests relayed upstream per client address and minute
 #: (``docxy.edge.relays``): a docker pull asks two, so a farm behind one NAT pulls 300 images
-#: a minute before it is refused, and a loop asks the upstream 10 a second, not thousands.
+#: a minute before it is refused (unless ``limits.exempt`` lists it), and a loop asks the
+#: upstream 10 a second, not thousands.
 TOKEN_RELAYS_PER_MINUTE = 600
 
 SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
@@ -554,6 +558,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "bandwidth": (_opt_size, 0),
         "fills_per_client": (_count, 0),
         "fills_total": (_count, 0),
+        "exempt": (_networks, ""),
         "h2_max_streams": (_int_in(0, 1000), H2_MAX_STREAMS),
     },
     "auth": {

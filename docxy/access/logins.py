@@ -7,6 +7,11 @@ empty, the client's logins are refused (``429`` with ``Retry-After``) before any
 checked, the right one included: a refusal that still said "right" would not stop guessing.
 Counted by address, never by user name, so nobody can lock a user out from elsewhere; a
 login that succeeds or carries no password costs nothing.
+
+``limits.exempt`` does not spare it, unlike the other per-client limits: a password guesser
+inside a NAT-ed office is still guessing, and its colleagues, whose logins are right, spend
+nothing from the bucket they share; only a burst of wrong ones (a guesser, or a misconfigured
+job) empties it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ An ASGI layer inside the access log (so every refusal is logged like any request
    manifest-fetch bucket (GETs of manifests) and a bandwidth bucket; an empty bucket is
    ``429 TOOMANYREQUESTS`` with ``Retry-After``.
 
+An address in ``limits.exempt`` (a NAT-ed office, a CI farm: many clients behind one address,
+which per-address buckets cannot tell apart) passes step 3 untouched, whoever it logged in
+as: it takes from no bucket, is never paced, is refused by none of them, and its fills count
+towards ``limits.fills_total`` only (:data:`docxy.edge.fills.EXEMPT`). Steps 1 and 2 still
+hold: an exempt network is spared limits, not let in. The address is the one step 1 checks
+(behind ``server.trusted_proxies``, the one they name).
+
 Bandwidth is charged as body bytes go out: a response whose client is over its rate is paced
 (the next chunk waits until the debt is paid), and a new request from a client whose debt is
 more than :data:`BANDWIDTH_GRACE` seconds deep is refused. Pacing alone keeps one download at the
@@ -37,7 +44,7 @@ from docxy.core.errors import Denied, RegistryError, TooManyRequests
 from docxy.core.headers import API_VERSION_HEADER
 from docxy.core.names import Kind, parse_v2_path, upstream_name
 from docxy.edge.clients import client_identity, limit_key, request_address
-from docxy.edge.fills import CLIENT
+from docxy.edge.fills import CLIENT, EXEMPT
 from docxy.edge.limits import Buckets, Clock, retry_after
 from docxy.edge.replies import send_error
 from docxy.upstream.client import Upstream
@@ -69,6 +76,7 @@ class Admission:
         self.config = config
         self.access = access
         self.allow = config.access.allow
+        self.exempt = config.limits.exempt
         self.rules = config.access.rules
         others = [Upstream.from_config(named) for named in config.upstreams]
         self.upstreams = Upstreams(Upstream.from_config(config.upstream), others)
@@ -88,22 +96,25 @@ class Admission:
             return
         address = request_address(scope, self.config.server)
         key = limit_key(client_identity(scope, self.access), address)
-        refusal = self._admit(scope, address, key)
+        exempt = address in self.exempt
+        refusal = self._admit(scope, address, None if exempt else key)
         if refusal is not None:
             setting, error = refusal
             self.refused[setting] += 1
             await send_error(send, error, [API_VERSION_HEADER])
             return
-        named = CLIENT.set(key)  # for the fill caps (docxy.edge.fills), in the tasks it starts
+        # for the fill caps (docxy.edge.fills), in the tasks the request starts
+        named = CLIENT.set(EXEMPT if exempt else key)
         try:
-            await self._serve(scope, receive, send, key)
+            await self._serve(scope, receive, send, None if exempt else key)
         finally:
             CLIENT.reset(named)
 
     async def _serve(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable, key: str
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable, key: str | None
     ) -> None:
-        if not self.bandwidth:
+        """The request, its body paced to ``key``'s bandwidth (None: exempt, never paced)."""
+        if not self.bandwidth or key is None:
             await self.app(scope, receive, send)
             return
 
@@ -120,9 +131,9 @@ class Admission:
         """Requests refused so far, by the setting that refused them (``docxy_refused_total``)."""
         return dict(self.refused)
 
-    def _admit(self, scope: Any, address: Address | None, key: str) -> Refusal | None:
+    def _admit(self, scope: Any, address: Address | None, key: str | None) -> Refusal | None:
         """Why the request may not pass (the setting that refuses it, and the error to send);
-        None: it may."""
+        None: it may. ``key`` None: a client exempt from the per-client limits."""
         if self.allow and address not in self.allow:
             who = address or "this client"
             return "access.allow", Denied(f"access denied: {who} is not allowed to use this mirror")
@@ -131,6 +142,8 @@ class Admission:
             refusal = self.rules.refusal(name)
             if refusal is not None:
                 return "access.repositories", Denied(refusal, {"name": name})
+        if key is None:
+            return None
         wait = self.requests.take(key)
         if wait > 0:
             return "limits.requests_per_minute", _too_many(

@@ -6,8 +6,9 @@ things the hostile-traffic run showed missing:
 - **a cap** on open connections (``limits.max_connections``): one over the cap gets a short
   ``503`` with ``Retry-After`` and is closed at once, so a flood costs one descriptor per
   connection for microseconds, not for as long as the client likes; and a cap per address
-  (``limits.connections_per_client``, an IPv6 client by its /64, trusted proxies exempt), so
-  one client cannot hold every place of the first (``429`` beyond it);
+  (``limits.connections_per_client``, an IPv6 client by its /64; trusted proxies and
+  ``limits.exempt`` spared), so one client cannot hold every place of the first (``429``
+  beyond it);
 - **a prompt close** when the peer hangs up: hypercorn keeps the connection's idle timer
   running after the peer's EOF and closes the socket only when it fires, so 3000
   connect-and-close clients left 3000 descriptors in CLOSE-WAIT for ``keep_alive_timeout``;
@@ -154,13 +155,15 @@ class TLSListeners:
 class ConnectionGuard:
     """The shared count of open connections and the limits every connection obeys: the cap
     on all of them, and on those from one address (``per_client``; an IPv6 client by its
-    /64, as the per-client limits count it). A trusted proxy's connections carry many clients:
-    only the total counts them."""
+    /64, as the per-client limits count it). A trusted proxy's connections carry many clients,
+    and so do those from an ``exempt`` network (``limits.exempt``: a NAT, a CI farm): only the
+    total counts them. The address is the peer's: no request has named a client yet."""
 
     max_connections: int
     send_timeout: float | None
     per_client: int = 0  # 0: no cap per address
     trusted: Networks = field(default_factory=Networks)
+    exempt: Networks = field(default_factory=Networks)
     open: int = 0
     refused: int = 0
     refused_per_client: int = 0
@@ -203,7 +206,7 @@ class ConnectionGuard:
         if not self.per_client or not isinstance(peer, tuple) or not peer:
             return None
         address = parse_address(str(peer[0]))
-        if address is None or address in self.trusted:
+        if address is None or address in self.trusted or address in self.exempt:
             return None
         return client_key(address)
 

@@ -5,7 +5,8 @@ A fill is the mirror fetching a blob it does not hold; it costs upstream quota, 
 cache space whether or not the client stays to read it. A request that would *start* one more
 fill than allowed is answered ``429 TOOMANYREQUESTS``; joining a fill already running, or a
 cache hit, is free. The client is the one admission named for this request (:data:`CLIENT`, a
-context variable admission sets, so it follows the request into the tasks it starts).
+context variable admission sets, so it follows the request into the tasks it starts); a client
+in ``limits.exempt`` is named :data:`EXEMPT`, whose fills count towards ``fills_total`` only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from contextvars import ContextVar
 from docxy.core.errors import TooManyRequests
 
 CLIENT: ContextVar[str] = ContextVar("docxy_client", default="unknown")
+#: The name admission gives every client in ``limits.exempt``: never a client key (an address,
+#: an IPv6 /64, ``user:NAME``, ``cert:NAME``, ``unknown``), and never capped per client.
+EXEMPT = "(exempt)"
 #: What a refused client is told to wait: fills of whole layers take a while.
 RETRY_AFTER = "10"
 
@@ -44,7 +48,7 @@ class FillPermits:
                 "the mirror is fetching as much as it may; try again shortly",
                 {"retry_after": RETRY_AFTER},
             )
-        if self.per_client and self.running[client] >= self.per_client:
+        if self.per_client and client != EXEMPT and self.running[client] >= self.per_client:
             self.refused += 1
             self.refused_by["limits.fills_per_client"] += 1
             raise TooManyRequests(

@@ -19,6 +19,11 @@ however many layers (measured through the mirror with a 40-layer image), and con
 a token only when a request is challenged; dockerd's ``/v2/`` carries no credentials, and is
 answered from the known challenge. Keyed by address, never by user: the relays are what an
 anonymous client can make the mirror send.
+
+An address in ``limits.exempt`` counts none (``docxy.http.routes.count_relay`` asks): a CI farm
+behind one NAT is hundreds of dockerds, each asking a token per image, which one address's
+bucket would throttle however well each behaves. The operator who lists a network vouches for
+it; a loop inside it spends the mirror's standing with the upstream, which is the trade.
 """
 
 from __future__ import annotations

@@ -60,8 +60,11 @@ def refuse_unsendable() -> None:
 def count_relay(state: MirrorState, *, refuse: bool = True) -> bool:
     """This request is about to be passed upstream with no pull behind it (its ``/v2/``, its
     token): one from its address's bucket (True), or ``429`` (``docxy.edge.relays``); False
-    instead of the ``429`` when not ``refuse`` (the caller has an answer of its own)."""
+    instead of the ``429`` when not ``refuse`` (the caller has an answer of its own). An
+    address in ``limits.exempt`` counts nothing and is never refused."""
     address = request_address(request.scope, state.config.server)  # type: ignore[arg-type]
+    if address in state.config.limits.exempt:
+        return True
     return state.relays.take(limit_key(None, address), refuse=refuse)
 
 

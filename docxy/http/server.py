@@ -214,6 +214,7 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> _HypercornCon
         limits.send_timeout,
         per_client=limits.connections_per_client,
         trusted=config.server.trusted_proxies,
+        exempt=limits.exempt,
     )
     return hc
 

@@ -21,6 +21,7 @@ from docxy.edge.connections import TRIM_DELAY
 from lab.bed import Bed
 from lab.bed.images import generated_chunks
 from lab.mirror import Mirror
+from lab.ports import LOOPBACK, free_port
 from tests.conftest import StartMirror
 from tests.e2e.waiting import eventually
 
@@ -328,3 +329,27 @@ def test_one_address_cannot_take_every_connection(start_mirror: StartMirror) -> 
     finally:
         for sock in held:
             sock.close()
+
+
+def test_an_exempt_address_is_spared_the_request_rate(bed: Bed, start_mirror: StartMirror) -> None:
+    """``limits.exempt`` (here from the environment, as compose passes it): a CI farm behind
+    one address (127.0.0.2) pulls past ``limits.requests_per_minute``, another address
+    (127.0.0.3) is refused at it, and only the other's refusals are counted."""
+    limit = 5
+    admin = free_port()
+    mirror = start_mirror(
+        "--set", f"limits.requests_per_minute={limit}",
+        "--set", f"server.admin_listen={LOOPBACK}:{admin}",
+        env={"DOCXY_LIMITS_EXEMPT": "127.0.0.2/32, 2001:db8:42::/48"},
+    )  # fmt: skip
+    path = "/v2/hello/manifests/latest"
+    with client(mirror, "127.0.0.2") as farm, client(mirror, "127.0.0.3") as other:
+        headers = bearer(farm, HELLO)  # a /v2/ and a token: two requests already
+        pulls = [farm.get(path, headers=headers).status_code for _ in range(3 * limit)]
+        assert pulls == [200] * (3 * limit)
+        assert farm.get("/v2/").status_code == 401  # the registry's challenge, not a 429
+        answers = [other.get("/v2/") for _ in range(limit + 3)]
+    assert [a.status_code for a in answers] == [401] * limit + [429] * 3
+    assert all(a.json()["errors"][0]["code"] == "TOOMANYREQUESTS" for a in answers[limit:])
+    metrics = httpx.get(f"http://{LOOPBACK}:{admin}/metrics", timeout=10).text
+    assert 'docxy_refused_total{setting="limits.requests_per_minute"} 3.0' in metrics

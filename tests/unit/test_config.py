@@ -180,6 +180,7 @@ SAMPLES = {
     "limits.bandwidth": "10M",
     "limits.fills_per_client": "2",
     "limits.fills_total": "8",
+    "limits.exempt": "10.20.0.0/16, 2001:db8:42::/48",
     "limits.h2_max_streams": "4",
     "auth.mode": "users",
     "auth.dir": "/tmp/docxy-access",
