@@ -631,12 +631,14 @@ class BlobFollower(ClosingStream):
         """The blob from ``pos`` on, for a fill the cache gave up after ``kept`` good bytes:
         those from the temp file (this follower's descriptor still reads it), the rest from
         :attr:`rest`. Verified as a fill is: the length, and the digest over every byte (the
-        kept ones hashed again from the file), before the last byte goes out; a mismatch, a
-        rest that cannot be had or that breaks off (its ``broke_off``) raises
-        :class:`FillAborted` (the client is cut, never given a short or a wrong blob), with one
-        WARNING. The temp file is closed before the rest is asked for. A fill
-        given up with every byte kept (verified, but its commit's sync failed) needs no rest:
-        the last byte comes from the file too, once the re-hash of the whole verifies.
+        kept ones hashed again from the file), before the last byte goes out. A rest that breaks
+        off (its ``broke_off``) goes on from there, as a fill's download does (up to
+        :data:`RESUMES` times, each after new bytes); a mismatch, a rest that cannot be had or
+        keeps breaking off raises :class:`FillAborted` (the client is cut, never given a short
+        or a wrong blob), with one WARNING. The temp file is closed before the rest is asked
+        for. A fill given up with every byte kept (verified, but its commit's sync failed)
+        needs no rest: the last byte comes from the file too, once the re-hash of the whole
+        verifies.
         """
         rest, fill = self.rest, self.fill
         assert rest is not None
@@ -659,16 +661,18 @@ class BlobFollower(ClosingStream):
             return
         self.close()
         self.handover.at = pos
-        try:
-            download = await rest(pos, fill.size)
-        except FetchFailed as exc:
-            log.warning("blob %s: cannot get the rest after byte %d: %s", fill.digest, pos, exc)
-            raise FillAborted(f"the rest of {fill.digest} could not be had: {exc}") from exc
-        try:
-            chunks = download.chunks
-            assert chunks is not None, "a rest is read on the loop"
-            held = b""  # the last byte seen so far: it goes out once the whole is verified
+        held = b""  # the last byte seen so far: it goes out once the whole is verified
+        tries = 0
+        while True:
             try:
+                download = await rest(pos, fill.size)
+            except FetchFailed as exc:
+                log.warning("blob %s: cannot get the rest after byte %d: %s", fill.digest, pos, exc)
+                raise FillAborted(f"the rest of {fill.digest} could not be had: {exc}") from exc
+            start = pos
+            try:
+                chunks = download.chunks
+                assert chunks is not None, "a rest is read on the loop"
                 async for chunk in chunks:
                     if not chunk:
                         continue
@@ -679,18 +683,28 @@ class BlobFollower(ClosingStream):
                     if len(chunk) > 1:
                         yield chunk[:-1]
                     held = chunk[-1:]
-            except download.broke_off as exc:  # a cut, as a failed fill's: one line says why
+                break
+            except download.broke_off as exc:  # goes on from there, as a fill's download does
                 said = f"the rest broke off at byte {pos}: {_name(exc)}: {exc}"
-                log.warning("blob %s: %s; the client is cut", fill.digest, said)
-                raise FillAborted(f"{fill.digest}: {said}") from exc
-            problem = _verify_rest(fill, pos, hasher)
-            if problem:
-                log.warning("blob %s: %s; the client is cut", fill.digest, problem)
-                raise FillAborted(f"{fill.digest}: {problem}")
-            if held:
-                yield held
-        finally:
-            await download.close()
+                if tries >= RESUMES or pos == start:
+                    log.warning("blob %s: %s; the client is cut", fill.digest, said)
+                    raise FillAborted(f"{fill.digest}: {said}") from exc
+                tries += 1
+                log.info(
+                    "blob %s: %s; going on from there (%d of %d)",
+                    fill.digest,
+                    said,
+                    tries,
+                    RESUMES,
+                )
+            finally:
+                await download.close()
+        problem = _verify_rest(fill, pos, hasher)
+        if problem:
+            log.warning("blob %s: %s; the client is cut", fill.digest, problem)
+            raise FillAborted(f"{fill.digest}: {problem}")
+        if held:
+            yield held
 
     async def _last_kept(self, pos: int, hasher: Hasher) -> AsyncIterator[bytes]:
         """The kept blob's last byte, at ``pos``, once ``hasher`` (over all of it) verifies."""

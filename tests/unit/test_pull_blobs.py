@@ -334,7 +334,11 @@ async def test_an_answer_that_is_not_the_rest_fails_at_once_unread(
 
 
 class RestBreaksOff(Upstream):
-    """Answers a Range GET with the rest asked for, which breaks off after 100 KB."""
+    """Answers a Range GET with the rest asked for, which breaks off after ``every`` bytes."""
+
+    def __init__(self, every: int = 100_000) -> None:
+        super().__init__()
+        self.every = every
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         ranged = request.headers.get("range")
@@ -346,15 +350,38 @@ class RestBreaksOff(Upstream):
             "Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}",
             "Content-Length": str(len(BLOB) - start),
         }
-        return httpx.Response(206, headers=headers, stream=CutAfter(BLOB[start:], 100_000))
+        return httpx.Response(206, headers=headers, stream=CutAfter(BLOB[start:], self.every))
 
 
-async def test_a_followers_rest_that_breaks_off_cuts_its_client_with_one_warning(
+async def test_a_followers_rest_that_breaks_off_goes_on_from_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The disk failed under the fill and the client's rest from the upstream breaks off: the
-    client is cut as for any failed download (its access line ``cut``), with one WARNING
-    saying so, not an error escaping the response's body (``aborted``, a traceback)."""
+    """The disk failed under the fill and the client's rest from the upstream breaks off every
+    200 KB: the client's rest goes on from there, as a fill's download does (two resumes, an
+    INFO line each), and the client gets the whole blob."""
+    monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    upstream = RestBreaksOff(every=200_000)
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            answer = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    starts = [HALF, HALF + 200_000, HALF + 400_000]
+    assert upstream.ranges == [None, *[f"bytes={start}-" for start in starts]]
+    went_on = [r for r in caplog.records if "going on from there" in r.getMessage()]
+    assert [r.levelno for r in went_on] == [logging.INFO] * 2
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r for r in warned if "cannot write" not in r.getMessage()] == [], caplog.text
+
+
+async def test_a_followers_rest_that_keeps_breaking_off_cuts_its_client_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk failed under the fill and the client's rest from the upstream breaks off every
+    100 KB: after three resumes (400 KB of the 512 KiB left) the client is cut as for any
+    failed download (its access line ``cut``), with one WARNING saying so, not an error
+    escaping the response's body (``aborted``, a traceback)."""
     monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
     upstream = RestBreaksOff()
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
@@ -365,7 +392,8 @@ async def test_a_followers_rest_that_breaks_off_cuts_its_client_with_one_warning
             answer = await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
     assert answer.status == 200 and not answer.complete
     assert answer.body == BLOB[: len(answer.body)]
-    assert upstream.ranges == [None, f"bytes={HALF}-"]
+    starts = [HALF + n * 100_000 for n in range(4)]
+    assert upstream.ranges == [None, *[f"bytes={start}-" for start in starts]]
     [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
     assert line.endswith(" cut"), line
     warned = [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -153,6 +153,10 @@ def test_certs_status_of_a_pair_it_cannot_serve_fails(
     assert "error" in json.loads(capsys.readouterr().out)
 
 
+def _sigint_as_a_terminal_has_it() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
     """Ctrl-C while ``docxy warm`` waits on the mirror (a long download, a stalled mirror)
     printed a KeyboardInterrupt traceback through httpx's and httpcore's frames. It now
@@ -179,6 +183,10 @@ def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell without job control starts background commands with SIGINT ignored, and
+            # Python keeps an ignored SIGINT ignored (no KeyboardInterrupt): a test run so
+            # (`.ci/run &` from a script) waited for ever. Ctrl-C at a terminal has it.
+            preexec_fn=_sigint_as_a_terminal_has_it,
         )
         try:
             stalled.settimeout(60)
@@ -188,6 +196,7 @@ def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
             connection.close()
         finally:
             warm.kill()
+            warm.communicate()  # reaped, its pipes closed: nothing left to the next test
     assert "Traceback" not in err, err
     assert warm.returncode == 130, (warm.returncode, err)
     assert err.strip() == "docxy: interrupted", err
