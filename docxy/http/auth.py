@@ -173,7 +173,13 @@ async def token() -> Response:
     upstream = state.upstreams.for_token(ask.get("upstream"), ask.scopes)
     if ask.credentialed and not credentials_go_to(upstream, ask):
         ask = ask.anonymous()
-    count_relay(state)  # what follows asks the upstream, from the mirror's address
+    # A relay (docxy.edge.relays) is counted once for a request that asks the upstream
+    # anything, before the first thing it asks: the realm lookup's /v2/ when the realm is not
+    # known, else the token service. A token the mirror answers itself (mirror-only, 404)
+    # asks nothing and counts nothing.
+    relayed = not state.client.realm_known(upstream)
+    if relayed:
+        count_relay(state)
     try:
         realm = await state.client.auth_realm(upstream)
     except UpstreamError as exc:
@@ -192,6 +198,8 @@ async def token() -> Response:
         prefix=upstream.name,
         own_service=not upstream.is_default,
     )
+    if not relayed:
+        count_relay(state)
     try:
         answer = await _ask_upstream(upstream, realm, ask, params)
         body = await read_small(answer)

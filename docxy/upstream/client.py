@@ -444,6 +444,11 @@ class UpstreamClient:
         cached = self._realms.get(upstream.host)
         return cached is not None and time.monotonic() - cached[0] < REALM_TTL
 
+    def realm_known(self, upstream: Upstream) -> bool:
+        """Whether :meth:`auth_realm` answers without asking the upstream's ``/v2/``: the realm
+        is configured, or the mirror's last look at its challenge is fresh."""
+        return upstream.auth_realm is not None or self.challenge_fresh(upstream)
+
     async def auth_realm(self, upstream: Upstream) -> str | None:
         if upstream.auth_realm is not None:
             return upstream.auth_realm
