@@ -32,7 +32,7 @@ from docxy.edge.clients import limit_key, request_address
 from docxy.http.routes import count_relay, refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
-from docxy.upstream.client import Upstream, read_small
+from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
 
 if TYPE_CHECKING:
     from docxy.access.authority import Issued
@@ -43,7 +43,6 @@ blueprint = Blueprint("token", __name__)
 
 OFFLINE_TOKEN = "docxy-offline"
 OFFLINE_TOKEN_LIFETIME = 60
-AUTH_TROUBLE = frozenset({429, 500, 502, 503, 504})
 FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offline_token"})
 NO_REFRESH_TOKENS = "this mirror issues no refresh tokens: docker login again"
 
@@ -207,7 +206,7 @@ async def token() -> Response:
         if state.cache is None:
             raise
         return offline_token(exc.message, ask.credentialed)
-    if answer.status_code in AUTH_TROUBLE and state.cache is not None:
+    if answer.status_code in SERVER_TROUBLE and state.cache is not None:
         reason = f"the upstream's token service answered {answer.status_code}"
         return offline_token(reason, ask.credentialed)
     if answer.status_code == 200 and not ask.credentialed:
