@@ -132,10 +132,7 @@ class Renewer(Runs):
             timeout=s.certbot_timeout,
         )
         try:
-            if lineage.issued():
-                lineage.renew(deploy_hook=s.deploy_hook, before_obtain=self._wait_for_mirror)
-            else:
-                lineage.obtain(self._wait_for_mirror)
+            lineage.ensure(deploy_hook=s.deploy_hook, before_obtain=self._wait_for_mirror)
         finally:
             if lineage.set_aside is not None:
                 self.set_aside = lineage.set_aside.as_dict()

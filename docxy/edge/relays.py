@@ -12,7 +12,9 @@ A ``/v2/`` without credentials only asks for the challenge, the same for every c
 the mirror's own probe of the upstream's ``/v2/`` keeps (``UpstreamClient.challenge``): while
 that is fresh, it is answered from it, relays nothing and counts nothing; a client out of
 relays gets it however old, never a ``429``. A ``/v2/`` with credentials (``docker login``
-checking a token) is relayed, and counted: only the upstream can say whether they hold.
+checking a token) is relayed, and counted: only the upstream can say whether they hold. A
+token request counts once if it asks the upstream anything (the realm lookup's ``/v2/``, the
+token service); one the mirror answers itself (``mirror_only_token``) counts nothing.
 
 A real pull asks few: dockerd 20.10 sends one ``/v2/`` and one ``/auth/token`` per image,
 however many layers (measured through the mirror with a 40-layer image), and containerd asks

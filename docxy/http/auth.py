@@ -32,7 +32,7 @@ from docxy.edge.clients import limit_key, request_address
 from docxy.http.routes import count_relay, refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
-from docxy.upstream.client import Upstream, read_small
+from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
 
 if TYPE_CHECKING:
     from docxy.access.authority import Issued
@@ -43,7 +43,6 @@ blueprint = Blueprint("token", __name__)
 
 OFFLINE_TOKEN = "docxy-offline"
 OFFLINE_TOKEN_LIFETIME = 60
-AUTH_TROUBLE = frozenset({429, 500, 502, 503, 504})
 FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offline_token"})
 NO_REFRESH_TOKENS = "this mirror issues no refresh tokens: docker login again"
 
@@ -173,7 +172,13 @@ async def token() -> Response:
     upstream = state.upstreams.for_token(ask.get("upstream"), ask.scopes)
     if ask.credentialed and not credentials_go_to(upstream, ask):
         ask = ask.anonymous()
-    count_relay(state)  # what follows asks the upstream, from the mirror's address
+    # A relay (docxy.edge.relays) is counted once for a request that asks the upstream
+    # anything, before the first thing it asks: the realm lookup's /v2/ when the realm is not
+    # known, else the token service. A token the mirror answers itself (mirror-only, 404)
+    # asks nothing and counts nothing.
+    relayed = not state.client.realm_known(upstream)
+    if relayed:
+        count_relay(state)
     try:
         realm = await state.client.auth_realm(upstream)
     except UpstreamError as exc:
@@ -192,6 +197,8 @@ async def token() -> Response:
         prefix=upstream.name,
         own_service=not upstream.is_default,
     )
+    if not relayed:
+        count_relay(state)
     try:
         answer = await _ask_upstream(upstream, realm, ask, params)
         body = await read_small(answer)
@@ -199,7 +206,7 @@ async def token() -> Response:
         if state.cache is None:
             raise
         return offline_token(exc.message, ask.credentialed)
-    if answer.status_code in AUTH_TROUBLE and state.cache is not None:
+    if answer.status_code in SERVER_TROUBLE and state.cache is not None:
         reason = f"the upstream's token service answered {answer.status_code}"
         return offline_token(reason, ask.credentialed)
     if answer.status_code == 200 and not ask.credentialed:

@@ -431,7 +431,7 @@ class MirrorCollector(Collector):
             "docxy_shared_blobs",
             "Local misses asked of the shared store: hit (filled from it), miss, corrupt "
             "(its object, read whole, did not verify), resumed (a hit whose body broke off, "
-            "finished from the upstream).",
+            "finished from the upstream: the rest read to its end and the blob verified).",
             labels=["result"],
         )
         for result, value in (

@@ -9,6 +9,10 @@ GET). The fill verifies length and digest over the whole body at its commit, as 
 so a rest that is not the blob's is never kept nor served as a whole blob. Where the upstream
 took over is told to the fill (:class:`~docxy.cache.fill.Handover`) before its first byte: the
 bytes from there on spent upstream quota, and are counted as the upstream's.
+
+:meth:`ObjectBody.finished` says whether the body was finished that way: the rest read to its
+end, and the whole not told a mismatch (a rest refused, broken off, from the wrong byte or not
+the blob's finished nothing).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class ObjectBody:
         self.broke = broke
         self.handover = handover
         self.resumed: Download | None = None
+        self._rest_read = False  # the rest's last byte came
+        self._mismatched = False  # the fill found the whole not the blob
 
     async def chunks(self) -> AsyncIterator[bytes]:
         sent = 0
@@ -78,6 +84,19 @@ class ObjectBody:
             assert rest is not None, "a rest is read on the loop"
             async for chunk in rest:
                 yield chunk
+            self._rest_read = True
+
+    def mismatch(self) -> None:
+        """The fill found the whole (the store's part and the rest) not the blob."""
+        self._mismatched = True
+
+    def finished(self, kept: bool = False) -> bool:
+        """Whether the body broke off and the upstream's rest made the blob whole: read to its
+        end (or the fill, ``kept``, verified and stored it: a rest that broke off in its turn
+        went on with the fill's own resume), and not found wrong (the fill tells
+        :meth:`mismatch` before it closes the download)."""
+        resumed = self.handover.at is not None
+        return resumed and (self._rest_read or kept) and not self._mismatched
 
     async def close(self) -> None:
         await self.answer.aclose()

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import httpx
 
 from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.errors import VerifyError
 from docxy.cache.files import BlobFile
 from docxy.cache.fill import Download, Handover, Resume
 from docxy.config import SharedConfig
@@ -70,6 +71,7 @@ class SharedCounts:
     upload_skipped: int = 0  # already stored
     upload_failed: int = 0
     resumed: int = 0  # fills from an object whose body broke off, finished from the upstream
+    # (counted once the rest was read to its end and the whole verified: not when asked for)
     errors: int = 0  # object store requests that failed (unreachable, 5xx, 403...)
 
 
@@ -124,31 +126,27 @@ class SharedTier:
         size = int(length) if length.isdigit() else None
         log.info("blob %s: filling from the shared store", digest)
         handover = Handover()
-        body = ObjectBody(
-            digest,
-            size,
-            answer,
-            first,
-            chunks,
-            None if rest is None else self._counted(rest),
-            self._trouble,
-            handover,
-        )
+        body = ObjectBody(digest, size, answer, first, chunks, rest, self._trouble, handover)
+
+        def mismatch(_: VerifyError) -> str:
+            body.mismatch()
+            return self._unverified(digest, handover)
+
+        async def close() -> None:
+            # Counted before the first await: the fill closes its download right after its
+            # commit, in the same step that lets its clients have the last byte.
+            if body.finished(kept=self.blobs.lookup(digest) is not None):
+                self.counts.resumed += 1
+            await body.close()
+
         return Download(
             size,
             body.chunks(),
-            body.close,
-            mismatch=lambda _: self._unverified(digest, handover),
+            close,
+            mismatch=mismatch,
             origin=ORIGIN,
             handover=handover,
         )
-
-    def _counted(self, rest: Resume) -> Resume:
-        async def resumed(offset: int, size: int | None) -> Download:
-            self.counts.resumed += 1
-            return await rest(offset, size)
-
-        return resumed
 
     def _unverified(self, digest: Digest, handover: Handover) -> str:
         """A fill from the object did not verify: what the tier makes of it, for the end of

@@ -328,33 +328,30 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(described, indent=2))
         return 1 if "error" in described else 0  # shown either way; a script sees the failure
     config_dir = _need(certs.config_dir, "certs.config_dir")
-    if args.certs_command == "obtain":
-        live = obtain(
-            _need(certs.domain, "certs.domain"),
-            certs.email,
-            webroot=_need(certs.webroot, "certs.webroot"),
-            config_dir=config_dir,
-            acme_server=certs.acme_server,
-            ca_bundle=certs.ca_bundle,
-            staging=args.staging,
-            dry_run=args.dry_run,
-        )
-    else:
-        from docxy.tls.lineage import Lineage  # which imports this module
+    from docxy.tls.lineage import Lineage  # which imports this module
 
-        lineage = Lineage(
-            config_dir,
-            _need(certs.domain, "certs.domain"),
-            webroot=certs.webroot,
-            email=certs.email,
-            acme_server=certs.acme_server,
-            ca_bundle=certs.ca_bundle,
-        )
+    lineage = Lineage(
+        config_dir,
+        _need(certs.domain, "certs.domain"),
+        webroot=certs.webroot,
+        email=certs.email,
+        acme_server=certs.acme_server,
+        ca_bundle=certs.ca_bundle,
+        staging=getattr(args, "staging", False),
+    )
+    if lineage.staging and lineage.acme_server:
+        raise ValueError("give either an ACME server or staging, not both")
+    if args.certs_command == "obtain":
+        # As the renewer does: an issued lineage is renewed (when due), never issued over into
+        # <domain>-0001; one certbot cannot go on from is set aside and obtained anew.
+        _need(certs.webroot, "certs.webroot")
+        lineage.ensure(dry_run=args.dry_run)
+    else:
         lineage.renew(force=args.force, dry_run=args.dry_run)
-        live = lineage.live
-        if lineage.set_aside is not None:
-            aside = lineage.set_aside
-            print(f"set aside to {aside.moved_to} and obtained anew: {aside.reason}")
+    live = lineage.live
+    if lineage.set_aside is not None:
+        aside = lineage.set_aside
+        print(f"set aside to {aside.moved_to} and obtained anew: {aside.reason}")
     print(live)
     if cert_path is not None and key_path is not None and not args.dry_run:
         changed = install(live, cert_path, key_path)

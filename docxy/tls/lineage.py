@@ -17,8 +17,9 @@ against pebble, ``tests/e2e/test_renewal_faults_e2e.py``):
 :class:`Lineage` renews; in those cases it moves what is left of the lineage to
 ``orphaned/<UTC time>/`` in the config directory (the links in live/ are relative, so they still
 resolve there) and obtains a new certificate through the webroot, in the same call. The renewer
-(:mod:`scheduler.renewal`) and ``docxy certs renew`` both renew through here. certbot itself
-judges a configuration broken (its "parse failure"): its rules are not copied here.
+(:mod:`scheduler.renewal`), ``docxy certs renew`` and ``docxy certs obtain`` all go through
+here (:meth:`Lineage.ensure`: renewed once issued, else obtained). certbot itself judges a
+configuration broken (its "parse failure"): its rules are not copied here.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Lineage:
     acme_server: str | None = None
     ca_bundle: Path | None = None
     timeout: float = certs.TIMEOUT
+    staging: bool = False  # a new certificate from Let's Encrypt's staging CA
     set_aside: SetAside | None = field(default=None, init=False)
 
     @property
@@ -137,16 +139,38 @@ class Lineage:
         self._set_aside(trouble)
         self._obtain(before_obtain)
 
-    def obtain(self, before: Callable[[], None] | None = None) -> None:
+    def ensure(
+        self,
+        *,
+        deploy_hook: str | None = None,
+        dry_run: bool = False,
+        before_obtain: Callable[[], None] | None = None,
+    ) -> None:
+        """A certificate for the domain, however the lineage stands: renewed (when due) once
+        issued, else obtained; what certbot cannot go on from is set aside either way. The
+        renewer's run and ``docxy certs obtain``."""
+        if self.issued():
+            self.renew(deploy_hook=deploy_hook, dry_run=dry_run, before_obtain=before_obtain)
+        else:
+            self.obtain(before_obtain, dry_run=dry_run)
+
+    def obtain(self, before: Callable[[], None] | None = None, *, dry_run: bool = False) -> None:
         """A first certificate for the domain. What an earlier lineage left (a renewal
         configuration whose live/ is gone, an archive/) is set aside first: certbot would
-        otherwise issue into ``<domain>-0001``, which nothing installs."""
+        otherwise issue into ``<domain>-0001``, which nothing installs. ValueError, with
+        nothing moved, for a dry run that would have to move it."""
         left = [path for path in self._parts() if path.exists()]
         self._need_webroot("no certificate has been obtained yet")
         if left:
             names = ", ".join(str(path.relative_to(self.config_dir)) for path in left)
-            self._set_aside(f"{self.live / 'fullchain.pem'} is missing but {names} remain")
-        self._obtain(before)
+            trouble = f"{self.live / 'fullchain.pem'} is missing but {names} remain"
+            if dry_run:
+                raise ValueError(
+                    f"{trouble}: run without --dry-run to move them to"
+                    f" {self.config_dir / ORPHANED}/ and obtain a new certificate"
+                )
+            self._set_aside(trouble)
+        self._obtain(before, dry_run=dry_run)
 
     def _parts(self) -> tuple[Path, Path, Path]:
         return self.renewal_conf, self.live, self.config_dir / "archive" / self.domain
@@ -159,7 +183,7 @@ class Lineage:
                 " --webroot, env DOCXY_CERTS_WEBROOT or the TOML key"
             )
 
-    def _obtain(self, before: Callable[[], None] | None) -> None:
+    def _obtain(self, before: Callable[[], None] | None, *, dry_run: bool = False) -> None:
         assert self.webroot is not None  # _need_webroot
         if before is not None:
             before()
@@ -170,7 +194,8 @@ class Lineage:
             config_dir=self.config_dir,
             acme_server=self.acme_server,
             ca_bundle=self.ca_bundle,
-            staging=False,
+            staging=self.staging,
+            dry_run=dry_run,
             timeout=self.timeout,
         )
 

@@ -44,8 +44,12 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 REALM_TTL = 600.0
 MAX_SMALL_BODY = 4 * 1024 * 1024
-#: Answers that mean "the upstream is in trouble, try later" (the routes serve stale on them).
-SERVER_TROUBLE = frozenset({429, 500, 502, 503, 504})
+#: Answers that mean "the upstream is in trouble, try later": the routes serve stale on them,
+#: and /health counts them as failures. A 429, and every 5xx: a CDN front's own (Cloudflare's
+#: 520-524 and 530: the origin down, unreachable, timing out or unresolved) as much as a
+#: 500-504; no 5xx says anything of the content asked (as a 404 does), so a cached copy is
+#: never contradicted by serving it. (A status past 599 is no HTTP status, nor a success.)
+SERVER_TROUBLE = frozenset({429, *range(500, 1000)})
 #: Seconds the mirror's own rate limit is taken to stand after a 429 without ``Retry-After``,
 #: and at most with one (Docker Hub's pull window is 6 hours).
 RATE_LIMIT_HOLD = 600.0
@@ -164,8 +168,8 @@ class UpstreamHealth:
     def answered(
         self, status: int, own: bool = True, pull: bool = True, retry_after: str | None = None
     ) -> None:
-        """An answer came back: a 429/5xx is an outage for the routes, so for health too
-        (every 5xx here, though the routes serve stale only for :data:`SERVER_TROUBLE`).
+        """An answer came back: a 429/5xx (:data:`SERVER_TROUBLE`) is an outage for the
+        routes, which serve stale on it, so for health too.
 
         Not ``own`` (made with a client's credentials): its 429 is that client's account's
         rate limit, which says nothing about the mirror's, so it only says the upstream
@@ -176,11 +180,8 @@ class UpstreamHealth:
         if status == 429 and not own:
             self.reachable = True
             return
-        if status == 429 or status >= 500:  # docxy_upstream_errors_total, under this upstream
+        if status in SERVER_TROUBLE:  # docxy_upstream_errors_total, under this upstream
             self.failures["rate_limited" if status == 429 else "server_error"] += 1
-        # Every 5xx, not only those the routes serve stale for (SERVER_TROUBLE): a CDN front's
-        # 522, a 501, are the upstream failing, never a success.
-        if status in SERVER_TROUBLE or status >= 500:
             self.reachable = True
             self.healthy = False
             self.last_error = self.clock()
@@ -443,6 +444,11 @@ class UpstreamClient:
         :data:`REALM_TTL` (what :meth:`known_challenge` says is then current)."""
         cached = self._realms.get(upstream.host)
         return cached is not None and time.monotonic() - cached[0] < REALM_TTL
+
+    def realm_known(self, upstream: Upstream) -> bool:
+        """Whether :meth:`auth_realm` answers without asking the upstream's ``/v2/``: the realm
+        is configured, or the mirror's last look at its challenge is fresh."""
+        return upstream.auth_realm is not None or self.challenge_fresh(upstream)
 
     async def auth_realm(self, upstream: Upstream) -> str | None:
         if upstream.auth_realm is not None:

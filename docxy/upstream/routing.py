@@ -3,7 +3,7 @@
 Pure: strings in, an :class:`Upstream` out, or :class:`UpstreamUnknown` before anything is sent.
 Only configured upstreams can ever be chosen; what a client writes only *selects* one of them::
 
-    ?ns=ghcr.io                          containerd's hosts.toml mirror: the name as given
+    ?ns=ghcr.io                          containerd's hosts.toml mirror (``:443`` or not)
     Host: ghcr.mirror.example.com        one of an upstream's ``hosts`` (``:443`` or not)
     /v2/ghcr.io/owner/img/...            a path prefix: ``owner/img`` on ghcr.io
     /v2/owner/img/...                    none of these: ``[upstream]`` (Docker Hub)
@@ -63,7 +63,10 @@ class Upstreams:
         return list(self.by_name.values())
 
     def named(self, name: str) -> Upstream:
-        found = self.by_name.get(name)
+        """The upstream ``name`` (an ``?ns=``, a realm's ``?upstream=``) names, compared as a
+        host (``docxy.core.hosts``): ``ghcr.io:443`` and ``GHCR.io`` are ``ghcr.io``, as
+        containerd may write the registry of an image reference that names its port."""
+        found = self.by_name.get(host_key(name)[0])
         if found is None:
             raise UpstreamUnknown(
                 "this mirror has no such upstream", {"upstream": name[:100], "known": self.names()}

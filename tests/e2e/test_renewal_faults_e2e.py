@@ -203,3 +203,47 @@ def test_docxy_certs_renew_obtains_anew_without_a_renewal_config(
     assert (site.config_dir / "renewal" / "mirror.test.conf").exists()
     kept = list((site.config_dir / "orphaned").glob("*/live/mirror.test/fullchain.pem"))
     assert [serial_of(path) for path in kept] == [served]
+
+
+def renewal_config_deleted(config_dir: Path) -> None:
+    (config_dir / "renewal" / "mirror.test.conf").unlink()
+
+
+@pytest.mark.parametrize(
+    "breakage", [cut_short, naming_another_directory, live_files_deleted, renewal_config_deleted]
+)
+def test_docxy_certs_obtain_sets_a_broken_lineage_aside_as_the_renewer_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, breakage: Callable[[Path], None]
+) -> None:
+    """`docxy certs obtain` ran certbot certonly whatever the lineage: over a broken renewal
+    configuration certbot issued into mirror.test-0001, which nothing installed (the served
+    certificate ran out all the same), and without one it refused. Now it goes the renewer's
+    way: the lineage is set aside once, a new one obtained under the domain's own name and
+    installed."""
+    for name in [name for name in os.environ if name.startswith("DOCXY_")]:
+        monkeypatch.delenv(name)
+    site = Site(tmp_path)
+    with mirror_with_tls(site) as (mirror, _tls_port):
+        with running_pebble(tmp_path / "pebble", mirror.port) as pebble:
+
+            def obtain() -> int:
+                return docxy_certs(
+                    "obtain",
+                    *("--domain", DOMAIN, "--email", EMAIL, "--acme-server", pebble.directory),
+                    *("--ca-bundle", str(pebble.tls_ca), "--webroot", str(site.webroot)),
+                    *("--config-dir", str(site.config_dir)),
+                    *("--cert", str(site.cert), "--key", str(site.key)),
+                )
+
+            assert obtain() == 0, pebble.logs()
+            served = serial_of(site.cert)
+            breakage(site.config_dir)
+            code = obtain()
+            again = obtain()  # and it goes on as before: nothing more set aside
+    assert code == 0 and again == 0
+    live = site.config_dir / "live" / DOMAIN / "fullchain.pem"
+    assert serial_of(site.cert) == serial_of(live) != served
+    lineages = sorted(path.name for path in (site.config_dir / "renewal").iterdir())
+    assert lineages == ["mirror.test.conf"]  # no mirror.test-0001
+    (aside,) = (site.config_dir / "orphaned").iterdir()
+    assert (aside / "archive" / DOMAIN).is_dir()  # kept for whoever looks into it

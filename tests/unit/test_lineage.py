@@ -1,5 +1,5 @@
 """docxy.tls.lineage without an ACME server: what certbot cannot renew is set aside and obtained
-anew, by the renewer and by ``docxy certs renew``.
+anew, by the renewer, ``docxy certs renew`` and ``docxy certs obtain``.
 
 certbot is replaced where its words matter by a script saying what certbot 2.1 said against
 pebble; the real certbot is in tests/e2e/test_renewal_faults_e2e.py.
@@ -236,3 +236,52 @@ def test_the_worker_child_hands_what_it_set_aside_to_the_renewer(
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     (aside,) = (le / "orphaned").iterdir()
     assert result["error"] is None and result["set_aside"]["moved_to"] == str(aside)
+
+
+def leftover_renewal_config(le: Path) -> None:
+    """An earlier lineage's renewal configuration and archive, its live/ gone."""
+    issued_lineage(le / "live" / "mirror.test")
+    (le / "archive" / "mirror.test").mkdir(parents=True)
+    for path in (le / "live" / "mirror.test").iterdir():
+        path.unlink()
+    (le / "live" / "mirror.test").rmdir()
+
+
+def test_cli_obtain_sets_what_an_earlier_lineage_left_aside_first(
+    le: Path, obtain: FakeCertbot, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It ran certbot certonly over them, which issued into mirror.test-0001 (against pebble:
+    tests/e2e/test_renewal_faults_e2e.py), a lineage nothing installs."""
+    leftover_renewal_config(le)
+    assert run_cli(["certs", "obtain"]) == 0
+    out = capsys.readouterr().out
+    (aside,) = (le / "orphaned").iterdir()
+    assert (aside / "renewal" / "mirror.test.conf").exists()
+    assert (aside / "archive" / "mirror.test").is_dir()
+    assert f"set aside to {aside} and obtained anew" in out and "remain" in out
+    assert obtain.calls == ["certonly"]
+
+
+def test_cli_obtain_dry_run_moves_nothing(
+    le: Path, obtain: FakeCertbot, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leftover_renewal_config(le)
+    assert run_cli(["certs", "obtain", "--dry-run"]) == 1
+    said = capsys.readouterr().err
+    assert "remain" in said and "run without --dry-run to move them to" in said
+    assert (le / "renewal" / "mirror.test.conf").exists()
+    assert not (le / "orphaned").exists() and obtain.calls == []
+
+
+def test_cli_obtain_renews_an_issued_lineage_and_issues_nothing_over_it(
+    le: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a certificate issued, ``obtain`` renews that lineage (when due), as the renewer
+    does: certbot certonly is not run over it."""
+    issued_lineage(le / "live" / "mirror.test")
+    fake = FakeCertbot(le / "live" / "mirror.test")
+    monkeypatch.setattr(certs, "obtain", fake.obtain)
+    monkeypatch.setattr(certs, "renew", fake.renew)
+    assert run_cli(["certs", "obtain"]) == 0
+    assert fake.calls == ["renew"]
+    assert not (le / "orphaned").exists()

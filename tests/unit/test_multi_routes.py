@@ -126,6 +126,7 @@ def challenge_of(answer: AsgiAnswer) -> dict[str, str]:
     [
         ("/v2/ghcr.test/owner/img/manifests/1", "mirror.example.com", "ghcr.example"),
         ("/v2/owner/img/manifests/1?ns=ghcr.test", "mirror.example.com", "ghcr.example"),
+        ("/v2/owner/img/manifests/1?ns=ghcr.test:443", "mirror.example.com", "ghcr.example"),
         ("/v2/owner/img/manifests/1", "lab-mirror.example.com", "lab.example"),
         ("/v2/owner/img/manifests/1", "127.0.0.2:8080", "lab.example"),
         ("/v2/lab.test/owner/img/manifests/1", "mirror.example.com", "lab.example"),
@@ -164,6 +165,7 @@ async def test_a_host_with_or_without_its_default_port_reaches_its_upstream(
     [
         ("/v2/owner/img/manifests/1?ns=evil.com", "NAME_UNKNOWN"),
         ("/v2/owner/img/manifests/1?ns=quay.io", "NAME_UNKNOWN"),  # a preset not enabled
+        ("/v2/owner/img/manifests/1?ns=ghcr.test:8443", "NAME_UNKNOWN"),  # not a default port
         ("/v2/owner/img/manifests/1?ns=ghcr.test%40evil.com", "NAME_UNKNOWN"),
         ("/v2/owner/img/manifests/1?ns=", "NAME_UNKNOWN"),
         ("/v2/?ns=evil.com", "NAME_UNKNOWN"),

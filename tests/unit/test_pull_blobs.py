@@ -514,7 +514,7 @@ async def test_a_blob_larger_than_the_cache_passes_through_with_its_reason(
     assert "larger than the whole cache (524288)" in caplog.text
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
+@pytest.mark.parametrize("status", [429, 500, 503, 522, 530])
 async def test_ping_answers_with_the_mirrors_own_challenge_when_upstream_is_in_trouble(
     tmp_path: Path, status: int
 ) -> None:

@@ -113,6 +113,41 @@ async def test_a_stale_tag_is_served_when_the_upstream_stalls_in_the_manifest_bo
         assert await response.get_data() == old
 
 
+class TroubledHub(Hub):
+    """The hub, whose manifest requests get ``status`` once it is set (a CDN front's page)."""
+
+    status: int | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.status is not None and "/manifests/" in request.url.path:
+            html = {"Content-Type": "text/html"}
+            return httpx.Response(self.status, headers=html, content=b"<html>origin down</html>")
+        return super().__call__(request)
+
+
+@pytest.mark.parametrize("status", [500, 503, 520, 521, 522, 523, 524, 530, 501])
+async def test_a_stale_tag_is_served_while_the_upstream_answers_any_5xx(
+    tmp_path: Path, status: int
+) -> None:
+    """A CDN front (Cloudflare) answers 520-524 or 530 while it cannot reach the registry: the
+    cached tag is served, as for a 503, and /health says degraded (on 00eccfd the client got
+    the 522 page while /health already counted it as trouble)."""
+    hub = TroubledHub()
+    old = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == old
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0  # from now on, every cached tag is revalidated
+        hub.status = status
+        response = await app.test_client().get(TAG, headers=AS_ANON)
+        assert response.status_code == 200
+        assert await response.get_data() == old
+        health = await (await app.test_client().get("/health")).get_json()
+    assert health["status"] == "degraded"
+    assert health["upstream"]["last_error_message"] == f"the upstream answered {status}"
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_a_tag_the_upstream_deleted_is_forgotten_not_served_stale(
     tmp_path: Path, method: str

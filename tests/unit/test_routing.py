@@ -51,9 +51,10 @@ def test_route(name: str, ns: str | None, host: str | None, expected: Route) -> 
         ("owner/img", "quay.io"),
         ("owner/img", ""),
         ("owner/img", "ghcr.io@evil.com"),
-        ("owner/img", "GHCR.IO"),  # exact names only
-        ("owner/img", "ghcr.io:443"),
+        ("owner/img", "ghcr.io:8443"),  # a port of its own is another registry
+        ("owner/img", "ghcr.io:5000"),
         ("owner/img", "https://ghcr.io"),
+        ("owner/img", "ghcr.io/x"),
     ],
 )
 def test_unknown_upstreams_are_refused(name: str, ns: str | None) -> None:
@@ -61,6 +62,15 @@ def test_unknown_upstreams_are_refused(name: str, ns: str | None) -> None:
         TABLE.route(name, ns=ns, host="ghcr.io")  # a Host that is not in `hosts` picks nothing
     assert caught.value.status == 404
     assert caught.value.code == "NAME_UNKNOWN"
+
+
+@pytest.mark.parametrize("ns", ["ghcr.io:443", "GHCR.IO", "Ghcr.io:443", "ghcr.io:80"])
+def test_an_ns_is_compared_as_a_host(ns: str) -> None:
+    """containerd names the registry of the image reference, which may carry its port: a
+    default port is no port, and case does not matter (``docxy.core.hosts``), as for ``hosts``
+    (on 00eccfd ``?ns=ghcr.io:443`` was refused while ``ghcr.io`` was taken)."""
+    assert TABLE.route("owner/img", ns=ns) == Route(GHCR, "owner/img")
+    assert TABLE.for_token(ns, []) is GHCR
 
 
 def test_the_request_host_is_never_an_upstream_by_itself() -> None:

@@ -111,11 +111,14 @@ async def test_a_rest_the_upstream_does_not_give_cuts_the_clients_and_keeps_noth
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
         first = await mirror.get(blob_path())
         health = json.loads((await mirror.get("/health")).body)["shared"]
+        seen = await mirror.scrape()
         files = cached(tmp_path)
     assert first.body != BLOB and len(first.body) < len(BLOB)  # never a whole-looking blob
     assert upstream.ranged == [f"bytes={CUT_AT}-"]
     assert files == []
-    assert (health["resumed"], health["corrupt"]) == (1, 0)  # the object is not blamed
+    # The object is not blamed; nor is the fill counted as finished from the upstream.
+    assert (health["hits"], health["resumed"], health["corrupt"], health["errors"]) == (1, 0, 0, 1)
+    assert seen["docxy_shared_blobs_total{result=resumed}"] == 0
 
 
 @pytest.mark.parametrize("ranges", ["honoured", "ignored"])
@@ -165,7 +168,8 @@ async def test_a_resumed_blob_that_does_not_verify_does_not_blame_the_object(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Which part was bad cannot be told: one WARNING names both sources, and the object is
-    not marked bad (the next miss reads it again: whole, it verifies, and is served)."""
+    not marked bad (the next miss reads it again: whole, it verifies, and is served). The
+    upstream's rest did not finish the blob: not counted as ``resumed``."""
     monkeypatch.setattr(tier, "RETRY_AFTER", 0.0)  # the body breaking off made the tier rest
     upstream = BadRest()
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
@@ -175,7 +179,7 @@ async def test_a_resumed_blob_that_does_not_verify_does_not_blame_the_object(
         second = await mirror.get(blob_path())
         kept = cached(tmp_path)
     assert first.body != BLOB and len(first.body) < len(BLOB)  # cut, never served whole
-    assert (health["resumed"], health["corrupt"]) == (1, 0)
+    assert (health["resumed"], health["corrupt"]) == (0, 0)
     assert (second.status, second.body == BLOB, upstream.bucket_gets) == (200, True, 2)
     assert [path.read_bytes() == BLOB for path in kept] == [True]
     failed = [r.getMessage() for r in caplog.records if "did not verify" in r.getMessage()]

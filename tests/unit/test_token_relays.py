@@ -19,6 +19,7 @@ from docxy.config import TOKEN_RELAYS_PER_MINUTE
 from docxy.http.state import mirror_state
 from docxy.observe.metrics import MirrorCollector
 from tests.unit.test_access_routes import basic, users_mirror
+from tests.unit.test_multi_routes import mirror as several
 from tests.unit.test_routes import MIRROR_REALM, SERVICE, Mirror, mirror
 
 TOKEN = "/auth/token?scope=repository:redis:pull&service=registry.example"
@@ -239,3 +240,34 @@ async def test_v2_with_credentials_is_relayed_and_counted() -> None:
         assert m.upstream.requests[-1].headers["authorization"] == "Bearer t0ken"
         assert await refused(await ask(m, "/v2/", headers=bearer))
         assert len(m.upstream.requests) == 2
+
+
+# --- /auth/token: what asks the upstream, and what the mirror answers itself ------------------
+
+LAB_TOKEN = "/auth/token?scope=repository:lab.test/owner/img:pull"
+HUB_TOKEN = "/auth/token?service=hub-service&scope=repository:redis:pull"
+ONE_RELAY: dict[str, object] = {"limits.token_relays_per_minute": "1"}
+
+
+async def test_a_token_the_mirror_answers_itself_takes_no_relay() -> None:
+    """An upstream without a token service gets a mirror-only token: once its ``/v2/`` was
+    looked at (that look is a relay), nothing is asked, and a client out of relays still gets
+    it (on 00eccfd each one took a relay: the second was a ``429``)."""
+    async with several(None, **ONE_RELAY) as m:
+        answers = [await m.get(LAB_TOKEN) for _ in range(5)]
+        assert [a.status for a in answers] == [200] * 5
+        assert m.sent() == ["lab.example/v2/"]
+        assert (await m.get(HUB_TOKEN)).status == 429  # a real relay: the bucket is empty
+        assert m.sent() == ["lab.example/v2/"]
+
+
+async def test_a_realm_lookup_is_a_relay_counted_once_with_its_token() -> None:
+    """A token request that must look up the realm (the upstream's ``/v2/``) asks the upstream
+    twice and counts once; one for another upstream whose realm must be looked up is refused
+    before anything is sent."""
+    async with several(None, **ONE_RELAY) as m:
+        assert (await m.get(HUB_TOKEN)).status == 200
+        assert m.sent() == ["hub.example/v2/", "auth.hub.example/token"]
+        assert (await m.get(LAB_TOKEN)).status == 429
+        assert (await m.get(HUB_TOKEN)).status == 429
+        assert len(m.sent()) == 2

@@ -119,8 +119,8 @@ def test_health_failed_then_ok() -> None:
 
 @pytest.mark.parametrize("status", [501, 505, 522, 524])
 async def test_every_5xx_is_upstream_trouble_on_health_not_a_success(status: int) -> None:
-    """A 5xx the routes do not serve stale for (a CDN front's 522 "origin unreachable", a 501)
-    still says the upstream fails: /health is degraded with it as the last error, and it is no
+    """A 5xx (a CDN front's 522 "origin unreachable", a 501), with no cache to serve stale
+    from, still says the upstream fails: /health is degraded with it as the last error, and it is no
     success (the README's and the metric's 'not a 429 or 5xx'). It counted as server_error in
     docxy_upstream_errors_total, yet moved last_ok on and left /health 'ok'."""
 
