@@ -201,3 +201,10 @@ def test_every_flag_the_readme_mentions_is_taken_by_something() -> None:
     mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", README))
     assert "--skip-dns-check" in mentioned and "--show-config" in mentioned
     assert sorted(mentioned - ours - FOREIGN) == []
+
+
+def test_the_readme_names_every_script() -> None:
+    """Each file of scripts/ is named somewhere (the Layout table, its section)."""
+    scripts = {p.name for p in (ROOT / "scripts").iterdir() if p.is_file()}
+    assert "install.sh" in scripts
+    assert sorted(name for name in scripts if name not in README) == []
