@@ -224,3 +224,42 @@ def test_the_presets_the_readme_lists_are_the_presets() -> None:
     section = README.read_text().split("\n## Several upstreams\n")[1].split("```")[0]
     listed = re.findall(r"`([a-z0-9.-]+\.[a-z]+)`", section.split("single line enables")[1])
     assert sorted(listed) == sorted(PRESETS)
+
+
+def meanings() -> dict[str, str]:
+    """Each single-key row's key → its meaning column."""
+    section = README.read_text().split("\n## Settings\n")[1].split("\n## ")[0]
+    found = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and not cells[0].startswith("`upstreams"):
+            keys = expand_keys(cells[0])
+            if len(keys) == 1:
+                found[keys[0]] = cells[4]
+    return found
+
+
+RANGES = {
+    key: (int(low), int(high))
+    for key, text in meanings().items()
+    for low, high in re.findall(r"(?<![\w/.-])(\d+)-(\d+)(?![\w/.-])", text)
+}
+
+
+def test_the_ranges_the_meanings_give_were_found() -> None:
+    assert {"shared.uploads", "auth.token_ttl", "scheduler.hour"} <= set(RANGES)
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_a_range_the_meaning_column_gives_is_the_one_the_setting_takes(key: str) -> None:
+    """``(1-64)``, ``hour 0-11``: both ends load, one past the top does not, nor one below the
+    bottom unless the row names that value apart (``0`` refuses h2c)."""
+    low, high = RANGES[key]
+    section, name = key.split(".")
+    parser = SETTINGS[section][name][0]
+    assert parser(str(low)) == low and parser(str(high)) == high
+    with pytest.raises(ValueError):
+        parser(str(high + 1))
+    if low > 0 and f"`{low - 1}`" not in meanings()[key]:
+        with pytest.raises(ValueError):
+            parser(str(low - 1))
