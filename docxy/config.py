@@ -487,9 +487,10 @@ Parser = Callable[[object], Any]
 #: Docker clients speak HTTP/1.1 to a mirror.
 H2_MAX_STREAMS = 0
 #: ``/v2/`` and ``/auth/token`` requests relayed upstream per client address and minute
-#: (``docxy.edge.relays``): a docker pull asks two, so a farm behind one NAT pulls 300 images
-#: a minute before it is refused (unless ``limits.exempt`` lists it), and a loop asks the
-#: upstream 10 a second, not thousands.
+#: (``docxy.edge.relays``): a docker pull relays one (its token; its ``/v2/`` is answered from
+#: the known challenge), so a farm behind one NAT pulls about 600 images a minute before it is
+#: refused (unless ``limits.exempt`` lists it), and a loop asks the upstream 10 a second, not
+#: thousands.
 TOKEN_RELAYS_PER_MINUTE = 600
 
 SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {

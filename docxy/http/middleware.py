@@ -138,9 +138,10 @@ class RequestObserver(Protocol):
     ) -> None: ...
 
 
-#: How a request ended, the access log's last word: ``done`` (its answer went out whole),
-#: ``cut`` (the mirror cut the body: the download behind it failed; see ``CutStreams``),
-#: ``left`` (the client went away before the last byte), ``aborted`` (an error escaped).
+#: How a request ended, the access log's word after ``total=`` (only ``client=`` may follow it):
+#: ``done`` (its answer went out whole), ``cut`` (the mirror cut the body: the download behind
+#: it failed; see ``CutStreams``), ``left`` (the client went away before the last byte),
+#: ``aborted`` (an error escaped).
 ENDS = ("done", "cut", "left", "aborted")
 #: The fact ``docxy.http.app.CutStreams`` leaves when it cut a body.
 CUT = "cut"

@@ -70,3 +70,28 @@ async def test_the_readme_metrics_table_is_what_metrics_exports(tmp_path: Path) 
     assert sorted(listed - set(found)) == [], "in the README's table, not exported"
     wrong = {name: (documented[name], labels) for name, labels in found.items()}
     assert {name: pair for name, pair in wrong.items() if pair[0] != pair[1]} == {}
+
+
+def keys_of(value: object) -> set[str]:
+    """Every key of a JSON document, at any depth."""
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in keys_of(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in keys_of(v)}
+    return set()
+
+
+async def test_the_keys_the_readme_health_section_names_are_in_the_report(
+    tmp_path: Path,
+) -> None:
+    """Each field the Health section names (``fills_in_flight``, ``uploads_dropped``, ...) is
+    in the admin listener's ``/status.json``, the whole report, of a mirror with the cache and
+    the shared tier on; the public ``/health`` has ``status`` and ``version``."""
+    section = README.read_text().split("\n## Health\n")[1].split("\n## ")[0]
+    named = set(re.findall(r"`([a-z_]+)`", section)) - {"ok", "degraded"}
+    async with stack(tmp_path, settings=SHARED) as mirror:
+        public = json.loads((await mirror.get("/health")).body)
+        code, text = await mirror.admin_get("/status.json")
+    assert code == 200 and {"status", "version"} <= set(public)
+    assert "fill_bytes_in_flight" in named and "uploads_dropped" in named
+    assert sorted(named - keys_of(json.loads(text))) == []

@@ -19,6 +19,8 @@ from docxy.cli.main import build_parser, config_from_args
 from docxy.config import ENV_ALIASES, OTHER_ENV, SETTINGS, Config, env_name, load_config
 from docxy.core.errors import ConfigError
 from docxy.tls.context import self_signed
+from docxy.upstream.presets import PRESETS
+from docxy.upstream.settings import ENV_LIST, ENV_PREFIX, KEYS, SECTION, env_id
 from scheduler import settings as scheduler_settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -197,3 +199,67 @@ def test_the_settings_section_names_every_docxy_variable_that_is_not_a_setting()
     section = README.read_text().split("\n## Settings\n")[1].split("\n| key |")[0]
     named = set(re.findall(r"`(DOCXY_[A-Z0-9_]+)`", section))
     assert sorted(OTHER_ENV - named) == []
+
+
+def upstreams_rows() -> list[list[str]]:
+    section = README.read_text().split("\n## Settings\n")[1].split("\n## ")[0]
+    lines = [line for line in section.splitlines() if line.startswith("| `upstreams")]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+
+
+def test_the_upstreams_rows_give_its_keys_variables_and_flags() -> None:
+    """The two ``upstreams`` rows (docxy.upstream.settings, not the settings table)."""
+    listing, keys = upstreams_rows()
+    assert listing[:3] == [f"`{SECTION}`", f"`{ENV_LIST}`", "`--upstreams`"]
+    argv = ["serve", "--upstreams", "ghcr.io", "--set", "upstreams.ghcr.io.hosts=ghcr.example"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert [(u.name, u.hosts) for u in config.upstreams] == [("ghcr.io", ("ghcr.example",))]
+    named = re.findall(r"`(?:upstreams\.<name>\.)?([a-z_]+)`", keys[0])
+    assert sorted(named) == sorted(KEYS)
+    assert keys[1].startswith(f"`{ENV_PREFIX}<ID>_<KEY>`") and "`GHCR_IO`" in keys[1]
+    assert env_id("ghcr.io") == "GHCR_IO"
+
+
+def test_the_presets_the_readme_lists_are_the_presets() -> None:
+    section = README.read_text().split("\n## Several upstreams\n")[1].split("```")[0]
+    listed = re.findall(r"`([a-z0-9.-]+\.[a-z]+)`", section.split("single line enables")[1])
+    assert sorted(listed) == sorted(PRESETS)
+
+
+def meanings() -> dict[str, str]:
+    """Each single-key row's key → its meaning column."""
+    section = README.read_text().split("\n## Settings\n")[1].split("\n## ")[0]
+    found = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and not cells[0].startswith("`upstreams"):
+            keys = expand_keys(cells[0])
+            if len(keys) == 1:
+                found[keys[0]] = cells[4]
+    return found
+
+
+RANGES = {
+    key: (int(low), int(high))
+    for key, text in meanings().items()
+    for low, high in re.findall(r"(?<![\w/.-])(\d+)-(\d+)(?![\w/.-])", text)
+}
+
+
+def test_the_ranges_the_meanings_give_were_found() -> None:
+    assert {"shared.uploads", "auth.token_ttl", "scheduler.hour"} <= set(RANGES)
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_a_range_the_meaning_column_gives_is_the_one_the_setting_takes(key: str) -> None:
+    """``(1-64)``, ``hour 0-11``: both ends load, one past the top does not, nor one below the
+    bottom unless the row names that value apart (``0`` refuses h2c)."""
+    low, high = RANGES[key]
+    section, name = key.split(".")
+    parser = SETTINGS[section][name][0]
+    assert parser(str(low)) == low and parser(str(high)) == high
+    with pytest.raises(ValueError):
+        parser(str(high + 1))
+    if low > 0 and f"`{low - 1}`" not in meanings()[key]:
+        with pytest.raises(ValueError):
+            parser(str(low - 1))
