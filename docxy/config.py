@@ -814,17 +814,50 @@ def _derive_public_url(
     return f"http://{listen}"
 
 
+#: What ``--show-config`` prints for a setting that is not set (None, or an empty list), as
+#: the README's settings table says it; any other is ``(none)``.
+UNSET_SHOWN = {
+    "server.tls_listen": "(off)",
+    "server.admin_listen": "(off)",
+    "shared.endpoint": "(off)",
+    "scheduler.interval": "(off)",
+    "upstream.auth_realm": "(discovered)",
+    "upstreams.auth_realm": "(discovered)",
+    "scheduler.hour": "(random)",
+    "scheduler.minute": "(random)",
+    "access.allow": "(everyone)",
+    "access.repositories": "(all)",
+}
+
+
+def shown(key: str, value: object, *, size: bool = False) -> str:
+    """`value` as a user would write it in TOML or ``--set``: ``true``, ``20G`` (`size`),
+    ``60`` for ``60.0``, lists comma-separated; unset as :data:`UNSET_SHOWN` says."""
+    if value is None or (isinstance(value, tuple | Networks | Patterns) and not value):
+        return UNSET_SHOWN.get(key, "(none)")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if size and isinstance(value, int) and value > 0:
+        power = max(p for p in range(5) if value % 1024**p == 0)
+        return f"{value // 1024**power}{'_KMGT'[power] if power else ''}"
+    if isinstance(value, tuple):  # a list of names: as it is written
+        return ",".join(value)
+    return str(value)  # Networks, Patterns: ", "-separated, as `--set` also takes them
+
+
 def describe(config: Config) -> list[tuple[str, str, str]]:
     """(key, shown value, source) for every setting, secrets hidden; for logs and ``--show``."""
     rows = []
     for section, keys in SETTINGS.items():
-        for key in keys:
+        for key, (parser, _) in keys.items():
             value = getattr(getattr(config, section), key)
             full = f"{section}.{key}"
-            shown = "(set)" if full in SECRET_KEYS and value else str(value)
-            if isinstance(value, tuple):  # a list of names: as it is written
-                shown = ",".join(value)
-            rows.append((full, shown, config.sources.get(full, "default")))
+            if full in SECRET_KEYS:
+                value = "(set)" if value else None
+            text = shown(full, value, size=parser in (parse_size, _opt_size))
+            rows.append((full, text, config.sources.get(full, "default")))
     from docxy.upstream.settings import describe_upstreams
 
     return rows + describe_upstreams(config.upstreams, config.sources)

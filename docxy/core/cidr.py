@@ -15,6 +15,12 @@ from dataclasses import dataclass
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: A network whose prefix is shorter than this (IPv4, IPv6) and which is not wholly private
+#: (``ipaddress``'s ``is_private``: 10/8, fc00::/7, ...) is *broad*: more than a /8 of the IPv4
+#: Internet (``0.0.0.0/0`` is all of it), more than a /32 (a whole ISP's allocation, the least
+#: a regional registry gives one) of IPv6's (``::/0``, ``2000::/3``).
+BROAD_PREFIX = {4: 8, 6: 32}
+
 #: IPv6 clients are kept by their /64: one host usually holds a whole /64 and can use any of it.
 IPV6_CLIENT_PREFIX = 64
 
@@ -83,6 +89,16 @@ def parse_networks(value: str | Iterable[str]) -> Networks:
         if item.strip():
             networks.append(parse_network(item))
     return Networks(tuple(networks))
+
+
+def broad(networks: Networks) -> list[Network]:
+    """The networks in `networks` that are broad (:data:`BROAD_PREFIX`): listed as a NAT or a
+    farm, they spare much of the Internet instead (``limits.exempt``)."""
+    return [
+        network
+        for network in networks.networks
+        if network.prefixlen < BROAD_PREFIX[network.version] and not network.is_private
+    ]
 
 
 def client_key(address: Address) -> str:

@@ -13,7 +13,8 @@ An ASGI layer inside the access log (so every refusal is logged like any request
    ``429 TOOMANYREQUESTS`` with ``Retry-After``.
 
 An address in ``limits.exempt`` (a NAT-ed office, a CI farm: many clients behind one address,
-which per-address buckets cannot tell apart) passes step 3 untouched, whoever it logged in
+which per-address buckets cannot tell apart; a broad network there is warned of once at
+start-up, :func:`warn_broad_exempt`) passes step 3 untouched, whoever it logged in
 as: it takes from no bucket, is never paced, is refused by none of them, and its fills count
 towards ``limits.fills_total`` only (:data:`docxy.edge.fills.EXEMPT`). Steps 1 and 2 still
 hold: an exempt network is spared limits, not let in. The address is the one step 1 checks
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from docxy.config import Config
-from docxy.core.cidr import Address
+from docxy.core.cidr import Address, broad
 from docxy.core.errors import Denied, RegistryError, TooManyRequests
 from docxy.core.headers import API_VERSION_HEADER
 from docxy.core.names import Kind, parse_v2_path, upstream_name
@@ -77,6 +78,7 @@ class Admission:
         self.access = access
         self.allow = config.access.allow
         self.exempt = config.limits.exempt
+        warn_broad_exempt(config)
         self.rules = config.access.rules
         others = [Upstream.from_config(named) for named in config.upstreams]
         self.upstreams = Upstreams(Upstream.from_config(config.upstream), others)
@@ -179,6 +181,21 @@ class Admission:
             return self.upstreams.qualified(name, ns=ns, host=host)
         except UpstreamUnknown:  # the routes refuse it, with nothing sent
             return upstream_name(name, self.upstreams.default.library_prefix)
+
+
+def warn_broad_exempt(config: Config) -> None:
+    """One WARNING at start-up for ``limits.exempt`` networks that are broad
+    (:func:`docxy.core.cidr.broad`): ``0.0.0.0/0`` turns the per-client limits off for
+    everyone, which is a setting's mistake far more often than its intent."""
+    networks = broad(config.limits.exempt)
+    if networks:
+        log.warning(
+            "limits.exempt lists %s (%s): every client in it is spared the per-client limits;"
+            " a broad network (wider than a public /8, IPv6 /32) is usually a mistake for a"
+            " NAT's or a farm's own network",
+            ", ".join(str(network) for network in networks),
+            config.sources.get("limits.exempt", "default"),
+        )
 
 
 def _exempt(path: str) -> bool:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.tls.files import CertError, write_pair
@@ -292,13 +293,16 @@ def run_cli(args: argparse.Namespace, load: Callable[[argparse.Namespace], Confi
     args.set = [*args.set, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     try:
         return _dispatch(args, load(args))
-    except (ConfigError, CertbotError, CertError, ValueError) as exc:
+    except ConfigError as exc:  # a setting missing or wrong: exit 2, as `docxy serve` does
+        print(f"docxy certs {args.certs_command}: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (CertbotError, CertError, ValueError) as exc:  # ValueError: the lineage's state
         print(f"docxy certs {args.certs_command}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except OSError as exc:  # a webroot, config dir or certificate path it may not write
         where = f": {exc.filename}" if exc.filename else ""
         print(f"docxy certs {args.certs_command}: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 NO_TLS = (
@@ -326,7 +330,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         cert, key = _need(cert_path, "tls.cert_path"), _need(key_path, "tls.key_path")
         described = describe_files(cert, key)
         print(json.dumps(described, indent=2))
-        return 1 if "error" in described else 0  # shown either way; a script sees the failure
+        return (
+            EXIT_FAILED if "error" in described else EXIT_OK
+        )  # shown either way; a script sees the failure
     config_dir = _need(certs.config_dir, "certs.config_dir")
     from docxy.tls.lineage import Lineage  # which imports this module
 
@@ -340,7 +346,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         staging=getattr(args, "staging", False),
     )
     if lineage.staging and lineage.acme_server:
-        raise ValueError("give either an ACME server or staging, not both")
+        raise ConfigError("give either an ACME server (certs.acme_server) or --staging, not both")
     if args.certs_command == "obtain":
         # As the renewer does: an issued lineage is renewed (when due), never issued over into
         # <domain>-0001; one certbot cannot go on from is set aside and obtained anew.
@@ -356,4 +362,4 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if cert_path is not None and key_path is not None and not args.dry_run:
         changed = install(live, cert_path, key_path)
         print(f"{'installed' if changed else 'unchanged'}: {cert_path}")
-    return 0
+    return EXIT_OK

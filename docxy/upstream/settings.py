@@ -23,7 +23,14 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from docxy.config import Config, NamedUpstreamConfig, UpstreamConfig, parse_bool, parse_url
+from docxy.config import (
+    Config,
+    NamedUpstreamConfig,
+    UpstreamConfig,
+    parse_bool,
+    parse_url,
+    shown,
+)
 from docxy.core.errors import ConfigError
 from docxy.core.hosts import host_key, url_host
 from docxy.upstream.presets import DEFAULT_NAME, PRESETS
@@ -299,11 +306,8 @@ def describe_upstreams(
             value = getattr(upstream, key)
             full = f"{SECTION}.{upstream.name}.{key}"
             if key == SECRET:
-                shown = "(set)" if value else "None"
-            elif key == "hosts":
-                shown = ",".join(value)
-            else:
-                shown = str(value)
+                value = "(set)" if value else None
+            text = shown(f"{SECTION}.{key}", value)  # (discovered) for auth_realm, as upstream's
             default = "preset" if upstream.name in PRESETS and key in PRESET_KEYS else "default"
-            rows.append((full, shown, sources.get(full, default)))
+            rows.append((full, text, sources.get(full, default)))
     return rows

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from docxy.cli.main import config_from_args
+from docxy.cli.exits import EXIT_CONFIG
+from docxy.cli.main import config_from_args, main
 from docxy.tls import certs
 from docxy.tls.certs import CertbotError, certbot_reason, install, register_cli
 from docxy.tls.context import CertError, self_signed
@@ -175,8 +176,23 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_obtain_names_the_missing_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_cli(["certs", "obtain", "--config-dir", str(tmp_path), "--email", "a@a.test"]) == 1
+    obtain = ["certs", "obtain", "--config-dir", str(tmp_path), "--email", "a@a.test"]
+    assert run_cli(obtain) == EXIT_CONFIG  # as `docxy serve` exits on a config error
     assert "certs.domain: not set" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_config_errors_exit_2_as_every_docxy_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad setting, and a pair of flags that cannot go together, are config errors (exit 2,
+    docxy.cli.exits), not a failure to obtain (1); certbot is never run."""
+    assert main(["certs", "status", "--set", "server.listen=nowhere"]) == EXIT_CONFIG
+    assert "server.listen" in capsys.readouterr().err
+    both = ["--domain", "mirror.test", "--webroot", str(tmp_path), "--config-dir", str(tmp_path)]
+    staging = ["--staging", "--acme-server", "https://127.0.0.1:14000/dir"]
+    assert main(["certs", "obtain", *both, *staging]) == EXIT_CONFIG
+    assert "not both" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -206,7 +222,7 @@ def test_cli_status_reports_a_broken_pair(
 def test_cli_status_without_tls_says_what_that_means_and_what_to_set(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert run_cli(["certs", "status"]) == 1
+    assert run_cli(["certs", "status"]) == EXIT_CONFIG
     said = capsys.readouterr().err
     assert "no certificate is managed" in said and "plain HTTP" in said
     assert "DOCXY_DOMAIN" in said  # the appliance

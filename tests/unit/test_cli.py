@@ -66,9 +66,9 @@ def test_show_config_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert rows["server.listen"] == ("127.0.0.1:8080", "default")
     assert rows["server.public_url"] == ("http://127.0.0.1:8080", "default")
     assert rows["upstream.registry"] == ("https://registry-1.docker.io", "default")
-    assert rows["upstream.library_prefix"] == ("True", "default")
+    assert rows["upstream.library_prefix"] == ("true", "default")
     assert rows["cache.dir"] == (str(tmp_path / "xdg" / "docxy"), "default")
-    assert rows["scheduler.hour"] == ("None", "default")
+    assert rows["scheduler.hour"] == ("(random)", "default")
     assert len(rows) == sum(len(keys) for keys in SETTINGS.values())  # every one, once
 
 
@@ -98,12 +98,50 @@ def test_show_config_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert rows["server.public_url"] == ("https://mirror.example.com", "flag")
     assert rows["upstream.registry"] == ("http://127.0.0.1:5000", "flag")
     assert rows["upstream.auth_realm"] == ("http://127.0.0.1:5001/token", "flag")
-    assert rows["upstream.library_prefix"] == ("False", "flag")
-    assert rows["cache.enabled"] == ("False", "flag")
+    assert rows["upstream.library_prefix"] == ("false", "flag")
+    assert rows["cache.enabled"] == ("false", "flag")
     assert rows["cache.dir"] == (str(tmp_path / "cache"), "flag")
     assert rows["log.level"] == ("DEBUG", "flag")
-    assert rows["upstream.read_timeout"] == ("120.0", "flag")
-    assert rows["cache.max_size"] == (str(1024**3), "flag")
+    assert rows["upstream.read_timeout"] == ("120", "flag")
+    assert rows["cache.max_size"] == ("1G", "flag")
+
+
+def test_show_config_says_unset_as_the_readme_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """No Python ``None``: what the settings table's default column says, in parentheses."""
+    rows = show(capsys, "--upstreams", "ghcr.io")
+    assert not [key for key, (value, _) in rows.items() if "None" in value]
+    assert rows["server.tls_listen"][0] == "(off)"
+    assert rows["tls.cert_path"][0] == "(none)"
+    assert rows["upstream.auth_realm"][0] == "(discovered)"
+    assert rows["upstreams.ghcr.io.auth_realm"][0] == "(discovered)"
+    assert rows["upstreams.ghcr.io.password"][0] == "(none)"
+    assert rows["access.allow"][0] == "(everyone)"
+    assert rows["server.trusted_proxies"][0] == "(none)"
+    assert rows["cache.max_size"][0] == "20G"
+
+
+def test_show_config_values_load_back(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Every value shown that is set reads back, through ``--set``, as the same value: a
+    list, networks, a size, a path, a number, a boolean are printed as they are written."""
+    given = [
+        "--set=limits.exempt=10.20.0.0/16, 2001:db8:42::/48",
+        "--set=access.repositories=library/*, team/**",
+        "--set=limits.bandwidth=1536K",
+        "--set=server.admin_hosts=docxy,prometheus",
+        f"--set=certs.webroot={tmp_path / 'webroot'}",
+        "--set=upstream.read_timeout=2.5",
+    ]
+    rows = show(capsys, *given)
+    assert rows["limits.exempt"][0] == "10.20.0.0/16, 2001:db8:42::/48"
+    assert rows["limits.bandwidth"][0] == "1536K"
+    again = [
+        f"--set={key}={value}"
+        for key, (value, _) in rows.items()
+        if not value.startswith("(") and not key.startswith("upstreams.")
+    ]
+    assert {key: value for key, (value, _) in show(capsys, *again).items()} == {
+        key: value for key, (value, _) in rows.items()
+    }
 
 
 def test_show_config_precedence(

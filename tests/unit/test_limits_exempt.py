@@ -266,3 +266,31 @@ async def test_failed_logins_are_limited_in_an_exempt_network(
         assert [await login("guess"), await login("guess")] == [401, 401]
         assert await login("right") == 429
         assert access.logins.refusals() == {"limits.failed_logins_per_minute": 1}
+
+
+@pytest.mark.parametrize(
+    ("networks", "warned"),
+    [
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("10.20.0.0/16, ::/0", "::/0"),
+        ("2000::/3", "2000::/3"),
+        ("0.0.0.0/1, 128.0.0.0/1", "0.0.0.0/1, 128.0.0.0/1"),
+        ("::ffff:0.0.0.0/96", "0.0.0.0/0"),  # all of IPv4, as a dual-stack socket writes it
+        (EXEMPT_NETWORKS, None),
+        ("10.0.0.0/8, 172.16.0.0/12, fc00::/7", None),  # private, however wide
+        ("1.0.0.0/8, 2001:db8::/32", None),  # a public /8 and an ISP's /32: the widest not warned
+    ],
+)
+def test_a_broad_exempt_network_is_warned_of_once(
+    networks: str, warned: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``0.0.0.0/0`` in ``limits.exempt`` turns the per-client limits off for everyone: the
+    start-up log says so, once, naming the setting and the network."""
+    with caplog.at_level("WARNING", logger="docxy.edge.admission"):
+        gate({"limits.exempt": networks})
+    said = [r.getMessage() for r in caplog.records if r.name == "docxy.edge.admission"]
+    if warned is None:
+        assert said == []
+    else:
+        assert len(said) == 1, said
+        assert said[0].startswith(f"limits.exempt lists {warned} (")

@@ -191,7 +191,7 @@ def test_show_config_lists_the_renewer_settings(
     assert docxy_main(["serve", "--show-config"]) == 0
     out = capsys.readouterr().out
     assert "scheduler.hour = 4  (env DOCXY_SCHEDULER_HOUR)" in out
-    assert "scheduler.certbot_timeout = 300.0  (default)" in out
+    assert "scheduler.certbot_timeout = 300  (default)" in out
 
 
 def issued_lineage(live: Path) -> None:

@@ -341,7 +341,7 @@ def test_show_config_lists_every_upstream_with_its_hosts_and_no_secret(
     assert f"upstreams.ghcr.io.hosts = ghcr.mirror.example,127.0.0.2:8080  {source}" in out
     assert "upstreams.ghcr.io.registry = https://ghcr.io  (preset)" in out
     # what the preset does not give is a default, as for any upstream
-    assert "upstreams.ghcr.io.password = None  (default)" in out
+    assert "upstreams.ghcr.io.password = (none)  (default)" in out
     assert f"upstreams.lab.example.password = (set)  {source}" in out
-    assert "upstreams.lab.example.hosts =   (default)" in out
+    assert "upstreams.lab.example.hosts = (none)  (default)" in out
     assert "s3cret" not in out
