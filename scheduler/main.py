@@ -25,8 +25,11 @@ RENEW_JOB, RETRY_JOB = "renew", "retry"
 
 
 def _next_run(scheduler: BlockingScheduler) -> dt.datetime | None:
-    times = [job.next_run_time for job in scheduler.get_jobs() if job.next_run_time is not None]
-    return min(times) if times else None
+    """The scheduler's next run, if any. A job added while the scheduler stops (a run that
+    failed as SIGTERM came adds its retry) is pending: it has no ``next_run_time`` at all."""
+    times = [getattr(job, "next_run_time", None) for job in scheduler.get_jobs()]
+    due = [time for time in times if time is not None]
+    return min(due) if due else None
 
 
 def build(renewer: Runs) -> BlockingScheduler:

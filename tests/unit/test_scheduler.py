@@ -6,6 +6,7 @@ against pebble is in test_certs_e2e.py.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.date import DateTrigger
 
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
@@ -758,3 +761,12 @@ def test_help_tells_a_user_what_the_renewer_does_not_how_its_settings_module_wor
     assert "``" not in said and "docxy.config" not in said
     assert "Renew the mirror's TLS certificate" in said
     assert "DOCXY_SCHEDULER_" in said and "[scheduler]" in said  # where its settings come from
+
+
+def test_the_next_run_skips_a_job_added_while_the_scheduler_stops() -> None:
+    """A run that failed as SIGTERM came adds its retry to a stopping scheduler: that job is
+    pending, with no ``next_run_time`` attribute at all, and the status write after the run
+    raised AttributeError (seen in the appliance's log)."""
+    stopped = BlockingScheduler(timezone=dt.UTC)
+    stopped.add_job(print, DateTrigger(dt.datetime.now(dt.UTC)), id="retry")
+    assert scheduler_main._next_run(stopped) is None
