@@ -615,9 +615,7 @@ class BlobFollower(ClosingStream):
                 # reaches a client complete, so it cannot pass for a good one.
                 ready = fill.written if fill.state is FillState.COMMITTED else fill.written - 1
                 if pos < ready:
-                    data = await self._read(pos, ready - pos)
-                    if not data:
-                        raise FillAborted(f"temp file of {fill.digest} shrank at byte {pos}")
+                    data = await self._read_temp(pos, ready - pos)
                     pos += len(data)
                     yield data
                 elif fill.state is FillState.COMMITTED:
@@ -626,6 +624,13 @@ class BlobFollower(ClosingStream):
                     await fill.changed()
         finally:
             self.close()
+
+    async def _read_temp(self, pos: int, limit: int) -> bytes:
+        """Up to ``limit`` bytes of the temp file from ``pos``; none is a file that shrank."""
+        data = await self._read(pos, limit)
+        if not data:
+            raise FillAborted(f"temp file of {self.fill.digest} shrank at byte {pos}")
+        return data
 
     async def _resumed(self, pos: int, kept: int) -> AsyncGenerator[bytes]:
         """The blob from ``pos`` on, for a fill the cache gave up after ``kept`` good bytes:
@@ -646,9 +651,7 @@ class BlobFollower(ClosingStream):
         if fill.size is not None:
             kept = min(kept, fill.size - 1)  # the last byte waits for the verified whole
         while pos < kept:
-            data = await self._read(pos, kept - pos)
-            if not data:
-                raise FillAborted(f"temp file of {fill.digest} shrank at byte {pos}")
+            data = await self._read_temp(pos, kept - pos)
             pos += len(data)
             yield data
         try:
