@@ -7,10 +7,14 @@ mirror closed it; ``FakeUpstream`` wraps any handler and keeps every request and
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import httpx
+
+from docxy.cache.fill import write_all as real_write_all
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -73,3 +77,18 @@ class FakeUpstream:
     @property
     def urls(self) -> list[str]:
         return [str(request.url) for request in self.requests]
+
+
+class DiskFullAfter:
+    """A ``write_all`` for ``docxy.cache.fill`` that writes ``limit`` bytes (whole calls), then
+    fails with ``error``; ``written`` is what it wrote."""
+
+    def __init__(self, limit: int, error: int = errno.ENOSPC) -> None:
+        self.limit, self.error, self.written = limit, error, 0
+
+    def __call__(self, fd: int, chunks: list[bytes]) -> None:
+        size = sum(len(chunk) for chunk in chunks)
+        if self.written + size > self.limit:
+            raise OSError(self.error, os.strerror(self.error))
+        real_write_all(fd, chunks)
+        self.written += size

@@ -31,6 +31,7 @@ from docxy.upstream import direct
 from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
 from lab.bed.httpserver import LoopbackServer, QuietHandler
+from tests.unit import fakes
 
 GUARD = 20.0
 MakeClient = Callable[..., UpstreamClient]
@@ -400,18 +401,8 @@ async def test_a_disk_failing_mid_fill_stops_the_pump_and_its_follower_gets_the_
     """Writes fail past 2 MiB: the pump stops reading the upstream at once (nobody would get
     its bytes), the fill keeps what it wrote for its follower, which gets the rest from its
     ``rest`` (asked from where the kept bytes end) and the whole blob, verified."""
-    limit, written = 2 * 1024 * 1024, 0
-
-    def fails_past_limit(fd: int, chunks: list[bytes]) -> None:
-        nonlocal written
-        size = sum(len(chunk) for chunk in chunks)
-        if written + size > limit:
-            raise OSError(errno.EIO, "Input/output error")
-        real_write_all(fd, chunks)
-        written += size
-
-    real_write_all = fill_module.write_all
-    monkeypatch.setattr(fill_module, "write_all", fails_past_limit)
+    disk = fakes.DiskFullAfter(2 * 1024 * 1024, errno.EIO)
+    monkeypatch.setattr(fill_module, "write_all", disk)
     server.plan.body = LONG
     blobs, digest, client = make_store(tmp_path), digest_of(LONG), client_for()
     counted: list[CountingBody] = []
@@ -439,8 +430,8 @@ async def test_a_disk_failing_mid_fill_stops_the_pump_and_its_follower_gets_the_
     assert isinstance(follower, BlobFollower)
     follower.rest = rest
     assert await asyncio.wait_for(follower.read_all(), GUARD) == LONG
-    assert asked == [written] and follower.handover.at == written
-    assert counted[0].read <= written + fill_module.PUMP_BUFFER, "the pump read on for nobody"
+    assert asked == [disk.written] and follower.handover.at == disk.written
+    assert counted[0].read <= disk.written + fill_module.PUMP_BUFFER, "the pump read on for nobody"
     assert blobs.lookup(digest) is None and blobs.write_failed_at is not None
     assert list(blobs.tmp_dir.iterdir()) == []
 
@@ -485,13 +476,7 @@ async def test_a_client_that_leaves_mid_rest_closes_the_rest_at_once(
     and its client leaves: the rest's answer (an upstream connection) is closed as the
     follower's stream is, not left to the garbage collector's finalizer task."""
 
-    def fails_past_1_mib(fd: int, chunks: list[bytes]) -> None:
-        if os.fstat(fd).st_size + sum(len(chunk) for chunk in chunks) > 1024 * 1024:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write_all(fd, chunks)
-
-    real_write_all = fill_module.write_all
-    monkeypatch.setattr(fill_module, "write_all", fails_past_1_mib)
+    monkeypatch.setattr(fill_module, "write_all", fakes.DiskFullAfter(1024 * 1024))
     blobs, digest = make_store(tmp_path), digest_of(LONG)
     asked: list[int] = []
     closed: list[int] = []

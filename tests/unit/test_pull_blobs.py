@@ -140,22 +140,6 @@ async def test_without_an_account_the_client_needs_its_own_token(tmp_path: Path)
     assert cached_blobs(tmp_path) == []
 
 
-def disk_full_after(nbytes: int) -> Callable[[int, list[bytes]], None]:
-    """A ``write_all`` that writes ``nbytes`` (whole calls), then fails with ENOSPC."""
-    written = 0
-
-    def write_all(fd: int, chunks: list[bytes]) -> None:
-        nonlocal written
-        size = sum(len(chunk) for chunk in chunks)
-        if written + size > nbytes:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write_all(fd, chunks)
-        written += size
-
-    return write_all
-
-
-real_write_all = fill.write_all
 HALF = len(BLOB) // 2  # the writer's first flush (WRITE_BUFFER)
 
 
@@ -166,7 +150,7 @@ async def test_a_disk_that_fails_mid_fill_gives_its_client_the_rest_from_the_ups
     first half from the temp file and the rest from the upstream (a Range GET from there on,
     with the mirror's account, counted as upstream bytes); nothing is cached, and the next
     miss passes through."""
-    monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
     upstream = Upstream()
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
     async with mirror(tmp_path, upstream, **settings) as app:
@@ -236,7 +220,7 @@ async def test_a_rest_that_is_not_the_blob_cuts_the_client_before_its_last_byte(
     """The rest from the upstream is verified with the kept half: a wrong byte, a short rest
     or an upstream that will not send it cuts the client, which never has the whole length
     (so never a wrong blob that looks complete), with one WARNING saying so."""
-    monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
     upstream = Upstream()
     upstream.rest, upstream.rest_status = rest, status
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
@@ -317,7 +301,7 @@ async def test_an_answer_that_is_not_the_rest_fails_at_once_unread(
     if why == "broke-off":
         upstream.cut_after = offset
     else:
-        monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+        monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
     async with mirror(tmp_path, upstream, **settings) as app:
         with caplog.at_level(logging.INFO, logger="docxy"):
@@ -359,7 +343,7 @@ async def test_a_followers_rest_that_breaks_off_goes_on_from_there(
     """The disk failed under the fill and the client's rest from the upstream breaks off every
     200 KB: the client's rest goes on from there, as a fill's download does (two resumes, an
     INFO line each), and the client gets the whole blob."""
-    monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
     upstream = RestBreaksOff(every=200_000)
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
     async with mirror(tmp_path, upstream, **settings) as app:
@@ -382,7 +366,7 @@ async def test_a_followers_rest_that_keeps_breaking_off_cuts_its_client_with_one
     100 KB: after three resumes (400 KB of the 512 KiB left) the client is cut as for any
     failed download (its access line ``cut``), with one WARNING saying so, not an error
     escaping the response's body (``aborted``, a traceback)."""
-    monkeypatch.setattr(fill, "write_all", disk_full_after(HALF))
+    monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
     upstream = RestBreaksOff()
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
     async with mirror(tmp_path, upstream, **settings) as app:
