@@ -32,6 +32,7 @@ from docxy.edge.clients import limit_key, request_address
 from docxy.http.routes import count_relay, refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
+from docxy.tasks import spawn
 from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ async def _own_token(ask: TokenAsk) -> Response:
 async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | RegistryError:
     """The token for the password ``ask`` carries, within the guessing limit of its client's
     address (``docxy.access.logins``): a client out of wrong guesses is not checked at all."""
-    from docxy.access.authority import BadCredentials, issue_token
+    from docxy.access.authority import issue_token
 
     config = mirror_state().config
     address = request_address(request.scope, config.server)  # type: ignore[arg-type]
@@ -302,6 +303,21 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
     refusal = access.logins.take(client)  # before the check: guesses sent at once count too
     if refusal is not None:
         return refusal
+    # The check is a task of its own, run to its end whoever still waits for it: a client
+    # that hangs up mid-check (Quart then cancels this handler) must neither get its place
+    # back, a free guess, nor leave the hashing slot while its thread still hashes, which let
+    # one address queue any number of argon2 runs on the default executor.
+    check = spawn("password-check", _password_check(access, ask, client))
+    return await asyncio.shield(check)
+
+
+async def _password_check(
+    access: AccessControl, ask: TokenAsk, client: str
+) -> Issued | RegistryError:
+    """One password check within the hashing slots; its place in the guessing limit goes
+    back unless the password was wrong."""
+    from docxy.access.authority import BadCredentials, issue_token
+
     wrong = False
     try:
         async with access.hashing:  # a password check costs ~64 MiB and a core for a moment

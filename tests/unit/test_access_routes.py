@@ -439,3 +439,114 @@ async def test_concurrent_guesses_cannot_outrun_the_password_guessing_limit(
                 path, headers=basic("alice", "right"), scope_base={"client": ("192.0.2.1", 1)}
             )
             assert right.status_code == 200
+
+
+# --- a client that hangs up while its password is checked -----------------------------------
+
+
+class HeldChecks:
+    """Stands in for the users file's password check, which runs in a thread as argon2's
+    does: each check holds until :attr:`release` is set; counts the checks begun, and the
+    most that ran at once."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self.loop = asyncio.get_running_loop()
+        self.begun = asyncio.Semaphore(0)  # one place per check begun, for the test to await
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.started = 0
+        self.running = 0
+        self.most = 0
+
+    def check(self, name: str, password: str) -> bool:
+        with self._lock:
+            self.started += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.loop.call_soon_threadsafe(self.begun.release)
+        self.release.wait(10)
+        with self._lock:
+            self.running -= 1
+        return name == "alice" and password == "right"
+
+
+async def login_then_hang_up(m: Mirror, hang_up: Any, client: str = "203.0.113.7") -> int | None:
+    """``/auth/token`` with a wrong password, called as hypercorn does, from a client that
+    goes away once ``hang_up`` is set (Quart then cancels the handler): the status the app
+    sent, or None if it sent none before the client left."""
+    from tests.unit.asgi import http_scope
+
+    path = "/auth/token?scope=repository:library/redis:pull"
+    headers = basic("alice", "guess").items()
+    scope = http_scope("GET", path, host="mirror.example.com", headers=headers)
+    scope["client"] = (client, 40000)
+    statuses: list[int] = []
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    app: Any = m.app  # an ASGI app, called with plain dicts as hypercorn's are
+    await app(scope, receive, send)
+    return statuses[0] if statuses else None
+
+
+async def test_hanging_up_mid_check_neither_refunds_the_guess_nor_frees_the_hashing_slot(
+    tmp_path: Path,
+) -> None:
+    """A client that hung up while its password was being checked had its place in the
+    guessing limit given back (the check's ``finally`` took the cancellation for a right
+    password) and left its hashing slot while its thread went on hashing: from one address,
+    connect, guess, hang up, again, ran any number of argon2 checks at once on the default
+    executor (which reads every cached blob), past both ``limits.failed_logins_per_minute``
+    and the two checks at a time. Now a check runs to its end whoever waits for it: it holds
+    its slot and its place until then, and a wrong password is charged as any other."""
+    import asyncio
+
+    from docxy.access.gate import PASSWORD_CHECKS
+    from docxy.access.logins import FailedLogins
+    from docxy.http.state import mirror_state
+
+    async with users_mirror(tmp_path) as m:
+        access = mirror_state(m.app).access
+        assert access is not None
+        access.logins = FailedLogins(PASSWORD_CHECKS, clock=lambda: 100.0)  # no refill
+        held = HeldChecks()
+        access.users.check = held.check  # type: ignore[method-assign]
+        try:
+            hang_up = asyncio.Event()
+            async with asyncio.TaskGroup() as tasks:
+                first = [tasks.create_task(login_then_hang_up(m, hang_up)) for _ in range(2)]
+                for _ in first:
+                    await held.begun.acquire()  # both checks hashing, both slots taken
+                hang_up.set()
+            assert [task.result() for task in first] == [None, None]
+            # Both still hash: the slots are theirs, and so are the places they took.
+            assert access.hashing.locked()
+            again = await asyncio.wait_for(login_then_hang_up(m, asyncio.Event()), 5)
+            assert again == 429  # out of guesses: refused before any check
+            assert held.started == 2
+        finally:
+            held.release.set()
+        while held.running:  # the abandoned checks end (their threads were released)
+            await asyncio.sleep(0.01)
+        assert held.most == 2
+        # Their wrong passwords were charged: the address is still out of guesses.
+        late = await m.client.get(
+            "/auth/token?scope=repository:library/redis:pull",
+            headers=basic("alice", "right"),
+            scope_base={"client": ("203.0.113.7", 40000)},
+        )
+        assert late.status_code == 429
