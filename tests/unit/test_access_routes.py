@@ -455,6 +455,7 @@ class HeldChecks:
 
         self.loop = asyncio.get_running_loop()
         self.begun = asyncio.Semaphore(0)  # one place per check begun, for the test to await
+        self.ended = asyncio.Semaphore(0)  # and per check ended
         self.release = threading.Event()
         self._lock = threading.Lock()
         self.started = 0
@@ -470,6 +471,7 @@ class HeldChecks:
         self.release.wait(10)
         with self._lock:
             self.running -= 1
+        self.loop.call_soon_threadsafe(self.ended.release)
         return name == "alice" and password == "right"
 
 
@@ -540,8 +542,8 @@ async def test_hanging_up_mid_check_neither_refunds_the_guess_nor_frees_the_hash
             assert held.started == 2
         finally:
             held.release.set()
-        while held.running:  # the abandoned checks end (their threads were released)
-            await asyncio.sleep(0.01)
+        for _ in range(2):  # the abandoned checks end (their threads were released)
+            await asyncio.wait_for(held.ended.acquire(), 10)
         assert held.most == 2
         # Their wrong passwords were charged: the address is still out of guesses.
         late = await m.client.get(
