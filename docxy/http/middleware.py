@@ -103,7 +103,10 @@ class Guard:
             and path not in HTTPS_EXEMPT_PATHS
             and not path.startswith(HTTPS_EXEMPT_PREFIXES)
         ):
-            target = self.https_url + (http["raw_path"] or b"/").decode("latin-1")
+            raw = http["raw_path"] or b"/"
+            if not raw.startswith(b"/"):  # "*", ".evil.example/": no path, never more host
+                raw = b"/"
+            target = self.https_url + raw.decode("latin-1")
             if http["query_string"]:
                 target += "?" + http["query_string"].decode("latin-1")
             location = [("Location", target)]

@@ -177,6 +177,13 @@ async def test_absolute_form_redirects_to_the_same_https_path() -> None:
         ("/healthz", f"{PUBLIC}/healthz"),
         ("/health/../v2/", f"{PUBLIC}/health/../v2/"),
         ("/.well-known/other", f"{PUBLIC}/.well-known/other"),
+        # A target that is no path (h11 takes any visible ASCII) never extends the host:
+        # appended as it was, these made https://mirror.example.com.evil.example/, a port, a
+        # user name in front of evil.example.
+        (".evil.example/v2/", f"{PUBLIC}/"),
+        (":8443/v2/", f"{PUBLIC}/"),
+        ("@evil.example/v2/?ns=docker.io", f"{PUBLIC}/?ns=docker.io"),
+        ("*", f"{PUBLIC}/"),
     ],
 )
 async def test_plain_http_redirects_to_public_https_url(target: str, location: str) -> None:
