@@ -73,6 +73,13 @@ def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]
     ]
 
 
+def kept_retry_after(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``Retry-After`` of an upstream answer the mirror passes on in a response of its own
+    making (a relayed token answer, a ``/v2/`` error): a ``429`` or ``503`` says how long to
+    wait, and the client should hear that too. Empty when the upstream gave none."""
+    return [("Retry-After", v) for k, v in headers if k.lower() == "retry-after"][:1]
+
+
 def redirect_headers(headers: list[tuple[str, str]], same_origin: bool) -> list[tuple[str, str]]:
     """Headers for the next hop of an upstream redirect: ``Authorization`` stays on one origin."""
     if same_origin:

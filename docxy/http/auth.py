@@ -28,6 +28,7 @@ from docxy.access.gate import AccessControl, basic_credentials, bearer_token, us
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
+from docxy.core.headers import kept_retry_after
 from docxy.edge.clients import limit_key, request_address
 from docxy.http.routes import count_relay, refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
@@ -219,6 +220,8 @@ async def token() -> Response:
     content_type = answer.headers.get("content-type", "application/json")
     response = Response(body, status=answer.status_code, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
+    for name, value in kept_retry_after(answer.headers.multi_items()):
+        response.headers[name] = value
     return response
 
 

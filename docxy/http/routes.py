@@ -19,7 +19,7 @@ from docxy.access.identity import set_identity
 from docxy.cache.fill import BlobFollower
 from docxy.core.challenge import Challenge, rewrite_challenges
 from docxy.core.errors import ClientError, Unsupported, UpstreamError, UpstreamUnavailable
-from docxy.core.headers import request_headers, unsendable
+from docxy.core.headers import kept_retry_after, request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.edge.clients import limit_key, request_address
 from docxy.http.middleware import HANDOVER
@@ -127,7 +127,8 @@ async def ping() -> Response:
         offered = answer.headers.get_list("www-authenticate")
         return unauthorized(*rewrite_challenges(offered, realm, upstream.library_prefix))
     if answer.status_code >= 400:
-        return registry_response(_error_body(body, answer.status_code), answer.status_code, JSON)
+        headers = JSON + kept_retry_after(answer.headers.multi_items())
+        return registry_response(_error_body(body, answer.status_code), answer.status_code, headers)
     return registry_response(b"{}", 200, JSON)
 
 

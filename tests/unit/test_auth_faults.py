@@ -336,3 +336,35 @@ async def test_a_posted_login_goes_where_a_basic_one_would(grant: dict[str, str]
     assert (sent.method, sent.url.host) == ("GET", "auth.ghcr.example")
     assert "authorization" not in sent.headers and not sent.content
     assert "hub-refresh" not in str(sent.url) and "hunter2" not in str(sent.url)
+
+
+# --- the upstream's "try later" on what the mirror relays ------------------------------------
+
+
+def rate_limited(request: httpx.Request) -> httpx.Response:
+    """Docker Hub rate-limiting the mirror's address: its token service and its ``/v2/``."""
+    body = b'{"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]}'
+    return reply(429, body, [("Retry-After", "37"), *JSON.items()])
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/auth/token?scope=repository:library/redis:pull", {}),
+        ("/auth/token?scope=repository:library/redis:pull", {"Authorization": "Basic Ym9iOnB3"}),
+        ("/v2/", {"Authorization": "Bearer hub-token"}),  # docker login checking its token
+    ],
+    ids=["token", "token-with-login", "v2-with-token"],
+)
+async def test_a_relayed_429_keeps_the_upstreams_retry_after(
+    path: str, headers: dict[str, str]
+) -> None:
+    """Without a cache the mirror relays the upstream's answer to a token request or a
+    credentialed ``/v2/``, and a ``429`` came without the ``Retry-After`` the upstream gave:
+    the client was told to slow down, not for how long. (Pass-throughs of content kept it.)"""
+    async with mirror(rate_limited) as m:
+        answer = await m.client.get(path, headers=headers)
+        assert answer.status_code == 429
+        assert answer.headers.get("Retry-After") == "37"
+        body = await answer.get_json()
+        assert body["errors"][0]["code"] == "TOOMANYREQUESTS"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from docxy.core.headers import HOP_BY_HOP, redirect_headers, request_headers, response_headers
+from docxy.core.headers import (
+    HOP_BY_HOP,
+    kept_retry_after,
+    redirect_headers,
+    request_headers,
+    response_headers,
+)
 
 ACCEPTS = [
     ("Accept", "application/vnd.oci.image.index.v1+json"),
@@ -143,3 +149,10 @@ def test_redirect_cross_origin_drops_only_authorization() -> None:
 def test_redirect_cross_origin_drops_authorization_in_any_case() -> None:
     headers = [("authorization", "Bearer a"), ("AUTHORIZATION", "Basic b"), ("range", "bytes=5-")]
     assert redirect_headers(headers, same_origin=False) == [("range", "bytes=5-")]
+
+
+def test_kept_retry_after_is_the_upstreams_own_and_nothing_else() -> None:
+    upstream = [("Content-Type", "application/json"), ("retry-after", "37"), ("Server", "x")]
+    assert kept_retry_after(upstream) == [("Retry-After", "37")]
+    assert kept_retry_after([("Retry-After", "1"), ("Retry-After", "99")]) == [("Retry-After", "1")]
+    assert kept_retry_after([("Content-Type", "application/json")]) == []
