@@ -123,15 +123,7 @@ class Renewer(Runs):
         s = self.settings
         if s.domain is None:
             return
-        lineage = Lineage(
-            s.config_dir,
-            s.domain,
-            webroot=s.webroot,
-            email=s.email,
-            acme_server=s.acme_server,
-            ca_bundle=s.ca_bundle,
-            timeout=s.certbot_timeout,
-        )
+        lineage = Lineage.of(s.certs, timeout=s.certbot_timeout)
         try:
             lineage.ensure(deploy_hook=s.deploy_hook, before_obtain=self._wait_for_mirror)
         finally:

@@ -30,9 +30,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
+
+if TYPE_CHECKING:
+    from docxy.config import CertsConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,24 @@ class Lineage:
     timeout: float = certs.TIMEOUT
     staging: bool = False  # a new certificate from Let's Encrypt's staging CA
     set_aside: SetAside | None = field(default=None, init=False)
+
+    @classmethod
+    def of(
+        cls, config: CertsConfig, *, staging: bool = False, timeout: float = certs.TIMEOUT
+    ) -> Lineage:
+        """The lineage ``[certs]`` names, with all certbot is told from there: the one place
+        the renewer and ``docxy certs`` turn settings into certbot's. ConfigError naming
+        certs.config_dir or certs.domain when not set."""
+        return cls(
+            certs.required(config.config_dir, "certs.config_dir"),
+            certs.required(config.domain, "certs.domain"),
+            webroot=config.webroot,
+            email=config.email,
+            acme_server=config.acme_server,
+            ca_bundle=config.ca_bundle,
+            timeout=timeout,
+            staging=staging,
+        )
 
     @property
     def live(self) -> Path:
