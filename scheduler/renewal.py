@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from docxy.core.errors import ConfigError
 from docxy.tls import certs
 from docxy.tls.context import CertError
 from docxy.tls.lineage import Lineage
@@ -90,8 +91,8 @@ class Renewer(Runs):
     def attempt(self) -> None:
         try:
             self._obtain_or_renew()
-        except (certs.CertbotError, CertError, OSError, ValueError) as exc:
-            self._deploy_despite(exc)
+        except (certs.CertbotError, CertError, ConfigError, OSError, ValueError) as exc:
+            self._deploy_despite(exc)  # ConfigError: no certs.webroot to obtain through
             raise RunFailed(str(exc)) from exc
         try:
             self._deploy()
@@ -122,15 +123,7 @@ class Renewer(Runs):
         s = self.settings
         if s.domain is None:
             return
-        lineage = Lineage(
-            s.config_dir,
-            s.domain,
-            webroot=s.webroot,
-            email=s.email,
-            acme_server=s.acme_server,
-            ca_bundle=s.ca_bundle,
-            timeout=s.certbot_timeout,
-        )
+        lineage = Lineage.of(s.certs, timeout=s.certbot_timeout)
         try:
             lineage.ensure(deploy_hook=s.deploy_hook, before_obtain=self._wait_for_mirror)
         finally:

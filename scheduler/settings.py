@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docxy.cli.healthcheck import local_url
-from docxy.config import load_config
+from docxy.config import CertsConfig, load_config
 from docxy.core.errors import ConfigError
 
 #: docxy.tls.certs.STATUS_FILE (a test holds them equal): importing that module here would load
@@ -26,12 +26,7 @@ STATUS_FILE = "status.json"
 
 @dataclass(frozen=True)
 class Settings:
-    domain: str | None
-    email: str | None
-    webroot: Path | None
-    config_dir: Path
-    acme_server: str | None
-    ca_bundle: Path | None
+    certs: CertsConfig  # certs.config_dir set (checked at load); certbot's, through Lineage.of
     cert_path: Path | None
     key_path: Path | None
     hours: tuple[int, int]  # the two daily runs...
@@ -45,6 +40,15 @@ class Settings:
     certbot_timeout: float
     once: bool
     wait_for_mirror: str | None = None  # poll this URL until it answers before a first issuance
+
+    @property
+    def domain(self) -> str | None:
+        return self.certs.domain
+
+    @property
+    def config_dir(self) -> Path:
+        assert self.certs.config_dir is not None  # load
+        return self.certs.config_dir
 
     @property
     def status_file(self) -> Path:
@@ -123,12 +127,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
     own = config.scheduler
     hour = random.randrange(12) if own.hour is None else own.hour
     return Settings(
-        domain=config.certs.domain,
-        email=config.certs.email,
-        webroot=config.certs.webroot,
-        config_dir=config.certs.config_dir,
-        acme_server=config.certs.acme_server,
-        ca_bundle=config.certs.ca_bundle,
+        certs=config.certs,
         cert_path=config.tls.cert_path,
         key_path=config.tls.key_path,
         hours=(hour, hour + 12),

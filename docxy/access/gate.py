@@ -197,6 +197,12 @@ class AccessControl:
         """Create what is missing on disk (first key, the CA) before serving."""
         if self.users_mode:
             self.users, self.spec  # noqa: B018 - loaded now, not by the first login
+            from docxy.access.users import UsersFileError  # loaded with self.users
+
+            try:
+                self.users.users()  # read now: what it warns of is said at start-up
+            except UsersFileError:
+                pass  # said (and answered 503) at each check, as when it breaks later
             self.keys.ensure()
             if self.plain_http:
                 log.warning(

@@ -4,7 +4,10 @@ The file is read again whenever it changes on disk, so ``docxy users add/rm`` ta
 running mirror without a restart (and a removed user's tokens stop working at once: tokens are
 only honoured for names still in the file). A check for an unknown name still runs one full hash
 verification, at the scheme and cost most of the file's hashes have (bcrypt from ``htpasswd -B``
-is a hundred times cheaper than argon2id), so timing does not tell which names exist.
+is a hundred times cheaper than argon2id), so timing does not tell which names exist. A file
+that mixes costs still tells the users of a rarer one apart from unknown names: each read of such
+a file (at start-up, after each change) logs one warning with how many they are and how to set
+their passwords again at the usual cost (no names, no hashes).
 """
 
 from __future__ import annotations
@@ -37,6 +40,21 @@ def cost_of(stored: str) -> str:
     if stored.startswith("$argon2"):
         return stored.rsplit("$", 2)[0]
     return stored[:6]
+
+
+def describe_cost(cost: str) -> str:
+    """A :func:`cost_of` as a person reads it: ``bcrypt cost 5``, ``argon2id m=65536,t=3,p=4``."""
+    if cost.startswith("$argon2"):
+        scheme, *_, params = cost.split("$")[1:]
+        return f"{scheme} {params}"
+    return f"bcrypt cost {cost[4:6].lstrip('0') or '0'}"
+
+
+def _fix_for(cost: str, path: Path) -> str:
+    """How an operator sets a password in ``path`` again at ``cost``."""
+    if cost.startswith("$argon2"):
+        return "`docxy users add NAME` (argon2id)"
+    return f"`htpasswd -B -C {int(cost[4:6])} {path} NAME`, or `docxy users add NAME` for all"
 
 
 @functools.cache
@@ -138,6 +156,23 @@ class _Snapshot:
         costs = Counter(cost_of(stored) for stored in self.users.values())
         return costs.most_common(1)[0][0] if costs else ""
 
+    def warn_rarer_costs(self, path: Path) -> None:
+        """One warning if some users' hashes have another cost than :attr:`usual_cost`: an
+        unknown name's check (at the usual cost) takes another time than theirs."""
+        usual = self.usual_cost
+        rarer = sum(1 for stored in self.users.values() if cost_of(stored) != usual)
+        if rarer:
+            log.warning(
+                "users file %s: %d of %d users have a password hash of another cost than the"
+                " usual %s, so the time a login takes tells their names from unknown ones: set"
+                " their passwords again at the usual cost with %s",
+                path,
+                rarer,
+                len(self.users),
+                describe_cost(usual),
+                _fix_for(usual, path),
+            )
+
 
 class UsersFile:
     """The users file at ``path``, re-read when it changes (mtime, size or inode)."""
@@ -167,6 +202,7 @@ class UsersFile:
                     raise UsersFileError(f"{self.path}: unreadable ({exc.strerror})") from exc
                 users = parse_users(text, self.path)
             self._snapshot = _Snapshot(signature, users)
+            self._snapshot.warn_rarer_costs(self.path)
         return self._snapshot.users
 
     def exists(self, name: str) -> bool:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from docxy.cache.reader import BlobReader
 from docxy.cache.stream import tee
 from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
 from docxy.core.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
+from docxy.core.hosts import earlier_spellings
 
 __all__ = [
     "ANONYMOUS",
@@ -100,15 +102,27 @@ class Cache:
 
 
 def open_cache(
-    directory: Path, *, max_size: int, tag_ttl: float, room_wait: float = ROOM_WAIT
+    directory: Path,
+    *,
+    max_size: int,
+    tag_ttl: float,
+    room_wait: float = ROOM_WAIT,
+    registries: Iterable[str] = (),
 ) -> Cache:
     """Open (and recover) the cache in ``directory`` for a serving process. Quick: the blob
     index and the manifest catalogue are read in worker threads, and the stores serve from disk
     meanwhile (``await cache.blobs.indexed()`` / ``cache.manifests.loaded()`` wait for them).
-    Called on the event loop, it takes the index over there as soon as it is read."""
+    Called on the event loop, it takes the index over there as soon as it is read. What an
+    earlier version keyed under another spelling of one of the ``registries`` (the upstreams'
+    URLs) is moved to its key now (:meth:`ManifestStore.respell`)."""
     directory = Path(directory)
     access = AccessIndex(directory / "access")
     blobs = DiskBlobStore.open(directory, max_size, room_wait=room_wait)
-    manifests = ManifestStore.open(directory / "manifests", access, tag_ttl=tag_ttl)
+    manifests = ManifestStore.open(
+        directory / "manifests",
+        access,
+        tag_ttl=tag_ttl,
+        spellings=earlier_spellings(registries),
+    )
     blobs.catalog = manifests  # eviction keeps images whole, least recently pulled go first
     return Cache(blobs=blobs, manifests=manifests, access=access)

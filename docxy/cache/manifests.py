@@ -28,8 +28,9 @@ import enum
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,14 +124,22 @@ class ManifestStore:
         *,
         tag_ttl: float,
         clock: Callable[[], float] = time.time,
+        spellings: Mapping[str, str] | None = None,
     ) -> ManifestStore:
-        """Open for serving: remove temp files left by a crash, and read the catalogue (every
-        manifest and tag) in a worker thread, so a large cache does not hold up the first
-        answers. Manifests and tags are served meanwhile, straight from disk; what changes is
-        noted and replayed on the catalogue once it is read."""
+        """Open for serving: remove temp files left by a crash, move what earlier versions
+        keyed otherwise (:meth:`migrate_access`; ``spellings``, :meth:`respell`), and read the
+        catalogue (every manifest and tag) in a worker thread, so a large cache does not hold
+        up the first answers. Manifests and tags are served meanwhile, straight from disk; what
+        changes is noted and replayed on the catalogue once it is read."""
+        spellings = spellings or {}
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         clear_dir(store._tmp)
         store.migrate_access()
+        for old, new in spellings.items():
+            try:
+                store.respell(old, new)
+            except OSError as exc:  # what is left stays under the old key: fetched once more
+                log.warning("cache: cannot move the entries of %s to %s: %s", old, new, exc)
         store._scanning = read_in_thread("docxy-manifest-catalogue", store._scan)
         return store
 
@@ -142,6 +151,37 @@ class ManifestStore:
         )
         if moved:
             log.info("cache: moved %d repository records to the per-manifest layout", moved)
+
+    def respell(self, old: str, new: str) -> None:
+        """Move what is cached under upstream ``old`` to ``new``, the key of the same registry
+        now (``ghcr.io:443`` → ``ghcr.io``: :func:`docxy.core.hosts.earlier_spellings`), so an
+        upgrade fetches none of it again. Before the catalogue is read. Tags first, then the
+        repository records, the manifests' folder last: while it is there a move cut short
+        goes on at the next open; without it there is nothing to do (one ``stat``). A tag
+        fetched again under ``new`` since (the newer) is kept, as is a manifest already there."""
+        old_key, new_key = _upstream_key(old), _upstream_key(new)
+        manifests = self.root / "by-digest" / old_key
+        if not manifests.is_dir():
+            return
+        tags = 0
+        for entry in self.list_tags():
+            if entry.repo.upstream != old:
+                continue
+            moved = TagEntry(
+                RepoKey(new, entry.repo.repo),
+                entry.tag,
+                entry.digest,
+                entry.fetched_at,
+                entry.public,
+            )
+            there = _parse_tag(self._tag_path(moved.repo, moved.tag))
+            if there is None or there.fetched_at < moved.fetched_at:
+                self._write_tag(moved)
+            unlink_quietly(self._tag_path(entry.repo, entry.tag))
+            tags += 1
+        self.access.respell(old, new)
+        count = _merge_into(manifests, self.root / "by-digest" / new_key)
+        log.info("cache: moved %d manifests and %d tags of %s to %s", count, tags, old, new)
 
     @property
     def _tmp(self) -> Path:
@@ -538,6 +578,26 @@ class ManifestStore:
 def _meta_path(path: Path) -> Path:
     """The record (media type, size) beside a manifest's file."""
     return path.with_name(path.name + ".json")
+
+
+def _merge_into(source: Path, target: Path) -> int:
+    """Move the manifests of folder ``source`` into ``target`` (records first: a manifest is
+    cached once its own file is in place), keeping what ``target`` has; ``source`` goes.
+    Returns how many manifests moved."""
+    files = sorted(
+        (path for path in source.rglob("*") if path.is_file()),
+        key=lambda path: not path.name.endswith(".json"),
+    )
+    count = 0
+    for path in files:
+        moved = target / path.relative_to(source)
+        if moved.exists():
+            continue
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, moved)
+        count += not path.name.endswith(".json")
+    shutil.rmtree(source)
+    return count
 
 
 def _unlink_existed(path: Path) -> bool:

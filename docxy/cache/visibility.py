@@ -135,6 +135,26 @@ class AccessIndex:
                     found.add(repo)
         return sorted(found, key=lambda r: (r.upstream, r.repo))
 
+    def respell(self, old: str, new: str) -> int:
+        """Record again under upstream ``new`` what was recorded under ``old``, the same registry
+        spelled as keys spelled it before (:func:`docxy.core.hosts.earlier_spellings`), and drop
+        the old records; returns how many moved."""
+        base = self.root / "by-digest" / upstream_key(old)
+        moved = 0
+        for marker in base.glob("*/*/*/*.*") if base.is_dir() else ():
+            algorithm, _, hex_, _name = marker.relative_to(base).parts
+            repo = _parse_repo_json(marker)
+            if repo is None or repo.upstream != old or marker.suffix not in (".public", ".private"):
+                continue
+            try:
+                digest = Digest(algorithm, hex_)
+            except DigestInvalid:
+                continue
+            self.record(RepoKey(new, repo.repo), digest, public=marker.suffix == ".public")
+            moved += 1
+        shutil.rmtree(base, ignore_errors=True)
+        return moved
+
     def migrate(self, keep: Callable[[str, Digest], bool]) -> int:
         """Move the records of the earlier layout into this one, dropping those whose manifest
         ``keep(upstream key, digest)`` says is no longer cached; returns how many moved."""

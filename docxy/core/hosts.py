@@ -12,12 +12,15 @@ holds one host twice under two spellings:
 - :func:`url_host` and :func:`canonical_url`: a URL's host (a registry's, which keys the
   cache, tokens and health), without the default port of *its* scheme (``http://x:443`` keeps
   its port);
+- :func:`earlier_spellings`: how a registry's host keyed the cache before this module (its
+  default port written out), for moving those entries (:meth:`ManifestStore.respell`);
 - :func:`origin`: a URL's scheme, host and port, the default port filled in (a redirect keeps
   ``Authorization`` on the same origin only; idle direct connections are kept per origin).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -72,6 +75,20 @@ def canonical_url(url: str) -> str:
     """``url`` with its host as :func:`url_host` writes it: ``https://GHCR.io:443/v2`` →
     ``https://ghcr.io/v2``. Credentials in it are dropped (settings refuse them anyway)."""
     return urlunsplit(urlsplit(url)._replace(netloc=url_host(url)))
+
+
+def earlier_spellings(registries: Iterable[str]) -> dict[str, str]:
+    """The host each registry URL was keyed by when a written default port stayed in it (before
+    :func:`url_host`: the URL's netloc as written) → the key now: ``https://ghcr.io`` (read from
+    ``https://ghcr.io:443``) → ``{"ghcr.io:443": "ghcr.io"}``; ``http://x:5000`` → none (its
+    key did not change). The other spelling, a default port left out, is the key now."""
+    found: dict[str, str] = {}
+    for url in registries:
+        default = DEFAULT_PORTS.get(urlsplit(url).scheme)
+        host = url_host(url)
+        if default is not None and _split(host)[1] == "":
+            found[f"{host}:{default}"] = host
+    return found
 
 
 def origin(url: str) -> tuple[str, str | None, int | None]:

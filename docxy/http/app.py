@@ -63,7 +63,11 @@ def open_store(config: Config) -> Cache:
         root.mkdir(parents=True, exist_ok=True)
         cache = config.cache
         return open_cache(
-            root, max_size=cache.max_size, tag_ttl=cache.tag_ttl, room_wait=cache.room_wait
+            root,
+            max_size=cache.max_size,
+            tag_ttl=cache.tag_ttl,
+            room_wait=cache.room_wait,
+            registries=[config.upstream.registry, *(u.registry for u in config.upstreams)],
         )
     except OSError as exc:
         source = config.sources.get("cache.dir", "default")

@@ -313,7 +313,8 @@ NO_TLS = (
 )
 
 
-def _need(value: T | None, key: str) -> T:
+def required(value: T | None, key: str) -> T:
+    """`value`, or ConfigError naming the unset `key` and where to give it."""
     if value is None:
         env = "DOCXY_" + key.replace(".", "_").upper()
         raise ConfigError(f"{key}: not set (give the flag, env {env} or the TOML key)")
@@ -327,30 +328,21 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.certs_command == "status":
         if cert_path is None and key_path is None:
             raise ConfigError(NO_TLS)
-        cert, key = _need(cert_path, "tls.cert_path"), _need(key_path, "tls.key_path")
+        cert, key = required(cert_path, "tls.cert_path"), required(key_path, "tls.key_path")
         described = describe_files(cert, key)
         print(json.dumps(described, indent=2))
         return (
             EXIT_FAILED if "error" in described else EXIT_OK
         )  # shown either way; a script sees the failure
-    config_dir = _need(certs.config_dir, "certs.config_dir")
     from docxy.tls.lineage import Lineage  # which imports this module
 
-    lineage = Lineage(
-        config_dir,
-        _need(certs.domain, "certs.domain"),
-        webroot=certs.webroot,
-        email=certs.email,
-        acme_server=certs.acme_server,
-        ca_bundle=certs.ca_bundle,
-        staging=getattr(args, "staging", False),
-    )
+    lineage = Lineage.of(certs, staging=getattr(args, "staging", False))
     if lineage.staging and lineage.acme_server:
         raise ConfigError("give either an ACME server (certs.acme_server) or --staging, not both")
     if args.certs_command == "obtain":
         # As the renewer does: an issued lineage is renewed (when due), never issued over into
         # <domain>-0001; one certbot cannot go on from is set aside and obtained anew.
-        _need(certs.webroot, "certs.webroot")
+        required(certs.webroot, "certs.webroot")
         lineage.ensure(dry_run=args.dry_run)
     else:
         lineage.renew(force=args.force, dry_run=args.dry_run)

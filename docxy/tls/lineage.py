@@ -30,8 +30,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from docxy.core.errors import ConfigError
 from docxy.tls import certs
+
+if TYPE_CHECKING:
+    from docxy.config import CertsConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,24 @@ class Lineage:
     staging: bool = False  # a new certificate from Let's Encrypt's staging CA
     set_aside: SetAside | None = field(default=None, init=False)
 
+    @classmethod
+    def of(
+        cls, config: CertsConfig, *, staging: bool = False, timeout: float = certs.TIMEOUT
+    ) -> Lineage:
+        """The lineage ``[certs]`` names, with all certbot is told from there: the one place
+        the renewer and ``docxy certs`` turn settings into certbot's. ConfigError naming
+        certs.config_dir or certs.domain when not set."""
+        return cls(
+            certs.required(config.config_dir, "certs.config_dir"),
+            certs.required(config.domain, "certs.domain"),
+            webroot=config.webroot,
+            email=config.email,
+            acme_server=config.acme_server,
+            ca_bundle=config.ca_bundle,
+            timeout=timeout,
+            staging=staging,
+        )
+
     @property
     def live(self) -> Path:
         return self.config_dir / "live" / self.domain
@@ -108,7 +131,7 @@ class Lineage:
         """``certbot renew`` of this lineage alone, or, if certbot cannot renew it (see the
         module docstring), set it aside and obtain a new one (``before_obtain`` first: the
         renewer waits for the mirror that serves the webroot). CertbotError for certbot's other
-        failures; ValueError, with nothing moved, for a dry run or no webroot."""
+        failures; with nothing moved, ValueError for a dry run and ConfigError for no webroot."""
         if self.issued() and not self.renewal_conf.exists():
             trouble = f"certbot's renewal configuration {self.renewal_conf} is missing"
         else:
@@ -157,8 +180,8 @@ class Lineage:
     def obtain(self, before: Callable[[], None] | None = None, *, dry_run: bool = False) -> None:
         """A first certificate for the domain. What an earlier lineage left (a renewal
         configuration whose live/ is gone, an archive/) is set aside first: certbot would
-        otherwise issue into ``<domain>-0001``, which nothing installs. ValueError, with
-        nothing moved, for a dry run that would have to move it."""
+        otherwise issue into ``<domain>-0001``, which nothing installs. With nothing moved,
+        ConfigError for no webroot, ValueError for a dry run that would have to move it."""
         left = [path for path in self._parts() if path.exists()]
         self._need_webroot("no certificate has been obtained yet")
         if left:
@@ -176,11 +199,13 @@ class Lineage:
         return self.renewal_conf, self.live, self.config_dir / "archive" / self.domain
 
     def _need_webroot(self, trouble: str) -> None:
+        """ConfigError naming the setting when there is no webroot to obtain through: the
+        operator's to give (``docxy certs`` exits 2), not a state of the lineage."""
         if self.webroot is None:
-            raise ValueError(
-                f"{trouble}: a new certificate is obtained through certs.webroot (the directory"
-                " the mirror serves /.well-known/acme-challenge/ from), which is not set: give"
-                " --webroot, env DOCXY_CERTS_WEBROOT or the TOML key"
+            raise ConfigError(
+                "certs.webroot: not set (give --webroot, env DOCXY_CERTS_WEBROOT or the TOML"
+                f" key); {trouble}, and a new certificate is obtained through the webroot (the"
+                " directory the mirror serves /.well-known/acme-challenge/ from)"
             )
 
     def _obtain(self, before: Callable[[], None] | None, *, dry_run: bool = False) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import bcrypt
 import pytest
 
+from docxy.access.gate import AccessControl
 from docxy.access.users import UsersFile, UsersFileError, hash_password, parse_users, verify_hash
+from docxy.config import load_config
 
 
 def test_argon2_and_bcrypt_hashes_verify() -> None:
@@ -104,3 +107,55 @@ def test_an_unknown_name_costs_what_the_files_users_cost(
     assert not users.check("nobody", "pw")
     assert [_cost(h) for h in checked] == [_cost(stored)]
     assert checked[0] != stored  # a dummy, not one of the users' hashes
+
+
+def mixed_costs(path: Path) -> list[str]:
+    """Two users of bcrypt cost 4 (the usual), one of cost 5: what ``htpasswd -B`` and
+    ``htpasswd -B -C 5`` write into one file."""
+    stored = [bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=r)).decode() for r in (4, 4, 5)]
+    names = ("al9", "bo9", "cy9")
+    path.write_text("".join(f"{name}:{h}\n" for name, h in zip(names, stored, strict=True)))
+    return stored
+
+
+def test_a_file_that_mixes_costs_is_warned_of_at_each_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unknown name is checked at the usual cost, so a user of a rarer one answers in
+    another time: the operator is told how many and how to even them out (it was silent)."""
+    stored = mixed_costs(tmp_path / "users")
+    users = UsersFile(tmp_path / "users")
+    with caplog.at_level(logging.WARNING, logger="docxy.access.users"):
+        for _ in range(3):
+            assert not users.check("nobody", "pw")
+            assert users.check("cy9", "pw")
+    (warning,) = [r.getMessage() for r in caplog.records]  # once, not at every check
+    assert "1 of 3 users" in warning and "bcrypt cost 4" in warning
+    assert f"htpasswd -B -C 4 {tmp_path / 'users'} NAME" in warning
+    assert not any(h in warning or h[7:] in warning for h in stored)  # no hash, no salt
+    assert not any(name in warning for name in ("al9", "bo9", "cy9"))
+    UsersFile(tmp_path / "users").remove("al9")  # `docxy users rm`: the mirror reloads...
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="docxy.access.users"):
+        users.check("nobody", "pw")
+    assert ["1 of 2 users" in r.getMessage() for r in caplog.records] == [True]  # ...says again
+
+
+def test_a_file_of_one_cost_is_not_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "users").write_text(f"al:{hash_password('pw')}\nbo:{hash_password('pw')}\n")
+    with caplog.at_level(logging.WARNING, logger="docxy.access.users"):
+        assert UsersFile(tmp_path / "users").check("al", "pw")
+    assert caplog.records == []
+
+
+def test_the_mirror_warns_of_mixed_costs_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not at the first login, which may come much later."""
+    mixed_costs(tmp_path / "users")
+    config = load_config({"auth.mode": "users", "auth.dir": str(tmp_path)}, environ={})
+    with caplog.at_level(logging.WARNING, logger="docxy.access.users"):
+        AccessControl(config).prepare()
+    assert ["1 of 3 users" in r.getMessage() for r in caplog.records] == [True]

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from docxy.cache.errors import DigestMismatch
-from docxy.cache.manifests import ManifestStore, TagState, referenced_digests
-from docxy.cache.visibility import AccessIndex, RepoKey
+from docxy.cache.manifests import ManifestStore, TagResolution, TagState, referenced_digests
+from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, upstream_key
+from docxy.config import load_config
 from docxy.core.digests import digest_of
+from docxy.core.hosts import earlier_spellings
+from docxy.http.app import open_store as open_store_of
 
 HUB = "registry-1.docker.io"
 ALPINE = RepoKey(HUB, "library/alpine")
@@ -221,3 +225,62 @@ def test_referenced_digests() -> None:
     assert referenced_digests(b"not json") == []
     assert referenced_digests(b"[1, 2]") == []
     assert referenced_digests(b'{"layers": "nope", "config": 3}') == []
+
+
+# --- an upstream keyed by an earlier spelling (a written default port, before docxy.core.hosts)
+
+
+GHCR_OLD = RepoKey("ghcr.io:443", "org/app")  # Upstream.host of https://ghcr.io:443 until 29ab523
+GHCR = RepoKey("ghcr.io", "org/app")  # ...and since
+
+
+async def test_an_upgrade_finds_what_was_cached_under_the_default_port(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """The registry written ``https://ghcr.io:443``: its manifests and tags were keyed by
+    ``ghcr.io:443``, now by ``ghcr.io``, and were all fetched once more after the upgrade."""
+    clock.now = time.time()  # the mirror's store keeps the real clock
+    old = open_store(tmp_path, clock)
+    content = manifest_bytes(1)
+    stored = await old.put(GHCR_OLD, content, OCI_MANIFEST, public=True)
+    await old.set_tag(GHCR_OLD, "v1", stored.digest, public=True)
+    await old.loaded()
+    config = load_config(
+        {"upstream.registry": "https://ghcr.io:443", "cache.dir": str(tmp_path)}, environ={}
+    )
+    new = open_store_of(config).manifests  # the mirror's: given the upstreams' URLs
+    resolved = await new.resolve_tag(GHCR, "v1")
+    assert resolved.state is TagState.FRESH
+    assert resolved.manifest is not None and resolved.manifest.content == content
+    assert resolved.visibility == Visibility(GHCR, public=True)  # served to anonymous clients
+    got = await new.get(GHCR, stored.digest)
+    assert got is not None and got.visibility == Visibility(GHCR, public=True)
+    await new.loaded()
+    assert [image.key.upstream for image in new.images()] == [upstream_key("ghcr.io")]
+    assert await new.resolve_tag(GHCR_OLD, "v1") == TagResolution(TagState.MISSING)
+    assert [e.repo for e in new.list_tags()] == [GHCR]
+
+
+async def test_a_tag_fetched_again_since_the_upgrade_is_kept(tmp_path: Path, clock: Clock) -> None:
+    """A mirror that ran after the upgrade without the move: what it fetched is the newer."""
+    store = open_store(tmp_path, clock)
+    first, second = manifest_bytes(1), manifest_bytes(2)
+    old = await store.put(GHCR_OLD, first, OCI_MANIFEST, public=True)
+    await store.set_tag(GHCR_OLD, "v1", old.digest, public=True)
+    clock.now += 10
+    again = await store.put(GHCR, second, OCI_MANIFEST, public=True)
+    await store.set_tag(GHCR, "v1", again.digest, public=True)
+    await store.put(GHCR, first, OCI_MANIFEST, public=False)  # already there, privately
+    await store.loaded()
+    moved = ManifestStore.open(
+        tmp_path / "manifests",
+        AccessIndex(tmp_path / "access"),
+        tag_ttl=TTL,
+        clock=clock,
+        spellings=earlier_spellings(["https://ghcr.io"]),
+    )
+    resolved = await moved.resolve_tag(GHCR, "v1")
+    assert resolved.manifest is not None and resolved.manifest.content == second
+    kept = await moved.get(GHCR, old.digest)
+    assert kept is not None and kept.visibility == Visibility(GHCR, public=True)
+    assert not (tmp_path / "manifests" / "by-digest" / upstream_key("ghcr.io:443")).exists()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from docxy.core.hosts import canonical_url, host_key, origin, takes_any_port, url_host
+from docxy.core.hosts import (
+    canonical_url,
+    earlier_spellings,
+    host_key,
+    origin,
+    takes_any_port,
+    url_host,
+)
 
 
 @pytest.mark.parametrize(
@@ -71,3 +78,17 @@ def test_a_url_names_its_host_without_the_default_port(url: str, host: str, cano
 )
 def test_origin_fills_in_the_default_port(a: str, b: str, same: bool) -> None:
     assert (origin(a) == origin(b)) is same
+
+
+@pytest.mark.parametrize(
+    ("registries", "expected"),
+    [
+        (["https://ghcr.io"], {"ghcr.io:443": "ghcr.io"}),
+        (["http://reg.lan"], {"reg.lan:80": "reg.lan"}),
+        (["https://[::1]"], {"[::1]:443": "[::1]"}),
+        (["http://reg.lan:5000", "https://reg.lan:8443"], {}),  # keyed so before and since
+        (["http://reg.lan:443"], {}),  # not http's default port: kept in the key then and now
+    ],
+)
+def test_earlier_spellings(registries: list[str], expected: dict[str, str]) -> None:
+    assert earlier_spellings(registries) == expected

@@ -194,10 +194,11 @@ def test_cli_renew_obtains_anew_what_certbot_cannot_renew(
 
 
 @pytest.mark.parametrize(
-    ("flags", "expected"),
+    ("flags", "expected", "code"),
     [
-        (["--dry-run"], "run without --dry-run to move the lineage to"),
-        (["--webroot", ""], "certs.webroot"),
+        (["--dry-run"], "run without --dry-run to move the lineage to", 1),
+        # A setting to give, not a state of the lineage: exit 2 (docxy.cli.exits); it was 1.
+        (["--webroot", ""], "config error: certs.webroot: not set (give --webroot", 2),
     ],
 )
 def test_cli_renew_says_what_to_do_and_moves_nothing(
@@ -207,6 +208,7 @@ def test_cli_renew_says_what_to_do_and_moves_nothing(
     capsys: pytest.CaptureFixture[str],
     flags: list[str],
     expected: str,
+    code: int,
 ) -> None:
     issued_lineage(le / "live" / "mirror.test")
     (le / "renewal" / "mirror.test.conf").unlink()
@@ -214,11 +216,24 @@ def test_cli_renew_says_what_to_do_and_moves_nothing(
     if flags[0] == "--webroot":
         monkeypatch.delenv("DOCXY_CERTS_WEBROOT")
         flags = []
-    assert run_cli(["certs", "renew", *flags]) == 1
+    assert run_cli(["certs", "renew", *flags]) == code
     said = capsys.readouterr().err
     assert "renewal configuration" in said and "is missing" in said
     assert expected in said
     assert (le / "live" / "mirror.test" / "fullchain.pem").exists()
+    assert not (le / "orphaned").exists() and obtain.calls == []
+
+
+def test_the_renewer_without_a_webroot_fails_the_run_and_moves_nothing(
+    le: Path, obtain: FakeCertbot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run fails (retried, in /health) naming the setting; the renewer goes on."""
+    issued_lineage(le / "live" / "mirror.test")
+    (le / "renewal" / "mirror.test.conf").unlink()
+    monkeypatch.delenv("DOCXY_CERTS_WEBROOT")
+    renewer = Renewer(settings_mod.load([]))
+    assert renewer.run() is False
+    assert str(renewer.last_error).startswith("certs.webroot: not set")
     assert not (le / "orphaned").exists() and obtain.calls == []
 
 

@@ -75,7 +75,7 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 @pytest.mark.usefixtures("env")
 def test_settings_from_config_and_flags(tmp_path: Path) -> None:
     s = settings_mod.load(["--interval", "2", "--retry-base", "0.5", "--minute", "7"])
-    assert (s.domain, s.email) == ("mirror.test", "ops@mirror.test")
+    assert (s.domain, s.certs.email) == ("mirror.test", "ops@mirror.test")
     assert s.config_dir == tmp_path / "le"
     assert s.status_file == tmp_path / "le" / "status.json"
     assert (s.interval, s.retry_base, s.minute) == (2.0, 0.5, 7)
