@@ -35,6 +35,7 @@ from docxy.cache.errors import (
     VerifyError,
 )
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
+from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
 from docxy.core.digests import Digest
 from docxy.threads import in_own_thread
 
@@ -638,12 +639,12 @@ class BlobFollower(ClosingStream):
         :attr:`rest`. Verified as a fill is: the length, and the digest over every byte (the
         kept ones hashed again from the file), before the last byte goes out. A rest that breaks
         off (its ``broke_off``) goes on from there, as a fill's download does (up to
-        :data:`RESUMES` times, each after new bytes); a mismatch, a rest that cannot be had or
-        keeps breaking off raises :class:`FillAborted` (the client is cut, never given a short
-        or a wrong blob), with one WARNING. The temp file is closed before the rest is asked
-        for. A fill given up with every byte kept (verified, but its commit's sync failed)
-        needs no rest: the last byte comes from the file too, once the re-hash of the whole
-        verifies.
+        :data:`RESUMES` times, each after new bytes: :class:`Resuming`); a mismatch, a rest that
+        cannot be had or keeps breaking off raises :class:`FillAborted` (the client is cut,
+        never given a short or a wrong blob), with one WARNING. The temp file is closed before
+        the rest is asked for. A fill given up with every byte kept (verified, but its commit's
+        sync failed) needs no rest: the last byte comes from the file too, once the re-hash of
+        the whole verifies.
         """
         rest, fill = self.rest, self.fill
         assert rest is not None
@@ -664,50 +665,43 @@ class BlobFollower(ClosingStream):
             return
         self.close()
         self.handover.at = pos
+        resuming = Resuming(lambda offset: rest(offset, fill.size), pos, self._went_on)
         held = b""  # the last byte seen so far: it goes out once the whole is verified
-        tries = 0
-        while True:
-            try:
-                download = await rest(pos, fill.size)
-            except FetchFailed as exc:
-                log.warning("blob %s: cannot get the rest after byte %d: %s", fill.digest, pos, exc)
-                raise FillAborted(f"the rest of {fill.digest} could not be had: {exc}") from exc
-            start = pos
-            try:
-                chunks = download.chunks
-                assert chunks is not None, "a rest is read on the loop"
+        try:
+            async with aclosing(resuming.chunks()) as chunks:
                 async for chunk in chunks:
-                    if not chunk:
-                        continue
                     hasher.update(chunk)
-                    pos += len(chunk)
                     if held:
                         yield held
                     if len(chunk) > 1:
                         yield chunk[:-1]
                     held = chunk[-1:]
-                break
-            except download.broke_off as exc:  # goes on from there, as a fill's download does
-                said = f"the rest broke off at byte {pos}: {_name(exc)}: {exc}"
-                if tries >= RESUMES or pos == start:
-                    log.warning("blob %s: %s; the client is cut", fill.digest, said)
-                    raise FillAborted(f"{fill.digest}: {said}") from exc
-                tries += 1
-                log.info(
-                    "blob %s: %s; going on from there (%d of %d)",
-                    fill.digest,
-                    said,
-                    tries,
-                    RESUMES,
-                )
-            finally:
-                await download.close()
-        problem = _verify_rest(fill, pos, hasher)
+        except FetchFailed as exc:
+            at = resuming.at
+            log.warning("blob %s: cannot get the rest after byte %d: %s", fill.digest, at, exc)
+            raise FillAborted(f"the rest of {fill.digest} could not be had: {exc}") from exc
+        except BrokeOff as exc:
+            said = f"the rest broke off at byte {exc.at}: {_name(exc.cause)}: {exc.cause}"
+            log.warning("blob %s: %s; the client is cut", fill.digest, said)
+            raise FillAborted(f"{fill.digest}: {said}") from exc
+        problem = _verify_rest(fill, resuming.at, hasher)
         if problem:
             log.warning("blob %s: %s; the client is cut", fill.digest, problem)
             raise FillAborted(f"{fill.digest}: {problem}")
         if held:
             yield held
+
+    def _went_on(self, exc: Exception, at: int, resumes: int) -> None:
+        """The rest broke off at byte ``at``: it goes on from there (its INFO line)."""
+        log.info(
+            "blob %s: the rest broke off at byte %d: %s: %s; going on from there (%d of %d)",
+            self.fill.digest,
+            at,
+            _name(exc),
+            exc,
+            resumes,
+            RESUMES,
+        )
 
     async def _last_kept(self, pos: int, hasher: Hasher) -> AsyncIterator[bytes]:
         """The kept blob's last byte, at ``pos``, once ``hasher`` (over all of it) verifies."""
@@ -759,7 +753,8 @@ class Download:
     #: The rest of the blob from an offset on, should ``body`` or ``chunks`` raise one of
     #: ``broke_off`` (a cut or stalled upstream) midway: the fill goes on from there, up to
     #: :data:`RESUMES` times, each after some progress (see :func:`run_fill`); a follower's own
-    #: rest that raises one of them cuts its client (see :meth:`BlobFollower._resumed`).
+    #: rest goes on the same way (see :meth:`BlobFollower._resumed`), both with
+    #: :class:`~docxy.cache.resuming.Resuming`.
     resume: Resume | None = None
     broke_off: tuple[type[Exception], ...] = ()
 
@@ -774,16 +769,13 @@ Resume = Callable[[int, int | None], Awaitable[Download]]
 Fetch = Callable[[], Awaitable[Download]]
 
 
-#: Times a fill goes on after its upstream broke off (each time after new bytes came).
-RESUMES = 3
-
-
 async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
     """Fetch, tee into the cache, verify and commit; any failure aborts (followers are cut).
 
     A download that breaks off midway (``Download.broke_off``) goes on from where it broke
     with ``Download.resume``, up to :data:`RESUMES` times, each only after the last try gave
-    new bytes: its clients stream on, and the commit verifies the whole as ever.
+    new bytes (:class:`~docxy.cache.resuming.Resuming`): its clients stream on, and the commit
+    verifies the whole as ever.
     """
     async with writer:
         try:
@@ -795,12 +787,11 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             writer.fail(str(exc))
             return
         writer.fill.origin, writer.fill.handover = download.origin, download.handover
-        resumed: list[Download] = []  # the rests asked for, closed with the download
         try:
             if download.size is not None and not await writer.reserve(download.size):
                 return  # no room: the followers pass it through (the store said why)
             writer.announce(download.size)
-            await _feed_resuming(writer, download, resumed)
+            await _feed_resuming(writer, download)
             if writer.fill.kept is not None:
                 # The cache gave it up (no room for a blob of unknown length that outgrew it, a
                 # failed write), and said why: its followers get the rest from the upstream.
@@ -817,40 +808,50 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             else:
                 writer.fail(str(exc) if isinstance(exc, BrokeOff) else f"{_name(exc)}: {exc}")
         finally:
-            for rest in reversed(resumed):
-                await rest.close()
             await download.close()
 
 
-async def _feed_resuming(writer: BlobWriter, download: Download, resumed: list[Download]) -> None:
-    """Feed ``download`` to ``writer``, going on with its ``resume`` when it breaks off."""
-    current = download
-    while True:
-        start = writer.received
+async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
+    """Feed ``download`` to ``writer``, going on with its ``resume`` when it breaks off: a
+    body is pumped, and should it break off its rests are fed on the loop; chunks and their
+    rests are fed on the loop. Each rest is closed once read; ``download`` is the caller's."""
+    resume = download.resume
+    if resume is None:
+        await _feed(writer, download)
+        return
+    fill = writer.fill
+
+    def went_on(exc: Exception, at: int, resumes: int) -> None:
+        log.info(
+            "blob %s: the upstream broke off after %d bytes (%s); going on from there (%d of %d)",
+            writer.digest,
+            at,
+            exc,
+            resumes,
+            RESUMES,
+        )
+
+    resuming = Resuming(
+        lambda offset: resume(offset, fill.size),
+        writer.received,
+        went_on,
+        download.broke_off,
+        lambda: fill.state is FillState.WRITING,
+    )
+    first: Download | None = download
+    if download.body is not None:  # read by the pump's thread; its rests on the loop
+        first, start = None, resuming.at
         try:
-            await _feed(writer, current)
+            await writer.pump(download.body)
             return
         except download.broke_off as exc:
-            gave = writer.received - start
-            tries = len(resumed)
-            if download.resume is None or writer.fill.state is not FillState.WRITING:
-                raise
-            if tries == 0 and gave <= 0:
-                raise  # broke off before its first byte: nothing to go on from
-            if tries >= RESUMES or gave <= 0:
-                said = f"{tries} resume{'s' if tries != 1 else ''}, the last gave {gave} bytes"
-                raise BrokeOff(f"{_name(exc)}: {exc} ({said})") from exc
-            log.info(
-                "blob %s: the upstream broke off after %d bytes (%s); going on from there "
-                "(%d of %d)",
-                writer.digest,
-                writer.received,
-                exc,
-                tries + 1,
-                RESUMES,
-            )
-            current = await download.resume(writer.received, writer.fill.size)
-            resumed.append(current)
+            resuming.at = writer.received
+            resuming.broke(exc, start)  # raises BrokeOff when it may not go on
+    async with aclosing(resuming.chunks(first)) as chunks:
+        async for chunk in chunks:
+            await writer.write(chunk)
+            if fill.state is FillState.ABORTED:
+                break
 
 
 async def _feed(writer: BlobWriter, download: Download) -> None:
@@ -862,10 +863,6 @@ async def _feed(writer: BlobWriter, download: Download) -> None:
             await writer.write(chunk)
             if writer.fill.state is FillState.ABORTED:
                 break
-
-
-class BrokeOff(FillAborted):
-    """A download broke off again and again, or gave nothing new after it was resumed."""
 
 
 def _name(exc: BaseException) -> str:
