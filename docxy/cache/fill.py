@@ -150,6 +150,10 @@ class InFlight:
     #: good bytes in the temp file: a follower with a ``rest`` reads them, then gets the rest
     #: of the blob from the upstream (see :meth:`BlobFollower._resumed`) instead of being cut.
     kept: int | None = None
+    #: The fill's own hash of exactly those ``kept`` bytes, when it had hashed just them (a
+    #: copy no one updates): its followers go on from a copy of it instead of hashing the kept
+    #: bytes again from the temp file. None: they do (see :meth:`BlobWriter._keep_hash`).
+    kept_hash: Hasher | None = None
     #: Where its bytes come from (the download's ``origin``), set before its size is announced.
     origin: str = ""
     #: Where they came from the upstream instead, if they did (the download's ``handover``).
@@ -206,6 +210,11 @@ class BlobWriter:
         self._pending_len = 0
         self._count = 0
         self._hash = fill.digest.hasher()
+        #: Bytes ``_hash`` has taken in (None: unknown, a hashing thread failed); read on the
+        #: loop only while no thread hashes.
+        self._hashed: int | None = 0
+        #: Bytes hashed and a copy of the hash, before the batch whose write failed.
+        self._hash_before: tuple[int | None, Hasher] | None = None
         self._sync_behind = SYNC_BEHIND
         self._synced_from = 0  # bytes written when the latest background sync started
         self._sync: asyncio.Future[OSError | None] | None = None
@@ -300,6 +309,7 @@ class BlobWriter:
             await self._host.reserve(fill, total - fill.reserved)
         except NoRoom as exc:
             fill.no_room, fill.kept = True, fill.written
+            self._keep_hash()
             self._close_and_discard(str(exc))
             return False
         return self.caching
@@ -340,6 +350,7 @@ class BlobWriter:
             raise
         finally:
             self._pumped = None
+            self._keep_hash()  # a fill given up meanwhile: its hash is settled now
 
     def _pump(
         self,
@@ -365,6 +376,7 @@ class BlobWriter:
             daemon=True,
         )
         hasher.start()
+        hashed = 0  # bytes handed to the hashing thread
         try:
             while not stop.is_set() and not failed:
                 buffer = free.get()
@@ -387,9 +399,15 @@ class BlobWriter:
                             written += nbytes
                             loop.call_soon_threadsafe(self._grew, nbytes)
                 hashing.put((buffer, nbytes))
+                hashed += nbytes
         finally:
             hashing.put(None)
             hasher.join()
+            # Read by the loop once this thread is done (whatever ended it).
+            if failed or self._hashed is None:
+                self._hashed = None
+            else:
+                self._hashed += hashed
         if failed:
             raise FillAborted(f"hashing {self.digest} failed: {failed[0]!r}") from failed[0]
 
@@ -423,15 +441,35 @@ class BlobWriter:
         self._sync.add_done_callback(lambda _: host.temp_closed(fill))
 
     def _hash_and_write(self, chunks: list[bytes], fd: int | None) -> OSError | None:
+        """Write ``chunks`` (unless ``fd`` is None), then hash them. Should the write fail, a
+        copy of the hash before them is taken first: the hash of just the bytes the fill
+        keeps (see :meth:`_keep_hash`). They are hashed all the same: the writer goes on
+        uncached, and verifies what it passed through."""
+        error = None
+        if fd is not None:
+            try:
+                write_all(fd, chunks)
+            except OSError as exc:
+                error = exc
+                self._hash_before = (self._hashed, self._hash.copy())
         for chunk in chunks:
             self._hash.update(chunk)
-        if fd is None:
-            return None
-        try:
-            write_all(fd, chunks)
-        except OSError as exc:
-            return exc
-        return None
+        if self._hashed is not None:
+            self._hashed += sum(len(chunk) for chunk in chunks)
+        return error
+
+    def _keep_hash(self) -> None:
+        """For a fill given up (:attr:`InFlight.kept`), hand its followers a copy of its hash
+        if that is the hash of just the kept bytes (or the copy taken before a failed write
+        is): not while the pump's hashing thread may still run behind the writes (the pump
+        offers it once that thread is done), nor once it has taken in more or fewer."""
+        fill = self.fill
+        if fill.kept is None or fill.kept_hash is not None or self._pumped is not None:
+            return
+        if self._hashed == fill.kept:
+            fill.kept_hash = self._hash.copy()
+        elif self._hash_before is not None and self._hash_before[0] == fill.kept:
+            fill.kept_hash = self._hash_before[1]
 
     def _thread_stopped_caching(self, exc: OSError) -> None:
         """The pump's thread failed to write and no longer uses the temp file's descriptor."""
@@ -444,6 +482,7 @@ class BlobWriter:
         outcome = "its clients get the rest from the upstream, uncached"
         self._host.cache_write_failed(self.fill, exc, outcome)
         self.fill.kept = self.fill.written
+        self._keep_hash()
         self._close_and_discard(f"cache write failed: {exc.strerror or exc}", said=True)
 
     async def commit(
@@ -637,7 +676,8 @@ class BlobFollower(ClosingStream):
         """The blob from ``pos`` on, for a fill the cache gave up after ``kept`` good bytes:
         those from the temp file (this follower's descriptor still reads it), the rest from
         :attr:`rest`. Verified as a fill is: the length, and the digest over every byte (the
-        kept ones hashed again from the file), before the last byte goes out. A rest that breaks
+        kept ones by the fill's own hash, else hashed again from the file: see
+        :meth:`_kept_hasher`), before the last byte goes out. A rest that breaks
         off (its ``broke_off``) goes on from there, as a fill's download does (up to
         :data:`RESUMES` times, each after new bytes: :class:`Resuming`); a mismatch, a rest that
         cannot be had or keeps breaking off raises :class:`FillAborted` (the client is cut,
@@ -655,10 +695,7 @@ class BlobFollower(ClosingStream):
             data = await self._read_temp(pos, kept - pos)
             pos += len(data)
             yield data
-        try:
-            hasher = await asyncio.to_thread(self._hashed, pos + 1 if whole else pos)
-        except OSError as exc:
-            raise FillAborted(f"cannot read back the kept bytes of {fill.digest}: {exc}") from exc
+        hasher = await self._kept_hasher(pos + 1 if whole else pos)
         if whole:  # the last byte is kept too: no rest to ask for
             async for data in self._last_kept(pos, hasher):
                 yield data
@@ -711,6 +748,21 @@ class BlobFollower(ClosingStream):
             log.warning("blob %s: %s; the client is cut", self.fill.digest, problem)
             raise FillAborted(f"{self.fill.digest}: {problem}")
         yield last
+
+    async def _kept_hasher(self, nbytes: int) -> Hasher:
+        """A hasher of the blob's first ``nbytes``, the kept bytes of a fill given up: a copy of
+        the fill's own hash when it is of just those bytes (:attr:`InFlight.kept_hash`), else
+        one that reads them again from the temp file, in a worker thread.
+
+        The fill hashed the bytes it wrote, as a follower of any fill trusts that the bytes it
+        reads are those (the commit verifies the writer's hash, not a read-back of the file)."""
+        fill = self.fill
+        if fill.kept_hash is not None and nbytes == fill.kept:
+            return fill.kept_hash.copy()
+        try:
+            return await asyncio.to_thread(self._hashed, nbytes)
+        except OSError as exc:
+            raise FillAborted(f"cannot read back the kept bytes of {fill.digest}: {exc}") from exc
 
     def _hashed(self, nbytes: int) -> Hasher:
         """A hasher of the temp file's first ``nbytes`` (blocking: a worker thread's)."""
