@@ -35,6 +35,7 @@ from docxy.cache.errors import (
     VerifyError,
 )
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
+from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
 from docxy.core.digests import Digest
 from docxy.threads import in_own_thread
 
@@ -149,6 +150,10 @@ class InFlight:
     #: good bytes in the temp file: a follower with a ``rest`` reads them, then gets the rest
     #: of the blob from the upstream (see :meth:`BlobFollower._resumed`) instead of being cut.
     kept: int | None = None
+    #: The fill's own hash of exactly those ``kept`` bytes, when it had hashed just them (a
+    #: copy no one updates): its followers go on from a copy of it instead of hashing the kept
+    #: bytes again from the temp file. None: they do (see :meth:`BlobWriter._keep_hash`).
+    kept_hash: Hasher | None = None
     #: Where its bytes come from (the download's ``origin``), set before its size is announced.
     origin: str = ""
     #: Where they came from the upstream instead, if they did (the download's ``handover``).
@@ -205,6 +210,11 @@ class BlobWriter:
         self._pending_len = 0
         self._count = 0
         self._hash = fill.digest.hasher()
+        #: Bytes ``_hash`` has taken in (None: unknown, a hashing thread failed); read on the
+        #: loop only while no thread hashes.
+        self._hashed: int | None = 0
+        #: Bytes hashed and a copy of the hash, before the batch whose write failed.
+        self._hash_before: tuple[int | None, Hasher] | None = None
         self._sync_behind = SYNC_BEHIND
         self._synced_from = 0  # bytes written when the latest background sync started
         self._sync: asyncio.Future[OSError | None] | None = None
@@ -299,6 +309,7 @@ class BlobWriter:
             await self._host.reserve(fill, total - fill.reserved)
         except NoRoom as exc:
             fill.no_room, fill.kept = True, fill.written
+            self._keep_hash()
             self._close_and_discard(str(exc))
             return False
         return self.caching
@@ -339,6 +350,7 @@ class BlobWriter:
             raise
         finally:
             self._pumped = None
+            self._keep_hash()  # a fill given up meanwhile: its hash is settled now
 
     def _pump(
         self,
@@ -364,6 +376,7 @@ class BlobWriter:
             daemon=True,
         )
         hasher.start()
+        hashed = 0  # bytes handed to the hashing thread
         try:
             while not stop.is_set() and not failed:
                 buffer = free.get()
@@ -386,9 +399,15 @@ class BlobWriter:
                             written += nbytes
                             loop.call_soon_threadsafe(self._grew, nbytes)
                 hashing.put((buffer, nbytes))
+                hashed += nbytes
         finally:
             hashing.put(None)
             hasher.join()
+            # Read by the loop once this thread is done (whatever ended it).
+            if failed or self._hashed is None:
+                self._hashed = None
+            else:
+                self._hashed += hashed
         if failed:
             raise FillAborted(f"hashing {self.digest} failed: {failed[0]!r}") from failed[0]
 
@@ -422,15 +441,35 @@ class BlobWriter:
         self._sync.add_done_callback(lambda _: host.temp_closed(fill))
 
     def _hash_and_write(self, chunks: list[bytes], fd: int | None) -> OSError | None:
+        """Write ``chunks`` (unless ``fd`` is None), then hash them. Should the write fail, a
+        copy of the hash before them is taken first: the hash of just the bytes the fill
+        keeps (see :meth:`_keep_hash`). They are hashed all the same: the writer goes on
+        uncached, and verifies what it passed through."""
+        error = None
+        if fd is not None:
+            try:
+                write_all(fd, chunks)
+            except OSError as exc:
+                error = exc
+                self._hash_before = (self._hashed, self._hash.copy())
         for chunk in chunks:
             self._hash.update(chunk)
-        if fd is None:
-            return None
-        try:
-            write_all(fd, chunks)
-        except OSError as exc:
-            return exc
-        return None
+        if self._hashed is not None:
+            self._hashed += sum(len(chunk) for chunk in chunks)
+        return error
+
+    def _keep_hash(self) -> None:
+        """For a fill given up (:attr:`InFlight.kept`), hand its followers a copy of its hash
+        if that is the hash of just the kept bytes (or the copy taken before a failed write
+        is): not while the pump's hashing thread may still run behind the writes (the pump
+        offers it once that thread is done), nor once it has taken in more or fewer."""
+        fill = self.fill
+        if fill.kept is None or fill.kept_hash is not None or self._pumped is not None:
+            return
+        if self._hashed == fill.kept:
+            fill.kept_hash = self._hash.copy()
+        elif self._hash_before is not None and self._hash_before[0] == fill.kept:
+            fill.kept_hash = self._hash_before[1]
 
     def _thread_stopped_caching(self, exc: OSError) -> None:
         """The pump's thread failed to write and no longer uses the temp file's descriptor."""
@@ -443,6 +482,7 @@ class BlobWriter:
         outcome = "its clients get the rest from the upstream, uncached"
         self._host.cache_write_failed(self.fill, exc, outcome)
         self.fill.kept = self.fill.written
+        self._keep_hash()
         self._close_and_discard(f"cache write failed: {exc.strerror or exc}", said=True)
 
     async def commit(
@@ -636,14 +676,15 @@ class BlobFollower(ClosingStream):
         """The blob from ``pos`` on, for a fill the cache gave up after ``kept`` good bytes:
         those from the temp file (this follower's descriptor still reads it), the rest from
         :attr:`rest`. Verified as a fill is: the length, and the digest over every byte (the
-        kept ones hashed again from the file), before the last byte goes out. A rest that breaks
+        kept ones by the fill's own hash, else hashed again from the file: see
+        :meth:`_kept_hasher`), before the last byte goes out. A rest that breaks
         off (its ``broke_off``) goes on from there, as a fill's download does (up to
-        :data:`RESUMES` times, each after new bytes); a mismatch, a rest that cannot be had or
-        keeps breaking off raises :class:`FillAborted` (the client is cut, never given a short
-        or a wrong blob), with one WARNING. The temp file is closed before the rest is asked
-        for. A fill given up with every byte kept (verified, but its commit's sync failed)
-        needs no rest: the last byte comes from the file too, once the re-hash of the whole
-        verifies.
+        :data:`RESUMES` times, each after new bytes: :class:`Resuming`); a mismatch, a rest that
+        cannot be had or keeps breaking off raises :class:`FillAborted` (the client is cut,
+        never given a short or a wrong blob), with one WARNING. The temp file is closed before
+        the rest is asked for. A fill given up with every byte kept (verified, but its commit's
+        sync failed) needs no rest: the last byte comes from the file too, once the re-hash of
+        the whole verifies.
         """
         rest, fill = self.rest, self.fill
         assert rest is not None
@@ -654,60 +695,50 @@ class BlobFollower(ClosingStream):
             data = await self._read_temp(pos, kept - pos)
             pos += len(data)
             yield data
-        try:
-            hasher = await asyncio.to_thread(self._hashed, pos + 1 if whole else pos)
-        except OSError as exc:
-            raise FillAborted(f"cannot read back the kept bytes of {fill.digest}: {exc}") from exc
+        hasher = await self._kept_hasher(pos + 1 if whole else pos)
         if whole:  # the last byte is kept too: no rest to ask for
             async for data in self._last_kept(pos, hasher):
                 yield data
             return
         self.close()
         self.handover.at = pos
+        resuming = Resuming(lambda offset: rest(offset, fill.size), pos, self._went_on)
         held = b""  # the last byte seen so far: it goes out once the whole is verified
-        tries = 0
-        while True:
-            try:
-                download = await rest(pos, fill.size)
-            except FetchFailed as exc:
-                log.warning("blob %s: cannot get the rest after byte %d: %s", fill.digest, pos, exc)
-                raise FillAborted(f"the rest of {fill.digest} could not be had: {exc}") from exc
-            start = pos
-            try:
-                chunks = download.chunks
-                assert chunks is not None, "a rest is read on the loop"
+        try:
+            async with aclosing(resuming.chunks()) as chunks:
                 async for chunk in chunks:
-                    if not chunk:
-                        continue
                     hasher.update(chunk)
-                    pos += len(chunk)
                     if held:
                         yield held
                     if len(chunk) > 1:
                         yield chunk[:-1]
                     held = chunk[-1:]
-                break
-            except download.broke_off as exc:  # goes on from there, as a fill's download does
-                said = f"the rest broke off at byte {pos}: {_name(exc)}: {exc}"
-                if tries >= RESUMES or pos == start:
-                    log.warning("blob %s: %s; the client is cut", fill.digest, said)
-                    raise FillAborted(f"{fill.digest}: {said}") from exc
-                tries += 1
-                log.info(
-                    "blob %s: %s; going on from there (%d of %d)",
-                    fill.digest,
-                    said,
-                    tries,
-                    RESUMES,
-                )
-            finally:
-                await download.close()
-        problem = _verify_rest(fill, pos, hasher)
+        except FetchFailed as exc:
+            at = resuming.at
+            log.warning("blob %s: cannot get the rest after byte %d: %s", fill.digest, at, exc)
+            raise FillAborted(f"the rest of {fill.digest} could not be had: {exc}") from exc
+        except BrokeOff as exc:
+            said = f"the rest broke off at byte {exc.at}: {_name(exc.cause)}: {exc.cause}"
+            log.warning("blob %s: %s; the client is cut", fill.digest, said)
+            raise FillAborted(f"{fill.digest}: {said}") from exc
+        problem = _verify_rest(fill, resuming.at, hasher)
         if problem:
             log.warning("blob %s: %s; the client is cut", fill.digest, problem)
             raise FillAborted(f"{fill.digest}: {problem}")
         if held:
             yield held
+
+    def _went_on(self, exc: Exception, at: int, resumes: int) -> None:
+        """The rest broke off at byte ``at``: it goes on from there (its INFO line)."""
+        log.info(
+            "blob %s: the rest broke off at byte %d: %s: %s; going on from there (%d of %d)",
+            self.fill.digest,
+            at,
+            _name(exc),
+            exc,
+            resumes,
+            RESUMES,
+        )
 
     async def _last_kept(self, pos: int, hasher: Hasher) -> AsyncIterator[bytes]:
         """The kept blob's last byte, at ``pos``, once ``hasher`` (over all of it) verifies."""
@@ -717,6 +748,21 @@ class BlobFollower(ClosingStream):
             log.warning("blob %s: %s; the client is cut", self.fill.digest, problem)
             raise FillAborted(f"{self.fill.digest}: {problem}")
         yield last
+
+    async def _kept_hasher(self, nbytes: int) -> Hasher:
+        """A hasher of the blob's first ``nbytes``, the kept bytes of a fill given up: a copy of
+        the fill's own hash when it is of just those bytes (:attr:`InFlight.kept_hash`), else
+        one that reads them again from the temp file, in a worker thread.
+
+        The fill hashed the bytes it wrote, as a follower of any fill trusts that the bytes it
+        reads are those (the commit verifies the writer's hash, not a read-back of the file)."""
+        fill = self.fill
+        if fill.kept_hash is not None and nbytes == fill.kept:
+            return fill.kept_hash.copy()
+        try:
+            return await asyncio.to_thread(self._hashed, nbytes)
+        except OSError as exc:
+            raise FillAborted(f"cannot read back the kept bytes of {fill.digest}: {exc}") from exc
 
     def _hashed(self, nbytes: int) -> Hasher:
         """A hasher of the temp file's first ``nbytes`` (blocking: a worker thread's)."""
@@ -759,7 +805,8 @@ class Download:
     #: The rest of the blob from an offset on, should ``body`` or ``chunks`` raise one of
     #: ``broke_off`` (a cut or stalled upstream) midway: the fill goes on from there, up to
     #: :data:`RESUMES` times, each after some progress (see :func:`run_fill`); a follower's own
-    #: rest that raises one of them cuts its client (see :meth:`BlobFollower._resumed`).
+    #: rest goes on the same way (see :meth:`BlobFollower._resumed`), both with
+    #: :class:`~docxy.cache.resuming.Resuming`.
     resume: Resume | None = None
     broke_off: tuple[type[Exception], ...] = ()
 
@@ -774,16 +821,13 @@ Resume = Callable[[int, int | None], Awaitable[Download]]
 Fetch = Callable[[], Awaitable[Download]]
 
 
-#: Times a fill goes on after its upstream broke off (each time after new bytes came).
-RESUMES = 3
-
-
 async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
     """Fetch, tee into the cache, verify and commit; any failure aborts (followers are cut).
 
     A download that breaks off midway (``Download.broke_off``) goes on from where it broke
     with ``Download.resume``, up to :data:`RESUMES` times, each only after the last try gave
-    new bytes: its clients stream on, and the commit verifies the whole as ever.
+    new bytes (:class:`~docxy.cache.resuming.Resuming`): its clients stream on, and the commit
+    verifies the whole as ever.
     """
     async with writer:
         try:
@@ -795,12 +839,11 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             writer.fail(str(exc))
             return
         writer.fill.origin, writer.fill.handover = download.origin, download.handover
-        resumed: list[Download] = []  # the rests asked for, closed with the download
         try:
             if download.size is not None and not await writer.reserve(download.size):
                 return  # no room: the followers pass it through (the store said why)
             writer.announce(download.size)
-            await _feed_resuming(writer, download, resumed)
+            await _feed_resuming(writer, download)
             if writer.fill.kept is not None:
                 # The cache gave it up (no room for a blob of unknown length that outgrew it, a
                 # failed write), and said why: its followers get the rest from the upstream.
@@ -817,40 +860,50 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             else:
                 writer.fail(str(exc) if isinstance(exc, BrokeOff) else f"{_name(exc)}: {exc}")
         finally:
-            for rest in reversed(resumed):
-                await rest.close()
             await download.close()
 
 
-async def _feed_resuming(writer: BlobWriter, download: Download, resumed: list[Download]) -> None:
-    """Feed ``download`` to ``writer``, going on with its ``resume`` when it breaks off."""
-    current = download
-    while True:
-        start = writer.received
+async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
+    """Feed ``download`` to ``writer``, going on with its ``resume`` when it breaks off: a
+    body is pumped, and should it break off its rests are fed on the loop; chunks and their
+    rests are fed on the loop. Each rest is closed once read; ``download`` is the caller's."""
+    resume = download.resume
+    if resume is None:
+        await _feed(writer, download)
+        return
+    fill = writer.fill
+
+    def went_on(exc: Exception, at: int, resumes: int) -> None:
+        log.info(
+            "blob %s: the upstream broke off after %d bytes (%s); going on from there (%d of %d)",
+            writer.digest,
+            at,
+            exc,
+            resumes,
+            RESUMES,
+        )
+
+    resuming = Resuming(
+        lambda offset: resume(offset, fill.size),
+        writer.received,
+        went_on,
+        download.broke_off,
+        lambda: fill.state is FillState.WRITING,
+    )
+    first: Download | None = download
+    if download.body is not None:  # read by the pump's thread; its rests on the loop
+        first, start = None, resuming.at
         try:
-            await _feed(writer, current)
+            await writer.pump(download.body)
             return
         except download.broke_off as exc:
-            gave = writer.received - start
-            tries = len(resumed)
-            if download.resume is None or writer.fill.state is not FillState.WRITING:
-                raise
-            if tries == 0 and gave <= 0:
-                raise  # broke off before its first byte: nothing to go on from
-            if tries >= RESUMES or gave <= 0:
-                said = f"{tries} resume{'s' if tries != 1 else ''}, the last gave {gave} bytes"
-                raise BrokeOff(f"{_name(exc)}: {exc} ({said})") from exc
-            log.info(
-                "blob %s: the upstream broke off after %d bytes (%s); going on from there "
-                "(%d of %d)",
-                writer.digest,
-                writer.received,
-                exc,
-                tries + 1,
-                RESUMES,
-            )
-            current = await download.resume(writer.received, writer.fill.size)
-            resumed.append(current)
+            resuming.at = writer.received
+            resuming.broke(exc, start)  # raises BrokeOff when it may not go on
+    async with aclosing(resuming.chunks(first)) as chunks:
+        async for chunk in chunks:
+            await writer.write(chunk)
+            if fill.state is FillState.ABORTED:
+                break
 
 
 async def _feed(writer: BlobWriter, download: Download) -> None:
@@ -862,10 +915,6 @@ async def _feed(writer: BlobWriter, download: Download) -> None:
             await writer.write(chunk)
             if writer.fill.state is FillState.ABORTED:
                 break
-
-
-class BrokeOff(FillAborted):
-    """A download broke off again and again, or gave nothing new after it was resumed."""
 
 
 def _name(exc: BaseException) -> str:

@@ -7,11 +7,17 @@ fill than allowed is answered ``429 TOOMANYREQUESTS``; joining a fill already ru
 cache hit, is free. The client is the one admission named for this request (:data:`CLIENT`, a
 context variable admission sets, so it follows the request into the tasks it starts); a client
 in ``limits.exempt`` is named :data:`EXEMPT`, whose fills count towards ``fills_total`` only.
+
+A client of a fill the cache gave up midway (its disk failed) gets the rest of the blob from the
+upstream itself: that download counts as a fill too (:meth:`FillPermits.wait`), towards
+``fills_total`` only, but is never refused (the client has the blob's first bytes): it waits
+for a permit, first come first served, each freed permit handed to the longest waiting.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
@@ -37,11 +43,22 @@ class FillPermits:
         self.running: Counter[str] = Counter()
         self.refused = 0
         self.refused_by: Counter[str] = Counter()  # by the setting that refused (/metrics)
+        #: Downloads waiting for a permit (:meth:`wait`): their client, and the future that
+        #: hands them one.
+        self._waiting: deque[tuple[str, asyncio.Future[Release]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Downloads waiting for a permit now (:meth:`wait`)."""
+        return sum(not granted.done() for _, granted in self._waiting)
+
+    def _full(self) -> bool:
+        return bool(self.total) and sum(self.running.values()) >= self.total
 
     def acquire(self) -> Release:
         """A permit for one new fill by the current client, or :class:`TooManyRequests`."""
         client = CLIENT.get()
-        if self.total and sum(self.running.values()) >= self.total:
+        if self._full():
             self.refused += 1
             self.refused_by["limits.fills_total"] += 1
             raise TooManyRequests(
@@ -55,6 +72,27 @@ class FillPermits:
                 "this client has too many downloads in progress upstream",
                 {"retry_after": RETRY_AFTER},
             )
+        return self._take(client)
+
+    async def wait(self) -> Release:
+        """A permit for an upstream download the current client may not be refused (the rest
+        of a blob it has the first bytes of), counted towards ``fills_total`` only: at once
+        when one is free and nobody waits, else once one is handed on to it."""
+        client = CLIENT.get()
+        if not self._waiting and not self._full():
+            return self._take(client)
+        granted: asyncio.Future[Release] = asyncio.get_running_loop().create_future()
+        self._waiting.append((client, granted))
+        try:
+            return await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                granted.result()()  # handed one as it was cancelled: on to the next
+            elif (client, granted) in self._waiting:
+                self._waiting.remove((client, granted))
+            raise
+
+    def _take(self, client: str) -> Release:
         self.running[client] += 1
         released = False
 
@@ -65,8 +103,16 @@ class FillPermits:
                 self.running[client] -= 1
                 if self.running[client] <= 0:
                     del self.running[client]
+                self._hand_on()
 
         return release
+
+    def _hand_on(self) -> None:
+        """Give the permits free now to the downloads waiting longest (:meth:`wait`)."""
+        while self._waiting and not self._full():
+            client, granted = self._waiting.popleft()
+            if not granted.done():  # else: its waiter was cancelled
+                granted.set_result(self._take(client))
 
     def refusals(self) -> dict[str, int]:
         """Fills refused so far, by the setting that refused them (``docxy_refused_total``)."""

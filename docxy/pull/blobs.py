@@ -7,7 +7,9 @@ token may not read (private repositories) and requests the cache does not answer
 or a ``HEAD`` on a miss) pass through with the client's credentials, uncached, with a reason.
 Should the cache give a fill up midway (its disk fails, or a blob of unknown length outgrows
 the room), each of its clients keeps what it has and gets the rest from the upstream with a
-``Range`` GET (:meth:`BlobService._fetch_rest`), verified before its last byte.
+``Range`` GET (:meth:`BlobService._fetch_rest`), verified before its last byte: a download
+that counts towards ``limits.fills_total`` as a fill does, and waits for a permit rather than
+be refused (:meth:`BlobService._permitted_rest`).
 
 A cached blob is served under a repository only once the mirror knows that repository holds it
 (``docxy.cache.pairings``); an unknown pairing is first confirmed by a free upstream ``HEAD``
@@ -26,7 +28,7 @@ the fill's handover counts as the upstream's (``upstream_bytes=`` in the access 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from functools import partial
 from typing import NoReturn
@@ -146,8 +148,8 @@ class BlobService:
             return held
         if isinstance(stream, BlobFollower):
             # Should the cache give the fill up (a failed write...), this client gets the rest
-            # of the blob from the upstream instead of a cut.
-            stream.rest = partial(self._fetch_rest, pull)
+            # of the blob from the upstream instead of a cut, under a fill permit.
+            stream.rest = partial(self._permitted_rest, pull)
         if isinstance(stream, BlobFollower) and joined:
             source = Source.JOINED
         elif source is not Source.SHARED and held is not Source.HIT:
@@ -186,12 +188,16 @@ class BlobService:
         """:meth:`_fetch`, giving the fill's permit back when the download is closed."""
         if release is None:
             return await self._fetch(pull)
-        try:
-            download = await self._fetch(pull)
-        except BaseException:
-            release()
-            raise
-        return replace(download, close=released_after(download.close, release))
+        return await _holding(release, self._fetch(pull))
+
+    async def _permitted_rest(self, pull: Pull, offset: int, size: int | None) -> Download:
+        """:meth:`_fetch_rest` for a client of a fill the cache gave up: an upstream download
+        as a fill's is, so it counts towards ``limits.fills_total`` like one, and waits for a
+        permit rather than be refused (:meth:`FillPermits.wait`); the permit is given back
+        when the rest is closed. (N clients of such a fill make N such downloads: each has
+        its own place in the blob and its own pace; a shared one would hold them to the
+        slowest, or need a buffer as long as their spread.)"""
+        return await _holding(await self.permits.wait(), self._fetch_rest(pull, offset, size))
 
     async def _fetch(self, pull: Pull) -> Download:
         """A fill's download: from the shared tier when it has the blob (its ``origin`` says
@@ -346,6 +352,17 @@ async def _skipped(chunks: AsyncIterator[bytes], offset: int) -> AsyncIterator[b
             continue
         yield chunk[offset:] if offset else chunk
         offset = 0
+
+
+async def _holding(release: Release, fetching: Awaitable[Download]) -> Download:
+    """The download ``fetching`` gives, its permit given back (``release``) once it is closed,
+    or at once when there is none."""
+    try:
+        download = await fetching
+    except BaseException:
+        release()
+        raise
+    return replace(download, close=released_after(download.close, release))
 
 
 def _uncached_because(exc: CacheError) -> Reason:

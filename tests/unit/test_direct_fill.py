@@ -14,7 +14,9 @@ import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -508,6 +510,126 @@ async def test_a_client_that_leaves_mid_rest_closes_the_rest_at_once(
     await asyncio.wait_for(anext(chunks), GUARD)  # a piece of the rest
     await chunks.aclose()  # type: ignore[attr-defined]
     assert closed == asked
+
+
+class Rehashes:
+    """Wraps ``BlobFollower._hashed`` (a re-read and re-hash of the kept bytes from the temp
+    file) and records the length of each."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[int] = []
+        real = BlobFollower._hashed
+
+        def hashed(follower: BlobFollower, nbytes: int) -> Any:
+            self.calls.append(nbytes)
+            return real(follower, nbytes)
+
+        monkeypatch.setattr(BlobFollower, "_hashed", hashed)
+
+
+async def rest_of(data: bytes, offset: int, size: int | None) -> Download:
+    """The rest of ``data`` from ``offset``, in 100 KB pieces."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(offset, len(data), 100_000):
+            yield data[start : start + 100_000]
+
+    async def close() -> None:
+        pass
+
+    return Download(len(data) - offset, chunks(), close)
+
+
+async def test_followers_of_a_given_up_fill_go_on_from_its_hash_without_reading_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fails past 1 MiB under a fill fed on the loop: its two followers send the kept
+    bytes from the temp file and get the rest from their own ``rest``, verified with a copy of
+    the fill's own hash of the kept bytes: neither reads them again to hash them. (Its hash
+    took in the batch that failed to write, once: a copy of it would not verify.)"""
+    disk = fakes.DiskFullAfter(1024 * 1024)
+    monkeypatch.setattr(fill_module, "write_all", disk)
+    rehashes = Rehashes(monkeypatch)
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    asked: list[int] = []
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(LONG), 100_000):
+            yield LONG[start : start + 100_000]
+
+    async def nothing() -> None:
+        pass
+
+    async def download() -> Download:
+        return Download(len(LONG), pieces(), nothing)
+
+    async def rest(offset: int, size: int | None) -> Download:
+        asked.append(offset)
+        return await rest_of(LONG, offset, size)
+
+    followers = [await blobs.fill(digest, download) for _ in range(2)]
+    for follower in followers:
+        assert isinstance(follower, BlobFollower)
+        follower.rest = rest
+    read = [asyncio.wait_for(f.read_all(), GUARD) for f in followers]
+    assert await asyncio.gather(*read) == [LONG, LONG]
+    assert disk.written > 0 and asked == [disk.written] * 2 and rehashes.calls == []
+    assert blobs.lookup(digest) is None and list(blobs.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("when", ["pumped", "hashing-behind"])
+async def test_a_pumped_fill_given_up_hands_its_hash_over_only_once_it_is_of_the_kept_bytes(
+    client_for: MakeClient,
+    tmp_path: Path,
+    server: BlobServer,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """The disk fails past 2 MiB under a pumped fill, whose hashing thread runs behind its
+    writes. A follower that asks for the kept bytes' hash once the pump is done gets a copy of
+    the fill's; one that asks while the hashing thread is held back (it has not hashed the
+    kept bytes yet) hashes them again from the temp file. Both get the blob, verified."""
+    disk = fakes.DiskFullAfter(2 * 1024 * 1024)
+    monkeypatch.setattr(fill_module, "write_all", disk)
+    monkeypatch.setattr(fill_module, "PUMP_DEPTH", 8)  # reads go on while hashing is held
+    rehashes = Rehashes(monkeypatch)
+    hashing = threading.Event()
+    real_hash_all = fill_module._hash_all
+
+    def held_hash_all(*args: Any) -> None:
+        hashing.wait(GUARD)
+        real_hash_all(*args)
+
+    if when == "hashing-behind":
+        monkeypatch.setattr(fill_module, "_hash_all", held_hash_all)
+    else:
+        hashing.set()
+    server.plan.body = LONG
+    blobs, digest, client = make_store(tmp_path), digest_of(LONG), client_for()
+    pump_done = asyncio.Event()
+
+    async def download() -> Download:
+        opened = await open_download(client, server.url + "/blob")
+
+        async def close() -> None:
+            await opened.close()
+            pump_done.set()
+
+        return dataclasses.replace(opened, close=close)
+
+    follower = await blobs.fill(digest, download)
+    assert isinstance(follower, BlobFollower)
+    follower.rest = partial(rest_of, LONG)
+    if when == "pumped":
+        await asyncio.wait_for(pump_done.wait(), GUARD)
+    try:
+        assert await asyncio.wait_for(follower.read_all(), GUARD) == LONG
+    finally:
+        hashing.set()
+    assert disk.written > 0 and follower.handover.at == disk.written
+    assert rehashes.calls == ([] if when == "pumped" else [disk.written])
+    await asyncio.wait_for(pump_done.wait(), GUARD)
+    assert blobs.lookup(digest) is None
 
 
 async def test_a_body_longer_than_announced_is_one_warning(

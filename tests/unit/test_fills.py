@@ -16,6 +16,7 @@ from docxy.core.errors import TooManyRequests
 from docxy.edge.fills import CLIENT, FillPermits
 from docxy.http.app import create_app
 from docxy.http.state import mirror_state
+from docxy.tasks import spawn
 from tests.unit import fakes
 from tests.unit.asgi import AsgiAnswer, call_asgi
 
@@ -45,6 +46,41 @@ def count_permits() -> None:
     permits.acquire()
     assert permits.running == {"b": 1, "c": 1}
     assert permits.refused == 2
+
+
+async def test_a_download_that_may_not_be_refused_waits_for_a_permit_in_turn() -> None:
+    """``wait`` (the rest of a blob a client has the start of) counts towards ``fills_total``
+    like a fill, but waits instead of a 429: each freed permit goes to the longest waiting,
+    never to a new fill first; a waiter that leaves takes none, and one handed a permit as
+    it leaves gives it on. The per-client cap does not hold it back."""
+    permits = FillPermits(per_client=1, total=1)
+    fill = permits.acquire()
+    first, second, leaving = (spawn(f"wait {n}", permits.wait()) for n in range(3))
+    await asyncio.sleep(0)
+    assert permits.waiting == 3 and not first.done()
+    leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    assert permits.waiting == 2
+    fill()
+    with pytest.raises(TooManyRequests, match="as much as it may"):
+        permits.acquire()  # the freed permit went to the first waiting, not to a new fill
+    release_first = await first
+    assert permits.running == {"unknown": 1} and permits.waiting == 1
+    release_first()
+    release_second = await second
+    assert permits.running == {"unknown": 1} and permits.waiting == 0
+    release_second()
+    assert not permits.running
+    assert await permits.wait() is not None and permits.running == {"unknown": 1}  # free: at once
+
+    handed = FillPermits(total=1)
+    held = handed.acquire()
+    late = spawn("late", handed.wait())
+    await asyncio.sleep(0)
+    held()  # handed to ``late``, which is cancelled before it runs again
+    late.cancel()
+    await asyncio.gather(late, return_exceptions=True)
+    assert not handed.running and handed.waiting == 0
 
 
 class Held(fakes.Body):

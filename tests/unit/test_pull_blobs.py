@@ -3,14 +3,16 @@ be made to show (a full disk) and what the bed does not model (the mirror's own 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import errno
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,8 +22,10 @@ from docxy.cache import fill
 from docxy.config import load_config
 from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
+from docxy.http.state import mirror_state
 from tests.unit import fakes
-from tests.unit.asgi import call_asgi
+from tests.unit.asgi import AsgiAnswer, call_asgi
+from tests.unit.turns import until
 
 REGISTRY = "https://registry.test"
 AUTH = "https://auth.test/token"
@@ -386,6 +390,101 @@ async def test_a_followers_rest_that_keeps_breaking_off_cuts_its_client_with_one
     assert "ReadError: connection reset by peer" in warned[0].getMessage()
 
 
+class Gated(Upstream):
+    """The blob's first GET flows once ``flowing`` is set; a Range GET gets the rest (a ``206``),
+    or with ``ignores_range`` the whole blob (a ``200``), once ``rests_flowing`` is set. Counts
+    the blob bodies open at once (from the answer to its close), the most in ``most_open``."""
+
+    def __init__(self, ignores_range: bool = False) -> None:
+        super().__init__()
+        self.flowing, self.rests_flowing = asyncio.Event(), asyncio.Event()
+        self.ignores_range = ignores_range
+        self.open = self.most_open = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = super().__call__(request)
+        if request.url.host == "auth.test" or answer.status_code not in (200, 206):
+            return answer
+        if request.url.path == "/v2/":
+            return answer
+        ranged = request.headers.get("range")
+        start = 0 if ranged is None else int(ranged.removeprefix("bytes=").removesuffix("-"))
+        headers = {}
+        if ranged is not None and not self.ignores_range:
+            headers["Content-Range"] = f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"
+        else:
+            start = 0
+        headers["Content-Length"] = str(len(BLOB) - start)
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        gate = self.flowing if ranged is None else self.rests_flowing
+        body = OpenBody(self, BLOB[start:], gate)
+        return httpx.Response(
+            206 if "Content-Range" in headers else 200, headers=headers, stream=body
+        )
+
+
+class OpenBody(httpx.AsyncByteStream):
+    """A body of ``data`` (once ``gate`` is set) that tells its upstream when it is closed."""
+
+    def __init__(self, upstream: Gated, data: bytes, gate: asyncio.Event) -> None:
+        self.upstream, self.data, self.gate = upstream, data, gate
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        await self.gate.wait()
+        for start in range(0, len(self.data), 65536):
+            yield self.data[start : start + 65536]
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.upstream.open -= 1
+
+
+@pytest.mark.parametrize("ranges", ["honoured", "ignored"])
+async def test_the_clients_of_a_given_up_fill_get_their_rests_under_the_fill_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranges: str
+) -> None:
+    """Two clients follow one fill, whose disk fails after half the blob; with
+    ``limits.fills_total = 1`` their two rests from the upstream count as fills: the second
+    waits for the first (and the first for the fill's own download) instead of a third
+    download at once, and neither client is refused or cut. An upstream that ignores Range
+    sends each rest as the whole blob, read past the kept half: both clients still get the
+    blob, verified."""
+    monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
+    upstream = Gated(ignores_range=ranges == "ignored")
+    settings = {
+        "upstream__username": "bot",
+        "upstream__password": "s3cret",
+        "limits__fills_total": "1",
+    }
+    async with mirror(tmp_path, upstream, **settings) as app:
+        path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+        store = mirror_state(app).running.blobs.store
+        assert store is not None
+        permits = mirror_state(app).running.blobs.permits
+
+        def get() -> Coroutine[Any, Any, AsgiAnswer]:
+            return call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+
+        async with asyncio.TaskGroup() as tasks:
+            first = tasks.create_task(get())
+            await until(lambda: upstream.blob_gets == 1)
+            joined = tasks.create_task(get())
+            await until(lambda: store.followers_joined == 1)
+            upstream.flowing.set()
+            # The rests flow once both are asked for upstream (no cap), or one waits (the cap).
+            await until(lambda: len(upstream.ranges) == 3 or permits.waiting > 0)
+            upstream.rests_flowing.set()
+        assert not permits.running and not permits.refused
+    for answer in (first.result(), joined.result()):
+        assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert upstream.ranges == [None, f"bytes={HALF}-", f"bytes={HALF}-"]
+    assert upstream.most_open == 1 and upstream.open == 0
+    assert cached_blobs(tmp_path) == []
+
+
 class NoLength(Upstream):
     """Sends the blob without a Content-Length (its length unknown until its end)."""
 
@@ -412,13 +511,15 @@ async def test_a_sync_that_fails_after_the_verify_leaves_the_client_the_whole_ke
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(fill, "_sync_and_close", sync_fails)
+    rehashed: list[int] = []  # the whole is verified with the fill's own hash, not read again
+    monkeypatch.setattr(fill.BlobFollower, "_hashed", lambda _, nbytes: rehashed.append(nbytes))
     upstream = Upstream() if length == "known" else NoLength()
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
     async with mirror(tmp_path, upstream, **settings) as app:
         path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
         answer = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
     assert answer.status == 200 and answer.complete and answer.body == BLOB
-    assert upstream.ranges == [None]
+    assert upstream.ranges == [None] and rehashed == []
     assert cached_blobs(tmp_path) == []
 
 

@@ -1,0 +1,104 @@
+"""Going on with a download that broke off: the one rule for a fill's download and for the rest
+a follower of a given-up fill gets for itself (both in :mod:`docxy.cache.fill`).
+
+A blob's bytes come from a download that may break off midway: a cut or stalled upstream
+raises one of its ``broke_off`` errors. :class:`Resuming` then asks ``fetch`` for the rest from
+where the bytes stopped, and again should that rest break off in its turn, up to ``limit``
+times, each only after the try before gave new bytes: an upstream that breaks off at the same
+byte again and again is not asked for ever. When it may not go on it raises :class:`BrokeOff`,
+which says why (the error, how many resumes, what the last gave). What that means (a fill that
+failed, a client cut) and its one log line are the caller's; so is the INFO line for each
+resume (``went_on``), worded for whose download it is.
+
+Each rest it fetched is closed once read, broken off, or left by its consumer; a ``first``
+download handed to it is its owner's to close. Errors other than a break (a rest that cannot be
+had: :class:`~docxy.cache.errors.FetchFailed`) go to the caller as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from docxy.cache.errors import FillAborted
+
+if TYPE_CHECKING:
+    from docxy.cache.fill import Download
+
+#: Times a download goes on after it broke off (each time after new bytes came).
+RESUMES = 3
+
+#: The rest of the blob from an offset on (``Download.chunks``), or :class:`FetchFailed`.
+Fetch = Callable[[int], Awaitable["Download"]]
+#: Told each time it goes on: the error, the offset it goes on from, and the resume's number.
+WentOn = Callable[[Exception, int, int], None]
+
+
+class BrokeOff(FillAborted):
+    """A download broke off and may not go on: before its first byte, again and again, or with
+    nothing new after it was resumed. ``cause`` is the error, ``at`` the bytes had by then."""
+
+    def __init__(self, cause: Exception, at: int, resumes: int, gave: int) -> None:
+        said = f"{type(cause).__name__}: {cause}"
+        if resumes:
+            plural = "s" if resumes != 1 else ""
+            said += f" ({resumes} resume{plural}, the last gave {gave} bytes)"
+        super().__init__(said)
+        self.cause, self.at, self.resumes, self.gave = cause, at, resumes, gave
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(eq=False)
+class Resuming:
+    """The bytes of a blob from :attr:`at` on, going on from where a download broke off.
+
+    ``fetch`` gives the rest from an offset; ``broke_off`` are the errors that mean a break
+    (besides each download's own ``broke_off``); ``may_go_on`` says whether anybody still wants
+    the bytes (else a break is the end). :attr:`at` counts the bytes had so far, :attr:`resumes`
+    the rests asked for after a break.
+    """
+
+    fetch: Fetch
+    at: int
+    went_on: WentOn
+    broke_off: tuple[type[Exception], ...] = ()
+    may_go_on: Callable[[], bool] = _always
+    limit: int = RESUMES
+    resumes: int = 0
+
+    def broke(self, exc: Exception, start: int) -> None:
+        """A download that began at byte ``start`` broke off at :attr:`at` with ``exc``: return
+        when the rest may be asked for (after telling ``went_on``), else raise :class:`BrokeOff`
+        (from ``exc``)."""
+        gave = self.at - start
+        if self.resumes >= self.limit or gave <= 0 or not self.may_go_on():
+            raise BrokeOff(exc, self.at, self.resumes, gave) from exc
+        self.resumes += 1
+        self.went_on(exc, self.at, self.resumes)
+
+    async def chunks(self, first: Download | None = None) -> AsyncGenerator[bytes]:
+        """The bytes from :attr:`at` on: ``first``'s (not closed here), else a fetched rest's,
+        then after each break a rest's from where it broke. Ends at the end of a download that
+        did not break off."""
+        current, owned = first, False
+        while True:
+            if current is None:
+                current, owned = await self.fetch(self.at), True
+            start = self.at
+            try:
+                assert current.chunks is not None, "a resumed download is read on the loop"
+                async for chunk in current.chunks:
+                    if chunk:
+                        self.at += len(chunk)
+                        yield chunk
+                return
+            except (*self.broke_off, *current.broke_off) as exc:
+                self.broke(exc, start)
+            finally:
+                if owned:
+                    await current.close()
+            current = None
