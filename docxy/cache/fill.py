@@ -11,6 +11,7 @@ grows past the room the store reserved for it (see :meth:`BlobWriter.reserve`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import logging
 import os
@@ -223,6 +224,8 @@ class BlobWriter:
         #: descriptor is closed only once it is done (see :meth:`_close_and_discard`).
         self._fd_user: asyncio.Future[Any] | None = None
         self._pumped: BodySource | None = None  # the body the pump's thread reads, meanwhile
+        #: The pump thread's wait for room (:meth:`_reserved_from_thread`), meanwhile.
+        self._reserving: concurrent.futures.Future[bool] | None = None
         self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
 
     @property
@@ -343,7 +346,7 @@ class BlobWriter:
             await asyncio.shield(done)
         except asyncio.CancelledError:
             stop.set()
-            body.interrupt()
+            self._interrupt_pump(body)
             await asyncio.wait([done])
             if not done.cancelled():
                 done.exception()  # retrieved: the cancellation is what the caller sees
@@ -385,7 +388,8 @@ class BlobWriter:
                     if not nbytes:
                         break
                     self._count += nbytes
-                    if fd is not None and not self._reserved_from_thread(written + nbytes, loop):
+                    total = written + nbytes
+                    if fd is not None and not self._reserved_from_thread(total, loop, stop):
                         break  # the fill is over: reading on would serve nobody
                     if fd is not None:
                         try:
@@ -411,11 +415,34 @@ class BlobWriter:
         if failed:
             raise FillAborted(f"hashing {self.digest} failed: {failed[0]!r}") from failed[0]
 
-    def _reserved_from_thread(self, total: int, loop: asyncio.AbstractEventLoop) -> bool:
-        """:meth:`reserve`, from the pump's thread: asks the loop only past the reservation."""
+    def _reserved_from_thread(
+        self, total: int, loop: asyncio.AbstractEventLoop, stop: threading.Event
+    ) -> bool:
+        """:meth:`reserve`, from the pump's thread: asks the loop only past the reservation.
+        The wait for room (up to ``cache.room_wait``) is cut short when the pump is stopped or
+        the fill ends meanwhile (:meth:`_interrupt_pump`): no room then."""
         if total <= self.fill.reserved:
             return True
-        return asyncio.run_coroutine_threadsafe(self.reserve(total), loop).result()
+        if stop.is_set():
+            return False
+        reserving = asyncio.run_coroutine_threadsafe(self.reserve(total), loop)
+        self._reserving = reserving
+        if stop.is_set():  # stopped between the check and now: the loop may not have seen it
+            reserving.cancel()
+        try:
+            return reserving.result()
+        except concurrent.futures.CancelledError:
+            return False
+        finally:
+            self._reserving = None
+
+    def _interrupt_pump(self, body: BodySource) -> None:
+        """Cut the pump's thread short wherever it waits: in a read of a stalled upstream
+        (until its read timeout) or for room in the store (until ``cache.room_wait``)."""
+        body.interrupt()
+        reserving = self._reserving
+        if reserving is not None:
+            reserving.cancel()
 
     def _start_sync_behind(self) -> None:
         """Flush what is written so far in the background, one sync at a time.
@@ -568,8 +595,9 @@ class BlobWriter:
         writing = user if fd is not None and user is not None and not user.done() else None
         if writing is not None and self._pumped is not None:
             # The pump's thread may be blocked in a read of a stalled upstream until its read
-            # timeout: cut that read, so the thread ends and its descriptor is closed now.
-            self._pumped.interrupt()
+            # timeout, or waiting for room: cut that wait, so the thread ends and its
+            # descriptor is closed now.
+            self._interrupt_pump(self._pumped)
         # A thread may be about to write through fd: closed now, its number could name another
         # file (the next open anywhere in the process) by the time the write comes. The store
         # closes it once the thread is done (the pump's stops at its next read, as the fill

@@ -339,6 +339,50 @@ async def test_cancelling_ends_the_thread_and_removes_the_temp_file(
     assert list(blobs.tmp_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("how", ["cancelled", "aborted"])
+async def test_a_fill_that_waits_for_room_ends_at_once_when_cancelled_or_aborted(
+    client_for: MakeClient,
+    tmp_path: Path,
+    server: BlobServer,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """The pump's thread waits on the loop for room in the store (up to ``cache.room_wait``,
+    minutes): cancelling the fill (a shutdown) or aborting it (its client went away) cuts that
+    wait, so the fill ends now."""
+    server.plan.body = LONG
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    waiting, cut = asyncio.Event(), asyncio.Event()
+
+    async def no_room_yet(fill: object, nbytes: int) -> None:
+        waiting.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cut.set()
+            raise
+
+    monkeypatch.setattr(blobs, "reserve", no_room_yet)
+    writer = await blobs.fetch_or_join(digest)
+    assert isinstance(writer, BlobWriter)
+    opened = await open_download(client_for(), server.url + "/blob")
+    unsized = Download(None, None, opened.close, body=opened.body)  # reserves as it reads
+    task = spawn("test fill", run_fill(writer, lambda: asyncio.sleep(0, unsized)))
+    await asyncio.wait_for(waiting.wait(), GUARD)
+    if how == "cancelled":
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)  # not after room_wait
+    else:
+        writer.abort("its client went away")
+        await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(cut.wait(), 5)
+    for thread in [t for t in threading.enumerate() if t.name.startswith("fill ")]:
+        thread.join(GUARD)
+        assert not thread.is_alive()
+    assert list(blobs.tmp_dir.iterdir()) == []
+
+
 async def test_an_abort_under_a_stalled_read_is_logged_once(
     client_for: MakeClient,
     tmp_path: Path,
