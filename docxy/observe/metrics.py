@@ -326,6 +326,13 @@ class MirrorCollector(Collector):
         yield _gauge(
             "docxy_cache_fills_in_flight", "Blob downloads into the cache now.", store.fills_open
         )
+        if self.state.services is not None:
+            yield _gauge(
+                "docxy_fill_permits_waiting",
+                "Upstream downloads waiting for a permit under limits.fills_total: the rest of "
+                "a blob a client has the first bytes of (never refused, so it waits).",
+                self.state.services.blobs.permits.waiting,
+            )
         yield _gauge(
             "docxy_cache_fill_bytes_in_flight",
             "Bytes written so far by the fills in flight.",

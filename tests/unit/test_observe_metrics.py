@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from docxy.observe.metrics import (
     status_class,
     timestamp,
 )
+from docxy.tasks import spawn
 from docxy.upstream.client import Upstream, UpstreamClient
 
 DIGEST = "sha256:" + "a" * 64
@@ -185,6 +187,27 @@ async def test_cache_size_fills_followers_and_evictions_are_read_at_scrape_time(
     writer.abort("test over")
     after = scrape(registry)
     assert (after["docxy_cache_fills_in_flight"], after["docxy_cache_reserved_bytes"]) == (0, 0)
+
+
+async def test_downloads_waiting_for_a_fill_permit_are_counted(tmp_path: Path) -> None:
+    config = load_config(
+        {"upstream.registry": UPSTREAM, "cache.dir": str(tmp_path), "limits.fills_total": 1},
+        environ={},
+    )
+    state = MirrorState(config, Upstream.from_config(config.upstream))
+    state.cache = open_cache(tmp_path, max_size=config.cache.max_size, tag_ttl=300)
+    async with httpx.AsyncClient() as http:
+        permits = state.open(UpstreamClient(http)).blobs.permits
+        registry = make_registry(state)
+        assert scrape(registry)["docxy_fill_permits_waiting"] == 0
+        release = permits.acquire()
+        waiting = [spawn(f"wait {n}", permits.wait()) for n in range(2)]
+        await asyncio.sleep(0)
+        assert scrape(registry)["docxy_fill_permits_waiting"] == 2
+        release()
+        (await waiting[0])()
+        (await waiting[1])()
+        assert scrape(registry)["docxy_fill_permits_waiting"] == 0
 
 
 def test_no_cache_metrics_when_the_cache_is_off(tmp_path: Path) -> None:
