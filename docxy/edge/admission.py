@@ -1,6 +1,7 @@
 """Admission: allow lists, repository rules and per-client limits, before any route runs.
 
-An ASGI layer inside the access log (so every refusal is logged like any request):
+An ASGI layer inside the access log (so every refusal is logged like any request; a WebSocket
+upgrade is one, answered with its denial: :mod:`docxy.edge.replies`):
 
 1. the client's address (behind ``server.trusted_proxies``) must be in ``access.allow``, else
    ``403 DENIED``;
@@ -47,7 +48,7 @@ from docxy.core.names import Kind, parse_v2_path, upstream_name
 from docxy.edge.clients import client_identity, limit_key, request_address
 from docxy.edge.fills import CLIENT, EXEMPT
 from docxy.edge.limits import Buckets, Clock, retry_after
-from docxy.edge.replies import send_error
+from docxy.edge.replies import answer_send, send_error
 from docxy.upstream.client import Upstream
 from docxy.upstream.routing import Upstreams, UpstreamUnknown, request_picks
 
@@ -93,7 +94,10 @@ class Admission:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] != "http" or _exempt(scope["path"]):
+        if scope["type"] != "http" and scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        if _exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         address = request_address(scope, self.config.server)
@@ -103,7 +107,7 @@ class Admission:
         if refusal is not None:
             setting, error = refusal
             self.refused[setting] += 1
-            await send_error(send, error, [API_VERSION_HEADER])
+            await send_error(answer_send(scope, send), error, [API_VERSION_HEADER])
             return
         # for the fill caps (docxy.edge.fills), in the tasks the request starts
         named = CLIENT.set(EXEMPT if exempt else key)
@@ -115,8 +119,9 @@ class Admission:
     async def _serve(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable, key: str | None
     ) -> None:
-        """The request, its body paced to ``key``'s bandwidth (None: exempt, never paced)."""
-        if not self.bandwidth or key is None:
+        """The request, its body paced to ``key``'s bandwidth (None: exempt, never paced; a
+        WebSocket upgrade is answered with a short error, never paced either)."""
+        if not self.bandwidth or key is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
@@ -151,7 +156,7 @@ class Admission:
             return "limits.requests_per_minute", _too_many(
                 wait, "too many requests from this client"
             )
-        if kind is Kind.MANIFEST and scope["method"] == "GET":
+        if kind is Kind.MANIFEST and scope.get("method", "GET") == "GET":  # an upgrade's too
             wait = self.manifests.take(key)
             if wait > 0:
                 message = "too many manifest fetches from this client"

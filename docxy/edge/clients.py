@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hypercorn.typing import HTTPScope
+from hypercorn.typing import HTTPScope, WebsocketScope
 
 from docxy.access.gate import remember
 from docxy.config import ServerConfig
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from docxy.access.gate import AccessControl
 
 
-def request_address(scope: HTTPScope, server: ServerConfig) -> Address | None:
+def request_address(scope: HTTPScope | WebsocketScope, server: ServerConfig) -> Address | None:
     """The client's address: the peer's, or what a trusted proxy in front of it says."""
     client = scope.get("client")
     peer = parse_address(client[0]) if client else None
@@ -25,7 +25,7 @@ def request_address(scope: HTTPScope, server: ServerConfig) -> Address | None:
     return client_address(peer, headers, server.trusted_proxies, server.forwarded_header)
 
 
-def client_identity(scope: HTTPScope, access: AccessControl | None) -> str | None:
+def client_identity(scope: HTTPScope | WebsocketScope, access: AccessControl | None) -> str | None:
     """The user (``user:NAME``) or certificate client (``cert:NAME``) a request comes from,
     when ``docxy.access`` knows it; None for an anonymous client (open mode, no credentials,
     or credentials the check refuses, which the route then refuses too).

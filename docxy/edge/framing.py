@@ -17,7 +17,7 @@ from __future__ import annotations
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from docxy.core.errors import ClientError, RegistryError, RequestTooLarge
-from docxy.edge.replies import send_error
+from docxy.edge.replies import answer_send, send_error
 
 MAX_HEAD = 16 * 1024  # bytes of header names and values, the same as h11's incomplete limit
 
@@ -46,11 +46,11 @@ class Framing:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" and scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
         error = framing_error(list(scope["headers"]))
         if error is None:
             await self.app(scope, receive, send)
             return
-        await send_error(send, error, [("Connection", "close")])
+        await send_error(answer_send(scope, send), error, [("Connection", "close")])

@@ -299,7 +299,7 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
     from docxy.access.authority import issue_token
 
     config = mirror_state().config
-    address = request_address(request.scope, config.server)  # type: ignore[arg-type]
+    address = request_address(request.scope, config.server)
     client = limit_key(None, address)  # by address, never by the user name it guesses for
     if ask.authorization is None:  # no password to check: nothing to count
         return issue_token(access, None, ask.scopes)

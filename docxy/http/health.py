@@ -69,7 +69,7 @@ def _for_strangers(state: MirrorState) -> bool:
     config = state.config
     if not config.access.allow:
         return False
-    address = request_address(request.scope, config.server)  # type: ignore[arg-type]
+    address = request_address(request.scope, config.server)
     return address not in config.access.allow
 
 

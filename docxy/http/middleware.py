@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from hypercorn.typing import (
     ASGIFramework,
@@ -17,12 +17,13 @@ from hypercorn.typing import (
     ASGISendCallable,
     HTTPScope,
     Scope,
+    WebsocketScope,
 )
 
 from docxy.access.identity import identity_of
 from docxy.cache.fill import Handover
 from docxy.core.errors import ClientError, RegistryError, RequestTooLarge
-from docxy.edge.replies import send_error
+from docxy.edge.replies import answer_send, send_error
 
 log = logging.getLogger("docxy.access")
 
@@ -42,7 +43,11 @@ _ABSOLUTE = re.compile(rb"https?://([^/?#]*)(/.*)?", re.IGNORECASE | re.DOTALL)
 _ABSOLUTE_TEXT = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 
 
-def origin_form(scope: HTTPScope) -> HTTPScope:
+@overload
+def origin_form(scope: HTTPScope) -> HTTPScope: ...
+@overload
+def origin_form(scope: WebsocketScope) -> WebsocketScope: ...
+def origin_form(scope: Any) -> Any:
     """``scope`` with an absolute-form target (``GET http://host/v2/ HTTP/1.1``) made origin-form.
 
     RFC 9112 §3.2.2: a server accepts the absolute form and then takes the host from the
@@ -57,11 +62,11 @@ def origin_form(scope: HTTPScope) -> HTTPScope:
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"host"]
     headers.insert(0, (b"host", authority))
     path = _ABSOLUTE_TEXT.sub("", scope["path"], count=1) or "/"
-    normal: HTTPScope = {**scope, "path": path, "raw_path": raw_path, "headers": headers}
+    normal = {**scope, "path": path, "raw_path": raw_path, "headers": headers}
     return normal
 
 
-def readable_host(scope: HTTPScope) -> bool:
+def readable_host(scope: HTTPScope | WebsocketScope) -> bool:
     """Whether the request's host (``Host``, or the absolute-form target's, which
     :func:`origin_form` put there) is one the app can take: werkzeug IDNA-encodes it, port
     aside, while Quart builds the request context, outside the app's error handling, so a
@@ -77,7 +82,7 @@ def readable_host(scope: HTTPScope) -> bool:
 
 class Guard:
     """Normalises the request target, refuses oversized ones, and redirects plain HTTP to
-    HTTPS when TLS is on."""
+    HTTPS when TLS is on (a WebSocket upgrade alike: it is answered with the redirect)."""
 
     def __init__(self, app: ASGIFramework, https_url: str | None) -> None:
         self.app = app
@@ -86,20 +91,21 @@ class Guard:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" and scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
         http = origin_form(scope)
+        answer = answer_send(http, send)
         if len(http["query_string"]) > MAX_QUERY or len(http["raw_path"] or b"") > MAX_PATH:
-            await send_error(send, RequestTooLarge("request target too long"))
+            await send_error(answer, RequestTooLarge("request target too long"))
             return
         if not readable_host(http):
-            await send_error(send, ClientError("the Host header is not a host name"))
+            await send_error(answer, ClientError("the Host header is not a host name"))
             return
         path = http["path"]
         if (
             self.https_url is not None
-            and http["scheme"] == "http"
+            and http["scheme"] in ("http", "ws")
             and path not in HTTPS_EXEMPT_PATHS
             and not path.startswith(HTTPS_EXEMPT_PREFIXES)
         ):
@@ -110,7 +116,7 @@ class Guard:
             if http["query_string"]:
                 target += "?" + http["query_string"].decode("latin-1")
             location = [("Location", target)]
-            await send_error(send, UseHttps("this mirror is served over HTTPS"), location)
+            await send_error(answer, UseHttps("this mirror is served over HTTPS"), location)
             return
         await self.app(http, receive, send)
 
@@ -171,7 +177,9 @@ class AccessLog:
     fill finished from the upstream, ``upstream_bytes``), upstream and total time, and how it
     ended (:data:`ENDS`).
 
-    The method and path come from the client and are logged through :func:`loggable`.
+    The method and path come from the client and are logged through :func:`loggable`. A
+    WebSocket upgrade is logged as the ``GET`` it is, with the answer it got (its denial; a
+    close before any answer is the server's ``403``).
     """
 
     def __init__(self, app: ASGIFramework, observer: RequestObserver | None = None) -> None:
@@ -181,7 +189,7 @@ class AccessLog:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" and scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
@@ -193,11 +201,14 @@ class AccessLog:
 
         async def counting_send(message: Any) -> None:
             nonlocal status, sent, ended
-            if message["type"] == "http.response.start":
+            kind = message["type"].removeprefix("websocket.")  # an upgrade's denial: the same
+            if kind == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body":
+            elif kind == "http.response.body":
                 sent += len(message.get("body", b""))
                 ended = not message.get("more_body", False)
+            elif kind == "close" and status == 0:  # before any answer: hypercorn says 403
+                status, ended = 403, True
             await send(message)
 
         outcome = "done"
@@ -217,7 +228,7 @@ class AccessLog:
             who = identity_of(scope).label()
             log.info(
                 "%s %s %s %d bytes cache=%s%s%s upstream=%s total=%.0fms %s%s",
-                loggable(scope["method"]),
+                loggable(scope["method"] if scope["type"] == "http" else "GET"),
                 loggable(origin_form(scope)["path"]),  # no user:password@host of the target
                 status,
                 sent,

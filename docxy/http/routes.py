@@ -62,7 +62,7 @@ def count_relay(state: MirrorState, *, refuse: bool = True) -> bool:
     token): one from its address's bucket (True), or ``429`` (``docxy.edge.relays``); False
     instead of the ``429`` when not ``refuse`` (the caller has an answer of its own). An
     address in ``limits.exempt`` counts nothing and is never refused."""
-    address = request_address(request.scope, state.config.server)  # type: ignore[arg-type]
+    address = request_address(request.scope, state.config.server)
     if address in state.config.limits.exempt:
         return True
     return state.relays.take(limit_key(None, address), refuse=refuse)

@@ -174,6 +174,9 @@ class SharedTier:
             file = BlobFile.open(self.blobs.path_of(digest))
         except FileNotFoundError:
             return  # evicted meanwhile
+        except OSError as exc:  # no descriptor left, EACCES...
+            self._unreadable(digest, exc)
+            return
         try:
             size = file.size()
             if digest not in self._bad and await self.objects.size_of(digest) == size:
@@ -189,6 +192,9 @@ class SharedTier:
                 exc,
             )
             return
+        except OSError as exc:  # EIO...: the local disk's fault, not the store's
+            self._unreadable(digest, exc)
+            return
         except ObjectStoreError as exc:
             self.counts.upload_failed += 1
             if _refused(exc):
@@ -202,6 +208,12 @@ class SharedTier:
         self._bad.pop(digest)
         self.counts.uploaded += 1
         log.info("shared store: uploaded %s (%d bytes)", digest, size)
+
+    def _unreadable(self, digest: Digest, exc: OSError) -> None:
+        """The blob's cached file could not be read for its upload: one failed upload, not
+        the store in trouble, and the queue goes on with the next blob."""
+        self.counts.upload_failed += 1
+        log.warning("shared store: not uploading %s: cannot read its cached file (%s)", digest, exc)
 
     def _upload_refused(self, digest: Digest, exc: ObjectStoreError) -> None:
         """The store answered an upload with a refusal of its own (a key that may only read,

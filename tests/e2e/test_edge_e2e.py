@@ -353,3 +353,38 @@ def test_an_exempt_address_is_spared_the_request_rate(bed: Bed, start_mirror: St
     assert all(a.json()["errors"][0]["code"] == "TOOMANYREQUESTS" for a in answers[limit:])
     metrics = httpx.get(f"http://{LOOPBACK}:{admin}/metrics", timeout=10).text
     assert 'docxy_refused_total{setting="limits.requests_per_minute"} 3.0' in metrics
+
+
+def websocket_upgrade(mirror: Mirror, source: str) -> bytes:
+    """A WebSocket upgrade of ``/v2/`` from ``source``: the head of the answer."""
+    sock = socket.create_connection(("127.0.0.1", mirror.port), source_address=(source, 0))
+    with sock:
+        sock.settimeout(DEADLINE)
+        lines = [
+            "GET /v2/ HTTP/1.1",
+            f"Host: 127.0.0.1:{mirror.port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        return head
+
+
+def test_a_websocket_upgrade_is_admitted_and_logged_like_any_request(
+    start_mirror: StartMirror,
+) -> None:
+    """hypercorn hands an upgrade to the app as a websocket scope, which the edge let by:
+    neither the allow list nor the access log saw it (Quart answered 400, nothing served)."""
+    mirror = start_mirror("--set", "access.allow=127.0.0.2/32")
+    assert websocket_upgrade(mirror, "127.0.0.3").startswith(b"HTTP/1.1 403 ")
+    assert websocket_upgrade(mirror, "127.0.0.2").startswith(b"HTTP/1.1 400 ")
+    assert eventually(lambda: "GET /v2/ 400 " in mirror.log_text(), DEADLINE), mirror.log_text()
+    assert "GET /v2/ 403 " in mirror.log_text()

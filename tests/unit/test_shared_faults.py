@@ -266,3 +266,28 @@ async def test_an_upload_cancelled_at_shutdown_never_reads_another_file(
     assert len(gate.got) == 1, gate.got
     got = gate.got[0]
     assert isinstance(got, bytes) and digest_of(got) == digest, "it read another file"
+
+
+async def test_a_cached_file_that_cannot_be_read_fails_its_upload_not_the_queue(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upload whose cached file cannot be read (EIO, no descriptor left; here a directory
+    where the file was, EISDIR) raised the OSError out of the upload worker: a logged crash,
+    not counted in ``upload_failed``, and the blobs queued behind it waited for the next
+    offer to start a worker. It is one failed upload, with one warning; the queue goes on."""
+    caplog.set_level(logging.INFO, "docxy")
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    unreadable = digest_of(b"a blob whose file cannot be read")
+    blobs.path_of(unreadable).mkdir(parents=True)
+    good = cached_blob(blobs, 1)
+    where = Bucket("http://store.test", "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(accepting_store)) as http:
+        tier = SharedTier(ObjectStore(where, http), blobs, 1)
+        assert tier.uploads.offer(unreadable) and tier.uploads.offer(good)
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+        assert (tier.counts.uploaded, tier.counts.upload_failed) == (1, 1)
+        assert tier.uploads.waiting == 0
+        assert tier.reachable is True, "the local disk's fault is not the store's"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and str(unreadable) in warned[0] and "cannot read" in warned[0]
