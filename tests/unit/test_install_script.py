@@ -860,6 +860,43 @@ def test_an_unhealthy_mirror_fails_and_shows_its_log(box: ScriptBox, resolver: R
     assert box.called(r"^docker compose .* logs --tail 60$")
 
 
+def test_a_failed_build_names_base_image_and_a_rerun_goes_on_from_there(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The first build pulls python:3.12-slim from Docker Hub, which a server that needs a
+    mirror often cannot reach: the script says what to do, not only compose's error."""
+    docker = [
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+    ]
+    pull_fails = "failed to solve: python:3.12-slim: failed to resolve source metadata\n"
+    box.stand_in("docker", Rule(r"up -d --build$", rc=17, stderr=pull_fails), *docker)
+
+    failed = install(box, resolver)
+
+    assert failed.returncode == 1, output(failed)
+    assert "--base-image IMAGE" in failed.stderr, output(failed)
+    assert "run this again" in failed.stderr, output(failed)
+    box.stand_in("docker", *docker)
+    box.forget_calls()
+    again = install(box, resolver)
+    assert again.returncode == 0, output(again)
+    assert box.called(COMPOSE_UP), "the rerun builds again, although .env is unchanged"
+
+
+def test_a_step_that_fails_says_where_it_stopped_and_what_next(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    box.without("docker")
+    box.stand_in("apt-get", Rule(r"^install ", rc=100, stderr="E: Unable to locate package\n"))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 100, output(result)
+    assert 'stopped at "Docker": the command above failed (exit 100)' in result.stderr
+    assert "run this again" in result.stderr, output(result)
+
+
 def test_configure_local_docker(box: ScriptBox, resolver: Resolver) -> None:
     result = install(box, resolver, "--configure-local-docker")
 
