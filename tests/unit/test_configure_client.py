@@ -512,6 +512,28 @@ def test_a_bad_mirror_url_is_refused(box: ScriptBox, bad: str) -> None:
     assert box.files() == {}
 
 
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--mirror",
+        "--root",
+        "--registry",
+        "--client-cert",
+        "--ca-cert",
+        "--daemon-json",
+        "--dockerd-pidfile",
+    ],
+)
+def test_a_flag_without_its_value_is_a_usage_error(box: ScriptBox, flag: str) -> None:
+    """As every other usage error: exit 2 and the script's own word, not bash's `line 97: 2:`."""
+    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--docker", flag)
+
+    assert result.returncode == 2, output(result)
+    assert result.stderr.endswith(f"{SCRIPT}: {flag} needs a value\n"), output(result)
+    assert "line " not in result.stderr
+    assert box.files() == {}
+
+
 @pytest.mark.parametrize("path", ["/docker", "/v2/", "/v2/library"])
 def test_a_mirror_url_with_a_path_is_refused_before_anything_changes(
     box: ScriptBox, path: str
