@@ -277,16 +277,32 @@ size_kib() {
   esac
 }
 
+# cache_volume_kib: what Docxy's cache volume holds already (0 without one). On a rerun or an
+# --update that room is the cache's own: it is not needed a second time.
+cache_volume_kib() {
+  local mountpoint="" used=""
+  if have docker; then
+    mountpoint="$(docker volume inspect --format '{{.Mountpoint}}' "${PROJECT}_cache" 2>/dev/null)" || true
+  fi
+  if [[ -n "$mountpoint" && -d "$(under_root "$mountpoint")" ]]; then
+    used="$(du -sk -- "$(under_root "$mountpoint")" 2>/dev/null | awk '{ print $1 }')" || true
+  fi
+  [[ "$used" =~ ^[0-9]+$ ]] || used=0
+  printf '%s' "$used"
+}
+
 check_disk() {
-  local dir need avail
+  local dir need avail held held_note=""
   dir="$(under_root /var/lib/docker)"
   while [[ ! -d "$dir" ]]; do dir="$(dirname -- "$dir")"; done
   need=$(($(size_kib "$CACHE_SIZE") + HEADROOM_KIB))
   avail="$(df -Pk -- "$dir" | awk 'NR == 2 { print $4 }')"
-  if ((avail < need)); then
-    die "only $((avail / 1024 / 1024)) GiB free at $dir; the cache ($CACHE_SIZE) and the image need $((need / 1024 / 1024)) GiB: free space or pass a smaller --cache-size"
+  held="$(cache_volume_kib)"
+  ((held == 0)) || held_note=" (and $((held / 1024 / 1024)) GiB in the cache already)"
+  if ((avail + held < need)); then
+    die "only $((avail / 1024 / 1024)) GiB free at $dir$held_note; the cache ($CACHE_SIZE) and the image need $((need / 1024 / 1024)) GiB: free space or pass a smaller --cache-size"
   fi
-  say "Disk: $((avail / 1024 / 1024)) GiB free at $dir, enough for a $CACHE_SIZE cache"
+  say "Disk: $((avail / 1024 / 1024)) GiB free at $dir$held_note, enough for a $CACHE_SIZE cache"
 }
 
 # curl asks the address services, fetches the project and Docker's key, and checks /health at

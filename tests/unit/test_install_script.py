@@ -559,6 +559,34 @@ def test_not_enough_disk_for_the_cache_stops(box: ScriptBox, resolver: Resolver)
     assert "smaller --cache-size" in result.stderr
 
 
+def test_a_rerun_counts_what_the_cache_volume_holds_already(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A rerun or an --update on a host whose cache has filled: that room is the cache's
+    own, and must not be found missing (a full 20G cache left 20G less "free")."""
+    volume = "/var/lib/docker/volumes/docxy_cache/_data"
+    box.path(volume).mkdir(parents=True)
+    box.path(volume + "/blob").write_bytes(os.urandom(8 << 20))  # 8 MiB, on disk
+    need = (1 << 20) + (2 << 20)  # KiB: the 1G cache and the image's headroom
+    free = need - (4 << 10)  # 4 MiB short, of the 8 MiB the cache holds
+    box.without("df")
+    header = "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+    box.stand_in("df", Rule(r".", stdout=f"{header}x 1 1 {free} 1% /\n"))
+    docker = [
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+    ]
+    short = install(box, resolver, "--cache-size", "1G")
+    assert short.returncode == 1 and "smaller --cache-size" in short.stderr, output(short)
+    mountpoint = Rule(r"^volume inspect --format \{\{\.Mountpoint\}\} docxy_cache$", volume + "\n")
+    box.stand_in("docker", mountpoint, *docker)
+
+    rerun = install(box, resolver, "--cache-size", "1G")
+
+    assert rerun.returncode == 0, output(rerun)
+    assert "in the cache already" in rerun.stdout
+
+
 # --- DNS ----------------------------------------------------------------------------------------
 
 
