@@ -857,6 +857,20 @@ configure_podman() {
   say "  wrote $target"
 }
 
+# Docker takes a plain-HTTP mirror on loopback only; elsewhere the mirror's host must also be
+# in "insecure-registries" (the operator's call: not written here), or dockerd passes the
+# mirror by and pulls from Docker Hub, unasked.
+plain_http_note() {
+  local host
+  [[ "$MIRROR" == http://* ]] && ((!REMOVE)) || return 0
+  if [[ "$MIRROR_HOST" == \[* ]]; then host="${MIRROR_HOST%%]*}]"; else host="${MIRROR_HOST%%:*}"; fi
+  case "$host" in
+    localhost | 127.* | "[::1]") return 0 ;;
+  esac
+  warn "$MIRROR is plain HTTP off loopback: dockerd uses it only if \"$MIRROR_HOST\" is in"
+  warn "\"insecure-registries\" too (not added here), else it pulls from Docker Hub; serve the mirror over HTTPS"
+}
+
 # Docker's registry-mirrors (and the podman drop-in) serve Docker Hub images only; other
 # registries go through the mirror by path prefix.
 docker_hub_only_note() {
@@ -893,6 +907,7 @@ main() {
   if ((WANT_DOCKER)); then
     configure_docker
     configure_docker_certs
+    plain_http_note
     docker_hub_only_note
   fi
   ((WANT_CONTAINERD)) && configure_containerd
