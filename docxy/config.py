@@ -422,7 +422,7 @@ def parse_url(value: object) -> str:
     text = _str(value).strip().rstrip("/")
     shown = repr(_redacted(text))
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", text):
         raise ValueError(f"not an http(s) URL: {shown}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"URL must not carry a query, fragment or credentials: {shown}")
@@ -431,6 +431,16 @@ def parse_url(value: object) -> str:
     except ValueError:
         raise ValueError(f"bad port in URL {shown}") from None
     return canonical_url(text)  # https://GHCR.io:443 is https://ghcr.io (docxy.core.hosts)
+
+
+def parse_registry_url(value: object) -> str:
+    """An upstream registry's root URL: the mirror asks ``<registry>/v2/...``, so the API's own
+    ``/v2`` there (copied from a curl command) would make every request ``/v2/v2/...``, a
+    ``404`` that looks like a missing image. Another path (a registry under a prefix) is kept."""
+    url = parse_url(value)
+    if urlsplit(url).path.lower().endswith("/v2"):
+        raise ValueError(f"expected the registry's root URL, without /v2: {url[:-3]!r}")
+    return url
 
 
 def _opt_url(value: object) -> str | None:
@@ -508,7 +518,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "key_path": (_opt_path, ""),
     },
     "upstream": {
-        "registry": (parse_url, "https://registry-1.docker.io"),
+        "registry": (parse_registry_url, "https://registry-1.docker.io"),
         "auth_realm": (_opt_url, ""),
         "library_prefix": (_bool, True),
         "username": (_opt_str, ""),

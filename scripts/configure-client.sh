@@ -94,20 +94,25 @@ CHANGES=0
 parse_args() {
   while (($#)); do
     case "$1" in
-      --mirror) MIRROR="${2:?--mirror needs a URL}"; shift ;;
+      --mirror | --root | --registry | --client-cert | --ca-cert | --daemon-json | --dockerd-pidfile)
+        if (($# < 2)) || [[ -z "$2" ]]; then usage >&2; die "$1 needs a value" 2; fi
+        ;;
+    esac
+    case "$1" in
+      --mirror) MIRROR="$2"; shift ;;
       --mirror=*) MIRROR="${1#*=}" ;;
       --remove) REMOVE=1 ;;
       --dry-run) DRY_RUN=1 ;;
       --no-summary) SUMMARY=0 ;;
       --no-reload) RELOAD=0 ;;
       --allow-restart) ALLOW_RESTART=1 ;;
-      --root) ROOT="${2:?--root needs a directory}"; shift ;;
-      --registry) REGISTRIES+=("${2:?--registry needs a name}"); shift ;;
+      --root) ROOT="$2"; shift ;;
+      --registry) REGISTRIES+=("$2"); shift ;;
       --registry=*) REGISTRIES+=("${1#*=}") ;;
-      --client-cert) CLIENT_DIR="${2:?--client-cert needs a directory}"; shift ;;
-      --ca-cert) CA_CERT="${2:?--ca-cert needs a file}"; shift ;;
-      --daemon-json) DAEMON_JSON="${2:?--daemon-json needs a path}"; shift ;;
-      --dockerd-pidfile) PIDFILE="${2:?--dockerd-pidfile needs a path}"; shift ;;
+      --client-cert) CLIENT_DIR="$2"; shift ;;
+      --ca-cert) CA_CERT="$2"; shift ;;
+      --daemon-json) DAEMON_JSON="$2"; shift ;;
+      --dockerd-pidfile) PIDFILE="$2"; shift ;;
       --docker) WANT_DOCKER=1 ;;
       --containerd) WANT_CONTAINERD=1 ;;
       --podman) WANT_PODMAN=1 ;;
@@ -852,6 +857,20 @@ configure_podman() {
   say "  wrote $target"
 }
 
+# Docker takes a plain-HTTP mirror on loopback only; elsewhere the mirror's host must also be
+# in "insecure-registries" (the operator's call: not written here), or dockerd passes the
+# mirror by and pulls from Docker Hub, unasked.
+plain_http_note() {
+  local host
+  [[ "$MIRROR" == http://* ]] && ((!REMOVE)) || return 0
+  if [[ "$MIRROR_HOST" == \[* ]]; then host="${MIRROR_HOST%%]*}]"; else host="${MIRROR_HOST%%:*}"; fi
+  case "$host" in
+    localhost | 127.* | "[::1]") return 0 ;;
+  esac
+  warn "$MIRROR is plain HTTP off loopback: dockerd uses it only if \"$MIRROR_HOST\" is in"
+  warn "\"insecure-registries\" too (not added here), else it pulls from Docker Hub; serve the mirror over HTTPS"
+}
+
 # Docker's registry-mirrors (and the podman drop-in) serve Docker Hub images only; other
 # registries go through the mirror by path prefix.
 docker_hub_only_note() {
@@ -888,6 +907,7 @@ main() {
   if ((WANT_DOCKER)); then
     configure_docker
     configure_docker_certs
+    plain_http_note
     docker_hub_only_note
   fi
   ((WANT_CONTAINERD)) && configure_containerd

@@ -63,10 +63,18 @@ EOF
 }
 
 say() { printf '%s\n' "$*"; }
-step() { printf '\n== %s\n' "$*"; }
+STEP=""
+step() {
+  STEP="$*"
+  printf '\n== %s\n' "$*"
+}
 warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+# die MESSAGE [STATUS]: stop, saying why. A failure die did not report (a command that failed
+# under `set -e`) gets a word from on_exit instead.
+SAID_WHY=0
 die() {
   warn "$1"
+  SAID_WHY=1
   exit "${2:-1}"
 }
 
@@ -269,16 +277,32 @@ size_kib() {
   esac
 }
 
+# cache_volume_kib: what Docxy's cache volume holds already (0 without one). On a rerun or an
+# --update that room is the cache's own: it is not needed a second time.
+cache_volume_kib() {
+  local mountpoint="" used=""
+  if have docker; then
+    mountpoint="$(docker volume inspect --format '{{.Mountpoint}}' "${PROJECT}_cache" 2>/dev/null)" || true
+  fi
+  if [[ -n "$mountpoint" && -d "$(under_root "$mountpoint")" ]]; then
+    used="$(du -sk -- "$(under_root "$mountpoint")" 2>/dev/null | awk '{ print $1 }')" || true
+  fi
+  [[ "$used" =~ ^[0-9]+$ ]] || used=0
+  printf '%s' "$used"
+}
+
 check_disk() {
-  local dir need avail
+  local dir need avail held held_note=""
   dir="$(under_root /var/lib/docker)"
   while [[ ! -d "$dir" ]]; do dir="$(dirname -- "$dir")"; done
   need=$(($(size_kib "$CACHE_SIZE") + HEADROOM_KIB))
   avail="$(df -Pk -- "$dir" | awk 'NR == 2 { print $4 }')"
-  if ((avail < need)); then
-    die "only $((avail / 1024 / 1024)) GiB free at $dir; the cache ($CACHE_SIZE) and the image need $((need / 1024 / 1024)) GiB: free space or pass a smaller --cache-size"
+  held="$(cache_volume_kib)"
+  ((held == 0)) || held_note=" (and $((held / 1024 / 1024)) GiB in the cache already)"
+  if ((avail + held < need)); then
+    die "only $((avail / 1024 / 1024)) GiB free at $dir$held_note; the cache ($CACHE_SIZE) and the image need $((need / 1024 / 1024)) GiB: free space or pass a smaller --cache-size"
   fi
-  say "Disk: $((avail / 1024 / 1024)) GiB free at $dir, enough for a $CACHE_SIZE cache"
+  say "Disk: $((avail / 1024 / 1024)) GiB free at $dir$held_note, enough for a $CACHE_SIZE cache"
 }
 
 # curl asks the address services, fetches the project and Docker's key, and checks /health at
@@ -392,11 +416,11 @@ check_dns() {
     # Only the families the domain has records for are asked about. discover dies (in its
     # subshell) when the services disagree: stop here too.
     if ((${#records_a[@]})); then
-      found4="$(discover 4)" || exit 1
+      found4="$(discover 4)" || { SAID_WHY=1; exit 1; }
       [[ -n "$found4" ]] && ours4=("$found4")
     fi
     if ((${#records_aaaa[@]})); then
-      found6="$(discover 6)" || exit 1
+      found6="$(discover 6)" || { SAID_WHY=1; exit 1; }
       [[ -n "$found6" ]] && ours6=("${found6,,}")
     fi
     if ((${#records_a[@]} + ${#records_aaaa[@]})) && ((${#ours4[@]} + ${#ours6[@]} == 0)); then
@@ -737,7 +761,13 @@ drop_previous() {
 
 on_exit() {
   local status=$?
-  if [[ -n "$PREVIOUS" ]] && ((status != 0)); then roll_back; fi
+  if [[ -n "$PREVIOUS" ]] && ((status != 0)); then
+    roll_back
+  elif ((status != 0 && status != 130 && status != 143 && !SAID_WHY)); then
+    # A command failed under `set -e`: its own message is above; say where, and what now.
+    warn "stopped${STEP:+ at \"$STEP\"}: the command above failed (exit $status)."
+    warn "What was done before it stays done: fix the cause, then run this again (it redoes only what is missing)."
+  fi
   return "$status"
 }
 
@@ -844,7 +874,13 @@ bring_up() {
   fi
   say "  building and starting (the first build takes a few minutes)"
   UP_TRIED=1
-  compose up -d --build
+  if ! compose up -d --build; then
+    # The build's first step pulls its base from Docker Hub, which a server that needs a
+    # mirror often cannot reach.
+    [[ -n "$BASE_IMAGE" ]] ||
+      warn "if the build could not pull python:3.12-slim (no Docker Hub here), give --base-image IMAGE, one this host can pull"
+    die "docker compose could not build or start Docxy (its messages are above); $ENV_FILE is written: fix the cause, then run this again"
+  fi
 }
 
 wait_for_health() {

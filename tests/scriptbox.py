@@ -29,7 +29,7 @@ SCRIPTS = REPO / "scripts"
 TOOLS = (
     "bash env cat cp mv rm mkdir mktemp chmod chown dirname basename date grep sed tr cmp "
     "head tail sleep id uname stat touch ln sort cut wc tee awk df tar gzip dig getent "
-    "readlink realpath find printf test rmdir"
+    "readlink realpath find printf test rmdir du"
 ).split()
 
 STAND_IN = """#!{python}

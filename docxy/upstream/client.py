@@ -126,14 +126,20 @@ class UpstreamHealth:
     _limited: bool = False
     last_limited: float | None = None  # when the mirror's own request was last answered 429
     limited_until: float | None = None  # when its limit is taken to be over (while it stands)
+    #: what the upstream's ``/v2/`` said when it last answered as no registry does (neither
+    #: 200 nor 401, nor a 429/5xx, trouble of their own): a wrong ``upstream.registry``, a web
+    #: site's 404. It stands until a ``/v2/`` answers as a registry (:meth:`probed`): the
+    #: pulls' own answers then (a 404 each) say nothing of it.
+    not_registry: str | None = None
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
     @property
     def healthy(self) -> bool | None:
         """None until tried; False after a failure or a 429/5xx answer, until an answer that
-        gets through, or the end of the mirror's own rate limit (:attr:`limited`)."""
+        gets through, or the end of the mirror's own rate limit (:attr:`limited`); False while
+        the upstream's ``/v2/`` answers as no registry does (:attr:`not_registry`)."""
         self._limit_over()
-        return self._healthy
+        return False if self.not_registry is not None else self._healthy
 
     @healthy.setter
     def healthy(self, value: bool | None) -> None:
@@ -197,6 +203,14 @@ class UpstreamHealth:
             self.last_ok = self.clock()
         else:
             self.ok()
+
+    def probed(self, status: int) -> None:
+        """The mirror's own ``/v2/`` was answered ``status`` (:meth:`answered` has it too)."""
+        if status in (200, 401):
+            self.not_registry = None
+        elif status not in SERVER_TROUBLE:
+            self.not_registry = f"the upstream answered {status} on /v2/"
+            self.last_error, self.last_error_message = self.clock(), self.not_registry
 
     def served_stale(self) -> None:
         """The cache answered for an upstream that failed (stale-if-error)."""
@@ -425,6 +439,7 @@ class UpstreamClient:
         now = time.monotonic()
         response = await self.send(upstream, "GET", upstream.url("/v2/"), [])
         await response.aclose()
+        self.health_of(upstream).probed(response.status_code)
         if response.status_code not in (200, 401):
             # Not an answer about auth (429/5xx, odd 4xx): try again next time.
             raise UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")

@@ -28,6 +28,7 @@ from docxy.config import (
     NamedUpstreamConfig,
     UpstreamConfig,
     parse_bool,
+    parse_registry_url,
     parse_url,
     shown,
 )
@@ -92,7 +93,7 @@ def _opt(value: object) -> str | None:
 
 
 PARSERS: dict[str, Any] = {
-    "registry": parse_url,
+    "registry": parse_registry_url,
     "auth_realm": lambda v: parse_url(v) if _opt(v) else None,
     "library_prefix": parse_bool,
     "username": _opt,

@@ -465,11 +465,31 @@ def test_parse_url(text: str, expected: str) -> None:
         "https://x.example:99999",
         "https://x.example:port",
         "file:///etc/passwd",
+        "https://exa mple.com",
+        "https://example.com/a b",
+        "https://example.com\tx",
     ],
 )
 def test_bad_url(text: str) -> None:
     with pytest.raises(ValueError):
         parse_url(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["https://registry-1.docker.io/v2/", "https://registry-1.docker.io/v2", "http://h:5000/V2"],
+)
+def test_an_upstream_registry_with_the_apis_v2_path_is_refused_by_name(text: str) -> None:
+    """``/v2/`` copied from a curl command would make every request ``/v2/v2/...``: a 404
+    that looks like a missing image, while /health calls the upstream reachable."""
+    message = config_error({"upstream.registry": text})
+    assert message.startswith("upstream.registry: ") and message.endswith("(flag)"), message
+    assert "without /v2" in message
+
+
+def test_an_upstream_registry_under_a_path_prefix_is_kept() -> None:
+    config = load_config({"upstream.registry": "https://proxy.example/v2-cache"}, None, {})
+    assert config.upstream.registry == "https://proxy.example/v2-cache"
 
 
 # --- errors name the key and the source ------------------------------------------------------

@@ -512,6 +512,53 @@ def test_a_bad_mirror_url_is_refused(box: ScriptBox, bad: str) -> None:
     assert box.files() == {}
 
 
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--mirror",
+        "--root",
+        "--registry",
+        "--client-cert",
+        "--ca-cert",
+        "--daemon-json",
+        "--dockerd-pidfile",
+    ],
+)
+def test_a_flag_without_its_value_is_a_usage_error(box: ScriptBox, flag: str) -> None:
+    """As every other usage error: exit 2 and the script's own word, not bash's `line 97: 2:`."""
+    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--docker", flag)
+
+    assert result.returncode == 2, output(result)
+    assert result.stderr.endswith(f"{SCRIPT}: {flag} needs a value\n"), output(result)
+    assert "line " not in result.stderr
+    assert box.files() == {}
+
+
+@pytest.mark.parametrize(
+    ("mirror", "warned"),
+    [
+        ("http://10.0.0.5:8080", True),
+        ("http://mirror.lan", True),
+        ("http://127.0.0.1:8080", False),
+        ("http://localhost:8080", False),
+        ("http://[::1]:8080", False),
+        ("https://10.0.0.5", False),
+    ],
+)
+def test_a_plain_http_mirror_off_loopback_is_warned_about(
+    box: ScriptBox, mirror: str, warned: bool
+) -> None:
+    """The README's word: Docker takes a plain-HTTP mirror on loopback only (elsewhere its host
+    must be in insecure-registries, which this script does not write); dockerd then skips it
+    and pulls from Docker Hub, which is what the mirror is there to spare."""
+    box.stand_in("docker", docker_info(mirror))
+    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", mirror, "--docker")
+
+    assert result.returncode == 0, output(result)
+    assert ("insecure-registries" in result.stderr) is warned, output(result)
+    assert daemon_json(box)["registry-mirrors"] == [mirror]
+
+
 @pytest.mark.parametrize("path", ["/docker", "/v2/", "/v2/library"])
 def test_a_mirror_url_with_a_path_is_refused_before_anything_changes(
     box: ScriptBox, path: str

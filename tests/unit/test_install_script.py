@@ -559,6 +559,34 @@ def test_not_enough_disk_for_the_cache_stops(box: ScriptBox, resolver: Resolver)
     assert "smaller --cache-size" in result.stderr
 
 
+def test_a_rerun_counts_what_the_cache_volume_holds_already(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A rerun or an --update on a host whose cache has filled: that room is the cache's
+    own, and must not be found missing (a full 20G cache left 20G less "free")."""
+    volume = "/var/lib/docker/volumes/docxy_cache/_data"
+    box.path(volume).mkdir(parents=True)
+    box.path(volume + "/blob").write_bytes(os.urandom(8 << 20))  # 8 MiB, on disk
+    need = (1 << 20) + (2 << 20)  # KiB: the 1G cache and the image's headroom
+    free = need - (4 << 10)  # 4 MiB short, of the 8 MiB the cache holds
+    box.without("df")
+    header = "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+    box.stand_in("df", Rule(r".", stdout=f"{header}x 1 1 {free} 1% /\n"))
+    docker = [
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+    ]
+    short = install(box, resolver, "--cache-size", "1G")
+    assert short.returncode == 1 and "smaller --cache-size" in short.stderr, output(short)
+    mountpoint = Rule(r"^volume inspect --format \{\{\.Mountpoint\}\} docxy_cache$", volume + "\n")
+    box.stand_in("docker", mountpoint, *docker)
+
+    rerun = install(box, resolver, "--cache-size", "1G")
+
+    assert rerun.returncode == 0, output(rerun)
+    assert "in the cache already" in rerun.stdout
+
+
 # --- DNS ----------------------------------------------------------------------------------------
 
 
@@ -858,6 +886,43 @@ def test_an_unhealthy_mirror_fails_and_shows_its_log(box: ScriptBox, resolver: R
     assert result.returncode == 1, output(result)
     assert "SSL certificate problem" in result.stderr
     assert box.called(r"^docker compose .* logs --tail 60$")
+
+
+def test_a_failed_build_names_base_image_and_a_rerun_goes_on_from_there(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The first build pulls python:3.12-slim from Docker Hub, which a server that needs a
+    mirror often cannot reach: the script says what to do, not only compose's error."""
+    docker = [
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+    ]
+    pull_fails = "failed to solve: python:3.12-slim: failed to resolve source metadata\n"
+    box.stand_in("docker", Rule(r"up -d --build$", rc=17, stderr=pull_fails), *docker)
+
+    failed = install(box, resolver)
+
+    assert failed.returncode == 1, output(failed)
+    assert "--base-image IMAGE" in failed.stderr, output(failed)
+    assert "run this again" in failed.stderr, output(failed)
+    box.stand_in("docker", *docker)
+    box.forget_calls()
+    again = install(box, resolver)
+    assert again.returncode == 0, output(again)
+    assert box.called(COMPOSE_UP), "the rerun builds again, although .env is unchanged"
+
+
+def test_a_step_that_fails_says_where_it_stopped_and_what_next(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    box.without("docker")
+    box.stand_in("apt-get", Rule(r"^install ", rc=100, stderr="E: Unable to locate package\n"))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 100, output(result)
+    assert 'stopped at "Docker": the command above failed (exit 100)' in result.stderr
+    assert "run this again" in result.stderr, output(result)
 
 
 def test_configure_local_docker(box: ScriptBox, resolver: Resolver) -> None:

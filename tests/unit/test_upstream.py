@@ -509,6 +509,35 @@ async def test_a_clients_own_rate_limit_is_not_the_mirrors() -> None:
     await client.http.aclose()
 
 
+async def test_an_upstream_whose_v2_answers_as_no_registry_is_unhealthy_until_it_does() -> None:
+    """A wrong upstream.registry (a web site, a path that holds no registry) answers /v2/ with
+    404: /health said 'ok', the upstream reachable, while every pull failed, since a 404 is an
+    answer (the log's 'in trouble' line was the only word of it). The pulls' own 404s do not
+    make it healthy again; a /v2/ that answers as a registry does."""
+    registry = False
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/" and registry:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://a/t"'})
+        return httpx.Response(404, text="<html>Not Found</html>")
+
+    client, _ = client_for(handler)
+    health = client.health_of(HUB)
+    with pytest.raises(UpstreamUnavailable, match="answered 404 on /v2/"):
+        await client.challenge(HUB, refresh=True)  # docxy.http.health.probe_upstream's
+    assert health.healthy is False
+    assert health.as_dict()["last_error_message"] == "the upstream answered 404 on /v2/"
+    answer = await client.send(HUB, "GET", f"{REGISTRY}/v2/x/manifests/1", [])
+    await answer.aclose()
+    assert answer.status_code == 404 and health.reachable is True
+    assert health.healthy is False
+
+    registry = True
+    await client.challenge(HUB, refresh=True)
+    assert health.healthy is True
+    await client.http.aclose()
+
+
 async def test_the_minute_probe_does_not_end_the_mirrors_rate_limit() -> None:
     """`/v2/` answers 401 whatever the pull limit: only a pull that gets through ends it."""
     limited = True

@@ -140,6 +140,10 @@ def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
             },
             "same.example already picks ghcr.io",
         ),
+        (
+            {"DOCXY_UPSTREAMS": "lab.test=https://lab.example/v2/"},
+            "upstreams.lab.test.registry: expected the registry's root URL, without /v2",
+        ),
     ],
 )
 def test_mistakes_name_the_key_and_source(env: dict[str, str], words: str) -> None:
