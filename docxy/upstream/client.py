@@ -360,8 +360,10 @@ class UpstreamClient:
         """Send and follow redirects (any host); the caller must ``aclose()`` the response.
 
         ``Authorization`` is dropped on a hop to another origin (a CDN's signed URL refuses
-        it); ``Range`` and the other headers are kept. ``content`` (a token form) goes with
-        the first hop only, as ``params`` do.
+        it); ``Range`` and the other headers are kept. ``params`` go with the first hop only.
+        ``content`` (a token form) goes on with a ``307`` or ``308`` on the same origin, which
+        keep the method and its body (RFC 9110 15.4.8); a ``303``, or a ``301``/``302`` of a
+        ``POST``, makes the next hop a ``GET`` without it, and no hop to another origin gets it.
 
         An ``Authorization`` is a client's unless ``mirror_credentials`` says it is the
         mirror's own (:mod:`docxy.upstream.tokens`) or it carries a token the mirror's token
@@ -405,10 +407,16 @@ class UpstreamClient:
                 return response
             location = response.headers.get("location")
             await response.aclose()
+            previous = url
             url, current_headers = next_hop(url, location, current_headers)
-            if response.status_code == 303:
+            status = response.status_code
+            if status == 303 or (status in (301, 302) and method == "POST"):
+                # RFC 9110 15.4: a GET then (a POST after a 301 or 302, as every client does)
                 method = "GET" if method != "HEAD" else "HEAD"
-            params = content = None
+                content = None
+            elif not same_origin(previous, url):
+                content = None  # a form (a password, a refresh token) stays on its origin
+            params = None  # the Location carries its own query
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
 
     def _anonymous(self, headers: list[tuple[str, str]]) -> bool:

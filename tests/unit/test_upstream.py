@@ -294,6 +294,49 @@ async def test_params_go_to_the_first_hop_only() -> None:
     assert str(second.url) == "https://auth2.example/token?from=redirect"
 
 
+@pytest.mark.parametrize(
+    ("status", "location", "hops"),
+    [
+        (
+            307,
+            "/token2",
+            [("POST", b"grant_type=refresh_token"), ("POST", b"grant_type=refresh_token")],
+        ),
+        (
+            308,
+            "/token2",
+            [("POST", b"grant_type=refresh_token"), ("POST", b"grant_type=refresh_token")],
+        ),
+        (
+            307,
+            "https://auth2.example/moved",
+            [("POST", b"grant_type=refresh_token"), ("POST", b"")],
+        ),
+        (302, "/token2", [("POST", b"grant_type=refresh_token"), ("GET", b"")]),
+        (301, "/token2", [("POST", b"grant_type=refresh_token"), ("GET", b"")]),
+        (303, "/token2", [("POST", b"grant_type=refresh_token"), ("GET", b"")]),
+    ],
+)
+async def test_a_posted_form_follows_a_307_or_308_on_its_origin_only(
+    status: int, location: str, hops: list[tuple[str, bytes]]
+) -> None:
+    """A token service that moved its endpoint (307/308) gets the form again, as RFC 9110
+    wants: the method and body are kept, on the same origin only (a password or a refresh
+    token does not go to another host); a 301/302/303 makes it a GET, without the form."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return redirect(status, location)
+        return httpx.Response(200)
+
+    client, fake = client_for(handler)
+    form = b"grant_type=refresh_token"
+    response = await client.send(HUB, "POST", "https://auth.example/token", [], content=form)
+    await response.aclose()
+    await client.http.aclose()
+    assert [(r.method, r.content) for r in fake.requests] == hops
+
+
 async def test_redirect_limit() -> None:
     client, fake = client_for(lambda request: redirect(307, f"/hop{len(fake.requests)}"))
     with pytest.raises(UpstreamUnavailable, match=f"more than {MAX_REDIRECTS}"):
