@@ -33,6 +33,9 @@ from docxy.upstream.direct import direct_settings
 
 log = logging.getLogger(__name__)
 
+#: A ``cache.max_size`` below this is warned of at start: most likely a unit left off.
+TINY_CACHE = 1024 * 1024
+
 ASGIHandler = Callable[[Any, Any, Any], Awaitable[None]]
 
 
@@ -59,6 +62,13 @@ class CutStreams:
 def open_store(config: Config) -> Cache:
     """Open the cache: leftover temp files removed, index rebuilt from disk."""
     root = config.cache.dir
+    if config.cache.max_size < TINY_CACHE:
+        log.warning(
+            "cache.max_size is %d bytes (%s): a size without a unit is in bytes (write 20G for "
+            "20 GiB); no blob larger than that is kept",
+            config.cache.max_size,
+            config.sources.get("cache.max_size", "default"),
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
         cache = config.cache
