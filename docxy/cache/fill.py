@@ -226,6 +226,7 @@ class BlobWriter:
         self._pumped: BodySource | None = None  # the body the pump's thread reads, meanwhile
         #: The pump thread's wait for room (:meth:`_reserved_from_thread`), meanwhile.
         self._reserving: concurrent.futures.Future[bool] | None = None
+        self._pump_stop: threading.Event | None = None  # the pump thread's stop flag, meanwhile
         self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
 
     @property
@@ -341,18 +342,17 @@ class BlobWriter:
         done = in_own_thread(
             f"fill {self.digest.hex[:12]}", lambda: self._pump(body, size, stop, loop)
         )
-        self._fd_user, self._pumped = done, body
+        self._fd_user, self._pumped, self._pump_stop = done, body, stop
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
-            stop.set()
             self._interrupt_pump(body)
             await asyncio.wait([done])
             if not done.cancelled():
                 done.exception()  # retrieved: the cancellation is what the caller sees
             raise
         finally:
-            self._pumped = None
+            self._pumped = self._pump_stop = None
             self._keep_hash()  # a fill given up meanwhile: its hash is settled now
 
     def _pump(
@@ -427,7 +427,9 @@ class BlobWriter:
             return False
         reserving = asyncio.run_coroutine_threadsafe(self.reserve(total), loop)
         self._reserving = reserving
-        if stop.is_set():  # stopped between the check and now: the loop may not have seen it
+        # Stopped between the check above and now: the loop, which sets the flag before it
+        # looks for this future, may have found none (the reserve can be running already).
+        if stop.is_set():
             reserving.cancel()
         try:
             return reserving.result()
@@ -437,8 +439,11 @@ class BlobWriter:
             self._reserving = None
 
     def _interrupt_pump(self, body: BodySource) -> None:
-        """Cut the pump's thread short wherever it waits: in a read of a stalled upstream
-        (until its read timeout) or for room in the store (until ``cache.room_wait``)."""
+        """Stop the pump's thread, cut short wherever it waits: in a read of a stalled
+        upstream (until its read timeout) or for room in the store (until ``cache.room_wait``).
+        The stop flag is set first: a wait for room that starts meanwhile cancels itself."""
+        if self._pump_stop is not None:
+            self._pump_stop.set()
         body.interrupt()
         reserving = self._reserving
         if reserving is not None:

@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -363,6 +364,14 @@ async def test_a_fill_that_waits_for_room_ends_at_once_when_cancelled_or_aborted
             raise
 
     monkeypatch.setattr(blobs, "reserve", no_room_yet)
+    asked = asyncio.run_coroutine_threadsafe
+
+    def late(coro: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        future = asked(coro, loop)
+        time.sleep(0.3)  # the thread not yet back when the loop stops it: the wait starts late
+        return future
+
+    monkeypatch.setattr(asyncio, "run_coroutine_threadsafe", late)
     writer = await blobs.fetch_or_join(digest)
     assert isinstance(writer, BlobWriter)
     opened = await open_download(client_for(), server.url + "/blob")
