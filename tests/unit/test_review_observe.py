@@ -252,7 +252,7 @@ async def test_a_client_leaving_mid_download_is_logged_as_left(
 @pytest.fixture
 def logger_levels() -> Iterator[None]:
     """Put back the levels ``setup_logging`` gives the libraries' loggers."""
-    names = ("httpx", "httpcore", "botocore", "hypercorn.error")
+    names = ("httpx", "httpcore", "botocore", "hpack", "hypercorn.error")
     levels = {name: logging.getLogger(name).level for name in names}
     yield
     for name, level in levels.items():
@@ -275,6 +275,25 @@ def test_debug_logs_never_show_a_shared_bucket_requests_signature(
     assert len(signature) == 64
     assert signature not in caplog.text
     assert "CanonicalRequest" not in caplog.text
+
+
+@pytest.mark.usefixtures("logger_levels")
+def test_debug_logs_never_show_a_clients_http2_headers(caplog: pytest.LogCaptureFixture) -> None:
+    """With ``limits.h2_max_streams`` allowing h2c, hypercorn decodes a client's HTTP/2
+    headers with hpack, whose logger wrote every one at DEBUG: a client's ``Authorization``
+    (its password, in Basic) on a line of its own. The libraries' loggers stay at WARNING,
+    hpack's too."""
+    import hpack
+
+    setup_logging("DEBUG")
+    caplog.set_level(logging.DEBUG)
+    credentials = "Basic dXNlcjpodHRwMi1wYXNzd29yZA=="  # user:http2-password
+    block = hpack.Encoder().encode(
+        [(":method", "GET"), (":path", "/v2/"), ("authorization", credentials)]
+    )
+    assert ("authorization", credentials) in hpack.Decoder().decode(block)
+    assert credentials not in caplog.text
+    assert "dXNlcjpodHRwMi1wYXNzd29yZA" not in caplog.text
 
 
 @dataclass
