@@ -146,7 +146,10 @@ class Observer:
         """Upstream failures (timeouts, unreachable) and bad answers (429/5xx), newest first."""
         events = list(self.errors.latest())
         if self.state.services is not None:
-            for upstream in self.state.upstreams.all():
+            # One health per registry host, however many upstream names share it: each of
+            # its failures once (as in docxy_upstream_errors_total), not once per name.
+            hosts = {upstream.host: upstream for upstream in self.state.upstreams.all()}
+            for upstream in hosts.values():
                 health = self.state.services.client.health_of(upstream)
                 events += [ErrorEvent(at, kind, text) for at, kind, text in health.recent_failures]
         events.sort(key=lambda event: event.at, reverse=True)

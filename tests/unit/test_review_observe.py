@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -291,7 +292,7 @@ def test_debug_logs_never_show_a_clients_http2_headers(caplog: pytest.LogCapture
     block = hpack.Encoder().encode(
         [(":method", "GET"), (":path", "/v2/"), ("authorization", credentials)]
     )
-    assert ("authorization", credentials) in hpack.Decoder().decode(block)
+    assert ("authorization", credentials) in list(hpack.Decoder().decode(block))
     assert credentials not in caplog.text
     assert "dXNlcjpodHRwMi1wYXNzd29yZA" not in caplog.text
 
@@ -330,3 +331,20 @@ async def test_upstream_errors_are_counted_under_the_upstream_that_answered(
     assert seen[f"{errors}{{kind=server_error,upstream=ghcr.test}}"] == 1
     assert seen[f"{errors}{{kind=server_error,upstream=upstream.test}}"] == 0
     assert seen[f"{errors}{{kind=rate_limited,upstream=upstream.test}}"] == 0
+
+
+async def test_a_failure_of_a_registry_two_upstreams_name_is_one_recent_error(
+    tmp_path: Path,
+) -> None:
+    """Two upstream names for one registry share its health (keyed by its host): the status
+    page's recent errors listed each of its failures once per name, as if it had failed
+    twice (with a third name, three times). Each registry host's failures are listed once."""
+    settings = {"upstreams": "a.example=http://lab.test,b.example=http://lab.test"}
+    async with stack(tmp_path, settings=settings) as mirror:
+        state = mirror_state(mirror.app)
+        [lab] = [u for u in state.upstreams.all() if u.name == "a.example"]
+        state.client.health_of(lab).failed("ConnectError talking to lab.test")
+        status, body = await mirror.admin_get("/status.json")
+    assert status == 200
+    errors = [e for e in json.loads(body)["recent_errors"] if "lab.test" in e["message"]]
+    assert len(errors) == 1, errors
