@@ -292,7 +292,8 @@ def test_debug_logs_never_show_a_clients_http2_headers(caplog: pytest.LogCapture
     block = hpack.Encoder().encode(
         [(":method", "GET"), (":path", "/v2/"), ("authorization", credentials)]
     )
-    assert ("authorization", credentials) in list(hpack.Decoder().decode(block))
+    decoded = {str(name): str(value) for name, value in hpack.Decoder().decode(block)}
+    assert decoded["authorization"] == credentials  # it was decoded, at DEBUG
     assert credentials not in caplog.text
     assert "dXNlcjpodHRwMi1wYXNzd29yZA" not in caplog.text
 
