@@ -19,6 +19,7 @@ from docxy.config import load_config
 from docxy.core.digests import Digest
 from docxy.edge.admission import Admission
 from docxy.http.app import open_store
+from docxy.http.health import probe_upstream
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import MirrorState, mirror_state
 from docxy.observe import Observer, create_admin_app
@@ -349,3 +350,27 @@ async def test_a_failure_of_a_registry_two_upstreams_name_is_one_recent_error(
     assert status == 200
     errors = [e for e in json.loads(body)["recent_errors"] if "lab.test" in e["message"]]
     assert len(errors) == 1, errors
+
+
+async def test_the_upstream_probe_asks_each_registry_once_a_round(tmp_path: Path) -> None:
+    """Two upstream names for one registry share its health: the minute's ``/v2/`` probe
+    asked it once per name (two requests where one tells all), and while it was in trouble
+    logged the same warning twice a minute. One probe per registry host a round now."""
+    probes: list[str] = []
+    upstream = RoutesUpstream()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            probes.append(request.url.host)
+        return upstream(request)
+
+    settings = {"upstreams": "a.example=http://lab.test,b.example=http://lab.test"}
+    async with stack(tmp_path, settings=settings, transport_handler=handler) as mirror:
+        task = spawn("probe", probe_upstream(mirror_state(mirror.app), interval=3600))
+        try:
+            await until(lambda: len(probes) >= 2)
+            await asyncio.sleep(0.2)  # the round's last probe, if it makes one more
+        finally:
+            task.cancel()
+    assert sorted(probes) == sorted(set(probes)), probes
+    assert "lab.test" in probes, probes
