@@ -374,3 +374,26 @@ async def test_the_upstream_probe_asks_each_registry_once_a_round(tmp_path: Path
             task.cancel()
     assert sorted(probes) == sorted(set(probes)), probes
     assert "lab.test" in probes, probes
+
+
+async def test_an_upstream_under_a_path_prefix_counts_its_answers_by_route(
+    tmp_path: Path,
+) -> None:
+    """A registry served under a prefix (``upstream.registry = http://upstream.test/mirror``,
+    kept as given) is asked ``/mirror/v2/...``: every answer of it was counted under
+    ``route="other"`` in docxy_upstream_responses_total, none under ``manifest`` or ``blob``,
+    so a dashboard of upstream blob errors stayed empty however many failed."""
+    upstream = RoutesUpstream()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/mirror")
+        return upstream(httpx.Request(request.method, request.url.copy_with(path=path)))
+
+    settings = {"upstream.registry": "http://upstream.test/mirror"}
+    async with stack(tmp_path, settings=settings, transport_handler=handler) as mirror:
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
+        assert (await mirror.get(blob_path())).status == 200
+        seen = await mirror.scrape()
+    responses = "docxy_upstream_responses_total"
+    assert seen[f"{responses}{{route=manifest,status_class=2xx}}"] >= 1, seen
+    assert seen[f"{responses}{{route=blob,status_class=2xx}}"] >= 1, seen
