@@ -115,8 +115,9 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     # Libraries' own lines: httpx's name every URL (a CDN's signed query), botocore's signer
-    # every bucket request's signature; neither is one line per event.
-    for noisy in ("httpx", "httpcore", "botocore"):
+    # every bucket request's signature, hpack every header of a client's HTTP/2 request (its
+    # Authorization, with limits.h2_max_streams allowing h2c); none is one line per event.
+    for noisy in ("httpx", "httpcore", "botocore", "hpack"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -89,9 +89,15 @@ async def health() -> Response:
 
 
 async def probe_upstream(state: MirrorState, interval: float = PROBE_INTERVAL) -> None:
-    """Ask each upstream's ``/v2/`` now and then (free against pull limits): fresh health."""
+    """Ask each upstream's ``/v2/`` now and then (free against pull limits): fresh health.
+
+    Once per registry host: upstream names that share one share its health, and one answer
+    (or one warning) tells it for them all."""
     while True:
-        for upstream in state.upstreams.all():
+        hosts: dict[str, Upstream] = {}
+        for upstream in state.upstreams.all():  # [upstream] first: its name in the warning
+            hosts.setdefault(upstream.host, upstream)
+        for upstream in hosts.values():
             try:
                 await state.client.challenge(upstream, refresh=True)
             except UpstreamError as exc:

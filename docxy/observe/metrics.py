@@ -97,6 +97,16 @@ def route_kind(path: str) -> str:
     return "other"
 
 
+def api_path(path: str) -> str:
+    """An upstream URL's path from its ``/v2/`` on: a registry under a prefix
+    (``upstream.registry = https://host/mirror``, kept as given) is asked ``/mirror/v2/...``,
+    which :func:`route_kind` would call ``other``, whatever it asked."""
+    if path.startswith("/v2/") or path in ("/v2", "/v2/"):
+        return path
+    at = path.find("/v2/")
+    return path[at:] if at > 0 else path
+
+
 def status_class(status: int) -> str:
     """``2xx``..``5xx``; ``none`` when no response was started (client gone, crash)."""
     return f"{status // 100}xx" if 100 <= status < 600 else "none"
@@ -207,7 +217,8 @@ class RequestMetrics:
         self.sent_bytes.labels(source).inc(sent - resumed)
 
     def upstream_answered(self, path: str, status: int) -> None:
-        self.upstream_responses.labels(route_kind(path), status_class(status)).inc()
+        """An upstream answer to ``path`` (its URL's, a prefix the registry has included)."""
+        self.upstream_responses.labels(route_kind(api_path(path)), status_class(status)).inc()
 
 
 # --- read at scrape time --------------------------------------------------------------------

@@ -27,7 +27,7 @@ from docxy.core.names import parse_v2_path
 from docxy.http.middleware import origin_form
 from docxy.http.state import MirrorState
 from docxy.observe.connections import ConnectionCounter
-from docxy.observe.metrics import Refuser, RequestMetrics, make_registry, route_kind
+from docxy.observe.metrics import Refuser, RequestMetrics, api_path, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
 from docxy.upstream.client import CLIENT_CREDENTIALS
 from docxy.upstream.routing import UpstreamUnknown, request_picks
@@ -138,7 +138,7 @@ class Observer:
         kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else None
         if kind is not None:
             # Host and route kind only: a CDN URL's query is a signed credential.
-            self.errors.add(kind, f"{host} answered {status} ({route_kind(path)})")
+            self.errors.add(kind, f"{host} answered {status} ({route_kind(api_path(path))})")
 
     # --- for the status page ----------------------------------------------------------------
 
@@ -146,7 +146,10 @@ class Observer:
         """Upstream failures (timeouts, unreachable) and bad answers (429/5xx), newest first."""
         events = list(self.errors.latest())
         if self.state.services is not None:
-            for upstream in self.state.upstreams.all():
+            # One health per registry host, however many upstream names share it: each of
+            # its failures once (as in docxy_upstream_errors_total), not once per name.
+            hosts = {upstream.host: upstream for upstream in self.state.upstreams.all()}
+            for upstream in hosts.values():
                 health = self.state.services.client.health_of(upstream)
                 events += [ErrorEvent(at, kind, text) for at, kind, text in health.recent_failures]
         events.sort(key=lambda event: event.at, reverse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from docxy.config import load_config
 from docxy.core.digests import Digest
 from docxy.edge.admission import Admission
 from docxy.http.app import open_store
+from docxy.http.health import probe_upstream
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import MirrorState, mirror_state
 from docxy.observe import Observer, create_admin_app
@@ -252,7 +254,7 @@ async def test_a_client_leaving_mid_download_is_logged_as_left(
 @pytest.fixture
 def logger_levels() -> Iterator[None]:
     """Put back the levels ``setup_logging`` gives the libraries' loggers."""
-    names = ("httpx", "httpcore", "botocore", "hypercorn.error")
+    names = ("httpx", "httpcore", "botocore", "hpack", "hypercorn.error")
     levels = {name: logging.getLogger(name).level for name in names}
     yield
     for name, level in levels.items():
@@ -275,6 +277,26 @@ def test_debug_logs_never_show_a_shared_bucket_requests_signature(
     assert len(signature) == 64
     assert signature not in caplog.text
     assert "CanonicalRequest" not in caplog.text
+
+
+@pytest.mark.usefixtures("logger_levels")
+def test_debug_logs_never_show_a_clients_http2_headers(caplog: pytest.LogCaptureFixture) -> None:
+    """With ``limits.h2_max_streams`` allowing h2c, hypercorn decodes a client's HTTP/2
+    headers with hpack, whose logger wrote every one at DEBUG: a client's ``Authorization``
+    (its password, in Basic) on a line of its own. The libraries' loggers stay at WARNING,
+    hpack's too."""
+    import hpack
+
+    setup_logging("DEBUG")
+    caplog.set_level(logging.DEBUG)
+    credentials = "Basic dXNlcjpodHRwMi1wYXNzd29yZA=="  # user:http2-password
+    block = hpack.Encoder().encode(
+        [(":method", "GET"), (":path", "/v2/"), ("authorization", credentials)]
+    )
+    decoded = {str(name): str(value) for name, value in hpack.Decoder().decode(block)}
+    assert decoded["authorization"] == credentials  # it was decoded, at DEBUG
+    assert credentials not in caplog.text
+    assert "dXNlcjpodHRwMi1wYXNzd29yZA" not in caplog.text
 
 
 @dataclass
@@ -311,3 +333,67 @@ async def test_upstream_errors_are_counted_under_the_upstream_that_answered(
     assert seen[f"{errors}{{kind=server_error,upstream=ghcr.test}}"] == 1
     assert seen[f"{errors}{{kind=server_error,upstream=upstream.test}}"] == 0
     assert seen[f"{errors}{{kind=rate_limited,upstream=upstream.test}}"] == 0
+
+
+async def test_a_failure_of_a_registry_two_upstreams_name_is_one_recent_error(
+    tmp_path: Path,
+) -> None:
+    """Two upstream names for one registry share its health (keyed by its host): the status
+    page's recent errors listed each of its failures once per name, as if it had failed
+    twice (with a third name, three times). Each registry host's failures are listed once."""
+    settings = {"upstreams": "a.example=http://lab.test,b.example=http://lab.test"}
+    async with stack(tmp_path, settings=settings) as mirror:
+        state = mirror_state(mirror.app)
+        [lab] = [u for u in state.upstreams.all() if u.name == "a.example"]
+        state.client.health_of(lab).failed("ConnectError talking to lab.test")
+        status, body = await mirror.admin_get("/status.json")
+    assert status == 200
+    errors = [e for e in json.loads(body)["recent_errors"] if "lab.test" in e["message"]]
+    assert len(errors) == 1, errors
+
+
+async def test_the_upstream_probe_asks_each_registry_once_a_round(tmp_path: Path) -> None:
+    """Two upstream names for one registry share its health: the minute's ``/v2/`` probe
+    asked it once per name (two requests where one tells all), and while it was in trouble
+    logged the same warning twice a minute. One probe per registry host a round now."""
+    probes: list[str] = []
+    upstream = RoutesUpstream()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            probes.append(request.url.host)
+        return upstream(request)
+
+    settings = {"upstreams": "a.example=http://lab.test,b.example=http://lab.test"}
+    async with stack(tmp_path, settings=settings, transport_handler=handler) as mirror:
+        task = spawn("probe", probe_upstream(mirror_state(mirror.app), interval=3600))
+        try:
+            await until(lambda: len(probes) >= 2)
+            await asyncio.sleep(0.2)  # the round's last probe, if it makes one more
+        finally:
+            task.cancel()
+    assert sorted(probes) == sorted(set(probes)), probes
+    assert "lab.test" in probes, probes
+
+
+async def test_an_upstream_under_a_path_prefix_counts_its_answers_by_route(
+    tmp_path: Path,
+) -> None:
+    """A registry served under a prefix (``upstream.registry = http://upstream.test/mirror``,
+    kept as given) is asked ``/mirror/v2/...``: every answer of it was counted under
+    ``route="other"`` in docxy_upstream_responses_total, none under ``manifest`` or ``blob``,
+    so a dashboard of upstream blob errors stayed empty however many failed."""
+    upstream = RoutesUpstream()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/mirror")
+        return upstream(httpx.Request(request.method, request.url.copy_with(path=path)))
+
+    settings = {"upstream.registry": "http://upstream.test/mirror"}
+    async with stack(tmp_path, settings=settings, transport_handler=handler) as mirror:
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
+        assert (await mirror.get(blob_path())).status == 200
+        seen = await mirror.scrape()
+    responses = "docxy_upstream_responses_total"
+    assert seen[f"{responses}{{route=manifest,status_class=2xx}}"] >= 1, seen
+    assert seen[f"{responses}{{route=blob,status_class=2xx}}"] >= 1, seen
