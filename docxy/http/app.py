@@ -30,7 +30,6 @@ from docxy.upstream.client import (
     upstream_ssl_context,
 )
 from docxy.upstream.direct import direct_settings
-from docxy.upstream.probe import probe_upstreams
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +136,7 @@ def create_app(
         direct = direct_settings(config.upstream, ssl_context, transport)
         shared_http, shared = _open_shared(state, transport, ssl_context)
         state.open(UpstreamClient(http, direct), shared)
-        probe_task = None
-        if probe:  # each registry host's /v2/ once a minute (docxy.upstream.probe)
-            probe_task = spawn("upstream-probe", probe_upstreams(state.client, state.upstreams))
+        probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield
         finally:

@@ -62,14 +62,6 @@ class Upstreams:
     def all(self) -> list[Upstream]:
         return list(self.by_name.values())
 
-    def per_host(self) -> list[tuple[Upstream, list[str]]]:
-        """Each registry host once: the first upstream on it (in :meth:`all`'s order) and the
-        names of all that are (two names for one registry share what is learnt of it)."""
-        hosts: dict[str, tuple[Upstream, list[str]]] = {}
-        for upstream in self.all():
-            hosts.setdefault(upstream.host, (upstream, []))[1].append(upstream.name)
-        return list(hosts.values())
-
     def named(self, name: str) -> Upstream:
         """The upstream ``name`` (an ``?ns=``, a realm's ``?upstream=``) names, compared as a
         host (``docxy.core.hosts``): ``ghcr.io:443`` and ``GHCR.io`` are ``ghcr.io``, as
