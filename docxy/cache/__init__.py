@@ -1,6 +1,8 @@
 """The verifying pull-through cache: blobs, manifests and tags, and who may read them.
 
-``open_cache(directory, max_size=..., tag_ttl=...)`` lays out::
+``open_cache(directory, max_size=..., tag_ttl=...)`` (a serving mirror's) and ``open_for_admin``
+(``docxy cache ...`` beside it), both reached from a configuration by :func:`open_configured`,
+lay out::
 
     <directory>/blobs/   <directory>/tmp/     DiskBlobStore
     <directory>/manifests/                    ManifestStore (also the blob store's image catalogue)
@@ -9,9 +11,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docxy.cache.blobs import ROOM_WAIT, BlobEntry, BlobStore, DiskBlobStore, Fill, GcReport, Usage
 from docxy.cache.errors import (
@@ -42,6 +46,11 @@ from docxy.cache.stream import tee
 from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
 from docxy.core.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
 from docxy.core.hosts import earlier_spellings
+
+if TYPE_CHECKING:
+    from docxy.config import Config
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ANONYMOUS",
@@ -87,6 +96,8 @@ __all__ = [
     "is_digest",
     "may_serve",
     "open_cache",
+    "open_configured",
+    "open_for_admin",
     "parse_digest",
     "plan_eviction",
     "referenced_digests",
@@ -126,3 +137,48 @@ def open_cache(
     )
     blobs.catalog = manifests  # eviction keeps images whole, least recently pulled go first
     return Cache(blobs=blobs, manifests=manifests, access=access)
+
+
+def open_for_admin(
+    directory: Path, *, max_size: int, tag_ttl: float, registries: Iterable[str] = ()
+) -> Cache:
+    """The cache in ``directory`` for ``docxy cache ...``, beside a live mirror: without the
+    serving-time recovery (a live mirror's temp files are left alone), its blob index read at
+    once. What an earlier version keyed under another spelling of one of the ``registries`` is
+    moved first, as :func:`open_cache` moves it (else the commands would list, and ``rm``
+    miss, entries the mirror serves under their key now). Raises FileNotFoundError when there
+    is no cache there."""
+    if not (directory / "blobs").is_dir() and not (directory / "manifests").is_dir():
+        raise FileNotFoundError(f"no cache in {directory}")
+    blobs = DiskBlobStore(directory, max_size)
+    blobs.scan()
+    access = AccessIndex(directory / "access")
+    manifests = ManifestStore(directory / "manifests", access, tag_ttl=tag_ttl)
+    manifests.migrate_access()
+    for old, new in earlier_spellings(registries).items():  # as ManifestStore.open does
+        try:
+            manifests.respell(old, new)
+        except OSError as exc:  # what is left stays under the old key, as the mirror leaves it
+            log.warning("cache: cannot move the entries of %s to %s: %s", old, new, exc)
+    blobs.catalog = manifests  # gc evicts image by image; a removed blob takes its images along
+    return Cache(blobs=blobs, manifests=manifests, access=access)
+
+
+def open_configured(config: Config, *, admin: bool = False) -> Cache:
+    """The cache of ``config`` as the mirror opens it (:func:`open_cache`), or for ``docxy
+    cache ...`` beside it (``admin``: :func:`open_for_admin`, which raises FileNotFoundError
+    when there is none). Either way it is given every configured upstream's registry, so what
+    an earlier version keyed under another spelling of one is moved before anything is read."""
+    cache = config.cache
+    registries = [config.upstream.registry, *(named.registry for named in config.upstreams)]
+    if admin:
+        return open_for_admin(
+            cache.dir, max_size=cache.max_size, tag_ttl=cache.tag_ttl, registries=registries
+        )
+    return open_cache(
+        cache.dir,
+        max_size=cache.max_size,
+        tag_ttl=cache.tag_ttl,
+        room_wait=cache.room_wait,
+        registries=registries,
+    )

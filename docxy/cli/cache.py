@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TextIO
 
 from docxy.cache import (
-    AccessIndex,
     BlobEntry,
     BlobInUse,
     Cache,
@@ -29,6 +28,7 @@ from docxy.cache import (
     ManifestStore,
     RepoKey,
     TagEntry,
+    open_configured,
     referenced_digests,
 )
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
@@ -105,20 +105,6 @@ def blob_rows(entries: Iterable[BlobEntry], now: float) -> list[tuple[str, ...]]
 
 
 # --- the cache, opened for administration -------------------------------------------------
-
-
-def open_for_admin(directory: Path, max_size: int, tag_ttl: float) -> Cache:
-    """The cache in ``directory`` without the serving-time recovery: a live mirror's temp files
-    are left alone. Raises FileNotFoundError when there is no cache there."""
-    if not (directory / "blobs").is_dir() and not (directory / "manifests").is_dir():
-        raise FileNotFoundError(f"no cache in {directory}")
-    blobs = DiskBlobStore(directory, max_size)
-    blobs.scan()
-    access = AccessIndex(directory / "access")
-    manifests = ManifestStore(directory / "manifests", access, tag_ttl=tag_ttl)
-    manifests.migrate_access()
-    blobs.catalog = manifests  # gc evicts image by image; a removed blob takes its images along
-    return Cache(blobs=blobs, manifests=manifests, access=access)
 
 
 def open_by_processes(paths: Iterable[Path]) -> dict[Path, int]:
@@ -374,7 +360,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         return EXIT_CONFIG
     directory = config.cache.dir
     try:
-        cache = open_for_admin(directory, config.cache.max_size, config.cache.tag_ttl)
+        cache = open_configured(config, admin=True)  # as the mirror opens it
     except FileNotFoundError:
         if args.cache_command in ("ls", "du", "gc"):
             print(f"docxy cache: no cache in {directory} (empty)", file=sys.stderr)

@@ -13,7 +13,7 @@ from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from docxy.access.gate import AccessControl
-from docxy.cache import Cache, open_cache
+from docxy.cache import Cache, open_configured
 from docxy.config import Config
 from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
 from docxy.http import acme, auth, health, routes, setup_script
@@ -71,14 +71,7 @@ def open_store(config: Config) -> Cache:
         )
     try:
         root.mkdir(parents=True, exist_ok=True)
-        cache = config.cache
-        return open_cache(
-            root,
-            max_size=cache.max_size,
-            tag_ttl=cache.tag_ttl,
-            room_wait=cache.room_wait,
-            registries=[config.upstream.registry, *(u.registry for u in config.upstreams)],
-        )
+        return open_configured(config)
     except OSError as exc:
         source = config.sources.get("cache.dir", "default")
         raise ConfigError(

@@ -10,6 +10,12 @@ so a rest that is not the blob's is never kept nor served as a whole blob. Where
 took over is told to the fill (:class:`~docxy.cache.fill.Handover`) before its first byte: the
 bytes from there on spent upstream quota, and are counted as the upstream's.
 
+The hand-over is a :class:`~docxy.cache.resuming.Resuming` allowed once (the one rule for a
+download that breaks off), its one INFO line this module's. A rest that breaks off in its turn
+is not this one's to go on from: its error reaches the fill as it is, whose own ``Resuming``
+goes on from there (counted among its :data:`~docxy.cache.resuming.RESUMES`). Each rest is
+closed once read, broken off, or when the body is closed midway.
+
 :meth:`ObjectBody.finished` says whether the body was finished that way: the rest read to its
 end, and the whole not told a mismatch (a rest refused, broken off, from the wrong byte or not
 the blob's finished nothing).
@@ -18,11 +24,13 @@ the blob's finished nothing).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import replace
 
 import httpx
 
 from docxy.cache.fill import Download, Handover, Resume
+from docxy.cache.resuming import Resuming
 from docxy.core.digests import Digest
 from docxy.shared.objects import ObjectStoreError
 from docxy.upstream.failures import failure
@@ -54,37 +62,53 @@ class ObjectBody:
         self.rest = rest
         self.broke = broke
         self.handover = handover
-        self.resumed: Download | None = None
+        self._resuming: AsyncGenerator[bytes] | None = None
         self._rest_read = False  # the rest's last byte came
         self._mismatched = False  # the fill found the whole not the blob
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        sent = 0
+        if self.rest is None:
+            async for chunk in self._stored():
+                yield chunk
+            return
+        # The hand-over is a resume (Resuming, the one rule for a download that breaks off)
+        # allowed once: from the store's body to the upstream's rest. A rest that breaks off
+        # in its turn is the fill's to go on from (its own Resuming, which counts it among
+        # its resumes), so the rest's errors are not this one's to catch.
+        resuming = Resuming(self._rest, 0, self._went_on, limit=1)
+        stored = Download(self.size, self._stored(), _nothing, broke_off=(httpx.HTTPError,))
+        self._resuming = resuming.chunks(stored)
+        async for chunk in self._resuming:
+            yield chunk
+        self._rest_read = self.handover.at is not None
+
+    async def _stored(self) -> AsyncIterator[bytes]:
+        """The store's bytes; a break is told to ``broke`` (the tier's health) and raised."""
         if self.first:
             yield self.first
-            sent = len(self.first)
         try:
             async for chunk in self.body:
                 yield chunk
-                sent += len(chunk)
         except httpx.HTTPError as exc:
             self.broke(body_error(exc))
-            if self.rest is None:
-                raise
-            await self.answer.aclose()
-            log.info(
-                "blob %s: the shared store's body broke off after %d bytes; the rest from the "
-                "upstream",
-                self.digest,
-                sent,
-            )
-            self.resumed = await self.rest(sent, self.size)
-            self.handover.at = sent
-            rest = self.resumed.chunks
-            assert rest is not None, "a rest is read on the loop"
-            async for chunk in rest:
-                yield chunk
-            self._rest_read = True
+            raise
+
+    def _went_on(self, exc: Exception, at: int, resumes: int) -> None:
+        """The store's body broke off after ``at`` bytes: the rest is asked of the upstream."""
+        log.info(
+            "blob %s: the shared store's body broke off after %d bytes; the rest from the upstream",
+            self.digest,
+            at,
+        )
+
+    async def _rest(self, offset: int) -> Download:
+        """The upstream's rest from ``offset`` (the store's answer closed first), its breaks
+        left to the fill's own resume; where it took over is told before its first byte."""
+        assert self.rest is not None
+        await self.answer.aclose()
+        download = await self.rest(offset, self.size)
+        self.handover.at = offset
+        return replace(download, broke_off=())
 
     def mismatch(self) -> None:
         """The fill found the whole (the store's part and the rest) not the blob."""
@@ -99,9 +123,13 @@ class ObjectBody:
         return resumed and (self._rest_read or kept) and not self._mismatched
 
     async def close(self) -> None:
+        if self._resuming is not None:  # closes the rest it fetched, if it was not read out
+            await self._resuming.aclose()
         await self.answer.aclose()
-        if self.resumed is not None:
-            await self.resumed.close()
+
+
+async def _nothing() -> None:
+    """The store's answer is the body's to close (:meth:`ObjectBody.close`)."""
 
 
 def body_error(exc: httpx.HTTPError) -> ObjectStoreError:

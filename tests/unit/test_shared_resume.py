@@ -13,8 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docxy.cache.fill import Handover
+from docxy.cache.fill import Download, Handover
+from docxy.core.digests import parse_digest
 from docxy.shared import tier
+from docxy.shared.body import ObjectBody
+from docxy.shared.objects import ObjectStoreError
 from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, SHARED, Upstream, answer, stack
 
 CUT_AT = 5000  # bytes of the object's body before it breaks off
@@ -199,3 +202,92 @@ def test_the_handover_splits_what_a_client_got(at: int | None, sent: int, upstre
     assert Handover(at).upstream_part(sent) == upstream
     where = Handover(at).describe("shared")
     assert where == ("shared" if at is None else f"shared until byte {at}, then upstream")
+
+
+# --- the hand-over itself (docxy.shared.body.ObjectBody, a Resuming allowed once) ----------
+
+
+class Rest:
+    """The upstream's rests, as ``docxy.pull.blobs`` gives them: each ``Download`` of
+    ``chunks`` (then ``httpx.ReadError`` when ``breaks``), its closes counted."""
+
+    def __init__(self, chunks: list[bytes], breaks: bool) -> None:
+        self.chunks, self.breaks = chunks, breaks
+        self.asked: list[int] = []
+        self.closed = 0
+
+    async def __call__(self, offset: int, size: int | None) -> Download:
+        self.asked.append(offset)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in self.chunks:
+                yield chunk
+            if self.breaks:
+                raise httpx.ReadError("reset again")
+
+        async def close() -> None:
+            self.closed += 1
+
+        return Download(size, chunks(), close, broke_off=(httpx.TransportError,))
+
+
+def object_body(rest: Rest | None, told: list[ObjectStoreError]) -> ObjectBody:
+    data = BLOB[:CUT_AT]
+    response = httpx.Response(200, stream=BreaksOff(data))
+    body = response.aiter_bytes()
+    return ObjectBody(
+        parse_digest(BLOB_DIGEST), len(BLOB), response, b"", body, rest, told.append, Handover()
+    )
+
+
+async def test_the_store_breaking_off_hands_over_once_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="docxy.shared.body")
+    rest, told = Rest([BLOB[CUT_AT:]], breaks=False), list[ObjectStoreError]()
+    body = object_body(rest, told)
+    got = b"".join([chunk async for chunk in body.chunks()])
+    assert got == BLOB and rest.asked == [CUT_AT] and body.handover.at == CUT_AT
+    assert len(told) == 1 and "connection reset by peer" in str(told[0])
+    assert body.finished() and rest.closed == 1  # closed once read, not left to the fill's end
+    said = [r.getMessage() for r in caplog.records if "broke off" in r.getMessage()]
+    assert said == [
+        f"blob {BLOB_DIGEST}: the shared store's body broke off after {CUT_AT} bytes; "
+        "the rest from the upstream"
+    ]
+    await body.close()
+    assert rest.closed == 1
+
+
+async def test_a_rest_that_breaks_off_is_the_fills_to_go_on_from() -> None:
+    """The hand-over is allowed once: the rest's own break reaches the fill as it is (its
+    Resuming goes on from there, counted among its resumes), not as this one's give-up, and
+    the broken rest is closed at once (its fill permit given back before the next is asked)."""
+    rest, told = Rest([BLOB[CUT_AT : CUT_AT + 10]], breaks=True), list[ObjectStoreError]()
+    body = object_body(rest, told)
+    got = b""
+    with pytest.raises(httpx.ReadError):
+        async for chunk in body.chunks():
+            got += chunk
+    assert got == BLOB[: CUT_AT + 10] and rest.asked == [CUT_AT] and rest.closed == 1
+    assert len(told) == 1 and not body.finished()
+
+
+async def test_a_body_left_during_its_rest_closes_the_rest() -> None:
+    rest = Rest([BLOB[CUT_AT : CUT_AT + 10], BLOB[CUT_AT + 10 :]], breaks=False)
+    told = list[ObjectStoreError]()
+    body = object_body(rest, told)
+    chunks = body.chunks()
+    assert await anext(chunks) == BLOB[:CUT_AT]
+    assert await anext(chunks) == BLOB[CUT_AT : CUT_AT + 10]
+    await body.close()  # the fill went away with the rest half read
+    assert rest.closed == 1 and not body.finished()
+
+
+async def test_without_a_rest_the_break_is_raised_and_told() -> None:
+    told: list[ObjectStoreError] = []
+    body = object_body(None, told)
+    with pytest.raises(httpx.ReadError):
+        async for _ in body.chunks():
+            pass
+    assert len(told) == 1 and body.handover.at is None
