@@ -36,6 +36,7 @@ from docxy.shared.tier import SharedTier
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
 from tests.unit import fakes
+from tests.unit.test_cache_blobs import put, read
 from tests.unit.turns import until
 
 GUARD = 10.0  # seconds before a would-be hang becomes a test failure
@@ -394,3 +395,26 @@ async def test_an_aborted_fill_frees_its_temp_file_off_the_event_loop(
     assert await asyncio.to_thread(freeing.done.wait, GUARD), "the temp file was never freed"
     assert freeing.threads and threading.get_ident() not in freeing.threads
     assert store.usage().reserved == 0
+
+
+async def test_a_cache_hit_on_a_read_only_cache_disk_is_served_not_a_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache disk the kernel remounted read-only (ext4 ``errors=remount-ro``), or a blob file
+    owned by another user (``utime`` to a given time needs its owner): noting when the blob
+    was last used fails with EROFS or EPERM. The cached blob must still be served, as a cached
+    manifest is; it was a 500 for every hit (the OSError escaped ``lookup``)."""
+    store = make_store(tmp_path)
+    digest = await put(store, BLOB)
+    real_utime = os.utime
+
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).is_relative_to(tmp_path / "blobs"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", read_only)
+    entry = store.lookup(digest)
+    assert entry is not None and entry.size == len(BLOB)
+    assert await read(store, digest) == BLOB
+    assert [e.digest for e in store.list_entries()] == [digest]  # still cached
