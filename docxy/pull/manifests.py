@@ -202,7 +202,8 @@ class ManifestService:
         found = head.content
         if found is None:
             if head.found:
-                return PassThrough(Reason.NOT_CACHEABLE, "the upstream's HEAD names no digest")
+                why = "the upstream's HEAD names no digest or no length"
+                return PassThrough(Reason.NOT_CACHEABLE, why)
             return UNCACHED
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
