@@ -341,6 +341,8 @@ class DiskBlobStore:
         except FileNotFoundError:  # removed behind our back (e.g. by the CLI)
             self._forget(entry)
             return None
+        except OSError:  # a read-only disk (EROFS), a file of another owner (EPERM): served
+            pass  # all the same, its recency noted here only (a restart forgets it)
         entry = BlobEntry(digest, entry.path, entry.size, now)
         self._index[digest] = entry
         self._index.move_to_end(digest)

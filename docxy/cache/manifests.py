@@ -485,16 +485,19 @@ class ManifestStore:
         if gone:
             await asyncio.to_thread(self._delete, gone, tags)
 
-    def _unoffer(self, keys: Iterable[ImageKey]) -> tuple[set[ImageKey], list[Path]]:
+    def _unoffer(self, keys: Iterable[ImageKey]) -> tuple[list[ImageKey], list[Path]]:
         """Take the images (with the indexes above them) out of the catalogue and their tags out
-        of the tag map; returns them, and the tag records, for :meth:`_delete`."""
+        of the tag map; returns them, indexes first, and the tag records, for :meth:`_delete`."""
         images = self._catalogue()
         gone = self._with_indexes(keys)
         tags: list[Path] = []
+        indexes: list[ImageKey] = []
         for key in gone:
             image = images.pop(key, None)
             if image is not None:
                 self._unindex(image)
+                if image.children:
+                    indexes.append(key)
             self._seen.pop(key, None)
             for tag_path in list(self._tags_of.get(key, ())):
                 tags.append(tag_path)
@@ -503,10 +506,13 @@ class ManifestStore:
             names = sorted(_short(gone))
             more = f" and {len(names) - 8} more" if len(names) > 8 else ""
             log.info("cache: forgot %d manifests (%s%s)", len(gone), ", ".join(names[:8]), more)
-        return gone, tags
+        first = set(indexes)
+        return indexes + [key for key in gone if key not in first], tags
 
     def _delete(self, gone: Iterable[ImageKey], tags: Iterable[Path]) -> None:
-        """The files of forgotten images: tag records first, then manifests and their records."""
+        """The files of forgotten images: tag records first, then manifests (indexes before the
+        rest, ``gone``'s order) and their records. Cut short (the process killed), what is left
+        on disk is whole: no tag of a deleted manifest, no index of a deleted platform one."""
         for tag_path in tags:
             unlink_quietly(tag_path)
         for key in gone:

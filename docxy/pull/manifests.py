@@ -70,10 +70,12 @@ def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
 @dataclass(frozen=True, slots=True)
 class Head:
     """The upstream's answer to the mirror's HEAD of a manifest: ``found`` if it answered 200,
-    ``content`` if that answer also named the manifest (its digest and length)."""
+    ``digest`` if that answer named the manifest's, ``content`` if it also named its length
+    (what a client's HEAD is answered with; the digest alone confirms a cached tag)."""
 
     found: bool
     content: ManifestContent | None = None
+    digest: Digest | None = None
 
 
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
@@ -146,7 +148,7 @@ class ManifestService:
             except UpstreamError as exc:
                 log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
                 return _served(Source.STALE, stale, pull)
-            current = head.content.digest if head.content is not None else None
+            current = head.digest
             if current == stale.digest:
                 await store.set_tag(repo, tag, stale.digest, public=True)
                 return _served(Source.REVALIDATED, stale, pull)
@@ -200,7 +202,8 @@ class ManifestService:
         found = head.content
         if found is None:
             if head.found:
-                return PassThrough(Reason.NOT_CACHEABLE, "the upstream's HEAD names no digest")
+                why = "the upstream's HEAD names no digest or no length"
+                return PassThrough(Reason.NOT_CACHEABLE, why)
             return UNCACHED
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
@@ -230,10 +233,10 @@ class ManifestService:
         if digest is None or asked not in (None, digest):
             return Head(found=True)
         length = answer.headers.get("content-length", "")
-        if not length.isdigit():
-            return Head(found=True)
+        if not length.isdigit():  # enough to confirm a cached tag, not to answer a HEAD with
+            return Head(found=True, digest=digest)
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
-        return Head(True, ManifestContent(digest, media_type, int(length), None))
+        return Head(True, ManifestContent(digest, media_type, int(length), None), digest)
 
     async def _gone(self, repo: RepoKey, tag: str) -> None:
         """The upstream answered the mirror's own request for ``tag`` with 404: the tag was

@@ -24,9 +24,10 @@ from docxy.cache import manifests as manifests_module
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import FillAborted
 from docxy.cache.fill import BlobFollower, BlobWriter
+from docxy.cache.images import ImageKey
 from docxy.cache.manifests import ManifestStore
 from docxy.cache.visibility import AccessIndex, RepoKey
-from docxy.core.digests import digest_of
+from docxy.core.digests import Digest, digest_of
 from docxy.core.names import Kind, Reference
 from docxy.edge.fills import FillPermits
 from docxy.pull.blobs import BlobService
@@ -36,6 +37,7 @@ from docxy.shared.tier import SharedTier
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
 from tests.unit import fakes
+from tests.unit.test_cache_blobs import put, read
 from tests.unit.turns import until
 
 GUARD = 10.0  # seconds before a would-be hang becomes a test failure
@@ -43,6 +45,7 @@ REGISTRY = Upstream("https://registry.test")
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = digest_of(BLOB)
 PULL = Pull(REGISTRY, "team/app", Reference("team/app", Kind.BLOB, digest=DIGEST))
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def make_store(root: Path, max_size: int = 1 << 30) -> DiskBlobStore:
@@ -394,3 +397,72 @@ async def test_an_aborted_fill_frees_its_temp_file_off_the_event_loop(
     assert await asyncio.to_thread(freeing.done.wait, GUARD), "the temp file was never freed"
     assert freeing.threads and threading.get_ident() not in freeing.threads
     assert store.usage().reserved == 0
+
+
+async def test_a_cache_hit_on_a_read_only_cache_disk_is_served_not_a_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache disk the kernel remounted read-only (ext4 ``errors=remount-ro``), or a blob file
+    owned by another user (``utime`` to a given time needs its owner): noting when the blob
+    was last used fails with EROFS or EPERM. The cached blob must still be served, as a cached
+    manifest is; it was a 500 for every hit (the OSError escaped ``lookup``)."""
+    store = make_store(tmp_path)
+    digest = await put(store, BLOB)
+    real_utime = os.utime
+
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).is_relative_to(tmp_path / "blobs"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", read_only)
+    entry = store.lookup(digest)
+    assert entry is not None and entry.size == len(BLOB)
+    assert await read(store, digest) == BLOB
+    assert [e.digest for e in store.list_entries()] == [digest]  # still cached
+
+
+class Killed(Exception):
+    """The process dies here (a stop, the OOM killer, a power cut)."""
+
+
+async def test_an_eviction_cut_short_never_leaves_an_index_without_its_platform_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forgotten images' files are deleted one by one (seconds for many on a slow disk). Cut
+    short, an index whose platform manifest was deleted before it was read back at the next
+    start and offered again: a pull pinned to its digest, with the upstream down, failed half
+    way. Indexes go first, so what a cut leaves is whole."""
+    root = tmp_path / "manifests"
+    store = ManifestStore.open(root, AccessIndex(tmp_path / "access"), tag_ttl=300)
+    repo = RepoKey("registry.test", "team/app")
+    pairs: list[tuple[Digest, Digest]] = []
+    for n in range(12):
+        child = json.dumps({"schemaVersion": 2, "layers": [], "n": n}).encode()
+        platform = await store.put(repo, child, OCI_MANIFEST, public=True)
+        entry = {"mediaType": OCI_MANIFEST, "digest": str(platform.digest), "size": len(child)}
+        index = json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode()
+        above = await store.put(repo, index, OCI_INDEX, public=True)
+        pairs.append((above.digest, platform.digest))
+    await store.loaded()
+    real_unlink = files.unlink_quietly
+    deleted: list[Path] = []
+
+    def unlink_then_die(path: Path) -> None:
+        real_unlink(path)
+        if path.is_relative_to(root / "by-digest") and path.suffix != ".json":
+            deleted.append(path)
+            if len(deleted) == len(pairs):  # half the manifests deleted
+                raise Killed
+
+    monkeypatch.setattr(manifests_module, "unlink_quietly", unlink_then_die)
+    upstream = store.images()[0].key.upstream
+    with pytest.raises(Killed):
+        store.forget_images([ImageKey(upstream, platform) for _, platform in pairs])
+    monkeypatch.setattr(manifests_module, "unlink_quietly", real_unlink)
+
+    again = ManifestStore.open(root, AccessIndex(tmp_path / "access"), tag_ttl=300)  # restart
+    await again.loaded()
+    for of_index, of_child in pairs:
+        if await again.get(repo, of_index) is not None:
+            assert await again.get(repo, of_child) is not None, "an index without its child"

@@ -231,6 +231,45 @@ async def test_a_tag_revalidated_against_a_head_without_a_digest_is_fetched_and_
     assert hub.seen("GET", "manifests") == [TAG] * 3  # the mirror's own GETs, one a pull
 
 
+class LengthlessHub(Hub):
+    """The hub, answering a manifest HEAD with its digest but no Content-Length (a front that
+    drops it from HEAD answers, or sends them chunked)."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = super().__call__(request)
+        if request.method == "HEAD" and "/manifests/" in request.url.path:
+            headers = [(k, v) for k, v in answer.headers.items() if k != "content-length"]
+            return httpx.Response(answer.status_code, headers=headers, stream=answer.stream)
+        return answer
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_tag_revalidated_against_a_head_with_a_digest_but_no_length_costs_no_get(
+    tmp_path: Path, method: str
+) -> None:
+    """A HEAD naming the digest confirms a cached tag whether or not it also names the length
+    (the cached manifest has it): the mirror serves the tag revalidated, without a GET of its
+    own (a counted pull on Docker Hub) each time its TTL is over."""
+    hub = LengthlessHub()
+    manifest = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == manifest
+        cache = mirror_state(app).cache
+        assert cache is not None
+        [first] = cache.manifests.list_tags()
+        cache.manifests.tag_ttl = 0  # the cached tag is stale: revalidated at each pull
+        for _ in range(2):
+            answer = await call_asgi(app, method, TAG, host="mirror.test", headers=AS_ANON.items())
+            assert answer.status == 200
+            assert answer.headers["Content-Length"] == str(len(manifest))
+            assert answer.headers["Docker-Content-Digest"] == digest_of(manifest)
+        [again] = cache.manifests.list_tags()
+        assert again.fetched_at > first.fetched_at  # confirmed: the tag is current again
+    assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
+    assert hub.seen("GET", "manifests") == [TAG]  # the first pull's GET only
+    assert hub.seen("HEAD", "manifests") == [TAG] * 2
+
+
 class BasicRegistry:
     """A registry with Basic auth and no token service (``docxy.upstream`` sends the mirror's
     ``upstream.username``/``password``): a client of the mirror holds no login for it, so a

@@ -8,11 +8,14 @@ so each test asserts what a client of the mirror would see, and what the upstrea
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -336,3 +339,24 @@ async def test_an_upstream_in_trouble_confirms_nothing(tmp_path: Path, status: i
         assert await get(app, blob_url("library/app", APP)) == (200, APP)
         status_seen, body = await get(app, blob_url("library/other", APP))
         assert status_seen >= 500 and APP not in body
+
+
+async def test_a_cached_blob_on_a_cache_disk_gone_read_only_is_served_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel remounts a failing cache disk read-only (ext4 ``errors=remount-ro``): what
+    is cached there is still served, the upstream down as well; before, every hit was a 500
+    (the EROFS of noting the blob's last use escaped the lookup)."""
+    hub = Hub()
+    async with mirror(tmp_path, hub) as app:
+        assert await get(app, blob_url("library/app", APP)) == (200, APP)
+        real_utime = os.utime
+
+        def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
+            if Path(path).is_relative_to(tmp_path / "cache"):
+                raise OSError(errno.EROFS, "Read-only file system")
+            real_utime(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "utime", read_only)
+        hub.down = True
+        assert await get(app, blob_url("library/app", APP)) == (200, APP)
