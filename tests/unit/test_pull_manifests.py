@@ -196,14 +196,19 @@ async def test_a_deleted_tag_the_disk_cannot_forget_still_gets_the_upstreams_404
     assert "cannot forget tag library/base:1, gone upstream (404)" in caplog.text
 
 
-class DigestlessHub(Hub):
-    """The hub, answering a manifest HEAD without Docker-Content-Digest (the spec's SHOULD:
-    some registries leave it out; containerd falls back to a GET for them)."""
+class HeadWithout(Hub):
+    """The hub, answering a manifest HEAD without one header: ``docker-content-digest`` (the
+    spec's SHOULD: some registries leave it out; containerd falls back to a GET for them) or
+    ``content-length`` (a front that drops it from HEAD answers, or sends them chunked)."""
+
+    def __init__(self, header: str) -> None:
+        super().__init__()
+        self.header = header
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         answer = super().__call__(request)
         if request.method == "HEAD" and "/manifests/" in request.url.path:
-            headers = [(k, v) for k, v in answer.headers.items() if k != "docker-content-digest"]
+            headers = [(k, v) for k, v in answer.headers.items() if k != self.header]
             return httpx.Response(answer.status_code, headers=headers, stream=answer.stream)
         return answer
 
@@ -214,7 +219,7 @@ async def test_a_tag_revalidated_against_a_head_without_a_digest_is_fetched_and_
     """An upstream whose HEAD names no digest cannot confirm a cached tag that way: the mirror
     fetches the manifest itself (the GET the client would have sent) and caches the tag again,
     rather than passing every pull of it through, uncached, once its TTL is over."""
-    hub = DigestlessHub()
+    hub = HeadWithout("docker-content-digest")
     manifest = hub.repos["library/base"].manifests["1"]
     async with mirror(tmp_path, hub) as app:
         assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == manifest
@@ -231,18 +236,6 @@ async def test_a_tag_revalidated_against_a_head_without_a_digest_is_fetched_and_
     assert hub.seen("GET", "manifests") == [TAG] * 3  # the mirror's own GETs, one a pull
 
 
-class LengthlessHub(Hub):
-    """The hub, answering a manifest HEAD with its digest but no Content-Length (a front that
-    drops it from HEAD answers, or sends them chunked)."""
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        answer = super().__call__(request)
-        if request.method == "HEAD" and "/manifests/" in request.url.path:
-            headers = [(k, v) for k, v in answer.headers.items() if k != "content-length"]
-            return httpx.Response(answer.status_code, headers=headers, stream=answer.stream)
-        return answer
-
-
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_a_tag_revalidated_against_a_head_with_a_digest_but_no_length_costs_no_get(
     tmp_path: Path, method: str
@@ -250,7 +243,7 @@ async def test_a_tag_revalidated_against_a_head_with_a_digest_but_no_length_cost
     """A HEAD naming the digest confirms a cached tag whether or not it also names the length
     (the cached manifest has it): the mirror serves the tag revalidated, without a GET of its
     own (a counted pull on Docker Hub) each time its TTL is over."""
-    hub = LengthlessHub()
+    hub = HeadWithout("content-length")
     manifest = hub.repos["library/base"].manifests["1"]
     async with mirror(tmp_path, hub) as app:
         assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == manifest
