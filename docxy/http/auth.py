@@ -5,7 +5,8 @@ form (``docxy.http.token_ask``). The request is forwarded to the upstream's real
 or discovered from its ``/v2/`` challenge) with ``service``, ``account``, every ``scope``
 (``library/`` added on Docker Hub) and the client's Basic credentials (a POSTed password grant
 becomes those), so ``docker login`` users pull with their own quota; a POSTed refresh token
-is relayed as a POST. A login goes only to the upstream it is for (:func:`credentials_go_to`).
+is relayed as a POST. A login goes only to the upstream it is for (:func:`credentials_go_to`);
+one the upstream refuses is answered with the mirror's own challenge (:func:`refused_login`).
 
 In ``users`` mode (``docxy.access``) the mirror is the authority itself: it checks its own
 users' passwords and signs the tokens (``docxy.access.authority``); nothing is forwarded, unless
