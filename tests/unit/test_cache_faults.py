@@ -408,14 +408,7 @@ async def test_a_cache_hit_on_a_read_only_cache_disk_is_served_not_a_500(
     manifest is; it was a 500 for every hit (the OSError escaped ``lookup``)."""
     store = make_store(tmp_path)
     digest = await put(store, BLOB)
-    real_utime = os.utime
-
-    def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(path).is_relative_to(tmp_path / "blobs"):
-            raise OSError(errno.EROFS, "Read-only file system")
-        real_utime(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "utime", read_only)
+    fakes.utime_read_only(monkeypatch, tmp_path / "blobs")
     entry = store.lookup(digest)
     assert entry is not None and entry.size == len(BLOB)
     assert await read(store, digest) == BLOB

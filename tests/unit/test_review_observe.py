@@ -27,7 +27,7 @@ from docxy.observe.status import status_report
 from docxy.shared.objects import EMPTY_SHA256, Bucket, signed_headers
 from docxy.tasks import spawn
 from docxy.upstream.client import Upstream
-from tests.unit.asgi import call_asgi, http_scope
+from tests.unit.asgi import call_asgi
 from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, blob_path, stack
 from tests.unit.test_observe_routes import Upstream as RoutesUpstream
 from tests.unit.turns import until
@@ -225,23 +225,13 @@ async def test_a_client_leaving_mid_download_is_logged_as_left(
     upstream = SlowBlobUpstream()
     async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
         caplog.set_level(logging.INFO, logger="docxy.access")
+        # Once the 200 went out, the body on its way (held half-way upstream), the client leaves.
         answered = asyncio.Event()
-        scope = http_scope("GET", blob_path(), host="mirror.test")
-        asked = False
-
-        async def receive() -> dict[str, object]:
-            nonlocal asked
-            if not asked:
-                asked = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await answered.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, object]) -> None:
-            if message["type"] == "http.response.start":  # the 200 went out, the body is on
-                answered.set()  # its way (held half-way upstream): the client leaves
-
-        await asyncio.wait_for(mirror.asgi(scope, receive, send), GUARD)
+        path = blob_path()
+        leaving = call_asgi(
+            mirror.asgi, "GET", path, host="mirror.test", started=answered, hang_up=answered
+        )
+        await asyncio.wait_for(leaving, GUARD)
         upstream.release.set()  # the fill goes on without the client
         seen = await mirror.scrape()
     [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
