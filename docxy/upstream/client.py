@@ -115,7 +115,8 @@ class UpstreamHealth:
     _healthy: bool | None = None
     stale_served: int = 0
     last_stale: float | None = None
-    #: by kind: timeout, unreachable, rate_limited (429), server_error (5xx)
+    #: by kind: timeout, unreachable, rate_limited (429), server_error (5xx), broke_off (a
+    #: blob's body that kept breaking off: docxy.pull.blobs)
     failures: Counter[str] = field(default_factory=Counter)
     recent_failures: deque[tuple[float, str, str]] = field(
         default_factory=lambda: deque(maxlen=20)
