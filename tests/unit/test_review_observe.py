@@ -427,3 +427,28 @@ async def test_an_upstream_body_that_keeps_breaking_off_is_an_upstream_error(
     said = health["upstream"]["last_error_message"]
     assert BLOB_DIGEST in said and "broke off" in said and "ReadError" in said, said
     assert [e["kind"] for e in report["recent_errors"]] == ["broke_off"]
+
+
+async def test_blob_answers_from_a_cdn_are_counted_as_blob_answers(tmp_path: Path) -> None:
+    """A registry that redirects blob GETs to a CDN (Docker Hub does): the CDN's answer, the
+    one with the blob's bytes (or its 5xx), was counted under ``route="other"`` in
+    docxy_upstream_responses_total (its URL names no blob), so a dashboard of upstream blob
+    answers saw the registry's 307s and none of the blobs. Each hop is counted by what the
+    first one asked."""
+    upstream = RoutesUpstream()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.test":
+            return httpx.Response(200, stream=httpx.ByteStream(BLOB))
+        if request.url.path.endswith(f"/blobs/{BLOB_DIGEST}") and request.method == "GET":
+            return httpx.Response(307, headers={"Location": "http://cdn.test/x/data?sig=s"})
+        return upstream(request)
+
+    async with stack(tmp_path, upstream=upstream, transport_handler=handle) as mirror:
+        answer = await mirror.get(blob_path())
+        seen = await mirror.scrape()
+    assert answer.status == 200 and answer.body == BLOB
+    responses = "docxy_upstream_responses_total"
+    assert seen.get(f"{responses}{{route=blob,status_class=3xx}}") == 1, seen
+    assert seen.get(f"{responses}{{route=blob,status_class=2xx}}") == 1, seen
+    assert not [key for key in seen if key.startswith(f"{responses}{{route=other")], seen
