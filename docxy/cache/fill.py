@@ -842,6 +842,10 @@ class Download:
     #: :class:`~docxy.cache.resuming.Resuming`.
     resume: Resume | None = None
     broke_off: tuple[type[Exception], ...] = ()
+    #: Told when it broke off and may not go on while its bytes were still wanted (the
+    #: :class:`~docxy.cache.resuming.BrokeOff` about to end the fill, or a follower's rest):
+    #: its owner counts that against the upstream it came from.
+    gave_up: Callable[[BrokeOff], None] | None = None
 
 
 #: The bytes of a blob of a given size (None: unknown) from an offset on (``Download.chunks``,
@@ -931,7 +935,7 @@ async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
             return
         except download.broke_off as exc:
             resuming.at = writer.received
-            resuming.broke(exc, start)  # raises BrokeOff when it may not go on
+            resuming.broke(exc, start, download)  # raises BrokeOff when it may not go on
     async with aclosing(resuming.chunks(first)) as chunks:
         async for chunk in chunks:
             await writer.write(chunk)
