@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -244,6 +244,27 @@ class ManifestStore:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))
         return CachedManifest(actual, media_type, content, visibility)
+
+    async def confirm(self, repo: RepoKey, manifest: CachedManifest) -> CachedManifest:
+        """Record cached ``manifest`` as held by ``repo`` (publicly), as a fetch from there
+        would: an upstream ``HEAD`` in ``repo`` with the mirror's own token named its digest.
+        Returned with its visibility there. A disk that refuses the record (read-only, full)
+        does not fail the pull: the manifest is served, and confirmed again next time."""
+        key = ImageKey(_upstream_key(repo.upstream), manifest.digest)
+        try:
+            await asyncio.to_thread(self._record_held, repo, key)
+        except OSError as exc:
+            log.warning("cache: cannot record manifest %s in %s (%s)", key.digest, repo.repo, exc)
+        else:
+            hashed = repo.hashed()
+            self._or_later(lambda: self._note_seen(key, hashed, True))
+        return replace(manifest, visibility=Visibility(repo, public=True))
+
+    def _record_held(self, repo: RepoKey, key: ImageKey) -> None:
+        """In a worker thread: the public record of ``key`` in ``repo``, if it is still cached
+        (an eviction since it was read took its records along: none is left behind)."""
+        if self._on_disk(key):
+            self.access.record(repo, key.digest, public=True)
 
     def _note_seen(self, key: ImageKey, repo: str, public: bool) -> None:
         if self._images is not None and key in self._images:
