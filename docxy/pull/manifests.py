@@ -118,7 +118,7 @@ class ManifestService:
                 return NOT_ACCEPTED  # fetching it again would change nothing (immutable)
             return _served(Source.HIT, cached, pull)
         head: Head | None = None
-        if cached is not None:  # for another repository only: does this one hold it?
+        if cached is not None:  # not known here (or privately only): does this repository hold it?
             try:
                 head = await self._head(repo, pull)
             except UpstreamError as exc:
