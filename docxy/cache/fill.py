@@ -227,7 +227,9 @@ class BlobWriter:
         #: The pump thread's wait for room (:meth:`_reserved_from_thread`), meanwhile.
         self._reserving: concurrent.futures.Future[bool] | None = None
         self._pump_stop: threading.Event | None = None  # the pump thread's stop flag, meanwhile
-        self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
+        #: The loop the writer serves: a finalizer run in another thread discards there.
+        self._loop = asyncio.get_running_loop()
+        self._finalizer = weakref.finalize(self, _abandon, fill, fd, host, self._loop)
 
     @property
     def digest(self) -> Digest:
@@ -591,7 +593,9 @@ class BlobWriter:
         """Hand over the temp file descriptor; the finalizer no longer closes it."""
         fd, self._fd = self._fd, None
         if self._finalizer.detach() is not None:
-            self._finalizer = weakref.finalize(self, _abandon, self.fill, None, self._host)
+            self._finalizer = weakref.finalize(
+                self, _abandon, self.fill, None, self._host, self._loop
+            )
         return fd
 
     def _close_and_discard(self, reason: str, *, failed: bool = False, said: bool = False) -> None:
@@ -1033,6 +1037,22 @@ def _discard(
     fill.notify()
 
 
-def _abandon(fill: InFlight, fd: int | None, host: FillHost) -> None:
-    """Finalizer of a writer dropped without commit or abort."""
+def _abandon(
+    fill: InFlight, fd: int | None, host: FillHost, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Finalizer of a writer dropped without commit or abort. The garbage collector may run it
+    in any thread (one that allocates when a collection is due): the discard then runs on
+    ``loop``, where the fill's state, its store and its followers live, in one piece (else a
+    follower could see the abort before the temp file is removed, and be woken from a foreign
+    thread). A loop stopped or closed has no followers left: the discard runs here."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not loop and loop.is_running():
+        try:
+            loop.call_soon_threadsafe(_discard, fill, fd, host, "writer was dropped")
+            return
+        except RuntimeError:  # that loop is closed
+            pass
     _discard(fill, fd, host, "writer was dropped")

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
@@ -329,6 +330,35 @@ async def test_dropped_writer_aborts_followers(tmp_path: Path) -> None:
         await guard(follower.read_all())
     assert tmp_files(store) == []
     assert isinstance(await store.fetch_or_join(digest), BlobWriter)
+
+
+async def test_a_writer_dropped_in_another_thread_is_discarded_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """The garbage collector may finalize a dropped writer in any thread (one that happens to
+    allocate when a collection is due): its discard still runs on the loop, where its
+    followers wait, and all of it at once (the abort is never seen before the temp file is
+    gone)."""
+    store = make_store(tmp_path)
+    digest = digest_of(b"dropped elsewhere")
+    writer = await as_writer(store, digest)
+    await writer.write(b"drop")
+    follower = await as_follower(store, digest)
+    discarded_in: list[int] = []
+    discard = store.fill_discarded
+
+    def recording(*args: object, **kwargs: object) -> None:
+        discarded_in.append(threading.get_ident())
+        discard(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.fill_discarded = recording  # type: ignore[method-assign]
+    finalize = writer._finalizer
+    del writer
+    await asyncio.to_thread(finalize)  # as a collection in a worker thread would
+    with pytest.raises(FillAborted, match="dropped"):
+        await guard(follower.read_all())
+    assert discarded_in == [threading.get_ident()]
+    assert tmp_files(store) == []
 
 
 # --- disk full -------------------------------------------------------------------------------
