@@ -21,6 +21,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,7 +39,7 @@ from docxy.cache.errors import (
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
 from docxy.core.digests import Digest
-from docxy.threads import in_own_thread
+from docxy.threads import in_own_thread, on_loop
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hasher
@@ -1040,19 +1041,7 @@ def _discard(
 def _abandon(
     fill: InFlight, fd: int | None, host: FillHost, loop: asyncio.AbstractEventLoop
 ) -> None:
-    """Finalizer of a writer dropped without commit or abort. The garbage collector may run it
-    in any thread (one that allocates when a collection is due): the discard then runs on
-    ``loop``, where the fill's state, its store and its followers live, in one piece (else a
-    follower could see the abort before the temp file is removed, and be woken from a foreign
-    thread). A loop stopped or closed has no followers left: the discard runs here."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is not loop and loop.is_running():
-        try:
-            loop.call_soon_threadsafe(_discard, fill, fd, host, "writer was dropped")
-            return
-        except RuntimeError:  # that loop is closed
-            pass
-    _discard(fill, fd, host, "writer was dropped")
+    """Finalizer of a writer dropped without commit or abort: the discard runs on ``loop``, in
+    one piece, whatever thread the garbage collector runs this in (else a follower could see
+    the abort before the temp file is removed, and be woken from a foreign thread)."""
+    on_loop(loop, partial(_discard, fill, fd, host, "writer was dropped"))

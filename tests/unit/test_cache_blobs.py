@@ -17,7 +17,7 @@ import textwrap
 import threading
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -352,13 +352,37 @@ async def test_a_writer_dropped_in_another_thread_is_discarded_on_the_loop(
         discard(*args, **kwargs)  # type: ignore[arg-type]
 
     store.fill_discarded = recording  # type: ignore[method-assign]
-    finalize = writer._finalizer
+    await asyncio.to_thread(writer._finalizer)  # as a collection in a worker thread would
     del writer
-    await asyncio.to_thread(finalize)  # as a collection in a worker thread would
     with pytest.raises(FillAborted, match="dropped"):
         await guard(follower.read_all())
     assert discarded_in == [threading.get_ident()]
     assert tmp_files(store) == []
+
+
+async def test_a_reader_dropped_in_another_thread_is_released_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A reader the garbage collector finalizes in another thread unpins its blob on the loop
+    it was opened on (the store's pins live there), not in that thread."""
+    store = make_store(tmp_path)
+    digest = await put(store, b"a blob to read")
+    released_in: list[int] = []
+    release = store._reader_closed
+
+    def recording(*args: Any) -> None:
+        released_in.append(threading.get_ident())
+        release(*args)
+
+    store._reader_closed = recording  # type: ignore[method-assign,assignment]
+    reader = store.open_read(digest)
+    assert reader is not None and store.usage().pinned == 1
+    # Run in a worker thread, as a collection there would (not on ``del``: no cycle holds it).
+    await asyncio.to_thread(reader._finalizer)
+    del reader
+    await asyncio.sleep(0)  # the release handed to the loop runs now
+    assert released_in == [threading.get_ident()]
+    assert store.usage().pinned == 0
 
 
 # --- disk full -------------------------------------------------------------------------------
