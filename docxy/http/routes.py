@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 from quart import Blueprint, Response, request
 
 from docxy.access.gate import remembered
@@ -233,8 +234,20 @@ async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Respons
 
     An upstream without a token service gets the mirror's own Basic login in place of the
     client's token (which grants nothing there), unless the client sent a Basic login itself.
+    A client whose login stays here (``users`` mode: its token is the mirror's) is sent with
+    the mirror's own login, as the mirror's fills are: a token upstream (Docker Hub) answers
+    nothing without one, public repositories included, and the client cannot hold one there.
     """
     headers = request_headers(request.headers.items())
+    if not request_facts().get("forward_credentials", True):
+        kept = [(k, v) for k, v in headers if k.lower() != "authorization"]
+        tokens = state.running.tokens
+        answer = await tokens.send(pull.upstream, pull.method, pull.name, pull.path, kept)
+        response = _relayed(state, pull, route, answer)
+        if answer.status_code == 401 and "WWW-Authenticate" not in response.headers:
+            # The token service refused the mirror itself: a 401 still names where to log in.
+            response.headers["WWW-Authenticate"] = own_challenge(state, pull.upstream)
+        return response
     client_login = _upstream_authorization()
     if client_login is None:  # none, or the mirror's own token: it stays here
         headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
@@ -248,6 +261,11 @@ async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Respons
     answer = await state.client.send(
         pull.upstream, pull.method, url, headers, mirror_credentials=mirror_login is not None
     )
+    return _relayed(state, pull, route, answer)
+
+
+def _relayed(state: MirrorState, pull: Pull, route: Route, answer: httpx.Response) -> Response:
+    """The upstream's ``answer`` to a request passed through, for the client."""
     return relay(
         answer,
         method=pull.method,

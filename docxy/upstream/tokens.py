@@ -52,8 +52,10 @@ class TokenRefused(UpstreamError):
         self.code = "DENIED" if status == 403 else "UNAUTHORIZED"
 
     def answer(self) -> httpx.Response:
-        """The refusal as the upstream's answer to a request made with the refused token."""
-        return httpx.Response(self.status, json=self.body())
+        """The refusal as the upstream's answer to a request made with the refused token: a
+        body not read yet, as the upstream's are (a pass-through relays it as a stream)."""
+        headers = {"Content-Type": "application/json"}
+        return httpx.Response(self.status, headers=headers, stream=httpx.ByteStream(self.encoded()))
 
 
 def basic_authorization(username: str, password: str) -> str:

@@ -252,3 +252,21 @@ def test_password_guessing_is_throttled_by_the_peer_address(
             statuses.append(guesser.get(url, headers=headers).status_code)
     assert statuses == [401, 401, 429, 429]
     assert users_mirror.token("repository:library/hello:pull").status_code == 200  # 127.0.0.1
+
+
+def test_with_the_cache_off_a_user_pulls_through_the_mirrors_own_token(
+    bed: Bed, start_mirror: StartMirror, tmp_path: Path
+) -> None:
+    """Every request passes through with the cache off, and the bed, like Docker Hub, answers
+    none without a token: a user's requests go with the mirror's own (its token for that
+    repository), never with the token the mirror issued the user."""
+    auth_dir = tmp_path / "access"
+    env = {"DOCXY_AUTH_MODE": "users", "DOCXY_AUTH_DIR": str(auth_dir)}
+    served = UsersMirror(start_mirror(env={**env, "DOCXY_CACHE_ENABLED": "false"}), auth_dir)
+    served.add_user("alice", PASSWORD)
+    image = bed.images["docxytest/multi"]
+    source = f"docker://{served.host}/{image.repo}:{image.tag}"
+    creds = ("--src-tls-verify=false", "--src-creds", f"alice:{PASSWORD}")
+    copied = run_skopeo(tmp_path, "copy", *creds, source, f"dir:{tmp_path / 'copy'}")
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "copy" / "manifest.json").is_file()

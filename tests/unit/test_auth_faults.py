@@ -259,7 +259,11 @@ async def test_users_mode_answers_the_password_grant(tmp_path: Path) -> None:
         assert wrong.status_code == 401 and "access_token" not in await wrong.get_json()
         nobody = await m.client.post("/auth/token", form={"grant_type": "password"})
         assert nobody.status_code == 401
-    assert [r for r in m.upstream.requests if r.url.host == "auth.example"] == []
+    # The logins are the mirror's to check: none reaches the upstream's token service (the
+    # pull, passed through, asks it for the mirror's own token, without a login of alice's).
+    logins = [r for r in m.upstream.requests if r.url.host == "auth.example"]
+    assert all(r.headers.get("authorization") != basic_header("alice", "right")[1] for r in logins)
+    assert all("alice" not in str(r.url) for r in logins)
 
 
 async def test_users_mode_refuses_a_refresh_token_it_never_issued(tmp_path: Path) -> None:

@@ -95,8 +95,10 @@ async def test_a_refused_token_is_not_an_outage(tmp_path: Path, refusal: int) ->
 async def test_users_mode_clients_get_a_registry_error_when_the_mirror_is_refused(
     tmp_path: Path, refusal: int
 ) -> None:
-    """In users mode the client's credentials are the mirror's own and never go upstream: the
-    client gets the upstream's refusal in the registry's error format, not a 5xx."""
+    """In users mode the client's credentials are the mirror's own and never go upstream: what
+    the cache does not answer goes with the mirror's own login, and the token service refusing
+    that is what the client gets, in the registry's error format (a 401 with the mirror's
+    challenge), not a 5xx."""
     UsersFile(tmp_path / "auth" / "users").add("alice", "right")
     hub = RefusingHub()
     hub.refusal = refusal
@@ -113,6 +115,10 @@ async def test_users_mode_clients_get_a_registry_error_when_the_mirror_is_refuse
             assert response.status_code in (401, 403), path
             body = json.loads(await response.get_data())
             assert body["errors"][0]["code"] in ("UNAUTHORIZED", "DENIED")
+            if response.status_code == 401:
+                assert response.headers["WWW-Authenticate"].startswith("Bearer realm=")
         report = await health_of(app)
         assert report["status"] == "ok", report
-    assert any(r.url.host == HOST and "/manifests/" in r.url.path for r in hub.requests)
+    asked = [r for r in hub.requests if r.url.host == "auth.test"]
+    assert asked and all(r.headers.get("authorization") == basic(*ACCOUNT) for r in asked)
+    assert not [r for r in hub.requests if r.url.host == HOST and r.url.path != "/v2/"]
