@@ -26,12 +26,14 @@ if [[ -z "${port:-}" ]]; then
   echo "docxy: watchdog: no listener to probe (a config error: the mirror says which); idle" >&2
 fi
 
-# Whether the mirror answers GET /health with 200 within 10 s.
+# Whether the mirror answers GET /health within 10 s. Any status: one at its connection cap
+# answers 503 and is busy, not hung (Docker's HEALTHCHECK, `docxy health`, wants 200).
 answers() {
   # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
   timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
     printf "GET /health HTTP/1.0\r\nHost: %s:%s\r\n\r\n" "$1" "$2" >&3
-    IFS=" " read -r _ status _ <&3 && [[ "$status" == 200 ]]' _ "$host" "$port" 2>/dev/null
+    IFS=" " read -r version status _ <&3 && [[ "$version" == HTTP/* && "$status" =~ ^[0-9]{3}$ ]]
+  ' _ "$host" "$port" 2>/dev/null
 }
 
 answered=false  # since the mirror last started
