@@ -47,3 +47,25 @@ def in_own_thread(
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def on_loop(loop: asyncio.AbstractEventLoop | None, call: Callable[[], None]) -> None:
+    """Run ``call`` on ``loop``: now if this thread runs it (or it runs no more, or is None),
+    else as soon as it can (``call_soon_threadsafe``). For finalizers, which the garbage
+    collector may run in any thread that allocates while a collection is due: what they undo
+    (a store's state, a fill's followers) lives on the loop."""
+    if loop is not None and running_loop() is not loop and loop.is_running():
+        try:
+            loop.call_soon_threadsafe(call)
+            return
+        except RuntimeError:  # closed meanwhile
+            pass
+    call()

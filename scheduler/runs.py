@@ -16,10 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sys
 import threading
 from dataclasses import dataclass, field
 
+from docxy.logs import log_to_stderr
 from docxy.tls.files import write_files_atomic
 from scheduler.settings import Settings
 
@@ -28,11 +28,7 @@ log = logging.getLogger("scheduler.renewal")
 
 def configure_logging() -> None:
     """The renewer's log lines (and its runs'), on stderr for supervisord."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(logging.INFO)  # as the mirror's, times in UTC: one container log
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 

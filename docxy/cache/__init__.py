@@ -11,7 +11,6 @@ lay out::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +44,9 @@ from docxy.cache.reader import BlobReader
 from docxy.cache.stream import tee
 from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
 from docxy.core.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
-from docxy.core.hosts import earlier_spellings
 
 if TYPE_CHECKING:
     from docxy.config import Config
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "ANONYMOUS",
@@ -133,7 +129,7 @@ def open_cache(
         directory / "manifests",
         access,
         tag_ttl=tag_ttl,
-        spellings=earlier_spellings(registries),
+        registries=registries,
     )
     blobs.catalog = manifests  # eviction keeps images whole, least recently pulled go first
     return Cache(blobs=blobs, manifests=manifests, access=access)
@@ -154,12 +150,7 @@ def open_for_admin(
     blobs.scan()
     access = AccessIndex(directory / "access")
     manifests = ManifestStore(directory / "manifests", access, tag_ttl=tag_ttl)
-    manifests.migrate_access()
-    for old, new in earlier_spellings(registries).items():  # as ManifestStore.open does
-        try:
-            manifests.respell(old, new)
-        except OSError as exc:  # what is left stays under the old key, as the mirror leaves it
-            log.warning("cache: cannot move the entries of %s to %s: %s", old, new, exc)
+    manifests.upgrade(registries)  # as ManifestStore.open does
     blobs.catalog = manifests  # gc evicts image by image; a removed blob takes its images along
     return Cache(blobs=blobs, manifests=manifests, access=access)
 

@@ -837,16 +837,27 @@ class DiskBlobStore:
         )
 
     def remove(self, digest: Digest) -> bool:
-        """Delete a committed blob; False if absent. Raises :class:`BlobInUse` while pinned."""
+        """Delete a committed blob (:meth:`_remove_entry`); False if absent. Raises
+        :class:`BlobInUse` while pinned."""
         entry = self._entry(digest)
         if entry is None:
             return False
         if self._pins[digest]:
             raise BlobInUse(f"{digest} is being read")
-        _unlink(entry.path)
-        self._forget(entry)
+        self._remove_entry(entry)
         self._room_grew()
         return True
+
+    def _remove_entry(self, entry: BlobEntry) -> int:
+        """Forget the images that need ``entry`` (their tags and manifests deleted), then
+        delete its file and drop it from the index; returns the bytes that freed. In that
+        order: cut short (the process killed between the two), the cache holds a blob no image
+        needs (eviction's first pick), never an image whose blob is gone."""
+        if self.catalog is not None:
+            self.catalog.blob_gone(entry.digest)
+        freed = _size_removed(entry.path)
+        self._forget(entry, planned=True)
+        return freed
 
     async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport:
         """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
@@ -875,8 +886,7 @@ class DiskBlobStore:
                     continue
                 if not intact:
                     log.warning("cache: %s is corrupt on disk, removed", entry.digest)
-                    freed += _size_removed(entry.path)
-                    self._forget(entry)
+                    freed += self._remove_entry(entry)
                     corrupt += 1
         await self.settle()
         evicted, evicted_bytes, vanished = self.evicted, self.evicted_bytes, self.vanished_bytes

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from docxy.threads import running_loop
+
 
 def write_atomic(path: Path, data: bytes, tmp_dir: Path, *, sync: bool = True) -> None:
     """Write ``data`` to a temp file in ``tmp_dir`` (same file system), fsync, rename it."""
@@ -164,7 +166,7 @@ class BlobFile:
             self._closing = True
             idle = self._reads == 0
             if not idle:
-                self._loop = _running_loop()
+                self._loop = running_loop()
         if idle:
             self._release(self._fd)
 
@@ -177,10 +179,3 @@ class BlobFile:
             except RuntimeError:  # that loop is closed: no release to run there
                 pass
         _close_quietly(self._fd)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

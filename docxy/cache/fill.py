@@ -21,6 +21,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,7 +39,7 @@ from docxy.cache.errors import (
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
 from docxy.core.digests import Digest
-from docxy.threads import in_own_thread
+from docxy.threads import in_own_thread, on_loop
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hasher
@@ -227,7 +228,9 @@ class BlobWriter:
         #: The pump thread's wait for room (:meth:`_reserved_from_thread`), meanwhile.
         self._reserving: concurrent.futures.Future[bool] | None = None
         self._pump_stop: threading.Event | None = None  # the pump thread's stop flag, meanwhile
-        self._finalizer = weakref.finalize(self, _abandon, fill, fd, host)
+        #: The loop the writer serves: a finalizer run in another thread discards there.
+        self._loop = asyncio.get_running_loop()
+        self._finalizer = weakref.finalize(self, _abandon, fill, fd, host, self._loop)
 
     @property
     def digest(self) -> Digest:
@@ -591,7 +594,9 @@ class BlobWriter:
         """Hand over the temp file descriptor; the finalizer no longer closes it."""
         fd, self._fd = self._fd, None
         if self._finalizer.detach() is not None:
-            self._finalizer = weakref.finalize(self, _abandon, self.fill, None, self._host)
+            self._finalizer = weakref.finalize(
+                self, _abandon, self.fill, None, self._host, self._loop
+            )
         return fd
 
     def _close_and_discard(self, reason: str, *, failed: bool = False, said: bool = False) -> None:
@@ -842,6 +847,10 @@ class Download:
     #: :class:`~docxy.cache.resuming.Resuming`.
     resume: Resume | None = None
     broke_off: tuple[type[Exception], ...] = ()
+    #: Told when it broke off and may not go on while its bytes were still wanted (the
+    #: :class:`~docxy.cache.resuming.BrokeOff` about to end the fill, or a follower's rest):
+    #: its owner counts that against the upstream it came from.
+    gave_up: Callable[[BrokeOff], None] | None = None
 
 
 #: The bytes of a blob of a given size (None: unknown) from an offset on (``Download.chunks``,
@@ -931,7 +940,7 @@ async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
             return
         except download.broke_off as exc:
             resuming.at = writer.received
-            resuming.broke(exc, start)  # raises BrokeOff when it may not go on
+            resuming.broke(exc, start, download)  # raises BrokeOff when it may not go on
     async with aclosing(resuming.chunks(first)) as chunks:
         async for chunk in chunks:
             await writer.write(chunk)
@@ -1029,6 +1038,10 @@ def _discard(
     fill.notify()
 
 
-def _abandon(fill: InFlight, fd: int | None, host: FillHost) -> None:
-    """Finalizer of a writer dropped without commit or abort."""
-    _discard(fill, fd, host, "writer was dropped")
+def _abandon(
+    fill: InFlight, fd: int | None, host: FillHost, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Finalizer of a writer dropped without commit or abort: the discard runs on ``loop``, in
+    one piece, whatever thread the garbage collector runs this in (else a follower could see
+    the abort before the temp file is removed, and be woken from a foreign thread)."""
+    on_loop(loop, partial(_discard, fill, fd, host, "writer was dropped"))

@@ -30,9 +30,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +44,7 @@ from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
 from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core.digests import Digest, digest_of, parse_digest
 from docxy.core.errors import DigestInvalid
+from docxy.core.hosts import earlier_spellings, key_now, url_host
 
 log = logging.getLogger(__name__)
 
@@ -124,24 +125,59 @@ class ManifestStore:
         *,
         tag_ttl: float,
         clock: Callable[[], float] = time.time,
-        spellings: Mapping[str, str] | None = None,
+        registries: Iterable[str] = (),
     ) -> ManifestStore:
         """Open for serving: remove temp files left by a crash, move what earlier versions
-        keyed otherwise (:meth:`migrate_access`; ``spellings``, :meth:`respell`), and read the
-        catalogue (every manifest and tag) in a worker thread, so a large cache does not hold
-        up the first answers. Manifests and tags are served meanwhile, straight from disk; what
-        changes is noted and replayed on the catalogue once it is read."""
-        spellings = spellings or {}
+        keyed otherwise (:meth:`upgrade`), and read the catalogue (every manifest and tag) in
+        a worker thread, so a large cache does not hold up the first answers. Manifests and
+        tags are served meanwhile, straight from disk; what changes is noted and replayed on
+        the catalogue once it is read."""
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         clear_dir(store._tmp)
-        store.migrate_access()
-        for old, new in spellings.items():
-            try:
-                store.respell(old, new)
-            except OSError as exc:  # what is left stays under the old key: fetched once more
-                log.warning("cache: cannot move the entries of %s to %s: %s", old, new, exc)
+        store.upgrade(registries)
         store._scanning = read_in_thread("docxy-manifest-catalogue", store._scan)
         return store
+
+    def upgrade(self, registries: Iterable[str]) -> None:
+        """Move what earlier versions keyed otherwise, before the catalogue is read (by the
+        mirror at its start, and by ``docxy cache ...`` beside it, which would else list, and
+        ``rm`` miss, what the mirror serves under the keys of now): repository records of the
+        earlier layout (:meth:`migrate_access`), and what was cached under another spelling of
+        one of ``registries`` (the upstreams' URLs: :meth:`respell`)."""
+        self.migrate_access()
+        for old, new in self.earlier_spellings(registries).items():
+            try:
+                self.respell(old, new)
+            except OSError as exc:  # what is left stays under the old key: fetched once more
+                log.warning("cache: cannot move the entries of %s to %s: %s", old, new, exc)
+
+    def earlier_spellings(self, registries: Iterable[str]) -> dict[str, str]:
+        """Upstreams cached under a spelling of one of ``registries`` that is not its key now
+        → that key. A written default port (``ghcr.io:443``) is looked for by name
+        (:func:`~docxy.core.hosts.earlier_spellings`); a host written in capitals (``GHCR.io``,
+        keyed as written until 29ab523) cannot be (the settings give it lower-cased now), so
+        each folder of manifests under a key no registry has now is asked by one of its
+        repository records which upstream it is (one file read per such folder). Such a move
+        cut short once those records moved on (:meth:`respell`) leaves the manifests not moved
+        yet where they are, unused: fetched again when pulled, evicted when room is needed."""
+        registries = list(registries)
+        found = earlier_spellings(registries)
+        base = self.root / "by-digest"
+        current = {_upstream_key(url_host(url)) for url in registries}
+        known = current | {_upstream_key(old) for old in found}
+        try:
+            folders = list(base.iterdir()) if base.is_dir() else []
+        except OSError as exc:  # its manifests will not be read either: said there
+            log.warning("cache: cannot list %s: %s", base, exc)
+            folders = []
+        for folder in folders:
+            if folder.name in known or not folder.is_dir():
+                continue
+            upstream = self.access.upstream_of(folder.name)
+            new = key_now(upstream, registries) if upstream is not None else None
+            if upstream is not None and new is not None:
+                found[upstream] = new
+        return found
 
     def migrate_access(self) -> None:
         """Move repository records of the earlier layout (once, after an upgrade), keeping only
@@ -154,7 +190,7 @@ class ManifestStore:
 
     def respell(self, old: str, new: str) -> None:
         """Move what is cached under upstream ``old`` to ``new``, the key of the same registry
-        now (``ghcr.io:443`` → ``ghcr.io``: :func:`docxy.core.hosts.earlier_spellings`), so an
+        now (``ghcr.io:443`` or ``GHCR.io`` → ``ghcr.io``: :meth:`earlier_spellings`), so an
         upgrade fetches none of it again. Before the catalogue is read. Tags first, then the
         repository records, the manifests' folder last: while it is there a move cut short
         goes on at the next open; without it there is nothing to do (one ``stat``). A tag
@@ -244,6 +280,27 @@ class ManifestStore:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))
         return CachedManifest(actual, media_type, content, visibility)
+
+    async def confirm(self, repo: RepoKey, manifest: CachedManifest) -> CachedManifest:
+        """Record cached ``manifest`` as held by ``repo`` (publicly), as a fetch from there
+        would: an upstream ``HEAD`` in ``repo`` with the mirror's own token named its digest.
+        Returned with its visibility there. A disk that refuses the record (read-only, full)
+        does not fail the pull: the manifest is served, and confirmed again next time."""
+        key = ImageKey(_upstream_key(repo.upstream), manifest.digest)
+        try:
+            await asyncio.to_thread(self._record_held, repo, key)
+        except OSError as exc:
+            log.warning("cache: cannot record manifest %s in %s (%s)", key.digest, repo.repo, exc)
+        else:
+            hashed = repo.hashed()
+            self._or_later(lambda: self._note_seen(key, hashed, True))
+        return replace(manifest, visibility=Visibility(repo, public=True))
+
+    def _record_held(self, repo: RepoKey, key: ImageKey) -> None:
+        """In a worker thread: the public record of ``key`` in ``repo``, if it is still cached
+        (an eviction since it was read took its records along: none is left behind)."""
+        if self._on_disk(key):
+            self.access.record(repo, key.digest, public=True)
 
     def _note_seen(self, key: ImageKey, repo: str, public: bool) -> None:
         if self._images is not None and key in self._images:

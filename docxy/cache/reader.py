@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Self
 
 from docxy.cache.files import BlobFile
+from docxy.threads import on_loop, running_loop
 
 #: Read size for a lone reader (shrunk as readers grow, see DiskBlobStore): 4 MiB measured
 #: less CPU per GiB on a cache hit than 1 MiB (see the README benchmark).
@@ -37,7 +38,10 @@ class ClosingStream:
     ) -> None:
         self._file = BlobFile(fd, release)
         self._chunk_size = chunk_size
-        self._finalizer = weakref.finalize(self, self._file.close)
+        # Released on the loop it was opened on (the store's pins live there), whatever thread
+        # the garbage collector finalizes it in.
+        loop = running_loop()
+        self._finalizer = weakref.finalize(self, on_loop, loop, self._file.close)
 
     @property
     def closed(self) -> bool:

@@ -8,7 +8,10 @@ times, each only after the try before gave new bytes: an upstream that breaks of
 byte again and again is not asked for ever. When it may not go on it raises :class:`BrokeOff`,
 which says why (the error, how many resumes, what the last gave). What that means (a fill that
 failed, a client cut) and its one log line are the caller's; so is the INFO line for each
-resume (``went_on``), worded for whose download it is.
+resume (``went_on``), worded for whose download it is. What it means for the source is the
+source's: the download being read when it gave up is told (its ``gave_up``), the upstream's
+owner counting it as a failure of that upstream; not when nobody wanted the bytes any more
+(the break is then the echo of the fill's end, not the upstream's doing).
 
 Each rest it fetched is closed once read, broken off, or left by its consumer; a ``first``
 download handed to it is its owner's to close. Errors other than a break (a rest that cannot be
@@ -70,13 +73,18 @@ class Resuming:
     limit: int = RESUMES
     resumes: int = 0
 
-    def broke(self, exc: Exception, start: int) -> None:
-        """A download that began at byte ``start`` broke off at :attr:`at` with ``exc``: return
-        when the rest may be asked for (after telling ``went_on``), else raise :class:`BrokeOff`
-        (from ``exc``)."""
+    def broke(self, exc: Exception, start: int, source: Download | None = None) -> None:
+        """A download (``source``) that began at byte ``start`` broke off at :attr:`at` with
+        ``exc``: return when the rest may be asked for (after telling ``went_on``), else raise
+        :class:`BrokeOff` (from ``exc``), after telling ``source`` (its ``gave_up``) if the
+        bytes were still wanted."""
         gave = self.at - start
-        if self.resumes >= self.limit or gave <= 0 or not self.may_go_on():
-            raise BrokeOff(exc, self.at, self.resumes, gave) from exc
+        wanted = self.may_go_on()
+        if self.resumes >= self.limit or gave <= 0 or not wanted:
+            error = BrokeOff(exc, self.at, self.resumes, gave)
+            if wanted and source is not None and source.gave_up is not None:
+                source.gave_up(error)
+            raise error from exc
         self.resumes += 1
         self.went_on(exc, self.at, self.resumes)
 
@@ -97,7 +105,7 @@ class Resuming:
                         yield chunk
                 return
             except (*self.broke_off, *current.broke_off) as exc:
-                self.broke(exc, start)
+                self.broke(exc, start, current)
             finally:
                 if owned:
                     await current.close()

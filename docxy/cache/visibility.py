@@ -135,6 +135,16 @@ class AccessIndex:
                     found.add(repo)
         return sorted(found, key=lambda r: (r.upstream, r.repo))
 
+    def upstream_of(self, key: str) -> str | None:
+        """The upstream whose key (:func:`upstream_key`) is ``key``, as one of its records names
+        it; None if it has none."""
+        base = self.root / "by-digest" / key
+        for marker in base.glob("*/*/*/*.*") if base.is_dir() else ():
+            repo = _parse_repo_json(marker)
+            if repo is not None and upstream_key(repo.upstream) == key:
+                return repo.upstream
+        return None
+
     def respell(self, old: str, new: str) -> int:
         """Record again under upstream ``new`` what was recorded under ``old``, the same registry
         spelled as keys spelled it before (:func:`docxy.core.hosts.earlier_spellings`), and drop

@@ -17,6 +17,7 @@ from docxy.cli import healthcheck, warm
 from docxy.cli.exits import EXIT_CONFIG, EXIT_INTERRUPTED
 from docxy.config import Config, describe, load_config
 from docxy.core.errors import ConfigError
+from docxy.logs import log_to_stderr
 from docxy.tls import certs
 
 # flag dest → config key
@@ -109,11 +110,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(level)  # times in UTC (docxy.logs)
     # Libraries' own lines: httpx's name every URL (a CDN's signed query), botocore's signer
     # every bucket request's signature, hpack every header of a client's HTTP/2 request (its
     # Authorization, with limits.h2_max_streams allowing h2c); none is one line per event.

@@ -12,8 +12,9 @@ holds one host twice under two spellings:
 - :func:`url_host` and :func:`canonical_url`: a URL's host (a registry's, which keys the
   cache, tokens and health), without the default port of *its* scheme (``http://x:443`` keeps
   its port);
-- :func:`earlier_spellings`: how a registry's host keyed the cache before this module (its
-  default port written out), for moving those entries (:meth:`ManifestStore.respell`);
+- :func:`earlier_spellings` and :func:`key_now`: how a registry's host keyed the cache before
+  this module (the URL's netloc as written: its default port written out, its case as typed),
+  for moving those entries (:meth:`ManifestStore.respell`);
 - :func:`origin`: a URL's scheme, host and port, the default port filled in (a redirect keeps
   ``Authorization`` on the same origin only; idle direct connections are kept per origin).
 """
@@ -89,6 +90,18 @@ def earlier_spellings(registries: Iterable[str]) -> dict[str, str]:
         if default is not None and _split(host)[1] == "":
             found[f"{host}:{default}"] = host
     return found
+
+
+def key_now(earlier: str, registries: Iterable[str]) -> str | None:
+    """The key now of one of ``registries`` that an earlier version keyed the cache by
+    ``earlier``, the URL's netloc as written (before :func:`url_host`, which lower-cases it and
+    drops a default port: ``GHCR.io:443``, ``GHCR.io`` or ``ghcr.io:443`` of ``https://ghcr.io``
+    → ``ghcr.io``); None if it spells none of them otherwise (the key now is no earlier one)."""
+    for url in registries:
+        host = url_host(url)
+        if earlier != host and url_host(f"{urlsplit(url).scheme}://{earlier}") == host:
+            return host
+    return None
 
 
 def origin(url: str) -> tuple[str, str | None, int | None]:

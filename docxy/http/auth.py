@@ -5,7 +5,8 @@ form (``docxy.http.token_ask``). The request is forwarded to the upstream's real
 or discovered from its ``/v2/`` challenge) with ``service``, ``account``, every ``scope``
 (``library/`` added on Docker Hub) and the client's Basic credentials (a POSTed password grant
 becomes those), so ``docker login`` users pull with their own quota; a POSTed refresh token
-is relayed as a POST. A login goes only to the upstream it is for (:func:`credentials_go_to`).
+is relayed as a POST. A login goes only to the upstream it is for (:func:`credentials_go_to`);
+one the upstream refuses is answered with the mirror's own challenge (:func:`refused_login`).
 
 In ``users`` mode (``docxy.access``) the mirror is the authority itself: it checks its own
 users' passwords and signs the tokens (``docxy.access.authority``); nothing is forwarded, unless
@@ -30,7 +31,7 @@ from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.core.headers import kept_retry_after
 from docxy.edge.clients import limit_key, request_address
-from docxy.http.routes import count_relay, refuse_unsendable, request_facts
+from docxy.http.routes import count_relay, own_challenge, refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
 from docxy.tasks import spawn
@@ -125,6 +126,27 @@ def mirror_only_token(name: str) -> Response:
     return offline_token_body()
 
 
+def refused_login(challenge: str, upstream_body: bytes) -> Response:
+    """The upstream's token service answered ``401`` (a wrong password, an expired refresh
+    token): the registry's ``401 UNAUTHORIZED`` with ``challenge``, the one the mirror's
+    ``/v2/`` sends. A 401 must carry a challenge (RFC 9110), and Docker's client reads it; the
+    upstream's own, if it sent one, would name its realm. An upstream body that is a registry
+    error is kept; any other (Docker Hub's ``{"details": ...}``) lends its words to the
+    message, which the docker CLI prints."""
+    try:
+        parsed = json.loads(upstream_body)
+    except ValueError:
+        parsed = None
+    message = "the upstream's token service refused the login"
+    words = parsed.get("details") if isinstance(parsed, dict) else None
+    if isinstance(words, str) and 0 < len(words) <= 200 and words.isprintable():
+        message = f"{message}: {words}"
+    error = Unauthorized(message, challenge)
+    kept = isinstance(parsed, dict) and isinstance(parsed.get("errors"), list)
+    body = upstream_body if kept else error.encoded()
+    return Response(body, status=error.status, headers=Headers(error.headers()))
+
+
 def credentials_go_to(upstream: Upstream, ask: TokenAsk) -> bool:
     """Whether the client's login may go to ``upstream``'s token service.
 
@@ -217,8 +239,11 @@ async def token() -> Response:
         state.client.anonymous_tokens.remember_answer(body)
     if ask.posted and answer.status_code == 200:
         body = for_post_client(body)
-    content_type = answer.headers.get("content-type", "application/json")
-    response = Response(body, status=answer.status_code, content_type=content_type)
+    if answer.status_code == 401:
+        response = refused_login(own_challenge(state, upstream), body)
+    else:
+        content_type = answer.headers.get("content-type", "application/json")
+        response = Response(body, status=answer.status_code, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     for name, value in kept_retry_after(answer.headers.multi_items()):
         response.headers[name] = value

@@ -116,13 +116,8 @@ async def ping() -> Response:
         if state.cache is None:
             raise
         # Stale-if-error: keep clients pulling what the cache holds. Tokens come from the
-        # mirror's own endpoint, which answers offline too. The upstream's service name only
-        # if it was ever seen: never a guess (/auth/token fills it in).
-        known = state.client.known_challenge(upstream)
-        params = {"realm": realm}
-        if known is not None and known.service:
-            params["service"] = known.service
-        return unauthorized(Challenge("Bearer", params).render())
+        # mirror's own endpoint, which answers offline too.
+        return unauthorized(own_challenge(state, upstream))
     if answer.status_code == 401:
         offered = answer.headers.get_list("www-authenticate")
         return unauthorized(*rewrite_challenges(offered, realm, upstream.library_prefix))
@@ -130,6 +125,17 @@ async def ping() -> Response:
         headers = JSON + kept_retry_after(answer.headers.multi_items())
         return registry_response(_error_body(body, answer.status_code), answer.status_code, headers)
     return registry_response(b"{}", 200, JSON)
+
+
+def own_challenge(state: MirrorState, upstream: Upstream) -> str:
+    """The challenge ``/v2/`` sends for ``upstream`` without asking it: the mirror's token
+    endpoint, and the upstream's ``service`` only if it was ever seen, never a guess
+    (``/auth/token`` fills it in)."""
+    known = state.client.known_challenge(upstream)
+    params = {"realm": state.token_realm_for(upstream)}
+    if known is not None and known.service:
+        params["service"] = known.service
+    return Challenge("Bearer", params).render()
 
 
 def _anonymous_challenge(state: MirrorState, upstream: Upstream) -> Challenge | None:

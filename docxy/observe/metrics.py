@@ -71,7 +71,7 @@ REFUSING_SETTINGS = (
 )
 
 #: docxy_upstream_errors_total's kinds (``UpstreamHealth.failures``), each exported from the start.
-ERROR_KINDS = ("timeout", "unreachable", "rate_limited", "server_error")
+ERROR_KINDS = ("timeout", "unreachable", "rate_limited", "server_error", "broke_off")
 
 OUTCOMES = ("hit", "joined", "miss", "shared", "stale", "revalidated", "bypass", "uncached")
 
@@ -415,7 +415,8 @@ class MirrorCollector(Collector):
         errors = CounterMetricFamily(
             "docxy_upstream_errors",
             "Upstream failures by kind: timeout, unreachable (connect/transport), "
-            "rate_limited (429), server_error (5xx).",
+            "rate_limited (429), server_error (5xx), broke_off (a blob body that kept breaking "
+            "off, given up after its resumes).",
             labels=["upstream", "kind"],
         )
         for upstream, health in upstreams:

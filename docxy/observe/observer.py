@@ -29,7 +29,7 @@ from docxy.http.state import MirrorState
 from docxy.observe.connections import ConnectionCounter
 from docxy.observe.metrics import Refuser, RequestMetrics, api_path, make_registry, route_kind
 from docxy.observe.recent import ErrorEvent, RecentErrors, TopCounts
-from docxy.upstream.client import CLIENT_CREDENTIALS
+from docxy.upstream.client import ASKED_PATH, CLIENT_CREDENTIALS
 from docxy.upstream.routing import UpstreamUnknown, request_picks
 
 log = logging.getLogger(__name__)
@@ -117,23 +117,28 @@ class Observer:
             yield
 
     async def upstream_answered(self, response: httpx.Response) -> None:
+        """An answer the shared client got; a redirect's hop is counted by the path its first
+        hop asked (``ASKED_PATH``: a CDN's answer is the blob's)."""
         request = response.request
         status = response.status_code
+        asked = request.extensions.get(ASKED_PATH)
+        path = asked if isinstance(asked, str) else request.url.path
         if status == 429 and request.extensions.get(CLIENT_CREDENTIALS):
             # The rate limit of the client's own account, not an upstream error: counted
             # among the answers only.
-            self.metrics.upstream_answered(request.url.path, status)
+            self.metrics.upstream_answered(path, status)
             return
-        self._answered(request.url.host, request.url.path, status)
+        self._answered(request.url.host, path, status)
 
-    def direct_answered(self, url: str, status: int) -> None:
-        """An answer to a cache fill's direct GET (:mod:`docxy.upstream.direct`)."""
-        parts = httpx.URL(url)
-        self._answered(parts.host, parts.path, status)
+    def direct_answered(self, url: str, status: int, asked: str) -> None:
+        """An answer to a cache fill's direct GET (:mod:`docxy.upstream.direct`) from ``url``,
+        counted by what its first hop (``asked``) asked, as :meth:`upstream_answered` does."""
+        self._answered(httpx.URL(url).host, httpx.URL(asked).path, status)
 
     def _answered(self, host: str, path: str, status: int) -> None:
-        """Every answer, by route and status class; a 429/5xx on the page's recent errors (the
-        upstream's health counts it, under that upstream, for docxy_upstream_errors_total)."""
+        """Every answer, by route (what ``path`` asks) and status class; a 429/5xx on the
+        page's recent errors (the upstream's health counts it, under that upstream, for
+        docxy_upstream_errors_total)."""
         self.metrics.upstream_answered(path, status)
         kind = "rate_limited" if status == 429 else "server_error" if status >= 500 else None
         if kind is not None:

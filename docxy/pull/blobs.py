@@ -48,6 +48,7 @@ from docxy.cache.errors import (
 from docxy.cache.fill import BlobFollower, Download
 from docxy.cache.pairings import BlobPairings
 from docxy.cache.reader import BlobReader
+from docxy.cache.resuming import BrokeOff
 from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
 from docxy.core.errors import UpstreamError, UpstreamUnavailable
@@ -211,7 +212,12 @@ class BlobService:
         if download is not None:
             # The store's body that breaks off goes on from the upstream (docxy.shared.body);
             # that rest, should it break off in its turn, goes on as an upstream fill's does.
-            return replace(download, resume=rest, broke_off=(httpx.TransportError,))
+            # Only the upstream's rest can break off that far (the store's own breaks are the
+            # tier's): counted against the upstream, as an upstream fill's is.
+            gave_up = partial(self._gave_up, pull)
+            return replace(
+                download, resume=rest, broke_off=(httpx.TransportError,), gave_up=gave_up
+            )
         download = await self._fetch_upstream(pull)
         shared = self.shared
 
@@ -237,7 +243,9 @@ class BlobService:
             download = await self._fetch_httpx(pull)
         # A body that breaks off midway goes on from there (see docxy.cache.fill.run_fill).
         resume = partial(self._fetch_rest, pull)
-        return replace(download, resume=resume, broke_off=(UpstreamError, httpx.TransportError))
+        broke_off = (UpstreamError, httpx.TransportError)
+        gave_up = partial(self._gave_up, pull)
+        return replace(download, resume=resume, broke_off=broke_off, gave_up=gave_up)
 
     async def _fetch_direct(self, pull: Pull) -> Download | None:
         try:
@@ -315,11 +323,21 @@ class BlobService:
             raise FetchFailed(f"{pull.upstream.host} answered bytes={offset}- with {problem}")
         self._holds_blob(pull)
         broke_off = (httpx.TransportError,)  # a cut or stalled body: the caller's to say
+        gave_up = partial(self._gave_up, pull)
         if status == 206:
-            return Download(known, answer.aiter_bytes(), answer.aclose, broke_off=broke_off)
+            chunks = answer.aiter_bytes()
+            return Download(known, chunks, answer.aclose, broke_off=broke_off, gave_up=gave_up)
         left = None if known is None else max(known - offset, 0)
         chunks = _skipped(answer.aiter_bytes(), offset)
-        return Download(left, chunks, answer.aclose, broke_off=broke_off)
+        return Download(left, chunks, answer.aclose, broke_off=broke_off, gave_up=gave_up)
+
+    def _gave_up(self, pull: Pull, error: BrokeOff) -> None:
+        """The blob's body from the upstream kept breaking off, and the fill or a client's rest
+        gave it up: a failure of that upstream, as a timeout is (its health: /health,
+        ``docxy_upstream_errors_total{kind="broke_off"}``, the status page's recent errors)."""
+        said = f"the body of {pull.reference.digest} from {pull.upstream.host} broke off"
+        health = self.tokens.client.health_of(pull.upstream)
+        health.failed(f"{said} at byte {error.at}: {error}", "broke_off")
 
 
 def not_the_rest(

@@ -8,6 +8,12 @@ the digest did not change. When the upstream or its auth service is down, slow, 
 the mirror cannot read with its own token, or will not cache (schema 1), passes through with
 the client's credentials, uncached.
 
+A manifest is served under a repository only where the mirror knows that repository holds it,
+as a blob is (``docxy.pull.blobs``): one cached for another repository of the same upstream is
+first confirmed there by a free upstream ``HEAD`` with the mirror's token, then served from the
+cache, and recorded there. Unconfirmed (a private repository: the mirror's token is refused
+there), the request passes through.
+
 Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub). A
 client's HEAD the cache cannot answer is answered from the mirror's own upstream HEAD, made with
 the mirror's credentials (the client may hold none for this upstream).
@@ -111,8 +117,18 @@ class ManifestService:
             if not acceptable(cached.media_type, list(pull.accept)):
                 return NOT_ACCEPTED  # fetching it again would change nothing (immutable)
             return _served(Source.HIT, cached, pull)
+        head: Head | None = None
+        if cached is not None:  # not known here (or privately only): does this repository hold it?
+            try:
+                head = await self._head(repo, pull)
+            except UpstreamError as exc:
+                return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+            if head.digest == digest:
+                return await self._confirmed(self.store, repo, pull, cached)
+            if not head.found:  # a GET would be answered so too: the client sees its answer
+                return UNCACHED
         if pull.head:  # containerd resolves a digest-pinned image so
-            return await self._answer_head(self.store, repo, pull, None, note=False)
+            return await self._answer_head(self.store, repo, pull, head, note=False)
         try:
             fetched, source = await self._fetch(repo, pull, digest)
         except UpstreamError as exc:
@@ -122,6 +138,20 @@ class ManifestService:
         if not self._servable(fetched, pull):
             return NOT_ACCEPTED
         return _served(source, fetched, pull)
+
+    async def _confirmed(
+        self, store: ManifestStore, repo: RepoKey, pull: Pull, cached: CachedManifest
+    ) -> Outcome:
+        """The ``cached`` manifest, which the mirror's upstream ``HEAD`` in ``repo`` just named:
+        recorded as held there (:meth:`ManifestStore.confirm`) and served from the cache, so
+        a manifest cached for one repository costs another of the same upstream a free
+        ``HEAD``, not a counted ``GET``. The ``HEAD`` is the access check: a digest alone
+        unlocks nothing, so a private repository's manifest never leaks through another's
+        cache (the mirror's token cannot read it there: that ``HEAD`` is a 401)."""
+        held = await store.confirm(repo, cached)
+        if not self._servable(held, pull):
+            return NOT_ACCEPTED
+        return _served(Source.REVALIDATED, held, pull)
 
     @staticmethod
     def _servable(manifest: CachedManifest, pull: Pull) -> bool:
@@ -156,9 +186,9 @@ class ManifestService:
                 return UNCACHED
             # Moved, or found without a digest to compare (a GET below tells): not confirmed.
             moved = await store.get(repo, current) if current is not None else None
-            if moved is not None and self._servable(moved, pull):
+            if moved is not None:  # cached already, maybe for another repository only
                 await store.set_tag(repo, tag, moved.digest, public=True)
-                return _served(Source.REVALIDATED, moved, pull)
+                return await self._confirmed(store, repo, pull, moved)
         if pull.head:
             note = found.state is TagState.MISSING
             return await self._answer_head(store, repo, pull, head, note=note)
@@ -193,12 +223,23 @@ class ManifestService:
         is noted now (``note``), or an outage leaves an image pulled a minute ago unresolvable;
         a cached tag that moved keeps its record until the new manifest is cached (that GET
         by digest), so an outage before then still finds the old one.
+
+        A digest the cache holds (for this repository or another: the ``HEAD``, made in this
+        one, says it holds it too) is answered from the cache, its length and type included,
+        which some upstreams' ``HEAD`` leaves out, and recorded as held here, so the GET by
+        digest that follows is a hit (:meth:`_confirmed`).
         """
         if head is None:
             try:
                 head = await self._head(repo, pull)
             except UpstreamError as exc:
                 return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+        if head.digest is not None:
+            cached = await store.get(repo, head.digest)
+            if cached is not None:  # for this repository, or held here too: the HEAD says so
+                if note:
+                    await store.set_tag(repo, str(pull.reference.tag), cached.digest, public=True)
+                return await self._confirmed(store, repo, pull, cached)
         found = head.content
         if found is None:
             if head.found:

@@ -71,7 +71,7 @@ class CertInfo:
             "subject": self.subject,
             "sans": list(self.sans),
             "serial": self.serial,
-            "not_after": self.not_after.isoformat(),
+            "not_after": utc_iso(self.not_after),
             "days_left": self.days_left(),
             "expires_soon": self.expires_soon(),
         }
@@ -86,6 +86,12 @@ def _within(elapsed: dt.timedelta, limit: dt.timedelta) -> bool:
     not: the clock stepped back since, and the quiet time counted from the old clock would
     last the whole step (a clock a month ahead, then set right: a month without warnings)."""
     return dt.timedelta(0) <= elapsed < limit
+
+
+def utc_iso(when: dt.datetime) -> str:
+    """``2027-02-28T10:00:00Z``: a time as the rest of ``/health`` tells it (UTC, to the
+    second, ``Z``), not ``isoformat()``'s ``+00:00`` with microseconds."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -245,7 +251,7 @@ class ReloadableTLS:
         info = self._info
         return (
             f"subject={info.subject} sans={','.join(info.sans)} serial={info.serial} "
-            f"not_after={info.not_after.isoformat()}"
+            f"not_after={utc_iso(info.not_after)}"
         )
 
     def reload(self) -> bool:
@@ -284,7 +290,7 @@ class ReloadableTLS:
             self.cert_path,
             info.serial,
             info.days_left(now),
-            info.not_after.isoformat(),
+            utc_iso(info.not_after),
         )
 
     def renew_own_if_due(self, now: dt.datetime | None = None) -> bool:
@@ -305,7 +311,7 @@ class ReloadableTLS:
             " clients that trust the old one must fetch the new one",
             self.cert_path,
             self._info.serial,
-            self._info.not_after.isoformat(),
+            utc_iso(self._info.not_after),
         )
         try:
             own.renew()
@@ -318,7 +324,7 @@ class ReloadableTLS:
         return {
             "cert_path": str(self.cert_path),
             **self._info.as_dict(),
-            "last_reload": self._last_reload.isoformat(),
+            "last_reload": utc_iso(self._last_reload),
             "last_error": self._last_error,
         }
 
@@ -456,5 +462,5 @@ def _reusable(cert_path: Path, key_path: Path, hostname: str, margin: dt.timedel
     if info.sans != (hostname,):
         return f"{cert_path} names {', '.join(info.sans) or 'no host'}, not {hostname}"
     if info.not_after - _utcnow() < margin:
-        return f"{cert_path} expires at {info.not_after.isoformat()}"
+        return f"{cert_path} expires at {utc_iso(info.not_after)}"
     return None

@@ -56,6 +56,9 @@ RATE_LIMIT_HOLD = 600.0
 RATE_LIMIT_MAX = 6 * 3600.0
 #: In a request's ``extensions``: it is made with a client's credentials.
 CLIENT_CREDENTIALS = "docxy.client_credentials"
+#: In a request's ``extensions``: the path its first hop asked, redirects followed since (what
+#: a CDN's answer is counted as: its URL names no manifest or blob).
+ASKED_PATH = "docxy.asked_path"
 PULL_PATH = re.compile(r"/v2/.+/(manifests|blobs)/[^/]+$")
 
 
@@ -115,7 +118,8 @@ class UpstreamHealth:
     _healthy: bool | None = None
     stale_served: int = 0
     last_stale: float | None = None
-    #: by kind: timeout, unreachable, rate_limited (429), server_error (5xx)
+    #: by kind: timeout, unreachable, rate_limited (429), server_error (5xx), broke_off (a
+    #: blob's body that kept breaking off: docxy.pull.blobs)
     failures: Counter[str] = field(default_factory=Counter)
     recent_failures: deque[tuple[float, str, str]] = field(
         default_factory=lambda: deque(maxlen=20)
@@ -334,9 +338,10 @@ class UpstreamClient:
         self.http = http
         self.direct = direct
         self.health: dict[str, UpstreamHealth] = {}
-        #: Told ``(url, status)`` of every answer a direct GET got, each redirect hop included
-        #: (the httpx client's own ``response`` event hooks see the rest).
-        self.direct_listeners: list[Callable[[str, int], None]] = []
+        #: Told ``(url, status, asked)`` of every answer a direct GET got, each redirect hop
+        #: included, ``asked`` the URL of its first hop (the httpx client's own ``response``
+        #: event hooks see the rest).
+        self.direct_listeners: list[Callable[[str, int, str], None]] = []
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
         self._probes: Coalesced[str, Challenge | None] = Coalesced(UpstreamError)
         #: Tokens the mirror's token endpoint relayed for anonymous pulls: a request carrying
@@ -376,7 +381,9 @@ class UpstreamClient:
         own = mirror_credentials or self._anonymous(headers)
         pull = is_pull(url)
         current_headers = headers
-        marks = None if own else {CLIENT_CREDENTIALS: True}  # for the response hooks to see
+        marks: dict[str, object] = {ASKED_PATH: urlsplit(url).path}  # for the response hooks
+        if not own:
+            marks[CLIENT_CREDENTIALS] = True
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 request = self.http.build_request(

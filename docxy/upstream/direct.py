@@ -186,7 +186,7 @@ async def open_get(
     health.saw(httpx.Headers(answer.headers))
     for listener in client.direct_listeners:
         for hop_url, status in answer.hops:
-            listener(hop_url, status)
+            listener(hop_url, status, url)
     return answer
 
 

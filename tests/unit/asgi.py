@@ -7,19 +7,40 @@ it collected; a raw call shows the raw path handling and the headers the app rea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.datastructures import Headers
 
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
 
 @dataclass
 class AsgiAnswer:
-    status: int
+    status: int  # 0: the app answered nothing before the client hung up
     headers: Headers
     body: bytes
     complete: bool = True  # the app ended the body (False: the connection was cut)
+
+
+def client_receive(
+    first: dict[str, Any], last: dict[str, Any], hang_up: asyncio.Event | None = None
+) -> Receive:
+    """What a client sends the app: ``first`` (its request, its WebSocket connect), then
+    nothing until ``hang_up`` is set (never, if None: the app cancels the wait when it is
+    done), then ``last`` (its disconnect)."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return first
+        await (hang_up or asyncio.Event()).wait()
+        return last
+
+    return receive
 
 
 def http_scope(
@@ -29,8 +50,9 @@ def http_scope(
     host: str,
     scheme: str = "http",
     headers: Iterable[tuple[str, str]] = (),
+    client: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """The scope hypercorn gives an HTTP/1.1 request from 127.0.0.1 for ``raw_path``."""
+    """The scope hypercorn gives an HTTP/1.1 request from ``client`` for ``raw_path``."""
     path, _, query = raw_path.partition("?")
     return {
         "type": "http",
@@ -44,7 +66,7 @@ def http_scope(
         "root_path": "",
         "headers": [(b"host", host.encode())]
         + [(k.lower().encode(), v.encode()) for k, v in headers],
-        "client": ("127.0.0.1", 40000),
+        "client": (client, 40000),
         "server": ("127.0.0.1", 8080),
         "extensions": {},
     }
@@ -58,27 +80,29 @@ async def call_asgi(
     host: str,
     scheme: str = "http",
     headers: Iterable[tuple[str, str]] = (),
+    client: str = "127.0.0.1",
+    started: asyncio.Event | None = None,
     body_seen: asyncio.Event | None = None,
+    hang_up: asyncio.Event | None = None,
 ) -> AsgiAnswer:
-    """One request; ``body_seen`` is set when the first body bytes go out."""
-    scope = http_scope(method, raw_path, host=host, scheme=scheme, headers=headers)
+    """One request from ``client``; ``started`` is set when the status goes out, ``body_seen``
+    when the first body bytes do, and the client hangs up once ``hang_up`` is set (Quart then
+    cancels the handler)."""
+    scope = http_scope(method, raw_path, host=host, scheme=scheme, headers=headers, client=client)
     messages: list[dict[str, Any]] = []
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.Event().wait()  # the client stays; the app cancels this when done
-        raise AssertionError("unreachable")
+    request = {"type": "http.request", "body": b"", "more_body": False}
+    receive = client_receive(request, {"type": "http.disconnect"}, hang_up)
 
     async def send(message: dict[str, Any]) -> None:
         messages.append(message)
+        if started is not None and message["type"] == "http.response.start":
+            started.set()
         if body_seen is not None and message.get("body"):
             body_seen.set()
 
     await app(scope, receive, send)
+    if not messages:
+        return AsgiAnswer(0, Headers(), b"", complete=False)
     start = messages[0]
     assert start["type"] == "http.response.start"
     answer_headers = Headers([(k.decode(), v.decode()) for k, v in start["headers"]])

@@ -11,8 +11,11 @@ import errno
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from docxy.cache.fill import write_all as real_write_all
 
@@ -92,3 +95,16 @@ class DiskFullAfter:
             raise OSError(self.error, os.strerror(self.error))
         real_write_all(fd, chunks)
         self.written += size
+
+
+def utime_read_only(monkeypatch: pytest.MonkeyPatch, under: Path) -> None:
+    """``os.utime`` fails with EROFS for files below ``under``, as on a cache disk the kernel
+    remounted read-only (ext4 ``errors=remount-ro``); elsewhere it works."""
+    real_utime = os.utime
+
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).is_relative_to(under):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", read_only)

@@ -3,6 +3,7 @@ offline token, which is never an answer to credentials the mirror cannot check."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest
 from docxy.access.keys import KeyRing
 from docxy.access.users import UsersFile
 from docxy.core.challenge import parse_challenge
+from tests.unit.asgi import call_asgi
 from tests.unit.fakes import reply
 from tests.unit.test_routes import HUB_CHALLENGE, MIRROR_REALM, Mirror, hub, mirror
 
@@ -475,34 +477,19 @@ class HeldChecks:
         return name == "alice" and password == "right"
 
 
-async def login_then_hang_up(m: Mirror, hang_up: Any, client: str = "203.0.113.7") -> int | None:
+async def login_then_hang_up(
+    m: Mirror, hang_up: asyncio.Event, client: str = "203.0.113.7"
+) -> int | None:
     """``/auth/token`` with a wrong password, called as hypercorn does, from a client that
     goes away once ``hang_up`` is set (Quart then cancels the handler): the status the app
     sent, or None if it sent none before the client left."""
-    from tests.unit.asgi import http_scope
-
     path = "/auth/token?scope=repository:library/redis:pull"
     headers = basic("alice", "guess").items()
-    scope = http_scope("GET", path, host="mirror.example.com", headers=headers)
-    scope["client"] = (client, 40000)
-    statuses: list[int] = []
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await hang_up.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    app: Any = m.app  # an ASGI app, called with plain dicts as hypercorn's are
-    await app(scope, receive, send)
-    return statuses[0] if statuses else None
+    host = "mirror.example.com"
+    answer = await call_asgi(
+        m.app, "GET", path, host=host, headers=headers, client=client, hang_up=hang_up
+    )
+    return answer.status or None
 
 
 async def test_hanging_up_mid_check_neither_refunds_the_guess_nor_frees_the_hashing_slot(

@@ -17,7 +17,7 @@ from docxy.access.clientca import ClientCA
 from docxy.core.challenge import parse_challenge
 from tests.unit import test_multi_routes as multi
 from tests.unit.asgi import call_asgi
-from tests.unit.fakes import reply
+from tests.unit.fakes import Handler, reply
 from tests.unit.test_access_routes import CERTS, presenting, token_for, users_mirror
 from tests.unit.test_routes import (
     AUTH,
@@ -368,3 +368,59 @@ async def test_a_relayed_429_keeps_the_upstreams_retry_after(
         assert answer.headers.get("Retry-After") == "37"
         body = await answer.get_json()
         assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
+
+
+# --- a 401 from the upstream's token service ---------------------------------------------------
+
+
+def login_refused(offered: dict[str, str]) -> Handler:
+    """Every registry of ``multi.registries``, their token services refusing every login as
+    Docker Hub's does (``{"details": ...}``, not a registry error), with ``offered`` headers."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host.startswith("auth."):
+            body = b'{"details": "incorrect username or password"}'
+            return reply(401, body, {**offered, **JSON})
+        return multi.registries(request)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "offered",
+    [{}, {"WWW-Authenticate": 'Basic realm="auth.hub.example"'}],
+    ids=["no-challenge", "upstream-basic"],
+)
+@pytest.mark.parametrize(
+    ("v2", "token"),
+    [
+        ("/v2/", "/auth/token?scope=repository:library/redis:pull"),
+        ("/v2/?ns=ghcr.test", "/auth/token?upstream=ghcr.test&scope=repository:o/i:pull"),
+    ],
+    ids=["default", "named-upstream"],
+)
+async def test_a_refused_login_is_a_registry_401_with_the_mirrors_challenge(
+    offered: dict[str, str], v2: str, token: str
+) -> None:
+    """The upstream's token service refusing a login (a wrong password) was relayed as it came:
+    a ``401`` with no ``WWW-Authenticate`` (which RFC 9110 requires on a 401, and Docker's
+    client reads to tell what went wrong), or with the upstream's own challenge, and its body,
+    not a registry error. Now the client gets the challenge the mirror's ``/v2/`` sends for
+    that upstream and the registry's ``UNAUTHORIZED`` body, the upstream's words in its
+    message."""
+    async with multi.mirror() as m:
+        m.upstream.handler = login_refused(offered)
+        ping = await m.get(v2)
+        assert ping.status == 401
+        login = [("Authorization", "Basic " + base64.b64encode(b"bob:wrong").decode())]
+        answer = await call_asgi(m.app, "GET", token, host="mirror.example.com", headers=login)
+    assert answer.status == 401
+    assert answer.headers.get_all("WWW-Authenticate") == ping.headers.get_all("WWW-Authenticate")
+    challenge = parse_challenge(answer.headers["WWW-Authenticate"])
+    assert challenge is not None and challenge.realm is not None
+    assert challenge.realm.startswith(multi.PUBLIC + "/auth/token")
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["Cache-Control"] == "no-store"
+    [error] = json.loads(answer.body)["errors"]
+    assert error["code"] == "UNAUTHORIZED"
+    assert "incorrect username or password" in error["message"]

@@ -14,9 +14,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -329,6 +330,59 @@ async def test_dropped_writer_aborts_followers(tmp_path: Path) -> None:
         await guard(follower.read_all())
     assert tmp_files(store) == []
     assert isinstance(await store.fetch_or_join(digest), BlobWriter)
+
+
+async def test_a_writer_dropped_in_another_thread_is_discarded_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """The garbage collector may finalize a dropped writer in any thread (one that happens to
+    allocate when a collection is due): its discard still runs on the loop, where its
+    followers wait, and all of it at once (the abort is never seen before the temp file is
+    gone)."""
+    store = make_store(tmp_path)
+    digest = digest_of(b"dropped elsewhere")
+    writer = await as_writer(store, digest)
+    await writer.write(b"drop")
+    follower = await as_follower(store, digest)
+    discarded_in: list[int] = []
+    discard = store.fill_discarded
+
+    def recording(*args: object, **kwargs: object) -> None:
+        discarded_in.append(threading.get_ident())
+        discard(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.fill_discarded = recording  # type: ignore[method-assign]
+    await asyncio.to_thread(writer._finalizer)  # as a collection in a worker thread would
+    del writer
+    with pytest.raises(FillAborted, match="dropped"):
+        await guard(follower.read_all())
+    assert discarded_in == [threading.get_ident()]
+    assert tmp_files(store) == []
+
+
+async def test_a_reader_dropped_in_another_thread_is_released_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A reader the garbage collector finalizes in another thread unpins its blob on the loop
+    it was opened on (the store's pins live there), not in that thread."""
+    store = make_store(tmp_path)
+    digest = await put(store, b"a blob to read")
+    released_in: list[int] = []
+    release = store._reader_closed
+
+    def recording(*args: Any) -> None:
+        released_in.append(threading.get_ident())
+        release(*args)
+
+    store._reader_closed = recording  # type: ignore[method-assign,assignment]
+    reader = store.open_read(digest)
+    assert reader is not None and store.usage().pinned == 1
+    # Run in a worker thread, as a collection there would (not on ``del``: no cycle holds it).
+    await asyncio.to_thread(reader._finalizer)
+    del reader
+    await asyncio.sleep(0)  # the release handed to the loop runs now
+    assert released_in == [threading.get_ident()]
+    assert store.usage().pinned == 0
 
 
 # --- disk full -------------------------------------------------------------------------------

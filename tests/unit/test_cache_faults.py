@@ -11,14 +11,15 @@ import errno
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from docxy.cache import files
+from docxy.cache import blobs as blobs_module
+from docxy.cache import files, open_cache, open_for_admin
 from docxy.cache import fill as fill_module
 from docxy.cache import manifests as manifests_module
 from docxy.cache.blobs import DiskBlobStore
@@ -408,14 +409,7 @@ async def test_a_cache_hit_on_a_read_only_cache_disk_is_served_not_a_500(
     manifest is; it was a 500 for every hit (the OSError escaped ``lookup``)."""
     store = make_store(tmp_path)
     digest = await put(store, BLOB)
-    real_utime = os.utime
-
-    def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(path).is_relative_to(tmp_path / "blobs"):
-            raise OSError(errno.EROFS, "Read-only file system")
-        real_utime(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "utime", read_only)
+    fakes.utime_read_only(monkeypatch, tmp_path / "blobs")
     entry = store.lookup(digest)
     assert entry is not None and entry.size == len(BLOB)
     assert await read(store, digest) == BLOB
@@ -466,3 +460,75 @@ async def test_an_eviction_cut_short_never_leaves_an_index_without_its_platform_
     for of_index, of_child in pairs:
         if await again.get(repo, of_index) is not None:
             assert await again.get(repo, of_child) is not None, "an index without its child"
+
+
+async def test_a_blob_removal_cut_short_never_leaves_an_image_without_its_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docxy cache rm --blobs`` removes a blob with :meth:`DiskBlobStore.remove`, which
+    also forgets the images that need it (their tag, manifest, index). Killed after any of
+    those deletions, what the next start reads back is whole: no manifest offered (or tag
+    pointing at one) whose blob is gone. Before, the blob's file went first: killed right
+    after it, the image stayed cached without it, and a pull with the upstream down failed
+    half way."""
+    repo = RepoKey("registry.test", "team/app")
+    layer, config = b"layer" * 1000, b"{}"
+    steps = 0
+    while True:
+        steps += 1
+        directory = tmp_path / str(steps)
+        cache = open_cache(directory, max_size=1 << 30, tag_ttl=300)
+        for blob in (config, layer):
+            await put(cache.blobs, blob)
+        image = manifest_of(config, layer)
+        child = await cache.manifests.put(repo, image, OCI_MANIFEST, public=True)
+        entry = {"mediaType": OCI_MANIFEST, "digest": str(child.digest), "size": len(image)}
+        index = json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode()
+        above = await cache.manifests.put(repo, index, OCI_INDEX, public=True)
+        await cache.manifests.set_tag(repo, "1", above.digest, public=True)
+        await cache.manifests.loaded()
+        await cache.blobs.indexed()
+        killed = dying_at(steps, monkeypatch)
+        try:
+            assert cache.blobs.remove(digest_of(layer))
+        except Killed:
+            pass
+        monkeypatch.undo()
+
+        again = open_for_admin(directory, max_size=1 << 30, tag_ttl=300)  # the next start
+        for kept in again.manifests.images():
+            assert all(again.blobs.lookup(d) for d in kept.blobs), f"after {steps} steps"
+        found = await again.manifests.resolve_tag(repo, "1")
+        if found.manifest is not None:
+            assert await again.manifests.get(repo, child.digest) is not None, "index, no child"
+        if not killed():
+            break
+    assert steps > 3  # the tag, the index, the manifest and the blob: a cut between each
+
+
+def manifest_of(config: bytes, *layers: bytes) -> bytes:
+    def descriptor(blob: bytes) -> dict[str, object]:
+        return {"mediaType": "x", "digest": str(digest_of(blob)), "size": len(blob)}
+
+    document = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(config)}
+    return json.dumps(document | {"layers": [descriptor(b) for b in layers]}).encode()
+
+
+def dying_at(step: int, monkeypatch: pytest.MonkeyPatch) -> Callable[[], bool]:
+    """The process killed (:class:`Killed`) instead of the ``step``-th file deletion of the
+    cache's blobs, tags and manifests; returns whether it was."""
+    done = 0
+
+    def wrap(real: Callable[[Path], object]) -> Callable[[Path], object]:
+        def delete(path: Path) -> object:
+            nonlocal done
+            done += 1
+            if done == step:
+                raise Killed
+            return real(path)
+
+        return delete
+
+    monkeypatch.setattr(blobs_module, "_unlink", wrap(blobs_module._unlink))
+    monkeypatch.setattr(manifests_module, "unlink_quietly", wrap(files.unlink_quietly))
+    return lambda: done >= step

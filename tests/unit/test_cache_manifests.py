@@ -14,7 +14,6 @@ from docxy.cache.manifests import ManifestStore, TagResolution, TagState, refere
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, upstream_key
 from docxy.config import load_config
 from docxy.core.digests import digest_of
-from docxy.core.hosts import earlier_spellings
 from docxy.http.app import open_store as open_store_of
 
 HUB = "registry-1.docker.io"
@@ -234,20 +233,32 @@ GHCR_OLD = RepoKey("ghcr.io:443", "org/app")  # Upstream.host of https://ghcr.io
 GHCR = RepoKey("ghcr.io", "org/app")  # ...and since
 
 
-async def test_an_upgrade_finds_what_was_cached_under_the_default_port(
-    tmp_path: Path, clock: Clock
+#: A registry URL as written in the settings → the cache's key of it until 29ab523 (its
+#: netloc as written), now ``ghcr.io`` for each.
+WRITTEN = {
+    "https://ghcr.io:443": "ghcr.io:443",
+    "https://GHCR.io": "GHCR.io",
+    "https://GHCR.io:443/": "GHCR.io:443",
+}
+
+
+@pytest.mark.parametrize(("url", "earlier"), WRITTEN.items())
+async def test_an_upgrade_finds_what_was_cached_under_the_url_as_written(
+    tmp_path: Path, clock: Clock, url: str, earlier: str
 ) -> None:
-    """The registry written ``https://ghcr.io:443``: its manifests and tags were keyed by
-    ``ghcr.io:443``, now by ``ghcr.io``, and were all fetched once more after the upgrade."""
+    """The registry written ``https://ghcr.io:443`` (or ``https://GHCR.io``): its manifests
+    and tags were keyed by ``ghcr.io:443`` (``GHCR.io``), now by ``ghcr.io``, and were all
+    fetched once more after the upgrade. Capitals are not in the settings' URL any longer
+    (lower-cased when read): the cache's own records name them. Before, a registry written
+    in capitals was not moved (its tags MISSING)."""
     clock.now = time.time()  # the mirror's store keeps the real clock
     old = open_store(tmp_path, clock)
     content = manifest_bytes(1)
-    stored = await old.put(GHCR_OLD, content, OCI_MANIFEST, public=True)
-    await old.set_tag(GHCR_OLD, "v1", stored.digest, public=True)
+    key = RepoKey(earlier, GHCR.repo)
+    stored = await old.put(key, content, OCI_MANIFEST, public=True)
+    await old.set_tag(key, "v1", stored.digest, public=True)
     await old.loaded()
-    config = load_config(
-        {"upstream.registry": "https://ghcr.io:443", "cache.dir": str(tmp_path)}, environ={}
-    )
+    config = load_config({"upstream.registry": url, "cache.dir": str(tmp_path)}, environ={})
     new = open_store_of(config).manifests  # the mirror's: given the upstreams' URLs
     resolved = await new.resolve_tag(GHCR, "v1")
     assert resolved.state is TagState.FRESH
@@ -257,7 +268,7 @@ async def test_an_upgrade_finds_what_was_cached_under_the_default_port(
     assert got is not None and got.visibility == Visibility(GHCR, public=True)
     await new.loaded()
     assert [image.key.upstream for image in new.images()] == [upstream_key("ghcr.io")]
-    assert await new.resolve_tag(GHCR_OLD, "v1") == TagResolution(TagState.MISSING)
+    assert await new.resolve_tag(key, "v1") == TagResolution(TagState.MISSING)
     assert [e.repo for e in new.list_tags()] == [GHCR]
 
 
@@ -277,7 +288,7 @@ async def test_a_tag_fetched_again_since_the_upgrade_is_kept(tmp_path: Path, clo
         AccessIndex(tmp_path / "access"),
         tag_ttl=TTL,
         clock=clock,
-        spellings=earlier_spellings(["https://ghcr.io"]),
+        registries=["https://ghcr.io"],
     )
     resolved = await moved.resolve_tag(GHCR, "v1")
     assert resolved.manifest is not None and resolved.manifest.content == second

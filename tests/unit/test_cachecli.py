@@ -638,26 +638,30 @@ def test_gc_does_not_count_a_blob_the_mirror_evicted_before_it_could(
     assert _bytes_of(report["gone meanwhile"]) == sizes_before[taken[0]], out
 
 
-# --- what an earlier version keyed under a written default port ------------------------------
+# --- what an earlier version keyed under the URL as written ---------------------------------
 
 
+@pytest.mark.parametrize(
+    ("url", "earlier"), [("https://ghcr.io:443", "ghcr.io:443"), ("https://GHCR.io", "GHCR.io")]
+)
 def test_the_commands_open_the_cache_as_the_mirror_does(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, url: str, earlier: str
 ) -> None:
     """A tag cached under ``ghcr.io:443`` (the key of ``https://ghcr.io:443`` before
-    docxy.core.hosts) is moved by the command's open, as the mirror's start moves it: listed
-    under its key now, and ``rm`` finds it, before the mirror next starts."""
+    docxy.core.hosts; ``GHCR.io`` of ``https://GHCR.io``) is moved by the command's open, as
+    the mirror's start moves it: listed under its key now, and ``rm`` finds it, before the
+    mirror next starts."""
     root = tmp_path / "cache"
 
     async def old_version() -> None:
         cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
-        key = RepoKey("ghcr.io:443", "org/app")
+        key = RepoKey(earlier, "org/app")
         stored = await cache.manifests.put(key, b'{"schemaVersion": 2}', OCI_MANIFEST, public=True)
         await cache.manifests.set_tag(key, "v1", stored.digest, public=True)
         await cache.manifests.loaded()
 
     asyncio.run(old_version())
-    upstream = ["--cache-dir", str(root), "--upstream", "https://ghcr.io:443"]
+    upstream = ["--cache-dir", str(root), "--upstream", url]
     assert main(["cache", "ls", "--tags", *upstream]) == 0
     out = capsys.readouterr().out
     assert [line.split()[1:3] for line in out.splitlines()] == [["ghcr.io", "org/app:v1"]]

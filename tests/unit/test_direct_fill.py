@@ -26,8 +26,11 @@ from docxy.cache import fill as fill_module
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import FillAborted
 from docxy.cache.fill import BlobFollower, BlobWriter, Download, run_fill
+from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from docxy.http.state import MirrorState
+from docxy.observe.observer import Observer, total
 from docxy.tasks import spawn
 from docxy.tls.context import self_signed
 from docxy.upstream import direct
@@ -82,7 +85,7 @@ class BlobHandler(CountingHandler):
             except OSError:  # the client closed the connection: it stopped reading
                 self.close_connection = True
             return
-        if self.path == "/moved":
+        if self.path == "/moved" or self.path.startswith("/v2/"):  # a registry's, to its CDN
             self.send_response(307)
             self.send_header("Location", "/blob")
             self.send_header("Content-Length", "0")
@@ -710,3 +713,24 @@ async def test_a_body_longer_than_announced_is_one_warning(
     lines = [r for r in caplog.records if "announced" in r.getMessage()]
     assert [r.levelno for r in lines] == [logging.WARNING], caplog.text
     assert blobs.lookup(digest) is None
+
+
+async def test_a_direct_gets_cdn_hop_is_counted_as_the_blob_it_is(
+    client_for: MakeClient, server: BlobServer
+) -> None:
+    """The answers of a fill's direct GET are counted by route (docxy_upstream_responses_total)
+    by what it first asked: the CDN's answer was ``other``, its URL naming no blob."""
+    config = load_config({"upstream.registry": server.url}, environ={})
+    observer = Observer(MirrorState(config, Upstream.from_config(config.upstream)))
+    client = client_for()
+    client.direct_listeners.append(observer.direct_answered)
+    server.plan.body = b"blob"
+    path = "/v2/library/hello/blobs/" + str(digest_of(b"blob"))
+    answer = await direct.open_get(client, Upstream(server.url), server.url + path, [])
+    answer.close()
+    assert server.plan.seen == [(path, None), ("/blob", None)]
+    samples = observer.samples()
+    answers = "docxy_upstream_responses_total"
+    assert total(samples, answers, route="blob", status_class="3xx") == 1
+    assert total(samples, answers, route="blob", status_class="2xx") == 1
+    assert total(samples, answers, route="other") == 0

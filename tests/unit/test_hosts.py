@@ -8,6 +8,7 @@ from docxy.core.hosts import (
     canonical_url,
     earlier_spellings,
     host_key,
+    key_now,
     origin,
     takes_any_port,
     url_host,
@@ -92,3 +93,21 @@ def test_origin_fills_in_the_default_port(a: str, b: str, same: bool) -> None:
 )
 def test_earlier_spellings(registries: list[str], expected: dict[str, str]) -> None:
     assert earlier_spellings(registries) == expected
+
+
+@pytest.mark.parametrize(
+    ("earlier", "registries", "expected"),
+    [
+        ("GHCR.io", ["https://ghcr.io"], "ghcr.io"),  # https://GHCR.io, keyed as written
+        ("GHCR.io:443", ["https://ghcr.io"], "ghcr.io"),
+        ("ghcr.io:443", ["https://quay.io", "https://ghcr.io"], "ghcr.io"),
+        ("Reg.Lan:80", ["http://reg.lan"], "reg.lan"),
+        ("Reg.Lan:5000", ["http://reg.lan:5000"], "reg.lan:5000"),
+        ("ghcr.io", ["https://ghcr.io"], None),  # the key now: nothing to move
+        ("reg.lan:443", ["http://reg.lan"], None),  # not http's default port: another host
+        ("GHCR.io:8443", ["https://ghcr.io"], None),
+        ("quay.io", ["https://ghcr.io"], None),
+    ],
+)
+def test_key_now(earlier: str, registries: list[str], expected: str | None) -> None:
+    assert key_now(earlier, registries) == expected

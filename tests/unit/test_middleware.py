@@ -17,6 +17,7 @@ from docxy.config import load_config
 from docxy.http.app import create_app
 from docxy.http.middleware import MAX_PATH, MAX_QUERY, AccessLog, Guard, origin_form
 from tests.unit.asgi import AsgiAnswer, call_asgi
+from tests.unit.logs import AccessLines, access_lines
 
 PUBLIC = "https://mirror.example.com"
 DIGEST = "sha256:" + "d" * 64
@@ -139,13 +140,13 @@ def test_origin_form_of_an_absolute_target(
 
 async def test_absolute_form_logs_the_path_without_the_authority(
     caplog: pytest.LogCaptureFixture,
+    access_log: AccessLines,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
     inner = Inner()
     target = f"http://bob:{PASSWORD}@mirror.example.com/v2/"
     await call(AccessLog(Guard(inner, None)), "GET", target)
     assert inner.paths == ["/v2/"]
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith("GET /v2/ 200 ")
     assert PASSWORD not in all_log_text(caplog)
 
@@ -260,16 +261,13 @@ async def logged_mirror() -> AsyncIterator[AccessLog]:
         yield AccessLog(Guard(app, None))
 
 
-def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
-
-
 def all_log_text(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(r.getMessage() for r in caplog.records)
 
 
-async def test_access_log_line_for_a_manifest(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
+async def test_access_log_line_for_a_manifest(
+    caplog: pytest.LogCaptureFixture, access_log: AccessLines
+) -> None:
     async with logged_mirror() as asgi:
         answer = await call(
             asgi,
@@ -278,7 +276,7 @@ async def test_access_log_line_for_a_manifest(caplog: pytest.LogCaptureFixture) 
             headers=[("Authorization", BEARER)],
         )
     assert answer.status == 200
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith(f"GET /v2/redis/manifests/latest 200 {len(MANIFEST)} bytes ")
     assert "cache=bypass" in line
     assert "upstream=" in line and "upstream=-" not in line
@@ -286,12 +284,11 @@ async def test_access_log_line_for_a_manifest(caplog: pytest.LogCaptureFixture) 
     assert [r.levelno for r in caplog.records if r.name == "docxy.access"] == [logging.INFO]
 
 
-async def test_access_log_head_counts_no_bytes(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
+async def test_access_log_head_counts_no_bytes(access_log: AccessLines) -> None:
     async with logged_mirror() as asgi:
         answer = await call(asgi, "HEAD", "/v2/org/app/manifests/latest")
     assert answer.headers["Content-Length"] == str(len(MANIFEST))
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith("HEAD /v2/org/app/manifests/latest 200 0 bytes ")
 
 
@@ -318,31 +315,28 @@ async def test_access_log_never_shows_credentials_or_token_query(
         assert secret not in text
 
 
-async def test_refused_requests_are_logged_too(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
+async def test_refused_requests_are_logged_too(access_log: AccessLines) -> None:
     inner = Inner()
     answer = await call(AccessLog(Guard(inner, None)), "GET", "/v2/?" + "q" * (MAX_QUERY + 1))
     assert answer.status == 414
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith(f"GET /v2/ 414 {len(answer.body)} bytes ")
     assert "qqqq" not in line
 
 
 async def test_errors_from_the_mirror_are_logged_with_their_status(
-    caplog: pytest.LogCaptureFixture,
+    access_log: AccessLines,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
     async with logged_mirror() as asgi:
         answer = await call(asgi, "DELETE", "/v2/redis/manifests/latest")
     assert answer.status == 405
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith(f"DELETE /v2/redis/manifests/latest 405 {len(answer.body)} bytes ")
 
 
 async def test_an_aborted_request_is_logged_and_reraised(
-    caplog: pytest.LogCaptureFixture,
+    access_log: AccessLines,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
 
     async def broken(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -351,7 +345,7 @@ async def test_an_aborted_request_is_logged_and_reraised(
 
     with pytest.raises(ConnectionResetError):
         await call(AccessLog(broken), "GET", "/v2/redis/blobs/" + DIGEST)
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith(f"GET /v2/redis/blobs/{DIGEST} 200 5 bytes ")
     assert line.endswith("aborted")
 
@@ -366,10 +360,10 @@ async def test_an_aborted_request_is_logged_and_reraised(
         "/v2/x\x1b[31mred\u2028next\x85line",
     ],
 )
+@pytest.mark.usefixtures("access_log")
 async def test_access_log_lines_cannot_be_forged(
     caplog: pytest.LogCaptureFixture, path: str
 ) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
     inner = Inner()
     await call(AccessLog(Guard(inner, None)), "GET", path)
     [record] = [r for r in caplog.records if r.name == "docxy.access"]
@@ -379,10 +373,9 @@ async def test_access_log_lines_cannot_be_forged(
     assert line.split(" ")[1].startswith("/v2/x\\x")
 
 
-async def test_access_log_escapes_the_method(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
+async def test_access_log_escapes_the_method(access_log: AccessLines) -> None:
     await call(AccessLog(Inner()), "GET\nPUT", "/v2/")
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith("GET\\x0aPUT /v2/ 200 ")
 
 

@@ -369,7 +369,8 @@ async def test_a_followers_rest_that_keeps_breaking_off_cuts_its_client_with_one
     """The disk failed under the fill and the client's rest from the upstream breaks off every
     100 KB: after three resumes (400 KB of the 512 KiB left) the client is cut as for any
     failed download (its access line ``cut``), with one WARNING saying so, not an error
-    escaping the response's body (``aborted``, a traceback)."""
+    escaping the response's body (``aborted``, a traceback); and one upstream error of kind
+    ``broke_off``, as a fill's download that keeps breaking off is."""
     monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
     upstream = RestBreaksOff()
     settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
@@ -378,6 +379,8 @@ async def test_a_followers_rest_that_keeps_breaking_off_cuts_its_client_with_one
         logged = AccessLog(Guard(app, None))
         with caplog.at_level(logging.INFO, logger="docxy"):
             answer = await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
+        state = mirror_state(app)
+        failures = state.client.health_of(state.upstream).failures
     assert answer.status == 200 and not answer.complete
     assert answer.body == BLOB[: len(answer.body)]
     starts = [HALF + n * 100_000 for n in range(4)]
@@ -388,6 +391,7 @@ async def test_a_followers_rest_that_keeps_breaking_off_cuts_its_client_with_one
     warned = [r for r in warned if "cannot write" not in r.getMessage()]  # the disk's own line
     assert [r.levelno for r in warned] == [logging.WARNING], caplog.text
     assert "ReadError: connection reset by peer" in warned[0].getMessage()
+    assert failures == {"broke_off": 1}, failures
 
 
 class Gated(Upstream):

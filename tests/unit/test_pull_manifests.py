@@ -15,7 +15,7 @@ from docxy.http.state import mirror_state
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
 from tests.unit.test_pull_blobs import basic, mirror
-from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub, digest_of
+from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub, digest_of, get
 
 TAG = "/v2/library/base/manifests/1"
 
@@ -48,9 +48,10 @@ async def test_a_tag_resolved_by_head_to_a_manifest_cached_for_another_repositor
     tmp_path: Path,
 ) -> None:
     """containerd resolves a tag by HEAD (the mirror then notes the tag) before it GETs; when
-    that digest is cached already, but for another repository, the tag's next GET must fetch
-    it for this repository once and serve it from the cache after, not pass every GET
-    through to the upstream (a counted pull each, and nothing to serve if it goes down)."""
+    that digest is cached already, but for another repository, the mirror's HEAD (made in this
+    one) says this repository holds it too: the tag's GETs are served from the cache, with no
+    GET upstream (before: one counted GET for this name; earlier still, every GET passed
+    through, and nothing to serve once the upstream went down)."""
     hub = Hub()
     same = hub.repos["library/base"].manifests["1"]
     hub.repos["library/app"].manifests["1"] = same  # one image under two names
@@ -64,10 +65,64 @@ async def test_a_tag_resolved_by_head_to_a_manifest_cached_for_another_repositor
             assert response.status_code == 200
             assert await response.get_data() == same
         assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
-        assert hub.seen("GET", "manifests") == [TAG, copy]  # fetched once for each name
+        assert hub.seen("GET", "manifests") == [TAG]  # the other name cost a HEAD only
+        assert hub.seen("HEAD", "manifests") == [copy]
         hub.down = True
         response = await app.test_client().get(copy, headers=AS_ANON)
         assert response.status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_manifest_cached_for_another_repository_costs_a_head_there_not_a_get(
+    tmp_path: Path, method: str
+) -> None:
+    """A pull by digest of a manifest cached for another repository of the same upstream (one
+    image under two names) is confirmed there by a free upstream HEAD, then served from the
+    cache, and recorded: the pulls after are hits. Before, the mirror fetched it again with a
+    GET, a counted pull on Docker Hub."""
+    hub = Hub()
+    same = hub.repos["library/base"].manifests["1"]
+    digest = digest_of(same)
+    for name in ("library/base", "library/app"):
+        hub.repos[name].manifests[digest] = same
+    first, copy = f"/v2/library/base/manifests/{digest}", f"/v2/library/app/manifests/{digest}"
+    async with mirror(tmp_path, hub) as app:
+        assert await get(app, first) == (200, same)
+        answer = await call_asgi(app, method, copy, host="mirror.test", headers=AS_ANON.items())
+        assert answer.status == 200
+        assert answer.headers["Content-Length"] == str(len(same))
+        assert answer.headers["Docker-Content-Digest"] == digest
+        assert answer.body == (same if method == "GET" else b"")
+        for _ in range(2):
+            assert await get(app, copy) == (200, same)
+    assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
+    assert hub.seen("GET", "manifests") == [first]
+    assert hub.seen("HEAD", "manifests") == [copy]  # once: a hit from then on
+
+
+async def test_a_manifest_cached_for_one_repository_is_not_served_under_another_unconfirmed(
+    tmp_path: Path,
+) -> None:
+    """The HEAD is the access check: a private repository holding the same manifest (the
+    mirror's token is refused there), or one that does not hold it, gets no byte of it from
+    the cache; the client sees the upstream's own answer, and with the upstream down, an
+    error. A client allowed into the private repository gets it passed through, and that
+    confirms nothing for the others."""
+    hub = Hub()
+    same = hub.repos["library/base"].manifests["1"]
+    digest = digest_of(same)
+    for name in ("library/base", "team/mine"):
+        hub.repos[name].manifests[digest] = same
+    mine, other = f"/v2/team/mine/manifests/{digest}", f"/v2/library/other/manifests/{digest}"
+    async with mirror(tmp_path, hub) as app:
+        assert await get(app, f"/v2/library/base/manifests/{digest}") == (200, same)
+        assert (await get(app, mine))[0] == 401
+        assert (await get(app, other))[0] == 404
+        assert await get(app, mine, hub.client_token) == (200, same)  # hers, passed through
+        assert (await get(app, mine))[0] == 401
+        hub.down = True
+        for path in (mine, other):
+            assert (await get(app, path))[0] == 502
 
 
 class Stalling(fakes.Body):
@@ -261,6 +316,33 @@ async def test_a_tag_revalidated_against_a_head_with_a_digest_but_no_length_cost
     assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
     assert hub.seen("GET", "manifests") == [TAG]  # the first pull's GET only
     assert hub.seen("HEAD", "manifests") == [TAG] * 2
+
+
+@pytest.mark.parametrize("name", ["library/base", "library/app"])
+async def test_a_head_of_an_uncached_tag_without_a_length_is_answered_from_the_cache(
+    tmp_path: Path, name: str
+) -> None:
+    """An upstream HEAD naming the digest but no length cannot answer a client's HEAD by
+    itself; when that digest is cached (for this repository, or for another: the HEAD, made in
+    this one, says it holds it too), the cache has the length and type. The client's HEAD of a
+    tag not cached yet is answered so, and the GET after it is a hit. Before, it was passed
+    through: the client got the upstream's answer without its length, with its own token."""
+    hub = HeadWithout("content-length")
+    manifest = hub.repos["library/base"].manifests["1"]
+    hub.repos[name].manifests["new"] = manifest  # the same image under a tag not cached yet
+    tag = f"/v2/{name}/manifests/new"
+    async with mirror(tmp_path, hub) as app:
+        assert await get(app, TAG) == (200, manifest)
+        answer = await call_asgi(app, "HEAD", tag, host="mirror.test", headers=AS_ANON.items())
+        assert (answer.status, answer.body) == (200, b"")
+        assert answer.headers["Content-Length"] == str(len(manifest))
+        assert answer.headers["Docker-Content-Digest"] == digest_of(manifest)
+        assert answer.headers["Content-Type"] == DOCKER_MANIFEST
+        assert await get(app, tag) == (200, manifest)
+    assert hub.seen("HEAD", "manifests", mirror=False) == []  # nothing passed through
+    assert hub.seen("GET", "manifests", mirror=False) == []
+    assert hub.seen("GET", "manifests") == [TAG]  # the tag's GET was a hit
+    assert hub.seen("HEAD", "manifests") == [tag]
 
 
 class BasicRegistry:

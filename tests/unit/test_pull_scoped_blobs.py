@@ -8,14 +8,11 @@ so each test asserts what a client of the mirror would see, and what the upstrea
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import json
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -350,13 +347,6 @@ async def test_a_cached_blob_on_a_cache_disk_gone_read_only_is_served_from_it(
     hub = Hub()
     async with mirror(tmp_path, hub) as app:
         assert await get(app, blob_url("library/app", APP)) == (200, APP)
-        real_utime = os.utime
-
-        def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
-            if Path(path).is_relative_to(tmp_path / "cache"):
-                raise OSError(errno.EROFS, "Read-only file system")
-            real_utime(path, *args, **kwargs)
-
-        monkeypatch.setattr(os, "utime", read_only)
+        fakes.utime_read_only(monkeypatch, tmp_path / "cache")
         hub.down = True
         assert await get(app, blob_url("library/app", APP)) == (200, APP)

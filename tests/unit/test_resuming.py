@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 
 import pytest
 
@@ -153,3 +154,40 @@ def test_each_break_is_counted_against_the_limit_only_after_progress() -> None:
     resumed.at = 20
     with pytest.raises(BrokeOff, match=r"\(1 resume, the last gave 10 bytes\)"):
         resumed.broke(Cut("cut"), 10)  # the limit
+
+
+async def test_a_download_that_broke_off_for_good_is_told_its_source() -> None:
+    """The download being read when it may not go on is told (its ``gave_up``: its owner
+    counts it against the upstream), once, whether it was the first or a rest; a first
+    download is told too when the break is handed to ``broke`` by hand (a pumped body)."""
+    told: list[tuple[int, BrokeOff]] = []
+
+    class Telling(Source):
+        def download(self, offset: int) -> Download:
+            kept = super().download(offset)
+            return replace(kept, gave_up=lambda error: told.append((offset, error)))
+
+    source = Telling(every=1000)
+    resumed, _ = resuming(source)
+    with pytest.raises(BrokeOff) as raised:
+        await read(resumed, source.download(0))
+    assert told == [(3000, raised.value)]  # the last rest, after three resumes
+
+    told.clear()
+    first = source.download(0)
+    pumped = Resuming(source.fetch, 0, lambda *_: None)
+    with pytest.raises(BrokeOff) as raised:
+        pumped.broke(Cut("cut"), 0, first)  # nothing new: the end
+    assert told == [(0, raised.value)]
+
+
+async def test_a_break_nobody_wanted_the_bytes_of_is_told_no_source() -> None:
+    """A download stopped because no one wants its bytes any more (the fill was aborted, and
+    the break is the echo of that) says nothing of the upstream: its source is not told."""
+    told: list[BrokeOff] = []
+    source = Source(every=3000)
+    first = replace(source.download(0), gave_up=told.append)
+    resumed = Resuming(source.fetch, 0, lambda *_: None, may_go_on=lambda: False)
+    with pytest.raises(BrokeOff):
+        await read(resumed, first)
+    assert told == []

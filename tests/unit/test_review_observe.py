@@ -27,7 +27,7 @@ from docxy.observe.status import status_report
 from docxy.shared.objects import EMPTY_SHA256, Bucket, signed_headers
 from docxy.tasks import spawn
 from docxy.upstream.client import Upstream
-from tests.unit.asgi import call_asgi, http_scope
+from tests.unit.asgi import call_asgi
 from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, blob_path, stack
 from tests.unit.test_observe_routes import Upstream as RoutesUpstream
 from tests.unit.turns import until
@@ -225,23 +225,13 @@ async def test_a_client_leaving_mid_download_is_logged_as_left(
     upstream = SlowBlobUpstream()
     async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
         caplog.set_level(logging.INFO, logger="docxy.access")
+        # Once the 200 went out, the body on its way (held half-way upstream), the client leaves.
         answered = asyncio.Event()
-        scope = http_scope("GET", blob_path(), host="mirror.test")
-        asked = False
-
-        async def receive() -> dict[str, object]:
-            nonlocal asked
-            if not asked:
-                asked = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await answered.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, object]) -> None:
-            if message["type"] == "http.response.start":  # the 200 went out, the body is on
-                answered.set()  # its way (held half-way upstream): the client leaves
-
-        await asyncio.wait_for(mirror.asgi(scope, receive, send), GUARD)
+        path = blob_path()
+        leaving = call_asgi(
+            mirror.asgi, "GET", path, host="mirror.test", started=answered, hang_up=answered
+        )
+        await asyncio.wait_for(leaving, GUARD)
         upstream.release.set()  # the fill goes on without the client
         seen = await mirror.scrape()
     [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
@@ -397,3 +387,58 @@ async def test_an_upstream_under_a_path_prefix_counts_its_answers_by_route(
     responses = "docxy_upstream_responses_total"
     assert seen[f"{responses}{{route=manifest,status_class=2xx}}"] >= 1, seen
     assert seen[f"{responses}{{route=blob,status_class=2xx}}"] >= 1, seen
+
+
+async def test_an_upstream_body_that_keeps_breaking_off_is_an_upstream_error(
+    tmp_path: Path,
+) -> None:
+    """A fill whose upstream body keeps breaking off gives up after its resumes and cuts its
+    clients, but the upstream's health never heard of it: /health stayed ``ok``,
+    docxy_upstream_errors_total did not move and the status page's recent errors were
+    empty; only the unfinished ``cut`` and one WARNING line showed it. It is now an upstream
+    error of that upstream, of kind ``broke_off``, as a timeout or a 5xx is."""
+    upstream = RoutesUpstream()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/blobs/{BLOB_DIGEST}") and request.method == "GET":
+            length = {"Content-Length": str(len(BLOB))}  # a Range ignored: the whole, cut again
+            return httpx.Response(200, headers=length, stream=BrokenBlob())
+        return upstream(request)
+
+    async with stack(tmp_path, upstream=upstream, transport_handler=handle) as mirror:
+        answer = await mirror.get(blob_path())
+        seen = await mirror.scrape()
+        report = status_report(mirror.observer)
+        health = json.loads((await mirror.get("/health")).body)
+    assert answer.status == 200 and not answer.complete
+    errors = "docxy_upstream_errors_total"
+    assert seen[f"{errors}{{kind=broke_off,upstream=upstream.test}}"] == 1, seen
+    assert health["status"] == "degraded"
+    said = health["upstream"]["last_error_message"]
+    assert BLOB_DIGEST in said and "broke off" in said and "ReadError" in said, said
+    assert [e["kind"] for e in report["recent_errors"]] == ["broke_off"]
+
+
+async def test_blob_answers_from_a_cdn_are_counted_as_blob_answers(tmp_path: Path) -> None:
+    """A registry that redirects blob GETs to a CDN (Docker Hub does): the CDN's answer, the
+    one with the blob's bytes (or its 5xx), was counted under ``route="other"`` in
+    docxy_upstream_responses_total (its URL names no blob), so a dashboard of upstream blob
+    answers saw the registry's 307s and none of the blobs. Each hop is counted by what the
+    first one asked."""
+    upstream = RoutesUpstream()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.test":
+            return httpx.Response(200, stream=httpx.ByteStream(BLOB))
+        if request.url.path.endswith(f"/blobs/{BLOB_DIGEST}") and request.method == "GET":
+            return httpx.Response(307, headers={"Location": "http://cdn.test/x/data?sig=s"})
+        return upstream(request)
+
+    async with stack(tmp_path, upstream=upstream, transport_handler=handle) as mirror:
+        answer = await mirror.get(blob_path())
+        seen = await mirror.scrape()
+    assert answer.status == 200 and answer.body == BLOB
+    responses = "docxy_upstream_responses_total"
+    assert seen.get(f"{responses}{{route=blob,status_class=3xx}}") == 1, seen
+    assert seen.get(f"{responses}{{route=blob,status_class=2xx}}") == 1, seen
+    assert not [key for key in seen if key.startswith(f"{responses}{{route=other")], seen

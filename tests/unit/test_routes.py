@@ -696,7 +696,22 @@ async def test_token_refusal_is_relayed() -> None:
     async with mirror(upstream) as m:
         response = await m.client.get("/auth/token?service=x", headers={"Authorization": BASIC})
     assert response.status_code == 401
-    assert await response.get_json() == {"details": "incorrect username or password"}
+    [error] = (await response.get_json())["errors"]  # a registry error, the upstream's words
+    assert error["code"] == "UNAUTHORIZED"
+    assert error["message"].endswith(": incorrect username or password")
+
+
+async def test_a_token_refusal_in_the_registry_error_format_keeps_its_body() -> None:
+    body = b'{"errors": [{"code": "UNAUTHORIZED", "message": "token expired", "detail": null}]}'
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return reply(401, body, {"Content-Type": "application/json"})
+
+    async with mirror(upstream) as m:
+        response = await m.client.get("/auth/token?service=x", headers={"Authorization": BASIC})
+    assert response.status_code == 401
+    assert await response.get_data() == body
+    assert response.headers["WWW-Authenticate"] == f'Bearer realm="{MIRROR_REALM}"'
 
 
 async def test_token_realm_discovered_from_upstream_challenge() -> None:

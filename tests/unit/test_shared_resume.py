@@ -5,6 +5,7 @@ cannot be made to give: a ``Range`` ignored, a ``206`` from elsewhere, a rest re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -15,10 +16,13 @@ import pytest
 
 from docxy.cache.fill import Download, Handover
 from docxy.core.digests import parse_digest
+from docxy.http.state import mirror_state
 from docxy.shared import tier
 from docxy.shared.body import ObjectBody
 from docxy.shared.objects import ObjectStoreError
+from docxy.tasks import spawn
 from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, SHARED, Upstream, answer, stack
+from tests.unit.turns import until
 
 CUT_AT = 5000  # bytes of the object's body before it breaks off
 
@@ -140,6 +144,65 @@ async def test_the_bytes_of_the_rest_are_counted_as_the_upstreams(
     assert seen["docxy_sent_bytes_total{source=upstream}"] == rest
     lines = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
     assert len(lines) == 1 and f" cache=shared upstream_bytes={rest} " in lines[0], lines
+
+
+class HeldBreak(httpx.AsyncByteStream):
+    """The object's first ``CUT_AT`` bytes, then a break once ``release`` is set."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield BLOB[:CUT_AT]
+        await self.release.wait()
+        raise httpx.ReadError("connection reset by peer")
+
+
+class HeldBucket(CutBucket):
+    """As ``honoured``, the object's break held until ``release``: a second client joins."""
+
+    def __init__(self) -> None:
+        super().__init__("honoured")
+        self.release = asyncio.Event()
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            headers = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=headers, stream=HeldBreak(self.release))
+        return super().bucket(request)
+
+
+async def test_a_client_joining_a_resumed_fill_is_the_caches_and_the_rest_counted_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two clients on one fill from the bucket, whose body breaks off and is finished from the
+    upstream: the upstream sent the rest once, for the fill the first client started, and it
+    is counted once, under that client (``cache=shared upstream_bytes=``). The client that
+    joined the fill is ``cache=joined`` and its bytes the cache's, as a client joining a fill
+    from the upstream is: it made no download of its own (counting its rest as the
+    upstream's too would count the rest twice, as a joiner's bytes once were)."""
+    upstream = HeldBucket()
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        caplog.set_level(logging.INFO, logger="docxy.access")
+        store = mirror_state(mirror.app).running.blobs.store
+        assert store is not None
+        first = spawn("first", mirror.get(blob_path()))
+        await until(lambda: store.fills_started == 1)
+        second = spawn("second", mirror.get(blob_path()))
+        await until(lambda: store.followers_joined == 1)
+        upstream.release.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        seen = await mirror.scrape()
+    assert [(a.status, a.body == BLOB) for a in answers] == [(200, True), (200, True)]
+    rest = len(BLOB) - CUT_AT
+    assert upstream.ranged == [f"bytes={CUT_AT}-"]  # one rest, for the fill
+    lines = sorted(r.getMessage() for r in caplog.records if r.name == "docxy.access")
+    said = [line.split(" cache=")[1].split(" upstream=")[0] for line in lines]
+    assert said == ["joined", f"shared upstream_bytes={rest}"], lines
+    assert seen["docxy_sent_bytes_total{source=upstream}"] == rest
+    assert seen["docxy_sent_bytes_total{source=shared}"] == CUT_AT
+    assert seen["docxy_sent_bytes_total{source=cache}"] == len(BLOB)
+    assert seen["docxy_cache_requests_total{outcome=joined,route=blob}"] == 1
 
 
 class BadRest(CutBucket):

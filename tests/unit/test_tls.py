@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
+import re
 import shutil
 import ssl
 import stat
@@ -309,3 +311,20 @@ async def test_watch_serves_a_new_pair_once_its_permissions_are_fixed(
         served[1].chmod(0o640)  # the fix: only the inode's ctime changes
         await poll(lambda: tls.status()["serial"] == serial_of(new[0]))
         watcher.cancel()
+
+
+def test_its_times_are_told_in_utc_with_z_as_the_rest_of_health(
+    served: tuple[Path, Path],
+) -> None:
+    """``not_after`` and ``last_reload`` were ``2027-02-28T10:00:00+00:00`` (and the reload
+    with microseconds) beside /health's ``last_ok`` of ``2026-11-30T12:00:00Z``: one report,
+    two forms of time. Both are that ``Z`` form now, to the second."""
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    status = ReloadableTLS(*served).status()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    assert stamp.match(str(status["not_after"])), status
+    assert stamp.match(str(status["last_reload"])), status
+    reloaded = dt.datetime.fromisoformat(str(status["last_reload"]))
+    assert before <= reloaded <= dt.datetime.now(dt.UTC), status
+    cert = x509.load_pem_x509_certificate(served[0].read_bytes())
+    assert dt.datetime.fromisoformat(str(status["not_after"])) == cert.not_valid_after_utc

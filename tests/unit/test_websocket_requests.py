@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
 
 from docxy.config import load_config
 from docxy.edge.admission import Admission
@@ -25,6 +23,8 @@ from docxy.edge.framing import Framing
 from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
+from tests.unit.asgi import client_receive
+from tests.unit.logs import AccessLines
 
 GUARD = 10.0  # seconds before a would-be hang becomes a test failure
 App = Any
@@ -53,15 +53,8 @@ def upgrade_scope(path: str, client: str, *, denial: bool = True) -> dict[str, A
 async def upgrade(app: App, path: str, client: str, *, denial: bool = True) -> list[Any]:
     """The messages the stack sent for an upgrade of ``path`` from ``client``."""
     sent: list[Any] = []
-    connected = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal connected
-        if not connected:
-            connected = True
-            return {"type": "websocket.connect"}
-        await asyncio.sleep(GUARD)  # the client says nothing more
-        return {"type": "websocket.disconnect", "code": 1000}
+    connect, leave = {"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}
+    receive = client_receive(connect, leave)  # the client says nothing more
 
     async def send(message: Any) -> None:
         sent.append(message)
@@ -93,19 +86,14 @@ async def edge(**settings: str) -> AsyncIterator[App]:
         yield AccessLog(Framing(Guard(admission, None)))
 
 
-def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
-
-
 async def test_an_upgrade_from_an_address_off_the_allow_list_is_denied_and_logged(
-    caplog: pytest.LogCaptureFixture,
+    access_log: AccessLines,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
     async with edge(**{"access.allow": "192.0.2.0/24"}) as app:
         status, body = denial(await upgrade(app, "/v2/", "198.51.100.7"))
     assert status == 403 and body["errors"][0]["code"] == "DENIED"
     assert "198.51.100.7" in body["errors"][0]["message"]
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith("GET /v2/ 403 "), line
     assert line.endswith(" done"), line
 
@@ -120,25 +108,23 @@ async def test_an_upgrade_takes_from_its_clients_request_bucket() -> None:
 
 
 async def test_an_admitted_upgrade_is_answered_400_and_logged_as_its_get(
-    caplog: pytest.LogCaptureFixture,
+    access_log: AccessLines,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="docxy.access")
     async with edge() as app:
         sent = await upgrade(app, "/v2/library/redis/manifests/latest", "192.0.2.1")
     assert denial(sent)[0] == 400
     assert all(message["type"] != "websocket.accept" for message in sent)
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith("GET /v2/library/redis/manifests/latest 400 "), line
 
 
 async def test_without_the_denial_extension_a_refused_upgrade_is_closed_and_logged_403(
-    caplog: pytest.LogCaptureFixture,
+    access_log: AccessLines,
 ) -> None:
     """A server that cannot send an HTTP answer to an upgrade gets a close before the
     handshake, which it answers 403 (hypercorn does): the access log says 403."""
-    caplog.set_level(logging.INFO, logger="docxy.access")
     async with edge(**{"access.allow": "192.0.2.0/24"}) as app:
         sent = await upgrade(app, "/v2/", "198.51.100.7", denial=False)
     assert [message["type"] for message in sent] == ["websocket.close"]
-    [line] = access_lines(caplog)
+    [line] = access_log()
     assert line.startswith("GET /v2/ 403 "), line
