@@ -32,7 +32,7 @@ FROM ${BASE_IMAGE}
 COPY --from=build /opt/docxy /opt/docxy
 # Few instructions: with the vfs storage driver every one copies the whole file system.
 COPY scripts/entrypoint.sh scripts/supervisord.conf scripts/supervisor-fatal.sh \
-     scripts/container-docxy.sh /usr/local/lib/docxy/
+     scripts/supervisor-watchdog.sh scripts/container-docxy.sh /usr/local/lib/docxy/
 # The client set-up script also in /usr/share/docxy/, for `docker cp` (the mirror serves it at
 # /setup.sh with its public URL filled in).
 COPY scripts/configure-client.sh /usr/share/docxy/

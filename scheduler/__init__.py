@@ -10,5 +10,5 @@ reload. Failures are retried with exponential backoff; every run leaves a small 
     runs.py       what the renewer remembers of its runs, the backoff, the status file
     worker.py     each run in a child process, so the renewer that waits stays small
     renewal.py    a run's work: obtain-or-renew, install, tell the mirror
-    main.py       the APScheduler jobs, signals, ``main(argv) -> int``
+    main.py       the APScheduler jobs, signals, clock steps, ``main(argv) -> int``
 """

@@ -6,9 +6,12 @@ import datetime as dt
 import logging
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
@@ -22,6 +25,9 @@ from scheduler.worker import InChild
 log = logging.getLogger("scheduler")
 
 RENEW_JOB, RETRY_JOB = "renew", "retry"
+
+#: How often the renewer looks for a run the clock stepped back over (:func:`pull_back`).
+CLOCK_CHECK = 600.0
 
 
 def _next_run(scheduler: BlockingScheduler) -> dt.datetime | None:
@@ -44,7 +50,7 @@ def build(renewer: Runs) -> BlockingScheduler:
         if renewer.run():
             if scheduler.get_job(RETRY_JOB) is not None:
                 scheduler.remove_job(RETRY_JOB)
-        else:
+        elif scheduler.running:  # (not when stopped meanwhile, the run cut short by that)
             delay = backoff(renewer.failures, s.retry_base, s.retry_max)
             when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
             scheduler.add_job(
@@ -70,6 +76,50 @@ def build(renewer: Runs) -> BlockingScheduler:
     if first > now:  # else the run at once writes it; until then /health showed the old time
         renewer.write_status(first)
     return scheduler
+
+
+def horizon(settings: settings_mod.Settings) -> dt.timedelta:
+    """The furthest ahead a run of the renewer can be due: its period (12 h, or the interval)
+    or the longest backoff, whichever is longer, and a minute's slack."""
+    period = settings.interval or 12 * 3600.0
+    return dt.timedelta(seconds=max(period, settings.retry_max) + 60)
+
+
+def pull_back(scheduler: BaseScheduler, furthest: dt.timedelta, now: dt.datetime) -> int:
+    """Make each job due further ahead than `furthest` due now; how many were.
+
+    APScheduler keeps its next runs as wall-clock times. After the clock stepped back (a VPS
+    that started with its clock ahead, then NTP), a run stays where the old clock put it, ahead
+    by the whole step, and nothing ran until then: a step of a month let the certificate expire
+    first. No run of the renewer is ever due further ahead than :func:`horizon`; one that is ran
+    over a step back, and runs now (certbot decides what is due).
+    """
+    pulled = 0
+    for job in scheduler.get_jobs():
+        when = getattr(job, "next_run_time", None)  # none: added while stopping
+        if when is not None and when - now > furthest:
+            log.warning(
+                "the clock went back: the run due at %s (%s ahead) runs now",
+                when.isoformat(),
+                when - now,
+            )
+            job.modify(next_run_time=now)
+            pulled += 1
+    return pulled
+
+
+def follow_the_clock(scheduler: BaseScheduler, furthest: dt.timedelta) -> threading.Thread:
+    """A thread that calls :func:`pull_back` every :data:`CLOCK_CHECK` seconds of the
+    monotonic clock (``time.sleep``), which no step of the wall clock stretches."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(CLOCK_CHECK)
+            pull_back(scheduler, furthest, dt.datetime.now(dt.UTC))
+
+    thread = threading.Thread(target=watch, name="clock", daemon=True)
+    thread.start()
+    return thread
 
 
 def idle(once: bool) -> int:
@@ -119,5 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{settings.hours[1]:02d}:{settings.minute:02d} UTC"
     )
     log.info("renewing certificates at start and %s; status in %s", when, settings.status_file)
+    follow_the_clock(scheduler, horizon(settings))
     scheduler.start()
     return 0

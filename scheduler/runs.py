@@ -36,6 +36,12 @@ class RunFailed(Exception):
     """One run failed; the message says why (certbot's reason, a bad certificate, a lost reload)."""
 
 
+class RunCutShort(RunFailed):
+    """The run was stopped from outside before it could end (``docker stop``: supervisord's
+    SIGTERM reaches the renewer's whole process group, its run and certbot too). Not a failure
+    of the renewal: neither counted nor put off by a backoff at the next start."""
+
+
 def backoff(failures: int, base: float, cap: float) -> float:
     """Seconds before retry number `failures` (1, 2, ...): base, 2*base, 4*base, ... up to cap."""
     return float(min(cap, base * 2 ** max(0, failures - 1)))
@@ -86,9 +92,14 @@ class Runs:
         if not self._lock.acquire(blocking=False):
             log.info("renewal already running; skipped")
             return True
+        before = self.last_run
         try:
             self.last_run = dt.datetime.now(dt.UTC)
             self.attempt()
+        except RunCutShort as exc:
+            self.last_run = before  # as if it never began: the status and the backoff stand
+            log.warning("certificate renewal cut short, not counted as a failure: %s", exc)
+            return False
         except RunFailed as exc:
             self.failures += 1
             if self.failing_since is None:
@@ -177,7 +188,13 @@ class Runs:
             )
 
     def write_status(self, next_run: dt.datetime | None) -> None:
-        """The status file the mirror reads (``docxy.tls.certs.renewal_status``), atomically."""
+        """The status file the mirror reads (``docxy.tls.certs.renewal_status``), atomically.
+
+        A file that cannot be written (the certificate volume full or read-only) is logged,
+        not raised: the renewer goes on renewing. Raised, it stopped a renewer starting within
+        its backoff, so supervisord gave up on it and took the container, mirror and all, down
+        at every start; in a run it was a traceback from APScheduler's thread.
+        """
         status: dict[str, object] = {
             "last_run": _iso(self.last_run),
             "last_success": _iso(self.last_success),
@@ -193,4 +210,11 @@ class Runs:
         if self.set_aside is not None:
             status["set_aside"] = self.set_aside
         data = json.dumps(status, indent=2).encode() + b"\n"
-        write_files_atomic([(self.settings.status_file, data, 0o644)])
+        try:
+            write_files_atomic([(self.settings.status_file, data, 0o644)])
+        except OSError as exc:
+            log.warning(
+                "cannot write the renewer status %s (/health shows the last one written): %s",
+                self.settings.status_file,
+                exc.strerror or exc,
+            )

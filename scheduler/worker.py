@@ -10,13 +10,19 @@ the renewer's does. The waiting renewer: 49.8 → 25.8 MiB RSS in the container 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from scheduler import settings as settings_mod
-from scheduler.runs import RunFailed, Runs, configure_logging
+from scheduler.runs import RunCutShort, RunFailed, Runs, configure_logging
+
+#: Signals that end a run from outside: a stop (SIGTERM from supervisord to the renewer's
+#: process group, Ctrl-C). The kernel's OOM killer and the time limit below send SIGKILL: those
+#: runs failed.
+STOPPED_BY = frozenset({signal.SIGTERM, signal.SIGINT})
 
 #: A run's time limit beyond certbot's own: waiting for the mirror (2 min), the reload command
 #: (30 s), the child's start. Only bounds a run that hangs.
@@ -49,6 +55,9 @@ class InChild(Runs):
             result = json.loads(proc.stdout.splitlines()[-1])
             error, pending = result["error"], bool(result["reload_pending"])
         except (IndexError, KeyError, TypeError, ValueError) as exc:
+            if -proc.returncode in STOPPED_BY:  # the renewer's stop reached the child too
+                name = signal.Signals(-proc.returncode).name
+                raise RunCutShort(f"the renewal run was stopped by {name}") from exc
             raise RunFailed(f"the renewal run exited {proc.returncode} without a result") from exc
         self.reload_pending = pending
         self.described = result.get("certificate")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Container entry point: derive the HTTPS settings from DOCXY_DOMAIN, then exec supervisord (the
-# mirror, the certificate renewer and a listener that takes the container down if either gives
-# up). With arguments it execs those instead, under the same settings: the image's `docxy`
-# command comes through here, so `docker exec <ctr> docxy cache du` sees what the mirror sees.
+# mirror, the certificate renewer, a listener that takes the container down if either gives up
+# and one that restarts a mirror that hangs). With arguments it execs those instead, under the
+# same settings: the image's `docxy` command comes through here, so `docker exec <ctr> docxy
+# cache du` sees what the mirror sees.
 #
 # Paths default to the image's layout and can be moved (tests run this script outside the image):
 #   DOCXY_STATE_DIR        /var/lib/docxy                 cache/, webroot/, certs/ (the volumes)

@@ -130,6 +130,7 @@ def name_of(pid: int) -> str:
         ("scheduler.worker", "renewal run (python -m scheduler.worker)"),
         ("-m scheduler", "renewer (python -m scheduler)"),
         ("supervisor-fatal", "fatal listener (bash)"),
+        ("supervisor-watchdog", "watchdog listener (bash)"),
     ):
         if marker in command:
             return name

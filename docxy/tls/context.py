@@ -81,6 +81,13 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _within(elapsed: dt.timedelta, limit: dt.timedelta) -> bool:
+    """Whether `elapsed` (since a warning or an attempt) is less than `limit`. A negative one is
+    not: the clock stepped back since, and the quiet time counted from the old clock would
+    last the whole step (a clock a month ahead, then set right: a month without warnings)."""
+    return dt.timedelta(0) <= elapsed < limit
+
+
 def utc_iso(when: dt.datetime) -> str:
     """``2027-02-28T10:00:00Z``: a time as the rest of ``/health`` tells it (UTC, to the
     second, ``Z``), not ``isoformat()``'s ``+00:00`` with microseconds."""
@@ -274,7 +281,7 @@ class ReloadableTLS:
         if not info.expires_soon(now):
             return
         if self._warned is not None and self._warned[0] == info.serial:
-            if now - self._warned[1] < dt.timedelta(days=1):
+            if _within(now - self._warned[1], dt.timedelta(days=1)):
                 return
         self._warned = (info.serial, now)
         log.warning(
@@ -296,7 +303,7 @@ class ReloadableTLS:
         own = self.own
         if own is None or not own.due(self._info, now):
             return False
-        if self._own_tried is not None and now - self._own_tried < OWN_RETRY:
+        if self._own_tried is not None and _within(now - self._own_tried, OWN_RETRY):
             return False
         self._own_tried = now
         log.warning(

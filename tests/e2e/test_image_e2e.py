@@ -12,7 +12,8 @@ same dockerd pulls through them: its registry mirror is a port chosen before it 
                   cache; after `docker restart`, a pull with the whole upstream down is served
                   from the cache volume; `docker stop` ends cleanly
     healing       HEALTHCHECK healthy on a moved listener; the mirror killed inside comes back
-                  (supervisord), the container never restarts
+                  (supervisord), and one stopped with SIGSTOP is replaced (the watchdog
+                  listener); the container never restarts
     down          a mirror that cannot start (unwritable cache) takes the container down with
                   exit status 1, and `--restart unless-stopped` restarts it
     certificate   first start with a domain: bootstrap certificate, issuance from pebble through
@@ -351,6 +352,33 @@ def test_healthy_on_a_moved_listener_and_a_killed_mirror_comes_back(
         state = container.state()
         assert state["Running"] and container.inspect()["RestartCount"] == 0, container.report()
         assert "exited: docxy (terminated by SIGKILL" in container.logs()
+
+
+def test_a_hung_mirror_is_restarted_by_the_watchdog(appliance: Appliance) -> None:
+    """The image's bash, coreutils and python run scripts/supervisor-watchdog.sh: a mirror
+    stopped with SIGSTOP (alive, answering nothing) after the watchdog's first answered probe is
+    replaced without a container restart."""
+    port = free_port()
+    with running_container(
+        appliance.daemon,
+        IMAGE,
+        env=mirror_env(port, DEAD_UPSTREAM, DOCXY_WATCHDOG_SECONDS="5"),
+        options=["--no-healthcheck"],  # its probes of /health would pass for the watchdog's
+    ) as container:
+        wait_serving(container, port)  # one answered /health of the test's own
+        answered = "GET /health 200"
+        poll(lambda: container.logs().count(answered) >= 2, DEADLINE, "the watchdog's probe")
+        hung = supervised_pid(container, "docxy")
+        assert hung > 0, container.report()
+        stopped = container.exec("bash", "-c", f"kill -STOP {hung}")
+        assert stopped.returncode == 0, stopped.stderr
+
+        def replaced() -> bool:
+            return supervised_pid(container, "docxy") not in (0, hung) and health_answers(port)
+
+        poll(replaced, DEADLINE + 60, "the hung mirror replaced\n" + container.report())
+        assert container.state()["Running"] and container.inspect()["RestartCount"] == 0
+        assert "the mirror has not answered /health for" in container.logs()
 
 
 # --- a mirror that cannot start takes the container down ----------------------------------------

@@ -13,6 +13,7 @@ within one path component, ``**`` across any number of them. No pattern here use
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,20 @@ def test_kept_out_of_the_build_context(path: str) -> None:
 )
 def test_what_the_dockerfile_copies_stays_in_the_context(path: str) -> None:
     assert not excluded(path)
+
+
+def test_every_script_supervisord_runs_is_copied_into_the_image() -> None:
+    """supervisord.conf runs its listeners from DOCXY_SCRIPTS_DIR, /usr/local/lib/docxy/ in the
+    image: one the Dockerfile leaves out is a listener that cannot start, FATAL, and the fatal
+    listener takes every container down (only the image build would show it, slowly)."""
+    conf = (REPO / "scripts" / "supervisord.conf").read_text()
+    run = set(re.findall(r"%\(ENV_DOCXY_SCRIPTS_DIR\)s/([\w.-]+)", conf))
+    assert {"supervisor-fatal.sh", "supervisor-watchdog.sh"} <= run
+    copy = next(
+        line
+        for line in re.split(r"(?<!\\)\n", (REPO / "Dockerfile").read_text())
+        if line.startswith("COPY scripts/entrypoint.sh")
+    )
+    assert copy.rstrip().endswith("/usr/local/lib/docxy/"), copy
+    copied = {Path(word).name for word in copy.split() if word.startswith("scripts/")}
+    assert run <= copied, sorted(run - copied)

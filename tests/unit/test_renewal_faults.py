@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -297,3 +299,88 @@ def test_a_renewer_whose_first_run_waits_says_when_in_its_status_at_once(
     assert status["failures"] == 4 and status["last_error"] == "CA down"
     assert status["last_run"] == last_run.isoformat()
     assert status["certificate"] == certificate  # what the served certificate was stays shown
+
+
+# --- the appliance's stop, a full certificate volume (found by the s19 TLS review) -------------
+
+
+def test_a_run_cut_short_by_a_stop_is_no_failure_and_puts_nothing_off(
+    renewer_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`docker stop` (or `docker compose up -d` recreating the container) during a run:
+    supervisord sends SIGTERM to the renewer's process group, so the run's child and certbot
+    end with it. That run was counted as a failure ("the renewal run exited -15 without a
+    result", an ERROR line, in /health and the failures gauge), and the next start waited out a
+    backoff (5 minutes) before its first run: a first issuance interrupted so began 5 minutes
+    late. It is now logged as cut short and leaves the status as it was."""
+    from scheduler.runs import Runs
+    from scheduler.settings import load
+
+    config_dir = Path(renewer_env["DOCXY_CERTS_CONFIG_DIR"])
+    earlier = {"last_run": _days_ago(1), "last_success": _days_ago(1), "failures": 0}
+    (config_dir / "status.json").write_text(json.dumps(earlier))
+    started = tmp_path / "certbot-started"
+    certbot = Path(renewer_env["PATH"].split(os.pathsep)[0]) / "certbot"
+    certbot.write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 120\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler"],
+        env=renewer_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as supervisord starts it
+    )
+    try:
+
+        def certbot_running() -> bool:
+            assert proc.poll() is None, "the renewer exited"
+            return started.exists()
+
+        poll(certbot_running)
+        os.killpg(proc.pid, signal.SIGTERM)  # supervisord's stopasgroup
+        out, _ = proc.communicate(timeout=HANG)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, out
+    assert "cut short, not counted as a failure" in out, out
+    assert "renewal failed" not in out and "next attempt" not in out, out
+    status = _status(renewer_env)
+    assert status["failures"] == 0 and status["last_error"] is None, status
+    assert status["last_run"] == earlier["last_run"], status
+    restarted = Runs(load([], renewer_env))
+    restarted.restore()
+    now = dt.datetime.now(dt.UTC)
+    assert restarted.first_run(now) == now  # the next start runs at once
+
+
+def test_a_status_file_that_cannot_be_written_stops_no_renewer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The certificate volume full (it shares the host's disk with the cache and the images)
+    or read-only: a renewer restarted within its backoff writes its status at start, and the
+    OSError stopped it. supervisord restarted it, it stopped again, went FATAL, and the fatal
+    listener took the container down, mirror and all, at every start. Now a warning."""
+    import errno
+
+    from scheduler import main as scheduler_main
+    from scheduler import runs as runs_mod
+    from scheduler import settings as settings_mod
+
+    config_dir = renewer_settings(tmp_path, monkeypatch)
+    earlier = {"last_run": dt.datetime.now(dt.UTC).isoformat(), "failures": 3}
+    (config_dir / "status.json").write_text(json.dumps(earlier))
+
+    def disk_full(files: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(config_dir / "status.json"))
+
+    monkeypatch.setattr(runs_mod, "write_files_atomic", disk_full)
+    renewer = runs_mod.Runs(settings_mod.load(["--interval", "86400", "--retry-base", "60"]))
+    renewer.restore()
+    with caplog.at_level(logging.WARNING, logger="scheduler.renewal"):
+        scheduler = scheduler_main.build(renewer)  # raised OSError
+    first = scheduler.get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first > dt.datetime.now(dt.UTC)  # still waits out its backoff
+    assert "cannot write the renewer status" in caplog.text
+    assert "No space left on device" in caplog.text

@@ -770,3 +770,36 @@ def test_the_next_run_skips_a_job_added_while_the_scheduler_stops() -> None:
     stopped = BlockingScheduler(timezone=dt.UTC)
     stopped.add_job(print, DateTrigger(dt.datetime.now(dt.UTC)), id="retry")
     assert scheduler_main._next_run(stopped) is None
+
+
+def test_a_run_the_clock_stepped_back_over_runs_now(env: dict[str, str]) -> None:
+    """APScheduler keeps wall-clock times: a renewer started while the clock ran a month ahead
+    (a VPS's clock before NTP set it right) had its runs a month ahead of the true time, and no
+    renewal ran for a month. A run due further ahead than any of the renewer's can be is now
+    run at once."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from scheduler.runs import Runs
+
+    settings = settings_mod.load([])
+    furthest = scheduler_main.horizon(settings)
+    assert furthest >= dt.timedelta(hours=12)  # the daily runs' period
+    ran = threading.Event()
+    scheduler = BackgroundScheduler(timezone=dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    month_ahead = now + dt.timedelta(days=30)
+    scheduler.add_job(ran.set, DateTrigger(month_ahead), id=scheduler_main.RETRY_JOB)
+    scheduler.add_job(print, DateTrigger(now + dt.timedelta(hours=6)), id="in-range")
+    scheduler.start()
+    try:
+        assert scheduler_main.pull_back(scheduler, furthest, now) == 1
+        assert ran.wait(HANG)  # woken and run: not left until the old clock's time
+        kept = scheduler.get_job("in-range").next_run_time
+        assert kept == now + dt.timedelta(hours=6)
+    finally:
+        scheduler.shutdown(wait=False)
+    # the renewer's own scheduler, with its first run a month ahead
+    built = scheduler_main.build(Runs(settings))
+    built.modify_job(scheduler_main.RENEW_JOB, next_run_time=month_ahead)
+    assert scheduler_main.pull_back(built, furthest, now) == 1
+    assert built.get_job(scheduler_main.RENEW_JOB).next_run_time == now

@@ -109,3 +109,13 @@ def test_a_self_signed_pair_is_renewed_once_an_hour_at_most(tmp_path: Path) -> N
     assert tls.renew_own_if_due(late + dt.timedelta(minutes=61)) is True
     plain = context.ReloadableTLS(own.cert_path, own.key_path)  # tls.cert_path: not its own
     assert plain.renew_own_if_due(late) is False
+
+
+def test_a_clock_set_back_does_not_put_the_next_self_signed_pair_off(tmp_path: Path) -> None:
+    """An attempt made while the clock ran a day ahead: its hour of quiet was counted from
+    that future time, so no new pair for a day after the clock was set right."""
+    own = context.SelfSignedPair(tmp_path / "docxy-tls", "localhost", days=90)
+    tls = context.ReloadableTLS(*own.kept(), own=own)
+    late = dt.datetime.now(dt.UTC) + dt.timedelta(days=61)  # within its last 30 days
+    assert tls.renew_own_if_due(late + dt.timedelta(days=1)) is True  # a day ahead
+    assert tls.renew_own_if_due(late) is True  # set right: due, tried again

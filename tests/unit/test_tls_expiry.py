@@ -91,3 +91,19 @@ def test_the_mirror_warns_of_a_certificate_near_its_end_once_a_day(
     assert "expires in 5.0 days" in warnings[0] and str(tls.cert_path) in warnings[0]
     tls.warn_if_expiring(now + dt.timedelta(hours=24))
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+def test_a_clock_set_back_does_not_silence_the_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host whose clock ran a month ahead (warned then, by that clock) and was set right:
+    the once-a-day quiet time was counted from the warning's future time, so the real days
+    before the end passed without a warning."""
+    tls = served_pair(tmp_path, issued_days_ago=85, days_left=5)  # warns once at start
+    caplog.set_level(logging.WARNING, logger="docxy.tls.context")
+    caplog.clear()
+    now = dt.datetime.now(dt.UTC)
+    tls.warn_if_expiring(now + dt.timedelta(days=30))  # the clock a month ahead
+    tls.warn_if_expiring(now)  # set right
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "expires in 5.0 days" in warnings[-1], warnings
