@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, value, source in describe(config):
             print(f"{key} = {value}  ({source})")
         return 0
+    # SIGHUP asks a running mirror to reload its certificate (docxy.http.server), and the
+    # renewer sends it after each renewal, also while the mirror starts: until the mirror can
+    # answer it, it is ignored (its default action would end the mirror).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup_logging(config.log.level)
     from docxy.http.server import run
 

@@ -252,6 +252,8 @@ async def run(config: Config) -> None:
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(tls))
         spawn("tls-watch", tls.watch(CERT_WATCH_INTERVAL))
+    else:
+        loop.add_signal_handler(signal.SIGHUP, _nothing_to_reload)
     listeners = [f"http://{config.server.listen}"]
     if config.server.tls_listen is not None:
         listeners.append(f"https://{config.server.tls_listen}")
@@ -269,6 +271,10 @@ async def run(config: Config) -> None:
         await serve(asgi, hc, shutdown_trigger=stop.wait)
     finally:
         await cancel_all()
+
+
+def _nothing_to_reload() -> None:
+    log.info("SIGHUP: no TLS listener, no certificate to reload")
 
 
 def _reload(tls: ReloadableTLS) -> None:
