@@ -331,20 +331,29 @@ class ReloadableTLS:
     async def watch(self, interval: float) -> None:
         """Reload whenever the files change (mtime, ctime, size or inode), after renewing the
         mirror's own self-signed pair if it is due; log failures, never stop."""
+        crashed: str | None = None  # the last unexpected error, said once
         while True:
             await asyncio.sleep(interval)
-            self.warn_if_expiring()
-            self.renew_own_if_due()
-            if _file_signature(self.cert_path, self.key_path) == self._signature:
-                continue
             try:
-                self.reload()
-            except CertError as exc:
-                log.warning(
-                    "TLS reload failed, still serving serial %s: %s", self._info.serial, exc
-                )
-            except Exception:  # a watcher that dies silently is worse than a noisy one
-                log.exception("TLS reload crashed; still serving serial %s", self._info.serial)
+                self._watch_once()
+            except Exception as exc:  # a watch that ends leaves renewals unserved for good
+                said = f"{type(exc).__name__}: {exc}"
+                if said != crashed:
+                    log.exception("TLS watch failed (still watching): %s", said)
+                crashed = said
+            else:
+                crashed = None
+
+    def _watch_once(self) -> None:
+        """One look of :meth:`watch`: the expiry warning, the own pair's renewal, a reload."""
+        self.warn_if_expiring()
+        self.renew_own_if_due()
+        if _file_signature(self.cert_path, self.key_path) == self._signature:
+            return
+        try:
+            self.reload()
+        except CertError as exc:
+            log.warning("TLS reload failed, still serving serial %s: %s", self._info.serial, exc)
 
 
 def self_signed_builder(

@@ -250,6 +250,30 @@ async def test_watch_reloads_on_change_and_survives_bad_files(
         watcher.cancel()
 
 
+async def test_the_watch_outlives_an_unexpected_error(
+    tmp_path: Path, served: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error nothing expected in one look (here the expiry warning's) is logged once, and
+    the watch goes on: a renewed pair is still picked up."""
+    tls = ReloadableTLS(*served)
+    failures: list[int] = []
+
+    def broken(*_: object, **__: object) -> None:
+        failures.append(1)
+        if len(failures) <= 3:
+            raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(tls, "warn_if_expiring", broken)
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(tls.watch(0.02), name="tls-watch")
+        await poll(lambda: len(failures) > 3)
+        new = pair(tmp_path, "d")
+        install(new, served)
+        await poll(lambda: tls.status()["serial"] == serial_of(new[0]))
+        assert not watcher.done()
+        watcher.cancel()
+
+
 def test_self_signed_ip_host(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path, "127.0.0.1", cert_name="c.pem", key_name="k.pem")
     assert (cert.name, key.name) == ("c.pem", "k.pem")
