@@ -172,7 +172,10 @@ def test_wrong_password_is_401(mirror_client: httpx.Client, bed: Bed) -> None:
         mirror_client, bed, f"repository:{PRIVATE}:pull", (bed.user, "wrong-password")
     )
     assert response.status_code == 401
-    assert "token" not in response.text
+    body = response.json()
+    assert "token" not in body and "access_token" not in body  # nothing issued
+    assert body["errors"][0]["code"] == "UNAUTHORIZED"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer realm=")
 
 
 def test_one_component_scope_gets_library_prefix(mirror_client: httpx.Client, bed: Bed) -> None:
