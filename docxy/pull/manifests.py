@@ -163,28 +163,32 @@ class ManifestService:
         tag = str(pull.reference.tag)
         found = await store.resolve_tag(repo, tag)
         stale = found.manifest
+        elsewhere = None
         if stale is not None and not may_serve(stale.visibility, pull.identity):
-            # The tag was noted from a HEAD, its manifest cached for another repository only:
-            # fetched for this one as a miss, then served from the cache.
-            stale = None
+            # The tag was noted from a HEAD, its manifest cached since for another repository
+            # only: confirmed here by the HEAD below (then served from the cache), else fetched.
+            elsewhere, stale = stale, None
         if stale is not None and not self._servable(stale, pull):
             return NOT_ACCEPTED
         if found.state is TagState.FRESH and stale is not None:
             return _served(Source.HIT, stale, pull)
         head: Head | None = None
-        if found.state is TagState.STALE and stale is not None:
+        if (found.state is TagState.STALE and stale is not None) or elsewhere is not None:
             try:
                 head = await self._head(repo, pull)
             except UpstreamError as exc:
+                if stale is None:  # nothing confirmed here to serve: the client sees the error
+                    return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
                 log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
                 return _served(Source.STALE, stale, pull)
             current = head.digest
-            if current == stale.digest:
+            if stale is not None and current == stale.digest:
                 await store.set_tag(repo, tag, stale.digest, public=True)
                 return _served(Source.REVALIDATED, stale, pull)
             if not head.found:
                 return UNCACHED
-            # Moved, or found without a digest to compare (a GET below tells): not confirmed.
+            # Moved, noted for a manifest cached elsewhere, or found without a digest to compare
+            # (a GET below tells): confirmed here if the digest the HEAD names is cached.
             moved = await store.get(repo, current) if current is not None else None
             if moved is not None:  # cached already, maybe for another repository only
                 await store.set_tag(repo, tag, moved.digest, public=True)

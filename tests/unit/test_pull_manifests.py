@@ -72,6 +72,36 @@ async def test_a_tag_resolved_by_head_to_a_manifest_cached_for_another_repositor
         assert response.status_code == 200
 
 
+@pytest.mark.parametrize("stale", [False, True])
+async def test_a_tag_noted_before_its_manifest_was_cached_for_another_repository_costs_a_head(
+    tmp_path: Path, stale: bool
+) -> None:
+    """A tag noted from a HEAD while its manifest was not cached yet, the manifest cached since
+    for another repository only (one image under two names): the tag's next pull, fresh or
+    stale, confirms it with a free HEAD in this repository, then serves it from the cache and
+    records it there, so the pulls after are hits. Before, it cost a counted GET."""
+    hub = Hub()
+    same = hub.repos["library/base"].manifests["1"]
+    digest = digest_of(same)
+    hub.repos["library/base"].manifests[digest] = same
+    hub.repos["library/app"].manifests["new"] = same
+    tag, other = "/v2/library/app/manifests/new", f"/v2/library/base/manifests/{digest}"
+    async with mirror(tmp_path, hub) as app:
+        answer = await call_asgi(app, "HEAD", tag, host="mirror.test", headers=AS_ANON.items())
+        assert (answer.status, answer.headers["Docker-Content-Digest"]) == (200, digest)
+        assert await get(app, other) == (200, same)  # cached for library/base only
+        if stale:
+            cache = mirror_state(app).cache
+            assert cache is not None
+            cache.manifests.tag_ttl = 0  # the noted tag is revalidated at its next pull
+        for _ in range(2):
+            assert await get(app, tag) == (200, same)
+    assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
+    assert hub.seen("GET", "manifests") == [other]  # the tag cost no GET
+    heads = 3 if stale else 2  # the client's, the confirming one (and one per stale pull)
+    assert hub.seen("HEAD", "manifests") == [tag] * heads
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_a_manifest_cached_for_another_repository_costs_a_head_there_not_a_get(
     tmp_path: Path, method: str
