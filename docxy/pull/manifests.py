@@ -11,8 +11,10 @@ the client's credentials, uncached.
 A manifest is served under a repository only where the mirror knows that repository holds it,
 as a blob is (``docxy.pull.blobs``): one cached for another repository of the same upstream is
 first confirmed there by a free upstream ``HEAD`` with the mirror's token, then served from the
-cache, and recorded there. Unconfirmed (a private repository: the mirror's token is refused
-there), the request passes through.
+cache, and recorded there (a tag noted before its manifest was cached elsewhere, too). Where
+that ``HEAD`` finds nothing (a private repository: the mirror's token is refused there), a pull
+by digest is checked with the client's own credentials, as a blob's is: confirmed, it is served
+from the cache to that request only, recorded nowhere. Unconfirmed, the request passes through.
 
 Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub). A
 client's HEAD the cache cannot answer is answered from the mirror's own upstream HEAD, made with
@@ -125,8 +127,8 @@ class ManifestService:
                 return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
             if head.digest == digest:
                 return await self._confirmed(self.store, repo, pull, cached)
-            if not head.found:  # a GET would be answered so too: the client sees its answer
-                return UNCACHED
+            if not head.found:  # refused, or not here: the client's own credentials, maybe
+                return await self._theirs(pull, cached)
         if pull.head:  # containerd resolves a digest-pinned image so
             return await self._answer_head(self.store, repo, pull, head, note=False)
         try:
@@ -153,6 +155,35 @@ class ManifestService:
             return NOT_ACCEPTED
         return _served(Source.REVALIDATED, held, pull)
 
+    async def _theirs(self, pull: Pull, cached: CachedManifest) -> Outcome:
+        """The ``cached`` manifest, asked by digest in a repository where the mirror's token
+        found nothing (a private one), if the client's own ``Authorization`` reads it there: a
+        free upstream ``HEAD`` with it, as for a blob (``docxy.pull.blobs``). Served from the
+        cache to this request only and recorded nowhere: the next pull asks again, and no
+        other identity ever gets it through this repository. Unconfirmed (no credentials of
+        the client's to send, or a token the mirror issued itself, which stays here), the
+        request passes through, as a GET would be answered so too."""
+        if pull.authorization is None:
+            return UNCACHED
+        headers = [("Accept", ACCEPT_ALL), ("Authorization", pull.authorization)]
+        try:
+            url = pull.upstream.url(pull.path)
+            answer = await self.tokens.client.send(pull.upstream, "HEAD", url, headers)
+            await answer.aclose()
+            _raise_for_trouble(answer.status_code)
+        except UpstreamError as exc:
+            return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+        header = answer.headers.get("docker-content-digest")
+        try:  # none named: by digest, it is the one asked
+            named = parse_digest(header) if header else cached.digest
+        except DigestInvalid:
+            named = None
+        if answer.status_code != 200 or named != cached.digest:
+            return UNCACHED
+        if not acceptable(cached.media_type, list(pull.accept)):
+            return NOT_ACCEPTED
+        return _served(Source.REVALIDATED, cached, pull)
+
     @staticmethod
     def _servable(manifest: CachedManifest, pull: Pull) -> bool:
         return may_serve(manifest.visibility, pull.identity) and acceptable(
@@ -163,28 +194,32 @@ class ManifestService:
         tag = str(pull.reference.tag)
         found = await store.resolve_tag(repo, tag)
         stale = found.manifest
+        elsewhere = None
         if stale is not None and not may_serve(stale.visibility, pull.identity):
-            # The tag was noted from a HEAD, its manifest cached for another repository only:
-            # fetched for this one as a miss, then served from the cache.
-            stale = None
+            # The tag was noted from a HEAD, its manifest cached since for another repository
+            # only: confirmed here by the HEAD below (then served from the cache), else fetched.
+            elsewhere, stale = stale, None
         if stale is not None and not self._servable(stale, pull):
             return NOT_ACCEPTED
         if found.state is TagState.FRESH and stale is not None:
             return _served(Source.HIT, stale, pull)
         head: Head | None = None
-        if found.state is TagState.STALE and stale is not None:
+        if (found.state is TagState.STALE and stale is not None) or elsewhere is not None:
             try:
                 head = await self._head(repo, pull)
             except UpstreamError as exc:
+                if stale is None:  # nothing confirmed here to serve: the client sees the error
+                    return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
                 log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
                 return _served(Source.STALE, stale, pull)
             current = head.digest
-            if current == stale.digest:
+            if stale is not None and current == stale.digest:
                 await store.set_tag(repo, tag, stale.digest, public=True)
                 return _served(Source.REVALIDATED, stale, pull)
             if not head.found:
                 return UNCACHED
-            # Moved, or found without a digest to compare (a GET below tells): not confirmed.
+            # Moved, noted for a manifest cached elsewhere, or found without a digest to compare
+            # (a GET below tells): confirmed here if the digest the HEAD names is cached.
             moved = await store.get(repo, current) if current is not None else None
             if moved is not None:  # cached already, maybe for another repository only
                 await store.set_tag(repo, tag, moved.digest, public=True)

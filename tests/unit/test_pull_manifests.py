@@ -72,6 +72,36 @@ async def test_a_tag_resolved_by_head_to_a_manifest_cached_for_another_repositor
         assert response.status_code == 200
 
 
+@pytest.mark.parametrize("stale", [False, True])
+async def test_a_tag_noted_before_its_manifest_was_cached_for_another_repository_costs_a_head(
+    tmp_path: Path, stale: bool
+) -> None:
+    """A tag noted from a HEAD while its manifest was not cached yet, the manifest cached since
+    for another repository only (one image under two names): the tag's next pull, fresh or
+    stale, confirms it with a free HEAD in this repository, then serves it from the cache and
+    records it there, so the pulls after are hits. Before, it cost a counted GET."""
+    hub = Hub()
+    same = hub.repos["library/base"].manifests["1"]
+    digest = digest_of(same)
+    hub.repos["library/base"].manifests[digest] = same
+    hub.repos["library/app"].manifests["new"] = same
+    tag, other = "/v2/library/app/manifests/new", f"/v2/library/base/manifests/{digest}"
+    async with mirror(tmp_path, hub) as app:
+        answer = await call_asgi(app, "HEAD", tag, host="mirror.test", headers=AS_ANON.items())
+        assert (answer.status, answer.headers["Docker-Content-Digest"]) == (200, digest)
+        assert await get(app, other) == (200, same)  # cached for library/base only
+        if stale:
+            cache = mirror_state(app).cache
+            assert cache is not None
+            cache.manifests.tag_ttl = 0  # the noted tag is revalidated at its next pull
+        for _ in range(2):
+            assert await get(app, tag) == (200, same)
+    assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
+    assert hub.seen("GET", "manifests") == [other]  # the tag cost no GET
+    heads = 3 if stale else 2  # the client's, the confirming one (and one per stale pull)
+    assert hub.seen("HEAD", "manifests") == [tag] * heads
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_a_manifest_cached_for_another_repository_costs_a_head_there_not_a_get(
     tmp_path: Path, method: str
@@ -106,8 +136,8 @@ async def test_a_manifest_cached_for_one_repository_is_not_served_under_another_
     """The HEAD is the access check: a private repository holding the same manifest (the
     mirror's token is refused there), or one that does not hold it, gets no byte of it from
     the cache; the client sees the upstream's own answer, and with the upstream down, an
-    error. A client allowed into the private repository gets it passed through, and that
-    confirms nothing for the others."""
+    error. A client allowed into the private repository gets it (checked with its own token),
+    and that confirms nothing for the others."""
     hub = Hub()
     same = hub.repos["library/base"].manifests["1"]
     digest = digest_of(same)
@@ -118,11 +148,43 @@ async def test_a_manifest_cached_for_one_repository_is_not_served_under_another_
         assert await get(app, f"/v2/library/base/manifests/{digest}") == (200, same)
         assert (await get(app, mine))[0] == 401
         assert (await get(app, other))[0] == 404
-        assert await get(app, mine, hub.client_token) == (200, same)  # hers, passed through
+        assert await get(app, mine, hub.client_token) == (200, same)  # hers, checked with her token
         assert (await get(app, mine))[0] == 401
         hub.down = True
         for path in (mine, other):
             assert (await get(app, path))[0] == 502
+
+
+async def test_a_cached_manifest_a_client_reads_in_a_private_repository_is_served_to_it_only(
+    tmp_path: Path,
+) -> None:
+    """A manifest cached for a public repository, asked by digest in a private one holding it
+    too (the mirror's token is refused there): a free HEAD with the client's own credentials
+    confirms it, and that client gets it from the cache, as a blob (``docxy.pull.blobs``).
+    Nothing is recorded: each such pull asks again, another client sees the upstream's own
+    answer, and with the upstream down, the client gets an error. Before, the client's GET
+    was passed through (a counted pull on its own account)."""
+    hub = Hub()
+    same = hub.repos["library/base"].manifests["1"]
+    digest = digest_of(same)
+    for name in ("library/base", "team/mine"):
+        hub.repos[name].manifests[digest] = same
+    mine = f"/v2/team/mine/manifests/{digest}"
+    async with mirror(tmp_path, hub) as app:
+        assert await get(app, f"/v2/library/base/manifests/{digest}") == (200, same)
+        for _ in range(2):
+            assert await get(app, mine, hub.client_token) == (200, same)
+        assert (await get(app, mine))[0] == 401  # anonymous: nothing was shared
+        hub.down = True
+        assert (await get(app, mine, hub.client_token))[0] == 502
+    assert hub.seen("GET", "manifests") == [f"/v2/library/base/manifests/{digest}"]
+    theirs = [
+        (r.method, r.url.path)
+        for r in hub.requests
+        if r.headers.get("authorization") == hub.client_token
+    ]
+    assert theirs == [("HEAD", mine)] * 2  # a check each time, never a GET of hers
+    assert hub.seen("GET", "manifests", mirror=False) == [mine]  # anon's, passed through: 401
 
 
 class Stalling(fakes.Body):
