@@ -284,3 +284,14 @@ def test_a_repository_the_upstream_refuses_the_mirror_is_denied_with_the_reason(
     assert refused.returncode != 0
     assert "denied: the upstream answered 401 to the mirror's own login" in refused.stderr
     assert "a login to this mirror cannot change that" in refused.stderr, refused.stderr
+
+
+def test_warm_with_a_wrong_password_prints_the_token_services_reason(
+    bed: Bed, users_mirror: UsersMirror
+) -> None:
+    args = ["warm", "--mirror", users_mirror.mirror.url, "--username", "alice"]
+    result = docxy_cli(users_mirror.auth_dir, *args, "--password-stdin", "hello", stdin="wrong\n")
+    assert result.returncode == 1
+    assert "unauthorized: the token service answered 401: incorrect username or password" in (
+        result.stderr
+    ), result.stderr
