@@ -69,8 +69,16 @@ class RegistryAuth(httpx.Auth):
     def __init__(self, credentials: tuple[str, str] | None = None) -> None:
         self._basic = httpx.BasicAuth(*credentials) if credentials else None
         self._tokens: dict[str, str] = {}
+        #: why the token service gave the last request no token (its status and registry
+        #: error message: a wrong password, a throttled login), for the 401 warm then prints
+        self.refused: str | None = None
+
+    @property
+    def credentialed(self) -> bool:
+        return self._basic is not None
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self.refused = None
         match = _REPO_PATH.fullmatch(request.url.path)
         scope = f"repository:{match.group(1)}:pull" if match else ""
         if scope in self._tokens:
@@ -95,7 +103,8 @@ class RegistryAuth(httpx.Auth):
         token_response = yield token_request
         token_response.read()
         if token_response.status_code != 200:
-            return  # the caller sees the original 401
+            self.refused = _refusal(token_response)
+            return  # the caller sees the token service's answer (a 401: the image's 401)
         try:
             body = token_response.json()
             token = body.get("token") or body.get("access_token")
@@ -106,6 +115,20 @@ class RegistryAuth(httpx.Auth):
         self._tokens[scope] = token
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+def _refusal(response: httpx.Response) -> str:
+    """A token service's refusal as warm prints it: the status, and the first message of a
+    registry error body (``incorrect username or password``), if it is one."""
+    try:
+        errors = response.json().get("errors")
+        message = errors[0]["message"] if isinstance(errors, list) and errors else None
+    except (ValueError, AttributeError, KeyError, TypeError):
+        message = None
+    said = f"the token service answered {response.status_code}"
+    if isinstance(message, str) and message.isprintable():
+        said += f": {message[:200]}"
+    return said
 
 
 def _offers_basic(values: list[str]) -> bool:
@@ -218,7 +241,7 @@ class Warmer:
         """Manifest ``ref``, checked against ``digest`` or the mirror's Docker-Content-Digest."""
         path = f"/v2/{name}/manifests/{ref}"
         with self.client.stream("GET", path, headers={"Accept": ACCEPT}) as response:
-            _raise_for_status(response, path)
+            _raise_for_status(response, path, self.client.auth)
             buffer = bytearray()
             for chunk in response.iter_bytes():
                 buffer += chunk
@@ -258,7 +281,7 @@ class Warmer:
             TransferProgress(self.progress, str(digest)[:19], descriptor.size) as progress,
             self.client.stream("GET", path) as response,
         ):
-            _raise_for_status(response, path)
+            _raise_for_status(response, path, self.client.auth)
             for chunk in response.iter_bytes(CHUNK):
                 hasher.update(chunk)
                 done += len(chunk)
@@ -278,11 +301,17 @@ class Warmer:
         self.tally.bytes += done
 
 
-def _raise_for_status(response: httpx.Response, path: str) -> None:
+def _raise_for_status(response: httpx.Response, path: str, auth: object = None) -> None:
+    """A ``WarmError`` for anything but a ``200``; a ``401`` says what the token service said
+    (``auth``: the client's :class:`RegistryAuth`), else that the image may be private."""
     if response.status_code == 200:
         return
     if response.status_code == 401:
-        raise WarmError(f"{path}: unauthorized (private? try --username and --password-stdin)")
+        refused = auth.refused if isinstance(auth, RegistryAuth) else None
+        if refused is not None and isinstance(auth, RegistryAuth) and auth.credentialed:
+            raise WarmError(f"{path}: unauthorized: {refused}")
+        hint = "private? try --username and --password-stdin"
+        raise WarmError(f"{path}: unauthorized ({refused + '; ' if refused else ''}{hint})")
     if response.status_code == 404:
         raise WarmError(f"{path}: not found")
     response.read()

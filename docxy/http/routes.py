@@ -16,10 +16,10 @@ import httpx
 from quart import Blueprint, Response, request
 
 from docxy.access.gate import remembered
-from docxy.access.identity import set_identity
+from docxy.access.identity import Via, identity_of, set_identity
 from docxy.cache.fill import BlobFollower
 from docxy.core.challenge import Challenge, rewrite_challenges
-from docxy.core.errors import ClientError, Unsupported, UpstreamError, UpstreamUnavailable
+from docxy.core.errors import ClientError, Denied, Unsupported, UpstreamError, UpstreamUnavailable
 from docxy.core.headers import kept_retry_after, request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.edge.clients import limit_key, request_address
@@ -237,12 +237,20 @@ async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Respons
     A client whose login stays here (``users`` mode: its token is the mirror's) is sent with
     the mirror's own login, as the mirror's fills are: a token upstream (Docker Hub) answers
     nothing without one, public repositories included, and the client cannot hold one there.
+    So an upstream ``401`` to that login is no request for the client's: relayed, its challenge
+    (re-pointed here) sent clients for another token of the mirror's, a password check that
+    changed nothing (containerd: ``insufficient_scope: authorization failed``, docker: ``may
+    require 'docker login'``). It is ``403 DENIED`` saying so, but to a certificate client
+    under ``auth.upstream_logins``, whom the challenge lets bring its own upstream login.
     """
     headers = request_headers(request.headers.items())
     if not request_facts().get("forward_credentials", True):
         kept = [(k, v) for k, v in headers if k.lower() != "authorization"]
         tokens = state.running.tokens
         answer = await tokens.send(pull.upstream, pull.method, pull.name, pull.path, kept)
+        if answer.status_code == 401 and not _brings_upstream_login(state):
+            await answer.aclose()
+            raise Denied(UPSTREAM_REFUSED_MIRROR.format(name=route.name))
         response = _relayed(state, pull, route, answer)
         if answer.status_code == 401 and "WWW-Authenticate" not in response.headers:
             # The token service refused the mirror itself: a 401 still names where to log in.
@@ -262,6 +270,21 @@ async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Respons
         pull.upstream, pull.method, url, headers, mirror_credentials=mirror_login is not None
     )
     return _relayed(state, pull, route, answer)
+
+
+#: A users-mode client's request the upstream answered 401 with the mirror's own login.
+UPSTREAM_REFUSED_MIRROR = (
+    "the upstream answered 401 to the mirror's own login for {name}: it does not exist there, "
+    "or the mirror's upstream account may not pull it; a login to this mirror cannot change that"
+)
+
+
+def _brings_upstream_login(state: MirrorState) -> bool:
+    """Whether this client may bring a login of its own for the upstream, which a ``401`` with
+    a challenge would make it send: a certificate client under ``auth.upstream_logins``."""
+    access = state.access
+    identity = identity_of(request.scope)
+    return access is not None and access.upstream_logins and identity.via is Via.CERTIFICATE
 
 
 def _relayed(state: MirrorState, pull: Pull, route: Route, answer: httpx.Response) -> Response:

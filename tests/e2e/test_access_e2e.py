@@ -270,3 +270,28 @@ def test_with_the_cache_off_a_user_pulls_through_the_mirrors_own_token(
     copied = run_skopeo(tmp_path, "copy", *creds, source, f"dir:{tmp_path / 'copy'}")
     assert copied.returncode == 0, copied.stderr
     assert (tmp_path / "copy" / "manifest.json").is_file()
+
+
+def test_a_repository_the_upstream_refuses_the_mirror_is_denied_with_the_reason(
+    bed: Bed, users_mirror: UsersMirror, tmp_path: Path
+) -> None:
+    """The bed's docxytest/private is not the mirror's to pull (it has no upstream login).
+    Relayed, the upstream's 401 sent the client back here for another token, and then it
+    printed a 401's words ('authentication required', with a login that worked); now the
+    refusal says why, and that no login to the mirror changes it."""
+    image = bed.images["docxytest/private"]
+    refused = skopeo_inspect(users_mirror, image, tmp_path, "--creds", f"alice:{PASSWORD}")
+    assert refused.returncode != 0
+    assert "denied: the upstream answered 401 to the mirror's own login" in refused.stderr
+    assert "a login to this mirror cannot change that" in refused.stderr, refused.stderr
+
+
+def test_warm_with_a_wrong_password_prints_the_token_services_reason(
+    bed: Bed, users_mirror: UsersMirror
+) -> None:
+    args = ["warm", "--mirror", users_mirror.mirror.url, "--username", "alice"]
+    result = docxy_cli(users_mirror.auth_dir, *args, "--password-stdin", "hello", stdin="wrong\n")
+    assert result.returncode == 1
+    assert "unauthorized: the token service answered 401: incorrect username or password" in (
+        result.stderr
+    ), result.stderr

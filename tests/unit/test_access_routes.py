@@ -234,11 +234,43 @@ async def test_upstream_logins_pass_through_only_when_the_operator_allows(
     async with mirror(private, settings) as m, presenting(tmp_path, "laptop"):
         path = "/v2/library/secret/manifests/1"
         response = await m.client.get(path, headers=bearer("hub-token"))
-        assert response.status_code == (200 if allowed else 401)
+        assert response.status_code == (200 if allowed else 403)
         sent = [
             r.headers.get("Authorization") for r in m.upstream.requests if "secret" in r.url.path
         ]
         assert ("Bearer hub-token" in sent) is allowed
+        # Without a login of its own, a client the operator lets bring one is asked for it
+        # (the upstream's challenge, re-pointed here); any other is told no login helps.
+        response = await m.client.get(path)
+        assert response.status_code == (401 if allowed else 403)
+        if allowed:
+            assert response.headers["WWW-Authenticate"].startswith("Bearer realm=")
+        else:
+            assert await code_of(response) == "DENIED"
+            assert "WWW-Authenticate" not in response.headers
+
+
+async def test_a_users_mode_pull_the_upstream_refuses_the_mirror_is_denied_not_challenged(
+    tmp_path: Path,
+) -> None:
+    """What the upstream answers 401 to the mirror's own login (a repository private to
+    another account, or none of that name: Docker Hub answers both so) was relayed to a user
+    with its challenge re-pointed here, for a token of the mirror's: the client fetched one
+    (a password check) and met the same 401 (containerd: ``insufficient_scope: authorization
+    failed``; docker: ``may require 'docker login'``). It is ``403 DENIED`` saying why."""
+    UsersFile(tmp_path / "users").add("alice", "right")
+    settings: dict[str, object] = {"auth.mode": "users", "auth.dir": str(tmp_path)}
+    async with mirror(private, settings) as m:
+        token = await token_for(m, "repository:library/secret:pull")
+        path = "/v2/library/secret/manifests/1"
+        for method in ("get", "head"):
+            response = await getattr(m.client, method)(path, headers=bearer(token))
+            assert response.status_code == 403, method
+            assert "WWW-Authenticate" not in response.headers
+            if method == "get":
+                assert await code_of(response) == "DENIED"
+                message = (await response.get_json())["errors"][0]["message"]
+                assert "a login to this mirror cannot change that" in message
 
 
 async def test_an_unreadable_users_file_is_503_not_an_internal_error(tmp_path: Path) -> None:

@@ -500,3 +500,28 @@ def test_warm_names_an_upstream_by_prefix(
     assert "quay.io is not one of the mirror's upstreams (docker.io, ghcr.io, lab.test)" in (
         capsys.readouterr().err
     )
+
+
+def test_a_refused_login_is_printed_as_the_token_service_said(registry: FakeRegistry) -> None:
+    """A wrong password at the mirror's token service was printed as ``unauthorized
+    (private? try --username and --password-stdin)``, to a warm given both: the token
+    service's own answer is what to fix. (Its other refusals, a 429 or a 503, reach warm as
+    the answer itself, printed with their body.)"""
+    registry.add_image("team/app", "1", [b"layer"])
+    status, message = 401, "incorrect username or password"
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(status, json={"errors": [{"code": "X", "message": message}]})
+        return registry.handler(request)
+
+    client = httpx.Client(
+        base_url="http://mirror.test",
+        transport=httpx.MockTransport(refusing),
+        auth=RegistryAuth(("alice", "guess")),
+    )
+    with pytest.raises(WarmError) as raised:
+        Warmer(client, "all", io.StringIO()).warm(parse_image_ref("team/app:1"))
+    said = str(raised.value)
+    assert f"unauthorized: the token service answered {status}: {message}" in said
+    assert "--username" not in said
