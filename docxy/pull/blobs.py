@@ -51,14 +51,14 @@ from docxy.cache.reader import BlobReader
 from docxy.cache.resuming import BrokeOff
 from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
-from docxy.core.errors import UpstreamError, UpstreamUnavailable
+from docxy.core.errors import UpstreamError
 from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
+from docxy.pull.asking import head_as_client, raise_for_trouble
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.shared.tier import SharedTier
 from docxy.upstream import direct
-from docxy.upstream.client import SERVER_TROUBLE
 from docxy.upstream.tokens import MirrorTokens
 
 UNCONFIRMED = PassThrough(
@@ -169,20 +169,15 @@ class BlobService:
         if not self.tokens.refused(pull.upstream, pull.name):
             answer = await self.tokens.send(pull.upstream, "HEAD", pull.name, pull.path)
             await answer.aclose()
-            _raise_for_trouble(answer.status_code)
+            raise_for_trouble(answer.status_code)
             if answer.status_code == 200:
                 self.pairings.confirm(repo, digest, public=True)
                 return Source.REVALIDATED
             if answer.status_code in (401, 403):
                 self.tokens.mark_refused(pull.upstream, pull.name)
-        if pull.authorization is not None:  # private to this client, maybe: not shared
-            headers = [("Authorization", pull.authorization)]
-            url = pull.upstream.url(pull.path)
-            answer = await self.tokens.client.send(pull.upstream, "HEAD", url, headers)
-            await answer.aclose()
-            _raise_for_trouble(answer.status_code)
-            if answer.status_code == 200:
-                return Source.REVALIDATED
+        theirs = await head_as_client(self.tokens.client, pull)  # private to this client?
+        if theirs is not None and theirs.status_code == 200:  # then not shared
+            return Source.REVALIDATED
         return UNCONFIRMED
 
     async def _permitted(self, pull: Pull, release: Release | None) -> Download:
@@ -389,8 +384,3 @@ def _uncached_because(exc: CacheError) -> Reason:
     if isinstance(exc, CacheUnreadable):
         return Reason.CACHE_UNREADABLE
     return Reason.CACHE_UNWRITABLE
-
-
-def _raise_for_trouble(status: int) -> None:
-    if status in SERVER_TROUBLE:
-        raise UpstreamUnavailable(f"the upstream answered {status}")

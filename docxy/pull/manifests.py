@@ -35,10 +35,11 @@ from docxy.cache import (
     may_serve,
 )
 from docxy.core.digests import Digest, parse_digest
-from docxy.core.errors import DigestInvalid, UpstreamError, UpstreamUnavailable
+from docxy.core.errors import DigestInvalid, UpstreamError
+from docxy.pull.asking import head_as_client, raise_for_trouble
 from docxy.pull.outcome import ManifestContent, Outcome, PassThrough, Pull, Reason, Served, Source
 from docxy.tasks import Coalesced
-from docxy.upstream.client import SERVER_TROUBLE, read_small
+from docxy.upstream.client import read_small
 from docxy.upstream.tokens import MirrorTokens
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,6 @@ def acceptable(media_type: str, accept_values: list[str]) -> bool:
     }
     offered.discard("")
     return not offered or "*/*" in offered or media_type.lower() in offered
-
-
-def _raise_for_trouble(status: int) -> None:
-    if status in SERVER_TROUBLE:
-        raise UpstreamUnavailable(f"the upstream answered {status}")
 
 
 def _content(manifest: CachedManifest, pull: Pull) -> ManifestContent:
@@ -163,16 +159,12 @@ class ManifestService:
         other identity ever gets it through this repository. Unconfirmed (no credentials of
         the client's to send, or a token the mirror issued itself, which stays here), the
         request passes through, as a GET would be answered so too."""
-        if pull.authorization is None:
-            return UNCACHED
-        headers = [("Accept", ACCEPT_ALL), ("Authorization", pull.authorization)]
         try:
-            url = pull.upstream.url(pull.path)
-            answer = await self.tokens.client.send(pull.upstream, "HEAD", url, headers)
-            await answer.aclose()
-            _raise_for_trouble(answer.status_code)
+            answer = await head_as_client(self.tokens.client, pull, [("Accept", ACCEPT_ALL)])
         except UpstreamError as exc:
             return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
+        if answer is None:
+            return UNCACHED
         header = answer.headers.get("docker-content-digest")
         try:  # none named: by digest, it is the one asked
             named = parse_digest(header) if header else cached.digest
@@ -296,7 +288,7 @@ class ManifestService:
             pull.upstream, "HEAD", repo.repo, path, [("Accept", ACCEPT_ALL)]
         )
         await answer.aclose()
-        _raise_for_trouble(answer.status_code)
+        raise_for_trouble(answer.status_code)
         if answer.status_code == 404 and tag is not None:
             await self._gone(repo, tag)
         if answer.status_code != 200:
@@ -355,7 +347,7 @@ class ManifestService:
             pull.upstream, "GET", repo.repo, path, [("Accept", ACCEPT_ALL)]
         )
         body = await read_small(answer)
-        _raise_for_trouble(answer.status_code)
+        raise_for_trouble(answer.status_code)
         if answer.status_code == 404 and digest is None:
             await self._gone(repo, str(pull.reference.tag))
         if answer.status_code != 200:
