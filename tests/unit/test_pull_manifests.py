@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from quart import Quart
 
 from docxy.cache import manifests, parse_digest
 from docxy.http.state import mirror_state
@@ -330,6 +331,17 @@ class HeadWithout(Hub):
         return answer
 
 
+async def pulled_then_stale(app: Quart, manifest: bytes) -> tuple[manifests.ManifestStore, float]:
+    """Pull ``TAG`` once (cached), then make every cached tag stale (revalidated at each pull):
+    the manifest store, and when that tag was fetched."""
+    assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == manifest
+    cache = mirror_state(app).cache
+    assert cache is not None
+    [first] = cache.manifests.list_tags()
+    cache.manifests.tag_ttl = 0
+    return cache.manifests, first.fetched_at
+
+
 async def test_a_tag_revalidated_against_a_head_without_a_digest_is_fetched_and_cached(
     tmp_path: Path,
 ) -> None:
@@ -339,16 +351,12 @@ async def test_a_tag_revalidated_against_a_head_without_a_digest_is_fetched_and_
     hub = HeadWithout("docker-content-digest")
     manifest = hub.repos["library/base"].manifests["1"]
     async with mirror(tmp_path, hub) as app:
-        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == manifest
-        cache = mirror_state(app).cache
-        assert cache is not None
-        [first] = cache.manifests.list_tags()
-        cache.manifests.tag_ttl = 0  # the cached tag is stale: revalidated at each pull
+        store, before = await pulled_then_stale(app, manifest)
         for _ in range(2):
             response = await app.test_client().get(TAG, headers=AS_ANON)
             assert await response.get_data() == manifest
-        [again] = cache.manifests.list_tags()
-        assert again.fetched_at > first.fetched_at  # the tag is current again
+        [again] = store.list_tags()
+        assert again.fetched_at > before  # the tag is current again
     assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
     assert hub.seen("GET", "manifests") == [TAG] * 3  # the mirror's own GETs, one a pull
 
@@ -363,18 +371,14 @@ async def test_a_tag_revalidated_against_a_head_with_a_digest_but_no_length_cost
     hub = HeadWithout("content-length")
     manifest = hub.repos["library/base"].manifests["1"]
     async with mirror(tmp_path, hub) as app:
-        assert await (await app.test_client().get(TAG, headers=AS_ANON)).get_data() == manifest
-        cache = mirror_state(app).cache
-        assert cache is not None
-        [first] = cache.manifests.list_tags()
-        cache.manifests.tag_ttl = 0  # the cached tag is stale: revalidated at each pull
+        store, before = await pulled_then_stale(app, manifest)
         for _ in range(2):
             answer = await call_asgi(app, method, TAG, host="mirror.test", headers=AS_ANON.items())
             assert answer.status == 200
             assert answer.headers["Content-Length"] == str(len(manifest))
             assert answer.headers["Docker-Content-Digest"] == digest_of(manifest)
-        [again] = cache.manifests.list_tags()
-        assert again.fetched_at > first.fetched_at  # confirmed: the tag is current again
+        [again] = store.list_tags()
+        assert again.fetched_at > before  # confirmed: the tag is current again
     assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
     assert hub.seen("GET", "manifests") == [TAG]  # the first pull's GET only
     assert hub.seen("HEAD", "manifests") == [TAG] * 2
