@@ -173,9 +173,10 @@ class InFlight:
     holders: int = 0
     removed: bool = False
     unlinked: int = 0
-    #: The latest reads of a pump, as read (``(offset, bytes)``, oldest first, contiguous, at
-    #: most :data:`RECENT` of them): a follower that keeps up sends them to its client as they
-    #: are, without reading them back from the temp file (see :meth:`BlobFollower._chunks`).
+    #: The latest reads of a pump, as read (``(offset, bytes)``, oldest first, contiguous,
+    #: ending where the temp file does, at most :data:`RECENT` of them): a follower that keeps
+    #: up sends them to its client as they are, without reading them back from the temp file
+    #: (see :meth:`BlobFollower._next`).
     recent: collections.deque[tuple[int, bytes]] = field(
         default_factory=lambda: collections.deque(maxlen=RECENT)
     )
@@ -314,7 +315,9 @@ class BlobWriter:
         """``nbytes`` more are in the temp file (``chunk``, if the pump read them): tell the
         store and the followers."""
         if self.caching:
-            if chunk is not None:
+            if chunk is None:
+                self.fill.recent.clear()  # not the latest bytes any more (a rest on the loop)
+            else:
                 self.fill.recent.append((self.fill.written, chunk))
             self.fill.written += nbytes
             self._host.fill_grew(self.fill, nbytes)
@@ -350,13 +353,13 @@ class BlobWriter:
         Followers see each read as soon as it is in the temp file: the hash, the slowest step,
         is off their path (only the last byte waits for it, at the commit), and the reading
         thread is back in ``recv`` while the hash runs. The event loop only hears of each read
-        (followers woken, room made in the store, the read kept in :attr:`InFlight.recent`). If writing fails the thread stops reading:
-        the fill is given up (its followers get the rest from the upstream). Cancelling sets a
-        stop flag, interrupts the body's blocked read and waits for both threads, so the temp
-        file's descriptor is never closed under a running write; an abort meanwhile (another
-        task, a second cancel) interrupts the body's read too, and leaves the descriptor open
-        until the reading thread is done, which it is at once (a stalled upstream does not
-        hold the removed temp file).
+        (followers woken, room made in the store, the read kept in :attr:`InFlight.recent`).
+        If writing fails the thread stops reading: the fill is given up (its followers get the
+        rest from the upstream). Cancelling sets a stop flag, interrupts the body's blocked
+        read and waits for both threads, so the temp file's descriptor is never closed under a
+        running write; an abort meanwhile (another task, a second cancel) interrupts the body's
+        read too, and leaves the descriptor open until the reading thread is done, which it is
+        at once (a stalled upstream does not hold the removed temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -388,8 +391,9 @@ class BlobWriter:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """The reading thread of :meth:`pump`: read, write, hand the read to the loop (for the
-        followers) and to the hashing thread; repeat. Returns once everything read is hashed, or early when the
-        fill may not grow (no room, more than announced: see :meth:`reserve`)."""
+        followers) and to the hashing thread; repeat. Returns once everything read is hashed,
+        or early when the fill may not grow (no room, more than announced: see
+        :meth:`reserve`)."""
         fd = self._fd
         written = self.fill.written  # by this thread's writes; the loop hears of them later
         free: queue.SimpleQueue[None] = queue.SimpleQueue()  # one per read hashing may hold

@@ -17,6 +17,7 @@ import pytest
 from docxy.cache.errors import DigestMismatch, FillAborted
 from docxy.cache.fill import RECENT, BlobFollower, BlobWriter
 from docxy.core.digests import digest_of
+from docxy.tasks import spawn
 from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
 
 READS = [bytes([n]) * 100_000 for n in range(6)]
@@ -76,7 +77,7 @@ async def test_a_follower_that_keeps_up_gets_the_reads_themselves(tmp_path: Path
     writer = await as_writer(store, digest_of(DATA))
     follower = await as_follower(store, digest_of(DATA))
     body = Paced(READS)
-    fill = asyncio.create_task(pumped(writer, body, len(DATA)))
+    fill = spawn("fill", pumped(writer, body, len(DATA)))
     got = await guard(read_keeping_up(follower, body))
     await guard(fill)
     assert b"".join(got) == DATA
@@ -110,7 +111,7 @@ async def test_the_read_with_the_last_byte_waits_for_the_verdict(tmp_path: Path)
     writer = await as_writer(store, claimed)
     follower = await as_follower(store, claimed)
     body = Paced(READS)
-    fill = asyncio.create_task(pumped(writer, body, len(DATA)))
+    fill = spawn("fill", pumped(writer, body, len(DATA)))
     got: list[bytes] = []
     body.let_go(2)
     with pytest.raises(FillAborted, match="digest mismatch"):
@@ -122,3 +123,23 @@ async def test_the_read_with_the_last_byte_waits_for_the_verdict(tmp_path: Path)
         await asyncio.wait_for(fill, GUARD)
     assert len(got) == len(READS) - 1
     assert all(a is b for a, b in zip(got, READS[:-1], strict=True))
+
+
+async def test_bytes_written_on_the_loop_let_the_reads_go(tmp_path: Path) -> None:
+    """A rest written on the loop (a pump's download broke off and went on as chunks): the
+    pump's reads are no longer the latest bytes and are let go; the follower reads the file."""
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest_of(DATA))
+    follower = await as_follower(store, digest_of(DATA))
+    body = Paced(READS[:3])
+    body.let_go(4)
+    async with writer:
+        writer.announce(len(DATA))
+        await guard(writer.pump(body))
+        assert [chunk for _, chunk in writer.fill.recent] == READS[1:3]
+        await writer.write(b"".join(READS[3:]))
+        assert not writer.fill.recent
+        await writer.commit(len(DATA))
+    async with follower:
+        got = await guard(chunks_of(follower))
+    assert b"".join(got) == DATA
