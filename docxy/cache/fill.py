@@ -2,9 +2,7 @@
 
 The writer appends upstream bytes to a temp file while hashing them; followers read the same temp
 file as it grows (through their own descriptor, so the atomic rename at commit does not disturb
-them) and wait on the fill for more bytes, for the commit, or for an abort. A follower that keeps
-up with a pumped download gets its latest reads from memory instead, the very objects read
-(:attr:`InFlight.recent`): no read back, no copy. :func:`run_fill` is
+them) and wait on the fill for more bytes, for the commit, or for an abort. :func:`run_fill` is
 the whole download in one pass: fetch, reserve and announce the length, tee into the temp file,
 verify, commit; the store runs it as a named task (``DiskBlobStore.fill``). The temp file never
 grows past the room the store reserved for it (see :meth:`BlobWriter.reserve`).
@@ -13,7 +11,6 @@ grows past the room the store reserved for it (see :meth:`BlobWriter.reserve`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import enum
 import logging
@@ -56,14 +53,12 @@ WRITE_BUFFER = 512 * 1024
 #: Bytes written between two background syncs of the temp file ("sync behind"): the commit's
 #: own sync, which the clients' last byte waits for, then only has the tail left to flush.
 SYNC_BEHIND = 32 * 1024 * 1024
-#: The size of a fill's worker thread's reads of the upstream body (each a new object; the
+#: The buffer a fill's worker thread reads the upstream body into (one per fill, reused; the
 #: store makes it smaller when many fills run at once).
 PUMP_BUFFER = 1024 * 1024
-#: Reads of that size in one fill's pipeline: read and written by one thread, hashed by
-#: another; the next read waits while this many are not hashed yet.
+#: Buffers of that size in one fill's pipeline: read and written by one thread, hashed by
+#: another; a buffer is read into again once it is hashed.
 PUMP_DEPTH = 4
-#: A pump's latest reads kept in memory for its followers (:attr:`InFlight.recent`).
-RECENT = 2
 
 
 class FillState(enum.Enum):
@@ -98,13 +93,12 @@ class FillHost(Protocol):
 class BodySource(Protocol):
     """An upstream body read with blocking calls (``docxy.upstream.direct.DirectBody``)."""
 
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes of the body, in a new object; none at its end; raises if the
-        upstream fails."""
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` from the body; 0 at its end; raises if the upstream fails."""
         ...
 
     def interrupt(self) -> None:
-        """Make a blocked :meth:`read` return or raise now; called from another thread."""
+        """Make a blocked :meth:`readinto` return or raise now; called from another thread."""
         ...
 
 
@@ -173,21 +167,7 @@ class InFlight:
     holders: int = 0
     removed: bool = False
     unlinked: int = 0
-    #: The latest reads of a pump, as read (``(offset, bytes)``, oldest first, contiguous,
-    #: ending where the temp file does, at most :data:`RECENT` of them): a follower that keeps
-    #: up sends them to its client as they are, without reading them back from the temp file
-    #: (see :meth:`BlobFollower._next`).
-    recent: collections.deque[tuple[int, bytes]] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT)
-    )
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def recent_at(self, pos: int) -> tuple[int, bytes] | None:
-        """The recent read that holds byte ``pos``, if one does."""
-        for offset, chunk in self.recent:
-            if offset <= pos < offset + len(chunk):
-                return offset, chunk
-        return None
 
     def notify(self) -> None:
         """Wake every follower waiting in :meth:`changed`."""
@@ -311,14 +291,9 @@ class BlobWriter:
         else:
             self._grew(nbytes)
 
-    def _grew(self, nbytes: int, chunk: bytes | None = None) -> None:
-        """``nbytes`` more are in the temp file (``chunk``, if the pump read them): tell the
-        store and the followers."""
+    def _grew(self, nbytes: int) -> None:
+        """``nbytes`` more are in the temp file: tell the store and the followers."""
         if self.caching:
-            if chunk is None:
-                self.fill.recent.clear()  # not the latest bytes any more (a rest on the loop)
-            else:
-                self.fill.recent.append((self.fill.written, chunk))
             self.fill.written += nbytes
             self._host.fill_grew(self.fill, nbytes)
             self.fill.notify()
@@ -353,13 +328,13 @@ class BlobWriter:
         Followers see each read as soon as it is in the temp file: the hash, the slowest step,
         is off their path (only the last byte waits for it, at the commit), and the reading
         thread is back in ``recv`` while the hash runs. The event loop only hears of each read
-        (followers woken, room made in the store, the read kept in :attr:`InFlight.recent`).
-        If writing fails the thread stops reading: the fill is given up (its followers get the
-        rest from the upstream). Cancelling sets a stop flag, interrupts the body's blocked
-        read and waits for both threads, so the temp file's descriptor is never closed under a
-        running write; an abort meanwhile (another task, a second cancel) interrupts the body's
-        read too, and leaves the descriptor open until the reading thread is done, which it is
-        at once (a stalled upstream does not hold the removed temp file).
+        (followers woken, room made in the store). If writing fails the thread stops reading:
+        the fill is given up (its followers get the rest from the upstream). Cancelling sets a
+        stop flag, interrupts the body's blocked read and waits for both threads, so the temp
+        file's descriptor is never closed under a running write; an abort meanwhile (another
+        task, a second cancel) interrupts the body's read too, and leaves the descriptor open
+        until the reading thread is done, which it is at once (a stalled upstream does not
+        hold the removed temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -390,16 +365,15 @@ class BlobWriter:
         stop: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """The reading thread of :meth:`pump`: read, write, hand the read to the loop (for the
-        followers) and to the hashing thread; repeat. Returns once everything read is hashed,
-        or early when the fill may not grow (no room, more than announced: see
-        :meth:`reserve`)."""
+        """The reading thread of :meth:`pump`: read, write, tell the loop, pass the buffer to
+        the hashing thread; repeat. Returns once everything read is hashed, or early when the
+        fill may not grow (no room, more than announced: see :meth:`reserve`)."""
         fd = self._fd
         written = self.fill.written  # by this thread's writes; the loop hears of them later
-        free: queue.SimpleQueue[None] = queue.SimpleQueue()  # one per read hashing may hold
+        free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(PUMP_DEPTH):
-            free.put(None)
-        hashing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+            free.put(bytearray(size))
+        hashing: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
         failed: list[BaseException] = []
         hasher = threading.Thread(
             target=_hash_all,
@@ -411,27 +385,27 @@ class BlobWriter:
         hashed = 0  # bytes handed to the hashing thread
         try:
             while not stop.is_set() and not failed:
-                free.get()
-                chunk = body.read(size)
-                nbytes = len(chunk)
-                if not nbytes:
-                    break
-                self._count += nbytes
-                total = written + nbytes
-                if fd is not None and not self._reserved_from_thread(total, loop, stop):
-                    break  # the fill is over: reading on would serve nobody
-                if fd is not None:
-                    try:
-                        write_all(fd, [chunk])
-                    except OSError as exc:
-                        # No more writes: the loop may close the descriptor at once, and
-                        # gives the fill up; reading on would serve nobody.
-                        loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
+                buffer = free.get()
+                with memoryview(buffer) as chunk:
+                    nbytes = body.readinto(chunk)
+                    if not nbytes:
                         break
-                    else:
-                        written += nbytes
-                        loop.call_soon_threadsafe(self._grew, nbytes, chunk)
-                hashing.put(chunk)
+                    self._count += nbytes
+                    total = written + nbytes
+                    if fd is not None and not self._reserved_from_thread(total, loop, stop):
+                        break  # the fill is over: reading on would serve nobody
+                    if fd is not None:
+                        try:
+                            write_all(fd, [chunk[:nbytes]])
+                        except OSError as exc:
+                            # No more writes: the loop may close the descriptor at once, and
+                            # gives the fill up; reading on would serve nobody.
+                            loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
+                            break
+                        else:
+                            written += nbytes
+                            loop.call_soon_threadsafe(self._grew, nbytes)
+                hashing.put((buffer, nbytes))
                 hashed += nbytes
         finally:
             hashing.put(None)
@@ -718,36 +692,16 @@ class BlobFollower(ClosingStream):
                 # The last byte waits for the commit: a blob that fails verification never
                 # reaches a client complete, so it cannot pass for a good one.
                 ready = fill.written if fill.state is FillState.COMMITTED else fill.written - 1
-                # None: the pump's latest read holds that byte, and goes out whole later.
-                if pos < ready and (chunk := await self._next(pos, ready)) is not None:
-                    pos += len(chunk)
-                    yield chunk
+                if pos < ready:
+                    data = await self._read_temp(pos, ready - pos)
+                    pos += len(data)
+                    yield data
                 elif fill.state is FillState.COMMITTED:
                     return
                 else:
                     await fill.changed()
         finally:
             self.close()
-
-    async def _next(self, pos: int, ready: int) -> bytes | None:
-        """The next bytes from ``pos`` (up to ``ready``): a recent read of the pump as it is, if
-        this follower is at its start and may send all of it; a read of the temp file up to
-        the first recent read otherwise (so the next one starts there). None: the recent read
-        from ``pos`` holds the byte that waits for the commit (wait, then ask again)."""
-        fill = self.fill
-        held = fill.recent_at(pos)
-        if held is not None:
-            offset, chunk = held
-            end = offset + len(chunk)
-            if end > ready:
-                return None
-            if offset == pos:
-                return chunk
-            return chunk[pos - offset :]
-        limit = ready
-        if fill.recent and fill.recent[0][0] > pos:
-            limit = min(limit, fill.recent[0][0])
-        return await self._read_temp(pos, limit - pos)
 
     async def _read_temp(self, pos: int, limit: int) -> bytes:
         """Up to ``limit`` bytes of the temp file from ``pos``; none is a file that shrank."""
@@ -1021,22 +975,24 @@ def _verify_rest(fill: InFlight, total: int, hasher: Hasher) -> str:
 
 def _hash_all(
     hasher: Hasher,
-    hashing: queue.SimpleQueue[bytes | None],
-    free: queue.SimpleQueue[None],
+    hashing: queue.SimpleQueue[tuple[bytearray, int] | None],
+    free: queue.SimpleQueue[bytearray],
     failed: list[BaseException],
 ) -> None:
-    """The hashing thread of a fill's pump: hash each read in order, then let one more be read.
+    """The hashing thread of a fill's pump: hash each buffer in order, hand it back to read.
 
-    Should hashing fail, the reads are still let go (the reading thread never waits for ever)
+    Should hashing fail, the buffers still go back (the reading thread never waits for ever)
     and the error waits in ``failed`` for the reading thread to raise.
     """
-    while (chunk := hashing.get()) is not None:
+    while (item := hashing.get()) is not None:
+        buffer, nbytes = item
         if not failed:
             try:
-                hasher.update(chunk)
+                with memoryview(buffer) as view:
+                    hasher.update(view[:nbytes])
             except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
                 failed.append(exc)
-        free.put(None)
+        free.put(buffer)
 
 
 def _sync_behind(fd: int) -> OSError | None:

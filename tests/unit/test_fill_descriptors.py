@@ -181,10 +181,11 @@ class Stalled:
         self.stalled = asyncio.Event()
         self.interrupted = threading.Event()
 
-    def read(self, size: int) -> bytes:
+    def readinto(self, buffer: memoryview) -> int:
         if self.first is not None:
             first, self.first = self.first, None
-            return first
+            buffer[: len(first)] = first
+            return len(first)
         self.loop.call_soon_threadsafe(self.stalled.set)
         if self.interrupted.wait(STALL):
             raise OSError(errno.ECONNABORTED, "the upstream connection was shut")

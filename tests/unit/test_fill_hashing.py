@@ -20,10 +20,11 @@ class Memory:
     def __init__(self, data: bytes, step: int = 256 * 1024) -> None:
         self._data, self._pos, self._step = data, 0, step
 
-    def read(self, size: int) -> bytes:
-        chunk = self._data[self._pos : self._pos + min(self._step, size)]
+    def readinto(self, buffer: memoryview) -> int:
+        chunk = self._data[self._pos : self._pos + min(self._step, len(buffer))]
+        buffer[: len(chunk)] = chunk
         self._pos += len(chunk)
-        return chunk
+        return len(chunk)
 
     def interrupt(self) -> None:
         pass
