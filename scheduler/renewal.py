@@ -32,22 +32,30 @@ class ReloadError(Exception):
     """The mirror could not be told to reload (it still picks the files up by watching them)."""
 
 
+#: How long a run waits for the mirror (``--wait-for-mirror``) before it fails (and is retried).
 MIRROR_WAIT = 120.0
 
 
 def wait_for(url: str, timeout: float) -> None:
-    """Poll ``url`` until it answers 200; ValueError (a failed run, retried) after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    """Poll ``url`` until it answers 200; ValueError (a failed run, retried) after ``timeout``.
+    A line in the log when the first ask gets no answer, and one when the answer comes."""
+    started = time.monotonic()
+    waiting = False
     while True:
         try:
             # trust_env=False: a proxy from the environment (certbot's, to reach the CA) cannot
             # reach this host's own listener (docxy.cli.healthcheck.probe does the same).
             if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
+                if waiting:
+                    log.info("the mirror answered after %.1f s", time.monotonic() - started)
                 return
         except httpx.HTTPError:
             pass
-        if time.monotonic() >= deadline:
+        if time.monotonic() - started >= timeout:
             raise ValueError(f"the mirror at {url} did not answer within {timeout:.0f} s")
+        if not waiting:
+            log.info("waiting up to %.0f s for the mirror at %s before certbot", timeout, url)
+            waiting = True
         time.sleep(0.5)
 
 
@@ -119,20 +127,26 @@ class Renewer(Runs):
 
     def _obtain_or_renew(self) -> None:
         """Renew the lineage, or obtain one: first, or in place of one certbot cannot renew
-        (:mod:`docxy.tls.lineage`; what it set aside goes to the status file)."""
+        (:mod:`docxy.tls.lineage`; what it set aside goes to the status file).
+
+        With ``--wait-for-mirror``, not before the mirror answers: certbot's HTTP-01 challenge
+        is answered from the webroot the mirror serves, for a renewal as for a first issuance.
+        The appliance starts both together, and a renewal already due at start (a container
+        down for weeks) asked the CA at once, failed its validation on a mirror not yet
+        listening and waited out the backoff (and counted towards the CA's failed-validation
+        limit). One ask when the mirror is up; a run whose mirror does not answer within
+        :data:`MIRROR_WAIT` fails without asking the CA, and is retried."""
         s = self.settings
         if s.domain is None:
             return
+        if s.wait_for_mirror:
+            wait_for(s.wait_for_mirror, MIRROR_WAIT)
         lineage = Lineage.of(s.certs, timeout=s.certbot_timeout)
         try:
-            lineage.ensure(deploy_hook=s.deploy_hook, before_obtain=self._wait_for_mirror)
+            lineage.ensure(deploy_hook=s.deploy_hook)
         finally:
             if lineage.set_aside is not None:
                 self.set_aside = lineage.set_aside.as_dict()
-
-    def _wait_for_mirror(self) -> None:
-        if self.settings.wait_for_mirror:
-            wait_for(self.settings.wait_for_mirror, MIRROR_WAIT)
 
     def _deploy(self) -> None:
         """Install the lineage where the mirror serves it (if it changed) and tell the mirror.

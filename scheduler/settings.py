@@ -39,7 +39,7 @@ class Settings:
     deploy_hook: str | None
     certbot_timeout: float
     once: bool
-    wait_for_mirror: str | None = None  # poll this URL until it answers before a first issuance
+    wait_for_mirror: str | None = None  # poll this URL until it answers before each run
 
     @property
     def domain(self) -> str | None:
@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait-for-mirror",
         action="store_true",
         default=None,
-        help="before a first issuance, wait until the mirror's plain-HTTP listener answers "
-        "(it serves the HTTP-01 token; when both start together, asking the CA first fails)",
+        help="before each run, wait until the mirror's plain-HTTP listener answers (it serves "
+        "the HTTP-01 token of an issuance or a renewal; when both start together, asking the "
+        "CA first fails)",
     )
     return p
 

@@ -25,7 +25,7 @@ from tests.unavailable import need_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PATIENCE = 6  # DOCXY_WATCHDOG_SECONDS here (300 by default)
-STOPWAITSECS = 15  # scripts/supervisord.conf: a hung mirror gets SIGKILL after that long
+STOPWAITSECS = 13  # scripts/supervisord.conf: a hung mirror gets SIGKILL after that long
 
 
 def test_a_mirror_that_stops_answering_is_restarted(tmp_path: Path) -> None:

@@ -456,6 +456,103 @@ def test_wait_for_mirror_gives_up_with_a_reason(monkeypatch: pytest.MonkeyPatch)
         wait_for(f"http://127.0.0.1:{port}/health", 0.0)
 
 
+class LateMirror:
+    """A stand-in mirror on loopback whose ``/health`` answers 503 to the first `late` asks
+    (still starting), then 200; ``asked`` counts the asks, ``up`` whether one got 200."""
+
+    def __init__(self, late: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        mirror = self
+        self.late, self.asked, self.up = late, 0, False
+
+        class Health(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                mirror.asked += 1
+                ready = mirror.asked > mirror.late
+                mirror.up = mirror.up or ready  # before the answer leaves
+                self.send_response(200 if ready else 503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="late-mirror")
+
+    def __enter__(self) -> LateMirror:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_a_renewal_due_at_start_waits_for_the_mirror(
+    fake_certbot: FakeCertbot,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A certificate already issued (the container was down while its renewal fell due): the
+    run's ``certbot renew`` waits, like a first issuance, until the mirror that serves the
+    HTTP-01 token answers; before, it asked the CA at once and failed on a mirror not yet up."""
+    issued_lineage(fake_certbot.live)
+    mirror_up_at_renew: list[bool] = []
+    real_renew = fake_certbot.renew
+
+    def renew(**kwargs: object) -> str:
+        mirror_up_at_renew.append(mirror.up)
+        return real_renew(**kwargs)
+
+    monkeypatch.setattr(certs, "renew", renew)
+    with LateMirror(late=2) as mirror:
+        monkeypatch.setenv("DOCXY_SERVER_LISTEN", f"127.0.0.1:{mirror.port}")
+        monkeypatch.setenv("DOCXY_SERVER_PUBLIC_URL", "https://mirror.test")
+        renewer = Renewer(settings_mod.load(["--wait-for-mirror"]))
+        with caplog.at_level("INFO", logger="scheduler.renewal"):
+            assert renewer.run() is True, renewer.last_error
+    assert fake_certbot.calls == ["renew"] and mirror_up_at_renew == [True]
+    assert mirror.asked == 3  # two 503s, then the 200 (and no ask after it)
+    said = caplog.text
+    assert f"waiting up to 120 s for the mirror at http://127.0.0.1:{mirror.port}/health" in said
+    assert "the mirror answered after" in said
+
+
+def test_a_renewal_whose_mirror_never_answers_fails_without_asking_the_ca(
+    fake_certbot: FakeCertbot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bounded: after the wait the run fails (and is retried with backoff); certbot is not run,
+    so a validation that could not succeed does not count against the CA's limits."""
+    from scheduler import renewal
+
+    issued_lineage(fake_certbot.live)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setattr(renewal, "MIRROR_WAIT", 1.0)
+    monkeypatch.setenv("DOCXY_SERVER_LISTEN", f"127.0.0.1:{port}")
+    monkeypatch.setenv("DOCXY_SERVER_PUBLIC_URL", "https://mirror.test")
+    renewer = Renewer(settings_mod.load(["--wait-for-mirror"]))
+    assert renewer.run() is False
+    assert fake_certbot.calls == []
+    assert f"the mirror at http://127.0.0.1:{port}/health did not answer within 1 s" in str(
+        renewer.last_error
+    )
+
+
+def test_without_wait_for_mirror_a_renewal_runs_at_once(fake_certbot: FakeCertbot) -> None:
+    """The flag is the appliance's (the renewer and the mirror start together); a renewer
+    beside a mirror that is already up (the host install) asks nothing first."""
+    issued_lineage(fake_certbot.live)
+    renewer = Renewer(settings_mod.load([]))
+    assert renewer.settings.wait_for_mirror is None
+    assert renewer.run() is True and fake_certbot.calls == ["renew"]
+
+
 @pytest.mark.usefixtures("env")
 def test_wait_for_mirror_url_comes_from_the_listener(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCXY_SERVER_LISTEN", "0.0.0.0:8081")
