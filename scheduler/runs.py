@@ -19,6 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from docxy.core.stamps import utc_stamp
 from docxy.logs import log_to_stderr
 from docxy.tls.files import write_files_atomic
 from scheduler.settings import Settings
@@ -48,6 +49,10 @@ def backoff(failures: int, base: float, cap: float) -> float:
 
 
 def _iso(when: dt.datetime | None) -> str | None:
+    """A time as the status file keeps it: ``isoformat()``, to the microsecond. The file is
+    the renewer's memory (the backoff counts from ``last_run``, the schedule's ``next_run`` is
+    written as APScheduler set it) and every version wrote it so; ``/health`` shows these times
+    as its others (``docxy.tls.certs.renewal_status``), and so does the log."""
     return when.isoformat() if when is not None else None
 
 
@@ -183,8 +188,8 @@ class Runs:
             log.info(
                 "renewal has failed %d time(s) in a row since %s; last success %s",
                 failures,
-                _iso(self.failing_since),
-                _iso(last_success) or "never",
+                utc_stamp(self.failing_since),
+                utc_stamp(last_success) or "never",
             )
 
     def write_status(self, next_run: dt.datetime | None) -> None:

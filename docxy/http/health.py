@@ -57,6 +57,8 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     tls = report.get("tls")
     if isinstance(tls, dict) and tls.get("expires_soon") is True:
         report["status"] = "degraded"  # clients will soon refuse it: renewals are failing
+    if isinstance(tls, dict) and tls.get("warning"):
+        report["status"] = "degraded"  # clients refuse it now (docxy.tls.trust.refusal)
     return report
 
 

@@ -149,7 +149,10 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         client_ca = ca.cert_path
         peer.install()
     try:
-        return ReloadableTLS(Path(cert), Path(key), client_ca, own)
+        # The renewer's certificate is expected at the configured paths; the own pair is kept
+        # self-signed on purpose (docxy.tls.trust).
+        domain = config.certs.domain if own is None else None
+        return ReloadableTLS(Path(cert), Path(key), client_ca, own, domain)
     except CertError as exc:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"

@@ -10,6 +10,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
+from docxy.core.stamps import utc_stamp
+
 MAX_KEY = 200  # characters of an image name kept; longer names are cut
 
 
@@ -51,7 +53,7 @@ class ErrorEvent:
     message: str
 
     def as_dict(self) -> dict[str, object]:
-        return {"at": iso(self.at), "kind": self.kind, "message": self.message}
+        return {"at": utc_stamp(self.at), "kind": self.kind, "message": self.message}
 
 
 class RecentErrors:
@@ -65,9 +67,3 @@ class RecentErrors:
 
     def latest(self) -> list[ErrorEvent]:
         return sorted(self._events, key=lambda event: event.at, reverse=True)
-
-
-def iso(stamp: float | None) -> str | None:
-    if stamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))

@@ -7,13 +7,13 @@ anywhere (mirrors run where the internet is filtered). It reloads itself every
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import time
 from html import escape
 from typing import Any
 
 from docxy.cli.cache import human_size
+from docxy.core.stamps import utc_stamp
 from docxy.http.health import health_report
 from docxy.observe.metrics import OUTCOMES, SENT_SOURCES, timestamp
 from docxy.observe.observer import Observer, Samples, total
@@ -30,7 +30,7 @@ def status_report(observer: Observer) -> dict[str, Any]:
     now = time.time()
     report: dict[str, Any] = dict(health_report(observer.state))
     samples = observer.samples()
-    report["generated_at"] = _iso(now)
+    report["generated_at"] = utc_stamp(now)
     report["uptime_seconds"] = round(now - observer.started_at)
     sent = {
         source: int(total(samples, "docxy_sent_bytes_total", source=source))
@@ -80,10 +80,6 @@ def _number(samples: Samples, name: str) -> int | None:
 
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
-
-
-def _iso(stamp: float) -> str:
-    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- HTML -----------------------------------------------------------------------------------
@@ -276,6 +272,10 @@ def _traffic(traffic: dict[str, Any]) -> str:
 def _certificate(tls: object, renewal: object) -> str:
     rows: list[tuple[str, str]] = []
     if isinstance(tls, dict):
+        if tls.get("served"):
+            rows.append(("served", _served(tls)))
+        if tls.get("warning"):  # docxy.tls.trust.refusal: clients refuse it now
+            rows.append(("warning", str(tls["warning"])))
         rows.append(("expires", _when(tls.get("not_after"))))
         if tls.get("expires_soon") is True:  # docxy.tls.context.CertInfo.expires_soon
             rows.append(("warning", "expires soon and has not been renewed: see the renewal"))
@@ -295,6 +295,17 @@ def _certificate(tls: object, renewal: object) -> str:
             next_run = renewal.get("next_run")
             rows.append(("next renewal", _when(next_run) if next_run else "not scheduled"))
     return _section("certificate", "Certificate", _rows(rows))
+
+
+def _served(tls: dict[str, Any]) -> str:
+    """``tls.served`` (:func:`docxy.tls.trust.served_kind`) in words."""
+    served, domain = tls.get("served"), tls.get("domain")
+    if served == "self-signed":
+        return "self-signed"
+    if served == "other-name":
+        names = ", ".join(str(name) for name in tls.get("sans") or []) or "no name"
+        return f"for {names}, not {domain}"
+    return "issued by a CA" + (f" for {domain}" if domain else "")
 
 
 def _top_images(images: list[dict[str, Any]]) -> str:
@@ -325,7 +336,7 @@ def _when(value: object) -> str:
     if stamp is None:
         return "never"
     delta = stamp - time.time()
-    shown = _iso(stamp).replace("T", " ")
+    shown = utc_stamp(stamp).replace("T", " ")
     phrase = f"in {_duration(delta)}" if delta > 0 else f"{_duration(-delta)} ago"
     return f"{shown} ({phrase})"
 

@@ -28,6 +28,7 @@ from typing import TypeVar
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.config import Config
 from docxy.core.errors import ConfigError
+from docxy.core.stamps import restamped
 from docxy.tls.files import CertError, write_pair
 
 log = logging.getLogger(__name__)
@@ -228,14 +229,31 @@ def describe_files(cert_path: Path, key_path: Path) -> dict[str, object]:
     return {"cert_path": str(cert_path), **info.as_dict()}
 
 
+#: The times in the renewer's status file; and in its parts, by part.
+RENEWAL_TIMES = ("last_run", "last_success", "failing_since", "next_run")
+RENEWAL_PART_TIMES = {"set_aside": "at", "certificate": "not_after"}
+
+
 def renewal_status(config_dir: Path) -> dict[str, object]:
-    """The renewer's last status (for /health): last run, last error, next run, certificate."""
+    """The renewer's last status (for /health): last run, last error, next run, certificate.
+
+    Its times as ``/health``'s others (:func:`docxy.core.stamps.utc_stamp`): the file keeps
+    ``isoformat()``'s, with microseconds (``scheduler.runs``), in files of every version."""
     path = config_dir / STATUS_FILE
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         return {"error": f"no renewer status in {path}: {exc.__class__.__name__}"}
-    return data if isinstance(data, dict) else {"error": f"{path}: not a JSON object"}
+    if not isinstance(data, dict):
+        return {"error": f"{path}: not a JSON object"}
+    for key in RENEWAL_TIMES:
+        if key in data:
+            data[key] = restamped(data[key])
+    for part, key in RENEWAL_PART_TIMES.items():
+        within = data.get(part)
+        if isinstance(within, dict) and key in within:
+            within[key] = restamped(within[key])
+    return data
 
 
 # --- `docxy certs ...` ------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from docxy.core.stamps import utc_stamp
+from docxy.tls import trust
 from docxy.tls.files import CertError as CertError  # its callers import it here
 from docxy.tls.files import write_files_atomic as write_files_atomic  # its callers import it here
 from docxy.tls.files import write_pair
@@ -53,6 +55,8 @@ class CertInfo:
     not_after: dt.datetime
     fingerprint: str
     not_before: dt.datetime | None = None
+    #: Issued by itself (its issuer is its subject): the bootstrap pair, the mirror's own.
+    self_signed: bool = False
 
     def expires_soon(self, now: dt.datetime | None = None) -> bool:
         """Less than :data:`EXPIRY_WARNING` left (a sixth of its lifetime if less), or expired."""
@@ -71,7 +75,7 @@ class CertInfo:
             "subject": self.subject,
             "sans": list(self.sans),
             "serial": self.serial,
-            "not_after": utc_iso(self.not_after),
+            "not_after": utc_stamp(self.not_after),
             "days_left": self.days_left(),
             "expires_soon": self.expires_soon(),
         }
@@ -86,12 +90,6 @@ def _within(elapsed: dt.timedelta, limit: dt.timedelta) -> bool:
     not: the clock stepped back since, and the quiet time counted from the old clock would
     last the whole step (a clock a month ahead, then set right: a month without warnings)."""
     return dt.timedelta(0) <= elapsed < limit
-
-
-def utc_iso(when: dt.datetime) -> str:
-    """``2027-02-28T10:00:00Z``: a time as the rest of ``/health`` tells it (UTC, to the
-    second, ``Z``), not ``isoformat()``'s ``+00:00`` with microseconds."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -142,6 +140,7 @@ def describe(cert: x509.Certificate) -> CertInfo:
         not_after=cert.not_valid_after_utc,
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
         not_before=cert.not_valid_before_utc,
+        self_signed=cert.issuer == cert.subject,
     )
 
 
@@ -220,12 +219,16 @@ class ReloadableTLS:
         key_path: Path,
         client_ca: Path | None = None,
         own: SelfSignedPair | None = None,
+        domain: str | None = None,
     ) -> None:
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
         self.client_ca = client_ca
         #: The mirror's own self-signed pair, served from these paths: renewed while serving.
         self.own = own
+        #: The name the renewer installs a CA's certificate for at these paths (certs.domain):
+        #: one self-signed or for another name is refused by clients (:mod:`docxy.tls.trust`).
+        self.domain = domain
         self._own_tried: dt.datetime | None = None  # when a new one was last written (or not)
         self._signature = _file_signature(self.cert_path, self.key_path)
         #: Replaced (never changed) by a reload: take it per handshake, never keep it.
@@ -234,6 +237,7 @@ class ReloadableTLS:
         self._last_error: str | None = None
         self._warned: tuple[str, dt.datetime] | None = None  # serial and time of the last warning
         log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
+        self._warn_if_refused()
         self.warn_if_expiring()
 
     def _loaded(self) -> tuple[ssl.SSLContext, CertInfo, str]:
@@ -251,7 +255,7 @@ class ReloadableTLS:
         info = self._info
         return (
             f"subject={info.subject} sans={','.join(info.sans)} serial={info.serial} "
-            f"not_after={utc_iso(info.not_after)}"
+            f"not_after={utc_stamp(info.not_after)}"
         )
 
     def reload(self) -> bool:
@@ -271,7 +275,20 @@ class ReloadableTLS:
         self.context, self._info, self._chain = context, info, chain
         self._last_reload = _utcnow()
         log.info("TLS certificate reloaded from %s: %s", self.cert_path, self._summary())
+        self._warn_if_refused()
         return True
+
+    def _refusal(self) -> tuple[str, str | None]:
+        """What is served (:func:`docxy.tls.trust.served_kind`) and why clients refuse it."""
+        info = self._info
+        kind = trust.served_kind(info.self_signed, info.sans, self.domain)
+        return kind, trust.refusal(kind, info.sans, self.domain)
+
+    def _warn_if_refused(self) -> None:
+        """Log, once per certificate loaded, that clients will refuse it."""
+        refused = self._refusal()[1]
+        if refused is not None:
+            log.warning("TLS %s: %s", self.cert_path, refused)
 
     def warn_if_expiring(self, now: dt.datetime | None = None) -> None:
         """Log a warning, once every 24 hours, while the served certificate expires soon:
@@ -290,7 +307,7 @@ class ReloadableTLS:
             self.cert_path,
             info.serial,
             info.days_left(now),
-            utc_iso(info.not_after),
+            utc_stamp(info.not_after),
         )
 
     def renew_own_if_due(self, now: dt.datetime | None = None) -> bool:
@@ -311,7 +328,7 @@ class ReloadableTLS:
             " clients that trust the old one must fetch the new one",
             self.cert_path,
             self._info.serial,
-            utc_iso(self._info.not_after),
+            utc_stamp(self._info.not_after),
         )
         try:
             own.renew()
@@ -321,10 +338,14 @@ class ReloadableTLS:
         return True
 
     def status(self) -> dict[str, object]:
+        served, refused = self._refusal()
         return {
             "cert_path": str(self.cert_path),
+            "served": served,
+            "domain": self.domain,
+            "warning": refused,
             **self._info.as_dict(),
-            "last_reload": utc_iso(self._last_reload),
+            "last_reload": utc_stamp(self._last_reload),
             "last_error": self._last_error,
         }
 
@@ -471,5 +492,5 @@ def _reusable(cert_path: Path, key_path: Path, hostname: str, margin: dt.timedel
     if info.sans != (hostname,):
         return f"{cert_path} names {', '.join(info.sans) or 'no host'}, not {hostname}"
     if info.not_after - _utcnow() < margin:
-        return f"{cert_path} expires at {utc_iso(info.not_after)}"
+        return f"{cert_path} expires at {utc_stamp(info.not_after)}"
     return None

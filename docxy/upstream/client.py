@@ -29,6 +29,7 @@ from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers, retry_after_seconds
 from docxy.core.hosts import origin, url_host
+from docxy.core.stamps import utc_stamp
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.failures import failure
@@ -237,22 +238,16 @@ class UpstreamHealth:
     def as_dict(self) -> dict[str, object]:
         return {
             "reachable": self.reachable,
-            "last_ok": _iso(self.last_ok),
-            "last_error": _iso(self.last_error),
+            "last_ok": utc_stamp(self.last_ok),
+            "last_error": utc_stamp(self.last_error),
             "last_error_message": self.last_error_message,
             "ratelimit_limit": self.ratelimit_limit,
             "ratelimit_remaining": self.ratelimit_remaining,
-            "rate_limited_until": _iso(self.limited_until if self.limited else None),
-            "last_rate_limited": _iso(self.last_limited),
+            "rate_limited_until": utc_stamp(self.limited_until if self.limited else None),
+            "last_rate_limited": utc_stamp(self.last_limited),
             "stale_served": self.stale_served,
-            "last_stale": _iso(self.last_stale),
+            "last_stale": utc_stamp(self.last_stale),
         }
-
-
-def _iso(stamp: float | None) -> str | None:
-    if stamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
 def is_pull(url: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from docxy.observe.recent import MAX_KEY, RecentErrors, TopCounts, iso
+from docxy.observe.recent import MAX_KEY, RecentErrors, TopCounts
 
 
 def test_top_counts_orders_by_count_then_name() -> None:
@@ -53,8 +53,3 @@ def test_recent_errors_keeps_the_newest_first_and_drops_the_oldest() -> None:
         "kind": "timeout",
         "message": "error 4",
     }
-
-
-def test_iso() -> None:
-    assert iso(None) is None
-    assert iso(0) == "1970-01-01T00:00:00Z"

@@ -86,10 +86,20 @@ async def test_the_keys_the_readme_health_section_names_are_in_the_report(
 ) -> None:
     """Each field the Health section names (``fills_in_flight``, ``uploads_dropped``, ...) is
     in the admin listener's ``/status.json``, the whole report, of a mirror with the cache and
-    the shared tier on; the public ``/health`` has ``status`` and ``version``."""
+    the shared tier on, and TLS with a renewer (``tls``, ``renewal``); the public ``/health``
+    has ``status`` and ``version``."""
     section = README.read_text().split("\n## Health\n")[1].split("\n## ")[0]
-    named = set(re.findall(r"`([a-z_]+)`", section)) - {"ok", "degraded"}
+    named = set(re.findall(r"`([a-z_]+)`", section)) - {"ok", "degraded", "null"}
+    cert, key = self_signed(tmp_path / "tls", "mirror.test")
+    renewer = tmp_path / "letsencrypt"
+    renewer.mkdir()
+    status = {"last_run": "2026-11-30T03:00:00Z", "next_run": "2026-12-01T03:00:00Z"}
+    (renewer / certs.STATUS_FILE).write_text(json.dumps({**status, "failures": 0}))
     async with stack(tmp_path, settings=SHARED) as mirror:
+        providers = mirror_state(mirror.app).extras.setdefault("health", {})
+        # as docxy.http.server.run does, for a mirror with certs.domain and its paths
+        providers["tls"] = ReloadableTLS(cert, key, domain="mirror.test").status
+        providers["renewal"] = lambda: certs.renewal_status(renewer)
         public = json.loads((await mirror.get("/health")).body)
         code, text = await mirror.admin_get("/status.json")
     assert code == 200 and {"status", "version"} <= set(public)

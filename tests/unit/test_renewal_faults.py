@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from docxy.core.stamps import restamped
 from docxy.tls import certs
 from docxy.tls.context import self_signed
 from lab.health import health_server
@@ -87,7 +88,8 @@ def renewer_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _status(env: dict[str, str]) -> dict[str, object]:
-    """What the mirror reads for /health, /metrics and the status page."""
+    """What the mirror reads for /health, /metrics and the status page: the file's times
+    (``isoformat()``) as /health tells them (``restamped``)."""
     return certs.renewal_status(Path(env["DOCXY_CERTS_CONFIG_DIR"]))
 
 
@@ -148,7 +150,7 @@ def test_a_restarted_renewer_keeps_its_backoff_and_last_success(
 
         def ran() -> bool:
             assert proc.poll() is None, "the renewer exited"
-            return _status(renewer_env).get("last_run") != earlier["last_run"]
+            return _status(renewer_env).get("last_run") != restamped(earlier["last_run"])
 
         poll(ran)
         status = _status(renewer_env)
@@ -156,8 +158,8 @@ def test_a_restarted_renewer_keeps_its_backoff_and_last_success(
         proc.terminate()
         proc.communicate(timeout=HANG)
     assert status["failures"] == 5, status
-    assert status["last_success"] == earlier["last_success"]
-    assert status["failing_since"] == earlier["failing_since"]
+    assert status["last_success"] == restamped(earlier["last_success"])
+    assert status["failing_since"] == restamped(earlier["failing_since"])
     last_run = dt.datetime.fromisoformat(str(status["last_run"]))
     next_run = dt.datetime.fromisoformat(str(status["next_run"]))
     assert next_run - last_run >= dt.timedelta(seconds=60 * 16 - 60), (last_run, next_run)
@@ -348,7 +350,7 @@ def test_a_run_cut_short_by_a_stop_is_no_failure_and_puts_nothing_off(
     assert "renewal failed" not in out and "next attempt" not in out, out
     status = _status(renewer_env)
     assert status["failures"] == 0 and status["last_error"] is None, status
-    assert status["last_run"] == earlier["last_run"], status
+    assert status["last_run"] == restamped(earlier["last_run"]), status
     restarted = Runs(load([], renewer_env))
     restarted.restore()
     now = dt.datetime.now(dt.UTC)

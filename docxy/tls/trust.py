@@ -1,0 +1,81 @@
+"""What a Docker client makes of the served certificate: one a CA issued for the mirror's
+domain, the self-signed bootstrap one, or one that does not name the domain.
+
+``/health`` stayed ``ok`` while the mirror served its bootstrap certificate (before certbot's
+first issuance, or while issuance kept failing) or a lineage for another name, and every
+``docker pull`` failed with an x509 error. :func:`served_kind` says which it is from the
+certificate alone; :func:`refusal` says, in a sentence for ``/health``, why clients refuse it,
+when the mirror knows they will: with ``certs.domain`` and ``tls.cert_path`` the renewer puts
+a CA's certificate for that domain there, so anything else is a stand-in or a mistake. The
+mirror's own self-signed pair (no certificate paths) and a pair the operator installed without
+``certs.domain`` are the operator's choice: their kind is shown, never held against them.
+
+Names are compared as TLS clients compare them (RFC 6125): case-insensitively, a wildcard
+only as the whole left-most label (``*.example.com`` names ``mirror.example.com``, not
+``example.com`` nor ``a.b.example.com``), an IP address only by an IP entry. The common name
+is not looked at: Go's TLS (Docker's) ignores it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+#: :func:`served_kind`'s answers, as ``/health`` shows them under ``tls.served``.
+CA_ISSUED = "ca-issued"
+SELF_SIGNED = "self-signed"
+OTHER_NAME = "other-name"
+
+
+def names(sans: Sequence[str], host: str) -> bool:
+    """Whether a certificate with these subject alternative names is one for ``host``."""
+    address = _address(host)
+    if address is not None:
+        return any(_address(san) == address for san in sans)
+    wanted = host.rstrip(".").lower()
+    for san in sans:
+        entry = san.rstrip(".").lower()
+        if entry == wanted:
+            return True
+        if entry.startswith("*.") and "." in wanted:
+            first, rest = wanted.split(".", 1)
+            if first and rest == entry[2:]:
+                return True
+    return False
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def served_kind(self_signed: bool, sans: Sequence[str], domain: str | None) -> str:
+    """:data:`SELF_SIGNED`, :data:`OTHER_NAME` (one that does not name ``domain``), or
+    :data:`CA_ISSUED`. Self-signed first: no client trusts it, whatever it names. Without a
+    domain no name is checked."""
+    if self_signed:
+        return SELF_SIGNED
+    if domain is not None and not names(sans, domain):
+        return OTHER_NAME
+    return CA_ISSUED
+
+
+def refusal(kind: str, sans: Sequence[str], domain: str | None) -> str | None:
+    """Why Docker clients refuse the served certificate (None: they need not), when the mirror
+    expects a CA's certificate for ``domain`` (None: it expects none, see the module's
+    docstring)."""
+    if domain is None or kind == CA_ISSUED:
+        return None
+    if kind == SELF_SIGNED:
+        return (
+            f"serving the self-signed bootstrap certificate: no certificate for {domain} has"
+            " been installed yet, and clients refuse this one (x509: certificate signed by"
+            " unknown authority); see renewal"
+        )
+    named = ", ".join(sans) or "no name"
+    return (
+        f"serving a certificate for {named}, not {domain}: clients refuse it (x509: certificate"
+        " is not valid for the name); see renewal, certs.domain and tls.cert_path"
+    )
