@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,11 +125,9 @@ class Lineage:
         deploy_hook: str | None = None,
         force: bool = False,
         dry_run: bool = False,
-        before_obtain: Callable[[], None] | None = None,
     ) -> None:
         """``certbot renew`` of this lineage alone, or, if certbot cannot renew it (see the
-        module docstring), set it aside and obtain a new one (``before_obtain`` first: the
-        renewer waits for the mirror that serves the webroot). CertbotError for certbot's other
+        module docstring), set it aside and obtain a new one. CertbotError for certbot's other
         failures; with nothing moved, ValueError for a dry run and ConfigError for no webroot."""
         if self.issued() and not self.renewal_conf.exists():
             trouble = f"certbot's renewal configuration {self.renewal_conf} is missing"
@@ -160,24 +157,18 @@ class Lineage:
             )
         self._need_webroot(trouble)
         self._set_aside(trouble)
-        self._obtain(before_obtain)
+        self._obtain()
 
-    def ensure(
-        self,
-        *,
-        deploy_hook: str | None = None,
-        dry_run: bool = False,
-        before_obtain: Callable[[], None] | None = None,
-    ) -> None:
+    def ensure(self, *, deploy_hook: str | None = None, dry_run: bool = False) -> None:
         """A certificate for the domain, however the lineage stands: renewed (when due) once
         issued, else obtained; what certbot cannot go on from is set aside either way. The
         renewer's run and ``docxy certs obtain``."""
         if self.issued():
-            self.renew(deploy_hook=deploy_hook, dry_run=dry_run, before_obtain=before_obtain)
+            self.renew(deploy_hook=deploy_hook, dry_run=dry_run)
         else:
-            self.obtain(before_obtain, dry_run=dry_run)
+            self.obtain(dry_run=dry_run)
 
-    def obtain(self, before: Callable[[], None] | None = None, *, dry_run: bool = False) -> None:
+    def obtain(self, *, dry_run: bool = False) -> None:
         """A first certificate for the domain. What an earlier lineage left (a renewal
         configuration whose live/ is gone, an archive/) is set aside first: certbot would
         otherwise issue into ``<domain>-0001``, which nothing installs. With nothing moved,
@@ -193,7 +184,7 @@ class Lineage:
                     f" {self.config_dir / ORPHANED}/ and obtain a new certificate"
                 )
             self._set_aside(trouble)
-        self._obtain(before, dry_run=dry_run)
+        self._obtain(dry_run=dry_run)
 
     def _parts(self) -> tuple[Path, Path, Path]:
         return self.renewal_conf, self.live, self.config_dir / "archive" / self.domain
@@ -208,10 +199,8 @@ class Lineage:
                 " directory the mirror serves /.well-known/acme-challenge/ from)"
             )
 
-    def _obtain(self, before: Callable[[], None] | None, *, dry_run: bool = False) -> None:
+    def _obtain(self, *, dry_run: bool = False) -> None:
         assert self.webroot is not None  # _need_webroot
-        if before is not None:
-            before()
         certs.obtain(
             self.domain,
             self.email,
