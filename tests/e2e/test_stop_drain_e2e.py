@@ -121,7 +121,7 @@ def upstream() -> Iterator[StallingUpstream]:
 
 
 @pytest.fixture
-def mirror(upstream: StallingUpstream, tmp_path: Path) -> Iterator[Mirror]:
+def stalled_mirror(upstream: StallingUpstream, tmp_path: Path) -> Iterator[Mirror]:
     started = launch_mirror(upstream.url, tmp_path / "mirror")
     try:
         yield started
@@ -130,8 +130,9 @@ def mirror(upstream: StallingUpstream, tmp_path: Path) -> Iterator[Mirror]:
 
 
 def test_requests_in_flight_when_the_drain_ends(
-    mirror: Mirror, upstream: StallingUpstream, tmp_path: Path
+    stalled_mirror: Mirror, upstream: StallingUpstream, tmp_path: Path
 ) -> None:
+    mirror = stalled_mirror
     manifest, blob = Outcome(), Outcome()
     clients = [
         threading.Thread(target=fetch, args=(mirror.url + MANIFEST, manifest)),
@@ -155,8 +156,9 @@ def test_requests_in_flight_when_the_drain_ends(
         client.join(DRAIN + SLACK)
     took = time.monotonic() - stopped
     assert mirror.proc.wait(SLACK) == 0
-    # Cut by the mirror before hypercorn's own deadline, not at once: the drain was given.
-    assert DRAIN - CUT_MARGIN - 0.5 <= took <= DRAIN + 1, took
+    # Not cut at once: the drain was given (the upper bound only catches a hang; the 503
+    # below is what shows the mirror, not hypercorn's deadline, ended them).
+    assert DRAIN - CUT_MARGIN - 0.5 <= took <= DRAIN + SLACK, took
 
     # Not answered yet: the registry's 503, which a client retries.
     assert manifest.status == 503, manifest
