@@ -150,8 +150,11 @@ class RequestObserver(Protocol):
 #: How a request ended, the access log's word after ``total=`` (only ``client=`` may follow it):
 #: ``done`` (its answer went out whole), ``cut`` (the mirror cut the body: the download behind
 #: it failed; see ``CutStreams``), ``left`` (the client went away before the last byte),
-#: ``aborted`` (an error escaped).
-ENDS = ("done", "cut", "left", "aborted")
+#: ``aborted`` (an error escaped), ``stopped`` (the mirror's stop cut it when its drain was
+#: over: a 503 if it was not answered yet, else a cut body; ``docxy.http.drain``).
+ENDS = ("done", "cut", "left", "aborted", "stopped")
+#: The fact ``docxy.http.drain.Drain`` leaves on a request the stop cut.
+STOPPED = "stopped"
 #: The fact ``docxy.http.app.CutStreams`` leaves when it cut a body.
 CUT = "cut"
 #: The fact an answer from a fill carries: its :class:`~docxy.cache.fill.Handover` objects,
@@ -220,7 +223,9 @@ class AccessLog:
             outcome = "aborted"
             raise
         else:
-            if not ended:  # returned with the answer unfinished: cut by the mirror, or the
+            if facts.get(STOPPED):
+                outcome = "stopped"
+            elif not ended:  # returned with the answer unfinished: cut by the mirror, or the
                 outcome = "cut" if facts.get(CUT) else "left"  # client left (Quart stops)
         finally:
             upstream_ms = facts.get("upstream_ms")

@@ -24,6 +24,7 @@ from docxy.edge.admission import Admission
 from docxy.edge.framing import Framing
 from docxy.heap import tune_malloc
 from docxy.http.app import create_app
+from docxy.http.drain import CUT_MARGIN, Drain
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.rest import TrimAtRest
 from docxy.http.state import mirror_state
@@ -243,15 +244,22 @@ async def run(config: Config) -> None:
     if hc.edge is not None:
         observer.refusers.append(hc.edge)
     observer.refusers.append(admission)
-    asgi = TrimAtRest(AccessLog(Framing(Guard(admission, https_url)), observer))
+    drain = Drain(Framing(Guard(admission, https_url)))
+    asgi = TrimAtRest(AccessLog(drain, observer))
     asgi.arm()  # the imports' garbage, once serving
     connections.install()
     if config.limits.h2_max_streams == 0:
         h2c.install()
     stop = asyncio.Event()
+
+    def stopping() -> None:
+        if not stop.is_set():  # hypercorn's drain starts; the requests left are cut before it ends
+            stop.set()
+            drain.stop(hc.graceful_timeout - CUT_MARGIN)
+
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping)
+    loop.add_signal_handler(signal.SIGINT, stopping)
     if tls is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(tls))
         spawn("tls-watch", tls.watch(CERT_WATCH_INTERVAL))
