@@ -73,7 +73,7 @@ USER docxy
 # Follows DOCXY_SERVER_LISTEN (`docxy health` asks the configured listener, loopback for 0.0.0.0).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["docxy", "health"]
 # supervisord stops the programs on SIGTERM one after another, 26 s at worst (the mirror lets
-# running downloads finish for 10 s; scripts/supervisord.conf adds it up): give `docker stop`
+# running downloads finish for 9 s; scripts/supervisord.conf adds it up): give `docker stop`
 # 30 s (compose.yaml's stop_grace_period does; `docker run --stop-timeout 30`).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/lib/docxy/entrypoint.sh"]
