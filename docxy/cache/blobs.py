@@ -43,6 +43,7 @@ from docxy.cache.files import close_after_reading, close_off_loop, open_quietly
 from docxy.cache.fill import (
     PUMP_BUFFER,
     PUMP_DEPTH,
+    RECENT,
     WRITE_BUFFER,
     BlobFollower,
     BlobWriter,
@@ -65,7 +66,8 @@ T = TypeVar("T")
 #: Read sizes shrink to keep the total of in-flight reads near this budget (see RSS benchmark).
 READ_BUDGET = 16 * 1024 * 1024
 MIN_READ_CHUNK = 256 * 1024
-#: Upstream read buffers of the fills running at once share this budget (PUMP_DEPTH per fill).
+#: Upstream reads held by the fills running at once share this budget (per fill, PUMP_DEPTH
+#: being hashed and RECENT kept for its followers).
 PUMP_BUDGET = 16 * 1024 * 1024
 MIN_PUMP_BUFFER = 64 * 1024
 #: Seconds misses go uncached after the cache failed to write (disk full...).
@@ -489,9 +491,10 @@ class DiskBlobStore:
         return BlobWriter(fill, fd, self, self._write_buffer, self._pump_buffer)
 
     def _pump_buffer(self) -> int:
-        """A fill's upstream read size: each fill holds ``PUMP_DEPTH`` buffers of it (read and
-        hashed in turn), 1 MiB each alone, less when many fills share ``PUMP_BUDGET``."""
-        share = PUMP_BUDGET // (max(1, len(self._fills)) * PUMP_DEPTH)
+        """A fill's upstream read size: each fill holds up to ``PUMP_DEPTH + RECENT`` reads of
+        it (hashed in turn; the latest kept for its followers), 1 MiB each alone, less when
+        many fills share ``PUMP_BUDGET``."""
+        share = PUMP_BUDGET // (max(1, len(self._fills)) * (PUMP_DEPTH + RECENT))
         return max(MIN_PUMP_BUFFER, min(PUMP_BUFFER, share))
 
     # FillHost: called by writers.

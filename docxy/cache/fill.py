@@ -2,7 +2,9 @@
 
 The writer appends upstream bytes to a temp file while hashing them; followers read the same temp
 file as it grows (through their own descriptor, so the atomic rename at commit does not disturb
-them) and wait on the fill for more bytes, for the commit, or for an abort. :func:`run_fill` is
+them) and wait on the fill for more bytes, for the commit, or for an abort. A follower that keeps
+up with a pumped download gets its latest reads from memory instead, the very objects read
+(:class:`RecentReads`): no read back, no copy. :func:`run_fill` is
 the whole download in one pass: fetch, reserve and announce the length, tee into the temp file,
 verify, commit; the store runs it as a named task (``DiskBlobStore.fill``). The temp file never
 grows past the room the store reserved for it (see :meth:`BlobWriter.reserve`).
@@ -11,6 +13,7 @@ grows past the room the store reserved for it (see :meth:`BlobWriter.reserve`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import enum
 import logging
@@ -53,12 +56,52 @@ WRITE_BUFFER = 512 * 1024
 #: Bytes written between two background syncs of the temp file ("sync behind"): the commit's
 #: own sync, which the clients' last byte waits for, then only has the tail left to flush.
 SYNC_BEHIND = 32 * 1024 * 1024
-#: The buffer a fill's worker thread reads the upstream body into (one per fill, reused; the
+#: The size of a fill's worker thread's reads of the upstream body (each a new object; the
 #: store makes it smaller when many fills run at once).
 PUMP_BUFFER = 1024 * 1024
-#: Buffers of that size in one fill's pipeline: read and written by one thread, hashed by
-#: another; a buffer is read into again once it is hashed.
+#: Reads of that size in one fill's pipeline: read and written by one thread, hashed by
+#: another; the next read waits while this many are not hashed yet.
 PUMP_DEPTH = 4
+#: A pump's latest reads kept in memory for its followers (:class:`RecentReads`).
+RECENT = 2
+
+
+class RecentReads:
+    """A pump's latest reads, as read, for the followers that keep up (see
+    :meth:`BlobFollower._next`): ``(offset, bytes)``, oldest first, contiguous, at most
+    :data:`RECENT` of them. The pump's thread adds each read once it is in the temp file; the
+    event loop only looks (and :meth:`clear` s them when bytes are written there instead). The
+    thread keeps them here rather than handing them to the loop: a busy loop's queue held every
+    read it had not run yet (50 clients: 505 MiB peak RSS), here a read is let go as soon as
+    newer ones replace it."""
+
+    def __init__(self, keep: int = RECENT) -> None:
+        self._reads: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def add(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            self._reads.append((offset, data))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._reads.clear()
+
+    def at(self, pos: int) -> tuple[int, bytes] | None:
+        """The read that holds byte ``pos``, if one is kept, with its offset."""
+        with self._lock:
+            for offset, data in self._reads:
+                if offset <= pos < offset + len(data):
+                    return offset, data
+        return None
+
+    def start(self) -> int | None:
+        """Where the oldest kept read starts (None: none is)."""
+        with self._lock:
+            return self._reads[0][0] if self._reads else None
+
+    def __len__(self) -> int:
+        return len(self._reads)
 
 
 class FillState(enum.Enum):
@@ -93,12 +136,13 @@ class FillHost(Protocol):
 class BodySource(Protocol):
     """An upstream body read with blocking calls (``docxy.upstream.direct.DirectBody``)."""
 
-    def readinto(self, buffer: memoryview) -> int:
-        """Fill ``buffer`` from the body; 0 at its end; raises if the upstream fails."""
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the body, in a new object; none at its end; raises if the
+        upstream fails."""
         ...
 
     def interrupt(self) -> None:
-        """Make a blocked :meth:`readinto` return or raise now; called from another thread."""
+        """Make a blocked :meth:`read` return or raise now; called from another thread."""
         ...
 
 
@@ -167,6 +211,8 @@ class InFlight:
     holders: int = 0
     removed: bool = False
     unlinked: int = 0
+    #: A pump's latest reads, for the followers that keep up.
+    recent: RecentReads = field(default_factory=RecentReads)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -272,6 +318,7 @@ class BlobWriter:
         """Hash and write the buffered bytes now, and wake the followers."""
         if not self._pending:
             return
+        self.fill.recent.clear()  # a pump's reads are not the latest bytes any more
         chunks, nbytes = self._pending, self._pending_len
         self._pending, self._pending_len = [], 0
         if self.caching:
@@ -328,13 +375,14 @@ class BlobWriter:
         Followers see each read as soon as it is in the temp file: the hash, the slowest step,
         is off their path (only the last byte waits for it, at the commit), and the reading
         thread is back in ``recv`` while the hash runs. The event loop only hears of each read
-        (followers woken, room made in the store). If writing fails the thread stops reading:
-        the fill is given up (its followers get the rest from the upstream). Cancelling sets a
-        stop flag, interrupts the body's blocked read and waits for both threads, so the temp
-        file's descriptor is never closed under a running write; an abort meanwhile (another
-        task, a second cancel) interrupts the body's read too, and leaves the descriptor open
-        until the reading thread is done, which it is at once (a stalled upstream does not
-        hold the removed temp file).
+        (followers woken, room made in the store); the reads themselves wait for the followers
+        in :attr:`InFlight.recent`.
+        If writing fails the thread stops reading: the fill is given up (its followers get the
+        rest from the upstream). Cancelling sets a stop flag, interrupts the body's blocked
+        read and waits for both threads, so the temp file's descriptor is never closed under a
+        running write; an abort meanwhile (another task, a second cancel) interrupts the body's
+        read too, and leaves the descriptor open until the reading thread is done, which it is
+        at once (a stalled upstream does not hold the removed temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -365,15 +413,16 @@ class BlobWriter:
         stop: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """The reading thread of :meth:`pump`: read, write, tell the loop, pass the buffer to
-        the hashing thread; repeat. Returns once everything read is hashed, or early when the
-        fill may not grow (no room, more than announced: see :meth:`reserve`)."""
+        """The reading thread of :meth:`pump`: read, write, hand the read to the loop (for the
+        followers) and to the hashing thread; repeat. Returns once everything read is hashed,
+        or early when the fill may not grow (no room, more than announced: see
+        :meth:`reserve`)."""
         fd = self._fd
         written = self.fill.written  # by this thread's writes; the loop hears of them later
-        free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        free: queue.SimpleQueue[None] = queue.SimpleQueue()  # one per read hashing may hold
         for _ in range(PUMP_DEPTH):
-            free.put(bytearray(size))
-        hashing: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+            free.put(None)
+        hashing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         failed: list[BaseException] = []
         hasher = threading.Thread(
             target=_hash_all,
@@ -385,27 +434,28 @@ class BlobWriter:
         hashed = 0  # bytes handed to the hashing thread
         try:
             while not stop.is_set() and not failed:
-                buffer = free.get()
-                with memoryview(buffer) as chunk:
-                    nbytes = body.readinto(chunk)
-                    if not nbytes:
+                free.get()
+                chunk = body.read(size)
+                nbytes = len(chunk)
+                if not nbytes:
+                    break
+                self._count += nbytes
+                total = written + nbytes
+                if fd is not None and not self._reserved_from_thread(total, loop, stop):
+                    break  # the fill is over: reading on would serve nobody
+                if fd is not None:
+                    try:
+                        write_all(fd, [chunk])
+                    except OSError as exc:
+                        # No more writes: the loop may close the descriptor at once, and
+                        # gives the fill up; reading on would serve nobody.
+                        loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
                         break
-                    self._count += nbytes
-                    total = written + nbytes
-                    if fd is not None and not self._reserved_from_thread(total, loop, stop):
-                        break  # the fill is over: reading on would serve nobody
-                    if fd is not None:
-                        try:
-                            write_all(fd, [chunk[:nbytes]])
-                        except OSError as exc:
-                            # No more writes: the loop may close the descriptor at once, and
-                            # gives the fill up; reading on would serve nobody.
-                            loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
-                            break
-                        else:
-                            written += nbytes
-                            loop.call_soon_threadsafe(self._grew, nbytes)
-                hashing.put((buffer, nbytes))
+                    else:
+                        self.fill.recent.add(written, chunk)
+                        written += nbytes
+                        loop.call_soon_threadsafe(self._grew, nbytes)
+                hashing.put(chunk)
                 hashed += nbytes
         finally:
             hashing.put(None)
@@ -692,16 +742,37 @@ class BlobFollower(ClosingStream):
                 # The last byte waits for the commit: a blob that fails verification never
                 # reaches a client complete, so it cannot pass for a good one.
                 ready = fill.written if fill.state is FillState.COMMITTED else fill.written - 1
-                if pos < ready:
-                    data = await self._read_temp(pos, ready - pos)
-                    pos += len(data)
-                    yield data
+                # None: the pump's latest read holds that byte, and goes out whole later.
+                if pos < ready and (chunk := await self._next(pos, ready)) is not None:
+                    pos += len(chunk)
+                    yield chunk
                 elif fill.state is FillState.COMMITTED:
                     return
                 else:
                     await fill.changed()
         finally:
             self.close()
+
+    async def _next(self, pos: int, ready: int) -> bytes | None:
+        """The next bytes from ``pos`` (up to ``ready``): a recent read of the pump as it is, if
+        this follower is at its start and may send all of it; a read of the temp file up to
+        the first recent read otherwise (so the next one starts there). None: the recent read
+        from ``pos`` holds the byte that waits for the commit (wait, then ask again)."""
+        fill = self.fill
+        held = fill.recent.at(pos)
+        if held is not None:
+            offset, chunk = held
+            end = offset + len(chunk)
+            if end > ready:
+                return None
+            if offset == pos:
+                return chunk
+            return chunk[pos - offset :]
+        limit = ready
+        start = fill.recent.start()
+        if start is not None and start > pos:
+            limit = min(limit, start)
+        return await self._read_temp(pos, limit - pos)
 
     async def _read_temp(self, pos: int, limit: int) -> bytes:
         """Up to ``limit`` bytes of the temp file from ``pos``; none is a file that shrank."""
@@ -975,24 +1046,22 @@ def _verify_rest(fill: InFlight, total: int, hasher: Hasher) -> str:
 
 def _hash_all(
     hasher: Hasher,
-    hashing: queue.SimpleQueue[tuple[bytearray, int] | None],
-    free: queue.SimpleQueue[bytearray],
+    hashing: queue.SimpleQueue[bytes | None],
+    free: queue.SimpleQueue[None],
     failed: list[BaseException],
 ) -> None:
-    """The hashing thread of a fill's pump: hash each buffer in order, hand it back to read.
+    """The hashing thread of a fill's pump: hash each read in order, then let one more be read.
 
-    Should hashing fail, the buffers still go back (the reading thread never waits for ever)
+    Should hashing fail, the reads are still let go (the reading thread never waits for ever)
     and the error waits in ``failed`` for the reading thread to raise.
     """
-    while (item := hashing.get()) is not None:
-        buffer, nbytes = item
+    while (chunk := hashing.get()) is not None:
         if not failed:
             try:
-                with memoryview(buffer) as view:
-                    hasher.update(view[:nbytes])
+                hasher.update(chunk)
             except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
                 failed.append(exc)
-        free.put(buffer)
+        free.put(None)
 
 
 def _sync_behind(fd: int) -> OSError | None:

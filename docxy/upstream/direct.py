@@ -4,7 +4,8 @@ httpx reads a body on the event loop, each read a trip through anyio, httpcore a
 TLS one 16 KiB record per read: on a cold pull that was the bottleneck (#12). Here the fill's
 GET (with the mirror's token, redirects followed, the same User-Agent, timeouts and
 ``ssl.SSLContext`` as the shared httpx client) is sent with ``http.client`` from a worker
-thread, which then reads the body with ``readinto`` into one reusable buffer. Everything else
+thread, which then reads the body in large reads, each a new ``bytes`` that the fill writes,
+hashes and hands to the clients that keep up, never copied on the way. Everything else
 (challenges, tokens, manifests, HEADs, pass-through) stays on httpx.
 
 The httpx client is made with ``trust_env=False`` and no proxies, so there is no proxy to honour
@@ -69,7 +70,7 @@ DRAIN_LIMIT = 64 * 1024
 
 
 class DirectBody:
-    """An upstream body read with blocking :meth:`readinto` (a worker thread's job)."""
+    """An upstream body read with blocking :meth:`read` calls (a worker thread's job)."""
 
     def __init__(
         self,
@@ -87,10 +88,11 @@ class DirectBody:
         self._read_timeout = read_timeout  # the socket's, for saying how long it waited
         self._interrupted = False
 
-    def readinto(self, buffer: memoryview) -> int:
-        """Fill ``buffer`` from the body; 0 at its end. A cut or stalled upstream raises."""
+    def read(self, size: int) -> bytes:
+        """The body's next ``size`` bytes (fewer at its end; none after it), in a new object
+        (a fill hands it to its clients as it is). A cut or stalled upstream raises."""
         try:
-            nbytes = self._response.readinto(buffer)
+            data = self._response.read(size)
         except TimeoutError as exc:
             waited = _waited(f"GET {self._host}", "nothing received", self._read_timeout)
             raise UpstreamTimeout(
@@ -102,15 +104,15 @@ class DirectBody:
             raise UpstreamUnavailable(
                 f"the upstream registry's body broke off ({self._host}): {why}"
             ) from exc
-        if not nbytes and self._response.length:  # http.client says nothing of a short body
+        if not data and self._response.length:  # http.client says nothing of a short body
             raise UpstreamUnavailable(
                 f"the upstream registry's body broke off ({self._host}): "
                 f"{self._response.length} bytes missing"
             )
-        return nbytes
+        return data
 
     def interrupt(self) -> None:
-        """Make a blocked :meth:`readinto` in another thread return now (thread-safe)."""
+        """Make a blocked :meth:`read` in another thread return now (thread-safe)."""
         self._interrupted = True
         try:  # the plain socket's shutdown: an SSLSocket's own would drop its SSL object
             socket.socket.shutdown(self._sock, socket.SHUT_RDWR)

@@ -114,11 +114,10 @@ class Body:
     def __init__(self, data: bytes, step: int) -> None:
         self.data, self.step, self.pos = data, step, 0
 
-    def readinto(self, buffer: memoryview) -> int:
-        n = min(len(buffer), self.step, len(self.data) - self.pos)
-        buffer[:n] = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return n
+    def read(self, size: int) -> bytes:
+        data = self.data[self.pos : self.pos + min(size, self.step)]
+        self.pos += len(data)
+        return data
 
     def interrupt(self) -> None:
         pass

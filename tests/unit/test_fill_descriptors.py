@@ -181,11 +181,10 @@ class Stalled:
         self.stalled = asyncio.Event()
         self.interrupted = threading.Event()
 
-    def readinto(self, buffer: memoryview) -> int:
+    def read(self, size: int) -> bytes:
         if self.first is not None:
             first, self.first = self.first, None
-            buffer[: len(first)] = first
-            return len(first)
+            return first
         self.loop.call_soon_threadsafe(self.stalled.set)
         if self.interrupted.wait(STALL):
             raise OSError(errno.ECONNABORTED, "the upstream connection was shut")

@@ -20,11 +20,10 @@ class Memory:
     def __init__(self, data: bytes, step: int = 256 * 1024) -> None:
         self._data, self._pos, self._step = data, 0, step
 
-    def readinto(self, buffer: memoryview) -> int:
-        chunk = self._data[self._pos : self._pos + min(self._step, len(buffer))]
-        buffer[: len(chunk)] = chunk
+    def read(self, size: int) -> bytes:
+        chunk = self._data[self._pos : self._pos + min(self._step, size)]
         self._pos += len(chunk)
-        return len(chunk)
+        return chunk
 
     def interrupt(self) -> None:
         pass

@@ -1,0 +1,149 @@
+"""A follower that keeps up with a pumped fill gets the pump's reads from memory, as read.
+
+The pump's latest reads (``InFlight.recent``) go to a follower that is at their start as the
+very objects the upstream body returned: no read back from the temp file, no copy. One that
+fell behind reads the temp file up to them, then takes them too. The read that holds the last
+byte still waits for the verified commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from docxy.cache.errors import DigestMismatch, FillAborted
+from docxy.cache.fill import RECENT, BlobFollower, BlobWriter
+from docxy.core.digests import digest_of
+from docxy.tasks import spawn
+from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
+
+READS = [bytes([n]) * 100_000 for n in range(6)]
+DATA = b"".join(READS)
+
+
+class Paced:
+    """An upstream body of ``reads`` whose every read waits to be let go (:meth:`let_go`);
+    remembers the objects it returned."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self._reads = list(reads)
+        self._go = threading.Semaphore(0)
+        self.given: list[bytes] = []
+
+    def let_go(self, reads: int = 1) -> None:
+        self._go.release(reads)
+
+    def read(self, size: int) -> bytes:
+        if not self._go.acquire(timeout=GUARD):
+            raise TimeoutError("the test never let this read go")
+        if not self._reads:
+            return b""
+        data = self._reads.pop(0)
+        self.given.append(data)
+        return data
+
+    def interrupt(self) -> None:
+        self._go.release(len(self._reads) + 1)
+
+
+async def pumped(writer: BlobWriter, body: Paced, size: int) -> None:
+    async with writer:
+        writer.announce(size)
+        await writer.pump(body)
+        await writer.commit(size)
+
+
+async def read_keeping_up(follower: BlobFollower, body: Paced) -> list[bytes]:
+    """Read the follower, letting the body read one more each time a chunk comes: never more
+    than two reads are ahead of the follower (the one it waits on holds the last byte so far)."""
+    got: list[bytes] = []
+    body.let_go(2)
+    async with follower:
+        async for chunk in follower:
+            got.append(chunk)
+            body.let_go()
+    return got
+
+
+async def chunks_of(follower: BlobFollower) -> list[bytes]:
+    return [chunk async for chunk in follower]
+
+
+async def test_a_follower_that_keeps_up_gets_the_reads_themselves(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest_of(DATA))
+    follower = await as_follower(store, digest_of(DATA))
+    body = Paced(READS)
+    fill = spawn("fill", pumped(writer, body, len(DATA)))
+    got = await guard(read_keeping_up(follower, body))
+    await guard(fill)
+    assert b"".join(got) == DATA
+    assert len(got) == len(READS) and all(a is b for a, b in zip(got, body.given, strict=True))
+    entry = store.lookup(digest_of(DATA))
+    assert entry is not None and entry.path.read_bytes() == DATA
+
+
+async def test_a_follower_behind_reads_the_file_up_to_the_recent_reads(tmp_path: Path) -> None:
+    """Joined late: the temp file up to the first read still in memory, in one read, then the
+    reads in memory, whole (the next read starts where they do: no copy of a part)."""
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest_of(DATA))
+    follower = await as_follower(store, digest_of(DATA))
+    body = Paced(READS)
+    body.let_go(len(READS) + 1)
+    await guard(pumped(writer, body, len(DATA)))
+    async with follower:
+        got = await guard(chunks_of(follower))
+    assert b"".join(got) == DATA
+    from_file = len(DATA) - RECENT * len(READS[0])
+    assert [len(chunk) for chunk in got[:-RECENT]] == [from_file]
+    assert all(a is b for a, b in zip(got[-RECENT:], body.given[-RECENT:], strict=True))
+
+
+async def test_the_read_with_the_last_byte_waits_for_the_verdict(tmp_path: Path) -> None:
+    """Bytes that are not the blob: a follower that kept up got every read but the last, then
+    is cut; the last read, from memory as the others, never reaches it."""
+    store = make_store(tmp_path)
+    claimed = digest_of(b"another blob")
+    writer = await as_writer(store, claimed)
+    follower = await as_follower(store, claimed)
+    body = Paced(READS)
+    fill = spawn("fill", pumped(writer, body, len(DATA)))
+    got: list[bytes] = []
+    body.let_go(2)
+    with pytest.raises(FillAborted, match="digest mismatch"):
+        async with follower:
+            async for chunk in follower:
+                got.append(chunk)
+                body.let_go()
+    with pytest.raises(DigestMismatch):
+        await asyncio.wait_for(fill, GUARD)
+    assert len(got) == len(READS) - 1
+    assert all(a is b for a, b in zip(got, READS[:-1], strict=True))
+
+
+async def test_bytes_written_on_the_loop_let_the_reads_go(tmp_path: Path) -> None:
+    """A rest written on the loop (a pump's download broke off and went on as chunks): the
+    pump's reads are no longer the latest bytes and are let go; the follower reads the file."""
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest_of(DATA))
+    follower = await as_follower(store, digest_of(DATA))
+    body = Paced(READS[:3])
+    body.let_go(4)
+    async with writer:
+        writer.announce(len(DATA))
+        await guard(writer.pump(body))
+        assert [writer.fill.recent.at(at) for at in (0, 100_000, 200_000)] == [
+            None,
+            (100_000, READS[1]),
+            (200_000, READS[2]),
+        ]
+        await writer.write(b"".join(READS[3:]))
+        assert len(writer.fill.recent) == 0
+        await writer.commit(len(DATA))
+    async with follower:
+        got = await guard(chunks_of(follower))
+    assert b"".join(got) == DATA
