@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from docxy.config import Config, load_config
+from docxy.config import Config
 from docxy.http.app import create_app
 from docxy.http.health import health_report
 from docxy.http.server import load_tls
@@ -20,8 +20,8 @@ from docxy.observe.status import render_page
 from docxy.tls import trust
 from docxy.tls.context import ReloadableTLS
 from lab.certs import Issued, issue
-from lab.ports import LOOPBACK, free_port
 from tests.unit.test_observe_metrics import make_state
+from tests.unit.test_tls_bootstrap import config
 
 DOMAIN = "mirror.example.test"
 
@@ -86,18 +86,6 @@ def test_only_a_mirror_expecting_a_domains_certificate_is_refused() -> None:
 
 
 # --- as the mirror serves them ------------------------------------------------------------------
-
-
-def config(tmp_path: Path, **settings: object) -> Config:
-    return load_config(
-        {
-            "server.listen": f"{LOOPBACK}:{free_port()}",
-            "server.tls_listen": f"{LOOPBACK}:{free_port()}",
-            "cache.dir": str(tmp_path / "cache"),
-            **settings,
-        },
-        environ={},
-    )
 
 
 def with_domain(tmp_path: Path) -> Config:
