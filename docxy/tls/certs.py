@@ -29,6 +29,7 @@ from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
+from docxy.tls import trust
 from docxy.tls.files import CertError, write_pair
 
 log = logging.getLogger(__name__)
@@ -218,15 +219,24 @@ def _same(path: Path, data: bytes) -> bool:
         return False
 
 
-def describe_files(cert_path: Path, key_path: Path) -> dict[str, object]:
-    """What `docxy certs status` shows for one cert/key pair (an error instead of failing)."""
+def describe_files(cert_path: Path, key_path: Path, domain: str | None = None) -> dict[str, object]:
+    """What `docxy certs status` shows for one cert/key pair (an error instead of failing):
+    with ``domain`` (``certs.domain``), whether clients will take it for that name, as
+    ``/health`` says it (``served``, ``warning``: :mod:`docxy.tls.trust`)."""
     from docxy.tls.context import inspect_pair
 
     try:
         info = inspect_pair(cert_path.read_bytes(), key_path.read_bytes(), cert_path, key_path)
     except (OSError, CertError) as exc:
         return {"cert_path": str(cert_path), "error": str(exc)}
-    return {"cert_path": str(cert_path), **info.as_dict()}
+    served, warning = trust.verdict(info.self_signed, info.sans, domain)
+    return {
+        "cert_path": str(cert_path),
+        **info.as_dict(),
+        "served": served,
+        "domain": domain,
+        "warning": warning,
+    }
 
 
 #: The times in the renewer's status file; and in its parts, by part.
@@ -347,7 +357,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         if cert_path is None and key_path is None:
             raise ConfigError(NO_TLS)
         cert, key = required(cert_path, "tls.cert_path"), required(key_path, "tls.key_path")
-        described = describe_files(cert, key)
+        described = describe_files(cert, key, certs.domain)
         print(json.dumps(described, indent=2))
         return (
             EXIT_FAILED if "error" in described else EXIT_OK

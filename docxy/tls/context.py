@@ -281,8 +281,7 @@ class ReloadableTLS:
     def _refusal(self) -> tuple[str, str | None]:
         """What is served (:func:`docxy.tls.trust.served_kind`) and why clients refuse it."""
         info = self._info
-        kind = trust.served_kind(info.self_signed, info.sans, self.domain)
-        return kind, trust.refusal(kind, info.sans, self.domain)
+        return trust.verdict(info.self_signed, info.sans, self.domain)
 
     def _warn_if_refused(self) -> None:
         """Log, once per certificate loaded, that clients will refuse it."""

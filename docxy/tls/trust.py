@@ -62,6 +62,13 @@ def served_kind(self_signed: bool, sans: Sequence[str], domain: str | None) -> s
     return CA_ISSUED
 
 
+def verdict(self_signed: bool, sans: Sequence[str], domain: str | None) -> tuple[str, str | None]:
+    """:func:`served_kind` and :func:`refusal` of one certificate: what ``/health`` and
+    ``docxy certs status`` show as ``served`` and ``warning``."""
+    kind = served_kind(self_signed, sans, domain)
+    return kind, refusal(kind, sans, domain)
+
+
 def refusal(kind: str, sans: Sequence[str], domain: str | None) -> str | None:
     """Why Docker clients refuse the served certificate (None: they need not), when the mirror
     expects a CA's certificate for ``domain`` (None: it expects none, see the module's

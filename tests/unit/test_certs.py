@@ -12,12 +12,14 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from docxy.cli.exits import EXIT_CONFIG
 from docxy.cli.main import config_from_args, main
 from docxy.tls import certs
 from docxy.tls.certs import CertbotError, certbot_reason, install, register_cli
 from docxy.tls.context import CertError, self_signed
+from lab.certs import issue
 
 CA_REFUSED = """\
 Requesting a certificate for other.test
@@ -206,6 +208,27 @@ def test_cli_status_shows_the_installed_pair(
     shown = json.loads(capsys.readouterr().out)
     assert shown["sans"] == ["mirror.test"]
     assert 89 < shown["days_left"] <= 90
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_status_says_whether_clients_take_the_pair_for_the_domain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With certs.domain, as /health: the bootstrap's self-signed pair is one clients refuse
+    (shown, exit 0: the command worked), a CA's certificate for the domain is not."""
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    cert, key = self_signed(tmp_path, "mirror.test")
+    assert run_cli(["certs", "status", "--cert", str(cert), "--key", str(key)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["served"], shown["domain"]) == ("self-signed", "mirror.test")
+    assert "self-signed" in shown["warning"] and "mirror.test" in shown["warning"]
+    root = issue("Test CA", ca=True)
+    issued = issue("mirror.test", root, names=[x509.DNSName("mirror.test")])
+    cert.write_bytes(issued.cert_pem)
+    key.write_bytes(issued.key_pem)
+    assert run_cli(["certs", "status", "--cert", str(cert), "--key", str(key)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["served"], shown["warning"]) == ("ca-issued", None)
 
 
 @pytest.mark.usefixtures("clean_env")
