@@ -55,10 +55,10 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     for name, provider in state.extras.get("health", {}).items():
         report[name] = trimmed.get(name, provider)()
     tls = report.get("tls")
-    if isinstance(tls, dict) and tls.get("expires_soon") is True:
-        report["status"] = "degraded"  # clients will soon refuse it: renewals are failing
-    if isinstance(tls, dict) and tls.get("warning"):
-        report["status"] = "degraded"  # clients refuse it now (docxy.tls.trust.refusal)
+    # Clients will soon refuse the certificate (renewals are failing), or refuse it now
+    # (docxy.tls.trust.refusal).
+    if isinstance(tls, dict) and (tls.get("expires_soon") is True or tls.get("warning")):
+        report["status"] = "degraded"
     return report
 
 
