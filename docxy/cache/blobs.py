@@ -102,7 +102,7 @@ Fill = BlobReader | BlobWriter | BlobFollower
 
 @dataclass(frozen=True, slots=True)
 class BlobEntry:
-    """A committed blob."""
+    """A committed blob (or the temp file of a fill whose blob verified: see ``lookup``)."""
 
     digest: Digest
     path: Path
@@ -148,6 +148,7 @@ class BlobStore(Protocol):
     def list_entries(self) -> list[BlobEntry]: ...
     def usage(self) -> Usage: ...
     def remove(self, digest: Digest) -> bool: ...
+    async def commits_done(self) -> None: ...
     async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport: ...
 
 
@@ -333,10 +334,12 @@ class DiskBlobStore:
         return self._entry(digest) is not None
 
     def lookup(self, digest: Digest) -> BlobEntry | None:
-        """The committed blob, marked as just used; None if not cached."""
+        """The committed blob, marked as just used; None if not cached. A fill whose blob
+        verified, its commit's sync still running, is found too (its temp file: every byte is
+        in it, and a HEAD or a Range right after a pull should not go upstream)."""
         entry = self._entry(digest)
         if entry is None:
-            return None
+            return self._verified_entry(digest)
         now = time.time()
         try:
             os.utime(entry.path, (now, now))
@@ -349,6 +352,12 @@ class DiskBlobStore:
         self._index[digest] = entry
         self._index.move_to_end(digest)
         return entry
+
+    def _verified_entry(self, digest: Digest) -> BlobEntry | None:
+        fill = self._fills.get(digest)
+        if fill is None or not fill.verified or fill.size is None:
+            return None
+        return BlobEntry(digest, fill.tmp_path, fill.size, time.time())
 
     def _chunk_for_readers(self) -> int:
         """Read size, asked before every read: large alone, smaller when many read at once.
@@ -377,7 +386,8 @@ class DiskBlobStore:
         try:
             fd = os.open(entry.path, os.O_RDONLY)
         except FileNotFoundError:
-            self._forget(entry)
+            if self._index.get(digest) is entry:
+                self._forget(entry)
             return None
         except OSError as exc:
             self._cache_read_failed(digest, exc)
@@ -449,9 +459,12 @@ class DiskBlobStore:
         return fill if fill is not None and fill.state is FillState.WRITING else None
 
     def _join(self, digest: Digest) -> BlobReader | BlobFollower | None:
-        """A follower of the fill of ``digest`` running now, else a reader of the cached blob."""
+        """A follower of the fill of ``digest`` running now, else a reader of the cached blob
+        (or of a fill's whose blob verified: all its bytes are in, as if committed)."""
         fill = self._writing(digest)
-        return self._follow(fill) if fill is not None else self.open_read(digest)
+        if fill is not None and not fill.verified:
+            return self._follow(fill)
+        return self.open_read(digest)
 
     def _follow(self, fill: InFlight) -> BlobFollower:
         """A follower of ``fill``; :class:`CacheUnwritable` if its temp file cannot be opened
@@ -632,7 +645,7 @@ class DiskBlobStore:
             os.unlink(fill.tmp_path)
         except OSError:  # gone already, or refused: a temp file left is cleared at next start
             pass
-        if fill.holders:  # held open (fd, followers, a sync): the last close frees its blocks
+        if fill.holders:  # held open (fd, followers): the last close frees its blocks
             fill.unlinked = size
             self._unlinked += size
         if fd is not None:
@@ -820,6 +833,22 @@ class DiskBlobStore:
             self._reading.result()
         self._index_read()
         return list(self._index.values())
+
+    async def commits_done(self) -> None:
+        """Wait until every fill whose blob verified has ended: committed, or given up if its
+        sync failed. Its clients have every byte by then, but the sync of a big blob takes a
+        while, and a stop meanwhile would cancel it and lose the blob (the mirror's shutdown
+        waits here; tests, to look at the cache once a pull is done)."""
+        while verified := self._verified():
+            await verified[0].changed()
+
+    def _verified(self) -> list[InFlight]:
+        return [fill for fill in self._fills.values() if fill.verified]
+
+    @property
+    def verified_open(self) -> int:
+        """Fills whose blob verified, not committed yet (syncing)."""
+        return len(self._verified())
 
     @property
     def fills_open(self) -> int:

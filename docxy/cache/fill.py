@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 
 #: Bytes buffered by a writer before one write+hash round trip to a worker thread.
 WRITE_BUFFER = 512 * 1024
-#: Bytes written between two background syncs of the temp file ("sync behind"): the commit's
-#: own sync, which the clients' last byte waits for, then only has the tail left to flush.
-SYNC_BEHIND = 32 * 1024 * 1024
 #: The size of a fill's worker thread's reads of the upstream body (each a new object; the
 #: store makes it smaller when many fills run at once).
 PUMP_BUFFER = 1024 * 1024
@@ -205,14 +202,18 @@ class InFlight:
     #: Where they came from the upstream instead, if they did (the download's ``handover``).
     handover: Handover = field(default_factory=Handover)
     #: Descriptors open on the temp file that tell the store when they are closed (followers',
-    #: a background sync's, the writer's once the file is removed); whether the store removed
-    #: the file, and its bytes if it was still held then: they count against ``max_size``
-    #: until its last close frees them.
+    #: the writer's once the file is removed); whether the store removed the file, and its
+    #: bytes if it was still held then: they count against ``max_size`` until its last close
+    #: frees them.
     holders: int = 0
     removed: bool = False
     unlinked: int = 0
     #: A pump's latest reads, for the followers that keep up.
     recent: RecentReads = field(default_factory=RecentReads)
+    #: Every byte is in and the length and digest are right: the followers may send the last
+    #: byte, and end, without waiting for the commit (its sync, then the rename), nor for a
+    #: fill given up after this (a failed sync), which only leaves the blob uncached.
+    verified: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -263,9 +264,6 @@ class BlobWriter:
         self._hashed: int | None = 0
         #: Bytes hashed and a copy of the hash, before the batch whose write failed.
         self._hash_before: tuple[int | None, Hasher] | None = None
-        self._sync_behind = SYNC_BEHIND
-        self._synced_from = 0  # bytes written when the latest background sync started
-        self._sync: asyncio.Future[OSError | None] | None = None
         self._finished = False
         #: A thread that may write through ``_fd`` while it runs (a flush's, the pump's): the
         #: descriptor is closed only once it is done (see :meth:`_close_and_discard`).
@@ -344,7 +342,6 @@ class BlobWriter:
             self.fill.written += nbytes
             self._host.fill_grew(self.fill, nbytes)
             self.fill.notify()
-            self._start_sync_behind()
 
     async def reserve(self, total: int) -> bool:
         """Whether the temp file may grow to ``total`` bytes: within the fill's reservation, or
@@ -502,29 +499,6 @@ class BlobWriter:
         if reserving is not None:
             reserving.cancel()
 
-    def _start_sync_behind(self) -> None:
-        """Flush what is written so far in the background, one sync at a time.
-
-        The sync gets its own descriptor: an abort may close the writer's while it runs. With
-        no descriptor left for it (EMFILE, ENFILE) this sync is skipped: the commit's own sync
-        flushes everything, and the next try comes ``SYNC_BEHIND`` bytes later.
-        """
-        if self._fd is None or self.fill.written - self._synced_from < self._sync_behind:
-            return
-        if self._sync is not None and not self._sync.done():
-            return
-        self._synced_from = self.fill.written
-        try:
-            fd = os.dup(self._fd)
-        except OSError as exc:  # runs in _grew, a loop callback: nothing may escape from here
-            log.debug("cache: no background sync of %s now: %s", self.digest, exc)
-            return
-        loop = asyncio.get_running_loop()
-        self._sync = loop.run_in_executor(None, _sync_behind, fd)
-        fill, host = self.fill, self._host
-        fill.holders += 1  # its descriptor may be the temp file's last, if the fill aborts
-        self._sync.add_done_callback(lambda _: host.temp_closed(fill))
-
     def _hash_and_write(self, chunks: list[bytes], fd: int | None) -> OSError | None:
         """Write ``chunks`` (unless ``fd`` is None), then hash them. Should the write fail, a
         copy of the hash before them is taken first: the hash of just the bytes the fill
@@ -589,17 +563,15 @@ class BlobWriter:
             said = None if mismatch is None else mismatch(unverified)
             self.fail(reason if not said else f"{reason}; {said}")
             raise unverified
-        # Verified: should the sync fail now, the followers keep every byte (and know it).
         self.fill.size, self.fill.size_known = self._count, True
-        if not self.caching:
+        if not self.caching:  # its followers went on from the bytes it kept (or were cut)
             self._finish()
             return None
-        if self._sync is not None:  # an error seen there is not reported again to the last sync
-            error = await asyncio.shield(self._sync)
-            if error is not None:
-                self._stop_caching(error)
-                self._finish()
-                return None
+        # Every byte is in the temp file and verified: the followers send the last byte now.
+        # The sync (seconds for a big blob: nothing made the kernel write the bytes back
+        # meanwhile) only keeps the blob; should it fail, they have every byte all the same.
+        self.fill.verified = True
+        self.fill.notify()
         fd = self._take_fd()
         assert fd is not None  # caching implies an open temp file
         try:
@@ -732,21 +704,22 @@ class BlobFollower(ClosingStream):
         try:
             while True:
                 given_up = fill.state is FillState.ABORTED and fill.kept is not None
-                if given_up and self.rest is not None:
+                if given_up and self.rest is not None and not fill.verified:
                     # Closed with this stream (a client that left): the rest's answer with it.
                     async with aclosing(self._resumed(pos, fill.kept or 0)) as resumed:
                         async for data in resumed:
                             yield data
                     return
-                fill.check_not_aborted()
-                # The last byte waits for the commit: a blob that fails verification never
+                if not fill.verified:  # verified, every byte is in this follower's file
+                    fill.check_not_aborted()
+                # The last byte waits for the verification: a blob that fails it never
                 # reaches a client complete, so it cannot pass for a good one.
-                ready = fill.written if fill.state is FillState.COMMITTED else fill.written - 1
+                ready = fill.written if fill.verified else fill.written - 1
                 # None: the pump's latest read holds that byte, and goes out whole later.
                 if pos < ready and (chunk := await self._next(pos, ready)) is not None:
                     pos += len(chunk)
                     yield chunk
-                elif fill.state is FillState.COMMITTED:
+                elif fill.verified:
                     return
                 else:
                     await fill.changed()
@@ -791,24 +764,18 @@ class BlobFollower(ClosingStream):
         :data:`RESUMES` times, each after new bytes: :class:`Resuming`); a mismatch, a rest that
         cannot be had or keeps breaking off raises :class:`FillAborted` (the client is cut,
         never given a short or a wrong blob), with one WARNING. The temp file is closed before
-        the rest is asked for. A fill given up with every byte kept (verified, but its commit's
-        sync failed) needs no rest: the last byte comes from the file too, once the re-hash of
-        the whole verifies.
+        the rest is asked for. (A fill given up once verified, its commit's sync failed, is not
+        one of these: it has every byte, see :attr:`InFlight.verified`.)
         """
         rest, fill = self.rest, self.fill
         assert rest is not None
-        whole = fill.size is not None and kept >= fill.size  # a verified fill whose sync failed
         if fill.size is not None:
             kept = min(kept, fill.size - 1)  # the last byte waits for the verified whole
         while pos < kept:
             data = await self._read_temp(pos, kept - pos)
             pos += len(data)
             yield data
-        hasher = await self._kept_hasher(pos + 1 if whole else pos)
-        if whole:  # the last byte is kept too: no rest to ask for
-            async for data in self._last_kept(pos, hasher):
-                yield data
-            return
+        hasher = await self._kept_hasher(pos)
         self.close()
         self.handover.at = pos
         resuming = Resuming(lambda offset: rest(offset, fill.size), pos, self._went_on)
@@ -848,15 +815,6 @@ class BlobFollower(ClosingStream):
             resumes,
             RESUMES,
         )
-
-    async def _last_kept(self, pos: int, hasher: Hasher) -> AsyncIterator[bytes]:
-        """The kept blob's last byte, at ``pos``, once ``hasher`` (over all of it) verifies."""
-        last = await self._read(pos, 1)
-        problem = _verify_rest(self.fill, pos + len(last), hasher)
-        if problem:
-            log.warning("blob %s: %s; the client is cut", self.fill.digest, problem)
-            raise FillAborted(f"{self.fill.digest}: {problem}")
-        yield last
 
     async def _kept_hasher(self, nbytes: int) -> Hasher:
         """A hasher of the blob's first ``nbytes``, the kept bytes of a fill given up: a copy of
@@ -1062,17 +1020,6 @@ def _hash_all(
             except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
                 failed.append(exc)
         free.put(None)
-
-
-def _sync_behind(fd: int) -> OSError | None:
-    """Flush a temp file's data written so far through ``fd`` (a dup), then close it."""
-    try:
-        os.fdatasync(fd)
-    except OSError as exc:
-        return exc
-    finally:
-        os.close(fd)
-    return None
 
 
 def _sync_and_close(fd: int) -> None:

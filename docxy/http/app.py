@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -36,7 +37,27 @@ log = logging.getLogger(__name__)
 #: A ``cache.max_size`` below this is warned of at start: most likely a unit left off.
 TINY_CACHE = 1024 * 1024
 
+#: How long a stop waits for the syncs of blobs that verified (their clients are done) before
+#: it gives them up: within the 3 s the supervisor leaves after hypercorn's graceful 10 s.
+KEEP_VERIFIED = 2.0
+
 ASGIHandler = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+async def keep_verified(state: MirrorState, within: float) -> None:
+    """At a stop, let the fills whose blob verified finish their commit (the sync, then the
+    rename) instead of losing the blob: up to ``within`` seconds, then they are cancelled
+    with the rest of the fills, and one INFO line says how many blobs were not kept."""
+    if state.cache is None:
+        return
+    try:
+        await asyncio.wait_for(state.cache.blobs.commits_done(), within)
+    except TimeoutError:
+        log.info(
+            "stopping: %d verified blob(s) still syncing after %g s are not kept",
+            state.cache.blobs.verified_open,
+            within,
+        )
 
 
 class CutStreams:
@@ -142,6 +163,7 @@ def create_app(
         finally:
             if probe_task is not None:
                 probe_task.cancel()
+            await keep_verified(state, KEEP_VERIFIED)
             await http.aclose()
             if shared is not None:
                 shared.uploads.cancel()  # before their client closes

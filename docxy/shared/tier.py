@@ -134,7 +134,7 @@ class SharedTier:
 
         async def close() -> None:
             # Counted before the first await: the fill closes its download right after its
-            # commit, in the same step that lets its clients have the last byte.
+            # commit (or the failed sync that gave the blob up).
             if body.finished(kept=self.blobs.lookup(digest) is not None):
                 self.counts.resumed += 1
             await body.close()

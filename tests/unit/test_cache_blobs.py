@@ -34,6 +34,7 @@ from docxy.cache.errors import (
 from docxy.cache.fill import BlobFollower, BlobWriter, FillState
 from docxy.cache.reader import READ_CHUNK, BlobReader
 from docxy.core.digests import Digest, digest_of
+from docxy.tasks import spawn
 
 T = TypeVar("T")
 GUARD = 10.0  # seconds before a would-be hang becomes a test failure
@@ -702,42 +703,24 @@ async def test_follower_gets_last_byte_only_after_verified_commit(
             await guard(rest)
 
 
-# --- sync behind: the commit's own sync has only the tail left -------------------------------
+# --- the commit's sync: after the followers' last byte, not before it ---------------------
 
 
-async def test_a_long_fill_is_synced_behind_its_writes(
+async def test_followers_end_once_the_blob_verifies_while_the_commits_sync_still_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fill_module, "SYNC_BEHIND", 1 << 20)
-    real_fdatasync, synced_sizes = os.fdatasync, []
+    """The sync of a big blob takes seconds (nothing forced its bytes to disk meanwhile): the
+    followers have their last byte as soon as the length and digest are right, and a new
+    caller meanwhile follows the fill still; the blob is a hit once the sync is done."""
+    syncing, go = threading.Event(), threading.Event()
+    real_sync = fill_module._sync_and_close
 
-    def recording_fdatasync(fd: int) -> None:
-        synced_sizes.append(os.fstat(fd).st_size)
-        real_fdatasync(fd)
+    def held_sync(fd: int) -> None:
+        syncing.set()
+        go.wait(GUARD)
+        real_sync(fd)
 
-    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
-    store = make_store(tmp_path)
-    data = blob(5 << 20)
-    digest = digest_of(data)
-    writer = await as_writer(store, digest)
-    follower = await as_follower(store, digest)
-    async with writer:
-        await write_in_pieces(writer, data, 1 << 20)
-        assert await writer.commit(len(data)) is not None
-    assert synced_sizes and all(size >= 1 << 20 for size in synced_sizes)  # while writing
-    assert await guard(follower.read_all()) == data
-    assert await read(store, digest) == data
-
-
-async def test_a_failed_sync_behind_caches_nothing_and_cuts_followers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(fill_module, "SYNC_BEHIND", 1 << 20)
-
-    def failing_fdatasync(fd: int) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    monkeypatch.setattr(fill_module, "_sync_and_close", held_sync)
     store = make_store(tmp_path)
     data = blob(3 << 20)
     digest = digest_of(data)
@@ -745,9 +728,44 @@ async def test_a_failed_sync_behind_caches_nothing_and_cuts_followers(
     follower = await as_follower(store, digest)
     async with writer:
         await write_in_pieces(writer, data, 1 << 20)
+        committing = spawn("commit", writer.commit(len(data)))
+        try:
+            assert await guard(follower.read_all()) == data
+            assert syncing.is_set() and not committing.done()  # the sync still runs
+            late = await store.fetch_or_join(digest)  # a hit: every byte is in, verified
+            assert isinstance(late, BlobReader) and await guard(late.read_all()) == data
+            assert not store.holds(digest)  # not committed yet
+        finally:
+            go.set()
+        assert await guard(committing) is not None
+    assert await read(store, digest) == data
+
+
+async def test_a_sync_failing_after_the_verify_leaves_followers_every_byte_uncached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower still midway when the commit's sync fails (EIO) reads on from its own
+    descriptor on the removed temp file: the bytes verified, only the cache lost them."""
+
+    def failing_sync(fd: int) -> None:
+        os.close(fd)
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fill_module, "_sync_and_close", failing_sync)
+    store = make_store(tmp_path)
+    data = blob(3 << 20)
+    digest = digest_of(data)
+    writer = await as_writer(store, digest)
+    follower = await as_follower(store, digest)
+    chunks = follower.__aiter__()
+    async with writer:
+        await write_in_pieces(writer, data, 1 << 20)
+        first = await guard(chunks.__anext__())  # midway
+        assert 0 < len(first) < len(data)
         assert await writer.commit(len(data)) is None
-    with pytest.raises(FillAborted, match="cache write failed"):
-        await guard(follower.read_all())
+    assert writer.fill.state is FillState.ABORTED
+    rest = [chunk async for chunk in chunks]
+    assert first + b"".join(rest) == data
     assert store.lookup(digest) is None
     assert tmp_files(store) == []
     assert store.write_failed_at is not None

@@ -30,8 +30,11 @@ from tests.unit.test_cache_eviction import cached_image, layer, offered_whole
 
 
 async def all_freed(store: Any, seconds: float = 10.0) -> None:
-    """Wait (bounded) until the store counts no removed file as still being freed: an aborted
-    fill's temp file is closed in a worker thread, and the store hears of it a moment later."""
+    """Wait (bounded) until the fills whose blob verified are committed (their clients may be
+    done before the sync is) and the store counts no removed file as still being freed: an
+    aborted fill's temp file is closed in a worker thread, and the store hears of it a moment
+    later."""
+    await asyncio.wait_for(store.commits_done(), seconds)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while store.usage().freeing:
@@ -321,6 +324,7 @@ async def test_a_running_fill_shows_its_reservation(tmp_path: Path) -> None:
     assert (usage.bytes, usage.reserved, usage.in_flight) == (0, 400, 0)
     gate.set()
     assert await guard(follower.read_all()) == data
+    await guard(store.commits_done())
     usage = store.usage()
     assert (usage.bytes, usage.reserved) == (400, 0)
 
@@ -341,6 +345,7 @@ async def test_room_for_a_fill_is_made_image_by_image(cache: Cache, watch: DiskW
     data = blob(450, 9)  # 1150 > 1000: 250 must go, as the loose blob and the older image
     result = await served(await cache.blobs.fill(digest_of(data), Upstream(data).fetch))
     assert result == data
+    await cache.blobs.commits_done()
     assert await offered_whole(cache, newer) is True
     assert await offered_whole(cache, older) is None  # forgotten whole, never half
     assert cache.blobs.lookup(digest_of(loose)) is None

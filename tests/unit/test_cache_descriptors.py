@@ -53,6 +53,7 @@ async def cached(store: DiskBlobStore, registry: Registry, permits: FillPermits)
     assert isinstance(outcome, Served) and isinstance(outcome.content, BlobContent)
     assert outcome.content.stream is not None
     assert await asyncio.wait_for(outcome.content.stream.read_all(), GUARD) == BLOB
+    await asyncio.wait_for(store.commits_done(), GUARD)
     assert store.holds(DIGEST)
 
 
@@ -110,6 +111,7 @@ async def test_a_client_whose_hit_cannot_open_the_blob_gets_it_from_the_upstream
         logged = AccessLog(Guard(app, None))
         first = await call_asgi(logged, "GET", path, headers=auth, host="mirror.test")
         assert (first.status, first.body) == (200, pull_tests.BLOB)
+        await pull_tests.committed(app)
         (cached_file,) = pull_tests.cached_blobs(tmp_path)
         real_open = os.open
 
@@ -289,6 +291,7 @@ async def test_an_aborted_fills_bytes_count_against_the_cap_until_they_are_freed
         slow.done.set()
     assert await asyncio.wait_for(reading, GUARD) == second
     assert peak.peak <= 1000, f"{peak.peak} bytes on disk, cap 1000"
+    await asyncio.wait_for(store.commits_done(), GUARD)
     assert store.holds(digest_of(second))
     await until(lambda: store.usage().freeing == 0)
     assert bytes_on_disk(tmp_path) == store.usage().bytes == 800

@@ -61,6 +61,7 @@ async def test_callers_during_a_fill_share_one_fetch_then_hit(tmp_path: Path) ->
     assert await read(first) == DATA and await read(second) == DATA
     third = await blobs.fill(DIGEST, upstream.fetch)
     assert isinstance(third, BlobReader) and await read(third) == DATA
+    await asyncio.wait_for(blobs.commits_done(), GUARD)  # the download is closed after it
     assert (upstream.fetches, upstream.closed) == (1, 1)
 
 

@@ -58,6 +58,7 @@ async def test_a_fill_short_of_room_is_not_held_up_behind_one_waiting_for_a_stal
     stream = await store.fill(digest_of(second), Upstream(second).fetch)
     assert await guard(served(stream)) == second
     assert await guard(reading_first) == first
+    await guard(store.commits_done())
     assert store.holds(digest_of(first)) and store.holds(digest_of(second))
     assert not store.holds(old)
     assert store.usage().freeing == 100  # the client still stalls

@@ -6,6 +6,7 @@ hypercorn would call them, so the observer sees what the access log sees.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -109,6 +110,12 @@ class Stack:
 
     async def get(self, path: str, method: str = "GET") -> AsgiAnswer:
         return await call_asgi(self.asgi, method, path, host="mirror.test")
+
+    async def committed(self) -> None:
+        """Wait for the fills that verified to be committed (their clients are done first)."""
+        cache = self.app.extensions["docxy"].cache
+        if cache is not None:
+            await asyncio.wait_for(cache.blobs.commits_done(), 10.0)
 
     async def admin_get(self, path: str) -> tuple[int, str]:
         response = await self.admin.test_client().get(path)

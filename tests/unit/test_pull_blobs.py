@@ -117,6 +117,13 @@ async def mirror(
         yield app
 
 
+async def committed(app: Quart) -> None:
+    """Wait (bounded) for the mirror's fills that verified to be committed: a client has its
+    last byte before the commit's sync is done."""
+    cache = app.extensions["docxy"].cache
+    await asyncio.wait_for(cache.blobs.commits_done(), 10.0)
+
+
 def cached_blobs(tmp_path: Path) -> list[Path]:
     return [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
 

@@ -86,6 +86,7 @@ async def test_the_rest_comes_from_the_upstream_and_the_blob_is_kept(
     upstream = CutBucket(ranges)
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
         first = await mirror.get(blob_path())
+        await mirror.committed()
         health = json.loads((await mirror.get("/health")).body)["shared"]
         seen = await mirror.scrape()
         kept = cached(tmp_path)
@@ -102,6 +103,7 @@ async def test_a_rest_that_breaks_off_in_its_turn_goes_on_from_there(tmp_path: P
     upstream = CutBucket("cut")
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
         first = await mirror.get(blob_path())
+        await mirror.committed()
         health = json.loads((await mirror.get("/health")).body)["shared"]
         kept = cached(tmp_path)
     assert (first.status, first.body == BLOB) == (200, True)
@@ -117,6 +119,7 @@ async def test_a_rest_the_upstream_does_not_give_cuts_the_clients_and_keeps_noth
     upstream = CutBucket(ranges)
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
         first = await mirror.get(blob_path())
+        await mirror.committed()
         health = json.loads((await mirror.get("/health")).body)["shared"]
         seen = await mirror.scrape()
         files = cached(tmp_path)
@@ -137,6 +140,7 @@ async def test_the_bytes_of_the_rest_are_counted_as_the_upstreams(
     async with stack(tmp_path, settings=SHARED, upstream=CutBucket(ranges)) as mirror:
         caplog.set_level(logging.INFO, logger="docxy.access")
         first = await mirror.get(blob_path())
+        await mirror.committed()
         seen = await mirror.scrape()
     rest = len(BLOB) - CUT_AT
     assert (first.status, first.body == BLOB) == (200, True)
@@ -241,8 +245,10 @@ async def test_a_resumed_blob_that_does_not_verify_does_not_blame_the_object(
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
         caplog.set_level(logging.INFO)
         first = await mirror.get(blob_path())
+        await mirror.committed()
         health = json.loads((await mirror.get("/health")).body)["shared"]
         second = await mirror.get(blob_path())
+        await mirror.committed()
         kept = cached(tmp_path)
     assert first.body != BLOB and len(first.body) < len(BLOB)  # cut, never served whole
     assert (health["resumed"], health["corrupt"]) == (0, 0)
