@@ -39,6 +39,7 @@ from docxy.cache.errors import (
     SizeMismatch,
     VerifyError,
 )
+from docxy.cache.preallocate import preallocate
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
 from docxy.core.digests import Digest
@@ -296,8 +297,17 @@ class BlobWriter:
         return self._count
 
     def announce(self, size: int | None) -> None:
-        """Publish the upstream's Content-Length (or None) so followers can send headers."""
+        """Publish the upstream's Content-Length (or None) so followers can send headers.
+
+        A known length is preallocated in the temp file (:func:`preallocate`); a disk that
+        has no room for it (or fails) gives the fill up before its first byte, as a failed
+        write would: its followers get the blob from the upstream."""
         self.fill.size, self.fill.size_known = size, True
+        if size is not None and self._fd is not None and self.caching:
+            try:
+                preallocate(self._fd, size)
+            except OSError as exc:
+                self._stop_caching(exc)
         self.fill.notify()
 
     async def write(self, chunk: bytes) -> None:
@@ -914,7 +924,8 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             if download.size is not None and not await writer.reserve(download.size):
                 return  # no room: the followers pass it through (the store said why)
             writer.announce(download.size)
-            await _feed_resuming(writer, download)
+            if writer.fill.kept is None:  # else the disk had no room for it
+                await _feed_resuming(writer, download)
             if writer.fill.kept is not None:
                 # The cache gave it up (no room for a blob of unknown length that outgrew it, a
                 # failed write), and said why: its followers get the rest from the upstream.

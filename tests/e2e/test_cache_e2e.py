@@ -93,6 +93,14 @@ def blob_path(cache: Path, digest: str) -> Path:
     return cache / "blobs" / algorithm / hexdigest[:2] / hexdigest
 
 
+def committed(cache: Path, digest: str) -> Path:
+    """The blob's file once it is under its final name: a client has its last byte once the
+    blob verified, and the file is synced and renamed into place right after."""
+    path = blob_path(cache, digest)
+    poll(path.is_file, DEADLINE, f"{digest} committed to the cache")
+    return path
+
+
 def cache_ls(cache: Path) -> str:
     """`python -m docxy cache ls --blobs --cache-dir CACHE`, as an operator runs it."""
     result = subprocess.run(
@@ -401,8 +409,7 @@ def test_broken_upstream_blob_fails_every_client_and_is_not_cached(
     healed, thread = start_download(mirror, FAULTY, headers, digest, FAULTY_SIZE)
     join_all([thread])
     assert healed.complete_and_right, healed
-    assert blob_path(cache, digest).is_file(), "the healed blob was not cached"
-    assert file_digest(blob_path(cache, digest)) == digest
+    assert file_digest(committed(cache, digest)) == digest  # the healed blob is cached
 
 
 def test_an_upstream_that_breaks_off_midway_is_resumed_for_every_client_and_cached(
@@ -427,7 +434,7 @@ def test_an_upstream_that_breaks_off_midway_is_resumed_for_every_client_and_cach
     assert bed.faults.fired, "the fault never fired: the test proved nothing"
     for download, _ in (first, second):
         assert download.complete_and_right, download
-    assert file_digest(blob_path(cache, digest)) == digest
+    assert file_digest(committed(cache, digest)) == digest
     log = mirror.log_text(limit=10**7)
     assert log.count("broke off after") == 1, log[-4000:]
     assert "fill failed" not in log
@@ -618,4 +625,4 @@ def test_kill_9_during_blob_write_then_restart(
     again, thread = start_download(restarted, CRASH, headers, digest, CRASH_SIZE)
     join_all([thread])
     assert again.complete_and_right, again
-    assert file_digest(final) == digest
+    assert file_digest(committed(cache, digest)) == digest

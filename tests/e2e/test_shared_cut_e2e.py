@@ -29,7 +29,7 @@ from lab.bed.front import UpstreamRequest
 from lab.bed.images import generated_chunks
 from lab.objectstore import ObjectStore as Weed
 from tests.conftest import StartMirror
-from tests.e2e.test_cache_e2e import blob_files
+from tests.e2e.test_cache_e2e import blob_files, committed
 from tests.e2e.test_shared_e2e import (
     DEADLINE,
     HELLO,
@@ -158,7 +158,7 @@ def test_a_body_cut_before_its_first_byte_is_filled_from_the_upstream(
         assert get_blob(mirror.url, digest) == (200, digest, "")
         assert proxy.cuts == 1
     assert len(bed.front_log.cdn_fetches()) == 1  # from the upstream
-    assert digest in blob_files(tmp_path / "cache")
+    committed(tmp_path / "cache", digest)
     health = shared_health(mirror.url)
     assert (health["hits"], health["corrupt"], health["errors"]) == (0, 0, 1), health
     assert health["reachable"] is False
@@ -181,7 +181,7 @@ def test_a_body_cut_mid_way_is_finished_from_the_upstream(
         assert proxy.cuts == 1
     [rest] = blob_gets(bed)
     assert (rest.range, rest.status) == (f"bytes={MiB}-", 206), rest  # what it had not yet
-    assert digest in blob_files(tmp_path / "cache")
+    committed(tmp_path / "cache", digest)
     health = shared_health(mirror.url)
     counts = [health[key] for key in ("hits", "resumed", "corrupt", "errors", "reachable")]
     assert counts == [1, 1, 0, 1, False], health
@@ -221,6 +221,6 @@ def test_a_body_cut_mid_way_whose_rest_fails_is_never_served_whole_nor_taken_for
     bed.front_log.clear()
     assert get_blob(mirror.url, digest) == (200, digest, "")
     assert [r.range for r in blob_gets(bed)] == [None, None]  # the front's 307, the CDN's 200
-    assert digest in blob_files(tmp_path / "cache")
+    committed(tmp_path / "cache", digest)
     stored = object_bytes(weed, prefix, digest)  # the object was right all along
     assert stored is not None and f"sha256:{hashlib.sha256(stored).hexdigest()}" == digest

@@ -34,7 +34,7 @@ from lab.mirror import Mirror
 from lab.objectstore import ObjectStore as Weed
 from lab.ports import free_port
 from tests.conftest import StartMirror
-from tests.e2e.test_cache_e2e import bearer, blob_files
+from tests.e2e.test_cache_e2e import bearer, blob_files, committed
 from tests.e2e.waiting import poll
 from tests.unavailable import need_binary
 
@@ -152,7 +152,7 @@ def test_a_blob_pulled_through_one_replica_comes_from_the_bucket_on_the_other(
     assert blob_fetches(bed) == 0, bed.front_log.where(lambda r: True)
     heads = bed.front_log.where(lambda r: r.kind == "blob" and r.method == "HEAD")
     assert len(heads) == 1  # B confirmed that the repository holds it before serving it
-    assert digest in blob_files(tmp_path / "cache-b")  # B's own disk cache holds it now
+    committed(tmp_path / "cache-b", digest)  # B's own disk cache holds it now
     health = shared_health(b.url)
     assert health["hits"] == 1 and health["corrupt"] == 0
     # The access logs tell the two fills apart (the line is written once the request ended).
