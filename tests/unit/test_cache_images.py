@@ -23,6 +23,7 @@ from docxy.core.digests import Digest, digest_of
 from docxy.http.app import create_app
 from tests.unit.fakes import Body, reply
 from tests.unit.test_cache_eviction import cached_image, manifest, offered_whole
+from tests.unit.test_pull_blobs import committed
 
 UP = "u" * 64
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -281,6 +282,7 @@ async def test_with_the_upstream_down_an_evicted_image_fails_at_its_first_step(
         client = app.test_client()
         for name in ("one", "two", "three"):  # room for two: "one" is evicted
             assert await pull(client, f"team/{name}") == [200, 200, 200]
+            await committed(app)  # the blobs' commits, and the evictions they lead to
         registry.down = True
         evicted = await pull(client, "team/one")
         assert evicted[0] >= 500 and len(evicted) == 1, f"a pull failed half-way: {evicted}"

@@ -176,6 +176,7 @@ async def test_a_miss_then_a_hit_move_the_counters_they_should(tmp_path: Path) -
         assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
         first = await mirror.get(blob_path())
         assert first.status == 200 and first.body == BLOB
+        await mirror.committed()  # counted in the cache's size
         fetched = len(mirror.upstream.seen)
         second = await mirror.get(blob_path())
         assert second.status == 200 and second.body == BLOB

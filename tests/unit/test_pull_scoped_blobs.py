@@ -23,7 +23,7 @@ from docxy.cache.pairings import BlobPairings
 from docxy.http.state import mirror_state
 from docxy.tasks import spawn
 from tests.unit import fakes
-from tests.unit.test_pull_blobs import basic, mirror
+from tests.unit.test_pull_blobs import basic, committed, mirror
 
 HOST = "registry.test"  # of test_pull_blobs.REGISTRY, the upstream mirror() is given
 AUTH = "https://auth.test/token"
@@ -347,6 +347,7 @@ async def test_a_cached_blob_on_a_cache_disk_gone_read_only_is_served_from_it(
     hub = Hub()
     async with mirror(tmp_path, hub) as app:
         assert await get(app, blob_url("library/app", APP)) == (200, APP)
+        await committed(app)  # on the disk before it goes read-only
         fakes.utime_read_only(monkeypatch, tmp_path / "cache")
         hub.down = True
         assert await get(app, blob_url("library/app", APP)) == (200, APP)
