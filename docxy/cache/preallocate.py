@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 from collections.abc import Callable
+from typing import Any, cast
 
 FALLOC_FL_KEEP_SIZE = 1
 #: What a file system or kernel without preallocation answers: written as before.
@@ -26,12 +27,16 @@ Fallocate = Callable[[int, int, int, int], int]
 def _fallocate() -> Fallocate | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.fallocate64
-    except (OSError, AttributeError):  # not Linux, or a C library without it
+    except OSError:
+        return None
+    # fallocate64: a 64-bit length on 32-bit systems too (newer musl has only fallocate, whose
+    # off_t is 64-bit there); neither: not Linux.
+    function: Any = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if function is None:
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     function.restype = ctypes.c_int
-    return function
+    return cast(Fallocate, function)
 
 
 _FALLOCATE = _fallocate()
