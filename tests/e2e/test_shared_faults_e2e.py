@@ -174,7 +174,10 @@ async def pulled(service: BlobService, digest: Digest) -> tuple[Source, bytes]:
     outcome = await asyncio.wait_for(service.get(pull_of(digest)), GUARD)
     assert isinstance(outcome, Served) and isinstance(outcome.content, BlobContent)
     assert outcome.content.stream is not None
-    return outcome.source, await asyncio.wait_for(outcome.content.stream.read_all(), GUARD)
+    data = await asyncio.wait_for(outcome.content.stream.read_all(), GUARD)
+    if service.store is not None:  # committed (then uploaded) after the client's last byte
+        await asyncio.wait_for(service.store.commits_done(), GUARD)
+    return outcome.source, data
 
 
 async def test_a_replica_whose_uploads_are_refused_still_fills_from_the_bucket(
