@@ -590,7 +590,6 @@ class BlobWriter:
             self._stop_caching(exc)
             self._finish()
             return None
-        self.fill.size, self.fill.size_known = self._count, True
         entry = self._host.fill_committed(self.fill)
         self.fill.state = FillState.COMMITTED
         self._finish()
@@ -713,14 +712,14 @@ class BlobFollower(ClosingStream):
         fill, pos = self.fill, 0
         try:
             while True:
-                given_up = fill.state is FillState.ABORTED and fill.kept is not None
-                if given_up and self.rest is not None and not fill.verified:
-                    # Closed with this stream (a client that left): the rest's answer with it.
-                    async with aclosing(self._resumed(pos, fill.kept or 0)) as resumed:
-                        async for data in resumed:
-                            yield data
-                    return
                 if not fill.verified:  # verified, every byte is in this follower's file
+                    given_up = fill.state is FillState.ABORTED and fill.kept is not None
+                    if given_up and self.rest is not None:
+                        # Closed with this stream (a client that left): the rest's answer too.
+                        async with aclosing(self._resumed(pos, fill.kept or 0)) as resumed:
+                            async for data in resumed:
+                                yield data
+                        return
                     fill.check_not_aborted()
                 # The last byte waits for the verification: a blob that fails it never
                 # reaches a client complete, so it cannot pass for a good one.
