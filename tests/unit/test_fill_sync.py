@@ -3,7 +3,6 @@ Range, from the verified temp file) and what a stop does with a blob still synci
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -91,7 +90,6 @@ async def test_a_sync_that_outlasts_the_stops_wait_is_given_up_in_one_line(
         assert first.body == BLOB and held_sync.started.is_set()
     await cancel_all()  # as `docxy serve` does once the app has stopped
     held_sync.release()
-    await asyncio.sleep(0)
     said = [r.getMessage() for r in caplog.records if "still syncing" in r.getMessage()]
     assert said == ["stopping: 1 verified blob(s) still syncing after 0.05 s are not kept"]
     assert cached_blobs(tmp_path) == []

@@ -6,7 +6,6 @@ hypercorn would call them, so the observer sees what the access log sees.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
 from docxy.observe import Observer, create_admin_app
 from docxy.observe.status import status_report
+from tests.unit import test_pull_blobs as pull_tests
 from tests.unit.asgi import AsgiAnswer, call_asgi
 
 REGISTRY = "http://upstream.test"
@@ -113,9 +113,7 @@ class Stack:
 
     async def committed(self) -> None:
         """Wait for the fills that verified to be committed (their clients are done first)."""
-        cache = self.app.extensions["docxy"].cache
-        if cache is not None:
-            await asyncio.wait_for(cache.blobs.commits_done(), 10.0)
+        await pull_tests.committed(self.app)
 
     async def admin_get(self, path: str) -> tuple[int, str]:
         response = await self.admin.test_client().get(path)

@@ -513,9 +513,9 @@ async def test_a_sync_that_fails_after_the_verify_leaves_the_client_the_whole_ke
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, length: str
 ) -> None:
     """The fill has every byte and they verified; only the commit's sync fails (EIO). The
-    client gets the whole blob from the temp file, its last byte after the kept bytes are
-    hashed again: no Range GET. (It used to ask for the rest from the blob's end: a 1-byte
-    Range GET for a known length, and for an unknown one a Range past the end, which cut it.)"""
+    client gets the whole blob from the temp file, nothing hashed again: no Range GET. (It used
+    to ask for the rest from the blob's end: a 1-byte Range GET for a known length, and for an
+    unknown one a Range past the end, which cut it.)"""
 
     def sync_fails(fd: int) -> None:
         os.close(fd)
