@@ -48,9 +48,11 @@ def preallocate(fd: int, nbytes: int, fallocate: Fallocate | None = _FALLOCATE) 
     :class:`OSError` when it fails otherwise (ENOSPC: the disk has no room for them)."""
     if fallocate is None or nbytes <= 0:
         return False
-    if fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, nbytes) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in UNSUPPORTED:
-        return False
-    raise OSError(code, os.strerror(code))
+    while fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, nbytes) != 0:
+        code = ctypes.get_errno()
+        if code == errno.EINTR:  # a signal: tried again, as os's own calls do (PEP 475)
+            continue
+        if code in UNSUPPORTED:
+            return False
+        raise OSError(code, os.strerror(code))
+    return True

@@ -41,6 +41,38 @@ def test_unsupported_means_not_preallocated_and_no_error(tmp_path: Path) -> None
         os.close(fd)
 
 
+def test_the_c_librarys_error_is_the_one_raised(tmp_path: Path) -> None:
+    """The real ``fallocate`` on a descriptor open for reading only: its errno (EBADF) is
+    what is raised, not 0 (the errno copy ctypes keeps must be the call's)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as raised:
+            preallocate(fd, 1 << 20)
+    finally:
+        os.close(fd)
+    assert raised.value.errno == errno.EBADF
+
+
+def test_a_signal_during_the_call_is_tried_again(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def interrupted_once(fd: int, mode: int, offset: int, length: int) -> int:
+        calls.append(length)
+        if len(calls) == 1:
+            ctypes.set_errno(errno.EINTR)
+            return -1
+        return 0
+
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        assert preallocate(fd, 1 << 20, interrupted_once) is True
+    finally:
+        os.close(fd)
+    assert calls == [1 << 20, 1 << 20]
+
+
 async def test_a_known_length_is_preallocated_and_the_file_grows_with_the_writes(
     tmp_path: Path,
 ) -> None:
