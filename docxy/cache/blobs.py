@@ -394,12 +394,18 @@ class DiskBlobStore:
             raise CacheUnreadable(f"cannot open the cached {digest}: {exc}") from exc
         self._read_failed_logged = False
         self._pins[digest] += 1
+        fill = self._fills.get(digest)
+        if fill is not None and entry.path == fill.tmp_path:  # a verified fill's temp file:
+            fill.holders += 1  # held open, it counts as a follower's would, should it be removed
+            release = partial(self._follower_closed, fill)
+        else:
+            release = partial(self._reader_closed, digest)
         return BlobReader(
             fd,
             size=entry.size,
             start=start,
             stop=stop,
-            release=partial(self._reader_closed, digest),
+            release=release,
             chunk_size=self._chunk_for_readers,
         )
 
@@ -462,9 +468,15 @@ class DiskBlobStore:
         """A follower of the fill of ``digest`` running now, else a reader of the cached blob
         (or of a fill's whose blob verified: all its bytes are in, as if committed)."""
         fill = self._writing(digest)
-        if fill is not None and not fill.verified:
+        if fill is None:
+            return self.open_read(digest)
+        if not fill.verified:
             return self._follow(fill)
-        return self.open_read(digest)
+        reader = self.open_read(digest)
+        if reader is None:  # its temp file removed under it (`docxy cache gc`): never a
+            # second fill of the same blob beside it
+            raise CacheUnwritable(f"cannot read the verified fill of {fill.digest}: gone")
+        return reader
 
     def _follow(self, fill: InFlight) -> BlobFollower:
         """A follower of ``fill``; :class:`CacheUnwritable` if its temp file cannot be opened
@@ -481,7 +493,8 @@ class DiskBlobStore:
         return BlobFollower(fill, fd, release, self._chunk_for_readers)
 
     def _follower_closed(self, fill: InFlight, fd: int) -> None:
-        """A follower is done: unpinned now, one holder less of the temp file once closed."""
+        """A follower (or a reader of a verified fill's temp file) is done: unpinned now, one
+        holder less of the temp file once closed."""
         self._unpin(fill.digest)
         close_after_reading(fd, partial(self.temp_closed, fill))
 
@@ -636,9 +649,11 @@ class DiskBlobStore:
         if fd is not None:
             fill.holders += 1
             try:
-                size = os.fstat(fd).st_size
+                info = os.fstat(fd)
             except OSError:  # EIO: what the fill wrote
                 pass
+            else:  # its blocks, those preallocated past the bytes written too
+                size = max(info.st_size, info.st_blocks * 512)
         if writing is not None:  # its thread may write up to the reservation yet
             size = max(size, fill.reserved)
         try:
