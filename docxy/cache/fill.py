@@ -555,14 +555,18 @@ class BlobWriter:
         self._close_and_discard(f"cache write failed: {exc.strerror or exc}", said=True)
 
     async def commit(
-        self, expected_size: int | None = None, mismatch: Mismatch | None = None
+        self,
+        expected_size: int | None = None,
+        mismatch: Mismatch | None = None,
+        verified: Callable[[], None] | None = None,
     ) -> BlobEntry | None:
         """Verify length and digest, then make the blob visible under its final name.
 
         ``expected_size`` defaults to the announced size. Raises :class:`SizeMismatch` or
         :class:`DigestMismatch` (after aborting: nothing cached, followers fail; ``mismatch``
-        is told first, and what it answers ends the failure's one WARNING line). Returns the
-        committed entry, or None in pass-through mode or when the blob does not fit the cache.
+        is told first, and what it answers ends the failure's one WARNING line); ``verified``
+        is told when they are right, before the sync. Returns the committed entry, or None in
+        pass-through mode or when the blob does not fit the cache.
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -574,6 +578,8 @@ class BlobWriter:
             self.fail(reason if not said else f"{reason}; {said}")
             raise unverified
         self.fill.size, self.fill.size_known = self._count, True
+        if verified is not None:
+            verified()
         if not self.caching:  # its followers went on from the bytes it kept (or were cut)
             self._finish()
             return None
@@ -885,6 +891,10 @@ class Download:
     #: :class:`~docxy.cache.resuming.Resuming`.
     resume: Resume | None = None
     broke_off: tuple[type[Exception], ...] = ()
+    #: Told once every byte is in and verified, before the commit's sync: the upstream's part
+    #: of the fill is over (its permit is given back then: the sync of a big blob takes
+    #: seconds, and the client has its last byte).
+    verified: Callable[[], None] | None = None
     #: Told when it broke off and may not go on while its bytes were still wanted (the
     #: :class:`~docxy.cache.resuming.BrokeOff` about to end the fill, or a follower's rest):
     #: its owner counts that against the upstream it came from.
@@ -929,7 +939,7 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
                 # The cache gave it up (no room for a blob of unknown length that outgrew it, a
                 # failed write), and said why: its followers get the rest from the upstream.
                 return
-            committed = await writer.commit(download.size, download.mismatch)
+            committed = await writer.commit(download.size, download.mismatch, download.verified)
             if committed is not None:
                 log.info("blob %s cached (%d bytes)", writer.digest, writer.received)
         except Exception as exc:  # noqa: BLE001 - the fill task's boundary: end the fill, say why

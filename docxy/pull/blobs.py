@@ -368,14 +368,15 @@ async def _skipped(chunks: AsyncIterator[bytes], offset: int) -> AsyncIterator[b
 
 
 async def _holding(release: Release, fetching: Awaitable[Download]) -> Download:
-    """The download ``fetching`` gives, its permit given back (``release``) once it is closed,
-    or at once when there is none."""
+    """The download ``fetching`` gives, its permit given back (``release``) once its bytes
+    verify or it is closed, whichever comes first, or at once when there is none."""
     try:
         download = await fetching
     except BaseException:
         release()
         raise
-    return replace(download, close=released_after(download.close, release))
+    assert download.verified is None  # none of the sources sets it: the permit's own
+    return replace(download, close=released_after(download.close, release), verified=release)
 
 
 def _uncached_because(exc: CacheError) -> Reason:

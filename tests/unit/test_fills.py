@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from docxy.cache import fill as fill_module
 from docxy.config import load_config
 from docxy.core.errors import TooManyRequests
 from docxy.edge.fills import CLIENT, FillPermits
@@ -150,3 +152,46 @@ async def test_over_the_caps_a_new_fill_is_429_and_joining_is_free(tmp_path: Pat
     assert [a.body for a in answers] == [BLOBS[D1], BLOBS[D1], BLOBS[D2]]
     assert fetched == [D1, D2]  # one fetch per blob; the refused ones never went upstream
     assert not mirror_state(app).running.blobs.permits.running  # every permit given back
+
+
+async def test_a_fills_permit_is_given_back_once_its_blob_verifies_not_after_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit's sync of a big blob takes seconds after the client's last byte: the client's
+    next layer is not refused meanwhile (``limits.fills_per_client`` 1)."""
+    syncing, go = threading.Event(), threading.Event()
+    real_sync = fill_module._sync_and_close
+
+    def held_sync(fd: int) -> None:
+        syncing.set()
+        go.wait(30.0)
+        real_sync(fd)
+
+    monkeypatch.setattr(fill_module, "_sync_and_close", held_sync)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}")
+        digest = request.url.path.rpartition("/")[2]
+        return fakes.reply(200, BLOBS[digest], {"Content-Length": str(len(BLOBS[digest]))})
+
+    settings = {
+        "upstream.registry": "https://registry.test",
+        "cache.dir": str(tmp_path / "cache"),
+        "server.public_url": "https://mirror.test",
+        "limits.fills_per_client": "1",
+    }
+    app = create_app(
+        load_config(settings, environ={}), probe=False, transport=httpx.MockTransport(upstream)
+    )
+    CLIENT.set("a")
+    try:
+        async with app.test_app():
+            first = await call_asgi(app, "GET", f"/v2/team/app/blobs/{D1}", host="mirror.test")
+            assert (first.status, first.body) == (200, BLOBS[D1])
+            assert syncing.wait(5)  # D1's commit still syncs
+            second = await call_asgi(app, "GET", f"/v2/team/app/blobs/{D2}", host="mirror.test")
+            assert (second.status, second.body) == (200, BLOBS[D2])
+            go.set()
+    finally:
+        go.set()
