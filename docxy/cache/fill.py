@@ -297,18 +297,29 @@ class BlobWriter:
         return self._count
 
     def announce(self, size: int | None) -> None:
-        """Publish the upstream's Content-Length (or None) so followers can send headers.
-
-        A known length is preallocated in the temp file (:func:`preallocate`); a disk that
-        has no room for it (or fails) gives the fill up before its first byte, as a failed
-        write would: its followers get the blob from the upstream."""
+        """Publish the upstream's Content-Length (or None) so followers can send headers."""
         self.fill.size, self.fill.size_known = size, True
-        if size is not None and self._fd is not None and self.caching:
-            try:
-                preallocate(self._fd, size)
-            except OSError as exc:
-                self._stop_caching(exc)
         self.fill.notify()
+
+    async def preallocate(self) -> None:
+        """Find the temp file's blocks for the announced length before the first write
+        (:func:`preallocate`), in a worker thread: 2 ms per GiB on ext4 here, 0.5 s on tmpfs,
+        which allocates the memory. A disk that has no room for them (or fails) gives the fill
+        up before its first byte, as a failed write would: its followers get the blob from
+        the upstream."""
+        size = self.fill.size
+        if size is None or self._fd is None or not self.caching:
+            return
+        io = asyncio.get_running_loop().run_in_executor(None, preallocate, self._fd, size)
+        self._fd_user = io  # an abort meanwhile closes the descriptor once the call is done
+        try:
+            await asyncio.shield(io)
+        except asyncio.CancelledError:
+            await asyncio.wait([io])
+            raise
+        except OSError as exc:
+            if self.caching:
+                self._stop_caching(exc)
 
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk``; followers see it after the next flush (every ``buffer_size``)."""
@@ -933,6 +944,7 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             if download.size is not None and not await writer.reserve(download.size):
                 return  # no room: the followers pass it through (the store said why)
             writer.announce(download.size)
+            await writer.preallocate()
             if writer.fill.kept is None:  # else the disk had no room for it
                 await _feed_resuming(writer, download)
             if writer.fill.kept is not None:

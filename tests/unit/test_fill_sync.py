@@ -188,6 +188,7 @@ async def test_a_given_up_fills_preallocated_blocks_count_until_they_are_freed(
     follower = await as_follower(store, digest)
     async with writer:
         writer.announce(len(data))
+        await writer.preallocate()
         # A file system without fallocate: only the bytes written hold blocks.
         preallocated = os.stat(writer.fill.tmp_path).st_blocks * 512 >= len(data)
         await writer.write(data[: 1 << 20])

@@ -3,10 +3,13 @@ write, the size left to the writes, no room reported before the first byte."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,9 @@ from docxy.cache import fill
 from docxy.cache.fill import BlobFollower
 from docxy.cache.preallocate import Fallocate, preallocate
 from docxy.core.digests import digest_of
+from docxy.tasks import spawn
 from tests.unit.asgi import call_asgi
-from tests.unit.test_cache_blobs import as_writer, blob, guard, make_store, read
+from tests.unit.test_cache_blobs import GUARD, as_writer, blob, guard, make_store, read
 from tests.unit.test_pull_blobs import BLOB, DIGEST, Upstream, cached_blobs, mirror
 
 
@@ -89,6 +93,7 @@ async def test_a_known_length_is_preallocated_and_the_file_grows_with_the_writes
     assert isinstance(follower, BlobFollower)
     async with writer:
         writer.announce(len(data))
+        await writer.preallocate()
         st = os.stat(writer.fill.tmp_path)
         assert st.st_size == 0  # a follower reads no further than the writes
         if supported:
@@ -123,3 +128,39 @@ async def test_no_room_for_the_announced_length_passes_the_blob_through_before_a
     assert cached_blobs(tmp_path) == []
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "No space left on device" in warned[0].getMessage()
+
+
+async def test_an_abort_during_the_call_closes_the_descriptor_only_once_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call runs in a worker thread; the fill aborted meanwhile (its client left) must not
+    close the descriptor under it: by then its number could name another file."""
+    started, go = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def slow(fd: int, nbytes: int) -> bool:
+        started.set()
+        go.wait(GUARD)
+        seen.append(os.fstat(fd).st_size)  # raises EBADF if closed under the call
+        return True
+
+    monkeypatch.setattr(fill, "preallocate", slow)
+    store = make_store(tmp_path)
+    data = blob(1 << 20)
+    writer = await as_writer(store, digest_of(data))
+    writer.announce(len(data))
+    calling = spawn("preallocate", writer.preallocate())
+    try:
+        assert await asyncio.to_thread(started.wait, GUARD)
+        writer.abort("the client went away")
+    finally:
+        go.set()
+    await guard(calling)
+    assert seen == [0]
+    assert await guard(wait_until(lambda: store.usage().freeing == 0))
+
+
+async def wait_until(condition: Callable[[], bool]) -> bool:
+    while not condition():
+        await asyncio.sleep(0.01)
+    return True
