@@ -41,7 +41,6 @@ from docxy.cache.manifests import (
     referenced_digests,
 )
 from docxy.cache.reader import BlobReader
-from docxy.cache.stream import tee
 from docxy.cache.visibility import ANONYMOUS, AccessIndex, Identity, RepoKey, Visibility, may_serve
 from docxy.core.digests import Digest, blob_relpath, digest_of, is_digest, parse_digest
 
@@ -97,7 +96,6 @@ __all__ = [
     "parse_digest",
     "plan_eviction",
     "referenced_digests",
-    "tee",
 ]
 
 
