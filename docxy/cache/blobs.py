@@ -649,11 +649,10 @@ class DiskBlobStore:
         if fd is not None:
             fill.holders += 1
             try:
-                info = os.fstat(fd)
+                size = os.fstat(fd).st_size
             except OSError:  # EIO: what the fill wrote
                 pass
-            else:  # its blocks, those preallocated past the bytes written too
-                size = max(info.st_size, info.st_blocks * 512)
+        size = max(size, fill.preallocated)  # blocks found up front, past the bytes written
         if writing is not None:  # its thread may write up to the reservation yet
             size = max(size, fill.reserved)
         try:

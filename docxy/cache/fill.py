@@ -209,6 +209,9 @@ class InFlight:
     holders: int = 0
     removed: bool = False
     unlinked: int = 0
+    #: Bytes of blocks found for the temp file up front (:meth:`BlobWriter.preallocate`): a
+    #: removed temp file holds at least these until its last close.
+    preallocated: int = 0
     #: A pump's latest reads, for the followers that keep up.
     recent: RecentReads = field(default_factory=RecentReads)
     #: Every byte is in and the length and digest are right: the followers may send the last
@@ -313,13 +316,15 @@ class BlobWriter:
         io = asyncio.get_running_loop().run_in_executor(None, preallocate, self._fd, size)
         self._fd_user = io  # an abort meanwhile closes the descriptor once the call is done
         try:
-            await asyncio.shield(io)
+            found = await asyncio.shield(io)
         except asyncio.CancelledError:
             await asyncio.wait([io])
             raise
         except OSError as exc:
             if self.caching:
                 self._stop_caching(exc)
+        else:
+            self.fill.preallocated = size if found else 0
 
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk``; followers see it after the next flush (every ``buffer_size``)."""
