@@ -9,13 +9,14 @@ byte still waits for the verified commit.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
 from docxy.cache.errors import DigestMismatch, FillAborted
-from docxy.cache.fill import RECENT, BlobFollower, BlobWriter
+from docxy.cache.fill import RECENT, BlobFollower, BlobWriter, InFlight
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
 from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
@@ -147,3 +148,25 @@ async def test_bytes_written_on_the_loop_let_the_reads_go(tmp_path: Path) -> Non
     async with follower:
         got = await guard(chunks_of(follower))
     assert b"".join(got) == DATA
+
+
+async def test_a_follower_midway_into_a_recent_read_gets_the_rest_of_it(tmp_path: Path) -> None:
+    """A follower whose last read of the temp file ended inside a read the pump keeps (it read
+    up to the byte held back for the commit, before that read was kept) gets the rest of that
+    read from memory, then the next read whole; the one holding the last byte waits."""
+    path = tmp_path / "temp"
+    first, second = b"a" * 100, b"b" * 100
+    path.write_bytes(first + second)
+    fill = InFlight(digest_of(first + second), path, written=200)
+    fill.recent.add(0, first)
+    fill.recent.add(100, second)
+    closed: list[int] = []
+    follower = BlobFollower(fill, os.open(path, os.O_RDONLY), lambda fd: closed.append(fd))
+    try:
+        assert await follower._next(40, 199) == first[40:]
+        assert await follower._next(100, 200) is second  # the read itself, not a copy
+        assert await follower._next(150, 199) is None  # holds the last byte: wait
+    finally:
+        follower.close()
+    assert len(closed) == 1
+    os.close(closed[0])
