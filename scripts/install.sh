@@ -558,7 +558,7 @@ settle_settings() {
     if [[ -z "$UPSTREAM_PASSWORD" ]] && can_prompt; then
       ask UPSTREAM_PASSWORD "Password or access token for $UPSTREAM_USER (not shown):" secret
     fi
-    [[ -n "$UPSTREAM_PASSWORD" ]] || die "the password for --upstream-user: set DOCXY_UPSTREAM_PASSWORD or run interactively" 2
+    [[ -n "$UPSTREAM_PASSWORD" ]] || die "the password for --upstream-user: set DOCXY_UPSTREAM_PASSWORD (after sudo: sudo DOCXY_UPSTREAM_PASSWORD=... $0) or run interactively" 2
     [[ "$UPSTREAM_PASSWORD" != *"'"* && "$UPSTREAM_PASSWORD" != *$'\n'* ]] ||
       die "the upstream password cannot contain a single quote or a newline (.env quoting)" 2
   fi
@@ -602,7 +602,9 @@ write_env() {
   CHANGES=$((CHANGES + 1))
   if ((DRY_RUN)); then
     say "  would write $ENV_FILE (mode 600):"
-    sed -e "s/^\(DOCXY_UPSTREAM_PASSWORD=\).*/\1'********'/" -e 's/^/    | /' -- "$new"
+    # Any value under a key that names a secret (ours, and the operator's own lines) is masked.
+    sed -E -e "s/^([[:space:]]*(export[[:space:]]+)?[A-Za-z0-9_]*(PASSWORD|SECRET|TOKEN|KEY)[A-Za-z0-9_]*[[:space:]]*=).*/\1'********'/I" \
+      -e 's/^/    | /' -- "$new"
     rm -f -- "$new"
     return
   fi

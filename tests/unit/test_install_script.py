@@ -272,6 +272,30 @@ def test_upstream_password_from_the_environment_is_written_but_never_shown(
     assert "dckr_pat_x-1" not in result.stdout + result.stderr
 
 
+def test_a_dry_run_masks_every_secret_the_env_holds(box: ScriptBox, resolver: Resolver) -> None:
+    """The operator's own lines are shown as they would be written, their secrets masked."""
+    box.without("docker")
+    box.without("systemctl")
+    env_file(box).parent.mkdir(parents=True, exist_ok=True)
+    env_file(box).write_text(
+        "DOCXY_SHARED_SECRET_KEY=TopSecretS3Key\n"
+        "export DOCXY_METRICS_TOKEN = tok-123\n"
+        "DOCXY_LOG_LEVEL=DEBUG\n"
+    )
+
+    result = install(
+        box, resolver, "--dry-run", "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "pw9"}
+    )
+
+    assert result.returncode == 0, output(result)
+    shown = result.stdout + result.stderr
+    assert f"would write {env_file(box)}" in shown
+    for secret in ("TopSecretS3Key", "tok-123", "pw9"):
+        assert secret not in shown
+    assert "| DOCXY_SHARED_SECRET_KEY='********'" in shown
+    assert "| DOCXY_LOG_LEVEL=DEBUG" in shown  # not a secret: shown as it is
+
+
 @pytest.mark.parametrize("passed", [True, False])
 def test_an_account_that_compose_yaml_does_not_pass_on_is_warned_about(
     box: ScriptBox, resolver: Resolver, passed: bool
