@@ -80,6 +80,8 @@ RELOAD=1
 ALLOW_RESTART=0
 ROOT=/
 DAEMON_JSON=""
+DAEMON_JSON_WRITTEN=0 # this run replaced it, the old one (if any) backed up at DAEMON_JSON_BACKUP
+DAEMON_JSON_BACKUP=""
 PIDFILE=""
 WANT_DOCKER=0
 WANT_CONTAINERD=0
@@ -201,11 +203,14 @@ have() { command -v "$1" >/dev/null 2>&1; }
 # --- files: backup, validate, atomic replace ------------------------------------------------
 
 # backup_file TARGET: copy TARGET aside (timestamped, never overwriting an older backup).
+# LAST_BACKUP names it (empty: no file was there to back up).
+LAST_BACKUP=""
 backup_file() {
   local backup
   backup="$1.$BACKUP_SUFFIX-$(date -u +%Y%m%dT%H%M%SZ)"
   while [[ -e "$backup" ]]; do backup="$backup.1"; done
   cp -p -- "$1" "$backup"
+  LAST_BACKUP="$backup"
   say "  backed up the old file to $backup"
 }
 
@@ -477,7 +482,9 @@ configure_docker() {
     say "  would reload dockerd and check \`docker info\`"
     return
   fi
+  LAST_BACKUP=""
   place_file "$DAEMON_JSON" "$new" 0644
+  DAEMON_JSON_WRITTEN=1 DAEMON_JSON_BACKUP="$LAST_BACKUP"
   if ((REMOVE)); then
     say "  removed $MIRROR from registry-mirrors"
   else
@@ -561,6 +568,32 @@ reload_dockerd() {
   fi
 }
 
+# dockerd did not start with the new daemon.json (a flag in its unit that the file now repeats,
+# such as --registry-mirror): the old file goes back (none: the new one goes) and dockerd is
+# started with it, so the host is left as it was, and says so.
+restore_daemon_json() {
+  local target staged
+  target="$(real_target "$DAEMON_JSON")"
+  warn "dockerd did not start with $DAEMON_JSON (see: journalctl -u docker)"
+  if ((!DAEMON_JSON_WRITTEN)); then
+    warn "this run did not change it; dockerd is not running: systemctl status docker"
+    return 0
+  elif [[ -n "$DAEMON_JSON_BACKUP" ]]; then
+    staged="$(mktemp "$(dirname -- "$target")/.$(basename -- "$target").XXXXXX")"
+    cp -p -- "$DAEMON_JSON_BACKUP" "$staged"
+    mv -f -- "$staged" "$target"
+    warn "put the old file back (from $DAEMON_JSON_BACKUP)"
+  else
+    rm -f -- "$target"
+    warn "removed the new file (there was none before)"
+  fi
+  if systemctl restart docker; then
+    warn "dockerd runs again with its old settings; the mirror is not configured for it"
+  else
+    warn "dockerd does not start with its old settings either: systemctl status docker"
+  fi
+}
+
 # confirm_docker changed|unchanged: make the running dockerd use the file, and check it does.
 confirm_docker() {
   local state="$1" mirrors
@@ -604,7 +637,11 @@ confirm_docker() {
   fi
   if ((ALLOW_RESTART)) && systemd_docker_active; then
     say "  the reload did not take: restarting dockerd (systemctl restart docker)"
-    systemctl restart docker
+    if ! systemctl restart docker; then
+      restore_daemon_json
+      FAILED=1
+      return 0
+    fi
     if docker_agrees; then
       say "  docker info: dockerd uses the new settings after the restart"
       return 0

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -1061,3 +1062,44 @@ def test_the_mirror_in_another_case_is_the_same_host_in_hosts_toml(box: ScriptBo
 
     configure(box, "--mirror", "https://Mirror.Example.Com", "--containerd", "--remove")
     assert not box.path(HOSTS_TOML).exists()
+
+
+@pytest.mark.parametrize("before", [{"log-level": "warn"}, None])
+def test_a_restart_that_fails_puts_the_old_daemon_json_back_and_starts_dockerd_again(
+    box: ScriptBox, before: dict[str, str] | None
+) -> None:
+    """dockerd refuses the new file (a --registry-mirror in its unit, say) and does not start:
+    the old file (or none) is put back and dockerd started with it, and the run fails."""
+    if before is not None:
+        box.path(DAEMON_JSON).parent.mkdir(parents=True, exist_ok=True)
+        box.path(DAEMON_JSON).write_text(json.dumps(before))
+    starts = box.base / "systemctl-starts.json"  # the rules once the first restart failed
+    starts.write_text(json.dumps([asdict(Rule(r"is-active")), asdict(Rule(r"^restart"))]))
+    box.stand_in(
+        "systemctl",
+        Rule(r"is-active"),
+        Rule(r"^restart", rc=1, effect=f'cp "{starts}" "$STANDINS/.rules/systemctl.json"'),
+    )
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    result = box.run(
+        SCRIPT,
+        "--root",
+        str(box.root),
+        "--mirror",
+        MIRROR,
+        "--allow-restart",
+        env={"DOCXY_RELOAD_WAIT": "1"},
+    )
+
+    assert result.returncode == 1, output(result)
+    assert len(box.calls("systemctl")) >= 2 and [
+        c.line for c in box.calls("systemctl") if "restart" in c.line
+    ] == ["systemctl restart docker", "systemctl restart docker"]
+    if before is None:
+        assert not box.path(DAEMON_JSON).exists()
+        assert "removed the new file" in result.stderr
+    else:
+        assert daemon_json(box) == before
+        assert "put the old file back" in result.stderr
+    assert "dockerd runs again with its old settings" in result.stderr
