@@ -557,9 +557,12 @@ class BlobWriter:
             fill.kept_hash = self._hash_before[1]
 
     def _thread_stopped_caching(self, exc: OSError) -> None:
-        """The pump's thread failed to write and no longer uses the temp file's descriptor."""
+        """The pump's thread failed to write and no longer uses the temp file's descriptor.
+        A fill ended meanwhile (an abort, a cancel) stays as it ended: its followers are not
+        sent to the upstream for a rest, and misses are not paused for a write nobody needed."""
         self._fd_user = None
-        self._stop_caching(exc)
+        if self.fill.state is FillState.WRITING:
+            self._stop_caching(exc)
 
     def _stop_caching(self, exc: OSError) -> None:
         """Give the fill up after a failed write (or sync): its followers keep the bytes

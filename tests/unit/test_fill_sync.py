@@ -201,3 +201,17 @@ async def test_a_given_up_fills_preallocated_blocks_count_until_they_are_freed(
 async def wait_for(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_a_failed_pump_write_heard_after_an_abort_leaves_the_fill_aborted(
+    tmp_path: Path,
+) -> None:
+    """The pump's thread failed to write (ENOSPC) as the fill was being cancelled: the fill
+    stays aborted (its followers cut, not sent upstream for a rest) and misses are not paused."""
+    store = make_store(tmp_path)
+    data = blob(1 << 20)
+    writer = await as_writer(store, digest_of(data))
+    writer.abort("the fill task was cancelled")
+    writer._thread_stopped_caching(OSError(errno.ENOSPC, "No space left on device"))
+    assert writer.fill.kept is None
+    assert store.write_failed_at is None
