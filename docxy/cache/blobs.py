@@ -24,6 +24,7 @@ open by a descriptor) together never pass ``max_size``, and a fill that gets no 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -728,6 +729,16 @@ class DiskBlobStore:
         return entry
 
     # --- eviction ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pinned(self, digest: Digest) -> Iterator[None]:
+        """``digest`` is neither evicted nor removed meanwhile: for a reader of its file from
+        outside the store (the shared tier's upload), as an open reader pins it."""
+        self._pins[digest] += 1
+        try:
+            yield
+        finally:
+            self._unpin(digest)
 
     def _unpin(self, digest: Digest) -> None:
         self._pins[digest] -= 1

@@ -170,6 +170,12 @@ class SharedTier:
             self.uploads.offer(digest)
 
     async def _upload(self, digest: Digest) -> None:
+        # Pinned while it is read: evicted under the upload, its blocks would stay held (for
+        # minutes, a big layer to a slow store) with nothing counting them against the cap.
+        with self.blobs.pinned(digest):
+            await self._upload_pinned(digest)
+
+    async def _upload_pinned(self, digest: Digest) -> None:
         try:
             file = BlobFile.open(self.blobs.path_of(digest))
         except FileNotFoundError:

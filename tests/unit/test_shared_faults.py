@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.errors import BlobInUse
 from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import ConfigError
@@ -291,3 +292,25 @@ async def test_a_cached_file_that_cannot_be_read_fails_its_upload_not_the_queue(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and str(unreadable) in warned[0] and "cannot read" in warned[0]
+
+
+async def test_a_blob_being_uploaded_is_neither_removed_nor_evicted_under_the_upload(
+    tmp_path: Path,
+) -> None:
+    """The upload reads the blob's file for as long as the store takes: it is pinned meanwhile,
+    as a client's reader pins it (its blocks would stay held, counted nowhere)."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    uploaded = cached_blob(blobs, 1)
+    blobs.scan()
+    assert blobs.holds(uploaded)
+    with silent_store() as store:
+        where = Bucket(store.url, "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+        timeout = httpx.Timeout(SILENT_FOR, connect=GUARD)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            tier = SharedTier(ObjectStore(where, http), blobs, 1)
+            tier.uploads.offer(uploaded)
+            await store.connection()  # the upload's first request waits on the silent store
+            with pytest.raises(BlobInUse):
+                blobs.remove(uploaded)
+            await asyncio.wait_for(tier.uploads.drained(), GUARD)
+    assert blobs.remove(uploaded)  # the upload is over: unpinned
