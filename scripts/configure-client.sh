@@ -722,6 +722,24 @@ def our_block(url, cert, key, ca):
     return lines
 
 
+#: The keys of the mirror's [host] table this script writes; any other line there is the
+#: operator's own (skip_verify, a header sub-table...), kept after them.
+OWNED = re.compile(r"^\s*(capabilities|client|ca)\s*=")
+
+
+def own_lines(block):
+    """The operator's lines in our [host] table (a value that spans lines left out whole)."""
+    kept, depth = [], 0
+    for line in block[1:]:
+        if depth > 0 or OWNED.match(line):
+            depth = max(0, depth + line.count("[") - line.count("]"))
+            continue
+        kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return kept
+
+
 def content(lines):
     return [line for line in lines if line.strip()]
 
@@ -747,7 +765,7 @@ except FileNotFoundError:
 preamble, found = blocks(lines)
 ours = [block for block in found if canonical(block[0]) == canonical(url)]
 others = [block for block in found if canonical(block[0]) != canonical(url)]
-mine = our_block(url, cert, key, ca)
+mine = our_block(url, cert, key, ca) + (own_lines(ours[0][1]) if ours else [])
 if not any(line.strip() for line in preamble):
     preamble = [f"{MARK}: pulls of {registry} try the mirror first.\n",
                 f"server = {json.dumps(server)}\n", "\n"]

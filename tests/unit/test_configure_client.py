@@ -1103,3 +1103,30 @@ def test_a_restart_that_fails_puts_the_old_daemon_json_back_and_starts_dockerd_a
         assert daemon_json(box) == before
         assert "put the old file back" in result.stderr
     assert "dockerd runs again with its old settings" in result.stderr
+
+
+def test_the_operators_own_lines_in_the_mirrors_host_table_are_kept(box: ScriptBox) -> None:
+    """A rerun (to add a registry, say) rewrites what the script owns in the mirror's table
+    (capabilities, client, ca) and keeps the rest: a skip_verify for a private certificate,
+    a header sub-table. Dropping them had containerd fail TLS and fall back to the upstream."""
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(
+        'server = "https://registry-1.docker.io"\n\n'
+        f'[host."{MIRROR}"]\n  capabilities = [\n    "pull",\n  ]\n  skip_verify = true\n'
+        f'  [host."{MIRROR}".header]\n    x-team = ["a"]\n\n'
+        '[host."https://corp-cache.example"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+
+    configure(box, "--mirror", MIRROR, "--containerd")
+    text = box.path(HOSTS_TOML).read_text()
+    again = box.files()
+    said = configure(box, "--mirror", MIRROR, "--containerd")
+
+    hosts = tomllib.loads(text)["host"]
+    assert list(hosts) == [MIRROR, "https://corp-cache.example"]
+    assert hosts[MIRROR] == {
+        "capabilities": ["pull", "resolve"],
+        "skip_verify": True,
+        "header": {"x-team": ["a"]},
+    }
+    assert box.files() == again and "unchanged" in said
