@@ -798,7 +798,7 @@ class DiskBlobStore:
         catalog = self.catalog
         if catalog is not None and plan.images:
             await catalog.evict_images(plan.images)  # with any index above them
-        trash: list[Path] = []
+        trash: list[tuple[Path, int]] = []
         trashed = 0  # evicted bytes still on disk: no fill may count on them yet
         try:
             for entries in _chunks(plan.blobs):
@@ -810,14 +810,30 @@ class DiskBlobStore:
                         continue
                     dropped = self._drop(entry)
                     if dropped is not None:
-                        trash.append(dropped)
+                        trash.append((dropped, entry.size))
                         trashed += entry.size
                         self._trash += entry.size
                 await asyncio.sleep(0)
             if trash:
-                await asyncio.to_thread(_unlink_all, trash)
+                stuck = await asyncio.to_thread(_unlink_all, trash)
+                if stuck:
+                    self._cannot_delete(stuck)
+                    trashed -= sum(size for _, size, _ in stuck)  # still on disk: counted
         finally:
             self._trash -= trashed
+
+    def _cannot_delete(self, stuck: list[tuple[Path, int, OSError]]) -> None:
+        """Evicted files that could not be deleted (EIO, EPERM): they stay in ``tmp/``, which
+        the next start clears, and count against ``max_size`` until then."""
+        nbytes = sum(size for _, size, _ in stuck)
+        log.warning(
+            "cache: cannot delete %d evicted file(s) in %s (%s); their %d bytes count against "
+            "the cache size until the next start clears it",
+            len(stuck),
+            self.tmp_dir,
+            os_error(stuck[0][2]),
+            nbytes,
+        )
 
     def _drop(self, entry: BlobEntry) -> Path | None:
         """Take an evicted blob out of the index and off its name; returns where it now is, in
@@ -990,9 +1006,15 @@ def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
         yield items[start : start + APPLY_CHUNK]
 
 
-def _unlink_all(paths: Iterable[Path]) -> None:
-    for path in paths:
-        _unlink(path)
+def _unlink_all(files: Iterable[tuple[Path, int]]) -> list[tuple[Path, int, OSError]]:
+    """Delete every file (path, size); those that could not be, with why (the rest go on)."""
+    stuck = []
+    for path, size in files:
+        try:
+            _unlink(path)
+        except OSError as exc:
+            stuck.append((path, size, exc))
+    return stuck
 
 
 def _unlink(path: Path) -> bool:

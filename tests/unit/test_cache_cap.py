@@ -10,6 +10,7 @@ reads is not counted twice).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from docxy.cache import Cache, open_cache
+from docxy.cache import blobs as blobs_module
 from docxy.cache import fill as fill_module
 from docxy.cache.errors import FillAborted, NoRoom
 from docxy.cache.fill import BlobFollower, Download
@@ -366,3 +368,36 @@ async def test_no_room_when_a_pulled_image_is_in_use_forgets_no_image(
     assert await offered_whole(cache, kept) is True  # nothing forgotten for no room
     assert cache.blobs.lookup(digest_of(layer("l-k", 690))) is not None
     assert watch.peak <= 1000
+
+
+async def test_evicted_files_that_cannot_be_deleted_stay_counted_and_are_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EPERM on an evicted file in tmp/: the other evicted files are still deleted, and the
+    stuck one's bytes count against the cap until the next start clears tmp/ (it holds them)."""
+    real_unlink = os.unlink
+
+    def refuse_one(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).name.startswith(f"evicted-{first.hex}"):
+            raise PermissionError(1, "Operation not permitted")
+        real_unlink(path, *args, **kwargs)
+
+    store = make_store(tmp_path, max_size=1000, room_wait=0)
+    first = await put(store, blob(300, 1))
+    second = await put(store, blob(300, 2))
+    monkeypatch.setattr(blobs_module.os, "unlink", refuse_one)
+    caplog.set_level(logging.WARNING, logger="docxy")
+    big = blob(700, 3)
+    writer = await store.fetch_or_join(digest_of(big))
+    assert isinstance(writer, fill_module.BlobWriter)
+    async with writer:
+        await writer.write(big)
+        # 300 of the 600 evicted are still on disk: 700 do not fit, passed through uncached
+        assert await writer.commit(len(big)) is None
+    await store.settle()
+    assert not store.holds(first) and not store.holds(second)
+    left = sorted(path.name.split(".")[0] for path in store.tmp_dir.iterdir())
+    assert left == [f"evicted-{first.hex}"]
+    assert store.usage().freeing == 300
+    said = [r.getMessage() for r in caplog.records if "cannot delete" in r.getMessage()]
+    assert len(said) == 1 and "300 bytes" in said[0]
