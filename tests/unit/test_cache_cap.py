@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from docxy.cache import Cache, open_cache
-from docxy.cache import blobs as blobs_module
 from docxy.cache import fill as fill_module
 from docxy.cache.errors import FillAborted, NoRoom
 from docxy.cache.fill import BlobFollower, Download
@@ -385,7 +384,7 @@ async def test_evicted_files_that_cannot_be_deleted_stay_counted_and_are_said_on
     store = make_store(tmp_path, max_size=1000, room_wait=0)
     first = await put(store, blob(300, 1))
     second = await put(store, blob(300, 2))
-    monkeypatch.setattr(blobs_module.os, "unlink", refuse_one)
+    monkeypatch.setattr(os, "unlink", refuse_one)  # the eviction's worker thread calls it
     caplog.set_level(logging.WARNING, logger="docxy")
     big = blob(700, 3)
     writer = await store.fetch_or_join(digest_of(big))
