@@ -217,16 +217,26 @@ def _pull(route: Route, reference: Reference) -> Pull:
         request.method,
         tuple(request.headers.getlist("Accept")),
         request.headers.get("Range"),
-        authorization=_upstream_authorization(),
+        authorization=_upstream_authorization(route),
     )
 
 
-def _upstream_authorization() -> str | None:
+def _upstream_authorization(route: Route) -> str | None:
     """The client's ``Authorization``, when it is meant for the upstream: never a token the
-    mirror issued itself (users mode), which must not leave the mirror."""
+    mirror issued itself (users mode), which must not leave the mirror; never a Basic login
+    on a route chosen by path prefix (``mirror/lab.example/owner/img``) to an upstream other
+    than ``[upstream]``. A client holds that login for the mirror's host name, which stands
+    for ``[upstream]`` (Docker Hub), as the token endpoint has it
+    (:func:`~docxy.http.auth.credentials_go_to`); containerd and podman answer a relayed Basic
+    challenge with it. A Bearer token there is that upstream's own: the token endpoint asked
+    it of that upstream, anonymously."""
     if not request_facts().get("forward_credentials", True):
         return None
-    return request.headers.get("Authorization")
+    authorization = request.headers.get("Authorization")
+    by_prefix = route.prefix is not None and not route.upstream.is_default
+    if by_prefix and (authorization or "").lower().startswith("basic "):
+        return None
+    return authorization
 
 
 async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Response:
@@ -256,7 +266,7 @@ async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Respons
             # The token service refused the mirror itself: a 401 still names where to log in.
             response.headers["WWW-Authenticate"] = own_challenge(state, pull.upstream)
         return response
-    client_login = _upstream_authorization()
+    client_login = _upstream_authorization(route)
     if client_login is None:  # none, or the mirror's own token: it stays here
         headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
     mirror_login = None

@@ -7,6 +7,7 @@ that a request naming anything else is refused with nothing sent at all.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -350,3 +351,54 @@ async def test_realm_is_built_from_public_url_never_from_host() -> None:
     async with mirror() as m:
         answer = await m.get("/v2/ghcr.test/owner/img/manifests/1", host="evil.example")
     assert urlsplit(challenge_of(answer)["realm"]).netloc == "mirror.example.com"
+
+
+# --- a client's login for the mirror's name stays with [upstream] ---------------------------
+
+HUB_LOGIN = "Basic " + base64.b64encode(b"bob:hunter2").decode()  # docker login <the mirror>
+
+
+def sent_to(m: Mirror, host: str, authorization: str) -> list[httpx.Request]:
+    return [
+        r
+        for r in m.upstream.requests
+        if r.url.host == host and r.headers.get("authorization") == authorization
+    ]
+
+
+@pytest.mark.parametrize("lab_login", [False, True])
+async def test_a_basic_login_for_the_mirror_never_goes_to_an_upstream_named_by_prefix(
+    tmp_path: Path, lab_login: bool
+) -> None:
+    """containerd and podman answer the Basic challenge a Basic-only upstream's 401 relays
+    with the login they hold for the host they talk to: the mirror's, which is Docker Hub's.
+    By path prefix it never reaches that upstream (with or without a login of the mirror's own
+    for it, and through the cache's HEAD as the client too); by the upstream's own host name
+    (``upstreams.lab.test.hosts``) it is that host's login, and goes."""
+    settings: dict[str, object] = {}
+    if not lab_login:
+        settings = {"upstreams.lab.test.username": "", "upstreams.lab.test.password": ""}
+    for cache in (None, tmp_path / f"cache-{lab_login}"):
+        async with mirror(cache, **settings) as m:
+            for path in (
+                "/v2/lab.test/owner/img/manifests/1",
+                "/v2/ghcr.test/owner/img/manifests/1",
+            ):
+                await call_asgi(
+                    m.app,
+                    "GET",
+                    path,
+                    host="mirror.example.com",
+                    headers=[("Authorization", HUB_LOGIN)],
+                )
+            assert sent_to(m, "lab.example", HUB_LOGIN) == []
+            assert sent_to(m, "ghcr.example", HUB_LOGIN) == []
+            if cache is None:  # passed through: the client's own login, where it is lab's
+                await call_asgi(
+                    m.app,
+                    "GET",
+                    "/v2/owner/img/manifests/1",
+                    host="lab-mirror.example.com",
+                    headers=[("Authorization", HUB_LOGIN)],
+                )
+                assert sent_to(m, "lab.example", HUB_LOGIN) != []
