@@ -241,13 +241,26 @@ async def token() -> Response:
         body = for_post_client(body)
     if answer.status_code == 401:
         response = refused_login(own_challenge(state, upstream), body)
-    else:
+    elif answer.status_code == 200 or _json_object(body):
         content_type = answer.headers.get("content-type", "application/json")
         response = Response(body, status=answer.status_code, content_type=content_type)
+    else:  # a proxy's or CDN's HTML page: the client parses error bodies as JSON
+        said = f"the upstream's token service answered {answer.status_code}"
+        error = UpstreamError(said, status=answer.status_code)
+        response = Response(error.encoded(), status=error.status, headers=Headers(error.headers()))
     response.headers["Cache-Control"] = "no-store"
     for name, value in kept_retry_after(answer.headers.multi_items()):
         response.headers[name] = value
     return response
+
+
+def _json_object(body: bytes) -> bool:
+    """Whether an error body is a JSON object (a registry's ``errors``, a token service's
+    ``details``): relayed as it is."""
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:
+        return False
 
 
 async def _ask_upstream(

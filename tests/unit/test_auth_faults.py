@@ -428,3 +428,28 @@ async def test_a_refused_login_is_a_registry_401_with_the_mirrors_challenge(
     [error] = json.loads(answer.body)["errors"]
     assert error["code"] == "UNAUTHORIZED"
     assert "incorrect username or password" in error["message"]
+
+
+# --- what the token service answers besides a token ------------------------------------------
+
+
+def html_page(status: int) -> Handler:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return reply(401, b"{}", {"WWW-Authenticate": HUB_CHALLENGE})
+        page = b"<html><body>Forbidden by the CDN</body></html>"
+        return reply(status, page, {"Content-Type": "text/html"})
+
+    return upstream
+
+
+@pytest.mark.parametrize("status", [403, 502])
+async def test_a_token_services_html_error_page_becomes_a_json_error(status: int) -> None:
+    """A CDN's or proxy's HTML page in front of the token service: the client parses error
+    bodies as JSON, so it gets the mirror's registry error saying the status instead."""
+    async with mirror(html_page(status)) as m:
+        answer = await m.client.get("/auth/token?scope=repository:library/redis:pull")
+        assert answer.status_code == status
+        body = await answer.get_json()
+        assert body["errors"][0]["message"] == f"the upstream's token service answered {status}"
+        assert answer.headers["Cache-Control"] == "no-store"
