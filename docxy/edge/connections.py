@@ -278,6 +278,26 @@ class EdgeTCPServer(PeerCertTCPServer):
         # task group waits for it, keeping the socket open for the whole keep-alive timeout.
         await self.idle_task.stop()
 
+    async def _close(self) -> None:
+        self._drop_unsent_later()
+        await super()._close()
+
+    async def _initiate_server_close(self) -> None:
+        await super()._initiate_server_close()
+        self._drop_unsent_later()
+
+    def _drop_unsent_later(self) -> None:
+        """hypercorn's close flushes what the connection still holds to send, however long the
+        client takes: one that takes nothing (its window shut, its probes still answered) kept
+        the connection, its slot under the caps and a stop waiting on it, for good, with less
+        than ``_drain``'s 64 KiB held (which trips no stall). It is dropped after
+        ``CLOSE_WAIT`` (``limits.send_timeout``, when shorter)."""
+        guard = self.guard
+        wait = CLOSE_WAIT
+        if guard is not None and guard.send_timeout is not None:
+            wait = min(wait, guard.send_timeout)
+        drop_unsent_after(self.writer.transport, wait)
+
     async def protocol_send(self, event: Event) -> None:
         guard = self.guard
         if not isinstance(event, RawData) or guard is None or guard.send_timeout is None:
@@ -324,6 +344,25 @@ class EdgeTCPServer(PeerCertTCPServer):
                 transport.abort()
                 _trim_soon(loop)
                 raise ConnectionAbortedError("the client took no bytes")
+
+
+#: Seconds a closing connection has to hand its client what it still holds to send (at most
+#: about 64 KiB: ``_drain`` lets writes go on below that), 13 KB/s at least, before it is
+#: dropped: well within a stop's wait for its connections.
+CLOSE_WAIT = 5.0
+
+
+def drop_unsent_after(transport: asyncio.BaseTransport, wait: float) -> None:
+    """Abort ``transport``, closing, if it still holds bytes to send ``wait`` seconds on."""
+    if not isinstance(transport, asyncio.WriteTransport):
+        return
+
+    def drop() -> None:
+        if transport.get_write_buffer_size():
+            transport.abort()
+
+    if transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(wait, drop)
 
 
 #: Seconds after the last stalled connection was dropped until freed memory is given back.

@@ -1,0 +1,135 @@
+"""A connection hypercorn closes with bytes its client never takes is dropped, not kept: its
+slot under the caps comes back, and a stop does not wait on it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypercorn.asyncio import run as hypercorn_run
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from docxy.edge import connections
+from docxy.edge.connections import ConnectionGuard, EdgeTCPServer, drop_unsent_after
+
+GUARD = 30.0  # seconds before a would-be hang becomes a test failure
+
+
+async def unread_connection() -> tuple[asyncio.StreamWriter, socket.socket, asyncio.Server]:
+    """A server-side writer holding bytes its client, which reads nothing, never takes."""
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def served(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+
+    server = await asyncio.start_server(served, "127.0.0.1", 0)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    client.connect(server.sockets[0].getsockname())
+    writer = await asyncio.wait_for(accepted.get(), GUARD)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer.write(b"x" * (1 << 20))  # far more than both kernels' buffers hold
+    await asyncio.sleep(0.1)
+    assert writer.transport.get_write_buffer_size() > 0
+    return writer, client, server
+
+
+@pytest.mark.parametrize("dropped", [True, False])
+async def test_a_closing_transport_with_unsent_bytes_is_aborted_after_the_wait(
+    dropped: bool,
+) -> None:
+    """asyncio's close() waits for the buffer to empty, and a client that reads nothing never
+    lets it: without the drop the close never ends (the control case)."""
+    writer, client, server = await unread_connection()
+    try:
+        writer.close()
+        if dropped:
+            drop_unsent_after(writer.transport, 0.2)
+            await asyncio.wait_for(writer.wait_closed(), GUARD)
+        else:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(writer.wait_closed()), 1.0)
+            writer.transport.abort()
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+def edge_server() -> Iterator[None]:
+    before = hypercorn_run.TCPServer  # type: ignore[attr-defined]
+    connections.install()
+    yield
+    setattr(hypercorn_run, "TCPServer", before)  # noqa: B010
+
+
+async def small_answers(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app answering every request with a few bytes."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    headers = [(b"content-length", b"40")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"y" * 40})
+
+
+async def test_an_idle_connection_holding_unsent_bytes_gives_its_slot_back(
+    edge_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client pipelines requests and reads none of the answers, then falls silent with less
+    than the stall check's 64 KiB held for it: the idle close drops it, and the stop ends."""
+    live: list[EdgeTCPServer] = []
+    run = EdgeTCPServer.run
+
+    async def tracked(self: EdgeTCPServer) -> None:
+        live.append(self)  # a peer whose window stays shut: its kernel holds only a few KB
+        self.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await run(self)
+
+    monkeypatch.setattr(EdgeTCPServer, "run", tracked)
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.keep_alive_timeout = 1.0
+    config.graceful_timeout = 10.0
+    config.edge = ConnectionGuard(100, 1.0)  # type: ignore[attr-defined]
+    guard: ConnectionGuard = config.edge  # type: ignore[attr-defined]
+    stop = asyncio.Event()
+    serving = asyncio.get_running_loop().create_task(
+        serve(small_answers, config, shutdown_trigger=stop.wait)
+    )
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        for _ in range(int(GUARD / 0.05)):  # until it listens
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                break
+            await asyncio.sleep(0.05)
+        client.setblocking(False)
+        for _ in range(int(GUARD / 0.002)):
+            if live and live[-1].writer.transport.get_write_buffer_size():
+                break
+            client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(0.002)
+        held = live[-1].writer.transport.get_write_buffer_size()
+        assert 0 < held < 64 * 1024 and guard.open == 1
+        for _ in range(int(GUARD / 0.1)):  # idle close after 1 s, then the drop after 1 s
+            if guard.open == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert guard.open == 0 and not guard.by_client
+        stop.set()
+        await asyncio.wait_for(serving, GUARD)
+    finally:
+        stop.set()
+        client.close()
+        if not serving.done():
+            serving.cancel()
