@@ -181,7 +181,10 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
             fd = -1
     on_disk = fd < 0
     if on_disk:
-        fd, name = tempfile.mkstemp(prefix="docxy-tls-", suffix=".pem")  # mode 0600
+        try:
+            fd, name = tempfile.mkstemp(prefix="docxy-tls-", suffix=".pem")  # mode 0600
+        except OSError as exc:  # a full or read-only temp directory
+            raise CertError(f"certificate {cert_path}: cannot be loaded ({_why(exc)})") from exc
     else:
         name = f"/proc/self/fd/{fd}"
     try:
@@ -190,10 +193,16 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
         ctx.load_cert_chain(name)
     except ssl.SSLError as exc:
         raise CertError(f"certificate {cert_path}: rejected by OpenSSL ({exc.reason})") from exc
+    except OSError as exc:  # the temp file's write (ENOSPC): never a bare error past reload()
+        raise CertError(f"certificate {cert_path}: cannot be loaded ({_why(exc)})") from exc
     finally:
         os.close(fd)
         if on_disk:
             os.unlink(name)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _file_signature(*paths: Path) -> tuple[tuple[int, int, int, int], ...]:

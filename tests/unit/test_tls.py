@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
+import os
 import re
 import shutil
 import ssl
 import stat
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -352,3 +355,28 @@ def test_its_times_are_told_in_utc_with_z_as_the_rest_of_health(
     assert before <= reloaded <= dt.datetime.now(dt.UTC), status
     cert = x509.load_pem_x509_certificate(served[0].read_bytes())
     assert dt.datetime.fromisoformat(str(status["not_after"])) == cert.not_valid_after_utc
+
+
+def test_a_reload_that_cannot_make_its_temp_file_keeps_the_old_and_reports(
+    tmp_path: Path, served: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No memfd here and a full temp directory: the reload is a CertError like any other (the
+    old certificate served, the error in status), never a bare OSError past the SIGHUP
+    handler that only /health's silence would have told."""
+    tls = ReloadableTLS(*served)
+    old = tls.status()["serial"]
+    install(pair(tmp_path, "a2"), served)
+
+    def no_memfd(*args: object) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    def full(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "memfd_create", no_memfd)
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(CertError, match="No space left on device"):
+        tls.reload()
+    status = tls.status()
+    assert status["serial"] == old
+    assert "cannot be loaded (No space left on device)" in str(status["last_error"])
