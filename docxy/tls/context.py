@@ -105,6 +105,12 @@ def inspect_pair(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Pat
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
         raise CertError(f"certificate {cert_path}: not a PEM certificate ({exc})") from exc
+    begun = cert_pem.count(b"-----BEGIN CERTIFICATE-----")
+    if begun != len(chain):  # the parser drops an unfinished last block: a file being copied
+        raise CertError(
+            f"certificate {cert_path}: {len(chain)} of its {begun} certificates are whole "
+            "(still being written?)"
+        )
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:

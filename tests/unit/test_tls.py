@@ -380,3 +380,19 @@ def test_a_reload_that_cannot_make_its_temp_file_keeps_the_old_and_reports(
     status = tls.status()
     assert status["serial"] == old
     assert "cannot be loaded (No space left on device)" in str(status["last_error"])
+
+
+def test_a_chain_caught_mid_copy_is_refused_not_served_short(
+    tmp_path: Path, served: tuple[Path, Path]
+) -> None:
+    """The leaf whole, its intermediate cut off (``cp`` still writing as the watch looks): the
+    parser would drop the unfinished block and serve the leaf alone."""
+    tls = ReloadableTLS(*served)
+    cert, key = pair(tmp_path, "a2")
+    leaf = cert.read_bytes()
+    served[1].write_bytes(key.read_bytes())
+    served[0].write_bytes(leaf + leaf[: len(leaf) // 2])
+    with pytest.raises(CertError, match="1 of its 2 certificates are whole"):
+        tls.reload()
+    served[0].write_bytes(leaf + leaf)  # the copy done: two whole blocks
+    assert tls.reload() is True
