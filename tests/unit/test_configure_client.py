@@ -461,10 +461,8 @@ def test_a_failed_systemctl_reload_is_not_taken_for_success(box: ScriptBox) -> N
     assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
 
 
-def test_allow_restart_restarts_when_the_reload_does_not_take(box: ScriptBox) -> None:
-    box.stand_in("docker", docker_info("https://other.example"))
-
-    box.run(
+def run_allowing_restart(box: ScriptBox) -> subprocess.CompletedProcess[str]:
+    return box.run(
         SCRIPT,
         "--root",
         str(box.root),
@@ -473,6 +471,12 @@ def test_allow_restart_restarts_when_the_reload_does_not_take(box: ScriptBox) ->
         "--allow-restart",
         env={"DOCXY_RELOAD_WAIT": "1"},
     )
+
+
+def test_allow_restart_restarts_when_the_reload_does_not_take(box: ScriptBox) -> None:
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    run_allowing_restart(box)
 
     assert box.called(r"^systemctl restart docker$")
 
@@ -1082,15 +1086,7 @@ def test_a_restart_that_fails_puts_the_old_daemon_json_back_and_starts_dockerd_a
     )
     box.stand_in("docker", docker_info("https://other.example"))
 
-    result = box.run(
-        SCRIPT,
-        "--root",
-        str(box.root),
-        "--mirror",
-        MIRROR,
-        "--allow-restart",
-        env={"DOCXY_RELOAD_WAIT": "1"},
-    )
+    result = run_allowing_restart(box)
 
     assert result.returncode == 1, output(result)
     assert len(box.calls("systemctl")) >= 2 and [
