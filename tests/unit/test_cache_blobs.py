@@ -706,21 +706,36 @@ async def test_follower_gets_last_byte_only_after_verified_commit(
 # --- the commit's sync: after the followers' last byte, not before it ---------------------
 
 
+class HeldSync:
+    """The commit's sync waits (in its worker thread) until :meth:`release`; then it syncs, or
+    fails with ``error`` when one is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started, self._go = threading.Event(), threading.Event()
+        self.error: OSError | None = None
+        real = fill_module._sync_and_close
+
+        def held(fd: int) -> None:
+            self.started.set()
+            self._go.wait(GUARD)
+            if self.error is not None:
+                os.close(fd)
+                raise self.error
+            real(fd)
+
+        monkeypatch.setattr(fill_module, "_sync_and_close", held)
+
+    def release(self) -> None:
+        self._go.set()
+
+
 async def test_followers_end_once_the_blob_verifies_while_the_commits_sync_still_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The sync of a big blob takes seconds (nothing forced its bytes to disk meanwhile): the
     followers have their last byte as soon as the length and digest are right, and a new
     caller meanwhile follows the fill still; the blob is a hit once the sync is done."""
-    syncing, go = threading.Event(), threading.Event()
-    real_sync = fill_module._sync_and_close
-
-    def held_sync(fd: int) -> None:
-        syncing.set()
-        go.wait(GUARD)
-        real_sync(fd)
-
-    monkeypatch.setattr(fill_module, "_sync_and_close", held_sync)
+    held_sync = HeldSync(monkeypatch)
     store = make_store(tmp_path)
     data = blob(3 << 20)
     digest = digest_of(data)
@@ -731,12 +746,12 @@ async def test_followers_end_once_the_blob_verifies_while_the_commits_sync_still
         committing = spawn("commit", writer.commit(len(data)))
         try:
             assert await guard(follower.read_all()) == data
-            assert syncing.is_set() and not committing.done()  # the sync still runs
+            assert held_sync.started.is_set() and not committing.done()  # the sync still runs
             late = await store.fetch_or_join(digest)  # a hit: every byte is in, verified
             assert isinstance(late, BlobReader) and await guard(late.read_all()) == data
             assert not store.holds(digest)  # not committed yet
         finally:
-            go.set()
+            held_sync.release()
         assert await guard(committing) is not None
     assert await read(store, digest) == data
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from docxy.cache import fill
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import CacheUnwritable
 from docxy.cache.fill import BlobWriter
@@ -24,6 +23,7 @@ from docxy.http import app as app_module
 from docxy.tasks import cancel_all, spawn
 from tests.unit.asgi import call_asgi
 from tests.unit.test_cache_blobs import (
+    HeldSync,
     as_follower,
     as_writer,
     blob,
@@ -37,29 +37,6 @@ from tests.unit.test_pull_blobs import BLOB, DIGEST, Upstream, cached_blobs, mir
 SETTINGS = {"upstream__username": "bot", "upstream__password": "s3cret"}
 PATH = f"/v2/team/app/blobs/{DIGEST}"
 AUTH = [("Authorization", "Bearer account")]
-
-
-class HeldSync:
-    """The commit's sync waits (in its worker thread) until :meth:`release`; then it syncs, or
-    fails with ``error`` when one is set."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.started, self._go = threading.Event(), threading.Event()
-        self.error: OSError | None = None
-        real = fill._sync_and_close
-
-        def held(fd: int) -> None:
-            self.started.set()
-            self._go.wait(30.0)
-            if self.error is not None:
-                os.close(fd)
-                raise self.error
-            real(fd)
-
-        monkeypatch.setattr(fill, "_sync_and_close", held)
-
-    def release(self) -> None:
-        self._go.set()
 
 
 @pytest.fixture

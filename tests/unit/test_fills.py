@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from docxy.cache import fill as fill_module
 from docxy.config import load_config
 from docxy.core.errors import TooManyRequests
 from docxy.edge.fills import CLIENT, FillPermits
@@ -21,6 +19,7 @@ from docxy.http.state import mirror_state
 from docxy.tasks import spawn
 from tests.unit import fakes
 from tests.unit.asgi import AsgiAnswer, call_asgi
+from tests.unit.test_cache_blobs import HeldSync
 
 BLOBS = {
     f"sha256:{hashlib.sha256(data).hexdigest()}": data for data in (b"a" * 70000, b"b" * 9, b"c")
@@ -159,15 +158,7 @@ async def test_a_fills_permit_is_given_back_once_its_blob_verifies_not_after_the
 ) -> None:
     """The commit's sync of a big blob takes seconds after the client's last byte: the client's
     next layer is not refused meanwhile (``limits.fills_per_client`` 1)."""
-    syncing, go = threading.Event(), threading.Event()
-    real_sync = fill_module._sync_and_close
-
-    def held_sync(fd: int) -> None:
-        syncing.set()
-        go.wait(30.0)
-        real_sync(fd)
-
-    monkeypatch.setattr(fill_module, "_sync_and_close", held_sync)
+    held_sync = HeldSync(monkeypatch)
 
     def upstream(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v2/":
@@ -189,9 +180,9 @@ async def test_a_fills_permit_is_given_back_once_its_blob_verifies_not_after_the
         async with app.test_app():
             first = await call_asgi(app, "GET", f"/v2/team/app/blobs/{D1}", host="mirror.test")
             assert (first.status, first.body) == (200, BLOBS[D1])
-            assert syncing.wait(5)  # D1's commit still syncs
+            assert held_sync.started.wait(5)  # D1's commit still syncs
             second = await call_asgi(app, "GET", f"/v2/team/app/blobs/{D2}", host="mirror.test")
             assert (second.status, second.body) == (200, BLOBS[D2])
-            go.set()
+            held_sync.release()
     finally:
-        go.set()
+        held_sync.release()
