@@ -817,14 +817,13 @@ class DiskBlobStore:
             if trash:
                 stuck = await asyncio.to_thread(_unlink_all, trash)
                 if stuck:
-                    self._cannot_delete(stuck)
-                    trashed -= sum(size for _, size, _ in stuck)  # still on disk: counted
+                    trashed -= self._cannot_delete(stuck)  # still on disk: counted
         finally:
             self._trash -= trashed
 
-    def _cannot_delete(self, stuck: list[tuple[Path, int, OSError]]) -> None:
+    def _cannot_delete(self, stuck: list[tuple[Path, int, OSError]]) -> int:
         """Evicted files that could not be deleted (EIO, EPERM): they stay in ``tmp/``, which
-        the next start clears, and count against ``max_size`` until then."""
+        the next start clears, and count against ``max_size`` until then. Their bytes."""
         nbytes = sum(size for _, size, _ in stuck)
         log.warning(
             "cache: cannot delete %d evicted file(s) in %s (%s); their %d bytes count against "
@@ -834,6 +833,7 @@ class DiskBlobStore:
             os_error(stuck[0][2]),
             nbytes,
         )
+        return nbytes
 
     def _drop(self, entry: BlobEntry) -> Path | None:
         """Take an evicted blob out of the index and off its name; returns where it now is, in

@@ -179,6 +179,7 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
     ``/proc/self/fd``): the key is never written to a filesystem. Only where there is none
     (no memfd or no ``/proc``) a 0600 temp file holds them, removed once loaded.
     """
+    unloadable = f"certificate {cert_path}: cannot be loaded"
     fd = -1
     if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
         try:
@@ -190,7 +191,7 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
         try:
             fd, name = tempfile.mkstemp(prefix="docxy-tls-", suffix=".pem")  # mode 0600
         except OSError as exc:  # a full or read-only temp directory
-            raise CertError(f"certificate {cert_path}: cannot be loaded ({_why(exc)})") from exc
+            raise CertError(f"{unloadable} ({exc.strerror or exc})") from exc
     else:
         name = f"/proc/self/fd/{fd}"
     try:
@@ -200,15 +201,11 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
     except ssl.SSLError as exc:
         raise CertError(f"certificate {cert_path}: rejected by OpenSSL ({exc.reason})") from exc
     except OSError as exc:  # the temp file's write (ENOSPC): never a bare error past reload()
-        raise CertError(f"certificate {cert_path}: cannot be loaded ({_why(exc)})") from exc
+        raise CertError(f"{unloadable} ({exc.strerror or exc})") from exc
     finally:
         os.close(fd)
         if on_disk:
             os.unlink(name)
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 def _file_signature(*paths: Path) -> tuple[tuple[int, int, int, int], ...]:
