@@ -30,6 +30,7 @@ from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.core.headers import kept_retry_after
+from docxy.core.hosts import url_host
 from docxy.edge.clients import limit_key, request_address
 from docxy.http.routes import count_relay, own_challenge, refuse_unsendable, request_facts
 from docxy.http.state import mirror_state
@@ -85,6 +86,21 @@ class CredentialsUncheckable(UpstreamError):
     """The upstream's token service is down and the client sent credentials only it can check."""
 
     status = 503
+
+
+class LoginInClear(UpstreamError):
+    """An HTTPS upstream's challenge names a plain-HTTP token service: a client's login (a
+    password, a refresh token) is not sent there in clear text. Nothing is asked; an
+    anonymous ask goes on (:meth:`Upstream.login_may_go_to`)."""
+
+    status = 502
+
+    def __init__(self, upstream: Upstream, realm: str) -> None:
+        super().__init__(
+            f"{upstream.host} names a plain-HTTP token service (http://{url_host(realm)}): "
+            "the mirror does not send a login there in clear text (its operator can set that "
+            "URL as the upstream's auth_realm to allow it)"
+        )
 
 
 def offline_token(reason: str, credentialed: bool) -> Response:
@@ -213,6 +229,10 @@ async def token() -> Response:
         return mirror_only_token(upstream.name)
     if realm is None:
         raise NotFound("the upstream registry does not use token authentication")
+    if ask.credentialed and not upstream.login_may_go_to(realm):
+        refused = LoginInClear(upstream, realm)
+        log.info("a client's login was not sent on: %s", refused.message)
+        raise refused
     known = state.client.known_challenge(upstream)
     params = token_params(
         list(ask.args),

@@ -104,6 +104,18 @@ class Upstream:
     def url(self, path: str) -> str:
         return self.registry + path
 
+    def login_may_go_to(self, realm: str) -> bool:
+        """Whether a login (the mirror's own, a client's password or refresh token) may be
+        sent to the token service ``realm``: an HTTPS one; or a plain-HTTP one for a
+        plain-HTTP registry, whose tokens travel in clear anyway; or the ``auth_realm`` the
+        operator configured. An HTTPS registry whose challenge names a plain-HTTP token
+        service (a misconfigured registry, or an answer changed on the way) does not get a
+        login sent in clear text on its word."""
+        scheme = urlsplit(realm).scheme.lower()
+        if scheme == "https" or realm == self.auth_realm:
+            return True
+        return urlsplit(self.registry).scheme.lower() == "http"
+
 
 @dataclass(slots=True)
 class UpstreamHealth:

@@ -28,6 +28,7 @@ import httpx
 
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
 from docxy.core.errors import UpstreamError, UpstreamUnavailable
+from docxy.core.hosts import url_host
 from docxy.tasks import Coalesced
 from docxy.upstream.client import Upstream, UpstreamClient, read_small
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 EXPIRY_MARGIN = 30.0
 REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
 DEFAULT_EXPIRES_IN = 60.0
+WITHHELD_LOGGED = 64  # (upstream, token service) pairs remembered as logged, the latest
 
 
 class TokenRefused(UpstreamError):
@@ -72,6 +74,8 @@ class MirrorTokens:
         self._refused: LruDict[tuple[str, str], float] = LruDict(capacity)
         #: repositories the token service itself refused the mirror: (when, 401 or 403)
         self._denied: LruDict[tuple[str, str], tuple[float, int]] = LruDict(capacity)
+        #: (upstream host, realm) pairs whose withheld login was logged (:meth:`_login_withheld`)
+        self._withheld: LruDict[tuple[str, str], bool] = LruDict(WITHHELD_LOGGED)
         #: token requests in flight, one per (upstream, repository); as many as clients waiting
         self._fetching: Coalesced[tuple[str, str], str] = Coalesced(UpstreamError)
 
@@ -172,6 +176,20 @@ class MirrorTokens:
             return None
         return basic_authorization(*upstream.credentials) if challenge is None else None
 
+    def _login_withheld(self, upstream: Upstream, realm: str) -> None:
+        """One WARNING per upstream and token service: the mirror's token is asked for
+        anonymously (what its login would have read, private repositories, is then refused)."""
+        if (upstream.host, realm) in self._withheld:
+            return
+        self._withheld.set((upstream.host, realm), True)
+        log.warning(
+            "%s names a plain-HTTP token service (http://%s): the mirror's login for it is not "
+            "sent there in clear text, its tokens are asked for anonymously (set that URL as "
+            "the upstream's auth_realm to send the login anyway)",
+            upstream.host,
+            url_host(realm),
+        )
+
     def holds(self, upstream: Upstream, repository: str) -> bool:
         """Whether the mirror holds a token of its own for ``repository`` now."""
         return (upstream.host, repository) in self._tokens
@@ -191,8 +209,10 @@ class MirrorTokens:
         if service:
             params.insert(0, ("service", service))
         headers = []
-        if upstream.credentials is not None:
+        if upstream.credentials is not None and upstream.login_may_go_to(realm):
             headers.append(("Authorization", basic_authorization(*upstream.credentials)))
+        elif upstream.credentials is not None:
+            self._login_withheld(upstream, realm)
         answer = await self.client.send(
             upstream,
             "GET",

@@ -1,0 +1,161 @@
+"""No login goes to a plain-HTTP token service on the word of an HTTPS registry's challenge.
+
+An HTTPS upstream whose ``/v2/`` challenge names an ``http://`` realm (a misconfigured
+registry, or a challenge changed on the way) would have the mirror send its own login, or a
+client's password or refresh token, in clear text. The mirror asks for its own tokens
+anonymously then (one WARNING says why), answers a client's login with a 502 without sending
+it, and lets an anonymous ask through. A plain-HTTP registry, whose tokens travel in clear
+anyway, and a realm the operator configured as ``auth_realm`` are taken as they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import httpx
+import pytest
+
+from docxy.upstream.client import Upstream, UpstreamClient
+from docxy.upstream.tokens import MirrorTokens
+from tests.unit.fakes import reply
+from tests.unit.test_routes import error_code, mirror
+
+LOGIN = ("mirror-account", "s3cret-pw")
+CLEAR_REALM = "http://auth.example/token"
+BASIC = "Basic " + base64.b64encode(b"bob:hunter2").decode()
+
+
+@pytest.mark.parametrize(
+    ("registry", "configured", "realm", "may"),
+    [
+        ("https://registry.example", None, "https://auth.example/token", True),
+        ("https://registry.example", None, CLEAR_REALM, False),
+        ("https://registry.example", None, "HTTP://auth.example/token", False),
+        ("https://registry.example", CLEAR_REALM, CLEAR_REALM, True),
+        ("https://registry.example", CLEAR_REALM, "http://other.example/token", False),
+        ("http://10.0.0.5:5000", None, CLEAR_REALM, True),
+    ],
+)
+def test_which_token_services_a_login_may_go_to(
+    registry: str, configured: str | None, realm: str, may: bool
+) -> None:
+    assert Upstream(registry, configured).login_may_go_to(realm) is may
+
+
+def challenging(realm: str) -> httpx.MockTransport:
+    """A registry whose ``/v2/`` names ``realm``; its token service answers every ask."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            challenge = f'Bearer realm="{realm}",service="registry.example"'
+            return reply(401, b"{}", {"WWW-Authenticate": challenge})
+        return reply(200, b'{"token": "t0ken"}', {"Content-Type": "application/json"})
+
+    return httpx.MockTransport(handler)
+
+
+async def token_asks(
+    upstream: Upstream, realm: str, repositories: list[str]
+) -> list[httpx.Request]:
+    """The requests the mirror's token service client sends for ``repositories``."""
+    sent: list[httpx.Request] = []
+    transport = challenging(realm)
+
+    async def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return await transport.handle_async_request(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(record)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        for repository in repositories:
+            assert await tokens.headers(upstream, repository) == [("Authorization", "Bearer t0ken")]
+    return [request for request in sent if request.url.path != "/v2/"]
+
+
+async def test_the_mirrors_login_is_withheld_from_a_clear_realm_of_an_https_registry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = Upstream("https://registry.example", credentials=LOGIN)
+    with caplog.at_level(logging.INFO):
+        asks = await token_asks(upstream, CLEAR_REALM, ["library/redis", "library/nginx"])
+    assert [str(ask.url.copy_with(query=None)) for ask in asks] == [CLEAR_REALM] * 2
+    assert all("authorization" not in ask.headers for ask in asks)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once, however many repositories
+    said = warnings[0].getMessage()
+    assert "registry.example" in said and "http://auth.example" in said
+    assert "auth_realm" in said
+    assert LOGIN[0] not in caplog.text and LOGIN[1] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("registry", "configured", "realm"),
+    [
+        ("https://registry.example", None, "https://auth.example/token"),
+        ("https://registry.example", CLEAR_REALM, CLEAR_REALM),  # the operator's own choice
+        ("http://registry.example", None, CLEAR_REALM),  # in clear anyway
+    ],
+)
+async def test_the_mirrors_login_goes_where_it_may(
+    registry: str, configured: str | None, realm: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = Upstream(registry, configured, credentials=LOGIN)
+    with caplog.at_level(logging.WARNING):
+        [ask] = await token_asks(upstream, realm, ["library/redis"])
+    expected = "Basic " + base64.b64encode(f"{LOGIN[0]}:{LOGIN[1]}".encode()).decode()
+    assert ask.headers["authorization"] == expected
+    assert not caplog.records
+
+
+# --- a client's login at the token endpoint ---------------------------------------------------
+
+DISCOVERED = {"upstream.auth_realm": ""}  # the realm is the one the /v2/ challenge names
+
+
+def clear_realm_registry(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/v2/":
+        challenge = f'Bearer realm="{CLEAR_REALM}",service="registry.example"'
+        return reply(401, b"{}", {"WWW-Authenticate": challenge})
+    return reply(200, b'{"token": "t0ken"}', {"Content-Type": "application/json"})
+
+
+def realm_asks(requests: list[httpx.Request]) -> list[httpx.Request]:
+    return [request for request in requests if request.url.host == "auth.example"]
+
+
+async def test_a_clients_password_is_not_sent_to_a_clear_realm() -> None:
+    async with mirror(clear_realm_registry, DISCOVERED) as m:
+        response = await m.client.get(
+            "/auth/token?service=registry.example&scope=repository:redis:pull",
+            headers={"Authorization": BASIC},
+        )
+        assert response.status_code == 502
+        assert await error_code(response) == "UNAVAILABLE"
+        message = (await response.get_json())["errors"][0]["message"]
+        assert "http://auth.example" in message and "clear text" in message
+        assert realm_asks(m.upstream.requests) == []
+
+
+async def test_a_clients_refresh_token_is_not_sent_to_a_clear_realm() -> None:
+    form = {"grant_type": "refresh_token", "refresh_token": "r3fresh", "service": "x"}
+    async with mirror(clear_realm_registry, DISCOVERED) as m:
+        response = await m.client.post("/auth/token", form=form)
+        assert response.status_code == 502
+        assert realm_asks(m.upstream.requests) == []
+
+
+async def test_an_anonymous_ask_still_goes_to_a_clear_realm() -> None:
+    async with mirror(clear_realm_registry, DISCOVERED) as m:
+        response = await m.client.get("/auth/token?service=registry.example")
+        assert response.status_code == 200
+        [ask] = realm_asks(m.upstream.requests)
+        assert "authorization" not in ask.headers
+
+
+async def test_a_configured_clear_realm_gets_the_clients_login() -> None:
+    async with mirror(clear_realm_registry, {"upstream.auth_realm": CLEAR_REALM}) as m:
+        response = await m.client.get("/auth/token?service=x", headers={"Authorization": BASIC})
+        assert response.status_code == 200
+        [ask] = realm_asks(m.upstream.requests)
+        assert ask.headers["authorization"] == BASIC
