@@ -110,7 +110,8 @@ async def test_the_mirrors_login_goes_where_it_may(
 
 # --- a client's login at the token endpoint ---------------------------------------------------
 
-DISCOVERED = {"upstream.auth_realm": ""}  # the realm is the one the /v2/ challenge names
+#: the realm is the one the /v2/ challenge names
+DISCOVERED: dict[str, object] = {"upstream.auth_realm": ""}
 
 
 def clear_realm_registry(request: httpx.Request) -> httpx.Response:
