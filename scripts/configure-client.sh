@@ -13,8 +13,11 @@
 # containerd: /etc/containerd/certs.d/<registry>/hosts.toml for each --registry (docker.io
 #             unless named), and says whether containerd's config_path points there.
 # Client certificates (--client-cert DIR, from `docxy clients add NAME --out DIR`): into
-#             /etc/docker/certs.d/<mirror-host>/ and beside each hosts.toml.
-# podman:     /etc/containers/registries.conf.d/50-docxy-mirror.conf.
+#             /etc/docker/certs.d/<mirror-host>/, beside each hosts.toml and (podman)
+#             /etc/containers/certs.d/<mirror-host>/.
+# podman:     /etc/containers/registries.conf.d/50-docxy-mirror.conf, unless a table of the
+#             operator's already covers docker.io (then it says what to add there, exit 1),
+#             and the certificates in /etc/containers/certs.d/<mirror-host>/.
 # Each runtime is configured where it is installed (its command on PATH), or when asked with
 # --docker / --containerd / --podman (then only those).
 #
@@ -51,7 +54,7 @@ usage: $PROG [--mirror URL] [options]
                         defaults to https://NAME, for docker.io to $DOCKER_HUB_SERVER;
                         default: ${REGISTRIES_DEFAULT:-docker.io})
   --client-cert DIR     install DIR/client.cert and DIR/client.key (\`docxy clients add NAME
-                        --out DIR\`) for Docker and containerd; --remove takes them out
+                        --out DIR\`) for Docker, containerd and podman; --remove takes them out
   --ca-cert FILE        the CA that signed the mirror's server certificate, when it is a private
                         one (not needed for a public CA such as Let's Encrypt)
   --root DIR            take every path under DIR (default /), for images and tests
@@ -311,11 +314,16 @@ remove_file() {
 # is trusted for the mirror's server certificate. The ca.crt that `docxy clients add` writes is
 # the mirror's client CA: it never goes there (it would let that CA vouch for the server).
 configure_docker_certs() {
-  local dir name
-  dir="$(under_root "/etc/docker/certs.d/$MIRROR_HOST")"
+  certs_d Docker "$(under_root "/etc/docker/certs.d/$MIRROR_HOST")"
+}
+
+# certs_d RUNTIME DIR: the client certificate and server CA in a certs.d/<mirror-host>/ DIR
+# (Docker's, or podman's: containers/image reads the same names), or taken out with --remove.
+certs_d() {
+  local runtime="$1" dir="$2" name
   if ((REMOVE)); then
     [[ -d "$dir" ]] || return 0
-    say "Docker: $dir"
+    say "$runtime: $dir"
     for name in client.cert client.key ca.crt; do remove_file "$dir/$name"; done
     if [[ -d "$dir" ]] && ((!DRY_RUN)) && rmdir -- "$dir" 2>/dev/null; then
       say "  removed $dir"
@@ -323,7 +331,7 @@ configure_docker_certs() {
     return
   fi
   [[ -n "$CLIENT_DIR$CA_CERT" ]] || return 0
-  say "Docker: $dir (read at each pull: no reload needed)"
+  say "$runtime: $dir (read at each pull: no reload needed)"
   if [[ -n "$CLIENT_DIR" ]]; then
     copy_in "$CLIENT_DIR/client.cert" "$dir/client.cert" 0644
     copy_in "$CLIENT_DIR/client.key" "$dir/client.key" 0600
@@ -771,7 +779,7 @@ if not any(line.strip() for line in preamble):
                 f"server = {json.dumps(server)}\n", "\n"]
 if mode == "merge":
     first = found[0] if found else None
-    if first and canonical(first[0]) == canonical(url) and len(ours) == 1 and content(first[1]) == mine:
+    if first and canonical(first[0]) == canonical(url) and len(ours) == 1 and content(first[1]) == content(mine):
         sys.exit(10)
     body = [*preamble, *mine, *(["\n"] if others else []), *(l for b in others for l in b[1])]
 else:
@@ -868,17 +876,90 @@ configure_containerd() {
 # --- podman: registries.conf.d drop-in -------------------------------------------------------
 
 podman_dropin() {
-  local location="${MIRROR#*://}" insecure=""
-  [[ "$MIRROR" == http://* ]] && insecure=$'\ninsecure = true'
   cat <<EOF
 # Written by Docxy's configure-client.sh: pulls of docker.io try the mirror first.
 [[registry]]
 prefix = "docker.io"
 location = "docker.io"
 
-[[registry.mirror]]
-location = "$location"$insecure
 EOF
+  podman_mirror_table
+}
+
+# podman_hub_tables DROPIN FILE...: each [[registry]] table for Docker Hub in the FILEs other
+# than DROPIN, as "FILE: PREFIX". containers/image replaces a [[registry]] whose prefix an
+# earlier file had, table and mirrors whole (containers-registries.conf.d(5)), and a longer
+# prefix (docker.io/library) wins over docker.io for its images: a drop-in beside such a
+# table would either throw the operator's settings away or never be read. Read line by line
+# (tomllib is not in Ubuntu 22.04's python3).
+podman_hub_tables() {
+  python3 - "$@" <<'PY'
+import re
+import sys
+
+HEADER = re.compile(r"^\s*\[")
+REGISTRY = re.compile(r"^\s*\[\[\s*registry\s*\]\]\s*(#.*)?$")
+KEY = re.compile(r"""^\s*(prefix|location)\s*=\s*(?:"([^"]*)"|'([^']*)')\s*(#.*)?$""")
+
+
+def tables(path):
+    """The prefix (else location) of each [[registry]] table in ``path``."""
+    found, current = [], None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return found
+    for line in lines + ["[end]"]:
+        if HEADER.match(line):
+            if current is not None:
+                found.append(current.get("prefix") or current.get("location") or "")
+            current = {} if REGISTRY.match(line) else None
+            continue
+        key = KEY.match(line)
+        if key and current is not None:
+            current[key.group(1)] = key.group(2) if key.group(2) is not None else key.group(3)
+    return found
+
+
+ours, files = sys.argv[1], sys.argv[2:]
+for path in files:
+    if path == ours:
+        continue
+    for prefix in tables(path):
+        name = prefix.strip().lower()
+        if name == "docker.io" or name.startswith("docker.io/"):
+            print(f"{path}: {prefix}")
+PY
+}
+
+# podman_conflict TARGET: say so, and fail the run, when another file has a [[registry]] for
+# Docker Hub; nothing is written then (the operator adds the mirror to their own table).
+podman_conflict() {
+  local target="$1" conf dir found file
+  conf="$(under_root /etc/containers/registries.conf)"
+  dir="$(under_root /etc/containers/registries.conf.d)"
+  local files=("$conf")
+  if [[ -d "$dir" ]]; then
+    for file in "$dir"/*.conf; do [[ -e "$file" ]] && files+=("$file"); done
+  fi
+  found="$(podman_hub_tables "$target" "${files[@]}")"
+  [[ -n "$found" ]] || return 1
+  warn "podman: no drop-in written: Docker Hub already has a [[registry]] table of yours:"
+  while IFS= read -r file; do warn "  $file"; done <<<"$found"
+  warn "a drop-in would replace it whole (its mirrors and settings) or be replaced by it;"
+  warn "add the mirror to that table yourself, first among its mirrors:"
+  podman_mirror_table | sed 's/^/    /' >&2
+  if [[ -e "$target" ]]; then
+    warn "and delete $target, an earlier run's, which stands in its way"
+  fi
+  FAILED=1
+  return 0
+}
+
+podman_mirror_table() {
+  printf '[[registry.mirror]]\nlocation = "%s"\n' "${MIRROR#*://}"
+  [[ "$MIRROR" != http://* ]] || printf 'insecure = true\n'
 }
 
 configure_podman() {
@@ -895,8 +976,11 @@ configure_podman() {
       CHANGES=$((CHANGES + 1))
       say "  removed $target"
     fi
+    certs_d podman "$(under_root "/etc/containers/certs.d/$MIRROR_HOST")"
     return
   fi
+  certs_d podman "$(under_root "/etc/containers/certs.d/$MIRROR_HOST")"
+  podman_conflict "$target" && return
   if [[ -e "$target" ]] && cmp -s -- "$target" <(podman_dropin); then
     say "  unchanged"
     return

@@ -680,6 +680,28 @@ def test_a_symlinked_hosts_toml_is_edited_through_its_link(box: ScriptBox) -> No
     assert list(tomllib.loads(real.read_text())["host"]) == [MIRROR, "https://corp-cache.example"]
 
 
+HOSTS_WITH_HEADER = """\
+server = "https://registry-1.docker.io"
+
+[host."https://mirror.example.com"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+
+  [host."https://mirror.example.com".header]
+    x-team = ["ci"]
+"""
+
+
+def test_containerd_a_rerun_keeps_own_lines_after_a_blank_line_unchanged(box: ScriptBox) -> None:
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(HOSTS_WITH_HEADER)
+
+    said = configure(box, "--mirror", MIRROR, "--containerd")
+
+    assert box.path(HOSTS_TOML).read_text() == HOSTS_WITH_HEADER
+    assert backups(box, HOSTS_TOML) == [] and "Nothing to change" in said, said
+
+
 def test_containerd_hosts_in_literal_string_keys_are_still_after_ours(box: ScriptBox) -> None:
     """`[host.'https://...']` (a TOML literal string) names a host as well as double quotes."""
     box.path(HOSTS_TOML).parent.mkdir(parents=True)
@@ -812,6 +834,100 @@ def server_ca(tmp_path: Path) -> Path:
 
 def mode(box: ScriptBox, path: str) -> int:
     return box.path(path).stat().st_mode & 0o777
+
+
+# --- podman: an operator's own Docker Hub table; certificates ------------------------------------
+
+REGISTRIES_CONF = "/etc/containers/registries.conf"
+DROPIN_DIR = "/etc/containers/registries.conf.d"
+OPERATORS_HUB = """\
+unqualified-search-registries = ["docker.io"]
+
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "cache.corp.example:5000"
+"""
+
+
+def podman_hub(box: ScriptBox) -> dict[str, object]:
+    """The [[registry]] podman uses for docker.io: registries.conf, then each drop-in in
+    order, a table whose prefix came before replacing that one whole (containers/image)."""
+    files = [box.path(REGISTRIES_CONF), *sorted(box.path(DROPIN_DIR).glob("*.conf"))]
+    tables: dict[str, dict[str, object]] = {}
+    for path in files:
+        if path.exists():
+            for table in tomllib.loads(path.read_text()).get("registry", []):
+                tables[table.get("prefix") or table["location"]] = table
+    return tables["docker.io"]
+
+
+@pytest.mark.parametrize(
+    ("where", "table"),
+    [
+        (REGISTRIES_CONF, OPERATORS_HUB),
+        (f"{DROPIN_DIR}/60-corp.conf", OPERATORS_HUB),  # read after ours: it would replace it
+        (f"{DROPIN_DIR}/10-corp.conf", "[[registry]]\nlocation = 'docker.io'  # no prefix\n"),
+        (REGISTRIES_CONF, '[[registry]]\nprefix = "docker.io/library"\nlocation = "docker.io"\n'),
+    ],
+)
+def test_podman_a_hub_table_of_the_operators_is_kept_and_the_mirror_not_forced(
+    box: ScriptBox, where: str, table: str
+) -> None:
+    box.path(where).parent.mkdir(parents=True, exist_ok=True)
+    box.path(where).write_text(table)
+
+    code, said = run(box, "--mirror", MIRROR, "--podman")
+
+    assert code == 1, said
+    assert not box.path(PODMAN_DROPIN).exists()
+    assert box.path(where).read_text() == table
+    assert str(box.path(where)) in said
+    assert '[[registry.mirror]]\n    location = "mirror.example.com"' in said  # what to add
+    if "cache.corp.example" in table:
+        mirrors = podman_hub(box)["mirror"]
+        assert mirrors == [{"location": "cache.corp.example:5000"}]
+
+
+def test_podman_an_earlier_runs_dropin_in_the_way_is_named(box: ScriptBox) -> None:
+    configure(box, "--mirror", MIRROR, "--podman")
+    box.path(REGISTRIES_CONF).write_text(OPERATORS_HUB)
+
+    code, said = run(box, "--mirror", MIRROR, "--podman")
+
+    assert code == 1 and f"delete {box.path(PODMAN_DROPIN)}" in said, said
+
+
+def test_podman_other_registries_tables_do_not_stand_in_the_way(box: ScriptBox) -> None:
+    box.path(REGISTRIES_CONF).parent.mkdir(parents=True)
+    box.path(REGISTRIES_CONF).write_text(
+        '[[registry]]\nprefix = "quay.io"\nlocation = "quay.io"\n\n'
+        '[[registry.mirror]]\nlocation = "docker.io"  # a mirror\'s location is no prefix\n'
+    )
+
+    configure(box, "--mirror", MIRROR, "--podman")
+
+    assert podman_hub(box)["mirror"] == [{"location": "mirror.example.com"}]
+
+
+def test_podman_gets_the_client_certificate_and_server_ca(
+    box: ScriptBox, kit: Path, server_ca: Path
+) -> None:
+    certs = "/etc/containers/certs.d/mirror.example.com"
+    args = ("--mirror", MIRROR, "--podman", "--client-cert", str(kit), "--ca-cert", str(server_ca))
+    configure(box, *args)
+
+    assert box.path(f"{certs}/client.cert").read_bytes() == (kit / "client.cert").read_bytes()
+    assert box.path(f"{certs}/client.key").read_bytes() == (kit / "client.key").read_bytes()
+    assert mode(box, f"{certs}/client.key") == 0o600
+    assert box.path(f"{certs}/ca.crt").read_bytes() == server_ca.read_bytes()
+    assert "Nothing to change" in configure(box, *args)
+
+    configure(box, "--mirror", MIRROR, "--podman", "--remove")
+    assert not box.path(certs).exists()
+    assert not box.path(PODMAN_DROPIN).exists()
 
 
 def test_client_cert_goes_into_docker_certs_d_without_the_client_ca(
