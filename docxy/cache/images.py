@@ -81,7 +81,14 @@ class ImageCatalog(Protocol):
 
 
 def needs(content: bytes) -> tuple[frozenset[Digest], frozenset[Digest]]:
-    """``(blobs, child manifests)`` a manifest points at; invalid entries are skipped."""
+    """``(blobs, child manifests)`` a manifest points at; invalid entries are skipped.
+
+    The blobs are what a registry checks the repository holds when the manifest is pushed:
+    its ``config`` and ``layers``, not a layer with ``urls`` (a foreign layer, which it does
+    not look for) nor any other field's descriptors (an unknown ``blobs`` list is kept in the
+    bytes unchecked). A cached manifest makes its blobs known in each repository it was
+    served for (:meth:`ManifestStore.blob_visibility`): a descriptor nobody checked would
+    let any repository's manifest name another's private blob into it."""
     try:
         doc = json.loads(content)
     except ValueError:
@@ -89,13 +96,15 @@ def needs(content: bytes) -> tuple[frozenset[Digest], frozenset[Digest]]:
     if not isinstance(doc, dict):
         return frozenset(), frozenset()
     children = _digests(doc.get("manifests"))
-    blobs = _digests([doc.get("config")]) | _digests(doc.get("layers")) | _digests(doc.get("blobs"))
+    blobs = _digests([doc.get("config")]) | _digests(doc.get("layers"))
     return blobs, children
 
 
 def _digests(items: Any) -> frozenset[Digest]:
     found = set()
     for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and item.get("urls"):
+            continue  # a foreign layer: the registry never checked it is there
         if isinstance(item, dict) and isinstance(item.get("digest"), str):
             try:
                 found.add(parse_digest(item["digest"]))

@@ -221,6 +221,44 @@ async def test_the_accounts_private_blob_does_not_reach_anonymous_clients(
     assert hub.seen("GET", "blobs") == ["/v2/team/secret/blobs/" + digest_of(SECRET)]
 
 
+def naming(secret: dict[str, object]) -> bytes:
+    """A public image's manifest that also names the private layer, where no registry checks
+    it on push: a ``blobs`` list (no field of the cached types) or a layer with ``urls``."""
+    doc = json.loads(manifest_of(CONFIG, BASE))
+    descriptor = {"mediaType": "l", "digest": digest_of(SECRET), "size": len(SECRET)}
+    if "urls" in secret:
+        doc["layers"].append(descriptor | secret)
+    else:
+        doc["blobs"] = [descriptor]
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize("secret", [{}, {"urls": ["https://cdn.example/layer"]}])
+async def test_a_manifest_naming_a_blob_unchecked_does_not_unlock_it(
+    tmp_path: Path, secret: dict[str, object]
+) -> None:
+    hub = Hub()
+    hub.repos["evil/x"] = Repo(
+        {digest_of(CONFIG), digest_of(BASE)}, manifests={"1": naming(secret)}
+    )
+    account = {"upstream__username": ACCOUNT[0], "upstream__password": ACCOUNT[1]}
+    async with mirror(tmp_path, hub, **account) as app:
+        assert await get(app, blob_url("team/secret", SECRET)) == (200, SECRET)  # cached
+        assert (await get(app, "/v2/evil/x/manifests/1"))[0] == 200
+        response = await app.test_client().get(blob_url("evil/x", SECRET), headers=AS_ANON)
+        assert response.status_code == 404  # the upstream's answer: evil/x does not hold it
+        assert SECRET not in await response.get_data()
+        # the blobs its registry did check are paired as before: no upstream call for them
+        before = len(hub.requests)
+        assert await get(app, blob_url("evil/x", BASE)) == (200, BASE)
+        assert hub.seen("GET", "blobs", mirror=True)[-1].endswith(digest_of(BASE))
+        assert all(
+            "/evil/x/blobs/" + digest_of(BASE) not in r.url.path
+            for r in hub.requests[before:]
+            if r.method == "HEAD"
+        )
+
+
 async def test_content_private_to_a_client_is_confirmed_with_its_own_token(
     tmp_path: Path,
 ) -> None:
