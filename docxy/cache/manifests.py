@@ -319,7 +319,12 @@ class ManifestStore:
             media_type = meta["media_type"]
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:
+            # Out of descriptors or memory, a disk error: the files may be whole, so they stay
+            # (a fetch of the manifest writes them anew). A miss now.
+            log.warning("cache: cannot read manifest %s now (%s): a miss, kept", digest, exc)
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
             log.warning("cache: unreadable manifest %s (%s), dropped", digest, exc)
             media_type, content = None, b""
         if not isinstance(media_type, str) or digest_of(content, digest.algorithm) != digest:
@@ -710,9 +715,10 @@ def _parse_tag(path: Path) -> TagEntry | None:
 def referenced_digests(content: bytes) -> list[Digest]:
     """Digests a manifest or index points at (config, layers, child manifests), in order.
 
-    What it is made of, as :func:`docxy.cache.images.needs` counts it: never its ``subject``,
-    the image an artifact (a signature, an SBOM) is about, which is not part of the artifact.
-    For ``docxy cache rm``; invalid entries are skipped.
+    What it is made of, as :func:`docxy.cache.images.needs` counts it, foreign layers (``urls``)
+    included: never its ``subject``, the image an artifact (a signature, an SBOM) is about,
+    which is not part of the artifact, nor a field that no cached manifest type has (a
+    ``blobs`` list). For ``docxy cache rm``; invalid entries are skipped.
     """
     try:
         doc = json.loads(content)
@@ -721,7 +727,7 @@ def referenced_digests(content: bytes) -> list[Digest]:
     if not isinstance(doc, dict):
         return []
     descriptors: list[Any] = [doc.get("config")]
-    for key in ("layers", "manifests", "blobs"):
+    for key in ("layers", "manifests"):
         items = doc.get(key)
         if isinstance(items, list):
             descriptors.extend(items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -185,6 +186,30 @@ async def test_corrupt_manifest_on_disk_is_never_served(store: ManifestStore) ->
     assert await store.get(ALPINE, stored.digest) is None
     assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.MISSING
     assert not content_file.exists()
+
+
+@pytest.mark.parametrize("errno_", [errno.EMFILE, errno.ENOMEM, errno.EIO])
+async def test_a_manifest_that_cannot_be_read_now_is_a_miss_and_kept(
+    store: ManifestStore, monkeypatch: pytest.MonkeyPatch, errno_: int
+) -> None:
+    stored = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "latest", stored.digest, public=True)
+    files = sorted(p for p in (store.root / "by-digest").rglob("*") if p.is_file())
+    read_bytes = Path.read_bytes
+
+    def failing(path: Path) -> bytes:
+        if path in files:
+            raise OSError(errno_, os.strerror(errno_))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    assert await store.get(ALPINE, stored.digest) is None
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+
+    assert sorted(p for p in (store.root / "by-digest").rglob("*") if p.is_file()) == files
+    again = await store.get(ALPINE, stored.digest)
+    assert again is not None and again.content == manifest_bytes(1)
+    assert (await store.resolve_tag(ALPINE, "latest")).state is TagState.FRESH
 
 
 async def test_content_without_metadata_is_missing(store: ManifestStore) -> None:
