@@ -47,8 +47,12 @@ def _is_default(port: str, defaults: frozenset[int]) -> bool:
 def host_key(host: str) -> tuple[str, str]:
     """A mirror host name → (as compared, without any port), lower case, a default port
     dropped: ``Ghcr.Mirror:443`` → (``ghcr.mirror``, ``ghcr.mirror``); ``[::1]:8080`` →
-    (``[::1]:8080``, ``[::1]``)."""
-    host = host.strip().lower()
+    (``[::1]:8080``, ``[::1]``). Only ASCII is folded: ``str.lower`` and ``str.strip`` would
+    make ``K`` (KELVIN SIGN) a ``k`` and drop a trailing U+00A0, so a name spelled with them
+    would be another's; it stays a name nothing is configured as."""
+    host = host.strip(" \t")
+    if host.isascii():
+        host = host.lower()
     bare, port = _split(host)
     return (bare if _is_default(port, MIRROR_DEFAULT_PORTS) else host), bare
 

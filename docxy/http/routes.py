@@ -34,7 +34,7 @@ from docxy.http.responses import (
 from docxy.http.state import MirrorState, mirror_state
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Source
 from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
-from docxy.upstream.routing import Route
+from docxy.upstream.routing import Route, request_picks
 
 blueprint = Blueprint("registry", __name__)
 
@@ -78,8 +78,12 @@ def _raw_path() -> str:
 
 def _route(state: MirrorState, name: str = "") -> Route:
     """The upstream this request is for (``?ns=``, host name, path prefix): the one place that
-    chooses it. An unknown one is refused here, before anything is sent."""
-    return state.route(name, ns=request.args.get("ns"), host=request.headers.get("Host"))
+    chooses it. An unknown one is refused here, before anything is sent. ``?ns=`` and the host
+    are read from the request's bytes as admission reads them (``request_picks``): werkzeug's
+    ``args`` decode a raw query as UTF-8, which an h2c ``:path`` may carry, so a name could
+    be one upstream here and an unknown one to the access rules."""
+    ns, host = request_picks(request.scope)
+    return state.route(name, ns=ns, host=host)
 
 
 @blueprint.route("/v2", methods=ALL_METHODS)

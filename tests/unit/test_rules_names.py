@@ -138,3 +138,33 @@ async def test_a_token_for_one_upstreams_repository_pulls_nothing_the_rules_refu
             token = ghcr if "owner" in path else hub
             assert await pull(path, token, host) == 403, (path, host)
         assert len(m.upstream.requests) == sent
+
+
+@pytest.mark.parametrize(
+    ("spelling", "name", "settings"),
+    [
+        # the raw UTF-8 of U+00A0, U+2003, U+0085 after the name: str.strip() dropped them
+        ("ghcr.test\u00a0", "ghcr.test", {"access.repositories": "library/*"}),
+        ("ghcr.test\u2003", "ghcr.test", {"access.repositories": "library/*"}),
+        ("ghcr.test\u0085", "ghcr.test", {"access.repositories": "library/*"}),
+        # KELVIN SIGN, which str.lower() makes an ASCII k
+        ("\u212aab.test", "kab.test", {"access.deny_repositories": "kab.test/**"}),
+    ],
+)
+async def test_an_upstream_spelled_in_unicode_past_the_rules_reaches_nothing(
+    spelling: str, name: str, settings: dict[str, str]
+) -> None:
+    """An h2c ``:path`` may carry raw UTF-8 in ``?ns=``, which h11 refuses: admission and the
+    route read the same bytes the same way, so a name the rules take for no upstream (and judge
+    as Docker Hub's) is no upstream to the route either, and nothing is sent."""
+    upstreams = "ghcr.test=https://ghcr.example,kab.test=https://kab.example"
+    upstreams += ",lab.test=https://lab.example"  # test_multi_routes.mirror sets its hosts
+    async with multi.mirror(upstreams=upstreams, **settings) as m:
+        state = mirror_state(m.app)
+        admitted = Admission(m.app, state.config, state.access)
+        path = "/v2/img/manifests/1?ns="
+        plain = await call_asgi(admitted, "GET", path + name, host="mirror.example.com")
+        assert plain.status == 403  # the rules hold for the ASCII spelling
+        answer = await call_asgi(admitted, "GET", path + spelling, host="mirror.example.com")
+        assert answer.status in (403, 404), answer.status
+        assert m.upstream.requests == []
