@@ -10,6 +10,7 @@ import logging
 import re
 import time
 from typing import Any, Protocol, overload
+from urllib.parse import unquote
 
 from hypercorn.typing import (
     ASGIFramework,
@@ -40,7 +41,6 @@ class UseHttps(RegistryError):
 
 
 _ABSOLUTE = re.compile(rb"https?://([^/?#]*)(/.*)?", re.IGNORECASE | re.DOTALL)
-_ABSOLUTE_TEXT = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 
 
 @overload
@@ -61,7 +61,9 @@ def origin_form(scope: Any) -> Any:
     raw_path = match.group(2) or b"/"
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"host"]
     headers.insert(0, (b"host", authority))
-    path = _ABSOLUTE_TEXT.sub("", scope["path"], count=1) or "/"
+    # From the raw target, cut where the bytes say: the decoded path's authority may hold a
+    # password's %2F, %3F or %23, decoded already, where a cut there would leave the rest of it.
+    path = unquote(raw_path.decode("latin-1"))
     normal = {**scope, "path": path, "raw_path": raw_path, "headers": headers}
     return normal
 

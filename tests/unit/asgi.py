@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from werkzeug.datastructures import Headers
 
@@ -60,7 +61,7 @@ def http_scope(
         "http_version": "1.1",
         "method": method,
         "scheme": scheme,
-        "path": path,
+        "path": unquote(path),  # hypercorn decodes the target's %XX (raw_path keeps them)
         "raw_path": path.encode(),
         "query_string": query.encode(),
         "root_path": "",

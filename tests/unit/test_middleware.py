@@ -138,12 +138,12 @@ def test_origin_form_of_an_absolute_target(
     assert normal["headers"] == [(b"host", host), (b"accept", b"*/*")]
 
 
+@pytest.mark.parametrize("cut", ["", "%2F", "%3F", "%23"])  # a password's /, ? or #
 async def test_absolute_form_logs_the_path_without_the_authority(
-    caplog: pytest.LogCaptureFixture,
-    access_log: AccessLines,
+    caplog: pytest.LogCaptureFixture, access_log: AccessLines, cut: str
 ) -> None:
     inner = Inner()
-    target = f"http://bob:{PASSWORD}@mirror.example.com/v2/"
+    target = f"http://bob:{cut}{PASSWORD}@mirror.example.com/v2/"
     await call(AccessLog(Guard(inner, None)), "GET", target)
     assert inner.paths == ["/v2/"]
     [line] = access_log()

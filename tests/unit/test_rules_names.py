@@ -152,7 +152,7 @@ async def test_a_token_for_one_upstreams_repository_pulls_nothing_the_rules_refu
     ],
 )
 async def test_an_upstream_spelled_in_unicode_past_the_rules_reaches_nothing(
-    spelling: str, name: str, settings: dict[str, str]
+    spelling: str, name: str, settings: dict[str, Any]
 ) -> None:
     """An h2c ``:path`` may carry raw UTF-8 in ``?ns=``, which h11 refuses: admission and the
     route read the same bytes the same way, so a name the rules take for no upstream (and judge
