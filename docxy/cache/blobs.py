@@ -177,6 +177,7 @@ class DiskBlobStore:
         self._reserved = 0  # by the running fills (InFlight.reserved), counted against the cap
         self._waiting: list[int] = []  # bytes each fill waiting for room wants: eviction frees
         self._trash = 0  # evicted bytes still on disk, being deleted in a worker thread
+        self._stuck = 0  # evicted bytes that could not be deleted: on disk until the next start
         self._unlinked = 0  # bytes of removed temp files still held open (InFlight.unlinked)
         #: Set (and replaced) when room may have grown: bytes freed, an eviction over.
         self._room_freed = asyncio.Event()
@@ -561,7 +562,7 @@ class DiskBlobStore:
         try:
             async with asyncio.timeout(self.room_wait):
                 while self._room() < nbytes:
-                    if self._room() + self._trash + self._unlinked < nbytes:
+                    if self._room() + self._trash + self._unlinked < nbytes:  # never the stuck
                         eviction = self._start_eviction()
                         if eviction not in evictions:
                             if len(evictions) == ROOM_ATTEMPTS:
@@ -580,8 +581,10 @@ class DiskBlobStore:
 
     def _room(self) -> int:
         """Bytes a fill may still reserve: the cap less committed, reserved and removed bytes
-        not freed yet (evicted, or aborted fills' temp files still held open)."""
-        return self.max_size - self._total - self._reserved - self._trash - self._unlinked
+        not freed yet (evicted, or aborted fills' temp files still held open), and evicted
+        files that could not be deleted."""
+        removed = self._trash + self._unlinked + self._stuck
+        return self.max_size - self._total - self._reserved - removed
 
     def _room_grew(self) -> None:
         """Wake the fills waiting for room (:meth:`_make_room`): they check it again."""
@@ -610,8 +613,9 @@ class DiskBlobStore:
         self._in_flight += nbytes
 
     def _kept_bytes(self) -> int:
-        """Committed blobs, the fills' reservations and the room fills wait for."""
-        return self._total + self._reserved + sum(self._waiting)
+        """Committed blobs, the fills' reservations, the room fills wait for, and evicted files
+        that could not be deleted (an eviction plans around them: nothing will free them)."""
+        return self._total + self._reserved + sum(self._waiting) + self._stuck
 
     def fill_ended(self, fill: InFlight) -> None:
         if self._fills.get(fill.digest) is fill:
@@ -817,7 +821,7 @@ class DiskBlobStore:
             if trash:
                 stuck = await asyncio.to_thread(_unlink_all, trash)
                 if stuck:
-                    trashed -= self._cannot_delete(stuck)  # still on disk: counted
+                    self._stuck += self._cannot_delete(stuck)  # still on disk: counted
         finally:
             self._trash -= trashed
 
@@ -906,7 +910,7 @@ class DiskBlobStore:
             self._in_flight,
             len(self._pins),
             self._reserved,
-            self._trash + self._unlinked,
+            self._trash + self._unlinked + self._stuck,
         )
 
     def remove(self, digest: Digest) -> bool:

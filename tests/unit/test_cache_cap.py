@@ -369,6 +369,35 @@ async def test_no_room_when_a_pulled_image_is_in_use_forgets_no_image(
     assert watch.peak <= 1000
 
 
+async def test_an_evicted_file_that_cannot_be_deleted_does_not_stop_eviction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its bytes stay counted, but nothing will free them: a fill needing room evicts
+    another blob rather than waiting for them until it gives up."""
+    real_unlink = os.unlink
+
+    def refuse_first(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).name.startswith(f"evicted-{first.hex}"):
+            raise PermissionError(1, "Operation not permitted")
+        real_unlink(path, *args, **kwargs)
+
+    store = make_store(tmp_path, max_size=1000, room_wait=30)
+    first = await put(store, blob(300, 1))
+    second = await put(store, blob(300, 2))
+    monkeypatch.setattr(os, "unlink", refuse_first)
+    data = blob(600, 3)  # 400 free: first is evicted, and stuck; evicting second makes room
+    writer = await store.fetch_or_join(digest_of(data))
+    assert isinstance(writer, fill_module.BlobWriter)
+    async with asyncio.timeout(10), writer:
+        await writer.write(data)
+        entry = await writer.commit(len(data))
+    await store.settle()
+    assert entry is not None and store.holds(digest_of(data))
+    assert not store.holds(first) and not store.holds(second)
+    usage = store.usage()
+    assert (usage.bytes, usage.freeing) == (600, 300)  # the stuck file's bytes still count
+
+
 async def test_evicted_files_that_cannot_be_deleted_stay_counted_and_are_said_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
