@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from functools import partial
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -59,6 +60,7 @@ from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, 
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.shared.tier import SharedTier
 from docxy.upstream import direct
+from docxy.upstream.client import same_origin
 from docxy.upstream.tokens import MirrorTokens
 
 UNCONFIRMED = PassThrough(
@@ -249,13 +251,15 @@ class BlobService:
             answer = await direct.open_get(self.tokens.client, pull.upstream, url, headers)
         except UpstreamError as exc:
             raise FetchFailed(exc.message) from exc
-        if answer.status == 401 and self.tokens.holds(pull.upstream, pull.name):
+        answered_by = answer.hops[-1][0] if answer.hops else url
+        by_registry = same_origin(answered_by, url)
+        if answer.status == 401 and by_registry and self.tokens.holds(pull.upstream, pull.name):
             answer.close()
             self.tokens.forget(pull.upstream, pull.name)
             return None
         if answer.status != 200:
             answer.close()
-            self._refused(pull, answer.status)
+            self._refused(pull, answer.status, answered_by)
         self._holds_blob(pull)
         length = answer.header("content-length")
         size = int(length) if length is not None and length.isdigit() else None
@@ -271,7 +275,13 @@ class BlobService:
         if digest is not None:
             self.pairings.confirm(RepoKey(pull.upstream.host, pull.name), digest, public=True)
 
-    def _refused(self, pull: Pull, status: int) -> NoReturn:
+    def _refused(self, pull: Pull, status: int, answered_by: str) -> NoReturn:
+        """The fetch's answer was no blob. A 401 or 403 from the registry refuses the mirror's
+        token for the repository; from where it redirected to (a CDN's signed URL expired, a
+        CDN rule) it is a failed fetch: the registry took the token."""
+        if status in (401, 403) and not same_origin(answered_by, pull.upstream.registry):
+            where = urlsplit(answered_by).netloc
+            raise FetchFailed(f"{pull.upstream.host} sent the blob's GET to {where}: {status}")
         said = f"{pull.upstream.host} answered {status} to the mirror's token"
         if status in (401, 403):  # a 404 is about this blob only
             self.tokens.mark_refused(pull.upstream, pull.name)
@@ -286,7 +296,7 @@ class BlobService:
             raise FetchFailed(exc.message) from exc
         if answer.status_code != 200:
             await answer.aclose()
-            self._refused(pull, answer.status_code)
+            self._refused(pull, answer.status_code, _answered_by(answer, pull))
         self._holds_blob(pull)
         length = answer.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
@@ -309,7 +319,7 @@ class BlobService:
         status = answer.status_code
         if status not in (200, 206):
             await answer.aclose()
-            self._refused(pull, status)
+            self._refused(pull, status, _answered_by(answer, pull))
         length = answer.headers.get("content-length")
         known = int(length) if length is not None and length.isdigit() else None
         problem = not_the_rest(status, answer.headers.get("content-range"), known, offset, size)
@@ -385,3 +395,12 @@ def _uncached_because(exc: CacheError) -> Reason:
     if isinstance(exc, CacheUnreadable):
         return Reason.CACHE_UNREADABLE
     return Reason.CACHE_UNWRITABLE
+
+
+def _answered_by(answer: httpx.Response, pull: Pull) -> str:
+    """The URL whose answer ``answer`` is, redirects followed: the registry's own for the
+    refusal :class:`~docxy.upstream.tokens.MirrorTokens` answers in its name (no request)."""
+    try:
+        return str(answer.request.url)
+    except RuntimeError:
+        return pull.upstream.url(pull.path)

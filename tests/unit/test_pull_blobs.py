@@ -20,6 +20,7 @@ from quart import Quart
 
 from docxy.cache import fill
 from docxy.config import load_config
+from docxy.core.digests import parse_digest
 from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
@@ -862,3 +863,42 @@ async def test_a_huge_range_on_a_cached_blob_is_no_server_error(
         else:
             assert answer.headers["Content-Range"] == f"bytes */{len(BLOB)}"
     assert upstream.blob_gets == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_cdns_refusal_is_a_failed_fetch_not_the_registrys(
+    tmp_path: Path, status: int
+) -> None:
+    """The registry took the mirror's token and redirected the blob's GET; where it sent it
+    (an expired signed URL, a CDN rule) refused: the fill fails, and the repository's other
+    blobs are still fetched and cached with that token, not passed through for REFUSED_TTL."""
+    other = b"another layer " * 80000
+    contents = {"sha256:" + hashlib.sha256(data).hexdigest(): data for data in (BLOB, other)}
+    cdn_answers = [status] * (2 if status == 401 else 1)  # a 401: asked again, new token
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            return reply(200, b'{"token": "t"}', {"Content-Type": "application/json"})
+        if request.url.host == "cdn.test":
+            refused = cdn_answers.pop(0) if cdn_answers else None
+            if refused is not None:
+                return reply(refused, b"<Error>Request has expired</Error>")
+            return reply(200, contents["sha256:" + request.url.path.rsplit("/", 1)[1]])
+        if request.url.path == "/v2/":
+            challenge = f'Bearer realm="{AUTH}",service="registry.test"'
+            return reply(401, b"{}", {"WWW-Authenticate": challenge})
+        if request.headers.get("authorization") != "Bearer t":
+            return reply(401, b'{"errors": [{"code": "UNAUTHORIZED"}]}')
+        hexpart = request.url.path.rsplit(":", 1)[1]
+        return reply(307, b"", {"Location": f"https://cdn.test/blob/{hexpart}"})
+
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        for digest, data in contents.items():
+            headers = {"Authorization": "Bearer t"}  # the client's own, from the token dance
+            response = await client.get(f"/v2/team/app/blobs/{digest}", headers=headers)
+            assert (response.status_code, await response.get_data()) == (200, data)
+        await committed(app)
+        store = app.extensions["docxy"].cache.blobs
+        second = parse_digest(list(contents)[1])
+        assert store.holds(second), "the repository's next blob was passed through uncached"
