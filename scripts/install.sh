@@ -559,8 +559,10 @@ settle_settings() {
       ask UPSTREAM_PASSWORD "Password or access token for $UPSTREAM_USER (not shown):" secret
     fi
     [[ -n "$UPSTREAM_PASSWORD" ]] || die "the password for --upstream-user: set DOCXY_UPSTREAM_PASSWORD (after sudo: sudo DOCXY_UPSTREAM_PASSWORD=... $0) or run interactively" 2
-    [[ "$UPSTREAM_PASSWORD" != *"'"* && "$UPSTREAM_PASSWORD" != *$'\n'* ]] ||
-      die "the upstream password cannot contain a single quote or a newline (.env quoting)" 2
+    # Compose 1.29 (Debian 12's) reads a backslash in a single-quoted .env value as an escape,
+    # Compose v2 does not: one password would reach the mirror in two spellings.
+    [[ "$UPSTREAM_PASSWORD" != *["'\\"]* && "$UPSTREAM_PASSWORD" != *$'\n'* ]] ||
+      die "the upstream password cannot contain a single quote, a backslash or a newline (.env quoting)" 2
   fi
 }
 
@@ -784,6 +786,12 @@ find_compose() {
   fi
 }
 
+apparmor_enabled() {
+  local enabled
+  enabled="$(cat -- "$(under_root /sys/module/apparmor/parameters/enabled)" 2>/dev/null)" || return 1
+  [[ "$enabled" == Y* ]]
+}
+
 candidate() {
   apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'
 }
@@ -820,6 +828,10 @@ install_docker() {
     have docker || packages+=(docker.io)
     if candidate docker-compose-v2; then packages+=(docker-compose-v2); else packages+=(docker-compose); fi
   fi
+  # Both sources' dockerd only recommend apparmor, which --no-install-recommends leaves out; on a
+  # kernel with AppArmor on, a minimal image without apparmor_parser then has dockerd refuse to
+  # start any container ("the docker-default profile could not be loaded").
+  if apparmor_enabled && ! have apparmor_parser; then packages+=(apparmor); fi
   act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
   ((DRY_RUN)) && { COMPOSE=(docker compose); return; }
   find_compose

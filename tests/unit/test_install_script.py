@@ -272,6 +272,20 @@ def test_upstream_password_from_the_environment_is_written_but_never_shown(
     assert "dckr_pat_x-1" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("password", ["it's", "back\\slash", "two\nlines"])
+def test_an_upstream_password_the_env_cannot_hold_as_written_is_refused(
+    box: ScriptBox, resolver: Resolver, password: str
+) -> None:
+    """Compose 1.29 reads a backslash in a single-quoted value as an escape, v2 does not."""
+    result = install(
+        box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": password}
+    )
+
+    assert result.returncode == 2, output(result)
+    assert "cannot contain a single quote, a backslash or a newline" in result.stderr
+    assert not env_file(box).exists()
+
+
 def test_a_dry_run_masks_every_secret_the_env_holds(box: ScriptBox, resolver: Resolver) -> None:
     """The operator's own lines are shown as they would be written, their secrets masked."""
     box.without("docker")
@@ -805,6 +819,28 @@ def test_docker_from_the_distribution_by_default(box: ScriptBox, resolver: Resol
     assert "debian's own packages (docker.io)" in result.stdout
     assert box.called(r"^systemctl enable docker$") and box.called(r"^systemctl start docker$")
     assert box.called(COMPOSE_UP)
+
+
+@pytest.mark.parametrize(("enabled", "parser"), [("Y\n", False), ("Y\n", True), ("N\n", False)])
+def test_apparmor_comes_along_where_the_kernel_enforces_it_and_nothing_loads_profiles(
+    box: ScriptBox, resolver: Resolver, enabled: str, parser: bool
+) -> None:
+    """dockerd only recommends apparmor; without apparmor_parser on a kernel with AppArmor on
+    it cannot load its docker-default profile and starts no container."""
+    docker_arrives_with_apt(box)
+    box.stand_in("systemctl", Rule(r"^is-", rc=1))
+    switch = box.path("/sys/module/apparmor/parameters/enabled")
+    switch.parent.mkdir(parents=True)
+    switch.write_text(enabled)
+    if parser:
+        box.stand_in("apparmor_parser")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    [install_call] = [c.argv for c in box.calls("apt-get") if "install" in c.argv]
+    wanted = enabled.startswith("Y") and not parser
+    assert ("apparmor" in install_call) is wanted, install_call
 
 
 def test_a_dry_run_does_not_say_a_stopped_dockerd_is_running(
