@@ -169,6 +169,14 @@ async def _check(answer: httpx.Response, what: str) -> None:
         raise await refusal(answer, what)
 
 
+#: AWS S3 (and MinIO) answer a GET or HEAD of a missing object 403, not 404, to a key that may
+#: not list the bucket: every miss would look like the store refusing the mirror.
+LIST_BUCKET_HINT = (
+    "a key without s3:ListBucket on the bucket gets this for an object that is not there: "
+    "allow it, with GetObject and PutObject"
+)
+
+
 async def refusal(answer: httpx.Response, what: str) -> ObjectStoreError:
     """The error for an answer that is not a success, with the store's own reason when its body
     gives one (an S3 ``<Error>``'s ``Code`` and ``Message``): a bare 403 does not tell a wrong
@@ -183,6 +191,8 @@ async def refusal(answer: httpx.Response, what: str) -> ObjectStoreError:
     if message:
         said = html.unescape(message.group(1).decode("utf-8", "replace"))
         text += ": " + "".join(c if c.isprintable() else " " for c in said).strip()
+    if answer.status_code == 403 and what in ("GET", "HEAD") and reason in ("", "AccessDenied"):
+        text += f" ({LIST_BUCKET_HINT})"
     return ObjectStoreError(text, answer.status_code, reason)
 
 

@@ -121,9 +121,25 @@ class SharedTier:
             self.counts.misses += 1
             return None
         first, chunks = started
-        self.counts.hits += 1
         length = answer.headers.get("content-length", "")
         size = int(length) if length.isdigit() else None
+        if size is not None and size > self.blobs.max_size:
+            # No blob that large is cached here: a fill from it would find no room before its
+            # first byte, which says nothing against the object, and the verdict "larger than
+            # the whole cache" would stand for the digest until a restart. The object's length
+            # is what is wrong (or the blob is too large for this replica either way).
+            await answer.aclose()
+            self.counts.corrupt += 1
+            self._bad.set(digest, True)
+            log.warning(
+                "blob %s: the shared object says %d bytes, more than the whole cache (%d): "
+                "marked bad, fetched upstream",
+                digest,
+                size,
+                self.blobs.max_size,
+            )
+            return None
+        self.counts.hits += 1
         log.info("blob %s: filling from the shared store", digest)
         handover = Handover()
         body = ObjectBody(digest, size, answer, first, chunks, rest, self._trouble, handover)

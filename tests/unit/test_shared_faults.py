@@ -22,7 +22,7 @@ from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import ConfigError
 from docxy.shared import tier as tier_module
-from docxy.shared.objects import Bucket, ObjectStore
+from docxy.shared.objects import LIST_BUCKET_HINT, Bucket, ObjectStore, refusal
 from docxy.shared.tier import SharedTier
 from docxy.tasks import spawn
 from docxy.upstream.failures import failure
@@ -314,3 +314,16 @@ async def test_a_blob_being_uploaded_is_neither_removed_nor_evicted_under_the_up
                 blobs.remove(uploaded)
             await asyncio.wait_for(tier.uploads.drained(), GUARD)
     assert blobs.remove(uploaded)  # the upload is over: unpinned
+
+
+@pytest.mark.parametrize(
+    ("what", "body"), [("GET", b"<Error><Code>AccessDenied</Code></Error>"), ("HEAD", b"")]
+)
+async def test_a_403_for_an_object_says_what_a_key_without_listbucket_gets(
+    what: str, body: bytes
+) -> None:
+    """AWS S3 answers a missing object 403 to a key that may not list the bucket."""
+    error = await refusal(httpx.Response(403, content=body), what)
+    assert error.status == 403 and LIST_BUCKET_HINT in str(error)
+    other = await refusal(httpx.Response(403, content=b"<Code>SignatureDoesNotMatch</Code>"), what)
+    assert LIST_BUCKET_HINT not in str(other)

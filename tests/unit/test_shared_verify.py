@@ -44,3 +44,37 @@ async def test_an_object_that_does_not_verify_is_one_warning_and_marked_bad(
     assert len(warnings) == 1, warnings
     assert "fill failed (from shared): digest mismatch" in warnings[0], warnings
     assert "marked bad" in warnings[0], warnings
+
+
+class HugeObject(Upstream):
+    """The object's length says more than the whole local cache (a bucket writer's doing, or a
+    store that lost the length)."""
+
+    def __init__(self) -> None:
+        super().__init__(in_bucket=True)
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.bucket_seen.append(f"GET {request.url.path}")
+            return answer(200, BLOB, {"Content-Length": str(10**15)})
+        return super().bucket(request)
+
+
+async def test_an_object_longer_than_the_whole_cache_is_marked_bad_not_the_blob_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fill from it would find no room before its first byte: no mismatch, and the blob was
+    then refused room until a restart, passed through on every pull, never cached."""
+    upstream = HugeObject()
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        caplog.set_level(logging.INFO)
+        for _ in range(2):
+            pulled = await mirror.get(blob_path())
+            assert (pulled.status, pulled.body == BLOB) == (200, True)
+            await mirror.committed()
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+    assert [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
+    assert len([line for line in upstream.bucket_seen if line.startswith("GET ")]) == 1
+    assert health["corrupt"] == 1
+    said = [r.getMessage() for r in caplog.records if "more than the whole cache" in r.getMessage()]
+    assert len(said) == 1 and "marked bad" in said[0], said
