@@ -82,6 +82,9 @@ class SharedTier:
         self.uploads = UploadQueue(self._upload, concurrency)
         self.counts = SharedCounts()
         self._bad: LruDict[Digest, bool] = LruDict(MAX_BAD)
+        #: objects whose body broke off under a fill the upstream's rest then made whole: the
+        #: verified copy goes over each once the store answers again (:meth:`_offer_repairs`)
+        self._repairs: dict[Digest, None] = {}
         self._failed_at: float | None = None
         self.last_error: str | None = None
         self._refusal: str | None = None  # the latest refused upload's reason, logged once
@@ -153,6 +156,7 @@ class SharedTier:
             # commit (or the failed sync that gave the blob up).
             if body.finished(kept=self.blobs.lookup(digest) is not None):
                 self.counts.resumed += 1
+                self._repair(digest)
             await body.close()
 
         return Download(
@@ -172,6 +176,21 @@ class SharedTier:
         self.counts.corrupt += 1
         self._bad.set(digest, True)
         return "the shared object is marked bad: fetched upstream from now on, then replaced"
+
+    def _repair(self, digest: Digest) -> None:
+        """The object broke off and the blob was made whole from the upstream: its verified
+        copy is uploaded over it (a store that lost a chunk of it, say, breaks it at the same
+        byte for every replica) once the store answers again, whatever its length says."""
+        self._repairs[digest] = None
+        while len(self._repairs) > MAX_BAD:
+            del self._repairs[next(iter(self._repairs))]
+
+    def _offer_repairs(self) -> None:
+        for digest in list(self._repairs):
+            if not self.blobs.holds(digest):
+                del self._repairs[digest]  # gone here: another replica's fill repairs it
+            elif not self.uploads.offer(digest):
+                break  # queued already, or the queue is full: the next answer tries again
 
     # --- the sink ---------------------------------------------------------------------------
 
@@ -201,7 +220,8 @@ class SharedTier:
             return
         try:
             size = file.size()
-            if digest not in self._bad and await self.objects.size_of(digest) == size:
+            replace = digest in self._bad or digest in self._repairs
+            if not replace and await self.objects.size_of(digest) == size:
                 self.counts.upload_skipped += 1
                 return
             await self.objects.put(digest, file, size)
@@ -226,8 +246,9 @@ class SharedTier:
             return
         finally:
             file.close()  # a read cancelled at shutdown may still run: it closes it then
-        self._answered()
         self._bad.pop(digest)
+        self._repairs.pop(digest, None)
+        self._answered()
         self.counts.uploaded += 1
         log.info("shared store: uploaded %s (%d bytes)", digest, size)
 
@@ -277,6 +298,7 @@ class SharedTier:
             log.info("shared store %s answers again", self.objects.bucket.endpoint)
         self.reachable = True
         self._failed_at = None
+        self._offer_repairs()
 
     def report(self) -> dict[str, object]:
         """The ``shared`` detail of ``/status.json`` (never the mirror's status)."""

@@ -97,6 +97,41 @@ async def test_the_rest_comes_from_the_upstream_and_the_blob_is_kept(
     assert seen["docxy_shared_blobs_total{result=resumed}"] == 1
 
 
+class OneCutObject(CutBucket):
+    """The blob's object breaks off; the store has no other."""
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and not request.url.path.endswith(BLOB_DIGEST[7:]):
+            self.bucket_seen.append(f"GET {request.url.path}")
+            return answer(404)
+        return super().bucket(request)
+
+
+async def test_an_object_that_broke_off_is_replaced_once_the_store_answers_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that lost a chunk of the object breaks it at the same byte for every replica:
+    the verified copy goes over it, whatever its length says, once the store answers again
+    (the break rests the tier first)."""
+    upstream = OneCutObject("honoured")
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        shared = mirror_state(mirror.app).running.blobs.shared
+        assert shared is not None
+        assert (await mirror.get(blob_path())).status == 200
+        await mirror.committed()
+        await asyncio.wait_for(shared.uploads.drained(), 10)
+        assert not any(line.startswith("PUT ") for line in upstream.bucket_seen)  # resting
+        monkeypatch.setattr(tier, "RETRY_AFTER", 0.0)
+        other = parse_digest("sha256:" + "0" * 64)
+        assert await shared.download(other) is None  # a miss the store answers 404
+        await asyncio.wait_for(shared.uploads.drained(), 10)
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+    puts = [line for line in upstream.bucket_seen if line.startswith("PUT ")]
+    assert puts == [f"PUT /docxy-cache/docxy/blobs/sha256/{BLOB_DIGEST.removeprefix('sha256:')}"]
+    assert not any(line.startswith("HEAD ") for line in upstream.bucket_seen)  # length unasked
+    assert (health["resumed"], health["uploaded"]) == (1, 1)
+
+
 async def test_a_rest_that_breaks_off_in_its_turn_goes_on_from_there(tmp_path: Path) -> None:
     """The upstream's rest breaks off too, after new bytes: the fill goes on from there with
     another Range GET, as a fill from the upstream does, and the blob is whole and kept."""
