@@ -170,6 +170,21 @@ class ConnectionGuard:
     stalled: int = 0
     tls: TLSListeners | None = None  # set once the listeners are bound
     by_client: Counter[str] = field(default_factory=Counter)
+    #: the tasks of the connections in their TLS handshake: a stop ends those handshakes
+    #: (:meth:`stop_handshakes`); the ones it cancelled, which end quietly
+    handshaking: set[asyncio.Task[Any]] = field(default_factory=set)
+    cancelled_handshakes: set[asyncio.Task[Any]] = field(default_factory=set)
+    stopping: bool = False
+
+    def stop_handshakes(self) -> None:
+        """A stop began: the connections still in their TLS handshake are dropped (no request
+        came on them; one that never sends a ClientHello held the stop for its handshake
+        timeout, ``limits.idle_timeout``, and was then cancelled with a traceback), and so
+        is any handshake that starts from now on."""
+        self.stopping = True
+        for task in list(self.handshaking):
+            task.cancel()
+            self.cancelled_handshakes.add(task)
 
     def admit(self, peer: object = None) -> Admitted:
         """A place for a new connection from ``peer`` (asyncio's peername), or the refusal."""
@@ -252,12 +267,29 @@ class EdgeTCPServer(PeerCertTCPServer):
     async def _handshake(self, tls: TLSListeners) -> bool:
         """TLS on a TLS listener's connection, now that it is counted; False if it failed (the
         socket is closed then, as asyncio's own server handshake would have)."""
+        guard = self.guard
+        transport = self.writer.transport
+        if guard is None or guard.stopping:
+            transport.abort()
+            return False
+        task = asyncio.current_task()
+        assert task is not None
+        guard.handshaking.add(task)
         try:
             context = tls.context()
             await self.writer.start_tls(context, ssl_handshake_timeout=tls.handshake_timeout)
         except OSError:  # ssl.SSLError, a reset, the handshake timeout
-            self.writer.transport.abort()
+            transport.abort()
             return False
+        except asyncio.CancelledError:
+            if task not in guard.cancelled_handshakes or task.cancelling() > 1:
+                raise  # cancelled by another than the stop's stop_handshakes (too)
+            task.uncancel()
+            transport.abort()
+            return False
+        finally:
+            guard.handshaking.discard(task)
+            guard.cancelled_handshakes.discard(task)
         return True
 
     def _refuse(self, answer: bytes | None) -> None:
@@ -353,15 +385,19 @@ CLOSE_WAIT = 5.0
 
 
 def drop_unsent_after(transport: asyncio.BaseTransport, wait: float) -> None:
-    """Abort ``transport``, closing, if it still holds bytes to send ``wait`` seconds on."""
+    """Abort ``transport``, closing, if it still holds bytes to send ``wait`` seconds on. A TLS
+    one is aborted then whatever it holds: its close waits for the client's close_notify (up
+    to asyncio's 30 s, then an unhandled ``SSL shutdown timed out`` and its traceback), and
+    what it still has to send sits in the socket's transport below it, out of its count."""
     if not isinstance(transport, asyncio.WriteTransport):
         return
+    tls = transport.get_extra_info("ssl_object") is not None
 
     def drop() -> None:
-        if transport.get_write_buffer_size():
+        if tls or transport.get_write_buffer_size():
             transport.abort()
 
-    if transport.get_write_buffer_size():
+    if tls or transport.get_write_buffer_size():
         asyncio.get_running_loop().call_later(wait, drop)
 
 

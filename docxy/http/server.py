@@ -256,6 +256,8 @@ async def run(config: Config) -> None:
         if not stop.is_set():  # hypercorn's drain starts; the requests left are cut before it ends
             stop.set()
             drain.stop(hc.graceful_timeout - CUT_MARGIN)
+            if hc.edge is not None:
+                hc.edge.stop_handshakes()
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping)
