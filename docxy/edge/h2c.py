@@ -15,9 +15,31 @@ reserves for this, ``HTTP_1_1_REQUIRED``, then close the connection: nothing rea
 from __future__ import annotations
 
 import hypercorn.protocol
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
 from hypercorn.events import Closed, Event
 from hypercorn.protocol.h2 import H2Protocol
+from hyperframe.exceptions import HyperframeError
+
+#: What h2 raises for an ``HTTP2-Settings`` header it cannot take: not base64, not a SETTINGS
+#: frame, a setting out of range. Out of hypercorn's connection task, each was an ERROR
+#: traceback in the log, one per request anybody sent.
+UNREADABLE_SETTINGS = (ValueError, H2Error, HyperframeError)
+
+
+class H2cChecked(H2Protocol):
+    """hypercorn's HTTP/2 connection (``limits.h2_max_streams`` > 0), which closes at once on
+    an ``Upgrade: h2c`` whose ``HTTP2-Settings`` cannot be read."""
+
+    async def initiate(
+        self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
+    ) -> None:
+        if settings is not None and not readable_settings(settings):
+            await self.send(Closed())
+            return
+        await super().initiate(headers, settings)
 
 
 class H2cRefused(H2Protocol):
@@ -26,6 +48,9 @@ class H2cRefused(H2Protocol):
     async def initiate(
         self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
     ) -> None:
+        if settings is not None and not readable_settings(settings):
+            await self.send(Closed())  # nothing to refuse in: the client spoke no HTTP/2
+            return
         if settings is not None:  # Upgrade: h2c (hypercorn has answered 101 already)
             self.connection.initiate_upgrade_connection(settings)
         else:  # the HTTP/2 preface
@@ -39,9 +64,21 @@ class H2cRefused(H2Protocol):
             self.closed = True  # nothing else was started: no streams, no send task
 
 
-def install() -> None:
+def readable_settings(settings: bytes) -> bool:
+    """Whether h2 takes ``settings`` (an ``HTTP2-Settings`` header) for a new connection."""
+    try:
+        H2Connection(H2Configuration(client_side=False)).initiate_upgrade_connection(settings)
+    except UNREADABLE_SETTINGS:
+        return False
+    return True
+
+
+def install(refuse: bool = True) -> None:
     """Make hypercorn refuse HTTP/2 on every connection of this process (it names the class
-    it switches to in ``hypercorn.protocol``, with no setting for it)."""
-    if getattr(hypercorn.protocol, "H2Protocol", None) not in (H2Protocol, H2cRefused):
+    it switches to in ``hypercorn.protocol``, with no setting for it); ``refuse=False``: allow
+    it, closing a connection whose upgrade's settings cannot be read."""
+    ours = (H2Protocol, H2cRefused, H2cChecked)
+    if getattr(hypercorn.protocol, "H2Protocol", None) not in ours:
         raise RuntimeError("hypercorn.protocol no longer names H2Protocol: update docxy.edge")
-    setattr(hypercorn.protocol, "H2Protocol", H2cRefused)  # noqa: B010 - not a public name
+    chosen = H2cRefused if refuse else H2cChecked
+    setattr(hypercorn.protocol, "H2Protocol", chosen)  # noqa: B010 - not a public name

@@ -248,8 +248,7 @@ async def run(config: Config) -> None:
     asgi = TrimAtRest(AccessLog(drain, observer))
     asgi.arm()  # the imports' garbage, once serving
     connections.install()
-    if config.limits.h2_max_streams == 0:
-        h2c.install()
+    h2c.install(refuse=config.limits.h2_max_streams == 0)
     stop = asyncio.Event()
 
     def stopping() -> None:

@@ -60,3 +60,24 @@ def test_h2c_clients_are_told_the_configured_stream_limit(start_mirror: StartMir
     code = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
     assert settings[0].changed_settings[code].new_value == 3  # hypercorn's own: 100
     assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["refused", "allowed"])
+@pytest.mark.parametrize("settings", [b"AAA", b"AAQA", b"AAIAAAAF"])  # base64, frame, value
+def test_an_upgrade_whose_settings_cannot_be_read_is_closed_quietly(
+    start_mirror: StartMirror, allowed: bool, settings: bytes
+) -> None:
+    """Each was an ERROR traceback in the log (h2's exception out of hypercorn's connection
+    task), for anybody sending one line."""
+    mirror = start_mirror(*(["--set", "limits.h2_max_streams=3"] if allowed else []))
+    with socket.create_connection(("127.0.0.1", mirror.port), timeout=30) as sock:
+        sock.sendall(UPGRADE.replace(b"AAMAAABkAAQAAP__", settings))
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 101 ")  # hypercorn's, before the settings are read
+    with socket.create_connection(("127.0.0.1", mirror.port), timeout=30) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")  # still serving
+    log = mirror.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log

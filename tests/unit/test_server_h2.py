@@ -44,6 +44,22 @@ def test_install_swaps_the_class_hypercorn_switches_to(monkeypatch: pytest.Monke
     h2c.install()
     assert vars(hypercorn.protocol)["H2Protocol"] is h2c.H2cRefused
     h2c.install()  # twice is fine
+    h2c.install(refuse=False)  # limits.h2_max_streams > 0
+    assert vars(hypercorn.protocol)["H2Protocol"] is h2c.H2cChecked
     monkeypatch.setattr(hypercorn.protocol, "H2Protocol", object)
     with pytest.raises(RuntimeError, match="hypercorn"):
         h2c.install()
+
+
+@pytest.mark.parametrize(
+    ("settings", "readable"),
+    [
+        (b"AAMAAABkAAQAAP__", True),
+        (b"", True),
+        (b"AAA", False),
+        (b"AAQA", False),
+        (b"AAIAAAAF", False),
+    ],
+)
+def test_which_http2_settings_headers_are_taken(settings: bytes, readable: bool) -> None:
+    assert h2c.readable_settings(settings) is readable
