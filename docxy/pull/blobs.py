@@ -175,8 +175,9 @@ class BlobService:
             if answer.status_code == 200:
                 self.pairings.confirm(repo, digest, public=True)
                 return Source.REVALIDATED
-            if answer.status_code in (401, 403):
-                self.tokens.mark_refused(pull.upstream, pull.name)
+            by_registry = same_origin(_answered_by(answer, pull), pull.upstream.registry)
+            if answer.status_code in (401, 403) and by_registry:  # not a CDN's (a signed
+                self.tokens.mark_refused(pull.upstream, pull.name)  # URL for GET only, say)
         theirs = await head_as_client(self.tokens.client, pull)  # private to this client?
         if theirs is not None and theirs.status_code == 200:  # then not shared
             return Source.REVALIDATED

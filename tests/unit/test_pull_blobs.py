@@ -902,3 +902,35 @@ async def test_a_cdns_refusal_is_a_failed_fetch_not_the_registrys(
         store = app.extensions["docxy"].cache.blobs
         second = parse_digest(list(contents)[1])
         assert store.holds(second), "the repository's next blob was passed through uncached"
+
+
+async def test_a_cdns_refusal_of_a_pairing_head_is_not_the_registrys(tmp_path: Path) -> None:
+    """A cached blob asked under another repository is checked with a HEAD, which follows the
+    registry's redirect; a CDN that refuses HEAD (a URL signed for GET only) is no refusal of
+    the mirror's token: that repository's blobs are not passed through for REFUSED_TTL."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            return reply(200, b'{"token": "t"}', {"Content-Type": "application/json"})
+        if request.url.host == "cdn.test":
+            if request.method == "HEAD":
+                return reply(403, b"<Error>SignatureDoesNotMatch</Error>")
+            return reply(200, BLOB)
+        if request.url.path == "/v2/":
+            challenge = f'Bearer realm="{AUTH}",service="registry.test"'
+            return reply(401, b"{}", {"WWW-Authenticate": challenge})
+        if request.headers.get("authorization") != "Bearer t":
+            return reply(401, b'{"errors": [{"code": "UNAUTHORIZED"}]}')
+        return reply(307, b"", {"Location": "https://cdn.test/blob/x"})
+
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        headers = {"Authorization": "Bearer t"}
+        assert (
+            await client.get(f"/v2/team/app/blobs/{DIGEST}", headers=headers)
+        ).status_code == 200
+        await committed(app)
+        answer = await client.get(f"/v2/team/other/blobs/{DIGEST}", headers=headers)
+        assert answer.status_code == 200
+        state = mirror_state(app)
+        assert not state.running.tokens.refused(state.upstreams.default, "team/other")
