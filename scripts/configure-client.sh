@@ -886,12 +886,13 @@ EOF
   podman_mirror_table
 }
 
-# podman_hub_tables DROPIN FILE...: each [[registry]] table for Docker Hub in the FILEs other
-# than DROPIN, as "FILE: PREFIX". containers/image replaces a [[registry]] whose prefix an
-# earlier file had, table and mirrors whole (containers-registries.conf.d(5)), and a longer
-# prefix (docker.io/library) wins over docker.io for its images: a drop-in beside such a
-# table would either throw the operator's settings away or never be read. Read line by line
-# (tomllib is not in Ubuntu 22.04's python3).
+# podman_hub_tables DROPIN MIRROR FILE...: each [[registry]] table for Docker Hub in the FILEs
+# other than DROPIN, as "listed FILE: PREFIX" when one of its [[registry.mirror]] locations is
+# MIRROR (host[:port]), else "missing FILE: PREFIX". containers/image replaces a [[registry]]
+# whose prefix an earlier file had, table and mirrors whole (containers-registries.conf.d(5)),
+# and a longer prefix (docker.io/library) wins over docker.io for its images: a drop-in beside
+# such a table would either throw the operator's settings away or never be read. Read line by
+# line (tomllib is not in Ubuntu 22.04's python3).
 podman_hub_tables() {
   python3 - "$@" <<'PY'
 import re
@@ -899,54 +900,74 @@ import sys
 
 HEADER = re.compile(r"^\s*\[")
 REGISTRY = re.compile(r"^\s*\[\[\s*registry\s*\]\]\s*(#.*)?$")
+MIRROR = re.compile(r"^\s*\[\[\s*registry\.mirror\s*\]\]\s*(#.*)?$")
 KEY = re.compile(r"""^\s*(prefix|location)\s*=\s*(?:"([^"]*)"|'([^']*)')\s*(#.*)?$""")
 
 
 def tables(path):
-    """The prefix (else location) of each [[registry]] table in ``path``."""
-    found, current = [], None
+    """(prefix, else location; the mirrors' locations) of each [[registry]] table in ``path``."""
+    found, current, target = [], None, None  # target: the table the keys below belong to
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return found
-    for line in lines + ["[end]"]:
+    for line in lines:
         if HEADER.match(line):
-            if current is not None:
-                found.append(current.get("prefix") or current.get("location") or "")
-            current = {} if REGISTRY.match(line) else None
+            if REGISTRY.match(line):
+                current = target = {"mirrors": []}
+                found.append(current)
+            elif MIRROR.match(line) and current is not None:
+                target = {}
+                current["mirrors"].append(target)
+            else:
+                current = target = None
             continue
         key = KEY.match(line)
-        if key and current is not None:
-            current[key.group(1)] = key.group(2) if key.group(2) is not None else key.group(3)
+        if key and target is not None:
+            target[key.group(1)] = key.group(2) if key.group(2) is not None else key.group(3)
     return found
 
 
-ours, files = sys.argv[1], sys.argv[2:]
+ours, wanted, files = sys.argv[1], sys.argv[2].lower(), sys.argv[3:]
 for path in files:
     if path == ours:
         continue
-    for prefix in tables(path):
+    for table in tables(path):
+        prefix = table.get("prefix") or table.get("location") or ""
         name = prefix.strip().lower()
         if name == "docker.io" or name.startswith("docker.io/"):
-            print(f"{path}: {prefix}")
+            listed = any(m.get("location", "").strip().lower() == wanted for m in table["mirrors"])
+            print(f"{'listed' if listed else 'missing'} {path}: {prefix}")
 PY
 }
 
 # podman_conflict TARGET: say so, and fail the run, when another file has a [[registry]] for
-# Docker Hub; nothing is written then (the operator adds the mirror to their own table).
+# Docker Hub that does not list the mirror; nothing is written then (the operator adds the
+# mirror to their own table). Returns 0 when no drop-in is to be written.
 podman_conflict() {
-  local target="$1" conf dir found file
+  local target="$1" conf dir found file line missing=""
   conf="$(under_root /etc/containers/registries.conf)"
   dir="$(under_root /etc/containers/registries.conf.d)"
   local files=("$conf")
   if [[ -d "$dir" ]]; then
     for file in "$dir"/*.conf; do [[ -e "$file" ]] && files+=("$file"); done
   fi
-  found="$(podman_hub_tables "$target" "${files[@]}")"
+  found="$(podman_hub_tables "$target" "${MIRROR#*://}" "${files[@]}")"
   [[ -n "$found" ]] || return 1
+  while IFS= read -r line; do
+    [[ "$line" == missing\ * ]] && missing+="${line#missing }"$'\n'
+  done <<<"$found"
+  if [[ -z "$missing" ]]; then
+    while IFS= read -r line; do say "  ${line#listed }: lists the mirror already"; done <<<"$found"
+    if [[ -e "$target" ]]; then
+      warn "podman: delete $target, an earlier run's: it replaces your table for docker.io"
+      FAILED=1
+    fi
+    return 0
+  fi
   warn "podman: no drop-in written: Docker Hub already has a [[registry]] table of yours:"
-  while IFS= read -r file; do warn "  $file"; done <<<"$found"
+  while IFS= read -r file; do [[ -z "$file" ]] || warn "  $file"; done <<<"$missing"
   warn "a drop-in would replace it whole (its mirrors and settings) or be replaced by it;"
   warn "add the mirror to that table yourself, first among its mirrors:"
   podman_mirror_table | sed 's/^/    /' >&2

@@ -891,6 +891,24 @@ def test_podman_a_hub_table_of_the_operators_is_kept_and_the_mirror_not_forced(
         assert mirrors == [{"location": "cache.corp.example:5000"}]
 
 
+def test_podman_a_hub_table_that_lists_the_mirror_already_is_enough(box: ScriptBox) -> None:
+    """What the script asks the operator to add, added: the next runs go through."""
+    table = OPERATORS_HUB.replace(
+        "[[registry.mirror]]\n",
+        '[[registry.mirror]]\nlocation = "Mirror.Example.com"\n\n[[registry.mirror]]\n',
+        1,
+    )
+    box.path(REGISTRIES_CONF).parent.mkdir(parents=True)
+    box.path(REGISTRIES_CONF).write_text(table)
+
+    said = configure(box, "--mirror", MIRROR, "--podman")
+
+    assert "lists the mirror already" in said and "Nothing to change" in said
+    assert not box.path(PODMAN_DROPIN).exists()
+    mirrors = podman_hub(box)["mirror"]
+    assert mirrors == [{"location": "Mirror.Example.com"}, {"location": "cache.corp.example:5000"}]
+
+
 def test_podman_an_earlier_runs_dropin_in_the_way_is_named(box: ScriptBox) -> None:
     configure(box, "--mirror", MIRROR, "--podman")
     box.path(REGISTRIES_CONF).write_text(OPERATORS_HUB)
