@@ -96,14 +96,16 @@ def needs(content: bytes) -> tuple[frozenset[Digest], frozenset[Digest]]:
     if not isinstance(doc, dict):
         return frozenset(), frozenset()
     children = _digests(doc.get("manifests"))
-    blobs = _digests([doc.get("config")]) | _digests(doc.get("layers"))
+    blobs = _digests([doc.get("config")], pushed=True) | _digests(doc.get("layers"), pushed=True)
     return blobs, children
 
 
-def _digests(items: Any) -> frozenset[Digest]:
+def _digests(items: Any, *, pushed: bool = False) -> frozenset[Digest]:
+    """The digests of the descriptors ``items``; ``pushed``: only those a registry checks are
+    there when the manifest is pushed (not a foreign layer's, with ``urls``)."""
     found = set()
     for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict) and item.get("urls"):
+        if pushed and isinstance(item, dict) and item.get("urls"):
             continue  # a foreign layer: the registry never checked it is there
         if isinstance(item, dict) and isinstance(item.get("digest"), str):
             try:

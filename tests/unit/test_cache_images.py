@@ -150,6 +150,21 @@ def test_needs_reads_configs_layers_and_children() -> None:
     assert needs(b"not json") == (frozenset(), frozenset())
 
 
+def test_needs_leaves_out_what_no_registry_checked_on_push() -> None:
+    """A foreign layer (``urls``) and a ``blobs`` list: a manifest would pair them with its
+    repository unchecked. An index's child with ``urls`` is still its child (eviction keeps
+    an index from outliving its platforms)."""
+    foreign = {"digest": str(d("f")), "urls": ["https://cdn.example/f"]}
+    manifest = {
+        "config": {"digest": str(d("x"))},
+        "layers": [{"digest": str(d("y"))}, foreign],
+        "blobs": [{"digest": str(d("b"))}],
+    }
+    assert needs(json.dumps(manifest).encode()) == (frozenset({d("x"), d("y")}), frozenset())
+    index = {"manifests": [{"digest": str(d("z")), "urls": ["https://cdn.example/z"]}]}
+    assert needs(json.dumps(index).encode()) == (frozenset(), frozenset({d("z")}))
+
+
 # --- the cache store ---------------------------------------------------------------------------
 
 MiB = 1024 * 1024

@@ -249,6 +249,9 @@ def test_referenced_digests() -> None:
     assert referenced_digests(b"not json") == []
     assert referenced_digests(b"[1, 2]") == []
     assert referenced_digests(b'{"layers": "nope", "config": 3}') == []
+    # a field no cached manifest type has is not what the image is made of
+    stray = json.loads(manifest_bytes(1)) | {"blobs": [{"digest": str(child)}]}
+    assert referenced_digests(json.dumps(stray).encode()) == [config, layer]
 
 
 # --- an upstream keyed by an earlier spelling (a written default port, before docxy.core.hosts)
