@@ -28,7 +28,7 @@ from werkzeug.datastructures import Headers
 from docxy.access.gate import AccessControl, basic_credentials, bearer_token, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
-from docxy.core.errors import NotFound, RegistryError, Unauthorized, UpstreamError
+from docxy.core.errors import Denied, NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.core.headers import kept_retry_after
 from docxy.core.hosts import url_host
 from docxy.edge.clients import limit_key, request_address
@@ -36,7 +36,7 @@ from docxy.http.routes import count_relay, own_challenge, refuse_unsendable, req
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
 from docxy.tasks import spawn
-from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
+from docxy.upstream.client import SERVER_TROUBLE, Upstream, clear_realm_remedy, read_small
 
 if TYPE_CHECKING:
     from docxy.access.authority import Issued
@@ -88,18 +88,16 @@ class CredentialsUncheckable(UpstreamError):
     status = 503
 
 
-class LoginInClear(UpstreamError):
+class LoginInClear(Denied):
     """An HTTPS upstream's challenge names a plain-HTTP token service: a client's login (a
     password, a refresh token) is not sent there in clear text. Nothing is asked; an
-    anonymous ask goes on (:meth:`Upstream.login_may_go_to`)."""
-
-    status = 502
+    anonymous ask goes on (:meth:`Upstream.login_may_go_to`). A refusal that stands until
+    the operator acts (``403 DENIED``), not an outage a client should retry."""
 
     def __init__(self, upstream: Upstream, realm: str) -> None:
         super().__init__(
             f"{upstream.host} names a plain-HTTP token service (http://{url_host(realm)}): "
-            "the mirror does not send a login there in clear text (its operator can set that "
-            "URL as the upstream's auth_realm to allow it)"
+            f"the mirror does not send a login there in clear text ({clear_realm_remedy(realm)})"
         )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpcore
 import httpx
@@ -28,7 +28,7 @@ from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers, retry_after_seconds
-from docxy.core.hosts import origin, url_host
+from docxy.core.hosts import canonical_url, origin, url_host
 from docxy.core.stamps import utc_stamp
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
@@ -115,6 +115,18 @@ class Upstream:
         if scheme == "https" or realm == self.auth_realm:
             return True
         return urlsplit(self.registry).scheme.lower() == "http"
+
+
+def clear_realm_remedy(realm: str) -> str:
+    """What an operator can do about a plain-HTTP token service an HTTPS registry names (no
+    query, no login in it: for logs and error bodies)."""
+    parts = urlsplit(canonical_url(realm))
+    secure = urlunsplit(("https", parts.netloc, parts.path, "", ""))
+    clear = urlunsplit(("http", parts.netloc, parts.path, "", ""))
+    return (
+        f"if it answers over HTTPS, set the upstream's auth_realm to {secure}; set it to "
+        f"{clear} to send logins in clear text anyway"
+    )
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from docxy.core.bounded import MAX_REPOSITORIES, LruDict
 from docxy.core.errors import UpstreamError, UpstreamUnavailable
 from docxy.core.hosts import url_host
 from docxy.tasks import Coalesced
-from docxy.upstream.client import Upstream, UpstreamClient, read_small
+from docxy.upstream.client import Upstream, UpstreamClient, clear_realm_remedy, read_small
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,10 @@ class MirrorTokens:
         self._withheld.set((upstream.host, realm), True)
         log.warning(
             "%s names a plain-HTTP token service (http://%s): the mirror's login for it is not "
-            "sent there in clear text, its tokens are asked for anonymously (set that URL as "
-            "the upstream's auth_realm to send the login anyway)",
+            "sent there in clear text, its tokens are asked for anonymously (%s)",
             upstream.host,
             url_host(realm),
+            clear_realm_remedy(realm),
         )
 
     def holds(self, upstream: Upstream, repository: str) -> bool:

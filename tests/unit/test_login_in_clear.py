@@ -3,7 +3,7 @@
 An HTTPS upstream whose ``/v2/`` challenge names an ``http://`` realm (a misconfigured
 registry, or a challenge changed on the way) would have the mirror send its own login, or a
 client's password or refresh token, in clear text. The mirror asks for its own tokens
-anonymously then (one WARNING says why), answers a client's login with a 502 without sending
+anonymously then (one WARNING says why), answers a client's login with a 403 without sending
 it, and lets an anonymous ask through. A plain-HTTP registry, whose tokens travel in clear
 anyway, and a realm the operator configured as ``auth_realm`` are taken as they are.
 """
@@ -85,7 +85,7 @@ async def test_the_mirrors_login_is_withheld_from_a_clear_realm_of_an_https_regi
     assert len(warnings) == 1  # once, however many repositories
     said = warnings[0].getMessage()
     assert "registry.example" in said and "http://auth.example" in said
-    assert "auth_realm" in said
+    assert "auth_realm to https://auth.example/token" in said
     assert LOGIN[0] not in caplog.text and LOGIN[1] not in caplog.text
 
 
@@ -131,10 +131,11 @@ async def test_a_clients_password_is_not_sent_to_a_clear_realm() -> None:
             "/auth/token?service=registry.example&scope=repository:redis:pull",
             headers={"Authorization": BASIC},
         )
-        assert response.status_code == 502
-        assert await error_code(response) == "UNAVAILABLE"
+        assert response.status_code == 403  # a refusal until the operator acts, no outage
+        assert await error_code(response) == "DENIED"
         message = (await response.get_json())["errors"][0]["message"]
         assert "http://auth.example" in message and "clear text" in message
+        assert "auth_realm to https://auth.example/token" in message  # the remedy first
         assert realm_asks(m.upstream.requests) == []
 
 
@@ -142,7 +143,7 @@ async def test_a_clients_refresh_token_is_not_sent_to_a_clear_realm() -> None:
     form = {"grant_type": "refresh_token", "refresh_token": "r3fresh", "service": "x"}
     async with mirror(clear_realm_registry, DISCOVERED) as m:
         response = await m.client.post("/auth/token", form=form)
-        assert response.status_code == 502
+        assert response.status_code == 403
         assert realm_asks(m.upstream.requests) == []
 
 
