@@ -412,11 +412,15 @@ def self_signed(
     *,
     cert_name: str = "selfsigned-cert.pem",
     key_name: str = "selfsigned-key.pem",
+    key_dir: Path | None = None,
     days: float = 90,
 ) -> tuple[Path, Path]:
-    """Write a bootstrap self-signed ECC certificate and key for `hostname` into `dir`."""
+    """Write a bootstrap self-signed ECC certificate and key for `hostname` into `dir` (the
+    key into `key_dir` when given: ``tls.key_path`` may be in another directory)."""
     dir = Path(dir)
+    key_dir = dir if key_dir is None else Path(key_dir)
     dir.mkdir(parents=True, exist_ok=True)
+    key_dir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     try:
         alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
@@ -433,7 +437,7 @@ def self_signed(
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     )
-    cert_path, key_path = dir / cert_name, dir / key_name
+    cert_path, key_path = dir / cert_name, key_dir / key_name
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     write_pair(cert_path, key_path, cert_pem, key_pem)
     log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)

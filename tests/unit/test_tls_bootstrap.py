@@ -119,3 +119,26 @@ def test_a_clock_set_back_does_not_put_the_next_self_signed_pair_off(tmp_path: P
     late = dt.datetime.now(dt.UTC) + dt.timedelta(days=61)  # within its last 30 days
     assert tls.renew_own_if_due(late + dt.timedelta(days=1)) is True  # a day ahead
     assert tls.renew_own_if_due(late) is True  # set right: due, tried again
+
+
+def test_a_first_start_with_the_key_in_another_directory_bootstraps_both_paths(
+    tmp_path: Path,
+) -> None:
+    """``tls.key_path`` beside no certificate (``/etc/ssl/private``): the bootstrap key went
+    beside the certificate, the mirror then found none at ``key_path`` and would not start,
+    so no certificate could be obtained through it either."""
+    cert = tmp_path / "certs" / "fullchain.pem"
+    key = tmp_path / "private" / "privkey.pem"
+    cfg = config(
+        tmp_path,
+        **{
+            "tls.cert_path": str(cert),
+            "tls.key_path": str(key),
+            "certs.domain": "mirror.example.com",
+        },
+    )
+    tls = load_tls(cfg)
+    assert tls is not None
+    assert cert.is_file() and key.is_file()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert not (cert.parent / key.name).exists()  # no stray key beside the certificate
