@@ -273,14 +273,18 @@ class ReloadableTLS:
     def reload(self) -> bool:
         """Serve the files' current pair: True if the certificate changed.
 
-        On CertError the old certificate stays in service and the error shows in status().
+        On CertError the old certificate stays in service and the error shows in status();
+        the files count as not seen yet, so the watch tries them again (a read that failed
+        for a passing reason, on a network volume say, left the renewed pair unserved until
+        the old one expired).
         """
-        self._signature = _file_signature(self.cert_path, self.key_path)
+        signature = _file_signature(self.cert_path, self.key_path)
         try:
             context, info, chain = self._loaded()
         except CertError as exc:
             self._last_error = str(exc)
             raise
+        self._signature = signature
         self._last_error = None
         if chain == self._chain:  # the whole chain: a fixed intermediate is a change too
             return False
@@ -382,10 +386,13 @@ class ReloadableTLS:
         self.renew_own_if_due()
         if _file_signature(self.cert_path, self.key_path) == self._signature:
             return
+        before = self._last_error
         try:
             self.reload()
         except CertError as exc:
-            log.warning("TLS reload failed, still serving serial %s: %s", self._info.serial, exc)
+            if str(exc) != before:  # tried again each look: said once per error
+                serial = self._info.serial
+                log.warning("TLS reload failed, still serving serial %s: %s", serial, exc)
 
 
 def self_signed_builder(

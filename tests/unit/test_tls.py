@@ -15,12 +15,14 @@ import stat
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from docxy.tls import context
 from docxy.tls.context import CertError, ReloadableTLS, self_signed
 
 
@@ -251,6 +253,36 @@ async def test_watch_reloads_on_change_and_survives_bad_files(
         assert tls.status()["last_error"] is None
         assert not watcher.done()
         watcher.cancel()
+
+
+def test_a_reload_that_failed_for_a_passing_reason_is_tried_again(
+    tmp_path: Path,
+    served: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Out of descriptors, a network volume's EIO: the files had counted as seen, so the
+    renewed pair stayed unserved until the old one expired (or a restart). Said once."""
+    tls = ReloadableTLS(*served)
+    new = pair(tmp_path, "renewed")
+    install(new, served)
+    load = context._load
+    failures = [CertError("certificate: cannot be loaded (Too many open files)")] * 3
+
+    def passing_trouble(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        load(*args, **kwargs)
+
+    monkeypatch.setattr(context, "_load", passing_trouble)
+    for _ in range(3):
+        tls._watch_once()
+        assert tls.status()["serial"] == serial_of(tmp_path / "a" / "selfsigned-cert.pem")
+    tls._watch_once()  # the trouble has passed
+    assert tls.status()["serial"] == serial_of(new[0])
+    assert tls.status()["last_error"] is None
+    said = [r for r in caplog.records if "TLS reload failed" in r.getMessage()]
+    assert len(said) == 1
 
 
 async def test_the_watch_outlives_an_unexpected_error(
