@@ -414,8 +414,9 @@ def _opt_host_port(value: object) -> HostPort | None:
 
 
 def _redacted(text: str) -> str:
-    """``text`` with any ``user:password@`` userinfo hidden, for error messages."""
-    return re.sub(r"(?<=//)[^/?#]*@", "(credentials hidden)@", text)
+    """``text`` with any ``user:password@`` userinfo hidden, for error messages: up to the
+    last ``@`` (a password may hold a ``#``, ``/`` or ``?``, where an authority would end)."""
+    return re.sub(r"(?<=//)\S*@", "(credentials hidden)@", text)
 
 
 def parse_url(value: object) -> str:

@@ -709,6 +709,10 @@ def test_password_without_username_does_not_show_it() -> None:
         f"ftp://bob:{SECRET}@registry.example",
         f"https://bob:{SECRET}@registry.example:99999",
         f"https://{SECRET}@registry.example",
+        # a password's #, / or ? (where a URL's authority would end): its rest was shown
+        f"https://bob:pre#{SECRET}@registry.example",
+        f"https://bob:pre/{SECRET}@registry.example",
+        f"https://bob:pre?{SECRET}@registry.example",
     ],
 )
 def test_credentials_in_upstream_url_are_refused_without_echoing_them(url: str) -> None:
