@@ -150,7 +150,9 @@ class BlobStore(Protocol):
     def usage(self) -> Usage: ...
     def remove(self, digest: Digest) -> bool: ...
     async def commits_done(self) -> None: ...
-    async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport: ...
+    async def gc(
+        self, *, verify: bool = False, tmp_age: float = 3600.0, evict: bool = True
+    ) -> GcReport: ...
 
 
 class DiskBlobStore:
@@ -936,9 +938,11 @@ class DiskBlobStore:
         self._forget(entry, planned=True)
         return freed
 
-    async def gc(self, *, verify: bool = False, tmp_age: float = 3600.0) -> GcReport:
+    async def gc(
+        self, *, verify: bool = False, tmp_age: float = 3600.0, evict: bool = True
+    ) -> GcReport:
         """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
-        every blob, and evict down to the cap.
+        every blob, and (``evict``) evict down to the cap.
 
         Beside a live mirror, blobs also go meanwhile without this gc (the mirror evicts):
         the report's ``freed_bytes`` counts only the files this gc removed, ``gone_bytes``
@@ -967,7 +971,8 @@ class DiskBlobStore:
                     corrupt += 1
         await self.settle()
         evicted, evicted_bytes, vanished = self.evicted, self.evicted_bytes, self.vanished_bytes
-        await self._evict_to(self.max_size)
+        if evict:
+            await self._evict_to(self.max_size)
         return GcReport(
             removed_tmp,
             len(strays),

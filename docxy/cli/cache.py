@@ -298,13 +298,18 @@ def _bytes(size: int) -> str:
     return f"{human_size(size)} ({size} bytes)"
 
 
-async def cmd_gc(cache: Cache, verify: bool, out: TextIO) -> int:
-    report = await cache.blobs.gc(verify=verify)
+#: What gc says instead of evicting with a cap nobody gave it (the default may not be the
+#: mirror's: a mirror run with 100G in its unit file, gc run from a shell, evicted 80 GB).
+NO_CAP_GIVEN = "none, cache.max_size is not set for this command (the mirror's may differ)"
+
+
+async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True) -> int:
+    report = await cache.blobs.gc(verify=verify, evict=evict)
     rows = [
         ("temp files removed", str(report.removed_tmp)),
         ("stray files removed", str(report.removed_stray)),
         ("corrupt blobs removed", str(report.removed_corrupt) if verify else "not checked"),
-        ("blobs evicted", str(report.evicted)),
+        ("blobs evicted", str(report.evicted) if evict else NO_CAP_GIVEN),
         ("freed", _bytes(report.freed_bytes)),  # by this gc; not what went meanwhile:
         ("gone meanwhile", _bytes(report.gone_bytes)),  # a live mirror's evictions, `rm`
     ]
@@ -363,8 +368,9 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         cache = open_configured(config, admin=True)  # as the mirror opens it
     except FileNotFoundError:
         if args.cache_command in ("ls", "du", "gc"):
-            print(f"docxy cache: no cache in {directory} (empty)", file=sys.stderr)
-            return EXIT_OK
+            # 1: a mistyped --cache-dir (or a missing --config) is no empty cache to a script
+            print(f"docxy cache: no cache in {directory} (no such directory)", file=sys.stderr)
+            return EXIT_FAILED
         print(
             f"docxy cache rm: {args.image} is not cached (no cache in {directory})", file=sys.stderr
         )
@@ -378,6 +384,9 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     if args.cache_command == "du":
         return cmd_du(cache, args, out)
     if args.cache_command == "gc":
-        return asyncio.run(cmd_gc(cache, args.verify, out))
+        # Evict only down to a cap given here (flag, environment, config file), as the mirror
+        # was: the cache directory does not say which one the mirror runs with.
+        capped = config.sources.get("cache.max_size", "default") != "default"
+        return asyncio.run(cmd_gc(cache, args.verify, out, evict=capped))
     assert image is not None
     return asyncio.run(cmd_rm(cache, image, repo_key(image, config), args.rm_blobs, out))

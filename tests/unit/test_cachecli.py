@@ -245,8 +245,10 @@ def test_ls_names_every_upstream_on_the_tags_registry_host(
     assert {line.split()[1] for line in out.splitlines()} == {"a.test,b.test"}
 
 
-def test_ls_of_no_cache_is_empty(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["cache", "ls", "--cache-dir", str(tmp_path / "none")]) == 0
+def test_ls_of_no_cache_lists_nothing_and_makes_none(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path / "none")]) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert "no cache" in err
@@ -440,7 +442,7 @@ def test_gc_verify_reports_what_it_removed(
     assert report["temp files removed"] == "1"
     assert report["stray files removed"] == "1"
     assert report["corrupt blobs removed"] == "1"
-    assert report["blobs evicted"] == "0"
+    assert report["blobs evicted"].startswith("none, cache.max_size is not set")
     assert young_tmp.exists() and not old_tmp.exists()
     assert not cache.blob_path("amd64-l").exists()
 
@@ -454,6 +456,44 @@ def test_gc_evicts_down_to_max_size(capsys: pytest.CaptureFixture[str], cache: P
     code, out, _ = run(capsys, cache, "du")
     size = int(out.split("(")[1].split()[0])
     assert size <= 2048
+
+
+def sparse_blob(root: Path, hex_: str, size: int) -> Path:
+    """A blob file of ``size`` bytes that takes no room on disk (gc without --verify does not
+    read it)."""
+    path = root / "blobs" / "sha256" / hex_[:2] / hex_
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def test_gc_evicts_nothing_down_to_a_cap_it_was_not_given(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The mirror runs with cache.max_size=100G (its unit file's environment, say) and holds
+    22 GiB; `docxy cache gc --cache-dir DIR` from a shell evicted down to the default 20G."""
+    root = tmp_path / "cache"
+    blobs = [sparse_blob(root, hex_ * 64, 11 << 30) for hex_ in "ab"]
+    (root / "manifests").mkdir()
+    (root / "tmp").mkdir()
+
+    code = main(["cache", "gc", "--cache-dir", str(root)])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "blobs evicted:" in out and "cache.max_size is not set" in out
+    assert all(blob.exists() for blob in blobs)
+
+
+@pytest.mark.parametrize("action", ["ls", "du", "gc"])
+def test_a_cache_dir_that_is_not_there_is_a_failure(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, action: str
+) -> None:
+    """A mistyped --cache-dir said "(empty)" and exited 0: a script took it for a clean run."""
+    code = main(["cache", action, "--cache-dir", str(tmp_path / "no-such-dir")])
+    assert code == 1
+    assert "no such directory" in capsys.readouterr().err
 
 
 def test_repo_key_finds_each_upstreams_store_key() -> None:
