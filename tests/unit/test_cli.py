@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -358,3 +360,33 @@ def test_an_abbreviated_flag_is_a_usage_error(
     became --config-dir."""
     assert main(argv) == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+SIGHUP_AT_IMPORT = """
+import importlib.abc, runpy, signal, sys
+
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "docxy.cli.main":  # the first of the slow imports
+            print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, flush=True)
+            raise SystemExit(0)
+        return None
+
+sys.meta_path.insert(0, Probe())
+sys.argv = ["docxy", *sys.argv[1:]]
+runpy.run_module("docxy", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("command", "ignored"), [("serve", "True"), ("health", "False")])
+def test_python_m_docxy_serve_ignores_sighup_before_its_imports(command: str, ignored: str) -> None:
+    """The renewer's SIGHUP to a mirror the supervisor (re)starts: before docxy.cli.main was
+    imported (0.3 s) its default action ended the mirror, a failed start to supervisord."""
+    done = subprocess.run(
+        [sys.executable, "-c", SIGHUP_AT_IMPORT, command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout.strip() == ignored, done.stderr
