@@ -140,6 +140,7 @@ class Renewer(Runs):
         if s.domain is None:
             return
         if s.wait_for_mirror:
+            self._install_issued()
             wait_for(s.wait_for_mirror, MIRROR_WAIT)
         lineage = Lineage.of(s.certs, timeout=s.certbot_timeout)
         try:
@@ -147,6 +148,28 @@ class Renewer(Runs):
         finally:
             if lineage.set_aside is not None:
                 self.set_aside = lineage.set_aside.as_dict()
+
+    def _install_issued(self) -> None:
+        """Before waiting for the mirror: install the certificate issued earlier where it is
+        not the one at the served paths (lost, replaced, a broken pair with no install to
+        finish). A mirror that cannot start with what is there exits at each start, and the
+        supervisor gives it up well before :data:`MIRROR_WAIT`: installing needs no mirror.
+        It loads the pair when it starts; the reload stays owed for after the run."""
+        s, live = self.settings, self.live_dir
+        if live is None or s.cert_path is None or s.key_path is None:
+            return
+        if not (live / "fullchain.pem").exists():
+            return  # nothing issued yet
+        try:
+            installed = certs.install(live, s.cert_path, s.key_path)
+        except (CertError, OSError, ValueError) as exc:
+            log.warning(
+                "installing the issued certificate before the mirror answers failed: %s", exc
+            )
+            return
+        if installed:
+            self.reload_pending = True
+            log.info("the issued certificate installed where the mirror serves it")
 
     def _deploy(self) -> None:
         """Install the lineage where the mirror serves it (if it changed) and tell the mirror.

@@ -544,6 +544,34 @@ def test_a_renewal_whose_mirror_never_answers_fails_without_asking_the_ca(
     )
 
 
+def test_an_issued_certificate_is_installed_before_waiting_for_the_mirror(
+    fake_certbot: FakeCertbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken pair at the served paths (no install to finish): the mirror exits at each
+    start and the supervisor gives it up long before the wait ends, so the repair after the
+    wait never came (an endless restart loop of the container). It comes first now."""
+    from scheduler import renewal
+
+    issued_lineage(fake_certbot.live)
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")
+    key.write_bytes(self_signed(tmp_path / "other", "other")[1].read_bytes())  # mismatched
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    issued = (fake_certbot.live / "fullchain.pem").read_bytes()
+    seen_at_wait: list[bool] = []
+
+    def mirror_down(url: str, timeout: float) -> None:
+        seen_at_wait.append(cert.read_bytes() == issued)
+        raise ValueError(f"the mirror at {url} did not answer within {timeout:g} s")
+
+    monkeypatch.setattr(renewal, "wait_for", mirror_down)
+    monkeypatch.setenv("DOCXY_SERVER_PUBLIC_URL", "https://mirror.test")
+    renewer = Renewer(settings_mod.load(["--wait-for-mirror"]))
+    assert renewer.run() is False  # the mirror never answered: retried later
+    assert seen_at_wait == [True]
+    assert fake_certbot.calls == []
+
+
 def test_without_wait_for_mirror_a_renewal_runs_at_once(fake_certbot: FakeCertbot) -> None:
     """The flag is the appliance's (the renewer and the mirror start together); a renewer
     beside a mirror that is already up (the host install) asks nothing first."""
