@@ -22,10 +22,11 @@ import pytest
 
 from docxy.cache import Cache, open_cache
 from docxy.cache import fill as fill_module
+from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.errors import FillAborted, NoRoom
 from docxy.cache.fill import BlobFollower, Download
 from docxy.cache.reader import BlobReader
-from docxy.core.digests import digest_of
+from docxy.core.digests import Digest, digest_of
 from tests.unit.test_cache_blobs import blob, guard, make_store, put
 from tests.unit.test_cache_eviction import cached_image, layer, offered_whole
 
@@ -369,22 +370,31 @@ async def test_no_room_when_a_pulled_image_is_in_use_forgets_no_image(
     assert watch.peak <= 1000
 
 
-async def test_an_evicted_file_that_cannot_be_deleted_does_not_stop_eviction(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Its bytes stay counted, but nothing will free them: a fill needing room evicts
-    another blob rather than waiting for them until it gives up."""
+async def first_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, room_wait: float
+) -> tuple[DiskBlobStore, Digest, Digest]:
+    """A store of 1000 bytes holding two blobs of 300, the first of which cannot be deleted
+    once evicted (EPERM in the eviction's worker thread): (store, first, second)."""
     real_unlink = os.unlink
+    store = make_store(tmp_path, max_size=1000, room_wait=room_wait)
+    first = await put(store, blob(300, 1))
+    second = await put(store, blob(300, 2))
 
     def refuse_first(path: Any, *args: Any, **kwargs: Any) -> None:
         if Path(path).name.startswith(f"evicted-{first.hex}"):
             raise PermissionError(1, "Operation not permitted")
         real_unlink(path, *args, **kwargs)
 
-    store = make_store(tmp_path, max_size=1000, room_wait=30)
-    first = await put(store, blob(300, 1))
-    second = await put(store, blob(300, 2))
     monkeypatch.setattr(os, "unlink", refuse_first)
+    return store, first, second
+
+
+async def test_an_evicted_file_that_cannot_be_deleted_does_not_stop_eviction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its bytes stay counted, but nothing will free them: a fill needing room evicts
+    another blob rather than waiting for them until it gives up."""
+    store, first, second = await first_stuck(tmp_path, monkeypatch, room_wait=30)
     data = blob(600, 3)  # 400 free: first is evicted, and stuck; evicting second makes room
     writer = await store.fetch_or_join(digest_of(data))
     assert isinstance(writer, fill_module.BlobWriter)
@@ -403,17 +413,7 @@ async def test_evicted_files_that_cannot_be_deleted_stay_counted_and_are_said_on
 ) -> None:
     """EPERM on an evicted file in tmp/: the other evicted files are still deleted, and the
     stuck one's bytes count against the cap until the next start clears tmp/ (it holds them)."""
-    real_unlink = os.unlink
-
-    def refuse_one(path: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(path).name.startswith(f"evicted-{first.hex}"):
-            raise PermissionError(1, "Operation not permitted")
-        real_unlink(path, *args, **kwargs)
-
-    store = make_store(tmp_path, max_size=1000, room_wait=0)
-    first = await put(store, blob(300, 1))
-    second = await put(store, blob(300, 2))
-    monkeypatch.setattr(os, "unlink", refuse_one)  # the eviction's worker thread calls it
+    store, first, second = await first_stuck(tmp_path, monkeypatch, room_wait=0)
     caplog.set_level(logging.WARNING, logger="docxy")
     big = blob(700, 3)
     writer = await store.fetch_or_join(digest_of(big))
