@@ -371,7 +371,7 @@ async def test_no_room_when_a_pulled_image_is_in_use_forgets_no_image(
 
 
 async def first_stuck(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, room_wait: float
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, room_wait: int
 ) -> tuple[DiskBlobStore, Digest, Digest]:
     """A store of 1000 bytes holding two blobs of 300, the first of which cannot be deleted
     once evicted (EPERM in the eviction's worker thread): (store, first, second)."""
