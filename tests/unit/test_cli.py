@@ -373,6 +373,7 @@ class Probe(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Probe())
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a supervisor starts it (a CI job may not)
 sys.argv = ["docxy", *sys.argv[1:]]
 runpy.run_module("docxy", run_name="__main__")
 """
