@@ -155,21 +155,29 @@ class Renewer(Runs):
         finish). A mirror that cannot start with what is there exits at each start, and the
         supervisor gives it up well before :data:`MIRROR_WAIT`: installing needs no mirror.
         It loads the pair when it starts; the reload stays owed for after the run."""
-        s, live = self.settings, self.live_dir
-        if live is None or s.cert_path is None or s.key_path is None:
-            return
-        if not (live / "fullchain.pem").exists():
+        live = self.live_dir
+        if live is None or not (live / "fullchain.pem").exists():
             return  # nothing issued yet
         try:
-            installed = certs.install(live, s.cert_path, s.key_path)
+            installed = self._install()
         except (CertError, OSError, ValueError) as exc:
             log.warning(
                 "installing the issued certificate before the mirror answers failed: %s", exc
             )
             return
         if installed:
-            self.reload_pending = True
             log.info("the issued certificate installed where the mirror serves it")
+
+    def _install(self) -> bool:
+        """Install the lineage at the served paths if it is not what they hold; True if it was
+        (the mirror is then owed a reload, however many runs it takes)."""
+        s, live = self.settings, self.live_dir
+        if live is None or s.cert_path is None or s.key_path is None:
+            return False
+        installed = certs.install(live, s.cert_path, s.key_path)
+        if installed:
+            self.reload_pending = True
+        return installed
 
     def _deploy(self) -> None:
         """Install the lineage where the mirror serves it (if it changed) and tell the mirror.
@@ -178,14 +186,9 @@ class Renewer(Runs):
         that failed last time is caught up on the next run (a failed reload stays pending even
         though the files are already in place).
         """
-        s, live = self.settings, self.live_dir
-        if live is None or s.cert_path is None or s.key_path is None:
-            return
-        installed = certs.install(live, s.cert_path, s.key_path)
-        if installed:
-            self.reload_pending = True  # until the mirror has been told, however many runs
+        installed = self._install()
         if self.reload_pending:
-            how = tell_mirror(s)
+            how = tell_mirror(self.settings)
             self.reload_pending = False
             if installed:
                 log.info("new certificate installed; mirror told by %s", how)
