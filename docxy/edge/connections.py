@@ -171,9 +171,8 @@ class ConnectionGuard:
     tls: TLSListeners | None = None  # set once the listeners are bound
     by_client: Counter[str] = field(default_factory=Counter)
     #: the tasks of the connections in their TLS handshake: a stop ends those handshakes
-    #: (:meth:`stop_handshakes`); the ones it cancelled, which end quietly
+    #: (:meth:`stop_handshakes`), and starts no other
     handshaking: set[asyncio.Task[Any]] = field(default_factory=set)
-    cancelled_handshakes: set[asyncio.Task[Any]] = field(default_factory=set)
     stopping: bool = False
 
     def stop_handshakes(self) -> None:
@@ -184,7 +183,6 @@ class ConnectionGuard:
         self.stopping = True
         for task in list(self.handshaking):
             task.cancel()
-            self.cancelled_handshakes.add(task)
 
     def admit(self, peer: object = None) -> Admitted:
         """A place for a new connection from ``peer`` (asyncio's peername), or the refusal."""
@@ -282,14 +280,15 @@ class EdgeTCPServer(PeerCertTCPServer):
             transport.abort()
             return False
         except asyncio.CancelledError:
-            if task not in guard.cancelled_handshakes or task.cancelling() > 1:
-                raise  # cancelled by another than the stop's stop_handshakes (too)
+            # In a handshake once stopping, only stop_handshakes cancels it: no handshake
+            # starts after it. Cancelled by another too, it goes on as that one's.
+            if not guard.stopping or task.cancelling() > 1:
+                raise
             task.uncancel()
             transport.abort()
             return False
         finally:
             guard.handshaking.discard(task)
-            guard.cancelled_handshakes.discard(task)
         return True
 
     def _refuse(self, answer: bytes | None) -> None:
