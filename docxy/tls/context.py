@@ -57,6 +57,9 @@ class CertInfo:
     not_before: dt.datetime | None = None
     #: Issued by itself (its issuer is its subject): the bootstrap pair, the mirror's own.
     self_signed: bool = False
+    #: Issued by a CA that names itself a test CA: Let's Encrypt's staging CA puts
+    #: ``(STAGING)`` before its names (:data:`STAGING_MARK`), and no client trusts it.
+    staging: bool = False
 
     def expires_soon(self, now: dt.datetime | None = None) -> bool:
         """Less than :data:`EXPIRY_WARNING` left (a sixth of its lifetime if less), or expired."""
@@ -147,7 +150,25 @@ def describe(cert: x509.Certificate) -> CertInfo:
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
         not_before=cert.not_valid_before_utc,
         self_signed=cert.issuer == cert.subject,
+        staging=from_staging(cert.issuer),
     )
+
+
+#: How Let's Encrypt's staging CA marks the names of its roots and intermediates (and so the
+#: issuer of every certificate it issues): "(STAGING) Ersatz Edamame E1", "(STAGING) Let's
+#: Encrypt".
+STAGING_MARK = "(STAGING)"
+
+
+def from_staging(issuer: x509.Name) -> bool:
+    """Whether a certificate with this issuer comes from Let's Encrypt's staging CA: its
+    common name or its organization starts with :data:`STAGING_MARK`."""
+    for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME):
+        for attribute in issuer.get_attributes_for_oid(oid):
+            value = attribute.value
+            if isinstance(value, str) and value.startswith(STAGING_MARK):
+                return True
+    return False
 
 
 def _new_context() -> ssl.SSLContext:
@@ -297,7 +318,7 @@ class ReloadableTLS:
     def _refusal(self) -> tuple[str, str | None]:
         """What is served (:func:`docxy.tls.trust.served_kind`) and why clients refuse it."""
         info = self._info
-        return trust.verdict(info.self_signed, info.sans, self.domain)
+        return trust.verdict(info.self_signed, info.sans, self.domain, staging=info.staging)
 
     def _warn_if_refused(self) -> None:
         """Log, once per certificate loaded, that clients will refuse it."""

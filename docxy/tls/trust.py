@@ -1,5 +1,6 @@
 """What a Docker client makes of the served certificate: one a CA issued for the mirror's
-domain, the self-signed bootstrap one, or one that does not name the domain.
+domain, the self-signed bootstrap one, one from Let's Encrypt's staging CA, or one that does
+not name the domain.
 
 ``/health`` stayed ``ok`` while the mirror served its bootstrap certificate (before certbot's
 first issuance, or while issuance kept failing) or a lineage for another name, and every
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 #: :func:`served_kind`'s answers, as ``/health`` shows them under ``tls.served``.
 CA_ISSUED = "ca-issued"
 SELF_SIGNED = "self-signed"
+STAGING = "staging"  # from Let's Encrypt's staging CA (docxy.tls.context.from_staging)
 OTHER_NAME = "other-name"
 
 
@@ -51,21 +53,28 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def served_kind(self_signed: bool, sans: Sequence[str], domain: str | None) -> str:
-    """:data:`SELF_SIGNED`, :data:`OTHER_NAME` (one that does not name ``domain``), or
-    :data:`CA_ISSUED`. Self-signed first: no client trusts it, whatever it names. Without a
-    domain no name is checked."""
+def served_kind(
+    self_signed: bool, sans: Sequence[str], domain: str | None, *, staging: bool = False
+) -> str:
+    """:data:`SELF_SIGNED`, :data:`STAGING` (``staging``: its issuer is Let's Encrypt's staging
+    CA), :data:`OTHER_NAME` (one that does not name ``domain``), or :data:`CA_ISSUED`. The
+    first two first: no client trusts them, whatever they name. Without a domain no name is
+    checked."""
     if self_signed:
         return SELF_SIGNED
+    if staging:
+        return STAGING
     if domain is not None and not names(sans, domain):
         return OTHER_NAME
     return CA_ISSUED
 
 
-def verdict(self_signed: bool, sans: Sequence[str], domain: str | None) -> tuple[str, str | None]:
+def verdict(
+    self_signed: bool, sans: Sequence[str], domain: str | None, *, staging: bool = False
+) -> tuple[str, str | None]:
     """:func:`served_kind` and :func:`refusal` of one certificate: what ``/health`` and
     ``docxy certs status`` show as ``served`` and ``warning``."""
-    kind = served_kind(self_signed, sans, domain)
+    kind = served_kind(self_signed, sans, domain, staging=staging)
     return kind, refusal(kind, sans, domain)
 
 
@@ -80,6 +89,15 @@ def refusal(kind: str, sans: Sequence[str], domain: str | None) -> str | None:
             f"serving the self-signed bootstrap certificate: no certificate for {domain} has"
             " been installed yet, and clients refuse this one (x509: certificate signed by"
             " unknown authority); see renewal"
+        )
+    if kind == STAGING:
+        return (
+            "serving a certificate from Let's Encrypt's staging CA: clients refuse it (x509:"
+            " certificate signed by unknown authority), and its renewals keep to the CA that"
+            f" issued it; for a trusted one, move the lineage of {domain}"
+            f" (renewal/{domain}.conf, live/{domain}, archive/{domain}) out of"
+            " certs.config_dir, then obtain one from the production CA (no --staging, no"
+            " staging certs.acme_server)"
         )
     named = ", ".join(sans) or "no name"
     return (

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from docxy.config import Config
 from docxy.http.app import create_app
@@ -18,7 +19,8 @@ from docxy.http.server import load_tls
 from docxy.http.state import mirror_state
 from docxy.observe.status import render_page
 from docxy.tls import trust
-from docxy.tls.context import ReloadableTLS
+from docxy.tls.certs import describe_files
+from docxy.tls.context import ReloadableTLS, from_staging
 from lab.certs import Issued, issue
 from tests.unit.test_observe_metrics import make_state
 from tests.unit.test_tls_bootstrap import config
@@ -76,6 +78,16 @@ def test_served_kind(self_signed: bool, sans: list[str], domain: str | None, kin
     assert trust.served_kind(self_signed, sans, domain) == kind
 
 
+@pytest.mark.parametrize(
+    ("sans", "domain"),
+    [([DOMAIN], DOMAIN), (["other.test"], DOMAIN), ([DOMAIN], None)],
+)
+def test_a_staging_certificate_is_one_whatever_it_names(
+    sans: list[str], domain: str | None
+) -> None:
+    assert trust.served_kind(False, sans, domain, staging=True) == trust.STAGING
+
+
 def test_only_a_mirror_expecting_a_domains_certificate_is_refused() -> None:
     assert trust.refusal(trust.CA_ISSUED, [DOMAIN], DOMAIN) is None
     assert trust.refusal(trust.SELF_SIGNED, ["localhost"], None) is None  # the own pair
@@ -83,6 +95,26 @@ def test_only_a_mirror_expecting_a_domains_certificate_is_refused() -> None:
     assert bootstrap is not None and "self-signed" in bootstrap and DOMAIN in bootstrap
     other = trust.refusal(trust.OTHER_NAME, ["old.test"], DOMAIN)
     assert other is not None and "old.test" in other and DOMAIN in other
+    assert trust.refusal(trust.STAGING, [DOMAIN], None) is None  # a pair installed by hand
+    staging = trust.refusal(trust.STAGING, [DOMAIN], DOMAIN)
+    assert staging is not None and "staging CA" in staging and f"live/{DOMAIN}" in staging
+
+
+@pytest.mark.parametrize(
+    ("issuer", "staging"),
+    [
+        (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "(STAGING) Ersatz Edamame E1")]), True),
+        (
+            x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "(STAGING) Let's Encrypt")]),
+            True,
+        ),
+        (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "E5")]), False),  # production
+        (x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Let's Encrypt")]), False),
+        (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Not (STAGING) CA")]), False),
+    ],
+)
+def test_a_staging_issuer_is_told_by_its_mark(issuer: x509.Name, staging: bool) -> None:
+    assert from_staging(issuer) is staging
 
 
 # --- as the mirror serves them ------------------------------------------------------------------
@@ -163,6 +195,28 @@ def test_a_certificate_for_another_name_degrades_health(
     page = render_page(report)
     assert "for old.test, not mirror.example.test" in page  # the status page's "served"
     assert "x509: certificate is not valid for the name" in page  # and its warning
+
+
+def test_a_staging_certificate_degrades_health(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A certificate from Let's Encrypt's staging CA (``docxy certs obtain --staging``) names the
+    domain and is issued by a CA, yet every Docker client refuses it: /health said ``ok``."""
+    tls = load_tls(with_domain(tmp_path))
+    assert tls is not None
+    root = issue("(STAGING) Ersatz Edamame E1", ca=True)
+    caplog.set_level(logging.WARNING, logger="docxy.tls.context")
+    install(tls, issue(DOMAIN, root, names=[x509.DNSName(DOMAIN)]), root)
+    report = health(tmp_path, tls)
+    shown = report["tls"]
+    assert isinstance(shown, dict)
+    assert (report["status"], shown["served"]) == ("degraded", "staging")
+    assert "staging CA" in str(shown["warning"])
+    assert any("staging CA" in r.getMessage() for r in caplog.records)
+    page = render_page(report)
+    assert "from Let&#x27;s Encrypt&#x27;s staging CA (untrusted)" in page
+    status = describe_files(tls.cert_path, tls.key_path, DOMAIN)  # docxy certs status
+    assert (status["served"], status["warning"]) == ("staging", shown["warning"])
 
 
 def test_a_wildcard_certificate_for_the_domain_keeps_health_ok(tmp_path: Path) -> None:
