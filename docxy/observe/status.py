@@ -302,7 +302,7 @@ def _served(tls: dict[str, Any]) -> str:
     served, domain = tls.get("served"), tls.get("domain")
     if served == "self-signed":
         return "self-signed"
-    if served == "staging":
+    if served == "staging-ca":
         return "from Let's Encrypt's staging CA (untrusted)"
     if served == "other-name":
         names = ", ".join(str(name) for name in tls.get("sans") or []) or "no name"

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 #: :func:`served_kind`'s answers, as ``/health`` shows them under ``tls.served``.
 CA_ISSUED = "ca-issued"
 SELF_SIGNED = "self-signed"
-STAGING = "staging"  # from Let's Encrypt's staging CA (docxy.tls.context.from_staging)
+STAGING = "staging-ca"  # from Let's Encrypt's staging CA (docxy.tls.context.from_staging)
 OTHER_NAME = "other-name"
 
 

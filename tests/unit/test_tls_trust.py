@@ -210,13 +210,13 @@ def test_a_staging_certificate_degrades_health(
     report = health(tmp_path, tls)
     shown = report["tls"]
     assert isinstance(shown, dict)
-    assert (report["status"], shown["served"]) == ("degraded", "staging")
+    assert (report["status"], shown["served"]) == ("degraded", "staging-ca")
     assert "staging CA" in str(shown["warning"])
     assert any("staging CA" in r.getMessage() for r in caplog.records)
     page = render_page(report)
     assert "from Let&#x27;s Encrypt&#x27;s staging CA (untrusted)" in page
     status = describe_files(tls.cert_path, tls.key_path, DOMAIN)  # docxy certs status
-    assert (status["served"], status["warning"]) == ("staging", shown["warning"])
+    assert (status["served"], status["warning"]) == ("staging-ca", shown["warning"])
 
 
 def test_a_wildcard_certificate_for_the_domain_keeps_health_ok(tmp_path: Path) -> None:
