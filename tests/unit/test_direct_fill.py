@@ -737,3 +737,97 @@ async def test_a_direct_gets_cdn_hop_is_counted_as_the_blob_it_is(
     assert total(samples, answers, route="blob", status_class="3xx") == 1
     assert total(samples, answers, route="blob", status_class="2xx") == 1
     assert total(samples, answers, route="other") == 0
+
+
+# --- a CDN's refusal on the direct path (docxy.pull.blobs.BlobService._fetch_direct) ----------
+
+
+@dataclass
+class Registry:
+    """A token-auth registry that sends every blob GET to its CDN, another origin (``cdn``:
+    the CDN's port), and what both saw."""
+
+    blobs: dict[str, bytes]
+    cdn: int = 0
+    refusals: list[int] = field(default_factory=list)  # the CDN's next answers, then 200s
+    tokens_issued: int = 0
+    cdn_gets: int = 0
+
+
+class RegistryHandler(QuietHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        registry: Registry = self.owner().registry
+        path, auth = self.path, self.headers.get("Authorization")
+        if path.startswith("/token"):
+            registry.tokens_issued += 1
+            self.answer(200, b'{"token": "t"}')
+        elif path.startswith("/blob/"):  # the CDN's
+            registry.cdn_gets += 1
+            refused = registry.refusals.pop(0) if registry.refusals else None
+            if refused is not None:
+                self.answer(refused, b"<Error>Request has expired</Error>")
+            else:
+                self.answer(200, registry.blobs[path.rsplit("/", 1)[1]])
+        elif auth != "Bearer t":
+            realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="{realm}",service="reg"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.send_response(307)
+            where = f"http://127.0.0.1:{registry.cdn}/blob/{path.rsplit(':', 1)[1]}"
+            self.send_header("Location", where)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    def answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class RegistryServer(LoopbackServer):
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(RegistryHandler)
+        self.registry = registry
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_cdns_refusal_on_the_direct_path_keeps_the_token_and_the_repository(
+    tmp_path: Path, status: int
+) -> None:
+    """The registry took the mirror's token and sent a fill's direct GET to its CDN, which
+    refused it (an expired signed URL). The token is kept (not fetched again for a retry that
+    goes to the same CDN), and the repository is not marked refused: its next blob is fetched
+    and cached with that token."""
+    from docxy.http.app import create_app  # the mirror, with its real (direct) upstream client
+
+    first, second = os.urandom(300_000), os.urandom(200_000)
+    registry = Registry({digest_of(data).hex: data for data in (first, second)}, refusals=[status])
+    registry_server, cdn_server = RegistryServer(registry), RegistryServer(registry)
+    registry_server.start()
+    cdn_server.start()
+    registry.cdn = cdn_server.port
+    config = load_config(
+        {"upstream.registry": registry_server.url, "cache.dir": str(tmp_path / "cache")},
+        environ={},
+    )
+    try:
+        app = create_app(config, probe=False)
+        async with app.test_app():
+            client = app.test_client()
+            for data in (first, second):
+                response = await client.get(
+                    f"/v2/team/app/blobs/{digest_of(data)}",
+                    headers={"Authorization": "Bearer t"},  # the client's, for a pass-through
+                )
+                assert (response.status_code, await response.get_data()) == (200, data)
+            blobs = app.extensions["docxy"].cache.blobs
+            await asyncio.wait_for(blobs.commits_done(), GUARD)
+            assert blobs.lookup(digest_of(second)) is not None, "passed through uncached"
+    finally:
+        registry_server.stop()
+        cdn_server.stop()
+    assert registry.tokens_issued == 1
