@@ -769,7 +769,7 @@ class RegistryHandler(QuietHandler):
             else:
                 self.answer(200, registry.blobs[path.rsplit("/", 1)[1]])
         elif auth != "Bearer t":
-            realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+            realm = self.owner().url + "/token"
             self.send_response(401)
             self.send_header("WWW-Authenticate", f'Bearer realm="{realm}",service="reg"')
             self.send_header("Content-Length", "0")
