@@ -45,6 +45,7 @@ from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core.digests import Digest, digest_of, parse_digest
 from docxy.core.errors import DigestInvalid
 from docxy.core.hosts import earlier_spellings, key_now, url_host
+from docxy.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,9 @@ class ManifestStore:
         self._seen: dict[ImageKey, dict[str, bool]] = {}
         self._scanning: Future[Scanned] | None = None  # the catalogue read in a thread (open)
         self._journal: list[Callable[[], None]] = []  # changes made while it was being read
+        #: Files an eviction's worker thread is deleting (manifests by key, tag records by
+        #: path) -> that delete: a pull that writes one of them again waits for it first.
+        self._deleting: dict[ImageKey | Path, asyncio.Future[Any]] = {}
 
     @classmethod
     def open(
@@ -264,8 +268,9 @@ class ManifestStore:
         actual = digest_of(content, digest.algorithm if digest else "sha256")
         if digest is not None and actual != digest:
             raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
-        # In the catalogue first: from now on, eviction keeps the blobs it needs.
         key = ImageKey(_upstream_key(repo.upstream), actual)
+        await self._deleted(key)  # an eviction deleting its files: not under this write
+        # In the catalogue first: from now on, eviction keeps the blobs it needs.
         self._pulled(key, content)
         try:
             visibility = await asyncio.to_thread(
@@ -287,6 +292,7 @@ class ManifestStore:
         Returned with its visibility there. A disk that refuses the record (read-only, full)
         does not fail the pull: the manifest is served, and confirmed again next time."""
         key = ImageKey(_upstream_key(repo.upstream), manifest.digest)
+        await self._deleted(key)
         try:
             await asyncio.to_thread(self._record_held, repo, key)
         except OSError as exc:
@@ -373,6 +379,8 @@ class ManifestStore:
         A public tag stays public when a private fetch confirms the same digest. A disk that
         refuses the write leaves the tag as it was (the pull goes on, uncached).
         """
+        path = self._tag_path(repo, tag)
+        await self._deleted(path)
         old = await asyncio.to_thread(self._read_tag, repo, tag)
         if old is not None and old.digest == digest and old.public:
             public = True
@@ -382,7 +390,7 @@ class ManifestStore:
         except OSError as exc:
             log.warning("cache: cannot store tag %s:%s (%s); not cached", repo.repo, tag, exc)
             return entry
-        self._point_tag(self._tag_path(repo, tag), ImageKey(_upstream_key(repo.upstream), digest))
+        self._point_tag(path, ImageKey(_upstream_key(repo.upstream), digest))
         return entry
 
     async def forget_tag(self, repo: RepoKey, tag: str) -> bool:
@@ -542,10 +550,32 @@ class ManifestStore:
 
     async def evict_images(self, keys: Iterable[ImageKey]) -> None:
         """:meth:`forget_images`, with the files deleted in a worker thread (slow on some file
-        systems); the images are no longer offered from the call on (:meth:`get` misses)."""
+        systems); the images are no longer offered from the call on (:meth:`get` misses). A
+        pull that stores one of those manifests or tags again meanwhile waits for the delete
+        (:meth:`_deleted`), or its new files would be deleted under it."""
         gone, tags = self._unoffer(keys)
-        if gone:
-            await asyncio.to_thread(self._delete, gone, tags)
+        if not gone:
+            return
+        deleting = spawn(
+            "cache: delete evicted manifests", asyncio.to_thread(self._delete, gone, tags)
+        )
+        files: list[ImageKey | Path] = [*gone, *tags]
+        for item in files:
+            self._deleting[item] = deleting
+        deleting.add_done_callback(lambda _: self._deleted_all(files, deleting))
+        await asyncio.shield(deleting)  # cancelled, the thread deletes on: still waited for
+
+    async def _deleted(self, *files: ImageKey | Path) -> None:
+        """Wait until no eviction is deleting any of ``files`` (see :meth:`evict_images`)."""
+        while pending := {self._deleting[f] for f in files if f in self._deleting}:
+            await asyncio.wait(pending)
+
+    def _deleted_all(
+        self, files: Iterable[ImageKey | Path], deleting: asyncio.Future[None]
+    ) -> None:
+        for item in files:
+            if self._deleting.get(item) is deleting:
+                del self._deleting[item]
 
     def _unoffer(self, keys: Iterable[ImageKey]) -> tuple[list[ImageKey], list[Path]]:
         """Take the images (with the indexes above them) out of the catalogue and their tags out

@@ -151,3 +151,28 @@ async def test_an_evicted_image_is_not_offered_while_its_files_are_deleted(
     await evicting
     assert not list((tmp_path / "cache" / "manifests" / "tags").iterdir())
     assert list(cache.access.markers()) == []
+
+
+async def test_a_manifest_pulled_again_while_its_eviction_deletes_its_files_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An eviction deletes its files in a worker thread; a pull that stores the same manifest
+    and tag meanwhile (the blobs are still cached) waits for that delete, so its files are not
+    deleted under it: the catalogue offered an image whose manifest and tag were gone."""
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 10), layer("l")]
+    repo = await cached_image(cache, "team/app", layers)
+    await cache.manifests.loaded()
+    deleting = hold(monkeypatch, ManifestStore, "_delete")
+    evicting = spawn("evicting", cache.manifests.evict_images([key_of(cache, layers)]))
+    assert await asyncio.to_thread(deleting.entered.wait, GUARD)
+    pulling = spawn("pulling again", cached_image(cache, "team/app", layers))
+    await asyncio.sleep(0.2)  # the pull's writes, had they not waited, are done by now
+    deleting.release.set()
+    await asyncio.wait_for(evicting, GUARD)
+    await asyncio.wait_for(pulling, GUARD)
+    found = await cache.manifests.resolve_tag(repo, "latest")
+    assert found.state is TagState.FRESH and found.manifest is not None
+    assert await offered_whole(cache, repo) is True
+    # The pull's record that the repository holds it: not forgotten by the delete either.
+    assert cache.access.visibility(repo, digest_of(manifest(layers))) is not None
