@@ -673,7 +673,8 @@ import json
 import re
 import sys
 
-HEADER = re.compile(r"""^\s*\[\s*host\.(?:"([^"]*)"|'([^']*)')\s*\]\s*$""")
+# A [host."..."] table's header, as TOML allows it: spaces around the dot, a comment after.
+HEADER = re.compile(r"""^\s*\[\s*host\s*\.\s*(?:"([^"]*)"|'([^']*)')\s*\]\s*(?:#.*)?$""")
 MARK = "# Written by Docxy's configure-client.sh"
 
 
@@ -790,6 +791,22 @@ else:
         body = []
     else:
         body = [*preamble, *(l for b in others for l in b[1])]
+try:
+    import tomllib  # Python 3.11+; Ubuntu 22.04's 3.10 goes without this check
+except ImportError:
+    tomllib = None
+if tomllib is not None:
+    try:
+        tomllib.loads("".join(lines))
+    except tomllib.TOMLDecodeError:
+        pass  # not valid before either: the check below could not tell this script's doing
+    else:
+        try:
+            tomllib.loads("".join(body))
+        except tomllib.TOMLDecodeError as exc:
+            print(f"the new {path} would not be valid TOML ({exc}): left as it is;"
+                  " please report this with the file", file=sys.stderr)
+            sys.exit(3)
 with open(out, "w", encoding="utf-8") as handle:
     handle.writelines(body)
 PY

@@ -716,6 +716,48 @@ def test_containerd_hosts_in_literal_string_keys_are_still_after_ours(box: Scrip
     assert hosts == [MIRROR, "https://corp-cache.example"]
 
 
+@pytest.mark.parametrize(
+    "header",
+    ['[host."{}"]  # the team\'s', '[ host . "{}" ]', "[host.'{}'] # literal"],
+    ids=["comment", "spaces", "literal-comment"],
+)
+@pytest.mark.parametrize("host", [MIRROR, "https://corp-cache.example"], ids=["ours", "other"])
+def test_containerd_a_host_header_as_toml_allows_it_is_still_a_host(
+    box: ScriptBox, header: str, host: str
+) -> None:
+    """A header with a comment after it, or spaces around its dot, is valid TOML: read as the
+    preamble, it left two tables for the mirror (a file containerd refuses, while the script
+    said "wrote"), or the mirror after another host, for good ("already the first host")."""
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(
+        'server = "https://registry-1.docker.io"\n\n'
+        + header.format(host)
+        + '\n  capabilities = ["pull", "resolve"]\n'
+    )
+
+    configure(box, "--mirror", MIRROR, "--containerd")
+    text = box.path(HOSTS_TOML).read_text()
+    said = configure(box, "--mirror", MIRROR, "--containerd")
+
+    hosts = list(tomllib.loads(text)["host"])
+    assert hosts == list(dict.fromkeys([MIRROR, host])), text
+    assert box.path(HOSTS_TOML).read_text() == text and "Nothing to change" in said, said
+
+
+def test_containerd_a_merge_that_would_break_the_toml_is_refused(box: ScriptBox) -> None:
+    """The new hosts.toml is parsed before it replaces a valid one, and one that would not
+    parse is refused, the file left as it was. Shown with a host given by dotted keys, which
+    the script does not read as a table (the mirror's table would be defined twice)."""
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    valid = f'server = "https://registry-1.docker.io"\n\nhost."{MIRROR}".capabilities = ["pull"]\n'
+    box.path(HOSTS_TOML).write_text(valid)
+
+    code, said = run(box, "--mirror", MIRROR, "--containerd")
+
+    assert code != 0 and "would not be valid TOML" in said, said
+    assert box.path(HOSTS_TOML).read_text() == valid
+
+
 def test_containerd_remove_deletes_a_file_that_held_only_this_mirror(box: ScriptBox) -> None:
     configure(box, "--mirror", MIRROR, "--containerd")
 
