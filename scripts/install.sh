@@ -554,7 +554,10 @@ settle_settings() {
     die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
   if [[ -n "$UPSTREAM_USER" ]]; then
     [[ "$UPSTREAM_USER" =~ ^[A-Za-z0-9._@-]+$ ]] || die "--upstream-user '$UPSTREAM_USER' has odd characters" 2
-    UPSTREAM_PASSWORD="${UPSTREAM_PASSWORD:-$(env_value DOCXY_UPSTREAM_PASSWORD)}"
+    # The .env's password is the .env's user's: another --upstream-user needs its own.
+    if [[ -z "$UPSTREAM_PASSWORD" && "$UPSTREAM_USER" == "$(env_value DOCXY_UPSTREAM_USERNAME)" ]]; then
+      UPSTREAM_PASSWORD="$(env_value DOCXY_UPSTREAM_PASSWORD)"
+    fi
     if [[ -z "$UPSTREAM_PASSWORD" ]] && can_prompt; then
       ask UPSTREAM_PASSWORD "Password or access token for $UPSTREAM_USER (not shown):" secret
     fi

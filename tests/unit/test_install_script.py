@@ -423,6 +423,38 @@ def test_missing_settings_are_prompted_for_with_the_password_unechoed(
     assert f"DOCXY_DOMAIN={DOMAIN}" in lines and "DOCXY_UPSTREAM_PASSWORD='hunter2'" in lines
 
 
+def test_another_upstream_user_does_not_get_the_previous_ones_password(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A re-run with another --upstream-user asks for that account's password: it kept the
+    .env's, which is the previous account's (the mirror then failed its upstream logins, and
+    nothing said why). The same user keeps it, unasked."""
+    first = install(
+        box, resolver, "--upstream-user", "alice", env={"DOCXY_UPSTREAM_PASSWORD": "a1"}
+    )
+    assert first.returncode == 0, output(first)
+    stack_is_running(box)
+
+    same = install(box, resolver, "--upstream-user", "alice")
+    assert same.returncode == 0, output(same)
+    assert "DOCXY_UPSTREAM_PASSWORD='a1'" in env_file(box).read_text().splitlines()
+
+    other = install(box, resolver, "--upstream-user", "bob")
+    assert other.returncode == 2, output(other)
+    assert "set DOCXY_UPSTREAM_PASSWORD" in other.stderr
+    assert "DOCXY_UPSTREAM_USERNAME=alice" in env_file(box).read_text().splitlines()
+
+    answers = box.base / "answers"
+    answers.write_text("b2\n")
+    args = ["--root", str(box.root), "--public-ip", OURS, "--dns-server", resolver.address]
+    args += ["--health-timeout", "0", "--upstream-user", "bob"]
+    asked = box.run(clone_script(box), *args, env={"DOCXY_PROMPT_INPUT": str(answers)})
+    assert asked.returncode == 0, output(asked)
+    assert "Password or access token for bob (not shown)" in asked.stderr
+    lines = env_file(box).read_text().splitlines()
+    assert "DOCXY_UPSTREAM_USERNAME=bob" in lines and "DOCXY_UPSTREAM_PASSWORD='b2'" in lines
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [
