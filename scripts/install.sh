@@ -160,6 +160,13 @@ act() {
   fi
 }
 
+# apt_get ARGS...: apt-get through act, with no questions, waiting up to 5 minutes for the
+# package lock: on a VPS just booted, unattended-upgrades often holds it, and apt-get would
+# stop the install at once ("Could not get lock /var/lib/dpkg/lock-frontend").
+apt_get() {
+  act env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"
+}
+
 # --- checks -----------------------------------------------------------------------------------
 
 check_root() {
@@ -313,8 +320,8 @@ need_curl() {
     say "curl: missing; the real run installs curl and ca-certificates"
     return 0
   fi
-  act apt-get update
-  act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl ca-certificates
+  apt_get update
+  apt_get install -y --no-install-recommends curl ca-certificates
 }
 
 # --- DNS check ----------------------------------------------------------------------------------
@@ -392,8 +399,8 @@ check_dns() {
       say "DNS check: needs dig; the real run installs dnsutils for it"
       return 0
     fi
-    act apt-get update
-    act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dnsutils
+    apt_get update
+    apt_get install -y --no-install-recommends dnsutils
   fi
   local found_a found_aaaa found4 found6
   if ! found_a="$(resolve A)" || ! found_aaaa="$(resolve AAAA)"; then
@@ -822,12 +829,12 @@ install_docker() {
       mkdir -p -- "$(dirname -- "$list")"
       printf '%s\n' "$line" >"$list"
     fi
-    act apt-get update
+    apt_get update
     packages=(docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin)
   else
     say "  source: $OS_ID's own packages (docker.io): signed by the distribution and updated"
     say "  with the rest of the system by apt; --docker-repo installs Docker's newer builds instead"
-    act apt-get update
+    apt_get update
     have docker || packages+=(docker.io)
     if candidate docker-compose-v2; then packages+=(docker-compose-v2); else packages+=(docker-compose); fi
   fi
@@ -835,7 +842,7 @@ install_docker() {
   # kernel with AppArmor on, a minimal image without apparmor_parser then has dockerd refuse to
   # start any container ("the docker-default profile could not be loaded").
   if apparmor_enabled && ! have apparmor_parser; then packages+=(apparmor); fi
-  act env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+  apt_get install -y --no-install-recommends "${packages[@]}"
   ((DRY_RUN)) && { COMPOSE=(docker compose); return; }
   find_compose
   ((${#COMPOSE[@]})) || die "Compose is still missing after installing ${packages[*]}"

@@ -27,6 +27,8 @@ from tests.scriptbox import REPO, Rule, ScriptBox, output
 from tests.unavailable import need_binary
 
 DOMAIN = "mirror.test"
+#: How install.sh runs apt-get (waiting for the package lock), as its stand-in sees it.
+APT = "apt-get -o DPkg::Lock::Timeout=300"
 OURS = "203.0.113.7"
 OURS6 = "2001:db8::7"
 EMAIL = "ops@example.org"
@@ -248,7 +250,10 @@ def test_dry_run_changes_nothing(box: ScriptBox, resolver: Resolver) -> None:
     assert result.returncode == 0, output(result)
     assert box.files() == files
     assert not env_file(box).exists()
-    assert "would run: env DEBIAN_FRONTEND=noninteractive apt-get install" in result.stdout
+    assert (
+        "would run: env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install"
+        in result.stdout
+    )
     assert f"would write {env_file(box)}" in result.stdout
     assert "s3cret" not in result.stdout + result.stderr
     assert "would run: docker compose --project-name docxy" in result.stdout
@@ -734,8 +739,8 @@ def test_without_dig_dnsutils_is_installed_first(box: ScriptBox, resolver: Resol
     assert result.returncode == 0, output(result)
     lines = [c.line for c in box.calls("apt-get")]
     assert lines[:2] == [
-        "apt-get update",
-        "apt-get install -y --no-install-recommends dnsutils",
+        APT + " update",
+        APT + " install -y --no-install-recommends dnsutils",
     ]
 
 
@@ -753,7 +758,7 @@ def test_without_curl_curl_is_installed_first(box: ScriptBox, resolver: Resolver
     result = install(box, resolver)
 
     assert result.returncode == 0, output(result)
-    assert box.called(r"^apt-get install -y --no-install-recommends curl ca-certificates$")
+    assert box.called(rf"^{APT} install -y --no-install-recommends curl ca-certificates$")
     assert box.called(rf"^curl .*https://{DOMAIN}/health$")
 
 
@@ -847,7 +852,10 @@ def test_docker_from_the_distribution_by_default(box: ScriptBox, resolver: Resol
 
     assert result.returncode == 0, output(result)
     installs = [c.argv for c in box.calls("apt-get") if "install" in c.argv]
-    assert installs == [["install", "-y", "--no-install-recommends", "docker.io", "docker-compose"]]
+    lock = ["-o", "DPkg::Lock::Timeout=300"]
+    assert installs == [
+        [*lock, "install", "-y", "--no-install-recommends", "docker.io", "docker-compose"]
+    ]
     assert "debian's own packages (docker.io)" in result.stdout
     assert box.called(r"^systemctl enable docker$") and box.called(r"^systemctl start docker$")
     assert box.called(COMPOSE_UP)
@@ -918,7 +926,7 @@ def test_ubuntu_gets_compose_v2_from_the_distribution(box: ScriptBox, resolver: 
     result = install(box, resolver)
 
     assert result.returncode == 0, output(result)
-    assert box.called(r"apt-get install -y --no-install-recommends docker.io docker-compose-v2$")
+    assert box.called(rf"{APT} install -y --no-install-recommends docker.io docker-compose-v2$")
 
 
 def test_docker_repo_adds_dockers_repository(box: ScriptBox, resolver: Resolver) -> None:
@@ -936,7 +944,7 @@ def test_docker_repo_adds_dockers_repository(box: ScriptBox, resolver: Resolver)
     assert "signed-by=/etc/apt/keyrings/docker.asc" in listing
     assert "https://download.docker.com/linux/debian bookworm stable" in listing
     assert box.called(
-        r"apt-get install .* docker-ce docker-ce-cli containerd.io .*docker-compose-plugin"
+        rf"{APT} install .* docker-ce docker-ce-cli containerd.io .*docker-compose-plugin"
     )
 
 
@@ -1008,7 +1016,7 @@ def test_a_step_that_fails_says_where_it_stopped_and_what_next(
     box: ScriptBox, resolver: Resolver
 ) -> None:
     box.without("docker")
-    box.stand_in("apt-get", Rule(r"^install ", rc=100, stderr="E: Unable to locate package\n"))
+    box.stand_in("apt-get", Rule(r" install ", rc=100, stderr="E: Unable to locate package\n"))
 
     result = install(box, resolver)
 
