@@ -269,9 +269,10 @@ class ManifestStore:
         if digest is not None and actual != digest:
             raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
         key = ImageKey(_upstream_key(repo.upstream), actual)
-        await self._deleted(key)  # an eviction deleting its files: not under this write
-        # In the catalogue first: from now on, eviction keeps the blobs it needs.
+        # In the catalogue first: from now on, eviction keeps the blobs it needs (an eviction
+        # deleting this manifest's files right now among them: it looks once they are gone).
         self._pulled(key, content)
+        await self._deleted(key)  # ...and the files written after that delete, not under it
         try:
             visibility = await asyncio.to_thread(
                 self._write_manifest, repo, actual, content, media_type, public

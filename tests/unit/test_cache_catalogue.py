@@ -176,3 +176,34 @@ async def test_a_manifest_pulled_again_while_its_eviction_deletes_its_files_is_k
     assert await offered_whole(cache, repo) is True
     # The pull's record that the repository holds it: not forgotten by the delete either.
     assert cache.access.visibility(repo, digest_of(manifest(layers))) is not None
+
+
+async def test_an_image_pulled_again_during_its_eviction_keeps_its_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race through a fill that needs room: the eviction forgets the oldest image and
+    deletes its manifest's files; a client pulls that image's manifest and tag again meanwhile.
+    The eviction, which looks at the catalogue before it deletes blobs, must see the image back
+    and keep its blobs (it dropped them while the pull waited to store the manifest: an image
+    offered with its layers gone)."""
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    oldest = [layer("cfg-1", 10), layer("l-1")]
+    repo = await cached_image(cache, "team/first", oldest)
+    await cached_image(cache, "team/second", [layer("cfg-2", 10), layer("l-2")])
+    await cached_image(cache, "team/third", [layer("cfg-3", 10), layer("l-3")])
+    await cache.manifests.loaded()
+    deleting = hold(monkeypatch, ManifestStore, "_delete")
+    filling = spawn("a fill that needs room", put(cache.blobs, layer("new", 300)))
+    assert await asyncio.to_thread(deleting.entered.wait, GUARD)
+
+    async def pull_manifest_and_tag() -> None:  # the blobs are still cached: not fetched
+        stored = await cache.manifests.put(repo, manifest(oldest), OCI, public=True)
+        await cache.manifests.set_tag(repo, "latest", stored.digest, public=True)
+
+    pulling = spawn("pulling again", pull_manifest_and_tag())
+    await asyncio.sleep(0.1)
+    deleting.release.set()
+    await asyncio.wait_for(pulling, GUARD)
+    await asyncio.wait_for(filling, GUARD)
+    await cache.blobs.settle()
+    assert await offered_whole(cache, repo) is True
