@@ -278,6 +278,7 @@ class DiskBlobStore:
         strays: list[Path] = []
         base = self.root / "blobs"
         base.mkdir(parents=True, exist_ok=True)
+        unreadable: list[str] = []
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
                 path = Path(dirpath, name)
@@ -286,10 +287,21 @@ class DiskBlobStore:
                     st = path.lstat()
                 except FileNotFoundError:  # removed since listed (`docxy cache rm` meanwhile)
                     continue
+                except OSError as exc:  # EIO, EACCES: this one is not cached; the rest are
+                    unreadable.append(f"{name}: {exc.strerror or exc}")
+                    continue
                 if digest is None or not stat.S_ISREG(st.st_mode):
                     strays.append(path)
                     continue
                 found.append(BlobEntry(digest, path, st.st_size, st.st_mtime))
+        if unreadable:
+            log.warning(
+                "cache: %d blob files under %s cannot be read, left out (fetched again when"
+                " pulled): %s",
+                len(unreadable),
+                base,
+                "; ".join(unreadable[:3]) + (" ..." if len(unreadable) > 3 else ""),
+            )
         return found, strays
 
     def _index_read(self) -> bool:

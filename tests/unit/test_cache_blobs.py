@@ -635,6 +635,32 @@ async def test_restart_rebuilds_index_and_drops_partial_state(tmp_path: Path) ->
     writer.abort("test over")
 
 
+async def test_a_blob_file_that_cannot_be_read_at_start_is_left_out_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One blob file whose lstat fails (EIO under its inode) while the index is read: it is
+    not cached, the others are. It ended the index's thread with the error, which every
+    lookup, usage and reserve raised again from then on (a 500 for every pull and /health)."""
+    store = make_store(tmp_path)
+    good, bad = await put(store, blob(100, 1)), await put(store, blob(100, 2))
+    bad_path = store.path_of(bad)
+    real = Path.lstat
+
+    def lstat(self: Path) -> os.stat_result:
+        if self == bad_path:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(self)
+
+    monkeypatch.setattr(Path, "lstat", lstat)
+    caplog.set_level(logging.WARNING, logger="docxy.cache.blobs")
+    reopened = make_store(tmp_path)  # a restart
+    await reopened.indexed()
+
+    assert reopened.lookup(good) is not None and reopened.lookup(bad) is None
+    assert reopened.usage().bytes == 100
+    assert "1 blob files" in caplog.text and "Input/output error" in caplog.text
+
+
 KILLED_WRITER = textwrap.dedent(
     """
     import asyncio, sys
