@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from docxy.cache.errors import BlobInUse, CacheUnreadable, CacheUnwritable, NoRoom
-from docxy.cache.files import close_after_reading, close_off_loop, open_quietly
+from docxy.cache.files import close_after_reading, close_off_loop, open_quietly, unlink_quietly
 from docxy.cache.fill import (
     PUMP_BUFFER,
     PUMP_DEPTH,
@@ -423,7 +423,33 @@ class DiskBlobStore:
             stop=stop,
             release=release,
             chunk_size=self._chunk_for_readers,
+            broken=partial(self._cached_read_broke, entry),
         )
+
+    def _cached_read_broke(self, entry: BlobEntry, exc: OSError) -> None:
+        """A read of cached ``entry`` failed (EIO under it, the file cut short behind our
+        back): it is no longer cached, and the images needing it no longer offered, so the
+        next pull fetches it again rather than fail the same way each time. Its file is
+        deleted (a new fill's commit takes the name anyway); a verified fill's temp file is
+        left to its fill."""
+        if self._index.get(entry.digest) is not entry:
+            return  # dropped already (another reader's failure, an eviction)
+        fill = self._fills.get(entry.digest)
+        if fill is not None and entry.path == fill.tmp_path:
+            return
+        log.warning(
+            "cache: cannot read the cached %s (%s): dropped from the cache, fetched again at"
+            " its next pull",
+            entry.digest,
+            exc,
+        )
+        self._forget(entry)
+        trash = self.tmp_dir / f"unreadable-{entry.digest.hex}.{secrets.token_hex(6)}"
+        try:  # off its name at once: a new fill may commit there before a thread deletes it
+            os.rename(entry.path, trash)
+        except OSError:
+            return  # gone already, or the disk refuses: a new fill's commit replaces it
+        spawn(f"delete unreadable {entry.digest}", asyncio.to_thread(unlink_quietly, trash))
 
     def _cache_read_failed(self, digest: Digest, exc: OSError) -> None:
         """One warning per run of failed opens (EMFILE comes in floods), the rest at DEBUG."""

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
 
-from docxy.cache.files import BlobFile
+from docxy.cache.files import BlobFile, ClosedFile
 from docxy.threads import on_loop, running_loop
 
 #: Read size for a lone reader (shrunk as readers grow, see DiskBlobStore): 4 MiB measured
@@ -90,11 +90,13 @@ class BlobReader(ClosingStream):
         stop: int,
         release: Callable[[int], None],
         chunk_size: int | Callable[[], int] = READ_CHUNK,
+        broken: Callable[[OSError], None] | None = None,
     ) -> None:
         super().__init__(fd, release, chunk_size)
         self.size = size
         self.start = start
         self.stop = stop
+        self._broken = broken  # told of a read that failed (EIO, a file cut short)
 
     @property
     def length(self) -> int:
@@ -108,9 +110,16 @@ class BlobReader(ClosingStream):
         try:
             pos = self.start
             while pos < self.stop and not self.closed:
-                data = await self._read(pos, self.stop - pos)
-                if not data:
-                    raise OSError(f"blob file ended at {pos} of {self.stop} bytes")
+                try:
+                    data = await self._read(pos, self.stop - pos)
+                    if not data:
+                        raise OSError(f"blob file ended at {pos} of {self.stop} bytes")
+                except ClosedFile:
+                    raise  # closed under the read: this reader's end, not the file's fault
+                except OSError as exc:
+                    if self._broken is not None:
+                        self._broken(exc)
+                    raise
                 pos += len(data)
                 yield data
         finally:

@@ -19,6 +19,7 @@ import pytest
 from quart import Quart
 
 from docxy.cache import fill
+from docxy.cache.files import BlobFile
 from docxy.config import load_config
 from docxy.core.digests import parse_digest
 from docxy.http.app import create_app
@@ -934,3 +935,35 @@ async def test_a_cdns_refusal_of_a_pairing_head_is_not_the_registrys(tmp_path: P
         assert answer.status_code == 200
         state = mirror_state(app)
         assert not state.running.tokens.refused(state.upstreams.default, "team/other")
+
+
+async def test_a_cached_blob_that_cannot_be_read_is_fetched_again_at_the_next_pull(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read of a cached blob fails (EIO: a bad sector under it). That client's download is
+    cut (its headers are out), and the blob is dropped from the cache: the next pull fetches it
+    again. It stayed cached, and every pull of that layer failed the same way."""
+    upstream = Upstream()
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, upstream, **settings) as app:
+        client = app.test_client()
+        first = await client.get(f"/v2/team/app/blobs/{DIGEST}")
+        assert await first.get_data() == BLOB
+        await committed(app)
+        real = BlobFile.pread
+
+        def pread(self: BlobFile, length: int, offset: int) -> bytes:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(BlobFile, "pread", pread)
+        caplog.set_level(logging.WARNING, logger="docxy.cache.blobs")
+        with pytest.raises(OSError):
+            broken = await client.get(f"/v2/team/app/blobs/{DIGEST}")
+            await broken.get_data()
+        assert "dropped from the cache" in caplog.text
+        monkeypatch.setattr(BlobFile, "pread", real)  # the new fill writes new blocks
+        again = await client.get(f"/v2/team/app/blobs/{DIGEST}")
+        assert (again.status_code, await again.get_data()) == (200, BLOB)
+        await committed(app)
+        assert upstream.blob_gets == 2
+        assert app.extensions["docxy"].cache.blobs.holds(parse_digest(DIGEST))
