@@ -151,6 +151,20 @@ async def test_absolute_form_logs_the_path_without_the_authority(
     assert PASSWORD not in all_log_text(caplog)
 
 
+@pytest.mark.parametrize("cut", ["#", "/", "?"])  # raw: not valid in a password, yet sent
+async def test_absolute_form_with_a_raw_delimiter_in_the_password_logs_no_part_of_it(
+    caplog: pytest.LogCaptureFixture, access_log: AccessLines, cut: str
+) -> None:
+    """The authority ends at a raw ``#``, ``/`` or ``?`` for the URL's parse: the rest of the
+    password was logged as the path, or the whole target as it came (``#``)."""
+    target = f"http://bob:x{cut}{PASSWORD}@mirror.example.com/v2/"
+    await call(AccessLog(Guard(Inner(), None)), "GET", target)
+    [line] = access_log()
+    if cut != "?":  # a raw "?" starts the query, which the access line does not show
+        assert line.startswith("GET ...@mirror.example.com/v2/ "), line
+    assert PASSWORD not in all_log_text(caplog)
+
+
 async def test_absolute_form_redirects_to_the_same_https_path() -> None:
     inner = Inner()
     answer = await call(Guard(inner, PUBLIC), "GET", "http://evil.example/v2/?ns=docker.io")
