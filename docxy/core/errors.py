@@ -30,6 +30,7 @@ then leaves the response unended, so the server closes the connection, logged in
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -138,8 +139,17 @@ class TooManyRequests(ClientError):
 
 
 class Unsupported(ClientError):
+    """405: the method is not one the path takes; ``allow`` (RFC 9110 §15.5.6) names those."""
+
     status = 405
     code = "UNSUPPORTED"
+
+    def __init__(self, message: str, detail: Any = None, *, allow: Iterable[str]) -> None:
+        super().__init__(message, detail)
+        self.allow = ", ".join(allow)
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers(), ("Allow", self.allow)]
 
 
 class MirrorUnavailable(RegistryError):

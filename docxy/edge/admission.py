@@ -43,7 +43,6 @@ from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallabl
 from docxy.config import Config
 from docxy.core.cidr import Address, broad
 from docxy.core.errors import Denied, RegistryError, TooManyRequests
-from docxy.core.headers import API_VERSION_HEADER
 from docxy.core.names import Kind, parse_v2_path, upstream_name
 from docxy.edge.clients import client_identity, limit_key, request_address
 from docxy.edge.fills import CLIENT, EXEMPT
@@ -107,7 +106,7 @@ class Admission:
         if refusal is not None:
             setting, error = refusal
             self.refused[setting] += 1
-            await send_error(answer_send(scope, send), error, [API_VERSION_HEADER])
+            await send_error(answer_send(scope, send), error)
             return
         # for the fill caps (docxy.edge.fills), in the tasks the request starts
         named = CLIENT.set(EXEMPT if exempt else key)

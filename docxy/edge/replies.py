@@ -17,6 +17,7 @@ from typing import Any, cast
 from hypercorn.typing import ASGISendCallable, Scope
 
 from docxy.core.errors import RegistryError
+from docxy.core.headers import API_VERSION_HEADER
 
 #: ASGI's extension for answering a WebSocket upgrade with an HTTP response (hypercorn has it).
 DENIAL = "websocket.http.response"
@@ -45,7 +46,8 @@ async def send_error(
     send: ASGISendCallable, error: RegistryError, extra: Iterable[tuple[str, str]] = ()
 ) -> None:
     body = error.encoded()
-    named = [*error.headers(), ("Content-Length", str(len(body))), *extra]
+    # Every registry answer carries the API version (docxy.core.headers), these too.
+    named = [*error.headers(), API_VERSION_HEADER, ("Content-Length", str(len(body))), *extra]
     headers = [(name.lower().encode(), value.encode("latin-1")) for name, value in named]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -179,7 +179,8 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         if error.code == 405:
-            return error_response(Unsupported("method not allowed"))
+            allowed = getattr(error, "valid_methods", None) or ("GET", "HEAD")
+            return error_response(Unsupported("method not allowed", allow=allowed))
         if error.code == 404:
             return error_response(NotFound("unknown path"))
         return error_response(

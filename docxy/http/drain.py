@@ -42,7 +42,6 @@ from hypercorn.typing import (
 )
 
 from docxy.core.errors import MirrorUnavailable
-from docxy.core.headers import API_VERSION_HEADER
 from docxy.edge.replies import send_error
 from docxy.http.middleware import STOPPED
 from docxy.tasks import spawn
@@ -127,7 +126,7 @@ class Drain:
             facts[STOPPED] = True
         if not started:
             error = ShuttingDown("the mirror is shutting down; try again shortly")
-            await send_error(send, error, [API_VERSION_HEADER, ("Connection", "close")])
+            await send_error(send, error, [("Connection", "close")])
 
     def _cut_future(self) -> asyncio.Future[None]:
         if self._cut is None:

@@ -93,7 +93,9 @@ async def ping() -> Response:
     the one the mirror knows for a client without credentials, else the upstream's own answer
     (a token relay, ``docxy.edge.relays``)."""
     if request.method not in READ_METHODS:
-        raise Unsupported("this mirror is read-only", {"method": request.method})
+        raise Unsupported(
+            "this mirror is read-only", {"method": request.method}, allow=READ_METHODS
+        )
     refused = _access(None)
     if refused is not None:
         return refused
@@ -169,7 +171,9 @@ async def content(rest: str) -> Response:
     """``/v2/<name>/manifests/<reference>`` and ``/v2/<name>/blobs/<digest>``, GET and HEAD."""
     del rest  # parsed from the raw path, so percent-encoding cannot hide a separator
     if request.method not in READ_METHODS:  # before parsing: pushes to uploads/ are 405 too
-        raise Unsupported("this mirror is read-only", {"method": request.method})
+        raise Unsupported(
+            "this mirror is read-only", {"method": request.method}, allow=READ_METHODS
+        )
     reference = parse_v2_path(_raw_path())
     if reference is None:
         return await ping()

@@ -58,6 +58,8 @@ async def call(
 def error_code(answer: Answer) -> str:
     assert answer.headers["Content-Type"] == "application/json"
     assert answer.headers["Content-Length"] == str(len(answer.body))
+    # Every registry answer says its API version: the edge's own errors too (they did not).
+    assert answer.headers["Docker-Distribution-API-Version"] == "registry/2.0"
     return str(json.loads(answer.body)["errors"][0]["code"])
 
 

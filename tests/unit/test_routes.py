@@ -779,6 +779,7 @@ async def test_writes_are_unsupported(method: str, path: str) -> None:
         response = await getattr(m.client, method.lower())(path)
     assert response.status_code == 405
     assert await error_code(response) == "UNSUPPORTED"
+    assert response.headers["Allow"] == "GET, HEAD"  # RFC 9110 §15.5.6: a 405 names them
     assert m.upstream.requests == []
 
 
