@@ -31,11 +31,9 @@ class IdleConnections:
         self._idle: dict[Origin, list[tuple[float, http.client.HTTPConnection]]] = {}
 
     def take(self, origin: Origin) -> http.client.HTTPConnection | None:
-        cutoff = time.monotonic() - self._idle_seconds
         with self._lock:
+            stale = self._stale()
             idle = self._idle.get(origin, [])
-            stale = [connection for since, connection in idle if since < cutoff]
-            idle[:] = [(since, connection) for since, connection in idle if since >= cutoff]
             found = idle.pop()[1] if idle else None
         for connection in stale:
             connection.close()
@@ -43,11 +41,25 @@ class IdleConnections:
 
     def give(self, origin: Origin, connection: http.client.HTTPConnection) -> None:
         with self._lock:
+            stale = self._stale()
             idle = self._idle.setdefault(origin, [])
             idle.append((time.monotonic(), connection))
-            dropped = idle.pop(0)[1] if len(idle) > self._per_origin else None
-        if dropped is not None:
+            if len(idle) > self._per_origin:
+                stale.append(idle.pop(0)[1])
+        for dropped in stale:
             dropped.close()
+
+    def _stale(self) -> list[http.client.HTTPConnection]:
+        """Take out every origin's connections idle too long (under the lock): a CDN host not
+        asked again kept its sockets open, in CLOSE_WAIT once the server closed them."""
+        cutoff = time.monotonic() - self._idle_seconds
+        stale: list[http.client.HTTPConnection] = []
+        for origin, idle in list(self._idle.items()):
+            stale += [connection for since, connection in idle if since < cutoff]
+            idle[:] = [(since, connection) for since, connection in idle if since >= cutoff]
+            if not idle:
+                del self._idle[origin]
+        return stale
 
     def close(self) -> None:
         """Close every idle connection (at shutdown)."""
