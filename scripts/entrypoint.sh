@@ -42,6 +42,17 @@ else
   export DOCXY_SUPERVISOR_RENEWER=false
 fi
 
+# compose.host.yaml listens on [::] (both address families, on the host's own network); a
+# kernel without IPv6 cannot bind that, so there the same port is taken on 0.0.0.0.
+if [[ ! -e "${DOCXY_IF_INET6:-/proc/net/if_inet6}" ]]; then
+  for setting in DOCXY_SERVER_LISTEN DOCXY_SERVER_TLS_LISTEN; do
+    if [[ "${!setting:-}" == "[::]:"* ]]; then
+      export "$setting=0.0.0.0:${!setting#"[::]:"}"
+      echo "docxy: this kernel has no IPv6: $setting=${!setting}" >&2
+    fi
+  done
+fi
+
 if (($# > 0)); then
   exec "$@"
 fi
