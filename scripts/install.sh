@@ -641,13 +641,21 @@ write_env() {
 # --- the project --------------------------------------------------------------------------------
 
 CLONE=""
+# Left in a project this script fetched: that copy is its own to replace (--update) and delete
+# (--uninstall --purge), also when the script runs from it; a clone or a copy unpacked by hand
+# is the operator's.
+FETCHED_MARK=".docxy-fetched"
 
 find_clone() {
   local here
   [[ -n "${BASH_SOURCE[0]:-}" && -f "${BASH_SOURCE[0]}" ]] || return 0
   here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
-  [[ -f "$here/compose.yaml" && -f "$here/Dockerfile" ]] && CLONE="$here"
-  return 0
+  [[ -f "$here/compose.yaml" && -f "$here/Dockerfile" ]] || return 0
+  # A copy fetched by an earlier version has no mark: the default place without .git is one.
+  [[ -e "$here/$FETCHED_MARK" ]] && return 0
+  [[ "$here" == "$(cd -- "$(under_root /opt/docxy)" 2>/dev/null && pwd -P)" && ! -e "$here/.git" ]] &&
+    return 0
+  CLONE="$here"
 }
 
 settle_dir() {
@@ -721,6 +729,7 @@ get_project() {
     die "$SOURCE_URL holds no compose.yaml$unchanged"
   fi
   chmod 755 -- "$staged"
+  : >"$staged/$FETCHED_MARK"
   # .env as it is: a link into a config repository stays a link.
   if [[ -e "$DIR/.env" || -L "$DIR/.env" ]] && ! cp -pP -- "$DIR/.env" "$staged/.env"; then
     rm -rf -- "$staged"

@@ -1286,6 +1286,33 @@ def test_uninstall_keeps_the_certificates_and_undoes_the_local_docker(
     assert f"https://{DOMAIN}" not in box.path("/etc/docker/daemon.json").read_text()
 
 
+@pytest.mark.parametrize("marked", [True, False], ids=["fetched", "fetched-before-the-mark"])
+def test_the_fetched_copy_is_fetched_again_and_purged_when_run_from_itself(
+    box: ScriptBox, resolver: Resolver, marked: bool
+) -> None:
+    """After a piped install, the project's own scripts/install.sh took /opt/docxy for a clone:
+    --update fetched nothing (and rebuilt the old code), --uninstall --purge kept it."""
+    env = {"DOCXY_SOURCE_URL": source_tarball(box)}
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    first = box.run("", *args, env=env, stdin=clone_script(box).read_text())
+    assert first.returncode == 0, output(first)
+    project = box.path("/opt/docxy")
+    if not marked:  # as an earlier version of the script fetched it
+        (project / ".docxy-fetched").unlink()
+    stack_is_running(box)
+    box.forget_calls()
+    own = project / "scripts" / "install.sh"
+
+    update = box.run(own, *args, "--update", env=env)
+    assert update.returncode == 0, output(update)
+    assert "using the clone" not in update.stdout and "fetching file://" in update.stdout
+
+    purge = box.run(own, "--root", str(box.root), "--uninstall", "--purge")
+    assert purge.returncode == 0, output(purge)
+    assert not project.exists()
+
+
 def test_uninstall_purge_removes_certificates_env_and_image(
     box: ScriptBox, resolver: Resolver
 ) -> None:
