@@ -815,6 +815,11 @@ candidate() {
   apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'
 }
 
+# docker_ce: whether the Engine installed is Docker's own package (from download.docker.com).
+docker_ce() {
+  dpkg-query -W -f '${Status}' docker-ce 2>/dev/null | grep -q 'install ok installed'
+}
+
 install_docker() {
   local packages=()
   find_compose
@@ -845,7 +850,16 @@ install_docker() {
     say "  with the rest of the system by apt; --docker-repo installs Docker's newer builds instead"
     apt_get update
     have docker || packages+=(docker.io)
-    if candidate docker-compose-v2; then packages+=(docker-compose-v2); else packages+=(docker-compose); fi
+    if have docker && docker_ce && candidate docker-compose-plugin; then
+      # Docker's own Engine gets its own Compose plugin: Debian 12's docker-compose 1.29 fails
+      # against Engine 25 and newer on every recreate ("KeyError: 'ContainerConfig'").
+      say "  Docker's own Engine (docker-ce) is installed: its Compose plugin from the same source"
+      packages+=(docker-compose-plugin)
+    elif candidate docker-compose-v2; then
+      packages+=(docker-compose-v2)
+    else
+      packages+=(docker-compose)
+    fi
   fi
   # Both sources' dockerd only recommend apparmor, which --no-install-recommends leaves out; on a
   # kernel with AppArmor on, a minimal image without apparmor_parser then has dockerd refuse to

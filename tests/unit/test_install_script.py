@@ -966,6 +966,28 @@ def test_docker_repo_on_an_ubuntu_derivative_names_ubuntus_release(
     assert "https://download.docker.com/linux/ubuntu noble stable" in listing
 
 
+@pytest.mark.parametrize("engine", ["docker-ce", "docker.io"])
+def test_compose_alone_missing_comes_from_the_engines_own_source(
+    box: ScriptBox, resolver: Resolver, engine: str
+) -> None:
+    """Docker's own Engine (docker-ce) with no Compose got Debian's docker-compose 1.29, which
+    fails against Engine 25 and newer on every recreate: it gets Docker's Compose plugin."""
+    box.stand_in("docker", Rule(r"^compose", rc=1), Rule(r"^(volume|image) inspect", rc=1))
+    box.stand_in("docker-compose", present=False)
+    box.stand_in(
+        "apt-get", Rule(r" install ", effect='cp "$STANDINS/.later/docker-compose" "$STANDINS/"')
+    )
+    box.stand_in("apt-cache", Rule(r"docker-compose-plugin", stdout="  Candidate: 2.29.1-1\n"))
+    installed = "install ok installed" if engine == "docker-ce" else ""
+    box.stand_in("dpkg-query", Rule(r"docker-ce", stdout=installed))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    compose = "docker-compose-plugin" if engine == "docker-ce" else "docker-compose"
+    assert box.called(rf"{APT} install -y --no-install-recommends {compose}$")
+
+
 def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(
     box: ScriptBox, resolver: Resolver
 ) -> None:
