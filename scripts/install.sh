@@ -883,6 +883,20 @@ start_docker() {
     say "  systemd is not running here: make sure dockerd runs (and starts at boot)"
     return
   fi
+  # Ubuntu Server's docker snap runs dockerd as snap.docker.dockerd: no docker.service to enable.
+  # (A dry run may have no Docker yet: its package would bring docker.service.)
+  if have docker && ! systemctl cat docker.service >/dev/null 2>&1; then
+    if have snap && snap list docker >/dev/null 2>&1; then
+      say "  Docker is the snap (snap.docker.dockerd): snap starts it at boot"
+      docker info >/dev/null 2>&1 || act snap start --enable docker
+      return
+    fi
+    if docker info >/dev/null 2>&1; then
+      say "  dockerd runs, though not as docker.service: left as it is (make sure it starts at boot)"
+      return
+    fi
+    die "dockerd is installed but not running, and there is no docker.service to start: start dockerd, then run this again"
+  fi
   systemctl is-enabled --quiet docker 2>/dev/null || act systemctl enable docker
   systemctl is-active --quiet docker 2>/dev/null || act systemctl start docker
   if ((DRY_RUN && CHANGES > before)); then

@@ -988,6 +988,28 @@ def test_compose_alone_missing_comes_from_the_engines_own_source(
     assert box.called(rf"{APT} install -y --no-install-recommends {compose}$")
 
 
+@pytest.mark.parametrize("snap", [True, False], ids=["snap", "other-unit"])
+def test_a_dockerd_without_docker_service_is_not_enabled_as_one(
+    box: ScriptBox, resolver: Resolver, snap: bool
+) -> None:
+    """Ubuntu Server's docker snap (snap.docker.dockerd) has no docker.service: `systemctl
+    enable docker` failed and stopped every run, re-runs included."""
+    box.stand_in(
+        "systemctl",
+        Rule(r"^is-system-running", stdout="running\n"),
+        Rule(r"^cat docker\.service", rc=1),
+        Rule(r"^(is-enabled|is-active|enable|start)", rc=1),
+    )
+    box.stand_in("snap", Rule(r"^list docker", rc=0 if snap else 1))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    said = "Docker is the snap" if snap else "not as docker.service"
+    assert said in result.stdout, output(result)
+    assert not box.called(r"^systemctl (enable|start)")
+
+
 def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(
     box: ScriptBox, resolver: Resolver
 ) -> None:
