@@ -484,6 +484,16 @@ configure_docker() {
   fi
   # The written document is read back before it replaces anything.
   daemon_json_tool validate "$new" || { rm -f -- "$new"; die "the new daemon.json did not validate"; }
+  if ((!REMOVE)) && mirror_flag_set; then
+    rm -f -- "$new"
+    warn "dockerd runs with --registry-mirror on its command line (its unit or service file):"
+    warn "a registry-mirrors key in $DAEMON_JSON beside that flag stops dockerd from starting"
+    warn "(\"directives are specified both as a flag and in the configuration file\"). Add"
+    warn "--registry-mirror=$MIRROR to that command line instead, or move its mirrors into"
+    warn "$DAEMON_JSON and drop the flag; $DAEMON_JSON was not changed"
+    FAILED=1
+    return
+  fi
   if ((DRY_RUN)); then
     show_new_content "$DAEMON_JSON" "$new"
     rm -f -- "$new"
@@ -551,6 +561,18 @@ is_dockerd() {
   local comm
   comm="$(cat "/proc/$1/comm" 2>/dev/null)" || return 1
   [[ "$comm" == dockerd ]]
+}
+
+# mirror_flag_set: whether the running dockerd was started with --registry-mirror, which it
+# refuses to combine with a registry-mirrors key in daemon.json (it would not start again).
+mirror_flag_set() {
+  local pid=""
+  if systemd_docker_active; then
+    pid="$(systemctl show --property MainPID --value docker 2>/dev/null)" || pid=""
+  fi
+  [[ "$pid" =~ ^[1-9][0-9]*$ ]] || pid="$(dockerd_pid)" || return 1
+  is_dockerd "$pid" || return 1
+  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -e '^--registry-mirror\b'
 }
 
 systemd_docker_active() {
@@ -656,7 +678,8 @@ confirm_docker() {
     fi
   fi
   warn "dockerd did not pick up the change (\`docker info\` does not show it)."
-  warn "restart it to apply: systemctl restart docker (or rerun with --allow-restart)"
+  warn "restart it to apply: systemctl restart docker, which stops its running containers unless"
+  warn "live-restore is on (or rerun with --allow-restart, which puts the old file back if it fails)"
   FAILED=1
 }
 

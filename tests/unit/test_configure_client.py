@@ -371,6 +371,34 @@ def bystander(tmp_path: Path) -> Iterator[int]:
     yield from running(tmp_path, "bystander")
 
 
+@pytest.mark.parametrize("flag", ["--registry-mirror=https://old.example", "--debug"])
+def test_a_dockerd_started_with_registry_mirror_gets_no_registry_mirrors_key(
+    box: ScriptBox, tmp_path: Path, flag: str
+) -> None:
+    """dockerd refuses to start with a directive both as a flag and in daemon.json: with
+    --registry-mirror in its unit, the file was written, the reload refused, and the next
+    restart (or boot) left Docker down. The script says what to do instead, and writes nothing."""
+    link = tmp_path / "procs" / "dockerd"  # a process named dockerd, with that command line
+    link.parent.mkdir()
+    link.symlink_to(shutil.which("sh") or "/bin/sh")
+    proc = subprocess.Popen([str(link), "-c", "sleep 600; :", "dockerd", flag])
+    try:
+        pidfile = box.base / "dockerd.pid"
+        pidfile.write_text(f"{proc.pid}\n")
+        code, said = run(box, "--mirror", MIRROR, "--docker", "--dockerd-pidfile", str(pidfile))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+    if flag.startswith("--registry-mirror"):
+        assert code == 1 and "--registry-mirror on its command line" in said, said
+        assert f"--registry-mirror={MIRROR}" in said
+        assert not box.path("/etc/docker/daemon.json").exists()
+    else:
+        assert code == 0, said
+        assert daemon_json(box)["registry-mirrors"] == [MIRROR]
+
+
 def test_reload_by_sighup_to_the_pid_in_the_pidfile(box: ScriptBox, dockerd: int) -> None:
     pidfile = box.base / "dockerd.pid"
     pidfile.write_text(f"{dockerd}\n")
