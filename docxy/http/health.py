@@ -62,7 +62,7 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     return report
 
 
-def _for_strangers(state: MirrorState) -> bool:
+def for_strangers(state: MirrorState) -> bool:
     """Whether this request gets only ``status`` and ``version``: always in ``users`` mode,
     and from an address off ``access.allow`` (``/health`` is never refused, but what the
     allow list keeps out learns nothing of the upstreams)."""
@@ -83,7 +83,7 @@ async def health() -> Response:
     ``/status.json`` has the rest)."""
     state = mirror_state()
     report = health_report(state, public=True)
-    if _for_strangers(state):
+    if for_strangers(state):
         report = {key: report[key] for key in ("status", "version")}
     response = jsonify(report)
     response.headers["Cache-Control"] = "no-store"

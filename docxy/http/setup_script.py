@@ -17,6 +17,7 @@ from quart import Blueprint, Response
 
 from docxy.config import Config
 from docxy.core.errors import RegistryError
+from docxy.http.health import for_strangers
 from docxy.http.state import mirror_state
 from docxy.upstream.presets import DEFAULT_NAME
 
@@ -35,15 +36,15 @@ class SetupScriptError(RegistryError):
     """The script cannot be served (not shipped, or the public URL is not shell-safe)."""
 
 
-def registries_of(config: Config) -> tuple[str, ...]:
+def registries_of(config: Config, *, urls: bool = True) -> tuple[str, ...]:
     """The registries this mirror fronts, as the script's ``--registry`` takes them: Docker Hub
     (``[upstream]``, whose hosts.toml falls back to Docker Hub itself), then each of
     ``upstreams`` with its registry URL (just the name, meaning ``https://NAME``, when the URL
-    has a path the script's form cannot carry)."""
+    has a path the script's form cannot carry, or without ``urls``)."""
     entries = [DEFAULT_NAME]
     for upstream in config.upstreams:
         entry = f"{upstream.name}={upstream.registry.rstrip('/')}"
-        entries.append(entry if _SAFE_REGISTRY.fullmatch(entry) else upstream.name)
+        entries.append(entry if urls and _SAFE_REGISTRY.fullmatch(entry) else upstream.name)
     return tuple(entries)
 
 
@@ -73,8 +74,13 @@ def shipped_script() -> str:
 
 @blueprint.route("/setup.sh", methods=["GET", "HEAD"])
 async def setup_script() -> Response:
-    config = mirror_state().config
-    body = fill_in(shipped_script(), config.server.public_url, registries_of(config))
+    state = mirror_state()
+    config = state.config
+    # Strangers (users mode, an address off access.allow) learn no upstream URL here either,
+    # as on /health: an internal registry's address stays inside. Their hosts.toml falls back
+    # to https://NAME; --registry NAME=URL on the client gives the real one.
+    registries = registries_of(config, urls=not for_strangers(state))
+    body = fill_in(shipped_script(), config.server.public_url, registries)
     response = Response(body, content_type="text/x-shellscript; charset=utf-8")
     response.headers["Cache-Control"] = "no-cache"
     return response

@@ -178,8 +178,9 @@ def python_script_flags() -> set[str]:
     return {f for p in (ROOT / "scripts").glob("*.py") for f in re.findall(declared, p.read_text())}
 
 
-# Flags of other programs the README shows: docker, curl, certbot, mypy.
+# Flags of other programs the README shows: docker, dockerd, curl, certbot, mypy.
 FOREIGN = {
+    "--registry-mirror",
     "--build",
     "--build-arg",
     "--network",

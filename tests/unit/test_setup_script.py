@@ -97,6 +97,22 @@ async def test_route_fills_in_every_configured_registry() -> None:
     assert body == expected("https://mirror.example.com", registries)
 
 
+async def test_strangers_get_the_registries_names_without_their_urls() -> None:
+    """Off ``access.allow`` (or in users mode), /health shows strangers no upstream URL, and
+    /setup.sh, served to anyone, listed an internal registry's address all the same."""
+    upstreams = "ghcr.io,lab.test=http://10.0.0.5:5000/"
+    app = mirror_app(
+        "https://mirror.example.com", upstreams=upstreams, **{"access.allow": "192.0.2.0/24"}
+    )
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/setup.sh")
+        body = await response.get_data(as_text=True)
+
+    assert response.status_code == 200
+    assert body == expected("https://mirror.example.com", "docker.io ghcr.io lab.test")
+    assert "10.0.0.5" not in body
+
+
 async def test_route_serves_the_script_with_this_mirrors_url() -> None:
     app = mirror_app("https://mirror.example.com")
     async with app.test_app() as test_app:
