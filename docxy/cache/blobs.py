@@ -80,6 +80,10 @@ LOW_WATER_GAP = 8 * 1024**3
 #: (``cache.room_wait``), then passes the blob through.
 ROOM_ATTEMPTS = 2
 ROOM_WAIT = 30.0
+#: How long a fill short of room counts on removed files still held open being freed, before
+#: it evicts instead: an aborted fill's temp file is held by its followers until their clients
+#: are done reading the bytes it kept, which a slow client can take minutes over.
+UNLINKED_GRACE = 1.0
 #: Seconds a blob that found no room passes straight through, unless the room it needed is
 #: free sooner (larger than the cache: always).
 NO_ROOM_BACKOFF = 60.0
@@ -594,21 +598,30 @@ class DiskBlobStore:
     async def _make_room(self, fill: InFlight, nbytes: int, wanted: int) -> None:
         """Wait until ``nbytes`` are free, ``room_wait`` seconds at most: for removed files
         being freed if their bytes will do (a follower's client cut by the abort, a close or
-        an eviction's deletes in a worker thread), else for an eviction (``ROOM_ATTEMPTS`` at
-        most). Each fill waits on its own, woken whenever room may have grown; a fill that
+        an eviction's deletes in a worker thread; files still held open for
+        :data:`UNLINKED_GRACE` only), else for an eviction (``ROOM_ATTEMPTS`` at most).
+        Each fill waits on its own, woken whenever room may have grown; a fill that
         gave up has its temp file removed at once, so one waking after it waits for those
         bytes rather than giving up alongside it."""
         evictions: list[asyncio.Task[None]] = []
+        grace_ends = time.monotonic() + UNLINKED_GRACE
         try:
             async with asyncio.timeout(self.room_wait):
                 while self._room() < nbytes:
-                    if self._room() + self._trash + self._unlinked < nbytes:  # never the stuck
+                    grace = grace_ends - time.monotonic()
+                    soon = self._trash + (self._unlinked if grace > 0 else 0)  # never the stuck
+                    if self._room() + soon < nbytes:
                         eviction = self._start_eviction()
                         if eviction not in evictions:
                             if len(evictions) == ROOM_ATTEMPTS:
                                 break
                             evictions.append(eviction)
-                    await self._room_freed.wait()
+                    if grace > 0:  # look again when it ends, should nothing wake this fill
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(grace):
+                                await self._room_freed.wait()
+                    else:
+                        await self._room_freed.wait()
         except TimeoutError:
             pass
         if self._room() < nbytes:
@@ -653,9 +666,11 @@ class DiskBlobStore:
         self._in_flight += nbytes
 
     def _kept_bytes(self) -> int:
-        """Committed blobs, the fills' reservations, the room fills wait for, and evicted files
-        that could not be deleted (an eviction plans around them: nothing will free them)."""
-        return self._total + self._reserved + sum(self._waiting) + self._stuck
+        """Committed blobs, the fills' reservations, the room fills wait for, evicted files
+        that could not be deleted (an eviction plans around them: nothing will free them), and
+        removed files still held open (an aborted fill's temp file that its followers' clients
+        still read: freed when they are done, which a slow one takes minutes over)."""
+        return self._total + self._reserved + sum(self._waiting) + self._stuck + self._unlinked
 
     def fill_ended(self, fill: InFlight) -> None:
         if self._fills.get(fill.digest) is fill:

@@ -429,3 +429,37 @@ async def test_evicted_files_that_cannot_be_deleted_stay_counted_and_are_said_on
     assert store.usage().freeing == 300
     said = [r.getMessage() for r in caplog.records if "cannot delete" in r.getMessage()]
     assert len(said) == 1 and "300 bytes" in said[0]
+
+
+async def test_a_removed_file_a_slow_client_still_reads_does_not_stop_an_eviction(
+    tmp_path: Path,
+) -> None:
+    """A fill given up keeps its temp file open for its followers until their clients have
+    read the bytes it kept (minutes, for a slow one). A fill short of room counted those bytes
+    as about to be freed and never evicted: it waited ``room_wait`` and passed its blob
+    through, while an evictable blob stayed cached. It evicts once UNLINKED_GRACE is over."""
+    store = make_store(tmp_path, max_size=1000, room_wait=5)
+    evictable = await put(store, blob(500, 1))
+    reader = store.open_read(evictable)  # pinned for now
+    assert reader is not None
+    given_up = blob(900, 2)
+    slow = await store.fill(digest_of(given_up), Upstream(given_up, announced=None).fetch)
+    assert isinstance(slow, BlobFollower)
+    await guard(until_kept(slow))  # outgrew the room (the other blob pinned): given up
+    reader.close()  # evictable now; the slow client's follower still holds the removed file
+
+    wanted = blob(400, 3)
+    follower = await store.fill(digest_of(wanted), Upstream(wanted).fetch)
+    try:
+        assert await guard(follower.read_all()) == wanted
+    finally:
+        follower.close()
+        slow.close()
+    assert not store.holds(evictable)
+    await guard(store.commits_done())
+    assert store.holds(digest_of(wanted))
+
+
+async def until_kept(follower: BlobFollower) -> None:
+    while follower.fill.kept is None:
+        await asyncio.sleep(0.005)
