@@ -616,6 +616,7 @@ OTHER_ENV = frozenset(
         "DOCXY_SCRIPTS_DIR",  # container: where supervisord finds its listener (entrypoint.sh)
         "DOCXY_SUPERVISOR_RENEWER",  # container: whether the renewer runs (entrypoint.sh)
         "DOCXY_WATCHDOG_SECONDS",  # container: a hung mirror's restart (supervisor-watchdog.sh)
+        "DOCXY_IF_INET6",  # container: where the kernel lists IPv6 addresses (entrypoint.sh)
         # compose.yaml's own (env_file: .env hands them to the container too):
         "DOCXY_HTTP_PORT",  # host port published for the mirror's port 80
         "DOCXY_HTTPS_PORT",  # host port published for the mirror's port 443
