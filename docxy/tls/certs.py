@@ -229,7 +229,13 @@ def describe_files(cert_path: Path, key_path: Path, domain: str | None = None) -
         info = inspect_pair(cert_path.read_bytes(), key_path.read_bytes(), cert_path, key_path)
     except (OSError, CertError) as exc:
         return {"cert_path": str(cert_path), "error": str(exc)}
-    served, warning = trust.verdict(info.self_signed, info.sans, domain, staging=info.staging)
+    served, warning = trust.verdict(
+        info.self_signed,
+        info.sans,
+        domain,
+        staging=info.staging,
+        issuer_included=info.issuer_included,
+    )
     return {
         "cert_path": str(cert_path),
         **info.as_dict(),

@@ -19,7 +19,7 @@ import logging
 import os
 import ssl
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -60,6 +60,9 @@ class CertInfo:
     #: Issued by a CA that names itself a test CA: Let's Encrypt's staging CA puts
     #: ``(STAGING)`` before its names (:data:`STAGING_MARK`), and no client trusts it.
     staging: bool = False
+    #: Its issuer's certificate is in the served file too (or it is its own issuer): a leaf
+    #: served without its intermediate is refused by clients that do not fetch it (Go's).
+    issuer_included: bool = True
 
     def expires_soon(self, now: dt.datetime | None = None) -> bool:
         """Less than :data:`EXPIRY_WARNING` left (a sixth of its lifetime if less), or expired."""
@@ -123,7 +126,9 @@ def inspect_pair(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Pat
     der = serialization.Encoding.DER
     if leaf.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
         raise CertError(f"key {key_path} does not match certificate {cert_path}")
-    return describe(leaf)
+    info = describe(leaf)
+    included = leaf.issuer == leaf.subject or any(c.subject == leaf.issuer for c in chain[1:])
+    return replace(info, issuer_included=included)
 
 
 def chain_fingerprint(cert_pem: bytes) -> str:
@@ -318,7 +323,13 @@ class ReloadableTLS:
     def _refusal(self) -> tuple[str, str | None]:
         """What is served (:func:`docxy.tls.trust.served_kind`) and why clients refuse it."""
         info = self._info
-        return trust.verdict(info.self_signed, info.sans, self.domain, staging=info.staging)
+        return trust.verdict(
+            info.self_signed,
+            info.sans,
+            self.domain,
+            staging=info.staging,
+            issuer_included=info.issuer_included,
+        )
 
     def _warn_if_refused(self) -> None:
         """Log, once per certificate loaded, that clients will refuse it."""

@@ -70,12 +70,26 @@ def served_kind(
 
 
 def verdict(
-    self_signed: bool, sans: Sequence[str], domain: str | None, *, staging: bool = False
+    self_signed: bool,
+    sans: Sequence[str],
+    domain: str | None,
+    *,
+    staging: bool = False,
+    issuer_included: bool = True,
 ) -> tuple[str, str | None]:
     """:func:`served_kind` and :func:`refusal` of one certificate: what ``/health`` and
-    ``docxy certs status`` show as ``served`` and ``warning``."""
+    ``docxy certs status`` show as ``served`` and ``warning``. A CA's certificate for the
+    domain served without its issuer's (``issuer_included`` false: the leaf alone, cert.pem
+    where fullchain.pem belongs) is refused too."""
     kind = served_kind(self_signed, sans, domain, staging=staging)
-    return kind, refusal(kind, sans, domain)
+    refused = refusal(kind, sans, domain)
+    if refused is None and domain is not None and kind == CA_ISSUED and not issuer_included:
+        refused = (
+            "serving the certificate without its issuer's (the intermediate): clients refuse it"
+            " (x509: certificate signed by unknown authority); install the full chain"
+            " (certbot's fullchain.pem, not cert.pem) at tls.cert_path"
+        )
+    return kind, refused
 
 
 def refusal(kind: str, sans: Sequence[str], domain: str | None) -> str | None:

@@ -219,6 +219,33 @@ def test_a_staging_certificate_degrades_health(
     assert (status["served"], status["warning"]) == ("staging-ca", shown["warning"])
 
 
+def test_a_leaf_served_without_its_issuers_certificate_degrades_health(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """cert.pem where fullchain.pem belongs: the leaf alone, issued by a CA for the domain,
+    which Go's TLS (Docker's) refuses, as it does not fetch a missing intermediate. /health
+    said ``ok``; with the issuer's certificate after the leaf it is ``ok`` again."""
+    tls = load_tls(with_domain(tmp_path))
+    assert tls is not None
+    root = ca()
+    leaf = issue(DOMAIN, root, names=[x509.DNSName(DOMAIN)])
+    caplog.set_level(logging.WARNING, logger="docxy.tls.context")
+    tls.cert_path.write_bytes(leaf.cert_pem)
+    tls.key_path.write_bytes(leaf.key_pem)
+    assert tls.reload() is True
+    report = health(tmp_path, tls)
+    shown = report["tls"]
+    assert isinstance(shown, dict)
+    assert (report["status"], shown["served"]) == ("degraded", "ca-issued")
+    assert "fullchain.pem" in str(shown["warning"])
+    assert any("without its issuer" in r.getMessage() for r in caplog.records)
+    status = describe_files(tls.cert_path, tls.key_path, DOMAIN)  # docxy certs status
+    assert status["warning"] == shown["warning"]
+
+    install(tls, leaf, root)
+    assert health(tmp_path, tls)["status"] == "ok"
+
+
 def test_a_wildcard_certificate_for_the_domain_keeps_health_ok(tmp_path: Path) -> None:
     tls = load_tls(with_domain(tmp_path))
     assert tls is not None
