@@ -224,7 +224,7 @@ def test_cli_status_says_whether_clients_take_the_pair_for_the_domain(
     assert "self-signed" in shown["warning"] and "mirror.test" in shown["warning"]
     root = issue("Test CA", ca=True)
     issued = issue("mirror.test", root, names=[x509.DNSName("mirror.test")])
-    cert.write_bytes(issued.cert_pem)
+    cert.write_bytes(issued.cert_pem + root.cert_pem)  # the full chain, as certbot's
     key.write_bytes(issued.key_pem)
     assert run_cli(["certs", "status", "--cert", str(cert), "--key", str(key)]) == 0
     shown = json.loads(capsys.readouterr().out)
