@@ -36,6 +36,15 @@ answers() {
   ' _ "$host" "$port" 2>/dev/null
 }
 
+# Seconds since boot (CLOCK_BOOTTIME): never stepped. The wall clock is (a VPS that booted with
+# its clock ahead, then NTP): stepped back, no probe ran for the whole step; forward, one failed
+# probe counted as the whole patience.
+seconds() {
+  local up
+  read -r up _ </proc/uptime
+  printf '%s' "${up%.*}"
+}
+
 answered=false  # since the mirror last started
 failing_since=0 # 0: answering
 last_probe=0
@@ -51,11 +60,11 @@ while :; do
       fi
       ;;
     *eventname:TICK_*)
-      if [[ -n "${port:-}" ]] && (($(date +%s) - last_probe >= every)); then
+      if [[ -n "${port:-}" ]] && (($(seconds) - last_probe >= every)); then
         answers
         probed=$?
         # From the probe's end: the ticks that queued up meanwhile are let through unprobed.
-        now=$(date +%s)
+        now=$(seconds)
         last_probe=$now
         if ((probed == 0)); then
           answered=true
