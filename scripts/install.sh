@@ -641,6 +641,7 @@ write_env() {
 # --- the project --------------------------------------------------------------------------------
 
 CLONE=""
+MARKED=""  # the fetched copy this script runs from: the default --dir, though not a clone
 # Left in a project this script fetched: that copy is its own to replace (--update) and delete
 # (--uninstall --purge), also when the script runs from it; a clone or a copy unpacked by hand
 # is the operator's.
@@ -652,16 +653,18 @@ find_clone() {
   here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
   [[ -f "$here/compose.yaml" && -f "$here/Dockerfile" ]] || return 0
   # A copy fetched by an earlier version has no mark: the default place without .git is one.
-  [[ -e "$here/$FETCHED_MARK" ]] && return 0
-  [[ "$here" == "$(cd -- "$(under_root /opt/docxy)" 2>/dev/null && pwd -P)" && ! -e "$here/.git" ]] &&
+  if [[ -e "$here/$FETCHED_MARK" ]] ||
+    [[ "$here" == "$(cd -- "$(under_root /opt/docxy)" 2>/dev/null && pwd -P)" && ! -e "$here/.git" ]]; then
+    MARKED="$here"
     return 0
+  fi
   CLONE="$here"
 }
 
 settle_dir() {
   find_clone
   if [[ -z "$DIR" ]]; then
-    DIR="${CLONE:-$(under_root /opt/docxy)}"
+    DIR="${CLONE:-${MARKED:-$(under_root /opt/docxy)}}"
   elif [[ -d "$DIR" ]]; then
     # One spelling per directory ("clone/", "."), so the clone is never taken for a fetched copy.
     DIR="$(cd -- "$DIR" && pwd -P)"

@@ -1357,6 +1357,36 @@ def test_the_fetched_copy_is_fetched_again_and_purged_when_run_from_itself(
     assert not project.exists()
 
 
+def test_a_fetched_copy_in_another_dir_is_the_one_its_own_script_updates(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Run from a copy fetched into --dir /srv/docxy without --dir, the script took the default
+    /opt/docxy: a second project fetched there, a .env of defaults, the stack replaced."""
+    env = {"DOCXY_SOURCE_URL": source_tarball(box)}
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    srv = box.path("/srv/docxy")
+    first = box.run(
+        "",
+        *args,
+        "--dir",
+        str(srv),
+        "--cache-size",
+        "7G",
+        env=env,
+        stdin=clone_script(box).read_text(),
+    )
+    assert first.returncode == 0, output(first)
+    stack_is_running(box)
+
+    update = box.run(srv / "scripts" / "install.sh", *args, "--update", env=env)
+
+    assert update.returncode == 0, output(update)
+    assert not box.path("/opt/docxy").exists(), output(update)
+    assert "DOCXY_CACHE_MAX_SIZE=7G" in (srv / ".env").read_text().splitlines()
+    assert box.called(rf"-f {srv}/compose.yaml .* up -d --build$")
+
+
 def test_uninstall_purge_removes_certificates_env_and_image(
     box: ScriptBox, resolver: Resolver
 ) -> None:
