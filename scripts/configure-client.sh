@@ -486,6 +486,12 @@ configure_docker() {
   daemon_json_tool validate "$new" || { rm -f -- "$new"; die "the new daemon.json did not validate"; }
   if ((!REMOVE)) && mirror_flag_set; then
     rm -f -- "$new"
+    local mirrors
+    if mirrors="$(active_mirrors)" && mirror_active "$mirrors"; then
+      say "  dockerd already uses $MIRROR, from --registry-mirror on its command line:"
+      say "  $DAEMON_JSON left as it is (dockerd refuses registry-mirrors there beside that flag)"
+      return
+    fi
     warn "dockerd runs with --registry-mirror on its command line (its unit or service file):"
     warn "a registry-mirrors key in $DAEMON_JSON beside that flag stops dockerd from starting"
     warn "(\"directives are specified both as a flag and in the configuration file\"). Add"

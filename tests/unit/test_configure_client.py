@@ -371,13 +371,17 @@ def bystander(tmp_path: Path) -> Iterator[int]:
     yield from running(tmp_path, "bystander")
 
 
-@pytest.mark.parametrize("flag", ["--registry-mirror=https://old.example", "--debug"])
+@pytest.mark.parametrize(
+    "flag", ["--registry-mirror=https://old.example", "--debug", f"--registry-mirror={MIRROR}"]
+)
 def test_a_dockerd_started_with_registry_mirror_gets_no_registry_mirrors_key(
     box: ScriptBox, tmp_path: Path, flag: str
 ) -> None:
     """dockerd refuses to start with a directive both as a flag and in daemon.json: with
     --registry-mirror in its unit, the file was written, the reload refused, and the next
     restart (or boot) left Docker down. The script says what to do instead, and writes nothing."""
+    if "old.example" in flag:  # what dockerd uses: its flag's mirror
+        box.stand_in("docker", docker_info("https://old.example"))
     link = tmp_path / "procs" / "dockerd"  # a process named dockerd, with that command line
     link.parent.mkdir()
     link.symlink_to(shutil.which("sh") or "/bin/sh")
@@ -390,7 +394,10 @@ def test_a_dockerd_started_with_registry_mirror_gets_no_registry_mirrors_key(
         proc.kill()
         proc.wait(timeout=10)
 
-    if flag.startswith("--registry-mirror"):
+    if flag == f"--registry-mirror={MIRROR}":  # docker info lists it already: nothing to do
+        assert code == 0 and "dockerd already uses" in said, said
+        assert not box.path("/etc/docker/daemon.json").exists()
+    elif flag.startswith("--registry-mirror"):
         assert code == 1 and "--registry-mirror on its command line" in said, said
         assert f"--registry-mirror={MIRROR}" in said
         assert not box.path("/etc/docker/daemon.json").exists()
