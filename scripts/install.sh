@@ -161,10 +161,29 @@ act() {
 }
 
 # apt_get ARGS...: apt-get through act, with no questions, waiting up to 5 minutes for the
-# package lock: on a VPS just booted, unattended-upgrades often holds it, and apt-get would
-# stop the install at once ("Could not get lock /var/lib/dpkg/lock-frontend").
+# package locks: on a VPS just booted, apt-daily and unattended-upgrades often hold them, and
+# apt-get would stop the install at once ("Could not get lock ..."). DPkg::Lock::Timeout makes
+# apt-get wait for dpkg's lock; `update` takes the lists' lock, which it never waits for, so an
+# update refused for it is tried again every 5 s.
 apt_get() {
-  act env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"
+  local tries=60 out rc
+  if [[ "$1" != update ]] || ((DRY_RUN)); then
+    act env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"
+    return
+  fi
+  CHANGES=$((CHANGES + 1))
+  say "  running: apt-get -o DPkg::Lock::Timeout=300 $*"
+  while :; do
+    rc=0
+    out="$(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" 2>&1)" || rc=$?
+    if ((rc != 0)) && [[ "$out" == *"Could not get lock"* ]] && ((--tries > 0)); then
+      ((tries % 12 == 11)) && say "  waiting for apt's lock (another apt-get is running)"
+      sleep 5
+      continue
+    fi
+    printf '%s\n' "$out"
+    return "$rc"
+  done
 }
 
 # --- checks -----------------------------------------------------------------------------------

@@ -844,6 +844,29 @@ def docker_arrives_with_apt(box: ScriptBox) -> None:
     box.stand_in("apt-get", Rule(r"install", effect='cp "$STANDINS/.later/docker" "$STANDINS/"'))
 
 
+def test_apt_get_update_waits_for_the_lists_lock(box: ScriptBox, resolver: Resolver) -> None:
+    """apt-daily updating the lists on a VPS just booted: `apt-get update` does not wait for
+    that lock (DPkg::Lock::Timeout is dpkg's), and the first install stopped there. It is tried
+    again until the lock is free (here on its third try; `sleep` is a stand-in)."""
+    docker_arrives_with_apt(box)
+    box.stand_in("sleep")
+    installs = Rule(r"install", effect='cp "$STANDINS/.later/docker" "$STANDINS/"')
+    free = json.dumps([asdict(installs)])  # the rules once the lock is free
+    count = (
+        'n=$(cat "$STANDINS/.updates" 2>/dev/null || echo 0); echo $((n + 1)) >"$STANDINS/.updates"'
+    )
+    freed = f'{count}; if [ "$n" -ge 1 ]; then echo \'{free}\' >"$STANDINS/.rules/apt-get.json"; fi'
+    locked = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 812 (apt-get)\n"
+    box.stand_in("apt-get", Rule(r" update$", rc=100, stderr=locked, effect=freed), installs)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    updates = [c for c in box.calls("apt-get") if c.argv[-1] == "update"]
+    assert len(updates) == 3
+    assert len(box.calls("sleep")) == 2
+
+
 def test_docker_from_the_distribution_by_default(box: ScriptBox, resolver: Resolver) -> None:
     docker_arrives_with_apt(box)
     box.stand_in("systemctl", Rule(r"^is-", rc=1))
