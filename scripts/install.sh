@@ -844,6 +844,11 @@ docker_ce() {
 
 install_docker() {
   local packages=()
+  # Ubuntu Server's docker snap is strictly confined: it reads no file outside the home
+  # directories (this project's compose.yaml) and ignores /etc/docker/daemon.json.
+  if have snap && snap list docker >/dev/null 2>&1; then
+    die "Docker here is the snap, which cannot run this stack: it reads no file outside the home directories (such as $DIR/compose.yaml) and ignores /etc/docker/daemon.json. Remove it (sudo snap remove docker: its images and containers go with it), then run this again: it installs $OS_ID's docker.io (or Docker's own with --docker-repo)"
+  fi
   find_compose
   if have docker && ((${#COMPOSE[@]})); then
     say "  Docker and Compose are installed (${COMPOSE[*]})"
@@ -905,14 +910,9 @@ start_docker() {
     say "  systemd is not running here: make sure dockerd runs (and starts at boot)"
     return
   fi
-  # Ubuntu Server's docker snap runs dockerd as snap.docker.dockerd: no docker.service to enable.
+  # A dockerd run by another unit (not the snap: install_docker refused that) is left as it is.
   # (A dry run may have no Docker yet: its package would bring docker.service.)
   if have docker && ! systemctl cat docker.service >/dev/null 2>&1; then
-    if have snap && snap list docker >/dev/null 2>&1; then
-      say "  Docker is the snap (snap.docker.dockerd): snap starts it at boot"
-      docker info >/dev/null 2>&1 || act snap start --enable docker
-      return
-    fi
     if docker info >/dev/null 2>&1; then
       say "  dockerd runs, though not as docker.service: left as it is (make sure it starts at boot)"
       return

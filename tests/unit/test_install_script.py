@@ -1011,26 +1011,37 @@ def test_compose_alone_missing_comes_from_the_engines_own_source(
     assert box.called(rf"{APT} install -y --no-install-recommends {compose}$")
 
 
-@pytest.mark.parametrize("snap", [True, False], ids=["snap", "other-unit"])
-def test_a_dockerd_without_docker_service_is_not_enabled_as_one(
-    box: ScriptBox, resolver: Resolver, snap: bool
+def test_a_dockerd_without_docker_service_is_left_as_it_is(
+    box: ScriptBox, resolver: Resolver
 ) -> None:
-    """Ubuntu Server's docker snap (snap.docker.dockerd) has no docker.service: `systemctl
-    enable docker` failed and stopped every run, re-runs included."""
+    """A running dockerd that another unit starts has no docker.service: `systemctl enable
+    docker` failed and stopped every run, re-runs included."""
     box.stand_in(
         "systemctl",
         Rule(r"^is-system-running", stdout="running\n"),
         Rule(r"^cat docker\.service", rc=1),
         Rule(r"^(is-enabled|is-active|enable|start)", rc=1),
     )
-    box.stand_in("snap", Rule(r"^list docker", rc=0 if snap else 1))
 
     result = install(box, resolver)
 
     assert result.returncode == 0, output(result)
-    said = "Docker is the snap" if snap else "not as docker.service"
-    assert said in result.stdout, output(result)
+    assert "not as docker.service" in result.stdout, output(result)
     assert not box.called(r"^systemctl (enable|start)")
+
+
+def test_the_docker_snap_is_refused_before_any_change(box: ScriptBox, resolver: Resolver) -> None:
+    """Ubuntu Server's docker snap reads no file outside the home directories (compose.yaml in
+    /opt/docxy) and ignores /etc/docker/daemon.json: the stack cannot run on it. The run says
+    so, and how to go on, before it changes anything."""
+    box.stand_in("snap", Rule(r"^list docker"))
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert "Docker here is the snap" in result.stderr and "snap remove docker" in result.stderr
+    assert not box.called(r"^(apt-get|systemctl (enable|start)|docker compose)")
+    assert not env_file(box).exists()
 
 
 def test_standalone_docker_compose_is_used_when_the_plugin_is_missing(
