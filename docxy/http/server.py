@@ -99,6 +99,8 @@ class _HypercornConfig(HypercornConfig):
             if type_ == socket.SOCK_STREAM:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if host == "::":  # both families whatever net.ipv6.bindv6only says (IPv4 mapped)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((host, int(port)))
             sock.setblocking(False)
             sock.set_inheritable(True)

@@ -14,6 +14,7 @@ from docxy.access.gate import refuse_plain_http
 from docxy.config import load_config
 from docxy.core.errors import ConfigError
 from lab.mirror import mirror_env
+from tests.unavailable import need_binary, need_root
 
 USERS = {"auth.mode": "users", "server.public_url": "http://mirror.example:8080"}
 
@@ -68,3 +69,32 @@ def test_serve_exits_2_with_one_line_before_listening(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "server.listen: cannot listen on 192.0.2.10:8080" in result.stderr
     assert "auth.allow_plain_http" not in result.stderr
+
+
+PROBE_V6ONLY = """
+import socket
+from docxy.http.server import _HypercornConfig
+config = _HypercornConfig(None)
+config.bind = ["[::]:0"]
+[sock] = config.create_sockets().insecure_sockets
+print(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+"""
+
+
+def test_a_wildcard_ipv6_listener_takes_ipv4_too_whatever_bindv6only_says() -> None:
+    """``[::]`` (compose.host.yaml's default) is one socket for both families only while
+    ``IPV6_V6ONLY`` is off, which ``net.ipv6.bindv6only=1`` turns on by default: IPv4 clients
+    then lost a mirror that had listened on 0.0.0.0. The listener turns it off itself. Run in a
+    network namespace of its own (root), whose bindv6only is set to 1."""
+    need_root("a network namespace whose bindv6only is 1")
+    need_binary("unshare")
+    script = f"echo 1 >/proc/sys/net/ipv6/bindv6only && exec {sys.executable} -c '{PROBE_V6ONLY}'"
+    probe = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert (probe.returncode, probe.stdout.strip()) == (0, "0"), probe.stderr
