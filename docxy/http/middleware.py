@@ -69,6 +69,11 @@ def origin_form(scope: Any) -> Any:
     """
     raw: bytes = scope["raw_path"] or b""
     match = _ABSOLUTE.fullmatch(raw)
+    scheme = _SCHEME.match(raw)
+    if scheme is not None and b"@" in raw and (match is None or b"@" in (match.group(2) or b"")):
+        # A password's raw "/", "?" or "#" ended the authority early: the rest of the password
+        # was the path (sent back in the HTTPS redirect). The host is what follows the last "@".
+        match = _ABSOLUTE.fullmatch(raw[: scheme.end()] + raw.rpartition(b"@")[2])
     if match is None:
         return scope
     authority = match.group(1).rpartition(b"@")[2]  # never credentials in a Host header

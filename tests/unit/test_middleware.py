@@ -167,6 +167,19 @@ async def test_absolute_form_with_a_raw_delimiter_in_the_password_logs_no_part_o
     assert PASSWORD not in all_log_text(caplog)
 
 
+@pytest.mark.parametrize("cut", ["#", "/"])
+async def test_absolute_form_with_a_raw_delimiter_in_the_password_redirects_without_it(
+    cut: str,
+) -> None:
+    """The HTTPS redirect of such a target sent the rest of the password back in its
+    Location (and took ``bob:x`` for the host)."""
+    inner = Inner()
+    target = f"http://bob:x{cut}{PASSWORD}@mirror.example.com/v2/?ns=docker.io"
+    answer = await call(Guard(inner, PUBLIC), "GET", target)
+    assert answer.status == 308
+    assert answer.headers["Location"] == f"{PUBLIC}/v2/?ns=docker.io"
+
+
 async def test_absolute_form_redirects_to_the_same_https_path() -> None:
     inner = Inner()
     answer = await call(Guard(inner, PUBLIC), "GET", "http://evil.example/v2/?ns=docker.io")
