@@ -44,19 +44,6 @@ _ABSOLUTE = re.compile(rb"https?://([^/?#]*)(/.*)?", re.IGNORECASE | re.DOTALL)
 _SCHEME = re.compile(rb"https?://", re.IGNORECASE)
 
 
-def logged_path(scope: HTTPScope | WebsocketScope) -> str:
-    """The path the access log shows: origin-form (:func:`origin_form`); of an absolute-form
-    target whose ``@`` the parse did not take as the end of its authority, only what follows
-    its last ``@``. A password's raw ``#``, ``/`` or ``?`` (not valid there, but sent) ends the
-    authority early: the rest of the password was the path, or the target was left unparsed."""
-    raw: bytes = scope["raw_path"] or b""
-    if _SCHEME.match(raw) and b"@" in raw:
-        match = _ABSOLUTE.fullmatch(raw)
-        if match is None or b"@" in (match.group(2) or b""):
-            return "...@" + raw.rpartition(b"@")[2].decode("latin-1")
-    return origin_form(scope)["path"]
-
-
 @overload
 def origin_form(scope: HTTPScope) -> HTTPScope: ...
 @overload
@@ -255,7 +242,7 @@ class AccessLog:
             log.info(
                 "%s %s %s %d bytes cache=%s%s%s upstream=%s total=%.0fms %s%s",
                 loggable(scope["method"] if scope["type"] == "http" else "GET"),
-                loggable(logged_path(scope)),  # no user:password@host of the target
+                loggable(origin_form(scope)["path"]),  # no user:password@host of the target
                 status,
                 sent,
                 facts.get("cache", "-"),

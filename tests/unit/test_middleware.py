@@ -163,7 +163,7 @@ async def test_absolute_form_with_a_raw_delimiter_in_the_password_logs_no_part_o
     await call(AccessLog(Guard(Inner(), None)), "GET", target)
     [line] = access_log()
     if cut != "?":  # a raw "?" starts the query, which the access line does not show
-        assert line.startswith("GET ...@mirror.example.com/v2/ "), line
+        assert line.startswith("GET /v2/ "), line
     assert PASSWORD not in all_log_text(caplog)
 
 
