@@ -833,8 +833,7 @@ if tomllib is not None:
         try:
             tomllib.loads("".join(body))
         except tomllib.TOMLDecodeError as exc:
-            print(f"the new {path} would not be valid TOML ({exc}): left as it is;"
-                  " please report this with the file", file=sys.stderr)
+            print(f"the new {path} would not be valid TOML ({exc}): left as it is", file=sys.stderr)
             sys.exit(3)
 with open(out, "w", encoding="utf-8") as handle:
     handle.writelines(body)
@@ -874,6 +873,11 @@ configure_registry() {
   if ((rc == 10)); then
     rm -f -- "$new"
     if ((REMOVE)); then say "  $MIRROR is not listed: nothing to remove"; else say "  $MIRROR is already the first host: unchanged"; fi
+  elif ((rc == 3)); then
+    rm -f -- "$new"
+    warn "this script cannot place the mirror in $target (a host given by dotted keys?): add"
+    warn "a [host.\"$MIRROR\"] table first by hand; the other registries go on"
+    FAILED=1
   elif ((rc != 0)); then
     rm -f -- "$new"
     die "could not build the new hosts.toml (python3 exited with $rc)"
