@@ -29,7 +29,10 @@ conf="${DOCXY_SUPERVISOR_CONF:-$DOCXY_SCRIPTS_DIR/supervisord.conf}"
 if [[ -n "${DOCXY_DOMAIN:-}" ]]; then
   export DOCXY_CERTS_DOMAIN="${DOCXY_CERTS_DOMAIN:-$DOCXY_DOMAIN}"
   export DOCXY_CERTS_EMAIL="${DOCXY_CERTS_EMAIL:-${DOCXY_EMAIL:-}}"
-  export DOCXY_SERVER_TLS_LISTEN="${DOCXY_SERVER_TLS_LISTEN:-0.0.0.0:443}"
+  # On the plain listener's addresses: [::] with compose.host.yaml, else the image's 0.0.0.0.
+  any=0.0.0.0
+  [[ "${DOCXY_SERVER_LISTEN:-}" == "[::]:"* ]] && any="[::]"
+  export DOCXY_SERVER_TLS_LISTEN="${DOCXY_SERVER_TLS_LISTEN:-$any:443}"
   export DOCXY_SERVER_PUBLIC_URL="${DOCXY_SERVER_PUBLIC_URL:-https://$DOCXY_DOMAIN}"
   # The mirror serves the files in $served (a self-signed bootstrap until the first issuance,
   # which the renewer obtains through the mirror's webroot and installs there atomically; the

@@ -52,3 +52,23 @@ def test_other_listeners_are_left_as_given(tmp_path: Path) -> None:
     listen = {"DOCXY_SERVER_LISTEN": "127.0.0.1:8080", "DOCXY_SERVER_TLS_LISTEN": "[::1]:8443"}
     settings, said = settings_under(tmp_path, tmp_path / "none", DOCXY_DOMAIN="m.test", **listen)
     assert settings == listen and said == ""
+
+
+@pytest.mark.parametrize(
+    ("listen", "domain", "tls"),
+    [
+        ("[::]:80", "mirror.test", "[::]:443"),  # compose.host.yaml's: both families
+        ("0.0.0.0:80", "mirror.test", "0.0.0.0:443"),  # the image's own (compose.yaml)
+        ("[::]:80", "", None),  # no domain: plain HTTP only, no TLS listener at all
+    ],
+)
+def test_the_https_listener_follows_the_plain_ones_addresses(
+    tmp_path: Path, listen: str, domain: str, tls: str | None
+) -> None:
+    if_inet6 = tmp_path / "if_inet6"
+    if_inet6.write_text("")
+    env = {"DOCXY_SERVER_LISTEN": listen, "DOCXY_SERVER_PUBLIC_URL": "http://m.test"}
+    if domain:
+        env["DOCXY_DOMAIN"] = domain
+    settings, _ = settings_under(tmp_path, if_inet6, **env)
+    assert settings.get("DOCXY_SERVER_TLS_LISTEN") == tls
