@@ -272,11 +272,7 @@ class ManifestStore:
         # In the catalogue first: from now on, eviction keeps the blobs it needs (an eviction
         # deleting this manifest's files right now among them: it looks once they are gone).
         self._pulled(key, content)
-        try:
-            await self._deleted(key)  # ...and the files written after that delete, not under it
-        except asyncio.CancelledError:
-            self._or_later(lambda: self._not_cached(key))  # nothing written: not an image here
-            raise
+        await self._deleted(key)  # ...and the files written after that delete, not under it
         try:
             visibility = await asyncio.to_thread(
                 self._write_manifest, repo, actual, content, media_type, public

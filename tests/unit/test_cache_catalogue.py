@@ -207,26 +207,3 @@ async def test_an_image_pulled_again_during_its_eviction_keeps_its_blobs(
     await asyncio.wait_for(filling, GUARD)
     await cache.blobs.settle()
     assert await offered_whole(cache, repo) is True
-
-
-async def test_a_put_cancelled_while_it_waits_for_an_eviction_leaves_no_image(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A put that joined the catalogue, then was cancelled waiting for the eviction's delete
-    (the mirror stopping), wrote nothing: its image must not stay offered, its blobs kept."""
-    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
-    layers = [layer("cfg", 10), layer("l")]
-    repo = await cached_image(cache, "team/app", layers)
-    await cache.manifests.loaded()
-    deleting = hold(monkeypatch, ManifestStore, "_delete")
-    evicting = spawn("evicting", cache.manifests.evict_images([key_of(cache, layers)]))
-    assert await asyncio.to_thread(deleting.entered.wait, GUARD)
-    putting = spawn("put again", cache.manifests.put(repo, manifest(layers), OCI, public=True))
-    await asyncio.sleep(0.1)  # waiting for the delete now
-    putting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await putting
-    deleting.release.set()
-    await asyncio.wait_for(evicting, GUARD)
-    assert cache.manifests.images() == []
-    assert not cache.manifests.needed(digest_of(layers[1]))
