@@ -2,19 +2,18 @@
 
 The container's ``HEALTHCHECK`` runs it, so the probe follows ``server.listen`` wherever the
 operator moved it. A wildcard listener is asked on loopback: ``0.0.0.0`` at 127.0.0.1, and
-``[::]`` at 127.0.0.1 then ``::1``. The mirror binds ``[::]`` without setting ``IPV6_V6ONLY``,
-so the socket is dual-stack unless ``net.ipv6.bindv6only`` says otherwise (then ``::1``
-first), and IPv4 loopback exists where IPv6 loopback may not (containers often run with
-``net.ipv6.conf.lo.disable_ipv6=1``); an address that refuses the connection or cannot be
-used is followed by the other. Exit codes: 0 the mirror answered 200 (``ok`` or
-``degraded``: it serves), 1 it did not answer or not with 200, 2 config error.
+``[::]`` at 127.0.0.1 then ``::1``. The mirror's ``[::]`` socket is dual-stack (it turns
+``IPV6_V6ONLY`` off itself, whatever ``net.ipv6.bindv6only`` says), and IPv4 loopback exists
+where IPv6 loopback may not (containers often run with ``net.ipv6.conf.lo.disable_ipv6=1``);
+an address that refuses the connection or cannot be used is followed by the other. Exit
+codes: 0 the mirror answered 200 (``ok`` or ``degraded``: it serves), 1 it did not answer or
+not with 200, 2 config error.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docxy.cli.exits import EXIT_FAILED, EXIT_OK
@@ -26,22 +25,13 @@ if TYPE_CHECKING:
 
 EXIT_UNHEALTHY = EXIT_FAILED
 DEFAULT_TIMEOUT = 5.0
-BINDV6ONLY = Path("/proc/sys/net/ipv6/bindv6only")
-
-
-def ipv6_only_by_default() -> bool:
-    """Whether an ``[::]`` socket that does not say is IPv6-only here (Linux's default: no)."""
-    try:
-        return BINDV6ONLY.read_text().strip() == "1"
-    except OSError:
-        return False
 
 
 def local_urls(listen: HostPort, path: str = "/health") -> list[str]:
     """The URLs this host reaches `listen` at, the likeliest first: loopback for a wildcard."""
     hosts = [listen.host]
     if listen.host == "::":
-        hosts = ["::1", "127.0.0.1"] if ipv6_only_by_default() else ["127.0.0.1", "::1"]
+        hosts = ["127.0.0.1", "::1"]
     elif listen.is_wildcard:
         hosts = ["127.0.0.1"]
     return [f"http://{f'[{host}]' if ':' in host else host}:{listen.port}{path}" for host in hosts]
