@@ -875,8 +875,13 @@ configure_registry() {
     if ((REMOVE)); then say "  $MIRROR is not listed: nothing to remove"; else say "  $MIRROR is already the first host: unchanged"; fi
   elif ((rc == 3)); then
     rm -f -- "$new"
-    warn "this script cannot place the mirror in $target (a host given by dotted keys?): add"
-    warn "a [host.\"$MIRROR\"] table first by hand; the other registries go on"
+    if ((REMOVE)); then
+      warn "this script cannot take the mirror out of $target (a host given by dotted keys?):"
+      warn "remove its [host.\"$MIRROR\"] entry by hand; the other registries go on"
+    else
+      warn "this script cannot place the mirror in $target (a host given by dotted keys?): add"
+      warn "a [host.\"$MIRROR\"] table first by hand; the other registries go on"
+    fi
     FAILED=1
   elif ((rc != 0)); then
     rm -f -- "$new"

@@ -45,8 +45,8 @@ usage: $PROG --domain NAME [--email ADDRESS] [options]
   --skip-dns-check          go on when the records do not match (certificates will likely fail)
   --docker-repo             install Docker from Docker's own apt repository (default: the
                             distribution's docker.io and Compose packages)
-  --dir DIR                 where the project lives (default: the clone this runs from, else
-                            /opt/docxy, fetched from \$DOCXY_SOURCE_URL)
+  --dir DIR                 where the project lives (default: the clone or fetched copy this
+                            runs from, else /opt/docxy, fetched from \$DOCXY_SOURCE_URL)
   --source-url URL          the project's .tar.gz to fetch (default: \$DOCXY_SOURCE_URL, else
                             $SOURCE_URL)
   --update                  fetch the project again into --dir
@@ -175,7 +175,8 @@ apt_get() {
   say "  running: apt-get -o DPkg::Lock::Timeout=300 $*"
   while :; do
     rc=0
-    out="$(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" 2>&1)" || rc=$?
+    # In English whatever the host's language: its words are what is looked for.
+    out="$(env LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" 2>&1)" || rc=$?
     if ((rc != 0)) && [[ "$out" == *"Could not get lock"* ]] && ((--tries > 0)); then
       ((tries % 12 == 11)) && say "  waiting for apt's lock (another apt-get is running)"
       sleep 5
@@ -220,6 +221,12 @@ ARCH=""
 
 check_platform() {
   local id like machine
+  # Ubuntu Server's docker snap is strictly confined: it reads no file outside the home
+  # directories (this project's compose.yaml) and ignores /etc/docker/daemon.json. Refused
+  # here, before the checks install anything (dnsutils, curl).
+  if have snap && snap list docker >/dev/null 2>&1; then
+    die "Docker here is the snap, which cannot run this stack: it reads no file outside the home directories (such as this project's compose.yaml) and ignores /etc/docker/daemon.json. Remove it (sudo snap remove docker: its images and containers go with it), then run this again: it installs the distribution's docker.io (or Docker's own with --docker-repo)"
+  fi
   id="$(os_field ID)"
   like="$(os_field ID_LIKE)"
   OS_CODENAME="$(os_field VERSION_CODENAME)"
@@ -844,11 +851,6 @@ docker_ce() {
 
 install_docker() {
   local packages=()
-  # Ubuntu Server's docker snap is strictly confined: it reads no file outside the home
-  # directories (this project's compose.yaml) and ignores /etc/docker/daemon.json.
-  if have snap && snap list docker >/dev/null 2>&1; then
-    die "Docker here is the snap, which cannot run this stack: it reads no file outside the home directories (such as $DIR/compose.yaml) and ignores /etc/docker/daemon.json. Remove it (sudo snap remove docker: its images and containers go with it), then run this again: it installs $OS_ID's docker.io (or Docker's own with --docker-repo)"
-  fi
   find_compose
   if have docker && ((${#COMPOSE[@]})); then
     say "  Docker and Compose are installed (${COMPOSE[*]})"
