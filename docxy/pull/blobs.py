@@ -61,7 +61,7 @@ from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.shared.tier import SharedTier
 from docxy.upstream import direct
 from docxy.upstream.client import same_origin
-from docxy.upstream.tokens import MirrorTokens
+from docxy.upstream.tokens import MirrorTokens, TokenRefused
 
 UNCONFIRMED = PassThrough(
     Reason.UNCONFIRMED, "the upstream did not confirm the cached blob in this repository"
@@ -246,10 +246,12 @@ class BlobService:
         return replace(download, resume=resume, broke_off=broke_off, gave_up=gave_up)
 
     async def _fetch_direct(self, pull: Pull) -> Download | None:
+        url = pull.upstream.url(pull.path)
         try:
             headers = await self.tokens.headers(pull.upstream, pull.name)
-            url = pull.upstream.url(pull.path)
             answer = await direct.open_get(self.tokens.client, pull.upstream, url, headers)
+        except TokenRefused as exc:  # the upstream's answer, as on the httpx path (send)
+            self._refused(pull, exc.status, url)
         except UpstreamError as exc:
             raise FetchFailed(exc.message) from exc
         answered_by = answer.hops[-1][0] if answer.hops else url

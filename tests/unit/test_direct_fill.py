@@ -752,6 +752,7 @@ class Registry:
     refusals: list[int] = field(default_factory=list)  # the CDN's next answers, then 200s
     tokens_issued: int = 0
     cdn_gets: int = 0
+    token_status: int = 200  # the token service's answer to the mirror
 
 
 class RegistryHandler(QuietHandler):
@@ -760,7 +761,7 @@ class RegistryHandler(QuietHandler):
         path, auth = self.path, self.headers.get("Authorization")
         if path.startswith("/token"):
             registry.tokens_issued += 1
-            self.answer(200, b'{"token": "t"}')
+            self.answer(registry.token_status, b'{"token": "t"}')
         elif path.startswith("/blob/"):  # the CDN's
             registry.cdn_gets += 1
             refused = registry.refusals.pop(0) if registry.refusals else None
@@ -831,3 +832,36 @@ async def test_a_cdns_refusal_on_the_direct_path_keeps_the_token_and_the_reposit
         registry_server.stop()
         cdn_server.stop()
     assert registry.tokens_issued == 1
+
+
+async def test_a_token_service_refusing_the_mirror_on_the_direct_path_passes_the_blob_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The token service refuses the mirror (a private repository); the client has its own
+    login and gets the blob through. On the direct path the refusal was a failed fetch, logged
+    as a WARNING; as on the httpx path it is the upstream's answer (INFO)."""
+    from docxy.http.app import create_app  # the mirror, with its real (direct) upstream client
+
+    data = os.urandom(100_000)
+    registry = Registry({digest_of(data).hex: data}, token_status=401)
+    registry_server, cdn_server = RegistryServer(registry), RegistryServer(registry)
+    registry_server.start()
+    cdn_server.start()
+    registry.cdn = cdn_server.port
+    config = load_config(
+        {"upstream.registry": registry_server.url, "cache.dir": str(tmp_path / "cache")},
+        environ={},
+    )
+    caplog.set_level(logging.INFO, logger="docxy")
+    try:
+        app = create_app(config, probe=False)
+        async with app.test_app():
+            response = await app.test_client().get(
+                f"/v2/team/app/blobs/{digest_of(data)}", headers={"Authorization": "Bearer t"}
+            )
+            assert (response.status_code, await response.get_data()) == (200, data)
+    finally:
+        registry_server.stop()
+        cdn_server.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
