@@ -50,7 +50,7 @@ def build(renewer: Runs) -> BlockingScheduler:
         if renewer.run():
             if scheduler.get_job(RETRY_JOB) is not None:
                 scheduler.remove_job(RETRY_JOB)
-        elif scheduler.running:  # (not when stopped meanwhile, the run cut short by that)
+        elif scheduler.running and not renewer.cut_short:  # (a run cut short: stopping)
             delay = backoff(renewer.failures, s.retry_base, s.retry_max)
             when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
             scheduler.add_job(

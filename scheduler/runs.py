@@ -82,6 +82,9 @@ class Runs:
     #: The last lineage certbot could not renew, set aside and obtained anew
     #: (``docxy.tls.lineage.SetAside.as_dict``): kept in the status file until the next one.
     set_aside: dict[str, object] | None = None
+    #: The last run was stopped from outside (:class:`RunCutShort`): the renewer is stopping,
+    #: so no retry is due, even before its own SIGTERM has stopped the scheduler.
+    cut_short: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def attempt(self) -> None:
@@ -98,11 +101,13 @@ class Runs:
             log.info("renewal already running; skipped")
             return True
         before = self.last_run
+        self.cut_short = False
         try:
             self.last_run = dt.datetime.now(dt.UTC)
             self.attempt()
         except RunCutShort as exc:
             self.last_run = before  # as if it never began: the status and the backoff stand
+            self.cut_short = True
             log.warning("certificate renewal cut short, not counted as a failure: %s", exc)
             return False
         except RunFailed as exc:
