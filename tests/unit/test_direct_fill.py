@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from quart import Quart
 
 from docxy.cache import fill as fill_module
 from docxy.cache.blobs import DiskBlobStore
@@ -795,18 +797,12 @@ class RegistryServer(LoopbackServer):
         self.registry = registry
 
 
-@pytest.mark.parametrize("status", [401, 403])
-async def test_a_cdns_refusal_on_the_direct_path_keeps_the_token_and_the_repository(
-    tmp_path: Path, status: int
-) -> None:
-    """The registry took the mirror's token and sent a fill's direct GET to its CDN, which
-    refused it (an expired signed URL). The token is kept (not fetched again for a retry that
-    goes to the same CDN), and the repository is not marked refused: its next blob is fetched
-    and cached with that token."""
-    from docxy.http.app import create_app  # the mirror, with its real (direct) upstream client
+@asynccontextmanager
+async def direct_mirror(tmp_path: Path, registry: Registry) -> AsyncIterator[Quart]:
+    """A mirror with its real (direct) upstream client in front of ``registry``, its CDN on
+    another port (another origin); both servers stopped after."""
+    from docxy.http.app import create_app
 
-    first, second = os.urandom(300_000), os.urandom(200_000)
-    registry = Registry({digest_of(data).hex: data for data in (first, second)}, refusals=[status])
     registry_server, cdn_server = RegistryServer(registry), RegistryServer(registry)
     registry_server.start()
     cdn_server.start()
@@ -818,19 +814,33 @@ async def test_a_cdns_refusal_on_the_direct_path_keeps_the_token_and_the_reposit
     try:
         app = create_app(config, probe=False)
         async with app.test_app():
-            client = app.test_client()
-            for data in (first, second):
-                response = await client.get(
-                    f"/v2/team/app/blobs/{digest_of(data)}",
-                    headers={"Authorization": "Bearer t"},  # the client's, for a pass-through
-                )
-                assert (response.status_code, await response.get_data()) == (200, data)
-            blobs = app.extensions["docxy"].cache.blobs
-            await asyncio.wait_for(blobs.commits_done(), GUARD)
-            assert blobs.lookup(digest_of(second)) is not None, "passed through uncached"
+            yield app
     finally:
         registry_server.stop()
         cdn_server.stop()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_cdns_refusal_on_the_direct_path_keeps_the_token_and_the_repository(
+    tmp_path: Path, status: int
+) -> None:
+    """The registry took the mirror's token and sent a fill's direct GET to its CDN, which
+    refused it (an expired signed URL). The token is kept (not fetched again for a retry that
+    goes to the same CDN), and the repository is not marked refused: its next blob is fetched
+    and cached with that token."""
+    first, second = os.urandom(300_000), os.urandom(200_000)
+    registry = Registry({digest_of(data).hex: data for data in (first, second)}, refusals=[status])
+    async with direct_mirror(tmp_path, registry) as app:
+        client = app.test_client()
+        for data in (first, second):
+            response = await client.get(
+                f"/v2/team/app/blobs/{digest_of(data)}",
+                headers={"Authorization": "Bearer t"},  # the client's, for a pass-through
+            )
+            assert (response.status_code, await response.get_data()) == (200, data)
+        blobs = app.extensions["docxy"].cache.blobs
+        await asyncio.wait_for(blobs.commits_done(), GUARD)
+        assert blobs.lookup(digest_of(second)) is not None, "passed through uncached"
     assert registry.tokens_issued == 1
 
 
@@ -840,28 +850,13 @@ async def test_a_token_service_refusing_the_mirror_on_the_direct_path_passes_the
     """The token service refuses the mirror (a private repository); the client has its own
     login and gets the blob through. On the direct path the refusal was a failed fetch, logged
     as a WARNING; as on the httpx path it is the upstream's answer (INFO)."""
-    from docxy.http.app import create_app  # the mirror, with its real (direct) upstream client
-
     data = os.urandom(100_000)
     registry = Registry({digest_of(data).hex: data}, token_status=401)
-    registry_server, cdn_server = RegistryServer(registry), RegistryServer(registry)
-    registry_server.start()
-    cdn_server.start()
-    registry.cdn = cdn_server.port
-    config = load_config(
-        {"upstream.registry": registry_server.url, "cache.dir": str(tmp_path / "cache")},
-        environ={},
-    )
     caplog.set_level(logging.INFO, logger="docxy")
-    try:
-        app = create_app(config, probe=False)
-        async with app.test_app():
-            response = await app.test_client().get(
-                f"/v2/team/app/blobs/{digest_of(data)}", headers={"Authorization": "Bearer t"}
-            )
-            assert (response.status_code, await response.get_data()) == (200, data)
-    finally:
-        registry_server.stop()
-        cdn_server.stop()
+    async with direct_mirror(tmp_path, registry) as app:
+        response = await app.test_client().get(
+            f"/v2/team/app/blobs/{digest_of(data)}", headers={"Authorization": "Bearer t"}
+        )
+        assert (response.status_code, await response.get_data()) == (200, data)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == []
