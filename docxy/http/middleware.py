@@ -74,6 +74,17 @@ def origin_form(scope: Any) -> Any:
     return normal
 
 
+def login_in_query(scope: HTTPScope | WebsocketScope) -> bool:
+    """Whether an absolute-form target's password held a raw ``?``: the server split the
+    target there, so the authority is cut short and the rest of the password, with the host,
+    is the query (``http://bob:x?secret@host/v2/``). Nothing can be told of where the login
+    ends that a real query could not fake, and the HTTPS redirect would send that query back:
+    such a target is refused (RFC 9110 §4.2.4: userinfo in an ``http`` URI is an error)."""
+    raw: bytes = scope["raw_path"] or b""
+    scheme = _SCHEME.match(raw)
+    return scheme is not None and b"/" not in raw[scheme.end() :] and b"@" in scope["query_string"]
+
+
 def readable_host(scope: HTTPScope | WebsocketScope) -> bool:
     """Whether the request's host (``Host``, or the absolute-form target's, which
     :func:`origin_form` put there) is one the app can take: werkzeug IDNA-encodes it, port
@@ -104,6 +115,9 @@ class Guard:
             return
         http = origin_form(scope)
         answer = answer_send(http, send)
+        if login_in_query(scope):
+            await send_error(answer, ClientError("the request target has a login in it"))
+            return
         if len(http["query_string"]) > MAX_QUERY or len(http["raw_path"] or b"") > MAX_PATH:
             await send_error(answer, RequestTooLarge("request target too long"))
             return

@@ -180,6 +180,29 @@ async def test_absolute_form_with_a_raw_delimiter_in_the_password_redirects_with
     assert answer.headers["Location"] == f"{PUBLIC}/v2/?ns=docker.io"
 
 
+@pytest.mark.parametrize("https_url", [None, PUBLIC])
+async def test_absolute_form_with_a_raw_question_mark_in_the_password_is_refused(
+    caplog: pytest.LogCaptureFixture, https_url: str | None
+) -> None:
+    """A raw ``?`` cuts the target into an authority-only path and a query holding the rest
+    of the password and the host: the HTTPS redirect sent that query back in its Location."""
+    inner = Inner()
+    target = f"http://bob:x?{PASSWORD}@mirror.example.com/v2/?ns=docker.io"
+    answer = await call(Guard(inner, https_url), "GET", target)
+    assert answer.status == 400
+    assert inner.paths == []
+    assert PASSWORD not in str(answer.headers) + answer.body.decode()
+    assert PASSWORD not in all_log_text(caplog)
+
+
+@pytest.mark.parametrize("target", ["http://mirror.example.com/v2/?who=a@b", "/v2/?who=a@b"])
+async def test_an_at_sign_in_a_real_query_is_no_login(target: str) -> None:
+    inner = Inner()
+    answer = await call(Guard(inner, None), "GET", target)
+    assert answer.status == 200
+    assert inner.paths == ["/v2/"]
+
+
 async def test_absolute_form_redirects_to_the_same_https_path() -> None:
     inner = Inner()
     answer = await call(Guard(inner, PUBLIC), "GET", "http://evil.example/v2/?ns=docker.io")
