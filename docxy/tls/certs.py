@@ -251,7 +251,8 @@ RENEWAL_PART_TIMES = {"set_aside": "at", "certificate": "not_after"}
 
 
 def renewal_status(config_dir: Path) -> dict[str, object]:
-    """The renewer's last status (for /health): last run, last error, next run, certificate.
+    """The renewer's last status (for /health): last run, last error, next run, certificate
+    (its days left and whether it expires soon as of now, not of the renewer's last run).
 
     Its times as ``/health``'s others (:func:`docxy.core.stamps.utc_stamp`): the file keeps
     ``isoformat()``'s, with microseconds (``scheduler.runs``), in files of every version."""
@@ -262,6 +263,10 @@ def renewal_status(config_dir: Path) -> dict[str, object]:
         return {"error": f"no renewer status in {path}: {exc.__class__.__name__}"}
     if not isinstance(data, dict):
         return {"error": f"{path}: not a JSON object"}
+    from docxy.tls.context import refreshed
+
+    if isinstance(data.get("certificate"), dict):
+        data["certificate"] = refreshed(data["certificate"])
     for key in RENEWAL_TIMES:
         if key in data:
             data[key] = restamped(data[key])

@@ -66,25 +66,56 @@ class CertInfo:
 
     def expires_soon(self, now: dt.datetime | None = None) -> bool:
         """Less than :data:`EXPIRY_WARNING` left (a sixth of its lifetime if less), or expired."""
-        now = now or dt.datetime.now(dt.UTC)
-        margin = EXPIRY_WARNING
-        if self.not_before is not None:
-            margin = min(margin, (self.not_after - self.not_before) / 6)
-        return self.not_after - now < margin
+        return expires_soon(self.not_after, self.not_before, now)
 
     def days_left(self, now: dt.datetime | None = None) -> float:
-        now = now or dt.datetime.now(dt.UTC)
-        return round((self.not_after - now).total_seconds() / 86400, 2)
+        return days_left(self.not_after, now)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "subject": self.subject,
             "sans": list(self.sans),
             "serial": self.serial,
+            "not_before": utc_stamp(self.not_before),
             "not_after": utc_stamp(self.not_after),
             "days_left": self.days_left(),
             "expires_soon": self.expires_soon(),
         }
+
+
+def expires_soon(
+    not_after: dt.datetime, not_before: dt.datetime | None, now: dt.datetime | None = None
+) -> bool:
+    """:meth:`CertInfo.expires_soon` of a certificate valid from ``not_before`` (None: not
+    known, the margin is :data:`EXPIRY_WARNING`) to ``not_after``."""
+    now = now or dt.datetime.now(dt.UTC)
+    margin = EXPIRY_WARNING
+    if not_before is not None:
+        margin = min(margin, (not_after - not_before) / 6)
+    return not_after - now < margin
+
+
+def days_left(not_after: dt.datetime, now: dt.datetime | None = None) -> float:
+    now = now or dt.datetime.now(dt.UTC)
+    return round((not_after - now).total_seconds() / 86400, 2)
+
+
+def refreshed(described: dict[str, object], now: dt.datetime | None = None) -> dict[str, object]:
+    """``described`` (an :meth:`CertInfo.as_dict` written earlier, as the renewer's status file
+    keeps it) with its ``days_left`` and ``expires_soon`` as of ``now``: they were as of its
+    writing, hours ago. Left as it is if its ``not_after`` is not a time with an offset."""
+    bounds = [described.get(key) for key in ("not_after", "not_before")]
+    try:
+        after, before = [None if b is None else dt.datetime.fromisoformat(str(b)) for b in bounds]
+    except ValueError:
+        return described
+    if after is None or after.tzinfo is None or (before is not None and before.tzinfo is None):
+        return described
+    now_told = {
+        "days_left": days_left(after, now),
+        "expires_soon": expires_soon(after, before, now),
+    }
+    return {key: now_told.get(key, value) for key, value in described.items()}
 
 
 def _utcnow() -> dt.datetime:

@@ -6,6 +6,7 @@ The real certbot against a real ACME server (pebble) is in test_certs_e2e.py.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import stat
@@ -16,6 +17,7 @@ from cryptography import x509
 
 from docxy.cli.exits import EXIT_CONFIG
 from docxy.cli.main import config_from_args, main
+from docxy.core import stamps
 from docxy.tls import certs
 from docxy.tls.certs import CertbotError, certbot_reason, install, register_cli
 from docxy.tls.context import CertError, self_signed
@@ -258,3 +260,33 @@ def test_renewal_status_for_health(tmp_path: Path) -> None:
     assert "not a JSON object" in str(certs.renewal_status(tmp_path)["error"])
     (tmp_path / certs.STATUS_FILE).write_text('{"last_error": null, "failures": 0}')
     assert certs.renewal_status(tmp_path) == {"last_error": None, "failures": 0}
+
+
+def test_renewal_status_tells_the_certificates_days_left_as_of_now(tmp_path: Path) -> None:
+    """The renewer writes its status twice a day at most: the days left and the warning it
+    wrote were those of its last run, and /health showed them for hours after."""
+    now = dt.datetime.now(dt.UTC)
+    not_before, not_after = now - dt.timedelta(days=87), now + dt.timedelta(days=3)
+    written = {
+        "subject": "CN=mirror.example.com",
+        "not_before": not_before.isoformat(),  # as a renewer of an older version wrote them
+        "not_after": not_after.isoformat(),
+        "days_left": 80.0,
+        "expires_soon": False,
+    }
+    (tmp_path / certs.STATUS_FILE).write_text(json.dumps({"certificate": written}))
+    certificate = certs.renewal_status(tmp_path)["certificate"]
+    assert isinstance(certificate, dict)
+    assert 2.9 < certificate["days_left"] <= 3.0
+    assert certificate["expires_soon"] is True
+    assert certificate["not_after"] == stamps.utc_stamp(not_after)
+    assert certificate["subject"] == "CN=mirror.example.com"
+
+
+@pytest.mark.parametrize("not_after", ["soon", "2026-12-01T10:14:00", None, 5])
+def test_renewal_status_leaves_a_certificate_without_a_readable_end_as_written(
+    tmp_path: Path, not_after: object
+) -> None:
+    written = {"not_after": not_after, "days_left": 80.0, "expires_soon": False}
+    (tmp_path / certs.STATUS_FILE).write_text(json.dumps({"certificate": written}))
+    assert certs.renewal_status(tmp_path)["certificate"] == written
