@@ -841,13 +841,28 @@ UNSET_SHOWN = {
     "access.allow": "(everyone)",
     "access.repositories": "(all)",
 }
+#: Limits that ``0`` turns off (their default): shown as ``(off)``, as the table says, not as
+#: ``0``, which reads as nothing allowed.
+OFF_AT_ZERO = frozenset(
+    f"limits.{name}"
+    for name in (
+        "requests_per_minute",
+        "manifests_per_minute",
+        "bandwidth",
+        "fills_per_client",
+        "fills_total",
+    )
+)
 
 
 def shown(key: str, value: object, *, size: bool = False) -> str:
     """`value` as a user would write it in TOML or ``--set``: ``true``, ``20G`` (`size`),
-    ``60`` for ``60.0``, lists comma-separated; unset as :data:`UNSET_SHOWN` says."""
+    ``60`` for ``60.0``, lists comma-separated; unset as :data:`UNSET_SHOWN` says, a limit
+    that 0 turns off as ``(off)``."""
     if value is None or (isinstance(value, tuple | Networks | Patterns) and not value):
         return UNSET_SHOWN.get(key, "(none)")
+    if key in OFF_AT_ZERO and value == 0:
+        return "(off)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float) and value.is_integer():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from docxy.cli.main import build_parser, config_from_args
-from docxy.config import ENV_ALIASES, OTHER_ENV, SETTINGS, Config, env_name, load_config
+from docxy.config import ENV_ALIASES, OTHER_ENV, SETTINGS, Config, env_name, load_config, shown
 from docxy.core.errors import ConfigError
 from docxy.tls.context import self_signed
 from docxy.upstream.presets import PRESETS
@@ -263,3 +263,20 @@ def test_a_range_the_meaning_column_gives_is_the_one_the_setting_takes(key: str)
     if low > 0 and f"`{low - 1}`" not in meanings()[key]:
         with pytest.raises(ValueError):
             parser(str(low - 1))
+
+
+def nothing_defaults() -> list[tuple[str, str]]:
+    """(key, word) for each key whose default column says nothing is set (``off``, ...)."""
+    pairs = []
+    for row in ROWS:
+        texts = [t.strip() for t in row.default.split(" / ")]
+        texts *= len(row.keys) if len(texts) == 1 else 1
+        pairs += [(key, text) for key, text in zip(row.keys, texts, strict=True) if text in NOTHING]
+    return [(key, text) for key, text in pairs if text != "from the listener"]
+
+
+@pytest.mark.parametrize(("key", "text"), nothing_defaults())
+def test_show_config_says_a_default_of_nothing_as_the_table_does(key: str, text: str) -> None:
+    """``--show-config`` prints ``(off)`` where the default column says off, and so on: a
+    limit that is off by default showed ``0``, which reads as no requests at all."""
+    assert shown(key, default_of(key)) == f"({text})"
