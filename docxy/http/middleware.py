@@ -75,14 +75,21 @@ def origin_form(scope: Any) -> Any:
 
 
 def login_in_query(scope: HTTPScope | WebsocketScope) -> bool:
-    """Whether an absolute-form target's password held a raw ``?``: the server split the
-    target there, so the authority is cut short and the rest of the password, with the host,
-    is the query (``http://bob:x?secret@host/v2/``). Nothing can be told of where the login
-    ends that a real query could not fake, and the HTTPS redirect would send that query back:
-    such a target is refused (RFC 9110 §4.2.4: userinfo in an ``http`` URI is an error)."""
-    raw: bytes = scope["raw_path"] or b""
-    scheme = _SCHEME.match(raw)
-    return scheme is not None and b"/" not in raw[scheme.end() :] and b"@" in scope["query_string"]
+    """Whether an absolute-form target has an ``@`` in its query: its password may have held a
+    raw ``?``, where the server split the target, so the rest of the password, with the host,
+    is the query (``http://bob:x?secret@host/v2/``; ``http://bob:x/a?secret@host/v2/``, with
+    the authority cut at the ``/`` before). Nothing tells where such a login ends that a real
+    query could not fake, and the HTTPS redirect would send that query back: the target is
+    refused (RFC 9110 §4.2.4: userinfo in an ``http`` URI is an error). A registry client
+    sends the origin form, where an ``@`` in the query is just that."""
+    return _SCHEME.match(scope["raw_path"] or b"") is not None and b"@" in scope["query_string"]
+
+
+def logged_path(scope: HTTPScope | WebsocketScope) -> str:
+    """The path for the access log: never the ``user:password@host`` of an absolute-form
+    target, nor a part of a password cut short by a raw ``?`` (:func:`login_in_query`: the
+    target is refused, and its path is logged as ``-``)."""
+    return "-" if login_in_query(scope) else loggable(origin_form(scope)["path"])
 
 
 def readable_host(scope: HTTPScope | WebsocketScope) -> bool:
@@ -116,7 +123,8 @@ class Guard:
         http = origin_form(scope)
         answer = answer_send(http, send)
         if login_in_query(scope):
-            await send_error(answer, ClientError("the request target has a login in it"))
+            said = "an absolute-form target with '@' in its query (a cut login?): send the path"
+            await send_error(answer, ClientError(said))
             return
         if len(http["query_string"]) > MAX_QUERY or len(http["raw_path"] or b"") > MAX_PATH:
             await send_error(answer, RequestTooLarge("request target too long"))
@@ -256,7 +264,7 @@ class AccessLog:
             log.info(
                 "%s %s %s %d bytes cache=%s%s%s upstream=%s total=%.0fms %s%s",
                 loggable(scope["method"] if scope["type"] == "http" else "GET"),
-                loggable(origin_form(scope)["path"]),  # no user:password@host of the target
+                logged_path(scope),
                 status,
                 sent,
                 facts.get("cache", "-"),

@@ -181,24 +181,34 @@ async def test_absolute_form_with_a_raw_delimiter_in_the_password_redirects_with
 
 
 @pytest.mark.parametrize("https_url", [None, PUBLIC])
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"http://bob:x?{PASSWORD}@mirror.example.com/v2/?ns=docker.io",
+        f"http://bob:x/{PASSWORD}?{PASSWORD}@mirror.example.com/v2/",  # "/" before the "?"
+        f"http://bob:x/a@{PASSWORD}?{PASSWORD}@mirror.example.com/v2/",  # and an "@"
+        "http://mirror.example.com/v2/?who=a@b",  # a real query: no telling it apart
+    ],
+)
 async def test_absolute_form_with_a_raw_question_mark_in_the_password_is_refused(
-    caplog: pytest.LogCaptureFixture, https_url: str | None
+    caplog: pytest.LogCaptureFixture, access_log: AccessLines, https_url: str | None, target: str
 ) -> None:
-    """A raw ``?`` cuts the target into an authority-only path and a query holding the rest
-    of the password and the host: the HTTPS redirect sent that query back in its Location."""
+    """A raw ``?`` cuts the target into a path and a query holding the rest of the password
+    and the host: the HTTPS redirect sent that query back in its Location, and a ``/``
+    before the ``?`` put the password's first part in the path, logged."""
     inner = Inner()
-    target = f"http://bob:x?{PASSWORD}@mirror.example.com/v2/?ns=docker.io"
-    answer = await call(Guard(inner, https_url), "GET", target)
+    answer = await call(AccessLog(Guard(inner, https_url)), "GET", target)
     assert answer.status == 400
     assert inner.paths == []
     assert PASSWORD not in str(answer.headers) + answer.body.decode()
+    [line] = access_log()
+    assert line.startswith("GET - 400 "), line
     assert PASSWORD not in all_log_text(caplog)
 
 
-@pytest.mark.parametrize("target", ["http://mirror.example.com/v2/?who=a@b", "/v2/?who=a@b"])
-async def test_an_at_sign_in_a_real_query_is_no_login(target: str) -> None:
+async def test_an_at_sign_in_an_origin_form_query_is_no_login() -> None:
     inner = Inner()
-    answer = await call(Guard(inner, None), "GET", target)
+    answer = await call(Guard(inner, None), "GET", "/v2/?who=a@b")
     assert answer.status == 200
     assert inner.paths == ["/v2/"]
 
