@@ -473,6 +473,15 @@ configure_docker() {
     rm -f -- "$new"
     if ((REMOVE)); then
       say "  $MIRROR is not in registry-mirrors: nothing to remove"
+    elif mirror_flag_set; then
+      # Written before dockerd got the flag (or by a run that did not look): the reload was
+      # refused, and the next restart or boot leaves Docker down. Not restarted here.
+      warn "dockerd runs with --registry-mirror on its command line, and $DAEMON_JSON has"
+      warn "registry-mirrors too: dockerd refuses to start with both, so its next restart or"
+      warn "boot leaves Docker down. Take $MIRROR out of $DAEMON_JSON (this script's --remove"
+      warn "does) and add --registry-mirror=$MIRROR to that command line"
+      FAILED=1
+      return
     else
       say "  $MIRROR is already the first registry mirror: unchanged"
     fi

@@ -406,6 +406,38 @@ def test_a_dockerd_started_with_registry_mirror_gets_no_registry_mirrors_key(
         assert daemon_json(box)["registry-mirrors"] == [MIRROR]
 
 
+@pytest.mark.parametrize("allow_restart", [False, True])
+def test_a_registry_mirrors_key_already_beside_the_flag_is_no_unchanged_success(
+    box: ScriptBox, tmp_path: Path, allow_restart: bool
+) -> None:
+    """A daemon.json that lists the mirror first already (written before dockerd got its
+    --registry-mirror flag, the reload refused) was 'unchanged': the run advised a restart,
+    or with --allow-restart did one, and dockerd refuses to start with both."""
+    box.stand_in("docker", docker_info("https://old.example"))
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    written = json.dumps({"registry-mirrors": [MIRROR]}) + "\n"
+    box.path(DAEMON_JSON).write_text(written)
+    link = tmp_path / "procs" / "dockerd"
+    link.parent.mkdir()
+    link.symlink_to(shutil.which("sh") or "/bin/sh")
+    proc = subprocess.Popen([str(link), "-c", "sleep 600; :", "dockerd", "--registry-mirror=x"])
+    try:
+        pidfile = box.base / "dockerd.pid"
+        pidfile.write_text(f"{proc.pid}\n")
+        flags = ["--allow-restart"] if allow_restart else []
+        code, said = run(
+            box, "--mirror", MIRROR, "--docker", "--dockerd-pidfile", str(pidfile), *flags
+        )
+        assert proc.poll() is None, "dockerd was signalled"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert code == 1, said
+    assert "--registry-mirror on its command line" in said
+    assert "restart" not in said.replace("next restart", ""), said
+    assert box.path(DAEMON_JSON).read_text() == written
+
+
 def test_reload_by_sighup_to_the_pid_in_the_pidfile(box: ScriptBox, dockerd: int) -> None:
     pidfile = box.base / "dockerd.pid"
     pidfile.write_text(f"{dockerd}\n")
