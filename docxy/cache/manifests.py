@@ -382,6 +382,13 @@ class ManifestStore:
         """
         path = self._tag_path(repo, tag)
         await self._deleted(path)
+        # Pointed at the new image before the record is written, with no await in between: an
+        # eviction of the old image starting meanwhile would take the record (still the old
+        # one's in the map) and delete it once written. One of the new image takes it, as it
+        # should; the pointer is not set again after the write.
+        key = ImageKey(_upstream_key(repo.upstream), digest)
+        before = self._tag_files.get(path)
+        self._point_tag(path, key)
         old = await asyncio.to_thread(self._read_tag, repo, tag)
         if old is not None and old.digest == digest and old.public:
             public = True
@@ -390,8 +397,8 @@ class ManifestStore:
             await asyncio.to_thread(self._write_tag, entry)
         except OSError as exc:
             log.warning("cache: cannot store tag %s:%s (%s); not cached", repo.repo, tag, exc)
-            return entry
-        self._point_tag(path, ImageKey(_upstream_key(repo.upstream), digest))
+            if not self._in_memory() or self._tag_files.get(path) == key:
+                self._point_tag(path, before)  # the record on disk is the old one still
         return entry
 
     async def forget_tag(self, repo: RepoKey, tag: str) -> bool:

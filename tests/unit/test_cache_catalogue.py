@@ -207,3 +207,55 @@ async def test_an_image_pulled_again_during_its_eviction_keeps_its_blobs(
     await asyncio.wait_for(filling, GUARD)
     await cache.blobs.settle()
     assert await offered_whole(cache, repo) is True
+
+
+async def test_a_tag_moved_while_its_old_image_is_evicted_keeps_its_new_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``latest`` moves from A to B; an eviction of A starts while the new record is being
+    written: it took the record (the map still said A) and deleted it once written, so the
+    cached B was no longer found by its tag."""
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    old = [layer("cfg-a", 10), layer("l-a")]
+    repo = await cached_image(cache, "team/app", old)  # latest -> A
+    await cache.manifests.loaded()
+    new = [layer("cfg-b", 10), layer("l-b")]
+    stored = await cache.manifests.put(repo, manifest(new), OCI, public=True)
+    for data in new:
+        await put(cache.blobs, data)
+    writing = hold(monkeypatch, ManifestStore, "_write_tag")
+    deleting = hold(monkeypatch, ManifestStore, "_delete")
+    tagging = spawn("tagging", cache.manifests.set_tag(repo, "latest", stored.digest, public=True))
+    assert await asyncio.to_thread(writing.entered.wait, GUARD)
+    evicting = spawn("evicting", cache.manifests.evict_images([key_of(cache, old)]))
+    assert await asyncio.to_thread(deleting.entered.wait, GUARD)
+    writing.release.set()
+    await asyncio.wait_for(tagging, GUARD)
+    deleting.release.set()
+    await asyncio.wait_for(evicting, GUARD)
+    found = await cache.manifests.resolve_tag(repo, "latest")
+    assert found.state is TagState.FRESH
+    assert found.entry is not None and found.entry.digest == stored.digest
+
+
+async def test_a_tag_whose_record_cannot_be_written_still_points_at_its_old_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The map is pointed before the write: a disk that refuses it puts the old one back, so
+    an eviction of the old image still deletes the record, which names it."""
+    cache = open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+    old = [layer("cfg-a", 10), layer("l-a")]
+    repo = await cached_image(cache, "team/app", old)
+    await cache.manifests.loaded()
+    new = [layer("cfg-b", 10), layer("l-b")]
+    stored = await cache.manifests.put(repo, manifest(new), OCI, public=True)
+
+    def refuse(self: ManifestStore, entry: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ManifestStore, "_write_tag", refuse)
+    await cache.manifests.set_tag(repo, "latest", stored.digest, public=True)
+    record = cache.manifests._tag_path(repo, "latest")
+    assert record.exists()
+    await cache.manifests.evict_images([key_of(cache, old)])
+    assert not record.exists()
