@@ -166,23 +166,31 @@ act() {
 # apt-get wait for dpkg's lock; `update` takes the lists' lock, which it never waits for, so an
 # update refused for it is tried again every 5 s.
 apt_get() {
-  local tries=60 out rc
+  local tries=60 log status rc
   if [[ "$1" != update ]] || ((DRY_RUN)); then
     act env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"
     return
   fi
   CHANGES=$((CHANGES + 1))
   say "  running: apt-get -o DPkg::Lock::Timeout=300 $*"
+  log="$(mktemp)" status="$(mktemp)"
   while :; do
-    rc=0
-    # In English whatever the host's language: its words are what is looked for.
-    out="$(env LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" 2>&1)" || rc=$?
-    if ((rc != 0)) && [[ "$out" == *"Could not get lock"* ]] && ((--tries > 0)); then
+    : >"$status"
+    # Shown as it runs (a slow mirror takes minutes), but for apt's complaints about the lock,
+    # which the loop answers; in English whatever the host's language: its words are looked for.
+    { env LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" 2>&1 \
+      || echo "$?" >"$status"; } | tee "$log" \
+      | grep --line-buffered -v -e 'Could not get lock' -e 'Unable to lock' || true
+    rc="$(cat "$status")"
+    rc="${rc:-0}"
+    if ((rc != 0)) && grep -q "Could not get lock" "$log" && ((--tries > 0)); then
       ((tries % 12 == 11)) && say "  waiting for apt's lock (another apt-get is running)"
       sleep 5
       continue
     fi
-    printf '%s\n' "$out"
+    # A failure for the lock, once the waiting is over: its words were not shown yet.
+    ((rc == 0)) || grep -e 'Could not get lock' -e 'Unable to lock' "$log" || true
+    rm -f -- "$log" "$status"
     return "$rc"
   done
 }

@@ -867,6 +867,52 @@ def test_apt_get_update_waits_for_the_lists_lock(box: ScriptBox, resolver: Resol
     assert len(box.calls("sleep")) == 2
 
 
+def test_apt_get_update_locked_for_good_says_why_once(box: ScriptBox, resolver: Resolver) -> None:
+    """The lock complaints of the tries are not shown while the script waits; once it gives
+    up, apt's own words say why it failed, once."""
+    docker_arrives_with_apt(box)
+    box.stand_in("sleep")
+    locked = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 812 (apt-get)\n"
+    box.stand_in("apt-get", Rule(r" update$", rc=100, stderr=locked))
+
+    result = install(box, resolver)
+
+    assert result.returncode != 0
+    assert output(result).count("Could not get lock") == 1, output(result)
+    assert len(box.calls("sleep")) == 59
+
+
+def test_apt_get_update_is_shown_as_it_runs(box: ScriptBox, resolver: Resolver) -> None:
+    """`apt-get update` against a slow mirror takes minutes: its lines were shown only once it
+    ended. Here it prints a line and waits (up to 10 s) to see it in the script's output."""
+    docker_arrives_with_apt(box)
+    out, seen = box.base / "install.out", box.base / "seen"
+    line = "Hit:1 http://deb.debian.org/debian bookworm InRelease"
+    update = box.base / "apt-update"
+    update.write_text(
+        "#!/bin/bash\n"
+        f"echo '{line}'\n"
+        "for _ in {1..100}; do\n"
+        f"  if grep -q -F '{line}' '{out}'; then echo streamed >'{seen}'; exit 0; fi\n"
+        "  sleep 0.1\n"
+        "done\n"
+        f"echo held >'{seen}'\n"
+    )
+    update.chmod(0o755)
+    installs = Rule(r"install", effect='cp "$STANDINS/.later/docker" "$STANDINS/"')
+    box.stand_in("apt-get", Rule(r" update$", passthrough=str(update)), installs)
+    args = [
+        "--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL,
+        "--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0", "--yes",
+    ]  # fmt: skip
+    result = box.run("", *args, stdin=f'exec bash {clone_script(box)} "$@" >{out} 2>&1\n')
+
+    said = out.read_text()
+    assert result.returncode == 0, said
+    assert seen.read_text() == "streamed\n", said
+    assert said.count(line) == 1
+
+
 def test_docker_from_the_distribution_by_default(box: ScriptBox, resolver: Resolver) -> None:
     docker_arrives_with_apt(box)
     box.stand_in("systemctl", Rule(r"^is-", rc=1))
