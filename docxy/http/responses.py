@@ -10,7 +10,8 @@ a cut connection, never a short success.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import httpx
 from quart import Response
@@ -114,18 +115,28 @@ async def _cut_on_abort(stream: BlobReader | BlobFollower) -> AsyncIterator[byte
         stream.close()
 
 
-async def _relayed(upstream: httpx.Response) -> AsyncIterator[bytes]:
+async def _relayed(upstream: httpx.Response, done: Callable[[], None]) -> AsyncIterator[bytes]:
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
     finally:
+        try:
+            await upstream.aclose()
+        finally:
+            done()
+
+
+async def _closed(upstream: httpx.Response, done: Callable[[], None]) -> AsyncIterator[bytes]:
+    try:
         await upstream.aclose()
-
-
-async def _closed(upstream: httpx.Response) -> AsyncIterator[bytes]:
-    await upstream.aclose()
+    finally:
+        done()
     return
     yield b""  # pragma: no cover - makes this an async generator
+
+
+def _nothing() -> None:
+    pass
 
 
 def relay(
@@ -135,18 +146,25 @@ def relay(
     realm: str,
     library_prefix: bool,
     prefix: str | None = None,
+    release: Callable[[], None] | None = None,
 ) -> Response:
     """A streaming response mirroring ``upstream``.
 
     ``Content-Length`` is the upstream's, also for HEAD (an empty generator body keeps Quart
     from rewriting it to 0). A Bearer challenge is re-pointed at the mirror's token endpoint,
     its scopes named as the client names the repository (``prefix``, if it used one).
+    ``release`` (a fill permit's: it must be idempotent) is called once the body is done, or
+    when it is dropped unstarted (the client left before its first byte: Quart closes only a
+    body it began to send).
     """
     headers = response_headers(upstream.headers.multi_items())
     offered = upstream.headers.get_list("www-authenticate")
     for challenge in rewrite_challenges(offered, realm, library_prefix, prefix=prefix):
         headers.append(("WWW-Authenticate", challenge))
-    body = _closed(upstream) if method == "HEAD" else _relayed(upstream)
+    done = release or _nothing
+    body = _closed(upstream, done) if method == "HEAD" else _relayed(upstream, done)
+    if release is not None:
+        weakref.finalize(body, release)
     response = registry_response(body, upstream.status_code, headers, streamed=True)
     if "content-type" not in upstream.headers:
         del response.headers["Content-Type"]  # Quart's default text/html would be a lie

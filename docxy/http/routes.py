@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -193,7 +194,16 @@ async def content(rest: str) -> Response:
         else:
             outcome = await services.manifests.get(pull)
         if isinstance(outcome, PassThrough):
-            return await _pass_through(state, pull, route)
+            if reference.kind is not Kind.BLOB or pull.head:
+                return await _pass_through(state, pull, route)
+            # A blob's download upstream, as a fill's is: under the same caps (429 over them),
+            # its permit given back when the relayed body is done.
+            release = services.blobs.permits.acquire()
+            try:
+                return await _pass_through(state, pull, route, release)
+            except BaseException:
+                release()
+                raise
         return served_response(outcome)
     finally:
         _record(state, pull, outcome, started)
@@ -247,7 +257,9 @@ def _upstream_authorization(route: Route) -> str | None:
     return authorization
 
 
-async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Response:
+async def _pass_through(
+    state: MirrorState, pull: Pull, route: Route, release: Callable[[], None] | None = None
+) -> Response:
     """Send the request upstream with the client's own headers; relay the answer.
 
     An upstream without a token service gets the mirror's own Basic login in place of the
@@ -269,7 +281,7 @@ async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Respons
         if answer.status_code == 401 and not _brings_upstream_login(state):
             await answer.aclose()
             raise Denied(UPSTREAM_REFUSED_MIRROR.format(name=route.name))
-        response = _relayed(state, pull, route, answer)
+        response = _relayed(state, pull, route, answer, release)
         if answer.status_code == 401 and "WWW-Authenticate" not in response.headers:
             # The token service refused the mirror itself: a 401 still names where to log in.
             response.headers["WWW-Authenticate"] = own_challenge(state, pull.upstream)
@@ -287,7 +299,7 @@ async def _pass_through(state: MirrorState, pull: Pull, route: Route) -> Respons
     answer = await state.client.send(
         pull.upstream, pull.method, url, headers, mirror_credentials=mirror_login is not None
     )
-    return _relayed(state, pull, route, answer)
+    return _relayed(state, pull, route, answer, release)
 
 
 #: A users-mode client's request the upstream answered 401 with the mirror's own login.
@@ -305,14 +317,22 @@ def _brings_upstream_login(state: MirrorState) -> bool:
     return access is not None and access.upstream_logins and identity.via is Via.CERTIFICATE
 
 
-def _relayed(state: MirrorState, pull: Pull, route: Route, answer: httpx.Response) -> Response:
-    """The upstream's ``answer`` to a request passed through, for the client."""
+def _relayed(
+    state: MirrorState,
+    pull: Pull,
+    route: Route,
+    answer: httpx.Response,
+    release: Callable[[], None] | None = None,
+) -> Response:
+    """The upstream's ``answer`` to a request passed through, for the client (``release``:
+    :func:`~docxy.http.responses.relay`'s)."""
     return relay(
         answer,
         method=pull.method,
         realm=state.token_realm_for(pull.upstream, by_prefix=route.prefix is not None),
         library_prefix=pull.upstream.library_prefix,
         prefix=route.prefix,
+        release=release,
     )
 
 

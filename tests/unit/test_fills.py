@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from docxy.config import load_config
 from docxy.core.errors import TooManyRequests
 from docxy.edge.fills import CLIENT, FillPermits
 from docxy.http.app import create_app
+from docxy.http.responses import relay
 from docxy.http.state import mirror_state
 from docxy.tasks import spawn
 from tests.unit import fakes
@@ -186,3 +188,76 @@ async def test_a_fills_permit_is_given_back_once_its_blob_verifies_not_after_the
             held_sync.release()
     finally:
         held_sync.release()
+
+
+async def test_a_blob_passed_through_is_an_upstream_download_under_the_caps(
+    tmp_path: Path,
+) -> None:
+    """A GET of a blob not cached with a ``Range`` header (any: an upstream that ignores it
+    sends the whole blob) is passed through, uncached: it took no permit, so adding one got
+    round both caps, as often as wanted."""
+    flowing = asyncio.Event()
+    fetched: list[str] = []
+    asked = asyncio.Event()
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            return fakes.reply(200, b'{"token": "t"}', {"Content-Type": "application/json"})
+        if request.url.path == "/v2/":
+            challenge = 'Bearer realm="https://auth.test/token",service="registry.test"'
+            return fakes.reply(401, b"{}", {"WWW-Authenticate": challenge})
+        digest = request.url.path.rpartition("/")[2]
+        fetched.append(digest)
+        asked.set()
+        headers = {"Content-Length": str(len(BLOBS[digest]))}  # the range ignored
+        return httpx.Response(200, headers=headers, stream=Held(flowing, BLOBS[digest]))
+
+    settings = {
+        "upstream.registry": "https://registry.test",
+        "cache.dir": str(tmp_path / "cache"),
+        "server.public_url": "https://mirror.test",
+        "limits.fills_per_client": "1",
+        "limits.fills_total": "1",
+    }
+    app = create_app(
+        load_config(settings, environ={}), probe=False, transport=httpx.MockTransport(upstream)
+    )
+    ranged = [("Range", "bytes=0-")]
+
+    async def get(client: str, digest: str) -> AsgiAnswer:
+        CLIENT.set(client)
+        path = f"/v2/team/app/blobs/{digest}"
+        return await call_asgi(app, "GET", path, host="mirror.test", headers=ranged)
+
+    async with app.test_app(), asyncio.TaskGroup() as tasks:
+        permits = mirror_state(app).running.blobs.permits
+        first = tasks.create_task(get("a", D1))
+        while not fetched:
+            asked.clear()
+            await asked.wait()
+        assert dict(permits.running) == {"a": 1}
+        mine, anyone = await get("a", D2), await get("z", D3)
+        assert (mine.status, anyone.status) == (429, 429)
+        assert b"TOOMANYREQUESTS" in mine.body and b"as much as it may" in anyone.body
+        flowing.set()
+        assert (await first).body == BLOBS[D1]
+        assert fetched == [D1]
+        assert not permits.running
+        again = await get("z", D3)
+        assert again.status == 200 and again.body == BLOBS[D3]
+        assert fetched == [D1, D3]
+    assert not permits.running  # given back once the relayed body was done
+
+
+async def test_a_relayed_body_dropped_unstarted_gives_its_permit_back() -> None:
+    """Quart closes only a body it began to send: a client gone before the first byte left
+    the permit taken for good (with ``fills_total`` 1, no fill ever again)."""
+    permits = FillPermits(total=1)
+    answer = httpx.Response(200, content=b"blob")
+    response = relay(
+        answer, method="GET", realm="r", library_prefix=False, release=permits.acquire()
+    )
+    assert sum(permits.running.values()) == 1
+    del response
+    gc.collect()
+    assert not permits.running
