@@ -294,7 +294,7 @@ class BlobService:
 
     async def _fetch_httpx(self, pull: Pull) -> Download:
         try:
-            answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path)
+            answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, IDENTITY)
         except UpstreamError as exc:
             raise FetchFailed(exc.message) from exc
         if answer.status_code != 200:
@@ -314,7 +314,7 @@ class BlobService:
         be ``size`` bytes, and is read past its first ``offset``. Anything else raises
         :class:`FetchFailed` before a byte of it is read: an answer of another length is not
         this blob, and only its whole download would tell otherwise."""
-        ranged = [("Range", f"bytes={offset}-")]
+        ranged = [("Range", f"bytes={offset}-"), *IDENTITY]
         try:
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, ranged)
         except UpstreamError as exc:
@@ -390,6 +390,12 @@ async def _holding(release: Release, fetching: Awaitable[Download]) -> Download:
         raise
     assert download.verified is None  # none of the sources sets it: the permit's own
     return replace(download, close=released_after(download.close, release), verified=release)
+
+
+#: A blob's GET asks for its own bytes: httpx asks for gzip by default and unzips it, and a
+#: proxy in front of the registry that zips blobs announces the zipped length, which the fill
+#: then finds exceeded (the direct path's http.client asks for identity too).
+IDENTITY = [("Accept-Encoding", "identity")]
 
 
 def _uncached_because(exc: CacheError) -> Reason:

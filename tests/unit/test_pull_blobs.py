@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import gzip
 import hashlib
 import logging
 import os
@@ -967,3 +968,33 @@ async def test_a_cached_blob_that_cannot_be_read_is_fetched_again_at_the_next_pu
         await committed(app)
         assert upstream.blob_gets == 2
         assert app.extensions["docxy"].cache.blobs.holds(parse_digest(DIGEST))
+
+
+async def test_a_fills_gets_ask_for_the_blobs_own_bytes(tmp_path: Path) -> None:
+    """httpx asks for gzip by default and unzips: behind a proxy that zips what it may, the
+    fill's GET and its resume got the zipped length announced and more bytes than that, and
+    the fill failed ('upstream sent more than the ... bytes it announced'), every time."""
+    asked: list[tuple[str | None, str | None]] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", {}, length=True)
+        ranged, encoding = request.headers.get("range"), request.headers.get("accept-encoding")
+        asked.append((ranged, encoding))
+        start = int(ranged.removeprefix("bytes=").rstrip("-")) if ranged else 0
+        rest, status = BLOB[start:], 206 if ranged else 200
+        headers = {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"} if ranged else {}
+        if "gzip" in (encoding or ""):  # the proxy zips
+            zipped = gzip.compress(rest)
+            headers |= {"Content-Encoding": "gzip", "Content-Length": str(len(zipped))}
+            return httpx.Response(status, headers=headers, content=zipped)
+        headers["Content-Length"] = str(len(rest))
+        body = CutAfter(rest, 300_000 if not ranged else len(rest))  # the first GET breaks off
+        return httpx.Response(status, headers=headers, stream=body)
+
+    async with mirror(tmp_path, upstream) as app:
+        path = f"/v2/team/app/blobs/{DIGEST}"
+        answer = await call_asgi(app, "GET", path, host="mirror.test")
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert asked == [(None, "identity"), ("bytes=300000-", "identity")]
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
