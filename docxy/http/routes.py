@@ -250,7 +250,10 @@ def _upstream_authorization(route: Route) -> str | None:
     it of that upstream, anonymously."""
     if not request_facts().get("forward_credentials", True):
         return None
-    authorization = request.headers.get("Authorization")
+    given = request.headers.getlist("Authorization")
+    if len(given) > 1:  # one credential a request (RFC 9110 §11.6.2): none is told to go
+        return None
+    authorization = given[0] if given else None
     by_prefix = route.prefix is not None and not route.upstream.is_default
     if by_prefix and (authorization or "").lower().startswith("basic "):
         return None

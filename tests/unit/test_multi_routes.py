@@ -366,6 +366,22 @@ def sent_to(m: Mirror, host: str, authorization: str) -> list[httpx.Request]:
     ]
 
 
+async def test_a_second_authorization_header_takes_no_login_past_the_first_ones_check() -> None:
+    """Only the first ``Authorization`` was checked, and every one was passed through: a
+    Bearer first let the Basic login for the mirror's name after it reach an upstream named
+    by path prefix. A request with two is sent with neither (the upstream's 401 says so)."""
+    no_login = {"upstreams.lab.test.username": "", "upstreams.lab.test.password": ""}
+    async with mirror(None, **no_login) as m:
+        two = [("Authorization", "Bearer lab-token"), ("Authorization", HUB_LOGIN)]
+        await call_asgi(
+            m.app, "GET", "/v2/lab.test/owner/img/manifests/1", host="mirror.example.com",
+            headers=two,
+        )  # fmt: skip
+        sent = [r for r in m.upstream.requests if r.url.host == "lab.example"]
+    assert sent and all(HUB_LOGIN not in r.headers.get_list("authorization") for r in sent)
+    assert all("Bearer lab-token" not in r.headers.get_list("authorization") for r in sent)
+
+
 @pytest.mark.parametrize("lab_login", [False, True])
 async def test_a_basic_login_for_the_mirror_never_goes_to_an_upstream_named_by_prefix(
     tmp_path: Path, lab_login: bool
