@@ -57,6 +57,7 @@ from hypercorn.events import Closed, Event, RawData
 from docxy.access.peer import PeerCertTCPServer
 from docxy.core.cidr import Networks, client_key, parse_address
 from docxy.core.errors import TooManyRequests
+from docxy.core.headers import API_VERSION_HEADER
 from docxy.heap import malloc_trim
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def _busy_response(error: TooManyRequests, reason: str) -> bytes:
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
         "retry-after: 1\r\n"
+        f"{API_VERSION_HEADER[0].lower()}: {API_VERSION_HEADER[1]}\r\n"
         "connection: close\r\n\r\n"
     )
     return head.encode() + body

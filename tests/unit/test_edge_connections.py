@@ -87,11 +87,13 @@ def test_install_refuses_an_unknown_server(hypercorn_server: None) -> None:
         connections.install()
 
 
-def test_the_busy_answer_is_a_whole_registry_error() -> None:
-    head, _, body = BUSY.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 503 ")
+@pytest.mark.parametrize(("answer", "status"), [(BUSY, 503), (CLIENT_BUSY, 429)])
+def test_the_busy_answer_is_a_whole_registry_error(answer: bytes, status: int) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
     assert f"content-length: {len(body)}".encode() in head
     assert b"retry-after: 1" in head and b'"TOOMANYREQUESTS"' in body
+    assert b"\r\ndocker-distribution-api-version: registry/2.0\r\n" in head  # as every answer
 
 
 def test_the_kernel_send_queue_is_read() -> None:
