@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -200,10 +200,23 @@ def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> D
         hops.append((url, answer.status))
         if answer.status not in REDIRECT_STATUSES:
             return replace(answer, hops=tuple(hops))
-        location = answer.header("location")
+        location = _percent_encoded(answer.header("location"))
         answer.close(drain=True)
         url, headers = next_hop(url, location, headers)
     raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+
+
+#: What a URL may hold as it is; every other byte is percent-encoded (RFC 3986).
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
+def _percent_encoded(location: str | None) -> str | None:
+    """A redirect's ``Location`` as ASCII: raw non-ASCII bytes (which http.client hands over
+    as Latin-1) percent-encoded, as httpx and browsers send them; http.client refused to send
+    such a target (an uncaught ``UnicodeEncodeError``, a traceback from the fill)."""
+    if location is None or location.isascii():
+        return location
+    return quote(location.encode("latin-1", "replace"), safe=_URL_SAFE)
 
 
 def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
