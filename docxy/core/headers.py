@@ -28,6 +28,7 @@ HOP_BY_HOP = frozenset(
 FORWARD_REQUEST = frozenset(
     {
         "accept",
+        "accept-encoding",  # a body passed through is relayed as it comes: as the client asked
         "authorization",
         "range",
         "if-range",

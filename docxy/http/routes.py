@@ -277,6 +277,10 @@ async def _pass_through(
     under ``auth.upstream_logins``, whom the challenge lets bring its own upstream login.
     """
     headers = request_headers(request.headers.items())
+    if not any(k.lower() == "accept-encoding" for k, _ in headers):
+        # Not httpx's own gzip: the body is relayed as it comes, zipped or not, and a client
+        # that asked for no encoding reads it as the blob (curl and scripts: zipped bytes).
+        headers.append(("Accept-Encoding", "identity"))
     if not request_facts().get("forward_credentials", True):
         kept = [(k, v) for k, v in headers if k.lower() != "authorization"]
         tokens = state.running.tokens

@@ -34,6 +34,7 @@ def test_every_accept_value_is_forwarded_in_order() -> None:
         ("If-Modified-Since", "Wed, 21 Oct 2015 07:28:00 GMT"),
         ("RANGE", "bytes=0-1"),
         ("authorization", "Basic dXNlcjpwdw=="),
+        ("Accept-Encoding", "gzip"),  # a body passed through is relayed as it comes
     ],
 )
 def test_request_headers_forwarded(header: tuple[str, str]) -> None:
@@ -57,7 +58,6 @@ def test_request_headers_forwarded(header: tuple[str, str]) -> None:
         "Proxy-Authorization",
         "TE",
         "Upgrade",
-        "Accept-Encoding",
         "X-Docxy-Anything",
     ],
 )

@@ -998,3 +998,36 @@ async def test_a_fills_gets_ask_for_the_blobs_own_bytes(tmp_path: Path) -> None:
     assert answer.status == 200 and answer.complete and answer.body == BLOB
     assert asked == [(None, "identity"), ("bytes=300000-", "identity")]
     assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+@pytest.mark.parametrize("asks", [None, "gzip"])
+async def test_a_blob_passed_through_comes_in_the_encoding_its_client_asked_for(
+    tmp_path: Path, asks: str | None
+) -> None:
+    """httpx adds ``Accept-Encoding: gzip, deflate`` to a request without one, and a pass-through
+    relays the body as it comes: behind a proxy that zips, a client that asked for no encoding
+    (curl, a script) got zipped bytes for the blob."""
+    asked: list[str | None] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", {}, length=True)
+        encoding = request.headers.get("accept-encoding")
+        asked.append(encoding)
+        if "gzip" in (encoding or ""):  # the proxy zips
+            zipped = gzip.compress(BLOB)
+            headers = {"Content-Encoding": "gzip", "Content-Length": str(len(zipped))}
+            return httpx.Response(200, headers=headers, stream=fakes.Body(zipped))
+        return fakes.reply(200, BLOB, {}, length=True)
+
+    headers = [("Range", "bytes=0-")] + ([("Accept-Encoding", asks)] if asks else [])
+    async with mirror(tmp_path, upstream) as app:
+        path = f"/v2/team/app/blobs/{DIGEST}"
+        answer = await call_asgi(app, "GET", path, host="mirror.test", headers=headers)
+    assert answer.status == 200 and answer.complete
+    if asks is None:
+        assert asked == ["identity"] and answer.body == BLOB
+        assert "content-encoding" not in answer.headers
+    else:
+        assert asked == ["gzip"] and gzip.decompress(answer.body) == BLOB
+        assert answer.headers["content-encoding"] == "gzip"
