@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from quart import Quart
 
 from docxy.config import load_config
 from docxy.core.errors import TooManyRequests
@@ -99,33 +100,44 @@ class Held(fakes.Body):
             yield chunk
 
 
-async def test_over_the_caps_a_new_fill_is_429_and_joining_is_free(tmp_path: Path) -> None:
-    flowing = asyncio.Event()
-    fetched: list[str] = []
-    asked = asyncio.Event()
+class HeldUpstream:
+    """A token upstream whose blob bodies flow once ``flowing`` is set; ``fetched`` lists the
+    blob GETs, ``asked`` is set at each."""
 
-    def upstream(request: httpx.Request) -> httpx.Response:
+    def __init__(self) -> None:
+        self.flowing, self.asked = asyncio.Event(), asyncio.Event()
+        self.fetched: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "auth.test":
             return fakes.reply(200, b'{"token": "t"}', {"Content-Type": "application/json"})
         if request.url.path == "/v2/":
             challenge = 'Bearer realm="https://auth.test/token",service="registry.test"'
             return fakes.reply(401, b"{}", {"WWW-Authenticate": challenge})
         digest = request.url.path.rpartition("/")[2]
-        fetched.append(digest)
-        asked.set()
+        self.fetched.append(digest)
+        self.asked.set()
         headers = {"Content-Length": str(len(BLOBS[digest]))}
-        return httpx.Response(200, headers=headers, stream=Held(flowing, BLOBS[digest]))
+        return httpx.Response(200, headers=headers, stream=Held(self.flowing, BLOBS[digest]))
 
+
+def capped_mirror(tmp_path: Path, upstream: HeldUpstream, *, per_client: int, total: int) -> Quart:
     settings = {
         "upstream.registry": "https://registry.test",
         "cache.dir": str(tmp_path / "cache"),
         "server.public_url": "https://mirror.test",
-        "limits.fills_per_client": "1",
-        "limits.fills_total": "2",
+        "limits.fills_per_client": str(per_client),
+        "limits.fills_total": str(total),
     }
-    app = create_app(
+    return create_app(
         load_config(settings, environ={}), probe=False, transport=httpx.MockTransport(upstream)
     )
+
+
+async def test_over_the_caps_a_new_fill_is_429_and_joining_is_free(tmp_path: Path) -> None:
+    upstream = HeldUpstream()
+    app = capped_mirror(tmp_path, upstream, per_client=1, total=2)
+    flowing, fetched, asked = upstream.flowing, upstream.fetched, upstream.asked
 
     async def get(client: str, digest: str) -> AsgiAnswer:
         CLIENT.set(client)  # as the gate does; each task has its own context
@@ -196,32 +208,9 @@ async def test_a_blob_passed_through_is_an_upstream_download_under_the_caps(
     """A GET of a blob not cached with a ``Range`` header (any: an upstream that ignores it
     sends the whole blob) is passed through, uncached: it took no permit, so adding one got
     round both caps, as often as wanted."""
-    flowing = asyncio.Event()
-    fetched: list[str] = []
-    asked = asyncio.Event()
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "auth.test":
-            return fakes.reply(200, b'{"token": "t"}', {"Content-Type": "application/json"})
-        if request.url.path == "/v2/":
-            challenge = 'Bearer realm="https://auth.test/token",service="registry.test"'
-            return fakes.reply(401, b"{}", {"WWW-Authenticate": challenge})
-        digest = request.url.path.rpartition("/")[2]
-        fetched.append(digest)
-        asked.set()
-        headers = {"Content-Length": str(len(BLOBS[digest]))}  # the range ignored
-        return httpx.Response(200, headers=headers, stream=Held(flowing, BLOBS[digest]))
-
-    settings = {
-        "upstream.registry": "https://registry.test",
-        "cache.dir": str(tmp_path / "cache"),
-        "server.public_url": "https://mirror.test",
-        "limits.fills_per_client": "1",
-        "limits.fills_total": "1",
-    }
-    app = create_app(
-        load_config(settings, environ={}), probe=False, transport=httpx.MockTransport(upstream)
-    )
+    upstream = HeldUpstream()  # a range it ignores: the whole blob
+    app = capped_mirror(tmp_path, upstream, per_client=1, total=1)
+    flowing, fetched, asked = upstream.flowing, upstream.fetched, upstream.asked
     ranged = [("Range", "bytes=0-")]
 
     async def get(client: str, digest: str) -> AsgiAnswer:
