@@ -414,9 +414,15 @@ def _opt_host_port(value: object) -> HostPort | None:
 
 
 def _redacted(text: str) -> str:
-    """``text`` with any ``user:password@`` userinfo hidden, for error messages: up to the
-    last ``@`` (a password may hold a ``#``, ``/`` or ``?``, where an authority would end)."""
-    return re.sub(r"(?<=//)\S*@", "(credentials hidden)@", text)
+    """``text`` with any ``user:password@`` userinfo hidden, for error messages: all from the
+    scheme (and its slashes, if any) up to the last ``@``. A password may hold a ``#``, ``/``,
+    ``?`` or a space, and a mistyped URL may lack the ``//`` (``https:alice:pw@host``): the
+    URL is wrong then, and the message must still not show it."""
+    if "@" not in text:
+        return text
+    head, _, tail = text.rpartition("@")
+    scheme = re.match(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/*", head)
+    return f"{scheme.group() if scheme else ''}(credentials hidden)@{tail}"
 
 
 def parse_url(value: object) -> str:

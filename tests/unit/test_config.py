@@ -713,6 +713,10 @@ def test_password_without_username_does_not_show_it() -> None:
         f"https://bob:pre#{SECRET}@registry.example",
         f"https://bob:pre/{SECRET}@registry.example",
         f"https://bob:pre?{SECRET}@registry.example",
+        # a space in the password, the slashes forgotten, one slash: shown whole (review)
+        f"https://bob:pre {SECRET}@registry.example",
+        f"https:bob:{SECRET}@registry.example",
+        f"https:/bob:{SECRET}@registry.example",
     ],
 )
 def test_credentials_in_upstream_url_are_refused_without_echoing_them(url: str) -> None:
