@@ -771,6 +771,15 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         if key != "certs.ca_bundle" and certs.domain is not None and not path.exists():
             continue  # first start: a bootstrap certificate stands in until the renewer installs
         raise fail(key, f"cannot read {path}")
+    admin = server["admin_listen"]
+    for key in ("server.listen", "server.tls_listen"):
+        other = server[key.split(".")[1]]
+        if admin is not None and other is not None and _overlap(admin, other):
+            raise fail(
+                "server.admin_listen",
+                f"{admin} is {key}'s port too ({other}): set it to another HOST:PORT, "
+                "or empty to turn the admin listener off",
+            )
     if server["public_url"] is None:
         server["public_url"] = _derive_public_url(server["listen"], server["tls_listen"], certs)
         if server["public_url"] is None:
@@ -814,6 +823,14 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         access=AccessConfig(**_section(values, "access")),
         limits=LimitsConfig(**_section(values, "limits")),
         sources=sources,
+    )
+
+
+def _overlap(one: HostPort, other: HostPort) -> bool:
+    """Whether two listeners would take the same port: the same one on the same address, or
+    on any address where either is a wildcard (``[::]`` takes IPv4 too)."""
+    return one.port == other.port and (
+        one.host == other.host or one.is_wildcard or other.is_wildcard
     )
 
 

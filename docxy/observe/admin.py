@@ -135,11 +135,15 @@ def create_admin_app(
     return app
 
 
-def _bind_error(listen: HostPort) -> OSError | None:
+def _listening(listen: HostPort) -> socket.socket | OSError:
+    """A socket listening on ``listen`` now, which hypercorn then serves (``fd://``): bound
+    here, it cannot be taken between a check and hypercorn's own bind (the mirror's own
+    listener on that port was, and the admin task crashed with a traceback). ``[::]`` takes
+    IPv4 too, as hypercorn's own socket did."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    both = listen.host == "::" and socket.has_dualstack_ipv6()
     try:
-        with socket.create_server((listen.host, listen.port), family=family):
-            return None  # closed again at once; hypercorn binds it (SO_REUSEADDR)
+        return socket.create_server((listen.host, listen.port), family=family, dualstack_ipv6=both)
     except OSError as exc:
         return exc
 
@@ -150,18 +154,18 @@ async def serve_admin(
     """Serve the admin app until ``shutdown_trigger``; a port in use is logged, not fatal:
     the mirror's job is serving pulls, and its metrics are not worth refusing them for."""
     config = HypercornConfig()
-    config.bind = [str(listen)]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2
-    refused = _bind_error(listen)  # before hypercorn starts the app, if the port is taken
-    if refused is not None:
+    listening = _listening(listen)  # before hypercorn starts the app, if the port is taken
+    if isinstance(listening, OSError):
         log.error(
             "admin listener: cannot listen on %s (%s); /metrics and /status are not served "
             "(set server.admin_listen to another HOST:PORT, or empty to turn it off)",
             listen,
-            refused.strerror or refused,
+            listening.strerror or listening,
         )
         return
+    config.bind = [f"fd://{listening.detach()}"]  # hypercorn's now: it closes it at the end
     log.info("admin listener (metrics, status page) on http://%s", listen)
     await serve(app, config, shutdown_trigger=shutdown_trigger)

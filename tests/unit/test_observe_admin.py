@@ -132,3 +132,50 @@ async def test_a_real_listener_refuses_a_rebound_name(tmp_path: Path) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(serving, 30)
+
+
+async def test_the_admin_port_is_held_from_the_check_on(tmp_path: Path) -> None:
+    """The port was checked with a socket closed at once, and bound again by hypercorn later:
+    the mirror's own listener on that port, bound but not yet listening at the check, took it
+    in between, and the admin task crashed with a traceback. The checked socket is the one
+    served: nothing else can bind the port meanwhile."""
+    port = free_port()
+    stop = asyncio.Event()
+    app = create_admin_app(make_observer(tmp_path))
+    serving = asyncio.get_running_loop().create_task(
+        serve_admin(app, HostPort(LOOPBACK, port), stop.wait)
+    )
+    try:
+        await asyncio.sleep(0)  # serve_admin has run up to hypercorn's start
+        with socket.socket() as late:
+            late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                late.bind((LOOPBACK, port))
+                late.listen()
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"server.listen": "127.0.0.1:9180"}, True),
+        ({"server.listen": "0.0.0.0:9180"}, True),
+        ({"server.listen": "[::]:9180"}, True),
+        ({"server.listen": "127.0.0.1:5000", "server.admin_listen": "0.0.0.0:5000"}, True),
+        ({"server.listen": "127.0.0.1:80", "server.tls_listen": "127.0.0.1:9180"}, True),
+        ({"server.listen": "127.0.0.2:9180"}, False),
+        ({"server.listen": "127.0.0.1:5000"}, False),
+    ],
+)
+def test_an_admin_listener_on_the_mirrors_own_port_is_refused_at_start(
+    settings: dict[str, str], refused: bool
+) -> None:
+    """Whichever of the two bound first, the other failed later: a traceback from the
+    admin task, or the mirror itself unable to listen."""
+    if refused:
+        with pytest.raises(ConfigError, match=r"server\.admin_listen: .*port too"):
+            load_config(settings, environ={})
+    else:
+        load_config(settings, environ={})
