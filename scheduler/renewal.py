@@ -123,7 +123,7 @@ class Renewer(Runs):
         s = self.settings
         if s.cert_path is None or s.key_path is None:
             return None
-        return certs.describe_files(s.cert_path, s.key_path)
+        return certs.describe_files(s.cert_path, s.key_path, s.domain)
 
     def _obtain_or_renew(self) -> None:
         """Renew the lineage, or obtain one: first, or in place of one certbot cannot renew

@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.date import DateTrigger
+from cryptography import x509
 
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
 from docxy.tls.context import self_signed
+from lab.certs import issue
 from scheduler import main as scheduler_main
 from scheduler import settings as settings_mod
 from scheduler.mirror_pid import StalePidfile, is_mirror, signal_mirror
@@ -928,3 +930,25 @@ def test_a_run_the_clock_stepped_back_over_runs_now(env: dict[str, str]) -> None
     built.modify_job(scheduler_main.RENEW_JOB, next_run_time=month_ahead)
     assert scheduler_main.pull_back(built, furthest, now) == 1
     assert built.get_job(scheduler_main.RENEW_JOB).next_run_time == now
+
+
+def test_the_status_files_certificate_is_judged_for_the_domain_as_health_judges_it(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewer described the served pair without certs.domain: a CA's certificate for
+    another name (an earlier domain's) was ``ca-issued`` with no warning under /health's
+    ``renewal``, while its ``tls`` part said ``other-name`` and warned."""
+    ca = issue("Test CA", ca=True)
+    leaf = issue("old.example", ca, names=[x509.DNSName("old.example")])
+    served = tmp_path / "served"
+    served.mkdir()
+    cert, key = served / "fullchain.pem", served / "privkey.pem"
+    cert.write_bytes(leaf.cert_pem + ca.cert_pem)
+    key.write_bytes(leaf.key_pem)
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    described = Renewer(settings_mod.load([])).certificate()
+    assert described is not None
+    assert described["served"] == "other-name" and described["domain"] == "mirror.test"
+    assert described["warning"] == certs.describe_files(cert, key, "mirror.test")["warning"]
+    assert described["warning"]
