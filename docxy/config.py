@@ -764,6 +764,19 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
     if (tls.cert_path is None) != (tls.key_path is None):
         missing = "tls.key_path" if tls.key_path is None else "tls.cert_path"
         raise fail(missing, "tls.cert_path and tls.key_path must be given together")
+    same_file = (
+        tls.cert_path is not None
+        and tls.key_path is not None
+        and (os.path.abspath(tls.cert_path) == os.path.abspath(tls.key_path))
+    )
+    if same_file and certs.domain is not None:
+        # The renewer writes the key and then the certificate, each in its own file: in one,
+        # the certificate replaced the key, and the mirror could no longer start.
+        raise fail(
+            "tls.key_path",
+            "must be another file than tls.cert_path when certs.domain is set (the renewer "
+            "writes the certificate and its key separately)",
+        )
     for key in ("tls.cert_path", "tls.key_path", "certs.ca_bundle"):
         path = values[key]
         if path is None or os.access(path, os.R_OK):

@@ -21,6 +21,7 @@ from docxy.config import (
     parse_url,
 )
 from docxy.core.errors import ConfigError
+from docxy.tls.context import self_signed
 from docxy.upstream.settings import is_upstreams_env
 
 SECRET = "s3cr3t-Pa55word"
@@ -737,3 +738,17 @@ def test_describe_lists_every_setting_with_its_source(tmp_path: Path) -> None:
     assert len(rows) == sum(len(keys) for keys in SETTINGS.values())  # every one, once
     assert rows["scheduler.hour"] == ("(random)", "default")  # picked at random by the renewer
     assert rows["scheduler.retry_base"] == ("300", "default")
+
+
+def test_one_file_for_certificate_and_key_is_refused_where_the_renewer_writes_them(
+    tmp_path: Path,
+) -> None:
+    """A combined PEM (key and chain in one file) serves; but with certs.domain the renewer
+    writes the key, then the certificate over it, and the mirror could no longer start."""
+    combined = tmp_path / "combined.pem"
+    cert, key = self_signed(tmp_path / "pair", "mirror.test")
+    combined.write_bytes(key.read_bytes() + cert.read_bytes())
+    paths = {"tls.cert_path": str(combined), "tls.key_path": str(tmp_path / "." / combined.name)}
+    load_config(paths, environ={})  # served as it is
+    message = config_error({**paths, "certs.domain": "mirror.test"})
+    assert message.startswith("tls.key_path: must be another file than tls.cert_path")
