@@ -443,6 +443,8 @@ path = sys.argv[2]
 document, mark = load(path)
 if mode == "validate":
     sys.exit(0)
+if mode == "has-mirrors":  # the key at all: dockerd refuses it beside --registry-mirror
+    sys.exit(0 if "registry-mirrors" in document else 1)
 url, out = sys.argv[3], sys.argv[4]
 had = document.get("registry-mirrors") is not None
 mirrors = document.get("registry-mirrors") or []
@@ -469,46 +471,27 @@ configure_docker() {
     rm -f -- "$new"
     warn "fix $DAEMON_JSON by hand (it was not changed), then run this again"
     exit 3
-  elif ((rc == 10)); then
+  elif ((rc != 0 && rc != 10)); then
+    rm -f -- "$new"
+    die "could not build the new $DAEMON_JSON (python3 exited with $rc)"
+  fi
+  if ((!REMOVE)) && mirror_flag_set; then
+    rm -f -- "$new"
+    beside_the_flag
+    return
+  fi
+  if ((rc == 10)); then
     rm -f -- "$new"
     if ((REMOVE)); then
       say "  $MIRROR is not in registry-mirrors: nothing to remove"
-    elif mirror_flag_set; then
-      # Written before dockerd got the flag (or by a run that did not look): the reload was
-      # refused, and the next restart or boot leaves Docker down. Not restarted here.
-      warn "dockerd runs with --registry-mirror on its command line, and $DAEMON_JSON has"
-      warn "registry-mirrors too: dockerd refuses to start with both, so its next restart or"
-      warn "boot leaves Docker down. Take $MIRROR out of $DAEMON_JSON (this script's --remove"
-      warn "does) and add --registry-mirror=$MIRROR to that command line"
-      FAILED=1
-      return
     else
       say "  $MIRROR is already the first registry mirror: unchanged"
     fi
     confirm_docker unchanged
     return
-  elif ((rc != 0)); then
-    rm -f -- "$new"
-    die "could not build the new $DAEMON_JSON (python3 exited with $rc)"
   fi
   # The written document is read back before it replaces anything.
   daemon_json_tool validate "$new" || { rm -f -- "$new"; die "the new daemon.json did not validate"; }
-  if ((!REMOVE)) && mirror_flag_set; then
-    rm -f -- "$new"
-    local mirrors
-    if mirrors="$(active_mirrors)" && mirror_active "$mirrors"; then
-      say "  dockerd already uses $MIRROR, from --registry-mirror on its command line:"
-      say "  $DAEMON_JSON left as it is (dockerd refuses registry-mirrors there beside that flag)"
-      return
-    fi
-    warn "dockerd runs with --registry-mirror on its command line (its unit or service file):"
-    warn "a registry-mirrors key in $DAEMON_JSON beside that flag stops dockerd from starting"
-    warn "(\"directives are specified both as a flag and in the configuration file\"). Add"
-    warn "--registry-mirror=$MIRROR to that command line instead, or move its mirrors into"
-    warn "$DAEMON_JSON and drop the flag; $DAEMON_JSON was not changed"
-    FAILED=1
-    return
-  fi
   if ((DRY_RUN)); then
     show_new_content "$DAEMON_JSON" "$new"
     rm -f -- "$new"
@@ -524,6 +507,35 @@ configure_docker() {
     say "  registry-mirrors now starts with $MIRROR"
   fi
   confirm_docker changed
+}
+
+# dockerd runs with --registry-mirror on its command line (its unit or service file): it
+# refuses to start with a registry-mirrors key in daemon.json beside that flag ("directives are
+# specified both as a flag and in the configuration file"), so none is written; one already
+# there (written before the flag was, say: the reload was refused) leaves Docker down at the
+# next restart or boot, and is a failure whatever it lists. Nothing is changed or restarted.
+beside_the_flag() {
+  local mirrors
+  if daemon_json_tool has-mirrors "$DAEMON_JSON"; then
+    warn "dockerd runs with --registry-mirror on its command line, and $DAEMON_JSON has"
+    warn "registry-mirrors too: dockerd refuses to start with both, so its next restart or"
+    warn "boot leaves Docker down. Take registry-mirrors out of $DAEMON_JSON (by hand, or with"
+    warn "this script's --remove where it lists only $MIRROR) and put --registry-mirror=$MIRROR"
+    warn "on that command line"
+    FAILED=1
+    return
+  fi
+  if mirrors="$(active_mirrors)" && mirror_active "$mirrors"; then
+    say "  dockerd already uses $MIRROR, from --registry-mirror on its command line:"
+    say "  $DAEMON_JSON left as it is (dockerd refuses registry-mirrors there beside that flag)"
+    return
+  fi
+  warn "dockerd runs with --registry-mirror on its command line (its unit or service file):"
+  warn "a registry-mirrors key in $DAEMON_JSON beside that flag stops dockerd from starting"
+  warn "(\"directives are specified both as a flag and in the configuration file\"). Add"
+  warn "--registry-mirror=$MIRROR to that command line instead, or move its mirrors into"
+  warn "$DAEMON_JSON and drop the flag; $DAEMON_JSON was not changed"
+  FAILED=1
 }
 
 # The mirrors the running dockerd uses, one per line; fails when no daemon answers.
