@@ -386,9 +386,13 @@ class ManifestStore:
         # eviction of the old image starting meanwhile would take the record (still the old
         # one's in the map) and delete it once written. One of the new image takes it, as it
         # should; the pointer is not set again after the write.
+        # While the catalogue is read at start no eviction runs, and the map is not whole:
+        # then the pointer is journaled after the write, as before.
         key = ImageKey(_upstream_key(repo.upstream), digest)
+        early = self._in_memory()
         before = self._tag_files.get(path)
-        self._point_tag(path, key)
+        if early:
+            self._point_tag(path, key)
         old = await asyncio.to_thread(self._read_tag, repo, tag)
         if old is not None and old.digest == digest and old.public:
             public = True
@@ -397,8 +401,11 @@ class ManifestStore:
             await asyncio.to_thread(self._write_tag, entry)
         except OSError as exc:
             log.warning("cache: cannot store tag %s:%s (%s); not cached", repo.repo, tag, exc)
-            if not self._in_memory() or self._tag_files.get(path) == key:
+            if early and self._tag_files.get(path) == key:
                 self._point_tag(path, before)  # the record on disk is the old one still
+            return entry
+        if not early:
+            self._point_tag(path, key)
         return entry
 
     async def forget_tag(self, repo: RepoKey, tag: str) -> bool:

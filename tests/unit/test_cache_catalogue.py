@@ -259,3 +259,32 @@ async def test_a_tag_whose_record_cannot_be_written_still_points_at_its_old_imag
     assert record.exists()
     await cache.manifests.evict_images([key_of(cache, old)])
     assert not record.exists()
+
+
+async def test_a_tag_write_refused_while_the_catalogue_is_read_leaves_its_record_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_scan: Held
+) -> None:
+    """While the catalogue is read at start the map is not whole: the pointer put back after
+    a refused write was None, so the record (still naming A) left the map, and an eviction
+    of A left it behind, naming a manifest that is gone."""
+    root = tmp_path / "cache"
+    held_scan.release.set()
+    first = open_cache(root, max_size=CAP, tag_ttl=300)
+    old = [layer("cfg-a", 10), layer("l-a")]
+    repo = await cached_image(first, "team/app", old)  # latest -> A
+    stored = await first.manifests.put(repo, manifest([layer("cfg-b", 10)]), OCI, public=True)
+    await first.manifests.loaded()
+    held_scan.release.clear()
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)  # a restart: the read is held
+
+    def refuse(self: ManifestStore, entry: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ManifestStore, "_write_tag", refuse)
+    await cache.manifests.set_tag(repo, "latest", stored.digest, public=True)
+    held_scan.release.set()
+    await cache.manifests.loaded()
+    record = cache.manifests._tag_path(repo, "latest")
+    assert record.exists()
+    await cache.manifests.evict_images([key_of(cache, old)])
+    assert not record.exists()
