@@ -114,10 +114,13 @@ class BlobService:
         except (CacheUnwritable, CacheUnreadable, NoRoom) as exc:
             if release is not None:
                 release()
-            return PassThrough(_uncached_because(exc), str(exc))
+            return PassThrough(_uncached_because(exc), str(exc), admitted=True)
         if isinstance(stream, BlobReader) and release is not None:
             release()  # committed while we looked: no fetch of ours
-        return await self._follow(pull, digest, stream, joined)
+        outcome = await self._follow(pull, digest, stream, joined)
+        if isinstance(outcome, PassThrough):
+            return replace(outcome, admitted=True)
+        return outcome
 
     async def _follow(
         self, pull: Pull, digest: Digest, stream: BlobReader | BlobFollower, joined: bool = False

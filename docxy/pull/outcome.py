@@ -114,6 +114,10 @@ class Served:
 class PassThrough:
     reason: Reason
     detail: str = ""
+    #: A blob GET that started or joined a fill, which ended in this pass-through (no room,
+    #: the fill failed): let in under the fill caps already, its upstream download waits for
+    #: a permit rather than be refused (the fill's own may not be given back yet).
+    admitted: bool = False
 
 
 Outcome = Served | PassThrough

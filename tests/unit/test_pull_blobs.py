@@ -1031,3 +1031,42 @@ async def test_a_blob_passed_through_comes_in_the_encoding_its_client_asked_for(
     else:
         assert asked == ["gzip"] and gzip.decompress(answer.body) == BLOB
         assert answer.headers["content-encoding"] == "gzip"
+
+
+class YieldingClose(httpx.AsyncByteStream):
+    """A blob body whose close yields to the loop once, as httpcore's does (its lock, the
+    socket): MockTransport's never yields."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), 65536):
+            yield self.data[start : start + 65536]
+
+    async def aclose(self) -> None:
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("cap", ["fills_per_client", "fills_total"])
+async def test_a_blob_too_big_for_the_cache_passes_through_under_a_cap_of_one(
+    tmp_path: Path, cap: str
+) -> None:
+    """The fill took the client's permit, found no room and stopped; its pass-through asked
+    for a permit of its own while the fill's was not given back yet (that waits for the
+    upstream body's close): 429, from the client's own dying fill."""
+    upstream = Upstream()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        reply = upstream(request)
+        if "/blobs/" in request.url.path and reply.status_code == 200:
+            headers = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=headers, stream=YieldingClose(BLOB))
+        return reply
+
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret", f"limits__{cap}": "1"}
+    async with mirror(tmp_path, answer, cache__max_size="512K", **settings) as app:
+        path, auth = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
+        got = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
+        assert got.status == 200 and got.body == BLOB, got.body[:200]
+        assert not mirror_state(app).running.blobs.permits.running
