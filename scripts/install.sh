@@ -63,6 +63,8 @@ EOF
 }
 
 say() { printf '%s\n' "$*"; }
+# Temp files of a step under way, removed on exit however the run ends (Ctrl-C included).
+SCRATCH=()
 STEP=""
 step() {
   STEP="$*"
@@ -174,6 +176,7 @@ apt_get() {
   CHANGES=$((CHANGES + 1))
   say "  running: apt-get -o DPkg::Lock::Timeout=300 $*"
   log="$(mktemp)" status="$(mktemp)"
+  SCRATCH+=("$log" "$status")
   while :; do
     : >"$status"
     # Shown as it runs (a slow mirror takes minutes), but for apt's complaints about the lock,
@@ -821,6 +824,7 @@ drop_previous() {
 
 on_exit() {
   local status=$?
+  rm -f -- ${SCRATCH[@]+"${SCRATCH[@]}"}
   if [[ -n "$PREVIOUS" ]] && ((status != 0)); then
     roll_back
   elif ((status != 0 && status != 130 && status != 143 && !SAID_WHY)); then

@@ -882,6 +882,30 @@ def test_apt_get_update_locked_for_good_says_why_once(box: ScriptBox, resolver: 
     assert len(box.calls("sleep")) == 59
 
 
+def test_ctrl_c_during_apt_get_update_leaves_no_temp_files(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The update's output and status go through two temp files, removed when it ends: a
+    Ctrl-C meanwhile (a slow mirror, the case the streaming is for) left them in /tmp."""
+    docker_arrives_with_apt(box)
+    update = box.base / "apt-update"
+    update.write_text(  # SIGINT to the script: the update's subshell's parent
+        "#!/bin/bash\n"
+        "echo 'Hit:1 http://deb.debian.org/debian bookworm InRelease'\n"
+        'read -r _ _ _ script _ </proc/"$PPID"/stat\n'
+        'kill -INT "$script"\n'
+    )
+    update.chmod(0o755)
+    box.stand_in("apt-get", Rule(r" update$", passthrough=str(update)))
+    scratch = box.base / "scratch"
+    scratch.mkdir()
+
+    result = install(box, resolver, env={"TMPDIR": str(scratch)})
+
+    assert result.returncode == 130, output(result)
+    assert list(scratch.iterdir()) == []
+
+
 def test_apt_get_update_is_shown_as_it_runs(box: ScriptBox, resolver: Resolver) -> None:
     """`apt-get update` against a slow mirror takes minutes: its lines were shown only once it
     ended. Here it prints a line and waits (up to 10 s) to see it in the script's output."""
