@@ -211,11 +211,13 @@ _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 def _percent_encoded(location: str | None) -> str | None:
-    """A redirect's ``Location`` as ASCII: raw non-ASCII bytes (which http.client hands over
-    as Latin-1) percent-encoded, as httpx and browsers send them; http.client refused to send
-    such a target (an uncaught ``UnicodeEncodeError``, a traceback from the fill)."""
-    if location is None or location.isascii():
-        return location
+    """A redirect's ``Location`` as a URL can be sent: raw non-ASCII bytes (which http.client
+    hands over as Latin-1), spaces and control characters percent-encoded, as httpx and
+    browsers send them; http.client refused to send such a target (non-ASCII: an uncaught
+    ``UnicodeEncodeError``, a traceback from the fill; a space: ``InvalidURL``). What is
+    encoded already (``%2F``) stays as it is."""
+    if location is None:
+        return None
     return quote(location.encode("latin-1", "replace"), safe=_URL_SAFE)
 
 
