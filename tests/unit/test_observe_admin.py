@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -38,7 +40,9 @@ def make_observer(tmp_path: Path) -> Observer:
     return Observer(MirrorState(config, Upstream.from_config(config.upstream)))
 
 
-async def test_serves_until_told_to_stop(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def admin_serving(tmp_path: Path) -> AsyncIterator[int]:
+    """An admin listener on a free loopback port (yielded), until the block ends."""
     port = free_port()
     stop = asyncio.Event()
     app = create_admin_app(make_observer(tmp_path))
@@ -46,6 +50,14 @@ async def test_serves_until_told_to_stop(tmp_path: Path) -> None:
         serve_admin(app, HostPort(LOOPBACK, port), stop.wait)
     )
     try:
+        yield port
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+
+
+async def test_serves_until_told_to_stop(tmp_path: Path) -> None:
+    async with admin_serving(tmp_path) as port:
         async with httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{port}") as client:
             for _ in range(200):  # until the listener is up (bounded)
                 try:
@@ -57,9 +69,6 @@ async def test_serves_until_told_to_stop(tmp_path: Path) -> None:
                 pytest.fail("the admin listener never answered")
         assert answer.status_code == 200
         assert answer.json()["cache"]["enabled"] is False
-    finally:
-        stop.set()
-        await asyncio.wait_for(serving, 30)
 
 
 async def test_a_port_in_use_is_logged_and_not_fatal(
@@ -139,22 +148,13 @@ async def test_the_admin_port_is_held_from_the_check_on(tmp_path: Path) -> None:
     the mirror's own listener on that port, bound but not yet listening at the check, took it
     in between, and the admin task crashed with a traceback. The checked socket is the one
     served: nothing else can bind the port meanwhile."""
-    port = free_port()
-    stop = asyncio.Event()
-    app = create_admin_app(make_observer(tmp_path))
-    serving = asyncio.get_running_loop().create_task(
-        serve_admin(app, HostPort(LOOPBACK, port), stop.wait)
-    )
-    try:
+    async with admin_serving(tmp_path) as port:
         await asyncio.sleep(0)  # serve_admin has run up to hypercorn's start
         with socket.socket() as late:
             late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with pytest.raises(OSError):
                 late.bind((LOOPBACK, port))
                 late.listen()
-    finally:
-        stop.set()
-        await asyncio.wait_for(serving, 30)
 
 
 @pytest.mark.parametrize(
