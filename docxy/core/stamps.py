@@ -29,13 +29,20 @@ def utc_stamp(when: float | dt.datetime | None) -> str | None:
     return time.strftime(FORMAT, time.gmtime(when))
 
 
-def restamped(text: object) -> object:
-    """An ISO 8601 time with an offset (``2026-12-01T10:14:00.123456+00:00``, as files written
-    before this module have it) as :func:`utc_stamp` tells it; anything else as it was."""
+def aware(text: object) -> dt.datetime | None:
+    """``text`` read as an ISO 8601 time with an offset (``utc_stamp``'s, or
+    ``2026-12-01T10:14:00.123456+00:00``); None for anything else."""
     if not isinstance(text, str):
-        return text
+        return None
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        return text
-    return text if when.tzinfo is None else utc_stamp(when)
+        return None
+    return None if when.tzinfo is None else when
+
+
+def restamped(text: object) -> object:
+    """An ISO 8601 time with an offset (``2026-12-01T10:14:00.123456+00:00``, as files written
+    before this module have it) as :func:`utc_stamp` tells it; anything else as it was."""
+    when = aware(text)
+    return text if when is None else utc_stamp(when)

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from docxy.core.stamps import utc_stamp
+from docxy.core.stamps import aware, utc_stamp
 from docxy.tls import trust
 from docxy.tls.files import CertError as CertError  # its callers import it here
 from docxy.tls.files import write_files_atomic as write_files_atomic  # its callers import it here
@@ -104,12 +104,8 @@ def refreshed(described: dict[str, object], now: dt.datetime | None = None) -> d
     """``described`` (an :meth:`CertInfo.as_dict` written earlier, as the renewer's status file
     keeps it) with its ``days_left`` and ``expires_soon`` as of ``now``: they were as of its
     writing, hours ago. Left as it is if its ``not_after`` is not a time with an offset."""
-    bounds = [described.get(key) for key in ("not_after", "not_before")]
-    try:
-        after, before = [None if b is None else dt.datetime.fromisoformat(str(b)) for b in bounds]
-    except ValueError:
-        return described
-    if after is None or after.tzinfo is None or (before is not None and before.tzinfo is None):
+    after, before = aware(described.get("not_after")), aware(described.get("not_before"))
+    if after is None or (before is None and described.get("not_before") is not None):
         return described
     now_told = {
         "days_left": days_left(after, now),
