@@ -21,7 +21,7 @@ from docxy.access.identity import Via, identity_of, set_identity
 from docxy.cache.fill import BlobFollower
 from docxy.core.challenge import Challenge, rewrite_challenges
 from docxy.core.errors import ClientError, Denied, Unsupported, UpstreamError, UpstreamUnavailable
-from docxy.core.headers import kept_retry_after, request_headers, unsendable
+from docxy.core.headers import ACCEPT_IDENTITY, kept_retry_after, request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.edge.clients import limit_key, request_address
 from docxy.http.middleware import HANDOVER
@@ -282,7 +282,7 @@ async def _pass_through(
     if not any(k.lower() == "accept-encoding" for k, _ in headers):
         # Not httpx's own gzip: the body is relayed as it comes, zipped or not, and a client
         # that asked for no encoding reads it as the blob (curl and scripts: zipped bytes).
-        headers.append(("Accept-Encoding", "identity"))
+        headers.append(ACCEPT_IDENTITY)
     if not request_facts().get("forward_credentials", True):
         kept = [(k, v) for k, v in headers if k.lower() != "authorization"]
         tokens = state.running.tokens

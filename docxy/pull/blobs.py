@@ -53,6 +53,7 @@ from docxy.cache.resuming import BrokeOff
 from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
 from docxy.core.errors import UpstreamError
+from docxy.core.headers import ACCEPT_IDENTITY
 from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.asking import head_as_client, raise_for_trouble
@@ -297,7 +298,10 @@ class BlobService:
 
     async def _fetch_httpx(self, pull: Pull) -> Download:
         try:
-            answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, IDENTITY)
+            # A proxy that zips blobs announced the zipped length, which the fill then found
+            # exceeded (the direct path's http.client asks for identity too).
+            identity = [ACCEPT_IDENTITY]
+            answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, identity)
         except UpstreamError as exc:
             raise FetchFailed(exc.message) from exc
         if answer.status_code != 200:
@@ -317,7 +321,7 @@ class BlobService:
         be ``size`` bytes, and is read past its first ``offset``. Anything else raises
         :class:`FetchFailed` before a byte of it is read: an answer of another length is not
         this blob, and only its whole download would tell otherwise."""
-        ranged = [("Range", f"bytes={offset}-"), *IDENTITY]
+        ranged = [("Range", f"bytes={offset}-"), ACCEPT_IDENTITY]
         try:
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, ranged)
         except UpstreamError as exc:
@@ -393,12 +397,6 @@ async def _holding(release: Release, fetching: Awaitable[Download]) -> Download:
         raise
     assert download.verified is None  # none of the sources sets it: the permit's own
     return replace(download, close=released_after(download.close, release), verified=release)
-
-
-#: A blob's GET asks for its own bytes: httpx asks for gzip by default and unzips it, and a
-#: proxy in front of the registry that zips blobs announces the zipped length, which the fill
-#: then finds exceeded (the direct path's http.client asks for identity too).
-IDENTITY = [("Accept-Encoding", "identity")]
 
 
 def _uncached_because(exc: CacheError) -> Reason:

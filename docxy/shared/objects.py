@@ -23,6 +23,7 @@ import httpx
 from docxy.cache.files import BlobFile
 from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
+from docxy.core.headers import ACCEPT_IDENTITY
 from docxy.shared.keys import blob_key, object_url
 from docxy.upstream.failures import failure
 
@@ -135,7 +136,7 @@ class ObjectStore:
 
         A 404 for another reason than the key (``NoSuchBucket``: a bucket never made, a typo
         in ``shared.bucket``) is the store's trouble, not a miss: no blob can come from it."""
-        identity = {"Accept-Encoding": "identity"}  # the blob's own bytes, never re-encoded
+        identity = dict([ACCEPT_IDENTITY])  # the blob's own bytes, never re-encoded
         answer = await self._send("GET", self.bucket.url(digest), headers=identity, stream=True)
         if answer.status_code == 200:
             return answer
