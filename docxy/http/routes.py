@@ -196,11 +196,8 @@ async def content(rest: str) -> Response:
         if isinstance(outcome, PassThrough):
             if reference.kind is not Kind.BLOB or pull.head:
                 return await _pass_through(state, pull, route)
-            # A blob's download upstream, as a fill's is: under the same caps (429 over them;
-            # one that a fill let in already waits instead), its permit given back when the
-            # relayed body is done.
-            permits = services.blobs.permits
-            release = await permits.wait() if outcome.admitted else permits.acquire()
+            # Its permit is given back when the relayed body is done.
+            release = await services.blobs.pass_through_permit(outcome)
             try:
                 return await _pass_through(state, pull, route, release)
             except BaseException:

@@ -123,6 +123,12 @@ class BlobService:
             return replace(outcome, admitted=True)
         return outcome
 
+    async def pass_through_permit(self, passing: PassThrough) -> Release:
+        """The permit a blob GET passed through holds while its body is relayed: an upstream
+        download as a fill's is, under the same caps (``TooManyRequests`` over them);
+        one that a fill let in already (:attr:`PassThrough.admitted`) waits instead."""
+        return await self.permits.wait() if passing.admitted else self.permits.acquire()
+
     async def _follow(
         self, pull: Pull, digest: Digest, stream: BlobReader | BlobFollower, joined: bool = False
     ) -> Outcome:
