@@ -764,10 +764,8 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
     if (tls.cert_path is None) != (tls.key_path is None):
         missing = "tls.key_path" if tls.key_path is None else "tls.cert_path"
         raise fail(missing, "tls.cert_path and tls.key_path must be given together")
-    same_file = (
-        tls.cert_path is not None
-        and tls.key_path is not None
-        and (os.path.abspath(tls.cert_path) == os.path.abspath(tls.key_path))
+    same_file = tls.cert_path is not None and (  # given together: key_path too
+        os.path.abspath(tls.cert_path) == os.path.abspath(tls.key_path or "")
     )
     if same_file and certs.domain is not None:
         # The renewer writes the key and then the certificate, each in its own file: in one,
@@ -785,13 +783,13 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
             continue  # first start: a bootstrap certificate stands in until the renewer installs
         raise fail(key, f"cannot read {path}")
     admin = server["admin_listen"]
-    for key in ("server.listen", "server.tls_listen"):
-        other = server[key.split(".")[1]]
+    for name in ("listen", "tls_listen"):
+        other = server[name]
         if admin is not None and other is not None and _overlap(admin, other):
             raise fail(
                 "server.admin_listen",
-                f"{admin} is {key}'s port too ({other}): set it to another HOST:PORT, "
-                "or empty to turn the admin listener off",
+                f"{admin} is server.{name}'s port too ({other}): set it to another "
+                "HOST:PORT, or empty to turn the admin listener off",
             )
     if server["public_url"] is None:
         server["public_url"] = _derive_public_url(server["listen"], server["tls_listen"], certs)
