@@ -120,7 +120,7 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         CertError,
         ReloadableTLS,
         SelfSignedPair,
-        self_signed,
+        bootstrap_pair,
     )
 
     cert, key = config.tls.cert_path, config.tls.key_path
@@ -139,10 +139,9 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         # First start with a domain: the renewer obtains the certificate through this mirror's
         # webroot and installs it at these paths; the watcher then switches over.
         with _unwritable("tls.cert_path", config, f"a bootstrap certificate at {cert}"):
-            self_signed(
-                cert.parent, host, cert_name=cert.name, key_name=key.name, key_dir=key.parent
-            )
-        _warn_bootstrap(host, cert)
+            made = bootstrap_pair(cert, key, host)  # unless the renewer's install came first
+        if made:
+            _warn_bootstrap(host, cert)
     client_ca = None
     if config.auth.client_certs:
         from docxy.access import peer

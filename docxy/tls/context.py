@@ -483,10 +483,28 @@ def self_signed(
 ) -> tuple[Path, Path]:
     """Write a bootstrap self-signed ECC certificate and key for `hostname` into `dir` (the
     key into `key_dir` when given: ``tls.key_path`` may be in another directory)."""
-    dir = Path(dir)
-    key_dir = dir if key_dir is None else Path(key_dir)
-    dir.mkdir(parents=True, exist_ok=True)
-    key_dir.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = (
+        Path(dir) / cert_name,
+        Path(dir if key_dir is None else key_dir) / key_name,
+    )
+    write_pair(cert_path, key_path, *_self_signed_pems(hostname, days))
+    log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)
+    return cert_path, key_path
+
+
+def bootstrap_pair(cert_path: Path, key_path: Path, hostname: str) -> bool:
+    """Write a self-signed pair for `hostname` at the served paths unless both are there by the
+    time :func:`docxy.tls.files.write_pair` holds its lock (the renewer's first install came
+    first: it is kept); True if written."""
+    if not write_pair(cert_path, key_path, *_self_signed_pems(hostname, 90), keep=True):
+        log.info("TLS: %s appeared meanwhile; kept, no bootstrap pair written", cert_path)
+        return False
+    log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)
+    return True
+
+
+def _self_signed_pems(hostname: str, days: float) -> tuple[bytes, bytes]:
+    """A new self-signed ECC certificate for `hostname` and its key, both PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     try:
         alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
@@ -503,11 +521,7 @@ def self_signed(
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     )
-    cert_path, key_path = dir / cert_name, key_dir / key_name
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    write_pair(cert_path, key_path, cert_pem, key_pem)
-    log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)
-    return cert_path, key_path
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 #: The life of the mirror's own self-signed certificate (TLS on, no certificate paths), in days.

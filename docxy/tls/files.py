@@ -3,9 +3,11 @@ without loading cryptography)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -37,32 +39,57 @@ def pending_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.pending")
 
 
-def write_pair(cert_path: Path, key_path: Path, cert_pem: bytes, key_pem: bytes) -> None:
+def write_pair(
+    cert_path: Path, key_path: Path, cert_pem: bytes, key_pem: bytes, *, keep: bool = False
+) -> bool:
     """Put a certificate and its key in place so that a crash at any moment leaves either the
     old pair, the new pair, or a half-done install that :func:`docxy.tls.recover.finish_install`
-    completes.
+    completes; True if it wrote them.
 
     Both new files are first made whole beside their targets, under :func:`pending_path` names
     (written, synced, renamed, the directory synced); then the key is renamed into place, then
     the certificate. A crash between those two renames leaves the new key beside the old
     certificate, with the new certificate still pending next to it.
+
+    Two writers of one pair (the mirror's bootstrap at start, the renewer's first install)
+    take turns under a lock on the certificate's directory: the pending names are shared, and a key
+    staged by one renamed beside a certificate staged by the other would be served. With
+    `keep` (a bootstrap pair), nothing is written when both files exist by the time the lock
+    is held: the pair that came first is kept.
     """
-    pairs = [(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)]
-    for path, data, mode in pairs:
-        tmp = _staged(path, data, mode)
-        try:
-            os.replace(tmp, pending_path(path))
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    _sync_dirs(path for path, _, _ in pairs)
-    for path, data, _ in pairs:
-        try:
-            os.replace(pending_path(path), path)
-        except FileNotFoundError:
-            if not _holds(path, data):
-                raise
-            # a mirror starting just now completed this install (docxy.tls.recover)
-    _sync_dirs(path for path, _, _ in pairs)
+    with _locked(cert_path):
+        if keep and cert_path.exists() and key_path.exists():
+            return False
+        pairs = [(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)]
+        for path, data, mode in pairs:
+            tmp = _staged(path, data, mode)
+            try:
+                os.replace(tmp, pending_path(path))
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        _sync_dirs(path for path, _, _ in pairs)
+        for path, data, _ in pairs:
+            try:
+                os.replace(pending_path(path), path)
+            except FileNotFoundError:
+                if not _holds(path, data):
+                    raise
+                # a mirror starting just now completed this install (docxy.tls.recover)
+        _sync_dirs(path for path, _, _ in pairs)
+    return True
+
+
+@contextmanager
+def _locked(cert_path: Path) -> Iterator[None]:
+    """An exclusive flock on the directory holding `cert_path`, held for the block (on the
+    directory itself: no lock file is left among the certificates, or in a client's kit)."""
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cert_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _holds(path: Path, data: bytes) -> bool:

@@ -8,17 +8,19 @@ between the two renames is in tests/e2e/test_cert_install_crash_e2e.py.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from docxy.config import Config, load_config
 from docxy.core.errors import ConfigError
 from docxy.http.server import load_tls
-from docxy.tls import certs
+from docxy.tls import certs, context
 from docxy.tls.context import CertError, ReloadableTLS, self_signed
-from docxy.tls.files import pending_path
+from docxy.tls.files import pending_path, write_pair
 from docxy.tls.recover import finish_install, matching
 
 
@@ -177,4 +179,64 @@ def test_a_mirror_starting_mid_install_and_the_install_both_finish(
     monkeypatch.setattr(os, "replace", replace)
     assert certs.install(live, cert, key) is True
     monkeypatch.undo()
+    assert contents(cert, key) == contents(live / "fullchain.pem", live / "privkey.pem")
+
+
+def test_two_installs_at_once_leave_one_whole_pair(
+    site: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewer's first install runs its whole course while the mirror's bootstrap has
+    staged its key but not yet its certificate (the two share the pending names): the
+    bootstrap must neither fail nor leave one's key beside the other's certificate."""
+    live, cert, key = site
+    cert.unlink()
+    key.unlink()  # a first start: nothing served yet
+    real: Callable[..., None] = os.replace
+    renewer: list[threading.Thread] = []
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(dst)) == pending_path(cert) and not renewer:
+            renewer.append(threading.Thread(target=certs.install, args=(live, cert, key)))
+            renewer[0].start()
+            renewer[0].join(timeout=0.5)  # old code: done by now; under the lock: waiting
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    self_signed(cert.parent, "mirror.test", cert_name=cert.name, key_name=key.name)
+    renewer[0].join(timeout=10)
+    monkeypatch.undo()
+    assert not renewer[0].is_alive()
+    assert matching(cert, key)
+    assert contents(cert, key) == contents(live / "fullchain.pem", live / "privkey.pem")
+
+
+def test_the_bootstrap_keeps_a_pair_installed_meanwhile(
+    site: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A first start with a domain finds no served pair, and the renewer installs one before
+    the bootstrap pair is written: the mirror serves the installed pair, not a self-signed one
+    over it."""
+    live, cert, key = site
+    cert.unlink()
+    key.unlink()
+    real = write_pair
+
+    def renewer_first(*args: Any, **kwargs: Any) -> bool:
+        certs.install(live, cert, key)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(f"{context.__name__}.write_pair", renewer_first)
+    config = load_config(
+        {
+            "server.tls_listen": "127.0.0.1:8443",
+            "tls.cert_path": str(cert),
+            "tls.key_path": str(key),
+            "certs.domain": "mirror.test",
+            "cache.dir": str(tmp_path / "cache"),
+        },
+        None,
+        {},
+    )
+    tls = load_tls(config)
+    assert tls is not None
     assert contents(cert, key) == contents(live / "fullchain.pem", live / "privkey.pem")
