@@ -201,7 +201,9 @@ def cmd_ls(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO, *, capped: bool = True) -> int:
+    """What the cache holds; its share of ``cache.max_size`` only when a cap was given to this
+    command (as for gc: the default may not be the mirror's cap)."""
     usage = cache.blobs.usage()
     percent = 100.0 * usage.bytes / usage.max_size if usage.max_size else 0.0
     filling = fills_in(cache.blobs.tmp_dir)
@@ -209,8 +211,8 @@ def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
         ("blobs", str(usage.entries)),
         ("tags", str(len(cache.manifests.list_tags()))),
         ("size", _bytes(usage.bytes)),
-        ("max_size", _bytes(usage.max_size)),
-        ("used", f"{percent:.1f}%"),
+        ("max_size", _bytes(usage.max_size) if capped else NO_CAP_GIVEN),
+        ("used", f"{percent:.1f}%" if capped else "-"),
         ("filling", f"{filling} blobs being fetched"),
     ]
     for key, value in rows:
@@ -298,8 +300,9 @@ def _bytes(size: int) -> str:
     return f"{human_size(size)} ({size} bytes)"
 
 
-#: What gc says instead of evicting with a cap nobody gave it (the default may not be the
-#: mirror's: a mirror run with 100G in its unit file, gc run from a shell, evicted 80 GB).
+#: What gc says instead of evicting with a cap nobody gave it, and du instead of that cap (the
+#: default may not be the mirror's: a mirror run with 100G in its unit file, gc run from a
+#: shell, evicted 80 GB).
 NO_CAP_GIVEN = "none, cache.max_size is not set for this command (the mirror's may differ)"
 
 
@@ -381,12 +384,12 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     if args.cache_command == "ls":
         args.upstream_names = upstream_names(config)
         return cmd_ls(cache, args, out)
+    # Measure against (gc: evict down to) a cap given here (flag, environment, config file)
+    # only: the cache directory does not say which one the mirror runs with.
+    capped = config.sources.get("cache.max_size", "default") != "default"
     if args.cache_command == "du":
-        return cmd_du(cache, args, out)
+        return cmd_du(cache, args, out, capped=capped)
     if args.cache_command == "gc":
-        # Evict only down to a cap given here (flag, environment, config file), as the mirror
-        # was: the cache directory does not say which one the mirror runs with.
-        capped = config.sources.get("cache.max_size", "default") != "default"
         return asyncio.run(cmd_gc(cache, args.verify, out, evict=capped))
     assert image is not None
     return asyncio.run(cmd_rm(cache, image, repo_key(image, config), args.rm_blobs, out))

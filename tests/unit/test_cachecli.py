@@ -14,7 +14,7 @@ import pytest
 
 from docxy.cache import Digest, RepoKey, digest_of, open_cache, parse_digest
 from docxy.cache.fill import BlobWriter
-from docxy.cli.cache import human_age, human_size
+from docxy.cli.cache import NO_CAP_GIVEN, human_age, human_size
 from docxy.cli.main import main
 from docxy.core.names import ImageRef, parse_image_ref
 
@@ -275,6 +275,19 @@ def test_du(capsys: pytest.CaptureFixture[str], cache: Populated) -> None:
     assert fields["size"].strip() == f"{human_size(total)} ({total} bytes)"
     assert fields["max_size"].strip() == "64.0 KiB (65536 bytes)"
     assert fields["used"].strip() == f"{100 * total / 65536:.1f}%"
+
+
+def test_du_without_a_cap_given_shows_no_share_of_the_default(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """The default cap (20G) may not be the mirror's: du measures against none it was not given
+    (it said "max_size: 20.0 GiB" and a used share of it)."""
+    code, out, _ = run(capsys, cache, "du")
+    assert code == 0
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in out.splitlines())}
+    assert fields["max_size"] == NO_CAP_GIVEN
+    assert fields["used"] == "-"
+    assert fields["blobs"] == "10"
 
 
 # --- rm -------------------------------------------------------------------------------------
