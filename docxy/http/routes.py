@@ -20,7 +20,14 @@ from docxy.access.gate import remembered
 from docxy.access.identity import Via, identity_of, set_identity
 from docxy.cache.fill import BlobFollower
 from docxy.core.challenge import Challenge, rewrite_challenges
-from docxy.core.errors import ClientError, Denied, Unsupported, UpstreamError, UpstreamUnavailable
+from docxy.core.errors import (
+    ClientError,
+    Denied,
+    TooManyRequests,
+    Unsupported,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from docxy.core.headers import ACCEPT_IDENTITY, kept_retry_after, request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.edge.clients import limit_key, request_address
@@ -197,7 +204,11 @@ async def content(rest: str) -> Response:
             if reference.kind is not Kind.BLOB or pull.head:
                 return await _pass_through(state, pull, route)
             # Its permit is given back when the relayed body is done.
-            release = await services.blobs.pass_through_permit(outcome)
+            try:
+                release = await services.blobs.pass_through_permit(outcome)
+            except TooManyRequests:
+                outcome = None  # refused as a fill is, and logged so: nothing passed through
+                raise
             try:
                 return await _pass_through(state, pull, route, release)
             except BaseException:

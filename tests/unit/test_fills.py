@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import gc
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from docxy.config import load_config
 from docxy.core.errors import TooManyRequests
 from docxy.edge.fills import CLIENT, FillPermits
 from docxy.http.app import create_app
+from docxy.http.middleware import AccessLog, Guard
 from docxy.http.responses import relay
 from docxy.http.state import mirror_state
 from docxy.tasks import spawn
@@ -203,20 +205,23 @@ async def test_a_fills_permit_is_given_back_once_its_blob_verifies_not_after_the
 
 
 async def test_a_blob_passed_through_is_an_upstream_download_under_the_caps(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A GET of a blob not cached with a ``Range`` header (any: an upstream that ignores it
     sends the whole blob) is passed through, uncached: it took no permit, so adding one got
-    round both caps, as often as wanted."""
+    round both caps, as often as wanted. A refusal is logged as a fill's is, not as a blob
+    passed through (``cache=uncached reason=range`` on a 429)."""
+    caplog.set_level(logging.INFO, logger="docxy")
     upstream = HeldUpstream()  # a range it ignores: the whole blob
     app = capped_mirror(tmp_path, upstream, per_client=1, total=1)
     flowing, fetched, asked = upstream.flowing, upstream.fetched, upstream.asked
     ranged = [("Range", "bytes=0-")]
+    logged = AccessLog(Guard(app, None))
 
     async def get(client: str, digest: str) -> AsgiAnswer:
         CLIENT.set(client)
         path = f"/v2/team/app/blobs/{digest}"
-        return await call_asgi(app, "GET", path, host="mirror.test", headers=ranged)
+        return await call_asgi(logged, "GET", path, host="mirror.test", headers=ranged)
 
     async with app.test_app(), asyncio.TaskGroup() as tasks:
         permits = mirror_state(app).running.blobs.permits
@@ -228,6 +233,8 @@ async def test_a_blob_passed_through_is_an_upstream_download_under_the_caps(
         mine, anyone = await get("a", D2), await get("z", D3)
         assert (mine.status, anyone.status) == (429, 429)
         assert b"TOOMANYREQUESTS" in mine.body and b"as much as it may" in anyone.body
+        refused = [r.getMessage() for r in caplog.records if r.name == "docxy.access"][-2:]
+        assert [" 429 " in line and "cache=" not in line for line in refused] == [True, True]
         flowing.set()
         assert (await first).body == BLOBS[D1]
         assert fetched == [D1]
