@@ -483,6 +483,11 @@ def _level(value: object) -> str:
     return text
 
 
+def _printable_ascii(text: str | None) -> bool:
+    """Whether `text` is all visible ASCII characters (``!`` to ``~``)."""
+    return text is not None and all("!" <= ch <= "~" for ch in text)
+
+
 def _bucket(value: object) -> str | None:
     text = _opt_str(value)
     return None if text is None else parse_bucket(text)
@@ -816,6 +821,11 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
                 raise fail(f"shared.{key}", "required with shared.endpoint")
         if not shared.region.strip():
             raise fail("shared.region", "must not be empty")
+        for key in ("region", "access_key", "secret_key"):
+            # Signed into each request's headers: one pasted character outside ASCII (a
+            # Cyrillic o) crashed the fill of every miss. The value is not echoed.
+            if not _printable_ascii(getattr(shared, key)):
+                raise fail(f"shared.{key}", "must be printable ASCII with no spaces")
         if not values["cache.enabled"]:  # the tier fills the local cache and uploads from it
             where = sources.get("cache.enabled", "default")
             raise fail(

@@ -109,10 +109,29 @@ def test_bad_shared_values_name_the_key(key: str, value: str) -> None:
         load_config({**ON, key: value}, environ={})
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("shared.access_key", "d\u043ecxy"),  # a Cyrillic o pasted in
+        ("shared.access_key", "doc xy"),
+        ("shared.region", "eu-w\u0435st-3"),
+        ("shared.secret_key", "s3-s\u0435cret"),
+    ],
+)
+def test_keys_signed_into_headers_must_be_ascii(key: str, value: str) -> None:
+    """They go into every request's signed headers: a non-ASCII character was accepted, then
+    crashed the fill of every miss (UnicodeEncodeError), nothing ever cached."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": must be printable ASCII"):
+        load_config({**ON, key: value}, environ={})
+
+
 def test_a_bad_secret_key_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as failure:
         load_config({**ON, "shared.secret_key": 12345}, environ={})
     assert "(hidden)" in str(failure.value) and "12345" not in str(failure.value)
+    with pytest.raises(ConfigError) as failure:
+        load_config({**ON, "shared.secret_key": "s3-s\u0435cret"}, environ={})
+    assert "s3-s" not in str(failure.value)
 
 
 def test_show_config_masks_the_secret_key(capsys: pytest.CaptureFixture[str]) -> None:
