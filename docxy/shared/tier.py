@@ -261,7 +261,9 @@ class SharedTier:
     def _upload_refused(self, digest: Digest, exc: ObjectStoreError) -> None:
         """The store answered an upload with a refusal of its own (a key that may only read,
         an object too large for one PUT): it is up, and reading from it still works. Logged
-        once for each new reason; the tier does not rest."""
+        once for each new reason; the tier does not rest. A refused repair is not offered
+        again at every later answer (a whole blob sent again each time, refused each time)."""
+        self._repairs.pop(digest, None)
         self.last_error = str(exc)
         if str(exc) != self._refusal:
             self._refusal = str(exc)

@@ -132,6 +132,39 @@ async def test_an_object_that_broke_off_is_replaced_once_the_store_answers_again
     assert (health["resumed"], health["uploaded"]) == (1, 1)
 
 
+class ReadOnlyKey(OneCutObject):
+    """As :class:`OneCutObject`, and the replica's key may only read: every PUT is refused."""
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            self.bucket_seen.append(f"PUT {request.url.path}")
+            denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+            return answer(403, denied)
+        return super().bucket(request)
+
+
+async def test_a_refused_repair_is_not_sent_again_at_every_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica with a read-only key (it still reads from the bucket): the repair's upload
+    is refused once, and then forgotten; it was sent again, whole, after every later answer
+    of the store, refused each time, for as long as the mirror ran."""
+    upstream = ReadOnlyKey("honoured")
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        shared = mirror_state(mirror.app).running.blobs.shared
+        assert shared is not None
+        assert (await mirror.get(blob_path())).status == 200
+        await mirror.committed()
+        await asyncio.wait_for(shared.uploads.drained(), 10)
+        monkeypatch.setattr(tier, "RETRY_AFTER", 0.0)
+        for n in range(4):  # misses the store answers 404
+            assert await shared.download(parse_digest(f"sha256:{n:064x}")) is None
+            await asyncio.wait_for(shared.uploads.drained(), 10)
+    puts = [line for line in upstream.bucket_seen if line.startswith("PUT ")]
+    assert len(puts) == 1
+    assert (shared.counts.upload_failed, shared.counts.uploaded) == (1, 0)
+
+
 async def test_a_rest_that_breaks_off_in_its_turn_goes_on_from_there(tmp_path: Path) -> None:
     """The upstream's rest breaks off too, after new bytes: the fill goes on from there with
     another Range GET, as a fill from the upstream does, and the blob is whole and kept."""
