@@ -294,6 +294,29 @@ async def test_a_cached_file_that_cannot_be_read_fails_its_upload_not_the_queue(
     assert len(warned) == 1 and str(unreadable) in warned[0] and "cannot read" in warned[0]
 
 
+async def test_a_cached_file_gone_empty_is_not_uploaded_as_the_blob(tmp_path: Path) -> None:
+    """An upload is cut before its last byte unless the bytes hash to the digest; an empty
+    file has no last byte to cut before: it went out whole, an empty object under the blob's
+    digest, counted as uploaded."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    emptied = cached_blob(blobs, 7)
+    blobs.path_of(emptied).write_bytes(b"")  # after its fill (a crash, a full disk...)
+    puts: list[bytes] = []
+
+    async def store(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            puts.append(await request.aread())
+        return await accepting_store(request)
+
+    where = Bucket("http://store.test", "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(store)) as http:
+        tier = SharedTier(ObjectStore(where, http), blobs, 1)
+        assert tier.uploads.offer(emptied)
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+    assert puts == []
+    assert (tier.counts.uploaded, tier.counts.upload_failed) == (0, 1)
+
+
 async def test_a_blob_being_uploaded_is_neither_removed_nor_evicted_under_the_upload(
     tmp_path: Path,
 ) -> None:
