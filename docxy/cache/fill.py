@@ -722,13 +722,16 @@ class BlobFollower(ClosingStream):
         return self.fill.digest
 
     async def size(self) -> int | None:
-        """Wait until the writer announces the size (None: unknown) or finishes."""
-        while not self.fill.size_known:
-            self.fill.check_not_aborted()
-            if self.fill.state is FillState.COMMITTED:
+        """Wait until the writer announces the size (None: unknown) or finishes. An announced
+        size of 0 waits for the verification too: with no last byte to hold back, its headers
+        alone make a complete answer, and a blob that fails it must not get one."""
+        fill = self.fill
+        while not fill.size_known or (fill.size == 0 and not fill.verified):
+            fill.check_not_aborted()
+            if fill.state is FillState.COMMITTED:
                 break
-            await self.fill.changed()
-        return self.fill.size
+            await fill.changed()
+        return fill.size
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()

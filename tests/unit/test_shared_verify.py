@@ -78,3 +78,28 @@ async def test_an_object_longer_than_the_whole_cache_is_marked_bad_not_the_blob_
     assert health["corrupt"] == 1
     said = [r.getMessage() for r in caplog.records if "more than the whole cache" in r.getMessage()]
     assert len(said) == 1 and "marked bad" in said[0], said
+
+
+class EmptyObject(Upstream):
+    """The object is empty (an upload of a file gone empty, any bucket writer)."""
+
+    def __init__(self) -> None:
+        super().__init__(in_bucket=True)
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.bucket_seen.append(f"GET {request.url.path}")
+            return answer(200, b"", {"Content-Length": "0"})
+        return super().bucket(request)
+
+
+async def test_an_empty_object_is_never_a_complete_answer_for_its_blob(tmp_path: Path) -> None:
+    """The last byte waits for the verification; an empty object has none: the headers alone
+    (200, Content-Length 0, the blob's digest) were a complete, wrong answer. Now its fill
+    fails verification before them, and the client gets the blob from the upstream."""
+    upstream = EmptyObject()
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        first = await mirror.get(blob_path())
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+    assert (first.status, first.body == BLOB) == (200, True)
+    assert health["corrupt"] == 1
