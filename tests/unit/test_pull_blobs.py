@@ -1070,3 +1070,26 @@ async def test_a_blob_too_big_for_the_cache_passes_through_under_a_cap_of_one(
         got = await call_asgi(app, "GET", path, headers=auth, host="mirror.test")
         assert got.status == 200 and got.body == BLOB, got.body[:200]
         assert not mirror_state(app).running.blobs.permits.running
+
+
+async def test_a_login_in_a_redirect_the_mirror_cannot_follow_is_never_echoed(
+    tmp_path: Path,
+) -> None:
+    """A Location with a login (``user:pw@cdn``) that cannot be reached: the 502's body and
+    ``/health``'s last error named the host with the password in it."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.test":
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", length=True)
+        location = "https://cdnuser:cdn-s3cret@cdn.test/blob?sig=abc"
+        return fakes.reply(307, b"", {"Location": location}, length=True)
+
+    async with mirror(tmp_path, upstream, cache__enabled="false") as app:
+        response = await app.test_client().get(f"/v2/library/a/blobs/sha256:{'a' * 64}")
+        body = await response.get_data()
+        health = await (await app.test_client().get("/health")).get_data()
+    assert response.status_code == 502
+    assert b"cdn.test" in body and b"cdn-s3cret" not in body
+    assert b"cdn.test" in health and b"cdn-s3cret" not in health
