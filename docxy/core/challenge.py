@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?')
+# One ``key=value`` of a challenge; the empty list elements before it (``a="1", , b="2"``),
+# which RFC 9110 5.6.1 has recipients skip, are skipped with it.
+_PARAM = re.compile(
+    r'(?:\s*,)*\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,9 @@ def _params_at(rest: str) -> tuple[dict[str, str], int]:
 
 
 def _scheme(header: str) -> tuple[str, str] | None:
-    match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$)", header)
+    """The scheme at the start of `header` and what follows it. A scheme with no parameters
+    may be followed by the next challenge at once (``Negotiate, Bearer realm="..."``)."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)(?:\s+|$|(?=,))", header)
     return None if match is None else (match.group(1), header[match.end() :])
 
 

@@ -325,3 +325,23 @@ def test_without_a_bearer_challenge_the_values_pass_unchanged() -> None:
     assert rewrite_challenges(values, MIRROR_REALM, library_prefix=True) == values
     assert bearer_challenge(values) is None
     assert bearer_challenge(['Bearer service="no-realm"']) is None
+
+
+def test_a_bearer_challenge_after_a_scheme_with_no_parameters_is_found() -> None:
+    """RFC 9110 lets a challenge with no parameters be followed by the next at once: the
+    Bearer one after ``Negotiate,`` was missed (no token fetched by the mirror, and the
+    upstream's realm relayed to clients as it came)."""
+    value = 'Negotiate, Bearer realm="https://auth.up.test/token",service="registry.test"'
+    assert split_challenges(value) == [
+        "Negotiate",
+        'Bearer realm="https://auth.up.test/token",service="registry.test"',
+    ]
+    found = bearer_challenge([value])
+    assert found is not None and found.service == "registry.test"
+    relayed = rewrite_challenges([value], "https://mirror.test/auth/token", True)
+    assert relayed == ['Bearer realm="https://mirror.test/auth/token",service="registry.test"']
+
+
+def test_empty_list_elements_in_a_challenge_are_skipped() -> None:
+    found = bearer_challenge(['Bearer realm="https://auth.up.test/token", , service="reg"'])
+    assert found is not None and found.service == "reg"
