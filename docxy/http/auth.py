@@ -293,7 +293,10 @@ async def _ask_upstream(
         return await client.send(upstream, "GET", realm, headers, params=params)
     form = params.merge({"grant_type": "refresh_token", "refresh_token": ask.refresh_token})
     headers = [("Content-Type", "application/x-www-form-urlencoded")]
-    return await client.send(upstream, "POST", realm, headers, content=str(form).encode())
+    # The client's own credential, in the form: its account's answers (a 429) are not the mirror's.
+    return await client.send(
+        upstream, "POST", realm, headers, content=str(form).encode(), client_credentials=True
+    )
 
 
 def _is_mirror_user(authorization: str | None) -> bool:

@@ -380,6 +380,7 @@ class UpstreamClient:
         params: httpx.QueryParams | None = None,
         content: bytes | None = None,
         mirror_credentials: bool = False,
+        client_credentials: bool = False,
     ) -> httpx.Response:
         """Send and follow redirects (any host); the caller must ``aclose()`` the response.
 
@@ -389,15 +390,16 @@ class UpstreamClient:
         keep the method and its body (RFC 9110 15.4.8); a ``303``, or a ``301``/``302`` of a
         ``POST``, makes the next hop a ``GET`` without it, and no hop to another origin gets it.
 
-        An ``Authorization`` is a client's unless ``mirror_credentials`` says it is the
-        mirror's own (:mod:`docxy.upstream.tokens`) or it carries a token the mirror's token
-        endpoint handed out for an anonymous pull (:mod:`docxy.upstream.anonymous`: the
-        mirror's address asks then): the answers to a client's credentials tell the upstream's
-        health only what is not about that client's account (its rate limit, and the
-        ``ratelimit-*`` headers, are not the mirror's).
+        ``client_credentials`` says the request carries a client's credential elsewhere (a
+        refresh token in its form). Else an ``Authorization`` is a client's unless
+        ``mirror_credentials`` says it is the mirror's own (:mod:`docxy.upstream.tokens`) or
+        it carries a token the mirror's token endpoint handed out for an anonymous pull
+        (:mod:`docxy.upstream.anonymous`: the mirror's address asks then). The answers to a
+        client's credentials tell the upstream's health only what is not about that client's
+        account (its rate limit, and the ``ratelimit-*`` headers, are not the mirror's).
         """
         health = self.health_of(upstream)
-        own = mirror_credentials or self._anonymous(headers)
+        own = not client_credentials and (mirror_credentials or self._anonymous(headers))
         pull = is_pull(url)
         current_headers = headers
         marks: dict[str, object] = {ASKED_PATH: urlsplit(url).path}  # for the response hooks

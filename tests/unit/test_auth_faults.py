@@ -374,6 +374,22 @@ async def test_a_relayed_429_keeps_the_upstreams_retry_after(
         assert body["errors"][0]["code"] == "TOOMANYREQUESTS"
 
 
+async def test_a_clients_refresh_token_answered_429_is_not_the_mirrors_rate_limit() -> None:
+    """A refresh token is the client's own credential, in the form (no ``Authorization``):
+    the upstream's 429 to it was taken for the mirror's own, and ``/health`` said degraded
+    for as long as its ``Retry-After`` (up to hours), for one client's account."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return rate_limited(request) if request.method == "POST" else hub(request)
+
+    async with mirror(upstream) as m:
+        form = {"grant_type": "refresh_token", "refresh_token": "r1", "service": "s"}
+        answer = await m.client.post("/auth/token", form=form)
+        assert answer.status_code == 429
+        report = await (await m.client.get("/health")).get_json()
+    assert report["status"] == "ok", report
+
+
 # --- a 401 from the upstream's token service ---------------------------------------------------
 
 
