@@ -781,16 +781,16 @@ def our_block(url, cert, key, ca):
     return lines
 
 
-#: The keys of the mirror's [host] table this script writes; any other line there is the
-#: operator's own (skip_verify, a header sub-table...), kept after them.
-OWNED = re.compile(r"^\s*(capabilities|client|ca)\s*=")
-
-
-def own_lines(block):
-    """The operator's lines in our [host] table (a value that spans lines left out whole)."""
+def own_lines(block, cert, ca):
+    """The operator's lines in our [host] table (a value that spans lines left out whole):
+    all but the keys this run writes (capabilities; client and ca only when it has them, so
+    a CA or client certificate of the operator's own stays where the script names none)."""
+    owned = re.compile(
+        r"^\s*(%s)\s*=" % "|".join(["capabilities"] + ["client"] * bool(cert) + ["ca"] * bool(ca))
+    )
     kept, depth = [], 0
     for line in block[1:]:
-        if depth > 0 or OWNED.match(line):
+        if depth > 0 or owned.match(line):
             depth = max(0, depth + line.count("[") - line.count("]"))
             continue
         kept.append(line)
@@ -814,8 +814,8 @@ mode = sys.argv[1]
 if mode == "config-path":
     config_path(sys.argv[2])
     sys.exit(0)
-path, url, out, registry, server = sys.argv[2:7]
-cert, key, ca = (sys.argv[7:10] + ["", "", ""])[:3]
+path, url, out, registry, server, server_given = sys.argv[2:8]
+cert, key, ca = (sys.argv[8:11] + ["", "", ""])[:3]
 try:
     with open(path, encoding="utf-8") as handle:
         lines = handle.read().splitlines(keepends=True)
@@ -824,20 +824,30 @@ except FileNotFoundError:
 preamble, found = blocks(lines)
 ours = [block for block in found if canonical(block[0]) == canonical(url)]
 others = [block for block in found if canonical(block[0]) != canonical(url)]
-mine = our_block(url, cert, key, ca) + (own_lines(ours[0][1]) if ours else [])
+mine = our_block(url, cert, key, ca) + (own_lines(ours[0][1], cert, ca) if ours else [])
+SERVER = re.compile(r"^\s*server\s*=")
+written_by_us = any(line.startswith(MARK) for line in preamble)
+before = list(preamble)
 if not any(line.strip() for line in preamble):
     preamble = [f"{MARK}: pulls of {registry} try the mirror first.\n",
                 f"server = {json.dumps(server)}\n", "\n"]
+elif written_by_us and server_given == "1":
+    # --registry NAME=URL names the real registry: it replaces the one an earlier run wrote
+    preamble = [f"server = {json.dumps(server)}\n" if SERVER.match(line) else line
+                for line in preamble]
 if mode == "merge":
     first = found[0] if found else None
-    if first and canonical(first[0]) == canonical(url) and len(ours) == 1 and content(first[1]) == content(mine):
+    if (first and canonical(first[0]) == canonical(url) and len(ours) == 1
+            and content(first[1]) == content(mine) and preamble == before):
         sys.exit(10)
     body = [*preamble, *mine, *(["\n"] if others else []), *(l for b in others for l in b[1])]
 else:
     if not ours:
         sys.exit(10)
-    if not others and all(l.startswith(MARK) or not l.strip() or l.startswith("server =")
-                          for l in preamble):
+    # The whole file goes only when this script wrote all of it: a server line of the
+    # operator's own (a fallback proxy) is no line of ours.
+    if not others and written_by_us and all(
+            l.startswith(MARK) or not l.strip() or SERVER.match(l) for l in preamble):
         body = []
     else:
         body = [*preamble, *(l for b in others for l in b[1])]
@@ -867,7 +877,7 @@ PY
 # host; hosts.toml names them relative to its own directory, as containerd resolves them, so
 # the file stays right under --root and wherever config_path puts certs.d.
 configure_registry() {
-  local registry server dir target new rc=0 cert="" key="" ca=""
+  local registry server dir target new rc=0 cert="" key="" ca="" given=0
   registry="$(registry_name "$1")"
   server="$(registry_server "$1")"
   dir="$(under_root "/etc/containerd/certs.d/$registry")"
@@ -889,8 +899,9 @@ configure_registry() {
     fi
   fi
   new="$(mktemp)"
+  [[ "$1" == *=* ]] && given=1  # --registry NAME=URL: the real registry, over an earlier run's
   hosts_toml_tool "$( ((REMOVE)) && echo remove || echo merge)" "$target" "$MIRROR" "$new" \
-    "$registry" "$server" "$cert" "$key" "$ca" || rc=$?
+    "$registry" "$server" "$given" "$cert" "$key" "$ca" || rc=$?
   if ((rc == 10)); then
     rm -f -- "$new"
     if ((REMOVE)); then say "  $MIRROR is not listed: nothing to remove"; else say "  $MIRROR is already the first host: unchanged"; fi
@@ -907,6 +918,16 @@ configure_registry() {
   elif ((rc != 0)); then
     rm -f -- "$new"
     die "could not build the new hosts.toml (python3 exited with $rc)"
+  elif [[ ! -s "$new" && -L "$target" ]]; then
+    # It lives elsewhere (a config repository): emptied through its link, as it was edited;
+    # removing the link would leave the mirror in the file the next deploy brings back.
+    if ((DRY_RUN)); then
+      rm -f -- "$new"
+      say "  would empty $(real_target "$target") (it held only this mirror)"
+    else
+      place_file "$target" "$new" 0644
+      say "  emptied $(real_target "$target") (it held only this mirror)"
+    fi
   elif [[ ! -s "$new" ]]; then
     rm -f -- "$new"
     if ((DRY_RUN)); then

@@ -847,6 +847,77 @@ def test_containerd_remove_deletes_a_file_that_held_only_this_mirror(box: Script
     assert len(backups(box, HOSTS_TOML)) == 1
 
 
+def test_containerd_the_operators_own_ca_and_client_in_our_table_are_kept(box: ScriptBox) -> None:
+    """A plain run (the served setup.sh: no --ca-cert, no kit) names no CA and no client
+    certificate: the operator's own lines for them in the mirror's table were dropped, with
+    exit 0 and no word, and containerd then failed TLS to the mirror."""
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(
+        'server = "https://registry-1.docker.io"\n\n'
+        f'[host."{MIRROR}"]\n  capabilities = ["pull", "resolve"]\n'
+        '  ca = "/etc/pki/corp-root.pem"\n'
+        '  client = [["/etc/pki/node.cert", "/etc/pki/node.key"]]\n'
+    )
+
+    said = configure(box, "--mirror", MIRROR, "--containerd")
+
+    table = tomllib.loads(box.path(HOSTS_TOML).read_text())["host"][MIRROR]
+    assert table["ca"] == "/etc/pki/corp-root.pem"
+    assert table["client"] == [["/etc/pki/node.cert", "/etc/pki/node.key"]]
+    assert "Nothing to change" in said, said
+
+
+def test_containerd_remove_keeps_a_file_whose_server_line_is_the_operators(
+    box: ScriptBox,
+) -> None:
+    """Its own fallback (a proxy) was taken for the script's line: the whole file was deleted,
+    "it held only this mirror", and containerd went to Docker Hub directly."""
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text('server = "https://dockerhub-proxy.corp.example"\n')
+
+    configure(box, "--mirror", MIRROR, "--containerd")
+    configure(box, "--mirror", MIRROR, "--containerd", "--remove")
+
+    assert tomllib.loads(box.path(HOSTS_TOML).read_text()) == {
+        "server": "https://dockerhub-proxy.corp.example"
+    }
+
+
+def test_containerd_registry_with_a_url_replaces_the_server_an_earlier_run_wrote(
+    box: ScriptBox,
+) -> None:
+    """The README's remedy for a users-mode setup.sh (``server = "https://NAME"``) is a rerun
+    with ``--registry NAME=URL``: it said "unchanged" and kept the wrong server."""
+    toml = box.path("/etc/containerd/certs.d/registry.internal/hosts.toml")
+    configure(box, "--mirror", MIRROR, "--containerd", "--registry", "registry.internal")
+    assert tomllib.loads(toml.read_text())["server"] == "https://registry.internal"
+
+    given = "registry.internal=https://10.0.0.5:5000"
+    configure(box, "--mirror", MIRROR, "--containerd", "--registry", given)
+    again = configure(box, "--mirror", MIRROR, "--containerd", "--registry", given)
+
+    assert tomllib.loads(toml.read_text())["server"] == "https://10.0.0.5:5000"
+    assert list(tomllib.loads(toml.read_text())["host"]) == [MIRROR]
+    assert "Nothing to change" in again, again
+
+
+def test_containerd_remove_through_a_link_empties_the_linked_file(box: ScriptBox) -> None:
+    """The link was deleted and the file it leads to (a config repository's) kept the mirror,
+    for the next deploy to bring back."""
+    real = box.base / "config-repo" / "hosts.toml"
+    real.parent.mkdir(parents=True)
+    real.write_text("")
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).symlink_to(real)
+    configure(box, "--mirror", MIRROR, "--containerd")
+    assert MIRROR in real.read_text()
+
+    configure(box, "--mirror", MIRROR, "--containerd", "--remove")
+
+    assert box.path(HOSTS_TOML).is_symlink()
+    assert tomllib.loads(real.read_text()) == {}
+
+
 @pytest.mark.parametrize(
     ("config", "verdict"),
     [
