@@ -410,13 +410,20 @@ discover() {
   if [[ "$(printf '%s\n' "$distinct" | wc -l)" -gt 1 ]]; then
     warn "the address services disagree about this host's public IPv$family address:"
     printf '  %s\n' "${answers[@]}" >&2
-    die "pass the right one with --public-ip"
+    undiscovered "pass the right one with --public-ip"
   fi
   if ((${#answers[@]} < 2)); then
     warn "only one service told this host's public IPv$family address ($distinct): not trusted alone"
-    die "pass it with --public-ip if it is right"
+    undiscovered "pass it with --public-ip if it is right"
   fi
   say "$distinct"
+}
+
+# undiscovered ADVICE: discover (in its subshell) could not tell the address: it fails, and
+# the run stops with ADVICE unless --skip-dns-check lets it go on without the check.
+undiscovered() {
+  ((SKIP_DNS)) && exit 1
+  die "$1"
 }
 
 words() { printf '%s' "$*"; }
@@ -460,15 +467,17 @@ check_dns() {
     # Only the families the domain has records for are asked about. discover dies (in its
     # subshell) when the services disagree: stop here too.
     if ((${#records_a[@]})); then
-      found4="$(discover 4)" || { SAID_WHY=1; exit 1; }
+      found4="$(discover 4)" || { unknown_address && return 0; }
       [[ -n "$found4" ]] && ours4=("$found4")
     fi
     if ((${#records_aaaa[@]})); then
-      found6="$(discover 6)" || { SAID_WHY=1; exit 1; }
+      found6="$(discover 6)" || { unknown_address && return 0; }
       [[ -n "$found6" ]] && ours6=("${found6,,}")
     fi
     if ((${#records_a[@]} + ${#records_aaaa[@]})) && ((${#ours4[@]} + ${#ours6[@]} == 0)); then
-      die "could not find this host's public address: pass --public-ip"
+      ((SKIP_DNS)) || die "could not find this host's public address: pass --public-ip"
+      unknown_address
+      return 0
     fi
   fi
   if ((${#records_a[@]} + ${#records_aaaa[@]} == 0)); then
@@ -494,6 +503,17 @@ check_dns() {
   else
     say "DNS: $DOMAIN -> $records, this host ($resolver)"
   fi
+}
+
+# unknown_address: this host's public address could not be told. With --skip-dns-check the
+# run goes on unchecked; else it stops (discover said why).
+unknown_address() {
+  if ((SKIP_DNS)); then
+    dns_problem "this host's public address could not be told, so $DOMAIN's records were not checked"
+    return 0
+  fi
+  SAID_WHY=1
+  exit 1
 }
 
 dns_problem() {

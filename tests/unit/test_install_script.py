@@ -829,6 +829,34 @@ def test_one_service_alone_is_not_trusted(box: ScriptBox, resolver: Resolver) ->
     assert result.returncode == 1 and "not trusted alone" in result.stderr, output(result)
 
 
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {},
+        {"http://ip-a.test/": OURS},
+        {"http://ip-a.test/": OURS, "http://ip-b.test/": "192.0.2.1"},
+    ],
+    ids=["none", "one", "disagree"],
+)
+def test_skip_dns_check_goes_on_when_the_address_cannot_be_told(
+    box: ScriptBox, resolver: Resolver, answers: dict[str, str]
+) -> None:
+    """Egress filtered, or behind NAT: the address services do not answer, or disagree. The
+    README's --skip-dns-check "goes on anyway": it stopped all the same."""
+    env = discovery_box(box, answers)
+
+    result = box.run(
+        clone_script(box),
+        *["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"],
+        *["--dns-server", resolver.address, "--health-timeout", "0", "--skip-dns-check"],
+        env=env,
+    )
+
+    assert result.returncode == 0, output(result)
+    assert "were not checked; going on (--skip-dns-check)" in result.stderr, output(result)
+    assert box.called(COMPOSE_UP)
+
+
 # --- Docker set-up ------------------------------------------------------------------------------
 
 
