@@ -1142,7 +1142,11 @@ main() {
     say "Dry run: the changes above were not made."
   elif ((CHANGES == 0)); then
     say ""
-    say "Nothing to change: Docxy is already installed as asked."
+    if ((UNINSTALL)); then
+      say "Nothing to change: no Docxy left to uninstall here."
+    else
+      say "Nothing to change: Docxy is already installed as asked."
+    fi
   fi
   ((UNINSTALL)) || print_client_commands
 }

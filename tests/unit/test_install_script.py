@@ -1579,7 +1579,8 @@ def test_uninstall_twice_the_second_changes_nothing(box: ScriptBox, resolver: Re
     result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
 
     assert result.returncode == 0, output(result)
-    assert "Nothing to change" in result.stdout
+    assert "Nothing to change: no Docxy left to uninstall here." in result.stdout
+    assert "already installed" not in result.stdout  # what it said, after --uninstall
     assert not box.called(r"(down|volume rm|image rm)")
 
 
