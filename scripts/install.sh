@@ -789,12 +789,18 @@ get_project() {
     die "$SOURCE_URL holds no compose.yaml$unchanged"
   fi
   chmod 755 -- "$staged"
-  : >"$staged/$FETCHED_MARK"
+  # The mark names what was fetched (one name a line): the next update tells the operator's
+  # own files from the project's by it.
+  names_in "$staged" >"$staged/$FETCHED_MARK"
   # .env as it is: a link into a config repository stays a link.
   if [[ -e "$DIR/.env" || -L "$DIR/.env" ]] && ! cp -pP -- "$DIR/.env" "$staged/.env"; then
     rm -rf -- "$staged"
     die "could not copy $DIR/.env into the new project$unchanged"
   fi
+  carry_own_files "$staged" || {
+    rm -rf -- "$staged"
+    die "could not copy your own files from $DIR into the new project$unchanged"
+  }
   if [[ -f "$DIR/compose.yaml" ]]; then
     PREVIOUS="$(previous_dir)"
     rm -rf -- "$PREVIOUS" # left by an update that was stopped before it cleaned up
@@ -811,6 +817,36 @@ get_project() {
     die "could not put the new project in place at $DIR"
   fi
   say "  unpacked into $DIR${PREVIOUS:+ (the previous project kept at $PREVIOUS until the new one answers)}"
+}
+
+# carry_own_files STAGED: the operator's own files in $DIR (a compose.override.yaml, a config
+# file) go into the new project STAGED, as they are: those the last fetch did not bring (by
+# its mark; a mark of an older install.sh is empty: then those the new project lacks).
+carry_own_files() {
+  local staged="$1" entry name fetched=()
+  [[ -f "$DIR/compose.yaml" ]] || return 0
+  [[ -f "$DIR/$FETCHED_MARK" ]] && mapfile -t fetched <"$DIR/$FETCHED_MARK"
+  while IFS= read -r name; do
+    entry="$DIR/$name"
+    case "$name" in .env | "$FETCHED_MARK") continue ;; esac
+    if ((${#fetched[@]})); then
+      contains "$name" "${fetched[@]}" && continue
+    elif [[ -e "$staged/$name" || -L "$staged/$name" ]]; then
+      continue
+    fi
+    rm -rf -- "${staged:?}/$name" # a name of yours the new project brings too: yours stays
+    cp -pPR -- "$entry" "$staged/$name" || return 1
+    say "  kept $name (yours, not the project's) in the new project"
+  done < <(names_in "$DIR")
+}
+
+# names_in DIR: the names in DIR, dot files too, one a line.
+names_in() {
+  local entry
+  for entry in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+    [[ -e "$entry" || -L "$entry" ]] && printf '%s\n' "${entry##*/}"
+  done
+  return 0
 }
 
 # roll_back: an update failed after its new project went in place: the previous one goes back,
@@ -962,8 +998,17 @@ start_docker() {
   fi
 }
 
+# With -f, Compose reads no override file of its own accord: a compose.override.yaml beside
+# compose.yaml (as `docker compose up` by hand would read it) is named too.
 compose() {
-  "${COMPOSE[@]}" --project-name "$PROJECT" --project-directory "$DIR" -f "$DIR/compose.yaml" \
+  local files=(-f "$DIR/compose.yaml") name
+  for name in compose.override.yaml compose.override.yml; do
+    if [[ -f "$DIR/$name" ]]; then
+      files+=(-f "$DIR/$name")
+      break
+    fi
+  done
+  "${COMPOSE[@]}" --project-name "$PROJECT" --project-directory "$DIR" "${files[@]}" \
     --env-file "$ENV_FILE" "$@"
 }
 

@@ -1364,6 +1364,30 @@ def sibling_leftovers(project: Path) -> list[str]:
     return sorted(p.name for p in project.parent.iterdir() if p != project)
 
 
+def test_an_update_keeps_the_operators_own_files_and_compose_reads_the_override(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Only .env came along into the new project: a compose.override.yaml or a config file
+    of the operator's was deleted with the previous project, without a word; and with -f,
+    Compose read no override file anyway. A file the project dropped is not carried over."""
+    args, project, _ = piped_update_setup(box, resolver)
+    override = "services:\n  docxy:\n    environment:\n      DOCXY_LOG_LEVEL: debug\n"
+    (project / "compose.override.yaml").write_text(override)
+    (project / "docxy.toml").write_text("[cache]\nmax_size = '50G'\n")
+    with (project / ".docxy-fetched").open("a") as fetched:  # version 1 had it, 2 has not
+        fetched.write("obsolete.txt\n")
+    (project / "obsolete.txt").write_text("the project's")
+
+    result = box.run("", *args, stdin=script(box))
+
+    assert result.returncode == 0, output(result)
+    assert (project / "compose.yaml").read_text().endswith("# version 2\n")
+    assert (project / "compose.override.yaml").read_text() == override
+    assert (project / "docxy.toml").exists() and not (project / "obsolete.txt").exists()
+    assert "kept docxy.toml (yours" in result.stdout, output(result)
+    assert box.called(rf"-f {re.escape(str(project))}/compose.override.yaml .* up -d")
+
+
 def test_an_update_that_cannot_put_the_new_project_in_place_keeps_the_old_one(
     box: ScriptBox, resolver: Resolver
 ) -> None:
