@@ -774,6 +774,7 @@ get_project() {
   # project is touched, and putting the new tree in place is a rename.
   scratch="$(mktemp -d)"
   staged="$(mktemp -d "$(dirname -- "$DIR")/.$(basename -- "$DIR").new-XXXXXX")"
+  SCRATCH+=("$scratch" "$staged") # a Ctrl-C meanwhile leaves neither (gone once moved in place)
   say "  fetching $SOURCE_URL"
   if ! curl -fsSL --retry 3 -o "$scratch/source.tar.gz" "$SOURCE_URL"; then
     rm -rf -- "$scratch" "$staged"
@@ -880,7 +881,7 @@ drop_previous() {
 
 on_exit() {
   local status=$?
-  rm -f -- ${SCRATCH[@]+"${SCRATCH[@]}"}
+  rm -rf -- ${SCRATCH[@]+"${SCRATCH[@]}"}
   if [[ -n "$PREVIOUS" ]] && ((status != 0)); then
     roll_back
   elif ((status != 0 && status != 130 && status != 143 && !SAID_WHY)); then

@@ -1305,6 +1305,27 @@ def test_piped_install_fetches_the_project_into_opt(box: ScriptBox, resolver: Re
     assert not box.called("file://")
 
 
+def test_ctrl_c_during_the_fetch_leaves_no_temp_files(box: ScriptBox, resolver: Resolver) -> None:
+    """The download's temp dir and the new tree's staging dir beside /opt/docxy were left
+    behind by a Ctrl-C during the fetch (a slow download), one pair a run."""
+    fetch = box.base / "slow-fetch"
+    fetch.write_text('#!/bin/bash\nkill -INT "$PPID"\nsleep 5\n')  # SIGINT to the script
+    fetch.chmod(0o755)
+    box.stand_in("curl", Rule(r"file://", passthrough=str(fetch)), Rule(r".", rc=7))
+    scratch = box.base / "scratch"
+    scratch.mkdir()
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    env = {"DOCXY_SOURCE_URL": source_tarball(box), "TMPDIR": str(scratch)}
+
+    result = box.run("", *args, env=env, stdin=script(box))
+
+    assert result.returncode == 130, output(result)
+    assert "fetching" in result.stdout, output(result)
+    assert list(scratch.iterdir()) == []
+    assert [p.name for p in box.path("/opt").iterdir()] == []
+
+
 def test_piped_dry_run_with_configure_local_docker_changes_nothing_and_succeeds(
     box: ScriptBox, resolver: Resolver
 ) -> None:
