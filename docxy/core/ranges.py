@@ -19,6 +19,17 @@ def _position(digits: str) -> int:
     return _BEYOND if len(digits) > _MAX_DIGITS else int(digits)
 
 
+def range_asked(method: str, header: str | None, if_range: str | None, etag: str) -> str | None:
+    """The ``Range`` a request's answer honours (RFC 9110 14.2, 13.1.5): none for a HEAD (Range
+    is defined for GET only), and none when an ``If-Range`` is not the representation's strong
+    ``etag`` (a date never matches: no ``Last-Modified`` is sent); then the whole is sent."""
+    if method != "GET" or header is None:
+        return None
+    if if_range is not None and if_range.strip() != etag:
+        return None
+    return header
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``(start, stop)`` with ``stop`` exclusive, or ``None`` to send the whole body.
 

@@ -30,6 +30,7 @@ from docxy.core.errors import (
 )
 from docxy.core.headers import ACCEPT_IDENTITY, kept_retry_after, request_headers, unsendable
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
+from docxy.core.ranges import range_asked
 from docxy.edge.clients import limit_key, request_address
 from docxy.http.middleware import HANDOVER
 from docxy.http.responses import (
@@ -236,6 +237,15 @@ def _access(repository: str | None) -> Response | None:
     return error_response(refusal)
 
 
+def _range(reference: Reference) -> str | None:
+    """The client's ``Range`` of a blob, if its answer honours it (:func:`range_asked`)."""
+    if reference.kind is not Kind.BLOB or reference.digest is None:
+        return None
+    headers = request.headers
+    etag = f'"{reference.digest}"'  # the blob's ETag (docxy.http.responses)
+    return range_asked(request.method, headers.get("Range"), headers.get("If-Range"), etag)
+
+
 def _pull(route: Route, reference: Reference) -> Pull:
     upstream = route.upstream
     return Pull(
@@ -244,7 +254,7 @@ def _pull(route: Route, reference: Reference) -> Pull:
         reference,
         request.method,
         tuple(request.headers.getlist("Accept")),
-        request.headers.get("Range"),
+        _range(reference),
         authorization=_upstream_authorization(route),
     )
 

@@ -1093,3 +1093,32 @@ async def test_a_login_in_a_redirect_the_mirror_cannot_follow_is_never_echoed(
     assert response.status_code == 502
     assert b"cdn.test" in body and b"cdn-s3cret" not in body
     assert b"cdn.test" in health and b"cdn-s3cret" not in health
+
+
+RANGE_SETTINGS = {"upstream__username": "bot", "upstream__password": "s3cret"}
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status", "body"),
+    [
+        ("HEAD", [("Range", "bytes=0-9")], 200, b""),  # Range is for GET only (RFC 9110 14.2)
+        ("HEAD", [("Range", f"bytes={len(BLOB)}-")], 200, b""),  # was a 416 for a blob held
+        ("GET", [("Range", "bytes=10-"), ("If-Range", '"other"')], 200, BLOB),  # 13.1.5
+        ("GET", [("Range", "bytes=10-"), ("If-Range", "Wed, 02 Dec 2026 20:00:00 GMT")], 200, BLOB),
+        ("GET", [("Range", "bytes=10-"), ("If-Range", f'"{DIGEST}"')], 206, BLOB[10:]),
+    ],
+    ids=["head", "head-past-end", "if-range-other", "if-range-date", "if-range-ours"],
+)
+async def test_a_cached_blobs_range_is_honoured_only_where_http_says(
+    tmp_path: Path, method: str, headers: list[tuple[str, str]], status: int, body: bytes
+) -> None:
+    """A HEAD with a Range got 206 (Content-Length 10: a size probe read 10) or 416; an
+    If-Range that was not the blob's ETag still got the part, not the whole."""
+    async with mirror(tmp_path, Upstream(), **RANGE_SETTINGS) as app:
+        path = f"/v2/team/app/blobs/{DIGEST}"
+        assert await (await app.test_client().get(path)).get_data() == BLOB
+        await committed(app)
+        answer = await call_asgi(app, method, path, host="mirror.test", headers=headers)
+    assert (answer.status, answer.body) == (status, body)
+    length = len(BLOB) if status == 200 else len(BLOB) - 10
+    assert answer.headers["Content-Length"] == str(length)
