@@ -42,6 +42,7 @@ class UseHttps(RegistryError):
 
 _ABSOLUTE = re.compile(rb"https?://([^/?#]*)(/.*)?", re.IGNORECASE | re.DOTALL)
 _SCHEME = re.compile(rb"https?://", re.IGNORECASE)
+_ANY_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")  # RFC 3986 3.1
 
 
 @overload
@@ -85,11 +86,23 @@ def login_in_query(scope: HTTPScope | WebsocketScope) -> bool:
     return _SCHEME.match(scope["raw_path"] or b"") is not None and b"@" in scope["query_string"]
 
 
+def foreign_target(scope: HTTPScope | WebsocketScope) -> bool:
+    """Whether the request target is a URL of a scheme other than ``http(s)://``
+    (``ws://bob:pw@host/v2/``, ``ftp://...``, ``HTTPS:/...``, ``bob:pw@host/...``). h11 takes
+    any target, and the server answered them as the path it found, logging the target whole,
+    password and all; they are refused, and logged as ``-``."""
+    raw = scope["raw_path"] or b""
+    return _ANY_SCHEME.match(raw) is not None and _SCHEME.match(raw) is None
+
+
 def logged_path(scope: HTTPScope | WebsocketScope) -> str:
     """The path for the access log: never the ``user:password@host`` of an absolute-form
     target, nor a part of a password cut short by a raw ``?`` (:func:`login_in_query`: the
-    target is refused, and its path is logged as ``-``)."""
-    return "-" if login_in_query(scope) else loggable(origin_form(scope)["path"])
+    target is refused, and its path is logged as ``-``), nor a target of another scheme
+    (:func:`foreign_target`, refused too)."""
+    if login_in_query(scope) or foreign_target(scope):
+        return "-"
+    return loggable(origin_form(scope)["path"])
 
 
 def readable_host(scope: HTTPScope | WebsocketScope) -> bool:
@@ -124,6 +137,10 @@ class Guard:
         answer = answer_send(http, send)
         if login_in_query(scope):
             said = "an absolute-form target with '@' in its query (a cut login?): send the path"
+            await send_error(answer, ClientError(said))
+            return
+        if foreign_target(scope):
+            said = "the request target is a URL, not of http or https: send the path"
             await send_error(answer, ClientError(said))
             return
         if len(http["query_string"]) > MAX_QUERY or len(http["raw_path"] or b"") > MAX_PATH:

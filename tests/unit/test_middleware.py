@@ -206,6 +206,28 @@ async def test_absolute_form_with_a_raw_question_mark_in_the_password_is_refused
     assert PASSWORD not in all_log_text(caplog)
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"ws://bob:{PASSWORD}@mirror.example.com/v2/",
+        f"ftp://bob:{PASSWORD}@mirror.example.com/v2/",
+        f"HTTPS:/bob:{PASSWORD}@mirror.example.com/v2/",
+    ],
+)
+async def test_a_target_of_another_scheme_is_refused_and_never_logged(
+    caplog: pytest.LogCaptureFixture, access_log: AccessLines, target: str
+) -> None:
+    """h11 takes any target; only an http(s) URL was made a path, so these were answered as
+    the path found in them, and logged whole, the password in it."""
+    inner = Inner()
+    answer = await call(AccessLog(Guard(inner, None)), "GET", target)
+    assert answer.status == 400
+    assert inner.paths == []
+    [line] = access_log()
+    assert line.startswith("GET - 400 "), line
+    assert PASSWORD not in all_log_text(caplog)
+
+
 async def test_an_at_sign_in_an_origin_form_query_is_no_login() -> None:
     inner = Inner()
     answer = await call(Guard(inner, None), "GET", "/v2/?who=a@b")
