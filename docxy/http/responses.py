@@ -119,6 +119,11 @@ async def _relayed(upstream: httpx.Response, done: Callable[[], None]) -> AsyncI
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
+    except httpx.HTTPError as exc:
+        # The upstream broke the body off: the client's is cut (``cut`` in the access log),
+        # not an error escaping the app (a traceback from the server for each one).
+        log.info("relayed body cut: the upstream's broke off (%s)", type(exc).__name__)
+        raise StreamCut(f"the upstream's body broke off ({type(exc).__name__})") from None
     finally:
         try:
             await upstream.aclose()

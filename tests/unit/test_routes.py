@@ -1003,3 +1003,33 @@ async def test_v2_upstream_registry_error_is_relayed() -> None:
         answer = await m.raw("GET", "/v2/")
     assert answer.status == 403
     assert json.loads(answer.body)["errors"][0]["code"] == "DENIED"
+
+
+class BreaksOff(Body):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        raise httpx.ReadError("connection reset by peer")
+
+
+async def test_a_relayed_body_the_upstream_breaks_off_is_a_cut_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pass-through (here, the cache off) whose upstream body breaks off: the client's body
+    is cut, as it was, but the httpx error escaped the app (the server logged an ERROR with a
+    traceback for each one) and the access line said ``aborted``, not ``cut``."""
+    from docxy.http.middleware import AccessLog, Guard
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return reply(200, b"{}")
+        headers = {"Content-Length": "5000", "Content-Type": "application/octet-stream"}
+        return httpx.Response(200, headers=headers, stream=BreaksOff())
+
+    caplog.set_level("INFO", logger="docxy")
+    async with mirror(upstream) as m:
+        app = AccessLog(Guard(m.app, None))
+        path = f"/v2/library/redis/blobs/{BLOB}"
+        answer = await call_asgi(app, "GET", path, host="mirror.example.com")
+    assert answer.status == 200 and not answer.complete and len(answer.body) == 1000
+    [line] = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert line.endswith(" cut"), line
