@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import secrets
 from collections import Counter
@@ -24,7 +25,7 @@ import bcrypt
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from docxy.tls.files import write_files_atomic
+from docxy.tls.files import directory_lock, write_files_atomic
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HASHER = PasswordHasher()
@@ -138,10 +139,28 @@ def parse_users(text: str, path: Path) -> dict[str, str]:
     return users
 
 
-def render_users(users: dict[str, str]) -> bytes:
-    lines = ["# docxy users: NAME:HASH (argon2id or bcrypt); edit with `docxy users`"]
-    lines += [f"{name}:{stored}" for name, stored in sorted(users.items())]
-    return ("\n".join(lines) + "\n").encode()
+#: The first line of a users file the mirror creates.
+USERS_HEADER = "# docxy users: NAME:HASH (argon2id or bcrypt); edit with `docxy users`\n"
+
+
+def edited_users(text: str, name: str, stored: str | None) -> tuple[str, bool]:
+    """`text` (a valid users file) with `name`'s line set to `stored`, or dropped for None, and
+    whether it had one: every other line (users, comments, blank lines) is kept as it is, a
+    new user's line goes last."""
+    lines, found = [], False
+    for line in text.splitlines(keepends=True):
+        bare = line.strip()
+        if bare and not bare.startswith("#") and bare.partition(":")[0] == name:
+            found = True
+            if stored is not None:
+                lines.append(f"{name}:{stored}\n")
+            continue
+        lines.append(line)
+    if stored is not None and not found:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines.append(f"{name}:{stored}\n")
+    return "".join(lines), found
 
 
 @dataclass
@@ -229,9 +248,24 @@ class UsersFile:
     def names(self) -> list[str]:
         return sorted(self.users())
 
-    def _write(self, users: dict[str, str]) -> None:
-        write_files_atomic([(self.path, render_users(users), 0o600)])
+    def _edit(self, name: str, stored: str | None) -> bool:
+        """Set (None: drop) `name`'s line, from the file as it is now, under a lock: two
+        commands at once each wrote back the users they had read, and one's user was lost. A
+        linked file is written where it leads (the link stays). True if `name` was there."""
+        target = Path(os.path.realpath(self.path))
+        with directory_lock(target):
+            try:
+                text = target.read_text()
+            except FileNotFoundError:
+                text = USERS_HEADER
+            except OSError as exc:
+                raise UsersFileError(f"{self.path}: unreadable ({exc.strerror or exc})") from exc
+            parse_users(text, self.path)  # a file in error stays as it is: the error is said
+            new, found = edited_users(text, name, stored)
+            if found or stored is not None:
+                write_files_atomic([(target, new.encode(), 0o600)])
         self._snapshot = None
+        return found
 
     def add(self, name: str, password: str) -> bool:
         """Add or replace ``name``; True if it is new."""
@@ -239,15 +273,7 @@ class UsersFile:
             raise ValueError(f"{name!r}: a user name is 1-64 of a-z 0-9 . _ - (first a-z 0-9)")
         if not password:
             raise ValueError("an empty password is not allowed")
-        users = dict(self.users())
-        new = name not in users
-        users[name] = hash_password(password)
-        self._write(users)
-        return new
+        return not self._edit(name, hash_password(password))
 
     def remove(self, name: str) -> bool:
-        users = dict(self.users())
-        if users.pop(name, None) is None:
-            return False
-        self._write(users)
-        return True
+        return self._edit(name, None)

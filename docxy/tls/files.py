@@ -57,7 +57,7 @@ def write_pair(
     `keep` (a bootstrap pair), nothing is written when both files exist by the time the lock
     is held: the pair that came first is kept.
     """
-    with _locked(cert_path):
+    with directory_lock(cert_path):
         if keep and cert_path.exists() and key_path.exists():
             return False
         pairs = [(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)]
@@ -80,11 +80,12 @@ def write_pair(
 
 
 @contextmanager
-def _locked(cert_path: Path) -> Iterator[None]:
-    """An exclusive flock on the directory holding `cert_path`, held for the block (on the
-    directory itself: no lock file is left among the certificates, or in a client's kit)."""
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cert_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+def directory_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on the directory holding `path`, held for the block: one writer of
+    the files there at a time, across processes and threads (on the directory itself: no lock
+    file is left among the certificates, in a client's kit, or beside a users file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -8,8 +8,10 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -278,3 +280,33 @@ def test_a_kit_cut_between_key_and_certificate_keeps_the_new_certificate_beside_
     assert matching(cert, key)
     assert sorted(p.name for p in kit.iterdir()) == ["ca.crt", "client.cert", "client.key"]
     assert ca.client_of(der_of(cert)) == "laptop"
+
+
+def test_clients_issued_at_once_are_all_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docxy clients add` run at once: each read clients.json and wrote back what it had
+    read plus its own; a client told "issued" was missing, its certificate then refused as
+    if revoked. (The write is slowed here, to meet the other command in the middle.)"""
+    ClientCA(tmp_path / "ca").ensure()
+    save = ClientCA._save
+
+    def slow_save(self: ClientCA, entries: dict[str, Any]) -> None:
+        time.sleep(0.05)
+        save(self, entries)
+
+    monkeypatch.setattr(ClientCA, "_save", slow_save)
+    names = [f"node-{n}" for n in range(4)]
+    start = threading.Barrier(len(names))
+
+    def issue(name: str) -> None:
+        ca = ClientCA(tmp_path / "ca")  # one command's own
+        start.wait()
+        ca.issue(name, tmp_path / name)
+
+    threads = [threading.Thread(target=issue, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(ClientCA(tmp_path / "ca").entries()) == names

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bcrypt
@@ -54,6 +56,41 @@ def test_add_check_remove(tmp_path: Path) -> None:
     assert "pw2" not in (tmp_path / "users").read_text()
     assert users.remove("alice") and not users.remove("alice")
     assert not users.check("alice", "pw2")
+
+
+def test_users_added_at_once_are_all_kept(tmp_path: Path) -> None:
+    """`docxy users add` run four times at once (a provisioning loop with `&`): each read the
+    file, hashed its password, then wrote back the users it had read; one or two were left,
+    while every run said "added"."""
+    names = ["alice", "bob", "carol", "dave"]
+    start = threading.Barrier(len(names))
+
+    def add(name: str) -> bool:
+        users = UsersFile(tmp_path / "users")  # one command's own
+        start.wait()
+        return users.add(name, f"pw-{name}")
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        assert list(pool.map(add, names)) == [True] * 4
+    assert UsersFile(tmp_path / "users").names() == names
+
+
+def test_a_linked_users_file_stays_a_link_and_keeps_its_comments(tmp_path: Path) -> None:
+    """`auth.users_file` linked into a config repository: the link was replaced by a file
+    (the repository's never got the user), and the operator's comments were dropped."""
+    real = tmp_path / "config-repo" / "users"
+    real.parent.mkdir()
+    real.write_text(f"# the ops team\nalice:{hash_password('a')}\n\n# robots\n")
+    link = tmp_path / "users"
+    link.symlink_to(real)
+
+    users = UsersFile(link)
+    assert users.add("ci-bot", "b") and users.remove("alice")
+
+    assert link.is_symlink()
+    text = real.read_text()
+    assert text.startswith("# the ops team\n") and "\n# robots\nci-bot:$argon2" in text
+    assert UsersFile(link).names() == ["ci-bot"]
 
 
 @pytest.mark.parametrize("name", ["", "Alice", "a:b", "-x", "a" * 65, "a b"])
