@@ -100,8 +100,10 @@ class KeyRing:
             write_files_atomic([(self.current_path, new_key_pem(), 0o600)])
 
     def rotate(self) -> str:
-        """Retire the current key (verifying only, for the grace) and sign with a new one."""
+        """Retire the current key (verifying only, for the grace) and sign with a new one; a
+        current key that cannot be read is :class:`TokenKeyError`, and nothing is changed."""
         self.ensure()
+        load_key(self.current_path)  # TokenKeyError, nothing changed: none retired unread
         os.replace(self.current_path, self.previous_path)
         os.utime(self.previous_path)  # the rotation time: the grace runs from here
         write_files_atomic([(self.current_path, new_key_pem(), 0o600)])

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, load: ConfigLoader) -> int:
     # Imported here: every docxy command (`docxy serve` too) registers these subcommands, and
     # argon2, bcrypt and cryptography would stay in the mirror's memory (docxy.access.gate).
     from docxy.access.clientca import ClientCA
-    from docxy.access.keys import KeyRing
+    from docxy.access.keys import KeyRing, TokenKeyError
     from docxy.access.users import UsersFile, UsersFileError
 
     config = load(args)  # a ConfigError is docxy's (main) to report
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, load: ConfigLoader) -> int:
         kid = KeyRing(config.auth.dir, config.auth.key_grace).rotate()
         print(f"new signing key {kid}; the previous one verifies for {config.auth.key_grace:g}s")
         return 0
-    except (ValueError, UsersFileError, OSError) as exc:
+    except (ValueError, UsersFileError, OSError, TokenKeyError) as exc:
         print(f"docxy {args.group} {args.action}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -80,6 +80,20 @@ def test_tokens_rotate(auth_dir: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "verifies for 3600s" in capsys.readouterr().out
 
 
+def test_tokens_rotate_over_an_unreadable_key_is_one_line_and_changes_nothing(
+    auth_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It retired the garbage (then verified by the mirror for the grace, failing its token
+    checks) and ended in a traceback."""
+    auth_dir.mkdir(parents=True, exist_ok=True)
+    (auth_dir / "token-key.pem").write_text("not a key\n")
+    assert main(["tokens", "rotate"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "token-key.pem" in err and "Traceback" not in err
+    assert (auth_dir / "token-key.pem").read_text() == "not a key\n"
+    assert not (auth_dir / "token-key.previous.pem").exists()
+
+
 def test_bad_config_is_exit_2(auth_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCXY_AUTH_MODE", "nobody")
     assert main(["users", "list"]) == 2
