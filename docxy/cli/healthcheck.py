@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from docxy.cli.exits import EXIT_FAILED, EXIT_OK
-from docxy.cli.options import ConfigLoader, add_config_arguments
+from docxy.cli.options import ConfigLoader, add_config_arguments, seconds
 from docxy.config import HostPort
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     health = commands.add_parser("health", help="probe the running mirror's /health (exit 0: up)")
     add_config_arguments(health)
     health.add_argument("--listen", metavar="HOST:PORT", help="the listener to probe")
-    health.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
+    health.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS")
     health.set_defaults(handler=run)
 
 

@@ -19,3 +19,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, with_set: bool = Tr
         parser.add_argument(
             "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
         )
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0 (a timeout; 0, negative or nan is a
+    usage error, exit 2, not a traceback from the socket)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds above 0")
+    return value

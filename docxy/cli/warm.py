@@ -29,7 +29,7 @@ from docxy import __version__
 from docxy.cache import Digest, parse_digest
 from docxy.cli.cache import human_size
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from docxy.cli.options import ConfigLoader, add_config_arguments
+from docxy.cli.options import ConfigLoader, add_config_arguments, seconds
 from docxy.core.challenge import bearer_challenge, parse_challenge, split_challenges
 from docxy.core.errors import ConfigError, DigestInvalid
 from docxy.core.names import ImageRef, parse_image_ref
@@ -337,7 +337,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     warm.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    warm.add_argument("--timeout", type=float, default=60.0, help="read timeout, seconds (60)")
+    warm.add_argument("--timeout", type=seconds, default=60.0, help="read timeout, seconds (60)")
     add_config_arguments(warm, with_set=False)
     warm.set_defaults(handler=run)
 

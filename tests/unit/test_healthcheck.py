@@ -75,3 +75,15 @@ def test_health_config_error_is_exit_2(
     monkeypatch.setenv("DOCXY_SERVER_LISTEN", "0.0.0.0:80")  # wildcard without a public URL
     assert main(["health"]) == EXIT_CONFIG
     assert "server.public_url" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["health"], ["warm", "--mirror", "http://127.0.0.1:9", "a"]])
+@pytest.mark.parametrize("timeout", ["-1", "nan", "0", "soon"])
+def test_a_timeout_that_is_no_wait_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], command: list[str], timeout: str
+) -> None:
+    """-1 and nan went on to the socket, and out of main as a traceback; 0 failed with a
+    misleading read error."""
+    assert main([*command, "--timeout", timeout]) == EXIT_CONFIG  # a usage error: 2
+    err = capsys.readouterr().err
+    assert "--timeout" in err and "Traceback" not in err
