@@ -24,6 +24,7 @@ the mirror's credentials (the client may hold none for this upstream).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from docxy.cache import (
@@ -84,6 +85,9 @@ class Head:
 
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
 NOT_ACCEPTED = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the cached type")
+#: Tags found moved by a client's HEAD, kept until the GET by digest that follows (the oldest
+#: forgotten first: such a tag then moves at its next GET by tag, as before).
+MOVES_KEPT = 1024
 
 
 class ManifestService:
@@ -96,6 +100,9 @@ class ManifestService:
         self._fetching: Coalesced[tuple[str, str, str], CachedManifest | None] = Coalesced(
             UpstreamError
         )
+        #: tags a client's HEAD found moved to a manifest not cached yet: (repository, new
+        #: digest) → tag, moved once that manifest is served by digest (:meth:`_moved_in`)
+        self._moving: OrderedDict[tuple[RepoKey, Digest], str] = OrderedDict()
 
     @property
     def fetches_joined(self) -> int:
@@ -114,6 +121,7 @@ class ManifestService:
         if cached is not None and may_serve(cached.visibility, pull.identity):
             if not acceptable(cached.media_type, list(pull.accept)):
                 return NOT_ACCEPTED  # fetching it again would change nothing (immutable)
+            await self._moved_in(repo, cached)
             return _served(Source.HIT, cached, pull)
         head: Head | None = None
         if cached is not None:  # not known here (or privately only): does this repository hold it?
@@ -133,9 +141,26 @@ class ManifestService:
             return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
         if fetched is None:
             return UNCACHED
+        await self._moved_in(repo, fetched)
         if not self._servable(fetched, pull):
             return NOT_ACCEPTED
         return _served(source, fetched, pull)
+
+    def _moving_to(self, repo: RepoKey, digest: Digest, tag: str) -> None:
+        """A client's HEAD found `tag` moved to `digest`, not cached yet: the tag keeps its
+        old record (an outage now still serves that image) until the GET by digest that
+        follows caches the new manifest (:meth:`_moved_in`)."""
+        self._moving[(repo, digest)] = tag
+        self._moving.move_to_end((repo, digest))
+        while len(self._moving) > MOVES_KEPT:
+            self._moving.popitem(last=False)
+
+    async def _moved_in(self, repo: RepoKey, manifest: CachedManifest) -> None:
+        """Served by digest: a tag found moved to it (:meth:`_moving_to`) now names it. Else,
+        after an outage, the tag served the old image stale, though the new one was cached."""
+        tag = self._moving.pop((repo, manifest.digest), None)
+        if tag is not None and self.store is not None:
+            await self.store.set_tag(repo, tag, manifest.digest, public=True)
 
     async def _confirmed(
         self, store: ManifestStore, repo: RepoKey, pull: Pull, cached: CachedManifest
@@ -275,8 +300,11 @@ class ManifestService:
             return UNCACHED
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
+        tag = pull.reference.tag
         if note:
-            await store.set_tag(repo, str(pull.reference.tag), found.digest, public=True)
+            await store.set_tag(repo, str(tag), found.digest, public=True)
+        elif tag is not None:
+            self._moving_to(repo, found.digest, str(tag))
         return Served(Source.MISS, found)
 
     async def _head(self, repo: RepoKey, pull: Pull) -> Head:

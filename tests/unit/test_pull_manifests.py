@@ -483,6 +483,34 @@ async def test_a_head_of_a_tag_that_moved_is_answered_by_the_mirror_not_passed_t
     assert all(r.headers.get("authorization") == BasicRegistry.login for r in asked)
 
 
+async def test_a_tag_found_moved_by_a_head_names_the_new_manifest_once_it_is_fetched(
+    tmp_path: Path,
+) -> None:
+    """containerd: HEAD of the tag (moved upstream), then GET of the new digest, now cached.
+    The tag kept naming the old manifest until the next resolve: an outage in between served
+    the old image stale, though the mirror held the new one and had served it."""
+    registry = BasicRegistry()
+    old = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 1}).encode()
+    new = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 2}).encode()
+    registry.tag("1", old)
+    tag = "/v2/team/tool/manifests/1"
+    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
+    async with mirror(tmp_path, registry, **settings) as app:
+        client = app.test_client()
+        assert (await call_asgi(app, "HEAD", tag, host="mirror.test")).status == 200
+        assert (await client.get(f"/v2/team/tool/manifests/{digest_of(old)}")).status_code == 200
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0
+        moved = registry.tag("1", new)
+        head = await call_asgi(app, "HEAD", tag, host="mirror.test")
+        assert head.headers["Docker-Content-Digest"] == moved
+        tags = [t.digest for t in cache.manifests.list_tags()]
+        assert tags == [parse_digest(digest_of(old))]  # an outage now still finds the old one
+        assert (await client.get(f"/v2/team/tool/manifests/{moved}")).status_code == 200
+        assert [t.digest for t in cache.manifests.list_tags()] == [parse_digest(moved)]
+
+
 async def test_a_head_by_digest_not_cached_is_answered_by_the_mirror(tmp_path: Path) -> None:
     """containerd resolves a digest-pinned image with a HEAD by digest: when the cache does not
     hold that manifest yet, the mirror's own HEAD answers (the client holds no login for a
