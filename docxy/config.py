@@ -796,6 +796,12 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
                 f"{admin} is server.{name}'s port too ({other}): set it to another "
                 "HOST:PORT, or empty to turn the admin listener off",
             )
+    if server["tls_listen"] is not None and str(server["public_url"] or "").startswith("http:"):
+        # Plain HTTP is redirected to public_url when TLS is on: to itself, for ever.
+        raise fail(
+            "server.public_url",
+            "must be an https:// URL with server.tls_listen set (plain HTTP is redirected to it)",
+        )
     if server["public_url"] is None:
         server["public_url"] = _derive_public_url(server["listen"], server["tls_listen"], certs)
         if server["public_url"] is None:

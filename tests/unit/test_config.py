@@ -361,6 +361,17 @@ def test_wildcard_listen_needs_public_url(overrides: dict[str, object]) -> None:
     assert message.endswith("(default)")
 
 
+def test_a_plain_http_public_url_with_tls_on_is_refused() -> None:
+    """Plain HTTP is redirected to public_url when TLS is on: an http:// one redirected every
+    request to itself (Docker gave up after 10 redirects)."""
+    overrides: dict[str, object] = {
+        "server.tls_listen": "127.0.0.1:8443",
+        "server.public_url": "http://mirror.example.com:5000",
+    }
+    message = config_error(overrides)
+    assert message.startswith("server.public_url: must be an https:// URL"), message
+
+
 # --- value parsers -----------------------------------------------------------------------------
 
 
