@@ -87,12 +87,13 @@ def login_in_query(scope: HTTPScope | WebsocketScope) -> bool:
 
 
 def foreign_target(scope: HTTPScope | WebsocketScope) -> bool:
-    """Whether the request target is a URL of a scheme other than ``http(s)://``
+    """Whether the request target is a URL with a login, of a scheme other than ``http(s)://``
     (``ws://bob:pw@host/v2/``, ``ftp://...``, ``HTTPS:/...``, ``bob:pw@host/...``). h11 takes
     any target, and the server answered them as the path it found, logging the target whole,
-    password and all; they are refused, and logged as ``-``."""
+    password and all; they are refused, and logged as ``-``. (``host:443``, CONNECT's
+    authority form, has no ``@``: it is no such URL.)"""
     raw = scope["raw_path"] or b""
-    return _ANY_SCHEME.match(raw) is not None and _SCHEME.match(raw) is None
+    return b"@" in raw and _ANY_SCHEME.match(raw) is not None and _SCHEME.match(raw) is None
 
 
 def logged_path(scope: HTTPScope | WebsocketScope) -> str:
