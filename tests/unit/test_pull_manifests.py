@@ -444,6 +444,18 @@ class BasicRegistry:
         return fakes.reply(200, b"" if request.method == "HEAD" else content, headers)
 
 
+BASIC_LOGIN = {"upstream__username": "bot", "upstream__password": "s3cret"}
+
+
+def two_versions() -> tuple[BasicRegistry, bytes, bytes]:
+    """A Basic-auth registry whose tag ``1`` names version 1 of a manifest; and version 2."""
+    registry = BasicRegistry()
+    old = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 1}).encode()
+    new = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 2}).encode()
+    registry.tag("1", old)
+    return registry, old, new
+
+
 async def test_a_head_of_a_tag_that_moved_is_answered_by_the_mirror_not_passed_through(
     tmp_path: Path,
 ) -> None:
@@ -452,13 +464,9 @@ async def test_a_head_of_a_tag_that_moved_is_answered_by_the_mirror_not_passed_t
     through the mirror). Passed through instead, the HEAD went upstream with the client's
     credentials, which for an upstream the mirror reaches with a login of its own (Basic, no
     token service) is a 401 at every try: the new image could never be resolved."""
-    registry = BasicRegistry()
-    old = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 1}).encode()
-    new = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 2}).encode()
-    registry.tag("1", old)
+    registry, old, new = two_versions()
     tag = "/v2/team/tool/manifests/1"
-    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
-    async with mirror(tmp_path, registry, **settings) as app:
+    async with mirror(tmp_path, registry, **BASIC_LOGIN) as app:
 
         async def resolve() -> tuple[int, str | None]:
             answer = await call_asgi(app, "HEAD", tag, host="mirror.test")
@@ -489,13 +497,9 @@ async def test_a_tag_found_moved_by_a_head_names_the_new_manifest_once_it_is_fet
     """containerd: HEAD of the tag (moved upstream), then GET of the new digest, now cached.
     The tag kept naming the old manifest until the next resolve: an outage in between served
     the old image stale, though the mirror held the new one and had served it."""
-    registry = BasicRegistry()
-    old = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 1}).encode()
-    new = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 2}).encode()
-    registry.tag("1", old)
+    registry, old, new = two_versions()
     tag = "/v2/team/tool/manifests/1"
-    settings = {"upstream__username": "bot", "upstream__password": "s3cret"}
-    async with mirror(tmp_path, registry, **settings) as app:
+    async with mirror(tmp_path, registry, **BASIC_LOGIN) as app:
         client = app.test_client()
         assert (await call_asgi(app, "HEAD", tag, host="mirror.test")).status == 200
         assert (await client.get(f"/v2/team/tool/manifests/{digest_of(old)}")).status_code == 200

@@ -20,8 +20,17 @@ from docxy.http.state import mirror_state
 from docxy.shared import tier
 from docxy.shared.body import ObjectBody
 from docxy.shared.objects import ObjectStoreError
+from docxy.shared.tier import SharedTier
 from docxy.tasks import spawn
-from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, SHARED, Upstream, answer, stack
+from tests.unit.test_observe_routes import (
+    BLOB,
+    BLOB_DIGEST,
+    SHARED,
+    Stack,
+    Upstream,
+    answer,
+    stack,
+)
 from tests.unit.turns import until
 
 CUT_AT = 5000  # bytes of the object's body before it breaks off
@@ -107,6 +116,17 @@ class OneCutObject(CutBucket):
         return super().bucket(request)
 
 
+async def resumed_and_committed(mirror: Stack) -> SharedTier:
+    """The blob pulled through `mirror` (its object breaks off, the upstream gives the rest),
+    committed, and the upload queue drained; the shared tier."""
+    shared = mirror_state(mirror.app).running.blobs.shared
+    assert shared is not None
+    assert (await mirror.get(blob_path())).status == 200
+    await mirror.committed()
+    await asyncio.wait_for(shared.uploads.drained(), 10)
+    return shared
+
+
 async def test_an_object_that_broke_off_is_replaced_once_the_store_answers_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,11 +135,7 @@ async def test_an_object_that_broke_off_is_replaced_once_the_store_answers_again
     (the break rests the tier first)."""
     upstream = OneCutObject("honoured")
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        shared = mirror_state(mirror.app).running.blobs.shared
-        assert shared is not None
-        assert (await mirror.get(blob_path())).status == 200
-        await mirror.committed()
-        await asyncio.wait_for(shared.uploads.drained(), 10)
+        shared = await resumed_and_committed(mirror)
         assert not any(line.startswith("PUT ") for line in upstream.bucket_seen)  # resting
         monkeypatch.setattr(tier, "RETRY_AFTER", 0.0)
         other = parse_digest("sha256:" + "0" * 64)
@@ -151,11 +167,7 @@ async def test_a_refused_repair_is_not_sent_again_at_every_answer(
     of the store, refused each time, for as long as the mirror ran."""
     upstream = ReadOnlyKey("honoured")
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        shared = mirror_state(mirror.app).running.blobs.shared
-        assert shared is not None
-        assert (await mirror.get(blob_path())).status == 200
-        await mirror.committed()
-        await asyncio.wait_for(shared.uploads.drained(), 10)
+        shared = await resumed_and_committed(mirror)
         monkeypatch.setattr(tier, "RETRY_AFTER", 0.0)
         for n in range(4):  # misses the store answers 404
             assert await shared.download(parse_digest(f"sha256:{n:064x}")) is None
