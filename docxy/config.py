@@ -827,9 +827,10 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
                 raise fail(f"shared.{key}", "required with shared.endpoint")
         if not shared.region.strip():
             raise fail("shared.region", "must not be empty")
-        for key in ("region", "access_key", "secret_key"):
-            # Signed into each request's headers: one pasted character outside ASCII (a
-            # Cyrillic o) crashed the fill of every miss. The value is not echoed.
+        for key in ("region", "access_key"):
+            # In each request's Authorization header: one pasted character outside ASCII (a
+            # Cyrillic o) crashed the fill of every miss. (The secret is HMAC key material,
+            # UTF-8: any text.) The value is not echoed.
             if not _printable_ascii(getattr(shared, key)):
                 raise fail(f"shared.{key}", "must be printable ASCII with no spaces")
         if not values["cache.enabled"]:  # the tier fills the local cache and uploads from it
