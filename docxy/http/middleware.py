@@ -42,7 +42,6 @@ class UseHttps(RegistryError):
 
 _ABSOLUTE = re.compile(rb"https?://([^/?#]*)(/.*)?", re.IGNORECASE | re.DOTALL)
 _SCHEME = re.compile(rb"https?://", re.IGNORECASE)
-_ANY_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")  # RFC 3986 3.1
 
 
 @overload
@@ -87,13 +86,16 @@ def login_in_query(scope: HTTPScope | WebsocketScope) -> bool:
 
 
 def foreign_target(scope: HTTPScope | WebsocketScope) -> bool:
-    """Whether the request target is a URL with a login, of a scheme other than ``http(s)://``
-    (``ws://bob:pw@host/v2/``, ``ftp://...``, ``HTTPS:/...``, ``bob:pw@host/...``). h11 takes
-    any target, and the server answered them as the path it found, logging the target whole,
-    password and all; they are refused, and logged as ``-``. (``host:443``, CONNECT's
-    authority form, has no ``@``: it is no such URL.)"""
+    """Whether the request target is neither a path nor an ``http(s)://`` URL and holds an
+    ``@``, in it or in its query (``ws://bob:pw@host/v2/``, ``ftp://...``, ``HTTPS:/...``,
+    ``bob_smith:pw@host/...``, ``ws://bob:pw?x@host/``: a login, whose password a raw ``?``
+    may have cut into the query). h11 takes any target, and the server answered them as the
+    path it found, logging the target whole, password and all; they are refused, and logged
+    as ``-``. (``host:443``, CONNECT's authority form, has no ``@``.)"""
     raw = scope["raw_path"] or b""
-    return b"@" in raw and _ANY_SCHEME.match(raw) is not None and _SCHEME.match(raw) is None
+    if raw.startswith(b"/") or _SCHEME.match(raw) is not None:
+        return False
+    return b"@" in raw or b"@" in scope["query_string"]
 
 
 def logged_path(scope: HTTPScope | WebsocketScope) -> str:
