@@ -31,6 +31,7 @@ from docxy.cache import (
     CachedManifest,
     ManifestStore,
     RepoKey,
+    TagEntry,
     TagState,
     VerifyError,
     may_serve,
@@ -101,8 +102,9 @@ class ManifestService:
             UpstreamError
         )
         #: tags a client's HEAD found moved to a manifest not cached yet: (repository, new
-        #: digest) → tag, moved once that manifest is served by digest (:meth:`_moved_in`)
-        self._moving: OrderedDict[tuple[RepoKey, Digest], str] = OrderedDict()
+        #: digest) → the tag's record then, moved once that manifest is served by digest if
+        #: the record is still the same (:meth:`_moved_in`)
+        self._moving: OrderedDict[tuple[RepoKey, Digest], TagEntry] = OrderedDict()
 
     @property
     def fetches_joined(self) -> int:
@@ -146,21 +148,32 @@ class ManifestService:
             return NOT_ACCEPTED
         return _served(source, fetched, pull)
 
-    def _moving_to(self, repo: RepoKey, digest: Digest, tag: str) -> None:
+    async def _moving_to(self, repo: RepoKey, digest: Digest, tag: str) -> None:
         """A client's HEAD found `tag` moved to `digest`, not cached yet: the tag keeps its
         old record (an outage now still serves that image) until the GET by digest that
         follows caches the new manifest (:meth:`_moved_in`)."""
-        self._moving[(repo, digest)] = tag
+        if self.store is None:
+            return
+        record = (await self.store.resolve_tag(repo, tag)).entry
+        if record is None:
+            return
+        self._moving[(repo, digest)] = record
         self._moving.move_to_end((repo, digest))
         while len(self._moving) > MOVES_KEPT:
             self._moving.popitem(last=False)
 
     async def _moved_in(self, repo: RepoKey, manifest: CachedManifest) -> None:
-        """Served by digest: a tag found moved to it (:meth:`_moving_to`) now names it. Else,
-        after an outage, the tag served the old image stale, though the new one was cached."""
-        tag = self._moving.pop((repo, manifest.digest), None)
-        if tag is not None and self.store is not None:
-            await self.store.set_tag(repo, tag, manifest.digest, public=True)
+        """Served by digest: a tag found moved to it (:meth:`_moving_to`) now names it, if its
+        record is the one the HEAD saw. Else, after an outage, the tag served the old image
+        stale, though the new one was cached; and a tag set since (moved on, or revalidated)
+        is left alone: a late GET of that digest does not move it back."""
+        if self.store is None:
+            return
+        seen = self._moving.pop((repo, manifest.digest), None)
+        if seen is None:
+            return
+        if (await self.store.resolve_tag(repo, seen.tag)).entry == seen:
+            await self.store.set_tag(repo, seen.tag, manifest.digest, public=True)
 
     async def _confirmed(
         self, store: ManifestStore, repo: RepoKey, pull: Pull, cached: CachedManifest
@@ -304,7 +317,7 @@ class ManifestService:
         if note:
             await store.set_tag(repo, str(tag), found.digest, public=True)
         elif tag is not None:
-            self._moving_to(repo, found.digest, str(tag))
+            await self._moving_to(repo, found.digest, str(tag))
         return Served(Source.MISS, found)
 
     async def _head(self, repo: RepoKey, pull: Pull) -> Head:

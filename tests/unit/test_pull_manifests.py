@@ -515,6 +515,30 @@ async def test_a_tag_found_moved_by_a_head_names_the_new_manifest_once_it_is_fet
         assert [t.digest for t in cache.manifests.list_tags()] == [parse_digest(moved)]
 
 
+async def test_a_late_get_of_a_digest_a_head_found_does_not_move_the_tag_back(
+    tmp_path: Path,
+) -> None:
+    """Client A resolves the moved tag (v2) and is slow; the tag moves on (v3) and client B's
+    GET by tag records it; A's GET of v2 then moved the tag back to v2, as fresh."""
+    registry, old, v2 = two_versions()
+    v3 = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 3}).encode()
+    tag = "/v2/team/tool/manifests/1"
+    async with mirror(tmp_path, registry, **BASIC_LOGIN) as app:
+        client = app.test_client()
+        assert (await call_asgi(app, "HEAD", tag, host="mirror.test")).status == 200
+        assert (await client.get(f"/v2/team/tool/manifests/{digest_of(old)}")).status_code == 200
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0
+        moved = registry.tag("1", v2)
+        head = await call_asgi(app, "HEAD", tag, host="mirror.test")
+        assert head.headers["Docker-Content-Digest"] == moved
+        latest = registry.tag("1", v3)
+        assert (await client.get(tag)).status_code == 200
+        assert (await client.get(f"/v2/team/tool/manifests/{moved}")).status_code == 200
+        assert [t.digest for t in cache.manifests.list_tags()] == [parse_digest(latest)]
+
+
 async def test_a_head_by_digest_not_cached_is_answered_by_the_mirror(tmp_path: Path) -> None:
     """containerd resolves a digest-pinned image with a HEAD by digest: when the cache does not
     hold that manifest yet, the mirror's own HEAD answers (the client holds no login for a
