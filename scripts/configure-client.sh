@@ -713,9 +713,11 @@ confirm_docker() {
 # --- containerd: certs.d/<registry>/hosts.toml ------------------------------------------------
 
 # The hosts.toml work, in python3. Modes:
-#   merge|remove FILE URL OUT REGISTRY SERVER [CLIENT_CERT CLIENT_KEY CA]
+#   merge|remove FILE URL OUT REGISTRY SERVER NAME_SERVER [CLIENT_CERT CLIENT_KEY CA]
 #                              exit 0 changed (OUT written, or empty OUT: delete FILE), 10
-#                              unchanged; the last three are paths for hosts.toml ("" for none)
+#                              unchanged; NAME_SERVER is the server REGISTRY alone gives (an
+#                              earlier run's, which SERVER replaces); the last three are paths
+#                              for hosts.toml ("" for none)
 #   config-path CONFIG         print containerd's CRI config_path (nothing if unset)
 hosts_toml_tool() {
   python3 - "$@" <<'PY'
@@ -781,16 +783,23 @@ def our_block(url, cert, key, ca):
     return lines
 
 
-def own_lines(block, cert, ca):
+def own_lines(block, url, cert, ca):
     """The operator's lines in our [host] table (a value that spans lines left out whole):
-    all but the keys this run writes (capabilities; client and ca only when it has them, so
-    a CA or client certificate of the operator's own stays where the script names none)."""
+    all but the keys this run writes (capabilities; client and ca when it has them) and the
+    client and ca lines an earlier run wrote (naming its files for this mirror), so a CA or
+    client certificate of the operator's own stays where the script names none, and one of
+    the script's whose file is gone is not left naming it."""
     owned = re.compile(
         r"^\s*(%s)\s*=" % "|".join(["capabilities"] + ["client"] * bool(cert) + ["ca"] * bool(ca))
     )
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    earlier = re.compile(
+        r'^\s*(ca\s*=\s*"ca-%s\.crt"|client\s*=\s*\[\s*\[\s*"client-%s\.cert")'
+        % (re.escape(host), re.escape(host))
+    )
     kept, depth = [], 0
     for line in block[1:]:
-        if depth > 0 or owned.match(line):
+        if depth > 0 or owned.match(line) or earlier.match(line):
             depth = max(0, depth + line.count("[") - line.count("]"))
             continue
         kept.append(line)
@@ -814,7 +823,7 @@ mode = sys.argv[1]
 if mode == "config-path":
     config_path(sys.argv[2])
     sys.exit(0)
-path, url, out, registry, server, server_given = sys.argv[2:8]
+path, url, out, registry, server, name_server = sys.argv[2:8]
 cert, key, ca = (sys.argv[8:11] + ["", "", ""])[:3]
 try:
     with open(path, encoding="utf-8") as handle:
@@ -824,16 +833,23 @@ except FileNotFoundError:
 preamble, found = blocks(lines)
 ours = [block for block in found if canonical(block[0]) == canonical(url)]
 others = [block for block in found if canonical(block[0]) != canonical(url)]
-mine = our_block(url, cert, key, ca) + (own_lines(ours[0][1], cert, ca) if ours else [])
+mine = our_block(url, cert, key, ca) + (own_lines(ours[0][1], url, cert, ca) if ours else [])
 SERVER = re.compile(r"^\s*server\s*=")
 written_by_us = any(line.startswith(MARK) for line in preamble)
 before = list(preamble)
 if not any(line.strip() for line in preamble):
     preamble = [f"{MARK}: pulls of {registry} try the mirror first.\n",
                 f"server = {json.dumps(server)}\n", "\n"]
-elif written_by_us and server_given == "1":
-    # --registry NAME=URL names the real registry: it replaces the one an earlier run wrote
-    preamble = [f"server = {json.dumps(server)}\n" if SERVER.match(line) else line
+elif written_by_us and server != name_server:
+    # --registry NAME=URL names the real registry: it replaces the server an earlier run
+    # wrote from the name alone (https://NAME), never another (an operator's own fallback)
+    VALUE = re.compile(r"""^\s*server\s*=\s*(?:"([^"]*)"|'([^']*)')\s*(?:#.*)?$""")
+
+    def value(line):
+        match = VALUE.match(line)
+        return None if match is None else match.group(1) if match.group(1) is not None else match.group(2)
+
+    preamble = [f"server = {json.dumps(server)}\n" if value(line) == name_server else line
                 for line in preamble]
 if mode == "merge":
     first = found[0] if found else None
@@ -877,7 +893,7 @@ PY
 # host; hosts.toml names them relative to its own directory, as containerd resolves them, so
 # the file stays right under --root and wherever config_path puts certs.d.
 configure_registry() {
-  local registry server dir target new rc=0 cert="" key="" ca="" given=0
+  local registry server dir target new rc=0 cert="" key="" ca=""
   registry="$(registry_name "$1")"
   server="$(registry_server "$1")"
   dir="$(under_root "/etc/containerd/certs.d/$registry")"
@@ -899,9 +915,10 @@ configure_registry() {
     fi
   fi
   new="$(mktemp)"
-  [[ "$1" == *=* ]] && given=1  # --registry NAME=URL: the real registry, over an earlier run's
+  # The server an earlier run would have written from the name alone: --registry NAME=URL
+  # replaces that one.
   hosts_toml_tool "$( ((REMOVE)) && echo remove || echo merge)" "$target" "$MIRROR" "$new" \
-    "$registry" "$server" "$given" "$cert" "$key" "$ca" || rc=$?
+    "$registry" "$server" "$(registry_server "$registry")" "$cert" "$key" "$ca" || rc=$?
   if ((rc == 10)); then
     rm -f -- "$new"
     if ((REMOVE)); then say "  $MIRROR is not listed: nothing to remove"; else say "  $MIRROR is already the first host: unchanged"; fi

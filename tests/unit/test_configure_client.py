@@ -901,6 +901,21 @@ def test_containerd_registry_with_a_url_replaces_the_server_an_earlier_run_wrote
     assert "Nothing to change" in again, again
 
 
+def test_containerd_a_served_rerun_keeps_a_server_line_the_operator_changed(
+    box: ScriptBox,
+) -> None:
+    """The served setup.sh passes NAME=URL for every registry: a rerun put the registry back
+    over a fallback the operator had set in the file the script wrote (a proxy)."""
+    toml = box.path("/etc/containerd/certs.d/ghcr.io/hosts.toml")
+    configure(box, "--mirror", MIRROR, "--containerd", "--registry", "ghcr.io")
+    text = toml.read_text().replace('"https://ghcr.io"', '"https://ghcr-proxy.corp.example"')
+    toml.write_text(text)
+
+    configure(box, "--mirror", MIRROR, "--containerd", "--registry", "ghcr.io=https://ghcr.io")
+
+    assert tomllib.loads(toml.read_text())["server"] == "https://ghcr-proxy.corp.example"
+
+
 def test_containerd_remove_through_a_link_empties_the_linked_file(box: ScriptBox) -> None:
     """The link was deleted and the file it leads to (a config repository's) kept the mirror,
     for the next deploy to bring back."""
@@ -1168,6 +1183,20 @@ def test_ca_cert_is_the_servers_ca_in_docker_and_containerd(
     assert host["ca"] == "ca-mirror.example.com.crt"
     ca = box.path("/etc/containerd/certs.d/docker.io/ca-mirror.example.com.crt")
     assert ca.read_bytes() == server_ca.read_bytes()
+
+
+def test_a_ca_line_an_earlier_run_wrote_goes_when_its_file_is_gone(
+    box: ScriptBox, server_ca: Path
+) -> None:
+    """Run with --ca-cert, its file then removed (the mirror has a public certificate now),
+    run without: the script's own ``ca`` line was kept as if it were the operator's, naming a
+    file that is gone (containerd: "unable to read CA cert", every pull failed)."""
+    configure(box, "--mirror", MIRROR, "--containerd", "--ca-cert", str(server_ca))
+    box.path("/etc/containerd/certs.d/docker.io/ca-mirror.example.com.crt").unlink()
+
+    configure(box, "--mirror", MIRROR, "--containerd")
+
+    assert "ca" not in tomllib.loads(box.path(HOSTS_TOML).read_text())["host"][MIRROR]
 
 
 def test_client_cert_goes_into_hosts_toml_beside_it(box: ScriptBox, kit: Path) -> None:
