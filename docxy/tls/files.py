@@ -3,6 +3,7 @@ without loading cryptography)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -87,10 +88,20 @@ def directory_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            # NFS emulates flock with a POSIX lock, which an exclusive one needs a descriptor
+            # open for writing for (EBADF: a directory has none): written unlocked, as before.
+            if exc.errno not in _NO_DIRECTORY_LOCKS:
+                raise
         yield
     finally:
         os.close(fd)
+
+
+#: What flock says on a file system that cannot lock a directory (NFS: EBADF, ENOLCK).
+_NO_DIRECTORY_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
 
 
 def _holds(path: Path, data: bytes) -> bool:

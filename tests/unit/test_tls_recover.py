@@ -7,6 +7,8 @@ between the two renames is in tests/e2e/test_cert_install_crash_e2e.py.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import threading
 from collections.abc import Callable
@@ -240,3 +242,19 @@ def test_the_bootstrap_keeps_a_pair_installed_meanwhile(
     tls = load_tls(config)
     assert tls is not None
     assert contents(cert, key) == contents(live / "fullchain.pem", live / "privkey.pem")
+
+
+def test_a_file_system_without_directory_locks_still_takes_the_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS emulates flock with a POSIX lock, which an exclusive one needs a descriptor open
+    for writing for: on a directory, EBADF. The pair is written unlocked then, as before the
+    lock, not refused (users add, the renewer's install, the bootstrap all go through it)."""
+
+    def no_lock(fd: int, operation: int) -> None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(fcntl, "flock", no_lock)
+    cert, key = tmp_path / "tls" / "c.pem", tmp_path / "tls" / "k.pem"
+    assert write_pair(cert, key, b"cert", b"key") is True
+    assert (cert.read_bytes(), key.read_bytes()) == (b"cert", b"key")
