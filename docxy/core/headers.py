@@ -24,11 +24,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Request headers forwarded from the client to the upstream registry.
 #: Asks for a body's own bytes: httpx asks for gzip by default and unzips it (a blob's length
 #: and digest are of the bytes as stored), and a relayed body goes to the client as it came.
 ACCEPT_IDENTITY = ("Accept-Encoding", "identity")
 
+# Request headers forwarded from the client to the upstream registry.
 FORWARD_REQUEST = frozenset(
     {
         "accept",
