@@ -21,6 +21,7 @@ from docxy.cache.errors import FillAborted
 from docxy.cache.fill import BlobFollower, FillState
 from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenges
+from docxy.core.digests import Digest
 from docxy.core.errors import RegistryError, StreamCut, Unauthorized
 from docxy.core.headers import API_VERSION_HEADER, response_headers
 from docxy.core.ranges import content_range
@@ -64,6 +65,11 @@ def unauthorized(*challenges: str) -> Response:
     return response
 
 
+def etag_of(digest: Digest) -> str:
+    """The strong ETag of a manifest or blob: its digest, quoted (content-addressed)."""
+    return f'"{digest}"'
+
+
 def served_response(served: Served) -> Response:
     if isinstance(served.content, BlobContent):
         return _blob(served.content)
@@ -74,7 +80,7 @@ def _manifest(content: ManifestContent) -> Response:
     headers = [
         ("Content-Type", content.media_type),
         ("Docker-Content-Digest", str(content.digest)),
-        ("ETag", f'"{content.digest}"'),
+        ("ETag", etag_of(content.digest)),
         ("Content-Length", str(content.length)),
     ]
     body = content.body if content.body is not None else empty_body()
@@ -85,7 +91,7 @@ def _blob(content: BlobContent) -> Response:
     headers = [
         ("Content-Type", "application/octet-stream"),
         ("Docker-Content-Digest", str(content.digest)),
-        ("ETag", f'"{content.digest}"'),
+        ("ETag", etag_of(content.digest)),
         ("Accept-Ranges", "bytes"),
         ("Cache-Control", "max-age=31536000"),
     ]

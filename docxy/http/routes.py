@@ -35,6 +35,7 @@ from docxy.edge.clients import limit_key, request_address
 from docxy.http.middleware import HANDOVER
 from docxy.http.responses import (
     error_response,
+    etag_of,
     registry_response,
     relay,
     served_response,
@@ -242,7 +243,7 @@ def _range(reference: Reference) -> str | None:
     if reference.kind is not Kind.BLOB or reference.digest is None:
         return None
     headers = request.headers
-    etag = f'"{reference.digest}"'  # the blob's ETag (docxy.http.responses)
+    etag = etag_of(reference.digest)
     return range_asked(request.method, headers.get("Range"), headers.get("If-Range"), etag)
 
 
