@@ -278,6 +278,11 @@ def _float(value: object) -> float:
     return number
 
 
+def parse_seconds(value: object) -> float:
+    """A finite number of seconds above 0, as every timeout setting takes (``ValueError``)."""
+    return _float(value)
+
+
 def _opt_interval(value: object) -> float | None:
     """Seconds, or None when empty or 0 (off)."""
     if isinstance(value, str) and not value.strip():

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from docxy.config import Config
+from docxy.config import Config, parse_seconds
 
 ConfigLoader = Callable[[argparse.Namespace], Config]
 """What a command's ``run`` is handed to load the settings (``main.config_from_args``)."""
@@ -22,12 +22,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, with_set: bool = Tr
 
 
 def seconds(text: str) -> float:
-    """An argparse type: a number of seconds above 0 (a timeout; 0, negative or nan is a
-    usage error, exit 2, not a traceback from the socket)."""
+    """An argparse type: a number of seconds above 0, as the settings take it
+    (:func:`docxy.config.parse_seconds`): 0, negative or nan is a usage error, exit 2, not a
+    traceback from the socket."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds above 0")
-    return value
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
