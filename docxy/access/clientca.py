@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from docxy.access.users import valid_name
 from docxy.core.bounded import LruDict
 from docxy.tls.context import self_signed_builder, write_files_atomic
-from docxy.tls.files import directory_lock, write_pair
+from docxy.tls.files import write_pair
 from docxy.tls.recover import finish_install
 
 log = logging.getLogger(__name__)
@@ -216,14 +216,14 @@ class ClientCA:
             cert.public_bytes(serialization.Encoding.PEM),
             _pem_key(key),
         )
-        with directory_lock(self.clients_path):  # read and written back by one at a time
+        with _exclusive(self.dir / CA_LOCK):  # read and written back by one at a time
             entries = self.entries()
             entries[name] = entry
             self._save(entries)
         return entry
 
     def revoke(self, name: str) -> bool:
-        with directory_lock(self.clients_path):
+        with _exclusive(self.dir / CA_LOCK):
             entries = self.entries()
             if entries.pop(name, None) is None:
                 return False
