@@ -136,7 +136,7 @@ class ManifestService:
             if not head.found:  # refused, or not here: the client's own credentials, maybe
                 return await self._theirs(pull, cached)
         if pull.head:  # containerd resolves a digest-pinned image so
-            return await self._answer_head(self.store, repo, pull, head, note=False)
+            return await self._answer_head(self.store, repo, pull, head)
         try:
             fetched, source = await self._fetch(repo, pull, digest)
         except UpstreamError as exc:
@@ -148,15 +148,10 @@ class ManifestService:
             return NOT_ACCEPTED
         return _served(source, fetched, pull)
 
-    async def _moving_to(self, repo: RepoKey, digest: Digest, tag: str) -> None:
-        """A client's HEAD found `tag` moved to `digest`, not cached yet: the tag keeps its
-        old record (an outage now still serves that image) until the GET by digest that
+    def _moving_to(self, repo: RepoKey, digest: Digest, record: TagEntry) -> None:
+        """A client's HEAD found the tag of `record` moved to `digest`, not cached yet: the tag
+        keeps that record (an outage now still serves its image) until the GET by digest that
         follows caches the new manifest (:meth:`_moved_in`)."""
-        if self.store is None:
-            return
-        record = (await self.store.resolve_tag(repo, tag)).entry
-        if record is None:
-            return
         self._moving[(repo, digest)] = record
         self._moving.move_to_end((repo, digest))
         while len(self._moving) > MOVES_KEPT:
@@ -255,8 +250,7 @@ class ManifestService:
                 await store.set_tag(repo, tag, moved.digest, public=True)
                 return await self._confirmed(store, repo, pull, moved)
         if pull.head:
-            note = found.state is TagState.MISSING
-            return await self._answer_head(store, repo, pull, head, note=note)
+            return await self._answer_head(store, repo, pull, head, found.entry)
         try:
             fetched, source = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
@@ -277,23 +271,25 @@ class ManifestService:
         repo: RepoKey,
         pull: Pull,
         head: Head | None,
-        *,
-        note: bool,
+        record: TagEntry | None = None,
     ) -> Outcome:
         """A client's HEAD of a manifest the cache cannot answer, answered from the mirror's
         own upstream HEAD (``head``, or one made now): free against pull limits, and made with
         the mirror's credentials, which the client may not hold for this upstream (Basic auth).
 
-        containerd and dockerd resolve a tag by HEAD, then GET by digest. A tag not cached yet
-        is noted now (``note``), or an outage leaves an image pulled a minute ago unresolvable;
-        a cached tag that moved keeps its record until the new manifest is cached (that GET
-        by digest), so an outage before then still finds the old one.
+        containerd and dockerd resolve a tag by HEAD, then GET by digest. A tag with no
+        ``record`` yet is noted now, or an outage leaves an image pulled a minute ago
+        unresolvable; a cached tag that moved keeps its ``record`` until the new manifest is
+        cached (that GET by digest: :meth:`_moving_to`), so an outage before then still finds
+        the old one.
 
         A digest the cache holds (for this repository or another: the ``HEAD``, made in this
         one, says it holds it too) is answered from the cache, its length and type included,
         which some upstreams' ``HEAD`` leaves out, and recorded as held here, so the GET by
         digest that follows is a hit (:meth:`_confirmed`).
         """
+        tag = pull.reference.tag
+        note = tag is not None and record is None
         if head is None:
             try:
                 head = await self._head(repo, pull)
@@ -303,7 +299,7 @@ class ManifestService:
             cached = await store.get(repo, head.digest)
             if cached is not None:  # for this repository, or held here too: the HEAD says so
                 if note:
-                    await store.set_tag(repo, str(pull.reference.tag), cached.digest, public=True)
+                    await store.set_tag(repo, str(tag), cached.digest, public=True)
                 return await self._confirmed(store, repo, pull, cached)
         found = head.content
         if found is None:
@@ -313,11 +309,10 @@ class ManifestService:
             return UNCACHED
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
-        tag = pull.reference.tag
         if note:
             await store.set_tag(repo, str(tag), found.digest, public=True)
-        elif tag is not None:
-            await self._moving_to(repo, found.digest, str(tag))
+        elif record is not None:
+            self._moving_to(repo, found.digest, record)
         return Served(Source.MISS, found)
 
     async def _head(self, repo: RepoKey, pull: Pull) -> Head:
