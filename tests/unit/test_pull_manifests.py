@@ -491,6 +491,27 @@ async def test_a_head_of_a_tag_that_moved_is_answered_by_the_mirror_not_passed_t
     assert all(r.headers.get("authorization") == BasicRegistry.login for r in asked)
 
 
+async def pulled_then_moved(
+    app: Quart, registry: BasicRegistry, old: bytes, new: bytes
+) -> tuple[manifests.ManifestStore, str]:
+    """Tag ``1`` pulled as containerd does (HEAD, GET by digest) at ``old``, then moved to
+    ``new`` upstream and resolved again by a HEAD (its TTL run out): the cache's manifest
+    store and the new digest, not fetched yet."""
+    assert (await call_asgi(app, "HEAD", TAG_1, host="mirror.test")).status == 200
+    got = await app.test_client().get(f"/v2/team/tool/manifests/{digest_of(old)}")
+    assert got.status_code == 200
+    cache = mirror_state(app).cache
+    assert cache is not None
+    cache.manifests.tag_ttl = 0
+    moved = registry.tag("1", new)
+    head = await call_asgi(app, "HEAD", TAG_1, host="mirror.test")
+    assert head.headers["Docker-Content-Digest"] == moved
+    return cache.manifests, moved
+
+
+TAG_1 = "/v2/team/tool/manifests/1"
+
+
 async def test_a_tag_found_moved_by_a_head_names_the_new_manifest_once_it_is_fetched(
     tmp_path: Path,
 ) -> None:
@@ -498,21 +519,13 @@ async def test_a_tag_found_moved_by_a_head_names_the_new_manifest_once_it_is_fet
     The tag kept naming the old manifest until the next resolve: an outage in between served
     the old image stale, though the mirror held the new one and had served it."""
     registry, old, new = two_versions()
-    tag = "/v2/team/tool/manifests/1"
     async with mirror(tmp_path, registry, **BASIC_LOGIN) as app:
-        client = app.test_client()
-        assert (await call_asgi(app, "HEAD", tag, host="mirror.test")).status == 200
-        assert (await client.get(f"/v2/team/tool/manifests/{digest_of(old)}")).status_code == 200
-        cache = mirror_state(app).cache
-        assert cache is not None
-        cache.manifests.tag_ttl = 0
-        moved = registry.tag("1", new)
-        head = await call_asgi(app, "HEAD", tag, host="mirror.test")
-        assert head.headers["Docker-Content-Digest"] == moved
-        tags = [t.digest for t in cache.manifests.list_tags()]
+        store, moved = await pulled_then_moved(app, registry, old, new)
+        tags = [t.digest for t in store.list_tags()]
         assert tags == [parse_digest(digest_of(old))]  # an outage now still finds the old one
-        assert (await client.get(f"/v2/team/tool/manifests/{moved}")).status_code == 200
-        assert [t.digest for t in cache.manifests.list_tags()] == [parse_digest(moved)]
+        got = await app.test_client().get(f"/v2/team/tool/manifests/{moved}")
+        assert got.status_code == 200
+        assert [t.digest for t in store.list_tags()] == [parse_digest(moved)]
 
 
 async def test_a_late_get_of_a_digest_a_head_found_does_not_move_the_tag_back(
@@ -522,21 +535,13 @@ async def test_a_late_get_of_a_digest_a_head_found_does_not_move_the_tag_back(
     GET by tag records it; A's GET of v2 then moved the tag back to v2, as fresh."""
     registry, old, v2 = two_versions()
     v3 = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "v": 3}).encode()
-    tag = "/v2/team/tool/manifests/1"
     async with mirror(tmp_path, registry, **BASIC_LOGIN) as app:
         client = app.test_client()
-        assert (await call_asgi(app, "HEAD", tag, host="mirror.test")).status == 200
-        assert (await client.get(f"/v2/team/tool/manifests/{digest_of(old)}")).status_code == 200
-        cache = mirror_state(app).cache
-        assert cache is not None
-        cache.manifests.tag_ttl = 0
-        moved = registry.tag("1", v2)
-        head = await call_asgi(app, "HEAD", tag, host="mirror.test")
-        assert head.headers["Docker-Content-Digest"] == moved
+        store, moved = await pulled_then_moved(app, registry, old, v2)
         latest = registry.tag("1", v3)
-        assert (await client.get(tag)).status_code == 200
+        assert (await client.get(TAG_1)).status_code == 200
         assert (await client.get(f"/v2/team/tool/manifests/{moved}")).status_code == 200
-        assert [t.digest for t in cache.manifests.list_tags()] == [parse_digest(latest)]
+        assert [t.digest for t in store.list_tags()] == [parse_digest(latest)]
 
 
 async def test_a_head_by_digest_not_cached_is_answered_by_the_mirror(tmp_path: Path) -> None:
