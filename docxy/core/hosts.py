@@ -64,16 +64,10 @@ def takes_any_port(entry: str) -> bool:
     return _split(entry.strip())[1] == ""
 
 
-def shown_netloc(url: str) -> str:
-    """The host and port of `url` as written, without a login (``user:pw@``): for messages,
-    logs and error bodies, which never show a password."""
-    return urlsplit(url).netloc.rpartition("@")[2]
-
-
 def url_host(url: str) -> str:
     """The host (and port) a URL names, as registries are compared: ``https://GHCR.io:443/v2``
     → ``ghcr.io``; ``http://10.0.0.5:5000`` → ``10.0.0.5:5000``. Credentials are not part of
-    it."""
+    it: messages, logs and error bodies name a URL's host by it, never its password."""
     parts = urlsplit(url)
     bare, port = _split(parts.netloc.rpartition("@")[2].lower())
     default = DEFAULT_PORTS.get(parts.scheme)

@@ -53,7 +53,7 @@ from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
 from docxy.core.errors import UpstreamError
 from docxy.core.headers import ACCEPT_IDENTITY
-from docxy.core.hosts import shown_netloc
+from docxy.core.hosts import url_host
 from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.asking import head_as_client, raise_for_trouble
@@ -293,7 +293,7 @@ class BlobService:
         token for the repository; from where it redirected to (a CDN's signed URL expired, a
         CDN rule) it is a failed fetch: the registry took the token."""
         if status in (401, 403) and not same_origin(answered_by, pull.upstream.registry):
-            where = shown_netloc(answered_by)
+            where = url_host(answered_by)
             raise FetchFailed(f"{pull.upstream.host} sent the blob's GET to {where}: {status}")
         said = f"{pull.upstream.host} answered {status} to the mirror's token"
         if status in (401, 403):  # a 404 is about this blob only

@@ -28,7 +28,7 @@ from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers, retry_after_seconds
-from docxy.core.hosts import canonical_url, origin, shown_netloc, url_host
+from docxy.core.hosts import canonical_url, origin, url_host
 from docxy.core.stamps import utc_stamp
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
@@ -417,16 +417,15 @@ class UpstreamClient:
                 )
                 response = await self.http.send(request, stream=True)
             except httpx.TimeoutException as exc:
-                said = failure(f"{method} {shown_netloc(url)}", exc)  # which wait, how long
+                said = failure(f"{method} {url_host(url)}", exc)  # which wait, how long
                 health.failed(said, "timeout")
                 raise UpstreamTimeout(
                     f"the upstream registry did not answer in time ({said})"
                 ) from exc
             except (httpx.TransportError, httpx.InvalidURL) as exc:
-                health.failed(f"{type(exc).__name__} talking to {shown_netloc(url)}")
+                health.failed(f"{type(exc).__name__} talking to {url_host(url)}")
                 raise UpstreamUnavailable(
-                    f"cannot reach the upstream registry ({shown_netloc(url)}): "
-                    f"{type(exc).__name__}"
+                    f"cannot reach the upstream registry ({url_host(url)}): {type(exc).__name__}"
                 ) from exc
             health.answered(response.status_code, own, pull, response.headers.get("retry-after"))
             if own:

@@ -29,7 +29,7 @@ import httpx
 from docxy.config import UpstreamConfig
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.hosts import origin as url_origin
-from docxy.core.hosts import shown_netloc
+from docxy.core.hosts import url_host
 from docxy.threads import in_own_thread
 from docxy.upstream.client import (
     MAX_REDIRECTS,
@@ -178,7 +178,7 @@ async def open_get(
     health = client.health_of(upstream)
     try:
         answer = await in_own_thread(
-            f"upstream GET {shown_netloc(url)}",
+            f"upstream GET {url_host(url)}",
             lambda: get(settings, url, headers),
             discard=DirectAnswer.close,
         )
@@ -241,14 +241,14 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
             return _send(settings, connection, origin, target, headers)
         except TimeoutError as exc:
             connection.close()
-            waited = _waited(f"GET {shown_netloc(url)}", *waiting)
+            waited = _waited(f"GET {url_host(url)}", *waiting)
             raise UpstreamTimeout(
                 f"the upstream registry did not answer in time ({waited})"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             if not reused:
-                where = shown_netloc(url)
+                where = url_host(url)
                 raise UpstreamUnavailable(
                     f"cannot reach the upstream registry ({where}): {type(exc).__name__}"
                 ) from exc
