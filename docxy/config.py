@@ -103,6 +103,7 @@ class CacheConfig:
     max_size: int
     tag_ttl: float
     room_wait: float = 30.0  # seconds a download short of room waits for it, then passes through
+    direct_writes: bool = True  # a fill writes whole blocks past the page cache (see fill.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,6 +550,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "max_size": (parse_size, "20G"),
         "tag_ttl": (_float, 300.0),
         "room_wait": (_float, 30.0),
+        "direct_writes": (_bool, True),
     },
     "shared": {
         "endpoint": (_opt_url, ""),

@@ -112,6 +112,7 @@ def open_cache(
     max_size: int,
     tag_ttl: float,
     room_wait: float = ROOM_WAIT,
+    direct_writes: bool = True,
     registries: Iterable[str] = (),
 ) -> Cache:
     """Open (and recover) the cache in ``directory`` for a serving process. Quick: the blob
@@ -122,7 +123,9 @@ def open_cache(
     URLs) is moved to its key now (:meth:`ManifestStore.respell`)."""
     directory = Path(directory)
     access = AccessIndex(directory / "access")
-    blobs = DiskBlobStore.open(directory, max_size, room_wait=room_wait)
+    blobs = DiskBlobStore.open(
+        directory, max_size, room_wait=room_wait, direct_writes=direct_writes
+    )
     manifests = ManifestStore.open(
         directory / "manifests",
         access,
@@ -169,5 +172,6 @@ def open_configured(config: Config, *, admin: bool = False) -> Cache:
         max_size=cache.max_size,
         tag_ttl=cache.tag_ttl,
         room_wait=cache.room_wait,
+        direct_writes=cache.direct_writes,
         registries=registries,
     )

@@ -70,7 +70,7 @@ MIN_READ_CHUNK = 256 * 1024
 #: Upstream reads held by the fills running at once share this budget (per fill, PUMP_DEPTH
 #: being hashed and RECENT kept for its followers).
 PUMP_BUDGET = 16 * 1024 * 1024
-MIN_PUMP_BUFFER = 64 * 1024
+MIN_PUMP_BUFFER = 32 * 1024
 #: Seconds misses go uncached after the cache failed to write (disk full...).
 WRITE_FAILURE_BACKOFF = 60.0
 #: Eviction frees down to this share of ``max_size``, but never more than LOW_WATER_GAP below it.
@@ -170,10 +170,13 @@ class DiskBlobStore:
         write_buffer: int = WRITE_BUFFER,
         read_chunk: int = READ_CHUNK,
         room_wait: float = ROOM_WAIT,
+        direct_writes: bool = True,
     ) -> None:
         self.root = Path(root)
         self.max_size = max_size
         self.room_wait = room_wait  # seconds a fill short of room waits for it, in all
+        #: Fills write whole blocks past the page cache (``cache.direct_writes``).
+        self.direct_writes = direct_writes
         self._write_buffer = write_buffer
         self._read_chunk = read_chunk
         self._index: OrderedDict[Digest, BlobEntry] = OrderedDict()  # least recent first
@@ -213,13 +216,19 @@ class DiskBlobStore:
 
     @classmethod
     def open(
-        cls, root: Path, max_size: int, *, room_wait: float = ROOM_WAIT, **options: int
+        cls,
+        root: Path,
+        max_size: int,
+        *,
+        room_wait: float = ROOM_WAIT,
+        direct_writes: bool = True,
+        **options: int,
     ) -> DiskBlobStore:
         """Open for serving: delete leftover temp files, then rebuild the index from disk in a
         worker thread. Blobs are served meanwhile (one ``stat`` finds a blob the index does not
         hold yet) and eviction waits for the index; a fill committed meanwhile counted only the
         blobs known then, so the cap holds again from the next fill on."""
-        store = cls(root, max_size, room_wait=room_wait, **options)
+        store = cls(root, max_size, room_wait=room_wait, direct_writes=direct_writes, **options)
         store.clear_tmp()
         (store.root / "blobs").mkdir(parents=True, exist_ok=True)
         store._reading = read_in_thread("docxy-blob-index", store._walk)
@@ -560,14 +569,17 @@ class DiskBlobStore:
         else:
             self._fills[digest] = fill
             self.fills_started += 1
-        return BlobWriter(fill, fd, self, self._write_buffer, self._pump_buffer)
+        return BlobWriter(
+            fill, fd, self, self._write_buffer, self._pump_buffer, direct=self.direct_writes
+        )
 
     def _pump_buffer(self) -> int:
         """A fill's upstream read size: each fill holds up to ``PUMP_DEPTH + RECENT`` reads of
-        it (hashed in turn; the latest kept for its followers), 1 MiB each alone, less when
-        many fills share ``PUMP_BUDGET``."""
-        share = PUMP_BUDGET // (max(1, len(self._fills)) * (PUMP_DEPTH + RECENT))
-        return max(MIN_PUMP_BUFFER, min(PUMP_BUFFER, share))
+        it (hashed in turn; the latest kept for its followers) and a buffer of one for its
+        direct writes (:mod:`docxy.cache.directwrite`), 1 MiB each alone, less when many fills
+        share ``PUMP_BUDGET``; whole 32 KiB, so that those writes stay whole blocks."""
+        share = PUMP_BUDGET // (max(1, len(self._fills)) * (PUMP_DEPTH + RECENT + 1))
+        return max(MIN_PUMP_BUFFER, min(PUMP_BUFFER, share - share % MIN_PUMP_BUFFER))
 
     # FillHost: called by writers.
 

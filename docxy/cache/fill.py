@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from docxy.cache.directwrite import DirectWriter, read_back_later
 from docxy.cache.errors import (
     DigestMismatch,
     FetchFailed,
@@ -57,28 +58,85 @@ WRITE_BUFFER = 512 * 1024
 #: The size of a fill's worker thread's reads of the upstream body (each a new object; the
 #: store makes it smaller when many fills run at once).
 PUMP_BUFFER = 1024 * 1024
-#: Reads of that size in one fill's pipeline: read and written by one thread, hashed by
-#: another; the next read waits while this many are not hashed yet.
-PUMP_DEPTH = 4
+#: Reads of that size in one fill's pipeline: read by one thread, written by a second, hashed
+#: by a third; the next read waits while this many are not hashed yet.
+PUMP_DEPTH = 6
 #: A pump's latest reads kept in memory for its followers (:class:`RecentReads`).
-RECENT = 2
+RECENT = 6
+#: Seconds a pump waits, before it lets a kept read go, for its leading follower to take it
+#: (:meth:`RecentReads.add`); one that does not in time no longer paces that fill.
+PACE_WAIT = 2.0
 
 
 class RecentReads:
     """A pump's latest reads, as read, for the followers that keep up (see
     :meth:`BlobFollower._next`): ``(offset, bytes)``, oldest first, contiguous, at most
-    :data:`RECENT` of them. The pump's thread adds each read once it is in the temp file; the
-    event loop only looks (and :meth:`clear` s them when bytes are written there instead). The
+    :data:`RECENT` of them. The pump's writing thread adds each read once it is in the temp
+    file, pacing itself to the leading follower (:meth:`add`); the event loop only looks, says
+    how far each follower took the blob (:meth:`took`), and :meth:`clear` s them when bytes are
+    written there instead. The
     thread keeps them here rather than handing them to the loop: a busy loop's queue held every
     read it had not run yet (50 clients: 505 MiB peak RSS), here a read is let go as soon as
     newer ones replace it."""
 
     def __init__(self, keep: int = RECENT) -> None:
         self._reads: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep)
+        self._keep = keep
         self._lock = threading.Lock()
+        self._moved = threading.Condition(self._lock)
+        #: How far each follower reading the fill has taken it (by an id of its own).
+        self._taken: dict[int, int] = {}
+        self._paced = True
 
-    def add(self, offset: int, data: bytes) -> None:
-        with self._lock:
+    def took(self, reader: int, end: int) -> None:
+        """Follower ``reader`` has taken the blob up to byte ``end`` (on the loop)."""
+        with self._moved:
+            self._taken[reader] = end
+            self._moved.notify_all()
+
+    def left(self, reader: int) -> None:
+        """Follower ``reader`` reads no more (done, or its client left)."""
+        with self._moved:
+            if self._taken.pop(reader, None) is not None:
+                self._moved.notify_all()
+
+    def unpaced(self) -> None:
+        """The pump waits for no follower any more (it was stopped, a write failed)."""
+        with self._moved:
+            self._paced = False
+            self._moved.notify_all()
+
+    def _pace(self, end: int, wait: float) -> None:
+        """Called by the pump's thread, the lock held, before its next read pushes out the
+        oldest one kept, which ends at byte ``end``: wait until the leading follower has taken
+        it. The first client of a cold blob then gets every byte from memory as it arrives,
+        at its own pace (as a relay would): with the temp file written past the page cache
+        (:mod:`docxy.cache.directwrite`), a read back is a read of the disk. Only the fastest
+        follower paces the fill; with none, or once one has not taken the read within
+        ``wait`` seconds (a stalled client), the pump goes on as fast as the upstream sends,
+        and a follower that fell behind reads the temp file."""
+        if not self._paced or not self._taken or max(self._taken.values()) >= end:
+            return
+        moved = self._moved.wait_for(
+            lambda: not self._paced or not self._taken or max(self._taken.values()) >= end,
+            timeout=wait,
+        )
+        if not moved:
+            self._paced = False
+
+    @property
+    def paced(self) -> bool:
+        """Whether the pump still waits for its leading follower (see :meth:`add`)."""
+        return self._paced
+
+    def add(self, offset: int, data: bytes, wait: float = PACE_WAIT) -> None:
+        """Keep the pump's read ``data`` (at ``offset``), the oldest kept read let go if
+        there are :data:`RECENT` already: not before the leading follower has taken that one
+        (bounded by ``wait``: see :meth:`_pace`)."""
+        with self._moved:
+            if len(self._reads) == self._keep:
+                oldest, kept = self._reads[0]
+                self._pace(oldest + len(kept), wait)
             self._reads.append((offset, data))
 
     def clear(self) -> None:
@@ -253,8 +311,11 @@ class BlobWriter:
         host: FillHost,
         buffer_size: int = WRITE_BUFFER,
         pump_buffer: int | Callable[[], int] = PUMP_BUFFER,
+        *,
+        direct: bool = True,
     ) -> None:
         self.fill = fill
+        self._direct = direct  # the pump writes whole blocks past the page cache
         self._pump_buffer = pump_buffer
         self._fd = fd
         self._host = host
@@ -276,6 +337,8 @@ class BlobWriter:
         #: The pump thread's wait for room (:meth:`_reserved_from_thread`), meanwhile.
         self._reserving: concurrent.futures.Future[bool] | None = None
         self._pump_stop: threading.Event | None = None  # the pump thread's stop flag, meanwhile
+        #: Bytes the pump wrote past the page cache (set once its writing thread is done).
+        self._direct_bytes = 0
         #: The loop the writer serves: a finalizer run in another thread discards there.
         self._loop = asyncio.get_running_loop()
         self._finalizer = weakref.finalize(self, _abandon, fill, fd, host, self._loop)
@@ -392,19 +455,20 @@ class BlobWriter:
         return self.caching
 
     async def pump(self, body: BodySource) -> None:
-        """Read ``body`` to its end in a thread of its own that writes every read, while a
-        second thread hashes what was written.
+        """Read ``body`` to its end in a thread of its own, while a second thread writes each
+        read (whole blocks past the page cache: :mod:`docxy.cache.directwrite`) and a third
+        hashes what was written.
 
         Followers see each read as soon as it is in the temp file: the hash, the slowest step,
         is off their path (only the last byte waits for it, at the commit), and the reading
-        thread is back in ``recv`` while the hash runs. The event loop only hears of each read
-        (followers woken, room made in the store); the reads themselves wait for the followers
-        in :attr:`InFlight.recent`.
-        If writing fails the thread stops reading: the fill is given up (its followers get the
+        thread is back in ``recv`` while the write and the hash run. The event loop only hears
+        of each read (followers woken, room made in the store); the reads themselves wait for
+        the followers in :attr:`InFlight.recent`, which paces the writes to the leading one.
+        If writing fails the reading thread stops: the fill is given up (its followers get the
         rest from the upstream). Cancelling sets a stop flag, interrupts the body's blocked
-        read and waits for both threads, so the temp file's descriptor is never closed under a
+        read and waits for every thread, so the temp file's descriptor is never closed under a
         running write; an abort meanwhile (another task, a second cancel) interrupts the body's
-        read too, and leaves the descriptor open until the reading thread is done, which it is
+        read too, and leaves the descriptor open until the threads are done, which they are
         at once (a stalled upstream does not hold the removed temp file).
         """
         if self._finished:
@@ -436,50 +500,51 @@ class BlobWriter:
         stop: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """The reading thread of :meth:`pump`: read, write, hand the read to the loop (for the
-        followers) and to the hashing thread; repeat. Returns once everything read is hashed,
-        or early when the fill may not grow (no room, more than announced: see
-        :meth:`reserve`)."""
+        """The reading thread of :meth:`pump`: read, make room, hand the read to the writing
+        thread; repeat. That one writes each read, hands it to the loop (for the followers)
+        and to the hashing thread, which lets the next read go. Returns once everything read
+        is hashed, or early when the fill may not grow (no room, more than announced: see
+        :meth:`reserve`) or a write failed."""
         fd = self._fd
-        written = self.fill.written  # by this thread's writes; the loop hears of them later
-        free: queue.SimpleQueue[None] = queue.SimpleQueue()  # one per read hashing may hold
+        read = self.fill.written  # by this thread; the writes and the loop follow
+        free: queue.SimpleQueue[None] = queue.SimpleQueue()  # one per read in the pipeline
         for _ in range(PUMP_DEPTH):
             free.put(None)
+        writing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         hashing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         failed: list[BaseException] = []
+        halted = threading.Event()  # a write failed: no more reads
+        hashed: list[int] = [0]  # bytes handed to the hashing thread
         hasher = threading.Thread(
             target=_hash_all,
             args=(self._hash, hashing, free, failed),
             name=f"hash {self.digest.hex[:12]}",
             daemon=True,
         )
+        writer = threading.Thread(
+            target=self._write_reads,
+            args=(fd, size, writing, hashing, free, hashed, halted, loop),
+            name=f"write {self.digest.hex[:12]}",
+            daemon=True,
+        )
         hasher.start()
-        hashed = 0  # bytes handed to the hashing thread
         try:
-            while not stop.is_set() and not failed:
-                free.get()
-                chunk = body.read(size)
-                nbytes = len(chunk)
-                if not nbytes:
-                    break
-                self._count += nbytes
-                total = written + nbytes
-                if fd is not None and not self._reserved_from_thread(total, loop, stop):
-                    break  # the fill is over: reading on would serve nobody
-                if fd is not None:
-                    try:
-                        write_all(fd, [chunk])
-                    except OSError as exc:
-                        # No more writes: the loop may close the descriptor at once, and
-                        # gives the fill up; reading on would serve nobody.
-                        loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
+            writer.start()
+            try:
+                while not stop.is_set() and not failed and not halted.is_set():
+                    free.get()
+                    chunk = body.read(size)
+                    nbytes = len(chunk)
+                    if not nbytes:
                         break
-                    else:
-                        self.fill.recent.add(written, chunk)
-                        written += nbytes
-                        loop.call_soon_threadsafe(self._grew, nbytes)
-                hashing.put(chunk)
-                hashed += nbytes
+                    self._count += nbytes
+                    read += nbytes
+                    if fd is not None and not self._reserved_from_thread(read, loop, stop):
+                        break  # the fill is over: reading on would serve nobody
+                    writing.put(chunk)
+            finally:
+                writing.put(None)
+                writer.join()
         finally:
             hashing.put(None)
             hasher.join()
@@ -487,9 +552,54 @@ class BlobWriter:
             if failed or self._hashed is None:
                 self._hashed = None
             else:
-                self._hashed += hashed
+                self._hashed += hashed[0]
         if failed:
             raise FillAborted(f"hashing {self.digest} failed: {failed[0]!r}") from failed[0]
+
+    def _write_reads(
+        self,
+        fd: int | None,
+        size: int,
+        writing: queue.SimpleQueue[bytes | None],
+        hashing: queue.SimpleQueue[bytes | None],
+        free: queue.SimpleQueue[None],
+        hashed: list[int],
+        halted: threading.Event,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """The writing thread of :meth:`pump`: append each read to the temp file (whole blocks
+        past the page cache: :class:`DirectWriter`), then hand it to the followers and to the
+        hashing thread, in order. After a failed write it writes and hashes nothing more (the
+        reads still queued are let go) and says so: the reading thread stops, the loop gives
+        the fill up (its followers get the rest from the upstream)."""
+        written = self.fill.written
+        direct = None if fd is None else DirectWriter(fd, written, size, direct=self._direct)
+        try:
+            while (chunk := writing.get()) is not None:
+                if halted.is_set():
+                    free.put(None)  # not hashed: the fill is given up
+                    continue
+                if direct is not None:
+                    try:
+                        direct.write(chunk, write_all)
+                    except OSError as exc:
+                        # No more writes: the loop may close the descriptor at once, and
+                        # gives the fill up; reading on would serve nobody.
+                        direct.close()  # its flags as they were, while it is still open
+                        halted.set()
+                        self.fill.recent.unpaced()
+                        loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
+                        free.put(None)
+                        continue
+                    self.fill.recent.add(written, chunk)
+                    written += len(chunk)
+                    loop.call_soon_threadsafe(self._grew, len(chunk))
+                hashing.put(chunk)
+                hashed[0] += len(chunk)
+        finally:
+            if direct is not None:
+                direct.close()
+                self._direct_bytes = direct.written_directly
 
     def _reserved_from_thread(
         self, total: int, loop: asyncio.AbstractEventLoop, stop: threading.Event
@@ -520,6 +630,7 @@ class BlobWriter:
         The stop flag is set first: a wait for room that starts meanwhile cancels itself."""
         if self._pump_stop is not None:
             self._pump_stop.set()
+        self.fill.recent.unpaced()
         body.interrupt()
         reserving = self._reserving
         if reserving is not None:
@@ -618,6 +729,8 @@ class BlobWriter:
         entry = self._host.fill_committed(self.fill)
         self.fill.state = FillState.COMMITTED
         self._finish()
+        if entry is not None and self._direct_bytes:
+            read_back_later(entry.path, entry.size)  # into the page cache, for the next hits
         return entry
 
     def _unverified(self, expected_size: int | None) -> tuple[str, VerifyError] | None:
@@ -716,6 +829,13 @@ class BlobFollower(ClosingStream):
         self.rest: Resume | None = None
         #: Where this follower went on from :attr:`rest`, if it did (its own, not the fill's).
         self.handover = Handover()
+        # It paces the pump from now until it is closed or collected (RecentReads.add).
+        fill.recent.took(id(self), 0)
+        self._left = weakref.finalize(self, fill.recent.left, id(self))
+
+    def close(self) -> None:
+        self._left()
+        super().close()
 
     @property
     def digest(self) -> Digest:
@@ -755,6 +875,7 @@ class BlobFollower(ClosingStream):
                 # None: the pump's latest read holds that byte, and goes out whole later.
                 if pos < ready and (chunk := await self._next(pos, ready)) is not None:
                     pos += len(chunk)
+                    fill.recent.took(id(self), pos)
                     yield chunk
                 elif fill.verified:
                     return

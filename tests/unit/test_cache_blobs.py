@@ -44,7 +44,7 @@ async def guard(awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, GUARD)
 
 
-def make_store(root: Path, max_size: int = 1 << 30, **options: int) -> DiskBlobStore:
+def make_store(root: Path, max_size: int = 1 << 30, **options: Any) -> DiskBlobStore:
     options.setdefault("write_buffer", 0)  # every write is flushed: followers see it at once
     return DiskBlobStore.open(root, max_size, **options)
 

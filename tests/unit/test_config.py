@@ -147,6 +147,7 @@ SAMPLES = {
     "cache.max_size": "1G",
     "cache.tag_ttl": "1",
     "cache.room_wait": "12.5",
+    "cache.direct_writes": "false",
     "certs.domain": "m.example",
     "certs.email": "ops@m.example",
     "certs.acme_server": "https://acme.example/dir",

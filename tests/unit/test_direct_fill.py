@@ -483,12 +483,14 @@ async def test_a_disk_failing_mid_fill_stops_the_pump_and_its_follower_gets_the_
     client_for: MakeClient, tmp_path: Path, server: BlobServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writes fail past 2 MiB: the pump stops reading the upstream at once (nobody would get
-    its bytes), the fill keeps what it wrote for its follower, which gets the rest from its
-    ``rest`` (asked from where the kept bytes end) and the whole blob, verified."""
+    its bytes; it has read at most the reads its pipeline holds), the fill keeps what it wrote
+    for its follower, which gets the rest from its ``rest`` (asked from where the kept bytes
+    end) and the whole blob, verified."""
+    blob = os.urandom(4 * fill_module.PUMP_DEPTH * fill_module.PUMP_BUFFER + 12345)
     disk = fakes.DiskFullAfter(2 * 1024 * 1024, errno.EIO)
     monkeypatch.setattr(fill_module, "write_all", disk)
-    server.plan.body = LONG
-    blobs, digest, client = make_store(tmp_path), digest_of(LONG), client_for()
+    server.plan.body = blob
+    blobs, digest, client = make_store(tmp_path), digest_of(blob), client_for()
     counted: list[CountingBody] = []
     asked: list[int] = []
 
@@ -502,20 +504,21 @@ async def test_a_disk_failing_mid_fill_stops_the_pump_and_its_follower_gets_the_
         asked.append(offset)
 
         async def chunks() -> AsyncIterator[bytes]:
-            for start in range(offset, len(LONG), 100_000):
-                yield LONG[start : start + 100_000]
+            for start in range(offset, len(blob), 100_000):
+                yield blob[start : start + 100_000]
 
         async def close() -> None:
             pass
 
-        return Download(len(LONG) - offset, chunks(), close)
+        return Download(len(blob) - offset, chunks(), close)
 
     follower = await blobs.fill(digest, download)
     assert isinstance(follower, BlobFollower)
     follower.rest = rest
-    assert await asyncio.wait_for(follower.read_all(), GUARD) == LONG
+    assert await asyncio.wait_for(follower.read_all(), GUARD) == blob
     assert asked == [disk.written] and follower.handover.at == disk.written
-    assert counted[0].taken <= disk.written + fill_module.PUMP_BUFFER, "the pump read on for nobody"
+    held = fill_module.PUMP_DEPTH * fill_module.PUMP_BUFFER  # read, not yet written
+    assert counted[0].taken <= disk.written + held, "the pump read on for nobody"
     assert blobs.lookup(digest) is None and blobs.write_failed_at is not None
     assert list(blobs.tmp_dir.iterdir()) == []
 

@@ -16,12 +16,19 @@ from pathlib import Path
 import pytest
 
 from docxy.cache.errors import DigestMismatch, FillAborted
-from docxy.cache.fill import RECENT, BlobFollower, BlobWriter, InFlight
+from docxy.cache.fill import (
+    PUMP_DEPTH,
+    RECENT,
+    BlobFollower,
+    BlobWriter,
+    InFlight,
+    RecentReads,
+)
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
 from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
 
-READS = [bytes([n]) * 100_000 for n in range(6)]
+READS = [bytes([n]) * 100_000 for n in range(RECENT + 4)]
 DATA = b"".join(READS)
 
 
@@ -132,17 +139,18 @@ async def test_bytes_written_on_the_loop_let_the_reads_go(tmp_path: Path) -> Non
     store = make_store(tmp_path)
     writer = await as_writer(store, digest_of(DATA))
     follower = await as_follower(store, digest_of(DATA))
-    body = Paced(READS[:3])
-    body.let_go(4)
+    pumped_reads = RECENT + 1  # the first is no longer kept
+    body = Paced(READS[:pumped_reads])
+    body.let_go(pumped_reads + 1)
     async with writer:
         writer.announce(len(DATA))
         await guard(writer.pump(body))
-        assert [writer.fill.recent.at(at) for at in (0, 100_000, 200_000)] == [
+        offsets = [n * 100_000 for n in range(pumped_reads)]
+        assert [writer.fill.recent.at(at) for at in offsets] == [
             None,
-            (100_000, READS[1]),
-            (200_000, READS[2]),
+            *((at, read) for at, read in zip(offsets[1:], READS[1:pumped_reads], strict=True)),
         ]
-        await writer.write(b"".join(READS[3:]))
+        await writer.write(b"".join(READS[pumped_reads:]))
         assert len(writer.fill.recent) == 0
         await writer.commit(len(DATA))
     async with follower:
@@ -170,3 +178,91 @@ async def test_a_follower_midway_into_a_recent_read_gets_the_rest_of_it(tmp_path
         follower.close()
     assert len(closed) == 1
     os.close(closed[0])
+
+
+def full(keep: int = 2) -> RecentReads:
+    """Kept reads of 100 bytes from 0 (none waits: nobody reads yet)."""
+    recent = RecentReads(keep=keep)
+    for n in range(keep):
+        recent.add(n * 100, b"x" * 100, wait=0.01)
+    assert recent.paced
+    return recent
+
+
+def test_a_read_is_let_go_once_the_leading_follower_has_taken_it() -> None:
+    """The pump's next read would push out the oldest kept read (bytes 0-99): it waits until
+    the fastest follower has taken all of it, then is kept."""
+    recent = full()
+    recent.took(reader=1, end=0)
+    recent.took(reader=2, end=50)
+    adding = threading.Thread(target=lambda: recent.add(200, b"y" * 100, wait=GUARD))
+    adding.start()
+    adding.join(0.2)
+    assert adding.is_alive() and recent.start() == 0
+    recent.took(reader=1, end=100)  # the other follower has taken it
+    adding.join(GUARD)
+    assert not adding.is_alive() and recent.paced
+    assert recent.start() == 100 and recent.at(250) == (200, b"y" * 100)
+
+
+def test_a_follower_that_does_not_take_it_in_time_stops_pacing_the_fill() -> None:
+    recent = full()
+    recent.took(reader=1, end=0)
+    recent.add(200, b"y" * 100, wait=0.05)
+    assert not recent.paced and recent.start() == 100
+    recent.add(300, b"z" * 100, wait=GUARD)  # at once: pacing is over for this fill
+
+
+@pytest.mark.parametrize("release", ["left", "unpaced"])
+def test_a_follower_leaving_or_a_stopped_pump_ends_the_wait(release: str) -> None:
+    recent = full()
+    recent.took(reader=1, end=0)
+    adding = threading.Thread(target=lambda: recent.add(200, b"y" * 100, wait=GUARD))
+    adding.start()
+    adding.join(0.1)
+    assert adding.is_alive()
+    if release == "left":
+        recent.left(reader=1)
+    else:
+        recent.unpaced()
+    adding.join(GUARD)
+    assert not adding.is_alive() and recent.at(200) == (200, b"y" * 100)
+
+
+async def test_the_pump_reads_no_further_ahead_of_its_follower_than_the_reads_it_keeps(
+    tmp_path: Path,
+) -> None:
+    """A follower slower than the upstream: every read the pump makes comes when the follower
+    has taken all the kept reads but the latest, so it gets each from memory, none from the
+    temp file (which, written past the page cache, would be a read of the disk). The pump
+    reads on only as far as the reads in its pipeline (hashed in turn) and those it keeps."""
+    reads = [bytes([n]) * 10_000 for n in range(3 * (RECENT + PUMP_DEPTH))]
+    data = b"".join(reads)
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest_of(data))
+    follower = await as_follower(store, digest_of(data))
+    taken = [0]
+    ahead: list[int] = []
+
+    class Eager(Paced):
+        def read(self, size: int) -> bytes:
+            ahead.append(len(b"".join(self.given)) - taken[0])
+            return super().read(size)
+
+    body = Eager(reads)
+    body.let_go(len(reads) + 1)  # the upstream sends as fast as asked
+    got: list[bytes] = []
+
+    async def slow() -> None:
+        async with follower:
+            async for chunk in follower:
+                got.append(chunk)
+                await asyncio.sleep(0.005)
+                taken[0] += len(chunk)
+
+    reading = spawn("follower", slow())
+    await guard(pumped(writer, body, len(data)))
+    await guard(reading)
+    assert b"".join(got) == data
+    assert all(a is b for a, b in zip(got, body.given, strict=True))  # every read from memory
+    assert max(ahead) <= (RECENT + PUMP_DEPTH + 1) * len(reads[0])

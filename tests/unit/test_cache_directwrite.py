@@ -1,0 +1,180 @@
+"""A fill's whole-block writes past the page cache, the rest through it, and the read back.
+
+Run on whatever file system holds the test's temp dir: where it has no direct writes (tmpfs),
+the writer says so (``direct`` False) and writes through the page cache; the bytes in the file
+must be the reads, in order, either way.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+from docxy.cache import directwrite, open_configured
+from docxy.cache import fill as fill_module
+from docxy.cache.directwrite import ALIGN, O_DIRECT, DirectWriter, read_back
+from docxy.cache.fill import write_all
+from docxy.config import load_config
+from docxy.core.digests import digest_of
+from tests.unit.test_cache_blobs import as_writer, guard, make_store
+from tests.unit.test_fill_recent import Paced, pumped
+
+BLOCKS = 16 * ALIGN
+
+
+def takes_direct_writes(path: Path) -> bool:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | O_DIRECT)
+    except OSError:
+        return False
+    else:
+        return bool(O_DIRECT)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def open_temp(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+
+def test_whole_blocks_go_direct_and_the_tail_through_the_cache(tmp_path: Path) -> None:
+    supported = takes_direct_writes(tmp_path / "probe")
+    reads = [os.urandom(BLOCKS), os.urandom(BLOCKS), os.urandom(1000)]
+    path = tmp_path / "blob"
+    fd = open_temp(path)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    writer = DirectWriter(fd, 0, BLOCKS)
+    try:
+        assert writer.direct is supported
+        for read in reads:
+            writer.write(read, write_all)
+        assert writer.written_directly == (2 * BLOCKS if supported else 0)
+        assert not writer.direct  # the tail turned it off
+    finally:
+        writer.close()
+    assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags  # the descriptor as it was found
+    os.close(fd)
+    assert path.read_bytes() == b"".join(reads)
+
+
+def test_a_refused_direct_write_goes_on_through_the_cache_from_where_it_stopped(
+    tmp_path: Path,
+) -> None:
+    """The file system takes half of a read directly, then refuses (EINVAL): the rest of that
+    read, and every read after, are written through the page cache, none twice."""
+    if not takes_direct_writes(tmp_path / "probe"):
+        pytest.skip("this file system takes no direct writes: nothing to refuse")
+    calls: list[bool] = []
+
+    def refusing(fd: int, chunks: list[memoryview]) -> None:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT)
+        calls.append(direct)
+        if direct and len(calls) == 2:
+            os.write(fd, chunks[0][: BLOCKS // 2])
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        write_all(fd, chunks)
+
+    reads = [os.urandom(BLOCKS) for _ in range(3)]
+    path = tmp_path / "blob"
+    fd = open_temp(path)
+    writer = DirectWriter(fd, 0, BLOCKS)
+    try:
+        for read in reads:
+            writer.write(read, refusing)
+    finally:
+        writer.close()
+        os.close(fd)
+    assert calls == [True, True, False, False]
+    assert writer.written_directly == BLOCKS
+    assert path.read_bytes() == b"".join(reads)
+
+
+def test_a_failing_disk_raises_as_a_write_would(tmp_path: Path) -> None:
+    def full(fd: int, chunks: list[memoryview]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    fd = open_temp(tmp_path / "blob")
+    writer = DirectWriter(fd, 0, BLOCKS)
+    try:
+        with pytest.raises(OSError) as raised:
+            writer.write(os.urandom(BLOCKS), full)
+        assert raised.value.errno == errno.ENOSPC
+    finally:
+        writer.close()
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("offset", "size"), [(100, BLOCKS), (0, BLOCKS + 1), (0, 0)])
+def test_no_direct_writes_from_an_unaligned_start_or_buffer(
+    tmp_path: Path, offset: int, size: int
+) -> None:
+    fd = open_temp(tmp_path / "blob")
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    writer = DirectWriter(fd, offset, size)
+    try:
+        assert not writer.direct
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags
+    finally:
+        writer.close()
+        os.close(fd)
+
+
+def test_a_committed_blob_is_read_back_once_if_memory_could_hold_it(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 * directwrite.READ_BACK_CHUNK + 5))
+    size = path.stat().st_size
+    assert read_back(path, size, memory=size * directwrite.READ_BACK_SHARE) == size
+    assert read_back(path, size, memory=size * directwrite.READ_BACK_SHARE - 1) == 0
+    assert read_back(tmp_path / "evicted", size, memory=1 << 40) == 0
+
+
+@pytest.mark.parametrize("direct_writes", [True, False])
+async def test_a_fill_writes_whole_reads_directly_unless_told_not_to_and_reads_them_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, direct_writes: bool
+) -> None:
+    """``cache.direct_writes``: on, a pumped fill writes its whole-block reads past the page
+    cache (where the file system can), its tail through it, and reads the committed blob back
+    once; off, every write goes through the page cache and nothing is read back."""
+    supported = takes_direct_writes(tmp_path / "probe")
+    seen: list[bool] = []
+    read_back: list[tuple[Path, int]] = []
+
+    def recording(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
+        seen.append(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT))
+        write_all(fd, chunks)
+
+    monkeypatch.setattr(fill_module, "write_all", recording)
+    monkeypatch.setattr(
+        fill_module, "read_back_later", lambda path, size: read_back.append((path, size))
+    )
+    reads = [os.urandom(BLOCKS) for _ in range(3)] + [b"the tail"]
+    data = b"".join(reads)
+    store = make_store(tmp_path / "cache", direct_writes=direct_writes)
+    writer = await as_writer(store, digest_of(data))
+    body = Paced(reads)
+    body.let_go(len(reads) + 1)
+    await guard(pumped(writer, body, len(data)))
+    entry = store.lookup(digest_of(data))
+    assert entry is not None and entry.path.read_bytes() == data
+    direct = direct_writes and supported
+    assert seen == [direct, direct, direct, False]
+    assert read_back == ([(entry.path, len(data))] if direct else [])
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, True), ("false", False)])
+async def test_the_setting_reaches_the_store(
+    tmp_path: Path, setting: str | None, *, expected: bool
+) -> None:
+    environ = {"DOCXY_CACHE_DIR": str(tmp_path / "cache")}
+    if setting is not None:
+        environ["DOCXY_CACHE_DIRECT_WRITES"] = setting
+    cache = open_configured(load_config(environ=environ))
+    await cache.blobs.indexed()
+    assert cache.blobs.direct_writes is expected
