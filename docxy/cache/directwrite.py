@@ -57,7 +57,7 @@ class DirectWriter:
     """Appends a fill's reads to its temp file, open as ``fd`` with ``offset`` bytes in it:
     reads of whole blocks directly (from a buffer of ``size``), others through the page cache;
     all of them through it when not ``direct`` (``cache.direct_writes`` off).
-    Not thread-safe: the fill's reading thread is its one user. :meth:`close` (always, in a
+    Not thread-safe: the fill's writing thread is its one user. :meth:`close` (always, in a
     ``finally``) leaves the descriptor as it was found and frees the buffer."""
 
     def __init__(self, fd: int, offset: int, size: int, *, direct: bool = True) -> None:
@@ -110,9 +110,9 @@ class DirectWriter:
 
     def cached(self) -> None:
         """Write through the page cache from now on (the descriptor's flags as they were)."""
-        if self._flags is not None:
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, self._flags)
-            self._flags = None
+        flags, self._flags = self._flags, None  # never again, even if this fails
+        if flags is not None:
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags)
 
     def close(self) -> None:
         """Done writing (call it before the descriptor may be closed: it sets its flags)."""

@@ -44,7 +44,7 @@ from docxy.cache.preallocate import preallocate
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
 from docxy.core.digests import Digest
-from docxy.threads import in_own_thread, on_loop
+from docxy.threads import in_own_thread, on_loop, running_loop
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hasher
@@ -523,7 +523,7 @@ class BlobWriter:
         )
         writer = threading.Thread(
             target=self._write_reads,
-            args=(fd, size, writing, hashing, free, hashed, halted, loop),
+            args=(fd, size, writing, hashing, free, hashed, halted, failed, loop),
             name=f"write {self.digest.hex[:12]}",
             daemon=True,
         )
@@ -554,7 +554,8 @@ class BlobWriter:
             else:
                 self._hashed += hashed[0]
         if failed:
-            raise FillAborted(f"hashing {self.digest} failed: {failed[0]!r}") from failed[0]
+            said = f"writing or hashing {self.digest} failed: {failed[0]!r}"
+            raise FillAborted(said) from failed[0]
 
     def _write_reads(
         self,
@@ -565,13 +566,16 @@ class BlobWriter:
         free: queue.SimpleQueue[None],
         hashed: list[int],
         halted: threading.Event,
+        failed: list[BaseException],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """The writing thread of :meth:`pump`: append each read to the temp file (whole blocks
         past the page cache: :class:`DirectWriter`), then hand it to the followers and to the
         hashing thread, in order. After a failed write it writes and hashes nothing more (the
         reads still queued are let go) and says so: the reading thread stops, the loop gives
-        the fill up (its followers get the rest from the upstream)."""
+        the fill up (its followers get the rest from the upstream). Anything else that goes
+        wrong here waits in ``failed`` for the reading thread to raise, as a hashing error
+        does; the reads are let go all the same, so the reading thread never waits for ever."""
         written = self.fill.written
         direct = None if fd is None else DirectWriter(fd, written, size, direct=self._direct)
         try:
@@ -579,21 +583,28 @@ class BlobWriter:
                 if halted.is_set():
                     free.put(None)  # not hashed: the fill is given up
                     continue
-                if direct is not None:
-                    try:
-                        direct.write(chunk, write_all)
-                    except OSError as exc:
-                        # No more writes: the loop may close the descriptor at once, and
-                        # gives the fill up; reading on would serve nobody.
-                        direct.close()  # its flags as they were, while it is still open
-                        halted.set()
-                        self.fill.recent.unpaced()
-                        loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
-                        free.put(None)
-                        continue
-                    self.fill.recent.add(written, chunk)
-                    written += len(chunk)
-                    loop.call_soon_threadsafe(self._grew, len(chunk))
+                try:
+                    if direct is not None:
+                        try:
+                            direct.write(chunk, write_all)
+                        except OSError as exc:
+                            # No more writes: the loop may close the descriptor at once, and
+                            # gives the fill up; reading on would serve nobody.
+                            direct.close()  # its flags as they were, while it is still open
+                            halted.set()
+                            self.fill.recent.unpaced()
+                            loop.call_soon_threadsafe(self._thread_stopped_caching, exc)
+                            free.put(None)
+                            continue
+                        self.fill.recent.add(written, chunk)
+                        written += len(chunk)
+                        loop.call_soon_threadsafe(self._grew, len(chunk))
+                except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
+                    failed.append(exc)
+                    halted.set()
+                    self.fill.recent.unpaced()
+                    free.put(None)
+                    continue
                 hashing.put(chunk)
                 hashed[0] += len(chunk)
         finally:
@@ -786,6 +797,12 @@ class BlobWriter:
     def _finish(self) -> None:
         self._finished = True
         self._pending, self._pending_len = [], 0
+        # A fill no longer paced has followers that did not keep up: they read the file, and
+        # reads kept for them would stay in memory as long as the slowest of them streams (a
+        # fill counts against PUMP_BUDGET only while it runs). A paced one's leader is at
+        # most those reads behind, and the fill is over once that one nearly is.
+        if not self.fill.recent.paced:
+            self.fill.recent.clear()
         self._finalizer.detach()
         self._host.fill_ended(self.fill)
         self.fill.notify()
@@ -831,10 +848,11 @@ class BlobFollower(ClosingStream):
         self.handover = Handover()
         # It paces the pump from now until it is closed or collected (RecentReads.add).
         fill.recent.took(id(self), 0)
-        self._left = weakref.finalize(self, fill.recent.left, id(self))
+        self._left = weakref.finalize(self, _leave_later, running_loop(), fill.recent, id(self))
 
     def close(self) -> None:
-        self._left()
+        if self._left.detach() is not None:
+            self.fill.recent.left(id(self))
         super().close()
 
     @property
@@ -1184,6 +1202,18 @@ def _hash_all(
             except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
                 failed.append(exc)
         free.put(None)
+
+
+def _leave_later(loop: asyncio.AbstractEventLoop | None, recent: RecentReads, reader: int) -> None:
+    """A follower collected unclosed leaves its fill's pacing from the loop: the collector
+    may run this in a thread that holds ``recent``'s lock (the writing thread in
+    :meth:`RecentReads.add`, the loop in :meth:`RecentReads.took`), which would wait on itself."""
+    try:
+        if loop is None:
+            raise RuntimeError("no loop")
+        loop.call_soon_threadsafe(recent.left, reader)
+    except RuntimeError:  # no loop, or closed (shutdown): nobody waits on this fill any more
+        pass
 
 
 def _sync_and_close(fd: int) -> None:

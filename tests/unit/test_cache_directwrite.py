@@ -17,6 +17,7 @@ import pytest
 from docxy.cache import directwrite, open_configured
 from docxy.cache import fill as fill_module
 from docxy.cache.directwrite import ALIGN, O_DIRECT, DirectWriter, read_back
+from docxy.cache.errors import FillAborted
 from docxy.cache.fill import write_all
 from docxy.config import load_config
 from docxy.core.digests import digest_of
@@ -178,3 +179,24 @@ async def test_the_setting_reaches_the_store(
     cache = open_configured(load_config(environ=environ))
     await cache.blobs.indexed()
     assert cache.blobs.direct_writes is expected
+
+
+async def test_a_writing_thread_that_fails_otherwise_ends_the_fill_instead_of_hanging_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a disk error: the writing thread's failure reaches the pump, which raises, and lets
+    every read it held go, so the reading thread does not wait for ever for a free one."""
+
+    def broken(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
+        raise ValueError("not a disk error")
+
+    monkeypatch.setattr(fill_module, "write_all", broken)
+    reads = [os.urandom(BLOCKS) for _ in range(3 * fill_module.PUMP_DEPTH)]
+    data = b"".join(reads)
+    store = make_store(tmp_path / "cache")
+    writer = await as_writer(store, digest_of(data))
+    body = Paced(reads)
+    body.let_go(len(reads) + 1)
+    with pytest.raises(FillAborted, match="not a disk error"):
+        await guard(pumped(writer, body, len(data)))
+    assert store.lookup(digest_of(data)) is None

@@ -9,6 +9,7 @@ byte still waits for the verified commit.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from pathlib import Path
@@ -99,12 +100,20 @@ async def test_a_follower_behind_reads_the_file_up_to_the_recent_reads(tmp_path:
     reads in memory, whole (the next read starts where they do: no copy of a part)."""
     store = make_store(tmp_path)
     writer = await as_writer(store, digest_of(DATA))
-    follower = await as_follower(store, digest_of(DATA))
     body = Paced(READS)
-    body.let_go(len(READS) + 1)
-    await guard(pumped(writer, body, len(DATA)))
+    body.let_go(len(READS))  # every read, not yet the end
+    fill = spawn("fill", pumped(writer, body, len(DATA)))
+
+    async def all_written() -> None:
+        while writer.fill.written < len(DATA):
+            await asyncio.sleep(0.01)
+
+    await guard(all_written())
+    follower = await as_follower(store, digest_of(DATA))  # joins once every read is in
+    body.let_go()
     async with follower:
         got = await guard(chunks_of(follower))
+    await guard(fill)
     assert b"".join(got) == DATA
     from_file = len(DATA) - RECENT * len(READS[0])
     assert [len(chunk) for chunk in got[:-RECENT]] == [from_file]
@@ -189,14 +198,21 @@ def full(keep: int = 2) -> RecentReads:
     return recent
 
 
+def waiting(recent: RecentReads, offset: int, wait: float) -> threading.Thread:
+    """``recent.add`` of a read at ``offset`` in a thread of its own (a daemon: one that a
+    broken wake-up leaves waiting does not hold the test run)."""
+    adding = threading.Thread(target=lambda: recent.add(offset, b"y" * 100, wait=wait), daemon=True)
+    adding.start()
+    return adding
+
+
 def test_a_read_is_let_go_once_the_leading_follower_has_taken_it() -> None:
     """The pump's next read would push out the oldest kept read (bytes 0-99): it waits until
     the fastest follower has taken all of it, then is kept."""
     recent = full()
     recent.took(reader=1, end=0)
     recent.took(reader=2, end=50)
-    adding = threading.Thread(target=lambda: recent.add(200, b"y" * 100, wait=GUARD))
-    adding.start()
+    adding = waiting(recent, 200, wait=10 * GUARD)  # only a wake-up ends it in time
     adding.join(0.2)
     assert adding.is_alive() and recent.start() == 0
     recent.took(reader=1, end=100)  # the other follower has taken it
@@ -210,15 +226,16 @@ def test_a_follower_that_does_not_take_it_in_time_stops_pacing_the_fill() -> Non
     recent.took(reader=1, end=0)
     recent.add(200, b"y" * 100, wait=0.05)
     assert not recent.paced and recent.start() == 100
-    recent.add(300, b"z" * 100, wait=GUARD)  # at once: pacing is over for this fill
+    adding = waiting(recent, 300, wait=10 * GUARD)
+    adding.join(GUARD)
+    assert not adding.is_alive()  # no wait: pacing is over for this fill
 
 
 @pytest.mark.parametrize("release", ["left", "unpaced"])
 def test_a_follower_leaving_or_a_stopped_pump_ends_the_wait(release: str) -> None:
     recent = full()
     recent.took(reader=1, end=0)
-    adding = threading.Thread(target=lambda: recent.add(200, b"y" * 100, wait=GUARD))
-    adding.start()
+    adding = waiting(recent, 200, wait=10 * GUARD)
     adding.join(0.1)
     assert adding.is_alive()
     if release == "left":
@@ -227,6 +244,32 @@ def test_a_follower_leaving_or_a_stopped_pump_ends_the_wait(release: str) -> Non
         recent.unpaced()
     adding.join(GUARD)
     assert not adding.is_alive() and recent.at(200) == (200, b"y" * 100)
+
+
+async def test_a_follower_collected_unclosed_leaves_from_the_loop(tmp_path: Path) -> None:
+    """The garbage collector may finalize a follower in a thread that holds its fill's lock
+    (here: this one, inside it): leaving must not take that lock there, which would wait on
+    itself for ever; it leaves from the loop instead, and the fill paces for nobody."""
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest_of(DATA))
+    follower = await as_follower(store, digest_of(DATA))
+    recent = follower.fill.recent
+    cycle: list[object] = [follower]
+    cycle.append(cycle)  # collected only by the cycle collector
+    del follower, cycle
+    collected = threading.Thread(target=lambda: _collect_holding(recent), daemon=True)
+    collected.start()
+    collected.join(GUARD)
+    assert not collected.is_alive(), "the finalizer waited on the lock its thread held"
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not recent._taken
+    writer.abort("test over")
+
+
+def _collect_holding(recent: RecentReads) -> None:
+    with recent._moved:
+        gc.collect()
 
 
 async def test_the_pump_reads_no_further_ahead_of_its_follower_than_the_reads_it_keeps(
