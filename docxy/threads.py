@@ -57,6 +57,18 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def soon_on(loop: asyncio.AbstractEventLoop | None, call: Callable[[], object]) -> None:
+    """Run ``call`` on ``loop`` as soon as it can, never now: from another thread, or from a
+    finalizer that may run in a thread holding a lock ``call`` takes. Nothing when there is no
+    loop or it is closed: nobody is left to serve."""
+    if loop is None:
+        return
+    try:
+        loop.call_soon_threadsafe(call)
+    except RuntimeError:  # closed
+        pass
+
+
 def on_loop(loop: asyncio.AbstractEventLoop | None, call: Callable[[], None]) -> None:
     """Run ``call`` on ``loop``: now if this thread runs it (or it runs no more, or is None),
     else as soon as it can (``call_soon_threadsafe``). For finalizers, which the garbage

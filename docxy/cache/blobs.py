@@ -32,7 +32,7 @@ import secrets
 import stat
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -59,6 +59,7 @@ from docxy.cache.startup import read_in_thread
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
+from docxy.threads import soon_on
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class DiskBlobStore:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return store  # taken over at first use
-        store._reading.add_done_callback(lambda _: _call_soon(loop, store._index_read))
+        store._reading.add_done_callback(lambda _: soon_on(loop, store._index_read))
         return store
 
     @property
@@ -1057,13 +1058,6 @@ def _hash_matches(entry: BlobEntry) -> bool:
 
 
 Walked = tuple[list[BlobEntry], list[Path]]
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
-    try:
-        loop.call_soon_threadsafe(callback)
-    except RuntimeError:  # the loop is closed: nobody is left to serve
-        pass
 
 
 def _plan(

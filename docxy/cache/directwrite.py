@@ -4,8 +4,8 @@ A cold blob's bytes go to its client from memory (the fill's latest reads) and t
 later hit reads the committed file. Written through the page cache, every byte of a cold blob
 first costs a new page of memory: on the benchmark's VM (a guest with free page reporting, whose
 freed memory goes back to the host within seconds) 4.4-4.9 CPU-s per GiB of ``dd`` into a new
-file, 0.23 with ``oflag=direct`` (and 1.1 s of wall time: the disk took 0.9 GB/s). A client
-gets each read once it is in the file, so that cost was on its path. Written directly, a miss
+file, 0.23-0.25 with ``oflag=direct`` (and 1.1-1.3 s of wall time: the disk's speed). A
+client gets each read once it is in the file, so that cost was on its path. Written directly, a miss
 runs at the disk's speed instead, at less CPU per GiB; where the cache disk is slower than the
 upstream, ``cache.direct_writes = false`` writes through the page cache as before.
 
@@ -18,7 +18,7 @@ machine's memory, which the page cache would not keep anyway.
 Only whole blocks at aligned offsets from an aligned buffer can be written so: each read
 (a multiple of :data:`ALIGN` bytes; every one but a blob's last) is copied into one
 page-aligned buffer and written from there. Anything else (the last read, a file system
-without ``O_DIRECT`` such as tmpfs, a write it refuses) turns the flag off and is written
+without ``O_DIRECT``, a write it refuses) turns the flag off and is written
 through the page cache, as before. Followers' descriptors read the file as always: the kernel
 keeps direct writes and cached reads of one file coherent.
 """
@@ -62,6 +62,7 @@ class DirectWriter:
 
     def __init__(self, fd: int, offset: int, size: int, *, direct: bool = True) -> None:
         self._fd = fd
+        self._at = offset  # where the next write starts
         self._buffer: mmap.mmap | None = None
         self._flags: int | None = None  # the descriptor's flags before, while direct
         #: Bytes written past the page cache so far.
@@ -71,7 +72,7 @@ class DirectWriter:
         try:
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | O_DIRECT)
-        except OSError:  # the file system has no direct writes (tmpfs): cached, as before
+        except OSError:  # the file system has no direct writes: cached, as before
             return
         try:
             self._buffer = mmap.mmap(-1, size)
@@ -95,18 +96,20 @@ class DirectWriter:
         if self._flags is not None and buffer is not None:
             if nbytes % ALIGN == 0 and nbytes <= len(buffer):
                 buffer[:nbytes] = chunk
-                start = os.lseek(self._fd, 0, os.SEEK_CUR)
                 try:
                     write_all(self._fd, [memoryview(buffer)[:nbytes]])
                 except OSError as exc:
                     if exc.errno not in REFUSED:
                         raise
-                    view = view[os.lseek(self._fd, 0, os.SEEK_CUR) - start :]
+                    done = os.lseek(self._fd, 0, os.SEEK_CUR) - self._at
+                    view, self._at = view[done:], self._at + done
                 else:
                     self.written_directly += nbytes
+                    self._at += nbytes
                     return
             self.cached()
         write_all(self._fd, [view])
+        self._at += len(view)
 
     def cached(self) -> None:
         """Write through the page cache from now on (the descriptor's flags as they were)."""
@@ -159,7 +162,7 @@ def read_back(path: Path, size: int, memory: int | None = None) -> int:
 
 
 class ReadBacks:
-    """Blobs to read back, one at a time, by one daemon thread started on demand (many fills
+    """Blobs to read back, one at a time, by one daemon thread started at the first (many fills
     committed at once hold one buffer, and read the disk in turn)."""
 
     def __init__(self) -> None:
@@ -176,19 +179,8 @@ class ReadBacks:
 
     def _run(self) -> None:
         while True:
-            try:
-                path, size = self._queue.get(timeout=IDLE_WORKER)
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():  # nothing added meanwhile: a later add starts anew
-                        self._worker = None
-                        return
-                continue
-            read_back(path, size)
+            read_back(*self._queue.get())
 
-
-#: Seconds the read-back thread waits for more work before it ends.
-IDLE_WORKER = 5.0
 
 _READ_BACKS = ReadBacks()
 

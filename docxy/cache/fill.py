@@ -44,7 +44,7 @@ from docxy.cache.preallocate import preallocate
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
 from docxy.core.digests import Digest
-from docxy.threads import in_own_thread, on_loop, running_loop
+from docxy.threads import in_own_thread, on_loop, running_loop, soon_on
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hasher
@@ -81,7 +81,6 @@ class RecentReads:
 
     def __init__(self, keep: int = RECENT) -> None:
         self._reads: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep)
-        self._keep = keep
         self._lock = threading.Lock()
         self._moved = threading.Condition(self._lock)
         #: How far each follower reading the fill has taken it (by an id of its own).
@@ -115,9 +114,7 @@ class RecentReads:
         follower paces the fill; with none, or once one has not taken the read within
         ``wait`` seconds (a stalled client), the pump goes on as fast as the upstream sends,
         and a follower that fell behind reads the temp file."""
-        if not self._paced or not self._taken or max(self._taken.values()) >= end:
-            return
-        moved = self._moved.wait_for(
+        moved = self._moved.wait_for(  # checked first: no wait when it holds already
             lambda: not self._paced or not self._taken or max(self._taken.values()) >= end,
             timeout=wait,
         )
@@ -134,7 +131,7 @@ class RecentReads:
         there are :data:`RECENT` already: not before the leading follower has taken that one
         (bounded by ``wait``: see :meth:`_pace`)."""
         with self._moved:
-            if len(self._reads) == self._keep:
+            if len(self._reads) == self._reads.maxlen:
                 oldest, kept = self._reads[0]
                 self._pace(oldest + len(kept), wait)
             self._reads.append((offset, data))
@@ -848,7 +845,12 @@ class BlobFollower(ClosingStream):
         self.handover = Handover()
         # It paces the pump from now until it is closed or collected (RecentReads.add).
         fill.recent.took(id(self), 0)
-        self._left = weakref.finalize(self, _leave_later, running_loop(), fill.recent, id(self))
+        # Collected unclosed: it leaves from the loop, as the collector may run in a thread
+        # that holds the lock leaving takes (the writing thread in RecentReads.add, the loop in
+        # RecentReads.took), which would then wait on itself.
+        self._left = weakref.finalize(
+            self, soon_on, running_loop(), partial(fill.recent.left, id(self))
+        )
 
     def close(self) -> None:
         if self._left.detach() is not None:
@@ -1202,18 +1204,6 @@ def _hash_all(
             except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
                 failed.append(exc)
         free.put(None)
-
-
-def _leave_later(loop: asyncio.AbstractEventLoop | None, recent: RecentReads, reader: int) -> None:
-    """A follower collected unclosed leaves its fill's pacing from the loop: the collector
-    may run this in a thread that holds ``recent``'s lock (the writing thread in
-    :meth:`RecentReads.add`, the loop in :meth:`RecentReads.took`), which would wait on itself."""
-    try:
-        if loop is None:
-            raise RuntimeError("no loop")
-        loop.call_soon_threadsafe(recent.left, reader)
-    except RuntimeError:  # no loop, or closed (shutdown): nobody waits on this fill any more
-        pass
 
 
 def _sync_and_close(fd: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from docxy.cache.errors import FillAborted
 from docxy.cache.fill import write_all
 from docxy.config import load_config
 from docxy.core.digests import digest_of
-from tests.unit.test_cache_blobs import as_writer, guard, make_store
+from tests.unit.test_cache_blobs import GUARD, as_writer, guard, make_store
 from tests.unit.test_fill_recent import Paced, pumped
 
 BLOCKS = 16 * ALIGN
@@ -200,3 +201,24 @@ async def test_a_writing_thread_that_fails_otherwise_ends_the_fill_instead_of_ha
     with pytest.raises(FillAborted, match="not a disk error"):
         await guard(pumped(writer, body, len(data)))
     assert store.lookup(digest_of(data)) is None
+
+
+def test_read_backs_are_read_in_turn_by_one_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done: list[tuple[Path, int, str]] = []
+    all_read = threading.Event()
+
+    def recording(path: Path, size: int) -> int:
+        done.append((path, size, threading.current_thread().name))
+        if len(done) == 3:
+            all_read.set()
+        return size
+
+    monkeypatch.setattr(directwrite, "read_back", recording)
+    backs = directwrite.ReadBacks()
+    for n in range(3):
+        backs.add(tmp_path / f"blob{n}", n)
+    assert all_read.wait(GUARD)
+    assert [(path.name, size) for path, size, _ in done] == [(f"blob{n}", n) for n in range(3)]
+    assert {thread for _, _, thread in done} == {"read back"}
