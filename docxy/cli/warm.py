@@ -8,12 +8,18 @@ platform ``unknown/unknown``, are skipped like ``docker pull`` does). Each manif
 checked against its digest as it arrives; each blob's progress goes to stderr (a bar on a
 terminal, plain lines otherwise: ``docxy.cli.progress``).
 
+An image counts as warmed only if the mirror cached all of it: every answer's ``Cache-Status``
+(RFC 9211) member of the mirror's says so. A manifest or blob it passed through uncached (a
+private repository its own upstream login may not read, a full or unwritable cache, the cache
+off) fails the image with the mirror's reason, although each one was fetched and checked.
+
 Exit codes: 0 every image warmed, 1 some image failed, 2 configuration or usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import re
@@ -204,6 +210,49 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+#: The mirror's member of ``Cache-Status`` (``docxy.http.responses.CACHE_NAME``).
+MIRROR_CACHE = "docxy"
+#: What each reason the mirror gives for passing content through uncached means to a user.
+UNCACHED_BECAUSE = {
+    "private": (
+        "the mirror's own upstream login may not read it, so it passes it through with yours "
+        "and caches none of it (pulls still work; an upstream.username that may read it "
+        "would let the mirror cache it, for every client)"
+    ),
+    "bypass": "the mirror's cache is off (--no-cache)",
+    "cache-full": "the mirror's cache has no room for it (cache.max_size)",
+    "cache-unwritable": "the mirror cannot write its cache (see its log)",
+    "cache-unreadable": "the mirror cannot read its cache (see its log)",
+    "upstream-failed": "the mirror's own fetch failed (see its log); try again",
+}
+
+
+def uncached_reason(response: httpx.Response) -> str | None:
+    """Why the mirror passed ``response`` through uncached (its ``Cache-Status`` member's
+    ``detail``), or None: it served it through its cache, or says nothing (an older mirror).
+    The mirror's member is the last one named ``Docxy``: caches after it (a CDN in front)
+    add theirs behind it."""
+    members = ",".join(response.headers.get_list("cache-status")).split(",")
+    for member in reversed(members):
+        name, *params = (part.strip() for part in member.split(";"))
+        if name.strip('"').lower() != MIRROR_CACHE:
+            continue
+        values = dict(param.partition("=")[::2] for param in params)
+        if values.get("fwd") != "bypass":
+            return None
+        return values.get("detail", "").strip('"') or "bypass"
+    return None
+
+
+def _uncached(counts: collections.Counter[str]) -> str:
+    """The WarmError message for content the mirror passed through uncached, by reason."""
+    said = []
+    for reason, count in sorted(counts.items()):
+        what = UNCACHED_BECAUSE.get(reason, f"the mirror says {reason}")
+        said.append(f"{count} passed through uncached: {what}")
+    return "fetched and checked, but not cached: " + "; ".join(said)
+
+
 class Warmer:
     """Pulls images through a mirror with one ``httpx.Client``."""
 
@@ -214,10 +263,14 @@ class Warmer:
         self.platform = platform
         self.progress = sys.stderr if progress is None else progress
         self.tally = Tally()
+        #: Of the image being warmed: manifests and blobs passed through uncached, by reason.
+        self.uncached: collections.Counter[str] = collections.Counter()
 
     def warm(self, image: ImageRef) -> Tally:
-        """Fetch ``image``'s manifests and blobs; what it took is added to ``self.tally``."""
+        """Fetch ``image``'s manifests and blobs; what it took is added to ``self.tally``.
+        Raises :class:`WarmError` if the mirror did not cache all of it."""
         before = Tally(self.tally.manifests, self.tally.blobs, self.tally.bytes)
+        self.uncached.clear()
         body, media_type = self._manifest(image.name, image.ref, image.digest)
         if media_type in INDEX_TYPES:
             entries = _json_object(body, f"manifest {image.ref}").get("manifests")
@@ -231,6 +284,8 @@ class Warmer:
                 self._blobs(image.name, child_body, child_type)
         else:
             self._blobs(image.name, body, media_type)
+        if self.uncached:
+            raise WarmError(_uncached(self.uncached))
         return Tally(
             self.tally.manifests - before.manifests,
             self.tally.blobs - before.blobs,
@@ -242,6 +297,7 @@ class Warmer:
         path = f"/v2/{name}/manifests/{ref}"
         with self.client.stream("GET", path, headers={"Accept": ACCEPT}) as response:
             _raise_for_status(response, path, self.client.auth)
+            self._note_uncached(response)
             buffer = bytearray()
             for chunk in response.iter_bytes():
                 buffer += chunk
@@ -259,6 +315,13 @@ class Warmer:
         self.tally.manifests += 1
         return body, media_type
 
+    def _note_uncached(self, response: httpx.Response) -> bool:
+        """Count ``response`` if the mirror passed it through uncached; True if it did not."""
+        reason = uncached_reason(response)
+        if reason is not None:
+            self.uncached[reason] += 1
+        return reason is None
+
     def _blobs(self, name: str, body: bytes, media_type: str) -> None:
         if media_type not in IMAGE_TYPES:
             raise WarmError(f"a platform entry is a {media_type}, not an image manifest")
@@ -266,11 +329,11 @@ class Warmer:
         layers = doc.get("layers")
         items = [doc.get("config"), *(layers if isinstance(layers, list) else [])]
         for descriptor in filter(None, map(_descriptor, items)):
-            if descriptor.digest not in self.tally.seen:
-                self._blob(name, descriptor)
-                self.tally.seen.add(descriptor.digest)
+            if descriptor.digest not in self.tally.seen and self._blob(name, descriptor):
+                self.tally.seen.add(descriptor.digest)  # not if uncached: another image may
 
-    def _blob(self, name: str, descriptor: Descriptor) -> None:
+    def _blob(self, name: str, descriptor: Descriptor) -> bool:
+        """Read one blob through the mirror, checked; True if the mirror cached it."""
         from docxy.cli.progress import TransferProgress  # rich: not in `docxy serve`'s memory
 
         digest = _digest(descriptor.digest, "a layer")
@@ -282,6 +345,7 @@ class Warmer:
             self.client.stream("GET", path) as response,
         ):
             _raise_for_status(response, path, self.client.auth)
+            cached = self._note_uncached(response)
             for chunk in response.iter_bytes(CHUNK):
                 hasher.update(chunk)
                 done += len(chunk)
@@ -299,6 +363,7 @@ class Warmer:
             progress.finish(done, "ok")
         self.tally.blobs += 1
         self.tally.bytes += done
+        return cached
 
 
 def _raise_for_status(response: httpx.Response, path: str, auth: object = None) -> None:

@@ -25,7 +25,7 @@ from docxy.core.digests import Digest
 from docxy.core.errors import RegistryError, StreamCut, Unauthorized
 from docxy.core.headers import API_VERSION_HEADER, response_headers
 from docxy.core.ranges import content_range
-from docxy.pull.outcome import BlobContent, ManifestContent, Served
+from docxy.pull.outcome import BlobContent, ManifestContent, Outcome, PassThrough, Served, Source
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,40 @@ def served_response(served: Served) -> Response:
     if isinstance(served.content, BlobContent):
         return _blob(served.content)
     return _manifest(served.content)
+
+
+#: The mirror's name in ``Cache-Status`` (RFC 9211), the member ``docxy warm`` reads.
+CACHE_NAME = "Docxy"
+#: ``Cache-Status`` parameters for each source of a served answer: from the cache as it was
+#: (``hit``); forwarded because it was not there (``fwd=miss``, ``collapsed`` when it joined
+#: another request's fetch, ``detail=shared`` from the shared bucket); or from the cache after
+#: going upstream (``fwd=stale``: confirmed there, or served as the upstream failed).
+_SOURCE_STATUS = {
+    Source.HIT: "hit",
+    Source.MISS: "fwd=miss",
+    Source.JOINED: "fwd=miss; collapsed",
+    Source.SHARED: "fwd=miss; detail=shared",
+    Source.REVALIDATED: "fwd=stale; detail=revalidated",
+    Source.STALE: "fwd=stale; detail=stale-if-error",
+}
+
+
+def cache_status(outcome: Outcome) -> str:
+    """The mirror's ``Cache-Status`` member (RFC 9211) for ``outcome``: what the cache did,
+    the access log's ``cache=``; a pass-through is ``fwd=bypass`` with its reason as the
+    ``detail`` (``private``, ``cache-full``, ...: :class:`~docxy.pull.outcome.Reason`)."""
+    if isinstance(outcome, PassThrough):
+        return f"{CACHE_NAME}; fwd=bypass; detail={outcome.reason.value}"
+    return f"{CACHE_NAME}; {_SOURCE_STATUS[outcome.source]}"
+
+
+def with_cache_status(response: Response, outcome: Outcome) -> Response:
+    """``response`` with the mirror's ``Cache-Status`` member last, after any the upstream's
+    answer (relayed) brought from caches before it, as RFC 9211 orders them."""
+    before = ", ".join(response.headers.getlist("Cache-Status"))
+    ours = cache_status(outcome)
+    response.headers["Cache-Status"] = f"{before}, {ours}" if before else ours
+    return response
 
 
 def _manifest(content: ManifestContent) -> Response:

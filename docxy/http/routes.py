@@ -40,6 +40,7 @@ from docxy.http.responses import (
     relay,
     served_response,
     unauthorized,
+    with_cache_status,
 )
 from docxy.http.state import MirrorState, mirror_state
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Source
@@ -204,7 +205,7 @@ async def content(rest: str) -> Response:
             outcome = await services.manifests.get(pull)
         if isinstance(outcome, PassThrough):
             if reference.kind is not Kind.BLOB or pull.head:
-                return await _pass_through(state, pull, route)
+                return with_cache_status(await _pass_through(state, pull, route), outcome)
             # Its permit is given back when the relayed body is done.
             try:
                 release = await services.blobs.pass_through_permit(outcome)
@@ -212,11 +213,12 @@ async def content(rest: str) -> Response:
                 outcome = None  # refused as a fill is, and logged so: nothing passed through
                 raise
             try:
-                return await _pass_through(state, pull, route, release)
+                response = await _pass_through(state, pull, route, release)
             except BaseException:
                 release()
                 raise
-        return served_response(outcome)
+            return with_cache_status(response, outcome)
+        return with_cache_status(served_response(outcome), outcome)
     finally:
         _record(state, pull, outcome, started)
 

@@ -7,8 +7,15 @@ from quart import Response
 
 from docxy.core.digests import digest_of
 from docxy.core.errors import NotFound, RangeNotSatisfiable, UpstreamTimeout
-from docxy.http.responses import error_response, relay, served_response, unauthorized
-from docxy.pull.outcome import BlobContent, ManifestContent, Served, Source
+from docxy.http.responses import (
+    cache_status,
+    error_response,
+    relay,
+    served_response,
+    unauthorized,
+    with_cache_status,
+)
+from docxy.pull.outcome import BlobContent, ManifestContent, PassThrough, Reason, Served, Source
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 DIGEST = digest_of(b"manifest")
@@ -58,3 +65,40 @@ async def test_errors_are_the_registry_json_with_their_status() -> None:
     assert response.headers["Content-Range"] == "bytes */10"
     body = await response.get_json()
     assert body["errors"][0]["code"] == "RANGE_INVALID"
+
+
+async def test_cache_status_says_what_the_cache_did_for_every_source_and_reason() -> None:
+    """RFC 9211: the mirror's member names it, then ``hit``, or where the request went
+    (``fwd``) and why; every source and every pass-through reason has its own."""
+    blob = BlobContent(DIGEST, 10, None)
+    said = {source: cache_status(Served(source, blob)) for source in Source}
+    assert said[Source.HIT] == "Docxy; hit"
+    assert said[Source.MISS] == "Docxy; fwd=miss"
+    assert said[Source.JOINED] == "Docxy; fwd=miss; collapsed"
+    assert len(set(said.values())) == len(Source)
+    for reason in Reason:
+        status = cache_status(PassThrough(reason, "a detail that stays in the log"))
+        assert status == f"Docxy; fwd=bypass; detail={reason.value}"
+
+
+async def test_cache_status_goes_after_the_upstreams_own() -> None:
+    """A relayed answer keeps the members of the caches before the mirror, in order, and the
+    mirror's goes last (the one nearest the client)."""
+    upstream = httpx.Response(
+        200, headers=[("Cache-Status", "CDN; hit"), ("Cache-Status", "Edge; fwd=miss")]
+    )
+    response = relay(
+        upstream, method="HEAD", realm="https://m.test/auth/token", library_prefix=True
+    )
+    with_cache_status(response, PassThrough(Reason.PRIVATE))
+    assert response.headers.getlist("Cache-Status") == [
+        "CDN; hit, Edge; fwd=miss, Docxy; fwd=bypass; detail=private"
+    ]
+    served = with_cache_status(
+        served_response(Served(Source.HIT, blob_head())), Served(Source.HIT, blob_head())
+    )
+    assert served.headers.getlist("Cache-Status") == ["Docxy; hit"]
+
+
+def blob_head() -> BlobContent:
+    return BlobContent(DIGEST, 10, None)

@@ -4,6 +4,7 @@ registry, and (e2e) warming a real mirror in front of the bed so that it fills i
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from docxy.cli.warm import (
     Warmer,
     WarmError,
     platform_matches,
+    uncached_reason,
     warm_all,
 )
 from docxy.core.names import parse_image_ref
@@ -70,6 +72,8 @@ class FakeRegistry:
         self.corrupt: dict[str, bytes] = {}
         self.realm = "http://mirror.test/token"
         self.challenges: list[str] = []  # WWW-Authenticate values, one header each
+        #: ``Cache-Status`` sent with a blob (by digest) or a manifest (by ``repo:ref``).
+        self.cache_status: dict[str, str] = {}
 
     def add_image(self, repo: str, tag: str, layers: list[bytes], arch: str = "amd64") -> str:
         config = json.dumps({"architecture": arch, "os": "linux"}).encode()
@@ -100,11 +104,16 @@ class FakeRegistry:
         name, kind, ref = path[len("/v2/") :].rsplit("/", 2)
         if kind == "blobs" and ref in self.blobs:
             self.blob_gets.append(ref)
-            return httpx.Response(200, content=self.corrupt.get(ref, self.blobs[ref]))
+            status = {"Cache-Status": self.cache_status[ref]} if ref in self.cache_status else {}
+            return httpx.Response(
+                200, content=self.corrupt.get(ref, self.blobs[ref]), headers=status
+            )
         found = self.manifests.get(f"{name}:{ref}")
         if kind == "manifests" and found is not None:
             body, media_type = found
             headers = {"Content-Type": media_type, "Docker-Content-Digest": sha(body)}
+            if f"{name}:{ref}" in self.cache_status:
+                headers["Cache-Status"] = self.cache_status[f"{name}:{ref}"]
             return httpx.Response(200, content=body, headers=headers)
         return httpx.Response(404, json={"errors": [{"code": "NOT_FOUND"}]})
 
@@ -146,6 +155,67 @@ def test_credentials_go_to_the_token_service(registry: FakeRegistry) -> None:
     warm.warm(parse_image_ref("team/app:1"))
     expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
     assert registry.token_requests[0].headers["authorization"] == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ([], None),
+        (["Docxy; hit"], None),
+        (["Docxy; fwd=miss; collapsed"], None),
+        (["Docxy; fwd=bypass; detail=private"], "private"),
+        (["docxy;fwd=bypass"], "bypass"),
+        (["Docxy; fwd=bypass; detail=private, CDN; hit"], "private"),  # a cache after it
+        (["Docxy; fwd=bypass; detail=private", "CDN; fwd=bypass"], "private"),
+        (["Upstream; fwd=bypass; detail=x, Docxy; hit"], None),  # a cache before it
+        (["CDN; fwd=bypass; detail=x"], None),  # not the mirror's
+        (['"Docxy"; fwd=bypass; detail="cache-full"'], "cache-full"),
+    ],
+)
+def test_uncached_reason_reads_the_mirrors_cache_status(
+    values: list[str], reason: str | None
+) -> None:
+    response = httpx.Response(200, headers=[("Cache-Status", value) for value in values])
+    assert uncached_reason(response) == reason
+
+
+def test_an_image_the_mirror_did_not_cache_all_of_fails_with_its_reasons(
+    registry: FakeRegistry,
+) -> None:
+    """Every byte fetched and checked, but blobs and the manifest passed through uncached:
+    the image is not warmed (exit 1), and warm says why in the mirror's words. The next image
+    is: its blobs were cached, the config they share too this time (read again: not counted
+    as done when it passed through)."""
+    registry.add_image("library/app", "1", [b"one", b"two"])
+    registry.add_image("library/other", "1", [b"three"])
+    config = next(d for d, b in registry.blobs.items() if b.startswith(b"{"))
+    registry.cache_status["library/app:1"] = "Docxy; fwd=bypass; detail=cache-full"
+    registry.cache_status[sha(b"two")] = "Docxy; fwd=bypass; detail=cache-full"
+    registry.cache_status[config] = "Docxy; fwd=bypass; detail=something-new"
+    registry.cache_status[sha(b"three")] = "Docxy; fwd=miss"
+
+    def cached_now(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v2/library/other/"):
+            registry.cache_status.pop(config, None)  # under this repository, it is cached
+        return registry.handler(request)
+
+    client = httpx.Client(
+        base_url="http://mirror.test",
+        transport=httpx.MockTransport(cached_now),
+        auth=RegistryAuth(),
+    )
+    warm = Warmer(client, "all", io.StringIO())
+    out, err = io.StringIO(), io.StringIO()
+    images = [parse_image_ref("app:1"), parse_image_ref("other:1")]
+    with contextlib.redirect_stderr(err):
+        assert warm_all(warm, images, out) == 1
+    assert sorted(registry.blob_gets) == sorted([*registry.blobs, config])  # read all the same
+    assert err.getvalue() == (
+        "docxy warm: library/app:1: fetched and checked, but not cached: "
+        "2 passed through uncached: the mirror's cache has no room for it (cache.max_size); "
+        "1 passed through uncached: the mirror says something-new\n"
+    )
+    assert out.getvalue().startswith("library/other:1: 1 manifests, 2 blobs, ")
 
 
 def serve_over_loopback(registry: FakeRegistry) -> LoopbackServer:
@@ -451,12 +521,33 @@ def test_warm_private_image_needs_credentials(
     assert main(["warm", "--mirror", mirror.url, reference]) == 1
     assert "unauthorized" in capsys.readouterr().err
 
+    # With the client's login the mirror passes the image through, uncached (its own login
+    # may not read it): fetched and checked, and not warmed, which warm says (exit 1).
     monkeypatch.setattr("sys.stdin", io.StringIO(bed.password + "\n"))
     args = ["warm", "--mirror", mirror.url, "--username", bed.user, "--password-stdin"]
-    assert main([*args, reference]) == 0
+    assert main([*args, reference]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"docxy warm: {reference}: fetched and checked, but not cached: " in err
+    assert "passed through uncached: the mirror's own upstream login may not read it" in err
+    assert bed.password not in out + err
+    assert not image_blobs(bed, private.repo) & cached_blobs(mirror, capsys)
+
+
+@pytest.mark.e2e
+def test_warm_private_image_with_the_mirrors_upstream_account(
+    start_mirror: StartMirror, bed: Bed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An upstream account that may read the image: the mirror caches it, warm exits 0."""
+    account = {"DOCXY_UPSTREAM_USERNAME": bed.user, "DOCXY_UPSTREAM_PASSWORD": bed.password}
+    mirror = start_mirror(env=account)
+    private = bed.images["docxytest/private"]
+    reference = f"{private.repo}:{private.tag}"
+    assert main(["warm", "--mirror", mirror.url, reference]) == 0
     out, err = capsys.readouterr()
     assert out.startswith(f"{reference}: 1 manifests, ")
-    assert bed.password not in out + err
+    assert "not cached" not in err
+    assert image_blobs(bed, private.repo) <= cached_blobs(mirror, capsys)
 
 
 @pytest.mark.e2e
