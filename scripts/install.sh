@@ -166,22 +166,26 @@ act() {
 # package locks: on a VPS just booted, apt-daily and unattended-upgrades often hold them, and
 # apt-get would stop the install at once ("Could not get lock ..."). DPkg::Lock::Timeout makes
 # apt-get wait for dpkg's lock; `update` takes the lists' lock, which it never waits for, so an
-# update refused for it is tried again every 5 s.
+# update refused for it is tried again every 5 s. A package upgraded over a configuration file
+# edited here (containerd's, /etc/default/docker) keeps the file as edited, where dpkg would
+# ask: DEBIAN_FRONTEND does not answer that question, and piped into bash there is no one to.
+APT_OPTIONS=(-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef
+  -o Dpkg::Options::=--force-confold)
 apt_get() {
   local tries=60 log status rc
   if [[ "$1" != update ]] || ((DRY_RUN)); then
-    act env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"
+    act env DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTIONS[@]}" "$@"
     return
   fi
   CHANGES=$((CHANGES + 1))
-  say "  running: apt-get -o DPkg::Lock::Timeout=300 $*"
+  say "  running: apt-get ${APT_OPTIONS[*]} $*"
   log="$(mktemp)" status="$(mktemp)"
   SCRATCH+=("$log" "$status")
   while :; do
     : >"$status"
     # Shown as it runs (a slow mirror takes minutes), but for apt's complaints about the lock,
     # which the loop answers; in English whatever the host's language: its words are looked for.
-    { env LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" 2>&1 \
+    { env LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTIONS[@]}" "$@" 2>&1 \
       || echo "$?" >"$status"; } | tee "$log" \
       | grep --line-buffered -v -e 'Could not get lock' -e 'Unable to lock' || true
     rc="$(cat "$status")"
@@ -1078,12 +1082,13 @@ configure_local_docker() {
     say "  would run: bash $DIR/scripts/configure-client.sh ${args[*]}"
     return
   fi
-  local file before
+  local file before rc=0
   file="$(under_root /etc/docker/daemon.json)"
   before="$(cat -- "$file" 2>/dev/null)" || before=""
-  bash "$DIR/scripts/configure-client.sh" "${args[@]}"
+  bash "$DIR/scripts/configure-client.sh" "${args[@]}" || rc=$?
   # Its changes are this run's too (the closing "Nothing to change" would be false).
   [[ "$(cat -- "$file" 2>/dev/null)" == "$before" ]] || CHANGES=$((CHANGES + 1))
+  return "$rc"
 }
 
 print_client_commands() {
@@ -1108,14 +1113,29 @@ EOF
 
 volume_exists() { docker volume inspect "$1" >/dev/null 2>&1; }
 
+# uninstall: the stack and its cache go even if taking the mirror out of this host's dockerd
+# fails (a dockerd that does not reload): that failure is said again at the end, with the
+# command that finishes it, and the run exits 1.
 uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
+  local dockerd_failed=0
   if [[ -n "$DOMAIN" && -f "$DIR/scripts/configure-client.sh" ]] &&
     grep -qF "https://$DOMAIN" -- "$(under_root /etc/docker/daemon.json)" 2>/dev/null; then
     say "This host's dockerd uses the mirror: taking it out"
-    configure_local_docker
+    configure_local_docker || dockerd_failed=$?
   fi
+  remove_stack
+  if ((dockerd_failed)); then
+    local finish="sudo bash $DIR/scripts/configure-client.sh --mirror https://$DOMAIN --docker --remove"
+    [[ -f "$DIR/scripts/configure-client.sh" ]] ||
+      finish="take https://$DOMAIN out of registry-mirrors in /etc/docker/daemon.json, then reload docker"
+    die "taking https://$DOMAIN out of this host's dockerd failed (above); the rest is \
+uninstalled. Once that is mended: $finish"
+  fi
+}
+
+remove_stack() {
   find_compose
   if ! have docker; then
     say "Docker is not installed: nothing to remove"

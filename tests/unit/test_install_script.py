@@ -28,7 +28,8 @@ from tests.unavailable import need_binary
 
 DOMAIN = "mirror.test"
 #: How install.sh runs apt-get (waiting for the package lock), as its stand-in sees it.
-APT = "apt-get -o DPkg::Lock::Timeout=300"
+CONFFILES = "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+APT = f"apt-get -o DPkg::Lock::Timeout=300 {CONFFILES}"
 OURS = "203.0.113.7"
 OURS6 = "2001:db8::7"
 EMAIL = "ops@example.org"
@@ -250,10 +251,7 @@ def test_dry_run_changes_nothing(box: ScriptBox, resolver: Resolver) -> None:
     assert result.returncode == 0, output(result)
     assert box.files() == files
     assert not env_file(box).exists()
-    assert (
-        "would run: env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install"
-        in result.stdout
-    )
+    assert f"would run: env DEBIAN_FRONTEND=noninteractive {APT} install" in result.stdout
     assert f"would write {env_file(box)}" in result.stdout
     assert "s3cret" not in result.stdout + result.stderr
     assert "would run: docker compose --project-name docxy" in result.stdout
@@ -973,7 +971,7 @@ def test_docker_from_the_distribution_by_default(box: ScriptBox, resolver: Resol
 
     assert result.returncode == 0, output(result)
     installs = [c.argv for c in box.calls("apt-get") if "install" in c.argv]
-    lock = ["-o", "DPkg::Lock::Timeout=300"]
+    lock = ["-o", "DPkg::Lock::Timeout=300", *CONFFILES.split()]  # and no conffile prompt
     assert installs == [
         [*lock, "install", "-y", "--no-install-recommends", "docker.io", "docker-compose"]
     ]
@@ -1506,6 +1504,29 @@ def test_uninstall_keeps_the_certificates_and_undoes_the_local_docker(
     assert "kept the certificate volume docxy_certs" in result.stdout
     assert env_file(box).exists()
     assert f"https://{DOMAIN}" not in box.path("/etc/docker/daemon.json").read_text()
+
+
+def test_uninstall_removes_the_stack_when_the_local_docker_cannot_be_undone(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A daemon.json this host's dockerd names the mirror in, broken by hand since: taking the
+    mirror out fails. The uninstall stopped there, the stack and its cache still up; now
+    they go, and the run says what is left and how to finish it (exit 1)."""
+    assert install(box, resolver, "--configure-local-docker").returncode == 0
+    stack_is_running(box)
+    daemon = box.path("/etc/docker/daemon.json")
+    daemon.write_text(daemon.read_text() + "\n}, not JSON\n")
+    box.forget_calls()
+
+    result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
+
+    assert result.returncode == 1, output(result)
+    assert box.called(r"^docker compose --project-name docxy .* down --remove-orphans$")
+    assert box.called(r"^docker volume rm docxy_cache$")
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith(f"install.sh: taking https://{DOMAIN} out of this host's dockerd")
+    assert said.endswith(f"--mirror https://{DOMAIN} --docker --remove"), said
+    assert f"https://{DOMAIN}" in daemon.read_text()  # as found: nothing guessed
 
 
 @pytest.mark.parametrize("marked", [True, False], ids=["fetched", "fetched-before-the-mark"])
