@@ -13,7 +13,7 @@ The page cache then holds none of it: a hit would read the disk (and, on that VM
 pages there). So once a blob written this way is committed, :func:`read_back` reads it once,
 off every client's path (one thread for every fill: :class:`ReadBacks`), as a buffered write
 would have left it in memory for the next pull; not one larger than an eighth of the
-machine's memory, which the page cache would not keep anyway.
+machine's memory (or its container's, if less), which the page cache would not keep anyway.
 
 Only whole blocks at aligned offsets from an aligned buffer can be written so: each read
 (a multiple of :data:`ALIGN` bytes; every one but a blob's last) is copied into one
@@ -130,12 +130,23 @@ class DirectWriter:
                     buffer.close()
 
 
-def memory_size() -> int | None:
-    """The machine's physical memory in bytes, if the platform says."""
+#: The memory limit of this process's cgroup (v2), where a container's ``mem_limit`` is.
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+
+
+def memory_size(cgroup_max: Path = CGROUP_MEMORY_MAX) -> int | None:
+    """The memory this process may fill, in bytes: the machine's, or its cgroup's limit where
+    that is lower (a container given less: its page cache counts against the limit), if the
+    platform says."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        physical: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        return None
+        physical = None
+    try:
+        limit = int(cgroup_max.read_text().strip())  # "max": none, as no file (cgroup v1)
+    except (OSError, ValueError):
+        return physical
+    return limit if physical is None else min(limit, physical)
 
 
 def read_back(path: Path, size: int, memory: int | None = None) -> int:

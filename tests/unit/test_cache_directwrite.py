@@ -17,7 +17,7 @@ import pytest
 
 from docxy.cache import directwrite, open_configured
 from docxy.cache import fill as fill_module
-from docxy.cache.directwrite import ALIGN, O_DIRECT, DirectWriter, read_back
+from docxy.cache.directwrite import ALIGN, O_DIRECT, DirectWriter, memory_size, read_back
 from docxy.cache.errors import FillAborted
 from docxy.cache.fill import write_all
 from docxy.config import load_config
@@ -222,3 +222,17 @@ def test_read_backs_are_read_in_turn_by_one_thread(
     assert all_read.wait(GUARD)
     assert [(path.name, size) for path, size, _ in done] == [(f"blob{n}", n) for n in range(3)]
     assert {thread for _, _, thread in done} == {"read back"}
+
+
+def test_memory_is_the_containers_limit_when_that_is_lower(tmp_path: Path) -> None:
+    """Read back was sized by the machine's memory alone: a container given 512 MiB on a
+    machine of 24 GiB read back blobs of up to 3 GiB, each one its limit five times over."""
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limit = tmp_path / "memory.max"
+    limit.write_text(f"{512 * 1024 * 1024}\n")
+    assert memory_size(limit) == 512 * 1024 * 1024
+    limit.write_text(f"{physical * 2}\n")  # a limit above the machine's: the machine's
+    assert memory_size(limit) == physical
+    limit.write_text("max\n")
+    assert memory_size(limit) == physical
+    assert memory_size(tmp_path / "none") == physical  # cgroup v1, no such file
