@@ -1126,7 +1126,10 @@ uninstall() {
     configure_local_docker || dockerd_failed=$?
   fi
   remove_stack
-  if ((dockerd_failed)); then
+  if ((dockerd_failed && DRY_RUN)); then
+    die "taking https://$DOMAIN out of this host's dockerd would fail (above); the rest would \
+be uninstalled all the same. Dry run: the changes above were not made."
+  elif ((dockerd_failed)); then
     local finish="sudo bash $DIR/scripts/configure-client.sh --mirror https://$DOMAIN --docker --remove"
     [[ -f "$DIR/scripts/configure-client.sh" ]] ||
       finish="take https://$DOMAIN out of registry-mirrors in /etc/docker/daemon.json, then reload docker"

@@ -152,7 +152,8 @@ def memory_size(cgroup_max: Path = CGROUP_MEMORY_MAX) -> int | None:
 def read_back(path: Path, size: int, memory: int | None = None) -> int:
     """Read the committed blob at ``path`` (``size`` bytes) once, to its end, into the page
     cache; returns the bytes read: none when it is larger than ``1/READ_BACK_SHARE`` of
-    ``memory`` (the machine's, by default) or gone meanwhile (evicted): nothing to gain then."""
+    ``memory`` (:func:`memory_size`, by default) or gone meanwhile (evicted): nothing to gain
+    then."""
     memory = memory_size() if memory is None else memory
     if memory is None or size > memory // READ_BACK_SHARE:
         return 0

@@ -212,6 +212,8 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
 
 #: The mirror's member of ``Cache-Status`` (``docxy.http.responses.CACHE_NAME``).
 MIRROR_CACHE = "docxy"
+#: warm's own reason: a blob sent on a miss that a later HEAD does not find in the cache.
+NOT_KEPT = "not-kept"
 #: What each reason the mirror gives for passing content through uncached means to a user.
 UNCACHED_BECAUSE = {
     "private": (
@@ -219,29 +221,51 @@ UNCACHED_BECAUSE = {
         "and caches none of it (pulls still work; an upstream.username that may read it "
         "would let the mirror cache it, for every client)"
     ),
-    "bypass": "the mirror's cache is off (--no-cache)",
+    "bypass": "the mirror's cache is off (--no-cache, cache.enabled = false)",
     "cache-full": "the mirror's cache has no room for it (cache.max_size)",
     "cache-unwritable": "the mirror cannot write its cache (see its log)",
     "cache-unreadable": "the mirror cannot read its cache (see its log)",
     "upstream-failed": "the mirror's own fetch failed (see its log); try again",
+    "unconfirmed": "the upstream did not confirm that this repository holds it (see its log)",
+    "upstream-answer": "the upstream's answer is not one the mirror caches (see its log)",
+    NOT_KEPT: (
+        "the mirror sent it but did not keep it: its download for the cache was given up "
+        "midway (a failed write, no room: see its log)"
+    ),
 }
+#: Seconds warm waits for the mirror to keep a blob it sent on a miss: the last byte goes
+#: out once verified, before the blob is synced and committed (seconds for a big one).
+KEPT_WAIT = 30.0
 
 
-def uncached_reason(response: httpx.Response) -> str | None:
-    """Why the mirror passed ``response`` through uncached (its ``Cache-Status`` member's
-    ``detail``), or None: it served it through its cache, or says nothing (an older mirror).
+def mirror_status(response: httpx.Response) -> dict[str, str] | None:
+    """The parameters of the mirror's ``Cache-Status`` member on ``response`` (``{"hit": ""}``,
+    ``{"fwd": "miss", "collapsed": ""}``...), or None: the mirror says nothing (an older one).
     The mirror's member is the last one named ``Docxy``: caches after it (a CDN in front)
-    add theirs behind it."""
+    add theirs behind it. (Its own members hold no quoted commas or semicolons.)"""
     members = ",".join(response.headers.get_list("cache-status")).split(",")
     for member in reversed(members):
         name, *params = (part.strip() for part in member.split(";"))
-        if name.strip('"').lower() != MIRROR_CACHE:
-            continue
-        values = dict(param.partition("=")[::2] for param in params)
-        if values.get("fwd") != "bypass":
-            return None
-        return values.get("detail", "").strip('"') or "bypass"
+        if name.strip('"').lower() == MIRROR_CACHE:
+            pairs = (param.partition("=")[::2] for param in params)
+            return {key.lower(): value.strip('"') for key, value in pairs}
     return None
+
+
+def uncached_reason(response: httpx.Response) -> str | None:
+    """Why the mirror passed ``response`` through uncached (its member's ``detail``), or None:
+    it served it through its cache, or says nothing (an older mirror)."""
+    status = mirror_status(response)
+    if status is None or status.get("fwd") != "bypass":
+        return None
+    return status.get("detail") or "bypass"
+
+
+def sent_on_a_miss(response: httpx.Response) -> bool:
+    """Whether the mirror sent ``response`` through its cache from the upstream (or the
+    bucket) just now: kept only if its download for the cache ends well."""
+    status = mirror_status(response)
+    return status is not None and "hit" not in status and status.get("fwd") == "miss"
 
 
 def _uncached(counts: collections.Counter[str]) -> str:
@@ -265,12 +289,18 @@ class Warmer:
         self.tally = Tally()
         #: Of the image being warmed: manifests and blobs passed through uncached, by reason.
         self.uncached: collections.Counter[str] = collections.Counter()
+        #: Of the image being warmed: the blobs fetched, and those sent on a miss (to be
+        #: found in the cache once the image is read: :meth:`_confirm_kept`).
+        self._fetched: set[str] = set()
+        self._missed: list[tuple[str, Digest]] = []
 
     def warm(self, image: ImageRef) -> Tally:
         """Fetch ``image``'s manifests and blobs; what it took is added to ``self.tally``.
         Raises :class:`WarmError` if the mirror did not cache all of it."""
         before = Tally(self.tally.manifests, self.tally.blobs, self.tally.bytes)
         self.uncached.clear()
+        self._fetched.clear()
+        self._missed.clear()
         body, media_type = self._manifest(image.name, image.ref, image.digest)
         if media_type in INDEX_TYPES:
             entries = _json_object(body, f"manifest {image.ref}").get("manifests")
@@ -284,6 +314,7 @@ class Warmer:
                 self._blobs(image.name, child_body, child_type)
         else:
             self._blobs(image.name, body, media_type)
+        self._confirm_kept()
         if self.uncached:
             raise WarmError(_uncached(self.uncached))
         return Tally(
@@ -329,11 +360,16 @@ class Warmer:
         layers = doc.get("layers")
         items = [doc.get("config"), *(layers if isinstance(layers, list) else [])]
         for descriptor in filter(None, map(_descriptor, items)):
-            if descriptor.digest not in self.tally.seen and self._blob(name, descriptor):
-                self.tally.seen.add(descriptor.digest)  # not if uncached: another image may
+            digest = descriptor.digest
+            if digest in self.tally.seen or digest in self._fetched:
+                continue
+            self._fetched.add(digest)  # once per image: another platform's may share it
+            if self._blob(name, descriptor):
+                self.tally.seen.add(digest)  # not if uncached: another image may cache it
 
     def _blob(self, name: str, descriptor: Descriptor) -> bool:
-        """Read one blob through the mirror, checked; True if the mirror cached it."""
+        """Read one blob through the mirror, checked; True if the mirror had it cached (or,
+        an older one, says nothing)."""
         from docxy.cli.progress import TransferProgress  # rich: not in `docxy serve`'s memory
 
         digest = _digest(descriptor.digest, "a layer")
@@ -346,6 +382,9 @@ class Warmer:
         ):
             _raise_for_status(response, path, self.client.auth)
             cached = self._note_uncached(response)
+            if sent_on_a_miss(response):
+                self._missed.append((name, digest))
+                cached = False  # not yet: once the mirror has it (_confirm_kept)
             for chunk in response.iter_bytes(CHUNK):
                 hasher.update(chunk)
                 done += len(chunk)
@@ -364,6 +403,32 @@ class Warmer:
         self.tally.blobs += 1
         self.tally.bytes += done
         return cached
+
+    def _confirm_kept(self) -> None:
+        """Ask the mirror (``HEAD``) for each blob of the image it sent on a miss, until it has
+        it (a ``HEAD`` of a blob it does not have passes through, and says so) or up to
+        :data:`KEPT_WAIT` seconds: one given up midway was sent whole, and is not cached."""
+        pending = list(self._missed)
+        deadline, delay = time.monotonic() + KEPT_WAIT, 0.05
+        while pending:
+            left = []
+            for name, digest in pending:
+                if self._kept(name, digest):
+                    self.tally.seen.add(str(digest))
+                else:
+                    left.append((name, digest))
+            pending = left
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        for _ in pending:
+            self.uncached[NOT_KEPT] += 1
+
+    def _kept(self, name: str, digest: Digest) -> bool:
+        path = f"/v2/{name}/blobs/{digest}"
+        response = self.client.head(path)
+        return response.status_code == 200 and uncached_reason(response) is None
 
 
 def _raise_for_status(response: httpx.Response, path: str, auth: object = None) -> None:

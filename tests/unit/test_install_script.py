@@ -1518,6 +1518,14 @@ def test_uninstall_removes_the_stack_when_the_local_docker_cannot_be_undone(
     daemon.write_text(daemon.read_text() + "\n}, not JSON\n")
     box.forget_calls()
 
+    dry = box.run(clone_script(box), "--root", str(box.root), "--uninstall", "--dry-run")
+    assert dry.returncode == 1, output(dry)
+    assert dry.stderr.splitlines()[-1].endswith(
+        "would fail (above); the rest would be uninstalled all the same. "
+        "Dry run: the changes above were not made."
+    )
+    assert not box.called(r"down --remove-orphans") and not box.called(r"volume rm")
+
     result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
 
     assert result.returncode == 1, output(result)

@@ -138,6 +138,12 @@ async def test_the_mirror_fetches_with_its_own_account(tmp_path: Path) -> None:
         response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
         assert response.status_code == 200
         assert await response.get_data() == BLOB
+        assert response.headers.getlist("Cache-Status") == ["Docxy; fwd=miss"]
+        await committed(app)
+        client = app.test_client()
+        for ask in (client.get, client.head):  # HEAD: what `docxy warm` asks after a miss
+            again = await ask(f"/v2/team/app/blobs/{DIGEST}")
+            assert again.headers.getlist("Cache-Status") == ["Docxy; hit"]
     assert upstream.token_auth == [basic("bot", "s3cret")]
     assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
 
@@ -148,6 +154,8 @@ async def test_without_an_account_the_client_needs_its_own_token(tmp_path: Path)
         for _ in range(3):
             response = await app.test_client().get(f"/v2/team/app/blobs/{DIGEST}")
             assert response.status_code == 401  # passed through with the client's (no) token
+            status = response.headers.getlist("Cache-Status")
+            assert status == ["Docxy; fwd=bypass; detail=private"]
     assert upstream.blob_gets == 0
     # The mirror tried its own token, refreshed once, then passed the requests straight through.
     assert upstream.refused == ["Bearer anon", "Bearer anon", None, None, None]
@@ -553,11 +561,20 @@ async def test_a_full_disk_degrades_to_pass_through(
         assert first.status == 200
         assert first.complete and first.body == BLOB
         assert upstream.ranges == [None, "bytes=0-"]
+        # Said before the fill was given up, a miss; a HEAD then shows it was not kept (what
+        # `docxy warm` asks), and the next GET why.
+        assert first.headers.getlist("Cache-Status") == ["Docxy; fwd=miss"]
+        head = await client.head(
+            f"/v2/team/app/blobs/{DIGEST}", headers={"Authorization": "Bearer account"}
+        )
+        assert head.headers.getlist("Cache-Status") == ["Docxy; fwd=bypass; detail=not-cacheable"]
         second = await client.get(
             f"/v2/team/app/blobs/{DIGEST}", headers={"Authorization": "Bearer account"}
         )
         assert second.status_code == 200
         assert await second.get_data() == BLOB
+        said = second.headers.getlist("Cache-Status")
+        assert said == ["Docxy; fwd=bypass; detail=cache-unwritable"]
     assert cached_blobs(tmp_path) == []
     assert "its clients get the rest from the upstream, uncached" in caplog.text
 

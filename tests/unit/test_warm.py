@@ -74,6 +74,9 @@ class FakeRegistry:
         self.challenges: list[str] = []  # WWW-Authenticate values, one header each
         #: ``Cache-Status`` sent with a blob (by digest) or a manifest (by ``repo:ref``).
         self.cache_status: dict[str, str] = {}
+        #: ``Cache-Status`` values for a blob's ``HEAD`` s, by digest, in turn (the last kept).
+        self.head_status: dict[str, list[str]] = {}
+        self.heads: list[str] = []
 
     def add_image(self, repo: str, tag: str, layers: list[bytes], arch: str = "amd64") -> str:
         config = json.dumps({"architecture": arch, "os": "linux"}).encode()
@@ -102,6 +105,11 @@ class FakeRegistry:
         if path == "/v2/":
             return httpx.Response(200, json={})
         name, kind, ref = path[len("/v2/") :].rsplit("/", 2)
+        if kind == "blobs" and ref in self.blobs and request.method == "HEAD":
+            self.heads.append(ref)
+            said = self.head_status.get(ref, [])
+            value = said.pop(0) if len(said) > 1 else said[0] if said else "Docxy; hit"
+            return httpx.Response(200, headers={"Cache-Status": value})
         if kind == "blobs" and ref in self.blobs:
             self.blob_gets.append(ref)
             status = {"Cache-Status": self.cache_status[ref]} if ref in self.cache_status else {}
@@ -216,6 +224,56 @@ def test_an_image_the_mirror_did_not_cache_all_of_fails_with_its_reasons(
         "1 passed through uncached: the mirror says something-new\n"
     )
     assert out.getvalue().startswith("library/other:1: 1 manifests, 2 blobs, ")
+
+
+def test_a_blob_sent_on_a_miss_counts_once_the_mirror_has_it(
+    registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A miss's last byte goes out before the blob is synced and committed, and a download
+    given up midway is sent whole all the same: warm asks (HEAD) until the mirror has each blob
+    it sent on a miss. One committed a little late counts; one never kept fails the image."""
+    monkeypatch.setattr("docxy.cli.warm.KEPT_WAIT", 0.3)
+    registry.add_image("library/app", "1", [b"late", b"lost"])
+    for layer in (b"late", b"lost"):
+        registry.cache_status[sha(layer)] = "Docxy; fwd=miss"
+    registry.head_status[sha(b"late")] = ["Docxy; fwd=bypass; detail=not-cacheable", "Docxy; hit"]
+    registry.head_status[sha(b"lost")] = ["Docxy; fwd=bypass; detail=not-cacheable"]
+    warm, _ = warmer(registry)
+    with pytest.raises(WarmError) as raised:
+        warm.warm(parse_image_ref("app:1"))
+    assert str(raised.value) == (
+        "fetched and checked, but not cached: 1 passed through uncached: the mirror sent it "
+        "but did not keep it: its download for the cache was given up midway (a failed "
+        "write, no room: see its log)"
+    )
+    assert registry.heads.count(sha(b"late")) == 2  # asked again, then found
+    assert registry.heads.count(sha(b"lost")) > 2  # asked until the wait ran out
+    config = next(d for d, b in registry.blobs.items() if b.startswith(b"{"))
+    assert config not in registry.heads  # no Cache-Status on it: an older mirror, not asked
+
+    registry.head_status[sha(b"lost")] = ["Docxy; hit"]
+    registry.heads.clear()
+    registry.blob_gets.clear()
+    assert warm.warm(parse_image_ref("app:1")).blobs == 1  # the config and "late" are done
+    assert registry.blob_gets == registry.heads == [sha(b"lost")]
+
+
+def test_a_layer_two_platforms_share_is_read_once_even_uncached(registry: FakeRegistry) -> None:
+    """Left out of what is done when it passed through (another image may cache it), a layer
+    that both platforms of an index share was read, and counted, once per platform."""
+    children = []
+    for arch in ("amd64", "arm64"):
+        digest = registry.add_image("library/multi", arch, [b"shared layer"], arch)
+        size = len(registry.manifests[f"library/multi:{digest}"][0])
+        entry = {"mediaType": OCI_MANIFEST, "digest": digest, "size": size}
+        children.append(entry | {"platform": {"os": "linux", "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
+    registry.add_manifest("library/multi", "latest", index.encode(), OCI_INDEX)
+    registry.cache_status[sha(b"shared layer")] = "Docxy; fwd=bypass; detail=cache-full"
+    warm, _ = warmer(registry)
+    with pytest.raises(WarmError, match="^fetched and checked, but not cached: 1 passed "):
+        warm.warm(parse_image_ref("multi"))
+    assert registry.blob_gets.count(sha(b"shared layer")) == 1
 
 
 def serve_over_loopback(registry: FakeRegistry) -> LoopbackServer:
