@@ -60,6 +60,8 @@ class CachedManifest:
     content: bytes
     #: How this manifest is known in the repository it was asked for (None: never seen there).
     visibility: Visibility | None
+    #: False: fetched just now, and the cache could not keep it (its disk refused the write).
+    kept: bool = True
 
 
 class TagState(enum.Enum):
@@ -279,9 +281,10 @@ class ManifestStore:
             )
         except OSError as exc:
             log.warning("cache: cannot store manifest %s (%s); served uncached", actual, exc)
-            if not await asyncio.to_thread(self._on_disk, key):  # not cached before either
+            kept = await asyncio.to_thread(self._on_disk, key)
+            if not kept:  # not cached before either
                 self._or_later(lambda: self._not_cached(key))
-            return CachedManifest(actual, media_type, content, Visibility(repo, public))
+            return CachedManifest(actual, media_type, content, Visibility(repo, public), kept)
         if visibility is not None:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))

@@ -253,19 +253,25 @@ def mirror_status(response: httpx.Response) -> dict[str, str] | None:
 
 
 def uncached_reason(response: httpx.Response) -> str | None:
-    """Why the mirror passed ``response`` through uncached (its member's ``detail``), or None:
-    it served it through its cache, or says nothing (an older mirror)."""
+    """Why the mirror passed ``response`` through uncached or did not keep it (its member's
+    ``detail``), or None: it served it through its cache, or says nothing (an older mirror)."""
     status = mirror_status(response)
-    if status is None or status.get("fwd") != "bypass":
+    if status is None:
         return None
-    return status.get("detail") or "bypass"
+    if status.get("fwd") == "bypass":
+        return status.get("detail") or "bypass"
+    if status.get("stored") == "?0":
+        return status.get("detail") or NOT_KEPT
+    return None
 
 
 def sent_on_a_miss(response: httpx.Response) -> bool:
     """Whether the mirror sent ``response`` through its cache from the upstream (or the
     bucket) just now: kept only if its download for the cache ends well."""
     status = mirror_status(response)
-    return status is not None and "hit" not in status and status.get("fwd") == "miss"
+    if status is None or "hit" in status or status.get("stored") == "?0":
+        return False
+    return status.get("fwd") == "miss"
 
 
 def _uncached(counts: collections.Counter[str]) -> str:

@@ -25,7 +25,15 @@ from docxy.core.digests import Digest
 from docxy.core.errors import RegistryError, StreamCut, Unauthorized
 from docxy.core.headers import API_VERSION_HEADER, response_headers
 from docxy.core.ranges import content_range
-from docxy.pull.outcome import BlobContent, ManifestContent, Outcome, PassThrough, Served, Source
+from docxy.pull.outcome import (
+    BlobContent,
+    ManifestContent,
+    Outcome,
+    PassThrough,
+    Reason,
+    Served,
+    Source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +103,14 @@ _SOURCE_STATUS = {
 def cache_status(outcome: Outcome) -> str:
     """The mirror's ``Cache-Status`` member (RFC 9211) for ``outcome``: what the cache did,
     the access log's ``cache=``; a pass-through is ``fwd=bypass`` with its reason as the
-    ``detail`` (``private``, ``cache-full``, ...: :class:`~docxy.pull.outcome.Reason`)."""
+    ``detail`` (``private``, ``cache-full``, ...: :class:`~docxy.pull.outcome.Reason`), and a
+    manifest fetched but not kept (the disk refused it) ``stored=?0``."""
     if isinstance(outcome, PassThrough):
         return f"{CACHE_NAME}; fwd=bypass; detail={outcome.reason.value}"
-    return f"{CACHE_NAME}; {_SOURCE_STATUS[outcome.source]}"
+    said = f"{CACHE_NAME}; {_SOURCE_STATUS[outcome.source]}"
+    if not outcome.kept:
+        return f"{said}; stored=?0; detail={Reason.CACHE_UNWRITABLE.value}"
+    return said
 
 
 def with_cache_status(response: Response, outcome: Outcome) -> Response:

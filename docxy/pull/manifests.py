@@ -70,7 +70,7 @@ def _content(manifest: CachedManifest, pull: Pull) -> ManifestContent:
 
 
 def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
-    return Served(source, _content(manifest, pull))
+    return Served(source, _content(manifest, pull), kept=manifest.kept)
 
 
 @dataclass(frozen=True, slots=True)

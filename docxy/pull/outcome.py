@@ -108,6 +108,8 @@ class ManifestContent:
 class Served:
     source: Source
     content: BlobContent | ManifestContent
+    #: False: fetched through the cache just now, and not kept (its disk refused the write).
+    kept: bool = True
 
 
 @dataclass(frozen=True, slots=True)

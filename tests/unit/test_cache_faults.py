@@ -223,6 +223,7 @@ async def test_a_manifest_the_disk_refused_is_not_an_image_of_the_cache(
     refusing_write(monkeypatch, nth)
     served = await store.put(ALPINE, MANIFEST, OCI_MANIFEST, public=True)
     assert served.content == MANIFEST  # the client still gets it
+    assert not served.kept  # and is told so (Cache-Status: stored=?0)
     assert await store.get(ALPINE, served.digest) is None  # not cached...
     assert store.images() == [] and not store.needed(LAYER)  # ...so no image of the cache
     monkeypatch.undo()
@@ -235,7 +236,7 @@ async def test_a_cached_manifest_stays_an_image_when_storing_it_again_fails(
     store = await open_manifests(tmp_path)
     stored = await store.put(ALPINE, MANIFEST, OCI_MANIFEST, public=True)
     refusing_write(monkeypatch, 1)
-    await store.put(ALPINE, MANIFEST, OCI_MANIFEST, public=True)
+    assert (await store.put(ALPINE, MANIFEST, OCI_MANIFEST, public=True)).kept  # cached before
     assert [image.key.digest for image in store.images()] == [stored.digest]
     cached = await store.get(ALPINE, stored.digest)
     assert cached is not None and cached.content == MANIFEST

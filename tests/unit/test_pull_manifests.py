@@ -314,6 +314,27 @@ async def test_a_deleted_tag_the_disk_cannot_forget_still_gets_the_upstreams_404
     assert "cannot forget tag library/base:1, gone upstream (404)" in caplog.text
 
 
+async def test_a_manifest_the_disk_refused_says_it_was_not_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Served all the same, a manifest the cache could not keep said ``fwd=miss`` like one it
+    kept: ``docxy warm`` counted the image as warmed. Now ``stored=?0`` says it was not, and
+    the next GET, fetched again, says so again; once the disk takes it, it is a hit."""
+    monkeypatch.setattr(manifests, "write_atomic", read_only_disk)
+    async with mirror(tmp_path, Hub()) as app:
+        client = app.test_client()
+        unkept = "Docxy; fwd=miss; stored=?0; detail=cache-unwritable"
+        for _ in range(2):
+            response = await client.get(TAG, headers=AS_ANON)
+            assert response.status_code == 200
+            assert response.headers.getlist("Cache-Status") == [unkept]
+        monkeypatch.undo()
+        assert (await client.get(TAG, headers=AS_ANON)).headers["Cache-Status"] == (
+            "Docxy; fwd=miss"
+        )
+        assert (await client.get(TAG, headers=AS_ANON)).headers["Cache-Status"] == "Docxy; hit"
+
+
 class HeadWithout(Hub):
     """The hub, answering a manifest HEAD without one header: ``docker-content-digest`` (the
     spec's SHOULD: some registries leave it out; containerd falls back to a GET for them) or

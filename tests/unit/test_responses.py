@@ -76,6 +76,10 @@ async def test_cache_status_says_what_the_cache_did_for_every_source_and_reason(
     assert said[Source.MISS] == "Docxy; fwd=miss"
     assert said[Source.JOINED] == "Docxy; fwd=miss; collapsed"
     assert len(set(said.values())) == len(Source)
+    manifest = ManifestContent(DIGEST, "application/vnd.oci.image.manifest.v1+json", 8, None)
+    assert cache_status(Served(Source.MISS, manifest, kept=False)) == (
+        "Docxy; fwd=miss; stored=?0; detail=cache-unwritable"
+    )
     for reason in Reason:
         status = cache_status(PassThrough(reason, "a detail that stays in the log"))
         assert status == f"Docxy; fwd=bypass; detail={reason.value}"
