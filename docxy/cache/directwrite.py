@@ -130,23 +130,42 @@ class DirectWriter:
                     buffer.close()
 
 
-#: The memory limit of this process's cgroup (v2), where a container's ``mem_limit`` is.
-CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+#: Where cgroup v2 is mounted, and where the kernel says which cgroup this process is in.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
 
 
-def memory_size(cgroup_max: Path = CGROUP_MEMORY_MAX) -> int | None:
-    """The memory this process may fill, in bytes: the machine's, or its cgroup's limit where
-    that is lower (a container given less: its page cache counts against the limit), if the
-    platform says."""
+def memory_size(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int | None:
+    """The memory this process may fill, in bytes: the machine's, or the lowest
+    ``memory.max`` of its cgroup and the cgroups above it where that is lower (a container's
+    limit, a systemd unit's ``MemoryMax=``: its page cache counts against it), if the
+    platform says. cgroup v1 is not read."""
     try:
         physical: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         physical = None
+    limits = [limit for limit in (physical, cgroup_limit(cgroup_root, self_cgroup)) if limit]
+    return min(limits) if limits else None
+
+
+def cgroup_limit(root: Path, self_cgroup: Path) -> int | None:
+    """The lowest ``memory.max`` from this process's cgroup up to ``root`` (None: none set,
+    "max" everywhere, or no cgroup v2)."""
     try:
-        limit = int(cgroup_max.read_text().strip())  # "max": none, as no file (cgroup v1)
-    except (OSError, ValueError):
-        return physical
-    return limit if physical is None else min(limit, physical)
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    own = next((line[3:] for line in lines if line.startswith("0::")), "/")
+    where = (root / own.lstrip("/")).resolve()
+    limits = []
+    for folder in (where, *where.parents):
+        try:
+            limits.append(int((folder / "memory.max").read_text().strip()))
+        except (OSError, ValueError):  # "max": none here; no file: the root, or no cgroup
+            pass
+        if folder == root.resolve():
+            break
+    return min(limits) if limits else None
 
 
 def read_back(path: Path, size: int, memory: int | None = None) -> int:

@@ -242,14 +242,40 @@ def mirror_status(response: httpx.Response) -> dict[str, str] | None:
     """The parameters of the mirror's ``Cache-Status`` member on ``response`` (``{"hit": ""}``,
     ``{"fwd": "miss", "collapsed": ""}``...), or None: the mirror says nothing (an older one).
     The mirror's member is the last one named ``Docxy``: caches after it (a CDN in front)
-    add theirs behind it. (Its own members hold no quoted commas or semicolons.)"""
-    members = ",".join(response.headers.get_list("cache-status")).split(",")
+    add theirs behind it."""
+    members = _split(",".join(response.headers.get_list("cache-status")), ",")
     for member in reversed(members):
-        name, *params = (part.strip() for part in member.split(";"))
-        if name.strip('"').lower() == MIRROR_CACHE:
+        name, *params = _split(member, ";")
+        if _unquoted(name).lower() == MIRROR_CACHE:
             pairs = (param.partition("=")[::2] for param in params)
-            return {key.lower(): value.strip('"') for key, value in pairs}
+            return {key.strip().lower(): _unquoted(value) for key, value in pairs}
     return None
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside quoted strings (RFC 8941's ``"..."``, with
+    backslash escapes), each part stripped: a member's ``detail="a, b"`` stays whole."""
+    parts, start, quoted, escaped = [], 0, False, False
+    for at, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append(text[start:at].strip())
+            start = at + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def _unquoted(value: str) -> str:
+    """A token as it is, a quoted string without its quotes and escapes."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
 
 
 def uncached_reason(response: httpx.Response) -> str | None:

@@ -224,15 +224,29 @@ def test_read_backs_are_read_in_turn_by_one_thread(
     assert {thread for _, _, thread in done} == {"read back"}
 
 
-def test_memory_is_the_containers_limit_when_that_is_lower(tmp_path: Path) -> None:
+def test_memory_is_the_lowest_cgroup_limit_when_that_is_lower(tmp_path: Path) -> None:
     """Read back was sized by the machine's memory alone: a container given 512 MiB on a
-    machine of 24 GiB read back blobs of up to 3 GiB, each one its limit five times over."""
+    machine of 24 GiB read back blobs of up to 3 GiB, each one its limit five times over.
+    The process's own cgroup (a systemd unit's MemoryMax=) and those above it count too."""
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    limit = tmp_path / "memory.max"
-    limit.write_text(f"{512 * 1024 * 1024}\n")
-    assert memory_size(limit) == 512 * 1024 * 1024
-    limit.write_text(f"{physical * 2}\n")  # a limit above the machine's: the machine's
-    assert memory_size(limit) == physical
-    limit.write_text("max\n")
-    assert memory_size(limit) == physical
-    assert memory_size(tmp_path / "none") == physical  # cgroup v1, no such file
+    root = tmp_path / "cgroup"
+    unit = root / "system.slice" / "docxy.service"
+    unit.mkdir(parents=True)
+    self_cgroup = tmp_path / "self-cgroup"
+    self_cgroup.write_text("0::/system.slice/docxy.service\n")
+    mib = 1024 * 1024
+
+    def limits(unit_max: str, slice_max: str) -> int | None:
+        (unit / "memory.max").write_text(unit_max + "\n")
+        (root / "system.slice" / "memory.max").write_text(slice_max + "\n")
+        return memory_size(root, self_cgroup)
+
+    assert limits(str(512 * mib), "max") == 512 * mib  # the unit's own
+    assert limits("max", str(768 * mib)) == 768 * mib  # the slice above it
+    assert limits(str(512 * mib), str(256 * mib)) == 256 * mib  # the lowest
+    assert limits(str(physical * 2), "max") == physical  # above the machine's: the machine's
+    assert limits("max", "max") == physical
+    self_cgroup.write_text("0::/\n")  # a container's own namespace: its root is the limit
+    (root / "memory.max").write_text(f"{300 * mib}\n")
+    assert memory_size(root, self_cgroup) == 300 * mib
+    assert memory_size(tmp_path / "none", tmp_path / "none") == physical  # no cgroup v2

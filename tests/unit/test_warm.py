@@ -178,6 +178,9 @@ def test_credentials_go_to_the_token_service(registry: FakeRegistry) -> None:
         (["Upstream; fwd=bypass; detail=x, Docxy; hit"], None),  # a cache before it
         (["CDN; fwd=bypass; detail=x"], None),  # not the mirror's
         (['"Docxy"; fwd=bypass; detail="cache-full"'], "cache-full"),
+        (['Docxy; fwd=bypass; detail=private, CDN; detail="a, Docxy; hit"'], "private"),
+        (['CDN; detail="x\\"; Docxy; hit, y", Docxy; fwd=bypass; detail=bypass'], "bypass"),
+        (['Docxy; fwd=bypass; detail="say \\"no\\""'], 'say "no"'),
         (["Docxy; fwd=miss; stored=?0; detail=cache-unwritable"], "cache-unwritable"),
         (["Docxy; fwd=miss; stored=?0"], "not-kept"),
         (["Docxy; fwd=miss; stored"], None),
