@@ -156,14 +156,17 @@ def cgroup_limit(root: Path, self_cgroup: Path) -> int | None:
     except OSError:
         lines = []
     own = next((line[3:] for line in lines if line.startswith("0::")), "/")
+    top = root.resolve()
     where = (root / own.lstrip("/")).resolve()
+    if where != top and top not in where.parents:  # a cgroup outside the namespace ("/.."):
+        where = top  # only the mount's own limit is ours to read
     limits = []
     for folder in (where, *where.parents):
         try:
             limits.append(int((folder / "memory.max").read_text().strip()))
         except (OSError, ValueError):  # "max": none here; no file: the root, or no cgroup
             pass
-        if folder == root.resolve():
+        if folder == top:
             break
     return min(limits) if limits else None
 

@@ -254,7 +254,8 @@ def mirror_status(response: httpx.Response) -> dict[str, str] | None:
 
 def _split(text: str, separator: str) -> list[str]:
     """``text`` split at ``separator`` outside quoted strings (RFC 8941's ``"..."``, with
-    backslash escapes), each part stripped: a member's ``detail="a, b"`` stays whole."""
+    backslash escapes), each part stripped: a member's ``detail="a, b"`` stays whole. A quote
+    left open splits everywhere: it cannot hide the mirror's member behind it."""
     parts, start, quoted, escaped = [], 0, False, False
     for at, char in enumerate(text):
         if escaped:
@@ -267,6 +268,8 @@ def _split(text: str, separator: str) -> list[str]:
             parts.append(text[start:at].strip())
             start = at + 1
     parts.append(text[start:].strip())
+    if quoted:  # a quote never closed: every quote taken as a character, as before RFC 8941
+        return [part.strip() for part in text.split(separator)]
     return parts
 
 

@@ -161,8 +161,9 @@ class ManifestService:
         """Served by digest: a tag found moved to it (:meth:`_moving_to`) now names it, if its
         record is the one the HEAD saw. Else, after an outage, the tag served the old image
         stale, though the new one was cached; and a tag set since (moved on, or revalidated)
-        is left alone: a late GET of that digest does not move it back."""
-        if self.store is None:
+        is left alone: a late GET of that digest does not move it back. A manifest the disk
+        refused (not kept) moves nothing."""
+        if self.store is None or not manifest.kept:  # not cached: the tag waits for one that is
             return
         seen = self._moving.pop((repo, manifest.digest), None)
         if seen is None:
@@ -260,7 +261,8 @@ class ManifestService:
             return _served(Source.STALE, stale, pull)
         if fetched is None:
             return UNCACHED
-        await store.set_tag(repo, tag, fetched.digest, public=True)
+        if fetched.kept:  # else the tag keeps its record: an outage still serves that stale
+            await store.set_tag(repo, tag, fetched.digest, public=True)
         if not self._servable(fetched, pull):
             return NOT_ACCEPTED
         return _served(source, fetched, pull)

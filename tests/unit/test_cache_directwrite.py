@@ -249,4 +249,9 @@ def test_memory_is_the_lowest_cgroup_limit_when_that_is_lower(tmp_path: Path) ->
     self_cgroup.write_text("0::/\n")  # a container's own namespace: its root is the limit
     (root / "memory.max").write_text(f"{300 * mib}\n")
     assert memory_size(root, self_cgroup) == 300 * mib
+    (tmp_path / "memory.max").write_text(f"{mib}\n")  # above the mount: not this process's
+    assert memory_size(root, self_cgroup) == 300 * mib
+    for outside in ("/..", "/../..", "/a/../.."):  # a cgroup outside the namespace
+        self_cgroup.write_text(f"0::{outside}\n")
+        assert memory_size(root, self_cgroup) == 300 * mib, outside
     assert memory_size(tmp_path / "none", tmp_path / "none") == physical  # no cgroup v2

@@ -442,6 +442,7 @@ class BasicRegistry:
     def __init__(self) -> None:
         self.manifests: dict[str, bytes] = {}  # tag or digest -> manifest
         self.requests: list[httpx.Request] = []
+        self.down = False  # every request answered 503
 
     def tag(self, tag: str, content: bytes) -> str:
         digest = digest_of(content)
@@ -450,6 +451,8 @@ class BasicRegistry:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if self.down:
+            return fakes.reply(503, b"{}", length=True)
         if request.headers.get("authorization") != self.login:
             return fakes.reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="lab"'}, length=True)
         if request.url.path == "/v2/":
@@ -563,6 +566,58 @@ async def test_a_late_get_of_a_digest_a_head_found_does_not_move_the_tag_back(
         assert (await client.get(TAG_1)).status_code == 200
         assert (await client.get(f"/v2/team/tool/manifests/{moved}")).status_code == 200
         assert [t.digest for t in store.list_tags()] == [parse_digest(latest)]
+
+
+def refusing_manifest_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest store's manifest writes fail as on a full disk; its tag records do not."""
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manifests.ManifestStore, "_write_manifest", full)
+
+
+async def test_a_moved_tag_keeps_its_cached_record_while_the_new_manifest_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GET of the new digest, found by a HEAD, moved the tag to it although the disk had
+    refused that manifest: the tag then named nothing cached, and an outage had no image to
+    serve stale. Now the tag moves once the new manifest is kept."""
+    registry, old, new = two_versions()
+    async with mirror(tmp_path, registry, **BASIC_LOGIN) as app:
+        store, moved = await pulled_then_moved(app, registry, old, new)
+        refusing_manifest_writes(monkeypatch)
+        got = await app.test_client().get(f"/v2/team/tool/manifests/{moved}")
+        assert got.status_code == 200
+        assert got.headers["Cache-Status"].endswith("stored=?0; detail=cache-unwritable")
+        assert [t.digest for t in store.list_tags()] == [parse_digest(digest_of(old))]
+        monkeypatch.undo()
+        assert (await app.test_client().get(f"/v2/team/tool/manifests/{moved}")).status_code == 200
+        assert [t.digest for t in store.list_tags()] == [parse_digest(moved)]
+
+
+async def test_a_tag_fetched_again_but_refused_by_the_disk_is_still_served_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale tag's GET found it moved and fetched the new manifest, which the disk refused:
+    the tag was pointed at it all the same, so an outage then answered 503 where the old image
+    was still cached. The tag now keeps its record."""
+    registry, old, new = two_versions()
+    async with mirror(tmp_path, registry, **BASIC_LOGIN) as app:
+        client = app.test_client()
+        assert await (await client.get(TAG_1)).get_data() == old
+        cache = mirror_state(app).cache
+        assert cache is not None
+        cache.manifests.tag_ttl = 0
+        registry.tag("1", new)
+        refusing_manifest_writes(monkeypatch)
+        got = await client.get(TAG_1)
+        assert await got.get_data() == new
+        assert got.headers["Cache-Status"].endswith("stored=?0; detail=cache-unwritable")
+        registry.down = True
+        stale = await client.get(TAG_1)
+        assert stale.status_code == 200
+        assert await stale.get_data() == old
 
 
 async def test_a_head_by_digest_not_cached_is_answered_by_the_mirror(tmp_path: Path) -> None:

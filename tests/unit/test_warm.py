@@ -181,6 +181,7 @@ def test_credentials_go_to_the_token_service(registry: FakeRegistry) -> None:
         (['Docxy; fwd=bypass; detail=private, CDN; detail="a, Docxy; hit"'], "private"),
         (['CDN; detail="x\\"; Docxy; hit, y", Docxy; fwd=bypass; detail=bypass'], "bypass"),
         (['Docxy; fwd=bypass; detail="say \\"no\\""'], 'say "no"'),
+        (['CDN; detail="oops, Docxy; fwd=bypass; detail=private'], "private"),  # never closed
         (["Docxy; fwd=miss; stored=?0; detail=cache-unwritable"], "cache-unwritable"),
         (["Docxy; fwd=miss; stored=?0"], "not-kept"),
         (["Docxy; fwd=miss; stored"], None),
