@@ -9,9 +9,10 @@ checked against its digest as it arrives; each blob's progress goes to stderr (a
 terminal, plain lines otherwise: ``docxy.cli.progress``).
 
 An image counts as warmed only if the mirror cached all of it: every answer's ``Cache-Status``
-(RFC 9211) member of the mirror's says so. A manifest or blob it passed through uncached (a
-private repository its own upstream login may not read, a full or unwritable cache, the cache
-off) fails the image with the mirror's reason, although each one was fetched and checked.
+(RFC 9211) member of the mirror's says so, and a blob sent on a miss is then found by a
+``HEAD``. A manifest or blob it passed through uncached (a private repository its own upstream
+login may not read, a full or unwritable cache, the cache off) or did not keep fails the image
+with the mirror's reason, although each one was fetched and checked.
 
 Exit codes: 0 every image warmed, 1 some image failed, 2 configuration or usage error.
 """
@@ -304,11 +305,11 @@ def sent_on_a_miss(response: httpx.Response) -> bool:
 
 
 def _uncached(counts: collections.Counter[str]) -> str:
-    """The WarmError message for content the mirror passed through uncached, by reason."""
+    """The WarmError message for content the mirror did not cache, by reason."""
     said = []
     for reason, count in sorted(counts.items()):
         what = UNCACHED_BECAUSE.get(reason, f"the mirror says {reason}")
-        said.append(f"{count} passed through uncached: {what}")
+        said.append(f"{count} not cached: {what}")
     return "fetched and checked, but not cached: " + "; ".join(said)
 
 

@@ -227,8 +227,8 @@ def test_an_image_the_mirror_did_not_cache_all_of_fails_with_its_reasons(
     assert sorted(registry.blob_gets) == sorted([*registry.blobs, config])  # read all the same
     assert err.getvalue() == (
         "docxy warm: library/app:1: fetched and checked, but not cached: "
-        "2 passed through uncached: the mirror's cache has no room for it (cache.max_size); "
-        "1 passed through uncached: the mirror says something-new\n"
+        "2 not cached: the mirror's cache has no room for it (cache.max_size); "
+        "1 not cached: the mirror says something-new\n"
     )
     assert out.getvalue().startswith("library/other:1: 1 manifests, 2 blobs, ")
 
@@ -249,7 +249,7 @@ def test_a_blob_sent_on_a_miss_counts_once_the_mirror_has_it(
     with pytest.raises(WarmError) as raised:
         warm.warm(parse_image_ref("app:1"))
     assert str(raised.value) == (
-        "fetched and checked, but not cached: 1 passed through uncached: the mirror sent it "
+        "fetched and checked, but not cached: 1 not cached: the mirror sent it "
         "but did not keep it: its download for the cache was given up midway (a failed "
         "write, no room: see its log)"
     )
@@ -278,7 +278,7 @@ def test_a_layer_two_platforms_share_is_read_once_even_uncached(registry: FakeRe
     registry.add_manifest("library/multi", "latest", index.encode(), OCI_INDEX)
     registry.cache_status[sha(b"shared layer")] = "Docxy; fwd=bypass; detail=cache-full"
     warm, _ = warmer(registry)
-    with pytest.raises(WarmError, match="^fetched and checked, but not cached: 1 passed "):
+    with pytest.raises(WarmError, match="^fetched and checked, but not cached: 1 not cached: "):
         warm.warm(parse_image_ref("multi"))
     assert registry.blob_gets.count(sha(b"shared layer")) == 1
 
@@ -594,7 +594,7 @@ def test_warm_private_image_needs_credentials(
     out, err = capsys.readouterr()
     assert out == ""
     assert f"docxy warm: {reference}: fetched and checked, but not cached: " in err
-    assert "passed through uncached: the mirror's own upstream login may not read it" in err
+    assert " not cached: the mirror's own upstream login may not read it" in err
     assert bed.password not in out + err
     assert not image_blobs(bed, private.repo) & cached_blobs(mirror, capsys)
 
