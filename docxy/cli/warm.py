@@ -285,7 +285,11 @@ def _unquoted(value: str) -> str:
 def uncached_reason(response: httpx.Response) -> str | None:
     """Why the mirror passed ``response`` through uncached or did not keep it (its member's
     ``detail``), or None: it served it through its cache, or says nothing (an older mirror)."""
-    status = mirror_status(response)
+    return _uncached_because(mirror_status(response))
+
+
+def _uncached_because(status: dict[str, str] | None) -> str | None:
+    """:func:`uncached_reason`, from the mirror's member as :func:`mirror_status` read it."""
     if status is None:
         return None
     if status.get("fwd") == "bypass":
@@ -295,10 +299,10 @@ def uncached_reason(response: httpx.Response) -> str | None:
     return None
 
 
-def sent_on_a_miss(response: httpx.Response) -> bool:
-    """Whether the mirror sent ``response`` through its cache from the upstream (or the
-    bucket) just now: kept only if its download for the cache ends well."""
-    status = mirror_status(response)
+def _sent_on_a_miss(status: dict[str, str] | None) -> bool:
+    """Whether the mirror's member (:func:`mirror_status`) says it sent the answer through
+    its cache from the upstream (or the bucket) just now: kept only if its download for the
+    cache ends well."""
     if status is None or "hit" in status or status.get("stored") == "?0":
         return False
     return status.get("fwd") == "miss"
@@ -328,7 +332,7 @@ class Warmer:
         #: Of the image being warmed: the blobs fetched, and those sent on a miss (to be
         #: found in the cache once the image is read: :meth:`_confirm_kept`).
         self._fetched: set[str] = set()
-        self._missed: list[tuple[str, Digest]] = []
+        self._missed: list[Digest] = []
 
     def warm(self, image: ImageRef) -> Tally:
         """Fetch ``image``'s manifests and blobs; what it took is added to ``self.tally``.
@@ -350,7 +354,7 @@ class Warmer:
                 self._blobs(image.name, child_body, child_type)
         else:
             self._blobs(image.name, body, media_type)
-        self._confirm_kept()
+        self._confirm_kept(image.name)
         if self.uncached:
             raise WarmError(_uncached(self.uncached))
         return Tally(
@@ -364,7 +368,7 @@ class Warmer:
         path = f"/v2/{name}/manifests/{ref}"
         with self.client.stream("GET", path, headers={"Accept": ACCEPT}) as response:
             _raise_for_status(response, path, self.client.auth)
-            self._note_uncached(response)
+            self._note_uncached(mirror_status(response))
             buffer = bytearray()
             for chunk in response.iter_bytes():
                 buffer += chunk
@@ -382,9 +386,10 @@ class Warmer:
         self.tally.manifests += 1
         return body, media_type
 
-    def _note_uncached(self, response: httpx.Response) -> bool:
-        """Count ``response`` if the mirror passed it through uncached; True if it did not."""
-        reason = uncached_reason(response)
+    def _note_uncached(self, status: dict[str, str] | None) -> bool:
+        """Count an answer if the mirror's member (``status``) says it did not cache it; True
+        if it did not say so."""
+        reason = _uncached_because(status)
         if reason is not None:
             self.uncached[reason] += 1
         return reason is None
@@ -417,9 +422,10 @@ class Warmer:
             self.client.stream("GET", path) as response,
         ):
             _raise_for_status(response, path, self.client.auth)
-            cached = self._note_uncached(response)
-            if sent_on_a_miss(response):
-                self._missed.append((name, digest))
+            status = mirror_status(response)
+            cached = self._note_uncached(status)
+            if _sent_on_a_miss(status):
+                self._missed.append(digest)
                 cached = False  # not yet: once the mirror has it (_confirm_kept)
             for chunk in response.iter_bytes(CHUNK):
                 hasher.update(chunk)
@@ -440,26 +446,22 @@ class Warmer:
         self.tally.bytes += done
         return cached
 
-    def _confirm_kept(self) -> None:
+    def _confirm_kept(self, name: str) -> None:
         """Ask the mirror (``HEAD``) for each blob of the image it sent on a miss, until it has
         it (a ``HEAD`` of a blob it does not have passes through, and says so) or up to
         :data:`KEPT_WAIT` seconds: one given up midway was sent whole, and is not cached."""
         pending = list(self._missed)
         deadline, delay = time.monotonic() + KEPT_WAIT, 0.05
         while pending:
-            left = []
-            for name, digest in pending:
-                if self._kept(name, digest):
-                    self.tally.seen.add(str(digest))
-                else:
-                    left.append((name, digest))
-            pending = left
+            found = {digest for digest in pending if self._kept(name, digest)}
+            self.tally.seen.update(str(digest) for digest in found)
+            pending = [digest for digest in pending if digest not in found]
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-        for _ in pending:
-            self.uncached[NOT_KEPT] += 1
+        if pending:
+            self.uncached[NOT_KEPT] += len(pending)
 
     def _kept(self, name: str, digest: Digest) -> bool:
         path = f"/v2/{name}/blobs/{digest}"

@@ -203,9 +203,11 @@ async def content(rest: str) -> Response:
             outcome = await services.blobs.get(pull)
         else:
             outcome = await services.manifests.get(pull)
-        if isinstance(outcome, PassThrough):
-            if reference.kind is not Kind.BLOB or pull.head:
-                return with_cache_status(await _pass_through(state, pull, route), outcome)
+        if not isinstance(outcome, PassThrough):
+            response = served_response(outcome)
+        elif reference.kind is not Kind.BLOB or pull.head:
+            response = await _pass_through(state, pull, route)
+        else:
             # Its permit is given back when the relayed body is done.
             try:
                 release = await services.blobs.pass_through_permit(outcome)
@@ -217,8 +219,7 @@ async def content(rest: str) -> Response:
             except BaseException:
                 release()
                 raise
-            return with_cache_status(response, outcome)
-        return with_cache_status(served_response(outcome), outcome)
+        return with_cache_status(response, outcome)
     finally:
         _record(state, pull, outcome, started)
 

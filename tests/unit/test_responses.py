@@ -98,11 +98,6 @@ async def test_cache_status_goes_after_the_upstreams_own() -> None:
     assert response.headers.getlist("Cache-Status") == [
         "CDN; hit, Edge; fwd=miss, Docxy; fwd=bypass; detail=private"
     ]
-    served = with_cache_status(
-        served_response(Served(Source.HIT, blob_head())), Served(Source.HIT, blob_head())
-    )
+    hit = Served(Source.HIT, BlobContent(DIGEST, 10, None))
+    served = with_cache_status(served_response(hit), hit)
     assert served.headers.getlist("Cache-Status") == ["Docxy; hit"]
-
-
-def blob_head() -> BlobContent:
-    return BlobContent(DIGEST, 10, None)
