@@ -28,9 +28,15 @@ SCRIPTS = REPO / "scripts"
 # Real tools the scripts may use: they read and write only what they are given.
 TOOLS = (
     "bash env cat cp mv rm mkdir mktemp chmod chown dirname basename date grep sed tr cmp "
-    "head tail sleep id uname stat touch ln sort cut wc tee awk df tar gzip dig getent "
+    "head tail sleep id uname stat touch ln sort cut wc tee awk tar gzip dig getent "
     "readlink realpath find printf test rmdir du"
 ).split()
+
+# The host's own free space must not decide a test (a CI machine with 21 GiB free failed every
+# install of the default 20G cache): ``df`` answers with a fixed, roomy disk unless a test
+# stands in another one.
+DF_HEADER = "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+ROOMY_KIB = 500 << 20  # 500 GiB
 
 STAND_IN = """#!{python}
 import json, os, re, subprocess, sys
@@ -91,6 +97,7 @@ class ScriptBox:
             if found is not None:
                 (self.tools / name).symlink_to(found)
         (self.tools / "python3").symlink_to(sys.executable)
+        self.stand_in("df", Rule(r".", stdout=f"{DF_HEADER}x 1 1 {ROOMY_KIB} 1% /\n"))
 
     def stand_in(self, name: str, *rules: Rule, present: bool = True) -> None:
         """Put a recording stand-in for ``name`` first on PATH (exit 0 unless a rule matches).

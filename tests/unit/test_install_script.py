@@ -23,7 +23,7 @@ import pytest
 from docxy.config import parse_size
 from lab.ports import free_port
 from lab.processes import wait_for
-from tests.scriptbox import REPO, Rule, ScriptBox, output
+from tests.scriptbox import DF_HEADER, REPO, Rule, ScriptBox, output
 from tests.unavailable import need_binary
 
 DOMAIN = "mirror.test"
@@ -37,7 +37,8 @@ DEBIAN = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_CODEN
 HEALTHY = '{"status": "ok", "tls": {"days_left": 89}}'
 # Commands that only look: everything else a dry run must not call.
 QUERIES = (
-    r"^(ss |apt-cache |systemctl is-|docker (ps|info|volume inspect|image inspect|compose version))"
+    r"^(ss |df |apt-cache |systemctl is-"
+    r"|docker (ps|info|volume inspect|image inspect|compose version))"
 )
 COMPOSE_UP = r"^docker compose --project-name docxy .* up -d --build$"
 
@@ -642,9 +643,7 @@ def test_a_rerun_counts_what_the_cache_volume_holds_already(
     box.path(volume + "/blob").write_bytes(os.urandom(8 << 20))  # 8 MiB, on disk
     need = (1 << 20) + (2 << 20)  # KiB: the 1G cache and the image's headroom
     free = need - (4 << 10)  # 4 MiB short, of the 8 MiB the cache holds
-    box.without("df")
-    header = "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
-    box.stand_in("df", Rule(r".", stdout=f"{header}x 1 1 {free} 1% /\n"))
+    box.stand_in("df", Rule(r".", stdout=f"{DF_HEADER}x 1 1 {free} 1% /\n"))
     docker = [
         Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
         Rule(r"^(volume|image) inspect", rc=1),
