@@ -136,10 +136,10 @@ SELF_CGROUP = Path("/proc/self/cgroup")
 
 
 def memory_size(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> int | None:
-    """The memory this process may fill, in bytes: the machine's, or the lowest
-    ``memory.max`` of its cgroup and the cgroups above it where that is lower (a container's
-    limit, a systemd unit's ``MemoryMax=``: its page cache counts against it), if the
-    platform says. cgroup v1 is not read."""
+    """The memory this process may fill, in bytes: the machine's, or the lowest memory limit
+    of its cgroup and the cgroups above it where that is lower (a container's limit, a systemd
+    unit's ``MemoryMax=``: its page cache counts against it), if the platform says. cgroup v2's
+    ``memory.max`` and v1's ``memory.limit_in_bytes`` (hosts such as Ubuntu 20.04) are read."""
     try:
         physical: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
@@ -149,26 +149,40 @@ def memory_size(cgroup_root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP
 
 
 def cgroup_limit(root: Path, self_cgroup: Path) -> int | None:
-    """The lowest ``memory.max`` from this process's cgroup up to ``root`` (None: none set,
-    "max" everywhere, or no cgroup v2)."""
+    """The lowest memory limit from this process's cgroup up to the mount (None: none set,
+    "max" everywhere, or no cgroup). v2: ``memory.max`` under ``root``, at the ``0::`` line's
+    path. v1: ``memory.limit_in_bytes`` under ``root/memory``, at the path of the line that
+    names the memory controller (a container that sees its own cgroup as the mount's root
+    finds no such folder, and reads the root's)."""
     try:
         lines = self_cgroup.read_text().splitlines()
     except OSError:
         lines = []
-    own = next((line[3:] for line in lines if line.startswith("0::")), "/")
-    top = root.resolve()
-    where = (root / own.lstrip("/")).resolve()
+    limits = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if not controllers:
+            limits += _lowest_limit(root, path, "memory.max")
+        elif "memory" in controllers.split(","):
+            limits += _lowest_limit(root / "memory", path, "memory.limit_in_bytes")
+    return min(limits) if limits else None
+
+
+def _lowest_limit(top: Path, own: str, name: str) -> list[int]:
+    """The numbers in the files ``name`` from ``top/own`` up to ``top``, none above it."""
+    top = top.resolve()
+    where = (top / own.lstrip("/")).resolve()
     if where != top and top not in where.parents:  # a cgroup outside the namespace ("/.."):
         where = top  # only the mount's own limit is ours to read
     limits = []
     for folder in (where, *where.parents):
         try:
-            limits.append(int((folder / "memory.max").read_text().strip()))
+            limits.append(int((folder / name).read_text().strip()))
         except (OSError, ValueError):  # "max": none here; no file: the root, or no cgroup
             pass
         if folder == top:
             break
-    return min(limits) if limits else None
+    return limits
 
 
 def read_back(path: Path, size: int, memory: int | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -255,3 +256,37 @@ def test_memory_is_the_lowest_cgroup_limit_when_that_is_lower(tmp_path: Path) ->
         self_cgroup.write_text(f"0::{outside}\n")
         assert memory_size(root, self_cgroup) == 300 * mib, outside
     assert memory_size(tmp_path / "none", tmp_path / "none") == physical  # no cgroup v2
+
+
+def test_memory_reads_cgroup_v1_limits_too(tmp_path: Path) -> None:
+    """On a cgroup v1 host (Ubuntu 20.04, Debian 10) the limit is memory.limit_in_bytes under
+    the memory controller's own mount; "unlimited" there is a huge number, not "max"."""
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    unlimited = "9223372036854771712"
+    mib = 1024 * 1024
+    root = tmp_path / "cgroup"
+    memory = root / "memory"
+    container = memory / "docker" / "abc"
+    container.mkdir(parents=True)
+    (memory / "memory.limit_in_bytes").write_text(unlimited + "\n")
+    (memory / "docker" / "memory.limit_in_bytes").write_text(unlimited + "\n")
+    (container / "memory.limit_in_bytes").write_text(f"{256 * mib}\n")
+    self_cgroup = tmp_path / "self-cgroup"
+    # hybrid: the unified line is there too, with no memory.max under it
+    self_cgroup.write_text("12:cpu,cpuacct:/docker/abc\n9:memory:/docker/abc\n0::/docker/abc\n")
+
+    assert memory_size(root, self_cgroup) == 256 * mib  # seen from the host's namespace
+
+    self_cgroup.write_text("9:cpuacct,memory:/docker/abc\n1:name=systemd:/docker/abc\n")
+    assert memory_size(root, self_cgroup) == 256 * mib  # memory named with another controller
+
+    (container / "memory.limit_in_bytes").write_text(unlimited + "\n")
+    assert memory_size(root, self_cgroup) == physical  # no limit anywhere
+
+    # inside the container: its own cgroup is the mount's root; /docker/abc is not there
+    shutil.rmtree(memory / "docker")
+    (memory / "memory.limit_in_bytes").write_text(f"{384 * mib}\n")
+    assert memory_size(root, self_cgroup) == 384 * mib
+
+    self_cgroup.write_text("9:blkio:/docker/abc\n")  # no memory controller: nothing read
+    assert memory_size(root, self_cgroup) == physical
