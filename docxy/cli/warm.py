@@ -580,6 +580,7 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str] | None:
 def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
     status = EXIT_OK
     started = time.monotonic()
+    cached = 0
     for image in images:
         began = time.monotonic()
         try:
@@ -596,9 +597,12 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
             print(f"docxy warm: {image}: {type(exc).__name__}: {exc}", file=sys.stderr)
             status = EXIT_FAILED
             continue
+        cached += 1
         print(f"{image}: {_summary(took, time.monotonic() - began)}", file=out)
     if len(images) > 1:
-        print(f"total: {_summary(warmer.tally, time.monotonic() - started)}", file=out)
+        # what was read, failed images' reads included, beside how many images it cached
+        read = _summary(warmer.tally, time.monotonic() - started)
+        print(f"total: {cached} of {len(images)} images cached; read {read}", file=out)
     return status
 
 

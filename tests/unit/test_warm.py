@@ -445,7 +445,29 @@ def test_missing_image_exits_1_and_the_rest_is_still_warmed(
     assert warm_all(warm, [parse_image_ref("nope"), parse_image_ref("app:1")], out) == 1
     assert "library/nope:latest" in capsys.readouterr().err
     assert "library/app:1: 1 manifests, 2 blobs" in out.getvalue()
-    assert out.getvalue().splitlines()[-1].startswith("total: 1 manifests, 2 blobs")
+    total = "total: 1 of 2 images cached; read 1 manifests, 2 blobs"
+    assert out.getvalue().splitlines()[-1].startswith(total)
+
+
+def test_the_total_counts_an_image_not_cached_as_failed(registry: FakeRegistry) -> None:
+    """The total read like a count of what was warmed, as if both images were warmed when the mirror
+    had passed one through uncached: it now says how many were cached, beside what was read."""
+    registry.add_image("library/app", "1", [b"layer"])
+    registry.add_image("library/private", "1", [b"secret layer"])
+    registry.cache_status[sha(b"secret layer")] = "Docxy; fwd=bypass; detail=private"
+    warm, _ = warmer(registry)
+    out = io.StringIO()
+    images = [parse_image_ref("app:1"), parse_image_ref("private:1")]
+
+    assert warm_all(warm, images, out) == 1
+
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .startswith(
+            "total: 1 of 2 images cached; read 2 manifests, 3 blobs"  # the config is shared
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -570,7 +592,7 @@ def test_warm_one_platform_and_several_images(
     args = ["warm", "--mirror", mirror.url, "--platform", "linux/arm64"]
     assert main([*args, "hello", f"{multi.repo}:{multi.tag}"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-1].startswith("total: 3 manifests, ")
+    assert out.splitlines()[-1].startswith("total: 2 of 2 images cached; read 3 manifests, ")
     cached = cached_blobs(mirror, capsys)
     assert arm64 <= cached
     assert not (amd64 - arm64) & cached
