@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from quart import Quart
 
 from docxy.cache import manifests, parse_digest
+from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
@@ -333,6 +335,27 @@ async def test_a_manifest_the_disk_refused_says_it_was_not_stored(
             "Docxy; fwd=miss"
         )
         assert (await client.get(TAG, headers=AS_ANON)).headers["Cache-Status"] == "Docxy; hit"
+
+
+async def test_a_manifest_the_disk_refused_is_logged_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its header said ``stored=?0`` but its access log line a plain ``cache=miss``, like a
+    manifest the cache kept: the operator reading the log had no sign the cache was refusing.
+    Now the line names the reason, as a blob passed through for it does."""
+    caplog.set_level(logging.INFO, logger="docxy")
+    monkeypatch.setattr(manifests, "write_atomic", read_only_disk)
+    async with mirror(tmp_path, Hub()) as app:
+        logged = AccessLog(Guard(app, None))
+        refused = await call_asgi(logged, "GET", TAG, host="mirror.test", headers=AS_ANON.items())
+        assert refused.status == 200
+        monkeypatch.undo()
+        kept = await call_asgi(logged, "GET", TAG, host="mirror.test", headers=AS_ANON.items())
+        assert kept.status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert len(lines) == 2, lines
+    assert " cache=miss reason=cache-unwritable " in lines[0], lines
+    assert " cache=miss upstream=" in lines[1], lines
 
 
 class HeadWithout(Hub):
