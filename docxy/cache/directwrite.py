@@ -51,6 +51,9 @@ REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 READ_BACK_SHARE = 8
 #: The size of those reads (one buffer, reused).
 READ_BACK_CHUNK = 256 * 1024
+#: At most this many blobs wait to be read back; more are not (a disk slower than the fills,
+#: a burst of small blobs): the first hit of such a blob reads it from the disk as any would.
+READ_BACK_PENDING = 256
 
 
 class DirectWriter:
@@ -211,7 +214,8 @@ def read_back(path: Path, size: int, memory: int | None = None) -> int:
 
 class ReadBacks:
     """Blobs to read back, one at a time, by one daemon thread started at the first (many fills
-    committed at once hold one buffer, and read the disk in turn)."""
+    committed at once hold one buffer, and read the disk in turn); up to
+    :data:`READ_BACK_PENDING` wait, the rest are not read back."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -219,6 +223,8 @@ class ReadBacks:
         self._worker: threading.Thread | None = None
 
     def add(self, path: Path, size: int) -> None:
+        if self._queue.qsize() >= READ_BACK_PENDING:
+            return
         self._queue.put((path, size))
         with self._lock:
             if self._worker is None:

@@ -12,6 +12,7 @@ import fcntl
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,36 @@ def test_memory_reads_cgroup_v1_limits_too(tmp_path: Path) -> None:
 
     self_cgroup.write_text("9:blkio:/docker/abc\n")  # no memory controller: nothing read
     assert memory_size(root, self_cgroup) == physical
+
+
+def test_read_backs_waiting_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue grew without end while its one thread was slower than the fills (a slow
+    disk, a burst of small blobs); past READ_BACK_PENDING a blob is not read back."""
+    monkeypatch.setattr(directwrite, "READ_BACK_PENDING", 2)
+    release = threading.Event()
+    started = threading.Event()
+    done: list[str] = []
+
+    def slow(path: Path, size: int) -> int:
+        started.set()
+        assert release.wait(GUARD)
+        done.append(path.name)
+        return size
+
+    monkeypatch.setattr(directwrite, "read_back", slow)
+    backs = directwrite.ReadBacks()
+    backs.add(tmp_path / "reading", 1)
+    assert started.wait(GUARD)  # the thread holds the first: two may wait behind it
+    for name in ("second", "third", "dropped"):
+        backs.add(tmp_path / name, 1)
+    release.set()
+
+    def read(count: int) -> list[str]:
+        deadline = time.monotonic() + GUARD
+        while len(done) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return done
+
+    assert read(3) == ["reading", "second", "third"]
+    backs.add(tmp_path / "later", 1)  # room again once the queue drained
+    assert read(4) == ["reading", "second", "third", "later"]
