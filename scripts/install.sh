@@ -74,6 +74,8 @@ warn() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 # die MESSAGE [STATUS]: stop, saying why. A failure die did not report (a command that failed
 # under `set -e`) gets a word from on_exit instead.
 SAID_WHY=0
+# Left to do by hand whatever else happens (said again by on_exit should a later command fail).
+STILL_TO_DO=""
 die() {
   warn "$1"
   SAID_WHY=1
@@ -893,6 +895,9 @@ on_exit() {
     warn "stopped${STEP:+ at \"$STEP\"}: the command above failed (exit $status)."
     warn "What was done before it stays done: fix the cause, then run this again (it redoes only what is missing)."
   fi
+  if ((status != 0 && !SAID_WHY)) && [[ -n "$STILL_TO_DO" ]]; then
+    warn "$STILL_TO_DO"
+  fi
   return "$status"
 }
 
@@ -1115,7 +1120,7 @@ volume_exists() { docker volume inspect "$1" >/dev/null 2>&1; }
 
 # uninstall: the stack and its cache go even if taking the mirror out of this host's dockerd
 # fails (a dockerd that does not reload): that failure is said again at the end, with the
-# command that finishes it, and the run exits 1.
+# command that finishes it, and the run exits 1 (also when removing the stack fails after it).
 uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
@@ -1125,14 +1130,17 @@ uninstall() {
     say "This host's dockerd uses the mirror: taking it out"
     configure_local_docker || dockerd_failed=$?
   fi
+  local finish="sudo bash $DIR/scripts/configure-client.sh --mirror https://$DOMAIN --docker --remove"
+  [[ -f "$DIR/scripts/configure-client.sh" ]] ||
+    finish="take https://$DOMAIN out of registry-mirrors in /etc/docker/daemon.json, then reload docker"
+  if ((dockerd_failed && !DRY_RUN)); then # said again should removing the stack fail too
+    STILL_TO_DO="also: taking https://$DOMAIN out of this host's dockerd failed (further above); once that is mended: $finish"
+  fi
   remove_stack
   if ((dockerd_failed && DRY_RUN)); then
     die "taking https://$DOMAIN out of this host's dockerd would fail (above); the rest would \
 be uninstalled all the same. Dry run: the changes above were not made."
   elif ((dockerd_failed)); then
-    local finish="sudo bash $DIR/scripts/configure-client.sh --mirror https://$DOMAIN --docker --remove"
-    [[ -f "$DIR/scripts/configure-client.sh" ]] ||
-      finish="take https://$DOMAIN out of registry-mirrors in /etc/docker/daemon.json, then reload docker"
     die "taking https://$DOMAIN out of this host's dockerd failed (above); the rest is \
 uninstalled. Once that is mended: $finish"
   fi

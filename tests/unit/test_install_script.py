@@ -1536,6 +1536,33 @@ def test_uninstall_removes_the_stack_when_the_local_docker_cannot_be_undone(
     assert f"https://{DOMAIN}" in daemon.read_text()  # as found: nothing guessed
 
 
+def test_uninstall_still_names_the_local_docker_when_removing_the_stack_fails_too(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Taking the mirror out of this host's dockerd failed, then so did `compose down`: the run
+    ended on the generic stop message alone, and the dockerd's part, said only further up,
+    was easily missed. Both are said at the end now."""
+    assert install(box, resolver, "--configure-local-docker").returncode == 0
+    daemon = box.path("/etc/docker/daemon.json")
+    daemon.write_text(daemon.read_text() + "\n}, not JSON\n")
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^info", stdout="[]\n"),
+        Rule(r"^ps ", stdout="3f2a1b\n"),
+        Rule(r"^(volume|image) inspect"),
+        Rule(r" down --remove-orphans$", rc=1, stderr="Error response from daemon: busy\n"),
+    )
+
+    result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
+
+    assert result.returncode == 1, output(result)
+    last = result.stderr.splitlines()[-3:]
+    assert last[0].startswith("install.sh: stopped at"), output(result)
+    assert last[-1].startswith(f"install.sh: also: taking https://{DOMAIN} out of this host's")
+    assert last[-1].endswith(f"--mirror https://{DOMAIN} --docker --remove"), output(result)
+
+
 @pytest.mark.parametrize("marked", [True, False], ids=["fetched", "fetched-before-the-mark"])
 def test_the_fetched_copy_is_fetched_again_and_purged_when_run_from_itself(
     box: ScriptBox, resolver: Resolver, marked: bool
