@@ -133,7 +133,8 @@ class DirectWriter:
                     buffer.close()
 
 
-#: Where cgroup v2 is mounted, and where the kernel says which cgroup this process is in.
+#: Where cgroups are mounted (v2 here, v1 under ``memory/``), and where the kernel says which
+#: cgroup this process is in.
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 

@@ -288,7 +288,7 @@ class AccessLog:
                 status,
                 sent,
                 facts.get("cache", "-"),
-                f" reason={facts['reason']}" if "reason" in facts else "",  # of a pass-through
+                f" reason={facts['reason']}" if "reason" in facts else "",  # uncached: why
                 "" if resumed is None else f" upstream_bytes={resumed}",
                 "-" if upstream_ms is None else f"{upstream_ms:.0f}ms",
                 (time.monotonic() - started) * 1000,

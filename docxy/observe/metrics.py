@@ -36,6 +36,7 @@ from docxy.core.errors import RegistryError
 from docxy.core.names import Kind, parse_v2_path
 from docxy.http.middleware import ENDS, upstream_bytes
 from docxy.http.state import MirrorState
+from docxy.pull.outcome import Reason
 from docxy.upstream.client import Upstream
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -73,6 +74,8 @@ REFUSING_SETTINGS = (
 #: docxy_upstream_errors_total's kinds (``UpstreamHealth.failures``), each exported from the start.
 ERROR_KINDS = ("timeout", "unreachable", "rate_limited", "server_error", "broke_off")
 
+#: The access log's reason for a manifest served on a miss that its disk refused to keep.
+UNWRITABLE = Reason.CACHE_UNWRITABLE.value
 OUTCOMES = ("hit", "joined", "miss", "shared", "stale", "revalidated", "bypass", "uncached")
 
 
@@ -206,7 +209,9 @@ class RequestMetrics:
         self.duration.labels(route).observe(seconds)
         outcome = facts.get("cache")
         if isinstance(outcome, str) and route in ("manifest", "blob"):
-            self.cache.labels(route, outcome).inc()
+            # served on a miss but refused by the disk: not cached, as a blob passed through is
+            refused = outcome in ("miss", "joined") and facts.get("reason") == UNWRITABLE
+            self.cache.labels(route, "uncached" if refused else outcome).inc()
         upstream_ms = facts.get("upstream_ms")
         if isinstance(upstream_ms, int | float):
             self.upstream_duration.labels(route).observe(upstream_ms / 1000)

@@ -117,6 +117,24 @@ def test_request_metrics_count_by_route_method_status_and_source() -> None:
     assert value("docxy_http_request_duration_seconds_count", {"route": "blob"}) == 4
 
 
+def test_a_manifest_the_disk_refused_counts_as_uncached() -> None:
+    """Served on a miss but not kept: it counted as a healthy miss, so a read-only cache disk
+    showed only in blobs passed through (uncached), never in manifests."""
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry)
+    manifest = "/v2/library/hello/manifests/1"
+    refused = {"cache": "miss", "reason": "cache-unwritable", "upstream_ms": 5.0}
+    metrics.request_ended(manifest, "GET", 200, 500, 0.1, refused)
+    metrics.request_ended(manifest, "GET", 200, 500, 0.1, {**refused, "cache": "joined"})
+    metrics.request_ended(manifest, "GET", 200, 500, 0.1, {"cache": "miss", "upstream_ms": 5.0})
+    value = registry.get_sample_value
+    route = {"route": "manifest"}
+    assert value("docxy_cache_requests_total", {**route, "outcome": "uncached"}) == 2
+    assert value("docxy_cache_requests_total", {**route, "outcome": "miss"}) == 1
+    assert value("docxy_cache_requests_total", {**route, "outcome": "joined"}) == 0
+    assert value("docxy_sent_bytes_total", {"source": "upstream"}) == 1000  # sent all the same
+
+
 def make_state(tmp_path: Path, *, cache: bool = True, max_size: str = "1G") -> MirrorState:
     config = load_config(
         {"upstream.registry": UPSTREAM, "cache.dir": str(tmp_path), "cache.max_size": max_size},
