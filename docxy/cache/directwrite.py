@@ -25,15 +25,18 @@ keeps direct writes and cached reads of one file coherent.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
+import logging
 import mmap
 import os
-import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 #: How the fill writes (``docxy.cache.fill.write_all``, which tests replace to fail a disk).
 WriteAll = Callable[[int, list[memoryview]], None]
@@ -51,8 +54,8 @@ REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 READ_BACK_SHARE = 8
 #: The size of those reads (one buffer, reused).
 READ_BACK_CHUNK = 256 * 1024
-#: At most this many blobs wait to be read back; more are not (a disk slower than the fills,
-#: a burst of small blobs): the first hit of such a blob reads it from the disk as any would.
+#: At most this many blobs wait to be read back (a disk slower than the fills, a burst of small
+#: blobs): the oldest waiting is dropped, and its first hit reads it from the disk as any would.
 READ_BACK_PENDING = 256
 
 
@@ -214,27 +217,36 @@ def read_back(path: Path, size: int, memory: int | None = None) -> int:
 
 
 class ReadBacks:
-    """Blobs to read back, one at a time, by one daemon thread started at the first (many fills
-    committed at once hold one buffer, and read the disk in turn); up to
-    :data:`READ_BACK_PENDING` wait, the rest are not read back."""
+    """Blobs to read back, in turn, by one daemon thread started at the first (many fills
+    committed at once hold one buffer, and read the disk in turn). Up to ``pending`` wait;
+    past that the oldest waiting is dropped (the newest is the likelier to be pulled next, and
+    the page cache may well have let go of what would have been read back long before)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[Path, int]] = queue.SimpleQueue()
+    def __init__(self, pending: int = READ_BACK_PENDING) -> None:
+        self._ready = threading.Condition()
+        self._pending: collections.deque[tuple[Path, int]] = collections.deque(maxlen=pending)
         self._worker: threading.Thread | None = None
 
     def add(self, path: Path, size: int) -> None:
-        if self._queue.qsize() >= READ_BACK_PENDING:
-            return
-        self._queue.put((path, size))
-        with self._lock:
+        with self._ready:
+            self._pending.append((path, size))
+            self._ready.notify()
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="read back", daemon=True)
                 self._worker.start()
 
+    def _next(self) -> tuple[Path, int]:
+        with self._ready:
+            self._ready.wait_for(lambda: self._pending)
+            return self._pending.popleft()
+
     def _run(self) -> None:
         while True:
-            read_back(*self._queue.get())
+            path, size = self._next()
+            try:
+                read_back(path, size)
+            except Exception:  # a head start only: never the end of the thread
+                log.warning("read back of %s failed", path.name, exc_info=True)
 
 
 _READ_BACKS = ReadBacks()

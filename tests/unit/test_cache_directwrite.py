@@ -293,10 +293,13 @@ def test_memory_reads_cgroup_v1_limits_too(tmp_path: Path) -> None:
     assert memory_size(root, self_cgroup) == physical
 
 
-def test_read_backs_waiting_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_backs_waiting_are_bounded_and_the_oldest_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The queue grew without end while its one thread was slower than the fills (a slow
-    disk, a burst of small blobs); past READ_BACK_PENDING a blob is not read back."""
-    monkeypatch.setattr(directwrite, "READ_BACK_PENDING", 2)
+    disk, a burst of small blobs); past its bound the oldest waiting is dropped, not the blob
+    just committed (the likelier to be pulled next). A read back that raises is logged and
+    does not end the thread."""
     release = threading.Event()
     started = threading.Event()
     done: list[str] = []
@@ -305,13 +308,15 @@ def test_read_backs_waiting_are_bounded(tmp_path: Path, monkeypatch: pytest.Monk
         started.set()
         assert release.wait(GUARD)
         done.append(path.name)
+        if path.name == "third":
+            raise OSError(errno.EIO, "Input/output error")
         return size
 
     monkeypatch.setattr(directwrite, "read_back", slow)
-    backs = directwrite.ReadBacks()
+    backs = directwrite.ReadBacks(pending=2)
     backs.add(tmp_path / "reading", 1)
     assert started.wait(GUARD)  # the thread holds the first: two may wait behind it
-    for name in ("second", "third", "dropped"):
+    for name in ("dropped", "second", "third"):
         backs.add(tmp_path / name, 1)
     release.set()
 
@@ -322,5 +327,5 @@ def test_read_backs_waiting_are_bounded(tmp_path: Path, monkeypatch: pytest.Monk
         return done
 
     assert read(3) == ["reading", "second", "third"]
-    backs.add(tmp_path / "later", 1)  # room again once the queue drained
+    backs.add(tmp_path / "later", 1)  # the thread lived through the failed one
     assert read(4) == ["reading", "second", "third", "later"]
