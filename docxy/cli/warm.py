@@ -590,9 +590,11 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
             status = EXIT_FAILED
             continue
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # Every image after this one would fail the same way: say where, once, and stop.
+            # Every image after this one would fail the same way: say where, once, and stop
+            # (the total still says how many were cached before).
             print(f"docxy warm: {image}: {_unreachable(warmer.client, exc)}", file=sys.stderr)
-            return EXIT_FAILED
+            status = EXIT_FAILED
+            break
         except httpx.HTTPError as exc:
             print(f"docxy warm: {image}: {type(exc).__name__}: {exc}", file=sys.stderr)
             status = EXIT_FAILED

@@ -508,9 +508,10 @@ def test_an_unreachable_mirror_is_named_once_with_the_way_to_name_another(
 
     assert main(["warm", "--config", str(config), "x", "y", "z"]) == 1
 
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"cannot reach the mirror at {url}" in err and "--mirror" in err, err
     assert err.count(url) == 1, err
+    assert out.splitlines()[-1].startswith("total: 0 of 3 images cached; read 0 manifests"), out
 
 
 def test_a_token_service_out_of_reach_is_named_not_the_mirror(
