@@ -1120,7 +1120,8 @@ volume_exists() { docker volume inspect "$1" >/dev/null 2>&1; }
 
 # uninstall: the stack and its cache go even if taking the mirror out of this host's dockerd
 # fails (a dockerd that does not reload): that failure is said again at the end, with the
-# command that finishes it, and the run exits 1 (also when removing the stack fails after it).
+# command that finishes it, and the run exits 1 (or, should removing the stack fail after it,
+# with that command's status, both said).
 uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
@@ -1130,11 +1131,8 @@ uninstall() {
     say "This host's dockerd uses the mirror: taking it out"
     configure_local_docker || dockerd_failed=$?
   fi
-  local finish="sudo bash $DIR/scripts/configure-client.sh --mirror https://$DOMAIN --docker --remove"
-  [[ -f "$DIR/scripts/configure-client.sh" ]] ||
-    finish="take https://$DOMAIN out of registry-mirrors in /etc/docker/daemon.json, then reload docker"
   if ((dockerd_failed && !DRY_RUN)); then # said again should removing the stack fail too
-    STILL_TO_DO="also: taking https://$DOMAIN out of this host's dockerd failed (further above); once that is mended: $finish"
+    STILL_TO_DO="also: taking https://$DOMAIN out of this host's dockerd failed (further above); once that is mended: $(dockerd_finish)"
   fi
   remove_stack
   if ((dockerd_failed && DRY_RUN)); then
@@ -1142,7 +1140,17 @@ uninstall() {
 be uninstalled all the same. Dry run: the changes above were not made."
   elif ((dockerd_failed)); then
     die "taking https://$DOMAIN out of this host's dockerd failed (above); the rest is \
-uninstalled. Once that is mended: $finish"
+uninstalled. Once that is mended: $(dockerd_finish)"
+  fi
+}
+
+# dockerd_finish: how to take the mirror out of this host's dockerd by hand, now (--purge may
+# have removed the project, configure-client.sh with it).
+dockerd_finish() {
+  if [[ -f "$DIR/scripts/configure-client.sh" ]]; then
+    printf '%s' "sudo bash $DIR/scripts/configure-client.sh --mirror https://$DOMAIN --docker --remove"
+  else
+    printf '%s' "take https://$DOMAIN out of registry-mirrors in /etc/docker/daemon.json, then reload docker"
   fi
 }
 

@@ -226,14 +226,20 @@ class ReadBacks:
         self._ready = threading.Condition()
         self._pending: collections.deque[tuple[Path, int]] = collections.deque(maxlen=pending)
         self._worker: threading.Thread | None = None
+        self._failed = 0
 
     def add(self, path: Path, size: int) -> None:
         with self._ready:
             self._pending.append((path, size))
             self._ready.notify()
             if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="read back", daemon=True)
-                self._worker.start()
+                worker = threading.Thread(target=self._run, name="read back", daemon=True)
+                try:
+                    worker.start()
+                except RuntimeError:  # no thread to be had (a pids limit): tried again next
+                    log.warning("read back: cannot start its thread", exc_info=True)
+                    return
+                self._worker = worker
 
     def _next(self) -> tuple[Path, int]:
         with self._ready:
@@ -246,7 +252,13 @@ class ReadBacks:
             try:
                 read_back(path, size)
             except Exception:  # a head start only: never the end of the thread
-                log.warning("read back of %s failed", path.name, exc_info=True)
+                self._failed += 1  # the cause in full once; a count after (it may repeat)
+                log.warning(
+                    "read back of %s failed (%d so far)",
+                    path.name,
+                    self._failed,
+                    exc_info=self._failed == 1,
+                )
 
 
 _READ_BACKS = ReadBacks()

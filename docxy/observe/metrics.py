@@ -74,7 +74,7 @@ REFUSING_SETTINGS = (
 #: docxy_upstream_errors_total's kinds (``UpstreamHealth.failures``), each exported from the start.
 ERROR_KINDS = ("timeout", "unreachable", "rate_limited", "server_error", "broke_off")
 
-#: The access log's reason for a manifest served on a miss that its disk refused to keep.
+#: The access log's reason for a manifest served on a miss (or joined) that its disk refused.
 UNWRITABLE = Reason.CACHE_UNWRITABLE.value
 OUTCOMES = ("hit", "joined", "miss", "shared", "stale", "revalidated", "bypass", "uncached")
 

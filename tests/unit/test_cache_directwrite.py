@@ -294,7 +294,7 @@ def test_memory_reads_cgroup_v1_limits_too(tmp_path: Path) -> None:
 
 
 def test_read_backs_waiting_are_bounded_and_the_oldest_goes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The queue grew without end while its one thread was slower than the fills (a slow
     disk, a burst of small blobs); past its bound the oldest waiting is dropped, not the blob
@@ -329,3 +329,34 @@ def test_read_backs_waiting_are_bounded_and_the_oldest_goes(
     assert read(3) == ["reading", "second", "third"]
     backs.add(tmp_path / "later", 1)  # the thread lived through the failed one
     assert read(4) == ["reading", "second", "third", "later"]
+    (failed,) = [r for r in caplog.records if r.name == directwrite.__name__]
+    assert failed.getMessage() == "read back of third failed (1 so far)"
+    assert failed.exc_info is not None and "Input/output error" in str(failed.exc_info[1])
+
+
+def test_read_backs_try_again_when_no_thread_could_be_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that could not be started (a container's pids limit) raised into the fill's
+    commit and was taken for running: nothing was read back after. Now the next blob tries."""
+    done = threading.Event()
+
+    def read(path: Path, size: int) -> int:
+        done.set()
+        return size
+
+    monkeypatch.setattr(directwrite, "read_back", read)
+    real_start = threading.Thread.start
+    refusals = iter([True])
+
+    def start(self: threading.Thread) -> None:
+        if next(refusals, False):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    backs = directwrite.ReadBacks()
+    backs.add(tmp_path / "first", 1)  # no thread: not raised, and not read back yet
+    assert not done.is_set()
+    backs.add(tmp_path / "second", 1)
+    assert done.wait(GUARD)

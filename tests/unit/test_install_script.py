@@ -1563,6 +1563,36 @@ def test_uninstall_still_names_the_local_docker_when_removing_the_stack_fails_to
     assert last[-1].endswith(f"--mirror https://{DOMAIN} --docker --remove"), output(result)
 
 
+def test_uninstall_purge_of_a_fetched_copy_names_no_script_it_removed(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """--purge removes a fetched /opt/docxy, configure-client.sh with it: when taking the mirror
+    out of this host's dockerd had failed, the way to finish must not be that script."""
+    env = {"DOCXY_SOURCE_URL": source_tarball(box)}
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    first = box.run(
+        "", *args, "--configure-local-docker", env=env, stdin=clone_script(box).read_text()
+    )
+    assert first.returncode == 0, output(first)
+    project = box.path("/opt/docxy")
+    daemon = box.path("/etc/docker/daemon.json")
+    daemon.write_text(daemon.read_text() + "\n}, not JSON\n")
+    stack_is_running(box)
+
+    result = box.run(
+        project / "scripts" / "install.sh", "--root", str(box.root), "--uninstall", "--purge"
+    )
+
+    assert result.returncode == 1, output(result)
+    assert not project.exists(), output(result)
+    said = result.stderr.splitlines()[-1]
+    assert said.endswith(
+        f"take https://{DOMAIN} out of registry-mirrors in /etc/docker/daemon.json, "
+        "then reload docker"
+    ), said
+
+
 @pytest.mark.parametrize("marked", [True, False], ids=["fetched", "fetched-before-the-mark"])
 def test_the_fetched_copy_is_fetched_again_and_purged_when_run_from_itself(
     box: ScriptBox, resolver: Resolver, marked: bool
