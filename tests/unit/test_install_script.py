@@ -127,14 +127,15 @@ def install(
     return box.run(clone_script(box), *base, *args, env=env)
 
 
-def stack_is_running(box: ScriptBox) -> None:
-    """From now on the docker stand-in shows Docxy's container running."""
+def stack_is_running(box: ScriptBox, *more: Rule) -> None:
+    """From now on the docker stand-in shows Docxy's container running (and obeys ``more``)."""
     box.stand_in(
         "docker",
         Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
         Rule(r"^info", stdout="[]\n"),
         Rule(r"^ps ", stdout="3f2a1b\n"),
         Rule(r"^(volume|image) inspect"),
+        *more,
     )
 
 
@@ -1545,13 +1546,8 @@ def test_uninstall_still_names_the_local_docker_when_removing_the_stack_fails_to
     assert install(box, resolver, "--configure-local-docker").returncode == 0
     daemon = box.path("/etc/docker/daemon.json")
     daemon.write_text(daemon.read_text() + "\n}, not JSON\n")
-    box.stand_in(
-        "docker",
-        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
-        Rule(r"^info", stdout="[]\n"),
-        Rule(r"^ps ", stdout="3f2a1b\n"),
-        Rule(r"^(volume|image) inspect"),
-        Rule(r" down --remove-orphans$", rc=1, stderr="Error response from daemon: busy\n"),
+    stack_is_running(
+        box, Rule(r" down --remove-orphans$", rc=1, stderr="Error response from daemon: busy\n")
     )
 
     result = box.run(clone_script(box), "--root", str(box.root), "--uninstall")
