@@ -209,8 +209,8 @@ class RequestMetrics:
         self.duration.labels(route).observe(seconds)
         outcome = facts.get("cache")
         if isinstance(outcome, str) and route in ("manifest", "blob"):
-            # served on a miss but refused by the disk: not cached, as a blob passed through is
-            refused = outcome in ("miss", "joined") and facts.get("reason") == UNWRITABLE
+            # served but refused by the disk (a miss or joined): not cached, as a pass-through
+            refused = facts.get("reason") == UNWRITABLE
             self.cache.labels(route, "uncached" if refused else outcome).inc()
         upstream_ms = facts.get("upstream_ms")
         if isinstance(upstream_ms, int | float):

@@ -12,7 +12,6 @@ import fcntl
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from docxy.cache.errors import FillAborted
 from docxy.cache.fill import write_all
 from docxy.config import load_config
 from docxy.core.digests import digest_of
+from tests.e2e.waiting import eventually
 from tests.unit.test_cache_blobs import GUARD, as_writer, guard, make_store
 from tests.unit.test_fill_recent import Paced, pumped
 
@@ -320,15 +320,11 @@ def test_read_backs_waiting_are_bounded_and_the_oldest_goes(
         backs.add(tmp_path / name, 1)
     release.set()
 
-    def read(count: int) -> list[str]:
-        deadline = time.monotonic() + GUARD
-        while len(done) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return done
-
-    assert read(3) == ["reading", "second", "third"]
+    assert eventually(lambda: len(done) >= 3, GUARD)
+    assert done == ["reading", "second", "third"]
     backs.add(tmp_path / "later", 1)  # the thread lived through the failed one
-    assert read(4) == ["reading", "second", "third", "later"]
+    assert eventually(lambda: len(done) >= 4, GUARD)
+    assert done == ["reading", "second", "third", "later"]
     (failed,) = [r for r in caplog.records if r.name == directwrite.__name__]
     assert failed.getMessage() == "read back of third failed (1 so far)"
     assert failed.exc_info is not None and "Input/output error" in str(failed.exc_info[1])
