@@ -13,11 +13,12 @@ Not a test: it prints figures and the ratios the cache issue sets as targets.
 3. Per variant, peer and round: a cold GET (fresh cache) and warm GETs of the big blob with
    ``curl -o /dev/null`` as MB/s (10^6 bytes/s) and CPU-seconds per GiB of the serving process
    tree (utime+stime from /proc, read once the peer and the upstream have gone quiet, so work
-   left after the response, such as Distribution's second fetch, is counted). Byte counts are
-   always checked, sha256 once per peer and variant. Variants (``--variants``): plain HTTP;
-   HTTPS (the script makes one self-signed certificate: Docxy's TLS listener, Distribution's
-   ``http.tls``, nginx ``ssl``, a TLS twin of the upstream for the direct row; curl
-   ``--cacert``); and each of those with every peer's serving process tree pinned to one core
+   left after the response, such as Distribution's second fetch, is counted). Every GET starts
+   after a ``sync``, so no peer's GET shares the disk with what the peer before it cached. Byte
+   counts are always checked, sha256 once per peer and variant. Variants (``--variants``):
+   plain HTTP; HTTPS (the script makes one self-signed certificate: Docxy's TLS listener,
+   Distribution's ``http.tls``, nginx ``ssl``, a TLS twin of the upstream for the direct row;
+   curl ``--cacert``); and each of those with every peer's serving process tree pinned to one core
    (``taskset -c 0``, as a 1 vCPU VPS; the upstream and curl are not pinned). The upstream the
    peers fetch from is always plain HTTP. Rounds interleave the variants; every figure is a
    median over the rounds, and each is also given as a ratio to Distribution's.
@@ -193,6 +194,16 @@ class BlobData:
 
 
 # --- processes -------------------------------------------------------------------------------
+
+
+def settle_disk() -> None:
+    """Write back every dirty page before a measurement starts.
+
+    Without it a peer's GET shares the disk with the write-back of what the peer before it
+    cached (Distribution's stored copy of the blob, Docxy's temp file), and the order of the
+    peers in a round, not the peer, decides part of its figure.
+    """
+    os.sync()
 
 
 def settle(pids: Sequence[int], quiet: float = 0.02, interval: float = 0.3) -> None:
@@ -433,6 +444,7 @@ def upstream_gets(upstream: Service, blob: Blob) -> int:
 
 def timed_get(peer: Service, upstream: Service, blob: Blob) -> Sample:
     quiet = [peer.pid, upstream.pid]
+    settle_disk()
     settle(quiet)
     gets, cpu = upstream_gets(upstream, blob), tree_cpu(peer.pid)
     transfer = curl_get(peer.url + blob.path, peer.cacert)
@@ -671,6 +683,7 @@ def crowd_section(args: argparse.Namespace, services: Services, data: BlobData) 
             try:
                 idle.append(status_kib(docxy.pid, "VmRSS") / 1024)
                 for phase in phases:
+                    settle_disk()
                     settle([docxy.pid, upstream.pid])
                     result = crowd_get(docxy, blobs)
                     runs[phase].append(result)
