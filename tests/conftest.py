@@ -27,6 +27,21 @@ from lab.clients.egress import EgressGuard
 from lab.mirror import Mirror, launch_mirror, stop_mirror
 from tests.unavailable import skip_or_fail
 
+# Proxy settings of the machine running the tests: every request a test makes goes to loopback,
+# and a test about proxies sets its own. Left in place, one would send the tests' own clients
+# (httpx, curl, skopeo and the mirror they start) to a proxy that cannot reach 127.0.0.1.
+PROXY_VARIABLES = tuple(
+    case(name)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for case in (str.lower, str.upper)
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in PROXY_VARIABLES:
+        os.environ.pop(name, None)
+
+
 # Where a test keeps the mirrors it used, so a failing test's report can show their logs.
 MIRRORS_KEY = pytest.StashKey[list[Mirror]]()
 
