@@ -44,8 +44,12 @@ class RunCutShort(RunFailed):
 
 
 def backoff(failures: int, base: float, cap: float) -> float:
-    """Seconds before retry number `failures` (1, 2, ...): base, 2*base, 4*base, ... up to cap."""
-    return float(min(cap, base * 2 ** max(0, failures - 1)))
+    """Seconds before retry number `failures` (1, 2, ...): base, 2*base, 4*base, ... up to cap.
+
+    The doubling stops at 2**64: an exact ``2 ** 1024`` no longer fits a float, and the retry
+    after 1,025 failures in a row (three days of a 5-minute ``retry_max``) raised instead of
+    being scheduled, which stopped the retries and the status file."""
+    return float(min(cap, base * 2.0 ** min(max(0, failures - 1), 64)))
 
 
 def _iso(when: dt.datetime | None) -> str | None:

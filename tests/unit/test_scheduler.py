@@ -74,6 +74,11 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     assert [backoff(n, 10, 100) for n in range(1, 7)] == [10, 20, 40, 80, 100, 100]
 
 
+def test_backoff_after_a_very_long_failing_streak_is_the_cap() -> None:
+    """2 ** 1024 does not fit a float: the 1,025th failure in a row must still get its retry."""
+    assert [backoff(n, 60, 300) for n in (1024, 1025, 10**6)] == [300, 300, 300]
+
+
 @pytest.mark.usefixtures("env")
 def test_settings_from_config_and_flags(tmp_path: Path) -> None:
     s = settings_mod.load(["--interval", "2", "--retry-base", "0.5", "--minute", "7"])
