@@ -1,17 +1,16 @@
 """The token signing keys, kept in ``auth.dir`` (on the certificate volume in the container).
 
-``token-key.pem`` signs new tokens. ``docxy tokens rotate`` moves it to ``token-key.previous.pem``
-and writes a new one; tokens signed with the previous key are still accepted for
-``auth.key_grace`` seconds after the rotation (the previous file's mtime), so nobody is logged out
-at once: clients pick up tokens from the new key as their old ones expire. The running mirror
-notices both files changing on its own: it stats them on each use, and reads and parses them
-again only when their (mtime, size, inode) changed.
+``token-key.pem`` signs new tokens. ``docxy tokens rotate`` copies it to
+``token-key.previous.pem`` and writes a new one over it; tokens signed with the previous key are
+still accepted for ``auth.key_grace`` seconds after the rotation (the previous file's mtime), so
+nobody is logged out at once: clients pick up tokens from the new key as their old ones expire.
+The running mirror notices both files changing on its own: it stats them on each use, and reads
+and parses them again only when their (mtime, size, inode) changed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +102,14 @@ class KeyRing:
         """Retire the current key (verifying only, for the grace) and sign with a new one; a
         current key that cannot be read is :class:`TokenKeyError`, and nothing is changed."""
         self.ensure()
+        retired = self.current_path.read_bytes()
         load_key(self.current_path)  # TokenKeyError, nothing changed: none retired unread
-        os.replace(self.current_path, self.previous_path)
-        os.utime(self.previous_path)  # the rotation time: the grace runs from here
-        write_files_atomic([(self.current_path, new_key_pem(), 0o600)])
+        # A copy, renamed into place before the new key is renamed over the current one: a
+        # running mirror never finds the current key missing (it would write one of its own)
+        # and never the previous key with an old mtime (its grace runs from the new file's).
+        write_files_atomic(
+            [(self.previous_path, retired, 0o600), (self.current_path, new_key_pem(), 0o600)]
+        )
         return self.signing().kid
 
     def _refresh(self) -> None:
@@ -114,12 +117,16 @@ class KeyRing:
         if signature == self._signature and self._current is not None:
             return
         self.ensure()
+        # Taken before the files are read: a rotation while they are read changes the files
+        # after it, and the next use reads them again (one taken after the reads would match
+        # the new files and keep the old key in memory for good).
+        signature = (_stat(self.current_path), _stat(self.previous_path))
         self._current = SigningKey.of(load_key(self.current_path))
         self._previous = None
         if self.previous_path.exists():
             self._previous = SigningKey.of(load_key(self.previous_path))
             self._previous_since = self.previous_path.stat().st_mtime
-        self._signature = (_stat(self.current_path), _stat(self.previous_path))
+        self._signature = signature
 
     def signing(self) -> SigningKey:
         self._refresh()

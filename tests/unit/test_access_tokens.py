@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from docxy.access import keys
 from docxy.access.keys import KeyRing
 from docxy.access.scopes import Access
 from docxy.access.tokens import TokenInvalid, TokenSpec, issue, verify
+from docxy.tls import files
 
 SPEC = TokenSpec("https://mirror.test", "mirror.test", 300)
 PULL = [Access("repository", "library/redis", ("pull",))]
@@ -113,6 +115,53 @@ def test_rotation_keeps_the_previous_key_for_the_grace_only(tmp_path: Path) -> N
     with pytest.raises(TokenInvalid):
         verify(running, SPEC, before, now)
     assert verify(running, SPEC, after, now).user == "alice"
+
+
+def test_a_rotation_while_the_mirror_reads_the_keys_is_picked_up_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docxy tokens rotate` in another process lands between the running mirror's read of the
+    key files and its note of what it read: the next use must read them again, not keep the
+    retired key as the current one for good."""
+    running = KeyRing(tmp_path, grace=600)
+    running.signing()
+    KeyRing(tmp_path, grace=600).rotate()  # a change the running ring will read
+    real_load = keys.load_key
+    rotations: list[str] = []
+
+    def load_then_rotate(path: Path) -> object:
+        loaded = real_load(path)
+        if not rotations:
+            rotations.append("")  # before rotating: rotate() loads a key too
+            rotations[0] = KeyRing(tmp_path, grace=600).rotate()
+        return loaded
+
+    monkeypatch.setattr(keys, "load_key", load_then_rotate)
+    running.signing()  # read the files; the second rotation lands meanwhile
+    monkeypatch.setattr(keys, "load_key", real_load)
+    assert running.signing().kid == rotations[0]
+
+
+def test_a_rotation_never_leaves_the_current_key_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running mirror that found no current key would write one of its own, which the
+    rotation's new key then replaces on disk but not in that mirror's memory."""
+    ring = KeyRing(tmp_path, grace=600)
+    first = ring.signing().kid
+    real_write = files.write_files_atomic
+    seen: list[bool] = []
+
+    def checked_write(files: list[tuple[Path, bytes, int]]) -> None:
+        seen.append(ring.current_path.exists())
+        real_write(files)
+
+    monkeypatch.setattr(keys, "write_files_atomic", checked_write)
+    rotated = ring.rotate()
+    assert seen and all(seen)
+    assert rotated != first
+    retired = KeyRing(tmp_path, grace=600).verifying()
+    assert set(retired) == {first, rotated}  # the first key honoured for the grace
 
 
 def test_key_files_are_private(tmp_path: Path) -> None:
