@@ -117,11 +117,14 @@ async def ping() -> Response:
     upstream = _route(state).upstream
     realm = state.token_realm_for(upstream)
     known = _anonymous_challenge(state, upstream)
-    if known is None:
+    is_open = known is None and _anonymous_open(state, upstream)
+    if known is None and not is_open:
         count_relay(state)
     elif state.client.challenge_fresh(upstream) or not count_relay(state, refuse=False):
         # The same for every client, and the mirror's own probe saw it: nothing to relay
         # (fresh), or nothing this client may relay now (however old).
+        if known is None:  # an upstream without auth: its answer is the version check's
+            return registry_response(b"{}", 200, JSON)
         return unauthorized(*rewrite_challenges([known.render()], realm, upstream.library_prefix))
     try:
         answer = await state.client.send(
@@ -163,6 +166,14 @@ def _anonymous_challenge(state: MirrorState, upstream: Upstream) -> Challenge | 
     if request.headers.get("Authorization") is not None:
         return None
     return state.client.known_challenge(upstream)
+
+
+def _anonymous_open(state: MirrorState, upstream: Upstream) -> bool:
+    """Whether a ``/v2/`` without credentials gets ``200`` from the upstream, as the mirror's
+    own probe last saw it (an upstream without auth: nothing to relay)."""
+    if request.headers.get("Authorization") is not None:
+        return False
+    return state.client.known_open(upstream)
 
 
 def _error_body(body: bytes, status: int) -> bytes:

@@ -362,6 +362,7 @@ class UpstreamClient:
         #: event hooks see the rest).
         self.direct_listeners: list[Callable[[str, int, str], None]] = []
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
+        self._open: set[str] = set()  # hosts whose last probe got 200: no auth at all
         self._probes: Coalesced[str, Challenge | None] = Coalesced(UpstreamError)
         #: Tokens the mirror's token endpoint relayed for anonymous pulls: a request carrying
         #: one is the mirror's own as far as the upstream's health goes.
@@ -481,6 +482,9 @@ class UpstreamClient:
         found = None
         if response.status_code == 401:  # the Bearer one, beside Basic or alone
             found = bearer_challenge(response.headers.get_list("www-authenticate"))
+            self._open.discard(upstream.host)
+        else:
+            self._open.add(upstream.host)
         self._realms[upstream.host] = (now, found)
         return found
 
@@ -488,6 +492,11 @@ class UpstreamClient:
         """The last challenge seen from the upstream, however old (for answering offline)."""
         cached = self._realms.get(upstream.host)
         return cached[1] if cached is not None else None
+
+    def known_open(self, upstream: Upstream) -> bool:
+        """Whether the upstream's ``/v2/`` answered the last probe ``200``: it asks for no
+        credentials at all (a plain private registry), however old that answer is."""
+        return upstream.host in self._open
 
     def challenge_fresh(self, upstream: Upstream) -> bool:
         """Whether the mirror's own ``/v2/`` probe of the upstream answered within

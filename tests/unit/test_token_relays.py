@@ -18,6 +18,7 @@ import pytest
 from docxy.config import TOKEN_RELAYS_PER_MINUTE
 from docxy.http.state import mirror_state
 from docxy.observe.metrics import MirrorCollector
+from tests.unit.fakes import reply
 from tests.unit.test_access_routes import basic, users_mirror
 from tests.unit.test_multi_routes import mirror as several
 from tests.unit.test_routes import MIRROR_REALM, SERVICE, Mirror, mirror
@@ -213,6 +214,25 @@ async def test_v2_without_credentials_relays_nothing_while_the_challenge_is_fres
             assert answer.status_code == 401
             assert answer.headers["WWW-Authenticate"] == relayed.headers["WWW-Authenticate"]
         assert len(m.upstream.requests) == sent
+
+
+async def test_v2_without_credentials_in_front_of_an_open_upstream_relays_nothing() -> None:
+    """A plain private registry asks for no credentials (its ``/v2/`` is ``200``): once the
+    mirror's probe has seen that, an anonymous ``/v2/`` is answered by the mirror and takes no
+    relay (before, each one went upstream and counted: the third of these was a ``429``)."""
+    async with mirror(lambda request: reply(200, b"{}"), ONE_RELAY) as m:
+        mirror_state(m.app).relays.buckets.clock = Clock()
+        await probe(m)
+        sent = len(m.upstream.requests)
+        answers = [await ask(m, "/v2/") for _ in range(5)]
+        assert [a.status_code for a in answers] == [200] * 5
+        assert [await a.get_json() for a in answers] == [{}] * 5
+        assert all("WWW-Authenticate" not in a.headers for a in answers)
+        assert len(m.upstream.requests) == sent
+        credentials = {"Authorization": "Basic dTpw"}  # whether they hold: only it can say
+        assert (await ask(m, "/v2/", headers=credentials)).status_code == 200
+        assert len(m.upstream.requests) == sent + 1
+        assert await refused(await ask(m, "/v2/", headers=credentials))
 
 
 async def test_a_stale_challenge_is_asked_again_and_counted(
