@@ -23,7 +23,11 @@
   ``/health`` shows it under ``shared`` without changing the mirror's status (its state and
   counts; the endpoint, bucket and last error only on the admin listener's ``/status.json``).
   An upload the store refuses (a 4xx: a read-only key, an object too large) is counted and
-  logged, but is no failure of the store: the tier goes on reading from it.
+  logged, but is no failure of the store: the tier goes on reading from it. One it answers
+  with trouble (a 5xx: a full drive's 507, a throttling 503; a 408 or 429) rests the uploads
+  alone for ``RETRY_AFTER`` seconds (what waited is dropped, one WARNING per burst): a store
+  that serves reads but takes no writes is read from all the while. An upload that got no
+  answer at all (unreachable, timed out) is the store in trouble, as above.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class SharedTier:
         #: verified copy goes over each once the store answers again (:meth:`_offer_repairs`)
         self._repairs: dict[Digest, None] = {}
         self._failed_at: float | None = None
+        self._uploads_failed_at: float | None = None  # the store's trouble with writes alone
         self.last_error: str | None = None
         self._refusal: str | None = None  # the latest refused upload's reason, logged once
         self.reachable: bool | None = None  # None: not asked yet
@@ -186,11 +191,15 @@ class SharedTier:
             del self._repairs[next(iter(self._repairs))]
 
     def _offer_repairs(self) -> None:
+        if self._uploads_resting():
+            return  # the next answer after the rest tries again
         for digest in list(self._repairs):
             if not self.blobs.holds(digest):
                 del self._repairs[digest]  # gone here: another replica's fill repairs it
+            elif self.uploads.waiting >= self.uploads.max_waiting:
+                break  # the queue is full (not a dropped upload): the next answer tries again
             elif not self.uploads.offer(digest):
-                break  # queued already, or the queue is full: the next answer tries again
+                continue  # queued already
 
     # --- the sink ---------------------------------------------------------------------------
 
@@ -201,6 +210,7 @@ class SharedTier:
             digest.algorithm == "sha256"
             and self.blobs.holds(digest)
             and self.reachable is not False
+            and not self._uploads_resting()
         ):
             self.uploads.offer(digest)
 
@@ -227,6 +237,7 @@ class SharedTier:
             await self.objects.put(digest, file, size)
         except BlobChanged as exc:
             self.counts.upload_failed += 1
+            self._repairs.pop(digest, None)  # no good copy here to repair the object with
             log.warning(
                 "shared store: not uploading %s: its cached file changed since its fill (%s); "
                 "`docxy cache gc --verify` removes such files",
@@ -241,6 +252,8 @@ class SharedTier:
             self.counts.upload_failed += 1
             if _refused(exc):
                 self._upload_refused(digest, exc)
+            elif exc.status is not None:
+                self._upload_trouble(exc)
             else:
                 self._trouble(exc)
             return
@@ -248,6 +261,9 @@ class SharedTier:
             file.close()  # a read cancelled at shutdown may still run: it closes it then
         self._bad.pop(digest)
         self._repairs.pop(digest, None)
+        if self._uploads_failed_at is not None:
+            log.info("shared store %s takes uploads again", self.objects.bucket.endpoint)
+            self._uploads_failed_at = None
         self._answered()
         self.counts.uploaded += 1
         log.info("shared store: uploaded %s (%d bytes)", digest, size)
@@ -256,6 +272,7 @@ class SharedTier:
         """The blob's cached file could not be read for its upload: one failed upload, not
         the store in trouble, and the queue goes on with the next blob."""
         self.counts.upload_failed += 1
+        self._repairs.pop(digest, None)  # no good copy here to repair the object with
         log.warning("shared store: not uploading %s: cannot read its cached file (%s)", digest, exc)
 
     def _upload_refused(self, digest: Digest, exc: ObjectStoreError) -> None:
@@ -275,6 +292,26 @@ class SharedTier:
         failed = self._failed_at
         return failed is not None and time.monotonic() - failed < RETRY_AFTER
 
+    def _uploads_resting(self) -> bool:
+        failed = self._uploads_failed_at
+        return failed is not None and time.monotonic() - failed < RETRY_AFTER
+
+    def _upload_trouble(self, exc: ObjectStoreError) -> None:
+        """The store answered an upload with trouble of its own (a full drive's 507, a
+        throttling 503): it still answers, and reads may work. Uploads alone rest for
+        ``RETRY_AFTER`` (what waits is dropped); the first upload after it finds out."""
+        self.counts.errors += 1
+        self.last_error = str(exc)
+        if self._uploads_failed_at is None:  # once per burst
+            log.warning(
+                "shared store %s fails uploads (%s): none for %gs; reads from it go on",
+                self.objects.bucket.endpoint,
+                exc,
+                RETRY_AFTER,
+            )
+        self._uploads_failed_at = time.monotonic()
+        self._drop_waiting()
+
     def _trouble(self, exc: ObjectStoreError) -> None:
         self.counts.errors += 1
         self.last_error = str(exc)
@@ -287,6 +324,9 @@ class SharedTier:
             )
         self.reachable = False
         self._failed_at = time.monotonic()
+        self._drop_waiting()
+
+    def _drop_waiting(self) -> None:
         dropped = self.uploads.drop_waiting()  # not tried one by one against the same store
         if dropped:
             log.info(

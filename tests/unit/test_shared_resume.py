@@ -177,6 +177,45 @@ async def test_a_refused_repair_is_not_sent_again_at_every_answer(
     assert (shared.counts.upload_failed, shared.counts.uploaded) == (1, 0)
 
 
+async def test_a_repair_whose_cached_file_rotted_is_not_sent_again_at_every_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repaired blob's cached file no longer matches its digest: there is no good copy
+    here to repair the object with. The upload is cut once and the repair forgotten; it was
+    read, hashed and sent again (cut before its last byte) after every later answer."""
+    upstream = OneCutObject("honoured")
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        shared = await resumed_and_committed(mirror)
+        [path] = cached(tmp_path)
+        rotted = bytearray(path.read_bytes())
+        rotted[10] ^= 0xFF
+        path.write_bytes(bytes(rotted))
+        monkeypatch.setattr(tier, "RETRY_AFTER", 0.0)
+        for n in range(4):  # misses the store answers 404
+            assert await shared.download(parse_digest(f"sha256:{n:064x}")) is None
+            await asyncio.wait_for(shared.uploads.drained(), 10)
+    assert (shared.counts.upload_failed, shared.counts.uploaded) == (1, 0)
+
+
+async def test_a_repair_kept_out_by_a_full_queue_is_not_counted_as_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair stays pending while the upload queue is full, and goes at a later answer: it
+    is not lost, so not ``dropped`` (each answer that found the queue full counted one)."""
+    upstream = OneCutObject("honoured")
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        shared = await resumed_and_committed(mirror)
+        monkeypatch.setattr(tier, "RETRY_AFTER", 0.0)
+        monkeypatch.setattr(shared.uploads, "max_waiting", 0)  # full for these answers
+        for n in range(3):
+            assert await shared.download(parse_digest(f"sha256:{n:064x}")) is None
+        assert (shared.uploads.dropped, shared.counts.uploaded) == (0, 0)
+        monkeypatch.setattr(shared.uploads, "max_waiting", 1)
+        assert await shared.download(parse_digest(f"sha256:{3:064x}")) is None
+        await asyncio.wait_for(shared.uploads.drained(), 10)
+    assert (shared.uploads.dropped, shared.counts.uploaded) == (0, 1)
+
+
 async def test_a_rest_that_breaks_off_in_its_turn_goes_on_from_there(tmp_path: Path) -> None:
     """The upstream's rest breaks off too, after new bytes: the fill goes on from there with
     another Range GET, as a fill from the upstream does, and the blob is whole and kept."""
