@@ -116,7 +116,14 @@ class Renewer(Runs):
             return  # nothing issued yet
         try:
             self._deploy()
-        except (CertError, ReloadError, OSError, ValueError) as exc:
+        except ReloadError as exc:  # the files are in place: only telling the mirror failed
+            log.warning(
+                "after %s: the issued certificate is installed, but the mirror could not be "
+                "told to load it (it picks the files up on its own): %s",
+                failure,
+                exc,
+            )
+        except (CertError, OSError, ValueError) as exc:
             log.warning("after %s, installing the issued certificate failed too: %s", failure, exc)
 
     def certificate(self) -> dict[str, object] | None:

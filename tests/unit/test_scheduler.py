@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import socket
@@ -694,6 +695,28 @@ def test_a_failed_certbot_run_still_serves_the_certificate_already_issued(
     assert cert.read_bytes() == (fake_certbot.live / "fullchain.pem").read_bytes()
     assert key.read_bytes() == (fake_certbot.live / "privkey.pem").read_bytes()
     poll(lambda: seen.exists() and seen.read_text() == "hup\n")
+
+
+def test_a_reload_that_fails_after_a_failed_certbot_run_does_not_say_the_install_failed(
+    tmp_path: Path,
+    fake_certbot: FakeCertbot,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The issued certificate is installed; only telling the mirror failed (its pidfile names
+    no process). The warning said "installing the issued certificate failed too"."""
+    caplog.set_level(logging.WARNING, "scheduler")
+    fake_certbot._issue("certonly")
+    fake_certbot.calls.clear()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=10)
+    renewer, cert, _ = renewer_for(pidfile_naming(tmp_path, gone.pid), tmp_path, monkeypatch)
+    fake_certbot.fail_next = 1
+    assert renewer.run() is False
+    assert cert.read_bytes() == (fake_certbot.live / "fullchain.pem").read_bytes()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    [warning] = [line for line in warned if line.startswith("after certbot renew failed")]
+    assert "is installed" in warning and "failed too" not in warning
 
 
 def test_a_failed_first_issuance_installs_nothing(
