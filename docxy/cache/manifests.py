@@ -240,16 +240,22 @@ class ManifestStore:
 
     # --- manifests by digest ----------------------------------------------------------------
 
-    async def get(self, repo: RepoKey, digest: Digest) -> CachedManifest | None:
-        """The cached manifest ``digest`` of ``repo.upstream``, with its visibility in ``repo``."""
-        found = await asyncio.to_thread(self._read_manifest, repo, digest)
+    async def get(
+        self, repo: RepoKey, digest: Digest, *, pulled: bool = True
+    ) -> CachedManifest | None:
+        """The cached manifest ``digest`` of ``repo.upstream``, with its visibility in ``repo``.
+
+        ``pulled=False``: a look (``docxy cache rm`` working out what other images need), not
+        a pull: the manifest's last-pulled time, which eviction goes by, is left alone."""
+        found = await asyncio.to_thread(self._read_manifest, repo, digest, pulled)
         if found is None:
             return None
         content, media_type, visibility = found
         key = ImageKey(_upstream_key(repo.upstream), digest)
         if self._images is not None and key not in self._images:
             return None  # evicted while it was read: no longer offered, its blobs may be gone
-        self._pulled(key, content)
+        if pulled:
+            self._pulled(key, content)
         return CachedManifest(digest, media_type, content, visibility)
 
     async def put(
@@ -318,7 +324,7 @@ class ManifestStore:
             known[repo] = known.get(repo, False) or public
 
     def _read_manifest(
-        self, repo: RepoKey, digest: Digest
+        self, repo: RepoKey, digest: Digest, pulled: bool = True
     ) -> tuple[bytes, str, Visibility | None] | None:
         """In a worker thread: content, media type and visibility in ``repo``, or None."""
         path = self._content_path(repo.upstream, digest)
@@ -342,10 +348,11 @@ class ManifestStore:
             unlink_quietly(meta_path)
             unlink_quietly(path)
             return None
-        try:
-            os.utime(path)  # last pulled: eviction forgets the least recently pulled first
-        except OSError:
-            pass
+        if pulled:
+            try:
+                os.utime(path)  # last pulled: eviction forgets the least recently pulled first
+            except OSError:
+                pass
         return content, media_type, self.access.visibility(repo, digest)
 
     def _write_manifest(

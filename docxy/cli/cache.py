@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -142,7 +143,7 @@ async def manifest_closure(
         if digest in seen:
             continue
         seen.add(digest)
-        manifest = await store.get(repo, digest)
+        manifest = await store.get(repo, digest, pulled=False)
         if manifest is not None:
             pending.extend(referenced_digests(manifest.content))
     return seen
@@ -246,7 +247,7 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
     if image.digest is not None:
         targets = [t for t in tags if t.repo == repo and t.digest == image.digest]
         roots = {image.digest}
-        if not targets and await store.get(repo, image.digest) is None:
+        if not targets and await store.get(repo, image.digest, pulled=False) is None:
             print(f"docxy cache rm: {image} is not cached", file=sys.stderr)
             return EXIT_NOT_FOUND
     else:
@@ -307,7 +308,16 @@ NO_CAP_GIVEN = "none, cache.max_size is not set for this command (the mirror's m
 
 
 async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True) -> int:
-    report = await cache.blobs.gc(verify=verify, evict=evict)
+    # A mirror running beside this gc reads its blobs in another process, whose pins this one
+    # cannot see: those open now are pinned here, neither evicted nor re-hashed and removed
+    # (the client reading one would go on, but its blocks stay taken until it ends, and the
+    # next pull fetches it again).
+    store = cache.blobs
+    paths = {store.path_of(entry.digest): entry.digest for entry in store.list_entries()}
+    with contextlib.ExitStack() as pins:
+        for path in open_by_processes(paths):
+            pins.enter_context(store.pinned(paths[path]))
+        report = await store.gc(verify=verify, evict=evict)
     rows = [
         ("temp files removed", str(report.removed_tmp)),
         ("stray files removed", str(report.removed_stray)),

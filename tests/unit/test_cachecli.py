@@ -316,6 +316,26 @@ def test_rm_blobs_keeps_blobs_shared_with_another_tag(
     assert not cache.blob_path("busybox-l").exists()
 
 
+def test_rm_leaves_the_last_pulled_times_of_other_images_alone(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """To find what other images need, ``rm --blobs`` reads their manifests: as a look, not
+    a pull. It set each one's last-pulled time (which eviction goes by) to now, so the next
+    ``gc`` or start evicted the images truly pulled last first."""
+    days_ago = time.time() - 3 * 86400
+    files = [path for path in cache.root.rglob("*") if path.is_file()]
+    for path in files:
+        os.utime(path, (days_ago, days_ago))
+    code, out, _ = run(capsys, cache, "rm", "docker.io/library/busybox:1", "--blobs")
+    assert code == 0, out
+    code, out, _ = run(capsys, cache, "rm", f"library/hello@{cache.children[0]}")
+    assert code == 0, out
+    named = [str(d.hex) for d in (cache.alpine, cache.hello, cache.secret, *cache.children)]
+    looked_at = [p for p in files if p.exists() and any(hexpart in p.name for hexpart in named)]
+    assert looked_at, "the other images' manifests are where the test looks"
+    assert [p for p in looked_at if p.stat().st_mtime > days_ago + 1] == []
+
+
 def test_rm_blobs_keeps_config_shared_with_a_private_image(
     capsys: pytest.CaptureFixture[str], cache: Populated
 ) -> None:
@@ -469,6 +489,20 @@ def test_gc_evicts_down_to_max_size(capsys: pytest.CaptureFixture[str], cache: P
     code, out, _ = run(capsys, cache, "du")
     size = int(out.split("(")[1].split()[0])
     assert size <= 2048
+
+
+def test_gc_leaves_the_blobs_a_running_mirror_is_reading_alone(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """The mirror reads its blobs in another process, whose pins gc cannot see: a blob open
+    there was evicted, or (corrupt) removed, under the client reading it. (Held open here:
+    ``/proc`` names any process, this one too.)"""
+    cache.blob_path("amd64-l").write_bytes(b"bit rot")  # corrupt, but being read
+    with cache.blob_path("amd64-l").open("rb"), cache.blob_path("busybox-l").open("rb"):
+        code, out, _ = run(capsys, cache, "gc", "--verify", "--set", "cache.max_size=1")
+    assert code == 0, out
+    assert cache.blob_path("amd64-l").exists() and cache.blob_path("busybox-l").exists()
+    assert not cache.blob_path("alpine-l").exists()  # the rest went down to the cap
 
 
 def sparse_blob(root: Path, hex_: str, size: int) -> Path:
