@@ -158,7 +158,7 @@ class RequestMetrics:
             "docxy_cache_requests",
             "Manifest and blob requests by cache outcome: hit, joined (a blob fill or manifest "
             "GET another request started), miss, shared (filled from the shared bucket), stale, "
-            "revalidated, bypass (cache off or not cacheable), uncached (private or disk "
+            "revalidated, bypass (cache off), uncached (private, not cacheable, or the disk "
             "failing).",
             ["route", "outcome"],
             registry=registry,
@@ -172,7 +172,8 @@ class RequestMetrics:
             "docxy_http_requests_unfinished",
             "Client requests whose answer did not go out whole, by route kind and how they "
             "ended: cut (the mirror cut the body: the download behind it failed), left (the "
-            "client went away first), aborted (an error).",
+            "client went away first), aborted (an error), stopped (still running when the "
+            "mirror's stop ended its drain).",
             ["route", "outcome"],
             registry=registry,
         )
