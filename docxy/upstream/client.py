@@ -14,7 +14,7 @@ import re
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from docxy.core.hosts import canonical_url, origin, url_host
 from docxy.core.stamps import utc_stamp
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
+from docxy.upstream.encoding import ACCEPTED, Inflater
 from docxy.upstream.failures import failure
 from docxy.upstream.presets import DEFAULT_NAME
 
@@ -335,7 +336,9 @@ def make_http_client(
     return httpx.AsyncClient(
         timeout=timeout,
         follow_redirects=False,
-        headers={"User-Agent": USER_AGENT},
+        # Only the codings read_small inflates with a bound (httpx would add br and zstd
+        # once their packages are installed).
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPTED},
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         trust_env=False,
         verify=ssl_context if ssl_context is not None else True,
@@ -523,12 +526,26 @@ async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> b
     :class:`UpstreamUnavailable`, as a failure before the headers does."""
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in upstream.aiter_bytes():
-            size += len(chunk)
+
+    def take(pieces: Iterable[bytes]) -> None:
+        nonlocal size
+        for piece in pieces:
+            size += len(piece)
             if size > limit:
                 raise UpstreamUnavailable(f"the upstream's answer exceeded {limit} bytes")
-            chunks.append(chunk)
+            chunks.append(piece)
+
+    try:
+        # The raw bytes, inflated here with a bound: httpx inflates each read whole, and a read
+        # of gzip can come to a thousand times its size before a check after it.
+        if upstream.is_stream_consumed:  # read whole already (a transport that answered so)
+            take([upstream.content])
+        else:
+            inflater = Inflater.of(upstream.headers.get("content-encoding"))
+            async for raw in upstream.aiter_raw():
+                take([raw] if inflater is None else inflater.feed(raw, limit - size))
+            if inflater is not None:
+                take([inflater.end(limit - size)])
     except httpx.TimeoutException as exc:
         said = failure(f"{upstream.request.method} {upstream.url.host}", exc)
         raise UpstreamTimeout(f"the upstream registry stopped sending in time ({said})") from exc
