@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 
 from docxy.core.bounded import LruDict
@@ -58,6 +59,8 @@ class AnonymousTokens:
             return
         lifetime = answer.get("expires_in")
         if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+            lifetime = DEFAULT_LIFETIME
+        elif not math.isfinite(lifetime) or lifetime <= 0:  # JSON's Infinity, NaN: no time
             lifetime = DEFAULT_LIFETIME
         for field in ("token", "access_token"):
             token = answer.get(field)

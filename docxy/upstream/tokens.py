@@ -22,6 +22,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
+import re
 import time
 
 import httpx
@@ -37,6 +39,20 @@ log = logging.getLogger(__name__)
 EXPIRY_MARGIN = 30.0
 REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
 DEFAULT_EXPIRES_IN = 60.0
+#: The longest a token is kept, whatever its ``expires_in`` says (Docker Hub's last 300 s).
+MAX_EXPIRES_IN = 86400.0
+#: A token as it may go in ``Authorization: Bearer``: visible ASCII, no space.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def lifetime(expires_in: float) -> float:
+    """Seconds a token from the upstream's token service is used: its ``expires_in``, the
+    token spec's 60 s for none (or a value that is no length of time), at most a day."""
+    if not math.isfinite(expires_in) or expires_in <= 0:
+        return DEFAULT_EXPIRES_IN
+    return min(expires_in, MAX_EXPIRES_IN)
+
+
 WITHHELD_LOGGED = 64  # (upstream, token service) pairs remembered as logged, the latest
 
 
@@ -237,4 +253,10 @@ class MirrorTokens:
             expires_in = DEFAULT_EXPIRES_IN
         if not isinstance(token, str) or not token:
             raise UpstreamUnavailable("the upstream's token service sent no token")
-        return token, expires_in
+        if not _TOKEN.fullmatch(token):
+            # A line break or a non-ASCII character would fail the header it goes in (with an
+            # error no caller maps to the registry's), not the upstream's request.
+            raise UpstreamUnavailable(
+                "the upstream's token service sent a token that cannot go in a header"
+            )
+        return token, lifetime(expires_in)

@@ -12,7 +12,7 @@ import pytest
 from docxy.core.errors import UpstreamUnavailable
 from docxy.tasks import spawn
 from docxy.upstream.client import Upstream, UpstreamClient
-from docxy.upstream.tokens import MirrorTokens
+from docxy.upstream.tokens import MirrorTokens, lifetime
 from tests.unit.turns import until
 
 CHALLENGE = 'Bearer realm="https://auth.test/token",service="registry.test"'
@@ -104,3 +104,27 @@ async def test_a_client_going_away_does_not_cancel_the_others_token(
         assert await second == [("Authorization", "Bearer t1")]
         assert first.cancelled()
         assert service.asked == {"repository:library/redis:pull": 1}
+
+
+@pytest.mark.parametrize("token", ["a\r\nX-Injected: 1", "tök", "two words"])
+async def test_a_token_that_cannot_go_in_a_header_is_the_upstream_failing(token: str) -> None:
+    """Such a token made the fill's request raise ValueError or UnicodeEncodeError, which
+    nothing maps to the registry's 502: a traceback, and no upstream failure on record."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        return httpx.Response(200, json={"token": token})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        with pytest.raises(UpstreamUnavailable, match="cannot go in a header"):
+            await tokens.headers(UPSTREAM, "library/redis")
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "used"),
+    [(300.0, 300.0), (float("inf"), 60.0), (float("nan"), 60.0), (-5.0, 60.0), (1e9, 86400.0)],
+)
+def test_a_token_is_used_for_its_lifetime_within_bounds(expires_in: float, used: float) -> None:
+    assert lifetime(expires_in) == used
