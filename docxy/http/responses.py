@@ -22,8 +22,8 @@ from docxy.cache.fill import BlobFollower, FillState
 from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenges
 from docxy.core.digests import Digest
-from docxy.core.errors import RegistryError, StreamCut, Unauthorized
-from docxy.core.headers import API_VERSION_HEADER, response_headers
+from docxy.core.errors import RegistryError, StreamCut, Unauthorized, UpstreamError
+from docxy.core.headers import API_VERSION_HEADER, kept_retry_after, response_headers
 from docxy.core.ranges import content_range
 from docxy.pull.outcome import (
     BlobContent,
@@ -196,6 +196,24 @@ def _nothing() -> None:
     pass
 
 
+def _trouble_page(upstream: httpx.Response, method: str) -> bool:
+    """A server error whose body is no registry error (not JSON)."""
+    media = upstream.headers.get("content-type", "").split(";")[0].strip().lower()
+    is_json = media == "application/json" or media.endswith("+json")
+    return upstream.status_code >= 500 and method != "HEAD" and not is_json
+
+
+async def _replaced(
+    upstream: httpx.Response, done: Callable[[], None], content: bytes
+) -> AsyncIterator[bytes]:
+    """``content`` in place of the upstream's body, which is closed unread."""
+    try:
+        await upstream.aclose()
+    finally:
+        done()
+    yield content
+
+
 def relay(
     upstream: httpx.Response,
     *,
@@ -219,7 +237,20 @@ def relay(
     for challenge in rewrite_challenges(offered, realm, library_prefix, prefix=prefix):
         headers.append(("WWW-Authenticate", challenge))
     done = release or _nothing
-    body = _closed(upstream, done) if method == "HEAD" else _relayed(upstream, done)
+    if _trouble_page(upstream, method):
+        # A proxy's or CDN's own page (HTML) in front of a failing registry: clients parse the
+        # registry's JSON errors (docker: "invalid character '<'"). The mirror's own instead.
+        error = UpstreamError(
+            f"the upstream answered {upstream.status_code}", status=upstream.status_code
+        )
+        content = error.encoded()
+        headers = [*error.headers(), ("Content-Length", str(len(content)))]
+        headers += kept_retry_after(upstream.headers.multi_items())
+        body = _replaced(upstream, done, content)
+    elif method == "HEAD":
+        body = _closed(upstream, done)
+    else:
+        body = _relayed(upstream, done)
     if release is not None:
         weakref.finalize(body, release)
     response = registry_response(body, upstream.status_code, headers, streamed=True)

@@ -998,6 +998,28 @@ async def test_v2_upstream_error_that_is_not_json_becomes_a_registry_error(body:
     assert "404" in error["message"]
 
 
+@pytest.mark.parametrize("path", ["/v2/redis/manifests/7", f"/v2/redis/blobs/{DIGEST}"])
+async def test_a_server_error_page_relayed_becomes_a_registry_error(path: str) -> None:
+    """A proxy or CDN in front of a failing registry answers 503 with its own HTML page: it
+    was relayed as it came, and docker read it as JSON ("invalid character '<'")."""
+    page = {"Content-Type": "text/html; charset=utf-8", "Retry-After": "30"}
+    async with mirror(lambda request: reply(503, b"<html>Service Unavailable</html>", page)) as m:
+        answer = await m.raw("GET", path)
+    assert answer.status == 503
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["Retry-After"] == "30"
+    assert answer.headers["Content-Length"] == str(len(answer.body))
+    [error] = json.loads(answer.body)["errors"]
+    assert (error["code"], "503" in error["message"]) == ("UNAVAILABLE", True)
+
+
+async def test_a_server_error_in_the_registrys_own_json_is_relayed() -> None:
+    async with mirror(lambda request: registry_error(503, "TOOMANYREQUESTS")) as m:
+        answer = await m.raw("GET", "/v2/redis/manifests/7")
+    assert answer.status == 503
+    assert json.loads(answer.body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+
+
 async def test_v2_upstream_registry_error_is_relayed() -> None:
     async with mirror(lambda request: registry_error(403, "DENIED")) as m:
         answer = await m.raw("GET", "/v2/")
