@@ -86,6 +86,7 @@ class Head:
 
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
 NOT_ACCEPTED = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the cached type")
+PRIVATE = PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
 #: Tags found moved by a client's HEAD, kept until the GET by digest that follows (the oldest
 #: forgotten first: such a tag then moves at its next GET by tag, as before).
 MOVES_KEPT = 1024
@@ -137,12 +138,14 @@ class ManifestService:
                 return await self._theirs(pull, cached)
         if pull.head:  # containerd resolves a digest-pinned image so
             return await self._answer_head(self.store, repo, pull, head)
+        if self.tokens.refused(pull.upstream, repo.repo):
+            return PRIVATE
         try:
             fetched, source = await self._fetch(repo, pull, digest)
         except UpstreamError as exc:
             return PassThrough(Reason.UPSTREAM_FAILED, exc.message)
         if fetched is None:
-            return UNCACHED
+            return self._uncached(pull)
         await self._moved_in(repo, fetched)
         if not self._servable(fetched, pull):
             return NOT_ACCEPTED
@@ -210,6 +213,11 @@ class ManifestService:
             return NOT_ACCEPTED
         return _served(Source.REVALIDATED, cached, pull)
 
+    def _uncached(self, pull: Pull) -> PassThrough:
+        """The mirror's fetch got nothing it caches: its token refused (private to it), or
+        another answer."""
+        return PRIVATE if self.tokens.refused(pull.upstream, pull.name) else UNCACHED
+
     @staticmethod
     def _servable(manifest: CachedManifest, pull: Pull) -> bool:
         return may_serve(manifest.visibility, pull.identity) and acceptable(
@@ -243,7 +251,7 @@ class ManifestService:
                 await store.set_tag(repo, tag, stale.digest, public=True)
                 return _served(Source.REVALIDATED, stale, pull)
             if not head.found:
-                return UNCACHED
+                return self._uncached(pull)
             # Moved, noted for a manifest cached elsewhere, or found without a digest to compare
             # (a GET below tells): confirmed here if the digest the HEAD names is cached.
             moved = await store.get(repo, current) if current is not None else None
@@ -252,6 +260,8 @@ class ManifestService:
                 return await self._confirmed(store, repo, pull, moved)
         if pull.head:
             return await self._answer_head(store, repo, pull, head, found.entry)
+        if self.tokens.refused(pull.upstream, repo.repo):
+            return PRIVATE
         try:
             fetched, source = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
@@ -260,7 +270,7 @@ class ManifestService:
             log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
             return _served(Source.STALE, stale, pull)
         if fetched is None:
-            return UNCACHED
+            return self._uncached(pull)
         if fetched.kept:  # else the tag keeps its record: an outage still serves that stale
             await store.set_tag(repo, tag, fetched.digest, public=True)
         if not self._servable(fetched, pull):
@@ -308,7 +318,7 @@ class ManifestService:
             if head.found:
                 why = "the upstream's HEAD names no digest or no length"
                 return PassThrough(Reason.NOT_CACHEABLE, why)
-            return UNCACHED
+            return self._uncached(pull)
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
         if note:
@@ -321,12 +331,15 @@ class ManifestService:
         """An upstream HEAD of the tag or digest with the mirror's token and every manifest
         type. A 404 for a tag forgets it (:meth:`_gone`)."""
         tag, asked = pull.reference.tag, pull.reference.digest
+        if self.tokens.refused(pull.upstream, repo.repo):
+            return Head(found=False)  # its answer stands a while: not asked again at once
         path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
         answer = await self.tokens.send(
             pull.upstream, "HEAD", repo.repo, path, [("Accept", ACCEPT_ALL)]
         )
         await answer.aclose()
         raise_for_trouble(answer.status_code)
+        self._note_refusal(pull, answer.status_code)
         if answer.status_code == 404 and tag is not None:
             await self._gone(repo, tag)
         if answer.status_code != 200:
@@ -343,6 +356,13 @@ class ManifestService:
             return Head(found=True, digest=digest)
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
         return Head(True, ManifestContent(digest, media_type, int(length), None), digest)
+
+    def _note_refusal(self, pull: Pull, status: int) -> None:
+        """A 401 or 403 to the mirror's own token (after its one fresh token): the repository
+        is private to it. Its manifests pass through a while without the mirror asking first
+        (three requests each: a GET, a new token, the GET again), as its blobs do."""
+        if status in (401, 403):
+            self.tokens.mark_refused(pull.upstream, pull.name)
 
     async def _gone(self, repo: RepoKey, tag: str) -> None:
         """The upstream answered the mirror's own request for ``tag`` with 404: the tag was
@@ -386,6 +406,7 @@ class ManifestService:
         )
         body = await read_small(answer)
         raise_for_trouble(answer.status_code)
+        self._note_refusal(pull, answer.status_code)
         if answer.status_code == 404 and digest is None:
             await self._gone(repo, str(pull.reference.tag))
         if answer.status_code != 200:

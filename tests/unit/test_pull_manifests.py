@@ -709,3 +709,25 @@ async def test_a_basic_auth_upstream_is_reached_with_the_mirrors_login_when_pass
         assert response.status_code == 401  # hers, as sent: the registry does not know alice
     asked = [r.headers.get("authorization") for r in registry.requests if r.url.path != "/v2/"]
     assert asked == [BasicRegistry.login, BasicRegistry.login, basic("alice", "pw")]
+
+
+async def test_a_private_repositorys_manifests_pass_through_without_asking_again(
+    tmp_path: Path,
+) -> None:
+    """A repository the mirror's token may not read: its first manifest GET tries that token
+    (a GET, a fresh token, the GET again), then passes through with the client's. Each later
+    one did all that again (four requests upstream for each GET or HEAD, labelled
+    ``upstream-answer``); for a while now it passes straight through, labelled ``private``,
+    as the repository's blobs do."""
+    hub = Hub()
+    hub.repos["team/mine"].manifests["1"] = hub.repos["library/base"].manifests["1"]
+    mine = "/v2/team/mine/manifests/1"
+    client = {"Authorization": hub.client_token}
+    async with mirror(tmp_path, hub) as app:
+        for method in ("GET", "GET", "HEAD", "GET"):
+            answer = await call_asgi(app, method, mine, host="mirror.test", headers=client.items())
+            assert answer.status == 200
+            assert answer.headers.getlist("Cache-Status")[-1].endswith("detail=private")
+    mirrors = [*hub.seen("GET", "manifests"), *hub.seen("HEAD", "manifests")]
+    assert mirrors == [mine, mine]  # the first GET and its retry with a fresh token
+    assert hub.seen("GET", "manifests", mirror=False) == [mine] * 3
