@@ -90,6 +90,8 @@ PRIVATE = PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
 #: Tags found moved by a client's HEAD, kept until the GET by digest that follows (the oldest
 #: forgotten first: such a tag then moves at its next GET by tag, as before).
 MOVES_KEPT = 1024
+#: Tags kept as moving to one manifest (the oldest forgotten first, as above).
+TAGS_MOVING_KEPT = 64
 
 
 class ManifestService:
@@ -103,9 +105,10 @@ class ManifestService:
             UpstreamError
         )
         #: tags a client's HEAD found moved to a manifest not cached yet: (repository, new
-        #: digest) → the tag's record then, moved once that manifest is served by digest if
-        #: the record is still the same (:meth:`_moved_in`)
-        self._moving: OrderedDict[tuple[RepoKey, Digest], TagEntry] = OrderedDict()
+        #: digest) → each such tag's record then, moved once that manifest is served by digest
+        #: if the record is still the same (:meth:`_moved_in`); several tags can move to one
+        #: image (``latest`` and ``3``)
+        self._moving: OrderedDict[tuple[RepoKey, Digest], dict[str, TagEntry]] = OrderedDict()
 
     @property
     def fetches_joined(self) -> int:
@@ -155,7 +158,10 @@ class ManifestService:
         """A client's HEAD found the tag of `record` moved to `digest`, not cached yet: the tag
         keeps that record (an outage now still serves its image) until the GET by digest that
         follows caches the new manifest (:meth:`_moved_in`)."""
-        self._moving[(repo, digest)] = record
+        tags = self._moving.setdefault((repo, digest), {})
+        tags[record.tag] = record
+        while len(tags) > TAGS_MOVING_KEPT:
+            del tags[next(iter(tags))]
         self._moving.move_to_end((repo, digest))
         while len(self._moving) > MOVES_KEPT:
             self._moving.popitem(last=False)
@@ -168,11 +174,9 @@ class ManifestService:
         refused (not kept) moves nothing."""
         if self.store is None or not manifest.kept:  # not cached: the tag waits for one that is
             return
-        seen = self._moving.pop((repo, manifest.digest), None)
-        if seen is None:
-            return
-        if (await self.store.resolve_tag(repo, seen.tag)).entry == seen:
-            await self.store.set_tag(repo, seen.tag, manifest.digest, public=True)
+        for seen in self._moving.pop((repo, manifest.digest), {}).values():
+            if (await self.store.resolve_tag(repo, seen.tag)).entry == seen:
+                await self.store.set_tag(repo, seen.tag, manifest.digest, public=True)
 
     async def _confirmed(
         self, store: ManifestStore, repo: RepoKey, pull: Pull, cached: CachedManifest

@@ -575,6 +575,27 @@ async def test_a_tag_found_moved_by_a_head_names_the_new_manifest_once_it_is_fet
         assert [t.digest for t in store.list_tags()] == [parse_digest(moved)]
 
 
+async def test_two_tags_found_moved_to_one_manifest_both_name_it_once_it_is_fetched(
+    tmp_path: Path,
+) -> None:
+    """``latest`` and ``1`` move upstream to one new image, and each is resolved by a HEAD
+    before the GET by digest: only the last HEADed followed it (the record of moves was kept
+    per digest), and an outage then served the other's old image stale."""
+    registry, old, new = two_versions()
+    latest = "/v2/team/tool/manifests/latest"
+    registry.tag("latest", old)
+    async with mirror(tmp_path, registry, **BASIC_LOGIN) as app:
+        assert (await call_asgi(app, "HEAD", latest, host="mirror.test")).status == 200
+        store, moved = await pulled_then_moved(app, registry, old, new)
+        assert registry.tag("latest", new) == moved
+        head = await call_asgi(app, "HEAD", latest, host="mirror.test")
+        assert head.headers["Docker-Content-Digest"] == moved
+        got = await app.test_client().get(f"/v2/team/tool/manifests/{moved}")
+        assert got.status_code == 200
+        named = {t.tag: str(t.digest) for t in store.list_tags()}
+    assert named == {"1": moved, "latest": moved}
+
+
 async def test_a_late_get_of_a_digest_a_head_found_does_not_move_the_tag_back(
     tmp_path: Path,
 ) -> None:
