@@ -88,6 +88,7 @@ class DirectBody:
         self._host = connection.host
         self._read_timeout = read_timeout  # the socket's, for saying how long it waited
         self._interrupted = False
+        self._closed = False
 
     def read(self, size: int) -> bytes:
         """The body's next ``size`` bytes (fewer at its end; none after it), in a new object
@@ -122,7 +123,11 @@ class DirectBody:
 
     def close(self, drain: bool = False) -> None:
         """Close the answer; its connection goes back to the idle ones if the answer was read
-        to its end (``drain``: read a small rest first; blocking, so only in a worker thread)."""
+        to its end (``drain``: read a small rest first; blocking, so only in a worker thread).
+        Once: a second call would give the same connection back again, for two GETs to share."""
+        if self._closed:
+            return
+        self._closed = True
         response = self._response
         if drain and not response.isclosed():
             self._drain(response)

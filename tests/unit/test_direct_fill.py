@@ -265,6 +265,21 @@ async def test_connections_are_kept_and_a_closed_one_is_replaced(
     assert server.plan.connections == 2
 
 
+async def test_an_answer_closed_twice_gives_its_connection_back_once(
+    client_for: MakeClient, server: BlobServer
+) -> None:
+    """A second close of a read answer gave its connection back again: two later GETs would
+    have taken the same connection and read each other's answers."""
+    server.plan.body = b"x"
+    client = client_for()
+    assert client.direct is not None
+    answer = await direct.open_get(client, Upstream(server.url), server.url + "/blob", [])
+    assert answer.body.read(10) == b"x" and answer.body.read(10) == b""
+    answer.close()
+    answer.close()
+    assert len(client.direct.idle) == 1
+
+
 async def test_over_tls_with_the_given_context(client_for: MakeClient, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path / "tls", "127.0.0.1")
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
