@@ -237,7 +237,8 @@ def relay(
     for challenge in rewrite_challenges(offered, realm, library_prefix, prefix=prefix):
         headers.append(("WWW-Authenticate", challenge))
     done = release or _nothing
-    if _trouble_page(upstream, method):
+    replaced = _trouble_page(upstream, method)
+    if replaced:
         # A proxy's or CDN's own page (HTML) in front of a failing registry: clients parse the
         # registry's JSON errors (docker: "invalid character '<'"). The mirror's own instead.
         error = UpstreamError(
@@ -254,6 +255,6 @@ def relay(
     if release is not None:
         weakref.finalize(body, release)
     response = registry_response(body, upstream.status_code, headers, streamed=True)
-    if "content-type" not in upstream.headers:
+    if not replaced and "content-type" not in upstream.headers:
         del response.headers["Content-Type"]  # Quart's default text/html would be a lie
     return response

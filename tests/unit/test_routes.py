@@ -999,10 +999,14 @@ async def test_v2_upstream_error_that_is_not_json_becomes_a_registry_error(body:
 
 
 @pytest.mark.parametrize("path", ["/v2/redis/manifests/7", f"/v2/redis/blobs/{DIGEST}"])
-async def test_a_server_error_page_relayed_becomes_a_registry_error(path: str) -> None:
+@pytest.mark.parametrize("kind", ["text/html; charset=utf-8", None], ids=["html", "no-type"])
+async def test_a_server_error_page_relayed_becomes_a_registry_error(
+    path: str, kind: str | None
+) -> None:
     """A proxy or CDN in front of a failing registry answers 503 with its own HTML page: it
-    was relayed as it came, and docker read it as JSON ("invalid character '<'")."""
-    page = {"Content-Type": "text/html; charset=utf-8", "Retry-After": "30"}
+    was relayed as it came, and docker read it as JSON ("invalid character '<'"). A page with
+    no Content-Type became the JSON error without one (the relay dropped it as it came)."""
+    page = {"Retry-After": "30"} | ({} if kind is None else {"Content-Type": kind})
     async with mirror(lambda request: reply(503, b"<html>Service Unavailable</html>", page)) as m:
         answer = await m.raw("GET", path)
     assert answer.status == 503
