@@ -126,10 +126,11 @@ async def ping() -> Response:
         if known is None:  # an upstream without auth: its answer is the version check's
             return registry_response(b"{}", 200, JSON)
         return unauthorized(*rewrite_challenges([known.render()], realm, upstream.library_prefix))
+    # Read here, not relayed: the shared client's codings (which read_small inflates), not the
+    # client's (a browser's br came back as a 502).
+    headers = [(k, v) for k, v in request_headers(request.headers.items()) if not _coding(k)]
     try:
-        answer = await state.client.send(
-            upstream, "GET", upstream.url("/v2/"), request_headers(request.headers.items())
-        )
+        answer = await state.client.send(upstream, "GET", upstream.url("/v2/"), headers)
         body = await read_small(answer)
         if answer.status_code in SERVER_TROUBLE and state.cache is not None:
             raise UpstreamUnavailable(f"the upstream answered {answer.status_code}")
@@ -146,6 +147,10 @@ async def ping() -> Response:
         headers = JSON + kept_retry_after(answer.headers.multi_items())
         return registry_response(_error_body(body, answer.status_code), answer.status_code, headers)
     return registry_response(b"{}", 200, JSON)
+
+
+def _coding(name: str) -> bool:
+    return name.lower() == "accept-encoding"
 
 
 def own_challenge(state: MirrorState, upstream: Upstream) -> str:

@@ -26,6 +26,7 @@ from docxy import __version__
 from docxy.config import load_config
 from docxy.http.app import create_app
 from docxy.upstream.client import MAX_REDIRECTS
+from docxy.upstream.encoding import ACCEPTED
 from tests.unit.asgi import AsgiAnswer, call_asgi
 from tests.unit.fakes import Body, FakeUpstream, Handler, reply
 
@@ -1022,6 +1023,25 @@ async def test_a_server_error_in_the_registrys_own_json_is_relayed() -> None:
         answer = await m.raw("GET", "/v2/redis/manifests/7")
     assert answer.status == 503
     assert json.loads(answer.body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+
+
+async def test_v2_asks_upstream_in_the_mirrors_codings_not_the_clients() -> None:
+    """/v2/ forwarded the client's Accept-Encoding, then read the answer itself: a browser's
+    br came back br, which the mirror does not read (a 502 for the upstream's 403)."""
+    seen: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        asked = request.headers.get("accept-encoding", "")
+        seen.append(asked)
+        if "br" in asked:
+            return reply(403, b"\x1b\x00garbage", {"Content-Encoding": "br"})
+        return registry_error(403, "DENIED")
+
+    async with mirror(upstream) as m:
+        answer = await m.raw("GET", "/v2/", [("Accept-Encoding", "br")])
+    assert answer.status == 403
+    assert json.loads(answer.body)["errors"][0]["code"] == "DENIED"
+    assert seen == [ACCEPTED]
 
 
 async def test_v2_upstream_registry_error_is_relayed() -> None:
