@@ -13,8 +13,9 @@ from collections.abc import Iterator
 
 from docxy.core.errors import UpstreamUnavailable
 
-#: zlib's window bits for each coding read here: gzip's header, or deflate's zlib (or gzip).
-WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
+#: zlib's window bits for each coding read here; deflate's are told by its first two bytes
+#: (:func:`deflate_wbits`).
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": None}
 #: The shared client's ``Accept-Encoding``.
 ACCEPTED = "gzip, deflate"
 
@@ -24,7 +25,9 @@ class Inflater:
 
     def __init__(self, coding: str) -> None:
         self.coding = coding
-        self._zlib = zlib.decompressobj(WBITS[coding])
+        wbits = WBITS[coding]
+        self._zlib = None if wbits is None else zlib.decompressobj(wbits)
+        self._head = b""  # deflate's first bytes, until there are two to tell its form by
         self._fed = False
 
     @classmethod
@@ -45,6 +48,12 @@ class Inflater:
     def feed(self, data: bytes, room: int) -> Iterator[bytes]:
         """``data`` inflated, in pieces, stopping once more than ``room`` bytes came out."""
         self._fed = self._fed or bool(data)
+        if self._zlib is None:
+            self._head += data
+            if len(self._head) < 2:
+                return
+            data, self._head = self._head, b""
+            self._zlib = zlib.decompressobj(deflate_wbits(data))
         while data and room >= 0:
             piece = self._inflate(data, room + 1)  # one byte past the room tells "too large"
             room -= len(piece)
@@ -53,13 +62,22 @@ class Inflater:
 
     def end(self, room: int) -> bytes:
         """What the coding still holds once the body ended (at most ``room`` + 1 bytes)."""
-        piece = self._inflate(b"", room + 1)
-        if self._fed and not self._zlib.eof:  # (an empty body is empty, whatever its coding)
+        piece = b"" if self._zlib is None else self._inflate(b"", room + 1)
+        if self._fed and (self._zlib is None or not self._zlib.eof):  # (an empty body is empty)
             raise UpstreamUnavailable(f"the upstream's {self.coding} answer broke off")
         return piece
 
     def _inflate(self, data: bytes, most: int) -> bytes:
+        assert self._zlib is not None
         try:
             return self._zlib.decompress(data, most)
         except zlib.error as exc:
             raise UpstreamUnavailable(f"the upstream's {self.coding} answer is corrupt") from exc
+
+
+def deflate_wbits(head: bytes) -> int:
+    """The window bits for a ``deflate`` body by its first two bytes: zlib's wrapper, as the
+    coding is defined (or gzip's, which some servers send), else raw deflate, which others
+    send (as httpx and browsers, read either)."""
+    zlib_header = head[0] & 0x0F == 8 and int.from_bytes(head[:2]) % 31 == 0
+    return 32 + zlib.MAX_WBITS if zlib_header or head[:2] == b"\x1f\x8b" else -zlib.MAX_WBITS

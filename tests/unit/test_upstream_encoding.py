@@ -32,12 +32,14 @@ class Chunks(httpx.AsyncByteStream):
             yield self.data[start : start + self.size]
 
 
-async def fetched(body: bytes, coding: str | None, limit: int = 4 * MiB) -> bytes:
+async def fetched(
+    body: bytes, coding: str | None, limit: int = 4 * MiB, *, reads: int = MiB
+) -> bytes:
     headers = {"Content-Encoding": coding} if coding else {}
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.headers["accept-encoding"] == ACCEPTED
-        return httpx.Response(200, headers=headers, stream=Chunks(body))
+        return httpx.Response(200, headers=headers, stream=Chunks(body, reads))
 
     config = load_config({}, environ={}).upstream
     async with make_http_client(config, httpx.MockTransport(handler)) as client:
@@ -60,6 +62,28 @@ async def test_an_answer_in_each_coding_reads_as_its_bytes(
     coding: str | None, encode: Callable[[bytes], bytes]
 ) -> None:
     assert await fetched(encode(TOKEN), coding) == TOKEN
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize("reads", [1, MiB], ids=["byte-by-byte", "whole"])
+@pytest.mark.parametrize(
+    "encode", [zlib.compress, raw_deflate, gzip.compress], ids=["zlib", "raw", "gzip"]
+)
+async def test_deflate_reads_in_each_form_servers_send(
+    encode: Callable[[bytes], bytes], reads: int
+) -> None:
+    """``deflate`` is zlib's wrapper by its definition; some servers send it raw (httpx and
+    browsers read both), others gzip. Raw deflate was called corrupt."""
+    assert await fetched(encode(TOKEN), "deflate", reads=reads) == TOKEN
+
+
+async def test_a_deflate_body_of_one_byte_broke_off() -> None:
+    with pytest.raises(UpstreamUnavailable, match="broke off"):
+        await fetched(zlib.compress(TOKEN)[:1], "deflate")
 
 
 async def test_a_gzip_bomb_is_refused_before_it_is_inflated_whole() -> None:
