@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 
 from docxy.core.bounded import LruDict
+from docxy.core.expiry import DEFAULT_EXPIRES_IN, token_lifetime
 
 #: Tokens remembered at once: about 150 bytes each.
 CAPACITY = 16384
 #: A token answer without ``expires_in`` lasts 60 s (the token spec's default).
-DEFAULT_LIFETIME = 60.0
+DEFAULT_LIFETIME = DEFAULT_EXPIRES_IN
 #: However long a token says it lasts, it is not remembered longer than this.
 LONGEST = 86400.0
 
@@ -57,15 +57,11 @@ class AnonymousTokens:
             return
         if not isinstance(answer, dict):
             return
-        lifetime = answer.get("expires_in")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
-            lifetime = DEFAULT_LIFETIME
-        elif not math.isfinite(lifetime) or lifetime <= 0:  # JSON's Infinity, NaN: no time
-            lifetime = DEFAULT_LIFETIME
+        lifetime = token_lifetime(answer.get("expires_in"), LONGEST)
         for field in ("token", "access_token"):
             token = answer.get(field)
             if isinstance(token, str) and token:
-                self.remember(token, float(lifetime))
+                self.remember(token, lifetime)
 
     def holds(self, authorization: str) -> bool:
         """Whether ``authorization`` is ``Bearer`` with a token handed out for anonymous pulls

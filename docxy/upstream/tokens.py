@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import re
 import time
 
@@ -30,6 +29,7 @@ import httpx
 
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
 from docxy.core.errors import UpstreamError, UpstreamUnavailable
+from docxy.core.expiry import token_lifetime
 from docxy.core.hosts import url_host
 from docxy.tasks import Coalesced
 from docxy.upstream.client import Upstream, UpstreamClient, clear_realm_remedy, read_small
@@ -38,19 +38,16 @@ log = logging.getLogger(__name__)
 
 EXPIRY_MARGIN = 30.0
 REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
-DEFAULT_EXPIRES_IN = 60.0
 #: The longest a token is kept, whatever its ``expires_in`` says (Docker Hub's last 300 s).
 MAX_EXPIRES_IN = 86400.0
 #: A token as it may go in ``Authorization: Bearer``: visible ASCII, no space.
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
-def lifetime(expires_in: float) -> float:
+def lifetime(expires_in: object) -> float:
     """Seconds a token from the upstream's token service is used: its ``expires_in``, the
     token spec's 60 s for none (or a value that is no length of time), at most a day."""
-    if not math.isfinite(expires_in) or expires_in <= 0:
-        return DEFAULT_EXPIRES_IN
-    return min(expires_in, MAX_EXPIRES_IN)
+    return token_lifetime(expires_in, MAX_EXPIRES_IN)
 
 
 WITHHELD_LOGGED = 64  # (upstream, token service) pairs remembered as logged, the latest
@@ -247,10 +244,9 @@ class MirrorTokens:
         try:
             data = json.loads(body)
             token = data.get("token") or data.get("access_token")
-            expires_in = float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
-        except (ValueError, AttributeError, TypeError):
-            token = None
-            expires_in = DEFAULT_EXPIRES_IN
+            expires_in = data.get("expires_in")
+        except (ValueError, AttributeError):
+            token = expires_in = None
         if not isinstance(token, str) or not token:
             raise UpstreamUnavailable("the upstream's token service sent no token")
         if not _TOKEN.fullmatch(token):

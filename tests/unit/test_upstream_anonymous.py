@@ -43,13 +43,19 @@ def test_a_token_from_an_anonymous_answer_is_known_until_it_expires(
     assert not tokens.holds("Bearer t1") and not tokens.holds("Bearer a1")
 
 
+@pytest.mark.parametrize(
+    "lifetime",
+    [b'"soon"', b"Infinity", b"NaN", b"-1", b"9" * 400],
+    ids=["words", "infinity", "nan", "negative", "past-floats"],
+)
 def test_an_answer_without_a_lifetime_holds_for_the_default(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, lifetime: bytes
 ) -> None:
+    """400 digits: no float holds them, and the OverflowError escaped /auth/token."""
     now = [0.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     tokens = AnonymousTokens()
-    tokens.remember_answer(b'{"token": "t", "expires_in": "soon"}')
+    tokens.remember_answer(b'{"token": "t", "expires_in": ' + lifetime + b"}")
     now[0] += anonymous.DEFAULT_LIFETIME
     assert tokens.holds("Bearer t")
     now[0] += 1

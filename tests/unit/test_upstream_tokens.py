@@ -122,9 +122,36 @@ async def test_a_token_that_cannot_go_in_a_header_is_the_upstream_failing(token:
             await tokens.headers(UPSTREAM, "library/redis")
 
 
+async def test_a_token_with_a_lifetime_past_the_floats_is_used() -> None:
+    """An ``expires_in`` of 400 digits raised OverflowError past every registry error."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        return httpx.Response(200, content=b'{"token": "t0k", "expires_in": ' + b"9" * 400 + b"}")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        headers = await tokens.headers(UPSTREAM, "library/redis")
+    assert ("Authorization", "Bearer t0k") in headers
+
+
 @pytest.mark.parametrize(
     ("expires_in", "used"),
-    [(300.0, 300.0), (float("inf"), 60.0), (float("nan"), 60.0), (-5.0, 60.0), (1e9, 86400.0)],
+    [
+        (300.0, 300.0),
+        (300, 300.0),
+        ("300", 300.0),
+        (float("inf"), 60.0),
+        (float("nan"), 60.0),
+        (-5.0, 60.0),
+        (1e9, 86400.0),
+        pytest.param(10**400, 60.0, id="past-floats"),  # OverflowError escaped, past all errors
+        ("soon", 60.0),
+        (None, 60.0),
+        (True, 60.0),
+        ([300], 60.0),
+    ],
 )
-def test_a_token_is_used_for_its_lifetime_within_bounds(expires_in: float, used: float) -> None:
+def test_a_token_is_used_for_its_lifetime_within_bounds(expires_in: object, used: float) -> None:
     assert lifetime(expires_in) == used
