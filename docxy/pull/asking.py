@@ -10,7 +10,7 @@ import httpx
 
 from docxy.core.errors import UpstreamUnavailable
 from docxy.pull.outcome import Pull
-from docxy.upstream.client import SERVER_TROUBLE, UpstreamClient
+from docxy.upstream.client import SERVER_TROUBLE, UpstreamClient, same_origin
 
 
 def raise_for_trouble(status: int) -> None:
@@ -33,3 +33,20 @@ async def head_as_client(
     await answer.aclose()
     raise_for_trouble(answer.status_code)
     return answer
+
+
+def answered_by(answer: httpx.Response, pull: Pull) -> str:
+    """The URL whose answer ``answer`` is, redirects followed: the registry's own for the
+    refusal :class:`~docxy.upstream.tokens.MirrorTokens` answers in its name (no request)."""
+    try:
+        return str(answer.request.url)
+    except RuntimeError:
+        return pull.upstream.url(pull.path)
+
+
+def refused_by_registry(answer: httpx.Response, pull: Pull) -> bool:
+    """A 401 or 403 from the registry itself: its word on the mirror's token. One from where
+    it redirected to (a CDN's signed URL expired, a CDN rule) says nothing of the token."""
+    return answer.status_code in (401, 403) and same_origin(
+        answered_by(answer, pull), pull.upstream.registry
+    )

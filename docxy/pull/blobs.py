@@ -56,7 +56,7 @@ from docxy.core.headers import ACCEPT_IDENTITY
 from docxy.core.hosts import url_host
 from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
-from docxy.pull.asking import head_as_client, raise_for_trouble
+from docxy.pull.asking import answered_by, head_as_client, raise_for_trouble, refused_by_registry
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.shared.tier import SharedTier
@@ -185,9 +185,8 @@ class BlobService:
             if answer.status_code == 200:
                 self.pairings.confirm(repo, digest, public=True)
                 return Source.REVALIDATED
-            by_registry = same_origin(_answered_by(answer, pull), pull.upstream.registry)
-            if answer.status_code in (401, 403) and by_registry:  # not a CDN's (a signed
-                self.tokens.mark_refused(pull.upstream, pull.name)  # URL for GET only, say)
+            if refused_by_registry(answer, pull):  # not a CDN's (a signed URL for GET only)
+                self.tokens.mark_refused(pull.upstream, pull.name)
         theirs = await head_as_client(self.tokens.client, pull)  # private to this client?
         if theirs is not None and theirs.status_code == 200:  # then not shared
             return Source.REVALIDATED
@@ -264,15 +263,15 @@ class BlobService:
             self._refused(pull, exc.status, url)
         except UpstreamError as exc:
             raise FetchFailed(exc.message) from exc
-        answered_by = answer.hops[-1][0] if answer.hops else url
-        by_registry = same_origin(answered_by, url)
+        final_url = answer.hops[-1][0] if answer.hops else url
+        by_registry = same_origin(final_url, url)
         if answer.status == 401 and by_registry and self.tokens.holds(pull.upstream, pull.name):
             answer.close()
             self.tokens.forget(pull.upstream, pull.name)
             return None
         if answer.status != 200:
             answer.close()
-            self._refused(pull, answer.status, answered_by)
+            self._refused(pull, answer.status, final_url)
         self._holds_blob(pull)
         length = answer.header("content-length")
         size = int(length) if length is not None and length.isdigit() else None
@@ -288,12 +287,12 @@ class BlobService:
         if digest is not None:
             self.pairings.confirm(RepoKey(pull.upstream.host, pull.name), digest, public=True)
 
-    def _refused(self, pull: Pull, status: int, answered_by: str) -> NoReturn:
+    def _refused(self, pull: Pull, status: int, final_url: str) -> NoReturn:
         """The fetch's answer was no blob. A 401 or 403 from the registry refuses the mirror's
         token for the repository; from where it redirected to (a CDN's signed URL expired, a
         CDN rule) it is a failed fetch: the registry took the token."""
-        if status in (401, 403) and not same_origin(answered_by, pull.upstream.registry):
-            where = url_host(answered_by)
+        if status in (401, 403) and not same_origin(final_url, pull.upstream.registry):
+            where = url_host(final_url)
             raise FetchFailed(f"{pull.upstream.host} sent the blob's GET to {where}: {status}")
         said = f"{pull.upstream.host} answered {status} to the mirror's token"
         if status in (401, 403):  # a 404 is about this blob only
@@ -312,7 +311,7 @@ class BlobService:
             raise FetchFailed(exc.message) from exc
         if answer.status_code != 200:
             await answer.aclose()
-            self._refused(pull, answer.status_code, _answered_by(answer, pull))
+            self._refused(pull, answer.status_code, answered_by(answer, pull))
         self._holds_blob(pull)
         length = answer.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
@@ -335,7 +334,7 @@ class BlobService:
         status = answer.status_code
         if status not in (200, 206):
             await answer.aclose()
-            self._refused(pull, status, _answered_by(answer, pull))
+            self._refused(pull, status, answered_by(answer, pull))
         length = answer.headers.get("content-length")
         known = int(length) if length is not None and length.isdigit() else None
         problem = not_the_rest(status, answer.headers.get("content-range"), known, offset, size)
@@ -411,12 +410,3 @@ def _uncached_because(exc: CacheError) -> Reason:
     if isinstance(exc, CacheUnreadable):
         return Reason.CACHE_UNREADABLE
     return Reason.CACHE_UNWRITABLE
-
-
-def _answered_by(answer: httpx.Response, pull: Pull) -> str:
-    """The URL whose answer ``answer`` is, redirects followed: the registry's own for the
-    refusal :class:`~docxy.upstream.tokens.MirrorTokens` answers in its name (no request)."""
-    try:
-        return str(answer.request.url)
-    except RuntimeError:
-        return pull.upstream.url(pull.path)

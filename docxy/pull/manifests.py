@@ -27,6 +27,8 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import httpx
+
 from docxy.cache import (
     CachedManifest,
     ManifestStore,
@@ -38,7 +40,7 @@ from docxy.cache import (
 )
 from docxy.core.digests import Digest, parse_digest
 from docxy.core.errors import DigestInvalid, UpstreamError
-from docxy.pull.asking import head_as_client, raise_for_trouble
+from docxy.pull.asking import head_as_client, raise_for_trouble, refused_by_registry
 from docxy.pull.outcome import ManifestContent, Outcome, PassThrough, Pull, Reason, Served, Source
 from docxy.tasks import Coalesced
 from docxy.upstream.client import read_small
@@ -343,7 +345,7 @@ class ManifestService:
         )
         await answer.aclose()
         raise_for_trouble(answer.status_code)
-        self._note_refusal(pull, answer.status_code)
+        self._note_refusal(pull, answer)
         if answer.status_code == 404 and tag is not None:
             await self._gone(repo, tag)
         if answer.status_code != 200:
@@ -361,11 +363,12 @@ class ManifestService:
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
         return Head(True, ManifestContent(digest, media_type, int(length), None), digest)
 
-    def _note_refusal(self, pull: Pull, status: int) -> None:
-        """A 401 or 403 to the mirror's own token (after its one fresh token): the repository
-        is private to it. Its manifests pass through a while without the mirror asking first
-        (three requests each: a GET, a new token, the GET again), as its blobs do."""
-        if status in (401, 403):
+    def _note_refusal(self, pull: Pull, answer: httpx.Response) -> None:
+        """A 401 or 403 from the registry to the mirror's own token (after its one fresh
+        token): the repository is private to it. Its manifests pass through a while without
+        the mirror asking first (three requests each: a GET, a new token, the GET again), as
+        its blobs do. One from where the registry redirected to is no word on the token."""
+        if refused_by_registry(answer, pull):
             self.tokens.mark_refused(pull.upstream, pull.name)
 
     async def _gone(self, repo: RepoKey, tag: str) -> None:
@@ -410,7 +413,7 @@ class ManifestService:
         )
         body = await read_small(answer)
         raise_for_trouble(answer.status_code)
-        self._note_refusal(pull, answer.status_code)
+        self._note_refusal(pull, answer)
         if answer.status_code == 404 and digest is None:
             await self._gone(repo, str(pull.reference.tag))
         if answer.status_code != 200:

@@ -18,7 +18,15 @@ from docxy.http.state import mirror_state
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
 from tests.unit.test_pull_blobs import basic, mirror
-from tests.unit.test_pull_scoped_blobs import AS_ANON, DOCKER_MANIFEST, Hub, digest_of, get
+from tests.unit.test_pull_scoped_blobs import (
+    AS_ANON,
+    DOCKER_MANIFEST,
+    MIRROR_TOKENS,
+    Hub,
+    digest_of,
+    get,
+    json_reply,
+)
 
 TAG = "/v2/library/base/manifests/1"
 
@@ -752,3 +760,31 @@ async def test_a_private_repositorys_manifests_pass_through_without_asking_again
     mirrors = [*hub.seen("GET", "manifests"), *hub.seen("HEAD", "manifests")]
     assert mirrors == [mine, mine]  # the first GET and its retry with a fresh token
     assert hub.seen("GET", "manifests", mirror=False) == [mine] * 3
+
+
+async def test_a_refusal_from_where_the_registry_redirected_makes_nothing_private(
+    tmp_path: Path,
+) -> None:
+    """A 403 from where the registry sent the mirror's manifest GET (a CDN's signed URL that
+    expired) says nothing of the mirror's token, as for blobs: it made the repository private
+    for a minute (its manifests passed through, uncached, labelled ``private``)."""
+    hub = Hub()
+    path = "/v2/library/base/manifests/1"
+    redirected: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.test":
+            return json_reply(403, {"errors": [{"code": "DENIED"}]})
+        ours = request.headers.get("authorization") in MIRROR_TOKENS
+        if request.url.path == path and ours and not redirected:
+            redirected.append(path)
+            return httpx.Response(307, headers={"Location": "https://cdn.test/signed"})
+        return hub(request)
+
+    async with mirror(tmp_path, upstream) as app:
+        for _ in range(2):
+            answer = await call_asgi(app, "GET", path, host="mirror.test", headers=AS_ANON.items())
+            assert answer.status == 200
+    assert redirected == [path]
+    assert not answer.headers.getlist("Cache-Status")[-1].endswith("detail=private")
+    assert hub.seen("GET", "manifests") == [path]  # the second, with the mirror's token
