@@ -319,6 +319,11 @@ def upstream_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=False)
 
 
+#: Connections the shared client holds open at once, across upstreams: a request past them
+#: waits up to the connect timeout for one (then 503: the mirror's limit, not the upstream's).
+MAX_CONNECTIONS = 200
+
+
 def make_http_client(
     config: UpstreamConfig,
     transport: httpx.AsyncBaseTransport | None = None,
@@ -339,7 +344,7 @@ def make_http_client(
         # Only the codings read_small inflates with a bound (httpx would add br and zstd
         # once their packages are installed).
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPTED},
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=50),
         trust_env=False,
         verify=ssl_context if ssl_context is not None else True,
         transport=transport,
@@ -420,6 +425,13 @@ class UpstreamClient:
                     extensions=marks,
                 )
                 response = await self.http.send(request, stream=True)
+            except httpx.PoolTimeout as exc:
+                # Every connection is busy with other answers (a crowd of pass-through
+                # streams): the mirror's own limit. The upstream is no less healthy for it.
+                raise UpstreamUnavailable(
+                    "all of the mirror's connections to the upstream are in use: try again",
+                    status=503,
+                ) from exc
             except httpx.TimeoutException as exc:
                 said = failure(f"{method} {url_host(url)}", exc)  # which wait, how long
                 health.failed(said, "timeout")

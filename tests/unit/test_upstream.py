@@ -20,6 +20,7 @@ from docxy.upstream.client import (
     read_small,
     same_origin,
 )
+from lab.bed.httpserver import LoopbackServer, QuietHandler
 from tests.unit.fakes import FakeUpstream, Handler, reply
 from tests.unit.test_routes import hub, mirror
 
@@ -440,6 +441,35 @@ async def test_upstream_error_status_is_reachable_but_not_healthy() -> None:
     assert response.status_code == 503
     assert client.health_of(HUB).reachable is True
     assert client.health_of(HUB).healthy is False
+
+
+class Slow(QuietHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        self.send_bytes(200, b"x" * 100_000, "application/octet-stream")
+
+
+async def test_every_connection_in_use_is_the_mirrors_limit_not_the_upstream_failing() -> None:
+    """A request that found every pooled connection busy (a crowd of pass-through streams)
+    waited, then was an upstream timeout: a 504, and the upstream marked unreachable in
+    /health and the metrics, though it had answered every request it got."""
+    server = LoopbackServer(Slow)
+    server.start()
+    timeout = httpx.Timeout(5.0, pool=0.2)
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=timeout)
+    upstream = Upstream(server.url)
+    client = UpstreamClient(http)
+    try:
+        busy = await client.send(upstream, "GET", f"{server.url}/v2/a/blobs/x", [])  # unread
+        with pytest.raises(UpstreamError) as info:
+            await client.send(upstream, "GET", f"{server.url}/v2/b/blobs/y", [])
+        await busy.aclose()
+    finally:
+        await http.aclose()
+        server.stop()
+    assert info.value.status == 503
+    assert "connections to the upstream are in use" in info.value.message
+    health = client.health_of(upstream)
+    assert health.reachable is True and health.failures["timeout"] == 0
 
 
 # --- realm discovery ---------------------------------------------------------------------------
