@@ -2,27 +2,75 @@
 
 from __future__ import annotations
 
+import errno
+import random
 import socket
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
 
-#: Ports this process handed out: the kernel may give a port just closed again, and two
-#: calls in a row (a test's HTTP and TLS ports) must not name the same one.
+#: Ports this process handed out: two calls in a row (a test's HTTP and TLS ports) must not
+#: name the same one.
 _given: set[int] = set()
+
+#: Ports are handed out from here up to the kernel's ephemeral range, which outgoing
+#: connections take their local ports from: a port free a moment ago inside that range can be
+#: a connection's by the time the child process binds it (a CI run lost a test so: a
+#: wildcard listener found its port taken). Nothing takes a port below the range by itself.
+LOWEST = 10000
+_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that was free on `host` a moment ago (for child processes we cannot hand a
-    socket to), and never one this process handed out before."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port: int = sock.getsockname()[1]
-        if port not in _given:
+    """A TCP port that was free on `host` and on both wildcards a moment ago (for child
+    processes we cannot hand a socket to), below the ephemeral range, and never one this
+    process handed out before."""
+    top = _ephemeral_start()
+    for _ in range(1000):
+        port = _pick.randrange(LOWEST, top) if top - LOWEST >= 1000 else _kernel_port(host)
+        if port not in _given and _bindable(host, port):
             _given.add(port)
             return port
     raise RuntimeError("no free port this process has not handed out already")
+
+
+_pick = random.Random()  # (no secret: which port a test listens on)
+
+
+def _kernel_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether `port` binds on `host` and on each wildcard (no listener, no connection and no
+    TIME_WAIT on it: the sockets try without SO_REUSEADDR)."""
+    addresses = [(socket.AF_INET, host), (socket.AF_INET, "0.0.0.0")]
+    if socket.has_ipv6:
+        addresses.append((socket.AF_INET6, "::"))
+    for family, address in addresses:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            if family == socket.AF_INET6:
+                continue  # no IPv6 here: nothing to collide with
+            raise
+    return True
 
 
 def accepts(port: int, host: str = LOOPBACK) -> bool:
