@@ -322,6 +322,8 @@ def upstream_ssl_context() -> ssl.SSLContext:
 #: Connections the shared client holds open at once, across upstreams: a request past them
 #: waits up to the connect timeout for one (then 503: the mirror's limit, not the upstream's).
 MAX_CONNECTIONS = 200
+#: Seconds between two log lines saying so.
+POOL_FULL_LOG_EVERY = 60.0
 
 
 def make_http_client(
@@ -375,6 +377,7 @@ class UpstreamClient:
         #: Tokens the mirror's token endpoint relayed for anonymous pulls: a request carrying
         #: one is the mirror's own as far as the upstream's health goes.
         self.anonymous_tokens = AnonymousTokens()
+        self._pool_full_logged = -POOL_FULL_LOG_EVERY  # monotonic time of the last such line
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:
         return self.health.setdefault(upstream.host, UpstreamHealth())
@@ -427,9 +430,13 @@ class UpstreamClient:
                 response = await self.http.send(request, stream=True)
             except httpx.PoolTimeout as exc:
                 # Every connection is busy with other answers (a crowd of pass-through
-                # streams): the mirror's own limit. The upstream is no less healthy for it.
+                # streams): the mirror's own limit. The upstream is no less healthy for it
+                # (one that stalls those answers is found out by their read timeouts).
+                said = failure(f"{method} {url_host(url)}", exc)
+                self._log_pool_full(said)
                 raise UpstreamUnavailable(
-                    "all of the mirror's connections to the upstream are in use: try again",
+                    f"all {MAX_CONNECTIONS} of the mirror's connections to the upstream are in "
+                    f"use ({said}): try again",
                     status=503,
                 ) from exc
             except httpx.TimeoutException as exc:
@@ -461,6 +468,17 @@ class UpstreamClient:
                 content = None  # a form (a password, a refresh token) stays on its origin
             params = None  # the Location carries its own query
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+
+    def _log_pool_full(self, said: str) -> None:
+        """One WARNING a minute at most: a crowd that fills the pool would write one a request."""
+        now = time.monotonic()
+        if now - self._pool_full_logged >= POOL_FULL_LOG_EVERY:
+            self._pool_full_logged = now
+            log.warning(
+                "upstream: all %d connections in use, requests refused with 503 (%s)",
+                MAX_CONNECTIONS,
+                said,
+            )
 
     def _anonymous(self, headers: list[tuple[str, str]]) -> bool:
         """Whether a request with ``headers`` asks as nobody in particular: without

@@ -208,7 +208,6 @@ async def test_v2_upstream_failure(exc: Exception, status: int, words: str) -> N
     [
         (httpx.ConnectTimeout, "ConnectTimeout: no connection within 7s"),
         (httpx.ReadTimeout, "ReadTimeout: nothing received within 9s"),
-        (httpx.PoolTimeout, "PoolTimeout: no free connection within 7s"),
     ],
 )
 async def test_an_upstream_timeout_says_what_timed_out_and_after_how_long(
@@ -228,6 +227,28 @@ async def test_an_upstream_timeout_says_what_timed_out_and_after_how_long(
     message = (await response.get_json())["errors"][0]["message"]
     assert "did not answer in time" in message and f"registry.example {said}" in message
     assert f"GET registry.example {said}" == health["upstream"]["last_error_message"]
+
+
+async def test_a_full_connection_pool_is_a_503_that_says_so_and_leaves_health_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every pooled connection busy (a crowd of streams) was an upstream timeout: a 504, and
+    /health's upstream error, though the upstream had answered all it was asked."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("", request=request)
+
+    settings: dict[str, object] = {"upstream.connect_timeout": 7}
+    async with mirror(handler, settings) as m:
+        responses = [await m.client.get("/v2/") for _ in range(3)]
+        health = await (await m.client.get("/health")).get_json()
+    assert [r.status_code for r in responses] == [503] * 3
+    message = (await responses[0].get_json())["errors"][0]["message"]
+    assert "connections to the upstream are in use" in message
+    assert "registry.example PoolTimeout: no free connection within 7s" in message
+    assert health["upstream"]["last_error_message"] is None
+    full = [r for r in caplog.records if "connections in use" in r.getMessage()]
+    assert len(full) == 1 and full[0].levelname == "WARNING"  # once, not once a request
 
 
 # --- manifests --------------------------------------------------------------------------------

@@ -379,7 +379,6 @@ async def test_unusable_redirects(location: str | None, words: str) -> None:
         (httpx.UnsupportedProtocol("gopher"), UpstreamUnavailable, 502),
         (httpx.ConnectTimeout("slow"), UpstreamTimeout, 504),
         (httpx.ReadTimeout("slow"), UpstreamTimeout, 504),
-        (httpx.PoolTimeout("busy"), UpstreamTimeout, 504),
     ],
 )
 async def test_transport_failures_become_registry_errors(
@@ -468,8 +467,10 @@ async def test_every_connection_in_use_is_the_mirrors_limit_not_the_upstream_fai
         server.stop()
     assert info.value.status == 503
     assert "connections to the upstream are in use" in info.value.message
+    assert "PoolTimeout: no free connection within 0.2s" in info.value.message
     health = client.health_of(upstream)
     assert health.reachable is True and health.failures["timeout"] == 0
+    assert health.last_error_message is None
 
 
 # --- realm discovery ---------------------------------------------------------------------------
