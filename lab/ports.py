@@ -14,28 +14,39 @@ LOOPBACK = "127.0.0.1"
 #: name the same one.
 _given: set[int] = set()
 
-#: Ports are handed out from here up to the kernel's ephemeral range, which outgoing
-#: connections take their local ports from: a port free a moment ago inside that range can be
-#: a connection's by the time the child process binds it (a CI run lost a test so: a
-#: wildcard listener found its port taken). Nothing takes a port below the range by itself.
+#: Ports are handed out outside the kernel's ephemeral range, which outgoing connections take
+#: their local ports from: a port free a moment ago inside that range can be a connection's by
+#: the time the child process binds it (a CI run lost a test so: a wildcard listener found its
+#: port taken). Nothing takes a port outside it by itself. Below it from here, or above it.
 LOWEST = 10000
+ROOM = 1000  # ports a stretch outside the range must hold to be used
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
-def _ephemeral_start() -> int:
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's ephemeral ports, first and last."""
     try:
-        return int(_RANGE_FILE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
+        first, last = _RANGE_FILE.read_text().split()[:2]
+        return int(first), int(last)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def stretches() -> list[tuple[int, int]]:
+    """Where ports are picked from: [low, top) outside the ephemeral range, with room."""
+    first, last = ephemeral_range()
+    found = [(LOWEST, first), (last + 1, 65536)]
+    return [(low, top) for low, top in found if top - low >= ROOM]
 
 
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that was free on `host` and on both wildcards a moment ago (for child
-    processes we cannot hand a socket to), below the ephemeral range, and never one this
-    process handed out before."""
-    top = _ephemeral_start()
+    processes we cannot hand a socket to), outside the ephemeral range where it has room (a
+    kernel's pick inside it where not), and never one this process handed out before."""
+    where = stretches()
     for _ in range(1000):
-        port = _pick.randrange(LOWEST, top) if top - LOWEST >= 1000 else _kernel_port(host)
+        low, top = where[0] if where else (0, 0)
+        port = _pick.randrange(low, top) if where else _kernel_port(host)
         if port not in _given and _bindable(host, port):
             _given.add(port)
             return port

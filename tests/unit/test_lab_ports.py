@@ -14,7 +14,8 @@ def test_a_port_handed_out_is_below_the_ephemeral_range_and_binds_on_the_wildcar
     connection's local port by the time a child bound it: a CI run's mirror could not listen
     on 0.0.0.0 at a port found free on 127.0.0.1 a moment before."""
     port = ports.free_port()
-    assert ports.LOWEST <= port < ports._ephemeral_start()
+    first, last = ports.ephemeral_range()
+    assert ports.LOWEST <= port < first or last < port < 65536
     with socket.socket() as sock:
         sock.bind(("0.0.0.0", port))
 
@@ -31,10 +32,29 @@ def test_a_port_taken_on_the_wildcard_is_not_handed_out(monkeypatch: pytest.Monk
             picked.append(busy if not picked else random(low, top))
             return picked[-1]
 
-        monkeypatch.setattr(ports, "_ephemeral_start", lambda: 65536)
+        monkeypatch.setattr(ports, "ephemeral_range", lambda: (65536, 65536))
         monkeypatch.setattr(ports._pick, "randrange", pick)
         assert ports.free_port() != busy
         assert picked[0] == busy
+
+
+@pytest.mark.parametrize(
+    ("span", "stretches"),
+    [
+        ((32768, 60999), [(10000, 32768), (61000, 65536)]),
+        ((1024, 65535), []),  # a host that made every port ephemeral: the kernel's pick
+        ((1024, 61000), [(61001, 65536)]),
+        ((10500, 64999), []),
+    ],
+)
+def test_ports_are_picked_outside_the_ephemeral_range_where_there_is_room(
+    monkeypatch: pytest.MonkeyPatch, span: tuple[int, int], stretches: list[tuple[int, int]]
+) -> None:
+    monkeypatch.setattr(ports, "ephemeral_range", lambda: span)
+    assert ports.stretches() == stretches
+    port = ports.free_port()
+    if stretches:
+        assert any(low <= port < top for low, top in stretches)
 
 
 def test_no_two_calls_name_the_same_port() -> None:
