@@ -16,12 +16,12 @@ offers a manifest whose blobs are already gone.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from docxy.core import jsondoc
 from docxy.core.digests import Digest, parse_digest
 from docxy.core.errors import DigestInvalid
 
@@ -90,7 +90,7 @@ def needs(content: bytes) -> tuple[frozenset[Digest], frozenset[Digest]]:
     served for (:meth:`ManifestStore.blob_visibility`): a descriptor nobody checked would
     let any repository's manifest name another's private blob into it."""
     try:
-        doc = json.loads(content)
+        doc = jsondoc.loads(content)
     except ValueError:
         return frozenset(), frozenset()
     if not isinstance(doc, dict):

@@ -42,6 +42,7 @@ from docxy.cache.images import Image, ImageKey, needs
 from docxy.cache.startup import read_in_thread
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
 from docxy.cache.visibility import upstream_key as _upstream_key
+from docxy.core import jsondoc
 from docxy.core.digests import Digest, digest_of, parse_digest
 from docxy.core.errors import DigestInvalid
 from docxy.core.hosts import earlier_spellings, key_now, url_host
@@ -330,7 +331,7 @@ class ManifestStore:
         path = self._content_path(repo.upstream, digest)
         meta_path = _meta_path(path)
         try:
-            meta = json.loads(meta_path.read_bytes())
+            meta = json.loads(meta_path.read_bytes())  # the mirror's own record
             content = path.read_bytes()
             media_type = meta["media_type"]
         except FileNotFoundError:
@@ -748,7 +749,7 @@ def _short(keys: Iterable[ImageKey]) -> list[str]:
 
 def _parse_tag(path: Path) -> TagEntry | None:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes())  # the mirror's own record
         fetched_at = data["fetched_at"]
         public = data["public"]
         if not isinstance(fetched_at, int | float) or not isinstance(public, bool):
@@ -776,7 +777,7 @@ def referenced_digests(content: bytes) -> list[Digest]:
     ``blobs`` list). For ``docxy cache rm``; invalid entries are skipped.
     """
     try:
-        doc = json.loads(content)
+        doc = jsondoc.loads(content)
     except ValueError:
         return []
     if not isinstance(doc, dict):

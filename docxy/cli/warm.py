@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
-import json
 import re
 import sys
 import time
@@ -37,6 +36,7 @@ from docxy.cache import Digest, parse_digest
 from docxy.cli.cache import human_size
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.options import ConfigLoader, add_config_arguments, seconds
+from docxy.core import jsondoc
 from docxy.core.challenge import bearer_challenge, parse_challenge, split_challenges
 from docxy.core.errors import ConfigError, DigestInvalid
 from docxy.core.names import ImageRef, parse_image_ref
@@ -203,7 +203,7 @@ def _check(digest: Digest, hasher: Any) -> None:
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(body)
+        doc = jsondoc.loads(body)
     except ValueError:
         doc = None
     if not isinstance(doc, dict):

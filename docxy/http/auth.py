@@ -27,6 +27,7 @@ from werkzeug.datastructures import Headers
 
 from docxy.access.gate import AccessControl, basic_credentials, bearer_token, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
+from docxy.core import jsondoc
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.errors import Denied, NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.core.headers import kept_retry_after
@@ -148,7 +149,7 @@ def refused_login(challenge: str, upstream_body: bytes) -> Response:
     error is kept; any other (Docker Hub's ``{"details": ...}``) lends its words to the
     message, which the docker CLI prints."""
     try:
-        parsed = json.loads(upstream_body)
+        parsed = jsondoc.loads(upstream_body)
     except ValueError:
         parsed = None
     message = "the upstream's token service refused the login"
@@ -276,7 +277,7 @@ def _json_object(body: bytes) -> bool:
     """Whether an error body is a JSON object (a registry's ``errors``, a token service's
     ``details``): relayed as it is."""
     try:
-        return isinstance(json.loads(body), dict)
+        return isinstance(jsondoc.loads(body), dict)
     except ValueError:
         return False
 

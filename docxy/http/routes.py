@@ -8,7 +8,6 @@ access log's facts and the upstream's health.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ from quart import Blueprint, Response, request
 from docxy.access.gate import remembered
 from docxy.access.identity import Via, identity_of, set_identity
 from docxy.cache.fill import BlobFollower
+from docxy.core import jsondoc
 from docxy.core.challenge import Challenge, rewrite_challenges
 from docxy.core.errors import (
     ClientError,
@@ -185,7 +185,7 @@ def _error_body(body: bytes, status: int) -> bytes:
     """The upstream's error body when it is a registry error, else the mirror's own saying the
     status (a proxy's HTML page, labelled JSON, would break the client's error parse)."""
     try:
-        parsed = json.loads(body)
+        parsed = jsondoc.loads(body)
     except ValueError:
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("errors"), list):

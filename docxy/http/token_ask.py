@@ -21,6 +21,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from docxy.core import jsondoc
+
 #: the form's parameters the mirror reads (the secrets are taken apart)
 FORM_PARAMS = frozenset({"service", "scope", "client_id"})
 
@@ -90,7 +92,7 @@ def for_post_client(body: bytes) -> bytes:
     carry ``token`` only, which containerd's POST reader ignores). Anything that is not such
     an answer passes unchanged."""
     try:
-        parsed = json.loads(body)
+        parsed = jsondoc.loads(body)
     except ValueError:
         return body
     if not isinstance(parsed, dict) or "access_token" in parsed:

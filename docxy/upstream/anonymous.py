@@ -14,9 +14,9 @@ least recently handed out go first).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 
+from docxy.core import jsondoc
 from docxy.core.bounded import LruDict
 from docxy.core.expiry import DEFAULT_EXPIRES_IN, token_lifetime
 
@@ -52,7 +52,7 @@ class AnonymousTokens:
     def remember_answer(self, body: bytes) -> None:
         """Remember the token(s) of a token service's answer (``token``, ``access_token``)."""
         try:
-            answer = json.loads(body)
+            answer = jsondoc.loads(body)
         except ValueError:
             return
         if not isinstance(answer, dict):

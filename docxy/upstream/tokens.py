@@ -20,13 +20,13 @@ of taking the upstream for down (stale-if-error, health). That answer stands for
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 import time
 
 import httpx
 
+from docxy.core import jsondoc
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
 from docxy.core.errors import UpstreamError, UpstreamUnavailable
 from docxy.core.expiry import token_lifetime
@@ -242,11 +242,13 @@ class MirrorTokens:
                 f"the upstream's token service refused the mirror ({answer.status_code})"
             )
         try:
-            data = json.loads(body)
-            token = data.get("token") or data.get("access_token")
-            expires_in = data.get("expires_in")
-        except (ValueError, AttributeError):
-            token = expires_in = None
+            data = jsondoc.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            data = {}
+        token = data.get("token") or data.get("access_token")
+        expires_in = data.get("expires_in")
         if not isinstance(token, str) or not token:
             raise UpstreamUnavailable("the upstream's token service sent no token")
         if not _TOKEN.fullmatch(token):

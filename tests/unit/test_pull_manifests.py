@@ -788,3 +788,17 @@ async def test_a_refusal_from_where_the_registry_redirected_makes_nothing_privat
     assert redirected == [path]
     assert not answer.headers.getlist("Cache-Status")[-1].endswith("detail=private")
     assert hub.seen("GET", "manifests") == [path]  # the second, with the mirror's token
+
+
+async def test_a_manifest_nested_too_deep_for_json_is_no_server_error(tmp_path: Path) -> None:
+    """A manifest of 100,000 ``[`` from the upstream: json.loads raised RecursionError (no
+    ValueError) in the cache's descriptor reading, past every handler: a 500 and a traceback."""
+    hub = Hub()
+    deep = b"[" * 100_000
+    hub.repos["library/base"].manifests["deep"] = deep
+    async with mirror(tmp_path, hub) as app:
+        answer = await call_asgi(
+            app, "GET", "/v2/library/base/manifests/deep", host="mirror.test",
+            headers=AS_ANON.items(),
+        )  # fmt: skip
+    assert answer.status == 200 and answer.body == deep

@@ -136,6 +136,20 @@ async def test_a_token_with_a_lifetime_past_the_floats_is_used() -> None:
     assert ("Authorization", "Bearer t0k") in headers
 
 
+async def test_a_token_answer_nested_too_deep_for_json_is_the_upstream_failing() -> None:
+    """RecursionError (no ValueError) from json.loads went past the registry errors."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        return httpx.Response(200, content=b"[" * 100_000)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        with pytest.raises(UpstreamUnavailable, match="sent no token"):
+            await tokens.headers(UPSTREAM, "library/redis")
+
+
 @pytest.mark.parametrize(
     ("expires_in", "used"),
     [
