@@ -113,11 +113,15 @@ class RegistryAuth(httpx.Auth):
             self.refused = _refusal(token_response)
             return  # the caller sees the token service's answer (a 401: the image's 401)
         try:
-            body = token_response.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+            body = jsondoc.loads(token_response.content)
+        except ValueError:
+            body = None
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
+            # Asked again without one: the caller sees the registry's 401 and why (a bare
+            # return handed it the token service's 200, read as the manifest).
+            self.refused = "the token service sent no token"
+            yield request
             return
         self._tokens[scope] = token
         request.headers["Authorization"] = f"Bearer {token}"
@@ -128,10 +132,12 @@ def _refusal(response: httpx.Response) -> str:
     """A token service's refusal as warm prints it: the status, and the first message of a
     registry error body (``incorrect username or password``), if it is one."""
     try:
-        errors = response.json().get("errors")
-        message = errors[0]["message"] if isinstance(errors, list) and errors else None
-    except (ValueError, AttributeError, KeyError, TypeError):
-        message = None
+        doc = jsondoc.loads(response.content)
+    except ValueError:
+        doc = None
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    first = errors[0] if isinstance(errors, list) and errors else None
+    message = first.get("message") if isinstance(first, dict) else None
     said = f"the token service answered {response.status_code}"
     if isinstance(message, str) and message.isprintable():
         said += f": {message[:200]}"

@@ -704,3 +704,33 @@ def test_a_refused_login_is_printed_as_the_token_service_said(registry: FakeRegi
     said = str(raised.value)
     assert f"unauthorized: the token service answered {status}: {message}" in said
     assert "--username" not in said
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (200, b"[" * 100_000, "the token service sent no token"),
+        (401, b"[" * 100_000, "the token service answered 401"),
+        (200, b"{}", "the token service sent no token"),
+    ],
+    ids=["deep-200", "deep-401", "no-token"],
+)
+def test_a_token_answer_without_a_token_is_a_refusal_not_a_traceback(
+    registry: FakeRegistry, status: int, body: bytes, said: str
+) -> None:
+    """httpx's ``.json()`` raised RecursionError (no ValueError) for a body of 100,000 ``[``:
+    warm ended in a traceback. A 200 without a token was handed on as the manifest's answer
+    (``unsupported media type ''``)."""
+    registry.add_image("team/app", "1", [b"layer"])
+
+    def deep(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(status, content=body)
+        return registry.handler(request)
+
+    client = httpx.Client(
+        base_url="http://mirror.test", transport=httpx.MockTransport(deep), auth=RegistryAuth()
+    )
+    with pytest.raises(WarmError, match="unauthorized") as raised:
+        Warmer(client, "all", io.StringIO()).warm(parse_image_ref("team/app:1"))
+    assert said in str(raised.value)
