@@ -89,11 +89,8 @@ def needs(content: bytes) -> tuple[frozenset[Digest], frozenset[Digest]]:
     bytes unchecked). A cached manifest makes its blobs known in each repository it was
     served for (:meth:`ManifestStore.blob_visibility`): a descriptor nobody checked would
     let any repository's manifest name another's private blob into it."""
-    try:
-        doc = jsondoc.loads(content)
-    except ValueError:
-        return frozenset(), frozenset()
-    if not isinstance(doc, dict):
+    doc = jsondoc.object_in(content)
+    if doc is None:
         return frozenset(), frozenset()
     children = _digests(doc.get("manifests"))
     blobs = _digests([doc.get("config")], pushed=True) | _digests(doc.get("layers"), pushed=True)

@@ -776,11 +776,8 @@ def referenced_digests(content: bytes) -> list[Digest]:
     which is not part of the artifact, nor a field that no cached manifest type has (a
     ``blobs`` list). For ``docxy cache rm``; invalid entries are skipped.
     """
-    try:
-        doc = jsondoc.loads(content)
-    except ValueError:
-        return []
-    if not isinstance(doc, dict):
+    doc = jsondoc.object_in(content)
+    if doc is None:
         return []
     descriptors: list[Any] = [doc.get("config")]
     for key in ("layers", "manifests"):

@@ -112,11 +112,8 @@ class RegistryAuth(httpx.Auth):
         if token_response.status_code != 200:
             self.refused = _refusal(token_response)
             return  # the caller sees the token service's answer (a 401: the image's 401)
-        try:
-            body = jsondoc.loads(token_response.content)
-        except ValueError:
-            body = None
-        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+        body = jsondoc.object_in(token_response.content) or {}
+        token = body.get("token") or body.get("access_token")
         if not isinstance(token, str) or not token:
             # Asked again without one: the caller sees the registry's 401 and why (a bare
             # return handed it the token service's 200, read as the manifest).
@@ -131,11 +128,7 @@ class RegistryAuth(httpx.Auth):
 def _refusal(response: httpx.Response) -> str:
     """A token service's refusal as warm prints it: the status, and the first message of a
     registry error body (``incorrect username or password``), if it is one."""
-    try:
-        doc = jsondoc.loads(response.content)
-    except ValueError:
-        doc = None
-    errors = doc.get("errors") if isinstance(doc, dict) else None
+    errors = (jsondoc.object_in(response.content) or {}).get("errors")
     first = errors[0] if isinstance(errors, list) and errors else None
     message = first.get("message") if isinstance(first, dict) else None
     said = f"the token service answered {response.status_code}"
@@ -208,11 +201,8 @@ def _check(digest: Digest, hasher: Any) -> None:
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = jsondoc.loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
+    doc = jsondoc.object_in(body)
+    if doc is None:
         raise WarmError(f"{what}: not a JSON object")
     return doc
 

@@ -148,12 +148,9 @@ def refused_login(challenge: str, upstream_body: bytes) -> Response:
     upstream's own, if it sent one, would name its realm. An upstream body that is a registry
     error is kept; any other (Docker Hub's ``{"details": ...}``) lends its words to the
     message, which the docker CLI prints."""
-    try:
-        parsed = jsondoc.loads(upstream_body)
-    except ValueError:
-        parsed = None
+    parsed = jsondoc.object_in(upstream_body)
     message = "the upstream's token service refused the login"
-    words = parsed.get("details") if isinstance(parsed, dict) else None
+    words = parsed.get("details") if parsed is not None else None
     if isinstance(words, str) and 0 < len(words) <= 200 and words.isprintable():
         message = f"{message}: {words}"
     error = Unauthorized(message, challenge)
@@ -276,10 +273,7 @@ async def token() -> Response:
 def _json_object(body: bytes) -> bool:
     """Whether an error body is a JSON object (a registry's ``errors``, a token service's
     ``details``): relayed as it is."""
-    try:
-        return isinstance(jsondoc.loads(body), dict)
-    except ValueError:
-        return False
+    return jsondoc.object_in(body) is not None
 
 
 async def _ask_upstream(

@@ -128,7 +128,8 @@ async def ping() -> Response:
         return unauthorized(*rewrite_challenges([known.render()], realm, upstream.library_prefix))
     # Read here, not relayed: the shared client's codings (which read_small inflates), not the
     # client's (a browser's br came back as a 502).
-    headers = [(k, v) for k, v in request_headers(request.headers.items()) if not _coding(k)]
+    headers = request_headers(request.headers.items())
+    headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
     try:
         answer = await state.client.send(upstream, "GET", upstream.url("/v2/"), headers)
         body = await read_small(answer)
@@ -147,10 +148,6 @@ async def ping() -> Response:
         headers = JSON + kept_retry_after(answer.headers.multi_items())
         return registry_response(_error_body(body, answer.status_code), answer.status_code, headers)
     return registry_response(b"{}", 200, JSON)
-
-
-def _coding(name: str) -> bool:
-    return name.lower() == "accept-encoding"
 
 
 def own_challenge(state: MirrorState, upstream: Upstream) -> str:
@@ -184,11 +181,8 @@ def _anonymous_open(state: MirrorState, upstream: Upstream) -> bool:
 def _error_body(body: bytes, status: int) -> bytes:
     """The upstream's error body when it is a registry error, else the mirror's own saying the
     status (a proxy's HTML page, labelled JSON, would break the client's error parse)."""
-    try:
-        parsed = jsondoc.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("errors"), list):
+    parsed = jsondoc.object_in(body)
+    if parsed is not None and isinstance(parsed.get("errors"), list):
         return body
     return UpstreamError(f"the upstream answered {status} to /v2/", status=status).encoded()
 

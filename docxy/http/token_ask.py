@@ -91,11 +91,8 @@ def for_post_client(body: bytes) -> bytes:
     """A token answer as a POST client reads it: with ``access_token`` (a GET answer may
     carry ``token`` only, which containerd's POST reader ignores). Anything that is not such
     an answer passes unchanged."""
-    try:
-        parsed = jsondoc.loads(body)
-    except ValueError:
-        return body
-    if not isinstance(parsed, dict) or "access_token" in parsed:
+    parsed = jsondoc.object_in(body)
+    if parsed is None or "access_token" in parsed:
         return body
     token = parsed.get("token")
     if not isinstance(token, str) or not token:

@@ -143,7 +143,7 @@ class ManifestService:
                 return await self._theirs(pull, cached)
         if pull.head:  # containerd resolves a digest-pinned image so
             return await self._answer_head(self.store, repo, pull, head)
-        if self.tokens.refused(pull.upstream, repo.repo):
+        if self._private(pull):
             return PRIVATE
         try:
             fetched, source = await self._fetch(repo, pull, digest)
@@ -219,10 +219,14 @@ class ManifestService:
             return NOT_ACCEPTED
         return _served(Source.REVALIDATED, cached, pull)
 
+    def _private(self, pull: Pull) -> bool:
+        """The mirror's token was refused for the repository lately (:meth:`_note_refusal`)."""
+        return self.tokens.refused(pull.upstream, pull.name)
+
     def _uncached(self, pull: Pull) -> PassThrough:
         """The mirror's fetch got nothing it caches: its token refused (private to it), or
         another answer."""
-        return PRIVATE if self.tokens.refused(pull.upstream, pull.name) else UNCACHED
+        return PRIVATE if self._private(pull) else UNCACHED
 
     @staticmethod
     def _servable(manifest: CachedManifest, pull: Pull) -> bool:
@@ -266,7 +270,7 @@ class ManifestService:
                 return await self._confirmed(store, repo, pull, moved)
         if pull.head:
             return await self._answer_head(store, repo, pull, head, found.entry)
-        if self.tokens.refused(pull.upstream, repo.repo):
+        if self._private(pull):
             return PRIVATE
         try:
             fetched, source = await self._fetch(repo, pull, None)
@@ -337,7 +341,7 @@ class ManifestService:
         """An upstream HEAD of the tag or digest with the mirror's token and every manifest
         type. A 404 for a tag forgets it (:meth:`_gone`)."""
         tag, asked = pull.reference.tag, pull.reference.digest
-        if self.tokens.refused(pull.upstream, repo.repo):
+        if self._private(pull):
             return Head(found=False)  # its answer stands a while: not asked again at once
         path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
         answer = await self.tokens.send(

@@ -51,11 +51,8 @@ class AnonymousTokens:
 
     def remember_answer(self, body: bytes) -> None:
         """Remember the token(s) of a token service's answer (``token``, ``access_token``)."""
-        try:
-            answer = jsondoc.loads(body)
-        except ValueError:
-            return
-        if not isinstance(answer, dict):
+        answer = jsondoc.object_in(body)
+        if answer is None:
             return
         lifetime = token_lifetime(answer.get("expires_in"), LONGEST)
         for field in ("token", "access_token"):

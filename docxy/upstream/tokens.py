@@ -241,12 +241,7 @@ class MirrorTokens:
             raise UpstreamUnavailable(
                 f"the upstream's token service refused the mirror ({answer.status_code})"
             )
-        try:
-            data = jsondoc.loads(body)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            data = {}
+        data = jsondoc.object_in(body) or {}
         token = data.get("token") or data.get("access_token")
         expires_in = data.get("expires_in")
         if not isinstance(token, str) or not token:
