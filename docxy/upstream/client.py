@@ -378,6 +378,7 @@ class UpstreamClient:
         #: one is the mirror's own as far as the upstream's health goes.
         self.anonymous_tokens = AnonymousTokens()
         self._pool_full_logged = -POOL_FULL_LOG_EVERY  # monotonic time of the last such line
+        self._pool_full_unlogged = 0  # 503s for a full pool since that line
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:
         return self.health.setdefault(upstream.host, UpstreamHealth())
@@ -470,15 +471,22 @@ class UpstreamClient:
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
 
     def _log_pool_full(self, said: str) -> None:
-        """One WARNING a minute at most: a crowd that fills the pool would write one a request."""
+        """One WARNING a minute at most: a crowd that fills the pool would write one a request.
+        Each line counts the refusals since the one before, so none goes unreported."""
         now = time.monotonic()
-        if now - self._pool_full_logged >= POOL_FULL_LOG_EVERY:
-            self._pool_full_logged = now
-            log.warning(
-                "upstream: all %d connections in use, requests refused with 503 (%s)",
-                MAX_CONNECTIONS,
-                said,
-            )
+        if now - self._pool_full_logged < POOL_FULL_LOG_EVERY:
+            self._pool_full_unlogged += 1
+            return
+        since = ""
+        if self._pool_full_unlogged:
+            since = f"; {self._pool_full_unlogged} more refused since the last such line"
+        self._pool_full_logged, self._pool_full_unlogged = now, 0
+        log.warning(
+            "upstream: all %d connections in use, requests refused with 503 (%s)%s",
+            MAX_CONNECTIONS,
+            said,
+            since,
+        )
 
     def _anonymous(self, headers: list[tuple[str, str]]) -> bool:
         """Whether a request with ``headers`` asks as nobody in particular: without

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from werkzeug.datastructures import Headers
 from docxy import __version__
 from docxy.config import load_config
 from docxy.http.app import create_app
+from docxy.upstream import client as client_module
 from docxy.upstream.client import MAX_REDIRECTS
 from docxy.upstream.encoding import ACCEPTED
 from tests.unit.asgi import AsgiAnswer, call_asgi
@@ -249,6 +251,33 @@ async def test_a_full_connection_pool_is_a_503_that_says_so_and_leaves_health_al
     assert health["upstream"]["last_error_message"] is None
     full = [r for r in caplog.records if "connections in use" in r.getMessage()]
     assert len(full) == 1 and full[0].levelname == "WARNING"  # once, not once a request
+    assert "more refused" not in full[0].getMessage()
+
+
+async def test_the_next_full_pool_warning_counts_the_refusals_it_held_back(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The once-a-minute line said nothing of the 503s between two lines: a crowd refused
+    all minute long looked like two refusals in the log."""
+    now = [1000.0]
+    clock = SimpleNamespace(monotonic=lambda: now[0])  # the client's clock, not the loop's
+    monkeypatch.setattr("docxy.upstream.client.time", clock)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("", request=request)
+
+    async with mirror(handler, {}) as m:
+        for _ in range(4):
+            assert (await m.client.get("/v2/")).status_code == 503
+        now[0] += client_module.POOL_FULL_LOG_EVERY
+        assert (await m.client.get("/v2/")).status_code == 503
+        now[0] += client_module.POOL_FULL_LOG_EVERY
+        assert (await m.client.get("/v2/")).status_code == 503
+    full = [r.getMessage() for r in caplog.records if "connections in use" in r.getMessage()]
+    assert len(full) == 3
+    assert "more refused" not in full[0]
+    assert full[1].endswith("; 3 more refused since the last such line")
+    assert "more refused" not in full[2]  # none held back since the second
 
 
 # --- manifests --------------------------------------------------------------------------------
