@@ -14,6 +14,9 @@ pages there). So once a blob written this way is committed, :func:`read_back` re
 off every client's path (one thread for every fill: :class:`ReadBacks`), as a buffered write
 would have left it in memory for the next pull; not one larger than an eighth of the
 machine's memory (or its container's, if less), which the page cache would not keep anyway.
+Only while no fill runs (:data:`FILLS`): a read back during the next miss (the next layer of
+the same pull) made that one a third slower on the benchmark's VM, at any thread priority
+(2.2-2.7 CPU-s a GiB, most of it the new pages, and the disk shared).
 
 Only whole blocks at aligned offsets from an aligned buffer can be written so: each read
 (a multiple of :data:`ALIGN` bytes; every one but a blob's last) is copied into one
@@ -33,7 +36,7 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -192,28 +195,69 @@ def _lowest_limit(top: Path, own: str, name: str) -> list[int]:
     return limits
 
 
-def read_back(path: Path, size: int, memory: int | None = None) -> int:
+class Running:
+    """How many fills run in this process; :meth:`wait` blocks while any does. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._count > 0
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        """One fill running, for the ``with`` block."""
+        with self._changed:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._count -= 1
+                self._changed.notify_all()
+
+    def wait(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._count == 0)
+
+
+#: The fills running now (each :func:`docxy.cache.fill.run_fill`, from fetch to commit).
+FILLS = Running()
+
+
+def read_back(
+    path: Path, size: int, memory: int | None = None, fills: Running | None = None
+) -> int:
     """Read the committed blob at ``path`` (``size`` bytes) once, to its end, into the page
     cache; returns the bytes read: none when it is larger than ``1/READ_BACK_SHARE`` of
     ``memory`` (:func:`memory_size`, by default) or gone meanwhile (evicted): nothing to gain
-    then."""
+    then. With ``fills``, it reads only while none runs: when one starts, it lets go of the
+    file (an eviction meanwhile frees it) and goes on from there once they are all done."""
     memory = memory_size() if memory is None else memory
     if memory is None or size > memory // READ_BACK_SHARE:
         return 0
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return 0
     total = 0
     buffer = bytearray(min(READ_BACK_CHUNK, max(size, 1)))
-    try:
-        while count := os.readv(fd, [buffer]):
-            total += count
-    except OSError:
-        pass  # a disk that fails the read fails the hit's read too, and says so there
-    finally:
-        os.close(fd)
-    return total
+    while True:
+        if fills is not None:
+            fills.wait()
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return total
+        try:
+            while count := os.preadv(fd, [buffer], total):
+                total += count
+                if fills is not None and fills.busy:
+                    break
+            else:
+                return total
+        except OSError:
+            return total  # a disk that fails the read fails the hit's read too, and says so
+        finally:
+            os.close(fd)
 
 
 class ReadBacks:
@@ -250,7 +294,7 @@ class ReadBacks:
         while True:
             path, size = self._next()
             try:
-                read_back(path, size)
+                read_back(path, size, fills=FILLS)
             except Exception:  # a head start only: never the end of the thread
                 self._failed += 1  # the cause in full once; a count after (it may repeat)
                 log.warning(

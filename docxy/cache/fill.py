@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from docxy.cache.directwrite import DirectWriter, read_back_later
+from docxy.cache.directwrite import FILLS, DirectWriter, read_back_later
 from docxy.cache.errors import (
     DigestMismatch,
     FetchFailed,
@@ -1080,8 +1080,13 @@ async def run_fill(writer: BlobWriter, fetch: Fetch) -> None:
     A download that breaks off midway (``Download.broke_off``) goes on from where it broke
     with ``Download.resume``, up to :data:`RESUMES` times, each only after the last try gave
     new bytes (:class:`~docxy.cache.resuming.Resuming`): its clients stream on, and the commit
-    verifies the whole as ever.
+    verifies the whole as ever. No blob is read back meanwhile (:data:`FILLS`).
     """
+    with FILLS.one():
+        await _run_fill(writer, fetch)
+
+
+async def _run_fill(writer: BlobWriter, fetch: Fetch) -> None:
     async with writer:
         try:
             download = await fetch()
