@@ -23,7 +23,9 @@ Not a test: it prints figures and the ratios the cache issue sets as targets.
    peers fetch from is always plain HTTP. Rounds interleave the variants; every figure is a
    median over the rounds, and each is also given as a ratio to Distribution's.
 4. Docxy's peak RSS while ``--clients`` curls fetch different blobs at once, cold then warm,
-   once per round with a fresh cache (plain HTTP, not pinned).
+   once per round with a fresh cache (plain HTTP, not pinned). Then ``--layers`` different
+   ``--layer-mib`` blobs, cold, one GET after another with nothing waited for in between (the
+   layers of a pull), through Distribution and Docxy with fresh caches, once per round.
 5. A blob (``--throttle-mib``) through a throttling TCP proxy (``--throttle-mbit``) in front of
    the upstream, once per round:
    direct, through Docxy whose cache a previous pull filled (section 3's cache dir), and through
@@ -717,6 +719,61 @@ def crowd_section(args: argparse.Namespace, services: Services, data: BlobData) 
     )
 
 
+# --- section 4b: the layers of one pull, one after another -------------------------------------
+
+
+def layers_section(args: argparse.Namespace, services: Services, data: BlobData) -> None:
+    """Cold GETs of ``--layers`` different blobs in a row, as a pull fetches its layers: what
+    a peer leaves running after one blob (Distribution's second fetch and store, Docxy's read
+    back) is running during the next; the other sections let each peer go quiet first."""
+    size, count = args.layer_mib * MiB, args.layers
+    print(
+        f"\n== {count} different {args.layer_mib} MiB blobs, cold, one GET after another "
+        f"(the layers of a pull), {args.rounds} round(s), plain HTTP, every core =="
+    )
+    blobs = [data.ensure(f"layer-{i}", size, announce=False) for i in range(count)]
+    upstream = start_registry(services, "upstream-layers", data.storage)
+    names = (DISTRIBUTION, "Docxy")
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for round_no in range(args.rounds):
+            for name in names:
+                fresh = services.workdir / f"layers-{round_no}-{name.split()[0].lower()}"
+                if name == DISTRIBUTION:
+                    peer = start_registry(services, "distribution-layers", fresh, upstream.url)
+                else:
+                    max_size = count * size + GiB
+                    peer = start_docxy(services, "docxy-layers", upstream.url, fresh, max_size)
+                try:
+                    settle_disk()
+                    settle([peer.pid, upstream.pid])
+                    transfers = [curl_get(peer.url + blob.path) for blob in blobs]
+                    for blob, transfer in zip(blobs, transfers, strict=True):
+                        check_transfer(name, transfer, blob)
+                    seconds = sum(transfer.seconds for transfer in transfers)
+                    speeds[name].append(count * size / MB / seconds)
+                    each = ", ".join(f"{size / MB / t.seconds:.0f}" for t in transfers)
+                    print(
+                        f"  round {round_no + 1} {name}: {speeds[name][-1]:.0f} MB/s in all "
+                        f"(each: {each})",
+                        flush=True,
+                    )
+                finally:
+                    services.stop(peer)
+                    shutil.rmtree(fresh, ignore_errors=True)
+    finally:
+        services.stop(upstream)
+    print(f"  median [min-max] over {args.rounds} round(s), MB/s over the {count} GETs' time:")
+    for name in names:
+        print(f"  {name:<20}{spread(speeds[name], '.0f')}")
+    ratio = median(speeds["Docxy"]) / median(speeds[DISTRIBUTION])
+    verdict = "met" if ratio >= 1 else "MISSED"
+    print(
+        f"  Docxy / Distribution: {median(speeds['Docxy']):.0f} / "
+        f"{median(speeds[DISTRIBUTION]):.0f} = {ratio:.2f} (target >= 1: {verdict})"
+    )
+
+
 # --- section 5: a throttled upstream ---------------------------------------------------------
 
 
@@ -1093,6 +1150,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--throttle-mbit", type=float, default=100.0)
     parser.add_argument("--throttle-mib", type=int, help="throttled blob (default: --size-mib)")
     parser.add_argument("--skip-crowd", action="store_true")
+    parser.add_argument("--layers", type=int, default=3, help="blobs GET in a row, cold (3)")
+    parser.add_argument("--layer-mib", type=int, help="size of each of them, MiB (512; quick 64)")
+    parser.add_argument("--skip-layers", action="store_true")
     parser.add_argument("--skip-throttle", action="store_true")
     parser.add_argument(
         "--docker-pull",
@@ -1109,6 +1169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.clients = args.clients or (10 if quick else 50)
     args.client_mib = args.client_mib or (32 if quick else 256)
     args.pull_mib = args.pull_mib or (128 if quick else 1024)
+    args.layer_mib = args.layer_mib or (64 if quick else 512)
     args.throttle_size = args.throttle_mib * MiB if args.throttle_mib else args.size
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
     if unknown:
@@ -1187,6 +1248,8 @@ def run(args: argparse.Namespace, services: Services) -> None:
     print_ratios(bench.results)
     if not args.skip_crowd:
         crowd_section(args, services, data)
+    if not args.skip_layers:
+        layers_section(args, services, data)
     if not args.skip_throttle:
         throttle_section(args, services, data, bench.docxy_cache)
     if args.docker_pull:
