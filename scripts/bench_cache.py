@@ -724,8 +724,9 @@ def crowd_section(args: argparse.Namespace, services: Services, data: BlobData) 
 
 def layers_section(args: argparse.Namespace, services: Services, data: BlobData) -> None:
     """Cold GETs of ``--layers`` different blobs in a row, as a pull fetches its layers: what
-    a peer leaves running after one blob (Distribution's second fetch and store, Docxy's read
-    back) is running during the next; the other sections let each peer go quiet first."""
+    a peer does after one blob's GET (Distribution's second fetch and store, Docxy's sync and
+    read back, which waits for no fill to run) may overlap the next GET; the other sections
+    let each peer go quiet first."""
     size, count = args.layer_mib * MiB, args.layers
     print(
         f"\n== {count} different {args.layer_mib} MiB blobs, cold, one GET after another "
@@ -1172,6 +1173,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.layer_mib = args.layer_mib or (64 if quick else 512)
     args.throttle_size = args.throttle_mib * MiB if args.throttle_mib else args.size
     unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if args.layers < 1:
+        parser.error("--layers: at least 1")
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     args.variant_list = [VARIANTS[name] for name in args.variants.split(",")]

@@ -232,9 +232,9 @@ def read_back(
 ) -> int:
     """Read the committed blob at ``path`` (``size`` bytes) once, to its end, into the page
     cache; returns the bytes read: none when it is larger than ``1/READ_BACK_SHARE`` of
-    ``memory`` (:func:`memory_size`, by default) or gone meanwhile (evicted): nothing to gain
-    then. With ``fills``, it reads only while none runs: when one starts, it lets go of the
-    file (an eviction meanwhile frees it) and goes on from there once they are all done."""
+    ``memory`` (:func:`memory_size`, by default), those read before it was gone (evicted)
+    otherwise. With ``fills``, it reads only while none runs: when one starts, it lets go of
+    the file (an eviction meanwhile frees it) and goes on from there once they are all done."""
     memory = memory_size() if memory is None else memory
     if memory is None or size > memory // READ_BACK_SHARE:
         return 0
@@ -292,6 +292,7 @@ class ReadBacks:
 
     def _run(self) -> None:
         while True:
+            FILLS.wait()  # before taking one: those that wait meanwhile may be dropped
             path, size = self._next()
             try:
                 read_back(path, size, fills=FILLS)

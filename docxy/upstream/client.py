@@ -472,7 +472,8 @@ class UpstreamClient:
 
     def _log_pool_full(self, said: str) -> None:
         """One WARNING a minute at most: a crowd that fills the pool would write one a request.
-        Each line counts the refusals since the one before, so none goes unreported."""
+        Each line counts the refusals since the one before (those after the last line are
+        counted by the next one, if the pool fills again)."""
         now = time.monotonic()
         if now - self._pool_full_logged < POOL_FULL_LOG_EVERY:
             self._pool_full_unlogged += 1

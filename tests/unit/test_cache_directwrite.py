@@ -178,11 +178,14 @@ def test_a_read_back_waits_for_the_fills_running_and_an_eviction_meanwhile_ends_
     fills = Watched()
     read: list[int] = []
     with fills.one():
-        reading = threading.Thread(target=lambda: read.append(read_back(path, size, memory, fills)))
+        reading = threading.Thread(
+            target=lambda: read.append(read_back(path, size, memory, fills)), daemon=True
+        )
         reading.start()
         assert waiting.wait(GUARD)
         path.unlink()  # evicted while the fill runs: the read back has not opened it
     reading.join(GUARD)
+    assert not reading.is_alive()
     assert read == [0]
 
 
