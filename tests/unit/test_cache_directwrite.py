@@ -411,6 +411,38 @@ def test_read_backs_waiting_are_bounded_and_the_oldest_goes(
     assert failed.exc_info is not None and "Input/output error" in str(failed.exc_info[1])
 
 
+def test_read_backs_wait_for_the_fills_before_taking_a_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread took the next blob, then waited for the fills: on a busy mirror it held that
+    one while newer ones pushed older ones out of the queue. It waits before taking one."""
+    waited: list[threading.Thread] = []  # the threads that waited (another store's too)
+
+    class Watched(directwrite.Running):
+        def wait(self) -> None:
+            waited.append(threading.current_thread())
+            super().wait()
+
+    fills = Watched()
+    monkeypatch.setattr(directwrite, "FILLS", fills)
+    done: list[str] = []
+
+    def read(path: Path, size: int, fills: directwrite.Running | None = None) -> int:
+        done.append(path.name)
+        return size
+
+    monkeypatch.setattr(directwrite, "read_back", read)
+    backs = directwrite.ReadBacks(pending=2)
+    with fills.one():
+        backs.add(tmp_path / "first", 1)
+        # its thread waits for the fill, holding no blob
+        assert eventually(lambda: backs._worker in waited, GUARD)
+        backs.add(tmp_path / "second", 1)
+        backs.add(tmp_path / "third", 1)  # the oldest waiting goes
+    assert eventually(lambda: len(done) >= 2, GUARD)
+    assert done == ["second", "third"]
+
+
 def test_read_backs_try_again_when_no_thread_could_be_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
