@@ -160,6 +160,18 @@ class FillStarts(directwrite.Running):
             self._then()
 
 
+class WatchedFills(directwrite.Running):
+    """Fills that remember every thread that waited for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited: list[threading.Thread] = []
+
+    def wait(self) -> None:
+        self.waited.append(threading.current_thread())
+        super().wait()
+
+
 def test_a_read_back_waits_for_the_fills_running_and_an_eviction_meanwhile_ends_it(
     tmp_path: Path,
 ) -> None:
@@ -168,21 +180,14 @@ def test_a_read_back_waits_for_the_fills_running_and_an_eviction_meanwhile_ends_
     path = tmp_path / "blob"
     path.write_bytes(os.urandom(3 * directwrite.READ_BACK_CHUNK))
     size, memory = path.stat().st_size, 1 << 40
-    waiting = threading.Event()
-
-    class Watched(directwrite.Running):
-        def wait(self) -> None:
-            waiting.set()
-            super().wait()
-
-    fills = Watched()
+    fills = WatchedFills()
     read: list[int] = []
     with fills.one():
         reading = threading.Thread(
             target=lambda: read.append(read_back(path, size, memory, fills)), daemon=True
         )
         reading.start()
-        assert waiting.wait(GUARD)
+        assert eventually(lambda: reading in fills.waited, GUARD)
         path.unlink()  # evicted while the fill runs: the read back has not opened it
     reading.join(GUARD)
     assert not reading.is_alive()
@@ -416,14 +421,7 @@ def test_read_backs_wait_for_the_fills_before_taking_a_blob(
 ) -> None:
     """The thread took the next blob, then waited for the fills: on a busy mirror it held that
     one while newer ones pushed older ones out of the queue. It waits before taking one."""
-    waited: list[threading.Thread] = []  # the threads that waited (another store's too)
-
-    class Watched(directwrite.Running):
-        def wait(self) -> None:
-            waited.append(threading.current_thread())
-            super().wait()
-
-    fills = Watched()
+    fills = WatchedFills()  # another store's read-back thread may wait for it too
     monkeypatch.setattr(directwrite, "FILLS", fills)
     done: list[str] = []
 
@@ -436,7 +434,7 @@ def test_read_backs_wait_for_the_fills_before_taking_a_blob(
     with fills.one():
         backs.add(tmp_path / "first", 1)
         # its thread waits for the fill, holding no blob
-        assert eventually(lambda: backs._worker in waited, GUARD)
+        assert eventually(lambda: backs._worker in fills.waited, GUARD)
         backs.add(tmp_path / "second", 1)
         backs.add(tmp_path / "third", 1)  # the oldest waiting goes
     assert eventually(lambda: len(done) >= 2, GUARD)
