@@ -153,8 +153,32 @@ def test_certs_status_of_a_pair_it_cannot_serve_fails(
     assert "error" in json.loads(capsys.readouterr().out)
 
 
-def _sigint_as_a_terminal_has_it() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A shell without job control starts background commands with SIGINT ignored, and Python keeps
+# an ignored SIGINT ignored (no KeyboardInterrupt): a test run so (`.ci/run &` from a script)
+# waited for ever. Ctrl-C at a terminal has Python's own handler, which this puts back before
+# docxy runs. (Not ``preexec_fn``: Python code between fork and exec in a test process that has
+# threads can hang the child before it execs.)
+_AS_AT_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'docxy'; runpy.run_module('docxy', run_name='__main__', alter_sys=True)"
+)
+
+
+def _accept_request(server: socket.socket) -> socket.socket:
+    """The first connection that sends a registry request: a stray client from an earlier test
+    that reaches this port is not taken for ``docxy warm``."""
+    while True:
+        connection, _ = server.accept()
+        connection.settimeout(30)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        if head.startswith(b"GET /v2/"):
+            return connection
+        connection.close()
 
 
 def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
@@ -168,33 +192,29 @@ def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
             [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
         )
         env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+        # a read timeout far past this test's own: only Ctrl-C can end warm in time
+        argv = ["warm", "--timeout", "600", "--mirror", f"http://{LOOPBACK}:{port}", "redis"]
         warm = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "docxy",
-                "warm",
-                "--mirror",
-                f"http://{LOOPBACK}:{port}",
-                "redis",
-            ],
+            [sys.executable, "-c", _AS_AT_A_TERMINAL, *argv],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            # A shell without job control starts background commands with SIGINT ignored, and
-            # Python keeps an ignored SIGINT ignored (no KeyboardInterrupt): a test run so
-            # (`.ci/run &` from a script) waited for ever. Ctrl-C at a terminal has it.
-            preexec_fn=_sigint_as_a_terminal_has_it,
         )
+        connection = None
         try:
             stalled.settimeout(60)
-            connection, _ = stalled.accept()  # warm is now waiting for an answer
+            connection = _accept_request(stalled)  # warm has sent it and waits for an answer
             warm.send_signal(signal.SIGINT)
             _, err = warm.communicate(timeout=60)
-            connection.close()
+        except subprocess.TimeoutExpired:
+            warm.kill()
+            _, err = warm.communicate()
+            pytest.fail(f"docxy warm did not end within 60 s of SIGINT; stderr: {err!r}")
         finally:
+            if connection is not None:
+                connection.close()
             warm.kill()
             warm.communicate()  # reaped, its pipes closed: nothing left to the next test
     assert "Traceback" not in err, err
