@@ -146,17 +146,20 @@ class Runs:
         return max(now, min(self.last_run + delay, now + delay))
 
     def _install_owed(self) -> bool:
-        """Whether the certificate issued last is not the one served (the served files lost, a
-        bootstrap pair in their place): the first run installs it, so it is not put off."""
+        """Whether the pair issued last is not the one served (the served files lost, a
+        bootstrap pair in their place, a key lost or replaced beside the right certificate):
+        the first run installs it, so it is not put off. Compared as ``certs.install`` does,
+        file by file."""
         s = self.settings
-        if s.domain is None or s.cert_path is None:
+        if s.domain is None or s.cert_path is None or s.key_path is None:
             return False
+        live = s.config_dir / "live" / s.domain
         try:
-            issued = (s.config_dir / "live" / s.domain / "fullchain.pem").read_bytes()
+            issued = (live / "fullchain.pem").read_bytes(), (live / "privkey.pem").read_bytes()
         except OSError:
             return False  # nothing issued yet
         try:
-            return s.cert_path.read_bytes() != issued
+            return (s.cert_path.read_bytes(), s.key_path.read_bytes()) != issued
         except OSError:
             return True
 

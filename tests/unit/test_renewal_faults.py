@@ -227,7 +227,8 @@ def test_a_restarted_renewer_owing_an_install_runs_at_once(
 ) -> None:
     """Within its backoff, but the certificate issued last is not the one served (the served
     files lost, the mirror on a bootstrap pair): the first run, which installs it, is not put
-    off by the backoff."""
+    off by the backoff. The key counts too: the issued certificate served beside another key
+    (a key file lost or replaced) was taken for installed, and the backoff stood."""
     from scheduler import main as scheduler_main
     from scheduler import settings as settings_mod
     from scheduler.runs import Runs
@@ -249,7 +250,12 @@ def test_a_restarted_renewer_owing_an_install_runs_at_once(
     renewer.restore()
     first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
     assert first <= dt.datetime.now(dt.UTC)
-    served.write_bytes((config_dir / "live" / "mirror.test" / "fullchain.pem").read_bytes())
+    live = config_dir / "live" / "mirror.test"
+    served.write_bytes((live / "fullchain.pem").read_bytes())
+    # the issued certificate beside the bootstrap key: a pair the mirror cannot serve
+    first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
+    assert first <= dt.datetime.now(dt.UTC)
+    (tmp_path / "served" / "selfsigned-key.pem").write_bytes((live / "privkey.pem").read_bytes())
     first = scheduler_main.build(renewer).get_job(scheduler_main.RENEW_JOB).next_run_time
     assert first >= last_run + dt.timedelta(seconds=480)
 
