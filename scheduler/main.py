@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -122,6 +123,53 @@ def follow_the_clock(scheduler: BaseScheduler, furthest: dt.timedelta) -> thread
     return thread
 
 
+class SignalStop:
+    """Stop a scheduler once on the first of ``signals``, from a thread of its own.
+
+    A Python handler runs in the main thread between any two of its bytecodes: one that called
+    ``scheduler.shutdown`` itself could block for ever on a lock the main thread held at that
+    moment (APScheduler's wake-up event), and a second signal, once the scheduler had stopped,
+    raised SchedulerNotRunningError in whatever the main thread was doing (waiting for the run
+    under way at exit: a traceback in the log). Here the Python handlers do nothing; the
+    interpreter's C-level handler writes each signal's number to a socket
+    (``signal.set_wakeup_fd``), and :meth:`start`'s thread reads it there. Call from the main
+    thread.
+    """
+
+    def __init__(self, scheduler: BaseScheduler, signals: Sequence[int]) -> None:
+        self._scheduler = scheduler
+        self._signals = frozenset(signals)
+        # kept here as long as the thread runs: the wake-up fd is only the writing end's number
+        self._readable, self._writable = socket.socketpair()
+        self._writable.setblocking(False)  # set_wakeup_fd's condition; the reading end blocks
+
+    def start(self) -> threading.Thread:
+        for signum in self._signals:
+            signal.signal(signum, _noted)
+        signal.set_wakeup_fd(self._writable.fileno(), warn_on_full_buffer=False)
+        thread = threading.Thread(target=self._watch, name="signals", daemon=True)
+        thread.start()
+        return thread
+
+    def _watch(self) -> None:
+        stopping = False
+        while data := self._readable.recv(64):
+            for signum in data:
+                if signum not in self._signals:
+                    continue
+                if stopping:
+                    log.info("signal %d again: already stopping", signum)
+                    continue
+                stopping = True
+                log.info("signal %d: stopping", signum)
+                self._scheduler.shutdown(wait=False)
+
+
+def _noted(_signum: int, _frame: FrameType | None) -> None:
+    """The Python side of a signal :class:`SignalStop` watches: nothing (the wake-up socket
+    carries it); without a handler of Python's own the signal would end the process."""
+
+
 def idle(once: bool) -> int:
     """No domain, no certificate: certbot is never run. Wait for SIGTERM (a supervisor would
     otherwise take a renewer that exits at once for one that cannot start)."""
@@ -156,12 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     renewer.restore()  # failures in a row, their backoff, the last success: as before a restart
     scheduler = build(renewer)
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        scheduler.shutdown(wait=False)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    SignalStop(scheduler, (signal.SIGTERM, signal.SIGINT)).start()
     when = (
         f"every {settings.interval:g}s"
         if settings.interval

@@ -980,3 +980,44 @@ def test_the_status_files_certificate_is_judged_for_the_domain_as_health_judges_
     assert described["served"] == "other-name" and described["domain"] == "mirror.test"
     assert described["warning"] == certs.describe_files(cert, key, "mirror.test")["warning"]
     assert described["warning"]
+
+
+def test_a_second_stop_while_a_run_ends_is_quiet(tmp_path: Path, env: dict[str, str]) -> None:
+    """SIGTERM twice (a supervisor's stop, then an impatient operator's) while a renewal run is
+    under way: the second signal found the scheduler stopped already, and its handler raised
+    SchedulerNotRunningError, a traceback in the renewer's log. A stop is now taken once; the
+    run in progress is still waited for, and the renewer exits 0."""
+    lineage = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "mirror.test"
+    issued_lineage(lineage)
+    started = tmp_path / "certbot-started"
+    # certbot that takes its time: the run is under way when the signals come
+    proc_env = fake_certbot_on_path(tmp_path, f"touch {started}\nsleep 3\n")
+    served = tmp_path / "served"
+    proc_env["DOCXY_TLS_CERT_PATH"] = str(served / "fullchain.pem")
+    proc_env["DOCXY_TLS_KEY_PATH"] = str(served / "privkey.pem")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler"],
+        env=proc_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def certbot_running() -> bool:
+            assert proc.poll() is None, "the renewer exited"
+            return started.exists()
+
+        poll(certbot_running)
+        proc.send_signal(signal.SIGTERM)  # the renewer only: its run's child goes on
+        time.sleep(0.5)
+        assert proc.poll() is None  # waits for the run in progress
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert "Traceback" not in out, out
+    assert proc.returncode == 0, out
+    assert out.count(": stopping") == 1, out
