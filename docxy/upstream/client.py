@@ -9,6 +9,7 @@ for ``/health``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
@@ -379,6 +380,7 @@ class UpstreamClient:
         self.anonymous_tokens = AnonymousTokens()
         self._pool_full_logged = -POOL_FULL_LOG_EVERY  # monotonic time of the last such line
         self._pool_full_unlogged = 0  # 503s for a full pool since that line
+        self._pool_full_tail: asyncio.TimerHandle | None = None  # logs them if none follows
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:
         return self.health.setdefault(upstream.host, UpstreamHealth())
@@ -472,21 +474,43 @@ class UpstreamClient:
 
     def _log_pool_full(self, said: str) -> None:
         """One WARNING a minute at most: a crowd that fills the pool would write one a request.
-        Each line counts the refusals since the one before (those after the last line are
-        counted by the next one, if the pool fills again)."""
+        Each line counts the refusals since the one before; those after the last line are
+        told by a line of their own a minute after it, if the pool has not filled again."""
         now = time.monotonic()
         if now - self._pool_full_logged < POOL_FULL_LOG_EVERY:
             self._pool_full_unlogged += 1
+            if self._pool_full_tail is None:
+                wait = self._pool_full_logged + POOL_FULL_LOG_EVERY - now
+                loop = asyncio.get_running_loop()
+                self._pool_full_tail = loop.call_later(wait, self._log_pool_full_tail)
             return
         since = ""
         if self._pool_full_unlogged:
             since = f"; {self._pool_full_unlogged} more refused since the last such line"
         self._pool_full_logged, self._pool_full_unlogged = now, 0
+        if self._pool_full_tail is not None:  # this line tells them
+            self._pool_full_tail.cancel()
+            self._pool_full_tail = None
         log.warning(
             "upstream: all %d connections in use, requests refused with 503 (%s)%s",
             MAX_CONNECTIONS,
             said,
             since,
+        )
+
+    def _log_pool_full_tail(self) -> None:
+        """The refusals held back since the last line, a minute after it (a crowd that stopped
+        filling the pool then was never counted)."""
+        self._pool_full_tail = None
+        if not self._pool_full_unlogged:
+            return
+        refused, self._pool_full_unlogged = self._pool_full_unlogged, 0
+        self._pool_full_logged = time.monotonic()
+        log.warning(
+            "upstream: %d more requests refused with 503 since the last such line "
+            "(all %d connections were in use)",
+            refused,
+            MAX_CONNECTIONS,
         )
 
     def _anonymous(self, headers: list[tuple[str, str]]) -> bool:

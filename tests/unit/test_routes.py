@@ -280,6 +280,34 @@ async def test_the_next_full_pool_warning_counts_the_refusals_it_held_back(
     assert "more refused" not in full[2]  # none held back since the second
 
 
+async def test_refusals_after_the_last_full_pool_warning_are_told_a_minute_later(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refusals held back after a warning were only counted by the next one: a crowd that
+    filled the pool for half a minute and then stopped left a single refusal in the log. They
+    now get a line of their own once the minute (here 0.3 s) is up; a refusal after that starts
+    a new minute, with a line of its own at once."""
+    monkeypatch.setattr(client_module, "POOL_FULL_LOG_EVERY", 0.3)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("", request=request)
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "refused with 503" in r.getMessage()]
+
+    async with mirror(handler, {}) as m:
+        for _ in range(3):
+            assert (await m.client.get("/v2/")).status_code == 503
+        assert len(lines()) == 1  # the first at once, two held back
+        await asyncio.sleep(0.6)
+        assert len(lines()) == 2
+        assert lines()[1].startswith("upstream: 2 more requests refused with 503 since")
+        await asyncio.sleep(0.4)
+        assert len(lines()) == 2  # nothing held back since: no line
+        assert (await m.client.get("/v2/")).status_code == 503
+    assert len(lines()) == 3 and "more refused" not in lines()[2]
+
+
 # --- manifests --------------------------------------------------------------------------------
 
 
