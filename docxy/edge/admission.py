@@ -100,9 +100,12 @@ class Admission:
             await self.app(scope, receive, send)
             return
         address = request_address(scope, self.config.server)
-        key = limit_key(client_identity(scope, self.access), address)
+        identity = client_identity(scope, self.access)
+        key = limit_key(identity, address)
         exempt = address in self.exempt
-        refusal = self._admit(scope, address, None if exempt else key)
+        # users mode: a client the mirror does not know is not told its repository rules
+        stranger = identity is None and self.access is not None and self.access.users_mode
+        refusal = self._admit(scope, address, None if exempt else key, say_why=not stranger)
         if refusal is not None:
             setting, error = refusal
             self.refused[setting] += 1
@@ -137,15 +140,18 @@ class Admission:
         """Requests refused so far, by the setting that refused them (``docxy_refused_total``)."""
         return dict(self.refused)
 
-    def _admit(self, scope: Any, address: Address | None, key: str | None) -> Refusal | None:
+    def _admit(
+        self, scope: Any, address: Address | None, key: str | None, *, say_why: bool = True
+    ) -> Refusal | None:
         """Why the request may not pass (the setting that refuses it, and the error to send);
-        None: it may. ``key`` None: a client exempt from the per-client limits."""
+        None: it may. ``key`` None: a client exempt from the per-client limits. ``say_why``:
+        a refused repository's message names the rule (see ``Rules.refusal``)."""
         if self.allow and address not in self.allow:
             who = address or "this client"
             return "access.allow", Denied(f"access denied: {who} is not allowed to use this mirror")
         name, kind = self._repository(scope)
         if name is not None and self.rules:
-            refusal = self.rules.refusal(name)
+            refusal = self.rules.refusal(name, say_why=say_why)
             if refusal is not None:
                 return "access.repositories", Denied(refusal, {"name": name})
         if key is None:

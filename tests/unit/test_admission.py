@@ -79,6 +79,8 @@ def config(**settings: object) -> Config:
 class Users:
     """Stands in for ``docxy.access``: a ``Bearer NAME`` header is the user NAME."""
 
+    users_mode = False  # strangers are told the repository rules, as in open mode
+
     def check(self, authorization: str | None, repository: str | None) -> Decision:
         assert repository is None  # admission only asks who, never whether
         if authorization is None:
@@ -234,6 +236,42 @@ async def test_users_of_docxy_access_have_limits_of_their_own(tmp_path: Path) ->
         assert [await status(tokens["alice"]) for _ in range(3)] == [200, 200, 429]
         assert await status(tokens["bob"]) == 200
         assert [await status("forged") for _ in range(3)] == [401, 401, 429]  # the address's
+
+
+async def test_users_mode_tells_only_known_clients_which_repositories_are_served(
+    tmp_path: Path,
+) -> None:
+    """A refused repository's message named the rule (``it serves library/*``, ``denied by
+    library/evil``) to anyone, in users mode too, where ``/health`` tells strangers nothing
+    of the settings. A client without a valid token now gets the refusal alone; a user still
+    learns what the mirror serves."""
+    settings = {
+        "access.repositories": "library/*",
+        "access.deny_repositories": "library/evil",
+    }
+    async with users_mirror(tmp_path, **settings) as m:
+        token = await token_for(m, "repository:library/redis:pull", "alice")
+        state = mirror_state(m.app)
+        admitted = Admission(m.app, state.config, state.access)
+
+        async def refusal(path: str, token: str | None) -> str:
+            headers = [] if token is None else [("Authorization", f"Bearer {token}")]
+            answer = await call_asgi(
+                admitted, "GET", path, host="mirror.example.com", headers=headers
+            )
+            assert answer.status == 403, answer.status
+            message = json.loads(answer.body)["errors"][0]["message"]
+            assert isinstance(message, str)
+            return message
+
+        for who in (None, "forged"):
+            for path in ("/v2/someone/tool/manifests/latest", "/v2/library/evil/manifests/x"):
+                said = await refusal(path, who)
+                assert said.endswith("is not served by this mirror"), said
+        told = await refusal("/v2/someone/tool/manifests/latest", token)
+        assert told.endswith("(it serves library/*)"), told
+        told = await refusal("/v2/library/evil/manifests/x", token)
+        assert told.endswith("(denied by library/evil)"), told
 
 
 async def test_an_unreadable_token_key_is_503_not_an_exception_out_of_the_edge(
