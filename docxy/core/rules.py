@@ -80,17 +80,11 @@ class RepositoryRules:
     def __bool__(self) -> bool:
         return bool(self.allow or self.deny)
 
-    def refusal(self, name: str, *, say_why: bool = True) -> str | None:
-        """Why ``name`` is not served, for the client to read; None when it is served. Not
-        ``say_why``: without the pattern that refused it or those served (for a client the
-        mirror does not know, in ``users`` mode, which learns nothing of its settings)."""
+    def refusal(self, name: str) -> str | None:
+        """Why ``name`` is not served, for the client to read; None when it is served."""
         denied = self.deny.match(name)
-        served = not self.allow or self.allow.match(name) is not None
-        if denied is None and served:
-            return None
-        refused = f"repository {name} is not served by this mirror"
-        if not say_why:
-            return refused
         if denied is not None:
-            return f"{refused} (denied by {denied.text})"
-        return f"{refused} (it serves {self.allow})"
+            return f"repository {name} is not served by this mirror (denied by {denied.text})"
+        if self.allow and self.allow.match(name) is None:
+            return f"repository {name} is not served by this mirror (it serves {self.allow})"
+        return None

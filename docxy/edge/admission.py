@@ -103,9 +103,10 @@ class Admission:
         identity = client_identity(scope, self.access)
         key = limit_key(identity, address)
         exempt = address in self.exempt
-        # users mode: a client the mirror does not know is not told its repository rules
+        # users mode: the routes refuse a client the mirror does not know (401) whatever it
+        # asks for; refusing it a repository first (403) would tell it which ones are served
         stranger = identity is None and self.access is not None and self.access.users_mode
-        refusal = self._admit(scope, address, None if exempt else key, say_why=not stranger)
+        refusal = self._admit(scope, address, None if exempt else key, rules=not stranger)
         if refusal is not None:
             setting, error = refusal
             self.refused[setting] += 1
@@ -141,17 +142,17 @@ class Admission:
         return dict(self.refused)
 
     def _admit(
-        self, scope: Any, address: Address | None, key: str | None, *, say_why: bool = True
+        self, scope: Any, address: Address | None, key: str | None, *, rules: bool = True
     ) -> Refusal | None:
         """Why the request may not pass (the setting that refuses it, and the error to send);
-        None: it may. ``key`` None: a client exempt from the per-client limits. ``say_why``:
-        a refused repository's message names the rule (see ``Rules.refusal``)."""
+        None: it may. ``key`` None: a client exempt from the per-client limits. Not ``rules``:
+        the repository rules are left to a later check (the routes refuse this client)."""
         if self.allow and address not in self.allow:
             who = address or "this client"
             return "access.allow", Denied(f"access denied: {who} is not allowed to use this mirror")
         name, kind = self._repository(scope)
-        if name is not None and self.rules:
-            refusal = self.rules.refusal(name, say_why=say_why)
+        if name is not None and self.rules and rules:
+            refusal = self.rules.refusal(name)
             if refusal is not None:
                 return "access.repositories", Denied(refusal, {"name": name})
         if key is None:

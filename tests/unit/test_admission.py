@@ -241,37 +241,42 @@ async def test_users_of_docxy_access_have_limits_of_their_own(tmp_path: Path) ->
 async def test_users_mode_tells_only_known_clients_which_repositories_are_served(
     tmp_path: Path,
 ) -> None:
-    """A refused repository's message named the rule (``it serves library/*``, ``denied by
-    library/evil``) to anyone, in users mode too, where ``/health`` tells strangers nothing
-    of the settings. A client without a valid token now gets the refusal alone; a user still
-    learns what the mirror serves."""
+    """In users mode a client without a valid login is refused every repository (401), but a
+    repository the rules refuse got 403 first, naming the rule (``it serves library/*``): a
+    stranger could learn the rules, and try names one by one, where ``/health`` tells it
+    nothing of the settings. It now gets the same 401 for every repository; a user still gets
+    the 403 and the rule."""
     settings = {
         "access.repositories": "library/*",
         "access.deny_repositories": "library/evil",
     }
+    served, other, denied = (
+        "/v2/library/redis/manifests/latest",
+        "/v2/someone/tool/manifests/latest",
+        "/v2/library/evil/manifests/x",
+    )
     async with users_mirror(tmp_path, **settings) as m:
         token = await token_for(m, "repository:library/redis:pull", "alice")
         state = mirror_state(m.app)
         admitted = Admission(m.app, state.config, state.access)
 
-        async def refusal(path: str, token: str | None) -> str:
+        async def answer(path: str, token: str | None) -> tuple[int, str, str]:
             headers = [] if token is None else [("Authorization", f"Bearer {token}")]
-            answer = await call_asgi(
-                admitted, "GET", path, host="mirror.example.com", headers=headers
-            )
-            assert answer.status == 403, answer.status
-            message = json.loads(answer.body)["errors"][0]["message"]
-            assert isinstance(message, str)
-            return message
+            got = await call_asgi(admitted, "GET", path, host="mirror.example.com", headers=headers)
+            [error] = json.loads(got.body)["errors"]
+            return got.status, error["code"], error["message"]
 
         for who in (None, "forged"):
-            for path in ("/v2/someone/tool/manifests/latest", "/v2/library/evil/manifests/x"):
-                said = await refusal(path, who)
-                assert said.endswith("is not served by this mirror"), said
-        told = await refusal("/v2/someone/tool/manifests/latest", token)
-        assert told.endswith("(it serves library/*)"), told
-        told = await refusal("/v2/library/evil/manifests/x", token)
-        assert told.endswith("(denied by library/evil)"), told
+            strangers = {await answer(path, who) for path in (served, other, denied)}
+            assert len(strangers) == 1, strangers  # nothing tells the three apart
+            [(status, code, _)] = strangers
+            assert (status, code) == (401, "UNAUTHORIZED")
+        assert await answer(other, token) == (
+            403,
+            "DENIED",
+            "repository someone/tool is not served by this mirror (it serves library/*)",
+        )
+        assert (await answer(denied, token))[2].endswith("(denied by library/evil)")
 
 
 async def test_an_unreadable_token_key_is_503_not_an_exception_out_of_the_edge(
