@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -123,6 +124,10 @@ def follow_the_clock(scheduler: BaseScheduler, furthest: dt.timedelta) -> thread
     return thread
 
 
+#: How often a stop that came before the scheduler was running looks whether it is now.
+STOP_EARLY_POLL = 0.05
+
+
 class SignalStop:
     """Stop a scheduler once on the first of ``signals``, from a thread of its own.
 
@@ -151,6 +156,13 @@ class SignalStop:
         thread.start()
         return thread
 
+    def close(self, thread: threading.Thread) -> None:
+        """Stop watching (tests: the renewer watches until it exits). Put the previous wake-up
+        fd back first: this closes the one :meth:`start` set."""
+        self._writable.close()  # the watching thread reads the end and returns
+        thread.join()
+        self._readable.close()
+
     def _watch(self) -> None:
         stopping = False
         while data := self._readable.recv(64):
@@ -160,9 +172,24 @@ class SignalStop:
                 if stopping:
                     log.info("signal %d again: already stopping", signum)
                     continue
-                stopping = True
                 log.info("signal %d: stopping", signum)
+                stopping = self.stop()
+
+    def stop(self) -> bool:
+        """Shut the scheduler down, once it runs; False if that failed (logged: the next
+        signal tries again). A signal in the moment before ``start`` marked it running found
+        nothing to stop (SchedulerNotRunningError), and this thread ended with it: every later
+        signal was lost, and the renewer could only be killed."""
+        while True:
+            try:
                 self._scheduler.shutdown(wait=False)
+            except SchedulerNotRunningError:
+                time.sleep(STOP_EARLY_POLL)  # started in a moment (or the process ends)
+            except Exception:
+                log.exception("stopping the scheduler failed")
+                return False
+            else:
+                return True
 
 
 def _noted(_signum: int, _frame: FrameType | None) -> None:

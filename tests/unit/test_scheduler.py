@@ -989,35 +989,71 @@ def test_a_second_stop_while_a_run_ends_is_quiet(tmp_path: Path, env: dict[str, 
     run in progress is still waited for, and the renewer exits 0."""
     lineage = Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "mirror.test"
     issued_lineage(lineage)
-    started = tmp_path / "certbot-started"
-    # certbot that takes its time: the run is under way when the signals come
-    proc_env = fake_certbot_on_path(tmp_path, f"touch {started}\nsleep 3\n")
+    started, release = tmp_path / "certbot-started", tmp_path / "certbot-may-end"
+    # certbot that waits to be let go (two minutes at most): the run is under way meanwhile
+    waits = f"touch {started}\ni=0\nwhile [ ! -e {release} ] && [ $i -lt 1200 ]; do\n"
+    proc_env = fake_certbot_on_path(tmp_path, waits + "  sleep 0.1; i=$((i + 1))\ndone\n")
     served = tmp_path / "served"
     proc_env["DOCXY_TLS_CERT_PATH"] = str(served / "fullchain.pem")
     proc_env["DOCXY_TLS_KEY_PATH"] = str(served / "privkey.pem")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler"],
-        env=proc_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "renewer.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scheduler"], env=proc_env, stdout=out, stderr=out
+        )
     try:
 
-        def certbot_running() -> bool:
-            assert proc.poll() is None, "the renewer exited"
-            return started.exists()
+        def logged(text: str) -> Callable[[], bool]:
+            def seen() -> bool:
+                assert proc.poll() is None, log.read_text()  # fail at once, not at the deadline
+                return text in log.read_text()
 
-        poll(certbot_running)
+            return seen
+
+        poll(started.exists)
         proc.send_signal(signal.SIGTERM)  # the renewer only: its run's child goes on
-        time.sleep(0.5)
-        assert proc.poll() is None  # waits for the run in progress
+        poll(logged("signal 15: stopping"))
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=HANG)
+        poll(logged("signal 15 again: already stopping"))
+        release.touch()
+        proc.wait(timeout=HANG)
     finally:
+        release.touch()
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    assert "Traceback" not in out, out
-    assert proc.returncode == 0, out
-    assert out.count(": stopping") == 1, out
+    said = log.read_text()
+    assert "Traceback" not in said, said
+    assert proc.returncode == 0, said
+    assert said.count(": stopping") == 1, said
+
+
+def test_a_signal_before_the_scheduler_runs_stops_it_once_it_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop that came in the moment before ``scheduler.start()`` marked the scheduler running
+    raised SchedulerNotRunningError in the thread that watches for signals, which ended: every
+    later SIGTERM was lost and a supervisor had to kill the renewer. Now the stop waits for the
+    start. (SIGUSR1 stands in for SIGTERM, in this test's own process.)"""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    caplog.set_level(logging.INFO, logger="scheduler")
+    scheduler = BackgroundScheduler(timezone=dt.UTC)
+    before = signal.getsignal(signal.SIGUSR1)
+    previous_fd = signal.set_wakeup_fd(-1)
+    stop = scheduler_main.SignalStop(scheduler, (signal.SIGUSR1,))
+    watcher = stop.start()
+    try:
+        signal.raise_signal(signal.SIGUSR1)
+        poll(lambda: "stopping" in caplog.text, timeout=30)
+        assert watcher.is_alive()  # waits for the start
+        scheduler.start()
+        poll(lambda: not scheduler.running, timeout=30)
+        signal.raise_signal(signal.SIGUSR1)  # still watched: a later signal is not lost
+        poll(lambda: "already stopping" in caplog.text, timeout=30)
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGUSR1, before)
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        stop.close(watcher)
