@@ -156,13 +156,15 @@ def create_app(
         http = make_http_client(config.upstream, transport, ssl_context)
         direct = direct_settings(config.upstream, ssl_context, transport)
         shared_http, shared = _open_shared(state, transport, ssl_context)
-        state.open(UpstreamClient(http, direct), shared)
+        upstream = UpstreamClient(http, direct)
+        state.open(upstream, shared)
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:
             yield
         finally:
             if probe_task is not None:
                 probe_task.cancel()
+            upstream.close()
             await keep_verified(state, KEEP_VERIFIED)
             await http.aclose()
             if shared is not None:

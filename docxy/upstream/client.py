@@ -380,7 +380,8 @@ class UpstreamClient:
         self.anonymous_tokens = AnonymousTokens()
         self._pool_full_logged = -POOL_FULL_LOG_EVERY  # monotonic time of the last such line
         self._pool_full_unlogged = 0  # 503s for a full pool since that line
-        self._pool_full_tail: asyncio.TimerHandle | None = None  # logs them if none follows
+        self._pool_full_said = ""  # the latest of them: which request, which wait
+        self._pool_full_due: asyncio.TimerHandle | None = None  # their line, if none follows
 
     def health_of(self, upstream: Upstream) -> UpstreamHealth:
         return self.health.setdefault(upstream.host, UpstreamHealth())
@@ -474,44 +475,46 @@ class UpstreamClient:
 
     def _log_pool_full(self, said: str) -> None:
         """One WARNING a minute at most: a crowd that fills the pool would write one a request.
-        Each line counts the refusals since the one before; those after the last line are
-        told by a line of their own a minute after it, if the pool has not filled again."""
+        A line tells one refusal and how many more there were since the line before; a
+        refusal held back has its line at the end of the minute (from a timer, with the latest
+        reason) if no refusal after that minute has told it first, and at :meth:`close`."""
         now = time.monotonic()
-        if now - self._pool_full_logged < POOL_FULL_LOG_EVERY:
-            self._pool_full_unlogged += 1
-            if self._pool_full_tail is None:
-                wait = self._pool_full_logged + POOL_FULL_LOG_EVERY - now
-                loop = asyncio.get_running_loop()
-                self._pool_full_tail = loop.call_later(wait, self._log_pool_full_tail)
+        self._pool_full_said = said
+        if now - self._pool_full_logged >= POOL_FULL_LOG_EVERY:
+            self._write_pool_full(now)
             return
+        self._pool_full_unlogged += 1
+        if self._pool_full_due is None:
+            wait = self._pool_full_logged + POOL_FULL_LOG_EVERY - now
+            loop = asyncio.get_running_loop()
+            self._pool_full_due = loop.call_later(wait, self._pool_full_minute_over)
+
+    def _pool_full_minute_over(self) -> None:
+        self._pool_full_due = None
+        if self._pool_full_unlogged:
+            self._pool_full_unlogged -= 1  # the latest is the line's own
+            self._write_pool_full(time.monotonic())
+
+    def _write_pool_full(self, now: float) -> None:
         since = ""
         if self._pool_full_unlogged:
             since = f"; {self._pool_full_unlogged} more refused since the last such line"
         self._pool_full_logged, self._pool_full_unlogged = now, 0
-        if self._pool_full_tail is not None:  # this line tells them
-            self._pool_full_tail.cancel()
-            self._pool_full_tail = None
+        if self._pool_full_due is not None:  # told here
+            self._pool_full_due.cancel()
+            self._pool_full_due = None
         log.warning(
             "upstream: all %d connections in use, requests refused with 503 (%s)%s",
             MAX_CONNECTIONS,
-            said,
+            self._pool_full_said,
             since,
         )
 
-    def _log_pool_full_tail(self) -> None:
-        """The refusals held back since the last line, a minute after it (a crowd that stopped
-        filling the pool then was never counted)."""
-        self._pool_full_tail = None
-        if not self._pool_full_unlogged:
-            return
-        refused, self._pool_full_unlogged = self._pool_full_unlogged, 0
-        self._pool_full_logged = time.monotonic()
-        log.warning(
-            "upstream: %d more requests refused with 503 since the last such line "
-            "(all %d connections were in use)",
-            refused,
-            MAX_CONNECTIONS,
-        )
+    def close(self) -> None:
+        """The app stops: refusals not told yet are told now (no timer outlives the app)."""
+        if self._pool_full_due is not None:
+            self._pool_full_due.cancel()
+            self._pool_full_minute_over()
 
     def _anonymous(self, headers: list[tuple[str, str]]) -> bool:
         """Whether a request with ``headers`` asks as nobody in particular: without

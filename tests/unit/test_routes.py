@@ -244,14 +244,17 @@ async def test_a_full_connection_pool_is_a_503_that_says_so_and_leaves_health_al
     async with mirror(handler, settings) as m:
         responses = [await m.client.get("/v2/") for _ in range(3)]
         health = await (await m.client.get("/health")).get_json()
+        full = [r for r in caplog.records if "connections in use" in r.getMessage()]
+        assert len(full) == 1 and full[0].levelname == "WARNING"  # once, not once a request
     assert [r.status_code for r in responses] == [503] * 3
     message = (await responses[0].get_json())["errors"][0]["message"]
     assert "connections to the upstream are in use" in message
     assert "registry.example PoolTimeout: no free connection within 7s" in message
     assert health["upstream"]["last_error_message"] is None
-    full = [r for r in caplog.records if "connections in use" in r.getMessage()]
-    assert len(full) == 1 and full[0].levelname == "WARNING"  # once, not once a request
     assert "more refused" not in full[0].getMessage()
+    full = [r for r in caplog.records if "connections in use" in r.getMessage()]
+    assert len(full) == 2  # the two held back, told as the mirror stopped
+    assert full[1].getMessage().endswith("; 1 more refused since the last such line")
 
 
 async def test_the_next_full_pool_warning_counts_the_refusals_it_held_back(
@@ -285,9 +288,12 @@ async def test_refusals_after_the_last_full_pool_warning_are_told_a_minute_later
 ) -> None:
     """Refusals held back after a warning were only counted by the next one: a crowd that
     filled the pool for half a minute and then stopped left a single refusal in the log. They
-    now get a line of their own once the minute (here 0.3 s) is up; a refusal after that starts
-    a new minute, with a line of its own at once."""
-    monkeypatch.setattr(client_module, "POOL_FULL_LOG_EVERY", 0.3)
+    now have their line once the minute is up (a timer; here a 0.3 s minute), and those still
+    held back when the mirror stops have theirs then."""
+    now = [1000.0]
+    clock = SimpleNamespace(monotonic=lambda: now[0])  # decides what is held back
+    monkeypatch.setattr("docxy.upstream.client.time", clock)
+    monkeypatch.setattr(client_module, "POOL_FULL_LOG_EVERY", 0.3)  # the timer's real wait
 
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.PoolTimeout("", request=request)
@@ -301,11 +307,17 @@ async def test_refusals_after_the_last_full_pool_warning_are_told_a_minute_later
         assert len(lines()) == 1  # the first at once, two held back
         await asyncio.sleep(0.6)
         assert len(lines()) == 2
-        assert lines()[1].startswith("upstream: 2 more requests refused with 503 since")
+        assert "registry.example PoolTimeout" in lines()[1]  # as detailed as the first
+        assert lines()[1].endswith("; 1 more refused since the last such line")
         await asyncio.sleep(0.4)
         assert len(lines()) == 2  # nothing held back since: no line
-        assert (await m.client.get("/v2/")).status_code == 503
-    assert len(lines()) == 3 and "more refused" not in lines()[2]
+        now[0] += 0.3
+        assert (await m.client.get("/v2/")).status_code == 503  # a new minute: at once
+        assert len(lines()) == 3 and "more refused" not in lines()[2]
+        assert (await m.client.get("/v2/")).status_code == 503  # held back...
+        assert len(lines()) == 3
+    assert len(lines()) == 4  # ...and told as the mirror stops
+    assert "registry.example PoolTimeout" in lines()[3] and "more refused" not in lines()[3]
 
 
 # --- manifests --------------------------------------------------------------------------------
