@@ -159,8 +159,8 @@ def test_certs_status_of_a_pair_it_cannot_serve_fails(
 # docxy runs. (Not ``preexec_fn``: Python code between fork and exec in a test process that has
 # threads can hang the child before it execs.)
 _AS_AT_A_TERMINAL = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv[0] = 'docxy'; runpy.run_module('docxy', run_name='__main__', alter_sys=True)"
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('docxy', run_name='__main__', alter_sys=True)"
 )
 
 
@@ -169,13 +169,14 @@ def _accept_request(server: socket.socket) -> socket.socket:
     that reaches this port is not taken for ``docxy warm``."""
     while True:
         connection, _ = server.accept()
-        connection.settimeout(30)
         head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = connection.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        try:
+            connection.settimeout(30)
+            while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
+                head += chunk
+        except BaseException:
+            connection.close()
+            raise
         if head.startswith(b"GET /v2/"):
             return connection
         connection.close()
@@ -205,7 +206,11 @@ def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
         connection = None
         try:
             stalled.settimeout(60)
-            connection = _accept_request(stalled)  # warm has sent it and waits for an answer
+            try:
+                connection = _accept_request(stalled)  # warm has sent it, waits for an answer
+            except TimeoutError:
+                warm.kill()
+                pytest.fail(f"docxy warm sent no request within 60 s: {warm.communicate()!r}")
             warm.send_signal(signal.SIGINT)
             _, err = warm.communicate(timeout=60)
         except subprocess.TimeoutExpired:
