@@ -279,6 +279,33 @@ async def test_users_mode_tells_only_known_clients_which_repositories_are_served
         assert (await answer(denied, token))[2].endswith("(denied by library/evil)")
 
 
+async def test_users_mode_tells_a_certificate_client_the_rule() -> None:
+    """A client known by its certificate (``cert:NAME``, no token at all) is no stranger: it
+    gets the 403 and the rule, as a logged-in user does; a client with neither passes on to
+    the routes (their 401)."""
+
+    class CertificateClients(Users):
+        users_mode = True
+
+        def check(self, authorization: str | None, repository: str | None) -> Decision:
+            assert authorization is None  # no token: only the connection's certificate
+            return Decision(ClientIdentity(Via.CERTIFICATE, "build-01"))
+
+    settings = config(**{"access.repositories": "library/*"})
+    certified: Any = CertificateClients()
+    known = Admission(inner, settings, certified, Clock())
+    status, _, body = await call(known, "/v2/someone/tool/manifests/latest")
+    assert status == 403
+    assert body["errors"][0]["message"].endswith("(it serves library/*)")
+
+    class Strangers(Users):
+        users_mode = True
+
+    nobody: Any = Strangers()
+    stranger = Admission(inner, settings, nobody, Clock())
+    assert (await call(stranger, "/v2/someone/tool/manifests/latest"))[0] == 200  # the routes'
+
+
 async def test_an_unreadable_token_key_is_503_not_an_exception_out_of_the_edge(
     tmp_path: Path,
 ) -> None:
