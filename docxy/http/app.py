@@ -164,9 +164,9 @@ def create_app(
         finally:
             if probe_task is not None:
                 probe_task.cancel()
-            upstream.close()
             await keep_verified(state, KEEP_VERIFIED)
             await http.aclose()
+            upstream.close()  # after the last request that could be refused
             if shared is not None:
                 shared.uploads.cancel()  # before their client closes
             if shared_http is not None:
