@@ -7,6 +7,7 @@ every client): a cache fill that reads its upstream for minutes must not hold on
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -47,6 +48,25 @@ def in_own_thread(
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+def within(seconds: float, name: str, work: Callable[[], T]) -> T:
+    """``work()``, run in a new daemon thread called ``name`` and waited for (blocking) up to
+    ``seconds``; :class:`TimeoutError` after that. For a call that cannot be interrupted (a
+    name lookup): it goes on in its thread after the timeout, its result dropped."""
+    done = concurrent.futures.Future[T]()
+
+    def run() -> None:
+        try:
+            done.set_result(work())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        return done.result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"{name}: not done within {seconds:g}s") from None
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

@@ -17,11 +17,13 @@ and :class:`UpstreamUnavailable` (502).
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -30,7 +32,7 @@ from docxy.config import UpstreamConfig
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.hosts import origin as url_origin
 from docxy.core.hosts import url_host
-from docxy.threads import in_own_thread
+from docxy.threads import in_own_thread, within
 from docxy.upstream.client import (
     MAX_REDIRECTS,
     REDIRECT_STATUSES,
@@ -289,8 +291,60 @@ def _waited(what: str, missing: str, seconds: float) -> str:
 
 def _connection(settings: DirectSettings, origin: Origin) -> http.client.HTTPConnection:
     scheme, hostname, port = origin
+    connection: http.client.HTTPConnection
     if scheme == "https":
-        return http.client.HTTPSConnection(
+        connection = _TLSConnection(
             hostname, port, timeout=settings.connect_timeout, context=settings.ssl_context
         )
-    return http.client.HTTPConnection(hostname, port, timeout=settings.connect_timeout)
+    else:
+        connection = _Connection(hostname, port, timeout=settings.connect_timeout)
+    return connection
+
+
+#: How a direct GET looks a host name up (``socket.getaddrinfo``; tests replace it).
+RESOLVE: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
+
+
+def _connect(
+    address: tuple[str, int], timeout: float | None, source: tuple[str, int] | None = None
+) -> socket.socket:
+    """``socket.create_connection`` with the name lookup under the connect timeout too, as
+    httpx has it: a resolver that never answers held the fill until the C library gave up
+    (its own timeouts and retries, per name server). The lookup goes on in its thread then."""
+    host, port = address
+    lookup = partial(RESOLVE, host, port, 0, socket.SOCK_STREAM)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # a name: looked up in a thread of its own, waited for `timeout`
+        if timeout is None:
+            found = lookup()
+        else:
+            found = within(timeout, f"resolve {host}", lookup)
+    else:  # an address: nothing to wait for
+        found = lookup()
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in found:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            if source is not None:
+                sock.bind(source)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+        else:
+            return sock
+    raise error if error is not None else OSError(f"no address found for {host}")
+
+
+class _Connection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _connect  # http.client's own hook for how it connects
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _connect

@@ -360,6 +360,52 @@ async def test_an_upstream_that_takes_no_connection_times_out_saying_after_how_l
                 sock.close()
 
 
+def resolving(name: str, then: Callable[[], object] = lambda: None) -> Callable[..., Any]:
+    """A resolver that knows ``name`` as 127.0.0.1 (after ``then()``), and nothing else."""
+
+    def resolve(host: str, port: int, *args: Any) -> list[tuple[Any, ...]]:
+        if host == name:
+            then()
+            return socket.getaddrinfo("127.0.0.1", port, *args)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    return resolve
+
+
+async def test_a_host_name_is_looked_up_and_connected_to(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other test names 127.0.0.1: here the URL has a host name, looked up by the
+    direct path's resolver, and the body comes from the address it gives."""
+    monkeypatch.setattr(direct, "RESOLVE", resolving("registry.test"))
+    server.plan.body = LONG
+    url = server.url.replace("127.0.0.1", "registry.test") + "/blob"
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    assert await fill_and_read(blobs, digest, client_for(), url) == LONG
+    unknown = url.replace("registry.test", "unknown.test")
+    with pytest.raises(UpstreamUnavailable, match=r"cannot reach .*unknown\.test.*gaierror"):
+        await open_download(client_for(), unknown)
+
+
+async def test_a_lookup_that_never_ends_times_out_as_a_connection_would(
+    clients: list[UpstreamClient], server: BlobServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resolver that does not answer (a dead name server): ``getaddrinfo`` waited until the
+    C library gave up (its timeout times its retries, per name server), the fill with it; httpx
+    bounds the lookup by the connect timeout, and now the direct path does too."""
+    answer = threading.Event()
+    monkeypatch.setattr(direct, "RESOLVE", resolving("registry.test", lambda: answer.wait(GUARD)))
+    settings = DirectSettings(upstream_ssl_context(), 0.2, GUARD)
+    clients.append(UpstreamClient(httpx.AsyncClient(), settings))
+    netloc = server.url.replace("http://127.0.0.1", "registry.test")
+    said = f"did not answer in time (GET {netloc.split(':')[0]}"
+    try:
+        with pytest.raises(UpstreamTimeout, match=re.escape(said) + ".*no connection within 0.2s"):
+            await asyncio.wait_for(open_download(clients[-1], f"http://{netloc}/blob"), GUARD / 2)
+    finally:
+        answer.set()
+
+
 async def test_cancelling_ends_the_thread_and_removes_the_temp_file(
     client_for: MakeClient, tmp_path: Path, server: BlobServer
 ) -> None:
