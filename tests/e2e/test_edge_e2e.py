@@ -186,8 +186,9 @@ def test_non_reading_clients_are_closed_and_memory_stays_flat(
 
 
 def test_a_slow_download_that_keeps_reading_is_not_cut(bed: Bed, start_mirror: StartMirror) -> None:
-    # One 4 MiB chunk takes this client ~3 s; the stall timeout is 1 s: only progress saves it.
-    mirror = start_mirror("--set", "limits.send_timeout=1")
+    # One 4 MiB chunk takes this client ~3 s; the stall timeout is 2 s (1 s failed when this
+    # test process itself stalled that long): only progress saves it.
+    mirror = start_mirror("--set", "limits.send_timeout=2")
     size = 8 * MiB
     digest, headers = cached_big_blob(bed, mirror, size)
     sock = raw_get(mirror, f"/v2/{BIG}/blobs/{digest}", headers, 16384)

@@ -70,6 +70,7 @@ def test_a_stop_is_not_held_by_a_tls_client_that_does_not_play_along(
     finally:
         held.close()
     # the close_notify gets CLOSE_WAIT at most; a handshake nothing came on is ended at once
-    assert took < CLOSE_WAIT + 3 < SUPERVISOR_STOP_WAIT, took
+    # (the rest of the stop took about 1 s here; a loaded machine gets 6)
+    assert took < CLOSE_WAIT + 6 < SUPERVISOR_STOP_WAIT, took
     log = mirror.log_text(limit=200_000)
     assert "Traceback" not in log and "Unhandled exception" not in log, log

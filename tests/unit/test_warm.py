@@ -239,7 +239,8 @@ def test_a_blob_sent_on_a_miss_counts_once_the_mirror_has_it(
     """A miss's last byte goes out before the blob is synced and committed, and a download
     given up midway is sent whole all the same: warm asks (HEAD) until the mirror has each blob
     it sent on a miss. One committed a little late counts; one never kept fails the image."""
-    monkeypatch.setattr("docxy.cli.warm.KEPT_WAIT", 0.3)
+    # long enough for three HEADs (the count below) on a stalled machine
+    monkeypatch.setattr("docxy.cli.warm.KEPT_WAIT", 1.5)
     registry.add_image("library/app", "1", [b"late", b"lost"])
     for layer in (b"late", b"lost"):
         registry.cache_status[sha(layer)] = "Docxy; fwd=miss"
