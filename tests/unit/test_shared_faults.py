@@ -28,8 +28,9 @@ from docxy.tasks import spawn
 from docxy.upstream.failures import failure
 
 GUARD = 30.0  # seconds before a would-be hang becomes a test failure
-#: The tier's read timeout here: how long the silent store makes a request wait.
-SILENT_FOR = 1.0
+#: The tier's read timeout here: how long the silent store makes a request wait (2 s, not
+#: 1: a probe must still be waiting after a stalled second on a busy machine).
+SILENT_FOR = 2.0
 
 
 class SilentStore:
