@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
 
-from lab.ports import LOOPBACK
+from lab.ports import LOOPBACK, free_port
 
 T = TypeVar("T")
 
@@ -90,7 +90,8 @@ class _TrackingHTTPServer(ThreadingHTTPServer):
 
 
 class LoopbackServer:
-    """A handler class served on 127.0.0.1; `stop()`/`start()` keep the port."""
+    """A handler class served on 127.0.0.1; `stop()`/`start()` keep the port (one from
+    `lab.ports.free_port` unless given)."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
         self._handler = handler
@@ -115,6 +116,10 @@ class LoopbackServer:
     def start(self) -> None:
         if self._server is not None:
             return
+        if self._port == 0:
+            # outside the ephemeral range: while stopped (an outage), an outgoing connection
+            # could take a kernel-picked port, and the restart found it in use
+            self._port = free_port()
         server = _TrackingHTTPServer(self._port, self._handler, self)
         self._port = server.server_address[1]
         self._server = server
