@@ -313,15 +313,10 @@ def _connect(
     (its own timeouts and retries, per name server). The lookup goes on in its thread then."""
     host, port = address
     lookup = partial(RESOLVE, host, port, 0, socket.SOCK_STREAM)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:  # a name: looked up in a thread of its own, waited for `timeout`
-        if timeout is None:
-            found = lookup()
-        else:
-            found = within(timeout, f"resolve {host}", lookup)
-    else:  # an address: nothing to wait for
+    if timeout is None or _is_address(host):  # nothing to wait for, or no limit to it
         found = lookup()
+    else:  # a name: looked up in a thread of its own, waited for `timeout`
+        found = within(timeout, f"resolve {host}", lookup)
     error: OSError | None = None
     for family, kind, proto, _, sockaddr in found:
         sock = socket.socket(family, kind, proto)
@@ -338,13 +333,21 @@ def _connect(
     raise error if error is not None else OSError(f"no address found for {host}")
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class _Connection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = _connect  # http.client's own hook for how it connects
+    """Connects with :func:`_connect` (http.client's own hook for how it connects)."""
 
-
-class _TLSConnection(http.client.HTTPSConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._create_connection = _connect
+
+
+class _TLSConnection(_Connection, http.client.HTTPSConnection):
+    """The same over TLS (the MRO runs HTTPSConnection's ``__init__`` under this one's)."""
