@@ -53,6 +53,12 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")
 V = TypeVar("V")
 
+#: A tag record that points at no cached manifest is deleted once it is this old (seconds).
+#: A HEAD of a tag notes it for the GET by digest that follows (:meth:`ManifestStore.set_tag`);
+#: a client that has the image already sends no GET, and the record would stay for ever.
+#: Such records are looked for at most this often, when a tag is noted.
+ORPHAN_AGE = 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class CachedManifest:
@@ -123,6 +129,11 @@ class ManifestStore:
         #: Files an eviction's worker thread is deleting (manifests by key, tag records by
         #: path) -> that delete: a pull that writes one of them again waits for it first.
         self._deleting: dict[ImageKey | Path, asyncio.Future[Any]] = {}
+        #: Tag records a :meth:`set_tag` is writing (how many at once), and those it started
+        #: to write while a sweep runs: that sweep deletes none of them.
+        self._writing: dict[Path, int] = {}
+        self._touched: set[Path] | None = None
+        self._swept_at = clock()  # the last look for orphaned tag records (none: the start)
 
     @classmethod
     def open(
@@ -392,6 +403,19 @@ class ManifestStore:
         refuses the write leaves the tag as it was (the pull goes on, uncached).
         """
         path = self._tag_path(repo, tag)
+        self._writing[path] = self._writing.get(path, 0) + 1
+        if self._touched is not None:
+            self._touched.add(path)
+        try:
+            return await self._set_tag(path, repo, tag, digest, public)
+        finally:
+            if (left := self._writing.pop(path) - 1) > 0:
+                self._writing[path] = left
+            self._sweep_due()
+
+    async def _set_tag(
+        self, path: Path, repo: RepoKey, tag: str, digest: Digest, public: bool
+    ) -> TagEntry:
         await self._deleted(path)
         # Pointed at the new image before the record is written, with no await in between: an
         # eviction of the old image starting meanwhile would take the record (still the old
@@ -418,6 +442,77 @@ class ManifestStore:
         if not early:
             self._point_tag(path, key)
         return entry
+
+    def _sweep_due(self) -> None:
+        """Start :meth:`sweep_tags` if the last look (or the start) was :data:`ORPHAN_AGE` ago."""
+        now = self._clock()
+        if 0 <= now - self._swept_at < ORPHAN_AGE:
+            return
+        self._swept_at = now
+        spawn("cache: sweep tag records", self.sweep_tags())
+
+    async def sweep_tags(self) -> int:
+        """Delete the tag records that point at no cached manifest and were written (noted,
+        fetched or confirmed) :data:`ORPHAN_AGE` or more ago; returns how many. Not one that a
+        :meth:`set_tag` is writing; one noted again meanwhile waits for the delete, as after an
+        eviction. A record that could not be read or deleted stays (one line says so)."""
+        await self.loaded()
+        images = self._catalogue()
+        self._swept_at = self._clock()
+        cutoff = self._swept_at - ORPHAN_AGE
+        orphans = [path for path, key in self._tag_files.items() if key not in images]
+        if not orphans or self._touched is not None:  # none, or another sweep runs
+            return 0
+        touched: set[Path] = set()
+        self._touched = touched
+        try:
+            old = await asyncio.to_thread(_written_before, orphans, cutoff)
+        except OSError as exc:
+            log.warning("cache: cannot look at tag records (%s); kept", exc)
+            return 0
+        finally:
+            self._touched = None
+        doomed = [
+            path
+            for path in old
+            if (key := self._tag_files.get(path)) is not None
+            and key not in images
+            and path not in touched
+            and path not in self._writing
+            and path not in self._deleting
+        ]
+        if not doomed:
+            return 0
+        keys = {path: self._tag_files[path] for path in doomed}
+        for path in doomed:
+            self._point_tag(path, None)
+        deleting = spawn(
+            "cache: delete orphaned tag records", asyncio.to_thread(_unlink_all, doomed)
+        )
+        files: list[ImageKey | Path] = list(doomed)
+        for item in files:
+            self._deleting[item] = deleting
+        deleting.add_done_callback(lambda _: self._deleted_all(files, deleting))
+        failed = await asyncio.shield(deleting)
+        for path, _ in failed:  # still there: still a record of the map (the next sweep's)
+            if path not in self._tag_files:
+                self._point_tag(path, keys[path])
+        gone = len(doomed) - len(failed)
+        if gone:
+            log.info(
+                "cache: deleted %d tag record(s) older than %g s whose manifest is not cached",
+                gone,
+                ORPHAN_AGE,
+            )
+        if failed:
+            path, why = failed[0]
+            log.warning(
+                "cache: cannot delete %d orphaned tag record(s) (%s: %s)",
+                len(failed),
+                path.name,
+                why,
+            )
+        return gone
 
     async def forget_tag(self, repo: RepoKey, tag: str) -> bool:
         """Drop a tag (e.g. the upstream answered 404 for it); False if it was not cached."""
@@ -722,6 +817,27 @@ def _merge_into(source: Path, target: Path) -> int:
         count += not path.name.endswith(".json")
     shutil.rmtree(source)
     return count
+
+
+def _written_before(paths: Iterable[Path], cutoff: float) -> list[Path]:
+    """Those of the tag records ``paths`` last written at ``cutoff`` or before (their
+    ``fetched_at``); one gone or unreadable meanwhile is not among them."""
+    return [
+        path
+        for path in paths
+        if (entry := _parse_tag(path)) is not None and entry.fetched_at <= cutoff
+    ]
+
+
+def _unlink_all(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """Delete ``paths`` (one already gone is fine); returns those that could not be, and why."""
+    failed = []
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            failed.append((path, exc.strerror or str(exc)))
+    return failed
 
 
 def _unlink_existed(path: Path) -> bool:

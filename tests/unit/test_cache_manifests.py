@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from docxy.cache import manifests as manifests_module
 from docxy.cache.errors import DigestMismatch
-from docxy.cache.manifests import ManifestStore, TagResolution, TagState, referenced_digests
+from docxy.cache.manifests import (
+    ORPHAN_AGE,
+    ManifestStore,
+    TagResolution,
+    TagState,
+    referenced_digests,
+)
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, upstream_key
 from docxy.config import load_config
 from docxy.core.digests import digest_of
 from docxy.http.app import open_store as open_store_of
+from docxy.tasks import spawn
 
 HUB = "registry-1.docker.io"
 ALPINE = RepoKey(HUB, "library/alpine")
@@ -323,3 +336,93 @@ async def test_a_tag_fetched_again_since_the_upgrade_is_kept(tmp_path: Path, clo
     kept = await moved.get(GHCR, old.digest)
     assert kept is not None and kept.visibility == Visibility(GHCR, public=True)
     assert not (tmp_path / "manifests" / "by-digest" / upstream_key("ghcr.io:443")).exists()
+
+
+# --- tag records noted for a manifest that never came --------------------------------------
+
+
+def tag_names(store: ManifestStore) -> list[str]:
+    return sorted(entry.tag for entry in store.list_tags())
+
+
+async def test_a_tag_noted_for_a_manifest_never_cached_is_deleted_once_an_hour_old(
+    store: ManifestStore, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A HEAD notes ``noted``; its GET by digest never comes (the client had the image). The
+    tag of a cached manifest stays however old it is."""
+    cached = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
+    await store.set_tag(ALPINE, "kept", cached.digest, public=True)
+    await store.set_tag(ALPINE, "noted", digest_of(b"never stored"), public=True)
+    clock.now += ORPHAN_AGE - 1
+    await store.set_tag(OTHER, "young", digest_of(b"never stored either"), public=True)
+    assert await store.sweep_tags() == 0
+    assert tag_names(store) == ["kept", "noted", "young"]
+    clock.now += 1
+    caplog.set_level(logging.INFO, logger="docxy")
+    assert await store.sweep_tags() == 1
+    assert tag_names(store) == ["kept", "young"]
+    said = [r.getMessage() for r in caplog.records if "tag record" in r.getMessage()]
+    assert said == ["cache: deleted 1 tag record(s) older than 3600 s whose manifest is not cached"]
+    assert (await store.resolve_tag(ALPINE, "kept")).manifest == await store.get(
+        ALPINE, cached.digest
+    )
+    # Noted again by the next HEAD: a new record, deleted in its turn.
+    await store.set_tag(ALPINE, "noted", digest_of(b"never stored"), public=True)
+    assert tag_names(store) == ["kept", "noted", "young"]
+
+
+async def test_noting_a_tag_an_hour_after_the_last_look_deletes_the_old_notes(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """No call from outside: the notes themselves start the sweep, in the background, at most
+    once an hour; a restart reads the old notes and deletes them the same way."""
+    store = open_store(tmp_path, clock)
+    await store.set_tag(ALPINE, "old", digest_of(b"never stored"), public=True)
+    clock.now += ORPHAN_AGE
+    store = open_store(tmp_path, clock)  # restarted: an hour from now, not from the note
+    await store.set_tag(ALPINE, "new", digest_of(b"nor this"), public=True)
+    assert tag_names(store) == ["new", "old"]
+    clock.now += ORPHAN_AGE
+    await store.set_tag(OTHER, "newest", digest_of(b"nor that"), public=True)
+    await guard_until(lambda: tag_names(store) == ["newest"])
+    clock.now += 10
+    await store.set_tag(OTHER, "later", digest_of(b"nor these"), public=True)
+    clock.now += ORPHAN_AGE - 20  # "newest" is old now, but the last look was not an hour ago
+    await store.set_tag(OTHER, "last", digest_of(b"nor those"), public=True)
+    await asyncio.sleep(0.2)
+    assert tag_names(store) == ["last", "later", "newest"]
+
+
+async def guard_until(done: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "not done in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_note_written_while_the_sweep_reads_the_records_is_kept(
+    store: ManifestStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep found ``noted`` old, in its thread; meanwhile the next HEAD noted it again
+    (or its manifest came, for ``got``): neither is deleted."""
+    await store.set_tag(ALPINE, "noted", digest_of(b"never stored"), public=True)
+    await store.set_tag(ALPINE, "got", digest_of(manifest_bytes(3)), public=True)
+    clock.now += ORPHAN_AGE
+    reading, go = threading.Event(), threading.Event()
+    real = manifests_module._written_before
+
+    def held(paths: Any, cutoff: float) -> list[Path]:
+        found = real(paths, cutoff)
+        reading.set()
+        go.wait(10)
+        return found
+
+    monkeypatch.setattr(manifests_module, "_written_before", held)
+    sweeping = spawn("sweep", store.sweep_tags())
+    assert await asyncio.to_thread(reading.wait, 10)
+    await store.set_tag(ALPINE, "noted", digest_of(b"never stored"), public=True)
+    await store.put(ALPINE, manifest_bytes(3), OCI_MANIFEST, public=True)
+    go.set()
+    assert await sweeping == 0
+    assert tag_names(store) == ["got", "noted"]
+    assert (await store.resolve_tag(ALPINE, "got")).manifest is not None  # stale, not gone
