@@ -56,7 +56,8 @@ V = TypeVar("V")
 #: A tag record that points at no cached manifest is deleted once it is this old (seconds).
 #: A HEAD of a tag notes it for the GET by digest that follows (:meth:`ManifestStore.set_tag`);
 #: a client that has the image already sends no GET, and the record would stay for ever.
-#: Such records are looked for at most this often, when a tag is noted.
+#: Such records are looked for at most this often: when a tag record is written, the first
+#: time this long after the start (so a note lives one to two of these, as a rule).
 ORPHAN_AGE = 3600.0
 
 
@@ -454,8 +455,9 @@ class ManifestStore:
     async def sweep_tags(self) -> int:
         """Delete the tag records that point at no cached manifest and were written (noted,
         fetched or confirmed) :data:`ORPHAN_AGE` or more ago; returns how many. Not one that a
-        :meth:`set_tag` is writing; one noted again meanwhile waits for the delete, as after an
-        eviction. A record that could not be read or deleted stays (one line says so)."""
+        :meth:`set_tag` writes while it runs; one noted again after it took it waits for the
+        delete, as after an eviction. A record that cannot be read (a line each, as for any
+        read of it) or deleted (one line) stays."""
         await self.loaded()
         images = self._catalogue()
         self._swept_at = self._clock()
@@ -463,13 +465,12 @@ class ManifestStore:
         orphans = [path for path, key in self._tag_files.items() if key not in images]
         if not orphans or self._touched is not None:  # none, or another sweep runs
             return 0
-        touched: set[Path] = set()
+        # Those being written now, and those whose writes start while the records are read:
+        # whatever the read finds of them, they are new.
+        touched = set(self._writing)
         self._touched = touched
         try:
             old = await asyncio.to_thread(_written_before, orphans, cutoff)
-        except OSError as exc:
-            log.warning("cache: cannot look at tag records (%s); kept", exc)
-            return 0
         finally:
             self._touched = None
         doomed = [

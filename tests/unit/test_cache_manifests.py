@@ -20,6 +20,7 @@ from docxy.cache.errors import DigestMismatch
 from docxy.cache.manifests import (
     ORPHAN_AGE,
     ManifestStore,
+    TagEntry,
     TagResolution,
     TagState,
     referenced_digests,
@@ -374,23 +375,36 @@ async def test_a_tag_noted_for_a_manifest_never_cached_is_deleted_once_an_hour_o
 async def test_noting_a_tag_an_hour_after_the_last_look_deletes_the_old_notes(
     tmp_path: Path, clock: Clock
 ) -> None:
-    """No call from outside: the notes themselves start the sweep, in the background, at most
-    once an hour; a restart reads the old notes and deletes them the same way."""
+    """No call from outside: writing a tag record starts the look, in the background, at most
+    once an hour (the first an hour after the start, a restart's too)."""
     store = open_store(tmp_path, clock)
-    await store.set_tag(ALPINE, "old", digest_of(b"never stored"), public=True)
-    clock.now += ORPHAN_AGE
-    store = open_store(tmp_path, clock)  # restarted: an hour from now, not from the note
-    await store.set_tag(ALPINE, "new", digest_of(b"nor this"), public=True)
-    assert tag_names(store) == ["new", "old"]
-    clock.now += ORPHAN_AGE
-    await store.set_tag(OTHER, "newest", digest_of(b"nor that"), public=True)
-    await guard_until(lambda: tag_names(store) == ["newest"])
-    clock.now += 10
+    await store.set_tag(ALPINE, "early", digest_of(b"never stored"), public=True)
+    clock.now += ORPHAN_AGE / 2
+    await store.set_tag(ALPINE, "halfway", digest_of(b"nor this"), public=True)
+    await sweeps_done()
+    assert tag_names(store) == ["early", "halfway"]  # no look yet
+    clock.now += ORPHAN_AGE / 2
+    await store.set_tag(OTHER, "hour", digest_of(b"nor that"), public=True)
+    await sweeps_done()
+    assert tag_names(store) == ["halfway", "hour"]  # "early" was an hour old
+    clock.now += ORPHAN_AGE / 2 + 1  # "halfway" is an hour old, the last look was not
     await store.set_tag(OTHER, "later", digest_of(b"nor these"), public=True)
-    clock.now += ORPHAN_AGE - 20  # "newest" is old now, but the last look was not an hour ago
-    await store.set_tag(OTHER, "last", digest_of(b"nor those"), public=True)
-    await asyncio.sleep(0.2)
-    assert tag_names(store) == ["last", "later", "newest"]
+    await sweeps_done()
+    assert tag_names(store) == ["halfway", "hour", "later"]
+    store = open_store(tmp_path, clock)  # restarted: its first look an hour from now
+    await store.set_tag(OTHER, "restarted", digest_of(b"nor those"), public=True)
+    await sweeps_done()
+    assert tag_names(store) == ["halfway", "hour", "later", "restarted"]
+    clock.now += ORPHAN_AGE
+    await store.set_tag(OTHER, "last", digest_of(b"nor any"), public=True)
+    await sweeps_done()
+    assert tag_names(store) == ["last"]
+
+
+async def sweeps_done() -> None:
+    """Wait for the looks (and their deletes) that writing a tag record started."""
+    sweeping = [t for t in asyncio.all_tasks() if t.get_name().startswith("cache: ")]
+    await asyncio.gather(*sweeping)
 
 
 async def guard_until(done: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -426,3 +440,36 @@ async def test_a_note_written_while_the_sweep_reads_the_records_is_kept(
     assert await sweeping == 0
     assert tag_names(store) == ["got", "noted"]
     assert (await store.resolve_tag(ALPINE, "got")).manifest is not None  # stale, not gone
+
+
+async def test_a_note_being_written_when_the_sweep_starts_is_kept(
+    store: ManifestStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next HEAD notes ``noted`` again, on a slow disk: its write is under way when the
+    sweep starts and done while the sweep reads the old record. The new one stays."""
+    digest = digest_of(b"never stored")
+    await store.set_tag(ALPINE, "noted", digest, public=True)
+    clock.now += ORPHAN_AGE
+    writing, write_go, read_go = threading.Event(), threading.Event(), threading.Event()
+    real_write, real_read = store._write_tag, manifests_module._written_before
+
+    def slow_write(entry: TagEntry) -> None:
+        writing.set()
+        write_go.wait(10)
+        real_write(entry)
+
+    def held_read(paths: Any, cutoff: float) -> list[Path]:
+        found = real_read(paths, cutoff)  # the old record, still there
+        write_go.set()
+        read_go.wait(10)  # until the note is written
+        return found
+
+    monkeypatch.setattr(store, "_write_tag", slow_write)
+    monkeypatch.setattr(manifests_module, "_written_before", held_read)
+    noting = spawn("note", store.set_tag(ALPINE, "noted", digest, public=True))
+    assert await asyncio.to_thread(writing.wait, 10)
+    sweeping = spawn("sweep", store.sweep_tags())
+    assert (await noting).fetched_at == clock.now
+    read_go.set()
+    assert await sweeping == 0
+    assert tag_names(store) == ["noted"]
