@@ -929,13 +929,16 @@ class DiskBlobStore:
 
     def _forget(self, entry: BlobEntry, *, planned: bool = False) -> None:
         """Drop ``entry`` from the index; unless an eviction plan already forgot every image
-        needing it (``planned``), the catalogue forgets them now."""
+        needing it (``planned``), the catalogue forgets them now: not those whose manifest
+        was stored since the blob was last known to be there (its last use, or its commit):
+        it went behind our back, a command removing those images with it."""
         if self._reading is not None:
             self._gone_while_reading.add(entry.digest)
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
             if self.catalog is not None and not planned:
-                self.catalog.blob_gone(entry.digest)  # images needing it are no longer offered
+                # Images needing it are no longer offered.
+                self.catalog.blob_gone(entry.digest, seen=entry.last_used)
 
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
 

@@ -135,6 +135,9 @@ class ManifestStore:
         self._writing: dict[Path, int] = {}
         self._touched: set[Path] | None = None
         self._swept_at = clock()  # the last look for orphaned tag records (none: the start)
+        #: When this process last stored each manifest it stored (time.time(), as blobs go by):
+        #: see :meth:`blob_gone`. Only manifests in the catalogue.
+        self._stored: dict[ImageKey, float] = {}
 
     @classmethod
     def open(
@@ -304,6 +307,8 @@ class ManifestStore:
             if not kept:  # not cached before either
                 self._or_later(lambda: self._not_cached(key))
             return CachedManifest(actual, media_type, content, Visibility(repo, public), kept)
+        stored = time.time()
+        self._or_later(lambda: self._note_stored(key, stored))
         if visibility is not None:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))
@@ -330,6 +335,10 @@ class ManifestStore:
         (an eviction since it was read took its records along: none is left behind)."""
         if self._on_disk(key):
             self.access.record(repo, key.digest, public=True)
+
+    def _note_stored(self, key: ImageKey, when: float) -> None:
+        if self._images is not None and key in self._images:
+            self._stored[key] = when
 
     def _note_seen(self, key: ImageKey, repo: str, public: bool) -> None:
         if self._images is not None and key in self._images:
@@ -614,6 +623,7 @@ class ManifestStore:
         if image is not None:
             self._unindex(image)
         self._seen.pop(key, None)
+        self._stored.pop(key, None)
 
     def _index(self, image: Image) -> None:
         for digest in image.blobs:
@@ -713,6 +723,7 @@ class ManifestStore:
                 if image.children:
                     indexes.append(key)
             self._seen.pop(key, None)
+            self._stored.pop(key, None)
             for tag_path in list(self._tags_of.get(key, ())):
                 tags.append(tag_path)
                 self._point_tag(tag_path, None)
@@ -746,10 +757,19 @@ class ManifestStore:
                 todo.extend(self._parents.get(key, ()))
         return found
 
-    def blob_gone(self, digest: Digest) -> None:
-        """A blob left the cache: forget every image that is no longer whole without it."""
+    def blob_gone(self, digest: Digest, seen: float | None = None) -> None:
+        """A blob left the cache: forget every image that is no longer whole without it.
+
+        With ``seen``, the blob went behind this process's back (``docxy cache rm`` or ``gc``
+        beside it), some time after ``seen``: an image whose manifest this process stored after
+        that is kept. Such a command removes the images that need what it removes, and a pull
+        since then stored the manifest again, its blobs to follow; forgotten, that pull would
+        leave the blobs cached and not the manifest."""
         self._catalogue()
-        self.forget_images(list(self._holders.get(digest, ())))
+        holders = self._holders.get(digest, set())
+        if seen is not None:
+            holders = {key for key in holders if self._stored.get(key, seen) <= seen}
+        self.forget_images(list(holders))
 
     def _pulled(self, key: ImageKey, content: bytes) -> None:
         if self._images is None and self._scanning is None:

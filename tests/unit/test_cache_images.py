@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from docxy.cache import Cache, open_cache
+from docxy.cache import Cache, TagState, open_cache
 from docxy.cache.blobs import BlobEntry
 from docxy.cache.images import Image, ImageKey, dependents, needs, plan_eviction
 from docxy.config import load_config
@@ -217,6 +217,40 @@ async def test_a_blob_removed_by_hand_takes_its_images_out_of_the_cache(cache: C
     assert await offered_whole(cache, repo) is True
     assert cache.blobs.remove(digest_of(gone))
     assert await offered_whole(cache, repo) is None
+
+
+async def test_a_blob_gone_behind_our_back_takes_its_images_out_of_the_cache(
+    cache: Cache,
+) -> None:
+    """Its file deleted by something else, found gone at the next use: the image that needs
+    it is no longer offered (with the upstream down, a pull fails at its first step)."""
+    gone = layer("removed")
+    repo = await cached_image(cache, "team/app", [layer("cfg", 1024), gone])
+    entry = cache.blobs.lookup(digest_of(gone))
+    assert entry is not None
+    entry.path.unlink()
+    assert cache.blobs.lookup(digest_of(gone)) is None
+    assert await offered_whole(cache, repo) is None
+
+
+async def test_an_image_pulled_again_after_a_cache_rm_beside_the_mirror_is_kept_whole(
+    tmp_path: Path,
+) -> None:
+    """``docxy cache rm --blobs`` (another process, its own view of the cache) removed an
+    image and its layer; the next pull stores the manifest again, then finds the layer gone
+    and fetches it: the image is cached whole, not its blobs without its manifest."""
+    root = tmp_path / "cache"
+    mirror = open_cache(root, max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 1024), layer("removed")]
+    repo = await cached_image(mirror, "team/app", layers)
+    assert await offered_whole(mirror, repo) is True
+    command = open_cache(root, max_size=CAP, tag_ttl=300)
+    assert command.blobs.remove(digest_of(layers[1]))  # its images go with it, on disk
+    assert (await mirror.manifests.resolve_tag(repo, "latest")).state is TagState.MISSING
+    await cached_image(mirror, "team/app", layers)  # the pull: manifest first, then blobs
+    assert await offered_whole(mirror, repo) is True
+    restarted = open_cache(root, max_size=CAP, tag_ttl=300)
+    assert await offered_whole(restarted, repo) is True
 
 
 async def test_the_catalogue_survives_a_restart(tmp_path: Path) -> None:
