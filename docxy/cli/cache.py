@@ -382,7 +382,8 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     except FileNotFoundError:
         if args.cache_command in ("ls", "du", "gc"):
             # 1: a mistyped --cache-dir (or a missing --config) is no empty cache to a script
-            print(f"docxy cache: no cache in {directory} (no such directory)", file=sys.stderr)
+            why = "no docxy cache in it" if directory.exists() else "no such directory"
+            print(f"docxy cache: no cache in {directory} ({why})", file=sys.stderr)
             return EXIT_FAILED
         print(
             f"docxy cache rm: {args.image} is not cached (no cache in {directory})", file=sys.stderr
@@ -399,7 +400,16 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     capped = config.sources.get("cache.max_size", "default") != "default"
     if args.cache_command == "du":
         return cmd_du(cache, args, out, capped=capped)
-    if args.cache_command == "gc":
-        return asyncio.run(cmd_gc(cache, args.verify, out, evict=capped))
-    assert image is not None
-    return asyncio.run(cmd_rm(cache, image, repo_key(image, config), args.rm_blobs, out))
+    try:
+        if args.cache_command == "gc":
+            return asyncio.run(cmd_gc(cache, args.verify, out, evict=capped))
+        assert image is not None
+        return asyncio.run(cmd_rm(cache, image, repo_key(image, config), args.rm_blobs, out))
+    except OSError as exc:  # read-only, another owner's files (EACCES), EIO: one line, no trace
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"docxy cache {args.cache_command}: cannot change {directory}:{where} "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED

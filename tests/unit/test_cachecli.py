@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import re
@@ -544,6 +545,44 @@ def test_a_cache_dir_that_is_not_there_is_a_failure(
     code = main(["cache", action, "--cache-dir", str(tmp_path / "no-such-dir")])
     assert code == 1
     assert "no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["ls", "du", "gc"])
+def test_a_cache_dir_with_no_cache_in_it_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, action: str
+) -> None:
+    code = main(["cache", action, "--cache-dir", str(tmp_path)])
+    assert code == 1
+    assert (
+        capsys.readouterr().err == f"docxy cache: no cache in {tmp_path} (no docxy cache in it)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["rm", "alpine:3.20"], ["rm", "alpine:3.20", "--blobs"], ["gc", "--set", "cache.max_size=1"]],
+)
+def test_a_cache_it_may_not_change_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+    cache: Populated,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+) -> None:
+    """Run as another user than the cache's owner (or on a read-only disk): every delete and
+    rename in it is refused."""
+
+    def refused(path: Any, *_: Any, **__: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "unlink", refused)
+    monkeypatch.setattr(os, "rename", refused)
+    monkeypatch.setattr(os, "replace", refused)
+    code, _, err = run(capsys, cache, *args)
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"docxy cache {args[0]}: cannot change {cache.root}: {cache.root}/")
+    assert lines[0].endswith(" Permission denied")
 
 
 def test_repo_key_finds_each_upstreams_store_key() -> None:
