@@ -67,9 +67,11 @@ def _verdict(url: str, response: httpx.Response) -> tuple[bool, str]:
     if response.status_code != 200:
         return False, f"{url}: HTTP {response.status_code}"
     try:
-        status = response.json().get("status", "?")
+        document = response.json()
     except ValueError:
-        status = "?"
+        document = None
+    # Another server on that port may answer 200 with anything: "?" then, not a traceback.
+    status = document.get("status", "?") if isinstance(document, dict) else "?"
     return True, f"{url}: {status}"
 
 

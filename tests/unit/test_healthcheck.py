@@ -63,6 +63,19 @@ def test_health_follows_the_configured_listener(
         assert "degraded" in out  # degraded still serves: healthy for Docker
 
 
+@pytest.mark.parametrize(
+    ("body", "said"), [(b"[1]", "?"), (b'"ok"', "?"), (b"not json", "?"), (b"{}", "?")]
+)
+def test_a_200_that_is_no_health_document_is_up_with_its_status_unknown(
+    body: bytes, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another server on the port (or a proxy's page): 200 is up, as Docker's check asks; what
+    it said is "?", never a traceback."""
+    with serving_health(200, body) as server:
+        assert main(["health", "--listen", f"127.0.0.1:{server.port}"]) == EXIT_OK
+    assert capsys.readouterr().out == f"http://127.0.0.1:{server.port}/health: {said}\n"
+
+
 def test_health_with_nothing_listening_is_unhealthy(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     assert main(["health", "--listen", f"127.0.0.1:{port}", "--timeout", "2"]) == EXIT_UNHEALTHY
