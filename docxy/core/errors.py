@@ -21,6 +21,7 @@ the edge's ASGI layers for what they refuse before it::
     └── UpstreamError               the upstream failed us (5xx)
         ├── UpstreamUnavailable     502 UNAVAILABLE     refused, reset, DNS, TLS, bad answer
         └── UpstreamTimeout         504 UNAVAILABLE     no answer in time
+            └── TokenServiceTimeout                     ...from its token service, not itself
 
 ``ConfigError`` is separate: it stops start-up and never reaches a client. ``StreamCut`` is
 raised inside a streamed body that cannot be finished (a failed fill): the app's ASGI layer
@@ -168,3 +169,8 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+
+
+class TokenServiceTimeout(UpstreamTimeout):
+    """The upstream's token service (not its registry) sent nothing in time: a client that
+    holds a token of its own may still be answered by the registry."""

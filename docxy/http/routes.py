@@ -215,6 +215,8 @@ async def content(rest: str) -> Response:
             outcome = await services.manifests.get(pull)
         if not isinstance(outcome, PassThrough):
             response = served_response(outcome)
+        elif outcome.failed is not None:  # the registry was silent: not asked again
+            response = error_response(outcome.failed)
         elif reference.kind is not Kind.BLOB or pull.head:
             response = await _pass_through(state, pull, route)
         else:

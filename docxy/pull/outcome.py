@@ -20,6 +20,7 @@ from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
 from docxy.cache.visibility import ANONYMOUS, Identity
 from docxy.core.digests import Digest
+from docxy.core.errors import TokenServiceTimeout, UpstreamError, UpstreamTimeout
 from docxy.core.names import Reference
 from docxy.upstream.client import Upstream
 
@@ -120,6 +121,19 @@ class PassThrough:
     #: the fill failed): let in under the fill caps already, its upstream download waits for
     #: a permit rather than be refused (the fill's own may not be given back yet).
     admitted: bool = False
+    #: Not sent upstream after all: the mirror's own request found the registry silent (a
+    #: timeout), and the client's would wait as long again. It is answered with this error.
+    failed: UpstreamError | None = None
+
+
+def upstream_failed(exc: UpstreamError) -> PassThrough:
+    """The mirror's own request failed and nothing cached can stand in: the client's request
+    goes upstream itself (it gets the upstream's own answer, asked with its own credentials),
+    unless the registry sent nothing in time, when asking again would only wait as long: then
+    it gets that ``504`` at once. A silent token service is no such case (the client may hold
+    a token of its own)."""
+    silent = isinstance(exc, UpstreamTimeout) and not isinstance(exc, TokenServiceTimeout)
+    return PassThrough(Reason.UPSTREAM_FAILED, exc.message, failed=exc if silent else None)
 
 
 Outcome = Served | PassThrough

@@ -28,7 +28,12 @@ import httpx
 
 from docxy.core import jsondoc
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
-from docxy.core.errors import UpstreamError, UpstreamUnavailable
+from docxy.core.errors import (
+    TokenServiceTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from docxy.core.expiry import token_lifetime
 from docxy.core.hosts import url_host
 from docxy.tasks import Coalesced
@@ -226,15 +231,19 @@ class MirrorTokens:
             headers.append(("Authorization", basic_authorization(*upstream.credentials)))
         elif upstream.credentials is not None:
             self._login_withheld(upstream, realm)
-        answer = await self.client.send(
-            upstream,
-            "GET",
-            realm,
-            headers,
-            params=httpx.QueryParams(params),
-            mirror_credentials=True,
-        )
-        body = await read_small(answer)
+        try:
+            answer = await self.client.send(
+                upstream,
+                "GET",
+                realm,
+                headers,
+                params=httpx.QueryParams(params),
+                mirror_credentials=True,
+            )
+            body = await read_small(answer)
+        except UpstreamTimeout as exc:  # not the registry's silence: see TokenServiceTimeout
+            said = exc.message.replace("the upstream registry", "the upstream's token service", 1)
+            raise TokenServiceTimeout(said) from exc
         if answer.status_code in (401, 403):
             raise TokenRefused(answer.status_code)
         if answer.status_code != 200:

@@ -802,3 +802,48 @@ async def test_a_manifest_nested_too_deep_for_json_is_no_server_error(tmp_path: 
             headers=AS_ANON.items(),
         )  # fmt: skip
     assert answer.status == 200 and answer.body == deep
+
+
+class SilentHub(Hub):
+    """The hub, whose registry (``registry``) or token service (``tokens``) sends nothing in
+    time: the read timeout fires before any answer."""
+
+    def __init__(self, *, registry: bool = False, tokens: bool = False) -> None:
+        super().__init__()
+        self.silent_registry, self.silent_tokens = registry, tokens
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        silent = self.silent_tokens if request.url.host == "auth.test" else self.silent_registry
+        if silent and (request.url.host == "auth.test" or "/manifests/" in request.url.path):
+            self.requests.append(request)
+            raise httpx.ReadTimeout("nothing came", request=request)
+        return super().__call__(request)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_registry_silent_to_the_mirrors_fetch_is_not_asked_again_for_the_client(
+    tmp_path: Path, method: str
+) -> None:
+    """A miss whose fetch got nothing in time was passed through, to wait as long again
+    (120 s with the default read timeout). Now the client gets the 504 at once: one request
+    upstream, the mirror's, and the access log says why."""
+    hub = SilentHub(registry=True)
+    async with mirror(tmp_path, hub) as app:
+        answer = await call_asgi(app, method, TAG, host="mirror.test", headers=AS_ANON.items())
+    assert answer.status == 504
+    if method == "GET":
+        error = json.loads(answer.body)["errors"][0]
+        assert error["code"] == "UNAVAILABLE"
+        assert error["message"].startswith("the upstream registry did not answer in time")
+    asked = [r for r in hub.requests if "/manifests/" in r.url.path]
+    assert [(r.method, r.headers["authorization"]) for r in asked] == [(method, "Bearer anon")]
+
+
+async def test_a_silent_token_service_still_lets_the_client_ask_with_its_own_token(
+    tmp_path: Path,
+) -> None:
+    """The mirror could get no token: the registry itself may answer the client's own."""
+    hub = SilentHub(tokens=True)
+    async with mirror(tmp_path, hub) as app:
+        assert await get(app, TAG) == (200, hub.repos["library/base"].manifests["1"])
+    assert hub.seen("GET", "manifests", mirror=False) == [TAG]  # the client's, passed through
