@@ -133,6 +133,7 @@ def open_cache(
         registries=registries,
     )
     blobs.catalog = manifests  # eviction keeps images whole, least recently pulled go first
+    manifests.drop_vanished = blobs.drop_vanished  # a manifest stored finds its blobs as they are
     return Cache(blobs=blobs, manifests=manifests, access=access)
 
 

@@ -927,18 +927,29 @@ class DiskBlobStore:
         log.info("cache: evicted %s (%d bytes)", entry.digest, entry.size)
         return trash
 
+    async def drop_vanished(self, digests: Iterable[Digest]) -> None:
+        """Drop from the index those of ``digests`` whose files are gone (removed behind our
+        back: ``docxy cache rm --blobs`` or ``gc`` in another process, or by hand), with the
+        images that need them, as their next use would (:meth:`lookup`). Asked before a
+        manifest that needs them is stored: found gone after, they would take it along, and a
+        pull since such a removal would cache its blobs again but not its manifest."""
+        entries = [entry for digest in digests if (entry := self._index.get(digest)) is not None]
+        if not entries:
+            return
+        gone = await asyncio.to_thread(_vanished, entries)
+        for entry in gone:
+            if self._index.get(entry.digest) is entry:
+                self._forget(entry)
+
     def _forget(self, entry: BlobEntry, *, planned: bool = False) -> None:
         """Drop ``entry`` from the index; unless an eviction plan already forgot every image
-        needing it (``planned``), the catalogue forgets them now: not those whose manifest
-        was stored since the blob was last known to be there (its last use, or its commit):
-        it went behind our back, a command removing those images with it."""
+        needing it (``planned``), the catalogue forgets them now."""
         if self._reading is not None:
             self._gone_while_reading.add(entry.digest)
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
             if self.catalog is not None and not planned:
-                # Images needing it are no longer offered.
-                self.catalog.blob_gone(entry.digest, seen=entry.last_used)
+                self.catalog.blob_gone(entry.digest)  # images needing it are no longer offered
 
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
 
@@ -1095,6 +1106,19 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _vanished(entries: Iterable[BlobEntry]) -> list[BlobEntry]:
+    """Those of ``entries`` whose file is no longer there (in a worker thread)."""
+    gone = []
+    for entry in entries:
+        try:
+            os.lstat(entry.path)
+        except FileNotFoundError:
+            gone.append(entry)
+        except OSError:
+            pass  # cannot tell now (EIO, EACCES): its next read says
+    return gone
 
 
 def _size_removed(path: Path) -> int:

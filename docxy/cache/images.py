@@ -69,11 +69,7 @@ class ImageCatalog(Protocol):
         """:meth:`forget_images`, the files deleted off the event loop."""
         ...
 
-    def blob_gone(self, digest: Digest, seen: float | None = None) -> None:
-        """A blob left the cache: stop offering the images that need it; with ``seen`` (when
-        the blob was last known to be there), not those whose manifest this process stored
-        after that (see :meth:`docxy.cache.manifests.ManifestStore.blob_gone`)."""
-        ...
+    def blob_gone(self, digest: Digest) -> None: ...
 
     def needed(self, digest: Digest) -> bool:
         """Whether an image the cache still offers needs blob ``digest``."""

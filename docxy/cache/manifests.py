@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,9 +135,10 @@ class ManifestStore:
         self._writing: dict[Path, int] = {}
         self._touched: set[Path] | None = None
         self._swept_at = clock()  # the last look for orphaned tag records (none: the start)
-        #: When this process last stored each manifest it stored (time.time(), as blobs go by):
-        #: see :meth:`blob_gone`. Only manifests in the catalogue.
-        self._stored: dict[ImageKey, float] = {}
+        #: Drops from the blob index the blobs among these whose files are gone, with the
+        #: images needing them (the blob store's ``drop_vanished``, set by ``open_cache``):
+        #: asked before a manifest that needs them is stored (see :meth:`put`).
+        self.drop_vanished: Callable[[Iterable[Digest]], Awaitable[None]] | None = None
 
     @classmethod
     def open(
@@ -293,6 +294,11 @@ class ManifestStore:
         if digest is not None and actual != digest:
             raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
         key = ImageKey(_upstream_key(repo.upstream), actual)
+        if self.drop_vanished is not None:
+            # Blobs it needs that went behind our back (`docxy cache rm --blobs` beside us
+            # removed this very image, maybe) are forgotten now, with the images that need
+            # them: their next use would forget this one with them, once stored.
+            await self.drop_vanished(needs(content)[0])
         # In the catalogue first: from now on, eviction keeps the blobs it needs (an eviction
         # deleting this manifest's files right now among them: it looks once they are gone).
         self._pulled(key, content)
@@ -307,8 +313,6 @@ class ManifestStore:
             if not kept:  # not cached before either
                 self._or_later(lambda: self._not_cached(key))
             return CachedManifest(actual, media_type, content, Visibility(repo, public), kept)
-        stored = time.time()
-        self._or_later(lambda: self._note_stored(key, stored))
         if visibility is not None:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))
@@ -335,10 +339,6 @@ class ManifestStore:
         (an eviction since it was read took its records along: none is left behind)."""
         if self._on_disk(key):
             self.access.record(repo, key.digest, public=True)
-
-    def _note_stored(self, key: ImageKey, when: float) -> None:
-        if self._images is not None and key in self._images:
-            self._stored[key] = when
 
     def _note_seen(self, key: ImageKey, repo: str, public: bool) -> None:
         if self._images is not None and key in self._images:
@@ -623,7 +623,6 @@ class ManifestStore:
         if image is not None:
             self._unindex(image)
         self._seen.pop(key, None)
-        self._stored.pop(key, None)
 
     def _index(self, image: Image) -> None:
         for digest in image.blobs:
@@ -723,7 +722,6 @@ class ManifestStore:
                 if image.children:
                     indexes.append(key)
             self._seen.pop(key, None)
-            self._stored.pop(key, None)
             for tag_path in list(self._tags_of.get(key, ())):
                 tags.append(tag_path)
                 self._point_tag(tag_path, None)
@@ -757,19 +755,10 @@ class ManifestStore:
                 todo.extend(self._parents.get(key, ()))
         return found
 
-    def blob_gone(self, digest: Digest, seen: float | None = None) -> None:
-        """A blob left the cache: forget every image that is no longer whole without it.
-
-        With ``seen``, the blob went behind this process's back (``docxy cache rm`` or ``gc``
-        beside it), some time after ``seen``: an image whose manifest this process stored after
-        that is kept. Such a command removes the images that need what it removes, and a pull
-        since then stored the manifest again, its blobs to follow; forgotten, that pull would
-        leave the blobs cached and not the manifest."""
+    def blob_gone(self, digest: Digest) -> None:
+        """A blob left the cache: forget every image that is no longer whole without it."""
         self._catalogue()
-        holders = self._holders.get(digest, set())
-        if seen is not None:
-            holders = {key for key in holders if self._stored.get(key, seen) <= seen}
-        self.forget_images(list(holders))
+        self.forget_images(list(self._holders.get(digest, ())))
 
     def _pulled(self, key: ImageKey, content: bytes) -> None:
         if self._images is None and self._scanning is None:

@@ -253,6 +253,35 @@ async def test_an_image_pulled_again_after_a_cache_rm_beside_the_mirror_is_kept_
     assert await offered_whole(restarted, repo) is True
 
 
+async def test_a_new_image_on_a_layer_removed_beside_the_mirror_is_cached_whole(
+    tmp_path: Path,
+) -> None:
+    """The layer went with another image (``docxy cache rm --blobs`` in another process): a
+    first pull of an image on the same layer stores its manifest, fetches the layer, and is
+    cached whole (before, the layer found gone took the new manifest along)."""
+    root = tmp_path / "cache"
+    mirror = open_cache(root, max_size=CAP, tag_ttl=300)
+    base = layer("base")
+    await cached_image(mirror, "team/old", [layer("cfg-old", 1024), base])
+    command = open_cache(root, max_size=CAP, tag_ttl=300)
+    assert command.blobs.remove(digest_of(base))
+    new = await cached_image(mirror, "team/new", [layer("cfg-new", 1024), base])
+    assert await offered_whole(mirror, new) is True
+
+
+async def test_an_image_stored_again_still_goes_when_its_layer_goes_later(cache: Cache) -> None:
+    """A second tag of a cached image stores its manifest again, and its client asks for no
+    layer (it has them): a layer deleted by hand after that still takes the image out."""
+    gone = layer("removed")
+    layers = [layer("cfg", 1024), gone]
+    repo = await cached_image(cache, "team/app", layers)
+    stored = await cache.manifests.put(repo, manifest(layers), OCI_MANIFEST, public=True)
+    await cache.manifests.set_tag(repo, "v1", stored.digest, public=True)
+    cache.blobs.path_of(digest_of(gone)).unlink()  # not used since the second tag came
+    assert cache.blobs.lookup(digest_of(gone)) is None
+    assert await offered_whole(cache, repo, "v1") is None
+
+
 async def test_the_catalogue_survives_a_restart(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     cache = open_cache(root, max_size=CAP, tag_ttl=300)
