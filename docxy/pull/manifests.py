@@ -145,7 +145,7 @@ class ManifestService:
             try:
                 head = await self._head(repo, pull)
             except UpstreamError as exc:
-                return upstream_failed(exc)
+                return upstream_failed(exc, pull)
             if head.digest == digest:
                 return await self._confirmed(self.store, repo, pull, cached)
             if not head.found:  # refused, or not here: the client's own credentials, maybe
@@ -157,7 +157,7 @@ class ManifestService:
         try:
             fetched, source = await self._fetch(repo, pull, digest)
         except UpstreamError as exc:
-            return upstream_failed(exc)
+            return upstream_failed(exc, pull)
         if fetched is None:
             return self._uncached(pull)
         await self._moved_in(repo, fetched)
@@ -214,7 +214,7 @@ class ManifestService:
         try:
             answer = await head_as_client(self.tokens.client, pull, [("Accept", ACCEPT_ALL)])
         except UpstreamError as exc:
-            return upstream_failed(exc)
+            return upstream_failed(exc, pull)
         if answer is None:
             return UNCACHED
         header = answer.headers.get("docker-content-digest")
@@ -262,7 +262,7 @@ class ManifestService:
                 head = await self._head(repo, pull)
             except UpstreamError as exc:
                 if stale is None:  # nothing confirmed here to serve: the client sees the error
-                    return upstream_failed(exc)
+                    return upstream_failed(exc, pull)
                 log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
                 return _served(Source.STALE, stale, pull)
             current = head.digest
@@ -285,7 +285,7 @@ class ManifestService:
             fetched, source = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
             if stale is None:  # pass through: the client sees the upstream's own answer
-                return upstream_failed(exc)
+                return upstream_failed(exc, pull)
             log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
             return _served(Source.STALE, stale, pull)
         if fetched is None:
@@ -325,7 +325,7 @@ class ManifestService:
             try:
                 head = await self._head(repo, pull)
             except UpstreamError as exc:
-                return upstream_failed(exc)
+                return upstream_failed(exc, pull)
         if head.digest is not None:
             cached = await store.get(repo, head.digest)
             if cached is not None:  # for this repository, or held here too: the HEAD says so

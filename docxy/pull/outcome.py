@@ -126,13 +126,16 @@ class PassThrough:
     failed: UpstreamError | None = None
 
 
-def upstream_failed(exc: UpstreamError) -> PassThrough:
-    """The mirror's own request failed and nothing cached can stand in: the client's request
-    goes upstream itself (it gets the upstream's own answer, asked with its own credentials),
+def upstream_failed(exc: UpstreamError, pull: Pull) -> PassThrough:
+    """The mirror's own request failed and nothing cached can stand in: ``pull`` goes
+    upstream itself (it gets the upstream's own answer, asked with its own credentials),
     unless the registry sent nothing in time, when asking again would only wait as long: then
-    it gets that ``504`` at once. A silent token service is no such case (the client may hold
-    a token of its own)."""
-    silent = isinstance(exc, UpstreamTimeout) and not isinstance(exc, TokenServiceTimeout)
+    it gets that ``504`` at once. A silent token service (another host than the registry's)
+    is such a case only when the client's request would go without a credential of its own
+    (users mode, or none sent): it would ask that token service again, for the mirror."""
+    silent = isinstance(exc, UpstreamTimeout) and (
+        not isinstance(exc, TokenServiceTimeout) or pull.authorization is None
+    )
     return PassThrough(Reason.UPSTREAM_FAILED, exc.message, failed=exc if silent else None)
 
 

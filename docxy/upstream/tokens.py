@@ -37,7 +37,13 @@ from docxy.core.errors import (
 from docxy.core.expiry import token_lifetime
 from docxy.core.hosts import url_host
 from docxy.tasks import Coalesced
-from docxy.upstream.client import Upstream, UpstreamClient, clear_realm_remedy, read_small
+from docxy.upstream.client import (
+    Upstream,
+    UpstreamClient,
+    clear_realm_remedy,
+    read_small,
+    same_origin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +247,11 @@ class MirrorTokens:
                 mirror_credentials=True,
             )
             body = await read_small(answer)
-        except UpstreamTimeout as exc:  # not the registry's silence: see TokenServiceTimeout
+        except UpstreamTimeout as exc:
+            if same_origin(realm, upstream.registry):  # on the registry's host: its silence
+                raise
             said = exc.message.replace("the upstream registry", "the upstream's token service", 1)
-            raise TokenServiceTimeout(said) from exc
+            raise TokenServiceTimeout(said) from exc  # elsewhere: see TokenServiceTimeout
         if answer.status_code in (401, 403):
             raise TokenRefused(answer.status_code)
         if answer.status_code != 200:

@@ -17,10 +17,12 @@ from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
-from tests.unit.test_pull_blobs import basic, mirror
+from tests.unit.test_pull_blobs import REGISTRY, basic, mirror
 from tests.unit.test_pull_scoped_blobs import (
     AS_ANON,
+    AUTH,
     DOCKER_MANIFEST,
+    HOST,
     MIRROR_TOKENS,
     Hub,
     digest_of,
@@ -806,37 +808,55 @@ async def test_a_manifest_nested_too_deep_for_json_is_no_server_error(tmp_path: 
 
 class SilentHub(Hub):
     """The hub, whose registry (``registry``) or token service (``tokens``) sends nothing in
-    time: the read timeout fires before any answer."""
+    time: the read timeout fires before any answer. ``realm`` moves the token service (to the
+    registry's own host, as ghcr.io has it)."""
 
-    def __init__(self, *, registry: bool = False, tokens: bool = False) -> None:
+    def __init__(self, *, registry: bool = False, tokens: bool = False, realm: str = AUTH) -> None:
         super().__init__()
-        self.silent_registry, self.silent_tokens = registry, tokens
+        self.silent_registry, self.silent_tokens, self.realm = registry, tokens, realm
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        silent = self.silent_tokens if request.url.host == "auth.test" else self.silent_registry
-        if silent and (request.url.host == "auth.test" or "/manifests/" in request.url.path):
+        token = str(request.url.copy_with(query=None)) == self.realm
+        silent = self.silent_tokens if token else self.silent_registry
+        if silent and (token or "/manifests/" in request.url.path):
             self.requests.append(request)
             raise httpx.ReadTimeout("nothing came", request=request)
-        return super().__call__(request)
+        if token:
+            request = httpx.Request(request.method, request.url.copy_with(host="auth.test"))
+        answer = super().__call__(request)
+        if "WWW-Authenticate" in answer.headers:  # the hub's challenge, to this realm
+            answer.headers["WWW-Authenticate"] = f'Bearer realm="{self.realm}",service="{HOST}"'
+        return answer
+
+    def asked(self, part: str) -> list[tuple[str, str | None]]:
+        """Method and ``Authorization`` of each request whose URL has ``part``."""
+        found = [r for r in self.requests if part in str(r.url)]
+        return [(r.method, r.headers.get("authorization")) for r in found]
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_a_registry_silent_to_the_mirrors_fetch_is_not_asked_again_for_the_client(
-    tmp_path: Path, method: str
+    tmp_path: Path, method: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A miss whose fetch got nothing in time was passed through, to wait as long again
     (120 s with the default read timeout). Now the client gets the 504 at once: one request
-    upstream, the mirror's, and the access log says why."""
+    upstream, the mirror's, and the access log says why (no Cache-Status: the mirror's own
+    error)."""
+    caplog.set_level(logging.INFO, logger="docxy.access")
     hub = SilentHub(registry=True)
     async with mirror(tmp_path, hub) as app:
-        answer = await call_asgi(app, method, TAG, host="mirror.test", headers=AS_ANON.items())
+        logged = AccessLog(Guard(app, None))
+        answer = await call_asgi(logged, method, TAG, host="mirror.test", headers=AS_ANON.items())
     assert answer.status == 504
+    assert "Cache-Status" not in answer.headers
     if method == "GET":
         error = json.loads(answer.body)["errors"][0]
         assert error["code"] == "UNAVAILABLE"
         assert error["message"].startswith("the upstream registry did not answer in time")
-    asked = [r for r in hub.requests if "/manifests/" in r.url.path]
-    assert [(r.method, r.headers["authorization"]) for r in asked] == [(method, "Bearer anon")]
+    assert hub.asked("/manifests/") == [(method, "Bearer anon")]
+    said = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]
+    assert len(said) == 1 and " 504 " in said[0], said
+    assert " cache=uncached reason=upstream-failed " in said[0], said
 
 
 async def test_a_silent_token_service_still_lets_the_client_ask_with_its_own_token(
@@ -847,3 +867,27 @@ async def test_a_silent_token_service_still_lets_the_client_ask_with_its_own_tok
     async with mirror(tmp_path, hub) as app:
         assert await get(app, TAG) == (200, hub.repos["library/base"].manifests["1"])
     assert hub.seen("GET", "manifests", mirror=False) == [TAG]  # the client's, passed through
+
+
+async def test_a_silent_token_service_is_not_asked_again_for_a_client_without_a_token(
+    tmp_path: Path,
+) -> None:
+    """Sent on without a credential of its own, the client's request would have the token
+    service asked again (for the mirror, or for it): the 504 comes at once."""
+    hub = SilentHub(tokens=True)
+    async with mirror(tmp_path, hub) as app:
+        status, _ = await get(app, TAG, auth=None)
+    assert status == 504
+    assert hub.asked(AUTH) == [("GET", None)]  # the mirror's one token request
+    assert hub.asked("/manifests/") == []
+
+
+async def test_a_silent_token_service_on_the_registrys_host_is_the_registry_silent(
+    tmp_path: Path,
+) -> None:
+    """ghcr.io's tokens come from ghcr.io/token: that host sending nothing is the registry's
+    silence, and the client's own request would wait on it as long."""
+    hub = SilentHub(tokens=True, realm=f"{REGISTRY}/token")
+    async with mirror(tmp_path, hub) as app:
+        assert (await get(app, TAG))[0] == 504
+    assert hub.asked("/manifests/") == []  # nothing passed through
