@@ -17,6 +17,10 @@ The routes translate these at the boundary: ``FillAborted`` and ``VerifyError`` 
 stream must be cut (never a short 200). A malformed digest is ``docxy.core.errors.DigestInvalid``.
 """
 
+from __future__ import annotations
+
+from docxy.core.errors import UpstreamError
+
 
 class CacheError(Exception):
     """Base class of every cache error."""
@@ -35,7 +39,12 @@ class DigestMismatch(VerifyError):
 
 
 class FillAborted(CacheError):
-    """The writer of a blob a follower was streaming aborted; the follower's client must be cut."""
+    """The writer of a blob a follower was streaming aborted; the follower's client must be cut.
+    ``upstream``: the upstream's failure that stopped its fetch before a byte, if it was one."""
+
+    def __init__(self, message: str, upstream: UpstreamError | None = None) -> None:
+        super().__init__(message)
+        self.upstream = upstream
 
 
 class NoRoom(FillAborted):
@@ -44,7 +53,12 @@ class NoRoom(FillAborted):
 
 
 class FetchFailed(CacheError):
-    """The fetch a fill was given could not start (refused, not found, unreachable)."""
+    """The fetch a fill was given could not start (refused, not found, unreachable);
+    ``upstream``: the upstream's failure, when it was one."""
+
+    def __init__(self, message: str, upstream: UpstreamError | None = None) -> None:
+        super().__init__(message)
+        self.upstream = upstream
 
 
 class FetchRefused(FetchFailed):

@@ -44,6 +44,7 @@ from docxy.cache.preallocate import preallocate
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
 from docxy.core.digests import Digest
+from docxy.core.errors import UpstreamError
 from docxy.threads import in_own_thread, on_loop, running_loop, soon_on
 
 if TYPE_CHECKING:
@@ -241,6 +242,9 @@ class InFlight:
     size: int | None = None
     size_known: bool = False
     reason: str = ""
+    #: The upstream's failure that stopped the fill's fetch before its first byte, if it was
+    #: one: its followers' clients are answered with it, or passed through (``docxy.pull``).
+    upstream_error: UpstreamError | None = None
     #: Bytes the store counts against ``max_size`` for this fill; ``written`` never passes it.
     reserved: int = 0
     #: Aborted because the cache had no room for it: its followers pass it through.
@@ -288,7 +292,8 @@ class InFlight:
         if self.state is FillState.ABORTED:
             if self.no_room:
                 raise NoRoom(self.reason)
-            raise FillAborted(f"fill of {self.digest} aborted: {self.reason}")
+            said = f"fill of {self.digest} aborted: {self.reason}"
+            raise FillAborted(said, self.upstream_error)
 
 
 class BlobWriter:
@@ -759,11 +764,14 @@ class BlobWriter:
         self._close_and_discard(reason)
         self._finish()
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, upstream: UpstreamError | None = None) -> None:
         """Abort because the download failed: one WARNING line says why and where the bytes
-        came from (:attr:`InFlight.origin`), in place of the abort's INFO line. Idempotent."""
+        came from (:attr:`InFlight.origin`), in place of the abort's INFO line. Idempotent.
+        ``upstream``: the upstream's failure, when the fetch could not start for it."""
         if self._finished:
             return
+        if self.fill.state is FillState.WRITING:
+            self.fill.upstream_error = upstream
         self._close_and_discard(reason, failed=True)
         self._finish()
 
@@ -1094,7 +1102,7 @@ async def _run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             writer.abort(str(exc))
             return
         except FetchFailed as exc:  # upstream trouble: the client gets an error too
-            writer.fail(str(exc))
+            writer.fail(str(exc), exc.upstream)
             return
         writer.fill.origin, writer.fill.handover = download.origin, download.handover
         try:

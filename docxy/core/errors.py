@@ -21,7 +21,8 @@ the edge's ASGI layers for what they refuse before it::
     └── UpstreamError               the upstream failed us (5xx)
         ├── UpstreamUnavailable     502 UNAVAILABLE     refused, reset, DNS, TLS, bad answer
         └── UpstreamTimeout         504 UNAVAILABLE     no answer in time
-            └── TokenServiceTimeout                     ...from its token service, not itself
+            ├── TokenServiceTimeout                     ...from its token service, not itself
+            └── HopTimeout                              ...from where it redirected (a CDN)
 
 ``ConfigError`` is separate: it stops start-up and never reaches a client. ``StreamCut`` is
 raised inside a streamed body that cannot be finished (a failed fill): the app's ASGI layer
@@ -174,3 +175,8 @@ class UpstreamTimeout(UpstreamError):
 class TokenServiceTimeout(UpstreamTimeout):
     """The upstream's token service (not its registry) sent nothing in time: a client that
     holds a token of its own may still be answered by the registry."""
+
+
+class HopTimeout(UpstreamTimeout):
+    """A host the registry redirected to (another origin: a CDN) sent nothing in time: asked
+    again, the registry may send the request to another one."""

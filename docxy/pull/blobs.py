@@ -57,7 +57,16 @@ from docxy.core.hosts import url_host
 from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.asking import answered_by, head_as_client, raise_for_trouble, refused_by_registry
-from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Served, Source
+from docxy.pull.outcome import (
+    BlobContent,
+    Outcome,
+    PassThrough,
+    Pull,
+    Reason,
+    Served,
+    Source,
+    upstream_failed,
+)
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.shared.tier import SharedTier
 from docxy.upstream import direct
@@ -152,6 +161,8 @@ class BlobService:
             stream.close()
             if self.tokens.refused(pull.upstream, pull.name):
                 return PassThrough(Reason.PRIVATE, str(exc))
+            if exc.upstream is not None:  # its fetch failed before a byte: maybe not again
+                return upstream_failed(exc.upstream, pull, str(exc))
             return PassThrough(Reason.UPSTREAM_FAILED, str(exc))
         except BaseException:
             stream.close()
@@ -262,7 +273,7 @@ class BlobService:
         except TokenRefused as exc:  # the upstream's answer, as on the httpx path (send)
             self._refused(pull, exc.status, url)
         except UpstreamError as exc:
-            raise FetchFailed(exc.message) from exc
+            raise FetchFailed(exc.message, exc) from exc
         final_url = answer.hops[-1][0] if answer.hops else url
         by_registry = same_origin(final_url, url)
         if answer.status == 401 and by_registry and self.tokens.holds(pull.upstream, pull.name):
@@ -308,7 +319,7 @@ class BlobService:
             identity = [ACCEPT_IDENTITY]
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, identity)
         except UpstreamError as exc:
-            raise FetchFailed(exc.message) from exc
+            raise FetchFailed(exc.message, exc) from exc
         if answer.status_code != 200:
             await answer.aclose()
             self._refused(pull, answer.status_code, answered_by(answer, pull))

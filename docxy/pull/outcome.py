@@ -20,7 +20,7 @@ from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
 from docxy.cache.visibility import ANONYMOUS, Identity
 from docxy.core.digests import Digest
-from docxy.core.errors import TokenServiceTimeout, UpstreamError, UpstreamTimeout
+from docxy.core.errors import HopTimeout, TokenServiceTimeout, UpstreamError, UpstreamTimeout
 from docxy.core.names import Reference
 from docxy.upstream.client import Upstream
 
@@ -126,17 +126,21 @@ class PassThrough:
     failed: UpstreamError | None = None
 
 
-def upstream_failed(exc: UpstreamError, pull: Pull) -> PassThrough:
-    """The mirror's own request failed and nothing cached can stand in: ``pull`` goes
-    upstream itself (it gets the upstream's own answer, asked with its own credentials),
+def upstream_failed(exc: UpstreamError, pull: Pull, detail: str | None = None) -> PassThrough:
+    """The mirror's own request failed (``exc``) and nothing cached can stand in: ``pull``
+    goes upstream itself (it gets the upstream's own answer, asked with its own credentials),
     unless the registry sent nothing in time, when asking again would only wait as long: then
-    it gets that ``504`` at once. A silent token service (another host than the registry's)
-    is such a case only when the client's request would go without a credential of its own
-    (users mode, or none sent): it would ask that token service again, for the mirror."""
-    silent = isinstance(exc, UpstreamTimeout) and (
-        not isinstance(exc, TokenServiceTimeout) or pull.authorization is None
+    it gets that ``504`` at once. Not so for a host it redirected to (a CDN: the next may be
+    another), nor for a silent token service on another host than the registry's, unless the
+    client's request would go without a credential of its own (users mode, or none sent): it
+    would ask that token service again, for the mirror."""
+    silent = (
+        isinstance(exc, UpstreamTimeout)
+        and not isinstance(exc, HopTimeout)
+        and (not isinstance(exc, TokenServiceTimeout) or pull.authorization is None)
     )
-    return PassThrough(Reason.UPSTREAM_FAILED, exc.message, failed=exc if silent else None)
+    said = exc.message if detail is None else detail
+    return PassThrough(Reason.UPSTREAM_FAILED, said, failed=exc if silent else None)
 
 
 Outcome = Served | PassThrough

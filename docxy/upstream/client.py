@@ -27,7 +27,7 @@ import httpx
 from docxy import __version__
 from docxy.config import NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
-from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from docxy.core.errors import HopTimeout, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers, retry_after_seconds
 from docxy.core.hosts import canonical_url, origin, url_host
 from docxy.core.stamps import utc_stamp
@@ -421,6 +421,7 @@ class UpstreamClient:
         marks: dict[str, object] = {ASKED_PATH: urlsplit(url).path}  # for the response hooks
         if not own:
             marks[CLIENT_CREDENTIALS] = True
+        first = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 request = self.http.build_request(
@@ -446,9 +447,8 @@ class UpstreamClient:
             except httpx.TimeoutException as exc:
                 said = failure(f"{method} {url_host(url)}", exc)  # which wait, how long
                 health.failed(said, "timeout")
-                raise UpstreamTimeout(
-                    f"the upstream registry did not answer in time ({said})"
-                ) from exc
+                silent = UpstreamTimeout if same_origin(url, first) else HopTimeout
+                raise silent(f"the upstream registry did not answer in time ({said})") from exc
             except (httpx.TransportError, httpx.InvalidURL) as exc:
                 health.failed(f"{type(exc).__name__} talking to {url_host(url)}")
                 raise UpstreamUnavailable(

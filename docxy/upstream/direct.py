@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from docxy.config import UpstreamConfig
-from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from docxy.core.errors import HopTimeout, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.hosts import origin as url_origin
 from docxy.core.hosts import url_host
 from docxy.threads import in_own_thread, within
@@ -40,6 +40,7 @@ from docxy.upstream.client import (
     Upstream,
     UpstreamClient,
     next_hop,
+    same_origin,
 )
 from docxy.upstream.keepalive import IdleConnections, Origin
 
@@ -203,8 +204,14 @@ async def open_get(
 def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
     """GET ``url`` following redirects (blocking: call it from a worker thread)."""
     hops: list[tuple[str, int]] = []
+    first = url
     for _ in range(MAX_REDIRECTS + 1):
-        answer = _get_once(settings, url, headers)
+        try:
+            answer = _get_once(settings, url, headers)
+        except UpstreamTimeout as exc:
+            if same_origin(url, first):
+                raise
+            raise HopTimeout(exc.message) from exc  # a CDN: another may answer next time
         hops.append((url, answer.status))
         if answer.status not in REDIRECT_STATUSES:
             return replace(answer, hops=tuple(hops))

@@ -30,7 +30,7 @@ from docxy.cache.errors import FillAborted
 from docxy.cache.fill import BlobFollower, BlobWriter, Download, run_fill
 from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
-from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from docxy.core.errors import HopTimeout, UpstreamTimeout, UpstreamUnavailable
 from docxy.http.state import MirrorState
 from docxy.observe.observer import Observer, total
 from docxy.tasks import spawn
@@ -91,6 +91,13 @@ class BlobHandler(CountingHandler):
             self.send_response(307)
             raw = "/blob-\u00e9" if self.path == "/moved-utf8" else "/blob a%2Fb"
             self.send_header("Location", raw.encode().decode("latin-1"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path == "/moved-away":  # to another origin (a CDN): this server by name
+            self.send_response(307)
+            port = self.owner().port
+            self.send_header("Location", f"http://localhost:{port}/blob")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -338,6 +345,21 @@ async def test_an_upstream_that_never_answers_times_out_saying_after_how_long(
     said = f"did not answer in time (GET {netloc}: nothing received within 0.2s)"
     with pytest.raises(UpstreamTimeout, match=re.escape(said)):
         await open_download(client_for(read_timeout=0.2), server.url + "/blob")
+
+
+@pytest.mark.parametrize(
+    ("path", "hop"), [("/blob", False), ("/moved", False), ("/moved-away", True)]
+)
+async def test_a_silent_host_the_registry_redirected_to_is_told_from_the_registry(
+    client_for: MakeClient, server: BlobServer, path: str, hop: bool
+) -> None:
+    """The registry itself, or where it redirected on its own origin, sending nothing is its
+    silence (the client is answered at once); a host on another origin (a CDN) sending
+    nothing may be another next time (the client's request goes on)."""
+    server.plan.then = "hang"
+    with pytest.raises(UpstreamTimeout) as caught:
+        await open_download(client_for(read_timeout=0.2), server.url + path)
+    assert isinstance(caught.value, HopTimeout) is hop
 
 
 async def test_an_upstream_that_takes_no_connection_times_out_saying_after_how_long(
