@@ -147,12 +147,17 @@ def load_upstreams(
         layers.append((environ[ENV_LIST], f"env {ENV_LIST}"))
     if SECTION in flags:
         layers.append((flags[SECTION], "flag"))
-    enabled: dict[str, Raw] = {}
-    mentioned: set[str] = set()  # in some layer's list: its keys are known, maybe unused
+    known: dict[str, Raw] = {}  # every name in some layer's list, its keys from them all
+    names: list[str] = []
     for value, source in layers:  # the highest layer with a list decides which are on
         entries = _list_entries(value, source)
-        enabled = {name: enabled.get(name, {}) | keys for name, keys in entries}
-        mentioned.update(enabled)
+        for listed, keys in entries:
+            known[listed] = known.get(listed, {}) | keys  # a higher layer's key wins
+        names = [listed for listed, _ in entries]
+    # A layer between whose list left a name out does not drop what the layers below say of
+    # it: a file's registry URL still counts when a flag's list names it again.
+    enabled: dict[str, Raw] = {listed: known[listed] for listed in names}
+    mentioned = set(known)  # its keys are known, maybe unused
     by_id: dict[str, str] = {}
     for mentioned_name in sorted(mentioned):
         other = by_id.setdefault(env_id(mentioned_name), mentioned_name)

@@ -110,6 +110,24 @@ def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
     assert only_file.upstreams[0].hosts == ("from-file.example",)
 
 
+def test_a_layer_that_leaves_an_upstream_out_does_not_drop_its_keys_below(
+    tmp_path: Path,
+) -> None:
+    """The file configures lab.example, the environment's list names ghcr.io only, the flag
+    names lab.example again: its registry is the file's (it was "required", with no source)."""
+    toml = '[[upstreams]]\nname = "lab.example"\nregistry = "https://lab.example:5000"\n'
+    config = load(
+        toml,
+        env={"DOCXY_UPSTREAMS": "ghcr.io"},
+        flags={"upstreams": "lab.example"},
+        tmp_path=tmp_path,
+    )
+    assert [(u.name, u.registry) for u in config.upstreams] == [
+        ("lab.example", "https://lab.example:5000")
+    ]
+    assert config.sources["upstreams.lab.example.registry"] == f"file {tmp_path / 'docxy.toml'}"
+
+
 @pytest.mark.parametrize(
     ("env", "words"),
     [
