@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # `--config` after the action too (`docxy users add alice --config m.toml`, as `docxy
+    # cache ls --config m.toml` takes it): not given there, it leaves the one before alone.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     def command(name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         parser = commands.add_parser(name, help=help)
         add_config_arguments(parser)
@@ -36,21 +41,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     users = command("users", "the mirror's users (auth.mode = users)")
-    add = users.add_parser("add", help="add a user or change a password")
+    add = users.add_parser("add", parents=[after], help="add a user or change a password")
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    users.add_parser("rm", help="remove a user").add_argument("name")
-    users.add_parser("list", help="list the users")
+    users.add_parser("rm", parents=[after], help="remove a user").add_argument("name")
+    users.add_parser("list", parents=[after], help="list the users")
 
     clients = command("clients", "client certificates from the mirror's own CA")
-    issue = clients.add_parser("add", help="issue a client certificate")
+    issue = clients.add_parser("add", parents=[after], help="issue a client certificate")
     issue.add_argument("name")
     issue.add_argument("--out", type=Path, required=True, help="directory for the files")
-    clients.add_parser("rm", help="revoke a client's certificate").add_argument("name")
-    clients.add_parser("list", help="list the clients")
+    revoke = clients.add_parser("rm", parents=[after], help="revoke a client's certificate")
+    revoke.add_argument("name")
+    clients.add_parser("list", parents=[after], help="list the clients")
 
     tokens = command("tokens", "the token signing key")
-    tokens.add_parser("rotate", help="sign with a new key; the old one verifies for the grace")
+    tokens.add_parser(
+        "rotate", parents=[after], help="sign with a new key; the old one verifies for the grace"
+    )
 
 
 def _password(args: argparse.Namespace) -> str:

@@ -97,3 +97,27 @@ def test_tokens_rotate_over_an_unreadable_key_is_one_line_and_changes_nothing(
 def test_bad_config_is_exit_2(auth_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCXY_AUTH_MODE", "nobody")
     assert main(["users", "list"]) == 2
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_the_config_file_goes_before_or_after_the_action(
+    auth_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    after: bool,
+) -> None:
+    """``docxy users add alice --config m.toml`` was "unrecognized arguments" (exit 2), where
+    ``docxy cache ls --config m.toml`` takes it there."""
+    elsewhere = tmp_path / "elsewhere"
+    config = tmp_path / "m.toml"
+    config.write_text(f'[auth]\ndir = "{elsewhere}"\n')
+    monkeypatch.delenv("DOCXY_AUTH_DIR")
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    given = ["--config", str(config)]
+    add = ["add", "alice", "--password-stdin"]
+    assert main(["users", *add, *given] if after else ["users", *given, *add]) == 0
+    assert UsersFile(elsewhere / "users").check("alice", "s3cret")
+    capsys.readouterr()
+    assert main(["users", "list", *given] if after else ["users", *given, "list"]) == 0
+    assert capsys.readouterr().out == "alice\n"
