@@ -139,6 +139,8 @@ class GcReport:
     #: Of the blobs that went from disk meanwhile without this gc (a live mirror's evictions,
     #: `docxy cache rm`): not freed by it, so not in ``freed_bytes``.
     gone_bytes: int = 0
+    #: Blobs it meant to evict that the disk kept (read-only, another owner's files).
+    evict_failed: int = 0
 
 
 class BlobStore(Protocol):
@@ -205,6 +207,7 @@ class DiskBlobStore:
         self.followers_joined = 0
         self.evicted = 0
         self.evicted_bytes = 0
+        self.evict_failed = 0  # blobs an eviction meant to delete and the disk kept
         #: Bytes of blobs an eviction found already gone from disk (another process removed them).
         self.vanished_bytes = 0
         #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
@@ -919,6 +922,7 @@ class DiskBlobStore:
             self.vanished_bytes += entry.size
             return None
         except OSError as exc:
+            self.evict_failed += 1
             log.warning("cache: cannot evict %s: %s", entry.digest, exc)
             return None
         self._forget(entry, planned=True)
@@ -1051,6 +1055,7 @@ class DiskBlobStore:
                     corrupt += 1
         await self.settle()
         evicted, evicted_bytes, vanished = self.evicted, self.evicted_bytes, self.vanished_bytes
+        failed = self.evict_failed
         if evict:
             await self._evict_to(self.max_size)
         return GcReport(
@@ -1060,6 +1065,7 @@ class DiskBlobStore:
             self.evicted - evicted,
             freed + self.evicted_bytes - evicted_bytes,
             gone + self.vanished_bytes - vanished,
+            self.evict_failed - failed,
         )
 
 

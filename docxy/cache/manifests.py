@@ -735,14 +735,23 @@ class ManifestStore:
     def _delete(self, gone: Iterable[ImageKey], tags: Iterable[Path]) -> None:
         """The files of forgotten images: tag records first, then manifests (indexes before the
         rest, ``gone``'s order) and their records. Cut short (the process killed), what is left
-        on disk is whole: no tag of a deleted manifest, no index of a deleted platform one."""
-        for tag_path in tags:
-            unlink_quietly(tag_path)
-        for key in gone:
-            path = self._key_path(key)
-            unlink_quietly(path)  # first: without it, the manifest is no longer cached
-            unlink_quietly(_meta_path(path))
-            self.access.forget_digest(key.upstream, key.digest)
+        on disk is whole: no tag of a deleted manifest, no index of a deleted platform one. A
+        delete the disk refuses (read-only, another owner's file) stops it there, for the same
+        reason, with one WARNING: what is left is not offered, until a restart reads it again."""
+        try:
+            for tag_path in tags:
+                unlink_quietly(tag_path)
+            for key in gone:
+                path = self._key_path(key)
+                unlink_quietly(path)  # first: without it, the manifest is no longer cached
+                unlink_quietly(_meta_path(path))
+                self.access.forget_digest(key.upstream, key.digest)
+        except OSError as exc:
+            log.warning(
+                "cache: cannot delete the files of forgotten manifests (%s): left on disk, "
+                "no longer offered",
+                exc,
+            )
 
     def _with_indexes(self, keys: Iterable[ImageKey]) -> set[ImageKey]:
         """``keys`` and, transitively, the cached indexes pointing at them."""

@@ -326,9 +326,11 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         ("freed", _bytes(report.freed_bytes)),  # by this gc; not what went meanwhile:
         ("gone meanwhile", _bytes(report.gone_bytes)),  # a live mirror's evictions, `rm`
     ]
+    if report.evict_failed:  # each said in a WARNING line: the disk kept them
+        rows.append(("not evicted", f"{report.evict_failed} (the disk refused: see above)"))
     for line in columns((key + ":", value) for key, value in rows):
         print(line, file=out)
-    return EXIT_OK
+    return EXIT_FAILED if report.evict_failed else EXIT_OK
 
 
 # --- wiring into ``docxy`` ------------------------------------------------------------------
