@@ -823,9 +823,17 @@ class DiskBlobStore:
     def _start_eviction(self) -> asyncio.Task[None]:
         """The running eviction down to :func:`low_water`, started if none is."""
         if self._eviction is None or self._eviction.done():
-            self._eviction = spawn("cache-eviction", self._evict_to(low_water(self.max_size)))
+            self._eviction = spawn("cache-eviction", self._evict_for_room())
             self._eviction.add_done_callback(lambda _: self._room_grew())
         return self._eviction
+
+    async def _evict_for_room(self) -> None:
+        """:meth:`_evict_to` :func:`low_water`; a disk that refuses to delete the images'
+        files stops it (no blob they need goes), in one WARNING line, not a traceback."""
+        try:
+            await self._evict_to(low_water(self.max_size))
+        except OSError as exc:
+            log.warning("cache: eviction stopped: cannot delete the evicted manifests: %s", exc)
 
     async def settle(self) -> None:
         """Wait for a running eviction to end (tests, ``docxy cache gc``)."""
@@ -953,7 +961,14 @@ class DiskBlobStore:
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
             if self.catalog is not None and not planned:
-                self.catalog.blob_gone(entry.digest)  # images needing it are no longer offered
+                try:  # images needing it are no longer offered
+                    self.catalog.blob_gone(entry.digest)
+                except OSError as exc:  # their files stay (a refusing disk): not a request's 500
+                    log.warning(
+                        "cache: %s is gone; cannot delete the manifests that need it: %s",
+                        entry.digest,
+                        exc,
+                    )
 
     # --- administration (docxy cache ls/du/rm/gc) -------------------------------------------
 

@@ -687,14 +687,14 @@ class ManifestStore:
         gone, tags = self._unoffer(keys)
         if not gone:
             return
-        deleting = spawn(
-            "cache: delete evicted manifests", asyncio.to_thread(self._delete, gone, tags)
-        )
+        deleting = spawn("cache: delete evicted manifests", _refused(self._delete, gone, tags))
         files: list[ImageKey | Path] = [*gone, *tags]
         for item in files:
             self._deleting[item] = deleting
         deleting.add_done_callback(lambda _: self._deleted_all(files, deleting))
-        await asyncio.shield(deleting)  # cancelled, the thread deletes on: still waited for
+        refused = await asyncio.shield(deleting)  # cancelled, the thread deletes on: waited for
+        if refused is not None:  # raised here, not by the task (a "crashed" traceback)
+            raise refused
 
     async def _deleted(self, *files: ImageKey | Path) -> None:
         """Wait until no eviction is deleting any of ``files`` (see :meth:`evict_images`)."""
@@ -737,21 +737,15 @@ class ManifestStore:
         rest, ``gone``'s order) and their records. Cut short (the process killed), what is left
         on disk is whole: no tag of a deleted manifest, no index of a deleted platform one. A
         delete the disk refuses (read-only, another owner's file) stops it there, for the same
-        reason, with one WARNING: what is left is not offered, until a restart reads it again."""
-        try:
-            for tag_path in tags:
-                unlink_quietly(tag_path)
-            for key in gone:
-                path = self._key_path(key)
-                unlink_quietly(path)  # first: without it, the manifest is no longer cached
-                unlink_quietly(_meta_path(path))
-                self.access.forget_digest(key.upstream, key.digest)
-        except OSError as exc:
-            log.warning(
-                "cache: cannot delete the files of forgotten manifests (%s): left on disk, "
-                "no longer offered",
-                exc,
-            )
+        reason, and raises: the caller deletes no blob those images need (they would be back,
+        without it, at the next start)."""
+        for tag_path in tags:
+            unlink_quietly(tag_path)
+        for key in gone:
+            path = self._key_path(key)
+            unlink_quietly(path)  # first: without it, the manifest is no longer cached
+            unlink_quietly(_meta_path(path))
+            self.access.forget_digest(key.upstream, key.digest)
 
     def _with_indexes(self, keys: Iterable[ImageKey]) -> set[ImageKey]:
         """``keys`` and, transitively, the cached indexes pointing at them."""
@@ -836,6 +830,17 @@ def _merge_into(source: Path, target: Path) -> int:
         count += not path.name.endswith(".json")
     shutil.rmtree(source)
     return count
+
+
+async def _refused(
+    delete: Callable[[list[ImageKey], list[Path]], None], gone: list[ImageKey], tags: list[Path]
+) -> OSError | None:
+    """``delete(gone, tags)`` in a worker thread; the error a refusing disk raised, if one did."""
+    try:
+        await asyncio.to_thread(delete, gone, tags)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _written_before(paths: Iterable[Path], cutoff: float) -> list[Path]:

@@ -7,7 +7,9 @@ at its first step instead of half-way through).
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import httpx
 import pytest
 
 from docxy.cache import Cache, TagState, open_cache
+from docxy.cache import manifests as manifests_module
 from docxy.cache.blobs import BlobEntry
 from docxy.cache.images import Image, ImageKey, dependents, needs, plan_eviction
 from docxy.config import load_config
@@ -280,6 +283,43 @@ async def test_an_image_stored_again_still_goes_when_its_layer_goes_later(cache:
     cache.blobs.path_of(digest_of(gone)).unlink()  # not used since the second tag came
     assert cache.blobs.lookup(digest_of(gone)) is None
     assert await offered_whole(cache, repo, "v1") is None
+
+
+def refused(path: Any) -> None:
+    raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+
+async def test_an_eviction_whose_manifests_the_disk_keeps_keeps_their_blobs(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The manifests' folder refuses deletes (another owner's), the blobs' does not: the
+    eviction stops before any blob of those images goes (they would be back at the next
+    start without it), in one WARNING line (it was a crashed task's traceback, and once the
+    blobs deleted)."""
+    layers = [layer("cfg", 1024), layer("only")]
+    await cached_image(cache, "team/app", layers)
+    monkeypatch.setattr(manifests_module, "unlink_quietly", refused)
+    caplog.set_level(logging.INFO, logger="docxy")
+    cache.blobs.max_size = 1024  # everything must go
+    cache.blobs._start_eviction()
+    await cache.blobs.settle()
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [m.split(":")[0:2] for m in said] == [["cache", " eviction stopped"]], said
+    assert all(cache.blobs.path_of(digest_of(data)).is_file() for data in layers)
+
+
+async def test_a_blob_found_gone_on_a_disk_that_keeps_its_manifests_is_a_miss_not_an_error(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = layer("removed")
+    repo = await cached_image(cache, "team/app", [layer("cfg", 1024), gone])
+    cache.blobs.path_of(digest_of(gone)).unlink()
+    monkeypatch.setattr(manifests_module, "unlink_quietly", refused)
+    caplog.set_level(logging.WARNING, logger="docxy")
+    assert cache.blobs.lookup(digest_of(gone)) is None  # raised: the request's 500
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "cannot delete the manifests that need it" in said[0], said
+    assert await offered_whole(cache, repo) is None
 
 
 async def test_the_catalogue_survives_a_restart(tmp_path: Path) -> None:

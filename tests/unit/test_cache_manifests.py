@@ -473,31 +473,3 @@ async def test_a_note_being_written_when_the_sweep_starts_is_kept(
     read_go.set()
     assert await sweeping == 0
     assert tag_names(store) == ["noted"]
-
-
-async def test_forgetting_on_a_disk_that_refuses_deletes_is_one_warning_not_an_error(
-    store: ManifestStore,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A read-only cache disk: a blob found gone forgets its images (on a request's path), an
-    eviction deletes them in a worker thread. Neither raises (the request's 500, the
-    eviction's crashed task with its traceback): the files stay, the images are not offered."""
-    first = await store.put(ALPINE, manifest_bytes(1), OCI_MANIFEST, public=True)
-    second = await store.put(OTHER, manifest_bytes(2), OCI_MANIFEST, public=True)
-    await store.set_tag(ALPINE, "1", first.digest, public=True)
-
-    def read_only(path: Any) -> None:
-        raise OSError(errno.EROFS, "Read-only file system", str(path))
-
-    monkeypatch.setattr(manifests_module, "unlink_quietly", read_only)
-    caplog.set_level(logging.WARNING, logger="docxy")
-    await store.loaded()
-    keys = {image.key.digest: image.key for image in store.images()}
-    store.forget_images([keys[first.digest]])
-    await store.evict_images([keys[second.digest]])
-    said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 2, said
-    assert all(m.startswith("cache: cannot delete the files of forgotten manifests") for m in said)
-    assert store.images() == []
-    assert (await store.resolve_tag(ALPINE, "1")).state is TagState.MISSING

@@ -577,16 +577,29 @@ def test_a_cache_it_may_not_change_is_one_line_not_a_traceback(
     monkeypatch.setattr(os, "unlink", refused)
     monkeypatch.setattr(os, "rename", refused)
     monkeypatch.setattr(os, "replace", refused)
-    code, out, err = run(capsys, cache, *args)
+    code, _, err = run(capsys, cache, *args)
     assert code == 1
     assert "Traceback" not in err, err
-    if args[0] == "gc":  # it goes on past what it cannot delete (a WARNING each), and says so
-        assert re.search(r"^not evicted: +\d+ \(the disk refused: see above\)$", out, re.M), out
-        return
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith(f"docxy cache {args[0]}: cannot change {cache.root}: {cache.root}/")
     assert lines[0].endswith(" Permission denied")
+
+
+def test_gc_says_which_blobs_the_disk_kept_and_exits_1(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blobs' files may not be moved off their names (another owner's), the manifests'
+    may be deleted: gc goes on past each blob (a WARNING), counts them, and exits 1."""
+
+    def refused(path: Any, *_: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "rename", refused)
+    code, out, err = run(capsys, cache, "gc", "--set", "cache.max_size=1")
+    assert code == 1
+    assert "Traceback" not in err, err
+    assert re.search(r"^not evicted: +[1-9]\d* \(the disk refused: see above\)$", out, re.M), out
 
 
 def test_repo_key_finds_each_upstreams_store_key() -> None:
