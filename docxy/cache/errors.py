@@ -40,11 +40,14 @@ class DigestMismatch(VerifyError):
 
 class FillAborted(CacheError):
     """The writer of a blob a follower was streaming aborted; the follower's client must be cut.
-    ``upstream``: the upstream's failure that stopped its fetch before a byte, if it was one."""
+    ``upstream``: the upstream's failure that stopped its fetch before a byte, if it was one,
+    and ``source``: which upstream that was (a fill serves the clients of every upstream)."""
 
-    def __init__(self, message: str, upstream: UpstreamError | None = None) -> None:
+    def __init__(
+        self, message: str, upstream: UpstreamError | None = None, source: str = ""
+    ) -> None:
         super().__init__(message)
-        self.upstream = upstream
+        self.upstream, self.source = upstream, source
 
 
 class NoRoom(FillAborted):
@@ -54,11 +57,13 @@ class NoRoom(FillAborted):
 
 class FetchFailed(CacheError):
     """The fetch a fill was given could not start (refused, not found, unreachable);
-    ``upstream``: the upstream's failure, when it was one."""
+    ``upstream``: the upstream's failure, when it was one, and ``source``: which upstream."""
 
-    def __init__(self, message: str, upstream: UpstreamError | None = None) -> None:
+    def __init__(
+        self, message: str, upstream: UpstreamError | None = None, source: str = ""
+    ) -> None:
         super().__init__(message)
-        self.upstream = upstream
+        self.upstream, self.source = upstream, source
 
 
 class FetchRefused(FetchFailed):

@@ -245,6 +245,7 @@ class InFlight:
     #: The upstream's failure that stopped the fill's fetch before its first byte, if it was
     #: one: its followers' clients are answered with it, or passed through (``docxy.pull``).
     upstream_error: UpstreamError | None = None
+    upstream_source: str = ""  # which upstream's (its host): a fill serves every upstream's
     #: Bytes the store counts against ``max_size`` for this fill; ``written`` never passes it.
     reserved: int = 0
     #: Aborted because the cache had no room for it: its followers pass it through.
@@ -293,7 +294,7 @@ class InFlight:
             if self.no_room:
                 raise NoRoom(self.reason)
             said = f"fill of {self.digest} aborted: {self.reason}"
-            raise FillAborted(said, self.upstream_error)
+            raise FillAborted(said, self.upstream_error, self.upstream_source)
 
 
 class BlobWriter:
@@ -764,14 +765,15 @@ class BlobWriter:
         self._close_and_discard(reason)
         self._finish()
 
-    def fail(self, reason: str, upstream: UpstreamError | None = None) -> None:
+    def fail(self, reason: str, upstream: UpstreamError | None = None, source: str = "") -> None:
         """Abort because the download failed: one WARNING line says why and where the bytes
         came from (:attr:`InFlight.origin`), in place of the abort's INFO line. Idempotent.
-        ``upstream``: the upstream's failure, when the fetch could not start for it."""
+        ``upstream``: the upstream's failure, when the fetch could not start for it, and
+        ``source``: which upstream that was."""
         if self._finished:
             return
         if self.fill.state is FillState.WRITING:
-            self.fill.upstream_error = upstream
+            self.fill.upstream_error, self.fill.upstream_source = upstream, source
         self._close_and_discard(reason, failed=True)
         self._finish()
 
@@ -1102,7 +1104,7 @@ async def _run_fill(writer: BlobWriter, fetch: Fetch) -> None:
             writer.abort(str(exc))
             return
         except FetchFailed as exc:  # upstream trouble: the client gets an error too
-            writer.fail(str(exc), exc.upstream)
+            writer.fail(str(exc), exc.upstream, exc.source)
             return
         writer.fill.origin, writer.fill.handover = download.origin, download.handover
         try:

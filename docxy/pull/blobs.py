@@ -161,7 +161,8 @@ class BlobService:
             stream.close()
             if self.tokens.refused(pull.upstream, pull.name):
                 return PassThrough(Reason.PRIVATE, str(exc))
-            if exc.upstream is not None:  # its fetch failed before a byte: maybe not again
+            if exc.upstream is not None and exc.source == pull.upstream.host:
+                # Its fetch failed before a byte, from this client's upstream: maybe not again.
                 return upstream_failed(exc.upstream, pull, str(exc))
             return PassThrough(Reason.UPSTREAM_FAILED, str(exc))
         except BaseException:
@@ -273,7 +274,7 @@ class BlobService:
         except TokenRefused as exc:  # the upstream's answer, as on the httpx path (send)
             self._refused(pull, exc.status, url)
         except UpstreamError as exc:
-            raise FetchFailed(exc.message, exc) from exc
+            raise FetchFailed(exc.message, exc, pull.upstream.host) from exc
         final_url = answer.hops[-1][0] if answer.hops else url
         by_registry = same_origin(final_url, url)
         if answer.status == 401 and by_registry and self.tokens.holds(pull.upstream, pull.name):
@@ -319,7 +320,7 @@ class BlobService:
             identity = [ACCEPT_IDENTITY]
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, identity)
         except UpstreamError as exc:
-            raise FetchFailed(exc.message, exc) from exc
+            raise FetchFailed(exc.message, exc, pull.upstream.host) from exc
         if answer.status_code != 200:
             await answer.aclose()
             self._refused(pull, answer.status_code, answered_by(answer, pull))

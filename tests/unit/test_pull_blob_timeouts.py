@@ -4,12 +4,21 @@ to was (a CDN: the next node may answer)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from docxy.config import load_config
+from docxy.http.app import create_app
+from docxy.http.state import mirror_state
+from docxy.tasks import spawn
 from tests.unit import fakes
+from tests.unit.asgi import call_asgi
+from tests.unit.test_multi_routes import PUBLIC, SHARED, SHARED_DIGEST, registries
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_scoped_blobs import BASE, HOST, Hub, blob_url, get
 
@@ -65,3 +74,58 @@ async def test_a_cdn_silent_to_the_fill_lets_the_client_ask_again(tmp_path: Path
         assert await get(app, PATH) == (200, BASE)
     hosts = [host for host, _ in hub.blob_gets()]
     assert hosts == [HOST, CDN, HOST, CDN]  # the fill's hops, then the client's, passed through
+
+
+async def test_a_client_of_another_upstream_is_not_answered_with_the_fills_silence(
+    tmp_path: Path,
+) -> None:
+    """One blob store serves every upstream: a Docker Hub client joined the fill a ghcr.io
+    client started, and ghcr.io then sent nothing in time. The ghcr.io client gets the 504
+    at once; the Docker Hub client's request goes to Docker Hub (before, it got ghcr.io's
+    504, and Docker Hub was never asked)."""
+    release = asyncio.Event()
+    asked: list[str] = []
+
+    async def upstreams(request: httpx.Request) -> httpx.Response:
+        blob = request.method == "GET" and "/blobs/" in request.url.path
+        if blob:
+            asked.append(request.url.host)
+        mirrors = request.headers.get("authorization", "").startswith("Bearer token-of-")
+        if blob and request.url.host == "ghcr.example" and mirrors:
+            await release.wait()
+            raise httpx.ReadTimeout("nothing came", request=request)
+        return registries(request)
+
+    overrides = {
+        "server.public_url": PUBLIC,
+        "upstream.registry": "https://hub.example",
+        "cache.dir": str(tmp_path / "cache"),
+        "upstreams": "ghcr.test=https://ghcr.example",
+    }
+    config = load_config(overrides, environ={})
+    app = create_app(config, probe=False, transport=httpx.MockTransport(upstreams))
+    ghcr = f"/v2/ghcr.test/owner/img/blobs/{SHARED_DIGEST}"
+    hub = f"/v2/owner/img/blobs/{SHARED_DIGEST}"
+    async with app.test_app():
+        cache = mirror_state(app).cache
+        assert cache is not None
+        blobs = cache.blobs
+        first = spawn("ghcr client", call_asgi(app, "GET", ghcr, host="mirror.example.com"))
+        await until(lambda: asked == ["ghcr.example"])
+        token = [("Authorization", "Bearer token-of-auth.hub.example")]  # its own, from Hub
+        second = spawn(
+            "hub client", call_asgi(app, "GET", hub, host="mirror.example.com", headers=token)
+        )
+        await until(lambda: blobs.followers_joined == 1)
+        release.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert [a.status for a in answers] == [504, 200]
+    assert answers[1].body == SHARED
+    assert asked == ["ghcr.example", "hub.example"]
+
+
+async def until(done: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.01)
