@@ -297,8 +297,9 @@ class ManifestStore:
         if self.drop_vanished is not None:
             # Blobs it needs that went behind our back (`docxy cache rm --blobs` beside us
             # removed this very image, maybe) are forgotten now, with the images that need
-            # them: their next use would forget this one with them, once stored.
-            await self.drop_vanished(needs(content)[0])
+            # them: their next use would forget this one with them, once stored. An index's
+            # are its platforms' (cached already: a pull stores the index first).
+            await self.drop_vanished(self._blobs_under(key.upstream, content))
         # In the catalogue first: from now on, eviction keeps the blobs it needs (an eviction
         # deleting this manifest's files right now among them: it looks once they are gone).
         self._pulled(key, content)
@@ -317,6 +318,24 @@ class ManifestStore:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))
         return CachedManifest(actual, media_type, content, visibility)
+
+    def _blobs_under(self, upstream: str, content: bytes) -> set[Digest]:
+        """The blobs manifest ``content`` needs, and those of the cached manifests below it
+        (an index's platforms, an index of indexes'), as the catalogue knows them now."""
+        blobs, children = needs(content)
+        found = set(blobs)
+        images = self._images or {}
+        todo = [ImageKey(upstream, child) for child in children]
+        seen: set[ImageKey] = set()
+        while todo:
+            child = todo.pop()
+            image = images.get(child)
+            if child in seen or image is None:
+                continue
+            seen.add(child)
+            found |= image.blobs
+            todo.extend(ImageKey(upstream, below) for below in image.children)
+        return found
 
     async def confirm(self, repo: RepoKey, manifest: CachedManifest) -> CachedManifest:
         """Record cached ``manifest`` as held by ``repo`` (publicly), as a fetch from there

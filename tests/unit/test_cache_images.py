@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from docxy.cache import Cache, TagState, open_cache
+from docxy.cache import Cache, RepoKey, TagState, open_cache
 from docxy.cache import manifests as manifests_module
 from docxy.cache.blobs import BlobEntry
 from docxy.cache.images import Image, ImageKey, dependents, needs, plan_eviction
@@ -25,7 +25,8 @@ from docxy.config import load_config
 from docxy.core.digests import Digest, digest_of
 from docxy.http.app import create_app
 from tests.unit.fakes import Body, reply
-from tests.unit.test_cache_eviction import cached_image, manifest, offered_whole
+from tests.unit.test_cache_blobs import put
+from tests.unit.test_cache_eviction import REGISTRY, cached_image, manifest, offered_whole
 from tests.unit.test_pull_blobs import committed
 
 UP = "u" * 64
@@ -254,6 +255,42 @@ async def test_an_image_pulled_again_after_a_cache_rm_beside_the_mirror_is_kept_
     assert await offered_whole(mirror, repo) is True
     restarted = open_cache(root, max_size=CAP, tag_ttl=300)
     assert await offered_whole(restarted, repo) is True
+
+
+async def test_a_multi_arch_image_pulled_again_after_a_cache_rm_is_kept_whole(
+    tmp_path: Path,
+) -> None:
+    """As below, for an index: a pull stores the index (and its tag) first, then its
+    platform's manifest, then the blobs. The index's store drops the removed layer (its
+    platform's), so the platform's does not forget the index just stored (before: the tag
+    was gone after the pull)."""
+    root = tmp_path / "cache"
+    mirror = open_cache(root, max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 1024), layer("removed")]
+    repo = await cached_index(mirror, "team/app", layers)
+    assert await offered_whole(mirror, repo) is True
+    command = open_cache(root, max_size=CAP, tag_ttl=300)
+    assert command.blobs.remove(digest_of(layers[1]))
+    await cached_index(mirror, "team/app", layers)
+    assert (await mirror.manifests.resolve_tag(repo, "latest")).state is TagState.FRESH
+    restarted = open_cache(root, max_size=CAP, tag_ttl=300)
+    assert (await restarted.manifests.resolve_tag(repo, "latest")).state is TagState.FRESH
+
+
+async def cached_index(cache: Cache, repo: str, layers: list[bytes]) -> RepoKey:
+    """A pull of a one-platform image through the mirror: index and tag, the platform's
+    manifest, then the blobs."""
+    key = RepoKey(REGISTRY, repo)
+    platform = manifest(layers)
+    child = {"mediaType": OCI_MANIFEST, "digest": str(digest_of(platform)), "size": len(platform)}
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child]})
+    stored = await cache.manifests.put(key, index.encode(), OCI_INDEX, public=True)
+    await cache.manifests.set_tag(key, "latest", stored.digest, public=True)
+    await cache.manifests.put(key, platform, OCI_MANIFEST, public=True)
+    for data in layers:
+        if cache.blobs.lookup(digest_of(data)) is None:
+            await put(cache.blobs, data)
+    return key
 
 
 async def test_a_new_image_on_a_layer_removed_beside_the_mirror_is_cached_whole(
