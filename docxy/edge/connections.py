@@ -392,7 +392,10 @@ def drop_unsent_after(transport: asyncio.BaseTransport, wait: float) -> None:
     what it still has to send sits in the socket's transport below it, out of its count."""
     if not isinstance(transport, asyncio.WriteTransport):
         return
-    tls = transport.get_extra_info("ssl_object") is not None
+    try:
+        tls = transport.get_extra_info("ssl_object") is not None
+    except AttributeError:  # a TLS transport closed already (its client hung up after the
+        return  # handshake: a scanner, a probe) has let its protocol go: nothing to drop
 
     def drop() -> None:
         if tls or transport.get_write_buffer_size():

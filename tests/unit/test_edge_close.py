@@ -4,8 +4,11 @@ slot under the caps comes back, and a stop does not wait on it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from hypercorn.config import Config
 
 from docxy.edge import connections
 from docxy.edge.connections import ConnectionGuard, EdgeTCPServer, drop_unsent_after
+from docxy.tls.context import self_signed
 
 GUARD = 30.0  # seconds before a would-be hang becomes a test failure
 
@@ -56,6 +60,40 @@ async def test_a_closing_transport_with_unsent_bytes_is_aborted_after_the_wait(
             writer.transport.abort()
     finally:
         client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_tls_connection_closed_before_its_drop_is_looked_at_is_let_be(
+    tmp_path: Path,
+) -> None:
+    """A client that hangs up right after the handshake (a TLS scanner, ``openssl s_client``):
+    by the time hypercorn's close asks for the drop, the TLS transport has let its protocol go,
+    and asking it whether it is TLS raised AttributeError (an asyncio traceback per such
+    connection in the log). Nothing is left to drop."""
+    cert, key = self_signed(tmp_path / "tls", "127.0.0.1")
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert, key)
+    closed: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def served(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            await reader.read()  # to the client's hang-up
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        await closed.put(writer)
+
+    server = await asyncio.start_server(served, "127.0.0.1", 0, ssl=serving)
+    try:
+        client = ssl.create_default_context(cafile=str(cert))
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        writer.transport.abort()  # hangs up at once, no close_notify
+        done = await asyncio.wait_for(closed.get(), GUARD)
+        drop_unsent_after(done.transport, 0.1)  # raised AttributeError
+        await asyncio.sleep(0.2)
+    finally:
         server.close()
         await server.wait_closed()
 
