@@ -702,7 +702,14 @@ class ManifestStore:
         """:meth:`forget_images`, with the files deleted in a worker thread (slow on some file
         systems); the images are no longer offered from the call on (:meth:`get` misses). A
         pull that stores one of those manifests or tags again meanwhile waits for the delete
-        (:meth:`_deleted`), or its new files would be deleted under it."""
+        (:meth:`_deleted`), or its new files would be deleted under it. A delete the disk
+        refuses raises, and the images are offered again, as their files still say: the next
+        eviction keeps the blobs they need (their files would bring them back at the next
+        start, without those blobs)."""
+        images = self._catalogue()
+        kept = {key: images[key] for key in self._with_indexes(keys) if key in images}
+        pointers = {path: key for key in kept for path in self._tags_of.get(key, ())}
+        seen = {key: self._seen[key] for key in kept if key in self._seen}
         gone, tags = self._unoffer(keys)
         if not gone:
             return
@@ -713,7 +720,27 @@ class ManifestStore:
         deleting.add_done_callback(lambda _: self._deleted_all(files, deleting))
         refused = await asyncio.shield(deleting)  # cancelled, the thread deletes on: waited for
         if refused is not None:  # raised here, not by the task (a "crashed" traceback)
+            self._offer_again(kept, pointers, seen)
             raise refused
+
+    def _offer_again(
+        self,
+        kept: dict[ImageKey, Image],
+        pointers: dict[Path, ImageKey],
+        seen: dict[ImageKey, dict[str, bool]],
+    ) -> None:
+        """Put images :meth:`_unoffer` took out back in the catalogue, with their tag pointers
+        and access records, but for those a pull stored again meanwhile."""
+        images = self._catalogue()
+        for key, image in kept.items():
+            if key not in images:
+                images[key] = image
+                self._index(image)
+                if key in seen:
+                    self._seen.setdefault(key, {}).update(seen[key])
+        for path, key in pointers.items():
+            if path not in self._tag_files:
+                self._point_tag(path, key)
 
     async def _deleted(self, *files: ImageKey | Path) -> None:
         """Wait until no eviction is deleting any of ``files`` (see :meth:`evict_images`)."""
