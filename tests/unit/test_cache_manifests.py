@@ -9,7 +9,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -405,13 +404,6 @@ async def sweeps_done() -> None:
     """Wait for the looks (and their deletes) that writing a tag record started."""
     sweeping = [t for t in asyncio.all_tasks() if t.get_name().startswith("cache: ")]
     await asyncio.gather(*sweeping)
-
-
-async def guard_until(done: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, "not done in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_note_written_while_the_sweep_reads_the_records_is_kept(

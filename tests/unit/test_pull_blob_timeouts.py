@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from tests.unit.asgi import call_asgi
 from tests.unit.test_multi_routes import PUBLIC, SHARED, SHARED_DIGEST, registries
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_scoped_blobs import BASE, HOST, Hub, blob_url, get
+from tests.unit.turns import until
 
 CDN = "cdn.test"
 PATH = blob_url("library/base", BASE)
@@ -122,10 +121,3 @@ async def test_a_client_of_another_upstream_is_not_answered_with_the_fills_silen
     assert [a.status for a in answers] == [504, 200]
     assert answers[1].body == SHARED
     assert asked == ["ghcr.example", "hub.example"]
-
-
-async def until(done: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, "not in time"
-        await asyncio.sleep(0.01)
