@@ -13,8 +13,10 @@
     ├── FillClosed                    a writer was used after commit/abort
     └── BlobInUse                     remove() of a blob that is being read
 
-The routes translate these at the boundary: ``FillAborted`` and ``VerifyError`` mean the client's
-stream must be cut (never a short 200). A malformed digest is ``docxy.core.errors.DigestInvalid``.
+``FillAborted`` and ``FetchFailed`` share :class:`UpstreamCaused` (the upstream's failure that
+caused them, if one did, and which upstream's). The routes translate these at the boundary:
+``FillAborted`` and ``VerifyError`` mean the client's stream must be cut (never a short 200).
+A malformed digest is ``docxy.core.errors.DigestInvalid``.
 """
 
 from __future__ import annotations
@@ -38,16 +40,21 @@ class DigestMismatch(VerifyError):
     """The bytes hash to a different digest."""
 
 
-class FillAborted(CacheError):
-    """The writer of a blob a follower was streaming aborted; the follower's client must be cut.
-    ``upstream``: the upstream's failure that stopped its fetch before a byte, if it was one,
-    and ``source``: which upstream that was (a fill serves the clients of every upstream)."""
+class UpstreamCaused(CacheError):
+    """A cache error an upstream's failure may have caused: ``upstream``, that failure (when
+    it was one), and ``source``, which upstream it was (its host: a fill serves the clients of
+    every upstream)."""
 
     def __init__(
         self, message: str, upstream: UpstreamError | None = None, source: str = ""
     ) -> None:
         super().__init__(message)
         self.upstream, self.source = upstream, source
+
+
+class FillAborted(UpstreamCaused):
+    """The writer of a blob a follower was streaming aborted; the follower's client must be cut
+    (``upstream``: the failure that stopped its fetch before a byte, if it was one)."""
 
 
 class NoRoom(FillAborted):
@@ -55,15 +62,8 @@ class NoRoom(FillAborted):
     use and cannot be evicted): nothing is written past the cap; the caller passes it through."""
 
 
-class FetchFailed(CacheError):
-    """The fetch a fill was given could not start (refused, not found, unreachable);
-    ``upstream``: the upstream's failure, when it was one, and ``source``: which upstream."""
-
-    def __init__(
-        self, message: str, upstream: UpstreamError | None = None, source: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.upstream, self.source = upstream, source
+class FetchFailed(UpstreamCaused):
+    """The fetch a fill was given could not start (refused, not found, unreachable)."""
 
 
 class FetchRefused(FetchFailed):
