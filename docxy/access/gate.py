@@ -197,13 +197,17 @@ class AccessControl:
         """Create what is missing on disk (first key, the CA) before serving."""
         if self.users_mode:
             self.users, self.spec  # noqa: B018 - loaded now, not by the first login
+            from docxy.access.keys import TokenKeyError  # loaded with self.keys
             from docxy.access.users import UsersFileError  # loaded with self.users
 
             try:
                 self.users.users()  # read now: what it warns of is said at start-up
             except UsersFileError:
                 pass  # said (and answered 503) at each check, as when it breaks later
-            self.keys.ensure()
+            try:
+                self.keys.ensure()
+            except TokenKeyError as exc:  # auth.dir read-only, not a directory...: as above
+                key_unreadable(exc)  # logged now, with the path, and at each check
             if self.plain_http:
                 log.warning(
                     "auth.mode = users over plain HTTP off loopback (auth.allow_plain_http): "

@@ -67,11 +67,30 @@ class SigningKey:
 
 
 def _stat(path: Path) -> tuple[int, int, int]:
+    """(mtime, size, inode) of ``path``; size -1 when there is none; any other ``OSError``
+    (``auth.dir`` unsearchable or not a directory, a link loop) is :class:`TokenKeyError`."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return (0, -1, 0)
+    except OSError as exc:
+        raise TokenKeyError(f"token key {path}: cannot be looked up ({_why(exc)})") from exc
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _why(exc: OSError) -> str:
+    """What went wrong, without the path (the message names it once)."""
+    return exc.strerror or type(exc).__name__
+
+
+def _write(files: list[tuple[Path, bytes, int]]) -> None:
+    """:func:`write_files_atomic`, an ``OSError`` (a read-only ``auth.dir``) being
+    :class:`TokenKeyError` naming the files (never their content)."""
+    try:
+        write_files_atomic(files)
+    except OSError as exc:
+        paths = " and ".join(str(path) for path, _, _ in files)
+        raise TokenKeyError(f"token key {paths}: cannot be written ({_why(exc)})") from exc
 
 
 class KeyRing:
@@ -95,21 +114,22 @@ class KeyRing:
 
     def ensure(self) -> None:
         """Write a first key if there is none."""
-        if not self.current_path.exists():
-            write_files_atomic([(self.current_path, new_key_pem(), 0o600)])
+        if _stat(self.current_path)[1] == -1:
+            _write([(self.current_path, new_key_pem(), 0o600)])
 
     def rotate(self) -> str:
         """Retire the current key (verifying only, for the grace) and sign with a new one; a
         current key that cannot be read is :class:`TokenKeyError`, and nothing is changed."""
         self.ensure()
-        retired = self.current_path.read_bytes()
+        try:
+            retired = self.current_path.read_bytes()
+        except OSError as exc:
+            raise TokenKeyError(f"token key {self.current_path}: unreadable ({_why(exc)})") from exc
         load_key(self.current_path)  # TokenKeyError, nothing changed: none retired unread
         # A copy, renamed into place before the new key is renamed over the current one: a
         # running mirror never finds the current key missing (it would write one of its own)
         # and never the previous key with an old mtime (its grace runs from the new file's).
-        write_files_atomic(
-            [(self.previous_path, retired, 0o600), (self.current_path, new_key_pem(), 0o600)]
-        )
+        _write([(self.previous_path, retired, 0o600), (self.current_path, new_key_pem(), 0o600)])
         return self.signing().kid
 
     def _refresh(self) -> None:
@@ -123,9 +143,10 @@ class KeyRing:
         signature = (_stat(self.current_path), _stat(self.previous_path))
         self._current = SigningKey.of(load_key(self.current_path))
         self._previous = None
-        if self.previous_path.exists():
+        previous = _stat(self.previous_path)
+        if previous[1] != -1:
             self._previous = SigningKey.of(load_key(self.previous_path))
-            self._previous_since = self.previous_path.stat().st_mtime
+            self._previous_since = previous[0] / 1e9  # when it was retired: rotate() wrote it
         self._signature = signature
 
     def signing(self) -> SigningKey:
