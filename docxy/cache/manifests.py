@@ -314,10 +314,32 @@ class ManifestStore:
             if not kept:  # not cached before either
                 self._or_later(lambda: self._not_cached(key))
             return CachedManifest(actual, media_type, content, Visibility(repo, public), kept)
+        if self._in_memory() and key not in self._catalogue():  # evicted while written
+            await self._delete_stored(key)
+            return CachedManifest(actual, media_type, content, visibility)
         if visibility is not None:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))
         return CachedManifest(actual, media_type, content, visibility)
+
+    async def _delete_stored(self, key: ImageKey) -> None:
+        """Delete the files :meth:`put` just wrote of manifest ``key``, which an eviction (or a
+        blob found gone) took out of the catalogue while they were written: its delete found
+        none of them yet, and left behind, they would be offered again at the next start,
+        without the blobs deleted since. A pull storing it again meanwhile keeps them."""
+        await self._deleted(key)
+        if key in self._catalogue():
+            return
+        deleting = spawn(
+            "cache: delete a manifest evicted while stored", _refused(self._delete, [key], [])
+        )
+        self._deleting[key] = deleting
+        deleting.add_done_callback(lambda _: self._deleted_all([key], deleting))
+        refused = await asyncio.shield(deleting)
+        if refused is not None:
+            log.warning(
+                "cache: cannot delete manifest %s, evicted while stored: %s", key.digest, refused
+            )
 
     def _blobs_under(self, upstream: str, content: bytes) -> set[Digest]:
         """The blobs manifest ``content`` needs, and those of the cached manifests below it

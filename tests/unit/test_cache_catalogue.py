@@ -4,6 +4,7 @@ first answers, tags are served meanwhile, and nothing that changes during the re
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.unit.test_cache_eviction import cached_image, layer, manifest, offere
 
 CAP = 1000
 OCI = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @pytest.fixture
@@ -288,3 +290,35 @@ async def test_a_tag_write_refused_while_the_catalogue_is_read_leaves_its_record
     assert record.exists()
     await cache.manifests.evict_images([key_of(cache, old)])
     assert not record.exists()
+
+
+async def test_an_index_evicted_while_its_files_are_written_is_deleted_once_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull stores a new index naming a cached platform manifest, which an eviction forgets
+    (with every index above it, this one among them) while the index's files are written: the
+    delete found none of them yet, so the index stayed on disk out of the catalogue, and after
+    a restart its tag was offered fresh while its platform manifest and layers were gone."""
+    root = tmp_path / "cache"
+    cache = open_cache(root, max_size=CAP, tag_ttl=300)
+    layers = [layer("cfg", 10), layer("l")]
+    repo = await cached_image(cache, "team/multi", layers)
+    await cache.manifests.loaded()
+    platform = {"mediaType": OCI, "digest": str(digest_of(manifest(layers))), "size": 1}
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [platform]})
+    writing = hold(monkeypatch, ManifestStore, "_write_manifest")
+    storing = spawn("storing", cache.manifests.put(repo, index.encode(), OCI_INDEX, public=True))
+    assert await asyncio.to_thread(writing.entered.wait, GUARD)
+    await cache.manifests.evict_images([key_of(cache, layers)])  # the platform, and the index
+    for data in layers:  # ...then the eviction deletes their blobs
+        assert cache.blobs.remove(digest_of(data))
+    writing.release.set()
+    stored = await asyncio.wait_for(storing, GUARD)
+    await cache.manifests.set_tag(repo, "multi", stored.digest, public=True)
+    index_file = cache.manifests._content_path(repo.upstream, stored.digest)
+    assert not index_file.exists()
+    assert cache.manifests.images() == []
+    again = open_cache(root, max_size=CAP, tag_ttl=300)  # a restart
+    await again.manifests.loaded()
+    assert again.manifests.images() == []
+    assert (await again.manifests.resolve_tag(repo, "multi")).state is TagState.MISSING
