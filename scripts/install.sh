@@ -693,6 +693,13 @@ write_env() {
   cat -- "$new" >"$staged"
   rm -f -- "$new"
   chmod 600 -- "$staged"
+  # Root writes it, but .env stays its owner's (a user's clone, run with sudo): the old file's
+  # owner, or for a new one the directory's.
+  if [[ -e "$target" ]]; then
+    chown --reference="$target" -- "$staged" 2>/dev/null || true
+  else
+    chown --reference="$(dirname -- "$target")" -- "$staged" 2>/dev/null || true
+  fi
   mv -f -- "$staged" "$target"
   if [[ "$target" == "$ENV_FILE" ]]; then
     say "  wrote $ENV_FILE (mode 600)"
@@ -890,7 +897,7 @@ on_exit() {
   rm -rf -- ${SCRATCH[@]+"${SCRATCH[@]}"}
   if [[ -n "$PREVIOUS" ]] && ((status != 0)); then
     roll_back
-  elif ((status != 0 && status != 130 && status != 143 && !SAID_WHY)); then
+  elif ((status != 0 && status != 129 && status != 130 && status != 143 && !SAID_WHY)); then
     # A command failed under `set -e`: its own message is above; say where, and what now.
     warn "stopped${STEP:+ at \"$STEP\"}: the command above failed (exit $status)."
     warn "What was done before it stays done: fix the cause, then run this again (it redoes only what is missing)."
@@ -1125,6 +1132,7 @@ volume_exists() { docker volume inspect "$1" >/dev/null 2>&1; }
 uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
+  have docker && dockerd_answers
   local dockerd_failed=0
   if [[ -n "$DOMAIN" && -f "$DIR/scripts/configure-client.sh" ]] &&
     grep -qF "https://$DOMAIN" -- "$(under_root /etc/docker/daemon.json)" 2>/dev/null; then
@@ -1142,6 +1150,14 @@ be uninstalled all the same. Dry run: the changes above were not made."
     die "taking https://$DOMAIN out of this host's dockerd failed (above); the rest is \
 uninstalled. Once that is mended: $(dockerd_finish)"
   fi
+}
+
+# dockerd_answers: with dockerd down, every `docker ps` and `docker volume inspect` fails and
+# would read as "absent": nothing would be removed, yet .env and the project purged, and the
+# container (restart: unless-stopped) back with its volumes at dockerd's next start.
+dockerd_answers() {
+  docker info >/dev/null 2>&1 && return 0
+  die "dockerd is not running (\`docker info\` does not answer), so Docxy's containers and volumes cannot be seen or removed: start it (systemctl start docker), then run --uninstall again. Nothing was removed"
 }
 
 # dockerd_finish: how to take the mirror out of this host's dockerd by hand, now (--purge may
@@ -1179,7 +1195,14 @@ remove_stack() {
     volume_exists "${PROJECT}_certs" && act docker volume rm "${PROJECT}_certs"
     docker image inspect docxy:local >/dev/null 2>&1 && act docker image rm docxy:local
     [[ -e "$ENV_FILE" ]] && act rm -f "$ENV_FILE"
-    if [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]]; then act rm -rf "$DIR"; fi
+    # Only a copy this script fetched (marked, or the one it runs from: find_clone) is its own
+    # to delete; a clone or a copy unpacked by hand is the operator's.
+    if [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]] &&
+      [[ -e "$DIR/$FETCHED_MARK" || "$DIR" == "$MARKED" ]]; then
+      act rm -rf "$DIR"
+    elif [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]]; then
+      say "  kept $DIR: this script did not fetch it (no $FETCHED_MARK), so it is yours to delete"
+    fi
   elif volume_exists "${PROJECT}_certs"; then
     say "  kept the certificate volume ${PROJECT}_certs (Let's Encrypt limits re-issuance);"
     say "  --uninstall --purge removes it, with .env and the image"
@@ -1193,6 +1216,9 @@ main() {
   trap on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  # An SSH session that drops (`curl | sudo bash` during an --update's health wait): untrapped,
+  # bash died of it and the EXIT trap rolled nothing back.
+  trap 'exit 129' HUP
   parse_args "$@"
   settle_dir
   ((DRY_RUN)) && say "Dry run: nothing is changed."

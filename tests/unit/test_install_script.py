@@ -236,6 +236,26 @@ def test_a_changed_setting_rewrites_env_and_restarts_the_stack(
     assert box.called(COMPOSE_UP)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("existing", [True, False], ids=["rewritten", "new"])
+def test_env_stays_the_operators_own(box: ScriptBox, resolver: Resolver, existing: bool) -> None:
+    """`sudo ./scripts/install.sh` in a user's clone left .env owned by root (mode 600): the user
+    could no longer read or edit it, nor run `docker compose` there. A rewritten .env keeps its
+    owner; a new one gets the project directory's."""
+    clone, env = box.base / "clone", env_file(box)
+    os.chown(clone, 1000, 1000)
+    if existing:
+        env.write_text("DOCXY_CACHE_MAX_SIZE=20G\nMY_OWN=1\n")
+        os.chown(env, 1001, 1001)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    owner = (1001, 1001) if existing else (1000, 1000)
+    assert (env.stat().st_uid, env.stat().st_gid) == owner, output(result)
+    assert env.stat().st_mode & 0o777 == 0o600
+
+
 def test_dry_run_changes_nothing(box: ScriptBox, resolver: Resolver) -> None:
     box.without("docker")
     box.without("systemctl")
@@ -1467,6 +1487,42 @@ def test_an_update_that_fails_puts_the_previous_project_back_and_up(
     assert sibling_leftovers(project) == []
 
 
+def test_a_hangup_during_an_update_puts_the_previous_project_back(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """An SSH session dropped during the health wait of `curl ... | sudo bash -s -- --update`:
+    SIGHUP was not trapped, so the EXIT trap saw status 0 and rolled nothing back; the new,
+    never healthy project stayed in /opt/docxy and the old one in /opt/.docxy.previous."""
+    args, project, old = piped_update_setup(box, resolver)
+    hangup = box.base / "hangup"
+    hangup.write_text(  # SIGHUP to the script: the topmost bash of the same command line
+        "#!/bin/bash\n"
+        "pid=$PPID\n"
+        "while :; do\n"
+        '  read -r _ _ _ parent _ </proc/"$pid"/stat\n'
+        '  [[ "$(tr "\\0" " " </proc/"$parent"/cmdline)" == \\\n'
+        '    "$(tr "\\0" " " </proc/"$pid"/cmdline)" ]] || break\n'
+        "  pid=$parent\n"
+        "done\n"
+        'kill -HUP "$pid"\n'
+        "sleep 0.2\n"
+        "exit 7\n"
+    )
+    hangup.chmod(0o755)
+    box.stand_in(
+        "curl",
+        Rule(r"file://", passthrough=shutil.which("curl") or "/usr/bin/curl"),
+        Rule(r"/health", passthrough=str(hangup)),
+    )
+
+    result = box.run("", *args, stdin=script(box))
+
+    assert result.returncode == 129, output(result)
+    assert "putting the previous project back" in result.stderr, output(result)
+    assert (project / "compose.yaml").read_text() == old
+    assert sibling_leftovers(project) == []
+
+
 def test_a_project_left_aside_by_an_interrupted_update_is_put_back(
     box: ScriptBox, resolver: Resolver
 ) -> None:
@@ -1661,6 +1717,41 @@ def test_uninstall_purge_removes_certificates_env_and_image(
     assert (box.base / "clone" / "compose.yaml").exists(), "a clone is never deleted"
 
 
+@pytest.mark.parametrize("place", ["/srv/docxy", "/opt/docxy"])
+def test_uninstall_purge_keeps_a_copy_unpacked_by_hand(
+    box: ScriptBox, resolver: Resolver, place: str
+) -> None:
+    """--purge deleted any --dir holding a compose.yaml that was not the clone: a copy the
+    operator unpacked by hand went, their compose.override.yaml with it. Only a copy this
+    script fetched (marked .docxy-fetched) is its own to delete."""
+    hand = box.path(place)
+    shutil.copytree(box.base / "clone", hand)
+    override = "services: {docxy: {environment: {X: '1'}}}\n"
+    (hand / "compose.override.yaml").write_text(override)
+    assert install_from(box, resolver, hand / "scripts" / "install.sh").returncode == 0
+    stack_is_running(box)
+
+    result = box.run(
+        "", "--root", str(box.root), "--uninstall", "--purge", "--dir", str(hand),
+        stdin=(hand / "scripts" / "install.sh").read_text(),
+    )  # fmt: skip
+
+    assert result.returncode == 0, output(result)
+    assert (hand / "compose.override.yaml").read_text() == override, output(result)
+    assert (hand / "compose.yaml").exists()
+    assert not (hand / ".env").exists(), "the purge still removes .env"
+    assert f"kept {hand}" in result.stdout, output(result)
+    assert box.called(r"^docker volume rm docxy_certs$")
+
+
+def install_from(
+    box: ScriptBox, resolver: Resolver, path: Path
+) -> subprocess.CompletedProcess[str]:
+    args = ["--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--yes"]
+    args += ["--public-ip", OURS, "--dns-server", resolver.address, "--health-timeout", "0"]
+    return box.run(path, *args)
+
+
 @pytest.mark.parametrize("spelling", ["{clone}/", "{clone}/scripts/.."])
 def test_uninstall_purge_never_deletes_the_clone_named_another_way(
     box: ScriptBox, resolver: Resolver, spelling: str
@@ -1708,6 +1799,39 @@ def test_uninstall_twice_the_second_changes_nothing(box: ScriptBox, resolver: Re
     assert "Nothing to change: no Docxy left to uninstall here." in result.stdout
     assert "already installed" not in result.stdout  # what it said, after --uninstall
     assert not box.called(r"(down|volume rm|image rm)")
+
+
+def dockerd_down(box: ScriptBox) -> None:
+    """The docker CLI is there, its daemon is not (stopped, or refusing a broken daemon.json)."""
+    down = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker "
+    down += "daemon running?\n"
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r".", rc=1, stderr=down),
+    )
+
+
+@pytest.mark.parametrize("purge", [[], ["--purge"]], ids=["uninstall", "purge"])
+def test_uninstall_with_dockerd_down_removes_nothing_and_says_to_start_it(
+    box: ScriptBox, resolver: Resolver, purge: list[str]
+) -> None:
+    """With dockerd down every `docker ps` and `docker volume inspect` failed, read as "absent":
+    --uninstall said "Nothing to change" (exit 0), and --purge deleted .env while the container
+    (restart: unless-stopped) and its volumes stayed, to come back at the next boot."""
+    assert install(box, resolver).returncode == 0
+    dockerd_down(box)
+    box.forget_calls()
+    files = box.files()
+
+    result = box.run(clone_script(box), "--root", str(box.root), "--uninstall", *purge)
+
+    assert result.returncode == 1, output(result)
+    assert "dockerd is not running" in result.stderr, output(result)
+    assert "Nothing to change" not in result.stdout
+    assert env_file(box).exists()
+    assert box.files() == files
+    assert not box.called(r"^(rm|docker (rm|volume rm|image rm|compose .* down))")
 
 
 def test_uninstall_dry_run(box: ScriptBox, resolver: Resolver) -> None:
