@@ -2,8 +2,15 @@
 
 ``token-key.pem`` signs new tokens. ``docxy tokens rotate`` copies it to
 ``token-key.previous.pem`` and writes a new one over it; tokens signed with the previous key are
-still accepted for ``auth.key_grace`` seconds after the rotation (the previous file's mtime), so
-nobody is logged out at once: clients pick up tokens from the new key as their old ones expire.
+still accepted for ``auth.key_grace`` seconds after the rotation, so nobody is logged out at
+once: clients pick up tokens from the new key as their old ones expire. Only the tokens the
+previous key signed before the rotation, though (``docxy.access.tokens.verify``): the retired
+key may have leaked, and what it signs after its rotation is not the mirror's.
+
+The rotation time is the previous file's mtime: the rotation writes that file anew, a running
+mirror and one started after the rotation read the same time from the disk (a restart keeps
+it, unlike a time the running mirror noted), and a mirror that rotated before any of this
+has it too. A copy of ``auth.dir`` that does not keep mtimes moves it to the copy's time.
 The running mirror notices both files changing on its own: it stats them on each use, and reads
 and parses them again only when their (mtime, size, inode) changed.
 """
@@ -64,6 +71,13 @@ class SigningKey:
     def of(cls, key: ec.EllipticCurvePrivateKey) -> SigningKey:
         public = key.public_key()
         return cls(key_id(public), key, public)
+
+
+@dataclass(frozen=True)
+class VerifyingKey:
+    public: ec.EllipticCurvePublicKey
+    #: when the key was retired (the previous key file's mtime); None: the current key
+    retired: float | None = None
 
 
 def _stat(path: Path) -> tuple[int, int, int]:
@@ -154,12 +168,13 @@ class KeyRing:
         assert self._current is not None
         return self._current
 
-    def verifying(self, now: float | None = None) -> dict[str, ec.EllipticCurvePublicKey]:
-        """kid → public key of every key whose tokens are still honoured."""
+    def verifying(self, now: float | None = None) -> dict[str, VerifyingKey]:
+        """kid → every key whose tokens may still be honoured: the current one, and during its
+        grace the previous one, with the time of its rotation."""
         self._refresh()
         assert self._current is not None
-        keys = {self._current.kid: self._current.public}
+        keys = {self._current.kid: VerifyingKey(self._current.public)}
         now = time.time() if now is None else now
         if self._previous is not None and now - self._previous_since < self.grace:
-            keys[self._previous.kid] = self._previous.public
+            keys[self._previous.kid] = VerifyingKey(self._previous.public, self._previous_since)
         return keys

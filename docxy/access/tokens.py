@@ -4,7 +4,11 @@ Claims are Distribution's: ``iss`` (the mirror's public URL), ``sub`` (the user)
 service named in the mirror's challenge), ``iat``/``nbf``/``exp``, ``jti`` and ``access`` (a list
 of ``{type, name, actions}``). A token is honoured only if its signature is from a key of the
 ring (``keys.py``), it is inside its lifetime, its issuer and audience are this mirror's, and
-its user still exists (checked by the caller against the users file).
+its user still exists (checked by the caller against the users file). A token of the previous
+key, retired by ``docxy tokens rotate``, must also have been issued before the rotation and
+live no longer than ``auth.token_ttl`` (each give or take :data:`LEEWAY`), as every token the
+mirror issued with it did: the old key signs nothing new the mirror honours, should it have
+leaked, and its tokens all expire within ``auth.token_ttl`` of the rotation.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -79,7 +84,7 @@ def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None)
     try:
         claims = jwt.decode(
             token,
-            key,
+            key.public,
             algorithms=[ALGORITHM],
             audience=spec.audience,
             issuer=spec.issuer,
@@ -93,7 +98,21 @@ def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None)
         raise TokenInvalid("expired") from exc
     except jwt.PyJWTError as exc:
         raise TokenInvalid(f"rejected ({type(exc).__name__})") from exc
+    if key.retired is not None:
+        _issued_before(claims, key.retired, spec.ttl)
     user = claims["sub"]
     if not isinstance(user, str):
         raise TokenInvalid("rejected (no user)")
     return Claims(user, tuple(from_claim(claims.get("access"))), float(claims["exp"]))
+
+
+def _issued_before(claims: dict[str, Any], retired: float, ttl: int) -> None:
+    """A token of a key retired at ``retired`` is honoured only as one the mirror issued with it:
+    before the rotation, for at most ``ttl``; else :class:`TokenInvalid`."""
+    issued, expires = claims["iat"], claims["exp"]
+    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (issued, expires)):
+        raise TokenInvalid("rejected (iat or exp not a time)")
+    if issued > retired + LEEWAY:
+        raise TokenInvalid("signed with a retired key after its rotation")
+    if expires - issued > ttl + LEEWAY:
+        raise TokenInvalid("of a retired key with a lifetime over auth.token_ttl")

@@ -128,6 +128,33 @@ async def test_expired_tokens_and_tokens_of_another_key_are_refused(tmp_path: Pa
         assert (await m.client.get("/v2/", headers=bearer(token))).status_code == 200
 
 
+async def test_a_retired_key_cannot_mint_tokens_after_the_rotation(tmp_path: Path) -> None:
+    """The review's reproduction: after ``docxy tokens rotate``, a copy of the retired key
+    signed a token for ten years that the mirror honoured (200) for all of ``auth.key_grace``.
+    It is refused now, while the token the mirror issued before the rotation still pulls."""
+    import jwt
+
+    from docxy.access.keys import SigningKey, load_key
+    from docxy.http.state import mirror_state
+
+    async with users_mirror(tmp_path) as m:
+        issued = await token_for(m, "repository:library/redis:pull")
+        access = mirror_state(m.app).access
+        assert access is not None
+        leaked = SigningKey.of(load_key(tmp_path / "token-key.pem"))
+        KeyRing(tmp_path, 3600).rotate()  # `docxy tokens rotate`, another process
+        now = int(time.time()) + 10  # past the leeway: signed after the rotation
+        claims: dict[str, object] = {"iss": access.spec.issuer, "sub": "alice"}
+        claims["aud"] = access.spec.audience
+        claims |= {"iat": now, "nbf": now - 60, "exp": now + 10 * 365 * 86400}
+        claims["access"] = [{"type": "repository", "name": "library/redis", "actions": ["pull"]}]
+        forged = jwt.encode(claims, leaked.key, algorithm="ES256", headers={"kid": leaked.kid})
+        response = await m.client.get(MANIFEST_PATH, headers=bearer(forged))
+        assert response.status_code == 401
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+        assert (await m.client.get(MANIFEST_PATH, headers=bearer(issued))).status_code == 200
+
+
 async def test_users_mode_issues_tokens_while_the_upstream_is_down(tmp_path: Path) -> None:
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")

@@ -168,3 +168,64 @@ def test_key_files_are_private(tmp_path: Path) -> None:
     ring = KeyRing(tmp_path, grace=1)
     ring.signing()
     assert os.stat(tmp_path / "token-key.pem").st_mode & 0o777 == 0o600
+
+
+def leaked_copy(ring: KeyRing, where: Path) -> KeyRing:
+    """A ring signing with a copy of ``ring``'s current key: what someone who copied
+    ``token-key.pem`` signs with after the operator rotated it out."""
+    ring.signing()  # made if missing
+    where.mkdir()
+    (where / keys.CURRENT).write_bytes(ring.current_path.read_bytes())
+    return KeyRing(where, grace=1)
+
+
+def test_a_retired_key_honours_only_tokens_issued_before_the_rotation_within_the_ttl(
+    tmp_path: Path,
+) -> None:
+    """For the whole ``auth.key_grace`` after ``docxy tokens rotate``, any token signed with the
+    retired key was honoured: one signed after the rotation, with any lifetime. Now only one
+    issued before the rotation (the previous key file's mtime, which survives a restart), and
+    living no longer than ``auth.token_ttl`` (each with the clock-skew leeway): the mirror's own
+    tokens from before the rotation keep working until they expire."""
+    ring = KeyRing(tmp_path / "auth", grace=3600)
+    before_start = KeyRing(tmp_path / "auth", grace=3600)  # a mirror running through it
+    rotated_at = float(int(time.time()) - 120)  # PyJWT checks nbf and exp on the wall clock
+    issued = issue(ring, SPEC, "alice", PULL, rotated_at - 100)
+    same_second = issue(ring, SPEC, "alice", PULL, rotated_at + 4)  # within the leeway
+    leaked = leaked_copy(ring, tmp_path / "leak")
+    assert verify(before_start, SPEC, issued, rotated_at).user == "alice"
+    KeyRing(tmp_path / "auth", grace=3600).rotate()
+    os.utime(ring.previous_path, (rotated_at, rotated_at))
+    after_restart = KeyRing(tmp_path / "auth", grace=3600)
+    for running in (before_start, after_restart):
+        assert verify(running, SPEC, issued, rotated_at + 150).user == "alice"
+        assert verify(running, SPEC, same_second, rotated_at + 150).user == "alice"
+        with pytest.raises(TokenInvalid, match="expired"):
+            verify(running, SPEC, issued, rotated_at + 206)
+        minted = issue(leaked, SPEC, "alice", PULL, rotated_at + 60)
+        with pytest.raises(TokenInvalid, match="after its rotation"):
+            verify(running, SPEC, minted, rotated_at + 61)
+        long_lived = TokenSpec(SPEC.issuer, SPEC.audience, 10 * 365 * 86400)
+        backdated = issue(leaked, long_lived, "alice", PULL, rotated_at - 10)
+        with pytest.raises(TokenInvalid, match="lifetime"):
+            verify(running, SPEC, backdated, rotated_at + 61)
+        # the current key is not bound by its rotation time
+        fresh = issue(running, SPEC, "alice", PULL, rotated_at + 60)
+        assert verify(running, SPEC, fresh, rotated_at + 61).user == "alice"
+
+
+def test_a_retired_keys_token_with_a_bad_iat_is_refused(tmp_path: Path) -> None:
+    import jwt
+
+    ring = KeyRing(tmp_path / "auth", grace=3600)
+    leaked = leaked_copy(ring, tmp_path / "leak")
+    ring.rotate()
+    now = int(time.time())
+    for iat in ("0", None, [0], True):
+        claims: dict[str, object] = {"iss": SPEC.issuer, "aud": SPEC.audience, "sub": "alice"}
+        claims["iat"] = iat
+        claims |= {"nbf": now - 10, "exp": now + 100}
+        signing = leaked.signing()
+        token = jwt.encode(claims, signing.key, algorithm="ES256", headers={"kid": signing.kid})
+        with pytest.raises(TokenInvalid):
+            verify(ring, SPEC, token, now)
