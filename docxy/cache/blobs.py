@@ -855,8 +855,9 @@ class DiskBlobStore:
                 return
             blobs = list(self._index.values())
             images = catalog.images() if catalog is not None else []
+            kept = frozenset(catalog.undeletable() if catalog is not None else ())
             pinned = frozenset(self._pins)
-            plan, pulled = await asyncio.to_thread(_plan, blobs, images, need, pinned)
+            plan, pulled = await asyncio.to_thread(_plan, blobs, images, need, pinned, kept)
             self.plans += 1
             moved = catalog is not None and any(
                 catalog.pulled_at(key) != when for key, when in pulled.items()
@@ -1096,9 +1097,17 @@ Walked = tuple[list[BlobEntry], list[Path]]
 
 
 def _plan(
-    blobs: list[BlobEntry], images: list[Image], need: int, pinned: frozenset[Digest]
+    blobs: list[BlobEntry],
+    images: list[Image],
+    need: int,
+    pinned: frozenset[Digest],
+    kept: frozenset[ImageKey] = frozenset(),
 ) -> tuple[EvictionPlan, dict[ImageKey, float]]:
-    """In a worker thread: the plan, and when each image it forgets was last pulled."""
+    """In a worker thread: the plan, and when each image it forgets was last pulled. The
+    ``kept`` images (the disk refused to delete their files) are left out, their blobs pinned."""
+    if kept:
+        pinned = pinned.union(*(image.blobs for image in images if image.key in kept))
+        images = [image for image in images if image.key not in kept]
     plan = plan_eviction(blobs, images, need, pinned.__contains__)
     planned = set(plan.images)
     return plan, {image.key: image.last_pulled for image in images if image.key in planned}

@@ -75,6 +75,10 @@ class ImageCatalog(Protocol):
         """Whether an image the cache still offers needs blob ``digest``."""
         ...
 
+    def undeletable(self) -> set[ImageKey]:
+        """Images an eviction must leave alone (the disk refused to delete their files)."""
+        ...
+
     def pulled_at(self, key: ImageKey) -> float | None:
         """When ``key`` was last pulled; None if it is not cached."""
         ...

@@ -30,9 +30,11 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,6 +132,10 @@ class ManifestStore:
         #: Files an eviction's worker thread is deleting (manifests by key, tag records by
         #: path) -> that delete: a pull that writes one of them again waits for it first.
         self._deleting: dict[ImageKey | Path, asyncio.Future[Any]] = {}
+        #: Manifests whose delete the disk refused (read-only, another owner's file): offered
+        #: still, as their files say, and left out of later evictions (:meth:`undeletable`),
+        #: which would stop at them every time, until the next start.
+        self._undeletable: set[ImageKey] = set()
         #: Tag records a :meth:`set_tag` is writing (how many at once), and those it started
         #: to write while a sweep runs: that sweep deletes none of them.
         self._writing: dict[Path, int] = {}
@@ -331,7 +337,8 @@ class ManifestStore:
         if key in self._catalogue():
             return
         deleting = spawn(
-            "cache: delete a manifest evicted while stored", _refused(self._delete, [key], [])
+            "cache: delete a manifest evicted while stored",
+            _refused(partial(self._delete, [key], {})),
         )
         self._deleting[key] = deleting
         deleting.add_done_callback(lambda _: self._deleted_all([key], deleting))
@@ -689,6 +696,22 @@ class ManifestStore:
             self._tag_files[path] = key
             self._tags_of.setdefault(key, set()).add(path)
 
+    def undeletable(self) -> set[ImageKey]:
+        """The cached manifests an eviction must leave alone: those whose delete the disk
+        refused (see :meth:`evict_images`), and the manifests below them (forgetting a child
+        forgets the indexes above it)."""
+        images = self._catalogue()
+        found: set[ImageKey] = set()
+        todo = [key for key in self._undeletable if key in images]
+        while todo:
+            key = todo.pop()
+            image = images.get(key)
+            if key in found or image is None:
+                continue
+            found.add(key)
+            todo.extend(ImageKey(key.upstream, child) for child in image.children)
+        return found
+
     def needed(self, digest: Digest) -> bool:
         """Whether a cached image needs blob ``digest``."""
         self._catalogue()
@@ -725,24 +748,34 @@ class ManifestStore:
         systems); the images are no longer offered from the call on (:meth:`get` misses). A
         pull that stores one of those manifests or tags again meanwhile waits for the delete
         (:meth:`_deleted`), or its new files would be deleted under it. A delete the disk
-        refuses raises, and the images are offered again, as their files still say: the next
-        eviction keeps the blobs they need (their files would bring them back at the next
-        start, without those blobs)."""
+        refuses raises, and the images whose manifest files are still there are offered again,
+        as those files say, their tags untouched: the next eviction keeps the blobs they need
+        (their files would bring them back at the next start, without those blobs), and leaves
+        the one refused out (:meth:`undeletable`)."""
         images = self._catalogue()
-        kept = {key: images[key] for key in self._with_indexes(keys) if key in images}
-        pointers = {path: key for key in kept for path in self._tags_of.get(key, ())}
-        seen = {key: self._seen[key] for key in kept if key in self._seen}
+        before = {key: images[key] for key in self._with_indexes(keys) if key in images}
+        pointers = {path: key for key in before for path in self._tags_of.get(key, ())}
+        seen = {key: self._seen[key] for key in before if key in self._seen}
         gone, tags = self._unoffer(keys)
         if not gone:
             return
-        deleting = spawn("cache: delete evicted manifests", _refused(self._delete, gone, tags))
-        files: list[ImageKey | Path] = [*gone, *tags]
+        deleted: list[ImageKey] = []  # those whose manifest file is gone, in the thread
+        deleting = spawn(
+            "cache: delete evicted manifests", _refused(partial(self._delete, gone, tags, deleted))
+        )
+        files: list[ImageKey | Path] = [*gone, *chain.from_iterable(tags.values())]
         for item in files:
             self._deleting[item] = deleting
         deleting.add_done_callback(lambda _: self._deleted_all(files, deleting))
         refused = await asyncio.shield(deleting)  # cancelled, the thread deletes on: waited for
         if refused is not None:  # raised here, not by the task (a "crashed" traceback)
-            self._offer_again(kept, pointers, seen)
+            left = [key for key in gone if key not in deleted]
+            if left:  # the first was refused; the rest were not tried
+                self._undeletable.add(left[0])
+            kept = {key: before[key] for key in left if key in before}
+            self._offer_again(
+                kept, {path: key for path, key in pointers.items() if key in kept}, seen
+            )
             raise refused
 
     def _offer_again(
@@ -776,12 +809,15 @@ class ManifestStore:
             if self._deleting.get(item) is deleting:
                 del self._deleting[item]
 
-    def _unoffer(self, keys: Iterable[ImageKey]) -> tuple[list[ImageKey], list[Path]]:
+    def _unoffer(
+        self, keys: Iterable[ImageKey]
+    ) -> tuple[list[ImageKey], dict[ImageKey, list[Path]]]:
         """Take the images (with the indexes above them) out of the catalogue and their tags out
-        of the tag map; returns them, indexes first, and the tag records, for :meth:`_delete`."""
+        of the tag map; returns them, indexes first, and each one's tag records, for
+        :meth:`_delete`."""
         images = self._catalogue()
         gone = self._with_indexes(keys)
-        tags: list[Path] = []
+        tags: dict[ImageKey, list[Path]] = {}
         indexes: list[ImageKey] = []
         for key in gone:
             image = images.pop(key, None)
@@ -790,8 +826,9 @@ class ManifestStore:
                 if image.children:
                     indexes.append(key)
             self._seen.pop(key, None)
+            self._undeletable.discard(key)
             for tag_path in list(self._tags_of.get(key, ())):
-                tags.append(tag_path)
+                tags.setdefault(key, []).append(tag_path)
                 self._point_tag(tag_path, None)
         if gone:
             names = sorted(_short(gone))
@@ -800,20 +837,35 @@ class ManifestStore:
         first = set(indexes)
         return indexes + [key for key in gone if key not in first], tags
 
-    def _delete(self, gone: Iterable[ImageKey], tags: Iterable[Path]) -> None:
-        """The files of forgotten images: tag records first, then manifests (indexes before the
-        rest, ``gone``'s order) and their records. Cut short (the process killed), what is left
-        on disk is whole: no tag of a deleted manifest, no index of a deleted platform one. A
-        delete the disk refuses (read-only, another owner's file) stops it there, for the same
-        reason, and raises: the caller deletes no blob those images need (they would be back,
-        without it, at the next start)."""
-        for tag_path in tags:
-            unlink_quietly(tag_path)
+    def _delete(
+        self,
+        gone: Iterable[ImageKey],
+        tags: Mapping[ImageKey, Iterable[Path]],
+        deleted: list[ImageKey] | None = None,
+    ) -> None:
+        """The files of forgotten images, image by image (indexes before the rest, ``gone``'s
+        order): its manifest file, then its tag records and the rest of its records (each one
+        whose manifest file went is added to ``deleted``). Cut short (the process killed), what
+        is left on disk is whole: no index of a deleted platform manifest (a tag record left of
+        a deleted one is a note, :meth:`sweep_tags`'s). A manifest file the disk refuses to
+        delete (read-only, another owner's) stops it there, for the same reason, and raises,
+        that image and the rest untouched: the caller deletes no blob they need (they would be
+        back, without it, at the next start). A record refused after its manifest file went
+        raises once the rest are deleted."""
+        failed: OSError | None = None
         for key in gone:
             path = self._key_path(key)
             unlink_quietly(path)  # first: without it, the manifest is no longer cached
-            unlink_quietly(_meta_path(path))
+            if deleted is not None:
+                deleted.append(key)
+            for record in [*tags.get(key, ()), _meta_path(path)]:
+                try:
+                    unlink_quietly(record)
+                except OSError as exc:
+                    failed = failed or exc
             self.access.forget_digest(key.upstream, key.digest)
+        if failed is not None:
+            raise failed
 
     def _with_indexes(self, keys: Iterable[ImageKey]) -> set[ImageKey]:
         """``keys`` and, transitively, the cached indexes pointing at them."""
@@ -900,12 +952,10 @@ def _merge_into(source: Path, target: Path) -> int:
     return count
 
 
-async def _refused(
-    delete: Callable[[list[ImageKey], list[Path]], None], gone: list[ImageKey], tags: list[Path]
-) -> OSError | None:
-    """``delete(gone, tags)`` in a worker thread; the error a refusing disk raised, if one did."""
+async def _refused(delete: Callable[[], None]) -> OSError | None:
+    """``delete()`` in a worker thread; the error a refusing disk raised, if one did."""
     try:
-        await asyncio.to_thread(delete, gone, tags)
+        await asyncio.to_thread(delete)
     except OSError as exc:
         return exc
     return None

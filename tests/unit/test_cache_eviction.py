@@ -8,7 +8,9 @@ they still hold when the plan is made off the event loop, over a snapshot.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,9 @@ import pytest
 
 from docxy.cache import Cache, RepoKey, TagState, open_cache
 from docxy.cache import blobs as blobs_module
+from docxy.cache import manifests as manifests_module
 from docxy.cache.blobs import LOW_WATER_GAP, low_water
+from docxy.cache.files import unlink_quietly
 from docxy.cache.images import ImageKey, needs, plan_eviction
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
@@ -194,6 +198,72 @@ async def test_forgetting_a_child_manifest_forgets_the_index_above_it(cache: Cac
     cache.manifests.forget_images([ImageKey(upstream, child_tag.manifest.digest)])
     assert await offered_whole(cache, child, "multi") is None  # never an index missing a child
     assert await offered_whole(cache, child) is None
+
+
+def refuse_deleting(monkeypatch: pytest.MonkeyPatch, cache: Cache, repo: RepoKey) -> None:
+    """The disk refuses to delete the manifest file that ``repo``'s tag points at (another
+    owner's, say); every other file goes."""
+    entry = next(t for t in cache.manifests.list_tags() if t.repo == repo)
+    kept = cache.manifests._content_path(repo.upstream, entry.digest)
+    unlink = unlink_quietly
+
+    def refusing(path: Path) -> None:
+        if path == kept:
+            raise OSError(errno.EACCES, "Permission denied", str(path))
+        unlink(path)
+
+    monkeypatch.setattr(manifests_module, "unlink_quietly", refusing)
+
+
+async def test_a_manifest_the_disk_keeps_is_left_out_of_later_evictions(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every later plan picked the image whose manifest the disk refused to delete first, so
+    every later eviction stopped at it: the cache passed every new blob through, uncached."""
+    old = await cached_image(cache, "team/old", [layer("cfg-old", 10), layer("l-old")])
+    for n in range(2):
+        await cached_image(cache, f"team/img{n}", [layer(f"cfg-{n}", 10), layer(f"l-{n}")])
+    loose = await put(cache.blobs, layer("loose", 50))  # no image needs it
+    refuse_deleting(monkeypatch, cache, old)
+    caplog.set_level(logging.WARNING, logger="docxy")
+    for n in range(2, 5):  # 300 bytes each: an eviction for each
+        layers = [layer(f"cfg-{n}", 10), layer(f"l-{n}")]
+        pulled = await cached_image(cache, f"team/img{n}", layers)
+        await cache.blobs.settle()
+        assert await offered_whole(cache, pulled) is True  # cached, not passed through
+    assert await offered_whole(cache, old) is True  # its files are all there, its blobs too
+    assert cache.blobs.lookup(loose) is None
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "eviction stopped" in said[0], said
+    assert cache.blobs.usage().bytes <= 1000
+
+
+async def test_a_refused_eviction_deletes_no_tag_of_an_image_it_keeps(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tag records of every image of the eviction went first: those the refusal then kept
+    were offered by digest, their tags gone (and put back in the map, pointing at nothing)."""
+    repos = [
+        await cached_image(cache, f"team/img{n}", [layer(f"cfg-{n}", 10), layer(f"l-{n}")])
+        for n in range(3)
+    ]
+    refuse_deleting(monkeypatch, cache, repos[0])
+    keys = [key_of(cache, repo) for repo in repos[:2]]
+    with pytest.raises(OSError):
+        await cache.manifests.evict_images(keys)
+    offered = {image.key for image in cache.manifests.images()}
+    assert keys[0] in offered  # the disk kept it: offered again
+    for repo, key in zip(repos, [*keys, key_of(cache, repos[2])], strict=True):
+        found = await cache.manifests.resolve_tag(repo, "latest")
+        assert (found.state is not TagState.MISSING) == (key in offered), repo
+        assert (await offered_whole(cache, repo) is True) == (key in offered), repo
+
+
+def key_of(cache: Cache, repo: RepoKey) -> ImageKey:
+    """The image ``repo``'s tag ``latest`` points at (its record read from disk)."""
+    entry = next(t for t in cache.manifests.list_tags() if t.repo == repo and t.tag == "latest")
+    upstream = next(iter(cache.manifests.images())).key.upstream
+    return ImageKey(upstream, entry.digest)
 
 
 # --- a large catalogue -------------------------------------------------------------------------
