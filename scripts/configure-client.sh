@@ -703,6 +703,13 @@ confirm_docker() {
       say "  docker info: dockerd uses the new settings after the restart"
       return 0
     fi
+    # Restarted, and still without the change: another restart cannot help.
+    warn "dockerd was restarted, and \`docker info\` still does not show the change:"
+    warn "it does not read $DAEMON_JSON, or its command line overrides it. Look there"
+    warn "(ps -o args= -C dockerd, or its unit: systemctl cat docker) for --config-file"
+    warn "(another daemon.json) or --registry-mirror (mirrors named beside the file's)"
+    FAILED=1
+    return 0
   fi
   warn "dockerd did not pick up the change (\`docker info\` does not show it)."
   warn "restart it to apply: systemctl restart docker, which stops its running containers unless"
@@ -1190,6 +1197,8 @@ main() {
     : # the script that ran this one says its own
   elif ((DRY_RUN)); then
     say "Dry run: the changes above were not made."
+  elif ((FAILED)); then
+    say "Not done: see the messages above."
   elif ((CHANGES == 0)); then
     say "Nothing to change: every file was already as wanted."
   fi

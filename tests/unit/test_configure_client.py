@@ -560,6 +560,22 @@ def test_allow_restart_restarts_when_the_reload_does_not_take(box: ScriptBox) ->
     assert box.called(r"^systemctl restart docker$")
 
 
+def test_a_restart_that_did_not_take_does_not_say_to_restart_again(box: ScriptBox) -> None:
+    """--allow-restart restarted dockerd, and `docker info` still did not show the mirror (a
+    dockerd that reads another file, --config-file): the failure said to restart dockerd "or
+    rerun with --allow-restart", both just done. It now says what to look for instead."""
+    box.stand_in("docker", docker_info("https://other.example"))
+
+    result = run_allowing_restart(box)
+
+    assert result.returncode == 1, output(result)
+    assert box.called(r"^systemctl restart docker$")
+    assert "--allow-restart" not in result.stderr, output(result)
+    assert "systemctl restart docker, which stops" not in result.stderr
+    assert f"it does not read {box.path(DAEMON_JSON)}" in result.stderr
+    assert "--config-file" in result.stderr and "--registry-mirror" in result.stderr
+
+
 def test_no_reload_writes_the_file_only(box: ScriptBox) -> None:
     code, said = run(box, "--mirror", MIRROR, "--docker", "--no-reload")
 
@@ -1097,6 +1113,22 @@ def test_podman_a_hub_table_of_the_operators_is_kept_and_the_mirror_not_forced(
     if "cache.corp.example" in table:
         mirrors = podman_hub(box)["mirror"]
         assert mirrors == [{"location": "cache.corp.example:5000"}]
+
+
+def test_a_run_that_failed_never_ends_with_nothing_to_change(box: ScriptBox) -> None:
+    """A run that wrote nothing on purpose and failed (the operator's table for docker.io,
+    a dockerd run with --registry-mirror, a hosts.toml it cannot merge) ended with "Nothing
+    to change: every file was already as wanted.", where the mirror was exactly not set up."""
+    box.path(REGISTRIES_CONF).parent.mkdir(parents=True, exist_ok=True)
+    box.path(REGISTRIES_CONF).write_text(OPERATORS_HUB)
+
+    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--podman")
+
+    assert result.returncode == 1, output(result)
+    assert "Nothing to change" not in result.stdout, output(result)
+    assert result.stdout.splitlines()[-1] == "Not done: see the messages above."
+    quiet = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--podman", "--no-summary")
+    assert quiet.returncode == 1 and "Not done" not in quiet.stdout, output(quiet)
 
 
 def test_podman_a_hub_table_that_lists_the_mirror_already_is_enough(box: ScriptBox) -> None:
