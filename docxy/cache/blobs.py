@@ -859,11 +859,15 @@ class DiskBlobStore:
             pinned = frozenset(self._pins)
             plan, pulled = await asyncio.to_thread(_plan, blobs, images, need, pinned, kept)
             self.plans += 1
-            moved = catalog is not None and any(
-                catalog.pulled_at(key) != when for key, when in pulled.items()
+            moved = (
+                {key for key, when in pulled.items() if catalog.pulled_at(key) != when}
+                if catalog is not None
+                else set()
             )
             if moved and attempt < PLAN_ATTEMPTS:
                 continue  # an image it forgets was pulled meanwhile: plan again
+            if moved:  # the last plan: applied without those images
+                plan = _without(plan, images, moved)
             if self._waiting and self._room() + plan.freed < min(self._waiting):
                 # No fill waiting for room would get it: forget no image for nothing.
                 log.info(
@@ -1111,6 +1115,25 @@ def _plan(
     plan = plan_eviction(blobs, images, need, pinned.__contains__)
     planned = set(plan.images)
     return plan, {image.key: image.last_pulled for image in images if image.key in planned}
+
+
+def _without(plan: EvictionPlan, images: list[Image], moved: set[ImageKey]) -> EvictionPlan:
+    """``plan`` without the ``moved`` images (pulled while it was made), the manifests below
+    them (forgetting a child forgets its indexes), and the blobs they need."""
+    catalog = {image.key: image for image in images}
+    kept: set[ImageKey] = set()
+    todo = list(moved)
+    while todo:
+        key = todo.pop()
+        image = catalog.get(key)
+        if key in kept or image is None:
+            continue
+        kept.add(key)
+        todo.extend(ImageKey(key.upstream, child) for child in image.children)
+    needed = {digest for key in kept for digest in catalog[key].blobs}
+    blobs = tuple(entry for entry in plan.blobs if entry.digest not in needed)
+    forgotten = tuple(key for key in plan.images if key not in kept)
+    return EvictionPlan(forgotten, blobs, sum(entry.size for entry in blobs))
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:

@@ -22,9 +22,9 @@ import pytest
 from docxy.cache import Cache, RepoKey, TagState, open_cache
 from docxy.cache import blobs as blobs_module
 from docxy.cache import manifests as manifests_module
-from docxy.cache.blobs import LOW_WATER_GAP, low_water
+from docxy.cache.blobs import LOW_WATER_GAP, BlobEntry, low_water
 from docxy.cache.files import unlink_quietly
-from docxy.cache.images import ImageKey, needs, plan_eviction
+from docxy.cache.images import Image, ImageKey, needs, plan_eviction
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
 from tests.unit import big_catalogue
@@ -264,6 +264,65 @@ def key_of(cache: Cache, repo: RepoKey) -> ImageKey:
     entry = next(t for t in cache.manifests.list_tags() if t.repo == repo and t.tag == "latest")
     upstream = next(iter(cache.manifests.images())).key.upstream
     return ImageKey(upstream, entry.digest)
+
+
+async def test_an_image_pulled_while_the_last_plan_is_made_is_kept(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client pulls each image the plan forgets while it is made, three times: the third
+    plan was applied as made, evicting the image just pulled (its client may be fetching its
+    layers). It is now left out of that plan, with its blobs; the next eviction takes another."""
+    plans: list[tuple[threading.Event, threading.Event]] = []
+
+    def blocked(*args: Any) -> Any:
+        entered, release = threading.Event(), threading.Event()
+        plans.append((entered, release))
+        entered.set()
+        if len(plans) <= 3:
+            release.wait(GUARD)
+        return plan_eviction(*args)
+
+    monkeypatch.setattr(blobs_module, "plan_eviction", blocked)
+    repos = [
+        await cached_image(cache, f"team/{name}", [layer(f"cfg-{name}", 10), layer(f"l-{name}")])
+        for name in "abc"
+    ]
+    newcomer = spawn(
+        "newcomer", cached_image(cache, "team/new", [layer("cfg-n", 10), layer("l-n")])
+    )
+    for made, repo in enumerate(repos, 1):  # plan 1 forgets a, plan 2 b, plan 3 c
+        while len(plans) < made:
+            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(plans[-1][0].wait, GUARD)
+        assert await offered_whole(cache, repo) is True  # pulled meanwhile
+        plans[-1][1].set()
+    await asyncio.wait_for(newcomer, GUARD)  # its layer cached, not passed through
+    await cache.blobs.settle()
+    # The next plan took the least recently pulled: a, and the newcomer's manifest, pulled
+    # before the three.
+    assert [await offered_whole(cache, repo) for repo in repos] == [None, True, True]
+    assert len(plans) == 4
+    assert cache.blobs.usage().bytes <= 1000
+
+
+def test_a_moved_index_is_left_out_of_the_last_plan_with_its_platforms_and_their_blobs() -> None:
+    """An index pulled while the last plan was made keeps its platform manifests (it would
+    point at forgotten ones) and their blobs; the rest of the plan is applied."""
+    up = "upstream"
+    entries = [BlobEntry(digest_of(layer(n)), Path(n), 290, 0.0) for n in ("a", "b", "o")]
+    platforms = [
+        Image(ImageKey(up, digest_of(name.encode())), 0.0, frozenset([entry.digest]))
+        for name, entry in zip("ab", entries, strict=False)
+    ]
+    children = frozenset(platform.key.digest for platform in platforms)
+    index = Image(ImageKey(up, digest_of(b"i")), 0.0, children=children)
+    other = Image(ImageKey(up, digest_of(b"o")), 0.0, frozenset([entries[2].digest]))
+    images = [*platforms, index, other]
+    plan = plan_eviction(entries, images, 870, lambda _: False)
+    assert set(plan.images) == {image.key for image in images}
+    kept = blobs_module._without(plan, images, {index.key})
+    assert kept.images == (other.key,)
+    assert kept.blobs == (entries[2],) and kept.freed == 290
 
 
 # --- a large catalogue -------------------------------------------------------------------------
