@@ -92,6 +92,9 @@ NO_ROOM_BACKOFF = 60.0
 NO_ROOM_MEMORY = 1024
 #: Plans made again when an image it would forget was pulled while it was being made.
 PLAN_ATTEMPTS = 3
+#: How the blobs a mirror deletes in a worker thread are named in ``tmp/`` meanwhile (evicted,
+#: unreadable): a command beside it leaves them to it (they keep the blob's old mtime).
+TRASH_PREFIXES = ("evicted-", "unreadable-")
 #: Blobs an eviction takes off their names between two turns of the event loop (a rename
 #: each, 0.3 ms on a slow overlay file system; the unlinks are done in a worker thread).
 APPLY_CHUNK = 32
@@ -255,7 +258,9 @@ class DiskBlobStore:
     def clear_tmp(self, older_than: float | None = None) -> int:
         """Remove temp files not ours (fills of a process that died); returns how many.
 
-        ``older_than`` (seconds) spares younger files, for a CLI run beside a live server.
+        ``older_than`` (seconds) spares younger files, for a CLI run beside a live server, and
+        the blobs such a server is deleting (:data:`TRASH_PREFIXES`; its next start clears any
+        left): not this command's work, nor a sign of a fill that died.
         """
         return self._clear_tmp(older_than)[0]
 
@@ -268,6 +273,8 @@ class DiskBlobStore:
         for entry in os.scandir(self.tmp_dir):
             if entry.name in ours:
                 continue
+            if cutoff is not None and entry.name.startswith(TRASH_PREFIXES):
+                continue  # a live mirror's, being deleted by it
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # gone since listed: a live mirror's fill committed

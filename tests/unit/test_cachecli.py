@@ -784,6 +784,33 @@ def test_gc_does_not_count_a_blob_the_mirror_evicted_before_it_could(
     assert _bytes_of(report["gone meanwhile"]) == sizes_before[taken[0]], out
 
 
+def test_gc_leaves_the_evicted_blobs_a_live_mirror_is_deleting_to_it(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """A live mirror's eviction moves a blob to tmp/evicted-... and deletes it in a worker
+    thread; the file keeps the blob's mtime, so one last used over an hour ago looked like an
+    old temp file to gc, which removed it and counted it as its own "temp files removed" and
+    "freed"."""
+
+    async def evict_an_old_blob() -> Path:
+        live = open_cache(cache.root, max_size=1 << 20, tag_ttl=300)
+        await live.blobs.indexed()
+        entry = live.blobs.lookup(cache.blobs["busybox-l"])
+        assert entry is not None
+        os.utime(entry.path, (time.time() - 7200, time.time() - 7200))  # last used 2 h ago
+        trash = live.blobs._drop(entry)  # off its name; its thread deletes it next
+        assert trash is not None
+        return trash
+
+    trash = asyncio.run(evict_an_old_blob())
+    code, out, err = run(capsys, cache, "gc")
+    assert (code, err) == (0, "")
+    report = _gc_report(out)
+    assert report["temp files removed"] == "0", out
+    assert _bytes_of(report["freed"]) == 0, out
+    assert trash.exists()  # the mirror's to delete (its next start clears one left)
+
+
 # --- what an earlier version keyed under the URL as written ---------------------------------
 
 
