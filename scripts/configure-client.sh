@@ -47,6 +47,9 @@ usage: $PROG [--mirror URL] [options]
   --no-summary          leave out the opening and closing lines (Dry run..., Nothing to
                         change...): for a script that runs this one and says its own
   --no-reload           write the files, do not reload dockerd
+  --reload              with --root DIR: reload (and check) this host's running dockerd all
+                        the same; without it, a --root run leaves this host's dockerd alone
+                        unless --dockerd-pidfile names one
   --allow-restart       restart dockerd when a reload does not take (stops running containers
                         unless live-restore is on)
   --registry NAME[=URL] containerd: a hosts.toml for this registry pointing at the mirror
@@ -80,6 +83,10 @@ REMOVE=0
 DRY_RUN=0
 SUMMARY=1
 RELOAD=1
+RELOAD_ASKED=0
+# Whether the running dockerd is this run's to look at (its flags), reload and restart: not
+# under --root DIR (an image's tree), unless --reload or --dockerd-pidfile asks for one.
+HOST_DOCKERD=1
 ALLOW_RESTART=0
 ROOT=/
 DAEMON_JSON=""
@@ -110,6 +117,7 @@ parse_args() {
       --dry-run) DRY_RUN=1 ;;
       --no-summary) SUMMARY=0 ;;
       --no-reload) RELOAD=0 ;;
+      --reload) RELOAD=1; RELOAD_ASKED=1 ;;
       --allow-restart) ALLOW_RESTART=1 ;;
       --root) ROOT="$2"; shift ;;
       --registry) REGISTRIES+=("$2"); shift ;;
@@ -144,6 +152,7 @@ parse_args() {
     die "--mirror takes the mirror's root URL (scheme, host, port), not '$MIRROR': dockerd refuses to start with a registry mirror that has a path" 2
   fi
   ROOT="${ROOT%/}"
+  if [[ -n "$ROOT" && -z "$PIDFILE" ]] && ((!RELOAD_ASKED)); then HOST_DOCKERD=0; fi
   DAEMON_JSON="${DAEMON_JSON:-$ROOT/etc/docker/daemon.json}"
   MIRROR_HOST="${MIRROR#*://}"
   MIRROR_HOST="${MIRROR_HOST%%/*}"
@@ -495,7 +504,7 @@ configure_docker() {
   if ((DRY_RUN)); then
     show_new_content "$DAEMON_JSON" "$new"
     rm -f -- "$new"
-    say "  would reload dockerd and check \`docker info\`"
+    if ((HOST_DOCKERD && RELOAD)); then say "  would reload dockerd and check \`docker info\`"; fi
     return
   fi
   LAST_BACKUP=""
@@ -594,6 +603,7 @@ is_dockerd() {
 # refuses to combine with a registry-mirrors key in daemon.json (it would not start again).
 mirror_flag_set() {
   local pid=""
+  ((HOST_DOCKERD)) || return 1
   if systemd_docker_active; then
     pid="$(systemctl show --property MainPID --value docker 2>/dev/null)" || pid=""
   fi
@@ -655,6 +665,11 @@ restore_daemon_json() {
 confirm_docker() {
   local state="$1" mirrors
   ((DRY_RUN)) && return 0
+  if ((!HOST_DOCKERD)); then
+    say "  not reloading dockerd: --root $ROOT is not this host's (--reload, or --dockerd-pidfile P,"
+    say "  reloads this host's running one)"
+    return 0
+  fi
   if [[ "$state" == unchanged ]]; then
     mirrors="$(active_mirrors)" || return 0
     if ((REMOVE)) && ! mirror_active "$mirrors"; then

@@ -53,14 +53,16 @@ def box(tmp_path: Path) -> ScriptBox:
     return box
 
 
+# Under --root the script leaves this host's dockerd alone unless asked: the tests ask, for
+# the stand-ins of systemctl, docker and kill to stand in for that dockerd.
 def run(box: ScriptBox, *args: str) -> tuple[int, str]:
-    result = box.run(SCRIPT, "--root", str(box.root), *args)
+    result = box.run(SCRIPT, "--root", str(box.root), "--reload", *args)
     return result.returncode, result.stdout + result.stderr
 
 
 def configure(box: ScriptBox, *args: str) -> str:
     """Run the script under the sandbox root; it must succeed. Returns what it printed."""
-    return run_ok(box.run(SCRIPT, "--root", str(box.root), *args))
+    return run_ok(box.run(SCRIPT, "--root", str(box.root), "--reload", *args))
 
 
 def daemon_json(box: ScriptBox) -> dict[str, object]:
@@ -151,7 +153,15 @@ def test_second_run_reloads_a_dockerd_that_missed_the_first(box: ScriptBox) -> N
     assert not box.called(r"^systemctl reload")
     box.stand_in("docker", docker_info("https://other.example"))
 
-    box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, env={"DOCXY_RELOAD_WAIT": "1"})
+    box.run(
+        SCRIPT,
+        "--root",
+        str(box.root),
+        "--reload",
+        "--mirror",
+        MIRROR,
+        env={"DOCXY_RELOAD_WAIT": "1"},
+    )
 
     assert box.called(r"^systemctl reload docker$")
 
@@ -406,6 +416,36 @@ def test_a_dockerd_started_with_registry_mirror_gets_no_registry_mirrors_key(
         assert daemon_json(box)["registry-mirrors"] == [MIRROR]
 
 
+@pytest.mark.parametrize("more", [[], ["--allow-restart"]], ids=["plain", "allow-restart"])
+def test_a_root_of_its_own_leaves_this_hosts_dockerd_alone(
+    box: ScriptBox, tmp_path: Path, more: list[str]
+) -> None:
+    """`--root DIR` (an image's tree being built) still reloaded this host's dockerd, restarted
+    it with --allow-restart (its containers stopped), failed when this host's `docker info`
+    did not show the mirror, and wrote nothing when this host's dockerd ran with
+    --registry-mirror. The host's dockerd is only looked at when asked (--reload)."""
+    box.stand_in("docker", docker_info())
+    link = tmp_path / "procs" / "dockerd"  # this host's dockerd, run with --registry-mirror
+    link.parent.mkdir()
+    link.symlink_to(shutil.which("sh") or "/bin/sh")
+    proc = subprocess.Popen([str(link), "-c", "sleep 600; :", "dockerd", "--registry-mirror=x"])
+    try:
+        box.stand_in(
+            "systemctl",
+            Rule(r"is-active", rc=0),
+            Rule(r"^show .*MainPID", stdout=f"{proc.pid}\n"),
+        )
+        result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--docker", *more)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+    assert result.returncode == 0, output(result)
+    assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+    assert not box.called(r"^(systemctl (reload|restart)|kill|docker info)"), output(result)
+    assert "not reloading dockerd: --root" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("listed", "flag", "allow_restart"),
     [
@@ -504,7 +544,7 @@ def test_a_dockerd_that_answers_but_cannot_be_reloaded_is_not_taken_for_none(
     box.stand_in("systemctl", Rule(r"is-active", rc=3))
     box.stand_in("docker", docker_info("https://other.example"))
 
-    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--docker")
+    result = box.run(SCRIPT, "--root", str(box.root), "--reload", "--mirror", MIRROR, "--docker")
 
     assert result.returncode == 1, output(result)
     assert "from a dockerd without this change" in result.stderr and "restart it" in result.stderr
@@ -516,7 +556,13 @@ def test_a_reload_that_does_not_take_fails_and_says_how_to_restart(box: ScriptBo
     box.stand_in("docker", docker_info("https://other.example"))
 
     result = box.run(
-        SCRIPT, "--root", str(box.root), "--mirror", MIRROR, env={"DOCXY_RELOAD_WAIT": "1"}
+        SCRIPT,
+        "--root",
+        str(box.root),
+        "--reload",
+        "--mirror",
+        MIRROR,
+        env={"DOCXY_RELOAD_WAIT": "1"},
     )
 
     assert result.returncode == 1, output(result)
@@ -532,7 +578,13 @@ def test_a_failed_systemctl_reload_is_not_taken_for_success(box: ScriptBox) -> N
     box.stand_in("docker", docker_info("https://other.example"))
 
     result = box.run(
-        SCRIPT, "--root", str(box.root), "--mirror", MIRROR, env={"DOCXY_RELOAD_WAIT": "1"}
+        SCRIPT,
+        "--root",
+        str(box.root),
+        "--reload",
+        "--mirror",
+        MIRROR,
+        env={"DOCXY_RELOAD_WAIT": "1"},
     )
 
     assert result.returncode == 1, output(result)
@@ -545,6 +597,7 @@ def run_allowing_restart(box: ScriptBox) -> subprocess.CompletedProcess[str]:
         SCRIPT,
         "--root",
         str(box.root),
+        "--reload",
         "--mirror",
         MIRROR,
         "--allow-restart",
@@ -626,7 +679,9 @@ def test_a_bad_mirror_url_is_refused(box: ScriptBox, bad: str) -> None:
 )
 def test_a_flag_without_its_value_is_a_usage_error(box: ScriptBox, flag: str) -> None:
     """As every other usage error: exit 2 and the script's own word, not bash's `line 97: 2:`."""
-    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--docker", flag)
+    result = box.run(
+        SCRIPT, "--root", str(box.root), "--reload", "--mirror", MIRROR, "--docker", flag
+    )
 
     assert result.returncode == 2, output(result)
     assert result.stderr.endswith(f"{SCRIPT}: {flag} needs a value\n"), output(result)
@@ -652,7 +707,7 @@ def test_a_plain_http_mirror_off_loopback_is_warned_about(
     must be in insecure-registries, which this script does not write); dockerd then skips it
     and pulls from Docker Hub, which is what the mirror is there to spare."""
     box.stand_in("docker", docker_info(mirror))
-    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", mirror, "--docker")
+    result = box.run(SCRIPT, "--root", str(box.root), "--reload", "--mirror", mirror, "--docker")
 
     assert result.returncode == 0, output(result)
     assert ("insecure-registries" in result.stderr) is warned, output(result)
@@ -992,7 +1047,7 @@ def test_containerd_config_path_without_tomllib(box: ScriptBox) -> None:
 
     result = box.run(
         SCRIPT,
-        *("--root", str(box.root), "--mirror", MIRROR, "--containerd"),
+        *("--root", str(box.root), "--reload", "--mirror", MIRROR, "--containerd"),
         env={"PYTHONPATH": str(no_tomllib)},
     )
 
@@ -1122,12 +1177,14 @@ def test_a_run_that_failed_never_ends_with_nothing_to_change(box: ScriptBox) -> 
     box.path(REGISTRIES_CONF).parent.mkdir(parents=True, exist_ok=True)
     box.path(REGISTRIES_CONF).write_text(OPERATORS_HUB)
 
-    result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--podman")
+    result = box.run(SCRIPT, "--root", str(box.root), "--reload", "--mirror", MIRROR, "--podman")
 
     assert result.returncode == 1, output(result)
     assert "Nothing to change" not in result.stdout, output(result)
     assert result.stdout.splitlines()[-1] == "Not done: see the messages above."
-    quiet = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--podman", "--no-summary")
+    quiet = box.run(
+        SCRIPT, "--root", str(box.root), "--reload", "--mirror", MIRROR, "--podman", "--no-summary"
+    )
     assert quiet.returncode == 1 and "Not done" not in quiet.stdout, output(quiet)
 
 
@@ -1404,7 +1461,9 @@ def test_the_served_registries_are_the_default_and_removed_together(box: ScriptB
         MIRROR,
         ("docker.io", "ghcr.io=https://ghcr.io"),
     )
-    result = box.run("", "--root", str(box.root), "--containerd", "--docker", stdin=filled)
+    result = box.run(
+        "", "--root", str(box.root), "--reload", "--containerd", "--docker", stdin=filled
+    )
     said = run_ok(result)
 
     assert hosts_toml(box, "ghcr.io")["server"] == "https://ghcr.io"
@@ -1413,7 +1472,9 @@ def test_the_served_registries_are_the_default_and_removed_together(box: ScriptB
     assert "docker pull mirror.example.com/ghcr.io/OWNER/IMAGE:TAG" in said
 
     box.stand_in("docker", docker_info())
-    run_ok(box.run("", "--root", str(box.root), "--containerd", "--remove", stdin=filled))
+    run_ok(
+        box.run("", "--root", str(box.root), "--reload", "--containerd", "--remove", stdin=filled)
+    )
     assert not [name for name in box.files() if name.endswith("hosts.toml")]
 
 
