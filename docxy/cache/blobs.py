@@ -144,6 +144,8 @@ class GcReport:
     gone_bytes: int = 0
     #: Blobs it meant to evict that the disk kept (read-only, another owner's files).
     evict_failed: int = 0
+    #: Bytes still kept over ``max_size`` after it evicted (blobs being read are left alone).
+    over_bytes: int = 0
 
 
 class BlobStore(Protocol):
@@ -1053,7 +1055,8 @@ class DiskBlobStore:
         self, *, verify: bool = False, tmp_age: float = 3600.0, evict: bool = True
     ) -> GcReport:
         """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
-        every blob, and (``evict``) evict down to the cap.
+        every blob, and (``evict``) evict down to the cap (what it could not, because blobs are
+        being read or the disk kept them, is the report's ``over_bytes``).
 
         Beside a live mirror, blobs also go meanwhile without this gc (the mirror evicts):
         the report's ``freed_bytes`` counts only the files this gc removed, ``gone_bytes``
@@ -1083,8 +1086,10 @@ class DiskBlobStore:
         await self.settle()
         evicted, evicted_bytes, vanished = self.evicted, self.evicted_bytes, self.vanished_bytes
         failed = self.evict_failed
+        over = 0
         if evict:
             await self._evict_to(self.max_size)
+            over = max(0, self._kept_bytes() - self.max_size)
         return GcReport(
             removed_tmp,
             len(strays),
@@ -1093,6 +1098,7 @@ class DiskBlobStore:
             freed + self.evicted_bytes - evicted_bytes,
             gone + self.vanished_bytes - vanished,
             self.evict_failed - failed,
+            over,
         )
 
 

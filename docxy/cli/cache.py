@@ -307,6 +307,11 @@ def _bytes(size: int) -> str:
 NO_CAP_GIVEN = "none, cache.max_size is not set for this command (the mirror's may differ)"
 
 
+#: Why gc did not get under the cap: it evicts no blob a process has open (nor one an image
+#: that is kept needs), and the disk may have kept some.
+STILL_OVER = "the rest is being read or kept; run gc again later"
+
+
 async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True) -> int:
     # A mirror running beside this gc reads its blobs in another process, whose pins this one
     # cannot see: those open now are pinned here, neither evicted nor re-hashed and removed
@@ -328,9 +333,11 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
     ]
     if report.evict_failed:  # each said in a WARNING line: the disk kept them
         rows.append(("not evicted", f"{report.evict_failed} (the disk refused: see above)"))
+    if report.over_bytes:  # what is left is open in a process (a client reading it), or kept
+        rows.append(("still over max_size", f"{_bytes(report.over_bytes)}: {STILL_OVER}"))
     for line in columns((key + ":", value) for key, value in rows):
         print(line, file=out)
-    return EXIT_FAILED if report.evict_failed else EXIT_OK
+    return EXIT_FAILED if report.evict_failed or report.over_bytes else EXIT_OK
 
 
 # --- wiring into ``docxy`` ------------------------------------------------------------------

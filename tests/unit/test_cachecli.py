@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -504,7 +505,7 @@ def test_gc_leaves_the_blobs_a_running_mirror_is_reading_alone(
     cache.blob_path("amd64-l").write_bytes(b"bit rot")  # corrupt, but being read
     with cache.blob_path("amd64-l").open("rb"), cache.blob_path("busybox-l").open("rb"):
         code, out, _ = run(capsys, cache, "gc", "--verify", "--set", "cache.max_size=1")
-    assert code == 0, out
+    assert code == 1, out  # still over the cap: said
     assert cache.blob_path("amd64-l").exists() and cache.blob_path("busybox-l").exists()
     assert not cache.blob_path("alpine-l").exists()  # the rest went down to the cap
 
@@ -809,6 +810,24 @@ def test_gc_leaves_the_evicted_blobs_a_live_mirror_is_deleting_to_it(
     assert report["temp files removed"] == "0", out
     assert _bytes_of(report["freed"]) == 0, out
     assert trash.exists()  # the mirror's to delete (its next start clears one left)
+
+
+def test_gc_that_cannot_get_under_the_cap_says_so_and_exits_1(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """Every blob is being read (a running mirror's clients): gc evicts none of them, as it
+    should, but said nothing of the cap it did not reach and exited 0."""
+    paths = [path for path in (cache.root / "blobs").rglob("*") if path.is_file()]
+    with contextlib.ExitStack() as held:
+        for path in paths:
+            held.enter_context(path.open("rb"))
+        code, out, err = run(capsys, cache, "gc", "--set", "cache.max_size=1K")
+    assert code == 1, out
+    report = _gc_report(out)
+    assert report["blobs evicted"] == "0"
+    over = sum(path.stat().st_size for path in paths) - 1024
+    assert report["still over max_size"].startswith(f"{human_size(over)} ({over} bytes)"), out
+    assert "Traceback" not in err
 
 
 # --- what an earlier version keyed under the URL as written ---------------------------------
