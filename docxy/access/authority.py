@@ -56,17 +56,17 @@ def issue_token(
         return Unauthorized("authentication required: docker login first", BASIC_CHALLENGE)
     user, password = credentials
     try:
-        known = access.users.check(user, password)
+        fingerprint = access.users.checked(user, password)
     except UsersFileError as exc:
         log.error("users file: %s", exc)
         return users_unreadable()
-    if not known:
+    if fingerprint is None:
         log.info("token refused: bad credentials")  # never the name tried or the password
         return BadCredentials(BAD_CREDENTIALS, BASIC_CHALLENGE)
     now = time.time()
     granted = grant(parse_scopes(scopes))
     try:
-        token = issue(access.keys, access.spec, user, granted, now)
+        token = issue(access.keys, access.spec, user, granted, now, password=fingerprint)
     except TokenKeyError as exc:
         return key_unreadable(exc)
     body = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import hmac
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -277,12 +278,19 @@ class AccessControl:
         except TokenKeyError as exc:
             return Identified(ANONYMOUS, unavailable=key_unreadable(exc).message)
         try:
-            known = self.users.exists(claims.user)
+            current = self.users.fingerprint(claims.user)
         except UsersFileError as exc:
             log.error("users file: %s", exc)
             return Identified(ANONYMOUS, unavailable=USERS_UNREADABLE)
-        if not known:
+        if current is None:
             return Identified(ANONYMOUS, problem="token of a removed user", error="invalid_token")
+        # Issued under the password the user has now: a password change ends the tokens of
+        # the old one (every token the mirror issues has the claim; one without it is not
+        # the mirror's, or from a mirror before this check).
+        issued_under = (claims.password or "").encode()
+        if not hmac.compare_digest(issued_under, current.encode()):
+            problem = "token issued before a password change"
+            return Identified(ANONYMOUS, problem=problem, error="invalid_token")
         return Identified(ClientIdentity(Via.TOKEN, claims.user), claims.access)
 
     def decide(self, who: Identified, repository: str | None) -> Decision:

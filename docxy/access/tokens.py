@@ -2,13 +2,16 @@
 
 Claims are Distribution's: ``iss`` (the mirror's public URL), ``sub`` (the user), ``aud`` (the
 service named in the mirror's challenge), ``iat``/``nbf``/``exp``, ``jti`` and ``access`` (a list
-of ``{type, name, actions}``). A token is honoured only if its signature is from a key of the
-ring (``keys.py``), it is inside its lifetime, its issuer and audience are this mirror's, and
-its user still exists (checked by the caller against the users file). A token of the previous
-key, retired by ``docxy tokens rotate``, must also have been issued before the rotation and
-live no longer than ``auth.token_ttl`` (each give or take :data:`LEEWAY`), as every token the
-mirror issued with it did: the old key signs nothing new the mirror honours, should it have
-leaked, and its tokens all expire within ``auth.token_ttl`` of the rotation.
+of ``{type, name, actions}``); and the mirror's own ``pwf``, the fingerprint of the password
+hash the token was issued under (``docxy.access.users.password_fingerprint``).
+
+A token is honoured only if its signature is from a key of the ring (``keys.py``), it is inside
+its lifetime, its issuer and audience are this mirror's, and its user still exists with the
+password hash its ``pwf`` names (checked by the caller against the users file). A token of the
+previous key, retired by ``docxy tokens rotate``, must also have been issued before the
+rotation and live no longer than ``auth.token_ttl`` (each give or take :data:`LEEWAY`), as
+every token the mirror issued with it did: the old key signs nothing new the mirror honours,
+should it have leaked, and its tokens all expire within ``auth.token_ttl`` of the rotation.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class Claims:
     user: str
     access: tuple[Access, ...]
     expires: float
+    #: the ``pwf`` claim (None: the token has none, or not a string)
+    password: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +50,17 @@ class TokenInvalid(Exception):
     """A token the mirror does not honour; the message says why (never the token)."""
 
 
-def issue(ring: KeyRing, spec: TokenSpec, user: str, access: list[Access], now: float) -> str:
+def issue(
+    ring: KeyRing,
+    spec: TokenSpec,
+    user: str,
+    access: list[Access],
+    now: float,
+    *,
+    password: str | None = None,
+) -> str:
+    """A token for ``user``; ``password``: the fingerprint of the hash the user's password
+    matched (``UsersFile.checked``), without which the mirror honours none of its tokens."""
     signing = ring.signing()
     claims = {
         "iss": spec.issuer,
@@ -57,6 +72,8 @@ def issue(ring: KeyRing, spec: TokenSpec, user: str, access: list[Access], now: 
         "jti": secrets.token_urlsafe(12),
         "access": [entry.claim() for entry in access],
     }
+    if password is not None:
+        claims["pwf"] = password
     return jwt.encode(claims, signing.key, algorithm=ALGORITHM, headers={"kid": signing.kid})
 
 
@@ -103,7 +120,9 @@ def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None)
     user = claims["sub"]
     if not isinstance(user, str):
         raise TokenInvalid("rejected (no user)")
-    return Claims(user, tuple(from_claim(claims.get("access"))), float(claims["exp"]))
+    password = claims.get("pwf")
+    password = password if isinstance(password, str) else None
+    return Claims(user, tuple(from_claim(claims.get("access"))), float(claims["exp"]), password)
 
 
 def _issued_before(claims: dict[str, Any], retired: float, ttl: int) -> None:

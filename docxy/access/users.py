@@ -8,11 +8,16 @@ is a hundred times cheaper than argon2id), so timing does not tell which names e
 that mixes costs still tells the users of a rarer one apart from unknown names: each read of such
 a file (at start-up, after each change) logs one warning with how many they are and how to set
 their passwords again at the usual cost (no names, no hashes).
+
+A password change ends the tokens issued under the old password: each token carries the
+:func:`password_fingerprint` of the hash its password matched, and is honoured only while the
+user's current hash has the same one.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -75,6 +80,14 @@ def _dummy_hash(cost: str = "") -> str:
     except (InvalidHashError, ValueError):  # a cost the library refuses, as it refuses the
         pass  # hashes that have it: those users cannot log in either
     return _HASHER.hash(secret)
+
+
+def password_fingerprint(stored: str) -> str:
+    """A short fingerprint of a stored password hash, for the tokens issued under it (the
+    ``pwf`` claim): 64 bits of SHA-256 over the hash string. A client reads it in its token;
+    it tells nothing of the password (the hash's salt and output stay out of it) and changes
+    with every new hash, the same password set again included (a new salt)."""
+    return hashlib.sha256(b"docxy token password\0" + stored.encode()).hexdigest()[:16]
 
 
 class UsersFileError(Exception):
@@ -227,14 +240,25 @@ class UsersFile:
     def exists(self, name: str) -> bool:
         return name in self.users()
 
+    def fingerprint(self, name: str) -> str | None:
+        """The :func:`password_fingerprint` of ``name``'s hash now; None: no such user."""
+        stored = self.users().get(name)
+        return None if stored is None else password_fingerprint(stored)
+
     def check(self, name: str, password: str) -> bool:
         """Whether ``name`` is a user with this password; as slow for unknown names (as most
         users' hashes: a file that mixes costs tells the rarer ones apart)."""
+        return self.checked(name, password) is not None
+
+    def checked(self, name: str, password: str) -> str | None:
+        """:meth:`check`, telling the :func:`password_fingerprint` of the very hash the
+        password matched (None: no match): a change of the file meanwhile cannot give a token
+        the new password's fingerprint for the old password."""
         stored = self.users().get(name)
         if stored is None:
             assert self._snapshot is not None
             verify_hash(_dummy_hash(self._snapshot.usual_cost), password)
-            return False
+            return None
         if is_bcrypt(stored) and bcrypt_too_long(password):
             log.warning(
                 "users file: %s has a bcrypt hash, which checks %d bytes of a password: a "
@@ -243,7 +267,7 @@ class UsersFile:
                 BCRYPT_MAX_BYTES,
                 name,
             )
-        return verify_hash(stored, password)
+        return password_fingerprint(stored) if verify_hash(stored, password) else None
 
     def names(self) -> list[str]:
         return sorted(self.users())

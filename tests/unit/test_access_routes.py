@@ -523,7 +523,7 @@ class HeldChecks:
         self.running = 0
         self.most = 0
 
-    def check(self, name: str, password: str) -> bool:
+    def checked(self, name: str, password: str) -> str | None:
         with self._lock:
             self.started += 1
             self.running += 1
@@ -533,7 +533,7 @@ class HeldChecks:
         with self._lock:
             self.running -= 1
         self.loop.call_soon_threadsafe(self.ended.release)
-        return name == "alice" and password == "right"
+        return "0123456789abcdef" if name == "alice" and password == "right" else None
 
 
 async def login_then_hang_up(
@@ -572,7 +572,7 @@ async def test_hanging_up_mid_check_neither_refunds_the_guess_nor_frees_the_hash
         assert access is not None
         access.logins = FailedLogins(PASSWORD_CHECKS, clock=lambda: 100.0)  # no refill
         held = HeldChecks()
-        access.users.check = held.check  # type: ignore[method-assign]
+        access.users.checked = held.checked  # type: ignore[method-assign]
         try:
             hang_up = asyncio.Event()
             async with asyncio.TaskGroup() as tasks:
