@@ -590,6 +590,12 @@ class ManifestStore:
                     found.append(entry)
         return sorted(found, key=lambda e: e.fetched_at)
 
+    def points_at_cached(self, entry: TagEntry) -> bool:
+        """Whether the manifest tag ``entry`` points at is cached (its record beside it), or
+        the tag is only noted (:meth:`set_tag` after a HEAD). Reads the disk (administration,
+        as :meth:`list_tags`)."""
+        return self._on_disk(ImageKey(_upstream_key(entry.repo.upstream), entry.digest))
+
     def _read_tag(self, repo: RepoKey, tag: str) -> TagEntry | None:
         entry = _parse_tag(self._tag_path(repo, tag))
         if entry is None or entry.repo != repo or entry.tag != tag:

@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -77,10 +77,19 @@ def columns(rows: Iterable[tuple[str, ...]]) -> list[str]:
     ]
 
 
+#: How ls marks a tag whose manifest is not cached (noted from a HEAD, or its manifest not
+#: kept): the mirror asks the upstream for it, so with the upstream down it does not pull.
+NOTED = "noted (manifest not cached)"
+
+
 def tag_rows(
-    tags: Iterable[TagEntry], now: float, names: Mapping[str, str] | None = None
+    tags: Iterable[TagEntry],
+    now: float,
+    names: Mapping[str, str] | None = None,
+    noted: Container[TagEntry] = (),
 ) -> list[tuple[str, ...]]:
-    """One row per cached tag; ``names`` shows an upstream's host (the store's key) by name."""
+    """One row per tag record; ``names`` shows an upstream's host (the store's key) by name;
+    those ``noted`` (their manifests not cached) are marked so."""
     names = names or {}
     ordered = sorted(tags, key=lambda t: (t.repo.upstream, t.repo.repo, t.tag))
     return [
@@ -91,6 +100,7 @@ def tag_rows(
             str(t.digest),
             human_age(now - t.fetched_at),
             "public" if t.public else "private",
+            NOTED if t in noted else "",
         )
         for t in ordered
     ]
@@ -191,9 +201,9 @@ def cmd_ls(cache: Cache, args: argparse.Namespace, out: TextIO) -> int:
     now = time.time()
     rows: list[tuple[str, ...]] = []
     if not args.blobs_only:
-        rows.extend(
-            tag_rows(cache.manifests.list_tags(), now, getattr(args, "upstream_names", None))
-        )
+        tags = cache.manifests.list_tags()
+        noted = noted_tags(cache.manifests, tags)
+        rows.extend(tag_rows(tags, now, getattr(args, "upstream_names", None), noted))
     lines = columns(rows)
     if not args.tags_only:
         lines.extend(columns(blob_rows(cache.blobs.list_entries(), now)))
@@ -208,9 +218,15 @@ def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO, *, capped: bool 
     usage = cache.blobs.usage()
     percent = 100.0 * usage.bytes / usage.max_size if usage.max_size else 0.0
     filling = fills_in(cache.blobs.tmp_dir)
+    tags = cache.manifests.list_tags()
+    noted = len(noted_tags(cache.manifests, tags))
+    counted = str(len(tags) - noted)
+    if noted:
+        which = "its manifest" if noted == 1 else "their manifests"
+        counted += f" (and {noted} noted, {which} not cached)"
     rows = [
         ("blobs", str(usage.entries)),
-        ("tags", str(len(cache.manifests.list_tags()))),
+        ("tags", counted),
         ("size", _bytes(usage.bytes)),
         ("max_size", _bytes(usage.max_size) if capped else NO_CAP_GIVEN),
         ("used", f"{percent:.1f}%" if capped else "-"),
@@ -219,6 +235,12 @@ def cmd_du(cache: Cache, args: argparse.Namespace, out: TextIO, *, capped: bool 
     for key, value in rows:
         print(f"{key + ':':<10} {value}", file=out)
     return EXIT_OK
+
+
+def noted_tags(store: ManifestStore, tags: Iterable[TagEntry]) -> set[TagEntry]:
+    """Those of ``tags`` whose manifests are not cached: noted from a HEAD (a client that had
+    the image), or whose manifest the disk did not keep. The mirror resolves them upstream."""
+    return {tag for tag in tags if not store.points_at_cached(tag)}
 
 
 def fills_in(tmp: Path) -> int:

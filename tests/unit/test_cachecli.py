@@ -295,6 +295,47 @@ def test_du_without_a_cap_given_shows_no_share_of_the_default(
     assert fields["blobs"] == "10"
 
 
+def _note_a_tag(cache: Populated) -> None:
+    """What a pull of redis:7 by a client that has the image leaves: its tag noted from the
+    HEAD, no manifest stored (no GET by digest followed)."""
+
+    async def head_only() -> None:
+        store = open_cache(cache.root, max_size=1 << 20, tag_ttl=300).manifests
+        repo = RepoKey(HOST, "library/redis")
+        await store.set_tag(repo, "7", parse_digest("sha256:" + "ab" * 32), public=True)
+
+    asyncio.run(head_only())
+
+
+def test_ls_marks_a_tag_noted_whose_manifest_is_not_cached(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """It was listed as any cached tag, which the mirror resolves from the upstream: an
+    operator who checked ls before an outage was told the image was cached."""
+    _note_a_tag(cache)
+    code, out, _ = run(capsys, cache, "ls", "--tags")
+    assert code == 0
+    lines = {line.split()[2]: line for line in out.splitlines()}
+    assert lines["library/redis:7"].split()[5:] == [
+        "public",
+        "noted",
+        "(manifest",
+        "not",
+        "cached)",
+    ]
+    assert lines["library/alpine:3.20"].split()[5:] == ["public"]
+
+
+def test_du_counts_only_the_tags_whose_manifests_are_cached(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    _note_a_tag(cache)
+    code, out, _ = run(capsys, cache, "du")
+    assert code == 0
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in out.splitlines())}
+    assert fields["tags"] == "4 (and 1 noted, its manifest not cached)"
+
+
 # --- rm -------------------------------------------------------------------------------------
 
 
