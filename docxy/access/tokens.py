@@ -121,7 +121,8 @@ def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None)
     if not isinstance(user, str):
         raise TokenInvalid("rejected (no user)")
     password = claims.get("pwf")
-    password = password if isinstance(password, str) else None
+    # ASCII only (the mirror writes hex): other text would not even encode (a lone surrogate)
+    password = password if isinstance(password, str) and password.isascii() else None
     return Claims(user, tuple(from_claim(claims.get("access"))), float(claims["exp"]), password)
 
 
@@ -131,7 +132,8 @@ def _issued_before(claims: dict[str, Any], retired: float, ttl: int) -> None:
     issued, expires = claims["iat"], claims["exp"]
     if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (issued, expires)):
         raise TokenInvalid("rejected (iat or exp not a time)")
-    if issued > retired + LEEWAY:
+    # Said as what must hold, not what must not: a NaN (JSON allows it) fails every comparison.
+    if not issued <= retired + LEEWAY:
         raise TokenInvalid("signed with a retired key after its rotation")
-    if expires - issued > ttl + LEEWAY:
+    if not expires - issued <= ttl + LEEWAY:
         raise TokenInvalid("of a retired key with a lifetime over auth.token_ttl")

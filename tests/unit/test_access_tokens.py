@@ -221,7 +221,7 @@ def test_a_retired_keys_token_with_a_bad_iat_is_refused(tmp_path: Path) -> None:
     leaked = leaked_copy(ring, tmp_path / "leak")
     ring.rotate()
     now = int(time.time())
-    for iat in ("0", None, [0], True):
+    for iat in ("0", None, [0], True, float("nan")):  # NaN compares false to everything
         claims: dict[str, object] = {"iss": SPEC.issuer, "aud": SPEC.audience, "sub": "alice"}
         claims["iat"] = iat
         claims |= {"nbf": now - 10, "exp": now + 100}

@@ -135,3 +135,23 @@ def test_the_fingerprint_follows_the_stored_hash(tmp_path: Path) -> None:
     assert users.checked("alice", "wrong") is None and users.checked("nobody", "x") is None
     users.add("alice", "right")  # set again: a new salt, a new hash
     assert users.fingerprint("alice") not in (None, first)
+
+
+async def test_odd_fingerprint_claims_are_refused_without_an_exception(tmp_path: Path) -> None:
+    """``pwf`` is the client's to send: a lone surrogate, another type or a huge string signed
+    with the mirror's key (as by someone who holds it) is a 401, never an exception out of the
+    check (``hmac.compare_digest`` refuses non-ASCII ``str``; a lone surrogate cannot be
+    encoded)."""
+    import jwt
+
+    async with users_mirror(tmp_path) as m:
+        access = mirror_state(m.app).access
+        assert access is not None
+        signing = access.keys.signing()
+        now = int(time.time())
+        for odd in ("\ud800", "é" * 16, 12345, ["x"], None, "0" * 100_000):
+            claims: dict[str, object] = {"iss": access.spec.issuer, "aud": access.spec.audience}
+            claims |= {"sub": "alice", "iat": now, "nbf": now, "exp": now + 60, "pwf": odd}
+            token = jwt.encode(claims, signing.key, algorithm="ES256", headers={"kid": signing.kid})
+            who = access.identify(f"Bearer {token}")
+            assert who.problem is not None and who.error == "invalid_token", odd
