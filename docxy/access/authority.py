@@ -66,7 +66,7 @@ def issue_token(
     now = time.time()
     granted = grant(parse_scopes(scopes))
     try:
-        token = issue(access.keys, access.spec, user, granted, now, password=fingerprint)
+        token = issue(access.keys, access.spec, user, granted, now, fingerprint=fingerprint)
     except TokenKeyError as exc:
         return key_unreadable(exc)
     body = {

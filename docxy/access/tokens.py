@@ -57,9 +57,9 @@ def issue(
     access: list[Access],
     now: float,
     *,
-    password: str | None = None,
+    fingerprint: str | None = None,
 ) -> str:
-    """A token for ``user``; ``password``: the fingerprint of the hash the user's password
+    """A token for ``user``; ``fingerprint``: the one of the hash the user's password
     matched (``UsersFile.checked``), without which the mirror honours none of its tokens."""
     signing = ring.signing()
     claims = {
@@ -72,8 +72,8 @@ def issue(
         "jti": secrets.token_urlsafe(12),
         "access": [entry.claim() for entry in access],
     }
-    if password is not None:
-        claims["pwf"] = password
+    if fingerprint is not None:
+        claims["pwf"] = fingerprint
     return jwt.encode(claims, signing.key, algorithm=ALGORITHM, headers={"kid": signing.kid})
 
 

@@ -91,7 +91,9 @@ def run(args: argparse.Namespace, load: ConfigLoader) -> int:
         if args.group == "clients":
             return _clients(args, ClientCA(config.auth.dir))
         kid = KeyRing(config.auth.dir, config.auth.key_grace).rotate()
-        print(f"new signing key {kid}; the previous one verifies for {config.auth.key_grace:g}s")
+        # the previous key honours only tokens it signed before now, for their lifetime
+        left = min(config.auth.key_grace, config.auth.token_ttl)
+        print(f"new signing key {kid}; tokens the previous one signed count for {left:g}s at most")
         return 0
     except (ValueError, UsersFileError, OSError, TokenKeyError) as exc:
         print(f"docxy {args.group} {args.action}: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ import pytest
 from docxy.access.keys import KeyRing
 from docxy.access.scopes import Access
 from docxy.access.tokens import TokenSpec, issue
+from docxy.access.users import UsersFile
 from lab import REPO_ROOT
 from lab.bed import Bed, TestImage
 from lab.clients.dockerd import Dockerd, running_dockerd
@@ -171,10 +172,14 @@ def test_tokens_work_only_for_their_repository_and_lifetime(
     ring = KeyRing(users_mirror.auth_dir, grace=3600)
     spec = TokenSpec(users_mirror.mirror.url, users_mirror.host, 300)
     scope = [Access("repository", "library/hello", ("pull",))]
-    expired = issue(ring, spec, "alice", scope, time.time() - 360)
+    alices = UsersFile(users_mirror.auth_dir / "users").fingerprint("alice")
+    expired = issue(ring, spec, "alice", scope, time.time() - 360, fingerprint=alices)
     assert users_mirror.get(path, expired).status_code == 401
-    fresh = issue(ring, spec, "alice", scope, time.time())
+    fresh = issue(ring, spec, "alice", scope, time.time(), fingerprint=alices)
     assert users_mirror.get(path, fresh).status_code == 200  # the same key, in its lifetime
+    # without the fingerprint of alice's password hash the mirror honours none of her tokens
+    bare = issue(ring, spec, "alice", scope, time.time())
+    assert users_mirror.get(path, bare).status_code == 401
     assert users_mirror.token("repository:library/hello:pull", password="wrong").status_code == 401
 
 
