@@ -894,6 +894,9 @@ drop_previous() {
 
 on_exit() {
   local status=$?
+  # Best effort from here: a message that cannot be written (the terminal of a dropped SSH
+  # session: EIO) must not stop the rollback under `set -e`.
+  set +e
   rm -rf -- ${SCRATCH[@]+"${SCRATCH[@]}"}
   if [[ -n "$PREVIOUS" ]] && ((status != 0)); then
     roll_back
@@ -1218,7 +1221,9 @@ main() {
   trap 'exit 143' TERM
   # An SSH session that drops (`curl | sudo bash` during an --update's health wait): untrapped,
   # bash died of it and the EXIT trap rolled nothing back.
-  trap 'exit 129' HUP
+  # Its terminal is gone then: writes fail (EIO, or EPIPE with SIGPIPE ignored), and the
+  # rollback goes on regardless (on_exit).
+  trap 'trap "" PIPE; exit 129' HUP
   parse_args "$@"
   settle_dir
   ((DRY_RUN)) && say "Dry run: nothing is changed."
