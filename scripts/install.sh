@@ -1089,7 +1089,8 @@ wait_for_health() {
 
 configure_local_docker() {
   # --no-summary: its "Dry run..." and "Nothing to change..." lines are this script's to say.
-  local args=(--mirror "https://$DOMAIN" --docker --root "${ROOT:-/}" --no-summary)
+  # --reload: the dockerd to reload is this host's, --root or not (the tests' stand-in).
+  local args=(--mirror "https://$DOMAIN" --docker --root "${ROOT:-/}" --reload --no-summary)
   ((DRY_RUN)) && args+=(--dry-run)
   ((UNINSTALL)) && args+=(--remove)
   if ((DRY_RUN)) && [[ ! -f "$DIR/scripts/configure-client.sh" ]]; then

@@ -175,6 +175,11 @@ class KeyRing:
         assert self._current is not None
         keys = {self._current.kid: VerifyingKey(self._current.public)}
         now = time.time() if now is None else now
-        if self._previous is not None and now - self._previous_since < self.grace:
-            keys[self._previous.kid] = VerifyingKey(self._previous.public, self._previous_since)
+        previous = self._previous
+        if (
+            previous is not None
+            and previous.kid != self._current.kid  # a rotation cut off between its two renames
+            and now - self._previous_since < self.grace
+        ):
+            keys[previous.kid] = VerifyingKey(previous.public, self._previous_since)
         return keys

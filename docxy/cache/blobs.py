@@ -261,8 +261,8 @@ class DiskBlobStore:
         """Remove temp files not ours (fills of a process that died); returns how many.
 
         ``older_than`` (seconds) spares younger files, for a CLI run beside a live server, and
-        the blobs such a server is deleting (:data:`TRASH_PREFIXES`; its next start clears any
-        left): not this command's work, nor a sign of a fill that died.
+        the blobs such a server went on deleting less than that ago (:data:`TRASH_PREFIXES`, by
+        the time of their rename): not this command's work, nor a sign of a fill that died.
         """
         return self._clear_tmp(older_than)[0]
 
@@ -275,13 +275,14 @@ class DiskBlobStore:
         for entry in os.scandir(self.tmp_dir):
             if entry.name in ours:
                 continue
-            if cutoff is not None and entry.name.startswith(TRASH_PREFIXES):
-                continue  # a live mirror's, being deleted by it
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # gone since listed: a live mirror's fill committed
                 continue
-            if cutoff is not None and st.st_mtime > cutoff:
+            # A live mirror's evicted or unreadable blob keeps the blob's old mtime while that
+            # mirror deletes it; its rename, the ctime, says when it went there.
+            trash = entry.name.startswith(TRASH_PREFIXES)
+            if cutoff is not None and (st.st_ctime if trash else st.st_mtime) > cutoff:
                 continue
             if _unlink(Path(entry.path)):
                 removed += 1

@@ -229,3 +229,16 @@ def test_a_retired_keys_token_with_a_bad_iat_is_refused(tmp_path: Path) -> None:
         token = jwt.encode(claims, signing.key, algorithm="ES256", headers={"kid": signing.kid})
         with pytest.raises(TokenInvalid):
             verify(ring, SPEC, token, now)
+
+
+def test_a_previous_key_file_holding_the_current_key_does_not_retire_it(tmp_path: Path) -> None:
+    """A rotation cut off between its two renames leaves the current key in both files: the
+    retired entry replaced the current one (one kid), and every token the mirror then issued
+    failed as signed with a retired key after its rotation, for the whole grace."""
+    ring = KeyRing(tmp_path / "auth", grace=3600)
+    issued = issue(ring, SPEC, "alice", PULL, time.time())
+    ring.previous_path.write_bytes(ring.current_path.read_bytes())  # the same key
+    then = time.time() - 60  # the cut-off rotation a minute before the token
+    os.utime(ring.previous_path, (then, then))
+    assert verify(KeyRing(tmp_path / "auth", grace=3600), SPEC, issued).user == "alice"
+    assert verify(ring, SPEC, issued).user == "alice"

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from docxy.cache import Digest, RepoKey, digest_of, open_cache, parse_digest
+from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.fill import BlobWriter
 from docxy.cli.cache import NO_CAP_GIVEN, human_age, human_size
 from docxy.cli.main import main
@@ -851,6 +852,26 @@ def test_gc_leaves_the_evicted_blobs_a_live_mirror_is_deleting_to_it(
     assert report["temp files removed"] == "0", out
     assert _bytes_of(report["freed"]) == 0, out
     assert trash.exists()  # the mirror's to delete (its next start clears one left)
+
+
+def test_clear_tmp_takes_a_mirrors_trash_by_when_it_went_there(cache: Populated) -> None:
+    """The blobs a live mirror is deleting are spared by when they were renamed (ctime), not
+    by their old mtime: skipped by name, one left by a mirror that died was never removed."""
+
+    async def evict_an_old_blob() -> tuple[DiskBlobStore, Path]:
+        live = open_cache(cache.root, max_size=1 << 20, tag_ttl=300)
+        await live.blobs.indexed()
+        entry = live.blobs.lookup(cache.blobs["busybox-l"])
+        assert entry is not None
+        os.utime(entry.path, (time.time() - 7200, time.time() - 7200))  # last used 2 h ago
+        trash = live.blobs._drop(entry)
+        assert trash is not None
+        return live.blobs, trash
+
+    store, trash = asyncio.run(evict_an_old_blob())
+    assert store.clear_tmp(older_than=3600) == 0 and trash.exists()  # renamed just now
+    time.sleep(0.05)
+    assert store.clear_tmp(older_than=0.01) == 1 and not trash.exists()  # renamed long enough ago
 
 
 def test_gc_that_cannot_get_under_the_cap_says_so_and_exits_1(

@@ -77,10 +77,12 @@ async def test_a_token_without_the_users_password_fingerprint_is_refused(tmp_pat
         bare = issue(access.keys, access.spec, "alice", PULL, now)
         bobs = access.users.fingerprint("bob")
         wrong = issue(access.keys, access.spec, "alice", PULL, now, fingerprint=bobs)
-        for token in (bare, wrong):
+        said = {bare: "without a password fingerprint", wrong: "before a password change"}
+        for token, why in said.items():
             response = await m.client.get(MANIFEST_PATH, headers=bearer(token))
             assert response.status_code == 401
             assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+            assert why in (await response.get_data(as_text=True))
         alices = access.users.fingerprint("alice")
         right = issue(access.keys, access.spec, "alice", PULL, now, fingerprint=alices)
         assert (await m.client.get(MANIFEST_PATH, headers=bearer(right))).status_code == 200
