@@ -53,7 +53,14 @@ from docxy.cache.fill import (
     InFlight,
     run_fill,
 )
-from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
+from docxy.cache.images import (
+    EvictionPlan,
+    Image,
+    ImageCatalog,
+    ImageKey,
+    below,
+    plan_eviction,
+)
 from docxy.cache.reader import READ_CHUNK, BlobReader
 from docxy.cache.startup import read_in_thread
 from docxy.core.bounded import LruDict
@@ -1135,15 +1142,7 @@ def _without(plan: EvictionPlan, images: list[Image], moved: set[ImageKey]) -> E
     """``plan`` without the ``moved`` images (pulled while it was made), the manifests below
     them (forgetting a child forgets its indexes), and the blobs they need."""
     catalog = {image.key: image for image in images}
-    kept: set[ImageKey] = set()
-    todo = list(moved)
-    while todo:
-        key = todo.pop()
-        image = catalog.get(key)
-        if key in kept or image is None:
-            continue
-        kept.add(key)
-        todo.extend(ImageKey(key.upstream, child) for child in image.children)
+    kept = below(moved, catalog)
     needed = {digest for key in kept for digest in catalog[key].blobs}
     blobs = tuple(entry for entry in plan.blobs if entry.digest not in needed)
     forgotten = tuple(key for key in plan.images if key not in kept)

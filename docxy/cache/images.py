@@ -17,7 +17,7 @@ offers a manifest whose blobs are already gone.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -182,6 +182,21 @@ def parents_of(images: Iterable[Image]) -> Parents:
         for child in image.children:
             parents.setdefault(ImageKey(image.key.upstream, child), []).append(image.key)
     return parents
+
+
+def below(keys: Iterable[ImageKey], catalog: Mapping[ImageKey, Image]) -> set[ImageKey]:
+    """Those of ``keys`` in ``catalog`` and every cached manifest below them (an index's
+    platforms, an index of indexes'), each key's children sharing its upstream."""
+    found: set[ImageKey] = set()
+    todo = list(keys)
+    while todo:
+        key = todo.pop()
+        image = catalog.get(key)
+        if key in found or image is None:
+            continue
+        found.add(key)
+        todo.extend(ImageKey(key.upstream, child) for child in image.children)
+    return found
 
 
 def dependents(digest: Digest, images: Iterable[Image]) -> list[ImageKey]:

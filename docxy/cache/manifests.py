@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import partial
@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
-from docxy.cache.images import Image, ImageKey, needs
+from docxy.cache.images import Image, ImageKey, below, needs
 from docxy.cache.startup import read_in_thread
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
 from docxy.cache.visibility import upstream_key as _upstream_key
@@ -53,6 +53,7 @@ from docxy.tasks import spawn
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
+T = TypeVar("T")
 V = TypeVar("V")
 
 #: A tag record that points at no cached manifest is deleted once it is this old (seconds).
@@ -336,12 +337,11 @@ class ManifestStore:
         await self._deleted(key)
         if key in self._catalogue():
             return
-        deleting = spawn(
+        deleting = self._deleting_in_thread(
             "cache: delete a manifest evicted while stored",
             _refused(partial(self._delete, [key], {})),
+            [key],
         )
-        self._deleting[key] = deleting
-        deleting.add_done_callback(lambda _: self._deleted_all([key], deleting))
         refused = await asyncio.shield(deleting)
         if refused is not None:
             log.warning(
@@ -352,18 +352,10 @@ class ManifestStore:
         """The blobs manifest ``content`` needs, and those of the cached manifests below it
         (an index's platforms, an index of indexes'), as the catalogue knows them now."""
         blobs, children = needs(content)
-        found = set(blobs)
         images = self._images or {}
-        todo = [ImageKey(upstream, child) for child in children]
-        seen: set[ImageKey] = set()
-        while todo:
-            child = todo.pop()
-            image = images.get(child)
-            if child in seen or image is None:
-                continue
-            seen.add(child)
-            found |= image.blobs
-            todo.extend(ImageKey(upstream, below) for below in image.children)
+        found = set(blobs)
+        for key in below((ImageKey(upstream, child) for child in children), images):
+            found |= images[key].blobs
         return found
 
     async def confirm(self, repo: RepoKey, manifest: CachedManifest) -> CachedManifest:
@@ -544,13 +536,9 @@ class ManifestStore:
         keys = {path: self._tag_files[path] for path in doomed}
         for path in doomed:
             self._point_tag(path, None)
-        deleting = spawn(
-            "cache: delete orphaned tag records", asyncio.to_thread(_unlink_all, doomed)
+        deleting = self._deleting_in_thread(
+            "cache: delete orphaned tag records", asyncio.to_thread(_unlink_all, doomed), doomed
         )
-        files: list[ImageKey | Path] = list(doomed)
-        for item in files:
-            self._deleting[item] = deleting
-        deleting.add_done_callback(lambda _: self._deleted_all(files, deleting))
         failed = await asyncio.shield(deleting)
         for path, _ in failed:  # still there: still a record of the map (the next sweep's)
             if path not in self._tag_files:
@@ -706,17 +694,7 @@ class ManifestStore:
         """The cached manifests an eviction must leave alone: those whose delete the disk
         refused (see :meth:`evict_images`), and the manifests below them (forgetting a child
         forgets the indexes above it)."""
-        images = self._catalogue()
-        found: set[ImageKey] = set()
-        todo = [key for key in self._undeletable if key in images]
-        while todo:
-            key = todo.pop()
-            image = images.get(key)
-            if key in found or image is None:
-                continue
-            found.add(key)
-            todo.extend(ImageKey(key.upstream, child) for child in image.children)
-        return found
+        return below(self._undeletable, self._catalogue())
 
     def needed(self, digest: Digest) -> bool:
         """Whether a cached image needs blob ``digest``."""
@@ -766,13 +744,11 @@ class ManifestStore:
         if not gone:
             return
         deleted: list[ImageKey] = []  # those whose manifest file is gone, in the thread
-        deleting = spawn(
-            "cache: delete evicted manifests", _refused(partial(self._delete, gone, tags, deleted))
+        deleting = self._deleting_in_thread(
+            "cache: delete evicted manifests",
+            _refused(partial(self._delete, gone, tags, deleted)),
+            [*gone, *chain.from_iterable(tags.values())],
         )
-        files: list[ImageKey | Path] = [*gone, *chain.from_iterable(tags.values())]
-        for item in files:
-            self._deleting[item] = deleting
-        deleting.add_done_callback(lambda _: self._deleted_all(files, deleting))
         refused = await asyncio.shield(deleting)  # cancelled, the thread deletes on: waited for
         if refused is not None:  # raised here, not by the task (a "crashed" traceback)
             left = [key for key in gone if key not in deleted]
@@ -808,9 +784,19 @@ class ManifestStore:
         while pending := {self._deleting[f] for f in files if f in self._deleting}:
             await asyncio.wait(pending)
 
-    def _deleted_all(
-        self, files: Iterable[ImageKey | Path], deleting: asyncio.Future[None]
-    ) -> None:
+    def _deleting_in_thread(
+        self, name: str, delete: Coroutine[Any, Any, T], files: Iterable[ImageKey | Path]
+    ) -> asyncio.Task[T]:
+        """Start ``delete`` (of ``files``: manifests by key, tag records by path) as a task: a
+        pull that writes one of them again meanwhile waits for it (:meth:`_deleted`)."""
+        deleting: asyncio.Task[T] = spawn(name, delete)
+        files = list(files)
+        for item in files:
+            self._deleting[item] = deleting
+        deleting.add_done_callback(lambda _: self._deleted_all(files, deleting))
+        return deleting
+
+    def _deleted_all(self, files: Iterable[ImageKey | Path], deleting: asyncio.Future[Any]) -> None:
         for item in files:
             if self._deleting.get(item) is deleting:
                 del self._deleting[item]
