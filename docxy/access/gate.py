@@ -287,10 +287,10 @@ class AccessControl:
         # Issued under the password the user has now: a password change ends the tokens of
         # the old one (every token the mirror issues has the claim; one without it is not
         # the mirror's, or from a mirror before this check).
-        if claims.password is None:
+        if claims.fingerprint is None:
             problem = "token without a password fingerprint (issued before an upgrade)"
             return Identified(ANONYMOUS, problem=problem, error="invalid_token")
-        if not hmac.compare_digest(claims.password.encode(), current.encode()):
+        if not hmac.compare_digest(claims.fingerprint.encode(), current.encode()):
             problem = "token issued before a password change"
             return Identified(ANONYMOUS, problem=problem, error="invalid_token")
         return Identified(ClientIdentity(Via.TOKEN, claims.user), claims.access)

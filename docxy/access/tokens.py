@@ -36,7 +36,7 @@ class Claims:
     access: tuple[Access, ...]
     expires: float
     #: the ``pwf`` claim (None: the token has none, or not a string)
-    password: str | None = None
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +120,11 @@ def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None)
     user = claims["sub"]
     if not isinstance(user, str):
         raise TokenInvalid("rejected (no user)")
-    password = claims.get("pwf")
+    fingerprint = claims.get("pwf")
     # ASCII only (the mirror writes hex): other text would not even encode (a lone surrogate)
-    password = password if isinstance(password, str) and password.isascii() else None
-    return Claims(user, tuple(from_claim(claims.get("access"))), float(claims["exp"]), password)
+    fingerprint = fingerprint if isinstance(fingerprint, str) and fingerprint.isascii() else None
+    access = tuple(from_claim(claims.get("access")))
+    return Claims(user, access, float(claims["exp"]), fingerprint)
 
 
 def _issued_before(claims: dict[str, Any], retired: float, ttl: int) -> None:
