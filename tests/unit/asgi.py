@@ -112,3 +112,9 @@ async def call_asgi(
         m["type"] == "http.response.body" and not m.get("more_body", False) for m in messages
     )
     return AsgiAnswer(start["status"], answer_headers, body, complete)
+
+
+async def get_with_token(app: Any, path: str, token: str) -> AsgiAnswer:
+    """A ``GET`` of ``path`` on the mirror's public host, with ``token`` as its Bearer."""
+    auth = [("Authorization", f"Bearer {token}")]
+    return await call_asgi(app, "GET", path, host="mirror.example.com", headers=auth)

@@ -14,7 +14,7 @@ from docxy.access.users import UsersFile
 from docxy.config import Config, load_config
 from docxy.edge.admission import BANDWIDTH_GRACE, Admission
 from docxy.http.state import mirror_state
-from tests.unit.asgi import call_asgi
+from tests.unit.asgi import call_asgi, get_with_token
 from tests.unit.test_access_routes import token_for, users_mirror
 
 DIGEST = "sha256:" + "a" * 64
@@ -320,13 +320,7 @@ async def test_an_unreadable_token_key_is_503_not_an_exception_out_of_the_edge(
         state = mirror_state(m.app)
         admitted = Admission(m.app, state.config, state.access)
         for path in ("/v2/", "/v2/library/redis/manifests/7"):
-            answer = await call_asgi(
-                admitted,
-                "GET",
-                path,
-                host="mirror.example.com",
-                headers=[("Authorization", f"Bearer {token}")],
-            )
+            answer = await get_with_token(admitted, path, token)
             assert answer.status == 503
             assert answer.headers["Content-Type"] == "application/json"
             assert json.loads(answer.body)["errors"][0]["code"] == "UNAVAILABLE"

@@ -55,14 +55,23 @@ def box(tmp_path: Path) -> ScriptBox:
 
 # Under --root the script leaves this host's dockerd alone unless asked: the tests ask, for
 # the stand-ins of systemctl, docker and kill to stand in for that dockerd.
+def attempt(
+    box: ScriptBox, *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run the script (read from ``stdin`` when given) under the sandbox root, reloading the
+    sandbox's dockerd stand-in as it would this host's."""
+    script = "" if stdin else SCRIPT
+    return box.run(script, "--root", str(box.root), "--reload", *args, env=env, stdin=stdin)
+
+
 def run(box: ScriptBox, *args: str) -> tuple[int, str]:
-    result = box.run(SCRIPT, "--root", str(box.root), "--reload", *args)
+    result = attempt(box, *args)
     return result.returncode, result.stdout + result.stderr
 
 
 def configure(box: ScriptBox, *args: str) -> str:
     """Run the script under the sandbox root; it must succeed. Returns what it printed."""
-    return run_ok(box.run(SCRIPT, "--root", str(box.root), "--reload", *args))
+    return run_ok(attempt(box, *args))
 
 
 def daemon_json(box: ScriptBox) -> dict[str, object]:
@@ -153,11 +162,8 @@ def test_second_run_reloads_a_dockerd_that_missed_the_first(box: ScriptBox) -> N
     assert not box.called(r"^systemctl reload")
     box.stand_in("docker", docker_info("https://other.example"))
 
-    box.run(
-        SCRIPT,
-        "--root",
-        str(box.root),
-        "--reload",
+    attempt(
+        box,
         "--mirror",
         MIRROR,
         env={"DOCXY_RELOAD_WAIT": "1"},
@@ -544,7 +550,7 @@ def test_a_dockerd_that_answers_but_cannot_be_reloaded_is_not_taken_for_none(
     box.stand_in("systemctl", Rule(r"is-active", rc=3))
     box.stand_in("docker", docker_info("https://other.example"))
 
-    result = box.run(SCRIPT, "--root", str(box.root), "--reload", "--mirror", MIRROR, "--docker")
+    result = attempt(box, "--mirror", MIRROR, "--docker")
 
     assert result.returncode == 1, output(result)
     assert "from a dockerd without this change" in result.stderr and "restart it" in result.stderr
@@ -555,11 +561,8 @@ def test_a_dockerd_that_answers_but_cannot_be_reloaded_is_not_taken_for_none(
 def test_a_reload_that_does_not_take_fails_and_says_how_to_restart(box: ScriptBox) -> None:
     box.stand_in("docker", docker_info("https://other.example"))
 
-    result = box.run(
-        SCRIPT,
-        "--root",
-        str(box.root),
-        "--reload",
+    result = attempt(
+        box,
         "--mirror",
         MIRROR,
         env={"DOCXY_RELOAD_WAIT": "1"},
@@ -577,11 +580,8 @@ def test_a_failed_systemctl_reload_is_not_taken_for_success(box: ScriptBox) -> N
     box.stand_in("systemctl", Rule(r"^is-active"), Rule(r"^reload", rc=1, stderr=refused))
     box.stand_in("docker", docker_info("https://other.example"))
 
-    result = box.run(
-        SCRIPT,
-        "--root",
-        str(box.root),
-        "--reload",
+    result = attempt(
+        box,
         "--mirror",
         MIRROR,
         env={"DOCXY_RELOAD_WAIT": "1"},
@@ -593,11 +593,8 @@ def test_a_failed_systemctl_reload_is_not_taken_for_success(box: ScriptBox) -> N
 
 
 def run_allowing_restart(box: ScriptBox) -> subprocess.CompletedProcess[str]:
-    return box.run(
-        SCRIPT,
-        "--root",
-        str(box.root),
-        "--reload",
+    return attempt(
+        box,
         "--mirror",
         MIRROR,
         "--allow-restart",
@@ -679,9 +676,7 @@ def test_a_bad_mirror_url_is_refused(box: ScriptBox, bad: str) -> None:
 )
 def test_a_flag_without_its_value_is_a_usage_error(box: ScriptBox, flag: str) -> None:
     """As every other usage error: exit 2 and the script's own word, not bash's `line 97: 2:`."""
-    result = box.run(
-        SCRIPT, "--root", str(box.root), "--reload", "--mirror", MIRROR, "--docker", flag
-    )
+    result = attempt(box, "--mirror", MIRROR, "--docker", flag)
 
     assert result.returncode == 2, output(result)
     assert result.stderr.endswith(f"{SCRIPT}: {flag} needs a value\n"), output(result)
@@ -707,7 +702,7 @@ def test_a_plain_http_mirror_off_loopback_is_warned_about(
     must be in insecure-registries, which this script does not write); dockerd then skips it
     and pulls from Docker Hub, which is what the mirror is there to spare."""
     box.stand_in("docker", docker_info(mirror))
-    result = box.run(SCRIPT, "--root", str(box.root), "--reload", "--mirror", mirror, "--docker")
+    result = attempt(box, "--mirror", mirror, "--docker")
 
     assert result.returncode == 0, output(result)
     assert ("insecure-registries" in result.stderr) is warned, output(result)
@@ -1045,9 +1040,11 @@ def test_containerd_config_path_without_tomllib(box: ScriptBox) -> None:
     no_tomllib.mkdir()
     (no_tomllib / "tomllib.py").write_text("raise ImportError('as on Python 3.10')\n")
 
-    result = box.run(
-        SCRIPT,
-        *("--root", str(box.root), "--reload", "--mirror", MIRROR, "--containerd"),
+    result = attempt(
+        box,
+        "--mirror",
+        MIRROR,
+        "--containerd",
         env={"PYTHONPATH": str(no_tomllib)},
     )
 
@@ -1177,14 +1174,12 @@ def test_a_run_that_failed_never_ends_with_nothing_to_change(box: ScriptBox) -> 
     box.path(REGISTRIES_CONF).parent.mkdir(parents=True, exist_ok=True)
     box.path(REGISTRIES_CONF).write_text(OPERATORS_HUB)
 
-    result = box.run(SCRIPT, "--root", str(box.root), "--reload", "--mirror", MIRROR, "--podman")
+    result = attempt(box, "--mirror", MIRROR, "--podman")
 
     assert result.returncode == 1, output(result)
     assert "Nothing to change" not in result.stdout, output(result)
     assert result.stdout.splitlines()[-1] == "Not done: see the messages above."
-    quiet = box.run(
-        SCRIPT, "--root", str(box.root), "--reload", "--mirror", MIRROR, "--podman", "--no-summary"
-    )
+    quiet = attempt(box, "--mirror", MIRROR, "--podman", "--no-summary")
     assert quiet.returncode == 1 and "Not done" not in quiet.stdout, output(quiet)
 
 
@@ -1461,9 +1456,7 @@ def test_the_served_registries_are_the_default_and_removed_together(box: ScriptB
         MIRROR,
         ("docker.io", "ghcr.io=https://ghcr.io"),
     )
-    result = box.run(
-        "", "--root", str(box.root), "--reload", "--containerd", "--docker", stdin=filled
-    )
+    result = attempt(box, "--containerd", "--docker", stdin=filled)
     said = run_ok(result)
 
     assert hosts_toml(box, "ghcr.io")["server"] == "https://ghcr.io"
@@ -1472,9 +1465,7 @@ def test_the_served_registries_are_the_default_and_removed_together(box: ScriptB
     assert "docker pull mirror.example.com/ghcr.io/OWNER/IMAGE:TAG" in said
 
     box.stand_in("docker", docker_info())
-    run_ok(
-        box.run("", "--root", str(box.root), "--reload", "--containerd", "--remove", stdin=filled)
-    )
+    run_ok(attempt(box, "--containerd", "--remove", stdin=filled))
     assert not [name for name in box.files() if name.endswith("hosts.toml")]
 
 

@@ -22,7 +22,7 @@ from docxy.access.gate import KEY_UNREADABLE
 from docxy.access.keys import KeyRing, TokenKeyError
 from docxy.edge.admission import Admission
 from docxy.http.state import mirror_state
-from tests.unit.asgi import call_asgi
+from tests.unit.asgi import call_asgi, get_with_token
 from tests.unit.test_access_routes import basic, token_for, users_mirror
 
 MANIFEST = "/v2/library/redis/manifests/7"
@@ -115,13 +115,7 @@ async def test_key_file_faults_are_503_through_the_edge_and_the_routes(
             caplog.clear()
             for app in (edge, m.app):
                 for path in ("/v2/", MANIFEST):
-                    answer = await call_asgi(
-                        app,
-                        "GET",
-                        path,
-                        host="mirror.example.com",
-                        headers=[("Authorization", f"Bearer {token}")],
-                    )
+                    answer = await get_with_token(app, path, token)
                     assert answer.status == 503, (fault.__name__, path, answer.body)
                     assert answer.headers["Content-Type"] == "application/json"
                     error = json.loads(answer.body)["errors"][0]
@@ -141,13 +135,7 @@ async def test_key_file_faults_are_503_through_the_edge_and_the_routes(
             assert not any("Traceback" in line or "PRIVATE KEY" in line for line in logged)
         current.unlink()
         current.write_bytes(kept)
-        answer = await call_asgi(
-            edge,
-            "GET",
-            MANIFEST,
-            host="mirror.example.com",
-            headers=[("Authorization", f"Bearer {token}")],
-        )
+        answer = await get_with_token(edge, MANIFEST, token)
         assert answer.status == 200
     sent = [r for r in m.upstream.requests if "/manifests/" in r.url.path]
     assert len(sent) == 1  # only the request after the fix
