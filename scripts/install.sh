@@ -695,11 +695,9 @@ write_env() {
   chmod 600 -- "$staged"
   # Root writes it, but .env stays its owner's (a user's clone, run with sudo): the old file's
   # owner, or for a new one the directory's.
-  if [[ -e "$target" ]]; then
-    chown --reference="$target" -- "$staged" 2>/dev/null || true
-  else
-    chown --reference="$(dirname -- "$target")" -- "$staged" 2>/dev/null || true
-  fi
+  local owner="$target"
+  [[ -e "$owner" ]] || owner="$(dirname -- "$target")"
+  chown --reference="$owner" -- "$staged" 2>/dev/null || true
   mv -f -- "$staged" "$target"
   if [[ "$target" == "$ENV_FILE" ]]; then
     say "  wrote $ENV_FILE (mode 600)"
@@ -1201,11 +1199,12 @@ remove_stack() {
     [[ -e "$ENV_FILE" ]] && act rm -f "$ENV_FILE"
     # Only a copy this script fetched (marked, or the one it runs from: find_clone) is its own
     # to delete; a clone or a copy unpacked by hand is the operator's.
-    if [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]] &&
-      [[ -e "$DIR/$FETCHED_MARK" || "$DIR" == "$MARKED" ]]; then
-      act rm -rf "$DIR"
-    elif [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]]; then
-      say "  kept $DIR: this script did not fetch it (no $FETCHED_MARK), so it is yours to delete"
+    if [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]]; then
+      if [[ -e "$DIR/$FETCHED_MARK" || "$DIR" == "$MARKED" ]]; then
+        act rm -rf "$DIR"
+      else
+        say "  kept $DIR: this script did not fetch it (no $FETCHED_MARK), so it is yours to delete"
+      fi
     fi
   elif volume_exists "${PROJECT}_certs"; then
     say "  kept the certificate volume ${PROJECT}_certs (Let's Encrypt limits re-issuance);"
