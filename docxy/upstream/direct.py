@@ -320,10 +320,15 @@ def _connect(
     (its own timeouts and retries, per name server). The lookup goes on in its thread then."""
     host, port = address
     lookup = partial(RESOLVE, host, port, 0, socket.SOCK_STREAM)
-    if timeout is None or _is_address(host):  # nothing to wait for, or no limit to it
-        found = lookup()
-    else:  # a name: looked up in a thread of its own, waited for `timeout`
-        found = within(timeout, f"resolve {host}", lookup)
+    try:
+        if timeout is None or _is_address(host):  # nothing to wait for, or no limit to it
+            found = lookup()
+        else:  # a name: looked up in a thread of its own, waited for `timeout`
+            found = within(timeout, f"resolve {host}", lookup)
+    except UnicodeError as exc:
+        # The lookup's IDNA codec refuses the name (an empty or over-long label: a redirect to
+        # http://a..b/): no such host, as httpx says, not a ValueError that crashed the fill.
+        raise socket.gaierror(socket.EAI_NONAME, f"no such host name: {host!r}") from exc
     error: OSError | None = None
     for family, kind, proto, _, sockaddr in found:
         sock = socket.socket(family, kind, proto)
