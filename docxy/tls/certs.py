@@ -124,11 +124,13 @@ def obtain(
     staging: bool,
     dry_run: bool = False,
     timeout: float = TIMEOUT,
+    deploy_hook: str | None = None,
 ) -> Path:
     """Get a certificate for `domain` by HTTP-01 through `webroot`; return its live directory.
 
     Without `email` the ACME account is registered without a contact: Let's Encrypt stopped
     sending expiry mail in 2025 and the renewer watches expiry itself, so an address is optional.
+    `deploy_hook` runs on this issuance as on each renewal's (``scheduler.deploy_hook``).
     """
     if acme_server and staging:
         raise ValueError("give either an ACME server or staging, not both")
@@ -153,6 +155,8 @@ def obtain(
         args += ["--server", acme_server]
     elif staging:
         args.append("--staging")
+    if deploy_hook:
+        args += ["--deploy-hook", deploy_hook]
     if dry_run:
         args.append("--dry-run")
     if not email:

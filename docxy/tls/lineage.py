@@ -157,7 +157,7 @@ class Lineage:
             )
         self._need_webroot(trouble)
         self._set_aside(trouble)
-        self._obtain()
+        self._obtain(deploy_hook=deploy_hook)
 
     def ensure(self, *, deploy_hook: str | None = None, dry_run: bool = False) -> None:
         """A certificate for the domain, however the lineage stands: renewed (when due) once
@@ -166,9 +166,9 @@ class Lineage:
         if self.issued():
             self.renew(deploy_hook=deploy_hook, dry_run=dry_run)
         else:
-            self.obtain(dry_run=dry_run)
+            self.obtain(deploy_hook=deploy_hook, dry_run=dry_run)
 
-    def obtain(self, *, dry_run: bool = False) -> None:
+    def obtain(self, *, deploy_hook: str | None = None, dry_run: bool = False) -> None:
         """A first certificate for the domain. What an earlier lineage left (a renewal
         configuration whose live/ is gone, an archive/) is set aside first: certbot would
         otherwise issue into ``<domain>-0001``, which nothing installs. With nothing moved,
@@ -184,7 +184,7 @@ class Lineage:
                     f" {self.config_dir / ORPHANED}/ and obtain a new certificate"
                 )
             self._set_aside(trouble)
-        self._obtain(dry_run=dry_run)
+        self._obtain(deploy_hook=deploy_hook, dry_run=dry_run)
 
     def _parts(self) -> tuple[Path, Path, Path]:
         return self.renewal_conf, self.live, self.config_dir / "archive" / self.domain
@@ -199,7 +199,9 @@ class Lineage:
                 " directory the mirror serves /.well-known/acme-challenge/ from)"
             )
 
-    def _obtain(self, *, dry_run: bool = False) -> None:
+    def _obtain(self, *, deploy_hook: str | None = None, dry_run: bool = False) -> None:
+        """certbot certonly; `deploy_hook` too: a hook passed to renewals only never ran for the
+        first certificate, nor for one obtained in place of a lineage set aside."""
         assert self.webroot is not None  # _need_webroot
         certs.obtain(
             self.domain,
@@ -211,6 +213,7 @@ class Lineage:
             staging=self.staging,
             dry_run=dry_run,
             timeout=self.timeout,
+            deploy_hook=deploy_hook,
         )
 
     def _set_aside(self, reason: str) -> None:

@@ -1,0 +1,72 @@
+"""Faults in certificate renewal and TLS reloading found by review (docxy.tls, scheduler), each
+shown by a test that failed on the code before its mend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from docxy.tls import certs
+from scheduler import settings as settings_mod
+from scheduler.renewal import Renewer
+from tests.unit.test_scheduler import issued_lineage
+
+
+@pytest.fixture
+def renewer_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The settings of a renewer for mirror.test (no other DOCXY_*); its certbot config dir."""
+    for name in list(os.environ):
+        if name.startswith("DOCXY_"):
+            monkeypatch.delenv(name)
+    config_dir = tmp_path / "le"
+    monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
+    monkeypatch.setenv("DOCXY_CERTS_WEBROOT", str(tmp_path / "webroot"))
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
+    return config_dir
+
+
+def certbot_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The arguments of each certbot run from now on (none runs; each succeeds)."""
+    calls: list[list[str]] = []
+
+    def run(args: list[str], **_: object) -> str:
+        calls.append(args)
+        return ""
+
+    monkeypatch.setattr(certs, "run_certbot", run)
+    return calls
+
+
+def _hook(args: list[str]) -> str | None:
+    return args[args.index("--deploy-hook") + 1] if "--deploy-hook" in args else None
+
+
+def test_the_deploy_hook_runs_on_a_first_issuance(
+    renewer_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``scheduler.deploy_hook`` ("an extra certbot --deploy-hook") went to `certbot renew`
+    only: the first certificate, obtained by `certbot certonly`, ran no hook, so whatever the
+    hook does (copy the pair elsewhere, tell another service) waited for the first renewal,
+    60 days later."""
+    calls = certbot_calls(monkeypatch)
+    renewer = Renewer(settings_mod.load(["--deploy-hook", "/usr/local/bin/hook"]))
+    renewer.run()
+    assert [args[0] for args in calls] == ["certonly"]
+    assert _hook(calls[0]) == "/usr/local/bin/hook"
+
+
+def test_the_deploy_hook_runs_when_a_lineage_set_aside_is_obtained_anew(
+    renewer_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lineage whose renewal configuration is gone is set aside and obtained anew in the
+    same run: that issuance ran no hook either."""
+    issued_lineage(renewer_env / "live" / "mirror.test")
+    (renewer_env / "renewal" / "mirror.test.conf").unlink()
+    calls = certbot_calls(monkeypatch)
+    renewer = Renewer(settings_mod.load(["--deploy-hook", "/usr/local/bin/hook"]))
+    renewer.run()
+    assert [args[0] for args in calls] == ["certonly"]
+    assert _hook(calls[0]) == "/usr/local/bin/hook"
+    assert renewer.set_aside is not None
