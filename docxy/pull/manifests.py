@@ -40,6 +40,7 @@ from docxy.cache import (
 )
 from docxy.core.digests import Digest, parse_digest
 from docxy.core.errors import DigestInvalid, UpstreamError
+from docxy.core.headers import ACCEPT_IDENTITY
 from docxy.pull.asking import head_as_client, raise_for_trouble, refused_by_registry
 from docxy.pull.outcome import (
     ManifestContent,
@@ -73,6 +74,12 @@ def acceptable(media_type: str, accept_values: list[str]) -> bool:
     }
     offered.discard("")
     return not offered or "*/*" in offered or media_type.lower() in offered
+
+
+def encoded(answer: httpx.Response) -> bool:
+    """Whether ``answer`` names a content coding (its length is then not the manifest's)."""
+    coding = answer.headers.get("content-encoding", "").strip().lower()
+    return coding not in ("", "identity")
 
 
 def _content(manifest: CachedManifest, pull: Pull) -> ManifestContent:
@@ -353,9 +360,11 @@ class ManifestService:
         if self._private(pull):
             return Head(found=False)  # its answer stands a while: not asked again at once
         path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
-        answer = await self.tokens.send(
-            pull.upstream, "HEAD", repo.repo, path, [("Accept", ACCEPT_ALL)]
-        )
+        # Identity: a HEAD's length is that of the body a GET with its headers would get, and
+        # the shared client asks for gzip; a registry that zips said the zipped length, which
+        # a client's HEAD was answered with (containerd then reads the manifest as too long).
+        headers = [("Accept", ACCEPT_ALL), ACCEPT_IDENTITY]
+        answer = await self.tokens.send(pull.upstream, "HEAD", repo.repo, path, headers)
         await answer.aclose()
         raise_for_trouble(answer.status_code)
         self._note_refusal(pull, answer)
@@ -371,7 +380,9 @@ class ManifestService:
         if digest is None or asked not in (None, digest):
             return Head(found=True)
         length = answer.headers.get("content-length", "")
-        if not length.isdigit():  # enough to confirm a cached tag, not to answer a HEAD with
+        # Enough to confirm a cached tag, not to answer a HEAD with (nor is a zipped length,
+        # should the registry zip all the same).
+        if encoded(answer) or not length.isdigit():
             return Head(found=True, digest=digest)
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
         return Head(True, ManifestContent(digest, media_type, int(length), None), digest)

@@ -3,12 +3,23 @@ shown failing first."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
 import pytest
 
+from docxy.config import load_config
 from docxy.core.errors import UpstreamUnavailable
+from docxy.http.app import create_app
 from docxy.upstream import direct
 from docxy.upstream.client import upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
+from tests.unit.asgi import call_asgi
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".test"])
@@ -21,3 +32,58 @@ def test_a_direct_get_to_a_host_name_the_resolver_refuses_is_unreachable(host: s
     settings = DirectSettings(upstream_ssl_context(), 5.0, 5.0)
     with pytest.raises(UpstreamUnavailable, match=r"cannot reach the upstream registry"):
         direct.get(settings, f"http://{host}:9000/blob", [])
+
+
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "size": 2,
+            "digest": "sha256:" + "4" * 64,
+        },
+        "layers": [],
+    },
+    indent=3,
+).encode()
+MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+
+
+def zipping_registry(request: httpx.Request) -> httpx.Response:
+    """An open registry behind a proxy that gzips JSON for whoever asks (HEAD included: the
+    length is of the zipped body a GET would get)."""
+    if request.url.path == "/v2/":
+        return httpx.Response(200)
+    headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": MANIFEST_DIGEST}
+    body = MANIFEST
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(MANIFEST)
+        headers["Content-Encoding"] = "gzip"
+    headers["Content-Length"] = str(len(body))
+    return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else body)
+
+
+async def test_a_manifest_head_the_cache_cannot_answer_says_the_manifests_own_length(
+    tmp_path: Path,
+) -> None:
+    """A client's HEAD of a tag not cached is answered from the mirror's own upstream HEAD,
+    which the shared client made asking for gzip: a registry that zips answered with the
+    zipped length, and the mirror said that length, not the manifest's (the GET by digest
+    that follows sent more bytes than the HEAD's descriptor said). Its HEAD asks for identity."""
+    config = load_config(
+        {"upstream.registry": "https://registry.test", "cache.dir": str(tmp_path / "cache")},
+        environ={},
+    )
+    app = create_app(config, probe=False, transport=httpx.MockTransport(zipping_registry))
+    accept = [("Accept", OCI_MANIFEST)]
+    async with app.test_app():
+        head = await call_asgi(
+            app, "HEAD", "/v2/team/app/manifests/latest", host="mirror.test", headers=accept
+        )
+        path = f"/v2/team/app/manifests/{MANIFEST_DIGEST}"
+        got = await call_asgi(app, "GET", path, host="mirror.test", headers=accept)
+    assert (head.status, got.status) == (200, 200)
+    assert got.body == MANIFEST
+    assert head.headers["Docker-Content-Digest"] == MANIFEST_DIGEST
+    assert head.headers["Content-Length"] == str(len(MANIFEST))
