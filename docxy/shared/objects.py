@@ -54,6 +54,11 @@ class ObjectStoreError(Exception):
         self.code = code
 
 
+class NoFreeConnection(ObjectStoreError):
+    """No connection of the tier's own client came free in time (its cap taken by other fills
+    and uploads): the mirror's limit, not the store failing."""
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
     """Where the shared blobs live and how to sign for them."""
@@ -119,6 +124,8 @@ class ObjectStore:
         request = self.client.build_request(method, url, headers=signed, content=content)
         try:
             return await self.client.send(request, stream=stream)
+        except httpx.PoolTimeout as exc:  # never reached the store
+            raise NoFreeConnection(failure(method, exc)) from exc
         except httpx.HTTPError as exc:
             raise ObjectStoreError(failure(method, exc)) from exc
 

@@ -47,7 +47,13 @@ from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
 from docxy.shared.body import ObjectBody, body_error
-from docxy.shared.objects import BlobChanged, Bucket, ObjectStore, ObjectStoreError
+from docxy.shared.objects import (
+    BlobChanged,
+    Bucket,
+    NoFreeConnection,
+    ObjectStore,
+    ObjectStoreError,
+)
 from docxy.shared.uploads import UploadQueue
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,8 @@ SHARED_READ = 15.0
 MAX_BAD = 4096
 #: The ``origin`` of a fill from the object store (``Download.origin``).
 ORIGIN = "shared"
+#: Seconds between two log lines saying the tier's client had no free connection.
+NO_CONNECTION_LOG_EVERY = 60.0
 
 
 @dataclass
@@ -95,6 +103,7 @@ class SharedTier:
         self._refusal: str | None = None  # the latest refused upload's reason, logged once
         self.reachable: bool | None = None  # None: not asked yet
         self._probing = False  # a miss asks a store that failed whether it is back
+        self._no_connection_logged = -NO_CONNECTION_LOG_EVERY  # monotonic time of that line
 
     # --- the source -------------------------------------------------------------------------
 
@@ -118,6 +127,9 @@ class SharedTier:
             # reads the upstream instead. Later, the clients have bytes: the rest comes from
             # ``rest``.
             started = None if answer is None else await _started(answer)
+        except NoFreeConnection as exc:  # the request never left: the store is not blamed
+            self._no_connection(exc)
+            return None
         except ObjectStoreError as exc:
             self._trouble(exc)
             return None
@@ -248,6 +260,10 @@ class SharedTier:
         except OSError as exc:  # EIO...: the local disk's fault, not the store's
             self._unreadable(digest, exc)
             return
+        except NoFreeConnection as exc:  # not sent: the store is not blamed
+            self.counts.upload_failed += 1
+            self._no_connection(exc)
+            return
         except ObjectStoreError as exc:
             self.counts.upload_failed += 1
             if _refused(exc):
@@ -287,6 +303,20 @@ class SharedTier:
             log.warning("shared store: the upload of %s was refused (%s)", digest, exc)
 
     # --- health -----------------------------------------------------------------------------
+
+    def _no_connection(self, exc: NoFreeConnection) -> None:
+        """The tier's client had every connection busy (a burst of misses, each a fill of its
+        own): the mirror's limit, so the store stays trusted and is not rested (which would
+        send every miss upstream for ``RETRY_AFTER``, in the very burst sharing is for). Said
+        once a minute at most."""
+        now = time.monotonic()
+        if now - self._no_connection_logged >= NO_CONNECTION_LOG_EVERY:
+            self._no_connection_logged = now
+            log.info(
+                "shared store: %s: its connections are all busy (the mirror's limit, not the "
+                "store's trouble): a miss goes upstream, an upload is not made",
+                exc,
+            )
 
     def _resting(self) -> bool:
         failed = self._failed_at
