@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,22 @@ def _accept_request(server: socket.socket) -> socket.socket:
         connection.close()
 
 
+def _wait_until_blocked(pid: int, limit: float = 10.0) -> None:
+    """Wait (bounded) until ``pid`` sleeps in the kernel: warm blocked reading the answer.
+
+    A SIGINT that lands after the interpreter last looked for signals but before the process
+    enters its blocking ``poll`` is only seen when that call returns (CPython's handler merely
+    sets a flag): sent the moment warm's request arrives, about one run in thirty waited out
+    the whole read timeout. A user's Ctrl-C comes while warm waits; so does this test's."""
+    deadline = time.monotonic() + limit
+    sleeping = 0
+    while time.monotonic() < deadline and sleeping < 3:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rpartition(")")[2].split()[0]
+        sleeping = sleeping + 1 if state == "S" else 0
+        time.sleep(0.05)
+
+
 def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
     """Ctrl-C while ``docxy warm`` waits on the mirror (a long download, a stalled mirror)
     printed a KeyboardInterrupt traceback through httpx's and httpcore's frames. It now
@@ -211,6 +228,7 @@ def test_ctrl_c_during_warm_ends_quietly(tmp_path: Path) -> None:
             except TimeoutError:
                 warm.kill()
                 pytest.fail(f"docxy warm sent no request within 60 s: {warm.communicate()!r}")
+            _wait_until_blocked(warm.pid)
             warm.send_signal(signal.SIGINT)
             _, err = warm.communicate(timeout=60)
         except subprocess.TimeoutExpired:
