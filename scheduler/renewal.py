@@ -62,15 +62,18 @@ def wait_for(url: str, timeout: float) -> None:
 def tell_mirror(settings: Settings) -> str:
     """Make the mirror reload its certificate; say how. ReloadError if that failed."""
     if settings.reload_command:
+        argv = shlex.split(settings.reload_command)
         try:
             proc = subprocess.run(
-                shlex.split(settings.reload_command),
-                capture_output=True,
-                text=True,
-                timeout=RELOAD_TIMEOUT,
-                check=False,
+                argv, capture_output=True, text=True, timeout=RELOAD_TIMEOUT, check=False
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except subprocess.TimeoutExpired:
+            # Not the exception's own words: they quote the whole command line, and a password
+            # given to it (supervisorctl -p) went to the log, the status file and /health.
+            raise ReloadError(
+                f"reload command {argv[0]} did not end within {RELOAD_TIMEOUT:g} s"
+            ) from None
+        except OSError as exc:
             raise ReloadError(f"reload command failed: {exc}") from exc
         if proc.returncode != 0:
             said = (proc.stdout + proc.stderr).strip()[:300]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from docxy.tls import certs
+from scheduler import renewal
 from scheduler import settings as settings_mod
 from scheduler.renewal import Renewer
 from tests.unit.test_scheduler import issued_lineage
@@ -70,3 +71,17 @@ def test_the_deploy_hook_runs_when_a_lineage_set_aside_is_obtained_anew(
     assert [args[0] for args in calls] == ["certonly"]
     assert _hook(calls[0]) == "/usr/local/bin/hook"
     assert renewer.set_aside is not None
+
+
+def test_a_reload_command_that_hangs_is_reported_without_its_arguments(
+    renewer_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload command that did not end in time was reported in subprocess's words, which
+    quote its whole command line: the password of ``supervisorctl -u docxy -p SECRET signal HUP
+    docxy`` went to the log, the status file and ``renewal.last_error`` in /health."""
+    monkeypatch.setattr(renewal, "RELOAD_TIMEOUT", 0.2)
+    command = "sh -c 'exec sleep 30' sh -u docxy -p hunter2 signal HUP docxy"
+    with pytest.raises(renewal.ReloadError) as failed:
+        renewal.tell_mirror(settings_mod.load(["--reload-command", command]))
+    assert "hunter2" not in str(failed.value)
+    assert str(failed.value) == "reload command sh did not end within 0.2 s"
