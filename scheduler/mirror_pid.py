@@ -46,7 +46,9 @@ def signal_mirror(pidfile: Path, sig: signal.Signals = signal.SIGHUP) -> int:
         except (FileNotFoundError, ProcessLookupError):
             raise StalePidfile(f"stale pidfile {pidfile}: no process {pid}") from None
         if not is_mirror(argv):
-            seen = " ".join(argv)[:80] or "a process that has exited"
+            # Its program's name only: the rest of another process's command line (any user's)
+            # may hold its secrets (mysql -pSECRET), and this message reaches /health.
+            seen = os.path.basename(argv[0]) if argv else "a process that has exited"
             raise StalePidfile(
                 f"stale pidfile {pidfile}: pid {pid} is not the mirror ({seen}); not signalled"
             )

@@ -4,6 +4,7 @@ shown by a test that failed on the code before its mend."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from docxy.tls import certs
 from scheduler import renewal
 from scheduler import settings as settings_mod
+from scheduler.mirror_pid import StalePidfile, signal_mirror
 from scheduler.renewal import Renewer
 from tests.unit.test_scheduler import issued_lineage
 
@@ -85,3 +87,20 @@ def test_a_reload_command_that_hangs_is_reported_without_its_arguments(
         renewal.tell_mirror(settings_mod.load(["--reload-command", command]))
     assert "hunter2" not in str(failed.value)
     assert str(failed.value) == "reload command sh did not end within 0.2 s"
+
+
+def test_a_stale_pidfile_is_reported_without_the_other_processs_arguments(tmp_path: Path) -> None:
+    """A pidfile whose pid went to another process was reported with that process's command
+    line (its first 80 characters): another user's password given on it (mysql -pSECRET) went
+    to the renewer's log, the status file and /health's renewal.last_error."""
+    other = subprocess.Popen(["/bin/sh", "-c", "sleep 30", "sh", "--password=hunter2"])
+    try:
+        pidfile = tmp_path / "docxy.pid"
+        pidfile.write_text(f"{other.pid}\n")
+        with pytest.raises(StalePidfile) as stale:
+            signal_mirror(pidfile)
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+    assert "hunter2" not in str(stale.value)
+    assert f"pid {other.pid} is not the mirror (sh); not signalled" in str(stale.value)
