@@ -101,7 +101,8 @@ NO_ROOM_MEMORY = 1024
 PLAN_ATTEMPTS = 3
 #: How the blobs a mirror deletes in a worker thread are named in ``tmp/`` meanwhile (evicted,
 #: unreadable): a command beside it leaves them to it (they keep the blob's old mtime).
-TRASH_PREFIXES = ("evicted-", "unreadable-")
+EVICTED, UNREADABLE = "evicted-", "unreadable-"
+TRASH_PREFIXES = (EVICTED, UNREADABLE)
 #: Blobs an eviction takes off their names between two turns of the event loop (a rename
 #: each, 0.3 ms on a slow overlay file system; the unlinks are done in a worker thread).
 APPLY_CHUNK = 32
@@ -478,7 +479,7 @@ class DiskBlobStore:
             exc,
         )
         self._forget(entry)
-        trash = self.tmp_dir / f"unreadable-{entry.digest.hex}.{secrets.token_hex(6)}"
+        trash = self._trash_name(UNREADABLE, entry)
         try:  # off its name at once: a new fill may commit there before a thread deletes it
             os.rename(entry.path, trash)
         except OSError:
@@ -940,11 +941,16 @@ class DiskBlobStore:
         )
         return nbytes
 
+    def _trash_name(self, prefix: str, entry: BlobEntry) -> Path:
+        """A new name in ``tmp/`` for a blob this mirror deletes in a worker thread (one of
+        :data:`TRASH_PREFIXES`, which ``docxy cache gc`` leaves to a live mirror)."""
+        return self.tmp_dir / f"{prefix}{entry.digest.hex}.{secrets.token_hex(6)}"
+
     def _drop(self, entry: BlobEntry) -> Path | None:
         """Take an evicted blob out of the index and off its name; returns where it now is, in
         ``tmp/``, for a worker thread to delete (freeing a large file's extents takes a while).
         None if it cannot be moved (it stays cached) or is gone already (it is forgotten)."""
-        trash = self.tmp_dir / f"evicted-{entry.digest.hex}.{secrets.token_hex(6)}"
+        trash = self._trash_name(EVICTED, entry)
         try:
             os.rename(entry.path, trash)
         except FileNotFoundError:  # gone behind our back (another process evicted or removed
