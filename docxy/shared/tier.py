@@ -197,7 +197,11 @@ class SharedTier:
     def _repair(self, digest: Digest) -> None:
         """The object broke off and the blob was made whole from the upstream: its verified
         copy is uploaded over it (a store that lost a chunk of it, say, breaks it at the same
-        byte for every replica) once the store answers again, whatever its length says."""
+        byte for every replica) once the store answers again, whatever its length says.
+        Only a sha256 blob, as for any upload: a PUT is signed with the blob's digest as its
+        payload hash, and another one's upload raised in the worker, again at every answer."""
+        if digest.algorithm != "sha256":
+            return
         self._repairs[digest] = None
         while len(self._repairs) > MAX_BAD:
             del self._repairs[next(iter(self._repairs))]

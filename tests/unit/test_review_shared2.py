@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.fill import Download
 from docxy.core.digests import Digest
+from docxy.shared import tier as tier_module
 from docxy.shared.objects import Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
 
@@ -74,3 +79,63 @@ async def test_a_full_pool_of_the_tiers_own_connections_is_not_the_store_in_trou
             again = await asyncio.wait_for(tier.download(digest(3)), GUARD)
             assert again is not None
             await again.close()
+
+
+LAYER = b"a sha512 layer " * 3000
+SHA512 = Digest("sha512", hashlib.sha512(LAYER).hexdigest())
+CUT_AT = 5000
+
+
+class BreaksOff(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield LAYER[:CUT_AT]
+        raise httpx.ReadError("connection reset by peer")
+
+
+def sha512_bucket(request: httpx.Request) -> httpx.Response:
+    """A bucket whose sha512 object breaks off after ``CUT_AT`` bytes; nothing else in it."""
+    if request.method == "GET" and request.url.path.endswith(SHA512.hex):
+        headers = {"Content-Length": str(len(LAYER))}
+        return httpx.Response(200, headers=headers, stream=BreaksOff())
+    return httpx.Response(200 if request.method == "PUT" else 404)
+
+
+async def upstream_rest(offset: int, size: int | None) -> Download:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield LAYER[offset:]
+
+    async def close() -> None:
+        pass
+
+    return Download(len(LAYER) - offset, chunks(), close)
+
+
+async def test_a_sha512_blob_finished_from_the_upstream_is_not_sent_to_the_upload_queue(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sha512 object (the bucket is not docxy's alone) whose body broke off under a fill,
+    the upstream's rest making the blob whole, was queued as a repair: its upload raised
+    ValueError (a PUT is signed with a sha256 digest) in the worker, a traceback at every
+    later answer of the store, the repair never forgotten. Only sha256 blobs are uploaded."""
+    caplog.set_level(logging.INFO)
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30, write_buffer=0)
+    where = Bucket("http://127.0.0.77:9", "docxy-cache", "us-east-1", "docxy", "not-a-secret")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(sha512_bucket)) as http:
+        tier = SharedTier(ObjectStore(where, http), blobs, 1)
+
+        async def fetch() -> Download:
+            download = await tier.download(SHA512, upstream_rest)
+            assert download is not None
+            return download
+
+        stream = await blobs.fill(SHA512, fetch)
+        assert await asyncio.wait_for(stream.read_all(), GUARD) == LAYER
+        await asyncio.wait_for(blobs.commits_done(), GUARD)
+        assert (tier.counts.resumed, blobs.holds(SHA512)) == (1, True)
+        monkeypatch.setattr(tier_module, "RETRY_AFTER", 0.0)  # the break's rest is over
+        for n in (2, 3):  # misses the store answers: each offers the repairs
+            assert await asyncio.wait_for(tier.download(digest(n)), GUARD) is None
+            await asyncio.wait_for(tier.uploads.drained(), GUARD)
+    crashed = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert crashed == []
+    assert (tier.counts.uploaded, tier.counts.upload_failed) == (0, 0)
