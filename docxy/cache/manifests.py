@@ -62,6 +62,9 @@ V = TypeVar("V")
 #: Such records are looked for at most this often: when a tag record is written, the first
 #: time this long after the start (so a note lives one to two of these, as a rule).
 ORPHAN_AGE = 3600.0
+#: A manifest whose delete the disk refused is left out of evictions for this long (seconds),
+#: then tried again: one WARNING per try while the disk still refuses.
+REFUSED_RETRY = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +136,11 @@ class ManifestStore:
         #: Files an eviction's worker thread is deleting (manifests by key, tag records by
         #: path) -> that delete: a pull that writes one of them again waits for it first.
         self._deleting: dict[ImageKey | Path, asyncio.Future[Any]] = {}
-        #: Manifests whose delete the disk refused (read-only, another owner's file): offered
-        #: still, as their files say, and left out of later evictions (:meth:`undeletable`),
-        #: which would stop at them every time, until the next start.
-        self._undeletable: set[ImageKey] = set()
+        #: Manifests whose delete the disk refused (read-only, another owner's file) -> when:
+        #: offered still, as their files say, and left out of the evictions of the next
+        #: :data:`REFUSED_RETRY` seconds (:meth:`undeletable`), which would stop at them every
+        #: time; then tried again, in case the operator mended the file meanwhile.
+        self._undeletable: dict[ImageKey, float] = {}
         #: Tag records a :meth:`set_tag` is writing (how many at once), and those it started
         #: to write while a sweep runs: that sweep deletes none of them.
         self._writing: dict[Path, int] = {}
@@ -692,9 +696,13 @@ class ManifestStore:
 
     def undeletable(self) -> set[ImageKey]:
         """The cached manifests an eviction must leave alone: those whose delete the disk
-        refused (see :meth:`evict_images`), and the manifests below them (forgetting a child
-        forgets the indexes above it)."""
-        return below(self._undeletable, self._catalogue())
+        refused (see :meth:`evict_images`) in the last :data:`REFUSED_RETRY` seconds, and the
+        manifests below them (forgetting a child forgets the indexes above it)."""
+        now = self._clock()
+        for key, refused_at in list(self._undeletable.items()):
+            if not 0 <= now - refused_at < REFUSED_RETRY:  # a clock set back: expired too
+                del self._undeletable[key]
+        return below(set(self._undeletable), self._catalogue())
 
     def needed(self, digest: Digest) -> bool:
         """Whether a cached image needs blob ``digest``."""
@@ -753,7 +761,7 @@ class ManifestStore:
         if refused is not None:  # raised here, not by the task (a "crashed" traceback)
             left = [key for key in gone if key not in deleted]
             if left:  # the first was refused; the rest were not tried
-                self._undeletable.add(left[0])
+                self._undeletable[left[0]] = self._clock()
             kept = {key: before[key] for key in left if key in before}
             self._offer_again(
                 kept, {path: key for path, key in pointers.items() if key in kept}, seen
@@ -818,7 +826,7 @@ class ManifestStore:
                 if image.children:
                     indexes.append(key)
             self._seen.pop(key, None)
-            self._undeletable.discard(key)
+            self._undeletable.pop(key, None)
             for tag_path in list(self._tags_of.get(key, ())):
                 tags.setdefault(key, []).append(tag_path)
                 self._point_tag(tag_path, None)

@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +237,37 @@ async def test_a_manifest_the_disk_keeps_is_left_out_of_later_evictions(
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "eviction stopped" in said[0], said
     assert cache.blobs.usage().bytes <= 1000
+
+
+async def test_a_manifest_the_disk_kept_is_tried_again_later(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manifest the disk refused to delete was left out of every eviction until the mirror
+    restarted, even once the operator had mended the file: the least recently pulled image
+    stayed cached for good. It is left out for ``REFUSED_RETRY`` seconds, then evicted as any."""
+    old = await cached_image(cache, "team/old", [layer("cfg-old", 10), layer("l-old")])
+    for n in range(2):
+        await cached_image(cache, f"team/img{n}", [layer(f"cfg-{n}", 10), layer(f"l-{n}")])
+    old_key = key_of(cache, old)
+    now = [time.time()]
+    monkeypatch.setattr(cache.manifests, "_clock", lambda: now[0])
+    refuse_deleting(monkeypatch, cache, old)
+    caplog.set_level(logging.WARNING, logger="docxy")
+
+    async def pull(n: int) -> set[ImageKey]:
+        await cached_image(cache, f"team/img{n}", [layer(f"cfg-{n}", 10), layer(f"l-{n}")])
+        await cache.blobs.settle()
+        return {image.key for image in cache.manifests.images()}
+
+    assert old_key in await pull(2)  # the disk refused: kept, and said once
+    assert len(caplog.records) == 1
+    monkeypatch.setattr(manifests_module, "unlink_quietly", unlink_quietly)  # mended
+    now[0] += manifests_module.REFUSED_RETRY - 1
+    assert old_key in await pull(3)  # still left out: another image went
+    now[0] += 2
+    assert old_key not in await pull(4)  # tried again: the least recently pulled goes
+    assert not cache.manifests._content_path(old.upstream, old_key.digest).exists()
+    assert len(caplog.records) == 1
 
 
 async def test_a_refused_eviction_deletes_no_tag_of_an_image_it_keeps(
