@@ -1212,6 +1212,10 @@ main() {
     : # the script that ran this one says its own
   elif ((DRY_RUN)); then
     say "Dry run: the changes above were not made."
+  elif ((FAILED && CHANGES)); then
+    # Files were written before a later step failed (a reload that did not take): they stay
+    # as written, the messages above name each (and its backup).
+    say "Not done: see the messages above; $CHANGES file(s) were changed all the same."
   elif ((FAILED)); then
     say "Not done: see the messages above."
   elif ((CHANGES == 0)); then

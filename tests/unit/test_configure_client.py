@@ -572,6 +572,9 @@ def test_a_reload_that_does_not_take_fails_and_says_how_to_restart(box: ScriptBo
     assert "systemctl restart docker" in result.stderr
     assert not box.called(r"^systemctl restart")
     assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
+    # The file stays written: the last line says so, not only "see the messages above".
+    last = result.stdout.splitlines()[-1]
+    assert last == "Not done: see the messages above; 1 file(s) were changed all the same."
 
 
 def test_a_failed_systemctl_reload_is_not_taken_for_success(box: ScriptBox) -> None:
