@@ -316,7 +316,10 @@ class BlobService:
     async def _fetch_httpx(self, pull: Pull) -> Download:
         try:
             # A proxy that zips blobs announced the zipped length, which the fill then found
-            # exceeded (the direct path's http.client asks for identity too).
+            # exceeded (the direct path's http.client asks for identity too). The body is read
+            # raw, as http.client reads it: a layer whose storage labels it Content-Encoding:
+            # gzip (S3 object metadata, sent whatever was asked) is those gzip bytes, which
+            # httpx's decoding unzipped into another blob (and a resume's, mid-stream, broke).
             identity = [ACCEPT_IDENTITY]
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, identity)
         except UpstreamError as exc:
@@ -327,7 +330,7 @@ class BlobService:
         self._holds_blob(pull)
         length = answer.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
-        return Download(size, answer.aiter_bytes(), answer.aclose)
+        return Download(size, answer.aiter_raw(), answer.aclose)
 
     async def _fetch_rest(self, pull: Pull, offset: int, size: int | None) -> Download:
         """The blob (``size`` bytes, None: unknown) from ``offset`` on, from the upstream (a
@@ -357,10 +360,10 @@ class BlobService:
         broke_off = (httpx.TransportError,)  # a cut or stalled body: the caller's to say
         gave_up = partial(self._gave_up, pull)
         if status == 206:
-            chunks = answer.aiter_bytes()
+            chunks = answer.aiter_raw()
             return Download(known, chunks, answer.aclose, broke_off=broke_off, gave_up=gave_up)
         left = None if known is None else max(known - offset, 0)
-        chunks = _skipped(answer.aiter_bytes(), offset)
+        chunks = _skipped(answer.aiter_raw(), offset)
         return Download(left, chunks, answer.aclose, broke_off=broke_off, gave_up=gave_up)
 
     def _gave_up(self, pull: Pull, error: BrokeOff) -> None:
