@@ -29,10 +29,15 @@ if TYPE_CHECKING:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    # `--config` after the action too (`docxy users add alice --config m.toml`, as `docxy
-    # cache ls --config m.toml` takes it): not given there, it leaves the one before alone.
+    # `--config` and `--set` after the action too (`docxy users add alice --config m.toml`,
+    # as `docxy cache ls --config m.toml` takes them): not given there, they leave those before
+    # alone. `--set` after it goes to a list of its own (a subparser's list would replace the
+    # one given before the action), joined to that one by run().
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    after.add_argument(
+        "--set", dest="set_after", action="append", default=[], help=argparse.SUPPRESS
+    )
 
     def command(name: str, help: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         parser = commands.add_parser(name, help=help)
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace, load: ConfigLoader) -> int:
     from docxy.access.keys import KeyRing, TokenKeyError
     from docxy.access.users import UsersFile, UsersFileError
 
+    args.set = [*args.set, *args.set_after]  # before the action, then after it: the last wins
     config = load(args)  # a ConfigError is docxy's (main) to report
     try:
         if args.group == "users":

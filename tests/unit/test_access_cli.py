@@ -100,6 +100,22 @@ def test_bad_config_is_exit_2(auth_dir: Path, monkeypatch: pytest.MonkeyPatch) -
     assert main(["users", "list"]) == 2
 
 
+def test_settings_go_before_and_after_the_action(
+    auth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``docxy users list --set auth.dir=...`` was "unrecognized arguments" (exit 2), where
+    ``docxy cache du --set ...`` takes it there; given on both sides, the later one wins."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    UsersFile(second / "users").add("bob", "s3cret")
+    assert main(["users", "list", "--set", f"auth.dir={second}"]) == 0
+    assert capsys.readouterr().out == "bob\n"
+    before, after = ["--set", f"auth.dir={first}"], ["--set", f"auth.dir={second}"]
+    assert main(["users", *before, "list", *after]) == 0
+    assert capsys.readouterr().out == "bob\n"
+    assert main(["users", *after, "list", *before]) == 0
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.parametrize("after", [False, True])
 def test_the_config_file_goes_before_or_after_the_action(
     auth_dir: Path,
