@@ -132,7 +132,10 @@ class DirectBody:
             return
         self._closed = True
         response = self._response
-        if drain and not response.isclosed():
+        # Only a connection that can be kept is worth a read: one that will close (a body of
+        # no stated length runs to the close) waited for that close, up to the read timeout,
+        # before the redirect was followed.
+        if drain and not response.isclosed() and not response.will_close:
             self._drain(response)
         reusable = (
             response.isclosed()

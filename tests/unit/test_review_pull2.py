@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import json
 import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from docxy.http.app import create_app
 from docxy.upstream import direct
 from docxy.upstream.client import upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
+from lab.bed.httpserver import LoopbackServer, QuietHandler
 from tests.unit.asgi import call_asgi
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -147,3 +150,46 @@ async def test_a_layer_its_storage_labels_gzip_is_filled_as_its_bytes(
         answer = await call_asgi(app, "GET", path, host="mirror.test")
     assert (answer.status, answer.complete) == (200, True)
     assert answer.body == LAYER
+
+
+class HeldRedirect(QuietHandler):
+    """``/moved``: a 307 of no stated length (its body runs to the close) on a connection the
+    server then holds open, until the test ends; ``/blob``: the blob."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        if self.path == "/moved":
+            self.send_response(307)
+            self.send_header("Location", "/blob")
+            self.end_headers()
+            self.wfile.flush()
+            self.owner().release.wait(20.0)
+            self.close_connection = True
+            return
+        self.send_bytes(200, b"blob", "application/octet-stream")
+
+
+class HeldRedirectServer(LoopbackServer):
+    def __init__(self) -> None:
+        super().__init__(HeldRedirect)
+        self.release = threading.Event()
+
+
+def test_a_redirect_whose_connection_will_close_is_followed_at_once() -> None:
+    """The direct GET read a redirect's body off to keep its connection, even when the answer
+    said the connection will close (no stated length: the body runs to the close): it waited
+    for a close the server did not make, the whole read timeout (60 s by default), on every
+    blob fill from such a registry. Such a connection is not kept, so nothing is read."""
+    server = HeldRedirectServer()
+    server.start()
+    settings = DirectSettings(upstream_ssl_context(), 5.0, 10.0)
+    try:
+        started = time.monotonic()
+        answer = direct.get(settings, server.url + "/moved", [])
+        waited = time.monotonic() - started
+        assert answer.status == 200 and answer.body.read(10) == b"blob"
+        answer.close()
+    finally:
+        server.release.set()
+        server.stop()
+        settings.idle.close()
+    assert waited < 5.0, f"followed after {waited:.1f}s"
