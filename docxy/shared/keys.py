@@ -17,10 +17,17 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def parse_prefix(value: str) -> str:
-    """A key prefix: path segments of ``[A-Za-z0-9._-]``, slashes trimmed; may be empty."""
+    """A key prefix: path segments of ``[A-Za-z0-9._-]``, slashes trimmed; may be empty.
+
+    Neither ``.`` nor ``..`` is a segment: httpx and the signer both remove such segments from
+    a URL's path, so ``a/./b`` would put the blobs under ``a/b`` (and ``.`` at the bucket's
+    root), not under the prefix set (nor where a lifecycle rule for it looks)."""
     text = value.strip().strip("/")
-    if text and (_PREFIX.fullmatch(text) is None or ".." in text.split("/")):
-        raise ValueError(f"expected path segments of letters, digits, '.', '_', '-', got {value!r}")
+    if text and (_PREFIX.fullmatch(text) is None or {".", ".."} & set(text.split("/"))):
+        raise ValueError(
+            f"expected path segments of letters, digits, '.', '_', '-' (not '.' nor '..'), "
+            f"got {value!r}"
+        )
     return text
 
 

@@ -16,6 +16,7 @@ from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.fill import Download
 from docxy.core.digests import Digest
 from docxy.shared import tier as tier_module
+from docxy.shared.keys import blob_key, object_url, parse_prefix
 from docxy.shared.objects import Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
 
@@ -139,3 +140,18 @@ async def test_a_sha512_blob_finished_from_the_upstream_is_not_sent_to_the_uploa
     crashed = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert crashed == []
     assert (tier.counts.uploaded, tier.counts.upload_failed) == (0, 0)
+
+
+@pytest.mark.parametrize("raw", [".", "a/./b", "a/.", "./a"])
+def test_a_prefix_with_a_dot_segment_is_refused(raw: str) -> None:
+    """A ``.`` segment was taken, and removed from the path of every request (httpx and the
+    signer normalise it): the blobs of ``.`` went to the bucket's root, those of ``a/./b`` to
+    ``a/b``, not to ``<prefix>/blobs/sha256/<hex>`` as the setting says."""
+    with pytest.raises(ValueError, match="path segments"):
+        parse_prefix(raw)
+
+
+@pytest.mark.parametrize("raw", ["docxy", "a/b", "...", "a/.b", "x.y_z-1"])
+def test_a_prefix_taken_is_where_the_requests_go(raw: str) -> None:
+    key = blob_key(parse_prefix(raw), digest(1))
+    assert httpx.URL(object_url("http://127.0.0.77:9", "bucket", key)).path == f"/bucket/{key}"
