@@ -163,7 +163,9 @@ class Registry:
         if request.method == "HEAD":
             return httpx.Response(200, headers=headers)
         self.blob_gets += 1
-        return httpx.Response(200, headers=headers, content=blob)
+        # A stream, as a network answer is: the fill reads the body raw, which httpx cannot
+        # do for a Response(content=...), read (and decoded) when it is made.
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(blob))
 
 
 def pull_of(digest: Digest) -> Pull:
