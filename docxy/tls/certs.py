@@ -175,6 +175,7 @@ def renew(
     force: bool = False,
     dry_run: bool = False,
     timeout: float = TIMEOUT,
+    webroot: Path | None = None,
 ) -> str:
     """Renew what certbot finds due in `config_dir` (it keeps each lineage's ACME server).
 
@@ -182,10 +183,18 @@ def renew(
     whose renewal fails once that name no longer leads here, would otherwise fail every run
     (certbot exits 1 if any lineage fails), keep the renewed certificate from being installed,
     and ask the CA for the old name at every retry.
+
+    With `webroot` (certs.webroot, what the mirror serves) the HTTP-01 token goes there, not
+    to the webroot the lineage was issued through: certbot keeps that one in its renewal
+    configuration, and once certs.webroot had moved every renewal failed (the CA got 404).
     """
     args = ["renew", "--no-random-sleep-on-renew", *_dirs(config_dir)]
     if cert_name:
         args += ["--cert-name", cert_name]
+    if webroot is not None:
+        # certbot refuses a --webroot-path that is not a directory yet (a new container's)
+        (webroot / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
+        args += ["--webroot-path", str(webroot)]
     if deploy_hook:
         args += ["--deploy-hook", deploy_hook]
     if force:

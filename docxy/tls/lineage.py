@@ -141,6 +141,7 @@ class Lineage:
                     force=force,
                     dry_run=dry_run,
                     timeout=self.timeout,
+                    webroot=self.webroot,
                 )
                 return
             except certs.CertbotError as exc:

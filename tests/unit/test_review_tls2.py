@@ -104,3 +104,21 @@ def test_a_stale_pidfile_is_reported_without_the_other_processs_arguments(tmp_pa
         other.wait(timeout=10)
     assert "hunter2" not in str(stale.value)
     assert f"pid {other.pid} is not the mirror (sh); not signalled" in str(stale.value)
+
+
+def test_a_renewal_puts_the_token_in_the_webroot_the_mirror_serves_now(
+    renewer_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """certbot renews through the webroot its renewal configuration names, the one the lineage
+    was issued through. Once certs.webroot had moved (another volume, another path in a new
+    container), the mirror served the new one and every renewal failed, the CA getting 404
+    for its token (certbot 2.1 against pebble), until the certificate expired. The renewal is
+    told certs.webroot, made first if it is not there (certbot refuses a missing one)."""
+    issued_lineage(renewer_env / "live" / "mirror.test")
+    calls = certbot_calls(monkeypatch)
+    renewer = Renewer(settings_mod.load([]))
+    assert renewer.run() is True, renewer.last_error
+    assert [args[0] for args in calls] == ["renew"]
+    webroot = tmp_path / "webroot"
+    assert calls[0][calls[0].index("--webroot-path") + 1] == str(webroot)
+    assert (webroot / ".well-known" / "acme-challenge").is_dir()
