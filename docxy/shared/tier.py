@@ -401,8 +401,9 @@ class SharedTier:
 
 async def _started(answer: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]:
     """The first chunk of the answer's body (empty: an empty object) and the rest of it; a
-    failure closes the answer."""
-    body = answer.aiter_bytes()
+    failure closes the answer. Read raw: the blob is the bytes the object holds, whatever
+    ``Content-Encoding`` its metadata says (httpx would undo it, into other bytes)."""
+    body = answer.aiter_raw()
     try:
         return await anext(body, b""), body
     except httpx.HTTPError as exc:
