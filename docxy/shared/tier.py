@@ -84,7 +84,7 @@ class SharedCounts:
     upload_failed: int = 0
     resumed: int = 0  # fills from an object whose body broke off, finished from the upstream
     # (counted once the rest was read to its end and the whole verified: not when asked for)
-    errors: int = 0  # object store requests that failed (unreachable, 5xx, 403...)
+    errors: int = 0  # requests failed for the store's trouble (unreachable, 5xx, a refused read)
 
 
 class SharedTier:
