@@ -143,7 +143,9 @@ class Runs:
             return now
         s = self.settings
         delay = dt.timedelta(seconds=backoff(self.failures, s.retry_base, s.retry_max))
-        return max(now, min(self.last_run + delay, now + delay))
+        # min() first: a last_run near the end of time (a status file written under a clock
+        # far ahead, or edited) overflowed `last_run + delay` and the renewer died at each start
+        return max(now, min(self.last_run, now) + delay)
 
     def _install_owed(self) -> bool:
         """Whether the pair issued last is not the one served (the served files lost, a

@@ -3,6 +3,8 @@ shown by a test that failed on the code before its mend."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -12,9 +14,10 @@ import pytest
 from docxy.tls import certs
 from scheduler import renewal
 from scheduler import settings as settings_mod
-from scheduler.mirror_pid import StalePidfile, signal_mirror
+from scheduler.mirror_pid import StalePidfile, command_line, signal_mirror
 from scheduler.renewal import Renewer
-from tests.unit.test_scheduler import issued_lineage
+from scheduler.runs import Runs
+from tests.unit.test_scheduler import issued_lineage, poll
 
 
 @pytest.fixture
@@ -95,6 +98,8 @@ def test_a_stale_pidfile_is_reported_without_the_other_processs_arguments(tmp_pa
     to the renewer's log, the status file and /health's renewal.last_error."""
     other = subprocess.Popen(["/bin/sh", "-c", "sleep 30", "sh", "--password=hunter2"])
     try:
+        # until its exec: before, /proc shows the forking interpreter's command line
+        poll(lambda: command_line(other.pid)[:1] == ["/bin/sh"])
         pidfile = tmp_path / "docxy.pid"
         pidfile.write_text(f"{other.pid}\n")
         with pytest.raises(StalePidfile) as stale:
@@ -122,3 +127,17 @@ def test_a_renewal_puts_the_token_in_the_webroot_the_mirror_serves_now(
     webroot = tmp_path / "webroot"
     assert calls[0][calls[0].index("--webroot-path") + 1] == str(webroot)
     assert (webroot / ".well-known" / "acme-challenge").is_dir()
+
+
+def test_a_status_file_from_the_end_of_time_stops_no_renewer(renewer_env: Path) -> None:
+    """A status file with failures whose last_run lies within a backoff of the last time a
+    datetime holds (a clock set far ahead, a hand edit) raised OverflowError in first_run:
+    the renewer died at each start, and supervisord took the container down. It waits one
+    backoff at most, as for any last_run in the future."""
+    renewer_env.mkdir(parents=True)
+    status = {"failures": 2, "last_run": "9999-12-31T23:59:00+00:00"}
+    (renewer_env / "status.json").write_text(json.dumps(status))
+    runs = Runs(settings_mod.load([]))
+    runs.restore()
+    now = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
+    assert runs.first_run(now) == now + dt.timedelta(seconds=600)  # backoff(2, 300, ...)
