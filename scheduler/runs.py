@@ -67,7 +67,12 @@ def _when(value: object) -> dt.datetime | None:
     when = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
     if when is None or when.tzinfo is None:
         raise ValueError(f"not a time: {value!r}")
-    return when
+    try:
+        # in UTC, as written: one with an offset that puts it beyond year 1 or 9999 raised
+        # OverflowError in the log line of restore, and the renewer died at each start
+        return when.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(f"not a time: {value!r}") from None
 
 
 @dataclass

@@ -141,3 +141,18 @@ def test_a_status_file_from_the_end_of_time_stops_no_renewer(renewer_env: Path) 
     runs.restore()
     now = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
     assert runs.first_run(now) == now + dt.timedelta(seconds=600)  # backoff(2, 300, ...)
+
+
+@pytest.mark.parametrize("last_run", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:00-05:00"])
+def test_a_status_time_beyond_what_utc_holds_is_a_file_that_makes_no_sense(
+    renewer_env: Path, last_run: str
+) -> None:
+    """A time whose offset puts it before year 1 or after 9999 in UTC raised OverflowError
+    when restore logged it: the renewer died at each start. Such a file makes no sense: it is
+    logged and the count starts afresh, as for any other."""
+    renewer_env.mkdir(parents=True)
+    status = {"failures": 2, "last_run": last_run}
+    (renewer_env / "status.json").write_text(json.dumps(status))
+    runs = Runs(settings_mod.load([]))
+    runs.restore()
+    assert (runs.failures, runs.last_run) == (0, None)
