@@ -10,13 +10,24 @@ with ``400`` and ``Connection: close``, so nothing after it on the connection is
 
 It also caps the total size of the request head: h11's limit only applies while a head is
 incomplete, so one that arrives in a single read may be larger.
+
+What h11 refuses itself (no ``Host``, two of them, a raw byte in the target, a head too large
+while incomplete, an unknown ``Transfer-Encoding``, a bad chunk) never reaches an ASGI layer:
+hypercorn answered it with a bodiless status. :func:`install` makes that answer the registry's
+JSON error too (:class:`H11Answered`), as this layer's own are.
 """
 
 from __future__ import annotations
 
+from itertools import chain
+
+import h11
+import hypercorn.protocol
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from docxy.core.errors import ClientError, RegistryError, RequestTooLarge
+from docxy.core.headers import API_VERSION_HEADER
 from docxy.edge.replies import answer_send, send_error
 
 MAX_HEAD = 16 * 1024  # bytes of header names and values, the same as h11's incomplete limit
@@ -54,3 +65,44 @@ class Framing:
             await self.app(scope, receive, send)
             return
         await send_error(answer_send(scope, send), error, [("Connection", "close")])
+
+
+def unreadable(status: int) -> RegistryError:
+    """The error for a request h11 refused with ``status`` (its hint: 400, 431 or 501)."""
+    if status == 431:
+        return RequestTooLarge("request headers too large", status=431)
+    if status == 501:
+        return AmbiguousFraming("this Transfer-Encoding is not supported", status=501)
+    return ClientError("the request is not one HTTP/1.1 can read", status=status)
+
+
+class H11Answered(H11Protocol):
+    """hypercorn's HTTP/1.1 connection, whose answer to a request h11 cannot read is the
+    registry's JSON error (then the close hypercorn makes), not a bodiless status: a client
+    parses error bodies as the registry's (docker prints their message)."""
+
+    async def _send_error_response(self, status_code: int) -> None:
+        error = unreadable(status_code)
+        body = error.encoded()
+        named = [*error.headers(), API_VERSION_HEADER, ("Content-Length", str(len(body)))]
+        ours = [(name.lower().encode(), value.encode()) for name, value in named]
+        closing = [(b"connection", b"close")]
+        headers = list(chain(ours, closing, self.config.response_headers("h11")))
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        if not self._answering_head():  # after a HEAD no body may follow
+            await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+    def _answering_head(self) -> bool:
+        """Whether the request being answered is a HEAD (its head was read, its body was not)."""
+        scope = getattr(self.stream, "scope", None)
+        return isinstance(scope, dict) and scope.get("method") == "HEAD"
+
+
+def install() -> None:
+    """Make hypercorn serve HTTP/1.1 with :class:`H11Answered` (it names the class it serves a
+    connection with in ``hypercorn.protocol``, with no setting for it)."""
+    ours = (H11Protocol, H11Answered)
+    if getattr(hypercorn.protocol, "H11Protocol", None) not in ours:
+        raise RuntimeError("hypercorn.protocol no longer names H11Protocol: update docxy.edge")
+    setattr(hypercorn.protocol, "H11Protocol", H11Answered)  # noqa: B010 - not a public name

@@ -19,9 +19,8 @@ from hypercorn.config import Sockets
 from docxy.access.gate import refuse_plain_http
 from docxy.config import Config
 from docxy.core.errors import ConfigError
-from docxy.edge import connections, h2c
+from docxy.edge import connections, framing, h2c
 from docxy.edge.admission import Admission
-from docxy.edge.framing import Framing
 from docxy.heap import tune_malloc
 from docxy.http.app import create_app
 from docxy.http.drain import CUT_MARGIN, Drain
@@ -247,11 +246,12 @@ async def run(config: Config) -> None:
     if hc.edge is not None:
         observer.refusers.append(hc.edge)
     observer.refusers.append(admission)
-    drain = Drain(Framing(Guard(admission, https_url)))
+    drain = Drain(framing.Framing(Guard(admission, https_url)))
     asgi = TrimAtRest(AccessLog(drain, observer))
     asgi.arm()  # the imports' garbage, once serving
     connections.install()
     h2c.install(refuse=config.limits.h2_max_streams == 0)
+    framing.install()  # what h11 refuses itself is answered with the registry's JSON error
     stop = asyncio.Event()
 
     def stopping() -> None:
