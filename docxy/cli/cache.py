@@ -436,6 +436,8 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
             return asyncio.run(cmd_gc(cache, args.verify, out, evict=capped))
         assert image is not None
         return asyncio.run(cmd_rm(cache, image, repo_key(image, config), args.rm_blobs, out))
+    except BrokenPipeError:  # its report's reader went away (| head): not the cache's trouble
+        raise
     except OSError as exc:  # read-only, another owner's files (EACCES), EIO: one line, no trace
         where = f" {exc.filename}" if exc.filename else ""
         print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from docxy import __version__
 from docxy.cli import access as accesscli
 from docxy.cli import cache as cachecli
 from docxy.cli import healthcheck, warm
-from docxy.cli.exits import EXIT_CONFIG, EXIT_INTERRUPTED
+from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
 from docxy.config import Config, describe, load_config
 from docxy.core.errors import ConfigError
 from docxy.logs import log_to_stderr
@@ -119,6 +120,25 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _flushed(code: int) -> int:
+    """``code``, once what the command printed has gone out: a reader that went away
+    (``| head``) is then a BrokenPipeError here, where :func:`main` takes it, not at the
+    interpreter's own flush at exit (a traceback-like line there, and exit 120)."""
+    sys.stdout.flush()
+    return code
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at /dev/null: what is still buffered for the closed pipe would
+    fail again at exit (Python's advice for SIGPIPE, which it ignores)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -132,18 +152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     try:
         if handler is not None:
-            return int(handler(args, config_from_args))
+            return _flushed(int(handler(args, config_from_args)))
         config = config_from_args(args)
+        if args.show_config:
+            for key, value, source in describe(config):
+                print(f"{key} = {value}  ({source})")
+            return _flushed(0)
     except ConfigError as exc:
         print(f"docxy: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:  # Ctrl-C in warm's downloads, a password prompt...
         print("docxy: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.show_config:
-        for key, value, source in describe(config):
-            print(f"{key} = {value}  ({source})")
-        return 0
+    except BrokenPipeError:  # `docxy cache ls | head`: the reader has all it wanted
+        _stdout_to_devnull()
+        return EXIT_FAILED
     # SIGHUP asks a running mirror to reload its certificate (docxy.http.server), and the
     # renewer sends it after each renewal, also while the mirror starts: until the mirror can
     # answer it, it is ignored (its default action would end the mirror).
