@@ -1,0 +1,51 @@
+"""The container appliance's files (compose files, supervisord.conf, entrypoint.sh), as an
+operator's settings reach them: what compose hands the container, what supervisord runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.scriptbox import REPO
+from tests.unavailable import need_binary
+
+
+def compose_environment(tmp_path: Path, compose_file: str, env_text: str) -> dict[str, str]:
+    """The environment docker-compose (bookworm's 1.29) gives the service of `compose_file`
+    with `env_text` as the project's .env."""
+    need_binary("docker-compose")
+    project = tmp_path / "project"
+    project.mkdir(parents=True)
+    shutil.copy(REPO / compose_file, project / compose_file)
+    (project / ".env").write_text(env_text)
+    shown = subprocess.run(
+        ["docker-compose", "--project-directory", str(project), "-f", compose_file, "config"],
+        cwd=project, capture_output=True, text=True, timeout=60, check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")},
+    ).stdout  # fmt: skip
+    block = shown.split("environment:\n", 1)[1]
+    found = re.findall(r"^      (DOCXY_[A-Z_]+): ?(.*)$", block, re.M)
+    return {key: value.strip("'\"") for key, value in found}
+
+
+def test_host_networking_keeps_an_admin_listener_turned_off(tmp_path: Path) -> None:
+    """`DOCXY_SERVER_ADMIN_LISTEN=` in .env turns the admin listener off (README: empty turns
+    it off; every DOCXY_* line reaches the container). compose.host.yaml's `:-` default took an
+    empty value for an unset one and bound 127.0.0.1:9180 on the host all the same (a port the
+    operator had freed for something else: the mirror could not bind it and went FATAL)."""
+    public = "DOCXY_SERVER_PUBLIC_URL=http://mirror.test\n"
+    off = compose_environment(
+        tmp_path / "off", "compose.host.yaml", public + "DOCXY_SERVER_ADMIN_LISTEN=\n"
+    )
+    assert off["DOCXY_SERVER_ADMIN_LISTEN"] == ""
+    unset = compose_environment(tmp_path / "unset", "compose.host.yaml", public)
+    assert unset["DOCXY_SERVER_ADMIN_LISTEN"] == "127.0.0.1:9180"
+    moved = compose_environment(
+        tmp_path / "moved",
+        "compose.host.yaml",
+        public + "DOCXY_SERVER_ADMIN_LISTEN=127.0.0.1:9999\n",
+    )
+    assert moved["DOCXY_SERVER_ADMIN_LISTEN"] == "127.0.0.1:9999"
