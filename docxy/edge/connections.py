@@ -337,11 +337,22 @@ class EdgeTCPServer(PeerCertTCPServer):
             await super().protocol_send(event)
             return
         async with self.send_lock:
+            if self.writer.transport.is_closing():
+                await self._discard(guard.send_timeout)
+                return
             try:
                 self.writer.write(event.data)
                 await self._drain(guard, guard.send_timeout)
             except (ConnectionError, RuntimeError):
                 await self.protocol.handle(Closed())
+
+    async def _discard(self, wait: float) -> None:
+        """A chunk for a connection aborted (a stall) or closed: the app has been told its
+        client is gone, and is cancelled within a few turns of the loop; it waits here for
+        that, up to ``wait``, and the chunk is dropped. Written, each chunk until then was
+        asyncio's WARNING "socket.send() raised exception." (past the fifth); handed back at
+        once, the app sent its whole body into nothing, logged as a download ``done``."""
+        await asyncio.sleep(wait)
 
     def _unsent(self) -> int:
         """Bytes written but not yet taken by the client: ours, and the kernel's send queue.

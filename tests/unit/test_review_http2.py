@@ -10,12 +10,17 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import hypercorn.asyncio.run as hypercorn_run
 import hypercorn.protocol
 import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from quart import Quart, Response
 
-from docxy.edge import framing
+from docxy.edge import connections, framing
+from docxy.edge.connections import ConnectionGuard
+from docxy.http.drain import Drain
+from docxy.http.middleware import AccessLog
 from docxy.tasks import spawn
 
 HOST = "127.0.0.80"
@@ -143,3 +148,76 @@ async def test_a_head_request_whose_body_h11_cannot_read_gets_no_body(
     assert b"content-type: application/json" in lines
     assert b"content-length: 0" not in lines
     assert body == b""
+
+
+@pytest.fixture
+def edge_installed() -> Iterator[None]:
+    before = getattr(hypercorn_run, "TCPServer")  # noqa: B009 - not exported
+    connections.install()
+    yield
+    setattr(hypercorn_run, "TCPServer", before)  # noqa: B010
+
+
+CHUNK = b"b" * (64 * 1024)
+
+
+def many_chunks() -> Quart:
+    """A Quart app sending a long body in chunks, as a blob route does; ``BODIES`` says how far
+    each body got (True when the generator gave its last chunk)."""
+    app = Quart("chunks")
+
+    @app.route("/")
+    async def chunks() -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(400):
+                yield CHUNK
+            BODIES.append(True)
+
+        response = Response(body())
+        response.timeout = None
+        return response
+
+    return app
+
+
+BODIES: list[bool] = []
+
+
+async def test_a_stalled_client_dropped_logs_no_asyncio_warning(
+    edge_installed: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that takes no bytes is aborted after ``limits.send_timeout``; the body's next
+    chunks were still written into the aborted transport, and asyncio logged a WARNING
+    ``socket.send() raised exception.`` for each stalled client (seen in the mirror's log right
+    after each ``closing stalled`` line)."""
+    BODIES.clear()
+    port = free_port()
+    config = Config()
+    config.bind = [f"{HOST}:{port}"]
+    config.accesslog = None
+    setattr(config, "edge", ConnectionGuard(max_connections=10, send_timeout=0.5))  # noqa: B010
+    stop = asyncio.Event()
+    app = AccessLog(Drain(many_chunks()))  # the mirror's layers around its routes
+    task = spawn("test-server", serve(app, config, shutdown_trigger=stop.wait))
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(100):  # until it listens
+            with contextlib.suppress(OSError):
+                client.connect((HOST, port))
+                break
+            await asyncio.sleep(0.05)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # and never reads
+        for _ in range(100):  # until the stall is seen
+            if config.edge.stalled:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the app's next chunks
+        assert config.edge.stalled == 1  # type: ignore[attr-defined]
+        assert not BODIES  # the app learnt the client left: no body "sent" whole
+        warned = [r for r in caplog.records if r.name == "asyncio" and r.levelname == "WARNING"]
+        assert not warned
+    finally:
+        client.close()
+        stop.set()
+        await asyncio.wait_for(task, GUARD)
