@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,3 +50,45 @@ def test_host_networking_keeps_an_admin_listener_turned_off(tmp_path: Path) -> N
         public + "DOCXY_SERVER_ADMIN_LISTEN=127.0.0.1:9999\n",
     )
     assert moved["DOCXY_SERVER_ADMIN_LISTEN"] == "127.0.0.1:9999"
+
+
+def supervised_commands(run_dir: str, scripts_dir: str) -> dict[str, list[str]]:
+    """Each program's argv as supervisord makes it from scripts/supervisord.conf (its own parser,
+    then shlex.split, as supervisor.process.Subprocess.get_execv_args does)."""
+    from supervisor.options import (  # type: ignore[import-untyped]
+        ServerOptions,
+        UnhosedConfigParser,
+    )
+
+    conf = REPO / "scripts" / "supervisord.conf"
+    parser = UnhosedConfigParser()
+    parser.expansions = {
+        "ENV_DOCXY_RUN_DIR": run_dir,
+        "ENV_DOCXY_SCRIPTS_DIR": scripts_dir,
+        "ENV_DOCXY_SUPERVISOR_RENEWER": "true",
+        "here": str(conf.parent),
+    }
+    parser.read_string(conf.read_text())
+    groups = ServerOptions().process_groups_from_parser(parser)
+    return {
+        group.name: shlex.split(process.command)
+        for group in groups
+        for process in group.process_configs
+    }
+
+
+def test_directories_with_spaces_reach_supervisord_whole() -> None:
+    """The scripts beside the entrypoint (a clone under "My Projects", the e2e test's way of
+    running it outside the image) and DOCXY_RUN_DIR may hold a space: supervisord split the
+    listeners' command at it ("can't find command '/tmp/with'"), both went FATAL at once, the
+    FATAL listener with them, so nothing took a failed mirror's container down any more; the
+    renewer's reload command named half a socket."""
+    run_dir, scripts_dir = "/run/my docxy", "/home/me/My Projects/docxy/scripts"
+    argv = supervised_commands(run_dir, scripts_dir)
+    assert argv["fatal"] == [f"{scripts_dir}/supervisor-fatal.sh"]
+    assert argv["watchdog"] == [f"{scripts_dir}/supervisor-watchdog.sh"]
+    reload = argv["scheduler"][argv["scheduler"].index("--reload-command") + 1]
+    # scheduler.renewal.tell_mirror splits it with shlex too
+    assert shlex.split(reload) == [
+        "supervisorctl", "-s", f"unix://{run_dir}/supervisor.sock", "signal", "HUP", "docxy"
+    ]  # fmt: skip
