@@ -338,7 +338,7 @@ class EdgeTCPServer(PeerCertTCPServer):
             return
         async with self.send_lock:
             if self.writer.transport.is_closing():
-                await self._discard(guard.send_timeout)
+                await self._discard()
                 return
             try:
                 self.writer.write(event.data)
@@ -346,13 +346,16 @@ class EdgeTCPServer(PeerCertTCPServer):
             except (ConnectionError, RuntimeError):
                 await self.protocol.handle(Closed())
 
-    async def _discard(self, wait: float) -> None:
-        """A chunk for a connection aborted (a stall) or closed: the app has been told its
-        client is gone, and is cancelled within a few turns of the loop; it waits here for
-        that, up to ``wait``, and the chunk is dropped. Written, each chunk until then was
-        asyncio's WARNING "socket.send() raised exception." (past the fifth); handed back at
-        once, the app sent its whole body into nothing, logged as a download ``done``."""
-        await asyncio.sleep(wait)
+    async def _discard(self) -> None:
+        """Bytes for a connection aborted (a stall) or closing, dropped unwritten: the app's
+        next chunks, sent before it learns its client is gone, and hypercorn's own error
+        answer to a connection it closes. Written, each was asyncio's WARNING
+        "socket.send() raised exception." (past the fifth). As a write's drain on such a
+        transport would, it gives the loop a turn and says the connection closed: the app
+        learns it within a few chunks (handed back at once, it sent its whole body into
+        nothing, and the access line said ``done``)."""
+        await asyncio.sleep(0)
+        await self.protocol.handle(Closed())
 
     def _unsent(self) -> int:
         """Bytes written but not yet taken by the client: ours, and the kernel's send queue.

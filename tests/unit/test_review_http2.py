@@ -221,3 +221,36 @@ async def test_a_stalled_client_dropped_logs_no_asyncio_warning(
         client.close()
         stop.set()
         await asyncio.wait_for(task, GUARD)
+
+
+async def test_a_stop_with_a_request_head_half_sent_ends_at_once(
+    edge_installed: None, h11_installed: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At a stop hypercorn closes a connection whose request head is not complete, and h11
+    then answers it 400 on the closing transport: that answer is dropped, not waited on
+    (a wait there held the stop to its graceful timeout, then logged two tracebacks)."""
+    port = free_port()
+    config = Config()
+    config.bind = [f"{HOST}:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 5
+    setattr(config, "edge", ConnectionGuard(max_connections=10, send_timeout=30))  # noqa: B010
+    stop = asyncio.Event()
+    task = spawn("test-server", serve(small_answers, config, shutdown_trigger=stop.wait))
+    client = socket.socket()
+    try:
+        for _ in range(100):  # until it listens
+            with contextlib.suppress(OSError):
+                client.connect((HOST, port))
+                break
+            await asyncio.sleep(0.05)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")  # the head, unfinished
+        await asyncio.sleep(0.2)
+        started = asyncio.get_running_loop().time()
+        stop.set()
+        await asyncio.wait_for(task, GUARD)
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    finally:
+        client.close()
+        stop.set()
