@@ -13,12 +13,11 @@ ConfigLoader = Callable[[argparse.Namespace], Config]
 """What a command's ``run`` is handed to load the settings (``main.config_from_args``)."""
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, with_set: bool = True) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML config file (default: $DOCXY_CONFIG)")
-    if with_set:
-        parser.add_argument(
-            "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
-        )
+    parser.add_argument(
+        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="any setting"
+    )
 
 
 def seconds(text: str) -> float:

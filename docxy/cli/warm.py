@@ -502,7 +502,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     warm.add_argument("--timeout", type=seconds, default=60.0, help="read timeout, seconds (60)")
-    add_config_arguments(warm, with_set=False)
+    # --set too: warm reads the mirror's settings (server.public_url, upstream.library_prefix,
+    # the upstreams), given as the mirror was started with them.
+    add_config_arguments(warm)
     warm.set_defaults(handler=run)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from docxy.cli.exits import EXIT_FAILED
+from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED
+from docxy.cli.main import main
 from lab import REPO_ROOT
 from tests.unit.test_cachecli import UPSTREAM, _populate
 
@@ -58,3 +59,17 @@ def test_cache_output_into_a_closed_pipe_is_no_traceback(
     done = into_closed_pipe(tmp_path, *args, unbuffered=unbuffered)
     assert done.stderr == "", done.stderr
     assert done.returncode == EXIT_FAILED
+
+
+def test_warm_takes_settings_by_set_as_every_command_reading_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README: "Any setting can be given as --set", and warm reads server.public_url,
+    upstream.library_prefix and the upstreams: ``docxy warm --set ...`` was a usage error
+    (exit 2, 'unrecognized arguments'), while cache and health took it."""
+    url = "http://127.0.0.81:9"  # nothing listens there
+    code = main(["warm", "--set", f"server.public_url={url}", "--set", "upstreams=ghcr.io", "x"])
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILED, err
+    assert f"cannot reach the mirror at {url}" in err, err
+    assert main(["warm", "--set", "nonsense", "x"]) == EXIT_CONFIG
