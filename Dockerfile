@@ -41,8 +41,13 @@ COPY scripts/configure-client.sh /usr/share/docxy/
 #   in every base): the non-root mirror may bind 80/443 with host networking too, where Docker's
 #   net.ipv4.ip_unprivileged_port_start=0 does not apply and the sysctl is refused.
 # - The image's `docxy` command runs the CLI through the entrypoint, under the mirror's settings.
+# - COPY keeps the modes of the checkout: one made under umask 027 or 077 (a hardened host) gave
+#   root-only scripts, and the non-root user could not exec the entrypoint ("permission denied").
 RUN python3 -c "import os, struct, sys; os.setxattr(os.path.realpath(sys.executable), \
         'security.capability', struct.pack('<5I', 0x02000001, 1 << 10, 0, 0, 0))" \
+    && chmod 0755 /usr/local/lib/docxy /usr/local/lib/docxy/*.sh /usr/share/docxy \
+        /usr/share/docxy/configure-client.sh \
+    && chmod 0644 /usr/local/lib/docxy/supervisord.conf \
     && ln -sf /usr/local/lib/docxy/container-docxy.sh /opt/docxy/bin/docxy \
     && useradd --system --user-group --home-dir /var/lib/docxy --shell /usr/sbin/nologin docxy \
     && mkdir -p /var/lib/docxy/cache /var/lib/docxy/certs /var/lib/docxy/webroot /run/docxy \

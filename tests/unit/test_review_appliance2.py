@@ -3,6 +3,7 @@ operator's settings reach them: what compose hands the container, what superviso
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shlex
@@ -92,3 +93,42 @@ def test_directories_with_spaces_reach_supervisord_whole() -> None:
     assert shlex.split(reload) == [
         "supervisorctl", "-s", f"unix://{run_dir}/supervisor.sock", "signal", "HUP", "docxy"
     ]  # fmt: skip
+
+
+def runtime_copies(dockerfile: str) -> list[str]:
+    """Where the runtime stage's COPYs from the build context put each file (not --from=)."""
+    stage = dockerfile[dockerfile.rindex("\nFROM ") :]
+    joined = re.sub(r"\\\n\s*", " ", stage)
+    placed = []
+    for line in joined.splitlines():
+        words = line.split()
+        if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        *sources, target = [w for w in words[1:] if not w.startswith("--")]
+        placed += [f"{target.rstrip('/')}/{Path(source).name}" for source in sources]
+    return placed
+
+
+def modes_set(dockerfile: str) -> dict[str, str]:
+    """The paths (globs) the runtime stage's RUNs chmod, and the mode each gets."""
+    stage = re.sub(r"\\\n\s*", " ", dockerfile[dockerfile.rindex("\nFROM ") :])
+    found: dict[str, str] = {}
+    for command in re.findall(r"chmod\s+([0-7]{3,4})\s+([^&;]+)", stage):
+        mode, paths = command
+        found |= dict.fromkeys(paths.split(), mode)
+    return found
+
+
+def test_the_image_scripts_are_usable_whatever_the_checkout_umask() -> None:
+    """COPY keeps the modes of the build context: a checkout made under umask 027 (a hardened
+    host's) gave root-owned 0750 scripts and a 0640 supervisord.conf, and the container, which
+    runs as docxy, failed at once ("exec /usr/local/lib/docxy/entrypoint.sh: permission
+    denied", reproduced in a private dockerd). Every file the runtime stage copies from the
+    context is given its mode: executable scripts 0755, the rest 0644."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    modes = modes_set(dockerfile)
+    placed = runtime_copies(dockerfile)
+    assert "/usr/local/lib/docxy/entrypoint.sh" in placed
+    for path in placed:
+        given = [mode for glob, mode in modes.items() if fnmatch.fnmatchcase(path, glob)]
+        assert given == (["0755"] if path.endswith(".sh") else ["0644"]), path
