@@ -101,11 +101,12 @@ def split_challenges(header: str) -> list[str]:
     """The challenges of one ``WWW-Authenticate`` value, each as its own text.
 
     RFC 7235 lets one value hold several (``Basic realm="r", Bearer realm="..."``), and a
-    client joining repeated headers (httpx does) makes one of them. A piece that reads as no
+    client joining repeated headers (httpx does) makes one of them. Empty list elements, leading
+    ones too (``, Bearer realm="..."``), are skipped (RFC 9110 5.6.1). A piece that reads as no
     challenge (no scheme) ends the list: it is dropped, never passed on.
     """
     found: list[str] = []
-    rest = header.strip()
+    rest = header.strip().lstrip(" \t,")
     while rest:
         scheme = _scheme(rest)
         if scheme is None:
@@ -142,10 +143,16 @@ def rewrite_challenges(
     for want of a password.) Without one (a Basic-only registry), the values pass unchanged.
     """
     challenges = [text for value in values for text in split_challenges(value)]
-    bearers = [text for text in challenges if text.split(None, 1)[0].lower() == "bearer"]
+    # The scheme as parse_challenge reads it (``Bearer,realm=...`` is Bearer to it too).
+    bearers = [text for text in challenges if _is_bearer(text)]
     if not bearers:
         return list(values)
     return [rewrite_challenge(text, realm, library_prefix, prefix=prefix) for text in bearers]
+
+
+def _is_bearer(text: str) -> bool:
+    found = _scheme(text.strip())
+    return found is not None and found[0].lower() == "bearer"
 
 
 def _repository_scope(scope: str) -> tuple[str, str] | None:

@@ -11,6 +11,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from docxy.core.challenge import Challenge, bearer_challenge, rewrite_challenges
 from tests.scriptbox import REPO
 from tests.unavailable import need_binary
 
@@ -132,3 +135,32 @@ def test_the_image_scripts_are_usable_whatever_the_checkout_umask() -> None:
     for path in placed:
         given = [mode for glob, mode in modes.items() if fnmatch.fnmatchcase(path, glob)]
         assert given == (["0755"] if path.endswith(".sh") else ["0644"]), path
+
+
+UPSTREAM_REALM = "https://auth.upstream.test/token"
+MIRROR_REALM = "https://mirror.test/auth/token"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # RFC 9110 5.6.1: a recipient accepts empty list elements, a leading one too
+        f', Bearer realm="{UPSTREAM_REALM}",service="s"',
+        f' ,, Bearer realm="{UPSTREAM_REALM}",service="s"',
+        # no space between the scheme and its first parameter: read as Bearer by
+        # bearer_challenge, which the mirror fetches its token with
+        f'Bearer,realm="{UPSTREAM_REALM}",service="s"',
+    ],
+)
+def test_an_upstream_realm_never_reaches_the_client(value: str) -> None:
+    """rewrite_challenges relayed these unchanged, the upstream's realm in them (its docstring:
+    "an upstream's realm never reaches them"), so a client went to the upstream's token
+    service itself: the first two were no challenge at all to split_challenges (the mirror
+    found no Bearer challenge either), the third was Bearer to parse_challenge but not to
+    rewrite_challenges' own test of the scheme."""
+    assert bearer_challenge([value]) == Challenge(
+        "Bearer", {"realm": UPSTREAM_REALM, "service": "s"}
+    )
+    relayed = rewrite_challenges([value], MIRROR_REALM, True)
+    assert relayed == [f'Bearer realm="{MIRROR_REALM}",service="s"']
+    assert not any(UPSTREAM_REALM in text for text in relayed)
