@@ -121,11 +121,20 @@ def setup_logging(level: str) -> None:
 
 
 def _flushed(code: int) -> int:
-    """``code``, once what the command printed has gone out: a reader that went away
-    (``| head``) is then a BrokenPipeError here, where :func:`main` takes it, not at the
-    interpreter's own flush at exit (a traceback-like line there, and exit 120)."""
-    sys.stdout.flush()
+    """``code``, once what the command printed has gone out; 1 if its reader went away
+    (``| head``): found here, not at the interpreter's own flush at exit (an 'Exception
+    ignored' line there, and exit 120)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _output_closed()
     return code
+
+
+def _output_closed() -> int:
+    """Nothing more to print to a reader that went away: the command could not say all."""
+    _stdout_to_devnull()
+    return EXIT_FAILED
 
 
 def _stdout_to_devnull() -> None:
@@ -144,10 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --version, --help, usage errors: argparse has printed already
-        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+        return _flushed(exc.code if isinstance(exc.code, int) else EXIT_CONFIG)
     if args.command is None:
         parser.print_help()
-        return EXIT_CONFIG
+        return _flushed(EXIT_CONFIG)
     # cache, warm, users, clients, tokens and health load the config themselves
     handler = getattr(args, "handler", None)
     try:
@@ -165,8 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("docxy: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `docxy cache ls | head`: the reader has all it wanted
-        _stdout_to_devnull()
-        return EXIT_FAILED
+        return _output_closed()
     # SIGHUP asks a running mirror to reload its certificate (docxy.http.server), and the
     # renewer sends it after each renewal, also while the mirror starts: until the mirror can
     # answer it, it is ignored (its default action would end the mirror).

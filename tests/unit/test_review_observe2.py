@@ -61,6 +61,15 @@ def test_cache_output_into_a_closed_pipe_is_no_traceback(
     assert done.returncode == EXIT_FAILED
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["cache", "--help"], []])
+def test_help_into_a_closed_pipe_is_no_traceback(tmp_path: Path, args: list[str]) -> None:
+    """``docxy --help | ...`` whose reader is gone: argparse's message stayed in the buffer,
+    and Python's flush at exit said 'Exception ignored ... BrokenPipeError', exit 120."""
+    done = into_closed_pipe(tmp_path, *args, unbuffered=False)
+    assert done.stderr == "", done.stderr
+    assert done.returncode == EXIT_FAILED
+
+
 def test_warm_takes_settings_by_set_as_every_command_reading_them(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
