@@ -14,8 +14,12 @@ while :; do
   printf 'READY\n'
   IFS= read -r header || exit 0
   IFS= read -r -N "${header##*len:}" payload
-  echo "docxy: program gave up ($payload): stopping the container" >&2
-  printf '%s\n' "$payload" >"$note"
-  kill -TERM "$PPID"
+  # Only a FATAL. supervisor's processes compare equal by priority, and this listener shares
+  # the watchdog's: an event the watchdog died holding is put back into this pool too.
+  if [[ "$header" == *" eventname:PROCESS_STATE_FATAL "* ]]; then
+    echo "docxy: program gave up ($payload): stopping the container" >&2
+    printf '%s\n' "$payload" >"$note"
+    kill -TERM "$PPID"
+  fi
   printf 'RESULT 2\nOK'
 done

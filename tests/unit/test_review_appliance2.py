@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -164,3 +165,48 @@ def test_an_upstream_realm_never_reaches_the_client(value: str) -> None:
     relayed = rewrite_challenges([value], MIRROR_REALM, True)
     assert relayed == [f'Bearer realm="{MIRROR_REALM}",service="s"']
     assert not any(UPSTREAM_REALM in text for text in relayed)
+
+
+def fatal_listener_after(tmp_path: Path, header: bytes, payload: bytes) -> tuple[int, bool]:
+    """scripts/supervisor-fatal.sh handed one event: (its parent's exit status, whether it left
+    the note that makes the appliance exit 1). Its parent, which it sends SIGTERM to as it
+    would supervisord, is a bash that waits for it."""
+    script = REPO / "scripts" / "supervisor-fatal.sh"
+    tmp_path.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    parent = subprocess.Popen(
+        ["bash", "-c", '"$1"; echo $? >/dev/null', "_", str(script)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=env | {"DOCXY_RUN_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert parent.stdin is not None and parent.stdout is not None
+    assert parent.stdout.readline() == b"READY\n"
+    parent.stdin.write(header + b" len:%d\n" % len(payload) + payload)
+    parent.stdin.flush()
+    assert parent.stdout.read(len(b"RESULT 2\nOK")) == b"RESULT 2\nOK"
+    parent.stdin.close()
+    status = parent.wait(timeout=10)
+    parent.stdout.close()
+    return status, (tmp_path / "fatal").exists()
+
+
+HEADER = b"ver:3.0 server:supervisor serial:7 pool:fatal poolserial:3"
+
+
+def test_only_a_fatal_event_takes_the_appliance_down(tmp_path: Path) -> None:
+    """supervisor 4's Subprocess compares equal by priority, and the two listeners share the
+    default one: an event the watchdog was handed and never answered (it died mid-event: a
+    DOCXY_WATCHDOG_SECONDS of 5m made it exit at its first tick) was put back into the FATAL
+    listener's pool too, which took a TICK_5 for a program that gave up and stopped the
+    container: "supervisord stopped: a program gave up (when:1796390670)", exit 1 (reproduced
+    with the entrypoint outside Docker). The FATAL listener now acts on PROCESS_STATE_FATAL only."""
+    tick = fatal_listener_after(
+        tmp_path / "tick", HEADER + b" eventname:TICK_5", b"when:1796390670"
+    )
+    assert tick == (0, False)
+    fatal = fatal_listener_after(
+        tmp_path / "fatal",
+        HEADER + b" eventname:PROCESS_STATE_FATAL",
+        b"processname:docxy groupname:docxy from_state:BACKOFF",
+    )
+    assert fatal == (-signal.SIGTERM, True)
