@@ -14,6 +14,15 @@ set -uo pipefail # not -e: a probe that fails is what this is for
 export LC_ALL=C  # `read -N` counts characters: make them bytes
 
 patience="${DOCXY_WATCHDOG_SECONDS:-300}"
+# Whole seconds, read in base 10 (bash would take 08 for octal). Anything else ("5m") was an
+# arithmetic error at each tick, which ended this listener: supervisord started it again, and
+# a python with it, every second or two, and no hung mirror was restarted.
+if [[ ! "$patience" =~ ^[0-9]{1,9}$ ]]; then
+  echo "docxy: watchdog: DOCXY_WATCHDOG_SECONDS=$patience is not a whole number of" \
+    "seconds: 300 instead" >&2
+  patience=300
+fi
+patience=$((10#$patience))
 every=$((patience < 30 ? patience : 30))
 target=$(python -c '
 from urllib.parse import urlsplit

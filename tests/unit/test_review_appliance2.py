@@ -4,12 +4,15 @@ operator's settings reach them: what compose hands the container, what superviso
 from __future__ import annotations
 
 import fnmatch
+import http.server
 import os
 import re
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -210,3 +213,69 @@ def test_only_a_fatal_event_takes_the_appliance_down(tmp_path: Path) -> None:
         b"processname:docxy groupname:docxy from_state:BACKOFF",
     )
     assert fatal == (-signal.SIGTERM, True)
+
+
+def answering_mirror() -> http.server.ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.82 (a port below 10000) that answers every request."""
+    for port in range(8230, 8330):  # bounded
+        try:
+            server = http.server.ThreadingHTTPServer(
+                ("127.0.0.82", port), http.server.BaseHTTPRequestHandler
+            )
+        except OSError:
+            continue
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+    raise AssertionError("no free port on 127.0.0.82 in 8230-8329")
+
+
+@pytest.mark.parametrize(
+    ("patience", "unreadable"), [("5m", True), ("-5", True), ("300s", True), ("08", False)]
+)
+def test_a_watchdog_setting_it_cannot_read_is_said_once(
+    tmp_path: Path, patience: str, unreadable: bool
+) -> None:
+    """DOCXY_WATCHDOG_SECONDS=5m (or 08, bash's octal) was an arithmetic error the watchdog
+    went on past, then died at its first tick (`every: unbound variable`): supervisord
+    started it again, a python start each time, every second or two for as long as the
+    container ran, and no hung mirror was ever restarted. It now says so once and keeps the
+    default, 300 s; 08 is 8 s."""
+    mirror = answering_mirror()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "DOCXY_SERVER_LISTEN": f"127.0.0.82:{mirror.server_address[1]}",
+        "DOCXY_RUN_DIR": str(tmp_path),
+        "DOCXY_WATCHDOG_SECONDS": patience,
+    }
+    watchdog = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "supervisor-watchdog.sh")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert watchdog.stdin is not None and watchdog.stdout is not None
+    try:
+        for serial in range(3):  # three TICK_5 events, as supervisord sends them
+            assert watchdog.stdout.readline() == b"READY\n", f"gone before tick {serial}"
+            payload = b"when:%d" % serial
+            header = b"ver:3.0 server:supervisor serial:%d pool:watchdog poolserial:%d" % (
+                serial,
+                serial,
+            )
+            watchdog.stdin.write(header + b" eventname:TICK_5 len:%d\n" % len(payload) + payload)
+            watchdog.stdin.flush()
+            assert watchdog.stdout.read(len(b"RESULT 2\nOK")) == b"RESULT 2\nOK"
+        assert watchdog.stdout.readline() == b"READY\n"
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait(timeout=15)
+        mirror.shutdown()
+        mirror.server_close()
+        assert watchdog.stderr is not None
+        said = watchdog.stderr.read().decode()
+        watchdog.stdout.close()
+        watchdog.stderr.close()
+    if unreadable:
+        assert said.count("DOCXY_WATCHDOG_SECONDS") == 1 and "300 instead" in said, said
+    else:
+        assert "DOCXY_WATCHDOG_SECONDS" not in said and "base" not in said, said
