@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import stat
+import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -1087,8 +1088,12 @@ class DiskBlobStore:
             for entry in list(self._index.values()):
                 if self._pins[entry.digest]:
                     continue
+                stop = threading.Event()
                 try:
-                    intact = await asyncio.to_thread(_hash_matches, entry)
+                    intact = await asyncio.to_thread(_hash_matches, entry, stop)
+                except asyncio.CancelledError:  # Ctrl-C: asyncio.run waits for the thread
+                    stop.set()
+                    raise
                 except FileNotFoundError:  # evicted or removed meanwhile (a live mirror's)
                     self._forget(entry)
                     gone += entry.size
@@ -1116,10 +1121,15 @@ class DiskBlobStore:
         )
 
 
-def _hash_matches(entry: BlobEntry) -> bool:
+def _hash_matches(entry: BlobEntry, stop: threading.Event) -> bool:
+    """Whether the blob's file hashes to its digest; False if ``stop`` is set meanwhile (its
+    caller was cancelled, and ``asyncio.run`` waits for this thread before it returns: a
+    Ctrl-C of ``docxy cache gc --verify`` waited out the hash of a whole large blob)."""
     hasher = entry.digest.hasher()
     with open(entry.path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
+            if stop.is_set():
+                return False  # not a verdict: nobody reads it
             hasher.update(chunk)
     return hasher.hexdigest() == entry.digest.hex
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -595,6 +596,54 @@ async def test_gc_removes_strays_old_temps_and_corrupt_blobs(tmp_path: Path) -> 
     assert tmp_files(store) == ["young"]  # may belong to a live server's fill
     assert store.lookup(corrupt) is None
     assert await read(store, good) == blob(100, 1)
+
+
+class SlowHasher:
+    """A digest's hasher that takes its time over each chunk, and counts them."""
+
+    def __init__(self, inner: Any, chunks: list[int], started: threading.Event) -> None:
+        self.inner, self.chunks, self.started = inner, chunks, started
+
+    def update(self, data: bytes) -> None:
+        self.chunks.append(len(data))
+        self.started.set()
+        time.sleep(0.005)
+        self.inner.update(data)
+
+    def hexdigest(self) -> str:
+        return str(self.inner.hexdigest())
+
+
+async def test_a_cancelled_gc_verify_stops_hashing_at_the_next_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C of ``docxy cache gc --verify`` cancelled its task, and ``asyncio.run`` then
+    waited for the worker thread to hash the whole blob it was on (76 s for 30 GiB): the
+    thread now stops at its next chunk."""
+    from docxy.cache import blobs as blobs_module
+
+    store = make_store(tmp_path)
+    await put(store, blob(1 << 20, 1))
+    monkeypatch.setattr(blobs_module, "READ_CHUNK", 4096)  # 256 chunks
+    chunks: list[int] = []
+    started, ended = threading.Event(), threading.Event()
+    real_hasher, real_hash = Digest.hasher, blobs_module._hash_matches
+    monkeypatch.setattr(Digest, "hasher", lambda d: SlowHasher(real_hasher(d), chunks, started))
+
+    def hashing(entry: Any, *stop: threading.Event) -> bool:
+        try:
+            return real_hash(entry, *stop)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(blobs_module, "_hash_matches", hashing)
+    gc_task = spawn("gc", store.gc(verify=True, evict=False))
+    assert await asyncio.to_thread(started.wait, GUARD)
+    gc_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gc_task
+    assert await asyncio.to_thread(ended.wait, GUARD)
+    assert len(chunks) < 128, len(chunks)  # not the whole blob
 
 
 async def test_gc_evicts_down_to_a_lowered_cap(tmp_path: Path) -> None:

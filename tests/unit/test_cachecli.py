@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -711,12 +712,12 @@ def test_gc_verify_goes_on_past_a_blob_the_live_mirror_evicted_meanwhile(
     evicted = cache.blob_path("busybox-l")
     real_hash = blobs_mod._hash_matches
 
-    def hash_while_the_mirror_evicts(entry: blobs_mod.BlobEntry) -> bool:
+    def hash_while_the_mirror_evicts(entry: blobs_mod.BlobEntry, stop: threading.Event) -> bool:
         if evicted.exists() and entry.path != evicted:
             trash = cache.root / "tmp" / "evicted-busybox-l"
             evicted.rename(trash)  # what the mirror's eviction does: off its name, then freed
             trash.unlink()
-        return real_hash(entry)
+        return real_hash(entry, stop)
 
     monkeypatch.setattr(blobs_mod, "_hash_matches", hash_while_the_mirror_evicts)
     code, out, err = run(capsys, cache, "gc", "--verify")
@@ -785,10 +786,10 @@ def test_gc_counts_as_freed_only_what_it_removed(
     assert evicted.stat().st_size == 1000
     real_hash = blobs_mod._hash_matches
 
-    def hash_while_the_mirror_evicts(entry: blobs_mod.BlobEntry) -> bool:
+    def hash_while_the_mirror_evicts(entry: blobs_mod.BlobEntry, stop: threading.Event) -> bool:
         if evicted.exists() and entry.path != evicted:
             _evict_as_the_mirror_does(cache, evicted)
-        return real_hash(entry)
+        return real_hash(entry, stop)
 
     monkeypatch.setattr(blobs_mod, "_hash_matches", hash_while_the_mirror_evicts)
     code, out, err = run(capsys, cache, "gc", "--verify")
