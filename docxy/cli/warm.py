@@ -39,6 +39,7 @@ from docxy.cli.options import ConfigLoader, add_config_arguments, seconds
 from docxy.core import jsondoc
 from docxy.core.challenge import bearer_challenge, parse_challenge, split_challenges
 from docxy.core.errors import ConfigError, DigestInvalid
+from docxy.core.headers import ACCEPT_IDENTITY
 from docxy.core.names import ImageRef, parse_image_ref
 
 USER_AGENT = f"docxy-warm/{__version__}"
@@ -366,7 +367,7 @@ class Warmer:
             _raise_for_status(response, path, self.client.auth)
             self._note_uncached(mirror_status(response))
             buffer = bytearray()
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_raw():  # the digest's bytes: see run()
                 buffer += chunk
                 if len(buffer) > MAX_MANIFEST:
                     raise WarmError(f"{path}: manifest larger than {human_size(MAX_MANIFEST)}")
@@ -423,7 +424,7 @@ class Warmer:
             if _sent_on_a_miss(status):
                 self._missed.append(digest)
                 cached = False  # not yet: once the mirror has it (_confirm_kept)
-            for chunk in response.iter_bytes(CHUNK):
+            for chunk in response.iter_raw(CHUNK):  # the digest's bytes: see run()
                 hasher.update(chunk)
                 done += len(chunk)
                 progress.update(done)
@@ -529,7 +530,10 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         auth=RegistryAuth(credentials),
         timeout=timeout,
         follow_redirects=True,
-        headers={"User-Agent": USER_AGENT},
+        # Identity, and bodies read raw: a digest names the bytes as stored. httpx asked for
+        # gzip and undid any Content-Encoding, so a layer its storage labels gzip (passed
+        # through uncached) was unzipped into other bytes and failed its check.
+        headers=dict([("User-Agent", USER_AGENT), ACCEPT_IDENTITY]),
     ) as client:
         return warm_all(Warmer(client, args.platform), images, sys.stdout)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import hashlib
 import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -77,6 +79,9 @@ class FakeRegistry:
         #: ``Cache-Status`` values for a blob's ``HEAD`` s, by digest, in turn (the last kept).
         self.head_status: dict[str, list[str]] = {}
         self.heads: list[str] = []
+        #: More headers sent with a blob's GET, by digest.
+        self.blob_headers: dict[str, dict[str, str]] = {}
+        self.requests: list[httpx.Request] = []
 
     def add_image(self, repo: str, tag: str, layers: list[bytes], arch: str = "amd64") -> str:
         config = json.dumps({"architecture": arch, "os": "linux"}).encode()
@@ -95,6 +100,7 @@ class FakeRegistry:
         return sha(body)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
         if request.url.path == "/token":
             self.token_requests.append(request)
             return httpx.Response(200, json={"token": "good-token"})
@@ -113,16 +119,16 @@ class FakeRegistry:
         if kind == "blobs" and ref in self.blobs:
             self.blob_gets.append(ref)
             status = {"Cache-Status": self.cache_status[ref]} if ref in self.cache_status else {}
-            return httpx.Response(
-                200, content=self.corrupt.get(ref, self.blobs[ref]), headers=status
-            )
+            body = self.corrupt.get(ref, self.blobs[ref])
+            headers = status | self.blob_headers.get(ref, {})
+            return httpx.Response(200, stream=httpx.ByteStream(body), headers=headers)
         found = self.manifests.get(f"{name}:{ref}")
         if kind == "manifests" and found is not None:
             body, media_type = found
             headers = {"Content-Type": media_type, "Docker-Content-Digest": sha(body)}
             if f"{name}:{ref}" in self.cache_status:
                 headers["Cache-Status"] = self.cache_status[f"{name}:{ref}"]
-            return httpx.Response(200, content=body, headers=headers)
+            return httpx.Response(200, stream=httpx.ByteStream(body), headers=headers)
         return httpx.Response(404, json={"errors": [{"code": "NOT_FOUND"}]})
 
 
@@ -155,6 +161,26 @@ def test_warm_gets_a_token_once_and_reads_every_blob(registry: FakeRegistry) -> 
     assert params["service"] == "svc"
     assert "authorization" not in registry.token_requests[0].headers
     assert progress.getvalue().count("ok\n") == 3
+
+
+def test_a_layer_its_storage_labels_gzip_is_checked_as_its_bytes(
+    registry: FakeRegistry, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """warm read bodies as httpx decodes them: a layer passed through with the
+    ``Content-Encoding: gzip`` its storage labels it with (S3 metadata) was unzipped into other
+    bytes and failed its digest check. It asks for identity and checks the bytes as sent."""
+    layer = gzip.compress(b"a layer's tar" * 1000)
+    registry.add_image("library/app", "1", [layer])
+    registry.blob_headers[sha(layer)] = {"Content-Encoding": "gzip"}
+    real_client = httpx.Client
+
+    def through_the_fake(**options: Any) -> httpx.Client:
+        return real_client(**options, transport=httpx.MockTransport(registry.handler))
+
+    monkeypatch.setattr(httpx, "Client", through_the_fake)
+    assert main(["warm", "--mirror", "http://mirror.test", "app:1"]) == 0, capsys.readouterr()
+    reads = [r for r in registry.requests if r.url.path.startswith("/v2/library/")]
+    assert reads and all(r.headers["accept-encoding"] == "identity" for r in reads)
 
 
 def test_credentials_go_to_the_token_service(registry: FakeRegistry) -> None:
@@ -296,9 +322,10 @@ def serve_over_loopback(registry: FakeRegistry) -> LoopbackServer:
             for name, value in answer.headers.multi_items():
                 if name != "content-length":
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer.content)))
+            body = answer.read()
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(answer.content)
+            self.wfile.write(body)
 
     server = LoopbackServer(Handler)
     server.start()
