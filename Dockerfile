@@ -37,13 +37,20 @@ COPY scripts/entrypoint.sh scripts/supervisord.conf scripts/supervisor-fatal.sh 
 # /setup.sh with its public URL filled in).
 COPY scripts/configure-client.sh /usr/share/docxy/
 #
-# - cap_net_bind_service=+ep on the interpreter (the xattr `setcap` writes; libcap's tool is not
-#   in every base): the non-root mirror may bind 80/443 with host networking too, where Docker's
-#   net.ipv4.ip_unprivileged_port_start=0 does not apply and the sysctl is refused.
+# - cap_net_bind_service=+ep (the xattr `setcap` writes; libcap's tool is not in every base) on a
+#   copy of the interpreter, /opt/docxy/netbind/python (a venv's: pyvenv.cfg is one level up):
+#   the non-root mirror may bind 80/443 with host networking too, where Docker's
+#   net.ipv4.ip_unprivileged_port_start=0 does not apply and the sysctl is refused. The
+#   entrypoint puts it first on PATH only where the container's bounding set holds the
+#   capability: the kernel refuses to exec a file granted one the set lacks, and with the xattr
+#   on the interpreter itself `cap_drop: [ALL]` started nothing ("python3: Operation not
+#   permitted").
 # - The image's `docxy` command runs the CLI through the entrypoint, under the mirror's settings.
 # - COPY keeps the modes of the checkout: one made under umask 027 or 077 (a hardened host) gave
 #   root-only scripts, and the non-root user could not exec the entrypoint ("permission denied").
-RUN python3 -c "import os, struct, sys; os.setxattr(os.path.realpath(sys.executable), \
+RUN mkdir /opt/docxy/netbind \
+    && python3 -c "import os, shutil, struct, sys; netbind = '/opt/docxy/netbind/python'; \
+        shutil.copy(os.path.realpath(sys.executable), netbind); os.setxattr(netbind, \
         'security.capability', struct.pack('<5I', 0x02000001, 1 << 10, 0, 0, 0))" \
     && chmod 0755 /usr/local/lib/docxy /usr/local/lib/docxy/*.sh /usr/share/docxy \
         /usr/share/docxy/configure-client.sh \

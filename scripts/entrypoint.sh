@@ -56,6 +56,23 @@ if [[ ! -e "${DOCXY_IF_INET6:-/proc/net/if_inet6}" ]]; then
   done
 fi
 
+# The image's interpreter that may bind ports below 1024 (Dockerfile: a copy beside the venv's
+# bin/), first on PATH only where this container's bounding set holds cap_net_bind_service: the
+# kernel refuses to exec a file granted a capability the set lacks (cap_drop: [ALL]).
+netbind="$(dirname "$(command -v python)")/../netbind"
+if [[ -x "$netbind/python" ]]; then
+  bounding=0
+  while IFS=$': \t' read -r key value _; do
+    if [[ "$key" == CapBnd && "$value" =~ ^[0-9a-fA-F]{1,16}$ ]]; then
+      bounding=$((16#$value))
+    fi
+  done </proc/self/status
+  if (((bounding >> 10) & 1)); then
+    PATH="$(cd "$netbind" && pwd):$PATH"
+    export PATH
+  fi
+fi
+
 if (($# > 0)); then
   exec "$@"
 fi

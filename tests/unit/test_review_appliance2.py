@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -279,3 +280,50 @@ def test_a_watchdog_setting_it_cannot_read_is_said_once(
         assert said.count("DOCXY_WATCHDOG_SECONDS") == 1 and "300 instead" in said, said
     else:
         assert "DOCXY_WATCHDOG_SECONDS" not in said and "base" not in said, said
+
+
+#: cap_net_bind_service=+ep as `setcap` writes it (VFS_CAP_REVISION_2 | effective, bit 10)
+NET_BIND_XATTR = struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0)
+
+
+def test_the_capability_is_on_a_copy_of_the_interpreter_not_on_it() -> None:
+    """The Dockerfile gave the interpreter itself cap_net_bind_service=+ep, and every process
+    of the appliance runs it: under `cap_drop: [ALL]` (or any bounding set without that
+    capability) the kernel refuses to exec such a file, so nothing started ("python3:
+    Operation not permitted", reproduced in a private dockerd with --cap-drop ALL). The
+    capability is on a copy beside the venv's bin/, which the entrypoint picks when it may."""
+    dockerfile = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
+    (run,) = [line for line in dockerfile.splitlines() if "security.capability" in line]
+    assert "netbind = '/opt/docxy/netbind/python'" in run
+    assert "os.setxattr(netbind," in run
+    assert "setxattr(os.path.realpath(sys.executable)" not in run
+
+
+@pytest.mark.parametrize("dropped", [False, True])
+def test_the_entrypoint_takes_the_capable_python_only_where_it_may(
+    tmp_path: Path, dropped: bool
+) -> None:
+    """With cap_net_bind_service in the bounding set the entrypoint puts the capable copy
+    first on PATH (a mirror on host networking binds 80 and 443 as docxy); without it (setpriv
+    drops it here, as `cap_drop: [ALL]` does), the plain interpreter, which still runs."""
+    need_binary("setpriv")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / "netbind").mkdir()
+    capable = venv / "netbind" / "python"
+    shutil.copy(os.path.realpath(sys.executable), capable)
+    try:
+        os.setxattr(capable, "security.capability", NET_BIND_XATTR)
+    except OSError as exc:
+        pytest.skip(f"cannot grant a file capability here: {exc}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env |= {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "DOCXY_RUN_DIR": str(tmp_path)}
+    drop = ["--bounding-set", "-net_bind_service"] if dropped else []
+    entrypoint = str(REPO / "scripts" / "entrypoint.sh")
+    ran = subprocess.run(
+        ["setpriv", *drop, "bash", entrypoint, "python", "-c", "import sys; print(sys.executable)"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == str(venv / ("bin" if dropped else "netbind") / "python")
