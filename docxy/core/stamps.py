@@ -31,14 +31,22 @@ def utc_stamp(when: float | dt.datetime | None) -> str | None:
 
 def aware(text: object) -> dt.datetime | None:
     """``text`` read as an ISO 8601 time with an offset (``utc_stamp``'s, or
-    ``2026-12-01T10:14:00.123456+00:00``); None for anything else."""
+    ``2026-12-01T10:14:00.123456+00:00``); None for anything else, a time UTC cannot hold too
+    (``0001-01-01T00:00:00+05:00``: told in UTC it raised OverflowError, and a renewer status
+    file holding one made ``/health``, ``/metrics`` and the status page answer 500)."""
     if not isinstance(text, str):
         return None
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
-    return None if when.tzinfo is None else when
+    if when.tzinfo is None:
+        return None
+    try:
+        when.astimezone(dt.UTC)
+    except OverflowError:
+        return None
+    return when
 
 
 def restamped(text: object) -> object:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from docxy.core.stamps import restamped, utc_stamp
+from docxy.core.stamps import aware, restamped, utc_stamp
 from docxy.tls.certs import renewal_status
 
 PARIS = dt.timezone(dt.timedelta(hours=1))
@@ -70,3 +70,13 @@ def test_health_shows_the_renewers_times_as_its_others(tmp_path: Path) -> None:
         "set_aside": {"at": "2026-11-28T21:59:00Z", "reason": "r", "moved_to": "/x"},
         "certificate": {"not_after": "2027-02-28T10:00:00Z", "serial": "ab"},
     }
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"])
+def test_a_renewer_time_utc_cannot_hold_is_shown_as_written(tmp_path: Path, text: str) -> None:
+    """A status file time whose offset puts it before year 1 or after 9999 in UTC raised
+    OverflowError where /health, /metrics and the status page read the renewer's status: all
+    four answered 500. It is no time to tell in UTC: shown as written, as other text is."""
+    assert aware(text) is None
+    (tmp_path / "status.json").write_text(json.dumps({"last_run": text, "failures": 1}))
+    assert renewal_status(tmp_path) == {"last_run": text, "failures": 1}
