@@ -233,7 +233,7 @@ async def test_a_stop_with_a_request_head_half_sent_ends_at_once(
     config = Config()
     config.bind = [f"{HOST}:{port}"]
     config.accesslog = None
-    config.graceful_timeout = 5
+    config.graceful_timeout = 20  # far past the bound below: a loaded machine does not fail it
     setattr(config, "edge", ConnectionGuard(max_connections=10, send_timeout=30))  # noqa: B010
     stop = asyncio.Event()
     task = spawn("test-server", serve(small_answers, config, shutdown_trigger=stop.wait))
@@ -249,7 +249,7 @@ async def test_a_stop_with_a_request_head_half_sent_ends_at_once(
         started = asyncio.get_running_loop().time()
         stop.set()
         await asyncio.wait_for(task, GUARD)
-        assert asyncio.get_running_loop().time() - started < 2.0
+        assert asyncio.get_running_loop().time() - started < 10.0
         assert not [r for r in caplog.records if r.levelname == "ERROR"]
     finally:
         client.close()
