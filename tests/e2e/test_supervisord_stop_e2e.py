@@ -50,7 +50,7 @@ def stubborn_conf(tmp_path: Path) -> Path:
         r"^command=python -m (docxy|scheduler)\b.*$", "command=" + STUBBORN, text, flags=re.M
     )
     text, listeners = re.subn(
-        r"^command=%\(ENV_DOCXY_SCRIPTS_DIR\)s/supervisor-\w+\.sh$",
+        r'^command="?%\(ENV_DOCXY_SCRIPTS_DIR\)s/supervisor-\w+\.sh"?$',  # quoted: 2cf6c97
         f"command={listener}",
         text,
         flags=re.M,
