@@ -20,7 +20,7 @@ import pytest
 
 from docxy.core.challenge import Challenge, bearer_challenge, rewrite_challenges
 from tests.scriptbox import REPO
-from tests.unavailable import need_binary
+from tests.unavailable import need_binary, skip_or_fail
 
 
 def compose_environment(tmp_path: Path, compose_file: str, env_text: str) -> dict[str, str]:
@@ -316,7 +316,7 @@ def test_the_entrypoint_takes_the_capable_python_only_where_it_may(
     try:
         os.setxattr(capable, "security.capability", NET_BIND_XATTR)
     except OSError as exc:
-        pytest.skip(f"cannot grant a file capability here: {exc}")
+        skip_or_fail(f"cannot grant a file capability here: {exc}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
     env |= {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "DOCXY_RUN_DIR": str(tmp_path)}
     drop = ["--bounding-set", "-net_bind_service"] if dropped else []
