@@ -19,7 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from docxy.core.stamps import utc_stamp
+from docxy.core.stamps import aware, utc_stamp
 from docxy.logs import log_to_stderr
 from docxy.tls.files import write_files_atomic
 from scheduler.settings import Settings
@@ -61,18 +61,15 @@ def _iso(when: dt.datetime | None) -> str | None:
 
 
 def _when(value: object) -> dt.datetime | None:
-    """An aware time written by :func:`_iso`; ValueError for anything else."""
+    """An aware time written by :func:`_iso`, in UTC; ValueError for anything else, a time UTC
+    cannot hold too (:func:`~docxy.core.stamps.aware`: one such in the status file crashed the
+    renewer at each start, in the log line of restore)."""
     if value is None:
         return None
-    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
-    if when is None or when.tzinfo is None:
+    when = aware(value)
+    if when is None:
         raise ValueError(f"not a time: {value!r}")
-    try:
-        # in UTC, as written: one with an offset that puts it beyond year 1 or 9999 raised
-        # OverflowError in the log line of restore, and the renewer died at each start
-        return when.astimezone(dt.UTC)
-    except OverflowError:
-        raise ValueError(f"not a time: {value!r}") from None
+    return when.astimezone(dt.UTC)
 
 
 @dataclass
