@@ -21,6 +21,7 @@ import pytest
 from docxy.core.challenge import Challenge, bearer_challenge, rewrite_challenges
 from tests.scriptbox import REPO
 from tests.unavailable import need_binary, skip_or_fail
+from tests.unit.test_watchdog_clock import start_watchdog
 
 
 def compose_environment(tmp_path: Path, compose_file: str, env_text: str) -> dict[str, str]:
@@ -242,18 +243,8 @@ def test_a_watchdog_setting_it_cannot_read_is_said_once(
     container ran, and no hung mirror was ever restarted. It now says so once and keeps the
     default, 300 s; 08 is 8 s."""
     mirror = answering_mirror()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
-    env |= {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        "PYTHONPATH": str(REPO),
-        "DOCXY_SERVER_LISTEN": f"127.0.0.82:{mirror.server_address[1]}",
-        "DOCXY_RUN_DIR": str(tmp_path),
-        "DOCXY_WATCHDOG_SECONDS": patience,
-    }
-    watchdog = subprocess.Popen(
-        ["bash", str(REPO / "scripts" / "supervisor-watchdog.sh")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
+    listen = f"127.0.0.82:{mirror.server_address[1]}"
+    watchdog = start_watchdog(tmp_path, listen, patience)
     assert watchdog.stdin is not None and watchdog.stdout is not None
     try:
         for serial in range(3):  # three TICK_5 events, as supervisord sends them

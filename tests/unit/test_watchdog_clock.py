@@ -19,6 +19,33 @@ REPO = Path(__file__).resolve().parents[2]
 PATIENCE = 2  # DOCXY_WATCHDOG_SECONDS: probes every 2 s, a restart after 2 s unanswered
 
 
+def start_watchdog(
+    tmp_path: Path,
+    listen: str,
+    patience: str,
+    *,
+    first: Path | None = None,
+    stderr: int | None = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """scripts/supervisor-watchdog.sh as supervisord starts it, for a mirror on ``listen``
+    (``DOCXY_SERVER_LISTEN``), with this ``DOCXY_WATCHDOG_SECONDS``; ``first``: a directory of
+    stand-in tools put first on PATH. Its stdin and stdout are the event protocol's pipes;
+    ``stderr=None``: its messages go to the test's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    path = [*([str(first)] if first else []), str(Path(sys.executable).parent), env["PATH"]]
+    env |= {
+        "PATH": os.pathsep.join(path),
+        "PYTHONPATH": str(REPO),
+        "DOCXY_SERVER_LISTEN": listen,
+        "DOCXY_RUN_DIR": str(tmp_path),
+        "DOCXY_WATCHDOG_SECONDS": patience,
+    }
+    return subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "supervisor-watchdog.sh")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env,
+    )  # fmt: skip
+
+
 def test_a_wall_clock_stepped_back_does_not_stop_the_watchdog(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -32,20 +59,8 @@ def test_a_wall_clock_stepped_back_does_not_stop_the_watchdog(tmp_path: Path) ->
     port = free_port()
     mirror = http.server.ThreadingHTTPServer((LOOPBACK, port), http.server.BaseHTTPRequestHandler)
     threading.Thread(target=mirror.serve_forever, daemon=True).start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
-    env |= {
-        "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        "PYTHONPATH": str(REPO),
-        "DOCXY_SERVER_LISTEN": f"{LOOPBACK}:{port}",
-        "DOCXY_RUN_DIR": str(tmp_path),
-        "DOCXY_WATCHDOG_SECONDS": str(PATIENCE),
-    }
-    watchdog = subprocess.Popen(
-        ["bash", str(REPO / "scripts" / "supervisor-watchdog.sh")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-    )
+    listen = f"{LOOPBACK}:{port}"
+    watchdog = start_watchdog(tmp_path, listen, str(PATIENCE), first=bin_dir, stderr=None)
     assert watchdog.stdin is not None and watchdog.stdout is not None
 
     def tick() -> None:  # one TICK_5 event, as supervisord sends it
