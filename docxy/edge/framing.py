@@ -99,10 +99,21 @@ class H11Answered(H11Protocol):
         return isinstance(scope, dict) and scope.get("method") == "HEAD"
 
 
+#: hypercorn's own methods :class:`H11Answered` overrides or calls (none of them public).
+RELIED_ON = ("_send_error_response", "_send_h11_event")
+
+
 def install() -> None:
     """Make hypercorn serve HTTP/1.1 with :class:`H11Answered` (it names the class it serves a
-    connection with in ``hypercorn.protocol``, with no setting for it)."""
+    connection with in ``hypercorn.protocol``, with no setting for it). Refuses to start on a
+    hypercorn that no longer has what the subclass relies on: a renamed method would otherwise
+    bring the bodiless answers back without a word."""
     ours = (H11Protocol, H11Answered)
     if getattr(hypercorn.protocol, "H11Protocol", None) not in ours:
         raise RuntimeError("hypercorn.protocol no longer names H11Protocol: update docxy.edge")
+    missing = [name for name in RELIED_ON if not callable(getattr(H11Protocol, name, None))]
+    if missing:
+        raise RuntimeError(
+            f"hypercorn's H11Protocol has no {', '.join(missing)}: update docxy.edge"
+        )
     setattr(hypercorn.protocol, "H11Protocol", H11Answered)  # noqa: B010 - not a public name

@@ -254,3 +254,16 @@ async def test_a_stop_with_a_request_head_half_sent_ends_at_once(
     finally:
         client.close()
         stop.set()
+
+
+@pytest.mark.parametrize("name", framing.RELIED_ON)
+def test_install_refuses_a_hypercorn_without_a_method_the_subclass_relies_on(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hypercorn.protocol.h11 import H11Protocol
+
+    before = getattr(hypercorn.protocol, "H11Protocol")  # noqa: B009 - not exported
+    monkeypatch.delattr(H11Protocol, name)
+    with pytest.raises(RuntimeError, match=name):
+        framing.install()
+    assert getattr(hypercorn.protocol, "H11Protocol") is before  # noqa: B009 - left as it was
