@@ -67,6 +67,14 @@ ORPHAN_AGE = 3600.0
 REFUSED_RETRY = 600.0
 
 
+class NotKept(enum.Enum):
+    """Why a manifest fetched just now is not cached (:attr:`CachedManifest.not_kept`)."""
+
+    UNWRITABLE = "cache-unwritable"  # its disk refused the write (full, read-only)
+    #: An eviction took it out of the cache while its files were written (deleted once written).
+    EVICTED = "evicted"
+
+
 @dataclass(frozen=True, slots=True)
 class CachedManifest:
     digest: Digest
@@ -74,8 +82,13 @@ class CachedManifest:
     content: bytes
     #: How this manifest is known in the repository it was asked for (None: never seen there).
     visibility: Visibility | None
-    #: False: fetched just now, and the cache could not keep it (its disk refused the write).
-    kept: bool = True
+    #: Fetched just now, and the cache did not keep it: why (None: kept, or read from cache).
+    not_kept: NotKept | None = None
+
+    @property
+    def kept(self) -> bool:
+        """False: fetched just now, and not cached (:attr:`not_kept` says why)."""
+        return self.not_kept is None
 
 
 class TagState(enum.Enum):
@@ -299,7 +312,9 @@ class ManifestStore:
 
         ``digest`` (the one asked for, or the upstream's Docker-Content-Digest) must match the
         content, else :class:`DigestMismatch` and nothing is stored. A disk that refuses the
-        write (full, read-only) does not fail the pull: the manifest is returned, not kept.
+        write (full, read-only) does not fail the pull: the manifest is returned, not kept; so
+        is one an eviction took while it was written (:attr:`CachedManifest.not_kept` says
+        which).
         """
         actual = digest_of(content, digest.algorithm if digest else "sha256")
         if digest is not None and actual != digest:
@@ -324,23 +339,25 @@ class ManifestStore:
             kept = await asyncio.to_thread(self._on_disk, key)
             if not kept:  # not cached before either
                 self._or_later(lambda: self._not_cached(key))
-            return CachedManifest(actual, media_type, content, Visibility(repo, public), kept)
+            why = None if kept else NotKept.UNWRITABLE
+            return CachedManifest(actual, media_type, content, Visibility(repo, public), why)
         if self._in_memory() and key not in self._catalogue():  # evicted while written
-            await self._delete_stored(key)
-            return CachedManifest(actual, media_type, content, visibility)
+            why = None if await self._delete_stored(key) else NotKept.EVICTED
+            return CachedManifest(actual, media_type, content, visibility, why)
         if visibility is not None:
             hashed, seen_public = repo.hashed(), visibility.public
             self._or_later(lambda: self._note_seen(key, hashed, seen_public))
         return CachedManifest(actual, media_type, content, visibility)
 
-    async def _delete_stored(self, key: ImageKey) -> None:
+    async def _delete_stored(self, key: ImageKey) -> bool:
         """Delete the files :meth:`put` just wrote of manifest ``key``, which an eviction (or a
         blob found gone) took out of the catalogue while they were written: its delete found
         none of them yet, and left behind, they would be offered again at the next start,
-        without the blobs deleted since. A pull storing it again meanwhile keeps them."""
+        without the blobs deleted since. A pull storing it again meanwhile keeps them: then
+        True (it is cached after all), else False (not cached, even if the disk kept them)."""
         await self._deleted(key)
         if key in self._catalogue():
-            return
+            return True
         deleting = self._deleting_in_thread(
             "cache: delete a manifest evicted while stored",
             _refused(partial(self._delete, [key], {})),
@@ -351,6 +368,9 @@ class ManifestStore:
             log.warning(
                 "cache: cannot delete manifest %s, evicted while stored: %s", key.digest, refused
             )
+        else:
+            log.info("cache: manifest %s was evicted while stored; served uncached", key.digest)
+        return False
 
     def _blobs_under(self, upstream: str, content: bytes) -> set[Digest]:
         """The blobs manifest ``content`` needs, and those of the cached manifests below it

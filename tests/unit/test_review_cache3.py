@@ -1,0 +1,101 @@
+"""Review of the manifest store and eviction (third pass): a manifest evicted while it was
+written is said not kept, why; reading the refused deletes writes nothing; an index stored
+while a plan was made is never evicted by it; a refused delete of a blob's images puts back
+what it did not delete."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docxy.cache import Cache, ImageKey, ManifestStore, RepoKey, open_cache
+from docxy.cache import manifests as manifests_module
+from docxy.cache.files import unlink_quietly
+from docxy.cache.manifests import NotKept
+from docxy.core.digests import Digest
+from docxy.tasks import spawn
+from tests.unit.held import hold
+from tests.unit.test_cache_blobs import GUARD
+from tests.unit.test_cache_eviction import cached_image, layer, manifest
+
+CAP = 1000
+OCI = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Cache:
+    return open_cache(tmp_path / "cache", max_size=CAP, tag_ttl=300)
+
+
+def key_of(cache: Cache, repo: RepoKey, tag: str = "latest") -> ImageKey:
+    entry = next(t for t in cache.manifests.list_tags() if t.repo == repo and t.tag == tag)
+    upstream = next(iter(cache.manifests.images())).key.upstream
+    return ImageKey(upstream, entry.digest)
+
+
+def index_of(*children: Digest) -> bytes:
+    platforms = [{"mediaType": OCI, "digest": str(child), "size": 1} for child in children]
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": platforms}).encode()
+
+
+def refuse(monkeypatch: pytest.MonkeyPatch, *kept: Path) -> None:
+    """The disk refuses to delete the files ``kept`` (another owner's); every other goes."""
+    unlink = unlink_quietly
+
+    def refusing(path: Path) -> None:
+        if path in kept:
+            raise OSError(errno.EACCES, "Permission denied", str(path))
+        unlink(path)
+
+    monkeypatch.setattr(manifests_module, "unlink_quietly", refusing)
+
+
+# --- 1. a manifest evicted while it was written is not kept, and says why ---------------------
+
+
+async def test_a_manifest_evicted_while_written_is_not_kept_and_says_evicted(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """put deleted such a manifest once written (581b509) but said it kept it: the response's
+    Cache-Status and the access log said stored, and ``docxy warm`` counted it warmed."""
+    layers = [layer("cfg", 10), layer("l")]
+    repo = await cached_image(cache, "team/multi", layers)
+    await cache.manifests.loaded()
+    platform = key_of(cache, repo)
+    writing = hold(monkeypatch, ManifestStore, "_write_manifest")
+    storing = spawn(
+        "storing", cache.manifests.put(repo, index_of(platform.digest), OCI_INDEX, public=True)
+    )
+    assert await asyncio.to_thread(writing.entered.wait, GUARD)
+    await cache.manifests.evict_images([platform])  # the platform, and the index above it
+    writing.release.set()
+    stored = await asyncio.wait_for(storing, GUARD)
+    assert not cache.manifests._content_path(repo.upstream, stored.digest).exists()
+    assert stored.kept is False
+    assert stored.not_kept is NotKept.EVICTED  # not the disk's fault (cache-unwritable)
+
+
+async def test_a_manifest_the_disk_refused_is_not_kept_as_unwritable(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*_: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ManifestStore, "_write_manifest", refused)
+    stored = await cache.manifests.put(
+        RepoKey("registry.test", "a/b"), manifest([b"c"]), OCI, public=True
+    )
+    assert stored.kept is False and stored.not_kept is NotKept.UNWRITABLE
+
+
+async def test_a_manifest_stored_is_kept(cache: Cache) -> None:
+    stored = await cache.manifests.put(
+        RepoKey("registry.test", "a/b"), manifest([b"c"]), OCI, public=True
+    )
+    assert stored.kept is True and stored.not_kept is None
