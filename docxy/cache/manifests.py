@@ -719,10 +719,8 @@ class ManifestStore:
         refused (see :meth:`evict_images`) in the last :data:`REFUSED_RETRY` seconds, and the
         manifests below them (forgetting a child forgets the indexes above it)."""
         now = self._clock()
-        for key, refused_at in list(self._undeletable.items()):
-            if not 0 <= now - refused_at < REFUSED_RETRY:  # a clock set back: expired too
-                del self._undeletable[key]
-        return below(set(self._undeletable), self._catalogue())
+        refused = [key for key, when in self._undeletable.items() if _refused_lately(now, when)]
+        return below(refused, self._catalogue())
 
     def needed(self, digest: Digest) -> bool:
         """Whether a cached image needs blob ``digest``."""
@@ -781,12 +779,21 @@ class ManifestStore:
         if refused is not None:  # raised here, not by the task (a "crashed" traceback)
             left = [key for key in gone if key not in deleted]
             if left:  # the first was refused; the rest were not tried
-                self._undeletable[left[0]] = self._clock()
+                self._refused_delete(left[0])
             kept = {key: before[key] for key in left if key in before}
             self._offer_again(
                 kept, {path: key for path, key in pointers.items() if key in kept}, seen
             )
             raise refused
+
+    def _refused_delete(self, key: ImageKey) -> None:
+        """Note that the disk refused to delete manifest ``key`` now (see :meth:`undeletable`),
+        dropping the notes of earlier refusals that expired: read, they change nothing."""
+        now = self._clock()
+        for old, when in list(self._undeletable.items()):
+            if not _refused_lately(now, when):
+                del self._undeletable[old]
+        self._undeletable[key] = now
 
     def _offer_again(
         self,
@@ -979,6 +986,12 @@ async def _refused(delete: Callable[[], None]) -> OSError | None:
     except OSError as exc:
         return exc
     return None
+
+
+def _refused_lately(now: float, refused_at: float) -> bool:
+    """Whether a delete refused at ``refused_at`` is left alone still (a clock set back since
+    the refusal: no longer)."""
+    return 0 <= now - refused_at < REFUSED_RETRY
 
 
 def _written_before(paths: Iterable[Path], cutoff: float) -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,39 @@ async def test_a_manifest_stored_is_kept(cache: Cache) -> None:
         RepoKey("registry.test", "a/b"), manifest([b"c"]), OCI, public=True
     )
     assert stored.kept is True and stored.not_kept is None
+
+
+# --- 2. refused deletes: reading them writes nothing, and they expire --------------------------
+
+
+async def test_refused_deletes_expire_after_refused_retry_and_reading_them_changes_nothing(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused delete leaves its image out of evictions for ``REFUSED_RETRY`` seconds (a
+    clock set back ends it too); reading them prunes nothing, recording one prunes those
+    expired."""
+    repos = [
+        await cached_image(cache, f"team/img{n}", [layer(f"cfg-{n}", 10), layer(f"l-{n}", 90)])
+        for n in range(2)
+    ]
+    now = [time.time()]
+    monkeypatch.setattr(cache.manifests, "_clock", lambda: now[0])
+    keys = [key_of(cache, repo) for repo in repos]
+    refuse(monkeypatch, *(cache.manifests._key_path(key) for key in keys))
+    with pytest.raises(OSError):
+        await cache.manifests.evict_images([keys[0]])
+    assert cache.manifests.undeletable() == {keys[0]}
+    now[0] += manifests_module.REFUSED_RETRY - 1
+    assert cache.manifests.undeletable() == {keys[0]}
+    recorded = dict(cache.manifests._undeletable)
+    now[0] += 2
+    assert cache.manifests.undeletable() == set()  # expired: tried again by the next eviction
+    assert cache.manifests._undeletable == recorded  # ...and reading it wrote nothing
+    now[0] -= 10 * manifests_module.REFUSED_RETRY  # a clock set back: expired too
+    assert cache.manifests.undeletable() == set()
+    assert cache.manifests._undeletable == recorded
+    now[0] += 10 * manifests_module.REFUSED_RETRY
+    with pytest.raises(OSError):  # another refusal: the expired note goes
+        await cache.manifests.evict_images([keys[1]])
+    assert cache.manifests.undeletable() == {keys[1]}
+    assert cache.manifests._undeletable == {keys[1]: now[0]}
