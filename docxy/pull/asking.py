@@ -9,14 +9,33 @@ from collections.abc import Sequence
 import httpx
 
 from docxy.core.errors import UpstreamUnavailable
+from docxy.core.headers import kept_retry_after
 from docxy.pull.outcome import Pull
 from docxy.upstream.client import SERVER_TROUBLE, UpstreamClient, same_origin
 
 
-def raise_for_trouble(status: int) -> None:
-    """A 429 or 5xx: the upstream cannot say now (never taken for its answer)."""
-    if status in SERVER_TROUBLE:
-        raise UpstreamUnavailable(f"the upstream answered {status}")
+class UpstreamTrouble(UpstreamUnavailable):
+    """The upstream answered a question of the mirror's 429 or 5xx: it cannot say now. A client
+    that gets this error hears what a relayed answer would tell it
+    (:func:`~docxy.http.responses.relay`): the upstream's status and its ``Retry-After``, so
+    that it retries when the upstream asked, not at once on a ``502``."""
+
+    def __init__(self, answer: httpx.Response) -> None:
+        status = answer.status_code
+        super().__init__(f"the upstream answered {status}", status=status)
+        if status == 429:
+            self.code = "TOOMANYREQUESTS"
+        self.retry_after = kept_retry_after(answer.headers.multi_items())
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers(), *self.retry_after]
+
+
+def raise_for_trouble(answer: httpx.Response) -> None:
+    """A 429 or 5xx: the upstream cannot say now (never taken for its answer):
+    :class:`UpstreamTrouble`."""
+    if answer.status_code in SERVER_TROUBLE:
+        raise UpstreamTrouble(answer)
 
 
 async def head_as_client(
@@ -31,7 +50,7 @@ async def head_as_client(
     headers = [*extra, ("Authorization", pull.authorization)]
     answer = await client.send(pull.upstream, "HEAD", pull.upstream.url(pull.path), headers)
     await answer.aclose()
-    raise_for_trouble(answer.status_code)
+    raise_for_trouble(answer)
     return answer
 
 

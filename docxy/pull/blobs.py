@@ -15,7 +15,9 @@ A cached blob is served under a repository only once the mirror knows that repos
 (``docxy.cache.pairings``); an unknown pairing is first confirmed by a free upstream ``HEAD``
 — with the mirror's token, then with the client's own credentials, which serves content
 private to that client from the cache without sharing it. Unconfirmed, the request passes
-through (the client sees the upstream's own answer); with the upstream down, it fails.
+through (the client sees the upstream's own answer); with the upstream down, it fails: a HEAD
+answered 429 or 5xx with the upstream's status and ``Retry-After``, as a relayed answer would
+(:class:`~docxy.pull.asking.UpstreamTrouble`).
 
 With a shared tier (``docxy.shared``) a fill reads the blob from the object store when it is
 there, else from the upstream, and a blob filled from the upstream is uploaded afterwards. A
@@ -184,7 +186,8 @@ class BlobService:
     async def _held(self, pull: Pull, digest: Digest) -> Source | PassThrough:
         """Whether the pull's repository holds ``digest``: known (HIT), or confirmed upstream
         just now (REVALIDATED), or not (a pass-through). Raises :class:`UpstreamError` when
-        the upstream cannot say (down, 429/5xx): an unknown pairing is never served blind."""
+        the upstream cannot say (down; 429/5xx: :class:`~docxy.pull.asking.UpstreamTrouble`,
+        which tells the client when to retry): an unknown pairing is never served blind."""
         repo = RepoKey(pull.upstream.host, pull.name)
         if self.pairings.manifests is not None:  # still read at start-up: wait off the loop
             await self.pairings.manifests.loaded()
@@ -193,7 +196,7 @@ class BlobService:
         if not self.tokens.refused(pull.upstream, pull.name):
             answer = await self.tokens.send(pull.upstream, "HEAD", pull.name, pull.path)
             await answer.aclose()
-            raise_for_trouble(answer.status_code)
+            raise_for_trouble(answer)
             if answer.status_code == 200:
                 self.pairings.confirm(repo, digest, public=True)
                 return Source.REVALIDATED

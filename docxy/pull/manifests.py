@@ -366,7 +366,7 @@ class ManifestService:
         headers = [("Accept", ACCEPT_ALL), ACCEPT_IDENTITY]
         answer = await self.tokens.send(pull.upstream, "HEAD", repo.repo, path, headers)
         await answer.aclose()
-        raise_for_trouble(answer.status_code)
+        raise_for_trouble(answer)
         self._note_refusal(pull, answer)
         if answer.status_code == 404 and tag is not None:
             await self._gone(repo, tag)
@@ -436,7 +436,7 @@ class ManifestService:
             pull.upstream, "GET", repo.repo, path, [("Accept", ACCEPT_ALL)]
         )
         body = await read_small(answer)
-        raise_for_trouble(answer.status_code)
+        raise_for_trouble(answer)
         self._note_refusal(pull, answer)
         if answer.status_code == 404 and digest is None:
             await self._gone(repo, str(pull.reference.tag))
