@@ -98,7 +98,8 @@ UNLINKED_GRACE = 1.0
 NO_ROOM_BACKOFF = 60.0
 #: Blobs remembered as having found no room, least recently seen forgotten first.
 NO_ROOM_MEMORY = 1024
-#: Plans made again when an image it would forget was pulled while it was being made.
+#: Plans made when an image it would forget was pulled (or an index above it stored) while
+#: the one before was being made.
 PLAN_ATTEMPTS = 3
 #: How the blobs a mirror deletes in a worker thread are named in ``tmp/`` meanwhile (evicted,
 #: unreadable): a command beside it leaves them to it (they keep the blob's old mtime).
@@ -878,15 +879,14 @@ class DiskBlobStore:
             pinned = frozenset(self._pins)
             plan, pulled = await asyncio.to_thread(_plan, blobs, images, need, pinned, kept)
             self.plans += 1
-            moved = (
-                {key for key, when in pulled.items() if catalog.pulled_at(key) != when}
-                if catalog is not None
-                else set()
-            )
+            # Images it forgets pulled, forgotten or stored meanwhile (an index stored since the
+            # snapshot above one of them, which forgetting that one would take along).
+            now = catalog.pulled_above(plan.images) if catalog is not None else {}
+            moved = {key for key in pulled.keys() | now.keys() if pulled.get(key) != now.get(key)}
             if moved and attempt < PLAN_ATTEMPTS:
-                continue  # an image it forgets was pulled meanwhile: plan again
-            if moved:  # the last plan: applied without those images
-                plan = _without(plan, images, moved)
+                continue  # plan again
+            if moved and catalog is not None:  # the last plan: applied without those images
+                plan = _without(plan, [*images, *catalog.images()], moved)
             if self._waiting and self._room() + plan.freed < min(self._waiting):
                 # No fill waiting for room would get it: forget no image for nothing.
                 log.info(
@@ -1155,8 +1155,10 @@ def _plan(
 
 
 def _without(plan: EvictionPlan, images: list[Image], moved: set[ImageKey]) -> EvictionPlan:
-    """``plan`` without the ``moved`` images (pulled while it was made), the manifests below
-    them (forgetting a child forgets its indexes), and the blobs they need."""
+    """``plan`` without the ``moved`` images (pulled or stored while it was made), the
+    manifests below them (forgetting a child forgets its indexes), and the blobs they need;
+    ``images``: the plan's snapshot, then the catalogue now (one stored meanwhile is not in
+    the snapshot; a later entry of a key wins)."""
     catalog = {image.key: image for image in images}
     kept = below(moved, catalog)
     needed = {digest for key in kept for digest in catalog[key].blobs}

@@ -79,8 +79,10 @@ class ImageCatalog(Protocol):
         """Images an eviction must leave alone (the disk refused to delete their files)."""
         ...
 
-    def pulled_at(self, key: ImageKey) -> float | None:
-        """When ``key`` was last pulled; None if it is not cached."""
+    def pulled_above(self, keys: Iterable[ImageKey]) -> dict[ImageKey, float]:
+        """Those of ``keys`` cached, with every cached index above them (transitively), each
+        with when it was last pulled: an eviction plan forgets all of them (an index goes with
+        its children), so one stored or pulled since the plan's snapshot must stop it."""
         ...
 
 

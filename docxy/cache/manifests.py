@@ -727,9 +727,12 @@ class ManifestStore:
         self._catalogue()
         return digest in self._holders
 
-    def pulled_at(self, key: ImageKey) -> float | None:
-        image = self._catalogue().get(key)
-        return None if image is None else image.last_pulled
+    def pulled_above(self, keys: Iterable[ImageKey]) -> dict[ImageKey, float]:
+        """``keys`` cached and the cached indexes above them → when each was last pulled (see
+        :meth:`ImageCatalog.pulled_above`)."""
+        images = self._catalogue()
+        found = self._with_indexes(keys)
+        return {key: images[key].last_pulled for key in found if key in images}
 
     def blob_visibility(self, repo: RepoKey, digest: Digest) -> Visibility | None:
         """How blob ``digest`` is known in ``repo``: through a cached manifest that needs it and

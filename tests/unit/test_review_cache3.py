@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,16 @@ from typing import Any
 import pytest
 
 from docxy.cache import Cache, ImageKey, ManifestStore, RepoKey, open_cache
+from docxy.cache import blobs as blobs_module
 from docxy.cache import manifests as manifests_module
 from docxy.cache.files import unlink_quietly
+from docxy.cache.images import plan_eviction
 from docxy.cache.manifests import NotKept
 from docxy.core.digests import Digest
 from docxy.tasks import spawn
 from tests.unit.held import hold
 from tests.unit.test_cache_blobs import GUARD
-from tests.unit.test_cache_eviction import cached_image, layer, manifest
+from tests.unit.test_cache_eviction import cached_image, layer, manifest, offered_whole
 
 CAP = 1000
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -136,3 +139,43 @@ async def test_refused_deletes_expire_after_refused_retry_and_reading_them_chang
         await cache.manifests.evict_images([keys[1]])
     assert cache.manifests.undeletable() == {keys[1]}
     assert cache.manifests._undeletable == {keys[1]: now[0]}
+
+
+# --- 3. an index stored while the plan was made is never evicted by it ------------------------
+
+
+@pytest.mark.parametrize("attempts", [1, blobs_module.PLAN_ATTEMPTS])
+async def test_an_index_stored_while_the_plan_is_made_is_not_evicted_by_it(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch, attempts: int
+) -> None:
+    """The plan forgets the least recently pulled platform manifest; a pull meanwhile stores a
+    new index above it (its client fetches the platform manifest next). The index was not in
+    the plan's snapshot, so nothing counted it pulled meanwhile: forgetting the platform took
+    it along, and its client's next request found neither."""
+    monkeypatch.setattr(blobs_module, "PLAN_ATTEMPTS", attempts)
+    planning, release = threading.Event(), threading.Event()
+    plans: list[bool] = []
+
+    def blocked(*args: Any) -> Any:
+        plans.append(True)
+        planning.set()
+        release.wait(GUARD)
+        return plan_eviction(*args)
+
+    monkeypatch.setattr(blobs_module, "plan_eviction", blocked)
+    old = await cached_image(cache, "team/old", [layer("cfg-o", 10), layer("l-o")])
+    mid = await cached_image(cache, "team/mid", [layer("cfg-m", 10), layer("l-m")])
+    await cached_image(cache, "team/new", [layer("cfg-n", 10), layer("l-n")])
+    await cache.manifests.loaded()
+    platform = key_of(cache, old)
+    evicting = spawn("evicting", cache.blobs._evict_to(600))  # one image must go
+    assert await asyncio.to_thread(planning.wait, GUARD)
+    index = await cache.manifests.put(old, index_of(platform.digest), OCI_INDEX, public=True)
+    await cache.manifests.set_tag(old, "multi", index.digest, public=True)
+    release.set()
+    await asyncio.wait_for(evicting, GUARD)
+    assert await offered_whole(cache, old, "multi") is True  # the index, its platform, blobs
+    assert await offered_whole(cache, old) is True
+    if attempts > 1:  # planned again, with the index: the next least recent went
+        assert await offered_whole(cache, mid) is None
+        assert len(plans) == 2
