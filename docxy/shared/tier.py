@@ -24,10 +24,12 @@
   counts; the endpoint, bucket and last error only on the admin listener's ``/status.json``).
   An upload the store refuses (a 4xx: a read-only key, an object too large) is counted and
   logged, but is no failure of the store: the tier goes on reading from it. One it answers
-  with trouble (a 5xx: a full drive's 507, a throttling 503; a 408 or 429) rests the uploads
-  alone for ``RETRY_AFTER`` seconds (what waited is dropped, one WARNING per burst): a store
-  that serves reads but takes no writes is read from all the while. An upload that got no
-  answer at all (unreachable, timed out) is the store in trouble, as above.
+  with trouble (a 5xx: a full drive's 507, a throttling 503; a 408 or 429; a 400
+  ``RequestTimeout``, a body that came too slowly) rests the uploads alone for
+  ``RETRY_AFTER`` seconds (what waited is dropped, one WARNING per burst; a repair is kept,
+  and goes once the rest is over): a store that serves reads but takes no writes is read
+  from all the while. An upload that got no answer at all (unreachable, timed out) is the
+  store in trouble, as above.
 """
 
 from __future__ import annotations
@@ -414,10 +416,18 @@ async def _started(answer: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]
         raise
 
 
+#: S3 error codes of a 4xx that says "not now", not "no": trouble that passes, as a 503
+#: ``SlowDown`` does. ``RequestTimeout`` (400): the body came too slowly (a busy link, a loaded
+#: store); ``OperationAborted`` (409): a conflicting operation on the key is under way.
+TRANSIENT_CODES = frozenset({"RequestTimeout", "OperationAborted"})
+
+
 def _refused(exc: ObjectStoreError) -> bool:
-    """A 4xx answer: the store is up and says no to this request (but 408 and 429: it is
-    slow or overloaded, which is trouble)."""
-    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429)
+    """A 4xx answer: the store is up and says no to this request (but 408 and 429, or an S3
+    code of :data:`TRANSIENT_CODES`: it is slow or overloaded, which is trouble)."""
+    if exc.status is None or not 400 <= exc.status < 500:
+        return False
+    return exc.status not in (408, 429) and exc.code not in TRANSIENT_CODES
 
 
 def open_tier(config: SharedConfig, blobs: DiskBlobStore, http: httpx.AsyncClient) -> SharedTier:
