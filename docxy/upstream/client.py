@@ -131,6 +131,11 @@ def clear_realm_remedy(realm: str) -> str:
     )
 
 
+class ProbeTrouble(UpstreamUnavailable):
+    """The upstream's ``/v2/`` answered a probe 429 or 5xx: trouble of its own, which says
+    nothing of its auth (the challenge it last answered with may well stand)."""
+
+
 @dataclass(slots=True)
 class UpstreamHealth:
     """What the mirror last saw of an upstream."""
@@ -547,7 +552,10 @@ class UpstreamClient:
         self.health_of(upstream).probed(response.status_code)
         if response.status_code not in (200, 401):
             # Not an answer about auth (429/5xx, odd 4xx): try again next time.
-            raise UpstreamUnavailable(f"the upstream answered {response.status_code} on /v2/")
+            said = f"the upstream answered {response.status_code} on /v2/"
+            if response.status_code in SERVER_TROUBLE:
+                raise ProbeTrouble(said)
+            raise UpstreamUnavailable(said)
         found = None
         if response.status_code == 401:  # the Bearer one, beside Basic or alone
             found = bearer_challenge(response.headers.get_list("www-authenticate"))
@@ -556,6 +564,11 @@ class UpstreamClient:
             self._open.add(upstream.host)
         self._realms[upstream.host] = (now, found)
         return found
+
+    def probed(self, upstream: Upstream) -> bool:
+        """Whether a ``/v2/`` probe of the upstream ever got an answer about its auth (200 or
+        401): :meth:`known_challenge` and :meth:`known_open` then say what it was."""
+        return upstream.host in self._realms
 
     def known_challenge(self, upstream: Upstream) -> Challenge | None:
         """The last challenge seen from the upstream, however old (for answering offline)."""

@@ -28,6 +28,7 @@ import httpx
 
 from docxy.core import jsondoc
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
+from docxy.core.challenge import Challenge
 from docxy.core.errors import (
     TokenServiceTimeout,
     UpstreamError,
@@ -38,6 +39,7 @@ from docxy.core.expiry import token_lifetime
 from docxy.core.hosts import url_host
 from docxy.tasks import Coalesced
 from docxy.upstream.client import (
+    ProbeTrouble,
     Upstream,
     UpstreamClient,
     clear_realm_remedy,
@@ -118,12 +120,12 @@ class MirrorTokens:
 
     async def headers(self, upstream: Upstream, repository: str) -> list[tuple[str, str]]:
         """``Authorization`` for the mirror's own requests to ``repository`` (maybe none)."""
-        challenge = await self.client.challenge(upstream)
+        key = (upstream.host, repository)
+        challenge = await self._challenge(upstream, key)
         if challenge is None:
             if upstream.credentials is not None:
                 return [("Authorization", basic_authorization(*upstream.credentials))]
             return []
-        key = (upstream.host, repository)
         cached = self._tokens.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return [("Authorization", f"Bearer {cached[1]}")]
@@ -132,6 +134,23 @@ class MirrorTokens:
             raise TokenRefused(denied[1])  # its answer stands a while: not asked again at once
         token = await self._shared_fetch(upstream, repository, challenge.service)
         return [("Authorization", f"Bearer {token}")]
+
+    async def _challenge(self, upstream: Upstream, key: tuple[str, str]) -> Challenge | None:
+        """The upstream's challenge (:meth:`UpstreamClient.challenge`, asked again past its
+        ``REALM_TTL``). A ``/v2/`` that answers that probe 429 or 5xx says nothing of its auth:
+        the answer last seen stands, until a probe succeeds, for a request it lets go on as it
+        is: one with a token the mirror holds for ``key`` now, or to an upstream without token
+        auth. One that needs a new token fails, as before (its trouble is the caller's)."""
+        try:
+            return await self.client.challenge(upstream)
+        except ProbeTrouble:
+            if not self.client.probed(upstream):
+                raise
+            known = self.client.known_challenge(upstream)
+            cached = self._tokens.get(key)
+            if known is not None and (cached is None or cached[0] <= time.monotonic()):
+                raise
+            return known
 
     @property
     def followers_joined(self) -> int:

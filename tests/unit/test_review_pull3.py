@@ -10,8 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from docxy.core.errors import UpstreamUnavailable
+from docxy.upstream.client import UpstreamClient
+from docxy.upstream.tokens import MirrorTokens
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_scoped_blobs import APP, Hub, blob_url, get, json_reply
+from tests.unit.test_upstream_tokens import CHALLENGE, UPSTREAM
 
 BLOB_PATH = "/v2/library/redis/blobs/sha256:" + "a" * 64
 
@@ -47,3 +51,76 @@ async def test_a_confirming_head_in_trouble_tells_the_client_when_to_retry(
     assert response.headers["Content-Type"] == "application/json"
     assert json.loads(body)["errors"][0]["code"] == code
     assert APP not in body
+
+
+# --- 2. the /v2/ re-probe in trouble while a token is held --------------------------------------
+
+
+class Flaky:
+    """A token registry whose ``/v2/`` answers ``ping`` (401 with its challenge, or trouble);
+    its token service counts what it issued; blobs are served to any token it issued, or to
+    anyone (``open``)."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.ping = 401
+        self.issued = 0
+        self.pings = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            self.issued += 1
+            return httpx.Response(200, json={"token": f"t{self.issued}", "expires_in": 3600})
+        if request.url.path == "/v2/":
+            self.pings += 1
+            return httpx.Response(self.ping, headers={"WWW-Authenticate": CHALLENGE})
+        if self.open or request.headers.get("authorization", "").startswith("Bearer t"):
+            return httpx.Response(200, content=b"blob")
+        return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+
+
+@pytest.mark.parametrize("trouble", [429, 500, 503])
+async def test_a_reprobe_in_trouble_does_not_fail_a_pull_with_a_held_token(
+    monkeypatch: pytest.MonkeyPatch, trouble: int
+) -> None:
+    """Past ``REALM_TTL`` the mirror's request asks ``/v2/`` again first; a 5xx (or 429) there
+    failed the request though the mirror held a token that the upstream still takes. A 5xx
+    says nothing of the upstream's auth: the challenge last seen stands, the token is used.
+    Without a token held nothing is known to go on with: that still fails, as does the health
+    probe's own look (its trouble is told)."""
+    monkeypatch.setattr("docxy.upstream.client.REALM_TTL", 0.0)  # every request re-probes
+    registry = Flaky()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
+        client = UpstreamClient(http)
+        tokens = MirrorTokens(client)
+        answer = await tokens.send(UPSTREAM, "GET", "library/redis", BLOB_PATH)
+        assert answer.status_code == 200
+        registry.ping = trouble
+        pings = registry.pings
+        answer = await tokens.send(UPSTREAM, "GET", "library/redis", BLOB_PATH)
+        assert answer.status_code == 200
+        assert answer.request.headers["authorization"] == "Bearer t1"
+        assert registry.pings == pings + 1  # asked: a probe that succeeds ends the trouble
+        assert registry.issued == 1
+        with pytest.raises(UpstreamUnavailable):  # no token for this one: nothing to go on
+            await tokens.send(UPSTREAM, "GET", "library/nginx", BLOB_PATH)
+        with pytest.raises(UpstreamUnavailable):  # the health probe hears of the trouble
+            await client.challenge(UPSTREAM, refresh=True)
+
+
+async def test_a_reprobe_in_trouble_does_not_fail_a_pull_from_an_open_upstream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same for an upstream without token auth (its ``/v2/`` answered 200): its requests
+    need nothing from the probe, and went on failing while ``/v2/`` was in trouble."""
+    monkeypatch.setattr("docxy.upstream.client.REALM_TTL", 0.0)
+    registry = Flaky()
+    registry.ping = 200
+    registry.open = True
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        assert (await tokens.send(UPSTREAM, "GET", "library/redis", BLOB_PATH)).status_code == 200
+        registry.ping = 503
+        answer = await tokens.send(UPSTREAM, "GET", "library/redis", BLOB_PATH)
+        assert answer.status_code == 200 and "authorization" not in answer.request.headers
+    assert registry.issued == 0
