@@ -1060,8 +1060,8 @@ class DiskBlobStore:
         delete its file and drop it from the index; returns the bytes that freed. In that
         order: cut short (the process killed between the two), the cache holds a blob no image
         needs (eviction's first pick), never an image whose blob is gone."""
-        if self.catalog is not None:
-            self.catalog.blob_gone(entry.digest)
+        if self.catalog is not None:  # raises if the disk keeps one: the blob stays too
+            self.catalog.blob_gone(entry.digest, present=True)
         freed = _size_removed(entry.path)
         self._forget(entry, planned=True)
         return freed

@@ -61,15 +61,19 @@ class ImageCatalog(Protocol):
 
     def images(self) -> list[Image]: ...
 
-    def forget_images(self, keys: Iterable[ImageKey]) -> None:
-        """Stop offering these images, and every index pointing at one of them."""
+    def forget_images(self, keys: Iterable[ImageKey], *, offer_kept: bool = True) -> None:
+        """Stop offering these images, and every index pointing at one of them; a delete the
+        disk refuses raises (``offer_kept``: the images not deleted offered again)."""
         ...
 
     async def evict_images(self, keys: Iterable[ImageKey]) -> None:
         """:meth:`forget_images`, the files deleted off the event loop."""
         ...
 
-    def blob_gone(self, digest: Digest) -> None: ...
+    def blob_gone(self, digest: Digest, *, present: bool = False) -> None:
+        """Forget the images needing blob ``digest`` (``present``: the caller deletes it after;
+        if this raises, it keeps it, and the images not deleted are offered again)."""
+        ...
 
     def needed(self, digest: Digest) -> bool:
         """Whether an image the cache still offers needs blob ``digest``."""

@@ -750,11 +750,24 @@ class ManifestStore:
                 found = Visibility(repo, public=False)
         return found
 
-    def forget_images(self, keys: Iterable[ImageKey]) -> None:
+    def forget_images(self, keys: Iterable[ImageKey], *, offer_kept: bool = True) -> None:
         """Drop these manifests, every index pointing at one of them, and the tags pointing at
         any of those: they are no longer offered, so a pull asks the upstream again (and fails
-        cleanly, at its first step, if it is down)."""
-        self._delete(*self._unoffer(keys))
+        cleanly, at its first step, if it is down). A delete the disk refuses raises (the
+        callers say so: the blob store in one WARNING, ``docxy cache`` in one line; neither
+        deletes a blob those images need); the images it did not delete are offered again, as
+        :meth:`evict_images` does, unless not ``offer_kept`` (a blob they need is gone: an
+        image is never offered without its blobs, and their files wait for the next start)."""
+        keys = list(keys)
+        put_back = self._put_back(keys)
+        gone, tags = self._unoffer(keys)
+        deleted: list[ImageKey] = []
+        try:
+            self._delete(gone, tags, deleted)
+        except OSError:
+            if offer_kept:
+                put_back(gone, deleted)
+            raise
 
     async def evict_images(self, keys: Iterable[ImageKey]) -> None:
         """:meth:`forget_images`, with the files deleted in a worker thread (slow on some file
@@ -765,10 +778,8 @@ class ManifestStore:
         as those files say, their tags untouched: the next eviction keeps the blobs they need
         (their files would bring them back at the next start, without those blobs), and leaves
         the one refused out (:meth:`undeletable`)."""
-        images = self._catalogue()
-        before = {key: images[key] for key in self._with_indexes(keys) if key in images}
-        pointers = {path: key for key in before for path in self._tags_of.get(key, ())}
-        seen = {key: self._seen[key] for key in before if key in self._seen}
+        keys = list(keys)
+        put_back = self._put_back(keys)
         gone, tags = self._unoffer(keys)
         if not gone:
             return
@@ -780,14 +791,32 @@ class ManifestStore:
         )
         refused = await asyncio.shield(deleting)  # cancelled, the thread deletes on: waited for
         if refused is not None:  # raised here, not by the task (a "crashed" traceback)
+            put_back(gone, deleted)
+            raise refused
+
+    def _put_back(
+        self, keys: Iterable[ImageKey]
+    ) -> Callable[[list[ImageKey], list[ImageKey]], None]:
+        """What :meth:`_unoffer` of ``keys`` is about to take out (the images, with the indexes
+        above them, their tag pointers and access records), to put back after a refused
+        delete: the function returned, given what it took out (``gone``) and what was deleted
+        of it, offers the others again and notes the first, the one refused (the rest were not
+        tried), as :meth:`undeletable`."""
+        images = self._catalogue()
+        before = {key: images[key] for key in self._with_indexes(keys) if key in images}
+        pointers = {path: key for key in before for path in self._tags_of.get(key, ())}
+        seen = {key: self._seen[key] for key in before if key in self._seen}
+
+        def put_back(gone: list[ImageKey], deleted: list[ImageKey]) -> None:
             left = [key for key in gone if key not in deleted]
-            if left:  # the first was refused; the rest were not tried
+            if left:
                 self._refused_delete(left[0])
             kept = {key: before[key] for key in left if key in before}
             self._offer_again(
                 kept, {path: key for path, key in pointers.items() if key in kept}, seen
             )
-            raise refused
+
+        return put_back
 
     def _refused_delete(self, key: ImageKey) -> None:
         """Note that the disk refused to delete manifest ``key`` now (see :meth:`undeletable`),
@@ -908,10 +937,15 @@ class ManifestStore:
                 todo.extend(self._parents.get(key, ()))
         return found
 
-    def blob_gone(self, digest: Digest) -> None:
-        """A blob left the cache: forget every image that is no longer whole without it."""
+    def blob_gone(self, digest: Digest, *, present: bool = False) -> None:
+        """A blob left the cache: forget every image that is no longer whole without it.
+
+        ``present``: it is still there, to be deleted once they are forgotten (``docxy cache
+        rm --blobs``, ``gc --verify``): a refused delete raises, the caller keeps the blob, and
+        the images not deleted are offered again, whole. Else it is gone already: those are
+        not offered again (see :meth:`forget_images`)."""
         self._catalogue()
-        self.forget_images(list(self._holders.get(digest, ())))
+        self.forget_images(list(self._holders.get(digest, ())), offer_kept=present)
 
     def _pulled(self, key: ImageKey, content: bytes) -> None:
         if self._images is None and self._scanning is None:

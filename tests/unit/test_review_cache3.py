@@ -15,17 +15,18 @@ from typing import Any
 
 import pytest
 
-from docxy.cache import Cache, ImageKey, ManifestStore, RepoKey, open_cache
+from docxy.cache import Cache, ImageKey, ManifestStore, RepoKey, TagState, open_cache
 from docxy.cache import blobs as blobs_module
 from docxy.cache import manifests as manifests_module
 from docxy.cache.files import unlink_quietly
 from docxy.cache.images import plan_eviction
 from docxy.cache.manifests import NotKept
-from docxy.core.digests import Digest
+from docxy.core.digests import Digest, digest_of
 from docxy.tasks import spawn
 from tests.unit.held import hold
 from tests.unit.test_cache_blobs import GUARD
 from tests.unit.test_cache_eviction import cached_image, layer, manifest, offered_whole
+from tests.unit.test_cachecli import _populate, run
 
 CAP = 1000
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -179,3 +180,69 @@ async def test_an_index_stored_while_the_plan_is_made_is_not_evicted_by_it(
     if attempts > 1:  # planned again, with the index: the next least recent went
         assert await offered_whole(cache, mid) is None
         assert len(plans) == 2
+
+
+# --- 4. a refused delete of the images a blob's going takes ------------------------------------
+
+
+async def test_a_refused_forget_offers_again_what_it_did_not_delete(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """forget_images (through ``blob_gone`` from ``remove``: ``docxy cache rm --blobs``, ``gc
+    --verify``) took every image out of the catalogue first, then raised at the manifest the
+    disk refused to delete: those it had not deleted stayed on disk but out of the catalogue,
+    their tags unmapped, so an eviction let go of their blobs (and the next start offered them
+    without). A blob already gone (found vanished) still puts none back: never an image
+    without its blobs (test_cache_images)."""
+    layers = [layer("cfg", 10), layer("shared", 90)]
+    repo = await cached_image(cache, "team/multi", layers)
+    platform = key_of(cache, repo)
+    stored = await cache.manifests.put(repo, index_of(platform.digest), OCI_INDEX, public=True)
+    await cache.manifests.set_tag(repo, "multi", stored.digest, public=True)
+    refuse(monkeypatch, cache.manifests._key_path(platform))
+    with pytest.raises(OSError):  # the callers' to report: one WARNING, one line of the CLI
+        cache.manifests.forget_images([platform])
+    offered = {image.key for image in cache.manifests.images()}
+    assert offered == {platform}  # the index went (first), the platform's files stayed
+    assert cache.manifests.needed(digest_of(layers[1]))  # so eviction keeps its blobs
+    assert (await cache.manifests.resolve_tag(repo, "latest")).state is not TagState.MISSING
+    assert cache.manifests._tags_of.get(platform)  # its tag mapped again
+    assert (await cache.manifests.resolve_tag(repo, "multi")).state is TagState.MISSING
+    assert cache.manifests.undeletable() == {platform}  # left out of the next evictions
+
+
+async def test_a_blob_whose_images_the_disk_keeps_is_not_removed(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``remove`` (``docxy cache rm --blobs``, ``gc --verify``) forgets the images needing the
+    blob before deleting it: a refusal keeps the blob, its image offered whole, and says so."""
+    layers = [layer("cfg", 10), layer("l", 90)]
+    repo = await cached_image(cache, "team/app", layers)
+    refuse(monkeypatch, cache.manifests._key_path(key_of(cache, repo)))
+    with pytest.raises(OSError):
+        cache.blobs.remove(digest_of(layers[1]))
+    assert cache.blobs.lookup(digest_of(layers[1])) is not None
+    assert await offered_whole(cache, repo) is True
+
+
+@pytest.mark.usefixtures("clean_docxy_env")
+def test_rm_blobs_of_an_image_whose_manifest_the_disk_keeps_says_so_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docxy cache rm --blobs``: removing a blob forgets the images needing it first; the
+    disk refusing the manifest's delete keeps that blob, and the command says so in one line
+    (exit 1), no traceback."""
+    cache = asyncio.run(_populate(tmp_path / "cache"))
+    unlink = unlink_quietly
+
+    def refusing(path: Path) -> None:
+        if path.name == cache.busybox.hex:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        unlink(path)
+
+    monkeypatch.setattr(manifests_module, "unlink_quietly", refusing)
+    code, _, err = run(capsys, cache, "rm", "docker.io/library/busybox:1", "--blobs")
+    assert code == 1
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.rstrip().endswith(f"{cache.busybox.hex} Permission denied"), err
+    assert cache.blob_path("busybox-cfg").exists() and cache.blob_path("busybox-l").exists()
