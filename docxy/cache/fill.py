@@ -200,11 +200,26 @@ class BodySource(Protocol):
         ...
 
 
+def _iov_max() -> int:
+    """The most buffers one ``writev`` takes (Linux: 1024); more is EINVAL, not a short write.
+    16 (POSIX's least) where the platform does not say."""
+    try:
+        limit = os.sysconf("SC_IOV_MAX")
+    except (ValueError, OSError):
+        return 16
+    return limit if limit > 0 else 16
+
+
+IOV_MAX = _iov_max()
+
+
 def write_all(fd: int, chunks: list[bytes] | list[memoryview]) -> None:
-    """Write all ``chunks`` to ``fd`` (tests replace this to simulate a full disk)."""
+    """Write all ``chunks`` to ``fd`` (tests replace this to simulate a full disk), at most
+    :data:`IOV_MAX` of them a call: a write buffer of small pieces (an upstream that trickles)
+    holds more than that."""
     views = [memoryview(chunk) for chunk in chunks if chunk]
     while views:
-        written = os.writev(fd, views)
+        written = os.writev(fd, views[:IOV_MAX])
         while views and written >= len(views[0]):
             written -= len(views[0])
             views.pop(0)
