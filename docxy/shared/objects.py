@@ -130,25 +130,42 @@ class ObjectStore:
             raise ObjectStoreError(failure(method, exc)) from exc
 
     async def size_of(self, digest: Digest) -> int | None:
-        """The stored object's length, or None when there is none."""
+        """The stored object's length, or None when there is none.
+
+        A HEAD's answer has no body, so no S3 error code: its 404 is a miss when it is S3's
+        (:func:`s3_head_miss`); a 404 that may be anyone's is asked again as a GET, whose
+        code tells (:meth:`open`)."""
         answer = await self._send("HEAD", self.bucket.url(digest))
         if answer.status_code == 404:
-            return None
-        await _check(answer, "HEAD")
-        length = answer.headers.get("content-length", "")
-        return int(length) if length.isdigit() else None
+            miss = s3_head_miss(answer)
+            if miss is None:
+                await answer.aclose()
+                body = await self.open(digest)  # raises for a 404 that is not NoSuchKey
+                if body is None:
+                    return None
+                answer = body  # there after all (uploaded meanwhile): its length
+            elif miss:
+                return None
+        try:
+            await _check(answer, "HEAD")
+            length = answer.headers.get("content-length", "")
+            return int(length) if length.isdigit() else None
+        finally:
+            await answer.aclose()
 
     async def open(self, digest: Digest) -> httpx.Response | None:
         """The object's body, streamed (the caller closes it), or None when there is none.
 
-        A 404 for another reason than the key (``NoSuchBucket``: a bucket never made, a typo
-        in ``shared.bucket``) is the store's trouble, not a miss: no blob can come from it."""
+        Only S3's ``NoSuchKey`` is a miss. Another 404 (``NoSuchBucket``: a bucket never made,
+        a typo in ``shared.bucket``; one with no S3 code: no S3 store at that address, a
+        path-style URL where the store wants the bucket in the host) is the store's trouble,
+        not a miss: no blob can come from it."""
         identity = dict([ACCEPT_IDENTITY])  # the blob's own bytes, never re-encoded
         answer = await self._send("GET", self.bucket.url(digest), headers=identity, stream=True)
         if answer.status_code == 200:
             return answer
         error = await refusal(answer, "GET")
-        if answer.status_code == 404 and error.code in ("", "NoSuchKey"):
+        if answer.status_code == 404 and error.code == "NoSuchKey":
             return None
         raise error
 
@@ -175,6 +192,21 @@ class ObjectStore:
         await _check(answer, "PUT")
 
 
+#: The header every answer of S3 (and of SeaweedFS, MinIO, Ceph RGW) has; not a web server's.
+S3_REQUEST_ID = "x-amz-request-id"
+#: MinIO's S3 error code of an answer without a body (a HEAD's).
+MINIO_ERROR_CODE = "x-minio-error-code"
+
+
+def s3_head_miss(answer: httpx.Response) -> bool | None:
+    """Whether a HEAD's 404 is S3's "no such key": True when an S3 store gave it (its
+    ``x-amz-request-id``, and MinIO's code, if any, ``NoSuchKey``); False when it says
+    another code (``NoSuchBucket``); None when nothing in it says it is S3's."""
+    if MINIO_ERROR_CODE in answer.headers:
+        return _header_code(answer) == "NoSuchKey"
+    return True if S3_REQUEST_ID in answer.headers else None
+
+
 async def _check(answer: httpx.Response, what: str) -> None:
     if not 200 <= answer.status_code < 300:
         raise await refusal(answer, what)
@@ -187,6 +219,12 @@ LIST_BUCKET_HINT = (
     "allow it, with GetObject and PutObject"
 )
 
+#: A 404 without an S3 error code: not S3's "no such key" (the tier counts it as failing).
+NOT_S3_HINT = (
+    "no S3 error code: not an S3 store's answer; check shared.endpoint (a store that wants "
+    "the bucket in the host name does not take the path-style URLs the mirror sends)"
+)
+
 
 async def refusal(answer: httpx.Response, what: str) -> ObjectStoreError:
     """The error for an answer that is not a success, with the store's own reason when its body
@@ -195,7 +233,7 @@ async def refusal(answer: httpx.Response, what: str) -> ObjectStoreError:
     body = await _head_of_body(answer)
     code = _CODE.search(body)
     message = _MESSAGE.search(body)
-    reason = code.group(1).decode() if code else ""
+    reason = code.group(1).decode() if code else _header_code(answer)
     text = f"{what} answered {answer.status_code}"
     if reason:
         text += f" {reason}"
@@ -204,7 +242,15 @@ async def refusal(answer: httpx.Response, what: str) -> ObjectStoreError:
         text += ": " + "".join(c if c.isprintable() else " " for c in said).strip()
     if answer.status_code == 403 and what in ("GET", "HEAD") and reason in ("", "AccessDenied"):
         text += f" ({LIST_BUCKET_HINT})"
+    elif answer.status_code == 404 and not reason and what != "HEAD":
+        text += f" ({NOT_S3_HINT})"
     return ObjectStoreError(text, answer.status_code, reason)
+
+
+def _header_code(answer: httpx.Response) -> str:
+    """The S3 error code of an answer without a body, where the store gives one (MinIO)."""
+    code = answer.headers.get(MINIO_ERROR_CODE, "")
+    return code if _CODE.fullmatch(f"<Code>{code}</Code>".encode()) else ""
 
 
 async def _head_of_body(answer: httpx.Response) -> bytes:

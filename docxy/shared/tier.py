@@ -22,9 +22,12 @@
   one miss at a time asks it again until it answers (the others go to the upstream), and
   ``/health`` shows it under ``shared`` without changing the mirror's status (its state and
   counts; the endpoint, bucket and last error only on the admin listener's ``/status.json``).
+  Only S3's ``NoSuchKey`` is a miss: any other 404 (``NoSuchBucket``, or one with no S3
+  code: a web server at the endpoint, a path-style URL a store does not take) is the store
+  failing, so a wrong setting does not pass for a store that is up and empty.
   An upload the store refuses (a 4xx: a read-only key, an object too large) is counted and
   logged, but is no failure of the store: the tier goes on reading from it. One it answers
-  with trouble (a 5xx: a full drive's 507, a throttling 503; a 408 or 429; a 400
+  with trouble (a 5xx: a full drive's 507, a throttling 503; a 404; a 408 or 429; a 400
   ``RequestTimeout``, a body that came too slowly) rests the uploads alone for
   ``RETRY_AFTER`` seconds (what waited is dropped, one WARNING per burst; a repair is kept,
   and goes once the rest is over): a store that serves reads but takes no writes is read
@@ -424,10 +427,11 @@ TRANSIENT_CODES = frozenset({"RequestTimeout", "OperationAborted"})
 
 def _refused(exc: ObjectStoreError) -> bool:
     """A 4xx answer: the store is up and says no to this request (but 408 and 429, or an S3
-    code of :data:`TRANSIENT_CODES`: it is slow or overloaded, which is trouble)."""
+    code of :data:`TRANSIENT_CODES`: it is slow or overloaded, which is trouble; and 404: no
+    such bucket, or no S3 store at that address, where an upload makes its key)."""
     if exc.status is None or not 400 <= exc.status < 500:
         return False
-    return exc.status not in (408, 429) and exc.code not in TRANSIENT_CODES
+    return exc.status not in (404, 408, 429) and exc.code not in TRANSIENT_CODES
 
 
 def open_tier(config: SharedConfig, blobs: DiskBlobStore, http: httpx.AsyncClient) -> SharedTier:

@@ -57,6 +57,17 @@ def answer(status: int, body: bytes = b"", headers: dict[str, str] | None = None
     return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body))
 
 
+def no_such_key(request: httpx.Request) -> httpx.Response:
+    """An S3 store's answer for an object that is not there: a GET's ``NoSuchKey``, a HEAD's
+    bodiless 404 (with the request id every S3 answer has): what the shared tier takes for a
+    miss (a bare 404 is no S3 store's, and counts as the store failing)."""
+    headers = {"x-amz-request-id": "18EE17D3BF0E9510", "Content-Type": "application/xml"}
+    if request.method == "HEAD":
+        return answer(404, b"", headers)
+    code = b"<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message>"
+    return answer(404, code + b"</Error>", headers)
+
+
 @dataclass
 class Upstream:
     """An open registry (no auth); ``down`` makes every request fail to connect."""
@@ -97,7 +108,7 @@ class Upstream:
             return answer(200)
         if self.in_bucket and request.url.path.endswith(BLOB_DIGEST.removeprefix("sha256:")):
             return answer(200, BLOB, {"Content-Length": str(len(BLOB))})
-        return answer(404)
+        return no_such_key(request)
 
 
 @dataclass

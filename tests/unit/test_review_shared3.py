@@ -75,6 +75,91 @@ async def whole(data: bytes, offset: int = 0) -> Download:
     return Download(len(data) - offset, chunks(), close)
 
 
+# --- 2. a 404 that is not S3's NoSuchKey --------------------------------------------------------
+
+
+def not_a_store(request: httpx.Request) -> httpx.Response:
+    """A web server where the store should be (a wrong endpoint, a path-style setting the
+    store does not take): 404 for everything, no S3 in it."""
+    body = b"" if request.method == "HEAD" else NGINX_404
+    return answer(404, body, {"content-type": "text/html", "content-length": str(len(body))})
+
+
+async def test_a_404_that_is_no_s3_answer_is_the_store_failing_not_a_miss(
+    tmp_path: Path,
+) -> None:
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    tier, http = open_tier(blobs, not_a_store)
+    async with http:
+        assert await tier.download(digest_of(LAYER)) is None
+    assert (tier.reachable, tier.counts.misses, tier.counts.errors) == (False, 0, 1)
+    assert tier.last_error is not None and "GET answered 404" in tier.last_error
+    assert "not an S3 store's answer" in tier.last_error
+
+
+async def test_an_upload_to_no_s3_store_is_the_store_failing_not_a_refusal(
+    tmp_path: Path,
+) -> None:
+    """The HEAD before the upload took the bare 404 for "not there", and the PUT's 404 was
+    a refusal: nothing in /health said the store was not one. A HEAD's 404 with nothing of
+    S3 in it is asked again as a GET, whose answer has no ``NoSuchKey`` either."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    layer = await cache(blobs, LAYER)
+    tier, http = open_tier(blobs, not_a_store)
+    async with http:
+        tier.filled(layer)
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+    assert (tier.counts.upload_failed, tier.counts.errors) == (1, 1)
+    assert tier.last_error is not None and "answered 404" in tier.last_error
+
+
+def minio_no_bucket(request: httpx.Request) -> httpx.Response:
+    """MinIO without the bucket: a HEAD's 404 says its code in a header."""
+    if request.method == "HEAD":
+        return answer(404, headers={**REQUEST_ID, "x-minio-error-code": "NoSuchBucket"})
+    body = b"<Error><Code>NoSuchBucket</Code><Message>The bucket does not exist</Message></Error>"
+    return answer(404, body)
+
+
+async def test_a_head_404_that_names_another_code_is_the_store_failing(tmp_path: Path) -> None:
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    layer = await cache(blobs, LAYER)
+    tier, http = open_tier(blobs, minio_no_bucket)
+    async with http:
+        tier.filled(layer)
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+    assert (tier.counts.upload_failed, tier.counts.errors) == (1, 1)
+    assert tier.last_error is not None and "HEAD answered 404 NoSuchBucket" in tier.last_error
+
+
+@pytest.mark.parametrize("head_says", ["s3", "nothing"])
+async def test_s3s_own_misses_are_misses(tmp_path: Path, head_says: str) -> None:
+    """A GET's ``NoSuchKey``, and a HEAD's bodiless 404: S3's (``x-amz-request-id``), or one
+    with nothing of S3 in it that the GET then says is ``NoSuchKey`` (a store that sends no
+    request id): the object is not there; the upload goes ahead."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    layer = await cache(blobs, LAYER)
+    seen: list[str] = []
+
+    def store(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        if request.method == "PUT":
+            request.read()
+            return answer(200)
+        if request.method == "HEAD" and head_says == "nothing":
+            return answer(404, headers={"content-length": "0"})
+        return s3_missing(request)
+
+    tier, http = open_tier(blobs, store)
+    async with http:
+        assert await tier.download(digest_of(b"another")) is None
+        tier.filled(layer)
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+    assert (tier.reachable, tier.counts.misses, tier.counts.errors) == (True, 1, 0)
+    assert seen == ["GET", "HEAD", "PUT"] if head_says == "s3" else ["GET", "HEAD", "GET", "PUT"]
+    assert tier.counts.uploaded == 1
+
+
 # --- 3. a 400 RequestTimeout to an upload ---------------------------------------------------------
 
 

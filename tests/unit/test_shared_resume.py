@@ -29,6 +29,7 @@ from tests.unit.test_observe_routes import (
     Stack,
     Upstream,
     answer,
+    no_such_key,
     stack,
 )
 from tests.unit.turns import until
@@ -112,7 +113,7 @@ class OneCutObject(CutBucket):
     def bucket(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET" and not request.url.path.endswith(BLOB_DIGEST[7:]):
             self.bucket_seen.append(f"GET {request.url.path}")
-            return answer(404)
+            return no_such_key(request)
         return super().bucket(request)
 
 
