@@ -280,9 +280,9 @@ class BlobService:
             raise FetchFailed(exc.message, exc, pull.upstream.host) from exc
         final_url = answer.hops[-1][0] if answer.hops else url
         by_registry = same_origin(final_url, url)
-        if answer.status == 401 and by_registry and self.tokens.holds(pull.upstream, pull.name):
+        refused = answer.status == 401 and by_registry
+        if refused and self.tokens.refused_token(pull.upstream, pull.name, headers):
             answer.close()
-            self.tokens.forget(pull.upstream, pull.name)
             return None
         if answer.status != 200:
             answer.close()

@@ -194,16 +194,23 @@ class MirrorTokens:
         """
         for attempt in (1, 2):
             try:
-                headers = await self.headers(upstream, repository) + list(extra or [])
+                own = await self.headers(upstream, repository)
             except TokenRefused as refused:
                 return refused.answer()
             answer = await self.client.send(
-                upstream, method, upstream.url(path), headers, mirror_credentials=True
+                upstream,
+                method,
+                upstream.url(path),
+                own + list(extra or []),
+                mirror_credentials=True,
             )
-            if answer.status_code != 401 or attempt == 2 or not self.holds(upstream, repository):
+            if (
+                answer.status_code != 401
+                or attempt == 2
+                or not self.refused_token(upstream, repository, own)
+            ):
                 return answer
             await answer.aclose()
-            self.forget(upstream, repository)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def basic_login(self, upstream: Upstream) -> str | None:
@@ -233,12 +240,24 @@ class MirrorTokens:
             clear_realm_remedy(realm),
         )
 
-    def holds(self, upstream: Upstream, repository: str) -> bool:
-        """Whether the mirror holds a token of its own for ``repository`` now."""
-        return (upstream.host, repository) in self._tokens
-
-    def forget(self, upstream: Upstream, repository: str) -> None:
-        self._tokens.pop((upstream.host, repository))
+    def refused_token(
+        self, upstream: Upstream, repository: str, sent: list[tuple[str, str]]
+    ) -> bool:
+        """The registry answered 401 to a request with the mirror's headers ``sent`` (from
+        :meth:`headers`): whether they carried a token of the mirror's, worth one more try
+        with a fresh one. That token is forgotten, but not one fetched since: requests that
+        sent the same stale token at once get their 401s at once, and the fresh token the
+        first of them fetches serves the others too. (Each dropped whatever token was held
+        by then: one token request per 401, and a 401 that came while the first was fetching
+        found no token held and was taken for the upstream's answer.)"""
+        authorization = next((v for k, v in sent if k.lower() == "authorization"), "")
+        if not authorization.startswith("Bearer "):
+            return False  # no token (Basic, or none): the 401 is the upstream's answer
+        key = (upstream.host, repository)
+        held = self._tokens.get(key)
+        if held is not None and f"Bearer {held[1]}" == authorization:
+            self._tokens.pop(key)
+        return True
 
     async def _fetch(
         self, upstream: Upstream, repository: str, service: str | None

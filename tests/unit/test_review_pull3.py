@@ -4,6 +4,7 @@ fill's bad redirect."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,11 +12,13 @@ import httpx
 import pytest
 
 from docxy.core.errors import UpstreamUnavailable
+from docxy.tasks import spawn
 from docxy.upstream.client import UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_scoped_blobs import APP, Hub, blob_url, get, json_reply
 from tests.unit.test_upstream_tokens import CHALLENGE, UPSTREAM
+from tests.unit.turns import until
 
 BLOB_PATH = "/v2/library/redis/blobs/sha256:" + "a" * 64
 
@@ -124,3 +127,74 @@ async def test_a_reprobe_in_trouble_does_not_fail_a_pull_from_an_open_upstream(
         answer = await tokens.send(UPSTREAM, "GET", "library/redis", BLOB_PATH)
         assert answer.status_code == 200 and "authorization" not in answer.request.headers
     assert registry.issued == 0
+
+
+# --- 3. concurrent 401s to one stale token ------------------------------------------------------
+
+
+class Expired:
+    """A token registry that no longer takes ``t1`` (it expired early): the first two requests
+    with it are held until both are in, then answered 401, the second only once
+    ``second_go`` is set. Its token service issues ``t1``, ``t2``, ... each once ``hold`` is
+    set."""
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.stale = 0
+        self.seen: list[str | None] = []
+        self.both_in = asyncio.Event()
+        self.second_go = asyncio.Event()
+        self.hold = asyncio.Event()
+        self.hold.set()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test":
+            self.issued += 1
+            issued = self.issued
+            await self.hold.wait()
+            return httpx.Response(200, json={"token": f"t{issued}", "expires_in": 3600})
+        auth = request.headers.get("authorization")
+        if request.url.path != "/v2/":
+            self.seen.append(auth)
+        if request.url.path != "/v2/" and auth == "Bearer t1":
+            self.stale += 1
+            turn = self.stale
+            if turn == 2:
+                self.both_in.set()
+            await self.both_in.wait()
+            if turn == 2:
+                await self.second_go.wait()
+        elif request.url.path != "/v2/" and auth is not None and auth.startswith("Bearer t"):
+            return httpx.Response(200, content=b"blob")
+        return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+
+
+@pytest.mark.parametrize("second", ["after the new token", "while it is fetched"])
+async def test_concurrent_401s_to_one_stale_token_fetch_one_new_token(second: str) -> None:
+    """Two requests sent with the same token get 401 at once (it expired early upstream). Each
+    dropped the token the mirror held, whatever it was by then: the second dropped the fresh
+    one the first had just fetched (a third token request), or, coming while the first was
+    fetching it, found none held and took the 401 for the upstream's answer (which the pull
+    services take for a repository private to the mirror). A 401 drops only the token it was
+    sent with: both go on with one new token."""
+    registry = Expired()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        assert await tokens.headers(UPSTREAM, "library/redis") == [("Authorization", "Bearer t1")]
+        if second == "while it is fetched":
+            registry.hold.clear()  # the first's new token is not in yet
+        sends = [
+            spawn(f"send {n}", tokens.send(UPSTREAM, "GET", "library/redis", BLOB_PATH))
+            for n in range(2)
+        ]
+        if second == "after the new token":
+            await until(lambda: "Bearer t2" in registry.seen)  # the first retried with it
+        else:
+            await until(lambda: registry.issued == 2)  # the first is fetching t2
+        registry.second_go.set()
+        if second == "while it is fetched":
+            await until(lambda: tokens.followers_joined == 1 or any(s.done() for s in sends))
+            registry.hold.set()
+        answers = await asyncio.gather(*sends)
+    assert [a.status_code for a in answers] == [200, 200]
+    assert registry.issued == 2  # t1, then one fresh token for both
