@@ -20,7 +20,6 @@ from docxy.cache import blobs as blobs_module
 from docxy.cache import manifests as manifests_module
 from docxy.cache.files import unlink_quietly
 from docxy.cache.images import plan_eviction
-from docxy.cache.manifests import NotKept
 from docxy.core.digests import Digest, digest_of
 from docxy.tasks import spawn
 from tests.unit.held import hold
@@ -83,7 +82,7 @@ async def test_a_manifest_evicted_while_written_is_not_kept_and_says_evicted(
     stored = await asyncio.wait_for(storing, GUARD)
     assert not cache.manifests._content_path(repo.upstream, stored.digest).exists()
     assert stored.kept is False
-    assert stored.not_kept is NotKept.EVICTED  # not the disk's fault (cache-unwritable)
+    assert stored.not_kept is manifests_module.NotKept.EVICTED  # not the disk's fault
 
 
 async def test_a_manifest_the_disk_refused_is_not_kept_as_unwritable(
@@ -96,7 +95,7 @@ async def test_a_manifest_the_disk_refused_is_not_kept_as_unwritable(
     stored = await cache.manifests.put(
         RepoKey("registry.test", "a/b"), manifest([b"c"]), OCI, public=True
     )
-    assert stored.kept is False and stored.not_kept is NotKept.UNWRITABLE
+    assert stored.kept is False and stored.not_kept is manifests_module.NotKept.UNWRITABLE
 
 
 async def test_a_manifest_stored_is_kept(cache: Cache) -> None:
