@@ -805,10 +805,12 @@ class BlobWriter:
         fd = self._take_fd()
         user = self._fd_user
         writing = user if fd is not None and user is not None and not user.done() else None
-        if writing is not None and self._pumped is not None:
+        if self._pumped is not None:
             # The pump's thread may be blocked in a read of a stalled upstream until its read
             # timeout, or waiting for room: cut that wait, so the thread ends and its
-            # descriptor is closed now.
+            # descriptor is closed now. Also once its writing thread failed (and no longer uses
+            # the descriptor): the reading thread still held the download (its connection, its
+            # fill permit) until the upstream sent its next read.
             self._interrupt_pump(self._pumped)
         # A thread may be about to write through fd: closed now, its number could name another
         # file (the next open anywhere in the process) by the time the write comes. The store

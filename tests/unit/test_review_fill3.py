@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from docxy.cache import fill as fill_module
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.fill import BlobFollower, Download
 from docxy.core.digests import digest_of
+from docxy.core.errors import UpstreamUnavailable
+from tests.unit import fakes
 
 GUARD = 10.0
 
@@ -55,3 +60,56 @@ async def test_a_download_in_small_pieces_is_cached(tmp_path: Path) -> None:
     await asyncio.wait_for(store.commits_done(), GUARD)
     assert store.write_failed_at is None  # no "cannot write (EINVAL)", no minute uncached
     assert store.lookup(digest) is not None
+
+
+class _StallsAfter:
+    """An upstream body whose reads after the first ``reads`` stall until interrupted (or for
+    ``stall`` seconds, a read timeout)."""
+
+    def __init__(self, data: bytes, piece: int, reads: int, stall: float) -> None:
+        self.data, self.piece, self.reads, self.stall = data, piece, reads, stall
+        self.pos = 0
+        self.interrupted = threading.Event()
+
+    def read(self, size: int) -> bytes:
+        if self.pos >= self.reads * self.piece:
+            if self.interrupted.wait(self.stall):
+                raise UpstreamUnavailable("the upstream registry's body broke off: interrupted")
+            raise UpstreamUnavailable("the upstream registry stopped sending in time")
+        chunk = self.data[self.pos : self.pos + self.piece]
+        self.pos += len(chunk)
+        return chunk
+
+    def interrupt(self) -> None:
+        self.interrupted.set()
+
+
+async def test_a_pump_given_up_for_a_failed_write_stops_reading_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fails under a pumped fill while its reading thread waits on a stalled upstream:
+    the fill is given up (its clients get the rest from the upstream), but the reading thread
+    was not interrupted, so the fill's download (its connection, its thread, the fill permit
+    it holds until it is closed: a client's rest waits for one under ``limits.fills_total``)
+    stayed open until the upstream's read timeout. README: "The download the disk failed
+    under stops reading the upstream"."""
+    piece = 64 * 1024
+    data = os.urandom(piece * 8)
+    digest = digest_of(data)
+    monkeypatch.setattr(fill_module, "write_all", fakes.DiskFullAfter(piece))  # 2nd read fails
+    store = DiskBlobStore.open(tmp_path, 1 << 30, direct_writes=False)
+    body = _StallsAfter(data, piece, reads=2, stall=2 * GUARD)
+    closed = asyncio.Event()
+
+    async def close() -> None:
+        closed.set()
+
+    async def fetch() -> Download:
+        return Download(len(data), None, close, body=body)
+
+    follower = await store.fill(digest, fetch)
+    assert isinstance(follower, BlobFollower)
+    follower.rest = _rest_of(data)
+    assert await asyncio.wait_for(follower.read_all(), GUARD) == data
+    await asyncio.wait_for(closed.wait(), 2.0)  # not at the read timeout
+    assert body.interrupted.is_set()
