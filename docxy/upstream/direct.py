@@ -11,7 +11,8 @@ hashes and hands to the clients that keep up, never copied on the way. Everythin
 The httpx client is made with ``trust_env=False`` and no proxies, so there is no proxy to honour
 here; a client with a custom transport (the tests' fakes) gets no :class:`DirectSettings` and its
 fills stay on httpx. Failures map to the same errors as httpx's: :class:`UpstreamTimeout` (504)
-and :class:`UpstreamUnavailable` (502).
+and :class:`UpstreamUnavailable` (502); and the upstream's health hears the same: a redirect
+that leads nowhere (:class:`BadRedirect`) is an answer from it, not a failure to reach it.
 """
 
 from __future__ import annotations
@@ -161,6 +162,16 @@ class DirectBody:
             self._interrupted = True
 
 
+class BadRedirect(UpstreamUnavailable):
+    """A redirect the GET cannot follow: without a ``Location``, to a malformed or non-HTTP
+    one, or one too many. The upstream answered (``hops``: its answers, each ``(url,
+    status)``), as httpx's path counts it, not a failure to reach it."""
+
+    def __init__(self, message: str, hops: tuple[tuple[str, int], ...]) -> None:
+        super().__init__(message)
+        self.hops = hops
+
+
 @dataclass(frozen=True, slots=True)
 class DirectAnswer:
     """The final answer to a direct GET: a status, its headers, and the open body."""
@@ -193,15 +204,24 @@ async def open_get(
             lambda: get(settings, url, headers),
             discard=DirectAnswer.close,
         )
+    except BadRedirect as exc:  # answered: a redirect that leads nowhere
+        health.answered(exc.hops[-1][1])
+        _told(client, exc.hops, url)
+        raise
     except UpstreamError as exc:
         health.failed(exc.message, "timeout" if isinstance(exc, UpstreamTimeout) else "unreachable")
         raise
     health.answered(answer.status, retry_after=answer.header("retry-after"))
     health.saw(httpx.Headers(answer.headers))
-    for listener in client.direct_listeners:
-        for hop_url, status in answer.hops:
-            listener(hop_url, status, url)
+    _told(client, answer.hops, url)
     return answer
+
+
+def _told(client: UpstreamClient, hops: tuple[tuple[str, int], ...], asked: str) -> None:
+    """The client's listeners hear of each answer a direct GET of ``asked`` got."""
+    for listener in client.direct_listeners:
+        for hop_url, status in hops:
+            listener(hop_url, status, asked)
 
 
 def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
@@ -220,8 +240,11 @@ def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> D
             return replace(answer, hops=tuple(hops))
         location = _percent_encoded(answer.header("location"))
         answer.close(drain=True)
-        url, headers = next_hop(url, location, headers)
-    raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+        try:
+            url, headers = next_hop(url, location, headers)
+        except UpstreamUnavailable as exc:
+            raise BadRedirect(exc.message, tuple(hops)) from exc
+    raise BadRedirect(f"the upstream redirected more than {MAX_REDIRECTS} times", tuple(hops))
 
 
 #: What a URL may hold as it is; every other byte is percent-encoded (RFC 3986).

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -13,7 +18,9 @@ import pytest
 
 from docxy.core.errors import UpstreamUnavailable
 from docxy.tasks import spawn
-from docxy.upstream.client import UpstreamClient
+from docxy.upstream import direct
+from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
+from docxy.upstream.direct import DirectSettings
 from docxy.upstream.tokens import MirrorTokens
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_scoped_blobs import APP, Hub, blob_url, get, json_reply
@@ -198,3 +205,75 @@ async def test_concurrent_401s_to_one_stale_token_fetch_one_new_token(second: st
         answers = await asyncio.gather(*sends)
     assert [a.status_code for a in answers] == [200, 200]
     assert registry.issued == 2  # t1, then one fresh token for both
+
+
+# --- 4. a direct fill's bad redirect ------------------------------------------------------------
+
+
+class Redirecting(BaseHTTPRequestHandler):
+    """``/none``: a redirect without a Location; ``/ftp``: to a non-HTTP URL; ``/loop``: to
+    itself, for ever."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        self.send_response(307)
+        if self.path == "/ftp":
+            self.send_header("Location", "ftp://files.invalid/blob")
+        elif self.path == "/loop":
+            self.send_header("Location", "/loop")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+        pass
+
+
+@pytest.fixture
+def redirecting() -> Iterator[str]:
+    """A loopback server on 127.0.0.74, on a free port below 10000; its base URL."""
+    server = None
+    for port in random.Random().sample(range(2000, 10000), 50):
+        try:
+            server = ThreadingHTTPServer(("127.0.0.74", port), Redirecting)
+            break
+        except OSError:
+            continue
+    assert server is not None, "no free port below 10000 on 127.0.0.74"
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.74:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5.0)
+
+
+@pytest.mark.parametrize("path", ["/none", "/ftp", "/loop"])
+async def test_a_direct_fills_bad_redirect_is_an_answer_as_on_httpx(
+    redirecting: str, path: str
+) -> None:
+    """The registry answers a fill's blob GET with a redirect that leads nowhere (no Location,
+    a non-HTTP one, a loop). On httpx's path that is an answer from the upstream (reachable,
+    healthy, no failure counted); the direct path counted it as the upstream unreachable in
+    /health (``docxy_upstream_errors_total{kind="unreachable"}``). Both say the same now, and
+    both tell the answers' listeners (the metrics) of the redirects."""
+    upstream = Upstream(redirecting)
+    url = upstream.url(path)
+    healths = []
+    answered: Counter[int] = Counter()
+    for path_kind in ("httpx", "direct"):
+        settings = DirectSettings(upstream_ssl_context(), 5.0, 5.0)
+        async with httpx.AsyncClient() as http:
+            client = UpstreamClient(http, settings)
+            client.direct_listeners.append(lambda _url, status, _asked: answered.update([status]))
+            with pytest.raises(UpstreamUnavailable):
+                if path_kind == "httpx":
+                    await client.send(upstream, "GET", url, [("Authorization", "Bearer t")])
+                else:
+                    await direct.open_get(client, upstream, url, [("Authorization", "Bearer t")])
+            settings.idle.close()
+            health = client.health_of(upstream)
+            healths.append((health.reachable, health.healthy, dict(health.failures)))
+    assert healths[1] == healths[0] == (True, True, {})
+    assert answered[307] >= 1
