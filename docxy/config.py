@@ -8,6 +8,10 @@ DOCXY_UPSTREAM_REGISTRY)``. Unknown keys in the TOML file and unknown ``DOCXY_*`
 errors, not silently dropped: every ``DOCXY_*`` variable is a setting, an alias, or one of the
 few documented :data:`OTHER_ENV` variables.
 
+A secret setting (:data:`SECRET_KEYS`) may instead name a file that holds it, in any layer:
+``DOCXY_UPSTREAM_PASSWORD_FILE``, ``[upstream] password_file``, ``--set upstream.password_file``
+(:data:`SECRET_FILE_KEYS`), so that compose ``secrets:`` keep it out of ``docker inspect``.
+
 The renewer (``python -m scheduler``) reads the same table: its settings are ``[scheduler]``.
 """
 
@@ -616,6 +620,98 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
 }
 
 SECRET_KEYS = frozenset({"upstream.password", "shared.secret_key"})
+#: Each secret's companion that names a file holding it (:func:`read_secret_file`): a key in
+#: every layer, ``upstream.password_file`` → ``DOCXY_UPSTREAM_PASSWORD_FILE``. Only the secrets
+#: have one: a value that is not secret has no reason to hide from ``docker inspect``, and a
+#: ``_FILE`` for every setting would read ``DOCXY_AUTH_USERS_FILE`` (``auth.users_file``) twice.
+SECRET_FILE_KEYS = {
+    f"{section}.{key}_file": f"{section}.{key}"
+    for section, keys in SETTINGS.items()  # in the table's order: upstream's first
+    for key in keys
+    if f"{section}.{key}" in SECRET_KEYS
+}
+
+
+#: More than a password or key would ever be: a log or an image named by mistake.
+SECRET_FILE_MAX = 64 * 1024
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret in `path`: its UTF-8 text, trailing newlines stripped (``echo pw > file`` adds
+    one, an editor on Windows ``\\r\\n``). ``ValueError`` naming `path`, and never what is in
+    it, if there is none to read."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(SECRET_FILE_MAX + 1)
+    except PermissionError as exc:
+        raise ValueError(
+            f"cannot read {path}: {exc.strerror} (this process runs as uid {os.getuid()})"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > SECRET_FILE_MAX:
+        raise ValueError(f"{path} is over {SECRET_FILE_MAX // 1024} KiB: not a secret's file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    text = text.rstrip("\r\n")
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _SecretFile:
+    """A secret's raw value still in its file: read only if its layer wins."""
+
+    name: object  # the file's name as the layer gave it; empty: no file, the secret unset
+
+    def read(self) -> str:
+        return read_secret_file(_path(self.name)) if _opt_str(self.name) else ""
+
+
+def _is_empty(value: object) -> bool:
+    if isinstance(value, _SecretFile):
+        value = value.name
+    return isinstance(value, str) and not value.strip()
+
+
+def _put(found: dict[str, tuple[object, str]], key: str, value: object, source: str) -> None:
+    """Record a layer's `key`; a secret's ``<key>_file`` as that secret, read if it wins.
+
+    A secret and its file both given in one layer are refused, naming both; an empty one stands
+    aside (``DOCXY_UPSTREAM_PASSWORD=`` kept in an .env beside the ``_FILE``), as the official
+    images' ``file_env`` does."""
+    if key in SECRET_FILE_KEYS:
+        key, value = SECRET_FILE_KEYS[key], _SecretFile(value)
+    if key not in SECRET_KEYS or key not in found:
+        found[key] = (value, source)
+        return
+    pair = sorted([found[key], (value, source)], key=lambda p: isinstance(p[0], _SecretFile))
+    given = [p for p in pair if not _is_empty(p[0])]
+    if len(given) < 2:
+        found[key] = (given or pair)[0]
+        return
+    (_, plain), (_, named) = pair  # the value's source, then its file's
+    section, _, name = key.partition(".")
+    if plain.startswith("env "):
+        both = f"{plain} and {named}"
+    elif plain == "flag":
+        both = f"flags {key} and {key}_file"
+    else:
+        both = f"{name} and {name}_file in [{section}] of {plain}"
+    raise ConfigError(f"{key}: set twice ({both}): keep the value or its file, not both")
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    """``unknown key``; for a ``_file`` beside a setting that is not secret, which ones have one."""
+    section, _, name = key.partition(".")
+    hint = ""
+    if name.endswith("_file") and name.removesuffix("_file") in SETTINGS.get(section, {}):
+        hint = f": only the secret settings take a file ({', '.join(SECRET_FILE_KEYS)})"
+    return ConfigError(f"{key}: unknown key ({source}){hint}")
+
 
 # Names the seed used, still accepted.
 ENV_ALIASES = {"DOCXY_CERT_PATH": "tls.cert_path", "DOCXY_KEY_PATH": "tls.key_path"}
@@ -675,9 +771,10 @@ def _from_toml(path: Path) -> tuple[dict[str, tuple[object, str]], object | None
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: must be a table [{section}] (file {path})")
         for key, value in table.items():
-            if key not in SETTINGS[section]:
-                raise ConfigError(f"{section}.{key}: unknown key (file {path})")
-            found[f"{section}.{key}"] = (value, f"file {path}")
+            full = f"{section}.{key}"
+            if key not in SETTINGS[section] and full not in SECRET_FILE_KEYS:
+                raise _unknown_key(full, f"file {path}")
+            _put(found, full, value, f"file {path}")
     return found, upstreams
 
 
@@ -696,9 +793,10 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
             if not name.startswith(prefix):
                 continue
             key = name[len(prefix) :].lower()
-            if key not in keys:
-                raise ConfigError(f"{section}.{key}: unknown key (env {name})")
-            found[f"{section}.{key}"] = (value, f"env {name}")
+            full = f"{section}.{key}"
+            if key not in keys and full not in SECRET_FILE_KEYS:
+                raise _unknown_key(full, f"env {name}")
+            _put(found, full, value, f"env {name}")
             break
         else:
             raise ConfigError(
@@ -732,19 +830,26 @@ def load_config(
         raw.update(found)
     raw.update(_from_env(environ))
     upstream_flags = {}
+    flags: dict[str, tuple[object, str]] = {}
     for key, value in (overrides or {}).items():
         if key == "upstreams" or key.startswith("upstreams."):
             upstream_flags[key] = value
             continue
         section, _, name = key.partition(".")
-        if name not in SETTINGS.get(section, {}):
-            raise ConfigError(f"{key}: unknown key (flag)")
-        raw[key] = (value, "flag")
+        if name not in SETTINGS.get(section, {}) and key not in SECRET_FILE_KEYS:
+            raise _unknown_key(key, "flag")
+        _put(flags, key, value, "flag")
+    raw.update(flags)
 
     values: dict[str, Any] = {}
     for key, (value, source) in raw.items():
         section, _, name = key.partition(".")
         parser = SETTINGS[section][name][0]
+        if isinstance(value, _SecretFile):
+            try:
+                value = value.read()  # its errors name the file, never what is in it
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc} ({source})") from None
         try:
             values[key] = parser(value)
         except ValueError as exc:
