@@ -11,6 +11,13 @@
   bad: which part was wrong cannot be told (the upstream's rest as likely as the store's
   part), and only what is known bad is blamed. The fill's one WARNING names both sources and
   says so; the next miss reads the object again, and a bad one is then caught whole.
+- The fill reserves the object's length before its first byte, evicting blobs for it, and
+  only its last byte shows whether the object is the blob: a length the cache has free is
+  taken on the object's word, a longer one only once the upstream confirms it (a ranged GET
+  of the blob's last byte, through the pull's ``rest``). Unconfirmed, the fill is the
+  upstream's, and should the blob it commits be of another length, the object is marked bad
+  (counted ``corrupt``, replaced by the upload): a bucket writer's object claiming most of
+  the cache evicts nothing. An object larger than the whole cache is marked bad at once.
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
@@ -45,7 +52,7 @@ from dataclasses import dataclass
 import httpx
 
 from docxy.cache.blobs import DiskBlobStore
-from docxy.cache.errors import VerifyError
+from docxy.cache.errors import FetchFailed, VerifyError
 from docxy.cache.files import BlobFile
 from docxy.cache.fill import Download, Handover, Resume
 from docxy.config import SharedConfig
@@ -109,6 +116,11 @@ class SharedTier:
         self.reachable: bool | None = None  # None: not asked yet
         self._probing = False  # a miss asks a store that failed whether it is back
         self._no_connection_logged = -NO_CONNECTION_LOG_EVERY  # monotonic time of that line
+        #: bytes of running fills from objects whose length was taken on its word (it fit)
+        self._trusting = 0
+        #: lengths of objects not filled from (the upstream did not confirm them): checked
+        #: against the blob the upstream's fill commits (:meth:`filled`)
+        self._claims: LruDict[Digest, int] = LruDict(MAX_BAD)
 
     # --- the source -------------------------------------------------------------------------
 
@@ -117,7 +129,9 @@ class SharedTier:
 
         ``rest``: where the rest of the blob comes from should the object's body break off
         after its first bytes went to the fill's clients (:mod:`docxy.shared.body`); without
-        it such a fill is aborted (its clients cut)."""
+        it such a fill is aborted (its clients cut). It is asked for the blob's last byte
+        first when the object's length is more than the cache has free (:meth:`_room_for`);
+        without it such an object is not filled from."""
         if digest in self._bad or self._resting() or self._probing:
             return None
         # After a failure, one miss at a time finds out whether the store is back: a hung store
@@ -164,6 +178,15 @@ class SharedTier:
                 self.blobs.max_size,
             )
             return None
+        try:
+            room = await self._room_for(digest, size, rest)
+        except BaseException:  # cancelled while the upstream was asked
+            await answer.aclose()
+            raise
+        if room is None:
+            await answer.aclose()
+            return None
+        self._trusting += room
         self.counts.hits += 1
         log.info("blob %s: filling from the shared store", digest)
         handover = Handover()
@@ -176,6 +199,7 @@ class SharedTier:
         async def close() -> None:
             # Counted before the first await: the fill closes its download right after its
             # commit (or the failed sync that gave the blob up).
+            self._trusting -= room
             if body.finished(kept=self.blobs.lookup(digest) is not None):
                 self.counts.resumed += 1
                 self._repair(digest)
@@ -189,6 +213,48 @@ class SharedTier:
             origin=ORIGIN,
             handover=handover,
         )
+
+    async def _room_for(self, digest: Digest, size: int | None, rest: Resume | None) -> int | None:
+        """Whether a fill may take the object's length, ``size``, on its word: the fill
+        reserves that much before its first byte (evicting blobs to make room), and only its
+        last byte shows whether the object is the blob. A length the cache has free (less what
+        other objects taken on their word may still take) is taken: no blob is evicted for it;
+        those bytes are the answer (the fill's close gives them back). A longer one is first
+        asked of the upstream (``rest``: the last byte of a blob that long, whose answer says
+        the blob's length); confirmed, it is taken (0: it may evict, as the upstream's own
+        fill would). Else (None) the fill is the upstream's, and the object's length is
+        remembered: should the blob then committed be of another, the object is known bad
+        (:meth:`filled`)."""
+        if not size or size <= self._free_room():  # None: reserved as its bytes come
+            return size or 0
+        reason = "no upstream to ask"
+        if rest is not None:
+            try:
+                last = await rest(size - 1, size)
+            except FetchFailed as exc:
+                reason = str(exc)
+            else:
+                await last.close()
+                if last.size is not None:
+                    return 0
+                reason = "its answer says no length"
+        self._claims.set(digest, size)
+        log.info(
+            "blob %s: the shared object says %d bytes, more than the cache has free, and the "
+            "upstream did not confirm that length (%s): filled from the upstream",
+            digest,
+            size,
+            reason,
+        )
+        return None
+
+    def _free_room(self) -> int:
+        """Bytes a fill may reserve without evicting a blob, less those of fills from objects
+        taken on their word (counted until their close, their reservations then twice: an
+        object may be asked about when it need not, never taken when it should not)."""
+        usage = self.blobs.usage()
+        free = usage.max_size - usage.bytes - usage.reserved - usage.freeing
+        return free - self._trusting
 
     def _unverified(self, digest: Digest, handover: Handover) -> str:
         """A fill from the object did not verify: what the tier makes of it, for the end of
@@ -226,7 +292,21 @@ class SharedTier:
 
     def filled(self, digest: Digest) -> None:
         """A fill from the upstream ended: queue a committed sha256 blob for upload, unless the
-        store's last answer was a failure (a miss finds out whether it is back)."""
+        store's last answer was a failure (a miss finds out whether it is back). An object not
+        filled from for a length the upstream did not confirm (:meth:`_room_for`) is known bad
+        once the blob proves of another length: counted corrupt, and replaced."""
+        claimed = self._claims.pop(digest)
+        entry = self.blobs.lookup(digest) if claimed is not None else None
+        if entry is not None and entry.size != claimed:
+            self.counts.corrupt += 1
+            self._bad.set(digest, True)
+            log.warning(
+                "blob %s: the shared object says %s bytes, the blob has %d: marked bad, "
+                "fetched upstream from now on, then replaced",
+                digest,
+                claimed,
+                entry.size,
+            )
         if (
             digest.algorithm == "sha256"
             and self.blobs.holds(digest)

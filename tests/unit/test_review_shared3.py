@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,11 +12,22 @@ import httpx
 import pytest
 
 from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.errors import FetchFailed
 from docxy.cache.fill import Download
 from docxy.core.digests import Digest, digest_of
+from docxy.http.state import mirror_state
 from docxy.shared import tier as tier_module
 from docxy.shared.objects import Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
+from tests.unit.test_observe_routes import (
+    BLOB,
+    BLOB_DIGEST,
+    SHARED,
+    STORE_HOST,
+    Upstream,
+    blob_path,
+    stack,
+)
 
 GUARD = 30.0  # seconds before a would-be hang becomes a test failure
 STORE = "http://127.0.0.81:9"  # never connected to: every request goes to a MockTransport
@@ -73,6 +85,167 @@ async def whole(data: bytes, offset: int = 0) -> Download:
         pass
 
     return Download(len(data) - offset, chunks(), close)
+
+
+# --- 1. an object's claimed length evicts the local cache ---------------------------------------
+
+CLAIMED = 900_000  # the planted object's length: most of the cache
+
+
+class Registry:
+    """The upstream's blob (``LAYER``), as the pull path's ``rest`` and a fill's fetch get it:
+    a ``Range`` past its end is refused (a 416), as a registry does."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []  # the offset of each ranged GET
+        self.fetched = 0  # whole GETs
+
+    async def rest(self, offset: int, size: int | None) -> Download:
+        self.asked.append(offset)
+        if offset >= len(LAYER):
+            raise FetchFailed("registry.test answered 416")
+        if size is not None and size != len(LAYER):
+            raise FetchFailed(f"registry.test answered Content-Range: not of the blob's {size}")
+        return await whole(LAYER, offset)
+
+    async def fetch(self) -> Download:
+        self.fetched += 1
+        return await whole(LAYER)
+
+
+def planted(request: httpx.Request) -> httpx.Response:
+    """A bucket writer's object under the layer's key: ``CLAIMED`` bytes, not the layer."""
+    if request.method == "GET" and request.url.path.endswith(digest_of(LAYER).hex):
+        return answer(200, bytes(CLAIMED))
+    return s3_missing(request)
+
+
+async def test_an_object_claiming_a_length_the_upstream_denies_evicts_nothing(
+    tmp_path: Path,
+) -> None:
+    """The fill reserved the object's length before its first byte: four cached blobs were
+    evicted for a planted object that then failed its digest. Now a length that needs room
+    the cache does not have free is first asked of the upstream (the last byte of a blob that
+    long); the upstream denies it, the fill is the upstream's, and once it is cached the object
+    is known bad (corrupt, replaced by the upload)."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    kept = [await cache(blobs, bytes([n]) * 200_000) for n in range(4)]
+    registry = Registry()
+    tier, http = open_tier(blobs, planted)
+    layer = digest_of(LAYER)
+    async with http:
+
+        async def fetch() -> Download:
+            download = await tier.download(layer, registry.rest)
+            if download is not None:
+                return download
+
+            async def close() -> None:
+                await upstream.close()
+                tier.filled(layer)
+
+            upstream = await registry.fetch()
+            return Download(upstream.size, upstream.chunks, close)
+
+        stream = await blobs.fill(layer, fetch)
+        try:
+            body = await asyncio.wait_for(stream.read_all(), GUARD)
+        except Exception as exc:  # noqa: BLE001 - the fill from the object failed
+            body = repr(exc).encode()
+        await asyncio.wait_for(blobs.commits_done(), GUARD)
+        tier.uploads.cancel()
+    assert [blobs.holds(digest) for digest in kept] == [True] * 4
+    assert body == LAYER
+    assert registry.asked == [CLAIMED - 1] and registry.fetched == 1
+    assert (tier.counts.hits, tier.counts.corrupt) == (0, 1)
+
+
+def good_object(request: httpx.Request) -> httpx.Response:
+    if request.method == "GET" and request.url.path.endswith(digest_of(LAYER).hex):
+        return answer(200, LAYER)
+    return s3_missing(request)
+
+
+async def test_an_object_the_upstream_confirms_is_filled_from_the_store(tmp_path: Path) -> None:
+    """The other side: a length the upstream confirms is the object's to fill (eviction and
+    all), and one that fits the room free asks the upstream nothing."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", 4 * len(LAYER), write_buffer=0)
+    await cache(blobs, bytes(3 * len(LAYER) + 1000))  # room for half the layer left
+    registry = Registry()
+    tier, http = open_tier(blobs, good_object)
+    layer = digest_of(LAYER)
+    async with http:
+        download = await tier.download(layer, registry.rest)
+        assert download is not None and download.size == len(LAYER)
+        await download.close()
+        assert registry.asked == [len(LAYER) - 1]
+        roomy = DiskBlobStore.open(tmp_path / "roomy", MAX_SIZE, write_buffer=0)
+        tier.blobs = roomy
+        download = await tier.download(layer, registry.rest)
+        assert download is not None and download.size == len(LAYER)
+        await download.close()
+    assert registry.asked == [len(LAYER) - 1]  # not asked again: it fit
+    assert (tier.counts.hits, tier.counts.corrupt) == (2, 0)
+
+
+class RangedRegistry(Upstream):
+    """The registry answers a ranged blob GET with a ``206`` (as Distribution does); the bucket
+    holds the blob's object, ``extra`` bytes longer than the blob when planted."""
+
+    def __init__(self, extra: int = 0) -> None:
+        super().__init__(in_bucket=True)
+        self.extra = extra
+        self.ranged: list[str] = []
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.endswith(BLOB_DIGEST[7:]):
+            self.bucket_seen.append(f"GET {request.url.path}")
+            return answer(200, BLOB + bytes(self.extra))
+        return super().bucket(request)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        wanted = request.headers.get("range")
+        if wanted is None or request.url.host == STORE_HOST:
+            return super().__call__(request)
+        self.seen.append(f"{request.method} {request.url.path} {wanted}")
+        start = int(wanted.removeprefix("bytes=").removesuffix("-"))
+        if start >= len(BLOB):
+            return answer(416, headers={"Content-Range": f"bytes */{len(BLOB)}"})
+        span = f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"
+        length = str(len(BLOB) - start)
+        return answer(206, BLOB[start:], {"Content-Range": span, "Content-Length": length})
+
+
+@pytest.mark.parametrize("extra", [0, 1000, 5000])
+async def test_the_pull_path_asks_the_upstream_for_a_length_that_would_evict(
+    tmp_path: Path, extra: int
+) -> None:
+    """Through the mirror, the object's length more than the cache has free: it is first
+    checked with a ranged GET of its last byte. The blob's own length (``extra`` 0, the cache
+    with room for half of it) is confirmed, and the blob comes from the bucket. A planted
+    object longer than the blob (the cache with room for the blob, not for the object) is
+    denied (a ``Content-Range`` of another length, a ``416``): the blob comes from the
+    upstream, nothing is evicted, and the object is known bad."""
+    registry = RangedRegistry(extra)
+    room = len(BLOB) // 2 if extra == 0 else len(BLOB) + 100
+    settings = {**SHARED, "cache.max_size": str(len(BLOB) + room)}
+    async with stack(tmp_path, settings=settings, upstream=registry) as mirror:
+        store = mirror_state(mirror.app).running.blobs.store
+        assert store is not None
+        other = await cache(store, bytes(len(BLOB)))
+        pulled = await mirror.get(blob_path())
+        await mirror.committed()
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+        still = store.holds(other)
+    assert (pulled.status, pulled.body == BLOB) == (200, True)
+    ranged = [line for line in registry.seen if "bytes=" in line]
+    assert ranged == [f"GET {blob_path()} bytes={len(BLOB) + extra - 1}-"]
+    if extra:
+        assert (health["hits"], health["corrupt"], still) == (0, 1, True)
+        assert f"GET {blob_path()}" in registry.seen
+    else:  # from the bucket, evicting what it must, as the upstream's own fill would
+        assert (health["hits"], health["corrupt"], still) == (1, 0, False)
+        assert f"GET {blob_path()}" not in registry.seen
 
 
 # --- 2. a 404 that is not S3's NoSuchKey --------------------------------------------------------
