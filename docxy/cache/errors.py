@@ -66,6 +66,11 @@ class FetchFailed(UpstreamCaused):
     """The fetch a fill was given could not start (refused, not found, unreachable)."""
 
 
+class FetchUnanswered(FetchFailed):
+    """The upstream could not be asked (unreachable, timed out, a 429 or 5xx): its failure
+    says nothing of the blob."""
+
+
 class FetchRefused(FetchFailed):
     """The upstream refused the mirror's token or has no such blob (401, 403, 404): no fault
     of the mirror's; the client's own request, passed through, gets the upstream's answer."""

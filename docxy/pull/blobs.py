@@ -44,6 +44,7 @@ from docxy.cache.errors import (
     CacheUnwritable,
     FetchFailed,
     FetchRefused,
+    FetchUnanswered,
     FillAborted,
     NoRoom,
 )
@@ -314,6 +315,8 @@ class BlobService:
             self.tokens.mark_refused(pull.upstream, pull.name)
         if status in (401, 403, 404):
             raise FetchRefused(said)
+        if status == 429 or status >= 500:
+            raise FetchUnanswered(said)
         raise FetchFailed(said)
 
     async def _fetch_httpx(self, pull: Pull) -> Download:
@@ -348,7 +351,7 @@ class BlobService:
         try:
             answer = await self.tokens.send(pull.upstream, "GET", pull.name, pull.path, ranged)
         except UpstreamError as exc:
-            raise FetchFailed(exc.message) from exc
+            raise FetchUnanswered(exc.message) from exc
         status = answer.status_code
         if status not in (200, 206):
             await answer.aclose()

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import httpx
 
 from docxy.cache.blobs import DiskBlobStore
-from docxy.cache.errors import FetchFailed, VerifyError
+from docxy.cache.errors import FetchFailed, FetchUnanswered, VerifyError
 from docxy.cache.files import BlobFile
 from docxy.cache.fill import Download, Handover, Resume
 from docxy.config import SharedConfig
@@ -222,15 +222,25 @@ class SharedTier:
         those bytes are the answer (the fill's close gives them back). A longer one is first
         asked of the upstream (``rest``: the last byte of a blob that long, whose answer says
         the blob's length); confirmed, it is taken (0: it may evict, as the upstream's own
-        fill would). Else (None) the fill is the upstream's, and the object's length is
-        remembered: should the blob then committed be of another, the object is known bad
-        (:meth:`filled`)."""
+        fill would), and so it is when the upstream cannot be asked (down, 429, 5xx): in an
+        outage the bucket is what serves misses. Denied (another length, a 416, a 404), the
+        fill is the upstream's (None), and the object's length is remembered: should the blob
+        then committed be of another, the object is known bad (:meth:`filled`)."""
         if not size or size <= self._free_room():  # None: reserved as its bytes come
             return size or 0
         reason = "no upstream to ask"
         if rest is not None:
             try:
                 last = await rest(size - 1, size)
+            except FetchUnanswered as exc:
+                log.info(
+                    "blob %s: the upstream could not confirm the shared object's %d bytes (%s): "
+                    "taken on the object's word",
+                    digest,
+                    size,
+                    exc,
+                )
+                return 0
             except FetchFailed as exc:
                 reason = str(exc)
             else:

@@ -248,6 +248,46 @@ async def test_the_pull_path_asks_the_upstream_for_a_length_that_would_evict(
         assert f"GET {blob_path()}" not in registry.seen
 
 
+class RangesFailing(RangedRegistry):
+    """The registry in trouble for ranged GETs: a 503 (or the mirror's 429), as in an outage
+    that lets nothing through."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("range") is None or request.url.host == STORE_HOST:
+            return super().__call__(request)
+        self.seen.append(f"{request.method} {request.url.path} {request.headers['range']}")
+        return answer(self.status, headers={"Retry-After": "30"})
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_an_upstream_that_cannot_confirm_a_length_leaves_the_object_to_fill(
+    tmp_path: Path, status: int
+) -> None:
+    """The upstream asked for the object's length answers 429/503: that says nothing of the
+    object, and in an outage the bucket is what serves misses, so the object fills the blob
+    (evicting what it must), as before the length was asked at all."""
+    registry = RangesFailing(status)
+    settings = {**SHARED, "cache.max_size": str(len(BLOB) + len(BLOB) // 2)}
+    async with stack(tmp_path, settings=settings, upstream=registry) as mirror:
+        store = mirror_state(mirror.app).running.blobs.store
+        assert store is not None
+        other = await cache(store, bytes(len(BLOB)))
+        pulled = await mirror.get(blob_path())
+        await mirror.committed()
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+        still = store.holds(other)
+    assert (pulled.status, pulled.body == BLOB) == (200, True)
+    assert [line for line in registry.seen if "bytes=" in line] == [
+        f"GET {blob_path()} bytes={len(BLOB) - 1}-"
+    ]
+    assert (health["hits"], health["corrupt"], still) == (1, 0, False)
+    assert f"GET {blob_path()}" not in registry.seen
+
+
 # --- 2. a 404 that is not S3's NoSuchKey --------------------------------------------------------
 
 
