@@ -45,6 +45,11 @@ COPY scripts/configure-client.sh /usr/share/docxy/
 #   capability: the kernel refuses to exec a file granted one the set lacks, and with the xattr
 #   on the interpreter itself `cap_drop: [ALL]` started nothing ("python3: Operation not
 #   permitted").
+# - The `docxy` user and group are 999:999, fixed: the cache and certs volumes outlive the image,
+#   and a rebuild must own what the last one wrote. 999 is what `useradd --system` picked on the
+#   documented bases (python:3.12-slim, bookworm with python3) before it was pinned; a base that
+#   already has 999 fails the build here instead of silently giving another UID. (The entrypoint
+#   names a volume it cannot write and the one-time chown.)
 # - The image's `docxy` command runs the CLI through the entrypoint, under the mirror's settings.
 # - COPY keeps the modes of the checkout: one made under umask 027 or 077 (a hardened host) gave
 #   root-only scripts, and the non-root user could not exec the entrypoint ("permission denied").
@@ -56,7 +61,9 @@ RUN mkdir /opt/docxy/netbind \
         /usr/share/docxy/configure-client.sh \
     && chmod 0644 /usr/local/lib/docxy/supervisord.conf \
     && ln -sf /usr/local/lib/docxy/container-docxy.sh /opt/docxy/bin/docxy \
-    && useradd --system --user-group --home-dir /var/lib/docxy --shell /usr/sbin/nologin docxy \
+    && groupadd --system --gid 999 docxy \
+    && useradd --system --uid 999 --gid docxy --home-dir /var/lib/docxy \
+        --shell /usr/sbin/nologin docxy \
     && mkdir -p /var/lib/docxy/cache /var/lib/docxy/certs /var/lib/docxy/webroot /run/docxy \
         /usr/share/docxy \
     && chown -R docxy:docxy /var/lib/docxy /run/docxy

@@ -82,5 +82,23 @@ if [[ -z "${DOCXY_DOMAIN:-}" && -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
   exit 2
 fi
 
+# The volumes must be writable by this container's user, which cannot chown them (no root): one
+# written by an image whose docxy user had another UID (before the Dockerfile pinned 999, on a
+# base where `useradd --system` picked another) stops the mirror. Say which and how to hand it
+# over once; the mirror still starts and reports its own error, as supervisord expects.
+me="$(id -u):$(id -g)"
+for volume in "$DOCXY_CACHE_DIR" "$state/certs"; do
+  for dir in "$volume" "$volume"/*/; do
+    if [[ -d "$dir" && ! -w "$dir" ]]; then
+      echo "docxy: cannot write ${dir%/} (owner $(stat -c %u:%g -- "$dir"), mode" \
+        "$(stat -c %a -- "$dir")) as $me. Left by an image whose docxy user had another UID?" \
+        "Give it to this one once: docker compose run --rm --user 0 --entrypoint chown docxy" \
+        "-R $me $volume (or docker run --rm --user 0 -v VOLUME:$volume --entrypoint chown" \
+        "IMAGE -R $me $volume)" >&2
+      break
+    fi
+  done
+done
+
 # supervisord in this process (exec), exiting 1 instead of 0 if a program went FATAL.
 exec python -m scheduler.supervise -c "$conf"
