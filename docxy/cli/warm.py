@@ -222,6 +222,7 @@ UNCACHED_BECAUSE = {
     "bypass": "the mirror's cache is off (--no-cache, cache.enabled = false)",
     "cache-full": "the mirror's cache has no room for it (cache.max_size)",
     "cache-unwritable": "the mirror cannot write its cache (see its log)",
+    "evicted": "the mirror's cache evicted it as it was stored (a cache too small for the pulls)",
     "cache-unreadable": "the mirror cannot read its cache (see its log)",
     "upstream-failed": "the mirror's own fetch failed (see its log); try again",
     "unconfirmed": "the upstream did not confirm that this repository holds it (see its log)",

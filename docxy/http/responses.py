@@ -30,7 +30,6 @@ from docxy.pull.outcome import (
     ManifestContent,
     Outcome,
     PassThrough,
-    Reason,
     Served,
     Source,
 )
@@ -104,12 +103,12 @@ def cache_status(outcome: Outcome) -> str:
     """The mirror's ``Cache-Status`` member (RFC 9211) for ``outcome``: what the cache did,
     the access log's ``cache=``; a pass-through is ``fwd=bypass`` with its reason as the
     ``detail`` (``private``, ``cache-full``, ...: :class:`~docxy.pull.outcome.Reason`), and a
-    manifest fetched but not kept (the disk refused it) ``stored=?0``."""
+    manifest fetched but not kept ``stored=?0`` with why (``cache-unwritable``, ``evicted``)."""
     if isinstance(outcome, PassThrough):
         return f"{CACHE_NAME}; fwd=bypass; detail={outcome.reason.value}"
     said = f"{CACHE_NAME}; {_SOURCE_STATUS[outcome.source]}"
-    if not outcome.kept:
-        return f"{said}; stored=?0; detail={Reason.CACHE_UNWRITABLE.value}"
+    if outcome.not_kept is not None:
+        return f"{said}; stored=?0; detail={outcome.not_kept.value}"
     return said
 
 

@@ -389,8 +389,8 @@ def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: fl
         facts["reason"] = outcome.reason.value
     else:
         facts["cache"] = outcome.source.value
-        if not outcome.kept:  # served, but its disk refused it (Cache-Status: stored=?0)
-            facts["reason"] = Reason.CACHE_UNWRITABLE.value
+        if outcome.not_kept is not None:  # served, not cached (Cache-Status: stored=?0)
+            facts["reason"] = outcome.not_kept.value
         content = outcome.content
         stream = content.stream if isinstance(content, BlobContent) else None
         if isinstance(stream, BlobFollower):

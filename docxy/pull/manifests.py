@@ -88,7 +88,8 @@ def _content(manifest: CachedManifest, pull: Pull) -> ManifestContent:
 
 
 def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
-    return Served(source, _content(manifest, pull), kept=manifest.kept)
+    not_kept = None if manifest.not_kept is None else Reason(manifest.not_kept.value)
+    return Served(source, _content(manifest, pull), not_kept=not_kept)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ class Reason(enum.Enum):
     UPSTREAM_ANSWER = "upstream-answer"  # not found, schema 1...: the client gets it verbatim
     UPSTREAM_FAILED = "upstream-failed"  # the mirror's fetch failed and nothing is cached
     CACHE_UNWRITABLE = "cache-unwritable"  # disk full or unwritable: misses go uncached
+    EVICTED = "evicted"  # a manifest an eviction took out while its files were written
     CACHE_UNREADABLE = "cache-unreadable"  # a cached blob's file cannot be opened (EMFILE, EIO)
     CACHE_FULL = "cache-full"  # no room under cache.max_size (too big, or the rest is in use)
     UNCONFIRMED = "unconfirmed"  # a cached blob the upstream did not confirm in this repository
@@ -109,8 +110,13 @@ class ManifestContent:
 class Served:
     source: Source
     content: BlobContent | ManifestContent
-    #: False: fetched through the cache just now, and not kept (its disk refused the write).
-    kept: bool = True
+    #: Fetched through the cache just now, and not kept: why (its disk refused the write, an
+    #: eviction took it out meanwhile). None: kept, or not fetched just now.
+    not_kept: Reason | None = None
+
+    @property
+    def kept(self) -> bool:
+        return self.not_kept is None
 
 
 @dataclass(frozen=True, slots=True)

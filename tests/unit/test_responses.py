@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from quart import Response
 
+from docxy.cache.manifests import NotKept
+from docxy.cli.warm import UNCACHED_BECAUSE
 from docxy.core.digests import digest_of
 from docxy.core.errors import NotFound, RangeNotSatisfiable, UpstreamTimeout
 from docxy.http.responses import (
@@ -77,7 +80,7 @@ async def test_cache_status_says_what_the_cache_did_for_every_source_and_reason(
     assert said[Source.JOINED] == "Docxy; fwd=miss; collapsed"
     assert len(set(said.values())) == len(Source)
     manifest = ManifestContent(DIGEST, "application/vnd.oci.image.manifest.v1+json", 8, None)
-    assert cache_status(Served(Source.MISS, manifest, kept=False)) == (
+    assert cache_status(Served(Source.MISS, manifest, not_kept=Reason.CACHE_UNWRITABLE)) == (
         "Docxy; fwd=miss; stored=?0; detail=cache-unwritable"
     )
     for reason in Reason:
@@ -101,3 +104,15 @@ async def test_cache_status_goes_after_the_upstreams_own() -> None:
     hit = Served(Source.HIT, BlobContent(DIGEST, 10, None))
     served = with_cache_status(served_response(hit), hit)
     assert served.headers.getlist("Cache-Status") == ["Docxy; hit"]
+
+
+@pytest.mark.parametrize("why", list(NotKept))
+async def test_a_manifest_not_kept_says_why_in_cache_status_and_to_warm(why: NotKept) -> None:
+    """A manifest fetched just now and not cached is ``stored=?0`` with the store's own reason
+    (a disk that refused it is not an eviction that took it out meanwhile), which
+    ``docxy warm`` explains."""
+    manifest = ManifestContent(DIGEST, "application/vnd.oci.image.manifest.v1+json", 2, None)
+    served = Served(Source.MISS, manifest, not_kept=Reason(why.value))
+    assert not served.kept
+    assert cache_status(served) == f"Docxy; fwd=miss; stored=?0; detail={why.value}"
+    assert why.value in UNCACHED_BECAUSE
