@@ -254,13 +254,13 @@ class RangesFailing(RangedRegistry):
 
     def __init__(self, status: int) -> None:
         super().__init__()
-        self.status = status
+        self.trouble = status
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.headers.get("range") is None or request.url.host == STORE_HOST:
             return super().__call__(request)
         self.seen.append(f"{request.method} {request.url.path} {request.headers['range']}")
-        return answer(self.status, headers={"Retry-After": "30"})
+        return answer(self.trouble, headers={"Retry-After": "30"})
 
 
 @pytest.mark.parametrize("status", [429, 503])
