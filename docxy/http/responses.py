@@ -18,6 +18,7 @@ from quart import Response
 from werkzeug.datastructures import Headers
 
 from docxy.cache.errors import FillAborted
+from docxy.cache.files import ClosedFile
 from docxy.cache.fill import BlobFollower, FillState
 from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenges
@@ -162,6 +163,18 @@ async def _cut_on_abort(stream: BlobReader | BlobFollower) -> AsyncIterator[byte
         told = isinstance(stream, BlobFollower) and stream.fill.state is FillState.ABORTED
         log.log(logging.DEBUG if told else logging.WARNING, "cutting the client: %s", exc)
         raise StreamCut(str(exc)) from None
+    except ClosedFile:
+        raise  # closed under the read (the reader's end, not the file's): as before
+    except OSError as exc:
+        # A read of the file failed (EIO, a file cut short): the client is cut, as for a
+        # failed fill, not left to an exception out of the app (a traceback per client). A
+        # cached blob's failure was said by the store (dropped, fetched again next time).
+        if isinstance(stream, BlobReader):
+            said, level = f"cannot read the cached blob: {exc}", logging.DEBUG
+        else:
+            said, level = f"cannot read {stream.digest}'s temp file: {exc}", logging.WARNING
+        log.log(level, "cutting the client: %s", said)
+        raise StreamCut(said) from None
     finally:
         stream.close()
 

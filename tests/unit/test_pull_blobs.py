@@ -975,9 +975,9 @@ async def test_a_cached_blob_that_cannot_be_read_is_fetched_again_at_the_next_pu
 
         monkeypatch.setattr(BlobFile, "pread", pread)
         caplog.set_level(logging.WARNING, logger="docxy.cache.blobs")
-        with pytest.raises(OSError):
-            broken = await client.get(f"/v2/team/app/blobs/{DIGEST}")
-            await broken.get_data()
+        # Cut, not an exception out of the app (hypercorn's traceback for each client).
+        broken = await call_asgi(app, "GET", f"/v2/team/app/blobs/{DIGEST}", host="mirror.test")
+        assert (broken.status, broken.complete) == (200, False)
         assert "dropped from the cache" in caplog.text
         monkeypatch.setattr(BlobFile, "pread", real)  # the new fill writes new blocks
         again = await client.get(f"/v2/team/app/blobs/{DIGEST}")
