@@ -10,6 +10,7 @@ import pytest
 from docxy.config import (
     ENV_ALIASES,
     OTHER_ENV,
+    SECRET_FILE_KEYS,
     SETTINGS,
     Config,
     HostPort,
@@ -291,6 +292,7 @@ def test_every_docxy_variable_the_container_files_read_is_allowed() -> None:
     files += [p for p in (root / "scripts").rglob("*") if p.is_file()]
     names = {m for f in files for m in re.findall(r"\bDOCXY_[A-Z0-9_]*[A-Z0-9]", f.read_text())}
     settings = {env_name(key) for key, _, _ in describe(load_config(environ={}))}
+    settings |= {env_name(key) for key in SECRET_FILE_KEYS}  # DOCXY_UPSTREAM_PASSWORD_FILE
     prefixes = {f"DOCXY_{section.upper()}" for section in SETTINGS}
     typo_example = {"DOCXY_SERVR_LISTEN"}  # the README's example of what is refused
     upstreams = {n for n in names if is_upstreams_env(n)}  # docxy.upstream.settings checks them
