@@ -156,6 +156,8 @@ class GcReport:
     evict_failed: int = 0
     #: Bytes still kept over ``max_size`` after it evicted (blobs being read are left alone).
     over_bytes: int = 0
+    #: Corrupt blobs it kept: the disk refused to delete an image that needs one (--verify).
+    corrupt_kept: int = 0
 
 
 class BlobStore(Protocol):
@@ -1083,7 +1085,7 @@ class DiskBlobStore:
         gone = sum(e.size for d, e in known.items() if d not in self._index)
         for path in strays:
             freed += _size_removed(path)
-        corrupt = 0
+        corrupt = kept = 0
         if verify:
             for entry in list(self._index.values()):
                 if self._pins[entry.digest]:
@@ -1098,10 +1100,21 @@ class DiskBlobStore:
                     self._forget(entry)
                     gone += entry.size
                     continue
-                if not intact:
-                    log.warning("cache: %s is corrupt on disk, removed", entry.digest)
+                if intact:
+                    continue
+                try:
                     freed += self._remove_entry(entry)
-                    corrupt += 1
+                except OSError as exc:  # its file, or an image that needs it (which stays
+                    # cached whole, with it): the rest are verified all the same
+                    log.warning(
+                        "cache: %s is corrupt on disk, kept: the disk refused a delete: %s",
+                        entry.digest,
+                        exc,
+                    )
+                    kept += 1
+                    continue
+                log.warning("cache: %s is corrupt on disk, removed", entry.digest)
+                corrupt += 1
         await self.settle()
         evicted, evicted_bytes, vanished = self.evicted, self.evicted_bytes, self.vanished_bytes
         failed = self.evict_failed
@@ -1118,6 +1131,7 @@ class DiskBlobStore:
             gone + self.vanished_bytes - vanished,
             self.evict_failed - failed,
             over,
+            kept,
         )
 
 

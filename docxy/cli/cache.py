@@ -302,21 +302,45 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
 
 
 def _remove_blobs(store: DiskBlobStore, doomed: list[Digest], out: TextIO) -> int:
+    """Remove each blob (the images that need it first); one the disk keeps (its file, or an
+    image that needs it) is said and kept, and the others go on: exit 1 at the end."""
     sizes = {e.digest: e.size for e in store.list_entries()}
     freed, status = 0, EXIT_OK
+    kept: list[Digest] = []
+    refusals: set[tuple[object, int | None]] = set()
     for digest in doomed:
+        size = human_size(sizes.get(digest, 0))
         try:
             removed = store.remove(digest)
         except BlobInUse:
             print(f"docxy cache rm: blob {digest} is being read; kept", file=sys.stderr)
             status = EXIT_NOT_FOUND
             continue
+        except OSError as exc:  # read-only, another owner's files: each refused file said once
+            if (exc.filename, exc.errno) not in refusals:
+                refusals.add((exc.filename, exc.errno))
+                print(cannot_change("rm", store.root, exc), file=sys.stderr)
+            print(f"kept blob {digest} ({size}): the disk refused a delete", file=out)
+            kept.append(digest)
+            continue
         if removed:
             freed += sizes.get(digest, 0)
-            print(f"removed blob {digest} ({human_size(sizes.get(digest, 0))})", file=out)
+            print(f"removed blob {digest} ({size})", file=out)
     if doomed:
         print(f"freed {human_size(freed)}", file=out)
+    if kept:
+        total = human_size(sum(sizes.get(digest, 0) for digest in kept))
+        blobs = "1 blob" if len(kept) == 1 else f"{len(kept)} blobs"
+        print(f"not removed: {blobs} ({total}) (the disk refused: see above)", file=out)
+        return EXIT_FAILED
     return status
+
+
+def cannot_change(command: str, directory: Path, exc: OSError) -> str:
+    """The line saying the disk refused a change: ``docxy cache rm: cannot change DIR: FILE
+    Permission denied``."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"docxy cache {command}: cannot change {directory}:{where} {exc.strerror or exc}"
 
 
 def _bytes(size: int) -> str:
@@ -353,13 +377,16 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         ("freed", _bytes(report.freed_bytes)),  # by this gc; not what went meanwhile:
         ("gone meanwhile", _bytes(report.gone_bytes)),  # a live mirror's evictions, `rm`
     ]
+    if report.corrupt_kept:  # each said in a WARNING line: the disk refused a delete
+        rows.append(("corrupt blobs kept", f"{report.corrupt_kept} (the disk refused: see above)"))
     if report.evict_failed:  # each said in a WARNING line: the disk kept them
         rows.append(("not evicted", f"{report.evict_failed} (the disk refused: see above)"))
     if report.over_bytes:  # what is left is open in a process (a client reading it), or kept
         rows.append(("still over max_size", f"{_bytes(report.over_bytes)}: {STILL_OVER}"))
     for line in columns((key + ":", value) for key, value in rows):
         print(line, file=out)
-    return EXIT_FAILED if report.evict_failed or report.over_bytes else EXIT_OK
+    failed = report.evict_failed or report.over_bytes or report.corrupt_kept
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 # --- wiring into ``docxy`` ------------------------------------------------------------------
@@ -439,10 +466,5 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     except BrokenPipeError:  # its report's reader went away (| head): not the cache's trouble
         raise
     except OSError as exc:  # read-only, another owner's files (EACCES), EIO: one line, no trace
-        where = f" {exc.filename}" if exc.filename else ""
-        print(
-            f"docxy cache {args.cache_command}: cannot change {directory}:{where} "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        print(cannot_change(args.cache_command, directory, exc), file=sys.stderr)
         return EXIT_FAILED
