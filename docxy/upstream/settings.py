@@ -8,6 +8,7 @@ Forms, lowest precedence first (the settings contract: flag > env > file > prese
     registry = "https://registry.lab.example"
     hosts = ["lab-mirror.example.com"]           # optional: mirror host names that pick it
     username = "..."; password = "..."           # optional; also auth_realm, library_prefix
+    password_file = "/run/secrets/lab_password"  # or the password read from a file
 
     DOCXY_UPSTREAMS="ghcr.io,lab.example=https://registry.lab.example"
     DOCXY_UPSTREAMS_<ID>_<KEY>=value             # ID: the name upper-cased, . and - as _
@@ -15,12 +16,19 @@ Forms, lowest precedence first (the settings contract: flag > env > file > prese
 
 The highest layer that gives the list decides which upstreams are on; each one's keys merge
 from every layer. Mistakes stop start-up naming the key and its source, as for any setting.
+
+The password may instead name a file that holds it, as ``[upstream]``'s may
+(``docxy.config.read_secret_file``): ``password_file`` in a table,
+``DOCXY_UPSTREAMS_<ID>_PASSWORD_FILE``, ``--set upstreams.<name>.password_file=``. It is the
+password in its layer (a higher layer's password overrides it, and its file is then not read);
+the password and its file both given in one layer are refused, an empty one stands aside.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from docxy.config import (
@@ -30,6 +38,7 @@ from docxy.config import (
     parse_bool,
     parse_registry_url,
     parse_url,
+    read_secret_file,
     shown,
 )
 from docxy.core.errors import ConfigError
@@ -41,6 +50,8 @@ ENV_LIST = "DOCXY_UPSTREAMS"
 ENV_PREFIX = "DOCXY_UPSTREAMS_"
 KEYS = ("registry", "auth_realm", "library_prefix", "username", "password", "hosts")
 SECRET = "password"
+SECRET_FILE = "password_file"  # names a file holding the password: a key in every layer
+GIVEN_KEYS = (*KEYS, SECRET_FILE)  # what a layer may give
 PRESET_KEYS = ("registry", "library_prefix")  # what a preset gives (docxy.upstream.presets)
 _NAME = re.compile(r"[a-z0-9]+(?:-+[a-z0-9]+)*(?:\.[a-z0-9]+(?:-+[a-z0-9]+)*)+")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
@@ -92,6 +103,50 @@ def _opt(value: object) -> str | None:
     return value.strip() or None
 
 
+class _SecretFile(NamedTuple):
+    """The password still in its file, by the name a layer gave: read only if its layer wins."""
+
+    name: object
+
+    def read(self) -> str:
+        """The file's text (``ValueError`` naming the file, never its content); none if the
+        name is empty: the password unset."""
+        if not isinstance(self.name, str):
+            raise ValueError(f"expected a file name, got {self.name!r}")
+        return read_secret_file(Path(self.name).expanduser()) if self.name.strip() else ""
+
+
+def _is_empty(value: object) -> bool:
+    if isinstance(value, _SecretFile):
+        value = value.name
+    return isinstance(value, str) and not value.strip()
+
+
+def _put(keys: Raw, name: str, key: str, value: object, source: str) -> None:
+    """Record one layer's `key` of the upstream `name`; ``password_file`` as the password, in
+    its file. The password and its file both given in one layer are refused, naming both; an
+    empty one stands aside, as for ``[upstream]`` (``docxy.config``)."""
+    if key == SECRET_FILE:
+        key, value = SECRET, _SecretFile(value)
+    if key != SECRET or key not in keys:
+        keys[key] = (value, source)
+        return
+    pair = sorted([keys[key], (value, source)], key=lambda p: isinstance(p[0], _SecretFile))
+    given = [p for p in pair if not _is_empty(p[0])]
+    if len(given) < 2:
+        keys[key] = (given or pair)[0]
+        return
+    (_, plain), (_, named) = pair  # the password's source, then its file's
+    full = f"{SECTION}.{name}.{SECRET}"
+    if plain.startswith("env "):
+        both = f"{plain} and {named}"
+    elif plain == "flag":
+        both = f"flags {full} and {full}_file"
+    else:
+        both = f"{SECRET} and {SECRET_FILE} in [[upstreams]] {name} of {plain}"
+    raise ConfigError(f"{full}: set twice ({both}): keep the value or its file, not both")
+
+
 PARSERS: dict[str, Any] = {
     "registry": parse_registry_url,
     "auth_realm": lambda v: parse_url(v) if _opt(v) else None,
@@ -114,21 +169,24 @@ def _list_entries(value: object, source: str) -> list[tuple[str, Raw]]:
                 continue
             name_text, sep, url = item.partition("=")
             keys: Raw = {"registry": (url, source)} if sep else {}
+            table: dict[Any, Any] = {}
         elif isinstance(item, dict):
             table = dict(item)
             name_text = table.pop("name", None)
             if name_text is None:
                 raise ConfigError(f"{SECTION}: every [[upstreams]] needs a name ({source})")
             for key in table:
-                if key not in KEYS:
+                if key not in GIVEN_KEYS:
                     raise ConfigError(f"{SECTION}.{name_text}.{key}: unknown key ({source})")
-            keys = {key: (raw, source) for key, raw in table.items()}
+            keys = {}
         else:
             raise ConfigError(f"{SECTION}: expected names or tables, got {item!r} ({source})")
         try:
             name = parse_name(name_text)
         except ValueError as exc:
             raise ConfigError(f"{SECTION}: {exc} ({source})") from None
+        for key, raw in table.items():
+            _put(keys, name, key, raw, source)
         entries.append((name, keys))
     return entries
 
@@ -151,7 +209,12 @@ def load_upstreams(
     names: list[str] = []
     for value, source in layers:  # the highest layer with a list decides which are on
         entries = _list_entries(value, source)
+        layer: dict[str, Raw] = {}  # a name listed twice: one layer still
         for listed, keys in entries:
+            merged = layer.setdefault(listed, {})
+            for key, (raw, given) in keys.items():
+                _put(merged, listed, key, raw, given)
+        for listed, keys in layer.items():
             known[listed] = known.get(listed, {}) | keys  # a higher layer's key wins
         names = [listed for listed, _ in entries]
     # A layer between whose list left a name out does not drop what the layers below say of
@@ -166,28 +229,9 @@ def load_upstreams(
                 f"{SECTION}: {other!r} and {mentioned_name!r} share the environment name "
                 f"DOCXY_UPSTREAMS_{env_id(mentioned_name)}_*: rename one"
             )
-    for var, value in environ.items():
-        if var == ENV_LIST or not var.startswith(ENV_PREFIX):
-            continue
-        rest = var[len(ENV_PREFIX) :]
-        key = next((k for k in KEYS if rest.endswith("_" + k.upper())), None)
-        name = by_id.get(rest[: -len(key) - 1]) if key else None
-        if key is None or name is None:
-            raise ConfigError(
-                f"{var}: unknown variable (env {var}): expected DOCXY_UPSTREAMS_<ID>_<KEY> for "
-                f"an enabled upstream ({', '.join(sorted(by_id)) or 'none enabled'}), "
-                f"KEY one of {', '.join(k.upper() for k in KEYS)}"
-            )
-        if name in enabled:
-            enabled[name][key] = (value, f"env {var}")
-    for flag, value in flags.items():
-        if flag == SECTION:
-            continue
-        name, _, key = flag[len(SECTION) + 1 :].rpartition(".")
-        if name not in mentioned or key not in KEYS:
-            raise ConfigError(f"{flag}: unknown key (flag): upstreams.<enabled name>.<key>")
-        if name in enabled:
-            enabled[name][key] = (value, "flag")
+    for over in (_env_layer(environ, by_id, enabled), _flag_layer(flags, mentioned, enabled)):
+        for name, keys in over.items():
+            enabled[name] |= keys
     upstreams, sources = [], {}
     for name, keys in enabled.items():
         built = _build(name, keys)
@@ -196,6 +240,44 @@ def load_upstreams(
             sources.update({f"{SECTION}.{name}.{k}": s for k, (_, s) in keys.items()})
     _check_hosts(upstreams, sources)
     return tuple(upstreams), sources
+
+
+def _env_layer(
+    environ: Mapping[str, str], by_id: Mapping[str, str], enabled: Mapping[str, Raw]
+) -> dict[str, Raw]:
+    """The enabled upstreams' keys that ``DOCXY_UPSTREAMS_<ID>_<KEY>`` variables give."""
+    layer: dict[str, Raw] = {}
+    for var, value in environ.items():
+        if var == ENV_LIST or not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :]
+        key = next((k for k in GIVEN_KEYS if rest.endswith("_" + k.upper())), None)
+        name = by_id.get(rest[: -len(key) - 1]) if key else None
+        if key is None or name is None:
+            raise ConfigError(
+                f"{var}: unknown variable (env {var}): expected DOCXY_UPSTREAMS_<ID>_<KEY> for "
+                f"an enabled upstream ({', '.join(sorted(by_id)) or 'none enabled'}), "
+                f"KEY one of {', '.join(k.upper() for k in GIVEN_KEYS)}"
+            )
+        if name in enabled:
+            _put(layer.setdefault(name, {}), name, key, value, f"env {var}")
+    return layer
+
+
+def _flag_layer(
+    flags: Mapping[str, object], mentioned: set[str], enabled: Mapping[str, Raw]
+) -> dict[str, Raw]:
+    """The enabled upstreams' keys that ``--set upstreams.<name>.<key>=`` flags give."""
+    layer: dict[str, Raw] = {}
+    for flag, value in flags.items():
+        if flag == SECTION:
+            continue
+        name, _, key = flag[len(SECTION) + 1 :].rpartition(".")
+        if name not in mentioned or key not in GIVEN_KEYS:
+            raise ConfigError(f"{flag}: unknown key (flag): upstreams.<enabled name>.<key>")
+        if name in enabled:
+            _put(layer.setdefault(name, {}), name, key, value, "flag")
+    return layer
 
 
 def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
@@ -216,6 +298,11 @@ def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
         "hosts": (),
     }
     for key, (raw, source) in keys.items():
+        if isinstance(raw, _SecretFile):
+            try:
+                raw = raw.read()  # its errors name the file, never what is in it
+            except ValueError as exc:
+                raise ConfigError(f"{SECTION}.{name}.{key}: {exc} ({source})") from None
         try:
             values[key] = PARSERS[key](raw)
         except ValueError as exc:
