@@ -33,7 +33,7 @@ import stat
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -160,6 +160,51 @@ class GcReport:
     corrupt_kept: int = 0
 
 
+#: A store's eviction counters (blobs evicted, their bytes, bytes found gone, blobs kept).
+EvictionCounts = tuple[int, int, int, int]
+
+
+@dataclass(slots=True)
+class GcTally:
+    """What a :meth:`DiskBlobStore.gc` has done so far, filled in as it goes: :meth:`report`
+    is the report of one that ended early (interrupted, or stopped by a file it may not
+    delete) as much as of one that ran to its end."""
+
+    removed_tmp: int = 0
+    removed_stray: int = 0
+    removed_corrupt: int = 0
+    corrupt_kept: int = 0
+    freed_bytes: int = 0  # of the temp, stray and corrupt files (evicted blobs: the counters)
+    gone_bytes: int = 0
+    over_bytes: int = 0
+    #: Where the store's eviction counters are read, and what they were when gc began evicting.
+    counts: Callable[[], EvictionCounts] | None = None
+    since: EvictionCounts = (0, 0, 0, 0)
+
+    def evicting(self, counts: Callable[[], EvictionCounts]) -> None:
+        """gc starts evicting: its evictions are what ``counts`` adds from now on."""
+        self.counts, self.since = counts, counts()
+
+    def report(self) -> GcReport:
+        evicted = evicted_bytes = vanished = failed = 0
+        if self.counts is not None:
+            now = self.counts()
+            evicted, evicted_bytes, vanished, failed = (
+                a - b for a, b in zip(now, self.since, strict=True)
+            )
+        return GcReport(
+            removed_tmp=self.removed_tmp,
+            removed_stray=self.removed_stray,
+            removed_corrupt=self.removed_corrupt,
+            evicted=evicted,
+            freed_bytes=self.freed_bytes + evicted_bytes,
+            gone_bytes=self.gone_bytes + vanished,
+            evict_failed=failed,
+            over_bytes=self.over_bytes,
+            corrupt_kept=self.corrupt_kept,
+        )
+
+
 class BlobStore(Protocol):
     """What the routes use; a store shared by several replicas would implement the same."""
 
@@ -175,7 +220,12 @@ class BlobStore(Protocol):
     def remove(self, digest: Digest) -> bool: ...
     async def commits_done(self) -> None: ...
     async def gc(
-        self, *, verify: bool = False, tmp_age: float = 3600.0, evict: bool = True
+        self,
+        *,
+        verify: bool = False,
+        tmp_age: float = 3600.0,
+        evict: bool = True,
+        tally: GcTally | None = None,
     ) -> GcReport: ...
 
 
@@ -1069,7 +1119,12 @@ class DiskBlobStore:
         return freed
 
     async def gc(
-        self, *, verify: bool = False, tmp_age: float = 3600.0, evict: bool = True
+        self,
+        *,
+        verify: bool = False,
+        tmp_age: float = 3600.0,
+        evict: bool = True,
+        tally: GcTally | None = None,
     ) -> GcReport:
         """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
         every blob, and (``evict``) evict down to the cap (what it could not, because blobs are
@@ -1077,62 +1132,61 @@ class DiskBlobStore:
 
         Beside a live mirror, blobs also go meanwhile without this gc (the mirror evicts):
         the report's ``freed_bytes`` counts only the files this gc removed, ``gone_bytes``
-        the blobs it found gone."""
+        the blobs it found gone. What it has done is in ``tally`` as it goes: the report of a
+        gc cancelled, or stopped by a file the disk keeps (which raises: a manifest or tag
+        record its eviction may not delete, before any blob of those images goes)."""
+        tally = GcTally() if tally is None else tally
         await self.indexed()
         known = dict(self._index)
-        removed_tmp, freed = self._clear_tmp(older_than=tmp_age)
+        tally.removed_tmp, tally.freed_bytes = self._clear_tmp(older_than=tmp_age)
         strays = self.scan()
-        gone = sum(e.size for d, e in known.items() if d not in self._index)
+        tally.gone_bytes = sum(e.size for d, e in known.items() if d not in self._index)
         for path in strays:
-            freed += _size_removed(path)
-        corrupt = kept = 0
+            tally.freed_bytes += _size_removed(path)
+            tally.removed_stray += 1
         if verify:
-            for entry in list(self._index.values()):
-                if self._pins[entry.digest]:
-                    continue
-                stop = threading.Event()
-                try:
-                    intact = await asyncio.to_thread(_hash_matches, entry, stop)
-                except asyncio.CancelledError:  # Ctrl-C: asyncio.run waits for the thread
-                    stop.set()
-                    raise
-                except FileNotFoundError:  # evicted or removed meanwhile (a live mirror's)
-                    self._forget(entry)
-                    gone += entry.size
-                    continue
-                if intact:
-                    continue
-                try:
-                    freed += self._remove_entry(entry)
-                except OSError as exc:  # its file, or an image that needs it (which stays
-                    # cached whole, with it): the rest are verified all the same
-                    log.warning(
-                        "cache: %s is corrupt on disk, kept: the disk refused a delete: %s",
-                        entry.digest,
-                        exc,
-                    )
-                    kept += 1
-                    continue
-                log.warning("cache: %s is corrupt on disk, removed", entry.digest)
-                corrupt += 1
+            await self._verify_all(tally)
         await self.settle()
-        evicted, evicted_bytes, vanished = self.evicted, self.evicted_bytes, self.vanished_bytes
-        failed = self.evict_failed
-        over = 0
+        tally.evicting(self._eviction_counts)
         if evict:
             await self._evict_to(self.max_size)
-            over = max(0, self._kept_bytes() - self.max_size)
-        return GcReport(
-            removed_tmp,
-            len(strays),
-            corrupt,
-            self.evicted - evicted,
-            freed + self.evicted_bytes - evicted_bytes,
-            gone + self.vanished_bytes - vanished,
-            self.evict_failed - failed,
-            over,
-            kept,
-        )
+            tally.over_bytes = max(0, self._kept_bytes() - self.max_size)
+        return tally.report()
+
+    async def _verify_all(self, tally: GcTally) -> None:
+        """Re-hash every unpinned blob; remove those corrupt, with the images that need them
+        (one the disk keeps is said, in a WARNING line, and kept: the rest are verified)."""
+        for entry in list(self._index.values()):
+            if self._pins[entry.digest]:
+                continue
+            stop = threading.Event()
+            try:
+                intact = await asyncio.to_thread(_hash_matches, entry, stop)
+            except asyncio.CancelledError:  # Ctrl-C: asyncio.run waits for the thread
+                stop.set()
+                raise
+            except FileNotFoundError:  # evicted or removed meanwhile (a live mirror's)
+                self._forget(entry)
+                tally.gone_bytes += entry.size
+                continue
+            if intact:
+                continue
+            try:
+                tally.freed_bytes += self._remove_entry(entry)
+            except OSError as exc:  # its file, or an image that needs it (which stays
+                # cached whole, with it): the rest are verified all the same
+                log.warning(
+                    "cache: %s is corrupt on disk, kept: the disk refused a delete: %s",
+                    entry.digest,
+                    exc,
+                )
+                tally.corrupt_kept += 1
+                continue
+            log.warning("cache: %s is corrupt on disk, removed", entry.digest)
+            tally.removed_corrupt += 1
+
+    def _eviction_counts(self) -> EvictionCounts:
+        return (self.evicted, self.evicted_bytes, self.vanished_bytes, self.evict_failed)
 
 
 def _hash_matches(entry: BlobEntry, stop: threading.Event) -> bool:

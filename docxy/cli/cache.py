@@ -32,6 +32,7 @@ from docxy.cache import (
     open_configured,
     referenced_digests,
 )
+from docxy.cache.blobs import GcReport, GcTally
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import Config
@@ -359,16 +360,37 @@ STILL_OVER = "the rest is being read or kept; run gc again later"
 
 
 async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True) -> int:
+    """Tidy the cache and print what was done: also when it stops early, at a file the disk
+    keeps (a manifest or tag record eviction may not delete: one line, exit 1)."""
     # A mirror running beside this gc reads its blobs in another process, whose pins this one
     # cannot see: those open now are pinned here, neither evicted nor re-hashed and removed
     # (the client reading one would go on, but its blocks stay taken until it ends, and the
     # next pull fetches it again).
     store = cache.blobs
     paths = {store.path_of(entry.digest): entry.digest for entry in store.list_entries()}
+    tally = GcTally()
+    ending: list[tuple[str, str]] = []
     with contextlib.ExitStack() as pins:
         for path in open_by_processes(paths):
             pins.enter_context(store.pinned(paths[path]))
-        report = await store.gc(verify=verify, evict=evict)
+        try:
+            await store.gc(verify=verify, evict=evict, tally=tally)
+        except OSError as exc:  # read-only, another owner's files (EACCES), EIO
+            print(cannot_change("gc", store.root, exc), file=sys.stderr)
+            ending.append(("stopped", "the disk refused a delete (see above); the rest not done"))
+    report = tally.report()
+    for line in columns(
+        (key + ":", value) for key, value in gc_rows(report, verify, evict, ending)
+    ):
+        print(line, file=out)
+    failed = ending or report.evict_failed or report.over_bytes or report.corrupt_kept
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def gc_rows(
+    report: GcReport, verify: bool, evict: bool, ending: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """gc's report, as (key, value) rows; ``ending``: how it ended, when it stopped early."""
     rows = [
         ("temp files removed", str(report.removed_tmp)),
         ("stray files removed", str(report.removed_stray)),
@@ -383,10 +405,7 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         rows.append(("not evicted", f"{report.evict_failed} (the disk refused: see above)"))
     if report.over_bytes:  # what is left is open in a process (a client reading it), or kept
         rows.append(("still over max_size", f"{_bytes(report.over_bytes)}: {STILL_OVER}"))
-    for line in columns((key + ":", value) for key, value in rows):
-        print(line, file=out)
-    failed = report.evict_failed or report.over_bytes or report.corrupt_kept
-    return EXIT_FAILED if failed else EXIT_OK
+    return rows + ending
 
 
 # --- wiring into ``docxy`` ------------------------------------------------------------------

@@ -105,3 +105,36 @@ def test_gc_verify_goes_on_past_a_corrupt_blob_whose_image_the_disk_keeps(
     assert cache.blob_path("amd64-l").exists()  # its image needs it, and is still cached
     kept = [r for r in caplog.records if str(cache.blobs["amd64-l"]) in r.getMessage()]
     assert len(kept) == 1 and "Permission denied" in kept[0].getMessage(), caplog.text
+
+
+# --- 3. stopped at a manifest gc may not delete: the report all the same ----------------------
+
+
+def test_gc_stopped_by_a_manifest_the_disk_keeps_reports_what_it_did(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eviction meets a manifest the disk refuses to delete and stops there (none of its
+    blobs goes): gc said so in one line, and not that it had removed the stray and temp
+    files before."""
+    leftovers(cache)
+    unlink = unlink_quietly
+
+    def refusing(path: Path) -> None:  # every manifest's file is another owner's
+        if "by-digest" in path.parts:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        unlink(path)
+
+    monkeypatch.setattr(manifests_module, "unlink_quietly", refusing)
+    code, out, err = run(capsys, cache, "gc", "--set", "cache.max_size=1")
+    assert code == 1
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"docxy cache gc: cannot change {cache.root}: "), err
+    assert lines[0].endswith(" Permission denied"), err
+    report = report_of(out)
+    assert report["temp files removed"] == "1"
+    assert report["stray files removed"] == "1"
+    assert report["blobs evicted"].startswith("0"), out
+    assert "stopped" in report, out
+    assert all(cache.blob_path(name).exists() for name in cache.blobs)
