@@ -739,6 +739,7 @@ OTHER_ENV = frozenset(
         "DOCXY_BASE_IMAGE",  # the base image the build starts from
         "DOCXY_REQUIRE_E2E",  # tests: a missing system binary fails instead of skipping
         "DOCXY_DOCKER_CLI",  # tests: the docker CLI to drive the private dockerd with
+        "DOCXY_CI_CACHE",  # tests: where the lab keeps the base image it builds (lab/clients)
         # Read by the shell scripts, never by the mirror (allowed so that a shell which exported
         # them can still start it):
         "DOCXY_SOURCE_URL",  # install.sh: where to fetch the project when piped from a URL

@@ -285,11 +285,13 @@ def test_any_other_docxy_env_stops_start_up(name: str) -> None:
 
 
 def test_every_docxy_variable_the_container_files_read_is_allowed() -> None:
-    """Names that scripts/, the Dockerfile, compose.yaml and the README use are settings,
-    aliases or documented extras."""
+    """Names that scripts/, the Dockerfile, compose.yaml, the README, the lab and CI use are
+    settings, aliases or documented extras (a shell that exported one can still start the
+    mirror)."""
     root = Path(__file__).resolve().parents[2]
     files = [root / "README.md", *root.glob("Dockerfile*"), *root.glob("compose*.y*ml")]
     files += [p for p in (root / "scripts").rglob("*") if p.is_file()]
+    files += [*(root / "lab").rglob("*.py"), *(p for p in (root / ".ci").rglob("*") if p.is_file())]
     names = {m for f in files for m in re.findall(r"\bDOCXY_[A-Z0-9_]*[A-Z0-9]", f.read_text())}
     settings = {env_name(key) for key, _, _ in describe(load_config(environ={}))}
     settings |= {env_name(key) for key in SECRET_FILE_KEYS}  # DOCXY_UPSTREAM_PASSWORD_FILE
