@@ -16,6 +16,7 @@ import asyncio
 import collections
 import concurrent.futures
 import enum
+import itertools
 import logging
 import os
 import queue
@@ -84,7 +85,8 @@ class RecentReads:
         self._reads: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=keep)
         self._lock = threading.Lock()
         self._moved = threading.Condition(self._lock)
-        #: How far each follower reading the fill has taken it (by an id of its own).
+        #: How far each follower reading the fill has taken it (by its token: see
+        #: :data:`_READERS`).
         self._taken: dict[int, int] = {}
         self._paced = True
 
@@ -156,6 +158,12 @@ class RecentReads:
 
     def __len__(self) -> int:
         return len(self._reads)
+
+
+#: A token for each follower in :attr:`RecentReads._taken`, never given twice: a follower
+#: collected unclosed leaves from the loop, later, and by then its ``id()`` may be another
+#: follower's (CPython reuses a freed object's), which would leave in its place.
+_READERS = itertools.count()
 
 
 class FillState(enum.Enum):
@@ -871,17 +879,18 @@ class BlobFollower(ClosingStream):
         #: Where this follower went on from :attr:`rest`, if it did (its own, not the fill's).
         self.handover = Handover()
         # It paces the pump from now until it is closed or collected (RecentReads.add).
-        fill.recent.took(id(self), 0)
+        self._reader = next(_READERS)
+        fill.recent.took(self._reader, 0)
         # Collected unclosed: it leaves from the loop, as the collector may run in a thread
         # that holds the lock leaving takes (the writing thread in RecentReads.add, the loop in
         # RecentReads.took), which would then wait on itself.
         self._left = weakref.finalize(
-            self, soon_on, running_loop(), partial(fill.recent.left, id(self))
+            self, soon_on, running_loop(), partial(fill.recent.left, self._reader)
         )
 
     def close(self) -> None:
         if self._left.detach() is not None:
-            self.fill.recent.left(id(self))
+            self.fill.recent.left(self._reader)
         super().close()
 
     @property
@@ -922,7 +931,7 @@ class BlobFollower(ClosingStream):
                 # None: the pump's latest read holds that byte, and goes out whole later.
                 if pos < ready and (chunk := await self._next(pos, ready)) is not None:
                     pos += len(chunk)
-                    fill.recent.took(id(self), pos)
+                    fill.recent.took(self._reader, pos)
                     yield chunk
                 elif fill.verified:
                     return
