@@ -543,7 +543,7 @@ class BlobWriter:
         hashed: list[int] = [0]  # bytes handed to the hashing thread
         hasher = threading.Thread(
             target=_hash_all,
-            args=(self._hash, hashing, free, failed),
+            args=(self._hash, hashing, free, failed, self.fill.recent),
             name=f"hash {self.digest.hex[:12]}",
             daemon=True,
         )
@@ -1232,11 +1232,13 @@ def _hash_all(
     hashing: queue.SimpleQueue[bytes | None],
     free: queue.SimpleQueue[None],
     failed: list[BaseException],
+    recent: RecentReads,
 ) -> None:
     """The hashing thread of a fill's pump: hash each read in order, then let one more be read.
 
-    Should hashing fail, the reads are still let go (the reading thread never waits for ever)
-    and the error waits in ``failed`` for the reading thread to raise.
+    Should hashing fail, the reads are still let go (the reading thread never waits for ever),
+    the writing thread waits for no follower any more (the fill is lost: ``recent`` is no
+    longer paced), and the error waits in ``failed`` for the reading thread to raise.
     """
     while (chunk := hashing.get()) is not None:
         if not failed:
@@ -1244,6 +1246,7 @@ def _hash_all(
                 hasher.update(chunk)
             except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
                 failed.append(exc)
+                recent.unpaced()
         free.put(None)
 
 

@@ -14,9 +14,33 @@ from typing import cast
 import pytest
 
 from docxy.cache import fill as fill_module
-from docxy.cache.fill import RECENT, BlobFollower, InFlight
+from docxy.cache.errors import FillAborted
+from docxy.cache.fill import RECENT, BlobFollower, InFlight, RecentReads
 from docxy.core.digests import digest_of
-from tests.unit.test_cache_blobs import GUARD, guard
+from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
+
+PIECE = 10_000
+
+
+class Reads:
+    """An upstream body of ``count`` reads of :data:`PIECE` bytes, read with blocking calls;
+    ``read_n`` is set once the ``n``-th read is made."""
+
+    def __init__(self, count: int, n: int = 0) -> None:
+        self.data = os.urandom(count * PIECE)
+        self.pos, self.made, self.n = 0, 0, n
+        self.read_n = threading.Event()
+
+    def read(self, size: int) -> bytes:
+        chunk = self.data[self.pos : self.pos + min(size, PIECE)]
+        self.pos += len(chunk)
+        self.made += 1
+        if self.made == self.n:
+            self.read_n.set()
+        return chunk
+
+    def interrupt(self) -> None:
+        pass
 
 
 async def test_a_follower_given_a_collected_ones_id_still_paces_the_pump(
@@ -59,3 +83,43 @@ async def test_a_follower_given_a_collected_ones_id_still_paces_the_pump(
     adding.join(GUARD)
     assert not adding.is_alive()
     assert first is reads[0]  # the pump's read itself, from memory: not read back
+
+
+class _FailsSecond:
+    """A hasher whose second update fails once ``go`` is set (the first one is done)."""
+
+    def __init__(self, go: threading.Event) -> None:
+        self.go, self.updates = go, 0
+
+    def update(self, data: object) -> None:
+        self.updates += 1
+        if self.updates == 2:
+            self.go.wait(GUARD)
+            raise MemoryError("no room to hash")
+
+
+async def test_a_failing_hash_ends_the_pacing_of_its_fill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hashing thread failed while the writing thread waited for a slow client to take the
+    oldest kept read: the fill is lost, but its pacing went on, and the fill failed (its
+    clients cut, its WARNING) only when that wait ran out (``PACE_WAIT``, 2 s; made long here).
+    The reading thread made the read that waits before the hash failed: only the first was
+    hashed by then, and ``PUMP_DEPTH`` reads go before the first is hashed."""
+    add = RecentReads.add
+
+    def long_wait(self: RecentReads, offset: int, data: bytes, wait: float = 0) -> None:
+        add(self, offset, data, 10 * GUARD)
+
+    monkeypatch.setattr(RecentReads, "add", long_wait)
+    body = Reads(2 * RECENT, n=RECENT + 1)  # the read that pushes out the first kept one
+    store = make_store(tmp_path)
+    digest = digest_of(body.data)
+    writer = await as_writer(store, digest)
+    slow = await as_follower(store, digest)  # a client that takes nothing yet
+    writer._hash = _FailsSecond(body.read_n)  # type: ignore[assignment]
+    async with writer:
+        writer.announce(len(body.data))
+        with pytest.raises(FillAborted, match="no room to hash"):
+            await guard(writer.pump(body))
+    slow.close()
