@@ -960,23 +960,25 @@ class DiskBlobStore:
         trash: list[tuple[Path, int]] = []
         trashed = 0  # evicted bytes still on disk: no fill may count on them yet
         try:
-            for entries in _chunks(plan.blobs):
-                for planned in entries:
-                    entry = self._index.get(planned.digest)
-                    if entry is None or self._pins[entry.digest]:
-                        continue
-                    if catalog is not None and catalog.needed(entry.digest):
-                        continue
-                    dropped = self._drop(entry)
-                    if dropped is not None:
-                        trash.append((dropped, entry.size))
-                        trashed += entry.size
-                        self._trash += entry.size
-                await asyncio.sleep(0)
-            if trash:
-                stuck = await asyncio.to_thread(_unlink_all, trash)
-                if stuck:
-                    self._stuck += self._cannot_delete(stuck)  # still on disk: counted
+            try:
+                for entries in _chunks(plan.blobs):
+                    for planned in entries:
+                        entry = self._index.get(planned.digest)
+                        if entry is None or self._pins[entry.digest]:
+                            continue
+                        if catalog is not None and catalog.needed(entry.digest):
+                            continue
+                        dropped = self._drop(entry)
+                        if dropped is not None:
+                            trash.append((dropped, entry.size))
+                            trashed += entry.size
+                            self._trash += entry.size
+                    await asyncio.sleep(0)
+            finally:  # also when cancelled between chunks (a stopped `docxy cache gc`): the
+                if trash:  # blobs already evicted are deleted, not left in tmp/ for an hour
+                    stuck = await asyncio.to_thread(_unlink_all, trash)
+                    if stuck:
+                        self._stuck += self._cannot_delete(stuck)  # still on disk: counted
         finally:
             self._trash -= trashed
 

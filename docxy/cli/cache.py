@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Container, Iterable, Mapping
@@ -33,7 +34,7 @@ from docxy.cache import (
     referenced_digests,
 )
 from docxy.cache.blobs import GcReport, GcTally
-from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, cancelled_by_signals, exit_code
 from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import Config
 from docxy.core.digests import ALGORITHMS
@@ -361,7 +362,9 @@ STILL_OVER = "the rest is being read or kept; run gc again later"
 
 async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True) -> int:
     """Tidy the cache and print what was done: also when it stops early, at a file the disk
-    keeps (a manifest or tag record eviction may not delete: one line, exit 1)."""
+    keeps (a manifest or tag record eviction may not delete: one line, exit 1), or at a
+    SIGINT (Ctrl-C) or SIGTERM (a service stopped): the report so far, marked interrupted,
+    exit 130 or 143."""
     # A mirror running beside this gc reads its blobs in another process, whose pins this one
     # cannot see: those open now are pinned here, neither evicted nor re-hashed and removed
     # (the client reading one would go on, but its blocks stay taken until it ends, and the
@@ -370,7 +373,8 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
     paths = {store.path_of(entry.digest): entry.digest for entry in store.list_entries()}
     tally = GcTally()
     ending: list[tuple[str, str]] = []
-    with contextlib.ExitStack() as pins:
+    interrupted: signal.Signals | None = None
+    with cancelled_by_signals() as caught, contextlib.ExitStack() as pins:
         for path in open_by_processes(paths):
             pins.enter_context(store.pinned(paths[path]))
         try:
@@ -378,13 +382,27 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         except OSError as exc:  # read-only, another owner's files (EACCES), EIO
             print(cannot_change("gc", store.root, exc), file=sys.stderr)
             ending.append(("stopped", "the disk refused a delete (see above); the rest not done"))
+        except asyncio.CancelledError:
+            if not caught:  # not by a signal of ours: not ours to report
+                raise
+            interrupted = caught[0]
+            uncancel(asyncio.current_task())
+            print(f"docxy cache gc: interrupted ({interrupted.name})", file=sys.stderr)
+            ending.append(("interrupted", f"by {interrupted.name}; the rest not done"))
     report = tally.report()
-    for line in columns(
-        (key + ":", value) for key, value in gc_rows(report, verify, evict, ending)
-    ):
+    rows = gc_rows(report, verify, evict, ending)
+    for line in columns((key + ":", value) for key, value in rows):
         print(line, file=out)
+    if interrupted is not None:
+        return exit_code(interrupted)
     failed = ending or report.evict_failed or report.over_bytes or report.corrupt_kept
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def uncancel(task: asyncio.Task[object] | None) -> None:
+    """The task handled its cancellation (it reports and returns): no longer cancelling."""
+    if task is not None:
+        task.uncancel()
 
 
 def gc_rows(

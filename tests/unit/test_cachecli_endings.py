@@ -9,13 +9,20 @@ import errno
 import logging
 import os
 import re
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
+from docxy.cache import BlobEntry, DiskBlobStore
+from docxy.cache import blobs as blobs_module
 from docxy.cache import manifests as manifests_module
 from docxy.cache.files import unlink_quietly
+from tests.unit.test_cache_blobs import GUARD
 from tests.unit.test_cachecli import Populated, _populate, run
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
@@ -49,6 +56,23 @@ def leftovers(cache: Populated) -> None:
     old = cache.root / "tmp" / "sha256-dead.123"
     old.write_bytes(b"half a fill")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
+
+
+@pytest.fixture
+def sigterm_raises() -> Iterator[None]:
+    """A SIGTERM the command does not handle raises here instead of ending the test run."""
+
+    class Terminated(Exception):
+        pass
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated("SIGTERM reached the test: the command did not handle it")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --- 1. a blob whose images the disk keeps: the others go on ----------------------------------
@@ -105,6 +129,67 @@ def test_gc_verify_goes_on_past_a_corrupt_blob_whose_image_the_disk_keeps(
     assert cache.blob_path("amd64-l").exists()  # its image needs it, and is still cached
     kept = [r for r in caplog.records if str(cache.blobs["amd64-l"]) in r.getMessage()]
     assert len(kept) == 1 and "Permission denied" in kept[0].getMessage(), caplog.text
+
+
+# --- 2. interrupted: the report of what was done so far -------------------------------------
+
+
+def test_gc_interrupted_by_ctrl_c_reports_what_it_did_and_exits_130(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while gc --verify re-hashes the second blob: the first was found corrupt and
+    removed, the stray and temp files before it. gc said only "docxy: interrupted"."""
+    leftovers(cache)
+    calls: list[BlobEntry] = []
+
+    def hashing(entry: BlobEntry, stop: threading.Event) -> bool:
+        calls.append(entry)
+        if len(calls) == 1:
+            return False  # corrupt: removed
+        os.kill(os.getpid(), signal.SIGINT)
+        stop.wait(GUARD)  # set when gc is cancelled
+        return True
+
+    monkeypatch.setattr(blobs_module, "_hash_matches", hashing)
+    code, out, err = run(capsys, cache, "gc", "--verify")
+    assert code == 130
+    assert "Traceback" not in err
+    report = report_of(out)
+    assert report["interrupted"].startswith("by SIGINT"), out
+    assert report["temp files removed"] == "1"
+    assert report["stray files removed"] == "1"
+    assert report["corrupt blobs removed"] == "1"
+    assert not calls[0].path.exists()
+    assert len(calls) == 2  # the rest was not verified
+
+
+@pytest.mark.usefixtures("sigterm_raises")
+def test_gc_terminated_mid_eviction_reports_what_it_evicted_and_exits_143(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM (systemd stopping the unit, a container stop) while gc evicts: it ended with
+    no word, and the blobs taken off their names before it were left in tmp/, not freed."""
+    drop = DiskBlobStore._drop
+    dropped: list[BlobEntry] = []
+
+    def dropping(self: DiskBlobStore, entry: BlobEntry) -> Path | None:
+        if not dropped:
+            signal.raise_signal(signal.SIGTERM)  # handled here: the next await is cancelled
+        dropped.append(entry)
+        return drop(self, entry)
+
+    monkeypatch.setattr(DiskBlobStore, "_drop", dropping)
+    code, out, err = run(capsys, cache, "gc", "--set", "cache.max_size=1")
+    assert code == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    report = report_of(out)
+    assert report["interrupted"].startswith("by SIGTERM"), out
+    evicted = int(report["blobs evicted"])
+    assert evicted == len(dropped) > 0
+    assert not any(entry.path.exists() for entry in dropped)
+    assert [p.name for p in (cache.root / "tmp").iterdir()] == []  # freed, not left in tmp/
+    freed = int(report["freed"].split("(")[1].split()[0])
+    assert freed == sum(entry.size for entry in dropped)
 
 
 # --- 3. stopped at a manifest gc may not delete: the report all the same ----------------------
