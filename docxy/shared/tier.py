@@ -15,9 +15,10 @@
   only its last byte shows whether the object is the blob: a length the cache has free is
   taken on the object's word, a longer one only once the upstream confirms it (a ranged GET
   of the blob's last byte, through the pull's ``rest``) or cannot be asked (down, 429, 5xx:
-  in an outage the bucket serves misses). Denied, the fill is the upstream's, and should the blob it commits be of another length, the object is marked bad
-  (counted ``corrupt``, replaced by the upload): a bucket writer's object claiming most of
-  the cache evicts nothing. An object larger than the whole cache is marked bad at once.
+  in an outage the bucket serves misses). Denied, the fill is the upstream's, and should
+  the blob it commits be of another length, the object is marked bad (counted ``corrupt``,
+  replaced by the upload): a bucket writer's object claiming most of the cache evicts
+  nothing. An object larger than the whole cache is marked bad at once.
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
