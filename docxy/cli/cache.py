@@ -5,7 +5,9 @@ temp files (only ``gc``, and then only old ones), and ``rm`` refuses to delete a
 process has open (``/proc/<pid>/fd``), so a client streaming it is never cut. Image names follow
 Docker's rules: ``redis`` is ``library/redis:latest`` on the configured upstream.
 
-Exit codes: 0 done, 1 not found or in use, 2 configuration or usage error.
+Exit codes: 0 done, 1 not found or in use (or not all done: the disk refused a delete), 2
+configuration or usage error; ``gc`` stopped by SIGINT (Ctrl-C) 130, by SIGTERM 143, its report
+of what it did so far printed first.
 """
 
 from __future__ import annotations
