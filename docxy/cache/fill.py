@@ -517,7 +517,10 @@ class BlobWriter:
             raise
         finally:
             self._pumped = self._pump_stop = None
-            self._keep_hash()  # a fill given up meanwhile: its hash is settled now
+            if done.done():
+                self._keep_hash()  # a fill given up meanwhile: its hash is settled now
+            else:  # cancelled again while its threads run: the hash is settled once they end
+                done.add_done_callback(lambda _: self._keep_hash())
 
     def _pump(
         self,

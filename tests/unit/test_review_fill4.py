@@ -5,19 +5,24 @@ purpose and shows what a client of the mirror, or its operator, would see."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from docxy.cache import fill as fill_module
+from docxy.cache.directwrite import DirectWriter
 from docxy.cache.errors import FillAborted
 from docxy.cache.fill import RECENT, BlobFollower, InFlight, RecentReads
 from docxy.core.digests import digest_of
+from docxy.tasks import spawn
+from tests.unit.held import hold
 from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
+from tests.unit.test_review_fill3 import _rest_of
 
 PIECE = 10_000
 
@@ -123,3 +128,70 @@ async def test_a_failing_hash_ends_the_pacing_of_its_fill(
         with pytest.raises(FillAborted, match="no room to hash"):
             await guard(writer.pump(body))
     slow.close()
+
+
+class _HoldsAfterUpdate:
+    """A hasher that, after each update, waits for :attr:`release` (``entered``: one waits)."""
+
+    def __init__(self, digest: Any) -> None:
+        self.real: Any = hashlib.new(digest.algorithm)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def update(self, data: bytes) -> None:
+        self.real.update(data)
+        self.entered.set()
+        self.release.wait(GUARD)
+
+    def copy(self) -> Any:
+        return self.real.copy()
+
+    def hexdigest(self) -> str:
+        return str(self.real.hexdigest())
+
+
+async def test_a_second_cancel_hands_followers_no_hash_of_more_than_the_kept_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill of unknown length found no room (the blob outgrew the cache) while its writing
+    thread still had a read to write: kept, the bytes written until then (none). Its task was
+    cancelled twice (a shutdown) while it waited for its threads: the hash handed to the
+    followers was taken then, with the hashing thread running behind, and held the read
+    written after the give-up. A follower went on from it and found the blob wrong: a client
+    that would have got it whole was cut."""
+    body = Reads(2)
+    digest = digest_of(body.data)
+    store = make_store(tmp_path, max_size=PIECE + PIECE // 2)
+    writer = await as_writer(store, digest)
+    follower = await as_follower(store, digest)
+    follower.rest = _rest_of(body.data)
+    hasher = _HoldsAfterUpdate(digest)
+    writer._hash = hasher  # type: ignore[assignment]
+    written = hold(monkeypatch, DirectWriter, "write")
+
+    async def pump() -> None:
+        async with writer:
+            writer.announce(None)
+            await writer.pump(body)
+
+    task = spawn("fill", pump())
+    while writer.fill.kept is None:  # the second read found no room
+        await guard(writer.fill.changed())
+    assert writer.fill.kept == 0
+    assert await asyncio.to_thread(written.entered.wait, GUARD)  # the first read not written yet
+    interrupted = asyncio.Event()
+    interrupt = writer._interrupt_pump
+
+    def interrupting(pumped: Any) -> None:
+        interrupt(pumped)
+        interrupted.set()
+
+    monkeypatch.setattr(writer, "_interrupt_pump", interrupting)
+    task.cancel()
+    await guard(interrupted.wait())  # the pump waits for its threads now
+    written.release.set()
+    assert await asyncio.to_thread(hasher.entered.wait, GUARD)  # the first read hashed
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await guard(task)
+    hasher.release.set()
+    assert await guard(follower.read_all()) == body.data
