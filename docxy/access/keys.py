@@ -7,10 +7,15 @@ once: clients pick up tokens from the new key as their old ones expire. Only the
 previous key signed before the rotation, though (``docxy.access.tokens.verify``): the retired
 key may have leaked, and what it signs after its rotation is not the mirror's.
 
-The rotation time is the previous file's mtime: the rotation writes that file anew, a running
-mirror and one started after the rotation read the same time from the disk (a restart keeps
-it, unlike a time the running mirror noted), and a mirror that rotated before any of this
-has it too. A copy of ``auth.dir`` that does not keep mtimes moves it to the copy's time.
+The rotation time is written in the previous key file, on a line before its PEM block
+(``Retired: 2026-12-04T16:08:45.123456+00:00``; RFC 7468 lets text stand there, and PEM loaders,
+an older docxy's and openssl's, skip it): a running mirror and one started after the rotation
+read the same time from the disk (a restart keeps it, unlike a time the running mirror noted),
+and a copy of ``auth.dir`` keeps it whether or not it keeps mtimes (``cp`` without ``-p``, a
+volume migration: the file's mtime is then the copy's time, which would lengthen the retired
+key's life). A previous file without that line, written by a version before it, is taken as
+retired at its mtime. Of the two, the earlier counts: a copy only makes the mtime later, and a
+line that claims a time after the file was written claims too much.
 The running mirror notices both files changing on its own: it stats them on each use, and reads
 and parses them again only when their (mtime, size, inode) changed.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +35,8 @@ from docxy.tls.files import write_files_atomic
 
 CURRENT = "token-key.pem"
 PREVIOUS = "token-key.previous.pem"
+#: How the line before the previous key's PEM block starts: the time of its rotation follows.
+RETIRED = b"Retired: "
 
 
 class TokenKeyError(Exception):
@@ -53,12 +61,53 @@ def new_key_pem() -> bytes:
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TokenKeyError(f"token key {path}: unreadable or not a PEM key ({exc})") from exc
+    return _parse_key(path, data)
+
+
+def _parse_key(path: Path, data: bytes) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
         raise TokenKeyError(f"token key {path}: unreadable or not a PEM key ({exc})") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TokenKeyError(f"token key {path}: not an EC key")
     return key
+
+
+def retired_pem(pem: bytes, when: float) -> bytes:
+    """The previous key file's content: `pem` after a line saying it was retired at `when`
+    (a line `pem` had already is replaced: a previous key restored as the current one)."""
+    if pem.startswith(RETIRED):
+        pem = pem.partition(b"\n")[2]
+    stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+    return RETIRED + stamp.encode() + b"\n" + pem
+
+
+def load_retired(path: Path) -> tuple[ec.EllipticCurvePrivateKey, float | None]:
+    """The previous key, and the time of its rotation written in its file (None: a file
+    written before docxy wrote one); :class:`TokenKeyError` naming `path`, never its
+    content, for a file that cannot be read or a line that holds no time."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TokenKeyError(f"token key {path}: unreadable or not a PEM key ({exc})") from exc
+    key = _parse_key(path, data)
+    if not data.startswith(RETIRED):
+        return key, None
+    line = data.partition(b"\n")[0][len(RETIRED) :]
+    try:
+        when = datetime.fromisoformat(line.decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError is one
+        when = None
+    if when is None or when.tzinfo is None:
+        raise TokenKeyError(
+            f"token key {path}: its 'Retired:' line holds no time with a UTC offset (remove "
+            "the file to retire the previous key at once)"
+        )
+    return key, when.timestamp()
 
 
 @dataclass(frozen=True)
@@ -76,7 +125,8 @@ class SigningKey:
 @dataclass(frozen=True)
 class VerifyingKey:
     public: ec.EllipticCurvePublicKey
-    #: when the key was retired (the previous key file's mtime); None: the current key
+    #: when the key was retired (written in the previous key file, else its mtime); None: the
+    #: current key
     retired: float | None = None
 
 
@@ -142,8 +192,9 @@ class KeyRing:
         load_key(self.current_path)  # TokenKeyError, nothing changed: none retired unread
         # A copy, renamed into place before the new key is renamed over the current one: a
         # running mirror never finds the current key missing (it would write one of its own)
-        # and never the previous key with an old mtime (its grace runs from the new file's).
-        _write([(self.previous_path, retired, 0o600), (self.current_path, new_key_pem(), 0o600)])
+        # and never the previous key with an old rotation time (the file holds the new one).
+        previous = retired_pem(retired, time.time())
+        _write([(self.previous_path, previous, 0o600), (self.current_path, new_key_pem(), 0o600)])
         return self.signing().kid
 
     def _refresh(self) -> None:
@@ -159,8 +210,10 @@ class KeyRing:
         self._previous = None
         previous = _stat(self.previous_path)
         if previous[1] != -1:
-            self._previous = SigningKey.of(load_key(self.previous_path))
-            self._previous_since = previous[0] / 1e9  # when it was retired: rotate() wrote it
+            key, written = load_retired(self.previous_path)
+            self._previous = SigningKey.of(key)
+            mtime = previous[0] / 1e9  # a copy's time, or earlier: rotate() wrote the file
+            self._previous_since = mtime if written is None else min(written, mtime)
         self._signature = signature
 
     def signing(self) -> SigningKey:
