@@ -745,7 +745,12 @@ class BlobWriter:
         if failed is not None:
             reason, unverified = failed
             said = None if mismatch is None else mismatch(unverified)
-            self.fail(reason if not said else f"{reason}; {said}")
+            reason = reason if not said else f"{reason}; {said}"
+            if self.fill.state is not FillState.WRITING:
+                # Given up by the cache meanwhile (the write of the last bytes failed, no room)
+                # and said then: that the download is not the blob is news all the same.
+                _warn_failed(self.fill, reason)
+            self.fail(reason)
             raise unverified
         self.fill.size, self.fill.size_known = self._count, True
         if verified is not None:
@@ -1276,13 +1281,18 @@ def _discard(
     if fill.state is FillState.WRITING:
         fill.state, fill.reason = FillState.ABORTED, reason
         if failed:
-            origin = fill.handover.describe(fill.origin or "upstream")
-            log.warning("blob %s: fill failed (from %s): %s", fill.digest, origin, reason)
+            _warn_failed(fill, reason)
         elif not said:
             log.info("cache fill of %s aborted: %s", fill.digest, reason)
     host.fill_discarded(fill, fd, writing)
     host.fill_ended(fill)
     fill.notify()
+
+
+def _warn_failed(fill: InFlight, reason: str) -> None:
+    """A failed download's one WARNING line: why, and where its bytes came from."""
+    origin = fill.handover.describe(fill.origin or "upstream")
+    log.warning("blob %s: fill failed (from %s): %s", fill.digest, origin, reason)
 
 
 def _abandon(

@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from docxy.cache import fill as fill_module
+from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.directwrite import DirectWriter
-from docxy.cache.errors import FillAborted
-from docxy.cache.fill import RECENT, BlobFollower, InFlight, RecentReads
+from docxy.cache.errors import FillAborted, VerifyError
+from docxy.cache.fill import RECENT, BlobFollower, Download, InFlight, RecentReads
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
+from tests.unit import fakes
 from tests.unit.held import hold
 from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
 from tests.unit.test_review_fill3 import _rest_of
@@ -195,3 +198,47 @@ async def test_a_second_cancel_hands_followers_no_hash_of_more_than_the_kept_byt
         await guard(task)
     hasher.release.set()
     assert await guard(follower.read_all()) == body.data
+
+
+async def test_a_failed_last_write_does_not_hide_a_download_that_is_not_the_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk failed at the commit's write of the last bytes (the fill was given up: its
+    clients got the blob from the upstream), and the bytes then failed the verification: the
+    source's owner was told (the shared store marks its object bad) but nothing said so, as
+    the fill had ended already: a fill that fails says so in one WARNING, with what was made
+    of it."""
+    caplog.set_level(logging.INFO, logger="docxy")
+    good = os.urandom(100_000)
+    corrupt = bytes([good[0] ^ 1]) + good[1:]
+    monkeypatch.setattr(fill_module, "write_all", fakes.DiskFullAfter(0))
+    store = DiskBlobStore.open(tmp_path, 1 << 30)  # its write buffer: the commit writes it all
+    told: list[VerifyError] = []
+    closed = asyncio.Event()
+
+    def mismatch(exc: VerifyError) -> str:
+        told.append(exc)
+        return "the source is marked bad"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield corrupt
+
+    async def close() -> None:
+        closed.set()
+
+    async def fetch() -> Download:
+        return Download(len(good), chunks(), close, mismatch=mismatch, origin="shared")
+
+    follower = await store.fill(digest_of(good), fetch)
+    assert isinstance(follower, BlobFollower)
+    follower.rest = _rest_of(good)  # the upstream's
+    assert await guard(follower.read_all()) == good
+    await guard(closed.wait())
+    assert len(told) == 1
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "digest mismatch" in r.getMessage()
+    ]
+    assert len(said) == 1 and "from shared" in said[0] and "marked bad" in said[0]
+    assert store.lookup(digest_of(good)) is None
