@@ -662,8 +662,9 @@ def read_secret_file(path: Path) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _SecretFile:
-    """A secret's raw value still in its file: read only if its layer wins."""
+class SecretFile:
+    """A secret's raw value still in its file: read only if its layer wins (here, and for the
+    named upstreams' passwords, ``docxy.upstream.settings``)."""
 
     name: object  # the file's name as the layer gave it; empty: no file, the secret unset
 
@@ -672,36 +673,56 @@ class _SecretFile:
 
 
 def _is_empty(value: object) -> bool:
-    if isinstance(value, _SecretFile):
+    if isinstance(value, SecretFile):
         value = value.name
     return isinstance(value, str) and not value.strip()
 
 
-def _put(found: dict[str, tuple[object, str]], key: str, value: object, source: str) -> None:
-    """Record a layer's `key`; a secret's ``<key>_file`` as that secret, read if it wins.
+def put_secret(
+    found: dict[str, tuple[object, str]],
+    key: str,
+    value: object,
+    source: str,
+    *,
+    full: str,
+    in_file: str,
+) -> None:
+    """Record one layer's secret `key` (its `value`, or a :class:`SecretFile`) in `found`.
 
-    A secret and its file both given in one layer are refused, naming both; an empty one stands
-    aside (``DOCXY_UPSTREAM_PASSWORD=`` kept in an .env beside the ``_FILE``), as the official
+    The secret and its file both given in one layer are refused, naming both (`full`: the
+    secret's name; `in_file`: how a TOML file names the two); an empty one stands aside
+    (``DOCXY_UPSTREAM_PASSWORD=`` kept in an .env beside the ``_FILE``), as the official
     images' ``file_env`` does."""
-    if key in SECRET_FILE_KEYS:
-        key, value = SECRET_FILE_KEYS[key], _SecretFile(value)
-    if key not in SECRET_KEYS or key not in found:
+    if key not in found:
         found[key] = (value, source)
         return
-    pair = sorted([found[key], (value, source)], key=lambda p: isinstance(p[0], _SecretFile))
+    pair = sorted([found[key], (value, source)], key=lambda p: isinstance(p[0], SecretFile))
     given = [p for p in pair if not _is_empty(p[0])]
     if len(given) < 2:
         found[key] = (given or pair)[0]
         return
     (_, plain), (_, named) = pair  # the value's source, then its file's
-    section, _, name = key.partition(".")
     if plain.startswith("env "):
         both = f"{plain} and {named}"
     elif plain == "flag":
-        both = f"flags {key} and {key}_file"
+        both = f"flags {full} and {full}_file"
     else:
-        both = f"{name} and {name}_file in [{section}] of {plain}"
-    raise ConfigError(f"{key}: set twice ({both}): keep the value or its file, not both")
+        both = f"{in_file} of {plain}"
+    raise ConfigError(f"{full}: set twice ({both}): keep the value or its file, not both")
+
+
+def _put(found: dict[str, tuple[object, str]], key: str, value: object, source: str) -> None:
+    """Record a layer's `key`; a secret's ``<key>_file`` as that secret, read if it wins
+    (:func:`put_secret`)."""
+    if key in SECRET_FILE_KEYS:
+        key, value = SECRET_FILE_KEYS[key], SecretFile(value)
+    if key not in SECRET_KEYS:
+        found[key] = (value, source)
+        return
+    section, _, name = key.partition(".")
+    put_secret(
+        found, key, value, source, full=key, in_file=f"{name} and {name}_file in [{section}]"
+    )
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:
@@ -846,7 +867,7 @@ def load_config(
     for key, (value, source) in raw.items():
         section, _, name = key.partition(".")
         parser = SETTINGS[section][name][0]
-        if isinstance(value, _SecretFile):
+        if isinstance(value, SecretFile):
             try:
                 value = value.read()  # its errors name the file, never what is in it
             except ValueError as exc:

@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from docxy.config import (
     Config,
     NamedUpstreamConfig,
+    SecretFile,
     UpstreamConfig,
     parse_bool,
     parse_registry_url,
     parse_url,
-    read_secret_file,
+    put_secret,
     shown,
 )
 from docxy.core.errors import ConfigError
@@ -103,48 +103,19 @@ def _opt(value: object) -> str | None:
     return value.strip() or None
 
 
-class _SecretFile(NamedTuple):
-    """The password still in its file, by the name a layer gave: read only if its layer wins."""
-
-    name: object
-
-    def read(self) -> str:
-        """The file's text (``ValueError`` naming the file, never its content); none if the
-        name is empty: the password unset."""
-        if not isinstance(self.name, str):
-            raise ValueError(f"expected a file name, got {self.name!r}")
-        return read_secret_file(Path(self.name).expanduser()) if self.name.strip() else ""
-
-
-def _is_empty(value: object) -> bool:
-    if isinstance(value, _SecretFile):
-        value = value.name
-    return isinstance(value, str) and not value.strip()
-
-
 def _put(keys: Raw, name: str, key: str, value: object, source: str) -> None:
     """Record one layer's `key` of the upstream `name`; ``password_file`` as the password, in
-    its file. The password and its file both given in one layer are refused, naming both; an
-    empty one stands aside, as for ``[upstream]`` (``docxy.config``)."""
+    its file, as for ``[upstream]`` (:func:`docxy.config.put_secret`)."""
     if key == SECRET_FILE:
-        key, value = SECRET, _SecretFile(value)
-    if key != SECRET or key not in keys:
+        key, value = SECRET, SecretFile(value)
+    if key != SECRET:
         keys[key] = (value, source)
         return
-    pair = sorted([keys[key], (value, source)], key=lambda p: isinstance(p[0], _SecretFile))
-    given = [p for p in pair if not _is_empty(p[0])]
-    if len(given) < 2:
-        keys[key] = (given or pair)[0]
-        return
-    (_, plain), (_, named) = pair  # the password's source, then its file's
-    full = f"{SECTION}.{name}.{SECRET}"
-    if plain.startswith("env "):
-        both = f"{plain} and {named}"
-    elif plain == "flag":
-        both = f"flags {full} and {full}_file"
-    else:
-        both = f"{SECRET} and {SECRET_FILE} in [[upstreams]] {name} of {plain}"
-    raise ConfigError(f"{full}: set twice ({both}): keep the value or its file, not both")
+    full, in_file = (
+        f"{SECTION}.{name}.{SECRET}",
+        f"{SECRET} and {SECRET_FILE} in [[upstreams]] {name}",
+    )
+    put_secret(keys, key, value, source, full=full, in_file=in_file)
 
 
 PARSERS: dict[str, Any] = {
@@ -298,7 +269,7 @@ def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
         "hosts": (),
     }
     for key, (raw, source) in keys.items():
-        if isinstance(raw, _SecretFile):
+        if isinstance(raw, SecretFile):
             try:
                 raw = raw.read()  # its errors name the file, never what is in it
             except ValueError as exc:
