@@ -169,15 +169,8 @@ class SharedTier:
             # the whole cache" would stand for the digest until a restart. The object's length
             # is what is wrong (or the blob is too large for this replica either way).
             await answer.aclose()
-            self.counts.corrupt += 1
-            self._bad.set(digest, True)
-            log.warning(
-                "blob %s: the shared object says %d bytes, more than the whole cache (%d): "
-                "marked bad, fetched upstream",
-                digest,
-                size,
-                self.blobs.max_size,
-            )
+            whole = self.blobs.max_size
+            self._length_bad(digest, f"{size} bytes, more than the whole cache ({whole})")
             return None
         try:
             room = await self._room_for(digest, size, rest)
@@ -259,6 +252,15 @@ class SharedTier:
         )
         return None
 
+    def _length_bad(self, digest: Digest, said: str) -> None:
+        """The object of ``digest`` claims a length it cannot have (``said``): counted corrupt,
+        marked bad (fetched upstream from now on, and replaced by the upload of that blob)."""
+        self.counts.corrupt += 1
+        self._bad.set(digest, True)
+        log.warning(
+            "blob %s: the shared object says %s: marked bad, fetched upstream", digest, said
+        )
+
     def _free_room(self) -> int:
         """Bytes a fill may reserve without evicting a blob, less those of fills from objects
         taken on their word (counted until their close, their reservations then twice: an
@@ -309,15 +311,7 @@ class SharedTier:
         claimed = self._claims.pop(digest)
         entry = self.blobs.lookup(digest) if claimed is not None else None
         if entry is not None and entry.size != claimed:
-            self.counts.corrupt += 1
-            self._bad.set(digest, True)
-            log.warning(
-                "blob %s: the shared object says %s bytes, the blob has %d: marked bad, "
-                "fetched upstream from now on, then replaced",
-                digest,
-                claimed,
-                entry.size,
-            )
+            self._length_bad(digest, f"{claimed} bytes, the blob has {entry.size}")
         if (
             digest.algorithm == "sha256"
             and self.blobs.holds(digest)
