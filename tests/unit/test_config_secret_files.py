@@ -10,7 +10,6 @@ start-up naming its path, never its contents."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from docxy.cli.main import main
 from docxy.config import Config, describe, load_config
 from docxy.core.errors import ConfigError
+from tests.unavailable import need_binary
 
 SECRET = "s3cr3t Pa55#word"  # a space and a '#' inside, as a generated password may hold
 SHARED = {
@@ -133,9 +133,7 @@ def test_an_unreadable_file_names_its_path_and_who_could_not_read_it(tmp_path: P
     environ = SHARED | {"DOCXY_SHARED_SECRET_KEY_FILE": str(path)}
     argv = [sys.executable, "-c", LOAD]
     if os.access(path, os.R_OK):  # root: without the capabilities that read any file
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("root reads a file of mode 000, and setpriv is not here to stop that")
+        setpriv = need_binary("setpriv")  # root reads a file of mode 000 unless it stops that
         argv = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *argv]
     base = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
     result = subprocess.run(
