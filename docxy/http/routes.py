@@ -150,12 +150,13 @@ async def ping() -> Response:
     return registry_response(b"{}", 200, JSON)
 
 
-def own_challenge(state: MirrorState, upstream: Upstream) -> str:
+def own_challenge(state: MirrorState, upstream: Upstream, *, by_prefix: bool = False) -> str:
     """The challenge ``/v2/`` sends for ``upstream`` without asking it: the mirror's token
     endpoint, and the upstream's ``service`` only if it was ever seen, never a guess
-    (``/auth/token`` fills it in)."""
+    (``/auth/token`` fills it in). ``by_prefix``: for a client that named the upstream by path
+    prefix, whose login ``/auth/token`` then keeps from it (``via=prefix``)."""
     known = state.client.known_challenge(upstream)
-    params = {"realm": state.token_realm_for(upstream)}
+    params = {"realm": state.token_realm_for(upstream, by_prefix=by_prefix)}
     if known is not None and known.service:
         params["service"] = known.service
     return Challenge("Bearer", params).render()
@@ -327,7 +328,9 @@ async def _pass_through(
         response = _relayed(state, pull, route, answer, release)
         if answer.status_code == 401 and "WWW-Authenticate" not in response.headers:
             # The token service refused the mirror itself: a 401 still names where to log in.
-            response.headers["WWW-Authenticate"] = own_challenge(state, pull.upstream)
+            by_prefix = route.prefix is not None
+            challenge = own_challenge(state, pull.upstream, by_prefix=by_prefix)
+            response.headers["WWW-Authenticate"] = challenge
         return response
     client_login = _upstream_authorization(route)
     if client_login is None:  # none, or the mirror's own token: it stays here
