@@ -479,10 +479,19 @@ def _mode(value: object) -> str:
     return text
 
 
+#: The shortest life of a token the mirror issues: Distribution's token spec asks for no less,
+#: and Docker and containers/image take a shorter ``expires_in`` for 60 s, so they would send a
+#: token the mirror had refused as expired partway through a pull.
+MIN_TOKEN_TTL = 60
+
+
 def _ttl(value: object) -> int:
     number = _number(value)
-    if not 10 <= number <= 86400:
-        raise ValueError(f"expected seconds between 10 and 86400, got {value!r}")
+    if not MIN_TOKEN_TTL <= number <= 86400:
+        raise ValueError(
+            f"expected seconds between {MIN_TOKEN_TTL} and 86400 (clients use a token for at "
+            f"least {MIN_TOKEN_TTL} s), got {value!r}"
+        )
     return int(number)
 
 

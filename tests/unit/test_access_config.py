@@ -22,7 +22,8 @@ def test_defaults_are_open_with_paths_beside_the_cache(tmp_path: Path) -> None:
     ("settings", "words"),
     [
         ({"auth.mode": "everyone"}, "auth.mode: expected open or users"),
-        ({"auth.token_ttl": "5"}, "auth.token_ttl: expected seconds between 10 and 86400"),
+        ({"auth.token_ttl": "5"}, "auth.token_ttl: expected seconds between 60 and 86400"),
+        ({"auth.token_ttl": "59"}, "auth.token_ttl: expected seconds between 60 and 86400"),
         ({"auth.client_certs": "true"}, "auth.client_certs: client certificates need"),
     ],
 )

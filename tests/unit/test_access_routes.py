@@ -114,14 +114,14 @@ async def test_a_removed_users_tokens_stop_working(tmp_path: Path) -> None:
 
 
 async def test_expired_tokens_and_tokens_of_another_key_are_refused(tmp_path: Path) -> None:
-    async with users_mirror(tmp_path, **{"auth.token_ttl": "10"}) as m:
+    async with users_mirror(tmp_path, **{"auth.token_ttl": "60"}) as m:
         token = await token_for(m, "repository:library/redis:pull")
         from docxy.access.tokens import issue
         from docxy.http.state import mirror_state
 
         access = mirror_state(m.app).access
         assert access is not None
-        expired = issue(access.keys, access.spec, "alice", [], time.time() - 60)
+        expired = issue(access.keys, access.spec, "alice", [], time.time() - 120)
         assert (await m.client.get("/v2/", headers=bearer(expired))).status_code == 401
         stranger = issue(KeyRing(tmp_path / "other", 60), access.spec, "alice", [], time.time())
         assert (await m.client.get("/v2/", headers=bearer(stranger))).status_code == 401
