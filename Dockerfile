@@ -46,8 +46,9 @@ COPY scripts/configure-client.sh /usr/share/docxy/
 #   on the interpreter itself `cap_drop: [ALL]` started nothing ("python3: Operation not
 #   permitted").
 # - The `docxy` user and group are 999:999, fixed: the cache and certs volumes outlive the image,
-#   and a rebuild must own what the last one wrote. 999 is what `useradd --system` picked on the
-#   documented bases (python:3.12-slim, bookworm with python3) before it was pinned; a base that
+#   and a rebuild must own what the last one wrote. 999 is what `useradd --system` picked before
+#   it was pinned on the bookworm base the tests build (checked; on python:3.12-slim by Debian's
+#   numbering, not checked); a base that
 #   already has 999 fails the build here instead of silently giving another UID. (The entrypoint
 #   names a volume it cannot write and the one-time chown.)
 # - The image's `docxy` command runs the CLI through the entrypoint, under the mirror's settings.
