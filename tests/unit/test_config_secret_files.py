@@ -18,8 +18,9 @@ import pytest
 
 from docxy.cli.main import main
 from docxy.config import Config, describe, load_config
-from docxy.core.errors import ConfigError
 from tests.unavailable import need_binary
+from tests.unit.test_config import config_error as one_line_error
+from tests.unit.test_config import write_toml
 
 SECRET = "s3cr3t Pa55#word"  # a space and a '#' inside, as a generated password may hold
 SHARED = {
@@ -30,9 +31,7 @@ SHARED = {
 
 
 def secret_file(tmp_path: Path, text: str = SECRET + "\n", name: str = "secret") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
+    return write_toml(tmp_path, text, name)  # any text: the secret's
 
 
 def config_error(
@@ -40,11 +39,9 @@ def config_error(
     config_file: Path | None = None,
     environ: dict[str, str] | None = None,
 ) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_config(overrides, config_file, environ or {})
-    message = str(info.value)
+    """The one-line ConfigError (test_config's), which never holds the secret."""
+    message = one_line_error(overrides, config_file, environ)
     assert SECRET not in message
-    assert "\n" not in message
     return message
 
 
