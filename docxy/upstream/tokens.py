@@ -20,6 +20,7 @@ of taking the upstream for down (stale-if-error, health). That answer stands for
 from __future__ import annotations
 
 import base64
+import hmac
 import logging
 import re
 import time
@@ -255,7 +256,7 @@ class MirrorTokens:
             return False  # no token (Basic, or none): the 401 is the upstream's answer
         key = (upstream.host, repository)
         held = self._tokens.get(key)
-        if held is not None and f"Bearer {held[1]}" == authorization:
+        if held is not None and hmac.compare_digest(f"Bearer {held[1]}", authorization):
             self._tokens.pop(key)
         return True
 

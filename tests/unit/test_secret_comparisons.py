@@ -26,6 +26,7 @@ NOT_SECRETS = {
     ("access/users.py", "signature"),  # the users file's (mtime, size, inode): changed on disk?
     ("access/users.py", "_signature"),
     ("upstream/settings.py", "SECRET"),  # the name of the password key ("password"), no value
+    ("upstream/settings.py", "SECRET_FILE"),  # the name of its file's key ("password_file")
 }
 
 
