@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -216,6 +217,25 @@ class RangedRegistry(Upstream):
         return answer(206, BLOB[start:], {"Content-Range": span, "Content-Length": length})
 
 
+async def pull_beside_another(
+    tmp_path: Path, registry: RangedRegistry, max_size: int
+) -> tuple[dict[str, Any], bool]:
+    """Through a mirror with the bucket and a cache of ``max_size`` holding another blob as
+    large as ``BLOB``: pull ``BLOB`` (asserted whole), then its ``/health``'s ``shared`` and
+    whether the other blob is still cached."""
+    settings = {**SHARED, "cache.max_size": str(max_size)}
+    async with stack(tmp_path, settings=settings, upstream=registry) as mirror:
+        store = mirror_state(mirror.app).running.blobs.store
+        assert store is not None
+        other = await cache(store, bytes(len(BLOB)))
+        pulled = await mirror.get(blob_path())
+        await mirror.committed()
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+        still = store.holds(other)
+    assert (pulled.status, pulled.body == BLOB) == (200, True)
+    return health, still
+
+
 @pytest.mark.parametrize("extra", [0, 1000, 5000])
 async def test_the_pull_path_asks_the_upstream_for_a_length_that_would_evict(
     tmp_path: Path, extra: int
@@ -228,16 +248,7 @@ async def test_the_pull_path_asks_the_upstream_for_a_length_that_would_evict(
     upstream, nothing is evicted, and the object is known bad."""
     registry = RangedRegistry(extra)
     room = len(BLOB) // 2 if extra == 0 else len(BLOB) + 100
-    settings = {**SHARED, "cache.max_size": str(len(BLOB) + room)}
-    async with stack(tmp_path, settings=settings, upstream=registry) as mirror:
-        store = mirror_state(mirror.app).running.blobs.store
-        assert store is not None
-        other = await cache(store, bytes(len(BLOB)))
-        pulled = await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
-        still = store.holds(other)
-    assert (pulled.status, pulled.body == BLOB) == (200, True)
+    health, still = await pull_beside_another(tmp_path, registry, len(BLOB) + room)
     ranged = [line for line in registry.seen if "bytes=" in line]
     assert ranged == [f"GET {blob_path()} bytes={len(BLOB) + extra - 1}-"]
     if extra:
@@ -271,16 +282,7 @@ async def test_an_upstream_that_cannot_confirm_a_length_leaves_the_object_to_fil
     object, and in an outage the bucket is what serves misses, so the object fills the blob
     (evicting what it must), as before the length was asked at all."""
     registry = RangesFailing(status)
-    settings = {**SHARED, "cache.max_size": str(len(BLOB) + len(BLOB) // 2)}
-    async with stack(tmp_path, settings=settings, upstream=registry) as mirror:
-        store = mirror_state(mirror.app).running.blobs.store
-        assert store is not None
-        other = await cache(store, bytes(len(BLOB)))
-        pulled = await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
-        still = store.holds(other)
-    assert (pulled.status, pulled.body == BLOB) == (200, True)
+    health, still = await pull_beside_another(tmp_path, registry, len(BLOB) + len(BLOB) // 2)
     assert [line for line in registry.seen if "bytes=" in line] == [
         f"GET {blob_path()} bytes={len(BLOB) - 1}-"
     ]
