@@ -150,15 +150,15 @@ def test_a_directory_is_not_a_secret_file(tmp_path: Path) -> None:
     assert message.startswith(f"upstream.password: cannot read {tmp_path}: ")
 
 
-@pytest.mark.parametrize(
-    ("content", "said"),
-    [
-        (b"\n", "is empty"),
-        (SECRET.encode() + b"\xff\xfe", "is not UTF-8 text"),
-        (SECRET.encode() * 8192, "is over 64 KiB"),
-    ],
-    ids=["empty", "binary", "huge"],
-)
+#: Files that hold no secret, and what the error says of each (the named upstreams' tests too).
+NO_SECRET = {
+    "empty": (b"\n", "is empty"),
+    "binary": (SECRET.encode() + b"\xff\xfe", "is not UTF-8 text"),
+    "huge": (SECRET.encode() * 8192, "is over 64 KiB"),
+}
+
+
+@pytest.mark.parametrize(("content", "said"), NO_SECRET.values(), ids=NO_SECRET.keys())
 def test_a_file_that_holds_no_secret_is_refused_without_showing_it(
     tmp_path: Path, content: bytes, said: str
 ) -> None:

@@ -17,8 +17,8 @@ import pytest
 from docxy.cli.main import main
 from docxy.config import Config, NamedUpstreamConfig, describe, load_config
 from docxy.core.errors import ConfigError
+from tests.unit.test_config_secret_files import NO_SECRET, SECRET
 
-SECRET = "s3cr3t Pa55#word"  # a space and a '#' inside, as a generated password may hold
 BASE = {"server.listen": "127.0.0.1:8080"}
 LAB = {
     "DOCXY_UPSTREAMS": "lab.example=http://127.0.0.1:5000",
@@ -125,15 +125,7 @@ def test_a_directory_is_not_a_secret_file(tmp_path: Path) -> None:
     assert message.endswith(f"(env {FILE_VAR})")
 
 
-@pytest.mark.parametrize(
-    ("content", "said"),
-    [
-        (b"\n", "is empty"),
-        (SECRET.encode() + b"\xff\xfe", "is not UTF-8 text"),
-        (SECRET.encode() * 8192, "is over 64 KiB"),
-    ],
-    ids=["empty", "binary", "huge"],
-)
+@pytest.mark.parametrize(("content", "said"), NO_SECRET.values(), ids=NO_SECRET.keys())
 def test_a_file_that_holds_no_secret_is_refused_without_showing_it(
     tmp_path: Path, content: bytes, said: str
 ) -> None:
