@@ -143,8 +143,6 @@ def parse_image_ref(text: str, *, library_prefix: bool = True) -> ImageRef:
         if not _DOMAIN.fullmatch(domain):
             raise ValueError(f"{text!r}: invalid registry host {domain!r}")
     name, colon, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
-    if not colon:
-        tag = ""
     try:
         validate_name(name)
         if colon:
