@@ -172,11 +172,20 @@ def credentials_go_to(upstream: Upstream, ask: TokenAsk) -> bool:
     upstream, and the scopes say ``repository:ghcr.io/owner/img``; the one in ghcr.io's own
     challenge says ``via=prefix``, which holds when that challenge named no scope at all.
     """
+    return not asked_by_prefix(upstream, ask)
+
+
+def asked_by_prefix(upstream: Upstream, ask: TokenAsk) -> bool:
+    """Whether ``ask`` is for an upstream the client named by path prefix (never
+    ``[upstream]``, which the mirror's own name stands for): it came by the realm of the
+    mirror's ``/v2/``, which names no upstream, or by one saying ``via=prefix``, or its scopes
+    name the upstream's repositories with its name in front. Such a client's login is the
+    mirror's (:func:`credentials_go_to`), and every challenge it gets says ``via=prefix``."""
     if upstream.is_default:
-        return True
-    if ask.get("upstream") is None or ask.get("via") == "prefix":
         return False
-    return not any(_by_prefix(s, upstream.name) for s in ask.scopes)
+    if ask.get("upstream") is None or ask.get("via") == "prefix":
+        return True
+    return any(_by_prefix(s, upstream.name) for s in ask.scopes)
 
 
 def _by_prefix(scope_text: str, prefix: str) -> bool:
@@ -256,7 +265,10 @@ async def token() -> Response:
     if ask.posted and answer.status_code == 200:
         body = for_post_client(body)
     if answer.status_code == 401:
-        response = refused_login(own_challenge(state, upstream), body)
+        # Its challenge names no scope: for a by-prefix ask it must say via=prefix itself, or
+        # the login the client holds for the mirror's name, sent with it, went to this upstream.
+        challenge = own_challenge(state, upstream, by_prefix=asked_by_prefix(upstream, ask))
+        response = refused_login(challenge, body)
     elif answer.status_code == 200 or _json_object(body):
         content_type = answer.headers.get("content-type", "application/json")
         response = Response(body, status=answer.status_code, content_type=content_type)
