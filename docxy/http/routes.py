@@ -52,6 +52,7 @@ blueprint = Blueprint("registry", __name__)
 READ_METHODS = ("GET", "HEAD")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 JSON = [("Content-Type", "application/json")]
+DIGEST_HEADER = "Docker-Content-Digest"
 
 
 def request_facts() -> dict[str, Any]:
@@ -371,8 +372,13 @@ def _relayed(
     release: Callable[[], None] | None = None,
 ) -> Response:
     """The upstream's ``answer`` to a request passed through, for the client (``release``:
-    :func:`~docxy.http.responses.relay`'s)."""
-    return relay(
+    :func:`~docxy.http.responses.relay`'s).
+
+    A blob's ``200`` or ``206`` names its digest (``Docker-Content-Digest``), as the registry
+    API says and clients read (containerd's resolver and skopeo from a ``HEAD``): a blob
+    redirected to a CDN is answered by the CDN, which sends none. The digest the client asked
+    for is the only one a content-addressed blob can have; one the upstream sent is kept."""
+    response = relay(
         answer,
         method=pull.method,
         realm=state.token_realm_for(pull.upstream, by_prefix=route.prefix is not None),
@@ -380,6 +386,11 @@ def _relayed(
         prefix=route.prefix,
         release=release,
     )
+    digest = pull.reference.digest
+    is_blob = pull.reference.kind is Kind.BLOB and digest is not None
+    if is_blob and answer.status_code in (200, 206) and DIGEST_HEADER not in response.headers:
+        response.headers[DIGEST_HEADER] = str(digest)
+    return response
 
 
 def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: float) -> None:

@@ -9,8 +9,10 @@ then mended.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -113,3 +115,99 @@ async def test_the_token_endpoints_401_to_an_upstream_reached_as_itself_names_it
         await follow_with_login(app, answer)
     sent = [r for r in upstream.requests if r.url.host == "auth.ghcr.example"]
     assert [r.headers.get("authorization") for r in sent] == [HUB_LOGIN, HUB_LOGIN]
+
+
+# --- a blob passed through a redirect to a CDN ------------------------------------------------
+
+BLOB_BYTES = b"layer-bytes-" * 100
+BLOB = "sha256:" + hashlib.sha256(BLOB_BYTES).hexdigest()
+CDN_URL = f"https://cdn.example/blobs/{BLOB.split(':')[1]}?sig=abc"
+
+
+def hub_via_cdn(request: httpx.Request) -> httpx.Response:
+    """A registry (hub.example, open: no token service) that sends every blob request to a
+    CDN with a 307, as Docker Hub and ghcr.io do; the CDN answers as S3 or CloudFront do: the
+    bytes, their length and ranges, no ``Docker-Content-Digest`` (a registry's header)."""
+    if request.url.host == "cdn.example":
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+        body = BLOB_BYTES
+        status = 200
+        if "range" in request.headers:  # bytes=N- only, as the tests ask
+            start = int(request.headers["range"].removeprefix("bytes=").rstrip("-"))
+            body, status = BLOB_BYTES[start:], 206
+            headers["Content-Range"] = f"bytes {start}-{len(BLOB_BYTES) - 1}/{len(BLOB_BYTES)}"
+        headers["Content-Length"] = str(len(body))
+        return reply(status, b"" if request.method == "HEAD" else body, headers)
+    if "/blobs/" in request.url.path:
+        return reply(307, headers={"Location": CDN_URL})
+    return reply(200, b"{}", JSON)
+
+
+@asynccontextmanager
+async def mirror_of(handler: FakeUpstream, cache_dir: Path | None) -> AsyncIterator[Quart]:
+    """An open mirror of hub.example, with a cache in ``cache_dir`` (None: no cache)."""
+    settings: dict[str, object] = {
+        "server.public_url": PUBLIC,
+        "upstream.registry": "https://hub.example",
+    }
+    if cache_dir is None:
+        settings["cache.enabled"] = "false"
+    else:
+        settings["cache.dir"] = str(cache_dir)
+    app = create_app(load_config(settings, environ={}), probe=False,
+                     transport=httpx.MockTransport(handler))  # fmt: skip
+    async with app.test_app():
+        yield app
+
+
+RANGE = [("Range", "bytes=1000-")]
+
+
+@pytest.mark.parametrize(
+    ("cached", "method", "headers", "status"),
+    [
+        (False, "HEAD", [], 200),
+        (False, "GET", [], 200),
+        (False, "GET", RANGE, 206),
+        (True, "HEAD", [], 200),
+        (True, "GET", RANGE, 206),
+    ],
+    ids=["head", "get", "ranged-get", "head-not-cached", "ranged-get-not-cached"],
+)
+async def test_a_blob_passed_through_a_cdn_carries_its_digest(
+    tmp_path: Path, cached: bool, method: str, headers: list[tuple[str, str]], status: int
+) -> None:
+    """A blob request the mirror passes through (no cache; a HEAD or a ranged GET of a blob
+    not cached) is redirected to a CDN, whose answer is relayed: without
+    ``Docker-Content-Digest``, which the registry API says a blob's answer carries and clients
+    read (containerd's resolver and skopeo from a HEAD). The mirror names the digest the
+    client asked for, the only one a content-addressed blob can have. (A plain GET with a
+    cache is a fill, answered by the mirror itself: not passed through, not here.)"""
+    upstream = FakeUpstream(hub_via_cdn)
+    async with mirror_of(upstream, tmp_path / "cache" if cached else None) as app:
+        path = f"/v2/library/img/blobs/{BLOB}"
+        answer = await call_asgi(app, method, path, host=MIRROR, headers=headers)
+    assert [str(r.url) for r in upstream.requests][-1] == CDN_URL, "not through the CDN"
+    assert answer.status == status
+    assert "fwd=bypass" in answer.headers["Cache-Status"], "not passed through"
+    assert answer.headers.get("Docker-Content-Digest") == BLOB
+    assert answer.headers["Content-Length"] == str(len(BLOB_BYTES) - (1000 if headers else 0))
+    if method == "GET":
+        assert answer.body == BLOB_BYTES[1000 if headers else 0 :]
+
+
+def cdn_refusing(request: httpx.Request) -> httpx.Response:
+    """As :func:`hub_via_cdn`, but the CDN's signed URL has expired: 403, its own page."""
+    if request.url.host == "cdn.example":
+        return reply(403, b"<Error>AccessDenied</Error>", {"Content-Type": "application/xml"})
+    return hub_via_cdn(request)
+
+
+async def test_a_blob_refused_at_the_cdn_is_given_no_digest() -> None:
+    """Only an answer that is the blob names it: a CDN's 403 (or any error) carries no
+    ``Docker-Content-Digest``, which would say the blob was there."""
+    async with mirror_of(FakeUpstream(cdn_refusing), None) as app:
+        path = f"/v2/library/img/blobs/{BLOB}"
+        answer = await call_asgi(app, "HEAD", path, host=MIRROR)
+    assert answer.status == 403
+    assert "Docker-Content-Digest" not in answer.headers
