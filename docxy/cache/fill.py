@@ -41,6 +41,7 @@ from docxy.cache.errors import (
     SizeMismatch,
     VerifyError,
 )
+from docxy.cache.files import ClosedFile
 from docxy.cache.preallocate import preallocate
 from docxy.cache.reader import READ_CHUNK, ClosingStream, chunk_of
 from docxy.cache.resuming import RESUMES, BrokeOff, Resuming
@@ -870,7 +871,9 @@ class BlobFollower(ClosingStream):
     as the writer aborts, so the route can cut its client. With a :attr:`rest`, a fill the
     cache itself gave up (a failed write, no room: :attr:`InFlight.kept`) is not the end: the
     follower yields the bytes kept in the temp file, then the rest of the blob from ``rest``,
-    verified as a fill is (see :meth:`_resumed`).
+    verified as a fill is (see :meth:`_resumed`). So does one whose read of the temp file fails
+    (a failing disk's EIO), from the byte it got to, while the fill goes on (:meth:`_from_rest`);
+    without a ``rest`` that failure is raised (its client is cut).
     """
 
     def __init__(
@@ -937,7 +940,15 @@ class BlobFollower(ClosingStream):
                 # reaches a client complete, so it cannot pass for a good one.
                 ready = fill.written if fill.verified else fill.written - 1
                 # None: the pump's latest read holds that byte, and goes out whole later.
-                if pos < ready and (chunk := await self._next(pos, ready)) is not None:
+                chunk, failed = await self._next_or_failed(pos, ready)
+                if failed is not None:
+                    # The disk failed under this follower's read (EIO): the rest of the blob
+                    # from the upstream, as for a fill the cache gave up; the fill goes on.
+                    async with aclosing(self._from_rest(pos, failed)) as resumed:
+                        async for data in resumed:
+                            yield data
+                    return
+                if chunk is not None:
                     pos += len(chunk)
                     fill.recent.took(self._reader, pos)
                     yield chunk
@@ -947,6 +958,21 @@ class BlobFollower(ClosingStream):
                     await fill.changed()
         finally:
             self.close()
+
+    async def _next_or_failed(self, pos: int, ready: int) -> tuple[bytes | None, OSError | None]:
+        """:meth:`_next` (None before ``ready``: nothing to read yet), or the read's failure (a
+        failing disk's EIO) when this follower can get the rest elsewhere (its :attr:`rest`);
+        without one the failure is raised (its client is cut, ``docxy.http.responses``)."""
+        if pos >= ready:
+            return None, None
+        try:
+            return await self._next(pos, ready), None
+        except ClosedFile:
+            raise  # closed under the read: this follower's end (its client left)
+        except OSError as exc:
+            if self.rest is None:
+                raise
+            return None, exc
 
     async def _next(self, pos: int, ready: int) -> bytes | None:
         """The next bytes from ``pos`` (up to ``ready``): a recent read of the pump as it is, if
@@ -985,27 +1011,62 @@ class BlobFollower(ClosingStream):
         off (its ``broke_off``) goes on from there, as a fill's download does (up to
         :data:`RESUMES` times, each after new bytes: :class:`Resuming`); a mismatch, a rest that
         cannot be had or keeps breaking off raises :class:`FillAborted` (the client is cut,
-        never given a short or a wrong blob), with one WARNING. The temp file is closed before
-        the rest is asked for. (A fill given up once verified, its commit's sync failed, is not
-        one of these: it has every byte, see :attr:`InFlight.verified`.)
+        never given a short or a wrong blob), with one WARNING. A read of the temp file that
+        fails (EIO) ends the reads there: the rest is asked from that byte (:meth:`_from_rest`).
+        The temp file is closed before the rest is asked for. (A fill given up once verified,
+        its commit's sync failed, is not one of these: it has every byte, see
+        :attr:`InFlight.verified`.)
         """
-        rest, fill = self.rest, self.fill
-        assert rest is not None
+        fill = self.fill
         if fill.size is not None:
             kept = min(kept, fill.size - 1)  # the last byte waits for the verified whole
+        failed: OSError | None = None
         while pos < kept:
-            data = await self._read_temp(pos, kept - pos)
+            try:
+                data = await self._read_temp(pos, kept - pos)
+            except ClosedFile:
+                raise  # closed under the read: this follower's end (its client left)
+            except OSError as exc:  # a failing disk (EIO): the rest from the upstream now
+                failed = exc
+                break
             pos += len(data)
             yield data
-        hasher = await self._kept_hasher(pos)
+        async with aclosing(self._from_rest(pos, failed)) as resumed:
+            async for data in resumed:
+                yield data
+
+    async def _from_rest(self, pos: int, failed: OSError | None = None) -> AsyncGenerator[bytes]:
+        """The blob from ``pos`` on, from :attr:`rest`, for a client that has its first
+        ``pos`` bytes (from the temp file), verified over the whole (see :meth:`_resumed`).
+        ``failed``: why the temp file is not read on (a failing disk's EIO; None: the fill was
+        given up), said in its one WARNING line. The bytes the client had are hashed again
+        from the temp file (:meth:`_kept_hasher`); should that read fail too (a dead disk),
+        the rest is asked from byte 0 and its first ``pos`` bytes are hashed, not sent again:
+        the whole is verified all the same, at the cost of those bytes from the upstream."""
+        rest, fill = self.rest, self.fill
+        assert rest is not None
+        unread: OSError | None = None
+        try:
+            hasher = await self._kept_hasher(pos)
+        except ClosedFile:
+            raise  # closed under the read: this follower's end (its client left)
+        except OSError as exc:
+            unread, hasher = exc, fill.digest.hasher()
+        start = 0 if unread is not None else pos
+        if failed is not None or unread is not None:
+            self._say_unreadable(pos, failed, unread)
         self.close()
         self.handover.at = pos
-        resuming = Resuming(lambda offset: rest(offset, fill.size), pos, self._went_on)
+        resuming = Resuming(lambda offset: rest(offset, fill.size), start, self._went_on)
         held = b""  # the last byte seen so far: it goes out once the whole is verified
         try:
             async with aclosing(resuming.chunks()) as chunks:
-                async for chunk in chunks:
-                    hasher.update(chunk)
+                async for whole in chunks:
+                    hasher.update(whole)
+                    had = pos - (resuming.at - len(whole))  # of it, bytes the client had
+                    if had >= len(whole):
+                        continue
+                    chunk = whole[had:] if had > 0 else whole
                     if held:
                         yield held
                     if len(chunk) > 1:
@@ -1038,20 +1099,33 @@ class BlobFollower(ClosingStream):
             RESUMES,
         )
 
+    def _say_unreadable(self, pos: int, failed: OSError | None, unread: OSError | None) -> None:
+        """The one WARNING line of a follower that goes on from the upstream because the temp
+        file could not be read: at byte ``pos`` (``failed``), or again to hash the bytes the
+        client had (``unread``: the rest is then asked from byte 0)."""
+        said = [] if failed is None else [f"cannot read its temp file at byte {pos}: {failed}"]
+        if unread is not None:
+            said.append(f"cannot read its first {pos} bytes back to hash them: {unread}")
+        whence = "from byte 0, the first bytes hashed, not sent again" if unread else ""
+        log.warning(
+            "blob %s: %s; this client gets the rest from the upstream%s",
+            self.fill.digest,
+            "; ".join(said),
+            f" ({whence})" if whence else "",
+        )
+
     async def _kept_hasher(self, nbytes: int) -> Hasher:
         """A hasher of the blob's first ``nbytes``, the kept bytes of a fill given up: a copy of
         the fill's own hash when it is of just those bytes (:attr:`InFlight.kept_hash`), else
-        one that reads them again from the temp file, in a worker thread.
+        one that reads them again from the temp file, in a worker thread (raises the read's
+        :class:`OSError` if that fails: a failing disk).
 
         The fill hashed the bytes it wrote, as a follower of any fill trusts that the bytes it
         reads are those (the commit verifies the writer's hash, not a read-back of the file)."""
         fill = self.fill
         if fill.kept_hash is not None and nbytes == fill.kept:
             return fill.kept_hash.copy()
-        try:
-            return await asyncio.to_thread(self._hashed, nbytes)
-        except OSError as exc:
-            raise FillAborted(f"cannot read back the kept bytes of {fill.digest}: {exc}") from exc
+        return await asyncio.to_thread(self._hashed, nbytes)
 
     def _hashed(self, nbytes: int) -> Hasher:
         """A hasher of the temp file's first ``nbytes`` (blocking: a worker thread's)."""
