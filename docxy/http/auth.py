@@ -146,17 +146,31 @@ def refused_login(challenge: str, upstream_body: bytes) -> Response:
     token): the registry's ``401 UNAUTHORIZED`` with ``challenge``, the one the mirror's
     ``/v2/`` sends. A 401 must carry a challenge (RFC 9110), and Docker's client reads it; the
     upstream's own, if it sent one, would name its realm. An upstream body that is a registry
-    error is kept; any other (Docker Hub's ``{"details": ...}``) lends its words to the
-    message, which the docker CLI prints."""
+    error is kept; any other lends its words to the message, which the docker CLI prints:
+    Docker Hub's ``{"details": ...}``, an OAuth2 error's ``error_description`` or ``error``
+    (RFC 6749: what a refused ``POST`` grant gets), or a plain ``{"message": ...}``."""
     parsed = jsondoc.object_in(upstream_body)
     message = "the upstream's token service refused the login"
-    words = parsed.get("details") if parsed is not None else None
-    if isinstance(words, str) and 0 < len(words) <= 200 and words.isprintable():
+    words = _refusal_words(parsed) if parsed is not None else None
+    if words is not None:
         message = f"{message}: {words}"
     error = Unauthorized(message, challenge)
     kept = isinstance(parsed, dict) and isinstance(parsed.get("errors"), list)
     body = upstream_body if kept else error.encoded()
     return Response(body, status=error.status, headers=Headers(error.headers()))
+
+
+#: Where token services put the words of a refusal, the most telling first.
+REFUSAL_FIELDS = ("details", "error_description", "error", "message")
+
+
+def _refusal_words(parsed: dict[str, object]) -> str | None:
+    """The first field of :data:`REFUSAL_FIELDS` that holds a short printable string."""
+    for name in REFUSAL_FIELDS:
+        words = parsed.get(name)
+        if isinstance(words, str) and 0 < len(words) <= 200 and words.isprintable():
+            return words
+    return None
 
 
 def credentials_go_to(upstream: Upstream, ask: TokenAsk) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from docxy.access.clientca import ClientCA
 from docxy.core.challenge import parse_challenge
+from docxy.http.auth import refused_login
 from tests.unit import test_multi_routes as multi
 from tests.unit.asgi import call_asgi
 from tests.unit.fakes import Handler, reply
@@ -469,3 +470,37 @@ async def test_a_token_services_html_error_page_becomes_a_json_error(status: int
         body = await answer.get_json()
         assert body["errors"][0]["message"] == f"the upstream's token service answered {status}"
         assert answer.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'{"details": "incorrect username or password"}', "incorrect username or password"),
+        (
+            b'{"error": "invalid_grant", "error_description": "refresh token expired"}',
+            "refresh token expired",
+        ),
+        (b'{"error": "invalid_client"}', "invalid_client"),
+        (b'{"message": "bad credentials"}', "bad credentials"),
+        (b'{"details": 7, "error": "unauthorized_client"}', "unauthorized_client"),
+    ],
+    ids=["hub-details", "oauth-description", "oauth-code", "message", "first-string"],
+)
+async def test_a_refused_logins_words_come_from_whichever_field_the_token_service_used(
+    body: bytes, words: str
+) -> None:
+    """Only Docker Hub's ``details`` lent its words to the message; an OAuth2 token service
+    refusing a ``POST`` grant (RFC 6749: ``error``, ``error_description``) or one answering
+    ``{"message": ...}`` left the client with "refused the login" and nothing of why."""
+    answer = refused_login('Bearer realm="https://mirror.example.com/auth/token"', body)
+    [error] = json.loads(await answer.get_data())["errors"]
+    assert error["message"] == f"the upstream's token service refused the login: {words}"
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"error": "a\\nb"}', b'{"details": ""}', b"[]", b'{"error": "' + b"x" * 201 + b'"}']
+)
+async def test_a_refused_logins_unprintable_or_long_words_are_left_out(body: bytes) -> None:
+    answer = refused_login('Bearer realm="https://mirror.example.com/auth/token"', body)
+    [error] = json.loads(await answer.get_data())["errors"]
+    assert error["message"] == "the upstream's token service refused the login"
