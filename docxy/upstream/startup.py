@@ -48,7 +48,9 @@ def _public_host_claim(config: Config) -> str | None:
     return (
         f"{key}: takes the host {host} of server.public_url ({public}): every request by the "
         f"mirror's own name goes to {found.name}, Docker's registry-mirrors pulls included; "
-        f"Docker Hub ([upstream]) is reached by that name only with containerd's ?ns=docker.io "
+        f"Docker Hub ([upstream]) is reached by that name only with containerd's ?ns=docker.io; "
+        f"and the login a client holds for that name (dockerd's Docker Hub login, sent through "
+        f"registry-mirrors) goes to {found.name}'s token service "
         f"({config.sources.get(key, 'default')})"
     )
 

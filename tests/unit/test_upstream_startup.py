@@ -41,6 +41,8 @@ def test_hosts_that_take_the_public_url_are_warned(
     assert f"{claimed} of server.public_url ({public_url})" in line
     assert "Docker's registry-mirrors" in line and "ghcr.io" in line
     assert "?ns=docker.io" in line  # the only way left to Docker Hub under that name
+    # and the client's login for the name goes with its requests: to ghcr.io's token service
+    assert "Docker Hub login" in line and "goes to ghcr.io's token service" in line
     assert "(env DOCXY_UPSTREAMS_GHCR_IO_HOSTS)" in line
 
 
