@@ -326,32 +326,40 @@ class DiskBlobStore:
         the blobs such a server went on deleting less than that ago (:data:`TRASH_PREFIXES`, by
         the time of their rename): not this command's work, nor a sign of a fill that died.
         """
-        return self._clear_tmp(older_than)[0]
+        tally = GcTally()
+        self._clear_tmp(older_than, tally)
+        return tally.removed_tmp
 
-    def _clear_tmp(self, older_than: float | None) -> tuple[int, int]:
-        """:meth:`clear_tmp`: how many files it removed, and their bytes."""
+    def _clear_tmp(self, older_than: float | None, tally: GcTally) -> None:
+        """:meth:`clear_tmp`, counting each file removed (and its bytes) in ``tally`` as it
+        goes: a delete the disk refuses (EACCES, EPERM, EIO) raises, and the files removed
+        before it are counted all the same (gc's report of them)."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         ours = {fill.tmp_path.name for fill in self._fills.values()}
         cutoff = None if older_than is None else time.time() - older_than
-        removed = freed = 0
-        for entry in os.scandir(self.tmp_dir):
-            if entry.name in ours:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:  # gone since listed: a live mirror's fill committed
-                continue
-            # A live mirror's evicted or unreadable blob keeps the blob's old mtime while that
-            # mirror deletes it; its rename, the ctime, says when it went there.
-            trash = entry.name.startswith(TRASH_PREFIXES)
-            if cutoff is not None and (st.st_ctime if trash else st.st_mtime) > cutoff:
-                continue
-            if _unlink(Path(entry.path)):
-                removed += 1
-                freed += st.st_size
-        if removed:
-            log.info("cache: removed %d leftover temp files", removed)
-        return removed, freed
+        removed = 0
+        # Listed whole first: a refused delete leaves no directory listing open behind it.
+        entries = list(os.scandir(self.tmp_dir))
+        try:
+            for entry in entries:
+                if entry.name in ours:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # gone since listed: a live mirror's fill committed
+                    continue
+                # A live mirror's evicted or unreadable blob keeps the blob's old mtime while that
+                # mirror deletes it; its rename, the ctime, says when it went there.
+                trash = entry.name.startswith(TRASH_PREFIXES)
+                if cutoff is not None and (st.st_ctime if trash else st.st_mtime) > cutoff:
+                    continue
+                if _unlink(Path(entry.path)):
+                    removed += 1
+                    tally.removed_tmp += 1
+                    tally.freed_bytes += st.st_size
+        finally:
+            if removed:
+                log.info("cache: removed %d leftover temp files", removed)
 
     def scan(self) -> list[Path]:
         """Rebuild the index from ``blobs/``; returns stray paths that are not blobs."""
@@ -1140,7 +1148,7 @@ class DiskBlobStore:
         tally = GcTally() if tally is None else tally
         await self.indexed()
         known = dict(self._index)
-        tally.removed_tmp, tally.freed_bytes = self._clear_tmp(older_than=tmp_age)
+        self._clear_tmp(tmp_age, tally)
         strays = self.scan()
         tally.gone_bytes = sum(e.size for d, e in known.items() if d not in self._index)
         for path in strays:

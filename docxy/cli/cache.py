@@ -35,7 +35,7 @@ from docxy.cache import (
     open_configured,
     referenced_digests,
 )
-from docxy.cache.blobs import GcReport, GcTally
+from docxy.cache.blobs import GcReport, GcTally, os_error
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, cancelled_by_signals, exit_code
 from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import Config
@@ -347,6 +347,17 @@ def cannot_change(command: str, directory: Path, exc: OSError) -> str:
     return f"docxy cache {command}: cannot change {directory}:{where} {exc.strerror or exc}"
 
 
+def refused(root: Path, exc: OSError) -> str:
+    """What the disk refused that stopped gc, for its report: ``the disk refused a change to
+    tmp/NAME (Permission denied, EACCES)``, the file named as under the cache directory (a
+    delete, mostly; the stderr line says it whole: :func:`cannot_change`)."""
+    if not isinstance(exc.filename, str | bytes) or not exc.filename:
+        return f"the disk refused a change ({os_error(exc)})"
+    path = Path(os.fsdecode(exc.filename))
+    where = path.relative_to(root) if path.is_relative_to(root) else path
+    return f"the disk refused a change to {where} ({os_error(exc)})"
+
+
 def _bytes(size: int) -> str:
     return f"{human_size(size)} ({size} bytes)"
 
@@ -383,7 +394,7 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
             await store.gc(verify=verify, evict=evict, tally=tally)
         except OSError as exc:  # read-only, another owner's files (EACCES), EIO
             print(cannot_change("gc", store.root, exc), file=sys.stderr)
-            ending.append(("stopped", "the disk refused a delete (see above); the rest not done"))
+            ending.append(("stopped", f"{refused(store.root, exc)}; the rest not done"))
         except asyncio.CancelledError:
             if not caught:  # not by a signal of ours: not ours to report
                 raise

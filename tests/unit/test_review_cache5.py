@@ -4,11 +4,14 @@ shows what a client of the mirror, or its operator, would see."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,8 @@ from docxy.cache.fill import BlobFollower, BlobWriter, Download
 from docxy.core.digests import Digest, digest_of
 from tests.unit import fakes
 from tests.unit.test_cache_blobs import as_follower, as_writer, guard, make_store
+from tests.unit.test_cachecli import _populate, run
+from tests.unit.test_cachecli_endings import report_of
 
 SIZE = 300_000
 PIECE = 100_000
@@ -174,3 +179,48 @@ async def test_a_follower_of_a_given_up_fill_whose_kept_bytes_cannot_be_read_get
     assert upstream.asked == [len(first)] and follower.handover.at == len(first)
     assert any(f"byte {len(first)}" in said for said in _warnings(caplog, digest)), caplog.text
     writer.abort("test over")
+
+
+# --- docxy cache gc: a temp file the disk refuses to delete -------------------------------------
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM, errno.EIO], ids=errno.errorcode.get)
+def test_gc_counts_the_temp_files_it_removed_before_the_disk_refused_one(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+) -> None:
+    """Three old temp files (a dead mirror's fills); the disk refuses to delete the third
+    (another owner's file, a failing disk). gc stops there (one line, exit 1), but its report
+    said "temp files removed: 0" and freed nothing although two were gone: the count was only
+    set once every temp file was removed. Now it counts what went, and its "stopped" row names
+    the file the disk refused and why."""
+    cache = asyncio.run(_populate(tmp_path / "cache"))
+    old = time.time() - 7200
+    for n in range(3):
+        path = cache.root / "tmp" / f"sha256-dead{n}.123"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (old, old))
+    unlink = os.unlink
+    tried: list[Path] = []
+
+    def refusing(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).parent == cache.root / "tmp":
+            tried.append(Path(path))
+            if len(tried) == 3:
+                raise OSError(code, os.strerror(code), str(path))
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refusing)
+    exit_code, out, err = run(capsys, cache, "gc")
+    assert exit_code == 1
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and err.rstrip().endswith(os.strerror(code)), err
+    assert [path.exists() for path in tried] == [False, False, True]
+    report = report_of(out)
+    assert report["temp files removed"] == "2"
+    assert report["freed"].endswith("(2000 bytes)"), out
+    name = errno.errorcode[code]
+    stopped = f"the disk refused a change to tmp/{tried[2].name} ({os.strerror(code)}, {name})"
+    assert report["stopped"] == f"{stopped}; the rest not done", out
