@@ -168,7 +168,8 @@ async def _cut_on_abort(stream: BlobReader | BlobFollower) -> AsyncIterator[byte
     except OSError as exc:
         # A read of the file failed (EIO, a file cut short): the client is cut, as for a
         # failed fill, not left to an exception out of the app (a traceback per client). A
-        # cached blob's failure was said by the store (dropped, fetched again next time).
+        # cached blob's failure was said by the store (dropped, fetched again next time). A
+        # follower with a ``rest`` does not get here: it goes on from the upstream instead.
         if isinstance(stream, BlobReader):
             said, level = f"cannot read the cached blob: {exc}", logging.DEBUG
         else:
