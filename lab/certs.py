@@ -25,6 +25,20 @@ DAYS = 2
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
+#: A CA's key usage: signing certificates and CRLs, and its own TLS handshakes (a
+#: `loopback_cert` is a CA that serves too).
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
 
 @dataclass(frozen=True)
 class CertPair:
@@ -77,8 +91,14 @@ def issue(
 ) -> Issued:
     """A certificate for `common_name` (and the subject alternative `names`), signed by
     `issuer` or, without one, by itself; a new P-256 key unless `key` is given. Valid from
-    five minutes ago (clock skew) for `days`."""
+    five minutes ago (clock skew) for `days`.
+
+    It has the extensions RFC 5280 asks for, which Python 3.13's ``ssl.create_default_context``
+    checks (``VERIFY_X509_STRICT``): key identifiers, the subject's and its issuer's, and a CA's
+    key usage. Without them a client on 3.13 refused every chain longer than its root
+    ("Missing Authority Key Identifier"); 3.11 and 3.12 did not look."""
     key = key or ec.generate_private_key(ec.SECP256R1())
+    signer = (key if issuer is None else issuer.key).public_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -90,7 +110,11 @@ def issue(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer), False)
     )
+    if ca:
+        builder = builder.add_extension(CA_KEY_USAGE, critical=True)
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return Issued(key, builder.sign(key if issuer is None else issuer.key, hashes.SHA256()))
