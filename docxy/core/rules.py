@@ -16,10 +16,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-# One run of [a-z0-9*] per stretch between separators, so a text has one way to match: with a
-# second way for a run of ``*`` (an ``|\*+`` alternative) a refused pattern took time doubling
-# with each ``*`` (26 of them: 20 s) before it was refused.
-_PATTERN = re.compile(r"[a-z0-9*]+(?:(?:[._]|__|-+)[a-z0-9*]+)*(?:/[a-z0-9*._-]+)*")
+# A path component of a repository name (``names._COMPONENT``) in which ``*`` may stand: in every
+# component, so that ``library/redis-``, which no name matches, is refused like ``redis-``. One
+# run of [a-z0-9*] per stretch between separators, so a text has one way to match: with a second
+# way for a run of ``*`` (an ``|\*+`` alternative) a refused pattern took time doubling with
+# each ``*`` (26 of them: 20 s) before it was refused.
+_COMPONENT = r"[a-z0-9*]+(?:(?:[._]|__|-+)[a-z0-9*]+)*"
+_PATTERN = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 MAX_PATTERN = 255
 
 
