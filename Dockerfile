@@ -9,7 +9,7 @@ ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY docxy ./docxy
 COPY scheduler ./scheduler
 # docxy/data/configure-client.sh (served at /setup.sh) is a link to this file.
@@ -24,7 +24,7 @@ RUN python3 -m venv /opt/docxy \
     && if [ -f /etc/ssl/certs/ca-certificates.crt ]; then \
          export PIP_CERT=/etc/ssl/certs/ca-certificates.crt; fi \
     && /opt/docxy/bin/pip install --no-cache-dir --disable-pip-version-check \
-         '.[scheduler,shared]' certbot \
+         -c constraints.txt '.[scheduler,shared]' certbot \
     && /opt/docxy/bin/certbot --version \
     && /opt/docxy/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
+from packaging.utils import canonicalize_name
 
 from lab import REPO_ROOT
 from lab.acme import DOMAIN, EMAIL, running_pebble
@@ -192,6 +193,39 @@ def installed_files(appliance: Appliance) -> set[str]:
     argv = ["run", "--rm", "--network", "none", "--entrypoint", "/opt/docxy/bin/python3"]
     result = appliance.daemon.docker(*argv, IMAGE, "-c", RECORDED_FILES, timeout=300, check=True)
     return {line.lstrip("/") for line in result.stdout.splitlines()}
+
+
+#: Prints each installed distribution as ``name==version``, one a line.
+INSTALLED_VERSIONS = (
+    "import importlib.metadata\n"
+    "for dist in importlib.metadata.distributions():\n"
+    "    print(f\"{dist.metadata['Name']}=={dist.version}\")\n"
+)
+
+
+def test_the_image_holds_the_pinned_versions(appliance: Appliance) -> None:
+    """The image installs constraints.txt's exact versions (what CI tested), not whatever PyPI
+    had at build time: every pinned package the image has is at its pin, and every package
+    the image has besides docxy (and the base's pip, which the build removes) is pinned."""
+    argv = ["run", "--rm", "--network", "none", "--entrypoint", "/opt/docxy/bin/python3"]
+    result = appliance.daemon.docker(
+        *argv, IMAGE, "-c", INSTALLED_VERSIONS, timeout=300, check=True
+    )
+    installed = {
+        canonicalize_name(name): version
+        for name, _, version in (line.partition("==") for line in result.stdout.split())
+    }
+    pinned = {
+        canonicalize_name(name): version
+        for name, _, version in (
+            line.partition("==")
+            for line in (REPO_ROOT / "constraints.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        )
+    }
+    installed.pop(canonicalize_name("docxy"))
+    assert {n: v for n, v in installed.items() if pinned.get(n) != v} == {}
+    assert pinned.keys() <= installed.keys(), sorted(pinned.keys() - installed.keys())
 
 
 # --- compose ------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ def test_kept_out_of_the_build_context(path: str) -> None:
     [
         "pyproject.toml",
         "README.md",
+        "constraints.txt",
         "Dockerfile",
         "docxy/config.py",
         "docxy/data/configure-client.sh",
