@@ -176,6 +176,9 @@ class ConnectionGuard:
     #: (:meth:`stop_handshakes`), and starts no other
     handshaking: set[asyncio.Task[Any]] = field(default_factory=set)
     stopping: bool = False
+    #: the connections admitted and not yet ended: a stop drops those still open at its
+    #: deadline (:meth:`drop_left_after`)
+    serving: set[EdgeTCPServer] = field(default_factory=set)
 
     def stop_handshakes(self) -> None:
         """A stop began: the connections still in their TLS handshake are dropped (no request
@@ -185,6 +188,27 @@ class ConnectionGuard:
         self.stopping = True
         for task in list(self.handshaking):
             task.cancel()
+
+    def drop_left_after(self, grace: float) -> None:
+        """A stop began: the connections still open ``grace`` seconds on (hypercorn's
+        ``graceful_timeout``) are aborted then.
+
+        hypercorn's stop waits in ``asyncio.Server.wait_closed`` before its own deadline, and
+        since Python 3.12 that wait lasts until every connection has closed (it returned at once
+        on 3.11, and hypercorn cancelled the connections left at ``graceful_timeout``). A
+        connection hypercorn never closes then held the stop for good: an HTTP/2 one (h2c, with
+        ``limits.h2_max_streams`` above 0) that sent its preface and no request, whose idle
+        timer hypercorn leaves stopped (the mirror on 3.13: still running 40 s after SIGTERM; on
+        3.11, 10 s); and one whose client took no bytes held it for the drain and then
+        ``CLOSE_WAIT`` (14 s on 3.13, past the 13 s supervisord gives the mirror; 10 s on 3.11)."""
+        asyncio.get_running_loop().call_later(grace, self._drop_left, grace)
+
+    def _drop_left(self, grace: float) -> None:
+        left = [server.writer.transport for server in self.serving]
+        if left:
+            log.info("stopping: %d connection(s) still open after %ss, dropped", len(left), grace)
+        for transport in left:
+            transport.abort()
 
     def admit(self, peer: object = None) -> Admitted:
         """A place for a new connection from ``peer`` (asyncio's peername), or the refusal."""
@@ -258,10 +282,12 @@ class EdgeTCPServer(PeerCertTCPServer):
         if not admitted:
             self._refuse(admitted.refusal if tls is None else None)
             return
+        guard.serving.add(self)
         try:
             if tls is None or await self._handshake(tls):
                 await super().run()
         finally:
+            guard.serving.discard(self)
             guard.release(admitted)
 
     async def _handshake(self, tls: TLSListeners) -> bool:

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypercorn.protocol
 import pytest
 from hypercorn.asyncio import run as hypercorn_run
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from docxy.edge import connections
+from docxy.edge import connections, h2c
 from docxy.edge.connections import ConnectionGuard, EdgeTCPServer, drop_unsent_after
 from docxy.tls.context import self_signed
 
@@ -166,6 +167,65 @@ async def test_an_idle_connection_holding_unsent_bytes_gives_its_slot_back(
         assert guard.open == 0 and not guard.by_client
         stop.set()
         await asyncio.wait_for(serving, GUARD)
+    finally:
+        stop.set()
+        client.close()
+        if not serving.done():
+            serving.cancel()
+
+
+@pytest.fixture
+def h2c_allowed() -> Iterator[None]:
+    before = getattr(hypercorn.protocol, "H2Protocol")  # noqa: B009 - not exported
+    h2c.install(refuse=False)  # limits.h2_max_streams > 0
+    yield
+    setattr(hypercorn.protocol, "H2Protocol", before)  # noqa: B010
+
+
+#: The HTTP/2 client preface and an empty SETTINGS frame: h2c by prior knowledge, no request.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+async def test_a_stop_drops_the_connections_still_open_at_its_graceful_timeout(
+    edge_server: None, h2c_allowed: None
+) -> None:
+    """An h2c connection that sent its preface and no request: hypercorn switched it from
+    HTTP/1.1 with its idle timer stopped, and a stop never closes it. On Python 3.12 and later
+    hypercorn's stop waits in ``asyncio.Server.wait_closed`` until every connection has closed,
+    before its own ``graceful_timeout`` is looked at: the stop never ended (the mirror on 3.13:
+    still running 40 s after SIGTERM). The edge drops what is left at the deadline, as the
+    mirror's stop asks it to (``docxy.http.server``); on 3.11 hypercorn cancelled it then."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.graceful_timeout = 1.0
+    config.edge = ConnectionGuard(100, 1.0)  # type: ignore[attr-defined]
+    guard: ConnectionGuard = config.edge  # type: ignore[attr-defined]
+    stop = asyncio.Event()
+    serving = asyncio.get_running_loop().create_task(
+        serve(small_answers, config, shutdown_trigger=stop.wait)
+    )
+    client = socket.socket()
+    try:
+        for _ in range(int(GUARD / 0.05)):  # until it listens
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                break
+            await asyncio.sleep(0.05)
+        client.sendall(H2_PREFACE)
+        for _ in range(int(GUARD / 0.05)):
+            if guard.serving:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # its SETTINGS read: HTTP/2 now
+        assert guard.open == 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stop.set()  # what the mirror's SIGTERM does (docxy.http.server.run's stopping)
+        guard.drop_left_after(config.graceful_timeout)
+        await asyncio.wait_for(asyncio.shield(serving), GUARD)
+        assert loop.time() - started < config.graceful_timeout + 2.0
+        assert guard.open == 0 and not guard.serving
     finally:
         stop.set()
         client.close()
