@@ -19,7 +19,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
-from hypercorn.events import Closed, Event
+from hypercorn.events import Closed, Event, Updated
 from hypercorn.protocol.h2 import H2Protocol
 from hyperframe.exceptions import HyperframeError
 
@@ -40,6 +40,12 @@ class H2cChecked(H2Protocol):
             await self.send(Closed())
             return
         await super().initiate(headers, settings)
+        if self.idle:  # the preface and no request yet
+            # hypercorn's HTTP/1.1 side stopped the connection's idle timer when it read the
+            # preface as a request, and only a stream's end restarts it: a connection that
+            # sent the preface alone stayed open for good (limits.idle_timeout never came),
+            # and at a stop held it (docxy.edge.connections.ConnectionGuard.drop_left_after).
+            await self.send(Updated(idle=True))
 
 
 class H2cRefused(H2Protocol):

@@ -231,3 +231,44 @@ async def test_a_stop_drops_the_connections_still_open_at_its_graceful_timeout(
         client.close()
         if not serving.done():
             serving.cancel()
+
+
+async def test_an_h2c_connection_that_sends_only_the_preface_is_closed_when_idle(
+    edge_server: None, h2c_allowed: None
+) -> None:
+    """``limits.idle_timeout`` (hypercorn's ``keep_alive_timeout``) closes a connection that
+    sends nothing; one that sent the HTTP/2 preface and then nothing stayed open for good (the
+    mirror with idle_timeout 2 s: still open 8 s on), holding its place under the caps."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.keep_alive_timeout = 0.5
+    config.edge = ConnectionGuard(100, 1.0)  # type: ignore[attr-defined]
+    guard: ConnectionGuard = config.edge  # type: ignore[attr-defined]
+    stop = asyncio.Event()
+    serving = asyncio.get_running_loop().create_task(
+        serve(small_answers, config, shutdown_trigger=stop.wait)
+    )
+    writer: asyncio.StreamWriter | None = None
+    try:
+        for _ in range(int(GUARD / 0.05)):  # until it listens
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        assert writer is not None
+        writer.write(H2_PREFACE)
+        answer = await asyncio.wait_for(reader.read(), 5.0)  # to the mirror's close
+        assert answer.startswith(b"\x00")  # its SETTINGS: it took the connection as HTTP/2
+        for _ in range(int(GUARD / 0.05)):
+            if guard.open == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert guard.open == 0
+    finally:
+        if writer is not None:
+            writer.close()
+        stop.set()
+        await asyncio.wait_for(serving, GUARD)
