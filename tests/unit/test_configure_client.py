@@ -7,10 +7,13 @@ stand-ins' log); nothing here touches the machine's own Docker, containerd or po
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -387,6 +390,24 @@ def bystander(tmp_path: Path) -> Iterator[int]:
     yield from running(tmp_path, "bystander")
 
 
+@contextmanager
+def dockerd_with_flags(tmp_path: Path, *flags: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A process named ``dockerd`` whose command line is ``dockerd FLAGS``: a shell run through
+    a link of that name (``sleep 600; :`` keeps the shell, with its arguments, alive). It and
+    its ``sleep`` are killed at the end, as one process group: killing the shell alone left
+    the ``sleep`` running for 10 minutes after every test."""
+    link = tmp_path / "procs" / "dockerd"
+    link.parent.mkdir()
+    link.symlink_to(shutil.which("sh") or "/bin/sh")
+    argv = [str(link), "-c", "sleep 600; :", "dockerd", *flags]
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 @pytest.mark.parametrize(
     "flag", ["--registry-mirror=https://old.example", "--debug", f"--registry-mirror={MIRROR}"]
 )
@@ -398,17 +419,10 @@ def test_a_dockerd_started_with_registry_mirror_gets_no_registry_mirrors_key(
     restart (or boot) left Docker down. The script says what to do instead, and writes nothing."""
     if "old.example" in flag:  # what dockerd uses: its flag's mirror
         box.stand_in("docker", docker_info("https://old.example"))
-    link = tmp_path / "procs" / "dockerd"  # a process named dockerd, with that command line
-    link.parent.mkdir()
-    link.symlink_to(shutil.which("sh") or "/bin/sh")
-    proc = subprocess.Popen([str(link), "-c", "sleep 600; :", "dockerd", flag])
-    try:
+    with dockerd_with_flags(tmp_path, flag) as proc:
         pidfile = box.base / "dockerd.pid"
         pidfile.write_text(f"{proc.pid}\n")
         code, said = run(box, "--mirror", MIRROR, "--docker", "--dockerd-pidfile", str(pidfile))
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
     if flag == f"--registry-mirror={MIRROR}":  # docker info lists it already: nothing to do
         assert code == 0 and "dockerd already uses" in said, said
@@ -431,20 +445,14 @@ def test_a_root_of_its_own_leaves_this_hosts_dockerd_alone(
     did not show the mirror, and wrote nothing when this host's dockerd ran with
     --registry-mirror. The host's dockerd is only looked at when asked (--reload)."""
     box.stand_in("docker", docker_info())
-    link = tmp_path / "procs" / "dockerd"  # this host's dockerd, run with --registry-mirror
-    link.parent.mkdir()
-    link.symlink_to(shutil.which("sh") or "/bin/sh")
-    proc = subprocess.Popen([str(link), "-c", "sleep 600; :", "dockerd", "--registry-mirror=x"])
-    try:
+    # this host's dockerd, run with --registry-mirror
+    with dockerd_with_flags(tmp_path, "--registry-mirror=x") as proc:
         box.stand_in(
             "systemctl",
             Rule(r"is-active", rc=0),
             Rule(r"^show .*MainPID", stdout=f"{proc.pid}\n"),
         )
         result = box.run(SCRIPT, "--root", str(box.root), "--mirror", MIRROR, "--docker", *more)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
     assert result.returncode == 0, output(result)
     assert daemon_json(box) == {"registry-mirrors": [MIRROR]}
@@ -474,12 +482,7 @@ def test_a_registry_mirrors_key_already_beside_the_flag_is_never_a_success(
     box.path(DAEMON_JSON).parent.mkdir(parents=True)
     written = json.dumps({"registry-mirrors": listed}) + "\n"
     box.path(DAEMON_JSON).write_text(written)
-    link = tmp_path / "procs" / "dockerd"
-    link.parent.mkdir()
-    link.symlink_to(shutil.which("sh") or "/bin/sh")
-    argv = [str(link), "-c", "sleep 600; :", "dockerd", f"--registry-mirror={flag}"]
-    proc = subprocess.Popen(argv)
-    try:
+    with dockerd_with_flags(tmp_path, f"--registry-mirror={flag}") as proc:
         pidfile = box.base / "dockerd.pid"
         pidfile.write_text(f"{proc.pid}\n")
         flags = ["--allow-restart"] if allow_restart else []
@@ -487,9 +490,6 @@ def test_a_registry_mirrors_key_already_beside_the_flag_is_never_a_success(
             box, "--mirror", MIRROR, "--docker", "--dockerd-pidfile", str(pidfile), *flags
         )
         assert proc.poll() is None, "dockerd was signalled"
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
     assert code == 1, said
     assert "--registry-mirror on its command line" in said
     assert "restart" not in said.replace("next restart", ""), said
