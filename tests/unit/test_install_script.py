@@ -99,7 +99,7 @@ def box(tmp_path: Path, resolver: Resolver) -> ScriptBox:
     box.stand_in("apt-cache", Rule(r"policy", stdout="  Candidate: (none)\n"))
     box.stand_in(
         "curl",
-        Rule(r"file://", passthrough=shutil.which("curl") or "/usr/bin/curl"),
+        Rule(r"file://", passthrough=need_binary("curl")),
         Rule(rf"https://{DOMAIN}/health", stdout=HEALTHY),
         Rule(r".", rc=7, stderr="curl: (7) the stand-in reaches nothing\n"),
     )
@@ -1473,7 +1473,7 @@ def test_an_update_that_fails_puts_the_previous_project_back_and_up(
     if failure == "health":
         box.stand_in(
             "curl",
-            Rule(r"file://", passthrough=shutil.which("curl") or "/usr/bin/curl"),
+            Rule(r"file://", passthrough=need_binary("curl")),
             Rule(r"/health", rc=22, stderr="curl: (22) The requested URL returned error: 502\n"),
         )
 
@@ -1522,7 +1522,7 @@ def test_a_hangup_during_an_update_puts_the_previous_project_back(
     hangup.chmod(0o755)
     box.stand_in(
         "curl",
-        Rule(r"file://", passthrough=shutil.which("curl") or "/usr/bin/curl"),
+        Rule(r"file://", passthrough=need_binary("curl")),
         Rule(r"/health", passthrough=str(hangup)),
     )
 
