@@ -8,7 +8,6 @@ then mended.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,16 +18,13 @@ import pytest
 from quart import Quart
 
 from docxy.config import load_config
-from docxy.core.challenge import parse_challenge
 from docxy.http.app import create_app
-from tests.unit.asgi import AsgiAnswer, call_asgi
+from tests.unit.asgi import call_asgi
 from tests.unit.fakes import FakeUpstream, reply
+from tests.unit.test_review_front import HUB_LOGIN, MIRROR, follow_with_login
 
 PUBLIC = "https://mirror.example.com"
-MIRROR = "mirror.example.com"
 JSON = {"Content-Type": "application/json"}
-#: what a client holds for the mirror's main name: Docker Hub's login, never ghcr.test's
-HUB_LOGIN = "Basic " + base64.b64encode(b"bob:hunter2").decode()
 GHCR_CHALLENGE = 'Bearer realm="https://auth.ghcr.example/token",service="ghcr-service"'
 
 
@@ -54,17 +50,6 @@ async def open_mirror_with_ghcr(handler: FakeUpstream) -> AsyncIterator[Quart]:
                      transport=httpx.MockTransport(handler))  # fmt: skip
     async with app.test_app():
         yield app
-
-
-async def follow_with_login(app: Quart, answer: AsgiAnswer) -> AsgiAnswer:
-    """The token request a client makes from ``answer``'s challenge: its realm, its service
-    and no scope (the challenge names none), with the login held for the mirror's name."""
-    challenge = parse_challenge(answer.headers["WWW-Authenticate"])
-    assert challenge is not None and challenge.realm is not None
-    realm = httpx.URL(challenge.realm)
-    query = realm.params.merge({"service": challenge.params.get("service", "")})
-    headers = [("Authorization", HUB_LOGIN)]
-    return await call_asgi(app, "GET", f"{realm.path}?{query}", host=MIRROR, headers=headers)
 
 
 @pytest.mark.parametrize(
