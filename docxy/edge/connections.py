@@ -173,34 +173,31 @@ class ConnectionGuard:
     tls: TLSListeners | None = None  # set once the listeners are bound
     by_client: Counter[str] = field(default_factory=Counter)
     #: the tasks of the connections in their TLS handshake: a stop ends those handshakes
-    #: (:meth:`stop_handshakes`), and starts no other
+    #: (:meth:`stop`), and starts no other
     handshaking: set[asyncio.Task[Any]] = field(default_factory=set)
     stopping: bool = False
     #: the connections admitted and not yet ended: a stop drops those still open at its
-    #: deadline (:meth:`drop_left_after`)
+    #: deadline (:meth:`stop`)
     serving: set[EdgeTCPServer] = field(default_factory=set)
 
-    def stop_handshakes(self) -> None:
-        """A stop began: the connections still in their TLS handshake are dropped (no request
-        came on them; one that never sends a ClientHello held the stop for its handshake
-        timeout, ``limits.idle_timeout``, and was then cancelled with a traceback), and so
-        is any handshake that starts from now on."""
+    def stop(self, grace: float) -> None:
+        """A stop began (``grace``: hypercorn's ``graceful_timeout``).
+
+        The connections still in their TLS handshake are dropped now (no request came on
+        them; one that never sends a ClientHello held the stop for its handshake timeout,
+        ``limits.idle_timeout``, and was then cancelled with a traceback), and so is any
+        handshake that starts from now on. The connections still open ``grace`` seconds on
+        are aborted then: hypercorn's stop waits in ``asyncio.Server.wait_closed`` before its
+        own deadline, and since Python 3.12 that wait lasts until every connection has closed
+        (it returned at once on 3.11, and hypercorn cancelled the connections left at
+        ``graceful_timeout``), so one hypercorn never closes held the stop for good: a request
+        never answered, a client that takes no bytes (held for the drain and then
+        ``CLOSE_WAIT``: 14 s on 3.13, past the 13 s supervisord gives the mirror; 10 s on
+        3.11), and, before the idle timer was restarted for it (``docxy.edge.h2c``), an h2c
+        connection that sent its preface alone (still running 40 s after SIGTERM on 3.13)."""
         self.stopping = True
         for task in list(self.handshaking):
             task.cancel()
-
-    def drop_left_after(self, grace: float) -> None:
-        """A stop began: the connections still open ``grace`` seconds on (hypercorn's
-        ``graceful_timeout``) are aborted then.
-
-        hypercorn's stop waits in ``asyncio.Server.wait_closed`` before its own deadline, and
-        since Python 3.12 that wait lasts until every connection has closed (it returned at once
-        on 3.11, and hypercorn cancelled the connections left at ``graceful_timeout``). A
-        connection hypercorn never closes then held the stop for good: an HTTP/2 one (h2c, with
-        ``limits.h2_max_streams`` above 0) that sent its preface and no request, whose idle
-        timer hypercorn leaves stopped (the mirror on 3.13: still running 40 s after SIGTERM; on
-        3.11, 10 s); and one whose client took no bytes held it for the drain and then
-        ``CLOSE_WAIT`` (14 s on 3.13, past the 13 s supervisord gives the mirror; 10 s on 3.11)."""
         asyncio.get_running_loop().call_later(grace, self._drop_left, grace)
 
     def _drop_left(self, grace: float) -> None:
@@ -308,7 +305,7 @@ class EdgeTCPServer(PeerCertTCPServer):
             transport.abort()
             return False
         except asyncio.CancelledError:
-            # In a handshake once stopping, only stop_handshakes cancels it: no handshake
+            # In a handshake once stopping, only stop() cancels it: no handshake
             # starts after it. Cancelled by another too, it goes on as that one's.
             if not guard.stopping or task.cancelling() > 1:
                 raise

@@ -44,7 +44,7 @@ class H2cChecked(H2Protocol):
             # hypercorn's HTTP/1.1 side stopped the connection's idle timer when it read the
             # preface as a request, and only a stream's end restarts it: a connection that
             # sent the preface alone stayed open for good (limits.idle_timeout never came),
-            # and at a stop held it (docxy.edge.connections.ConnectionGuard.drop_left_after).
+            # and at a stop held it (docxy.edge.connections.ConnectionGuard.stop).
             await self.send(Updated(idle=True))
 
 

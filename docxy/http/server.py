@@ -259,8 +259,7 @@ async def run(config: Config) -> None:
             stop.set()
             drain.stop(hc.graceful_timeout - CUT_MARGIN)
             if hc.edge is not None:
-                hc.edge.stop_handshakes()
-                hc.edge.drop_left_after(hc.graceful_timeout)
+                hc.edge.stop(hc.graceful_timeout)
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping)

@@ -244,7 +244,7 @@ async def test_a_stop_drops_the_connections_still_open_at_its_graceful_timeout(
             loop = asyncio.get_running_loop()
             started = loop.time()
             served.stop.set()  # what the mirror's SIGTERM does (docxy.http.server.run's stopping)
-            guard.drop_left_after(served.config.graceful_timeout)
+            guard.stop(served.config.graceful_timeout)
             await asyncio.wait_for(asyncio.shield(served.task), GUARD)
             assert loop.time() - started < served.config.graceful_timeout + 2.0
             assert guard.open == 0 and not guard.serving
