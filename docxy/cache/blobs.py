@@ -337,7 +337,7 @@ class DiskBlobStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         ours = {fill.tmp_path.name for fill in self._fills.values()}
         cutoff = None if older_than is None else time.time() - older_than
-        removed = 0
+        before = tally.removed_tmp
         # Listed whole first: a refused delete leaves no directory listing open behind it.
         entries = list(os.scandir(self.tmp_dir))
         try:
@@ -354,11 +354,10 @@ class DiskBlobStore:
                 if cutoff is not None and (st.st_ctime if trash else st.st_mtime) > cutoff:
                     continue
                 if _unlink(Path(entry.path)):
-                    removed += 1
                     tally.removed_tmp += 1
                     tally.freed_bytes += st.st_size
         finally:
-            if removed:
+            if removed := tally.removed_tmp - before:
                 log.info("cache: removed %d leftover temp files", removed)
 
     def scan(self) -> list[Path]:
