@@ -61,8 +61,9 @@ WRITE_BUFFER = 512 * 1024
 #: The size of a fill's worker thread's reads of the upstream body (each a new object; the
 #: store makes it smaller when many fills run at once).
 PUMP_BUFFER = 1024 * 1024
-#: Reads of that size in one fill's pipeline: read by one thread, written by a second, hashed
-#: by a third; the next read waits while this many are not hashed yet.
+#: Reads of that size in one fill's pipeline: read by one thread, then written by a second and
+#: hashed by a third at once; the next read waits while this many are not both written and
+#: hashed yet.
 PUMP_DEPTH = 6
 #: A pump's latest reads kept in memory for its followers (:class:`RecentReads`).
 RECENT = 6
@@ -354,8 +355,13 @@ class BlobWriter:
         #: Bytes ``_hash`` has taken in (None: unknown, a hashing thread failed); read on the
         #: loop only while no thread hashes.
         self._hashed: int | None = 0
-        #: Bytes hashed and a copy of the hash, before the batch whose write failed.
-        self._hash_before: tuple[int | None, Hasher] | None = None
+        #: Copies of ``_hash`` after its first N bytes, ``(N, copy)``: the pump's hashing thread
+        #: takes one before each read it hashes (it may hash reads not written yet), a flush one
+        #: before a batch whose write failed, so that a fill given up keeps the hash of just the
+        #: bytes written (:meth:`_keep_hash`). The last few only.
+        self._hash_marks: collections.deque[tuple[int, Hasher]] = collections.deque(
+            maxlen=PUMP_DEPTH + 1
+        )
         self._finished = False
         #: A thread that may write through ``_fd`` while it runs (a flush's, the pump's): the
         #: descriptor is closed only once it is done (see :meth:`_close_and_discard`).
@@ -484,19 +490,22 @@ class BlobWriter:
     async def pump(self, body: BodySource) -> None:
         """Read ``body`` to its end in a thread of its own, while a second thread writes each
         read (whole blocks past the page cache: :mod:`docxy.cache.directwrite`) and a third
-        hashes what was written.
+        hashes it, the two at once.
 
         Followers see each read as soon as it is in the temp file: the hash, the slowest step,
         is off their path (only the last byte waits for it, at the commit), and the reading
-        thread is back in ``recv`` while the write and the hash run. The event loop only hears
-        of each read (followers woken, room made in the store); the reads themselves wait for
-        the followers in :attr:`InFlight.recent`, which paces the writes to the leading one.
-        If writing fails the reading thread stops: the fill is given up (its followers get the
-        rest from the upstream). Cancelling sets a stop flag, interrupts the body's blocked
-        read and waits for every thread, so the temp file's descriptor is never closed under a
-        running write; an abort meanwhile (another task, a second cancel) interrupts the body's
-        read too, and leaves the descriptor open until the threads are done, which they are
-        at once (a stalled upstream does not hold the removed temp file).
+        thread is back in ``recv`` while the write and the hash run. The hash does not wait
+        for the write (nor for the disk behind it): on a machine whose cores the upstream, the
+        mirror and its clients share, a hash waiting for the disk left the cores idle. The
+        event loop only hears of each read (followers woken, room made in the store); the
+        reads themselves wait for the followers in :attr:`InFlight.recent`, which paces the
+        writes to the leading one. If writing fails the reading thread stops: the fill is
+        given up (its followers get the rest from the upstream). Cancelling sets a stop flag,
+        interrupts the body's blocked read and waits for every thread, so the temp file's
+        descriptor is never closed under a running write; an abort meanwhile (another task, a
+        second cancel) interrupts the body's read too, and leaves the descriptor open until the
+        threads are done, which they are at once (a stalled upstream does not hold the removed
+        temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
@@ -531,29 +540,33 @@ class BlobWriter:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """The reading thread of :meth:`pump`: read, make room, hand the read to the writing
-        thread; repeat. That one writes each read, hands it to the loop (for the followers)
-        and to the hashing thread, which lets the next read go. Returns once everything read
-        is hashed, or early when the fill may not grow (no room, more than announced: see
-        :meth:`reserve`) or a write failed."""
+        thread and to the hashing thread; repeat. The first writes each read and hands it to
+        the loop (for the followers); each lets the next read go once done with one. Returns
+        once everything read is written and hashed, or early when the fill may not grow (no
+        room, more than announced: see :meth:`reserve`) or a write failed."""
         fd = self._fd
         read = self.fill.written  # by this thread; the writes and the loop follow
-        free: queue.SimpleQueue[None] = queue.SimpleQueue()  # one per read in the pipeline
+        # One of each per read in the pipeline: let go by the writing and the hashing thread.
+        free_write: queue.SimpleQueue[None] = queue.SimpleQueue()
+        free_hash: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(PUMP_DEPTH):
-            free.put(None)
+            free_write.put(None)
+            free_hash.put(None)
         writing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         hashing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         failed: list[BaseException] = []
         halted = threading.Event()  # a write failed: no more reads
-        hashed: list[int] = [0]  # bytes handed to the hashing thread
+        hashed = 0  # bytes handed to the hashing thread
+        recent = self.fill.recent
         hasher = threading.Thread(
             target=_hash_all,
-            args=(self._hash, hashing, free, failed, self.fill.recent),
+            args=(self._hash, self._hashed, self._hash_marks, hashing, free_hash, failed, recent),
             name=f"hash {self.digest.hex[:12]}",
             daemon=True,
         )
         writer = threading.Thread(
             target=self._write_reads,
-            args=(fd, size, writing, hashing, free, hashed, halted, failed, loop),
+            args=(fd, size, writing, free_write, halted, failed, loop),
             name=f"write {self.digest.hex[:12]}",
             daemon=True,
         )
@@ -562,7 +575,8 @@ class BlobWriter:
             writer.start()
             try:
                 while not stop.is_set() and not failed and not halted.is_set():
-                    free.get()
+                    free_write.get()
+                    free_hash.get()
                     chunk = body.read(size)
                     nbytes = len(chunk)
                     if not nbytes:
@@ -572,6 +586,8 @@ class BlobWriter:
                     if fd is not None and not self._reserved_from_thread(read, loop, stop):
                         break  # the fill is over: reading on would serve nobody
                     writing.put(chunk)
+                    hashing.put(chunk)
+                    hashed += nbytes
             finally:
                 writing.put(None)
                 writer.join()
@@ -582,7 +598,7 @@ class BlobWriter:
             if failed or self._hashed is None:
                 self._hashed = None
             else:
-                self._hashed += hashed[0]
+                self._hashed += hashed
         if failed:
             said = f"writing or hashing {self.digest} failed: {failed[0]!r}"
             raise FillAborted(said) from failed[0]
@@ -592,26 +608,25 @@ class BlobWriter:
         fd: int | None,
         size: int,
         writing: queue.SimpleQueue[bytes | None],
-        hashing: queue.SimpleQueue[bytes | None],
         free: queue.SimpleQueue[None],
-        hashed: list[int],
         halted: threading.Event,
         failed: list[BaseException],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """The writing thread of :meth:`pump`: append each read to the temp file (whole blocks
-        past the page cache: :class:`DirectWriter`), then hand it to the followers and to the
-        hashing thread, in order. After a failed write it writes and hashes nothing more (the
-        reads still queued are let go) and says so: the reading thread stops, the loop gives
-        the fill up (its followers get the rest from the upstream). Anything else that goes
-        wrong here waits in ``failed`` for the reading thread to raise, as a hashing error
-        does; the reads are let go all the same, so the reading thread never waits for ever."""
+        past the page cache: :class:`DirectWriter`), then hand it to the followers, in order.
+        After a failed write it writes nothing more (the reads still queued are let go) and
+        says so: the reading thread stops, the loop gives the fill up (its followers get the
+        rest from the upstream; the hashing thread's marks keep the hash of just the bytes
+        written). Anything else that goes wrong here waits in ``failed`` for the reading
+        thread to raise, as a hashing error does; the reads are let go all the same, so the
+        reading thread never waits for ever."""
         written = self.fill.written
         direct = None if fd is None else DirectWriter(fd, written, size, direct=self._direct)
         try:
             while (chunk := writing.get()) is not None:
                 if halted.is_set():
-                    free.put(None)  # not hashed: the fill is given up
+                    free.put(None)  # not written: the fill is given up
                     continue
                 try:
                     if direct is not None:
@@ -633,10 +648,7 @@ class BlobWriter:
                     failed.append(exc)
                     halted.set()
                     self.fill.recent.unpaced()
-                    free.put(None)
-                    continue
-                hashing.put(chunk)
-                hashed[0] += len(chunk)
+                free.put(None)
         finally:
             if direct is not None:
                 direct.close()
@@ -679,7 +691,7 @@ class BlobWriter:
 
     def _hash_and_write(self, chunks: list[bytes], fd: int | None) -> OSError | None:
         """Write ``chunks`` (unless ``fd`` is None), then hash them. Should the write fail, a
-        copy of the hash before them is taken first: the hash of just the bytes the fill
+        copy of the hash before them is marked first: the hash of just the bytes the fill
         keeps (see :meth:`_keep_hash`). They are hashed all the same: the writer goes on
         uncached, and verifies what it passed through."""
         error = None
@@ -688,7 +700,8 @@ class BlobWriter:
                 write_all(fd, chunks)
             except OSError as exc:
                 error = exc
-                self._hash_before = (self._hashed, self._hash.copy())
+                if self._hashed is not None:
+                    self._hash_marks.append((self._hashed, self._hash.copy()))
         for chunk in chunks:
             self._hash.update(chunk)
         if self._hashed is not None:
@@ -697,16 +710,18 @@ class BlobWriter:
 
     def _keep_hash(self) -> None:
         """For a fill given up (:attr:`InFlight.kept`), hand its followers a copy of its hash
-        if that is the hash of just the kept bytes (or the copy taken before a failed write
-        is): not while the pump's hashing thread may still run behind the writes (the pump
-        offers it once that thread is done), nor once it has taken in more or fewer."""
+        if that is the hash of just the kept bytes (or a copy marked on the way is: see
+        :attr:`_hash_marks`): not while the pump's hashing thread may still run (the pump
+        offers it once that thread is done), nor once neither is of just those bytes."""
         fill = self.fill
         if fill.kept is None or fill.kept_hash is not None or self._pumped is not None:
             return
+        if self._hashed is None:  # a hashing thread failed: its marks too may be wrong
+            return
         if self._hashed == fill.kept:
             fill.kept_hash = self._hash.copy()
-        elif self._hash_before is not None and self._hash_before[0] == fill.kept:
-            fill.kept_hash = self._hash_before[1]
+            return
+        fill.kept_hash = next((h for at, h in self._hash_marks if at == fill.kept), None)
 
     def _thread_stopped_caching(self, exc: OSError) -> None:
         """The pump's thread failed to write and no longer uses the temp file's descriptor.
@@ -1311,20 +1326,31 @@ def _verify_rest(fill: InFlight, total: int, hasher: Hasher) -> str:
 
 def _hash_all(
     hasher: Hasher,
+    start: int | None,
+    marks: collections.deque[tuple[int, Hasher]],
     hashing: queue.SimpleQueue[bytes | None],
     free: queue.SimpleQueue[None],
     failed: list[BaseException],
     recent: RecentReads,
 ) -> None:
-    """The hashing thread of a fill's pump: hash each read in order, then let one more be read.
+    """The hashing thread of a fill's pump: hash each read in order (``hasher`` has taken in
+    ``start`` bytes before the first; None: unknown), then let one more be read. Before each,
+    a copy of the hash is marked in ``marks``: this thread hashes reads the writing thread
+    may not have written yet, and should one of those writes fail, the hash of just the bytes
+    written is the mark at their end (the reading thread stops at once then, so the mark is
+    among the last ``PUMP_DEPTH + 1``).
 
     Should hashing fail, the reads are still let go (the reading thread never waits for ever),
     the writing thread waits for no follower any more (the fill is lost: ``recent`` is no
     longer paced), and the error waits in ``failed`` for the reading thread to raise.
     """
+    at = start
     while (chunk := hashing.get()) is not None:
         if not failed:
             try:
+                if at is not None:
+                    marks.append((at, hasher.copy()))
+                    at += len(chunk)
                 hasher.update(chunk)
             except BaseException as exc:  # noqa: BLE001 - raised by the reading thread
                 failed.append(exc)

@@ -105,6 +105,9 @@ class _FailsSecond:
             self.go.wait(GUARD)
             raise MemoryError("no room to hash")
 
+    def copy(self) -> _FailsSecond:  # the pump marks a copy before each read it hashes
+        return _FailsSecond(self.go)
+
 
 async def test_a_failing_hash_ends_the_pacing_of_its_fill(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

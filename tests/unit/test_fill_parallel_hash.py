@@ -1,0 +1,111 @@
+"""A fill's pump hashes each read while the same read is written, not after (``docxy.cache.fill``):
+the hash no longer waits for the disk, and a fill given up after a failed write still hands its
+followers the hash of just the bytes written, though the hashing thread had gone past them."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docxy.cache import fill as fill_module
+from docxy.cache.directwrite import DirectWriter
+from docxy.core.digests import digest_of
+from docxy.tasks import spawn
+from tests.unit.held import hold
+from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
+from tests.unit.test_review_fill3 import _rest_of
+from tests.unit.test_review_fill4 import PIECE, Reads
+
+#: How long a test waits for what the pump should do at once (short: on a pump that hashes
+#: only what was written, the wait runs out and the test fails).
+SOON = 3.0
+
+
+class Counting:
+    """A real hasher that says when it has taken in ``until`` bytes."""
+
+    def __init__(self, algorithm: str, until: int) -> None:
+        self.real: Any = hashlib.new(algorithm)
+        self.taken, self.until = 0, until
+        self.reached = threading.Event()
+
+    def update(self, data: bytes) -> None:
+        self.real.update(data)
+        self.taken += len(data)
+        if self.taken >= self.until:
+            self.reached.set()
+
+    def copy(self) -> Any:
+        return self.real.copy()
+
+    def hexdigest(self) -> str:
+        return str(self.real.hexdigest())
+
+
+async def test_a_read_is_hashed_while_its_write_waits_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = Reads(3)
+    digest = digest_of(body.data)
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest)
+    hasher = Counting(digest.algorithm, PIECE)
+    writer._hash = hasher  # type: ignore[assignment]
+    written = hold(monkeypatch, DirectWriter, "write")  # the disk does not answer yet
+    async with writer:
+        writer.announce(len(body.data))
+        pumping = spawn("pump", writer.pump(body))
+        assert await asyncio.to_thread(written.entered.wait, GUARD)
+        assert await asyncio.to_thread(hasher.reached.wait, SOON)  # hashed, not yet written
+        assert writer.fill.written == 0
+        written.release.set()
+        await guard(pumping)
+        assert await writer.commit(len(body.data)) is not None
+    entry = store.lookup(digest)
+    assert entry is not None and entry.path.read_bytes() == body.data
+
+
+async def test_a_fill_given_up_hands_on_the_hash_of_the_bytes_written_not_of_all_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third write fails (a full disk) once the hashing thread has taken in every read:
+    the fill keeps two reads, its hash holds five. The followers get a copy of the hash of
+    the two (marked on the way), not a re-read of the temp file, and the blob is whole."""
+    body = Reads(5)
+    digest = digest_of(body.data)
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest)
+    follower = await as_follower(store, digest)
+    follower.rest = _rest_of(body.data)
+    hasher = Counting(digest.algorithm, len(body.data))
+    writer._hash = hasher  # type: ignore[assignment]
+    real_write_all = fill_module.write_all
+    writes = 0
+
+    def third_fails(fd: int, chunks: list[bytes]) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            hasher.reached.wait(SOON)  # the hash runs ahead of the disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(fd, chunks)
+
+    monkeypatch.setattr(fill_module, "write_all", third_fails)
+    reread = hold(monkeypatch, fill_module.BlobFollower, "_hashed")  # must not be needed
+    async with writer:
+        writer.announce(len(body.data))
+        await guard(writer.pump(body))
+    assert hasher.reached.is_set() and writer.fill.kept == 2 * PIECE
+    kept_hash = writer.fill.kept_hash
+    assert kept_hash is not None
+    assert kept_hash.hexdigest() == hashlib.sha256(body.data[: 2 * PIECE]).hexdigest()
+    reread.release.set()
+    assert await guard(follower.read_all()) == body.data
+    assert not reread.entered.is_set()
