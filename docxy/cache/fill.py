@@ -360,7 +360,7 @@ class BlobWriter:
         #: before a batch whose write failed, so that a fill given up keeps the hash of just the
         #: bytes written (:meth:`_keep_hash`). The last few only.
         self._hash_marks: collections.deque[tuple[int, Hasher]] = collections.deque(
-            maxlen=PUMP_DEPTH + 1
+            maxlen=PUMP_DEPTH + 2
         )
         self._finished = False
         #: A thread that may write through ``_fd`` while it runs (a flush's, the pump's): the
@@ -1337,8 +1337,9 @@ def _hash_all(
     ``start`` bytes before the first; None: unknown), then let one more be read. Before each,
     a copy of the hash is marked in ``marks``: this thread hashes reads the writing thread
     may not have written yet, and should one of those writes fail, the hash of just the bytes
-    written is the mark at their end (the reading thread stops at once then, so the mark is
-    among the last ``PUMP_DEPTH + 1``).
+    written is the mark at their end (the reading thread stops then, with at most
+    ``PUMP_DEPTH`` reads past it, one more if it passed its check before the failure: the mark
+    is among the last ``PUMP_DEPTH + 2``).
 
     Should hashing fail, the reads are still let go (the reading thread never waits for ever),
     the writing thread waits for no follower any more (the fill is lost: ``recent`` is no

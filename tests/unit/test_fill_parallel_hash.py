@@ -16,6 +16,7 @@ import pytest
 
 from docxy.cache import fill as fill_module
 from docxy.cache.directwrite import DirectWriter
+from docxy.cache.fill import PUMP_DEPTH
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
 from tests.unit.held import hold
@@ -72,19 +73,21 @@ async def test_a_read_is_hashed_while_its_write_waits_for_the_disk(
     assert entry is not None and entry.path.read_bytes() == body.data
 
 
+@pytest.mark.parametrize("reads", [5, 3 * PUMP_DEPTH])
 async def test_a_fill_given_up_hands_on_the_hash_of_the_bytes_written_not_of_all_hashed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: int
 ) -> None:
-    """The third write fails (a full disk) once the hashing thread has taken in every read:
-    the fill keeps two reads, its hash holds five. The followers get a copy of the hash of
-    the two (marked on the way), not a re-read of the temp file, and the blob is whole."""
-    body = Reads(5)
+    """The third write fails (a full disk) once the hashing thread has taken in every read it
+    could: all five, or the most the pipeline lets through (``PUMP_DEPTH`` past the two
+    written). The fill keeps two reads; its followers get a copy of the hash of just those
+    (marked on the way), not a re-read of the temp file, and the blob is whole."""
+    body = Reads(reads)
     digest = digest_of(body.data)
     store = make_store(tmp_path)
     writer = await as_writer(store, digest)
     follower = await as_follower(store, digest)
     follower.rest = _rest_of(body.data)
-    hasher = Counting(digest.algorithm, len(body.data))
+    hasher = Counting(digest.algorithm, min(reads, 2 + PUMP_DEPTH) * PIECE)
     writer._hash = hasher  # type: ignore[assignment]
     real_write_all = fill_module.write_all
     writes = 0
