@@ -61,6 +61,39 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+#: What a client certificate's key does: sign the TLS handshake (CertificateVerify).
+DIGITAL_SIGNATURE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def _authority_key_id(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+) -> x509.AuthorityKeyIdentifier:
+    """The Authority Key Identifier of a certificate the CA signs: the CA's own Subject Key
+    Identifier, or one computed from its key if it has none.
+
+    Without one a strict verifier (``VERIFY_X509_STRICT``, set by Python 3.13's
+    ``ssl.create_default_context``) refuses the certificate: "Missing Authority Key
+    Identifier". Copied from the CA's extension rather than computed again, so that it matches
+    however that one was made: OpenSSL does not take a certificate whose Subject Key Identifier
+    differs from the Authority Key Identifier as the issuer.
+    """
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -141,6 +174,8 @@ class ClientCA:
 
     def _create(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
+        # The key identifiers come with the builder: a strict verifier requires a CA's own
+        # (Subject Key Identifier), beside these two critical extensions.
         cert = (
             self_signed_builder(key, "docxy client CA", CA_DAYS)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -148,7 +183,6 @@ class ClientCA:
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False),
                 critical=True,
             )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
         pem = cert.public_bytes(serialization.Encoding.PEM)
@@ -199,7 +233,10 @@ class ClientCA:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=CLIENT_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(DIGITAL_SIGNATURE, critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(_authority_key_id(ca_cert, ca_key), False)
             .sign(ca_key, hashes.SHA256())
         )
         entry = ClientEntry(

@@ -458,17 +458,27 @@ def self_signed_builder(
     key: ec.EllipticCurvePrivateKey, common_name: str, days: float
 ) -> x509.CertificateBuilder:
     """A certificate for ``key`` issued by itself, valid from five minutes ago (clock skew) for
-    ``days``: the common part of the bootstrap certificate and the client CA."""
+    ``days``: the common part of the bootstrap certificate and the client CA.
+
+    It names its key (Subject Key Identifier) and, as its own issuer, the same key as the
+    signer's (Authority Key Identifier), as RFC 5280 asks and as ``openssl req -x509`` writes
+    them. A strict verifier (``VERIFY_X509_STRICT``, which Python 3.13's
+    ``ssl.create_default_context`` sets) requires the first of a CA and matches the identifiers
+    along a chain; the caller adds basic constraints and key usage, which differ between the two.
+    """
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = _utcnow()
+    public = key.public_key()
     return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
     )
 
 
@@ -510,6 +520,8 @@ def _self_signed_pems(hostname: str, days: float) -> tuple[bytes, bytes]:
         alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
     except ValueError:
         alt = x509.DNSName(hostname)
+    # No key usage: a strict verifier asks it only of a CA, and this is none (it is a server's
+    # certificate that clients hold as their trust anchor for the mirror).
     cert = (
         self_signed_builder(key, hostname[:64], days)
         .add_extension(x509.SubjectAlternativeName([alt]), critical=False)

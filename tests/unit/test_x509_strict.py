@@ -1,0 +1,275 @@
+"""The mirror's X.509 behaviour is the same on every Python it runs on (3.11, 3.12, 3.13).
+
+Python 3.13's ``ssl.create_default_context`` sets ``VERIFY_X509_STRICT`` (and
+``VERIFY_X509_PARTIAL_CHAIN``); 3.11 and 3.12 set neither. Two things follow, each held here on
+any Python by setting or checking the flags in the test itself:
+
+- the certificates the mirror makes (its client CA and the client certificates ``docxy clients
+  add`` issues, its bootstrap self-signed server certificate) pass a strict verifier: a client
+  certificate without an Authority Key Identifier was refused ("Missing Authority Key
+  Identifier");
+- the upstream context is not strict on any Python (Docker's Go client is not), so a registry
+  whose hand-made certificate lacks those extensions works through the mirror on every Python,
+  and not on 3.11 and 3.12 only.
+
+Every handshake is a real one over TCP on 127.0.0.7x.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from docxy.access.clientca import CA_KEY, ClientCA
+from docxy.tls.context import ReloadableTLS, self_signed
+
+MIRROR_HOST = "127.0.0.70"  # the mirror's own listener
+UPSTREAM_HOST = "127.0.0.71"  # a private registry
+REGISTRY_NAME = "registry.internal"
+TIMEOUT = 5.0  # seconds any socket operation here may take
+STRICT_MESSAGE = "Missing Authority Key Identifier"
+
+
+def strict(context: ssl.SSLContext) -> ssl.SSLContext:
+    """``context`` verifying as Python 3.13's default context does, on any Python."""
+    context.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+@contextmanager
+def listening(host: str) -> Iterator[socket.socket]:
+    """A TCP socket listening on ``host``, on a free port below 10000."""
+    for port in random.Random().sample(range(2000, 10000), 50):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            continue
+        with sock:
+            sock.listen(1)
+            sock.settimeout(TIMEOUT)
+            yield sock
+        return
+    pytest.fail(f"no free port below 10000 on {host}")
+
+
+@dataclass
+class Outcome:
+    """What each end of one handshake saw."""
+
+    client_error: Exception | None = None
+    server_error: Exception | None = None
+    #: The certificate the client presented, as the server got it (DER), if any.
+    presented: bytes | None = None
+
+
+def handshake(
+    server: ssl.SSLContext, client: ssl.SSLContext, host: str, server_hostname: str
+) -> Outcome:
+    """One TLS handshake over TCP on ``host``. The server sends one byte once it is through,
+    and the client reads it: under TLS 1.3 the client is done before the server has checked
+    its certificate, and learns of a refusal only from the next read."""
+    outcome = Outcome()
+    with listening(host) as sock:
+
+        def serve() -> None:
+            try:
+                conn, _ = sock.accept()
+                with conn:
+                    conn.settimeout(TIMEOUT)
+                    with server.wrap_socket(conn, server_side=True) as tls:
+                        outcome.presented = tls.getpeercert(binary_form=True)
+                        tls.sendall(b"!")
+            except (OSError, ssl.SSLError) as exc:
+                outcome.server_error = exc
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            with socket.create_connection(sock.getsockname(), timeout=TIMEOUT) as raw:
+                with client.wrap_socket(raw, server_hostname=server_hostname) as tls:
+                    if tls.recv(1) != b"!":
+                        raise ConnectionError("the server closed without a byte")
+        except (OSError, ssl.SSLError) as exc:
+            outcome.client_error = exc
+        finally:
+            thread.join(2 * TIMEOUT)
+    assert not thread.is_alive(), "the server's side of the handshake never ended"
+    return outcome
+
+
+def test_a_client_certificate_the_mirror_issues_passes_a_strict_verifier(
+    tmp_path: Path,
+) -> None:
+    """The mirror's own listener (its server pair and client CA), made strict as 3.13's
+    ``create_default_context(Purpose.CLIENT_AUTH)`` would make it, takes a kit from ``docxy
+    clients add``. Before, the client certificate had no Authority Key Identifier and the
+    handshake failed with "Missing Authority Key Identifier"."""
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("laptop", tmp_path / "kit")
+    cert, key = self_signed(tmp_path / "tls", MIRROR_HOST)
+    listener = strict(ReloadableTLS(cert, key, client_ca=ca.cert_path).context)
+    client = ssl.create_default_context(cafile=str(cert))
+    client.load_cert_chain(tmp_path / "kit" / "client.cert", tmp_path / "kit" / "client.key")
+    outcome = handshake(listener, client, MIRROR_HOST, MIRROR_HOST)
+    assert outcome.server_error is None, outcome.server_error
+    assert outcome.client_error is None, outcome.client_error
+    assert outcome.presented is not None
+    assert ca.client_of(outcome.presented) == "laptop"
+
+
+def test_the_certificates_the_mirror_issues_carry_the_extensions_of_rfc_5280(
+    tmp_path: Path,
+) -> None:
+    """Each by name, so that a failure says which one is missing: the CA's key identifier,
+    critical basic constraints and key usage with keyCertSign; the client certificate's
+    identifiers, the first matching the CA's."""
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("laptop", tmp_path / "kit")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_path.read_bytes())
+    leaf = x509.load_pem_x509_certificate((tmp_path / "kit" / "client.cert").read_bytes())
+    ext = ca_cert.extensions
+    ca_ski = ext.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    constraints = ext.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.critical and constraints.value.ca
+    usage = ext.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.key_cert_sign
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == ca_ski.digest
+    leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+
+
+def _ca_as_made_before(directory: Path) -> None:
+    """A client CA as the mirror made it before key identifiers came with the builder: with a
+    Subject Key Identifier, but no Authority Key Identifier (what a running mirror keeps)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "docxy client CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True)
+    (directory / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / CA_KEY).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def test_a_client_ca_made_before_issues_certificates_a_strict_verifier_takes(
+    tmp_path: Path,
+) -> None:
+    """A mirror upgraded in place keeps its CA (a root needs no Authority Key Identifier): what
+    it issues from now on passes strict verification too."""
+    _ca_as_made_before(tmp_path / "auth")
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("ci", tmp_path / "kit")
+    cert, key = self_signed(tmp_path / "tls", MIRROR_HOST)
+    listener = strict(ReloadableTLS(cert, key, client_ca=ca.cert_path).context)
+    client = ssl.create_default_context(cafile=str(cert))
+    client.load_cert_chain(tmp_path / "kit" / "client.cert", tmp_path / "kit" / "client.key")
+    outcome = handshake(listener, client, MIRROR_HOST, MIRROR_HOST)
+    assert outcome.server_error is None, outcome.server_error
+    assert outcome.presented is not None and ca.client_of(outcome.presented) == "ci"
+
+
+def _client_kit_as_made_before(ca: ClientCA, out: Path) -> None:
+    """A client certificate as ``docxy clients add`` wrote it before: no key identifiers."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key((ca.dir / CA_KEY).read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.mkdir(parents=True)
+    (out / "client.cert").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / "client.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def test_the_listener_still_takes_a_kit_issued_before_on_every_python(tmp_path: Path) -> None:
+    """The mirror's listener builds its context with ``ssl.SSLContext``, not
+    ``create_default_context``: it is not strict on any Python, so client certificates issued
+    before this change (no Authority Key Identifier) keep working after an upgrade, 3.13
+    included. The strict control shows the kit is one a strict verifier refuses."""
+    ca = ClientCA(tmp_path / "auth")
+    ca.ensure()
+    _client_kit_as_made_before(ca, tmp_path / "kit")
+    cert, key = self_signed(tmp_path / "tls", MIRROR_HOST)
+    listener = ReloadableTLS(cert, key, client_ca=ca.cert_path).context
+    assert not listener.verify_flags & ssl.VERIFY_X509_STRICT
+
+    def presenting() -> ssl.SSLContext:
+        client = ssl.create_default_context(cafile=str(cert))
+        client.load_cert_chain(tmp_path / "kit" / "client.cert", tmp_path / "kit" / "client.key")
+        return client
+
+    outcome = handshake(listener, presenting(), MIRROR_HOST, MIRROR_HOST)
+    assert outcome.server_error is None, outcome.server_error
+    assert outcome.presented is not None
+    strict_listener = strict(ReloadableTLS(cert, key, client_ca=ca.cert_path).context)
+    refused = handshake(strict_listener, presenting(), MIRROR_HOST, MIRROR_HOST)
+    assert STRICT_MESSAGE in str(refused.server_error)
+
+
+def test_the_bootstrap_certificate_passes_a_strict_verifier(tmp_path: Path) -> None:
+    """A client holding the mirror's self-signed certificate (``configure-client.sh`` fetches
+    it) as its trust anchor, verifying as 3.13 does; the certificate names its key."""
+    cert, key = self_signed(tmp_path / "tls", MIRROR_HOST)
+    listener = ReloadableTLS(cert, key).context
+    client = strict(ssl.create_default_context(cafile=str(cert)))
+    outcome = handshake(listener, client, MIRROR_HOST, MIRROR_HOST)
+    assert outcome.client_error is None, outcome.client_error
+    made = x509.load_pem_x509_certificate(cert.read_bytes())
+    ski = made.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    aki = made.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == ski.digest
+    constraints = made.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.critical and not constraints.value.ca
