@@ -321,8 +321,24 @@ UPSTREAM_READ_SIZE = 1024 * 1024
 
 def upstream_ssl_context() -> ssl.SSLContext:
     """The TLS settings of every upstream connection: httpx's defaults (certifi's CAs,
-    verification on), made once so that the fills' direct GETs use the very same context."""
-    return httpx.create_ssl_context(trust_env=False)
+    verification and hostname checks on), made once so that the fills' direct GETs use the very
+    same context, with the same verify flags on every Python.
+
+    Python 3.13's ``ssl.create_default_context`` (which httpx calls) sets
+    ``VERIFY_X509_STRICT`` and ``VERIFY_X509_PARTIAL_CHAIN``; 3.11 and 3.12 set neither. Strict
+    refuses chains Docker's Go client accepts, such as a hand-made certificate without an
+    Authority Key Identifier, or any chain to a root without a Subject Key Identifier (one of
+    certifi's own, TWCA Global Root CA, has none), so a registry worked through the mirror on
+    one Python and not on another: it is cleared, and the mirror accepts what Docker accepts.
+    Partial chains are
+    allowed everywhere, as Go does: any certificate in the store is a trust anchor, self-signed
+    or not. For a chain that ends in one of certifi's roots (self-signed, every one) that
+    changes nothing; clearing it instead would change 3.13's behaviour for no gain.
+    """
+    context = httpx.create_ssl_context(trust_env=False)
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
 #: Connections the shared client holds open at once, across upstreams: a request past them
@@ -354,7 +370,7 @@ def make_http_client(
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPTED},
         limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=50),
         trust_env=False,
-        verify=ssl_context if ssl_context is not None else True,
+        verify=ssl_context if ssl_context is not None else upstream_ssl_context(),
         transport=transport,
         # Keeps no cookie: one client carries every client's requests and the mirror's own,
         # so a cookie set for one (a session after someone's login) would ride on all of them.

@@ -22,11 +22,12 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,7 +35,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from docxy.access.clientca import CA_KEY, ClientCA
+from docxy.config import load_config
 from docxy.tls.context import ReloadableTLS, self_signed
+from docxy.upstream.client import make_http_client, upstream_ssl_context
+from lab.certs import CA_KEY_USAGE, Issued, issue
 
 MIRROR_HOST = "127.0.0.70"  # the mirror's own listener
 UPSTREAM_HOST = "127.0.0.71"  # a private registry
@@ -273,3 +277,141 @@ def test_the_bootstrap_certificate_passes_a_strict_verifier(tmp_path: Path) -> N
     assert aki.key_identifier == ski.digest
     constraints = made.extensions.get_extension_for_class(x509.BasicConstraints)
     assert constraints.critical and not constraints.value.ca
+
+
+#: What every upstream connection verifies with, on every Python: OpenSSL's default flag, and
+#: partial chains as 3.13 (and Go) allow them; never strict.
+UPSTREAM_FLAGS = ssl.VERIFY_X509_TRUSTED_FIRST | ssl.VERIFY_X509_PARTIAL_CHAIN
+
+
+def test_the_upstream_context_verifies_alike_on_every_python() -> None:
+    """The flags are the same on 3.11, 3.12 and 3.13 (before: none of the two on 3.11 and 3.12,
+    both on 3.13); the rest is httpx's context as it was: certificates required, hostnames
+    checked, certifi's store, the same protocol options."""
+    context = upstream_ssl_context()
+    assert context.verify_flags == UPSTREAM_FLAGS
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    httpx_default = httpx.create_ssl_context(trust_env=False)
+    assert context.get_ca_certs() == httpx_default.get_ca_certs()
+    assert len(context.get_ca_certs()) > 50  # certifi's roots, not an empty store
+    assert context.options == httpx_default.options
+    assert context.minimum_version == httpx_default.minimum_version
+
+
+def test_an_http_client_made_without_a_context_uses_the_upstream_one() -> None:
+    """``make_http_client`` without a context (before: httpx's own, strict on 3.13) verifies
+    with the same flags. httpx keeps the context on its transport's pool (httpx 0.28)."""
+    http = make_http_client(load_config({}, environ={}).upstream)
+    transport = http._transport
+    assert isinstance(transport, httpx.AsyncHTTPTransport)
+    assert transport._pool._ssl_context is not None
+    assert transport._pool._ssl_context.verify_flags == UPSTREAM_FLAGS
+
+
+def _hand_made_leaf(issuer: Issued, name: str) -> Issued:
+    """A registry's certificate as made by hand (``openssl x509 -req`` with only a
+    subjectAltName): no key identifiers, no basic constraints. Docker's Go client takes it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+    return Issued(key, cert)
+
+
+def _root_without_subject_key_id() -> Issued:
+    """A root CA as an old one can be (TWCA Global Root CA in certifi's store is one): basic
+    constraints and key usage, but no Subject Key Identifier."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root without a key id")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(key, cert)
+
+
+def _proper_leaf(issuer: Issued, name: str) -> Issued:
+    """A leaf with every extension a strict verifier asks of it (lab.certs.issue's)."""
+    return issue(name, issuer, names=[x509.DNSName(name)])
+
+
+def _private_root() -> Issued:
+    return issue("private registry CA", ca=True)
+
+
+#: Chains Docker's Go client takes and a strict verifier refuses: (root, leaf maker, why).
+LENIENT_CHAINS: dict[str, tuple[Callable[[], Issued], Callable[[Issued, str], Issued], str]] = {
+    "leaf-without-aki": (
+        _private_root,
+        _hand_made_leaf,
+        "Missing Authority Key Identifier",
+    ),
+    "root-without-ski": (
+        _root_without_subject_key_id,
+        _proper_leaf,
+        "Missing Subject Key Identifier",
+    ),
+}
+
+
+def _registry_serving(tmp_path: Path, leaf: Issued) -> ssl.SSLContext:
+    (tmp_path / "registry-cert.pem").write_bytes(leaf.cert_pem)
+    (tmp_path / "registry-key.pem").write_bytes(leaf.key_pem)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "registry-cert.pem", tmp_path / "registry-key.pem")
+    return server
+
+
+def _upstream_trusting(root: Issued) -> ssl.SSLContext:
+    """The upstream context with the registry's CA added to its store (the test's only
+    change to it: certifi does not hold a private CA)."""
+    context = upstream_ssl_context()
+    context.load_verify_locations(cadata=root.cert_pem.decode())
+    return context
+
+
+@pytest.mark.parametrize("chain", sorted(LENIENT_CHAINS))
+def test_a_registry_whose_chain_lacks_key_identifiers_is_reached(
+    tmp_path: Path, chain: str
+) -> None:
+    """A handshake with the upstream context succeeds on every Python; the same context with
+    VERIFY_X509_STRICT set (what it was on 3.13) is refused for the missing identifier, so this
+    would catch strictness coming back. Verification itself stays: an unknown issuer and
+    another name are refused."""
+    make_root, make_leaf, refusal = LENIENT_CHAINS[chain]
+    root = make_root()
+    server = _registry_serving(tmp_path, make_leaf(root, REGISTRY_NAME))
+
+    reached = handshake(server, _upstream_trusting(root), UPSTREAM_HOST, REGISTRY_NAME)
+    assert reached.client_error is None, reached.client_error
+
+    control = handshake(server, strict(_upstream_trusting(root)), UPSTREAM_HOST, REGISTRY_NAME)
+    assert isinstance(control.client_error, ssl.SSLCertVerificationError)
+    assert refusal in str(control.client_error)
+
+    unknown = handshake(server, upstream_ssl_context(), UPSTREAM_HOST, REGISTRY_NAME)
+    assert isinstance(unknown.client_error, ssl.SSLCertVerificationError)
+    assert "unable to get local issuer certificate" in str(unknown.client_error)
+
+    other = handshake(server, _upstream_trusting(root), UPSTREAM_HOST, "other.internal")
+    assert isinstance(other.client_error, ssl.SSLCertVerificationError)
+    assert "Hostname mismatch" in str(other.client_error)
