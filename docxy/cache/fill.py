@@ -367,6 +367,8 @@ class BlobWriter:
         #: descriptor is closed only once it is done (see :meth:`_close_and_discard`).
         self._fd_user: asyncio.Future[Any] | None = None
         self._pumped: BodySource | None = None  # the body the pump's thread reads, meanwhile
+        #: Done once the pump's threads have all ended (they outlive a pump cancelled twice).
+        self._pump_done: asyncio.Future[None] | None = None
         #: The pump thread's wait for room (:meth:`_reserved_from_thread`), meanwhile.
         self._reserving: concurrent.futures.Future[bool] | None = None
         self._pump_stop: threading.Event | None = None  # the pump thread's stop flag, meanwhile
@@ -517,6 +519,7 @@ class BlobWriter:
             f"fill {self.digest.hex[:12]}", lambda: self._pump(body, size, stop, loop)
         )
         self._fd_user, self._pumped, self._pump_stop = done, body, stop
+        self._pump_done = done
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -712,9 +715,12 @@ class BlobWriter:
         """For a fill given up (:attr:`InFlight.kept`), hand its followers a copy of its hash
         if that is the hash of just the kept bytes (or a copy marked on the way is: see
         :attr:`_hash_marks`): not while the pump's hashing thread may still run (the pump
-        offers it once that thread is done), nor once neither is of just those bytes."""
+        offers it once that thread is done, even after a second cancel returned from it), nor
+        once neither is of just those bytes."""
         fill = self.fill
-        if fill.kept is None or fill.kept_hash is not None or self._pumped is not None:
+        if fill.kept is None or fill.kept_hash is not None:
+            return
+        if self._pump_done is not None and not self._pump_done.done():
             return
         if self._hashed is None:  # a hashing thread failed: its marks too may be wrong
             return
