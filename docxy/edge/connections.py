@@ -190,11 +190,12 @@ class ConnectionGuard:
         are aborted then: hypercorn's stop waits in ``asyncio.Server.wait_closed`` before its
         own deadline, and since Python 3.12 that wait lasts until every connection has closed
         (it returned at once on 3.11, and hypercorn cancelled the connections left at
-        ``graceful_timeout``), so one hypercorn never closes held the stop for good: a request
-        never answered, a client that takes no bytes (held for the drain and then
-        ``CLOSE_WAIT``: 14 s on 3.13, past the 13 s supervisord gives the mirror; 10 s on
-        3.11), and, before the idle timer was restarted for it (``docxy.edge.h2c``), an h2c
-        connection that sent its preface alone (still running 40 s after SIGTERM on 3.13)."""
+        ``graceful_timeout``: quietly since :func:`_ended_by_the_stop`), so one hypercorn never
+        closes held the stop for good: a request never answered, a client that takes no
+        bytes (held for the drain and then ``CLOSE_WAIT``: 14 s on 3.13, past the 13 s
+        supervisord gives the mirror; 10 s on 3.11), and, before the idle timer was restarted
+        for it (``docxy.edge.h2c``), an h2c connection that sent its preface alone (still
+        running 40 s after SIGTERM on 3.13)."""
         self.stopping = True
         for task in list(self.handshaking):
             task.cancel()
@@ -247,6 +248,28 @@ class ConnectionGuard:
         return client_key(address)
 
 
+def _ended_by_the_stop(guard: ConnectionGuard) -> bool:
+    """Whether the cancellation the current connection's task is in is the stop's own, and if
+    so, take it back: the connection ends as done, not cancelled.
+
+    A stop ends the connections still open at hypercorn's ``graceful_timeout`` (a client taking
+    no bytes, a request never answered): the edge aborts them (:meth:`ConnectionGuard.stop`)
+    and hypercorn cancels their tasks at the same deadline (its wait for them), usually before
+    the abort has ended them; that, or ``asyncio.run``'s end for a task still left, is the one
+    cancellation a connection's task gets once a stop has begun. Python 3.11's
+    ``asyncio.StreamReaderProtocol`` asks the task for its exception in a done callback, which
+    raises for a cancelled task, and asyncio logged "Exception in callback
+    StreamReaderProtocol.connection_made.<locals>.callback" with the ``CancelledError``'s
+    traceback at ERROR at every such stop (3.12.1's callback is the same; 3.13's looks at
+    ``task.cancelled()`` first). A cancellation before a stop, or a second one in it, is not
+    the stop's: it goes on, as does any other exception (asyncio logs it)."""
+    task = asyncio.current_task()
+    if not guard.stopping or task is None or task.cancelling() != 1:
+        return False
+    task.uncancel()
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """What :meth:`ConnectionGuard.admit` decided: the per-address key the connection counts
@@ -283,6 +306,9 @@ class EdgeTCPServer(PeerCertTCPServer):
         try:
             if tls is None or await self._handshake(tls):
                 await super().run()
+        except asyncio.CancelledError:
+            if not _ended_by_the_stop(guard):
+                raise
         finally:
             guard.serving.discard(self)
             guard.release(admitted)
