@@ -15,18 +15,17 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypercorn.asyncio import run as hypercorn_run
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from docxy.access.peer import PeerCertTCPServer
-from docxy.edge import connections
 from docxy.edge.connections import ConnectionGuard, EdgeTCPServer
+from tests.unit.test_edge_close import edge_server  # noqa: F401 - the fixture, shared
 
 GUARD = 30.0  # seconds before a would-be hang becomes a test failure
 GRACE = 1.0  # hypercorn's graceful_timeout here (the mirror's is 10 s)
@@ -37,14 +36,6 @@ CHUNK = b"z" * (1 << 20)
 #: its task sending for good after the stop cancelled it: hypercorn's close takes the
 #: cancellation that reaches it there, ``TCPServer._close``)
 CHUNKS = 256
-
-
-@pytest.fixture
-def edge_server() -> Iterator[None]:
-    before = hypercorn_run.TCPServer  # type: ignore[attr-defined]
-    connections.install()
-    yield
-    setattr(hypercorn_run, "TCPServer", before)  # noqa: B010
 
 
 async def answers(scope: Any, receive: Any, send: Any) -> None:
@@ -139,8 +130,9 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 @pytest.mark.parametrize("client", ["unanswered", "taking no bytes"])
+@pytest.mark.usefixtures("edge_server")
 async def test_a_stop_ending_a_connection_left_logs_no_error(
-    edge_server: None, caplog: pytest.LogCaptureFixture, client: str
+    caplog: pytest.LogCaptureFixture, client: str
 ) -> None:
     """Before: on 3.11 each case logged asyncio's ERROR "Exception in callback
     StreamReaderProtocol.connection_made.<locals>.callback(<Task cancelled ...>)" with the
@@ -164,8 +156,9 @@ async def test_a_stop_ending_a_connection_left_logs_no_error(
         assert errors(caplog) == [], caplog.text
 
 
+@pytest.mark.usefixtures("edge_server")
 async def test_another_exception_in_the_stop_is_still_logged(
-    edge_server: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the stop's own cancellation is taken back: a connection that raises when the stop
     cancels it is logged by asyncio as before (and hypercorn's serve raises it too: its wait
@@ -193,8 +186,9 @@ async def test_another_exception_in_the_stop_is_still_logged(
 
 
 @pytest.mark.parametrize("when", ["before a stop", "a second time in a stop"])
+@pytest.mark.usefixtures("edge_server")
 async def test_a_cancellation_that_is_not_the_stops_still_cancels(
-    edge_server: None, monkeypatch: pytest.MonkeyPatch, when: str
+    monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
     """A connection's task cancelled outside a stop, or cancelled again in one (by something
     besides hypercorn's cancel at ``graceful_timeout``), ends cancelled."""
