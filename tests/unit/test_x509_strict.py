@@ -158,20 +158,33 @@ def test_the_certificates_the_mirror_issues_carry_the_extensions_of_rfc_5280(
     assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
 
 
+def _common_name(name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+
+
+def _bare(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, *, days: int
+) -> x509.CertificateBuilder:
+    """A certificate for ``key`` with no extensions yet, valid from five minutes ago."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
 def _ca_as_made_before(directory: Path) -> None:
     """A client CA as the mirror made it before key identifiers came with the builder: with a
     Subject Key Identifier, but no Authority Key Identifier (what a running mirror keeps)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "docxy client CA")])
-    now = dt.datetime.now(dt.UTC)
+    name = _common_name("docxy client CA")
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
+        _bare(name, name, key, days=30)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
@@ -214,15 +227,8 @@ def _client_kit_as_made_before(ca: ClientCA, out: Path) -> None:
     ca_key = serialization.load_pem_private_key((ca.dir / CA_KEY).read_bytes(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
+        _bare(_common_name("old"), ca_cert.subject, key, days=30)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
         .sign(ca_key, hashes.SHA256())
@@ -313,15 +319,8 @@ def _hand_made_leaf(issuer: Issued, name: str) -> Issued:
     """A registry's certificate as made by hand (``openssl x509 -req`` with only a
     subjectAltName): no key identifiers, no basic constraints. Docker's Go client takes it."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(issuer.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        _bare(_common_name(name), issuer.cert.subject, key, days=1)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .sign(issuer.key, hashes.SHA256())
     )
@@ -332,16 +331,9 @@ def _root_without_subject_key_id() -> Issued:
     """A root CA as an old one can be (TWCA Global Root CA in certifi's store is one): basic
     constraints and key usage, but no Subject Key Identifier."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root without a key id")])
-    now = dt.datetime.now(dt.UTC)
+    name = _common_name("root without a key id")
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        _bare(name, name, key, days=1)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(CA_KEY_USAGE, critical=True)
         .sign(key, hashes.SHA256())
