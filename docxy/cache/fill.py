@@ -497,17 +497,16 @@ class BlobWriter:
         Followers see each read as soon as it is in the temp file: the hash, the slowest step,
         is off their path (only the last byte waits for it, at the commit), and the reading
         thread is back in ``recv`` while the write and the hash run. The hash does not wait
-        for the write (nor for the disk behind it): on a machine whose cores the upstream, the
-        mirror and its clients share, a hash waiting for the disk left the cores idle. The
-        event loop only hears of each read (followers woken, room made in the store); the
-        reads themselves wait for the followers in :attr:`InFlight.recent`, which paces the
-        writes to the leading one. If writing fails the reading thread stops: the fill is
-        given up (its followers get the rest from the upstream). Cancelling sets a stop flag,
-        interrupts the body's blocked read and waits for every thread, so the temp file's
-        descriptor is never closed under a running write; an abort meanwhile (another task, a
-        second cancel) interrupts the body's read too, and leaves the descriptor open until the
-        threads are done, which they are at once (a stalled upstream does not hold the removed
-        temp file).
+        for the write (nor for the disk behind it): the slowest step starts on each read as
+        soon as it is read. The event loop only hears of each read (followers woken, room made
+        in the store); the reads themselves wait for the followers in :attr:`InFlight.recent`,
+        which paces the writes to the leading one. If writing fails the reading thread stops:
+        the fill is given up (its followers get the rest from the upstream). Cancelling sets a
+        stop flag, interrupts the body's blocked read and waits for every thread, so the temp
+        file's descriptor is never closed under a running write; an abort meanwhile (another
+        task, a second cancel) interrupts the body's read too, and leaves the descriptor open
+        until the threads are done, which they are at once (a stalled upstream does not hold
+        the removed temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
