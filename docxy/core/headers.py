@@ -8,6 +8,8 @@ from email.utils import parsedate_to_datetime
 
 # Every answer of the registry API carries it (the app's and the edge's refusals alike).
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+# The digest of the content a manifest's or a blob's answer carries.
+DIGEST_HEADER = "Docker-Content-Digest"
 
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones the mirror recomputes itself.
 HOP_BY_HOP = frozenset(

@@ -24,7 +24,12 @@ from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenges
 from docxy.core.digests import Digest
 from docxy.core.errors import RegistryError, StreamCut, Unauthorized, UpstreamError
-from docxy.core.headers import API_VERSION_HEADER, kept_retry_after, response_headers
+from docxy.core.headers import (
+    API_VERSION_HEADER,
+    DIGEST_HEADER,
+    kept_retry_after,
+    response_headers,
+)
 from docxy.core.ranges import content_range
 from docxy.pull.outcome import (
     BlobContent,
@@ -125,7 +130,7 @@ def with_cache_status(response: Response, outcome: Outcome) -> Response:
 def _manifest(content: ManifestContent) -> Response:
     headers = [
         ("Content-Type", content.media_type),
-        ("Docker-Content-Digest", str(content.digest)),
+        (DIGEST_HEADER, str(content.digest)),
         ("ETag", etag_of(content.digest)),
         ("Content-Length", str(content.length)),
     ]
@@ -136,7 +141,7 @@ def _manifest(content: ManifestContent) -> Response:
 def _blob(content: BlobContent) -> Response:
     headers = [
         ("Content-Type", "application/octet-stream"),
-        ("Docker-Content-Digest", str(content.digest)),
+        (DIGEST_HEADER, str(content.digest)),
         ("ETag", etag_of(content.digest)),
         ("Accept-Ranges", "bytes"),
         ("Cache-Control", "max-age=31536000"),

@@ -28,7 +28,13 @@ from docxy.core.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from docxy.core.headers import ACCEPT_IDENTITY, kept_retry_after, request_headers, unsendable
+from docxy.core.headers import (
+    ACCEPT_IDENTITY,
+    DIGEST_HEADER,
+    kept_retry_after,
+    request_headers,
+    unsendable,
+)
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.core.ranges import range_asked
 from docxy.edge.clients import limit_key, request_address
@@ -52,7 +58,6 @@ blueprint = Blueprint("registry", __name__)
 READ_METHODS = ("GET", "HEAD")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 JSON = [("Content-Type", "application/json")]
-DIGEST_HEADER = "Docker-Content-Digest"
 
 
 def request_facts() -> dict[str, Any]:
