@@ -504,9 +504,10 @@ class BlobWriter:
         the fill is given up (its followers get the rest from the upstream). Cancelling sets a
         stop flag, interrupts the body's blocked read and waits for every thread, so the temp
         file's descriptor is never closed under a running write; an abort meanwhile (another
-        task, a second cancel) interrupts the body's read too, and leaves the descriptor open
-        until the threads are done, which they are at once (a stalled upstream does not hold
-        the removed temp file).
+        task's, or the caller's after a second cancel) leaves the descriptor open until the
+        threads are done, which they are at once: another task's interrupts the body's read
+        too, and after a second cancel the first had (a stalled upstream does not hold the
+        removed temp file).
         """
         if self._finished:
             raise FillClosed(f"writer of {self.digest} already finished")
