@@ -580,6 +580,8 @@ class BlobWriter:
                 while not stop.is_set() and not failed and not halted.is_set():
                     free_write.get()
                     free_hash.get()
+                    if stop.is_set() or failed or halted.is_set():
+                        break  # a slot let go by a failed write (or hash): read nothing more
                     chunk = body.read(size)
                     nbytes = len(chunk)
                     if not nbytes:
@@ -1344,8 +1346,8 @@ def _hash_all(
     a copy of the hash is marked in ``marks``: this thread hashes reads the writing thread
     may not have written yet, and should one of those writes fail, the hash of just the bytes
     written is the mark at their end (the reading thread stops then, with at most
-    ``PUMP_DEPTH`` reads past it, one more if it passed its check before the failure: the mark
-    is among the last ``PUMP_DEPTH + 2``).
+    ``PUMP_DEPTH`` reads past it: the mark is among the last ``PUMP_DEPTH + 1``; one more is
+    kept).
 
     Should hashing fail, the reads are still let go (the reading thread never waits for ever),
     the writing thread waits for no follower any more (the fill is lost: ``recent`` is no

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,34 @@ async def test_a_fill_given_up_hands_on_the_hash_of_the_bytes_written_not_of_all
     reread.release.set()
     assert await guard(follower.read_all()) == body.data
     assert not reread.entered.is_set()
+
+
+async def test_a_failed_write_stops_the_reads_without_one_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third write fails while the reading thread waits for a slot, ``PUMP_DEPTH`` reads
+    past the two written: the slot the failed write lets go is not taken for one more read of
+    the upstream (nobody would get it). Before, the reading thread had passed its check for a
+    failure before it waited, and read once more (a race CI met: ``test_direct_fill``'s
+    bound on the bytes read)."""
+    body = Reads(3 * PUMP_DEPTH, n=2 + PUMP_DEPTH)
+    store = make_store(tmp_path)
+    writer = await as_writer(store, digest_of(body.data))
+    real_write_all = fill_module.write_all
+    writes = 0
+
+    def third_fails(fd: int, chunks: list[bytes]) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            assert body.read_n.wait(SOON)  # the reading thread has read all it may
+            time.sleep(0.2)  # and waits for a slot now
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(fd, chunks)
+
+    monkeypatch.setattr(fill_module, "write_all", third_fails)
+    async with writer:
+        writer.announce(len(body.data))
+        await guard(writer.pump(body))
+    assert writer.fill.kept == 2 * PIECE
+    assert body.made == 2 + PUMP_DEPTH
