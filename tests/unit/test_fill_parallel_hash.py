@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,22 @@ class Counting:
         return str(self.real.hexdigest())
 
 
+def third_write_fails(monkeypatch: pytest.MonkeyPatch, first: Callable[[], object]) -> None:
+    """The fill's third write fails (a full disk), once ``first`` has returned."""
+    real_write_all = fill_module.write_all
+    writes = 0
+
+    def third_fails(fd: int, chunks: list[bytes]) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 3:
+            first()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(fd, chunks)
+
+    monkeypatch.setattr(fill_module, "write_all", third_fails)
+
+
 async def test_a_read_is_hashed_while_its_write_waits_for_the_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -90,18 +107,7 @@ async def test_a_fill_given_up_hands_on_the_hash_of_the_bytes_written_not_of_all
     follower.rest = _rest_of(body.data)
     hasher = Counting(digest.algorithm, min(reads, 2 + PUMP_DEPTH) * PIECE)
     writer._hash = hasher  # type: ignore[assignment]
-    real_write_all = fill_module.write_all
-    writes = 0
-
-    def third_fails(fd: int, chunks: list[bytes]) -> None:
-        nonlocal writes
-        writes += 1
-        if writes == 3:
-            hasher.reached.wait(SOON)  # the hash runs ahead of the disk
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write_all(fd, chunks)
-
-    monkeypatch.setattr(fill_module, "write_all", third_fails)
+    third_write_fails(monkeypatch, lambda: hasher.reached.wait(SOON))  # hash ahead of disk
     reread = hold(monkeypatch, fill_module.BlobFollower, "_hashed")  # must not be needed
     async with writer:
         writer.announce(len(body.data))
@@ -126,19 +132,12 @@ async def test_a_failed_write_stops_the_reads_without_one_more(
     body = Reads(3 * PUMP_DEPTH, n=2 + PUMP_DEPTH)
     store = make_store(tmp_path)
     writer = await as_writer(store, digest_of(body.data))
-    real_write_all = fill_module.write_all
-    writes = 0
 
-    def third_fails(fd: int, chunks: list[bytes]) -> None:
-        nonlocal writes
-        writes += 1
-        if writes == 3:
-            assert body.read_n.wait(SOON)  # the reading thread has read all it may
-            time.sleep(0.2)  # and waits for a slot now
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write_all(fd, chunks)
+    def reads_done() -> None:
+        assert body.read_n.wait(SOON)  # the reading thread has read all it may
+        time.sleep(0.2)  # and waits for a slot now
 
-    monkeypatch.setattr(fill_module, "write_all", third_fails)
+    third_write_fails(monkeypatch, reads_done)
     async with writer:
         writer.announce(len(body.data))
         await guard(writer.pump(body))

@@ -125,11 +125,7 @@ def test_a_client_certificate_the_mirror_issues_passes_a_strict_verifier(
     handshake failed with "Missing Authority Key Identifier"."""
     ca = ClientCA(tmp_path / "auth")
     ca.issue("laptop", tmp_path / "kit")
-    cert, key = self_signed(tmp_path / "tls", MIRROR_HOST)
-    listener = strict(ReloadableTLS(cert, key, client_ca=ca.cert_path).context)
-    client = ssl.create_default_context(cafile=str(cert))
-    client.load_cert_chain(tmp_path / "kit" / "client.cert", tmp_path / "kit" / "client.key")
-    outcome = handshake(listener, client, MIRROR_HOST, MIRROR_HOST)
+    outcome = _kit_to_strict_listener(tmp_path, ca)
     assert outcome.server_error is None, outcome.server_error
     assert outcome.client_error is None, outcome.client_error
     assert outcome.presented is not None
@@ -156,6 +152,16 @@ def test_the_certificates_the_mirror_issues_carry_the_extensions_of_rfc_5280(
     assert aki.key_identifier == ca_ski.digest
     leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
+
+
+def _kit_to_strict_listener(tmp_path: Path, ca: ClientCA) -> Outcome:
+    """A handshake of the kit in ``tmp_path / "kit"`` with the mirror's own listener (its
+    bootstrap pair and ``ca``), made strict as 3.13's ``create_default_context`` would."""
+    cert, key = self_signed(tmp_path / "tls", MIRROR_HOST)
+    listener = strict(ReloadableTLS(cert, key, client_ca=ca.cert_path).context)
+    client = ssl.create_default_context(cafile=str(cert))
+    client.load_cert_chain(tmp_path / "kit" / "client.cert", tmp_path / "kit" / "client.key")
+    return handshake(listener, client, MIRROR_HOST, MIRROR_HOST)
 
 
 def _common_name(name: str) -> x509.Name:
@@ -212,11 +218,7 @@ def test_a_client_ca_made_before_issues_certificates_a_strict_verifier_takes(
     _ca_as_made_before(tmp_path / "auth")
     ca = ClientCA(tmp_path / "auth")
     ca.issue("ci", tmp_path / "kit")
-    cert, key = self_signed(tmp_path / "tls", MIRROR_HOST)
-    listener = strict(ReloadableTLS(cert, key, client_ca=ca.cert_path).context)
-    client = ssl.create_default_context(cafile=str(cert))
-    client.load_cert_chain(tmp_path / "kit" / "client.cert", tmp_path / "kit" / "client.key")
-    outcome = handshake(listener, client, MIRROR_HOST, MIRROR_HOST)
+    outcome = _kit_to_strict_listener(tmp_path, ca)
     assert outcome.server_error is None, outcome.server_error
     assert outcome.presented is not None and ca.client_of(outcome.presented) == "ci"
 
