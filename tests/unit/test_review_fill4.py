@@ -19,7 +19,7 @@ from docxy.cache import fill as fill_module
 from docxy.cache.blobs import DiskBlobStore
 from docxy.cache.directwrite import DirectWriter
 from docxy.cache.errors import FillAborted, VerifyError
-from docxy.cache.fill import RECENT, BlobFollower, Download, InFlight, RecentReads
+from docxy.cache.fill import RECENT, BlobFollower, BlobWriter, Download, InFlight, RecentReads
 from docxy.core.digests import digest_of
 from docxy.tasks import spawn
 from tests.unit import fakes
@@ -49,6 +49,19 @@ class Reads:
 
     def interrupt(self) -> None:
         pass
+
+
+def on_interrupt(monkeypatch: pytest.MonkeyPatch, writer: BlobWriter) -> asyncio.Event:
+    """Set once ``writer``'s pump is interrupted (a cancel or an abort waits for its threads)."""
+    interrupted = asyncio.Event()
+    interrupt = writer._interrupt_pump
+
+    def interrupting(pumped: Any) -> None:
+        interrupt(pumped)
+        interrupted.set()
+
+    monkeypatch.setattr(writer, "_interrupt_pump", interrupting)
+    return interrupted
 
 
 async def test_a_follower_given_a_collected_ones_id_still_paces_the_pump(
@@ -184,14 +197,7 @@ async def test_a_second_cancel_hands_followers_no_hash_of_more_than_the_kept_byt
         await guard(writer.fill.changed())
     assert writer.fill.kept == 0
     assert await asyncio.to_thread(written.entered.wait, GUARD)  # the first read not written yet
-    interrupted = asyncio.Event()
-    interrupt = writer._interrupt_pump
-
-    def interrupting(pumped: Any) -> None:
-        interrupt(pumped)
-        interrupted.set()
-
-    monkeypatch.setattr(writer, "_interrupt_pump", interrupting)
+    interrupted = on_interrupt(monkeypatch, writer)
     task.cancel()
     await guard(interrupted.wait())  # the pump waits for its threads now
     written.release.set()

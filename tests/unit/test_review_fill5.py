@@ -20,7 +20,7 @@ from docxy.tasks import spawn
 from tests.unit.test_cache_blobs import GUARD, as_follower, as_writer, guard, make_store
 from tests.unit.test_fill_parallel_hash import Counting
 from tests.unit.test_review_fill3 import _rest_of
-from tests.unit.test_review_fill4 import PIECE, Reads
+from tests.unit.test_review_fill4 import PIECE, Reads, on_interrupt
 
 
 class HeldPast(Counting):
@@ -65,14 +65,7 @@ async def test_a_write_failing_after_a_second_cancel_hands_followers_no_hash_run
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(fill_module, "write_all", first_fails)
-    interrupted = asyncio.Event()
-    interrupt = writer._interrupt_pump
-
-    def interrupting(pumped: Any) -> None:
-        interrupt(pumped)
-        interrupted.set()
-
-    monkeypatch.setattr(writer, "_interrupt_pump", interrupting)
+    interrupted = on_interrupt(monkeypatch, writer)
 
     async def given_up() -> None:
         while writer.fill.kept is None:
