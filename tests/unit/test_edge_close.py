@@ -108,12 +108,17 @@ def edge_server() -> Iterator[None]:
     setattr(hypercorn_run, "TCPServer", before)  # noqa: B010
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """An ASGI test app's lifespan: started at once, shut down when asked."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 async def small_answers(scope: Any, receive: Any, send: Any) -> None:
     """An ASGI app answering every request with a few bytes, but ``/hang``, never."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan(receive, send)
         return
     if scope["path"] == "/hang":
         await asyncio.Event().wait()

@@ -25,7 +25,7 @@ from hypercorn.config import Config
 
 from docxy.access.peer import PeerCertTCPServer
 from docxy.edge.connections import ConnectionGuard, EdgeTCPServer
-from tests.unit.test_edge_close import edge_server  # noqa: F401 - the fixture, shared
+from tests.unit.test_edge_close import edge_server, lifespan  # noqa: F401 - the fixture, shared
 
 GUARD = 30.0  # seconds before a would-be hang becomes a test failure
 GRACE = 1.0  # hypercorn's graceful_timeout here (the mirror's is 10 s)
@@ -41,9 +41,7 @@ CHUNKS = 256
 async def answers(scope: Any, receive: Any, send: Any) -> None:
     """``/hang``: never answered; ``/big``: :data:`CHUNKS` MiB; anything else: a few bytes."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan(receive, send)
         return
     if scope["path"] == "/hang":
         await asyncio.Event().wait()
