@@ -14,6 +14,11 @@ An image counts as warmed only if the mirror cached all of it: every answer's ``
 login may not read, a full or unwritable cache, the cache off) or did not keep fails the image
 with the mirror's reason, although each one was fetched and checked.
 
+Over HTTPS warm verifies the mirror's certificate with certifi's CAs, and those of
+``--ca-file`` (a private CA, the mirror's self-signed certificate), alike on every Python
+(:func:`mirror_ssl_context`); ``--client-cert`` presents a client certificate (``docxy clients
+add``'s kit) to a mirror that asks for one.
+
 Exit codes: 0 every image warmed, 1 some image failed, 2 configuration or usage error.
 """
 
@@ -23,10 +28,12 @@ import argparse
 import collections
 import hashlib
 import re
+import ssl
 import sys
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -58,6 +65,9 @@ IMAGE_TYPES = frozenset(
 ACCEPT = ", ".join(sorted(INDEX_TYPES | IMAGE_TYPES))
 CHUNK = 1 << 20
 MAX_MANIFEST = 4 << 20
+#: A client kit's files (``docxy.access.clientca``'s names, not imported: it loads
+#: cryptography and bcrypt, and ``docxy serve`` loads this module).
+KIT_CERT, KIT_KEY = "client.cert", "client.key"
 _REPO_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs)/[^/]+")
 
 
@@ -504,6 +514,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     warm.add_argument("--timeout", type=seconds, default=60.0, help="read timeout, seconds (60)")
+    warm.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="trust the CAs in this file too, for the mirror's certificate (a private CA, or "
+        "the mirror's own self-signed certificate)",
+    )
+    warm.add_argument(
+        "--client-cert",
+        metavar="CERT|DIR",
+        help="present this client certificate (or a `docxy clients add` kit directory's "
+        "client.cert and client.key) to the mirror",
+    )
+    warm.add_argument("--client-key", metavar="KEY", help="the key of --client-cert CERT")
     # --set too: warm reads the mirror's settings (server.public_url, upstream.library_prefix,
     # the upstreams), given as the mirror was started with them.
     add_config_arguments(warm)
@@ -522,6 +545,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
             r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", args.platform
         ):
             raise ValueError(f"--platform {args.platform!r}: expected all or OS/ARCH[/VARIANT]")
+        tls = mirror_ssl_context(args.ca_file, *_client_pair(args.client_cert, args.client_key))
     except (ConfigError, ValueError) as exc:
         print(f"docxy warm: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -531,6 +555,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         auth=RegistryAuth(credentials),
         timeout=timeout,
         follow_redirects=True,
+        verify=tls,
         # Identity, and bodies read raw: a digest names the bytes as stored. httpx asked for
         # gzip and undid any Content-Encoding, so a layer its storage labels gzip (passed
         # through uncached) was unzipped into other bytes and failed its check.
@@ -548,6 +573,85 @@ def _mirror_url(text: str) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"--mirror {text!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
     return text
+
+
+def mirror_ssl_context(
+    ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None
+) -> ssl.SSLContext:
+    """The TLS settings of warm's connections (the mirror, its token realm, a redirect):
+    httpx's defaults (certifi's CAs, or ``SSL_CERT_FILE``'s; hostnames checked), with the CAs
+    of ``ca_file`` trusted too and the client certificate ``client_cert`` (its key in
+    ``client_key``) presented to a server that asks for one. ValueError, saying which file and
+    why, if a file cannot be read or holds no certificate, or a key that does not fit.
+
+    The verify flags are those of the mirror's upstream connections, the same on every Python
+    (see :func:`docxy.upstream.client.upstream_ssl_context` for why): Python 3.13's default
+    context is strict and refused a mirror certificate without key identifiers that 3.11 and
+    3.12 took; partial chains are allowed, so an intermediate CA in ``ca_file`` is an anchor.
+    """
+    context = httpx.create_ssl_context()
+    # The two lines of upstream_ssl_context (docxy/upstream/client.py): keep them alike.
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if ca_file is not None:
+        pem = _pem_text(ca_file, "--ca-file")
+        try:
+            context.load_verify_locations(cadata=pem)
+        except ssl.SSLError as exc:
+            raise ValueError(f"--ca-file {ca_file}: no usable PEM certificate ({exc})") from None
+    if client_cert is not None and client_key is not None:
+        for path, option in ((client_cert, "--client-cert"), (client_key, "--client-key")):
+            _pem_text(path, option)  # readable, and text: a clear message for each file
+        try:
+            context.load_cert_chain(client_cert, client_key, password=_no_passphrase)
+        except _Encrypted:
+            raise ValueError(
+                f"--client-key {client_key}: the key is encrypted; warm takes an unencrypted "
+                f"key (as docxy clients add writes it)"
+            ) from None
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"--client-cert {client_cert} --client-key {client_key}: not a certificate and "
+                f"its key ({exc})"
+            ) from None
+    return context
+
+
+class _Encrypted(Exception):
+    """The client key asks for a passphrase (warm has none to give)."""
+
+
+def _no_passphrase() -> str:
+    """``load_cert_chain``'s password callback: without one, OpenSSL would prompt on the
+    terminal for an encrypted key."""
+    raise _Encrypted
+
+
+def _pem_text(path: str, option: str) -> str:
+    """The file at ``path`` as text, or ValueError naming ``option`` and why."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{option} {path}: not a PEM file (no -----BEGIN line)")
+    return data.decode("ascii", "replace")
+
+
+def _client_pair(cert: str | None, key: str | None) -> tuple[str | None, str | None]:
+    """``--client-cert`` and ``--client-key`` as the certificate's and the key's paths: a kit
+    directory (``docxy clients add --out DIR``) stands for its ``client.cert`` and
+    ``client.key``, as for ``configure-client.sh --client-cert DIR``."""
+    if cert is not None and Path(cert).is_dir():
+        if key is not None:
+            raise ValueError(f"--client-cert {cert} is a kit directory: it holds the key too")
+        return str(Path(cert) / KIT_CERT), str(Path(cert) / KIT_KEY)
+    if (cert is None) != (key is None):
+        raise ValueError(
+            "--client-cert CERT and --client-key KEY go together "
+            "(or --client-cert DIR: a kit from docxy clients add)"
+        )
+    return cert, key
 
 
 def _mirror_image(text: str, upstreams: list[str], *, library_prefix: bool) -> ImageRef:
@@ -599,6 +703,11 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
             status = EXIT_FAILED
             break
         except httpx.HTTPError as exc:
+            refused = _certificate_refused(warmer.client, exc)
+            if refused is not None:  # the same for every image after this one: stop
+                print(f"docxy warm: {image}: {refused}", file=sys.stderr)
+                status = EXIT_FAILED
+                break
             print(f"docxy warm: {image}: {type(exc).__name__}: {exc}", file=sys.stderr)
             status = EXIT_FAILED
             continue
@@ -614,24 +723,88 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
 def _unreachable(client: httpx.Client, exc: httpx.TransportError) -> str:
     """What a failed connection means: the mirror is not where warm looked, or (when the
     mirror sent warm elsewhere, e.g. to a token realm built from its server.public_url) that
-    other place is not reachable from here."""
+    other place is not reachable from here; or its certificate is not one warm trusts, or it
+    refused warm's client certificate (or its lack) in the handshake (TLS 1.2)."""
+    refused = _certificate_refused(client, exc)
+    if refused is not None:
+        return refused
+    untrusted = _ssl_error(exc)
+    if isinstance(untrusted, ssl.SSLCertVerificationError):
+        return (
+            f"{_place(client, exc)} sent a certificate warm does not trust "
+            f"({untrusted.verify_message}): --ca-file PEM adds the CA that issued it (for a "
+            f"mirror's own self-signed certificate: that certificate)"
+        )
     reason = f"{type(exc).__name__}: {exc}"
     mirror = str(client.base_url).rstrip("/")
-    try:
-        asked = exc.request.url
-    except RuntimeError:  # no request attached: it can only be the mirror
-        asked = client.base_url
-    if (asked.scheme, asked.host, asked.port) == (
-        client.base_url.scheme,
-        client.base_url.host,
-        client.base_url.port,
-    ):
+    where = _elsewhere(client, exc)
+    if where is None:
         return (
             f"cannot reach the mirror at {mirror} ({reason}): is docxy serve running there? "
             f"--mirror URL names another (the default is server.public_url)"
         )
-    where = str(asked.copy_with(query=None))
     return f"the mirror at {mirror} sent warm to {where}, which cannot be reached ({reason})"
+
+
+def _elsewhere(client: httpx.Client, exc: httpx.HTTPError) -> str | None:
+    """Where the request that failed went (its URL without the query) if not to the mirror's
+    scheme, host and port, else None."""
+    try:
+        asked = exc.request.url
+    except RuntimeError:  # no request attached: it can only be the mirror
+        return None
+    mirror = client.base_url
+    if (asked.scheme, asked.host, asked.port) == (mirror.scheme, mirror.host, mirror.port):
+        return None
+    return str(asked.copy_with(query=None))
+
+
+def _place(client: httpx.Client, exc: httpx.HTTPError) -> str:
+    """The server of the request that failed, as a message names it."""
+    mirror = str(client.base_url).rstrip("/")
+    where = _elsewhere(client, exc)
+    return f"the mirror at {mirror}" if where is None else f"{where} (the mirror sent warm there)"
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under an httpx error (httpx's, then httpcore's), if one is."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain, not a cycle
+        if seen is None or isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+#: What a server says (a TLS alert) when it wants a client certificate it did not get, or
+#: does not take the one it got. Under TLS 1.3 it comes with the first read, not the handshake;
+#: under TLS 1.2 a missing one is a plain handshake failure (a cipher suite none of the two
+#: knows would be too, which no server warm meets wants: hence the message's "if").
+_CLIENT_CERT_ALERTS = (
+    "HANDSHAKE_FAILURE",
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_UNKNOWN",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "UNSUPPORTED_CERTIFICATE",
+)
+
+
+def _certificate_refused(client: httpx.Client, exc: httpx.HTTPError) -> str | None:
+    """What warm prints for a server that refused its TLS client (no client certificate, or
+    one it does not take), or None: ``exc`` is another failure."""
+    error = _ssl_error(exc)
+    reason = (getattr(error, "reason", None) or "") if error is not None else ""
+    if "ALERT" not in reason or not reason.endswith(_CLIENT_CERT_ALERTS):
+        return None
+    said = reason.lower().replace("_", " ")
+    return (
+        f"{_place(client, exc)} refused warm's TLS connection ({said}): if it takes only "
+        f"clients with a certificate from its CA, give one: --client-cert CERT --client-key "
+        f"KEY, or --client-cert DIR (a kit from docxy clients add)"
+    )
 
 
 def _summary(tally: Tally, seconds: float) -> str:
