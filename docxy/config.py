@@ -21,6 +21,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -77,6 +78,21 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CaFile:
+    """An upstream's ``ca_file``: the PEM certificates of the CAs its connections trust
+    besides certifi's (``docxy.upstream.client.UpstreamTrust``), read and checked at start-up.
+    Shown as its path, compared as its path and certificates; never a secret (a CA's
+    certificate is public)."""
+
+    path: Path
+    pem: str = field(repr=False)  # the file's certificate blocks alone, one after another
+    count: int  # how many
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     registry: str
     auth_realm: str | None
@@ -85,6 +101,7 @@ class UpstreamConfig:
     password: str | None = field(repr=False)
     connect_timeout: float
     read_timeout: float
+    ca_file: CaFile | None = None  # CAs trusted besides certifi's on its origins
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +115,7 @@ class NamedUpstreamConfig:
     username: str | None = field(repr=False)
     password: str | None = field(repr=False)
     hosts: tuple[str, ...]  # mirror host names (HOST or HOST:PORT) that pick it
+    ca_file: CaFile | None = None  # CAs trusted besides certifi's on its origins
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +490,49 @@ def _opt_path(value: object) -> Path | None:
     return _path(value) if _opt_str(value) else None
 
 
+#: More than a CA bundle would ever be (certifi's whole store is under 300 KiB): a log or an
+#: image named by mistake.
+CA_FILE_MAX = 4 * 1024 * 1024
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\s]*?-----END CERTIFICATE-----"
+)
+
+
+def read_ca_file(path: Path) -> CaFile:
+    """The CA certificates in the PEM file `path` (text around and between them, such as
+    ``# Issuer:`` comments, is left out). ``ValueError`` naming `path` if it cannot be read or
+    holds no certificate OpenSSL takes."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(CA_FILE_MAX + 1)
+    except PermissionError as exc:
+        raise ValueError(
+            f"cannot read {path}: {exc.strerror} (this process runs as uid {os.getuid()})"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > CA_FILE_MAX:
+        raise ValueError(f"{path} is over {CA_FILE_MAX // (1024 * 1024)} MiB: not a CA file")
+    blocks = [block.decode("ascii") for block in _PEM_CERTIFICATE.findall(data)]
+    if not blocks:
+        raise ValueError(
+            f"no PEM certificate in {path} (expected one or more -----BEGIN CERTIFICATE----- "
+            "blocks: the CA's certificate, not a key nor DER)"
+        )
+    pem = "\n".join(blocks) + "\n"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except ssl.SSLError as exc:
+        reason = exc.reason or exc.strerror or type(exc).__name__
+        raise ValueError(f"a certificate in {path} cannot be read: {reason}") from None
+    return CaFile(path, pem, len(blocks))
+
+
+def parse_ca_file(value: object) -> CaFile | None:
+    """An upstream's ``ca_file``: a path, read now (:func:`read_ca_file`); empty: none."""
+    return read_ca_file(_path(value)) if _opt_str(value) else None
+
+
 def _mode(value: object) -> str:
     text = _str(value).strip().lower()
     if text not in ("open", "users"):
@@ -556,6 +617,9 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "password": (_opt_str, ""),
         "connect_timeout": (_float, 10.0),
         "read_timeout": (_float, 60.0),
+        # A setting of its own, the path of a CA file, not the secret "ca" in a file: only
+        # SECRET_KEYS have a <key>_file (SECRET_FILE_KEYS), and there is no "upstream.ca".
+        "ca_file": (parse_ca_file, ""),
     },
     "cache": {
         "enabled": (_bool, True),

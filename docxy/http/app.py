@@ -27,6 +27,7 @@ from docxy.tasks import spawn
 from docxy.upstream.client import (
     Upstream,
     UpstreamClient,
+    UpstreamTrust,
     make_http_client,
     upstream_ssl_context,
 )
@@ -152,11 +153,16 @@ def create_app(
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
-        ssl_context = upstream_ssl_context()
-        http = make_http_client(config.upstream, transport, ssl_context)
-        direct = direct_settings(config.upstream, ssl_context, transport)
+        # One context per set of CAs: certifi's (the default, also the shared store's, which
+        # is no upstream), and certifi's with an upstream's ca_file on its origins.
+        upstreams = [Upstream.from_config(config.upstream)]
+        upstreams += [Upstream.from_config(named) for named in config.upstreams]
+        trust = UpstreamTrust(upstreams, upstream_ssl_context)
+        ssl_context = trust.default
+        http = make_http_client(config.upstream, transport, ssl_context, trust)
+        direct = direct_settings(config.upstream, ssl_context, transport, trust)
         shared_http, shared = _open_shared(state, transport, ssl_context)
-        upstream = UpstreamClient(http, direct)
+        upstream = UpstreamClient(http, direct, trust)
         state.open(upstream, shared)
         probe_task = spawn("upstream-probe", health.probe_upstream(state)) if probe else None
         try:

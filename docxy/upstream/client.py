@@ -25,7 +25,7 @@ import httpcore
 import httpx
 
 from docxy import __version__
-from docxy.config import NamedUpstreamConfig, UpstreamConfig
+from docxy.config import CaFile, NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
 from docxy.core.errors import HopTimeout, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from docxy.core.headers import redirect_headers, retry_after_seconds
@@ -34,7 +34,7 @@ from docxy.core.stamps import utc_stamp
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.encoding import ACCEPTED, Inflater
-from docxy.upstream.failures import failure
+from docxy.upstream.failures import certificate_refused, failure
 from docxy.upstream.presets import DEFAULT_NAME
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class Upstream:
     credentials: tuple[str, str] | None = field(default=None, repr=False)
     name: str = DEFAULT_NAME  # the path prefix and ?ns= that pick it; [upstream] is docker.io
     hosts: tuple[str, ...] = ()  # mirror host names that pick it
+    #: CAs its registry and token service are verified with besides certifi's (UpstreamTrust)
+    ca_file: CaFile | None = None
 
     @classmethod
     def from_config(cls, config: UpstreamConfig | NamedUpstreamConfig) -> Upstream:
@@ -89,8 +91,15 @@ class Upstream:
                 credentials,
                 config.name,
                 config.hosts,
+                config.ca_file,
             )
-        return cls(config.registry, config.auth_realm, config.library_prefix, credentials)
+        return cls(
+            config.registry,
+            config.auth_realm,
+            config.library_prefix,
+            credentials,
+            ca_file=config.ca_file,
+        )
 
     @property
     def is_default(self) -> bool:
@@ -341,6 +350,181 @@ def upstream_ssl_context() -> ssl.SSLContext:
     return context
 
 
+#: (scheme, host in lower case, port: the scheme's default filled in)
+TrustOrigin = tuple[str, str, int | None]
+
+
+def origin_of(url: str) -> TrustOrigin | None:
+    """``url``'s origin as :class:`UpstreamTrust` keys it; None for one without a host or
+    with a bad port."""
+    try:
+        scheme, host, port = origin(url)
+    except ValueError:
+        return None
+    return (scheme.lower(), host.lower(), port) if host else None
+
+
+def _shown(origin: TrustOrigin) -> str:
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
+
+
+class UpstreamTrust:
+    """Which CAs an upstream connection trusts: certifi's (:attr:`default`), and on an
+    upstream's own origins the CAs of its ``ca_file`` too.
+
+    A private registry whose certificate an internal CA issued is set up with ``ca_file``, as
+    Docker's ``/etc/docker/certs.d/<host>/ca.crt`` and containerd's ``ca = "..."`` are, per
+    registry. Its CAs are trusted, besides certifi's, for the origins (scheme, host, port) that
+    upstream uses: its registry's, and its token service's, the ``auth_realm`` it is configured
+    with or else the realm its ``/v2/`` challenge names (:meth:`learned`, told by
+    :meth:`UpstreamClient._probe`, the one place realms are found). Every other origin (a CDN a
+    blob's redirect leads to, another upstream) is verified with the default context alone.
+
+    Each upstream that uses an origin claims it. Its context trusts the CAs of all of them,
+    but only while every one has a ``ca_file``: an upstream without one that uses the origin
+    too (a registry that names a public token service, ``auth.docker.io``, as its realm, which
+    Docker Hub uses) keeps it on certifi's CAs alone, so no upstream's CA vouches for a host
+    another upstream trusts certifi for. That takes nothing from the first: a host the second
+    reaches with certifi's CAs has a certificate the default context verifies.
+
+    One object serves both paths to an upstream: the shared httpx client, whose one pool makes
+    each new connection with its origin's context (:func:`trusting_transport`), and the fills'
+    direct GETs (``docxy.upstream.direct``), which pick it per connection too. Contexts come
+    from the factory the default does (``upstream_ssl_context``: the same verify flags), one
+    per set of CAs. Readers may be worker threads (the direct GETs): a change replaces whole
+    dict entries, on the event loop."""
+
+    def __init__(
+        self, upstreams: Iterable[Upstream], new_context: Callable[[], ssl.SSLContext]
+    ) -> None:
+        self._new_context = new_context
+        self.default = new_context()
+        #: origin → {claimant: its CAs, None for none}; a claimant is an upstream's host and
+        #: what it uses the origin for
+        self._claims: dict[TrustOrigin, dict[str, CaFile | None]] = {}
+        self._learned: dict[str, TrustOrigin] = {}  # upstream host → the realm its challenge named
+        self._contexts: dict[TrustOrigin, ssl.SSLContext] = {}  # origins not on the default
+        self._made: dict[frozenset[CaFile], ssl.SSLContext] = {}
+        self._warned: set[TrustOrigin] = set()  # origins whose claims disagree, told once
+        self.extends = False  # whether any upstream has a ca_file
+        for upstream in upstreams:
+            self.extends = self.extends or upstream.ca_file is not None
+            self._claim(upstream.registry, f"{upstream.host} registry", upstream.ca_file)
+            if upstream.auth_realm is not None:
+                self._claim(upstream.auth_realm, f"{upstream.host} realm", upstream.ca_file)
+        for claimed in list(self._claims):
+            self._settle(claimed)
+
+    def context_for(self, origin: TrustOrigin) -> ssl.SSLContext:
+        """The context a new connection to ``origin`` verifies its certificate with."""
+        scheme, host, port = origin
+        return self._contexts.get((scheme.lower(), host.lower(), port), self.default)
+
+    def context_for_url(self, url: str) -> ssl.SSLContext:
+        found = origin_of(url)
+        return self.default if found is None else self.context_for(found)
+
+    def learned(self, upstream: Upstream, realm: str | None) -> None:
+        """``upstream``'s ``/v2/`` challenge named ``realm`` (None: no token service): its
+        token service's origin, unless ``auth_realm`` is configured (then that one is)."""
+        if upstream.auth_realm is not None:
+            return
+        claimant = f"{upstream.host} learned realm"
+        found = origin_of(realm) if realm is not None else None
+        before = self._learned.get(upstream.host)
+        if found == before:
+            return
+        if before is not None:
+            self._claims.get(before, {}).pop(claimant, None)
+            self._settle(before)
+            del self._learned[upstream.host]
+        if found is not None:
+            self._learned[upstream.host] = found
+            self._claims.setdefault(found, {})[claimant] = upstream.ca_file
+            self._settle(found)
+
+    def _claim(self, url: str, claimant: str, ca_file: CaFile | None) -> None:
+        found = origin_of(url)
+        if found is not None:
+            self._claims.setdefault(found, {})[claimant] = ca_file
+
+    def _settle(self, origin: TrustOrigin) -> None:
+        """Make ``origin``'s context what its claims say."""
+        claims = self._claims.get(origin, {})
+        files = [ca for ca in claims.values() if ca is not None]
+        if not files:
+            self._contexts.pop(origin, None)
+            return
+        if len(files) < len(claims):
+            self._contexts.pop(origin, None)
+            if origin not in self._warned:
+                self._warned.add(origin)
+                without = sorted(c for c, ca in claims.items() if ca is None)
+                log.warning(
+                    "upstream trust: %s is verified with the default CAs only, no ca_file: "
+                    "%s use%s it without one",
+                    _shown(origin),
+                    ", ".join(without),
+                    "s" if len(without) == 1 else "",
+                )
+            return
+        key = frozenset(files)
+        context = self._made.get(key)
+        if context is None:
+            context = self._new_context()
+            for ca in sorted(key, key=lambda ca: str(ca.path)):
+                context.load_verify_locations(cadata=ca.pem)
+            self._made[key] = context
+        if self._contexts.get(origin) is not context:
+            self._contexts[origin] = context
+            paths = ", ".join(sorted({str(ca.path) for ca in key}))
+            log.info(
+                "upstream trust: %s is verified with %s besides the default CAs",
+                _shown(origin),
+                paths,
+            )
+
+
+class _TrustingPool(httpcore.AsyncConnectionPool):
+    """httpx's connection pool, each new connection made with the context of its origin. One
+    pool: the shared client's limits (connections at once, idle ones kept) stay as they are.
+
+    httpcore makes a connection in :meth:`create_connection` with the pool's ``_ssl_context``;
+    it is set to the origin's for that call (synchronous: nothing runs in between)."""
+
+    def __init__(self, trust: UpstreamTrust, limits: httpx.Limits) -> None:
+        super().__init__(
+            ssl_context=trust.default,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        self._trust = trust
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        chosen = self._trust.context_for(
+            (origin.scheme.decode("ascii"), origin.host.decode("ascii"), origin.port)
+        )
+        kept, self._ssl_context = self._ssl_context, chosen
+        try:
+            return super().create_connection(origin)
+        finally:
+            self._ssl_context = kept
+
+
+def trusting_transport(trust: UpstreamTrust, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's own transport (its error mapping, its streams) over a :class:`_TrustingPool`
+    with ``limits``: the one httpx would make, but for the pool. (httpx has no setting for
+    its pool: it is its ``_pool``, which the transport's only use of it is.)"""
+    transport = httpx.AsyncHTTPTransport(verify=trust.default, trust_env=False, limits=limits)
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("this httpx keeps its connection pool elsewhere: ca_file needs 0.28")
+    transport._pool = _TrustingPool(trust, limits)
+    return transport
+
+
 #: Connections the shared client holds open at once, across upstreams: a request past them
 #: waits up to the connect timeout for one (then 503: the mirror's limit, not the upstream's).
 MAX_CONNECTIONS = 200
@@ -352,7 +536,11 @@ def make_http_client(
     config: UpstreamConfig,
     transport: httpx.AsyncBaseTransport | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    trust: UpstreamTrust | None = None,
 ) -> httpx.AsyncClient:
+    """The shared upstream client. ``trust`` (when an upstream has a ``ca_file``): each new
+    connection verifies with the context of its origin (:class:`UpstreamTrust`), in the
+    one pool; ``transport`` (tests' fakes) replaces the network, and with it any of that."""
     # httpcore has no setting for its read size; its class attribute is the knob (process-wide,
     # and this is the process's one upstream client).
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_SIZE
@@ -362,13 +550,16 @@ def make_http_client(
         write=config.read_timeout,
         pool=config.connect_timeout,
     )
+    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=50)
+    if transport is None and trust is not None and trust.extends:
+        transport = trusting_transport(trust, limits)
     return httpx.AsyncClient(
         timeout=timeout,
         follow_redirects=False,
         # Only the codings read_small inflates with a bound (httpx would add br and zstd
         # once their packages are installed).
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPTED},
-        limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=50),
+        limits=limits,
         trust_env=False,
         verify=ssl_context if ssl_context is not None else upstream_ssl_context(),
         transport=transport,
@@ -385,9 +576,16 @@ class UpstreamClient:
     worker thread (:mod:`docxy.upstream.direct`); None: everything goes through ``http``.
     """
 
-    def __init__(self, http: httpx.AsyncClient, direct: DirectSettings | None = None) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        direct: DirectSettings | None = None,
+        trust: UpstreamTrust | None = None,
+    ) -> None:
         self.http = http
         self.direct = direct
+        #: told the realm each probe finds, for the CAs its origin is verified with
+        self.trust = trust
         self.health: dict[str, UpstreamHealth] = {}
         #: Told ``(url, status, asked)`` of every answer a direct GET got, each redirect hop
         #: included, ``asked`` the URL of its first hop (the httpx client's own ``response``
@@ -471,7 +669,10 @@ class UpstreamClient:
                 silent = UpstreamTimeout if same_origin(url, first) else HopTimeout
                 raise silent(f"the upstream registry did not answer in time ({said})") from exc
             except (httpx.TransportError, httpx.InvalidURL) as exc:
-                health.failed(f"{type(exc).__name__} talking to {url_host(url)}")
+                refused = certificate_refused(url_host(url), exc)
+                health.failed(refused or f"{type(exc).__name__} talking to {url_host(url)}")
+                if refused is not None:
+                    raise UpstreamUnavailable(refused) from exc
                 raise UpstreamUnavailable(
                     f"cannot reach the upstream registry ({url_host(url)}): {type(exc).__name__}"
                 ) from exc
@@ -578,6 +779,8 @@ class UpstreamClient:
             self._open.discard(upstream.host)
         else:
             self._open.add(upstream.host)
+        if self.trust is not None:
+            self.trust.learned(upstream, found.realm if found is not None else None)
         self._realms[upstream.host] = (now, found)
         return found
 

@@ -40,34 +40,44 @@ from docxy.upstream.client import (
     USER_AGENT,
     Upstream,
     UpstreamClient,
+    UpstreamTrust,
     next_hop,
     same_origin,
 )
+from docxy.upstream.failures import certificate_refused
 from docxy.upstream.keepalive import IdleConnections, Origin
 
 
 @dataclass(frozen=True, slots=True)
 class DirectSettings:
     """What a direct GET shares with the httpx client: TLS, timeouts, User-Agent; and its own
-    idle connections, kept for the next GET to the same origin."""
+    idle connections, kept for the next GET to the same origin. ``trust`` set: a connection
+    verifies with its origin's context (an upstream's ``ca_file``), else ``ssl_context``."""
 
     ssl_context: ssl.SSLContext
     connect_timeout: float
     read_timeout: float
     user_agent: str = USER_AGENT
     idle: IdleConnections = field(default_factory=IdleConnections, compare=False)
+    trust: UpstreamTrust | None = field(default=None, compare=False)
+
+    def context_for(self, origin: Origin) -> ssl.SSLContext:
+        """The context a new connection to ``origin`` verifies with."""
+        return self.ssl_context if self.trust is None else self.trust.context_for(origin)
 
 
 def direct_settings(
     config: UpstreamConfig,
     ssl_context: ssl.SSLContext,
     transport: httpx.AsyncBaseTransport | None = None,
+    trust: UpstreamTrust | None = None,
 ) -> DirectSettings | None:
     """The one place that chooses how fills read bodies: directly, unless the httpx client has
     a transport of its own (tests' fakes), which ``http.client`` could not go through."""
     if transport is not None:
         return None
-    return DirectSettings(ssl_context, config.connect_timeout, config.read_timeout)
+    chosen = trust if trust is not None and trust.extends else None
+    return DirectSettings(ssl_context, config.connect_timeout, config.read_timeout, trust=chosen)
 
 
 #: A redirect's or an error's body up to this size is read off so its connection can be kept.
@@ -287,6 +297,9 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
+            refused = certificate_refused(url_host(url), exc)
+            if refused is not None:  # a reused connection did its handshake long ago
+                raise UpstreamUnavailable(refused) from exc
             if not reused:
                 where = url_host(url)
                 raise UpstreamUnavailable(
@@ -327,7 +340,7 @@ def _connection(settings: DirectSettings, origin: Origin) -> http.client.HTTPCon
     connection: http.client.HTTPConnection
     if scheme == "https":
         connection = _TLSConnection(
-            hostname, port, timeout=settings.connect_timeout, context=settings.ssl_context
+            hostname, port, timeout=settings.connect_timeout, context=settings.context_for(origin)
         )
     else:
         connection = _Connection(hostname, port, timeout=settings.connect_timeout)

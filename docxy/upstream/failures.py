@@ -7,6 +7,8 @@ the upstream registry (``docxy.upstream.client``) and the shared object store.
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 
 #: What each httpx timeout waited for, by its key in ``httpx.Timeout``.
@@ -41,3 +43,24 @@ def _timeout_of(exc: httpx.HTTPError, key: str) -> float | None:
         return None
     seconds = limits.get(key)
     return float(seconds) if isinstance(seconds, int | float) else None
+
+
+def certificate_refused(host: str, exc: BaseException) -> str | None:
+    """Why a connection to ``host`` failed, in words for logs, /health and the 502, if its
+    certificate did not verify: OpenSSL's reason (``unable to get local issuer certificate``,
+    ``Hostname mismatch``, ``certificate has expired``) and what to do, never a secret; None
+    for any other failure. httpx raises its ``ConnectError`` from httpcore's, from the ``ssl``
+    error: the chain is walked."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = (cause.verify_message or cause.reason or "not verified").rstrip(".")
+            return (
+                f"cannot reach the upstream registry ({host}): its certificate could not be "
+                f"verified ({reason}); if a private CA issued it, name that CA's certificate "
+                "in the upstream's ca_file"
+            )
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None

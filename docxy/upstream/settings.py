@@ -9,6 +9,7 @@ Forms, lowest precedence first (the settings contract: flag > env > file > prese
     hosts = ["lab-mirror.example.com"]           # optional: mirror host names that pick it
     username = "..."; password = "..."           # optional; also auth_realm, library_prefix
     password_file = "/run/secrets/lab_password"  # or the password read from a file
+    ca_file = "/etc/docxy/lab-ca.pem"            # optional: CAs trusted besides certifi's
 
     DOCXY_UPSTREAMS="ghcr.io,lab.example=https://registry.lab.example"
     DOCXY_UPSTREAMS_<ID>_<KEY>=value             # ID: the name upper-cased, . and - as _
@@ -22,6 +23,11 @@ The password may instead name a file that holds it, as ``[upstream]``'s may
 ``DOCXY_UPSTREAMS_<ID>_PASSWORD_FILE``, ``--set upstreams.<name>.password_file=``. It is the
 password in its layer (a higher layer's password overrides it, and its file is then not read);
 the password and its file both given in one layer are refused, an empty one stands aside.
+
+``ca_file`` is no such file: it is a setting of its own, the path of a PEM file of CA
+certificates that the upstream's registry and token service are verified with besides certifi's
+(``docxy.upstream.client.UpstreamTrust``), read and checked when the settings load
+(``docxy.config.parse_ca_file``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from docxy.config import (
     SecretFile,
     UpstreamConfig,
     parse_bool,
+    parse_ca_file,
     parse_registry_url,
     parse_url,
     put_secret,
@@ -48,7 +55,7 @@ from docxy.upstream.presets import DEFAULT_NAME, PRESETS
 SECTION = "upstreams"
 ENV_LIST = "DOCXY_UPSTREAMS"
 ENV_PREFIX = "DOCXY_UPSTREAMS_"
-KEYS = ("registry", "auth_realm", "library_prefix", "username", "password", "hosts")
+KEYS = ("registry", "auth_realm", "library_prefix", "username", "password", "hosts", "ca_file")
 SECRET = "password"
 SECRET_FILE = "password_file"  # names a file holding the password: a key in every layer
 GIVEN_KEYS = (*KEYS, SECRET_FILE)  # what a layer may give
@@ -125,6 +132,7 @@ PARSERS: dict[str, Any] = {
     "username": _opt,
     "password": _opt,
     "hosts": parse_hosts,
+    "ca_file": parse_ca_file,
 }
 
 
@@ -267,6 +275,7 @@ def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
         "username": None,
         "password": None,
         "hosts": (),
+        "ca_file": None,
     }
     for key, (raw, source) in keys.items():
         if isinstance(raw, SecretFile):
@@ -342,12 +351,14 @@ def _differences(a: AnyUpstream, b: AnyUpstream) -> list[str]:
         found.append("another auth_realm")
     if (a.username, a.password) != (b.username, b.password):
         found.append("another login")
+    if a.ca_file != b.ca_file:  # trusted per origin (UpstreamTrust): one for the host
+        found.append("another ca_file")
     return found
 
 
 def check_registry_hosts(config: Config) -> None:
     """Refuse two upstreams on one registry host unless they are the same upstream (registry
-    URL, auth_realm and login alike), which sharing cannot harm."""
+    URL, auth_realm, login and ca_file alike), which sharing cannot harm."""
     for shared in same_registry_host(config):
         if shared.differences:
             key = f"{shared.later}.registry"

@@ -153,6 +153,7 @@ SAMPLES = {
     "certs.email": "ops@m.example",
     "certs.acme_server": "https://acme.example/dir",
     "certs.ca_bundle": "",
+    "upstream.ca_file": "",  # a file to read: tests/unit/test_upstream_ca_file.py
     "certs.webroot": "/tmp/webroot",
     "certs.config_dir": "/tmp/letsencrypt",
     "log.level": "error",
