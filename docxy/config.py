@@ -80,7 +80,7 @@ class TlsConfig:
 @dataclass(frozen=True, slots=True)
 class CaFile:
     """An upstream's ``ca_file``: the PEM certificates of the CAs its connections trust
-    besides certifi's (``docxy.upstream.client.UpstreamTrust``), read and checked at start-up.
+    besides certifi's (``docxy.upstream.trust.UpstreamTrust``), read and checked at start-up.
     Shown as its path, compared as its path and certificates; never a secret (a CA's
     certificate is public)."""
 

@@ -27,11 +27,11 @@ from docxy.tasks import spawn
 from docxy.upstream.client import (
     Upstream,
     UpstreamClient,
-    UpstreamTrust,
     make_http_client,
     upstream_ssl_context,
 )
 from docxy.upstream.direct import direct_settings
+from docxy.upstream.trust import UpstreamTrust
 
 log = logging.getLogger(__name__)
 

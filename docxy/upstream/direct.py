@@ -40,12 +40,12 @@ from docxy.upstream.client import (
     USER_AGENT,
     Upstream,
     UpstreamClient,
-    UpstreamTrust,
     next_hop,
     same_origin,
 )
 from docxy.upstream.failures import certificate_refused
 from docxy.upstream.keepalive import IdleConnections, Origin
+from docxy.upstream.trust import UpstreamTrust
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ the password and its file both given in one layer are refused, an empty one stan
 
 ``ca_file`` is no such file: it is a setting of its own, the path of a PEM file of CA
 certificates that the upstream's registry and token service are verified with besides certifi's
-(``docxy.upstream.client.UpstreamTrust``), read and checked when the settings load
+(``docxy.upstream.trust.UpstreamTrust``), read and checked when the settings load
 (``docxy.config.parse_ca_file``).
 """
 

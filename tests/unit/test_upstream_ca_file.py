@@ -31,11 +31,11 @@ from docxy.upstream.client import (
     MAX_CONNECTIONS,
     Upstream,
     UpstreamClient,
-    UpstreamTrust,
     make_http_client,
     read_small,
     upstream_ssl_context,
 )
+from docxy.upstream.trust import UpstreamTrust
 from lab.certs import Issued, issue
 
 REGISTRY_HOST = "127.0.0.81"  # the private registry

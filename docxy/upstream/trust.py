@@ -1,0 +1,195 @@
+"""Which CAs an upstream connection trusts (an upstream's ``ca_file``), per origin: for the shared
+httpx client's pool (:func:`trusting_transport`) and the fills' direct GETs alike."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import httpcore
+import httpx
+
+from docxy.config import CaFile
+from docxy.core.hosts import origin
+
+if TYPE_CHECKING:
+    from docxy.upstream.client import Upstream
+
+log = logging.getLogger(__name__)
+
+
+#: (scheme, host in lower case, port: the scheme's default filled in)
+TrustOrigin = tuple[str, str, int | None]
+
+
+def origin_of(url: str) -> TrustOrigin | None:
+    """``url``'s origin as :class:`UpstreamTrust` keys it; None for one without a host or
+    with a bad port."""
+    try:
+        scheme, host, port = origin(url)
+    except ValueError:
+        return None
+    return (scheme.lower(), host.lower(), port) if host else None
+
+
+def _shown(origin: TrustOrigin) -> str:
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
+
+
+class UpstreamTrust:
+    """Which CAs an upstream connection trusts: certifi's (:attr:`default`), and on an
+    upstream's own origins the CAs of its ``ca_file`` too.
+
+    A private registry whose certificate an internal CA issued is set up with ``ca_file``, as
+    Docker's ``/etc/docker/certs.d/<host>/ca.crt`` and containerd's ``ca = "..."`` are, per
+    registry. Its CAs are trusted, besides certifi's, for the origins (scheme, host, port) that
+    upstream uses: its registry's, and its token service's, the ``auth_realm`` it is configured
+    with or else the realm its ``/v2/`` challenge names (:meth:`learned`, told by
+    :meth:`UpstreamClient._probe`, the one place realms are found). Every other origin (a CDN a
+    blob's redirect leads to, another upstream) is verified with the default context alone.
+
+    Each upstream that uses an origin claims it. Its context trusts the CAs of all of them,
+    but only while every one has a ``ca_file``: an upstream without one that uses the origin
+    too (a registry that names a public token service, ``auth.docker.io``, as its realm, which
+    Docker Hub uses) keeps it on certifi's CAs alone, so no upstream's CA vouches for a host
+    another upstream trusts certifi for. That takes nothing from the first: a host the second
+    reaches with certifi's CAs has a certificate the default context verifies.
+
+    One object serves both paths to an upstream: the shared httpx client, whose one pool makes
+    each new connection with its origin's context (:func:`trusting_transport`), and the fills'
+    direct GETs (``docxy.upstream.direct``), which pick it per connection too. Contexts come
+    from the factory the default does (``upstream_ssl_context``: the same verify flags), one
+    per set of CAs. Readers may be worker threads (the direct GETs): a change replaces whole
+    dict entries, on the event loop."""
+
+    def __init__(
+        self, upstreams: Iterable[Upstream], new_context: Callable[[], ssl.SSLContext]
+    ) -> None:
+        self._new_context = new_context
+        self.default = new_context()
+        #: origin → {claimant: its CAs, None for none}; a claimant is an upstream's host and
+        #: what it uses the origin for
+        self._claims: dict[TrustOrigin, dict[str, CaFile | None]] = {}
+        self._learned: dict[str, TrustOrigin] = {}  # upstream host → the realm its challenge named
+        self._contexts: dict[TrustOrigin, ssl.SSLContext] = {}  # origins not on the default
+        self._made: dict[frozenset[CaFile], ssl.SSLContext] = {}
+        self._warned: set[TrustOrigin] = set()  # origins whose claims disagree, told once
+        self.extends = False  # whether any upstream has a ca_file
+        for upstream in upstreams:
+            self.extends = self.extends or upstream.ca_file is not None
+            self._claim(upstream.registry, f"{upstream.host} registry", upstream.ca_file)
+            if upstream.auth_realm is not None:
+                self._claim(upstream.auth_realm, f"{upstream.host} realm", upstream.ca_file)
+        for claimed in list(self._claims):
+            self._settle(claimed)
+
+    def context_for(self, origin: TrustOrigin) -> ssl.SSLContext:
+        """The context a new connection to ``origin`` verifies its certificate with."""
+        scheme, host, port = origin
+        return self._contexts.get((scheme.lower(), host.lower(), port), self.default)
+
+    def context_for_url(self, url: str) -> ssl.SSLContext:
+        found = origin_of(url)
+        return self.default if found is None else self.context_for(found)
+
+    def learned(self, upstream: Upstream, realm: str | None) -> None:
+        """``upstream``'s ``/v2/`` challenge named ``realm`` (None: no token service): its
+        token service's origin, unless ``auth_realm`` is configured (then that one is)."""
+        if upstream.auth_realm is not None:
+            return
+        claimant = f"{upstream.host} learned realm"
+        found = origin_of(realm) if realm is not None else None
+        before = self._learned.get(upstream.host)
+        if found == before:
+            return
+        if before is not None:
+            self._claims.get(before, {}).pop(claimant, None)
+            self._settle(before)
+            del self._learned[upstream.host]
+        if found is not None:
+            self._learned[upstream.host] = found
+            self._claims.setdefault(found, {})[claimant] = upstream.ca_file
+            self._settle(found)
+
+    def _claim(self, url: str, claimant: str, ca_file: CaFile | None) -> None:
+        found = origin_of(url)
+        if found is not None:
+            self._claims.setdefault(found, {})[claimant] = ca_file
+
+    def _settle(self, origin: TrustOrigin) -> None:
+        """Make ``origin``'s context what its claims say."""
+        claims = self._claims.get(origin, {})
+        files = [ca for ca in claims.values() if ca is not None]
+        if not files:
+            self._contexts.pop(origin, None)
+            return
+        if len(files) < len(claims):
+            self._contexts.pop(origin, None)
+            if origin not in self._warned:
+                self._warned.add(origin)
+                without = sorted(c for c, ca in claims.items() if ca is None)
+                log.warning(
+                    "upstream trust: %s is verified with the default CAs only, no ca_file: "
+                    "%s use%s it without one",
+                    _shown(origin),
+                    ", ".join(without),
+                    "s" if len(without) == 1 else "",
+                )
+            return
+        key = frozenset(files)
+        context = self._made.get(key)
+        if context is None:
+            context = self._new_context()
+            for ca in sorted(key, key=lambda ca: str(ca.path)):
+                context.load_verify_locations(cadata=ca.pem)
+            self._made[key] = context
+        if self._contexts.get(origin) is not context:
+            self._contexts[origin] = context
+            paths = ", ".join(sorted({str(ca.path) for ca in key}))
+            log.info(
+                "upstream trust: %s is verified with %s besides the default CAs",
+                _shown(origin),
+                paths,
+            )
+
+
+class _TrustingPool(httpcore.AsyncConnectionPool):
+    """httpx's connection pool, each new connection made with the context of its origin. One
+    pool: the shared client's limits (connections at once, idle ones kept) stay as they are.
+
+    httpcore makes a connection in :meth:`create_connection` with the pool's ``_ssl_context``;
+    it is set to the origin's for that call (synchronous: nothing runs in between)."""
+
+    def __init__(self, trust: UpstreamTrust, limits: httpx.Limits) -> None:
+        super().__init__(
+            ssl_context=trust.default,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        self._trust = trust
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        chosen = self._trust.context_for(
+            (origin.scheme.decode("ascii"), origin.host.decode("ascii"), origin.port)
+        )
+        kept, self._ssl_context = self._ssl_context, chosen
+        try:
+            return super().create_connection(origin)
+        finally:
+            self._ssl_context = kept
+
+
+def trusting_transport(trust: UpstreamTrust, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's own transport (its error mapping, its streams) over a :class:`_TrustingPool`
+    with ``limits``: the one httpx would make, but for the pool. (httpx has no setting for
+    its pool: it is its ``_pool``, which the transport's only use of it is.)"""
+    transport = httpx.AsyncHTTPTransport(verify=trust.default, trust_env=False, limits=limits)
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("this httpx keeps its connection pool elsewhere: ca_file needs 0.28")
+    transport._pool = _TrustingPool(trust, limits)
+    return transport
