@@ -732,8 +732,7 @@ def _unreachable(client: httpx.Client, exc: httpx.TransportError) -> str:
     if isinstance(untrusted, ssl.SSLCertVerificationError):
         return (
             f"{_place(client, exc)} sent a certificate warm does not trust "
-            f"({untrusted.verify_message}): --ca-file PEM adds the CA that issued it (for a "
-            f"mirror's own self-signed certificate: that certificate)"
+            f"({untrusted.verify_message}){_untrusted_hint(client, exc, untrusted.verify_code)}"
         )
     reason = f"{type(exc).__name__}: {exc}"
     mirror = str(client.base_url).rstrip("/")
@@ -744,6 +743,32 @@ def _unreachable(client: httpx.Client, exc: httpx.TransportError) -> str:
             f"--mirror URL names another (the default is server.public_url)"
         )
     return f"the mirror at {mirror} sent warm to {where}, which cannot be reached ({reason})"
+
+
+#: OpenSSL's verify codes (X509_V_ERR_*) for a chain warm cannot follow to a CA it trusts
+#: (no issuer, a self-signed leaf or root), the ones ``--ca-file`` mends; for a certificate
+#: that is not for the name warm connected to; and for one outside its dates.
+_UNKNOWN_ISSUER = frozenset({2, 18, 19, 20, 21})
+_NAME_MISMATCH = frozenset({62, 63, 64})
+_OUT_OF_DATE = frozenset({9, 10})
+
+
+def _untrusted_hint(client: httpx.Client, exc: httpx.HTTPError, code: int) -> str:
+    """What mends a certificate warm does not trust, by why (``verify_code``): ``--ca-file``
+    only for an issuer warm does not know; it cannot help a name mismatch or an expired one."""
+    if code in _UNKNOWN_ISSUER:
+        return (
+            ": --ca-file PEM adds the CA that issued it (for a mirror's own self-signed "
+            "certificate: that certificate)"
+        )
+    if code in _NAME_MISMATCH:
+        where = _elsewhere(client, exc)
+        if where is not None:  # the mirror's token realm or a redirect: its name, not warm's
+            return f": it is not for {httpx.URL(where).host}"
+        return f": it is not for {client.base_url.host}: --mirror URL with a name it holds"
+    if code in _OUT_OF_DATE:
+        return ": the server's certificate is to be renewed, or this machine's clock is wrong"
+    return ""
 
 
 def _elsewhere(client: httpx.Client, exc: httpx.HTTPError) -> str | None:
