@@ -479,7 +479,8 @@ class Warmer:
 
 def _raise_for_status(response: httpx.Response, path: str, auth: object = None) -> None:
     """A ``WarmError`` for anything but a ``200``; a ``401`` says what the token service said
-    (``auth``: the client's :class:`RegistryAuth`), else that the image may be private."""
+    (``auth``: the client's :class:`RegistryAuth`), else that the image may be private (and,
+    over HTTPS, that a client certificate is a way in too)."""
     if response.status_code == 200:
         return
     if response.status_code == 401:
@@ -487,6 +488,10 @@ def _raise_for_status(response: httpx.Response, path: str, auth: object = None) 
         if refused is not None and isinstance(auth, RegistryAuth) and auth.credentialed:
             raise WarmError(f"{path}: unauthorized: {refused}")
         hint = "private? try --username and --password-stdin"
+        if response.url.scheme == "https":
+            # auth.mode = users with auth.client_certs: a client without a certificate
+            # passes the handshake (the mirror asks, does not require) and is then a 401
+            hint += ", or --client-cert DIR (a kit from docxy clients add)"
         raise WarmError(f"{path}: unauthorized ({refused + '; ' if refused else ''}{hint})")
     if response.status_code == 404:
         raise WarmError(f"{path}: not found")

@@ -3,11 +3,21 @@ handshakes on 127.0.0.9x with the mirror's own listener context, as in ``test_wa
 
 from __future__ import annotations
 
+import json
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from docxy.tls.context import ReloadableTLS
+from docxy.access.clientca import ClientCA
+from docxy.tls.context import ReloadableTLS, self_signed
 from lab.certs import issue
 from tests.unit.test_warm_tls import _ip_name, _served, _write, serving, warm
 
@@ -54,11 +64,112 @@ def test_a_certificate_of_an_unknown_issuer_still_names_ca_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The case --ca-file is for keeps its hint: the mirror's self-signed certificate."""
-    from docxy.tls.context import self_signed
-
     host = "127.0.0.93"
     cert, key = self_signed(tmp_path / "docxy-tls", host)
     with serving(host, ReloadableTLS(cert, key).context) as (url, _):
         code, _, err = warm(capsys, url)
     assert code == 1
     assert "does not trust" in err and "--ca-file PEM adds the CA" in err, err
+
+
+# --- users mode: a mirror that asked for a client certificate and got none answers 401 -------
+
+
+class _UsersModeHandler(BaseHTTPRequestHandler):
+    """The mirror in ``auth.mode = users``: every ``/v2/`` request without a token is ``401``
+    with its Bearer challenge, and its token service refuses an anonymous ask."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        scheme = "https" if isinstance(self.connection, ssl.SSLSocket) else "http"
+        here = self.headers.get("Host", "")
+        if self.path.startswith("/token"):
+            body = json.dumps(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+            ).encode()
+        else:
+            body = b'{"errors": [{"code": "UNAUTHORIZED"}]}'
+        self.send_response(401)
+        if not self.path.startswith("/token"):
+            realm = f'Bearer realm="{scheme}://{here}/token",service="docxy"'
+            self.send_header("WWW-Authenticate", realm)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class _UsersMode(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext | None) -> None:
+        super().__init__(sock.getsockname(), _UsersModeHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.context = context
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(5.0)
+        if self.context is None:
+            super().finish_request(request, client_address)
+            return
+        with self.context.wrap_socket(request, server_side=True) as tls:
+            super().finish_request(tls, client_address)
+
+
+@contextmanager
+def users_mode(host: str, context: ssl.SSLContext | None) -> Iterator[str]:
+    """The users-mode mirror on ``host``, over TLS with ``context`` (None: plain HTTP)."""
+    for port in random.Random().sample(range(2000, 10000), 50):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            continue
+        sock.listen(8)
+        server = _UsersMode(sock, context)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"{'http' if context is None else 'https'}://{host}:{port}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5.0)
+        return
+    pytest.fail(f"no free port below 10000 on {host}")
+
+
+def test_a_401_over_https_names_client_cert_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``auth.mode = users`` with ``auth.client_certs``: the mirror asks for a certificate
+    without requiring one, so a client without one gets through the handshake and is then
+    ``401``. The hint named only --username and --password-stdin; a kit is the other way in."""
+    host = "127.0.0.94"
+    cert, key = self_signed(tmp_path / "docxy-tls", host)
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("warm-box", tmp_path / "kit")  # the CA is made with its first kit
+    context = ReloadableTLS(cert, key, client_ca=ca.cert_path).context
+    with users_mode(host, context) as url:
+        code, _, err = warm(capsys, url, "--ca-file", str(cert))
+    assert code == 1
+    assert "unauthorized" in err and "authentication required" in err, err
+    assert "--username and --password-stdin" in err, err
+    assert "--client-cert" in err, err
+
+
+def test_a_401_over_plain_http_does_not_name_client_cert(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without TLS there is no client certificate to give: the hint stays as it was."""
+    with users_mode("127.0.0.95", None) as url:
+        code, _, err = warm(capsys, url)
+    assert code == 1
+    assert "--username and --password-stdin" in err, err
+    assert "--client-cert" not in err, err
