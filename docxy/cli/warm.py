@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import os
 import re
 import ssl
 import sys
@@ -584,7 +585,8 @@ def mirror_ssl_context(
     ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None
 ) -> ssl.SSLContext:
     """The TLS settings of warm's connections (the mirror, its token realm, a redirect):
-    httpx's defaults (certifi's CAs, or ``SSL_CERT_FILE``'s; hostnames checked), with the CAs
+    httpx's defaults (certifi's CAs, or ``SSL_CERT_FILE``'s or ``SSL_CERT_DIR``'s in their
+    place: :func:`_default_context`; hostnames checked), with the CAs
     of ``ca_file`` trusted too and the client certificate ``client_cert`` (its key in
     ``client_key``) presented to a server that asks for one. ValueError, saying which file and
     why, if a file cannot be read or holds no certificate, or a key that does not fit.
@@ -594,7 +596,7 @@ def mirror_ssl_context(
     context is strict and refused a mirror certificate without key identifiers that 3.11 and
     3.12 took; partial chains are allowed, so an intermediate CA in ``ca_file`` is an anchor.
     """
-    context = httpx.create_ssl_context()
+    context = _default_context()
     # The two lines of upstream_ssl_context (docxy/upstream/client.py): keep them alike.
     context.verify_flags &= ~ssl.VERIFY_X509_STRICT
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
@@ -620,6 +622,23 @@ def mirror_ssl_context(
                 f"its key ({exc})"
             ) from None
     return context
+
+
+def _default_context() -> ssl.SSLContext:
+    """httpx's default context: certifi's CAs, or those of ``SSL_CERT_FILE`` (else of
+    ``SSL_CERT_DIR``) in their place. ValueError naming the variable if it cannot be used (a
+    traceback before; a directory that is not there trusted no CA at all)."""
+    cert_file, cert_dir = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if not cert_file and cert_dir and not Path(cert_dir).is_dir():
+        raise ValueError(f"SSL_CERT_DIR={cert_dir}: not a directory (it replaces certifi's CAs)")
+    try:
+        return httpx.create_ssl_context()
+    except ssl.SSLError as exc:  # an OSError too: first
+        raise ValueError(f"SSL_CERT_FILE={cert_file}: no usable PEM certificate ({exc})") from None
+    except OSError as exc:
+        raise ValueError(
+            f"SSL_CERT_FILE={cert_file}: cannot read it ({exc.strerror or exc})"
+        ) from None
 
 
 class _Encrypted(Exception):

@@ -173,3 +173,49 @@ def test_a_401_over_plain_http_does_not_name_client_cert(
     assert code == 1
     assert "--username and --password-stdin" in err, err
     assert "--client-cert" not in err, err
+
+
+# --- SSL_CERT_FILE / SSL_CERT_DIR (httpx's trust_env): honoured, and a bad one is exit 2 -----
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SSL_CERT_FILE", "{tmp}/nowhere.pem", "SSL_CERT_FILE={tmp}/nowhere.pem: cannot read it"),
+        ("SSL_CERT_FILE", "{tmp}/not.pem", "SSL_CERT_FILE={tmp}/not.pem: no usable PEM"),
+        ("SSL_CERT_DIR", "{tmp}/nowhere", "SSL_CERT_DIR={tmp}/nowhere: not a directory"),
+    ],
+)
+def test_a_bad_ssl_cert_variable_is_a_usage_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    """httpx's context reads SSL_CERT_FILE (else SSL_CERT_DIR) in certifi's place: one that
+    cannot be used was a traceback (FileNotFoundError, ssl.SSLError) before any connection,
+    or (a missing directory) no CA at all and '--ca-file PEM adds the CA' for every mirror."""
+    _write(tmp_path / "not.pem", b"not a certificate\n")
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):  # a machine's own (this one sets both)
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value.format(tmp=tmp_path))
+    code, out, err = warm(capsys, "https://127.0.0.96:9")
+    assert code == 2, err
+    assert message.format(tmp=tmp_path) in err, err
+    assert err.startswith("docxy warm: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and out == ""
+
+
+def test_ssl_cert_file_stands_for_certifi(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the README says: SSL_CERT_FILE's CAs are trusted in certifi's place."""
+    host = "127.0.0.97"
+    root = issue("LAN mirror CA", ca=True)
+    leaf = issue("mirror.lan", root, names=_ip_name(host))
+    monkeypatch.setenv("SSL_CERT_FILE", _write(tmp_path / "bundle.pem", root.cert_pem))
+    with serving(host, _served(tmp_path, leaf)) as (url, _):
+        code, out, err = warm(capsys, url)
+    assert code == 0, err
