@@ -280,6 +280,9 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     while True:
         connection = settings.idle.take(origin)
+        if connection is not None and not _still_trusted(settings, origin, connection):
+            connection.close()  # verified with CAs its origin is no longer trusted with
+            continue
         reused = connection is not None
         if connection is None:
             connection = _connection(settings, origin)
@@ -333,6 +336,17 @@ def _waited(what: str, missing: str, seconds: float) -> str:
     """``GET host: nothing received within 15s``, as :func:`~docxy.upstream.failures.failure`
     says an httpx timeout."""
     return f"{what}: {missing} within {seconds:g}s"
+
+
+def _still_trusted(
+    settings: DirectSettings, origin: Origin, connection: http.client.HTTPConnection
+) -> bool:
+    """Whether an idle connection verified its origin with the context that origin has now
+    (an upstream's ``ca_file`` no longer applies there once its realm moved, or once another
+    upstream without one uses that origin too)."""
+    if not isinstance(connection, _TLSConnection):
+        return True
+    return connection.verified_with is settings.context_for(origin)
 
 
 def _connection(settings: DirectSettings, origin: Origin) -> http.client.HTTPConnection:
@@ -401,4 +415,9 @@ class _Connection(http.client.HTTPConnection):
 
 
 class _TLSConnection(_Connection, http.client.HTTPSConnection):
-    """The same over TLS (the MRO runs HTTPSConnection's ``__init__`` under this one's)."""
+    """The same over TLS (the MRO runs HTTPSConnection's ``__init__`` under this one's); it
+    keeps the context it verifies with (:func:`_still_trusted`)."""
+
+    def __init__(self, *args: Any, context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(*args, context=context, **kwargs)
+        self.verified_with = context

@@ -162,7 +162,9 @@ class _TrustingPool(httpcore.AsyncConnectionPool):
     pool: the shared client's limits (connections at once, idle ones kept) stay as they are.
 
     httpcore makes a connection in :meth:`create_connection` with the pool's ``_ssl_context``;
-    it is set to the origin's for that call (synchronous: nothing runs in between)."""
+    it is set to the origin's for that call (synchronous: nothing runs in between). The
+    connection is reused only while its origin's context is still the one it verified with
+    (:class:`_Verified`)."""
 
     def __init__(self, trust: UpstreamTrust, limits: httpx.Limits) -> None:
         super().__init__(
@@ -174,14 +176,67 @@ class _TrustingPool(httpcore.AsyncConnectionPool):
         self._trust = trust
 
     def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
-        chosen = self._trust.context_for(
-            (origin.scheme.decode("ascii"), origin.host.decode("ascii"), origin.port)
-        )
+        chosen = self._trust.context_for(_trust_origin(origin))
         kept, self._ssl_context = self._ssl_context, chosen
         try:
-            return super().create_connection(origin)
+            made = super().create_connection(origin)
         finally:
             self._ssl_context = kept
+        return _Verified(made, self._trust, origin, chosen)
+
+
+def _trust_origin(origin: httpcore.Origin) -> TrustOrigin:
+    return (origin.scheme.decode("ascii"), origin.host.decode("ascii"), origin.port)
+
+
+class _Verified(httpcore.AsyncConnectionInterface):
+    """A pooled connection and the context it verified its origin with: once the origin's
+    context is another (a realm moved, another upstream without a ca_file uses the origin too),
+    it takes no more requests and, idle, is closed as expired. Kept, it would still carry
+    requests to that origin over a TLS session an upstream's CAs vouched for."""
+
+    def __init__(
+        self,
+        connection: httpcore.AsyncConnectionInterface,
+        trust: UpstreamTrust,
+        origin: httpcore.Origin,
+        context: ssl.SSLContext,
+    ) -> None:
+        self._connection = connection
+        self._trust = trust
+        self._origin = _trust_origin(origin)
+        self._context = context
+
+    def _current(self) -> bool:
+        return self._trust.context_for(self._origin) is self._context
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        return await self._connection.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._connection.aclose()
+
+    def info(self) -> str:
+        return self._connection.info()
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return self._connection.can_handle_request(origin) and self._current()
+
+    def is_available(self) -> bool:
+        return self._connection.is_available()
+
+    def has_expired(self) -> bool:
+        stale = not self._current() and self._connection.is_idle()
+        return stale or self._connection.has_expired()
+
+    def is_idle(self) -> bool:
+        return self._connection.is_idle()
+
+    def is_closed(self) -> bool:
+        return self._connection.is_closed()
+
+    def __repr__(self) -> str:
+        return repr(self._connection)
 
 
 def trusting_transport(trust: UpstreamTrust, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:

@@ -1,0 +1,164 @@
+"""Review of an upstream's ``ca_file`` (docxy.upstream.trust): what the first tests missed.
+
+Real handshakes on 127.0.0.7x, with a private CA made here: a connection verified with an
+upstream's CAs is not reused once its origin is no longer trusted with them (another upstream
+without a ca_file uses it too, or the realm moved), through the shared pool and the fills' direct
+GETs alike; and the 502's advice to name the CA in ca_file is given only when the issuer was
+unknown (not for an expired certificate, nor for one of another host).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from docxy.config import CaFile, load_config, read_ca_file
+from docxy.core.errors import UpstreamUnavailable
+from docxy.upstream import direct
+from docxy.upstream.client import (
+    Upstream,
+    UpstreamClient,
+    make_http_client,
+    read_small,
+    upstream_ssl_context,
+)
+from docxy.upstream.trust import UpstreamTrust
+from lab.certs import Issued, issue
+from tests.unit.test_upstream_ca_file import _Handler, tls_server
+
+REGISTRY_HOST = "127.0.0.71"  # the private registry
+REALM_HOST = "127.0.0.72"  # a token service, on a host of its own
+HUB_HOST = "127.0.0.73"  # another upstream's registry, without a ca_file (never contacted)
+Routes = dict[str, tuple[int, dict[str, str], bytes]]
+TOKEN: Routes = {"/token": (200, {"Content-Type": "application/json"}, b'{"token": "t"}')}
+BLOB: Routes = {"/blob": (200, {}, b"a blob")}
+
+
+@dataclass(frozen=True)
+class PrivateCA:
+    root: Issued
+    ca_file: CaFile
+
+    def leaf(self, host: str) -> Issued:
+        return issue(host, self.root, names=[x509.IPAddress(IPv4Address(host))])
+
+    def expired_leaf(self, host: str) -> Issued:
+        """A certificate for ``host`` that expired yesterday."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(self.root.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=30))
+            .not_valid_after(now - dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root.key.public_key()),
+                False,
+            )
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(IPv4Address(host))]), critical=False
+            )
+            .sign(self.root.key, hashes.SHA256())
+        )
+        return Issued(key, cert)
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
+    root = issue("docxy review private CA", ca=True)
+    path = tmp_path_factory.mktemp("ca") / "lab-ca.pem"
+    path.write_bytes(root.cert_pem)
+    return PrivateCA(root, read_ca_file(path))
+
+
+@pytest.fixture(autouse=True)
+def keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test servers keep their connections open (HTTP/1.1), as registries do."""
+    monkeypatch.setattr(_Handler, "protocol_version", "HTTP/1.1")
+
+
+@dataclass
+class Shared:
+    """The lab (a ca_file) and the hub (none), and the shared client's pool over both."""
+
+    lab: Upstream
+    hub: Upstream
+    trust: UpstreamTrust
+    client: UpstreamClient
+
+
+@pytest.fixture
+def shared(private_ca: PrivateCA) -> Shared:
+    lab = Upstream(f"https://{REGISTRY_HOST}:1", ca_file=private_ca.ca_file, name="lab")
+    hub = Upstream(f"https://{HUB_HOST}:1", name="hub")
+    trust = UpstreamTrust([lab, hub], upstream_ssl_context)
+    http = make_http_client(load_config(environ={}).upstream, None, trust.default, trust)
+    return Shared(lab, hub, trust, UpstreamClient(http, None, trust))
+
+
+# --- a connection verified with the CA, kept idle, after its origin lost it --------------------
+
+
+async def test_the_pool_does_not_reuse_a_connection_whose_origin_lost_the_ca(
+    private_ca: PrivateCA, tmp_path: Path, shared: Shared
+) -> None:
+    """The lab's realm is trusted with its CA until the hub (no ca_file) names the same realm:
+    then the hub's token GET must verify with certifi's CAs alone, which refuse the private
+    CA's certificate. It was sent on the lab's idle connection, verified with the lab's CA, and
+    went through (the hub's login would go to whoever that CA vouched for)."""
+    trust, client, lab, hub = shared.trust, shared.client, shared.lab, shared.hub
+    with tls_server(REALM_HOST, private_ca.leaf(REALM_HOST), tmp_path, TOKEN) as realm:
+        try:
+            trust.learned(lab, realm.url + "/token")
+            answer = await client.send(lab, "GET", realm.url + "/token", [])
+            assert await read_small(answer) == b'{"token": "t"}'  # kept idle in the pool
+            trust.learned(hub, realm.url + "/token")
+            assert trust.context_for_url(realm.url) is trust.default
+            with pytest.raises(UpstreamUnavailable) as caught:
+                answer = await client.send(hub, "GET", realm.url + "/token", [])
+                await read_small(answer)
+            assert "its certificate could not be verified" in caught.value.message
+            # The lab's realm moves back to being its own: a new connection verifies again.
+            trust.learned(hub, "https://auth.example.invalid/token")
+            answer = await client.send(lab, "GET", realm.url + "/token", [])
+            assert await read_small(answer) == b'{"token": "t"}'
+        finally:
+            await client.http.aclose()
+
+
+def test_a_direct_get_does_not_reuse_a_connection_whose_origin_lost_the_ca(
+    private_ca: PrivateCA, tmp_path: Path
+) -> None:
+    """The same for the fills' idle ``http.client`` connections: the lab's realm moved away
+    from an origin, whose idle connection (verified with the lab's CA) must not serve the next
+    GET there."""
+    lab = Upstream(f"https://{REGISTRY_HOST}:1", ca_file=private_ca.ca_file, name="lab")
+    trust = UpstreamTrust([lab], upstream_ssl_context)
+    settings = direct.direct_settings(load_config(environ={}).upstream, trust.default, None, trust)
+    assert settings is not None
+    with tls_server(REALM_HOST, private_ca.leaf(REALM_HOST), tmp_path, BLOB) as server:
+        try:
+            trust.learned(lab, server.url + "/token")
+            answer = direct.get(settings, server.url + "/blob", [])
+            assert answer.body.read(100) == b"a blob"
+            answer.close()
+            assert len(settings.idle) == 1
+            trust.learned(lab, "https://auth.example.invalid/token")  # it moved
+            with pytest.raises(UpstreamUnavailable) as caught:
+                direct.get(settings, server.url + "/blob", []).close()
+            assert "its certificate could not be verified" in caught.value.message
+        finally:
+            settings.idle.close()
