@@ -336,6 +336,9 @@ class Warmer:
         self.platform = platform
         self.progress = sys.stderr if progress is None else progress
         self.tally = Tally()
+        #: The client certificate warm presents (``--client-cert``), for the messages of a
+        #: refused handshake: None, none.
+        self.client_cert: str | None = None
         #: Of the image being warmed: manifests and blobs passed through uncached, by reason.
         self.uncached: collections.Counter[str] = collections.Counter()
         #: Of the image being warmed: the blobs fetched, and those sent on a miss (to be
@@ -551,7 +554,8 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
             r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", args.platform
         ):
             raise ValueError(f"--platform {args.platform!r}: expected all or OS/ARCH[/VARIANT]")
-        tls = mirror_ssl_context(args.ca_file, *_client_pair(args.client_cert, args.client_key))
+        client_cert, client_key = _client_pair(args.client_cert, args.client_key)
+        tls = mirror_ssl_context(args.ca_file, client_cert, client_key)
     except (ConfigError, ValueError) as exc:
         print(f"docxy warm: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -567,7 +571,9 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         # through uncached) was unzipped into other bytes and failed its check.
         headers=dict([("User-Agent", USER_AGENT), ACCEPT_IDENTITY]),
     ) as client:
-        return warm_all(Warmer(client, args.platform), images, sys.stdout)
+        warmer = Warmer(client, args.platform)
+        warmer.client_cert = client_cert
+        return warm_all(warmer, images, sys.stdout)
 
 
 def _mirror_url(text: str) -> str:
@@ -723,11 +729,12 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # Every image after this one would fail the same way: say where, once, and stop
             # (the total still says how many were cached before).
-            print(f"docxy warm: {image}: {_unreachable(warmer.client, exc)}", file=sys.stderr)
+            unreachable = _unreachable(warmer.client, exc, warmer.client_cert)
+            print(f"docxy warm: {image}: {unreachable}", file=sys.stderr)
             status = EXIT_FAILED
             break
         except httpx.HTTPError as exc:
-            refused = _certificate_refused(warmer.client, exc)
+            refused = _certificate_refused(warmer.client, exc, warmer.client_cert)
             if refused is not None:  # the same for every image after this one: stop
                 print(f"docxy warm: {image}: {refused}", file=sys.stderr)
                 status = EXIT_FAILED
@@ -744,12 +751,14 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
     return status
 
 
-def _unreachable(client: httpx.Client, exc: httpx.TransportError) -> str:
+def _unreachable(
+    client: httpx.Client, exc: httpx.TransportError, client_cert: str | None = None
+) -> str:
     """What a failed connection means: the mirror is not where warm looked, or (when the
     mirror sent warm elsewhere, e.g. to a token realm built from its server.public_url) that
     other place is not reachable from here; or its certificate is not one warm trusts, or it
     refused warm's client certificate (or its lack) in the handshake (TLS 1.2)."""
-    refused = _certificate_refused(client, exc)
+    refused = _certificate_refused(client, exc, client_cert)
     if refused is not None:
         return refused
     untrusted = _ssl_error(exc)
@@ -827,8 +836,8 @@ def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
 
 #: What a server says (a TLS alert) when it wants a client certificate it did not get, or
 #: does not take the one it got. Under TLS 1.3 it comes with the first read, not the handshake;
-#: under TLS 1.2 a missing one is a plain handshake failure (a cipher suite none of the two
-#: knows would be too, which no server warm meets wants: hence the message's "if").
+#: under TLS 1.2 a missing one is a plain handshake failure (as is a cipher suite or version
+#: the two do not share: the message says both).
 _CLIENT_CERT_ALERTS = (
     "HANDSHAKE_FAILURE",
     "CERTIFICATE_REQUIRED",
@@ -841,19 +850,31 @@ _CLIENT_CERT_ALERTS = (
 )
 
 
-def _certificate_refused(client: httpx.Client, exc: httpx.HTTPError) -> str | None:
+def _certificate_refused(
+    client: httpx.Client, exc: httpx.HTTPError, client_cert: str | None = None
+) -> str | None:
     """What warm prints for a server that refused its TLS client (no client certificate, or
-    one it does not take), or None: ``exc`` is another failure."""
+    ``client_cert``, the one it presented, not taken), or None: ``exc`` is another failure."""
     error = _ssl_error(exc)
     reason = (getattr(error, "reason", None) or "") if error is not None else ""
     if "ALERT" not in reason or not reason.endswith(_CLIENT_CERT_ALERTS):
         return None
-    said = reason.lower().replace("_", " ")
-    return (
-        f"{_place(client, exc)} refused warm's TLS connection ({said}): if it takes only "
-        f"clients with a certificate from its CA, give one: --client-cert CERT --client-key "
-        f"KEY, or --client-cert DIR (a kit from docxy clients add)"
+    said = (
+        f"{_place(client, exc)} refused warm's TLS connection ({reason.lower().replace('_', ' ')})"
     )
+    if client_cert is not None:
+        refused = (
+            f"the client certificate warm presented ({client_cert}) is not one it takes (a "
+            f"kit of its CA from docxy clients add, not expired or revoked?)"
+        )
+    else:
+        refused = (
+            "if it takes only clients with a certificate from its CA, give one: --client-cert "
+            "CERT --client-key KEY, or --client-cert DIR (a kit from docxy clients add)"
+        )
+    if reason.endswith("HANDSHAKE_FAILURE"):
+        return f"{said}: the two share no TLS version or cipher suite; or {refused}"
+    return f"{said}: {refused}"
 
 
 def _summary(tally: Tally, seconds: float) -> str:

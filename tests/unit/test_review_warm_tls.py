@@ -219,3 +219,58 @@ def test_ssl_cert_file_stands_for_certifi(
     with serving(host, _served(tmp_path, leaf)) as (url, _):
         code, out, err = warm(capsys, url)
     assert code == 0, err
+
+
+# --- a refused handshake: what was refused, and a handshake failure that is not about it ------
+
+
+def _no_shared_cipher(tmp_path: Path, host: str) -> tuple[Path, ssl.SSLContext]:
+    """A TLS 1.2 server whose only cipher suite its EC key cannot serve: a handshake failure
+    alert for every client, certificate or none."""
+    cert, key = self_signed(tmp_path / "docxy-tls", host)
+    context = ReloadableTLS(cert, key).context
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    return cert, context
+
+
+def test_a_handshake_failure_may_be_no_shared_cipher(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TLS 1.2's handshake_failure alert is also what a server sharing no cipher suite (or
+    version) with warm sends: the message says so beside the client certificate, and, given
+    one, does not ask for one (before: 'give one: --client-cert', with one given)."""
+    host = "127.0.0.98"
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("warm-box", tmp_path / "kit")
+    cert, context = _no_shared_cipher(tmp_path, host)
+    with serving(host, context) as (url, server):
+        code, _, err = warm(capsys, url, "--ca-file", str(cert))
+        assert code == 1 and server.paths == []
+        assert "(sslv3 alert handshake failure)" in err, err
+        assert "cipher" in err and "--client-cert" in err, err
+
+        kit = str(tmp_path / "kit")
+        code, _, err = warm(capsys, url, "--ca-file", str(cert), "--client-cert", kit)
+        assert code == 1 and server.paths == []
+        assert "cipher" in err and "give one" not in err, err
+
+
+def test_a_client_certificate_refused_is_named_not_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kit of another mirror's CA presented: warm says the certificate it presented (which
+    one) was refused, not 'give one: --client-cert' (before, to a user who gave one)."""
+    host = "127.0.0.99"
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("warm-box", tmp_path / "kit")
+    ClientCA(tmp_path / "other-auth").issue("stranger", tmp_path / "other-kit")
+    cert, key = self_signed(tmp_path / "docxy-tls", host)
+    context = ReloadableTLS(cert, key, client_ca=ca.cert_path).context
+    other = tmp_path / "other-kit"
+    with serving(host, context) as (url, server):
+        code, _, err = warm(capsys, url, "--ca-file", str(cert), "--client-cert", str(other))
+    assert code == 1 and server.paths == []
+    assert "(tlsv1 alert unknown ca)" in err, err
+    assert "give one" not in err, err
+    assert f"the client certificate warm presented ({other / 'client.cert'})" in err, err
