@@ -676,6 +676,8 @@ def _client_pair(cert: str | None, key: str | None) -> tuple[str | None, str | N
         if key is not None:
             raise ValueError(f"--client-cert {cert} is a kit directory: it holds the key too")
         return str(Path(cert) / KIT_CERT), str(Path(cert) / KIT_KEY)
+    if cert is not None and key is None and not Path(cert).exists():  # a mistyped kit?
+        _pem_text(cert, "--client-cert")  # the ValueError saying why it cannot be read
     if (cert is None) != (key is None):
         raise ValueError(
             "--client-cert CERT and --client-key KEY go together "

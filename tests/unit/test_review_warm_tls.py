@@ -274,3 +274,17 @@ def test_a_client_certificate_refused_is_named_not_asked_for(
     assert "(tlsv1 alert unknown ca)" in err, err
     assert "give one" not in err, err
     assert f"the client certificate warm presented ({other / 'client.cert'})" in err, err
+
+
+# --- --client-cert naming nothing there -------------------------------------------------------
+
+
+def test_a_client_cert_path_that_is_not_there_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--client-cert DIR`` with a mistyped directory: warm says nothing is there (before:
+    '--client-cert CERT and --client-key KEY go together', as if a file had been given)."""
+    code, out, err = warm(capsys, "https://127.0.0.96:9", "--client-cert", f"{tmp_path}/kti")
+    assert code == 2
+    assert f"--client-cert {tmp_path}/kti: cannot read it (No such file or directory)" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and out == ""
