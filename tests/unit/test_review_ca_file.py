@@ -162,3 +162,52 @@ def test_a_direct_get_does_not_reuse_a_connection_whose_origin_lost_the_ca(
             assert "its certificate could not be verified" in caught.value.message
         finally:
             settings.idle.close()
+
+
+# --- the 502's advice -------------------------------------------------------------------------
+
+
+async def test_an_expired_certificate_is_not_told_to_go_in_ca_file(
+    private_ca: PrivateCA, tmp_path: Path
+) -> None:
+    """The CA is in ca_file already; the certificate expired: naming the CA again cannot help."""
+    leaf = private_ca.expired_leaf(REGISTRY_HOST)
+    with tls_server(REGISTRY_HOST, leaf, tmp_path, TOKEN) as registry:
+        lab = Upstream(registry.url, ca_file=private_ca.ca_file, name="lab")
+        trust = UpstreamTrust([lab], upstream_ssl_context)
+        client = UpstreamClient(
+            make_http_client(load_config(environ={}).upstream, None, trust.default, trust),
+            None,
+            trust,
+        )
+        try:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await client.send(lab, "GET", registry.url + "/token", [])
+        finally:
+            await client.http.aclose()
+    message = caught.value.message
+    assert "its certificate could not be verified (certificate has expired); the server's " in (
+        message
+    )
+    assert message.endswith("to be renewed, or this machine's clock is wrong")
+    assert "ca_file" not in message
+
+
+def test_a_certificate_for_another_host_is_not_told_to_go_in_ca_file(
+    private_ca: PrivateCA, tmp_path: Path
+) -> None:
+    """The registry shows the certificate of another host (issued by the CA in ca_file)."""
+    leaf = private_ca.leaf(REALM_HOST)
+    with tls_server(REGISTRY_HOST, leaf, tmp_path, BLOB) as registry:
+        lab = Upstream(registry.url, ca_file=private_ca.ca_file, name="lab")
+        trust = UpstreamTrust([lab], upstream_ssl_context)
+        settings = direct.direct_settings(
+            load_config(environ={}).upstream, trust.default, None, trust
+        )
+        assert settings is not None
+        with pytest.raises(UpstreamUnavailable) as caught:
+            direct.get(settings, registry.url + "/blob", [])
+    message = caught.value.message
+    assert "its certificate could not be verified (IP address mismatch" in message
+    assert message.endswith(f"; it is not a certificate for {REGISTRY_HOST}:{registry.port}")
+    assert "ca_file" not in message
