@@ -772,6 +772,12 @@ def _unreachable(
     reason = f"{type(exc).__name__}: {exc}"
     mirror = str(client.base_url).rstrip("/")
     where = _elsewhere(client, exc)
+    if untrusted is not None and untrusted.reason in _NOT_TLS:
+        said = f"{_place(client, exc)} answered warm's TLS hello with what is not TLS ({reason})"
+        if where is None:  # the mirror: its plain-HTTP listener, named https://?
+            plain = str(client.base_url.copy_with(scheme="http")).rstrip("/")
+            return f"{said}: plain HTTP there? --mirror {plain}"
+        return said
     if where is None:
         return (
             f"cannot reach the mirror at {mirror} ({reason}): is docxy serve running there? "
@@ -780,6 +786,9 @@ def _unreachable(
     return f"the mirror at {mirror} sent warm to {where}, which cannot be reached ({reason})"
 
 
+#: What OpenSSL (3.0, 1.1) says when the answer to its hello is not TLS (plain HTTP, say); one
+#: that says it otherwise gets the message of a mirror not reached, as before.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER"})
 #: OpenSSL's verify codes (X509_V_ERR_*) for a chain warm cannot follow to a CA it trusts
 #: (no issuer, a self-signed leaf or root), the ones ``--ca-file`` mends; for a certificate
 #: that is not for the name warm connected to; and for one outside its dates.

@@ -288,3 +288,19 @@ def test_a_client_cert_path_that_is_not_there_says_so(
     assert code == 2
     assert f"--client-cert {tmp_path}/kti: cannot read it (No such file or directory)" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err and out == ""
+
+
+# --- https:// to a port that speaks plain HTTP --------------------------------------------------
+
+
+def test_https_to_a_plain_http_port_says_it_answers_without_tls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A mirror listening without TLS named with https://: its answer to the TLS hello is plain
+    HTTP ('wrong version number'). Not a client-certificate problem, and the mirror is running
+    there: warm says it does not speak TLS there (before: 'is docxy serve running there?')."""
+    with users_mode("127.0.0.95", None) as url:
+        code, _, err = warm(capsys, url.replace("http://", "https://"))
+    assert code == 1
+    assert "--client-cert" not in err and "is docxy serve running" not in err, err
+    assert "not TLS" in err and url in err, err
