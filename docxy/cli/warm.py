@@ -17,7 +17,9 @@ with the mirror's reason, although each one was fetched and checked.
 Over HTTPS warm verifies the mirror's certificate with certifi's CAs, and those of
 ``--ca-file`` (a private CA, the mirror's self-signed certificate), alike on every Python
 (:func:`mirror_ssl_context`); ``--client-cert`` presents a client certificate (``docxy clients
-add``'s kit) to a mirror that asks for one.
+add``'s kit) to a mirror that asks for one, and to any server on warm's way that asks (one
+context for every connection: a token realm on another host, a redirect's server gets it too;
+the certificate only, never the key).
 
 Exit codes: 0 every image warmed, 1 some image failed, 2 configuration or usage error.
 """

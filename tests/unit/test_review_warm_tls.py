@@ -103,11 +103,13 @@ class _UsersModeHandler(BaseHTTPRequestHandler):
         return
 
 
-class _UsersMode(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext | None) -> None:
-        super().__init__(sock.getsockname(), _UsersModeHandler, bind_and_activate=False)
+    def __init__(
+        self, sock: socket.socket, context: ssl.SSLContext | None, handler: type[Any]
+    ) -> None:
+        super().__init__(sock.getsockname(), handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.context = context
@@ -122,8 +124,11 @@ class _UsersMode(ThreadingHTTPServer):
 
 
 @contextmanager
-def users_mode(host: str, context: ssl.SSLContext | None) -> Iterator[str]:
-    """The users-mode mirror on ``host``, over TLS with ``context`` (None: plain HTTP)."""
+def users_mode(
+    host: str, context: ssl.SSLContext | None, handler: type[Any] = _UsersModeHandler
+) -> Iterator[str]:
+    """The users-mode mirror (or ``handler``) on ``host``, over TLS with ``context`` (None:
+    plain HTTP)."""
     for port in random.Random().sample(range(2000, 10000), 50):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -132,7 +137,7 @@ def users_mode(host: str, context: ssl.SSLContext | None) -> Iterator[str]:
             sock.close()
             continue
         sock.listen(8)
-        server = _UsersMode(sock, context)
+        server = _Server(sock, context, handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -304,3 +309,43 @@ def test_https_to_a_plain_http_port_says_it_answers_without_tls(
     assert code == 1
     assert "--client-cert" not in err and "is docxy serve running" not in err, err
     assert "not TLS" in err and url in err, err
+
+
+# --- the client certificate goes to any server on warm's way that asks (README says so) -------
+
+
+def test_the_client_certificate_goes_to_a_server_the_mirror_redirects_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One TLS context for every connection: a server the mirror redirects warm to (a CDN, a
+    token realm on another host) that asks for a client certificate gets it (the certificate,
+    never the key). Pinned because the README says so; not a fault."""
+    mirror_host, other_host = "127.0.0.90", "127.0.0.91"
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("warm-box", tmp_path / "kit")
+    other_cert, other_key = self_signed(tmp_path / "other-tls", other_host)
+    mirror_cert, mirror_key = self_signed(tmp_path / "mirror-tls", mirror_host)
+    both = _write(tmp_path / "both.pem", other_cert.read_bytes() + mirror_cert.read_bytes())
+    asking = ReloadableTLS(other_cert, other_key, client_ca=ca.cert_path).context
+    with serving(other_host, asking) as (other_url, other):
+
+        class Redirect(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                self.send_response(307)
+                self.send_header("Location", other_url + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        plain = ReloadableTLS(mirror_cert, mirror_key).context
+        with users_mode(mirror_host, plain, Redirect) as url:
+            code, _, err = warm(
+                capsys, url, "--ca-file", both, "--client-cert", str(tmp_path / "kit")
+            )
+    assert code == 0, err
+    presented = other.presented[-1]
+    assert presented is not None and ca.client_of(presented) == "warm-box"
