@@ -494,7 +494,8 @@ class UpstreamClient:
                 health.failed(said, "timeout")
                 silent = UpstreamTimeout if same_origin(url, first) else HopTimeout
                 raise silent(f"the upstream registry did not answer in time ({said})") from exc
-            except (httpx.TransportError, httpx.InvalidURL) as exc:
+            except (httpx.TransportError, httpx.InvalidURL, ssl.SSLError) as exc:
+                # ssl.SSLError: httpcore before 1.0.6 let a handshake's own error through
                 refused = certificate_refused(url_host(url), exc)
                 health.failed(refused or f"{type(exc).__name__} talking to {url_host(url)}")
                 if refused is not None:

@@ -10,10 +10,12 @@ unknown (not for an expired certificate, nor for one of another host).
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -211,3 +213,39 @@ def test_a_certificate_for_another_host_is_not_told_to_go_in_ca_file(
     assert "its certificate could not be verified (IP address mismatch" in message
     assert message.endswith(f"; it is not a certificate for {REGISTRY_HOST}:{registry.port}")
     assert "ca_file" not in message
+
+
+# --- httpcore before 1.0.6 --------------------------------------------------------------------
+
+
+class _Before106(httpx.AsyncBaseTransport):
+    """What httpx's transport does over httpcore 1.0.0 to 1.0.5 (which pyproject allows): its
+    anyio backend maps no ``ssl.SSLError`` of the handshake to ``ConnectError``, so the ``ssl``
+    error itself comes out of ``send``. Here a real handshake with certifi's CAs alone."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host, port = request.url.host, request.url.port or 443
+        with socket.create_connection((host, port), timeout=5) as raw:
+            with upstream_ssl_context().wrap_socket(raw, server_hostname=host):
+                pass
+        raise AssertionError("the handshake went through")
+
+
+async def test_an_ssl_error_not_mapped_by_httpcore_is_still_a_502_saying_why(
+    private_ca: PrivateCA, tmp_path: Path
+) -> None:
+    with tls_server(REGISTRY_HOST, private_ca.leaf(REGISTRY_HOST), tmp_path, TOKEN) as registry:
+        upstream = Upstream(registry.url, name="lab")
+        http = make_http_client(load_config(environ={}).upstream, _Before106())
+        client = UpstreamClient(http)
+        try:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await client.challenge(upstream)
+        finally:
+            await http.aclose()
+    message = caught.value.message
+    assert "its certificate could not be verified (unable to get local issuer certificate)" in (
+        message
+    )
+    assert caught.value.status == 502
+    assert client.health_of(upstream).last_error_message == message
