@@ -293,9 +293,15 @@ def test_an_intermediate_ca_in_the_ca_file_is_enough(
         assert WARMED in out
 
 
-def test_the_warm_context_verifies_as_the_upstream_one_does(tmp_path: Path) -> None:
+def test_the_warm_context_verifies_as_the_upstream_one_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same verify flags as ``upstream_ssl_context`` (the same on every Python), hostnames
-    checked, certificates required; ``--ca-file``'s CA added to certifi's, not in their place."""
+    checked, certificates required; ``--ca-file``'s CA added to certifi's, not in their place.
+    Certifi's indeed: not the machine's SSL_CERT_FILE (which stands for them: this count was
+    the system bundle's) or SSL_CERT_DIR (loaded lazily: 0 certificates, the test failed)."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
     upstream = upstream_ssl_context()
     plain = mirror_ssl_context()
     assert plain.verify_flags == upstream.verify_flags
