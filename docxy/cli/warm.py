@@ -594,10 +594,10 @@ def mirror_ssl_context(
 ) -> ssl.SSLContext:
     """The TLS settings of warm's connections (the mirror, its token realm, a redirect):
     httpx's defaults (certifi's CAs, or ``SSL_CERT_FILE``'s or ``SSL_CERT_DIR``'s in their
-    place: :func:`_default_context`; hostnames checked), with the CAs
-    of ``ca_file`` trusted too and the client certificate ``client_cert`` (its key in
-    ``client_key``) presented to a server that asks for one. ValueError, saying which file and
-    why, if a file cannot be read or holds no certificate, or a key that does not fit.
+    place: :func:`_default_context`; hostnames checked), with the CAs of ``ca_file`` trusted
+    too and the client certificate ``client_cert`` (its key in ``client_key``) presented to a
+    server that asks for one. ValueError, saying which file (or variable) and why, if a file
+    cannot be read or holds no certificate, or a key that does not fit.
 
     The verify flags are those of the mirror's upstream connections, the same on every Python
     (see :func:`docxy.upstream.client.upstream_ssl_context` for why): Python 3.13's default
@@ -761,7 +761,8 @@ def _unreachable(
     """What a failed connection means: the mirror is not where warm looked, or (when the
     mirror sent warm elsewhere, e.g. to a token realm built from its server.public_url) that
     other place is not reachable from here; or its certificate is not one warm trusts, or it
-    refused warm's client certificate (or its lack) in the handshake (TLS 1.2)."""
+    refused warm's client certificate (or its lack) in the handshake (TLS 1.2), or it answered
+    warm's TLS hello with plain HTTP."""
     refused = _certificate_refused(client, exc, client_cert)
     if refused is not None:
         return refused
