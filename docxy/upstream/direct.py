@@ -51,8 +51,10 @@ from docxy.upstream.trust import UpstreamTrust
 @dataclass(frozen=True, slots=True)
 class DirectSettings:
     """What a direct GET shares with the httpx client: TLS, timeouts, User-Agent; and its own
-    idle connections, kept for the next GET to the same origin. ``trust`` set: a connection
-    verifies with its origin's context (an upstream's ``ca_file``), else ``ssl_context``."""
+    idle connections, kept for the next GET to the same origin. ``trust`` set and some
+    upstream with a ``ca_file``: a connection verifies with its origin's context, else
+    ``ssl_context``; ``trust`` also says which origins a ``ca_file`` could cover (a refusal's
+    message)."""
 
     ssl_context: ssl.SSLContext
     connect_timeout: float
@@ -63,7 +65,9 @@ class DirectSettings:
 
     def context_for(self, origin: Origin) -> ssl.SSLContext:
         """The context a new connection to ``origin`` verifies with."""
-        return self.ssl_context if self.trust is None else self.trust.context_for(origin)
+        if self.trust is None or not self.trust.extends:
+            return self.ssl_context
+        return self.trust.context_for(origin)
 
 
 def direct_settings(
@@ -76,8 +80,7 @@ def direct_settings(
     a transport of its own (tests' fakes), which ``http.client`` could not go through."""
     if transport is not None:
         return None
-    chosen = trust if trust is not None and trust.extends else None
-    return DirectSettings(ssl_context, config.connect_timeout, config.read_timeout, trust=chosen)
+    return DirectSettings(ssl_context, config.connect_timeout, config.read_timeout, trust=trust)
 
 
 #: A redirect's or an error's body up to this size is read off so its connection can be kept.
@@ -300,7 +303,8 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            refused = certificate_refused(url_host(url), exc)
+            covered = settings.trust is None or settings.trust.covers(url)
+            refused = certificate_refused(url_host(url), exc, covered)
             if refused is not None:  # a reused connection did its handshake long ago
                 raise UpstreamUnavailable(refused) from exc
             if not reused:

@@ -53,13 +53,14 @@ _NAME_MISMATCH = frozenset({62, 63, 64})
 _OUT_OF_DATE = frozenset({9, 10})
 
 
-def certificate_refused(host: str, exc: BaseException) -> str | None:
+def certificate_refused(host: str, exc: BaseException, covered: bool = True) -> str | None:
     """Why a connection to ``host`` failed, in words for logs, /health and the 502, if its
     certificate did not verify: OpenSSL's reason (``unable to get local issuer certificate``,
     ``Hostname mismatch``, ``certificate has expired``) and what mends it (``ca_file`` only for
-    an issuer not trusted: it cannot mend a certificate for another name or out of date), never
-    a secret; None for any other failure. httpx raises its ``ConnectError`` from httpcore's,
-    from the ``ssl`` error: the chain is walked."""
+    an issuer not trusted, and only on an origin it would be ``covered``: an upstream's registry
+    or token service, not a redirect's host; it cannot mend a certificate for another name or
+    out of date), never a secret; None for any other failure. httpx raises its
+    ``ConnectError`` from httpcore's, from the ``ssl`` error: the chain is walked."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
@@ -67,14 +68,19 @@ def certificate_refused(host: str, exc: BaseException) -> str | None:
             reason = (cause.verify_message or cause.reason or "not verified").rstrip(".")
             return (
                 f"cannot reach the upstream registry ({host}): its certificate could not be "
-                f"verified ({reason}){_remedy(cause.verify_code, host)}"
+                f"verified ({reason}){_remedy(cause.verify_code, host, covered)}"
             )
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return None
 
 
-def _remedy(code: int, host: str) -> str:
+def _remedy(code: int, host: str, covered: bool) -> str:
+    if code in _UNKNOWN_ISSUER and not covered:
+        return (
+            "; ca_file is trusted for an upstream's registry and token service only, not for "
+            + host
+        )
     if code in _UNKNOWN_ISSUER:
         return "; if a private CA issued it, name that CA's certificate in the upstream's ca_file"
     if code in _NAME_MISMATCH:

@@ -96,6 +96,12 @@ class UpstreamTrust:
         found = origin_of(url)
         return self.default if found is None else self.context_for(found)
 
+    def covers(self, url: str) -> bool:
+        """Whether ``url``'s origin is an upstream's registry or token service, one its
+        ``ca_file`` would be trusted for (not a redirect's host: a CDN, a bucket)."""
+        found = origin_of(url)
+        return found is not None and bool(self._claims.get(found))
+
     def learned(self, upstream: Upstream, realm: str | None) -> None:
         """``upstream``'s ``/v2/`` challenge named ``realm`` (None: no token service): its
         token service's origin, unless ``auth_realm`` is configured (then that one is)."""

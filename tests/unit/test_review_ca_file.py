@@ -10,7 +10,12 @@ unknown (not for an expired certificate, nor for one of another host).
 from __future__ import annotations
 
 import datetime as dt
+import http.server
+import random
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -249,3 +254,106 @@ async def test_an_ssl_error_not_mapped_by_httpcore_is_still_a_502_saying_why(
     )
     assert caught.value.status == 502
     assert client.health_of(upstream).last_error_message == message
+
+
+# --- a redirect's host, which no ca_file covers -----------------------------------------------
+
+CDN_HOST = "127.0.0.76"  # where the registry's blobs redirect to: its storage, same private CA
+ADD_THE_CA = "name that CA's certificate in the upstream's ca_file"
+NOT_COVERED = "; ca_file is trusted for an upstream's registry and token service only, not for"
+
+
+def _redirecting(cdn: str) -> Routes:
+    return {"/v2/r/blobs/sha256:1": (307, {"Location": cdn + "/blob"}, b"")}
+
+
+async def test_a_redirects_host_is_not_told_to_go_in_ca_file_through_the_pool(
+    private_ca: PrivateCA, tmp_path: Path
+) -> None:
+    """The lab's CA is in its ca_file; its blobs redirect to storage with a certificate of the
+    same CA, which ca_file does not cover: naming the CA there again cannot help."""
+    with (
+        tls_server(CDN_HOST, private_ca.leaf(CDN_HOST), tmp_path, BLOB) as cdn,
+        tls_server(
+            REGISTRY_HOST, private_ca.leaf(REGISTRY_HOST), tmp_path, _redirecting(cdn.url)
+        ) as registry,
+    ):
+        lab = Upstream(registry.url, ca_file=private_ca.ca_file, name="lab")
+        trust = UpstreamTrust([lab], upstream_ssl_context)
+        http = make_http_client(load_config(environ={}).upstream, None, trust.default, trust)
+        client = UpstreamClient(http, None, trust)
+        try:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await client.send(lab, "GET", registry.url + "/v2/r/blobs/sha256:1", [])
+        finally:
+            await http.aclose()
+    message = caught.value.message
+    assert f"({CDN_HOST}:{cdn.port}): its certificate could not be verified (unable to" in message
+    assert ADD_THE_CA not in message
+    assert message.endswith(f"{NOT_COVERED} {CDN_HOST}:{cdn.port}")
+
+
+@contextmanager
+def plain_server(host: str, routes: Routes) -> Iterator[str]:
+    """An HTTP server (no TLS) on ``host``, a free port below 10000: its URL."""
+    handler = type("Handler", (_Handler,), {"routes": routes})
+    for port in random.Random().sample(range(2000, 10000), 50):
+        try:
+            server = http.server.ThreadingHTTPServer((host, port), handler)
+        except OSError:
+            continue
+        break
+    else:
+        pytest.fail(f"no free port below 10000 on {host}")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_redirects_host_is_not_told_to_go_in_ca_file_by_a_direct_get(
+    private_ca: PrivateCA, tmp_path: Path
+) -> None:
+    """The same for a fill's direct GET."""
+    with (
+        tls_server(CDN_HOST, private_ca.leaf(CDN_HOST), tmp_path, BLOB) as cdn,
+        tls_server(
+            REGISTRY_HOST, private_ca.leaf(REGISTRY_HOST), tmp_path, _redirecting(cdn.url)
+        ) as registry,
+    ):
+        lab = Upstream(registry.url, ca_file=private_ca.ca_file, name="lab")
+        message = _direct_refused(lab, registry.url)
+    assert f"({CDN_HOST}:{cdn.port}): its certificate could not be verified (unable" in message
+    assert ADD_THE_CA not in message
+    assert message.endswith(f"{NOT_COVERED} {CDN_HOST}:{cdn.port}")
+
+
+def test_a_redirects_host_is_not_told_to_go_in_ca_file_without_any_ca_file(
+    private_ca: PrivateCA, tmp_path: Path
+) -> None:
+    """No upstream has a ca_file (the direct GETs then keep the one context): a plain-HTTP
+    registry's redirect to storage a private CA vouches for is still none ca_file can mend."""
+    with (
+        tls_server(CDN_HOST, private_ca.leaf(CDN_HOST), tmp_path, BLOB) as cdn,
+        plain_server(REGISTRY_HOST, _redirecting(cdn.url)) as registry,
+    ):
+        message = _direct_refused(Upstream(registry, name="lab"), registry)
+    assert f"({CDN_HOST}:{cdn.port}): its certificate could not be verified (unable" in message
+    assert ADD_THE_CA not in message
+    assert message.endswith(f"{NOT_COVERED} {CDN_HOST}:{cdn.port}")
+
+
+def _direct_refused(upstream: Upstream, registry: str) -> str:
+    trust = UpstreamTrust([upstream], upstream_ssl_context)
+    settings = direct.direct_settings(load_config(environ={}).upstream, trust.default, None, trust)
+    assert settings is not None
+    try:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            direct.get(settings, registry + "/v2/r/blobs/sha256:1", [])
+    finally:
+        settings.idle.close()
+    return caught.value.message

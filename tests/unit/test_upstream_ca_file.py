@@ -427,6 +427,7 @@ def test_the_direct_get_picks_the_context_per_origin(private_ca: PrivateCA, tmp_
 def test_direct_settings_without_a_ca_file_keep_the_one_context() -> None:
     config = load_config(environ={})
     trust = UpstreamTrust([Upstream.from_config(config.upstream)], upstream_ssl_context)
-    settings = direct.direct_settings(config.upstream, trust.default, None, trust)
-    assert settings is not None and settings.trust is None
-    assert settings.context_for(("https", "registry-1.docker.io", 443)) is trust.default
+    one = upstream_ssl_context()
+    settings = direct.direct_settings(config.upstream, one, None, trust)
+    assert settings is not None and settings.trust is trust  # which origins it covers
+    assert settings.context_for(("https", "registry-1.docker.io", 443)) is one
