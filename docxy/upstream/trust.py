@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-#: (scheme, host in lower case, port: the scheme's default filled in)
+#: (scheme, host as :func:`host_key` has it, port: the scheme's default filled in)
 TrustOrigin = tuple[str, str, int | None]
 
 
@@ -31,7 +31,19 @@ def origin_of(url: str) -> TrustOrigin | None:
         scheme, host, port = origin(url)
     except ValueError:
         return None
-    return (scheme.lower(), host.lower(), port) if host else None
+    return (scheme.lower(), host_key(host), port) if host else None
+
+
+def host_key(host: str) -> str:
+    """``host`` as httpx sends it, and so as httpcore's origin has it: in lower case, a name
+    that is not ASCII (an IDN, ``bücher.example``) in its ASCII form (``xn--bcher-kva...``)."""
+    host = host.lower()
+    if host.isascii():
+        return host
+    try:
+        return httpx.URL(scheme="https", host=host).raw_host.decode("ascii")
+    except httpx.InvalidURL:
+        return host  # httpx refuses it: no connection is made to it
 
 
 def _shown(origin: TrustOrigin) -> str:
@@ -90,7 +102,7 @@ class UpstreamTrust:
     def context_for(self, origin: TrustOrigin) -> ssl.SSLContext:
         """The context a new connection to ``origin`` verifies its certificate with."""
         scheme, host, port = origin
-        return self._contexts.get((scheme.lower(), host.lower(), port), self.default)
+        return self._contexts.get((scheme.lower(), host_key(host), port), self.default)
 
     def context_for_url(self, url: str) -> ssl.SSLContext:
         found = origin_of(url)

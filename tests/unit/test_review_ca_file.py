@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import httpcore
 import httpx
 import pytest
 from cryptography import x509
@@ -37,7 +38,7 @@ from docxy.upstream.client import (
     read_small,
     upstream_ssl_context,
 )
-from docxy.upstream.trust import UpstreamTrust
+from docxy.upstream.trust import UpstreamTrust, trusting_transport
 from lab.certs import Issued, issue
 from tests.unit.test_upstream_ca_file import _Handler, tls_server
 
@@ -357,3 +358,28 @@ def _direct_refused(upstream: Upstream, registry: str) -> str:
     finally:
         settings.idle.close()
     return caught.value.message
+
+
+# --- a registry whose host name is not ASCII (an IDN) -----------------------------------------
+
+
+def test_an_idn_registry_is_trusted_with_its_ca_file_through_the_pool_too(
+    private_ca: PrivateCA,
+) -> None:
+    """httpx sends an IDN host in its ASCII form (xn--...), which httpcore's origin, and so the
+    pool's new connection, carries: the registry's context must be found by it too, as the
+    direct GETs find it by the name as written."""
+    registry = "https://bücher.example:5000"
+    lab = Upstream(registry, ca_file=private_ca.ca_file, name="lab")
+    trust = UpstreamTrust([lab], upstream_ssl_context)
+    extended = trust.context_for_url(registry)
+    assert extended is not trust.default
+    url = httpx.Request("GET", registry + "/v2/").url
+    assert url.raw_host == b"xn--bcher-kva.example"
+    pool = trusting_transport(trust, httpx.Limits())._pool
+    made = pool.create_connection(httpcore.Origin(b"https", url.raw_host, 5000))
+    inner = made._connection  # type: ignore[attr-defined]
+    assert isinstance(inner, httpcore.AsyncHTTPConnection)
+    assert inner._ssl_context is extended  # what its handshake will verify with
+    assert trust.context_for(("https", "bücher.example", 5000)) is extended  # a direct GET's
+    assert trust.covers(str(url))
