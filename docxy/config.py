@@ -87,6 +87,7 @@ class CaFile:
     path: Path
     pem: str = field(repr=False)  # the file's certificate blocks alone, one after another
     count: int  # how many
+    keys: int = 0  # private key blocks the file holds too, left out (told at start, never shown)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -496,12 +497,13 @@ CA_FILE_MAX = 4 * 1024 * 1024
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\s]*?-----END CERTIFICATE-----"
 )
+_PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 
 
 def read_ca_file(path: Path) -> CaFile:
     """The CA certificates in the PEM file `path` (text around and between them, such as
-    ``# Issuer:`` comments, is left out). ``ValueError`` naming `path` if it cannot be read or
-    holds no certificate OpenSSL takes."""
+    ``# Issuer:`` comments, is left out; so is a private key, only counted). ``ValueError``
+    naming `path` if it cannot be read or holds no certificate OpenSSL takes."""
     try:
         with path.open("rb") as handle:
             data = handle.read(CA_FILE_MAX + 1)
@@ -525,7 +527,7 @@ def read_ca_file(path: Path) -> CaFile:
     except ssl.SSLError as exc:
         reason = exc.reason or exc.strerror or type(exc).__name__
         raise ValueError(f"a certificate in {path} cannot be read: {reason}") from None
-    return CaFile(path, pem, len(blocks))
+    return CaFile(path, pem, len(blocks), len(_PEM_PRIVATE_KEY.findall(data)))
 
 
 def parse_ca_file(value: object) -> CaFile | None:

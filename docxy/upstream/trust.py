@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpcore
@@ -91,13 +92,23 @@ class UpstreamTrust:
         self._made: dict[frozenset[CaFile], ssl.SSLContext] = {}
         self._warned: set[TrustOrigin] = set()  # origins whose claims disagree, told once
         self.extends = False  # whether any upstream has a ca_file
+        keyed: set[Path] = set()  # ca_files with a private key in them, told once each
         for upstream in upstreams:
             self.extends = self.extends or upstream.ca_file is not None
+            if upstream.ca_file is not None and upstream.ca_file.keys:
+                keyed.add(upstream.ca_file.path)
             self._claim(upstream.registry, f"{upstream.host} registry", upstream.ca_file)
             if upstream.auth_realm is not None:
                 self._claim(upstream.auth_realm, f"{upstream.host} realm", upstream.ca_file)
         for claimed in list(self._claims):
             self._settle(claimed)
+        for path in sorted(keyed):
+            log.warning(
+                "upstream trust: %s holds a private key besides its certificates: the key is "
+                "left out (ca_file takes CA certificates alone; a key does not belong in a file "
+                "others read)",
+                path,
+            )
 
     def context_for(self, origin: TrustOrigin) -> ssl.SSLContext:
         """The context a new connection to ``origin`` verifies its certificate with."""

@@ -383,3 +383,38 @@ def test_an_idn_registry_is_trusted_with_its_ca_file_through_the_pool_too(
     assert inner._ssl_context is extended  # what its handshake will verify with
     assert trust.context_for(("https", "bücher.example", 5000)) is extended  # a direct GET's
     assert trust.covers(str(url))
+
+
+# --- a private key in the CA file -------------------------------------------------------------
+
+
+def test_a_private_key_in_the_ca_file_is_told_never_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PEM of a certificate and its key (a client's certificate and key, as Docker's
+    certs.d has them beside ca.crt, or a CA's own key) is no CA file: the key is left out, and
+    that is said at start (its path, never the key), not passed over in silence."""
+    root = issue("docxy review CA with its key", ca=True)
+    path = tmp_path / "with-key.pem"
+    path.write_bytes(root.cert_pem + root.key_pem)
+    ca_file = read_ca_file(path)
+    assert ca_file.count == 1 and "PRIVATE KEY" not in ca_file.pem
+    caplog.set_level("INFO", logger="docxy.upstream.trust")
+    lab = Upstream(f"https://{REGISTRY_HOST}:1", ca_file=ca_file, name="lab")
+    UpstreamTrust([lab], upstream_ssl_context)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        f"upstream trust: {path} holds a private key besides its certificates: the key is left "
+        "out (ca_file takes CA certificates alone; a key does not belong in a file others read)"
+    ]
+    body = b"".join(root.key_pem.splitlines()[1:-1]).decode()
+    assert all(body[:40] not in r.getMessage() for r in caplog.records)
+    clean = read_ca_file(_written(tmp_path / "clean.pem", root.cert_pem))
+    caplog.clear()
+    UpstreamTrust([Upstream(lab.registry, ca_file=clean, name="lab")], upstream_ssl_context)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def _written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
