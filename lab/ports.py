@@ -5,7 +5,11 @@ from __future__ import annotations
 import errno
 import random
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 
@@ -82,6 +86,37 @@ def _bindable(host: str, port: int) -> bool:
                 continue  # no IPv6 here: nothing to collide with
             raise
     return True
+
+
+#: Where a test that binds its own listener in its own process picks a port: below the ports
+#: :func:`free_port` hands to child processes, so the two never meet.
+OWN_PORTS = range(2000, LOWEST)
+
+
+def on_own_port(bind: Callable[[int], T], tries: int = 50) -> T:
+    """``bind(port)`` for the first of ``tries`` random ports of :data:`OWN_PORTS` it does not
+    raise :class:`OSError` for (a port taken); RuntimeError if it raised for every one."""
+    for port in _pick.sample(OWN_PORTS, tries):
+        try:
+            return bind(port)
+        except OSError:
+            continue
+    raise RuntimeError(f"no free port below {LOWEST} in {tries} tries")
+
+
+def bound_socket(host: str) -> socket.socket:
+    """A TCP socket bound on ``host`` at a free port of :data:`OWN_PORTS`, not listening yet."""
+
+    def bind(port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    return on_own_port(bind)
 
 
 def accepts(port: int, host: str = LOOPBACK) -> bool:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from cryptography import x509
 from lab.bed.images import build_image, text_layer
 from lab.certs import CertPair, issue
 from lab.mirror import mirror_env
+from lab.ports import free_port
 from lab.processes import stop_process
 from lab.registry import REGISTRY_BINARY, registry_config
 from tests.unavailable import need_binary
@@ -42,18 +41,6 @@ MIRROR_HOST = "127.0.0.85"
 REPO = "team/private-ca"
 START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 30.0
-
-
-def free_port(host: str) -> int:
-    """A port below 10000 free on ``host`` a moment ago (for a child process to bind)."""
-    for port in random.Random().sample(range(2000, 10000), 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    pytest.fail(f"no free port below 10000 on {host}")
 
 
 @dataclass

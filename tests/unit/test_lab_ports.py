@@ -61,3 +61,31 @@ def test_ports_are_picked_outside_the_ephemeral_range_where_there_is_room(
 def test_no_two_calls_name_the_same_port() -> None:
     given = [ports.free_port() for _ in range(50)]
     assert len(set(given)) == 50
+
+
+def test_on_own_port_goes_past_taken_ports_and_stays_below_the_handed_out_ones() -> None:
+    tried: list[int] = []
+
+    def bind(port: int) -> int:
+        tried.append(port)
+        if len(tried) < 3:
+            raise OSError("taken")
+        return port
+
+    assert ports.on_own_port(bind) == tried[-1]
+    assert len(tried) == 3 and len(set(tried)) == 3
+    assert all(port in ports.OWN_PORTS and port < ports.LOWEST for port in tried)
+
+
+def test_on_own_port_says_so_when_every_try_is_taken() -> None:
+    def taken(port: int) -> int:
+        raise OSError(f"{port} taken")
+
+    with pytest.raises(RuntimeError, match="no free port below 10000 in 4 tries"):
+        ports.on_own_port(taken, tries=4)
+
+
+def test_bound_socket_binds_the_host_at_a_free_own_port() -> None:
+    with ports.bound_socket("127.0.0.75") as first, ports.bound_socket("127.0.0.75") as second:
+        (host, port), (_, other) = first.getsockname(), second.getsockname()
+        assert host == "127.0.0.75" and port in ports.OWN_PORTS and other != port

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
-import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.trust import UpstreamTrust, trusting_transport
 from lab.certs import Issued, issue
+from lab.ports import on_own_port
 from tests.unit.test_upstream_ca_file import _Handler, tls_server
 
 REGISTRY_HOST = "127.0.0.71"  # the private registry
@@ -298,14 +298,8 @@ async def test_a_redirects_host_is_not_told_to_go_in_ca_file_through_the_pool(
 def plain_server(host: str, routes: Routes) -> Iterator[str]:
     """An HTTP server (no TLS) on ``host``, a free port below 10000: its URL."""
     handler = type("Handler", (_Handler,), {"routes": routes})
-    for port in random.Random().sample(range(2000, 10000), 50):
-        try:
-            server = http.server.ThreadingHTTPServer((host, port), handler)
-        except OSError:
-            continue
-        break
-    else:
-        pytest.fail(f"no free port below 10000 on {host}")
+    server = on_own_port(lambda port: http.server.ThreadingHTTPServer((host, port), handler))
+    port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

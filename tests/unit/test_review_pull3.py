@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from docxy.upstream import direct
 from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
 from docxy.upstream.tokens import MirrorTokens
+from lab.ports import on_own_port
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_scoped_blobs import APP, Hub, blob_url, get, json_reply
 from tests.unit.test_upstream_tokens import CHALLENGE, UPSTREAM
@@ -232,14 +232,7 @@ class Redirecting(BaseHTTPRequestHandler):
 @pytest.fixture
 def redirecting() -> Iterator[str]:
     """A loopback server on 127.0.0.74, on a free port below 10000; its base URL."""
-    server = None
-    for port in random.Random().sample(range(2000, 10000), 50):
-        try:
-            server = ThreadingHTTPServer(("127.0.0.74", port), Redirecting)
-            break
-        except OSError:
-            continue
-    assert server is not None, "no free port below 10000 on 127.0.0.74"
+    server = on_own_port(lambda port: ThreadingHTTPServer(("127.0.0.74", port), Redirecting))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -4,7 +4,6 @@ handshakes on 127.0.0.9x with the mirror's own listener context, as in ``test_wa
 from __future__ import annotations
 
 import json
-import random
 import socket
 import ssl
 import threading
@@ -19,6 +18,7 @@ import pytest
 from docxy.access.clientca import ClientCA
 from docxy.tls.context import ReloadableTLS, self_signed
 from lab.certs import issue
+from lab.ports import bound_socket
 from tests.unit.test_warm_tls import _ip_name, _served, _write, serving, warm
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
@@ -129,25 +129,18 @@ def users_mode(
 ) -> Iterator[str]:
     """The users-mode mirror (or ``handler``) on ``host``, over TLS with ``context`` (None:
     plain HTTP)."""
-    for port in random.Random().sample(range(2000, 10000), 50):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            continue
-        sock.listen(8)
-        server = _Server(sock, context, handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"{'http' if context is None else 'https'}://{host}:{port}"
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5.0)
-        return
-    pytest.fail(f"no free port below 10000 on {host}")
+    sock = bound_socket(host)
+    port = sock.getsockname()[1]
+    sock.listen(8)
+    server = _Server(sock, context, handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{'http' if context is None else 'https'}://{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5.0)
 
 
 def test_a_401_over_https_names_client_cert_too(

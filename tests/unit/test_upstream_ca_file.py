@@ -10,7 +10,6 @@ fills' direct GETs alike; a certificate that does not verify is a 502 that says 
 from __future__ import annotations
 
 import http.server
-import random
 import socket
 import ssl
 import threading
@@ -37,6 +36,7 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.trust import UpstreamTrust
 from lab.certs import Issued, issue
+from lab.ports import on_own_port
 
 REGISTRY_HOST = "127.0.0.81"  # the private registry
 REALM_HOST = "127.0.0.82"  # its token service, on a host of its own
@@ -240,14 +240,8 @@ def tls_server(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     handler = type("Handler", (_Handler,), {"routes": routes})
-    for port in random.Random().sample(range(2000, 10000), 50):
-        try:
-            server = http.server.ThreadingHTTPServer((host, port), handler)
-        except OSError:
-            continue
-        break
-    else:
-        pytest.fail(f"no free port below 10000 on {host}")
+    server = on_own_port(lambda port: http.server.ThreadingHTTPServer((host, port), handler))
+    port = server.server_address[1]
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

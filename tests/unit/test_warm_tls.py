@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import random
 import socket
 import ssl
 import threading
@@ -37,6 +36,7 @@ from docxy.cli.warm import mirror_ssl_context
 from docxy.tls.context import ReloadableTLS, self_signed
 from docxy.upstream.client import upstream_ssl_context
 from lab.certs import Issued, issue
+from lab.ports import bound_socket
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
 
@@ -120,25 +120,18 @@ class TLSRegistry(ThreadingHTTPServer):
 @contextmanager
 def serving(host: str, context: ssl.SSLContext) -> Iterator[tuple[str, TLSRegistry]]:
     """The registry on ``host`` over TLS with ``context``: its ``https://`` URL, and it."""
-    for port in random.Random().sample(range(2000, 10000), 50):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            continue
-        sock.listen(8)
-        server = TLSRegistry(sock, context)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"https://{host}:{port}", server
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(TIMEOUT)
-        return
-    pytest.fail(f"no free port below 10000 on {host}")
+    sock = bound_socket(host)
+    port = sock.getsockname()[1]
+    sock.listen(8)
+    server = TLSRegistry(sock, context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://{host}:{port}", server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
 
 
 def warm(capsys: pytest.CaptureFixture[str], url: str, *options: str) -> tuple[int, str, str]:

@@ -18,7 +18,6 @@ Every handshake is a real one over TCP on 127.0.0.7x.
 from __future__ import annotations
 
 import datetime as dt
-import random
 import socket
 import ssl
 import threading
@@ -39,6 +38,7 @@ from docxy.config import load_config
 from docxy.tls.context import ReloadableTLS, self_signed
 from docxy.upstream.client import make_http_client, upstream_ssl_context
 from lab.certs import CA_KEY_USAGE, Issued, issue
+from lab.ports import bound_socket
 
 MIRROR_HOST = "127.0.0.70"  # the mirror's own listener
 UPSTREAM_HOST = "127.0.0.71"  # a private registry
@@ -56,19 +56,10 @@ def strict(context: ssl.SSLContext) -> ssl.SSLContext:
 @contextmanager
 def listening(host: str) -> Iterator[socket.socket]:
     """A TCP socket listening on ``host``, on a free port below 10000."""
-    for port in random.Random().sample(range(2000, 10000), 50):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            continue
-        with sock:
-            sock.listen(1)
-            sock.settimeout(TIMEOUT)
-            yield sock
-        return
-    pytest.fail(f"no free port below 10000 on {host}")
+    with bound_socket(host) as sock:
+        sock.listen(1)
+        sock.settimeout(TIMEOUT)
+        yield sock
 
 
 @dataclass
