@@ -504,15 +504,7 @@ def read_ca_file(path: Path) -> CaFile:
     """The CA certificates in the PEM file `path` (text around and between them, such as
     ``# Issuer:`` comments, is left out; so is a private key, only counted). ``ValueError``
     naming `path` if it cannot be read or holds no certificate OpenSSL takes."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(CA_FILE_MAX + 1)
-    except PermissionError as exc:
-        raise ValueError(
-            f"cannot read {path}: {exc.strerror} (this process runs as uid {os.getuid()})"
-        ) from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    data = _read_at_most(path, CA_FILE_MAX)
     if len(data) > CA_FILE_MAX:
         raise ValueError(f"{path} is over {CA_FILE_MAX // (1024 * 1024)} MiB: not a CA file")
     blocks = [block.decode("ascii") for block in _PEM_CERTIFICATE.findall(data)]
@@ -711,19 +703,25 @@ SECRET_FILE_KEYS = {
 SECRET_FILE_MAX = 64 * 1024
 
 
-def read_secret_file(path: Path) -> str:
-    """The secret in `path`: its UTF-8 text, trailing newlines stripped (``echo pw > file`` adds
-    one, an editor on Windows ``\\r\\n``). ``ValueError`` naming `path`, and never what is in
-    it, if there is none to read."""
+def _read_at_most(path: Path, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of the file at ``path`` (one more than allowed says it is too
+    large); ``ValueError`` naming `path` and why it cannot be read (for a refusal, the uid)."""
     try:
         with path.open("rb") as handle:
-            data = handle.read(SECRET_FILE_MAX + 1)
+            return handle.read(limit + 1)
     except PermissionError as exc:
         raise ValueError(
             f"cannot read {path}: {exc.strerror} (this process runs as uid {os.getuid()})"
         ) from None
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret in `path`: its UTF-8 text, trailing newlines stripped (``echo pw > file`` adds
+    one, an editor on Windows ``\\r\\n``). ``ValueError`` naming `path`, and never what is in
+    it, if there is none to read."""
+    data = _read_at_most(path, SECRET_FILE_MAX)
     if len(data) > SECRET_FILE_MAX:
         raise ValueError(f"{path} is over {SECRET_FILE_MAX // 1024} KiB: not a secret's file")
     try:
