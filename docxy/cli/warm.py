@@ -51,6 +51,7 @@ from docxy.core.challenge import bearer_challenge, parse_challenge, split_challe
 from docxy.core.errors import ConfigError, DigestInvalid
 from docxy.core.headers import ACCEPT_IDENTITY
 from docxy.core.names import ImageRef, parse_image_ref
+from docxy.core.verify import NAME_MISMATCH, OUT_OF_DATE, RENEW_OR_CLOCK, UNKNOWN_ISSUER, ssl_cause
 
 USER_AGENT = f"docxy-warm/{__version__}"
 INDEX_TYPES = frozenset(
@@ -766,7 +767,7 @@ def _unreachable(
     refused = _certificate_refused(client, exc, client_cert)
     if refused is not None:
         return refused
-    untrusted = _ssl_error(exc)
+    untrusted = ssl_cause(exc)
     if isinstance(untrusted, ssl.SSLCertVerificationError):
         return (
             f"{_place(client, exc)} sent a certificate warm does not trust "
@@ -792,29 +793,23 @@ def _unreachable(
 #: What OpenSSL (3.0, 1.1) says when the answer to its hello is not TLS (plain HTTP, say); one
 #: that says it otherwise gets the message of a mirror not reached, as before.
 _NOT_TLS = frozenset({"WRONG_VERSION_NUMBER"})
-#: OpenSSL's verify codes (X509_V_ERR_*) for a chain warm cannot follow to a CA it trusts
-#: (no issuer, a self-signed leaf or root), the ones ``--ca-file`` mends; for a certificate
-#: that is not for the name warm connected to; and for one outside its dates.
-_UNKNOWN_ISSUER = frozenset({2, 18, 19, 20, 21})
-_NAME_MISMATCH = frozenset({62, 63, 64})
-_OUT_OF_DATE = frozenset({9, 10})
 
 
 def _untrusted_hint(client: httpx.Client, exc: httpx.HTTPError, code: int) -> str:
     """What mends a certificate warm does not trust, by why (``verify_code``): ``--ca-file``
     only for an issuer warm does not know; it cannot help a name mismatch or an expired one."""
-    if code in _UNKNOWN_ISSUER:
+    if code in UNKNOWN_ISSUER:
         return (
             ": --ca-file PEM adds the CA that issued it (for a mirror's own self-signed "
             "certificate: that certificate)"
         )
-    if code in _NAME_MISMATCH:
+    if code in NAME_MISMATCH:
         where = _elsewhere(client, exc)
         if where is not None:  # the mirror's token realm or a redirect: its name, not warm's
             return f": it is not for {httpx.URL(where).host}"
         return f": it is not for {client.base_url.host}: --mirror URL with a name it holds"
-    if code in _OUT_OF_DATE:
-        return ": the server's certificate is to be renewed, or this machine's clock is wrong"
+    if code in OUT_OF_DATE:
+        return f": {RENEW_OR_CLOCK}"
     return ""
 
 
@@ -838,16 +833,6 @@ def _place(client: httpx.Client, exc: httpx.HTTPError) -> str:
     return f"the mirror at {mirror}" if where is None else f"{where} (the mirror sent warm there)"
 
 
-def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error under an httpx error (httpx's, then httpcore's), if one is."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # a chain, not a cycle
-        if seen is None or isinstance(seen, ssl.SSLError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 #: What a server says (a TLS alert) when it wants a client certificate it did not get, or
 #: does not take the one it got. Under TLS 1.3 it comes with the first read, not the handshake;
 #: under TLS 1.2 a missing one is a plain handshake failure (as is a cipher suite or version
@@ -869,7 +854,7 @@ def _certificate_refused(
 ) -> str | None:
     """What warm prints for a server that refused its TLS client (no client certificate, or
     ``client_cert``, the one it presented, not taken), or None: ``exc`` is another failure."""
-    error = _ssl_error(exc)
+    error = ssl_cause(exc)
     reason = (getattr(error, "reason", None) or "") if error is not None else ""
     if "ALERT" not in reason or not reason.endswith(_CLIENT_CERT_ALERTS):
         return None

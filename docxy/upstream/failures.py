@@ -11,6 +11,8 @@ import ssl
 
 import httpx
 
+from docxy.core.verify import NAME_MISMATCH, OUT_OF_DATE, RENEW_OR_CLOCK, UNKNOWN_ISSUER, ssl_cause
+
 #: What each httpx timeout waited for, by its key in ``httpx.Timeout``.
 _WAITED_FOR: dict[type[httpx.HTTPError], tuple[str, str]] = {
     httpx.ConnectTimeout: ("connect", "no connection"),
@@ -45,14 +47,6 @@ def _timeout_of(exc: httpx.HTTPError, key: str) -> float | None:
     return float(seconds) if isinstance(seconds, int | float) else None
 
 
-#: OpenSSL's verify codes (X509_V_ERR_*) for a chain it cannot follow to a trusted CA (no
-#: issuer, a self-signed leaf or root): the ones a CA named in ``ca_file`` mends; for a
-#: certificate that is not for the host connected to; and for one outside its dates.
-_UNKNOWN_ISSUER = frozenset({2, 18, 19, 20, 21})
-_NAME_MISMATCH = frozenset({62, 63, 64})
-_OUT_OF_DATE = frozenset({9, 10})
-
-
 def certificate_refused(host: str, exc: BaseException, covered: bool = True) -> str | None:
     """Why a connection to ``host`` failed, in words for logs, /health and the 502, if its
     certificate did not verify: OpenSSL's reason (``unable to get local issuer certificate``,
@@ -61,30 +55,26 @@ def certificate_refused(host: str, exc: BaseException, covered: bool = True) -> 
     or token service, not a redirect's host; it cannot mend a certificate for another name or
     out of date), never a secret; None for any other failure. httpx raises its
     ``ConnectError`` from httpcore's, from the ``ssl`` error: the chain is walked."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            reason = (cause.verify_message or cause.reason or "not verified").rstrip(".")
-            return (
-                f"cannot reach the upstream registry ({host}): its certificate could not be "
-                f"verified ({reason}){_remedy(cause.verify_code, host, covered)}"
-            )
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
+    cause = ssl_cause(exc)
+    if not isinstance(cause, ssl.SSLCertVerificationError):
+        return None
+    reason = (cause.verify_message or cause.reason or "not verified").rstrip(".")
+    return (
+        f"cannot reach the upstream registry ({host}): its certificate could not be "
+        f"verified ({reason}){_remedy(cause.verify_code, host, covered)}"
+    )
 
 
 def _remedy(code: int, host: str, covered: bool) -> str:
-    if code in _UNKNOWN_ISSUER and not covered:
+    if code in UNKNOWN_ISSUER and not covered:
         return (
             "; ca_file is trusted for an upstream's registry and token service only, not for "
             + host
         )
-    if code in _UNKNOWN_ISSUER:
+    if code in UNKNOWN_ISSUER:
         return "; if a private CA issued it, name that CA's certificate in the upstream's ca_file"
-    if code in _NAME_MISMATCH:
+    if code in NAME_MISMATCH:
         return f"; it is not a certificate for {host}"
-    if code in _OUT_OF_DATE:
-        return "; the server's certificate is to be renewed, or this machine's clock is wrong"
+    if code in OUT_OF_DATE:
+        return f"; {RENEW_OR_CLOCK}"
     return ""
