@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from docxy.access.clientca import ClientCA
 from docxy.cli.main import main
-from docxy.cli.warm import mirror_ssl_context
+from docxy.cli.warmtls import mirror_ssl_context
 from docxy.tls.context import ReloadableTLS, self_signed
 from docxy.upstream.client import upstream_ssl_context
 from lab.certs import Issued, issue
