@@ -378,7 +378,7 @@ class Warmer:
         """Manifest ``ref``, checked against ``digest`` or the mirror's Docker-Content-Digest."""
         path = f"/v2/{name}/manifests/{ref}"
         with self.client.stream("GET", path, headers={"Accept": ACCEPT}) as response:
-            _raise_for_status(response, path, self.client.auth)
+            _raise_for_status(response, path, self.client.auth, self.client_cert)
             self._note_uncached(mirror_status(response))
             buffer = bytearray()
             for chunk in response.iter_raw():  # the digest's bytes: see run()
@@ -432,7 +432,7 @@ class Warmer:
             TransferProgress(self.progress, str(digest)[:19], descriptor.size) as progress,
             self.client.stream("GET", path) as response,
         ):
-            _raise_for_status(response, path, self.client.auth)
+            _raise_for_status(response, path, self.client.auth, self.client_cert)
             status = mirror_status(response)
             cached = self._note_uncached(status)
             if _sent_on_a_miss(status):
@@ -480,10 +480,13 @@ class Warmer:
         return response.status_code == 200 and uncached_reason(response) is None
 
 
-def _raise_for_status(response: httpx.Response, path: str, auth: object = None) -> None:
+def _raise_for_status(
+    response: httpx.Response, path: str, auth: object = None, client_cert: str | None = None
+) -> None:
     """A ``WarmError`` for anything but a ``200``; a ``401`` says what the token service said
     (``auth``: the client's :class:`RegistryAuth`), else that the image may be private (and,
-    over HTTPS, that a client certificate is a way in too)."""
+    over HTTPS, that a client certificate is a way in too, or, when warm presented
+    ``client_cert``, that the mirror did not take it as a client)."""
     if response.status_code == 200:
         return
     if response.status_code == 401:
@@ -491,7 +494,11 @@ def _raise_for_status(response: httpx.Response, path: str, auth: object = None) 
         if refused is not None and isinstance(auth, RegistryAuth) and auth.credentialed:
             raise WarmError(f"{path}: unauthorized: {refused}")
         hint = "private? try --username and --password-stdin"
-        if response.url.scheme == "https":
+        if response.url.scheme == "https" and client_cert is not None:
+            # past the handshake, so from the mirror's CA: not (or no longer) a client of it
+            hint += f"; the client certificate warm presented ({client_cert}) was not taken"
+            hint += " as a client of this mirror (revoked?)"
+        elif response.url.scheme == "https":
             # auth.mode = users with auth.client_certs: a client without a certificate
             # passes the handshake (the mirror asks, does not require) and is then a 401
             hint += ", or --client-cert DIR (a kit from docxy clients add)"

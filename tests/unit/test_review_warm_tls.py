@@ -162,6 +162,27 @@ def test_a_401_over_https_names_client_cert_too(
     assert "--client-cert" in err, err
 
 
+def test_a_401_with_a_client_certificate_given_names_that_one_not_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The kit passed the handshake (the mirror's CA issued it) and the mirror still answered
+    401: telling the user to give --client-cert, which they did, was wrong; the hint names the
+    certificate presented instead."""
+    host = "127.0.0.94"
+    cert, key = self_signed(tmp_path / "docxy-tls", host)
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("warm-box", tmp_path / "kit")
+    context = ReloadableTLS(cert, key, client_ca=ca.cert_path).context
+    with users_mode(host, context) as url:
+        code, _, err = warm(
+            capsys, url, "--ca-file", str(cert), "--client-cert", str(tmp_path / "kit")
+        )
+    assert code == 1
+    assert "unauthorized" in err, err
+    assert "--client-cert DIR" not in err, err
+    assert f"the client certificate warm presented ({tmp_path / 'kit' / 'client.cert'})" in err
+
+
 def test_a_401_over_plain_http_does_not_name_client_cert(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
