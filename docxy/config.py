@@ -103,6 +103,7 @@ class UpstreamConfig:
     connect_timeout: float
     read_timeout: float
     ca_file: CaFile | None = None  # CAs trusted besides certifi's on its origins
+    ca_origins: tuple[str, ...] = ()  # more origins its ca_file is trusted for: its storage
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ class NamedUpstreamConfig:
     password: str | None = field(repr=False)
     hosts: tuple[str, ...]  # mirror host names (HOST or HOST:PORT) that pick it
     ca_file: CaFile | None = None  # CAs trusted besides certifi's on its origins
+    ca_origins: tuple[str, ...] = ()  # more origins its ca_file is trusted for: its storage
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,9 +524,38 @@ def read_ca_file(path: Path) -> CaFile:
     return CaFile(path, pem, len(blocks), len(_PEM_PRIVATE_KEY.findall(data)))
 
 
+#: Why ``ca_origins`` without ``ca_file`` stops start-up: it would trust nothing more.
+CA_ORIGINS_ALONE = "needs the upstream's ca_file: ca_origins names where its CAs are trusted too"
+
+
 def parse_ca_file(value: object) -> CaFile | None:
     """An upstream's ``ca_file``: a path, read now (:func:`read_ca_file`); empty: none."""
     return read_ca_file(_path(value)) if _opt_str(value) else None
+
+
+def parse_ca_origins(value: object) -> tuple[str, ...]:
+    """An upstream's ``ca_origins``: origins (``https://HOST[:PORT]``) its ``ca_file`` is trusted
+    for besides its registry's and token service's, such as the storage its blobs redirect to.
+    A comma-separated string (env, flags) or a TOML list; each as :func:`parse_url` keeps a URL
+    (``https://Store.lab:443`` is ``https://store.lab``). Only an origin: https (a CA file
+    vouches for TLS alone), no path, query or credentials."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(
+            f"expected a list of origins such as https://storage.example, got {value!r}"
+        )
+    origins = []
+    for item in items:
+        if isinstance(item, str) and not item.strip() and isinstance(value, str):
+            continue
+        url = parse_url(item)  # its errors name the entry, credentials hidden
+        parts = urlsplit(url)
+        if parts.scheme != "https" or parts.path:
+            raise ValueError(
+                f"expected an origin, https://HOST or https://HOST:PORT (no path), got {url!r}"
+            )
+        origins.append(url)
+    return tuple(origins)
 
 
 def _mode(value: object) -> str:
@@ -614,6 +645,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         # A setting of its own, the path of a CA file, not the secret "ca" in a file: only
         # SECRET_KEYS have a <key>_file (SECRET_FILE_KEYS), and there is no "upstream.ca".
         "ca_file": (parse_ca_file, ""),
+        "ca_origins": (parse_ca_origins, ""),
     },
     "cache": {
         "enabled": (_bool, True),
@@ -1020,6 +1052,8 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
     upstream = UpstreamConfig(**_section(values, "upstream"))
     if (upstream.username is None) != (upstream.password is None):
         raise fail("upstream.username", "upstream.username and upstream.password go together")
+    if upstream.ca_origins and upstream.ca_file is None:
+        raise fail("upstream.ca_origins", CA_ORIGINS_ALONE)
     auth = _section(values, "auth")
     if auth["dir"] is None:
         auth["dir"] = values["cache.dir"].parent / "docxy-access"

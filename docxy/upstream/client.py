@@ -78,6 +78,9 @@ class Upstream:
     hosts: tuple[str, ...] = ()  # mirror host names that pick it
     #: CAs its registry and token service are verified with besides certifi's (UpstreamTrust)
     ca_file: CaFile | None = None
+    #: more origins (``https://HOST[:PORT]``) its ca_file is trusted for: the storage its
+    #: blobs redirect to
+    ca_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: UpstreamConfig | NamedUpstreamConfig) -> Upstream:
@@ -93,6 +96,7 @@ class Upstream:
                 config.name,
                 config.hosts,
                 config.ca_file,
+                config.ca_origins,
             )
         return cls(
             config.registry,
@@ -100,6 +104,7 @@ class Upstream:
             config.library_prefix,
             credentials,
             ca_file=config.ca_file,
+            ca_origins=config.ca_origins,
         )
 
     @property

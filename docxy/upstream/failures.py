@@ -51,9 +51,10 @@ def certificate_refused(host: str, exc: BaseException, covered: bool = True) -> 
     """Why a connection to ``host`` failed, in words for logs, /health and the 502, if its
     certificate did not verify: OpenSSL's reason (``unable to get local issuer certificate``,
     ``Hostname mismatch``, ``certificate has expired``) and what mends it (``ca_file`` only for
-    an issuer not trusted, and only on an origin it would be ``covered``: an upstream's registry
-    or token service, not a redirect's host; it cannot mend a certificate for another name or
-    out of date), never a secret; None for any other failure. httpx raises its
+    an issuer not trusted, and only on an origin it would be ``covered``: an upstream's registry,
+    token service or ``ca_origins``; on a redirect's host not covered, ``ca_origins`` is what
+    would cover it; it cannot mend a certificate for another name or out of date), never a
+    secret; None for any other failure. httpx raises its
     ``ConnectError`` from httpcore's, from the ``ssl`` error: the chain is walked."""
     cause = ssl_cause(exc)
     if not isinstance(cause, ssl.SSLCertVerificationError):
@@ -69,7 +70,8 @@ def _remedy(code: int, host: str, covered: bool) -> str:
     if code in UNKNOWN_ISSUER and not covered:
         return (
             "; ca_file is trusted for an upstream's registry and token service only, not for "
-            + host
+            f"{host}: to trust it with an upstream's ca_file, list https://{host} in that "
+            "upstream's ca_origins"
         )
     if code in UNKNOWN_ISSUER:
         return "; if a private CA issued it, name that CA's certificate in the upstream's ca_file"

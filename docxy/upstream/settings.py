@@ -10,6 +10,7 @@ Forms, lowest precedence first (the settings contract: flag > env > file > prese
     username = "..."; password = "..."           # optional; also auth_realm, library_prefix
     password_file = "/run/secrets/lab_password"  # or the password read from a file
     ca_file = "/etc/docxy/lab-ca.pem"            # optional: CAs trusted besides certifi's
+    ca_origins = ["https://s3.lab.example"]      # optional: more origins ca_file is trusted for
 
     DOCXY_UPSTREAMS="ghcr.io,lab.example=https://registry.lab.example"
     DOCXY_UPSTREAMS_<ID>_<KEY>=value             # ID: the name upper-cased, . and - as _
@@ -27,7 +28,8 @@ the password and its file both given in one layer are refused, an empty one stan
 ``ca_file`` is no such file: it is a setting of its own, the path of a PEM file of CA
 certificates that the upstream's registry and token service are verified with besides certifi's
 (``docxy.upstream.trust.UpstreamTrust``), read and checked when the settings load
-(``docxy.config.parse_ca_file``).
+(``docxy.config.parse_ca_file``). ``ca_origins`` lists more origins (``https://HOST[:PORT]``)
+its CAs are trusted for, such as the storage its blobs redirect to; it needs ``ca_file``.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from docxy.config import (
+    CA_ORIGINS_ALONE,
     Config,
     NamedUpstreamConfig,
     SecretFile,
     UpstreamConfig,
     parse_bool,
     parse_ca_file,
+    parse_ca_origins,
     parse_registry_url,
     parse_url,
     put_secret,
@@ -55,7 +59,16 @@ from docxy.upstream.presets import DEFAULT_NAME, PRESETS
 SECTION = "upstreams"
 ENV_LIST = "DOCXY_UPSTREAMS"
 ENV_PREFIX = "DOCXY_UPSTREAMS_"
-KEYS = ("registry", "auth_realm", "library_prefix", "username", "password", "hosts", "ca_file")
+KEYS = (
+    "registry",
+    "auth_realm",
+    "library_prefix",
+    "username",
+    "password",
+    "hosts",
+    "ca_file",
+    "ca_origins",
+)
 SECRET = "password"
 SECRET_FILE = "password_file"  # names a file holding the password: a key in every layer
 GIVEN_KEYS = (*KEYS, SECRET_FILE)  # what a layer may give
@@ -133,6 +146,7 @@ PARSERS: dict[str, Any] = {
     "password": _opt,
     "hosts": parse_hosts,
     "ca_file": parse_ca_file,
+    "ca_origins": parse_ca_origins,
 }
 
 
@@ -276,6 +290,7 @@ def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
         "password": None,
         "hosts": (),
         "ca_file": None,
+        "ca_origins": (),
     }
     for key, (raw, source) in keys.items():
         if isinstance(raw, SecretFile):
@@ -298,6 +313,9 @@ def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
         raise ConfigError(
             f"{SECTION}.{name}.username: username and password go together ({source})"
         )
+    if values["ca_origins"] and values["ca_file"] is None:
+        source = keys["ca_origins"][1]
+        raise ConfigError(f"{SECTION}.{name}.ca_origins: {CA_ORIGINS_ALONE} ({source})")
     return NamedUpstreamConfig(name=name, **values)
 
 
@@ -353,12 +371,14 @@ def _differences(a: AnyUpstream, b: AnyUpstream) -> list[str]:
         found.append("another login")
     if a.ca_file != b.ca_file:  # trusted per origin (UpstreamTrust): one for the host
         found.append("another ca_file")
+    if set(a.ca_origins) != set(b.ca_origins):  # where it is trusted too: one list per host
+        found.append("other ca_origins")
     return found
 
 
 def check_registry_hosts(config: Config) -> None:
     """Refuse two upstreams on one registry host unless they are the same upstream (registry
-    URL, auth_realm, login and ca_file alike), which sharing cannot harm."""
+    URL, auth_realm, login, ca_file and ca_origins alike), which sharing cannot harm."""
     for shared in same_registry_host(config):
         if shared.differences:
             key = f"{shared.later}.registry"

@@ -62,8 +62,10 @@ class UpstreamTrust:
     registry. Its CAs are trusted, besides certifi's, for the origins (scheme, host, port) that
     upstream uses: its registry's, and its token service's, the ``auth_realm`` it is configured
     with or else the realm its ``/v2/`` challenge names (:meth:`learned`, told by
-    :meth:`UpstreamClient._probe`, the one place realms are found). Every other origin (a CDN a
-    blob's redirect leads to, another upstream) is verified with the default context alone.
+    :meth:`UpstreamClient._probe`, the one place realms are found), and the origins its
+    ``ca_origins`` lists (the storage its blobs redirect to, behind the same CA), which it
+    claims as it claims the registry's. Every other origin (a CDN a blob's redirect leads to,
+    another upstream) is verified with the default context alone.
 
     Each upstream that uses an origin claims it. Its context trusts the CAs of all of them,
     but only while every one has a ``ca_file``: an upstream without one that uses the origin
@@ -100,6 +102,8 @@ class UpstreamTrust:
             self._claim(upstream.registry, f"{upstream.host} registry", upstream.ca_file)
             if upstream.auth_realm is not None:
                 self._claim(upstream.auth_realm, f"{upstream.host} realm", upstream.ca_file)
+            for url in upstream.ca_origins:
+                self._claim(url, f"{upstream.host} ca_origins", upstream.ca_file)
         for claimed in list(self._claims):
             self._settle(claimed)
         for path in sorted(keyed):
@@ -120,8 +124,9 @@ class UpstreamTrust:
         return self.default if found is None else self.context_for(found)
 
     def covers(self, url: str) -> bool:
-        """Whether ``url``'s origin is an upstream's registry or token service, one its
-        ``ca_file`` would be trusted for (not a redirect's host: a CDN, a bucket)."""
+        """Whether ``url``'s origin is an upstream's registry, token service or one of its
+        ``ca_origins``, one its ``ca_file`` would be trusted for (not another redirect's host:
+        a CDN, a bucket no ``ca_origins`` lists)."""
         found = origin_of(url)
         return found is not None and bool(self._claims.get(found))
 

@@ -154,6 +154,7 @@ SAMPLES = {
     "certs.acme_server": "https://acme.example/dir",
     "certs.ca_bundle": "",
     "upstream.ca_file": "",  # a file to read: tests/unit/test_upstream_ca_file.py
+    "upstream.ca_origins": "",  # needs ca_file: tests/unit/test_upstream_ca_origins.py
     "certs.webroot": "/tmp/webroot",
     "certs.config_dir": "/tmp/letsencrypt",
     "log.level": "error",
