@@ -69,8 +69,8 @@ def certificate_refused(host: str, exc: BaseException, covered: bool = True) -> 
 def _remedy(code: int, host: str, covered: bool) -> str:
     if code in UNKNOWN_ISSUER and not covered:
         return (
-            "; ca_file is trusted for an upstream's registry and token service only, not for "
-            f"{host}: to trust it with an upstream's ca_file, list https://{host} in that "
+            "; an upstream's ca_file is trusted for its registry, its token service and its "
+            f"ca_origins only, not for {host}: to trust it there, list https://{host} in that "
             "upstream's ca_origins"
         )
     if code in UNKNOWN_ISSUER:

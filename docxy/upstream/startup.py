@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 def upstream_warnings(config: Config) -> list[str]:
     lines = [
         f"{shared.later}.registry: {shared.registry} has the registry host {shared.host} of "
-        f"{shared.earlier}, with the same login, auth_realm and ca_file: one upstream under "
-        f"two names, sharing one cache, one set of tokens and one health entry"
+        f"{shared.earlier}, with the same login, auth_realm, ca_file and ca_origins: one "
+        f"upstream under two names, sharing one cache, one set of tokens and one health entry"
         for shared in same_registry_host(config)
         if not shared.differences
     ]

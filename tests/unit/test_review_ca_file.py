@@ -261,7 +261,10 @@ async def test_an_ssl_error_not_mapped_by_httpcore_is_still_a_502_saying_why(
 
 CDN_HOST = "127.0.0.76"  # where the registry's blobs redirect to: its storage, same private CA
 ADD_THE_CA = "name that CA's certificate in the upstream's ca_file"
-NOT_COVERED = "; ca_file is trusted for an upstream's registry and token service only, not for"
+NOT_COVERED = (
+    "; an upstream's ca_file is trusted for its registry, its token service and its ca_origins "
+    "only, not for"
+)
 
 
 def _redirecting(cdn: str) -> Routes:

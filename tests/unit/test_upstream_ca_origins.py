@@ -265,10 +265,10 @@ def test_the_502_on_a_host_not_covered_names_ca_origins() -> None:
     told = certificate_refused("store.lab.example:9000", _unknown_issuer(), covered=False)
     assert told == (
         "cannot reach the upstream registry (store.lab.example:9000): its certificate could not "
-        "be verified (unable to get local issuer certificate); ca_file is trusted for an "
-        "upstream's registry and token service only, not for store.lab.example:9000: to trust "
-        "it with an upstream's ca_file, list https://store.lab.example:9000 in that upstream's "
-        "ca_origins"
+        "be verified (unable to get local issuer certificate); an upstream's ca_file is "
+        "trusted for its registry, its token service and its ca_origins only, not for "
+        "store.lab.example:9000: to trust it there, list https://store.lab.example:9000 in that "
+        "upstream's ca_origins"
     )
     covered = certificate_refused("store.lab.example", _unknown_issuer(), covered=True)
     assert covered is not None and "ca_origins" not in covered

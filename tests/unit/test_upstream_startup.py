@@ -58,7 +58,7 @@ def test_the_same_upstream_under_two_names_is_said() -> None:
     assert "registry host ghcr.io of upstreams.ghcr.io" in line
     assert "one upstream under two names" in line
     # what "alike" means: every setting that would otherwise refuse the pair (ca_file too)
-    assert "the same login, auth_realm and ca_file" in line
+    assert "the same login, auth_realm, ca_file and ca_origins" in line
 
 
 def test_each_warning_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
