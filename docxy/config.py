@@ -538,24 +538,42 @@ def parse_ca_origins(value: object) -> tuple[str, ...]:
     for besides its registry's and token service's, such as the storage its blobs redirect to.
     A comma-separated string (env, flags) or a TOML list; each as :func:`parse_url` keeps a URL
     (``https://Store.lab:443`` is ``https://store.lab``). Only an origin: https (a CA file
-    vouches for TLS alone), no path, query or credentials."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise ValueError(
-            f"expected a list of origins such as https://storage.example, got {value!r}"
-        )
+    vouches for TLS alone), a port that can be connected to, no path, and no ``@``, ``?`` or
+    ``#`` even with nothing after it. An entry with an ``@`` (a user, maybe a password, which
+    may even hold the comma a list is split at) or one that is not a string is not shown."""
+    if isinstance(value, str):
+        if "@" in value:
+            raise ValueError(ORIGIN_WITH_USER)
+        items: list[object] = [item for item in value.split(",") if item.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(f"expected a list of origins such as {ORIGIN_FORM}, got a {_kind(value)}")
     origins = []
     for item in items:
-        if isinstance(item, str) and not item.strip() and isinstance(value, str):
-            continue
-        url = parse_url(item)  # its errors name the entry, credentials hidden
+        if not isinstance(item, str):
+            raise ValueError(f"expected each origin as a string, got a {_kind(item)}")
+        if "@" in item:
+            raise ValueError(ORIGIN_WITH_USER)
+        url = parse_url(item)  # its errors name the entry
         parts = urlsplit(url)
-        if parts.scheme != "https" or parts.path:
-            raise ValueError(
-                f"expected an origin, https://HOST or https://HOST:PORT (no path), got {url!r}"
-            )
+        if parts.scheme != "https" or parts.path or "?" in item or "#" in item:
+            raise ValueError(f"expected an origin, {ORIGIN_FORM} (no path), got {item.strip()!r}")
+        if parts.port == 0:
+            raise ValueError(f"bad port in URL {item.strip()!r}")
         origins.append(url)
     return tuple(origins)
+
+
+#: What an entry of ``ca_origins`` looks like, and why one with an ``@`` is not shown.
+ORIGIN_FORM = "https://HOST or https://HOST:PORT"
+ORIGIN_WITH_USER = f"expected origins, {ORIGIN_FORM}, with no user or password (credentials hidden)"
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "table"
+    return "list" if isinstance(value, list | tuple) else type(value).__name__
 
 
 def _mode(value: object) -> str:

@@ -55,6 +55,7 @@ from docxy.config import (
 from docxy.core.errors import ConfigError
 from docxy.core.hosts import host_key, url_host
 from docxy.upstream.presets import DEFAULT_NAME, PRESETS
+from docxy.upstream.trust import TrustOrigin, origin_of
 
 SECTION = "upstreams"
 ENV_LIST = "DOCXY_UPSTREAMS"
@@ -371,9 +372,15 @@ def _differences(a: AnyUpstream, b: AnyUpstream) -> list[str]:
         found.append("another login")
     if a.ca_file != b.ca_file:  # trusted per origin (UpstreamTrust): one for the host
         found.append("another ca_file")
-    if set(a.ca_origins) != set(b.ca_origins):  # where it is trusted too: one list per host
+    if _origins(a) != _origins(b):  # where it is trusted too: one list per host
         found.append("other ca_origins")
     return found
+
+
+def _origins(upstream: AnyUpstream) -> set[TrustOrigin | None]:
+    """``ca_origins`` as the trust keys them: ``bücher.example`` and ``xn--bcher-kva.example``
+    are one origin there, so two names of one upstream may spell it either way."""
+    return {origin_of(url) for url in upstream.ca_origins}
 
 
 def check_registry_hosts(config: Config) -> None:
