@@ -501,8 +501,10 @@ class UpstreamClient:
                 raise silent(f"the upstream registry did not answer in time ({said})") from exc
             except (httpx.TransportError, httpx.InvalidURL, ssl.SSLError) as exc:
                 # ssl.SSLError: httpcore before 1.0.6 let a handshake's own error through
-                covered = self.trust is None or self.trust.covers(url)
-                refused = certificate_refused(url_host(url), exc, covered)
+                trust = self.trust
+                covered = trust is None or trust.covers(url)
+                kept = () if trust is None else trust.kept_default_by(url)
+                refused = certificate_refused(url_host(url), exc, covered, kept)
                 health.failed(refused or f"{type(exc).__name__} talking to {url_host(url)}")
                 if refused is not None:
                     raise UpstreamUnavailable(refused) from exc

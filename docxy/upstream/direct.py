@@ -303,8 +303,10 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            covered = settings.trust is None or settings.trust.covers(url)
-            refused = certificate_refused(url_host(url), exc, covered)
+            trust = settings.trust
+            covered = trust is None or trust.covers(url)
+            kept = () if trust is None else trust.kept_default_by(url)
+            refused = certificate_refused(url_host(url), exc, covered, kept)
             if refused is not None:  # a reused connection did its handshake long ago
                 raise UpstreamUnavailable(refused) from exc
             if not reused:

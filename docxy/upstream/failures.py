@@ -47,14 +47,17 @@ def _timeout_of(exc: httpx.HTTPError, key: str) -> float | None:
     return float(seconds) if isinstance(seconds, int | float) else None
 
 
-def certificate_refused(host: str, exc: BaseException, covered: bool = True) -> str | None:
+def certificate_refused(
+    host: str, exc: BaseException, covered: bool = True, kept_default_by: tuple[str, ...] = ()
+) -> str | None:
     """Why a connection to ``host`` failed, in words for logs, /health and the 502, if its
     certificate did not verify: OpenSSL's reason (``unable to get local issuer certificate``,
     ``Hostname mismatch``, ``certificate has expired``) and what mends it (``ca_file`` only for
     an issuer not trusted, and only on an origin it would be ``covered``: an upstream's registry,
     token service or ``ca_origins``; on a redirect's host not covered, ``ca_origins`` is what
-    would cover it; it cannot mend a certificate for another name or out of date), never a
-    secret; None for any other failure. httpx raises its
+    would cover it, and on one ``kept_default_by`` upstreams that use it without a ``ca_file``,
+    those; it cannot mend a certificate for another name or out of date), never a secret; None
+    for any other failure. httpx raises its
     ``ConnectError`` from httpcore's, from the ``ssl`` error: the chain is walked."""
     cause = ssl_cause(exc)
     if not isinstance(cause, ssl.SSLCertVerificationError):
@@ -62,11 +65,17 @@ def certificate_refused(host: str, exc: BaseException, covered: bool = True) -> 
     reason = (cause.verify_message or cause.reason or "not verified").rstrip(".")
     return (
         f"cannot reach the upstream registry ({host}): its certificate could not be "
-        f"verified ({reason}){_remedy(cause.verify_code, host, covered)}"
+        f"verified ({reason}){_remedy(cause.verify_code, host, covered, kept_default_by)}"
     )
 
 
-def _remedy(code: int, host: str, covered: bool) -> str:
+def _remedy(code: int, host: str, covered: bool, kept_default_by: tuple[str, ...]) -> str:
+    if code in UNKNOWN_ISSUER and kept_default_by:
+        return (
+            f"; no upstream's ca_file is trusted for {host}: {', '.join(kept_default_by)} "
+            f"use{'s' if len(kept_default_by) == 1 else ''} it without one (give "
+            f"{'it' if len(kept_default_by) == 1 else 'each'} the same ca_file)"
+        )
     if code in UNKNOWN_ISSUER and not covered:
         return (
             "; an upstream's ca_file is trusted for its registry, its token service and its "

@@ -126,9 +126,23 @@ class UpstreamTrust:
     def covers(self, url: str) -> bool:
         """Whether ``url``'s origin is an upstream's registry, token service or one of its
         ``ca_origins``, one its ``ca_file`` would be trusted for (not another redirect's host:
-        a CDN, a bucket no ``ca_origins`` lists)."""
+        a CDN, a bucket no ``ca_origins`` lists; nor one another upstream uses without a
+        ``ca_file``: :meth:`kept_default_by`)."""
         found = origin_of(url)
-        return found is not None and bool(self._claims.get(found))
+        if found is None:
+            return False
+        claims = self._claims.get(found, {})
+        return bool(claims) and None not in claims.values()
+
+    def kept_default_by(self, url: str) -> tuple[str, ...]:
+        """Who keeps ``url``'s origin on certifi's CAs alone though another upstream's
+        ``ca_file`` claims it (the upstreams that use it without one, as the warning names
+        them); empty where no ``ca_file`` claims it, or every claim has one."""
+        found = origin_of(url)
+        claims = self._claims.get(found, {}) if found is not None else {}
+        if all(ca is None for ca in claims.values()):
+            return ()
+        return tuple(sorted(c for c, ca in claims.items() if ca is None))
 
     def learned(self, upstream: Upstream, realm: str | None) -> None:
         """``upstream``'s ``/v2/`` challenge named ``realm`` (None: no token service): its
