@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from docxy.config import describe, load_config, read_ca_file
-from docxy.core.errors import ConfigError, UpstreamUnavailable
+from docxy.core.errors import UpstreamUnavailable
 from docxy.upstream import direct
 from docxy.upstream.client import (
     Upstream,
@@ -32,7 +32,7 @@ from docxy.upstream.failures import certificate_refused
 from docxy.upstream.trust import UpstreamTrust
 from lab.certs import issue
 from tests.unit.test_review_ca_file import PrivateCA
-from tests.unit.test_upstream_ca_file import tls_server
+from tests.unit.test_upstream_ca_file import config_error, tls_server
 
 REGISTRY_HOST = "127.0.0.78"  # the private registry
 STORAGE_HOST = "127.0.0.79"  # the storage its blobs redirect to: the same private CA
@@ -48,12 +48,6 @@ def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
     path = tmp_path_factory.mktemp("ca") / "lab-ca.pem"
     path.write_bytes(root.cert_pem)
     return PrivateCA(root, read_ca_file(path))
-
-
-def config_error(**kwargs: object) -> str:
-    with pytest.raises(ConfigError) as caught:
-        load_config(**kwargs)  # type: ignore[arg-type]
-    return str(caught.value)
 
 
 # --- the setting in every layer ---------------------------------------------------------------
