@@ -32,11 +32,13 @@ class RecordingServer(socketserver.ThreadingTCPServer, Generic[T]):
             return list(self._records)
 
 
-S = TypeVar("S", bound=RecordingServer)  # type: ignore[type-arg]
+S = TypeVar("S", bound=socketserver.TCPServer)
 
 
 class Background(Generic[S]):
-    """Serves ``server`` from a daemon thread between ``__enter__`` and ``__exit__``."""
+    """Serves ``server`` (any TCP socketserver: a :class:`RecordingServer`, an HTTP server, one
+    wrapped in TLS) from a daemon thread between ``__enter__`` and ``__exit__``, then shuts
+    it down and closes it."""
 
     def __init__(self, server: S) -> None:
         self._server = server

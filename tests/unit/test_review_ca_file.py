@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,8 +38,9 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.trust import UpstreamTrust, trusting_transport
 from lab.certs import Issued, issue
+from lab.clients.background import Background
 from lab.ports import on_own_port
-from tests.unit.test_upstream_ca_file import _Handler, tls_server
+from tests.unit.test_upstream_ca_file import _Handler, tls_server, trusting_client, trusting_direct
 
 REGISTRY_HOST = "127.0.0.71"  # the private registry
 REALM_HOST = "127.0.0.72"  # a token service, on a host of its own
@@ -113,7 +113,7 @@ def shared(private_ca: PrivateCA) -> Shared:
     lab = Upstream(f"https://{REGISTRY_HOST}:1", ca_file=private_ca.ca_file, name="lab")
     hub = Upstream(f"https://{HUB_HOST}:1", name="hub")
     trust = UpstreamTrust([lab, hub], upstream_ssl_context)
-    http = make_http_client(load_config(environ={}).upstream, None, trust.default, trust)
+    http = trusting_client(trust)
     return Shared(lab, hub, trust, UpstreamClient(http, None, trust))
 
 
@@ -155,8 +155,7 @@ def test_a_direct_get_does_not_reuse_a_connection_whose_origin_lost_the_ca(
     GET there."""
     lab = Upstream(f"https://{REGISTRY_HOST}:1", ca_file=private_ca.ca_file, name="lab")
     trust = UpstreamTrust([lab], upstream_ssl_context)
-    settings = direct.direct_settings(load_config(environ={}).upstream, trust.default, None, trust)
-    assert settings is not None
+    settings = trusting_direct(trust)
     with tls_server(REALM_HOST, private_ca.leaf(REALM_HOST), tmp_path, BLOB) as server:
         try:
             trust.learned(lab, server.url + "/token")
@@ -184,7 +183,7 @@ async def test_an_expired_certificate_is_not_told_to_go_in_ca_file(
         lab = Upstream(registry.url, ca_file=private_ca.ca_file, name="lab")
         trust = UpstreamTrust([lab], upstream_ssl_context)
         client = UpstreamClient(
-            make_http_client(load_config(environ={}).upstream, None, trust.default, trust),
+            trusting_client(trust),
             None,
             trust,
         )
@@ -209,10 +208,7 @@ def test_a_certificate_for_another_host_is_not_told_to_go_in_ca_file(
     with tls_server(REGISTRY_HOST, leaf, tmp_path, BLOB) as registry:
         lab = Upstream(registry.url, ca_file=private_ca.ca_file, name="lab")
         trust = UpstreamTrust([lab], upstream_ssl_context)
-        settings = direct.direct_settings(
-            load_config(environ={}).upstream, trust.default, None, trust
-        )
-        assert settings is not None
+        settings = trusting_direct(trust)
         with pytest.raises(UpstreamUnavailable) as caught:
             direct.get(settings, registry.url + "/blob", [])
     message = caught.value.message
@@ -284,7 +280,7 @@ async def test_a_redirects_host_is_not_told_to_go_in_ca_file_through_the_pool(
     ):
         lab = Upstream(registry.url, ca_file=private_ca.ca_file, name="lab")
         trust = UpstreamTrust([lab], upstream_ssl_context)
-        http = make_http_client(load_config(environ={}).upstream, None, trust.default, trust)
+        http = trusting_client(trust)
         client = UpstreamClient(http, None, trust)
         try:
             with pytest.raises(UpstreamUnavailable) as caught:
@@ -302,15 +298,8 @@ def plain_server(host: str, routes: Routes) -> Iterator[str]:
     """An HTTP server (no TLS) on ``host``, a free port below 10000: its URL."""
     handler = type("Handler", (_Handler,), {"routes": routes})
     server = on_own_port(lambda port: http.server.ThreadingHTTPServer((host, port), handler))
-    port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with Background(server) as served:
+        yield served.url
 
 
 def test_a_redirects_host_is_not_told_to_go_in_ca_file_by_a_direct_get(
@@ -347,8 +336,7 @@ def test_a_redirects_host_is_not_told_to_go_in_ca_file_without_any_ca_file(
 
 def _direct_refused(upstream: Upstream, registry: str) -> str:
     trust = UpstreamTrust([upstream], upstream_ssl_context)
-    settings = direct.direct_settings(load_config(environ={}).upstream, trust.default, None, trust)
-    assert settings is not None
+    settings = trusting_direct(trust)
     try:
         with pytest.raises(UpstreamUnavailable) as caught:
             direct.get(settings, registry + "/v2/r/blobs/sha256:1", [])

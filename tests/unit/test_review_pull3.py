@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +20,7 @@ from docxy.upstream import direct
 from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
 from docxy.upstream.tokens import MirrorTokens
+from lab.clients.background import Background
 from lab.ports import on_own_port
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_scoped_blobs import APP, Hub, blob_url, get, json_reply
@@ -234,12 +234,8 @@ def redirecting() -> Iterator[str]:
     """A loopback server on 127.0.0.74, on a free port below 10000; its base URL."""
     server = on_own_port(lambda port: ThreadingHTTPServer(("127.0.0.74", port), Redirecting))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.74:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5.0)
+    with Background(server) as served:
+        yield served.url
 
 
 @pytest.mark.parametrize("path", ["/none", "/ftp", "/loop"])

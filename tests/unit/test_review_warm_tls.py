@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ import pytest
 from docxy.access.clientca import ClientCA
 from docxy.tls.context import ReloadableTLS, self_signed
 from lab.certs import issue
+from lab.clients.background import Background
 from lab.ports import bound_socket
 from tests.unit.test_warm_tls import _ip_name, _served, _write, serving, warm
 
@@ -132,15 +132,8 @@ def users_mode(
     sock = bound_socket(host)
     port = sock.getsockname()[1]
     sock.listen(8)
-    server = _Server(sock, context, handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with Background(_Server(sock, context, handler)):
         yield f"{'http' if context is None else 'https'}://{host}:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5.0)
 
 
 def test_a_401_over_https_names_client_cert_too(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.server
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,8 +33,10 @@ from docxy.upstream.client import (
     read_small,
     upstream_ssl_context,
 )
+from docxy.upstream.direct import DirectSettings
 from docxy.upstream.trust import UpstreamTrust
 from lab.certs import Issued, issue
+from lab.clients.background import Background
 from lab.ports import on_own_port
 
 REGISTRY_HOST = "127.0.0.81"  # the private registry
@@ -243,14 +244,20 @@ def tls_server(
     server = on_own_port(lambda port: http.server.ThreadingHTTPServer((host, port), handler))
     port = server.server_address[1]
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with Background(server):
         yield TLSServer(host, port)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT)
+
+
+def trusting_client(trust: UpstreamTrust) -> httpx.AsyncClient:
+    """The shared httpx client as the app makes it with ``trust`` (the default settings)."""
+    return make_http_client(load_config(environ={}).upstream, None, trust.default, trust)
+
+
+def trusting_direct(trust: UpstreamTrust) -> DirectSettings:
+    """The fills' direct GET settings as the app makes them with ``trust``."""
+    settings = direct.direct_settings(load_config(environ={}).upstream, trust.default, None, trust)
+    assert settings is not None
+    return settings
 
 
 def handshake_with(context: ssl.SSLContext, server: TLSServer) -> Exception | None:

@@ -24,7 +24,6 @@ from docxy.upstream import direct
 from docxy.upstream.client import (
     Upstream,
     UpstreamClient,
-    make_http_client,
     read_small,
     upstream_ssl_context,
 )
@@ -32,7 +31,12 @@ from docxy.upstream.failures import certificate_refused
 from docxy.upstream.trust import UpstreamTrust
 from lab.certs import issue
 from tests.unit.test_review_ca_file import PrivateCA
-from tests.unit.test_upstream_ca_file import config_error, tls_server
+from tests.unit.test_upstream_ca_file import (
+    config_error,
+    tls_server,
+    trusting_client,
+    trusting_direct,
+)
 
 REGISTRY_HOST = "127.0.0.78"  # the private registry
 STORAGE_HOST = "127.0.0.79"  # the storage its blobs redirect to: the same private CA
@@ -289,7 +293,7 @@ def _lab(registry: str, pem: Path, storage: str | None) -> Upstream:
 
 async def _through_the_pool(upstream: Upstream, url: str) -> bytes:
     trust = UpstreamTrust([upstream], upstream_ssl_context)
-    http = make_http_client(load_config(environ={}).upstream, None, trust.default, trust)
+    http = trusting_client(trust)
     try:
         answer = await UpstreamClient(http, None, trust).send(upstream, "GET", url, [])
         return await read_small(answer)
@@ -299,8 +303,7 @@ async def _through_the_pool(upstream: Upstream, url: str) -> bytes:
 
 def _by_a_direct_get(upstream: Upstream, url: str) -> bytes:
     trust = UpstreamTrust([upstream], upstream_ssl_context)
-    settings = direct.direct_settings(load_config(environ={}).upstream, trust.default, None, trust)
-    assert settings is not None
+    settings = trusting_direct(trust)
     try:
         answer = direct.get(settings, url, [])
         try:

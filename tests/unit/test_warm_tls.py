@@ -15,7 +15,6 @@ import hashlib
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +35,7 @@ from docxy.cli.warmtls import mirror_ssl_context
 from docxy.tls.context import ReloadableTLS, self_signed
 from docxy.upstream.client import upstream_ssl_context
 from lab.certs import Issued, issue
+from lab.clients.background import Background
 from lab.ports import bound_socket
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
@@ -124,14 +124,8 @@ def serving(host: str, context: ssl.SSLContext) -> Iterator[tuple[str, TLSRegist
     port = sock.getsockname()[1]
     sock.listen(8)
     server = TLSRegistry(sock, context)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with Background(server):
         yield f"https://{host}:{port}", server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT)
 
 
 def warm(capsys: pytest.CaptureFixture[str], url: str, *options: str) -> tuple[int, str, str]:
