@@ -34,7 +34,7 @@ from docxy.core.stamps import utc_stamp
 from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.encoding import ACCEPTED, Inflater
-from docxy.upstream.failures import certificate_refused, failure
+from docxy.upstream.failures import failure, upstream_certificate_refused
 from docxy.upstream.presets import DEFAULT_NAME
 from docxy.upstream.trust import UpstreamTrust, trusting_transport
 
@@ -501,10 +501,7 @@ class UpstreamClient:
                 raise silent(f"the upstream registry did not answer in time ({said})") from exc
             except (httpx.TransportError, httpx.InvalidURL, ssl.SSLError) as exc:
                 # ssl.SSLError: httpcore before 1.0.6 let a handshake's own error through
-                trust = self.trust
-                covered = trust is None or trust.covers(url)
-                kept = () if trust is None else trust.kept_default_by(url)
-                refused = certificate_refused(url_host(url), exc, covered, kept)
+                refused = upstream_certificate_refused(url, exc, self.trust)
                 health.failed(refused or f"{type(exc).__name__} talking to {url_host(url)}")
                 if refused is not None:
                     raise UpstreamUnavailable(refused) from exc

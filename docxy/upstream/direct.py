@@ -43,7 +43,7 @@ from docxy.upstream.client import (
     next_hop,
     same_origin,
 )
-from docxy.upstream.failures import certificate_refused
+from docxy.upstream.failures import upstream_certificate_refused
 from docxy.upstream.keepalive import IdleConnections, Origin
 from docxy.upstream.trust import UpstreamTrust
 
@@ -303,10 +303,7 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            trust = settings.trust
-            covered = trust is None or trust.covers(url)
-            kept = () if trust is None else trust.kept_default_by(url)
-            refused = certificate_refused(url_host(url), exc, covered, kept)
+            refused = upstream_certificate_refused(url, exc, settings.trust)
             if refused is not None:  # a reused connection did its handshake long ago
                 raise UpstreamUnavailable(refused) from exc
             if not reused:

@@ -8,10 +8,15 @@ the upstream registry (``docxy.upstream.client``) and the shared object store.
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
 
 import httpx
 
+from docxy.core.hosts import url_host
 from docxy.core.verify import NAME_MISMATCH, OUT_OF_DATE, RENEW_OR_CLOCK, UNKNOWN_ISSUER, ssl_cause
+
+if TYPE_CHECKING:
+    from docxy.upstream.trust import UpstreamTrust
 
 #: What each httpx timeout waited for, by its key in ``httpx.Timeout``.
 _WAITED_FOR: dict[type[httpx.HTTPError], tuple[str, str]] = {
@@ -45,6 +50,17 @@ def _timeout_of(exc: httpx.HTTPError, key: str) -> float | None:
         return None
     seconds = limits.get(key)
     return float(seconds) if isinstance(seconds, int | float) else None
+
+
+def upstream_certificate_refused(
+    url: str, exc: BaseException, trust: UpstreamTrust | None
+) -> str | None:
+    """:func:`certificate_refused` for a request to ``url`` that failed with ``exc``, told by
+    ``trust`` (None: no upstream has a ``ca_file``) whether a ``ca_file`` covers its origin and
+    who keeps it on certifi's CAs: the one call of the shared client's and the fills' paths."""
+    covered = trust is None or trust.covers(url)
+    kept = () if trust is None else trust.kept_default_by(url)
+    return certificate_refused(url_host(url), exc, covered, kept)
 
 
 def certificate_refused(
