@@ -20,6 +20,7 @@ the edge's ASGI layers for what they refuse before it::
     ├── MirrorUnavailable           503 UNAVAILABLE     the mirror cannot check who asks
     └── UpstreamError               the upstream failed us (5xx)
         ├── UpstreamUnavailable     502 UNAVAILABLE     refused, reset, DNS, TLS, bad answer
+        │   └── UpstreamBusy        503 UNAVAILABLE     every connection to it in use (Retry-After)
         └── UpstreamTimeout         504 UNAVAILABLE     no answer in time
             ├── TokenServiceTimeout                     ...from its token service, not itself
             └── HopTimeout                              ...from where it redirected (a CDN)
@@ -166,6 +167,17 @@ class UpstreamError(RegistryError):
 
 class UpstreamUnavailable(UpstreamError):
     status = 502
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """Every connection of the mirror's to the upstream is in use (a crowd of pass-through
+    streams): the mirror's own limit, not the upstream's trouble. ``503`` with
+    ``Retry-After``: a moment later one is free."""
+
+    status = 503
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers(), ("Retry-After", "1")]
 
 
 class UpstreamTimeout(UpstreamError):

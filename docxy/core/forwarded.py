@@ -17,22 +17,34 @@ import re
 from collections.abc import Iterable
 
 from docxy.core.cidr import Address, Networks, parse_address
+from docxy.core.headers import split_quoted, unquoted
 
 HEADERS = ("x-forwarded-for", "forwarded")
 MAX_HOPS = 32  # a longer chain is cut at its right end: no client gets to make us walk forever
 
-_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)', re.IGNORECASE)
+#: One ``name=value`` pair of an element: a token, then a token or a quoted-string (spaces
+#: around ``=`` and an unquoted address with ``:`` or ``[]``, as some proxies write it, taken).
+_PAIR = re.compile(r"""\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^";,\s]*)\s*""")
 
 
 def _forwarded_for(element: str) -> str:
-    """The ``for=`` value of one RFC 7239 element (``for="[2001:db8::1]:4711";proto=https``)."""
-    match = _FOR.search(element)
-    if match is None:
+    """The ``for=`` value of one RFC 7239 element (``for="[2001:db8::1]:4711";proto=https``):
+    its pairs are cut at ``;`` outside quoted-strings, so a value the client wrote (a ``host=``
+    the proxy copied from its Host header) is never read as one. An element that is not all
+    pairs, or names ``for`` twice, has none: the walk stops there."""
+    pairs = split_quoted(element, ";")
+    if pairs is None:
         return ""
-    value = match.group(1)
-    if value.startswith('"'):
-        value = re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
+    named = []
+    for pair in filter(str.strip, pairs):  # an empty pair, as the grammar allows, is none
+        match = _PAIR.fullmatch(pair)
+        if match is None:
+            return ""
+        if match.group(1).lower() == "for":
+            named.append(match.group(2))
+    if len(named) != 1:
+        return ""
+    return unquoted(named[0]) if named[0].startswith('"') else named[0]
 
 
 def _strip_port(value: str) -> str:
@@ -49,9 +61,13 @@ def forwarded_chain(header: str, values: Iterable[str]) -> list[str]:
     """The hop entries of every ``header`` line, left to right (raw text, ports stripped)."""
     entries: list[str] = []
     for line in values:
-        for element in line.split(","):
-            entry = _forwarded_for(element) if header == "forwarded" else element
-            entries.append(_strip_port(entry))
+        if header != "forwarded":
+            entries += [_strip_port(element) for element in line.split(",")]
+            continue
+        # Cut at commas outside quoted-strings; a line whose quoted-string does not end is
+        # one entry that is no address (its hops cannot be told apart).
+        elements = split_quoted(line, ",") or [""]
+        entries += [_strip_port(_forwarded_for(element)) for element in elements]
     return entries[-MAX_HOPS:]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -110,3 +111,29 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:  # an HTTP-date is GMT; a date without a zone is taken as such
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
+
+
+def split_quoted(text: str, separator: str) -> list[str] | None:
+    """``text`` cut at each ``separator`` outside a quoted-string (RFC 9110's and RFC 8941's
+    ``"..."``, where ``\\`` escapes the next character), the parts as they are (not
+    stripped); None when a quoted-string does not end (what to make of it is the caller's)."""
+    parts, start, quoted, escaped = [], 0, False, False
+    for at, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append(text[start:at])
+            start = at + 1
+    if quoted:
+        return None
+    parts.append(text[start:])
+    return parts
+
+
+def unquoted(value: str) -> str:
+    """A quoted-string's text, without its quotes and escapes (``"a\\"b"`` is ``a"b``)."""
+    return re.sub(r"\\(.)", r"\1", value[1:-1])

@@ -24,7 +24,9 @@ hold: an exempt network is spared limits, not let in. The address is the one ste
 Bandwidth is charged as body bytes go out: a response whose client is over its rate is paced
 (the next chunk waits until the debt is paid), and a new request from a client whose debt is
 more than :data:`BANDWIDTH_GRACE` seconds deep is refused. Pacing alone keeps one download at the
-limit; the refusal stops a client that opens ever more downloads at once.
+limit; the refusal stops a client that opens ever more downloads at once, and downloads it
+opened at once (each admitted with no debt yet) send nothing while it is deeper in debt than
+that: a burst of first chunks stops at the grace.
 
 ACME HTTP-01 challenges and ``/health`` pass untouched: the CA and health checks come from
 addresses no allow list names, and must not be rate limited into failing a renewal.
@@ -129,6 +131,13 @@ class Admission:
             return
 
         async def paced_send(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                # Downloads started at once each passed admission with no debt yet: one whose
+                # client is deeper in debt than the grace (its others' first chunks) waits
+                # until it is not, before it sends.
+                debt = self.bandwidth.debt(key)
+                if debt > BANDWIDTH_GRACE:
+                    await asyncio.sleep(debt - BANDWIDTH_GRACE)
             await send(message)
             if message["type"] == "http.response.body" and message.get("body"):
                 wait = self.bandwidth.charge(key, len(message["body"]))

@@ -27,7 +27,13 @@ import httpx
 from docxy import __version__
 from docxy.config import CaFile, NamedUpstreamConfig, UpstreamConfig
 from docxy.core.challenge import Challenge, bearer_challenge
-from docxy.core.errors import HopTimeout, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from docxy.core.errors import (
+    HopTimeout,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from docxy.core.headers import redirect_headers, retry_after_seconds
 from docxy.core.hosts import canonical_url, origin, url_host
 from docxy.core.stamps import utc_stamp
@@ -489,10 +495,9 @@ class UpstreamClient:
                 # (one that stalls those answers is found out by their read timeouts).
                 said = failure(f"{method} {url_host(url)}", exc)
                 self._log_pool_full(said)
-                raise UpstreamUnavailable(
+                raise UpstreamBusy(
                     f"all {MAX_CONNECTIONS} of the mirror's connections to the upstream are in "
-                    f"use ({said}): try again",
-                    status=503,
+                    f"use ({said}): try again"
                 ) from exc
             except httpx.TimeoutException as exc:
                 said = failure(f"{method} {url_host(url)}", exc)  # which wait, how long

@@ -243,10 +243,15 @@ async def test_a_full_connection_pool_is_a_503_that_says_so_and_leaves_health_al
     settings: dict[str, object] = {"upstream.connect_timeout": 7}
     async with mirror(handler, settings) as m:
         responses = [await m.client.get("/v2/") for _ in range(3)]
+        blob = await m.client.get("/v2/library/redis/blobs/sha256:" + "a" * 64)
+        manifest = await m.client.get("/v2/library/redis/manifests/latest")
         health = await (await m.client.get("/health")).get_json()
         full = [r for r in caplog.records if "connections in use" in r.getMessage()]
         assert len(full) == 1 and full[0].levelname == "WARNING"  # once, not once a request
     assert [r.status_code for r in responses] == [503] * 3
+    assert [r.headers.get("Retry-After") for r in responses] == ["1"] * 3  # the mirror's own
+    assert (blob.status_code, blob.headers.get("Retry-After")) == (503, "1")
+    assert (manifest.status_code, manifest.headers.get("Retry-After")) == (503, "1")
     message = (await responses[0].get_json())["errors"][0]["message"]
     assert "connections to the upstream are in use" in message
     assert "registry.example PoolTimeout: no free connection within 7s" in message
@@ -254,7 +259,7 @@ async def test_a_full_connection_pool_is_a_503_that_says_so_and_leaves_health_al
     assert "more refused" not in full[0].getMessage()
     full = [r for r in caplog.records if "connections in use" in r.getMessage()]
     assert len(full) == 2  # the two held back, told as the mirror stopped
-    assert full[1].getMessage().endswith("; 1 more refused since the last such line")
+    assert full[1].getMessage().endswith("; 3 more refused since the last such line")
 
 
 async def test_the_next_full_pool_warning_counts_the_refusals_it_held_back(
