@@ -561,7 +561,8 @@ def parse_ca_origins(value: object) -> tuple[str, ...]:
             raise ValueError(f"expected an origin, {ORIGIN_FORM} (no path), got {item.strip()!r}")
         if parts.port == 0:
             raise ValueError(f"bad port in URL {item.strip()!r}")
-        origins.append(url)
+        if url not in origins:  # one entry twice (or spelt twice, as parse_url keeps it)
+            origins.append(url)
     return tuple(origins)
 
 

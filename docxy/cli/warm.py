@@ -48,7 +48,7 @@ from docxy.cli.warmtls import client_pair, mirror_ssl_context
 from docxy.core import jsondoc
 from docxy.core.challenge import bearer_challenge, parse_challenge, split_challenges
 from docxy.core.errors import ConfigError, DigestInvalid
-from docxy.core.headers import ACCEPT_IDENTITY
+from docxy.core.headers import ACCEPT_IDENTITY, split_quoted, unquoted
 from docxy.core.names import ImageRef, parse_image_ref
 from docxy.core.verify import NAME_MISMATCH, OUT_OF_DATE, RENEW_OR_CLOCK, UNKNOWN_ISSUER, ssl_cause
 
@@ -262,32 +262,18 @@ def mirror_status(response: httpx.Response) -> dict[str, str] | None:
 
 
 def _split(text: str, separator: str) -> list[str]:
-    """``text`` split at ``separator`` outside quoted strings (RFC 8941's ``"..."``, with
-    backslash escapes), each part stripped: a member's ``detail="a, b"`` stays whole. A quote
-    left open splits everywhere: it cannot hide the mirror's member behind it."""
-    parts, start, quoted, escaped = [], 0, False, False
-    for at, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif quoted and char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == separator and not quoted:
-            parts.append(text[start:at].strip())
-            start = at + 1
-    parts.append(text[start:].strip())
-    if quoted:  # a quote never closed: every quote taken as a character, as before RFC 8941
-        return [part.strip() for part in text.split(separator)]
-    return parts
+    """``text`` split at ``separator`` outside quoted strings (:func:`split_quoted`), each
+    part stripped: a member's ``detail="a, b"`` stays whole. A quote left open splits
+    everywhere: it cannot hide the mirror's member behind it."""
+    parts = split_quoted(text, separator)
+    # A quote never closed: every quote taken as a character, as before RFC 8941.
+    return [part.strip() for part in (text.split(separator) if parts is None else parts)]
 
 
 def _unquoted(value: str) -> str:
     """A token as it is, a quoted string without its quotes and escapes."""
     value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
+    return unquoted(value) if len(value) >= 2 and value[0] == value[-1] == '"' else value
 
 
 def uncached_reason(response: httpx.Response) -> str | None:
@@ -565,6 +551,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"docxy warm: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    _say_unused_tls(mirror, args.ca_file, client_cert)
     timeout = httpx.Timeout(connect=10.0, read=args.timeout, write=30.0, pool=10.0)
     with httpx.Client(
         base_url=mirror,
@@ -580,6 +567,23 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         warmer = Warmer(client, args.platform)
         warmer.client_cert = client_cert
         return warm_all(warmer, images, sys.stdout)
+
+
+def _say_unused_tls(mirror: str, ca_file: str | None, client_cert: str | None) -> None:
+    """A warning for TLS options given with a plain-HTTP mirror: they are used only if it
+    redirects warm to ``https://`` (a user who gave them most likely meant its TLS listener)."""
+    given = [
+        option
+        for option, value in (("--ca-file", ca_file), ("--client-cert", client_cert))
+        if value is not None
+    ]
+    if given and httpx.URL(mirror).scheme == "http":
+        print(
+            f"docxy warm: warning: {' and '.join(given)} not used with {mirror}, a plain-HTTP "
+            "URL (only if it redirects to https://); the mirror's TLS listener is "
+            "https://HOST[:PORT]",
+            file=sys.stderr,
+        )
 
 
 def _mirror_url(text: str) -> str:

@@ -3,6 +3,7 @@ httpx client's pool (:func:`trusting_transport`) and the fills' direct GETs alik
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable, Iterable
@@ -37,8 +38,14 @@ def origin_of(url: str) -> TrustOrigin | None:
 
 def host_key(host: str) -> str:
     """``host`` as httpx sends it, and so as httpcore's origin has it: in lower case, a name
-    that is not ASCII (an IDN, ``bücher.example``) in its ASCII form (``xn--bcher-kva...``)."""
+    that is not ASCII (an IDN, ``bücher.example``) in its ASCII form (``xn--bcher-kva...``),
+    an IPv6 address in its one short form (``0:0::1`` and ``::1`` are one origin)."""
     host = host.lower()
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Address(host.strip("[]")))
+        except ValueError:
+            return host
     if host.isascii():
         return host
     try:
@@ -125,14 +132,14 @@ class UpstreamTrust:
 
     def covers(self, url: str) -> bool:
         """Whether ``url``'s origin is an upstream's registry, token service or one of its
-        ``ca_origins``, one its ``ca_file`` would be trusted for (not another redirect's host:
-        a CDN, a bucket no ``ca_origins`` lists; nor one another upstream uses without a
-        ``ca_file``: :meth:`kept_default_by`)."""
+        ``ca_origins``, one its ``ca_file`` is or would be trusted for: every upstream using
+        it has one, or none has yet (not another redirect's host: a CDN, a bucket no
+        ``ca_origins`` lists; nor one some upstreams use with a ``ca_file`` and others without:
+        :meth:`kept_default_by`)."""
         found = origin_of(url)
-        if found is None:
-            return False
-        claims = self._claims.get(found, {})
-        return bool(claims) and None not in claims.values()
+        claims = self._claims.get(found, {}) if found is not None else {}
+        with_file = [ca is not None for ca in claims.values()]
+        return bool(claims) and (all(with_file) or not any(with_file))
 
     def kept_default_by(self, url: str) -> tuple[str, ...]:
         """Who keeps ``url``'s origin on certifi's CAs alone though another upstream's

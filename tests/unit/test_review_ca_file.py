@@ -84,12 +84,18 @@ class PrivateCA:
         return Issued(key, cert)
 
 
-@pytest.fixture(scope="module")
-def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
-    root = issue("docxy review private CA", ca=True)
+def made_private_ca(tmp_path_factory: pytest.TempPathFactory, name: str) -> PrivateCA:
+    """A CA named ``name``, its certificate in a ``ca_file`` of its own (for a fixture: one
+    imported into another test module would be defined there twice)."""
+    root = issue(name, ca=True)
     path = tmp_path_factory.mktemp("ca") / "lab-ca.pem"
     path.write_bytes(root.cert_pem)
     return PrivateCA(root, read_ca_file(path))
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
+    return made_private_ca(tmp_path_factory, "docxy review private CA")
 
 
 @pytest.fixture(autouse=True)
@@ -279,15 +285,7 @@ async def test_a_redirects_host_is_not_told_to_go_in_ca_file_through_the_pool(
         ) as registry,
     ):
         lab = Upstream(registry.url, ca_file=private_ca.ca_file, name="lab")
-        trust = UpstreamTrust([lab], upstream_ssl_context)
-        http = trusting_client(trust)
-        client = UpstreamClient(http, None, trust)
-        try:
-            with pytest.raises(UpstreamUnavailable) as caught:
-                await client.send(lab, "GET", registry.url + "/v2/r/blobs/sha256:1", [])
-        finally:
-            await http.aclose()
-    message = caught.value.message
+        message = await _pool_refused(lab, registry.url + "/v2/r/blobs/sha256:1")
     assert f"({CDN_HOST}:{cdn.port}): its certificate could not be verified (unable to" in message
     assert ADD_THE_CA not in message
     assert f"{NOT_COVERED} {CDN_HOST}:{cdn.port}: " in message
@@ -332,6 +330,34 @@ def test_a_redirects_host_is_not_told_to_go_in_ca_file_without_any_ca_file(
     assert f"({CDN_HOST}:{cdn.port}): its certificate could not be verified (unable" in message
     assert ADD_THE_CA not in message
     assert f"{NOT_COVERED} {CDN_HOST}:{cdn.port}: " in message
+
+
+async def test_a_registry_without_a_ca_file_is_told_to_name_its_ca_in_one(
+    private_ca: PrivateCA, tmp_path: Path
+) -> None:
+    """The first thing a private registry behind a company CA meets: no ca_file yet, its own
+    certificate's issuer unknown. The 502 (through the pool and a fill's direct GET) says to
+    name the CA in its ca_file (before: "list https://HOST in that upstream's ca_origins", which
+    needs a ca_file, and is for other hosts than the registry's own)."""
+    with tls_server(REGISTRY_HOST, private_ca.leaf(REGISTRY_HOST), tmp_path, BLOB) as registry:
+        lab = Upstream(registry.url, name="lab")
+        by_pool = await _pool_refused(lab, registry.url + "/blob")
+        by_direct = _direct_refused(lab, registry.url)
+    for message in (by_pool, by_direct):
+        assert f"({REGISTRY_HOST}:{registry.port}): its certificate could not be" in message
+        assert message.endswith(f"; if a private CA issued it, {ADD_THE_CA}"), message
+
+
+async def _pool_refused(upstream: Upstream, url: str) -> str:
+    """The 502's message for a GET of ``url`` through the shared httpx client."""
+    trust = UpstreamTrust([upstream], upstream_ssl_context)
+    http = trusting_client(trust)
+    try:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await UpstreamClient(http, None, trust).send(upstream, "GET", url, [])
+    finally:
+        await http.aclose()
+    return caught.value.message
 
 
 def _direct_refused(upstream: Upstream, registry: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from docxy.config import describe, load_config, read_ca_file
+from docxy.config import describe, load_config
 from docxy.core.errors import UpstreamUnavailable
 from docxy.upstream import direct
 from docxy.upstream.client import (
@@ -29,8 +29,7 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.failures import certificate_refused
 from docxy.upstream.trust import UpstreamTrust
-from lab.certs import issue
-from tests.unit.test_review_ca_file import PrivateCA
+from tests.unit.test_review_ca_file import PrivateCA, made_private_ca
 from tests.unit.test_upstream_ca_file import (
     config_error,
     tls_server,
@@ -48,10 +47,7 @@ BLOB = b"a blob kept in the lab's storage"
 
 @pytest.fixture(scope="module")
 def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
-    root = issue("docxy ca_origins test CA", ca=True)
-    path = tmp_path_factory.mktemp("ca") / "lab-ca.pem"
-    path.write_bytes(root.cert_pem)
-    return PrivateCA(root, read_ca_file(path))
+    return made_private_ca(tmp_path_factory, "docxy ca_origins test CA")
 
 
 # --- the setting in every layer ---------------------------------------------------------------
@@ -190,6 +186,37 @@ def test_two_names_of_one_upstream_must_agree_on_ca_origins(private_ca: PrivateC
     assert "with other ca_origins" in message and "another ca_file" not in message
     same = environ | {"DOCXY_UPSTREAMS_LAB_TEST_CA_ORIGINS": "https://b.lab,https://a.lab"}
     assert load_config(environ=same).upstreams[0].ca_origins == ("https://b.lab", "https://a.lab")
+
+
+def test_an_origin_listed_twice_is_kept_once(private_ca: PrivateCA) -> None:
+    """The same origin twice, or spelt twice (case, the default port), is one entry: shown
+    once in ``--show-config``, claimed once (before: kept, and shown, as often as written)."""
+    environ = {
+        "DOCXY_UPSTREAM_CA_FILE": str(private_ca.ca_file.path),
+        "DOCXY_UPSTREAM_CA_ORIGINS": f"{STORE},https://Store.Lab.Example:443,{STORE}/",
+    }
+    assert load_config(environ=environ).upstream.ca_origins == (STORE,)
+
+
+def test_an_ipv6_origin_is_one_origin_however_it_is_spelt(private_ca: PrivateCA) -> None:
+    """``https://[0:0:0:0:0:0:0:1]:9000`` in ca_origins covers a redirect to ``[::1]:9000``
+    (and the other way round): one address, one origin, as the connection makes it (before:
+    two origins, the redirect's refused with the 502 saying to list it in ca_origins)."""
+    lab = Upstream(
+        "https://[0:0::1]:5000",
+        ca_file=private_ca.ca_file,
+        name=LAB,
+        ca_origins=("https://[0:0:0:0:0:0:0:1]:9000", "https://[FE80::A]:9000"),
+    )
+    trust = UpstreamTrust([lab], upstream_ssl_context)
+    extended = trust.context_for_url(lab.registry)
+    assert extended is not trust.default
+    assert trust.context_for_url("https://[::1]:5000/v2/") is extended
+    assert trust.context_for_url("https://[::1]:9000/blob") is extended
+    assert trust.context_for(("https", "0::1", 9000)) is extended  # a direct GET's
+    assert trust.context_for_url("https://[fe80::a]:9000/blob") is extended
+    assert trust.context_for_url("https://[::2]:9000/blob") is trust.default
+    assert trust.covers("https://[::1]:9000/blob")
 
 
 # --- the trust it gives -----------------------------------------------------------------------

@@ -457,3 +457,31 @@ def test_a_file_warm_cannot_use_is_a_usage_error(
     assert message.format(tmp=tmp_path) in err, err
     assert err.startswith("docxy warm: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--ca-file", "{cert}"], "--ca-file not used"),
+        (["--client-cert", "{kit}"], "--client-cert not used"),
+        (["--ca-file", "{cert}", "--client-cert", "{kit}"], "--ca-file and --client-cert not"),
+    ],
+)
+def test_tls_options_with_a_plain_http_mirror_are_said_to_be_unused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], named: str
+) -> None:
+    """``--ca-file`` or a client kit with an ``http://`` mirror warm a plain-HTTP listener, not
+    the TLS one the user most likely meant: warm says so (a warning: a redirect to https://
+    would use them) and goes on (before: nothing said; the kit silently never presented)."""
+    ca = ClientCA(tmp_path / "auth")
+    ca.issue("warm-box", tmp_path / "kit")
+    cert, _ = self_signed(tmp_path / "docxy-tls", "127.0.0.96")
+    given = [option.format(cert=cert, kit=tmp_path / "kit") for option in options]
+    sock = bound_socket("127.0.0.96")  # bound, not listening: the connection is refused
+    with sock:
+        url = f"http://127.0.0.96:{sock.getsockname()[1]}"
+        code, _, err = warm(capsys, url, *given)
+    assert code == 1  # unreachable, as without the options
+    assert f"docxy warm: warning: {named}" in err and f"with {url}, a plain-HTTP URL" in err, err
+    code, _, err = warm(capsys, url.replace("http://", "https://"), *given)
+    assert "warning" not in err, err
