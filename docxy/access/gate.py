@@ -202,7 +202,7 @@ class AccessControl:
             from docxy.access.users import UsersFileError  # loaded with self.users
 
             try:
-                self.users.users()  # read now: what it warns of is said at start-up
+                self.users.prepare()  # read now: what it warns of is said at start-up
             except UsersFileError:
                 pass  # said (and answered 503) at each check, as when it breaks later
             try:

@@ -58,7 +58,7 @@ def describe_cost(cost: str) -> str:
 
 def _fix_for(cost: str, path: Path) -> str:
     """How an operator sets a password in ``path`` again at ``cost``."""
-    if cost.startswith("$argon2"):
+    if cost.startswith("$argon2") or not cost[4:6].isdigit():  # no cost bcrypt has: argon2id
         return "`docxy users add NAME` (argon2id)"
     return f"`htpasswd -B -C {int(cost[4:6])} {path} NAME`, or `docxy users add NAME` for all"
 
@@ -207,7 +207,12 @@ class _Snapshot:
 
 
 class UsersFile:
-    """The users file at ``path``, re-read when it changes (mtime, size or inode)."""
+    """The users file at ``path``, re-read when it changes (mtime, size or inode).
+
+    A file it has read that goes missing is an error, not "no users" (a volume not mounted, a
+    file moved: the names it held are still the mirror's, and a login naming one must not be
+    taken for an upstream login); a file never there is no users (``docxy users add`` makes
+    it)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -217,6 +222,11 @@ class UsersFile:
         try:
             st = self.path.stat()
         except FileNotFoundError:
+            if self._snapshot is not None and self._snapshot.signature[1] != -1:
+                raise UsersFileError(
+                    f"{self.path}: missing, though the mirror read it before (moved, or its "
+                    "volume not mounted?); put it back, or an empty file for no users"
+                ) from None
             return (0, -1, 0)
         except OSError as exc:
             raise UsersFileError(f"{self.path}: unreadable ({exc.strerror or exc})") from exc
@@ -237,6 +247,14 @@ class UsersFile:
             self._snapshot.warn_rarer_costs(self.path)
         return self._snapshot.users
 
+    def prepare(self) -> None:
+        """Read the file now, and make the hash an unknown name is checked against at its
+        usual cost (the mirror's start, off any request: made by the first unknown name's
+        check, it took that check three hashes' time)."""
+        self.users()
+        assert self._snapshot is not None
+        _dummy_hash(self._snapshot.usual_cost)
+
     def exists(self, name: str) -> bool:
         return name in self.users()
 
@@ -253,11 +271,15 @@ class UsersFile:
     def checked(self, name: str, password: str) -> str | None:
         """:meth:`check`, telling the :func:`password_fingerprint` of the very hash the
         password matched (None: no match): a change of the file meanwhile cannot give a token
-        the new password's fingerprint for the old password."""
-        stored = self.users().get(name)
+        the new password's fingerprint for the old password. Called off the event loop: after
+        a change of the file's usual cost, its first check makes the new unknown-name hash
+        whatever the name (:meth:`users` runs on the loop too, and makes none)."""
+        users = self.users()
+        assert self._snapshot is not None
+        dummy = _dummy_hash(self._snapshot.usual_cost)  # before the name is looked up
+        stored = users.get(name)
         if stored is None:
-            assert self._snapshot is not None
-            verify_hash(_dummy_hash(self._snapshot.usual_cost), password)
+            verify_hash(dummy, password)
             return None
         if is_bcrypt(stored) and bcrypt_too_long(password):
             log.warning(

@@ -322,8 +322,9 @@ async def _ask_upstream(
 
 def _is_mirror_user(authorization: str | None) -> bool:
     """Whether Basic credentials name one of the mirror's users (their password is checked
-    by the mirror, never sent upstream). While the users file cannot be read nobody can
-    tell: 503, and nothing leaves."""
+    by the mirror, never sent upstream), in any case: user names are lower case, and a
+    user's ``Alice`` is still alice's password (the mirror refuses it; it does not leave).
+    While the users file cannot be read nobody can tell: 503, and nothing leaves."""
     access = mirror_state().access
     credentials = basic_credentials(authorization)
     if access is None or credentials is None:
@@ -331,22 +332,23 @@ def _is_mirror_user(authorization: str | None) -> bool:
     from docxy.access.users import UsersFileError  # users mode: loaded with access.users
 
     try:
-        return access.users.exists(credentials[0])
+        return access.users.exists(credentials[0].lower())
     except UsersFileError as exc:
         log.error("users file: %s", exc)
         raise users_unreadable() from exc
 
 
 def _is_mirror_token(ask: TokenAsk) -> bool:
-    """Whether the request carries a token the mirror issued (valid or not): never a login
-    for the upstream's token service."""
+    """Whether the request carries a token the mirror issued (valid or not), as a Bearer or
+    as an OAuth2 refresh grant's ``refresh_token``: never a login for the upstream's token
+    service."""
     access = mirror_state().access
-    token = bearer_token(ask.authorization)
-    if access is None or token is None:
+    if access is None:
         return False
     from docxy.access.tokens import issued_here  # loaded with access (PyJWT)
 
-    return issued_here(access.spec, token)
+    tokens = (bearer_token(ask.authorization), ask.refresh_token)
+    return any(token is not None and issued_here(access.spec, token) for token in tokens)
 
 
 async def _own_token(ask: TokenAsk) -> Response:
