@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.config import Config
@@ -31,6 +31,9 @@ from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
 from docxy.tls import trust
 from docxy.tls.files import CertError, write_pair
+
+if TYPE_CHECKING:
+    from docxy.tls.context import CertInfo
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +218,27 @@ def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
         cert_pem, key_pem = src_cert.read_bytes(), src_key.read_bytes()
     except OSError as exc:
         raise CertError(f"lineage {live_dir}: unreadable ({exc.strerror or exc})") from exc
-    from docxy.tls.context import inspect_pair  # cryptography: see the module docstring
+    from docxy.tls.context import inspect_pair, kept_over_expired  # cryptography: see above
 
-    inspect_pair(cert_pem, key_pem, src_cert, src_key)
+    issued = inspect_pair(cert_pem, key_pem, src_cert, src_key)
     if _same(cert_path, cert_pem) and _same(key_path, key_pem):
         return False
+    expired = kept_over_expired(issued, _served(cert_path, key_path), src_cert)
+    if expired is not None:  # never an expired certificate over one clients still take
+        raise CertError(expired)
     write_pair(cert_path, key_path, cert_pem, key_pem)
     log.info("installed certificate from %s to %s", live_dir, cert_path)
     return True
+
+
+def _served(cert_path: Path, key_path: Path) -> CertInfo | None:
+    """The pair at the served paths, if it is one (None: missing, unreadable or broken)."""
+    from docxy.tls.context import inspect_pair
+
+    try:
+        return inspect_pair(cert_path.read_bytes(), key_path.read_bytes(), cert_path, key_path)
+    except (OSError, CertError):
+        return None
 
 
 def _same(path: Path, data: bytes) -> bool:

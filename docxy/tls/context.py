@@ -17,6 +17,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import re
 import ssl
 import tempfile
 from dataclasses import dataclass, replace
@@ -158,6 +159,27 @@ def inspect_pair(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Pat
     return replace(info, issuer_included=included)
 
 
+def kept_over_expired(
+    new: CertInfo, served: CertInfo | None, cert_path: Path, now: dt.datetime | None = None
+) -> str | None:
+    """Why the certificate at ``cert_path`` (``new``) must not replace the one ``served``:
+    it has expired and that one has not (a restored backup, a lineage whose renewals failed
+    for months, a ``cp`` of the wrong files); None when it may (nothing better is served)."""
+    now = now or _utcnow()
+    if served is None or new.not_after > now or served.not_after <= now:
+        return None
+    return (
+        f"certificate {cert_path} expired at {utc_stamp(new.not_after)}: the one served "
+        f"(serial {served.serial}, valid until {utc_stamp(served.not_after)}) is kept"
+    )
+
+
+#: A private key's PEM block (``PRIVATE KEY``, ``EC PRIVATE KEY``, ``RSA PRIVATE KEY``).
+_KEY_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.DOTALL
+)
+
+
 def chain_fingerprint(cert_pem: bytes) -> str:
     """SHA-256 over every certificate of a PEM chain, in order: two chains with the same leaf
     but other intermediates (the leaf alone, then the full chain) differ."""
@@ -249,7 +271,11 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
         name = f"/proc/self/fd/{fd}"
     try:
         with open(fd, "wb", closefd=False) as fh:
-            fh.write(key_pem.rstrip(b"\n") + b"\n" + cert_pem)
+            # The key alone: OpenSSL serves the first certificate of the file it is given, and
+            # a key file may hold one too (key and certificate in one PEM, an older issuance).
+            found = _KEY_BLOCK.search(key_pem)
+            key_only = found.group(0) if found is not None else key_pem
+            fh.write(key_only.rstrip(b"\n") + b"\n" + cert_pem)
         ctx.load_cert_chain(name)
     except ssl.SSLError as exc:
         raise CertError(f"certificate {cert_path}: rejected by OpenSSL ({exc.reason})") from exc
@@ -334,6 +360,9 @@ class ReloadableTLS:
         signature = _file_signature(self.cert_path, self.key_path)
         try:
             context, info, chain = self._loaded()
+            expired = kept_over_expired(info, self._info, self.cert_path)
+            if expired is not None:
+                raise CertError(expired)
         except CertError as exc:
             self._last_error = str(exc)
             raise
