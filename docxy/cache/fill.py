@@ -297,6 +297,10 @@ class InFlight:
     #: Bytes of blocks found for the temp file up front (:meth:`BlobWriter.preallocate`): a
     #: removed temp file holds at least these until its last close.
     preallocated: int = 0
+    #: Bytes the fill's download got from its origin so far (written or not: a disk that
+    #: refused them passes them through), and how many of them :meth:`claim` counted.
+    received: int = 0
+    claimed: int = 0
     #: A pump's latest reads, for the followers that keep up.
     recent: RecentReads = field(default_factory=RecentReads)
     #: Every byte is in and the length and digest are right: the followers may send the last
@@ -313,6 +317,14 @@ class InFlight:
     async def changed(self) -> None:
         """Wait for the next :meth:`notify` (check the state first, with no await between)."""
         await self._changed.wait()
+
+    def claim(self, nbytes: int) -> int:
+        """Of ``nbytes`` one of the fill's clients was sent from it, how many count as bytes
+        its origin sent: its clients claim the bytes it received, together, in the order
+        they end (the one that started it may have left early); the rest were sent again."""
+        taken = min(nbytes, max(self.received - self.claimed, 0))
+        self.claimed += taken
+        return taken
 
     def check_not_aborted(self) -> None:
         if self.state is FillState.ABORTED:
@@ -350,7 +362,6 @@ class BlobWriter:
         self._buffer_size = buffer_size
         self._pending: list[bytes] = []
         self._pending_len = 0
-        self._count = 0
         self._hash = fill.digest.hasher()
         #: Bytes ``_hash`` has taken in (None: unknown, a hashing thread failed); read on the
         #: loop only while no thread hashes.
@@ -395,7 +406,7 @@ class BlobWriter:
     @property
     def received(self) -> int:
         """Bytes given to :meth:`write` so far."""
-        return self._count
+        return self.fill.received
 
     def announce(self, size: int | None) -> None:
         """Publish the upstream's Content-Length (or None) so followers can send headers."""
@@ -430,7 +441,7 @@ class BlobWriter:
             raise FillClosed(f"writer of {self.digest} already finished")
         if not chunk:
             return
-        self._count += len(chunk)
+        self.fill.received += len(chunk)
         self._pending.append(chunk)
         self._pending_len += len(chunk)
         if self._pending_len >= self._buffer_size:
@@ -586,7 +597,7 @@ class BlobWriter:
                     nbytes = len(chunk)
                     if not nbytes:
                         break
-                    self._count += nbytes
+                    self.fill.received += nbytes  # by this thread alone, meanwhile
                     read += nbytes
                     if fd is not None and not self._reserved_from_thread(read, loop, stop):
                         break  # the fill is over: reading on would serve nobody
@@ -776,7 +787,7 @@ class BlobWriter:
                 _warn_failed(self.fill, reason)
             self.fail(reason)
             raise unverified
-        self.fill.size, self.fill.size_known = self._count, True
+        self.fill.size, self.fill.size_known = self.fill.received, True
         if verified is not None:
             verified()
         if not self.caching:  # its followers went on from the bytes it kept (or were cut)
@@ -804,8 +815,8 @@ class BlobWriter:
 
     def _unverified(self, expected_size: int | None) -> tuple[str, VerifyError] | None:
         """Why the bytes received are not the blob (for the log, and as raised), or None."""
-        if expected_size is not None and self._count != expected_size:
-            said = f"expected {expected_size} bytes, got {self._count}"
+        if expected_size is not None and self.fill.received != expected_size:
+            said = f"expected {expected_size} bytes, got {self.fill.received}"
             return f"length mismatch: {said}", SizeMismatch(f"{self.digest}: {said}")
         actual = self._hash.hexdigest()
         if actual != self.digest.hex:

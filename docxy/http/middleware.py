@@ -22,7 +22,7 @@ from hypercorn.typing import (
 )
 
 from docxy.access.identity import identity_of
-from docxy.cache.fill import Handover
+from docxy.cache.fill import Handover, InFlight
 from docxy.core.errors import ClientError, RegistryError, RequestTooLarge
 from docxy.edge.replies import answer_send, send_error
 
@@ -211,6 +211,19 @@ CUT = "cut"
 #: where the upstream took over should the shared store's body have broken off (the fill's),
 #: or should the cache have given the fill up (the client's own; see :func:`upstream_bytes`).
 HANDOVER = "handover"
+
+
+#: The fact an answer from a fill of the upstream carries (not one of the shared bucket's:
+#: :data:`HANDOVER` tells those): the fill (:class:`~docxy.cache.fill.InFlight`), whose bytes
+#: count once as the upstream's, under whichever of its clients end first.
+FILL = "fill"
+
+
+def fill_upstream_bytes(facts: dict[str, Any], nbytes: int) -> int | None:
+    """Of ``nbytes`` an answer from a fill of the upstream sent from the fill, how many count
+    as the upstream's (:meth:`~docxy.cache.fill.InFlight.claim`); None: no such fill."""
+    fill = facts.get(FILL)
+    return fill.claim(nbytes) if isinstance(fill, InFlight) else None
 
 
 def upstream_bytes(facts: dict[str, Any], sent: int) -> int | None:

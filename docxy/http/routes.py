@@ -38,7 +38,7 @@ from docxy.core.headers import (
 from docxy.core.names import Kind, Reference, parse_v2_path, upstream_name
 from docxy.core.ranges import range_asked
 from docxy.edge.clients import limit_key, request_address
-from docxy.http.middleware import HANDOVER
+from docxy.http.middleware import FILL, HANDOVER
 from docxy.http.responses import (
     error_response,
     etag_of,
@@ -50,6 +50,7 @@ from docxy.http.responses import (
 )
 from docxy.http.state import MirrorState, mirror_state
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Source
+from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
 from docxy.upstream.routing import Route, request_picks
 
@@ -418,6 +419,8 @@ def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: fl
             own = stream.handover
             shared = outcome.source is Source.SHARED
             facts[HANDOVER] = (stream.fill.handover, own) if shared else (own,)
+            if stream.fill.origin != SHARED_ORIGIN:  # once the upstream's, whoever gets them
+                facts[FILL] = stream.fill
         if outcome.source is Source.STALE:
             state.client.health_of(pull.upstream).served_stale()
         if outcome.source is Source.HIT:

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from docxy.config import HostPort
 from docxy.core.errors import Denied
+from docxy.http.middleware import Guard
 from docxy.observe.observer import Observer
 from docxy.observe.status import render_page, status_report
 
@@ -50,7 +51,10 @@ async def metrics() -> Response:
     # The one slow read, the kernel's socket tables, is done first in a worker thread.
     observer = observer_of()
     await observer.refresh()
-    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    try:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    except (TypeError, ValueError):  # prometheus_client's parse of an odd ``version=``
+        encode, content_type = choose_encoder("")  # the text format, as with no Accept
     body = encode(observer.registry)
     return _no_store(Response(body, content_type=content_type))
 
@@ -132,6 +136,9 @@ def create_admin_app(
         body = json.dumps({"error": error.name, "paths": ["/metrics", "/status", "/status.json"]})
         return Response(body, status=error.code or 400, content_type="application/json")
 
+    # The main listener's guard first: a Host werkzeug cannot read (a bare 500 and a
+    # traceback a request, raised before the app's handlers), an oversized or foreign target.
+    app.asgi_app = Guard(app.asgi_app, None)  # type: ignore[method-assign]
     return app
 
 

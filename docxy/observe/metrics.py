@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 from docxy import __version__
 from docxy.core.errors import RegistryError
 from docxy.core.names import Kind, parse_v2_path
-from docxy.http.middleware import ENDS, upstream_bytes
+from docxy.http.middleware import ENDS, fill_upstream_bytes, upstream_bytes
 from docxy.http.state import MirrorState
 from docxy.pull.outcome import Reason
 from docxy.upstream.client import Upstream
@@ -217,10 +217,15 @@ class RequestMetrics:
         if isinstance(upstream_ms, int | float):
             self.upstream_duration.labels(route).observe(upstream_ms / 1000)
         source = SOURCES.get(outcome, "other") if isinstance(outcome, str) else "other"
-        resumed = upstream_bytes(facts, sent) or 0  # a shared fill's rest, from the upstream
-        if resumed:
-            self.sent_bytes.labels("upstream").inc(resumed)
-        self.sent_bytes.labels(source).inc(sent - resumed)
+        # A shared fill's rest, or a client's own once the cache gave its fill up.
+        from_upstream = upstream_bytes(facts, sent) or 0
+        fetched = fill_upstream_bytes(facts, sent - from_upstream)
+        if fetched is not None:  # a fill of the upstream's: its bytes counted once as such
+            from_upstream += fetched
+            source = "cache"  # the rest: sent again from what the fill fetched
+        if from_upstream:
+            self.sent_bytes.labels("upstream").inc(from_upstream)
+        self.sent_bytes.labels(source).inc(sent - from_upstream)
 
     def upstream_answered(self, path: str, status: int) -> None:
         """An upstream answer to ``path`` (its URL's, a prefix the registry has included)."""

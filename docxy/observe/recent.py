@@ -18,9 +18,11 @@ MAX_KEY = 200  # characters of an image name kept; longer names are cut
 class TopCounts:
     """Counts per key, for at most ``max_keys`` distinct keys.
 
-    When the table is full, a new key replaces the least counted one and starts from that
-    count plus one (the "space-saving" scheme): a name pulled often still climbs into the top,
-    while a flood of one-off names cannot grow the table.
+    When the table is full, a new key replaces the least counted one (the "space-saving"
+    scheme): it is kept as if it had that one's count, plus one, so that a name pulled often
+    still climbs into the top while a flood of one-off names cannot grow the table; that
+    inherited part is remembered, and :meth:`top` counts only what each key was seen itself
+    (never more than it was: a name seen once shows 1, whatever it replaced).
     """
 
     def __init__(self, max_keys: int = 1000) -> None:
@@ -28,6 +30,7 @@ class TopCounts:
             raise ValueError("max_keys must be at least 1")
         self.max_keys = max_keys
         self._counts: Counter[str] = Counter()
+        self._inherited: dict[str, int] = {}
 
     def add(self, key: str) -> None:
         key = key[:MAX_KEY]
@@ -36,11 +39,14 @@ class TopCounts:
             return
         smallest, count = min(self._counts.items(), key=lambda item: item[1])
         del self._counts[smallest]
+        self._inherited.pop(smallest, None)
         self._counts[key] = count + 1
+        self._inherited[key] = count
 
     def top(self, n: int) -> list[tuple[str, int]]:
-        """The ``n`` most counted keys, most first; ties by name."""
-        return sorted(self._counts.items(), key=lambda item: (-item[1], item[0]))[:n]
+        """The ``n`` most counted keys by what each was seen itself, most first; ties by name."""
+        seen = ((key, count - self._inherited.get(key, 0)) for key, count in self._counts.items())
+        return sorted(seen, key=lambda item: (-item[1], item[0]))[:n]
 
     def __len__(self) -> int:
         return len(self._counts)
