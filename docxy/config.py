@@ -387,15 +387,25 @@ def _opt_size(value: object) -> int:
     return parse_size(value)
 
 
+def _no_empty_item(value: object, what: str) -> None:
+    """Refuse an empty item of a TOML list: ``allow = [""]`` (filled from an empty template
+    variable) read as no list at all, everyone served. A comma-separated string (env, flags)
+    may still be empty, or end in a comma."""
+    if isinstance(value, list) and any(isinstance(i, str) and not i.strip() for i in value):
+        raise ValueError(f"an empty item in the list of {what}: {value!r}")
+
+
 def _networks(value: object) -> Networks:
     if not isinstance(value, str | list):
         raise ValueError(f"expected a list of networks, got {value!r}")
+    _no_empty_item(value, "networks")
     return parse_networks(value)
 
 
 def _patterns(value: object) -> Patterns:
     if not isinstance(value, str | list):
         raise ValueError(f"expected a list of repository patterns, got {value!r}")
+    _no_empty_item(value, "repository patterns")
     return parse_patterns(value)
 
 
@@ -444,7 +454,7 @@ def _opt_host_port(value: object) -> HostPort | None:
     return parse_host_port(value) if _opt_str(value) else None
 
 
-def _redacted(text: str) -> str:
+def redacted(text: str) -> str:
     """``text`` with any ``user:password@`` userinfo hidden, for error messages: all from the
     scheme (and its slashes, if any) up to the last ``@``. A password may hold a ``#``, ``/``,
     ``?`` or a space, and a mistyped URL may lack the ``//`` (``https:alice:pw@host``): the
@@ -458,7 +468,7 @@ def _redacted(text: str) -> str:
 
 def parse_url(value: object) -> str:
     text = _str(value).strip().rstrip("/")
-    shown = repr(_redacted(text))
+    shown = repr(redacted(text))
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", text):
         raise ValueError(f"not an http(s) URL: {shown}")
@@ -483,6 +493,16 @@ def parse_registry_url(value: object) -> str:
 
 def _opt_url(value: object) -> str | None:
     return parse_url(value) if _opt_str(value) else None
+
+
+def _opt_public_url(value: object) -> str | None:
+    """``server.public_url``: the mirror's root, ``http(s)://HOST[:PORT]``. It serves ``/v2/``
+    and ``/auth/token`` at its root, dockerd refuses a registry mirror with a path, and the
+    realm and the HTTPS redirect are built by appending to it: a path would name neither."""
+    url = _opt_url(value)
+    if url is not None and urlsplit(url).path:
+        raise ValueError(f"expected the mirror's root, http(s)://HOST[:PORT] (no path): {url!r}")
+    return url
 
 
 def _path(value: object) -> Path:
@@ -643,7 +663,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     "server": {
         "listen": (parse_host_port, "127.0.0.1:8080"),
         "tls_listen": (_opt_host_port, ""),
-        "public_url": (_opt_url, ""),
+        "public_url": (_opt_public_url, ""),
         "admin_listen": (_opt_host_port, "127.0.0.1:9180"),
         "admin_hosts": (_host_names, ""),
         "trusted_proxies": (_networks, ""),

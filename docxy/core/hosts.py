@@ -54,7 +54,11 @@ def host_key(host: str) -> tuple[str, str]:
     if host.isascii():
         host = host.lower()
     bare, port = _split(host)
-    return (bare if _is_default(port, MIRROR_DEFAULT_PORTS) else host), bare
+    # The fully qualified spelling (RFC 3986), ``ghcr.mirror.`` for ``ghcr.mirror``: one host.
+    bare = bare.removesuffix(".")
+    if _is_default(port, MIRROR_DEFAULT_PORTS):
+        return bare, bare
+    return f"{bare}:{port}", bare
 
 
 def takes_any_port(entry: str) -> bool:

@@ -50,6 +50,7 @@ from docxy.config import (
     parse_registry_url,
     parse_url,
     put_secret,
+    redacted,
     shown,
 )
 from docxy.core.errors import ConfigError
@@ -99,8 +100,9 @@ def is_upstreams_env(name: str) -> bool:
 def parse_name(value: object) -> str:
     text = value.strip().lower() if isinstance(value, str) else ""
     if not _NAME.fullmatch(text) or len(text) > 253:
+        shown = redacted(value) if isinstance(value, str) else value  # a URL's user:password@
         raise ValueError(
-            f"expected a registry host name such as ghcr.io (lower case, with a dot), got {value!r}"
+            f"expected a registry host name such as ghcr.io (lower case, with a dot), got {shown!r}"
         )
     return text
 
@@ -112,8 +114,10 @@ def parse_hosts(value: object) -> tuple[str, ...]:
     hosts = []
     for item in items:
         text = item.strip().lower() if isinstance(item, str) else ""
-        if not _HOST.fullmatch(text):
-            raise ValueError(f"expected HOST or HOST:PORT, got {item!r}")
+        port = text.rpartition("]")[2].partition(":")[2]
+        if not _HOST.fullmatch(text) or (port and not 0 < int(port) < 65536):
+            shown = redacted(item) if isinstance(item, str) else item
+            raise ValueError(f"expected HOST or HOST:PORT (port 1-65535), got {shown!r}")
         hosts.append(text)
     return tuple(hosts)
 

@@ -1,0 +1,119 @@
+"""Review of settings and routing: values accepted that make no sense, secrets in messages,
+requests sent to the wrong upstream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docxy.config import load_config
+from docxy.core.errors import ConfigError
+from docxy.upstream.client import Upstream
+from docxy.upstream.routing import Route, Upstreams
+
+BASE = {"server.listen": "127.0.0.1:8080"}
+
+
+def refused(env: dict[str, str], toml: str | None = None, tmp_path: Path | None = None) -> str:
+    path = None
+    if toml is not None:
+        assert tmp_path is not None
+        path = tmp_path / "docxy.toml"
+        path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(BASE, path, environ=env)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "listed",
+    ["https://robot:s3cret@registry.lab.example", "robot:s3cret@registry.lab.example"],
+)
+def test_an_upstream_listed_as_a_url_with_a_password_does_not_show_it(listed: str) -> None:
+    """A registry URL written where its name goes (``DOCXY_UPSTREAMS=https://user:pw@host``
+    instead of ``name=URL``) is refused; the refusal names the variable, never the password."""
+    message = refused({"DOCXY_UPSTREAMS": listed})
+    assert "DOCXY_UPSTREAMS" in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize("entry", ["ghcr.mirror.example:0", "ghcr.mirror.example:65536"])
+def test_a_hosts_entry_with_a_port_no_request_can_have_is_refused(entry: str) -> None:
+    """A ``hosts`` entry on port 0 or past 65535 picks no request ever: a typo, refused like
+    any bad port, naming the key and its source."""
+    message = refused({"DOCXY_UPSTREAMS": "ghcr.io", "DOCXY_UPSTREAMS_GHCR_IO_HOSTS": entry})
+    assert "upstreams.ghcr.io.hosts" in message
+    assert "DOCXY_UPSTREAMS_GHCR_IO_HOSTS" in message
+
+
+@pytest.mark.parametrize(
+    "url", ["https://mirror.example.com/docxy", "https://mirror.example.com/v2"]
+)
+def test_a_public_url_with_a_path_is_refused(url: str) -> None:
+    """``server.public_url`` is an origin: dockerd refuses a registry mirror with a path,
+    /setup.sh's script refuses it too, and the mirror serves /v2/ and /auth/token at its root,
+    so the realm (``<public_url>/auth/token``) and the HTTPS redirect would name paths it does
+    not serve."""
+    message = refused({"DOCXY_SERVER_PUBLIC_URL": url})
+    assert "server.public_url" in message
+    assert "DOCXY_SERVER_PUBLIC_URL" in message
+
+
+def test_a_public_url_with_a_trailing_slash_is_still_taken() -> None:
+    config = load_config(BASE, None, environ={"DOCXY_SERVER_PUBLIC_URL": "https://m.example/"})
+    assert config.server.public_url == "https://m.example"
+
+
+HUB = Upstream("https://registry-1.docker.io")
+GHCR = Upstream(
+    "https://ghcr.io", library_prefix=False, name="ghcr.io", hosts=("ghcr.mirror.test",)
+)
+LAB = Upstream("http://127.0.0.1:5000", name="lab.test", hosts=("lab.mirror.test:8080",))
+TABLE = Upstreams(HUB, [GHCR, LAB])
+
+
+@pytest.mark.parametrize(
+    ("host", "upstream"),
+    [
+        ("ghcr.mirror.test.", GHCR),
+        ("GHCR.Mirror.Test.:443", GHCR),
+        ("ghcr.mirror.test.:5000", GHCR),
+        ("lab.mirror.test.:8080", LAB),
+    ],
+)
+def test_a_host_with_a_trailing_dot_picks_its_upstream(host: str, upstream: Upstream) -> None:
+    """``Host: ghcr.mirror.test.`` (the fully qualified spelling, RFC 3986) is the host
+    ``ghcr.mirror.test``: it went to Docker Hub, whose ``owner/img`` is someone else's image."""
+    assert TABLE.route("owner/img", host=host) == Route(upstream, "owner/img")
+
+
+def test_an_ns_with_a_trailing_dot_names_its_upstream() -> None:
+    assert TABLE.route("owner/img", ns="ghcr.io.") == Route(GHCR, "owner/img")
+
+
+@pytest.mark.parametrize("key", ["allow", "repositories", "deny_repositories"])
+def test_an_empty_item_in_a_toml_list_of_the_access_rules_is_refused(
+    tmp_path: Path, key: str
+) -> None:
+    """``allow = [""]`` (a list filled from an empty template variable) read as no list at all:
+    everyone served, every repository. An item of a TOML list is given on purpose: empty, it
+    is a mistake, refused naming the key and the file (as ``server.admin_hosts`` does)."""
+    message = refused({}, f'[access]\n{key} = [""]\n', tmp_path)
+    assert f"access.{key}" in message
+    assert str(tmp_path / "docxy.toml") in message
+
+
+@pytest.mark.parametrize("key", ["limits.exempt", "server.trusted_proxies"])
+def test_an_empty_item_in_a_toml_list_of_networks_is_refused(tmp_path: Path, key: str) -> None:
+    section, _, name = key.partition(".")
+    message = refused({}, f'[{section}]\n{name} = ["10.0.0.0/8", " "]\n', tmp_path)
+    assert key in message
+
+
+def test_comma_separated_lists_still_take_a_trailing_comma() -> None:
+    config = load_config(
+        BASE, None, environ={"DOCXY_ACCESS_ALLOW": "10.0.0.0/8,", "DOCXY_ACCESS_REPOSITORIES": ""}
+    )
+    assert str(config.access.allow) == "10.0.0.0/8"
+    assert not config.access.repositories
