@@ -343,8 +343,12 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?", re.IGNORECASE)
 
 def parse_size(value: object) -> int:
     """``"20G"``, ``"512MiB"``, ``1048576`` → bytes (binary multiples)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):  # a TOML number: bytes
+        if isinstance(value, int) and value > 0:
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer() and value > 0:
+            return int(value)
+        raise ValueError(f"expected a size such as 20G or 512M, or bytes above 0, got {value!r}")
     match = _SIZE.fullmatch(_str(value).strip())
     if match is None:
         raise ValueError(f"expected a size such as 20G or 512M, got {value!r}")
@@ -1090,7 +1094,16 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
             )
     upstream = UpstreamConfig(**_section(values, "upstream"))
     if (upstream.username is None) != (upstream.password is None):
-        raise fail("upstream.username", "upstream.username and upstream.password go together")
+        # Name both: the one set, and the one missing (maybe emptied by a higher layer, as
+        # DOCXY_UPSTREAM_PASSWORD= left in .env empties a file's password).
+        have, lack = (
+            ("username", "password") if upstream.password is None else ("password", "username")
+        )
+        raise ConfigError(
+            "upstream.username: upstream.username and upstream.password go together "
+            f"({sources.get(f'upstream.{have}', 'default')}); upstream.{lack} is not set "
+            f"({sources.get(f'upstream.{lack}', 'default')})"
+        )
     if upstream.ca_origins and upstream.ca_file is None:
         raise fail("upstream.ca_origins", CA_ORIGINS_ALONE)
     auth = _section(values, "auth")

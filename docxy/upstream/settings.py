@@ -205,6 +205,7 @@ def load_upstreams(
         layers.append((flags[SECTION], "flag"))
     known: dict[str, Raw] = {}  # every name in some layer's list, its keys from them all
     names: list[str] = []
+    listed_by = ""  # the source of the list that decides
     for value, source in layers:  # the highest layer with a list decides which are on
         entries = _list_entries(value, source)
         layer: dict[str, Raw] = {}  # a name listed twice: one layer still
@@ -215,6 +216,7 @@ def load_upstreams(
         for listed, keys in layer.items():
             known[listed] = known.get(listed, {}) | keys  # a higher layer's key wins
         names = [listed for listed, _ in entries]
+        listed_by = source
     # A layer between whose list left a name out does not drop what the layers below say of
     # it: a file's registry URL still counts when a flag's list names it again.
     enabled: dict[str, Raw] = {listed: known[listed] for listed in names}
@@ -232,7 +234,7 @@ def load_upstreams(
             enabled[name] |= keys
     upstreams, sources = [], {}
     for name, keys in enabled.items():
-        built = _build(name, keys)
+        built = _build(name, keys, listed_by)
         if built is not None:
             upstreams.append(built)
             sources.update({f"{SECTION}.{name}.{k}": s for k, (_, s) in keys.items()})
@@ -278,7 +280,8 @@ def _flag_layer(
     return layer
 
 
-def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
+def _build(name: str, keys: Raw, listed: str) -> NamedUpstreamConfig | None:
+    """The upstream `name` from its `keys`; `listed`: the source of the list that enabled it."""
     preset = PRESETS.get(name)
     if name == DEFAULT_NAME:
         if keys:
@@ -311,12 +314,15 @@ def _build(name: str, keys: Raw) -> NamedUpstreamConfig | None:
     if values["registry"] is None:
         raise ConfigError(
             f"{SECTION}.{name}.registry: required: {name} is not a preset "
-            f"({', '.join(sorted(PRESETS))}) (no source)"
+            f"({', '.join(sorted(PRESETS))}) ({listed})"
         )
     if (values["username"] is None) != (values["password"] is None):
-        source = (keys.get("username") or keys.get("password") or (None, "?"))[1]
+        # Name both: the one set, and the one missing (maybe emptied by a higher layer).
+        have, lack = ("username", SECRET) if values["password"] is None else (SECRET, "username")
+        lacking = keys.get(lack, (None, "default"))[1]
         raise ConfigError(
-            f"{SECTION}.{name}.username: username and password go together ({source})"
+            f"{SECTION}.{name}.username: username and password go together ({keys[have][1]}); "
+            f"{SECTION}.{name}.{lack} is not set ({lacking})"
         )
     if values["ca_origins"] and values["ca_file"] is None:
         source = keys["ca_origins"][1]

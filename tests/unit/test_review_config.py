@@ -117,3 +117,42 @@ def test_comma_separated_lists_still_take_a_trailing_comma() -> None:
     )
     assert str(config.access.allow) == "10.0.0.0/8"
     assert not config.access.repositories
+
+
+def test_a_password_emptied_by_a_higher_layer_is_named_as_the_one_missing(tmp_path: Path) -> None:
+    """The file gives a login; ``DOCXY_UPSTREAM_PASSWORD=`` left empty in ``.env`` (as
+    install.sh writes it) empties the password. The refusal blamed the file's username, not
+    the variable that took the password away."""
+    toml = '[upstream]\nusername = "robot"\npassword = "pw"\n'
+    message = refused({"DOCXY_UPSTREAM_PASSWORD": ""}, toml, tmp_path)
+    assert "upstream.password" in message
+    assert "env DOCXY_UPSTREAM_PASSWORD" in message
+
+
+def test_a_named_upstream_password_emptied_by_env_is_named(tmp_path: Path) -> None:
+    toml = '[[upstreams]]\nname = "ghcr.io"\nusername = "robot"\npassword = "pw"\n'
+    message = refused({"DOCXY_UPSTREAMS_GHCR_IO_PASSWORD": ""}, toml, tmp_path)
+    assert "upstreams.ghcr.io.password" in message
+    assert "env DOCXY_UPSTREAMS_GHCR_IO_PASSWORD" in message
+
+
+def test_an_upstream_without_a_registry_names_where_it_was_listed(tmp_path: Path) -> None:
+    message = refused({}, 'upstreams = ["ghcr.io", "lab.example"]\n', tmp_path)
+    assert "upstreams.lab.example.registry" in message
+    assert f"file {tmp_path / 'docxy.toml'}" in message
+    message = refused({"DOCXY_UPSTREAMS": "lab.example"})
+    assert "env DOCXY_UPSTREAMS" in message
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "0.5", "1.5", "nan"])
+def test_a_size_given_as_a_toml_number_is_refused_as_a_size(tmp_path: Path, value: str) -> None:
+    """A plain number is bytes (README): ``max_size = 0`` was refused as "expected a string"."""
+    message = refused({}, f"[cache]\nmax_size = {value}\n", tmp_path)
+    assert "cache.max_size" in message
+    assert "expected a size" in message
+
+
+def test_a_whole_toml_float_is_a_size_in_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "docxy.toml"
+    path.write_text("[cache]\nmax_size = 1.5e9\n")
+    assert load_config(BASE, path, environ={}).cache.max_size == 1_500_000_000
