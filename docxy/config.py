@@ -21,6 +21,7 @@ import ipaddress
 import math
 import os
 import re
+import shlex
 import ssl
 import tomllib
 from collections.abc import Callable, Mapping
@@ -309,14 +310,51 @@ def parse_seconds(value: object) -> float:
     return _float(value)
 
 
+#: The longest the renewer waits between runs (``scheduler.interval``, ``retry_base``,
+#: ``retry_max``): certbot renews a Let's Encrypt certificate in its last 30 days, so a longer
+#: wait can let one expire. Far longer ones overflowed its date arithmetic: it died at each start.
+RENEWER_WAIT_MAX = 30 * 24 * 3600.0
+#: The longest ``scheduler.certbot_timeout``: one of a month overflowed the wait on the run's
+#: process, and every run raised instead of failing, so none was counted, retried or reported.
+CERTBOT_TIMEOUT_MAX = 24 * 3600.0
+
+
+def _float_at_most(limit: float, what: str) -> Callable[[object], float]:
+    """A parser of a number of seconds above 0 and at most `limit` (`what` says why)."""
+
+    def parse(value: object) -> float:
+        number = _float(value)
+        if number > limit:
+            raise ValueError(f"expected at most {limit:g} seconds ({what}), got {value!r}")
+        return number
+
+    return parse
+
+
+_renewer_wait = _float_at_most(RENEWER_WAIT_MAX, "30 days")
+
+
 def _opt_interval(value: object) -> float | None:
-    """Seconds, or None when empty or 0 (off)."""
+    """Seconds, or None when empty or 0 (off); at most :data:`RENEWER_WAIT_MAX`."""
     if isinstance(value, str) and not value.strip():
         return None
     number = _number(value)
     if number < 0:
         raise ValueError(f"expected a number >= 0, got {value!r}")
-    return number or None
+    return _renewer_wait(number) if number else None
+
+
+def _opt_command(value: object) -> str | None:
+    """A command line as the renewer splits it (``shlex``, no shell), or None when empty: one
+    it cannot split (an unclosed quote) failed every run with shlex's words alone."""
+    text = _opt_str(value)
+    if text is not None:
+        try:
+            shlex.split(text)
+        except ValueError as exc:  # "No closing quotation", "No escaped character"
+            # Not the text: it may hold a password (supervisorctl -p), and this reaches the log.
+            raise ValueError(f"not a command line the renewer can split: {exc}") from None
+    return text
 
 
 def _opt_int_in(low: int, high: int) -> Callable[[object], int | None]:
@@ -751,11 +789,11 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "hour": (_opt_int_in(0, 11), ""),
         "minute": (_opt_int_in(0, 59), ""),
         "interval": (_opt_interval, ""),
-        "retry_base": (_float, 300.0),
-        "retry_max": (_float, 6 * 3600.0),
-        "certbot_timeout": (_float, 300.0),
+        "retry_base": (_renewer_wait, 300.0),
+        "retry_max": (_renewer_wait, 6 * 3600.0),
+        "certbot_timeout": (_float_at_most(CERTBOT_TIMEOUT_MAX, "a day"), 300.0),
         "pidfile": (_opt_path, ""),
-        "reload_command": (_opt_str, ""),
+        "reload_command": (_opt_command, ""),
         "deploy_hook": (_opt_str, ""),
         "wait_for_mirror": (_bool, False),
     },
