@@ -209,6 +209,20 @@ def idle(once: bool) -> int:
     return 0
 
 
+def warn_nowhere_to_install(settings: settings_mod.Settings) -> None:
+    """A domain without tls.cert_path/key_path (given together, or neither: docxy.config): the
+    mirror serves a self-signed pair of its own, and each run, though it succeeds, installs
+    nothing. Said, not refused: a deploy hook may be what takes the certificate elsewhere."""
+    log.warning(
+        "certs.domain is set but tls.cert_path and tls.key_path are not: certificates for %s "
+        "are obtained and renewed in %s and installed nowhere, and the mirror serves a "
+        "self-signed one; set both (env DOCXY_TLS_CERT_PATH and DOCXY_TLS_KEY_PATH, or [tls]) "
+        "where the mirror serves its certificate",
+        settings.domain,
+        settings.config_dir / "live" / str(settings.domain),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     flags = list(sys.argv[1:] if argv is None else argv)
@@ -219,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if settings.domain is None:
         return idle(settings.once)
+    if settings.cert_path is None:
+        warn_nowhere_to_install(settings)
     if settings.once:
         from scheduler.renewal import Renewer  # the work, in this process: it ends after one run
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from docxy.core.errors import ConfigError
 from scheduler import settings as settings_mod
 from scheduler.runs import RunCutShort, RunFailed, Runs, configure_logging
 
@@ -60,7 +61,8 @@ class InChild(Runs):
                 raise RunCutShort(f"the renewal run was stopped by {name}") from exc
             raise RunFailed(f"the renewal run exited {proc.returncode} without a result") from exc
         self.reload_pending = pending
-        self.described = result.get("certificate")
+        if "certificate" in result:  # absent: the run could not look (a config error)
+            self.described = result["certificate"]
         set_aside = result.get("set_aside")
         if isinstance(set_aside, dict):  # this run's (None: the last one's stays)
             self.set_aside = set_aside
@@ -77,7 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scheduler.renewal import Renewer  # only here: the renewer itself never loads it
 
     request = json.loads(sys.stdin.read() or "{}")
-    renewer = Renewer(settings_mod.load(argv), reload_pending=bool(request.get("reload_pending")))
+    pending = bool(request.get("reload_pending"))
+    try:
+        settings = settings_mod.load(argv)
+    except ConfigError as exc:
+        # Read again for each run: a config file edited wrong since the renewer started. Its
+        # reason is the run's (else: "exited 1 without a result", the key only in a traceback).
+        said = f"config error: {exc} (the renewer's settings, read again for this run)"
+        print(json.dumps({"error": said, "reload_pending": pending}), flush=True)
+        return 0
+    renewer = Renewer(settings, reload_pending=pending)
     try:
         renewer.attempt()
         error = None

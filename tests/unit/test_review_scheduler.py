@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 import time
@@ -11,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from docxy.core.errors import ConfigError
+from docxy.tls import certs
 from scheduler import main as scheduler_main
 from scheduler import settings as settings_mod
 from scheduler.runs import RunFailed, Runs
 from scheduler.worker import InChild
+from tests.unit.test_scheduler import FakeCertbot
 
 
 @pytest.fixture
@@ -139,3 +142,38 @@ def test_the_appliances_reload_command_is_still_taken(monkeypatch: pytest.Monkey
     command = "supervisorctl -s 'unix:///run/docxy/supervisor.sock' signal HUP docxy"
     monkeypatch.setenv("DOCXY_SCHEDULER_RELOAD_COMMAND", command)
     assert settings_mod.load([]).reload_command == command
+
+
+@pytest.mark.usefixtures("env")
+def test_a_config_broken_while_the_renewer_waits_is_the_runs_reason(tmp_path: Path) -> None:
+    """Each run's child reads the settings again. A config file edited into a wrong one while
+    the renewer waited failed every run with "the renewal run exited 1 without a result" in
+    /health (the reason only in a traceback in the log): the run's error now names the key."""
+    config = tmp_path / "docxy.toml"
+    config.write_text("[scheduler]\nretry_base = 60\n")
+    settings = settings_mod.load(["--config", str(config)])
+    config.write_text("[scheduler]\nretry_base = 0\n")  # edited while the renewer runs
+    renewer = InChild(settings, argv=["--config", str(config)], reload_pending=True)
+    assert renewer.run() is False
+    assert "scheduler.retry_base" in str(renewer.last_error), renewer.last_error
+    assert renewer.reload_pending  # still owed: nothing was done
+
+
+def test_a_renewer_with_nowhere_to_install_says_so(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """certs.domain set, tls.cert_path/key_path not (the mirror then serves a self-signed pair
+    for the domain): the renewer obtained a certificate, installed it nowhere, and reported
+    the run a success, so /health's renewal looked fine while clients got the self-signed one."""
+    fake = FakeCertbot(Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "live" / "mirror.test")
+    monkeypatch.setattr(certs, "obtain", fake.obtain)
+    monkeypatch.setattr(certs, "renew", fake.renew)
+    caplog.set_level(logging.WARNING, "scheduler")
+    assert scheduler_main.main(["--once"]) == 0
+    assert fake.calls == ["certonly"]
+    [warned] = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name.startswith("scheduler")
+    ]
+    assert "tls.cert_path" in warned and "live/mirror.test" in warned, warned
