@@ -391,6 +391,8 @@ def parse_size(value: object) -> int:
     if match is None:
         raise ValueError(f"expected a size such as 20G or 512M, got {value!r}")
     number, unit = float(match.group(1)), match.group(2).upper()
+    if not unit and (match.group(3) or "").lower().startswith("i"):  # "1iB": no multiple named
+        raise ValueError(f"expected a size such as 20G or 512M, got {value!r}")
     scaled = number * 1024 ** "_KMGT".index(unit or "_")
     if not math.isfinite(scaled):
         raise ValueError(f"size out of range: {value!r}")

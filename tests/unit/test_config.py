@@ -449,7 +449,25 @@ def test_parse_size(value: object, expected: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "G", "20X", "-1", "-1G", "0", "0G", "0.0001K", "1.2.3G", "lots", 0, -5, True, 1.5]
+    "value",
+    [
+        "",
+        "G",
+        "20X",
+        "-1",
+        "-1G",
+        "0",
+        "0G",
+        "0.0001K",
+        "1.2.3G",
+        "lots",
+        "1iB",
+        "2i",
+        0,
+        -5,
+        True,
+        1.5,
+    ],
 )
 def test_bad_size(value: object) -> None:
     with pytest.raises(ValueError):
