@@ -461,10 +461,9 @@ others = [m for m in mirrors if not same(m, url)]
 wanted = [url, *others] if mode == "merge" else others
 if wanted == mirrors and (had or mode == "remove"):
     sys.exit(10)
-if wanted:
-    document["registry-mirrors"] = wanted
-else:
-    document.pop("registry-mirrors", None)
+# The last mirror taken out leaves "registry-mirrors": [], not no key: dockerd's reload takes
+# the mirrors from the file only when the key is there, and would go on using this one.
+document["registry-mirrors"] = wanted
 with open(out, "wb") as handle:
     handle.write(mark + json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n")
 PY
@@ -852,6 +851,8 @@ try:
         lines = handle.read().splitlines(keepends=True)
 except FileNotFoundError:
     lines = []
+if lines and not lines[-1].endswith("\n"):
+    lines[-1] += "\n"  # a last line without one: the mirror's table must not be glued onto it
 preamble, found = blocks(lines)
 ours = [block for block in found if canonical(block[0]) == canonical(url)]
 others = [block for block in found if canonical(block[0]) != canonical(url)]
