@@ -55,7 +55,8 @@ usage: $PROG [--mirror URL] [options]
   --registry NAME[=URL] containerd: a hosts.toml for this registry pointing at the mirror
                         (repeatable; URL, where pulls go when the mirror does not answer,
                         defaults to https://NAME, for docker.io to $DOCKER_HUB_SERVER;
-                        default: ${REGISTRIES_DEFAULT:-docker.io})
+                        default: ${REGISTRIES_DEFAULT:-docker.io}; with --remove, those and
+                        every other registry whose hosts.toml names the mirror)
   --client-cert DIR     install DIR/client.cert and DIR/client.key (\`docxy clients add NAME
                         --out DIR\`) for Docker, containerd and podman; --remove takes them out
   --ca-cert FILE        the CA that signed the mirror's server certificate, when it is a private
@@ -97,6 +98,7 @@ WANT_DOCKER=0
 WANT_CONTAINERD=0
 WANT_PODMAN=0
 REGISTRIES=()
+REGISTRIES_GIVEN=0 # --registry named them: --remove looks at those alone
 CLIENT_DIR=""
 CA_CERT=""
 MIRROR_HOST=""
@@ -120,8 +122,8 @@ parse_args() {
       --reload) RELOAD=1; RELOAD_ASKED=1 ;;
       --allow-restart) ALLOW_RESTART=1 ;;
       --root) ROOT="$2"; shift ;;
-      --registry) REGISTRIES+=("$2"); shift ;;
-      --registry=*) REGISTRIES+=("${1#*=}") ;;
+      --registry) REGISTRIES+=("$2"); REGISTRIES_GIVEN=1; shift ;;
+      --registry=*) REGISTRIES+=("${1#*=}"); REGISTRIES_GIVEN=1 ;;
       --client-cert) CLIENT_DIR="$2"; shift ;;
       --ca-cert) CA_CERT="$2"; shift ;;
       --daemon-json) DAEMON_JSON="$2"; shift ;;
@@ -992,8 +994,27 @@ configure_registry() {
   fi
 }
 
+# --remove without --registry: also every other registry whose certs.d directory names this
+# mirror (in its hosts.toml, or a certificate copy beside it): one an earlier run was given
+# with --registry, or one the mirror fronted then and /setup.sh no longer names.
+add_listed_registries() {
+  local dir name entry known
+  for dir in "$(under_root /etc/containerd/certs.d)"/*/; do
+    dir="${dir%/}"
+    [[ -e "$dir/client-$MIRROR_HOST.cert" || -e "$dir/ca-$MIRROR_HOST.crt" ]] ||
+      { [[ -f "$dir/hosts.toml" ]] && grep -qiF -- "$MIRROR" "$dir/hosts.toml"; } || continue
+    name="$(basename -- "$dir")"
+    known=0
+    for entry in "${REGISTRIES[@]}"; do
+      [[ "$(registry_name "$entry")" == "$name" ]] && known=1
+    done
+    ((known)) || REGISTRIES+=("$name")
+  done
+}
+
 configure_containerd() {
   local entry config paths
+  if ((REMOVE && !REGISTRIES_GIVEN)); then add_listed_registries; fi
   for entry in "${REGISTRIES[@]}"; do configure_registry "$entry"; done
   config="$(under_root /etc/containerd/config.toml)"
   paths="$(hosts_toml_tool config-path "$config")"

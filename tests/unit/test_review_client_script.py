@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.scriptbox import Rule, ScriptBox, output
+from docxy.access.clientca import ClientCA
+from docxy.http.setup_script import fill_in
+from tests.scriptbox import REPO, Rule, ScriptBox, output, run_ok
 from tests.unit.test_configure_client import (
     DAEMON_JSON,
     HOSTS_TOML,
     MIRROR,
+    SCRIPT,
     attempt,
     configure,
     daemon_json,
@@ -31,6 +34,15 @@ def box(tmp_path: Path) -> ScriptBox:
     box.stand_in("systemctl", Rule(r"is-active", rc=0))
     box.stand_in("kill")
     return box
+
+
+@pytest.fixture
+def server_ca(tmp_path: Path) -> Path:
+    """A private CA certificate for the mirror's server certificate (any PEM certificate)."""
+    path = tmp_path / "server-ca.pem"
+    ClientCA(tmp_path / "server-ca").ensure()
+    path.write_bytes((tmp_path / "server-ca" / "ca.crt").read_bytes())
+    return path
 
 
 # A dockerd that reloads as moby's does (daemon/reload.go, reloadRegistryConfig): on SIGHUP it
@@ -102,3 +114,49 @@ def test_a_hosts_toml_without_a_final_newline_takes_the_mirror(box: ScriptBox) -
     assert tomllib.loads(box.path(HOSTS_TOML).read_text()) == {
         "server": "https://dockerhub-proxy.corp.example"
     }
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["by-hand", "served-later"])
+def test_remove_takes_the_mirror_out_of_every_registry_it_was_put_in(
+    box: ScriptBox, server_ca: Path, served: bool
+) -> None:
+    """Set up with --registry ghcr.io --registry quay.io (or by a /setup.sh whose mirror
+    fronted quay.io then and does not now), `--remove` looked at docker.io alone (or the
+    registries served now): the other hosts.toml files kept the mirror, which containerd then
+    tries first at every pull, and the CA copies beside them stayed. It said "Nothing to
+    change" or "removed", exit 0."""
+    configure(
+        box, "--mirror", MIRROR, "--containerd", "--ca-cert", str(server_ca),
+        "--registry", "docker.io", "--registry", "ghcr.io", "--registry", "quay.io",
+    )  # fmt: skip
+    operators = box.path("/etc/containerd/certs.d/registry.corp/hosts.toml")
+    operators.parent.mkdir(parents=True)
+    operators.write_text('server = "https://registry.corp"\n')
+    before = operators.read_text()
+    box.stand_in("docker", docker_info())
+
+    if served:
+        filled = fill_in((REPO / "scripts" / SCRIPT).read_text(), MIRROR, ("docker.io", "ghcr.io"))
+        said = run_ok(attempt(box, "--containerd", "--remove", stdin=filled))
+    else:
+        said = configure(box, "--mirror", MIRROR, "--containerd", "--remove")
+
+    left = [
+        name
+        for name in box.files()
+        if name.startswith("etc/containerd/") and ".docxy-backup-" not in name
+    ]
+    assert left == ["etc/containerd/certs.d/registry.corp/hosts.toml"], said
+    assert operators.read_text() == before
+
+
+def test_remove_with_registry_named_takes_only_those(box: ScriptBox) -> None:
+    """--remove --registry NAME: only that registry's file, as asked."""
+    configure(
+        box, "--mirror", MIRROR, "--containerd", "--registry", "ghcr.io", "--registry", "quay.io"
+    )
+
+    configure(box, "--mirror", MIRROR, "--containerd", "--remove", "--registry", "quay.io")
+
+    assert not box.path("/etc/containerd/certs.d/quay.io/hosts.toml").exists()
+    assert MIRROR in box.path("/etc/containerd/certs.d/ghcr.io/hosts.toml").read_text()
