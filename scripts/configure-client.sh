@@ -490,6 +490,10 @@ configure_docker() {
     beside_the_flag
     return
   fi
+  if ((REMOVE && rc == 10)) && mirror_flag_set && mirror_on_the_flag; then
+    rm -f -- "$new"
+    return
+  fi
   if ((rc == 10)); then
     rm -f -- "$new"
     if ((REMOVE)); then
@@ -545,6 +549,18 @@ beside_the_flag() {
   warn "(\"directives are specified both as a flag and in the configuration file\"). Add"
   warn "--registry-mirror=$MIRROR to that command line instead, or move its mirrors into"
   warn "$DAEMON_JSON and drop the flag; $DAEMON_JSON was not changed"
+  FAILED=1
+}
+
+# --remove, the file without the mirror, and dockerd (run with --registry-mirror) using it all
+# the same: it comes from that flag, which no reload or restart takes away. Said, and a failure;
+# nothing is signalled. Fails (goes on as usual) when dockerd does not use the mirror.
+mirror_on_the_flag() {
+  local mirrors
+  mirrors="$(active_mirrors)" && mirror_active "$mirrors" || return 1
+  warn "dockerd uses $MIRROR from --registry-mirror on its command line (its unit or service"
+  warn "file), not from $DAEMON_JSON: no reload takes it away. Take --registry-mirror=$MIRROR"
+  warn "off that command line (systemctl edit docker), then restart dockerd"
   FAILED=1
 }
 

@@ -22,6 +22,7 @@ from tests.unit.test_configure_client import (
     configure,
     daemon_json,
     docker_info,
+    dockerd_with_flags,
 )
 
 
@@ -160,3 +161,32 @@ def test_remove_with_registry_named_takes_only_those(box: ScriptBox) -> None:
 
     assert not box.path("/etc/containerd/certs.d/quay.io/hosts.toml").exists()
     assert MIRROR in box.path("/etc/containerd/certs.d/ghcr.io/hosts.toml").read_text()
+
+
+@pytest.mark.parametrize("more", [[], ["--allow-restart"]], ids=["plain", "allow-restart"])
+def test_remove_of_a_mirror_on_dockerds_command_line_says_where_it_is(
+    box: ScriptBox, tmp_path: Path, more: list[str]
+) -> None:
+    """The script's own advice for a dockerd run with --registry-mirror is to put the mirror on
+    that flag. `--remove` then found daemon.json without it ("nothing to remove"), reloaded
+    dockerd, waited, and said to restart dockerd (or rerun with --allow-restart), which cannot
+    help: with --allow-restart it restarted dockerd, stopping its containers, for nothing. It
+    now says the mirror is on dockerd's command line and signals nothing."""
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text('{"debug": true}\n')
+    before = box.files()
+    with dockerd_with_flags(tmp_path, f"--registry-mirror={MIRROR}") as proc:
+        box.stand_in(
+            "systemctl",
+            Rule(r"is-active", rc=0),
+            Rule(r"^show .*MainPID", stdout=f"{proc.pid}\n"),
+        )
+        result = attempt(
+            box, "--mirror", MIRROR, "--docker", "--remove", *more, env={"DOCXY_RELOAD_WAIT": "1"}
+        )
+
+    assert result.returncode == 1, output(result)
+    assert not box.called(r"^(systemctl (reload|restart)|kill)"), output(result)
+    assert "command line" in result.stderr and f"--registry-mirror={MIRROR}" in result.stderr
+    assert "--allow-restart" not in result.stderr, output(result)
+    assert box.files() == before
