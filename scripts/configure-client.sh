@@ -138,9 +138,9 @@ parse_args() {
     shift
   done
   [[ -n "$MIRROR" ]] || { usage >&2; die "--mirror URL is required" 2; }
-  MIRROR="${MIRROR%/}"
+  while [[ "$MIRROR" == */ ]]; do MIRROR="${MIRROR%/}"; done
   local url_pattern='^https?://[][A-Za-z0-9.:-]+(/[A-Za-z0-9._~/-]*)?$'
-  [[ "$MIRROR" =~ $url_pattern ]] ||
+  [[ "${MIRROR,,}" =~ $url_pattern ]] ||
     die "--mirror must be an http(s) URL such as https://mirror.example.com, not '$MIRROR'" 2
   # Scheme and host are not case-sensitive: one spelling, so every file compares equal.
   local scheme="${MIRROR%%://*}" rest="${MIRROR#*://}" path=""

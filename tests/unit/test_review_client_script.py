@@ -190,3 +190,18 @@ def test_remove_of_a_mirror_on_dockerds_command_line_says_where_it_is(
     assert "command line" in result.stderr and f"--registry-mirror={MIRROR}" in result.stderr
     assert "--allow-restart" not in result.stderr, output(result)
     assert box.files() == before
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["HTTPS://Mirror.Example.com", "https://mirror.example.com//", "Https://mirror.example.com/"],
+)
+def test_a_mirror_url_spelled_otherwise_is_the_same_mirror(box: ScriptBox, given: str) -> None:
+    """The script lower-cases scheme and host ("one spelling, so every file compares equal")
+    and drops a trailing slash, but its check came first: `HTTPS://...` was "not an http(s)
+    URL" and `https://host//` "has a path" (exit 2)."""
+    result = attempt(box, "--mirror", given, "--docker", "--containerd")
+
+    assert result.returncode == 0, output(result)
+    assert daemon_json(box)["registry-mirrors"] == [MIRROR]
+    assert list(tomllib.loads(box.path(HOSTS_TOML).read_text())["host"]) == [MIRROR]
