@@ -744,8 +744,14 @@ confirm_docker() {
     return 0
   fi
   warn "dockerd did not pick up the change (\`docker info\` does not show it)."
-  warn "restart it to apply: systemctl restart docker, which stops its running containers unless"
-  warn "live-restore is on (or rerun with --allow-restart, which puts the old file back if it fails)"
+  if ! systemd_docker_active; then
+    # --allow-restart restarts systemd's docker unit alone: not this dockerd.
+    warn "restart this dockerd to apply (it is not systemd's docker unit, which is all"
+    warn "--allow-restart restarts); that stops its running containers unless live-restore is on"
+  else
+    warn "restart it to apply: systemctl restart docker, which stops its running containers unless"
+    warn "live-restore is on (or rerun with --allow-restart, which puts the old file back if it fails)"
+  fi
   FAILED=1
 }
 

@@ -205,3 +205,26 @@ def test_a_mirror_url_spelled_otherwise_is_the_same_mirror(box: ScriptBox, given
     assert result.returncode == 0, output(result)
     assert daemon_json(box)["registry-mirrors"] == [MIRROR]
     assert list(tomllib.loads(box.path(HOSTS_TOML).read_text())["host"]) == [MIRROR]
+
+
+def test_allow_restart_without_systemd_does_not_say_to_rerun_with_it(
+    box: ScriptBox, tmp_path: Path
+) -> None:
+    """A dockerd outside systemd (--dockerd-pidfile) whose reload did not take: --allow-restart
+    restarts only systemd's docker unit, so nothing was restarted, and the failure said to
+    `systemctl restart docker` "or rerun with --allow-restart", as the run just was."""
+    box.stand_in("systemctl", Rule(r"is-active", rc=3))
+    box.stand_in("docker", docker_info("https://other.example"))
+    with dockerd_with_flags(tmp_path, "--debug") as proc:
+        pidfile = box.base / "dockerd.pid"
+        pidfile.write_text(f"{proc.pid}\n")
+        result = attempt(
+            box, "--mirror", MIRROR, "--docker", "--dockerd-pidfile", str(pidfile),
+            "--allow-restart", env={"DOCXY_RELOAD_WAIT": "1"},
+        )  # fmt: skip
+
+    assert result.returncode == 1, output(result)
+    assert not box.called(r"^systemctl restart")
+    assert "rerun with --allow-restart" not in result.stderr, output(result)
+    assert "systemctl restart docker" not in result.stderr, output(result)
+    assert "--allow-restart" in result.stderr and "restart" in result.stderr
