@@ -254,6 +254,11 @@ real_target() {
   printf '%s' "$real"
 }
 
+# make_dir DIR: DIR and its missing parents, 0755 whatever the umask (a hardened root's 077
+# made /etc/containers/registries.conf.d 0700: rootless podman, which reads it as its user,
+# failed every command). The files in them get their own modes.
+make_dir() { (umask 022 && mkdir -p -- "$1"); }
+
 # place_file TARGET CONTENT MODE: put the file CONTENT at TARGET (or the file TARGET links to),
 # atomically: copied to a temporary file beside it (same file system), then renamed over it.
 # The backup goes beside TARGET. CONTENT is removed.
@@ -263,7 +268,7 @@ place_file() {
   [[ "$target" == "$link" ]] || say "  $link links to $target: writing that file"
   dir="$(dirname -- "$target")"
   if [[ ! -d "$dir" ]]; then
-    mkdir -p -- "$dir"
+    make_dir "$dir"
     say "  created $dir"
   fi
   staged="$(mktemp "$dir/.$(basename -- "$target").XXXXXX")"
@@ -295,7 +300,7 @@ copy_in() {
   fi
   dir="$(dirname -- "$target")"
   if [[ ! -d "$dir" ]]; then
-    mkdir -p -- "$dir"
+    make_dir "$dir"
     say "  created $dir"
   fi
   staged="$(mktemp "$dir/.$(basename -- "$target").XXXXXX")"

@@ -228,3 +228,22 @@ def test_allow_restart_without_systemd_does_not_say_to_rerun_with_it(
     assert "rerun with --allow-restart" not in result.stderr, output(result)
     assert "systemctl restart docker" not in result.stderr, output(result)
     assert "--allow-restart" in result.stderr and "restart" in result.stderr
+
+
+def test_directories_it_creates_are_readable_under_a_strict_umask(box: ScriptBox) -> None:
+    """Run under `umask 077` (a hardened host's root, which sudo keeps): the directories the
+    script created were 0700, /etc/containers/registries.conf.d among them, which rootless
+    podman reads as its user (it could not read the drop-in directory, and failed), while the
+    files in them were 0644 as meant."""
+    script = (REPO / "scripts" / SCRIPT).read_text()
+    result = attempt(
+        box, "--mirror", MIRROR, "--podman", "--containerd", stdin="umask 077\n" + script
+    )
+
+    assert result.returncode == 0, output(result)
+    for made in (
+        "/etc/containers",
+        "/etc/containers/registries.conf.d",
+        "/etc/containerd/certs.d/docker.io",
+    ):
+        assert box.path(made).stat().st_mode & 0o777 == 0o755, made
