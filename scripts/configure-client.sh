@@ -918,6 +918,9 @@ else:
             l.startswith(MARK) or not l.strip() or SERVER.match(l) for l in preamble):
         body = []
     else:
+        # Its mark ("... try the mirror first") would say something false of a file that keeps
+        # no mirror of this script's: it goes, and the server line (the registry) stays.
+        preamble = [l for l in preamble if not l.startswith(MARK)]
         body = [*preamble, *(l for b in others for l in b[1])]
 try:
     import tomllib  # Python 3.11+; Ubuntu 22.04's 3.10 goes without this check

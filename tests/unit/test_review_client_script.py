@@ -247,3 +247,22 @@ def test_directories_it_creates_are_readable_under_a_strict_umask(box: ScriptBox
         "/etc/containerd/certs.d/docker.io",
     ):
         assert box.path(made).stat().st_mode & 0o777 == 0o755, made
+
+
+def test_remove_leaves_no_mark_saying_the_mirror_comes_first(box: ScriptBox) -> None:
+    """An operator's hosts.toml with a host of its own and no top-level lines got the script's
+    "Written by Docxy's configure-client.sh: pulls of docker.io try the mirror first." on
+    top; `--remove` took the mirror's table out and kept that line, which then said something
+    false about a file that has no mirror of ours (and marked it as the script's)."""
+    corp = '[host."https://corp-cache.example"]\n  capabilities = ["pull", "resolve"]\n'
+    box.path(HOSTS_TOML).parent.mkdir(parents=True)
+    box.path(HOSTS_TOML).write_text(corp)
+    configure(box, "--mirror", MIRROR, "--containerd")
+    assert "try the mirror first" in box.path(HOSTS_TOML).read_text()
+
+    configure(box, "--mirror", MIRROR, "--containerd", "--remove")
+
+    text = box.path(HOSTS_TOML).read_text()
+    assert "configure-client.sh" not in text and "mirror first" not in text, text
+    assert list(tomllib.loads(text)["host"]) == ["https://corp-cache.example"]
+    assert text.endswith(corp)
