@@ -105,6 +105,11 @@ MIRROR_HOST=""
 FAILED=0
 CHANGES=0
 
+# host[:port] in a URL, in lower case, as dockerd and containerd can dial it: a name or IPv4
+# address, or an IPv6 address in brackets; a port of digits. (A typo in the port went into
+# daemon.json, which dockerd then refuses to start with; fd00::1 unbracketed dials nothing.)
+HOST_PORT='(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?'
+
 parse_args() {
   while (($#)); do
     case "$1" in
@@ -139,7 +144,7 @@ parse_args() {
   done
   [[ -n "$MIRROR" ]] || { usage >&2; die "--mirror URL is required" 2; }
   while [[ "$MIRROR" == */ ]]; do MIRROR="${MIRROR%/}"; done
-  local url_pattern='^https?://[][A-Za-z0-9.:-]+(/[A-Za-z0-9._~/-]*)?$'
+  local url_pattern="^https?://$HOST_PORT(/[A-Za-z0-9._~/-]*)?\$"
   [[ "${MIRROR,,}" =~ $url_pattern ]] ||
     die "--mirror must be an http(s) URL such as https://mirror.example.com, not '$MIRROR'" 2
   # Scheme and host are not case-sensitive: one spelling, so every file compares equal.
@@ -161,9 +166,11 @@ parse_args() {
   if ((${#REGISTRIES[@]} == 0)); then
     read -r -a REGISTRIES <<<"${REGISTRIES_DEFAULT:-$DOCKER_HUB}"
   fi
-  local entry name_pattern='^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(=https?://[][A-Za-z0-9.:-]+)?$'
+  local entry url name_pattern="^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(=https?://$HOST_PORT)?\$"
   for entry in "${REGISTRIES[@]}"; do
-    [[ "$entry" =~ $name_pattern ]] ||
+    url="" # the URL's scheme and host in any case (the name in lower case only)
+    [[ "$entry" != *=* ]] || url="=${entry#*=}"
+    [[ "${entry%%=*}${url,,}" =~ $name_pattern ]] ||
       die "--registry must be a registry host name such as ghcr.io (or NAME=https://HOST), not '$entry'" 2
   done
   check_certificates

@@ -266,3 +266,54 @@ def test_remove_leaves_no_mark_saying_the_mirror_comes_first(box: ScriptBox) -> 
     assert "configure-client.sh" not in text and "mirror first" not in text, text
     assert list(tomllib.loads(text)["host"]) == ["https://corp-cache.example"]
     assert text.endswith(corp)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--mirror", "https://mirror.example.com:44e3"],  # dockerd: invalid port, will not start
+        ["--mirror", "https://mirror.example.com:"],
+        ["--mirror", "https://fd00::1"],  # IPv6 without brackets: no address to dial
+        ["--mirror", "https://mirror[1].example.com"],
+        ["--mirror", MIRROR, "--registry", "lab.test=https://10.0.0.5:50o0"],
+        ["--mirror", MIRROR, "--registry", "lab.test=http://fd00::5"],
+    ],
+)
+def test_a_mirror_or_registry_url_with_a_broken_host_or_port_is_refused(
+    box: ScriptBox, args: list[str]
+) -> None:
+    """The URL check took any run of letters, digits, dots, colons and brackets as host[:port]:
+    a typo in the port went into daemon.json, which dockerd then refuses to start with
+    ("invalid port"; the run itself said to restart it), and an IPv6 address without brackets
+    went in as a mirror nothing can dial. Refused now (exit 2), nothing written."""
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text('{"debug": true}\n')
+    before = box.files()
+
+    result = attempt(box, *args, "--docker", "--containerd")
+
+    assert result.returncode == 2, output(result)
+    assert box.files() == before
+    assert not box.called(r"^(systemctl|kill)")
+
+
+@pytest.mark.parametrize(
+    "mirror",
+    [
+        "https://[fd00::1]:5000",
+        "https://mirror.example.com:8443",
+        "http://127.0.0.1:5000",
+        "https://m-1.example",
+    ],
+)
+def test_good_mirror_urls_are_still_taken(box: ScriptBox, mirror: str) -> None:
+    box.stand_in("docker", docker_info(mirror))
+
+    result = attempt(
+        box, "--mirror", mirror, "--docker", "--containerd",
+        "--registry", "lab.test=https://[FD00::5]:5000",
+        "--registry", "corp.test=HTTPS://Registry.Corp.example",  # as /setup.sh may serve it
+    )  # fmt: skip
+
+    assert result.returncode == 0, output(result)
+    assert daemon_json(box)["registry-mirrors"] == [mirror]
