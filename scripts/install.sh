@@ -342,8 +342,15 @@ cache_volume_kib() {
 }
 
 check_disk() {
-  local dir need avail held held_note=""
-  dir="$(under_root /var/lib/docker)"
+  local dir need avail held held_note="" data_root=""
+  # The cache volume lives in dockerd's data-root: on a small VPS often an attached volume
+  # (daemon.json "data-root"), not the root disk that holds /var/lib/docker.
+  if have docker; then
+    data_root="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)" || data_root=""
+    data_root="${data_root%%$'\n'*}"
+  fi
+  [[ "$data_root" == /* ]] || data_root=/var/lib/docker
+  dir="$(under_root "$data_root")"
   while [[ ! -d "$dir" ]]; do dir="$(dirname -- "$dir")"; done
   need=$(($(size_kib "$CACHE_SIZE") + HEADROOM_KIB))
   avail="$(df -Pk -- "$dir" | awk 'NR == 2 { print $4 }')"
@@ -945,9 +952,11 @@ install_docker() {
   if ((DOCKER_REPO)); then
     say "  source: Docker's own apt repository (--docker-repo): the newest Engine and Compose"
     say "  plugin, at the cost of a third-party repository and signing key on this host"
-    local keyring list
+    local keyring list had_key=0 old_list="" rc=0
     keyring="$(under_root /etc/apt/keyrings/docker.asc)"
     list="$(under_root /etc/apt/sources.list.d/docker.list)"
+    [[ -e "$keyring" ]] && had_key=1
+    [[ -f "$list" ]] && old_list="$(cat -- "$list")"
     act mkdir -p "$(dirname -- "$keyring")"
     act curl -fsSL -o "$keyring" "https://download.docker.com/linux/$OS_ID/gpg"
     CHANGES=$((CHANGES + 1))
@@ -958,7 +967,22 @@ install_docker() {
       mkdir -p -- "$(dirname -- "$list")"
       printf '%s\n' "$line" >"$list"
     fi
-    apt_get update
+    # A repository apt cannot read (no release for $OS_CODENAME there, say) would fail every
+    # later apt-get update on this host, a rerun without --docker-repo too: it goes again.
+    apt_get update || rc=$?
+    if ((rc)); then
+      local undone="took $list out again"
+      if [[ -n "$old_list" ]]; then
+        printf '%s\n' "$old_list" >"$list"
+        undone="put the $list that was there back"
+      else
+        rm -f -- "$list"
+      fi
+      ((had_key)) || rm -f -- "$keyring"
+      die "apt-get update failed with Docker's repository for $OS_ID '$OS_CODENAME' added (above): \
+$undone, so apt works as before. Fix the cause and run this again, or run without --docker-repo \
+for $OS_ID's own docker.io" "$rc"
+    fi
     packages=(docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin)
   else
     say "  source: $OS_ID's own packages (docker.io): signed by the distribution and updated"

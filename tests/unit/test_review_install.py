@@ -1,0 +1,95 @@
+"""Review of scripts/install.sh: faults a new user would hit on a fresh VPS.
+
+Same sandbox as tests/unit/test_install_script.py (its fixtures and helpers): a sandbox root,
+stand-ins for the commands that change a machine, dnsmasq on loopback.
+"""
+
+from __future__ import annotations
+
+from tests.scriptbox import DF_HEADER, Rule, ScriptBox, output
+from tests.unit.test_install_script import (
+    HEALTHY,
+    Resolver,
+    docker_arrives_with_apt,
+    install,
+)
+from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+from tests.unit.test_install_script import resolver as resolver  # noqa: F401  (fixture)
+
+NO_RELEASE = (
+    "E: The repository 'https://download.docker.com/linux/debian forky Release' "
+    "does not have a Release file.\n"
+)
+
+
+def test_a_docker_repository_apt_cannot_read_is_taken_out_again(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """--docker-repo on a release Docker's repository does not carry (Debian testing, a new
+    Ubuntu): `apt-get update` fails on the docker.list just written, and the run stopped with
+    "what was done before it stays done: run this again". The list stayed, so every later
+    `apt-get update` on the host failed too, a rerun without --docker-repo included, and
+    nothing said which file to remove."""
+    box.path("/etc/os-release").write_text("ID=debian\nVERSION_CODENAME=forky\n")
+    docker_arrives_with_apt(box)
+    keyring = box.path("/etc/apt/keyrings/docker.asc")
+    box.stand_in(
+        "curl",
+        Rule(r"download\.docker\.com", effect=f"echo KEY >'{keyring}'"),
+        Rule(r"/health", stdout=HEALTHY),
+    )
+    box.stand_in("apt-get", Rule(r" update$", rc=100, stderr=NO_RELEASE))
+
+    result = install(box, resolver, "--docker-repo")
+
+    assert result.returncode == 100, output(result)  # apt-get's
+    assert not box.path("/etc/apt/sources.list.d/docker.list").exists(), output(result)
+    assert not keyring.exists()
+    assert "without --docker-repo" in result.stderr, output(result)
+    assert not box.called(r"^apt-get .* install ")
+
+
+def test_an_existing_docker_list_is_put_back_when_apt_cannot_read_ours(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The operator's own docker.list (written by hand, Docker not yet installed) is
+    overwritten by --docker-repo; when apt cannot read the new one, theirs comes back."""
+    docker_arrives_with_apt(box)
+    listing = box.path("/etc/apt/sources.list.d/docker.list")
+    listing.parent.mkdir(parents=True)
+    theirs = "deb [arch=amd64] https://download.docker.com/linux/debian bookworm stable\n"
+    listing.write_text(theirs)
+    box.stand_in("curl", Rule(r"download\.docker\.com"), Rule(r"/health", stdout=HEALTHY))
+    box.stand_in("apt-get", Rule(r" update$", rc=100, stderr=NO_RELEASE))
+
+    result = install(box, resolver, "--docker-repo")
+
+    assert result.returncode == 100, output(result)  # apt-get's
+    assert listing.read_text() == theirs
+
+
+def test_the_disk_check_looks_where_docker_keeps_its_data(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A small VPS with Docker's data-root on an attached volume (daemon.json "data-root"):
+    the cache volume goes there, yet the check measured /var/lib/docker's disk (the small
+    root disk) and refused to install ("only 5 GiB free"); the reverse let a cache too big for
+    the volume through."""
+    box.path("/srv/docker").mkdir(parents=True)
+    box.stand_in(
+        "df",
+        Rule(r"/srv/docker", stdout=f"{DF_HEADER}vol 1 1 {300 << 20} 1% /srv\n"),
+        Rule(r".", stdout=f"{DF_HEADER}root 1 1 {5 << 20} 1% /\n"),
+    )
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^info --format \{\{\.DockerRootDir\}\}$", stdout="/srv/docker\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+        Rule(r"^info", stdout="[]\n"),
+    )
+
+    result = install(box, resolver, "--cache-size", "20G")
+
+    assert result.returncode == 0, output(result)
+    assert "300 GiB free at" in result.stdout and "/srv/docker" in result.stdout
