@@ -283,6 +283,12 @@ stack_running() {
   [[ -n "$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter status=running 2>/dev/null)" ]]
 }
 
+# docker_refuses_us: a dry run without root, and the docker CLI gets no answer (dockerd refuses
+# a user outside the docker group): Docxy's containers cannot be seen, whether there or not.
+docker_refuses_us() {
+  ((DRY_RUN)) && [[ "$(id -u)" != 0 ]] && have docker && ! docker info >/dev/null 2>&1
+}
+
 # ports_unchecked WHY: the check could not be made; say so, and how to look by hand.
 ports_unchecked() {
   say "Ports 80 and 443: not checked ($1)"
@@ -307,6 +313,10 @@ check_ports() {
     say "Ports 80 and 443: free"
   elif stack_running; then
     say "Ports 80 and 443: already Docxy's"
+  elif docker_refuses_us; then
+    say "Ports 80 and 443 are in use, by Docxy or not: docker does not answer this user (not"
+    say "root), so this dry run cannot tell; with sudo it can:"
+    say "$listeners"
   else
     say "Ports 80 and 443 are in use:"
     say "$listeners"
@@ -1183,6 +1193,8 @@ uninstalled. Once that is mended: $(dockerd_finish)"
 # container (restart: unless-stopped) back with its volumes at dockerd's next start.
 dockerd_answers() {
   docker info >/dev/null 2>&1 && return 0
+  docker_refuses_us &&
+    die "docker does not answer this user (not root), so Docxy's containers and volumes cannot be seen: run the dry run with sudo"
   die "dockerd is not running (\`docker info\` does not answer), so Docxy's containers and volumes cannot be seen or removed: start it (systemctl start docker), then run --uninstall again. Nothing was removed"
 }
 

@@ -6,11 +6,18 @@ stand-ins for the commands that change a machine, dnsmasq on loopback.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.scriptbox import DF_HEADER, Rule, ScriptBox, output
 from tests.unit.test_install_script import (
+    DOMAIN,
+    EMAIL,
     HEALTHY,
+    OURS,
     Resolver,
+    clone_script,
     docker_arrives_with_apt,
+    env_file,
     install,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
@@ -93,3 +100,69 @@ def test_the_disk_check_looks_where_docker_keeps_its_data(
 
     assert result.returncode == 0, output(result)
     assert "300 GiB free at" in result.stdout and "/srv/docker" in result.stdout
+
+
+DENIED = (
+    "permission denied while trying to connect to the Docker daemon socket at "
+    'unix:///var/run/docker.sock: Get "http://%2Fvar%2Frun%2Fdocker.sock/v1.45/info": '
+    "dial unix /var/run/docker.sock: connect: permission denied\n"
+)
+
+
+def docker_refuses_this_user(box: ScriptBox) -> None:
+    """Not root (nor in the docker group): the CLI is there, dockerd runs, and refuses us."""
+    box.stand_in("id", Rule(r"-u", stdout="1000\n"))
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r".", rc=1, stderr=DENIED),
+    )
+
+
+def test_a_dry_run_without_root_does_not_take_docxys_ports_for_someone_elses(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Without sudo the script says "run as root ... (or try --dry-run first)". On a host where
+    Docxy runs, that dry run stopped with "free ports 80 and 443": `docker ps` refused a user
+    outside the docker group, and Docxy's own listeners were taken for someone else's."""
+    box.stand_in("ss", Rule(r".", stdout="LISTEN 0 4096 0.0.0.0:443 0.0.0.0:* \n"))
+    docker_refuses_this_user(box)
+
+    result = install(box, resolver, "--dry-run")
+
+    assert result.returncode == 0, output(result)
+    assert "free ports 80 and 443" not in result.stderr
+    assert "0.0.0.0:443" in result.stdout  # what listens is still shown
+
+
+def test_an_uninstall_dry_run_without_root_does_not_say_dockerd_is_down(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """`--uninstall --dry-run` without sudo said "dockerd is not running ... start it
+    (systemctl start docker)" of a dockerd that runs and only refused this user."""
+    assert install(box, resolver).returncode == 0
+    docker_refuses_this_user(box)
+
+    result = box.run(clone_script(box), "--root", str(box.root), "--uninstall", "--dry-run")
+
+    assert result.returncode == 1, output(result)
+    assert "dockerd is not running" not in result.stderr, output(result)
+    assert "sudo" in result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="a pasted answer's surrounding spaces are kept")
+def test_answers_pasted_with_spaces_around_them_are_taken(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A domain or address copied from a web page or a mail often comes with a space or a tab
+    around it: the prompt's answer stopped the run ("'mirror.test ' is not a DNS name")."""
+    answers = box.base / "answers"
+    answers.write_text(f" {DOMAIN} \n\t{EMAIL} \n")
+    args = ["--root", str(box.root), "--public-ip", OURS, "--dns-server", resolver.address]
+    args += ["--health-timeout", "0"]
+
+    result = box.run(clone_script(box), *args, env={"DOCXY_PROMPT_INPUT": str(answers)})
+
+    assert result.returncode == 0, output(result)
+    lines = env_file(box).read_text().splitlines()
+    assert f"DOCXY_DOMAIN={DOMAIN}" in lines and f"DOCXY_EMAIL={EMAIL}" in lines
