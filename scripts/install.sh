@@ -612,6 +612,9 @@ ask() {
     printf '\n' >&2
   else
     IFS= read -r -u 3 answer || true
+    # A name or address pasted with a space, tab or CR around it (a password is taken as typed).
+    answer="${answer#"${answer%%[![:space:]]*}"}"
+    answer="${answer%"${answer##*[![:space:]]}"}"
   fi
   printf -v "$1" '%s' "$answer"
 }
