@@ -1173,10 +1173,15 @@ uninstall() {
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
   have docker && dockerd_answers
   local dockerd_failed=0
-  if [[ -n "$DOMAIN" && -f "$DIR/scripts/configure-client.sh" ]] &&
+  if [[ -n "$DOMAIN" ]] &&
     grep -qF "https://$DOMAIN" -- "$(under_root /etc/docker/daemon.json)" 2>/dev/null; then
     say "This host's dockerd uses the mirror: taking it out"
-    configure_local_docker || dockerd_failed=$?
+    if [[ -f "$DIR/scripts/configure-client.sh" ]]; then
+      configure_local_docker || dockerd_failed=$?
+    else # the project's folders deleted or moved by hand: dockerd_finish says what to do
+      warn "$DIR/scripts/configure-client.sh is not there to do it"
+      dockerd_failed=1
+    fi
   fi
   if ((dockerd_failed && !DRY_RUN)); then # said again should removing the stack fail too
     STILL_TO_DO="also: taking https://$DOMAIN out of this host's dockerd failed (further above); once that is mended: $(dockerd_finish)"
