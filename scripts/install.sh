@@ -1171,6 +1171,7 @@ volume_exists() { docker volume inspect "$1" >/dev/null 2>&1; }
 uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
+  DOMAIN="${DOMAIN,,}" # as the install wrote it (settle_settings)
   have docker && dockerd_answers
   local dockerd_failed=0
   if [[ -n "$DOMAIN" ]] &&
