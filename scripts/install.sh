@@ -1224,7 +1224,9 @@ remove_stack() {
     return
   fi
   if stack_running || [[ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)" ]]; then
-    if ((${#COMPOSE[@]})) && [[ -f "$DIR/compose.yaml" ]]; then
+    # Compose refuses at once without the .env it is given (and compose.yaml's env_file names):
+    # gone (a `git clean -xdf`), the containers go by their label instead.
+    if ((${#COMPOSE[@]})) && [[ -f "$DIR/compose.yaml" && -e "$ENV_FILE" ]]; then
       CHANGES=$((CHANGES + 1))
       if ((DRY_RUN)); then
         say "  would run: ${COMPOSE[*]} --project-name $PROJECT down --remove-orphans"
@@ -1237,6 +1239,10 @@ remove_stack() {
       act docker rm -f "${containers[@]}"
     fi
   fi
+  # What `compose down` removes with them (none after it ran).
+  local networks
+  mapfile -t networks < <(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
+  ((${#networks[@]} == 0)) || act docker network rm "${networks[@]}"
   volume_exists "${PROJECT}_cache" && act docker volume rm "${PROJECT}_cache"
   if ((PURGE)); then
     volume_exists "${PROJECT}_certs" && act docker volume rm "${PROJECT}_certs"
