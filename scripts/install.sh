@@ -84,6 +84,9 @@ die() {
 
 DOMAIN=""
 EMAIL=""
+# Given, even empty: an empty --email or --base-image drops the .env's (optional settings).
+EMAIL_GIVEN=0
+BASE_IMAGE_GIVEN=0
 CACHE_SIZE=""
 UPSTREAM_USER=""
 BASE_IMAGE=""
@@ -115,10 +118,10 @@ parse_args() {
     esac
     case "$1" in
       --domain) DOMAIN="$2"; shift ;;
-      --email) EMAIL="$2"; shift ;;
+      --email) EMAIL="$2"; EMAIL_GIVEN=1; shift ;;
       --cache-size) CACHE_SIZE="$2"; shift ;;
       --upstream-user) UPSTREAM_USER="$2"; shift ;;
-      --base-image) BASE_IMAGE="$2"; shift ;;
+      --base-image) BASE_IMAGE="$2"; BASE_IMAGE_GIVEN=1; shift ;;
       --public-ip) PUBLIC_IPS+=("$2"); shift ;;
       --dns-server) DNS_SERVER="$2"; shift ;;
       --dns-port) DNS_PORT="$2"; shift ;;
@@ -621,16 +624,16 @@ ask() {
 
 settle_settings() {
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
-  EMAIL="${EMAIL:-$(env_value DOCXY_EMAIL)}"
+  ((EMAIL_GIVEN)) || EMAIL="$(env_value DOCXY_EMAIL)"
   CACHE_SIZE="${CACHE_SIZE:-$(env_value DOCXY_CACHE_MAX_SIZE)}"
   CACHE_SIZE="${CACHE_SIZE:-20G}"
   UPSTREAM_USER="${UPSTREAM_USER:-$(env_value DOCXY_UPSTREAM_USERNAME)}"
-  BASE_IMAGE="${BASE_IMAGE:-$(env_value DOCXY_BASE_IMAGE)}"
+  ((BASE_IMAGE_GIVEN)) || BASE_IMAGE="$(env_value DOCXY_BASE_IMAGE)"
   [[ -z "$BASE_IMAGE" || "$BASE_IMAGE" =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]*$ ]] ||
     die "--base-image '$BASE_IMAGE' is not an image reference" 2
   if [[ -z "$DOMAIN" ]] && can_prompt; then ask DOMAIN "The mirror's domain name (e.g. mirror.example.com):"; fi
   # Optional: asked once; an empty DOCXY_EMAIL= in .env is the answer "none".
-  if [[ -z "$EMAIL" ]] && ! env_sets DOCXY_EMAIL && can_prompt; then
+  if ((!EMAIL_GIVEN)) && [[ -z "$EMAIL" ]] && ! env_sets DOCXY_EMAIL && can_prompt; then
     ask EMAIL "Email for the Let's Encrypt account (optional; Enter for none):"
   fi
   [[ -n "$DOMAIN" ]] || die "--domain is required" 2

@@ -225,7 +225,6 @@ def test_uninstall_without_env_still_removes_the_stack(box: ScriptBox, resolver:
     assert box.called(r"^docker network rm 9e8d7c$")
 
 
-@pytest.mark.xfail(strict=True, reason="an empty --email / --base-image is ignored")
 @pytest.mark.parametrize(
     ("option", "first", "line"),
     [
