@@ -713,6 +713,7 @@ write_env() {
   fi
   mkdir -p -- "$(dirname -- "$target")"
   staged="$(mktemp "$(dirname -- "$target")/.env.XXXXXX")"
+  SCRATCH+=("$staged" "$new") # a failure before the rename leaves no copy (the password in it)
   cat -- "$new" >"$staged"
   rm -f -- "$new"
   chmod 600 -- "$staged"

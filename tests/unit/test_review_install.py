@@ -249,3 +249,21 @@ def test_an_optional_setting_given_empty_is_taken_out(
     key = line or "DOCXY_BASE_IMAGE="
     assert [x for x in lines if x.startswith(key)] == ([line] if line else []), output(result)
     assert "Nothing to change" not in result.stdout
+
+
+def test_a_failed_env_write_leaves_no_copy_of_the_password_beside_it(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """.env is staged beside itself (`.env.XXXXXX`) and renamed into place. A failure in between
+    (here chmod; a full disk stops the copy the same way) left the staged file in the project,
+    the upstream password in it; the next --update carried it into the new project as a file
+    of the operator's own."""
+    box.without("chmod")
+    box.stand_in("chmod", Rule(r"\.env\.", rc=1, stderr="chmod: Read-only file system\n"))
+    env = {"DOCXY_UPSTREAM_PASSWORD": "pw-in-the-file"}
+
+    result = install(box, resolver, "--upstream-user", "bob", env=env)
+
+    assert result.returncode != 0, output(result)
+    clone = box.base / "clone"
+    assert sorted(p.name for p in clone.iterdir() if p.name.startswith(".env")) == []
