@@ -974,6 +974,11 @@ install_docker() {
     list="$(under_root /etc/apt/sources.list.d/docker.list)"
     [[ -e "$keyring" ]] && had_key=1
     [[ -f "$list" ]] && old_list="$(cat -- "$list")"
+    # Readable by all whatever root's umask (027, 077 on a hardened host): apt checks the
+    # signatures as its unprivileged _apt user, and fails the repository as unsigned otherwise.
+    local umask_was
+    umask_was="$(umask)"
+    umask 022
     act mkdir -p "$(dirname -- "$keyring")"
     act curl -fsSL -o "$keyring" "https://download.docker.com/linux/$OS_ID/gpg"
     CHANGES=$((CHANGES + 1))
@@ -984,6 +989,7 @@ install_docker() {
       mkdir -p -- "$(dirname -- "$list")"
       printf '%s\n' "$line" >"$list"
     fi
+    umask "$umask_was"
     # A repository apt cannot read (no release for $OS_CODENAME there, say) would fail every
     # later apt-get update on this host, a rerun without --docker-repo too: it goes again.
     apt_get update || rc=$?

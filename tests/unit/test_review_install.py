@@ -267,3 +267,30 @@ def test_a_failed_env_write_leaves_no_copy_of_the_password_beside_it(
     assert result.returncode != 0, output(result)
     clone = box.base / "clone"
     assert sorted(p.name for p in clone.iterdir() if p.name.startswith(".env")) == []
+
+
+def test_dockers_key_and_list_are_readable_by_apt_under_a_strict_umask(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A hardened host (root's umask 027 or 077): curl wrote docker.asc 0600 (0640), which apt's
+    unprivileged _apt user, who checks the signatures, cannot read: `apt-get update` then fails
+    on Docker's repository ("not signed"). Docker's own steps `chmod a+r` the key."""
+    docker_arrives_with_apt(box)
+    keyring = box.path("/etc/apt/keyrings/docker.asc")
+    box.stand_in(
+        "curl",
+        Rule(r"download\.docker\.com", effect=f"echo KEY >'{keyring}'"),
+        Rule(r"/health", stdout=HEALTHY),
+    )
+    args = [
+        "--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--public-ip", OURS,
+        "--dns-server", resolver.address, "--health-timeout", "0", "--yes", "--docker-repo",
+    ]  # fmt: skip
+
+    result = box.run("", *args, stdin=f'umask 077; exec bash {clone_script(box)} "$@"\n')
+
+    assert result.returncode == 0, output(result)
+    listing = box.path("/etc/apt/sources.list.d/docker.list")
+    assert keyring.stat().st_mode & 0o777 == 0o644, oct(keyring.stat().st_mode)
+    assert listing.stat().st_mode & 0o777 == 0o644, oct(listing.stat().st_mode)
+    assert keyring.parent.stat().st_mode & 0o777 == 0o755  # made here: no keyrings/ yet
