@@ -1233,11 +1233,13 @@ remove_stack() {
     say "Docker is not installed: nothing to remove"
     return
   fi
+  local downed=0
   if stack_running || [[ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)" ]]; then
     # Compose refuses at once without the .env it is given (and compose.yaml's env_file names):
     # gone (a `git clean -xdf`), the containers go by their label instead.
     if ((${#COMPOSE[@]})) && [[ -f "$DIR/compose.yaml" && -e "$ENV_FILE" ]]; then
       CHANGES=$((CHANGES + 1))
+      downed=1
       if ((DRY_RUN)); then
         say "  would run: ${COMPOSE[*]} --project-name $PROJECT down --remove-orphans"
       else
@@ -1249,9 +1251,10 @@ remove_stack() {
       act docker rm -f "${containers[@]}"
     fi
   fi
-  # What `compose down` removes with them (none after it ran).
-  local networks
-  mapfile -t networks < <(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
+  # What `compose down` removes with them.
+  local networks=()
+  ((downed)) ||
+    mapfile -t networks < <(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
   ((${#networks[@]} == 0)) || act docker network rm "${networks[@]}"
   volume_exists "${PROJECT}_cache" && act docker volume rm "${PROJECT}_cache"
   if ((PURGE)); then
