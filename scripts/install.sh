@@ -640,7 +640,9 @@ settle_settings() {
   DOMAIN="$(printf '%s' "$DOMAIN" | tr '[:upper:]' '[:lower:]')"
   [[ "$DOMAIN" =~ ^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$ ]] ||
     die "--domain '$DOMAIN' is not a DNS name" 2
-  [[ -z "$EMAIL" || "$EMAIL" =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
+  # An apostrophe (o'brien@) is written to .env unquoted, as compose reads it; not first, where
+  # compose would take it for a quote.
+  [[ -z "$EMAIL" || "$EMAIL" =~ ^[A-Za-z0-9._%+-][A-Za-z0-9._%+\'-]*@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
     die "--email '$EMAIL' is not an email address" 2
   # As the mirror reads it (20G, 512MiB, 1TB; binary units), less the fractions; never 0.
   [[ "$CACHE_SIZE" =~ ^[1-9][0-9]*([KkMmGgTt]([Ii]?[Bb])?)?$ ]] ||

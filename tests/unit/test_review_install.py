@@ -294,3 +294,19 @@ def test_dockers_key_and_list_are_readable_by_apt_under_a_strict_umask(
     assert keyring.stat().st_mode & 0o777 == 0o644, oct(keyring.stat().st_mode)
     assert listing.stat().st_mode & 0o777 == 0o644, oct(listing.stat().st_mode)
     assert keyring.parent.stat().st_mode & 0o777 == 0o755  # made here: no keyrings/ yet
+
+
+def test_an_email_with_an_apostrophe_is_taken_and_kept(box: ScriptBox, resolver: Resolver) -> None:
+    """o'brien@example.com is an address (RFC 5322; Let's Encrypt takes it) and what many an
+    Irish name gives: it stopped the run with "is not an email address" (exit 2). Written
+    unquoted, compose (1.29 and v2) reads it as it is, and so does a rerun."""
+    email = "o'brien@example.com"
+
+    result = install(box, resolver, "--email", email)
+
+    assert result.returncode == 0, output(result)
+    assert f"DOCXY_EMAIL={email}" in env_file(box).read_text().splitlines()
+    stack_is_running(box)
+    args = ["--root", str(box.root), "--public-ip", OURS, "--dns-server", resolver.address]
+    again = box.run(clone_script(box), *args, "--health-timeout", "0", "--yes")
+    assert again.returncode == 0 and "Nothing to change" in again.stdout, output(again)
