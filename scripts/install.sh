@@ -19,6 +19,9 @@ set -euo pipefail
 PROG=install.sh
 PROJECT=docxy
 SOURCE_URL="${DOCXY_SOURCE_URL:-https://github.com/docxy/docxy/archive/refs/heads/main.tar.gz}"
+# The project's and Docker's key's downloads give up on a network that stalls them, rather than
+# sit silent: no connection within 30 s, or under 1 KiB/s for a minute.
+STALL_LIMITS=(--connect-timeout 30 --speed-limit 1024 --speed-time 60)
 # Public-address discovery: several unrelated services must agree (space-separated URLs).
 IPV4_SERVICES="${DOCXY_IPV4_SERVICES:-https://api.ipify.org https://ipv4.icanhazip.com https://checkip.amazonaws.com https://ifconfig.me/ip}"
 IPV6_SERVICES="${DOCXY_IPV6_SERVICES:-https://api6.ipify.org https://ipv6.icanhazip.com https://ifconfig.co/ip}"
@@ -813,7 +816,7 @@ get_project() {
   staged="$(mktemp -d "$(dirname -- "$DIR")/.$(basename -- "$DIR").new-XXXXXX")"
   SCRATCH+=("$scratch" "$staged") # a Ctrl-C meanwhile leaves neither (gone once moved in place)
   say "  fetching $SOURCE_URL"
-  if ! curl -fsSL --retry 3 -o "$scratch/source.tar.gz" "$SOURCE_URL"; then
+  if ! curl -fsSL --retry 3 "${STALL_LIMITS[@]}" -o "$scratch/source.tar.gz" "$SOURCE_URL"; then
     rm -rf -- "$scratch" "$staged"
     die "could not fetch $SOURCE_URL (set DOCXY_SOURCE_URL to the project's .tar.gz)$unchanged"
   fi
@@ -982,7 +985,7 @@ install_docker() {
     umask_was="$(umask)"
     umask 022
     act mkdir -p "$(dirname -- "$keyring")"
-    act curl -fsSL -o "$keyring" "https://download.docker.com/linux/$OS_ID/gpg"
+    act curl -fsSL "${STALL_LIMITS[@]}" -o "$keyring" "https://download.docker.com/linux/$OS_ID/gpg"
     CHANGES=$((CHANGES + 1))
     local line="deb [arch=$ARCH signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/$OS_ID $OS_CODENAME stable"
     if ((DRY_RUN)); then

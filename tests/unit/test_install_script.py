@@ -1078,7 +1078,8 @@ def test_docker_repo_adds_dockers_repository(box: ScriptBox, resolver: Resolver)
     assert result.returncode == 0, output(result)
     assert "Docker's own apt repository" in result.stdout
     assert box.called(
-        r"^curl -fsSL -o \S+/etc/apt/keyrings/docker.asc https://download.docker.com/linux/debian/gpg$"
+        r"^curl -fsSL --connect-timeout 30 --speed-limit 1024 --speed-time 60 "
+        r"-o \S+/etc/apt/keyrings/docker.asc https://download.docker.com/linux/debian/gpg$"
     )
     listing = box.path("/etc/apt/sources.list.d/docker.list").read_text()
     assert "signed-by=/etc/apt/keyrings/docker.asc" in listing
