@@ -148,7 +148,7 @@ def test_setup_script_points_a_running_dockerd_at_the_mirror(
     assert active_mirrors(dockerd) == [DEAD_MIRROR]
 
 
-def test_a_null_registry_mirrors_that_dockerd_runs_with_becomes_the_mirror(
+def test_a_null_registry_mirrors_that_dockerd_runs_with_becomes_the_mirror_and_back(
     mirror: Mirror, egress: EgressGuard
 ) -> None:
     need_binaries(*DOCKER, "python3")
@@ -163,6 +163,14 @@ def test_a_null_registry_mirrors_that_dockerd_runs_with_becomes_the_mirror(
 
         assert added.returncode == 0, output(added)
         assert active_mirrors(daemon) == [mirror.url]
+
+        # The only mirror taken out again: dockerd's reload changes its mirrors only when
+        # daemon.json has the key, so it must stay, empty (without it dockerd kept the mirror).
+        removed = run_served(served_script(mirror), daemon, "--remove")
+
+        assert removed.returncode == 0, output(removed)
+        assert active_mirrors(daemon) == []
+        assert json.loads((daemon.root / "daemon.json").read_text())["registry-mirrors"] == []
 
 
 def test_setup_script_hosts_toml_makes_containerd_pull_through_the_mirror(
