@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from docxy.access.clientca import ClientCA
 from docxy.http.setup_script import fill_in
 from tests.scriptbox import REPO, Rule, ScriptBox, output, run_ok
 from tests.unit.test_configure_client import (
@@ -24,6 +23,7 @@ from tests.unit.test_configure_client import (
     docker_info,
     dockerd_with_flags,
 )
+from tests.unit.test_configure_client import server_ca as server_ca  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -35,15 +35,6 @@ def box(tmp_path: Path) -> ScriptBox:
     box.stand_in("systemctl", Rule(r"is-active", rc=0))
     box.stand_in("kill")
     return box
-
-
-@pytest.fixture
-def server_ca(tmp_path: Path) -> Path:
-    """A private CA certificate for the mirror's server certificate (any PEM certificate)."""
-    path = tmp_path / "server-ca.pem"
-    ClientCA(tmp_path / "server-ca").ensure()
-    path.write_bytes((tmp_path / "server-ca" / "ca.crt").read_bytes())
-    return path
 
 
 # A dockerd that reloads as moby's does (daemon/reload.go, reloadRegistryConfig): on SIGHUP it

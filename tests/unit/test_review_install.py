@@ -6,6 +6,8 @@ stand-ins for the commands that change a machine, dnsmasq on loopback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.scriptbox import DF_HEADER, Rule, ScriptBox, output
@@ -30,6 +32,18 @@ NO_RELEASE = (
 )
 
 
+def docker_key_fetched(box: ScriptBox) -> Path:
+    """Docker from its own repository: apt installs it, curl fetches its key (the path)."""
+    docker_arrives_with_apt(box)
+    keyring = box.path("/etc/apt/keyrings/docker.asc")
+    box.stand_in(
+        "curl",
+        Rule(r"download\.docker\.com", effect=f"echo KEY >'{keyring}'"),
+        Rule(r"/health", stdout=HEALTHY),
+    )
+    return keyring
+
+
 def test_a_docker_repository_apt_cannot_read_is_taken_out_again(
     box: ScriptBox, resolver: Resolver
 ) -> None:
@@ -39,13 +53,7 @@ def test_a_docker_repository_apt_cannot_read_is_taken_out_again(
     `apt-get update` on the host failed too, a rerun without --docker-repo included, and
     nothing said which file to remove."""
     box.path("/etc/os-release").write_text("ID=debian\nVERSION_CODENAME=forky\n")
-    docker_arrives_with_apt(box)
-    keyring = box.path("/etc/apt/keyrings/docker.asc")
-    box.stand_in(
-        "curl",
-        Rule(r"download\.docker\.com", effect=f"echo KEY >'{keyring}'"),
-        Rule(r"/health", stdout=HEALTHY),
-    )
+    keyring = docker_key_fetched(box)
     box.stand_in("apt-get", Rule(r" update$", rc=100, stderr=NO_RELEASE))
 
     result = install(box, resolver, "--docker-repo")
@@ -275,13 +283,7 @@ def test_dockers_key_and_list_are_readable_by_apt_under_a_strict_umask(
     """A hardened host (root's umask 027 or 077): curl wrote docker.asc 0600 (0640), which apt's
     unprivileged _apt user, who checks the signatures, cannot read: `apt-get update` then fails
     on Docker's repository ("not signed"). Docker's own steps `chmod a+r` the key."""
-    docker_arrives_with_apt(box)
-    keyring = box.path("/etc/apt/keyrings/docker.asc")
-    box.stand_in(
-        "curl",
-        Rule(r"download\.docker\.com", effect=f"echo KEY >'{keyring}'"),
-        Rule(r"/health", stdout=HEALTHY),
-    )
+    keyring = docker_key_fetched(box)
     args = [
         "--root", str(box.root), "--domain", DOMAIN, "--email", EMAIL, "--public-ip", OURS,
         "--dns-server", resolver.address, "--health-timeout", "0", "--yes", "--docker-repo",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -18,21 +17,7 @@ from scheduler import settings as settings_mod
 from scheduler.runs import RunFailed, Runs
 from scheduler.worker import InChild
 from tests.unit.test_scheduler import FakeCertbot
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in list(os.environ):
-        if name.startswith("DOCXY_"):
-            monkeypatch.delenv(name)
-    values = {
-        "DOCXY_CERTS_DOMAIN": "mirror.test",
-        "DOCXY_CERTS_WEBROOT": str(tmp_path / "webroot"),
-        "DOCXY_CERTS_CONFIG_DIR": str(tmp_path / "le"),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
+from tests.unit.test_scheduler import env as env  # noqa: F401  (fixture)
 
 
 class Failing(Runs):
