@@ -49,6 +49,7 @@ class _HypercornConfig(HypercornConfig):
         super().__init__()
         self._tls = tls
         self._sockets: Sockets | None = None
+        self._opened: list[socket.socket] = []
         #: bind address → "key: ... (source)" words for an error naming the setting
         self.bind_keys: dict[str, tuple[str, str]] = {}
         #: the connection cap and stall timeout (docxy.edge.connections); None: hypercorn's own
@@ -67,7 +68,12 @@ class _HypercornConfig(HypercornConfig):
         """Bind every listener (once); one that cannot bind is a :class:`ConfigError` naming
         its setting, so the mirror exits 2 with one line instead of a traceback."""
         if self._sockets is None:
-            self._sockets = super().create_sockets()
+            try:
+                self._sockets = super().create_sockets()
+            except ConfigError:
+                for sock in self._opened:  # the listeners bound before the one that failed
+                    sock.close()
+                raise
             if self.edge is not None and self._tls is not None:
                 tls = self._tls
                 self.edge.tls = connections.TLSListeners.of(
@@ -86,6 +92,7 @@ class _HypercornConfig(HypercornConfig):
             for sock in sockets:
                 sock.close()
             raise
+        self._opened += sockets
         return sockets
 
     def _listen_socket(self, bind: str, type_: int) -> socket.socket:
@@ -101,6 +108,12 @@ class _HypercornConfig(HypercornConfig):
             if host == "::":  # both families whatever net.ipv6.bindv6only says (IPv4 mapped)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((host, int(port)))
+            if type_ == socket.SOCK_STREAM:
+                # Listening now, not at hypercorn's start: with SO_REUSEADDR Linux lets two
+                # sockets bind one port while neither listens (server.listen and tls_listen on
+                # the same port, or a wildcard beside an address), and the second's listen()
+                # was then an OSError traceback after the app had started.
+                sock.listen(self.backlog)
             sock.setblocking(False)
             sock.set_inheritable(True)
         except OSError as exc:
