@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
@@ -136,7 +138,7 @@ def load_tls(config: Config) -> ReloadableTLS | None:
     )
 
     cert, key = config.tls.cert_path, config.tls.key_path
-    host = config.certs.domain or "localhost"
+    host = config.certs.domain or _public_host(config.server.public_url)
     if cert is not None and key is not None:
         from docxy.tls.recover import finish_install
 
@@ -173,6 +175,16 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"
         ) from exc
+
+
+def _public_host(public_url: str) -> str:
+    """The host clients reach the mirror at, which its own certificate must name (an address
+    as its SAN writes it back: ``2001:db8::7``, so the pair is kept at the next start)."""
+    host = urlsplit(public_url).hostname or "localhost"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
 
 
 @contextmanager

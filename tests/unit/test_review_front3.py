@@ -59,7 +59,6 @@ def test_a_listener_that_binds_listens_at_once() -> None:
 # --- the bootstrap certificate ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the bootstrap certificate names localhost")
 @pytest.mark.parametrize(
     ("public_url", "sans"),
     [

@@ -21,10 +21,13 @@ from tests.unit.test_tls import client_context, connect, poll, serial_of, tls_ec
 
 
 def config(tmp_path: Path, **settings: object) -> Config:
+    tls_port = free_port()
     return load_config(
         {
             "server.listen": f"{LOOPBACK}:{free_port()}",
-            "server.tls_listen": f"{LOOPBACK}:{free_port()}",
+            "server.tls_listen": f"{LOOPBACK}:{tls_port}",
+            # the host the mirror's own certificate names (the clients' name for it)
+            "server.public_url": f"https://localhost:{tls_port}",
             "cache.dir": str(tmp_path / "cache"),
             **settings,
         },
