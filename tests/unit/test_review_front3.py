@@ -104,7 +104,6 @@ def webroot(tmp_path: Path) -> Path:
     return tmp_path / "webroot"
 
 
-@pytest.mark.xfail(strict=True, reason="a symlink in the challenge directory is followed")
 async def test_an_acme_token_that_is_a_symlink_is_not_followed(webroot: Path) -> None:
     """A link in the webroot (shared with certbot, often a volume others write) served the file
     it points at, anywhere the mirror may read: its TLS key, its users file."""
@@ -115,7 +114,6 @@ async def test_an_acme_token_that_is_a_symlink_is_not_followed(webroot: Path) ->
     assert json.loads(response.body)["errors"][0]["code"] == "NOT_FOUND"
 
 
-@pytest.mark.xfail(strict=True, reason="opening a FIFO blocks the event loop")
 async def test_an_acme_token_that_is_no_regular_file_does_not_hang_the_mirror(
     webroot: Path,
 ) -> None:
