@@ -102,8 +102,10 @@ class _HypercornConfig(HypercornConfig):
         key, source = self.bind_keys.get(bind, ("server.listen", "default"))
         host, _, port = bind.rpartition(":")
         host = host.strip("[]")
-        sock = connections.Listener(socket.AF_INET6 if ":" in host else socket.AF_INET, type_)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock: socket.socket | None = None
         try:
+            sock = connections.Listener(family, type_)  # EAFNOSUPPORT: a kernel without IPv6
             if type_ == socket.SOCK_STREAM:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -119,7 +121,8 @@ class _HypercornConfig(HypercornConfig):
             sock.setblocking(False)
             sock.set_inheritable(True)
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             reason = exc.strerror or str(exc)
             raise ConfigError(f"{key}: cannot listen on {bind}: {reason} ({source})") from None
         return sock

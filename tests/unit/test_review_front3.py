@@ -6,6 +6,7 @@ through the code a start or a request really runs, then mended.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import pytest
 
 from docxy.config import load_config
 from docxy.core.errors import ConfigError
+from docxy.edge import connections
 from docxy.http.server import _HypercornConfig, load_tls
 from tests.unit.test_routes import mirror
 
@@ -155,3 +157,28 @@ async def test_a_regular_acme_token_is_still_served(webroot: Path) -> None:
         response = await m.raw("GET", "/.well-known/acme-challenge/good")
     assert response.status == 200
     assert response.body == b"good.thumbprint"
+
+
+def test_an_ipv6_listener_on_a_kernel_without_ipv6_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``server.listen = "[::]:80"`` on a host booted with ``ipv6.disable=1``: making the
+    AF_INET6 socket fails (EAFNOSUPPORT) before the bind, outside the handling that turns a
+    bind's OSError into one line naming the setting, so the start was a traceback. (The
+    kernel's refusal is stood in for: this machine has IPv6.)"""
+    real = connections.Listener
+
+    def no_ipv6(family: int, *args: object) -> connections.Listener:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return real(family, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(connections, "Listener", no_ipv6)
+    hc = _HypercornConfig(tls=None)
+    hc.bind_keys = {"[::]:7720": ("server.listen", "--listen")}
+    with pytest.raises(ConfigError) as raised:
+        hc._create_sockets([f"{HOST}:7721", "[::]:7720"])
+    assert str(raised.value) == (
+        "server.listen: cannot listen on [::]:7720: Address family not supported by protocol"
+        " (--listen)"
+    )
