@@ -81,7 +81,7 @@ def test_tls_connections_count_against_the_cap_before_their_handshake(
             sock.close()
     # The cap frees, and a real client's handshake and request go through.
     context = ssl.create_default_context(cafile=str(tmp_path / "docxy-tls" / "selfsigned-cert.pem"))
-    context.check_hostname = False  # the bootstrap certificate names localhost
+    context.check_hostname = False  # its name is not what this test is about
 
     def served() -> bool:
         try:
