@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -61,15 +62,34 @@ WRITE_BUFFER = 512 * 1024
 #: The size of a fill's worker thread's reads of the upstream body (each a new object; the
 #: store makes it smaller when many fills run at once).
 PUMP_BUFFER = 1024 * 1024
-#: Reads of that size in one fill's pipeline: read by one thread, then written by a second and
+#: Reads in one fill's pipeline: read by one thread, then written by a second and
 #: hashed by a third at once; the next read waits while this many are not both written and
 #: hashed yet.
 PUMP_DEPTH = 6
+#: A pump's first read, and its smallest. A read returns once it is full (http.client's), so a
+#: slow upstream's bytes reached the clients a whole PUMP_BUFFER at a time: seconds apart at a
+#: few hundred KB/s, nothing at all for a small blob until its end (:func:`next_read_size`).
+PUMP_READ_MIN = 64 * 1024
+#: A read that took longer than this halves the next (down to PUMP_READ_MIN); one that took
+#: less than FAST_READ doubles it (up to the pump's size): large reads at speed, prompt when slow.
+SLOW_READ = 0.25
+FAST_READ = 0.05
 #: A pump's latest reads kept in memory for its followers (:class:`RecentReads`).
 RECENT = 6
 #: Seconds a pump waits, before it lets a kept read go, for its leading follower to take it
 #: (:meth:`RecentReads.add`); one that does not in time no longer paces that fill.
 PACE_WAIT = 2.0
+
+
+def next_read_size(size: int, took: float, largest: int) -> int:
+    """The pump's next read size after one of ``size`` bytes took ``took`` seconds: halved
+    after a slow read (not below :data:`PUMP_READ_MIN`), doubled after a quick one (not above
+    ``largest``), else the same."""
+    if took > SLOW_READ:
+        return max(size // 2, min(PUMP_READ_MIN, largest))
+    if took < FAST_READ:
+        return min(size * 2, largest)
+    return size
 
 
 class RecentReads:
@@ -571,6 +591,7 @@ class BlobWriter:
         failed: list[BaseException] = []
         halted = threading.Event()  # a write failed: no more reads
         hashed = 0  # bytes handed to the hashing thread
+        want = min(PUMP_READ_MIN, size)  # this read's size: grows to `size` while reads are quick
         recent = self.fill.recent
         hasher = threading.Thread(
             target=_hash_all,
@@ -593,7 +614,9 @@ class BlobWriter:
                     free_hash.get()
                     if stop.is_set() or failed or halted.is_set():
                         break  # a slot let go by a failed write (or hash): read nothing more
-                    chunk = body.read(size)
+                    began = time.monotonic()
+                    chunk = body.read(want)
+                    want = next_read_size(want, time.monotonic() - began, size)
                     nbytes = len(chunk)
                     if not nbytes:
                         break
