@@ -321,8 +321,17 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     def common(p: argparse.ArgumentParser) -> None:
         # Also after the action, as `docxy cache ls --config` takes it (SUPPRESS: not given
-        # here, the one given before the action stays).
+        # here, the one given before the action stays); `--set` there goes to a list of its own,
+        # joined after the one given before the action by run_cli (the last wins).
         p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML config file")
+        p.add_argument(
+            "--set",
+            dest="set_after",
+            metavar="SECTION.KEY=VALUE",
+            action="append",
+            default=[],
+            help="any setting",
+        )
         p.add_argument("--config-dir", type=Path, help="certbot's directory (certs.config_dir)")
         p.add_argument("--ca-bundle", type=Path, help="CA bundle for the ACME server's TLS")
         # Not tls.cert_path overrides: the files need not exist yet.
@@ -358,7 +367,8 @@ def run_cli(args: argparse.Namespace, load: Callable[[argparse.Namespace], Confi
         "certs.config_dir": args.config_dir,
         "certs.ca_bundle": args.ca_bundle,
     }
-    args.set = [*args.set, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+    given = [*args.set, *getattr(args, "set_after", [])]  # before the action, then after it
+    args.set = [*given, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     try:
         return _dispatch(args, load(args))
     except ConfigError as exc:  # a setting missing or wrong: exit 2, as `docxy serve` does
