@@ -10,10 +10,14 @@ import argparse
 import json
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from docxy.cli.main import build_parser, main
+from docxy.config import load_config
+from docxy.http.server import load_tls
+from scheduler import settings as scheduler_settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -83,3 +87,56 @@ def test_the_commands_the_exit_codes_name_are_docxys_commands() -> None:
     codes": the list is the parser's commands, no more, no fewer."""
     listed = README.split("Every `docxy` command (")[1].split(")")[0]
     assert set(re.findall(r"`([a-z]+)`", listed)) == set(subcommands(build_parser()))
+
+
+@pytest.mark.parametrize("public", ["https://mirror.lan:7443", "https://127.0.0.84:7443"])
+def test_the_mirrors_own_certificate_names_its_public_host(tmp_path: Path, public: str) -> None:
+    """README (TLS, warm): with TLS and no certificate paths the mirror serves its own
+    self-signed certificate, which clients are to trust (`configure-client.sh --ca-cert
+    docxy-tls/selfsigned-cert.pem`, `docxy warm --ca-file` the same file). It named
+    ``localhost`` whatever ``server.public_url`` said, so every client that reached the mirror
+    by its name (or address) refused it: "x509: certificate is valid for localhost, not
+    mirror.lan", and warm "IP address mismatch"."""
+    config = load_config(
+        {
+            "server.listen": "127.0.0.84:7300",  # nothing is bound: load_tls only reads them
+            "server.tls_listen": "127.0.0.84:7301",
+            "server.public_url": public,
+            "cache.dir": str(tmp_path / "cache"),
+        },
+        environ={},
+    )
+    tls = load_tls(config)
+    assert tls is not None
+    host = urlsplit(public).hostname
+    assert tls.status()["sans"] == [host]
+    # and it is kept across a restart for that name (made anew only for another one)
+    serial = tls.status()["serial"]
+    again = load_tls(config)
+    assert again is not None and again.status()["serial"] == serial
+
+
+def test_the_readme_says_which_host_the_mirrors_own_certificate_names() -> None:
+    """The TLS section names the host the test above checks (it said `localhost`)."""
+    tls = README.split("\n## TLS and certificates\n")[1].split("\n## ")[0]
+    assert (
+        "names another host than `certs.domain` (without one, the host of `server.public_url`"
+        in (" ".join(tls.split()))
+    )
+
+
+def test_every_docxy_command_takes_set_after_its_action_and_the_renewer_does_not() -> None:
+    """README (Settings): "Any setting can be given to a `docxy` command as `--set
+    section.key=value` after the command and its action (...; the renewer ... takes no
+    `--set`)"."""
+    text = " ".join(README.split())
+    assert "as `--set section.key=value` after the command and its action" in text
+    assert "the renewer, `python -m scheduler`, takes no `--set`" in text
+    leaves = []
+    for command in subcommands(build_parser()).values():
+        leaves += list(subcommands(command).values()) or [command]
+    assert len(leaves) > 10
+    for leaf in leaves:
+        flags = {flag for action in leaf._actions for flag in action.option_strings}
+        assert "--set" in flags, leaf.prog
+    assert "--set" not in scheduler_settings.build_parser()._option_string_actions
