@@ -5,8 +5,9 @@
 # it. A mirror that has not answered since it started (still opening a large cache, or failing
 # to start: supervisord's own retries and FATAL deal with that) is left alone.
 #
-# Events: TICK_5 (a probe every min(30, DOCXY_WATCHDOG_SECONDS) s) and PROCESS_STATE_STARTING
-# (a mirror (re)started: not answered yet). The probe asks the address `docxy health` asks
+# Events: TICK_5 (a probe every min(30, DOCXY_WATCHDOG_SECONDS) s), PROCESS_STATE_STARTING
+# (a mirror (re)started: not answered yet) and PROCESS_STATE_STOPPED (a mirror stopped on
+# purpose, `supervisorctl stop docxy`: not hung, left stopped until it starts again). The probe asks the address `docxy health` asks
 # (docxy.cli.healthcheck.local_url, found once: python costs most of a second of CPU to start)
 # with bash alone. Protocol as in supervisor-fatal.sh: stdout is supervisord's; messages go to
 # stderr.
@@ -62,7 +63,7 @@ while :; do
   IFS= read -r header || exit 0
   IFS= read -r -N "${header##*len:}" payload
   case "$header" in
-    *eventname:PROCESS_STATE_STARTING*)
+    *eventname:PROCESS_STATE_STARTING* | *eventname:PROCESS_STATE_STOPPED*)
       if [[ "$payload" == *"processname:docxy "* ]]; then
         answered=false
         failing_since=0

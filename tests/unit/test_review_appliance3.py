@@ -1,0 +1,159 @@
+"""The container appliance as an operator runs it: scripts/entrypoint.sh, the real supervisord
+with scripts/supervisord.conf and its two listeners, a stand-in for the mirror (`python -m
+docxy serve` answers /health and nothing else). Loopback 127.0.0.70-77, ports 7000-7199."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.scriptbox import REPO
+
+ADDRESS = "127.0.0.71"
+
+#: `python`, first on PATH: `python -m docxy serve` is a mirror that answers every GET with 200
+#: and notes each request in $FAKE_MIRROR_LOG; anything else is the real interpreter.
+FAKE_PYTHON = """#!/usr/bin/env bash
+if [[ "$1 $2 $3" == "-m docxy serve" ]]; then
+  exec {python} -c '
+import http.server, os, sys
+host, _, port = os.environ["DOCXY_SERVER_LISTEN"].rpartition(":")
+log = os.environ["FAKE_MIRROR_LOG"]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(log, "a") as f:
+            f.write(self.path + "\\n")
+        body = b"{{\\"status\\": \\"ok\\"}}"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer.allow_reuse_address = True
+http.server.HTTPServer((host, int(port)), Handler).serve_forever()
+'
+fi
+exec {python} "$@"
+"""
+
+
+def free_port(host: str = ADDRESS) -> int:
+    for port in range(7000, 7200):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port on {host} in 7000-7199")
+
+
+@dataclass
+class Box:
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    run_dir: Path
+    mirror_log: Path
+    output: Path
+
+    def ctl(self, *args: str) -> str:
+        done = subprocess.run(
+            ["supervisorctl", "-s", f"unix://{self.run_dir}/supervisor.sock", *args],
+            env=self.env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return done.stdout + done.stderr
+
+    def state(self, program: str) -> str:
+        words = self.ctl("status", program).split()
+        return words[1] if len(words) > 1 else "?"
+
+    def probes(self) -> int:
+        if not self.mirror_log.exists():
+            return 0
+        return self.mirror_log.read_text().count("/health")
+
+
+def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+@contextlib.contextmanager
+def appliance(**settings: str) -> Iterator[Box]:
+    """scripts/entrypoint.sh with no arguments (supervisord), plain HTTP, in a short temp dir
+    (a unix socket's path is at most 107 bytes)."""
+    top = Path(tempfile.mkdtemp(prefix="dx3-"))
+    bin_dir, run_dir, state = top / "bin", top / "run", top / "state"
+    for directory in (bin_dir, run_dir, state):
+        directory.mkdir()
+    python = bin_dir / "python"
+    python.write_text(FAKE_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    for tool in ("supervisorctl", "supervisord"):
+        found = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env |= {
+        "PATH": f"{bin_dir}:{env['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "DOCXY_STATE_DIR": str(state),
+        "DOCXY_RUN_DIR": str(run_dir),
+        "DOCXY_IF_INET6": str(top / "none"),
+        "DOCXY_SERVER_PUBLIC_URL": "http://mirror.test",
+        "DOCXY_SERVER_LISTEN": f"{ADDRESS}:{free_port()}",
+        "DOCXY_SERVER_ADMIN_LISTEN": "",
+        "FAKE_MIRROR_LOG": str(top / "mirror.log"),
+        **settings,
+    }
+    output = top / "output.log"
+    with output.open("ab") as out:
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "entrypoint.sh")],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    box = Box(proc, env, run_dir, top / "mirror.log", output)
+    try:
+        wait_for(lambda: (run_dir / "supervisor.sock").exists(), 30, "supervisord up")
+        yield box
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the session this test started, nothing else
+        proc.wait(timeout=10)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_mirror_the_operator_stopped_stays_stopped() -> None:
+    """`supervisorctl stop docxy` (maintenance inside the container: the cache moved, a
+    `docxy cache gc` with the mirror down) is supervisord's STOPPED, not a hang: the watchdog,
+    which had seen the mirror answer, took the failed probes that followed for a hung mirror
+    and started it again behind the operator's back, DOCXY_WATCHDOG_SECONDS later."""
+    with appliance(DOCXY_WATCHDOG_SECONDS="1") as box:
+        wait_for(lambda: box.probes() >= 1, 30, "the watchdog's first probe answered")
+        time.sleep(1)  # its answer read
+        assert "stopped" in box.ctl("stop", "docxy")
+        assert box.state("docxy") == "STOPPED"
+        time.sleep(16)  # three ticks: the patience (1 s) several times over
+        assert box.state("docxy") == "STOPPED", box.output.read_text()
