@@ -87,8 +87,10 @@ ENV PATH=/opt/docxy/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 # precious: Let's Encrypt rate-limits re-issuance). The webroot holds only the HTTP-01 tokens
 # of an issuance in progress, written and served inside this one container: no volume.
 VOLUME ["/var/lib/docxy/cache", "/var/lib/docxy/certs"]
-# 9180: /metrics and /status; publish it on the host's loopback only (compose.yaml does).
-EXPOSE 80 443 9180
+# 9180 (/metrics and /status, DOCXY_SERVER_ADMIN_LISTEN) is not exposed: `docker run -P` would
+# publish it on every host interface. Publish it on the host's loopback only, as compose.yaml
+# does (-p 127.0.0.1:9180:9180).
+EXPOSE 80 443
 USER docxy
 # Follows DOCXY_SERVER_LISTEN (`docxy health` asks the configured listener, loopback for 0.0.0.0).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["docxy", "health"]

@@ -157,3 +157,25 @@ def test_a_mirror_the_operator_stopped_stays_stopped() -> None:
         assert box.state("docxy") == "STOPPED"
         time.sleep(16)  # three ticks: the patience (1 s) several times over
         assert box.state("docxy") == "STOPPED", box.output.read_text()
+
+
+def exposed_ports(dockerfile: str) -> set[int]:
+    """The ports the image's EXPOSE instructions name (`docker run -P` publishes each)."""
+    ports: set[int] = set()
+    for line in dockerfile.replace("\\\n", " ").splitlines():
+        words = line.split()
+        if words and words[0] == "EXPOSE":
+            ports |= {int(word.split("/")[0]) for word in words[1:]}
+    return ports
+
+
+def test_publishing_every_port_leaves_the_admin_listener_alone() -> None:
+    """The image binds the admin listener (/metrics, /status, /status.json: the upstreams, their
+    errors, the shared bucket's endpoint) on all of the container's addresses, for compose.yaml
+    to publish on the host's loopback; it answers any address in Host. `EXPOSE 9180` made
+    `docker run -P` (publish every exposed port) put it on all of the host's interfaces, to
+    anyone, beside the mirror's 80 and 443."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "DOCXY_SERVER_ADMIN_LISTEN=0.0.0.0:9180" in dockerfile
+    assert {80, 443} <= exposed_ports(dockerfile)
+    assert 9180 not in exposed_ports(dockerfile)
