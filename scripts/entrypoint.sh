@@ -26,14 +26,21 @@ DOCXY_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export DOCXY_SCRIPTS_DIR
 conf="${DOCXY_SUPERVISOR_CONF:-$DOCXY_SCRIPTS_DIR/supervisord.conf}"
 
-if [[ -n "${DOCXY_DOMAIN:-}" ]]; then
-  export DOCXY_CERTS_DOMAIN="${DOCXY_CERTS_DOMAIN:-$DOCXY_DOMAIN}"
+# The domain as the config reads certs.domain, without the spaces around it that a quoted .env
+# value or `docker run -e` keeps: the public URL below is built from it, and a blank one is none.
+domain="${DOCXY_DOMAIN:-}"
+domain="${domain#"${domain%%[![:space:]]*}"}"
+domain="${domain%"${domain##*[![:space:]]}"}"
+export DOCXY_DOMAIN="$domain"
+
+if [[ -n "$domain" ]]; then
+  export DOCXY_CERTS_DOMAIN="${DOCXY_CERTS_DOMAIN:-$domain}"
   export DOCXY_CERTS_EMAIL="${DOCXY_CERTS_EMAIL:-${DOCXY_EMAIL:-}}"
   # On the plain listener's addresses: [::] with compose.host.yaml, else the image's 0.0.0.0.
   any=0.0.0.0
   [[ "${DOCXY_SERVER_LISTEN:-}" == "[::]:"* ]] && any="[::]"
   export DOCXY_SERVER_TLS_LISTEN="${DOCXY_SERVER_TLS_LISTEN:-$any:443}"
-  export DOCXY_SERVER_PUBLIC_URL="${DOCXY_SERVER_PUBLIC_URL:-https://$DOCXY_DOMAIN}"
+  export DOCXY_SERVER_PUBLIC_URL="${DOCXY_SERVER_PUBLIC_URL:-https://$domain}"
   # The mirror serves the files in $served (a self-signed bootstrap until the first issuance,
   # which the renewer obtains through the mirror's webroot and installs there atomically; the
   # mirror then reloads it in place).
@@ -77,7 +84,7 @@ if (($# > 0)); then
   exec "$@"
 fi
 
-if [[ -z "${DOCXY_DOMAIN:-}" && -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
+if [[ -z "$domain" && -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
   echo "docxy: set DOCXY_DOMAIN (HTTPS with Let's Encrypt) or DOCXY_SERVER_PUBLIC_URL" >&2
   exit 2
 fi

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.scriptbox import REPO
 
 ADDRESS = "127.0.0.71"
@@ -179,3 +181,51 @@ def test_publishing_every_port_leaves_the_admin_listener_alone() -> None:
     assert "DOCXY_SERVER_ADMIN_LISTEN=0.0.0.0:9180" in dockerfile
     assert {80, 443} <= exposed_ports(dockerfile)
     assert 9180 not in exposed_ports(dockerfile)
+
+
+def entrypoint_env(**settings: str) -> subprocess.CompletedProcess[str]:
+    """scripts/entrypoint.sh with arguments (as `docker exec <ctr> docxy ...` and the
+    HEALTHCHECK run it): what the mirror's config makes of the settings it derives."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env |= {"PYTHONPATH": str(REPO), "DOCXY_IF_INET6": "/nonexistent", **settings}
+    show = (
+        "from docxy.config import load_config; c = load_config(); "
+        "print(c.server.public_url, c.certs.domain, c.server.tls_listen)"
+    )
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "entrypoint.sh"), sys.executable, "-c", show],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "domain", [" mirror.example.org", "mirror.example.org\t", "\tmirror.example.org "]
+)
+def test_a_domain_with_spaces_around_it_is_the_domain(tmp_path: Path, domain: str) -> None:
+    """A quoted value keeps its spaces (`DOCXY_DOMAIN=" mirror.example.org"` in .env, `-e` on
+    docker run): the config strips them off certs.domain, but the entrypoint built the public
+    URL from the raw value, `https:// mirror.example.org`, and the mirror refused to start
+    over a setting the operator never gave ("server.public_url: not an http(s) URL ... (env
+    DOCXY_SERVER_PUBLIC_URL)"), FATAL, a restart loop."""
+    ran = entrypoint_env(DOCXY_STATE_DIR=str(tmp_path), DOCXY_DOMAIN=domain)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["https://mirror.example.org", "mirror.example.org", "0.0.0.0:443"]
+
+
+def test_a_blank_domain_is_no_domain(tmp_path: Path) -> None:
+    """`DOCXY_DOMAIN=" "`: the entrypoint took it for a domain (HTTPS on, the renewer started,
+    public URL `https:// `), the config for none; the container went FATAL over the public
+    URL instead of saying what to set."""
+    python = tmp_path / "bin" / "python"  # what the entrypoint execs: supervisord's
+    python.parent.mkdir()
+    python.write_text('#!/bin/sh\necho "started: $*"\n')
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env |= {"PATH": f"{python.parent}:{env['PATH']}", "DOCXY_STATE_DIR": str(tmp_path)}
+    ran = subprocess.run(
+        ["bash", str(REPO / "scripts" / "entrypoint.sh")],
+        env=env | {"DOCXY_DOMAIN": "  "}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "set DOCXY_DOMAIN" in ran.stderr and ran.stdout == ""
