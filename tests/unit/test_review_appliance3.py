@@ -69,6 +69,7 @@ class Box:
     run_dir: Path
     mirror_log: Path
     output: Path
+    tmp: Path
 
     def ctl(self, *args: str) -> str:
         done = subprocess.run(
@@ -102,7 +103,8 @@ def appliance(**settings: str) -> Iterator[Box]:
     (a unix socket's path is at most 107 bytes)."""
     top = Path(tempfile.mkdtemp(prefix="dx3-"))
     bin_dir, run_dir, state = top / "bin", top / "run", top / "state"
-    for directory in (bin_dir, run_dir, state):
+    tmp = top / "tmp"  # TMPDIR: supervisord's childlogdir (the image's /tmp)
+    for directory in (bin_dir, run_dir, state, tmp):
         directory.mkdir()
     python = bin_dir / "python"
     python.write_text(FAKE_PYTHON.format(python=sys.executable))
@@ -115,6 +117,7 @@ def appliance(**settings: str) -> Iterator[Box]:
     env |= {
         "PATH": f"{bin_dir}:{env['PATH']}",
         "PYTHONPATH": str(REPO),
+        "TMPDIR": str(tmp),
         "DOCXY_STATE_DIR": str(state),
         "DOCXY_RUN_DIR": str(run_dir),
         "DOCXY_IF_INET6": str(top / "none"),
@@ -130,7 +133,7 @@ def appliance(**settings: str) -> Iterator[Box]:
             ["bash", str(REPO / "scripts" / "entrypoint.sh")],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    box = Box(proc, env, run_dir, top / "mirror.log", output)
+    box = Box(proc, env, run_dir, top / "mirror.log", output, tmp)
     try:
         wait_for(lambda: (run_dir / "supervisor.sock").exists(), 30, "supervisord up")
         yield box
@@ -229,3 +232,29 @@ def test_a_blank_domain_is_no_domain(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ran.returncode == 2, ran.stdout + ran.stderr
     assert "set DOCXY_DOMAIN" in ran.stderr and ran.stdout == ""
+
+
+def test_the_listeners_protocol_is_not_written_to_files() -> None:
+    """The two event listeners' stdout is supervisord's event protocol. With no
+    stdout_logfile of their own, supervisord logged it to AUTO files in its childlogdir (the
+    image's /tmp, in the container's writable layer): `READY RESULT 2 OK` for every TICK_5,
+    some 300 KB a day, kept up to 50 MB and 10 backups each, and two new files left behind at
+    every start of the container (`docker restart`, a restart after FATAL)."""
+    with appliance() as box:
+        wait_for(lambda: box.probes() >= 1, 30, "the watchdog's first probe (after a tick)")
+        time.sleep(1)
+        left = sorted(path.name for path in box.tmp.iterdir())
+        assert not [name for name in left if "---supervisor-" in name], left
+
+
+def test_a_hung_mirror_is_still_restarted() -> None:
+    """The other side of the two above (no protocol log, STOPPED heeded): a mirror that
+    answered and then hangs (SIGSTOP) is restarted by the watchdog under the real supervisord."""
+    with appliance(DOCXY_WATCHDOG_SECONDS="1") as box:
+        wait_for(lambda: box.probes() >= 1, 30, "the watchdog's first probe answered")
+        time.sleep(1)
+        pid = int(box.ctl("pid", "docxy").strip())
+        os.kill(pid, signal.SIGSTOP)
+        said = "the mirror has not answered /health"
+        wait_for(lambda: said in box.output.read_text(), 60, "the watchdog's restart")
+        wait_for(lambda: box.ctl("pid", "docxy").strip() not in ("0", str(pid)), 30, "new pid")
