@@ -25,15 +25,21 @@ if [[ ! "$patience" =~ ^[0-9]{1,9}$ ]]; then
 fi
 patience=$((10#$patience))
 every=$((patience < 30 ? patience : 30))
-target=$(python -c '
+host="" port="" # none: every event is answered, nothing probed
+# 0 is off, as 0 is for the mirror's own limits: it was a restart at the first failed probe.
+if ((patience == 0)); then
+  echo "docxy: watchdog: DOCXY_WATCHDOG_SECONDS=0: off (a hung mirror is not restarted)" >&2
+else
+  target=$(python -c '
 from urllib.parse import urlsplit
 from docxy.cli.healthcheck import local_url
 from docxy.config import load_config
 url = urlsplit(local_url(load_config().server.listen))
 print(url.hostname, url.port)')
-read -r host port <<<"$target"
-if [[ -z "${port:-}" ]]; then
-  echo "docxy: watchdog: no listener to probe (a config error: the mirror says which); idle" >&2
+  read -r host port <<<"$target"
+  if [[ -z "${port:-}" ]]; then
+    echo "docxy: watchdog: no listener to probe (a config error: the mirror says which); idle" >&2
+  fi
 fi
 
 # Whether the mirror answers GET /health within 10 s. Any status: one at its connection cap

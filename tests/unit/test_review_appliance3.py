@@ -5,6 +5,7 @@ docxy serve` answers /health and nothing else). Loopback 127.0.0.70-77, ports 70
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -258,3 +260,49 @@ def test_a_hung_mirror_is_still_restarted() -> None:
         said = "the mirror has not answered /health"
         wait_for(lambda: said in box.output.read_text(), 60, "the watchdog's restart")
         wait_for(lambda: box.ctl("pid", "docxy").strip() not in ("0", str(pid)), 30, "new pid")
+
+
+def test_a_watchdog_of_zero_seconds_is_off(tmp_path: Path) -> None:
+    """0 is "off" in the mirror's own settings (limits.*, bandwidth): DOCXY_WATCHDOG_SECONDS=0
+    instead made the watchdog probe at every tick and restart the mirror at its first failed
+    probe (one /health slower than 10 s on a loaded host cut every download). It is now off,
+    and says so once."""
+    from tests.unit.test_watchdog_clock import start_watchdog
+
+    first = tmp_path / "bin"
+    first.mkdir()
+    calls = tmp_path / "supervisorctl.log"
+    (first / "supervisorctl").write_text(f'#!/bin/sh\necho "$@" >>"{calls}"\n')
+    (first / "supervisorctl").chmod(0o755)
+    mirror = http.server.ThreadingHTTPServer(
+        (ADDRESS, free_port()), http.server.BaseHTTPRequestHandler
+    )
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    listen = f"{ADDRESS}:{mirror.server_address[1]}"
+    watchdog = start_watchdog(tmp_path, listen, "0", first=first)
+    assert watchdog.stdin is not None and watchdog.stdout is not None
+    try:
+        for serial in range(4):  # TICK_5 events, as supervisord sends them
+            if serial == 1:
+                mirror.shutdown()  # answered once, then refuses: a failed probe at once
+                mirror.server_close()
+            assert watchdog.stdout.readline() == b"READY\n", f"gone before tick {serial}"
+            header = b"ver:3.0 server:supervisor serial:%d pool:watchdog poolserial:%d" % (
+                serial,
+                serial,
+            )
+            payload = b"when:%d" % serial
+            watchdog.stdin.write(header + b" eventname:TICK_5 len:%d\n" % len(payload) + payload)
+            watchdog.stdin.flush()
+            assert watchdog.stdout.read(len(b"RESULT 2\nOK")) == b"RESULT 2\nOK"
+            time.sleep(0.5)
+        assert watchdog.stdout.readline() == b"READY\n"
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait(timeout=15)
+        assert watchdog.stderr is not None
+        said = watchdog.stderr.read().decode()
+        watchdog.stdout.close()
+        watchdog.stderr.close()
+    assert not calls.exists(), calls.read_text()
+    assert said.count("DOCXY_WATCHDOG_SECONDS=0") == 1 and "off" in said, said
