@@ -77,7 +77,7 @@ ENV PATH=/opt/docxy/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
     MALLOC_ARENA_MAX=2 \
     DOCXY_RUN_DIR=/run/docxy \
     DOCXY_SERVER_LISTEN=0.0.0.0:80 \
-    DOCXY_SERVER_ADMIN_LISTEN=0.0.0.0:9180 \
+    DOCXY_SERVER_ADMIN_LISTEN=127.0.0.1:9180 \
     DOCXY_CACHE_DIR=/var/lib/docxy/cache \
     DOCXY_CERTS_WEBROOT=/var/lib/docxy/webroot \
     DOCXY_CERTS_CONFIG_DIR=/var/lib/docxy/certs/letsencrypt \
@@ -87,9 +87,10 @@ ENV PATH=/opt/docxy/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 # precious: Let's Encrypt rate-limits re-issuance). The webroot holds only the HTTP-01 tokens
 # of an issuance in progress, written and served inside this one container: no volume.
 VOLUME ["/var/lib/docxy/cache", "/var/lib/docxy/certs"]
-# 9180 (/metrics and /status, DOCXY_SERVER_ADMIN_LISTEN) is not exposed: `docker run -P` would
-# publish it on every host interface. Publish it on the host's loopback only, as compose.yaml
-# does (-p 127.0.0.1:9180:9180).
+# 9180 (/metrics and /status) is on the container's loopback (DOCXY_SERVER_ADMIN_LISTEN: with
+# host networking, the host's) and not exposed (`docker run -P` would publish it on every host
+# interface). compose.yaml binds it on 0.0.0.0 and publishes it on the host's loopback only
+# (by hand: -e DOCXY_SERVER_ADMIN_LISTEN=0.0.0.0:9180 -p 127.0.0.1:9180:9180).
 EXPOSE 80 443
 USER docxy
 # Follows DOCXY_SERVER_LISTEN (`docxy health` asks the configured listener, loopback for 0.0.0.0).

@@ -177,13 +177,12 @@ def exposed_ports(dockerfile: str) -> set[int]:
 
 
 def test_publishing_every_port_leaves_the_admin_listener_alone() -> None:
-    """The image binds the admin listener (/metrics, /status, /status.json: the upstreams, their
-    errors, the shared bucket's endpoint) on all of the container's addresses, for compose.yaml
-    to publish on the host's loopback; it answers any address in Host. `EXPOSE 9180` made
+    """The admin listener (/metrics, /status, /status.json: the upstreams, their errors, the
+    shared bucket's endpoint) answers any address in Host, and compose.yaml binds it on all of
+    the container's addresses to publish it on the host's loopback. `EXPOSE 9180` made
     `docker run -P` (publish every exposed port) put it on all of the host's interfaces, to
     anyone, beside the mirror's 80 and 443."""
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert "DOCXY_SERVER_ADMIN_LISTEN=0.0.0.0:9180" in dockerfile
     assert {80, 443} <= exposed_ports(dockerfile)
     assert 9180 not in exposed_ports(dockerfile)
 
@@ -306,3 +305,36 @@ def test_a_watchdog_of_zero_seconds_is_off(tmp_path: Path) -> None:
         watchdog.stderr.close()
     assert not calls.exists(), calls.read_text()
     assert said.count("DOCXY_WATCHDOG_SECONDS=0") == 1 and "off" in said, said
+
+
+def image_env(dockerfile: str) -> dict[str, str]:
+    """The runtime stage's ENV settings (KEY=VALUE pairs, continued lines joined)."""
+    stage = dockerfile[dockerfile.rindex("\nFROM ") :].replace("\\\n", " ")
+    found: dict[str, str] = {}
+    for line in stage.splitlines():
+        words = line.split()
+        if words and words[0] == "ENV":
+            found |= dict(word.split("=", 1) for word in words[1:])
+    return found
+
+
+def test_the_image_alone_keeps_the_admin_listener_on_loopback(tmp_path: Path) -> None:
+    """The image bound the admin listener (/metrics, /status.json: upstream errors, the
+    shared bucket's endpoint; any address in Host answered) on 0.0.0.0: run as the README's
+    e2e runs it, `docker run --network host`, without compose.host.yaml's override, that was
+    every interface of the host. The image keeps it on loopback, as the mirror's own default
+    does; compose.yaml, which publishes it on the host's loopback (and lets a scraper in its
+    network reach it), binds it on the container's addresses itself, and an empty value in
+    .env still turns it off."""
+    from tests.unit.test_review_appliance2 import compose_environment
+
+    assert image_env((REPO / "Dockerfile").read_text())["DOCXY_SERVER_ADMIN_LISTEN"] == (
+        "127.0.0.1:9180"
+    )
+    public = "DOCXY_SERVER_PUBLIC_URL=http://mirror.test\n"
+    unset = compose_environment(tmp_path / "unset", "compose.yaml", public)
+    assert unset["DOCXY_SERVER_ADMIN_LISTEN"] == "0.0.0.0:9180"
+    off = compose_environment(
+        tmp_path / "off", "compose.yaml", public + "DOCXY_SERVER_ADMIN_LISTEN=\n"
+    )
+    assert off["DOCXY_SERVER_ADMIN_LISTEN"] == ""
