@@ -7,10 +7,10 @@
 #
 # Events: TICK_5 (a probe every min(30, DOCXY_WATCHDOG_SECONDS) s), PROCESS_STATE_STARTING
 # (a mirror (re)started: not answered yet) and PROCESS_STATE_STOPPED (a mirror stopped on
-# purpose, `supervisorctl stop docxy`: not hung, left stopped until it starts again). The probe asks the address `docxy health` asks
-# (docxy.cli.healthcheck.local_url, found once: python costs most of a second of CPU to start)
-# with bash alone. Protocol as in supervisor-fatal.sh: stdout is supervisord's; messages go to
-# stderr.
+# purpose, `supervisorctl stop docxy`: not hung, left stopped until it starts again). The
+# probe asks the address `docxy health` asks (docxy.cli.healthcheck.local_url, found once:
+# python costs most of a second of CPU to start) with bash alone. Protocol as in
+# supervisor-fatal.sh: stdout is supervisord's; messages go to stderr.
 set -uo pipefail # not -e: a probe that fails is what this is for
 export LC_ALL=C  # `read -N` counts characters: make them bytes
 
