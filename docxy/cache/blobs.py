@@ -1110,20 +1110,32 @@ class DiskBlobStore:
         entry = self._entry(digest)
         if entry is None:
             return False
-        if self._pins[digest]:
-            raise BlobInUse(f"{digest} is being read")
-        self._remove_entry(entry)
-        self._room_grew()
+        self._delete(entry)
         return True
 
-    def _remove_entry(self, entry: BlobEntry) -> int:
+    def delete(self, digest: Digest) -> int | None:
+        """:meth:`remove`, saying what it freed: the bytes, or None if it removed nothing (not
+        cached, or its file gone already: another process removed it meanwhile, a live mirror's
+        eviction; it is forgotten all the same)."""
+        entry = self._entry(digest)
+        return None if entry is None else self._delete(entry)
+
+    def _delete(self, entry: BlobEntry) -> int | None:
+        if self._pins[entry.digest]:
+            raise BlobInUse(f"{entry.digest} is being read")
+        freed = self._remove_entry(entry)
+        self._room_grew()
+        return freed
+
+    def _remove_entry(self, entry: BlobEntry) -> int | None:
         """Forget the images that need ``entry`` (their tags and manifests deleted), then
-        delete its file and drop it from the index; returns the bytes that freed. In that
-        order: cut short (the process killed between the two), the cache holds a blob no image
-        needs (eviction's first pick), never an image whose blob is gone."""
+        delete its file and drop it from the index; returns the bytes that freed (None: the
+        file was gone already, removed by another process). In that order: cut short (the
+        process killed between the two), the cache holds a blob no image needs (eviction's
+        first pick), never an image whose blob is gone."""
         if self.catalog is not None:  # raises if the disk keeps one: the blob stays too
             self.catalog.blob_gone(entry.digest, present=True)
-        freed = _size_removed(entry.path)
+        freed = _removed_size(entry.path)
         self._forget(entry, planned=True)
         return freed
 
@@ -1181,7 +1193,7 @@ class DiskBlobStore:
             if intact:
                 continue
             try:
-                tally.freed_bytes += self._remove_entry(entry)
+                freed = self._remove_entry(entry)
             except OSError as exc:  # its file, or an image that needs it (which stays
                 # cached whole, with it): the rest are verified all the same
                 log.warning(
@@ -1191,6 +1203,10 @@ class DiskBlobStore:
                 )
                 tally.corrupt_kept += 1
                 continue
+            if freed is None:  # evicted or removed meanwhile, since it was hashed
+                tally.gone_bytes += entry.size
+                continue
+            tally.freed_bytes += freed
             log.warning("cache: %s is corrupt on disk, removed", entry.digest)
             tally.removed_corrupt += 1
 
@@ -1284,11 +1300,16 @@ def _vanished(entries: Iterable[BlobEntry]) -> list[BlobEntry]:
 
 def _size_removed(path: Path) -> int:
     """Remove ``path``; the bytes that freed (0 if it was gone already)."""
+    return _removed_size(path) or 0
+
+
+def _removed_size(path: Path) -> int | None:
+    """Remove ``path``; the bytes that freed, None if it was gone already."""
     try:
         size = path.lstat().st_size
     except FileNotFoundError:
-        return 0
-    return size if _unlink(path) else 0
+        return None
+    return size if _unlink(path) else None
 
 
 def os_error(exc: OSError) -> str:

@@ -315,7 +315,7 @@ def _remove_blobs(store: DiskBlobStore, doomed: list[Digest], out: TextIO) -> in
     for digest in doomed:
         size = human_size(sizes.get(digest, 0))
         try:
-            removed = store.remove(digest)
+            removed = store.delete(digest)
         except BlobInUse:
             print(f"docxy cache rm: blob {digest} is being read; kept", file=sys.stderr)
             status = EXIT_NOT_FOUND
@@ -327,9 +327,11 @@ def _remove_blobs(store: DiskBlobStore, doomed: list[Digest], out: TextIO) -> in
             print(f"kept blob {digest} ({size}): the disk refused a delete", file=out)
             kept.append(digest)
             continue
-        if removed:
-            freed += sizes.get(digest, 0)
-            print(f"removed blob {digest} ({size})", file=out)
+        if removed is None:  # a live mirror evicted it since it was listed: not freed here
+            print(f"blob {digest} ({size}) was gone already (meanwhile)", file=out)
+            continue
+        freed += removed
+        print(f"removed blob {digest} ({human_size(removed)})", file=out)
     if doomed:
         print(f"freed {human_size(freed)}", file=out)
     if kept:

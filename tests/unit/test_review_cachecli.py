@@ -1,0 +1,45 @@
+"""Review of the operator's command line (``docxy cache``, ``docxy health``, ``docxy users``):
+faults an operator would meet, each shown by a test that failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from docxy.cli import cache as cachecli
+from tests.unit.test_cachecli import Populated, _populate, run
+
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Populated:
+    return asyncio.run(_populate(tmp_path / "cache"))
+
+
+def test_rm_blobs_does_not_count_a_blob_a_live_mirror_evicted_meanwhile_as_freed(
+    capsys: pytest.CaptureFixture[str], cache: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside a live mirror, a blob ``rm --blobs`` listed may be evicted by the mirror before
+    rm gets to it: rm did not free it, and may not say it removed it (gc already counts such
+    blobs apart, as gone meanwhile)."""
+    looked = cachecli.open_by_processes
+    evicted = cache.blob_path("busybox-l")
+
+    def mirror_evicts_meanwhile(paths: object) -> dict[Path, int]:
+        found = looked(paths)  # type: ignore[arg-type]
+        os.unlink(evicted)  # the live mirror's eviction, between rm's listing and its delete
+        return found
+
+    monkeypatch.setattr(cachecli, "open_by_processes", mirror_evicts_meanwhile)
+    code, out, _ = run(capsys, cache, "rm", "busybox:1", "--blobs")
+    assert code == 0, out
+    config_size = len(b"busybox-cfg " * 100)
+    assert f"removed blob {cache.blobs['busybox-l']}" not in out
+    assert f"removed blob {cache.blobs['busybox-cfg']} (1.2 KiB)" in out
+    assert f"freed {cachecli.human_size(config_size)}" in out
+    gone = [line for line in out.splitlines() if str(cache.blobs["busybox-l"]) in line]
+    assert gone == [f"blob {cache.blobs['busybox-l']} (1000 B) was gone already (meanwhile)"]
