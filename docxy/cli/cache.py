@@ -5,9 +5,9 @@ temp files (only ``gc``, and then only old ones), and ``rm`` refuses to delete a
 process has open (``/proc/<pid>/fd``), so a client streaming it is never cut. Image names follow
 Docker's rules: ``redis`` is ``library/redis:latest`` on the configured upstream.
 
-Exit codes: 0 done, 1 not found or in use (or not all done: the disk refused a delete), 2
-configuration or usage error; ``gc`` stopped by SIGINT (Ctrl-C) 130, by SIGTERM 143, its report
-of what it did so far printed first.
+Exit codes: 0 done, 1 not found or in use (or not all done: the disk refused a delete, or
+``ls``/``du`` a read), 2 configuration or usage error; ``gc`` stopped by SIGINT (Ctrl-C) 130,
+by SIGTERM 143, its report of what it did so far printed first.
 """
 
 from __future__ import annotations
@@ -349,6 +349,13 @@ def cannot_change(command: str, directory: Path, exc: OSError) -> str:
     return f"docxy cache {command}: cannot change {directory}:{where} {exc.strerror or exc}"
 
 
+def cannot_read(command: str, directory: Path, exc: OSError) -> str:
+    """The line saying the disk refused a read (ls, du): ``docxy cache du: cannot read DIR:
+    FILE Permission denied``."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"docxy cache {command}: cannot read {directory}:{where} {exc.strerror or exc}"
+
+
 def refused(root: Path, exc: OSError) -> str:
     """What the disk refused that stopped gc, for its report: ``the disk refused a change to
     tmp/NAME (Permission denied, EACCES)``, the file named as under the cache directory (a
@@ -502,14 +509,20 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     except OSError as exc:
         print(f"docxy cache: cannot read {directory}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.cache_command == "ls":
-        args.upstream_names = upstream_names(config)
-        return cmd_ls(cache, args, out)
     # Measure against (gc: evict down to) a cap given here (flag, environment, config file)
     # only: the cache directory does not say which one the mirror runs with.
     capped = config.sources.get("cache.max_size", "default") != "default"
-    if args.cache_command == "du":
-        return cmd_du(cache, args, out, capped=capped)
+    try:
+        if args.cache_command == "ls":
+            args.upstream_names = upstream_names(config)
+            return cmd_ls(cache, args, out)
+        if args.cache_command == "du":
+            return cmd_du(cache, args, out, capped=capped)
+    except BrokenPipeError:  # its reader went away (| head): not the cache's trouble
+        raise
+    except OSError as exc:  # another user's directories (the mirror's umask 077), EIO
+        print(cannot_read(args.cache_command, directory, exc), file=sys.stderr)
+        return EXIT_FAILED
     try:
         if args.cache_command == "gc":
             return asyncio.run(cmd_gc(cache, args.verify, out, evict=capped))

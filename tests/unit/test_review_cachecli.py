@@ -4,8 +4,10 @@ faults an operator would meet, each shown by a test that failed before its fix."
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +45,40 @@ def test_rm_blobs_does_not_count_a_blob_a_live_mirror_evicted_meanwhile_as_freed
     assert f"freed {cachecli.human_size(config_size)}" in out
     gone = [line for line in out.splitlines() if str(cache.blobs["busybox-l"]) in line]
     assert gone == [f"blob {cache.blobs['busybox-l']} (1000 B) was gone already (meanwhile)"]
+
+
+@pytest.mark.parametrize("action", ["du", "ls"])
+def test_a_cache_it_may_not_read_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+    cache: Populated,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+) -> None:
+    """Run as another user than the mirror's, where the mirror's umask left its directories
+    0700: listing tmp/ (du's downloads in progress) or the manifests' directory (ls's noted
+    tags, du's count of them) is refused. rm and gc say such a refusal in one line; du and ls
+    ended in a traceback."""
+    scandir, stat = os.scandir, os.stat
+
+    def refused(path: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def scandir_refusing(path: Any = ".") -> Any:
+        if Path(path) == cache.root / "tmp":
+            refused(path)
+        return scandir(path)
+
+    def stat_refusing(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).startswith(str(cache.root / "manifests" / "by-digest")):
+            refused(path)
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir_refusing)
+    monkeypatch.setattr(os, "stat", stat_refusing)
+    code, out, err = run(capsys, cache, action)
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"docxy cache {action}: cannot read {cache.root}: {cache.root}/")
+    assert lines[0].endswith(" Permission denied")
+    assert code == 1
