@@ -158,6 +158,8 @@ class GcReport:
     over_bytes: int = 0
     #: Corrupt blobs it kept: the disk refused to delete an image that needs one (--verify).
     corrupt_kept: int = 0
+    #: Corrupt blobs it kept because they are being read (pinned: open in a process).
+    corrupt_in_use: int = 0
 
 
 #: A store's eviction counters (blobs evicted, their bytes, bytes found gone, blobs kept).
@@ -174,6 +176,7 @@ class GcTally:
     removed_stray: int = 0
     removed_corrupt: int = 0
     corrupt_kept: int = 0
+    corrupt_in_use: int = 0
     freed_bytes: int = 0  # of the temp, stray and corrupt files (evicted blobs: the counters)
     gone_bytes: int = 0
     over_bytes: int = 0
@@ -202,6 +205,7 @@ class GcTally:
             evict_failed=failed,
             over_bytes=self.over_bytes,
             corrupt_kept=self.corrupt_kept,
+            corrupt_in_use=self.corrupt_in_use,
         )
 
 
@@ -1175,11 +1179,10 @@ class DiskBlobStore:
         return tally.report()
 
     async def _verify_all(self, tally: GcTally) -> None:
-        """Re-hash every unpinned blob; remove those corrupt, with the images that need them
-        (one the disk keeps is said, in a WARNING line, and kept: the rest are verified)."""
+        """Re-hash every blob; remove those corrupt, with the images that need them (one the
+        disk keeps is said, in a WARNING line, and kept: the rest are verified). A pinned one
+        (being read) is hashed too, and if corrupt, said and counted, never removed."""
         for entry in list(self._index.values()):
-            if self._pins[entry.digest]:
-                continue
             stop = threading.Event()
             try:
                 intact = await asyncio.to_thread(_hash_matches, entry, stop)
@@ -1191,6 +1194,10 @@ class DiskBlobStore:
                 tally.gone_bytes += entry.size
                 continue
             if intact:
+                continue
+            if self._pins[entry.digest]:  # a client is reading it: left alone, said
+                log.warning("cache: %s is corrupt on disk, kept: it is being read", entry.digest)
+                tally.corrupt_in_use += 1
                 continue
             try:
                 freed = self._remove_entry(entry)

@@ -377,6 +377,10 @@ def _bytes(size: int) -> str:
 NO_CAP_GIVEN = "none, cache.max_size is not set for this command (the mirror's may differ)"
 
 
+#: What gc --verify did with a corrupt blob a process has open (a client pulling it).
+IN_USE = "a process has it open; run gc --verify again once it is closed"
+
+
 #: Why gc did not get under the cap: it evicts no blob a process has open (nor one an image
 #: that is kept needs), and the disk may have kept some.
 STILL_OVER = "the rest is being read or kept; run gc again later"
@@ -388,9 +392,9 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
     SIGINT (Ctrl-C) or SIGTERM (a service stopped): the report so far, marked interrupted,
     exit 130 or 143."""
     # A mirror running beside this gc reads its blobs in another process, whose pins this one
-    # cannot see: those open now are pinned here, neither evicted nor re-hashed and removed
-    # (the client reading one would go on, but its blocks stay taken until it ends, and the
-    # next pull fetches it again).
+    # cannot see: those open now are pinned here, neither evicted nor removed (the client
+    # reading one would go on, but its blocks stay taken until it ends, and the next pull
+    # fetches it again); --verify hashes them all the same, and counts a corrupt one it keeps.
     store = cache.blobs
     paths = {store.path_of(entry.digest): entry.digest for entry in store.list_entries()}
     tally = GcTally()
@@ -417,7 +421,13 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         print(line, file=out)
     if interrupted is not None:
         return exit_code(interrupted)
-    failed = ending or report.evict_failed or report.over_bytes or report.corrupt_kept
+    failed = (
+        ending
+        or report.evict_failed
+        or report.over_bytes
+        or report.corrupt_kept
+        or report.corrupt_in_use
+    )
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -441,6 +451,8 @@ def gc_rows(
     ]
     if report.corrupt_kept:  # each said in a WARNING line: the disk refused a delete
         rows.append(("corrupt blobs kept", f"{report.corrupt_kept} (the disk refused: see above)"))
+    if report.corrupt_in_use:  # each said in a WARNING line: a process has it open
+        rows.append(("corrupt blobs being read", f"{report.corrupt_in_use} (kept: {IN_USE})"))
     if report.evict_failed:  # each said in a WARNING line: the disk kept them
         rows.append(("not evicted", f"{report.evict_failed} (the disk refused: see above)"))
     if report.over_bytes:  # what is left is open in a process (a client reading it), or kept

@@ -82,3 +82,21 @@ def test_a_cache_it_may_not_read_is_one_line_not_a_traceback(
     assert lines[0].startswith(f"docxy cache {action}: cannot read {cache.root}: {cache.root}/")
     assert lines[0].endswith(" Permission denied")
     assert code == 1
+
+
+def test_gc_verify_says_a_corrupt_blob_it_kept_because_it_is_being_read(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """Beside a live mirror, gc --verify leaves alone the blobs a process has open: it did not
+    even hash them, and reported 'corrupt blobs removed: 0' and exit 0, as if all were sound.
+    A corrupt layer a client is pulling (the one most worth knowing of) passed as good."""
+    cache.blob_path("amd64-l").write_bytes(b"bit rot")  # corrupt, and being read
+    with cache.blob_path("amd64-l").open("rb"):
+        code, out, _ = run(capsys, cache, "gc", "--verify")
+    assert cache.blob_path("amd64-l").exists()  # still left alone
+    report = dict(
+        (k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in out.splitlines())
+    )
+    assert report["corrupt blobs removed"] == "0"
+    assert report["corrupt blobs being read"].startswith("1 (kept:"), out
+    assert code == 1, out
