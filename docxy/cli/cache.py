@@ -477,7 +477,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     only.add_argument("--tags", dest="tags_only", action="store_true", help="tags only")
     only.add_argument("--blobs", dest="blobs_only", action="store_true", help="blobs only")
     actions.add_parser(
-        "du", parents=[common], help="how much the cache holds, against cache.max_size"
+        "du",
+        parents=[common],
+        help="how much the cache holds (against cache.max_size only when given)",
     )
     rm = actions.add_parser(
         "rm", parents=[common], help="forget a cached tag (and, with --blobs, its blobs)"
@@ -490,9 +492,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="also delete the blobs it references that no other cached tag references",
     )
     gc = actions.add_parser(
-        "gc", parents=[common], help="drop stray and old temp files, evict down to max_size"
+        "gc",
+        parents=[common],
+        help="drop stray and old temp files; evict down to cache.max_size only when given",
+        description=(
+            "Drop stray files and temp files over an hour old; evict down to cache.max_size "
+            "only when it is given to this command (--set cache.max_size=100G, "
+            "DOCXY_CACHE_MAX_SIZE, --config): the mirror's own cap may not be the default. "
+            "Blobs a process has open are left alone."
+        ),
     )
-    gc.add_argument("--verify", action="store_true", help="re-hash every blob, drop corrupt ones")
+    gc.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every blob, drop corrupt ones (those being read are only said)",
+    )
 
 
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,24 @@ def test_gc_verify_says_a_corrupt_blob_it_kept_because_it_is_being_read(
     assert report["corrupt blobs removed"] == "0"
     assert report["corrupt blobs being read"].startswith("1 (kept:"), out
     assert code == 1, out
+
+
+def test_gc_help_says_it_evicts_only_down_to_a_cap_given_to_it(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """``docxy cache --help`` said gc would 'evict down to max_size' and du measure 'against
+    cache.max_size': an operator whose mirror has its cap in a unit file ran ``docxy cache gc``
+    and nothing was evicted (rightly: the default may not be the mirror's cap). The help says
+    the cap must be given to the command, and ``gc --help`` says how."""
+    from docxy.cli.main import main
+
+    code, out, _ = run(capsys, cache, "gc")
+    assert code == 0
+    assert re.search(r"^blobs evicted: +none, cache\.max_size is not set", out, re.M), out
+    assert main(["cache", "--help"]) == 0
+    listing = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"gc .*evicts? down to cache\.max_size only when (it is )?given", listing)
+    assert re.search(r"du .*against cache\.max_size only when (it is )?given", listing)
+    assert main(["cache", "gc", "--help"]) == 0
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "--set cache.max_size=" in usage, usage
