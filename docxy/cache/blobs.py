@@ -354,6 +354,9 @@ class DiskBlobStore:
                     continue
                 # A live mirror's evicted or unreadable blob keeps the blob's old mtime while that
                 # mirror deletes it; its rename, the ctime, says when it went there.
+                if stat.S_ISDIR(st.st_mode):  # not a fill's (made by hand): it stopped start-up
+                    log.warning("cache: %s is a directory, not a temp file: left alone", entry.path)
+                    continue
                 trash = entry.name.startswith(TRASH_PREFIXES)
                 if cutoff is not None and (st.st_ctime if trash else st.st_mtime) > cutoff:
                     continue

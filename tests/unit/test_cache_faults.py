@@ -125,6 +125,22 @@ def test_clear_tmp_skips_a_temp_file_that_vanished_after_the_listing(
     assert not old.exists()
 
 
+def test_a_directory_in_tmp_is_left_alone_and_does_not_stop_the_store_opening(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory someone made in the cache's tmp/ (no fill makes one): the start-up's
+    clean-up tried to unlink it, and the store, so the mirror, did not open (IsADirectoryError);
+    `docxy cache gc` stopped the same way. It is said and kept; the temp files go."""
+    (tmp_path / "tmp" / "by-hand").mkdir(parents=True)
+    (tmp_path / "tmp" / "by-hand" / "note").write_text("kept")
+    (tmp_path / "tmp" / "sha256-dead.1").write_bytes(b"x")
+    store = DiskBlobStore.open(tmp_path, 1 << 30)
+    assert (tmp_path / "tmp" / "by-hand" / "note").read_text() == "kept"
+    assert not (tmp_path / "tmp" / "sha256-dead.1").exists()
+    assert any("by-hand is a directory" in r.getMessage() for r in caplog.records)
+    assert store.clear_tmp() == 0
+
+
 # --- a follower that cannot open the fill's temp file ----------------------------------------
 
 
