@@ -9,7 +9,6 @@ import http.server
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.ports import free_port
 from tests.scriptbox import REPO
 
 ADDRESS = "127.0.0.71"
@@ -50,18 +50,6 @@ http.server.HTTPServer((host, int(port)), Handler).serve_forever()
 fi
 exec {python} "$@"
 """
-
-
-def free_port(host: str = ADDRESS) -> int:
-    for port in range(7000, 7200):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free port on {host} in 7000-7199")
 
 
 @dataclass
@@ -124,7 +112,7 @@ def appliance(**settings: str) -> Iterator[Box]:
         "DOCXY_RUN_DIR": str(run_dir),
         "DOCXY_IF_INET6": str(top / "none"),
         "DOCXY_SERVER_PUBLIC_URL": "http://mirror.test",
-        "DOCXY_SERVER_LISTEN": f"{ADDRESS}:{free_port()}",
+        "DOCXY_SERVER_LISTEN": f"{ADDRESS}:{free_port(ADDRESS)}",
         "DOCXY_SERVER_ADMIN_LISTEN": "",
         "FAKE_MIRROR_LOG": str(top / "mirror.log"),
         **settings,
@@ -274,7 +262,7 @@ def test_a_watchdog_of_zero_seconds_is_off(tmp_path: Path) -> None:
     (first / "supervisorctl").write_text(f'#!/bin/sh\necho "$@" >>"{calls}"\n')
     (first / "supervisorctl").chmod(0o755)
     mirror = http.server.ThreadingHTTPServer(
-        (ADDRESS, free_port()), http.server.BaseHTTPRequestHandler
+        (ADDRESS, free_port(ADDRESS)), http.server.BaseHTTPRequestHandler
     )
     threading.Thread(target=mirror.serve_forever, daemon=True).start()
     listen = f"{ADDRESS}:{mirror.server_address[1]}"
