@@ -475,6 +475,23 @@ def _host_names(value: object) -> tuple[str, ...]:
     return tuple(names)
 
 
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+
+
+def _opt_domain(value: object) -> str | None:
+    """``certs.domain``: the DNS name the certificate is for, and the host of the public URL
+    derived from it (``https://<domain>``). A URL, a port or a space there was taken, and only
+    certbot (or a client given that URL) refused it, after start."""
+    text = _opt_str(value)
+    if text is not None and (len(text) > 253 or not _DNS_NAME.fullmatch(text)):
+        raise ValueError(
+            f"expected the mirror's DNS name, such as mirror.example.com (no scheme, port or "
+            f"path), got {text!r}"
+        )
+    return text
+
+
 def _forwarded_header(value: object) -> str:
     text = _str(value).strip().lower()
     if text not in FORWARDED_HEADERS:
@@ -491,7 +508,39 @@ def parse_host_port(value: object) -> HostPort:
     port = int(match.group(2) or match.group(4))
     if not 0 < port < 65536:
         raise ValueError(f"port out of range in {value!r}")
+    if not _bindable_host(host, bracketed=match.group(1) is not None):
+        # Taken here, it failed only at bind, once start-up was under way.
+        raise ValueError(
+            f"expected HOST:PORT with HOST an IP address or host name (IPv6 as [::1]:PORT; "
+            f"none for every address), got {value!r}"
+        )
     return HostPort(host, port)
+
+
+_LISTEN_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _bindable_host(host: str, *, bracketed: bool) -> bool:
+    """Whether a listener's `host` can be bound: none (every address), an IPv4 address, an
+    IPv6 one in brackets, or a host name (labels of letters, digits, ``-`` and ``_``, the last
+    one not all digits: ``999.1.1.1`` is no address and no name)."""
+    if bracketed:
+        try:
+            return ipaddress.ip_address(host).version == 6
+        except ValueError:
+            return False
+    if host == "":
+        return True
+    try:
+        return ipaddress.ip_address(host).version == 4
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    return (
+        len(host) <= 253
+        and all(_LISTEN_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
 
 
 def _opt_host_port(value: object) -> HostPort | None:
@@ -522,7 +571,11 @@ def parse_url(value: object) -> str:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise ValueError(f"bad port in URL {shown}") from None
-    return canonical_url(text)  # https://GHCR.io:443 is https://ghcr.io (docxy.core.hosts)
+    url = canonical_url(text)  # https://GHCR.io.:443 is https://ghcr.io (docxy.core.hosts)
+    host = urlsplit(url).hostname or ""
+    if not host or host.endswith(".") or ".." in host or host.startswith("."):
+        raise ValueError(f"not an http(s) URL: {shown}")
+    return url
 
 
 def parse_registry_url(value: object) -> str:
@@ -748,7 +801,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "uploads": (_int_in(1, 64), 2),
     },
     "certs": {
-        "domain": (_opt_str, ""),
+        "domain": (_opt_domain, ""),
         "email": (_opt_str, ""),
         "acme_server": (_opt_url, ""),
         "ca_bundle": (_opt_path, ""),
@@ -1109,7 +1162,14 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         if key != "certs.ca_bundle" and certs.domain is not None and not path.exists():
             continue  # first start: a bootstrap certificate stands in until the renewer installs
         raise fail(key, f"cannot read {path}")
-    admin = server["admin_listen"]
+    admin, plain, tls_listen = server["admin_listen"], server["listen"], server["tls_listen"]
+    if tls_listen is not None and _overlap(plain, tls_listen):
+        # Taken, the second listener failed to bind once the first had started.
+        raise fail(
+            "server.tls_listen",
+            f"{tls_listen} is server.listen's port too ({plain} "
+            f"({sources.get('server.listen', 'default')})): give each listener its own port",
+        )
     for name in ("listen", "tls_listen"):
         other = server[name]
         if admin is not None and other is not None and _overlap(admin, other):
@@ -1171,6 +1231,16 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
             raise fail(
                 "shared.endpoint", f"needs the local cache, but cache.enabled is off ({where})"
             )
+    scheduler = SchedulerConfig(**_section(values, "scheduler"))
+    if scheduler.retry_base > scheduler.retry_max:
+        # The backoff waits min(retry_max, retry_base * 2**n): such a base is never waited.
+        raise fail(
+            "scheduler.retry_base",
+            f"{shown('scheduler.retry_base', scheduler.retry_base)} seconds is above "
+            f"scheduler.retry_max, {shown('scheduler.retry_max', scheduler.retry_max)} "
+            f"({sources.get('scheduler.retry_max', 'default')}): the first retry's wait must "
+            "not exceed the longest",
+        )
     return Config(
         shared=shared,
         auth=AuthConfig(**auth),
@@ -1180,7 +1250,7 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
         cache=CacheConfig(**_section(values, "cache")),
         certs=certs,
         log=LogConfig(**_section(values, "log")),
-        scheduler=SchedulerConfig(**_section(values, "scheduler")),
+        scheduler=scheduler,
         access=AccessConfig(**_section(values, "access")),
         limits=LimitsConfig(**_section(values, "limits")),
         sources=sources,

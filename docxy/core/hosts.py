@@ -69,11 +69,12 @@ def takes_any_port(entry: str) -> bool:
 
 
 def url_host(url: str) -> str:
-    """The host (and port) a URL names, as registries are compared: ``https://GHCR.io:443/v2``
+    """The host (and port) a URL names, as registries are compared: ``https://GHCR.io.:443/v2``
     → ``ghcr.io``; ``http://10.0.0.5:5000`` → ``10.0.0.5:5000``. Credentials are not part of
     it: messages, logs and error bodies name a URL's host by it, never its password."""
     parts = urlsplit(url)
     bare, port = _split(parts.netloc.rpartition("@")[2].lower())
+    bare = bare.removesuffix(".")  # ``ghcr.io.``, fully qualified, is ``ghcr.io`` (host_key)
     default = DEFAULT_PORTS.get(parts.scheme)
     if _is_default(port, frozenset() if default is None else frozenset({default})):
         return bare

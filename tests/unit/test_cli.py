@@ -271,7 +271,7 @@ def test_certificate_not_pem_stops_serve_before_listening(
         "--listen",
         "127.0.0.1:1",
         "--tls-listen",
-        "127.0.0.1:1",
+        "127.0.0.1:2",  # another port: one shared is refused before the certificate is read
         "--cert",
         str(cert),
         "--key",

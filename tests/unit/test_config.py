@@ -162,7 +162,7 @@ SAMPLES = {
     "scheduler.minute": "59",
     "scheduler.interval": "30",
     "scheduler.retry_base": "1",
-    "scheduler.retry_max": "60",
+    "scheduler.retry_max": "600",
     "scheduler.certbot_timeout": "10",
     "scheduler.pidfile": "/run/docxy/docxy.pid",
     "scheduler.reload_command": "supervisorctl signal HUP docxy",

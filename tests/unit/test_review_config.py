@@ -156,3 +156,133 @@ def test_a_whole_toml_float_is_a_size_in_bytes(tmp_path: Path) -> None:
     path = tmp_path / "docxy.toml"
     path.write_text("[cache]\nmax_size = 1.5e9\n")
     assert load_config(BASE, path, environ={}).cache.max_size == 1_500_000_000
+
+
+# --- second review: values taken at load that only broke later -------------------------------
+
+
+def test_a_retry_base_above_retry_max_is_refused_naming_both() -> None:
+    """backoff() waits min(retry_max, retry_base * 2**n): a base above the cap was never
+    waited, every retry waited retry_max, and nothing said so."""
+    message = refused({"DOCXY_SCHEDULER_RETRY_BASE": "7200", "DOCXY_SCHEDULER_RETRY_MAX": "600"})
+    assert message.startswith("scheduler.retry_base: ")
+    assert "(env DOCXY_SCHEDULER_RETRY_BASE)" in message
+    assert "scheduler.retry_max" in message and "(env DOCXY_SCHEDULER_RETRY_MAX)" in message
+
+
+def test_a_retry_base_above_the_default_retry_max_names_the_default() -> None:
+    message = refused({"DOCXY_SCHEDULER_RETRY_BASE": "86400"})
+    assert "scheduler.retry_max" in message and "(default)" in message
+
+
+def test_a_retry_base_equal_to_retry_max_is_taken() -> None:
+    env = {"DOCXY_SCHEDULER_RETRY_BASE": "600", "DOCXY_SCHEDULER_RETRY_MAX": "600"}
+    config = load_config(BASE, None, environ=env)
+    assert (config.scheduler.retry_base, config.scheduler.retry_max) == (600.0, 600.0)
+
+
+@pytest.mark.parametrize("key", ["server.listen", "server.tls_listen", "server.admin_listen"])
+@pytest.mark.parametrize(
+    "value", ["127.0.0. 1:7000", "my host:7000", "bad!name:7000", "a..b:7000", "999.1.1.1:7000"]
+)
+def test_a_listen_address_that_cannot_be_bound_is_refused_at_load(key: str, value: str) -> None:
+    """Taken at load, each failed only at bind, after start-up had begun."""
+    with pytest.raises(ConfigError) as caught:
+        load_config({**BASE, key: value}, None, environ={})
+    message = str(caught.value)
+    assert message.startswith(f"{key}: ") and message.endswith("(flag)")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "host"),
+    [
+        ("localhost:7000", "localhost"),
+        ("127.0.0.70:7000", "127.0.0.70"),
+        ("[::1]:7000", "::1"),
+        (":7000", ""),
+        ("docxy_mirror.lan:7000", "docxy_mirror.lan"),
+    ],
+)
+def test_listen_addresses_that_can_be_bound_are_still_taken(value: str, host: str) -> None:
+    config = load_config(
+        {"server.listen": value, "server.public_url": "http://m.example"}, None, {}
+    )
+    assert config.server.listen.host == host
+
+
+def test_a_bracketed_ipv4_listen_address_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^server\.listen: "):
+        load_config({"server.listen": "[127.0.0.70]:7000"}, None, {})
+
+
+def test_a_registry_host_with_a_trailing_dot_is_the_host_without() -> None:
+    """``registry.example.com.`` is ``registry.example.com`` (as a ``Host:`` with a trailing dot
+    already is in routing): two upstreams there with other logins share its cache keys."""
+    message = refused(
+        {
+            "DOCXY_UPSTREAM_REGISTRY": "https://registry.example.com",
+            "DOCXY_UPSTREAMS": "lab.example=https://registry.example.com.",
+            "DOCXY_UPSTREAMS_LAB_EXAMPLE_USERNAME": "robot",
+            "DOCXY_UPSTREAMS_LAB_EXAMPLE_PASSWORD": "s3cret-pw",
+        }
+    )
+    assert message.startswith("upstreams.lab.example.registry: ")
+    assert "registry host registry.example.com " in message
+    assert "s3cret-pw" not in message
+
+
+def test_a_registry_url_with_a_trailing_dot_is_kept_without_it() -> None:
+    env = {"DOCXY_UPSTREAM_REGISTRY": "https://Registry.Example.com.:443/"}
+    config = load_config(BASE, None, environ=env)
+    assert config.upstream.registry == "https://registry.example.com"
+    env = {"DOCXY_UPSTREAMS": "lab.example=http://lab.example.:5000"}
+    assert load_config(BASE, None, environ=env).upstreams[0].registry == "http://lab.example:5000"
+
+
+@pytest.mark.parametrize("url", ["https://.", "https://..", "https://x..", "https://.:5000"])
+def test_a_registry_url_of_dots_alone_is_refused(url: str) -> None:
+    message = refused({"DOCXY_UPSTREAM_REGISTRY": url})
+    assert message.startswith("upstream.registry: ")
+
+
+def test_an_empty_env_value_clears_an_upstreams_hosts(tmp_path: Path) -> None:
+    toml = '[[upstreams]]\nname = "ghcr.io"\nhosts = ["ghcr.mirror.example"]\n'
+    path = tmp_path / "docxy.toml"
+    path.write_text(toml)
+    config = load_config(BASE, path, environ={"DOCXY_UPSTREAMS_GHCR_IO_HOSTS": ""})
+    assert config.upstreams[0].hosts == ()
+    assert config.sources["upstreams.ghcr.io.hosts"] == "env DOCXY_UPSTREAMS_GHCR_IO_HOSTS"
+
+
+def test_an_empty_item_in_a_toml_list_of_hosts_is_still_refused(tmp_path: Path) -> None:
+    message = refused({}, '[[upstreams]]\nname = "ghcr.io"\nhosts = [""]\n', tmp_path)
+    assert message.startswith("upstreams.ghcr.io.hosts: ")
+
+
+def test_listen_and_tls_listen_on_one_port_are_refused_at_load() -> None:
+    """Taken at load, the second listener failed to bind after start."""
+    for tls in ("127.0.0.70:7001", "0.0.0.0:7001"):
+        with pytest.raises(ConfigError) as caught:
+            load_config({"server.listen": "127.0.0.70:7001", "server.tls_listen": tls}, None, {})
+        assert str(caught.value).startswith("server.tls_listen: ")
+        assert "server.listen" in str(caught.value)
+    other = load_config(
+        {"server.listen": "127.0.0.70:7001", "server.tls_listen": "127.0.0.70:7002"}, None, {}
+    )
+    assert other.server.tls_listen is not None
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["https://mirror.example.com", "mirror.example.com:443", "mirror example.com", "-x.example"],
+)
+def test_a_certs_domain_that_is_no_dns_name_is_refused(domain: str) -> None:
+    """certbot (and the public URL derived from it, https://<domain>) took it only later."""
+    message = refused({"DOCXY_CERTS_DOMAIN": domain})
+    assert message.startswith("certs.domain: ") and message.endswith("(env DOCXY_CERTS_DOMAIN)")
+
+
+def test_a_certs_domain_that_is_a_dns_name_is_taken() -> None:
+    config = load_config(BASE, None, environ={"DOCXY_CERTS_DOMAIN": "Mirror.Example.com"})
+    assert config.certs.domain is not None

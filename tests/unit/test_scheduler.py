@@ -91,6 +91,7 @@ def test_settings_from_config_and_flags(tmp_path: Path) -> None:
 
 
 def test_settings_random_time_and_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCXY_SCHEDULER_RETRY_BASE", "30")  # at most retry_max
     monkeypatch.setenv("DOCXY_SCHEDULER_RETRY_MAX", "60")
     picked = {settings_mod.load([]).minute for _ in range(30)}
     assert len(picked) > 1 and all(0 <= m < 60 for m in picked)
