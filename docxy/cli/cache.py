@@ -36,6 +36,8 @@ from docxy.cache import (
     referenced_digests,
 )
 from docxy.cache.blobs import GcReport, GcTally, os_error
+from docxy.cache.images import ImageKey, below
+from docxy.cache.visibility import upstream_key
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, cancelled_by_signals, exit_code
 from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.config import Config
@@ -166,10 +168,17 @@ async def manifest_closure(
 async def unshared_blobs(
     cache: Cache, repo: RepoKey, roots: Iterable[Digest], others: Iterable[TagEntry]
 ) -> list[Digest]:
-    """Cached blobs reachable from ``roots`` in ``repo`` but from none of the ``others`` tags."""
+    """Cached blobs reachable from ``roots`` in ``repo`` that no other cached image needs:
+    none of the ``others`` tags' images, nor any manifest cached apart from what ``roots``
+    reach (an image pulled by digest, no tag on it), with the platforms below it. Deleting a
+    blob one of those needs would take that image out of the cache with it."""
     mine = await manifest_closure(cache.manifests, repo, roots)
     for other in others:
         mine -= await manifest_closure(cache.manifests, other.repo, [other.digest])
+    catalogue = {image.key: image for image in cache.manifests.images()}
+    own = {ImageKey(upstream_key(repo.upstream), digest) for digest in mine}
+    for key in below((key for key in catalogue if key not in own), catalogue):
+        mine -= catalogue[key].blobs
     return sorted((e.digest for e in cache.blobs.list_entries() if e.digest in mine), key=str)
 
 
@@ -489,7 +498,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--blobs",
         dest="rm_blobs",
         action="store_true",
-        help="also delete the blobs it references that no other cached tag references",
+        help=(
+            "also delete the blobs it references that no other cached image needs (tagged "
+            "or pulled by digest)"
+        ),
     )
     gc = actions.add_parser(
         "gc",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import re
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from docxy.cache import Digest, RepoKey, open_cache
 from docxy.cli import cache as cachecli
-from tests.unit.test_cachecli import Populated, _populate, run
+from tests.unit.test_cachecli import HOST, OCI_INDEX, OCI_MANIFEST, Populated, _populate, run
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
 
@@ -122,3 +124,75 @@ def test_gc_help_says_it_evicts_only_down_to_a_cap_given_to_it(
     assert main(["cache", "gc", "--help"]) == 0
     usage = " ".join(capsys.readouterr().out.split())
     assert "--set cache.max_size=" in usage, usage
+
+
+def _cached_by_digest(root: Path, repo: str, content: bytes, media_type: str) -> Digest:
+    """Store a manifest in the cache at ``root`` with no tag pointing at it (an image pulled
+    by digest: ``docker pull app@sha256:...``)."""
+
+    async def put() -> Digest:
+        cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
+        stored = await cache.manifests.put(RepoKey(HOST, repo), content, media_type, public=True)
+        await cache.manifests.loaded()
+        return stored.digest
+
+    return asyncio.run(put())
+
+
+def _cached_manifest(root: Path, repo: str, digest: Digest) -> bytes | None:
+    """The content of manifest ``digest`` the cache at ``root`` offers, or None."""
+
+    async def look() -> bytes | None:
+        cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
+        await cache.manifests.loaded()
+        found = await cache.manifests.get(RepoKey(HOST, repo), digest, pulled=False)
+        return None if found is None else found.content
+
+    return asyncio.run(look())
+
+
+def _descriptor_of(cache: Populated, name: str, media_type: str = "x/layer") -> dict[str, Any]:
+    size = cache.blob_path(name).stat().st_size
+    return {"mediaType": media_type, "digest": str(cache.blobs[name]), "size": size}
+
+
+def test_rm_blobs_keeps_a_blob_an_image_pulled_by_digest_needs(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """``rm --blobs`` deletes 'the blobs it references that no other cached tag references':
+    it looked only at tags, so a layer of an image cached by digest alone (pulled as
+    ``busybox@sha256:...``, no tag) was deleted with busybox:1, and that cached image with it."""
+    pinned = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": _descriptor_of(cache, "alpine-cfg", "application/json"),
+            "layers": [_descriptor_of(cache, "busybox-l")],
+        }
+    ).encode()
+    by_digest = _cached_by_digest(cache.root, "library/busybox", pinned, OCI_MANIFEST)
+    code, out, err = run(capsys, cache, "rm", "busybox:1", "--blobs")
+    assert code == 0, err
+    assert f"removed blob {cache.blobs['busybox-cfg']}" in out
+    assert str(cache.blobs["busybox-l"]) not in out, out
+    assert cache.blob_path("busybox-l").exists()
+    assert _cached_manifest(cache.root, "library/busybox", by_digest) is not None
+
+
+def test_rm_blobs_keeps_a_platform_an_index_pulled_by_digest_needs(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """An index cached by digest alone that lists one of hello:latest's platforms (amd64)
+    needs that platform's blobs: ``rm hello --blobs`` takes only arm64's."""
+    amd64 = {
+        "mediaType": OCI_MANIFEST,
+        "digest": str(cache.children[0]),
+        "size": len(_cached_manifest(cache.root, "library/hello", cache.children[0]) or b""),
+    }
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [amd64]})
+    by_digest = _cached_by_digest(cache.root, "library/hello", index.encode(), OCI_INDEX)
+    code, out, err = run(capsys, cache, "rm", "hello", "--blobs")
+    assert code == 0, err
+    removed = {name for name, digest in cache.blobs.items() if f"removed blob {digest}" in out}
+    assert removed == {"arm64-cfg", "arm64-l"}, out
+    assert _cached_manifest(cache.root, "library/hello", by_digest) is not None
