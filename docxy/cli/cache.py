@@ -6,7 +6,8 @@ process has open (``/proc/<pid>/fd``), so a client streaming it is never cut. Im
 Docker's rules: ``redis`` is ``library/redis:latest`` on the configured upstream.
 
 Exit codes: 0 done, 1 not found or in use (or not all done: the disk refused a delete, or
-``ls``/``du`` a read), 2 configuration or usage error; ``gc`` stopped by SIGINT (Ctrl-C) 130,
+``ls``/``du`` a read, or any command the opening of the cache), 2 configuration or usage
+error; ``gc`` stopped by SIGINT (Ctrl-C) 130,
 by SIGTERM 143, its report of what it did so far printed first.
 """
 
@@ -358,6 +359,13 @@ def cannot_change(command: str, directory: Path, exc: OSError) -> str:
     return f"docxy cache {command}: cannot change {directory}:{where} {exc.strerror or exc}"
 
 
+def cannot_open(command: str, directory: Path, exc: OSError) -> str:
+    """The line saying the disk refused to open the cache (any command): ``docxy cache ls:
+    cannot open DIR: FILE Permission denied``."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"docxy cache {command}: cannot open {directory}:{where} {exc.strerror or exc}"
+
+
 def cannot_read(command: str, directory: Path, exc: OSError) -> str:
     """The line saying the disk refused a read (ls, du): ``docxy cache du: cannot read DIR:
     FILE Permission denied``."""
@@ -544,9 +552,9 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
             f"docxy cache rm: {args.image} is not cached (no cache in {directory})", file=sys.stderr
         )
         return EXIT_NOT_FOUND
-    except OSError as exc:
-        print(f"docxy cache: cannot read {directory}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    except OSError as exc:  # the disk refused (another user's, read-only, EIO): 1, not usage
+        print(cannot_open(args.cache_command, directory, exc), file=sys.stderr)
+        return EXIT_FAILED
     # Measure against (gc: evict down to) a cap given here (flag, environment, config file)
     # only: the cache directory does not say which one the mirror runs with.
     capped = config.sources.get("cache.max_size", "default") != "default"

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,31 @@ def test_rm_blobs_keeps_a_platform_an_index_pulled_by_digest_needs(
     removed = {name for name, digest in cache.blobs.items() if f"removed blob {digest}" in out}
     assert removed == {"arm64-cfg", "arm64-l"}, out
     assert _cached_manifest(cache.root, "library/hello", by_digest) is not None
+
+
+@pytest.mark.parametrize("action", ["ls", "du", "gc", "rm"])
+def test_a_cache_the_disk_will_not_open_exits_1_not_2(
+    capsys: pytest.CaptureFixture[str],
+    cache: Populated,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+) -> None:
+    """Exit 2 is a configuration or usage error (README, docxy/cli/exits.py); a cache the disk
+    refuses is a command that ran and could not do what was asked: 1, as ls and du exit where
+    they may not read a file, rm and gc where they may not change one. Opening a cache whose
+    blobs/ is gone on a read-only disk (its mkdir refused: EROFS) exited 2."""
+    shutil.rmtree(cache.root / "blobs")
+    mkdir = Path.mkdir
+
+    def read_only(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self == cache.root / "blobs":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    code, _, err = run(capsys, cache, action, *(["alpine:3.20"] if action == "rm" else []))
+    assert "Traceback" not in err, err
+    assert code == 1, err
+    assert err.splitlines() == [
+        f"docxy cache {action}: cannot open {cache.root}: {cache.root}/blobs Read-only file system"
+    ]
