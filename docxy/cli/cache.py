@@ -166,21 +166,35 @@ async def manifest_closure(
     return seen
 
 
-async def unshared_blobs(
+async def unshared(
     cache: Cache, repo: RepoKey, roots: Iterable[Digest], others: Iterable[TagEntry]
-) -> list[Digest]:
-    """Cached blobs reachable from ``roots`` in ``repo`` that no other cached image needs:
-    none of the ``others`` tags' images, nor any manifest cached apart from what ``roots``
-    reach (an image pulled by digest, no tag on it), with the platforms below it. Deleting a
-    blob one of those needs would take that image out of the cache with it."""
+) -> tuple[set[ImageKey], list[Digest]]:
+    """What ``rm --blobs`` of ``roots`` in ``repo`` takes: the cached blobs the manifests
+    ``roots`` reach need that no other cached image needs (none of the ``others`` tags'
+    images, nor any manifest cached apart from what ``roots`` reach: an image pulled by
+    digest, no tag on it, with the platforms below it), and those of its manifests that need
+    none of these blobs, which removing the blobs would not take along. Deleting a blob
+    another image needs would take that image out of the cache with it; a manifest of
+    ``roots`` left cached (its blobs all shared) would keep them from a later ``rm --blobs``
+    of the image it shares them with."""
     mine = await manifest_closure(cache.manifests, repo, roots)
     for other in others:
         mine -= await manifest_closure(cache.manifests, other.repo, [other.digest])
     catalogue = {image.key: image for image in cache.manifests.images()}
-    own = {ImageKey(upstream_key(repo.upstream), digest) for digest in mine}
-    for key in below((key for key in catalogue if key not in own), catalogue):
+    upstream = upstream_key(repo.upstream)
+    own = {key for key in (ImageKey(upstream, digest) for digest in mine) if key in catalogue}
+    kept = below((key for key in catalogue if key not in own), catalogue)
+    for key in kept:
         mine -= catalogue[key].blobs
-    return sorted((e.digest for e in cache.blobs.list_entries() if e.digest in mine), key=str)
+    blobs = sorted((e.digest for e in cache.blobs.list_entries() if e.digest in mine), key=str)
+    doomed = set(blobs)
+    # Those needing one of the blobs (theirs or a platform's below them) go with it.
+    lingering = {
+        key
+        for key in own - kept
+        if not any(catalogue[each].blobs & doomed for each in below([key], catalogue))
+    }
+    return lingering, blobs
 
 
 def upstream_host(config: Config) -> str:
@@ -297,7 +311,7 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
             )
             return EXIT_NOT_FOUND
     others = [t for t in tags if t not in targets]
-    doomed = await unshared_blobs(cache, repo, roots, others) if blobs else []
+    images, doomed = await unshared(cache, repo, roots, others) if blobs else (set(), [])
     busy = open_by_processes(cache.blobs.path_of(d) for d in doomed)
     for path, pid in sorted(busy.items()):
         print(
@@ -312,7 +326,15 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
     for tag in targets:
         await store.forget_tag(tag.repo, tag.tag)
         print(f"untagged {tag.repo.upstream}/{tag.repo.repo}:{tag.tag} ({tag.digest})", file=out)
-    return _remove_blobs(cache.blobs, doomed, out)
+    status = _remove_blobs(cache.blobs, doomed, out)  # each taking the images needing it
+    # The image itself, not only its tags: left cached by digest, its manifests whose blobs
+    # are all shared would keep them from the `rm --blobs` of the image they share them with.
+    try:
+        store.forget_images(images)
+    except OSError as exc:  # read-only, another owner's files: kept, cached as before
+        print(cannot_change("rm", cache.blobs.root, exc), file=sys.stderr)
+        return EXIT_FAILED
+    return status
 
 
 def _remove_blobs(store: DiskBlobStore, doomed: list[Digest], out: TextIO) -> int:

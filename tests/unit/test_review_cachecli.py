@@ -127,13 +127,17 @@ def test_gc_help_says_it_evicts_only_down_to_a_cap_given_to_it(
     assert "--set cache.max_size=" in usage, usage
 
 
-def _cached_by_digest(root: Path, repo: str, content: bytes, media_type: str) -> Digest:
+def _cached_by_digest(
+    root: Path, repo: str, content: bytes, media_type: str, *, tag: str | None = None
+) -> Digest:
     """Store a manifest in the cache at ``root`` with no tag pointing at it (an image pulled
-    by digest: ``docker pull app@sha256:...``)."""
+    by digest: ``docker pull app@sha256:...``), or with ``tag`` on it."""
 
     async def put() -> Digest:
         cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
         stored = await cache.manifests.put(RepoKey(HOST, repo), content, media_type, public=True)
+        if tag is not None:
+            await cache.manifests.set_tag(RepoKey(HOST, repo), tag, stored.digest, public=True)
         await cache.manifests.loaded()
         return stored.digest
 
@@ -225,3 +229,29 @@ def test_a_cache_the_disk_will_not_open_exits_1_not_2(
     assert err.splitlines() == [
         f"docxy cache {action}: cannot open {cache.root}: {cache.root}/blobs Read-only file system"
     ]
+
+
+def test_rm_blobs_takes_the_image_itself_so_it_keeps_no_blob_of_another(
+    capsys: pytest.CaptureFixture[str], cache: Populated
+) -> None:
+    """``rm twin:1 --blobs`` of an image whose blobs busybox:1 needs too removes none of them,
+    and must remove the image all the same, not only its tag: its manifest, left cached by
+    digest, would keep those blobs from a later ``rm busybox:1 --blobs``, as an image pulled
+    by digest does."""
+    twin = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": _descriptor_of(cache, "busybox-cfg", "application/json"),
+            "layers": [_descriptor_of(cache, "busybox-l")],
+        }
+    ).encode()
+    digest = _cached_by_digest(cache.root, "library/twin", twin, OCI_MANIFEST, tag="1")
+    code, out, err = run(capsys, cache, "rm", "twin:1", "--blobs")
+    assert code == 0, err
+    assert "removed blob" not in out, out
+    assert _cached_manifest(cache.root, "library/twin", digest) is None
+    code, out, err = run(capsys, cache, "rm", "busybox:1", "--blobs")
+    assert code == 0, err
+    removed = {name for name, digest in cache.blobs.items() if f"removed blob {digest}" in out}
+    assert removed == {"busybox-cfg", "busybox-l"}, out  # "shared" is alpine's too
