@@ -145,11 +145,11 @@ def open_for_admin(
     once. What an earlier version keyed under another spelling of one of the ``registries`` is
     moved first, as :func:`open_cache` moves it (else the commands would list, and ``rm``
     miss, entries the mirror serves under their key now). Raises FileNotFoundError when there
-    is no cache there."""
+    is no cache there, and OSError when a folder of its blobs may not be listed."""
     if not (directory / "blobs").is_dir() and not (directory / "manifests").is_dir():
         raise FileNotFoundError(f"no cache in {directory}")
     blobs = DiskBlobStore(directory, max_size)
-    blobs.scan()
+    blobs.scan(strict=True)  # a folder it may not list raises: not counted as empty
     access = AccessIndex(directory / "access")
     manifests = ManifestStore(directory / "manifests", access, tag_ttl=tag_ttl)
     manifests.upgrade(registries)  # as ManifestStore.open does

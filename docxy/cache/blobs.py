@@ -367,22 +367,28 @@ class DiskBlobStore:
             if removed := tally.removed_tmp - before:
                 log.info("cache: removed %d leftover temp files", removed)
 
-    def scan(self) -> list[Path]:
-        """Rebuild the index from ``blobs/``; returns stray paths that are not blobs."""
-        found, strays = self._walk()
+    def scan(self, *, strict: bool = False) -> list[Path]:
+        """Rebuild the index from ``blobs/``; returns stray paths that are not blobs.
+        ``strict`` (``docxy cache ...``): a folder it may not list raises, rather than count
+        as empty (see :meth:`_walk`)."""
+        found, strays = self._walk(strict=strict)
         found.sort(key=lambda e: e.last_used)
         self._index = OrderedDict((e.digest, e) for e in found)
         self._total = sum(e.size for e in found)
         return strays
 
-    def _walk(self) -> Walked:
-        """Every blob under ``blobs/`` (and the stray files there); reads only."""
+    def _walk(self, *, strict: bool = False) -> Walked:
+        """Every blob under ``blobs/`` (and the stray files there); reads only. A folder it
+        may not list (another user's, 0700; EIO) is said in a WARNING, its blobs left out
+        (fetched again when pulled); ``strict``, it raises: a command run as another user than
+        the mirror's would else count them as not there (``du``: 'blobs: 0')."""
         found: list[BlobEntry] = []
         strays: list[Path] = []
         base = self.root / "blobs"
         base.mkdir(parents=True, exist_ok=True)
         unreadable: list[str] = []
-        for dirpath, _dirs, files in os.walk(base):
+        unlisted: list[OSError] = []
+        for dirpath, _dirs, files in os.walk(base, onerror=unlisted.append):
             for name in files:
                 path = Path(dirpath, name)
                 digest = digest_from_relpath(path.relative_to(base).parts)
@@ -397,6 +403,17 @@ class DiskBlobStore:
                     strays.append(path)
                     continue
                 found.append(BlobEntry(digest, path, st.st_size, st.st_mtime))
+        if unlisted and strict:
+            raise unlisted[0]
+        if unlisted:
+            log.warning(
+                "cache: %d folders under %s cannot be listed, their blobs left out (fetched"
+                " again when pulled): %s",
+                len(unlisted),
+                base,
+                "; ".join(f"{exc.filename}: {exc.strerror or exc}" for exc in unlisted[:3])
+                + (" ..." if len(unlisted) > 3 else ""),
+            )
         if unreadable:
             log.warning(
                 "cache: %d blob files under %s cannot be read, left out (fetched again when"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,8 +82,10 @@ async def test_a_blob_removed_while_the_index_is_read_is_left_out(
     gone = store.path_of(digest_of(data[0]))
     walk = os.walk
 
-    def walk_racing_a_removal(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
-        for dirpath, dirs, files in walk(top):
+    def walk_racing_a_removal(
+        top: Path, onerror: Callable[[OSError], object] | None = None
+    ) -> Iterator[tuple[str, list[str], list[str]]]:
+        for dirpath, dirs, files in walk(top, onerror=onerror):
             if gone.name in files:
                 gone.unlink()  # listed, then removed before it is looked at
             yield dirpath, dirs, files

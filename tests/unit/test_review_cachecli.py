@@ -255,3 +255,53 @@ def test_rm_blobs_takes_the_image_itself_so_it_keeps_no_blob_of_another(
     assert code == 0, err
     removed = {name for name, digest in cache.blobs.items() if f"removed blob {digest}" in out}
     assert removed == {"busybox-cfg", "busybox-l"}, out  # "shared" is alpine's too
+
+
+@pytest.mark.parametrize("action", ["du", "ls", "gc"])
+def test_blobs_it_may_not_list_are_not_an_empty_cache(
+    capsys: pytest.CaptureFixture[str],
+    cache: Populated,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+) -> None:
+    """Run as another user than the mirror's, whose umask left blobs/ (or a folder in it) 0700:
+    the walk of blobs/ skipped what it may not list without a word, so ``du`` said 'blobs: 0'
+    and 'size: 0 B', ``ls`` listed no blob, gc had nothing to check, all exit 0."""
+    scandir = os.scandir
+    refused = cache.blob_path("busybox-l").parent  # blobs/sha256/<2 hex>
+
+    def scandir_refusing(path: Any = ".") -> Any:
+        if Path(path) == refused:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_refusing)
+    code, out, err = run(capsys, cache, action)
+    assert "Traceback" not in err, err
+    assert code == 1, out
+    assert err.splitlines() == [
+        f"docxy cache {action}: cannot open {cache.root}: {refused} Permission denied"
+    ]
+
+
+def test_the_mirror_says_the_blob_folders_it_may_not_list(
+    cache: Populated, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mirror's own index (not strict) leaves such a folder's blobs out, as before, and
+    says so in a WARNING rather than not at all."""
+    from docxy.cache.blobs import DiskBlobStore
+
+    scandir = os.scandir
+    refused = cache.blob_path("busybox-l").parent
+
+    def scandir_refusing(path: Any = ".") -> Any:
+        if Path(path) == refused:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_refusing)
+    store = DiskBlobStore(cache.root, 1 << 20)
+    store.scan()
+    assert cache.blobs["busybox-l"] not in {e.digest for e in store.list_entries()}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"{refused}: Permission denied" in line for line in warnings), warnings
