@@ -13,8 +13,8 @@ import datetime as dt
 import fcntl
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -216,9 +216,17 @@ class ClientCA:
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
         write_files_atomic([(self.clients_path, text.encode(), 0o600)])
 
-    def issue(self, name: str, out: Path) -> ClientEntry:
+    def issue(
+        self,
+        name: str,
+        out: Path,
+        *,
+        kit_as: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ) -> ClientEntry:
         """A new certificate for ``name`` (replacing and so revoking any earlier one), written
-        to ``out`` as ``client.cert``, ``client.key`` and ``ca.crt`` (Docker's certs.d names)."""
+        to ``out`` as ``client.cert``, ``client.key`` and ``ca.crt`` (Docker's certs.d names);
+        ``kit_as``: under which privileges those three are written (``docxy clients add`` run
+        as root writes ``auth.dir`` as its owner, the kit as root)."""
         if not valid_name(name):
             raise ValueError(f"{name!r}: a client name is 1-64 of a-z 0-9 . _ - (first a-z 0-9)")
         ca_cert, ca_key = self._ca()
@@ -246,13 +254,15 @@ class ClientCA:
         # pair is written: a cut between the two renames leaves the new key beside the old
         # certificate, but with the new certificate whole beside it as .client.cert.pending,
         # which configure-client.sh refuses to install from (run this again).
-        write_files_atomic([(out / "ca.crt", self.cert_path.read_bytes(), 0o644)])
-        write_pair(
-            out / KIT_CERT,
-            out / KIT_KEY,
-            cert.public_bytes(serialization.Encoding.PEM),
-            _pem_key(key),
-        )
+        ca_pem = self.cert_path.read_bytes()
+        with kit_as():
+            write_files_atomic([(out / "ca.crt", ca_pem, 0o644)])
+            write_pair(
+                out / KIT_CERT,
+                out / KIT_KEY,
+                cert.public_bytes(serialization.Encoding.PEM),
+                _pem_key(key),
+            )
         with _exclusive(self.dir / CA_LOCK):  # read and written back by one at a time
             entries = self.entries()
             entries[name] = entry

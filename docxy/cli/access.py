@@ -9,14 +9,19 @@
     docxy tokens rotate                        a new signing key; the old one verifies for the grace
 
 They work on the files in ``auth.dir`` / ``auth.users_file``; a running mirror picks up the
-changes by itself.
+changes by itself. Run as root (``docker exec -u 0 <container> docxy users add``), they write
+those files as the owner of the directory they are in (the image's ``docxy`` user): files of
+root's, mode 600, were unreadable to the mirror, which answered 503 for every login.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,25 +90,109 @@ def _password(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace, load: ConfigLoader) -> int:
     # Imported here: every docxy command (`docxy serve` too) registers these subcommands, and
     # argon2, bcrypt and cryptography would stay in the mirror's memory (docxy.access.gate).
-    from docxy.access.clientca import ClientCA
-    from docxy.access.keys import KeyRing, TokenKeyError
+    from docxy.access.clientca import CA_CERT, CA_KEY, CA_LOCK, CLIENTS, ClientCA
+    from docxy.access.keys import CURRENT, PREVIOUS, KeyRing, TokenKeyError
     from docxy.access.users import UsersFile, UsersFileError
 
     args.set = [*args.set, *args.set_after]  # before the action, then after it: the last wins
     config = load(args)  # a ConfigError is docxy's (main) to report
+    where = config.auth.users_file.parent if args.group == "users" else config.auth.dir
+    owner = _Owner.of(where)
     try:
         if args.group == "users":
-            return _users(args, UsersFile(config.auth.users_file))
-        if args.group == "clients":
-            return _clients(args, ClientCA(config.auth.dir))
-        kid = KeyRing(config.auth.dir, config.auth.key_grace).rotate()
+            owner.hand_over(where, [config.auth.users_file.name])
+        else:
+            owner.hand_over(where, [CURRENT, PREVIOUS, CA_CERT, CA_KEY, CA_LOCK, CLIENTS])
+        with owner.acting():
+            if args.group == "users":
+                return _users(args, UsersFile(config.auth.users_file))
+            if args.group == "clients":
+                return _clients(args, ClientCA(config.auth.dir), owner)
+            kid = KeyRing(config.auth.dir, config.auth.key_grace).rotate()
         # the previous key honours only tokens it signed before now, for their lifetime
         left = min(config.auth.key_grace, config.auth.token_ttl)
         print(f"new signing key {kid}; tokens the previous one signed count for {left:g}s at most")
         return 0
     except (ValueError, UsersFileError, OSError, TokenKeyError) as exc:
-        print(f"docxy {args.group} {args.action}: {exc}", file=sys.stderr)
+        print(f"docxy {args.group} {args.action}: {exc}{owner.note}", file=sys.stderr)
         return EXIT_FAILED
+
+
+class _Owner:
+    """Root acting as the owner of the directory the files go in (its nearest existing one:
+    ``auth.dir`` is made on first use), through the effective uid and gid alone, so that what
+    it writes (and the directories and locks it makes) is that user's from the start. Anyone
+    else, or a directory of root's, acts as themselves."""
+
+    def __init__(self, uid: int, gid: int, path: Path) -> None:
+        self.uid, self.gid, self.path = uid, gid, path
+
+    @classmethod
+    def of(cls, directory: Path) -> _Owner:
+        if os.geteuid() != 0:
+            return cls(0, 0, directory)
+        found = [(path, os.stat(path)) for path in (directory, *directory.parents) if path.exists()]
+        if not found:
+            return cls(0, 0, directory)
+        (path, st), *up = found
+        if st.st_uid == 0 and path == directory and up and up[0][1].st_uid != 0:
+            # made by a root run before this owner was kept, in a directory of the mirror's
+            path, st = up[0]
+        return cls(st.st_uid, st.st_gid, path)
+
+    def hand_over(self, directory: Path, names: list[str]) -> None:
+        """Give the owner what a root run made here before it was kept: `directory` and these
+        files in it, where they are root's (the mirror could not read them)."""
+        if not self.switches:
+            return
+        for path in (directory, *(directory / name for name in names)):
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_uid == 0 and (path == directory or path.is_file()) and not path.is_symlink():
+                os.chown(path, self.uid, self.gid)
+                print(f"docxy: {path} was root's: now uid {self.uid}'s", file=sys.stderr)
+
+    @property
+    def switches(self) -> bool:
+        return os.getuid() == 0 and self.uid != 0
+
+    @property
+    def note(self) -> str:
+        if not self.switches:
+            return ""
+        return f" (run as root, written as the owner of {self.path}, uid {self.uid})"
+
+    @contextmanager
+    def acting(self) -> Iterator[None]:
+        if not self.switches:
+            yield
+            return
+        groups, egid = os.getgroups(), os.getegid()
+        os.setgroups([self.gid])
+        os.setegid(self.gid)
+        os.seteuid(self.uid)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+            os.setegid(egid)
+            os.setgroups(groups)
+
+    @contextmanager
+    def invoker(self) -> Iterator[None]:
+        """Root again inside :meth:`acting` (a client's kit goes where root asked for it)."""
+        if not self.switches:
+            yield
+            return
+        os.seteuid(0)
+        os.setegid(0)
+        try:
+            yield
+        finally:
+            os.setegid(self.gid)
+            os.seteuid(self.uid)
 
 
 def _users(args: argparse.Namespace, users: UsersFile) -> int:
@@ -122,7 +211,7 @@ def _users(args: argparse.Namespace, users: UsersFile) -> int:
     return 0
 
 
-def _clients(args: argparse.Namespace, ca: ClientCA) -> int:
+def _clients(args: argparse.Namespace, ca: ClientCA, owner: _Owner) -> int:
     if args.action == "list":
         for entry in sorted(ca.entries().values(), key=lambda e: e.name):
             print(f"{entry.name}\tserial {entry.serial}\tvalid until {entry.not_after}")
@@ -133,7 +222,7 @@ def _clients(args: argparse.Namespace, ca: ClientCA) -> int:
             return EXIT_FAILED
         print(f"revoked {args.name}")
         return 0
-    entry = ca.issue(args.name, args.out)
+    entry = ca.issue(args.name, args.out, kit_as=owner.invoker)
     print(
         f"issued {entry.name} (serial {entry.serial}): {args.out}/client.cert, client.key, ca.crt"
     )
