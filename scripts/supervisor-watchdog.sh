@@ -44,13 +44,27 @@ fi
 
 # Whether the mirror answers GET /health within 10 s. Any status: one at its connection cap
 # answers 503 and is busy, not hung (Docker's HEALTHCHECK, `docxy health`, wants 200).
+# In the background, waited for: a stop (SIGTERM from supervisord) ends the probe with this
+# listener. In the foreground bash died alone and the probe (`timeout` runs in a process group
+# of its own) went on for up to 10 s, past supervisord's end.
 answers() {
   # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
   timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
     printf "GET /health HTTP/1.0\r\nHost: %s:%s\r\n\r\n" "$1" "$2" >&3
     IFS=" " read -r version status _ <&3 && [[ "$version" == HTTP/* && "$status" =~ ^[0-9]{3}$ ]]
-  ' _ "$host" "$port" 2>/dev/null
+  ' _ "$host" "$port" 2>/dev/null &
+  wait "$!"
 }
+
+# Stopped: end a probe under way (timeout passes SIGTERM on to its group), then this listener.
+stop() {
+  local probes
+  probes=$(jobs -p)
+  # shellcheck disable=SC2086 # one pid a word
+  [[ -z "$probes" ]] || kill -TERM $probes 2>/dev/null
+  exit 0
+}
+trap stop TERM INT HUP
 
 # Seconds since boot (CLOCK_BOOTTIME): never stepped. The wall clock is (a VPS that booted with
 # its clock ahead, then NTP): stepped back, no probe ran for the whole step; forward, one failed

@@ -129,7 +129,6 @@ def silent_mirror() -> Iterator[socket.socket]:
         server.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the probe outlives the watchdog")
 def test_a_stopped_watchdog_ends_its_probe(tmp_path: Path) -> None:
     # supervisord's SIGTERM ended the listener's bash, but its probe (`timeout 10 bash`, in a
     # process group of its own) went on for up to 10 s, past supervisord's own end.
