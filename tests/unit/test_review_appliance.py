@@ -18,6 +18,7 @@ import pytest
 
 from docxy.access.users import UsersFile
 from docxy.cli.main import main
+from tests.unavailable import need_root
 from tests.unit.test_watchdog_clock import start_watchdog
 
 #: This review's loopback address and ports (nothing else is bound or asked).
@@ -42,8 +43,7 @@ def volume(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The certificate volume as the image has it: a directory of the mirror's user (999), in a
     temp directory that user may reach (pytest's own is root's alone), with ``auth.dir`` in it
     not made yet (the mirror never ran in users mode)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the fault is a root-run command")
+    need_root("the fault is a root-run command")
     top = Path(tempfile.mkdtemp(prefix="dx-appl-"))
     top.chmod(0o755)
     certs = top / "certs"
@@ -104,8 +104,7 @@ def test_root_run_in_a_root_owned_directory_stays_root(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # outside the image (a host install run by root, /etc/docxy): nothing changes hands
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    need_root("root in a root-owned directory")
     for name in list(os.environ):
         if name.startswith("DOCXY_"):
             monkeypatch.delenv(name)
