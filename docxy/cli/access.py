@@ -21,7 +21,7 @@ import getpass
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,6 +126,7 @@ class _Owner:
 
     def __init__(self, uid: int, gid: int, path: Path) -> None:
         self.uid, self.gid, self.path = uid, gid, path
+        self.acted = False  # switched to the owner at least once (an error then says so)
 
     @classmethod
     def of(cls, directory: Path) -> _Owner:
@@ -151,7 +152,15 @@ class _Owner:
             except OSError:
                 continue
             if st.st_uid == 0 and (path == directory or path.is_file()) and not path.is_symlink():
-                os.chown(path, self.uid, self.gid)
+                try:
+                    os.chown(path, self.uid, self.gid)
+                except OSError as exc:  # a root without CAP_CHOWN: the mirror still cannot read it
+                    print(
+                        f"docxy: {path} is root's and could not be handed over "
+                        f"({exc.strerror or exc}): chown {self.uid}:{self.gid} it",
+                        file=sys.stderr,
+                    )
+                    continue
                 print(f"docxy: {path} was root's: now uid {self.uid}'s", file=sys.stderr)
 
     @property
@@ -160,7 +169,7 @@ class _Owner:
 
     @property
     def note(self) -> str:
-        if not self.switches:
+        if not self.acted:
             return ""
         return f" (run as root, written as the owner of {self.path}, uid {self.uid})"
 
@@ -170,9 +179,19 @@ class _Owner:
             yield
             return
         groups, egid = os.getgroups(), os.getegid()
-        os.setgroups([self.gid])
-        os.setegid(self.gid)
-        os.seteuid(self.uid)
+        try:
+            os.setgroups([self.gid])
+            os.setegid(self.gid)
+            os.seteuid(self.uid)
+        except PermissionError:  # a root without CAP_SETUID/CAP_SETGID (cap_drop)
+            with suppress(OSError):  # as it was, as far as it changed
+                os.setegid(egid)
+                os.setgroups(groups)
+            raise PermissionError(
+                f"cannot act as uid {self.uid}, the owner of {self.path} (this root may not "
+                f"change its uid): run it as that user (docker exec -u {self.uid}:{self.gid})"
+            ) from None
+        self.acted = True
         try:
             yield
         finally:

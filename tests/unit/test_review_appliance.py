@@ -9,6 +9,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import pytest
 
 from docxy.access.users import UsersFile
 from docxy.cli.main import main
-from tests.unavailable import need_root
+from tests.unavailable import need_binary, need_root
 from tests.unit.test_watchdog_clock import start_watchdog
 
 #: This review's loopback address and ports (nothing else is bound or asked).
@@ -164,3 +166,21 @@ def test_a_stopped_watchdog_ends_its_probe(tmp_path: Path) -> None:
                 watchdog.stderr.close()
             watchdog.stdin.close()
             watchdog.stdout.close()
+
+
+def test_a_root_that_may_not_change_its_uid_is_told_how(volume: Path) -> None:
+    # a container run with cap_drop (no CAP_SETUID/SETGID/CHOWN): root still writes, and wrote
+    # the mirror files it cannot read; now nothing is written and the message says how.
+    need_binary("setpriv")
+    env = {k: v for k, v in os.environ.items()} | {"PYTHONPATH": str(REPO_DIR)}
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-setuid,-setgid,-chown", "--",
+         sys.executable, "-m", "docxy", "users", "add", "alice", "--password-stdin"],
+        input="pw\n", capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"docker exec -u {MIRROR_UID}:{MIRROR_GID}" in done.stderr
+    assert not (volume / "access" / "users").exists()
+
+
+REPO_DIR = Path(__file__).resolve().parents[2]
