@@ -20,24 +20,11 @@ import pytest
 
 from docxy.access.users import UsersFile
 from docxy.cli.main import main
+from lab.ports import bound_socket
 from tests.unavailable import need_binary, need_root
 from tests.unit.test_watchdog_clock import start_watchdog
 
-#: This review's loopback address and ports (nothing else is bound or asked).
-ADDRESS = "127.0.0.83"
-PORTS = range(7400, 7500)
 MIRROR_UID = MIRROR_GID = 999  # the image's docxy user (Dockerfile)
-
-
-def port_in_range() -> int:
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind((ADDRESS, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port on {ADDRESS} in {PORTS}")
 
 
 @pytest.fixture
@@ -120,9 +107,7 @@ def test_root_run_in_a_root_owned_directory_stays_root(
 @contextlib.contextmanager
 def silent_mirror() -> Iterator[socket.socket]:
     """A mirror that takes connections and never answers (hung)."""
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((ADDRESS, port_in_range()))
+    server = bound_socket("127.0.0.1")
     server.listen(4)
     try:
         yield server
