@@ -223,6 +223,17 @@ def warn_nowhere_to_install(settings: settings_mod.Settings) -> None:
     )
 
 
+def still_due(next_run: dt.datetime | None) -> dt.datetime | None:
+    """What a one-off run (``--once``) writes as the next run: the one the long-running
+    renewer scheduled, read from the status file they share, while it is still ahead; none
+    once it has passed (no renewer may be running: a host's cron). A one-off run schedules
+    nothing itself, and its ``null`` made the status page say "not scheduled" until the
+    renewer's next run, though that run was due as before."""
+    if next_run is None or next_run <= dt.datetime.now(dt.UTC):
+        return None
+    return next_run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     flags = list(sys.argv[1:] if argv is None else argv)
@@ -241,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         once = Renewer(settings)
         once.restore()
         ok = once.run()
-        once.write_status(None)
+        once.write_status(still_due(once.restored_next_run))
         return 0 if ok else 1
     renewer = InChild(settings, argv=flags)
     renewer.restore()  # failures in a row, their backoff, the last success: as before a restart

@@ -10,6 +10,7 @@ import logging
 import shlex
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,25 +37,33 @@ class ReloadError(Exception):
 MIRROR_WAIT = 120.0
 
 
-def wait_for(url: str, timeout: float) -> None:
-    """Poll ``url`` until it answers 200; ValueError (a failed run, retried) after ``timeout``.
-    A line in the log when the first ask gets no answer, and one when the answer comes."""
+def wait_for(urls: Sequence[str], timeout: float) -> None:
+    """Poll each of ``urls`` (one listener's addresses) until one answers 200; ValueError (a
+    failed run, retried) after ``timeout``. A line in the log when the first round gets no
+    answer, and one when the answer comes.
+
+    Every address is asked in each round: a mirror on ``[::]`` bound to IPv6 alone answers on
+    ::1, not 127.0.0.1, and a run that asked only the first waited out the whole wait and
+    failed (at every retry) while the mirror, and the HTTP-01 token it serves, was up."""
     started = time.monotonic()
     waiting = False
+    where = " or ".join(urls)
     while True:
-        try:
-            # trust_env=False: a proxy from the environment (certbot's, to reach the CA) cannot
-            # reach this host's own listener (docxy.cli.healthcheck.probe does the same).
-            if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
-                if waiting:
-                    log.info("the mirror answered after %.1f s", time.monotonic() - started)
-                return
-        except httpx.HTTPError:
-            pass
+        for url in urls:
+            try:
+                # trust_env=False: a proxy from the environment (certbot's, to reach the CA)
+                # cannot reach this host's own listener (docxy.cli.healthcheck.probe too).
+                if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
+                    if waiting:
+                        took = time.monotonic() - started
+                        log.info("the mirror answered after %.1f s, at %s", took, url)
+                    return
+            except httpx.HTTPError:
+                pass
         if time.monotonic() - started >= timeout:
-            raise ValueError(f"the mirror at {url} did not answer within {timeout:.0f} s")
+            raise ValueError(f"the mirror at {where} did not answer within {timeout:.0f} s")
         if not waiting:
-            log.info("waiting up to %.0f s for the mirror at %s before certbot", timeout, url)
+            log.info("waiting up to %.0f s for the mirror at %s before certbot", timeout, where)
             waiting = True
         time.sleep(0.5)
 

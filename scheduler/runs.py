@@ -88,6 +88,9 @@ class Runs:
     #: The last lineage certbot could not renew, set aside and obtained anew
     #: (``docxy.tls.lineage.SetAside.as_dict``): kept in the status file until the next one.
     set_aside: dict[str, object] | None = None
+    #: The next run the status file said was scheduled (by the long-running renewer): what a
+    #: one-off run (``--once``), which schedules nothing, leaves in the file.
+    restored_next_run: dt.datetime | None = None
     #: The last run was stopped from outside (:class:`RunCutShort`): the renewer is stopping,
     #: so no retry is due, even before its own SIGTERM has stopped the scheduler.
     cut_short: bool = False
@@ -195,6 +198,10 @@ class Runs:
         self.last_run, self.last_success = last_run, last_success
         # a file from before failing_since was kept: the trouble began at the latest last_run
         self.failing_since = (failing_since or last_run) if failures else None
+        try:  # only shown again (by --once): one that makes no sense is not worth the rest
+            self.restored_next_run = _when(data.get("next_run"))
+        except ValueError:
+            self.restored_next_run = None
         self.reload_pending = data.get("reload_pending") is True
         certificate = data.get("certificate")
         self.restored_certificate = certificate if isinstance(certificate, dict) else None

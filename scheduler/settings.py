@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from docxy.cli.healthcheck import local_url
+from docxy.cli.healthcheck import local_urls
 from docxy.config import CertsConfig, load_config
 from docxy.core.errors import ConfigError
 
@@ -39,7 +39,9 @@ class Settings:
     deploy_hook: str | None
     certbot_timeout: float
     once: bool
-    wait_for_mirror: str | None = None  # poll this URL until it answers before each run
+    #: Before each run, poll these URLs (the plain-HTTP listener's, each address this host
+    #: reaches it at: 127.0.0.1 and ::1 for ``[::]``) until one answers; empty: no wait.
+    wait_for_mirror: tuple[str, ...] = ()
 
     @property
     def domain(self) -> str | None:
@@ -141,5 +143,5 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         deploy_hook=own.deploy_hook,
         certbot_timeout=own.certbot_timeout,
         once=args.once,
-        wait_for_mirror=local_url(config.server.listen) if own.wait_for_mirror else None,
+        wait_for_mirror=tuple(local_urls(config.server.listen)) if own.wait_for_mirror else (),
     )

@@ -44,7 +44,7 @@ def test_waiting_for_the_mirror_ignores_a_proxy_from_the_environment(
         monkeypatch.setenv(name, dead_proxy)
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    wait_for(mirror_health, 0.0)  # one attempt: answered, or ValueError
+    wait_for([mirror_health], 0.0)  # one attempt: answered, or ValueError
 
 
 # --- the renewer's memory across restarts -----------------------------------------------------

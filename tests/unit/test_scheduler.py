@@ -190,7 +190,7 @@ def test_renewer_settings_from_the_shared_table(
     s = settings_mod.load(["--config", str(config), "--pidfile", str(tmp_path / "pid")])
     assert (s.hours, s.minute, s.retry_base) == ((11, 23), 0, 9.0)
     assert s.pidfile == tmp_path / "pid"
-    assert s.wait_for_mirror == "http://127.0.0.1:8080/health"
+    assert s.wait_for_mirror == ("http://127.0.0.1:8080/health",)
     assert s.interval is None
 
 
@@ -462,7 +462,7 @@ def test_wait_for_mirror_gives_up_with_a_reason(monkeypatch: pytest.MonkeyPatch)
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     with pytest.raises(ValueError, match="did not answer within 0 s"):
-        wait_for(f"http://127.0.0.1:{port}/health", 0.0)
+        wait_for([f"http://127.0.0.1:{port}/health"], 0.0)
 
 
 class LateMirror:
@@ -586,7 +586,7 @@ def test_without_wait_for_mirror_a_renewal_runs_at_once(fake_certbot: FakeCertbo
     beside a mirror that is already up (the host install) asks nothing first."""
     issued_lineage(fake_certbot.live)
     renewer = Renewer(settings_mod.load([]))
-    assert renewer.settings.wait_for_mirror is None
+    assert renewer.settings.wait_for_mirror == ()
     assert renewer.run() is True and fake_certbot.calls == ["renew"]
 
 
@@ -594,9 +594,9 @@ def test_without_wait_for_mirror_a_renewal_runs_at_once(fake_certbot: FakeCertbo
 def test_wait_for_mirror_url_comes_from_the_listener(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCXY_SERVER_LISTEN", "0.0.0.0:8081")
     monkeypatch.setenv("DOCXY_SERVER_PUBLIC_URL", "https://mirror.test")
-    assert settings_mod.load([]).wait_for_mirror is None
+    assert settings_mod.load([]).wait_for_mirror == ()
     assert settings_mod.load(["--wait-for-mirror"]).wait_for_mirror == (
-        "http://127.0.0.1:8081/health"
+        "http://127.0.0.1:8081/health",
     )
 
 
