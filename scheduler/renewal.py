@@ -69,34 +69,56 @@ def wait_for(urls: Sequence[str], timeout: float) -> None:
 
 
 def tell_mirror(settings: Settings) -> str:
-    """Make the mirror reload its certificate; say how. ReloadError if that failed."""
-    if settings.reload_command:
-        argv = shlex.split(settings.reload_command)
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=RELOAD_TIMEOUT, check=False
-            )
-        except subprocess.TimeoutExpired:
-            # Not the exception's own words: they quote the whole command line, and a password
-            # given to it (supervisorctl -p) went to the log, the status file and /health.
-            raise ReloadError(
-                f"reload command {argv[0]} did not end within {RELOAD_TIMEOUT:g} s"
-            ) from None
-        except OSError as exc:
-            raise ReloadError(f"reload command failed: {exc}") from exc
-        if proc.returncode != 0:
-            said = (proc.stdout + proc.stderr).strip()[:300]
-            raise ReloadError(f"reload command exited {proc.returncode}: {said}")
-        return "reload command"
+    """Make the mirror reload its certificate; say how. ReloadError if that failed.
+
+    Both ways when both are set (the pidfile's SIGHUP, then the command): each is something
+    the user asked for, and a pidfile set beside a reload command was dropped without a word.
+    One failing does not keep the other from being tried; the run fails with each reason."""
+    done: list[str] = []
+    failed: list[str] = []
     if settings.pidfile:
         try:
-            pid = signal_mirror(settings.pidfile)
-        except StalePidfile as exc:
-            raise ReloadError(str(exc)) from exc
-        except (OSError, ValueError) as exc:
-            raise ReloadError(f"cannot signal the mirror via {settings.pidfile}: {exc}") from exc
-        return f"SIGHUP to pid {pid}"
-    return "file watch"
+            done.append(_signal_pidfile(settings.pidfile))
+        except ReloadError as exc:
+            failed.append(str(exc))
+    if settings.reload_command:
+        try:
+            done.append(_run_reload_command(settings.reload_command))
+        except ReloadError as exc:
+            failed.append(str(exc))
+    if failed:
+        raise ReloadError("; ".join(failed))
+    return " and ".join(done) or "file watch"
+
+
+def _run_reload_command(command: str) -> str:
+    argv = shlex.split(command)
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=RELOAD_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        # Not the exception's own words: they quote the whole command line, and a password
+        # given to it (supervisorctl -p) went to the log, the status file and /health.
+        raise ReloadError(
+            f"reload command {argv[0]} did not end within {RELOAD_TIMEOUT:g} s"
+        ) from None
+    except OSError as exc:
+        raise ReloadError(f"reload command failed: {exc}") from exc
+    if proc.returncode != 0:
+        said = (proc.stdout + proc.stderr).strip()[:300]
+        raise ReloadError(f"reload command exited {proc.returncode}: {said}")
+    return "reload command"
+
+
+def _signal_pidfile(pidfile: Path) -> str:
+    try:
+        pid = signal_mirror(pidfile)
+    except StalePidfile as exc:
+        raise ReloadError(str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise ReloadError(f"cannot signal the mirror via {pidfile}: {exc}") from exc
+    return f"SIGHUP to pid {pid}"
 
 
 @dataclass

@@ -123,7 +123,6 @@ def test_a_mirror_that_answers_nowhere_is_named_at_each_address(
     assert "127.0.0.1:7301" in said and "[::1]:7301" in said and "within 0 s" in said
 
 
-@pytest.mark.xfail(strict=True, reason="the pidfile is ignored beside a reload command")
 def test_a_pidfile_beside_a_reload_command_is_signalled_too(
     tmp_path: Path,
     fake_certbot: FakeCertbot,  # noqa: F811
@@ -147,7 +146,6 @@ def test_a_pidfile_beside_a_reload_command_is_signalled_too(
     assert not renewer.reload_pending
 
 
-@pytest.mark.xfail(strict=True, reason="the pidfile is ignored beside a reload command")
 def test_a_stale_pidfile_beside_a_reload_command_fails_the_run_and_keeps_the_reload_owed(
     tmp_path: Path,
     fake_certbot: FakeCertbot,  # noqa: F811
