@@ -14,6 +14,9 @@ import os
 import signal
 from pathlib import Path
 
+#: Linux's largest pid (``PID_MAX_LIMIT``, the most ``/proc/sys/kernel/pid_max`` can be set to).
+PID_MAX = 4 * 1024 * 1024
+
 
 class StalePidfile(Exception):
     """The pidfile names no process, or a process that is not the mirror."""
@@ -39,6 +42,10 @@ def signal_mirror(pidfile: Path, sig: signal.Signals = signal.SIGHUP) -> int:
     pid = int(pidfile.read_text().strip())
     if pid <= 0:
         raise ValueError(f"not a process id: {pid}")  # kill(0 or -n) signals process groups
+    if pid > PID_MAX:
+        # Two pids run together (a wrapper appending without a newline): os.pidfd_open and
+        # os.kill raised OverflowError, which ended the run in a traceback, its reason lost.
+        raise ValueError(f"not a process id: {pid} (pids go up to {PID_MAX})")
     handle = _pidfd(pid, pidfile)
     try:
         try:

@@ -164,3 +164,24 @@ def test_a_stale_pidfile_beside_a_reload_command_fails_the_run_and_keeps_the_rel
     assert "cannot signal the mirror" in str(renewer.last_error)
     assert ran.read_text() == "ran\n"  # the command still ran
     assert renewer.reload_pending  # the next run tells the mirror again
+
+
+def test_a_pidfile_naming_no_possible_pid_fails_the_run_with_its_reason(
+    tmp_path: Path,
+    fake_certbot: FakeCertbot,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two pids run together in one pidfile (a wrapper that appends without a newline) make a
+    number no pid can be: os.pidfd_open and os.kill raised OverflowError, which no one caught.
+    `--once` ended in a traceback without writing its status; the renewer's run ended as "exited
+    1 without a result", the reason only in a traceback in the log."""
+    cert, key = self_signed(tmp_path / "tls", "bootstrap")
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(cert))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(key))
+    pidfile = tmp_path / "docxy.pid"
+    pidfile.write_text("3456712345\n")
+    renewer = Renewer(settings_mod.load(["--pidfile", str(pidfile)]))
+    assert renewer.run() is False
+    said = str(renewer.last_error)
+    assert f"cannot signal the mirror via {pidfile}" in said and "3456712345" in said, said
+    assert renewer.reload_pending  # installed; the mirror is told on a later run
