@@ -6,6 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -68,6 +71,59 @@ def test_a_one_off_run_does_not_report_a_next_run_that_has_passed(
     path = status_left_by_the_renewer(Path(env["DOCXY_CERTS_CONFIG_DIR"]), gone)
     assert scheduler_main.main(["--once"]) == 0
     assert json.loads(path.read_text())["next_run"] is None
+
+
+#: This review's loopback address and ports (the machine is shared: no other address is used).
+HOST, PORTS = "127.0.0.80", range(7300, 7400)
+
+
+@pytest.fixture
+def health_on_loopback() -> Iterator[tuple[int, list[str]]]:
+    """A plain-HTTP /health answering 200 on HOST, a port of PORTS; (its port, paths asked)."""
+    asked: list[str] = []
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = None
+    for port in PORTS:
+        try:
+            server = ThreadingHTTPServer((HOST, port), Health)
+            break
+        except OSError:
+            continue
+    assert server is not None, f"no free port on {HOST} in {PORTS}"
+    thread = threading.Thread(target=server.serve_forever, name="health")
+    thread.start()
+    try:
+        yield server.server_address[1], asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_run_waits_for_a_real_listener_and_asks_it_once(
+    fake_certbot: FakeCertbot,  # noqa: F811
+    health_on_loopback: tuple[int, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tuple of URLs still reaches a real socket (the listener's one address here)."""
+    port, asked = health_on_loopback
+    issued_lineage(fake_certbot.live)
+    monkeypatch.setenv("DOCXY_SERVER_LISTEN", f"{HOST}:{port}")
+    monkeypatch.setenv("DOCXY_SERVER_PUBLIC_URL", "https://mirror.test")
+    renewer = Renewer(settings_mod.load(["--wait-for-mirror"]))
+    assert renewer.settings.wait_for_mirror == (f"http://{HOST}:{port}/health",)
+    assert renewer.run() is True, renewer.last_error
+    assert asked == ["/health"] and fake_certbot.calls == ["renew"]
 
 
 @pytest.mark.usefixtures("env")
