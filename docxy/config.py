@@ -206,6 +206,8 @@ class LimitsConfig:
     backlog: int
     idle_timeout: float
     send_timeout: float
+    #: bytes a second a client must take over each send_timeout the mirror waits on it (0: off)
+    send_min_rate: int
     requests_per_minute: int
     manifests_per_minute: int
     failed_logins_per_minute: int  # wrong passwords at /auth/token per client (users mode)
@@ -820,6 +822,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "backlog": (_count, 1024),
         "idle_timeout": (_float, 30.0),
         "send_timeout": (_float, 60.0),
+        "send_min_rate": (_opt_size, 1024),
         "requests_per_minute": (_count, 0),
         "manifests_per_minute": (_count, 0),
         "failed_logins_per_minute": (_count, 10),

@@ -14,9 +14,12 @@ things the hostile-traffic run showed missing:
   connect-and-close clients left 3000 descriptors in CLOSE-WAIT for ``keep_alive_timeout``;
 - **a stall timeout** (``limits.send_timeout``): a write waits for the client to take the
   bytes; when the client takes *none* of them for that long, the connection is aborted (its
-  buffered bytes dropped). A slow download that keeps taking bytes is never cut: progress is
-  the bytes not yet taken (the transport's buffer plus the kernel's send queue) shrinking,
-  checked a few times per timeout, whatever the chunk size;
+  buffered bytes dropped). Progress is the bytes not yet taken (the transport's buffer plus
+  the kernel's send queue) shrinking, checked a few times per timeout, whatever the chunk
+  size; and a client that keeps taking a trickle must take ``limits.send_min_rate`` bytes a
+  second over each ``send_timeout`` the mirror spends waiting on it, else it is aborted too:
+  a pass-through download holds an upstream permit (``limits.fills_total``) while it lasts,
+  and a few clients reading a few bytes a second held every permit for hours;
 - **the TLS handshake after the count**: asyncio's server would do each handshake before
   hypercorn sees the connection, so connections that never finish one (each holding a
   descriptor and asyncio's 256 KiB TLS buffer until ``limits.idle_timeout``) escaped the cap.
@@ -164,12 +167,16 @@ class ConnectionGuard:
     max_connections: int
     send_timeout: float | None
     per_client: int = 0  # 0: no cap per address
+    #: bytes a second a client must take while the mirror waits on it (``limits.send_min_rate``),
+    #: judged over each ``send_timeout`` of waiting; 0: only a client taking none is cut
+    min_send_rate: float = 0.0
     trusted: Networks = field(default_factory=Networks)
     exempt: Networks = field(default_factory=Networks)
     open: int = 0
     refused: int = 0
     refused_per_client: int = 0
     stalled: int = 0
+    too_slow: int = 0  # dropped under min_send_rate
     tls: TLSListeners | None = None  # set once the listeners are bound
     by_client: Counter[str] = field(default_factory=Counter)
     #: the tasks of the connections in their TLS handshake: a stop ends those handshakes
@@ -228,6 +235,7 @@ class ConnectionGuard:
             "limits.max_connections": self.refused,
             "limits.connections_per_client": self.refused_per_client,
             "limits.send_timeout": self.stalled,
+            "limits.send_min_rate": self.too_slow,
         }
 
     def release(self, admitted: Admitted | None = None) -> None:
@@ -380,6 +388,12 @@ class EdgeTCPServer(PeerCertTCPServer):
             wait = min(wait, guard.send_timeout)
         drop_unsent_after(self.writer.transport, wait)
 
+    #: Bytes written to the transport, and the slow-send window (:meth:`_drain`): the seconds
+    #: waited on the client in it so far and the bytes it had taken at its start.
+    _written = 0
+    _waited = 0.0
+    _window_taken = 0
+
     async def protocol_send(self, event: Event) -> None:
         guard = self.guard
         if not isinstance(event, RawData) or guard is None or guard.send_timeout is None:
@@ -391,6 +405,7 @@ class EdgeTCPServer(PeerCertTCPServer):
                 return
             try:
                 self.writer.write(event.data)
+                self._written += len(event.data)
                 await self._drain(guard, guard.send_timeout)
             except (ConnectionError, RuntimeError):
                 await self.protocol.handle(Closed())
@@ -416,30 +431,58 @@ class EdgeTCPServer(PeerCertTCPServer):
         return self.writer.transport.get_write_buffer_size() + _kernel_queue(sock)
 
     async def _drain(self, guard: ConnectionGuard, timeout: float) -> None:
-        """Wait until the client has taken the bytes, as long as it keeps taking some."""
+        """Wait until the client has taken the bytes, as long as it keeps taking enough.
+
+        Cut: a client that takes no bytes for ``timeout``, and one that, over each ``timeout``
+        of the mirror waiting on it (summed across writes: a trickle lets each write's wait
+        end), takes less than ``guard.min_send_rate`` bytes a second. Only a wait is judged:
+        a client the mirror itself paces (``limits.bandwidth``) or that takes every byte at
+        once is never looked at (and costs no system call)."""
         transport = self.writer.transport
         if transport.get_write_buffer_size() == 0:  # all handed to the kernel: nothing to wait
             await self.writer.drain()  # for (it raises if the connection was lost meanwhile)
             return
         loop = asyncio.get_running_loop()
         left = self._unsent()
-        progress_at = loop.time()
-        while True:
-            try:
-                await asyncio.wait_for(self.writer.drain(), timeout / CHECKS_PER_TIMEOUT)
-                return
-            except TimeoutError:
-                pass
-            now, size = loop.time(), self._unsent()
-            if size < left:
-                left, progress_at = size, now
-            elif now - progress_at >= timeout:
-                guard.stalled += 1
-                peer = self.writer.get_extra_info("peername")
-                log.info("closing stalled %s: no bytes taken in %ss", peer, timeout)
-                transport.abort()
-                _trim_soon(loop)
-                raise ConnectionAbortedError("the client took no bytes")
+        progress_at = started = loop.time()
+        if self._waited == 0.0:  # a new window of waiting
+            self._window_taken = self._written - left
+        check = timeout / CHECKS_PER_TIMEOUT
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self.writer.drain(), check)
+                    return
+                except TimeoutError:
+                    pass
+                now, size = loop.time(), self._unsent()
+                if size < left:
+                    left, progress_at = size, now
+                elif now - progress_at >= timeout:
+                    guard.stalled += 1
+                    self._cut(loop, f"no bytes taken in {timeout}s")
+                waited = self._waited + now - started
+                if waited >= timeout and guard.min_send_rate > 0:
+                    taken = self._written - size - self._window_taken
+                    if taken < guard.min_send_rate * waited:
+                        rate = taken / waited
+                        guard.too_slow += 1
+                        self._cut(
+                            loop,
+                            f"{rate:.0f} bytes/s taken over {waited:.0f}s,"
+                            f" under limits.send_min_rate {guard.min_send_rate:.0f}",
+                        )
+                    self._waited, self._window_taken, started = 0.0, self._written - size, now
+        finally:
+            self._waited += loop.time() - started
+
+    def _cut(self, loop: asyncio.AbstractEventLoop, why: str) -> None:
+        """Drop a client too slow to take its bytes (its slot, its permits freed)."""
+        peer = self.writer.get_extra_info("peername")
+        log.info("closing stalled %s: %s", peer, why)
+        self.writer.transport.abort()
+        _trim_soon(loop)
+        raise ConnectionAbortedError("the client took too few bytes")
 
 
 #: Seconds a closing connection has to hand its client what it still holds to send (at most

@@ -247,6 +247,7 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> _HypercornCon
         cap if limits.max_connections else 1 << 62,
         limits.send_timeout,
         per_client=limits.connections_per_client,
+        min_send_rate=limits.send_min_rate,
         trusted=config.server.trusted_proxies,
         exempt=limits.exempt,
     )

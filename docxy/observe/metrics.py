@@ -55,7 +55,8 @@ SOURCES = {
 SENT_SOURCES = ("cache", "shared", "upstream", "passthrough", "other")
 
 #: The settings whose limits refuse connections or requests (``limits.send_timeout``: drops a
-#: download whose client took nothing for that long), each a sample of docxy_refused_total.
+#: download whose client took nothing for that long; ``limits.send_min_rate``: one whose client
+#: took too little), each a sample of docxy_refused_total.
 REFUSING_SETTINGS = (
     "access.allow",
     "access.repositories",
@@ -69,6 +70,7 @@ REFUSING_SETTINGS = (
     "limits.failed_logins_per_minute",
     "limits.token_relays_per_minute",
     "limits.send_timeout",
+    "limits.send_min_rate",
 )
 
 #: docxy_upstream_errors_total's kinds (``UpstreamHealth.failures``), each exported from the start.
@@ -329,7 +331,8 @@ class MirrorCollector(Collector):
         family = CounterMetricFamily(
             "docxy_refused",
             "Connections and requests a limit refused, by the setting that did (for "
-            "limits.send_timeout: downloads dropped because the client took no bytes).",
+            "limits.send_timeout: downloads dropped because the client took no bytes;"
+            " limits.send_min_rate: because it took too few).",
             labels=["setting"],
         )
         for setting, count in counts.items():

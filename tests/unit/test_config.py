@@ -178,6 +178,7 @@ SAMPLES = {
     "limits.backlog": "64",
     "limits.idle_timeout": "5",
     "limits.send_timeout": "5",
+    "limits.send_min_rate": "2K",
     "limits.requests_per_minute": "600",
     "limits.manifests_per_minute": "60",
     "limits.failed_logins_per_minute": "5",
