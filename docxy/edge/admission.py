@@ -50,8 +50,7 @@ from docxy.edge.clients import client_identity, limit_key, request_address
 from docxy.edge.fills import CLIENT, EXEMPT
 from docxy.edge.limits import Buckets, Clock, retry_after
 from docxy.edge.replies import answer_send, send_error
-from docxy.upstream.client import Upstream
-from docxy.upstream.routing import Upstreams, UpstreamUnknown, request_picks
+from docxy.upstream.routing import UpstreamUnknown, configured_upstreams, request_picks
 
 if TYPE_CHECKING:
     from docxy.access.gate import AccessControl
@@ -82,8 +81,7 @@ class Admission:
         self.exempt = config.limits.exempt
         warn_broad_exempt(config)
         self.rules = config.access.rules
-        others = [Upstream.from_config(named) for named in config.upstreams]
-        self.upstreams = Upstreams(Upstream.from_config(config.upstream), others)
+        self.upstreams = configured_upstreams(config)
         limits = config.limits
         self.requests = Buckets(limits.requests_per_minute / 60, limits.requests_per_minute, clock)
         self.manifests = Buckets(

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from typing import Any, Protocol, overload
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from hypercorn.typing import (
     ASGIFramework,
@@ -25,6 +25,7 @@ from docxy.access.identity import identity_of
 from docxy.cache.fill import Handover, InFlight
 from docxy.core.errors import ClientError, RegistryError, RequestTooLarge
 from docxy.edge.replies import answer_send, send_error
+from docxy.upstream.routing import Upstreams, request_picks
 
 log = logging.getLogger("docxy.access")
 
@@ -124,11 +125,16 @@ def readable_host(scope: HTTPScope | WebsocketScope) -> bool:
 
 class Guard:
     """Normalises the request target, refuses oversized ones, and redirects plain HTTP to
-    HTTPS when TLS is on (a WebSocket upgrade alike: it is answered with the redirect)."""
+    HTTPS when TLS is on (a WebSocket upgrade alike: it is answered with the redirect), at
+    ``server.public_url``; a ``/v2/`` request whose ``Host`` picks one of ``upstreams`` is sent
+    there with ``?ns=`` naming that upstream, so it reaches the registry it meant."""
 
-    def __init__(self, app: ASGIFramework, https_url: str | None) -> None:
+    def __init__(
+        self, app: ASGIFramework, https_url: str | None, upstreams: Upstreams | None = None
+    ) -> None:
         self.app = app
         self.https_url = https_url
+        self.upstreams = upstreams
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -163,12 +169,30 @@ class Guard:
             if not raw.startswith(b"/"):  # "*", ".evil.example/": no path, never more host
                 raw = b"/"
             target = self.https_url + raw.decode("latin-1")
-            if http["query_string"]:
-                target += "?" + http["query_string"].decode("latin-1")
+            query = http["query_string"].decode("latin-1")
+            picked = self._picked_by_host(http)
+            if picked is not None:  # the public URL's host would pick another: say which
+                query += ("&" if query else "") + "ns=" + quote(picked, safe="")
+            if query:
+                target += "?" + query
             location = [("Location", target)]
             await send_error(answer, UseHttps("this mirror is served over HTTPS"), location)
             return
         await self.app(http, receive, send)
+
+    def _picked_by_host(self, scope: HTTPScope | WebsocketScope) -> str | None:
+        """The upstream a ``/v2/`` request picks by its ``Host`` alone (one of its ``hosts``):
+        the redirect goes to ``server.public_url``, whose host picks another, so it names this
+        one with ``?ns=`` (never a URL built from ``Host``). None: it names one with ``?ns=``
+        already, or its host picks none."""
+        path = scope["path"]
+        if self.upstreams is None or not (path == "/v2" or path.startswith("/v2/")):
+            return None
+        ns, host = request_picks(scope)
+        if ns is not None:
+            return None
+        upstream = self.upstreams.for_host(host)
+        return upstream.name if upstream is not None else None
 
 
 _UNSAFE = re.compile(r"[^!-\[\]-~]")  # all but printable ASCII, space and backslash

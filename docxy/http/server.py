@@ -275,7 +275,7 @@ async def run(config: Config) -> None:
     if hc.edge is not None:
         observer.refusers.append(hc.edge)
     observer.refusers.append(admission)
-    drain = Drain(framing.Framing(Guard(admission, https_url)))
+    drain = Drain(framing.Framing(Guard(admission, https_url, admission.upstreams)))
     asgi = TrimAtRest(AccessLog(drain, observer))
     asgi.arm()  # the imports' garbage, once serving
     connections.install()

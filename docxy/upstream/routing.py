@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from docxy.core.challenge import scope_repository
@@ -26,6 +26,9 @@ from docxy.core.errors import ClientError
 from docxy.core.hosts import host_key, takes_any_port
 from docxy.core.names import upstream_name
 from docxy.upstream.client import Upstream
+
+if TYPE_CHECKING:
+    from docxy.config import Config
 
 
 class UpstreamUnknown(ClientError):
@@ -137,6 +140,12 @@ class Upstreams:
                     )
                 chosen = upstream
         return chosen or self.default
+
+
+def configured_upstreams(config: Config) -> Upstreams:
+    """The upstreams ``config`` sets: ``[upstream]``, then ``upstreams`` in order."""
+    others = [Upstream.from_config(named) for named in config.upstreams]
+    return Upstreams(Upstream.from_config(config.upstream), others)
 
 
 def request_picks(scope: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import hypercorn.asyncio.run as hypercorn_run
 import pytest
 from hypercorn.asyncio import serve
@@ -23,8 +24,12 @@ from docxy.config import load_config
 from docxy.edge import connections
 from docxy.edge.connections import ConnectionGuard
 from docxy.http.app import create_app
+from docxy.http.middleware import Guard
 from docxy.http.state import mirror_state
 from docxy.tasks import spawn
+from docxy.upstream.routing import configured_upstreams
+from tests.unit import fakes
+from tests.unit.asgi import call_asgi
 
 MIRROR_HOST = "127.0.0.87"
 UPSTREAM_HOST = "127.0.0.88"
@@ -242,3 +247,74 @@ async def test_a_client_that_takes_a_trickle_frees_its_pass_through_permit(
             assert served.guard.refusals()["limits.send_min_rate"] == 1
         finally:
             hog.close()
+
+
+# --- 2. the plain-HTTP redirect kept no upstream picked by host name -------------------------
+
+PUBLIC = "https://mirror.test"
+LAB_HOST = "lab-mirror.test"
+
+
+@contextlib.asynccontextmanager
+async def guarded_mirror() -> AsyncIterator[tuple[Any, list[str]]]:
+    """The mirror's routes behind the plain-HTTP guard, TLS on (``PUBLIC``): an upstream
+    ``lab.test`` picked by ``Host: lab-mirror.test``; yields the ASGI app and the hosts the
+    mirror sent requests to."""
+    sent: list[str] = []
+
+    def registries(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.host)
+        return fakes.reply(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
+
+    config = load_config(
+        {
+            "server.public_url": PUBLIC,
+            "upstream.registry": "https://hub.example",
+            "cache.enabled": "false",
+            "upstreams": "lab.test=https://lab.example",
+            "upstreams.lab.test.hosts": LAB_HOST,
+        },
+        environ={},
+    )
+    app = create_app(config, probe=False, transport=httpx.MockTransport(registries))
+    async with app.test_app():
+        yield Guard(app.asgi_app, PUBLIC, configured_upstreams(config)), sent
+
+
+@pytest.mark.parametrize(
+    ("target", "kept"),
+    [
+        ("/v2/owner/img/manifests/1", "?ns=lab.test"),
+        ("/v2/owner/img/manifests/1?x=1", "?x=1&ns=lab.test"),
+        ("/v2/", "?ns=lab.test"),
+    ],
+)
+async def test_a_plain_http_request_by_an_upstreams_host_name_is_redirected_to_it(
+    target: str, kept: str
+) -> None:
+    """``Host: lab-mirror.test`` picks ``lab.test`` (its ``hosts``); over plain HTTP with TLS on,
+    the 308 pointed at ``server.public_url`` with the path alone, whose host picks Docker Hub:
+    the client that followed it pulled ``owner/img`` from the wrong registry. The redirect
+    still goes to the public URL only (no URL is built from ``Host``), with ``?ns=`` naming
+    the upstream the host picked; followed, it reaches that upstream."""
+    async with guarded_mirror() as (app, sent):
+        answer = await call_asgi(app, "GET", target, host=LAB_HOST)
+        assert answer.status == 308
+        location = answer.headers["Location"]
+        assert location == PUBLIC + target.partition("?")[0] + kept
+        again = location.removeprefix(PUBLIC)
+        followed = await call_asgi(app, "GET", again, host="mirror.test", scheme="https")
+        assert followed.status in (401, 404)
+        assert sent and set(sent) == {"lab.example"}
+
+
+async def test_a_plain_http_request_naming_its_upstream_keeps_its_own_ns() -> None:
+    """A request that names its upstream with ``?ns=`` keeps it as it was (one ``ns``: the
+    routes read the first), whatever its host; one by the public name gets none added."""
+    async with guarded_mirror() as (app, _):
+        answer = await call_asgi(app, "GET", "/v2/x/manifests/1?ns=docker.io", host=LAB_HOST)
+        assert answer.headers["Location"] == f"{PUBLIC}/v2/x/manifests/1?ns=docker.io"
+        answer = await call_asgi(app, "GET", "/v2/x/manifests/1", host="mirror.test")
+        assert answer.headers["Location"] == f"{PUBLIC}/v2/x/manifests/1"
+        answer = await call_asgi(app, "GET", "/setup.sh", host=LAB_HOST)
+        assert answer.headers["Location"] == f"{PUBLIC}/setup.sh"
