@@ -1306,6 +1306,7 @@ OFF_AT_ZERO = frozenset(
         "requests_per_minute",
         "manifests_per_minute",
         "bandwidth",
+        "send_min_rate",
         "fills_per_client",
         "fills_total",
     )
