@@ -368,7 +368,8 @@ certs_d() {
 #   merge|remove FILE URL OUT  write the new document to OUT; exit 0 changed, 10 unchanged,
 #                              3 FILE is not a JSON object with a list of strings as mirrors
 #   validate FILE              exit 0 when FILE is a JSON object, 3 otherwise
-#   mirrors JSON               print the mirrors of `docker info` (a JSON list) one per line
+#   mirrors JSON               print the mirrors of `docker info` (a JSON list) one per line,
+#                              scheme and host in lower case, no trailing slash
 daemon_json_tool() {
   python3 - "$@" <<'PY'
 import json
@@ -459,8 +460,11 @@ if mode == "mirrors":
         mirrors = json.loads(sys.argv[2]) or []
     except ValueError:
         sys.exit(1)  # not an answer from a daemon
+    # As the file's are compared: dockerd reports a mirror as daemon.json spells it (its host
+    # in the operator's case), plus a slash.
     for url in mirrors if isinstance(mirrors, list) else []:
-        print(url)
+        if isinstance(url, str):
+            print(canonical(url))
     sys.exit(0)
 path = sys.argv[2]
 document, mark = load(path)
