@@ -1216,18 +1216,37 @@ configure_podman() {
   say "  wrote $target"
 }
 
-# Docker takes a plain-HTTP mirror on loopback only; elsewhere the mirror's host must also be
-# in "insecure-registries" (the operator's call: not written here), or dockerd passes the
-# mirror by and pulls from Docker Hub, unasked.
+# Docker takes a plain-HTTP mirror without more ado only where it counts the host insecure by
+# default: 127.0.0.0/8 (moby's registry config; an IPv4-mapped ::ffff:127.x is that too) and a
+# name resolving there (localhost). IPv6's [::1] is not in that range: as anywhere else, the
+# mirror's host must also be in "insecure-registries" (the operator's call: not written
+# here), or dockerd passes the mirror by and pulls from Docker Hub, unasked.
 plain_http_note() {
   local host
   [[ "$MIRROR" == http://* ]] && ((!REMOVE)) || return 0
   if [[ "$MIRROR_HOST" == \[* ]]; then host="${MIRROR_HOST%%]*}]"; else host="${MIRROR_HOST%%:*}"; fi
   case "$host" in
-    localhost | 127.* | "[::1]") return 0 ;;
+    localhost | 127.*) return 0 ;;
+    \[*\]) ipv6_in_ipv4_loopback "${host:1:-1}" && return 0 ;;
   esac
-  warn "$MIRROR is plain HTTP off loopback: dockerd uses it only if \"$MIRROR_HOST\" is in"
-  warn "\"insecure-registries\" too (not added here), else it pulls from Docker Hub; serve the mirror over HTTPS"
+  warn "$MIRROR is plain HTTP off 127.0.0.0/8: dockerd uses it only if \"$MIRROR_HOST\" is in"
+  warn "\"insecure-registries\" too (not added here; dockerd counts only 127.0.0.0/8 and localhost"
+  warn "insecure by default, not [::1]), else it pulls from Docker Hub; serve the mirror over HTTPS"
+}
+
+# ipv6_in_ipv4_loopback ADDRESS: an IPv6 address that dockerd reads as one in 127.0.0.0/8 (an
+# IPv4-mapped ::ffff:127.x.y.z, in any of its spellings).
+ipv6_in_ipv4_loopback() {
+  python3 - "$1" <<'PY'
+import ipaddress
+import sys
+
+try:
+    mapped = ipaddress.IPv6Address(sys.argv[1]).ipv4_mapped
+except ValueError:
+    sys.exit(1)
+sys.exit(0 if mapped is not None and mapped in ipaddress.IPv4Network("127.0.0.0/8") else 1)
+PY
 }
 
 # Docker's registry-mirrors (and the podman drop-in) serve Docker Hub images only; other

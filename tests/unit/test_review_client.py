@@ -232,16 +232,10 @@ def test_a_removed_mirror_that_dockerd_reports_in_another_case_is_not_taken_for_
 @pytest.mark.parametrize(
     ("mirror", "warned"),
     [
-        pytest.param(
-            "http://[::1]:8080", True, marks=pytest.mark.xfail(strict=True, reason="fault 4")
-        ),
+        ("http://[::1]:8080", True),
         ("http://[0:0:0:0:0:0:0:1]:8080", True),
         ("http://[fd00::5]:8080", True),
-        pytest.param(
-            "http://[::ffff:127.0.0.1]:8080",
-            False,
-            marks=pytest.mark.xfail(strict=True, reason="fault 4"),
-        ),
+        ("http://[::ffff:127.0.0.1]:8080", False),
         ("http://127.0.0.1:8080", False),
         ("http://localhost:8080", False),
         ("https://[::1]:8443", False),
