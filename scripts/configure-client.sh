@@ -104,6 +104,7 @@ CA_CERT=""
 MIRROR_HOST=""
 FAILED=0
 CHANGES=0
+COPIED=0 # the last copy_in wrote its file
 
 # host[:port] in a URL, in lower case, as dockerd and containerd can dial it: a name or IPv4
 # address, or an IPv6 address in brackets; a port of digits. (A typo in the port went into
@@ -315,6 +316,7 @@ copy_in() {
   cat -- "$source" >"$staged"
   mv -f -- "$staged" "$target"
   CHANGES=$((CHANGES + 1))
+  COPIED=1
   say "  installed $target (mode $mode)"
 }
 
@@ -342,12 +344,26 @@ configure_docker_certs() {
 
 # certs_d RUNTIME DIR: the client certificate and server CA in a certs.d/<mirror-host>/ DIR
 # (Docker's, or podman's: containers/image reads the same names), or taken out with --remove.
+# The operator may keep files of their own there (a ca.crt placed by hand): what this script
+# installs is noted, with its SHA-256, in DIR/docxy-installed.sha256 (a name Docker and podman pass
+# by), and --remove deletes only a file that is still as noted, or that is byte for byte the
+# --client-cert DIR / --ca-cert FILE given to it (an install from before the note was kept).
+# Every other file stays, named; one of the operator's that --client-cert or --ca-cert would
+# replace is backed up beside it first, under a name neither reads as a certificate.
 certs_d() {
   local runtime="$1" dir="$2" name
   if ((REMOVE)); then
     [[ -d "$dir" ]] || return 0
     say "$runtime: $dir"
-    for name in client.cert client.key ca.crt; do remove_file "$dir/$name"; done
+    for name in client.cert client.key ca.crt; do
+      [[ -e "$dir/$name" || -L "$dir/$name" ]] || continue
+      if installed_here "$dir" "$name"; then
+        remove_file "$dir/$name"
+      else
+        say "  left $dir/$name: this script did not install it (or it changed since)"
+      fi
+    done
+    if ((!DRY_RUN)); then rm -f -- "${dir:?}/$CERTS_RECORD"; fi
     if [[ -d "$dir" ]] && ((!DRY_RUN)) && rmdir -- "$dir" 2>/dev/null; then
       say "  removed $dir"
     fi
@@ -356,10 +372,74 @@ certs_d() {
   [[ -n "$CLIENT_DIR$CA_CERT" ]] || return 0
   say "$runtime: $dir (read at each pull: no reload needed)"
   if [[ -n "$CLIENT_DIR" ]]; then
-    copy_in "$CLIENT_DIR/client.cert" "$dir/client.cert" 0644
-    copy_in "$CLIENT_DIR/client.key" "$dir/client.key" 0600
+    certs_copy "$dir" client.cert "$CLIENT_DIR/client.cert" 0644
+    certs_copy "$dir" client.key "$CLIENT_DIR/client.key" 0600
   fi
-  [[ -z "$CA_CERT" ]] || copy_in "$CA_CERT" "$dir/ca.crt" 0644
+  [[ -z "$CA_CERT" ]] || certs_copy "$dir" ca.crt "$CA_CERT" 0644
+}
+
+CERTS_RECORD=docxy-installed.sha256
+
+# file_sum FILE: the SHA-256 of FILE, in hex.
+file_sum() {
+  python3 -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"
+}
+
+# recorded_sum DIR NAME: the SHA-256 that DIR's record notes for NAME; fails when it notes none.
+recorded_sum() {
+  local sum name
+  [[ -f "$1/$CERTS_RECORD" ]] || return 1
+  while read -r sum name; do
+    if [[ "$name" == "$2" ]]; then
+      printf '%s' "$sum"
+      return 0
+    fi
+  done <"$1/$CERTS_RECORD"
+  return 1
+}
+
+# installed_here DIR NAME: DIR/NAME is the file this script installed there (as noted, or the
+# same bytes as the file this run was given for it).
+installed_here() {
+  local dir="$1" name="$2" recorded source=""
+  [[ -f "$dir/$name" && ! -L "$dir/$name" ]] || return 1
+  if recorded="$(recorded_sum "$dir" "$name")" && [[ "$(file_sum "$dir/$name")" == "$recorded" ]]; then
+    return 0
+  fi
+  case "$name" in
+    client.cert | client.key) [[ -z "$CLIENT_DIR" ]] || source="${CLIENT_DIR%/}/$name" ;;
+    ca.crt) source="$CA_CERT" ;;
+  esac
+  [[ -n "$source" && -f "$source" ]] && cmp -s -- "$source" "$dir/$name"
+}
+
+# record_sum DIR NAME: note in DIR's record that this script installed DIR/NAME as it is now.
+record_sum() {
+  local dir="$1" name="$2" record="$1/$CERTS_RECORD" sum staged
+  sum="$(file_sum "$dir/$name")"
+  [[ "$(recorded_sum "$dir" "$name" || true)" != "$sum" ]] || return 0
+  staged="$(mktemp "$dir/.$CERTS_RECORD.XXXXXX")"
+  if [[ -f "$record" ]]; then awk -v name="$name" '$2 != name' "$record" >"$staged"; fi
+  printf '%s %s\n' "$sum" "$name" >>"$staged"
+  chmod 0644 -- "$staged"
+  mv -f -- "$staged" "$record"
+}
+
+# certs_copy DIR NAME SOURCE MODE: install SOURCE as DIR/NAME (copy_in) and note it. A different
+# DIR/NAME that this script did not install (the operator's) is backed up first.
+certs_copy() {
+  local dir="$1" name="$2" source="$3" mode="$4"
+  if [[ -f "$dir/$name" ]] && ! cmp -s -- "$source" "$dir/$name" && ! installed_here "$dir" "$name"; then
+    if ((DRY_RUN)); then
+      say "  would back up $dir/$name (this script did not install it) before replacing it"
+    else
+      say "  $dir/$name: this script did not install it"
+      backup_file "$dir/$name"
+    fi
+  fi
+  COPIED=0
+  copy_in "$source" "$dir/$name" "$mode"
+  if ((COPIED)); then record_sum "$dir" "$name"; fi
 }
 
 # --- Docker: daemon.json ---------------------------------------------------------------------

@@ -42,7 +42,6 @@ def certs_run(box: ScriptBox, *args: str) -> str:
 # --- 1. --remove keeps what the operator put in certs.d/<mirror>/ ---------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: --remove deletes a ca.crt placed by hand")
 @pytest.mark.parametrize("certs", [CERTS_D, PODMAN_CERTS])
 def test_remove_keeps_a_ca_crt_the_operator_placed_by_hand(
     box: ScriptBox, kit: Path, server_ca: Path, certs: str
@@ -65,7 +64,6 @@ def test_remove_keeps_a_ca_crt_the_operator_placed_by_hand(
     assert f"left {box.path(certs)}/ca.crt" in said
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: --remove deletes a replaced file")
 def test_remove_keeps_a_certificate_replaced_since_the_run(
     box: ScriptBox, kit: Path, server_ca: Path
 ) -> None:
@@ -91,11 +89,10 @@ def test_remove_takes_out_what_it_installed_and_the_directory(
     assert not box.path(CERTS_D).exists(), said
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: no record kept")
 def test_remove_of_an_older_runs_install_is_matched_by_the_files_given(
     box: ScriptBox, kit: Path, server_ca: Path
 ) -> None:
-    """An install from before the record was kept (no .docxy-installed): the files are taken
+    """An install from before the record was kept (no docxy-installed.sha256): the files are taken
     out when --remove is given the same --client-cert DIR / --ca-cert FILE, else left, named."""
     certs = box.path(CERTS_D)
     certs.mkdir(parents=True)
@@ -116,7 +113,6 @@ def test_remove_of_an_older_runs_install_is_matched_by_the_files_given(
     assert not certs.exists(), said
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: overwritten without backup")
 def test_a_ca_crt_of_the_operators_is_backed_up_before_ca_cert_replaces_it(
     box: ScriptBox, server_ca: Path
 ) -> None:
