@@ -17,7 +17,9 @@
 #             /etc/containers/certs.d/<mirror-host>/.
 # podman:     /etc/containers/registries.conf.d/50-docxy-mirror.conf, unless a table of the
 #             operator's already covers docker.io (then it says what to add there, exit 1),
-#             and the certificates in /etc/containers/certs.d/<mirror-host>/.
+#             and the certificates in /etc/containers/certs.d/<mirror-host>/. Rootless podman
+#             cannot read root's key there: with --user (run as that user, no sudo) both go
+#             into ~/.config/containers/, which podman reads first.
 # Each runtime is configured where it is installed (its command on PATH), or when asked with
 # --docker / --containerd / --podman (then only those).
 #
@@ -67,6 +69,9 @@ usage: $PROG [--mirror URL] [options]
                         unit if active, else DIR/run/docker.pid or DIR/var/run/docker.pid)
   --docker, --containerd, --podman
                         configure only these runtimes (default: every one installed)
+  --user                rootless podman, for the user running this (no sudo): the drop-in and
+                        certificates in ~/.config/containers/ (registries.conf.d, certs.d),
+                        which podman reads before /etc/containers/; the key stays that user's
   --yes                 accepted for symmetry with install.sh; nothing is asked
   -h, --help            this text
 EOF
@@ -94,6 +99,7 @@ DAEMON_JSON=""
 DAEMON_JSON_WRITTEN=0 # this run replaced it, the old one (if any) backed up at DAEMON_JSON_BACKUP
 DAEMON_JSON_BACKUP=""
 PIDFILE=""
+USER_MODE=0 # --user: rootless podman's files, in $HOME/.config/containers
 WANT_DOCKER=0
 WANT_CONTAINERD=0
 WANT_PODMAN=0
@@ -137,6 +143,7 @@ parse_args() {
       --docker) WANT_DOCKER=1 ;;
       --containerd) WANT_CONTAINERD=1 ;;
       --podman) WANT_PODMAN=1 ;;
+      --user) USER_MODE=1 ;;
       --yes | -y) ;;
       -h | --help) usage; exit 0 ;;
       *) usage >&2; die "unknown option: $1" 2 ;;
@@ -158,6 +165,14 @@ parse_args() {
   # takes one out (say, one an older version of this script wrote).
   if [[ -n "$path" ]] && ((!REMOVE)); then
     die "--mirror takes the mirror's root URL (scheme, host, port), not '$MIRROR': dockerd refuses to start with a registry mirror that has a path" 2
+  fi
+  if ((USER_MODE)); then
+    if ((WANT_DOCKER || WANT_CONTAINERD)); then
+      usage >&2
+      die "--user sets up rootless podman alone (dockerd and containerd run as root): leave out --docker and --containerd" 2
+    fi
+    [[ -n "${HOME:-}" && "$HOME" == /* ]] || die "--user needs HOME, the home directory podman reads ~/.config/containers in" 2
+    WANT_PODMAN=1
   fi
   ROOT="${ROOT%/}"
   if [[ -n "$ROOT" && -z "$PIDFILE" ]] && ((!RELOAD_ASKED)); then HOST_DOCKERD=0; fi
@@ -1225,13 +1240,23 @@ PY
 # Docker Hub that does not list the mirror; nothing is written then (the operator adds the
 # mirror to their own table). Returns 0 when no drop-in is to be written.
 podman_conflict() {
-  local target="$1" conf dir found file line missing=""
+  local target="$1" conf dir found file line missing="" dirs=()
   conf="$(under_root /etc/containers/registries.conf)"
-  dir="$(under_root /etc/containers/registries.conf.d)"
-  local files=("$conf")
-  if [[ -d "$dir" ]]; then
-    for file in "$dir"/*.conf; do [[ -e "$file" ]] && files+=("$file"); done
+  dirs=("$(under_root /etc/containers/registries.conf.d)")
+  if ((USER_MODE)); then
+    # Rootless podman reads ~/.config/containers/registries.conf instead of the system's (and
+    # then not the system's drop-ins) when there is one; its own drop-ins in any case, last.
+    if [[ -e "$HOME/.config/containers/registries.conf" ]]; then
+      conf="$HOME/.config/containers/registries.conf"
+      dirs=()
+    fi
+    dirs+=("$HOME/.config/containers/registries.conf.d")
   fi
+  local files=("$conf")
+  for dir in "${dirs[@]}"; do
+    [[ -d "$dir" ]] || continue
+    for file in "$dir"/*.conf; do [[ -e "$file" ]] && files+=("$file"); done
+  done
   found="$(podman_hub_tables "$target" "${MIRROR#*://}" "${files[@]}")"
   [[ -n "$found" ]] || return 1
   while IFS= read -r line; do
@@ -1257,14 +1282,35 @@ podman_conflict() {
   return 0
 }
 
+# rootless_note DIR: after a system install of a client key, say that rootless podman cannot
+# use it. podman run by a user reads ~/.config/containers/certs.d/<host>/, else the first of
+# /etc/containers/certs.d/<host>/ and /etc/docker/certs.d/<host>/ there is, and root's key
+# (mode 600, as a key must stay) is unreadable to it: its pulls from the mirror fail with
+# "permission denied". Each such user runs this script as themselves with --user.
+rootless_note() {
+  if ((USER_MODE)) || [[ -z "$CLIENT_DIR" ]]; then return 0; fi
+  say "  rootless podman (podman run by a user, not root) cannot read $1/client.key"
+  say "  (root's, mode 600) and fails its pulls from the mirror: each user who runs podman"
+  say "  rootless runs, as that user, without sudo: $PROG --mirror $MIRROR --podman --user"
+  say "  --client-cert DIR (with a kit of their own, or a copy they can read; and --ca-cert FILE"
+  say "  if one is installed here: podman reads one certs.d directory, the user's first)"
+}
+
 podman_mirror_table() {
   printf '[[registry.mirror]]\nlocation = "%s"\n' "${MIRROR#*://}"
   [[ "$MIRROR" != http://* ]] || printf 'insecure = true\n'
 }
 
+# podman_home: where podman reads the files this run writes: $HOME/.config/containers with
+# --user (rootless podman reads that first), else /etc/containers.
+podman_home() {
+  if ((USER_MODE)); then printf '%s' "$HOME/.config/containers"; else under_root /etc/containers; fi
+}
+
 configure_podman() {
-  local target new
-  target="$(under_root /etc/containers/registries.conf.d/$PODMAN_DROPIN)"
+  local target new certs
+  target="$(podman_home)/registries.conf.d/$PODMAN_DROPIN"
+  certs="$(podman_home)/certs.d/$MIRROR_HOST"
   say "podman: $target"
   if ((REMOVE)); then
     if [[ ! -e "$target" ]] || ! grep -qiF "location = \"${MIRROR#*://}\"" -- "$target"; then
@@ -1276,10 +1322,11 @@ configure_podman() {
       CHANGES=$((CHANGES + 1))
       say "  removed $target"
     fi
-    certs_d podman "$(under_root "/etc/containers/certs.d/$MIRROR_HOST")"
+    certs_d podman "$certs"
     return
   fi
-  certs_d podman "$(under_root "/etc/containers/certs.d/$MIRROR_HOST")"
+  certs_d podman "$certs"
+  rootless_note "$certs"
   podman_conflict "$target" && return
   if [[ -e "$target" ]] && cmp -s -- "$target" <(podman_dropin); then
     say "  unchanged"
@@ -1353,8 +1400,8 @@ main() {
     ((WANT_DOCKER || WANT_CONTAINERD || WANT_PODMAN)) ||
       die "found no Docker, containerd or podman here; name one with --docker, --containerd or --podman"
   fi
-  if [[ "$ROOT" == "" && "$(id -u)" != 0 && $DRY_RUN == 0 ]]; then
-    die "run as root (sudo), or try --dry-run first"
+  if [[ "$ROOT" == "" && "$(id -u)" != 0 && $DRY_RUN == 0 ]] && ((!USER_MODE)); then
+    die "run as root (sudo), or try --dry-run first (rootless podman alone: --podman --user, as that user)"
   fi
   ((DRY_RUN && SUMMARY)) && say "Dry run: nothing is changed."
   say "Mirror: $MIRROR$( ((REMOVE)) && echo " (removing)")"

@@ -132,7 +132,6 @@ def test_a_ca_crt_of_the_operators_is_backed_up_before_ca_cert_replaces_it(
 # --- 2. rootless podman cannot read root's key ----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: no --user")
 def test_rootless_podman_gets_its_own_certs_d_with_user(
     box: ScriptBox, kit: Path, tmp_path: Path
 ) -> None:
@@ -176,7 +175,6 @@ def test_user_is_for_podman_alone(box: ScriptBox, tmp_path: Path) -> None:
     assert "--user" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: not said")
 def test_a_system_install_for_podman_says_rootless_podman_cannot_read_the_key(
     box: ScriptBox, kit: Path
 ) -> None:
@@ -249,3 +247,20 @@ def test_plain_http_on_ipv6_loopback_needs_insecure_registries_too(
 
     assert result.returncode == 0, output(result)
     assert ("insecure-registries" in result.stderr) is warned, output(result)
+
+
+def test_user_a_registries_conf_of_the_users_own_is_looked_at_not_the_systems(
+    box: ScriptBox, tmp_path: Path
+) -> None:
+    """Rootless podman reads ~/.config/containers/registries.conf instead of the system's when
+    there is one: a Docker Hub table of the user's there stands in the drop-in's way."""
+    home = tmp_path / "home"
+    conf = home / ".config/containers/registries.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text('[[registry]]\nprefix = "docker.io"\nlocation = "docker.io"\n')
+
+    result = attempt(box, "--mirror", MIRROR, "--podman", "--user", env={"HOME": str(home)})
+
+    assert result.returncode == 1, output(result)
+    assert str(conf) in result.stderr
+    assert not (home / ".config/containers/registries.conf.d").exists()
