@@ -664,6 +664,11 @@ settle_settings() {
     # Compose v2 does not: one password would reach the mirror in two spellings.
     [[ "$UPSTREAM_PASSWORD" != *["'\\"]* && "$UPSTREAM_PASSWORD" != *$'\n'* ]] ||
       die "the upstream password cannot contain a single quote, a backslash or a newline (.env quoting)" 2
+    # Compose v2 takes a single-quoted value literally, but 1.29 replaces `${NAME}` (and
+    # `${NAME:-default}`) by NAME's value in any .env value, quoted or not, with no escape: the
+    # mirror would log in with another password. A `$` not followed by `{` is safe in both.
+    [[ "$UPSTREAM_PASSWORD" != *"\${"* ]] ||
+      die "the upstream password cannot contain '\${': docker-compose 1.29 (Debian 12's) would put a variable's value in its place in .env, whatever the quoting. Choose another password (or an access token)" 2
   fi
 }
 

@@ -1,0 +1,146 @@
+"""Review of scripts/install.sh: the .env it writes as both Composes read it, what a dry run
+shows of it, and the OS line of its checks.
+
+Same sandbox as tests/unit/test_install_script.py (its box and helpers), with its own dnsmasq
+on 127.0.0.91 and a port in 7600-7699. The .env written is read by the real docker-compose
+1.29 (`config`: no daemon needed) where this machine has it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.processes import wait_for
+from tests.scriptbox import ScriptBox, output
+from tests.unavailable import need_binary
+from tests.unit.test_install_script import DOMAIN, OURS, Resolver, env_file, install
+from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+
+HOST = "127.0.0.91"
+
+
+def port_in_range() -> int:
+    """A port of 7600-7699 free on HOST (TCP and UDP) a moment ago."""
+    for port in range(7600, 7700):
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    sock.bind((HOST, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port in 7600-7699 on {HOST}")
+
+
+@pytest.fixture(scope="module")
+def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+    """dnsmasq on HOST: mirror.test -> 203.0.113.7 (as test_install_script's, elsewhere)."""
+    need_binary("dnsmasq")
+    need_binary("dig")
+    port = port_in_range()
+    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+    argv = [
+        "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        f"--port={port}", f"--listen-address={HOST}", "--bind-interfaces",
+        f"--address=/{DOMAIN}/{OURS}",
+    ]  # fmt: skip
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+
+        def answers() -> bool:
+            dig = ["dig", "+short", "+time=1", "+tries=1", f"@{HOST}", "-p", str(port)]
+            found = subprocess.run([*dig, "A", DOMAIN], capture_output=True, text=True)
+            return found.stdout.strip() == OURS
+
+        wait_for(answers, timeout=20, what=f"dnsmasq on port {port}: {log.read_text()}")
+        yield Resolver(f"{HOST}#{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- the upstream password as docker-compose 1.29 passes it into the container ----------------
+
+#: Parses `docker-compose config` (YAML; PyYAML is docker-compose 1.29's own dependency) with
+#: the Python docker-compose runs on, and prints the service's environment as JSON.
+READ_CONFIG = """
+import json, sys, yaml
+service = yaml.safe_load(sys.stdin)["services"]["docxy"]
+print(json.dumps(service.get("environment", {})))
+"""
+
+
+def compose129_environment(project: Path, home: Path) -> dict[str, str]:
+    """The container's environment as the real docker-compose 1.29 builds it from project's
+    compose.yaml (`env_file: .env`) and .env, with HOME set (a variable a value could name)."""
+    binary = need_binary("docker-compose")
+    version = subprocess.run([binary, "version", "--short"], capture_output=True, text=True)
+    if not version.stdout.startswith("1."):
+        pytest.skip(f"docker-compose here is {version.stdout.strip()}, not 1.29")
+    python = Path(binary).read_text().splitlines()[0].removeprefix("#!").split()
+    config = subprocess.run(
+        [binary, "--project-directory", str(project), "-f", str(project / "compose.yaml"),
+         "--env-file", str(project / ".env"), "config"],
+        capture_output=True, text=True, timeout=60,
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert config.returncode == 0, config.stderr
+    parsed = subprocess.run(
+        [*python, "-c", READ_CONFIG], input=config.stdout, capture_output=True, text=True
+    )
+    assert parsed.returncode == 0, parsed.stderr
+    environment: dict[str, str] = json.loads(parsed.stdout)
+    # `config` writes a Compose file, where `$$` stands for one `$`.
+    return {key: value.replace("$$", "$") for key, value in environment.items()}
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["pa$word", "$HOME", "a$$b", "ends$", "x # y", 'dq"uote', "sp ace", "br{ace}$", "$(id)"],
+)
+def test_a_password_with_dollars_reaches_the_container_unchanged_with_compose_1_29(
+    box: ScriptBox, resolver: Resolver, password: str
+) -> None:
+    """The single-quoted DOCXY_UPSTREAM_PASSWORD install.sh writes is taken literally by
+    Compose v2 (compose-go's dotenv: no expansion in single quotes) and by 1.29 (python-dotenv
+    0.21 expands only `${...}`, whatever the quotes)."""
+    result = install(
+        box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": password}
+    )
+    assert result.returncode == 0, output(result)
+
+    environment = compose129_environment(env_file(box).parent, box.base)
+
+    assert environment["DOCXY_UPSTREAM_PASSWORD"] == password
+    assert environment["DOCXY_UPSTREAM_USERNAME"] == "bob"
+
+
+@pytest.mark.parametrize("password", ["${HOME}x", "a${NOPE:-b}c", "${}"])
+def test_a_password_compose_1_29_would_expand_is_refused(
+    box: ScriptBox, resolver: Resolver, password: str
+) -> None:
+    """docker-compose 1.29 (Debian 12's) expands `${NAME}` in a .env value even in single
+    quotes, and no quoting stops it, while v2 takes single quotes literally: the script wrote
+    the password as given, and the mirror logged in to Docker Hub with another (HOME's value
+    in its place), failing with 401 and pulling anonymously. Now it is refused, saying why."""
+    # The premise, with the real 1.29: no spelling of the value survives it.
+    project = box.base / "premise"
+    project.mkdir()
+    (project / "compose.yaml").write_text("services:\n  docxy:\n    image: x\n    env_file: .env\n")
+    (project / ".env").write_text(f"DOCXY_UPSTREAM_PASSWORD='{password}'\n")
+    assert compose129_environment(project, box.base)["DOCXY_UPSTREAM_PASSWORD"] != password
+
+    result = install(
+        box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": password}
+    )
+
+    assert result.returncode == 2, output(result)
+    assert "cannot contain '${'" in result.stderr, output(result)
+    assert not env_file(box).exists()
