@@ -672,8 +672,9 @@ settle_settings() {
   fi
 }
 
-# The .env: our keys first, then any other line the operator added, kept as it was.
-render_env() {
+# The .env: our keys first (render_ours), then any other line the operator added, kept as it
+# was (render_theirs). render_ours masked: the password's value is left out (a dry run's view).
+render_ours() {
   say "# Written by Docxy's install.sh; read by docker compose (compose.yaml). Mode 600."
   say "DOCXY_DOMAIN=$DOMAIN"
   say "DOCXY_EMAIL=$EMAIL"
@@ -681,14 +682,26 @@ render_env() {
   [[ -z "$BASE_IMAGE" ]] || say "DOCXY_BASE_IMAGE=$BASE_IMAGE"
   if [[ -n "$UPSTREAM_USER" ]]; then
     say "DOCXY_UPSTREAM_USERNAME=$UPSTREAM_USER"
-    say "DOCXY_UPSTREAM_PASSWORD='$UPSTREAM_PASSWORD'"
+    if [[ "${1:-}" == masked ]]; then
+      say "DOCXY_UPSTREAM_PASSWORD=(not shown)"
+    else
+      say "DOCXY_UPSTREAM_PASSWORD='$UPSTREAM_PASSWORD'"
+    fi
   fi
+}
+
+render_theirs() {
   if [[ -r "$ENV_FILE" ]]; then
     # Ours in every spelling compose reads (`export`, spaces): a stale one must not stay behind.
     grep -vE -e "^# Written by Docxy" \
       -e "$(env_assignment "DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|BASE_IMAGE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)")" \
       -- "$ENV_FILE" || true
   fi
+}
+
+render_env() {
+  render_ours
+  render_theirs
 }
 
 ENV_CHANGED=0
@@ -709,11 +722,16 @@ write_env() {
   ENV_CHANGED=1
   CHANGES=$((CHANGES + 1))
   if ((DRY_RUN)); then
-    say "  would write $ENV_FILE (mode 600):"
-    # Any value under a key that names a secret (ours, and the operator's own lines) is masked.
-    sed -E -e "s/^([[:space:]]*(export[[:space:]]+)?[A-Za-z0-9_]*(PASSWORD|SECRET|TOKEN|KEY)[A-Za-z0-9_]*[[:space:]]*=).*/\1'********'/I" \
-      -e 's/^/    | /' -- "$new"
     rm -f -- "$new"
+    say "  would write $ENV_FILE (mode 600):"
+    # No secret is shown: the password is left out, and so are the operator's own lines, whose
+    # keys cannot be told from a multi-line value's continuation (a PEM key's base64 `...=`).
+    render_ours masked | sed -e 's/^/    | /'
+    local theirs lines=lines
+    theirs="$(render_theirs | grep -c . || true)"
+    ((theirs != 1)) || lines=line
+    ((theirs == 0)) ||
+      say "    | (and $theirs $lines of yours, kept as they are; not shown, as they may hold secrets)"
     return
   fi
   # A .env linked in from elsewhere (a config repository): that file is replaced, the link stays.

@@ -144,3 +144,35 @@ def test_a_password_compose_1_29_would_expand_is_refused(
     assert result.returncode == 2, output(result)
     assert "cannot contain '${'" in result.stderr, output(result)
     assert not env_file(box).exists()
+
+
+# --- what a dry run shows of .env ---------------------------------------------------------------
+
+
+def test_a_dry_run_shows_no_line_of_a_multi_line_secret(box: ScriptBox, resolver: Resolver) -> None:
+    """A key kept in .env as a double-quoted multi-line value (a PEM, as compose reads it):
+    the dry run masked the line with its key and printed the rest of the key verbatim."""
+    box.without("docker")
+    box.without("systemctl")
+    env_file(box).parent.mkdir(parents=True, exist_ok=True)
+    env_file(box).write_text(
+        'DOCXY_TLS_PRIVATE_KEY="-----BEGIN PRIVATE KEY-----\n'
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n"
+        "Zm9vYmFy=\n"
+        '-----END PRIVATE KEY-----"\n'
+        "DOCXY_LOG_LEVEL=DEBUG\n"
+    )
+
+    result = install(
+        box, resolver, "--dry-run", "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "pw9"}
+    )
+
+    assert result.returncode == 0, output(result)
+    shown = result.stdout + result.stderr
+    assert f"would write {env_file(box)}" in shown, output(result)
+    for secret in ("MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj", "Zm9vYmFy",
+                   "END PRIVATE KEY", "pw9"):  # fmt: skip
+        assert secret not in shown, output(result)
+    assert f"| DOCXY_DOMAIN={DOMAIN}" in shown  # ours, not secret: shown
+    assert "| DOCXY_UPSTREAM_USERNAME=bob" in shown
+    assert "5 lines of yours" in shown, output(result)
