@@ -224,8 +224,26 @@ os_field() {
   [[ -r "$file" ]] || return 0
   line="$(grep -E "^$1=" -- "$file" | head -n 1)" || true
   line="${line#*=}"
-  line="${line#\"}"
-  printf '%s' "${line%\"}"
+  # os-release(5) values are shell strings: "double" or 'single' quoted, or bare.
+  if [[ "$line" == \"*\" || "$line" == \'*\' ]] && ((${#line} >= 2)); then
+    line="${line:1:${#line}-2}"
+  fi
+  printf '%s' "$line"
+}
+
+# os_name: the OS as os-release names it for people. PRETTY_NAME is optional there (its
+# default is "Linux"): else NAME and VERSION (or VERSION_ID), else ID and VERSION_ID.
+os_name() {
+  local name version
+  name="$(os_field PRETTY_NAME)"
+  if [[ -z "$name" ]]; then
+    name="$(os_field NAME)"
+    version="$(os_field VERSION)"
+    version="${version:-$(os_field VERSION_ID)}"
+    name="${name:-$(os_field ID)}"
+    name="${name:-Linux}${version:+ $version}"
+  fi
+  printf '%s' "$name"
 }
 
 manual_steps() {
@@ -267,7 +285,7 @@ check_platform() {
       say "OS: $id, a $OS_ID derivative"
       ;;
   esac
-  [[ "$id" == "$OS_ID" ]] && say "OS: $(os_field PRETTY_NAME)"
+  [[ "$id" == "$OS_ID" ]] && say "OS: $(os_name)"
   # Docker's repository knows Ubuntu's releases, not a derivative's own (Mint's "wilma").
   if [[ "$OS_ID" == ubuntu && -n "$(os_field UBUNTU_CODENAME)" ]]; then
     OS_CODENAME="$(os_field UBUNTU_CODENAME)"

@@ -176,3 +176,29 @@ def test_a_dry_run_shows_no_line_of_a_multi_line_secret(box: ScriptBox, resolver
     assert f"| DOCXY_DOMAIN={DOMAIN}" in shown  # ours, not secret: shown
     assert "| DOCXY_UPSTREAM_USERNAME=bob" in shown
     assert "5 lines of yours" in shown, output(result)
+
+
+# --- the OS line ---------------------------------------------------------------------------------
+
+BOOKWORM = "Debian GNU/Linux 12 (bookworm)"
+
+
+@pytest.mark.parametrize(
+    ("os_release", "shown"),
+    [
+        ('NAME="Debian GNU/Linux"\nVERSION="12 (bookworm)"\nID=debian\n', BOOKWORM),
+        ("NAME=Ubuntu\nVERSION_ID=24.04\nID=ubuntu\nVERSION_CODENAME=noble\n", "Ubuntu 24.04"),
+        ("ID=debian\nVERSION_ID=12\nVERSION_CODENAME=bookworm\n", "debian 12"),
+        ("PRETTY_NAME='Debian GNU/Linux 12 (bookworm)'\nID='debian'\n", BOOKWORM),
+    ],
+)  # fmt: skip
+def test_the_os_line_is_never_empty(
+    box: ScriptBox, resolver: Resolver, os_release: str, shown: str
+) -> None:
+    """/etc/os-release without PRETTY_NAME (optional there) printed "OS: " and nothing."""
+    box.path("/etc/os-release").write_text(os_release)
+
+    result = install(box, resolver, "--dry-run")
+
+    assert result.returncode == 0, output(result)
+    assert f"\nOS: {shown}\n" in result.stdout, output(result)
