@@ -1,70 +1,24 @@
 """Review of scripts/install.sh: the .env it writes as both Composes read it, what a dry run
 shows of it, and the OS line of its checks.
 
-Same sandbox as tests/unit/test_install_script.py (its box and helpers), with its own dnsmasq
-on 127.0.0.91 and a port in 7600-7699. The .env written is read by the real docker-compose
-1.29 (`config`: no daemon needed) where this machine has it.
+Same sandbox as tests/unit/test_install_script.py (its box, resolver and helpers). The .env
+written is read by the real docker-compose 1.29 (`config`: no daemon needed) where this
+machine has it.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab.processes import wait_for
 from tests.scriptbox import ScriptBox, output
 from tests.unavailable import need_binary
-from tests.unit.test_install_script import DOMAIN, OURS, Resolver, env_file, install
+from tests.unit.test_install_script import DOMAIN, Resolver, env_file, install
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
-
-HOST = "127.0.0.91"
-
-
-def port_in_range() -> int:
-    """A port of 7600-7699 free on HOST (TCP and UDP) a moment ago."""
-    for port in range(7600, 7700):
-        try:
-            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                with socket.socket(socket.AF_INET, kind) as sock:
-                    sock.bind((HOST, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no free port in 7600-7699 on {HOST}")
-
-
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """dnsmasq on HOST: mirror.test -> 203.0.113.7 (as test_install_script's, elsewhere)."""
-    need_binary("dnsmasq")
-    need_binary("dig")
-    port = port_in_range()
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    argv = [
-        "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-        f"--port={port}", f"--listen-address={HOST}", "--bind-interfaces",
-        f"--address=/{DOMAIN}/{OURS}",
-    ]  # fmt: skip
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-
-        def answers() -> bool:
-            dig = ["dig", "+short", "+time=1", "+tries=1", f"@{HOST}", "-p", str(port)]
-            found = subprocess.run([*dig, "A", DOMAIN], capture_output=True, text=True)
-            return found.stdout.strip() == OURS
-
-        wait_for(answers, timeout=20, what=f"dnsmasq on port {port}: {log.read_text()}")
-        yield Resolver(f"{HOST}#{port}")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
+from tests.unit.test_install_script import resolver as resolver  # noqa: F401  (fixture)
 
 # --- the upstream password as docker-compose 1.29 passes it into the container ----------------
 
