@@ -115,7 +115,9 @@ def host_allowed(host: str, listen: HostPort | None, names: Collection[str] = ()
 def create_admin_app(
     observer: Observer, listen: HostPort | None = None, names: Collection[str] = ()
 ) -> Quart:
-    app = Quart("docxy-admin")
+    # No static folder: Quart's default one, for an app named after no module, is ./static of
+    # the directory the mirror was started in, and /static/<path> served any file there.
+    app = Quart("docxy-admin", static_folder=None)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.extensions[EXTENSION] = observer
     app.register_blueprint(blueprint)
