@@ -41,7 +41,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 class Observer:
     def __init__(self, state: MirrorState, *, top_keys: int = TOP_KEYS) -> None:
         self.state = state
-        self.started_at = time.time()
+        #: when the observer began, on the monotonic clock (uptime: a wall clock NTP steps
+        #: after start made it negative, or a day a minute after start)
+        self.started = time.monotonic()
         self.connections = ConnectionCounter(self._listener_ports)
         #: parts that refuse by a setting, beside those in the state (docxy_refused_total):
         #: admission and the connection guard, which docxy.http.server.run makes

@@ -31,7 +31,7 @@ def status_report(observer: Observer) -> dict[str, Any]:
     report: dict[str, Any] = dict(health_report(observer.state))
     samples = observer.samples()
     report["generated_at"] = utc_stamp(now)
-    report["uptime_seconds"] = round(now - observer.started_at)
+    report["uptime_seconds"] = round(time.monotonic() - observer.started)
     sent = {
         source: int(total(samples, "docxy_sent_bytes_total", source=source))
         for source in SENT_SOURCES

@@ -36,7 +36,6 @@ async def test_the_admin_listener_serves_no_file_of_the_directory_it_was_started
     assert answer.status == 404, answer.status
 
 
-@pytest.mark.xfail(strict=True, reason="uptime is the wall clock's difference")
 def test_uptime_is_not_moved_by_the_wall_clock_stepping(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
