@@ -165,8 +165,12 @@ def _other_upstreams(upstreams: dict[str, Any]) -> list[str]:
 def _upstream(upstream: dict[str, Any], ident: str = "upstream", title: str = "Upstream") -> str:
     reachable = upstream.get("reachable")
     state = ("not tried yet", "warn")
-    if reachable is not None:
-        state = ("reachable", "ok") if reachable else ("unreachable", "bad")
+    if reachable is False:
+        state = ("unreachable", "bad")
+    elif upstream.get("healthy") is False:  # answering, but 429s or 5xx (or as no registry)
+        state = ("rate limited" if upstream.get("rate_limited_until") else "failing", "bad")
+    elif reachable:
+        state = ("reachable", "ok")
     remaining = upstream.get("ratelimit_remaining")
     limit = upstream.get("ratelimit_limit")
     quota = "not reported" if remaining is None else str(remaining).split(";")[0]

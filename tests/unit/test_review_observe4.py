@@ -4,6 +4,8 @@ written against."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from docxy.observe import create_admin_app
 from docxy.observe.status import render_page, status_report
 from tests.unit.asgi import call_asgi
 from tests.unit.test_observe_admin import make_observer
+from tests.unit.test_observe_routes import Upstream, stack
 
 ADMIN = HostPort("127.0.0.1", 9180)
 
@@ -49,3 +52,20 @@ def test_uptime_is_not_moved_by_the_wall_clock_stepping(
     report = status_report(observer)
     assert 0 <= report["uptime_seconds"] < 60, report["uptime_seconds"]
     assert "up -" not in render_page(report)
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_the_page_does_not_show_an_upstream_failing_every_pull_as_fine(
+    tmp_path: Path, status: int
+) -> None:
+    """The status page's upstream badge was green "reachable" whenever the upstream answered
+    at all: an upstream answering every manifest 503 (or the mirror's own pulls 429) showed
+    as fine in its section, while ``/health`` said ``degraded`` for it and pulls failed."""
+    async with stack(tmp_path, upstream=Upstream(status=status)) as mirror:
+        assert (await mirror.get("/v2/library/hello/manifests/latest")).status == status
+        code, page = await mirror.admin_get("/status")
+        _, text = await mirror.admin_get("/status.json")
+    assert code == 200 and json.loads(text)["status"] == "degraded"
+    badge = re.search(r'<span id=upstream-state class="badge (\w+)">([^<]*)</span>', page)
+    assert badge is not None, page
+    assert badge.group(1) != "ok" and badge.group(2) != "reachable", badge.group(0)

@@ -915,6 +915,7 @@ async def test_health_shape_before_any_upstream_call() -> None:
         "last_rate_limited": None,
         "stale_served": 0,
         "last_stale": None,
+        "healthy": True,
     }
     assert m.upstream.requests == []
 
