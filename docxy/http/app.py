@@ -122,7 +122,7 @@ def create_app(
     config: Config, *, probe: bool = True, transport: httpx.AsyncBaseTransport | None = None
 ) -> Quart:
     """Build the app. ``transport`` replaces the network for tests (``httpx.MockTransport``)."""
-    app = Quart("docxy")
+    app = Quart("docxy", static_folder=None)  # no /static/<path> route: a registry serves no files
     app.asgi_app = CutStreams(app.asgi_app)  # type: ignore[method-assign]
     # No werkzeug redirect for ``//`` (an HTML 308 to a URL built from ``Host``): such a path
     # gets the registry's JSON error like any other bad one. Before the rules are added.
