@@ -731,6 +731,16 @@ def _printable_ascii(text: str | None) -> bool:
     return text is not None and all("!" <= ch <= "~" for ch in text)
 
 
+def _utf8_text(text: str | None) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogate: an undecodable byte read from
+    the environment or the command line, PEP 383)."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _bucket(value: object) -> str | None:
     text = _opt_str(value)
     return None if text is None else parse_bucket(text)
@@ -1229,6 +1239,15 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
             # UTF-8: any text.) The value is not echoed.
             if not _printable_ascii(getattr(shared, key)):
                 raise fail(f"shared.{key}", "must be printable ASCII with no spaces")
+        if not _utf8_text(shared.secret_key):
+            # Encoded as UTF-8 to sign every request: a byte no UTF-8 decodes (an .env saved
+            # as Latin-1; Python keeps it as a lone surrogate) crashed the fill of every miss
+            # in the signer, nothing ever cached. The value is not echoed.
+            raise fail(
+                "shared.secret_key",
+                "not UTF-8 text: it has a byte of another encoding (an .env file saved as "
+                "Latin-1?)",
+            )
         if not values["cache.enabled"]:  # the tier fills the local cache and uploads from it
             where = sources.get("cache.enabled", "default")
             raise fail(
