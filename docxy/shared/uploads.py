@@ -36,6 +36,7 @@ class UploadQueue:
         self._busy: set[Digest] = set()  # waiting or being uploaded
         self._workers: set[asyncio.Task[None]] = set()
         self.dropped = 0
+        self._cancelled = False  # shutdown: no upload starts from now on
 
     @property
     def waiting(self) -> int:
@@ -47,8 +48,9 @@ class UploadQueue:
         return len(self._workers)
 
     def offer(self, digest: Digest) -> bool:
-        """Queue ``digest``; False when it is queued already or the queue is full."""
-        if digest in self._busy:
+        """Queue ``digest``; False when it is queued already, the queue is full, or it was
+        cancelled (a fill whose commit ends during the stop: its client is being closed)."""
+        if digest in self._busy or self._cancelled:
             return False
         if len(self._waiting) >= self.max_waiting:
             self.dropped += 1
@@ -81,7 +83,9 @@ class UploadQueue:
         return count
 
     def cancel(self) -> None:
-        """Stop every upload now (shutdown); what waited is forgotten."""
+        """Stop every upload now (shutdown); what waited is forgotten, and what is offered
+        later is not taken."""
+        self._cancelled = True
         self._waiting.clear()
         self._busy.clear()
         for worker in list(self._workers):

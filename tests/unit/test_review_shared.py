@@ -61,7 +61,6 @@ async def test_every_miss_is_cached_with_the_secret_a_replica_can_be_given(
 # --- 2. an upload offered after the shutdown cancelled the queue ----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="offers after cancel started uploads")
 async def test_nothing_is_uploaded_once_the_queue_was_cancelled_at_shutdown() -> None:
     """At a stop the queue is cancelled, then the store's client closed; a fill whose commit
     ends after that (a big blob's sync) offered its blob all the same: a new worker started
@@ -80,7 +79,6 @@ async def test_nothing_is_uploaded_once_the_queue_was_cancelled_at_shutdown() ->
     assert (offered, started, queue.running) == (False, [], 0)
 
 
-@pytest.mark.xfail(strict=True, reason="offers after cancel started uploads")
 async def test_a_blob_filled_after_the_tier_stopped_is_not_sent_on_its_closed_client(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
