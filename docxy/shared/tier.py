@@ -18,7 +18,9 @@
   in an outage the bucket serves misses). Denied, the fill is the upstream's, and should
   the blob it commits be of another length, the object is marked bad (counted ``corrupt``,
   replaced by the upload): a bucket writer's object claiming most of the cache evicts
-  nothing. An object larger than the whole cache is marked bad at once.
+  nothing. An object larger than the whole cache is not filled from nor asked again (a
+  replica with a larger cache may have uploaded that very blob): it is counted corrupt only
+  should the blob the upstream's fill keeps here prove of another length.
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
   at the same length is skipped. Keys are content addresses: replicas racing are harmless.
@@ -166,11 +168,21 @@ class SharedTier:
         if size is not None and size > self.blobs.max_size:
             # No blob that large is cached here: a fill from it would find no room before its
             # first byte, which says nothing against the object, and the verdict "larger than
-            # the whole cache" would stand for the digest until a restart. The object's length
-            # is what is wrong (or the blob is too large for this replica either way).
+            # the whole cache" would stand for the digest until a restart. Not asked again
+            # (the upstream serves it, passed through), but not blamed either: a replica with
+            # a larger cache may have uploaded that very blob. Should the upstream's blob,
+            # kept here, prove of another length, the object is counted corrupt then, and
+            # replaced (:meth:`filled`).
             await answer.aclose()
-            whole = self.blobs.max_size
-            self._length_bad(digest, f"{size} bytes, more than the whole cache ({whole})")
+            self._bad.set(digest, True)
+            self._claims.set(digest, size)
+            log.info(
+                "blob %s: the shared object says %d bytes, more than the whole cache (%d): "
+                "fetched upstream",
+                digest,
+                size,
+                self.blobs.max_size,
+            )
             return None
         try:
             room = await self._room_for(digest, size, rest)

@@ -4,6 +4,7 @@ test seen failing before its mend."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from docxy.config import load_config
 from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
 from docxy.shared.uploads import UploadQueue
-from tests.unit.test_observe_routes import SHARED, Upstream, blob_path, stack
+from tests.unit.test_observe_routes import BLOB, SHARED, Upstream, blob_path, stack
 from tests.unit.test_review_shared3 import GUARD, cache, open_tier, s3_missing
 from tests.unit.test_shared import ON
 
@@ -98,3 +99,39 @@ async def test_a_blob_filled_after_the_tier_stopped_is_not_sent_on_its_closed_cl
         await asyncio.wait_for(tier.uploads.drained(), GUARD)
     assert sent == [] and tier.counts.upload_failed == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- 3. a good object larger than this replica's whole cache was counted corrupt ---------------
+
+#: This replica's cache: smaller than the layer (``BLOB``, 12000 bytes), which a replica with a
+#: bigger cache fetched and uploaded: the object is the blob, only too large to keep here.
+SMALL_CACHE = "8K"
+
+
+async def test_a_good_object_too_large_for_this_replica_is_not_counted_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replicas of one bucket need not have caches of one size. An object longer than this
+    replica's whole cache was marked bad at once: counted ``corrupt`` (the README: "an object
+    read whole that did not verify"; it was not even read) with a WARNING "marked bad", for
+    the very blob the upstream then served at that length: an alert on
+    ``docxy_shared_blobs_total{result="corrupt"}`` fired for a healthy bucket. The pull is
+    still the upstream's (passed through, too large to cache), and the object not asked again."""
+    upstream = Upstream(in_bucket=True)  # the object is the blob, at its length
+    settings = {**SHARED, "cache.max_size": SMALL_CACHE}
+    with caplog.at_level(logging.INFO):
+        async with stack(tmp_path, settings=settings, upstream=upstream) as mirror:
+            assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
+            for _ in range(2):
+                pulled = await mirror.get(blob_path())
+                assert (pulled.status, pulled.body) == (200, BLOB)
+            health = json.loads((await mirror.get("/health")).body)["shared"]
+    assert len([seen for seen in upstream.bucket_seen if seen.startswith("GET ")]) == 1
+    assert health["corrupt"] == 0, health
+    # (start-up warns of a cache this small: not the bucket's business)
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith(("docxy.shared", "docxy.cache"))
+    ]
+    assert warnings == [], warnings

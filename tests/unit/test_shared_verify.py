@@ -60,7 +60,7 @@ class HugeObject(Upstream):
         return super().bucket(request)
 
 
-async def test_an_object_longer_than_the_whole_cache_is_marked_bad_not_the_blob_refused(
+async def test_an_object_longer_than_the_whole_cache_is_not_filled_from_and_the_blob_cached(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A fill from it would find no room before its first byte: no mismatch, and the blob was
@@ -75,9 +75,12 @@ async def test_an_object_longer_than_the_whole_cache_is_marked_bad_not_the_blob_
         health = json.loads((await mirror.get("/health")).body)["shared"]
     assert [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]
     assert len([line for line in upstream.bucket_seen if line.startswith("GET ")]) == 1
-    assert health["corrupt"] == 1
+    assert health["corrupt"] == 1  # once the blob kept proved of another length
     said = [r.getMessage() for r in caplog.records if "more than the whole cache" in r.getMessage()]
-    assert len(said) == 1 and "marked bad" in said[0], said
+    assert len(said) == 1 and "fetched upstream" in said[0], said
+    bad = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(bad) == 1 and f"{10**15} bytes, the blob has {len(BLOB)}" in bad[0], bad
+    assert "marked bad" in bad[0], bad
 
 
 class EmptyObject(Upstream):
