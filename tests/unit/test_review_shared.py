@@ -53,9 +53,10 @@ async def test_every_miss_is_cached_with_the_secret_a_replica_can_be_given(
         async with stack(tmp_path, settings=settings, upstream=upstream) as mirror:
             assert (await mirror.get("/v2/library/hello/manifests/latest")).status == 200
             first = await mirror.get(blob_path())
-            assert first.status == 200
+            assert (first.status, first.body) == (200, BLOB)
             await mirror.committed()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [p for p in (tmp_path / "cache" / "blobs").rglob("*") if p.is_file()]  # kept
     assert any(seen.startswith("GET ") for seen in upstream.bucket_seen)
 
 
