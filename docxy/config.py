@@ -741,6 +741,23 @@ def _utf8_text(text: str | None) -> bool:
     return True
 
 
+NOT_UTF8 = "not UTF-8 text: it has a byte of another encoding (a file saved as Latin-1?)"
+
+
+class Unechoed(ValueError):
+    """A refusal whose message holds nothing of the value: shown for a secret too."""
+
+
+def opt_credential(value: object) -> str | None:
+    """An upstream's ``username`` or ``password``: sent as UTF-8 in a basic ``Authorization``,
+    where a byte of another encoding (a lone surrogate to Python) raised at the first token
+    request. The value is never in the message."""
+    text = _opt_str(value)
+    if not _utf8_text(text):
+        raise Unechoed(NOT_UTF8)
+    return text
+
+
 def _bucket(value: object) -> str | None:
     text = _opt_str(value)
     return None if text is None else parse_bucket(text)
@@ -786,8 +803,8 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "registry": (parse_registry_url, "https://registry-1.docker.io"),
         "auth_realm": (_opt_url, ""),
         "library_prefix": (_bool, True),
-        "username": (_opt_str, ""),
-        "password": (_opt_str, ""),
+        "username": (opt_credential, ""),
+        "password": (opt_credential, ""),
         "connect_timeout": (_float, 10.0),
         "read_timeout": (_float, 60.0),
         # A setting of its own, the path of a CA file, not the secret "ca" in a file: only
@@ -1129,7 +1146,7 @@ def load_config(
         try:
             values[key] = parser(value)
         except ValueError as exc:
-            shown = "(hidden)" if key in SECRET_KEYS else exc
+            shown = exc if key not in SECRET_KEYS or isinstance(exc, Unechoed) else "(hidden)"
             raise ConfigError(f"{key}: {shown} ({source})") from None
     sources = {key: source for key, (_, source) in raw.items()}
     from docxy.upstream.settings import check_registry_hosts, load_upstreams  # on this module
@@ -1243,11 +1260,7 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
             # Encoded as UTF-8 to sign every request: a byte no UTF-8 decodes (an .env saved
             # as Latin-1; Python keeps it as a lone surrogate) crashed the fill of every miss
             # in the signer, nothing ever cached. The value is not echoed.
-            raise fail(
-                "shared.secret_key",
-                "not UTF-8 text: it has a byte of another encoding (an .env file saved as "
-                "Latin-1?)",
-            )
+            raise fail("shared.secret_key", NOT_UTF8)
         if not values["cache.enabled"]:  # the tier fills the local cache and uploads from it
             where = sources.get("cache.enabled", "default")
             raise fail(

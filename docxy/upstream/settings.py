@@ -43,7 +43,9 @@ from docxy.config import (
     Config,
     NamedUpstreamConfig,
     SecretFile,
+    Unechoed,
     UpstreamConfig,
+    opt_credential,
     parse_bool,
     parse_ca_file,
     parse_ca_origins,
@@ -152,8 +154,8 @@ PARSERS: dict[str, Any] = {
     "registry": parse_registry_url,
     "auth_realm": lambda v: parse_url(v) if _opt(v) else None,
     "library_prefix": parse_bool,
-    "username": _opt,
-    "password": _opt,
+    "username": lambda v: opt_credential(_opt(v)),
+    "password": lambda v: opt_credential(_opt(v)),
     "hosts": parse_hosts,
     "ca_file": parse_ca_file,
     "ca_origins": parse_ca_origins,
@@ -314,7 +316,7 @@ def _build(name: str, keys: Raw, listed: str) -> NamedUpstreamConfig | None:
         try:
             values[key] = PARSERS[key](raw)
         except ValueError as exc:
-            shown = "(hidden)" if key == SECRET else exc
+            shown = exc if key != SECRET or isinstance(exc, Unechoed) else "(hidden)"
             raise ConfigError(f"{SECTION}.{name}.{key}: {shown} ({source})") from None
     if values["registry"] is None:
         raise ConfigError(

@@ -286,3 +286,33 @@ def test_a_certs_domain_that_is_no_dns_name_is_refused(domain: str) -> None:
 def test_a_certs_domain_that_is_a_dns_name_is_taken() -> None:
     config = load_config(BASE, None, environ={"DOCXY_CERTS_DOMAIN": "Mirror.Example.com"})
     assert config.certs.domain is not None
+
+
+# --- credentials that are not UTF-8 text (after the shared tier's secret_key, c7c7c04) ---------
+
+LATIN1 = "p\udce4ss"  # "päss" from an .env saved as Latin-1, as Python reads it (PEP 383)
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"DOCXY_UPSTREAM_USERNAME": "me", "DOCXY_UPSTREAM_PASSWORD": LATIN1}, "upstream.password"),
+        ({"DOCXY_UPSTREAM_USERNAME": LATIN1, "DOCXY_UPSTREAM_PASSWORD": "pw"}, "upstream.username"),
+        (
+            {
+                "DOCXY_UPSTREAMS": "lab.example=https://lab.example",
+                "DOCXY_UPSTREAMS_LAB_EXAMPLE_USERNAME": "me",
+                "DOCXY_UPSTREAMS_LAB_EXAMPLE_PASSWORD": LATIN1,
+            },
+            "upstreams.lab.example.password",
+        ),
+    ],
+)
+def test_an_upstream_credential_that_is_not_utf8_text_is_refused_unshown(
+    env: dict[str, str], key: str
+) -> None:
+    """httpx encodes a login as UTF-8 for its basic auth: a byte of another encoding (a lone
+    surrogate to Python) raised UnicodeEncodeError at the first token request, not at load."""
+    message = refused(env)
+    assert message.startswith(f"{key}: ") and "UTF-8" in message, message
+    assert LATIN1 not in message and "\udce4" not in message

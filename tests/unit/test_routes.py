@@ -882,7 +882,16 @@ async def test_writes_are_unsupported(method: str, path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/foo", "/v1/search", "/v2/_catalog", "/v2/redis/tags/list", "/v2/redis", "/v3/", "/static/config.py"],
+    [
+        "/",
+        "/foo",
+        "/v1/search",
+        "/v2/_catalog",
+        "/v2/redis/tags/list",
+        "/v2/redis",
+        "/v3/",
+        "/static/config.py",
+    ],
 )
 async def test_unknown_paths_are_404(path: str) -> None:
     async with mirror() as m:
