@@ -463,6 +463,8 @@ certs_copy() {
 #   merge|remove FILE URL OUT  write the new document to OUT; exit 0 changed, 10 unchanged,
 #                              3 FILE is not a JSON object with a list of strings as mirrors
 #   validate FILE              exit 0 when FILE is a JSON object, 3 otherwise
+#   insecure FILE              print FILE's "insecure-registries" one per line; exit 0 when
+#                              it has that key (whatever its value), 1 when not
 #   mirrors JSON               print the mirrors of `docker info` (a JSON list) one per line,
 #                              scheme and host in lower case, no trailing slash
 daemon_json_tool() {
@@ -567,6 +569,12 @@ if mode == "validate":
     sys.exit(0)
 if mode == "has-mirrors":  # the key at all: dockerd refuses it beside --registry-mirror
     sys.exit(0 if "registry-mirrors" in document else 1)
+if mode == "insecure":  # the key at all (any value: [] and null too), its strings one a line
+    listed = document.get("insecure-registries")
+    for entry in listed if isinstance(listed, list) else []:
+        if isinstance(entry, str):
+            print(entry)
+    sys.exit(0 if "insecure-registries" in document else 1)
 url, out = sys.argv[3], sys.argv[4]
 had = document.get("registry-mirrors") is not None
 mirrors = document.get("registry-mirrors") or []
@@ -651,6 +659,7 @@ beside_the_flag() {
     return
   fi
   if mirrors="$(active_mirrors)" && mirror_active "$mirrors"; then
+    mirror_passed_by && return 0
     say "  dockerd already uses $MIRROR, from --registry-mirror on its command line:"
     say "  $DAEMON_JSON left as it is (dockerd refuses registry-mirrors there beside that flag)"
     return
@@ -681,6 +690,23 @@ active_mirrors() {
   have docker || return 1
   out="$(docker info --format '{{json .RegistryConfig.Mirrors}}' 2>/dev/null)" || return 1
   daemon_json_tool mirrors "$out"
+}
+
+# mirror_passed_by: dockerd lists the plain-HTTP mirror (`docker info`) yet will not use it: its
+# registry config counts the mirror's host secure (no insecure-registries entry for it, no
+# InsecureRegistryCIDRs range holding it), so it passes the mirror by and pulls from Docker Hub.
+# Said, and a failure. Fails (says nothing) when the mirror is used, HTTPS, or that does not tell.
+mirror_passed_by() {
+  local config rc=0
+  [[ "$MIRROR" == http://* ]] || return 1
+  config="$(docker info --format '{{json .RegistryConfig}}' 2>/dev/null)" || return 1
+  registry_host_tool counted "$MIRROR_HOST" "$config" || rc=$?
+  ((rc == 1)) || return 1
+  warn "\`docker info\` lists $MIRROR, yet dockerd will not use it: it counts \"$MIRROR_HOST\" secure"
+  warn "(not in its insecure-registries, nor in its InsecureRegistryCIDRs), so it passes this"
+  warn "plain-HTTP mirror by and pulls from Docker Hub. Add \"$MIRROR_HOST\" to \"insecure-registries\""
+  warn "(not added here) and reload dockerd, or serve the mirror over HTTPS"
+  FAILED=1
 }
 
 mirror_active() {
@@ -727,9 +753,9 @@ is_dockerd() {
   [[ "$comm" == dockerd ]]
 }
 
-# mirror_flag_set: whether the running dockerd was started with --registry-mirror, which it
-# refuses to combine with a registry-mirrors key in daemon.json (it would not start again).
-mirror_flag_set() {
+# dockerd_args: the running dockerd's command line (systemd's docker unit's, else the pid
+# file's), one argument a line; fails when there is none to look at.
+dockerd_args() {
   local pid=""
   ((HOST_DOCKERD)) || return 1
   if systemd_docker_active; then
@@ -737,7 +763,49 @@ mirror_flag_set() {
   fi
   [[ "$pid" =~ ^[1-9][0-9]*$ ]] || pid="$(dockerd_pid)" || return 1
   is_dockerd "$pid" || return 1
-  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -e '^--registry-mirror\b'
+  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null
+}
+
+# mirror_flag_set: whether the running dockerd was started with --registry-mirror, which it
+# refuses to combine with a registry-mirrors key in daemon.json (it would not start again).
+mirror_flag_set() {
+  dockerd_args | grep -q -e '^--registry-mirror\b'
+}
+
+# insecure_flags: the values of the running dockerd's --insecure-registry flags, one a line;
+# fails when it has none.
+insecure_flags() {
+  local arg next=0 found=1
+  while IFS= read -r arg; do
+    if ((next)); then
+      printf '%s\n' "$arg"
+      next=0 found=0
+    elif [[ "$arg" == --insecure-registry=* ]]; then
+      printf '%s\n' "${arg#*=}"
+      found=0
+    elif [[ "$arg" == --insecure-registry ]]; then
+      next=1
+    fi
+  done < <(dockerd_args || true)
+  return "$found"
+}
+
+# dockerd_version: the running dockerd's version as `docker version` gives it (20.10.24+dfsg1);
+# fails when it does not tell (no dockerd answering, not this host's).
+dockerd_version() {
+  local out
+  ((HOST_DOCKERD)) && have docker || return 1
+  out="$(docker version --format '{{.Server.Version}}' 2>/dev/null)" || return 1
+  out="${out%%$'\n'*}"
+  [[ "$out" =~ ^[0-9]+\.[0-9]+ ]] || return 1
+  printf '%s' "$out"
+}
+
+# version_at_least VERSION MAJOR MINOR
+version_at_least() {
+  [[ "$1" =~ ^([0-9]+)\.([0-9]+) ]] || return 1
+  local major=$((10#${BASH_REMATCH[1]})) minor=$((10#${BASH_REMATCH[2]}))
+  ((major > $2 || (major == $2 && minor >= $3)))
 }
 
 systemd_docker_active() {
@@ -803,7 +871,7 @@ confirm_docker() {
     if ((REMOVE)) && ! mirror_active "$mirrors"; then
       return 0
     elif ((!REMOVE)) && mirror_active "$mirrors"; then
-      say "  docker info: dockerd already uses $MIRROR"
+      mirror_passed_by || say "  docker info: dockerd already uses $MIRROR"
       return 0
     fi
     say "  docker info: the running dockerd does not match the file yet"
@@ -830,7 +898,7 @@ confirm_docker() {
   if docker_agrees; then
     if ((REMOVE)); then
       say "  docker info: dockerd no longer uses $MIRROR"
-    else
+    elif ! mirror_passed_by; then
       say "  docker info: dockerd now uses $MIRROR"
     fi
     return 0
@@ -843,6 +911,7 @@ confirm_docker() {
       return 0
     fi
     if docker_agrees; then
+      if ((!REMOVE)) && mirror_passed_by; then return 0; fi
       say "  docker info: dockerd uses the new settings after the restart"
       return 0
     fi
@@ -1343,36 +1412,158 @@ configure_podman() {
   say "  wrote $target"
 }
 
-# Docker takes a plain-HTTP mirror without more ado only where it counts the host insecure by
-# default: 127.0.0.0/8 (moby's registry config; an IPv4-mapped ::ffff:127.x is that too) and a
-# name resolving there (localhost). IPv6's [::1] is not in that range: as anywhere else, the
-# mirror's host must also be in "insecure-registries" (the operator's call: not written
-# here), or dockerd passes the mirror by and pulls from Docker Hub, unasked.
+# Which plain-HTTP mirrors dockerd takes without more ado: those on hosts it counts insecure by
+# default. That is 127.0.0.0/8 (and a name resolving there, localhost; an IPv4-mapped
+# ::ffff:127.x is that too), and from Docker 28.0 also ::1/128 (moby PR #48540): [::1] needs
+# "insecure-registries" up to Docker 27. From Docker 29.10 (moby PR #53868), once
+# "insecure-registries" is set at all (in daemon.json, even as [], or by --insecure-registry
+# flags) neither range is added: a loopback mirror not in that list is passed by. Anywhere else
+# the mirror's host must be in "insecure-registries". Adding it is the operator's call (not
+# written here): what is missing is said, or dockerd passes the mirror by and pulls from
+# Docker Hub, unasked.
 plain_http_note() {
-  local host
+  local host kind version="" entries="" explicit=0 where="" out
   [[ "$MIRROR" == http://* ]] && ((!REMOVE)) || return 0
   if [[ "$MIRROR_HOST" == \[* ]]; then host="${MIRROR_HOST%%]*}]"; else host="${MIRROR_HOST%%:*}"; fi
-  case "$host" in
-    localhost | 127.*) return 0 ;;
-    \[*\]) ipv6_in_ipv4_loopback "${host:1:-1}" && return 0 ;;
-  esac
-  warn "$MIRROR is plain HTTP off 127.0.0.0/8: dockerd uses it only if \"$MIRROR_HOST\" is in"
-  warn "\"insecure-registries\" too (not added here; dockerd counts only 127.0.0.0/8 and localhost"
-  warn "insecure by default, not [::1]), else it pulls from Docker Hub; serve the mirror over HTTPS"
+  kind="$(registry_host_tool kind "$host")"
+  if [[ "$kind" == other ]]; then
+    warn "$MIRROR is plain HTTP off loopback: dockerd uses it only if \"$MIRROR_HOST\" is in"
+    warn "\"insecure-registries\" too (not added here; it counts only loopback insecure by default),"
+    warn "else it pulls from Docker Hub; serve the mirror over HTTPS"
+    return 0
+  fi
+  if out="$(daemon_json_tool insecure "$DAEMON_JSON")"; then
+    explicit=1 entries="$out" where="$DAEMON_JSON has \"insecure-registries\""
+  fi
+  if out="$(insecure_flags)"; then
+    explicit=1 entries="$entries"$'\n'"$out"
+    where="${where:+$where, and }dockerd runs with --insecure-registry"
+  fi
+  if ((explicit)); then
+    local listed=()
+    mapfile -t listed <<<"$entries"
+    # Listed there (or in a range listed there): insecure for every dockerd.
+    registry_host_tool listed "$MIRROR_HOST" "${listed[@]}" && return 0
+  fi
+  version="$(dockerd_version)" || version=""
+  if [[ "$kind" == v6 ]]; then
+    if [[ -n "$version" ]] && ! version_at_least "$version" 28 0; then
+      warn "$MIRROR is plain HTTP on [::1]: dockerd $version uses it only if \"$MIRROR_HOST\" is in"
+      warn "\"insecure-registries\" (not added here; Docker counts [::1] insecure by default from 28.0"
+      warn "on), else it pulls from Docker Hub; serve the mirror over HTTPS"
+      return 0
+    elif [[ -z "$version" ]]; then
+      warn "$MIRROR is plain HTTP on [::1]: dockerd 28 and later take it as it is; older ones use it"
+      warn "only if \"$MIRROR_HOST\" is in \"insecure-registries\" (not added here), else they pull from Docker Hub"
+    fi
+  fi
+  ((explicit)) || return 0
+  if [[ -z "$version" ]]; then
+    warn "$where: Docker 29.10 and later then count no loopback address insecure by default, and"
+    warn "pass $MIRROR by (pulling from Docker Hub) unless \"$MIRROR_HOST\" is in"
+    warn "\"insecure-registries\": add it there (not added here), or serve the mirror over HTTPS"
+  elif version_at_least "$version" 29 10; then
+    warn "dockerd $version passes $MIRROR by and pulls from Docker Hub: $where,"
+    warn "and from Docker 29.10 on that leaves loopback out of the insecure registries it counts."
+    warn "Add \"$MIRROR_HOST\" to \"insecure-registries\" (not added here), or serve the mirror over HTTPS"
+  else
+    warn "$MIRROR: dockerd $version uses it now, but Docker 29.10 and later will pass it by and pull"
+    warn "from Docker Hub: $where, which from 29.10 on leaves loopback out of the"
+    warn "insecure registries it counts. Add \"$MIRROR_HOST\" to \"insecure-registries\" before upgrading"
+    warn "(not added here), or serve the mirror over HTTPS"
+  fi
 }
 
-# ipv6_in_ipv4_loopback ADDRESS: an IPv6 address that dockerd reads as one in 127.0.0.0/8 (an
-# IPv4-mapped ::ffff:127.x.y.z, in any of its spellings).
-ipv6_in_ipv4_loopback() {
-  python3 - "$1" <<'PY'
+# Registry hosts judged as dockerd judges them (moby's registry config), in python3. Modes:
+#   kind HOST                 print v4 (127.0.0.0/8, localhost, an IPv4-mapped ::ffff:127.x.y.z
+#                             in any spelling), v6 (::1, any spelling) or other
+#   listed HOST[:PORT] ENTRY...  exit 0 when an insecure-registries ENTRY names HOST[:PORT]
+#                             (http:// or https:// before it is dropped, as dockerd drops it) or is
+#                             a range (CIDR) holding its address; 1 when none does
+#   counted HOST[:PORT] JSON  from `docker info`'s RegistryConfig (JSON): exit 0 when dockerd
+#                             counts HOST[:PORT] insecure, 1 when it counts it secure, 2 when
+#                             that does not tell (not its registry config; a name not looked up)
+registry_host_tool() {
+  python3 - "$@" <<'PY'
 import ipaddress
+import json
 import sys
 
-try:
-    mapped = ipaddress.IPv6Address(sys.argv[1]).ipv4_mapped
-except ValueError:
-    sys.exit(1)
-sys.exit(0 if mapped is not None and mapped in ipaddress.IPv4Network("127.0.0.0/8") else 1)
+
+def addresses(hostport):
+    """The addresses dockerd would match against its ranges; None for a name (not looked up
+    here: no lookup leaves this host for a note) other than localhost."""
+    host = hostport
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host.lower() == "localhost":
+        return [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    # Go's IPNet.Contains reads an IPv4-mapped address as the IPv4 one.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return [mapped] if mapped is not None else [address]
+
+
+def in_ranges(hostport, ranges):
+    found = addresses(hostport) or []
+    for cidr in ranges:
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        if any(a.version == network.version and a in network for a in found):
+            return True
+    return False
+
+
+def bare(entry):
+    entry = entry.strip()
+    for scheme in ("http://", "https://"):
+        if entry.lower().startswith(scheme):
+            entry = entry[len(scheme):]
+    return entry.rstrip("/").lower()
+
+
+mode, hostport = sys.argv[1], sys.argv[2]
+if mode == "kind":
+    found = addresses(hostport) or []
+    if any(a.version == 4 and a in ipaddress.ip_network("127.0.0.0/8") for a in found):
+        print("v4")
+    elif found == [ipaddress.ip_address("::1")]:
+        print("v6")
+    else:
+        print("other")
+    sys.exit(0)
+if mode == "listed":
+    entries = [e for e in sys.argv[3:] if e.strip()]
+    named = any(bare(e) == hostport.lower() for e in entries)
+    sys.exit(0 if named or in_ranges(hostport, [bare(e) for e in entries]) else 1)
+if mode == "counted":
+    try:
+        config = json.loads(sys.argv[3])
+    except ValueError:
+        sys.exit(2)
+    if not isinstance(config, dict) or not isinstance(config.get("IndexConfigs"), dict):
+        sys.exit(2)  # not a registry config
+    # No range at all may come as null (a nil list in dockerd's JSON).
+    ranges = config.get("InsecureRegistryCIDRs") or []
+    if not isinstance(ranges, list):
+        sys.exit(2)
+    indexes = config["IndexConfigs"]
+    # Its own spelling of an insecure-registries entry; compared as the mirror's host is.
+    named = [v for k, v in indexes.items() if k.lower() == hostport.lower()]
+    index = named[0] if named else None
+    if isinstance(index, dict) and isinstance(index.get("Secure"), bool):
+        sys.exit(1 if index["Secure"] else 0)
+    if in_ranges(hostport, [c for c in ranges if isinstance(c, str)]):
+        sys.exit(0)
+    sys.exit(1 if addresses(hostport) is not None else 2)
+sys.exit(2)
 PY
 }
 

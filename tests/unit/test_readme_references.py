@@ -181,6 +181,7 @@ def python_script_flags() -> set[str]:
 # Flags of other programs the README shows: docker, dockerd, curl, certbot, mypy.
 FOREIGN = {
     "--registry-mirror",
+    "--insecure-registry",
     "--build",
     "--build-arg",
     "--network",

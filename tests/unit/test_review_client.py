@@ -238,10 +238,11 @@ def test_a_removed_mirror_that_dockerd_reports_in_another_case_is_not_taken_for_
 def test_plain_http_on_ipv6_loopback_needs_insecure_registries_too(
     box: ScriptBox, mirror: str, warned: bool
 ) -> None:
-    """dockerd counts 127.0.0.0/8 alone as insecure by default (moby's registry config): a
-    plain-HTTP mirror at [::1] is passed by unless it is in insecure-registries, as one at
-    10.0.0.5 is, yet the script kept quiet about it."""
-    box.stand_in("docker", docker_info(mirror))
+    """dockerd up to Docker 27 counts 127.0.0.0/8 alone as insecure by default (moby's registry
+    config; ::1/128 joined it in Docker 28, moby PR #48540): a plain-HTTP mirror at [::1] is
+    passed by there unless it is in insecure-registries, as one at 10.0.0.5 is, yet the script
+    kept quiet about it. (Docker 28 and later: test_review_client2.)"""
+    box.stand_in("docker", Rule(r"^version", stdout="27.5.1\n"), docker_info(mirror))
 
     result = attempt(box, "--mirror", mirror, "--docker")
 
