@@ -17,6 +17,9 @@ from lab.mirror import mirror_env
 from tests.unavailable import need_binary, need_root
 
 USERS = {"auth.mode": "users", "server.public_url": "http://mirror.example:8080"}
+#: a loopback listener behind a TLS proxy: clients are sent to the proxy's https:// URL (an
+#: http:// one off loopback is refused too: test_review_access2)
+BEHIND_TLS = {"server.public_url": "https://mirror.example"}
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080", "m.test:80"])
@@ -31,10 +34,11 @@ def test_users_mode_off_loopback_over_plain_http_is_refused(tmp_path: Path, list
 @pytest.mark.parametrize(
     "settings",
     [
-        {"server.listen": "127.0.0.1:8080", **USERS},  # the tests; a TLS proxy in front
-        {"server.listen": "127.0.0.5:8080", **USERS},
-        {"server.listen": "[::1]:8080", **USERS},
-        {"server.listen": "localhost:8080", **USERS},
+        {"server.listen": "127.0.0.1:8080", **USERS, **BEHIND_TLS},  # a TLS proxy in front
+        {"server.listen": "127.0.0.5:8080", **USERS, **BEHIND_TLS},
+        {"server.listen": "[::1]:8080", **USERS, **BEHIND_TLS},
+        {"server.listen": "localhost:8080", **USERS, **BEHIND_TLS},
+        {"server.listen": "127.0.0.1:8080", **USERS, "server.public_url": "http://127.0.0.1:8080"},
         {"server.listen": "0.0.0.0:8080", **USERS, "auth.allow_plain_http": "true"},
         {
             "server.listen": "0.0.0.0:80",
