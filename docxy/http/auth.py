@@ -388,24 +388,35 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
     refusal = access.logins.take(client)  # before the check: guesses sent at once count too
     if refusal is not None:
         return refusal
-    # The check is a task of its own, run to its end whoever still waits for it: a client
-    # that hangs up mid-check (Quart then cancels this handler) must neither get its place
-    # back, a free guess, nor leave the hashing slot while its thread still hashes, which let
-    # one address queue any number of argon2 runs on the default executor.
-    check = spawn("password-check", _password_check(access, ask, client))
-    return await asyncio.shield(check)
+    # The check is a task of its own, run to its end once it has a hashing slot, whoever
+    # still waits for it: a client that hangs up mid-check (Quart then cancels this handler)
+    # must neither get its place back, a free guess, nor leave the hashing slot while its
+    # thread still hashes, which let one address queue any number of argon2 runs on the
+    # default executor. One still waiting for its slot is dropped with its client, unhashed,
+    # its place given back (a password never checked is no guess, and nobody hears of it):
+    # kept, such checks piled up outside every connection cap (connect, guess, hang up, from
+    # every address of a network), each to be hashed in its turn ahead of later logins.
+    hashing = asyncio.Event()
+    check = spawn("password-check", _password_check(access, ask, client, hashing))
+    try:
+        return await asyncio.shield(check)
+    except asyncio.CancelledError:
+        if not hashing.is_set():
+            check.cancel()
+        raise
 
 
 async def _password_check(
-    access: AccessControl, ask: TokenAsk, client: str
+    access: AccessControl, ask: TokenAsk, client: str, hashing: asyncio.Event
 ) -> Issued | RegistryError:
-    """One password check within the hashing slots; its place in the guessing limit goes
-    back unless the password was wrong."""
+    """One password check within the hashing slots (``hashing`` set once it has one); its
+    place in the guessing limit goes back unless the password was wrong."""
     from docxy.access.authority import BadCredentials, issue_token
 
     wrong = False
     try:
         async with access.hashing:  # a password check costs ~64 MiB and a core for a moment
+            hashing.set()
             answer = await asyncio.to_thread(issue_token, access, ask.authorization, ask.scopes)
         wrong = isinstance(answer, BadCredentials)
     finally:

@@ -7,13 +7,17 @@ before the code was mended.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from docxy.access.gate import refuse_plain_http
+from docxy.access.gate import PASSWORD_CHECKS, refuse_plain_http
+from docxy.access.logins import FailedLogins
 from docxy.config import load_config
 from docxy.core.errors import ConfigError
+from docxy.http.state import mirror_state
+from tests.unit.test_access_routes import HeldChecks, login_then_hang_up, users_mirror
 
 
 @pytest.mark.parametrize("public_url", ["http://mirror.example:8080", "http://192.0.2.10"])
@@ -57,3 +61,50 @@ def test_users_mode_behind_a_tls_proxy_or_on_loopback_only_still_starts(
         "server.public_url": public_url,
     }
     refuse_plain_http(load_config(settings, environ={}))
+
+
+async def test_a_check_whose_client_left_before_its_turn_is_dropped_and_charged(
+    tmp_path: Path,
+) -> None:
+    """A login whose client hangs up mid-check keeps its check running to its end (so the
+    guess is charged and the hashing slot is not freed while a thread still hashes). But one
+    still *waiting* for a slot was kept too: connect, send a wrong password, hang up, from
+    every address one holds (an IPv6 /48 is 65536 buckets of 10 a minute), and the waiting
+    checks piled up outside every connection cap, each to be hashed in turn, two at a time,
+    ahead of every later login. A check whose client left before its turn is now dropped,
+    never hashed, its place given back: a password never checked is no guess (nobody learns
+    anything of it), and a client whose own login timed out in the queue is not charged."""
+    waiting = 20
+    async with users_mirror(tmp_path) as m:
+        access = mirror_state(m.app).access
+        assert access is not None
+        access.logins = FailedLogins(1, clock=lambda: 100.0)  # one guess an address, no refill
+        held = HeldChecks()
+        access.users.checked = held.checked  # type: ignore[method-assign]
+        async with asyncio.TaskGroup() as tasks:
+            try:
+                stay = asyncio.Event()
+                hashing = [  # two clients that wait for their answers: both slots taken
+                    tasks.create_task(login_then_hang_up(m, stay, client=f"198.51.100.{n}"))
+                    for n in range(PASSWORD_CHECKS)
+                ]
+                for _ in hashing:
+                    await held.begun.acquire()
+                hang_up = asyncio.Event()
+                left = [
+                    tasks.create_task(login_then_hang_up(m, hang_up, client=f"203.0.113.{n}"))
+                    for n in range(waiting)
+                ]
+                await asyncio.sleep(0.2)  # each has taken its place and waits for a slot
+                hang_up.set()
+                assert await asyncio.gather(*left) == [None] * waiting
+            finally:
+                held.release.set()
+        assert [task.result() for task in hashing] == [401] * PASSWORD_CHECKS
+        await asyncio.sleep(0.5)  # what is still queued gets its turn now
+        assert held.started == PASSWORD_CHECKS  # none of the abandoned checks was hashed
+        # an address whose check was dropped keeps its place; one whose check ran is charged
+        again = await login_then_hang_up(m, asyncio.Event(), client="203.0.113.3")
+        assert again == 401  # checked (a wrong password), not 429
+        charged = await login_then_hang_up(m, asyncio.Event(), client="198.51.100.0")
+        assert charged == 429
