@@ -63,7 +63,7 @@ def test_users_mode_behind_a_tls_proxy_or_on_loopback_only_still_starts(
     refuse_plain_http(load_config(settings, environ={}))
 
 
-async def test_a_check_whose_client_left_before_its_turn_is_dropped_and_charged(
+async def test_a_check_whose_client_left_before_its_turn_is_dropped_and_not_charged(
     tmp_path: Path,
 ) -> None:
     """A login whose client hangs up mid-check keeps its check running to its end (so the
