@@ -752,7 +752,7 @@ def opt_credential(value: object) -> str | None:
     """An upstream's ``username`` or ``password``: sent as UTF-8 in a basic ``Authorization``,
     where a byte of another encoding (a lone surrogate to Python) raised at the first token
     request. The value is never in the message."""
-    text = _opt_str(value)
+    text = None if value is None else _opt_str(value)  # None: an upstreams entry's, emptied
     if not _utf8_text(text):
         raise Unechoed(NOT_UTF8)
     return text
