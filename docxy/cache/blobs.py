@@ -378,14 +378,16 @@ class DiskBlobStore:
         return strays
 
     def _walk(self, *, strict: bool = False) -> Walked:
-        """Every blob under ``blobs/`` (and the stray files there); reads only. A folder it
+        """Every blob under ``blobs/`` (and the stray files there); reads only, and makes
+        nothing (``docxy cache ls`` of a cache without ``blobs/`` leaves it so). A folder it
         may not list (another user's, 0700; EIO) is said in a WARNING, its blobs left out
         (fetched again when pulled); ``strict``, it raises: a command run as another user than
         the mirror's would else count them as not there (``du``: 'blobs: 0')."""
         found: list[BlobEntry] = []
         strays: list[Path] = []
         base = self.root / "blobs"
-        base.mkdir(parents=True, exist_ok=True)
+        if not base.exists():  # none kept yet: nothing to list (a serving open made it)
+            return found, strays
         unreadable: list[str] = []
         unlisted: list[OSError] = []
         for dirpath, _dirs, files in os.walk(base, onerror=unlisted.append):
