@@ -292,9 +292,29 @@ def _elsewhere(tags: list[TagEntry], repo: RepoKey, tag: str | None) -> str:
 
 
 async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out: TextIO) -> int:
+    """Forget ``image``'s tag (``IMAGE:TAG``), every tag on a digest (``IMAGE@DIGEST``), or
+    one tag checked to point at a digest (``IMAGE:TAG@DIGEST``: another tag on it stays; a
+    tag pointing elsewhere is refused, nothing removed); ``blobs``: and what only it needs."""
     store = cache.manifests
     tags = store.list_tags()
-    if image.digest is not None:
+    if image.digest is not None and image.tag is not None:  # that tag, if it points there
+        targets = [t for t in tags if t.repo == repo and t.tag == image.tag]
+        roots = {image.digest}
+        if not targets:
+            print(
+                f"docxy cache rm: {image} is not cached (no tag {repo.repo}:{image.tag} "
+                f"from {repo.upstream}){_elsewhere(tags, repo, image.tag)}",
+                file=sys.stderr,
+            )
+            return EXIT_NOT_FOUND
+        if any(t.digest != image.digest for t in targets):
+            print(
+                f"docxy cache rm: {repo.repo}:{image.tag} points at {targets[0].digest}, not "
+                f"{image.digest}; nothing removed",
+                file=sys.stderr,
+            )
+            return EXIT_NOT_FOUND
+    elif image.digest is not None:
         targets = [t for t in tags if t.repo == repo and t.digest == image.digest]
         roots = {image.digest}
         if not targets and await store.get(repo, image.digest, pulled=False) is None:
@@ -523,7 +543,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rm = actions.add_parser(
         "rm", parents=[common], help="forget a cached tag (and, with --blobs, its blobs)"
     )
-    rm.add_argument("image", metavar="IMAGE[:TAG|@DIGEST]")
+    rm.add_argument("image", metavar="IMAGE[:TAG][@DIGEST]")
     rm.add_argument(
         "--blobs",
         dest="rm_blobs",

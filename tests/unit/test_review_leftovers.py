@@ -77,7 +77,6 @@ def _tags(capsys: pytest.CaptureFixture[str], cache: Populated) -> set[str]:
     return {line.split()[2] for line in out.splitlines()}
 
 
-@pytest.mark.xfail(strict=True, reason="rm TAG@DIGEST untags every tag on the digest")
 def test_rm_tag_at_digest_untags_only_that_tag(
     capsys: pytest.CaptureFixture[str], cache: Populated
 ) -> None:
@@ -91,7 +90,6 @@ def test_rm_tag_at_digest_untags_only_that_tag(
     assert "library/alpine:latest" in tags and "library/alpine:3.20" not in tags
 
 
-@pytest.mark.xfail(strict=True, reason="rm TAG@DIGEST ignores the tag")
 def test_rm_tag_at_a_digest_it_does_not_point_at_is_refused(
     capsys: pytest.CaptureFixture[str], cache: Populated
 ) -> None:
@@ -105,7 +103,6 @@ def test_rm_tag_at_a_digest_it_does_not_point_at_is_refused(
     assert cache.blob_path("busybox-l").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="rm TAG@DIGEST ignores the tag")
 def test_rm_tag_at_digest_of_a_tag_not_cached_says_so(
     capsys: pytest.CaptureFixture[str], cache: Populated
 ) -> None:
