@@ -116,7 +116,6 @@ def test_rm_tag_at_digest_of_a_tag_not_cached_says_so(
 # --- 3: what docxy_cache_requests_total's `uncached` counts ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="HELP text leaves out upstream answers and failures")
 def test_uncached_help_text_names_the_upstreams_answers_and_failures() -> None:
     """``uncached`` was said to be "private, not cacheable, or the disk failing"; it also
     counts an upstream's 404 passed through and a failed fetch with nothing cached."""
