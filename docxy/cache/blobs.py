@@ -440,6 +440,12 @@ class DiskBlobStore:
             self._gone_while_reading.clear()
         return self._reading is None
 
+    @property
+    def index_complete(self) -> bool:
+        """Whether the blob index read at start is done (never waits): until then
+        :meth:`usage` counts only the blobs known so far."""
+        return self._index_read()
+
     async def indexed(self) -> None:
         """Wait, without blocking the loop, until the index is read (see :meth:`open`)."""
         if self._reading is not None:

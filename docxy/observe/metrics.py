@@ -347,9 +347,17 @@ class MirrorCollector(Collector):
             return
         store = cache.blobs
         usage = store.usage()
-        yield _gauge("docxy_cache_size_bytes", "Bytes of committed blobs.", usage.bytes)
+        ready = store.index_complete
+        yield _gauge(
+            "docxy_cache_index_ready",
+            "1 once the blob index read at start is done; 0 while it is read (in the "
+            "background), when docxy_cache_size_bytes and docxy_cache_blobs are left out.",
+            1 if ready else 0,
+        )
+        if ready:  # a partial count would show the cache near empty at each restart
+            yield _gauge("docxy_cache_size_bytes", "Bytes of committed blobs.", usage.bytes)
+            yield _gauge("docxy_cache_blobs", "Committed blobs.", usage.entries)
         yield _gauge("docxy_cache_max_size_bytes", "cache.max_size.", usage.max_size)
-        yield _gauge("docxy_cache_blobs", "Committed blobs.", usage.entries)
         yield _gauge(
             "docxy_cache_fills_in_flight", "Blob downloads into the cache now.", store.fills_open
         )

@@ -133,7 +133,6 @@ def test_uncached_help_text_names_the_upstreams_answers_and_failures() -> None:
 # --- 4: the cache's size is not known while its index is read --------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="partial index counts are exported")
 async def test_cache_size_is_left_out_of_metrics_until_the_index_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
