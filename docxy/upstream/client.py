@@ -261,13 +261,22 @@ class UpstreamHealth:
         else:
             self.ok()
 
-    def probed(self, status: int) -> None:
-        """The mirror's own ``/v2/`` was answered ``status`` (:meth:`answered` has it too)."""
+    def probed(self, status: int, host: str | None = None) -> None:
+        """The mirror's own ``/v2/`` was answered ``status`` (:meth:`answered` has it too).
+        An answer as no registry gives is one of the status page's recent errors (kind
+        ``not_registry``, naming ``host``) when it starts, or changes: not again at each
+        probe that finds it so (they would push every other error off the list)."""
         if status in (200, 401):
             self.not_registry = None
         elif status not in SERVER_TROUBLE:
-            self.not_registry = f"the upstream answered {status} on /v2/"
-            self.last_error, self.last_error_message = self.clock(), self.not_registry
+            said = f"the upstream answered {status} on /v2/"
+            now = self.clock()
+            if said != self.not_registry:
+                where = host or "the upstream"
+                message = f"{where} answered {status} on /v2/, as no registry does"
+                self.recent_failures.append((now, "not_registry", message))
+            self.not_registry = said
+            self.last_error, self.last_error_message = now, said
 
     def served_stale(self) -> None:
         """The cache answered for an upstream that failed (stale-if-error)."""
@@ -603,7 +612,7 @@ class UpstreamClient:
         now = time.monotonic()
         response = await self.send(upstream, "GET", upstream.url("/v2/"), [])
         await response.aclose()
-        self.health_of(upstream).probed(response.status_code)
+        self.health_of(upstream).probed(response.status_code, upstream.host)
         if response.status_code not in (200, 401):
             # Not an answer about auth (429/5xx, odd 4xx): try again next time.
             said = f"the upstream answered {response.status_code} on /v2/"

@@ -181,7 +181,6 @@ async def test_cache_size_is_left_out_of_metrics_until_the_index_is_read(
 # --- 5: an upstream answering /v2/ as no registry is a recent error --------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="not-a-registry /v2/ is no recent error")
 async def test_an_upstream_that_is_no_registry_is_listed_in_recent_errors(
     tmp_path: Path,
 ) -> None:
