@@ -23,6 +23,9 @@ BROAD_PREFIX = {4: 8, 6: 32}
 
 #: IPv6 clients are kept by their /64: one host usually holds a whole /64 and can use any of it.
 IPV6_CLIENT_PREFIX = 64
+#: ... and, for the wrong-password limit only, also by their /48 (:func:`site_key`): what a
+#: site is given (RFC 6177 suggests /48 to /56), so its 256 to 65536 /64s are one site there.
+IPV6_SITE_PREFIX = 48
 
 
 def parse_address(text: str) -> Address | None:
@@ -105,9 +108,20 @@ def client_key(address: Address) -> str:
     """The key per-client limits are kept under: the IPv4 address (an IPv4-mapped one too), or
     the IPv6 /64. The one rule every per-address limit keys by: the connection cap per client
     (``docxy.edge.connections``), and through ``docxy.edge.clients.limit_key`` wrong passwords,
-    token relays, and admission's buckets and fill caps for a client without an identity."""
+    token relays, and admission's buckets and fill caps for a client without an identity.
+    Wrong passwords are also kept by an IPv6 client's /48 (:func:`site_key`), on top."""
     address = _unmapped(address)
     if isinstance(address, ipaddress.IPv4Address):
         return str(address)
     network = ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False)
     return str(network)
+
+
+def site_key(address: Address) -> str | None:
+    """The wider key the wrong-password limit also keeps an IPv6 client under: its /48, every
+    /64 a site (a home's /56, a business's /48) may take an address from; None for IPv4 (an
+    IPv4-mapped address too), which has no such range of its own to hand out."""
+    address = _unmapped(address)
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    return str(ipaddress.IPv6Network((address, IPV6_SITE_PREFIX), strict=False))

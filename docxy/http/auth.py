@@ -29,6 +29,7 @@ from docxy.access.gate import AccessControl, basic_credentials, bearer_token, us
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core import jsondoc
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
+from docxy.core.cidr import site_key
 from docxy.core.errors import Denied, NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.core.headers import kept_retry_after
 from docxy.core.hosts import url_host
@@ -383,9 +384,10 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
     config = mirror_state().config
     address = request_address(request.scope, config.server)
     client = limit_key(None, address)  # by address, never by the user name it guesses for
+    site = site_key(address) if address is not None else None  # and an IPv6 one's /48 too
     if ask.authorization is None:  # no password to check: nothing to count
         return issue_token(access, None, ask.scopes)
-    refusal = access.logins.take(client)  # before the check: guesses sent at once count too
+    refusal = access.logins.take(client, site)  # before the check: guesses sent at once count too
     if refusal is not None:
         return refusal
     # The check is a task of its own, run to its end once it has a hashing slot, whoever
@@ -397,7 +399,7 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
     # kept, such checks piled up outside every connection cap (connect, guess, hang up, from
     # every address of a network), each to be hashed in its turn ahead of later logins.
     hashing = asyncio.Event()
-    check = spawn("password-check", _password_check(access, ask, client, hashing))
+    check = spawn("password-check", _password_check(access, ask, (client, site), hashing))
     try:
         return await asyncio.shield(check)
     except asyncio.CancelledError:
@@ -407,7 +409,7 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
 
 
 async def _password_check(
-    access: AccessControl, ask: TokenAsk, client: str, hashing: asyncio.Event
+    access: AccessControl, ask: TokenAsk, client: tuple[str, str | None], hashing: asyncio.Event
 ) -> Issued | RegistryError:
     """One password check within the hashing slots (``hashing`` set once it has one); its
     place in the guessing limit goes back unless the password was wrong."""
@@ -421,5 +423,5 @@ async def _password_check(
         wrong = isinstance(answer, BadCredentials)
     finally:
         if not wrong:  # a right password, or no answer at all: the place goes back
-            access.logins.give_back(client)
+            access.logins.give_back(*client)
     return answer
