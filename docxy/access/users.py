@@ -39,6 +39,16 @@ BCRYPT_MAX_BYTES = 72
 
 log = logging.getLogger(__name__)
 
+#: A file found by its path has a name, so a link count of 0 means the path leads to a file
+#: deleted or replaced elsewhere: a container's single-file bind mount keeps the inode it was
+#: made with, and ``docxy users add/rm`` on the host writes a new file and renames it over
+#: that one. Read on, it would keep removed users and old passwords working until a restart.
+STALE_MOUNT = (
+    "{path}: the file there was replaced or deleted where it came from (link count 0), so "
+    "this is a stale copy: a users file bind-mounted alone into a container keeps the file "
+    "it was mounted with; mount its directory instead (and restart the container)"
+)
+
 
 def cost_of(stored: str) -> str:
     """What a check of ``stored`` costs, as its scheme and parameters: ``$2b$05`` (bcrypt's
@@ -230,6 +240,8 @@ class UsersFile:
             return (0, -1, 0)
         except OSError as exc:
             raise UsersFileError(f"{self.path}: unreadable ({exc.strerror or exc})") from exc
+        if st.st_nlink == 0:
+            raise UsersFileError(STALE_MOUNT.format(path=self.path))
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def users(self) -> dict[str, str]:

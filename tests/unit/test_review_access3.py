@@ -134,7 +134,6 @@ def replaced_behind(tmp_path: Path) -> tuple[Path, int]:
     return mounted, fd
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: stale single-file mount unnoticed")
 def test_a_users_file_replaced_behind_a_single_file_mount_is_an_error(tmp_path: Path) -> None:
     """Mounted alone into a container, the users file is the inode the mount was made with:
     ``docxy users rm`` on the host writes a new file and renames it over the old one, and the
@@ -151,7 +150,6 @@ def test_a_users_file_replaced_behind_a_single_file_mount_is_an_error(tmp_path: 
         os.close(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: stale single-file mount unnoticed")
 async def test_a_removed_user_behind_a_stale_mount_logs_in_no_more(tmp_path: Path) -> None:
     """Through the app: the removed user's login is 503 (users file unreadable), not a
     token."""
