@@ -283,7 +283,7 @@ class AccessControl:
             return Identified(ANONYMOUS, unavailable=exc.message)
         token = bearer_token(authorization)
         if client is not None:
-            forward = self.upstream_logins and token is not None and not self._ours(token)
+            forward = self.upstream_logins and token is not None and not self.ours(token)
             identity = ClientIdentity(Via.CERTIFICATE, client)
             return Identified(identity, forward=forward or not self.users_mode)
         if not self.users_mode:
@@ -337,12 +337,18 @@ class AccessControl:
                 return Decision(who.identity, refusal, forward_credentials=False, identified=who)
         return Decision(who.identity, forward_credentials=who.forward, identified=who)
 
-    def _ours(self, token: str) -> bool:
-        """A token the mirror issued, honoured or not (expired, of a retired key): it never
-        goes upstream as the client's login."""
+    def ours(self, token: str) -> bool:
+        """A token the mirror issued, honoured or not (expired, of a retired key, naming an
+        earlier ``server.public_url``): it never goes upstream as the client's login. While the
+        signing keys cannot be read nobody can tell: taken for the mirror's (logged)."""
+        from docxy.access.keys import TokenKeyError
         from docxy.access.tokens import issued_here
 
-        return issued_here(self.spec, token)
+        try:
+            return issued_here(self.keys, self.spec, token)
+        except TokenKeyError as exc:
+            key_unreadable(exc)
+            return True
 
     def _refuse(
         self, who: Identified, repository: str | None, message: str, error: str | None

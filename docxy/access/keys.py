@@ -221,6 +221,17 @@ class KeyRing:
         assert self._current is not None
         return self._current
 
+    def known(self) -> list[ec.EllipticCurvePublicKey]:
+        """Every key the mirror has signed with that it still has on disk: the current one and
+        the previous one, whatever its grace (what it signed is the mirror's, honoured or not:
+        ``docxy.access.tokens.issued_here``)."""
+        self._refresh()
+        assert self._current is not None
+        keys = [self._current.public]
+        if self._previous is not None:
+            keys.append(self._previous.public)
+        return keys
+
     def verifying(self, now: float | None = None) -> dict[str, VerifyingKey]:
         """kid → every key whose tokens may still be honoured: the current one, and during its
         grace the previous one, with the time of its rotation."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from docxy.access.keys import KeyRing
 from docxy.access.scopes import Access, from_claim
@@ -77,15 +78,44 @@ def issue(
     return jwt.encode(claims, signing.key, algorithm=ALGORITHM, headers={"kid": signing.kid})
 
 
-def issued_here(spec: TokenSpec, token: str) -> bool:
-    """Whether ``token`` says this mirror issued it (its ``iss``), honoured or not: expired, or
-    signed by a key rotated out, it is still the mirror's, never a credential for an upstream.
-    Nothing is verified: a stranger's token that claims our issuer only stays here too."""
+def issued_here(ring: KeyRing, spec: TokenSpec, token: str) -> bool:
+    """Whether ``token`` is this mirror's, honoured or not: expired, or signed by a key rotated
+    out, it is still the mirror's, never a credential for an upstream. It is if it says so
+    (its ``iss``: nothing verified, a stranger's token that claims our issuer only stays here
+    too), or if one of the mirror's keys signed it, whatever it says (:meth:`KeyRing.known`,
+    past the retired key's grace too): a token issued before a change of
+    ``server.public_url`` names the old URL. :class:`TokenKeyError` if the keys cannot be
+    read (the caller then cannot tell, and keeps the token here)."""
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
         return False
-    return isinstance(claims, dict) and claims.get("iss") == spec.issuer
+    if not isinstance(claims, dict):
+        return False
+    if claims.get("iss") == spec.issuer:
+        return True
+    return any(_signed_by(key, token) for key in ring.known())
+
+
+def _signed_by(key: ec.EllipticCurvePublicKey, token: str) -> bool:
+    """Whether ``key`` signed ``token``, whatever its claims (lifetime, issuer, audience)."""
+    try:
+        jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            options={
+                "verify_signature": True,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+                "verify_iss": False,
+            },
+        )
+    except jwt.PyJWTError:
+        return False
+    return True
 
 
 def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None) -> Claims:
@@ -113,6 +143,9 @@ def verify(ring: KeyRing, spec: TokenSpec, token: str, now: float | None = None)
             raise jwt.ExpiredSignatureError("expired")
     except jwt.ExpiredSignatureError as exc:
         raise TokenInvalid("expired") from exc
+    except (jwt.InvalidIssuerError, jwt.InvalidAudienceError) as exc:
+        # the signature is checked first: the mirror signed it, for another server.public_url
+        raise TokenInvalid("issued under another server.public_url") from exc
     except jwt.PyJWTError as exc:
         raise TokenInvalid(f"rejected ({type(exc).__name__})") from exc
     if key.retired is not None:

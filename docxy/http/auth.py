@@ -346,10 +346,8 @@ def _is_mirror_token(ask: TokenAsk) -> bool:
     access = mirror_state().access
     if access is None:
         return False
-    from docxy.access.tokens import issued_here  # loaded with access (PyJWT)
-
     tokens = (bearer_token(ask.authorization), ask.refresh_token)
-    return any(token is not None and issued_here(access.spec, token) for token in tokens)
+    return any(token is not None and access.ours(token) for token in tokens)
 
 
 async def _own_token(ask: TokenAsk) -> Response:
