@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import random
 import socket
@@ -126,3 +128,18 @@ def accepts(port: int, host: str = LOOPBACK) -> bool:
             return True
     except OSError:
         return False
+
+
+async def listening(host: str, port: int, *, timeout: float = 5.0) -> None:
+    """Return once a TCP connection to ``host:port`` is taken (a server started in this
+    process's event loop is up); :class:`TimeoutError` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        if loop.time() >= end:
+            raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s")
+        await asyncio.sleep(0.05)

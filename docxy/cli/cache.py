@@ -291,6 +291,16 @@ def _elsewhere(tags: list[TagEntry], repo: RepoKey, tag: str | None) -> str:
     )
 
 
+def _no_tag(image: ImageRef, repo: RepoKey, tags: list[TagEntry]) -> int:
+    """Say that ``rm`` found no tag ``image`` names (and where else it is cached); exit 1."""
+    print(
+        f"docxy cache rm: {image} is not cached (no tag {repo.repo}:{image.tag} "
+        f"from {repo.upstream}){_elsewhere(tags, repo, image.tag)}",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_FOUND
+
+
 async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out: TextIO) -> int:
     """Forget ``image``'s tag (``IMAGE:TAG``), every tag on a digest (``IMAGE@DIGEST``), or
     one tag checked to point at a digest (``IMAGE:TAG@DIGEST``: another tag on it stays; a
@@ -301,12 +311,7 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
         targets = [t for t in tags if t.repo == repo and t.tag == image.tag]
         roots = {image.digest}
         if not targets:
-            print(
-                f"docxy cache rm: {image} is not cached (no tag {repo.repo}:{image.tag} "
-                f"from {repo.upstream}){_elsewhere(tags, repo, image.tag)}",
-                file=sys.stderr,
-            )
-            return EXIT_NOT_FOUND
+            return _no_tag(image, repo, tags)
         if any(t.digest != image.digest for t in targets):
             print(
                 f"docxy cache rm: {repo.repo}:{image.tag} points at {targets[0].digest}, not "
@@ -324,12 +329,7 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
         targets = [t for t in tags if t.repo == repo and t.tag == image.tag]
         roots = {t.digest for t in targets}
         if not targets:
-            print(
-                f"docxy cache rm: {image} is not cached (no tag {repo.repo}:{image.tag} "
-                f"from {repo.upstream}){_elsewhere(tags, repo, image.tag)}",
-                file=sys.stderr,
-            )
-            return EXIT_NOT_FOUND
+            return _no_tag(image, repo, tags)
     others = [t for t in tags if t not in targets]
     images, doomed = await unshared(cache, repo, roots, others) if blobs else (set(), [])
     busy = open_by_processes(cache.blobs.path_of(d) for d in doomed)

@@ -28,6 +28,7 @@ from docxy.http.middleware import Guard
 from docxy.http.state import mirror_state
 from docxy.tasks import spawn
 from docxy.upstream.routing import configured_upstreams
+from lab.ports import listening
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
 
@@ -135,12 +136,7 @@ async def mirror(
     stop = asyncio.Event()
     task = spawn("test-mirror", serve(app, config, shutdown_trigger=stop.wait))
     try:
-        for _ in range(100):  # until it listens
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection(MIRROR_HOST, port)
-                writer.close()
-                break
-            await asyncio.sleep(0.05)
+        await listening(MIRROR_HOST, port)
         yield Mirror(port, guard, app)
     finally:
         stop.set()

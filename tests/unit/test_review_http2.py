@@ -22,22 +22,10 @@ from docxy.edge.connections import ConnectionGuard
 from docxy.http.drain import Drain
 from docxy.http.middleware import AccessLog
 from docxy.tasks import spawn
+from lab.ports import free_port, listening
 
 HOST = "127.0.0.80"
-PORTS = range(9200, 9300)  # the review's loopback ports
 GUARD = 10.0  # seconds before a would-be hang becomes a test failure
-
-
-def free_port() -> int:
-    """A port below 10000 that ``HOST`` can bind now."""
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS} on {HOST}")
 
 
 async def small_answers(scope: Any, receive: Any, send: Any) -> None:
@@ -57,7 +45,7 @@ async def small_answers(scope: Any, receive: Any, send: Any) -> None:
 @contextlib.asynccontextmanager
 async def serving() -> AsyncIterator[int]:
     """hypercorn serving :func:`small_answers` on ``HOST``; yields its port."""
-    port = free_port()
+    port = free_port(HOST)
     config = Config()
     config.bind = [f"{HOST}:{port}"]
     config.h11_max_incomplete_size = 16 * 1024
@@ -65,12 +53,7 @@ async def serving() -> AsyncIterator[int]:
     stop = asyncio.Event()
     task = spawn("test-server", serve(small_answers, config, shutdown_trigger=stop.wait))
     try:
-        for _ in range(100):  # until it listens
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection(HOST, port)
-                writer.close()
-                break
-            await asyncio.sleep(0.05)
+        await listening(HOST, port)
         yield port
     finally:
         stop.set()
@@ -191,7 +174,7 @@ async def test_a_stalled_client_dropped_logs_no_asyncio_warning(
     ``socket.send() raised exception.`` for each stalled client (seen in the mirror's log right
     after each ``closing stalled`` line)."""
     BODIES.clear()
-    port = free_port()
+    port = free_port(HOST)
     config = Config()
     config.bind = [f"{HOST}:{port}"]
     config.accesslog = None
@@ -229,7 +212,7 @@ async def test_a_stop_with_a_request_head_half_sent_ends_at_once(
     """At a stop hypercorn closes a connection whose request head is not complete, and h11
     then answers it 400 on the closing transport: that answer is dropped, not waited on
     (a wait there held the stop to its graceful timeout, then logged two tracebacks)."""
-    port = free_port()
+    port = free_port(HOST)
     config = Config()
     config.bind = [f"{HOST}:{port}"]
     config.accesslog = None
