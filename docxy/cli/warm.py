@@ -4,7 +4,8 @@ Warm pulls through the mirror over HTTP, the way a Docker client does — ``/v2/
 token from the realm it names, manifests, then every blob read to its end — so the running
 mirror, the one process that owns the cache directory, fills its own cache. Every platform of a
 manifest list or OCI index is fetched unless ``--platform`` picks one (attestation entries,
-platform ``unknown/unknown``, are skipped like ``docker pull`` does). Each manifest and blob is
+platform ``unknown/unknown``, are skipped like ``docker pull`` does; an entry without a
+``platform`` is fetched with every platform, not with one). Each manifest and blob is
 checked against its digest as it arrives; each blob's progress goes to stderr (a bar on a
 terminal, plain lines otherwise: ``docxy.cli.progress``).
 
@@ -190,8 +191,12 @@ def _descriptor(item: Any) -> Descriptor | None:
 
 
 def platform_matches(wanted: str, platform: str | None) -> bool:
-    """``all`` takes every real platform; ``linux/arm64`` also takes ``linux/arm64/v8``."""
-    if platform is None or platform.startswith("unknown/"):
+    """``all`` takes every real platform, and an entry that names none (``platform`` is
+    optional in an OCI index, and containerd pulls such an entry: skipped, it left an image
+    that warm called warmed cold); ``linux/arm64`` also takes ``linux/arm64/v8``."""
+    if platform is None:
+        return wanted == "all"
+    if platform.startswith("unknown/"):
         return False
     if wanted == "all":
         return True

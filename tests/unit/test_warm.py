@@ -50,7 +50,8 @@ def sha(data: bytes) -> str:
     [
         ("all", "linux/amd64", True),
         ("all", "unknown/unknown", False),
-        ("all", None, False),
+        ("all", None, True),  # no platform in the index entry: warmed with all
+        ("linux/amd64", None, False),
         ("linux/arm64", "linux/arm64/v8", True),
         ("linux/arm64", "linux/amd64", False),
         ("linux/arm", "linux/arm64", False),

@@ -1,0 +1,117 @@
+"""Review of ``docxy warm`` as an operator runs it from cron: a real mirror in front of a real
+``docker-registry`` (``lab.registry``, ``lab.mirror``), both on 127.0.0.126 with ports from
+8600-8699 (this review's loopback range), instead of the session bed on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from docxy.cli.main import main
+from lab.bed.images import (
+    OCI_INDEX,
+    Blob,
+    Pusher,
+    build_image,
+    text_layer,
+)
+from lab.mirror import Mirror, launch_mirror, stop_mirror
+from lab.registry import RegistryProcess
+
+pytestmark = pytest.mark.usefixtures("clean_docxy_env")
+
+HOST = "127.0.0.126"
+PORTS = range(8600, 8700)
+
+
+def _port_in_range() -> int:
+    """A port of 8600-8699 free on HOST (a bind there only, no wildcard)."""
+    for port in PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            if port not in _given:
+                _given.add(port)
+                return port
+    raise RuntimeError(f"no free port in {PORTS} on {HOST}")
+
+
+_given: set[int] = set()
+
+
+@pytest.fixture
+def in_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's registry and mirror listen on HOST, on ports of this review's range."""
+    _given.clear()
+    for module in ("lab.registry", "lab.service", "lab.mirror"):
+        monkeypatch.setattr(f"{module}.LOOPBACK", HOST)
+    for module in ("lab.registry", "lab.mirror"):
+        monkeypatch.setattr(f"{module}.free_port", lambda host=HOST: _port_in_range())
+
+
+@dataclass
+class Lab:
+    registry: RegistryProcess
+    pusher: Pusher
+    mirror: Mirror
+
+
+@pytest.fixture
+def lab(in_range: None, tmp_path: Path) -> Iterator[Lab]:
+    registry = RegistryProcess("/usr/bin/docker-registry", tmp_path / "registry")
+    (tmp_path / "registry").mkdir()
+    registry.start()
+    pusher = Pusher(registry.url, lambda repo: "none")  # no auth: the header is ignored
+    mirror: Mirror | None = None
+    try:
+        mirror = launch_mirror(registry.url, tmp_path / "mirror")
+        assert mirror.url.startswith(f"http://{HOST}:86"), mirror.url
+        yield Lab(registry, pusher, mirror)
+    finally:
+        pusher.close()
+        if mirror is not None:
+            stop_mirror(mirror)
+        registry.stop()
+
+
+def _cached_blobs(mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> set[str]:
+    capsys.readouterr()
+    cache_dir = mirror.log_path.parent / "cache"
+    assert main(["cache", "ls", "--blobs", "--cache-dir", str(cache_dir)]) == 0
+    return {line.split()[1] for line in capsys.readouterr().out.splitlines()}
+
+
+# --- 1. an index entry without a platform ---------------------------------------------------
+
+
+def test_an_index_entry_without_a_platform_is_warmed_or_the_image_fails(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An OCI index whose entries carry no ``platform`` (it is optional; containerd pulls such
+    an entry for any platform): warm skipped them as if attestations, warmed the one that had
+    a platform, and exited 0 with the other image's blobs never fetched."""
+    amd64 = build_image([text_layer("amd64", oci=True)], "amd64", oci=True)
+    bare = build_image([text_layer("no platform", oci=True)], "arm64", oci=True)
+    for image in (amd64, bare):
+        lab.pusher.push_image("team/app", image)
+    entries = [
+        amd64.manifest.descriptor() | {"platform": amd64.platform},
+        bare.manifest.descriptor(),  # no platform
+    ]
+    index = Blob(OCI_INDEX, json.dumps({"schemaVersion": 2, "manifests": entries}).encode())
+    lab.pusher.push_manifest("team/app", "1", index)
+
+    code = main(["warm", "--mirror", lab.mirror.url, "team/app:1"])
+    out, err = capsys.readouterr()
+    cached = _cached_blobs(lab.mirror, capsys)
+    bare_blobs = {bare.config.digest, *(layer.blob.digest for layer in bare.layers)}
+    # Warmed (exit 0) only if every entry's blobs are in the mirror's cache.
+    assert code != 0 or bare_blobs <= cached, (code, out, err)
+    assert code == 0, err
