@@ -592,14 +592,30 @@ def _say_unused_tls(mirror: str, ca_file: str | None, client_cert: str | None) -
 
 
 def _mirror_url(text: str) -> str:
-    """``--mirror`` (or ``server.public_url``) as an http(s) URL with a host, or ValueError."""
+    """``--mirror`` (or ``server.public_url``) as an http(s) URL with a host and no login, or
+    ValueError (naming the URL with any login in it masked).
+
+    A login in the URL (``http://user:password@host``, as curl takes it) is refused: warm's
+    own auth (:class:`RegistryAuth`) left httpx to ignore it, so the mirror saw an anonymous
+    client, and every message naming the mirror printed the password."""
+    shown = _login_masked(text)
     try:
         url = httpx.URL(text)
     except httpx.InvalidURL as exc:
-        raise ValueError(f"--mirror {text!r}: not a URL ({exc})") from None
+        raise ValueError(f"--mirror {shown!r}: not a URL ({_login_masked(str(exc))})") from None
+    if url.userinfo:
+        raise ValueError(
+            f"--mirror {shown!r}: a login in the URL is not used; give it as --username USER "
+            "--password-stdin (passwords never go on the command line)"
+        )
     if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"--mirror {text!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+        raise ValueError(f"--mirror {shown!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
     return text
+
+
+def _login_masked(text: str) -> str:
+    """``text`` with the login of any URL in it (``//user:password@``) as ``//***@``."""
+    return re.sub(r"//[^/@\s]*@", "//***@", text)
 
 
 def _mirror_image(text: str, upstreams: list[str], *, library_prefix: bool) -> ImageRef:

@@ -115,3 +115,23 @@ def test_an_index_entry_without_a_platform_is_warmed_or_the_image_fails(
     # Warmed (exit 0) only if every entry's blobs are in the mirror's cache.
     assert code != 0 or bare_blobs <= cached, (code, out, err)
     assert code == 0, err
+
+
+# --- 2. a password in --mirror's URL --------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["http", "ftp"])
+def test_a_password_in_the_mirror_url_is_refused_and_never_printed(
+    in_range: None, capsys: pytest.CaptureFixture[str], scheme: str
+) -> None:
+    """``--mirror http://bob:s3cret@host`` (how curl takes a login): httpx ignores the URL's
+    login under warm's own auth, so the mirror saw an anonymous client, and every message
+    naming the mirror (``cannot reach the mirror at http://bob:s3cret@...``, a cron mail)
+    printed the password. It is a usage error now, said without the password."""
+    port = _port_in_range()  # nothing listens there
+    url = f"{scheme}://bob:s3cret@{HOST}:{port}"
+    code = main(["warm", "--mirror", url, "alpine"])
+    err = capsys.readouterr().err
+    assert "s3cret" not in err, err
+    assert code == 2, err
+    assert "--username" in err and "--password-stdin" in err, err
