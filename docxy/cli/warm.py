@@ -1,4 +1,4 @@
-"""``docxy warm IMAGE[:TAG]...``: prefetch images into a running mirror's cache.
+"""``docxy warm IMAGE[:TAG]... [--file FILE]``: prefetch images into a running mirror's cache.
 
 Warm pulls through the mirror over HTTP, the way a Docker client does — ``/v2/`` challenge,
 token from the realm it names, manifests, then every blob read to its end — so the running
@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -508,7 +509,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     warm = commands.add_parser(
         "warm", help="prefetch images into the running mirror's cache (all platforms)"
     )
-    warm.add_argument("images", metavar="IMAGE[:TAG]", nargs="+")
+    warm.add_argument("images", metavar="IMAGE[:TAG]", nargs="*")
+    warm.add_argument(
+        "--file",
+        metavar="FILE",
+        help="warm the images listed in FILE too, one a line (blank lines and # comments "
+        "skipped; CRLF line ends taken)",
+    )
     warm.add_argument(
         "--mirror", metavar="URL", help="the running mirror (default: server.public_url)"
     )
@@ -546,7 +553,10 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         credentials = _credentials(args)
         prefix = config.upstream.library_prefix
         names = [upstream.name for upstream in config.upstreams]
-        images = [_mirror_image(text, names, library_prefix=prefix) for text in args.images]
+        listed = [*args.images, *(_image_list(args.file) if args.file is not None else [])]
+        if not listed:
+            raise ValueError("no image to warm: name one (IMAGE[:TAG]), or --file FILE")
+        images = [_mirror_image(text, names, library_prefix=prefix) for text in listed]
         if args.platform != "all" and not re.fullmatch(
             r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", args.platform
         ):
@@ -616,6 +626,32 @@ def _mirror_url(text: str) -> str:
 def _login_masked(text: str) -> str:
     """``text`` with the login of any URL in it (``//user:password@``) as ``//***@``."""
     return re.sub(r"//[^/@\s]*@", "//***@", text)
+
+
+def _image_list(path: str) -> list[str]:
+    """The images a list file names (``--file``): one a line, what follows a ``#`` a comment
+    (no image reference holds one), blank lines skipped, each line stripped (a CRLF line end
+    too). ValueError naming the file: it cannot be read, names no image, or a line is not one
+    image reference (the line's number)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ValueError(f"--file {path}: cannot read it ({why})") from None
+    images = []
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if len(words) > 1:
+            raise ValueError(f"--file {path}: line {number}: one image a line, not {len(words)}")
+        for word in words:
+            try:
+                parse_image_ref(word, library_prefix=False)  # which line, if it is none
+            except ValueError as exc:
+                raise ValueError(f"--file {path}: line {number}: {exc}") from None
+            images.append(word)
+    if not images:
+        raise ValueError(f"--file {path}: no image in it (only blank lines and # comments)")
+    return images
 
 
 def _mirror_image(text: str, upstreams: list[str], *, library_prefix: bool) -> ImageRef:

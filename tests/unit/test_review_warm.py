@@ -135,3 +135,62 @@ def test_a_password_in_the_mirror_url_is_refused_and_never_printed(
     assert "s3cret" not in err, err
     assert code == 2, err
     assert "--username" in err and "--password-stdin" in err, err
+
+
+# --- 3. a list of images from a file (cron) -------------------------------------------------
+
+
+def test_images_from_a_list_file_with_comments_blank_lines_and_crlf(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The list a cron job keeps, edited on Windows: comments, blank lines, CRLF. Warm took
+    images on its command line only, and ``docxy warm $(cat list)`` made each word of a
+    comment an image: exit 2, nothing warmed. ``--file`` reads the list."""
+    first = build_image([text_layer("first", oci=True)], "amd64", oci=True)
+    second = build_image([text_layer("second", oci=True)], "amd64", oci=True)
+    lab.pusher.push_image("team/first", first, "1")
+    lab.pusher.push_image("team/second", second, "2")
+    listed = tmp_path / "warm.list"
+    listed.write_bytes(
+        b"# images the build farm pulls\r\n\r\nteam/first:1\r\n   \r\n"
+        b"team/second:2   # nightly\r\n# team/third:3\r\n"
+    )
+
+    code = main(["warm", "--mirror", lab.mirror.url, "--file", str(listed)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "total: 2 of 2 images cached" in out, out
+    cached = _cached_blobs(lab.mirror, capsys)
+    for image in (first, second):
+        assert {image.config.digest, *(layer.blob.digest for layer in image.layers)} <= cached
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"# nothing but comments\r\n\r\n", "no image"),
+        (b"alpine\r\nnot an image!\r\n", "line 2: one image a line"),
+        (b"alpine\r\n\r\nNot/Valid\r\n", "line 3: 'Not/Valid': invalid"),
+    ],
+)
+def test_a_list_file_that_names_no_image_or_a_bad_one_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, said: str
+) -> None:
+    listed = tmp_path / "warm.list"
+    listed.write_bytes(content)
+    # refused before any request: nothing listens at 8699, nothing is asked
+    code = main(["warm", "--mirror", f"http://{HOST}:8699", "--file", str(listed)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(listed) in err and said in err, err
+
+
+def test_a_list_file_not_there_and_no_image_at_all_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.list"
+    assert main(["warm", "--mirror", f"http://{HOST}:8699", "--file", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"--file {missing}: cannot read it (No such file or directory)" in err, err
+    assert main(["warm", "--mirror", f"http://{HOST}:8699"]) == 2
+    assert "no image to warm" in capsys.readouterr().err
