@@ -625,7 +625,7 @@ def _mirror_url(text: str) -> str:
 
 def _login_masked(text: str) -> str:
     """``text`` with the login of any URL in it (``//user:password@``) as ``//***@``."""
-    return re.sub(r"//[^/@\s]*@", "//***@", text)
+    return re.sub(r"//[^/\s]*@", "//***@", text)  # to the last @: a password may hold one
 
 
 def _image_list(path: str) -> list[str]:
