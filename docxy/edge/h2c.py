@@ -3,10 +3,12 @@
 hypercorn switches a plain connection to HTTP/2 on the client's word: the HTTP/2 preface
 (prior knowledge) or ``Upgrade: h2c``. Docker, containerd and skopeo never ask (they speak
 HTTP/1.1 to a mirror; the TLS listener offers only ``http/1.1``), but anyone else may, and
-hypercorn 0.18 does not hold a stream's response back for a client that stops reading: the
-body piles up in memory (measured: one stalled stream of a cached 32 MiB blob +39 MiB of RSS,
-eight +280 MiB; a hundred streams of a 256 MiB blob took the process past 22 GiB). Over
-HTTP/1.1 a client that stops reading costs nothing (``docxy.edge.connections``).
+hypercorn 0.18 does not hold a stream's response back for a client that stops reading (keeps
+the stream's flow-control window shut): the body piles up in memory (measured: one stalled
+stream of a cached 32 MiB blob +39 MiB of RSS, eight +280 MiB; a hundred streams of a 256 MiB
+blob took the process past 22 GiB), and the stream is held for good. Over HTTP/1.1 a client
+that stops reading costs nothing (``docxy.edge.connections``). When h2c is allowed,
+:class:`H2cChecked` holds such a body back and resets such a stream.
 
 :func:`install` makes hypercorn answer both ways in with ``GOAWAY`` and the code HTTP/2
 reserves for this, ``HTTP_1_1_REQUIRED``, then close the connection: nothing reaches the app.
@@ -14,14 +16,22 @@ reserves for this, ``HTTP_1_1_REQUIRED``, then close the connection: nothing rea
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass
+
 import hypercorn.protocol
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
+from h2.exceptions import H2Error, ProtocolError
 from hypercorn.events import Closed, Event, Updated
 from hypercorn.protocol.h2 import H2Protocol
 from hyperframe.exceptions import HyperframeError
+
+from docxy.edge.connections import CHECKS_PER_TIMEOUT, ConnectionGuard
+
+log = logging.getLogger(__name__)
 
 #: What h2 raises for an ``HTTP2-Settings`` header it cannot take: not base64, not a SETTINGS
 #: frame, a setting out of range. Out of hypercorn's connection task, each was an ERROR
@@ -29,9 +39,39 @@ from hyperframe.exceptions import HyperframeError
 UNREADABLE_SETTINGS = (ValueError, H2Error, HyperframeError)
 
 
+@dataclass(slots=True)
+class _ShutWindow:
+    """A stream's time waiting on its client's flow-control window, judged as
+    ``docxy.edge.connections`` judges a socket's waits: since when it has been shut (None:
+    open), the seconds waited in the current judging window before that, the stream's bytes
+    sent, and those sent at the judging window's start."""
+
+    shut_since: float | None = None
+    waited: float = 0.0
+    sent: int = 0
+    window_sent: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
 class H2cChecked(H2Protocol):
     """hypercorn's HTTP/2 connection (``limits.h2_max_streams`` > 0), which closes at once on
-    an ``Upgrade: h2c`` whose ``HTTP2-Settings`` cannot be read."""
+    an ``Upgrade: h2c`` whose ``HTTP2-Settings`` cannot be read, and holds a client to
+    ``limits.send_timeout`` and ``limits.send_min_rate`` per stream.
+
+    A client that never opens a stream's flow-control window (no ``WINDOW_UPDATE``) has taken
+    every byte it let the server send: nothing waits on its socket, so the edge's stall check
+    never looks, and the idle timer does not run while a stream is open. Such a stream was
+    held for good, and with it its request (a pass-through's upstream permit under
+    ``limits.fills_total``). Worse, hypercorn's send task, finding the window shut, took
+    nothing from the stream's buffer and still woke the app's pending write: the app wrote on,
+    and the whole body went into memory. Here a stream whose window is shut keeps the app's
+    writes waiting (a few chunks at most are held), and one whose window stays shut for
+    ``limits.send_timeout``, or that opens it by less than ``limits.send_min_rate`` bytes a
+    second over each ``send_timeout`` of waiting, is reset (``RST_STREAM``, ``CANCEL``): its
+    request ends as if the client had reset it, the connection goes on.
+    """
+
+    _waits: dict[int, _ShutWindow] | None = None
 
     async def initiate(
         self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
@@ -46,6 +86,116 @@ class H2cChecked(H2Protocol):
             # sent the preface alone stayed open for good (limits.idle_timeout never came),
             # and at a stop held it (docxy.edge.connections.ConnectionGuard.stop).
             await self.send(Updated(idle=True))
+
+    @property
+    def _guard(self) -> ConnectionGuard | None:
+        guard = getattr(self.config, "edge", None)
+        if isinstance(guard, ConnectionGuard) and guard.send_timeout is not None:
+            return guard
+        return None
+
+    def _window(self, stream_id: int) -> int:
+        """What the client lets be sent on the stream now (in one frame at most); raises
+        h2's errors for a stream or connection closed."""
+        return min(
+            self.connection.local_flow_control_window(stream_id),
+            self.connection.max_outbound_frame_size,
+        )
+
+    async def _send_data(self, stream_id: int) -> None:
+        buffer = self.stream_buffers.get(stream_id)
+        pending = len(buffer.buffer) if buffer is not None else 0
+        try:
+            window = self._window(stream_id) if pending else 0
+        except (ProtocolError, KeyError):  # closed: hypercorn's own send drops the stream
+            window = 1
+        if pending and window <= 0:
+            # Shut: take nothing, wake nothing (hypercorn's own pop of 0 bytes would release
+            # the app's write), until the client opens the window (WindowUpdated unblocks).
+            self.priority.block(stream_id)
+            self._shut(stream_id)
+            return
+        await super()._send_data(stream_id)
+        if pending and self._waits is not None and stream_id in self._waits:
+            self._opened(stream_id, min(pending, window))
+
+    def _shut(self, stream_id: int) -> None:
+        guard = self._guard
+        if guard is None or guard.send_timeout is None:
+            return
+        if self._waits is None:
+            self._waits = {}
+        wait = self._waits.setdefault(stream_id, _ShutWindow())
+        loop = asyncio.get_running_loop()
+        if wait.shut_since is None:
+            wait.shut_since = loop.time()
+        if wait.timer is None:
+            check = guard.send_timeout / CHECKS_PER_TIMEOUT
+            wait.timer = loop.call_later(check, self._check, stream_id)
+
+    def _opened(self, stream_id: int, sent: int) -> None:
+        assert self._waits is not None
+        wait = self._waits[stream_id]
+        wait.sent += sent
+        if wait.shut_since is not None:
+            wait.waited += asyncio.get_running_loop().time() - wait.shut_since
+            wait.shut_since = None
+
+    def _check(self, stream_id: int) -> None:
+        """A few times per ``send_timeout`` while a stream's window is shut: reset it if the
+        client has let nothing be sent for ``send_timeout``, or too little over one."""
+        guard = self._guard
+        wait = self._waits.get(stream_id) if self._waits is not None else None
+        if wait is None or guard is None or guard.send_timeout is None or self.closed:
+            return
+        wait.timer = None
+        timeout = guard.send_timeout
+        now = asyncio.get_running_loop().time()
+        shut = 0.0 if wait.shut_since is None else now - wait.shut_since
+        if shut >= timeout:
+            guard.stalled += 1
+            self._reset(stream_id, f"its window shut for {timeout}s")
+            return
+        waited = wait.waited + shut
+        if waited >= timeout and guard.min_send_rate > 0:
+            taken = wait.sent - wait.window_sent
+            if taken < guard.min_send_rate * waited:
+                guard.too_slow += 1
+                self._reset(
+                    stream_id,
+                    f"{taken / waited:.0f} bytes/s let through its window over {waited:.0f}s,"
+                    f" under limits.send_min_rate {guard.min_send_rate:.0f}",
+                )
+                return
+            wait.waited, wait.window_sent = 0.0, wait.sent
+            if wait.shut_since is not None:
+                wait.shut_since = now
+        if wait.shut_since is not None:
+            self._shut(stream_id)  # still waiting: checked again
+
+    def _reset(self, stream_id: int, why: str) -> None:
+        log.info("closing stalled stream %d of %s: %s", stream_id, self.client, why)
+        self.task_group.spawn(self._reset_stream, stream_id)
+
+    async def _reset_stream(self, stream_id: int) -> None:
+        if self.closed or stream_id not in self.stream_buffers:
+            return
+        try:
+            self.connection.reset_stream(stream_id, error_code=ErrorCodes.CANCEL)
+        except ProtocolError:  # closed meanwhile
+            return
+        await self._flush()
+        # As after the client's own RST_STREAM: the request learns its client is gone, and the
+        # send task, woken, drops the stream's buffer (and the app's pending write with it).
+        await self._close_stream(stream_id)
+        await self._window_updated(stream_id)
+
+    async def _close_stream(self, stream_id: int) -> None:
+        if self._waits is not None:
+            wait = self._waits.pop(stream_id, None)
+            if wait is not None and wait.timer is not None:
+                wait.timer.cancel()
+        await super()._close_stream(stream_id)
 
 
 class H2cRefused(H2Protocol):

@@ -1,0 +1,306 @@
+"""Review findings on h2c (``limits.h2_max_streams`` > 0) and the edge's slow-client guards:
+a real mirror app (cache off, a pass-through under ``limits.fills_total`` 1) behind hypercorn,
+the edge's guard and ``docxy.edge.h2c``, a loopback upstream, and a real HTTP/2 client (the
+``h2`` library over a socket) that controls its flow-control window."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import hypercorn.asyncio.run as hypercorn_run
+import hypercorn.protocol
+import pytest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from docxy.config import load_config
+from docxy.edge import connections, h2c
+from docxy.edge.connections import ConnectionGuard
+from docxy.http.app import create_app
+from docxy.http.state import mirror_state
+from docxy.tasks import spawn
+from lab.ports import listening
+from tests.unit.test_review_edge2 import OTHER, Upstream, blob_request
+
+MIRROR_HOST = "127.0.0.120"
+UPSTREAM_HOST = "127.0.0.121"
+PORTS = range(8400, 8500)  # this review's loopback ports
+GUARD = 20.0  # seconds before a would-be hang becomes a test failure
+DIGEST = "sha256:" + "ef" * 32
+
+
+def free_port(host: str) -> int:
+    """A port of this review's range that ``host`` can bind now."""
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS} on {host}")
+
+
+@pytest.fixture
+def h2c_allowed() -> Iterator[None]:
+    """The edge's TCP server and h2c allowed, as ``run()`` installs them for
+    ``limits.h2_max_streams`` > 0."""
+    server = hypercorn_run.TCPServer  # type: ignore[attr-defined]
+    protocol = hypercorn.protocol.H2Protocol  # type: ignore[attr-defined]
+    connections.install()
+    h2c.install(refuse=False)
+    yield
+    setattr(hypercorn_run, "TCPServer", server)  # noqa: B010
+    setattr(hypercorn.protocol, "H2Protocol", protocol)  # noqa: B010
+
+
+@dataclass
+class Mirror:
+    port: int
+    guard: ConnectionGuard
+    app: Any
+
+
+@contextlib.asynccontextmanager
+async def mirror(
+    tmp_path: Path, send_timeout: float = 1.0, min_send_rate: float = 0.0
+) -> AsyncIterator[Mirror]:
+    """The mirror's app, cache off, one pass-through at a time, h2c allowed (4 streams),
+    behind hypercorn and the edge's guard, passing through to an :class:`Upstream`."""
+    upstream = Upstream()
+    upstream.port = free_port(UPSTREAM_HOST)
+    server = await asyncio.start_server(upstream.handle, UPSTREAM_HOST, upstream.port)
+    settings = {
+        "upstream.registry": f"http://{UPSTREAM_HOST}:{upstream.port}",
+        "cache.enabled": "false",
+        "cache.dir": str(tmp_path / "cache"),
+        "server.public_url": "https://mirror.test",
+        "limits.fills_total": "1",
+        "limits.h2_max_streams": "4",
+    }
+    app = create_app(load_config(settings, environ={}), probe=False)
+    port = free_port(MIRROR_HOST)
+    config = HypercornConfig()
+    config.bind = [f"{MIRROR_HOST}:{port}"]
+    config.accesslog = None
+    config.read_timeout = None
+    config.h2_max_concurrent_streams = 4
+    guard = ConnectionGuard(
+        max_connections=20, send_timeout=send_timeout, min_send_rate=min_send_rate
+    )
+    setattr(config, "edge", guard)  # noqa: B010
+    stop = asyncio.Event()
+    task = spawn("test-mirror", serve(app, config, shutdown_trigger=stop.wait))
+    try:
+        await listening(MIRROR_HOST, port)
+        yield Mirror(port, guard, app)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, GUARD)
+        server.close()
+        await server.wait_closed()
+
+
+@dataclass
+class H2Client:
+    """An HTTP/2 client (prior knowledge) that reads every byte the socket brings but opens
+    its flow-control windows only when told (:meth:`open_window`)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    conn: h2.connection.H2Connection = field(
+        default_factory=lambda: h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True)
+        )
+    )
+    status: int | None = None
+    received: int = 0
+    reset: h2.events.StreamReset | None = None
+    ended: bool = False
+
+    @classmethod
+    async def connect(cls, port: int) -> H2Client:
+        reader, writer = await asyncio.open_connection(MIRROR_HOST, port)
+        client = cls(reader, writer)
+        client.conn.initiate_connection()
+        await client.flush()
+        return client
+
+    async def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def get(self, path: str) -> int:
+        stream_id: int = self.conn.get_next_available_stream_id()
+        headers = [
+            (":method", "GET"),
+            (":path", path),
+            (":scheme", "http"),
+            (":authority", "mirror.test"),
+        ]
+        self.conn.send_headers(stream_id, headers, end_stream=True)
+        await self.flush()
+        return stream_id
+
+    async def read(self, seconds: float) -> None:
+        """Take what the server sends for ``seconds`` (SETTINGS acknowledged, no window
+        opened)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), left)
+            except TimeoutError:
+                return
+            if not data:
+                return
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    self.status = int(dict(event.headers or [])[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    self.received += event.flow_controlled_length
+                elif isinstance(event, h2.events.StreamReset):
+                    self.reset = event
+                elif isinstance(event, h2.events.StreamEnded):
+                    self.ended = True
+            await self.flush()
+
+    async def open_window(self, stream_id: int, size: int) -> None:
+        """Let the server send ``size`` more bytes on the stream (and the connection)."""
+        self.conn.increment_flow_control_window(size, stream_id=stream_id)
+        self.conn.increment_flow_control_window(size)
+        await self.flush()
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+async def status_of(port: int, digest: str) -> int:
+    """The status an HTTP/1.1 client gets for ``digest`` (its body left unread)."""
+    reader, writer = await asyncio.open_connection(MIRROR_HOST, port)
+    try:
+        writer.write(blob_request(digest))
+        line = await asyncio.wait_for(reader.readline(), GUARD)
+        return int(line.split()[1])
+    finally:
+        writer.transport.abort()
+
+
+async def held(permits: Any) -> None:
+    for _ in range(100):  # until the download holds the permit
+        if permits.running:
+            return
+        await asyncio.sleep(0.05)
+
+
+BLOB = f"/v2/library/img/blobs/{DIGEST}"
+
+
+async def test_an_h2c_stream_whose_window_stays_shut_is_reset_and_frees_its_permit(
+    tmp_path: Path, h2c_allowed: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that asks a blob over h2c, reads every byte its socket brings, and never sends
+    a WINDOW_UPDATE: the server sends the initial 64 KiB window and waits. Nothing is left
+    unsent on the socket, so the edge's stall check (``limits.send_timeout``) never looked,
+    the idle timer does not run while a stream is open, and the stream held the only
+    pass-through permit (``limits.fills_total`` 1) for good: every other pass-through 429.
+    A stream whose window stays shut for ``limits.send_timeout`` is reset (RST_STREAM) and
+    its permit comes back; the connection stays."""
+    caplog.set_level(logging.INFO, logger="docxy.edge")
+    async with mirror(tmp_path) as served:
+        permits = mirror_state(served.app).running.blobs.permits
+        client = await H2Client.connect(served.port)
+        try:
+            stream_id = await client.get(BLOB)
+            await held(permits)
+            assert sum(permits.running.values()) == 1
+            assert await status_of(served.port, OTHER) == 429  # the cap holds meanwhile
+            deadline = time.monotonic() + 8.0
+            while permits.running and time.monotonic() < deadline:
+                await client.read(0.1)
+            assert client.status == 200
+            assert client.received == 65535  # the initial window, no more
+            assert not permits.running, "the stream whose window stays shut holds its permit"
+            await client.read(0.3)
+            assert client.reset is not None and client.reset.stream_id == stream_id
+            assert await status_of(served.port, OTHER) == 200
+            assert served.guard.refusals()["limits.send_timeout"] == 1
+            said = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+            assert len(said) == 1 and "stream" in said[0]
+            client.status = None
+            await client.get(BLOB)  # the connection still serves (the permit may be taken
+            await client.read(1.0)  # again by the request just above, not yet seen gone)
+            assert client.status in (200, 429)
+        finally:
+            client.close()
+
+
+async def test_an_h2c_stream_whose_window_is_shut_holds_its_body_back(
+    tmp_path: Path, h2c_allowed: None
+) -> None:
+    """hypercorn's send task, finding a stream's window shut, takes nothing from its buffer and
+    still wakes the app's pending write; so every chunk the app writes is let through into
+    the buffer: the whole blob (64 MiB here, from a fast upstream) went into memory for a
+    client that had taken 64 KiB, and the pass-through was over (its permit freed, its
+    upstream body read) at once. The app's writes wait while the window is shut, as they
+    wait for a socket that takes nothing over HTTP/1.1: a second on, the relay still holds
+    its permit, the body not read whole."""
+    async with mirror(tmp_path, send_timeout=5.0) as served:
+        permits = mirror_state(served.app).running.blobs.permits
+        client = await H2Client.connect(served.port)
+        try:
+            await client.get(BLOB)
+            await held(permits)
+            await client.read(1.0)
+            assert client.status == 200 and client.received == 65535
+            assert sum(permits.running.values()) == 1, "the whole body was taken in"
+            await client.open_window(1, 1 << 20)  # the window opens: the body goes on
+            await client.read(0.5)
+            assert client.received > 1 << 20
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("min_rate", [64_000.0, 0.0])
+async def test_an_h2c_stream_whose_window_opens_a_trickle_is_judged_by_send_min_rate(
+    tmp_path: Path, h2c_allowed: None, min_rate: float
+) -> None:
+    """A client that opens its window by 2 KB every 0.1 s (20 KB/s) never leaves it shut for
+    ``limits.send_timeout``; below ``limits.send_min_rate`` over a ``send_timeout`` of
+    waiting it is reset, as a trickling HTTP/1.1 reader is cut, and its permit comes back
+    (0: off, the control case: the trickle holds it)."""
+    async with mirror(tmp_path, min_send_rate=min_rate) as served:
+        permits = mirror_state(served.app).running.blobs.permits
+        client = await H2Client.connect(served.port)
+        try:
+            stream_id = await client.get(BLOB)
+            await held(permits)
+            for _ in range(40):
+                if client.reset is not None:
+                    break
+                await client.open_window(stream_id, 2000)
+                await client.read(0.1)
+            assert client.received > 65535 + 10_000  # it did keep opening it
+            if not min_rate:
+                assert client.reset is None
+                assert sum(permits.running.values()) == 1  # held all along
+                return
+            assert client.reset is not None and client.reset.stream_id == stream_id
+            await client.read(0.3)
+            assert not permits.running
+            assert served.guard.refusals()["limits.send_min_rate"] == 1
+            assert served.guard.refusals()["limits.send_timeout"] == 0
+        finally:
+            client.close()
