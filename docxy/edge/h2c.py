@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import hypercorn.protocol
 from h2.config import H2Configuration
@@ -26,7 +27,8 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError
 from hypercorn.events import Closed, Event, Updated
-from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h2 import BUFFER_LOW_WATER, H2Protocol, StreamBuffer
+from hypercorn.typing import Event as IOEvent
 from hyperframe.exceptions import HyperframeError
 
 from docxy.edge.connections import CHECKS_PER_TIMEOUT, ConnectionGuard
@@ -37,6 +39,35 @@ log = logging.getLogger(__name__)
 #: frame, a setting out of range. Out of hypercorn's connection task, each was an ERROR
 #: traceback in the log, one per request anybody sent.
 UNREADABLE_SETTINGS = (ValueError, H2Error, HyperframeError)
+
+
+class HeldBuffer(StreamBuffer):
+    """A stream's buffer that lets the app write again only once it is nearly sent.
+
+    hypercorn's wakes the app's pending write whenever less than 16 KiB is taken from it,
+    however much it still holds: a client opening its window a byte at a time let the app
+    write a chunk per byte (64 MiB for 1100 bytes taken)."""
+
+    async def pop(self, max_length: int) -> bytes:
+        length = max(0, min(len(self.buffer), max_length))
+        if len(self.buffer) - length < BUFFER_LOW_WATER:
+            return await super().pop(max_length)
+        data = bytes(self.buffer[:length])  # much left after it: the writer stays paused
+        del self.buffer[:length]
+        return data
+
+
+class HeldBuffers(dict[int, StreamBuffer]):
+    """A connection's stream buffers, each a :class:`HeldBuffer` whatever hypercorn makes."""
+
+    def __init__(self, event_class: type[IOEvent]) -> None:
+        super().__init__()
+        self.event_class = event_class
+
+    def __setitem__(self, stream_id: int, buffer: StreamBuffer) -> None:
+        if not isinstance(buffer, HeldBuffer):  # a new stream's, empty
+            buffer = HeldBuffer(self.event_class)
+        super().__setitem__(stream_id, buffer)
 
 
 @dataclass(slots=True)
@@ -64,14 +95,19 @@ class H2cChecked(H2Protocol):
     held for good, and with it its request (a pass-through's upstream permit under
     ``limits.fills_total``). Worse, hypercorn's send task, finding the window shut, took
     nothing from the stream's buffer and still woke the app's pending write: the app wrote on,
-    and the whole body went into memory. Here a stream whose window is shut keeps the app's
-    writes waiting (a few chunks at most are held), and one whose window stays shut for
+    and the whole body went into memory (and so did it for a window opened a byte at a time:
+    :class:`HeldBuffer`). Here a stream whose window is shut keeps the app's writes waiting
+    (a few chunks at most are held), and one whose window stays shut for
     ``limits.send_timeout``, or that opens it by less than ``limits.send_min_rate`` bytes a
     second over each ``send_timeout`` of waiting, is reset (``RST_STREAM``, ``CANCEL``): its
     request ends as if the client had reset it, the connection goes on.
     """
 
     _waits: dict[int, _ShutWindow] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_buffers = HeldBuffers(self.context.event_class)
 
     async def initiate(
         self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None

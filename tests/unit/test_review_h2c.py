@@ -304,3 +304,28 @@ async def test_an_h2c_stream_whose_window_opens_a_trickle_is_judged_by_send_min_
             assert served.guard.refusals()["limits.send_timeout"] == 0
         finally:
             client.close()
+
+
+async def test_tiny_window_updates_do_not_let_the_app_run_ahead(
+    tmp_path: Path, h2c_allowed: None
+) -> None:
+    """hypercorn wakes the app's pending write whenever it sends less than 16 KiB from a
+    stream's buffer, however much the buffer still holds: a client opening its window one
+    byte at a time let the app write a 64 KiB chunk per byte, 64 MiB for 1100 bytes taken
+    (its relay over, the permit freed). The app's write waits until the buffer is nearly
+    sent."""
+    async with mirror(tmp_path, send_timeout=30.0) as served:
+        permits = mirror_state(served.app).running.blobs.permits
+        client = await H2Client.connect(served.port)
+        try:
+            stream_id = await client.get(BLOB)
+            await held(permits)
+            await client.read(0.3)
+            for _ in range(1100):
+                await client.open_window(stream_id, 1)
+                await client.read(0.002)
+            await client.read(0.3)
+            assert client.received == 65535 + 1100
+            assert sum(permits.running.values()) == 1, "the whole body was taken in"
+        finally:
+            client.close()
