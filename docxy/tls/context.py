@@ -44,6 +44,11 @@ ALPN = ["http/1.1"]
 EXPIRY_WARNING = dt.timedelta(days=7)
 #: How long a self-signed pair that could not be renewed (written or loaded) is left alone.
 OWN_RETRY = dt.timedelta(hours=1)
+#: How long the files may hold a pair the mirror refuses before ``/health`` says so (``warning``,
+#: ``degraded``): longer than a read between an installer's two renames or a network volume's
+#: passing error, which the next look serves; far shorter than the weeks a renewed certificate
+#: refused went unseen, until the old one was days from its end.
+RELOAD_GRACE = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -326,6 +331,8 @@ class ReloadableTLS:
         self.context, self._info, self._chain = self._loaded()
         self._last_reload = _utcnow()
         self._last_error: str | None = None
+        #: Since when the files hold a pair that cannot be served (None: they serve).
+        self._failing_since: dt.datetime | None = None
         self._warned: tuple[str, dt.datetime] | None = None  # serial and time of the last warning
         log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
         self._warn_if_refused()
@@ -365,9 +372,13 @@ class ReloadableTLS:
                 raise CertError(expired)
         except CertError as exc:
             self._last_error = str(exc)
+            now = _utcnow()
+            if self._failing_since is None or self._failing_since > now:  # or the clock stepped
+                self._failing_since = now
             raise
         self._signature = signature
         self._last_error = None
+        self._failing_since = None
         if chain == self._chain:  # the whole chain: a fixed intermediate is a change too
             return False
         self.context, self._info, self._chain = context, info, chain
@@ -387,6 +398,18 @@ class ReloadableTLS:
             issuer_included=info.issuer_included,
         )
 
+    def _stuck(self, now: dt.datetime | None = None) -> str | None:
+        """Why the files' pair, refused for :data:`RELOAD_GRACE` or longer, is not served; None
+        while it serves or was refused only just now."""
+        since, error = self._failing_since, self._last_error
+        if since is None or error is None or (now or _utcnow()) - since < RELOAD_GRACE:
+            return None
+        return (
+            f"the certificate files have held a pair the mirror refuses since"
+            f" {utc_stamp(since)}: {error}; still serving serial {self._info.serial}, valid"
+            f" until {utc_stamp(self._info.not_after)} (tried again at each look and on SIGHUP)"
+        )
+
     def _warn_if_refused(self) -> None:
         """Log, once per certificate loaded, that clients will refuse it."""
         refused = self._refusal()[1]
@@ -404,13 +427,16 @@ class ReloadableTLS:
             if _within(now - self._warned[1], dt.timedelta(days=1)):
                 return
         self._warned = (info.serial, now)
+        why = "it has not been renewed (see the renewer's log and `renewal` in /health)"
+        if self._last_error is not None:  # renewed, maybe, but not servable: not the renewer's
+            why = f"the files hold a pair the mirror refuses ({self._last_error})"
         log.warning(
-            "TLS certificate %s (serial %s) expires in %.1f days, at %s: it has not been renewed"
-            " (see the renewer's log and `renewal` in /health)",
+            "TLS certificate %s (serial %s) expires in %.1f days, at %s: %s",
             self.cert_path,
             info.serial,
             info.days_left(now),
             utc_stamp(info.not_after),
+            why,
         )
 
     def renew_own_if_due(self, now: dt.datetime | None = None) -> bool:
@@ -442,14 +468,16 @@ class ReloadableTLS:
 
     def status(self) -> dict[str, object]:
         served, refused = self._refusal()
+        said = [why for why in (refused, self._stuck()) if why is not None]
         return {
             "cert_path": str(self.cert_path),
             "served": served,
             "domain": self.domain,
-            "warning": refused,
+            "warning": "; ".join(said) or None,
             **self._info.as_dict(),
             "last_reload": utc_stamp(self._last_reload),
             "last_error": self._last_error,
+            "reload_failing_since": utc_stamp(self._failing_since),
         }
 
     async def watch(self, interval: float) -> None:

@@ -1,0 +1,133 @@
+"""Faults in the served certificate's reload and checks (docxy.tls.context) found by the tls
+review: what an operator whose renewals run unattended for a year is told, and when."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from docxy.http.health import health_report
+from docxy.tls import context
+from docxy.tls.context import CertError, ReloadableTLS, self_signed
+from tests.unit.test_observe_metrics import make_state
+
+
+def _pair(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    return self_signed(tmp_path / name, "localhost")
+
+
+def _served(tmp_path: Path) -> tuple[Path, Path]:
+    """The mirror's pair at its served paths, the key 0600 as every installer writes it."""
+    cert, key = _pair(tmp_path, "a")
+    dst = (tmp_path / "fullchain.pem", tmp_path / "privkey.pem")
+    shutil.copyfile(cert, dst[0])
+    shutil.copyfile(key, dst[1])
+    dst[1].chmod(0o600)
+    return dst
+
+
+def _health(tmp_path: Path, tls: ReloadableTLS) -> dict[str, object]:
+    state = make_state(tmp_path / "state")
+    state.extras["health"] = {"tls": tls.status}
+    return health_report(state)
+
+
+def _later(monkeypatch: pytest.MonkeyPatch, by: dt.timedelta) -> None:
+    now = dt.datetime.now(dt.UTC) + by
+    monkeypatch.setattr(context, "_utcnow", lambda: now)
+
+
+def _refused_renewal(tmp_path: Path, served: tuple[Path, Path]) -> None:
+    """A renewed certificate installed beside a key that is not its own (a key file restored
+    from a backup, a hand copy of the wrong privkey.pem): the mirror refuses the pair."""
+    new_cert, _ = _pair(tmp_path, "b")
+    shutil.copyfile(new_cert, served[0])
+
+
+def test_a_renewed_pair_the_mirror_keeps_refusing_degrades_health(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewer installs a renewed pair and reports success; the mirror refuses it and goes
+    on serving the old certificate. That was said once in the log and as ``tls.last_error``,
+    while ``status`` stayed ``ok``: a monitor of ``status`` saw nothing until the old
+    certificate had 7 days left, three weeks later, and the expiry warning then pointed at the
+    renewer, whose runs had all succeeded. Refused for longer than a passing moment, it is a
+    ``tls.warning`` and ``status`` is ``degraded``."""
+    served = _served(tmp_path)
+    tls = ReloadableTLS(*served)
+    _refused_renewal(tmp_path, served)
+    with pytest.raises(CertError, match="does not match"):
+        tls.reload()
+    _later(monkeypatch, dt.timedelta(hours=2))  # past the grace of an hour
+    with pytest.raises(CertError):
+        tls.reload()  # the watch tries it again at each look
+    report = _health(tmp_path, tls)
+    shown = report["tls"]
+    assert isinstance(shown, dict)
+    assert report["status"] == "degraded", report
+    warning = str(shown["warning"])
+    assert "does not match" in warning and str(served[0]) in warning, warning
+    assert shown.get("reload_failing_since") is not None
+
+
+def test_a_pair_refused_for_a_moment_leaves_health_ok(tmp_path: Path) -> None:
+    """A watch that reads the files between the installer's two renames (the new key beside
+    the old certificate) is refused once, and served at the next look: no alarm for that."""
+    served = _served(tmp_path)
+    tls = ReloadableTLS(*served)
+    _refused_renewal(tmp_path, served)
+    with pytest.raises(CertError):
+        tls.reload()
+    report = _health(tmp_path, tls)
+    assert report["status"] == "ok", report
+    shutil.copyfile(tmp_path / "b" / "selfsigned-key.pem", served[1])
+    assert tls.reload() is True
+    shown = _health(tmp_path, tls)["tls"]
+    assert isinstance(shown, dict) and shown.get("reload_failing_since") is None
+
+
+@pytest.mark.xfail(strict=True, reason="the key's mode is never looked at")
+def test_a_key_others_may_read_is_said_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key copied by hand with ``cp`` (mode 0644 under the usual umask): every local user
+    could read the private key, and the mirror served it without a word."""
+    served = _served(tmp_path)
+    served[1].chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="docxy.tls.context"):
+        ReloadableTLS(*served)
+    said = [r.getMessage() for r in caplog.records if "0644" in r.getMessage()]
+    assert said and str(served[1]) in said[0], caplog.text
+
+
+@pytest.mark.xfail(strict=True, reason="the key's mode is never looked at")
+def test_a_key_made_readable_while_serving_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``chmod`` of the served key changes only its ctime: the watch reloads the same pair.
+    It is said then (once), and not again at each later look."""
+    served = _served(tmp_path)
+    tls = ReloadableTLS(*served)
+    served[1].chmod(0o604)
+    with caplog.at_level(logging.WARNING, logger="docxy.tls.context"):
+        tls._watch_once()
+        tls._watch_once()
+        served[1].chmod(0o606)  # still exposed: no new line
+        tls._watch_once()
+    said = [r for r in caplog.records if str(served[1]) in r.getMessage()]
+    assert len(said) == 1, caplog.text
+
+
+def test_a_key_only_its_owner_and_group_may_read_is_not_held_against_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0640 (Debian's ssl-cert group) and 0600 are the usual modes of a served key."""
+    served = _served(tmp_path)
+    served[1].chmod(0o640)
+    with caplog.at_level(logging.WARNING, logger="docxy.tls.context"):
+        ReloadableTLS(*served)
+    assert not [r for r in caplog.records if str(served[1]) in r.getMessage()], caplog.text
