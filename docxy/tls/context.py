@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import ssl
+import stat
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -292,6 +293,24 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, cert_path: Path)
             os.unlink(name)
 
 
+#: Mode bits of a private key file that let others than its owner and group read it, or others
+#: than its owner change it: 0644 (a ``cp`` under the usual umask), 0666, 0660. 0600 and 0640
+#: (Debian's ssl-cert group) are fine.
+KEY_EXPOSED_BITS = 0o027
+
+
+def key_exposure(key_path: Path) -> str | None:
+    """Why the key file's mode lets others at it (its mode, said), or None: fine or not known."""
+    try:
+        mode = stat.S_IMODE(key_path.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & KEY_EXPOSED_BITS:
+        return None
+    who = "every local user may read it" if mode & 0o004 else "others than its owner may change it"
+    return f"private key {key_path} has mode {mode:04o}: {who} (chmod 600, or 640 for a group)"
+
+
 def _file_signature(*paths: Path) -> tuple[tuple[int, int, int, int], ...]:
     """What changes when a file is replaced or rewritten, and (ctime) when its owner or mode
     does: a pair the mirror could not read, fixed by chmod or chown, is tried again."""
@@ -329,6 +348,8 @@ class ReloadableTLS:
         self._signature = _file_signature(self.cert_path, self.key_path)
         #: Replaced (never changed) by a reload: take it per handshake, never keep it.
         self.context, self._info, self._chain = self._loaded()
+        self._key_exposed: str | None = None  # what was said of the key's mode, once
+        self._warn_if_key_exposed()
         self._last_reload = _utcnow()
         self._last_error: str | None = None
         #: Since when the files hold a pair that cannot be served (None: they serve).
@@ -379,6 +400,7 @@ class ReloadableTLS:
         self._signature = signature
         self._last_error = None
         self._failing_since = None
+        self._warn_if_key_exposed()  # a chmod alone reloads the same pair: said then too
         if chain == self._chain:  # the whole chain: a fixed intermediate is a change too
             return False
         self.context, self._info, self._chain = context, info, chain
@@ -409,6 +431,13 @@ class ReloadableTLS:
             f" {utc_stamp(since)}: {error}; still serving serial {self._info.serial}, valid"
             f" until {utc_stamp(self._info.not_after)} (tried again at each look and on SIGHUP)"
         )
+
+    def _warn_if_key_exposed(self) -> None:
+        """Log, once per mode, a served key file others may read or change."""
+        exposed = key_exposure(self.key_path)
+        if exposed is not None and exposed != self._key_exposed:
+            log.warning("TLS: %s", exposed)
+        self._key_exposed = exposed
 
     def _warn_if_refused(self) -> None:
         """Log, once per certificate loaded, that clients will refuse it."""
