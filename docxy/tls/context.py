@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -153,14 +154,20 @@ def inspect_pair(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Pat
         )
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CertError(f"key {key_path}: not an unencrypted PEM private key") from exc
     leaf = chain[0]
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
-    if leaf.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
+    try:
+        # Parsed on first use: a key of a type cryptography does not know, an extension that
+        # is not what its OID says (an IP address entry one byte long), one given twice.
+        leaf_key = leaf.public_key().public_bytes(der, spki)
+        info = describe(leaf)
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+        raise CertError(f"certificate {cert_path}: cannot be read ({exc})") from exc
+    if leaf_key != key.public_key().public_bytes(der, spki):
         raise CertError(f"key {key_path} does not match certificate {cert_path}")
-    info = describe(leaf)
     included = leaf.issuer == leaf.subject or any(c.subject == leaf.issuer for c in chain[1:])
     return replace(info, issuer_included=included)
 

@@ -9,6 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from docxy.http.health import health_report
 from docxy.tls import context
@@ -129,3 +133,57 @@ def test_a_key_only_its_owner_and_group_may_read_is_not_held_against_it(
     with caplog.at_level(logging.WARNING, logger="docxy.tls.context"):
         ReloadableTLS(*served)
     assert not [r for r in caplog.records if str(served[1]) in r.getMessage()], caplog.text
+
+
+def _unreadable_names(tmp_path: Path) -> tuple[Path, Path]:
+    """A pair whose certificate OpenSSL loads but whose subject alternative name is no name: an
+    IP address entry one byte long (a hand-made or broken certificate; clients refuse it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mirror.test")])
+    now = dt.datetime.now(dt.UTC)
+    broken_san = x509.UnrecognizedExtension(
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\x87\x01\x01"
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(broken_san, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "broken" / "fullchain.pem", tmp_path / "broken" / "key.pem"
+    cert_path.parent.mkdir()
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_a_certificate_whose_names_cannot_be_read_is_a_refused_pair(tmp_path: Path) -> None:
+    """cryptography's ValueError escaped the pair check: a reload raised it past the watch's
+    CertError handling (``TLS watch failed``, no file named, ``tls.last_error`` null and /health
+    silent however long it lasted), and at start it was a traceback instead of the one-line
+    config error naming the file."""
+    served = _served(tmp_path)
+    tls = ReloadableTLS(*served)
+    old = tls.status()["serial"]
+    broken = _unreadable_names(tmp_path)
+    shutil.copyfile(broken[0], served[0])
+    shutil.copyfile(broken[1], served[1])
+    with pytest.raises(CertError, match=str(served[0])):
+        tls.reload()
+    status = tls.status()
+    assert status["serial"] == old
+    assert str(served[0]) in str(status["last_error"]), status
+    with pytest.raises(CertError, match=str(broken[0])):
+        ReloadableTLS(*broken)
