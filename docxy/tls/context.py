@@ -391,10 +391,21 @@ class ReloadableTLS:
         the files count as not seen yet, so the watch tries them again (a read that failed
         for a passing reason, on a network volume say, left the renewed pair unserved until
         the old one expired).
+
+        A pair refused while the files changed under the read is read once more: an installer
+        renames the new key into place, then the new certificate (:func:`write_pair`, certbot's
+        live/ links), and a read between the two got the old certificate with the new key.
         """
         signature = _file_signature(self.cert_path, self.key_path)
         try:
-            context, info, chain = self._loaded()
+            try:
+                context, info, chain = self._loaded()
+            except CertError:
+                moved = _file_signature(self.cert_path, self.key_path)
+                if moved == signature:
+                    raise
+                signature = moved  # replaced while read: once more, as they are now
+                context, info, chain = self._loaded()
             expired = kept_over_expired(info, self._info, self.cert_path)
             if expired is not None:
                 raise CertError(expired)

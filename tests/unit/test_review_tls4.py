@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -187,3 +188,39 @@ def test_a_certificate_whose_names_cannot_be_read_is_a_refused_pair(tmp_path: Pa
     assert str(served[0]) in str(status["last_error"]), status
     with pytest.raises(CertError, match=str(broken[0])):
         ReloadableTLS(*broken)
+
+
+def test_a_look_between_an_installs_two_renames_serves_the_new_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An installer renames the new key into place, then the new certificate (write_pair,
+    certbot's live/ links: privkey before fullchain). A look that read the certificate before
+    the second rename and the key after the first was refused: a warning "TLS reload failed,
+    still serving ...: key ... does not match" at a renewal that went well, and the renewed
+    certificate unserved until the next look. The files changed while read: read again."""
+    served = _served(tmp_path)
+    tls = ReloadableTLS(*served)
+    new_cert, new_key = _pair(tmp_path, "b")
+    staged = tmp_path / ".fullchain.pem.pending"
+    shutil.copyfile(new_cert, staged)
+    shutil.copyfile(new_key, tmp_path / ".privkey.pem.pending")
+    (tmp_path / ".privkey.pem.pending").chmod(0o600)
+    os.replace(tmp_path / ".privkey.pem.pending", served[1])  # the first rename
+    real_read = context._read
+
+    def read(path: Path, what: str) -> bytes:
+        data = real_read(path, what)
+        if path == served[0] and staged.exists():
+            os.replace(staged, served[0])  # the second rename, just after the watch read
+        return data
+
+    monkeypatch.setattr(context, "_read", read)
+    with caplog.at_level(logging.WARNING, logger="docxy.tls.context"):
+        tls._watch_once()
+    assert not [r for r in caplog.records if "reload failed" in r.getMessage()], caplog.text
+    status = tls.status()
+    assert (status["serial"], status["last_error"]) == (_serial(new_cert), None)
+
+
+def _serial(cert_path: Path) -> str:
+    return format(x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number, "x")
