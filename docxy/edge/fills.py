@@ -12,6 +12,8 @@ A client of a fill the cache gave up midway (its disk failed) gets the rest of t
 upstream itself: that download counts as a fill too (:meth:`FillPermits.wait`), towards
 ``fills_total`` only, but is never refused (the client has the blob's first bytes): it waits
 for a permit, first come first served, each freed permit handed to the longest waiting.
+So does the pass-through of a request that joined a fill which then gave up, but that one is
+first held to ``fills_per_client`` (joining was free: it was never counted for its client).
 """
 
 from __future__ import annotations
@@ -65,20 +67,35 @@ class FillPermits:
                 "the mirror is fetching as much as it may; try again shortly",
                 {"retry_after": RETRY_AFTER},
             )
-        if self.per_client and client != EXEMPT and self.running[client] >= self.per_client:
+        self._check_client(client)
+        return self._take(client)
+
+    def _check_client(self, client: str) -> None:
+        """:class:`TooManyRequests` if ``client`` has ``limits.fills_per_client`` downloads
+        already, running or waiting for a permit (:meth:`wait`)."""
+        if not self.per_client or client == EXEMPT:
+            return
+        waiting = sum(who == client and not granted.done() for who, granted in self._waiting)
+        if self.running[client] + waiting >= self.per_client:
             self.refused += 1
             self.refused_by["limits.fills_per_client"] += 1
             raise TooManyRequests(
                 "this client has too many downloads in progress upstream",
                 {"retry_after": RETRY_AFTER},
             )
-        return self._take(client)
 
-    async def wait(self) -> Release:
+    async def wait(self, *, capped: bool = False) -> Release:
         """A permit for an upstream download the current client may not be refused (the rest
         of a blob it has the first bytes of), counted towards ``fills_total`` only: at once
-        when one is free and nobody waits, else once one is handed on to it."""
+        when one is free and nobody waits, else once one is handed on to it.
+
+        ``capped``: a download the client was never counted for (it joined another client's
+        fill, which then gave up): refused first, as :meth:`acquire` refuses, when the client
+        has ``limits.fills_per_client`` downloads running or waiting; only ``fills_total``
+        is waited for (the failed fill's own permit may not be given back yet)."""
         client = CLIENT.get()
+        if capped:
+            self._check_client(client)
         if not self._waiting and not self._full():
             return self._take(client)
         granted: asyncio.Future[Release] = asyncio.get_running_loop().create_future()

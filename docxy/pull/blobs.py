@@ -127,19 +127,25 @@ class BlobService:
         except (CacheUnwritable, CacheUnreadable, NoRoom) as exc:
             if release is not None:
                 release()
-            return PassThrough(_uncached_because(exc), str(exc), admitted=True)
+            return PassThrough(_uncached_because(exc), str(exc), admitted=not joined, joined=joined)
         if isinstance(stream, BlobReader) and release is not None:
             release()  # committed while we looked: no fetch of ours
         outcome = await self._follow(pull, digest, stream, joined)
         if isinstance(outcome, PassThrough):
-            return replace(outcome, admitted=True)
+            return replace(outcome, admitted=not joined, joined=joined)
         return outcome
 
     async def pass_through_permit(self, passing: PassThrough) -> Release:
         """The permit a blob GET passed through holds while its body is relayed: an upstream
         download as a fill's is, under the same caps (``TooManyRequests`` over them);
-        one that a fill let in already (:attr:`PassThrough.admitted`) waits instead."""
-        return await self.permits.wait() if passing.admitted else self.permits.acquire()
+        one that a fill let in already (:attr:`PassThrough.admitted`) waits instead; one that
+        joined another's fill (:attr:`PassThrough.joined`), never counted for its client, is
+        held to ``limits.fills_per_client`` first, then waits."""
+        if passing.admitted:
+            return await self.permits.wait()
+        if passing.joined:
+            return await self.permits.wait(capped=True)
+        return self.permits.acquire()
 
     async def _follow(
         self, pull: Pull, digest: Digest, stream: BlobReader | BlobFollower, joined: bool = False

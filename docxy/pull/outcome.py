@@ -127,6 +127,11 @@ class PassThrough:
     #: the fill failed): let in under the fill caps already, its upstream download waits for
     #: a permit rather than be refused (the fill's own may not be given back yet).
     admitted: bool = False
+    #: A blob GET that joined another request's fill (free: not counted for its client),
+    #: which ended in this pass-through: its upstream download waits for a permit under
+    #: ``fills_total`` as an admitted one's does, but is first held to
+    #: ``limits.fills_per_client`` as a new fill is.
+    joined: bool = False
     #: Not sent upstream after all: the mirror's own request found the registry silent (a
     #: timeout), and the client's would wait as long again. It is answered with this error.
     failed: UpstreamError | None = None
