@@ -39,6 +39,7 @@ from docxy.pull.outcome import (
     Served,
     Source,
 )
+from docxy.threads import on_loop, running_loop
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,9 @@ def relay(
     else:
         body = _relayed(upstream, done)
     if release is not None:
-        weakref.finalize(body, release)
+        # Back on this loop, whatever thread the garbage collector drops the body in: a
+        # permit's release counts and wakes a waiter's future, which only the loop may touch.
+        weakref.finalize(body, on_loop, running_loop(), release)
     response = registry_response(body, upstream.status_code, headers, streamed=True)
     if not replaced and "content-type" not in upstream.headers:
         del response.headers["Content-Type"]  # Quart's default text/html would be a lie

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from quart import Response
@@ -116,3 +118,33 @@ async def test_a_manifest_not_kept_says_why_in_cache_status_and_to_warm(why: Not
     assert not served.kept
     assert cache_status(served) == f"Docxy; fwd=miss; stored=?0; detail={why.value}"
     assert why.value in UNCACHED_BECAUSE
+
+
+async def test_a_relay_dropped_in_another_thread_releases_its_permit_on_the_loop() -> None:
+    """``release`` (a fill permit's: it changes the permits' count and wakes a waiter's future,
+    which only the loop may touch) runs when the body is dropped unstarted; the garbage
+    collector may drop it in any thread (a worker's), where it ran then and there."""
+    import gc
+    import threading
+
+    released_in: list[int] = []
+    held = [
+        relay(
+            httpx.Response(200, content=b"blob"),
+            method="GET",
+            realm="https://mirror.test/auth/token",
+            library_prefix=True,
+            release=lambda: released_in.append(threading.get_ident()),
+        )
+    ]
+
+    def drop() -> None:
+        held.clear()
+        gc.collect()
+
+    await asyncio.to_thread(drop)
+    for _ in range(10):
+        if released_in:
+            break
+        await asyncio.sleep(0.01)
+    assert released_in == [threading.get_ident()]
