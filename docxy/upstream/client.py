@@ -663,13 +663,28 @@ class UpstreamClient:
         return found.realm if found is not None else None
 
 
+def _read_timeout(upstream: httpx.Response) -> float | None:
+    """The read timeout the answer's request was sent with (httpx's, per read); None for an
+    answer the mirror made itself (no request: :meth:`TokenRefused.answer`)."""
+    try:
+        timeout = upstream.request.extensions.get("timeout")
+    except RuntimeError:
+        return None
+    read = timeout.get("read") if isinstance(timeout, dict) else None
+    return float(read) if isinstance(read, int | float) else None
+
+
 async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> bytes:
     """Read a small body (token, manifest, ``/v2/`` answer) with a bound; always closes it.
 
     A body that stalls or breaks off raises :class:`UpstreamTimeout` or
-    :class:`UpstreamUnavailable`, as a failure before the headers does."""
+    :class:`UpstreamUnavailable`, as a failure before the headers does; so does one that does
+    not come whole within the read timeout. httpx applies that timeout to each read: a body
+    trickling a byte at a time, each inside it, read on for as long as the sender liked, and a
+    token request is shared by every miss of its repository (they all waited on it)."""
     chunks: list[bytes] = []
     size = 0
+    within = _read_timeout(upstream)
 
     def take(pieces: Iterable[bytes]) -> None:
         nonlocal size
@@ -686,10 +701,15 @@ async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> b
             take([upstream.content])
         else:
             inflater = Inflater.of(upstream.headers.get("content-encoding"))
-            async for raw in upstream.aiter_raw():
-                take([raw] if inflater is None else inflater.feed(raw, limit - size))
+            async with asyncio.timeout(within):
+                async for raw in upstream.aiter_raw():
+                    take([raw] if inflater is None else inflater.feed(raw, limit - size))
             if inflater is not None:
                 take([inflater.end(limit - size)])
+    except TimeoutError as exc:  # the whole answer's deadline (asyncio.timeout's)
+        whole = "not whole" if within is None else f"not whole within {within:g}s"
+        said = f"{upstream.request.method} {upstream.url.host}: {whole}"
+        raise UpstreamTimeout(f"the upstream registry's answer came too slowly ({said})") from exc
     except httpx.TimeoutException as exc:
         said = failure(f"{upstream.request.method} {upstream.url.host}", exc)
         raise UpstreamTimeout(f"the upstream registry stopped sending in time ({said})") from exc

@@ -1,0 +1,114 @@
+"""Review faults in the upstream client (docxy.upstream), each shown failing first.
+
+(``test_review_upstream.py`` holds an earlier review's routing fault.) The servers here are
+real loopback ones on 127.0.0.129, ports 8700-8799: httpx's timeouts only act on a network
+stream, which a fake transport has none of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from docxy.config import load_config
+from docxy.core.errors import UpstreamTimeout
+from docxy.upstream.client import Upstream, UpstreamClient, make_http_client
+from docxy.upstream.tokens import MirrorTokens
+
+HOST = "127.0.0.129"
+PORTS = range(8700, 8800)
+READ_TIMEOUT = 0.5
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def loopback_server(handler: Handler) -> AsyncIterator[str]:
+    """An asyncio server on ``HOST`` at the first free port of ``PORTS``; its base URL."""
+    server = None
+    for port in PORTS:
+        try:
+            server = await asyncio.start_server(handler, HOST, port)
+        except OSError:
+            continue
+        break
+    if server is None:
+        pytest.skip(f"no free port on {HOST} in {PORTS}")
+    try:
+        yield f"http://{HOST}:{port}"
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await server.wait_closed()
+
+
+async def request_line(reader: asyncio.StreamReader) -> str:
+    """The request's first line; its headers read off (bounded by the reader's limit)."""
+    first = (await reader.readline()).decode("latin-1")
+    for _ in range(100):
+        if (await reader.readline()) in (b"\r\n", b"\n", b""):
+            break
+    return first
+
+
+def client_for(registry: str) -> UpstreamClient:
+    config = dataclasses.replace(
+        load_config({}, environ={}).upstream,
+        registry=registry,
+        connect_timeout=1.0,
+        read_timeout=READ_TIMEOUT,
+    )
+    return UpstreamClient(make_http_client(config))
+
+
+async def test_a_trickling_token_answer_does_not_hold_the_repository_for_ever() -> None:
+    """The token service answers with a 100 kB ``Content-Length`` and then sends a byte every
+    0.1 s, well inside the 0.5 s read timeout, which httpx applies to each read only. The
+    mirror's token request for the repository read on for 10000 s, and it is a shared one
+    (``Coalesced``): every later miss of that repository joined it, so the repository had no
+    token, and no miss an answer, until the mirror restarted. The answer must come whole within
+    the read timeout: a 504 (``UpstreamTimeout``) for this miss, and the next asks again."""
+    realm_asked = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal realm_asked
+        line = await request_line(reader)
+        try:
+            if line.startswith("GET /v2/ "):
+                challenge = f'Bearer realm="{base}/token",service="lab"'
+                writer.write(
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n"
+                    + f"WWW-Authenticate: {challenge}\r\n\r\n".encode()
+                )
+                await writer.drain()
+                return
+            realm_asked += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{")
+            for _ in range(100):  # bounded: 10 s at most
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(b" ")
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async with loopback_server(handle) as base:
+        client = client_for(base)
+        tokens = MirrorTokens(client)
+        upstream = Upstream(base)
+        try:
+            started = time.monotonic()
+            with pytest.raises(UpstreamTimeout):
+                async with asyncio.timeout(4 * READ_TIMEOUT + 1):
+                    await tokens.headers(upstream, "team/app")
+            assert time.monotonic() - started < 2 * READ_TIMEOUT + 1
+            assert realm_asked == 1
+        finally:
+            await client.http.aclose()
