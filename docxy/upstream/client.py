@@ -64,6 +64,12 @@ SERVER_TROUBLE = frozenset({429, *range(500, 1000)})
 #: and at most with one (Docker Hub's pull window is 6 hours).
 RATE_LIMIT_HOLD = 600.0
 RATE_LIMIT_MAX = 6 * 3600.0
+#: Methods sent once more when their connection broke before any answer (:meth:`UpstreamClient.
+#: _sent`): nothing was asked of the upstream that a second try would do twice.
+RETRIED_METHODS = frozenset({"GET", "HEAD"})
+#: httpx's errors for a connection that broke before an answer's headers came: closed
+#: unanswered, reset, or refusing the request's bytes.
+BROKE_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 #: In a request's ``extensions``: it is made with a client's credentials.
 CLIENT_CREDENTIALS = "docxy.client_credentials"
 #: In a request's ``extensions``: the path its first hop asked, redirects followed since (what
@@ -489,15 +495,7 @@ class UpstreamClient:
         first = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                request = self.http.build_request(
-                    method,
-                    url,
-                    headers=current_headers,
-                    params=params,
-                    content=content,
-                    extensions=marks,
-                )
-                response = await self.http.send(request, stream=True)
+                response = await self._sent(method, url, current_headers, params, content, marks)
             except httpx.PoolTimeout as exc:
                 # Every connection is busy with other answers (a crowd of pass-through
                 # streams): the mirror's own limit. The upstream is no less healthy for it
@@ -540,6 +538,34 @@ class UpstreamClient:
                 content = None  # a form (a password, a refresh token) stays on its origin
             params = None  # the Location carries its own query
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+
+    async def _sent(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        params: httpx.QueryParams | None,
+        content: bytes | None,
+        marks: dict[str, object],
+    ) -> httpx.Response:
+        """One hop's request; a ``GET`` or ``HEAD`` whose connection broke before any answer
+        is sent once more. httpx takes a kept connection from its pool, and a server whose
+        keep-alive timeout ran out as the request came closes it unanswered: httpx raises
+        (``Server disconnected without sending a response``) and never retries, so a pull was
+        answered 502 and the upstream counted unreachable for a race every keep-alive server
+        has. The second try finds that connection gone (a new one, or another kept one the
+        server has not closed); a second failure is the caller's."""
+        for attempt in (1, 2):
+            request = self.http.build_request(
+                method, url, headers=headers, params=params, content=content, extensions=marks
+            )
+            try:
+                return await self.http.send(request, stream=True)
+            except BROKE_BEFORE_ANSWER as exc:
+                if attempt == 2 or method not in RETRIED_METHODS:
+                    raise
+                log.debug("upstream: %s, sent again", failure(f"{method} {url_host(url)}", exc))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _log_pool_full(self, said: str) -> None:
         """One WARNING a minute at most: a crowd that fills the pool would write one a request.

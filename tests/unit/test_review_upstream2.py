@@ -17,7 +17,7 @@ import pytest
 
 from docxy.config import load_config
 from docxy.core.errors import UpstreamTimeout
-from docxy.upstream.client import Upstream, UpstreamClient, make_http_client
+from docxy.upstream.client import Upstream, UpstreamClient, make_http_client, read_small
 from docxy.upstream.tokens import MirrorTokens
 
 HOST = "127.0.0.129"
@@ -110,5 +110,50 @@ async def test_a_trickling_token_answer_does_not_hold_the_repository_for_ever() 
                     await tokens.headers(upstream, "team/app")
             assert time.monotonic() - started < 2 * READ_TIMEOUT + 1
             assert realm_asked == 1
+        finally:
+            await client.http.aclose()
+
+
+async def test_a_kept_connection_the_upstream_closed_as_it_was_reused_is_retried() -> None:
+    """The upstream answers a manifest GET on a kept-alive connection, then closes that
+    connection as the next GET arrives on it, unanswered (its idle timeout ran out just then:
+    a race every server with a keep-alive timeout has). httpx raises ``RemoteProtocolError``
+    and does not retry; the mirror answered the pull 502 and counted the upstream as
+    unreachable, where the fills' direct GETs (``_get_once``) try once more on a new
+    connection, as Docker's own client does. The second GET must get its 200, on a new
+    connection, and the upstream's health must show no failure."""
+    connections = 0
+    answered: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            for _ in range(10):  # requests on this connection, bounded
+                line = await request_line(reader)
+                if not line:
+                    return
+                if len(answered) == 1 and connections == 1:
+                    return  # closed with the request unanswered
+                answered.append(line.split()[1])
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async with loopback_server(handle) as base:
+        client = client_for(base)
+        upstream = Upstream(base)
+        path = "/v2/team/app/manifests/1"
+        try:
+            for _ in range(2):
+                answer = await client.send(upstream, "GET", upstream.url(path), [])
+                assert await read_small(answer) == b"{}"  # read whole: its connection is kept
+                assert answer.status_code == 200
+            assert answered == [path, path]
+            assert connections == 2
+            assert client.health_of(upstream).failures == {}
         finally:
             await client.http.aclose()
