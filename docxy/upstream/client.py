@@ -348,6 +348,21 @@ def next_hop(
     return next_url, redirect_headers(headers, kept_origin)
 
 
+class HeadersTimeout(httpx.ReadTimeout):
+    """An answer's status line and headers did not come whole by :func:`headers_deadline`."""
+
+
+def headers_deadline(timeout: httpx.Timeout) -> float | None:
+    """How long a request may wait for its answer's headers, whole: its client's timeouts
+    added up (a free connection, the connect, the request's write, the answer's first read);
+    None when one of them is unbounded. httpx applies each to one step or one read only, and
+    a registry sending its headers a byte at a time, each byte inside the read timeout, held
+    the request (a manifest's fetch, a token's: shared by every miss that wants it) as long
+    as it kept on."""
+    parts = (timeout.pool, timeout.connect, timeout.write, timeout.read)
+    return None if any(part is None for part in parts) else sum(p or 0.0 for p in parts)
+
+
 #: Bytes asked of an upstream connection per read. httpcore asks for 64 KiB, and each read costs
 #: a trip through anyio, httpcore and h11 on the event loop: on a cold pull that was the
 #: bottleneck (#12). Asking for more lets one read take whatever the event loop's transport
@@ -555,12 +570,18 @@ class UpstreamClient:
         answered 502 and the upstream counted unreachable for a race every keep-alive server
         has. The second try finds that connection gone (a new one, or another kept one the
         server has not closed); a second failure is the caller's."""
+        within = headers_deadline(self.http.timeout)
         for attempt in (1, 2):
             request = self.http.build_request(
                 method, url, headers=headers, params=params, content=content, extensions=marks
             )
             try:
-                return await self.http.send(request, stream=True)
+                async with asyncio.timeout(within):
+                    return await self.http.send(request, stream=True)
+            except TimeoutError as exc:  # asyncio.timeout's: the headers trickled
+                assert within is not None
+                said = f"the answer's headers did not come whole within {within:g}s"
+                raise HeadersTimeout(said, request=request) from exc
             except BROKE_BEFORE_ANSWER as exc:
                 if attempt == 2 or method not in RETRIED_METHODS:
                     raise

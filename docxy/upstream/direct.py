@@ -21,6 +21,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -297,6 +298,8 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
             return _send(settings, connection, origin, target, headers)
         except TimeoutError as exc:
             connection.close()
+            if isinstance(exc, HeadersLate):
+                waiting = "no whole answer headers", exc.seconds
             waited = _waited(f"GET {url_host(url)}", *waiting)
             raise UpstreamTimeout(
                 f"the upstream registry did not answer in time ({waited})"
@@ -323,16 +326,51 @@ def _send(
     sock = connection.sock
     assert sock is not None  # connected by the caller
     sock.settimeout(settings.read_timeout)
-    connection.putrequest("GET", target)  # adds Host and Accept-Encoding: identity
-    connection.putheader("User-Agent", settings.user_agent)
-    for name, value in headers:
-        if name.lower() not in ("host", "user-agent", "accept-encoding"):
-            connection.putheader(name, value)
-    connection.endheaders()
-    response = connection.getresponse()
+    # The socket's timeout is each read's: headers sent a byte at a time, each inside it, held
+    # the fill (shared by every client of the blob) as long as they kept on. A timer cuts the
+    # socket once they are late, as interrupt() does a body's.
+    within = settings.connect_timeout + settings.read_timeout
+    late = threading.Event()
+    timer = threading.Timer(within, _cut, (sock, late))
+    timer.daemon = True
+    timer.start()
+    try:
+        connection.putrequest("GET", target)  # adds Host and Accept-Encoding: identity
+        connection.putheader("User-Agent", settings.user_agent)
+        for name, value in headers:
+            if name.lower() not in ("host", "user-agent", "accept-encoding"):
+                connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        if late.is_set():
+            raise HeadersLate(within) from exc
+        raise
+    finally:
+        timer.cancel()
+    if late.is_set():  # cut as the last of them came: the body cannot be read
+        response.close()
+        raise HeadersLate(within)
     give_back = partial(settings.idle.give, origin)
     body = DirectBody(connection, sock, response, give_back, settings.read_timeout)
     return DirectAnswer(response.status, response.getheaders(), body)
+
+
+class HeadersLate(TimeoutError):
+    """A direct GET's answer did not bring its status line and headers whole in time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+def _cut(sock: socket.socket, late: threading.Event) -> None:
+    """The headers are late: a blocked read of them returns (the plain socket's shutdown)."""
+    late.set()
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _waited(what: str, missing: str, seconds: float) -> str:

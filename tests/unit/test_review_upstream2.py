@@ -17,7 +17,14 @@ import pytest
 
 from docxy.config import load_config
 from docxy.core.errors import UpstreamTimeout
-from docxy.upstream.client import Upstream, UpstreamClient, make_http_client, read_small
+from docxy.upstream.client import (
+    Upstream,
+    UpstreamClient,
+    make_http_client,
+    read_small,
+    upstream_ssl_context,
+)
+from docxy.upstream.direct import DirectSettings, get
 from docxy.upstream.tokens import MirrorTokens
 
 HOST = "127.0.0.129"
@@ -157,3 +164,64 @@ async def test_a_kept_connection_the_upstream_closed_as_it_was_reused_is_retried
             assert client.health_of(upstream).failures == {}
         finally:
             await client.http.aclose()
+
+
+def trickled_headers(seconds_apart: float) -> Handler:
+    """A registry that sends its answer's status line and headers a byte at a time, each byte
+    ``seconds_apart`` after the last (well inside the read timeout), 10 s at most."""
+    head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * 95 + b"\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await request_line(reader)
+        try:
+            for at in range(min(len(head), int(10 / seconds_apart))):
+                writer.write(head[at : at + 1])
+                await writer.drain()
+                await asyncio.sleep(seconds_apart)
+            writer.write(head[int(10 / seconds_apart) :])
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+async def test_trickled_answer_headers_end_the_request() -> None:
+    """Before a body there are the headers: a registry (or a token service) that sends them a
+    byte every 0.1 s, each inside the 0.5 s read timeout, held ``UpstreamClient.send`` for as
+    long as it liked, and a manifest's fetch or a token's is shared by every miss that wants
+    it. The headers must come within the client's own timeouts added up (a free connection,
+    the connect, the request's write, the answer's read: 3 s here)."""
+    async with loopback_server(trickled_headers(0.1)) as base:
+        client = client_for(base)
+        upstream = Upstream(base)
+        try:
+            started = time.monotonic()
+            with pytest.raises(UpstreamTimeout):
+                async with asyncio.timeout(6):
+                    url = upstream.url("/v2/team/app/manifests/1")
+                    answer = await client.send(upstream, "GET", url, [])
+                    await answer.aclose()
+            assert time.monotonic() - started < 4.5
+            assert client.health_of(upstream).failures == {"timeout": 1}
+        finally:
+            await client.http.aclose()
+
+
+async def test_trickled_answer_headers_end_a_direct_get() -> None:
+    """The same for a fill's direct GET (``http.client``, whose socket timeout applies to each
+    read): the fill, shared by every client of the blob, waited on the trickle. The headers
+    must come within the connect and read timeouts added up (1.5 s here)."""
+    async with loopback_server(trickled_headers(0.1)) as base:
+        settings = DirectSettings(upstream_ssl_context(), 1.0, READ_TIMEOUT)
+        url = f"{base}/v2/team/app/blobs/sha256:{'0' * 64}"
+        started = time.monotonic()
+        try:
+            with pytest.raises(UpstreamTimeout):
+                answer = await asyncio.wait_for(asyncio.to_thread(get, settings, url, []), 4)
+                answer.close()
+            assert time.monotonic() - started < 3
+        finally:
+            settings.idle.close()
