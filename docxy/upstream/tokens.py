@@ -7,7 +7,8 @@ before it expires. Content the mirror can read this way is what it may share fro
 
 Concurrent misses for one repository share one token request: the first starts it as a named
 task, the others await it (a client going away cancels only its own wait). A failed request
-is not remembered: every waiter gets the error, and the next miss asks again.
+is not remembered: every waiter gets the error, and the next miss asks again; but a 429 (or
+503) with ``Retry-After`` is: no new token is asked of that token service before then.
 
 A token service that refuses the mirror (401/403: its credentials revoked, or no anonymous
 tokens) has answered, not failed: :class:`TokenRefused`, and :meth:`MirrorTokens.send` answers
@@ -37,9 +38,11 @@ from docxy.core.errors import (
     UpstreamUnavailable,
 )
 from docxy.core.expiry import token_lifetime
+from docxy.core.headers import retry_after_seconds
 from docxy.core.hosts import url_host
 from docxy.tasks import Coalesced
 from docxy.upstream.client import (
+    RATE_LIMIT_HOLD,
     ProbeTrouble,
     Upstream,
     UpstreamClient,
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 
 EXPIRY_MARGIN = 30.0
 REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
+#: Seconds the token service is not asked for a new token after a 429 without ``Retry-After``.
+REST_WITHOUT_RETRY_AFTER = 5.0
 #: The longest a token is kept, whatever its ``expires_in`` says (Docker Hub's last 300 s).
 MAX_EXPIRES_IN = 86400.0
 #: A token as it may go in ``Authorization: Bearer``: visible ASCII, no space.
@@ -103,6 +108,9 @@ class MirrorTokens:
         self._denied: LruDict[tuple[str, str], tuple[float, int]] = LruDict(capacity)
         #: (upstream host, realm) pairs whose withheld login was logged (:meth:`_login_withheld`)
         self._withheld: LruDict[tuple[str, str], bool] = LruDict(WITHHELD_LOGGED)
+        #: upstream hosts whose token service answered 429 (or 503) with a Retry-After: until
+        #: when no new token is asked of it, and what the misses meanwhile are told
+        self._resting: LruDict[str, tuple[float, str]] = LruDict(capacity)
         #: token requests in flight, one per (upstream, repository); as many as clients waiting
         self._fetching: Coalesced[tuple[str, str], str] = Coalesced(UpstreamError)
 
@@ -133,6 +141,9 @@ class MirrorTokens:
         denied = self._denied.get(key)
         if denied is not None and time.monotonic() - denied[0] < REFUSED_TTL:
             raise TokenRefused(denied[1])  # its answer stands a while: not asked again at once
+        resting = self._resting.get(upstream.host)
+        if resting is not None and time.monotonic() < resting[0]:
+            raise UpstreamUnavailable(resting[1])  # it asked for rest: not asked before then
         token = await self._shared_fetch(upstream, repository, challenge.service)
         return [("Authorization", f"Bearer {token}")]
 
@@ -260,6 +271,21 @@ class MirrorTokens:
             self._tokens.pop(key)
         return True
 
+    def _rest(self, upstream: Upstream, answer: httpx.Response, said: str) -> None:
+        """A token service's 429 (or 503) with ``Retry-After``: no new token is asked of it
+        until then (:data:`RATE_LIMIT_HOLD` at most). It was forgotten, and every miss of any
+        repository asked it again at once, as many requests as misses to a service that asked
+        for rest; a 429 without one waits :data:`REST_WITHOUT_RETRY_AFTER`."""
+        status = answer.status_code
+        wait = retry_after_seconds(answer.headers.get("retry-after"), time.time())
+        if wait is None and status == 429:
+            wait = REST_WITHOUT_RETRY_AFTER
+        if wait is None or status not in (429, 503):
+            return
+        wait = min(wait, RATE_LIMIT_HOLD)
+        told = f"{said}; it asked for {wait:g}s of rest, and is not asked for a token before then"
+        self._resting.set(upstream.host, (time.monotonic() + wait, told))
+
     async def _fetch(
         self, upstream: Upstream, repository: str, service: str | None
     ) -> tuple[str, float]:
@@ -294,9 +320,9 @@ class MirrorTokens:
         if answer.status_code in (401, 403):
             raise TokenRefused(answer.status_code)
         if answer.status_code != 200:
-            raise UpstreamUnavailable(
-                f"the upstream's token service refused the mirror ({answer.status_code})"
-            )
+            said = f"the upstream's token service refused the mirror ({answer.status_code})"
+            self._rest(upstream, answer, said)
+            raise UpstreamUnavailable(said)
         data = jsondoc.object_in(body) or {}
         token = data.get("token") or data.get("access_token")
         expires_in = data.get("expires_in")

@@ -13,10 +13,11 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpx
 import pytest
 
 from docxy.config import load_config
-from docxy.core.errors import UpstreamTimeout
+from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from docxy.upstream.client import (
     Upstream,
     UpstreamClient,
@@ -225,3 +226,42 @@ async def test_trickled_answer_headers_end_a_direct_get() -> None:
             assert time.monotonic() - started < 3
         finally:
             settings.idle.close()
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "asked"),
+    [
+        ("120", 1),
+        ("0", 3),
+    ],
+)
+async def test_a_token_service_429_with_retry_after_is_not_asked_again_before_it(
+    retry_after: str, asked: int
+) -> None:
+    """The upstream's token service answers the mirror 429 with ``Retry-After: 120``. The
+    failure was not remembered, so each miss of any repository asked it again at once (the
+    clients' own requests then went on, passed through): as many token requests as misses,
+    to a service that asked for two minutes' rest. Until its ``Retry-After`` the mirror asks
+    it for no new token (the miss fails as before, without the request); ``Retry-After: 0``
+    asks again at once."""
+    token_asks = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal token_asks
+        if request.url.path == "/v2/":
+            challenge = 'Bearer realm="https://auth.test/token",service="registry.test"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        token_asks += 1
+        errors = {"errors": [{"code": "TOOMANYREQUESTS"}]}
+        return httpx.Response(429, json=errors, headers={"Retry-After": retry_after})
+
+    client = UpstreamClient(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    tokens = MirrorTokens(client)
+    upstream = Upstream("https://registry.test")
+    try:
+        for repository in ("team/a", "team/b", "team/c"):
+            with pytest.raises(UpstreamUnavailable):
+                await tokens.headers(upstream, repository)
+        assert token_asks == asked
+    finally:
+        await client.http.aclose()
