@@ -28,30 +28,17 @@ from docxy.http.middleware import Guard
 from docxy.http.state import mirror_state
 from docxy.tasks import spawn
 from docxy.upstream.routing import configured_upstreams
-from lab.ports import listening
+from lab.ports import free_port, listening
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
 
 MIRROR_HOST = "127.0.0.87"
 UPSTREAM_HOST = "127.0.0.88"
-PORTS = range(7500, 7600)  # this review's loopback ports
 GUARD = 20.0  # seconds before a would-be hang becomes a test failure
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
 BLOB_SIZE = 64 << 20  # far more than any socket buffers hold
 CHUNK = b"x" * 65536
-
-
-def free_port(host: str) -> int:
-    """A port of this review's range that ``host`` can bind now."""
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS} on {host}")
 
 
 @dataclass
@@ -110,9 +97,11 @@ async def mirror(
     overrides: dict[str, str],
     send_timeout: float = 1.0,
     min_send_rate: float = 0.0,
+    h2_streams: int | None = None,
 ) -> AsyncIterator[Mirror]:
     """The mirror's app, cache off, behind hypercorn and the edge's guard, passing through to
-    an :class:`Upstream` on loopback."""
+    an :class:`Upstream` on loopback; ``h2_streams``: hypercorn's streams a connection (with
+    ``limits.h2_max_streams`` in ``overrides`` and h2c installed)."""
     upstream = Upstream()
     upstream.port = free_port(UPSTREAM_HOST)
     server = await asyncio.start_server(upstream.handle, UPSTREAM_HOST, upstream.port)
@@ -129,6 +118,8 @@ async def mirror(
     config.bind = [f"{MIRROR_HOST}:{port}"]
     config.accesslog = None
     config.read_timeout = None
+    if h2_streams is not None:
+        config.h2_max_concurrent_streams = h2_streams
     guard = ConnectionGuard(
         max_connections=20, send_timeout=send_timeout, min_send_rate=min_send_rate
     )

@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,35 +20,19 @@ import h2.events
 import hypercorn.asyncio.run as hypercorn_run
 import hypercorn.protocol
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config as HypercornConfig
 
-from docxy.config import load_config
 from docxy.edge import connections, h2c
-from docxy.edge.connections import ConnectionGuard
-from docxy.http.app import create_app
 from docxy.http.state import mirror_state
-from docxy.tasks import spawn
-from lab.ports import listening
-from tests.unit.test_review_edge2 import OTHER, Upstream, blob_request
+from tests.unit.test_review_edge2 import (
+    GUARD,
+    MIRROR_HOST,
+    OTHER,
+    Mirror,
+    blob_request,
+    mirror,
+)
 
-MIRROR_HOST = "127.0.0.120"
-UPSTREAM_HOST = "127.0.0.121"
-PORTS = range(8400, 8500)  # this review's loopback ports
-GUARD = 20.0  # seconds before a would-be hang becomes a test failure
 DIGEST = "sha256:" + "ef" * 32
-
-
-def free_port(host: str) -> int:
-    """A port of this review's range that ``host`` can bind now."""
-    for port in PORTS:
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS} on {host}")
 
 
 @pytest.fixture
@@ -65,51 +48,12 @@ def h2c_allowed() -> Iterator[None]:
     setattr(hypercorn.protocol, "H2Protocol", protocol)  # noqa: B010
 
 
-@dataclass
-class Mirror:
-    port: int
-    guard: ConnectionGuard
-    app: Any
-
-
-@contextlib.asynccontextmanager
-async def mirror(
+def h2_mirror(
     tmp_path: Path, send_timeout: float = 1.0, min_send_rate: float = 0.0
-) -> AsyncIterator[Mirror]:
-    """The mirror's app, cache off, one pass-through at a time, h2c allowed (4 streams),
-    behind hypercorn and the edge's guard, passing through to an :class:`Upstream`."""
-    upstream = Upstream()
-    upstream.port = free_port(UPSTREAM_HOST)
-    server = await asyncio.start_server(upstream.handle, UPSTREAM_HOST, upstream.port)
-    settings = {
-        "upstream.registry": f"http://{UPSTREAM_HOST}:{upstream.port}",
-        "cache.enabled": "false",
-        "cache.dir": str(tmp_path / "cache"),
-        "server.public_url": "https://mirror.test",
-        "limits.fills_total": "1",
-        "limits.h2_max_streams": "4",
-    }
-    app = create_app(load_config(settings, environ={}), probe=False)
-    port = free_port(MIRROR_HOST)
-    config = HypercornConfig()
-    config.bind = [f"{MIRROR_HOST}:{port}"]
-    config.accesslog = None
-    config.read_timeout = None
-    config.h2_max_concurrent_streams = 4
-    guard = ConnectionGuard(
-        max_connections=20, send_timeout=send_timeout, min_send_rate=min_send_rate
-    )
-    setattr(config, "edge", guard)  # noqa: B010
-    stop = asyncio.Event()
-    task = spawn("test-mirror", serve(app, config, shutdown_trigger=stop.wait))
-    try:
-        await listening(MIRROR_HOST, port)
-        yield Mirror(port, guard, app)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, GUARD)
-        server.close()
-        await server.wait_closed()
+) -> contextlib.AbstractAsyncContextManager[Mirror]:
+    """test_review_edge2's mirror, one pass-through at a time, h2c allowed (4 streams)."""
+    h2 = {"limits.fills_total": "1", "limits.h2_max_streams": "4"}
+    return mirror(tmp_path, h2, send_timeout, min_send_rate, h2_streams=4)
 
 
 @dataclass
@@ -219,7 +163,7 @@ async def test_an_h2c_stream_whose_window_stays_shut_is_reset_and_frees_its_perm
     A stream whose window stays shut for ``limits.send_timeout`` is reset (RST_STREAM) and
     its permit comes back; the connection stays."""
     caplog.set_level(logging.INFO, logger="docxy.edge")
-    async with mirror(tmp_path) as served:
+    async with h2_mirror(tmp_path) as served:
         permits = mirror_state(served.app).running.blobs.permits
         client = await H2Client.connect(served.port)
         try:
@@ -257,7 +201,7 @@ async def test_an_h2c_stream_whose_window_is_shut_holds_its_body_back(
     upstream body read) at once. The app's writes wait while the window is shut, as they
     wait for a socket that takes nothing over HTTP/1.1: a second on, the relay still holds
     its permit, the body not read whole."""
-    async with mirror(tmp_path, send_timeout=5.0) as served:
+    async with h2_mirror(tmp_path, send_timeout=5.0) as served:
         permits = mirror_state(served.app).running.blobs.permits
         client = await H2Client.connect(served.port)
         try:
@@ -281,7 +225,7 @@ async def test_an_h2c_stream_whose_window_opens_a_trickle_is_judged_by_send_min_
     ``limits.send_timeout``; below ``limits.send_min_rate`` over a ``send_timeout`` of
     waiting it is reset, as a trickling HTTP/1.1 reader is cut, and its permit comes back
     (0: off, the control case: the trickle holds it)."""
-    async with mirror(tmp_path, min_send_rate=min_rate) as served:
+    async with h2_mirror(tmp_path, min_send_rate=min_rate) as served:
         permits = mirror_state(served.app).running.blobs.permits
         client = await H2Client.connect(served.port)
         try:
@@ -314,7 +258,7 @@ async def test_tiny_window_updates_do_not_let_the_app_run_ahead(
     byte at a time let the app write a 64 KiB chunk per byte, 64 MiB for 1100 bytes taken
     (its relay over, the permit freed). The app's write waits until the buffer is nearly
     sent."""
-    async with mirror(tmp_path, send_timeout=30.0) as served:
+    async with h2_mirror(tmp_path, send_timeout=30.0) as served:
         permits = mirror_state(served.app).running.blobs.permits
         client = await H2Client.connect(served.port)
         try:
