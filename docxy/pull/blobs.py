@@ -48,7 +48,7 @@ from docxy.cache.errors import (
     FillAborted,
     NoRoom,
 )
-from docxy.cache.fill import BlobFollower, Download, FillState
+from docxy.cache.fill import BlobFollower, Download
 from docxy.cache.pairings import BlobPairings
 from docxy.cache.reader import BlobReader
 from docxy.cache.resuming import BrokeOff
@@ -160,7 +160,6 @@ class BlobService:
                 source = Source.HIT
             else:
                 size = await stream.size()  # our own fetch has confirmed the pairing by now
-                await _first_byte(stream)  # else a fill failing now were a 200, then a cut
                 # The fill's download has begun by now: where from is known to all it serves.
                 source = Source.SHARED if stream.fill.origin == SHARED_ORIGIN else Source.MISS
             held = await self._held(pull, digest)
@@ -418,28 +417,6 @@ async def _skipped(chunks: AsyncIterator[bytes], offset: int) -> AsyncIterator[b
             continue
         yield chunk[offset:] if offset else chunk
         offset = 0
-
-
-async def _first_byte(follower: BlobFollower) -> None:
-    """Wait until the fill ``follower`` follows has bytes for it (or is over): until then its
-    client is answered nothing, so a fill whose download failed before its first byte (the
-    upstream's body broke off at once, and no resume followed: nothing new came) raises
-    :class:`FillAborted` here, and its client gets a registry error or a pass-through, not a
-    ``200`` with the blob's length, then a cut of no bytes. No byte waits longer for it: a
-    follower sends none before the fill has some. A fill that failed after bytes came (a blob
-    that does not verify, a download that kept breaking off) is answered as before: its
-    client may have most of them by then. A fill the cache gave up (:attr:`InFlight.kept`)
-    is no failure: its followers get the rest from the upstream."""
-    fill = follower.fill
-    while (
-        fill.state is FillState.WRITING
-        and not fill.verified
-        and not fill.written
-        and fill.recent.start() is None
-    ):
-        await fill.changed()
-    if fill.kept is None and not fill.received:
-        fill.check_not_aborted()
 
 
 async def _holding(release: Release, fetching: Awaitable[Download]) -> Download:
