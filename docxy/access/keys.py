@@ -224,7 +224,11 @@ class KeyRing:
     def known(self) -> list[ec.EllipticCurvePublicKey]:
         """Every key the mirror has signed with that it still has on disk: the current one and
         the previous one, whatever its grace (what it signed is the mirror's, honoured or not:
-        ``docxy.access.tokens.issued_here``)."""
+        ``docxy.access.tokens.issued_here``). None while there is no key on disk: the mirror
+        signed nothing then, and telling a client's token is no reason to make one (client
+        certificates in open mode issue no token; their ``auth.dir`` may be read-only)."""
+        if _stat(self.current_path)[1] == -1:
+            return []
         self._refresh()
         assert self._current is not None
         keys = [self._current.public]

@@ -153,7 +153,9 @@ class _Owner:
                 continue
             if st.st_uid == 0 and (path == directory or path.is_file()) and not path.is_symlink():
                 try:
-                    os.chown(path, self.uid, self.gid)
+                    # Not through a link: the directory is the mirror user's, who could swap
+                    # the file for a link to one of root's between the lstat and this.
+                    os.chown(path, self.uid, self.gid, follow_symlinks=False)
                 except OSError as exc:  # a root without CAP_CHOWN: the mirror still cannot read it
                     print(
                         f"docxy: {path} is root's and could not be handed over "

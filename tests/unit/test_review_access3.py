@@ -225,3 +225,19 @@ async def test_a_strangers_signed_token_still_goes_upstream(tmp_path: Path) -> N
         await m.client.get("/v2/library/secret/manifests/1", headers=bearer(token))
         sent = {r.headers.get("Authorization") for r in m.upstream.requests}
         assert f"Bearer {token}" in sent
+
+
+def test_a_mirror_that_signs_nothing_makes_no_key_to_tell_a_strangers_token(tmp_path: Path) -> None:
+    """Client certificates in open mode: the mirror issues no token, so ``auth.dir`` has no
+    signing key (it may be mounted read-only). Telling whether a client's upstream token is
+    the mirror's wrote one there at the first such request (on the event loop), and, the
+    directory read-only, took every such token for the mirror's and never sent it upstream."""
+    from docxy.access.keys import CURRENT, KeyRing
+    from docxy.access.tokens import issued_here
+
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    claims = {"iss": "auth.docker.io", "sub": "alice", "exp": int(time.time()) + 300}
+    token = jwt.encode(claims, stranger, algorithm=ALGORITHM, headers={"kid": "x"})
+    spec = TokenSpec("https://mirror.test", "mirror.test", 300)
+    assert not issued_here(KeyRing(tmp_path, grace=60), spec, token)
+    assert not (tmp_path / CURRENT).exists()
