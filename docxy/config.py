@@ -1294,10 +1294,23 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
 
 def _overlap(one: HostPort, other: HostPort) -> bool:
     """Whether two listeners would take the same port: the same one on the same address, or
-    on any address where either is a wildcard (``[::]`` takes IPv4 too)."""
-    return one.port == other.port and (
-        one.host == other.host or one.is_wildcard or other.is_wildcard
-    )
+    on any address where either is a wildcard (``[::]`` takes IPv4 too), but for IPv4's
+    wildcard beside an IPv6 address (``0.0.0.0:P`` and ``[::1]:P`` bind side by side)."""
+    if one.port != other.port:
+        return False
+    if one.host == other.host:
+        return True
+    for wild, addr in ((one, other), (other, one)):
+        if wild.host == "0.0.0.0" and _ipv6_literal(addr.host):
+            return False
+    return one.is_wildcard or other.is_wildcard
+
+
+def _ipv6_literal(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
 
 
 def _derive_public_url(

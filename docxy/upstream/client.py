@@ -583,7 +583,9 @@ class UpstreamClient:
                 said = f"the answer's headers did not come whole within {within:g}s"
                 raise HeadersTimeout(said, request=request) from exc
             except BROKE_BEFORE_ANSWER as exc:
-                if attempt == 2 or method not in RETRIED_METHODS:
+                # Not once the client is closed (the mirror stopping cut the connection): the
+                # second try raised httpx's RuntimeError, a traceback in the stop's log.
+                if attempt == 2 or method not in RETRIED_METHODS or self.http.is_closed:
                     raise
                 log.debug("upstream: %s, sent again", failure(f"{method} {url_host(url)}", exc))
         raise AssertionError("unreachable")  # pragma: no cover

@@ -316,3 +316,17 @@ def test_an_upstream_credential_that_is_not_utf8_text_is_refused_unshown(
     message = refused(env)
     assert message.startswith(f"{key}: ") and "UTF-8" in message, message
     assert LATIN1 not in message and "\udce4" not in message
+
+
+def test_ipv4s_wildcard_and_an_ipv6_address_on_one_port_are_taken() -> None:
+    """``0.0.0.0:P`` and ``[::1]:P`` bind side by side (IPv4's wildcard takes no IPv6
+    address): the check added for one port twice refused it (an e2e test of listeners does
+    it), where ``[::]:P`` beside ``127.0.0.1:P`` is still refused (``[::]`` takes IPv4 too)."""
+    url = {"server.public_url": "https://mirror.test:7001"}
+    both = {"server.listen": "[::1]:7001", "server.tls_listen": "0.0.0.0:7001", **url}
+    assert load_config(both, None, {}).server.tls_listen is not None
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            {"server.listen": "127.0.0.1:7001", "server.tls_listen": "[::]:7001", **url}, None, {}
+        )
+    assert str(caught.value).startswith("server.tls_listen: ")
