@@ -150,6 +150,14 @@ def slow_reader(port: int, digest: str) -> socket.socket:
     return client
 
 
+async def held(permits: Any) -> None:
+    """Until a download holds one of ``permits`` (5 s at most; the caller asserts it)."""
+    for _ in range(100):
+        if permits.running:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def status_of(port: int, digest: str) -> int:
     """The status a fresh client gets for ``digest`` (its body left unread; closed at once)."""
     reader, writer = await asyncio.open_connection(MIRROR_HOST, port)
@@ -174,10 +182,7 @@ async def test_a_client_that_takes_no_bytes_frees_its_pass_through_permit(
         permits = mirror_state(served.app).running.blobs.permits
         hog = slow_reader(served.port, DIGEST)
         try:
-            for _ in range(100):  # until its download holds the permit
-                if permits.running:
-                    break
-                await asyncio.sleep(0.05)
+            await held(permits)
             assert sum(permits.running.values()) == 1
             assert await status_of(served.port, OTHER) == 429  # the cap holds meanwhile
             deadline = time.monotonic() + 8.0
@@ -217,10 +222,7 @@ async def test_a_client_that_takes_a_trickle_frees_its_pass_through_permit(
         permits = mirror_state(served.app).running.blobs.permits
         hog = slow_reader(served.port, DIGEST)
         try:
-            for _ in range(100):  # until its download holds the permit
-                if permits.running:
-                    break
-                await asyncio.sleep(0.05)
+            await held(permits)
             assert sum(permits.running.values()) == 1
             taken = await trickle(hog, 5.0)
             assert taken > 20_000  # it did keep reading

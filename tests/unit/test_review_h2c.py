@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -24,12 +23,12 @@ import pytest
 from docxy.edge import connections, h2c
 from docxy.http.state import mirror_state
 from tests.unit.test_review_edge2 import (
-    GUARD,
     MIRROR_HOST,
     OTHER,
     Mirror,
-    blob_request,
+    held,
     mirror,
+    status_of,
 )
 
 DIGEST = "sha256:" + "ef" * 32
@@ -129,24 +128,6 @@ class H2Client:
 
     def close(self) -> None:
         self.writer.transport.abort()
-
-
-async def status_of(port: int, digest: str) -> int:
-    """The status an HTTP/1.1 client gets for ``digest`` (its body left unread)."""
-    reader, writer = await asyncio.open_connection(MIRROR_HOST, port)
-    try:
-        writer.write(blob_request(digest))
-        line = await asyncio.wait_for(reader.readline(), GUARD)
-        return int(line.split()[1])
-    finally:
-        writer.transport.abort()
-
-
-async def held(permits: Any) -> None:
-    for _ in range(100):  # until the download holds the permit
-        if permits.running:
-            return
-        await asyncio.sleep(0.05)
 
 
 BLOB = f"/v2/library/img/blobs/{DIGEST}"
