@@ -42,6 +42,18 @@ async def login(m: Mirror, client: str, password: str = "guess") -> int:
     return answer.status_code
 
 
+def two_guesses_checked_at_once(m: Mirror) -> HeldChecks:
+    """Two wrong passwords a client (no refill: the clock stands), each checked at once; the
+    checks, to count."""
+    access = mirror_state(m.app).access
+    assert access is not None
+    access.logins = FailedLogins(2, clock=lambda: 100.0)
+    held = HeldChecks()
+    held.release.set()
+    access.users.checked = held.checked  # type: ignore[method-assign]
+    return held
+
+
 # --- 1. wrong passwords from a whole IPv6 site --------------------------------------------
 
 
@@ -55,12 +67,7 @@ async def test_wrong_passwords_from_many_64s_of_one_48_share_a_wider_budget(
     needs room in its /48's budget, ten times the per-address one: the /48 out of it is
     ``429`` from every /64 of it, the right password too; another /48 logs in as before."""
     async with users_mirror(tmp_path) as m:
-        access = mirror_state(m.app).access
-        assert access is not None
-        access.logins = FailedLogins(2, clock=lambda: 100.0)  # no refill
-        held = HeldChecks()
-        held.release.set()
-        access.users.checked = held.checked  # type: ignore[method-assign]
+        held = two_guesses_checked_at_once(m)
         answers = [await login(m, f"2001:db8:1:{n:x}::1") for n in range(10) for _ in range(2)]
         assert answers == [401] * 20  # ten /64s of one /48, two guesses each: its budget
         assert await login(m, "2001:db8:1:a::1") == 429  # a fresh /64 of the same /48
@@ -73,12 +80,7 @@ async def test_a_right_password_gives_back_its_place_in_both_budgets(tmp_path: P
     """Right passwords cost a /48 nothing, as they cost an address nothing: a site whose
     people log in all day is not locked out by it."""
     async with users_mirror(tmp_path) as m:
-        access = mirror_state(m.app).access
-        assert access is not None
-        access.logins = FailedLogins(2, clock=lambda: 100.0)
-        held = HeldChecks()
-        held.release.set()
-        access.users.checked = held.checked  # type: ignore[method-assign]
+        two_guesses_checked_at_once(m)
         rights = [await login(m, f"2001:db8:1:{n:x}::1", "right") for n in range(40)]
         assert rights == [200] * 40
         wrongs = [await login(m, f"2001:db8:1:{n:x}::1") for n in range(20)]
@@ -104,12 +106,7 @@ async def test_ipv4_addresses_keep_a_budget_each(tmp_path: Path) -> None:
     """Guard: IPv4 is as before, a budget per address and none wider (a /24 is many people's
     NAT-ed offices, and nobody holds a /24 for the asking as one does an IPv6 /48)."""
     async with users_mirror(tmp_path) as m:
-        access = mirror_state(m.app).access
-        assert access is not None
-        access.logins = FailedLogins(2, clock=lambda: 100.0)
-        held = HeldChecks()
-        held.release.set()
-        access.users.checked = held.checked  # type: ignore[method-assign]
+        two_guesses_checked_at_once(m)
         answers = [await login(m, f"203.0.113.{n}") for n in range(15) for _ in range(2)]
         assert answers == [401] * 30
         assert await login(m, "203.0.113.0", "right") == 429
