@@ -47,6 +47,7 @@ from docxy.cli.cache import human_size
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.options import ConfigLoader, add_config_arguments, seconds
 from docxy.cli.warmtls import client_pair, mirror_ssl_context
+from docxy.config import redacted
 from docxy.core import jsondoc
 from docxy.core.challenge import bearer_challenge, parse_challenge, split_challenges
 from docxy.core.errors import ConfigError, DigestInvalid
@@ -608,11 +609,11 @@ def _mirror_url(text: str) -> str:
     A login in the URL (``http://user:password@host``, as curl takes it) is refused: warm's
     own auth (:class:`RegistryAuth`) left httpx to ignore it, so the mirror saw an anonymous
     client, and every message naming the mirror printed the password."""
-    shown = _login_masked(text)
+    shown = redacted(text)
     try:
         url = httpx.URL(text)
     except httpx.InvalidURL as exc:
-        raise ValueError(f"--mirror {shown!r}: not a URL ({_login_masked(str(exc))})") from None
+        raise ValueError(f"--mirror {shown!r}: not a URL ({redacted(str(exc))})") from None
     if url.userinfo:
         raise ValueError(
             f"--mirror {shown!r}: a login in the URL is not used; give it as --username USER "
@@ -621,11 +622,6 @@ def _mirror_url(text: str) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"--mirror {shown!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
     return text
-
-
-def _login_masked(text: str) -> str:
-    """``text`` with the login of any URL in it (``//user:password@``) as ``//***@``."""
-    return re.sub(r"//[^/\s]*@", "//***@", text)  # to the last @: a password may hold one
 
 
 def _image_list(path: str) -> list[str]:
