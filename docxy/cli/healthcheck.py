@@ -37,15 +37,10 @@ def local_urls(listen: HostPort, path: str = "/health") -> list[str]:
     return [f"http://{f'[{host}]' if ':' in host else host}:{listen.port}{path}" for host in hosts]
 
 
-def local_url(listen: HostPort, path: str = "/health") -> str:
-    """The URL this host most likely reaches `listen` at (:func:`local_urls`' first)."""
-    return local_urls(listen, path)[0]
-
-
 def probe(urls: list[str], timeout: float) -> tuple[bool, str]:
     """(healthy, what to print): healthy when one of `urls` answers 200. The next URL is
     tried only when one cannot be connected to; an answer, or a timeout, is the verdict."""
-    import httpx  # here: the certificate renewer imports local_url and stays small without it
+    import httpx  # here: the certificate renewer imports local_urls and stays small without it
 
     failed: list[str] = []
     for url in urls:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from docxy.cli.exits import EXIT_CONFIG, EXIT_OK
-from docxy.cli.healthcheck import EXIT_UNHEALTHY, local_url, local_urls
+from docxy.cli.healthcheck import EXIT_UNHEALTHY, local_urls
 from docxy.cli.main import main
 from docxy.config import HostPort
 from lab.health import health_server as serving_health
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("clean_docxy_env")
     ],
 )
 def test_local_url_reaches_the_listener_from_this_host(host: str, port: int, url: str) -> None:
-    assert local_url(HostPort(host, port)) == url
+    assert local_urls(HostPort(host, port))[0] == url
 
 
 def test_a_wildcard_ipv6_listener_is_asked_on_both_loopbacks_ipv4_first() -> None:
@@ -35,7 +35,7 @@ def test_a_wildcard_ipv6_listener_is_asked_on_both_loopbacks_ipv4_first() -> Non
     IPv6 loopback may not (containers)."""
     urls = ["http://127.0.0.1:80/health", "http://[::1]:80/health"]
     assert local_urls(HostPort("::", 80)) == urls
-    assert local_url(HostPort("::", 80)) == urls[0]
+    assert local_urls(HostPort("::", 80))[0] == urls[0]
 
 
 @pytest.fixture
