@@ -53,12 +53,17 @@ class HostPort:
     @property
     def is_loopback(self) -> bool:
         """Reachable from this host only (``127.0.0.0/8``, ``::1``, ``localhost``)."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # another host name: it may resolve to anything
+        return loopback_host(self.host)
+
+
+def loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address: only this host reaches it."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to anything
 
 
 @dataclass(frozen=True, slots=True)

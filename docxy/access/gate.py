@@ -23,7 +23,6 @@ import asyncio
 import base64
 import functools
 import hmac
-import ipaddress
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from docxy.access.identity import ANONYMOUS, ClientIdentity, Via
 from docxy.access.logins import FailedLogins
 from docxy.access.peer import peer_certificate
 from docxy.access.scopes import Access, allows
-from docxy.config import Config
+from docxy.config import Config, loopback_host
 from docxy.core.challenge import Challenge
 from docxy.core.errors import ConfigError, MirrorUnavailable, RegistryError, Unauthorized
 from docxy.core.names import upstream_name
@@ -113,43 +112,31 @@ def remembered(scope: Mapping[str, Any]) -> Identified | None:
     return found if isinstance(found, Identified) else None
 
 
-def plain_http_exposed(config: Config) -> bool:
-    """Whether ``users`` mode takes passwords and tokens over plain HTTP from the network:
-    no TLS listener (with one, plain HTTP only redirects) and a listener off loopback (a TLS
-    proxy on the same host, or the tests, reach it on loopback), or a ``server.public_url``
-    of ``http://`` on a host off loopback, where every challenge sends the clients' logins."""
-    return config.auth.mode == "users" and plain_http_reason(config) is not None
-
-
 def plain_http_reason(config: Config) -> str | None:
-    """Why ``users`` mode would take logins in clear text (whatever ``auth.mode`` says); None
-    when it would not: the plain listener off loopback, else the ``http://`` public URL."""
+    """Why ``users`` mode takes passwords and tokens in clear text from the network; None when
+    it does not, or the mode is not ``users``: no TLS listener (with one, plain HTTP only
+    redirects) and a listener off loopback (a TLS proxy on the same host, or the tests, reach
+    it on loopback), else a ``server.public_url`` of ``http://`` on a host off loopback, where
+    every challenge sends the clients' logins."""
+    if config.auth.mode != "users":
+        return None
     server = config.server
     if server.tls_listen is None and not server.listen.is_loopback:
         return f"over plain HTTP on {server.listen}"
     url = urlsplit(server.public_url)
-    if url.scheme == "http" and not _loopback_host(url.hostname or ""):
+    if url.scheme == "http" and not loopback_host(url.hostname or ""):
         return f"with server.public_url {server.public_url} (plain HTTP)"
     return None
-
-
-def _loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback address: a URL only this host's clients reach."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # another host name: it may resolve to anything
 
 
 def refuse_plain_http(config: Config) -> None:
     """Refuse to serve ``users`` mode with logins over plain HTTP off loopback unless the
     operator said ``auth.allow_plain_http``: :class:`ConfigError` (one line, exit 2)."""
-    if plain_http_exposed(config) and not config.auth.allow_plain_http:
+    reason = plain_http_reason(config)
+    if reason is not None and not config.auth.allow_plain_http:
         source = config.sources.get("auth.mode", "default")
         raise ConfigError(
-            f"auth.mode: users {plain_http_reason(config)} would take passwords and tokens "
+            f"auth.mode: users {reason} would take passwords and tokens "
             "in clear text: serve HTTPS (server.tls_listen), listen on loopback behind a TLS "
             "proxy with an https:// server.public_url, or set auth.allow_plain_http = true "
             f"({source})"
@@ -183,8 +170,7 @@ class AccessControl:
         auth = self._auth = config.auth
         self.users_mode = auth.mode == "users"
         self.upstream_logins = auth.upstream_logins
-        self.plain_http = plain_http_exposed(config)
-        self._plain_http_reason = plain_http_reason(config)
+        self.plain_http = plain_http_reason(config)  # users mode's logins in clear: why
         self.ca: ClientCA | None = None
         if auth.client_certs:
             from docxy.access.clientca import ClientCA
@@ -232,11 +218,11 @@ class AccessControl:
                 self.keys.ensure()
             except TokenKeyError as exc:  # auth.dir read-only, not a directory...: as above
                 key_unreadable(exc)  # logged now, with the path, and at each check
-            if self.plain_http:
+            if self.plain_http is not None:
                 log.warning(
                     "auth.mode = users %s, off loopback (auth.allow_plain_http): passwords "
                     "and tokens cross the network unencrypted",
-                    self._plain_http_reason,
+                    self.plain_http,
                 )
         if self.ca is not None:
             self.ca.ensure()
