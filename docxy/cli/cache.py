@@ -352,7 +352,7 @@ async def cmd_rm(cache: Cache, image: ImageRef, repo: RepoKey, blobs: bool, out:
     try:
         store.forget_images(images)
     except OSError as exc:  # read-only, another owner's files: kept, cached as before
-        print(cannot_change("rm", cache.blobs.root, exc), file=sys.stderr)
+        print(cannot("change", "rm", cache.blobs.root, exc), file=sys.stderr)
         return EXIT_FAILED
     return status
 
@@ -375,7 +375,7 @@ def _remove_blobs(store: DiskBlobStore, doomed: list[Digest], out: TextIO) -> in
         except OSError as exc:  # read-only, another owner's files: each refused file said once
             if (exc.filename, exc.errno) not in refusals:
                 refusals.add((exc.filename, exc.errno))
-                print(cannot_change("rm", store.root, exc), file=sys.stderr)
+                print(cannot("change", "rm", store.root, exc), file=sys.stderr)
             print(f"kept blob {digest} ({size}): the disk refused a delete", file=out)
             kept.append(digest)
             continue
@@ -394,31 +394,17 @@ def _remove_blobs(store: DiskBlobStore, doomed: list[Digest], out: TextIO) -> in
     return status
 
 
-def cannot_change(command: str, directory: Path, exc: OSError) -> str:
-    """The line saying the disk refused a change: ``docxy cache rm: cannot change DIR: FILE
-    Permission denied``."""
+def cannot(verb: str, command: str, directory: Path, exc: OSError) -> str:
+    """The line saying the disk refused to ``verb`` (change: rm, gc; open: any command; read:
+    ls, du): ``docxy cache rm: cannot change DIR: FILE Permission denied``."""
     where = f" {exc.filename}" if exc.filename else ""
-    return f"docxy cache {command}: cannot change {directory}:{where} {exc.strerror or exc}"
-
-
-def cannot_open(command: str, directory: Path, exc: OSError) -> str:
-    """The line saying the disk refused to open the cache (any command): ``docxy cache ls:
-    cannot open DIR: FILE Permission denied``."""
-    where = f" {exc.filename}" if exc.filename else ""
-    return f"docxy cache {command}: cannot open {directory}:{where} {exc.strerror or exc}"
-
-
-def cannot_read(command: str, directory: Path, exc: OSError) -> str:
-    """The line saying the disk refused a read (ls, du): ``docxy cache du: cannot read DIR:
-    FILE Permission denied``."""
-    where = f" {exc.filename}" if exc.filename else ""
-    return f"docxy cache {command}: cannot read {directory}:{where} {exc.strerror or exc}"
+    return f"docxy cache {command}: cannot {verb} {directory}:{where} {exc.strerror or exc}"
 
 
 def refused(root: Path, exc: OSError) -> str:
     """What the disk refused that stopped gc, for its report: ``the disk refused a change to
     tmp/NAME (Permission denied, EACCES)``, the file named as under the cache directory (a
-    delete, mostly; the stderr line says it whole: :func:`cannot_change`)."""
+    delete, mostly; the stderr line says it whole: :func:`cannot`)."""
     if not isinstance(exc.filename, str | bytes) or not exc.filename:
         return f"the disk refused a change ({os_error(exc)})"
     path = Path(os.fsdecode(exc.filename))
@@ -465,7 +451,7 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         try:
             await store.gc(verify=verify, evict=evict, tally=tally)
         except OSError as exc:  # read-only, another owner's files (EACCES), EIO
-            print(cannot_change("gc", store.root, exc), file=sys.stderr)
+            print(cannot("change", "gc", store.root, exc), file=sys.stderr)
             ending.append(("stopped", f"{refused(store.root, exc)}; the rest not done"))
         except asyncio.CancelledError:
             if not caught:  # not by a signal of ours: not ours to report
@@ -595,7 +581,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
         )
         return EXIT_NOT_FOUND
     except OSError as exc:  # the disk refused (another user's, read-only, EIO): 1, not usage
-        print(cannot_open(args.cache_command, directory, exc), file=sys.stderr)
+        print(cannot("open", args.cache_command, directory, exc), file=sys.stderr)
         return EXIT_FAILED
     # Measure against (gc: evict down to) a cap given here (flag, environment, config file)
     # only: the cache directory does not say which one the mirror runs with.
@@ -609,7 +595,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     except BrokenPipeError:  # its reader went away (| head): not the cache's trouble
         raise
     except OSError as exc:  # another user's directories (the mirror's umask 077), EIO
-        print(cannot_read(args.cache_command, directory, exc), file=sys.stderr)
+        print(cannot("read", args.cache_command, directory, exc), file=sys.stderr)
         return EXIT_FAILED
     try:
         if args.cache_command == "gc":
@@ -619,5 +605,5 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     except BrokenPipeError:  # its report's reader went away (| head): not the cache's trouble
         raise
     except OSError as exc:  # read-only, another owner's files (EACCES), EIO: one line, no trace
-        print(cannot_change(args.cache_command, directory, exc), file=sys.stderr)
+        print(cannot("change", args.cache_command, directory, exc), file=sys.stderr)
         return EXIT_FAILED
