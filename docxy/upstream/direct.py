@@ -134,10 +134,7 @@ class DirectBody:
     def interrupt(self) -> None:
         """Make a blocked :meth:`read` in another thread return now (thread-safe)."""
         self._interrupted = True
-        try:  # the plain socket's shutdown: an SSLSocket's own would drop its SSL object
-            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shut_down(self._sock)
 
     def close(self, drain: bool = False) -> None:
         """Close the answer; its connection goes back to the idle ones if the answer was read
@@ -365,8 +362,14 @@ class HeadersLate(TimeoutError):
 
 
 def _cut(sock: socket.socket, late: threading.Event) -> None:
-    """The headers are late: a blocked read of them returns (the plain socket's shutdown)."""
+    """The headers are late: a blocked read of them returns."""
     late.set()
+    shut_down(sock)
+
+
+def shut_down(sock: socket.socket) -> None:
+    """Make a read blocked on ``sock`` in another thread return now (thread-safe): the plain
+    socket's shutdown, as an SSLSocket's own would drop its SSL object."""
     try:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
