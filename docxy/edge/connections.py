@@ -238,6 +238,18 @@ class ConnectionGuard:
             "limits.send_min_rate": self.too_slow,
         }
 
+    def too_slow_over(self, waited: float, taken: int, how: str) -> str | None:
+        """Why a client that took ``taken`` bytes over ``waited`` seconds of the mirror waiting
+        on it is dropped under ``limits.send_min_rate`` (counted), or None: it kept up. ``how``
+        it took them (a socket's: taken; an h2c stream's window: let through)."""
+        if taken >= self.min_send_rate * waited:
+            return None
+        self.too_slow += 1
+        return (
+            f"{taken / waited:.0f} bytes/s {how} over {waited:.0f}s,"
+            f" under limits.send_min_rate {self.min_send_rate:.0f}"
+        )
+
     def release(self, admitted: Admitted | None = None) -> None:
         self.open -= 1
         key = admitted.key if admitted is not None else None
@@ -464,14 +476,9 @@ class EdgeTCPServer(PeerCertTCPServer):
                 waited = self._waited + now - started
                 if waited >= timeout and guard.min_send_rate > 0:
                     taken = self._written - size - self._window_taken
-                    if taken < guard.min_send_rate * waited:
-                        rate = taken / waited
-                        guard.too_slow += 1
-                        self._cut(
-                            loop,
-                            f"{rate:.0f} bytes/s taken over {waited:.0f}s,"
-                            f" under limits.send_min_rate {guard.min_send_rate:.0f}",
-                        )
+                    slow = guard.too_slow_over(waited, taken, "taken")
+                    if slow is not None:
+                        self._cut(loop, slow)
                     self._waited, self._window_taken, started = 0.0, self._written - size, now
         finally:
             self._waited += loop.time() - started

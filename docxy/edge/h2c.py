@@ -157,7 +157,7 @@ class H2cChecked(H2Protocol):
 
     def _shut(self, stream_id: int) -> None:
         guard = self._guard
-        if guard is None or guard.send_timeout is None:
+        if guard is None or guard.send_timeout is None:  # (narrowed for the type checker)
             return
         if self._waits is None:
             self._waits = {}
@@ -194,14 +194,11 @@ class H2cChecked(H2Protocol):
             return
         waited = wait.waited + shut
         if waited >= timeout and guard.min_send_rate > 0:
-            taken = wait.sent - wait.window_sent
-            if taken < guard.min_send_rate * waited:
-                guard.too_slow += 1
-                self._reset(
-                    stream_id,
-                    f"{taken / waited:.0f} bytes/s let through its window over {waited:.0f}s,"
-                    f" under limits.send_min_rate {guard.min_send_rate:.0f}",
-                )
+            slow = guard.too_slow_over(
+                waited, wait.sent - wait.window_sent, "let through its window"
+            )
+            if slow is not None:
+                self._reset(stream_id, slow)
                 return
             wait.waited, wait.window_sent = 0.0, wait.sent
             if wait.shut_since is not None:
