@@ -31,6 +31,7 @@ from docxy.upstream.client import (
     upstream_ssl_context,
 )
 from docxy.upstream.direct import direct_settings
+from docxy.upstream.routing import configured_upstreams
 from docxy.upstream.trust import UpstreamTrust
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,7 @@ def create_app(
     async def lifespan() -> AsyncGenerator[None, None]:
         # One context per set of CAs: certifi's (the default, also the shared store's, which
         # is no upstream), and certifi's with an upstream's ca_file on its origins.
-        upstreams = [Upstream.from_config(config.upstream)]
-        upstreams += [Upstream.from_config(named) for named in config.upstreams]
-        trust = UpstreamTrust(upstreams, upstream_ssl_context)
+        trust = UpstreamTrust(configured_upstreams(config).all(), upstream_ssl_context)
         ssl_context = trust.default
         http = make_http_client(config.upstream, transport, ssl_context, trust)
         direct = direct_settings(config.upstream, ssl_context, transport, trust)

@@ -14,8 +14,7 @@ import logging
 
 from docxy.config import Config
 from docxy.core.hosts import url_host
-from docxy.upstream.client import Upstream
-from docxy.upstream.routing import Upstreams
+from docxy.upstream.routing import configured_upstreams
 from docxy.upstream.settings import SECTION, same_registry_host
 
 log = logging.getLogger(__name__)
@@ -35,10 +34,7 @@ def upstream_warnings(config: Config) -> list[str]:
 
 def _public_host_claim(config: Config) -> str | None:
     """The line for an upstream whose ``hosts`` pick requests sent to ``server.public_url``."""
-    upstreams = Upstreams(
-        Upstream.from_config(config.upstream),
-        [Upstream.from_config(named) for named in config.upstreams],
-    )
+    upstreams = configured_upstreams(config)
     public = config.server.public_url
     host = url_host(public)
     found = upstreams.for_host(host)
