@@ -9,19 +9,17 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import hypercorn.asyncio.run as hypercorn_run
 import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from docxy.config import load_config
-from docxy.edge import connections
 from docxy.edge.connections import ConnectionGuard
 from docxy.http.app import create_app
 from docxy.http.middleware import Guard
@@ -31,6 +29,7 @@ from docxy.upstream.routing import configured_upstreams
 from lab.ports import free_port, listening
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
+from tests.unit.test_review_http2 import edge_installed as edge_installed  # noqa: F401  (fixture)
 
 MIRROR_HOST = "127.0.0.87"
 UPSTREAM_HOST = "127.0.0.88"
@@ -74,14 +73,6 @@ class Upstream:
             pass
         finally:
             writer.close()
-
-
-@pytest.fixture
-def edge_installed() -> Iterator[None]:
-    before = hypercorn_run.TCPServer  # type: ignore[attr-defined]
-    connections.install()
-    yield
-    setattr(hypercorn_run, "TCPServer", before)  # noqa: B010
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.scriptbox import ScriptBox, output
-from tests.unavailable import need_binary
+from tests.unavailable import need_binary, skip_or_fail
 from tests.unit.test_install_script import DOMAIN, Resolver, env_file, install
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
 from tests.unit.test_install_script import resolver as resolver  # noqa: F401  (fixture)
@@ -37,7 +37,7 @@ def compose129_environment(project: Path, home: Path) -> dict[str, str]:
     binary = need_binary("docker-compose")
     version = subprocess.run([binary, "version", "--short"], capture_output=True, text=True)
     if not version.stdout.startswith("1."):
-        pytest.skip(f"docker-compose here is {version.stdout.strip()}, not 1.29")
+        skip_or_fail(f"docker-compose here is {version.stdout.strip()}, not 1.29")
     python = Path(binary).read_text().splitlines()[0].removeprefix("#!").split()
     config = subprocess.run(
         [binary, "--project-directory", str(project), "-f", str(project / "compose.yaml"),

@@ -15,6 +15,7 @@ from docxy.tasks import spawn
 from tests.unit import fakes
 from tests.unit.asgi import AsgiAnswer, call_asgi
 from tests.unit.test_fills import BLOBS, D1, D2, Held, capped_mirror
+from tests.unit.turns import until
 
 
 class FailingFill:
@@ -41,14 +42,6 @@ class FailingFill:
         return httpx.Response(200, headers=headers, stream=Held(gate, BLOBS[digest]))
 
 
-async def until(done: object, what: str) -> None:
-    for _ in range(500):  # bounded: 5 s
-        if callable(done) and done():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
-
-
 async def test_joining_a_fill_that_passes_through_keeps_the_per_client_cap(
     tmp_path: Path,
 ) -> None:
@@ -67,9 +60,9 @@ async def test_joining_a_fill_that_passes_through_keeps_the_per_client_cap(
     async with app.test_app(), asyncio.TaskGroup() as tasks:
         permits = mirror_state(app).running.blobs.permits
         started = tasks.create_task(get("b", D1))  # b starts D1's fill, held upstream
-        await until(lambda: D1 in upstream.asked, "D1's fill asked upstream")
+        await until(lambda: D1 in upstream.asked)
         own = tasks.create_task(get("a", D2))  # a's own fill, running
-        await until(lambda: D2 in upstream.asked, "D2's fill asked upstream")
+        await until(lambda: D2 in upstream.asked)
         assert permits.running == {"a": 1, "b": 1}
         joined = tasks.create_task(get("a", D1))  # a joins b's fill: free
         await asyncio.sleep(0.05)

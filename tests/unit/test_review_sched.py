@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from docxy.tls.context import self_signed
+from lab.ports import on_own_port
 from scheduler import main as scheduler_main
 from scheduler import renewal
 from scheduler import settings as settings_mod
@@ -74,12 +75,12 @@ def test_a_one_off_run_does_not_report_a_next_run_that_has_passed(
 
 
 #: This review's loopback address and ports (the machine is shared: no other address is used).
-HOST, PORTS = "127.0.0.80", range(7300, 7400)
+HOST = "127.0.0.1"
 
 
 @pytest.fixture
 def health_on_loopback() -> Iterator[tuple[int, list[str]]]:
-    """A plain-HTTP /health answering 200 on HOST, a port of PORTS; (its port, paths asked)."""
+    """A plain-HTTP /health answering 200 on HOST, a free port; (its port, paths asked)."""
     asked: list[str] = []
 
     class Health(BaseHTTPRequestHandler):
@@ -92,14 +93,7 @@ def health_on_loopback() -> Iterator[tuple[int, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = None
-    for port in PORTS:
-        try:
-            server = ThreadingHTTPServer((HOST, port), Health)
-            break
-        except OSError:
-            continue
-    assert server is not None, f"no free port on {HOST} in {PORTS}"
+    server = on_own_port(lambda port: ThreadingHTTPServer((HOST, port), Health))
     thread = threading.Thread(target=server.serve_forever, name="health")
     thread.start()
     try:

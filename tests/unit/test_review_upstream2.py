@@ -27,9 +27,9 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.direct import DirectSettings, get
 from docxy.upstream.tokens import MirrorTokens
+from lab.ports import bound_socket
 
 HOST = "127.0.0.129"
-PORTS = range(8700, 8800)
 READ_TIMEOUT = 0.5
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -37,16 +37,10 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 @contextlib.asynccontextmanager
 async def loopback_server(handler: Handler) -> AsyncIterator[str]:
-    """An asyncio server on ``HOST`` at the first free port of ``PORTS``; its base URL."""
-    server = None
-    for port in PORTS:
-        try:
-            server = await asyncio.start_server(handler, HOST, port)
-        except OSError:
-            continue
-        break
-    if server is None:
-        pytest.skip(f"no free port on {HOST} in {PORTS}")
+    """An asyncio server on ``HOST`` at a free port (``lab.ports``); its base URL."""
+    sock = bound_socket(HOST)
+    port = sock.getsockname()[1]
+    server = await asyncio.start_server(handler, sock=sock)
     try:
         yield f"http://{HOST}:{port}"
     finally:
