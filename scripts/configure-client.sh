@@ -110,7 +110,6 @@ CA_CERT=""
 MIRROR_HOST=""
 FAILED=0
 CHANGES=0
-COPIED=0 # the last copy_in wrote its file
 
 # host[:port] in a URL, in lower case, as dockerd and containerd can dial it: a name or IPv4
 # address, or an IPv6 address in brackets; a port of digits. (A typo in the port went into
@@ -331,7 +330,6 @@ copy_in() {
   cat -- "$source" >"$staged"
   mv -f -- "$staged" "$target"
   CHANGES=$((CHANGES + 1))
-  COPIED=1
   say "  installed $target (mode $mode)"
 }
 
@@ -452,9 +450,9 @@ certs_copy() {
       backup_file "$dir/$name"
     fi
   fi
-  COPIED=0
+  local before=$CHANGES # copy_in counts a file it wrote
   copy_in "$source" "$dir/$name" "$mode"
-  if ((COPIED)); then record_sum "$dir" "$name"; fi
+  if ((CHANGES > before)); then record_sum "$dir" "$name"; fi
 }
 
 # --- Docker: daemon.json ---------------------------------------------------------------------
