@@ -8,7 +8,7 @@
 # Events: TICK_5 (a probe every min(30, DOCXY_WATCHDOG_SECONDS) s), PROCESS_STATE_STARTING
 # (a mirror (re)started: not answered yet) and PROCESS_STATE_STOPPED (a mirror stopped on
 # purpose, `supervisorctl stop docxy`: not hung, left stopped until it starts again). The
-# probe asks the address `docxy health` asks (docxy.cli.healthcheck.local_url, found once:
+# probe asks the address `docxy health` asks (docxy.cli.healthcheck.local_urls' first, found once:
 # python costs most of a second of CPU to start) with bash alone. Protocol as in
 # supervisor-fatal.sh: stdout is supervisord's; messages go to stderr.
 set -uo pipefail # not -e: a probe that fails is what this is for
@@ -32,9 +32,9 @@ if ((patience == 0)); then
 else
   target=$(python -c '
 from urllib.parse import urlsplit
-from docxy.cli.healthcheck import local_url
+from docxy.cli.healthcheck import local_urls
 from docxy.config import load_config
-url = urlsplit(local_url(load_config().server.listen))
+url = urlsplit(local_urls(load_config().server.listen)[0])
 print(url.hostname, url.port)')
   read -r host port <<<"$target"
   if [[ -z "${port:-}" ]]; then

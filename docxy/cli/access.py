@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -151,7 +152,8 @@ class _Owner:
                 st = os.lstat(path)
             except OSError:
                 continue
-            if st.st_uid == 0 and (path == directory or path.is_file()) and not path.is_symlink():
+            kind = stat.S_ISDIR if path == directory else stat.S_ISREG  # lstat's: no link
+            if st.st_uid == 0 and kind(st.st_mode):
                 try:
                     # Not through a link: the directory is the mirror user's, who could swap
                     # the file for a link to one of root's between the lstat and this.
