@@ -18,7 +18,8 @@ from the cache to that request only, recorded nowhere. Unconfirmed, the request 
 
 Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub). A
 client's HEAD the cache cannot answer is answered from the mirror's own upstream HEAD, made with
-the mirror's credentials (the client may hold none for this upstream).
+the mirror's credentials (the client may hold none for this upstream); one that names no digest,
+length or type, from the manifest the mirror then GETs, as Distribution answers a HEAD.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
 class Head:
     """The upstream's answer to the mirror's HEAD of a manifest: ``found`` if it answered 200,
     ``digest`` if that answer named the manifest's, ``content`` if it also named its length
-    (what a client's HEAD is answered with; the digest alone confirms a cached tag)."""
+    and type (what a client's HEAD is answered with; the digest alone confirms a cached tag)."""
 
     found: bool
     content: ManifestContent | None = None
@@ -342,9 +343,8 @@ class ManifestService:
                 return await self._confirmed(store, repo, pull, cached)
         found = head.content
         if found is None:
-            if head.found:
-                why = "the upstream's HEAD names no digest or no length"
-                return PassThrough(Reason.NOT_CACHEABLE, why)
+            if head.found:  # but names no digest, length or type: what a GET tells
+                return await self._head_by_get(store, repo, pull)
             return self._uncached(pull)
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
@@ -353,6 +353,26 @@ class ManifestService:
         elif record is not None:
             self._moving_to(repo, found.digest, record)
         return Served(Source.MISS, found)
+
+    async def _head_by_get(self, store: ManifestStore, repo: RepoKey, pull: Pull) -> Outcome:
+        """A client's HEAD the upstream's own HEAD cannot answer: it found the manifest but
+        named no digest, length or type (some fronts drop them). Answered, as Distribution
+        answers a HEAD, from the manifest itself: fetched with the mirror's token (the GET the
+        client would send next, which is then a hit) and cached, a tag noted as by a GET.
+        containerd takes the media type from a HEAD; it was sent an empty ``Content-Type``."""
+        try:
+            fetched, source = await self._fetch(repo, pull, pull.reference.digest)
+        except UpstreamError as exc:
+            return upstream_failed(exc, pull)
+        if fetched is None:
+            return self._uncached(pull)
+        tag = pull.reference.tag
+        if tag is not None and fetched.kept:
+            await store.set_tag(repo, str(tag), fetched.digest, public=True)
+        await self._moved_in(repo, fetched)
+        if not self._servable(fetched, pull):
+            return NOT_ACCEPTED
+        return _served(source, fetched, pull)
 
     async def _head(self, repo: RepoKey, pull: Pull) -> Head:
         """An upstream HEAD of the tag or digest with the mirror's token and every manifest
@@ -386,6 +406,8 @@ class ManifestService:
         if encoded(answer) or not length.isdigit():
             return Head(found=True, digest=digest)
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
+        if not media_type:  # enough to confirm a cached tag, not to answer a HEAD with
+            return Head(found=True, digest=digest)
         return Head(True, ManifestContent(digest, media_type, int(length), None), digest)
 
     def _note_refusal(self, pull: Pull, answer: httpx.Response) -> None:

@@ -1,0 +1,98 @@
+"""Review of the manifest path as Docker, containerd and skopeo use it (``docxy.pull.manifests``).
+
+The upstream is the in-process hub of ``test_pull_scoped_blobs`` (an ``httpx.MockTransport``:
+no socket at all), which scopes manifests to repositories as Distribution does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docxy.pull.manifests import acceptable
+from tests.unit.asgi import call_asgi
+from tests.unit.test_pull_blobs import mirror
+from tests.unit.test_pull_manifests import TAG, HeadWithout
+from tests.unit.test_pull_scoped_blobs import ANON, AS_ANON, DOCKER_MANIFEST, digest_of, get
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+#: What containerd's resolver sends with its HEAD and GET of a manifest.
+CONTAINERD_ACCEPT = ", ".join([DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX, "*/*"])
+
+
+@pytest.mark.parametrize("ref", ["tag", "digest"])
+async def test_a_head_relayed_from_an_upstream_head_without_a_type_names_the_manifests_type(
+    tmp_path: Path, ref: str
+) -> None:
+    """containerd resolves a tag (and a digest-pinned image) by HEAD and takes the manifest's
+    media type from that answer's ``Content-Type``. An upstream whose HEAD names no type (a
+    front that drops it) had the mirror answer with an empty ``Content-Type``: containerd then
+    holds a descriptor of no media type, which it cannot unpack. Distribution, as a pull-through
+    cache, answers a HEAD from the manifest it GETs; so does the mirror now: the type is the
+    GET's, the manifest is cached, and the client's GET by digest that follows is a hit."""
+    hub = HeadWithout("content-type")
+    manifest = hub.repos["library/base"].manifests["1"]
+    digest = digest_of(manifest)
+    hub.repos["library/base"].manifests[digest] = manifest
+    path = TAG if ref == "tag" else f"/v2/library/base/manifests/{digest}"
+    headers = [*AS_ANON.items(), ("Accept", CONTAINERD_ACCEPT)]
+    async with mirror(tmp_path, hub) as app:
+        answer = await call_asgi(app, "HEAD", path, host="mirror.test", headers=headers)
+        assert answer.status == 200
+        assert answer.headers.get("Content-Type") == DOCKER_MANIFEST
+        assert answer.headers["Docker-Content-Digest"] == digest
+        assert answer.headers["Content-Length"] == str(len(manifest))
+        by_digest = f"/v2/library/base/manifests/{digest}"
+        assert await get(app, by_digest) == (200, manifest)
+    assert hub.seen("GET", "manifests", mirror=False) == []  # nothing passed through
+    assert hub.seen("HEAD", "manifests", mirror=False) == []
+    assert hub.seen("GET", "manifests") == [path]  # the HEAD's; the client's GET was a hit
+
+
+IGNORED = pytest.mark.xfail(strict=True, reason="fault 2: parameters and ranges ignored")
+
+
+@pytest.mark.parametrize(
+    ("accept", "taken"),
+    [
+        pytest.param([f"{DOCKER_MANIFEST};q=0, */*"], False, marks=IGNORED),
+        pytest.param([f"{DOCKER_MANIFEST}; q=0.0", "*/*"], False, marks=IGNORED),
+        pytest.param([f"{DOCKER_MANIFEST};Q=0.000, {OCI_MANIFEST}"], False, marks=IGNORED),
+        pytest.param(["*/*;q=0"], False, marks=IGNORED),
+        ([f"application/*;q=0, {OCI_MANIFEST}"], False),
+        ([f"{DOCKER_MANIFEST};q=0.1, */*;q=0"], True),
+        ([f"{DOCKER_MANIFEST};q=1, */*;q=0"], True),
+        ([f"{OCI_MANIFEST};q=0, */*"], True),
+        ([f"{DOCKER_MANIFEST};q=0.5"], True),
+        ([f"{DOCKER_MANIFEST};q=bad"], True),  # an unreadable weight: as if none
+        pytest.param(["application/*"], True, marks=IGNORED),
+        ([], True),
+        ([""], True),
+    ],
+)
+def test_acceptable_honours_a_weight_of_zero(accept: list[str], taken: bool) -> None:
+    """RFC 9110 §12.4.2: a weight of 0 means "not acceptable", and the most specific range
+    that matches a type gives its weight. ``acceptable`` dropped every parameter, so a type a
+    client excluded with ``q=0`` was one it took."""
+    assert acceptable(DOCKER_MANIFEST, accept) is taken
+
+
+@pytest.mark.xfail(strict=True, reason="fault 2: q=0 ignored")
+async def test_a_cached_manifest_of_a_type_the_client_excludes_with_q0_is_not_served(
+    tmp_path: Path,
+) -> None:
+    """A client that excludes the cached manifest's type with ``q=0`` is not sent it from the
+    cache: its request goes upstream with its own ``Accept`` (the registry may have another
+    form of the image for it)."""
+    hub = HeadWithout("nothing")  # the plain hub
+    async with mirror(tmp_path, hub) as app:
+        assert (await get(app, TAG))[0] == 200  # cached, a Docker schema 2 manifest
+        accept = f"{DOCKER_MANIFEST};q=0, {OCI_MANIFEST}, */*;q=0.1"
+        response = await app.test_client().get(TAG, headers={**AS_ANON, "Accept": accept})
+        assert response.headers["Cache-Status"].endswith("fwd=bypass; detail=not-cacheable")
+        assert hub.seen("GET", "manifests", mirror=False) == [TAG]
+        [passed] = [r for r in hub.requests if r.headers.get("authorization") == ANON]
+        assert passed.headers["accept"] == accept
