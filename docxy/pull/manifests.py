@@ -69,12 +69,37 @@ ACCEPT_ALL = ", ".join(MANIFEST_TYPES)
 
 
 def acceptable(media_type: str, accept_values: list[str]) -> bool:
-    """Whether a client that sent these ``Accept`` values takes ``media_type``."""
-    offered = {
-        part.split(";")[0].strip().lower() for value in accept_values for part in value.split(",")
-    }
-    offered.discard("")
-    return not offered or "*/*" in offered or media_type.lower() in offered
+    """Whether a client that sent these ``Accept`` values takes ``media_type``: no ``Accept``
+    takes any; else the most specific range naming it (the type, ``type/*``, ``*/*``) decides,
+    and a weight of 0 (``q=0``) is "not acceptable" (RFC 9110 §12.4.2). A range named twice
+    counts with its highest weight; an unreadable weight is taken as none (1)."""
+    weights: dict[str, float] = {}
+    for value in accept_values:
+        for part in value.split(","):
+            name, *params = part.split(";")
+            name = name.strip().lower()
+            if name:
+                weights[name] = max(weights.get(name, 0.0), _weight(params))
+    if not weights:
+        return True
+    kind = media_type.lower()
+    for name in (kind, kind.split("/")[0] + "/*", "*/*"):
+        if name in weights:
+            return weights[name] > 0
+    return False
+
+
+def _weight(params: list[str]) -> float:
+    """The ``q`` of a media range's parameters (1 when it has none, or none readable)."""
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                weight = float(value.strip())
+            except ValueError:
+                return 1.0
+            return weight if 0 <= weight <= 1 else 1.0
+    return 1.0
 
 
 def encoded(answer: httpx.Response) -> bool:
