@@ -54,7 +54,7 @@ from docxy.pull.outcome import (
     upstream_failed,
 )
 from docxy.tasks import Coalesced
-from docxy.upstream.client import read_small
+from docxy.upstream.client import MAX_SMALL_BODY, AnswerTooLarge, read_small
 from docxy.upstream.tokens import MirrorTokens
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ class Head:
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
 NOT_ACCEPTED = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the cached type")
 PRIVATE = PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
+TOO_LARGE = PassThrough(Reason.NOT_CACHEABLE, f"the manifest is over {MAX_SMALL_BODY} bytes")
 #: Tags found moved by a client's HEAD, kept until the GET by digest that follows (the oldest
 #: forgotten first: such a tag then moves at its next GET by tag, as before).
 MOVES_KEPT = 1024
@@ -315,6 +316,8 @@ class ManifestService:
             return await self._answer_head(store, repo, pull, head, found.entry)
         if self._private(pull):
             return PRIVATE
+        if head is not None and head.content is not None and head.content.length > MAX_SMALL_BODY:
+            return TOO_LARGE  # a GET of the mirror's would stop at the cap: one the client's
         try:
             fetched, source = await self._fetch(repo, pull, None)
         except UpstreamError as exc:
@@ -483,7 +486,12 @@ class ManifestService:
         answer = await self.tokens.send(
             pull.upstream, "GET", repo.repo, path, [("Accept", ACCEPT_ALL)]
         )
-        body = await read_small(answer)
+        try:
+            body = await read_small(answer)
+        except AnswerTooLarge as exc:  # not the upstream's trouble: a stale tag is no answer
+            raise_for_trouble(answer)
+            log.info("manifest %s from upstream not cached: %s", pull.path, exc.message)
+            return None
         raise_for_trouble(answer)
         self._note_refusal(pull, answer)
         if answer.status_code == 404 and digest is None:

@@ -163,6 +163,12 @@ class ProbeTrouble(UpstreamUnavailable):
     nothing of its auth (the challenge it last answered with may well stand)."""
 
 
+class AnswerTooLarge(UpstreamUnavailable):
+    """An answer :func:`read_small` read to its bound and no further (a manifest over 4 MiB):
+    no trouble of the upstream's, but one the mirror does not hold (its client's own request
+    may get it, relayed)."""
+
+
 @dataclass(slots=True)
 class UpstreamHealth:
     """What the mirror last saw of an upstream."""
@@ -740,7 +746,7 @@ async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> b
         for piece in pieces:
             size += len(piece)
             if size > limit:
-                raise UpstreamUnavailable(f"the upstream's answer exceeded {limit} bytes")
+                raise AnswerTooLarge(f"the upstream's answer exceeded {limit} bytes")
             chunks.append(piece)
 
     try:

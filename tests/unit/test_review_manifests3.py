@@ -6,15 +6,17 @@ no socket at all), which scopes manifests to repositories as Distribution does.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from docxy.pull.manifests import acceptable
+from docxy.upstream.client import MAX_SMALL_BODY
 from tests.unit.asgi import call_asgi
 from tests.unit.test_pull_blobs import mirror
-from tests.unit.test_pull_manifests import TAG, HeadWithout
-from tests.unit.test_pull_scoped_blobs import ANON, AS_ANON, DOCKER_MANIFEST, digest_of, get
+from tests.unit.test_pull_manifests import TAG, HeadWithout, pulled_then_stale
+from tests.unit.test_pull_scoped_blobs import ANON, AS_ANON, DOCKER_MANIFEST, Hub, digest_of, get
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -92,3 +94,30 @@ async def test_a_cached_manifest_of_a_type_the_client_excludes_with_q0_is_not_se
         assert hub.seen("GET", "manifests", mirror=False) == [TAG]
         [passed] = [r for r in hub.requests if r.headers.get("authorization") == ANON]
         assert passed.headers["accept"] == accept
+
+
+@pytest.mark.parametrize("length", [True, False])
+async def test_a_tag_moved_to_a_manifest_over_the_size_cap_is_passed_through_not_served_stale(
+    tmp_path: Path, length: bool
+) -> None:
+    """A cached tag whose upstream now names a manifest larger than the mirror reads (4 MiB):
+    the mirror's GET of it stops at the cap, and that was taken for an upstream failure, so
+    the old image was served stale at every pull while the upstream was up, though a HEAD
+    (containerd's) named the new digest. Such a manifest is one the mirror does not cache: the
+    pull passes through, and the client gets what the tag names now. An upstream HEAD naming
+    the length spares the mirror that GET (a counted pull on Docker Hub)."""
+    hub = Hub() if length else HeadWithout("content-length")
+    old = hub.repos["library/base"].manifests["1"]
+    pad = "x" * (MAX_SMALL_BODY + 1)
+    big = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "pad": pad}).encode()
+    async with mirror(tmp_path, hub) as app:
+        await pulled_then_stale(app, old)
+        hub.repos["library/base"].manifests["1"] = big
+        head = await call_asgi(app, "HEAD", TAG, host="mirror.test", headers=AS_ANON.items())
+        assert head.headers["Docker-Content-Digest"] == digest_of(big)
+        response = await app.test_client().get(TAG, headers=AS_ANON)
+        assert response.headers["Docker-Content-Digest"] == digest_of(big)
+        assert await response.get_data() == big
+        assert "fwd=bypass" in response.headers["Cache-Status"]
+    if length:
+        assert hub.seen("GET", "manifests") == [TAG]  # the first pull's only
