@@ -121,3 +121,40 @@ async def test_a_tag_moved_to_a_manifest_over_the_size_cap_is_passed_through_not
         assert "fwd=bypass" in response.headers["Cache-Status"]
     if length:
         assert hub.seen("GET", "manifests") == [TAG]  # the first pull's only
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_digest_the_upstream_does_not_have_is_its_404_and_forgets_no_tag(
+    tmp_path: Path, method: str
+) -> None:
+    """A pull by a digest the upstream does not hold gets the upstream's 404 (passed through),
+    never a 5xx or another manifest, and the mirror's 404 for a digest forgets no tag."""
+    hub = Hub()
+    manifest = hub.repos["library/base"].manifests["1"]
+    missing = f"/v2/library/base/manifests/{digest_of(b'nothing of the kind')}"
+    async with mirror(tmp_path, hub) as app:
+        assert await get(app, TAG) == (200, manifest)
+        answer = await call_asgi(app, method, missing, host="mirror.test", headers=AS_ANON.items())
+        assert answer.status == 404
+        assert "fwd=bypass" in answer.headers["Cache-Status"]
+        hub.down = True  # the tag is still cached: served from the cache
+        assert await get(app, TAG) == (200, manifest)
+
+
+async def test_a_head_of_a_moved_tag_agrees_with_the_get_by_tag_that_follows(
+    tmp_path: Path,
+) -> None:
+    """A cached tag moved upstream, its TTL over: a client's HEAD names the new digest, and a
+    GET of the tag that follows (docker, skopeo) sends the new manifest under that digest."""
+    hub = Hub()
+    old = hub.repos["library/base"].manifests["1"]
+    new = hub.repos["library/app"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        await pulled_then_stale(app, old)
+        hub.repos["library/base"].manifests["1"] = new
+        head = await call_asgi(app, "HEAD", TAG, host="mirror.test", headers=AS_ANON.items())
+        assert head.headers["Docker-Content-Digest"] == digest_of(new)
+        assert head.headers["Content-Length"] == str(len(new))
+        response = await app.test_client().get(TAG, headers=AS_ANON)
+        assert response.headers["Docker-Content-Digest"] == digest_of(new)
+        assert await response.get_data() == new
