@@ -88,10 +88,11 @@ def issue(
     names: Sequence[x509.GeneralName] = (),
     key: PrivateKey | None = None,
     days: float = DAYS,
+    valid_from: dt.datetime | None = None,
 ) -> Issued:
     """A certificate for `common_name` (and the subject alternative `names`), signed by
     `issuer` or, without one, by itself; a new P-256 key unless `key` is given. Valid from
-    five minutes ago (clock skew) for `days`.
+    five minutes ago (clock skew), or from `valid_from`, for `days`.
 
     It has the extensions RFC 5280 asks for, which Python 3.13's ``ssl.create_default_context``
     checks (``VERIFY_X509_STRICT``): key identifiers, the subject's and its issuer's, and a CA's
@@ -100,14 +101,15 @@ def issue(
     key = key or ec.generate_private_key(ec.SECP256R1())
     signer = (key if issuer is None else issuer.key).public_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
+    now = valid_from or dt.datetime.now(dt.UTC)
+    start = now if valid_from else now - dt.timedelta(minutes=5)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject if issuer is None else issuer.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(start)
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)

@@ -258,13 +258,14 @@ def describe_files(cert_path: Path, key_path: Path, domain: str | None = None) -
         info = inspect_pair(cert_path.read_bytes(), key_path.read_bytes(), cert_path, key_path)
     except (OSError, CertError) as exc:
         return {"cert_path": str(cert_path), "error": str(exc)}
-    served, warning = trust.verdict(
+    served, refused = trust.verdict(
         info.self_signed,
         info.sans,
         domain,
         staging=info.staging,
         issuer_included=info.issuer_included,
     )
+    warning = "; ".join(why for why in (refused, info.out_of_date()) if why is not None) or None
     return {
         "cert_path": str(cert_path),
         **info.as_dict(),

@@ -71,6 +71,44 @@ class CertInfo:
     #: Its issuer's certificate is in the served file too (or it is its own issuer): a leaf
     #: served without its intermediate is refused by clients that do not fetch it (Go's).
     issuer_included: bool = True
+    #: The validity of that issuer's certificate, as served (None: not served, or its own).
+    issuer_not_before: dt.datetime | None = None
+    issuer_not_after: dt.datetime | None = None
+    issuer: str = ""
+
+    def out_of_date(self, now: dt.datetime | None = None) -> str | None:
+        """Why clients refuse the chain as of ``now`` for its dates, not its names: the
+        certificate not valid yet, or the intermediate that issued it served outside its
+        validity (None: neither). An expired certificate is :meth:`expires_soon`'s.
+
+        Said whatever the certificate is (a CA's, the mirror's own, one installed by hand): no
+        client takes it. Only the issuer's certificate is looked at, not those above it: a
+        client stops at a root it trusts, so an expired cross-signature further up the chain
+        (Let's Encrypt's of 2021) is passed over by most."""
+        now = now or _utcnow()
+        refused = "clients refuse it (x509: certificate has expired or is not yet valid)"
+        clock = (
+            "this host's clock, or the CA's, is wrong (check its time sync: timedatectl); a"
+            " client whose clock is right takes it if this host's is behind"
+        )
+        if self.not_before is not None and self.not_before > now:
+            return (
+                f"the certificate is not valid before {utc_stamp(self.not_before)}, by this"
+                f" host's clock {_ahead(self.not_before - now)} from now: {refused}; {clock}"
+            )
+        if self.issuer_not_after is not None and self.issuer_not_after <= now:
+            return (
+                f"the intermediate that issued the certificate ({self.issuer}) expired at"
+                f" {utc_stamp(self.issuer_not_after)}: {refused}; install the chain the CA"
+                " issues now (certbot's current fullchain.pem: `docxy certs renew --force`)"
+            )
+        if self.issuer_not_before is not None and self.issuer_not_before > now:
+            return (
+                f"the intermediate that issued the certificate ({self.issuer}) is not valid"
+                f" before {utc_stamp(self.issuer_not_before)}, by this host's clock"
+                f" {_ahead(self.issuer_not_before - now)} from now: {refused}; {clock}"
+            )
+        return None
 
     def expires_soon(self, now: dt.datetime | None = None) -> bool:
         """Less than :data:`EXPIRY_WARNING` left (a sixth of its lifetime if less), or expired."""
@@ -101,6 +139,12 @@ def expires_soon(
     if not_before is not None:
         margin = min(margin, (not_after - not_before) / 6)
     return not_after - now < margin
+
+
+def _ahead(delta: dt.timedelta) -> str:
+    """A time ahead in words: ``3.0 h``, ``2.5 days``."""
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
 
 
 def days_left(not_after: dt.datetime, now: dt.datetime | None = None) -> float:
@@ -168,8 +212,17 @@ def inspect_pair(cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Pat
         raise CertError(f"certificate {cert_path}: cannot be read ({exc})") from exc
     if leaf_key != key.public_key().public_bytes(der, spki):
         raise CertError(f"key {key_path} does not match certificate {cert_path}")
-    included = leaf.issuer == leaf.subject or any(c.subject == leaf.issuer for c in chain[1:])
-    return replace(info, issuer_included=included)
+    if leaf.issuer == leaf.subject:
+        return info
+    issuer = next((c for c in chain[1:] if c.subject == leaf.issuer), None)
+    if issuer is None:
+        return replace(info, issuer_included=False)
+    return replace(
+        info,
+        issuer_not_before=issuer.not_valid_before_utc,
+        issuer_not_after=issuer.not_valid_after_utc,
+        issuer=issuer.subject.rfc4514_string(),
+    )
 
 
 def kept_over_expired(
@@ -428,15 +481,18 @@ class ReloadableTLS:
         return True
 
     def _refusal(self) -> tuple[str, str | None]:
-        """What is served (:func:`docxy.tls.trust.served_kind`) and why clients refuse it."""
+        """What is served (:func:`docxy.tls.trust.served_kind`) and why clients refuse it:
+        for its names and issuer, then for its dates (:meth:`CertInfo.out_of_date`)."""
         info = self._info
-        return trust.verdict(
+        served, refused = trust.verdict(
             info.self_signed,
             info.sans,
             self.domain,
             staging=info.staging,
             issuer_included=info.issuer_included,
         )
+        said = [why for why in (refused, info.out_of_date()) if why is not None]
+        return served, "; ".join(said) or None
 
     def _stuck(self, now: dt.datetime | None = None) -> str | None:
         """Why the files' pair, refused for :data:`RELOAD_GRACE` or longer, is not served; None
