@@ -43,6 +43,11 @@ class RunCutShort(RunFailed):
     of the renewal: neither counted nor put off by a backoff at the next start."""
 
 
+def unexpected(exc: Exception) -> str:
+    """A run's reason for an exception it does not list: its kind and its words."""
+    return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
 def backoff(failures: int, base: float, cap: float) -> float:
     """Seconds before retry number `failures` (1, 2, ...): base, 2*base, 4*base, ... up to cap.
 
@@ -120,11 +125,14 @@ class Runs:
             log.warning("certificate renewal cut short, not counted as a failure: %s", exc)
             return False
         except RunFailed as exc:
-            self.failures += 1
-            if self.failing_since is None:
-                self.failing_since = self.last_run
-            self.last_error = str(exc)
-            log.error("certificate renewal failed (%d in a row): %s", self.failures, exc)
+            self._failed(str(exc))
+            return False
+        except Exception as exc:
+            # A kind of trouble the run does not list (a bug, a library's own exception): a
+            # failed run all the same. It ended `--once` in a traceback with no status written
+            # (/health kept the run before), and a scheduled run with no retry.
+            log.exception("certificate renewal ended in an unexpected error")
+            self._failed(unexpected(exc))
             return False
         else:
             self.failures = 0
@@ -134,6 +142,13 @@ class Runs:
             return True
         finally:
             self._lock.release()
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = self.last_run
+        self.last_error = reason
+        log.error("certificate renewal failed (%d in a row): %s", self.failures, reason)
 
     def first_run(self, now: dt.datetime) -> dt.datetime:
         """When a starting renewer runs first: at once, unless it restored failures in a row

@@ -10,6 +10,7 @@ the renewer's does. The waiting renewer: 49.8 → 25.8 MiB RSS in the container 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 
 from docxy.core.errors import ConfigError
 from scheduler import settings as settings_mod
-from scheduler.runs import RunCutShort, RunFailed, Runs, configure_logging
+from scheduler.runs import RunCutShort, RunFailed, Runs, configure_logging, unexpected
+
+log = logging.getLogger("scheduler.worker")
 
 #: Signals that end a run from outside: a stop (SIGTERM from supervisord to the renewer's
 #: process group, Ctrl-C). The kernel's OOM killer and the time limit below send SIGKILL: those
@@ -94,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = None
     except RunFailed as exc:
         error = str(exc)
+    except Exception as exc:  # its reason in the status file, not "exited 1 without a result"
+        log.exception("the renewal run ended in an unexpected error")
+        error = unexpected(exc)
     result = {
         "error": error,
         "reload_pending": renewer.reload_pending,

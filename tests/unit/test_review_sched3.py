@@ -5,8 +5,10 @@ kind it does not list, and a one-off run's success the running renewer did not t
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from docxy.tls.context import ReloadableTLS
 from lab.certs import issue
 from scheduler import main as scheduler_main
 from scheduler import settings as settings_mod
+from scheduler import worker
 from scheduler.renewal import Renewer
 from tests.unit.test_observe_metrics import make_state
 from tests.unit.test_scheduler import FakeCertbot, issued_lineage, read_status
@@ -101,7 +104,6 @@ def test_without_a_domain_a_certificate_not_yet_valid_is_reported_too(tmp_path: 
     assert "not valid before" in str(ReloadableTLS(cert, key).status()["warning"])
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: --once raised past write_status")
 def test_a_one_off_run_ending_in_an_unlisted_exception_still_writes_its_status(
     env: dict[str, str],  # noqa: F811
     fake_certbot: FakeCertbot,  # noqa: F811
@@ -158,3 +160,22 @@ def test_a_one_off_success_is_taken_up_by_the_running_renewer(
     assert status["last_success"] == once["last_success"], status
     assert status["failing_since"] == status["last_run"] > once["last_run"], status
     assert fake_certbot.calls == ["renew"] * 5
+
+
+def test_the_worker_child_hands_an_unlisted_exception_over_as_its_reason(
+    fake_certbot: FakeCertbot,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The long-running renewer's run in its child: the same exception ended the child in a
+    traceback, and the status file said only "the renewal run exited 1 without a result"."""
+    issued_lineage(fake_certbot.live)
+
+    def renew(**kwargs: object) -> str:
+        raise subprocess.SubprocessError("certbot's pipe broke")
+
+    monkeypatch.setattr(certs, "renew", renew)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("{}"))
+    assert worker.main([]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "SubprocessError: certbot's pipe broke" in str(result["error"]), result
