@@ -49,6 +49,7 @@ def build(renewer: Runs) -> BlockingScheduler:
     scheduler = BlockingScheduler(timezone=dt.UTC, job_defaults=late_is_fine)
 
     def job() -> None:
+        renewer.catch_up()  # a --once run since the last: its count, not this one's
         if renewer.run():
             if scheduler.get_job(RETRY_JOB) is not None:
                 scheduler.remove_job(RETRY_JOB)

@@ -230,6 +230,25 @@ class Runs:
                 utc_stamp(last_success) or "never",
             )
 
+    def catch_up(self) -> None:
+        """Take up a run this renewer did not make, made since its last one: a one-off
+        ``python -m scheduler --once`` beside it writes the status file they share.
+
+        The long-running renewer kept its own count: a ``--once`` that succeeded after three
+        failures was undone by the renewer's next run, which, failing, wrote 4 in a row since
+        the first of the three, no success since, and backed off as for the fourth. Taken up
+        only from a file whose last run is later than this renewer's: one it could not write
+        since (the volume full) holds an older state, never taken."""
+        try:
+            data = json.loads(self.settings.status_file.read_bytes())
+            seen = _when(data.get("last_run")) if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return  # none, or unreadable: this renewer's own count stands
+        if seen is None or (self.last_run is not None and seen <= self.last_run):
+            return
+        log.info("taking up a run made beside this renewer (--once) at %s", utc_stamp(seen))
+        self.restore()
+
     def write_status(self, next_run: dt.datetime | None) -> None:
         """The status file the mirror reads (``docxy.tls.certs.renewal_status``), atomically.
 

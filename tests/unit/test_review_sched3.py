@@ -128,9 +128,6 @@ def test_a_one_off_run_ending_in_an_unlisted_exception_still_writes_its_status(
     assert status["last_success"] == earlier
 
 
-@pytest.mark.xfail(
-    strict=True, reason="fault 2: the renewer kept its own count over --once's success"
-)
 def test_a_one_off_success_is_taken_up_by_the_running_renewer(
     env: dict[str, str],  # noqa: F811
     fake_certbot: FakeCertbot,  # noqa: F811
@@ -179,3 +176,22 @@ def test_the_worker_child_hands_an_unlisted_exception_over_as_its_reason(
     assert worker.main([]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert "SubprocessError: certbot's pipe broke" in str(result["error"]), result
+
+
+def test_a_status_file_older_than_the_renewers_last_run_is_not_taken_up(
+    env: dict[str, str],  # noqa: F811
+    fake_certbot: FakeCertbot,  # noqa: F811
+) -> None:
+    """One the renewer could not write since (its volume full) holds an older state: the
+    renewer's own count stands."""
+    issued_lineage(fake_certbot.live)
+    settings = settings_mod.load(["--interval", "3600", "--retry-base", "60"])
+    running = Renewer(settings)
+    job = scheduler_main.build(running).get_job(scheduler_main.RENEW_JOB).func
+    fake_certbot.fail_next = 3
+    job()
+    job()
+    older = (NOW - dt.timedelta(days=1)).isoformat()
+    settings.status_file.write_text(json.dumps({"last_run": older, "failures": 0}))
+    job()
+    assert json.loads(settings.status_file.read_text())["failures"] == 3
