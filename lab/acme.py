@@ -18,7 +18,7 @@ import json
 import os
 import ssl
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,23 +43,28 @@ class Pebble:
     tls_ca: Path = Path()  # pebble's own HTTPS certificate, for certbot
     root: Path = Path()  # the CA behind issued certificates (new at every start)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: Where pebble, its DNS and the names it resolves live, and where their ports come from
+    #: (a test kept to an address and a range of its own passes both).
+    host: str = LOOPBACK
+    pick_port: Callable[[], int] = free_port
 
     def start(self) -> None:
         for name in ("pebble", "pebble-challtestsrv", "certbot"):
             need.binary(name)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        host = self.host
         self.tls_ca, tls_key = self_signed(
-            self.workdir, LOOPBACK, cert_name="pebble-tls.pem", key_name="pebble-tls.key"
+            self.workdir, host, cert_name="pebble-tls.pem", key_name="pebble-tls.key"
         )
-        dns, dns_admin, acme, admin = (free_port() for _ in range(4))
+        dns, dns_admin, acme, admin = (self.pick_port() for _ in range(4))
         config = {
             "pebble": {
-                "listenAddress": f"{LOOPBACK}:{acme}",
-                "managementListenAddress": f"{LOOPBACK}:{admin}",
+                "listenAddress": f"{host}:{acme}",
+                "managementListenAddress": f"{host}:{admin}",
                 "certificate": str(self.tls_ca),
                 "privateKey": str(tls_key),
                 "httpPort": self.http_port,
-                "tlsPort": free_port(),
+                "tlsPort": self.pick_port(),
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": False,
                 "certificateValidityPeriod": VALIDITY,
@@ -68,22 +73,22 @@ class Pebble:
         (self.workdir / "pebble.json").write_text(json.dumps(config))
         self._spawn(
             "challtestsrv",
-            ["pebble-challtestsrv", "-defaultIPv4", LOOPBACK, "-defaultIPv6", ""]
-            + ["-dns01", f"{LOOPBACK}:{dns}", "-management", f"{LOOPBACK}:{dns_admin}"]
+            ["pebble-challtestsrv", "-defaultIPv4", host, "-defaultIPv6", ""]
+            + ["-dns01", f"{host}:{dns}", "-management", f"{host}:{dns_admin}"]
             + ["-http01", "", "-https01", "", "-tlsalpn01", ""],
             {},
         )
-        wait_for(lambda: accepts(dns), timeout=15, what="challtestsrv DNS")
+        wait_for(lambda: accepts(dns, host), timeout=15, what="challtestsrv DNS")
         self._spawn(
             "pebble",
             ["pebble", "-config", str(self.workdir / "pebble.json")]
-            + ["-dnsserver", f"{LOOPBACK}:{dns}"],
+            + ["-dnsserver", f"{host}:{dns}"],
             {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"},
         )
-        self.directory = f"https://{LOOPBACK}:{acme}/dir"
+        self.directory = f"https://{host}:{acme}/dir"
         verify = ssl.create_default_context(cafile=self.tls_ca)
         wait_for(lambda: _get(self.directory, verify) is not None, timeout=30, what="pebble")
-        root = _get(f"https://{LOOPBACK}:{admin}/roots/0", verify)
+        root = _get(f"https://{host}:{admin}/roots/0", verify)
         if root is None or b"BEGIN CERTIFICATE" not in root:
             raise RuntimeError(f"pebble gave no root certificate: {root!r}\n{self.logs()}")
         self.root = self.workdir / "pebble-root.pem"
@@ -115,9 +120,16 @@ def _get(url: str, verify: ssl.SSLContext) -> bytes | None:
 
 
 @contextlib.contextmanager
-def running_pebble(workdir: Path, http_port: int) -> Iterator[Pebble]:
-    """Pebble validating HTTP-01 on `http_port`, its files and logs in `workdir`; stopped after."""
-    pebble = Pebble(workdir, http_port)
+def running_pebble(
+    workdir: Path,
+    http_port: int,
+    *,
+    host: str = LOOPBACK,
+    pick_port: Callable[[], int] = free_port,
+) -> Iterator[Pebble]:
+    """Pebble validating HTTP-01 on `http_port`, its files and logs in `workdir`; stopped after.
+    On `host` with ports from `pick_port` when given (every name then resolves to `host`)."""
+    pebble = Pebble(workdir, http_port, host=host, pick_port=pick_port)
     try:
         pebble.start()
         yield pebble

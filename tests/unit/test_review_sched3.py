@@ -7,9 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import socket
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -17,6 +21,7 @@ from cryptography import x509
 from docxy.http.health import health_report
 from docxy.tls import certs
 from docxy.tls.context import ReloadableTLS
+from lab.acme import running_pebble
 from lab.certs import issue
 from scheduler import main as scheduler_main
 from scheduler import settings as settings_mod
@@ -195,3 +200,94 @@ def test_a_status_file_older_than_the_renewers_last_run_is_not_taken_up(
     settings.status_file.write_text(json.dumps({"last_run": older, "failures": 0}))
     job()
     assert json.loads(settings.status_file.read_text())["failures"] == 3
+
+
+#: This review's own loopback address and port range (the machine is shared).
+HOST = "127.0.0.155"
+PORTS = range(9400, 9500)
+
+
+class OwnPorts:
+    """Ports of PORTS that bind on HOST now, each handed out once."""
+
+    def __init__(self) -> None:
+        self.given: set[int] = set()
+
+    def __call__(self) -> int:
+        for port in PORTS:
+            if port in self.given:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((HOST, port))
+                except OSError:
+                    continue
+            self.given.add(port)
+            return port
+        raise RuntimeError(f"no free port of {PORTS} on {HOST}")
+
+
+class Webroot:
+    """The mirror's part in HTTP-01: certs.webroot served on HOST, started and stopped at will
+    (stopped, pebble's validation is refused and certbot fails)."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root, self.port = root, port
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        root = self.root
+
+        class Files(SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((HOST, self.port), Files)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="webroot")
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.server is not None and self.thread is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(timeout=10)
+        self.server = self.thread = None
+
+
+def test_with_certbot_and_pebble_a_one_off_success_resets_the_running_renewers_count(
+    tmp_path: Path,
+    env: dict[str, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault 2 with the real certbot against pebble (on this review's address and ports): the
+    running renewer's issuance fails twice (nothing serves the webroot), a `--once` then
+    succeeds, and the renewer's next run fails again (pebble's certificates are always due):
+    one failure in a row, after the `--once`'s success."""
+    pick = OwnPorts()
+    webroot = Webroot(Path(env["DOCXY_CERTS_WEBROOT"]), pick())
+    Path(env["DOCXY_CERTS_WEBROOT"]).mkdir(parents=True, exist_ok=True)
+    with running_pebble(tmp_path / "pebble", webroot.port, host=HOST, pick_port=pick) as pebble:
+        monkeypatch.setenv("DOCXY_CERTS_ACME_SERVER", pebble.directory)
+        monkeypatch.setenv("DOCXY_CERTS_CA_BUNDLE", str(pebble.tls_ca))
+        settings = settings_mod.load(["--interval", "3600", "--retry-base", "60"])
+        running = Renewer(settings)
+        job = scheduler_main.build(running).get_job(scheduler_main.RENEW_JOB).func
+        job()
+        job()
+        assert read_status(settings.status_file)["failures"] == 2, pebble.logs()
+        webroot.start()
+        try:
+            assert scheduler_main.main(["--once"]) == 0, pebble.logs()
+        finally:
+            webroot.stop()
+        once = json.loads(settings.status_file.read_text())
+        job()
+        status = json.loads(settings.status_file.read_text())
+    assert once["failures"] == 0 and once["last_success"] is not None
+    assert status["failures"] == 1, status
+    assert status["last_success"] == once["last_success"]
+    assert "certbot renew failed" in str(status["last_error"]), status
