@@ -110,7 +110,7 @@ class Runs:
         return None
 
     def run(self) -> bool:
-        """One run; True on success. Never raises for certbot, certificate or reload trouble."""
+        """One run; True on success. Never raises (but for BaseException: an exit, Ctrl-C)."""
         if not self._lock.acquire(blocking=False):
             log.info("renewal already running; skipped")
             return True
