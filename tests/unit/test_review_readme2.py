@@ -1,0 +1,84 @@
+"""Second review of the README against the code, as a new user reads it: the claims a test
+can pin that the existing README tests (test_readme_*.py, test_review_readme.py) do not."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.scriptbox import ScriptBox, run_ok
+from tests.unit.test_configure_client import attempt, configure
+from tests.unit.test_configure_client import (
+    box as box,  # noqa: F401  (fixture)
+)
+from tests.unit.test_configure_client import (
+    kit as kit,  # noqa: F401  (fixture)
+)
+from tests.unit.test_configure_client import (
+    server_ca as server_ca,  # noqa: F401  (fixture)
+)
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+# A mirror on another port than 443: its host alone and its HOST:PORT name files differently.
+PORTED = "https://mirror.example.com:8443"
+HOST = "mirror.example.com"
+HOST_PORT = "mirror.example.com:8443"
+
+
+def mirror_host_paths() -> list[str]:
+    """Every file or folder the README names after the mirror's host (`<mirror-host...>`)."""
+    return sorted(set(re.findall(r"`([^`\s]*<mirror-host[^`\s]*)`", README)))
+
+
+def test_the_readme_names_files_after_the_mirror_host() -> None:
+    assert len(mirror_host_paths()) >= 6, mirror_host_paths()
+
+
+def test_each_certificate_file_the_readme_names_is_where_the_script_puts_it(
+    box: ScriptBox, kit: Path, server_ca: Path, tmp_path: Path
+) -> None:
+    """configure-client.sh names the certificate folders and copies after the mirror URL's
+    HOST:PORT (`certs.d/mirror.example.com:8443/`, `client-mirror.example.com:8443.cert`, as
+    Docker and podman look them up), which the README says as `<mirror-host[:port]>` for the
+    first two; it named the rest `<mirror-host>`, and a reader of a mirror on port 8443 looked
+    for `client-mirror.example.com.cert` beside hosts.toml, or a rootless user for
+    `~/.config/containers/certs.d/mirror.example.com/`, which no run writes."""
+    home = tmp_path / "home"
+    home.mkdir()
+    configure(
+        box,
+        "--mirror",
+        PORTED,
+        "--no-reload",
+        "--docker",
+        "--containerd",
+        "--podman",
+        "--client-cert",
+        str(kit),
+        "--ca-cert",
+        str(server_ca),
+    )
+    run_ok(
+        attempt(
+            box,
+            "--mirror",
+            PORTED,
+            "--podman",
+            "--user",
+            "--client-cert",
+            str(kit),
+            env={"HOME": str(home)},
+        )
+    )
+    written = {"/" + str(path.relative_to(box.root)) for path in box.root.rglob("*")}
+    written |= {"~/" + str(path.relative_to(home)) for path in home.rglob("*")}
+
+    missing = []
+    for template in mirror_host_paths():
+        path = template.replace("<mirror-host[:port]>", HOST_PORT).replace("<mirror-host>", HOST)
+        path = path.rstrip("/")
+        if not any(each == path or each.endswith("/" + path) for each in written):
+            missing.append(f"{template} ({path})")
+    near = sorted(each for each in written if HOST in each)
+    assert not missing, f"not among the files written: {missing}; written: {near}"
