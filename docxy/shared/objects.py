@@ -54,6 +54,12 @@ class ObjectStoreError(Exception):
         self.code = code
 
 
+class NotAnS3Store(ObjectStoreError):
+    """A success (a ``200``) that no S3 store gave: a web server at ``shared.endpoint`` answers
+    every path so. Its page is no object, its PUT stores nothing: the store failing, not a
+    corrupt object per blob nor an upload made."""
+
+
 class NoFreeConnection(ObjectStoreError):
     """No connection of the tier's own client came free in time (its cap taken by other fills
     and uploads): the mirror's limit, not the store failing."""
@@ -109,6 +115,8 @@ class ObjectStore:
     def __init__(self, bucket: Bucket, client: httpx.AsyncClient) -> None:
         self.bucket = bucket
         self.client = client
+        #: whether the endpoint answered as an S3 store does (:meth:`_vouch`)
+        self.s3_seen = False
 
     async def _send(
         self,
@@ -148,6 +156,7 @@ class ObjectStore:
                 return None
         try:
             await _check(answer, "HEAD")
+            await self._vouch(answer, "HEAD")
             length = answer.headers.get("content-length", "")
             return int(length) if length.isdigit() else None
         finally:
@@ -163,6 +172,7 @@ class ObjectStore:
         identity = dict([ACCEPT_IDENTITY])  # the blob's own bytes, never re-encoded
         answer = await self._send("GET", self.bucket.url(digest), headers=identity, stream=True)
         if answer.status_code == 200:
+            await self._vouch(answer, "GET")
             return answer
         error = await refusal(answer, "GET")
         if answer.status_code == 404 and error.code == "NoSuchKey":
@@ -189,11 +199,57 @@ class ObjectStore:
             headers=headers,
             content=_read_chunks(file, size, digest),
         )
-        await _check(answer, "PUT")
+        try:
+            await _check(answer, "PUT")
+            await self._vouch(answer, "PUT")
+        finally:
+            await answer.aclose()
+
+    async def _vouch(self, answer: httpx.Response, what: str) -> None:
+        """Raise :class:`NotAnS3Store` (closing ``answer``) unless the endpoint is an S3
+        store: ``answer``, a success, has an ``x-amz-`` header (every answer of AWS S3, MinIO,
+        SeaweedFS, Ceph RGW does), or the store once answered so, or it answers a key no blob
+        has (:data:`NEVER_STORED`) as S3 does, with an error of S3's (``NoSuchKey``, or
+        ``AccessDenied`` for a key that may not list the bucket). A web server's page, ``200``
+        at every path, would otherwise pass for each blob's object (a fill that never
+        verifies: its client cut, the blob counted corrupt, the tier shown reachable) and its
+        ``200`` to a PUT for an upload made."""
+        if self.s3_seen:
+            return
+        if any(name.lower().startswith(S3_HEADERS) for name in answer.headers):
+            self.s3_seen = True
+            return
+        try:
+            probe = await self._send("GET", self.bucket.url(NEVER_STORED), stream=True)
+            if probe.status_code >= 300:
+                error = await refusal(probe, "GET")
+                if error.code and error.status is not None and error.status < 500:
+                    self.s3_seen = True  # an S3 error code: its refusal of a key not there
+                    return
+                raise error  # a 5xx, a 404 with nothing of S3 in it (NOT_S3_HINT)...
+            await probe.aclose()
+            raise NotAnS3Store(
+                f"{what} answered {answer.status_code} with no x-amz- header, and so did a GET "
+                f"of a key no blob has ({probe.status_code}): {NOT_S3_STORE}",
+                answer.status_code,
+            )
+        except BaseException:
+            await answer.aclose()
+            raise
 
 
 #: The header every answer of S3 (and of SeaweedFS, MinIO, Ceph RGW) has; not a web server's.
 S3_REQUEST_ID = "x-amz-request-id"
+#: What the names of an S3 store's own headers start with (``x-amz-request-id``, ``x-amz-id-2``).
+S3_HEADERS = "x-amz-"
+#: A key no blob has (a sha256 no one knows the bytes of): what a store that sent nothing of S3
+#: with a success answers for it says whether it is one (:meth:`ObjectStore._vouch`).
+NEVER_STORED = Digest("sha256", "0" * 64)
+#: A success from no S3 store (:class:`NotAnS3Store`).
+NOT_S3_STORE = (
+    "not an S3 store (a web server?); check shared.endpoint: the store's S3 API, "
+    "e.g. http://10.0.0.5:8333"
+)
 #: MinIO's S3 error code of an answer without a body (a HEAD's).
 MINIO_ERROR_CODE = "x-minio-error-code"
 

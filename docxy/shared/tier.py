@@ -35,6 +35,9 @@
   Only S3's ``NoSuchKey`` is a miss: any other 404 (``NoSuchBucket``, or one with no S3
   code: a web server at the endpoint, a path-style URL a store does not take) is the store
   failing, so a wrong setting does not pass for a store that is up and empty.
+  A success with nothing of S3 in it, from an endpoint that answers a key no blob has with
+  a success too (a web server's page at every path), is the store failing as well: not an
+  object that fails verification blob after blob, nor an upload made.
   An upload the store refuses (a 4xx: a read-only key, an object too large) is counted and
   logged, but is no failure of the store: the tier goes on reading from it. One it answers
   with trouble (a 5xx: a full drive's 507, a throttling 503; a 404; a 408 or 429; a 400
@@ -66,6 +69,7 @@ from docxy.shared.objects import (
     BlobChanged,
     Bucket,
     NoFreeConnection,
+    NotAnS3Store,
     ObjectStore,
     ObjectStoreError,
 )
@@ -374,7 +378,7 @@ class SharedTier:
             self.counts.upload_failed += 1
             if _refused(exc):
                 self._upload_refused(digest, exc)
-            elif exc.status is not None:
+            elif exc.status is not None and not isinstance(exc, NotAnS3Store):
                 self._upload_trouble(exc)
             else:
                 self._trouble(exc)

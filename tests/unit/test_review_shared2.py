@@ -33,7 +33,8 @@ async def _held_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     """A ``200`` whose body starts and then waits (a big object still on its way)."""
     try:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nx-amz-request-id: 18EE17D3BF0E9510\r\n"
+        writer.write(head + b"\r\n" + b"x" * 10)
         await writer.drain()
         await reader.read()  # until the client closes
     finally:
@@ -96,9 +97,12 @@ class BreaksOff(httpx.AsyncByteStream):
 def sha512_bucket(request: httpx.Request) -> httpx.Response:
     """A bucket whose sha512 object breaks off after ``CUT_AT`` bytes; nothing else in it."""
     if request.method == "GET" and request.url.path.endswith(SHA512.hex):
-        headers = {"Content-Length": str(len(LAYER))}
+        headers = {"Content-Length": str(len(LAYER)), **S3}
         return httpx.Response(200, headers=headers, stream=BreaksOff())
-    return httpx.Response(200 if request.method == "PUT" else 404)
+    return httpx.Response(200 if request.method == "PUT" else 404, headers=S3)
+
+
+S3 = {"x-amz-request-id": "18EE17D3BF0E9510"}  # every answer of an S3 store has one
 
 
 async def upstream_rest(offset: int, size: int | None) -> Download:

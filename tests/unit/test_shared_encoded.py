@@ -25,7 +25,11 @@ def labelling_bucket(request: httpx.Request) -> httpx.Response:
     """A bucket whose object carries ``Content-Encoding: gzip`` metadata (put there by another
     tool: the bucket is not docxy's alone), sent whatever the GET asked for."""
     if request.method == "GET" and request.url.path.endswith(DIGEST.hex):
-        headers = {"Content-Length": str(len(LAYER)), "Content-Encoding": "gzip"}
+        headers = {
+            "Content-Length": str(len(LAYER)),
+            "Content-Encoding": "gzip",
+            "x-amz-request-id": "18EE17D3BF0E9510",  # an S3 store's answer
+        }
         return httpx.Response(200, headers=headers, stream=httpx.ByteStream(LAYER))
     return httpx.Response(404)
 
