@@ -472,8 +472,9 @@ class MirrorCollector(Collector):
         counts = shared.counts
         blobs = CounterMetricFamily(
             "docxy_shared_blobs",
-            "Local misses asked of the shared store: hit (filled from it), miss, corrupt "
-            "(its object, read whole, did not verify), resumed (a hit whose body broke off, "
+            "Local misses asked of the shared store: hit (filled from it, counted as the fill "
+            "ends; not one found corrupt), miss, corrupt (its object, read whole, did not "
+            "verify), resumed (a hit whose body broke off, "
             "finished from the upstream: the rest read to its end and the blob verified).",
             labels=["result"],
         )

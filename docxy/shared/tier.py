@@ -95,7 +95,7 @@ NO_CONNECTION_LOG_EVERY = 60.0
 class SharedCounts:
     """Since start, for /health and /metrics."""
 
-    hits: int = 0  # local fills started from the object store
+    hits: int = 0  # local fills from the object store, counted as each ends (not corrupt)
     misses: int = 0  # asked, not there
     corrupt: int = 0  # fills from an object that did not verify (read whole: not resumed)
     uploaded: int = 0
@@ -197,19 +197,26 @@ class SharedTier:
             await answer.aclose()
             return None
         self._trusting += room
-        self.counts.hits += 1
         log.info("blob %s: filling from the shared store", digest)
         handover = Handover()
         body = ObjectBody(digest, size, answer, first, chunks, rest, self._trouble, handover)
+        blamed = False  # counted corrupt: not a hit as well
 
         def mismatch(_: VerifyError) -> str:
+            nonlocal blamed
             body.mismatch()
-            return self._unverified(digest, handover)
+            corrupt = self.counts.corrupt
+            said = self._unverified(digest, handover)
+            blamed = self.counts.corrupt != corrupt
+            return said
 
         async def close() -> None:
             # Counted before the first await: the fill closes its download right after its
-            # commit (or the failed sync that gave the blob up).
+            # commit (or the failed sync that gave the blob up). A hit once it ended, so that
+            # one found corrupt is that alone (the fill tells mismatch before this close).
             self._trusting -= room
+            if not blamed:
+                self.counts.hits += 1
             if body.finished(kept=self.blobs.lookup(digest) is not None):
                 self.counts.resumed += 1
                 self._repair(digest)

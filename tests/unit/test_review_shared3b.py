@@ -118,7 +118,6 @@ class WrongObject(Upstream):
 BLOB_HEX = digest_of(BLOB).hex
 
 
-@pytest.mark.xfail(strict=True, reason="counted a hit and corrupt")
 async def test_an_object_that_does_not_verify_is_corrupt_not_a_hit(tmp_path: Path) -> None:
     """``hits`` are fills from the bucket; one that did not verify served nothing whole (its
     client was cut) and counted both, so hits - corrupt was no count of anything, and a bucket

@@ -39,7 +39,7 @@ async def test_an_object_that_does_not_verify_is_one_warning_and_marked_bad(
     assert (second.status, second.body == BLOB) == (200, True)
     bucket_gets = [line for line in upstream.bucket_seen if line.startswith("GET ")]
     assert len(bucket_gets) == 1  # the second miss went to the upstream
-    assert (health["hits"], health["corrupt"]) == (1, 1)
+    assert (health["hits"], health["corrupt"]) == (0, 1)  # a corrupt object is no hit
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "fill failed (from shared): digest mismatch" in warnings[0], warnings
