@@ -242,6 +242,7 @@ def _shared(shared: object) -> list[str]:
         state = ("reachable", "ok") if reachable else ("unreachable", "bad")
     rows = [
         ("bucket", f"{shared.get('endpoint', '?')} {shared.get('bucket', '?')}"),
+        ("last answer", _when(shared.get("last_ok"))),
         ("hits · misses · corrupt", " · ".join(str(shared.get(k, 0)) for k in COUNTED)),
         ("uploaded · skipped · failed", " · ".join(str(shared.get(k, 0)) for k in UPLOADS)),
         (
@@ -250,8 +251,8 @@ def _shared(shared: object) -> list[str]:
         ),
         ("errors", str(shared.get("errors", 0))),
     ]
-    if shared.get("last_error"):
-        rows.append(("last error", str(shared["last_error"])))
+    if shared.get("last_error"):  # kept once the store answers again: when says how old
+        rows.append(("last error", f"{_when(shared.get('last_error_at'))}: {shared['last_error']}"))
     badge = f'<span id=shared-state class="badge {state[1]}">{state[0]}</span>'
     return [_section("shared", "Shared bucket", _rows(rows), badge)]
 

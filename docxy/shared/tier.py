@@ -64,6 +64,7 @@ from docxy.cache.fill import Download, Handover, Resume
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
+from docxy.core.stamps import utc_stamp
 from docxy.shared.body import ObjectBody, body_error
 from docxy.shared.objects import (
     BlobChanged,
@@ -118,7 +119,11 @@ class SharedTier:
         self._repairs: dict[Digest, None] = {}
         self._failed_at: float | None = None
         self._uploads_failed_at: float | None = None  # the store's trouble with writes alone
+        #: what the store last said that was not right, and when (wall clock): kept once it
+        #: answers again, as the upstream's last error is, beside when it last answered
         self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_ok: float | None = None  # wall clock of its last answer that was no failure
         self._refusal: str | None = None  # the latest refused upload's reason, logged once
         self.reachable: bool | None = None  # None: not asked yet
         self._probing = False  # a miss asks a store that failed whether it is back
@@ -414,7 +419,7 @@ class SharedTier:
         once for each new reason; the tier does not rest. A refused repair is not offered
         again at every later answer (a whole blob sent again each time, refused each time)."""
         self._repairs.pop(digest, None)
-        self.last_error = str(exc)
+        self._said(exc)
         if str(exc) != self._refusal:
             self._refusal = str(exc)
             log.warning("shared store: the upload of %s was refused (%s)", digest, exc)
@@ -448,7 +453,7 @@ class SharedTier:
         throttling 503): it still answers, and reads may work. Uploads alone rest for
         ``RETRY_AFTER`` (what waits is dropped); the first upload after it finds out."""
         self.counts.errors += 1
-        self.last_error = str(exc)
+        self._said(exc)
         if self._uploads_failed_at is None:  # once per burst
             log.warning(
                 "shared store %s fails uploads (%s): none for %gs; reads from it go on",
@@ -461,7 +466,7 @@ class SharedTier:
 
     def _trouble(self, exc: ObjectStoreError) -> None:
         self.counts.errors += 1
-        self.last_error = str(exc)
+        self._said(exc)
         if self.reachable is not False:  # once per burst
             log.warning(
                 "shared store %s in trouble (%s): pulls go to the upstream for %gs",
@@ -482,7 +487,11 @@ class SharedTier:
                 dropped,
             )
 
+    def _said(self, exc: ObjectStoreError) -> None:
+        self.last_error, self.last_error_at = str(exc), time.time()
+
     def _answered(self) -> None:
+        self.last_ok = time.time()
         if self.reachable is False:
             log.info("shared store %s answers again", self.objects.bucket.endpoint)
         self.reachable = True
@@ -496,7 +505,9 @@ class SharedTier:
             "endpoint": bucket.endpoint,
             "bucket": bucket.bucket,
             "reachable": self.reachable,
+            "last_ok": utc_stamp(self.last_ok),
             "last_error": self.last_error,
+            "last_error_at": utc_stamp(self.last_error_at),
             **self.public_report(),
         }
 
