@@ -368,14 +368,7 @@ certs_d() {
   if ((REMOVE)); then
     [[ -d "$dir" ]] || return 0
     say "$runtime: $dir"
-    for name in client.cert client.key ca.crt; do
-      [[ -e "$dir/$name" || -L "$dir/$name" ]] || continue
-      if installed_here "$dir" "$name"; then
-        remove_file "$dir/$name"
-      else
-        say "  left $dir/$name: this script did not install it (or it changed since)"
-      fi
-    done
+    remove_installed "$dir" client.cert client.key ca.crt
     if ((!DRY_RUN)); then rm -f -- "${dir:?}/$CERTS_RECORD"; fi
     if [[ -d "$dir" ]] && ((!DRY_RUN)) && rmdir -- "$dir" 2>/dev/null; then
       say "  removed $dir"
@@ -412,7 +405,8 @@ recorded_sum() {
 }
 
 # installed_here DIR NAME: DIR/NAME is the file this script installed there (as noted, or the
-# same bytes as the file this run was given for it).
+# same bytes as the file this run was given for it). NAME is certs.d's (client.cert, client.key,
+# ca.crt) or a copy's beside a hosts.toml (client-<mirror-host>.cert, .key, ca-<mirror-host>.crt).
 installed_here() {
   local dir="$1" name="$2" recorded source=""
   [[ -f "$dir/$name" && ! -L "$dir/$name" ]] || return 1
@@ -420,8 +414,9 @@ installed_here() {
     return 0
   fi
   case "$name" in
-    client.cert | client.key) [[ -z "$CLIENT_DIR" ]] || source="${CLIENT_DIR%/}/$name" ;;
-    ca.crt) source="$CA_CERT" ;;
+    client.cert | client-*.cert) [[ -z "$CLIENT_DIR" ]] || source="${CLIENT_DIR%/}/client.cert" ;;
+    client.key | client-*.key) [[ -z "$CLIENT_DIR" ]] || source="${CLIENT_DIR%/}/client.key" ;;
+    ca.crt | ca-*.crt) source="$CA_CERT" ;;
   esac
   [[ -n "$source" && -f "$source" ]] && cmp -s -- "$source" "$dir/$name"
 }
@@ -438,6 +433,36 @@ record_sum() {
   mv -f -- "$staged" "$record"
 }
 
+# forget_sum DIR NAME: take NAME out of DIR's record (the record goes when it notes no other).
+forget_sum() {
+  local dir="$1" record="$1/$CERTS_RECORD" staged
+  [[ -f "$record" ]] || return 0
+  staged="$(mktemp "$dir/.$CERTS_RECORD.XXXXXX")"
+  awk -v name="$2" '$2 != name' "$record" >"$staged"
+  if [[ -s "$staged" ]]; then
+    chmod 0644 -- "$staged"
+    mv -f -- "$staged" "$record"
+  else
+    rm -f -- "$staged" "$record"
+  fi
+}
+
+# remove_installed DIR NAME...: --remove of the files this script installed in DIR (installed_here),
+# each taken out of the record; any other is left, named.
+remove_installed() {
+  local dir="$1" name
+  shift
+  for name in "$@"; do
+    [[ -e "$dir/$name" || -L "$dir/$name" ]] || continue
+    if installed_here "$dir" "$name"; then
+      remove_file "$dir/$name"
+    else
+      say "  left $dir/$name: this script did not install it (or it changed since)"
+    fi
+    if ((!DRY_RUN)); then forget_sum "$dir" "$name"; fi
+  done
+}
+
 # certs_copy DIR NAME SOURCE MODE: install SOURCE as DIR/NAME (copy_in) and note it. A different
 # DIR/NAME that this script did not install (the operator's) is backed up first.
 certs_copy() {
@@ -450,9 +475,9 @@ certs_copy() {
       backup_file "$dir/$name"
     fi
   fi
-  local before=$CHANGES # copy_in counts a file it wrote
   copy_in "$source" "$dir/$name" "$mode"
-  if ((CHANGES > before)); then record_sum "$dir" "$name"; fi
+  # Written, or already the same bytes (an install from before the record was kept): noted.
+  if ((!DRY_RUN)); then record_sum "$dir" "$name"; fi
 }
 
 # --- Docker: daemon.json ---------------------------------------------------------------------
@@ -1128,11 +1153,12 @@ configure_registry() {
   target="$dir/hosts.toml"
   say "containerd: $target"
   if ((!REMOVE)); then
+    # Noted in the record beside hosts.toml, as in certs.d: --remove deletes only those.
     if [[ -n "$CLIENT_DIR" ]]; then
-      copy_in "$CLIENT_DIR/client.cert" "$dir/client-$MIRROR_HOST.cert" 0644
-      copy_in "$CLIENT_DIR/client.key" "$dir/client-$MIRROR_HOST.key" 0600
+      certs_copy "$dir" "client-$MIRROR_HOST.cert" "$CLIENT_DIR/client.cert" 0644
+      certs_copy "$dir" "client-$MIRROR_HOST.key" "$CLIENT_DIR/client.key" 0600
     fi
-    [[ -z "$CA_CERT" ]] || copy_in "$CA_CERT" "$dir/ca-$MIRROR_HOST.crt" 0644
+    [[ -z "$CA_CERT" ]] || certs_copy "$dir" "ca-$MIRROR_HOST.crt" "$CA_CERT" 0644
     # Certificates installed by an earlier run stay named (the served script has no --client-cert).
     if [[ -n "$CLIENT_DIR" || -f "$dir/client-$MIRROR_HOST.cert" ]]; then
       cert="client-$MIRROR_HOST.cert"
@@ -1191,9 +1217,7 @@ configure_registry() {
     say "  wrote $target (containerd reads it at each pull: no restart needed)"
   fi
   if ((REMOVE)); then
-    remove_file "$dir/client-$MIRROR_HOST.cert"
-    remove_file "$dir/client-$MIRROR_HOST.key"
-    remove_file "$dir/ca-$MIRROR_HOST.crt"
+    remove_installed "$dir" "client-$MIRROR_HOST.cert" "client-$MIRROR_HOST.key" "ca-$MIRROR_HOST.crt"
   fi
 }
 
