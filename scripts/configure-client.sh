@@ -64,6 +64,7 @@ usage: $PROG [--mirror URL] [options]
   --ca-cert FILE        the CA that signed the mirror's server certificate, when it is a private
                         one (not needed for a public CA such as Let's Encrypt)
   --root DIR            take every path under DIR (default /), for images and tests
+                        (with --user: DIR\$HOME/.config/containers)
   --daemon-json PATH    Docker's daemon.json (default DIR/etc/docker/daemon.json)
   --dockerd-pidfile P   send SIGHUP to the dockerd whose pid is in P (default: systemd's docker
                         unit if active, else DIR/run/docker.pid or DIR/var/run/docker.pid)
@@ -99,7 +100,7 @@ DAEMON_JSON=""
 DAEMON_JSON_WRITTEN=0 # this run replaced it, the old one (if any) backed up at DAEMON_JSON_BACKUP
 DAEMON_JSON_BACKUP=""
 PIDFILE=""
-USER_MODE=0 # --user: rootless podman's files, in $HOME/.config/containers
+USER_MODE=0 # --user: rootless podman's files, in $HOME/.config/containers (under --root DIR)
 WANT_DOCKER=0
 WANT_CONTAINERD=0
 WANT_PODMAN=0
@@ -1337,11 +1338,11 @@ podman_conflict() {
   if ((USER_MODE)); then
     # Rootless podman reads ~/.config/containers/registries.conf instead of the system's (and
     # then not the system's drop-ins) when there is one; its own drop-ins in any case, last.
-    if [[ -e "$HOME/.config/containers/registries.conf" ]]; then
-      conf="$HOME/.config/containers/registries.conf"
+    if [[ -e "$(podman_home)/registries.conf" ]]; then
+      conf="$(podman_home)/registries.conf"
       dirs=()
     fi
-    dirs+=("$HOME/.config/containers/registries.conf.d")
+    dirs+=("$(podman_home)/registries.conf.d")
   fi
   local files=("$conf")
   for dir in "${dirs[@]}"; do
@@ -1393,9 +1394,9 @@ podman_mirror_table() {
 }
 
 # podman_home: where podman reads the files this run writes: $HOME/.config/containers with
-# --user (rootless podman reads that first), else /etc/containers.
+# --user (rootless podman reads that first), else /etc/containers; either under --root DIR.
 podman_home() {
-  if ((USER_MODE)); then printf '%s' "$HOME/.config/containers"; else under_root /etc/containers; fi
+  if ((USER_MODE)); then under_root "$HOME/.config/containers"; else under_root /etc/containers; fi
 }
 
 configure_podman() {

@@ -101,7 +101,6 @@ def test_two_mirrors_beside_one_hosts_toml_keep_each_others_record(
 # --- 2. --user under --root ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="--user ignores --root")
 def test_user_under_root_writes_under_the_root(box: ScriptBox, kit: Path, tmp_path: Path) -> None:
     """--root DIR "takes every path under DIR": with --user the drop-in and certificates went
     into the real $HOME all the same."""
