@@ -1475,6 +1475,14 @@ plain_http_note() {
       warn "\"insecure-registries\" (not added here; Docker counts [::1] insecure by default from 28.0"
       warn "on), else it pulls from Docker Hub; serve the mirror over HTTPS"
       return 0
+    elif [[ -z "$version" ]] && ((explicit)); then
+      # Neither "28 and later take it" (untrue from 29.10 with the key set) nor a second
+      # warning on top: one that holds whatever the version.
+      warn "$MIRROR is plain HTTP on [::1], and $where without \"$MIRROR_HOST\":"
+      warn "dockerd up to 27 and from 29.10 on then pass it by and pull from Docker Hub (only 28.0 to"
+      warn "29.9 count [::1] insecure). Add \"$MIRROR_HOST\" to \"insecure-registries\" (not added here),"
+      warn "or serve the mirror over HTTPS"
+      return 0
     elif [[ -z "$version" ]]; then
       warn "$MIRROR is plain HTTP on [::1]: dockerd 28 and later take it as it is; older ones use it"
       warn "only if \"$MIRROR_HOST\" is in \"insecure-registries\" (not added here), else they pull from Docker Hub"

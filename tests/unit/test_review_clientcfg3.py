@@ -128,7 +128,6 @@ def test_user_under_root_writes_under_the_root(box: ScriptBox, kit: Path, tmp_pa
 # --- 3. [::1], dockerd's version unknown, insecure-registries set: one message ----------------
 
 
-@pytest.mark.xfail(strict=True, reason="two overlapping [::1] warnings")
 def test_ipv6_loopback_beside_insecure_registries_of_an_unknown_docker_is_one_message(
     box: ScriptBox,
 ) -> None:
