@@ -25,12 +25,19 @@
 #
 # Needs python3 (on every Debian and Ubuntu cloud image; `apt-get install python3-minimal`
 # otherwise): JSON is read and written with its json module, never edited as text.
-set -euo pipefail
 
 # The mirror that serves this script at /setup.sh fills in its own public URL here, and the
 # registries it fronts (NAME or NAME=URL, space-separated) for containerd.
 MIRROR_DEFAULT=""
 REGISTRIES_DEFAULT=""
+
+# A bash script: `curl ... | sudo sh` runs it in Debian's and Ubuntu's dash, which stopped at
+# "set: Illegal option -o pipefail". Said in POSIX sh, before the first line of bash's own.
+if [ -z "${BASH_VERSION:-}" ]; then
+  echo "configure-client.sh: run this with bash, not sh: curl -fsSL ${MIRROR_DEFAULT:-https://MIRROR}/setup.sh | sudo bash (or: sudo bash configure-client.sh ...)" >&2
+  exit 2
+fi
+set -euo pipefail
 
 PROG=configure-client.sh
 BACKUP_SUFFIX=docxy-backup

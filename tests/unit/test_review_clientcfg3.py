@@ -5,11 +5,13 @@ containerd or podman."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.scriptbox import ScriptBox, output, run_ok
+from tests.scriptbox import SCRIPTS, ScriptBox, output, run_ok
+from tests.unavailable import need_binary
 from tests.unit.test_configure_client import (
     CLIENT_CERT,
     CLIENT_KEY,
@@ -167,3 +169,28 @@ def test_second_run_with_certificates_changes_nothing(box: ScriptBox, kit: Path)
 
     assert box.files() == before
     assert "Nothing to change" in said
+
+
+# --- 4. `curl .../setup.sh | sudo sh`: dash, not bash -----------------------------------------
+
+
+def test_piped_to_sh_says_to_pipe_to_bash_and_changes_nothing(box: ScriptBox) -> None:
+    """Debian's and Ubuntu's sh is dash: `curl -fsSL URL/setup.sh | sudo sh` (as Docker's own
+    get.docker.com is run) stopped at "sh: 28: set: Illegal option -o pipefail", which named
+    neither the script nor the fix."""
+    dash = need_binary("dash")
+    script = (SCRIPTS / "configure-client.sh").read_text()
+
+    result = subprocess.run(
+        [dash, "-s", "--", "--mirror", MIRROR, "--root", str(box.root), "--docker"],
+        input=script,
+        env={"PATH": f"{box.bin}:{box.tools}", "HOME": str(box.base), "TMPDIR": str(box.base)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2, output(result)
+    assert "| sudo bash" in result.stderr and "pipefail" not in result.stderr, output(result)
+    assert box.files() == {}
