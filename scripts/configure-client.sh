@@ -785,16 +785,33 @@ is_dockerd() {
 }
 
 # dockerd_args: the running dockerd's command line (systemd's docker unit's, else the pid
-# file's), one argument a line; fails when there is none to look at.
+# file's), one argument a line; with none running, the one systemd's docker unit starts it
+# with (its flags count at the next start all the same); fails when there is none to look at.
 dockerd_args() {
   local pid=""
   ((HOST_DOCKERD)) || return 1
   if systemd_docker_active; then
     pid="$(systemctl show --property MainPID --value docker 2>/dev/null)" || pid=""
   fi
-  [[ "$pid" =~ ^[1-9][0-9]*$ ]] || pid="$(dockerd_pid)" || return 1
-  is_dockerd "$pid" || return 1
+  if [[ ! "$pid" =~ ^[1-9][0-9]*$ ]] && ! pid="$(dockerd_pid)"; then
+    unit_dockerd_args
+    return
+  fi
+  is_dockerd "$pid" || { unit_dockerd_args; return; }
   tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null
+}
+
+# unit_dockerd_args: the command line in systemd's docker unit (ExecStart, drop-ins applied:
+# "{ path=... ; argv[]=/usr/bin/dockerd -H fd:// ... ; ... }"), one argument a line; fails
+# without one. Not with --dockerd-pidfile, which names a dockerd of its own.
+unit_dockerd_args() {
+  local line
+  [[ -z "$PIDFILE" ]] && have systemctl || return 1
+  line="$(systemctl show --property ExecStart --value docker 2>/dev/null)" || return 1
+  [[ "$line" == *"argv[]="* ]] || return 1
+  line="${line#*"argv[]="}"
+  line="${line%%" ;"*}"
+  tr -s ' ' '\n' <<<"$line"
 }
 
 # mirror_flag_set: whether the running dockerd was started with --registry-mirror, which it

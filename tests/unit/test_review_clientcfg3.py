@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scriptbox import SCRIPTS, ScriptBox, output, run_ok
+from tests.scriptbox import SCRIPTS, Rule, ScriptBox, output, run_ok
 from tests.unavailable import need_binary
 from tests.unit.test_configure_client import (
     CLIENT_CERT,
@@ -194,3 +194,48 @@ def test_piped_to_sh_says_to_pipe_to_bash_and_changes_nothing(box: ScriptBox) ->
     assert result.returncode == 2, output(result)
     assert "| sudo bash" in result.stderr and "pipefail" not in result.stderr, output(result)
     assert box.files() == {}
+
+
+# --- 5. dockerd stopped, --registry-mirror in its unit: the next start left Docker down -------
+
+UNIT_EXEC_START = (
+    "{ path=/usr/bin/dockerd ; argv[]=/usr/bin/dockerd -H fd:// --registry-mirror=https://old.example"
+    " --containerd=/run/containerd/containerd.sock ; ignore_errors=no ; start_time=[n/a] ;"
+    " stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }\n"
+)
+
+
+def test_a_stopped_dockerd_whose_unit_has_registry_mirror_gets_no_registry_mirrors_key(
+    box: ScriptBox,
+) -> None:
+    """With dockerd stopped (no pid to read its command line from) the --registry-mirror flag in
+    its systemd unit went unseen: registry-mirrors was written, the run said "no running dockerd
+    found: it reads the mirror when it starts" (exit 0), and `systemctl start docker` then failed
+    ("directives are specified both as a flag and in the configuration file")."""
+    box.stand_in(
+        "systemctl",
+        Rule(r"^is-active", rc=3),
+        Rule(r"^show .*ExecStart", stdout=UNIT_EXEC_START),
+    )
+    box.stand_in("docker", Rule(r"^(info|version)", rc=1, stderr="Cannot connect\n"))
+
+    result = attempt(box, "--mirror", MIRROR, "--docker")
+
+    assert result.returncode == 1, output(result)
+    assert "--registry-mirror" in result.stderr, output(result)
+    assert f"--registry-mirror={MIRROR}" in result.stderr
+    assert not box.path("/etc/docker/daemon.json").exists()
+
+
+def test_a_stopped_dockerd_whose_unit_has_no_registry_mirror_gets_the_key(box: ScriptBox) -> None:
+    box.stand_in(
+        "systemctl",
+        Rule(r"^is-active", rc=3),
+        Rule(r"^show .*ExecStart", stdout=UNIT_EXEC_START.replace("--registry-mirror=", "--x=")),
+    )
+    box.stand_in("docker", Rule(r"^(info|version)", rc=1, stderr="Cannot connect\n"))
+
+    said = run_ok(attempt(box, "--mirror", MIRROR, "--docker"))
+
+    assert "no running dockerd found" in said
+    assert box.path("/etc/docker/daemon.json").read_text().count(MIRROR) == 1
