@@ -90,11 +90,14 @@ def soon_on(loop: asyncio.AbstractEventLoop | None, call: Callable[[], object]) 
 
 
 def on_loop(loop: asyncio.AbstractEventLoop | None, call: Callable[[], None]) -> None:
-    """Run ``call`` on ``loop``: now if this thread runs it (or it runs no more, or is None),
-    else as soon as it can (``call_soon_threadsafe``). For finalizers, which the garbage
+    """Run ``call`` on ``loop`` at its next turn (``call_soon_threadsafe``), also from the loop's
+    own thread; now only if it runs no more (or is None). For finalizers, which the garbage
     collector may run in any thread that allocates while a collection is due: what they undo
-    (a store's state, a fill's followers) lives on the loop."""
-    if loop is not None and running_loop() is not loop and loop.is_running():
+    (a store's state, a fill's followers) lives on the loop. Never now on the loop's thread
+    either: a finalizer runs inside whatever that thread was doing, such as
+    ``ThreadPoolExecutor.submit`` holding the executor's lock (not reentrant), which a close
+    handed to a worker thread takes again: the loop hung for good."""
+    if loop is not None and loop.is_running():
         try:
             loop.call_soon_threadsafe(call)
             return

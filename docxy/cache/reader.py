@@ -48,8 +48,10 @@ class ClosingStream:
         return not self._finalizer.alive
 
     def close(self) -> None:
-        """Close the file and unpin the blob; idempotent."""
-        self._finalizer()
+        """Close the file and unpin the blob, now; idempotent. (Dropped unclosed, the finalizer
+        does it at the loop's next turn: :func:`docxy.threads.on_loop`.)"""
+        if self._finalizer.detach() is not None:
+            self._file.close()
 
     async def _read(self, pos: int, limit: int) -> bytes:
         """Up to a chunk, and at most ``limit`` bytes, from ``pos``, read in a worker thread."""
