@@ -262,7 +262,9 @@ async def test_a_cached_manifest_stays_an_image_when_storing_it_again_fails(
 
 
 class ObjectBucket:
-    """An S3-compatible bucket that holds ``data`` under every key asked for."""
+    """An S3-compatible bucket that holds ``data`` under every key asked for (its answers carry
+    ``x-amz-request-id``, as every S3 store's do: without it a 200 for every key is a web
+    server's, not a store's)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -271,8 +273,11 @@ class ObjectBucket:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
             self.gets += 1
-            return fakes.reply(200, self.data, length=True)
-        return fakes.reply(404 if request.method == "HEAD" else 200)
+            return fakes.reply(200, self.data, S3_ANSWER, length=True)
+        return fakes.reply(404 if request.method == "HEAD" else 200, headers=S3_ANSWER)
+
+
+S3_ANSWER = {"x-amz-request-id": "fake"}
 
 
 def shared_tier(store: DiskBlobStore, bucket: ObjectBucket) -> SharedTier:
