@@ -273,6 +273,10 @@ async def token() -> Response:
     if answer.status_code in SERVER_TROUBLE and state.cache is not None:
         reason = f"the upstream's token service answered {answer.status_code}"
         return offline_token(reason, ask.credentialed)
+    if answer.status_code == 200:
+        # Whoever asked: a client that sends it with a request for another upstream (one
+        # mirror host, several ?ns=) has it kept from that one (docxy.upstream.issuers).
+        state.client.token_issuers.remember_answer(upstream.host, body)
     if answer.status_code == 200 and not ask.credentialed:
         # A client pulling with this token asks from the mirror's address, as nobody: its
         # rate limit is the mirror's (docxy.upstream.anonymous).

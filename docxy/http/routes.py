@@ -291,7 +291,9 @@ def _upstream_authorization(route: Route) -> str | None:
     for ``[upstream]`` (Docker Hub), as the token endpoint has it
     (:func:`~docxy.http.auth.credentials_go_to`); containerd and podman answer a relayed Basic
     challenge with it. A Bearer token there is that upstream's own: the token endpoint asked
-    it of that upstream, anonymously."""
+    it of that upstream, anonymously; never a token the mirror relayed for another upstream
+    (:mod:`docxy.upstream.issuers`), which a client that reaches several through one host may
+    send with the same scope's request for another."""
     if not request_facts().get("forward_credentials", True):
         return None
     given = request.headers.getlist("Authorization")
@@ -301,6 +303,10 @@ def _upstream_authorization(route: Route) -> str | None:
     by_prefix = route.prefix is not None and not route.upstream.is_default
     if by_prefix and (authorization or "").lower().startswith("basic "):
         return None
+    if authorization is not None:
+        issuer = mirror_state().client.token_issuers.issuer(authorization)
+        if issuer is not None and issuer != route.upstream.host:
+            return None  # another upstream's token (containerd reuses one per scope): kept
     return authorization
 
 

@@ -41,6 +41,7 @@ from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.encoding import ACCEPTED, Inflater
 from docxy.upstream.failures import failure, upstream_certificate_refused
+from docxy.upstream.issuers import TokenIssuers
 from docxy.upstream.presets import DEFAULT_NAME
 from docxy.upstream.trust import UpstreamTrust, trusting_transport
 
@@ -470,6 +471,9 @@ class UpstreamClient:
         #: Tokens the mirror's token endpoint relayed for anonymous pulls: a request carrying
         #: one is the mirror's own as far as the upstream's health goes.
         self.anonymous_tokens = AnonymousTokens()
+        #: Every token the mirror's token endpoint relayed, with the upstream it was for: one
+        #: is never passed through to another upstream (:mod:`docxy.upstream.issuers`).
+        self.token_issuers = TokenIssuers()
         self._pool_full_logged = -POOL_FULL_LOG_EVERY  # monotonic time of the last such line
         self._pool_full_unlogged = 0  # 503s for a full pool since that line
         self._pool_full_said = ""  # the latest of them: which request, which wait

@@ -1,0 +1,62 @@
+"""Which upstream each token the mirror's token endpoint relayed was issued for.
+
+Every challenge the mirror sends points at its own token endpoint, so every token a client
+holds for an upstream came through it, from that upstream's token service. A client that talks
+to several upstreams through one mirror host may send one upstream's token with a request for
+another: containerd keeps one token handler per host it talks to (the mirror's), and reuses a
+token it holds for the same scope (``repository:owner/img:pull``) whichever ``?ns=`` the
+request names. Such a token, got with the client's login for one registry, must never be
+passed through to another: :meth:`TokenIssuers.issuer` tells the routes whose it is.
+
+Tokens are kept as SHA-256 digests, until they expire and at most ``capacity`` of them (the
+least recently handed out go first), as :mod:`docxy.upstream.anonymous` keeps them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from docxy.core import jsondoc
+from docxy.core.bounded import LruDict
+from docxy.core.expiry import token_lifetime
+from docxy.upstream.anonymous import CAPACITY, LONGEST, bearer_token
+
+
+def _key(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+class TokenIssuers:
+    """Tokens the mirror relayed, each with the upstream (its registry host) it was for."""
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self._issued: LruDict[bytes, tuple[float, str]] = LruDict(capacity)
+
+    def remember_answer(self, upstream_host: str, body: bytes) -> None:
+        """The token(s) of a token service's answer (``token``, ``access_token``), relayed
+        for the upstream ``upstream_host``."""
+        answer = jsondoc.object_in(body)
+        if answer is None:
+            return
+        lifetime = token_lifetime(answer.get("expires_in"), LONGEST)
+        until = time.monotonic() + min(max(lifetime, 0.0), LONGEST)
+        for field in ("token", "access_token"):
+            token = answer.get(field)
+            if isinstance(token, str) and token:
+                self._issued.set(_key(token), (until, upstream_host))
+
+    def issuer(self, authorization: str) -> str | None:
+        """The registry host of the upstream a ``Bearer`` ``authorization`` was relayed for,
+        while it holds; None for anything else (a token the mirror never relayed, Basic)."""
+        token = bearer_token(authorization)
+        if token is None:
+            return None
+        key = _key(token)
+        found = self._issued.get(key)
+        if found is None:
+            return None
+        if time.monotonic() > found[0]:
+            self._issued.pop(key)
+            return None
+        return found[1]
