@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.unit.asgi import call_asgi
+from tests.unit.fakes import reply
 from tests.unit.test_multi_routes import Mirror, mirror
 
 LOGIN = [("Authorization", "Basic " + base64.b64encode(b"bob:hunter2").decode())]
@@ -76,3 +79,27 @@ async def test_a_relayed_token_goes_only_to_its_own_upstream(
     assert sent
     carried = any(f"Bearer {token}" in r.headers.get_list("authorization") for r in sent)
     assert carried is not kept
+
+
+async def test_one_upstreams_429_leaves_the_others_health_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Checked, found right: health and the mirror's rate limit are kept per registry host."""
+    import tests.unit.test_multi_routes as multi
+
+    plain = multi.registries
+
+    def limited(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "ghcr.example" and "/manifests/" in request.url.path:
+            return reply(429, b"{}", {"Retry-After": "120", **multi.JSON})
+        return plain(request)
+
+    monkeypatch.setattr(multi, "registries", limited)
+    async with mirror(tmp_path / "cache") as m:
+        ghcr = await m.get("/v2/ghcr.test/owner/img/manifests/1")
+        hub = await m.get("/v2/owner/img/manifests/1")
+        report = json.loads((await m.get("/health")).body)
+    assert ghcr.status == 429 and hub.status == 200
+    assert report["upstreams"]["ghcr.test"]["rate_limited_until"] is not None
+    assert report["upstreams"]["docker.io"]["rate_limited_until"] is None
+    assert report["upstreams"]["docker.io"]["reachable"] is True
