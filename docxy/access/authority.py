@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from docxy.access.gate import AccessControl, basic_credentials, key_unreadable, users_unreadable
 from docxy.access.keys import TokenKeyError
@@ -69,11 +68,10 @@ def issue_token(
         token = issue(access.keys, access.spec, user, granted, now, fingerprint=fingerprint)
     except TokenKeyError as exc:
         return key_unreadable(exc)
-    body = {
-        "token": token,
-        "access_token": token,
-        "expires_in": access.spec.ttl,
-        "issued_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
-    }
+    # No ``issued_at`` (optional in the token spec): docker and containerd count
+    # ``expires_in`` from it by their own clock, so a client clock ahead by the lifetime took
+    # each token for expired on arrival (a password hash here for every request) and one
+    # behind kept one the mirror no longer honours; without it they count from its arrival.
+    body = {"token": token, "access_token": token, "expires_in": access.spec.ttl}
     scope = " ".join(access.scope() for access in granted)
     return Issued(json.dumps(body).encode(), user, scope)
