@@ -16,6 +16,7 @@ user's current hash has the same one.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -47,6 +48,14 @@ STALE_MOUNT = (
     "{path}: the file there was replaced or deleted where it came from (link count 0), so "
     "this is a stale copy: a users file bind-mounted alone into a container keeps the file "
     "it was mounted with; mount its directory instead (and restart the container)"
+)
+
+#: What ``docxy users add/rm`` says when the new file cannot be renamed over the old one because
+#: that is a mount point (EBUSY): the file bind-mounted alone into the container it runs in.
+MOUNTED_ALONE = (
+    "{path}: cannot be replaced, it is a mount point (the users file bind-mounted alone into "
+    "this container?); nothing was changed: mount its directory instead (and restart the "
+    "container)"
 )
 
 
@@ -321,7 +330,12 @@ class UsersFile:
             parse_users(text, self.path)  # a file in error stays as it is: the error is said
             new, found = edited_users(text, name, stored)
             if found or stored is not None:
-                write_files_atomic([(target, new.encode(), 0o600)])
+                try:
+                    write_files_atomic([(target, new.encode(), 0o600)])
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        raise UsersFileError(MOUNTED_ALONE.format(path=self.path)) from exc
+                    raise
         self._snapshot = None
         return found
 

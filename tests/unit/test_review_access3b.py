@@ -84,9 +84,6 @@ async def test_a_client_whose_clock_is_off_times_the_token_by_its_own_clock(
 # --- 2. `docxy users rm` on a users file bind-mounted alone -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="EBUSY printed as [Errno 16], no word of mounting the directory"
-)
 def test_users_rm_on_a_file_mounted_alone_says_to_mount_its_directory(
     auth_dir: Path,  # noqa: F811 - the fixture
     monkeypatch: pytest.MonkeyPatch,
