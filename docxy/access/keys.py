@@ -221,19 +221,20 @@ class KeyRing:
         assert self._current is not None
         return self._current
 
-    def known(self) -> list[ec.EllipticCurvePublicKey]:
-        """Every key the mirror has signed with that it still has on disk: the current one and
-        the previous one, whatever its grace (what it signed is the mirror's, honoured or not:
-        ``docxy.access.tokens.issued_here``). None while there is no key on disk: the mirror
-        signed nothing then, and telling a client's token is no reason to make one (client
-        certificates in open mode issue no token; their ``auth.dir`` may be read-only)."""
+    def known(self) -> dict[str, ec.EllipticCurvePublicKey]:
+        """kid → every key the mirror has signed with that it still has on disk: the current
+        one and the previous one, whatever its grace (what it signed is the mirror's, honoured
+        or not: ``docxy.access.tokens.issued_here``). None while there is no key on disk: the
+        mirror signed nothing then, and telling a client's token is no reason to make one
+        (client certificates in open mode issue no token; their ``auth.dir`` may be
+        read-only)."""
         if _stat(self.current_path)[1] == -1:
-            return []
+            return {}
         self._refresh()
         assert self._current is not None
-        keys = [self._current.public]
+        keys = {self._current.kid: self._current.public}
         if self._previous is not None:
-            keys.append(self._previous.public)
+            keys.setdefault(self._previous.kid, self._previous.public)
         return keys
 
     def verifying(self, now: float | None = None) -> dict[str, VerifyingKey]:

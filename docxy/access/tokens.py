@@ -82,19 +82,31 @@ def issued_here(ring: KeyRing, spec: TokenSpec, token: str) -> bool:
     """Whether ``token`` is this mirror's, honoured or not: expired, or signed by a key rotated
     out, it is still the mirror's, never a credential for an upstream. It is if it says so
     (its ``iss``: nothing verified, a stranger's token that claims our issuer only stays here
-    too), or if one of the mirror's keys signed it, whatever it says (:meth:`KeyRing.known`,
-    past the retired key's grace too): a token issued before a change of
-    ``server.public_url`` names the old URL. :class:`TokenKeyError` if the keys cannot be
-    read (the caller then cannot tell, and keeps the token here)."""
+    too), or if the key of the mirror's its header's ``kid`` names signed it (without a kid:
+    any of them), whatever it says (:meth:`KeyRing.known`, past the retired key's grace
+    too): a token issued before a change of ``server.public_url`` names the old URL.
+    :class:`TokenKeyError` if the keys cannot be read (the caller then cannot tell, and keeps
+    the token here)."""
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
+        kid = jwt.get_unverified_header(token).get("kid")  # a kid not text: not the mirror's
     except jwt.PyJWTError:
         return False
     if not isinstance(claims, dict):
         return False
     if claims.get("iss") == spec.issuer:
         return True
-    return any(_signed_by(key, token) for key in ring.known())
+    known = ring.known()
+    # By the header's kid, as every token the mirror signs has: a stranger's token (Docker
+    # Hub's, each request of a certificate client under auth.upstream_logins) costs no
+    # verification, one naming a key of ours one. A token without a kid is tried with each
+    # key the mirror holds (two at most: the current one and the previous one).
+    if kid is None:
+        candidates = list(known.values())
+    else:
+        key = known.get(kid)
+        candidates = [] if key is None else [key]
+    return any(_signed_by(key, token) for key in candidates)
 
 
 def _signed_by(key: ec.EllipticCurvePublicKey, token: str) -> bool:
