@@ -212,8 +212,9 @@ class AccessControl:
 
             try:
                 self.users.prepare()  # read now: what it warns of is said at start-up
-            except UsersFileError:
-                pass  # said (and answered 503) at each check, as when it breaks later
+            except UsersFileError as exc:
+                # said now, not first by every pull failing (and at each check, answered 503)
+                log.error("users file: %s; every login and token is 503 until it is mended", exc)
             try:
                 self.keys.ensure()
             except TokenKeyError as exc:  # auth.dir read-only, not a directory...: as above

@@ -178,7 +178,6 @@ def test_a_token_is_checked_only_against_the_key_its_kid_names(
 # --- 4. a users file with a bad line, at start-up ---------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="prepare() lets a users file error pass unsaid")
 def test_a_users_file_with_a_bad_line_is_said_at_start_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
