@@ -345,6 +345,13 @@ class UsersFile:
             raise ValueError(f"{name!r}: a user name is 1-64 of a-z 0-9 . _ - (first a-z 0-9)")
         if not password:
             raise ValueError("an empty password is not allowed")
+        try:
+            password.encode()
+        except UnicodeEncodeError:  # its message holds a character of the password
+            raise ValueError(
+                "the password is not UTF-8 text (typed or piped in another encoding, such as "
+                "Latin-1?): docker login sends UTF-8, so it could never match"
+            ) from None
         return not self._edit(name, hash_password(password))
 
     def remove(self, name: str) -> bool:

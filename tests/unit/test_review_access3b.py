@@ -1,8 +1,8 @@
 """A further review of the mirror's own access control (after ``test_review_access3``, whose
 name this one's would have taken): token lifetimes as clients time them, ``docxy users rm`` on
-a users file bind-mounted alone, how a token is told to be the mirror's, and a users file with
-a bad line at start-up; and what was checked and found right (a password with ``:`` or beyond
-ASCII, scopes of nested names).
+a users file bind-mounted alone, how a token is told to be the mirror's, a users file with
+a bad line at start-up, and a password that is not UTF-8 text; and what was checked and
+found right (a password with ``:`` or beyond ASCII, scopes of nested names).
 
 Each fault is a test asserting the right behaviour; it was seen failing (strict xfail)
 before the code was mended.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import io
 import json
 import logging
 import os
@@ -216,3 +217,24 @@ async def test_a_token_for_a_grants_neither_a_slash_b_nor_b(tmp_path: Path) -> N
         for other in ("owner/a/b", "owner/b", "owner/ab", "owner"):
             answer = await m.client.get(f"/v2/{other}/manifests/7", headers=bearer(token))
             assert answer.status_code == 401, other
+
+
+# --- 5. a password that is not UTF-8 text ------------------------------------------------------
+
+
+def test_a_password_not_utf8_is_refused_saying_so_and_nothing_of_it(
+    auth_dir: Path,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A password piped in from a Latin-1 terminal or file (``printf 'p\\xe9ss'``) reaches
+    Python as a lone surrogate: ``docxy users add`` printed "'utf-8' codec can't encode
+    character '\\udce9' in position 1", a character of the password and its place, and not
+    what was wrong. docker login sends UTF-8, so such a password could never match: refused,
+    saying it is not UTF-8 text, and nothing of it."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("p\udce9ss\n"))
+    assert main(["users", "add", "carol", "--password-stdin"]) == 1
+    err = capsys.readouterr().err
+    assert "UTF-8" in err
+    assert "udce9" not in err and "\udce9" not in err and "position" not in err
+    assert not (auth_dir / "users").exists()
