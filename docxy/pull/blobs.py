@@ -30,6 +30,7 @@ the fill's handover counts as the upstream's (``upstream_bytes=`` in the access 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from functools import partial
@@ -48,7 +49,7 @@ from docxy.cache.errors import (
     FillAborted,
     NoRoom,
 )
-from docxy.cache.fill import BlobFollower, Download
+from docxy.cache.fill import BlobFollower, Download, FillState
 from docxy.cache.pairings import BlobPairings
 from docxy.cache.reader import BlobReader
 from docxy.cache.resuming import BrokeOff
@@ -75,6 +76,13 @@ from docxy.shared.tier import SharedTier
 from docxy.upstream import direct
 from docxy.upstream.client import same_origin
 from docxy.upstream.tokens import MirrorTokens, TokenRefused
+
+#: How long a fill's client waits for the fill's first byte before its headers go out anyway
+#: (:func:`_first_byte`): a fill that fails in that time (the upstream's body reset at once)
+#: is answered as a failure before its headers is, not as ``200``, the length, then a cut of
+#: no bytes. A healthy upstream's first bytes come well within it; a slow one's client gets
+#: its headers after it, as before (an unbounded wait hung clients of such an upstream).
+FIRST_BYTE_WAIT = 1.0
 
 UNCONFIRMED = PassThrough(
     Reason.UNCONFIRMED, "the upstream did not confirm the cached blob in this repository"
@@ -160,6 +168,7 @@ class BlobService:
                 source = Source.HIT
             else:
                 size = await stream.size()  # our own fetch has confirmed the pairing by now
+                await _first_byte(stream, FIRST_BYTE_WAIT)  # a fill failing now: no 200
                 # The fill's download has begun by now: where from is known to all it serves.
                 source = Source.SHARED if stream.fill.origin == SHARED_ORIGIN else Source.MISS
             held = await self._held(pull, digest)
@@ -417,6 +426,34 @@ async def _skipped(chunks: AsyncIterator[bytes], offset: int) -> AsyncIterator[b
             continue
         yield chunk[offset:] if offset else chunk
         offset = 0
+
+
+async def _first_byte(follower: BlobFollower, within: float) -> None:
+    """Wait, up to ``within`` seconds, until the fill ``follower`` follows has a byte for it
+    or is over; then raise :class:`FillAborted` if it failed with no byte received (the
+    upstream's body broke off at once, and no resume followed: nothing new had come), so its
+    client gets the failure's answer (a pass-through, the upstream's own error) instead of
+    ``200`` with the blob's length, then a cut of no bytes. A follower sends nothing before
+    the fill has bytes, so the wait delays none. A fill still without a byte after ``within``
+    (a slow upstream) is answered as before; one that failed after bytes came (a blob that
+    does not verify) too; one the cache gave up (:attr:`InFlight.kept`) is no failure."""
+    fill = follower.fill
+
+    async def started() -> None:
+        while (
+            fill.state is FillState.WRITING
+            and not fill.verified
+            and not fill.received
+            and not fill.written
+        ):
+            await fill.changed()
+
+    try:
+        await asyncio.wait_for(started(), within)
+    except TimeoutError:
+        return
+    if fill.kept is None and not fill.received and not fill.written:
+        fill.check_not_aborted()
 
 
 async def _holding(release: Release, fetching: Awaitable[Download]) -> Download:
