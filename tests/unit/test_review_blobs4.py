@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
+from docxy.config import load_config
+from docxy.http.app import create_app
 from docxy.pull import blobs
 from docxy.tasks import spawn
 from tests.unit.asgi import call_asgi
@@ -89,3 +94,73 @@ async def test_a_fill_slow_after_its_headers_still_answers_its_client_before_a_b
         await committed(app)
     assert (answer.status, answer.complete, answer.body == BLOB) == (200, True, True)
     assert answer.headers["Cache-Status"] == "Docxy; fwd=miss"
+
+
+#: This review's own loopback address and port (the direct path reads a real socket).
+HOST, PORT = "127.0.0.164", 9711
+
+
+class ResetFirst(BaseHTTPRequestHandler):
+    """An anonymous registry on a socket: its first blob GET is 200 with the length, then the
+    connection closes before a byte of the body; every later one gets the blob."""
+
+    protocol_version = "HTTP/1.1"
+    gets: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes, *, cut: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        if cut:
+            self.close_connection = True
+            return
+        if self.command == "GET":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - the name http.server calls
+        self._answer(200, BLOB if "/blobs/" in self.path else b"{}")
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        if "/blobs/" not in self.path:
+            self._answer(200, b"{}")
+            return
+        self.gets.append(self.headers.get("Range") or "")
+        self._answer(200, BLOB, cut=len(self.gets) == 1)
+
+
+@pytest.fixture
+def reset_first() -> Iterator[type[ResetFirst]]:
+    ResetFirst.gets = []
+    server = ThreadingHTTPServer((HOST, PORT), ResetFirst)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ResetFirst
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+async def test_a_direct_fill_whose_body_is_cut_before_its_first_byte_is_passed_through(
+    tmp_path: Path, reset_first: type[ResetFirst]
+) -> None:
+    """The same on the direct path (http.client in a worker thread, as fills read bodies in
+    production): the upstream's connection closes after its 200 headers."""
+    overrides = {
+        "upstream.registry": f"http://{HOST}:{PORT}",
+        "cache.dir": str(tmp_path / "cache"),
+        "server.public_url": "https://mirror.test",
+    }
+    app = create_app(load_config(overrides, environ={}), probe=False)
+    async with app.test_app():
+        answer = await asyncio.wait_for(call_asgi(app, "GET", PATH, host="mirror.test"), 30)
+    assert answer.status == 200
+    assert answer.complete and answer.body == BLOB, (answer.complete, len(answer.body))
+    assert answer.headers["Cache-Status"] == "Docxy; fwd=bypass; detail=upstream-failed"
+    assert reset_first.gets == ["", ""]
