@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,12 +15,15 @@ import httpx
 import pytest
 
 from docxy.config import load_config
+from docxy.core.digests import parse_digest
 from docxy.http.app import create_app
+from docxy.http.state import mirror_state
 from docxy.pull import blobs
 from docxy.tasks import spawn
 from tests.unit.asgi import call_asgi
 from tests.unit.test_fills import Held
 from tests.unit.test_pull_blobs import CutAfter, committed, mirror, reply
+from tests.unit.turns import until
 
 BLOB = bytes(range(256)) * 1024  # 256 KiB
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
@@ -60,6 +63,52 @@ async def test_a_fill_whose_body_breaks_off_before_its_first_byte_is_no_200_then
     assert answer.complete and answer.body == BLOB, (answer.complete, len(answer.body))
     assert answer.headers["Cache-Status"] == "Docxy; fwd=bypass; detail=upstream-failed"
     assert upstream.gets == [None, None]  # the fill's, then the client's pass-through
+
+
+class GatedCut(httpx.AsyncByteStream):
+    """A body that breaks off before its first byte once ``gate`` is set."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        await self.gate.wait()
+        raise httpx.ReadError("connection reset by peer")
+        yield b""  # pragma: no cover - makes this an async generator
+
+
+async def test_every_client_of_a_fill_cut_before_its_first_byte_is_passed_through(
+    tmp_path: Path,
+) -> None:
+    """A second client joins the fill while its upstream body is held after the headers; the
+    body then breaks off before a byte: both clients (the starter and the joined one) are
+    passed through, each getting the whole blob, none a 200 then a cut."""
+    upstream = BreaksFirst()
+    gate = asyncio.Event()
+
+    def held(request: httpx.Request) -> httpx.Response:
+        answer = upstream(request)
+        if request.method == "GET" and upstream.gets == [None] and "/blobs/" in request.url.path:
+            headers = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=headers, stream=GatedCut(gate))
+        return answer
+
+    async with mirror(tmp_path, held) as app:
+        state = mirror_state(app)
+        first = spawn("first", call_asgi(app, "GET", PATH, host="mirror.test"))
+        await until(lambda: upstream.gets == [None])
+        second = spawn("second", call_asgi(app, "GET", PATH, host="mirror.test"))
+        store = state.running.blobs.store
+        assert store is not None
+        fill = store._fills[parse_digest(DIGEST)]  # noqa: SLF001 - the test watches the fill
+        await until(lambda: fill.holders == 2)  # both clients follow its temp file
+        gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    for answer in answers:
+        assert (answer.status, answer.complete, answer.body == BLOB) == (200, True, True)
+    statuses = sorted(answer.headers["Cache-Status"] for answer in answers)
+    assert statuses == ["Docxy; fwd=bypass; detail=upstream-failed"] * 2
+    assert upstream.gets == [None, None, None]
 
 
 class HeldAfterHeaders:
