@@ -23,7 +23,13 @@ from docxy.cache.fill import BlobFollower, FillState
 from docxy.cache.reader import BlobReader
 from docxy.core.challenge import rewrite_challenges
 from docxy.core.digests import Digest
-from docxy.core.errors import RegistryError, StreamCut, Unauthorized, UpstreamError
+from docxy.core.errors import (
+    RangeNotSatisfiable,
+    RegistryError,
+    StreamCut,
+    Unauthorized,
+    UpstreamError,
+)
 from docxy.core.headers import (
     API_VERSION_HEADER,
     DIGEST_HEADER,
@@ -222,6 +228,13 @@ def _trouble_page(upstream: httpx.Response, method: str) -> bool:
     return upstream.status_code >= 500 and method != "HEAD" and not is_json
 
 
+def _unsatisfiable(upstream: httpx.Response, method: str) -> bool:
+    """A ``416`` to a ``GET``: its body says nothing a client reads (the status and
+    ``Content-Range`` say it all), and Distribution's (the registry's own server) announces
+    the whole blob's length over a short text, then closes: relayed, a cut connection."""
+    return upstream.status_code == 416 and method != "HEAD"
+
+
 async def _replaced(
     upstream: httpx.Response, done: Callable[[], None], content: bytes
 ) -> AsyncIterator[bytes]:
@@ -256,8 +269,16 @@ def relay(
     for challenge in rewrite_challenges(offered, realm, library_prefix, prefix=prefix):
         headers.append(("WWW-Authenticate", challenge))
     done = release or _nothing
-    replaced = _trouble_page(upstream, method)
-    if replaced:
+    unsatisfiable = _unsatisfiable(upstream, method)
+    replaced = _trouble_page(upstream, method) or unsatisfiable
+    if unsatisfiable:
+        # The mirror's own 416 (a whole answer, as for a cached blob), the upstream's range.
+        unmet = RangeNotSatisfiable("the upstream could not satisfy the range")
+        content = unmet.encoded()
+        headers = [*unmet.headers(), ("Content-Length", str(len(content)))]
+        headers += [("Content-Range", v) for v in upstream.headers.get_list("content-range")]
+        body = _replaced(upstream, done, content)
+    elif replaced:
         # A proxy's or CDN's own page (HTML) in front of a failing registry: clients parse the
         # registry's JSON errors (docker: "invalid character '<'"). The mirror's own instead.
         error = UpstreamError(

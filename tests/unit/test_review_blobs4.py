@@ -213,3 +213,45 @@ async def test_a_direct_fill_whose_body_is_cut_before_its_first_byte_is_passed_t
     assert answer.complete and answer.body == BLOB, (answer.complete, len(answer.body))
     assert answer.headers["Cache-Status"] == "Docxy; fwd=bypass; detail=upstream-failed"
     assert reset_first.gets == ["", ""]
+
+
+class ShortBody(httpx.AsyncByteStream):
+    """``data``, then the connection closes short of the length its headers announced."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+
+
+def distribution_416(request: httpx.Request) -> httpx.Response:
+    """An anonymous registry that answers a blob ``Range`` past its end as Distribution 2.8
+    (the lab's docker-registry) does: 416 with ``Content-Range: bytes */N``, but the blob's
+    ``Content-Length`` (N) over a 33-byte text body, then the connection closed."""
+    if request.url.path == "/v2/":
+        return reply(200, b"{}")
+    headers = {
+        "Content-Length": str(len(BLOB)),
+        "Content-Range": f"bytes */{len(BLOB)}",
+        "Content-Type": "text/plain; charset=utf-8",
+    }
+    return httpx.Response(
+        416, headers=headers, stream=ShortBody(b"invalid range: failed to overlap\n")
+    )
+
+
+async def test_an_upstream_416_to_a_range_past_the_end_is_a_whole_answer(tmp_path: Path) -> None:
+    """A ``Range`` past the end of a blob not cached passes through; the upstream's 416 (as the
+    real docker-registry sends it) was relayed with its Content-Length of the whole blob over
+    a short body, so the client got 416, then a cut connection. It gets the 416 with its
+    ``Content-Range`` and the registry's JSON error, whole, as for a cached blob."""
+    async with mirror(tmp_path, distribution_416) as app:
+        past = [("Range", f"bytes={len(BLOB)}-")]
+        answer = await call_asgi(app, "GET", PATH, headers=past, host="mirror.test")
+    assert (answer.status, answer.complete) == (416, True)
+    assert answer.headers["Content-Range"] == f"bytes */{len(BLOB)}"
+    assert answer.headers["Content-Type"] == "application/json"
+    assert int(answer.headers["Content-Length"]) == len(answer.body)
+    assert b'"RANGE_INVALID"' in answer.body
