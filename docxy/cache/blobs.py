@@ -260,7 +260,9 @@ class DiskBlobStore:
         self._reserved = 0  # by the running fills (InFlight.reserved), counted against the cap
         self._waiting: list[int] = []  # bytes each fill waiting for room wants: eviction frees
         self._trash = 0  # evicted bytes still on disk, being deleted in a worker thread
-        self._stuck = 0  # evicted bytes that could not be deleted: on disk until the next start
+        #: Evicted bytes, and leftover temp files at start, that could not be deleted: on disk
+        #: until the next start.
+        self._stuck = 0
         self._unlinked = 0  # bytes of removed temp files still held open (InFlight.unlinked)
         #: Set (and replaced) when room may have grown: bytes freed, an eviction over.
         self._room_freed = asyncio.Event()
@@ -304,7 +306,7 @@ class DiskBlobStore:
         hold yet) and eviction waits for the index; a fill committed meanwhile counted only the
         blobs known then, so the cap holds again from the next fill on."""
         store = cls(root, max_size, room_wait=room_wait, direct_writes=direct_writes, **options)
-        store.clear_tmp()
+        store._clear_leftovers()
         (store.root / "blobs").mkdir(parents=True, exist_ok=True)
         store._reading = read_in_thread("docxy-blob-index", store._walk)
         try:
@@ -334,10 +336,36 @@ class DiskBlobStore:
         self._clear_tmp(older_than, tally)
         return tally.removed_tmp
 
-    def _clear_tmp(self, older_than: float | None, tally: GcTally) -> None:
+    def _clear_leftovers(self) -> None:
+        """At a serving start, :meth:`clear_tmp`; but a file the disk refuses to delete (a cache
+        disk remounted read-only under the fill that left it, EPERM, EIO) is said and kept, its
+        bytes counted against ``max_size`` until a later start deletes it: raised, it stopped
+        the mirror's start, and what is cached went unserved."""
+        refused: list[tuple[Path, int, OSError]] = []
+        self._clear_tmp(None, GcTally(), refused)
+        if not refused:
+            return
+        nbytes = sum(size for _, size, _ in refused)
+        log.warning(
+            "cache: cannot delete %d leftover temp file(s) in %s (%s); kept, their %d bytes"
+            " count against the cache size until a start deletes them",
+            len(refused),
+            self.tmp_dir,
+            os_error(refused[0][2]),
+            nbytes,
+        )
+        self._stuck += nbytes
+
+    def _clear_tmp(
+        self,
+        older_than: float | None,
+        tally: GcTally,
+        refused: list[tuple[Path, int, OSError]] | None = None,
+    ) -> None:
         """:meth:`clear_tmp`, counting each file removed (and its bytes) in ``tally`` as it
         goes: a delete the disk refuses (EACCES, EPERM, EIO) raises, and the files removed
-        before it are counted all the same (gc's report of them)."""
+        before it are counted all the same (gc's report of them); given ``refused``, it is
+        added there instead (with the file's size) and the rest are deleted."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         ours = {fill.tmp_path.name for fill in self._fills.values()}
         cutoff = None if older_than is None else time.time() - older_than
@@ -360,7 +388,14 @@ class DiskBlobStore:
                 trash = entry.name.startswith(TRASH_PREFIXES)
                 if cutoff is not None and (st.st_ctime if trash else st.st_mtime) > cutoff:
                     continue
-                if _unlink(Path(entry.path)):
+                try:
+                    unlinked = _unlink(Path(entry.path))
+                except OSError as exc:
+                    if refused is None:
+                        raise
+                    refused.append((Path(entry.path), st.st_size, exc))
+                    continue
+                if unlinked:
                     tally.removed_tmp += 1
                     tally.freed_bytes += st.st_size
         finally:

@@ -39,7 +39,9 @@ def clear_dir(directory: Path) -> int:
     """Remove the files directly in ``directory`` (creating it if needed); returns how many."""
     directory.mkdir(parents=True, exist_ok=True)
     removed = 0
-    for entry in os.scandir(directory):
+    with os.scandir(directory) as listing:  # listed whole: a refused delete leaves none open
+        entries = list(listing)
+    for entry in entries:
         if entry.is_file(follow_symlinks=False) or entry.is_symlink():
             unlink_quietly(Path(entry.path))
             removed += 1

@@ -180,7 +180,10 @@ class ManifestStore:
         tags are served meanwhile, straight from disk; what changes is noted and replayed on
         the catalogue once it is read."""
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
-        clear_dir(store._tmp)
+        try:
+            clear_dir(store._tmp)
+        except OSError as exc:  # a read-only disk: small files, left; what is cached is served
+            log.warning("cache: cannot clear %s: %s", store._tmp, exc)
         store.upgrade(registries)
         store._scanning = read_in_thread("docxy-manifest-catalogue", store._scan)
         return store

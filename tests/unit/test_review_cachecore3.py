@@ -1,0 +1,143 @@
+"""Faults of the disk cache under what a small VPS does to it (a review: ``docxy.cache``): a
+cache disk the kernel remounted read-only, with what the fill it cut left in ``tmp/``.
+
+The read-only disk is a real one: the cache directory bind-mounted onto itself and remounted
+read-only (root only; skipped elsewhere). Processes listen on 127.0.0.158-160, ports 9500-9599.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from docxy.cache import open_cache
+from docxy.core.digests import digest_of
+from lab import REPO_ROOT
+from lab.mirror import mirror_env
+from lab.processes import stop_process
+from lab.registry import registry_config
+
+REGISTRY_HOST, MIRROR_HOST = "127.0.0.158", "127.0.0.159"
+PORTS = range(9500, 9600)
+
+
+def _port(host: str) -> int:
+    """A port of this review's range free on ``host`` now."""
+    for port in PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS} on {host}")
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` read-only (a bind mount of itself, remounted ``ro``) while in the block."""
+    bound = subprocess.run(["mount", "--bind", str(directory), str(directory)], check=False)
+    if bound.returncode != 0:
+        pytest.skip("cannot bind-mount here (not root?)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(directory)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def _cut_fill(cache: Path) -> tuple[bytes, int]:
+    """A cache as the remount left it: one blob committed, the temp file of the fill the
+    remount cut (its delete refused too) in ``tmp/``, and a manifest write's in
+    ``manifests/tmp/``. The blob, and the bytes left in the two temp files."""
+    blob = b"committed layer " * 4096
+    digest = digest_of(blob)
+    path = cache / "blobs" / "sha256" / digest.hex[:2] / digest.hex
+    path.parent.mkdir(parents=True)
+    path.write_bytes(blob)
+    (cache / "tmp").mkdir()
+    (cache / "tmp" / f"sha256-{'ab' * 32}.0123456789ab").write_bytes(b"p" * 30_000)
+    (cache / "manifests" / "tmp").mkdir(parents=True)
+    (cache / "manifests" / "tmp" / f"{'cd' * 32}.0123456789ab").write_bytes(b"{")
+    return blob, 30_000
+
+
+# --- 1. a read-only cache disk with a cut fill's temp file: the mirror did not start -------
+
+
+async def test_a_read_only_cache_with_a_leftover_temp_file_opens_and_serves_its_blobs(
+    tmp_path: Path,
+) -> None:
+    """ext4 ``errors=remount-ro`` mid-fill: the write fails, and so does the delete of the
+    temp file. The running mirror serves its hits on, but at its next start the clean-up of
+    ``tmp/`` raised EROFS: the cache did not open, so the mirror did not start at all. The
+    file it cannot delete is said and left, its bytes counted against ``max_size``."""
+    cache = tmp_path / "cache"
+    blob, left = _cut_fill(cache)
+    with read_only(cache):
+        opened = open_cache(cache, max_size=1 << 20, tag_ttl=300)
+        await opened.blobs.indexed()
+        await opened.manifests.loaded()
+        reader = opened.blobs.open_read(digest_of(blob))
+        assert reader is not None
+        async with reader:
+            assert await reader.read_all() == blob
+        usage = opened.blobs.usage()
+        assert (usage.entries, usage.bytes) == (1, len(blob))
+        assert usage.freeing == left  # on disk still: no fill may count on those bytes
+    assert (cache / "tmp").is_dir() and any((cache / "tmp").iterdir())
+
+
+def test_the_mirror_starts_on_a_read_only_cache_disk_with_a_leftover_temp_file(
+    tmp_path: Path,
+) -> None:
+    """The same, as a user sees it: ``docxy serve`` (its upstream a registry on loopback)
+    exited with ``cache.dir: cannot use ...: Read-only file system``; supervisord restarted
+    it for ever, the cached images unserved. It answers /health now."""
+    cache = tmp_path / "cache"
+    _cut_fill(cache)
+    registry_port = _port(REGISTRY_HOST)
+    config = registry_config(registry_port, tmp_path / "storage")
+    config = config.replace(f"127.0.0.1:{registry_port}", f"{REGISTRY_HOST}:{registry_port}")
+    (tmp_path / "registry.yml").write_text(config)
+    registry = subprocess.Popen(
+        ["/usr/bin/docker-registry", "serve", str(tmp_path / "registry.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    mirror: subprocess.Popen[bytes] | None = None
+    try:
+        with read_only(cache):
+            port = _port(MIRROR_HOST)
+            env = mirror_env(tmp_path, {"PYTHONPATH": str(REPO_ROOT)})
+            log = tmp_path / "mirror.log"
+            with log.open("wb") as out:
+                mirror = subprocess.Popen(
+                    [sys.executable, "-m", "docxy", "serve", "--listen", f"{MIRROR_HOST}:{port}",
+                     "--upstream", f"http://{REGISTRY_HOST}:{registry_port}"],
+                    env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                )  # fmt: skip
+            status, deadline = None, time.monotonic() + 20
+            while time.monotonic() < deadline and mirror.poll() is None:
+                try:
+                    status = httpx.get(f"http://{MIRROR_HOST}:{port}/health", timeout=2).status_code
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            said = log.read_text(errors="replace")
+            assert mirror.poll() is None, f"the mirror exited:\n{said[-2000:]}"
+            assert status == 200, said[-2000:]
+            assert "cannot delete" in said  # the leftover is said, not silently kept
+            stop_process(mirror, grace=10)
+    finally:
+        if mirror is not None:
+            stop_process(mirror, grace=10)
+        stop_process(registry, grace=5)
