@@ -433,9 +433,17 @@ class ManifestStore:
             log.warning("cache: unreadable manifest %s (%s), dropped", digest, exc)
             media_type, content = None, b""
         if not isinstance(media_type, str) or digest_of(content, digest.algorithm) != digest:
-            log.warning("cache: corrupt manifest %s on disk, dropped", digest)
-            unlink_quietly(meta_path)
-            unlink_quietly(path)
+            try:
+                unlink_quietly(meta_path)
+                unlink_quietly(path)
+            except OSError as exc:  # a failing disk gone read-only: a miss all the same
+                log.warning(
+                    "cache: corrupt manifest %s on disk, not served; cannot delete it: %s",
+                    digest,
+                    exc,
+                )
+            else:
+                log.warning("cache: corrupt manifest %s on disk, dropped", digest)
             return None
         if pulled:
             try:

@@ -20,10 +20,14 @@ import pytest
 
 from docxy.cache import open_cache
 from docxy.core.digests import digest_of
+from docxy.http.state import mirror_state
 from lab import REPO_ROOT
 from lab.mirror import mirror_env
 from lab.processes import stop_process
 from lab.registry import registry_config
+from tests.unit.test_pull_blobs import mirror
+from tests.unit.test_pull_manifests import TAG
+from tests.unit.test_pull_scoped_blobs import AS_ANON, Hub
 
 REGISTRY_HOST, MIRROR_HOST = "127.0.0.158", "127.0.0.159"
 PORTS = range(9500, 9600)
@@ -141,3 +145,36 @@ def test_the_mirror_starts_on_a_read_only_cache_disk_with_a_leftover_temp_file(
         if mirror is not None:
             stop_process(mirror, grace=10)
         stop_process(registry, grace=5)
+
+
+# --- 2. a manifest read back wrong from a disk gone read-only: a 500 -------------------------
+
+
+@pytest.mark.parametrize("by", ["tag", "digest"])
+async def test_a_corrupt_cached_manifest_on_a_read_only_disk_is_a_miss_not_a_500(
+    tmp_path: Path, by: str
+) -> None:
+    """A failing disk: its manifest file reads back other bytes (the re-hash on every read
+    catches them), and the kernel has remounted it read-only. The store dropped such a
+    manifest by deleting its files, and the refused delete (EROFS) escaped ``get``: every pull
+    of the image was a 500 while the upstream was there to serve it. A miss now: the manifest
+    comes from the upstream, its files left as they are (a WARNING says so)."""
+    hub = Hub()
+    async with mirror(tmp_path, hub) as app:
+        client = app.test_client()
+        first = await client.get(TAG, headers=AS_ANON)
+        assert first.status_code == 200
+        content = await first.get_data(as_text=False)
+        cache = mirror_state(app).cache
+        assert cache is not None
+        digest = digest_of(content)
+        hub.repos["library/base"].manifests[str(digest)] = content  # the upstream's by digest
+        found = list((tmp_path / "cache" / "manifests" / "by-digest").glob(f"*/*/*/{digest.hex}"))
+        assert len(found) == 1
+        found[0].write_bytes(content.replace(b"{", b"{ ", 1))  # other bytes, still JSON
+        cache.manifests.tag_ttl = 3600  # the tag is fresh: the cached manifest is read
+        path = TAG if by == "tag" else TAG.replace("/1", f"/{digest}")
+        with read_only(tmp_path / "cache"):
+            again = await client.get(path, headers=AS_ANON)
+            assert again.status_code == 200, await again.get_data()
+            assert await again.get_data() == content
