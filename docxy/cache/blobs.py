@@ -425,6 +425,7 @@ class DiskBlobStore:
             return found, strays
         unreadable: list[str] = []
         unlisted: list[OSError] = []
+        now = time.time()  # a later file time (the clock ran ahead, since set right) is now's
         for dirpath, _dirs, files in os.walk(base, onerror=unlisted.append):
             for name in files:
                 path = Path(dirpath, name)
@@ -439,7 +440,7 @@ class DiskBlobStore:
                 if digest is None or not stat.S_ISREG(st.st_mode):
                     strays.append(path)
                     continue
-                found.append(BlobEntry(digest, path, st.st_size, st.st_mtime))
+                found.append(BlobEntry(digest, path, st.st_size, min(st.st_mtime, now)))
         if unlisted and strict:
             raise unlisted[0]
         if unlisted:
@@ -501,7 +502,7 @@ class DiskBlobStore:
             return None
         if not stat.S_ISREG(st.st_mode) or digest in self._gone_while_reading:
             return None
-        entry = BlobEntry(digest, path, st.st_size, st.st_mtime)
+        entry = BlobEntry(digest, path, st.st_size, min(st.st_mtime, time.time()))
         self._index[digest] = entry
         self._total += entry.size
         return entry

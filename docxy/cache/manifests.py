@@ -977,6 +977,9 @@ class ManifestStore:
     def _scan(self) -> Scanned:
         images: dict[ImageKey, Image] = {}
         base = self.root / "by-digest"
+        # A file time in the future (set while the clock ran ahead, since set right) counts as
+        # now: else eviction took it for the latest pull until then, before any real one.
+        now = time.time()
         for path in base.glob("*/*/*/*") if base.is_dir() else ():
             upstream_key, algorithm, _, hex_ = path.relative_to(base).parts
             try:
@@ -984,7 +987,7 @@ class ManifestStore:
                 if not _meta_path(path).is_file():
                     continue  # its record was never written: not cached (as for get)
                 content = path.read_bytes()
-                mtime = path.stat().st_mtime
+                mtime = min(path.stat().st_mtime, now)
             except (DigestInvalid, OSError):
                 continue  # the .json beside it, or a file that went away
             blobs, children = needs(content)

@@ -8,6 +8,7 @@ read-only (root only; skipped elsewhere). Processes listen on 127.0.0.158-160, p
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -18,13 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docxy.cache import open_cache
+from docxy.cache import RepoKey, open_cache
 from docxy.core.digests import digest_of
 from docxy.http.state import mirror_state
 from lab import REPO_ROOT
 from lab.mirror import mirror_env
 from lab.processes import stop_process
 from lab.registry import registry_config
+from tests.unit.test_cache_faults import OCI_MANIFEST, manifest_of
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_manifests import TAG
 from tests.unit.test_pull_scoped_blobs import AS_ANON, Hub
@@ -178,3 +180,55 @@ async def test_a_corrupt_cached_manifest_on_a_read_only_disk_is_a_miss_not_a_500
             again = await client.get(path, headers=AS_ANON)
             assert again.status_code == 200, await again.get_data()
             assert await again.get_data() == content
+
+
+# --- 3. file times a clock running ahead left: eviction took what was pulled just now ---------
+
+YEAR = 365 * 86400.0
+
+
+def _image(root: Path, name: str) -> tuple[bytes, list[bytes]]:
+    """An image of a config and a 100 kB layer, its blobs committed under ``root``; the
+    manifest and the blobs."""
+    blobs = [f'{{"image": "{name}"}}'.encode(), name.encode() * (100_000 // len(name))]
+    for blob in blobs:
+        digest = digest_of(blob)
+        path = root / "blobs" / "sha256" / digest.hex[:2] / digest.hex
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+    return manifest_of(*blobs), blobs
+
+
+async def test_an_image_pulled_since_the_start_outlives_one_whose_file_time_is_in_the_future(
+    tmp_path: Path,
+) -> None:
+    """A VPS that booted with its clock a year ahead (a wrong RTC, a restored snapshot) until
+    NTP set it right: what the mirror touched meanwhile keeps file times a year ahead, and
+    eviction, which goes by them (least recently pulled first), took them for the latest
+    pulls for a year: it evicted the image pulled a moment ago and kept the one not pulled
+    since. A time in the future is read as the time the cache is opened: older than any pull
+    after it."""
+    root = tmp_path / "cache"
+    repo = RepoKey("https://registry.example", "library/app")
+    ahead, pulled = _image(root, "ahead"), _image(root, "pulled")
+    first = open_cache(root, max_size=1 << 30, tag_ttl=300)
+    await first.blobs.indexed()
+    for manifest, _ in (ahead, pulled):
+        assert (await first.manifests.put(repo, manifest, OCI_MANIFEST, public=True)).kept
+    future, past = time.time() + YEAR, time.time() - 3600
+    for (manifest, blobs), when in ((ahead, future), (pulled, past)):
+        digest = digest_of(manifest)
+        for path in (root / "manifests" / "by-digest").glob(f"*/*/*/{digest.hex}"):
+            os.utime(path, (when, when))
+        for blob in blobs:
+            os.utime(root / "blobs" / "sha256" / digest_of(blob).hex[:2] / digest_of(blob).hex,
+                     (when, when))  # fmt: skip
+    total = sum(len(blob) for _, blobs in (ahead, pulled) for blob in blobs)
+    restarted = open_cache(root, max_size=total - 1, tag_ttl=300)  # room for one image only
+    await restarted.blobs.indexed()
+    await restarted.manifests.loaded()
+    assert await restarted.manifests.get(repo, digest_of(pulled[0])) is not None  # pulled now
+    await restarted.blobs.gc()
+    assert await restarted.manifests.get(repo, digest_of(pulled[0]), pulled=False) is not None
+    assert await restarted.manifests.get(repo, digest_of(ahead[0]), pulled=False) is None
+    assert all(restarted.blobs.holds(digest_of(blob)) for blob in pulled[1])
