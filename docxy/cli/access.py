@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
-import stat
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docxy.cli.exits import EXIT_FAILED
 from docxy.cli.options import ConfigLoader, add_config_arguments
+from docxy.cli.owner import Owner
 
 if TYPE_CHECKING:
     from docxy.access.clientca import ClientCA
@@ -98,7 +95,7 @@ def run(args: argparse.Namespace, load: ConfigLoader) -> int:
     args.set = [*args.set, *args.set_after]  # before the action, then after it: the last wins
     config = load(args)  # a ConfigError is docxy's (main) to report
     where = config.auth.users_file.parent if args.group == "users" else config.auth.dir
-    owner = _Owner.of(where)
+    owner = Owner.of(where)
     try:
         if args.group == "users":
             owner.hand_over(where, [config.auth.users_file.name])
@@ -119,105 +116,6 @@ def run(args: argparse.Namespace, load: ConfigLoader) -> int:
         return EXIT_FAILED
 
 
-class _Owner:
-    """Root acting as the owner of the directory the files go in (its nearest existing one:
-    ``auth.dir`` is made on first use), through the effective uid and gid alone, so that what
-    it writes (and the directories and locks it makes) is that user's from the start. Anyone
-    else, or a directory of root's, acts as themselves."""
-
-    def __init__(self, uid: int, gid: int, path: Path) -> None:
-        self.uid, self.gid, self.path = uid, gid, path
-        self.acted = False  # switched to the owner at least once (an error then says so)
-
-    @classmethod
-    def of(cls, directory: Path) -> _Owner:
-        if os.geteuid() != 0:
-            return cls(0, 0, directory)
-        found = [(path, os.stat(path)) for path in (directory, *directory.parents) if path.exists()]
-        if not found:
-            return cls(0, 0, directory)
-        (path, st), *up = found
-        if st.st_uid == 0 and path == directory and up and up[0][1].st_uid != 0:
-            # made by a root run before this owner was kept, in a directory of the mirror's
-            path, st = up[0]
-        return cls(st.st_uid, st.st_gid, path)
-
-    def hand_over(self, directory: Path, names: list[str]) -> None:
-        """Give the owner what a root run made here before it was kept: `directory` and these
-        files in it, where they are root's (the mirror could not read them)."""
-        if not self.switches:
-            return
-        for path in (directory, *(directory / name for name in names)):
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            kind = stat.S_ISDIR if path == directory else stat.S_ISREG  # lstat's: no link
-            if st.st_uid == 0 and kind(st.st_mode):
-                try:
-                    # Not through a link: the directory is the mirror user's, who could swap
-                    # the file for a link to one of root's between the lstat and this.
-                    os.chown(path, self.uid, self.gid, follow_symlinks=False)
-                except OSError as exc:  # a root without CAP_CHOWN: the mirror still cannot read it
-                    print(
-                        f"docxy: {path} is root's and could not be handed over "
-                        f"({exc.strerror or exc}): chown {self.uid}:{self.gid} it",
-                        file=sys.stderr,
-                    )
-                    continue
-                print(f"docxy: {path} was root's: now uid {self.uid}'s", file=sys.stderr)
-
-    @property
-    def switches(self) -> bool:
-        return os.getuid() == 0 and self.uid != 0
-
-    @property
-    def note(self) -> str:
-        if not self.acted:
-            return ""
-        return f" (run as root, written as the owner of {self.path}, uid {self.uid})"
-
-    @contextmanager
-    def acting(self) -> Iterator[None]:
-        if not self.switches:
-            yield
-            return
-        groups, egid = os.getgroups(), os.getegid()
-        try:
-            os.setgroups([self.gid])
-            os.setegid(self.gid)
-            os.seteuid(self.uid)
-        except PermissionError:  # a root without CAP_SETUID/CAP_SETGID (cap_drop)
-            with suppress(OSError):  # as it was, as far as it changed
-                os.setegid(egid)
-                os.setgroups(groups)
-            raise PermissionError(
-                f"cannot act as uid {self.uid}, the owner of {self.path} (this root may not "
-                f"change its uid): run it as that user (docker exec -u {self.uid}:{self.gid})"
-            ) from None
-        self.acted = True
-        try:
-            yield
-        finally:
-            os.seteuid(0)
-            os.setegid(egid)
-            os.setgroups(groups)
-
-    @contextmanager
-    def invoker(self) -> Iterator[None]:
-        """Root again inside :meth:`acting` (a client's kit goes where root asked for it)."""
-        if not self.switches:
-            yield
-            return
-        os.seteuid(0)
-        os.setegid(0)
-        try:
-            yield
-        finally:
-            os.setegid(self.gid)
-            os.seteuid(self.uid)
-
-
 def _users(args: argparse.Namespace, users: UsersFile) -> int:
     if args.action == "list":
         for name in users.names():
@@ -234,7 +132,7 @@ def _users(args: argparse.Namespace, users: UsersFile) -> int:
     return 0
 
 
-def _clients(args: argparse.Namespace, ca: ClientCA, owner: _Owner) -> int:
+def _clients(args: argparse.Namespace, ca: ClientCA, owner: Owner) -> int:
     if args.action == "list":
         for entry in sorted(ca.entries().values(), key=lambda e: e.name):
             print(f"{entry.name}\tserial {entry.serial}\tvalid until {entry.not_after}")

@@ -41,6 +41,7 @@ from docxy.cache.images import ImageKey, below
 from docxy.cache.visibility import upstream_key
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, cancelled_by_signals, exit_code
 from docxy.cli.options import ConfigLoader, add_config_arguments
+from docxy.cli.owner import Owner
 from docxy.config import Config
 from docxy.core.digests import ALGORITHMS
 from docxy.core.errors import ConfigError
@@ -567,6 +568,21 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"docxy cache: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # Run as root (`docker exec -u 0 <container> docxy cache gc`), it acts as the owner of the
+    # cache directory, the mirror's user: a directory it made (tmp/, where a cache had none
+    # yet) was root's, and the mirror could write no blob there.
+    owner = Owner.of(config.cache.dir)
+    try:
+        with owner.acting():
+            return _run(args, config, image, out)
+    except PermissionError as exc:  # a root that may not change its uid (cap_drop): says how
+        if owner.acted:
+            raise
+        print(f"docxy cache {args.cache_command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, config: Config, image: ImageRef | None, out: TextIO) -> int:
     directory = config.cache.dir
     try:
         cache = open_configured(config, admin=True)  # as the mirror opens it
