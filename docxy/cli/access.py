@@ -3,7 +3,8 @@
     docxy users add NAME [--password-stdin]    add or change a user (password prompted)
     docxy users rm NAME                        remove a user; their tokens stop working
     docxy users list
-    docxy clients add NAME --out DIR           a client certificate: client.cert, client.key, ca.crt
+    docxy clients add NAME [--out DIR]         a client certificate: client.cert, client.key, ca.crt
+                                               (in auth.dir/kits/NAME without --out)
     docxy clients rm NAME                      revoke it
     docxy clients list
     docxy tokens rotate                        a new signing key; the old one verifies for the grace
@@ -25,6 +26,9 @@ from typing import TYPE_CHECKING
 from docxy.cli.exits import EXIT_FAILED
 from docxy.cli.options import ConfigLoader, add_config_arguments
 from docxy.cli.owner import Owner
+
+#: Where ``docxy clients add NAME`` puts the kit without ``--out``: ``auth.dir/kits/NAME``.
+KITS = "kits"
 
 if TYPE_CHECKING:
     from docxy.access.clientca import ClientCA
@@ -58,7 +62,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     clients = command("clients", "client certificates from the mirror's own CA")
     issue = clients.add_parser("add", parents=[after], help="issue a client certificate")
     issue.add_argument("name")
-    issue.add_argument("--out", type=Path, required=True, help="directory for the files")
+    issue.add_argument(
+        "--out",
+        type=Path,
+        help=f"directory for the files (default: auth.dir/{KITS}/NAME, the mirror's volume)",
+    )
     revoke = clients.add_parser("rm", parents=[after], help="revoke a client's certificate")
     revoke.add_argument("name")
     clients.add_parser("list", parents=[after], help="list the clients")
@@ -143,8 +151,11 @@ def _clients(args: argparse.Namespace, ca: ClientCA, owner: Owner) -> int:
             return EXIT_FAILED
         print(f"revoked {args.name}")
         return 0
-    entry = ca.issue(args.name, args.out, kit_as=owner.invoker)
-    print(
-        f"issued {entry.name} (serial {entry.serial}): {args.out}/client.cert, client.key, ca.crt"
-    )
+    if args.out is None:  # beside the CA, as its owner (in the image: the certs volume)
+        out = ca.dir / KITS / args.name
+        entry = ca.issue(args.name, out)
+    else:  # where the one who runs it asked, as them
+        out = args.out
+        entry = ca.issue(args.name, out, kit_as=owner.invoker)
+    print(f"issued {entry.name} (serial {entry.serial}): {out}/client.cert, client.key, ca.crt")
     return 0

@@ -1,5 +1,5 @@
-"""The appliance as an operator uses it after `docker compose up -d`: the cache CLI run there
-as root.
+"""The appliance as an operator uses it after `docker compose up -d`: a client kit made inside
+the container, and the cache CLI run there as root.
 
 The tests run the CLI as root over volumes the image's user (999) owns, as `docker exec -u 0`
 does.
@@ -19,6 +19,26 @@ from tests.unit.test_cachecli import _populate
 from tests.unit.test_review_appliance import MIRROR_GID, MIRROR_UID, owners, volume
 
 __all__ = ["volume"]  # the fixture, taken from the review that made it
+
+# --- (1) a client kit made inside the container ---------------------------------------------
+
+
+def test_a_kit_without_out_lands_in_auth_dir_as_its_owners(
+    volume: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`docker compose exec docxy docxy clients add ci-runner --out ./kit`, the README's line,
+    wrote nothing (the container's working directory is `/`, which its user may not write),
+    and `--out` was required. Without it the kit now goes to `auth.dir/kits/NAME`, on the
+    certs volume in the image, written as the owner of `auth.dir` also when root runs it."""
+    assert main(["clients", "add", "ci-runner"]) == 0
+    assert os.geteuid() == 0 and os.getegid() == 0
+    kit = volume / "access" / "kits" / "ci-runner"
+    assert {p.name for p in kit.iterdir()} == {"client.cert", "client.key", "ca.crt"}
+    assert str(kit) in capsys.readouterr().out
+    theirs = {name: ids for name, ids in owners(volume).items() if ids != (MIRROR_UID, MIRROR_GID)}
+    assert theirs == {}
+    assert (kit / "client.key").stat().st_mode & 0o077 == 0
+
 
 # --- (2) the cache CLI run as root -------------------------------------------------------------
 
