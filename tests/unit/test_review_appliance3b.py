@@ -1,5 +1,5 @@
 """The appliance as an operator uses it after `docker compose up -d`: a client kit made inside
-the container, and the cache CLI run there as root.
+the container, the cache CLI run there as root, and the admin port compose publishes.
 
 The tests run the CLI as root over volumes the image's user (999) owns, as `docker exec -u 0`
 does.
@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from docxy.cli.main import main
+from tests.scriptbox import REPO
+from tests.unavailable import need_binary
 from tests.unit.test_cachecli import _populate
 from tests.unit.test_review_appliance import MIRROR_GID, MIRROR_UID, owners, volume
 
@@ -77,3 +81,42 @@ def test_root_run_cache_commands_leave_the_cache_its_owners(
     assert (cache / "tmp").is_dir() or command[0] == "rm"
     theirs = {name: ids for name, ids in owners(cache).items() if ids != (MIRROR_UID, MIRROR_GID)}
     assert theirs == {}
+
+
+# --- (3) the admin port compose publishes ----------------------------------------------------
+
+
+def compose_config(tmp_path: Path, env_text: str) -> str:
+    """`docker-compose config` (bookworm's 1.29) of compose.yaml with `env_text` as .env."""
+    need_binary("docker-compose")
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "compose.yaml", project / "compose.yaml")
+    (project / ".env").write_text(env_text)
+    return subprocess.run(
+        ["docker-compose", "--project-directory", str(project), "-f", "compose.yaml", "config"],
+        cwd=project, capture_output=True, text=True, timeout=60, check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")},
+    ).stdout  # fmt: skip
+
+
+def test_compose_and_the_readme_agree_on_the_admin_port(tmp_path: Path) -> None:
+    """compose.yaml publishes the container's port 9180, the port of the admin listener it
+    sets; a DOCXY_SERVER_ADMIN_LISTEN on another port in .env left that published port
+    reaching nothing, and neither the README nor .env.example said which variable moves what.
+    They say it now: DOCXY_ADMIN_PORT moves the host's side, the container's stays."""
+    env = "DOCXY_SERVER_PUBLIC_URL=http://mirror.test\nDOCXY_ADMIN_PORT=9999\n"
+    shown = compose_config(tmp_path, env)
+    listen = re.search(r"^ +DOCXY_SERVER_ADMIN_LISTEN: '?(\S+?):(\d+)'?$", shown, re.M)
+    assert listen is not None, shown
+    address, port = listen.groups()
+    # the host's loopback, DOCXY_ADMIN_PORT, to the port the listener is on in the container
+    assert f"- 127.0.0.1:9999:{port}/tcp" in shown, shown
+    readme = " ".join((REPO / "README.md").read_text().split())
+    said = (
+        f"`DOCXY_ADMIN_PORT` moves the host's side; the container's stays `{port}`, the port "
+        f"of the `DOCXY_SERVER_ADMIN_LISTEN` compose.yaml sets (`{address}:{port}`)"
+    )
+    assert said in readme
+    example = " ".join((REPO / ".env.example").read_text().replace("#", "").split())
+    assert f"DOCXY_SERVER_ADMIN_LISTEN in this file keeps port {port}" in example
