@@ -11,19 +11,15 @@ T = TypeVar("T")
 
 
 class RecordingServer(socketserver.ThreadingTCPServer, Generic[T]):
-    """A threading TCP server on 127.0.0.1 or ``host``, on ``port`` (0: any free one), with a
-    record list."""
+    """A threading TCP server on 127.0.0.1 or ``host`` (any free port), with a record list."""
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(
-        self,
-        handler: type[socketserver.BaseRequestHandler],
-        host: str = "127.0.0.1",
-        port: int = 0,
+        self, handler: type[socketserver.BaseRequestHandler], host: str = "127.0.0.1"
     ) -> None:
-        super().__init__((host, port), handler)
+        super().__init__((host, 0), handler)
         self._lock = threading.Lock()
         self._records: list[T] = []
 

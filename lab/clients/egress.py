@@ -36,16 +36,15 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class _Server(RecordingServer[str]):
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(_Handler, host, port)
+    def __init__(self) -> None:
+        super().__init__(_Handler)
 
 
 class EgressGuard(Background[_Server]):
-    """Context manager: a refusing proxy on 127.0.0.1 (or `host`, on `port`: 0 for any free
-    one); `attempts` lists what reached it."""
+    """Context manager: a refusing proxy on 127.0.0.1; `attempts` lists what reached it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(_Server(host, port))
+    def __init__(self) -> None:
+        super().__init__(_Server())
 
     @property
     def attempts(self) -> list[str]:

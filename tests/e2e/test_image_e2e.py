@@ -357,6 +357,40 @@ def test_pull_through_the_container_then_from_its_cache_volume_after_restart(
             appliance.daemon.docker("volume", "rm", volume)
 
 
+# --- the CLI inside the container ------------------------------------------------------------
+
+
+def test_kits_made_inside_and_roots_cache_gc_leave_the_volumes_the_mirrors(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    """In the container as `docker compose up -d` starts it (a closed upstream: nothing is
+    pulled): `docxy clients add NAME` with no `--out`, as the mirror's user and as root, writes
+    the kit on the certs volume (auth.dir/kits/NAME), which `docker cp` copies out; root's
+    `docxy cache gc` on a cache whose tmp/ is not made yet, and root's `clients add`, leave
+    nothing in either volume that is not the mirror user's (a root-owned cache/tmp stopped
+    every fill; `clients add` without `--out` wrote to / and failed for the mirror's user)."""
+    port = free_port()
+    with running_container(appliance.daemon, IMAGE, env=mirror_env(port, DEAD_UPSTREAM)) as box:
+        poll(lambda: health_answers(port), DEADLINE, "the mirror's /health\n" + box.report())
+        added = box.exec("docxy", "clients", "add", "ci-runner")
+        assert added.returncode == 0, added.stdout + added.stderr
+        kits = f"{STATE}/certs/access/kits"
+        assert f"{kits}/ci-runner" in added.stdout
+        docker = appliance.daemon.docker
+        as_root = docker("exec", "-u", "0", box.name, "docxy", "clients", "add", "ci")
+        assert as_root.returncode == 0, as_root.stderr
+        box.exec("rm", "-r", f"{STATE}/cache/tmp")  # a cache a root gc finds before the mirror
+        gc = docker("exec", "-u", "0", box.name, "docxy", "cache", "gc")
+        assert gc.returncode == 0, gc.stderr
+        copied = docker("cp", f"{box.name}:{kits}/ci-runner", str(tmp_path / "kit"))
+        assert copied.returncode == 0, copied.stderr
+        kit = {path.name for path in (tmp_path / "kit").iterdir()}
+        assert kit == {"client.cert", "client.key", "ca.crt"}
+        volumes = [f"{STATE}/cache", f"{STATE}/certs"]
+        others = box.exec("find", *volumes, "!", "-user", "docxy", "-o", "!", "-group", "docxy")
+        assert others.returncode == 0 and others.stdout == "", others.stdout + others.stderr
+
+
 # --- healthcheck and healing --------------------------------------------------------------------
 
 

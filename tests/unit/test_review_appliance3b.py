@@ -1,9 +1,9 @@
 """The appliance as an operator uses it after `docker compose up -d`: a client kit made inside
 the container, the cache CLI run there as root, and the admin port compose publishes.
 
-The unit tests run the CLI as root over volumes the image's user (999) owns, as `docker exec -u
-0` does; the image test builds the image for real in a private dockerd (as
-tests/e2e/test_image_e2e.py does) and runs it on 127.0.0.143, ports 8800-8899.
+The tests run the CLI as root over volumes the image's user (999) owns, as `docker exec -u 0`
+does; the same in the image itself is tests/e2e/test_image_e2e.py's
+`test_kits_made_inside_and_roots_cache_gc_leave_the_volumes_the_mirrors` (its one build).
 """
 
 from __future__ import annotations
@@ -12,22 +12,14 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from docxy.cli.main import main
-from lab.clients.baseimage import build_image, import_base
-from lab.clients.container import running_container
-from lab.clients.dockerd import Dockerd, running_dockerd
-from lab.clients.egress import EgressGuard
-from tests.e2e.waiting import poll
 from tests.scriptbox import REPO
-from tests.unavailable import DOCKER, need_binaries, need_binary
+from tests.unavailable import need_binary
 from tests.unit.test_cachecli import _populate
 from tests.unit.test_review_appliance import MIRROR_GID, MIRROR_UID, owners, volume
 
@@ -135,82 +127,3 @@ def test_compose_and_the_readme_agree_on_the_admin_port(tmp_path: Path) -> None:
     assert said in readme
     example = " ".join((REPO / ".env.example").read_text().replace("#", "").split())
     assert f"DOCXY_SERVER_ADMIN_LISTEN in this file keeps port {port}" in example
-
-
-# --- the image, built for real -----------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` ports of PORTS that bind on HOST now (this review's range, no other)."""
-    found = []
-    for port in PORTS:  # bounded: 100 tries
-        with socket.socket() as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise AssertionError(f"fewer than {count} free ports on {HOST} in {PORTS}")
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Dockerd]:
-    """A private dockerd holding this checkout's image; its mirror and egress guard on HOST."""
-    need_binaries(*DOCKER, "mmdebstrap")
-    guard, mirror = free_ports(2)
-    with (
-        EgressGuard(HOST, guard) as egress,
-        running_dockerd(mirror_url=f"http://{HOST}:{mirror}", egress_proxy=egress.url) as dockerd,
-    ):
-        build_image(dockerd, import_base(dockerd), IMAGE)
-        yield dockerd
-        assert egress.attempts == []
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@pytest.mark.e2e
-def test_in_the_image_kits_and_root_runs_leave_the_volumes_the_mirrors(
-    daemon: Dockerd, tmp_path: Path
-) -> None:
-    """In the container as `docker compose up -d` starts it (plain HTTP, here on HOST with host
-    networking and a closed upstream: nothing is pulled): `docxy clients add NAME` as the
-    mirror's user, and as root, writes the kit on the certs volume, which `docker cp` copies
-    out; root's `docxy cache gc` and `clients add` leave nothing in either volume that is not
-    the mirror user's."""
-    listen, closed = free_ports(2)
-    env = {
-        "DOCXY_SERVER_LISTEN": f"{HOST}:{listen}",
-        "DOCXY_SERVER_PUBLIC_URL": f"http://{HOST}:{listen}",
-        "DOCXY_UPSTREAM_REGISTRY": f"http://{HOST}:{closed}",
-        "DOCXY_SERVER_ADMIN_LISTEN": "",  # the image's 127.0.0.1:9180 is outside this range
-    }
-    with running_container(daemon, IMAGE, env=env) as container:
-        poll(lambda: answers(f"http://{HOST}:{listen}/health"), 120.0, "the mirror's /health")
-        added = container.exec("docxy", "clients", "add", "ci-runner")
-        assert added.returncode == 0, added.stdout + added.stderr
-        kits = f"{STATE}/certs/access/kits"
-        assert f"{kits}/ci-runner" in added.stdout
-        as_root = daemon.docker("exec", "-u", "0", container.name, "docxy", "clients", "add", "ci")
-        assert as_root.returncode == 0, as_root.stderr
-        # the cache's tmp/ as a cache a root gc finds before the mirror made it
-        container.exec("rm", "-r", f"{STATE}/cache/tmp")
-        gc = daemon.docker("exec", "-u", "0", container.name, "docxy", "cache", "gc")
-        assert gc.returncode == 0, gc.stderr
-        copied = daemon.docker("cp", f"{container.name}:{kits}/ci-runner", str(tmp_path / "kit"))
-        assert copied.returncode == 0, copied.stderr
-        assert {p.name for p in (tmp_path / "kit").iterdir()} == {
-            "client.cert", "client.key", "ca.crt"
-        }  # fmt: skip
-        volumes = [f"{STATE}/cache", f"{STATE}/certs"]
-        others = container.exec(
-            "find", *volumes, "!", "-user", "docxy", "-o", "!", "-group", "docxy"
-        )
-        assert others.returncode == 0 and others.stdout == "", others.stdout + others.stderr
