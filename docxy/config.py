@@ -13,6 +13,10 @@ A secret setting (:data:`SECRET_KEYS`) may instead name a file that holds it, in
 (:data:`SECRET_FILE_KEYS`), so that compose ``secrets:`` keep it out of ``docker inspect``.
 
 The renewer (``python -m scheduler``) reads the same table: its settings are ``[scheduler]``.
+Those and ``certs.email`` are the renewer's alone (:func:`renewer_only`): one that is wrong stops
+the renewer (``load_config(renewer=True)``), while the mirror and docxy's other commands load
+with its default and keep the refusal in :attr:`Config.renewer_errors`, for ``docxy serve`` to
+log and ``docxy certs obtain``/``renew`` (which run certbot with ``certs.email``) to refuse.
 """
 
 from __future__ import annotations
@@ -255,6 +259,19 @@ class Config:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     upstreams: tuple[NamedUpstreamConfig, ...] = ()  # more registries beside [upstream]
     shared: SharedConfig = SharedConfig()  # off
+    #: (key, one-line refusal) of each renewer-only setting (:func:`renewer_only`) that was
+    #: wrong and stands at its default here: the renewer refuses to start with it.
+    renewer_errors: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+
+def renewer_only(key: str) -> bool:
+    """Whether `key` is read by the renewer alone (``[scheduler]``, ``certs.email``): a bad
+    one stopped the mirror and every ``docxy`` command too, for a setting none of them uses."""
+    return key.startswith("scheduler.") or key == "certs.email"
+
+
+#: What ``docxy serve`` says of a renewer-only setting it set aside (:attr:`Config.renewer_errors`).
+RENEWER_REFUSES = "the renewer (python -m scheduler) refuses to start with it; the mirror goes on"
 
 
 # --- value parsers: each takes the raw value (str from env/flags, any TOML type) -------------
@@ -1052,8 +1069,11 @@ def env_name(key: str) -> str:
     return "DOCXY_" + key.replace(".", "_").upper()
 
 
-def _from_toml(path: Path) -> tuple[dict[str, tuple[object, str]], object | None]:
-    """The file's settings, and its ``upstreams`` list (``docxy.upstream.settings``) if any."""
+def _from_toml(
+    path: Path, deferred: list[tuple[str, str]] | None = None
+) -> tuple[dict[str, tuple[object, str]], object | None]:
+    """The file's settings, and its ``upstreams`` list (``docxy.upstream.settings``) if any.
+    An unknown renewer-only key goes to `deferred` when given (:func:`renewer_only`)."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -1071,12 +1091,15 @@ def _from_toml(path: Path) -> tuple[dict[str, tuple[object, str]], object | None
         for key, value in table.items():
             full = f"{section}.{key}"
             if key not in SETTINGS[section] and full not in SECRET_FILE_KEYS:
-                raise _unknown_key(full, f"file {path}")
+                _refuse(_unknown_key(full, f"file {path}"), full, deferred)
+                continue
             _put(found, full, value, f"file {path}")
     return found, upstreams
 
 
-def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
+def _from_env(
+    environ: Mapping[str, str], deferred: list[tuple[str, str]] | None = None
+) -> dict[str, tuple[object, str]]:
     found: dict[str, tuple[object, str]] = {}
     for alias, key in ENV_ALIASES.items():
         if alias in environ:
@@ -1093,8 +1116,9 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
             key = name[len(prefix) :].lower()
             full = f"{section}.{key}"
             if key not in keys and full not in SECRET_FILE_KEYS:
-                raise _unknown_key(full, f"env {name}")
-            _put(found, full, value, f"env {name}")
+                _refuse(_unknown_key(full, f"env {name}"), full, deferred)
+            else:
+                _put(found, full, value, f"env {name}")
             break
         else:
             raise ConfigError(
@@ -1104,16 +1128,28 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[object, str]]:
     return found
 
 
+def _refuse(error: ConfigError, key: str, deferred: list[tuple[str, str]] | None) -> None:
+    """Raise `error`, but for a renewer-only `key` when `deferred` collects those instead."""
+    if deferred is None or not renewer_only(key):
+        raise error
+    deferred.append((key, str(error)))
+
+
 def load_config(
     overrides: Mapping[str, object] | None = None,
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    renewer: bool = False,
 ) -> Config:
     """Build the config from defaults < TOML file < environment < ``overrides`` (CLI flags).
 
     ``overrides`` maps ``section.key`` to a raw value; its source is reported as ``flag``.
-    The TOML file is ``config_file``, else ``$DOCXY_CONFIG``, else none.
+    The TOML file is ``config_file``, else ``$DOCXY_CONFIG``, else none. A renewer-only
+    setting (:func:`renewer_only`) that is wrong stops the load for the `renewer`; otherwise
+    it stands at its default, its refusal in :attr:`Config.renewer_errors`.
     """
+    deferred: list[tuple[str, str]] | None = None if renewer else []
     environ = os.environ if environ is None else environ
     if config_file is None and environ.get("DOCXY_CONFIG"):
         config_file = Path(environ["DOCXY_CONFIG"])
@@ -1124,9 +1160,9 @@ def load_config(
     raw["cache.dir"] = (_default_cache_dir(environ), "default")
     file_upstreams = None
     if config_file is not None:
-        found, file_upstreams = _from_toml(config_file)
+        found, file_upstreams = _from_toml(config_file, deferred)
         raw.update(found)
-    raw.update(_from_env(environ))
+    raw.update(_from_env(environ, deferred))
     upstream_flags = {}
     flags: dict[str, tuple[object, str]] = {}
     for key, value in (overrides or {}).items():
@@ -1135,7 +1171,8 @@ def load_config(
             continue
         section, _, name = key.partition(".")
         if name not in SETTINGS.get(section, {}) and key not in SECRET_FILE_KEYS:
-            raise _unknown_key(key, "flag")
+            _refuse(_unknown_key(key, "flag"), key, deferred)
+            continue
         _put(flags, key, value, "flag")
     raw.update(flags)
 
@@ -1152,16 +1189,48 @@ def load_config(
             values[key] = parser(value)
         except ValueError as exc:
             shown = exc if key not in SECRET_KEYS or isinstance(exc, Unechoed) else "(hidden)"
-            raise ConfigError(f"{key}: {shown} ({source})") from None
+            _refuse(ConfigError(f"{key}: {shown} ({source})"), key, deferred)
+            values[key] = parser(SETTINGS[section][name][1])  # the renewer's alone: its default
+            raw[key] = (SETTINGS[section][name][1], "default")
+    _check_retries(values, {key: source for key, (_, source) in raw.items()}, raw, deferred)
     sources = {key: source for key, (_, source) in raw.items()}
     from docxy.upstream.settings import check_registry_hosts, load_upstreams  # on this module
 
     upstreams, upstream_sources = load_upstreams(
         file_upstreams, f"file {config_file}", environ, upstream_flags
     )
-    config = replace(_assemble(values, sources | upstream_sources), upstreams=upstreams)
+    config = replace(
+        _assemble(values, sources | upstream_sources),
+        upstreams=upstreams,
+        renewer_errors=tuple(deferred or ()),
+    )
     check_registry_hosts(config)
     return config
+
+
+def _check_retries(
+    values: dict[str, Any],
+    sources: Mapping[str, str],
+    raw: dict[str, tuple[object, str]],
+    deferred: list[tuple[str, str]] | None,
+) -> None:
+    """Refuse ``scheduler.retry_base`` above ``retry_max`` (for the mirror: both at their
+    defaults, the refusal deferred). The backoff waits ``min(retry_max, retry_base * 2**n)``:
+    such a base is never waited."""
+    base, most = values["scheduler.retry_base"], values["scheduler.retry_max"]
+    if base <= most:
+        return
+    error = ConfigError(
+        f"scheduler.retry_base: {shown('scheduler.retry_base', base)} seconds is above "
+        f"scheduler.retry_max, {shown('scheduler.retry_max', most)} "
+        f"({sources.get('scheduler.retry_max', 'default')}): the first retry's wait must "
+        f"not exceed the longest ({sources.get('scheduler.retry_base', 'default')})"
+    )
+    _refuse(error, "scheduler.retry_base", deferred)
+    for key in ("scheduler.retry_base", "scheduler.retry_max"):
+        section, _, name = key.partition(".")
+        values[key] = SETTINGS[section][name][0](SETTINGS[section][name][1])
+        raw[key] = (SETTINGS[section][name][1], "default")
 
 
 def _section(values: Mapping[str, Any], section: str) -> dict[str, Any]:
@@ -1271,16 +1340,7 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
             raise fail(
                 "shared.endpoint", f"needs the local cache, but cache.enabled is off ({where})"
             )
-    scheduler = SchedulerConfig(**_section(values, "scheduler"))
-    if scheduler.retry_base > scheduler.retry_max:
-        # The backoff waits min(retry_max, retry_base * 2**n): such a base is never waited.
-        raise fail(
-            "scheduler.retry_base",
-            f"{shown('scheduler.retry_base', scheduler.retry_base)} seconds is above "
-            f"scheduler.retry_max, {shown('scheduler.retry_max', scheduler.retry_max)} "
-            f"({sources.get('scheduler.retry_max', 'default')}): the first retry's wait must "
-            "not exceed the longest",
-        )
+    scheduler = SchedulerConfig(**_section(values, "scheduler"))  # retries: _check_retries
     return Config(
         shared=shared,
         auth=AuthConfig(**auth),

@@ -1,9 +1,10 @@
 """The renewer's settings: ``[scheduler]`` in the mirror's own settings table, plus its flags.
 
 ``scheduler.*`` is checked like every other setting (``docxy.config``: a mistyped
-``DOCXY_SCHEDULER_*`` variable or an out-of-range hour stops start-up, ``docxy serve
---show-config`` lists them). Domain, e-mail, webroot, certbot directory, CA bundle and the served
-cert/key paths come from ``[certs]`` and ``[tls]``, so the two processes cannot disagree.
+``DOCXY_SCHEDULER_*`` variable or an out-of-range hour stops the renewer's start-up; the mirror
+starts with its default and logs a warning; ``docxy serve --show-config`` lists them). Domain,
+e-mail, webroot, certbot directory, CA bundle and the served cert/key paths come from
+``[certs]`` and ``[tls]``, so the two processes cannot disagree.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         for name in FLAG_KEYS
         if getattr(args, name) is not None
     }
-    config = load_config(overrides, args.config, environ)
+    config = load_config(overrides, args.config, environ, renewer=True)
     if config.certs.config_dir is None:
         raise ConfigError("certs.config_dir: not set (env DOCXY_CERTS_CONFIG_DIR or [certs])")
     own = config.scheduler

@@ -15,14 +15,20 @@ from docxy.upstream.routing import Route, Upstreams
 BASE = {"server.listen": "127.0.0.1:8080"}
 
 
-def refused(env: dict[str, str], toml: str | None = None, tmp_path: Path | None = None) -> str:
+def refused(
+    env: dict[str, str],
+    toml: str | None = None,
+    tmp_path: Path | None = None,
+    *,
+    renewer: bool = False,
+) -> str:
     path = None
     if toml is not None:
         assert tmp_path is not None
         path = tmp_path / "docxy.toml"
         path.write_text(toml)
     with pytest.raises(ConfigError) as caught:
-        load_config(BASE, path, environ=env)
+        load_config(BASE, path, environ=env, renewer=renewer)
     return str(caught.value)
 
 
@@ -164,14 +170,15 @@ def test_a_whole_toml_float_is_a_size_in_bytes(tmp_path: Path) -> None:
 def test_a_retry_base_above_retry_max_is_refused_naming_both() -> None:
     """backoff() waits min(retry_max, retry_base * 2**n): a base above the cap was never
     waited, every retry waited retry_max, and nothing said so."""
-    message = refused({"DOCXY_SCHEDULER_RETRY_BASE": "7200", "DOCXY_SCHEDULER_RETRY_MAX": "600"})
+    env = {"DOCXY_SCHEDULER_RETRY_BASE": "7200", "DOCXY_SCHEDULER_RETRY_MAX": "600"}
+    message = refused(env, renewer=True)  # the renewer's settings: the mirror warns instead
     assert message.startswith("scheduler.retry_base: ")
     assert "(env DOCXY_SCHEDULER_RETRY_BASE)" in message
     assert "scheduler.retry_max" in message and "(env DOCXY_SCHEDULER_RETRY_MAX)" in message
 
 
 def test_a_retry_base_above_the_default_retry_max_names_the_default() -> None:
-    message = refused({"DOCXY_SCHEDULER_RETRY_BASE": "86400"})
+    message = refused({"DOCXY_SCHEDULER_RETRY_BASE": "86400"}, renewer=True)
     assert "scheduler.retry_max" in message and "(default)" in message
 
 
