@@ -516,6 +516,33 @@ def _opt_domain(value: object) -> str | None:
     return text
 
 
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def _opt_email(value: object) -> str | None:
+    """``certs.email``: the ACME account's contact, one address or several comma-separated
+    (as certbot's ``--email`` takes them): each a plain ``local@domain``, the domain a DNS name
+    with a dot. Taken as any text, a typo (``ops at example.com``, ``mailto:``, ``ops@host``)
+    was refused by certbot, or the CA, only when the renewer first obtained a certificate."""
+    text = _opt_str(value)
+    if text is None:
+        return None
+    for address in text.split(","):
+        local, at, domain = address.strip().rpartition("@")
+        if (
+            not at
+            or not _EMAIL_LOCAL.fullmatch(local)
+            or "." not in domain
+            or len(domain) > 253
+            or not _DNS_NAME.fullmatch(domain)
+        ):
+            raise ValueError(
+                f"expected an e-mail address such as ops@example.com (several: comma-separated), "
+                f"got {text!r}"
+            )
+    return text
+
+
 def _forwarded_header(value: object) -> str:
     text = _str(value).strip().lower()
     if text not in FORWARDED_HEADERS:
@@ -853,7 +880,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
     },
     "certs": {
         "domain": (_opt_domain, ""),
-        "email": (_opt_str, ""),
+        "email": (_opt_email, ""),
         "acme_server": (_opt_url, ""),
         "ca_bundle": (_opt_path, ""),
         "webroot": (_opt_path, ""),

@@ -415,6 +415,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         )  # shown either way; a script sees the failure
     from docxy.tls.lineage import Lineage  # which imports this module
 
+    for setting, refusal in config.renewer_errors:  # certbot is told certs.email, as the renewer
+        if setting.startswith("certs."):
+            raise ConfigError(refusal)
     lineage = Lineage.of(certs, staging=getattr(args, "staging", False))
     if lineage.staging and lineage.acme_server:
         raise ConfigError("give either an ACME server (certs.acme_server) or --staging, not both")

@@ -110,7 +110,6 @@ def test_docxy_cache_ls_runs_with_a_bad_scheduler_setting(
 # --- 2. certs.email: checked at load, not by certbot at the first issuance --------------------
 
 
-@pytest.mark.xfail(strict=True, reason="certs.email is not checked")
 @pytest.mark.parametrize(
     "email",
     ["ops at example.com", "mailto:ops@example.com", "ops@localhost", "ops@@example.com", "ops@"],
@@ -124,7 +123,6 @@ def test_a_malformed_certs_email_stops_the_renewer(
         scheduler_settings.load([])
 
 
-@pytest.mark.xfail(strict=True, reason="certs.email is not checked")
 def test_a_malformed_certs_email_is_a_warning_for_the_mirror() -> None:
     config = load_config(BASE, None, {"DOCXY_CERTS_EMAIL": "ops at example.com"})
     assert config.certs.email is None
@@ -141,7 +139,6 @@ def test_a_certs_email_certbot_takes_is_taken(email: str) -> None:
     assert getattr(config, "renewer_errors", ()) == ()
 
 
-@pytest.mark.xfail(strict=True, reason="certs.email is not checked")
 def test_docxy_certs_obtain_refuses_a_malformed_email(
     clean_env: None,
     monkeypatch: pytest.MonkeyPatch,
