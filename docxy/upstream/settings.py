@@ -112,7 +112,9 @@ def parse_name(value: object) -> str:
 def parse_hosts(value: object) -> tuple[str, ...]:
     """An upstream's ``hosts``: a TOML list, or comma-separated (env, flags), where an empty
     item is skipped as in every such list, so an empty value is no hosts: it clears a lower
-    layer's (``DOCXY_UPSTREAMS_GHCR_IO_HOSTS=``). An empty item in a TOML list is refused."""
+    layer's (``DOCXY_UPSTREAMS_GHCR_IO_HOSTS=``). An empty item in a TOML list is refused.
+    A name's fully qualified spelling, ``ghcr.mirror.lan.``, is the name (kept without its dot),
+    as a request's ``Host: ghcr.mirror.lan.`` is (``docxy.core.hosts.host_key``)."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
         raise ValueError(f"expected a list of host names, got {value!r}")
@@ -121,6 +123,9 @@ def parse_hosts(value: object) -> tuple[str, ...]:
         text = item.strip().lower() if isinstance(item, str) else ""
         if text == "" and isinstance(value, str):
             continue
+        name, colon, port_text = text.partition(":")
+        if name.endswith(".") and not name.startswith("["):  # one dot only: m.lan.. stays wrong
+            text = name[:-1] + colon + port_text
         port = text.rpartition("]")[2].partition(":")[2]
         if not _HOST.fullmatch(text) or (port and not 0 < int(port) < 65536):
             shown = redacted(item) if isinstance(item, str) else item
