@@ -1102,10 +1102,20 @@ def _from_toml(
     """The file's settings, and its ``upstreams`` list (``docxy.upstream.settings``) if any.
     An unknown renewer-only key goes to `deferred` when given (:func:`renewer_only`)."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        content = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from exc
+    try:
+        # A UTF-8 BOM (Notepad's "UTF-8 with BOM") is no text: tomllib read it as a statement.
+        text = content.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError as exc:  # tomllib let it out: a traceback, not a config error
+        line = content[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (TOML is UTF-8): a byte of another encoding "
+            f"at line {line} (saved as Latin-1 or UTF-16?)"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
     found: dict[str, tuple[object, str]] = {}

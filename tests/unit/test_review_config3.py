@@ -192,7 +192,6 @@ def test_an_empty_label_in_a_hosts_entry_is_still_refused(bad: str) -> None:
 # --- 4. a TOML file that is not UTF-8, or starts with a BOM ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="UnicodeDecodeError escapes load_config")
 @pytest.mark.parametrize(
     "data",
     [
@@ -209,7 +208,6 @@ def test_a_toml_file_not_in_utf8_is_a_config_error(tmp_path: Path, data: bytes) 
     assert message.startswith(f"config file {path}: not UTF-8"), message
 
 
-@pytest.mark.xfail(strict=True, reason="UnicodeDecodeError escapes load_config")
 def test_a_toml_file_not_in_utf8_exits_2_with_one_line(
     clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -220,7 +218,6 @@ def test_a_toml_file_not_in_utf8_exits_2_with_one_line(
     assert err.startswith("docxy: config error: config file") and err.count("\n") == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="tomllib refuses a BOM")
 def test_a_toml_file_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
     """Windows Notepad (before 2019) saved UTF-8 with a BOM: tomllib's "Invalid statement (at
     line 1, column 1)" named nothing the user could see in the file."""
