@@ -966,13 +966,14 @@ def _read_at_most(path: Path, limit: int) -> bytes:
 
 def read_secret_file(path: Path) -> str:
     """The secret in `path`: its UTF-8 text, trailing newlines stripped (``echo pw > file`` adds
-    one, an editor on Windows ``\\r\\n``). ``ValueError`` naming `path`, and never what is in
-    it, if there is none to read."""
+    one, an editor on Windows ``\\r\\n``), a leading byte order mark too (Notepad's "UTF-8 with
+    BOM": it was the secret's first character, a login refused at the first pull).
+    ``ValueError`` naming `path`, and never what is in it, if there is none to read."""
     data = _read_at_most(path, SECRET_FILE_MAX)
     if len(data) > SECRET_FILE_MAX:
         raise ValueError(f"{path} is over {SECRET_FILE_MAX // 1024} KiB: not a secret's file")
     try:
-        text = data.decode("utf-8")
+        text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text") from None
     text = text.rstrip("\r\n")

@@ -227,3 +227,33 @@ def test_a_toml_file_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
     assert str(config.server.listen) == "127.0.0.173:8201"
     rows = {key: source for key, _, source in describe(config)}
     assert rows["server.listen"] == f"file {path}"
+
+
+# --- 5. a secret's file saved with a UTF-8 BOM -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "password_of"),
+    [
+        ({"upstream.username": "u", "upstream.password_file": "{file}"}, "upstream"),
+        (
+            {
+                "upstreams": "ghcr.io",
+                "upstreams.ghcr.io.username": "u",
+                "upstreams.ghcr.io.password_file": "{file}",
+            },
+            "ghcr.io",
+        ),
+    ],
+)
+def test_a_secret_file_saved_with_a_bom_holds_the_secret_alone(
+    tmp_path: Path, flags: dict[str, str], password_of: str
+) -> None:
+    """Notepad's "UTF-8 with BOM": the mark was read as the password's first character, a
+    login the upstream refused at the first pull, with nothing at start-up to say why."""
+    secret = tmp_path / "password"
+    secret.write_bytes(b"\xef\xbb\xbfhunter2 is long\r\n")
+    given = {key: value.format(file=secret) for key, value in flags.items()}
+    config = load_config(BASE | given, None, {})
+    upstream = config.upstream if password_of == "upstream" else config.upstreams[0]
+    assert upstream.password == "hunter2 is long"
