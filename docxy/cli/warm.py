@@ -677,6 +677,15 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str] | None:
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise ValueError("--password-stdin: no password on standard input")
+    try:
+        args.username.encode()  # from the command line, in another encoding: the same refusal
+        password.encode()
+    except UnicodeEncodeError:  # its message holds a character of the password and its place
+        raise ValueError(
+            "--username/--password-stdin: the login is not UTF-8 text (typed or piped in "
+            "another encoding, such as Latin-1?): the mirror takes a login as UTF-8, so it "
+            "could never match"
+        ) from None
     return args.username, password
 
 
