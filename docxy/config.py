@@ -602,12 +602,19 @@ def redacted(text: str) -> str:
     """``text`` with any ``user:password@`` userinfo hidden, for error messages: all from the
     scheme (and its slashes, if any) up to the last ``@``. A password may hold a ``#``, ``/``,
     ``?`` or a space, and a mistyped URL may lack the ``//`` (``https:alice:pw@host``): the
-    URL is wrong then, and the message must still not show it."""
-    if "@" not in text:
-        return text
-    head, _, tail = text.rpartition("@")
-    scheme = re.match(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/*", head)
-    return f"{scheme.group() if scheme else ''}(credentials hidden)@{tail}"
+    URL is wrong then, and the message must still not show it. A query or fragment is hidden
+    too (from its ``?`` or ``#`` on): a token service's link with the account in it, a
+    presigned URL's ``X-Amz-Signature``, an ``#access_token=`` are credentials as well."""
+    if "@" in text:
+        head, _, tail = text.rpartition("@")
+        scheme = re.match(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/*", head)
+        text = f"{scheme.group() if scheme else ''}(credentials hidden)@{tail}"
+    cut = re.search(r"[?#]", text)
+    return text if cut is None else f"{text[: cut.start() + 1]}({QUERY_HIDDEN})"
+
+
+#: What :func:`redacted` shows for a URL's query or fragment.
+QUERY_HIDDEN = "hidden"
 
 
 def parse_url(value: object) -> str:
