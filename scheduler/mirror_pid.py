@@ -36,10 +36,27 @@ def command_line(pid: int) -> list[str]:
     return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
 
 
+#: Bytes of a pidfile read: a pid and its newline, with room for spaces around it.
+PIDFILE_READ = 64
+
+
+def read_pid(pidfile: Path) -> int:
+    """The number in `pidfile` (spaces and a newline around it taken). ValueError naming
+    nothing of what the file holds if it holds no number: `scheduler.pidfile` set to another
+    file (a secret's, the .env) had up to 200 characters of it quoted by int(), and a byte
+    that is not UTF-8 by the decoder, in the log, the status file and /health."""
+    with pidfile.open("rb") as handle:
+        held = handle.read(PIDFILE_READ + 1)
+    text = held.strip()
+    if len(held) > PIDFILE_READ or not text.isdigit() or not text.isascii():
+        raise ValueError("not a process id (the file holds no number, and is not shown)")
+    return int(text)
+
+
 def signal_mirror(pidfile: Path, sig: signal.Signals = signal.SIGHUP) -> int:
     """Send `sig` to the mirror whose pid is in `pidfile`; its pid. StalePidfile if that pid is
     not the mirror (nothing is signalled); OSError or ValueError for an unreadable pidfile."""
-    pid = int(pidfile.read_text().strip())
+    pid = read_pid(pidfile)
     if pid <= 0:
         raise ValueError(f"not a process id: {pid}")  # kill(0 or -n) signals process groups
     if pid > PID_MAX:

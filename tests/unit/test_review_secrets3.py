@@ -8,12 +8,18 @@ named (127.0.0.176:8301): the paths refuse before any connection.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
 from docxy.cli.main import main
 from docxy.config import load_config
 from docxy.core.errors import ConfigError
+from scheduler import renewal
+from scheduler import settings as settings_mod
+from tests.unit.test_review_tls3 import renewer_env
+
+__all__ = ["renewer_env"]  # a fixture of this file's tests too
 
 NOWHERE = "http://127.0.0.176:8301"  # nothing listens there, nothing is sent there
 
@@ -77,3 +83,31 @@ def test_a_named_upstreams_url_with_a_query_is_refused_without_it() -> None:
     assert message.startswith("upstreams.ghcr.io.registry: URL must not carry a query"), message
     assert "QS-SECRET" not in message, message
     assert "https://ghcr.io/" in message, message
+
+
+# --- 3. the renewer's pidfile: what it holds when it holds no pid --------------------------------
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        b"DOCXY_UPSTREAM_PASSWORD=QS-SECRET\n",  # scheduler.pidfile set to another file
+        b"1234 QS-SECRET\n",
+        b"\xe9QS-SECRET\n",  # not even text: its byte and place were said
+    ],
+)
+def test_a_pidfile_holding_no_pid_is_reported_without_what_it_holds(
+    renewer_env: Path, tmp_path: Path, held: bytes
+) -> None:
+    """``scheduler.pidfile`` naming a file that holds no pid (a mistyped path: the .env, a
+    secret's file) failed the reload with int()'s words, "invalid literal for int() with base
+    10: 'DOCXY_UPSTREAM_PASSWORD=...'": up to 200 characters of that file, in the renewer's
+    log, its status file and /health's renewal.last_error, public in open mode. The reason
+    names the file and says it holds no pid, nothing of what it holds."""
+    pidfile = tmp_path / "docxy.pid"
+    pidfile.write_bytes(held)
+    with pytest.raises(renewal.ReloadError) as failed:
+        renewal.tell_mirror(settings_mod.load(["--pidfile", str(pidfile)]))
+    said = str(failed.value)
+    assert "QS-SECRET" not in said and "xe9" not in said and "position" not in said, said
+    assert str(pidfile) in said and "not a process id" in said, said
