@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import email.utils
 import hashlib
 import re
 import ssl
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -252,6 +254,13 @@ UNCACHED_BECAUSE = {
 #: Seconds warm waits for the mirror to keep a blob it sent on a miss: the last byte goes
 #: out once verified, before the blob is synced and committed (seconds for a big one).
 KEPT_WAIT = 30.0
+#: A ``429`` (the mirror's per-client ``limits.*``, or its token service's) is asked again after
+#: its ``Retry-After`` (a second if it names none), this many times at most per request; a wait
+#: longer than :data:`RETRY_WAIT_ONE`, or one that would take the run's waits past
+#: :data:`RETRY_WAIT_TOTAL` seconds, is not waited: the ``429`` is the answer then.
+RETRIES = 5
+RETRY_WAIT_ONE = 60.0
+RETRY_WAIT_TOTAL = 600.0
 
 
 def mirror_status(response: httpx.Response) -> dict[str, str] | None:
@@ -337,6 +346,34 @@ class Warmer:
         #: found in the cache once the image is read: :meth:`_confirm_kept`).
         self._fetched: set[str] = set()
         self._missed: list[Digest] = []
+        #: How warm waits out a ``429``'s ``Retry-After``, and what it waited so far in all.
+        self.sleep: Callable[[float], object] = time.sleep
+        self.waited = 0.0
+
+    @contextlib.contextmanager
+    def _ask(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> Iterator[httpx.Response]:
+        """``client.stream(method, path)``, asked again after a ``429``'s ``Retry-After``
+        (:data:`RETRIES`, :data:`RETRY_WAIT_ONE`, :data:`RETRY_WAIT_TOTAL`): the mirror's
+        per-client limits refuse a long list's requests for a second or so, not for good."""
+        for attempt in range(RETRIES + 1):
+            with self.client.stream(method, path, headers=headers) as response:
+                wait = None if attempt == RETRIES else self._retry_wait(response)
+                if wait is None:
+                    yield response
+                    return
+            self.sleep(wait)
+            self.waited += wait
+
+    def _retry_wait(self, response: httpx.Response) -> float | None:
+        """Seconds to wait before asking again after ``response``, or None: it is the answer."""
+        if response.status_code != 429:
+            return None
+        wait = retry_after_seconds(response.headers.get("retry-after"))
+        if wait > RETRY_WAIT_ONE or self.waited + wait > RETRY_WAIT_TOTAL:
+            return None
+        return wait
 
     def warm(self, image: ImageRef) -> Tally:
         """Fetch ``image``'s manifests and blobs; what it took is added to ``self.tally``.
@@ -370,7 +407,7 @@ class Warmer:
     def _manifest(self, name: str, ref: str, digest: Digest | None) -> tuple[bytes, str]:
         """Manifest ``ref``, checked against ``digest`` or the mirror's Docker-Content-Digest."""
         path = f"/v2/{name}/manifests/{ref}"
-        with self.client.stream("GET", path, headers={"Accept": ACCEPT}) as response:
+        with self._ask("GET", path, headers={"Accept": ACCEPT}) as response:
             _raise_for_status(response, path, self.client.auth, self.client_cert)
             self._note_uncached(mirror_status(response))
             buffer = bytearray()
@@ -423,7 +460,7 @@ class Warmer:
         path = f"/v2/{name}/blobs/{digest}"
         with (
             TransferProgress(self.progress, str(digest)[:19], descriptor.size) as progress,
-            self.client.stream("GET", path) as response,
+            self._ask("GET", path) as response,
         ):
             _raise_for_status(response, path, self.client.auth, self.client_cert)
             status = mirror_status(response)
@@ -469,8 +506,25 @@ class Warmer:
 
     def _kept(self, name: str, digest: Digest) -> bool:
         path = f"/v2/{name}/blobs/{digest}"
-        response = self.client.head(path)
-        return response.status_code == 200 and uncached_reason(response) is None
+        with self._ask("HEAD", path) as response:
+            return response.status_code == 200 and uncached_reason(response) is None
+
+
+def retry_after_seconds(value: str | None) -> float:
+    """A ``Retry-After`` (seconds, or an HTTP date) as seconds from now, at least 0; a second
+    when there is none or it is neither."""
+    if value is None:
+        return 1.0
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return 1.0
+    if when.tzinfo is None:
+        return 1.0
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _raise_for_status(
@@ -499,6 +553,12 @@ def _raise_for_status(
     if response.status_code == 404:
         raise WarmError(f"{path}: not found")
     response.read()
+    if response.status_code == 429:
+        raise WarmError(
+            f"{path}: the mirror answered 429 (its per-client limits, limits.*, or its token "
+            f"service's; Retry-After: {response.headers.get('retry-after', 'none')}), after "
+            f"waiting as long as warm waits: {response.text[:200]}"
+        )
     raise WarmError(f"{path}: the mirror answered {response.status_code}: {response.text[:200]}")
 
 
