@@ -6,8 +6,9 @@ operator moved it. A wildcard listener is asked on loopback: ``0.0.0.0`` at 127.
 ``IPV6_V6ONLY`` off itself, whatever ``net.ipv6.bindv6only`` says), and IPv4 loopback exists
 where IPv6 loopback may not (containers often run with ``net.ipv6.conf.lo.disable_ipv6=1``);
 an address that refuses the connection or cannot be used is followed by the other. Exit
-codes: 0 the mirror answered 200 (``ok`` or ``degraded``: it serves), 1 it did not answer or
-not with 200, 2 config error.
+codes: 0 the mirror answered 200 with its health report (``ok`` or ``degraded``: it serves),
+1 it did not answer, not with 200, or not with Docxy's report (another server on that port),
+2 config error.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def local_urls(listen: HostPort, path: str = "/health") -> list[str]:
 
 
 def probe(urls: list[str], timeout: float) -> tuple[bool, str]:
-    """(healthy, what to print): healthy when one of `urls` answers 200. The next URL is
-    tried only when one cannot be connected to; an answer, or a timeout, is the verdict."""
+    """(healthy, what to print): healthy when one of `urls` answers 200 with Docxy's health
+    report (:func:`_verdict`). The next URL is tried only when one cannot be connected to; an
+    answer, or a timeout, is the verdict."""
     import httpx  # here: the certificate renewer imports local_urls and stays small without it
 
     failed: list[str] = []
@@ -59,15 +61,26 @@ def probe(urls: list[str], timeout: float) -> tuple[bool, str]:
 
 
 def _verdict(url: str, response: httpx.Response) -> tuple[bool, str]:
+    """Healthy: a 200 whose body is Docxy's health report (a JSON object with a ``status`` and
+    a ``version``, as :func:`docxy.http.health.health` sends even to strangers). Another
+    server on that port (host networking, a listener moved onto a port something else holds,
+    while the mirror never bound it) answers 200 with anything: that is not the mirror up."""
     if response.status_code != 200:
         return False, f"{url}: HTTP {response.status_code}"
     try:
         document = response.json()
     except ValueError:
         document = None
-    # Another server on that port may answer 200 with anything: "?" then, not a traceback.
-    status = document.get("status", "?") if isinstance(document, dict) else "?"
-    return True, f"{url}: {status}"
+    if not (
+        isinstance(document, dict)
+        and isinstance(document.get("status"), str)
+        and isinstance(document.get("version"), str)
+    ):
+        return False, (
+            f"{url}: HTTP 200, but not Docxy's health report (another server on that port? "
+            "the mirror may not have started: see its log)"
+        )
+    return True, f"{url}: {document['status']}"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
