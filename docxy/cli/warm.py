@@ -229,6 +229,9 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
 
 #: The mirror's member of ``Cache-Status`` (``docxy.http.responses.CACHE_NAME``).
 MIRROR_CACHE = "docxy"
+#: Its parameter for a blob served while its commit still runs (``responses.COMMITTING``):
+#: every byte verified, not kept yet (a commit that fails leaves it uncached).
+COMMITTING = "committing"
 #: warm's own reason: a blob sent on a miss that a later HEAD does not find in the cache.
 NOT_KEPT = "not-kept"
 #: What each reason the mirror gives for passing content through uncached means to a user.
@@ -311,11 +314,11 @@ def _uncached_because(status: dict[str, str] | None) -> str | None:
 
 def _sent_on_a_miss(status: dict[str, str] | None) -> bool:
     """Whether the mirror's member (:func:`mirror_status`) says it sent the answer through
-    its cache from the upstream (or the bucket) just now: kept only if its download for the
-    cache ends well."""
-    if status is None or "hit" in status or status.get("stored") == "?0":
+    its cache from the upstream (or the bucket) just now, or from a download whose commit still
+    runs (``committing``): kept only if that download for the cache ends well."""
+    if status is None or status.get("stored") == "?0":
         return False
-    return status.get("fwd") == "miss"
+    return COMMITTING in status or ("hit" not in status and status.get("fwd") == "miss")
 
 
 def _uncached(counts: collections.Counter[str]) -> str:
@@ -489,7 +492,8 @@ class Warmer:
 
     def _confirm_kept(self, name: str) -> None:
         """Ask the mirror (``HEAD``) for each blob of the image it sent on a miss, until it has
-        it (a ``HEAD`` of a blob it does not have passes through, and says so) or up to
+        it (a ``HEAD`` of a blob it does not have passes through, and says so; one whose commit
+        still runs says ``committing``: the commit may yet fail) or up to
         :data:`KEPT_WAIT` seconds: one given up midway was sent whole, and is not cached."""
         pending = list(self._missed)
         deadline, delay = time.monotonic() + KEPT_WAIT, 0.05
@@ -507,7 +511,10 @@ class Warmer:
     def _kept(self, name: str, digest: Digest) -> bool:
         path = f"/v2/{name}/blobs/{digest}"
         with self._ask("HEAD", path) as response:
-            return response.status_code == 200 and uncached_reason(response) is None
+            status = mirror_status(response)
+            if status is not None and COMMITTING in status:
+                return False  # served from the verified temp file: the commit may yet fail
+            return response.status_code == 200 and _uncached_because(status) is None
 
 
 def retry_after_seconds(value: str | None) -> float:

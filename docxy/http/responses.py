@@ -112,16 +112,24 @@ _SOURCE_STATUS = {
 }
 
 
+#: The parameter of a blob served from its fill's verified temp file, its commit still running
+#: (:attr:`~docxy.pull.outcome.Served.committing`): not kept yet.
+COMMITTING = "committing"
+
+
 def cache_status(outcome: Outcome) -> str:
     """The mirror's ``Cache-Status`` member (RFC 9211) for ``outcome``: what the cache did,
     the access log's ``cache=``; a pass-through is ``fwd=bypass`` with its reason as the
     ``detail`` (``private``, ``cache-full``, ...: :class:`~docxy.pull.outcome.Reason`), and a
-    manifest fetched but not kept ``stored=?0`` with why (``cache-unwritable``, ``evicted``)."""
+    manifest fetched but not kept ``stored=?0`` with why (``cache-unwritable``, ``evicted``), and
+    a blob whose commit still runs ``committing``."""
     if isinstance(outcome, PassThrough):
         return f"{CACHE_NAME}; fwd=bypass; detail={outcome.reason.value}"
     said = f"{CACHE_NAME}; {_SOURCE_STATUS[outcome.source]}"
     if outcome.not_kept is not None:
         return f"{said}; stored=?0; detail={outcome.not_kept.value}"
+    if outcome.committing:
+        return f"{said}; {COMMITTING}"
     return said
 
 

@@ -122,7 +122,10 @@ class BlobService:
             except CacheUnreadable as exc:  # no descriptor left, EIO: the upstream serves it
                 return PassThrough(Reason.CACHE_UNREADABLE, str(exc))
             if pull.head or reader is not None:  # None: evicted since the lookup, a miss
-                return Served(held, BlobContent(digest, entry.size, reader, span))
+                # A fill's verified temp file while its commit runs: served, not yet kept.
+                committing = self.store.filling(digest)
+                content = BlobContent(digest, entry.size, reader, span)
+                return Served(held, content, committing=committing)
         if pull.head or pull.range:
             return PassThrough(Reason.NOT_CACHEABLE, "HEAD or Range of a blob not cached")
         if self.tokens.refused(pull.upstream, pull.name):

@@ -113,6 +113,10 @@ class Served:
     #: Fetched through the cache just now, and not kept: why (its disk refused the write, an
     #: eviction took it out meanwhile). None: kept, or not fetched just now.
     not_kept: Reason | None = None
+    #: A blob served from its fill's verified temp file while the commit (sync, rename) still
+    #: runs: every byte is there, but it is not kept until the commit ends well (one that fails
+    #: leaves it uncached). ``Cache-Status`` says ``committing``: ``docxy warm`` asks again.
+    committing: bool = False
 
     @property
     def kept(self) -> bool:

@@ -4,6 +4,8 @@ real ``docker-registry`` (``lab.registry``, ``lab.mirror``), both on 127.0.0.179
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from docxy.cache import parse_digest
 from docxy.cli.main import main
 from docxy.cli.warm import Warmer, WarmError, retry_after_seconds
 from docxy.core.names import parse_image_ref
@@ -19,7 +22,15 @@ from lab.bed.images import Pusher, build_image, text_layer
 from lab.health import health_server
 from lab.mirror import Mirror, launch_mirror, stop_mirror
 from lab.registry import RegistryProcess
+from tests.unit.asgi import AsgiAnswer, call_asgi
+from tests.unit.test_cache_blobs import HeldSync
+from tests.unit.test_fill_sync import AUTH as SYNC_AUTH
+from tests.unit.test_fill_sync import PATH as SYNC_PATH
+from tests.unit.test_fill_sync import SETTINGS as SYNC_SETTINGS
+from tests.unit.test_pull_blobs import BLOB, DIGEST, Upstream, mirror
+from tests.unit.test_pull_blobs import cached_blobs as sync_cached_blobs
 from tests.unit.test_warm import FakeRegistry, cached_blobs, warmer
+from tests.unit.test_warm import sha as sha256
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
 
@@ -235,3 +246,86 @@ def test_health_of_a_real_mirror_is_healthy(
     mirror_of.append(mirror)
     assert main(["health", "--listen", f"{HOST}:{mirror.port}"]) == 0
     assert capsys.readouterr().out == f"http://{HOST}:{mirror.port}/health: ok\n"
+
+
+# --- 2. a blob still syncing is not yet warm --------------------------------------------------
+
+
+@pytest.fixture
+def syncing(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldSync]:
+    """A fill's commit held in its sync (test_fill_sync's held_sync), released after the test."""
+    held = HeldSync(monkeypatch)
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+def warm_finds_kept(answer: AsgiAnswer, digest: str) -> bool:
+    """Whether warm's check (its ``HEAD`` after a blob sent on a miss) takes the mirror's
+    ``answer`` to that HEAD for the blob kept."""
+    said = list(answer.headers.items())
+    client = httpx.Client(
+        base_url="http://mirror.test",
+        transport=httpx.MockTransport(lambda request: httpx.Response(answer.status, headers=said)),
+    )
+    with client:
+        return Warmer(client)._kept("team/app", parse_digest(digest))
+
+
+async def test_a_blob_whose_commit_then_fails_is_not_taken_for_warm(
+    tmp_path: Path, syncing: HeldSync
+) -> None:
+    """The last byte goes out once the blob is verified, before its commit syncs and renames
+    it in; a HEAD meanwhile is served from the verified temp file as ``Docxy; hit``. warm's
+    check of a blob sent on a miss took that for kept, and a commit that then failed (EIO on
+    the sync) left the image reported warm with the blob not in the cache: the next pull a
+    miss."""
+    async with mirror(tmp_path, Upstream(), **SYNC_SETTINGS) as app:
+        first = await call_asgi(app, "GET", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
+        assert (first.status, first.body == BLOB) == (200, True)
+        assert syncing.started.wait(5)  # verified, its commit's sync under way
+        head = await call_asgi(app, "HEAD", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
+        assert head.status == 200  # still answered from the temp file, upstream not asked
+        during = warm_finds_kept(head, DIGEST)
+        syncing.error = OSError(errno.EIO, "I/O error")
+        syncing.release()
+        await asyncio.sleep(0.2)
+        assert sync_cached_blobs(tmp_path) == []  # not kept
+        after = await call_asgi(app, "HEAD", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
+    assert not warm_finds_kept(after, DIGEST)
+    assert not during, head.headers.get("cache-status")
+
+
+async def test_a_blob_whose_commit_ends_well_is_kept_for_warm(
+    tmp_path: Path, syncing: HeldSync
+) -> None:
+    async with mirror(tmp_path, Upstream(), **SYNC_SETTINGS) as app:
+        first = await call_asgi(app, "GET", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
+        assert first.status == 200 and syncing.started.wait(5)
+        syncing.release()
+        for _ in range(100):  # bounded: 5 s
+            if sync_cached_blobs(tmp_path):
+                break
+            await asyncio.sleep(0.05)
+        head = await call_asgi(app, "HEAD", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
+    assert warm_finds_kept(head, DIGEST), head.headers.get("cache-status")
+
+
+def test_a_blob_got_while_its_commit_runs_is_asked_for_until_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GET another client's fill answers from its verified temp file says ``Docxy; hit;
+    committing``: warm asks again (HEAD) until a plain hit; one that stays committing past
+    KEPT_WAIT is not kept."""
+    monkeypatch.setattr("docxy.cli.warm.KEPT_WAIT", 0.5)
+    registry = FakeRegistry()
+    registry.add_image("library/app", "1", [b"late", b"stuck"])
+    for layer in (b"late", b"stuck"):
+        registry.cache_status[sha256(layer)] = "Docxy; hit; committing"
+    registry.head_status[sha256(b"late")] = ["Docxy; hit; committing", "Docxy; hit"]
+    registry.head_status[sha256(b"stuck")] = ["Docxy; hit; committing"]
+    warm, _ = warmer(registry)
+    with pytest.raises(WarmError, match="1 not cached: the mirror sent it but did not keep it"):
+        warm.warm(parse_image_ref("app:1"))
+    assert registry.heads.count(sha256(b"late")) == 2
