@@ -257,6 +257,9 @@ UNCACHED_BECAUSE = {
 #: Seconds warm waits for the mirror to keep a blob it sent on a miss: the last byte goes
 #: out once verified, before the blob is synced and committed (seconds for a big one).
 KEPT_WAIT = 30.0
+#: Seconds warm waits in all for a blob the mirror says it is still committing (synced and
+#: renamed in: a big one on a slow disk can take more than :data:`KEPT_WAIT`).
+COMMIT_WAIT = 300.0
 #: A ``429`` (the mirror's per-client ``limits.*``, or its token service's) is asked again after
 #: its ``Retry-After`` (a second if it names none), this many times at most per request; a wait
 #: longer than :data:`RETRY_WAIT_ONE`, or one that would take the run's waits past
@@ -492,28 +495,33 @@ class Warmer:
 
     def _confirm_kept(self, name: str) -> None:
         """Ask the mirror (``HEAD``) for each blob of the image it sent on a miss, until it has
-        it (a ``HEAD`` of a blob it does not have passes through, and says so; one whose commit
-        still runs says ``committing``: the commit may yet fail) or up to
-        :data:`KEPT_WAIT` seconds: one given up midway was sent whole, and is not cached."""
+        it (a ``HEAD`` of a blob it does not have passes through, and says so) or up to
+        :data:`KEPT_WAIT` seconds: one given up midway was sent whole, and is not cached. One
+        whose commit still runs (``committing``: the commit may yet fail) is waited for up to
+        :data:`COMMIT_WAIT` seconds: the sync of a big blob on a slow disk takes that long."""
         pending = list(self._missed)
-        deadline, delay = time.monotonic() + KEPT_WAIT, 0.05
+        started, delay = time.monotonic(), 0.05
+        committing = False
         while pending:
-            found = {digest for digest in pending if self._kept(name, digest)}
-            self.tally.seen.update(str(digest) for digest in found)
-            pending = [digest for digest in pending if digest not in found]
-            if not pending or time.monotonic() >= deadline:
+            said = {digest: self._kept(name, digest) for digest in pending}
+            self.tally.seen.update(str(digest) for digest, kept in said.items() if kept)
+            pending = [digest for digest, kept in said.items() if not kept]
+            committing = committing or any(kept is None for kept in said.values())
+            waited = time.monotonic() - started
+            if not pending or waited >= (COMMIT_WAIT if committing else KEPT_WAIT):
                 break
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
         if pending:
             self.uncached[NOT_KEPT] += len(pending)
 
-    def _kept(self, name: str, digest: Digest) -> bool:
+    def _kept(self, name: str, digest: Digest) -> bool | None:
+        """Whether the mirror has ``digest`` kept; None: its commit still runs."""
         path = f"/v2/{name}/blobs/{digest}"
         with self._ask("HEAD", path) as response:
             status = mirror_status(response)
             if status is not None and COMMITTING in status:
-                return False  # served from the verified temp file: the commit may yet fail
+                return None  # served from the verified temp file: the commit may yet fail
             return response.status_code == 200 and _uncached_because(status) is None
 
 

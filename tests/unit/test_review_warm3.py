@@ -270,7 +270,7 @@ def warm_finds_kept(answer: AsgiAnswer, digest: str) -> bool:
         transport=httpx.MockTransport(lambda request: httpx.Response(answer.status, headers=said)),
     )
     with client:
-        return Warmer(client)._kept("team/app", parse_digest(digest))
+        return Warmer(client)._kept("team/app", parse_digest(digest)) is True
 
 
 async def test_a_blob_whose_commit_then_fails_is_not_taken_for_warm(
@@ -317,15 +317,17 @@ def test_a_blob_got_while_its_commit_runs_is_asked_for_until_kept(
 ) -> None:
     """A GET another client's fill answers from its verified temp file says ``Docxy; hit;
     committing``: warm asks again (HEAD) until a plain hit; one that stays committing past
-    KEPT_WAIT is not kept."""
-    monkeypatch.setattr("docxy.cli.warm.KEPT_WAIT", 0.5)
+    COMMIT_WAIT is not kept; one that commits after KEPT_WAIT but within COMMIT_WAIT is kept."""
+    monkeypatch.setattr("docxy.cli.warm.KEPT_WAIT", 0.1)
+    monkeypatch.setattr("docxy.cli.warm.COMMIT_WAIT", 1.0)
     registry = FakeRegistry()
     registry.add_image("library/app", "1", [b"late", b"stuck"])
     for layer in (b"late", b"stuck"):
         registry.cache_status[sha256(layer)] = "Docxy; hit; committing"
-    registry.head_status[sha256(b"late")] = ["Docxy; hit; committing", "Docxy; hit"]
+    # 0.05 + 0.1 + 0.2 s of waits: past KEPT_WAIT, within COMMIT_WAIT
+    registry.head_status[sha256(b"late")] = ["Docxy; hit; committing"] * 3 + ["Docxy; hit"]
     registry.head_status[sha256(b"stuck")] = ["Docxy; hit; committing"]
     warm, _ = warmer(registry)
     with pytest.raises(WarmError, match="1 not cached: the mirror sent it but did not keep it"):
         warm.warm(parse_image_ref("app:1"))
-    assert registry.heads.count(sha256(b"late")) == 2
+    assert registry.heads.count(sha256(b"late")) == 4
