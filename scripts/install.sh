@@ -723,6 +723,11 @@ render_env() {
 }
 
 ENV_CHANGED=0
+# Left beside .env from the moment it is rewritten until `compose up` has brought the mirror up
+# with it: a run stopped in between (a failed build, a Ctrl-C, an SSH drop) leaves the old
+# container running with the old settings, and the next run, finding .env already as asked,
+# must bring it up all the same, not call it "already running with these settings".
+UP_PENDING=".docxy-up-pending"
 
 write_env() {
   local new
@@ -762,6 +767,7 @@ write_env() {
   SCRATCH+=("$staged" "$new") # a failure before the rename leaves no copy (the password in it)
   cat -- "$new" >"$staged"
   rm -f -- "$new"
+  : >"$DIR/$UP_PENDING"
   chmod 600 -- "$staged"
   # Root writes it, but .env stays its owner's (a user's clone, run with sudo): the old file's
   # owner, or for a new one the directory's.
@@ -910,7 +916,7 @@ carry_own_files() {
   [[ -f "$DIR/$FETCHED_MARK" ]] && mapfile -t fetched <"$DIR/$FETCHED_MARK"
   while IFS= read -r name; do
     entry="$DIR/$name"
-    case "$name" in .env | "$FETCHED_MARK") continue ;; esac
+    case "$name" in .env | "$FETCHED_MARK" | "$UP_PENDING") continue ;; esac
     if ((${#fetched[@]})); then
       contains "$name" "${fetched[@]}" && continue
     elif [[ -e "$staged/$name" || -L "$staged/$name" ]]; then
@@ -1136,7 +1142,8 @@ check_compose_passes_account() {
 
 bring_up() {
   check_compose_passes_account
-  if ((!ENV_CHANGED && !UPDATE)) && ((${#COMPOSE[@]})) && stack_running; then
+  if ((!ENV_CHANGED && !UPDATE)) && [[ ! -e "$DIR/$UP_PENDING" ]] && ((${#COMPOSE[@]})) &&
+    stack_running; then
     say "  Docxy is already running with these settings"
     return
   fi
@@ -1154,6 +1161,7 @@ bring_up() {
       warn "if the build could not pull python:3.12-slim (no Docker Hub here), give --base-image IMAGE, one this host can pull"
     die "docker compose could not build or start Docxy (its messages are above); $ENV_FILE is written: fix the cause, then run this again"
   fi
+  rm -f -- "$DIR/$UP_PENDING"
 }
 
 wait_for_health() {
@@ -1307,6 +1315,7 @@ remove_stack() {
     volume_exists "${PROJECT}_certs" && act docker volume rm "${PROJECT}_certs"
     docker image inspect docxy:local >/dev/null 2>&1 && act docker image rm docxy:local
     [[ -e "$ENV_FILE" ]] && act rm -f "$ENV_FILE"
+    [[ -e "$DIR/$UP_PENDING" ]] && act rm -f "$DIR/$UP_PENDING"
     # Only a copy this script fetched (marked, or the one it runs from: find_clone) is its own
     # to delete; a clone or a copy unpacked by hand is the operator's.
     if [[ "$DIR" != "$CLONE" && -f "$DIR/compose.yaml" ]]; then

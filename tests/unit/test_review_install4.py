@@ -1,0 +1,121 @@
+"""Review of scripts/install.sh: a run interrupted or failed halfway and run again, and a host
+without systemd.
+
+Same sandbox as tests/unit/test_install_script.py (its box and helpers), with its dnsmasq
+resolver on 127.0.0.170 and a port of 8100-8199 instead of 127.0.0.1 (this review's range).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from lab.processes import stop_process, wait_for
+from tests.scriptbox import Rule, ScriptBox, output
+from tests.unavailable import need_binary
+from tests.unit.test_install_script import (
+    COMPOSE_UP,
+    DOMAIN,
+    OURS,
+    Resolver,
+    env_file,
+    install,
+    stack_is_running,
+)
+from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+
+HOST = "127.0.0.170"
+PORTS = range(8100, 8200)
+
+
+def free_port_in_range() -> int:
+    """A port of PORTS free on HOST for both UDP and TCP (dnsmasq binds both)."""
+    for port in PORTS:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind((HOST, port))
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                    tcp.bind((HOST, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port in {PORTS} on {HOST}")
+
+
+@pytest.fixture(scope="module")
+def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+    """dnsmasq on HOST: mirror.test -> OURS (as test_install_script's, on this range)."""
+    need_binary("dnsmasq")
+    need_binary("dig")
+    port = free_port_in_range()
+    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+    argv = [
+        "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+        f"--port={port}", f"--listen-address={HOST}", "--bind-interfaces",
+        f"--address=/{DOMAIN}/{OURS}",
+    ]  # fmt: skip
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+
+        def answers() -> bool:
+            dig = ["dig", "+short", "+time=1", "+tries=1", f"@{HOST}", "-p", str(port)]
+            found = subprocess.run([*dig, "A", DOMAIN], capture_output=True, text=True)
+            return found.stdout.strip() == OURS
+
+        wait_for(answers, timeout=20, what=f"dnsmasq on {HOST}:{port}: {log.read_text()}")
+        yield Resolver(f"{HOST}#{port}")
+    finally:
+        stop_process(proc, grace=10)
+
+
+# --- a settings change that did not reach the running mirror ------------------------------------
+
+
+def test_a_setting_whose_restart_failed_is_applied_by_the_rerun(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A running mirror, a run with a new --cache-size: .env is written, then `compose up`
+    fails (Docker Hub unreachable for the build's base, a Ctrl-C or an SSH drop at that point
+    does the same). The script says "fix the cause, then run this again"; the rerun found .env
+    already as asked and the old container running, said "already running with these settings"
+    and "Nothing to change", and never restarted it: the mirror kept the old cache size."""
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box, Rule(r"up -d --build$", rc=17, stderr="failed to solve\n"))
+
+    failed = install(box, resolver, "--cache-size", "2G")
+
+    assert failed.returncode == 1, output(failed)
+    assert "DOCXY_CACHE_MAX_SIZE=2G" in env_file(box).read_text().splitlines()
+    stack_is_running(box)  # the old container, still running; compose up now works
+    box.forget_calls()
+
+    again = install(box, resolver, "--cache-size", "2G")
+
+    assert again.returncode == 0, output(again)
+    assert box.called(COMPOSE_UP), output(again)
+    assert "already running with these settings" not in again.stdout
+    assert "Nothing to change" not in again.stdout
+    box.forget_calls()
+    third = install(box, resolver, "--cache-size", "2G")  # now it is up as asked
+    assert third.returncode == 0 and "Nothing to change" in third.stdout, output(third)
+    assert not box.called(COMPOSE_UP)
+
+
+def test_a_dry_run_after_a_failed_restart_says_the_real_run_would_start_it(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box, Rule(r"up -d --build$", rc=17, stderr="failed to solve\n"))
+    assert install(box, resolver, "--cache-size", "2G").returncode == 1
+    stack_is_running(box)
+    box.forget_calls()
+
+    dry = install(box, resolver, "--cache-size", "2G", "--dry-run")
+
+    assert dry.returncode == 0, output(dry)
+    assert "would run: docker compose" in dry.stdout, output(dry)
+    assert not box.called(COMPOSE_UP)
