@@ -1085,16 +1085,38 @@ for $OS_ID's own docker.io" "$rc"
   ((${#COMPOSE[@]})) || die "Compose is still missing after installing ${packages[*]}"
 }
 
+# dockerd_without_systemd WHY: nothing here starts dockerd (WHY says so): it must run already.
+# Else the run stops before the project is touched: `compose up` would fail later, its
+# message followed by advice about the build's base image, which is not the cause.
+dockerd_without_systemd() {
+  local start="start dockerd (service docker start, where its init script is installed, or run dockerd itself)"
+  if have docker && docker info >/dev/null 2>&1; then
+    say "  $1: make sure dockerd runs (and starts at boot)"
+    return
+  fi
+  if ((DRY_RUN)); then
+    if ! have docker; then
+      say "  $1: once Docker is installed, the real run stops unless dockerd runs: $start"
+    elif docker_refuses_us; then
+      say "  $1, and docker does not answer this user (not root): the real run stops unless dockerd runs"
+    else
+      say "  $1, and dockerd is not running: the real run stops here; $start, then run this again"
+    fi
+    return
+  fi
+  die "dockerd is not running, and $1 to start it: $start, then run this again"
+}
+
 start_docker() {
   local before=$CHANGES
   if ! have systemctl; then
-    say "  no systemd here: make sure dockerd runs"
+    dockerd_without_systemd "there is no systemd here"
     return
   fi
   # systemctl without systemd as init (WSL, a container, another init) answers "offline" here
   # and fails every other command.
   if [[ "$(systemctl is-system-running 2>/dev/null)" == offline ]]; then
-    say "  systemd is not running here: make sure dockerd runs (and starts at boot)"
+    dockerd_without_systemd "systemd is not running here"
     return
   fi
   # A dockerd run by another unit (not the snap: install_docker refused that) is left as it is.

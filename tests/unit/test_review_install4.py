@@ -119,3 +119,76 @@ def test_a_dry_run_after_a_failed_restart_says_the_real_run_would_start_it(
     assert dry.returncode == 0, output(dry)
     assert "would run: docker compose" in dry.stdout, output(dry)
     assert not box.called(COMPOSE_UP)
+
+
+# --- no systemd, no dockerd ---------------------------------------------------------------------
+
+NOT_BOOTED = "System has not been booted with systemd as init system (PID 1). Can't operate.\n"
+NO_DAEMON = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n"
+
+
+def no_systemd(box: ScriptBox, how: str) -> None:
+    if how == "no systemctl":
+        box.without("systemctl")
+    else:
+        box.stand_in(
+            "systemctl",
+            Rule(r"^is-system-running", stdout="offline\n", rc=1),
+            Rule(r".", stderr=NOT_BOOTED, rc=1),
+        )
+
+
+@pytest.mark.parametrize("how", ["no systemctl", "systemd offline"])
+def test_without_systemd_a_dockerd_that_is_not_running_stops_the_run_saying_so(
+    box: ScriptBox, resolver: Resolver, how: str
+) -> None:
+    """A container or WSL host, or one booted with another init, where dockerd is not running:
+    the script said "make sure dockerd runs" in passing, wrote .env, and `compose up` failed
+    with "docker compose could not build or start Docxy" and the advice to pass --base-image
+    (a pull from Docker Hub), which is not the cause."""
+    no_systemd(box, how)
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+        Rule(r"^(info|ps|compose .* up)", rc=1, stderr=NO_DAEMON),
+    )
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert not box.called(COMPOSE_UP), output(result)
+    assert not env_file(box).exists(), "stopped before any change of the project"
+    assert "--base-image" not in result.stderr, output(result)
+    assert "dockerd is not running" in result.stderr, output(result)
+    assert "start dockerd" in result.stderr, output(result)
+
+
+@pytest.mark.parametrize("how", ["no systemctl", "systemd offline"])
+def test_without_systemd_a_running_dockerd_is_used(
+    box: ScriptBox, resolver: Resolver, how: str
+) -> None:
+    no_systemd(box, how)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert box.called(COMPOSE_UP), output(result)
+    assert not box.called(r"^systemctl (enable|start)")
+
+
+def test_without_systemd_a_dry_run_says_a_stopped_dockerd_would_stop_the_real_run(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    no_systemd(box, "no systemctl")
+    box.stand_in(
+        "docker",
+        Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
+        Rule(r"^(volume|image) inspect", rc=1),
+        Rule(r"^(info|ps)", rc=1, stderr=NO_DAEMON),
+    )
+
+    dry = install(box, resolver, "--dry-run")
+
+    assert "dockerd is not running" in output(dry), output(dry)
+    assert "start dockerd" in output(dry), output(dry)
