@@ -668,7 +668,15 @@ settle_settings() {
   # As the mirror reads it (20G, 512MiB, 1TB; binary units), less the fractions; never 0.
   [[ "$CACHE_SIZE" =~ ^[1-9][0-9]*([KkMmGgTt]([Ii]?[Bb])?)?$ ]] ||
     die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
-  if [[ -n "$UPSTREAM_USER" ]]; then
+  # The password may live in a file the .env names (the README's "Secrets in files"): the
+  # mirror reads it there, and refuses it given both ways.
+  local password_file
+  password_file="$(env_value DOCXY_UPSTREAM_PASSWORD_FILE)"
+  if [[ -n "$UPSTREAM_USER" && -n "$password_file" ]]; then
+    [[ "$UPSTREAM_USER" =~ ^[A-Za-z0-9._@-]+$ ]] || die "--upstream-user '$UPSTREAM_USER' has odd characters" 2
+    [[ -z "$UPSTREAM_PASSWORD" ]] ||
+      die "$ENV_FILE reads the upstream password from a file (DOCXY_UPSTREAM_PASSWORD_FILE=$password_file), and the mirror refuses a password given as well: put it in that file instead, or take that line out of $ENV_FILE, then run this again" 2
+  elif [[ -n "$UPSTREAM_USER" ]]; then
     [[ "$UPSTREAM_USER" =~ ^[A-Za-z0-9._@-]+$ ]] || die "--upstream-user '$UPSTREAM_USER' has odd characters" 2
     # The .env's password is the .env's user's: another --upstream-user needs its own.
     if [[ -z "$UPSTREAM_PASSWORD" && "$UPSTREAM_USER" == "$(env_value DOCXY_UPSTREAM_USERNAME)" ]]; then
@@ -700,9 +708,10 @@ render_ours() {
   [[ -z "$BASE_IMAGE" ]] || say "DOCXY_BASE_IMAGE=$BASE_IMAGE"
   if [[ -n "$UPSTREAM_USER" ]]; then
     say "DOCXY_UPSTREAM_USERNAME=$UPSTREAM_USER"
-    if [[ "${1:-}" == masked ]]; then
+    # None where the operator's DOCXY_UPSTREAM_PASSWORD_FILE names its file (settle_settings).
+    if [[ -n "$UPSTREAM_PASSWORD" && "${1:-}" == masked ]]; then
       say "DOCXY_UPSTREAM_PASSWORD=(not shown)"
-    else
+    elif [[ -n "$UPSTREAM_PASSWORD" ]]; then
       say "DOCXY_UPSTREAM_PASSWORD='$UPSTREAM_PASSWORD'"
     fi
   fi

@@ -192,3 +192,51 @@ def test_without_systemd_a_dry_run_says_a_stopped_dockerd_would_stop_the_real_ru
 
     assert "dockerd is not running" in output(dry), output(dry)
     assert "start dockerd" in output(dry), output(dry)
+
+
+# --- an upstream password the operator keeps in a file -----------------------------------------
+
+FILE_LINE = "DOCXY_UPSTREAM_PASSWORD_FILE=/run/secrets/hub_password"
+
+
+def env_with_password_file(box: ScriptBox) -> None:
+    """An operator who moved the password out of .env, as the README's "Secrets in files"
+    offers (the secret mounted by a compose.override.yaml)."""
+    env_file(box).write_text(
+        f"DOCXY_DOMAIN={DOMAIN}\nDOCXY_CACHE_MAX_SIZE=20G\nDOCXY_UPSTREAM_USERNAME=bob\n"
+        f"{FILE_LINE}\n"
+    )
+
+
+def test_a_rerun_keeps_an_upstream_password_read_from_a_file(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The rerun (an --update, a new --cache-size) took the .env's user and, finding no
+    DOCXY_UPSTREAM_PASSWORD, stopped with --yes ("the password for --upstream-user: set
+    DOCXY_UPSTREAM_PASSWORD ..."), or asked for it and wrote it beside the _FILE line: the
+    mirror then refuses to start ("upstream.password: set twice")."""
+    env_with_password_file(box)
+
+    result = install(box, resolver, "--cache-size", "30G")
+
+    assert result.returncode == 0, output(result)
+    lines = env_file(box).read_text().splitlines()
+    assert "DOCXY_UPSTREAM_USERNAME=bob" in lines
+    assert FILE_LINE in lines
+    assert "DOCXY_CACHE_MAX_SIZE=30G" in lines
+    assert not [line for line in lines if line.startswith("DOCXY_UPSTREAM_PASSWORD=")], lines
+
+
+def test_a_password_given_beside_a_password_file_is_refused_before_any_change(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    env_with_password_file(box)
+    before = env_file(box).read_bytes()
+
+    result = install(box, resolver, env={"DOCXY_UPSTREAM_PASSWORD": "s3cret"})
+
+    assert result.returncode == 2, output(result)
+    assert "DOCXY_UPSTREAM_PASSWORD_FILE" in result.stderr, output(result)
+    assert env_file(box).read_bytes() == before
+    assert not box.called(COMPOSE_UP)
+    assert "s3cret" not in output(result)
