@@ -348,17 +348,25 @@ check_ports() {
   fi
 }
 
+# size_bytes 1.5G -> 1610612736: a size settle_settings took, as the mirror's parse_size reads
+# it (binary units, a fraction allowed, what is left of a byte dropped). "%.0f": mawk's "%d"
+# stops at 2^31.
+size_bytes() {
+  local number="${1%%[KkMmGgTtBb]*}" power=0
+  case "${1:${#number}:1}" in
+    [Kk]) power=1 ;;
+    [Mm]) power=2 ;;
+    [Gg]) power=3 ;;
+    [Tt]) power=4 ;;
+  esac
+  awk -v number="$number" -v power="$power" 'BEGIN { printf "%.0f", int(number * 1024 ^ power) }'
+}
+
 # size_kib 20G -> 20971520
 size_kib() {
-  local number="${1%%[KkMmGgTt]*}" unit
-  unit="$(printf '%s' "${1#"$number"}" | cut -c1 | tr '[:lower:]' '[:upper:]')"
-  case "$unit" in
-    "") printf '%s' $((number / 1024)) ;;
-    K) printf '%s' "$number" ;;
-    M) printf '%s' $((number * 1024)) ;;
-    G) printf '%s' $((number * 1024 * 1024)) ;;
-    T) printf '%s' $((number * 1024 * 1024 * 1024)) ;;
-  esac
+  local bytes
+  bytes="$(size_bytes "$1")"
+  printf '%s' $((bytes / 1024))
 }
 
 # cache_volume_kib: what Docxy's cache volume holds already (0 without one). On a rerun or an
@@ -646,7 +654,11 @@ ask() {
 settle_settings() {
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
   ((EMAIL_GIVEN)) || EMAIL="$(env_value DOCXY_EMAIL)"
-  CACHE_SIZE="${CACHE_SIZE:-$(env_value DOCXY_CACHE_MAX_SIZE)}"
+  local size_in_env=0
+  if [[ -z "$CACHE_SIZE" ]]; then
+    CACHE_SIZE="$(env_value DOCXY_CACHE_MAX_SIZE)"
+    [[ -z "$CACHE_SIZE" ]] || size_in_env=1
+  fi
   CACHE_SIZE="${CACHE_SIZE:-20G}"
   UPSTREAM_USER="${UPSTREAM_USER:-$(env_value DOCXY_UPSTREAM_USERNAME)}"
   ((BASE_IMAGE_GIVEN)) || BASE_IMAGE="$(env_value DOCXY_BASE_IMAGE)"
@@ -665,9 +677,14 @@ settle_settings() {
   # compose would take it for a quote.
   [[ -z "$EMAIL" || "$EMAIL" =~ ^[A-Za-z0-9._%+-][A-Za-z0-9._%+\'-]*@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
     die "--email '$EMAIL' is not an email address" 2
-  # As the mirror reads it (20G, 512MiB, 1TB; binary units), less the fractions; never 0.
-  [[ "$CACHE_SIZE" =~ ^[1-9][0-9]*([KkMmGgTt]([Ii]?[Bb])?)?$ ]] ||
-    die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
+  # As the mirror reads it (20G, 1.5T, 512MiB, 1TB, 2048B; binary units), above 0 bytes: one
+  # set by hand in .env must not stop every later run.
+  if [[ ! "$CACHE_SIZE" =~ ^[0-9]+(\.[0-9]+)?([KkMmGgTt]([Ii]?[Bb])?|[Bb])?$ ]] ||
+    [[ "$(size_bytes "$CACHE_SIZE")" == 0 ]]; then
+    ((size_in_env)) ||
+      die "--cache-size '$CACHE_SIZE' is not a size like 20G" 2
+    die "DOCXY_CACHE_MAX_SIZE=$CACHE_SIZE in $ENV_FILE is not a size like 20G (or 1.5T, 512MiB): mend it there, or pass --cache-size SIZE" 2
+  fi
   # The password may live in a file the .env names (the README's "Secrets in files"): the
   # mirror reads it there, and refuses it given both ways.
   local password_file
