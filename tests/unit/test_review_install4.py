@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from docxy.config import parse_size
 from lab.processes import stop_process, wait_for
 from tests.scriptbox import Rule, ScriptBox, output
 from tests.unavailable import need_binary
@@ -244,35 +243,6 @@ def test_a_password_given_beside_a_password_file_is_refused_before_any_change(
 
 
 # --- a cache size the mirror reads, kept in .env -------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("size", "ok"),
-    [("1.5G", True), ("0.25T", True), ("2048B", True), ("020G", True), ("1.5", True),
-     ("0.0001K", False), ("1iB", False), ("1.G", False), ("0.0G", False)],
-)  # fmt: skip
-def test_a_cache_size_in_env_that_the_mirror_reads_does_not_stop_a_rerun(
-    box: ScriptBox, resolver: Resolver, size: str, ok: bool
-) -> None:
-    """DOCXY_CACHE_MAX_SIZE=1.5T, as the README's settings table allows (parse_size takes
-    fractions and a bare B), set by hand in .env: every later run, an --update included,
-    stopped with "--cache-size '1.5T' is not a size like 20G", an option not given."""
-    env_file(box).write_text(f"DOCXY_DOMAIN={DOMAIN}\nDOCXY_CACHE_MAX_SIZE={size}\n")
-    try:
-        parse_size(size)
-    except ValueError:
-        assert not ok
-    else:
-        assert ok
-
-    result = install(box, resolver)
-
-    assert (result.returncode == 0) is ok, output(result)
-    if ok:
-        assert f"DOCXY_CACHE_MAX_SIZE={size}" in env_file(box).read_text().splitlines()
-    else:
-        assert "DOCXY_CACHE_MAX_SIZE" in result.stderr and ".env" in result.stderr, output(result)
-        assert "--cache-size" in result.stderr, "and how to give another"
 
 
 def test_the_disk_check_counts_a_fractional_cache_size(box: ScriptBox, resolver: Resolver) -> None:
