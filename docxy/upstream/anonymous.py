@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Generic, TypeVar
 
 from docxy.core import jsondoc
 from docxy.core.bounded import LruDict
 from docxy.core.expiry import DEFAULT_EXPIRES_IN, token_lifetime
+
+V = TypeVar("V")
 
 #: Tokens remembered at once: about 150 bytes each.
 CAPACITY = 16384
@@ -39,18 +42,19 @@ def bearer_token(authorization: str) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-class AnonymousTokens:
-    """Tokens the mirror handed out for anonymous pulls, and until when they hold."""
+class KeptTokens(Generic[V]):
+    """Tokens the token endpoint relayed, each with a value (whose it is), until they expire:
+    kept as SHA-256 digests, at most ``capacity`` of them (the least recently kept go first)."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
-        self._until: LruDict[bytes, float] = LruDict(capacity)
+        self._kept: LruDict[bytes, tuple[float, V]] = LruDict(capacity)
 
-    def remember(self, token: str, lifetime: float = DEFAULT_LIFETIME) -> None:
+    def keep(self, token: str, value: V, lifetime: float = DEFAULT_LIFETIME) -> None:
         lifetime = min(max(lifetime, 0.0), LONGEST)
-        self._until.set(_key(token), time.monotonic() + lifetime)
+        self._kept.set(_key(token), (time.monotonic() + lifetime, value))
 
-    def remember_answer(self, body: bytes) -> None:
-        """Remember the token(s) of a token service's answer (``token``, ``access_token``)."""
+    def keep_answer(self, body: bytes, value: V) -> None:
+        """Keep the token(s) of a token service's answer (``token``, ``access_token``)."""
         answer = jsondoc.object_in(body)
         if answer is None:
             return
@@ -58,19 +62,38 @@ class AnonymousTokens:
         for field in ("token", "access_token"):
             token = answer.get(field)
             if isinstance(token, str) and token:
-                self.remember(token, lifetime)
+                self.keep(token, value, lifetime)
+
+    def value(self, authorization: str) -> V | None:
+        """The value kept with a ``Bearer`` ``authorization``'s token while it holds; None for
+        anything else (a token never kept, or expired, Basic)."""
+        token = bearer_token(authorization)
+        if token is None:
+            return None
+        key = _key(token)
+        found = self._kept.get(key)
+        if found is None:
+            return None
+        if time.monotonic() > found[0]:
+            self._kept.pop(key)
+            return None
+        return found[1]
+
+
+class AnonymousTokens:
+    """Tokens the mirror handed out for anonymous pulls, and until when they hold."""
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self._kept = KeptTokens[bool](capacity)
+
+    def remember(self, token: str, lifetime: float = DEFAULT_LIFETIME) -> None:
+        self._kept.keep(token, True, lifetime)
+
+    def remember_answer(self, body: bytes) -> None:
+        """Remember the token(s) of a token service's answer (``token``, ``access_token``)."""
+        self._kept.keep_answer(body, True)
 
     def holds(self, authorization: str) -> bool:
         """Whether ``authorization`` is ``Bearer`` with a token handed out for anonymous pulls
         that has not expired."""
-        token = bearer_token(authorization)
-        if token is None:
-            return False
-        key = _key(token)
-        until = self._until.get(key)
-        if until is None:
-            return False
-        if time.monotonic() > until:
-            self._until.pop(key)
-            return False
-        return True
+        return self._kept.value(authorization) is not None

@@ -14,49 +14,21 @@ least recently handed out go first), as :mod:`docxy.upstream.anonymous` keeps th
 
 from __future__ import annotations
 
-import hashlib
-import time
-
-from docxy.core import jsondoc
-from docxy.core.bounded import LruDict
-from docxy.core.expiry import token_lifetime
-from docxy.upstream.anonymous import CAPACITY, LONGEST, bearer_token
-
-
-def _key(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+from docxy.upstream.anonymous import CAPACITY, KeptTokens
 
 
 class TokenIssuers:
     """Tokens the mirror relayed, each with the upstream (its registry host) it was for."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
-        self._issued: LruDict[bytes, tuple[float, str]] = LruDict(capacity)
+        self._kept = KeptTokens[str](capacity)
 
     def remember_answer(self, upstream_host: str, body: bytes) -> None:
         """The token(s) of a token service's answer (``token``, ``access_token``), relayed
         for the upstream ``upstream_host``."""
-        answer = jsondoc.object_in(body)
-        if answer is None:
-            return
-        lifetime = token_lifetime(answer.get("expires_in"), LONGEST)
-        until = time.monotonic() + min(max(lifetime, 0.0), LONGEST)
-        for field in ("token", "access_token"):
-            token = answer.get(field)
-            if isinstance(token, str) and token:
-                self._issued.set(_key(token), (until, upstream_host))
+        self._kept.keep_answer(body, upstream_host)
 
     def issuer(self, authorization: str) -> str | None:
         """The registry host of the upstream a ``Bearer`` ``authorization`` was relayed for,
         while it holds; None for anything else (a token the mirror never relayed, Basic)."""
-        token = bearer_token(authorization)
-        if token is None:
-            return None
-        key = _key(token)
-        found = self._issued.get(key)
-        if found is None:
-            return None
-        if time.monotonic() > found[0]:
-            self._issued.pop(key)
-            return None
-        return found[1]
+        return self._kept.value(authorization)
