@@ -1,76 +1,24 @@
 """Review of scripts/install.sh: a run interrupted or failed halfway and run again, and a host
 without systemd.
 
-Same sandbox as tests/unit/test_install_script.py (its box and helpers), with its dnsmasq
-resolver on 127.0.0.170 and a port of 8100-8199 instead of 127.0.0.1 (this review's range).
+Same sandbox as tests/unit/test_install_script.py: its box, its dnsmasq resolver and helpers.
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
-from collections.abc import Iterator
-
 import pytest
 
-from lab.processes import stop_process, wait_for
 from tests.scriptbox import Rule, ScriptBox, output
-from tests.unavailable import need_binary
 from tests.unit.test_install_script import (
     COMPOSE_UP,
     DOMAIN,
-    OURS,
     Resolver,
     env_file,
     install,
     stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
-
-HOST = "127.0.0.170"
-PORTS = range(8100, 8200)
-
-
-def free_port_in_range() -> int:
-    """A port of PORTS free on HOST for both UDP and TCP (dnsmasq binds both)."""
-    for port in PORTS:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind((HOST, port))
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                    tcp.bind((HOST, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no free port in {PORTS} on {HOST}")
-
-
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """dnsmasq on HOST: mirror.test -> OURS (as test_install_script's, on this range)."""
-    need_binary("dnsmasq")
-    need_binary("dig")
-    port = free_port_in_range()
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    argv = [
-        "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-        f"--port={port}", f"--listen-address={HOST}", "--bind-interfaces",
-        f"--address=/{DOMAIN}/{OURS}",
-    ]  # fmt: skip
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-
-        def answers() -> bool:
-            dig = ["dig", "+short", "+time=1", "+tries=1", f"@{HOST}", "-p", str(port)]
-            found = subprocess.run([*dig, "A", DOMAIN], capture_output=True, text=True)
-            return found.stdout.strip() == OURS
-
-        wait_for(answers, timeout=20, what=f"dnsmasq on {HOST}:{port}: {log.read_text()}")
-        yield Resolver(f"{HOST}#{port}")
-    finally:
-        stop_process(proc, grace=10)
-
+from tests.unit.test_install_script import resolver as resolver  # noqa: F401  (fixture)
 
 # --- a settings change that did not reach the running mirror ------------------------------------
 
