@@ -675,7 +675,11 @@ settle_settings() {
     die "--domain '$DOMAIN' is not a DNS name" 2
   # An apostrophe (o'brien@) is written to .env unquoted, as compose reads it; not first, where
   # compose would take it for a quote.
-  [[ -z "$EMAIL" || "$EMAIL" =~ ^[A-Za-z0-9._%+-][A-Za-z0-9._%+\'-]*@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ ]] ||
+  # As the mirror's certs.email check: no dot first, last or twice in a row, and no label of
+  # the domain starting or ending with a hyphen (else every renewal fails on it).
+  [[ -z "$EMAIL" || ("$EMAIL" =~ ^[A-Za-z0-9._%+-][A-Za-z0-9._%+\'-]*@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ &&
+    "$EMAIL" != .* && "$EMAIL" != *..* && "$EMAIL" != *.@* && "$EMAIL" != *@.* &&
+    "$EMAIL" != *@-* && "$EMAIL" != *-.* && "$EMAIL" != *.-*) ]] ||
     die "--email '$EMAIL' is not an email address" 2
   # As the mirror reads it (20G, 1.5T, 512MiB, 1TB, 2048B; binary units), above 0 bytes: one
   # set by hand in .env must not stop every later run.

@@ -489,6 +489,12 @@ def test_another_upstream_user_does_not_get_the_previous_ones_password(
         (["--domain", ""], "--domain is required"),
         (["--domain", "not a name"], "is not a DNS name"),
         (["--email", "nobody"], "is not an email address"),
+        # addresses the mirror's certs.email check refuses (every renewal would fail on them)
+        (["--email", "first.@example.com"], "is not an email address"),
+        (["--email", "a..b@example.com"], "is not an email address"),
+        (["--email", ".a@example.com"], "is not an email address"),
+        (["--email", "ops@x..com"], "is not an email address"),
+        (["--email", "ops@-x.com"], "is not an email address"),
         (["--cache-size", "lots"], "is not a size"),
         (["--upstream-user", "bob"], "set DOCXY_UPSTREAM_PASSWORD"),
     ],
