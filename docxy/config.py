@@ -270,8 +270,20 @@ def renewer_only(key: str) -> bool:
     return key.startswith("scheduler.") or key == "certs.email"
 
 
-#: What ``docxy serve`` says of a renewer-only setting it set aside (:attr:`Config.renewer_errors`).
-RENEWER_REFUSES = "the renewer (python -m scheduler) refuses to start with it; the mirror goes on"
+#: Renewer-only settings the renewer starts with all the same, each run failing while one is
+#: wrong (``scheduler.settings.Settings.refused``): a renewer that stopped at start took the
+#: appliance down with it (supervisord's FATAL), where certbot alone used to refuse a run.
+RUN_REFUSES = frozenset({"certs.email"})
+
+
+def renewer_refuses(key: str) -> str:
+    """What ``docxy serve`` says of a renewer-only setting it set aside."""
+    if key in RUN_REFUSES:
+        return "every certificate renewal fails with it (shown on /health) until it is mended"
+    return (
+        "the renewer (python -m scheduler) refuses to start with it (in the container image"
+        " that stops the container); the mirror itself goes on"
+    )
 
 
 # --- value parsers: each takes the raw value (str from env/flags, any TOML type) -------------
@@ -1191,10 +1203,11 @@ def load_config(
 
     ``overrides`` maps ``section.key`` to a raw value; its source is reported as ``flag``.
     The TOML file is ``config_file``, else ``$DOCXY_CONFIG``, else none. A renewer-only
-    setting (:func:`renewer_only`) that is wrong stops the load for the `renewer`; otherwise
-    it stands at its default, its refusal in :attr:`Config.renewer_errors`.
+    setting (:func:`renewer_only`) that is wrong stops the load for the `renewer` (but for
+    :data:`RUN_REFUSES`: its runs fail instead); otherwise it stands at its default, its
+    refusal in :attr:`Config.renewer_errors`.
     """
-    deferred: list[tuple[str, str]] | None = None if renewer else []
+    deferred: list[tuple[str, str]] = []
     environ = os.environ if environ is None else environ
     if config_file is None and environ.get("DOCXY_CONFIG"):
         config_file = Path(environ["DOCXY_CONFIG"])
@@ -1250,6 +1263,10 @@ def load_config(
         renewer_errors=tuple(deferred or ()),
     )
     check_registry_hosts(config)
+    if renewer:
+        for key, refusal in deferred:
+            if key not in RUN_REFUSES:
+                raise ConfigError(refusal)
     return config
 
 

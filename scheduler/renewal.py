@@ -131,6 +131,8 @@ class Renewer(Runs):
         return s.config_dir / "live" / s.domain if s.domain else None
 
     def attempt(self) -> None:
+        if self.settings.refused is not None:  # certbot would be told a wrong certs.email
+            raise RunFailed(self.settings.refused)
         try:
             self._obtain_or_renew()
         except (certs.CertbotError, CertError, ConfigError, OSError, ValueError) as exc:

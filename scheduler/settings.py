@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docxy.cli.healthcheck import local_urls
-from docxy.config import CertsConfig, load_config
+from docxy.config import RUN_REFUSES, CertsConfig, load_config
 from docxy.core.errors import ConfigError
 
 #: docxy.tls.certs.STATUS_FILE (a test holds them equal): importing that module here would load
@@ -43,6 +43,9 @@ class Settings:
     #: Before each run, poll these URLs (the plain-HTTP listener's, each address this host
     #: reaches it at: 127.0.0.1 and ::1 for ``[::]``) until one answers; empty: no wait.
     wait_for_mirror: tuple[str, ...] = ()
+    #: Why every run fails before certbot (a wrong ``certs.email``: :data:`RUN_REFUSES`), shown
+    #: in the status file and /health; the renewer keeps running, and so does the container.
+    refused: str | None = None
 
     @property
     def domain(self) -> str | None:
@@ -145,4 +148,5 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         certbot_timeout=own.certbot_timeout,
         once=args.once,
         wait_for_mirror=tuple(local_urls(config.server.listen)) if own.wait_for_mirror else (),
+        refused=next((why for key, why in config.renewer_errors if key in RUN_REFUSES), None),
     )

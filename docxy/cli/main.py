@@ -17,7 +17,7 @@ from docxy.cli import access as accesscli
 from docxy.cli import cache as cachecli
 from docxy.cli import healthcheck, warm
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
-from docxy.config import RENEWER_REFUSES, Config, describe, load_config
+from docxy.config import Config, describe, load_config, renewer_refuses
 from docxy.core.errors import ConfigError
 from docxy.logs import log_to_stderr
 from docxy.tls import certs
@@ -166,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.show_config:
             for key, value, source in describe(config):
                 print(f"{key} = {value}  ({source})")
-            for _, refusal in config.renewer_errors:  # shown at its default above
-                print(f"docxy: warning: {refusal}: {RENEWER_REFUSES}", file=sys.stderr)
+            for key, refusal in config.renewer_errors:  # shown at its default above
+                print(f"docxy: warning: {refusal}: {renewer_refuses(key)}", file=sys.stderr)
             return _flushed(0)
     except ConfigError as exc:
         print(f"docxy: config error: {exc}", file=sys.stderr)
@@ -182,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # answer it, it is ignored (its default action would end the mirror).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     setup_logging(config.log.level)
-    for _, refusal in config.renewer_errors:
-        logging.getLogger("docxy").warning("%s: %s", refusal, RENEWER_REFUSES)
+    for key, refusal in config.renewer_errors:
+        logging.getLogger("docxy").warning("%s: %s", refusal, renewer_refuses(key))
     from docxy.http.server import run
 
     try:

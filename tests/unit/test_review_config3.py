@@ -13,7 +13,9 @@ from docxy.cli.main import main
 from docxy.config import describe, load_config
 from docxy.core.errors import ConfigError
 from docxy.core.hosts import host_key
+from docxy.tls import certs
 from scheduler import settings as scheduler_settings
+from scheduler.renewal import Renewer
 
 # Loopback in this review's range only; nothing listens or is asked.
 BASE = {"server.listen": "127.0.0.173:8200", "server.admin_listen": ""}
@@ -114,12 +116,33 @@ def test_docxy_cache_ls_runs_with_a_bad_scheduler_setting(
     "email",
     ["ops at example.com", "mailto:ops@example.com", "ops@localhost", "ops@@example.com", "ops@"],
 )
-def test_a_malformed_certs_email_stops_the_renewer(
+def test_a_malformed_certs_email_fails_each_renewal_run_without_stopping_the_renewer(
     clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, email: str
 ) -> None:
+    """Refused at the renewer's start, it took the container down (supervisord's FATAL, then a
+    restart loop) where the address used to fail certbot's runs alone: now the renewer starts,
+    and each run fails, saying why (its status, /health), certbot never told the address."""
     monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(tmp_path / "le"))
     monkeypatch.setenv("DOCXY_CERTS_EMAIL", email)
-    with pytest.raises(ConfigError, match=r"^certs.email: expected an e-mail address"):
+    settings = scheduler_settings.load([])
+    assert settings.refused is not None
+    assert settings.refused.startswith("certs.email: expected an e-mail address")
+
+    def no_certbot(*_: object, **__: object) -> None:
+        raise AssertionError("certbot run with a refused certs.email")
+
+    monkeypatch.setattr(certs, "run_certbot", no_certbot)
+    renewer = Renewer(settings)
+    assert renewer.run() is False
+    assert renewer.last_error == settings.refused
+
+
+def test_a_bad_scheduler_setting_still_stops_the_renewer(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(tmp_path / "le"))
+    monkeypatch.setenv("DOCXY_SCHEDULER_HOUR", "13")
+    with pytest.raises(ConfigError, match=r"^scheduler.hour"):
         scheduler_settings.load([])
 
 
