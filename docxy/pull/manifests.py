@@ -18,8 +18,8 @@ from the cache to that request only, recorded nowhere. Unconfirmed, the request 
 
 Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub). A
 client's HEAD the cache cannot answer is answered from the mirror's own upstream HEAD, made with
-the mirror's credentials (the client may hold none for this upstream); one that names no digest,
-length or type, from the manifest the mirror then GETs, as Distribution answers a HEAD.
+the mirror's credentials (the client may hold none for this upstream); one that names the digest
+but no length or type, from the manifest the mirror then GETs, as Distribution answers a HEAD.
 """
 
 from __future__ import annotations
@@ -371,8 +371,12 @@ class ManifestService:
                 return await self._confirmed(store, repo, pull, cached)
         found = head.content
         if found is None:
-            if head.found:  # but names no digest, length or type: what a GET tells
+            if head.found and head.digest is not None:  # no length or type: what a GET tells
+                # (the client's GET by digest is next, and a hit then: one counted pull either
+                # way; without a digest, the client's own HEAD, uncounted, as before)
                 return await self._head_by_get(store, repo, pull)
+            if head.found:
+                return PassThrough(Reason.NOT_CACHEABLE, "the upstream's HEAD names no digest")
             return self._uncached(pull)
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
@@ -383,8 +387,8 @@ class ManifestService:
         return Served(Source.MISS, found)
 
     async def _head_by_get(self, store: ManifestStore, repo: RepoKey, pull: Pull) -> Outcome:
-        """A client's HEAD the upstream's own HEAD cannot answer: it found the manifest but
-        named no digest, length or type (some fronts drop them). Answered, as Distribution
+        """A client's HEAD the upstream's own HEAD cannot answer: it found the manifest and
+        named its digest, but no length or type (some fronts drop them). Answered, as Distribution
         answers a HEAD, from the manifest itself: fetched with the mirror's token (the GET the
         client would send next, which is then a hit) and cached, a tag noted as by a GET.
         containerd takes the media type from a HEAD; it was sent an empty ``Content-Type``."""

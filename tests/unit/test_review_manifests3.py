@@ -54,6 +54,23 @@ async def test_a_head_relayed_from_an_upstream_head_without_a_type_names_the_man
     assert hub.seen("GET", "manifests") == [path]  # the HEAD's; the client's GET was a hit
 
 
+async def test_a_head_the_upstream_answers_without_a_digest_costs_no_get_of_the_mirrors(
+    tmp_path: Path,
+) -> None:
+    """A HEAD is free on Docker Hub, a manifest GET a counted pull, outside the client's
+    ``limits.manifests_per_minute`` (which counts GETs). Answering a HEAD from the mirror's own
+    GET is taken only when the upstream's HEAD named the digest (the client's GET by digest is
+    next, a hit then: one counted pull either way); without one, each HEAD of every tag cost a
+    GET (and again at each tag_ttl), where it used to be the client's own HEAD, passed through."""
+    hub = HeadWithout("docker-content-digest")
+    headers = [*AS_ANON.items(), ("Accept", CONTAINERD_ACCEPT)]
+    async with mirror(tmp_path, hub) as app:
+        for _ in range(3):
+            answer = await call_asgi(app, "HEAD", TAG, host="mirror.test", headers=headers)
+            assert answer.status == 200
+    assert hub.seen("GET", "manifests") == []
+
+
 @pytest.mark.parametrize(
     ("accept", "taken"),
     [
