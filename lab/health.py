@@ -10,7 +10,9 @@ from lab.bed.httpserver import LoopbackServer, QuietHandler
 
 
 @contextmanager
-def health_server(status: int = 200, body: bytes = b'{"status": "ok"}') -> Iterator[LoopbackServer]:
+def health_server(
+    status: int = 200, body: bytes = b'{"status": "ok", "version": "test"}'
+) -> Iterator[LoopbackServer]:
     """A loopback server answering ``GET /health`` with `status` and the JSON `body`, and 404
     elsewhere; stopped on leaving."""
 

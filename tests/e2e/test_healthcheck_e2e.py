@@ -34,7 +34,7 @@ import http.server, socket, sys
 class Health(http.server.BaseHTTPRequestHandler):
     status = 200
     def do_GET(self):
-        body = b'{"status": "ok"}'
+        body = b'{"status": "ok", "version": "test"}'
         self.send_response(self.status if self.path == "/health" else 404)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
