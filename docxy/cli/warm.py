@@ -506,7 +506,8 @@ class Warmer:
             said = {digest: self._kept(name, digest) for digest in pending}
             self.tally.seen.update(str(digest) for digest, kept in said.items() if kept)
             pending = [digest for digest, kept in said.items() if not kept]
-            committing = committing or any(kept is None for kept in said.values())
+            # COMMIT_WAIT while a blob's latest answer says its commit runs: not for good
+            committing = any(kept is None for kept in said.values())
             waited = time.monotonic() - started
             if not pending or waited >= (COMMIT_WAIT if committing else KEPT_WAIT):
                 break

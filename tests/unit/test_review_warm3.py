@@ -331,3 +331,25 @@ def test_a_blob_got_while_its_commit_runs_is_asked_for_until_kept(
     with pytest.raises(WarmError, match="1 not cached: the mirror sent it but did not keep it"):
         warm.warm(parse_image_ref("app:1"))
     assert registry.heads.count(sha256(b"late")) == 4
+
+
+def test_a_blob_not_kept_beside_one_that_was_committing_waits_kept_wait_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """COMMIT_WAIT is for blobs whose latest answer says ``committing``: once a blob that was
+    committing is kept, one the mirror plainly did not keep is given up after KEPT_WAIT, not
+    COMMIT_WAIT (the flag stuck for the whole image: a run waited 300 s for a blob never kept,
+    found by the regression read of this change)."""
+    monkeypatch.setattr("docxy.cli.warm.KEPT_WAIT", 0.1)
+    monkeypatch.setattr("docxy.cli.warm.COMMIT_WAIT", 3.0)
+    registry = FakeRegistry()
+    registry.add_image("library/app", "1", [b"late", b"gone"])
+    registry.cache_status[sha256(b"late")] = "Docxy; hit; committing"
+    registry.cache_status[sha256(b"gone")] = "Docxy; fwd=miss"
+    registry.head_status[sha256(b"late")] = ["Docxy; hit; committing", "Docxy; hit"]
+    registry.head_status[sha256(b"gone")] = ["Docxy; fwd=bypass; detail=not-cacheable"]
+    warm, _ = warmer(registry)
+    with pytest.raises(WarmError, match="1 not cached: the mirror sent it but did not keep it"):
+        warm.warm(parse_image_ref("app:1"))
+    # KEPT_WAIT's 0.1 s: waits of 0.05 and 0.1 s (COMMIT_WAIT's 3 s: six more)
+    assert registry.heads.count(sha256(b"gone")) <= 3, registry.heads
