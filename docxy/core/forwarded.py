@@ -57,6 +57,18 @@ def _strip_port(value: str) -> str:
     return value
 
 
+def _clean_tail(line: str) -> list[str]:
+    """The elements of the longest part of ``line`` after one of its commas that cuts cleanly
+    at commas outside quoted-strings (none: ``[]``)."""
+    at = line.find(",")
+    while at != -1:
+        tail = split_quoted(line[at + 1 :], ",")
+        if tail is not None:
+            return tail
+        at = line.find(",", at + 1)
+    return []
+
+
 def forwarded_chain(header: str, values: Iterable[str]) -> list[str]:
     """The hop entries of every ``header`` line, left to right (raw text, ports stripped)."""
     entries: list[str] = []
@@ -64,9 +76,14 @@ def forwarded_chain(header: str, values: Iterable[str]) -> list[str]:
         if header != "forwarded":
             entries += [_strip_port(element) for element in line.split(",")]
             continue
-        # Cut at commas outside quoted-strings; a line whose quoted-string does not end is
-        # one entry that is no address (its hops cannot be told apart).
-        elements = split_quoted(line, ",") or [""]
+        # Cut at commas outside quoted-strings. A line whose quoted-string does not end is no
+        # address up to the longest tail that cuts cleanly: a proxy that appends its element
+        # to the client's line (`$http_forwarded, for=$remote_addr`) wrote that tail, and a
+        # client's open quote must not swallow it (the walk then stopped at the whole line and
+        # took the proxy itself for the client: its place in access.allow, limits.exempt).
+        elements = split_quoted(line, ",")
+        if elements is None:
+            elements = ["", *_clean_tail(line)]
         entries += [_strip_port(_forwarded_for(element)) for element in elements]
     return entries[-MAX_HOPS:]
 

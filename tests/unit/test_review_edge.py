@@ -58,6 +58,31 @@ def test_a_malformed_forwarded_element_names_no_client(forwarded: str) -> None:
     assert str(client) == "127.0.0.1"
 
 
+@pytest.mark.parametrize(
+    ("client_wrote", "client"),
+    [
+        ('for="x', "203.0.113.9"),  # an open quote before the proxy's element
+        ('for="x, for=198.51.100.7', "203.0.113.9"),
+        ('for=192.0.2.1;host="a', "203.0.113.9"),
+        ('for="x, y", for="z', "203.0.113.9"),
+    ],
+)
+def test_a_clients_open_quote_does_not_swallow_the_proxys_own_element(
+    client_wrote: str, client: str
+) -> None:
+    """A proxy that appends its element to the client's header line (nginx's
+    ``proxy_set_header Forwarded "$http_forwarded, for=$remote_addr"``): a client's quoted-string
+    left open made the whole line one unreadable entry, and the walk took the trusted proxy
+    itself for the client (10.0.0.2, inside an ``access.allow`` of 10.0.0.0/8): its own element,
+    the tail that cuts cleanly, names the client."""
+    proxy = parse_address("10.0.0.2")
+    assert proxy is not None
+    line = f"{client_wrote}, for=203.0.113.9"
+    trusted = parse_networks("10.0.0.2")
+    found = client_address(proxy, [("forwarded", line)], trusted, "forwarded")
+    assert str(found) == client
+
+
 def test_well_formed_forwarded_elements_still_name_the_client() -> None:
     """What proxies write: quoted IPv6 with a port, spaces after ``;`` and ``,``, ``For`` in
     any case, empty pairs, an unquoted address with a port: the rightmost untrusted one."""
