@@ -58,7 +58,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, Event, RawData
 
 from docxy.access.peer import PeerCertTCPServer
-from docxy.core.cidr import Networks, client_key, parse_address
+from docxy.core.cidr import Networks, client_key, parse_address, site_key
 from docxy.core.errors import TooManyRequests
 from docxy.core.headers import API_VERSION_HEADER
 from docxy.heap import malloc_trim
@@ -221,13 +221,24 @@ class ConnectionGuard:
             self.refused += 1
             return Admitted(None, BUSY)
         key = self._client_key(peer)
+        site = _site_of(key)
         if key is not None:
-            if self.by_client[key] >= self.per_client:
+            over_site = site is not None and self.by_client[site] >= self.site_cap()
+            if self.by_client[key] >= self.per_client or over_site:
                 self.refused_per_client += 1
                 return Admitted(None, CLIENT_BUSY)
             self.by_client[key] += 1
+            if site is not None:
+                self.by_client[site] += 1
         self.open += 1
         return Admitted(key)
+
+    def site_cap(self) -> int:
+        """Connections an IPv6 /48 holds at most (:data:`SITE_FACTOR` of ``per_client``, and
+        never over half of ``max_connections``, but at least ``per_client``): a home's /56 is
+        256 /64s, each its own client, and one such holder filled the whole cap."""
+        half = self.max_connections // 2
+        return max(self.per_client, min(SITE_FACTOR * self.per_client, half))
 
     def refusals(self) -> dict[str, int]:
         """Connections refused (or, ``limits.send_timeout``, dropped) so far, by the setting."""
@@ -253,10 +264,11 @@ class ConnectionGuard:
     def release(self, admitted: Admitted | None = None) -> None:
         self.open -= 1
         key = admitted.key if admitted is not None else None
-        if key is not None:
-            self.by_client[key] -= 1
-            if self.by_client[key] <= 0:
-                del self.by_client[key]
+        for counted in (key, _site_of(key)):
+            if counted is not None:
+                self.by_client[counted] -= 1
+                if self.by_client[counted] <= 0:
+                    del self.by_client[counted]
 
     def _client_key(self, peer: object) -> str | None:
         """The key ``peer`` is capped under; None when it is not capped per address."""
@@ -266,6 +278,20 @@ class ConnectionGuard:
         if address is None or address in self.trusted or address in self.exempt:
             return None
         return client_key(address)
+
+
+#: How many clients' connection caps an IPv6 /48 holds at most (:meth:`ConnectionGuard.site_cap`).
+SITE_FACTOR = 4
+
+
+def _site_of(key: str | None) -> str | None:
+    """The /48 an IPv6 client's key (its /64) counts under too, as ``site:<net>``; None for
+    IPv4 and for no key."""
+    if key is None or ":" not in key:
+        return None
+    address = parse_address(key.partition("/")[0])
+    site = site_key(address) if address is not None else None
+    return None if site is None else f"site:{site}"
 
 
 def _ended_by_the_stop(guard: ConnectionGuard) -> bool:

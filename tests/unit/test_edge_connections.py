@@ -45,6 +45,26 @@ def test_the_cap_per_address_counts_ipv6_by_64_and_spares_trusted_proxies() -> N
     assert guard.open == 15
 
 
+def test_one_ipv6_site_cannot_fill_the_whole_cap() -> None:
+    """The cap per address counts an IPv6 client by its /64, and a home's /56 (a business's
+    /48) holds 256 (65536) of them: one such holder opened 128 connections from each of eight
+    /64s and filled the 1000 of max_connections (every other client then got 503). Its /48
+    holds at most SITE_FACTOR clients' caps, and never over half of the total."""
+    guard = ConnectionGuard(max_connections=1000, send_timeout=5.0, per_client=128)
+    admitted = [
+        guard.admit((f"2001:db8:7:{net:x}::{host:x}", 4000, 0, 0))
+        for net in range(8)
+        for host in range(1, 129)
+    ]
+    taken = [place for place in admitted if place]
+    assert len(taken) == guard.site_cap() == 500
+    assert guard.admit(("2001:db8:8::1", 1, 0, 0))  # another /48
+    assert guard.admit(("192.0.2.1", 1))  # IPv4: its address alone, as before
+    guard.release(taken[0])
+    assert guard.admit(("2001:db8:7:9::1", 4000, 0, 0))  # the place it left, in the same /48
+    assert guard.open == 502
+
+
 def test_the_cap_fits_the_descriptor_limit(caplog: pytest.LogCaptureFixture) -> None:
     assert connection_cap(100, 100_000) == 100
     lowered = connection_cap(10_000, 1024)
