@@ -46,7 +46,7 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.failures import upstream_certificate_refused
 from docxy.upstream.keepalive import IdleConnections, Origin
-from docxy.upstream.trust import UpstreamTrust
+from docxy.upstream.trust import UpstreamTrust, host_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +277,10 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
     """One GET; an idle connection that fails before the answer is retried on a new one."""
     parts = urlsplit(url)
     scheme, hostname, port = url_origin(url)  # https://x and https://x:443: one idle pool
-    origin: Origin = (scheme, hostname or "", port)
+    # The host as httpx sends it (an IDN in its IDNA 2008 form): http.client, ssl and the
+    # lookup encode a name that is not ASCII with IDNA 2003, which maps faß.de to fass.de,
+    # another domain, which was sent the fill's GET with the mirror's credentials.
+    origin: Origin = (scheme, host_key(hostname or ""), port)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     while True:
         connection = settings.idle.take(origin)

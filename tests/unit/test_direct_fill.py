@@ -410,6 +410,20 @@ async def test_a_host_name_is_looked_up_and_connected_to(
         await open_download(client_for(), unknown)
 
 
+async def test_an_idn_host_is_reached_by_the_name_httpx_uses(
+    client_for: MakeClient, tmp_path: Path, server: BlobServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx sends a host name that is not ASCII in its IDNA 2008 form (``faß.test`` as
+    ``xn--fa-hia.test``); http.client, ssl and the lookup encode it with IDNA 2003, which maps
+    it to ``fass.test``, another domain: the fill's GET, with the mirror's credentials, went
+    there. The direct path now names the host as httpx does (found by a read-only review)."""
+    monkeypatch.setattr(direct, "RESOLVE", resolving("xn--fa-hia.test"))
+    server.plan.body = LONG
+    url = server.url.replace("127.0.0.1", "faß.test") + "/blob"
+    blobs, digest = make_store(tmp_path), digest_of(LONG)
+    assert await fill_and_read(blobs, digest, client_for(), url) == LONG
+
+
 async def test_a_lookup_that_never_ends_times_out_as_a_connection_would(
     clients: list[UpstreamClient], server: BlobServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
