@@ -36,6 +36,10 @@ from docxy.core.errors import TooManyRequests
 from docxy.edge.limits import Buckets, Clock, retry_after
 
 THROTTLED = "too many /v2/ and token requests from this client; try again later"
+#: An IPv6 /48's budget, in per-address budgets: a home's /56 is 256 /64s, each with a bucket of
+#: its own, so one such holder relayed 256 times as much as one address to the upstream's auth
+#: service, which rate-limits the mirror's address for everyone.
+SITE_FACTOR = 10
 
 
 class TokenRelays:
@@ -43,17 +47,24 @@ class TokenRelays:
 
     def __init__(self, per_minute: int, clock: Clock = time.monotonic) -> None:
         self.buckets = Buckets(per_minute / 60, per_minute, clock)
+        wider = SITE_FACTOR * per_minute
+        self.sites = Buckets(wider / 60, wider, clock)
         self.refused = 0
 
     def refusals(self) -> dict[str, int]:
         """Relays refused so far (``docxy_refused_total``)."""
         return {"limits.token_relays_per_minute": self.refused}
 
-    def take(self, client: str, *, refuse: bool = True) -> bool:
-        """Count one relay for ``client`` (an address key): True. With its bucket empty, raise
+    def take(self, client: str, site: str | None = None, *, refuse: bool = True) -> bool:
+        """Count one relay for ``client`` (an address key) and its IPv6 ``site`` (its /48,
+        ``docxy.core.cidr.site_key``): True. With either bucket empty, raise
         :class:`TooManyRequests` (a refusal, for ``/metrics``); or, not ``refuse``, return
         False, nothing counted: the caller answers without the upstream."""
         wait = self.buckets.take(client)
+        if wait <= 0 and site is not None:
+            wait = self.sites.take(site)
+            if wait > 0:
+                self.buckets.give(client)  # refused: the address's place is not spent
         if wait <= 0:
             return True
         if not refuse:

@@ -20,6 +20,7 @@ from docxy.access.identity import Via, identity_of, set_identity
 from docxy.cache.fill import BlobFollower
 from docxy.core import jsondoc
 from docxy.core.challenge import Challenge, rewrite_challenges
+from docxy.core.cidr import site_key
 from docxy.core.errors import (
     ClientError,
     Denied,
@@ -84,7 +85,8 @@ def count_relay(state: MirrorState, *, refuse: bool = True) -> bool:
     address = request_address(request.scope, state.config.server)
     if address in state.config.limits.exempt:
         return True
-    return state.relays.take(limit_key(None, address), refuse=refuse)
+    site = site_key(address) if address is not None else None
+    return state.relays.take(limit_key(None, address), site, refuse=refuse)
 
 
 def _raw_path() -> str:

@@ -118,6 +118,19 @@ async def test_each_address_has_its_own_bucket_and_an_ipv6_client_its_64() -> No
         assert len(m.upstream.requests) == 6
 
 
+async def test_an_ipv6_site_has_a_bucket_ten_times_an_addresses_over_all_its_64s() -> None:
+    """A home's /56 is 256 /64s, each with a bucket of its own: one holder relayed 256 times an
+    address's share to the upstream's auth service (which rate-limits the mirror's address for
+    everyone). Its /48 has one bucket of SITE_FACTOR (10) times an address's as well."""
+    async with relaying({"limits.token_relays_per_minute": "2"}) as (m, clock):
+        mirror_state(m.app).relays.sites.clock = clock
+        answers = [await ask(m, TOKEN, f"2001:db8:7:{net:x}::1") for net in range(30)]
+        passed = [not await refused(answer) for answer in answers]
+        assert passed.count(True) == 20, passed
+        assert not await refused(await ask(m, TOKEN, "2001:db8:8::1"))  # another /48
+        assert not await refused(await ask(m, TOKEN, "192.0.2.9"))  # IPv4: its address alone
+
+
 async def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client() -> None:
     settings: dict[str, object] = {
         "limits.token_relays_per_minute": "1",
