@@ -1117,10 +1117,10 @@ def env_name(key: str) -> str:
 
 
 def _from_toml(
-    path: Path, deferred: list[tuple[str, str]] | None = None
+    path: Path, deferred: list[tuple[str, str]]
 ) -> tuple[dict[str, tuple[object, str]], object | None]:
     """The file's settings, and its ``upstreams`` list (``docxy.upstream.settings``) if any.
-    An unknown renewer-only key goes to `deferred` when given (:func:`renewer_only`)."""
+    An unknown renewer-only key goes to `deferred` (:func:`renewer_only`)."""
     try:
         content = path.read_bytes()
     except OSError as exc:
@@ -1155,7 +1155,7 @@ def _from_toml(
 
 
 def _from_env(
-    environ: Mapping[str, str], deferred: list[tuple[str, str]] | None = None
+    environ: Mapping[str, str], deferred: list[tuple[str, str]]
 ) -> dict[str, tuple[object, str]]:
     found: dict[str, tuple[object, str]] = {}
     for alias, key in ENV_ALIASES.items():
@@ -1185,11 +1185,19 @@ def _from_env(
     return found
 
 
-def _refuse(error: ConfigError, key: str, deferred: list[tuple[str, str]] | None) -> None:
-    """Raise `error`, but for a renewer-only `key` when `deferred` collects those instead."""
-    if deferred is None or not renewer_only(key):
+def _refuse(error: ConfigError, key: str, deferred: list[tuple[str, str]]) -> None:
+    """Raise `error`, but for a renewer-only `key`: kept in `deferred` instead."""
+    if not renewer_only(key):
         raise error
     deferred.append((key, str(error)))
+
+
+def _to_default(values: dict[str, Any], raw: dict[str, tuple[object, str]], key: str) -> None:
+    """Set `key` back to its default (a renewer-only setting refused, :func:`_refuse`)."""
+    section, _, name = key.partition(".")
+    parser, default = SETTINGS[section][name]
+    values[key] = parser(default)
+    raw[key] = (default, "default")
 
 
 def load_config(
@@ -1248,9 +1256,8 @@ def load_config(
         except ValueError as exc:
             shown = exc if key not in SECRET_KEYS or isinstance(exc, Unechoed) else "(hidden)"
             _refuse(ConfigError(f"{key}: {shown} ({source})"), key, deferred)
-            values[key] = parser(SETTINGS[section][name][1])  # the renewer's alone: its default
-            raw[key] = (SETTINGS[section][name][1], "default")
-    _check_retries(values, {key: source for key, (_, source) in raw.items()}, raw, deferred)
+            _to_default(values, raw, key)  # the renewer's alone
+    _check_retries(values, raw, deferred)
     sources = {key: source for key, (_, source) in raw.items()}
     from docxy.upstream.settings import check_registry_hosts, load_upstreams  # on this module
 
@@ -1271,10 +1278,7 @@ def load_config(
 
 
 def _check_retries(
-    values: dict[str, Any],
-    sources: Mapping[str, str],
-    raw: dict[str, tuple[object, str]],
-    deferred: list[tuple[str, str]] | None,
+    values: dict[str, Any], raw: dict[str, tuple[object, str]], deferred: list[tuple[str, str]]
 ) -> None:
     """Refuse ``scheduler.retry_base`` above ``retry_max`` (for the mirror: both at their
     defaults, the refusal deferred). The backoff waits ``min(retry_max, retry_base * 2**n)``:
@@ -1285,14 +1289,12 @@ def _check_retries(
     error = ConfigError(
         f"scheduler.retry_base: {shown('scheduler.retry_base', base)} seconds is above "
         f"scheduler.retry_max, {shown('scheduler.retry_max', most)} "
-        f"({sources.get('scheduler.retry_max', 'default')}): the first retry's wait must "
-        f"not exceed the longest ({sources.get('scheduler.retry_base', 'default')})"
+        f"({raw['scheduler.retry_max'][1]}): the first retry's wait must "
+        f"not exceed the longest ({raw['scheduler.retry_base'][1]})"
     )
     _refuse(error, "scheduler.retry_base", deferred)
     for key in ("scheduler.retry_base", "scheduler.retry_max"):
-        section, _, name = key.partition(".")
-        values[key] = SETTINGS[section][name][0](SETTINGS[section][name][1])
-        raw[key] = (SETTINGS[section][name][1], "default")
+        _to_default(values, raw, key)
 
 
 def _section(values: Mapping[str, Any], section: str) -> dict[str, Any]:

@@ -137,15 +137,6 @@ def test_a_malformed_certs_email_fails_each_renewal_run_without_stopping_the_ren
     assert renewer.last_error == settings.refused
 
 
-def test_a_bad_scheduler_setting_still_stops_the_renewer(
-    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(tmp_path / "le"))
-    monkeypatch.setenv("DOCXY_SCHEDULER_HOUR", "13")
-    with pytest.raises(ConfigError, match=r"^scheduler.hour"):
-        scheduler_settings.load([])
-
-
 def test_a_malformed_certs_email_is_a_warning_for_the_mirror() -> None:
     config = load_config(BASE, None, {"DOCXY_CERTS_EMAIL": "ops at example.com"})
     assert config.certs.email is None

@@ -27,6 +27,7 @@ from tests.unit.test_cache_blobs import HeldSync
 from tests.unit.test_fill_sync import AUTH as SYNC_AUTH
 from tests.unit.test_fill_sync import PATH as SYNC_PATH
 from tests.unit.test_fill_sync import SETTINGS as SYNC_SETTINGS
+from tests.unit.test_fill_sync import held_sync as held_sync  # noqa: F401  (fixture)
 from tests.unit.test_pull_blobs import BLOB, DIGEST, Upstream, mirror
 from tests.unit.test_pull_blobs import cached_blobs as sync_cached_blobs
 from tests.unit.test_warm import FakeRegistry, cached_blobs, warmer
@@ -251,16 +252,6 @@ def test_health_of_a_real_mirror_is_healthy(
 # --- 2. a blob still syncing is not yet warm --------------------------------------------------
 
 
-@pytest.fixture
-def syncing(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldSync]:
-    """A fill's commit held in its sync (test_fill_sync's held_sync), released after the test."""
-    held = HeldSync(monkeypatch)
-    try:
-        yield held
-    finally:
-        held.release()
-
-
 def warm_finds_kept(answer: AsgiAnswer, digest: str) -> bool:
     """Whether warm's check (its ``HEAD`` after a blob sent on a miss) takes the mirror's
     ``answer`` to that HEAD for the blob kept."""
@@ -274,7 +265,7 @@ def warm_finds_kept(answer: AsgiAnswer, digest: str) -> bool:
 
 
 async def test_a_blob_whose_commit_then_fails_is_not_taken_for_warm(
-    tmp_path: Path, syncing: HeldSync
+    tmp_path: Path, held_sync: HeldSync
 ) -> None:
     """The last byte goes out once the blob is verified, before its commit syncs and renames
     it in; a HEAD meanwhile is served from the verified temp file as ``Docxy; hit``. warm's
@@ -284,12 +275,12 @@ async def test_a_blob_whose_commit_then_fails_is_not_taken_for_warm(
     async with mirror(tmp_path, Upstream(), **SYNC_SETTINGS) as app:
         first = await call_asgi(app, "GET", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
         assert (first.status, first.body == BLOB) == (200, True)
-        assert syncing.started.wait(5)  # verified, its commit's sync under way
+        assert held_sync.started.wait(5)  # verified, its commit's sync under way
         head = await call_asgi(app, "HEAD", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
         assert head.status == 200  # still answered from the temp file, upstream not asked
         during = warm_finds_kept(head, DIGEST)
-        syncing.error = OSError(errno.EIO, "I/O error")
-        syncing.release()
+        held_sync.error = OSError(errno.EIO, "I/O error")
+        held_sync.release()
         await asyncio.sleep(0.2)
         assert sync_cached_blobs(tmp_path) == []  # not kept
         after = await call_asgi(app, "HEAD", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
@@ -298,12 +289,12 @@ async def test_a_blob_whose_commit_then_fails_is_not_taken_for_warm(
 
 
 async def test_a_blob_whose_commit_ends_well_is_kept_for_warm(
-    tmp_path: Path, syncing: HeldSync
+    tmp_path: Path, held_sync: HeldSync
 ) -> None:
     async with mirror(tmp_path, Upstream(), **SYNC_SETTINGS) as app:
         first = await call_asgi(app, "GET", SYNC_PATH, headers=SYNC_AUTH, host="mirror.test")
-        assert first.status == 200 and syncing.started.wait(5)
-        syncing.release()
+        assert first.status == 200 and held_sync.started.wait(5)
+        held_sync.release()
         for _ in range(100):  # bounded: 5 s
             if sync_cached_blobs(tmp_path):
                 break
