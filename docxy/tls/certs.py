@@ -29,7 +29,6 @@ from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
-from docxy.tls import trust
 from docxy.tls.files import CertError, write_pair
 
 if TYPE_CHECKING:
@@ -258,14 +257,7 @@ def describe_files(cert_path: Path, key_path: Path, domain: str | None = None) -
         info = inspect_pair(cert_path.read_bytes(), key_path.read_bytes(), cert_path, key_path)
     except (OSError, CertError) as exc:
         return {"cert_path": str(cert_path), "error": str(exc)}
-    served, refused = trust.verdict(
-        info.self_signed,
-        info.sans,
-        domain,
-        staging=info.staging,
-        issuer_included=info.issuer_included,
-    )
-    warning = "; ".join(why for why in (refused, info.out_of_date()) if why is not None) or None
+    served, warning = info.verdict(domain)
     return {
         "cert_path": str(cert_path),
         **info.as_dict(),

@@ -110,6 +110,20 @@ class CertInfo:
             )
         return None
 
+    def verdict(self, domain: str | None) -> tuple[str, str | None]:
+        """What is served (:func:`docxy.tls.trust.served_kind`) and why clients refuse it: for
+        its names and issuer (:func:`docxy.tls.trust.verdict`), then for its dates
+        (:meth:`out_of_date`); None: nothing."""
+        served, refused = trust.verdict(
+            self.self_signed,
+            self.sans,
+            domain,
+            staging=self.staging,
+            issuer_included=self.issuer_included,
+        )
+        said = [why for why in (refused, self.out_of_date()) if why is not None]
+        return served, "; ".join(said) or None
+
     def expires_soon(self, now: dt.datetime | None = None) -> bool:
         """Less than :data:`EXPIRY_WARNING` left (a sixth of its lifetime if less), or expired."""
         return expires_soon(self.not_after, self.not_before, now)
@@ -481,18 +495,8 @@ class ReloadableTLS:
         return True
 
     def _refusal(self) -> tuple[str, str | None]:
-        """What is served (:func:`docxy.tls.trust.served_kind`) and why clients refuse it:
-        for its names and issuer, then for its dates (:meth:`CertInfo.out_of_date`)."""
-        info = self._info
-        served, refused = trust.verdict(
-            info.self_signed,
-            info.sans,
-            self.domain,
-            staging=info.staging,
-            issuer_included=info.issuer_included,
-        )
-        said = [why for why in (refused, info.out_of_date()) if why is not None]
-        return served, "; ".join(said) or None
+        """What is served and why clients refuse it (:meth:`CertInfo.verdict`)."""
+        return self._info.verdict(self.domain)
 
     def _stuck(self, now: dt.datetime | None = None) -> str | None:
         """Why the files' pair, refused for :data:`RELOAD_GRACE` or longer, is not served; None
