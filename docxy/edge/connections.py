@@ -220,8 +220,7 @@ class ConnectionGuard:
         if self.open >= self.max_connections:
             self.refused += 1
             return Admitted(None, BUSY)
-        key = self._client_key(peer)
-        site = _site_of(key)
+        key, site = self._client_keys(peer)
         if key is not None:
             over_site = site is not None and self.by_client[site] >= self.site_cap()
             if self.by_client[key] >= self.per_client or over_site:
@@ -231,7 +230,7 @@ class ConnectionGuard:
             if site is not None:
                 self.by_client[site] += 1
         self.open += 1
-        return Admitted(key)
+        return Admitted(key, site=site)
 
     def site_cap(self) -> int:
         """Connections an IPv6 /48 holds at most (:data:`SITE_FACTOR` of ``per_client``, and
@@ -263,35 +262,27 @@ class ConnectionGuard:
 
     def release(self, admitted: Admitted | None = None) -> None:
         self.open -= 1
-        key = admitted.key if admitted is not None else None
-        for counted in (key, _site_of(key)):
+        counts = (admitted.key, admitted.site) if admitted is not None else ()
+        for counted in counts:
             if counted is not None:
                 self.by_client[counted] -= 1
                 if self.by_client[counted] <= 0:
                     del self.by_client[counted]
 
-    def _client_key(self, peer: object) -> str | None:
-        """The key ``peer`` is capped under; None when it is not capped per address."""
+    def _client_keys(self, peer: object) -> tuple[str | None, str | None]:
+        """The key ``peer`` is capped under, and its IPv6 /48's (``site:<net>``, counted in
+        :attr:`by_client` too); None when it is not capped per address (and for IPv4's site)."""
         if not self.per_client or not isinstance(peer, tuple) or not peer:
-            return None
+            return None, None
         address = parse_address(str(peer[0]))
         if address is None or address in self.trusted or address in self.exempt:
-            return None
-        return client_key(address)
+            return None, None
+        site = site_key(address)
+        return client_key(address), None if site is None else f"site:{site}"
 
 
 #: How many clients' connection caps an IPv6 /48 holds at most (:meth:`ConnectionGuard.site_cap`).
 SITE_FACTOR = 4
-
-
-def _site_of(key: str | None) -> str | None:
-    """The /48 an IPv6 client's key (its /64) counts under too, as ``site:<net>``; None for
-    IPv4 and for no key."""
-    if key is None or ":" not in key:
-        return None
-    address = parse_address(key.partition("/")[0])
-    site = site_key(address) if address is not None else None
-    return None if site is None else f"site:{site}"
 
 
 def _ended_by_the_stop(guard: ConnectionGuard) -> bool:
@@ -323,6 +314,7 @@ class Admitted:
 
     key: str | None
     refusal: bytes | None = None
+    site: str | None = None  # the key's IPv6 /48, counted too (ConnectionGuard.site_cap)
 
     def __bool__(self) -> bool:
         return self.refusal is None
