@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 
 from docxy.core.errors import TooManyRequests
-from docxy.edge.limits import Buckets, Clock, retry_after
+from docxy.edge.limits import Clock, SitedBuckets, retry_after
 
 THROTTLED = "too many failed logins from this client; try again later"
 #: An IPv6 /48's budget, in per-address budgets: ten /64s of a site may each use all of theirs
@@ -35,7 +35,7 @@ THROTTLED = "too many failed logins from this client; try again later"
 SITE_FACTOR = 10
 
 
-class FailedLogins:
+class FailedLogins(SitedBuckets):
     """Per-client buckets of wrong passwords; ``per_minute`` 0 turns the limit off.
 
     A password check takes its place before it runs (:meth:`take`) and gives it back when the
@@ -44,9 +44,7 @@ class FailedLogins:
     """
 
     def __init__(self, per_minute: int, clock: Clock = time.monotonic) -> None:
-        self.buckets = Buckets(per_minute / 60, per_minute, clock)
-        wider = per_minute * SITE_FACTOR
-        self.sites = Buckets(wider / 60, wider, clock)
+        super().__init__(per_minute, SITE_FACTOR, clock)
         self.refused = 0
 
     def refusals(self) -> dict[str, int]:
@@ -56,11 +54,7 @@ class FailedLogins:
     def take(self, client: str, site: str | None = None) -> TooManyRequests | None:
         """A place for one password check by ``client`` (and its IPv6 ``site``, its /48:
         ``docxy.core.cidr.site_key``), or why not (nothing taken then, from either)."""
-        wait = self.buckets.take(client)
-        if wait <= 0 and site is not None:
-            wait = self.sites.take(site)
-            if wait > 0:
-                self.buckets.give(client)  # refused: the address's place is not spent
+        wait = self.take_place(client, site)
         if wait <= 0:
             return None
         self.refused += 1
@@ -68,6 +62,4 @@ class FailedLogins:
 
     def give_back(self, client: str, site: str | None = None) -> None:
         """The check :meth:`take` made room for was no wrong password."""
-        self.buckets.give(client)
-        if site is not None:
-            self.sites.give(site)
+        self.give_place(client, site)

@@ -99,6 +99,34 @@ class Buckets:
         return self.of(key).debt(self.clock()) if self else 0.0
 
 
+class SitedBuckets:
+    """Per-address :class:`Buckets` (an IPv6 client's /64), and for IPv6 one per /48 as well,
+    ``site_factor`` times as large and as fast: a /64 is one subscriber's, but a home holds a
+    /56 and a business a /48, 256 or 65536 /64s each with a bucket of its own. A place needs
+    room in both; refused by the site, the address's place is not spent."""
+
+    def __init__(self, per_minute: int, site_factor: int, clock: Clock = time.monotonic) -> None:
+        self.buckets = Buckets(per_minute / 60, per_minute, clock)
+        wider = per_minute * site_factor
+        self.sites = Buckets(wider / 60, wider, clock)
+
+    def take_place(self, client: str, site: str | None) -> float:
+        """Take one place for ``client`` and its ``site`` (``docxy.core.cidr.site_key``): 0, or
+        the seconds until there is one (nothing taken then, from either)."""
+        wait = self.buckets.take(client)
+        if wait <= 0 and site is not None:
+            wait = self.sites.take(site)
+            if wait > 0:
+                self.buckets.give(client)
+        return wait
+
+    def give_place(self, client: str, site: str | None) -> None:
+        """Give back a place :meth:`take_place` took."""
+        self.buckets.give(client)
+        if site is not None:
+            self.sites.give(site)
+
+
 def retry_after(seconds: float) -> str:
     """``Retry-After`` in whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 
 from docxy.core.errors import TooManyRequests
-from docxy.edge.limits import Buckets, Clock, retry_after
+from docxy.edge.limits import Clock, SitedBuckets, retry_after
 
 THROTTLED = "too many /v2/ and token requests from this client; try again later"
 #: An IPv6 /48's budget, in per-address budgets: a home's /56 is 256 /64s, each with a bucket of
@@ -42,13 +42,11 @@ THROTTLED = "too many /v2/ and token requests from this client; try again later"
 SITE_FACTOR = 10
 
 
-class TokenRelays:
+class TokenRelays(SitedBuckets):
     """Per-address buckets of relayed ``/v2/`` and token requests; ``per_minute`` 0 is off."""
 
     def __init__(self, per_minute: int, clock: Clock = time.monotonic) -> None:
-        self.buckets = Buckets(per_minute / 60, per_minute, clock)
-        wider = SITE_FACTOR * per_minute
-        self.sites = Buckets(wider / 60, wider, clock)
+        super().__init__(per_minute, SITE_FACTOR, clock)
         self.refused = 0
 
     def refusals(self) -> dict[str, int]:
@@ -60,11 +58,7 @@ class TokenRelays:
         ``docxy.core.cidr.site_key``): True. With either bucket empty, raise
         :class:`TooManyRequests` (a refusal, for ``/metrics``); or, not ``refuse``, return
         False, nothing counted: the caller answers without the upstream."""
-        wait = self.buckets.take(client)
-        if wait <= 0 and site is not None:
-            wait = self.sites.take(site)
-            if wait > 0:
-                self.buckets.give(client)  # refused: the address's place is not spent
+        wait = self.take_place(client, site)
         if wait <= 0:
             return True
         if not refuse:
