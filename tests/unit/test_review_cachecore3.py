@@ -26,6 +26,7 @@ from lab import REPO_ROOT
 from lab.mirror import mirror_env
 from lab.processes import stop_process
 from lab.registry import registry_config
+from tests.unavailable import skip_or_fail
 from tests.unit.test_cache_faults import OCI_MANIFEST, manifest_of
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_manifests import TAG
@@ -52,7 +53,7 @@ def read_only(directory: Path) -> Iterator[None]:
     """``directory`` read-only (a bind mount of itself, remounted ``ro``) while in the block."""
     bound = subprocess.run(["mount", "--bind", str(directory), str(directory)], check=False)
     if bound.returncode != 0:
-        pytest.skip("cannot bind-mount here (not root?)")
+        skip_or_fail("cannot bind-mount here (not root?)")
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(directory)], check=True)
         yield
