@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import email.utils
 import hashlib
 import re
 import ssl
@@ -54,6 +53,7 @@ from docxy.core import jsondoc
 from docxy.core.challenge import bearer_challenge, parse_challenge, split_challenges
 from docxy.core.errors import ConfigError, DigestInvalid
 from docxy.core.headers import ACCEPT_IDENTITY, split_quoted, unquoted
+from docxy.core.headers import retry_after_seconds as retry_after_at
 from docxy.core.names import ImageRef, parse_image_ref
 from docxy.core.verify import NAME_MISMATCH, OUT_OF_DATE, RENEW_OR_CLOCK, UNKNOWN_ISSUER, ssl_cause
 
@@ -527,20 +527,11 @@ class Warmer:
 
 
 def retry_after_seconds(value: str | None) -> float:
-    """A ``Retry-After`` (seconds, or an HTTP date) as seconds from now, at least 0; a second
-    when there is none or it is neither."""
-    if value is None:
-        return 1.0
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return 1.0
-    if when.tzinfo is None:
-        return 1.0
-    return max(0.0, when.timestamp() - time.time())
+    """A ``Retry-After`` (seconds, or an HTTP date) as seconds from now, at least 0
+    (:func:`docxy.core.headers.retry_after_seconds`); a second when there is none or it is
+    neither."""
+    wait = retry_after_at(value, time.time())
+    return 1.0 if wait is None else wait
 
 
 def _raise_for_status(
