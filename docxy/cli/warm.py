@@ -261,7 +261,9 @@ KEPT_WAIT = 30.0
 #: renamed in: a big one on a slow disk can take more than :data:`KEPT_WAIT`).
 COMMIT_WAIT = 300.0
 #: A ``429`` (the mirror's per-client ``limits.*``, or its token service's) is asked again after
-#: its ``Retry-After`` (a second if it names none), this many times at most per request; a wait
+#: its ``Retry-After`` (a second if it names none), and so is a ``503`` that names one (every
+#: connection to the upstream in use, too many open connections, a restart's drain: each says
+#: when to come back), this many times at most per request; a wait
 #: longer than :data:`RETRY_WAIT_ONE`, or one that would take the run's waits past
 #: :data:`RETRY_WAIT_TOTAL` seconds, is not waited: the ``429`` is the answer then.
 RETRIES = 5
@@ -355,18 +357,25 @@ class Warmer:
         #: How warm waits out a ``429``'s ``Retry-After``, and what it waited so far in all.
         self.sleep: Callable[[float], object] = time.sleep
         self.waited = 0.0
+        #: Answers (200s) that said nothing of the cache: no ``Cache-Status`` member of the
+        #: mirror's (a plain registry or another mirror as ``--mirror``).
+        self.unsaid = 0
 
     @contextlib.contextmanager
     def _ask(
         self, method: str, path: str, headers: dict[str, str] | None = None
     ) -> Iterator[httpx.Response]:
         """``client.stream(method, path)``, asked again after a ``429``'s ``Retry-After``
-        (:data:`RETRIES`, :data:`RETRY_WAIT_ONE`, :data:`RETRY_WAIT_TOTAL`): the mirror's
-        per-client limits refuse a long list's requests for a second or so, not for good."""
+        (or a ``503``'s: :data:`RETRIES`, :data:`RETRY_WAIT_ONE`, :data:`RETRY_WAIT_TOTAL`):
+        the mirror's per-client limits refuse a long list's requests for a second or so, not
+        for good. Every answer without the mirror's ``Cache-Status`` member is counted
+        (:attr:`unsaid`)."""
         for attempt in range(RETRIES + 1):
             with self.client.stream(method, path, headers=headers) as response:
                 wait = None if attempt == RETRIES else self._retry_wait(response)
                 if wait is None:
+                    if response.status_code == 200 and mirror_status(response) is None:
+                        self.unsaid += 1
                     yield response
                     return
             self.sleep(wait)
@@ -374,7 +383,9 @@ class Warmer:
 
     def _retry_wait(self, response: httpx.Response) -> float | None:
         """Seconds to wait before asking again after ``response``, or None: it is the answer."""
-        if response.status_code != 429:
+        if response.status_code == 503 and "retry-after" in response.headers:
+            pass  # the mirror says when it expects to answer again
+        elif response.status_code != 429:
             return None
         wait = retry_after_seconds(response.headers.get("retry-after"))
         if wait > RETRY_WAIT_ONE or self.waited + wait > RETRY_WAIT_TOTAL:
@@ -786,6 +797,13 @@ def warm_all(warmer: Warmer, images: list[ImageRef], out: TextIO) -> int:
             continue
         cached += 1
         print(f"{image}: {_summary(took, time.monotonic() - began)}", file=out)
+    if warmer.unsaid:
+        print(
+            f"docxy warm: {warmer.unsaid} answers of {warmer.client.base_url} had no "
+            f"Cache-Status of the mirror's: not a Docxy mirror? What was read was checked, "
+            "but whether it is cached there is unknown",
+            file=sys.stderr,
+        )
     if len(images) > 1:
         # what was read, failed images' reads included, beside how many images it cached
         read = _summary(warmer.tally, time.monotonic() - started)

@@ -236,10 +236,11 @@ def test_an_image_the_mirror_did_not_cache_all_of_fails_with_its_reasons(
     registry.cache_status[sha(b"two")] = "Docxy; fwd=bypass; detail=cache-full"
     registry.cache_status[config] = "Docxy; fwd=bypass; detail=something-new"
     registry.cache_status[sha(b"three")] = "Docxy; fwd=miss"
+    registry.cache_status[sha(b"one")] = registry.cache_status["library/other:1"] = "Docxy; hit"
 
     def cached_now(request: httpx.Request) -> httpx.Response:
         if request.url.path.startswith("/v2/library/other/"):
-            registry.cache_status.pop(config, None)  # under this repository, it is cached
+            registry.cache_status[config] = "Docxy; hit"  # under this repository, it is cached
         return registry.handler(request)
 
     client = httpx.Client(
