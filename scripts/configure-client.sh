@@ -546,6 +546,14 @@ def not_json(path, text, exc):
     if isinstance(exc, json.JSONDecodeError) and text[exc.pos:].startswith(COMMENT_STARTS):
         fail(path, f"has a comment at line {exc.lineno} column {exc.colno}: JSON allows none,"
                    " and dockerd refuses the file too; delete it")
+    if isinstance(exc, json.JSONDecodeError) and text[exc.pos:exc.pos + 1] in ("}", "]"):
+        before = text[:exc.pos].rstrip()
+        if before.endswith(","):
+            comma = len(before) - 1
+            line = before.count("\n") + 1
+            column = comma - before.rfind("\n")
+            fail(path, f"has a trailing comma at line {line} column {column}: JSON allows"
+                       " none, and dockerd refuses the file too; delete it")
     fail(path, f"is not valid JSON ({exc})")
 
 

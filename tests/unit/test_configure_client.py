@@ -223,6 +223,31 @@ def test_a_comment_in_daemon_json_is_refused_saying_so(
     assert "dockerd refuses" in said
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{\n  "debug": true,\n}\n', "line 2 column 16"),
+        ('{"registry-mirrors": ["https://a.example",  ]}', "line 1 column 42"),
+    ],
+)
+def test_a_trailing_comma_in_daemon_json_is_refused_saying_so(
+    box: ScriptBox, text: str, where: str
+) -> None:
+    """A comma before a closing brace or bracket (left by a hand edit that removed the last
+    entry): dockerd refuses the file too; the script said only Python's "Expecting property
+    name enclosed in double quotes"."""
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(text)
+    before = box.files()
+
+    code, said = run(box, "--mirror", MIRROR, "--docker")
+
+    assert code == 3, said
+    assert box.files() == before
+    assert f"has a trailing comma at {where}" in said
+    assert "dockerd refuses" in said
+
+
 @pytest.mark.parametrize("mirrors", ["null", "[]"])
 def test_an_empty_registry_mirrors_becomes_the_mirror_in_its_place(
     box: ScriptBox, mirrors: str
