@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -122,12 +121,13 @@ def offline_token(reason: str, credentialed: bool) -> Response:
 def offline_token_body() -> Response:
     # Given only to anonymous asks: pulling with it is pulling as nobody, from the mirror.
     mirror_state().client.anonymous_tokens.remember(OFFLINE_TOKEN, OFFLINE_TOKEN_LIFETIME)
-    issued = datetime.now(UTC)
+    # No ``issued_at``, as for the mirror's own tokens (docxy.access.authority): a client
+    # counts ``expires_in`` from it by its own clock, and one ahead by a minute would take
+    # this token for expired on arrival and ask again before every request.
     body = {
         "token": OFFLINE_TOKEN,
         "access_token": OFFLINE_TOKEN,
         "expires_in": OFFLINE_TOKEN_LIFETIME,
-        "issued_at": issued.isoformat().replace("+00:00", "Z"),
     }
     response = Response(json.dumps(body), status=200, content_type="application/json")
     response.headers["Cache-Control"] = "no-store"

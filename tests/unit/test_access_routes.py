@@ -195,6 +195,28 @@ async def test_offline_token_is_never_an_answer_to_credentials(
         assert (await anonymous.get_json())["token"]
 
 
+@pytest.mark.parametrize("skew", [-50, 60, 3600])
+async def test_the_offline_token_is_timed_by_the_clients_own_clock(
+    tmp_path: Path, skew: int
+) -> None:
+    """The offline token's answer said ``issued_at`` in the mirror's time (the users-mode
+    token's no longer does: test_review_access3b): a client whose clock ran its 60 s lifetime
+    ahead took it for expired on arrival and asked again before every request, for as long as
+    the upstream's token service was down."""
+    from datetime import datetime, timedelta
+
+    from tests.unit.test_review_access3b import client_expiry
+
+    settings: dict[str, object] = {"cache.enabled": "true", "cache.dir": str(tmp_path / "cache")}
+    async with mirror(auth_down, settings) as m:
+        response = await m.client.get("/auth/token?scope=repository:library/redis:pull")
+        assert response.status_code == 200
+        body = await response.get_json()
+    client_now = datetime.now().astimezone() + timedelta(seconds=skew)
+    expiry = client_expiry(body, client_now)
+    assert expiry - client_now > timedelta(seconds=body["expires_in"] - 10)
+
+
 # --- client certificates (the TLS layer's verdict stands in: peer._PEER_CERT) ---------------
 
 
