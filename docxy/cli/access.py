@@ -18,6 +18,7 @@ root's, mode 600, were unreadable to the mirror, which answered 503 for every lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import sys
 from pathlib import Path
@@ -140,6 +141,27 @@ def _users(args: argparse.Namespace, users: UsersFile) -> int:
     return 0
 
 
+def _remove_kit(kit: Path) -> bool:
+    """Remove the kit ``clients add`` left in ``kit`` (its files and any pending one a cut
+    write left, then the directory if nothing else is in it); True if there was one. A file
+    of the user's beside them stays, and the directory with it."""
+    from docxy.access.clientca import CA_CERT, KIT_CERT, KIT_KEY
+    from docxy.tls.files import pending_path
+
+    names = [CA_CERT, KIT_CERT, KIT_KEY]
+    paths = [kit / name for name in names] + [pending_path(kit / name) for name in names]
+    found = False
+    for path in paths:
+        try:
+            path.unlink()
+            found = True
+        except FileNotFoundError:
+            pass
+    with contextlib.suppress(OSError):  # not there, or not empty: the user's files stay
+        kit.rmdir()
+    return found
+
+
 def _clients(args: argparse.Namespace, ca: ClientCA, owner: Owner) -> int:
     if args.action == "list":
         for entry in sorted(ca.entries().values(), key=lambda e: e.name):
@@ -150,6 +172,9 @@ def _clients(args: argparse.Namespace, ca: ClientCA, owner: Owner) -> int:
             print(f"docxy clients rm: no client {args.name}", file=sys.stderr)
             return EXIT_FAILED
         print(f"revoked {args.name}")
+        kit = ca.dir / KITS / args.name
+        if _remove_kit(kit):
+            print(f"removed its kit {kit}")
         return 0
     if args.out is None:  # beside the CA, as its owner (in the image: the certs volume)
         out = ca.dir / KITS / args.name

@@ -74,6 +74,29 @@ def test_clients_add_list_rm(
     assert main(["clients", "rm", "ci"]) == 1
 
 
+def test_clients_rm_removes_the_kit_it_left_beside_the_ca(
+    auth_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``clients add NAME`` without ``--out`` leaves the kit, its private key included, in
+    ``auth.dir/kits/NAME`` (the certs volume, in the image); ``clients rm`` revoked the
+    certificate and left that key there. It removes the kit's three files and its directory;
+    a file the user put beside them is kept, and the directory with it."""
+    assert main(["clients", "add", "ci"]) == 0
+    assert main(["clients", "add", "keep"]) == 0
+    kit, kept = auth_dir / "kits" / "ci", auth_dir / "kits" / "keep"
+    assert (kit / "client.key").exists()
+    (kept / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["clients", "rm", "ci"]) == 0
+    assert not kit.exists()
+    assert str(kit) in capsys.readouterr().out
+    assert main(["clients", "rm", "keep"]) == 0
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    assert (auth_dir / "kits").is_dir()  # the other kits' place stays
+    assert main(["clients", "add", "ci"]) == 0  # the name can be issued again
+    assert (kit / "client.key").exists()
+
+
 def test_tokens_rotate(auth_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tokens", "rotate"]) == 0
     assert (auth_dir / "token-key.pem").exists() and (auth_dir / "token-key.previous.pem").exists()
