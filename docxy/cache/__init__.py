@@ -7,6 +7,7 @@ lay out::
     <directory>/blobs/   <directory>/tmp/     DiskBlobStore
     <directory>/manifests/                    ManifestStore (also the blob store's image catalogue)
     <directory>/access/                       AccessIndex (lives and dies with the manifests)
+    <directory>/docxy.lock                    held by the serving mirror (docxy.cache.lock)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from docxy.cache.errors import (
 )
 from docxy.cache.fill import BlobFollower, BlobWriter, Download, Fetch
 from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
+from docxy.cache.lock import CacheInUse, hold
 from docxy.cache.manifests import (
     CachedManifest,
     ManifestStore,
@@ -58,6 +60,7 @@ __all__ = [
     "BlobWriter",
     "Cache",
     "CacheError",
+    "CacheInUse",
     "CacheUnreadable",
     "CacheUnwritable",
     "CachedManifest",
@@ -120,8 +123,10 @@ def open_cache(
     meanwhile (``await cache.blobs.indexed()`` / ``cache.manifests.loaded()`` wait for them).
     Called on the event loop, it takes the index over there as soon as it is read. What an
     earlier version keyed under another spelling of one of the ``registries`` (the upstreams'
-    URLs) is moved to its key now (:meth:`ManifestStore.respell`)."""
+    URLs) is moved to its key now (:meth:`ManifestStore.respell`). Raises
+    :class:`CacheInUse` when another process serves from ``directory`` (:mod:`docxy.cache.lock`)."""
     directory = Path(directory)
+    hold(directory)  # before its start-up sweep: another mirror's fills are not ours to clear
     access = AccessIndex(directory / "access")
     blobs = DiskBlobStore.open(
         directory, max_size, room_wait=room_wait, direct_writes=direct_writes

@@ -33,9 +33,9 @@ import stat
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -180,6 +180,9 @@ class GcTally:
     freed_bytes: int = 0  # of the temp, stray and corrupt files (evicted blobs: the counters)
     gone_bytes: int = 0
     over_bytes: int = 0
+    #: Temp and stray files the disk would not delete (another owner's: a root run's before
+    #: the CLI acted as the cache's owner; EIO), with why: gc did the rest.
+    refused: list[tuple[Path, OSError]] = field(default_factory=list)
     #: Where the store's eviction counters are read, and what they were when gc began evicting.
     counts: Callable[[], EvictionCounts] | None = None
     since: EvictionCounts = (0, 0, 0, 0)
@@ -230,6 +233,7 @@ class BlobStore(Protocol):
         tmp_age: float = 3600.0,
         evict: bool = True,
         tally: GcTally | None = None,
+        spare: Collection[str] = (),
     ) -> GcReport: ...
 
 
@@ -361,13 +365,15 @@ class DiskBlobStore:
         older_than: float | None,
         tally: GcTally,
         refused: list[tuple[Path, int, OSError]] | None = None,
+        *,
+        spare: Collection[str] = (),
     ) -> None:
         """:meth:`clear_tmp`, counting each file removed (and its bytes) in ``tally`` as it
         goes: a delete the disk refuses (EACCES, EPERM, EIO) raises, and the files removed
         before it are counted all the same (gc's report of them); given ``refused``, it is
         added there instead (with the file's size) and the rest are deleted."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        ours = {fill.tmp_path.name for fill in self._fills.values()}
+        ours = {fill.tmp_path.name for fill in self._fills.values()}.union(spare)
         cutoff = None if older_than is None else time.time() - older_than
         before = tally.removed_tmp
         # Listed whole first: a refused delete leaves no directory listing open behind it.
@@ -393,11 +399,11 @@ class DiskBlobStore:
                 except OSError as exc:
                     if refused is None:
                         raise
-                    refused.append((Path(entry.path), st.st_size, exc))
+                    refused.append((Path(entry.path), held_bytes(st), exc))
                     continue
                 if unlinked:
                     tally.removed_tmp += 1
-                    tally.freed_bytes += st.st_size
+                    tally.freed_bytes += held_bytes(st)
         finally:
             if removed := tally.removed_tmp - before:
                 log.info("cache: removed %d leftover temp files", removed)
@@ -573,8 +579,10 @@ class DiskBlobStore:
             self._cache_read_failed(digest, exc)
             raise CacheUnreadable(f"cannot open the cached {digest}: {exc}") from exc
         self._read_failed_logged = False
-        self._pins[digest] += 1
         fill = self._fills.get(digest)
+        if (fill is None or entry.path != fill.tmp_path) and not self._length_kept(entry, fd):
+            return None  # dropped: a miss, fetched again
+        self._pins[digest] += 1
         if fill is not None and entry.path == fill.tmp_path:  # a verified fill's temp file:
             fill.holders += 1  # held open, it counts as a follower's would, should it be removed
             release = partial(self._follower_closed, fill)
@@ -589,6 +597,24 @@ class DiskBlobStore:
             chunk_size=self._chunk_for_readers,
             broken=partial(self._cached_read_broke, entry),
         )
+
+    def _length_kept(self, entry: BlobEntry, fd: int) -> bool:
+        """Whether the file of committed ``entry``, open as ``fd``, still has the blob's length
+        (one ``fstat``). One cut short or grown behind the mirror's back (by hand, a disk
+        fault) would be served with the length the index has: a cut after the bytes it still
+        holds, or bytes that do not hash. It is dropped as a read that broke drops it
+        (:meth:`_cached_read_broke`), and ``fd`` closed."""
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:  # EIO: its reads say so
+            return True
+        if size == entry.size:
+            return True
+        close_after_reading(fd)
+        self._cached_read_broke(
+            entry, OSError(f"its file holds {size} bytes, not the blob's {entry.size}")
+        )
+        return False
 
     def _cached_read_broke(self, entry: BlobEntry, exc: OSError) -> None:
         """A read of cached ``entry`` failed (EIO under it, the file cut short behind our
@@ -1214,6 +1240,7 @@ class DiskBlobStore:
         tmp_age: float = 3600.0,
         evict: bool = True,
         tally: GcTally | None = None,
+        spare: Collection[str] = (),
     ) -> GcReport:
         """Drop stray files and temp files older than ``tmp_age`` seconds, optionally re-hash
         every blob, and (``evict``) evict down to the cap (what it could not, because blobs are
@@ -1223,15 +1250,28 @@ class DiskBlobStore:
         the report's ``freed_bytes`` counts only the files this gc removed, ``gone_bytes``
         the blobs it found gone. What it has done is in ``tally`` as it goes: the report of a
         gc cancelled, or stopped by a file the disk keeps (which raises: a manifest or tag
-        record its eviction may not delete, before any blob of those images goes)."""
+        record its eviction may not delete, before any blob of those images goes); a temp or
+        stray file it may not delete (another owner's) is kept, in ``tally.refused``, and the
+        rest done. The temp
+        files named in ``spare`` are left alone, however old: a process holds them (a live
+        mirror's fill of a large blob from a slow upstream runs for over ``tmp_age``)."""
         tally = GcTally() if tally is None else tally
         await self.indexed()
         known = dict(self._index)
-        self._clear_tmp(tmp_age, tally)
+        kept: list[tuple[Path, int, OSError]] = []
+        try:
+            self._clear_tmp(tmp_age, tally, kept, spare=spare)
+        except OSError as exc:  # tmp/ itself may not be listed (or made): the rest is done
+            tally.refused.append((self.tmp_dir, exc))
+        tally.refused.extend((path, exc) for path, _, exc in kept)
         strays = self.scan()
         tally.gone_bytes = sum(e.size for d, e in known.items() if d not in self._index)
         for path in strays:
-            tally.freed_bytes += _size_removed(path)
+            try:
+                tally.freed_bytes += _size_removed(path)
+            except OSError as exc:
+                tally.refused.append((path, exc))
+                continue
             tally.removed_stray += 1
         if verify:
             await self._verify_all(tally)
@@ -1381,6 +1421,13 @@ def _removed_size(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     return size if _unlink(path) else None
+
+
+def held_bytes(st: os.stat_result) -> int:
+    """The bytes the disk holds for a file: its blocks, not its length. A fill's temp file
+    was preallocated to the blob's length (:mod:`docxy.cache.preallocate`, its length only
+    what was written before a crash cut it), and one with holes holds less than its length."""
+    return st.st_blocks * 512
 
 
 def os_error(exc: OSError) -> str:

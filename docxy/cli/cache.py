@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -450,7 +451,8 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         for path in open_by_processes(paths):
             pins.enter_context(store.pinned(paths[path]))
         try:
-            await store.gc(verify=verify, evict=evict, tally=tally)
+            held = {path.name for path in open_by_processes(_temp_files(store))}
+            await store.gc(verify=verify, evict=evict, tally=tally, spare=held)
         except OSError as exc:  # read-only, another owner's files (EACCES), EIO
             print(cannot("change", "gc", store.root, exc), file=sys.stderr)
             ending.append(("stopped", f"{refused(store.root, exc)}; the rest not done"))
@@ -462,6 +464,8 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
             print(f"docxy cache gc: interrupted ({interrupted.name})", file=sys.stderr)
             ending.append(("interrupted", f"by {interrupted.name}; the rest not done"))
     report = tally.report()
+    if tally.refused:
+        ending.insert(0, ("not removed", _not_removed(store.root, tally.refused)))
     rows = gc_rows(report, verify, evict, ending)
     for line in columns((key + ":", value) for key, value in rows):
         print(line, file=out)
@@ -475,6 +479,33 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         or report.corrupt_in_use
     )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _temp_files(store: DiskBlobStore) -> list[Path]:
+    """The files in the store's ``tmp/`` now (none if it cannot be listed: gc says why)."""
+    try:
+        with os.scandir(store.tmp_dir) as listing:
+            return [Path(entry.path) for entry in listing]
+    except OSError:
+        return []
+
+
+def _not_removed(root: Path, refused: list[tuple[Path, OSError]]) -> str:
+    """Say on stderr each file gc could not remove (a root run's leftovers, from before the
+    CLI acted as the cache's owner: root's, in a directory of root's), and the one command that
+    hands them over, in the entrypoint's words; the report's row."""
+    for path, exc in refused:
+        print(f"docxy cache gc: cannot remove {path}: {exc.strerror or exc}", file=sys.stderr)
+    if not any(exc.errno in (errno.EACCES, errno.EPERM) for _, exc in refused):
+        return f"{len(refused)} (the disk refused: see above; the rest done)"  # EIO, EROFS
+    me = f"{os.geteuid()}:{os.getegid()}"  # acting as the owner: the owner's
+    print(
+        f"docxy cache gc: give them to this user once: chown -R {me} {root} (as root; in the "
+        f"appliance: docker compose run --rm --user 0 --entrypoint chown docxy -R {me} {root}),"
+        " then run gc again",
+        file=sys.stderr,
+    )
+    return f"{len(refused)} (the disk refused: see above; the rest done)"
 
 
 def uncancel(task: asyncio.Task[object] | None) -> None:

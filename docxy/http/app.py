@@ -14,7 +14,7 @@ from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from docxy.access.gate import AccessControl
-from docxy.cache import Cache, open_configured
+from docxy.cache import Cache, CacheInUse, open_configured
 from docxy.config import Config
 from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
 from docxy.http import acme, auth, health, routes, setup_script
@@ -95,6 +95,9 @@ def open_store(config: Config) -> Cache:
     try:
         root.mkdir(parents=True, exist_ok=True)
         return open_configured(config)
+    except CacheInUse as exc:  # a second mirror on one cache.dir: refused, not a traceback
+        source = config.sources.get("cache.dir", "default")
+        raise ConfigError(f"cache.dir: {exc} ({source})") from exc
     except OSError as exc:
         source = config.sources.get("cache.dir", "default")
         raise ConfigError(

@@ -22,7 +22,13 @@ async def test_open_cache_lays_out_and_recovers(tmp_path: Path) -> None:
     (tmp_path / "tmp" / "sha256-dead.beef").write_bytes(b"partial")
 
     again = open_cache(tmp_path, max_size=1 << 20, tag_ttl=60)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["access", "blobs", "manifests", "tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "access",
+        "blobs",
+        "docxy.lock",
+        "manifests",
+        "tmp",
+    ]
     assert list((tmp_path / "tmp").iterdir()) == []
     assert again.blobs.lookup(digest_of(layer)) is not None
     assert (await again.manifests.resolve_tag(repo, "3")).state is TagState.FRESH
