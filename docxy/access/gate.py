@@ -36,6 +36,7 @@ from docxy.access.scopes import Access, allows
 from docxy.config import Config, loopback_host
 from docxy.core.challenge import Challenge
 from docxy.core.errors import ConfigError, MirrorUnavailable, RegistryError, Unauthorized
+from docxy.core.headers import bearer_token
 from docxy.core.names import upstream_name
 
 if TYPE_CHECKING:
@@ -156,13 +157,6 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = text.partition(":")
     return (user, password) if sep else None
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, value = authorization.strip().partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
 
 
 class AccessControl:

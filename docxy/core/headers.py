@@ -113,6 +113,17 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of a ``Bearer`` ``Authorization`` (the scheme in any case, spaces around it
+    and the token dropped), else None: no header, another scheme, or no token after it. The
+    one reading of it, for the access check and for the upstream's anonymous tokens alike."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def split_quoted(text: str, separator: str) -> list[str] | None:
     """``text`` cut at each ``separator`` outside a quoted-string (RFC 9110's and RFC 8941's
     ``"..."``, where ``\\`` escapes the next character), the parts as they are (not

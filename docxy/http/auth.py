@@ -24,13 +24,13 @@ import httpx
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
-from docxy.access.gate import AccessControl, basic_credentials, bearer_token, users_unreadable
+from docxy.access.gate import AccessControl, basic_credentials, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core import jsondoc
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
 from docxy.core.cidr import site_key
 from docxy.core.errors import Denied, NotFound, RegistryError, Unauthorized, UpstreamError
-from docxy.core.headers import kept_retry_after
+from docxy.core.headers import bearer_token, kept_retry_after
 from docxy.core.hosts import url_host
 from docxy.edge.clients import limit_key, request_address
 from docxy.http.routes import count_relay, own_challenge, refuse_unsendable, request_facts

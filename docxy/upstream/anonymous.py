@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 from docxy.core import jsondoc
 from docxy.core.bounded import LruDict
 from docxy.core.expiry import DEFAULT_EXPIRES_IN, token_lifetime
+from docxy.core.headers import bearer_token
 
 V = TypeVar("V")
 
@@ -33,13 +34,6 @@ LONGEST = 86400.0
 
 def _key(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-
-
-def bearer_token(authorization: str) -> str | None:
-    """The token of a ``Bearer`` ``Authorization``, else None."""
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 class KeptTokens(Generic[V]):

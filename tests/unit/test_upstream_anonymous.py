@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from docxy.core.headers import bearer_token
 from docxy.upstream import anonymous
-from docxy.upstream.anonymous import AnonymousTokens, bearer_token
+from docxy.upstream.anonymous import AnonymousTokens
 
 
 @pytest.mark.parametrize(
