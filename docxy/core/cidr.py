@@ -4,6 +4,10 @@ Pure functions over :mod:`ipaddress` values. An IPv4 address that arrives IPv4-m
 (``::ffff:192.0.2.1``, as a dual-stack socket reports it) is the IPv4 address it maps, so one
 list entry covers both ways a client can reach the mirror. A network with host bits set
 (``10.0.0.1/8``) is refused: it is almost always a typo for something narrower or wider.
+
+An IPv4 client that a translator (NAT64/SIIT, RFC 6052 and RFC 8215) brings in as IPv6 is one
+client for the limits (:func:`client_key`), not one of a /64 every translated client shares;
+allow lists and trusted proxies still see the IPv6 address it arrives from.
 """
 
 from __future__ import annotations
@@ -23,9 +27,15 @@ BROAD_PREFIX = {4: 8, 6: 32}
 
 #: IPv6 clients are kept by their /64: one host usually holds a whole /64 and can use any of it.
 IPV6_CLIENT_PREFIX = 64
-#: ... and, for the wrong-password limit only, also by their /48 (:func:`site_key`): what a
-#: site is given (RFC 6177 suggests /48 to /56), so its 256 to 65536 /64s are one site there.
+#: ... and also by their /48 (:func:`site_key`): what a site is given (RFC 6177 suggests /48
+#: to /56), so its 256 to 65536 /64s are one site for the limits that keep sites.
 IPV6_SITE_PREFIX = 48
+#: RFC 6052's well-known prefix: ``64:ff9b::a.b.c.d`` is the IPv4 client a.b.c.d, translated.
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+#: RFC 8215's local-use prefix: a translator's own prefix inside it may be /48 to /96, which
+#: places the IPv4 address differently (RFC 6052 section 2.2), so each address in it is kept
+#: as a client of its own: one IPv4 client, whichever length the translator uses.
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 def parse_address(text: str) -> Address | None:
@@ -105,23 +115,34 @@ def broad(networks: Networks) -> list[Network]:
 
 
 def client_key(address: Address) -> str:
-    """The key per-client limits are kept under: the IPv4 address (an IPv4-mapped one too), or
-    the IPv6 /64. The one rule every per-address limit keys by: the connection cap per client
-    (``docxy.edge.connections``), and through ``docxy.edge.clients.limit_key`` wrong passwords,
-    token relays, and admission's buckets and fill caps for a client without an identity.
-    Wrong passwords are also kept by an IPv6 client's /48 (:func:`site_key`), on top."""
-    address = _unmapped(address)
-    if isinstance(address, ipaddress.IPv4Address):
+    """The key per-client limits are kept under: the IPv4 address (an IPv4-mapped one too, and
+    one a NAT64 translator brings in under ``64:ff9b::/96``), the whole address under the
+    local-use ``64:ff9b:1::/48``, or else the IPv6 /64. The one rule every per-address limit
+    keys by: the connection cap per client (``docxy.edge.connections``), and through
+    ``docxy.edge.clients.limit_key`` wrong passwords, token relays, and admission's buckets and
+    fill caps for a client without an identity. An IPv6 client is also kept by its /48
+    (:func:`site_key`), on top, by the limits that keep sites."""
+    address = _translated(address)
+    if isinstance(address, ipaddress.IPv4Address) or address in NAT64_LOCAL_USE:
         return str(address)
     network = ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False)
     return str(network)
 
 
 def site_key(address: Address) -> str | None:
-    """The wider key the wrong-password limit also keeps an IPv6 client under: its /48, every
-    /64 a site (a home's /56, a business's /48) may take an address from; None for IPv4 (an
-    IPv4-mapped address too), which has no such range of its own to hand out."""
-    address = _unmapped(address)
-    if isinstance(address, ipaddress.IPv4Address):
+    """The wider key an IPv6 client is also kept under: its /48, every /64 a site (a home's
+    /56, a business's /48) may take an address from; None for IPv4 (an IPv4-mapped or a
+    translated one too: :func:`client_key`), which has no such range of its own to hand out."""
+    address = _translated(address)
+    if isinstance(address, ipaddress.IPv4Address) or address in NAT64_LOCAL_USE:
         return None
     return str(ipaddress.IPv6Network((address, IPV6_SITE_PREFIX), strict=False))
+
+
+def _translated(address: Address) -> Address:
+    """``address`` unmapped, and an IPv4 address a translator embedded under the well-known
+    prefix (the low 32 bits, RFC 6052) as that IPv4 address."""
+    address = _unmapped(address)
+    if isinstance(address, ipaddress.IPv6Address) and address in NAT64_WELL_KNOWN:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
