@@ -4,7 +4,8 @@ An ASGI layer inside the access log (so every refusal is logged like any request
 upgrade is one, answered with its denial: :mod:`docxy.edge.replies`):
 
 1. the client's address (behind ``server.trusted_proxies``) must be in ``access.allow``, else
-   ``403 DENIED``;
+   ``403 DENIED``, before any credentials are read (a client off the list costs no token
+   parsing or signature check);
 2. a ``/v2/<name>/...`` request must name a repository the rules serve, else ``403 DENIED``
    with a message the docker CLI prints (``denied: repository ... is not served``); the name
    is the upstream's, behind the upstream's name unless it is Docker Hub (``ghcr.io/owner/img``),
@@ -100,13 +101,16 @@ class Admission:
             await self.app(scope, receive, send)
             return
         address = request_address(scope, self.config.server)
-        identity = client_identity(scope, self.access)
-        key = limit_key(identity, address)
-        exempt = address in self.exempt
-        # users mode: the routes refuse a client the mirror does not know (401) whatever it
-        # asks for; refusing it a repository first (403) would tell it which ones are served
-        stranger = identity is None and self.access is not None and self.access.users_mode
-        refusal = self._admit(scope, address, None if exempt else key, rules=not stranger)
+        # the allow list first: a client off it costs no token's parsing or signature check
+        refusal = self._allowed(address)
+        if refusal is None:
+            identity = client_identity(scope, self.access)
+            key = limit_key(identity, address)
+            exempt = address in self.exempt
+            # users mode: the routes refuse a client the mirror does not know (401) whatever
+            # it asks for; refusing it a repository first (403) would tell it which are served
+            stranger = identity is None and self.access is not None and self.access.users_mode
+            refusal = self._admit(scope, None if exempt else key, rules=not stranger)
         if refusal is not None:
             setting, error = refusal
             self.refused[setting] += 1
@@ -148,15 +152,19 @@ class Admission:
         """Requests refused so far, by the setting that refused them (``docxy_refused_total``)."""
         return dict(self.refused)
 
-    def _admit(
-        self, scope: Any, address: Address | None, key: str | None, *, rules: bool = True
-    ) -> Refusal | None:
-        """Why the request may not pass (the setting that refuses it, and the error to send);
-        None: it may. ``key`` None: a client exempt from the per-client limits. Not ``rules``:
-        the repository rules are left to a later check (the routes refuse this client)."""
+    def _allowed(self, address: Address | None) -> Refusal | None:
+        """Step 1, before anything of the request is read: the address is in ``access.allow``
+        (when it lists any), else the refusal."""
         if self.allow and address not in self.allow:
             who = address or "this client"
             return "access.allow", Denied(f"access denied: {who} is not allowed to use this mirror")
+        return None
+
+    def _admit(self, scope: Any, key: str | None, *, rules: bool = True) -> Refusal | None:
+        """Why an allowed request may not pass (the setting that refuses it, and the error to
+        send); None: it may. ``key`` None: a client exempt from the per-client limits. Not
+        ``rules``: the repository rules are left to a later check (the routes refuse this
+        client)."""
         name, kind = self._repository(scope)
         if name is not None and self.rules and rules:
             refusal = self.rules.refusal(name)

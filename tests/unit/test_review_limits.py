@@ -217,7 +217,6 @@ class CountingAccess:
         return Decision(ANONYMOUS)
 
 
-@pytest.mark.xfail(strict=True, reason="fault 4: credentials checked before the allow list")
 async def test_a_client_off_the_allow_list_costs_no_credential_check() -> None:
     access: Any = CountingAccess()
     g = Admission(inner, config(**{"access.allow": "192.0.2.0/24"}), access, Clock())
