@@ -179,7 +179,8 @@ class Admission:
             )
         if kind is Kind.MANIFEST and scope.get("method", "GET") == "GET":  # an upgrade's too
             wait = self.manifests.take(key)
-            if wait > 0:
+            if wait > 0:  # refused for its manifests: its request budget is not spent
+                self.requests.give(key)
                 message = "too many manifest fetches from this client"
                 return "limits.manifests_per_minute", _too_many(wait, message)
         debt = self.bandwidth.debt(key)

@@ -181,7 +181,6 @@ async def test_one_translated_ipv4_client_does_not_lock_out_the_others(
 # 3. A manifest GET refused by its own bucket does not spend the client's request budget.
 
 
-@pytest.mark.xfail(strict=True, reason="fault 3: a refused manifest spends a request")
 async def test_a_refused_manifest_gives_its_request_back() -> None:
     g = gate({"limits.requests_per_minute": 3, "limits.manifests_per_minute": 1})
     assert (await call(g, MANIFEST))[0] == 200
