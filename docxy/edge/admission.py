@@ -12,7 +12,11 @@ upgrade is one, answered with its denial: :mod:`docxy.edge.replies`):
    however the request picks the upstream;
 3. per client (its user when known, else its IP, IPv6 by /64), a request-rate bucket, a
    manifest-fetch bucket (GETs of manifests) and a bandwidth bucket; an empty bucket is
-   ``429 TOOMANYREQUESTS`` with ``Retry-After``.
+   ``429 TOOMANYREQUESTS`` with ``Retry-After``. A client known by its IPv6 address also
+   takes from its /48's buckets, :data:`SITE_FACTOR` times as large and as fast (refused by
+   the site, nothing of its own is spent): a home's /56 is 256 /64s and a business's /48
+   65536, and each /64 alone had a whole client's share. A manifest GET refused by its own
+   bucket gives back the request it took.
 
 An address in ``limits.exempt`` (a NAT-ed office, a CI farm: many clients behind one address,
 which per-address buckets cannot tell apart; a broad network there is warned of once at
@@ -44,12 +48,12 @@ from typing import TYPE_CHECKING, Any
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
 from docxy.config import Config
-from docxy.core.cidr import Address, broad
+from docxy.core.cidr import Address, broad, site_key
 from docxy.core.errors import Denied, RegistryError, TooManyRequests
 from docxy.core.names import Kind, parse_v2_path, upstream_name
 from docxy.edge.clients import client_identity, limit_key, request_address
 from docxy.edge.fills import CLIENT, EXEMPT
-from docxy.edge.limits import Buckets, Clock, retry_after
+from docxy.edge.limits import Clock, SitedBandwidth, SitedBuckets, retry_after
 from docxy.edge.replies import answer_send, send_error
 from docxy.upstream.routing import UpstreamUnknown, configured_upstreams, request_picks
 
@@ -62,6 +66,11 @@ EXEMPT_PATHS = frozenset({"/health"})
 EXEMPT_PREFIXES = ("/.well-known/acme-challenge/",)
 #: A client may be this many seconds of bandwidth in debt before new requests are refused.
 BANDWIDTH_GRACE = 10.0
+#: An IPv6 /48's requests, manifests and bandwidth, in one client's: ten /64s of a site (each
+#: usually a whole LAN already) may use all of theirs at once, and the site no more, where its
+#: 256 (a /56) to 65536 /64s each had a client's share (as ``docxy.edge.relays`` and
+#: ``docxy.access.logins`` keep sites).
+SITE_FACTOR = 10
 #: Why a request is refused: the setting that refuses it (``limits.requests_per_minute``), and
 #: the error it is answered with.
 Refusal = tuple[str, RegistryError]
@@ -84,11 +93,9 @@ class Admission:
         self.rules = config.access.rules
         self.upstreams = configured_upstreams(config)
         limits = config.limits
-        self.requests = Buckets(limits.requests_per_minute / 60, limits.requests_per_minute, clock)
-        self.manifests = Buckets(
-            limits.manifests_per_minute / 60, limits.manifests_per_minute, clock
-        )
-        self.bandwidth = Buckets(limits.bandwidth, limits.bandwidth, clock)
+        self.requests = SitedBuckets(limits.requests_per_minute, SITE_FACTOR, clock)
+        self.manifests = SitedBuckets(limits.manifests_per_minute, SITE_FACTOR, clock)
+        self.bandwidth = SitedBandwidth(limits.bandwidth, SITE_FACTOR, clock)
         self.refused: Counter[str] = Counter()  # by the setting that refused (/metrics)
 
     async def __call__(
@@ -110,7 +117,9 @@ class Admission:
             # users mode: the routes refuse a client the mirror does not know (401) whatever
             # it asks for; refusing it a repository first (403) would tell it which are served
             stranger = identity is None and self.access is not None and self.access.users_mode
-            refusal = self._admit(scope, None if exempt else key, rules=not stranger)
+            # an IPv6 client known by its address only is kept by its /48 too; a user by name
+            site = site_key(address) if identity is None and address is not None else None
+            refusal = self._admit(scope, None if exempt else key, site, rules=not stranger)
         if refusal is not None:
             setting, error = refusal
             self.refused[setting] += 1
@@ -119,15 +128,21 @@ class Admission:
         # for the fill caps (docxy.edge.fills), in the tasks the request starts
         named = CLIENT.set(EXEMPT if exempt else key)
         try:
-            await self._serve(scope, receive, send, None if exempt else key)
+            await self._serve(scope, receive, send, None if exempt else key, site)
         finally:
             CLIENT.reset(named)
 
     async def _serve(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable, key: str | None
+        self,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        key: str | None,
+        site: str | None = None,
     ) -> None:
-        """The request, its body paced to ``key``'s bandwidth (None: exempt, never paced; a
-        WebSocket upgrade is answered with a short error, never paced either)."""
+        """The request, its body paced to ``key``'s bandwidth and its ``site``'s (``key`` None:
+        exempt, never paced; a WebSocket upgrade is answered with a short error, never paced
+        either)."""
         if not self.bandwidth or key is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -137,12 +152,12 @@ class Admission:
                 # Downloads started at once each passed admission with no debt yet: one whose
                 # client is deeper in debt than the grace (its others' first chunks) waits
                 # until it is not, before it sends.
-                debt = self.bandwidth.debt(key)
+                debt = self.bandwidth.debt(key, site)
                 if debt > BANDWIDTH_GRACE:
                     await asyncio.sleep(debt - BANDWIDTH_GRACE)
             await send(message)
             if message["type"] == "http.response.body" and message.get("body"):
-                wait = self.bandwidth.charge(key, len(message["body"]))
+                wait = self.bandwidth.charge(key, len(message["body"]), site)
                 if wait > 0 and message.get("more_body", False):
                     await asyncio.sleep(wait)  # pacing: the client's bytes per second
 
@@ -160,9 +175,12 @@ class Admission:
             return "access.allow", Denied(f"access denied: {who} is not allowed to use this mirror")
         return None
 
-    def _admit(self, scope: Any, key: str | None, *, rules: bool = True) -> Refusal | None:
+    def _admit(
+        self, scope: Any, key: str | None, site: str | None = None, *, rules: bool = True
+    ) -> Refusal | None:
         """Why an allowed request may not pass (the setting that refuses it, and the error to
-        send); None: it may. ``key`` None: a client exempt from the per-client limits. Not
+        send); None: it may. ``key`` None: a client exempt from the per-client limits; ``site``
+        its IPv6 /48 (``docxy.core.cidr.site_key``), whose buckets it takes from too. Not
         ``rules``: the repository rules are left to a later check (the routes refuse this
         client)."""
         name, kind = self._repository(scope)
@@ -172,18 +190,18 @@ class Admission:
                 return "access.repositories", Denied(refusal, {"name": name})
         if key is None:
             return None
-        wait = self.requests.take(key)
+        wait = self.requests.take_place(key, site)
         if wait > 0:
             return "limits.requests_per_minute", _too_many(
                 wait, "too many requests from this client"
             )
         if kind is Kind.MANIFEST and scope.get("method", "GET") == "GET":  # an upgrade's too
-            wait = self.manifests.take(key)
+            wait = self.manifests.take_place(key, site)
             if wait > 0:  # refused for its manifests: its request budget is not spent
-                self.requests.give(key)
+                self.requests.give_place(key, site)
                 message = "too many manifest fetches from this client"
                 return "limits.manifests_per_minute", _too_many(wait, message)
-        debt = self.bandwidth.debt(key)
+        debt = self.bandwidth.debt(key, site)
         if debt > BANDWIDTH_GRACE:
             message = "this client is over its bandwidth"
             return "limits.bandwidth", _too_many(debt - BANDWIDTH_GRACE, message)

@@ -5,6 +5,10 @@ enough bucket is free; otherwise the caller learns how long until it would be, w
 ``Retry-After``. Bandwidth may run into debt (a chunk is sent, then charged); a client in debt
 is paced within a response and refused a new one until the debt is paid.
 
+An IPv6 client is kept by its /64 and, where a limit keeps sites, by its /48 as well
+(:class:`SitedBuckets`, :class:`SitedBandwidth`): a /64 is one subscriber's, but a home holds a
+/56 and a business a /48, 256 or 65536 /64s each with buckets of its own.
+
 The table of buckets is bounded: the least recently used client is forgotten first, and a
 forgotten client starts again with a full bucket, which only ever errs towards serving.
 """
@@ -125,6 +129,36 @@ class SitedBuckets:
         self.buckets.give(client)
         if site is not None:
             self.sites.give(site)
+
+
+class SitedBandwidth:
+    """Per-address bandwidth :class:`Buckets` (bytes a second, a second's burst), and for IPv6
+    one per /48 ``site_factor`` times as fast and as deep, as :class:`SitedBuckets` keeps
+    places. Bandwidth is charged after it is sent, into debt, not taken beforehand: each chunk
+    is charged to both, and a client owes the deeper of its own debt and its site's."""
+
+    def __init__(self, rate: float, site_factor: int, clock: Clock = time.monotonic) -> None:
+        self.buckets = Buckets(rate, rate, clock)
+        wider = rate * site_factor
+        self.sites = Buckets(wider, wider, clock)
+
+    def __bool__(self) -> bool:
+        return bool(self.buckets)
+
+    def charge(self, client: str, amount: float, site: str | None = None) -> float:
+        """Charge ``amount`` to ``client`` and its ``site``, into debt; the seconds until both
+        are paid."""
+        wait = self.buckets.charge(client, amount)
+        if site is not None:
+            wait = max(wait, self.sites.charge(site, amount))
+        return wait
+
+    def debt(self, client: str, site: str | None = None) -> float:
+        """Seconds until ``client`` and its ``site`` are out of debt (0: neither is in it)."""
+        debt = self.buckets.debt(client)
+        if site is not None:
+            debt = max(debt, self.sites.debt(site))
+        return debt
 
 
 def retry_after(seconds: float) -> str:

@@ -44,7 +44,6 @@ async def downloads(g: Admission, clients: list[str], headers: list[tuple[str, s
 # 1. The request, manifest and bandwidth buckets keep an IPv6 /48 too, not only its /64s.
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: requests kept per /64 only")
 async def test_the_64s_of_one_48_share_the_sites_requests() -> None:
     g = gate({"limits.requests_per_minute": 1})
     answers = await statuses(g, "/v2/", SIXTY_FOURS)
@@ -61,7 +60,6 @@ async def test_the_64s_of_one_48_share_the_sites_requests() -> None:
     assert (await call(g, "/v2/", client="2001:db8:5:ffff::1", user="ann"))[0] == 200
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: requests kept per /64 only")
 async def test_a_refused_site_spends_nothing_of_the_64s_own_bucket() -> None:
     clock = Clock()
     g = gate({"limits.requests_per_minute": 1}, clock)
@@ -72,7 +70,6 @@ async def test_a_refused_site_spends_nothing_of_the_64s_own_bucket() -> None:
     assert (await call(g, "/v2/", client=fresh))[0] == 200
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: manifests kept per /64 only")
 async def test_the_64s_of_one_48_share_the_sites_manifests() -> None:
     g = gate({"limits.manifests_per_minute": 1})
     answers = await statuses(g, MANIFEST, SIXTY_FOURS)
@@ -85,7 +82,6 @@ async def test_the_64s_of_one_48_share_the_sites_manifests() -> None:
     assert (await call(g, MANIFEST, client="2001:db8:6::1"))[0] == 200  # another /48
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: bandwidth kept per /64 only")
 async def test_the_64s_of_one_48_share_the_sites_bandwidth(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -104,7 +100,6 @@ async def test_the_64s_of_one_48_share_the_sites_bandwidth(
     assert (await call(g, BLOB, client="2001:db8:5:ffff::1"))[0] == 200  # paid off
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: bandwidth kept per /64 only")
 async def test_the_sites_bandwidth_paces_its_64s(monkeypatch: pytest.MonkeyPatch) -> None:
     """A /64 of a site in debt (under the grace) is paced by the site's debt, not its own."""
     clock = Clock()
@@ -190,7 +185,6 @@ async def test_a_refused_manifest_gives_its_request_back() -> None:
     assert [(await call(g, "/v2/"))[0] for _ in range(3)] == [200, 200, 429]
 
 
-@pytest.mark.xfail(strict=True, reason="fault 3: a refused manifest spends a request")
 async def test_a_refused_manifest_gives_the_sites_request_back() -> None:
     g = gate({"limits.requests_per_minute": 2, "limits.manifests_per_minute": 1})
     # the manifest site's share passes; the /64s it refuses give back the request site's
