@@ -236,6 +236,10 @@ async def test_an_allowed_client_with_a_bad_token_is_not_refused_by_the_allow_li
         bad = [("Authorization", "Bearer not.a-jwt.at-all")]
         inside = await call_asgi(admitted, "GET", "/v2/", host="mirror.example.com", headers=bad)
         assert inside.status == 401
+        outside = await call_asgi(
+            admitted, "GET", "/v2/", host="mirror.example.com", headers=bad, client="192.0.2.1"
+        )
+        assert outside.status == 403
 
 
 # bearer_token: one function for the access check and the upstream's anonymous tokens.
