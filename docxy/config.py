@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from docxy.core.cidr import Networks, parse_networks
+from docxy.core.durations import parse_duration
 from docxy.core.errors import ConfigError
 from docxy.core.forwarded import HEADERS as FORWARDED_HEADERS
 from docxy.core.hosts import canonical_url
@@ -315,35 +316,11 @@ def _bool(value: object) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def _number(value: object) -> float:
-    """A finite number: ``nan`` and ``inf`` are refused like any other non-number."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(value, int | float):
-        try:
-            number = float(value)
-        except OverflowError:
-            raise ValueError(f"number out of range: {value!r}") from None
-    else:
-        try:
-            number = float(_str(value))
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return number
-
-
-def _float(value: object) -> float:
-    number = _number(value)
-    if number <= 0:
-        raise ValueError(f"expected a positive number, got {value!r}")
-    return number
-
-
 def parse_seconds(value: object) -> float:
-    """A finite number of seconds above 0, as every timeout setting takes (``ValueError``)."""
-    return _float(value)
+    """A duration above 0, as every timeout setting takes it: a number of seconds, or one with
+    a unit, ``30s``, ``5m``, ``2h``, ``7d`` (:func:`docxy.core.durations.parse_duration`,
+    ``ValueError``)."""
+    return parse_duration(value)
 
 
 #: The longest the renewer waits between runs (``scheduler.interval``, ``retry_base``,
@@ -355,29 +332,23 @@ RENEWER_WAIT_MAX = 30 * 24 * 3600.0
 CERTBOT_TIMEOUT_MAX = 24 * 3600.0
 
 
-def _float_at_most(limit: float, what: str) -> Callable[[object], float]:
-    """A parser of a number of seconds above 0 and at most `limit` (`what` says why)."""
+def _seconds_at_most(limit: float, what: str) -> Callable[[object], float]:
+    """A parser of a duration above 0 and at most `limit` seconds (`what` says why)."""
 
     def parse(value: object) -> float:
-        number = _float(value)
-        if number > limit:
-            raise ValueError(f"expected at most {limit:g} seconds ({what}), got {value!r}")
-        return number
+        return parse_duration(value, most=limit, why=what)
 
     return parse
 
 
-_renewer_wait = _float_at_most(RENEWER_WAIT_MAX, "30 days")
+_renewer_wait = _seconds_at_most(RENEWER_WAIT_MAX, "30 days")
 
 
 def _opt_interval(value: object) -> float | None:
-    """Seconds, or None when empty or 0 (off); at most :data:`RENEWER_WAIT_MAX`."""
+    """A duration, or None when empty or 0 (off); at most :data:`RENEWER_WAIT_MAX`."""
     if isinstance(value, str) and not value.strip():
         return None
-    number = _number(value)
-    if number < 0:
-        raise ValueError(f"expected a number >= 0, got {value!r}")
-    return _renewer_wait(number) if number else None
+    return parse_duration(value, zero=True, most=RENEWER_WAIT_MAX, why="30 days") or None
 
 
 def _opt_command(value: object) -> str | None:
@@ -778,11 +749,11 @@ MIN_TOKEN_TTL = 60
 
 
 def _ttl(value: object) -> int:
-    number = _number(value)
+    number = parse_duration(value)
     if not MIN_TOKEN_TTL <= number <= 86400:
         raise ValueError(
-            f"expected seconds between {MIN_TOKEN_TTL} and 86400 (clients use a token for at "
-            f"least {MIN_TOKEN_TTL} s), got {value!r}"
+            f"expected seconds between {MIN_TOKEN_TTL} and 86400, 1m to 1d (clients use a "
+            f"token for at least {MIN_TOKEN_TTL} s), got {value!r}"
         )
     return int(number)
 
@@ -873,8 +844,8 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "library_prefix": (_bool, True),
         "username": (opt_credential, ""),
         "password": (opt_credential, ""),
-        "connect_timeout": (_float, 10.0),
-        "read_timeout": (_float, 60.0),
+        "connect_timeout": (parse_seconds, 10.0),
+        "read_timeout": (parse_seconds, 60.0),
         # A setting of its own, the path of a CA file, not the secret "ca" in a file: only
         # SECRET_KEYS have a <key>_file (SECRET_FILE_KEYS), and there is no "upstream.ca".
         "ca_file": (parse_ca_file, ""),
@@ -884,8 +855,8 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "enabled": (_bool, True),
         "dir": (_path, None),  # default computed at load time (XDG_CACHE_HOME)
         "max_size": (parse_size, "20G"),
-        "tag_ttl": (_float, 300.0),
-        "room_wait": (_float, 30.0),
+        "tag_ttl": (parse_seconds, 300.0),
+        "room_wait": (parse_seconds, 30.0),
         "direct_writes": (_bool, True),
     },
     "shared": {
@@ -915,8 +886,8 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "max_connections": (_count, 1000),
         "connections_per_client": (_count, 128),
         "backlog": (_count, 1024),
-        "idle_timeout": (_float, 30.0),
-        "send_timeout": (_float, 60.0),
+        "idle_timeout": (parse_seconds, 30.0),
+        "send_timeout": (parse_seconds, 60.0),
         "send_min_rate": (_opt_size, 1024),
         "requests_per_minute": (_count, 0),
         "manifests_per_minute": (_count, 0),
@@ -933,7 +904,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "dir": (_opt_path, ""),  # default: docxy-access beside cache.dir
         "users_file": (_opt_path, ""),  # default: users in auth.dir
         "token_ttl": (_ttl, 300),
-        "key_grace": (_float, 3600.0),
+        "key_grace": (parse_seconds, 3600.0),
         "client_certs": (_bool, False),
         "upstream_logins": (_bool, False),
         "allow_plain_http": (_bool, False),
@@ -944,7 +915,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "interval": (_opt_interval, ""),
         "retry_base": (_renewer_wait, 300.0),
         "retry_max": (_renewer_wait, 6 * 3600.0),
-        "certbot_timeout": (_float_at_most(CERTBOT_TIMEOUT_MAX, "a day"), 300.0),
+        "certbot_timeout": (_seconds_at_most(CERTBOT_TIMEOUT_MAX, "a day"), 300.0),
         "pidfile": (_opt_path, ""),
         "reload_command": (_opt_command, ""),
         "deploy_hook": (_opt_str, ""),

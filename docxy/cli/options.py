@@ -21,9 +21,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def seconds(text: str) -> float:
-    """An argparse type: a number of seconds above 0, as the settings take it
-    (:func:`docxy.config.parse_seconds`): 0, negative or nan is a usage error, exit 2, not a
-    traceback from the socket."""
+    """An argparse type: a duration above 0, as the settings take it, seconds or with a unit
+    (``90``, ``2m``: :func:`docxy.config.parse_seconds`): 0, negative or nan is a usage error,
+    exit 2, not a traceback from the socket."""
     try:
         return parse_seconds(text)
     except ValueError as exc:

@@ -101,11 +101,15 @@ def test_settings_random_time_and_env(env: dict[str, str], monkeypatch: pytest.M
 @pytest.mark.usefixtures("env")
 def test_settings_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCXY_SCHEDULER_INTERVAL", "soon")
-    with pytest.raises(ConfigError, match="scheduler.interval: expected a number, got 'soon'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"scheduler.interval: expected a number \(seconds\), or one with a .* got 'soon'",
+    ):
         settings_mod.load([])
     monkeypatch.delenv("DOCXY_SCHEDULER_INTERVAL")
     with pytest.raises(
-        ConfigError, match=r"scheduler.retry_base: expected a positive number, got '0' \(flag\)"
+        ConfigError,
+        match=r"scheduler.retry_base: expected a positive number \(seconds\).* got '0' \(flag\)",
     ):
         settings_mod.load(["--retry-base", "0"])
     monkeypatch.delenv("DOCXY_CERTS_CONFIG_DIR")
