@@ -1478,8 +1478,30 @@ def shown(key: str, value: object, *, size: bool = False) -> str:
     return str(value)  # Networks, Patterns: ", "-separated, as `--set` also takes them
 
 
+#: Settings that are a command line: one may carry a secret (``curl -H 'Authorization: Bearer
+#: ...'``, ``supervisorctl -p PASSWORD``, a URL with a password, ``TOKEN=... hook`` for the
+#: deploy hook's shell), so ``--show-config`` shows its program alone (:func:`shown_command`).
+COMMAND_KEYS = frozenset({"scheduler.reload_command", "scheduler.deploy_hook"})
+
+
+def shown_command(command: str) -> str:
+    """`command` as ``--show-config`` shows it: ``(set: supervisorctl, 3 arguments hidden)``.
+    Its program is shown (a URL's userinfo and query hidden, :func:`redacted`), unless it is a
+    shell's ``NAME=value`` assignment; its arguments are only counted."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # the deploy hook is shell text: an unbalanced quote is its own affair
+        words = command.split()
+    if not words or "=" in words[0]:
+        return "(set, hidden)"
+    hidden = len(words) - 1
+    said = f", {hidden} argument{'s' if hidden > 1 else ''} hidden" if hidden else ""
+    return f"(set: {redacted(words[0])}{said})"
+
+
 def describe(config: Config) -> list[tuple[str, str, str]]:
-    """(key, shown value, source) for every setting, secrets hidden; for logs and ``--show``."""
+    """(key, shown value, source) for every setting, secrets and commands' arguments hidden;
+    for logs and ``--show``."""
     rows = []
     for section, keys in SETTINGS.items():
         for key, (parser, _) in keys.items():
@@ -1487,6 +1509,8 @@ def describe(config: Config) -> list[tuple[str, str, str]]:
             full = f"{section}.{key}"
             if full in SECRET_KEYS:
                 value = "(set)" if value else None
+            elif full in COMMAND_KEYS and value:
+                value = shown_command(value)
             text = shown(full, value, size=parser in (parse_size, _opt_size))
             rows.append((full, text, config.sources.get(full, "default")))
     from docxy.upstream.settings import describe_upstreams

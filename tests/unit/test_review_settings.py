@@ -231,7 +231,6 @@ TOKEN = "tok-3f9a1c"
 PASSWORD = "pw-77e2"
 
 
-@FAULT2
 @pytest.mark.parametrize("key", ["scheduler.reload_command", "scheduler.deploy_hook"])
 def test_show_config_hides_what_a_command_may_carry(
     key: str, capsys: pytest.CaptureFixture[str]
@@ -250,7 +249,6 @@ def test_show_config_hides_what_a_command_may_carry(
     assert getattr(config.scheduler, key.partition(".")[2]) == command
 
 
-@FAULT2
 def test_show_config_says_a_command_without_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     rows = show(capsys, "--set", "scheduler.reload_command=/usr/local/bin/reload-docxy")
     assert rows["scheduler.reload_command"] == ("(set: /usr/local/bin/reload-docxy)", "flag")
