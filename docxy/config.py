@@ -1331,6 +1331,8 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
                 "required when the mirror listens on a wildcard address: clients must be "
                 "told a URL they can reach (e.g. https://mirror.example.com)",
             )
+        # Not "default": --show-config said so of a URL made of the listener the user set.
+        sources["server.public_url"] = _derived_from(server["listen"], server["tls_listen"], certs)
     upstream = UpstreamConfig(**_section(values, "upstream"))
     if (upstream.username is None) != (upstream.password is None):
         # Name both: the one set, and the one missing (maybe emptied by a higher layer, as
@@ -1411,6 +1413,15 @@ def _ipv6_literal(host: str) -> bool:
         return ipaddress.ip_address(host).version == 6
     except ValueError:
         return False
+
+
+def _derived_from(listen: HostPort, tls_listen: HostPort | None, certs: CertsConfig) -> str:
+    """The source of a public URL :func:`_derive_public_url` made: the settings it is from."""
+    if tls_listen is not None:
+        return "derived from server.tls_listen" + (" and certs.domain" if certs.domain else "")
+    if listen.is_wildcard and certs.domain:
+        return "derived from server.listen and certs.domain"
+    return "derived from server.listen"
 
 
 def _derive_public_url(

@@ -66,7 +66,7 @@ def test_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 def test_show_config_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rows = show(capsys)
     assert rows["server.listen"] == ("127.0.0.1:8080", "default")
-    assert rows["server.public_url"] == ("http://127.0.0.1:8080", "default")
+    assert rows["server.public_url"] == ("http://127.0.0.1:8080", "derived from server.listen")
     assert rows["upstream.registry"] == ("https://registry-1.docker.io", "default")
     assert rows["upstream.library_prefix"] == ("true", "default")
     assert rows["cache.dir"] == (str(tmp_path / "xdg" / "docxy"), "default")

@@ -76,7 +76,8 @@ def test_defaults_are_a_docker_hub_mirror_on_loopback(
     assert config.cache.dir == tmp_path / "docxy"
     assert config.cache.max_size == 20 * 1024**3
     assert config.log.level == "INFO"
-    assert set(config.sources.values()) == {"default"}
+    assert config.sources["server.public_url"] == "derived from server.listen"  # not set
+    assert set(config.sources.values()) == {"default", "derived from server.listen"}
 
 
 def test_config_is_frozen() -> None:

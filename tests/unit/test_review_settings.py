@@ -258,7 +258,6 @@ def test_show_config_says_a_command_without_arguments(capsys: pytest.CaptureFixt
 # --- 3. a derived public_url -------------------------------------------------------------------
 
 
-@FAULT3
 def test_show_config_says_a_public_url_from_the_listener_is_derived(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -267,7 +266,6 @@ def test_show_config_says_a_public_url_from_the_listener_is_derived(
     assert show(capsys)["server.public_url"][1] == "derived from server.listen"
 
 
-@FAULT3
 def test_show_config_says_a_public_url_from_the_tls_listener_and_domain(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
