@@ -644,7 +644,17 @@ def _opt_public_url(value: object) -> str | None:
 
 
 def _path(value: object) -> Path:
-    return Path(_str(value)).expanduser()
+    text = _str(value)
+    if "\0" in text:  # os.access and open raised ValueError on it: a traceback at start-up
+        raise ValueError(f"a path cannot hold a NUL byte (\\0), got {value!r}")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~name of no user here (or ~ with no home): it raised, a traceback
+        home = text.split("/", 1)[0]
+        raise ValueError(
+            f"cannot expand {home}: no home directory for it on this system; write the full "
+            f"path, got {value!r}"
+        ) from None
 
 
 def _opt_path(value: object) -> Path | None:
@@ -787,11 +797,31 @@ class Unechoed(ValueError):
     """A refusal whose message holds nothing of the value: shown for a secret too."""
 
 
+def _secret_str(value: object) -> str | None:
+    """A secret's text, or None when empty: one of another type (``password = 12345`` in
+    TOML) was refused as ``(hidden)`` alone, with nothing of what to write. Only its type is
+    said, never its value."""
+    if value is not None and not isinstance(value, str):
+        raise Unechoed(
+            f"expected a string (in TOML, in quotes), got a TOML {_toml_type(value)}; the value "
+            "is not shown"
+        )
+    return None if value is None else _opt_str(value)  # None: an upstreams entry's, emptied
+
+
+def _toml_type(value: object) -> str:
+    """What TOML calls the type of `value`, as tomllib read it."""
+    if isinstance(value, bool):
+        return "boolean"
+    kinds = {int: "integer", float: "float", list: "array", dict: "table"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), "date")
+
+
 def opt_credential(value: object) -> str | None:
     """An upstream's ``username`` or ``password``: sent as UTF-8 in a basic ``Authorization``,
     where a byte of another encoding (a lone surrogate to Python) raised at the first token
     request. The value is never in the message."""
-    text = None if value is None else _opt_str(value)  # None: an upstreams entry's, emptied
+    text = _secret_str(value)
     if not _utf8_text(text):
         raise Unechoed(NOT_UTF8)
     return text
@@ -864,7 +894,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "bucket": (_bucket, ""),
         "region": (_str, "us-east-1"),
         "access_key": (_opt_str, ""),
-        "secret_key": (_opt_str, ""),
+        "secret_key": (_secret_str, ""),
         "prefix": (_prefix, "docxy"),
         "uploads": (_int_in(1, 64), 2),
     },

@@ -159,8 +159,8 @@ PARSERS: dict[str, Any] = {
     "registry": parse_registry_url,
     "auth_realm": lambda v: parse_url(v) if _opt(v) else None,
     "library_prefix": parse_bool,
-    "username": lambda v: opt_credential(_opt(v)),
-    "password": lambda v: opt_credential(_opt(v)),
+    "username": opt_credential,  # its type checked there: a password's value never shown
+    "password": opt_credential,
     "hosts": parse_hosts,
     "ca_file": parse_ca_file,
     "ca_origins": parse_ca_origins,

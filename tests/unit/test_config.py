@@ -734,7 +734,10 @@ def test_unset_password_is_not_reported_as_set() -> None:
 def test_bad_password_value_is_hidden(tmp_path: Path) -> None:
     path = write_toml(tmp_path, '[upstream]\nusername = "bob"\npassword = 31415926535\n')
     message = config_error(config_file=path)
-    assert message == f"upstream.password: (hidden) (file {path})"
+    assert message == (
+        "upstream.password: expected a string (in TOML, in quotes), got a TOML integer; the "
+        f"value is not shown (file {path})"
+    )
     assert "31415926535" not in message
 
 

@@ -283,7 +283,6 @@ def test_show_config_says_a_public_url_from_the_tls_listener_and_domain(
 # --- 4. refusals that told nothing ---------------------------------------------------------------
 
 
-@FAULT4
 @pytest.mark.parametrize("key", ["cache.dir", "certs.webroot", "tls.cert_path"])
 def test_a_path_of_an_unknown_users_home_is_a_config_error(key: str) -> None:
     """``~nosuchuser/...`` raised RuntimeError ("Could not determine home directory."): a
@@ -296,20 +295,18 @@ def test_a_path_of_an_unknown_users_home_is_a_config_error(key: str) -> None:
     assert "full path" in message
 
 
-@FAULT4
 def test_a_nul_byte_in_a_path_is_a_config_error() -> None:
     """Taken, it raised ValueError ("embedded null byte") from os.access: a traceback."""
     message = config_error({"tls.cert_path": "/etc/a\x00b", "tls.key_path": "/etc/k"})
     assert message.startswith("tls.cert_path: ") and "NUL" in message, message
 
 
-@FAULT4
 @pytest.mark.parametrize(
     ("section", "line", "kind"),
     [
         ("upstream", 'username = "u"\npassword = 12345\n', "integer"),
         ("upstream", 'username = "u"\npassword = true\n', "boolean"),
-        ("shared", 'secret_key = ["abc123"]\n', "list"),
+        ("shared", 'secret_key = ["abc123"]\n', "array"),
     ],
 )
 def test_a_secret_of_the_wrong_type_says_what_to_write_and_not_the_value(
@@ -322,3 +319,16 @@ def test_a_secret_of_the_wrong_type_says_what_to_write_and_not_the_value(
     message = str(info.value)
     assert "expected a string" in message and kind in message, message
     assert "12345" not in message and "abc123" not in message
+
+
+def test_a_named_upstreams_password_of_the_wrong_type_says_what_to_write(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        '[[upstreams]]\nname = "lab.example"\nregistry = "http://127.0.0.176:9105"\n'
+        'username = "bob"\npassword = 987654\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=path, environ={})
+    message = str(info.value)
+    assert message.startswith("upstreams.lab.example.password: ") and "integer" in message
+    assert "expected a string" in message and "987654" not in message
