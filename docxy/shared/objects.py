@@ -25,6 +25,7 @@ from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
 from docxy.core.headers import ACCEPT_IDENTITY
 from docxy.shared.keys import blob_key, object_url
+from docxy.tasks import Coalesced
 from docxy.upstream.failures import failure
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -117,6 +118,8 @@ class ObjectStore:
         self.client = client
         #: whether the endpoint answered as an S3 store does (:meth:`_vouch`)
         self.s3_seen = False
+        #: the one probe in flight: concurrent askers wait for its answer
+        self._probes: Coalesced[str, int | None] = Coalesced(ObjectStoreError)
 
     async def _send(
         self,
@@ -144,6 +147,7 @@ class ObjectStore:
         (:func:`s3_head_miss`); a 404 that may be anyone's is asked again as a GET, whose
         code tells (:meth:`open`)."""
         answer = await self._send("HEAD", self.bucket.url(digest))
+        vouched = False
         if answer.status_code == 404:
             miss = s3_head_miss(answer)
             if miss is None:
@@ -151,16 +155,18 @@ class ObjectStore:
                 body = await self.open(digest)  # raises for a 404 that is not NoSuchKey
                 if body is None:
                     return None
-                answer = body  # there after all (uploaded meanwhile): its length
+                answer, vouched = body, True  # there after all (uploaded meanwhile): its length
             elif miss:
                 return None
         try:
             await _check(answer, "HEAD")
-            await self._vouch(answer, "HEAD")
+            vouched = vouched or self._vouched(answer)
             length = answer.headers.get("content-length", "")
-            return int(length) if length.isdigit() else None
         finally:
             await answer.aclose()
+        if not vouched:
+            await self._vouch(answer.status_code, "HEAD")
+        return int(length) if length.isdigit() else None
 
     async def open(self, digest: Digest) -> httpx.Response | None:
         """The object's body, streamed (the caller closes it), or None when there is none.
@@ -168,16 +174,27 @@ class ObjectStore:
         Only S3's ``NoSuchKey`` is a miss. Another 404 (``NoSuchBucket``: a bucket never made,
         a typo in ``shared.bucket``; one with no S3 code: no S3 store at that address, a
         path-style URL where the store wants the bucket in the host) is the store's trouble,
-        not a miss: no blob can come from it."""
+        not a miss: no blob can come from it. A ``200`` not vouched for (:meth:`_vouched`) is
+        closed, the endpoint asked whether it is an S3 store (:meth:`_vouch`), and the object
+        asked for again."""
         identity = dict([ACCEPT_IDENTITY])  # the blob's own bytes, never re-encoded
-        answer = await self._send("GET", self.bucket.url(digest), headers=identity, stream=True)
-        if answer.status_code == 200:
-            await self._vouch(answer, "GET")
-            return answer
-        error = await refusal(answer, "GET")
-        if answer.status_code == 404 and error.code == "NoSuchKey":
-            return None
-        raise error
+        url = self.bucket.url(digest)
+        vouched = False
+        while True:  # twice at most: asked again once the endpoint is vouched for
+            answer = await self._send("GET", url, headers=identity, stream=True)
+            if answer.status_code == 200:
+                if vouched or self._vouched(answer):
+                    return answer
+                # Its connection goes back first: the probe must not wait for one this answer
+                # holds (the client's every connection so held, it would wait out the pool).
+                await answer.aclose()
+                await self._vouch(answer.status_code, "GET")
+                vouched = True
+                continue
+            error = await refusal(answer, "GET")
+            if answer.status_code == 404 and error.code == "NoSuchKey":
+                return None
+            raise error
 
     async def put(self, digest: Digest, file: BlobFile, size: int) -> None:
         """Store ``size`` bytes read from ``file`` (a verified sha256 blob) under ``digest``.
@@ -201,41 +218,50 @@ class ObjectStore:
         )
         try:
             await _check(answer, "PUT")
-            await self._vouch(answer, "PUT")
+            vouched = self._vouched(answer)
         finally:
             await answer.aclose()
+        if not vouched:
+            await self._vouch(answer.status_code, "PUT")
 
-    async def _vouch(self, answer: httpx.Response, what: str) -> None:
-        """Raise :class:`NotAnS3Store` (closing ``answer``) unless the endpoint is an S3
-        store: ``answer``, a success, has an ``x-amz-`` header (every answer of AWS S3, MinIO,
-        SeaweedFS, Ceph RGW does), or the store once answered so, or it answers a key no blob
-        has (:data:`NEVER_STORED`) as S3 does, with an error of S3's (``NoSuchKey``, or
-        ``AccessDenied`` for a key that may not list the bucket). A web server's page, ``200``
-        at every path, would otherwise pass for each blob's object (a fill that never
-        verifies: its client cut, the blob counted corrupt, the tier shown reachable) and its
-        ``200`` to a PUT for an upload made."""
-        if self.s3_seen:
-            return
+    def _vouched(self, answer: httpx.Response) -> bool:
+        """Whether ``answer``, a success, is an S3 store's: it has an ``x-amz-`` header (every
+        answer of AWS S3, MinIO, SeaweedFS, Ceph RGW does), or the store once answered so, or
+        answered :data:`NEVER_STORED` as S3 does."""
         if any(name.lower().startswith(S3_HEADERS) for name in answer.headers):
             self.s3_seen = True
-            return
-        try:
-            probe = await self._send("GET", self.bucket.url(NEVER_STORED), stream=True)
-            if probe.status_code >= 300:
-                error = await refusal(probe, "GET")
-                if error.code and error.status is not None and error.status < 500:
-                    self.s3_seen = True  # an S3 error code: its refusal of a key not there
-                    return
-                raise error  # a 5xx, a 404 with nothing of S3 in it (NOT_S3_HINT)...
-            await probe.aclose()
+        return self.s3_seen
+
+    async def _vouch(self, status: int, what: str) -> None:
+        """Raise :class:`NotAnS3Store` unless the endpoint answers a key no blob has
+        (:data:`NEVER_STORED`) as S3 does, with an error of S3's (``NoSuchKey``, or
+        ``AccessDenied`` for a key that may not list the bucket): ``what`` was answered
+        ``status``, a success with no ``x-amz-`` header. A web server's page, ``200`` at every
+        path, would otherwise pass for each blob's object (a fill that never verifies: its
+        client cut, the blob counted corrupt, the tier shown reachable) and its ``200`` to a
+        PUT for an upload made. Called with no connection held by that answer; one probe at a
+        time, whose answer every caller meanwhile shares (a burst of misses asks once)."""
+        said = await self._probes.run("s3", "shared-s3-probe", self._probe)
+        if said is not None:
             raise NotAnS3Store(
-                f"{what} answered {answer.status_code} with no x-amz- header, and so did a GET "
-                f"of a key no blob has ({probe.status_code}): {NOT_S3_STORE}",
-                answer.status_code,
+                f"{what} answered {status} with no x-amz- header, and so did a GET of a key no "
+                f"blob has ({said}): {NOT_S3_STORE}",
+                status,
             )
-        except BaseException:
-            await answer.aclose()
-            raise
+
+    async def _probe(self) -> int | None:
+        """Ask :data:`NEVER_STORED`: None when answered as S3 does (the endpoint is vouched
+        for from now), the status of a success that says it is no S3 store; raises for an
+        error that is not S3's (a 5xx, a 404 with nothing of S3 in it: :data:`NOT_S3_HINT`)."""
+        probe = await self._send("GET", self.bucket.url(NEVER_STORED), stream=True)
+        if probe.status_code >= 300:
+            error = await refusal(probe, "GET")
+            if error.code and error.status is not None and error.status < 500:
+                self.s3_seen = True  # an S3 error code: its refusal of a key not there
+                return None
+            raise error
+        await probe.aclose()
+        return probe.status_code
 
 
 #: The header every answer of S3 (and of SeaweedFS, MinIO, Ceph RGW) has; not a web server's.

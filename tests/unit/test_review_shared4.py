@@ -1,0 +1,144 @@
+"""Review findings on the shared tier's "is this an S3 store" probe and its badge
+(test_review_shared, 2, 3 and 3b were taken by earlier rounds): each a test that failed before
+its mend. The stand-in store of the first part is a real loopback server (127.0.0.170, a port
+of 9050-9099): what it is about is the tier's client's connections."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from docxy.cache.blobs import DiskBlobStore
+from docxy.core.digests import Digest, digest_of
+from docxy.shared.objects import NEVER_STORED, Bucket, ObjectStore
+from docxy.shared.tier import SharedTier
+from tests.unit.test_review_shared3 import (
+    BUCKET,
+    GUARD,
+    MAX_SIZE,
+    NO_SUCH_KEY,
+)
+
+HOST = "127.0.0.170"
+PORTS = range(9050, 9100)
+#: How long the stand-in store takes to answer the probe: concurrent misses all ask meanwhile.
+PROBE_TAKES = 0.3
+LAYERS = [f"layer {n} ".encode() * 300 for n in range(6)]
+
+
+class HeaderlessStore(BaseHTTPRequestHandler):
+    """An S3 store that sends no ``x-amz-`` header (the S3 API without AWS's headers): the
+    objects of :data:`LAYERS`, ``NoSuchKey`` for any other key; it counts the probes."""
+
+    protocol_version = "HTTP/1.1"  # keeps connections, as a store does
+    probes = 0
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path.endswith(NEVER_STORED.hex):
+            with self.lock:
+                type(self).probes += 1
+            time.sleep(PROBE_TAKES)
+        for layer in LAYERS:
+            if self.path.endswith(digest_of(layer).hex):
+                self._send(200, layer)
+                return
+        self._send(404, NO_SUCH_KEY, "application/xml")
+
+    def _send(self, status: int, body: bytes, kind: str = "application/octet-stream") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:
+            pass  # the mirror closed the answer unread
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a connection the mirror closed (an answer it did not read): no traceback
+
+
+@contextmanager
+def headerless_store() -> Iterator[str]:
+    """The stand-in store on :data:`HOST`, on the first free port of :data:`PORTS`; its URL."""
+    HeaderlessStore.probes = 0
+    server = None
+    for port in PORTS:
+        try:
+            server = QuietServer((HOST, port), HeaderlessStore)
+            break
+        except OSError:
+            continue
+    assert server is not None, f"no free port in {PORTS} on {HOST}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(GUARD)
+
+
+def tier_on(url: str, blobs: DiskBlobStore, http: httpx.AsyncClient) -> SharedTier:
+    return SharedTier(ObjectStore(Bucket(url, BUCKET, "us-east-1", "docxy", "x"), http), blobs, 1)
+
+
+async def read_whole(tier: SharedTier, digest: Digest) -> bytes | None:
+    """The object filled through the tier's download, or None when the tier gave none."""
+    download = await asyncio.wait_for(tier.download(digest), GUARD)
+    if download is None:
+        return None
+    assert download.chunks is not None
+    try:
+        return b"".join([chunk async for chunk in download.chunks])
+    finally:
+        await download.close()
+
+
+# --- 1. the probe: made holding the blob GET's connection, once per concurrent miss ----------
+
+
+async def test_the_probe_does_not_wait_for_the_connection_its_blob_get_holds(
+    tmp_path: Path,
+) -> None:
+    """The probe was sent while the blob GET that asked for it still held its connection: with
+    every connection of the tier's client so held (here its one), the probe waited out the
+    pool timeout, and the miss went upstream with the store never vouched for."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    with headerless_store() as url:
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(5, pool=1)) as http:
+            tier = tier_on(url, blobs, http)
+            got = await read_whole(tier, digest_of(LAYERS[0]))
+    assert got == LAYERS[0]
+    assert (tier.reachable, tier.counts.errors, HeaderlessStore.probes) == (True, 0, 1)
+
+
+async def test_concurrent_misses_share_one_probe(tmp_path: Path) -> None:
+    """Each of N misses at once made a probe of its own (N requests, N connections held
+    twice); one is made, the others wait for its answer."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    with headerless_store() as url:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5)) as http:
+            tier = tier_on(url, blobs, http)
+            got = await asyncio.gather(*(read_whole(tier, digest_of(x)) for x in LAYERS))
+            again = await read_whole(tier, digest_of(b"not stored"))  # a miss: no probe
+    assert got == LAYERS and again is None
+    assert HeaderlessStore.probes == 1
+    assert (tier.counts.errors, tier.counts.misses) == (0, 1)
