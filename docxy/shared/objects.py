@@ -15,6 +15,7 @@ import hashlib
 import html
 import importlib
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -116,10 +117,18 @@ class ObjectStore:
     def __init__(self, bucket: Bucket, client: httpx.AsyncClient) -> None:
         self.bucket = bucket
         self.client = client
-        #: whether the endpoint answered as an S3 store does (:meth:`_vouch`)
-        self.s3_seen = False
+        #: monotonic time the endpoint last answered :data:`NEVER_STORED` as an S3 store does
+        #: (:meth:`_vouch`): a success without an ``x-amz-`` header is trusted for
+        #: :data:`S3_TRUST_FOR` after it, unless the store failed meanwhile (:meth:`distrust`)
+        self.vouched_at: float | None = None
         #: the one probe in flight: concurrent askers wait for its answer
         self._probes: Coalesced[str, int | None] = Coalesced(ObjectStoreError)
+
+    def distrust(self) -> None:
+        """The store failed, or an object it served did not verify: whatever answers at the
+        endpoint now (a store restarted, or replaced by a web server) is asked again whether
+        it is an S3 store at its next success without an ``x-amz-`` header."""
+        self.vouched_at = None
 
     async def _send(
         self,
@@ -226,11 +235,14 @@ class ObjectStore:
 
     def _vouched(self, answer: httpx.Response) -> bool:
         """Whether ``answer``, a success, is an S3 store's: it has an ``x-amz-`` header (every
-        answer of AWS S3, MinIO, SeaweedFS, Ceph RGW does), or the store once answered so, or
-        answered :data:`NEVER_STORED` as S3 does."""
+        answer of AWS S3, MinIO, SeaweedFS, Ceph RGW does), or the endpoint answered
+        :data:`NEVER_STORED` as S3 does within :data:`S3_TRUST_FOR` and has not failed since.
+        An ``x-amz-`` header vouches for its own answer only: a web server put at the
+        endpoint later (a proxy's route changed) sends none, and is asked about at once."""
         if any(name.lower().startswith(S3_HEADERS) for name in answer.headers):
-            self.s3_seen = True
-        return self.s3_seen
+            return True
+        at = self.vouched_at
+        return at is not None and time.monotonic() - at < S3_TRUST_FOR
 
     async def _vouch(self, status: int, what: str) -> None:
         """Raise :class:`NotAnS3Store` unless the endpoint answers a key no blob has
@@ -257,7 +269,7 @@ class ObjectStore:
         if probe.status_code >= 300:
             error = await refusal(probe, "GET")
             if error.code and error.status is not None and error.status < 500:
-                self.s3_seen = True  # an S3 error code: its refusal of a key not there
+                self.vouched_at = time.monotonic()  # an S3 error code: a key not there
                 return None
             raise error
         await probe.aclose()
@@ -271,6 +283,9 @@ S3_HEADERS = "x-amz-"
 #: A key no blob has (a sha256 no one knows the bytes of): what a store that sent nothing of S3
 #: with a success answers for it says whether it is one (:meth:`ObjectStore._vouch`).
 NEVER_STORED = Digest("sha256", "0" * 64)
+#: Seconds the endpoint's answer to :data:`NEVER_STORED` vouches for its successes without an
+#: ``x-amz-`` header (a store that sends none: one probe per this while, or after a failure).
+S3_TRUST_FOR = 600.0
 #: A success from no S3 store (:class:`NotAnS3Store`).
 NOT_S3_STORE = (
     "not an S3 store (a web server?); check shared.endpoint: the store's S3 API, "

@@ -285,6 +285,7 @@ class SharedTier:
         marked bad (fetched upstream from now on, and replaced by the upload of that blob)."""
         self.counts.corrupt += 1
         self._bad.set(digest, True)
+        self.objects.distrust()  # a page served as every object fails so too
         log.warning(
             "blob %s: the shared object says %s: marked bad, fetched upstream", digest, said
         )
@@ -304,6 +305,7 @@ class SharedTier:
             return "the shared object is not marked bad (which part was wrong cannot be told)"
         self.counts.corrupt += 1
         self._bad.set(digest, True)
+        self.objects.distrust()  # a page served as every object fails so too
         return "the shared object is marked bad: fetched upstream from now on, then replaced"
 
     def _repair(self, digest: Digest) -> None:
@@ -454,6 +456,7 @@ class SharedTier:
         ``RETRY_AFTER`` (what waits is dropped); the first upload after it finds out."""
         self.counts.errors += 1
         self._said(exc)
+        self.objects.distrust()
         if self._uploads_failed_at is None:  # once per burst
             log.warning(
                 "shared store %s fails uploads (%s): none for %gs; reads from it go on",
@@ -467,6 +470,7 @@ class SharedTier:
     def _trouble(self, exc: ObjectStoreError) -> None:
         self.counts.errors += 1
         self._said(exc)
+        self.objects.distrust()  # asked again whether it is an S3 store (a web server now?)
         if self.reachable is not False:  # once per burst
             log.warning(
                 "shared store %s in trouble (%s): pulls go to the upstream for %gs",

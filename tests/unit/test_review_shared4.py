@@ -8,23 +8,31 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.core.digests import Digest, digest_of
+from docxy.shared import objects as objects_module
+from docxy.shared import tier as tier_module
 from docxy.shared.objects import NEVER_STORED, Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
+from tests.unit.test_observe_routes import answer
 from tests.unit.test_review_shared3 import (
     BUCKET,
     GUARD,
+    LAYER,
     MAX_SIZE,
     NO_SUCH_KEY,
+    REQUEST_ID,
+    open_tier,
 )
+from tests.unit.test_review_shared3b import s3_without_request_id, web_page
 
 HOST = "127.0.0.170"
 PORTS = range(9050, 9100)
@@ -142,3 +150,108 @@ async def test_concurrent_misses_share_one_probe(tmp_path: Path) -> None:
     assert got == LAYERS and again is None
     assert HeaderlessStore.probes == 1
     assert (tier.counts.errors, tier.counts.misses) == (0, 1)
+
+
+# --- 2. one S3 answer trusted for ever ---------------------------------------------------------
+
+
+class Swapped:
+    """The endpoint: ``store`` until :meth:`swap`, then a web server's page at every path."""
+
+    def __init__(self, store: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.store = store
+        self.swapped = False
+        self.fail_next = False
+
+    def swap(self) -> None:
+        self.swapped = True
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.fail_next:
+            self.fail_next = False
+            return answer(503, b"<Error><Code>ServiceUnavailable</Code></Error>")
+        if self.swapped:
+            return web_page(request)
+        return self.store(request)
+
+
+def s3_store(request: httpx.Request) -> httpx.Response:
+    """An S3 store as AWS, MinIO, SeaweedFS are: an ``x-amz-request-id`` on every answer."""
+    if request.url.path.endswith(digest_of(LAYER).hex):
+        return answer(200, LAYER, {"content-length": str(len(LAYER)), **REQUEST_ID})
+    return answer(404, NO_SUCH_KEY, {"content-type": "application/xml", **REQUEST_ID})
+
+
+async def test_a_web_server_put_in_an_s3_stores_place_is_no_store(tmp_path: Path) -> None:
+    """An S3 store's first answer (its ``x-amz-`` header) vouched for every later answer of
+    the endpoint: a web server put behind it (a proxy's route changed) had its page taken for
+    each blob's object (corrupt blob after blob, uploads counted made, the tier green)."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    endpoint = Swapped(s3_store)
+    tier, http = open_tier(blobs, endpoint)
+    async with http:
+        assert await read_whole(tier, digest_of(LAYER)) == LAYER
+        endpoint.swap()
+        assert await asyncio.wait_for(tier.download(digest_of(b"another")), GUARD) is None
+    assert tier.reachable is False and "not an S3 store" in (tier.last_error or "")
+
+
+async def test_a_store_without_amz_headers_is_asked_again_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store vouched for by its answer to the probe stayed so whatever came after: a failure
+    (a restart, a redeploy) that put a web server there is asked about again."""
+    monkeypatch.setattr(tier_module, "RETRY_AFTER", 0.0)
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    endpoint = Swapped(s3_without_request_id)
+    tier, http = open_tier(blobs, endpoint)
+    async with http:
+        assert await read_whole(tier, digest_of(LAYER)) == LAYER  # vouched by the probe
+        endpoint.fail_next = True
+        assert await read_whole(tier, digest_of(b"another")) is None
+        assert tier.reachable is False  # the 503
+        endpoint.swap()
+        assert await asyncio.wait_for(tier.download(digest_of(b"another")), GUARD) is None
+    assert tier.reachable is False and "not an S3 store" in (tier.last_error or "")
+
+
+async def test_a_store_without_amz_headers_is_vouched_for_a_while_not_for_ever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no failure at all between, the probe's word lapses after S3_TRUST_FOR."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    endpoint = Swapped(s3_without_request_id)
+    tier, http = open_tier(blobs, endpoint)
+    async with http:
+        assert await read_whole(tier, digest_of(LAYER)) == LAYER
+        monkeypatch.setattr(objects_module, "S3_TRUST_FOR", 0.0)  # the while is over
+        endpoint.swap()
+        assert await asyncio.wait_for(tier.download(digest_of(b"another")), GUARD) is None
+    assert tier.reachable is False and "not an S3 store" in (tier.last_error or "")
+
+
+class Counting:
+    """``store``, keeping the path of every request."""
+
+    def __init__(self, store: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.store = store
+        self.asked: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.asked.append(request.url.path)
+        return self.store(request)
+
+
+async def test_the_probe_stays_rare(tmp_path: Path) -> None:
+    """Guard: a store without ``x-amz-`` headers is probed once for many answers; one with
+    them never."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    for store, probes in ((s3_without_request_id, 1), (s3_store, 0)):
+        counting = Counting(store)
+        tier, http = open_tier(blobs, counting)
+        async with http:
+            for n in range(4):
+                assert await read_whole(tier, digest_of(LAYER)) == LAYER
+                assert await read_whole(tier, digest_of(b"%d" % n)) is None
+        assert sum(p.endswith(NEVER_STORED.hex) for p in counting.asked) == probes, store
+        assert tier.reachable is True
