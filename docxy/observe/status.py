@@ -236,10 +236,8 @@ def _shared(shared: object) -> list[str]:
     """The shared bucket (``[shared]``), where it is and how it is doing; none without it."""
     if not isinstance(shared, dict):
         return []
-    reachable = shared.get("reachable")
-    state = ("not asked yet", "warn")
-    if reachable is not None:
-        state = ("reachable", "ok") if reachable else ("unreachable", "bad")
+    said = str(shared.get("state", "not asked yet"))
+    state = (said, {"reachable": "ok", "unreachable": "bad"}.get(said, "warn"))
     rows = [
         ("bucket", f"{shared.get('endpoint', '?')} {shared.get('bucket', '?')}"),
         ("last answer", _when(shared.get("last_ok"))),
@@ -251,6 +249,8 @@ def _shared(shared: object) -> list[str]:
         ),
         ("errors", str(shared.get("errors", 0))),
     ]
+    if shared.get("reason"):  # why it is degraded
+        rows.insert(0, ("degraded", str(shared["reason"])))
     if shared.get("last_error"):  # kept once the store answers again: when says how old
         rows.append(("last error", f"{_when(shared.get('last_error_at'))}: {shared['last_error']}"))
     badge = f'<span id=shared-state class="badge {state[1]}">{state[0]}</span>'

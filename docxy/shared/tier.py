@@ -125,6 +125,7 @@ class SharedTier:
         self.last_error_at: float | None = None
         self.last_ok: float | None = None  # wall clock of its last answer that was no failure
         self._refusal: str | None = None  # the latest refused upload's reason, logged once
+        self._uploads_refused = False  # the last upload made was refused (:meth:`state`)
         self.reachable: bool | None = None  # None: not asked yet
         self._probing = False  # a miss asks a store that failed whether it is back
         self._no_connection_logged = -NO_CONNECTION_LOG_EVERY  # monotonic time of that line
@@ -401,6 +402,7 @@ class SharedTier:
             file.close()  # a read cancelled at shutdown may still run: it closes it then
         self._bad.pop(digest)
         self._repairs.pop(digest, None)
+        self._uploads_refused = False
         if self._uploads_failed_at is not None:
             log.info("shared store %s takes uploads again", self.objects.bucket.endpoint)
             self._uploads_failed_at = None
@@ -422,6 +424,7 @@ class SharedTier:
         again at every later answer (a whole blob sent again each time, refused each time)."""
         self._repairs.pop(digest, None)
         self._said(exc)
+        self._uploads_refused = True
         if str(exc) != self._refusal:
             self._refusal = str(exc)
             log.warning("shared store: the upload of %s was refused (%s)", digest, exc)
@@ -502,6 +505,23 @@ class SharedTier:
         self._failed_at = None
         self._offer_repairs()
 
+    def state(self) -> tuple[str, str | None]:
+        """How the tier is doing, for the badge of ``/health`` and the status page, and why
+        when it is ``degraded`` (reads answered, but its uploads do not get through): ``not
+        asked yet``, ``unreachable``, ``degraded`` or ``reachable``. The reason names no
+        endpoint nor the store's words (``last_error``, on the admin listener, has them)."""
+        if self.reachable is None:
+            return "not asked yet", None
+        if not self.reachable:
+            return "unreachable", None
+        if self._uploads_failed_at is not None:  # cleared by the next upload taken
+            return "degraded", "the store fails uploads (see last_error)"
+        if self._uploads_refused:
+            return "degraded", "the store refuses uploads (see last_error)"
+        if self.uploads.waiting >= self.uploads.max_waiting:
+            return "degraded", "the upload queue is full: new uploads are dropped"
+        return "reachable", None
+
     def report(self) -> dict[str, object]:
         """The ``shared`` detail of ``/status.json`` (never the mirror's status)."""
         bucket = self.objects.bucket
@@ -519,8 +539,11 @@ class SharedTier:
         """The ``shared`` part of the public ``/health``: how the tier is doing, not where the
         bucket is nor what the store said (an S3 endpoint is often an internal address; an
         error message can name the bucket, the key and the account)."""
+        state, reason = self.state()
         return {
             "reachable": self.reachable,
+            "state": state,
+            "reason": reason,
             **vars(self.counts),
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,

@@ -6,6 +6,7 @@ of 9050-9099): what it is about is the tier's client's connections."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +19,12 @@ import pytest
 
 from docxy.cache.blobs import DiskBlobStore
 from docxy.core.digests import Digest, digest_of
+from docxy.http.state import mirror_state
 from docxy.shared import objects as objects_module
 from docxy.shared import tier as tier_module
 from docxy.shared.objects import NEVER_STORED, Bucket, ObjectStore
 from docxy.shared.tier import SharedTier
-from tests.unit.test_observe_routes import answer
+from tests.unit.test_observe_routes import SHARED, Upstream, answer, blob_path, stack
 from tests.unit.test_review_shared3 import (
     BUCKET,
     GUARD,
@@ -30,6 +32,7 @@ from tests.unit.test_review_shared3 import (
     MAX_SIZE,
     NO_SUCH_KEY,
     REQUEST_ID,
+    cache,
     open_tier,
 )
 from tests.unit.test_review_shared3b import s3_without_request_id, web_page
@@ -255,3 +258,76 @@ async def test_the_probe_stays_rare(tmp_path: Path) -> None:
                 assert await read_whole(tier, digest_of(b"%d" % n)) is None
         assert sum(p.endswith(NEVER_STORED.hex) for p in counting.asked) == probes, store
         assert tier.reachable is True
+
+
+# --- 3. a tier whose uploads all fail shown green ----------------------------------------------
+
+
+class RefusesUploads(Upstream):
+    """The bucket serves reads as an S3 store; every upload is refused (a read-only key) or,
+    with ``status`` 507, failed (a full drive)."""
+
+    def __init__(self, refused: int = 403) -> None:
+        super().__init__()
+        self.refused = refused  # (Upstream.status is the upstream's)
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            self.bucket_seen.append(f"{request.method} {request.url.path}")
+            code = b"AccessDenied" if self.refused == 403 else b"XMinioStorageFull"
+            body = b"<Error><Code>" + code + b"</Code><Message>no</Message></Error>"
+            return answer(self.refused, body, {"content-type": "application/xml", **REQUEST_ID})
+        return super().bucket(request)
+
+
+@pytest.mark.parametrize(("status", "why"), [(403, "refuses uploads"), (507, "fails uploads")])
+async def test_a_store_that_takes_no_upload_shows_degraded(
+    tmp_path: Path, status: int, why: str
+) -> None:
+    """Its reads answered, its every upload refused or failed: ``reachable`` and a green badge,
+    the trouble only in counts and ``last_error``."""
+    async with stack(tmp_path, settings=SHARED, upstream=RefusesUploads(status)) as mirror:
+        pulled = await mirror.get(blob_path())
+        await mirror.committed()
+        tier = mirror_state(mirror.app).running.blobs.shared
+        assert tier is not None
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+        public = json.loads((await mirror.get("/health")).body)
+        _, page = await mirror.admin_get("/status")
+    assert pulled.status == 200 and tier.counts.upload_failed == 1
+    shared = public["shared"]
+    assert public["status"] == "ok"  # a detail, never the mirror's status
+    assert (shared["reachable"], shared["state"]) == (True, "degraded"), shared
+    assert why in shared["reason"] and "AccessDenied" not in shared["reason"]
+    assert 'id=shared-state class="badge warn">degraded' in page
+    assert why in page
+
+
+async def test_a_full_upload_queue_shows_degraded(tmp_path: Path) -> None:
+    """Uploads waiting to the queue's bound (new ones dropped) while the store answers reads."""
+    blobs = DiskBlobStore.open(tmp_path / "cache", MAX_SIZE, write_buffer=0)
+    held = asyncio.Event()
+
+    async def slow_puts(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            await asyncio.wait_for(held.wait(), GUARD)
+            return answer(200, b"", REQUEST_ID)
+        return s3_store(request)
+
+    layers = [await cache(blobs, layer) for layer in LAYERS[:3]]
+    where = Bucket("http://127.0.0.170:9", BUCKET, "us-east-1", "docxy", "x")  # never dialled
+    async with httpx.AsyncClient(transport=httpx.MockTransport(slow_puts)) as http:
+        tier = SharedTier(ObjectStore(where, http), blobs, 1)
+        tier.uploads.max_waiting = 1
+        assert await read_whole(tier, digest_of(LAYER)) == LAYER  # reads answered
+        tier.filled(layers[0])
+        await asyncio.sleep(0.05)  # its upload waits on its PUT
+        for layer in layers[1:]:
+            tier.filled(layer)  # one waits, the queue is full: the next is dropped
+        state = tier.public_report()
+        held.set()
+        await asyncio.wait_for(tier.uploads.drained(), GUARD)
+        after = tier.public_report()
+    assert (state["uploads_waiting"], state["uploads_dropped"]) == (1, 1)
+    assert (state["state"], after["state"]) == ("degraded", "reachable"), state
+    assert "upload queue is full" in str(state["reason"])
