@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from docxy.cli.healthcheck import verdict
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
 from docxy.tls.context import CertError
@@ -38,9 +39,11 @@ MIRROR_WAIT = 120.0
 
 
 def wait_for(urls: Sequence[str], timeout: float) -> None:
-    """Poll each of ``urls`` (one listener's addresses) until one answers 200; ValueError (a
-    failed run, retried) after ``timeout``. A line in the log when the first round gets no
-    answer, and one when the answer comes.
+    """Poll each of ``urls`` (one listener's addresses) until one answers 200 with Docxy's
+    health report, as ``docxy health`` asks (:func:`~docxy.cli.healthcheck.verdict`: another
+    server's 200 on that port, the mirror never bound, is not the mirror up, and certbot would
+    fail its HTTP-01 validation there); ValueError (a failed run, retried) after ``timeout``.
+    A line in the log when the first round gets no answer, and one when the answer comes.
 
     Every address is asked in each round: a mirror on ``[::]`` bound to IPv6 alone answers on
     ::1, not 127.0.0.1, and a run that asked only the first waited out the whole wait and
@@ -53,7 +56,7 @@ def wait_for(urls: Sequence[str], timeout: float) -> None:
             try:
                 # trust_env=False: a proxy from the environment (certbot's, to reach the CA)
                 # cannot reach this host's own listener (docxy.cli.healthcheck.probe too).
-                if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
+                if verdict(url, httpx.get(url, timeout=2.0, trust_env=False))[0]:
                     if waiting:
                         took = time.monotonic() - started
                         log.info("the mirror answered after %.1f s, at %s", took, url)

@@ -40,7 +40,7 @@ def local_urls(listen: HostPort, path: str = "/health") -> list[str]:
 
 def probe(urls: list[str], timeout: float) -> tuple[bool, str]:
     """(healthy, what to print): healthy when one of `urls` answers 200 with Docxy's health
-    report (:func:`_verdict`). The next URL is tried only when one cannot be connected to; an
+    report (:func:`verdict`). The next URL is tried only when one cannot be connected to; an
     answer, or a timeout, is the verdict."""
     import httpx  # here: the certificate renewer imports local_urls and stays small without it
 
@@ -56,15 +56,16 @@ def probe(urls: list[str], timeout: float) -> tuple[bool, str]:
             continue
         except httpx.HTTPError as exc:
             return False, "; ".join([*failed, f"{url}: {type(exc).__name__}: {exc}"])
-        return _verdict(url, response)
+        return verdict(url, response)
     return False, "; ".join(failed)
 
 
-def _verdict(url: str, response: httpx.Response) -> tuple[bool, str]:
+def verdict(url: str, response: httpx.Response) -> tuple[bool, str]:
     """Healthy: a 200 whose body is Docxy's health report (a JSON object with a ``status`` and
     a ``version``, as :func:`docxy.http.health.health` sends even to strangers). Another
     server on that port (host networking, a listener moved onto a port something else holds,
-    while the mirror never bound it) answers 200 with anything: that is not the mirror up."""
+    while the mirror never bound it) answers 200 with anything: that is not the mirror up.
+    The renewer's wait for the mirror (``scheduler.renewal.wait_for``) asks the same."""
     if response.status_code != 200:
         return False, f"{url}: HTTP {response.status_code}"
     try:

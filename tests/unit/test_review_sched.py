@@ -86,9 +86,11 @@ def health_on_loopback() -> Iterator[tuple[int, list[str]]]:
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             asked.append(self.path)
+            body = b'{"status": "ok", "version": "test"}'  # Docxy's report, not any 200
             self.send_response(200)
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -147,7 +149,7 @@ def test_a_run_goes_ahead_when_any_address_of_the_mirror_answers(
         asked.append(url)
         if "127.0.0.1" in url:
             raise httpx.ConnectError("connection refused")
-        return httpx.Response(200)
+        return httpx.Response(200, json={"status": "ok", "version": "test"})
 
     monkeypatch.setattr(httpx, "get", get)
     monkeypatch.setattr(renewal, "MIRROR_WAIT", 0.0)

@@ -471,7 +471,8 @@ def test_wait_for_mirror_gives_up_with_a_reason(monkeypatch: pytest.MonkeyPatch)
 
 class LateMirror:
     """A stand-in mirror on loopback whose ``/health`` answers 503 to the first `late` asks
-    (still starting), then 200; ``asked`` counts the asks, ``up`` whether one got 200."""
+    (still starting), then 200 with Docxy's report; ``asked`` counts the asks, ``up`` whether
+    one got 200."""
 
     def __init__(self, late: int) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -484,9 +485,11 @@ class LateMirror:
                 mirror.asked += 1
                 ready = mirror.asked > mirror.late
                 mirror.up = mirror.up or ready  # before the answer leaves
-                self.send_response(200 if ready else 503)
-                self.send_header("Content-Length", "0")
+                body = b'{"status": "ok", "version": "test"}' if ready else b""
+                self.send_response(200 if ready else 503)  # 200: Docxy's own report
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
                 pass
