@@ -210,6 +210,8 @@ def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
     """Copy a lineage's full chain and key to the served paths; True if anything changed.
 
     The pair is checked first (CertError if it does not match); the key is written mode 0600.
+    CertError too, the served pair kept, for one that has expired or is not valid yet where the
+    served one is valid (clients would refuse it).
     A crash part way leaves a state the mirror completes at start (:mod:`docxy.tls.recover`).
     """
     src_cert, src_key = live_dir / "fullchain.pem", live_dir / "privkey.pem"
@@ -217,14 +219,22 @@ def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
         cert_pem, key_pem = src_cert.read_bytes(), src_key.read_bytes()
     except OSError as exc:
         raise CertError(f"lineage {live_dir}: unreadable ({exc.strerror or exc})") from exc
-    from docxy.tls.context import inspect_pair, kept_over_expired  # cryptography: see above
+    from docxy.tls.context import (  # cryptography: see above
+        inspect_pair,
+        kept_over_expired,
+        kept_over_not_yet_valid,
+    )
 
     issued = inspect_pair(cert_pem, key_pem, src_cert, src_key)
     if _same(cert_path, cert_pem) and _same(key_path, key_pem):
         return False
-    expired = kept_over_expired(issued, _served(cert_path, key_path), src_cert)
+    served = _served(cert_path, key_path)
+    expired = kept_over_expired(issued, served, src_cert)
     if expired is not None:  # never an expired certificate over one clients still take
         raise CertError(expired)
+    early = kept_over_not_yet_valid(issued, served, src_cert)
+    if early is not None:  # nor one they refuse until its notBefore (the renewer retries)
+        raise CertError(early)
     write_pair(cert_path, key_path, cert_pem, key_pem)
     log.info("installed certificate from %s to %s", live_dir, cert_path)
     return True

@@ -254,6 +254,28 @@ def kept_over_expired(
     )
 
 
+def kept_over_not_yet_valid(
+    new: CertInfo, served: CertInfo | None, cert_path: Path, now: dt.datetime | None = None
+) -> str | None:
+    """Why the certificate at ``cert_path`` (``new``) must not replace the one ``served`` yet:
+    it is not valid yet by this host's clock (the CA's clock ahead of this host's, or this
+    host's behind) and the one served is valid now; None when it may (nothing valid is served).
+    Installed, clients whose clocks agree with this host's refused it until its notBefore; kept
+    out, a later run installs it once it is valid."""
+    now = now or _utcnow()
+    if served is None or new.not_before is None or new.not_before <= now:
+        return None
+    if served.not_after <= now or (served.not_before is not None and served.not_before > now):
+        return None
+    return (
+        f"certificate {cert_path} is not valid before {utc_stamp(new.not_before)}, by this "
+        f"host's clock {_ahead(new.not_before - now)} from now (this host's clock, or the "
+        f"CA's, is wrong: check its time sync): the one served (serial {served.serial}, valid "
+        f"until {utc_stamp(served.not_after)}) is kept, and the new one installed by a run once "
+        "it is valid"
+    )
+
+
 #: A private key's PEM block (``PRIVATE KEY``, ``EC PRIVATE KEY``, ``RSA PRIVATE KEY``).
 _KEY_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.DOTALL

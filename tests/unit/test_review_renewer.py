@@ -252,7 +252,6 @@ def not_yet_valid_lineage(live: Path, hours: float = 3) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="fault 4: a pair not valid yet is installed")
 def test_a_pair_not_valid_yet_is_not_installed_over_a_valid_one(tmp_path: Path) -> None:
     served_cert, served_key = self_signed(tmp_path / "served", DOMAIN)
     before = served_cert.read_bytes(), served_key.read_bytes()
@@ -271,7 +270,6 @@ def test_a_pair_not_valid_yet_is_installed_where_nothing_is_served(tmp_path: Pat
     assert certs.install(live, served_cert, served_key) is True
 
 
-@pytest.mark.xfail(strict=True, reason="fault 4: a pair not valid yet is installed")
 def test_the_renewer_keeps_the_served_pair_until_the_new_one_is_valid(
     tmp_path: Path,
     fake_certbot: FakeCertbot,  # noqa: F811
