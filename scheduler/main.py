@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import signal
@@ -9,7 +10,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 
 from apscheduler.schedulers import SchedulerNotRunningError
@@ -21,7 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from docxy.core.errors import ConfigError
 from scheduler import settings as settings_mod
-from scheduler.runs import Runs, backoff, configure_logging
+from scheduler.runs import Runs, Stopped, backoff, configure_logging
 from scheduler.worker import InChild
 
 log = logging.getLogger("scheduler")
@@ -50,7 +51,10 @@ def build(renewer: Runs) -> BlockingScheduler:
 
     def job() -> None:
         renewer.catch_up()  # a --once run since the last: its count, not this one's
-        if renewer.run():
+        ok = renewer.run()
+        if renewer.catch_up():  # a --once begun during this run, ended first: it is newer
+            ok = renewer.failures == 0
+        if ok:
             if scheduler.get_job(RETRY_JOB) is not None:
                 scheduler.remove_job(RETRY_JOB)
         elif scheduler.running and not renewer.cut_short:  # (a run cut short: stopping)
@@ -235,6 +239,24 @@ def still_due(next_run: dt.datetime | None) -> dt.datetime | None:
     return next_run
 
 
+@contextlib.contextmanager
+def stopped_by(signals: Sequence[int]) -> Iterator[None]:
+    """While inside, each of ``signals`` raises :class:`~scheduler.runs.Stopped` in the main
+    thread (a one-off run stopped: its status is still written); the handlers before after.
+    Before, SIGTERM ended ``--once`` at once and SIGINT in a traceback, with no status written:
+    the run left no trace."""
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    before = {signum: signal.signal(signum, stop) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     flags = list(sys.argv[1:] if argv is None else argv)
@@ -252,8 +274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         once = Renewer(settings)
         once.restore()
-        ok = once.run()
+        stopped: Stopped | None = None
+        try:
+            with stopped_by((signal.SIGTERM, signal.SIGINT)):
+                ok = once.run()
+        except Stopped as exc:  # its status says so (`interrupted`); the exit, which signal
+            stopped, ok = exc, False
+        once.catch_up()  # the renewer's run begun during this one and ended first is newer
         once.write_status(still_due(once.restored_next_run))
+        if stopped is not None:
+            return 128 + stopped.signum
         return 0 if ok else 1
     renewer = InChild(settings, argv=flags)
     renewer.restore()  # failures in a row, their backoff, the last success: as before a restart

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import signal
 import threading
 from dataclasses import dataclass, field
 
@@ -41,6 +42,18 @@ class RunCutShort(RunFailed):
     """The run was stopped from outside before it could end (``docker stop``: supervisord's
     SIGTERM reaches the renewer's whole process group, its run and certbot too). Not a failure
     of the renewal: neither counted nor put off by a backoff at the next start."""
+
+
+class Stopped(BaseException):  # noqa: N818 (not an error: a stop from outside)
+    """A signal stopped a one-off run (``--once``): raised in its main thread by the handler
+    :func:`scheduler.main.stopped_by` sets, wherever the run was (certbot's child is killed
+    by ``subprocess.run`` on the way out). A BaseException, so no ``except Exception`` of the
+    run's swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.name}")
 
 
 def unexpected(exc: Exception) -> str:
@@ -99,6 +112,9 @@ class Runs:
     #: The last run was stopped from outside (:class:`RunCutShort`): the renewer is stopping,
     #: so no retry is due, even before its own SIGTERM has stopped the scheduler.
     cut_short: bool = False
+    #: The one-off run was stopped by a signal (:class:`Stopped`): when, and by which signal.
+    #: Written to the status file (a trace of the run) until the next run's status replaces it.
+    interrupted: dict[str, object] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def attempt(self) -> None:
@@ -124,6 +140,13 @@ class Runs:
             self.cut_short = True
             log.warning("certificate renewal cut short, not counted as a failure: %s", exc)
             return False
+        except Stopped as exc:  # --once: as a run cut short, but said in the status file
+            self.last_run = before
+            self.cut_short = True
+            now = dt.datetime.now(dt.UTC)
+            self.interrupted = {"at": _iso(now), "signal": exc.name}
+            log.warning("certificate renewal %s, not counted as a failure", exc)
+            raise
         except RunFailed as exc:
             self._failed(str(exc))
             return False
@@ -230,9 +253,16 @@ class Runs:
                 utc_stamp(last_success) or "never",
             )
 
-    def catch_up(self) -> None:
+    def catch_up(self) -> bool:
         """Take up a run this renewer did not make, made since its last one: a one-off
-        ``python -m scheduler --once`` beside it writes the status file they share.
+        ``python -m scheduler --once`` beside it writes the status file they share. Whether
+        one was taken up.
+
+        Also called after a run, before its status is written: a run of the other process
+        begun during this one and ended first is the newer outcome (the later start wins).
+        The renewer's run that ended after a ``--once`` begun later (certbot failing on the
+        lock the other certbot held) wrote its failure over that run's success, and a
+        ``--once`` wrote over a newer run of the renewer the same way.
 
         The long-running renewer kept its own count: a ``--once`` that succeeded after three
         failures was undone by the renewer's next run, which, failing, wrote 4 in a row since
@@ -243,11 +273,12 @@ class Runs:
             data = json.loads(self.settings.status_file.read_bytes())
             seen = _when(data.get("last_run")) if isinstance(data, dict) else None
         except (OSError, ValueError):
-            return  # none, or unreadable: this renewer's own count stands
+            return False  # none, or unreadable: this renewer's own count stands
         if seen is None or (self.last_run is not None and seen <= self.last_run):
-            return
-        log.info("taking up a run made beside this renewer (--once) at %s", utc_stamp(seen))
+            return False
+        log.info("taking up a run made beside this one at %s", utc_stamp(seen))
         self.restore()
+        return True
 
     def write_status(self, next_run: dt.datetime | None) -> None:
         """The status file the mirror reads (``docxy.tls.certs.renewal_status``), atomically.
@@ -271,6 +302,8 @@ class Runs:
             status["certificate"] = certificate
         if self.set_aside is not None:
             status["set_aside"] = self.set_aside
+        if self.interrupted is not None:
+            status["interrupted"] = self.interrupted
         data = json.dumps(status, indent=2).encode() + b"\n"
         try:
             write_files_atomic([(self.settings.status_file, data, 0o644)])

@@ -293,6 +293,10 @@ def _certificate(tls: object, renewal: object) -> str:
         else:
             outcome = "failed: " + str(renewal["last_error"]) if renewal.get("last_error") else "ok"
             rows.append(("last renewal", f"{_when(renewal.get('last_run'))}: {outcome}"))
+            stop = renewal.get("interrupted")  # a one-off run stopped by a signal since
+            if isinstance(stop, dict):
+                said = f"{_when(stop.get('at'))}, by {stop.get('signal', '?')}"
+                rows.append(("interrupted", f"one-off run stopped {said} (not counted)"))
             failures, since = renewal.get("failures"), renewal.get("failing_since")
             if isinstance(failures, int) and failures > 0:
                 began = f" since {_when(since)}" if since else ""

@@ -279,7 +279,7 @@ def describe_files(cert_path: Path, key_path: Path, domain: str | None = None) -
 
 #: The times in the renewer's status file; and in its parts, by part.
 RENEWAL_TIMES = ("last_run", "last_success", "failing_since", "next_run")
-RENEWAL_PART_TIMES = {"set_aside": "at", "certificate": "not_after"}
+RENEWAL_PART_TIMES = {"set_aside": "at", "certificate": "not_after", "interrupted": "at"}
 
 
 def renewal_status(config_dir: Path) -> dict[str, object]:
