@@ -261,7 +261,7 @@ class Config:
     upstreams: tuple[NamedUpstreamConfig, ...] = ()  # more registries beside [upstream]
     shared: SharedConfig = SharedConfig()  # off
     #: (key, one-line refusal) of each renewer-only setting (:func:`renewer_only`) that was
-    #: wrong and stands at its default here: the renewer refuses to start with it.
+    #: wrong and stands at its default here: the renewer refuses it (and schedules no run).
     renewer_errors: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
@@ -282,8 +282,8 @@ def renewer_refuses(key: str) -> str:
     if key in RUN_REFUSES:
         return "every certificate renewal fails with it (shown on /health) until it is mended"
     return (
-        "the renewer (python -m scheduler) refuses to start with it (in the container image"
-        " that stops the container); the mirror itself goes on"
+        "the renewer (python -m scheduler) schedules no renewal with it, until it is mended and"
+        " the renewer restarted (shown on /health); the mirror itself goes on"
     )
 
 

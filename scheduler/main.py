@@ -208,10 +208,33 @@ def idle(once: bool) -> int:
     log.info("no certs.domain set: no certificate to obtain or renew; certbot is not run")
     if once:
         return 0
+    return _wait_for_stop()
+
+
+def _wait_for_stop() -> int:
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     log.info("signal %d: stopping", signal.sigwait(stop))
     return 0
+
+
+def hold(settings: settings_mod.Settings) -> int:
+    """The renewer's own settings are refused (:func:`scheduler.settings.held`): say so in the
+    log and in the status file (``refused``: /health turns ``degraded`` with the reason,
+    ``docxy certs status`` says it), schedule no run, and wait for SIGTERM. Exiting instead
+    made supervisord mark the renewer FATAL, and its listener took the container, the mirror
+    serving pulls with it, down at every start. Mended, the renewer is restarted (the
+    container, or ``supervisorctl restart scheduler``) and its first status drops the
+    refusal."""
+    log.error(
+        "the renewer's settings are refused: %s; no renewal is scheduled until they are "
+        "mended and the renewer restarted (the mirror goes on serving)",
+        settings.halted,
+    )
+    runs = Runs(settings)
+    runs.restore()  # the count and the last success stand; only the refusal is added
+    runs.write_status(None)
+    return _wait_for_stop()
 
 
 def warn_nowhere_to_install(settings: settings_mod.Settings) -> None:
@@ -264,7 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_mod.load(flags)
     except ConfigError as exc:
         print(f"scheduler: config error: {exc}", file=sys.stderr)
-        return 2
+        held = settings_mod.held(flags)
+        if held is None or held.once:  # a one-shot run fails loudly; so does a mirror's error
+            return 2
+        return hold(held)
     if settings.domain is None:
         return idle(settings.once)
     if settings.cert_path is None:

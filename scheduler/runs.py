@@ -304,6 +304,8 @@ class Runs:
             status["set_aside"] = self.set_aside
         if self.interrupted is not None:
             status["interrupted"] = self.interrupted
+        if self.settings.halted is not None:  # no run is scheduled: /health is degraded
+            status["refused"] = self.settings.halted
         data = json.dumps(status, indent=2).encode() + b"\n"
         try:
             write_files_atomic([(self.settings.status_file, data, 0o644)])

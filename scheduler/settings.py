@@ -1,7 +1,8 @@
 """The renewer's settings: ``[scheduler]`` in the mirror's own settings table, plus its flags.
 
 ``scheduler.*`` is checked like every other setting (``docxy.config``: a mistyped
-``DOCXY_SCHEDULER_*`` variable or an out-of-range hour stops the renewer's start-up; the mirror
+``DOCXY_SCHEDULER_*`` variable or an out-of-range hour is refused: ``--once`` exits 2, the
+long-running renewer stays up without scheduling a run and says why, :func:`held`; the mirror
 starts with its default and logs a warning; ``docxy serve --show-config`` lists them). Domain,
 e-mail, webroot, certbot directory, CA bundle and the served cert/key paths come from
 ``[certs]`` and ``[tls]``, so the two processes cannot disagree.
@@ -46,6 +47,10 @@ class Settings:
     #: Why every run fails before certbot (a wrong ``certs.email``: :data:`RUN_REFUSES`), shown
     #: in the status file and /health; the renewer keeps running, and so does the container.
     refused: str | None = None
+    #: Why the renewer's own settings are refused (a bad ``[scheduler]`` one: :func:`held`):
+    #: the renewer then stays up and schedules no run, and says so in the status file, on
+    #: /health (``degraded``) and in ``docxy certs status``.
+    halted: str | None = None
 
     @property
     def domain(self) -> str | None:
@@ -121,6 +126,26 @@ FLAG_KEYS = (
 def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings:
     """The renewer's settings: flags > env ``DOCXY_SCHEDULER_*`` > ``[scheduler]`` > defaults,
     checked like every other setting (:mod:`docxy.config`)."""
+    return _load(argv, environ, renewer=True)
+
+
+def held(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> Settings | None:
+    """After :func:`load` refused the renewer's own settings: the settings as the mirror takes
+    them (each bad renewer-only one at its default), with :attr:`Settings.halted` saying why;
+    None when the refusal is not the renewer's alone (the mirror refuses it too, or
+    ``certs.config_dir`` is not set: there is no status file to write).
+
+    A renewer that exited on a bad ``[scheduler]`` setting went FATAL under supervisord,
+    whose listener then stopped the container: the mirror, which only warns of it, stopped
+    serving pulls for a setting of the renewal, and the container restarted in a loop."""
+    try:
+        settings = _load(argv, environ, renewer=False)
+    except ConfigError:
+        return None
+    return settings if settings.halted is not None else None
+
+
+def _load(argv: Sequence[str] | None, environ: Mapping[str, str] | None, renewer: bool) -> Settings:
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
     overrides = {
@@ -128,7 +153,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         for name in FLAG_KEYS
         if getattr(args, name) is not None
     }
-    config = load_config(overrides, args.config, environ, renewer=True)
+    config = load_config(overrides, args.config, environ, renewer=renewer)
     if config.certs.config_dir is None:
         raise ConfigError("certs.config_dir: not set (env DOCXY_CERTS_CONFIG_DIR or [certs])")
     own = config.scheduler
@@ -149,4 +174,6 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -
         once=args.once,
         wait_for_mirror=tuple(local_urls(config.server.listen)) if own.wait_for_mirror else (),
         refused=next((why for key, why in config.renewer_errors if key in RUN_REFUSES), None),
+        halted="; ".join(why for key, why in config.renewer_errors if key not in RUN_REFUSES)
+        or None,
     )

@@ -62,6 +62,10 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     # (docxy.tls.trust.refusal).
     if isinstance(tls, dict) and (tls.get("expires_soon") is True or tls.get("warning")):
         report["status"] = "degraded"
+    # The renewer refuses its own settings and schedules no renewal (scheduler.main.hold).
+    renewal = report.get("renewal")
+    if isinstance(renewal, dict) and renewal.get("refused"):
+        report["status"] = "degraded"
     return report
 
 

@@ -292,6 +292,8 @@ def _certificate(tls: object, renewal: object) -> str:
             rows.append(("renewal", str(renewal["error"])))
         else:
             outcome = "failed: " + str(renewal["last_error"]) if renewal.get("last_error") else "ok"
+            if renewal.get("refused"):  # scheduler.main.hold: no run is scheduled
+                rows.append(("renewer", f"settings refused: {renewal['refused']}"))
             rows.append(("last renewal", f"{_when(renewal.get('last_run'))}: {outcome}"))
             stop = renewal.get("interrupted")  # a one-off run stopped by a signal since
             if isinstance(stop, dict):

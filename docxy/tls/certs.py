@@ -394,6 +394,15 @@ NO_TLS = (
 )
 
 
+def _renewer_refusal(config_dir: Path | None) -> str | None:
+    """Why the renewer refuses its settings and schedules nothing, from its status file
+    (``refused``: ``scheduler.main.hold``); None when it does not say so."""
+    if config_dir is None:
+        return None
+    refused = renewal_status(config_dir).get("refused")
+    return str(refused) if refused else None
+
+
 def required(value: T | None, key: str) -> T:
     """`value`, or ConfigError naming the unset `key` and where to give it."""
     if value is None:
@@ -411,10 +420,17 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError(NO_TLS)
         cert, key = required(cert_path, "tls.cert_path"), required(key_path, "tls.key_path")
         described = describe_files(cert, key, certs.domain)
+        halted = _renewer_refusal(certs.config_dir)
+        if halted is not None:
+            described["renewer_refused"] = halted
+            print(
+                f"docxy certs {args.certs_command}: the renewer refuses its settings and "
+                f"renews nothing: {halted}",
+                file=sys.stderr,
+            )
         print(json.dumps(described, indent=2))
-        return (
-            EXIT_FAILED if "error" in described else EXIT_OK
-        )  # shown either way; a script sees the failure
+        failed = "error" in described or halted is not None
+        return EXIT_FAILED if failed else EXIT_OK  # shown either way; a script sees the failure
     from docxy.tls.lineage import Lineage  # which imports this module
 
     for setting, refusal in config.renewer_errors:  # certbot is told certs.email, as the renewer

@@ -56,7 +56,6 @@ def stop(proc: subprocess.Popen[str]) -> str:
 # --- 1. a bad [scheduler] setting --------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: the renewer exits 2 on a bad [scheduler] setting")
 def test_a_bad_scheduler_setting_leaves_the_renewer_up_and_says_why(
     tmp_path: Path,
     env: dict[str, str],  # noqa: F811
@@ -102,6 +101,11 @@ def test_a_bad_scheduler_setting_leaves_the_renewer_up_and_says_why(
     report = health_report(state)
     assert report["status"] == "degraded", report
     assert "scheduler.interval" in str(report["renewal"])
+    from docxy.observe import status as status_page
+
+    assert "settings refused: scheduler.interval" in status_page._certificate(
+        None, certs.renewal_status(status_file.parent)
+    )
 
     # docxy certs status says it
     from docxy.cli.main import main as docxy_main
@@ -123,6 +127,21 @@ def test_once_with_a_bad_scheduler_setting_still_fails(
     monkeypatch.setenv("DOCXY_SCHEDULER_INTERVAL", "soon")
     assert scheduler_main.main(["--once"]) == 2
     assert "scheduler.interval" in capsys.readouterr().err
+    assert not (Path(env["DOCXY_CERTS_CONFIG_DIR"]) / "status.json").exists()
+
+
+def test_a_setting_the_mirror_refuses_too_still_stops_the_renewer(
+    env: dict[str, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not the renewer's alone: the mirror does not start either, and the container going
+    down says so (supervisord's FATAL). Returns at once, in this process."""
+    monkeypatch.setenv("DOCXY_SCHEDULR_HOUR", "1")  # a mistyped section: refused by all
+    assert scheduler_main.main([]) == 2
+    monkeypatch.delenv("DOCXY_SCHEDULR_HOUR")
+    monkeypatch.setenv("DOCXY_SCHEDULER_HOUR", "13")
+    monkeypatch.delenv("DOCXY_CERTS_CONFIG_DIR")  # nowhere to say it: refused as before
+    assert scheduler_main.main([]) == 2
 
 
 def test_a_renewer_started_with_good_settings_clears_the_refusal(
