@@ -17,6 +17,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -43,6 +44,7 @@ from docxy.upstream.encoding import ACCEPTED, Inflater
 from docxy.upstream.failures import failure, upstream_certificate_refused
 from docxy.upstream.issuers import TokenIssuers
 from docxy.upstream.presets import DEFAULT_NAME
+from docxy.upstream.redirects import hop_refusal, non_public_host
 from docxy.upstream.trust import UpstreamTrust, trusting_transport
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"docxy/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
+#: Seconds the redirect rule may spend looking the upstream's host up, without a connect timeout.
+LOOKUP_SECONDS = 5.0
 REALM_TTL = 600.0
 MAX_SMALL_BODY = 4 * 1024 * 1024
 #: Answers that mean "the upstream is in trouble, try later": the routes serve stale on them,
@@ -494,7 +498,9 @@ class UpstreamClient:
         mirror_credentials: bool = False,
         client_credentials: bool = False,
     ) -> httpx.Response:
-        """Send and follow redirects (any host); the caller must ``aclose()`` the response.
+        """Send and follow redirects (where :mod:`docxy.upstream.redirects` lets them lead:
+        never from HTTPS to plain HTTP, nor from a public upstream to a non-public address);
+        the caller must ``aclose()`` the response.
 
         ``Authorization`` is dropped on a hop to another origin (a CDN's signed URL refuses
         it); ``Range`` and the other headers are kept. ``params`` go with the first hop only.
@@ -518,6 +524,7 @@ class UpstreamClient:
         if not own:
             marks[CLIENT_CREDENTIALS] = True
         first = url
+        over_https = False  # some hop went over HTTPS: none goes to plain HTTP (redirects)
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 response = await self._sent(method, url, current_headers, params, content, marks)
@@ -554,6 +561,10 @@ class UpstreamClient:
             await response.aclose()
             previous = url
             url, current_headers = next_hop(url, location, current_headers)
+            over_https = over_https or urlsplit(previous).scheme.lower() == "https"
+            refused = await self._hop_refused(upstream, url, over_https)
+            if refused is not None:
+                raise UpstreamUnavailable(refused)
             status = response.status_code
             if status == 303 or (status in (301, 302) and method == "POST"):
                 # RFC 9110 15.4: a GET then (a POST after a 301 or 302, as every client does)
@@ -563,6 +574,23 @@ class UpstreamClient:
                 content = None  # a form (a password, a refresh token) stays on its origin
             params = None  # the Location carries its own query
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
+
+    async def _hop_refused(self, upstream: Upstream, url: str, over_https: bool) -> str | None:
+        """Why a redirect to ``url`` is not followed (:func:`~docxy.upstream.redirects.
+        hop_refusal`), or None. Off the event loop when the rule may look the upstream's host
+        name up (a hop to a non-public address: rare)."""
+        lookup = self.http.timeout.connect or LOOKUP_SECONDS
+        refusal = partial(
+            hop_refusal,
+            url,
+            over_https=over_https,
+            registry=upstream.registry,
+            listed=upstream.ca_origins,
+            lookup_seconds=lookup,
+        )
+        if non_public_host(urlsplit(url).hostname):
+            return await asyncio.to_thread(refusal)
+        return refusal()
 
     async def _sent(
         self,

@@ -46,6 +46,7 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.failures import upstream_certificate_refused
 from docxy.upstream.keepalive import IdleConnections, Origin
+from docxy.upstream.redirects import hop_refusal
 from docxy.upstream.trust import UpstreamTrust, host_key
 
 
@@ -175,8 +176,10 @@ class DirectBody:
 
 class BadRedirect(UpstreamUnavailable):
     """A redirect the GET cannot follow: without a ``Location``, to a malformed or non-HTTP
-    one, or one too many. The upstream answered (``hops``: its answers, each ``(url,
-    status)``), as httpx's path counts it, not a failure to reach it."""
+    one, one the redirect rule refuses (:mod:`docxy.upstream.redirects`: HTTPS to plain HTTP,
+    a public upstream to a non-public address), or one too many. The upstream answered
+    (``hops``: its answers, each ``(url, status)``), as httpx's path counts it, not a failure
+    to reach it."""
 
     def __init__(self, message: str, hops: tuple[tuple[str, int], ...]) -> None:
         super().__init__(message)
@@ -212,7 +215,7 @@ async def open_get(
     try:
         answer = await in_own_thread(
             f"upstream GET {url_host(url)}",
-            lambda: get(settings, url, headers),
+            lambda: get(settings, url, headers, upstream),
             discard=DirectAnswer.close,
         )
     except BadRedirect as exc:  # answered: a redirect that leads nowhere
@@ -235,10 +238,20 @@ def _told(client: UpstreamClient, hops: tuple[tuple[str, int], ...], asked: str)
             listener(hop_url, status, asked)
 
 
-def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
-    """GET ``url`` following redirects (blocking: call it from a worker thread)."""
+def get(
+    settings: DirectSettings,
+    url: str,
+    headers: list[tuple[str, str]],
+    upstream: Upstream | None = None,
+) -> DirectAnswer:
+    """GET ``url`` following redirects (blocking: call it from a worker thread) where the
+    redirect rule lets them lead (:func:`~docxy.upstream.redirects.hop_refusal`), for
+    ``upstream`` (without one, the first URL's registry is taken for it)."""
     hops: list[tuple[str, int]] = []
     first = url
+    registry = upstream.registry if upstream is not None else url
+    listed = upstream.ca_origins if upstream is not None else ()
+    over_https = False  # some hop went over HTTPS: none goes to plain HTTP
     for _ in range(MAX_REDIRECTS + 1):
         try:
             answer = _get_once(settings, url, headers)
@@ -255,6 +268,16 @@ def get(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> D
             url, headers = next_hop(url, location, headers)
         except UpstreamUnavailable as exc:
             raise BadRedirect(exc.message, tuple(hops)) from exc
+        over_https = over_https or urlsplit(hops[-1][0]).scheme.lower() == "https"
+        refused = hop_refusal(
+            url,
+            over_https=over_https,
+            registry=registry,
+            listed=listed,
+            lookup_seconds=settings.connect_timeout,
+        )
+        if refused is not None:
+            raise BadRedirect(refused, tuple(hops))
     raise BadRedirect(f"the upstream redirected more than {MAX_REDIRECTS} times", tuple(hops))
 
 

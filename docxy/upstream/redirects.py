@@ -1,0 +1,125 @@
+"""Where an upstream's redirect may lead: the rule both download paths (httpx's, and the fills'
+direct ``http.client`` GET) apply to each hop before they follow it.
+
+Two refusals, each a bad redirect (502):
+
+* **No downgrade.** Once a request went over HTTPS (an ``https://`` upstream), no hop of it goes
+  to plain ``http://``: the answer (a manifest by tag, a token) would come in clear text from
+  anyone on the path. A plain-HTTP upstream (a LAN registry) may redirect to plain HTTP.
+* **No way in.** A hop to a loopback, private, link-local, unique-local, shared (CGNAT),
+  reserved or unspecified address is followed only when the configured upstream's own host is
+  such an address too (the loopback bed, a LAN registry), or when the hop's origin is one the
+  upstream's ``ca_origins`` lists (its storage, named by the operator). A public registry (or
+  its CDN) does not get the mirror to GET ``169.254.169.254`` or ``127.0.0.1:admin-port`` for
+  it, and relay the answer.
+
+The target is judged by its host as written in the URL: a literal address (``127.1`` and
+``0x7f000001`` are read as the resolver reads them), or ``localhost`` and its subdomains. A
+host *name* that resolves to such an address is not looked up here (see the README). The
+upstream's own host, when a name, is looked up (:data:`RESOLVE`) only when a hop to a
+non-public address would otherwise be refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from docxy.core.hosts import origin
+from docxy.threads import within
+
+#: How the upstream's own host name is looked up (``socket.getaddrinfo``; tests replace it).
+RESOLVE: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def literal_address(host: str) -> Address | None:
+    """The address ``host`` spells, as the resolver would read it (``127.1``, ``2130706433``
+    and ``0x7f.1`` are all 127.0.0.1: ``getaddrinfo`` takes them without a lookup), or None
+    for a name. An IPv4-mapped IPv6 address is its IPv4 one."""
+    host = host.strip("[]").split("%", 1)[0]  # an IPv6 zone names no other address
+    try:
+        found: Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            found = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError, UnicodeError):
+            return None
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        return found.ipv4_mapped
+    return found
+
+
+def non_public_address(address: Address) -> bool:
+    """Whether ``address`` is no public Internet address: loopback, private, link-local,
+    unique-local, shared (100.64/10), documentation, reserved, unspecified or multicast."""
+    return not address.is_global or address.is_multicast
+
+
+def non_public_host(host: str | None) -> bool:
+    """Whether a URL's host is, as written, a non-public address or ``localhost``."""
+    if not host:
+        return False
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    address = literal_address(name)
+    return address is not None and non_public_address(address)
+
+
+def resolves_non_public(host: str, seconds: float) -> bool:
+    """Whether the name ``host`` resolves (within ``seconds``) to non-public addresses only; a
+    lookup that fails or takes too long says no."""
+    try:
+        found = within(seconds, f"resolve {host}", lambda: RESOLVE(host, None))
+    except (OSError, UnicodeError, TimeoutError):
+        return False
+    addresses = [literal_address(str(entry[4][0])) for entry in found]
+    return bool(addresses) and all(a is not None and non_public_address(a) for a in addresses)
+
+
+def registry_non_public(registry: str, seconds: float) -> bool:
+    """Whether the configured upstream's own host is not public: a non-public literal address
+    or ``localhost``, or a name that resolves only to such addresses (a LAN registry)."""
+    host = urlsplit(registry).hostname
+    if not host:
+        return False
+    if non_public_host(host):
+        return True
+    if literal_address(host) is not None:
+        return False
+    return resolves_non_public(host, seconds)
+
+
+def hop_refusal(
+    target: str,
+    *,
+    over_https: bool,
+    registry: str,
+    listed: Iterable[str] = (),
+    lookup_seconds: float = 5.0,
+) -> str | None:
+    """Why a redirect to ``target`` is not followed, or None to follow it. ``over_https``: the
+    request went over HTTPS on some hop already; ``registry``: the configured upstream's URL;
+    ``listed``: its ``ca_origins``. Blocking only when the target's address is non-public and
+    the registry is named by a host name (its lookup, ``lookup_seconds`` at most)."""
+    parts = urlsplit(target)
+    if over_https and parts.scheme.lower() == "http":
+        return (
+            f"the upstream redirected from HTTPS to plain HTTP ({parts.hostname}): not followed, "
+            "an answer would come unprotected"
+        )
+    if not non_public_host(parts.hostname):
+        return None
+    if origin(target) in {origin(entry) for entry in listed}:
+        return None
+    if registry_non_public(registry, lookup_seconds):
+        return None
+    return (
+        f"the upstream redirected to a non-public address ({parts.hostname}): not followed for "
+        "a public upstream (list that origin in the upstream's ca_origins if it is its storage)"
+    )
