@@ -85,8 +85,11 @@ def direct_settings(
     return DirectSettings(ssl_context, config.connect_timeout, config.read_timeout, trust=trust)
 
 
-#: A redirect's or an error's body up to this size is read off so its connection can be kept.
+#: A redirect's or an error's body up to this size is read off so its connection can be kept,
+#: if it comes whole within this many seconds (the read timeout, if shorter): else the
+#: connection is dropped.
 DRAIN_LIMIT = 64 * 1024
+DRAIN_SECONDS = 2.0
 
 
 class DirectBody:
@@ -168,9 +171,20 @@ class DirectBody:
         the connection is not kept (it is not at the end of its answer)."""
         if response.length is not None and response.length > DRAIN_LIMIT:
             return
+        # Each read has the read timeout, not the whole rest: a body coming a byte at a time,
+        # each inside it, held the fill's thread (64 KiB of them: days) before the redirect
+        # was followed. The rest has DRAIN_SECONDS whole; a late one is cut, not kept.
+        late = threading.Event()
+        timer = threading.Timer(min(DRAIN_SECONDS, self._read_timeout), _cut, (self._sock, late))
+        timer.daemon = True
+        timer.start()
         try:
             response.read(DRAIN_LIMIT + 1)
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException, ValueError):
+            self._interrupted = True
+        finally:
+            timer.cancel()
+        if late.is_set():  # cut: whatever the read returned, the connection is not kept
             self._interrupted = True
 
 

@@ -11,6 +11,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from ipaddress import IPv4Address
@@ -21,7 +22,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from docxy.core.errors import UpstreamUnavailable
+from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from docxy.upstream import direct, redirects
 from docxy.upstream.client import Upstream, UpstreamClient, read_small, upstream_ssl_context
 from docxy.upstream.direct import BadRedirect, DirectSettings, open_get
@@ -342,3 +343,144 @@ def test_plain_http_is_refused_once_a_hop_went_over_https() -> None:
             redirects.hop_refusal("https://8.8.4.4/b", over_https=True, registry=registry) is None
         )
     assert redirects.hop_refusal("http://8.8.4.4/b", over_https=False, registry=PUBLIC) is None
+
+
+# --- 3: a direct GET's handshake and a redirect's drain, trickled ----------------------------
+
+
+class Trickler:
+    """A raw TCP server on ``host:port``: each connection is handed to ``serve`` in a thread of
+    its own, with an event set at :meth:`stop` (every loop of theirs ends on it)."""
+
+    def __init__(
+        self, host: str, port: int, serve: Callable[[socket.socket, threading.Event], None]
+    ) -> None:
+        self.listener = socket.create_server((host, port))
+        self.listener.settimeout(0.2)
+        self.stopping = threading.Event()
+        self.connections = 0
+        self.url_base = f"{host}:{port}"
+        self._serve = serve
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self._serve(conn, self.stopping)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._accepting.join(timeout=10)
+        self.listener.close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+def _trickle(conn: socket.socket, stopping: threading.Event, count: int) -> None:
+    """A byte every 0.2 s, ``count`` of them, until the server stops."""
+    for _ in range(count):
+        if stopping.wait(0.2):
+            return
+        conn.sendall(b"x")
+
+
+def _in_a_thread(work: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
+    """``work()``'s result or exception, and whether it came within ``seconds``."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    return (not thread.is_alive()), (outcome[0] if outcome else None)
+
+
+def test_a_trickled_tls_handshake_has_a_deadline() -> None:
+    """A peer that answers a direct GET's ClientHello with a record header, then a byte of it
+    every 0.2 s, each inside the connect timeout (1 s here). Suspected of holding the fill's
+    worker thread for as long as the peer liked; it does not: Python's ``ssl`` waits for the
+    whole handshake within the socket's timeout (the connect timeout), not per read. A guard
+    that it stays so."""
+
+    def serve(conn: socket.socket, stopping: threading.Event) -> None:
+        conn.recv(65536)  # the ClientHello
+        conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB follows...
+        _trickle(conn, stopping, 1000)
+
+    server = Trickler(C, 8810, serve)
+    settings = DirectSettings(upstream_ssl_context(), 1.0, 1.0)
+    try:
+        started = time.monotonic()
+        done, outcome = _in_a_thread(lambda: direct.get(settings, f"https://{C}:8810/b", []), 8.0)
+        waited = time.monotonic() - started
+    finally:
+        server.stop()
+        settings.idle.close()
+    assert done, "the handshake was still trickling after 8 s"
+    assert isinstance(outcome, UpstreamTimeout), outcome
+    assert "no connection within 1s" in outcome.message
+    assert waited < 6.0
+
+
+def test_a_trickled_redirect_body_is_not_drained_for_ever() -> None:
+    """A 307 whose 1000-byte body comes a byte every 0.2 s (each inside the read timeout): the
+    direct GET read it off to keep the connection, 200 s, before following. The drain has a
+    deadline now; the connection it gave up on is dropped, not kept (the blob comes on a new
+    one)."""
+
+    def serve(conn: socket.socket, stopping: threading.Event) -> None:
+        reader = conn.makefile("rb")
+        for _ in range(10):
+            line = reader.readline()
+            if not line:
+                return
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            if b" /moved " in line:
+                head = "HTTP/1.1 307 Temporary Redirect\r\nLocation: /blob\r\n"
+                conn.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode())
+                _trickle(conn, stopping, 1000)
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nblob")
+
+    server = Trickler(C, 8811, serve)
+    settings = DirectSettings(upstream_ssl_context(), 1.0, 1.0)
+
+    def fetch() -> bytes:
+        answer = direct.get(settings, f"http://{C}:8811/moved", [])
+        try:
+            assert answer.status == 200
+            return answer.body.read(10)
+        finally:
+            answer.close()
+
+    try:
+        done, outcome = _in_a_thread(fetch, 8.0)
+    finally:
+        settings.idle.close()  # the blob's connection, kept: the server's reader ends
+        server.stop()
+    assert done, "the redirect's body was still being drained after 8 s"
+    assert outcome == b"blob"
+    assert server.connections == 2  # the trickling one was not kept
