@@ -8,6 +8,7 @@ public address (which is never contacted)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import threading
@@ -22,12 +23,15 @@ import httpx
 import pytest
 from cryptography import x509
 
+from docxy.config import load_config
 from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
+from docxy.http.app import create_app
 from docxy.upstream import direct, redirects
 from docxy.upstream.client import Upstream, UpstreamClient, read_small, upstream_ssl_context
 from docxy.upstream.direct import BadRedirect, DirectSettings, open_get
 from lab.bed.httpserver import QuietHandler, RequestLog
 from lab.certs import issue
+from tests.unit.asgi import call_asgi
 
 A, B, C = "127.0.0.150", "127.0.0.151", "127.0.0.152"
 BLOB = "/v2/r/blobs/sha256:" + "1" * 64
@@ -234,6 +238,47 @@ async def test_a_public_upstreams_redirect_to_loopback_is_refused_on_the_direct_
             await _close(client)
         assert inside.seen.snapshot() == []
         assert _reg.seen.snapshot() == [BLOB]
+
+
+@pytest.mark.parametrize(
+    ("location", "said"),
+    [
+        ("http://cdn.test/m", "from HTTPS to plain HTTP (cdn.test)"),
+        ("https://169.254.169.254/latest/meta-data/", "non-public address (169.254.169.254)"),
+    ],
+)
+async def test_a_manifest_redirected_where_it_may_not_go_is_a_502_saying_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str, said: str
+) -> None:
+    """Through the routes, a pull of a tag from a public HTTPS upstream (a fake transport:
+    nothing is contacted) that redirects the manifest: the client gets the registry's JSON
+    error, 502, saying why, and the place it was sent to is never asked."""
+    asked: list[str] = []
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if request.url.path == "/v2/":
+            return httpx.Response(200)
+        if request.url.host == "registry.test":
+            return httpx.Response(307, headers={"Location": location})
+        return httpx.Response(404, stream=httpx.ByteStream(b"relayed"))  # had it been asked
+
+    def lookup(host: str, *args: Any) -> list[tuple[Any, ...]]:
+        assert host == "registry.test"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 0))]
+
+    monkeypatch.setattr(redirects, "RESOLVE", lookup)
+    config = load_config(
+        {"upstream.registry": "https://registry.test", "cache.dir": str(tmp_path / "cache")},
+        environ={},
+    )
+    app = create_app(config, probe=False, transport=httpx.MockTransport(registry))
+    async with app.test_app():
+        got = await call_asgi(app, "GET", "/v2/team/app/manifests/latest", host="mirror.test")
+    assert got.status == 502
+    error = json.loads(got.body)["errors"][0]
+    assert error["code"] == "UNAVAILABLE" and said in error["message"]
+    assert all(url.startswith("https://registry.test/") for url in asked), asked
 
 
 # --- the rule itself (docxy.upstream.redirects): nothing here is contacted -------------------
