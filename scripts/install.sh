@@ -579,6 +579,53 @@ dns_problem() {
   fi
 }
 
+# --- networking ---------------------------------------------------------------------------------
+
+# The compose file the stack runs from: compose.yaml (a bridge network, ports published), or on
+# a host without IPv4 compose.host.yaml (host networking): in the bridge network the container
+# has no IPv6 way out, so it reaches no upstream at all there, and a client reaching the host
+# over IPv6 would be seen with the bridge's address (NAT), not its own. The choice is written to
+# .env as COMPOSE_FILE, which a `docker compose` run by hand in the project reads too.
+COMPOSE_YAML=compose.yaml
+HOST_FILE=compose.host.yaml
+
+# ipv4_less: this host has an IPv6 default route and no IPv4 one (fails when it cannot tell).
+ipv4_less() {
+  local v4 v6
+  have ip || return 1
+  v4="$(ip -4 route show default 2>/dev/null)" || return 1
+  v6="$(ip -6 route show default 2>/dev/null)" || return 1
+  [[ -z "$v4" && -n "$v6" ]]
+}
+
+settle_network() {
+  if [[ "$(env_value COMPOSE_FILE)" == "$HOST_FILE" ]]; then
+    COMPOSE_YAML="$HOST_FILE"
+    say "Network: host networking ($HOST_FILE), as $ENV_FILE says (COMPOSE_FILE)"
+  elif ipv4_less; then
+    COMPOSE_YAML="$HOST_FILE"
+    say "Network: this host has no IPv4 route, only IPv6: host networking ($HOST_FILE), as"
+    say "  compose.yaml's bridge network would give the container no way out and hide IPv6"
+    say "  clients' addresses behind NAT. The upstream must be reachable over IPv6 (or NAT64)."
+  elif ! have ip; then
+    say "Network: not checked (no ip here; apt-get install iproute2): compose.yaml's bridge"
+    say "  network, which needs IPv4; on an IPv6-only host use $HOST_FILE (see the README)"
+  fi
+  host_file_present
+}
+
+# host_file_present: the project at hand (a clone, a copy fetched before) has compose.host.yaml
+# where host networking is chosen; else nothing is started that could not work. A project not
+# there yet, or fetched again by --update, is checked once fetched.
+host_file_present() {
+  [[ "$COMPOSE_YAML" == "$HOST_FILE" && -f "$DIR/compose.yaml" && ! -f "$DIR/$HOST_FILE" ]] ||
+    return 0
+  [[ "$DIR" != "$CLONE" ]] && ((UPDATE)) && return 0
+  local how="run this again with --update to fetch the project anew"
+  [[ "$DIR" == "$CLONE" ]] && how="update the clone (git pull), then run this again"
+  die "host networking needs $DIR/$HOST_FILE, which this copy of the project predates: $how"
+}
+
 # --- settings and .env --------------------------------------------------------------------------
 
 # env_assignment KEY: a regex for the lines of .env that set KEY, as docker compose reads them
@@ -727,6 +774,7 @@ render_ours() {
   say "DOCXY_EMAIL=$EMAIL"
   say "DOCXY_CACHE_MAX_SIZE=$CACHE_SIZE"
   [[ -z "$BASE_IMAGE" ]] || say "DOCXY_BASE_IMAGE=$BASE_IMAGE"
+  [[ "$COMPOSE_YAML" == compose.yaml ]] || say "COMPOSE_FILE=$COMPOSE_YAML"
   if [[ -n "$UPSTREAM_USER" ]]; then
     say "DOCXY_UPSTREAM_USERNAME=$UPSTREAM_USER"
     # None where the operator's DOCXY_UPSTREAM_PASSWORD_FILE names its file (settle_settings).
@@ -741,9 +789,10 @@ render_ours() {
 render_theirs() {
   if [[ -r "$ENV_FILE" ]]; then
     # Ours in every spelling compose reads (`export`, spaces): a stale one must not stay behind.
-    grep -vE -e "^# Written by Docxy" \
-      -e "$(env_assignment "DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|BASE_IMAGE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)")" \
-      -- "$ENV_FILE" || true
+    # COMPOSE_FILE is ours where host networking is chosen (else one of yours is left as it is).
+    local ours="DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|BASE_IMAGE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)"
+    [[ "$COMPOSE_YAML" == compose.yaml ]] || ours="($ours|COMPOSE_FILE)"
+    grep -vE -e "^# Written by Docxy" -e "$(env_assignment "$ours")" -- "$ENV_FILE" || true
   fi
 }
 
@@ -1170,7 +1219,7 @@ start_docker() {
 # With -f, Compose reads no override file of its own accord: a compose.override.yaml beside
 # compose.yaml (as `docker compose up` by hand would read it) is named too.
 compose() {
-  local files=(-f "$DIR/compose.yaml") name
+  local files=(-f "$DIR/$COMPOSE_YAML") name
   for name in compose.override.yaml compose.override.yml; do
     if [[ -f "$DIR/$name" ]]; then
       files+=(-f "$DIR/$name")
@@ -1184,11 +1233,12 @@ compose() {
 # The account in .env only reaches the mirror if compose.yaml passes it into the container:
 # by name, or with the whole file (`env_file: .env` or `./.env`, or `- .env` in a list).
 check_compose_passes_account() {
-  [[ -n "$UPSTREAM_USER" && -f "$DIR/compose.yaml" ]] || return 0
-  grep -q 'DOCXY_UPSTREAM_USERNAME' -- "$DIR/compose.yaml" && return 0
-  grep -qE "^[[:space:]]*(env_file:|-)[[:space:]]*[\"']?(\./)?\.env[\"']?[[:space:]]*\$" -- "$DIR/compose.yaml" &&
+  local file="$DIR/$COMPOSE_YAML"
+  [[ -n "$UPSTREAM_USER" && -f "$file" ]] || return 0
+  grep -q 'DOCXY_UPSTREAM_USERNAME' -- "$file" && return 0
+  grep -qE "^[[:space:]]*(env_file:|-)[[:space:]]*[\"']?(\./)?\.env[\"']?[[:space:]]*\$" -- "$file" &&
     return 0
-  warn "$DIR/compose.yaml does not pass DOCXY_UPSTREAM_USERNAME/PASSWORD into the container:"
+  warn "$file does not pass DOCXY_UPSTREAM_USERNAME/PASSWORD into the container:"
   warn "the mirror pulls anonymously until it does (the account stays in .env)"
 }
 
@@ -1201,7 +1251,7 @@ bring_up() {
   fi
   CHANGES=$((CHANGES + 1))
   if ((DRY_RUN)); then
-    say "  would run: ${COMPOSE[*]} --project-name $PROJECT -f $DIR/compose.yaml up -d --build"
+    say "  would run: ${COMPOSE[*]} --project-name $PROJECT -f $DIR/$COMPOSE_YAML up -d --build"
     return
   fi
   say "  building and starting (the first build takes a few minutes)"
@@ -1288,6 +1338,9 @@ uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
   DOMAIN="${DOMAIN,,}" # as the install wrote it (settle_settings)
+  if [[ "$(env_value COMPOSE_FILE)" == "$HOST_FILE" && -f "$DIR/$HOST_FILE" ]]; then
+    COMPOSE_YAML="$HOST_FILE"
+  fi
   have docker && dockerd_answers
   local dockerd_failed=0
   if [[ -n "$DOMAIN" ]] &&
@@ -1410,11 +1463,13 @@ main() {
     check_disk
     need_curl
     check_dns
+    settle_network
     step "Docker"
     install_docker
     start_docker
     step "Docxy in $DIR"
     get_project
+    host_file_present
     write_env
     bring_up
     wait_for_health

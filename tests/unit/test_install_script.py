@@ -8,6 +8,7 @@ would. Public-address discovery goes to stand-in services; nothing leaves the ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,36 +50,43 @@ class Resolver:
     address: str  # for --dns-server: 127.0.0.1#PORT
 
 
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """dnsmasq on a free loopback port: mirror.test -> 203.0.113.7, dual.test -> v4 and v6,
-    elsewhere.test -> someone else's address."""
+@contextlib.contextmanager
+def dnsmasq(host: str, port: int, log: Path) -> Iterator[Resolver]:
+    """dnsmasq on ``host``:``port`` (a loopback address): mirror.test -> 203.0.113.7, dual.test
+    -> v4 and v6, elsewhere.test -> someone else's address, v6only.test -> only 2001:db8::7."""
     need_binary("dnsmasq")
     need_binary("dig")
-    port = free_port()
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
     argv = [
         "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-        f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+        f"--port={port}", f"--listen-address={host}", "--bind-interfaces",
         f"--address=/{DOMAIN}/{OURS}",
         f"--address=/dual.test/{OURS}", f"--address=/dual.test/{OURS6}",
         "--address=/elsewhere.test/198.51.100.9",
         "--address=/v6wrong.test/203.0.113.7", "--address=/v6wrong.test/2001:db8::bad",
+        f"--address=/v6only.test/{OURS6}",
     ]  # fmt: skip
     with log.open("wb") as sink:
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
     try:
 
         def answers() -> bool:
-            dig = ["dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "-p", str(port)]
+            dig = ["dig", "+short", "+time=1", "+tries=1", f"@{host}", "-p", str(port)]
             found = subprocess.run([*dig, "A", DOMAIN], capture_output=True, text=True)
             return found.stdout.strip() == OURS
 
         wait_for(answers, timeout=20, what=f"dnsmasq on port {port}: {log.read_text()}")
-        yield Resolver(f"127.0.0.1#{port}")
+        yield Resolver(f"{host}#{port}")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+    """dnsmasq on a free loopback port (see dnsmasq)."""
+    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+    with dnsmasq("127.0.0.1", free_port(), log) as found:
+        yield found
 
 
 @pytest.fixture

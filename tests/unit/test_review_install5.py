@@ -1,0 +1,144 @@
+"""Review of scripts/install.sh: an IPv6-only host, a dry run without dig, and a .env edited by
+hand before a rerun.
+
+Same sandbox as tests/unit/test_install_script.py (its box, stand-ins and helpers); its dnsmasq
+resolver runs here on 127.0.0.166, on a port in 9000-9049 (this review's loopback range).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.scriptbox import REPO, Rule, ScriptBox, output
+from tests.unit.test_install_script import (
+    COMPOSE_UP,
+    EMAIL,
+    OURS6,
+    Resolver,
+    clone_script,
+    dnsmasq,
+    env_file,
+    install,
+    stack_is_running,
+)
+from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+
+HOST = "127.0.0.166"
+PORTS = range(9000, 9050)
+
+
+def _free_here(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+    """test_install_script's dnsmasq, on this review's address and ports."""
+    port = next((p for p in PORTS if _free_here(p)), None)
+    if port is None:
+        pytest.fail(f"no free port in {PORTS} on {HOST}")
+    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+    with dnsmasq(HOST, port, log) as found:
+        yield found
+
+
+def compose_files(box: ScriptBox) -> list[str]:
+    """The -f files of the `compose up` the script ran."""
+    up = [c for c in box.calls("docker") if re.search(COMPOSE_UP, c.line)]
+    assert up, "no compose up"
+    argv = up[-1].argv
+    return [argv[i + 1] for i, word in enumerate(argv) if word == "-f"]
+
+
+# --- 1. an IPv6-only host -----------------------------------------------------------------------
+
+V6_ROUTE = "default via fe80::1 dev eth0 proto ra metric 1024 pref medium\n"
+V4_ROUTE = "default via 203.0.113.1 dev eth0 proto dhcp src 203.0.113.7 metric 100\n"
+
+
+def routes(box: ScriptBox, *, ipv4: bool) -> None:
+    """The `ip` stand-in: an IPv6 default route, and an IPv4 one or none."""
+    box.stand_in(
+        "ip",
+        Rule(r"^-4 route", stdout=V4_ROUTE if ipv4 else ""),
+        Rule(r"^-6 route", stdout=V6_ROUTE),
+    )
+
+
+def with_host_file(box: ScriptBox) -> None:
+    shutil.copy(REPO / "compose.host.yaml", box.base / "clone" / "compose.host.yaml")
+
+
+def install_v6(
+    box: ScriptBox, resolver: Resolver, *args: str
+) -> tuple[int, str, str]:  # (rc, stdout, stderr)
+    result = box.run(
+        clone_script(box),
+        "--root", str(box.root), "--domain", "v6only.test", "--email", EMAIL,
+        "--public-ip", OURS6, "--dns-server", resolver.address, "--health-timeout", "0",
+        "--yes", *args,
+    )  # fmt: skip
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_an_ipv6_only_host_is_set_up_with_host_networking(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """No IPv4 default route: under compose.yaml's bridge network the container reaches no
+    IPv4 upstream and every IPv6 client is NATed to the bridge's address. The README sends
+    such hosts to compose.host.yaml; the script used compose.yaml whatever the host."""
+    routes(box, ipv4=False)
+    with_host_file(box)
+    box.stand_in(
+        "curl",
+        Rule(r"https://v6only.test/health", stdout='{"status": "ok"}'),
+        Rule(r".", rc=7),
+    )
+
+    rc, out, err = install_v6(box, resolver)
+
+    assert rc == 0, f"{out}\n{err}"
+    assert compose_files(box) == [str(box.base / "clone" / "compose.host.yaml")]
+    assert "COMPOSE_FILE=compose.host.yaml" in env_file(box).read_text().splitlines()
+    assert "IPv6" in out and "host networking" in out, out
+    # A rerun keeps it, and changes nothing.
+    stack_is_running(box)
+    box.forget_calls()
+    rc, out, err = install_v6(box, resolver)
+    assert rc == 0 and "Nothing to change" in out, f"{out}\n{err}"
+
+
+def test_an_ipv6_only_host_without_compose_host_yaml_stops_before_starting(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A project copy older than compose.host.yaml: a container that cannot work is not started."""
+    routes(box, ipv4=False)
+
+    rc, out, err = install_v6(box, resolver)
+
+    assert rc == 1, f"{out}\n{err}"
+    assert "compose.host.yaml" in err and "git pull" in err, err  # (a clone)
+    assert not box.called(COMPOSE_UP)
+    assert not env_file(box).exists()
+
+
+def test_a_host_with_ipv4_keeps_the_bridge_network(box: ScriptBox, resolver: Resolver) -> None:
+    routes(box, ipv4=True)
+    with_host_file(box)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert compose_files(box) == [str(box.base / "clone" / "compose.yaml")]
+    assert "COMPOSE_FILE" not in env_file(box).read_text()
