@@ -438,12 +438,24 @@ ipv6_full() {
   printf '%s' "${full%:}"
 }
 
+# How resolve asks: dig, or in a dry run without it (which installs nothing) getent, through
+# the system resolver (and /etc/hosts, as getent reads it).
+RESOLVE_WITH=dig
+
 # resolve A|AAAA: the domain's records, one per line; fails when the resolver does not answer.
 resolve() {
-  local args=(+short +time=2 +tries=2) out line
-  [[ -n "$DNS_SERVER" ]] && args+=("@$DNS_SERVER")
-  [[ -n "$DNS_PORT" ]] && args+=(-p "$DNS_PORT")
-  out="$(dig "${args[@]}" "$1" "$DOMAIN" 2>&1)" || return 1
+  local args=(+short +time=2 +tries=2) out line rc=0
+  if [[ "$RESOLVE_WITH" == getent ]]; then
+    # Not found is 2 (no such record); IPv4 is mapped in (::ffff:) where AAAA are asked.
+    out="$(getent "$([[ "$1" == A ]] && echo ahostsv4 || echo ahostsv6)" "$DOMAIN" 2>&1)" || rc=$?
+    ((rc == 0 || rc == 2)) || return 1
+    ((rc == 0)) || out=""
+    out="$(awk '!seen[$1]++ { print $1 }' <<<"$out" | grep -iv '^::ffff:' || true)"
+  else
+    [[ -n "$DNS_SERVER" ]] && args+=("@$DNS_SERVER")
+    [[ -n "$DNS_PORT" ]] && args+=(-p "$DNS_PORT")
+    out="$(dig "${args[@]}" "$1" "$DOMAIN" 2>&1)" || return 1
+  fi
   while IFS= read -r line; do
     if [[ "$1" == A ]] && is_ipv4 "$line"; then say "$line"; fi
     if [[ "$1" == AAAA ]] && is_ipv6 "$line"; then say "$line"; fi
@@ -495,11 +507,22 @@ check_dns() {
   local records_a=() records_aaaa=() ours4=() ours6=() ip problem=""
   if ! have dig; then
     if ((DRY_RUN)); then
-      say "DNS check: needs dig; the real run installs dnsutils for it"
-      return 0
+      # A dry run installs nothing: getent asks the system resolver (it cannot ask another).
+      local undone="not done in this dry run: no dig here (the real run installs dnsutils for it, then checks)"
+      if [[ -n "$DNS_SERVER$DNS_PORT" ]]; then
+        say "DNS check: $undone, and getent cannot ask $resolver"
+        return 0
+      elif ! have getent; then
+        say "DNS check: $undone, nor getent"
+        return 0
+      fi
+      say "DNS check: no dig here (the real run installs dnsutils): asking the system resolver through getent"
+      RESOLVE_WITH=getent
+      resolver="the system resolver through getent, /etc/hosts included"
+    else
+      apt_get update
+      apt_get install -y --no-install-recommends dnsutils
     fi
-    apt_get update
-    apt_get install -y --no-install-recommends dnsutils
   fi
   local found_a found_aaaa found4 found6
   if ! found_a="$(resolve A)" || ! found_aaaa="$(resolve AAAA)"; then

@@ -17,7 +17,9 @@ import pytest
 from tests.scriptbox import REPO, Rule, ScriptBox, output
 from tests.unit.test_install_script import (
     COMPOSE_UP,
+    DOMAIN,
     EMAIL,
+    OURS,
     OURS6,
     Resolver,
     clone_script,
@@ -142,3 +144,63 @@ def test_a_host_with_ipv4_keeps_the_bridge_network(box: ScriptBox, resolver: Res
     assert result.returncode == 0, output(result)
     assert compose_files(box) == [str(box.base / "clone" / "compose.yaml")]
     assert "COMPOSE_FILE" not in env_file(box).read_text()
+
+
+# --- 2. a dry run without dig -------------------------------------------------------------------
+
+
+def getent(box: ScriptBox, v4: str = "", v6: str = "") -> None:
+    """The system resolver, as getent shows it (glibc's ahostsv6 maps IPv4 in, as ::ffff:)."""
+
+    def lines(addresses: list[str]) -> str:
+        return "".join(f"{a:<15} {kind}\n" for a in addresses for kind in ("STREAM x", "DGRAM"))
+
+    v4s = v4.split()
+    box.stand_in(
+        "getent",
+        Rule(r"^ahostsv4 ", stdout=lines(v4s), rc=0 if v4s else 2),
+        Rule(r"^ahostsv6 ", stdout=lines(v6.split() + [f"::ffff:{a}" for a in v4s])),
+    )
+
+
+def dry_run_without_dig(box: ScriptBox, domain: str, *args: str) -> tuple[int, str, str]:
+    box.without("dig")
+    box.without("host")
+    box.without("nslookup")
+    result = box.run(
+        clone_script(box),
+        "--root", str(box.root), "--domain", domain, "--email", EMAIL, "--public-ip", OURS,
+        "--yes", "--dry-run", *args,
+    )  # fmt: skip
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_a_dry_run_without_dig_checks_the_records_with_getent(box: ScriptBox) -> None:
+    """A dry run is the way to see, before any change, whether Let's Encrypt could work: without
+    dig it said "needs dig" and went on, so a domain pointing elsewhere was only found by the
+    real run. getent (libc-bin, always there) asks the system resolver."""
+    getent(box, v4="198.51.100.9")
+
+    rc, out, err = dry_run_without_dig(box, "elsewhere.test")
+
+    assert rc == 1, f"{out}\n{err}"
+    assert "A record (198.51.100.9) that is not this host" in err, err
+    assert box.called(r"^getent ahostsv4 elsewhere\.test$")
+
+    getent(box, v4=OURS)
+    rc, out, err = dry_run_without_dig(box, DOMAIN)
+    assert rc == 0, f"{out}\n{err}"
+    assert f"DNS: {DOMAIN} -> {OURS}, this host" in out, out
+
+
+def test_a_dry_run_without_dig_and_with_dns_server_says_the_check_was_not_done(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    getent(box, v4=OURS)
+
+    rc, out, err = dry_run_without_dig(box, DOMAIN, "--dns-server", resolver.address)
+
+    assert rc == 0, f"{out}\n{err}"
+    assert "DNS check: not done in this dry run" in out, out
+    assert "no dig here" in out and "the real run installs dnsutils" in out, out
+    assert not box.called(r"^getent"), "getent cannot ask --dns-server"
