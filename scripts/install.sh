@@ -831,6 +831,45 @@ ENV_CHANGED=0
 # must bring it up all the same, not call it "already running with these settings".
 UP_PENDING=".docxy-up-pending"
 
+# value_in FILE KEY: KEY's value in FILE, read as env_value reads .env.
+value_in() {
+  local ENV_FILE="$1"
+  env_value "$2"
+}
+
+# overwritten NEW: says each setting of ours that .env has and NEW changes (an edit by hand the
+# command line undoes, or a change asked for: the script cannot tell which), the password's
+# value never; fails when there is none.
+overwritten() {
+  local new="$1" key was now found=1
+  [[ -e "$ENV_FILE" ]] || return 1
+  for key in DOCXY_DOMAIN DOCXY_EMAIL DOCXY_CACHE_MAX_SIZE DOCXY_BASE_IMAGE \
+    DOCXY_UPSTREAM_USERNAME DOCXY_UPSTREAM_PASSWORD COMPOSE_FILE; do
+    env_sets "$key" || continue
+    [[ "$key" != COMPOSE_FILE || "$COMPOSE_YAML" != compose.yaml ]] || continue
+    was="$(env_value "$key")"
+    now="$(value_in "$new" "$key")"
+    [[ "$was" != "$now" ]] || continue
+    if [[ "$key" == DOCXY_UPSTREAM_PASSWORD ]]; then
+      say "  $key: changed (not shown)"
+    else
+      say "  $key: ${was:-(empty)} in .env, ${now:-(none)} as asked"
+    fi
+    found=0
+  done
+  return "$found"
+}
+
+# keep_copy: the .env about to be rewritten, kept beside it (mode 600): .env.bak-TIMESTAMP.
+keep_copy() {
+  local copy
+  copy="$DIR/.env.bak-$(date +%Y%m%d-%H%M%S)"
+  [[ ! -e "$copy" ]] || copy="$copy-$$"
+  cp -pL -- "$ENV_FILE" "$copy"
+  chmod 600 -- "$copy"
+  say "  the .env as it was is kept at $copy"
+}
+
 write_env() {
   local new
   new="$(mktemp)"
@@ -846,7 +885,12 @@ write_env() {
   fi
   ENV_CHANGED=1
   CHANGES=$((CHANGES + 1))
+  # A value in .env (yours, edited by hand, or a first run's) is never replaced unsaid: each is
+  # named, and the whole .env kept in a copy.
+  local keep=0
+  overwritten "$new" && keep=1
   if ((DRY_RUN)); then
+    ((keep)) && say "  (the real run keeps the .env as it was in a copy beside it, .env.bak-TIMESTAMP)"
     rm -f -- "$new"
     say "  would write $ENV_FILE (mode 600):"
     # No secret is shown: the password is left out, and so are the operator's own lines, whose
@@ -864,6 +908,7 @@ write_env() {
   if [[ -L "$ENV_FILE" ]]; then
     target="$(readlink -f -- "$ENV_FILE")" || die "$ENV_FILE is a link that leads nowhere"
   fi
+  ((keep)) && keep_copy
   mkdir -p -- "$(dirname -- "$target")"
   staged="$(mktemp "$(dirname -- "$target")/.env.XXXXXX")"
   SCRATCH+=("$staged" "$new") # a failure before the rename leaves no copy (the password in it)
@@ -1443,6 +1488,11 @@ remove_stack() {
     volume_exists "${PROJECT}_certs" && act docker volume rm "${PROJECT}_certs"
     docker image inspect docxy:local >/dev/null 2>&1 && act docker image rm docxy:local
     [[ -e "$ENV_FILE" ]] && act rm -f "$ENV_FILE"
+    # The copies of .env kept by reruns hold what it held (an upstream password among it).
+    local copy
+    for copy in "$DIR"/.env.bak-*; do
+      [[ -e "$copy" ]] && act rm -f "$copy"
+    done
     [[ -e "$DIR/$UP_PENDING" ]] && act rm -f "$DIR/$UP_PENDING"
     # Only a copy this script fetched (marked, or the one it runs from: find_clone) is its own
     # to delete; a clone or a copy unpacked by hand is the operator's.

@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,77 @@ def test_a_dry_run_without_dig_and_with_dns_server_says_the_check_was_not_done(
     assert "DNS check: not done in this dry run" in out, out
     assert "no dig here" in out and "the real run installs dnsutils" in out, out
     assert not box.called(r"^getent"), "getent cannot ask --dns-server"
+
+
+# --- 3. a .env edited by hand -------------------------------------------------------------------
+
+
+def backups(box: ScriptBox) -> list[Path]:
+    return sorted((box.base / "clone").glob(".env.bak-*"))
+
+
+def test_a_hand_edit_the_rerun_overwrites_is_named_and_kept_in_a_copy(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Rerunning the install command (from the shell's history) after editing .env by hand put
+    the command line's values back, silently: the edit was simply gone."""
+    assert install(box, resolver, "--cache-size", "1G").returncode == 0
+    env = env_file(box)
+    env.write_text(env.read_text().replace("DOCXY_CACHE_MAX_SIZE=1G", "DOCXY_CACHE_MAX_SIZE=50G"))
+    edited = env.read_text()
+    stack_is_running(box)
+
+    dry = install(box, resolver, "--cache-size", "1G", "--dry-run")
+    assert dry.returncode == 0, output(dry)
+    assert "DOCXY_CACHE_MAX_SIZE: 50G in .env, 1G as asked" in dry.stdout, output(dry)
+    assert backups(box) == [] and env.read_text() == edited
+
+    result = install(box, resolver, "--cache-size", "1G")
+
+    assert result.returncode == 0, output(result)
+    assert "DOCXY_CACHE_MAX_SIZE: 50G in .env, 1G as asked" in result.stdout, output(result)
+    assert "DOCXY_CACHE_MAX_SIZE=1G" in env.read_text().splitlines()
+    [copy] = backups(box)
+    assert copy.read_text() == edited
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert str(copy) in result.stdout
+
+
+def test_a_changed_password_is_named_but_never_shown(box: ScriptBox, resolver: Resolver) -> None:
+    first = install(
+        box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "pw-1"}
+    )
+    assert first.returncode == 0, output(first)
+
+    result = install(
+        box, resolver, "--upstream-user", "bob", env={"DOCXY_UPSTREAM_PASSWORD": "pw-2"}
+    )
+
+    assert result.returncode == 0, output(result)
+    assert "DOCXY_UPSTREAM_PASSWORD: changed (not shown)" in result.stdout, output(result)
+    assert "pw-1" not in result.stdout + result.stderr
+    assert "pw-2" not in result.stdout + result.stderr
+    assert len(backups(box)) == 1
+
+
+def test_a_first_install_and_an_unchanged_rerun_leave_no_copy(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    assert install(box, resolver).returncode == 0
+    stack_is_running(box)
+    again = install(box, resolver)
+    assert again.returncode == 0 and "Nothing to change" in again.stdout, output(again)
+    assert backups(box) == []
+
+
+def test_purge_takes_the_copies_with_env(box: ScriptBox, resolver: Resolver) -> None:
+    """The copies hold what .env held (an upstream password among it)."""
+    assert install(box, resolver, "--cache-size", "1G").returncode == 0
+    assert install(box, resolver, "--cache-size", "2G").returncode == 0
+    assert len(backups(box)) == 1
+    stack_is_running(box)
+
+    result = box.run(clone_script(box), "--root", str(box.root), "--uninstall", "--purge")
+
+    assert result.returncode == 0, output(result)
+    assert backups(box) == [] and not env_file(box).exists()
