@@ -634,7 +634,18 @@ settle_network() {
     say "Network: not checked (no ip here; apt-get install iproute2): compose.yaml's bridge"
     say "  network, which needs IPv4; on an IPv6-only host use $HOST_FILE (see the README)"
   fi
+  [[ "$COMPOSE_YAML" != "$HOST_FILE" ]] || host_firewall
   host_file_present
+}
+
+# host_firewall: ports published by Docker (compose.yaml) pass its own rules, ahead of ufw's;
+# the host's own ports (host networking) do not, and an active ufw would drop Let's Encrypt's
+# check on port 80 (the health wait would time out with no word of the cause). Said, not
+# changed: the firewall is the operator's. (`ufw status` answers root only.)
+host_firewall() {
+  have ufw && ufw status 2>/dev/null | grep -q '^Status: active' || return 0
+  warn "ufw is active: with host networking it filters the mirror's ports, and Let's Encrypt"
+  warn "  must reach port 80. Unless its rules allow them: sudo ufw allow 80/tcp && sudo ufw allow 443/tcp"
 }
 
 # host_file_present: the project at hand (a clone, a copy fetched before) has compose.host.yaml

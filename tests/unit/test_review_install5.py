@@ -147,6 +147,23 @@ def test_a_host_with_ipv4_keeps_the_bridge_network(box: ScriptBox, resolver: Res
     assert "COMPOSE_FILE" not in env_file(box).read_text()
 
 
+def test_host_networking_behind_an_active_ufw_says_to_open_the_ports(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """Published ports (compose.yaml) pass Docker's own firewall rules, before ufw's; with host
+    networking the mirror's ports are the host's, and an active ufw drops Let's Encrypt's check
+    on port 80: the run waited out the health timeout with no word of the cause."""
+    routes(box, ipv4=False)
+    with_host_file(box)
+    box.stand_in("ufw", Rule(r"^status", stdout="Status: active\n\nTo Action From\n"))
+
+    rc, out, err = install_v6(box, resolver, "--dry-run")
+
+    assert rc == 0, f"{out}\n{err}"
+    assert "ufw is active" in err and "ufw allow 80/tcp" in err and "443/tcp" in err, err
+    assert not box.called(r"^ufw (allow|enable|disable)"), "the firewall is the operator's"
+
+
 # --- 2. a dry run without dig -------------------------------------------------------------------
 
 
