@@ -37,6 +37,7 @@ from docxy.core.names import Kind, parse_v2_path
 from docxy.http.middleware import ENDS, fill_upstream_bytes, upstream_bytes
 from docxy.http.state import MirrorState
 from docxy.pull.outcome import Reason
+from docxy.shared.tier import DEGRADED
 from docxy.upstream.client import Upstream
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -469,6 +470,17 @@ class MirrorCollector(Collector):
             "1 if the shared store's last answer got through.",
             _or_nan(reachable),
         )
+        why = shared.degraded_by()
+        degraded = GaugeMetricFamily(
+            "docxy_shared_degraded",
+            "1 for the reason the shared store is degraded, answering reads while its uploads "
+            "do not get through: uploads_refused (a 4xx: a read-only key), uploads_failing (its "
+            "trouble: uploads rest), upload_queue_full (new uploads dropped); 0 for the others.",
+            labels=["reason"],
+        )
+        for reason in DEGRADED:
+            degraded.add_metric([reason], 1.0 if reason == why else 0.0)
+        yield degraded
         counts = shared.counts
         blobs = CounterMetricFamily(
             "docxy_shared_blobs",
@@ -531,6 +543,13 @@ class MirrorCollector(Collector):
                 "docxy_cert_renewal_last_success_timestamp_seconds",
                 "The renewer's last successful run.",
                 last_success,
+            )
+            refused = None if "error" in renewal else float(bool(renewal.get("refused")))
+            yield _gauge(
+                "docxy_cert_renewal_settings_refused",
+                "1 while the renewer refuses its own settings (a bad [scheduler] one) and "
+                "schedules no renewal; NaN without its status file.",
+                refused,
             )
             failures = renewal.get("failures")
             yield _gauge(

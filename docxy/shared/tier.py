@@ -505,22 +505,30 @@ class SharedTier:
         self._failed_at = None
         self._offer_repairs()
 
+    def degraded_by(self) -> str | None:
+        """Why the tier is ``degraded`` (reads answered, but its uploads do not get through),
+        a key of :data:`DEGRADED`; None when it is not (down, not asked yet, or fine)."""
+        if not self.reachable:
+            return None
+        if self._uploads_failed_at is not None:  # cleared by the next upload taken
+            return "uploads_failing"
+        if self._uploads_refused:
+            return "uploads_refused"
+        if self.uploads.waiting >= self.uploads.max_waiting:
+            return "upload_queue_full"
+        return None
+
     def state(self) -> tuple[str, str | None]:
         """How the tier is doing, for the badge of ``/health`` and the status page, and why
-        when it is ``degraded`` (reads answered, but its uploads do not get through): ``not
-        asked yet``, ``unreachable``, ``degraded`` or ``reachable``. The reason names no
-        endpoint nor the store's words (``last_error``, on the admin listener, has them)."""
+        when it is ``degraded`` (:meth:`degraded_by`): ``not asked yet``, ``unreachable``,
+        ``degraded`` or ``reachable``. The reason names no endpoint nor the store's words
+        (``last_error``, on the admin listener, has them)."""
         if self.reachable is None:
             return "not asked yet", None
         if not self.reachable:
             return "unreachable", None
-        if self._uploads_failed_at is not None:  # cleared by the next upload taken
-            return "degraded", "the store fails uploads (see last_error)"
-        if self._uploads_refused:
-            return "degraded", "the store refuses uploads (see last_error)"
-        if self.uploads.waiting >= self.uploads.max_waiting:
-            return "degraded", "the upload queue is full: new uploads are dropped"
-        return "reachable", None
+        why = self.degraded_by()
+        return ("reachable", None) if why is None else ("degraded", DEGRADED[why])
 
     def report(self) -> dict[str, object]:
         """The ``shared`` detail of ``/status.json`` (never the mirror's status)."""
@@ -569,6 +577,16 @@ async def _started(answer: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]
 #: ``SlowDown`` does. ``RequestTimeout`` (400): the body came too slowly (a busy link, a loaded
 #: store); ``OperationAborted`` (409): a conflicting operation on the key is under way.
 TRANSIENT_CODES = frozenset({"RequestTimeout", "OperationAborted"})
+
+
+#: Why a tier that answers reads is ``degraded`` (:meth:`SharedTier.degraded_by`): a fixed
+#: key (docxy_shared_degraded's ``reason`` label) → the reason ``/health`` and the status page
+#: give.
+DEGRADED = {
+    "uploads_refused": "the store refuses uploads (see last_error)",
+    "uploads_failing": "the store fails uploads (see last_error)",
+    "upload_queue_full": "the upload queue is full: new uploads are dropped",
+}
 
 
 def _refused(exc: ObjectStoreError) -> bool:
