@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from docxy.config import SETTINGS
 from docxy.http.state import mirror_state
 from docxy.tls import certs
 from docxy.tls.context import ReloadableTLS, self_signed
@@ -87,13 +88,21 @@ async def test_the_keys_the_readme_health_section_names_are_in_the_report(
     """Each field the Health section names (``fills_in_flight``, ``uploads_dropped``, ...) is
     in the admin listener's ``/status.json``, the whole report, of a mirror with the cache and
     the shared tier on, and TLS with a renewer (``tls``, ``renewal``); the public ``/health``
-    has ``status`` and ``version``."""
+    has ``status`` and ``version``. So is each dotted one the README names anywhere
+    (``renewal.refused``, ``tls.warning``), a renewer refusing its settings included."""
     section = README.read_text().split("\n## Health\n")[1].split("\n## ")[0]
     named = set(re.findall(r"`([a-z_]+)`", section)) - {"ok", "degraded", "null"}
+    named = {name for name in named if not name.startswith("docxy_")}  # metrics, not keys
     cert, key = self_signed(tmp_path / "tls", "mirror.test")
     renewer = tmp_path / "letsencrypt"
     renewer.mkdir()
-    status = {"last_run": "2026-11-30T03:00:00Z", "next_run": "2026-12-01T03:00:00Z"}
+    status = {
+        "last_run": "2026-11-30T03:00:00Z",
+        "next_run": "2026-12-01T03:00:00Z",
+        # a renewer holding on a bad [scheduler] setting, after a --once stopped by a signal
+        "refused": "scheduler.interval: not a duration",
+        "interrupted": {"at": "2026-11-30T02:00:00Z", "signal": "SIGTERM"},
+    }
     (renewer / certs.STATUS_FILE).write_text(json.dumps({**status, "failures": 0}))
     async with stack(tmp_path, settings=SHARED) as mirror:
         providers = mirror_state(mirror.app).extras.setdefault("health", {})
@@ -104,4 +113,29 @@ async def test_the_keys_the_readme_health_section_names_are_in_the_report(
         code, text = await mirror.admin_get("/status.json")
     assert code == 200 and {"status", "version"} <= set(public)
     assert "fill_bytes_in_flight" in named and "uploads_dropped" in named
-    assert sorted(named - keys_of(json.loads(text))) == []
+    report = json.loads(text)
+    assert sorted(named - keys_of(report)) == []
+    paths = report_paths({part for part, value in report.items() if isinstance(value, dict)})
+    assert {"renewal.refused", "tls.warning", "tls.expires_soon"} <= paths
+    assert sorted(path for path in paths if not resolves(report, path)) == []
+
+
+def report_paths(parts: set[str]) -> set[str]:
+    """The dotted names anywhere in the README (``renewal.refused``, ``tls.warning``) that
+    start with a part of the report (not ``status.json``) and are no setting
+    (``tls.cert_path``, ``cache.dir``)."""
+    found = set(re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", README.read_text()))
+    paths = set()
+    for name in found:
+        section, _, key = name.partition(".")
+        if section in parts and key not in SETTINGS.get(section, {}):
+            paths.add(name)
+    return paths
+
+
+def resolves(report: object, path: str) -> bool:
+    for key in path.split("."):
+        if not isinstance(report, dict) or key not in report:
+            return False
+        report = report[key]
+    return True

@@ -186,3 +186,66 @@ async def test_the_public_health_names_no_store_nor_what_it_said(
     assert not {"endpoint", "bucket", "last_error", "last_error_at", "last_ok"} & set(
         report["shared"]
     )
+
+
+# --- 2. the README against what the mirror shows ----------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+#: Labels whose values are not listed one by one: a host, the version, HTTP's own words.
+OPEN_LABELS = {"upstream", "version", "le", "method", "status_class"}
+
+
+def metrics_table() -> str:
+    section = README.read_text().split("\n## Metrics and the status page\n")[1]
+    return "\n".join(line for line in section.split("\n## ")[0].splitlines() if line[:3] == "| `")
+
+
+async def test_every_label_value_metrics_exports_is_in_the_readme_table(tmp_path: Path) -> None:
+    """A value a Prometheus user writes into an alert (``reason="uploads_refused"``,
+    ``setting="limits.bandwidth"``, ``kind="broke_off"``) is one the README's table names."""
+    config_dir = tmp_path / "letsencrypt"
+    config_dir.mkdir()
+    (config_dir / certs.STATUS_FILE).write_text(json.dumps({"last_run": None, "failures": 0}))
+    async with stack(tmp_path, settings=SHARED, upstream=RefusesUploads(403)) as mirror:
+        with_renewal(mirror, config_dir)
+        await pulled_through(mirror)
+        seen = await mirror.scrape()
+    table = metrics_table()
+    values = {
+        (label, value)
+        for key in seen
+        if key.startswith("docxy_")
+        for pair in key[key.index("{") + 1 : -1].split(",")
+        if pair
+        for label, _, value in [pair.partition("=")]
+        if label not in OPEN_LABELS
+    }
+    assert ("reason", "uploads_refused") in values and ("kind", "broke_off") in values
+    assert sorted(pair for pair in values if f"`{pair[1]}`" not in table) == []
+
+
+async def test_the_status_page_shows_what_the_readme_says_it_does(tmp_path: Path) -> None:
+    """README: with [shared] the page has the bucket (endpoint and bucket, its state and why
+    when degraded, its last answer, its last error and when); a renewer refusing its settings
+    and a --once stopped by a signal are on it too."""
+    config_dir = tmp_path / "letsencrypt"
+    config_dir.mkdir()
+    status = {
+        "last_run": "2026-11-30T03:00:00Z",
+        "failures": 0,
+        "refused": "scheduler.interval: not a duration",
+        "interrupted": {"at": "2026-11-30T02:00:00Z", "signal": "SIGTERM"},
+    }
+    (config_dir / certs.STATUS_FILE).write_text(json.dumps(status))
+    async with stack(tmp_path, settings=SHARED, upstream=RefusesUploads(403)) as mirror:
+        with_renewal(mirror, config_dir)
+        await pulled_through(mirror)
+        code, page = await mirror.admin_get("/status")
+        health = json.loads((await mirror.get("/health")).body)
+    assert code == 200
+    for shown in (STORE_HOST, SHARED["shared.bucket"], "degraded", "refuses uploads"):
+        assert shown in page, shown
+    assert "last answer" in page and "last error" in page and "AccessDenied" in page
+    assert "settings refused: scheduler.interval" in page
+    assert "one-off run stopped 2026-11-30 02:00:00Z" in page and "SIGTERM" in page
+    assert health["renewal"]["interrupted"] == {"at": "2026-11-30T02:00:00Z", "signal": "SIGTERM"}
