@@ -2,8 +2,10 @@
 
 ``docker exec -u 0 <container> docxy ...`` runs the CLI as root beside a mirror that runs as the
 image's ``docxy`` user: what root made there (files, directories, locks) was root's, and the
-mirror could not read or write it. The access CLI (``docxy users|clients|tokens``) and the cache
-CLI (``docxy cache``) act as the owner of their directory instead.
+mirror could not read or write it. The access CLI (``docxy users|clients|tokens``), the cache
+CLI (``docxy cache``) and ``docxy certs obtain|renew`` (certbot's directory: certbot itself is
+started as that user outright, :func:`docxy.tls.certs.run_certbot`) act as the owner of their
+directory instead.
 """
 
 from __future__ import annotations
@@ -63,6 +65,64 @@ class Owner:
                     )
                     continue
                 print(f"docxy: {path} was root's: now uid {self.uid}'s", file=sys.stderr)
+
+    def hand_over_tree(self, top: Path) -> None:
+        """Give the owner everything under `top` (and `top`) that root runs left root's:
+        certbot's directory (accounts, archive, live, renewal, logs, work) after a root
+        ``docxy certs renew``, where the renewer (the mirror's user) then failed at every run.
+
+        Directories, files and links, never through a link (the tree is the owner's, who could
+        swap a directory for a link to one of root's: :func:`os.fwalk` does not follow them and
+        each change is made relative to its directory's descriptor). A file with other hard
+        links is not handed over (it may be one of root's elsewhere): it is named, with the
+        one command that would."""
+        if not self.switches:
+            return
+        try:
+            st = os.lstat(top)
+        except OSError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        handed, kept = 0, []
+        if st.st_uid == 0:
+            try:
+                os.chown(top, self.uid, self.gid, follow_symlinks=False)
+                handed += 1
+            except OSError as exc:
+                kept.append(f"{top} ({exc.strerror or exc})")
+        for where, dirs, files, fd in os.fwalk(top, follow_symlinks=False):
+            for name in (*dirs, *files):
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_uid != 0:
+                    continue
+                mode = st.st_mode
+                if stat.S_ISREG(mode) and st.st_nlink > 1:
+                    kept.append(f"{os.path.join(where, name)} (hard-linked elsewhere)")
+                    continue
+                if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                    continue
+                try:
+                    os.chown(name, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    kept.append(f"{os.path.join(where, name)} ({exc.strerror or exc})")
+                    continue
+                handed += 1
+        if handed:
+            print(
+                f"docxy: {handed} path(s) in {top} were root's (an earlier root run): now uid "
+                f"{self.uid}'s",
+                file=sys.stderr,
+            )
+        for each in kept:
+            print(
+                f"docxy: {each} is root's and was not handed over: "
+                f"chown -R {self.uid}:{self.gid} {top}",
+                file=sys.stderr,
+            )
 
     @property
     def switches(self) -> bool:

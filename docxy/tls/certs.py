@@ -29,7 +29,7 @@ from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
-from docxy.tls.files import CertError, write_pair
+from docxy.tls.files import CertError, pending_path, write_pair
 
 if TYPE_CHECKING:
     from docxy.tls.context import CertInfo
@@ -94,6 +94,7 @@ def run_certbot(args: list[str], *, ca_bundle: Path | None, timeout: float = TIM
     if ca_bundle is not None:
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle)  # the ACME server's TLS, for test CAs
     cmd = [CERTBOT, *args, "--non-interactive"]
+    user, group = _as_acting_owner()
     log.info("running certbot %s", args[0])
     try:
         proc = subprocess.run(
@@ -104,6 +105,8 @@ def run_certbot(args: list[str], *, ca_bundle: Path | None, timeout: float = TIM
             text=True,
             timeout=timeout,
             check=False,
+            user=user,
+            group=group,
         )
     except FileNotFoundError as exc:
         raise CertbotError(f"certbot {args[0]}: certbot is not installed") from exc
@@ -113,6 +116,18 @@ def run_certbot(args: list[str], *, ca_bundle: Path | None, timeout: float = TIM
         reason = certbot_reason(proc.stdout, proc.stderr, proc.returncode)
         raise CertbotError(f"certbot {args[0]} failed: {reason}", proc.stdout + proc.stderr)
     return proc.stdout + proc.stderr
+
+
+def _as_acting_owner() -> tuple[int | None, int | None]:
+    """``subprocess``'s ``user`` and ``group`` that start certbot as the owner a root
+    ``docxy certs`` acts as (:class:`docxy.cli.owner.Owner`: real uid root, effective uid the
+    owner's), outright; None otherwise. A child whose real uid is root could be root again: it
+    holds root's capabilities after exec, and a shell it starts (certbot's hooks) resets its
+    uid to root. The supplementary groups are already the owner's alone (``Owner.acting``),
+    and a process whose real uid is root may set both ids to its effective ones."""
+    if os.getuid() != 0 or os.geteuid() == 0:
+        return None, None
+    return os.geteuid(), os.getegid()
 
 
 def obtain(
@@ -431,6 +446,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(described, indent=2))
         failed = "error" in described or halted is not None
         return EXIT_FAILED if failed else EXIT_OK  # shown either way; a script sees the failure
+    from docxy.cli.owner import Owner
     from docxy.tls.lineage import Lineage  # which imports this module
 
     for setting, refusal in config.renewer_errors:  # certbot is told certs.email, as the renewer
@@ -440,18 +456,41 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if lineage.staging and lineage.acme_server:
         raise ConfigError("give either an ACME server (certs.acme_server) or --staging, not both")
     if args.certs_command == "obtain":
-        # As the renewer does: an issued lineage is renewed (when due), never issued over into
-        # <domain>-0001; one certbot cannot go on from is set aside and obtained anew.
         required(certs.webroot, "certs.webroot")
-        lineage.ensure(dry_run=args.dry_run)
-    else:
-        lineage.renew(force=args.force, dry_run=args.dry_run)
+    # Run as root (`docker compose exec -u 0 docxy docxy certs renew`), certbot, what is set
+    # aside and the installed pair are the owner's of their directory (the renewer's and the
+    # mirror's user), and what an earlier root run left root's is handed back to it: root's,
+    # the renewer failed at its next run (EACCES) and the mirror could not read its key. On a
+    # host install whose directories are root's, all runs as root, as before. A root that may
+    # not change its uid (cap_drop) fails here, saying how to run it (an OSError: run_cli).
+    owner = Owner.of(lineage.config_dir)
+    owner.hand_over_tree(lineage.config_dir)
+    if lineage.webroot is not None:  # the renewer's certbot writes its tokens in there
+        Owner.of(lineage.webroot).hand_over_tree(lineage.webroot / ".well-known")
+    with owner.acting():
+        if args.certs_command == "obtain":
+            # As the renewer does: an issued lineage is renewed (when due), never issued over
+            # into <domain>-0001; one certbot cannot go on from is set aside and obtained anew.
+            lineage.ensure(dry_run=args.dry_run)
+        else:
+            lineage.renew(force=args.force, dry_run=args.dry_run)
     live = lineage.live
     if lineage.set_aside is not None:
         aside = lineage.set_aside
         print(f"set aside to {aside.moved_to} and obtained anew: {aside.reason}")
     print(live)
     if cert_path is not None and key_path is not None and not args.dry_run:
-        changed = install(live, cert_path, key_path)
+        served = Owner.of(cert_path.parent)
+        served.hand_over(cert_path.parent, _pair_names(cert_path))
+        if key_path.parent != cert_path.parent:
+            Owner.of(key_path.parent).hand_over(key_path.parent, _pair_names(key_path))
+        with served.acting():
+            changed = install(live, cert_path, key_path)
         print(f"{'installed' if changed else 'unchanged'}: {cert_path}")
     return EXIT_OK
+
+
+def _pair_names(path: Path) -> list[str]:
+    """`path`'s name and its pending one's (:func:`docxy.tls.files.write_pair`): what a root
+    run of an older version may have left root's in its directory."""
+    return [path.name, pending_path(path).name]
