@@ -465,8 +465,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     # not change its uid (cap_drop) fails here, saying how to run it (an OSError: run_cli).
     owner = Owner.of(lineage.config_dir)
     owner.hand_over_tree(lineage.config_dir)
-    if lineage.webroot is not None:  # the renewer's certbot writes its tokens in there
-        Owner.of(lineage.webroot).hand_over_tree(lineage.webroot / ".well-known")
+    if lineage.webroot is not None and Owner.of(lineage.webroot).uid == owner.uid:
+        owner.hand_over_tree(lineage.webroot / ".well-known")  # certbot's tokens go in there
     with owner.acting():
         if args.certs_command == "obtain":
             # As the renewer does: an issued lineage is renewed (when due), never issued over

@@ -241,3 +241,48 @@ def test_a_root_that_may_not_change_its_uid_says_how_to_run_it(
     assert f"cannot act as uid {OWNER}" in err and f"docker exec -u {OWNER}:{OWNER}" in err
     assert "Traceback" not in err
     assert appliance.ran_as() == []
+
+
+def test_the_hand_over_follows_no_link_and_leaves_a_hard_linked_file(
+    appliance: Appliance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The certs volume is the mirror user's: a link it put there to a directory or file of
+    root's, or a hard link to root's file, is not a way to have root hand those over."""
+    _older_root_run(appliance)
+    secret_dir = appliance.top / "roots"
+    secret_dir.mkdir()
+    secret = secret_dir / "secret"
+    secret.write_text("root's")
+    (appliance.config_dir / "work" / "to-dir").symlink_to(secret_dir)
+    (appliance.config_dir / "work" / "to-file").symlink_to(secret)
+    linked = appliance.config_dir / "logs" / "hard"
+    try:
+        os.link(secret, linked)
+    except OSError as exc:  # protected_hardlinks does not stop root; another file system does
+        skip_or_fail(f"no hard link to show: {exc}")
+    code = run_cli(["certs", "renew", "--force"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert os.stat(secret_dir).st_uid == 0 and os.stat(secret).st_uid == 0
+    assert f"{linked} (hard-linked elsewhere)" in err
+    assert f"chown -R {OWNER}:{OWNER} {appliance.config_dir}" in err
+    assert appliance.not_owners(OWNER) == [str(linked)]
+
+
+def test_a_pair_in_a_directory_of_roots_is_written_as_root(
+    appliance: Appliance, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tls.cert_path in a directory of root's (a host's /etc/...) beside a certbot directory of
+    the mirror user's: certbot runs as that user, the pair is written as root, as before; no
+    directory of root's is handed over."""
+    tls = appliance.top / "etc-tls"
+    tls.mkdir(mode=0o755)
+    monkeypatch.setenv("DOCXY_TLS_CERT_PATH", str(tls / "fullchain.pem"))
+    monkeypatch.setenv("DOCXY_TLS_KEY_PATH", str(tls / "privkey.pem"))
+    code = run_cli(["certs", "obtain"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert appliance.ran_as() == [f"ran as {OWNER}:{OWNER} real {OWNER}"]
+    assert appliance.not_owners(OWNER) == []
+    owners = {os.lstat(path).st_uid for path in (tls, tls / "fullchain.pem", tls / "privkey.pem")}
+    assert owners == {0}
