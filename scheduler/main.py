@@ -296,21 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.cert_path is None:
         warn_nowhere_to_install(settings)
     if settings.once:
-        from scheduler.renewal import Renewer  # the work, in this process: it ends after one run
-
-        once = Renewer(settings)
-        once.restore()
-        stopped: Stopped | None = None
-        try:
-            with stopped_by((signal.SIGTERM, signal.SIGINT)):
-                ok = once.run()
-        except Stopped as exc:  # its status says so (`interrupted`); the exit, which signal
-            stopped, ok = exc, False
-        once.catch_up()  # the renewer's run begun during this one and ended first is newer
-        once.write_status(still_due(once.restored_next_run))
-        if stopped is not None:
-            return 128 + stopped.signum
-        return 0 if ok else 1
+        return one_off(settings)
     renewer = InChild(settings, argv=flags)
     renewer.restore()  # failures in a row, their backoff, the last success: as before a restart
     scheduler = build(renewer)
@@ -326,3 +312,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     follow_the_clock(scheduler, horizon(settings))
     scheduler.start()
     return 0
+
+
+def one_off(settings: settings_mod.Settings) -> int:
+    """``--once``: one run in this process, its status written; the exit says how it went.
+
+    Run as root (``docker compose exec -u 0 docxy python -m scheduler --once``) it acts as the
+    owner of certs.config_dir, as ``docxy certs renew`` does (:func:`docxy.tls.certs.
+    certbots_owner`), where the served pair's directory is that owner's too (one of root's
+    beside it: all as root, as before): certbot, the pair and the status file were root's, and
+    the renewer (the mirror's user) failed at its next run.
+    """
+    from docxy.tls.certs import certbots_owner, pairs_owner
+
+    pair = settings.cert_path.parent if settings.cert_path is not None else None
+    owner = certbots_owner(settings.config_dir, settings.certs.webroot, also=pair)
+    if owner.switches and settings.cert_path is not None and settings.key_path is not None:
+        pairs_owner(settings.cert_path, settings.key_path)  # the same owner's: handed over
+    try:
+        with owner.acting():
+            return _once(settings)
+    except PermissionError as exc:  # a root that may not change its uid (cap_drop): says how
+        if owner.acted:
+            raise
+        print(f"scheduler: {exc}", file=sys.stderr)
+        return 1
+
+
+def _once(settings: settings_mod.Settings) -> int:
+    from scheduler.renewal import Renewer  # the work, in this process: it ends after one run
+
+    once = Renewer(settings)
+    once.restore()
+    stopped: Stopped | None = None
+    try:
+        with stopped_by((signal.SIGTERM, signal.SIGINT)):
+            ok = once.run()
+    except Stopped as exc:  # its status says so (`interrupted`); the exit, which signal
+        stopped, ok = exc, False
+    once.catch_up()  # the renewer's run begun during this one and ended first is newer
+    once.write_status(still_due(once.restored_next_run))
+    if stopped is not None:
+        return 128 + stopped.signum
+    return 0 if ok else 1

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from docxy.cli.owner import Owner
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
@@ -446,7 +447,6 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(described, indent=2))
         failed = "error" in described or halted is not None
         return EXIT_FAILED if failed else EXIT_OK  # shown either way; a script sees the failure
-    from docxy.cli.owner import Owner
     from docxy.tls.lineage import Lineage  # which imports this module
 
     for setting, refusal in config.renewer_errors:  # certbot is told certs.email, as the renewer
@@ -463,10 +463,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     # the renewer failed at its next run (EACCES) and the mirror could not read its key. On a
     # host install whose directories are root's, all runs as root, as before. A root that may
     # not change its uid (cap_drop) fails here, saying how to run it (an OSError: run_cli).
-    owner = Owner.of(lineage.config_dir)
-    owner.hand_over_tree(lineage.config_dir)
-    if lineage.webroot is not None and Owner.of(lineage.webroot).uid == owner.uid:
-        owner.hand_over_tree(lineage.webroot / ".well-known")  # certbot's tokens go in there
+    owner = certbots_owner(lineage.config_dir, lineage.webroot)
     with owner.acting():
         if args.certs_command == "obtain":
             # As the renewer does: an issued lineage is renewed (when due), never issued over
@@ -480,14 +477,37 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         print(f"set aside to {aside.moved_to} and obtained anew: {aside.reason}")
     print(live)
     if cert_path is not None and key_path is not None and not args.dry_run:
-        served = Owner.of(cert_path.parent)
-        served.hand_over(cert_path.parent, _pair_names(cert_path))
-        if key_path.parent != cert_path.parent:
-            Owner.of(key_path.parent).hand_over(key_path.parent, _pair_names(key_path))
-        with served.acting():
+        with pairs_owner(cert_path, key_path).acting():
             changed = install(live, cert_path, key_path)
         print(f"{'installed' if changed else 'unchanged'}: {cert_path}")
     return EXIT_OK
+
+
+def certbots_owner(config_dir: Path, webroot: Path | None, *, also: Path | None = None) -> Owner:
+    """Whom a run as root acts as for certbot's work (:class:`docxy.cli.owner.Owner`): the
+    owner of `config_dir`, the renewer's user, once what earlier root runs left root's there
+    (and in the webroot's ``.well-known/``, where that user's certbot writes its tokens) is
+    handed over to it. Root itself where that directory is root's (a host install), or where
+    `also`, a directory the same run writes in, is not that owner's (as before: all as root)."""
+
+    owner = Owner.of(config_dir)
+    if also is not None and Owner.of(also).uid != owner.uid:
+        return Owner(0, 0, config_dir)
+    owner.hand_over_tree(config_dir)
+    if webroot is not None and Owner.of(webroot).uid == owner.uid:
+        owner.hand_over_tree(webroot / ".well-known")
+    return owner
+
+
+def pairs_owner(cert_path: Path, key_path: Path) -> Owner:
+    """Whom a run as root writes the served pair as: the owner of its directory (the mirror's
+    user), once the files an older root run left root's there are handed over to it."""
+
+    served = Owner.of(cert_path.parent)
+    served.hand_over(cert_path.parent, _pair_names(cert_path))
+    if key_path.parent != cert_path.parent:
+        Owner.of(key_path.parent).hand_over(key_path.parent, _pair_names(key_path))
+    return served
 
 
 def _pair_names(path: Path) -> list[str]:

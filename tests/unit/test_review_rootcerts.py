@@ -24,6 +24,7 @@ import pytest
 from docxy.tls import certs
 from docxy.tls.context import self_signed
 from docxy.tls.files import write_pair
+from scheduler import main as scheduler_main
 from tests.unavailable import skip_or_fail
 from tests.unit.test_certs import run_cli
 
@@ -286,3 +287,21 @@ def test_a_pair_in_a_directory_of_roots_is_written_as_root(
     assert appliance.not_owners(OWNER) == []
     owners = {os.lstat(path).st_uid for path in (tls, tls / "fullchain.pem", tls / "privkey.pem")}
     assert owners == {0}
+
+
+# --- the renewer's one-off run as root ----------------------------------------------------------
+
+
+def test_a_one_off_renewer_run_as_root_acts_as_the_owner(
+    appliance: Appliance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``docker compose exec -u 0 docxy python -m scheduler --once`` (the README's one-off
+    run): certbot, the pair and the renewer's status file were root's, and the renewer's own
+    runs after it failed (EACCES) where an older root run had left them so."""
+    _older_root_run(appliance)
+    assert scheduler_main.main(["--once"]) == 0, capsys.readouterr().err
+    assert (appliance.config_dir / "status.json").is_file()
+    assert appliance.ran_as()[-1] == f"ran as {OWNER}:{OWNER} real {OWNER}"
+    assert appliance.not_owners(OWNER) == []
+    renewer = appliance.renewer_run()
+    assert renewer.returncode == 0, renewer.stderr
