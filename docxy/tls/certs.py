@@ -489,7 +489,6 @@ def certbots_owner(config_dir: Path, webroot: Path | None, *, also: Path | None 
     (and in the webroot's ``.well-known/``, where that user's certbot writes its tokens) is
     handed over to it. Root itself where that directory is root's (a host install), or where
     `also`, a directory the same run writes in, is not that owner's (as before: all as root)."""
-
     owner = Owner.of(config_dir)
     if also is not None and Owner.of(also).uid != owner.uid:
         return Owner(0, 0, config_dir)
@@ -502,7 +501,6 @@ def certbots_owner(config_dir: Path, webroot: Path | None, *, also: Path | None 
 def pairs_owner(cert_path: Path, key_path: Path) -> Owner:
     """Whom a run as root writes the served pair as: the owner of its directory (the mirror's
     user), once the files an older root run left root's there are handed over to it."""
-
     served = Owner.of(cert_path.parent)
     served.hand_over(cert_path.parent, _pair_names(cert_path))
     if key_path.parent != cert_path.parent:
