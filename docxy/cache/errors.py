@@ -7,7 +7,7 @@
     ├── FillAborted                   a follower's writer gave up (cut upstream, bad bytes, disk)
     │   └── NoRoom                    no room under cache.max_size for it: pass through
     ├── FetchFailed                   the upstream half of a fill could not start a download
-    │   └── FetchRefused              the upstream answered 401, 403 or 404: not the mirror's
+    │   └── FetchRefused              401, 403 or another 4xx of the upstream's: not the mirror's
     ├── CacheUnwritable               no temp file can be made (disk full...): pass through
     ├── CacheUnreadable               a cached blob cannot be opened (no descriptor left, EIO)
     ├── FillClosed                    a writer was used after commit/abort
@@ -72,8 +72,10 @@ class FetchUnanswered(FetchFailed):
 
 
 class FetchRefused(FetchFailed):
-    """The upstream refused the mirror's token or has no such blob (401, 403, 404): no fault
-    of the mirror's; the client's own request, passed through, gets the upstream's answer."""
+    """The upstream refused the mirror's token (401, 403) or said no of the blob (a 404, a
+    400...): no fault of the mirror's. For a refusal the client's own request, passed through,
+    gets the upstream's answer; the registry's word on the blob is ``upstream`` (an
+    :class:`~docxy.core.errors.UpstreamAnswered`), which the fill's clients are answered with."""
 
 
 class CacheUnwritable(CacheError):

@@ -847,10 +847,14 @@ class BlobWriter:
             return f"digest mismatch: {said}", DigestMismatch(said)
         return None
 
-    def abort(self, reason: str) -> None:
-        """Discard the temp file; followers raise :class:`FillAborted`. Idempotent."""
+    def abort(self, reason: str, upstream: UpstreamError | None = None, source: str = "") -> None:
+        """Discard the temp file; followers raise :class:`FillAborted`. Idempotent.
+        ``upstream``: the upstream's answer that ended it (its word on the blob, which the
+        followers' clients are told), and ``source``: which upstream's, as for :meth:`fail`."""
         if self._finished:
             return
+        if upstream is not None and self.fill.state is FillState.WRITING:
+            self.fill.upstream_error, self.fill.upstream_source = upstream, source
         self._close_and_discard(reason)
         self._finish()
 
@@ -1265,8 +1269,8 @@ async def _run_fill(writer: BlobWriter, fetch: Fetch) -> None:
     async with writer:
         try:
             download = await fetch()
-        except FetchRefused as exc:  # the client's pass-through gets the upstream's answer
-            writer.abort(str(exc))
+        except FetchRefused as exc:  # the upstream's answer: the clients get it (an INFO line)
+            writer.abort(str(exc), exc.upstream, exc.source)
             return
         except FetchFailed as exc:  # upstream trouble: the client gets an error too
             writer.fail(str(exc), exc.upstream, exc.source)

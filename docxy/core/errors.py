@@ -21,6 +21,7 @@ the edge's ASGI layers for what they refuse before it::
     └── UpstreamError               the upstream failed us (5xx)
         ├── UpstreamUnavailable     502 UNAVAILABLE     refused, reset, DNS, TLS, bad answer
         │   └── UpstreamBusy        503 UNAVAILABLE     every connection to it in use (Retry-After)
+        ├── UpstreamAnswered        4xx (its own)       the registry's word on a blob (404...)
         └── UpstreamTimeout         504 UNAVAILABLE     no answer in time
             ├── TokenServiceTimeout                     ...from its token service, not itself
             └── HopTimeout                              ...from where it redirected (a CDN)
@@ -35,6 +36,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from typing import Any
+
+from docxy.core.jsondoc import object_in
 
 
 class ConfigError(Exception):
@@ -167,6 +170,25 @@ class UpstreamError(RegistryError):
 
 class UpstreamUnavailable(UpstreamError):
     status = 502
+
+
+class UpstreamAnswered(UpstreamError):
+    """The registry's own answer to the mirror's request in repository ``name``, which is its
+    word on the content asked (a ``404 BLOB_UNKNOWN``, a ``400``), not on the mirror's
+    credentials: the client's request, sent again, would only be told the same (and cost the
+    upstream a second request). Answered with the upstream's status and its registry error
+    (``body``, when it is one: ``{"errors": [...]}``), else the mirror's own saying the status."""
+
+    def __init__(self, status: int, body: bytes, name: str) -> None:
+        super().__init__(f"the upstream answered {status}", status=status)
+        if status == 404:
+            self.code = "BLOB_UNKNOWN"
+        self.name = name
+        parsed = object_in(body)
+        self.said = body if parsed is not None and isinstance(parsed.get("errors"), list) else None
+
+    def encoded(self) -> bytes:
+        return self.said if self.said is not None else super().encoded()
 
 
 class UpstreamBusy(UpstreamUnavailable):

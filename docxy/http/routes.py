@@ -225,7 +225,7 @@ async def content(rest: str) -> Response:
             outcome = await services.manifests.get(pull)
         if not isinstance(outcome, PassThrough):
             response = served_response(outcome)
-        elif outcome.failed is not None:  # the registry was silent: not asked again
+        elif outcome.failed is not None:  # the registry was silent, or said no: not asked again
             return error_response(outcome.failed)  # the mirror's own error: no Cache-Status
         elif reference.kind is not Kind.BLOB or pull.head:
             response = await _pass_through(state, pull, route)

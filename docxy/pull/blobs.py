@@ -5,6 +5,10 @@ the store makes the temp file, starts that fetch once per digest as a named task
 client asking meanwhile (the first one included) follows the growing file. Content the mirror's
 token may not read (private repositories) and requests the cache does not answer (a ``Range``
 or a ``HEAD`` on a miss) pass through with the client's credentials, uncached, with a reason.
+A fill's GET the registry answers with its word on the blob (a ``404 BLOB_UNKNOWN``, a
+``400``: :data:`THE_REGISTRYS_WORD`) is the answer of that fill's clients in the same
+repository, its status and registry error, not asked again (a client of another repository
+that joined it still passes through: it says nothing of that one).
 Should the cache give a fill up midway (its disk fails, or a blob of unknown length outgrows
 the room), each of its clients keeps what it has and gets the rest from the upstream with a
 ``Range`` GET (:meth:`BlobService._fetch_rest`), verified before its last byte: a download
@@ -55,7 +59,7 @@ from docxy.cache.reader import BlobReader
 from docxy.cache.resuming import BrokeOff
 from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
-from docxy.core.errors import UpstreamError
+from docxy.core.errors import UpstreamAnswered, UpstreamError
 from docxy.core.headers import ACCEPT_IDENTITY
 from docxy.core.hosts import url_host
 from docxy.core.ranges import parse_content_range, parse_range
@@ -73,8 +77,9 @@ from docxy.pull.outcome import (
 )
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.shared.tier import SharedTier
+from docxy.threads import in_own_thread
 from docxy.upstream import direct
-from docxy.upstream.client import same_origin
+from docxy.upstream.client import AnswerTooLarge, read_small, same_origin
 from docxy.upstream.tokens import MirrorTokens, TokenRefused
 
 #: How long a fill's client waits for the fill's first byte before its headers go out anyway
@@ -83,6 +88,15 @@ from docxy.upstream.tokens import MirrorTokens, TokenRefused
 #: no bytes. A healthy upstream's first bytes come well within it; a slow one's client gets
 #: its headers after it, as before (an unbounded wait hung clients of such an upstream).
 FIRST_BYTE_WAIT = 1.0
+
+#: The registry's answers to a fill's blob GET that are its word on the blob asked in that
+#: repository (a 404 BLOB_UNKNOWN or NAME_UNKNOWN, a 400 DIGEST_INVALID...), relayed to the
+#: fill's clients in that repository instead of each sending the same GET again. Not a 401 or
+#: 403 (the mirror's token refused: the client's own credentials may read it), a 407, 408 or
+#: 429 (no word on the blob), nor a 416 (no Range was asked).
+THE_REGISTRYS_WORD = frozenset(range(400, 500)) - {401, 403, 407, 408, 416, 429}
+#: An error body read to relay it: a registry's JSON error is far smaller.
+ERROR_BODY_LIMIT = 64 * 1024
 
 UNCONFIRMED = PassThrough(
     Reason.UNCONFIRMED, "the upstream did not confirm the cached blob in this repository"
@@ -304,8 +318,13 @@ class BlobService:
             answer.close()
             return None
         if answer.status != 200:
+            body = b""
+            if answer.status in THE_REGISTRYS_WORD:  # relayed to the client: its error says why
+                body = await in_own_thread(
+                    f"upstream error body {pull.upstream.host}", partial(_read_error, answer)
+                )
             answer.close()
-            self._refused(pull, answer.status, final_url)
+            self._refused(pull, answer.status, final_url, body)
         self._holds_blob(pull)
         length = answer.header("content-length")
         size = int(length) if length is not None and length.isdigit() else None
@@ -321,17 +340,25 @@ class BlobService:
         if digest is not None:
             self.pairings.confirm(RepoKey(pull.upstream.host, pull.name), digest, public=True)
 
-    def _refused(self, pull: Pull, status: int, final_url: str) -> NoReturn:
+    def _refused(self, pull: Pull, status: int, final_url: str, body: bytes = b"") -> NoReturn:
         """The fetch's answer was no blob. A 401 or 403 from the registry refuses the mirror's
         token for the repository; from where it redirected to (a CDN's signed URL expired, a
-        CDN rule) it is a failed fetch: the registry took the token."""
-        if status in (401, 403) and not same_origin(final_url, pull.upstream.registry):
+        CDN rule) it is a failed fetch: the registry took the token. Another 4xx of the
+        registry's (a 404 BLOB_UNKNOWN, a 400; its error ``body``) is its word on the blob in
+        this repository: the fill's clients of it are answered so (:class:`UpstreamAnswered`),
+        none sends the same GET again."""
+        by_registry = same_origin(final_url, pull.upstream.registry)
+        if status in (401, 403) and not by_registry:
             where = url_host(final_url)
             raise FetchFailed(f"{pull.upstream.host} sent the blob's GET to {where}: {status}")
         said = f"{pull.upstream.host} answered {status} to the mirror's token"
         if status in (401, 403):  # a 404 is about this blob only
             self.tokens.mark_refused(pull.upstream, pull.name)
-        if status in (401, 403, 404):
+            raise FetchRefused(said)
+        if status in THE_REGISTRYS_WORD and by_registry:
+            answered = UpstreamAnswered(status, body, pull.name)
+            raise FetchRefused(said, answered, pull.upstream.host)
+        if status == 404:  # a CDN's: not the registry's word, nor the mirror's fault
             raise FetchRefused(said)
         if status == 429 or status >= 500:
             raise FetchUnanswered(said)
@@ -349,8 +376,8 @@ class BlobService:
         except UpstreamError as exc:
             raise FetchFailed(exc.message, exc, pull.upstream.host) from exc
         if answer.status_code != 200:
-            await answer.aclose()
-            self._refused(pull, answer.status_code, answered_by(answer, pull))
+            body = await _error_body(answer)
+            self._refused(pull, answer.status_code, answered_by(answer, pull), body)
         self._holds_blob(pull)
         length = answer.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
@@ -419,6 +446,24 @@ def not_the_rest(
     if end is not None and stop != end:
         return f"Content-Range {content_range!r}: not to the blob's end"
     return ""
+
+
+async def _error_body(answer: httpx.Response) -> bytes:
+    """The body of an upstream's error answer to a blob GET, up to :data:`ERROR_BODY_LIMIT`
+    bytes (b"" for one larger, or that breaks off); the answer is closed."""
+    try:
+        return await read_small(answer, ERROR_BODY_LIMIT)
+    except (UpstreamError, AnswerTooLarge):
+        return b""
+
+
+def _read_error(answer: direct.DirectAnswer) -> bytes:
+    """:func:`_error_body` for a direct GET's answer (blocking: a worker thread's)."""
+    try:
+        body = answer.body.read(ERROR_BODY_LIMIT + 1)
+    except UpstreamError:
+        return b""
+    return body if len(body) <= ERROR_BODY_LIMIT else b""
 
 
 async def _skipped(chunks: AsyncIterator[bytes], offset: int) -> AsyncIterator[bytes]:

@@ -20,7 +20,13 @@ from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
 from docxy.cache.visibility import ANONYMOUS, Identity
 from docxy.core.digests import Digest
-from docxy.core.errors import HopTimeout, TokenServiceTimeout, UpstreamError, UpstreamTimeout
+from docxy.core.errors import (
+    HopTimeout,
+    TokenServiceTimeout,
+    UpstreamAnswered,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from docxy.core.names import Reference
 from docxy.upstream.client import Upstream
 
@@ -137,7 +143,9 @@ class PassThrough:
     #: ``limits.fills_per_client`` as a new fill is.
     joined: bool = False
     #: Not sent upstream after all: the mirror's own request found the registry silent (a
-    #: timeout), and the client's would wait as long again. It is answered with this error.
+    #: timeout), and the client's would wait as long again; or the registry answered it with
+    #: its word on the blob (a 404 BLOB_UNKNOWN), which it would only say again. It is
+    #: answered with this error (the upstream's status and registry error, for the latter).
     failed: UpstreamError | None = None
 
 
@@ -148,13 +156,18 @@ def upstream_failed(exc: UpstreamError, pull: Pull, detail: str | None = None) -
     it gets that ``504`` at once. Not so for a host it redirected to (a CDN: the next may be
     another), nor for a silent token service on another host than the registry's, unless the
     client's request would go without a credential of its own (users mode, or none sent): it
-    would ask that token service again, for the mirror."""
+    would ask that token service again, for the mirror. The registry's own word on a blob in
+    the pull's repository (a 404 BLOB_UNKNOWN: :class:`UpstreamAnswered`) is the client's
+    answer too, at once: asked again, the registry would only say it again (one asked in
+    another repository, whose fill this pull joined, says nothing of this one's)."""
+    said = exc.message if detail is None else detail
+    if isinstance(exc, UpstreamAnswered) and exc.name == pull.name:
+        return PassThrough(Reason.UPSTREAM_ANSWER, said, failed=exc)
     silent = (
         isinstance(exc, UpstreamTimeout)
         and not isinstance(exc, HopTimeout)
         and (not isinstance(exc, TokenServiceTimeout) or pull.authorization is None)
     )
-    said = exc.message if detail is None else detail
     return PassThrough(Reason.UPSTREAM_FAILED, said, failed=exc if silent else None)
 
 

@@ -19,8 +19,9 @@ from tests.unit.turns import until
 
 
 class FailingFill:
-    """An upstream whose first GET of D1 (the mirror's fill) is answered 404 once ``fail`` is
-    set; every later GET of D1 (a pass-through) gets the blob. D2's body flows once
+    """An upstream whose first GET of D1 (the mirror's fill) is answered 503 once ``fail`` is
+    set (a 404 would be its word on the blob, relayed to the fill's clients, none passed
+    through); every later GET of D1 (a pass-through) gets the blob. D2's body flows once
     ``flowing`` is set. ``asked`` lists the blob GETs as they come."""
 
     def __init__(self) -> None:
@@ -34,7 +35,7 @@ class FailingFill:
         self.asked.append(digest)
         if digest == D1 and self.asked.count(D1) == 1:
             await self.fail.wait()
-            return fakes.reply(404, b'{"errors": []}')
+            return fakes.reply(503, b'{"errors": []}')
         headers = {"Content-Length": str(len(BLOBS[digest]))}
         gate = self.flowing if digest == D2 else asyncio.Event()
         if digest != D2:

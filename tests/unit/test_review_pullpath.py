@@ -1,0 +1,175 @@
+"""Review of the pull path (docxy/pull, docxy/cache/fill.py): what a client is answered, and
+how many upstream requests it costs, when the upstream's answer is not the content asked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import pytest
+
+from docxy.config import load_config
+from docxy.http.app import create_app
+from docxy.http.state import mirror_state
+from docxy.tasks import spawn
+from tests.unit import fakes
+from tests.unit.test_pull_blobs import BLOB, DIGEST, mirror
+from tests.unit.turns import until
+
+#: This review's own loopback address (its range: 127.0.0.178-181, ports 9150-9199).
+HOST = "127.0.0.178"
+
+MISSING = "sha256:" + "e" * 64
+
+# --- 1. a fill's blob GET answered with the registry's word on the blob ------------------------
+
+
+class NoSuchBlob:
+    """An open registry (no auth) whose blob GETs all get ``status`` with a registry error of
+    ``code``; ``blob_gets`` counts them."""
+
+    def __init__(self, status: int, code: str) -> None:
+        self.status, self.code = status, code
+        self.blob_gets = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", length=True)
+        self.blob_gets += 1
+        error = {"errors": [{"code": self.code, "message": "said by the registry"}]}
+        headers = {"Content-Type": "application/json"}
+        return fakes.reply(self.status, json.dumps(error).encode(), headers, length=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(404, "BLOB_UNKNOWN"), (400, "DIGEST_INVALID"), (404, "NAME_UNKNOWN")]
+)
+async def test_the_registrys_word_on_a_blob_is_relayed_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, status: int, code: str
+) -> None:
+    """The mirror's fill GETs a blob and the registry answers that it has none (404
+    BLOB_UNKNOWN), or that the request is bad (400): the client's own GET was then passed
+    through, the same GET again (two upstream requests for one client request), with a
+    WARNING "fill failed" for the 400. The client gets that answer, its status and the
+    registry's JSON error, from the mirror's one request, and no WARNING is logged."""
+    upstream = NoSuchBlob(status, code)
+    caplog.set_level(logging.INFO)
+    async with mirror(tmp_path, upstream) as app:
+        response = await app.test_client().get(f"/v2/team/app/blobs/{MISSING}")
+        body = await response.get_data(as_text=False)
+    assert response.status_code == status
+    assert json.loads(body)["errors"][0]["code"] == code
+    assert upstream.blob_gets == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == []
+
+
+class HeldMissing:
+    """An open registry where ``team/app`` lacks the blob (404 BLOB_UNKNOWN, its first GET held
+    until ``go`` is set) and every other repository has it; ``asked`` lists each blob GET's
+    repository."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.asked: list[str] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", length=True)
+        repo = request.url.path.removeprefix("/v2/").partition("/blobs/")[0]
+        self.asked.append(repo)
+        if repo == "team/app":
+            await self.go.wait()
+            return fakes.reply(404, b'{"errors": [{"code": "BLOB_UNKNOWN"}]}', length=True)
+        return fakes.reply(200, BLOB, length=True)
+
+
+async def test_a_404_in_one_repository_is_not_another_ones_answer(tmp_path: Path) -> None:
+    """A client of ``team/other`` joins the fill a client of ``team/app`` started; the registry
+    answers that fill 404 (not in ``team/app``). That says nothing of ``team/other``: its
+    client's GET still goes upstream (and gets the blob), while ``team/app``'s gets the 404."""
+    upstream = HeldMissing()
+    async with mirror(tmp_path, upstream) as app:  # type: ignore[arg-type]
+        client = app.test_client()
+        first = spawn("app", client.get(f"/v2/team/app/blobs/{DIGEST}"))
+        await until(lambda: upstream.asked == ["team/app"])
+        joined = spawn("other", client.get(f"/v2/team/other/blobs/{DIGEST}"))
+        await asyncio.sleep(0.05)
+        upstream.go.set()
+        missing, found = await first, await joined
+        assert missing.status_code == 404
+        assert (found.status_code, await found.get_data()) == (200, BLOB)
+    assert upstream.asked == ["team/app", "team/other"]
+
+
+class Registry(BaseHTTPRequestHandler):
+    """A loopback registry, no auth: ``/v2/`` is 200; every blob GET is 404 BLOB_UNKNOWN."""
+
+    gets: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path == "/v2/":
+            body = b"{}"
+            self.send_response(200)
+        else:
+            type(self).gets.append(self.path)
+            body = b'{"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}'
+            self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+        pass
+
+
+@pytest.fixture
+def loopback_registry() -> Iterator[str]:
+    """:class:`Registry` on this review's own loopback address and ports."""
+    server = None
+    for port in range(9150, 9200):
+        try:
+            server = ThreadingHTTPServer((HOST, port), Registry)
+            break
+        except OSError:
+            continue
+    assert server is not None, f"no free port on {HOST} in 9150-9199"
+    Registry.gets = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+async def test_a_direct_fills_404_is_relayed_once(
+    loopback_registry: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, over the network: a fill made with the direct GET (no test transport) that the
+    registry answers 404 is the client's answer, the registry's error with it, in one GET."""
+    caplog.set_level(logging.INFO)
+    overrides = {
+        "upstream.registry": loopback_registry,
+        "cache.dir": str(tmp_path / "cache"),
+        "server.public_url": "https://mirror.test",
+    }
+    app = create_app(load_config(overrides, environ={}), probe=False)
+    async with app.test_app():
+        assert mirror_state(app).client.direct is not None
+        response = await app.test_client().get(f"/v2/team/app/blobs/{MISSING}")
+        body = await response.get_data(as_text=False)
+    assert response.status_code == 404
+    assert json.loads(body)["errors"][0] == {"code": "BLOB_UNKNOWN", "message": "blob unknown"}
+    assert len(Registry.gets) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
