@@ -21,6 +21,7 @@ from docxy.cache.fill import BlobFollower
 from docxy.core import jsondoc
 from docxy.core.challenge import Challenge, rewrite_challenges
 from docxy.core.cidr import site_key
+from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import (
     ClientError,
     Denied,
@@ -50,9 +51,10 @@ from docxy.http.responses import (
     with_cache_status,
 )
 from docxy.http.state import MirrorState, mirror_state
+from docxy.pull.manifests import MANIFEST_TYPES, encoded
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Source
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
-from docxy.upstream.client import SERVER_TROUBLE, Upstream, read_small
+from docxy.upstream.client import MAX_SMALL_BODY, SERVER_TROUBLE, Upstream, read_small
 from docxy.upstream.routing import Route, request_picks
 
 blueprint = Blueprint("registry", __name__)
@@ -340,7 +342,7 @@ async def _pass_through(
         if answer.status_code == 401 and not _brings_upstream_login(state):
             await answer.aclose()
             raise Denied(UPSTREAM_REFUSED_MIRROR.format(name=route.name))
-        response = _relayed(state, pull, route, answer, release)
+        response = await _relayed(state, pull, route, answer, release)
         if answer.status_code == 401 and "WWW-Authenticate" not in response.headers:
             # The token service refused the mirror itself: a 401 still names where to log in.
             by_prefix = route.prefix is not None
@@ -360,7 +362,7 @@ async def _pass_through(
     answer = await state.client.send(
         pull.upstream, pull.method, url, headers, mirror_credentials=mirror_login is not None
     )
-    return _relayed(state, pull, route, answer, release)
+    return await _relayed(state, pull, route, answer, release)
 
 
 #: A users-mode client's request the upstream answered 401 with the mirror's own login.
@@ -378,7 +380,7 @@ def _brings_upstream_login(state: MirrorState) -> bool:
     return access is not None and access.upstream_logins and identity.via is Via.CERTIFICATE
 
 
-def _relayed(
+async def _relayed(
     state: MirrorState,
     pull: Pull,
     route: Route,
@@ -391,7 +393,10 @@ def _relayed(
     A blob's ``200`` or ``206`` names its digest (``Docker-Content-Digest``), as the registry
     API says and clients read (containerd's resolver and skopeo from a ``HEAD``): a blob
     redirected to a CDN is answered by the CDN, which sends none. The digest the client asked
-    for is the only one a content-addressed blob can have; one the upstream sent is kept."""
+    for is the only one a content-addressed blob can have; one the upstream sent is kept.
+    A manifest's ``200`` that names none is given the digest of its bytes, when the mirror
+    holds them whole (:func:`_held_whole`); one it does not hold whole gets none."""
+    answer, computed = await _held_whole(pull, answer)
     response = relay(
         answer,
         method=pull.method,
@@ -404,7 +409,40 @@ def _relayed(
     is_blob = pull.reference.kind is Kind.BLOB and digest is not None
     if is_blob and answer.status_code in (200, 206) and DIGEST_HEADER not in response.headers:
         response.headers[DIGEST_HEADER] = str(digest)
+    if computed is not None:
+        response.headers[DIGEST_HEADER] = str(computed)
     return response
+
+
+def _media_type(answer: httpx.Response) -> str:
+    media: str = answer.headers.get("content-type", "")
+    return media.split(";")[0].strip().lower()
+
+
+async def _held_whole(pull: Pull, answer: httpx.Response) -> tuple[httpx.Response, Digest | None]:
+    """A manifest ``GET``'s ``200`` that names no ``Docker-Content-Digest`` (the registry API's
+    SHOULD; a client reads it, ``docker pull``'s ``Digest:`` line by tag): read whole when its
+    length says it is within the manifest cap (as the mirror's own manifest fetch is), and
+    answered as read, with the digest of those bytes (sha256), as Distribution names it. Any
+    other answer is relayed as it comes, and None: no body held whole (no length, a zipped or
+    larger one, a ``HEAD``), no digest made up; nor for a type whose digest is not that of
+    all its bytes, or not known to be (a signed schema 1 manifest's is of its payload)."""
+    if (
+        pull.reference.kind is not Kind.MANIFEST
+        or pull.head
+        or answer.status_code != 200
+        or DIGEST_HEADER in answer.headers
+        or encoded(answer)
+        or _media_type(answer) not in MANIFEST_TYPES  # schema 1's is not of all its bytes
+    ):
+        return answer, None
+    length = answer.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > MAX_SMALL_BODY:
+        return answer, None
+    body = await read_small(answer)  # closes it; a body that breaks off is an UpstreamError
+    stream = httpx.ByteStream(body)  # not read yet: relayed as a streamed answer is
+    held = httpx.Response(200, headers=answer.headers, stream=stream, request=answer.request)
+    return held, digest_of(body)
 
 
 def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: float) -> None:

@@ -4,6 +4,7 @@ how many upstream requests it costs, when the upstream's answer is not the conte
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import threading
@@ -173,3 +174,81 @@ async def test_a_direct_fills_404_is_relayed_once(
     assert json.loads(body)["errors"][0] == {"code": "BLOB_UNKNOWN", "message": "blob unknown"}
     assert len(Registry.gets) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- 2. a manifest passed through whose upstream answer names no digest -------------------------
+
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "size": 2,
+            "digest": "sha256:" + "c" * 64,
+        },
+        "layers": [],
+    }
+).encode()
+MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+
+class NoDigest:
+    """An open registry whose manifests (any reference) answer :data:`MANIFEST` with no
+    ``Docker-Content-Digest``: with its length, or (``chunked``) without one."""
+
+    def __init__(self, chunked: bool = False, media_type: str = OCI_MANIFEST) -> None:
+        self.chunked, self.media_type = chunked, media_type
+        self.manifest_gets = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", length=True)
+        self.manifest_gets += 1
+        headers = {"Content-Type": self.media_type}
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(MANIFEST))
+            return fakes.reply(200, b"", headers)
+        return fakes.reply(200, MANIFEST, headers, length=not self.chunked)
+
+
+@pytest.mark.parametrize("reference", ["latest", MANIFEST_DIGEST])
+async def test_a_manifest_passed_through_names_its_digest(tmp_path: Path, reference: str) -> None:
+    """With the cache off every manifest is passed through. An upstream that names no
+    ``Docker-Content-Digest`` (the registry API's SHOULD) sent the client none: the mirror
+    holds the whole body (its length is given, under the manifest cap) and names the digest
+    computed over those bytes, as Distribution does, for a pull by tag as by digest."""
+    upstream = NoDigest()
+    async with mirror(tmp_path, upstream, cache__enabled="false") as app:
+        response = await app.test_client().get(f"/v2/team/app/manifests/{reference}")
+        body = await response.get_data(as_text=False)
+    assert (response.status_code, body) == (200, MANIFEST)
+    assert response.headers.get("Docker-Content-Digest") == MANIFEST_DIGEST
+    assert response.headers["Content-Length"] == str(len(MANIFEST))
+    assert upstream.manifest_gets == 1
+
+
+@pytest.mark.parametrize(
+    ("chunked", "media_type"),
+    [(True, OCI_MANIFEST), (False, SCHEMA1_SIGNED)],
+    ids=["chunked", "schema1"],
+)
+async def test_a_manifest_not_held_whole_gets_no_digest_made_up(
+    tmp_path: Path, chunked: bool, media_type: str
+) -> None:
+    """A manifest passed through with no length (chunked), or a HEAD by tag (no body): the
+    mirror holds no whole body to compute a digest over, and names none. Nor for a signed
+    schema 1 manifest, whose digest is of its payload, not of all its bytes."""
+    upstream = NoDigest(chunked, media_type)
+    async with mirror(tmp_path, upstream, cache__enabled="false") as app:
+        client = app.test_client()
+        response = await client.get("/v2/team/app/manifests/latest")
+        assert await response.get_data(as_text=False) == MANIFEST
+        head = await client.head("/v2/team/app/manifests/latest")
+    assert response.status_code == head.status_code == 200
+    assert "Docker-Content-Digest" not in response.headers
+    assert "Docker-Content-Digest" not in head.headers
