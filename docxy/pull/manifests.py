@@ -16,6 +16,11 @@ that ``HEAD`` finds nothing (a private repository: the mirror's token is refused
 by digest is checked with the client's own credentials, as a blob's is: confirmed, it is served
 from the cache to that request only, recorded nowhere. Unconfirmed, the request passes through.
 
+A client that takes no multi-platform type (``INDEX_TYPES``) missing a manifest is first
+looked up with a free ``HEAD``: one of a type it does not take (an index) is passed through at
+once, for the upstream to answer it as it does such a client (:meth:`ManifestService.
+_look_first`), not fetched by the mirror (a counted pull it could not serve) and then again.
+
 Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub). A
 client's HEAD the cache cannot answer is answered from the mirror's own upstream HEAD, made with
 the mirror's credentials (the client may hold none for this upstream); one that names the digest
@@ -66,6 +71,9 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 ACCEPT_ALL = ", ".join(MANIFEST_TYPES)
+#: The multi-platform types: a client that takes neither (an old one, a script naming the
+#: single-platform types) is answered by the upstream for an image whose tag is one of them.
+INDEX_TYPES = MANIFEST_TYPES[:2]
 
 
 def acceptable(media_type: str, accept_values: list[str]) -> bool:
@@ -102,6 +110,12 @@ def _weight(params: list[str]) -> float:
     return 1.0
 
 
+def _takes_an_index(pull: Pull) -> bool:
+    """Whether the client takes a multi-platform manifest (an ``Accept`` naming none takes
+    any)."""
+    return any(acceptable(media_type, list(pull.accept)) for media_type in INDEX_TYPES)
+
+
 def encoded(answer: httpx.Response) -> bool:
     """Whether ``answer`` names a content coding (its length is then not the manifest's)."""
     coding = answer.headers.get("content-encoding", "").strip().lower()
@@ -131,6 +145,7 @@ class Head:
 
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
 NOT_ACCEPTED = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the cached type")
+NOT_TAKEN = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the upstream's type")
 PRIVATE = PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
 TOO_LARGE = PassThrough(Reason.NOT_CACHEABLE, f"the manifest is over {MAX_SMALL_BODY} bytes")
 #: Tags found moved by a client's HEAD, kept until the GET by digest that follows (the oldest
@@ -189,6 +204,10 @@ class ManifestService:
             return await self._answer_head(self.store, repo, pull, head)
         if self._private(pull):
             return PRIVATE
+        if head is None and not _takes_an_index(pull):
+            looked = await self._look_first(repo, pull)
+            if not isinstance(looked, Head):
+                return looked
         try:
             fetched, source = await self._fetch(repo, pull, digest)
         except UpstreamError as exc:
@@ -316,6 +335,15 @@ class ManifestService:
             return await self._answer_head(store, repo, pull, head, found.entry)
         if self._private(pull):
             return PRIVATE
+        if head is None and not _takes_an_index(pull):
+            looked = await self._look_first(repo, pull)
+            if not isinstance(looked, Head):
+                return looked
+            head = looked
+            cached = await store.get(repo, head.digest) if head.digest is not None else None
+            if cached is not None:  # cached already, maybe for another repository only
+                await store.set_tag(repo, tag, cached.digest, public=True)
+                return await self._confirmed(store, repo, pull, cached)
         if head is not None and head.content is not None and head.content.length > MAX_SMALL_BODY:
             return TOO_LARGE  # a GET of the mirror's would stop at the cap: one the client's
         try:
@@ -332,6 +360,26 @@ class ManifestService:
         if not self._servable(fetched, pull):
             return NOT_ACCEPTED
         return _served(source, fetched, pull)
+
+    async def _look_first(self, repo: RepoKey, pull: Pull) -> Head | Outcome:
+        """A miss of a client that takes no index (:func:`_takes_an_index`): the mirror's free
+        ``HEAD`` first, as the mirror's counted ``GET`` (every type) may only bring an index
+        this client cannot take, and its own request passed through then be a second counted
+        ``GET``. A manifest of a type the client does not take is passed through at once: the
+        upstream answers that client as it answers it (Distribution, by tag: a manifest list's
+        linux/amd64 manifest, ``404 MANIFEST_UNKNOWN`` for an OCI index), one counted ``GET``
+        in all; none found, likewise (its ``404``, or the private repository's refusal). The
+        ``Head`` when the mirror's ``GET`` goes on (a type the client takes, or none named)."""
+        try:
+            head = await self._head(repo, pull)
+        except UpstreamError as exc:
+            return upstream_failed(exc, pull)
+        if not head.found:
+            return self._uncached(pull)
+        found = head.content
+        if found is not None and not acceptable(found.media_type, list(pull.accept)):
+            return NOT_TAKEN
+        return head
 
     async def _answer_head(
         self,

@@ -252,3 +252,132 @@ async def test_a_manifest_not_held_whole_gets_no_digest_made_up(
     assert response.status_code == head.status_code == 200
     assert "Docker-Content-Digest" not in response.headers
     assert "Docker-Content-Digest" not in head.headers
+
+
+# --- 3. a client that takes no index asks by tag for an image whose tag is one -----------------
+
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+#: What an old client (or a script) sends: single-platform manifest types only.
+SINGLE_ONLY = f"{DOCKER_V2}, {OCI_MANIFEST}"
+
+
+def _manifest(media_type: str, arch: str) -> bytes:
+    config = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2}
+    doc = {"schemaVersion": 2, "mediaType": media_type, "layers": []}
+    doc["config"] = {**config, "digest": "sha256:" + hashlib.sha256(arch.encode()).hexdigest()}
+    return json.dumps(doc).encode()
+
+
+def _digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+AMD64 = _manifest(DOCKER_V2, "amd64")
+ARM64 = _manifest(DOCKER_V2, "arm64")
+
+
+def _index(media_type: str) -> bytes:
+    entries = [
+        {
+            "mediaType": DOCKER_V2,
+            "size": len(body),
+            "digest": _digest(body),
+            "platform": {"architecture": arch, "os": "linux"},
+        }
+        for arch, body in (("arm64", ARM64), ("amd64", AMD64))
+    ]
+    return json.dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": entries}).encode()
+
+
+class Distribution:
+    """An open registry answering manifests as Distribution does (registry/handlers/
+    manifests.go): ``multi`` is an index of ``index_type`` (linux/arm64, linux/amd64),
+    ``single`` the amd64 manifest, every manifest also by digest. By tag, a Docker manifest
+    list to a client that takes none is its linux/amd64 manifest; an OCI index to one that
+    takes none is 404 MANIFEST_UNKNOWN. ``gets`` counts manifest GETs (the counted pulls);
+    HEADs are free."""
+
+    def __init__(self, index_type: str) -> None:
+        self.index = _index(index_type)
+        self.index_type = index_type
+        self.gets = 0
+        self.by_digest = {
+            _digest(b): (t, b)
+            for t, b in [(DOCKER_V2, AMD64), (DOCKER_V2, ARM64), (index_type, self.index)]
+        }
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return fakes.reply(200, b"{}", length=True)
+        ref = request.url.path.rpartition("/")[2]
+        accept = ",".join(request.headers.get_list("accept"))
+        if request.method == "GET":
+            self.gets += 1
+        if ref == "single":
+            media_type, body = DOCKER_V2, AMD64
+        elif ref == "multi" and self.index_type in accept:
+            media_type, body = self.index_type, self.index
+        elif ref == "multi" and self.index_type == DOCKER_LIST:
+            media_type, body = DOCKER_V2, AMD64
+        elif ref == "multi":
+            error = b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "OCI index found"}]}'
+            return fakes.reply(404, error, {"Content-Type": "application/json"}, length=True)
+        elif ref in self.by_digest:
+            media_type, body = self.by_digest[ref]
+        else:
+            return fakes.reply(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}', length=True)
+        headers = {"Content-Type": media_type, "Docker-Content-Digest": _digest(body)}
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(body))
+            return fakes.reply(200, b"", headers)
+        return fakes.reply(200, body, headers, length=True)
+
+
+@pytest.mark.parametrize(
+    ("index_type", "status", "expected"),
+    [(DOCKER_LIST, 200, AMD64), (OCI_INDEX, 404, None)],
+    ids=["docker-list", "oci-index"],
+)
+async def test_a_client_taking_no_index_costs_one_counted_get(
+    tmp_path: Path, index_type: str, status: int, expected: bytes | None
+) -> None:
+    """A client whose Accept names single-platform types only pulls by tag an image whose tag
+    is an index. The mirror GETs the index for its cache (a counted pull), cannot serve it to
+    that client, and passes the client's GET through: a second counted pull. The client is
+    answered as the upstream answers it (Distribution: a manifest list's linux/amd64
+    manifest; 404 MANIFEST_UNKNOWN for an OCI index) for one counted GET, the mirror's own
+    look being a free HEAD."""
+    upstream = Distribution(index_type)
+    async with mirror(tmp_path, upstream) as app:
+        response = await app.test_client().get(
+            "/v2/team/app/manifests/multi", headers={"Accept": SINGLE_ONLY}
+        )
+        body = await response.get_data(as_text=False)
+    assert response.status_code == status
+    if expected is not None:
+        assert body == expected
+        assert response.headers["Content-Type"] == DOCKER_V2
+        assert response.headers["Docker-Content-Digest"] == _digest(AMD64)
+    else:
+        assert json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert upstream.gets == 1
+
+
+async def test_a_client_taking_no_index_still_gets_single_images_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    """The same client's pull of a tag that is a single-platform manifest is cached as any
+    client's is: one counted GET, then hits; and a client that takes indexes gets the index."""
+    upstream = Distribution(DOCKER_LIST)
+    async with mirror(tmp_path, upstream) as app:
+        client = app.test_client()
+        for _ in range(2):
+            response = await client.get(
+                "/v2/team/app/manifests/single", headers={"Accept": SINGLE_ONLY}
+            )
+            assert (response.status_code, await response.get_data()) == (200, AMD64)
+        assert upstream.gets == 1
+        response = await client.get("/v2/team/app/manifests/multi", headers={"Accept": DOCKER_LIST})
+        assert await response.get_data() == upstream.index
