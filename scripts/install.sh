@@ -611,6 +611,51 @@ dns_problem() {
 # .env as COMPOSE_FILE, which a `docker compose` run by hand in the project reads too.
 COMPOSE_YAML=compose.yaml
 HOST_FILE=compose.host.yaml
+# The operator's own files that .env's COMPOSE_FILE names beside compose.yaml or
+# compose.host.yaml (an override such as the README's compose.secrets.yaml): every compose
+# command here reads them after the script's choice, and .env keeps them in COMPOSE_FILE.
+COMPOSE_EXTRA=()
+COMPOSE_FIRST="" # the first file COMPOSE_FILE names, if it is one of those two
+COMPOSE_SEP=":"  # COMPOSE_PATH_SEPARATOR, as compose reads it
+
+# read_compose_file: .env's COMPOSE_FILE, split as compose splits it, into COMPOSE_FIRST and
+# COMPOSE_EXTRA (compose.yaml and compose.host.yaml are the script's to place: first).
+read_compose_file() {
+  local value entry first=1
+  COMPOSE_SEP="$(env_value COMPOSE_PATH_SEPARATOR)"
+  COMPOSE_SEP="${COMPOSE_SEP:-:}"
+  COMPOSE_FIRST=""
+  COMPOSE_EXTRA=()
+  value="$(env_value COMPOSE_FILE)"
+  while [[ -n "$value" ]]; do
+    entry="${value%%"$COMPOSE_SEP"*}"
+    if [[ "$entry" == "$value" ]]; then value=""; else value="${value#*"$COMPOSE_SEP"}"; fi
+    [[ -n "$entry" ]] || continue
+    case "${entry#./}" in
+      compose.yaml | "$HOST_FILE" | "$DIR/compose.yaml" | "$DIR/$HOST_FILE")
+        ((first)) && COMPOSE_FIRST="${entry##*/}"
+        ;;
+      *) COMPOSE_EXTRA+=("$entry") ;;
+    esac
+    first=0
+  done
+}
+
+# compose_file_value: the COMPOSE_FILE this run uses, the script's file first.
+compose_file_value() {
+  local value="$COMPOSE_YAML" extra
+  for extra in "${COMPOSE_EXTRA[@]}"; do value+="$COMPOSE_SEP$extra"; done
+  printf '%s' "$value"
+}
+
+# compose_file_ours: COMPOSE_FILE is written by the script (host networking, or files of the
+# operator's to keep after compose.yaml); else a line of theirs is left as it is.
+compose_file_ours() { [[ "$COMPOSE_YAML" != compose.yaml ]] || ((${#COMPOSE_EXTRA[@]})); }
+
+# compose_path FILE: where compose finds a file COMPOSE_FILE names (relative: in the project).
+compose_path() {
+  if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$DIR" "$1"; fi
+}
 
 # ipv4_less: this host has an IPv6 default route and no IPv4 one (fails when it cannot tell).
 ipv4_less() {
@@ -622,7 +667,8 @@ ipv4_less() {
 }
 
 settle_network() {
-  if [[ "$(env_value COMPOSE_FILE)" == "$HOST_FILE" ]]; then
+  read_compose_file
+  if [[ "$COMPOSE_FIRST" == "$HOST_FILE" ]]; then
     COMPOSE_YAML="$HOST_FILE"
     say "Network: host networking ($HOST_FILE), as $ENV_FILE says (COMPOSE_FILE)"
   elif ipv4_less; then
@@ -635,6 +681,8 @@ settle_network() {
     say "  network, which needs IPv4; on an IPv6-only host use $HOST_FILE (see the README)"
   fi
   [[ "$COMPOSE_YAML" != "$HOST_FILE" ]] || host_firewall
+  ((${#COMPOSE_EXTRA[@]} == 0)) ||
+    say "Compose files: $(compose_file_value) (yours after the first, from COMPOSE_FILE in $ENV_FILE)"
   host_file_present
 }
 
@@ -652,6 +700,13 @@ host_firewall() {
 # where host networking is chosen; else nothing is started that could not work. A project not
 # there yet, or fetched again by --update, is checked once fetched.
 host_file_present() {
+  local extra
+  if [[ -f "$DIR/compose.yaml" ]]; then
+    for extra in "${COMPOSE_EXTRA[@]}"; do
+      [[ -e "$(compose_path "$extra")" ]] ||
+        die "COMPOSE_FILE in $ENV_FILE names $extra, which is not in $DIR: put it back, or take it out of COMPOSE_FILE, then run this again"
+    done
+  fi
   [[ "$COMPOSE_YAML" == "$HOST_FILE" && -f "$DIR/compose.yaml" && ! -f "$DIR/$HOST_FILE" ]] ||
     return 0
   [[ "$DIR" != "$CLONE" ]] && ((UPDATE)) && return 0
@@ -808,7 +863,7 @@ render_ours() {
   say "DOCXY_EMAIL=$EMAIL"
   say "DOCXY_CACHE_MAX_SIZE=$CACHE_SIZE"
   [[ -z "$BASE_IMAGE" ]] || say "DOCXY_BASE_IMAGE=$BASE_IMAGE"
-  [[ "$COMPOSE_YAML" == compose.yaml ]] || say "COMPOSE_FILE=$COMPOSE_YAML"
+  ! compose_file_ours || say "COMPOSE_FILE=$(compose_file_value)"
   if [[ -n "$UPSTREAM_USER" ]]; then
     say "DOCXY_UPSTREAM_USERNAME=$UPSTREAM_USER"
     # None where the operator's DOCXY_UPSTREAM_PASSWORD_FILE names its file (settle_settings).
@@ -823,9 +878,10 @@ render_ours() {
 render_theirs() {
   if [[ -r "$ENV_FILE" ]]; then
     # Ours in every spelling compose reads (`export`, spaces): a stale one must not stay behind.
-    # COMPOSE_FILE is ours where host networking is chosen (else one of yours is left as it is).
+    # COMPOSE_FILE is ours where host networking is chosen or it names files of yours (kept in
+    # it, after the script's); else one of yours is left as it is.
     local ours="DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|BASE_IMAGE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)"
-    [[ "$COMPOSE_YAML" == compose.yaml ]] || ours="($ours|COMPOSE_FILE)"
+    ! compose_file_ours || ours="($ours|COMPOSE_FILE)"
     grep -vE -e "^# Written by Docxy" -e "$(env_assignment "$ours")" -- "$ENV_FILE" || true
   fi
 }
@@ -857,7 +913,7 @@ overwritten() {
   for key in DOCXY_DOMAIN DOCXY_EMAIL DOCXY_CACHE_MAX_SIZE DOCXY_BASE_IMAGE \
     DOCXY_UPSTREAM_USERNAME DOCXY_UPSTREAM_PASSWORD COMPOSE_FILE; do
     env_sets "$key" || continue
-    [[ "$key" != COMPOSE_FILE || "$COMPOSE_YAML" != compose.yaml ]] || continue
+    [[ "$key" != COMPOSE_FILE ]] || compose_file_ours || continue
     was="$(env_value "$key")"
     now="$(value_in "$new" "$key")"
     [[ "$was" != "$now" ]] || continue
@@ -1295,16 +1351,29 @@ start_docker() {
   fi
 }
 
-# With -f, Compose reads no override file of its own accord: a compose.override.yaml beside
-# compose.yaml (as `docker compose up` by hand would read it) is named too.
-compose() {
-  local files=(-f "$DIR/$COMPOSE_YAML") name
+# compose_files: the -f options of every compose command here (with -f, Compose reads neither
+# COMPOSE_FILE nor an override file of its own accord): the script's file, then the operator's
+# from COMPOSE_FILE, as a `docker compose` by hand in the project reads them; without those, a
+# compose.override.yaml beside compose.yaml (as `docker compose up` by hand would read it).
+COMPOSE_FILES=()
+compose_files() {
+  local name
+  COMPOSE_FILES=(-f "$DIR/$COMPOSE_YAML")
+  for name in "${COMPOSE_EXTRA[@]}"; do
+    COMPOSE_FILES+=(-f "$(compose_path "$name")")
+  done
+  ((${#COMPOSE_EXTRA[@]} == 0)) || return 0
   for name in compose.override.yaml compose.override.yml; do
     if [[ -f "$DIR/$name" ]]; then
-      files+=(-f "$DIR/$name")
+      COMPOSE_FILES+=(-f "$DIR/$name")
       break
     fi
   done
+}
+
+compose() {
+  compose_files
+  local files=("${COMPOSE_FILES[@]}")
   "${COMPOSE[@]}" --project-name "$PROJECT" --project-directory "$DIR" "${files[@]}" \
     --env-file "$ENV_FILE" "$@"
 }
@@ -1312,11 +1381,15 @@ compose() {
 # The account in .env only reaches the mirror if compose.yaml passes it into the container:
 # by name, or with the whole file (`env_file: .env` or `./.env`, or `- .env` in a list).
 check_compose_passes_account() {
-  local file="$DIR/$COMPOSE_YAML"
+  local file="$DIR/$COMPOSE_YAML" name
   [[ -n "$UPSTREAM_USER" && -f "$file" ]] || return 0
-  grep -q 'DOCXY_UPSTREAM_USERNAME' -- "$file" && return 0
-  grep -qE "^[[:space:]]*(env_file:|-)[[:space:]]*[\"']?(\./)?\.env[\"']?[[:space:]]*\$" -- "$file" &&
-    return 0
+  for name in "$file" "${COMPOSE_EXTRA[@]}"; do
+    name="$(compose_path "$name")"
+    [[ -f "$name" ]] || continue
+    grep -q 'DOCXY_UPSTREAM_USERNAME' -- "$name" && return 0
+    grep -qE "^[[:space:]]*(env_file:|-)[[:space:]]*[\"']?(\./)?\.env[\"']?[[:space:]]*\$" -- "$name" &&
+      return 0
+  done
   warn "$file does not pass DOCXY_UPSTREAM_USERNAME/PASSWORD into the container:"
   warn "the mirror pulls anonymously until it does (the account stays in .env)"
 }
@@ -1330,7 +1403,8 @@ bring_up() {
   fi
   CHANGES=$((CHANGES + 1))
   if ((DRY_RUN)); then
-    say "  would run: ${COMPOSE[*]} --project-name $PROJECT -f $DIR/$COMPOSE_YAML up -d --build"
+    compose_files
+    say "  would run: ${COMPOSE[*]} --project-name $PROJECT ${COMPOSE_FILES[*]} up -d --build"
     return
   fi
   say "  building and starting (the first build takes a few minutes)"
@@ -1417,9 +1491,20 @@ uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
   DOMAIN="${DOMAIN,,}" # as the install wrote it (settle_settings)
-  if [[ "$(env_value COMPOSE_FILE)" == "$HOST_FILE" && -f "$DIR/$HOST_FILE" ]]; then
+  read_compose_file
+  if [[ "$COMPOSE_FIRST" == "$HOST_FILE" && -f "$DIR/$HOST_FILE" ]]; then
     COMPOSE_YAML="$HOST_FILE"
   fi
+  # A file of the operator's since deleted would stop `compose down`: it goes without it.
+  local extra extras=()
+  for extra in "${COMPOSE_EXTRA[@]}"; do
+    if [[ -e "$(compose_path "$extra")" ]]; then
+      extras+=("$extra")
+    else
+      say "  COMPOSE_FILE in $ENV_FILE names $extra, which is not there: left out"
+    fi
+  done
+  COMPOSE_EXTRA=("${extras[@]}")
   have docker && dockerd_answers
   local dockerd_failed=0
   if [[ -n "$DOMAIN" ]] &&
