@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.scriptbox import ScriptBox, output
+from tests.scriptbox import REPO, ScriptBox, output
 from tests.unavailable import need_binary, skip_or_fail
 from tests.unit.test_install_script import (
     COMPOSE_UP,
@@ -253,3 +254,23 @@ def test_uninstall_takes_the_stack_down_with_the_same_files(
         str(clone(box) / "compose.host.yaml"),
         str(clone(box) / "compose.secrets.yaml"),
     ]
+
+
+# --- 2. the build's network with host networking ------------------------------------------------
+
+
+def test_compose_host_yaml_builds_the_image_on_the_hosts_network(tmp_path: Path) -> None:
+    """On an IPv6-only host (install.sh picks compose.host.yaml there) the Dockerfile's
+    `RUN pip install` ran on Docker's default bridge, which has no way out there (nor at all
+    where the daemon has no bridge): the build failed before the mirror ever ran."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "compose.host.yaml", project / "compose.host.yaml")
+    (project / ".env").write_text("DOCXY_DOMAIN=mirror.test\n")
+
+    service = compose129_service(
+        ["--project-directory", str(project), "-f", str(project / "compose.host.yaml")], project
+    )
+
+    assert service["network_mode"] == "host"
+    assert service["build"].get("network") == "host", service["build"]
