@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.scriptbox import REPO, ScriptBox, output
-from tests.unavailable import need_binary, skip_or_fail
+from tests.unavailable import need_binary, need_root, skip_or_fail
 from tests.unit.test_install_script import (
     COMPOSE_UP,
     Resolver,
@@ -274,3 +275,41 @@ def test_compose_host_yaml_builds_the_image_on_the_hosts_network(tmp_path: Path)
 
     assert service["network_mode"] == "host"
     assert service["build"].get("network") == "host", service["build"]
+
+
+# --- 3. the health wait's address with host networking -----------------------------------------
+
+#: Inside a network namespace of its own whose bindv6only is 1: the mirror's `[::]` listener
+#: (compose.host.yaml's, and the TLS one entrypoint.sh derives from it), made by the same code
+#: as the mirror's, then a connection to 127.0.0.1 on its port, as install.sh's health wait
+#: (`curl --resolve DOMAIN:443:127.0.0.1`) makes it.
+PROBE_LOOPBACK = """
+import socket
+from docxy.http.server import _HypercornConfig
+[sock] = _HypercornConfig(None)._create_sockets(["[::]:0"])
+port = sock.getsockname()[1]
+with socket.create_connection(("127.0.0.1", port), timeout=5):
+    print("answered")
+"""
+
+
+def test_the_health_waits_ipv4_loopback_reaches_a_wildcard_ipv6_listener_whatever_bindv6only(
+    tmp_path: Path,
+) -> None:
+    """install.sh waits for https://DOMAIN/health at 127.0.0.1. With host networking the mirror
+    listens on [::]:443; under net.ipv6.bindv6only=1 such a socket would be IPv6 only, and the
+    wait would need ::1. The mirror turns IPV6_V6ONLY off itself (and entrypoint.sh falls back
+    to 0.0.0.0 on a kernel without IPv6), so 127.0.0.1 answers: no ::1 needed. Checked in a
+    namespace of its own (root), nothing bound on this host's addresses."""
+    need_root("a network namespace whose bindv6only is 1")
+    need_binary("unshare")
+    need_binary("ip")
+    script = (
+        "echo 1 >/proc/sys/net/ipv6/bindv6only && ip link set lo up && "
+        f"exec {sys.executable} -c '{PROBE_LOOPBACK}'"
+    )
+    probe = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert (probe.returncode, probe.stdout.strip()) == (0, "answered"), probe.stderr
