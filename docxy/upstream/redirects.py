@@ -54,9 +54,40 @@ def literal_address(host: str) -> Address | None:
     return found
 
 
+#: IPv6 prefixes whose address carries an IPv4 one in its last 32 bits: NAT64's well-known
+#: prefix (RFC 6052: a DNS64 resolver's answer for an IPv4-only name) and IPv4-compatible
+#: addresses (``::a.b.c.d``, deprecated, still routed by some stacks).
+_CARRY_IPV4_LAST = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+#: The local-use NAT64 prefix (RFC 8215): a network's own translator, never a public address
+#: (Python 3.11's ``is_global`` says it is).
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries, which a packet to it reaches: IPv4-mapped
+    (``::ffff:a.b.c.d``), 6to4 (``2002:AABB:CCDD::/48``), NAT64 (``64:ff9b::a.b.c.d``) and
+    IPv4-compatible (``::a.b.c.d``); None for any other."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in prefix for prefix in _CARRY_IPV4_LAST):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def non_public_address(address: Address) -> bool:
     """Whether ``address`` is no public Internet address: loopback, private, link-local,
-    unique-local, shared (100.64/10), documentation, reserved, unspecified or multicast."""
+    unique-local, shared (100.64/10), documentation, reserved, unspecified or multicast. An
+    IPv6 address that carries an IPv4 one (:func:`embedded_ipv4`) is judged by that one:
+    ``64:ff9b::7f00:1`` (NAT64) and ``2002:a9fe:a9fe::`` (6to4) lead to 127.0.0.1 and
+    169.254.169.254 though Python calls their IPv6 forms global."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _LOCAL_NAT64:
+            return True
+        carried = embedded_ipv4(address)
+        if carried is not None:
+            return non_public_address(carried)
     return not address.is_global or address.is_multicast
 
 
