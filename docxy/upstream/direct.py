@@ -46,7 +46,7 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.failures import upstream_certificate_refused
 from docxy.upstream.keepalive import IdleConnections, Origin
-from docxy.upstream.redirects import hop_refusal
+from docxy.upstream.redirects import HopGuard, NonPublicOnly, hop_guard, hop_refusal
 from docxy.upstream.trust import UpstreamTrust, host_key
 
 
@@ -259,16 +259,20 @@ def get(
     upstream: Upstream | None = None,
 ) -> DirectAnswer:
     """GET ``url`` following redirects (blocking: call it from a worker thread) where the
-    redirect rule lets them lead (:func:`~docxy.upstream.redirects.hop_refusal`), for
+    redirect rule lets them lead (:func:`~docxy.upstream.redirects.hop_refusal`; a hop to a
+    host name connects under its :class:`~docxy.upstream.redirects.HopGuard`), for
     ``upstream`` (without one, the first URL's registry is taken for it)."""
     hops: list[tuple[str, int]] = []
     first = url
     registry = upstream.registry if upstream is not None else url
     listed = upstream.ca_origins if upstream is not None else ()
     over_https = False  # some hop went over HTTPS: none goes to plain HTTP
+    guard: HopGuard | None = None  # the first hop is the upstream's own: unguarded
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            answer = _get_once(settings, url, headers)
+            answer = _get_once(settings, url, headers, guard)
+        except NonPublicOnly as exc:  # the upstream answered: a redirect that leads nowhere
+            raise BadRedirect(str(exc), tuple(hops)) from exc
         except UpstreamTimeout as exc:
             if same_origin(url, first):
                 raise
@@ -292,6 +296,9 @@ def get(
         )
         if refused is not None:
             raise BadRedirect(refused, tuple(hops))
+        guard = hop_guard(
+            url, registry=registry, listed=listed, lookup_seconds=settings.connect_timeout
+        )
     raise BadRedirect(f"the upstream redirected more than {MAX_REDIRECTS} times", tuple(hops))
 
 
@@ -310,8 +317,15 @@ def _percent_encoded(location: str | None) -> str | None:
     return quote(location.encode("latin-1", "replace"), safe=_URL_SAFE)
 
 
-def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]) -> DirectAnswer:
-    """One GET; an idle connection that fails before the answer is retried on a new one."""
+def _get_once(
+    settings: DirectSettings,
+    url: str,
+    headers: list[tuple[str, str]],
+    guard: HopGuard | None = None,
+) -> DirectAnswer:
+    """One GET; an idle connection that fails before the answer is retried on a new one.
+    ``guard``: the addresses the connection may go to (a redirect hop's); an idle connection
+    whose peer it does not allow is closed, not reused (kept for a LAN upstream's GET)."""
     parts = urlsplit(url)
     scheme, hostname, port = url_origin(url)  # https://x and https://x:443: one idle pool
     # The host as httpx sends it (an IDN in its IDNA 2008 form): http.client, ssl and the
@@ -324,15 +338,23 @@ def _get_once(settings: DirectSettings, url: str, headers: list[tuple[str, str]]
         if connection is not None and not _still_trusted(settings, origin, connection):
             connection.close()  # verified with CAs its origin is no longer trusted with
             continue
+        if connection is not None and not _peer_allowed(connection, guard):
+            connection.close()  # connected inside for an upstream that may lead there
+            continue
         reused = connection is not None
         if connection is None:
             connection = _connection(settings, origin)
+        if isinstance(connection, _Connection):
+            connection.guard = guard  # for a connect() below, of a new one or a dropped one
         waiting = "no connection", settings.connect_timeout
         try:
             if connection.sock is None:
                 connection.connect()  # and the TLS handshake: under the connect timeout
             waiting = "nothing received", settings.read_timeout
             return _send(settings, connection, origin, target, headers)
+        except NonPublicOnly:
+            connection.close()
+            raise
         except TimeoutError as exc:
             connection.close()
             if isinstance(exc, HeadersLate):
@@ -433,6 +455,17 @@ def _still_trusted(
     return connection.verified_with is settings.context_for(origin)
 
 
+def _peer_allowed(connection: http.client.HTTPConnection, guard: HopGuard | None) -> bool:
+    """Whether an idle connection's peer is an address ``guard`` lets a hop go to."""
+    if guard is None or connection.sock is None:
+        return True
+    try:
+        peer = connection.sock.getpeername()
+    except OSError:
+        return False
+    return guard.allows(str(peer[0]))
+
+
 def _connection(settings: DirectSettings, origin: Origin) -> http.client.HTTPConnection:
     scheme, hostname, port = origin
     connection: http.client.HTTPConnection
@@ -450,11 +483,16 @@ RESOLVE: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
 
 
 def _connect(
-    address: tuple[str, int], timeout: float | None, source: tuple[str, int] | None = None
+    address: tuple[str, int],
+    timeout: float | None,
+    source: tuple[str, int] | None = None,
+    guard: HopGuard | None = None,
 ) -> socket.socket:
     """``socket.create_connection`` with the name lookup under the connect timeout too, as
     httpx has it: a resolver that never answers held the fill until the C library gave up
-    (its own timeouts and retries, per name server). The lookup goes on in its thread then."""
+    (its own timeouts and retries, per name server). The lookup goes on in its thread then.
+    ``guard`` (a redirect hop's): only the addresses it allows are tried (raises
+    :class:`~docxy.upstream.redirects.NonPublicOnly` when none is)."""
     host, port = address
     lookup = partial(RESOLVE, host, port, 0, socket.SOCK_STREAM)
     try:
@@ -466,6 +504,8 @@ def _connect(
         # The lookup's IDNA codec refuses the name (an empty or over-long label: a redirect to
         # http://a..b/): no such host, as httpx says, not a ValueError that crashed the fill.
         raise socket.gaierror(socket.EAI_NONAME, f"no such host name: {host!r}") from exc
+    if guard is not None:
+        found = guard.screened(found)
     error: OSError | None = None
     for family, kind, proto, _, sockaddr in found:
         sock = socket.socket(family, kind, proto)
@@ -491,11 +531,21 @@ def _is_address(host: str) -> bool:
 
 
 class _Connection(http.client.HTTPConnection):
-    """Connects with :func:`_connect` (http.client's own hook for how it connects)."""
+    """Connects with :func:`_connect` (http.client's own hook for how it connects), under
+    :attr:`guard`: the one of the GET that connects it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._create_connection = _connect
+        self.guard: HopGuard | None = None
+        self._create_connection = self._guarded_connect
+
+    def _guarded_connect(
+        self,
+        address: tuple[str, int],
+        timeout: float | None,
+        source: tuple[str, int] | None = None,
+    ) -> socket.socket:
+        return _connect(address, timeout, source, self.guard)
 
 
 class _TLSConnection(_Connection, http.client.HTTPSConnection):

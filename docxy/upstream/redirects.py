@@ -15,17 +15,20 @@ Two refusals, each a bad redirect (502):
 
 The target is judged by its host as written in the URL: a literal address (``127.1`` and
 ``0x7f000001`` are read as the resolver reads them), or ``localhost`` and its subdomains. A
-host *name* that resolves to such an address is not looked up here (see the README). The
-upstream's own host, when a name, is looked up (:data:`RESOLVE`) only when a hop to a
-non-public address would otherwise be refused.
+host *name* is judged where its address is known, at connect time (:class:`HopGuard`): a hop
+to a name that must stay public connects only to the public addresses the name resolves to
+then (none: :class:`NonPublicOnly`, a bad redirect), so a name pointing inside, or one that
+rebinds between two lookups, does not lead there. The fills' direct GET applies it; httpx's
+path does not (see the README). The upstream's own host, when a name, is looked up
+(:data:`RESOLVE`) only when a hop to a non-public address would otherwise be refused.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from docxy.core.hosts import origin
@@ -35,6 +38,8 @@ from docxy.threads import within
 RESOLVE: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: One ``getaddrinfo`` entry: (family, type, proto, canonname, sockaddr).
+Entry = TypeVar("Entry", bound=tuple[Any, ...])
 
 
 def literal_address(host: str) -> Address | None:
@@ -154,3 +159,71 @@ def hop_refusal(
         f"the upstream redirected to a non-public address ({parts.hostname}): not followed for "
         "a public upstream (list that origin in the upstream's ca_origins if it is its storage)"
     )
+
+
+class NonPublicOnly(OSError):
+    """A hop that must stay public (:class:`HopGuard`) named a host that resolved only to
+    non-public addresses: nothing was connected to."""
+
+
+class HopGuard:
+    """For a redirect hop to a host *name* that :func:`hop_refusal` let through as written:
+    the addresses its connection may go to, judged when the name is resolved to connect
+    (DNS rebinding: an earlier lookup says nothing of this one). A non-public address is
+    allowed only for an upstream whose own host is non-public (:func:`registry_non_public`,
+    asked only once a non-public address turns up, at most once per guard)."""
+
+    def __init__(self, host: str, registry: str, lookup_seconds: float) -> None:
+        self.host = host
+        self._registry = registry
+        self._lookup_seconds = lookup_seconds
+        self._inside_allowed: bool | None = None
+
+    def inside_allowed(self) -> bool:
+        """Whether the upstream may lead to non-public addresses (its own host is one)."""
+        if self._inside_allowed is None:
+            self._inside_allowed = registry_non_public(self._registry, self._lookup_seconds)
+        return self._inside_allowed
+
+    def allows(self, address: str) -> bool:
+        """Whether a connection may go to ``address`` (a peer's, as a socket gives it)."""
+        found = literal_address(address)
+        inside = found is None or non_public_address(found)
+        return not inside or self.inside_allowed()
+
+    def screened(self, found: Sequence[Entry]) -> list[Entry]:
+        """The ``getaddrinfo`` entries a connection may try, in their order: the public ones,
+        or all of them where non-public addresses are allowed. Raises :class:`NonPublicOnly`
+        when none is left."""
+        outside = [entry for entry in found if not _inside(entry)]
+        if len(outside) == len(found) or self.inside_allowed():
+            return list(found)
+        if not outside:
+            shown = ", ".join(sorted({str(entry[4][0]) for entry in found}))
+            raise NonPublicOnly(
+                f"the upstream redirected to {self.host}, a name that resolved only to "
+                f"non-public addresses ({shown}): not followed for a public upstream (list that "
+                "origin in the upstream's ca_origins if it is its storage)"
+            )
+        return outside
+
+
+def _inside(entry: tuple[Any, ...]) -> bool:
+    found = literal_address(str(entry[4][0]))
+    return found is None or non_public_address(found)
+
+
+def hop_guard(
+    target: str, *, registry: str, listed: Iterable[str] = (), lookup_seconds: float = 5.0
+) -> HopGuard | None:
+    """The guard a followed hop to ``target`` connects under, or None where the rule judged
+    it whole already: a literal address or ``localhost`` (judged as written), an origin the
+    upstream's ``ca_origins`` lists, or the upstream's own origin (its first hop went there
+    unguarded)."""
+    host = urlsplit(target).hostname
+    if not host or non_public_host(host) or literal_address(host) is not None:
+        return None
+    here = origin(target)
+    if here == origin(registry) or here in {origin(entry) for entry in listed}:
+        return None
+    return HopGuard(host, registry, lookup_seconds)

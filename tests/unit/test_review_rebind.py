@@ -79,7 +79,6 @@ async def _fetch(upstream: Upstream, url: str) -> bytes:
 # --- 1: a public upstream's redirect to a name that resolves to a non-public address ----------
 
 
-@pytest.mark.xfail(strict=True, reason="a name resolving to loopback is followed")
 async def test_a_public_upstreams_redirect_to_a_name_resolving_inside_is_refused(
     names: dict[str, list[str]],
 ) -> None:
@@ -103,7 +102,6 @@ async def test_a_public_upstreams_redirect_to_a_name_resolving_inside_is_refused
         assert reg.seen.snapshot() == [BLOB]
 
 
-@pytest.mark.xfail(strict=True, reason="the first address a name resolves to is connected to")
 async def test_a_name_resolving_inside_and_outside_is_connected_outside_only(
     names: dict[str, list[str]],
 ) -> None:
@@ -122,7 +120,6 @@ async def test_a_name_resolving_inside_and_outside_is_connected_outside_only(
         assert cdn.seen.snapshot() == ["/blob"]
 
 
-@pytest.mark.xfail(strict=True, reason="an idle connection to the inside is reused")
 async def test_an_idle_connection_to_the_inside_is_not_reused_for_a_public_upstream(
     names: dict[str, list[str]],
 ) -> None:
