@@ -44,7 +44,14 @@ from docxy.upstream.encoding import ACCEPTED, Inflater
 from docxy.upstream.failures import failure, upstream_certificate_refused
 from docxy.upstream.issuers import TokenIssuers
 from docxy.upstream.presets import DEFAULT_NAME
-from docxy.upstream.redirects import hop_refusal, non_public_host
+from docxy.upstream.redirects import (
+    HOP_GUARD,
+    NonPublicOnly,
+    guarded_transport,
+    hop_guard,
+    hop_refusal,
+    non_public_host,
+)
 from docxy.upstream.trust import UpstreamTrust, trusting_transport
 
 if TYPE_CHECKING:
@@ -418,7 +425,10 @@ def make_http_client(
 ) -> httpx.AsyncClient:
     """The shared upstream client. ``trust`` (when an upstream has a ``ca_file``): each new
     connection verifies with the context of its origin (:class:`UpstreamTrust`), in the
-    one pool; ``transport`` (tests' fakes) replaces the network, and with it any of that."""
+    one pool; each connection of a redirect's hop to a host name is made under the hop's
+    guard (:class:`~docxy.upstream.redirects.GuardedPool`: a public upstream's hop connects
+    only to public addresses); ``transport`` (tests' fakes) replaces the network, and with it
+    any of that."""
     # httpcore has no setting for its read size; its class attribute is the knob (process-wide,
     # and this is the process's one upstream client).
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_SIZE
@@ -429,8 +439,11 @@ def make_http_client(
         pool=config.connect_timeout,
     )
     limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=50)
+    verify = ssl_context if ssl_context is not None else upstream_ssl_context()
     if transport is None and trust is not None and trust.extends:
         transport = trusting_transport(trust, limits)
+    elif transport is None:
+        transport = guarded_transport(verify, limits)
     return httpx.AsyncClient(
         timeout=timeout,
         follow_redirects=False,
@@ -439,7 +452,7 @@ def make_http_client(
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPTED},
         limits=limits,
         trust_env=False,
-        verify=ssl_context if ssl_context is not None else upstream_ssl_context(),
+        verify=verify,
         transport=transport,
         # Keeps no cookie: one client carries every client's requests and the mirror's own,
         # so a cookie set for one (a session after someone's login) would ride on all of them.
@@ -543,6 +556,8 @@ class UpstreamClient:
                 health.failed(said, "timeout")
                 silent = UpstreamTimeout if same_origin(url, first) else HopTimeout
                 raise silent(f"the upstream registry did not answer in time ({said})") from exc
+            except NonPublicOnly as exc:  # a hop's name resolved inside: a bad redirect
+                raise UpstreamUnavailable(str(exc)) from exc
             except (httpx.TransportError, httpx.InvalidURL, ssl.SSLError) as exc:
                 # ssl.SSLError: httpcore before 1.0.6 let a handshake's own error through
                 refused = upstream_certificate_refused(url, exc, self.trust)
@@ -565,6 +580,13 @@ class UpstreamClient:
             refused = await self._hop_refused(upstream, url, over_https)
             if refused is not None:
                 raise UpstreamUnavailable(refused)
+            lookup = self.http.timeout.connect or LOOKUP_SECONDS
+            guard = hop_guard(
+                url, registry=upstream.registry, listed=upstream.ca_origins, lookup_seconds=lookup
+            )
+            marks.pop(HOP_GUARD, None)
+            if guard is not None:  # its connection goes only where the guard allows
+                marks[HOP_GUARD] = guard
             status = response.status_code
             if status == 303 or (status in (301, 302) and method == "POST"):
                 # RFC 9110 15.4: a GET then (a POST after a 301 or 302, as every client does)

@@ -18,24 +18,37 @@ The target is judged by its host as written in the URL: a literal address (``127
 host *name* is judged where its address is known, at connect time (:class:`HopGuard`): a hop
 to a name that must stay public connects only to the public addresses the name resolves to
 then (none: :class:`NonPublicOnly`, a bad redirect), so a name pointing inside, or one that
-rebinds between two lookups, does not lead there. The fills' direct GET applies it; httpx's
-path does not (see the README). The upstream's own host, when a name, is looked up
+rebinds between two lookups, does not lead there: the fills' direct GET, and httpx's path in
+its connection pool (:class:`GuardedPool`). The upstream's own host, when a name, is looked up
 (:data:`RESOLVE`) only when a hop to a non-public address would otherwise be refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+import ssl
+import typing
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+import httpcore
+import httpx
 
 from docxy.core.hosts import origin
 from docxy.threads import within
 
 #: How the upstream's own host name is looked up (``socket.getaddrinfo``; tests replace it).
 RESOLVE: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
+#: How httpx's path looks a guarded hop's host name up to connect (tests replace it).
+CONNECT_RESOLVE: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
+#: In a request's ``extensions`` (httpx's path): the :class:`HopGuard` its connection is
+#: made, or chosen from the pool, under.
+HOP_GUARD = "docxy.hop_guard"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: One ``getaddrinfo`` entry: (family, type, proto, canonname, sockaddr).
@@ -187,9 +200,7 @@ class HopGuard:
 
     def allows(self, address: str) -> bool:
         """Whether a connection may go to ``address`` (a peer's, as a socket gives it)."""
-        found = literal_address(address)
-        inside = found is None or non_public_address(found)
-        return not inside or self.inside_allowed()
+        return not _peer_inside(address) or self.inside_allowed()
 
     def screened(self, found: Sequence[Entry]) -> list[Entry]:
         """The ``getaddrinfo`` entries a connection may try, in their order: the public ones,
@@ -209,7 +220,13 @@ class HopGuard:
 
 
 def _inside(entry: tuple[Any, ...]) -> bool:
-    found = literal_address(str(entry[4][0]))
+    return _peer_inside(str(entry[4][0]))
+
+
+def _peer_inside(address: str) -> bool:
+    """Whether a connection to ``address`` (as a socket or ``getaddrinfo`` gives it) would
+    go inside: a non-public address, or none that can be read."""
+    found = literal_address(address)
     return found is None or non_public_address(found)
 
 
@@ -227,3 +244,167 @@ def hop_guard(
     if here == origin(registry) or here in {origin(entry) for entry in listed}:
         return None
     return HopGuard(host, registry, lookup_seconds)
+
+
+# --- httpx's path: the guard in its connection pool ------------------------------------------
+
+#: The pooled connection a request is being sent on, while httpcore may connect it (the
+#: backend is called in the request's own task): the guard to connect under, the peer found.
+_SENDING: ContextVar[_Guarded | None] = ContextVar("docxy_guarded_connection", default=None)
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, but a connection made for a guarded hop
+    (:data:`HOP_GUARD`) is made to an address of the name's that the guard allows, looked up
+    here (:data:`CONNECT_RESOLVE`, within the connect timeout); the TLS handshake's SNI and
+    the ``Host`` header still name the host (httpcore takes them from the origin). Every
+    connection's peer is told to its pooled connection (:class:`_Guarded`)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        sending = _SENDING.get()
+        guard = sending.guard if sending is not None else None
+        connect = partial(
+            self._inner.connect_tcp,
+            port=port,
+            timeout=timeout,
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+        if guard is None:
+            stream = await connect(host)
+        else:
+            stream = await _connect_guarded(guard, host, port, timeout, connect)
+        if sending is not None:
+            peer = stream.get_extra_info("server_addr")
+            sending.peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        return stream
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - the mirror names no socket path
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+async def _connect_guarded(
+    guard: HopGuard,
+    host: str,
+    port: int,
+    timeout: float | None,
+    connect: Callable[[str], typing.Awaitable[httpcore.AsyncNetworkStream]],
+) -> httpcore.AsyncNetworkStream:
+    """Look ``host`` up and connect to the first address ``guard`` allows that answers."""
+    lookup = partial(CONNECT_RESOLVE, host, port, 0, socket.SOCK_STREAM)
+    try:
+        async with asyncio.timeout(timeout):
+            found = await asyncio.to_thread(lookup)
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(f"resolve {host}: no answer in time") from exc
+    except (OSError, UnicodeError) as exc:
+        raise httpcore.ConnectError(f"resolve {host}: {exc}") from exc
+    if any(_inside(entry) for entry in found):  # the guard may look the upstream's host up
+        found = await asyncio.to_thread(guard.screened, found)
+    error: Exception = httpcore.ConnectError(f"no address found for {host}")
+    for entry in found:
+        try:
+            return await connect(str(entry[4][0]))
+        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            error = exc
+    raise error
+
+
+class _Guarded(httpcore.AsyncConnectionInterface):
+    """A pooled connection that knows its peer's address: a guarded request (its
+    ``extensions`` carry a :class:`HopGuard`) is not sent on it when the guard does not allow
+    that address (a connection a LAN upstream's request made to the same name); it is closed
+    instead, and the pool makes the request a new connection, under the guard."""
+
+    def __init__(self, connection: httpcore.AsyncConnectionInterface) -> None:
+        self._connection = connection
+        self.guard: HopGuard | None = None
+        self.peer: str | None = None
+        self._refused = False
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        guard = request.extensions.get(HOP_GUARD)
+        if isinstance(guard, HopGuard) and self.peer is not None and _peer_inside(self.peer):
+            if not await asyncio.to_thread(guard.inside_allowed):  # it may look a name up
+                self._refused = True  # idle still: the pool closes it as expired
+                raise httpcore.ConnectionNotAvailable()
+        self.guard = guard if isinstance(guard, HopGuard) else None
+        token = _SENDING.set(self)
+        try:
+            return await self._connection.handle_async_request(request)
+        finally:
+            _SENDING.reset(token)
+
+    async def aclose(self) -> None:
+        await self._connection.aclose()
+
+    def info(self) -> str:
+        return self._connection.info()
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return not self._refused and self._connection.can_handle_request(origin)
+
+    def is_available(self) -> bool:
+        return not self._refused and self._connection.is_available()
+
+    def has_expired(self) -> bool:
+        refused = self._refused and self._connection.is_idle()
+        return refused or self._connection.has_expired()
+
+    def is_idle(self) -> bool:
+        return self._connection.is_idle()
+
+    def is_closed(self) -> bool:
+        return self._connection.is_closed()
+
+    def __repr__(self) -> str:
+        return repr(self._connection)
+
+
+class GuardedPool(httpcore.AsyncConnectionPool):
+    """httpx's connection pool over a :class:`GuardedBackend`, each connection a
+    :class:`_Guarded` one."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, limits: httpx.Limits) -> None:
+        super().__init__(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(),
+        )
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        return _Guarded(super().create_connection(origin))
+
+
+def guarded_transport(
+    ssl_context: ssl.SSLContext, limits: httpx.Limits, pool: GuardedPool | None = None
+) -> httpx.AsyncHTTPTransport:
+    """httpx's own transport (its error mapping, its streams) over ``pool`` (a
+    :class:`GuardedPool` with ``ssl_context`` and ``limits`` by default): the one httpx would
+    make, but for the pool. (httpx has no setting for its pool: it is its ``_pool``, which the
+    transport's only use of it is.)"""
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=False, limits=limits)
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("this httpx keeps its connection pool elsewhere: docxy needs 0.28")
+    transport._pool = pool if pool is not None else GuardedPool(ssl_context, limits)
+    return transport

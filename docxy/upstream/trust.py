@@ -15,6 +15,7 @@ import httpx
 
 from docxy.config import CaFile
 from docxy.core.hosts import origin
+from docxy.upstream.redirects import GuardedPool, guarded_transport
 
 if TYPE_CHECKING:
     from docxy.upstream.client import Upstream
@@ -212,7 +213,7 @@ class UpstreamTrust:
             )
 
 
-class _TrustingPool(httpcore.AsyncConnectionPool):
+class _TrustingPool(GuardedPool):
     """httpx's connection pool, each new connection made with the context of its origin. One
     pool: the shared client's limits (connections at once, idle ones kept) stay as they are.
 
@@ -222,12 +223,7 @@ class _TrustingPool(httpcore.AsyncConnectionPool):
     (:class:`_Verified`)."""
 
     def __init__(self, trust: UpstreamTrust, limits: httpx.Limits) -> None:
-        super().__init__(
-            ssl_context=trust.default,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-        )
+        super().__init__(trust.default, limits)
         self._trust = trust
 
     def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
@@ -295,11 +291,6 @@ class _Verified(httpcore.AsyncConnectionInterface):
 
 
 def trusting_transport(trust: UpstreamTrust, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's own transport (its error mapping, its streams) over a :class:`_TrustingPool`
-    with ``limits``: the one httpx would make, but for the pool. (httpx has no setting for
-    its pool: it is its ``_pool``, which the transport's only use of it is.)"""
-    transport = httpx.AsyncHTTPTransport(verify=trust.default, trust_env=False, limits=limits)
-    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
-        raise RuntimeError("this httpx keeps its connection pool elsewhere: ca_file needs 0.28")
-    transport._pool = _TrustingPool(trust, limits)
-    return transport
+    """httpx's own transport over a :class:`_TrustingPool` with ``limits``
+    (:func:`~docxy.upstream.redirects.guarded_transport`)."""
+    return guarded_transport(trust.default, limits, _TrustingPool(trust, limits))

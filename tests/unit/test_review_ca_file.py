@@ -389,7 +389,7 @@ def test_an_idn_registry_is_trusted_with_its_ca_file_through_the_pool_too(
     assert url.raw_host == b"xn--bcher-kva.example"
     pool = trusting_transport(trust, httpx.Limits())._pool
     made = pool.create_connection(httpcore.Origin(b"https", url.raw_host, 5000))
-    inner = made._connection  # type: ignore[attr-defined]
+    inner = made._connection._connection  # type: ignore[attr-defined]  # _Verified, _Guarded
     assert isinstance(inner, httpcore.AsyncHTTPConnection)
     assert inner._ssl_context is extended  # what its handshake will verify with
     assert trust.context_for(("https", "bücher.example", 5000)) is extended  # a direct GET's

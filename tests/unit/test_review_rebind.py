@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
+from docxy.config import UpstreamConfig
+from docxy.core.errors import UpstreamUnavailable
 from docxy.upstream import direct, redirects
-from docxy.upstream.client import Upstream
+from docxy.upstream.client import Upstream, UpstreamClient, make_http_client, read_small
 from docxy.upstream.direct import BadRedirect, open_get
 from tests.unit.test_review_redirects import BLOB, Bed, _client, _close, beds
 
@@ -33,19 +35,18 @@ def names(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
     rule's lookup knows the two upstream names; CDN counts as a public address. Any other name
     is refused: no DNS is asked."""
     known: dict[str, list[str]] = {PUBLIC_NAME: [REG], LAN_NAME: [REG]}
-    asked: list[str] = []
+    real_lookup = socket.getaddrinfo
     real_non_public = redirects.non_public_address
 
     def connect_lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else str(host)
-        asked.append(name)
         if redirects.literal_address(name) is not None:
-            return socket.getaddrinfo(name, port, *args, **kwargs)
+            return real_lookup(name, port, *args, **kwargs)
         if name not in known:
             raise socket.gaierror(socket.EAI_NONAME, "no DNS in tests")
         found: list[Any] = []
         for address in known[name]:
-            found += socket.getaddrinfo(address, port, *args, **kwargs)
+            found += real_lookup(address, port, *args, **kwargs)
         return found
 
     def rule_lookup(host: str, *args: Any, **kwargs: Any) -> Any:
@@ -58,6 +59,8 @@ def names(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
         return address != ipaddress.ip_address(CDN) and real_non_public(address)
 
     monkeypatch.setattr(direct, "RESOLVE", connect_lookup)
+    monkeypatch.setattr(redirects, "CONNECT_RESOLVE", connect_lookup, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", connect_lookup)  # httpx's own lookups
     monkeypatch.setattr(redirects, "RESOLVE", rule_lookup)
     monkeypatch.setattr(redirects, "non_public_address", non_public)
     yield known
@@ -143,6 +146,98 @@ async def test_an_idle_connection_to_the_inside_is_not_reused_for_a_public_upstr
         finally:
             await _close(client)
         assert inside.seen.snapshot() == ["/blob"]  # the LAN upstream's alone
+
+
+# --- 1b: the same on httpx's path (manifests, tokens, pass-through) --------------------------
+
+
+def _pooled() -> UpstreamClient:
+    """The mirror's own shared httpx client (its pool, not a fake transport)."""
+    config = UpstreamConfig("http://unused.test", None, True, None, None, 5.0, 5.0)
+    return UpstreamClient(make_http_client(config))
+
+
+async def _send(client: UpstreamClient, upstream: Upstream, url: str) -> bytes:
+    answer = await client.send(upstream, "GET", url, [])
+    assert answer.status_code == 200
+    return await read_small(answer)
+
+
+async def test_a_public_upstreams_redirect_to_a_name_resolving_inside_is_refused_on_httpx(
+    names: dict[str, list[str]],
+) -> None:
+    """A manifest by tag from a public upstream, redirected to a name resolving to
+    127.0.0.191: the mirror asked there and relayed the answer. A bad redirect (502) now."""
+    names["admin.evil.test"] = [INSIDE]
+    with beds(lambda: Bed(INSIDE, 9321), lambda: Bed(REG, 9320)) as (inside, reg):
+        reg.location = "http://admin.evil.test:9321/admin"
+        registry = f"http://{PUBLIC_NAME}:9320"
+        client = _pooled()
+        try:
+            with pytest.raises(UpstreamUnavailable, match=r"admin\.evil\.test.* only to non-"):
+                await _send(client, Upstream(registry), registry + "/v2/r/manifests/t")
+        finally:
+            await client.http.aclose()
+        assert inside.seen.snapshot() == []
+        assert reg.seen.snapshot() == ["/v2/r/manifests/t"]
+
+
+async def test_a_name_resolving_inside_and_outside_is_connected_outside_only_on_httpx(
+    names: dict[str, list[str]],
+) -> None:
+    names["cdn.evil.test"] = [INSIDE, CDN]
+    with beds(lambda: Bed(INSIDE, 9323), lambda: Bed(CDN, 9323), lambda: Bed(REG, 9322)) as (
+        inside,
+        cdn,
+        reg,
+    ):
+        reg.location = "http://cdn.evil.test:9323/blob"
+        registry = f"http://{PUBLIC_NAME}:9322"
+        client = _pooled()
+        try:
+            assert await _send(client, Upstream(registry), registry + BLOB) == b"blob"
+        finally:
+            await client.http.aclose()
+        assert inside.seen.snapshot() == []
+        assert cdn.seen.snapshot() == ["/blob"]
+
+
+async def test_a_pooled_connection_to_the_inside_is_not_reused_for_a_public_upstream(
+    names: dict[str, list[str]],
+) -> None:
+    """A LAN upstream's storage by name, its connection kept in the pool; a public upstream's
+    redirect to the same name does not get that connection (nor a new one inside)."""
+    names["storage.lan"] = [INSIDE]
+    with beds(lambda: Bed(INSIDE, 9325), lambda: Bed(REG, 9324)) as (inside, reg):
+        reg.location = "http://storage.lan:9325/blob"
+        lan = f"http://{LAN_NAME}:9324"
+        public = f"http://{PUBLIC_NAME}:9324"
+        client = _pooled()
+        try:
+            assert await _send(client, Upstream(lan), lan + BLOB) == b"blob"
+            with pytest.raises(UpstreamUnavailable, match="only to non-public"):
+                await _send(client, Upstream(public), public + BLOB)
+            assert await _send(client, Upstream(lan), lan + BLOB) == b"blob"  # still fine
+        finally:
+            await client.http.aclose()
+        assert inside.seen.snapshot() == ["/blob", "/blob"]  # the LAN upstream's alone
+
+
+async def test_a_lan_upstream_by_name_may_redirect_inside_on_httpx(
+    names: dict[str, list[str]],
+) -> None:
+    names["storage.lan"] = [INSIDE]
+    with beds(lambda: Bed(INSIDE, 9327), lambda: Bed(REG, 9326)) as (inside, reg):
+        registry = f"http://{LAN_NAME}:9326"
+        client = _pooled()
+        try:
+            reg.location = "http://storage.lan:9327/blob"
+            assert await _send(client, Upstream(registry), registry + BLOB) == b"blob"
+            reg.location = f"http://{INSIDE}:9327/blob"
+            assert await _send(client, Upstream(registry), registry + BLOB) == b"blob"
+        finally:
+            await client.http.aclose()
+        assert inside.seen.snapshot() == ["/blob", "/blob"]
 
 
 # --- 3: a LAN upstream by name still redirects inside; a listed origin too -------------------
