@@ -1123,6 +1123,14 @@ class BlobFollower(ClosingStream):
         try:
             async with aclosing(resuming.chunks()) as chunks:
                 async for whole in chunks:
+                    if fill.size is not None and resuming.at > fill.size:
+                        # More bytes than the blob has (a 206 whose body runs past its
+                        # Content-Range): not its rest. Cut before any of this piece goes out:
+                        # the held last byte, then bytes past the blob's length, went out
+                        # before the verify found the length wrong.
+                        said = f"the rest ran past the blob's {fill.size} bytes"
+                        log.warning("blob %s: %s; the client is cut", fill.digest, said)
+                        raise FillAborted(f"{fill.digest}: {said}")
                     hasher.update(whole)
                     had = pos - (resuming.at - len(whole))  # of it, bytes the client had
                     if had >= len(whole):
