@@ -491,6 +491,20 @@ class BlobWriter:
         else:
             self._grew(nbytes)
 
+    async def whole(self) -> bool:
+        """Whether the bytes received so far are the whole blob: its announced length (when
+        known) and its digest (the buffered bytes hashed first). Asked when the download broke
+        off, once no thread hashes: a chunked body whose ending never came (a proxy that
+        closed early) has every byte, and a rest asked from the blob's end is a 416. False
+        once the fill is not writing (its followers went on without it, or it ended)."""
+        fill = self.fill
+        if fill.state is not FillState.WRITING or self._finished:
+            return False
+        if fill.size is not None and fill.received != fill.size:
+            return False
+        await self.flush()
+        return self._hashed is not None and self._hash.hexdigest() == self.digest.hex
+
     def _grew(self, nbytes: int) -> None:
         """``nbytes`` more are in the temp file: tell the store and the followers."""
         if self.caching:
@@ -1118,7 +1132,14 @@ class BlobFollower(ClosingStream):
             self._say_unreadable(pos, failed, unread)
         self.close()
         self.handover.at = pos
-        resuming = Resuming(lambda offset: rest(offset, fill.size), start, self._went_on)
+
+        async def complete() -> bool:  # broke off after the blob's last byte: no rest to ask
+            whole = fill.size is None or resuming.at == fill.size
+            return whole and hasher.hexdigest() == fill.digest.hex
+
+        resuming = Resuming(
+            lambda offset: rest(offset, fill.size), start, self._went_on, complete=complete
+        )
         held = b""  # the last byte seen so far: it goes out once the whole is verified
         try:
             async with aclosing(resuming.chunks()) as chunks:
@@ -1336,6 +1357,7 @@ async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
         went_on,
         download.broke_off,
         lambda: fill.state is FillState.WRITING,
+        complete=writer.whole,
     )
     first: Download | None = download
     if download.body is not None:  # read by the pump's thread; its rests on the loop
@@ -1345,6 +1367,8 @@ async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
             return
         except download.broke_off as exc:
             resuming.at = writer.received
+            if await writer.whole():
+                return  # broke off after its last byte: the commit verifies the whole
             resuming.broke(exc, start, download)  # raises BrokeOff when it may not go on
     async with aclosing(resuming.chunks(first)) as chunks:
         async for chunk in chunks:

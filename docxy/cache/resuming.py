@@ -1,17 +1,19 @@
 """Going on with a download that broke off: the one rule for a fill's download and for the rest
 a follower of a given-up fill gets for itself (both in :mod:`docxy.cache.fill`).
 
-A blob's bytes come from a download that may break off midway: a cut or stalled upstream
-raises one of its ``broke_off`` errors. :class:`Resuming` then asks ``fetch`` for the rest from
-where the bytes stopped, and again should that rest break off in its turn, up to ``limit``
-times, each only after the try before gave new bytes: an upstream that breaks off at the same
-byte again and again is not asked for ever. When it may not go on it raises :class:`BrokeOff`,
-which says why (the error, how many resumes, what the last gave). What that means (a fill that
-failed, a client cut) and its one log line are the caller's; so is the INFO line for each
-resume (``went_on``), worded for whose download it is. What it means for the source is the
-source's: the download being read when it gave up is told (its ``gave_up``), the upstream's
-owner counting it as a failure of that upstream; not when nobody wanted the bytes any more
-(the break is then the echo of the fill's end, not the upstream's doing).
+A blob's bytes come from a download that may break off midway: a cut or stalled upstream raises
+one of its ``broke_off`` errors. :class:`Resuming` then asks ``fetch`` for the rest from where
+the bytes stopped, and again should that rest break off in its turn, up to ``limit`` times,
+each only after the try before gave new bytes: an upstream that breaks off at the same byte
+again and again is not asked for ever. A break after the blob's last byte (the bytes had are
+its length and its digest: ``complete``) is no break: nothing is asked for then. When it may
+not go on it raises :class:`BrokeOff`, which says why (the error, how many resumes, what the
+last gave). What that means (a fill that failed, a client cut) and its one log line are the
+caller's; so is the INFO line for each resume (``went_on``), worded for whose download it is.
+What it means for the source is the source's: the download being read when it gave up is told
+(its ``gave_up``), the upstream's owner counting it as a failure of that upstream; not when
+nobody wanted the bytes any more (the break is then the echo of the fill's end, not the
+upstream's doing).
 
 Each rest it fetched is closed once read, broken off, or left by its consumer; a ``first``
 download handed to it is its owner's to close. Errors other than a break (a rest that cannot be
@@ -72,6 +74,10 @@ class Resuming:
     may_go_on: Callable[[], bool] = _always
     limit: int = RESUMES
     resumes: int = 0
+    #: Whether the bytes had so far are the whole blob (its length, its digest): a download
+    #: that broke off after its last byte (a chunked body whose ending never came) is then
+    #: over, not resumed (a rest from the blob's end is a 416). None: always resumed.
+    complete: Callable[[], Awaitable[bool]] | None = None
 
     def broke(self, exc: Exception, start: int, source: Download | None = None) -> None:
         """A download (``source``) that began at byte ``start`` broke off at :attr:`at` with
@@ -105,6 +111,8 @@ class Resuming:
                         yield chunk
                 return
             except (*self.broke_off, *current.broke_off) as exc:
+                if self.complete is not None and await self.complete():
+                    return  # broke off after the last byte: nothing is missing
                 self.broke(exc, start, current)
             finally:
                 if owned:

@@ -80,3 +80,73 @@ async def test_a_followers_rest_with_bytes_past_the_blob_never_gives_its_client_
     said = [r.getMessage() for r in caplog.records if "the client is cut" in r.getMessage()]
     assert len(said) == 1 and "past" in said[0], caplog.text
     assert cached_blobs(tmp_path) == []
+
+
+#: What httpx raises when a chunked body's ending does not come (h11: no last chunk).
+UNENDED = httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+class EndBrokeOff(Upstream):
+    """Every blob body (the first GET's, with ``rests`` a Range GET's too) brings all its bytes,
+    then breaks off where its chunked ending should be; with or without a Content-Length
+    (``length``). A Range GET from the blob's end is answered 416, as a registry does."""
+
+    def __init__(self, length: bool, rests: bool = False) -> None:
+        super().__init__()
+        self.length, self.rests = length, rests
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test" or request.url.path == "/v2/":
+            return super().__call__(request)
+        ranged = request.headers.get("range")
+        self.ranges.append(ranged)
+        start = 0 if ranged is None else int(ranged.removeprefix("bytes=").removesuffix("-"))
+        if start >= len(BLOB):
+            headers = {"Content-Range": f"bytes */{len(BLOB)}", "Content-Length": "0"}
+            return httpx.Response(416, headers=headers)
+        headers = (
+            {}
+            if ranged is None
+            else {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"}
+        )
+        if self.length:
+            headers["Content-Length"] = str(len(BLOB) - start)
+        broken = ranged is None or self.rests
+        stream = Pieces(BLOB[start:], 65536, UNENDED if broken else None)
+        return httpx.Response(200 if ranged is None else 206, headers=headers, stream=stream)
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["length", "chunked"])
+async def test_a_body_that_broke_off_after_its_last_byte_is_the_whole_blob(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, length: bool
+) -> None:
+    """The upstream's body brings every byte of the blob, then breaks off where its chunked
+    ending should be (a proxy that closes early): the bytes are the blob, verified, so its
+    client gets it whole and it is cached; no rest is asked for (from the blob's end: a 416,
+    which failed the fill and cut the client before its last byte, every time)."""
+    upstream = EndBrokeOff(length)
+    async with mirror(tmp_path, upstream, **SETTINGS) as app:
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            answer = await call_asgi(app, "GET", PATH, headers=AUTH, host="mirror.test")
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert upstream.ranges == [None]
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["length", "chunked"])
+async def test_a_followers_rest_that_broke_off_after_its_last_byte_is_the_whole_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, length: bool
+) -> None:
+    """The disk fails under the fill; its client's rest from the upstream brings every byte,
+    then breaks off where its chunked ending should be: the client gets the whole blob,
+    verified, with no rest asked from the blob's end."""
+    monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
+    upstream = EndBrokeOff(length, rests=True)
+    async with mirror(tmp_path, upstream, **SETTINGS) as app:
+        with caplog.at_level(logging.WARNING, logger="docxy"):
+            answer = await call_asgi(app, "GET", PATH, headers=AUTH, host="mirror.test")
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert upstream.ranges == [None, f"bytes={HALF}-"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [w for w in warned if "cannot write" not in w] == [], warned
