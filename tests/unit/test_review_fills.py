@@ -5,16 +5,29 @@ broke off."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from docxy.cache import fill
+from docxy.config import load_config
+from docxy.http.app import create_app
+from lab.bed.httpserver import QuietHandler
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
-from tests.unit.test_pull_blobs import BLOB, DIGEST, HALF, Upstream, cached_blobs, mirror
+from tests.unit.test_pull_blobs import (
+    BLOB,
+    DIGEST,
+    HALF,
+    Upstream,
+    cached_blobs,
+    committed,
+    mirror,
+)
 
 SETTINGS = {"upstream__username": "bot", "upstream__password": "s3cret"}
 PATH, AUTH = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
@@ -150,3 +163,74 @@ async def test_a_followers_rest_that_broke_off_after_its_last_byte_is_the_whole_
     assert upstream.ranges == [None, f"bytes={HALF}-"]
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert [w for w in warned if "cannot write" not in w] == [], warned
+
+
+#: This review's loopback address and port (its range: 127.0.0.206-209, ports 9500-9549).
+HOST, PORT = "127.0.0.206", 9500
+
+
+class UnendedHandler(QuietHandler):
+    """A registry with no auth whose blob answers (the whole, or a 206 for a Range) are
+    chunked, and close after their last data chunk: no ending (``0``, CRLF) comes. A Range
+    from the blob's end is a 416. Records each blob GET's Range."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        seen: list[str | None] = self.server.seen  # type: ignore[attr-defined]
+        if self.path == "/v2/":
+            self.send_bytes(200, b"{}", "application/json")
+            return
+        ranged = self.headers.get("Range")
+        seen.append(ranged)
+        start = 0 if ranged is None else int(ranged.removeprefix("bytes=").removesuffix("-"))
+        if start >= len(BLOB):
+            self.send_bytes(416, b"", "text/plain", {"Content-Range": f"bytes */{len(BLOB)}"})
+            return
+        self.send_response(200 if ranged is None else 206)
+        if ranged is not None:
+            self.send_header("Content-Range", f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        rest = BLOB[start:]
+        for at in range(0, len(rest), 300_000):
+            piece = rest[at : at + 300_000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.flush()
+        self.close_connection = True  # the connection closes: no last chunk
+
+
+class UnendedServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__((HOST, PORT), UnendedHandler)
+        self.seen: list[str | None] = []
+
+
+async def test_a_direct_fill_whose_chunked_answers_never_end_is_the_whole_blob(
+    tmp_path: Path,
+) -> None:
+    """Byte-level, on the direct path (http.client reads the fill's body, httpx its rest): the
+    upstream's chunked answers bring every byte, then close without their ending. The fill
+    goes on after its body broke off (http.client drops the data of the read that hit the
+    missing ending) with a Range GET, whose answer ends the same way: the blob is complete
+    there, so its client gets it whole and it is cached, with no Range from the blob's end."""
+    server = UnendedServer()
+    thread = threading.Thread(target=server.serve_forever, name="unended", daemon=True)
+    thread.start()
+    try:
+        config = load_config(
+            {"upstream.registry": f"http://{HOST}:{PORT}", "cache.dir": str(tmp_path / "cache")},
+            environ={},
+        )
+        app = create_app(config, probe=False)
+        async with app.test_app():
+            answer = await call_asgi(app, "GET", PATH, host="mirror.test")
+            await committed(app)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert server.seen[0] is None and all(r != f"bytes={len(BLOB)}-" for r in server.seen)
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
