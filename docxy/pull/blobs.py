@@ -388,8 +388,9 @@ class BlobService:
         shared store's body broke off there, a fill's upstream body did, or the cache gave up
         a fill its client had that much of): a GET with ``Range: bytes=offset-`` and the
         mirror's own token. A ``206`` must run from ``offset`` to the end of a blob of
-        ``size`` bytes; a ``200`` (an upstream that ignores ranges), whose length says, must
-        be ``size`` bytes, and is read past its first ``offset``. Anything else raises
+        ``size`` bytes, its length (if it says one) that of its range; a ``200`` (an upstream
+        that ignores ranges), whose length says, must be ``size`` bytes, and is read past its
+        first ``offset``. Anything else raises
         :class:`FetchFailed` before a byte of it is read: an answer of another length is not
         this blob, and only its whole download would tell otherwise."""
         ranged = [("Range", f"bytes={offset}-"), ACCEPT_IDENTITY]
@@ -440,6 +441,8 @@ def not_the_rest(
     if span is None or span[0] != offset:
         return f"Content-Range {content_range!r}"
     _, stop, total = span
+    if length is not None and length != stop - offset:  # a body of another length than its range
+        return f"Content-Range {content_range!r} and a Content-Length of {length}"
     if total is not None and size is not None and total != size:
         return f"Content-Range {content_range!r}: not of the blob's {size} bytes"
     end = total if total is not None else size

@@ -24,6 +24,7 @@ from tests.unit.test_pull_blobs import (
     DIGEST,
     HALF,
     Upstream,
+    WrongRest,
     cached_blobs,
     committed,
     mirror,
@@ -91,7 +92,11 @@ async def test_a_followers_rest_with_bytes_past_the_blob_never_gives_its_client_
     assert answer.body == BLOB[: len(answer.body)] and not answer.complete
     assert upstream.ranges == [None, f"bytes={HALF}-"]
     said = [r.getMessage() for r in caplog.records if "the client is cut" in r.getMessage()]
-    assert len(said) == 1 and "past" in said[0], caplog.text
+    said += [r.getMessage() for r in caplog.records if "cannot get the rest" in r.getMessage()]
+    # A Content-Length that says so is refused unread (not_the_rest); a chunked one is cut
+    # as its bytes run past the blob.
+    why = "and a Content-Length of" if length else "ran past the blob's"
+    assert len(said) == 1 and why in said[0], caplog.text
     assert cached_blobs(tmp_path) == []
 
 
@@ -234,3 +239,41 @@ async def test_a_direct_fill_whose_chunked_answers_never_end_is_the_whole_blob(
     assert answer.status == 200 and answer.complete and answer.body == BLOB
     assert server.seen[0] is None and all(r != f"bytes={len(BLOB)}-" for r in server.seen)
     assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+@pytest.mark.parametrize("more", [4000, -4000], ids=["longer", "shorter"])
+@pytest.mark.parametrize("why", ["broke-off", "disk-failed"])
+async def test_a_206_whose_length_is_not_its_ranges_fails_at_once_unread(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    more: int,
+    why: str,
+) -> None:
+    """The rest is asked for (the fill's body broke off, or the disk failed under it) and the
+    206's Content-Range is the rest, but its Content-Length says another length: it is not
+    this blob's rest (the README: 'an answer whose Content-Range or length is not this blob's
+    rest fails the download at once, unread'). Nothing of it is read; the client is cut
+    before its last byte with one WARNING naming the answer."""
+    offset = 300_000 if why == "broke-off" else HALF
+    span = len(BLOB) - offset
+    headers = {
+        "Content-Range": f"bytes {offset}-{len(BLOB) - 1}/{len(BLOB)}",
+        "Content-Length": str(span + more),
+    }
+    upstream = WrongRest(206, headers, (BLOB[offset:] + b"j" * max(more, 0))[: span + more])
+    if why == "broke-off":
+        upstream.cut_after = offset
+    else:
+        monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
+    async with mirror(tmp_path, upstream, **SETTINGS) as app:
+        with caplog.at_level(logging.INFO, logger="docxy"):
+            answer = await call_asgi(app, "GET", PATH, headers=AUTH, host="mirror.test")
+    assert answer.status == 200 and not answer.complete
+    assert len(answer.body) < len(BLOB) and answer.body == BLOB[: len(answer.body)]
+    assert upstream.ranges == [None, f"bytes={offset}-"] and upstream.read == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    warned = [w for w in warned if "cannot write" not in w]  # the disk's own line
+    assert len(warned) == 1, warned
+    assert f"registry.test answered bytes={offset}- with " in warned[0], warned
+    assert cached_blobs(tmp_path) == []
