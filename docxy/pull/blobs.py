@@ -326,8 +326,7 @@ class BlobService:
             answer.close()
             self._refused(pull, answer.status, final_url, body)
         self._holds_blob(pull)
-        length = answer.header("content-length")
-        size = int(length) if length is not None and length.isdigit() else None
+        size = content_length(answer.header("content-length"))
 
         async def close() -> None:
             answer.close()
@@ -379,8 +378,7 @@ class BlobService:
             body = await _error_body(answer)
             self._refused(pull, answer.status_code, answered_by(answer, pull), body)
         self._holds_blob(pull)
-        length = answer.headers.get("content-length")
-        size = int(length) if length is not None and length.isdigit() else None
+        size = content_length(answer.headers.get("content-length"))
         return Download(size, answer.aiter_raw(), answer.aclose)
 
     async def _fetch_rest(self, pull: Pull, offset: int, size: int | None) -> Download:
@@ -402,8 +400,7 @@ class BlobService:
         if status not in (200, 206):
             await answer.aclose()
             self._refused(pull, status, answered_by(answer, pull))
-        length = answer.headers.get("content-length")
-        known = int(length) if length is not None and length.isdigit() else None
+        known = content_length(answer.headers.get("content-length"))
         problem = not_the_rest(status, answer.headers.get("content-range"), known, offset, size)
         if problem:
             await answer.aclose()
@@ -425,6 +422,15 @@ class BlobService:
         said = f"the body of {pull.reference.digest} from {pull.upstream.host} broke off"
         health = self.tokens.client.health_of(pull.upstream)
         health.failed(f"{said} at byte {error.at}: {error}", "broke_off")
+
+
+def content_length(value: str | None) -> int | None:
+    """An answer's ``Content-Length`` (None: absent, or not a number of ASCII digits).
+    ``str.isdigit`` alone takes ``²`` (a Latin-1 byte http.client hands over) for a digit,
+    which ``int`` then refused: a ValueError that crashed the fill's task."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
 
 
 def not_the_rest(

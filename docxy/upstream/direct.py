@@ -239,9 +239,16 @@ async def open_get(
     except UpstreamError as exc:
         health.failed(exc.message, "timeout" if isinstance(exc, UpstreamTimeout) else "unreachable")
         raise
-    health.answered(answer.status, retry_after=answer.header("retry-after"))
-    health.saw(httpx.Headers(answer.headers))
-    _told(client, answer.hops, url)
+    try:
+        health.answered(answer.status, retry_after=answer.header("retry-after"))
+        # http.client decodes header values as Latin-1: encoded back so (httpx's default,
+        # ASCII, raised UnicodeEncodeError for a value such as a CDN's `x-amz-meta-*: café`,
+        # which crashed every fill from that upstream, its answer left open).
+        health.saw(httpx.Headers(answer.headers, encoding="latin-1"))
+        _told(client, answer.hops, url)
+    except BaseException:
+        answer.close()
+        raise
     return answer
 
 

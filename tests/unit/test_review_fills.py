@@ -207,8 +207,8 @@ class UnendedServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
-        super().__init__((HOST, PORT), UnendedHandler)
+    def __init__(self, handler: type[QuietHandler] = UnendedHandler) -> None:
+        super().__init__((HOST, PORT), handler)
         self.seen: list[str | None] = []
 
 
@@ -277,3 +277,93 @@ async def test_a_206_whose_length_is_not_its_ranges_fails_at_once_unread(
     assert len(warned) == 1, warned
     assert f"registry.test answered bytes={offset}- with " in warned[0], warned
     assert cached_blobs(tmp_path) == []
+
+
+class OddLengthHandler(QuietHandler):
+    """A registry with no auth whose blob answer says a Content-Length that is no number
+    (``²``: a digit to ``str.isdigit``, not to ``int``), then sends the blob and closes."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        if self.path == "/v2/":
+            self.send_bytes(200, b"{}", "application/json")
+            return
+        self.server.seen.append(self.headers.get("Range"))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", "\u00b2")  # sent as Latin-1: one byte, 0xB2
+        self.end_headers()
+        self.wfile.write(BLOB)
+        self.wfile.flush()
+        self.close_connection = True
+
+
+async def test_a_content_length_that_is_no_number_is_no_length_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Byte-level, on the direct path: the upstream's blob answer says ``Content-Length: ²``,
+    which ``str.isdigit`` takes for a digit and ``int`` refuses. The fill takes it as no
+    length (as http.client does, which reads the body to the close): its client gets the blob
+    whole and it is cached; no ValueError crashes the fill's task (an ERROR with a traceback,
+    its client passed through, the answer's connection left open)."""
+    server = UnendedServer(OddLengthHandler)
+    thread = threading.Thread(target=server.serve_forever, name="odd-length", daemon=True)
+    thread.start()
+    try:
+        config = load_config(
+            {"upstream.registry": f"http://{HOST}:{PORT}", "cache.dir": str(tmp_path / "cache")},
+            environ={},
+        )
+        app = create_app(config, probe=False)
+        async with app.test_app():
+            with caplog.at_level(logging.WARNING, logger="docxy"):
+                answer = await call_asgi(app, "GET", PATH, host="mirror.test")
+                await committed(app)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert server.seen == [None]
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+class Latin1HeaderHandler(QuietHandler):
+    """A registry with no auth whose blob answer carries a header with a Latin-1 value (a
+    CDN's object metadata: ``x-amz-meta-note: café``), then the blob with its length."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        if self.path == "/v2/":
+            self.send_bytes(200, b"{}", "application/json")
+            return
+        self.server.seen.append(self.headers.get("Range"))  # type: ignore[attr-defined]
+        self.send_bytes(200, BLOB, "application/octet-stream", {"X-Amz-Meta-Note": "caf\u00e9"})
+
+
+async def test_a_direct_answer_with_a_latin1_header_value_is_filled_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Byte-level, on the direct path: the blob's answer has a header whose value is not ASCII
+    (http.client hands it over decoded as Latin-1). The fill reads the blob as ever: its
+    client gets it whole and it is cached; no UnicodeEncodeError (the answer's headers turned
+    into httpx's for the upstream's health) crashes the fill's task."""
+    server = UnendedServer(Latin1HeaderHandler)
+    thread = threading.Thread(target=server.serve_forever, name="latin1", daemon=True)
+    thread.start()
+    try:
+        config = load_config(
+            {"upstream.registry": f"http://{HOST}:{PORT}", "cache.dir": str(tmp_path / "cache")},
+            environ={},
+        )
+        app = create_app(config, probe=False)
+        async with app.test_app():
+            with caplog.at_level(logging.WARNING, logger="docxy"):
+                answer = await call_asgi(app, "GET", PATH, host="mirror.test")
+                await committed(app)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert server.seen == [None]
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
