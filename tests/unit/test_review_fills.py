@@ -4,7 +4,10 @@ broke off."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from http.server import ThreadingHTTPServer
@@ -14,8 +17,13 @@ import httpx
 import pytest
 
 from docxy.cache import fill
+from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.fill import BlobFollower, Download
+from docxy.cache.reader import BlobReader
 from docxy.config import load_config
+from docxy.core.digests import digest_of
 from docxy.http.app import create_app
+from docxy.tasks import spawn
 from lab.bed.httpserver import QuietHandler
 from tests.unit import fakes
 from tests.unit.asgi import call_asgi
@@ -30,6 +38,7 @@ from tests.unit.test_pull_blobs import (
     mirror,
 )
 
+GUARD = 10.0  # seconds before a would-be hang is a failure
 SETTINGS = {"upstream__username": "bot", "upstream__password": "s3cret"}
 PATH, AUTH = f"/v2/team/app/blobs/{DIGEST}", [("Authorization", "Bearer account")]
 
@@ -367,3 +376,62 @@ async def test_a_direct_answer_with_a_latin1_header_value_is_filled_not_a_crash(
     assert answer.status == 200 and answer.complete and answer.body == BLOB
     assert server.seen == [None]
     assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+async def test_a_disk_full_mid_fill_on_the_loop_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked, found right: ENOSPC on a buffered write (a fill fed on the loop, httpx's
+    body) half-way: its client gets the whole blob (the rest from the upstream), and once it
+    is done the temp file is gone (its name at once, its blocks with the last close)."""
+    monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
+    upstream = Upstream()
+    async with mirror(tmp_path, upstream, **SETTINGS) as app:
+        answer = await call_asgi(app, "GET", PATH, headers=AUTH, host="mirror.test")
+        blobs = app.extensions["docxy"].cache.blobs
+        await committed(app)
+        assert list(blobs.tmp_dir.iterdir()) == []
+        usage = blobs.usage()
+        assert (usage.in_flight, usage.reserved, usage.pinned) == (0, 0, 0), usage
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert upstream.ranges == [None, f"bytes={HALF}-"]
+    assert cached_blobs(tmp_path) == []
+
+
+async def test_a_client_joining_while_the_commits_sync_fails_gets_the_whole_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked, found right (a race staged, not waited for): a client joins a fill whose blob
+    verified while its commit's sync runs, and that sync then fails (EIO): the client reads
+    the verified temp file it opened, whole, though the fill is given up and the file removed;
+    nothing is cached and no temp file is left."""
+    syncing, fail = threading.Event(), threading.Event()
+
+    def sync_fails(fd: int) -> None:
+        syncing.set()
+        fail.wait(GUARD)
+        os.close(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fill, "_sync_and_close", sync_fails)
+    blobs = DiskBlobStore.open(tmp_path / "cache", 1 << 30)
+    digest = digest_of(BLOB)
+
+    async def nothing() -> None:
+        pass
+
+    async def download() -> Download:
+        return Download(len(BLOB), Pieces(BLOB, 100_000).__aiter__(), nothing)
+
+    first = await blobs.fill(digest, download)
+    assert isinstance(first, BlobFollower)
+    reading = spawn("first client", first.read_all())
+    await asyncio.wait_for(asyncio.to_thread(syncing.wait, GUARD), GUARD)
+    joined = await blobs.fill(digest, download)  # verified: a reader of its temp file
+    assert isinstance(joined, BlobReader)
+    fail.set()
+    assert await asyncio.wait_for(reading, GUARD) == BLOB
+    await asyncio.wait_for(blobs.commits_done(), GUARD)
+    assert await asyncio.wait_for(joined.read_all(), GUARD) == BLOB
+    assert blobs.lookup(digest) is None
+    assert list(blobs.tmp_dir.iterdir()) == []
