@@ -95,6 +95,15 @@ def redirect_headers(headers: list[tuple[str, str]], same_origin: bool) -> list[
     return [(k, v) for k, v in headers if k.lower() != "authorization"]
 
 
+def content_length(value: str | None) -> int | None:
+    """An answer's ``Content-Length`` (None: absent, or not a number of ASCII digits).
+    ``str.isdigit`` alone takes ``²`` (a Latin-1 byte the HTTP clients hand over as it is)
+    for a digit, which ``int`` then refuses."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
 def retry_after_seconds(value: str | None, now: float) -> float | None:
     """How long a ``Retry-After`` (RFC 9110 §10.2.3) asks to wait from ``now`` (epoch seconds):
     its delay-seconds, or its HTTP-date less ``now`` (0 when past). None when absent or not

@@ -33,6 +33,7 @@ from docxy.core.errors import (
 from docxy.core.headers import (
     ACCEPT_IDENTITY,
     DIGEST_HEADER,
+    content_length,
     kept_retry_after,
     request_headers,
     unsendable,
@@ -436,8 +437,8 @@ async def _held_whole(pull: Pull, answer: httpx.Response) -> tuple[httpx.Respons
         or _media_type(answer) not in MANIFEST_TYPES  # schema 1's is not of all its bytes
     ):
         return answer, None
-    length = answer.headers.get("content-length", "")
-    if not length.isdigit() or int(length) > MAX_SMALL_BODY:
+    length = content_length(answer.headers.get("content-length"))
+    if length is None or length > MAX_SMALL_BODY:
         return answer, None
     body = await read_small(answer)  # closes it; a body that breaks off is an UpstreamError
     stream = httpx.ByteStream(body)  # not read yet: relayed as a streamed answer is

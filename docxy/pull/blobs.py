@@ -60,7 +60,7 @@ from docxy.cache.resuming import BrokeOff
 from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
 from docxy.core.errors import UpstreamAnswered, UpstreamError
-from docxy.core.headers import ACCEPT_IDENTITY
+from docxy.core.headers import ACCEPT_IDENTITY, content_length
 from docxy.core.hosts import url_host
 from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
@@ -422,15 +422,6 @@ class BlobService:
         said = f"the body of {pull.reference.digest} from {pull.upstream.host} broke off"
         health = self.tokens.client.health_of(pull.upstream)
         health.failed(f"{said} at byte {error.at}: {error}", "broke_off")
-
-
-def content_length(value: str | None) -> int | None:
-    """An answer's ``Content-Length`` (None: absent, or not a number of ASCII digits).
-    ``str.isdigit`` alone takes ``²`` (a Latin-1 byte http.client hands over) for a digit,
-    which ``int`` then refused: a ValueError that crashed the fill's task."""
-    if value is None or not value.isascii() or not value.isdigit():
-        return None
-    return int(value)
 
 
 def not_the_rest(

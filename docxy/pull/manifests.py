@@ -46,7 +46,7 @@ from docxy.cache import (
 )
 from docxy.core.digests import Digest, parse_digest
 from docxy.core.errors import DigestInvalid, UpstreamError
-from docxy.core.headers import ACCEPT_IDENTITY
+from docxy.core.headers import ACCEPT_IDENTITY, content_length
 from docxy.pull.asking import head_as_client, raise_for_trouble, refused_by_registry
 from docxy.pull.outcome import (
     ManifestContent,
@@ -480,15 +480,15 @@ class ManifestService:
             digest = None
         if digest is None or asked not in (None, digest):
             return Head(found=True)
-        length = answer.headers.get("content-length", "")
+        length = content_length(answer.headers.get("content-length"))
         # Enough to confirm a cached tag, not to answer a HEAD with (nor is a zipped length,
         # should the registry zip all the same).
-        if encoded(answer) or not length.isdigit():
+        if encoded(answer) or length is None:
             return Head(found=True, digest=digest)
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
         if not media_type:  # enough to confirm a cached tag, not to answer a HEAD with
             return Head(found=True, digest=digest)
-        return Head(True, ManifestContent(digest, media_type, int(length), None), digest)
+        return Head(True, ManifestContent(digest, media_type, length, None), digest)
 
     def _note_refusal(self, pull: Pull, answer: httpx.Response) -> None:
         """A 401 or 403 from the registry to the mirror's own token (after its one fresh

@@ -24,7 +24,7 @@ import httpx
 from docxy.cache.files import BlobFile
 from docxy.core.digests import Digest
 from docxy.core.errors import ConfigError
-from docxy.core.headers import ACCEPT_IDENTITY
+from docxy.core.headers import ACCEPT_IDENTITY, content_length
 from docxy.shared.keys import blob_key, object_url
 from docxy.tasks import Coalesced
 from docxy.upstream.failures import failure
@@ -170,12 +170,12 @@ class ObjectStore:
         try:
             await _check(answer, "HEAD")
             vouched = vouched or self._vouched(answer)
-            length = answer.headers.get("content-length", "")
+            length = content_length(answer.headers.get("content-length"))
         finally:
             await answer.aclose()
         if not vouched:
             await self._vouch(answer.status_code, "HEAD")
-        return int(length) if length.isdigit() else None
+        return length
 
     async def open(self, digest: Digest) -> httpx.Response | None:
         """The object's body, streamed (the caller closes it), or None when there is none.

@@ -64,6 +64,7 @@ from docxy.cache.fill import Download, Handover, Resume
 from docxy.config import SharedConfig
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest
+from docxy.core.headers import content_length
 from docxy.core.stamps import utc_stamp
 from docxy.shared.body import ObjectBody, body_error
 from docxy.shared.objects import (
@@ -173,8 +174,7 @@ class SharedTier:
             self.counts.misses += 1
             return None
         first, chunks = started
-        length = answer.headers.get("content-length", "")
-        size = int(length) if length.isdigit() else None
+        size = content_length(answer.headers.get("content-length"))
         if size is not None and size > self.blobs.max_size:
             # No blob that large is cached here: a fill from it would find no room before its
             # first byte, which says nothing against the object, and the verdict "larger than
