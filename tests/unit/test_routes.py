@@ -651,7 +651,7 @@ async def test_same_host_redirect_keeps_authorization() -> None:
 @pytest.mark.parametrize(
     "location",
     [
-        "http://registry.example/elsewhere",  # other scheme
+        # other scheme: https to http is not followed at all (test_review_redirects)
         "https://registry.example:8443/elsewhere",  # other port
         "https://sub.registry.example/elsewhere",  # other host
     ],
