@@ -26,9 +26,10 @@ from tests.scriptbox import REPO
 ADDRESS = "127.0.0.71"
 
 #: `python`, first on PATH: `python -m docxy serve` is a mirror that answers every GET with 200
-#: and notes each request in $FAKE_MIRROR_LOG; anything else is the real interpreter.
+#: and notes each request in $FAKE_MIRROR_LOG; anything else (the entrypoint's check of the
+#: settings, `python -m docxy serve --show-config`, too) is the real interpreter.
 FAKE_PYTHON = """#!/usr/bin/env bash
-if [[ "$1 $2 $3" == "-m docxy serve" ]]; then
+if [[ "$*" == "-m docxy serve" ]]; then
   exec {python} -c '
 import http.server, os, sys
 host, _, port = os.environ["DOCXY_SERVER_LISTEN"].rpartition(":")
