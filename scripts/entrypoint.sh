@@ -89,6 +89,16 @@ if [[ -z "$domain" && -z "${DOCXY_SERVER_PUBLIC_URL:-}" ]]; then
   exit 2
 fi
 
+# DOCXY_DOMAIN is a DNS name, by the rule the config holds certs.domain to. A URL there
+# (https://mirror.example.com) was refused by the mirror under the names derived from it above,
+# DOCXY_SERVER_PUBLIC_URL=https://https://... or DOCXY_CERTS_DOMAIN, which the operator never set.
+label='[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+if [[ -n "$domain" ]] && ! (LC_ALL=C && ((${#domain} <= 253)) && [[ "$domain" =~ ^$label(\.$label)*$ ]]); then
+  echo "docxy: DOCXY_DOMAIN=$domain: expected the mirror's DNS name, such as mirror.example.com" \
+    "(no scheme, port or path)" >&2
+  exit 2
+fi
+
 # The settings, read as the mirror reads them (0.2 s): one it refuses (DOCXY_CACHE_MAX_SIZE=lots)
 # is said here once and the container stops (exit 2). Under supervisord the mirror failed six
 # starts over it (some 25 s, the error among supervisord's lines), went FATAL and compose started

@@ -4,11 +4,15 @@ connects: the addresses in the settings (127.0.0.210, ports 9550-9599) are value
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,6 +84,32 @@ def test_a_renewer_only_refusal_still_starts_the_appliance(tmp_path: Path) -> No
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "supervisord started\n"
     assert "scheduler.retry_max" not in ran.stderr
+
+
+@pytest.mark.parametrize(
+    "domain",
+    ["https://mirror.example.org", "mirror.example.org/", "mirror.example.org:8443",
+     "mirror example.org", "-mirror.example.org"],
+)  # fmt: skip
+def test_a_domain_that_is_no_dns_name_is_named_as_given(tmp_path: Path, domain: str) -> None:
+    """`DOCXY_DOMAIN=https://mirror.example.org` (the URL, not the name): the entrypoint built
+    DOCXY_SERVER_PUBLIC_URL=https://https://... and DOCXY_CERTS_DOMAIN from it, and the mirror
+    refused those, settings the operator never wrote (`server.public_url: expected the
+    mirror's root ... 'https://https//mirror.example.org' (env DOCXY_SERVER_PUBLIC_URL)`).
+    The line names DOCXY_DOMAIN and what it should be, and nothing is started."""
+    ran = start_appliance(tmp_path, DOCXY_DOMAIN=domain, DOCXY_SERVER_PUBLIC_URL="")
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "supervisord started" not in ran.stdout
+    assert ran.stderr.splitlines() == [
+        f"docxy: DOCXY_DOMAIN={domain}: expected the mirror's DNS name, such as "
+        "mirror.example.com (no scheme, port or path)"
+    ]
+
+
+@pytest.mark.parametrize("domain", ["mirror.example.org", "Mirror.Example.ORG", "a-b.c0"])
+def test_a_dns_name_is_a_domain(tmp_path: Path, domain: str) -> None:
+    ran = start_appliance(tmp_path, DOCXY_DOMAIN=f" {domain} ", DOCXY_SERVER_PUBLIC_URL="")
+    assert (ran.returncode, ran.stdout) == (0, "supervisord started\n"), ran.stderr
 
 
 def test_good_settings_start_supervisord_quietly(tmp_path: Path) -> None:
@@ -157,3 +187,118 @@ def test_a_command_through_the_entrypoint_is_not_checked(tmp_path: Path, args: l
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (ran.returncode, ran.stderr) == (0, "")
+
+
+#: `python -m docxy serve`: a mirror that takes the cache's lock as the real one does, notes
+#: its pid, and ignores SIGTERM (hung, or draining past stopwaitsecs); it exits 2 if refused.
+LOCKING_PYTHON = """#!/usr/bin/env bash
+if [[ "$*" == "-m docxy serve" ]]; then
+  exec {python} -c '
+import os, signal, sys, time
+from pathlib import Path
+from docxy.cache.lock import CacheInUse, hold
+try:
+    hold(Path(os.environ["DOCXY_CACHE_DIR"]))
+except CacheInUse as exc:
+    print("refused:", exc, file=sys.stderr, flush=True)
+    sys.exit(2)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open(os.environ["LOCK_LOG"], "a") as log:
+    log.write(f"{{os.getpid()}}\\n")
+time.sleep(300)
+'
+fi
+exec {python} "$@"
+"""
+
+
+def test_a_restart_of_a_mirror_that_ignores_sigterm_is_not_refused(tmp_path: Path) -> None:
+    """The watchdog's `supervisorctl restart docxy` (and supervisord's own restart) of a mirror
+    still holding cache.dir/docxy.lock and not ending on SIGTERM: supervisord kills its group
+    stopwaitsecs (13 s) later and starts the next one only once the old one is reaped, so the
+    next one gets the lock, not CacheInUse (exit 2, a step towards FATAL). Real supervisord,
+    scripts/supervisord.conf and the entrypoint; nothing listens."""
+    short = Path(tempfile.mkdtemp(prefix="dxc-"))  # a unix socket's path is at most 107 bytes
+    bin_dir, run_dir, state = short / "bin", short / "run", short / "state"
+    for directory in (bin_dir, run_dir, state):
+        directory.mkdir()
+    python = bin_dir / "python"
+    python.write_text(LOCKING_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    for tool in ("supervisorctl", "supervisord"):
+        found = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    lock_log = short / "pids"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env |= {
+        "PATH": f"{bin_dir}:{env['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "TMPDIR": str(short),
+        "DOCXY_STATE_DIR": str(state),
+        "DOCXY_RUN_DIR": str(run_dir),
+        "DOCXY_IF_INET6": str(short / "none"),
+        "DOCXY_SERVER_PUBLIC_URL": "http://mirror.test",
+        "DOCXY_SERVER_LISTEN": "127.0.0.210:9552",
+        "DOCXY_SERVER_ADMIN_LISTEN": "",
+        "DOCXY_UPSTREAM_REGISTRY": "http://127.0.0.210:9553",
+        "LOCK_LOG": str(lock_log),
+    }
+    output = short / "output.log"
+
+    def pids() -> list[str]:
+        return lock_log.read_text().split() if lock_log.exists() else []
+
+    def wait_for(what: str, seconds: float, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, f"{what}: {output.read_text()}"
+            time.sleep(0.2)
+
+    def ctl(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["supervisorctl", "-s", f"unix://{run_dir}/supervisor.sock", *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    with output.open("ab") as out:
+        proc = subprocess.Popen(
+            ["bash", str(ENTRYPOINT)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    restart = None
+    try:
+        wait_for("the first mirror holds the lock", 30, lambda: len(pids()) == 1)
+        restart = ctl("restart", "docxy")
+        wait_for("the next mirror holds the lock", 40, lambda: len(pids()) == 2)
+        time.sleep(2)  # a refused one would have exited by now
+        text = output.read_text()
+        assert "refused" not in text and "exit status 2" not in text, text
+        assert pids()[0] != pids()[1]
+    finally:
+        if restart is not None:
+            restart.kill()
+            restart.communicate(timeout=10)
+        # supervisord puts each program in a process group of its own: every process of the
+        # session this test started, nothing else
+        for pid in in_session(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        wait_for("the session's processes gone", 10, lambda: not in_session(proc.pid))
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def in_session(sid: int) -> list[int]:
+    """The processes of session `sid` (field 6 of /proc/PID/stat, after the command's ')')."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 4 and int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
