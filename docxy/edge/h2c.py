@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import h2.events
 import hypercorn.protocol
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -28,12 +30,21 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError
 from hypercorn.events import Closed, Event, Updated
 from hypercorn.protocol.h2 import BUFFER_LOW_WATER, H2Protocol, StreamBuffer
+from hypercorn.protocol.http_stream import ASGIHTTPState
+from hypercorn.typing import AppWrapper, ASGIReceiveCallable, ASGISendCallable, Scope
 from hypercorn.typing import Event as IOEvent
 from hyperframe.exceptions import HyperframeError
 
 from docxy.edge.connections import CHECKS_PER_TIMEOUT, ConnectionGuard
 
 log = logging.getLogger(__name__)
+
+#: Streams one h2c connection may have refused (``REFUSED_STREAM``: every request it may run
+#: at once still running) before it is closed with ``GOAWAY`` (``ENHANCE_YOUR_CALM``): a
+#: client that opens and resets streams as fast as it can ("rapid reset").
+MAX_REFUSED = 100
+#: A stream whose answer has been sent (hypercorn then forgets it, its request ending).
+DONE = ASGIHTTPState.CLOSED
 
 #: What h2 raises for an ``HTTP2-Settings`` header it cannot take: not base64, not a SETTINGS
 #: frame, a setting out of range. Out of hypercorn's connection task, each was an ERROR
@@ -84,6 +95,32 @@ class _ShutWindow:
     timer: asyncio.TimerHandle | None = None
 
 
+class _CountedApp:
+    """The app as one connection's streams call it: the streams whose request it is running
+    (a stream the client has reset still runs until its request notices, which may be long)."""
+
+    def __init__(self, app: AppWrapper, ended: Callable[[], None]) -> None:
+        self.app = app
+        self.running: set[object] = set()
+        self._ended = ended
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        stream = getattr(send, "__self__", None) or object()  # hypercorn's stream.app_send
+        self.running.add(stream)
+        try:
+            await self.app(scope, receive, send, sync_spawn, call_soon)
+        finally:
+            self.running.discard(stream)
+            self._ended()
+
+
 class H2cChecked(H2Protocol):
     """hypercorn's HTTP/2 connection (``limits.h2_max_streams`` > 0), which closes at once on
     an ``Upgrade: h2c`` whose ``HTTP2-Settings`` cannot be read, and holds a client to
@@ -101,13 +138,90 @@ class H2cChecked(H2Protocol):
     ``limits.send_timeout``, or that opens it by less than ``limits.send_min_rate`` bytes a
     second over each ``send_timeout`` of waiting, is reset (``RST_STREAM``, ``CANCEL``): its
     request ends as if the client had reset it, the connection goes on.
+
+    Its requests are counted until each has ended, not until its stream has: a stream the
+    client resets leaves h2's count of open streams (``limits.h2_max_streams``) at once, and
+    its request ran on until it noticed. A client opening and resetting streams as fast as it
+    could ("rapid reset", CVE-2023-44487) started a request per stream, a thousand at once (a
+    real mirror did not answer ``/v2/`` for 11 s; with more, its upstream pool was taken).
+    A stream beyond ``limits.h2_max_streams`` requests still running is refused
+    (``REFUSED_STREAM``: the client may retry it), and after :data:`MAX_REFUSED` refusals the
+    connection is closed (``GOAWAY``, ``ENHANCE_YOUR_CALM``).
     """
 
     _waits: dict[int, _ShutWindow] | None = None
+    _refused: set[int] | None = None
+    _refusals = 0
+    #: the streams reset (by the client, or for a shut window) whose request still runs
+    _orphans: set[object] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_buffers = HeldBuffers(self.context.event_class)
+        self.app = self._counted = _CountedApp(self.app, self._request_ended)
+
+    def _request_ended(self) -> None:
+        if self._idle_now():
+            # A reset stream's request ending leaves the connection idle: hypercorn restarts
+            # the idle timer only when a stream it still knows closes, so a client that reset
+            # its last stream held the connection for good (limits.idle_timeout never came).
+            self.task_group.spawn(self._idle_again)
+
+    def _idle_now(self) -> bool:
+        return not self._counted.running and not self.streams and not self.closed
+
+    def _in_use(self) -> int:
+        """Streams that count against ``limits.h2_max_streams``: those open, and those reset
+        whose request still runs."""
+        if self._orphans:
+            self._orphans &= self._counted.running
+        return len(self.streams) + len(self._orphans or ())
+
+    async def _idle_again(self) -> None:
+        if self._idle_now():  # still: no stream has started meanwhile
+            await self.send(Updated(idle=True))
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        """hypercorn's, but a new stream beyond ``limits.h2_max_streams`` requests still
+        running is refused, and what else its client sends on it is dropped."""
+        cap = max(self.config.h2_max_concurrent_streams, 1)
+        starting = 0
+        kept: list[h2.events.Event] = []
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                if self._in_use() + starting >= cap:
+                    if not self._refuse(event.stream_id):
+                        break  # GOAWAY sent: nothing more is read from this client
+                    continue
+                starting += 1
+            elif isinstance(event, (h2.events.DataReceived, h2.events.StreamEnded)):
+                if self._refused is not None and event.stream_id in self._refused:
+                    if isinstance(event, h2.events.DataReceived):
+                        self.connection.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    continue
+            kept.append(event)
+        await super()._handle_events(kept)
+        if self._refusals > MAX_REFUSED and not self.closed:
+            await self.send(Closed())
+
+    def _refuse(self, stream_id: int) -> bool:
+        """Refuse a new stream; False once the client has been refused too often (``GOAWAY``
+        queued: the connection is closed)."""
+        self._refusals += 1
+        if self._refusals > MAX_REFUSED:
+            log.info("closing h2c connection of %s: %d streams refused", self.client, MAX_REFUSED)
+            self.connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+            return False
+        if self._refused is None:
+            self._refused = set()
+        self._refused.add(stream_id)
+        try:
+            self.connection.reset_stream(stream_id, error_code=ErrorCodes.REFUSED_STREAM)
+        except ProtocolError:  # the client reset it already
+            pass
+        return True
 
     async def initiate(
         self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
@@ -224,6 +338,13 @@ class H2cChecked(H2Protocol):
         await self._window_updated(stream_id)
 
     async def _close_stream(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream in self._counted.running and getattr(stream, "state", None) != DONE:
+            # reset (by its client, or for a shut window) before its answer was all sent: its
+            # request runs on until it notices, and counts till then
+            if self._orphans is None:
+                self._orphans = set()
+            self._orphans.add(stream)
         if self._waits is not None:
             wait = self._waits.pop(stream_id, None)
             if wait is not None and wait.timer is not None:

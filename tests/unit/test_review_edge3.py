@@ -1,0 +1,157 @@
+"""Review findings on the client-facing edge (third round), each reproduced before its mend:
+the mirror's app behind hypercorn and the edge (test_review_edge2's mirror, test_review_h2c's
+HTTP/2 client), on this review's own loopback addresses and ports, against a loopback
+upstream."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from h2.connection import ConnectionState
+from hypercorn.config import Config as HypercornConfig
+
+from tests.unit import test_review_edge2, test_review_h2c
+from tests.unit.test_review_edge2 import mirror
+from tests.unit.test_review_h2c import BLOB, H2Client
+from tests.unit.test_review_h2c import h2c_allowed as h2c_allowed  # noqa: F401  (fixture)
+
+MIRROR_HOST = "127.0.0.198"
+UPSTREAM_HOST = "127.0.0.199"
+PORTS = range(9400, 9450)
+
+
+def port_in_range(host: str) -> int:
+    """A port of this review's range that binds on ``host`` now."""
+    for port in PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS} on {host}")
+
+
+@pytest.fixture
+def own_range(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """test_review_edge2's mirror and test_review_h2c's client on this review's addresses and
+    ports."""
+    monkeypatch.setattr(test_review_edge2, "MIRROR_HOST", MIRROR_HOST)
+    monkeypatch.setattr(test_review_edge2, "UPSTREAM_HOST", UPSTREAM_HOST)
+    monkeypatch.setattr(test_review_edge2, "free_port", port_in_range)
+    monkeypatch.setattr(test_review_h2c, "MIRROR_HOST", MIRROR_HOST)
+    yield
+
+
+# --- 1. HTTP/2 rapid reset: streams reset at once never counted against h2_max_streams -------
+
+
+@dataclass
+class Running:
+    """How many requests the app runs at once (its ASGI entry wrapped), and the most so far."""
+
+    now: int = 0
+    most: int = 0
+
+    def wrap(self, app: Any) -> None:
+        inner = app.asgi_app
+
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            try:
+                await inner(scope, receive, send)
+            finally:
+                self.now -= 1
+
+        app.asgi_app = counted
+
+
+async def test_h2c_streams_reset_at_once_cannot_run_more_requests_than_h2_max_streams(
+    tmp_path: Path, h2c_allowed: None, own_range: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "Rapid reset" (CVE-2023-44487): a client opens a stream and resets it at once, over and
+    over, on one h2c connection. A reset frees its place under ``limits.h2_max_streams`` (4
+    here) at once, but the request it started runs on in the mirror until it notices. Measured
+    on a real mirror before the mend: 1100 such pairs in under 2 s from one client (hypercorn
+    closes a connection after 1000 requests; the client opens another) left the mirror unable
+    to answer ``/v2/`` for 11 s; 3000 took its upstream pool (200 connections, 729 requests
+    answered 503) and ended in an ERROR traceback (hypercorn's priority tree refusing a 1001st
+    stream). Here 40 pairs in one write start 40 requests at once. A stream is now counted
+    until its request has ended: one over the count is refused (``REFUSED_STREAM``, which a
+    client may retry), and a client refused again and again gets ``GOAWAY``
+    (``ENHANCE_YOUR_CALM``)."""
+    caplog.set_level(logging.INFO, logger="docxy.edge.h2c")
+    async with mirror(tmp_path, {"limits.h2_max_streams": "4"}, h2_streams=4) as served:
+        running = Running()
+        running.wrap(served.app)
+        client = await H2Client.connect(served.port)
+        try:
+            await client.read(0.2)
+            for batch in range(4):  # 40 each: 4 run, 36 refused; past MAX_REFUSED: GOAWAY
+                if client.conn.state_machine.state == ConnectionState.CLOSED:
+                    break
+                for number in range(40):
+                    stream_id = client.conn.get_next_available_stream_id()
+                    path = f"/v2/library/img/manifests/t{batch}-{number}"
+                    headers = [(":method", "GET"), (":path", path), (":scheme", "http")]
+                    headers.append((":authority", "mirror.test"))
+                    client.conn.send_headers(stream_id, headers, end_stream=True)
+                    client.conn.reset_stream(stream_id)
+                with contextlib.suppress(OSError):
+                    await client.flush()
+                with contextlib.suppress(OSError):
+                    await client.read(0.5)
+            assert batch == 3 and client.conn.state_machine.state == ConnectionState.CLOSED
+            said = [r.getMessage() for r in caplog.records if "streams refused" in r.getMessage()]
+            assert len(said) == 1
+            assert running.most > 0, "no request ran: nothing was shown"
+            assert running.most <= 4, f"{running.most} requests at once on one connection"
+        finally:
+            client.close()
+        # a client that asks without resetting is still served
+        again = await H2Client.connect(served.port)
+        try:
+            await again.get("/v2/")
+            await again.read(1.0)
+            assert again.status == 200
+        finally:
+            again.close()
+
+
+# --- 2. an h2c connection whose streams its client reset is never closed when idle ------------
+
+
+async def test_an_h2c_connection_left_idle_by_a_reset_stream_is_closed_at_the_idle_timeout(
+    tmp_path: Path, h2c_allowed: None, own_range: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client asks a blob over h2c, resets the stream and then says nothing more. hypercorn
+    stops the connection's idle timer when a stream starts and restarts it only when a stream
+    it still knows ends; a stream the client reset it has forgotten already, so the timer never
+    ran again: the connection (and its place under ``limits.max_connections`` and
+    ``limits.connections_per_client``) was held for as long as the client liked (a real
+    mirror, ``limits.idle_timeout`` 2 s: still open after 12 s). It is closed at the idle
+    timeout (1 s here) once the reset stream's request has ended."""
+    monkeypatch.setattr(HypercornConfig, "keep_alive_timeout", 1.0)
+    async with mirror(tmp_path, {"limits.h2_max_streams": "4"}, h2_streams=4) as served:
+        client = await H2Client.connect(served.port)
+        try:
+            stream_id = await client.get(BLOB)
+            await client.read(0.5)
+            assert client.status == 200  # the download had begun
+            client.conn.reset_stream(stream_id)
+            await client.flush()
+            started = time.monotonic()
+            await client.read(6.0)  # returns when the server closes
+            assert time.monotonic() - started < 4.0, "the idle connection was kept open"
+            assert served.guard.open == 0
+        finally:
+            client.close()
