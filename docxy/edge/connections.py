@@ -5,7 +5,9 @@ things the hostile-traffic run showed missing:
 
 - **a cap** on open connections (``limits.max_connections``): one over the cap gets a short
   ``503`` with ``Retry-After`` and is closed at once, so a flood costs one descriptor per
-  connection for microseconds, not for as long as the client likes; and a cap per address
+  connection for microseconds, not for as long as the client likes; at the cap, the
+  connection idle the longest (no request in progress) is closed first to make room, so
+  connections that never send cannot hold every place; and a cap per address
   (``limits.connections_per_client``, an IPv6 client by its /64; trusted proxies and
   ``limits.exempt`` spared), so one client cannot hold every place of the first (``429``
   beyond it);
@@ -55,7 +57,7 @@ from typing import Any
 
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 
 from docxy.access.peer import PeerCertTCPServer
 from docxy.core.cidr import Networks, client_key, parse_address, site_key
@@ -177,6 +179,7 @@ class ConnectionGuard:
     refused_per_client: int = 0
     stalled: int = 0
     too_slow: int = 0  # dropped under min_send_rate
+    evicted: int = 0  # idle connections closed to make room (:meth:`_evict_idle`)
     tls: TLSListeners | None = None  # set once the listeners are bound
     by_client: Counter[str] = field(default_factory=Counter)
     #: the tasks of the connections in their TLS handshake: a stop ends those handshakes
@@ -216,11 +219,12 @@ class ConnectionGuard:
             transport.abort()
 
     def admit(self, peer: object = None) -> Admitted:
-        """A place for a new connection from ``peer`` (asyncio's peername), or the refusal."""
-        if self.open >= self.max_connections:
+        """A place for a new connection from ``peer`` (asyncio's peername), or the refusal.
+        At the cap, the connection idle the longest is closed to make room, if there is one."""
+        key, site = self._client_keys(peer)
+        if self.open >= self.max_connections and not self._evict_idle(key, site):
             self.refused += 1
             return Admitted(None, BUSY)
-        key, site = self._client_keys(peer)
         if key is not None:
             over_site = site is not None and self.by_client[site] >= self.site_cap()
             if self.by_client[key] >= self.per_client or over_site:
@@ -231,6 +235,32 @@ class ConnectionGuard:
                 self.by_client[site] += 1
         self.open += 1
         return Admitted(key, site=site)
+
+    def _evict_idle(self, key: str | None, site: str | None) -> bool:
+        """Close the connection idle the longest (no request in progress: none sent yet, or
+        between two, its last answer all taken; a TLS one still in its handshake too) to make
+        room for a new one; False if none is idle. Connections that send nothing, renewed
+        before ``limits.idle_timeout``, held every place, and every other client got 503 for as
+        long as that lasted. Not for a client at its own cap (``limits.connections_per_client``):
+        it is refused anyway."""
+        if key is not None:
+            over_site = site is not None and self.by_client[site] >= self.site_cap()
+            if self.by_client[key] >= self.per_client or over_site:
+                return False
+        oldest: EdgeTCPServer | None = None
+        for server in self.serving:
+            since = server.idle_since
+            if since is None or (oldest is not None and since >= (oldest.idle_since or 0.0)):
+                continue
+            # not one closing already, nor one whose last answer the client is still taking
+            if not server.writer.transport.is_closing() and server.unsent() == 0:
+                oldest = server
+        if oldest is None:
+            return False
+        oldest.idle_since = None  # closing: not chosen again
+        oldest.writer.transport.abort()
+        self.evicted += 1
+        return True
 
     def site_cap(self) -> int:
         """Connections an IPv6 /48 holds at most (:data:`SITE_FACTOR` of ``per_client``, and
@@ -340,6 +370,7 @@ class EdgeTCPServer(PeerCertTCPServer):
         if not admitted:
             self._refuse(admitted.refusal if tls is None else None)
             return
+        self.idle_since = asyncio.get_running_loop().time()  # hypercorn's idle timer runs
         guard.serving.add(self)
         try:
             if tls is None or await self._handshake(tls):
@@ -424,7 +455,15 @@ class EdgeTCPServer(PeerCertTCPServer):
     _waited = 0.0
     _window_taken = 0
 
+    #: Since when the connection has had no request in progress (hypercorn's idle timer
+    #: running); None while one is, or once it is closing (ConnectionGuard._evict_idle).
+    idle_since: float | None = None
+
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            self.idle_since = asyncio.get_running_loop().time() if event.idle else None
+        elif isinstance(event, Closed):
+            self.idle_since = None
         guard = self.guard
         if not isinstance(event, RawData) or guard is None or guard.send_timeout is None:
             await super().protocol_send(event)
@@ -451,7 +490,7 @@ class EdgeTCPServer(PeerCertTCPServer):
         await asyncio.sleep(0)
         await self.protocol.handle(Closed())
 
-    def _unsent(self) -> int:
+    def unsent(self) -> int:
         """Bytes written but not yet taken by the client: ours, and the kernel's send queue.
 
         The kernel's part matters: with a send buffer of megabytes, a socket turns writable
@@ -473,7 +512,7 @@ class EdgeTCPServer(PeerCertTCPServer):
             await self.writer.drain()  # for (it raises if the connection was lost meanwhile)
             return
         loop = asyncio.get_running_loop()
-        left = self._unsent()
+        left = self.unsent()
         progress_at = started = loop.time()
         if self._waited == 0.0:  # a new window of waiting
             self._window_taken = self._written - left
@@ -485,7 +524,7 @@ class EdgeTCPServer(PeerCertTCPServer):
                     return
                 except TimeoutError:
                     pass
-                now, size = loop.time(), self._unsent()
+                now, size = loop.time(), self.unsent()
                 if size < left:
                     left, progress_at = size, now
                 elif now - progress_at >= timeout:

@@ -5,6 +5,7 @@ upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -22,6 +23,7 @@ from tests.unit import test_review_edge2, test_review_h2c
 from tests.unit.test_review_edge2 import mirror
 from tests.unit.test_review_h2c import BLOB, H2Client
 from tests.unit.test_review_h2c import h2c_allowed as h2c_allowed  # noqa: F401  (fixture)
+from tests.unit.test_review_http2 import edge_installed as edge_installed  # noqa: F401  (fixture)
 
 MIRROR_HOST = "127.0.0.198"
 UPSTREAM_HOST = "127.0.0.199"
@@ -155,3 +157,60 @@ async def test_an_h2c_connection_left_idle_by_a_reset_stream_is_closed_at_the_id
             assert served.guard.open == 0
         finally:
             client.close()
+
+
+# --- 3. idle connections at the connection cap lock every other client out -------------------
+
+
+async def get_v2(port: int, kept: list[asyncio.StreamWriter]) -> bytes:
+    """A fresh client's ``GET /v2/``: the status line it gets (empty if closed first); its
+    connection is left open, in ``kept``."""
+    reader, writer = await asyncio.open_connection(MIRROR_HOST, port)
+    kept.append(writer)
+    writer.write(b"GET /v2/ HTTP/1.1\r\nHost: mirror.test\r\n\r\n")
+    return await asyncio.wait_for(reader.readline(), 5.0)
+
+
+async def test_connections_that_never_send_cannot_hold_every_place_under_the_cap(
+    tmp_path: Path, own_range: None, edge_installed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slowloris: a client opens connections and sends nothing (or only part of a request
+    head), renewing each before ``limits.idle_timeout``. At ``limits.max_connections`` (20 in
+    this mirror; 1000 by default, which 8 IPv4 addresses at ``connections_per_client`` 128 fill)
+    every other client got ``503 too many open connections`` for as long as that lasted. A new
+    connection at the cap now closes the connection idle the longest (no request in progress:
+    none sent yet, or between two), and is served; a connection with a request in progress is
+    never closed so."""
+    monkeypatch.setattr(HypercornConfig, "keep_alive_timeout", 30.0)
+    async with mirror(tmp_path, {}, send_timeout=30.0) as served:
+        await asyncio.sleep(0.3)  # the helper's own probe connection released
+        busy = socket.create_connection((MIRROR_HOST, served.port))
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        busy.sendall(test_review_edge2.blob_request(test_review_edge2.DIGEST))  # in progress
+        idle = [socket.create_connection((MIRROR_HOST, served.port)) for _ in range(19)]
+        kept: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(100):
+                if served.guard.open == 20:
+                    break
+                await asyncio.sleep(0.05)
+            busy.setblocking(False)
+            assert (served.guard.open, served.guard.refused) == (20, 0)
+            for _ in range(3):
+                line = await get_v2(served.port, kept)
+                assert line.startswith(b"HTTP/1.1 200"), line
+            await asyncio.sleep(0.2)
+            closed = 0
+            for sock in idle:
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    closed += sock.recv(1) == b""
+            assert closed == 3  # the three idle the longest, one per newcomer (kept open)
+            busy.setblocking(False)
+            assert busy.recv(4096)  # the download goes on
+        finally:
+            busy.close()
+            for sock in idle:
+                sock.close()
+            for writer in kept:
+                writer.transport.abort()
