@@ -6,8 +6,10 @@ things the hostile-traffic run showed missing:
 - **a cap** on open connections (``limits.max_connections``): one over the cap gets a short
   ``503`` with ``Retry-After`` and is closed at once, so a flood costs one descriptor per
   connection for microseconds, not for as long as the client likes; at the cap, the
-  connection idle the longest (no request in progress) is closed first to make room, so
-  connections that never send cannot hold every place; and a cap per address
+  connection idle the longest (no request in progress, or an HTTP/1.1 request whose body
+  has not all come and whose answer has not started) is closed first to make room, so
+  connections that never send, or never finish a body, cannot hold every place; and a cap
+  per address
   (``limits.connections_per_client``, an IPv6 client by its /64; trusted proxies and
   ``limits.exempt`` spared), so one client cannot hold every place of the first (``429``
   beyond it);
@@ -55,6 +57,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, Event, RawData, Updated
@@ -238,7 +241,8 @@ class ConnectionGuard:
 
     def _evict_idle(self, key: str | None, site: str | None) -> bool:
         """Close the connection idle the longest (no request in progress: none sent yet, or
-        between two, its last answer all taken; a TLS one still in its handshake too) to make
+        between two, its last answer all taken; a TLS one still in its handshake too; or one
+        whose request's body has not all come and whose answer has not started) to make
         room for a new one; False if none is idle. Connections that send nothing, renewed
         before ``limits.idle_timeout``, held every place, and every other client got 503 for as
         long as that lasted. Not for a client at its own cap (``limits.connections_per_client``):
@@ -248,16 +252,17 @@ class ConnectionGuard:
             if self.by_client[key] >= self.per_client or over_site:
                 return False
         oldest: EdgeTCPServer | None = None
+        oldest_since = 0.0
         for server in self.serving:
-            since = server.idle_since
-            if since is None or (oldest is not None and since >= (oldest.idle_since or 0.0)):
+            since = server.evictable_since()
+            if since is None or (oldest is not None and since >= oldest_since):
                 continue
             # not one closing already, nor one whose last answer the client is still taking
             if not server.writer.transport.is_closing() and server.unsent() == 0:
-                oldest = server
+                oldest, oldest_since = server, since
         if oldest is None:
             return False
-        oldest.idle_since = None  # closing: not chosen again
+        oldest.idle_since = oldest.busy_since = None  # closing: not chosen again
         oldest.writer.transport.abort()
         self.evicted += 1
         return True
@@ -458,12 +463,32 @@ class EdgeTCPServer(PeerCertTCPServer):
     #: Since when the connection has had no request in progress (hypercorn's idle timer
     #: running); None while one is, or once it is closing (ConnectionGuard._evict_idle).
     idle_since: float | None = None
+    #: Since when its request has been in progress (its head read); None when idle.
+    busy_since: float | None = None
+
+    def evictable_since(self) -> float | None:
+        """Since when the connection could be closed to make room (ConnectionGuard's cap):
+        idle, or an HTTP/1.1 request whose body has not all come and whose answer has not
+        started (a body trickled, or never sent, held its place for Quart's body timeout,
+        renewed at once); None: a request is being answered."""
+        if self.idle_since is not None:
+            return self.idle_since
+        if self.busy_since is None:
+            return None
+        connection = getattr(getattr(self, "protocol", None), "protocol", None)
+        connection = getattr(connection, "connection", None)
+        if not isinstance(connection, h11.Connection):
+            return None
+        if connection.their_state is h11.SEND_BODY and connection.our_state is h11.SEND_RESPONSE:
+            return self.busy_since
+        return None
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
-            self.idle_since = asyncio.get_running_loop().time() if event.idle else None
+            now = asyncio.get_running_loop().time()
+            self.idle_since, self.busy_since = (now, None) if event.idle else (None, now)
         elif isinstance(event, Closed):
-            self.idle_since = None
+            self.idle_since = self.busy_since = None
         guard = self.guard
         if not isinstance(event, RawData) or guard is None or guard.send_timeout is None:
             await super().protocol_send(event)

@@ -214,3 +214,58 @@ async def test_connections_that_never_send_cannot_hold_every_place_under_the_cap
                 sock.close()
             for writer in kept:
                 writer.transport.abort()
+
+
+async def test_requests_whose_body_never_ends_cannot_hold_every_place_under_the_cap(
+    tmp_path: Path, own_range: None, edge_installed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, one step on: each connection sends a whole head (``POST /auth/token``, the one
+    route that reads a body) and a body that never ends. Not idle (a request in progress), so
+    none was closed to make room, and each held its place for Quart's body timeout (30 s),
+    renewed at once. Such a request, its body unfinished and no answer started, is closed to
+    make room as an idle connection is (the oldest first); the download, whose answer has
+    started, is not."""
+    monkeypatch.setattr(HypercornConfig, "keep_alive_timeout", 30.0)
+    post = (
+        b"POST /auth/token HTTP/1.1\r\nHost: mirror.test\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nab"
+    )
+    async with mirror(tmp_path, {}, send_timeout=30.0) as served:
+        await asyncio.sleep(0.3)  # the helper's own probe connection released
+        busy = socket.create_connection((MIRROR_HOST, served.port))
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        busy.sendall(test_review_edge2.blob_request(test_review_edge2.DIGEST))
+        slow: list[socket.socket] = []
+        kept: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(19):
+                slow.append(socket.create_connection((MIRROR_HOST, served.port)))
+                slow[-1].sendall(post)
+            for _ in range(100):
+                if served.guard.open == 20:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # every head read
+            assert (served.guard.open, served.guard.refused) == (20, 0)
+            for _ in range(3):
+                line = await get_v2(served.port, kept)
+                assert line.startswith(b"HTTP/1.1 200"), line
+            await asyncio.sleep(0.2)
+            closed = 0
+            for sock in slow:
+                sock.setblocking(False)
+                try:
+                    closed += sock.recv(1) == b""
+                except ConnectionResetError:
+                    closed += 1
+                except BlockingIOError:
+                    pass
+            assert (closed, served.guard.evicted) == (3, 3)  # one per newcomer
+            busy.setblocking(False)
+            assert busy.recv(4096)  # the download goes on
+        finally:
+            busy.close()
+            for sock in slow:
+                sock.close()
+            for writer in kept:
+                writer.transport.abort()
