@@ -262,8 +262,7 @@ class ConnectionGuard:
                 oldest, oldest_since = server, since
         if oldest is None:
             return False
-        oldest.idle_since = oldest.busy_since = None  # closing: not chosen again
-        oldest.writer.transport.abort()
+        oldest.evict()
         self.evicted += 1
         return True
 
@@ -398,6 +397,7 @@ class EdgeTCPServer(PeerCertTCPServer):
         task = asyncio.current_task()
         assert task is not None
         guard.handshaking.add(task)
+        self._handshake_task = task
         try:
             context = tls.context()
             await self.writer.start_tls(context, ssl_handshake_timeout=tls.handshake_timeout)
@@ -406,15 +406,32 @@ class EdgeTCPServer(PeerCertTCPServer):
             return False
         except asyncio.CancelledError:
             # In a handshake once stopping, only stop() cancels it: no handshake
-            # starts after it. Cancelled by another too, it goes on as that one's.
-            if not guard.stopping or task.cancelling() > 1:
+            # starts after it; and evict() to make room. Cancelled by another too, it goes
+            # on as that one's.
+            if not (guard.stopping or self._evicted) or task.cancelling() > 1:
                 raise
             task.uncancel()
             transport.abort()
             return False
         finally:
             guard.handshaking.discard(task)
+            self._handshake_task = None
         return True
+
+    _handshake_task: asyncio.Task[Any] | None = None
+    _evicted = False
+
+    def evict(self) -> None:
+        """Close the connection to make room under the cap (ConnectionGuard._evict_idle). One
+        in its TLS handshake has the handshake cancelled, as a stop does: its transport
+        aborted under asyncio's ``start_tls`` made that return no transport, and the
+        connection's task ended in an AttributeError traceback."""
+        self.idle_since = self.busy_since = None  # closing: not chosen again
+        self._evicted = True
+        if self._handshake_task is not None:
+            self._handshake_task.cancel()
+        else:
+            self.writer.transport.abort()
 
     def _refuse(self, answer: bytes | None) -> None:
         """Over a cap: a short answer if the socket takes it at once, then the socket closed.
@@ -470,7 +487,9 @@ class EdgeTCPServer(PeerCertTCPServer):
         """Since when the connection could be closed to make room (ConnectionGuard's cap):
         idle, or an HTTP/1.1 request whose body has not all come and whose answer has not
         started (a body trickled, or never sent, held its place for Quart's body timeout,
-        renewed at once); None: a request is being answered."""
+        renewed at once); None: a request is being answered, or it is closing already."""
+        if self._evicted:
+            return None
         if self.idle_since is not None:
             return self.idle_since
         if self.busy_since is None:

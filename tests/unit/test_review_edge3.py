@@ -9,6 +9,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +22,9 @@ import pytest
 from h2.connection import ConnectionState
 from hypercorn.config import Config as HypercornConfig
 
+from lab.mirror import mirror_env
+from lab.ports import listening
+from lab.processes import stop_process
 from tests.unit import test_review_edge2, test_review_h2c
 from tests.unit.test_review_edge2 import mirror
 from tests.unit.test_review_h2c import BLOB, H2Client
@@ -269,3 +275,68 @@ async def test_requests_whose_body_never_ends_cannot_hold_every_place_under_the_
                 sock.close()
             for writer in kept:
                 writer.transport.abort()
+
+
+async def test_a_tls_connection_in_its_handshake_is_closed_to_make_room_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A real mirror (``python -m docxy serve``, its own bootstrap certificate, a cap of 20):
+    20 connections to its TLS listener that never send a ClientHello hold every place; a
+    client that does TLS is served, one of them closed to make room. Closed by aborting its
+    socket under asyncio's ``start_tls``, the connection's task ended in an ``AttributeError``
+    traceback in the log (``'NoneType' object has no attribute 'get_extra_info'``); its
+    handshake is now cancelled as a stop's is."""
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    up_port = port_in_range(UPSTREAM_HOST)
+    server = await asyncio.start_server(upstream, UPSTREAM_HOST, up_port)
+    plain, tls = port_in_range(MIRROR_HOST), 0
+    with socket.socket() as hold:  # the TLS port: another than the plain one
+        hold.bind((MIRROR_HOST, plain))
+        tls = port_in_range(MIRROR_HOST)
+    log_path = tmp_path / "mirror.log"
+    command = [
+        sys.executable,
+        *("-m", "docxy", "serve", "--listen", f"{MIRROR_HOST}:{plain}"),
+        *(
+            "--tls-listen",
+            f"{MIRROR_HOST}:{tls}",
+            "--upstream",
+            f"http://{UPSTREAM_HOST}:{up_port}",
+        ),
+        *("--no-cache", "--public-url", f"https://{MIRROR_HOST}:{tls}"),
+        *("--set", "limits.max_connections=20"),
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=mirror_env(tmp_path, None)
+        )
+    held: list[socket.socket] = []
+    try:
+        await listening(MIRROR_HOST, tls, timeout=15.0)
+        await asyncio.sleep(0.3)
+        held = [socket.create_connection((MIRROR_HOST, tls)) for _ in range(20)]
+        await asyncio.sleep(0.5)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection(MIRROR_HOST, tls, ssl=context)
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: mirror.test\r\n\r\n")
+        line = await asyncio.wait_for(reader.readline(), 5.0)
+        writer.transport.abort()
+        assert line.startswith(b"HTTP/1.1 200"), line
+        await asyncio.sleep(0.5)
+        text = log_path.read_text(errors="replace")
+        assert "Traceback" not in text, text[-3000:]
+    finally:
+        for sock in held:
+            sock.close()
+        stop_process(proc, grace=15)
+        server.close()
+        await server.wait_closed()
