@@ -65,7 +65,8 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")
 
 def lifetime(expires_in: object) -> float:
     """Seconds a token from the upstream's token service is used: its ``expires_in``, the
-    token spec's 60 s for none (or a value that is no length of time), at most a day."""
+    token spec's 60 s for none (or a value that is no length of time), at least those 60 s
+    (Docker's least), at most a day."""
     return token_lifetime(expires_in, MAX_EXPIRES_IN)
 
 
