@@ -273,6 +273,11 @@ async def token() -> Response:
     if answer.status_code in SERVER_TROUBLE and state.cache is not None:
         reason = f"the upstream's token service answered {answer.status_code}"
         return offline_token(reason, ask.credentialed)
+    tokenless = answer.status_code == 200 and not holds_token(body)
+    if tokenless and state.cache is not None:
+        # A proxy's sign-in page, or JSON without a token: the token service failing, as a
+        # 5xx is, not an answer to relay (the client cannot decode it, nor pull with it).
+        return offline_token(TOKENLESS, ask.credentialed)
     if answer.status_code == 200:
         # Whoever asked: a client that sends it with a request for another upstream (one
         # mirror host, several ?ns=) has it kept from that one (docxy.upstream.issuers).
@@ -288,6 +293,9 @@ async def token() -> Response:
         # the login the client holds for the mirror's name, sent with it, went to this upstream.
         challenge = own_challenge(state, upstream, by_prefix=asked_by_prefix(upstream, ask))
         response = refused_login(challenge, body)
+    elif tokenless:
+        error = UpstreamError(TOKENLESS)
+        response = Response(error.encoded(), status=error.status, headers=Headers(error.headers()))
     elif answer.status_code == 200 or _json_object(body):
         content_type = answer.headers.get("content-type", "application/json")
         response = Response(body, status=answer.status_code, content_type=content_type)
@@ -299,6 +307,19 @@ async def token() -> Response:
     for name, value in kept_retry_after(answer.headers.multi_items()):
         response.headers[name] = value
     return response
+
+
+TOKENLESS = "the upstream's token service answered 200 without a token"
+
+
+def holds_token(body: bytes) -> bool:
+    """Whether a token service's ``200`` is a token answer: a JSON object with a ``token`` or
+    an ``access_token`` that is a string, not empty (what Docker's clients and
+    :class:`~docxy.upstream.tokens.MirrorTokens` take)."""
+    parsed = jsondoc.object_in(body)
+    if parsed is None:
+        return False
+    return any(isinstance(parsed.get(f), str) and parsed.get(f) for f in ("token", "access_token"))
 
 
 def _json_object(body: bytes) -> bool:

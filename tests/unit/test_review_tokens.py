@@ -4,6 +4,7 @@ failing first (a strict xfail), then fixed."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +13,8 @@ from docxy.core.expiry import DEFAULT_EXPIRES_IN, token_lifetime
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
+from tests.unit.fakes import Handler, reply
+from tests.unit.test_routes import BASIC, HUB_CHALLENGE, mirror
 
 TOKEN_CHALLENGE = 'Bearer realm="https://auth.test/token",service="registry.test"'
 UPSTREAM = Upstream("https://registry.test")
@@ -61,3 +64,61 @@ def test_a_relayed_short_token_is_known_as_long_as_clients_use_it(
     assert tokens.holds("Bearer t")
     now[0] += 2
     assert not tokens.holds("Bearer t")
+
+
+# --- a token service answering 200 without a token -------------------------------------------
+
+NO_TOKEN = [
+    (b"<html><body>Sign in to the proxy</body></html>", "text/html"),
+    (b'{"error": "no"}', "application/json"),
+    (b'{"token": ""}', "application/json"),
+    (b"", "text/plain"),
+]
+
+
+def answers_200(body: bytes, content_type: str) -> Handler:
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return reply(401, b"{}", {"WWW-Authenticate": HUB_CHALLENGE})
+        return reply(200, body, {"Content-Type": content_type})
+
+    return upstream
+
+
+@pytest.mark.parametrize(("body", "content_type"), NO_TOKEN)
+async def test_a_token_answer_without_a_token_is_the_token_service_failing(
+    body: bytes, content_type: str
+) -> None:
+    """A proxy's sign-in page (or JSON with no token) answered 200 in front of the token
+    service reached the client as the token answer: docker failed decoding it (``invalid
+    character '<'``) or said the server sent no token, neither naming the upstream. Now it is
+    a registry error saying the upstream's token service sent no token."""
+    async with mirror(answers_200(body, content_type)) as m:
+        answer = await m.client.get("/auth/token?scope=repository:library/redis:pull")
+        assert answer.status_code == 502
+        [error] = (await answer.get_json())["errors"]
+        assert error["code"] == "UNAVAILABLE"
+        assert error["message"] == "the upstream's token service answered 200 without a token"
+        assert answer.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("credentialed", [False, True], ids=["anonymous", "login"])
+async def test_with_a_cache_a_token_answer_without_a_token_is_an_offline_token(
+    tmp_path: Path, credentialed: bool
+) -> None:
+    """With a cache, the token service failing gives anonymous clients the offline token (the
+    cache still serves them) and a login 503, as for a 5xx: a 200 page without a token did
+    neither, every pull stopped at the token."""
+    settings: dict[str, object] = {"cache.enabled": "true", "cache.dir": str(tmp_path)}
+    headers = {"Authorization": BASIC} if credentialed else {}
+    async with mirror(answers_200(*NO_TOKEN[0]), settings) as m:
+        answer = await m.client.get(
+            "/auth/token?scope=repository:library/redis:pull", headers=headers
+        )
+        body = await answer.get_json()
+        if credentialed:
+            assert answer.status_code == 503
+            assert "cannot check credentials now" in body["errors"][0]["message"]
+        else:
+            assert answer.status_code == 200
+            assert body["token"] == "docxy-offline"
