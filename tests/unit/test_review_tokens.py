@@ -3,13 +3,17 @@ failing first (a strict xfail), then fixed."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import types
 from pathlib import Path
 
 import httpx
 import pytest
 
 from docxy.core.expiry import DEFAULT_EXPIRES_IN, token_lifetime
+from docxy.upstream import client as client_module
+from docxy.upstream import tokens as tokens_module
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
@@ -122,3 +126,43 @@ async def test_with_a_cache_a_token_answer_without_a_token_is_an_offline_token(
         else:
             assert answer.status_code == 200
             assert body["token"] == "docxy-offline"
+
+
+# --- checked and found right: kept as regression tests ---------------------------------------
+
+
+@pytest.mark.parametrize("registry_says", [200, 401])
+async def test_an_expired_token_and_challenge_cost_one_request_each_for_many_misses(
+    monkeypatch: pytest.MonkeyPatch, registry_says: int
+) -> None:
+    """20 concurrent misses of one repository once its token and the upstream's challenge
+    are both past their time: one ``/v2/`` probe and one token request; a registry that
+    refuses the fresh token too (``401``) costs one more token request, not one per miss,
+    and each miss tries twice at most."""
+    now = [1000.0]
+    clock = types.SimpleNamespace(monotonic=lambda: now[0], time=time.time)
+    monkeypatch.setattr(tokens_module, "time", clock)  # the modules' clock, not the loop's
+    monkeypatch.setattr(client_module, "time", clock)
+    sent: list[str] = []
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)  # every miss is waiting before any answer comes
+        sent.append(request.url.host + request.url.path)
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
+        if request.url.host == "auth.test":
+            return httpx.Response(200, json={"token": f"t{len(sent)}", "expires_in": 300})
+        return httpx.Response(registry_says, json={})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        await tokens.headers(UPSTREAM, "owner/img")
+        sent.clear()
+        now[0] += 3600  # past the token's 300 s and the challenge's REALM_TTL
+        path = "/v2/owner/img/manifests/1"
+        misses = [tokens.send(UPSTREAM, "GET", "owner/img", path) for _ in range(20)]
+        answers = await asyncio.gather(*misses)
+    assert {a.status_code for a in answers} == {registry_says}
+    assert sent.count("registry.test/v2/") == 1
+    assert sent.count("auth.test/token") == (1 if registry_says == 200 else 2)
+    assert sent.count("registry.test" + path) == (20 if registry_says == 200 else 40)
