@@ -254,12 +254,19 @@ async def token() -> Response:
         log.info("a client's login was not sent on: %s", refused.message)
         raise refused
     known = state.client.known_challenge(upstream)
+    service = known.service if known is not None else None
+    # A named upstream's own service replaces the client's, which may be the default's (the
+    # mirror's /v2/). Not known (its realm configured, its /v2/ never seen to challenge), a
+    # client that reached it as itself holds the one its 401 named: that one goes on.
+    own_service = not upstream.is_default and (
+        service is not None or asked_by_prefix(upstream, ask)
+    )
     params = token_params(
         list(ask.args),
         upstream.library_prefix,
-        known.service if known is not None else None,
+        service,
         prefix=upstream.name,
-        own_service=not upstream.is_default,
+        own_service=own_service,
     )
     if not relayed:
         count_relay(state)

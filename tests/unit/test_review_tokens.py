@@ -17,6 +17,7 @@ from docxy.upstream import tokens as tokens_module
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
+from tests.unit import test_multi_routes as multi
 from tests.unit.fakes import Handler, reply
 from tests.unit.test_routes import BASIC, HUB_CHALLENGE, mirror
 
@@ -166,3 +167,47 @@ async def test_an_expired_token_and_challenge_cost_one_request_each_for_many_mis
     assert sent.count("registry.test/v2/") == 1
     assert sent.count("auth.test/token") == (1 if registry_says == 200 else 2)
     assert sent.count("registry.test" + path) == (20 if registry_says == 200 else 40)
+
+
+# --- a named upstream's service, when the mirror never saw its /v2/ challenge ----------------
+
+
+@pytest.mark.parametrize(
+    ("query", "host"),
+    [("?ns=ghcr.test", "mirror.example.com"), ("", "ghcr-mirror.example.com")],
+    ids=["ns", "hosts"],
+)
+async def test_the_service_a_named_upstreams_challenge_gave_reaches_its_token_service(
+    query: str, host: str
+) -> None:
+    """An upstream with ``auth_realm`` configured (its ``/v2/`` tells no challenge, or was not
+    asked yet): the mirror passes its 401's ``service`` on to the client, and the client's
+    token request for it went to the token service with no ``service`` at all (the mirror
+    puts its own in place of the client's for a named upstream, and knew none). A token for
+    no service is refused by the registry (or not issued: Distribution's token spec needs it)."""
+    settings = {
+        "upstreams.ghcr.test.auth_realm": multi.GHCR_AUTH,
+        "upstreams.ghcr.test.hosts": "ghcr-mirror.example.com",
+    }
+    async with multi.mirror(None, **settings) as m:
+        answer = await m.get(f"/v2/owner/img/manifests/1{query}", host=host)
+        assert answer.status == 401
+        challenge = multi.challenge_of(answer)
+        assert challenge["service"] == "ghcr-service"
+        realm = challenge["realm"].removeprefix(multi.PUBLIC)
+        ask = f"{realm}&service=ghcr-service&scope={challenge['scope']}"
+        answer = await m.get(ask, host=host)
+        assert answer.status == 200
+    [asked] = [r for r in m.upstream.requests if r.url.host == "auth.ghcr.example"]
+    assert asked.url.params.get("service") == "ghcr-service"
+
+
+async def test_a_by_prefix_ask_still_drops_the_default_upstreams_service() -> None:
+    """By path prefix the client's ``service`` comes from the mirror's ``/v2/`` (the default
+    upstream's): never sent to another upstream's token service."""
+    async with multi.mirror(None, **{"upstreams.ghcr.test.auth_realm": multi.GHCR_AUTH}) as m:
+        ask = "/auth/token?service=hub-service&scope=repository:ghcr.test/owner/img:pull"
+        answer = await m.get(ask)
+        assert answer.status == 200
+    [asked] = [r for r in m.upstream.requests if r.url.host == "auth.ghcr.example"]
+    assert asked.url.params.get("service") is None
