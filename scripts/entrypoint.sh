@@ -99,17 +99,6 @@ if [[ -n "$domain" ]] && ! (LC_ALL=C && ((${#domain} <= 253)) && [[ "$domain" =~
   exit 2
 fi
 
-# The settings, read as the mirror reads them (0.2 s): one it refuses (DOCXY_CACHE_MAX_SIZE=lots)
-# is said here once and the container stops (exit 2). Under supervisord the mirror failed six
-# starts over it (some 25 s, the error among supervisord's lines), went FATAL and compose started
-# it all again, for ever, too slowly for Docker's restart delay to grow. A [scheduler] setting
-# the renewer refuses passes (the renewer holds and says why); so do what only a start can tell
-# (a port in use, a volume it may not write): supervisord's retries are for those.
-if ! refused="$(python -m docxy serve --show-config 2>&1 >/dev/null)"; then
-  printf '%s\n' "$refused" >&2
-  exit 2
-fi
-
 # The volumes must be writable by this container's user, which cannot chown them (no root): one
 # written by an image whose docxy user had another UID (before the Dockerfile pinned 999, on a
 # base where `useradd --system` picked another) stops the mirror. Say which and how to hand it
@@ -127,6 +116,19 @@ for volume in "$DOCXY_CACHE_DIR" "$state/certs"; do
     fi
   done
 done
+
+# The settings, read as the mirror reads them (0.2 s): one it refuses (DOCXY_CACHE_MAX_SIZE=lots)
+# is said here once and the container stops (exit 2). Under supervisord the mirror failed six
+# starts over it (some 25 s, the error among supervisord's lines), went FATAL and compose started
+# it all again, for ever, too slowly for Docker's restart delay to grow. A [scheduler] setting
+# the renewer refuses passes (the renewer holds and says why); so do what only a start can tell
+# (a port in use, a volume it may not write): supervisord's retries are for those. After the
+# volumes' check: a key a volume of another UID holds is "cannot read" here, and that check
+# names the one chown that mends it.
+if ! refused="$(python -m docxy serve --show-config 2>&1 >/dev/null)"; then
+  printf '%s\n' "$refused" >&2
+  exit 2
+fi
 
 # supervisord in this process (exec), exiting 1 instead of 0 if a program went FATAL.
 exec python -m scheduler.supervise -c "$conf"
