@@ -174,15 +174,16 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamAnswered(UpstreamError):
     """The registry's own answer to the mirror's request in repository ``name``, which is its
-    word on the content asked (a ``404 BLOB_UNKNOWN``, a ``400``), not on the mirror's
-    credentials: the client's request, sent again, would only be told the same (and cost the
-    upstream a second request). Answered with the upstream's status and its registry error
-    (``body``, when it is one: ``{"errors": [...]}``), else the mirror's own saying the status."""
+    word on the content asked (a ``404 BLOB_UNKNOWN`` or ``MANIFEST_UNKNOWN``, a ``400``), not
+    on the mirror's credentials: the client's request, sent again, would only be told the same
+    (and cost the upstream a second request). Answered with the upstream's status and its
+    registry error (``body``, when it is one: ``{"errors": [...]}``), else the mirror's own
+    saying the status (``unknown`` its code for a 404)."""
 
-    def __init__(self, status: int, body: bytes, name: str) -> None:
+    def __init__(self, status: int, body: bytes, name: str, unknown: str = "BLOB_UNKNOWN") -> None:
         super().__init__(f"the upstream answered {status}", status=status)
-        if status == 404:
-            self.code = "BLOB_UNKNOWN"
+        if status == 404:  # the code of the mirror's own error, when the registry sent none
+            self.code = unknown
         self.name = name
         parsed = object_in(body)
         self.said = body if parsed is not None and isinstance(parsed.get("errors"), list) else None

@@ -13,6 +13,14 @@ from docxy.core.headers import kept_retry_after
 from docxy.pull.outcome import Pull
 from docxy.upstream.client import SERVER_TROUBLE, UpstreamClient, same_origin
 
+#: The registry's answers to the mirror's GET of a blob or manifest that are its word on the
+#: content asked in that repository (a 404 BLOB_UNKNOWN, MANIFEST_UNKNOWN or NAME_UNKNOWN, a
+#: 400 DIGEST_INVALID or TAG_INVALID...), relayed to the clients asking in that repository
+#: instead of each sending the same GET again. Not a 401 or 403 (the mirror's token refused:
+#: the client's own credentials may read it), a 407, 408 or 429 (no word on the content), nor
+#: a 416 (no Range was asked); nor any answer from where the registry redirected to (a CDN).
+THE_REGISTRYS_WORD = frozenset(range(400, 500)) - {401, 403, 407, 408, 416, 429}
+
 
 class UpstreamTrouble(UpstreamUnavailable):
     """The upstream answered a question of the mirror's 429 or 5xx: it cannot say now. A client

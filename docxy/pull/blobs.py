@@ -64,7 +64,13 @@ from docxy.core.headers import ACCEPT_IDENTITY, content_length
 from docxy.core.hosts import url_host
 from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
-from docxy.pull.asking import answered_by, head_as_client, raise_for_trouble, refused_by_registry
+from docxy.pull.asking import (
+    THE_REGISTRYS_WORD,
+    answered_by,
+    head_as_client,
+    raise_for_trouble,
+    refused_by_registry,
+)
 from docxy.pull.outcome import (
     BlobContent,
     Outcome,
@@ -89,12 +95,6 @@ from docxy.upstream.tokens import MirrorTokens, TokenRefused
 #: its headers after it, as before (an unbounded wait hung clients of such an upstream).
 FIRST_BYTE_WAIT = 1.0
 
-#: The registry's answers to a fill's blob GET that are its word on the blob asked in that
-#: repository (a 404 BLOB_UNKNOWN or NAME_UNKNOWN, a 400 DIGEST_INVALID...), relayed to the
-#: fill's clients in that repository instead of each sending the same GET again. Not a 401 or
-#: 403 (the mirror's token refused: the client's own credentials may read it), a 407, 408 or
-#: 429 (no word on the blob), nor a 416 (no Range was asked).
-THE_REGISTRYS_WORD = frozenset(range(400, 500)) - {401, 403, 407, 408, 416, 429}
 #: An error body read to relay it: a registry's JSON error is far smaller.
 ERROR_BODY_LIMIT = 64 * 1024
 

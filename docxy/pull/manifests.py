@@ -4,7 +4,10 @@ The mirror fetches manifests with its own upstream token and asks for every mani
 what it stores is public and fits any client. A tag older than its TTL is revalidated with an
 upstream ``HEAD`` — free against Docker Hub's pull limit — and the cached manifest is served if
 the digest did not change. When the upstream or its auth service is down, slow, or answers
-429/5xx, a cached tag is served stale (logged); one it answers 404 for is forgotten. Content
+429/5xx, a cached tag is served stale (logged); one it answers 404 for is forgotten. A GET of
+the mirror's the registry answers with its word on the manifest (a 404 MANIFEST_UNKNOWN for a
+mistyped tag, a 400: ``THE_REGISTRYS_WORD``) is the answer of its clients, relayed (an
+:class:`~docxy.core.errors.UpstreamAnswered`), not asked again by passing them through. Content
 the mirror cannot read with its own token, or will not cache (schema 1), passes through with
 the client's credentials, uncached.
 
@@ -45,9 +48,15 @@ from docxy.cache import (
     may_serve,
 )
 from docxy.core.digests import Digest, parse_digest
-from docxy.core.errors import DigestInvalid, UpstreamError
+from docxy.core.errors import DigestInvalid, UpstreamAnswered, UpstreamError
 from docxy.core.headers import ACCEPT_IDENTITY, content_length
-from docxy.pull.asking import head_as_client, raise_for_trouble, refused_by_registry
+from docxy.pull.asking import (
+    THE_REGISTRYS_WORD,
+    answered_by,
+    head_as_client,
+    raise_for_trouble,
+    refused_by_registry,
+)
 from docxy.pull.outcome import (
     ManifestContent,
     Outcome,
@@ -59,7 +68,7 @@ from docxy.pull.outcome import (
     upstream_failed,
 )
 from docxy.tasks import Coalesced
-from docxy.upstream.client import MAX_SMALL_BODY, AnswerTooLarge, read_small
+from docxy.upstream.client import MAX_SMALL_BODY, AnswerTooLarge, read_small, same_origin
 from docxy.upstream.tokens import MirrorTokens
 
 log = logging.getLogger(__name__)
@@ -348,6 +357,8 @@ class ManifestService:
             return TOO_LARGE  # a GET of the mirror's would stop at the cap: one the client's
         try:
             fetched, source = await self._fetch(repo, pull, None)
+        except UpstreamAnswered as exc:  # no outage: the tag is gone (forgotten), or mistyped
+            return upstream_failed(exc, pull)
         except UpstreamError as exc:
             if stale is None:  # pass through: the client sees the upstream's own answer
                 return upstream_failed(exc, pull)
@@ -548,6 +559,10 @@ class ManifestService:
         self._note_refusal(pull, answer)
         if answer.status_code == 404 and digest is None:
             await self._gone(repo, str(pull.reference.tag))
+        if answer.status_code in THE_REGISTRYS_WORD and same_origin(
+            answered_by(answer, pull), pull.upstream.registry
+        ):  # its word on the manifest (a mistyped tag): the clients', not asked again
+            raise UpstreamAnswered(answer.status_code, body, repo.repo, "MANIFEST_UNKNOWN")
         if answer.status_code != 200:
             return None
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()
