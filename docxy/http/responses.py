@@ -28,6 +28,7 @@ from docxy.core.errors import (
     RegistryError,
     StreamCut,
     Unauthorized,
+    UpstreamAnswered,
     UpstreamError,
 )
 from docxy.core.headers import (
@@ -122,7 +123,13 @@ def cache_status(outcome: Outcome) -> str:
     the access log's ``cache=``; a pass-through is ``fwd=bypass`` with its reason as the
     ``detail`` (``private``, ``cache-full``, ...: :class:`~docxy.pull.outcome.Reason`), and a
     manifest fetched but not kept ``stored=?0`` with why (``cache-unwritable``, ``evicted``), and
-    a blob whose commit still runs ``committing``."""
+    a blob whose commit still runs ``committing``. The registry's answer to the mirror's own
+    request relayed (its 404 of a mistyped tag: :class:`~docxy.core.errors.UpstreamAnswered`)
+    is ``fwd=miss`` with the upstream's status as ``fwd-status``."""
+    if isinstance(outcome, PassThrough) and isinstance(outcome.failed, UpstreamAnswered):
+        # the registry's word on it, relayed from the mirror's own request on a miss
+        status = outcome.failed.status
+        return f"{CACHE_NAME}; fwd=miss; fwd-status={status}; detail={outcome.reason.value}"
     if isinstance(outcome, PassThrough):
         return f"{CACHE_NAME}; fwd=bypass; detail={outcome.reason.value}"
     said = f"{CACHE_NAME}; {_SOURCE_STATUS[outcome.source]}"

@@ -27,6 +27,7 @@ from docxy.core.errors import (
     Denied,
     TooManyRequests,
     Unsupported,
+    UpstreamAnswered,
     UpstreamError,
     UpstreamUnavailable,
 )
@@ -228,7 +229,9 @@ async def content(rest: str) -> Response:
             outcome = await services.manifests.get(pull)
         if not isinstance(outcome, PassThrough):
             response = served_response(outcome)
-        elif outcome.failed is not None:  # the registry was silent, or said no: not asked again
+        elif isinstance(outcome.failed, UpstreamAnswered):  # said no: not asked again
+            return with_cache_status(error_response(outcome.failed), outcome)  # fwd-status=
+        elif outcome.failed is not None:  # the registry was silent: not asked again
             return error_response(outcome.failed)  # the mirror's own error: no Cache-Status
         elif reference.kind is not Kind.BLOB or pull.head:
             response = await _pass_through(state, pull, route)
