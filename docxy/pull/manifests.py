@@ -7,7 +7,8 @@ the digest did not change. When the upstream or its auth service is down, slow, 
 429/5xx, a cached tag is served stale (logged); one it answers 404 for is forgotten. A GET of
 the mirror's the registry answers with its word on the manifest (a 404 MANIFEST_UNKNOWN for a
 mistyped tag, a 400: ``THE_REGISTRYS_WORD``) is the answer of its clients, relayed (an
-:class:`~docxy.core.errors.UpstreamAnswered`), not asked again by passing them through. Content
+:class:`~docxy.core.errors.UpstreamAnswered`), not asked again by passing them through; so is
+the registry's 404 to the mirror's HEAD (a client's HEAD, a stale tag's revalidation). Content
 the mirror cannot read with its own token, or will not cache (schema 1), passes through with
 the client's credentials, uncached.
 
@@ -145,11 +146,14 @@ def _served(source: Source, manifest: CachedManifest, pull: Pull) -> Served:
 class Head:
     """The upstream's answer to the mirror's HEAD of a manifest: ``found`` if it answered 200,
     ``digest`` if that answer named the manifest's, ``content`` if it also named its length
-    and type (what a client's HEAD is answered with; the digest alone confirms a cached tag)."""
+    and type (what a client's HEAD is answered with; the digest alone confirms a cached tag).
+    ``answered`` if the registry itself answered 404: its word on the manifest, the client's
+    answer then (:meth:`ManifestService._not_found`)."""
 
     found: bool
     content: ManifestContent | None = None
     digest: Digest | None = None
+    answered: UpstreamAnswered | None = None
 
 
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
@@ -157,6 +161,9 @@ NOT_ACCEPTED = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the
 NOT_TAKEN = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the upstream's type")
 PRIVATE = PassThrough(Reason.PRIVATE, "the mirror's token was refused lately")
 TOO_LARGE = PassThrough(Reason.NOT_CACHEABLE, f"the manifest is over {MAX_SMALL_BODY} bytes")
+#: The code of the mirror's own error for the registry's 404 of a manifest without a body of
+#: its own to relay (a HEAD's).
+UNKNOWN = "MANIFEST_UNKNOWN"
 #: Tags found moved by a client's HEAD, kept until the GET by digest that follows (the oldest
 #: forgotten first: such a tag then moves at its next GET by tag, as before).
 MOVES_KEPT = 1024
@@ -300,6 +307,14 @@ class ManifestService:
         another answer."""
         return PRIVATE if self._private(pull) else UNCACHED
 
+    def _not_found(self, pull: Pull, head: Head) -> PassThrough:
+        """The mirror's ``HEAD`` found nothing: the registry's own 404 is the client's answer
+        (a mistyped or deleted tag: its request, passed through, would only be told the same,
+        a counted ``GET`` on Docker Hub); a refusal passes it through (:meth:`_uncached`)."""
+        if head.answered is not None:
+            return upstream_failed(head.answered, pull)
+        return self._uncached(pull)
+
     @staticmethod
     def _servable(manifest: CachedManifest, pull: Pull) -> bool:
         return may_serve(manifest.visibility, pull.identity) and acceptable(
@@ -333,7 +348,7 @@ class ManifestService:
                 await store.set_tag(repo, tag, stale.digest, public=True)
                 return _served(Source.REVALIDATED, stale, pull)
             if not head.found:
-                return self._uncached(pull)
+                return self._not_found(pull, head)
             # Moved, noted for a manifest cached elsewhere, or found without a digest to compare
             # (a GET below tells): confirmed here if the digest the HEAD names is cached.
             moved = await store.get(repo, current) if current is not None else None
@@ -379,14 +394,15 @@ class ManifestService:
         ``GET``. A manifest of a type the client does not take is passed through at once: the
         upstream answers that client as it answers it (Distribution, by tag: a manifest list's
         linux/amd64 manifest, ``404 MANIFEST_UNKNOWN`` for an OCI index), one counted ``GET``
-        in all; none found, likewise (its ``404``, or the private repository's refusal). The
+        in all; the private repository's refusal, likewise. None found (the registry's
+        ``404``) is the client's answer at once (:meth:`_not_found`): no ``GET`` at all. The
         ``Head`` when the mirror's ``GET`` goes on (a type the client takes, or none named)."""
         try:
             head = await self._head(repo, pull)
         except UpstreamError as exc:
             return upstream_failed(exc, pull)
         if not head.found:
-            return self._uncached(pull)
+            return self._not_found(pull, head)
         found = head.content
         if found is not None and not acceptable(found.media_type, list(pull.accept)):
             return NOT_TAKEN
@@ -436,7 +452,7 @@ class ManifestService:
                 return await self._head_by_get(store, repo, pull)
             if head.found:
                 return PassThrough(Reason.NOT_CACHEABLE, "the upstream's HEAD names no digest")
-            return self._uncached(pull)
+            return self._not_found(pull, head)
         if not acceptable(found.media_type, list(pull.accept)):
             return NOT_ACCEPTED
         if note:
@@ -482,6 +498,10 @@ class ManifestService:
         self._note_refusal(pull, answer)
         if answer.status_code == 404 and tag is not None:
             await self._gone(repo, tag)
+        if answer.status_code == 404 and same_origin(
+            answered_by(answer, pull), pull.upstream.registry
+        ):  # its word on the manifest (no body: a HEAD's), not on the mirror's token
+            return Head(found=False, answered=UpstreamAnswered(404, b"", repo.repo, UNKNOWN))
         if answer.status_code != 200:
             return Head(found=False)
         header = answer.headers.get("docker-content-digest")
@@ -562,7 +582,7 @@ class ManifestService:
         if answer.status_code in THE_REGISTRYS_WORD and same_origin(
             answered_by(answer, pull), pull.upstream.registry
         ):  # its word on the manifest (a mistyped tag): the clients', not asked again
-            raise UpstreamAnswered(answer.status_code, body, repo.repo, "MANIFEST_UNKNOWN")
+            raise UpstreamAnswered(answer.status_code, body, repo.repo, UNKNOWN)
         if answer.status_code != 200:
             return None
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()

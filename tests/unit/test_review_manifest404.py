@@ -148,3 +148,55 @@ async def test_a_relayed_answer_says_so_in_cache_status(
     ]
     said = mirror_status(httpx.Response(status, headers=list(response.headers.items())))
     assert said == {"fwd": "miss", "fwd-status": str(status), "detail": "upstream-answer"}
+
+
+# --- 1b. a manifest HEAD of the mirror's the registry answers 404 -------------------------------
+
+
+def manifest_heads(hub: Hub) -> list[str]:
+    """Paths of every manifest HEAD the hub was sent."""
+    return [r.url.path for r in hub.requests if r.method == "HEAD" and "/manifests/" in r.url.path]
+
+
+async def test_a_head_of_a_mistyped_tag_costs_one_upstream_head(tmp_path: Path) -> None:
+    """containerd resolves a tag by HEAD: for a mistyped one the mirror's own HEAD got 404 and
+    the client's HEAD was passed through, the same HEAD again. It gets that 404 at once."""
+    hub = Hub()
+    async with mirror(tmp_path, hub) as app:
+        response = await app.test_client().head(NOPE, headers=AS_ANON)
+    assert response.status_code == 404
+    assert manifest_heads(hub) == [NOPE]
+    assert response.headers["Cache-Status"] == (
+        "Docxy; fwd=miss; fwd-status=404; detail=upstream-answer"
+    )
+
+
+ONE_PLATFORM = {**AS_ANON, "Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+
+
+async def test_a_mistyped_tag_for_a_client_taking_no_index_costs_no_get(tmp_path: Path) -> None:
+    """A client that takes no index is looked up with the mirror's free HEAD first; its 404
+    passed the client's GET through, a counted GET that could only say 404 too. The client
+    gets the 404 (MANIFEST_UNKNOWN) without any GET."""
+    hub = Hub()
+    async with mirror(tmp_path, hub) as app:
+        response = await app.test_client().get(NOPE, headers=ONE_PLATFORM)
+        body = await response.get_data(as_text=False)
+    assert response.status_code == 404
+    assert json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    assert (manifest_heads(hub), manifest_gets(hub)) == ([NOPE], [])
+
+
+async def test_a_stale_tag_deleted_upstream_costs_no_get(tmp_path: Path) -> None:
+    """A cached tag past its TTL is revalidated with a free HEAD; deleted upstream, that HEAD's
+    404 forgets it, and the client's GET was passed through besides (counted). It gets the
+    404 at once."""
+    hub = Hub()
+    manifest = hub.repos["library/base"].manifests["1"]
+    async with mirror(tmp_path, hub) as app:
+        store, _ = await pulled_then_stale(app, manifest)
+        del hub.repos["library/base"].manifests["1"]
+        response = await app.test_client().get(TAG, headers=AS_ANON)
+        assert response.status_code == 404
+        assert store.list_tags() == []
+    assert manifest_gets(hub) == [TAG]  # the first pull's only
