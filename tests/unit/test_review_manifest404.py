@@ -4,6 +4,7 @@ is told, ``Cache-Status`` included."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import pytest
 
 from docxy.cli.warm import mirror_status
 from docxy.http.state import mirror_state
+from docxy.tasks import spawn
 from tests.unit import fakes
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_manifests import TAG, pulled_then_stale
 from tests.unit.test_pull_scoped_blobs import AS_ANON, Hub
 from tests.unit.test_review_pullpath import MISSING, NoSuchBlob
+from tests.unit.turns import until
 
 NOPE = "/v2/library/base/manifests/no-such-tag"
 
@@ -200,3 +203,33 @@ async def test_a_stale_tag_deleted_upstream_costs_no_get(tmp_path: Path) -> None
         assert response.status_code == 404
         assert store.list_tags() == []
     assert manifest_gets(hub) == [TAG]  # the first pull's only
+
+
+# --- 3. a negative cache: what one would save -----------------------------------------------------
+
+
+class HeldNotFound(Hub):
+    """The hub, its manifest GETs held until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and "/manifests/" in request.url.path:
+            await self.go.wait()
+        return Hub.__call__(self, request)
+
+
+async def test_clients_missing_one_mistyped_tag_at_once_share_its_one_get(tmp_path: Path) -> None:
+    """Clients asking a mistyped tag at once (a fleet, a CI matrix) share the mirror's one GET,
+    and each gets its 404: a negative cache would only save the GETs of retries after it."""
+    hub = HeldNotFound()
+    async with mirror(tmp_path, hub.handle) as app:  # type: ignore[arg-type]
+        client = app.test_client()
+        asked = [spawn(f"client {n}", client.get(NOPE, headers=AS_ANON)) for n in range(3)]
+        await until(lambda: mirror_state(app).running.manifests.fetches_joined == 2)
+        hub.go.set()
+        answers = [await answer for answer in asked]
+    assert [answer.status_code for answer in answers] == [404, 404, 404]
+    assert manifest_gets(hub) == [NOPE]
