@@ -143,8 +143,9 @@ def _users(args: argparse.Namespace, users: UsersFile) -> int:
 
 def _remove_kit(kit: Path) -> bool:
     """Remove the kit ``clients add`` left in ``kit`` (its files and any pending one a cut
-    write left, then the directory if nothing else is in it); True if there was one. A file
-    of the user's beside them stays, and the directory with it."""
+    write left, then the directory if nothing else is in it); True if it removed any. A file
+    of the user's beside them stays, and the directory with it; one it may not delete is said
+    on stderr (the certificate is revoked all the same)."""
     from docxy.access.clientca import CA_CERT, KIT_CERT, KIT_KEY
     from docxy.tls.files import pending_path
 
@@ -157,6 +158,8 @@ def _remove_kit(kit: Path) -> bool:
             found = True
         except FileNotFoundError:
             pass
+        except OSError as exc:  # the revoke stands: say what is left, and go on
+            print(f"docxy clients rm: {path} left: {exc.strerror or exc}", file=sys.stderr)
     with contextlib.suppress(OSError):  # not there, or not empty: the user's files stay
         kit.rmdir()
     return found

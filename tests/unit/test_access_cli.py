@@ -97,6 +97,30 @@ def test_clients_rm_removes_the_kit_it_left_beside_the_ca(
     assert (kit / "client.key").exists()
 
 
+def test_clients_rm_that_cannot_delete_the_kit_still_revokes_and_says_so(
+    auth_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kit it may not delete (left root's by an older root run): the revoke stands, so
+    ``rm`` says which file is left and exits 0; it failed with the bare EACCES (exit 1) after
+    revoking, and a rerun then said ``no client``."""
+    assert main(["clients", "add", "ci"]) == 0
+    key = auth_dir / "kits" / "ci" / "client.key"
+    real_unlink = Path.unlink
+
+    def refused(path: Path, missing_ok: bool = False) -> None:
+        if path == key:
+            raise PermissionError(13, "Permission denied", str(path))
+        real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    capsys.readouterr()
+    assert main(["clients", "rm", "ci"]) == 0
+    said = capsys.readouterr()
+    assert "revoked ci" in said.out
+    assert str(key) in said.err and "Permission denied" in said.err
+    assert ClientCA(auth_dir).entries() == {}
+
+
 def test_tokens_rotate(auth_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tokens", "rotate"]) == 0
     assert (auth_dir / "token-key.pem").exists() and (auth_dir / "token-key.previous.pem").exists()
