@@ -427,7 +427,8 @@ async def _held_whole(pull: Pull, answer: httpx.Response) -> tuple[httpx.Respons
     """A manifest ``GET``'s ``200`` that names no ``Docker-Content-Digest`` (the registry API's
     SHOULD; a client reads it, ``docker pull``'s ``Digest:`` line by tag): read whole when its
     length says it is within the manifest cap (as the mirror's own manifest fetch is), and
-    answered as read, with the digest of those bytes (sha256), as Distribution names it. Any
+    answered as read, with the digest of those bytes (sha256, or the algorithm of the digest
+    asked for), as Distribution names it. Any
     other answer is relayed as it comes, and None: no body held whole (no length, a zipped or
     larger one, a ``HEAD``), no digest made up; nor for a type whose digest is not that of
     all its bytes, or not known to be (a signed schema 1 manifest's is of its payload)."""
@@ -446,7 +447,8 @@ async def _held_whole(pull: Pull, answer: httpx.Response) -> tuple[httpx.Respons
     body = await read_small(answer)  # closes it; a body that breaks off is an UpstreamError
     stream = httpx.ByteStream(body)  # not read yet: relayed as a streamed answer is
     held = httpx.Response(200, headers=answer.headers, stream=stream, request=answer.request)
-    return held, digest_of(body)
+    asked = pull.reference.digest  # by digest: in the algorithm the client asked in
+    return held, digest_of(body, asked.algorithm if asked is not None else "sha256")
 
 
 def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: float) -> None:
