@@ -164,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _flushed(int(handler(args, config_from_args)))
         config = config_from_args(args)
         if args.show_config:
+            # What serve refuses before it listens, from the settings alone: the appliance's
+            # entry point runs this to stop on a refused setting before supervisord does.
+            from docxy.access.gate import refuse_plain_http
+
+            refuse_plain_http(config)
             for key, value, source in describe(config):
                 print(f"{key} = {value}  ({source})")
             for key, refusal in config.renewer_errors:  # shown at its default above
