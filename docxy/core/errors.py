@@ -175,10 +175,12 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamAnswered(UpstreamError):
     """The registry's own answer to the mirror's request in repository ``name``, which is its
     word on the content asked (a ``404 BLOB_UNKNOWN`` or ``MANIFEST_UNKNOWN``, a ``400``), not
-    on the mirror's credentials: the client's request, sent again, would only be told the same
-    (and cost the upstream a second request). Answered with the upstream's status and its
-    registry error (``body``, when it is one: ``{"errors": [...]}``), else the mirror's own
-    saying the status (``unknown`` its code for a 404)."""
+    on the mirror's credentials: the request of a client without credentials of its own, sent
+    again, would only be told the same (and cost the upstream a second request); one with its
+    own may be told more (a registry hiding private repositories behind a 404). Answered with
+    the upstream's status and its registry error (``body``, when it is one:
+    ``{"errors": [...]}``), else the mirror's own saying the status (``unknown`` its code for
+    a 404)."""
 
     def __init__(self, status: int, body: bytes, name: str, unknown: str = "BLOB_UNKNOWN") -> None:
         super().__init__(f"the upstream answered {status}", status=status)

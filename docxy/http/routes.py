@@ -280,6 +280,8 @@ def _range(reference: Reference) -> str | None:
 
 def _pull(route: Route, reference: Reference) -> Pull:
     upstream = route.upstream
+    authorization = _upstream_authorization(route)
+    anonymous = mirror_state().client.anonymous_tokens
     return Pull(
         upstream,
         upstream_name(route.name, upstream.library_prefix),
@@ -287,7 +289,8 @@ def _pull(route: Route, reference: Reference) -> Pull:
         request.method,
         tuple(request.headers.getlist("Accept")),
         _range(reference),
-        authorization=_upstream_authorization(route),
+        authorization=authorization,
+        anonymous_token=authorization is not None and anonymous.holds(authorization),
     )
 
 

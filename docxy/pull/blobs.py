@@ -8,7 +8,9 @@ or a ``HEAD`` on a miss) pass through with the client's credentials, uncached, w
 A fill's GET the registry answers with its word on the blob (a ``404 BLOB_UNKNOWN``, a
 ``400``: :data:`THE_REGISTRYS_WORD`) is the answer of that fill's clients in the same
 repository, its status and registry error, not asked again (a client of another repository
-that joined it still passes through: it says nothing of that one).
+that joined it still passes through: it says nothing of that one; so does a client with
+credentials of its own, :attr:`~docxy.pull.outcome.Pull.credentialed`, which a registry that
+hides private repositories behind a 404 may answer with the blob).
 Should the cache give a fill up midway (its disk fails, or a blob of unknown length outgrows
 the room), each of its clients keeps what it has and gets the rest from the upstream with a
 ``Range`` GET (:meth:`BlobService._fetch_rest`), verified before its last byte: a download

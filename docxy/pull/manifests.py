@@ -8,7 +8,9 @@ the digest did not change. When the upstream or its auth service is down, slow, 
 the mirror's the registry answers with its word on the manifest (a 404 MANIFEST_UNKNOWN for a
 mistyped tag, a 400: ``THE_REGISTRYS_WORD``) is the answer of its clients, relayed (an
 :class:`~docxy.core.errors.UpstreamAnswered`), not asked again by passing them through; so is
-the registry's 404 to the mirror's HEAD (a client's HEAD, a stale tag's revalidation). Content
+the registry's 404 to the mirror's HEAD (a client's HEAD, a stale tag's revalidation). Not so
+for a client with credentials of its own (:attr:`~docxy.pull.outcome.Pull.credentialed`): a
+registry hiding private repositories behind a 404 says it to the mirror's token only. Content
 the mirror cannot read with its own token, or will not cache (schema 1), passes through with
 the client's credentials, uncached.
 

@@ -66,7 +66,9 @@ class Pull:
     ``name`` is the repository as the upstream knows it (``library/`` added on Docker Hub);
     ``identity`` is who asks (anonymous until the mirror has users of its own);
     ``authorization`` the client's own ``Authorization`` header, for the upstream checks made on
-    its behalf (a blob cached from another repository, confirmed with the client's token).
+    its behalf (a blob cached from another repository, confirmed with the client's token);
+    ``anonymous_token`` if that is a token the mirror's token endpoint relayed for an
+    anonymous pull (:mod:`docxy.upstream.anonymous`): no credential of the client's own.
     """
 
     upstream: Upstream
@@ -77,6 +79,18 @@ class Pull:
     range: str | None = None
     identity: Identity = ANONYMOUS
     authorization: str | None = field(default=None, repr=False)
+    anonymous_token: bool = False
+
+    @property
+    def credentialed(self) -> bool:
+        """Whether the client's request, passed through, carries a credential of its own for
+        the upstream (a login, or a token got with one), which may read what the mirror's own
+        token is refused or told does not exist. Not so without ``authorization`` (none sent,
+        or one that stays at the mirror: users mode) nor with a token relayed for an anonymous
+        pull. A Bearer token the mirror does not know (relayed before a restart, or got
+        elsewhere) counts as the client's own: wrongly so, it costs one more upstream request;
+        the other way, it would fail a private pull."""
+        return self.authorization is not None and not self.anonymous_token
 
     @property
     def head(self) -> bool:
@@ -159,9 +173,15 @@ def upstream_failed(exc: UpstreamError, pull: Pull, detail: str | None = None) -
     would ask that token service again, for the mirror. The registry's own word on a blob in
     the pull's repository (a 404 BLOB_UNKNOWN: :class:`UpstreamAnswered`) is the client's
     answer too, at once: asked again, the registry would only say it again (one asked in
-    another repository, whose fill this pull joined, says nothing of this one's)."""
+    another repository, whose fill this pull joined, says nothing of this one's). Not so for
+    a client with credentials of its own (:attr:`Pull.credentialed`): a registry that hides a
+    private repository from those who may not read it answers the mirror's token ``404``
+    (Artifactory, some Nexus and Quay set-ups, GitLab), and the client's own ``200``; its
+    request passes through, the registry's answer to it relayed."""
     said = exc.message if detail is None else detail
     if isinstance(exc, UpstreamAnswered) and exc.name == pull.name:
+        if pull.credentialed:  # its word to the mirror's token: the client's may read it
+            return PassThrough(Reason.UPSTREAM_ANSWER, said)
         return PassThrough(Reason.UPSTREAM_ANSWER, said, failed=exc)
     silent = (
         isinstance(exc, UpstreamTimeout)

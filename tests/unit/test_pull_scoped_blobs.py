@@ -139,6 +139,13 @@ ANON = "Bearer client-anon"  # what a client holds after the token dance for a p
 AS_ANON = {"Authorization": ANON}
 
 
+def anonymous_token(app: Quart) -> None:
+    """Have the mirror know :data:`ANON` as its token endpoint knows the token it relayed for an
+    anonymous pull (the token dance, not made here): no credential of the client's own, for
+    which the registry's 404 to the mirror is the client's answer too (test_review_privrelay)."""
+    mirror_state(app).client.anonymous_tokens.remember(ANON.removeprefix("Bearer "))
+
+
 async def get(app: Quart, path: str, auth: str | None = ANON) -> tuple[int, bytes]:
     headers = {"Authorization": auth} if auth is not None else {}
     response = await app.test_client().get(path, headers=headers)

@@ -17,7 +17,7 @@ from docxy.tasks import spawn
 from tests.unit import fakes
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_manifests import TAG, pulled_then_stale
-from tests.unit.test_pull_scoped_blobs import AS_ANON, Hub
+from tests.unit.test_pull_scoped_blobs import AS_ANON, Hub, anonymous_token
 from tests.unit.test_review_pullpath import MISSING, NoSuchBlob
 from tests.unit.turns import until
 
@@ -58,6 +58,7 @@ async def test_a_mistyped_tag_through_a_token_registry_costs_one_get(tmp_path: P
     mirror's GET, with its token, is the only manifest GET the registry sees."""
     hub = Hub()
     async with mirror(tmp_path, hub) as app:
+        anonymous_token(app)  # AS_ANON was relayed for an anonymous pull
         response = await app.test_client().get(NOPE, headers=AS_ANON)
         body = await response.get_data(as_text=False)
     assert response.status_code == 404
@@ -122,6 +123,7 @@ async def test_a_stale_tags_404_is_relayed_not_served_stale(tmp_path: Path) -> N
     hub = HeadSaysFound()
     manifest = hub.repos["library/base"].manifests["1"]
     async with mirror(tmp_path, hub) as app:
+        anonymous_token(app)  # AS_ANON was relayed for an anonymous pull
         store, _ = await pulled_then_stale(app, manifest)
         del hub.repos["library/base"].manifests["1"]
         response = await app.test_client().get(TAG, headers=AS_ANON)
@@ -166,6 +168,7 @@ async def test_a_head_of_a_mistyped_tag_costs_one_upstream_head(tmp_path: Path) 
     the client's HEAD was passed through, the same HEAD again. It gets that 404 at once."""
     hub = Hub()
     async with mirror(tmp_path, hub) as app:
+        anonymous_token(app)  # AS_ANON was relayed for an anonymous pull
         response = await app.test_client().head(NOPE, headers=AS_ANON)
     assert response.status_code == 404
     assert manifest_heads(hub) == [NOPE]
@@ -183,6 +186,7 @@ async def test_a_mistyped_tag_for_a_client_taking_no_index_costs_no_get(tmp_path
     gets the 404 (MANIFEST_UNKNOWN) without any GET."""
     hub = Hub()
     async with mirror(tmp_path, hub) as app:
+        anonymous_token(app)  # AS_ANON was relayed for an anonymous pull
         response = await app.test_client().get(NOPE, headers=ONE_PLATFORM)
         body = await response.get_data(as_text=False)
     assert response.status_code == 404
@@ -197,6 +201,7 @@ async def test_a_stale_tag_deleted_upstream_costs_no_get(tmp_path: Path) -> None
     hub = Hub()
     manifest = hub.repos["library/base"].manifests["1"]
     async with mirror(tmp_path, hub) as app:
+        anonymous_token(app)  # AS_ANON was relayed for an anonymous pull
         store, _ = await pulled_then_stale(app, manifest)
         del hub.repos["library/base"].manifests["1"]
         response = await app.test_client().get(TAG, headers=AS_ANON)
@@ -226,6 +231,7 @@ async def test_clients_missing_one_mistyped_tag_at_once_share_its_one_get(tmp_pa
     and each gets its 404: a negative cache would only save the GETs of retries after it."""
     hub = HeldNotFound()
     async with mirror(tmp_path, hub.handle) as app:  # type: ignore[arg-type]
+        anonymous_token(app)  # AS_ANON was relayed for an anonymous pull
         client = app.test_client()
         asked = [spawn(f"client {n}", client.get(NOPE, headers=AS_ANON)) for n in range(3)]
         await until(lambda: mirror_state(app).running.manifests.fetches_joined == 2)

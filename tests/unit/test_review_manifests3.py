@@ -16,7 +16,15 @@ from docxy.upstream.client import MAX_SMALL_BODY
 from tests.unit.asgi import call_asgi
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_manifests import TAG, HeadWithout, pulled_then_stale
-from tests.unit.test_pull_scoped_blobs import ANON, AS_ANON, DOCKER_MANIFEST, Hub, digest_of, get
+from tests.unit.test_pull_scoped_blobs import (
+    ANON,
+    AS_ANON,
+    DOCKER_MANIFEST,
+    Hub,
+    anonymous_token,
+    digest_of,
+    get,
+)
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -151,6 +159,7 @@ async def test_a_digest_the_upstream_does_not_have_is_its_404_and_forgets_no_tag
     manifest = hub.repos["library/base"].manifests["1"]
     missing = f"/v2/library/base/manifests/{digest_of(b'nothing of the kind')}"
     async with mirror(tmp_path, hub) as app:
+        anonymous_token(app)  # AS_ANON was relayed for an anonymous pull
         assert await get(app, TAG) == (200, manifest)
         answer = await call_asgi(app, method, missing, host="mirror.test", headers=AS_ANON.items())
         assert answer.status == 404
