@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,21 +30,28 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError
-from hypercorn.events import Closed, Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.h2 import BUFFER_LOW_WATER, H2Protocol, StreamBuffer
 from hypercorn.protocol.http_stream import ASGIHTTPState
 from hypercorn.typing import AppWrapper, ASGIReceiveCallable, ASGISendCallable, Scope
 from hypercorn.typing import Event as IOEvent
 from hyperframe.exceptions import HyperframeError
+from hyperframe.frame import GoAwayFrame
 
 from docxy.edge.connections import CHECKS_PER_TIMEOUT, ConnectionGuard
 
 log = logging.getLogger(__name__)
 
 #: Streams one h2c connection may have refused (``REFUSED_STREAM``: every request it may run
-#: at once still running) before it is closed with ``GOAWAY`` (``ENHANCE_YOUR_CALM``): a
-#: client that opens and resets streams as fast as it can ("rapid reset").
+#: at once still running) within :data:`REFUSAL_WINDOW` seconds before it is told ``GOAWAY``
+#: (``ENHANCE_YOUR_CALM``): a client that opens and resets streams as fast as it can ("rapid
+#: reset") makes thousands a second; a reverse proxy whose own clients cancel a pull now and
+#: then, a few an hour. After ``GOAWAY``, a client that opens as many again is closed at once.
 MAX_REFUSED = 100
+#: Seconds over which :data:`MAX_REFUSED` is counted (the refusals of the last so many).
+REFUSAL_WINDOW = 10.0
+#: The clock refusals are timed by (seconds; the tests move their own).
+clock: Callable[[], float] = time.monotonic
 #: A stream whose answer has been sent (hypercorn then forgets it, its request ending).
 DONE = ASGIHTTPState.CLOSED
 
@@ -145,13 +154,31 @@ class H2cChecked(H2Protocol):
     could ("rapid reset", CVE-2023-44487) started a request per stream, a thousand at once (a
     real mirror did not answer ``/v2/`` for 11 s; with more, its upstream pool was taken).
     A stream beyond ``limits.h2_max_streams`` requests still running is refused
-    (``REFUSED_STREAM``: the client may retry it), and after :data:`MAX_REFUSED` refusals the
-    connection is closed (``GOAWAY``, ``ENHANCE_YOUR_CALM``).
+    (``REFUSED_STREAM``: the client may retry it), and after more than :data:`MAX_REFUSED`
+    refusals within :data:`REFUSAL_WINDOW` seconds the client is told ``GOAWAY``
+    (``ENHANCE_YOUR_CALM``, naming the last stream started): every stream it opens after is
+    refused, the streams in flight finish, and the connection is closed once none is left (at
+    once if the client opens :data:`MAX_REFUSED` more). Counted over the connection's life, a
+    reverse proxy's rare refusals (a stream its client reset still counts until its request
+    notices) closed its long-lived connection at the 100th, hours apart, and every download
+    on it with it.
     """
 
     _waits: dict[int, _ShutWindow] | None = None
+    #: the streams refused in the events being handled (what else comes on them: dropped)
     _refused: set[int] | None = None
-    _refusals = 0
+    #: when each of the refusals of the last :data:`REFUSAL_WINDOW` seconds was made
+    _refusals: deque[float] | None = None
+    #: the last stream whose request was started (the one ``GOAWAY`` names)
+    _last_started = 0
+    #: ``GOAWAY`` sent: no stream is started, and the connection closes when none is left
+    _going_away = False
+    _goaway_sent = False
+    #: streams refused after ``GOAWAY``; past :data:`MAX_REFUSED`: closed at once
+    _refused_after = 0
+    #: closing: h2's ``GOAWAY`` queued, the connection closed once it is sent
+    _closing = False
+    _close_sent = False
     #: the streams reset (by the client, or for a shut window) whose request still runs
     _orphans: set[object] | None = None
 
@@ -186,14 +213,19 @@ class H2cChecked(H2Protocol):
         running is refused, and what else its client sends on it is dropped."""
         cap = max(self.config.h2_max_concurrent_streams, 1)
         starting = 0
+        # h2 itself drops what comes on a stream it has reset once it has sent the reset: the
+        # refused streams need dropping here only in this read's events (kept over the
+        # connection's life, with refusals no longer capped at MAX_REFUSED, they piled up)
+        self._refused = None
         kept: list[h2.events.Event] = []
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
-                if self._in_use() + starting >= cap:
+                if self._going_away or self._in_use() + starting >= cap:
                     if not self._refuse(event.stream_id):
-                        break  # GOAWAY sent: nothing more is read from this client
+                        break  # closing: nothing more is read from this client
                     continue
                 starting += 1
+                self._last_started = event.stream_id
             elif isinstance(event, (h2.events.DataReceived, h2.events.StreamEnded)):
                 if self._refused is not None and event.stream_id in self._refused:
                     if isinstance(event, h2.events.DataReceived):
@@ -202,18 +234,82 @@ class H2cChecked(H2Protocol):
                         )
                     continue
             kept.append(event)
-        await super()._handle_events(kept)
-        if self._refusals > MAX_REFUSED and not self.closed:
-            await self.send(Closed())
+        await super()._handle_events(kept)  # (flushes the refusals, before any GOAWAY)
+        if self._closing:
+            await self._close_now()
+        elif self._going_away:
+            if not self._goaway_sent:
+                self._goaway_sent = True
+                await self._send_goaway()
+            await self._close_if_done()
+
+    async def _send_goaway(self) -> None:
+        """``GOAWAY`` with the connection left open for the streams in flight. h2's own
+        ``close_connection`` closes its side at once: every later frame on a stream in flight
+        (their DATA, the client's WINDOW_UPDATE) is a protocol error, and hypercorn drops the
+        stream. So the frame is written here, after what h2 has queued, and h2's comes when
+        the last stream has ended (a second ``GOAWAY`` naming the same stream is allowed)."""
+        await self._flush()
+        frame = GoAwayFrame(
+            stream_id=0,
+            last_stream_id=self._last_started,
+            error_code=ErrorCodes.ENHANCE_YOUR_CALM,
+        )
+        await self.send(RawData(data=frame.serialize()))
+
+    async def _close_if_done(self) -> None:
+        """After ``GOAWAY``: close the connection once no stream is open or has data left to
+        send (a stream reset whose request still runs sends nothing: not waited for)."""
+        if not self._going_away or self._closing or self.closed:
+            return
+        if self.streams or self.stream_buffers:
+            return
+        self._closing = True
+        self.connection.close_connection(
+            error_code=ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self._last_started
+        )
+        await self._close_now()
+
+    async def _close_now(self) -> None:
+        """Send what h2 has queued (its ``GOAWAY``), then close the connection (once)."""
+        if self._close_sent or self.closed:
+            return
+        self._close_sent = True
+        await self._flush()
+        await self.send(Closed())
 
     def _refuse(self, stream_id: int) -> bool:
-        """Refuse a new stream; False once the client has been refused too often (``GOAWAY``
-        queued: the connection is closed)."""
-        self._refusals += 1
-        if self._refusals > MAX_REFUSED:
-            log.info("closing h2c connection of %s: %d streams refused", self.client, MAX_REFUSED)
-            self.connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
-            return False
+        """Refuse a new stream; False once the client, told ``GOAWAY``, has opened
+        :data:`MAX_REFUSED` more (the connection is closed at once)."""
+        if self._going_away:
+            self._refused_after += 1
+            if self._refused_after > MAX_REFUSED:
+                log.info(
+                    "closing h2c connection of %s at once: %d streams opened after GOAWAY",
+                    self.client,
+                    self._refused_after,
+                )
+                self._closing = True
+                self.connection.close_connection(
+                    error_code=ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self._last_started
+                )
+                return False
+        else:
+            now = clock()
+            if self._refusals is None:
+                self._refusals = deque()
+            self._refusals.append(now)
+            while self._refusals[0] <= now - REFUSAL_WINDOW:
+                self._refusals.popleft()
+            if len(self._refusals) > MAX_REFUSED:
+                log.info(
+                    "GOAWAY to h2c connection of %s: %d streams refused within %gs;"
+                    " closing once the streams in flight have ended",
+                    self.client,
+                    len(self._refusals),
+                    REFUSAL_WINDOW,
+                )
+                self._going_away = True  # sent once this read's events are handled
         if self._refused is None:
             self._refused = set()
         self._refused.add(stream_id)
@@ -268,6 +364,8 @@ class H2cChecked(H2Protocol):
         await super()._send_data(stream_id)
         if pending and self._waits is not None and stream_id in self._waits:
             self._opened(stream_id, min(pending, window))
+        if self._going_away and stream_id not in self.stream_buffers:
+            await self._close_if_done()  # its last byte sent, or dropped
 
     def _shut(self, stream_id: int) -> None:
         guard = self._guard
@@ -350,6 +448,8 @@ class H2cChecked(H2Protocol):
             if wait is not None and wait.timer is not None:
                 wait.timer.cancel()
         await super()._close_stream(stream_id)
+        if self._going_away:
+            await self._close_if_done()
 
 
 class H2cRefused(H2Protocol):
