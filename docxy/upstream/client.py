@@ -47,10 +47,11 @@ from docxy.upstream.presets import DEFAULT_NAME
 from docxy.upstream.redirects import (
     HOP_GUARD,
     NonPublicOnly,
+    RegistryVerdicts,
     guarded_transport,
     hop_guard,
     hop_refusal,
-    non_public_host,
+    may_look_up,
 )
 from docxy.upstream.trust import UpstreamTrust, trusting_transport
 
@@ -478,6 +479,9 @@ class UpstreamClient:
         #: told the realm each probe finds, for the CAs its origin is verified with
         self.trust = trust
         self.health: dict[str, UpstreamHealth] = {}
+        #: Whether each upstream's own host is non-public (the redirect rule's), kept a few
+        #: minutes; the direct GETs' own, when they have settings, so one lookup serves both.
+        self.verdicts = direct.verdicts if direct is not None else RegistryVerdicts()
         #: Told ``(url, status, asked)`` of every answer a direct GET got, each redirect hop
         #: included, ``asked`` the URL of its first hop (the httpx client's own ``response``
         #: event hooks see the rest).
@@ -582,7 +586,12 @@ class UpstreamClient:
                 raise UpstreamUnavailable(refused)
             lookup = self.http.timeout.connect or LOOKUP_SECONDS
             guard = hop_guard(
-                url, registry=upstream.registry, listed=upstream.ca_origins, lookup_seconds=lookup
+                url,
+                registry=upstream.registry,
+                listed=upstream.ca_origins,
+                lookup_seconds=lookup,
+                verdicts=self.verdicts,
+                over_https=over_https,
             )
             marks.pop(HOP_GUARD, None)
             if guard is not None:  # its connection goes only where the guard allows
@@ -600,7 +609,8 @@ class UpstreamClient:
     async def _hop_refused(self, upstream: Upstream, url: str, over_https: bool) -> str | None:
         """Why a redirect to ``url`` is not followed (:func:`~docxy.upstream.redirects.
         hop_refusal`), or None. Off the event loop when the rule may look the upstream's host
-        name up (a hop to a non-public address: rare)."""
+        name up (a hop to a non-public address, or to plain HTTP after HTTPS, whose upstream's
+        verdict is not kept yet)."""
         lookup = self.http.timeout.connect or LOOKUP_SECONDS
         refusal = partial(
             hop_refusal,
@@ -609,8 +619,9 @@ class UpstreamClient:
             registry=upstream.registry,
             listed=upstream.ca_origins,
             lookup_seconds=lookup,
+            verdicts=self.verdicts,
         )
-        if non_public_host(urlsplit(url).hostname):
+        if may_look_up(url, over_https) and self.verdicts.known(upstream.registry) is None:
             return await asyncio.to_thread(refusal)
         return refusal()
 

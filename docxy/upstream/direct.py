@@ -46,7 +46,13 @@ from docxy.upstream.client import (
 )
 from docxy.upstream.failures import upstream_certificate_refused
 from docxy.upstream.keepalive import IdleConnections, Origin
-from docxy.upstream.redirects import HopGuard, NonPublicOnly, hop_guard, hop_refusal
+from docxy.upstream.redirects import (
+    HopGuard,
+    NonPublicOnly,
+    RegistryVerdicts,
+    hop_guard,
+    hop_refusal,
+)
 from docxy.upstream.trust import UpstreamTrust, host_key
 
 
@@ -56,7 +62,8 @@ class DirectSettings:
     idle connections, kept for the next GET to the same origin. ``trust`` set and some
     upstream with a ``ca_file``: a connection verifies with its origin's context, else
     ``ssl_context``; ``trust`` also says which origins a ``ca_file`` could cover (a refusal's
-    message)."""
+    message). ``verdicts``: whether each upstream's own host is non-public, kept for the
+    redirect rule (shared with the :class:`UpstreamClient` these settings are given to)."""
 
     ssl_context: ssl.SSLContext
     connect_timeout: float
@@ -64,6 +71,7 @@ class DirectSettings:
     user_agent: str = USER_AGENT
     idle: IdleConnections = field(default_factory=IdleConnections, compare=False)
     trust: UpstreamTrust | None = field(default=None, compare=False)
+    verdicts: RegistryVerdicts = field(default_factory=RegistryVerdicts, compare=False)
 
     def context_for(self, origin: Origin) -> ssl.SSLContext:
         """The context a new connection to ``origin`` verifies with."""
@@ -300,11 +308,17 @@ def get(
             registry=registry,
             listed=listed,
             lookup_seconds=settings.connect_timeout,
+            verdicts=settings.verdicts,
         )
         if refused is not None:
             raise BadRedirect(refused, tuple(hops))
         guard = hop_guard(
-            url, registry=registry, listed=listed, lookup_seconds=settings.connect_timeout
+            url,
+            registry=registry,
+            listed=listed,
+            lookup_seconds=settings.connect_timeout,
+            verdicts=settings.verdicts,
+            over_https=over_https,
         )
     raise BadRedirect(f"the upstream redirected more than {MAX_REDIRECTS} times", tuple(hops))
 
@@ -463,7 +477,8 @@ def _still_trusted(
 
 
 def _peer_allowed(connection: http.client.HTTPConnection, guard: HopGuard | None) -> bool:
-    """Whether an idle connection's peer is an address ``guard`` lets a hop go to."""
+    """Whether an idle connection's peer is an address ``guard`` lets a hop go to (a public
+    one for a public upstream's hop, an inside one for a plain-HTTP hop after HTTPS)."""
     if guard is None or connection.sock is None:
         return True
     try:

@@ -3,15 +3,32 @@ direct ``http.client`` GET) apply to each hop before they follow it.
 
 Two refusals, each a bad redirect (502):
 
-* **No downgrade.** Once a request went over HTTPS (an ``https://`` upstream), no hop of it goes
-  to plain ``http://``: the answer (a manifest by tag, a token) would come in clear text from
-  anyone on the path. A plain-HTTP upstream (a LAN registry) may redirect to plain HTTP.
+* **No downgrade across the Internet.** Once a request went over HTTPS (an ``https://``
+  upstream), no hop of it goes to plain ``http://``: the answer (a manifest by tag, a token)
+  would come in clear text from anyone on the path. A plain-HTTP upstream (a LAN registry) may
+  redirect to plain HTTP. One exception: a non-public upstream (below) may send a hop to plain
+  HTTP at a non-public address (an HTTPS Harbor whose S3 driver sends blobs to plain-HTTP
+  MinIO, which docker and containerd follow): inside one LAN, the registry's own choice of
+  plain HTTP is no path across the Internet. A hop to a host *name* then connects only to the
+  non-public addresses the name resolves to (none: :class:`NonPublicOnly`'s kin
+  :class:`PublicOnly`, a bad redirect). A public upstream never downgrades.
 * **No way in.** A hop to a loopback, private, link-local, unique-local, shared (CGNAT),
   reserved or unspecified address is followed only when the configured upstream's own host is
-  such an address too (the loopback bed, a LAN registry), or when the hop's origin is one the
+  non-public too (the loopback bed, a LAN registry), or when the hop's origin is one the
   upstream's ``ca_origins`` lists (its storage, named by the operator). A public registry (or
   its CDN) does not get the mirror to GET ``169.254.169.254`` or ``127.0.0.1:admin-port`` for
   it, and relay the answer.
+
+The upstream's own host is non-public when it is a non-public literal address or
+``localhost``, or a name of which ANY address is non-public (:func:`resolves_non_public`): a
+dual-stack LAN registry with a private A record and a global AAAA, or a cloud registry reached
+through a private interface endpoint, is a LAN registry. That widens nothing: the mirror
+connects to the upstream's name at whatever addresses it resolves to, for every request, so an
+upstream that controls its own DNS can already point the mirror at an inside address without
+any redirect; what the rule keeps from a *public* upstream (every address public) is a way in
+it could not have had otherwise. Its verdict is kept per upstream host for a few minutes
+(:class:`RegistryVerdicts`; a failed lookup only for seconds), so a LAN registry's redirected
+blobs do not each cost a lookup.
 
 The target is judged by its host as written in the URL: a literal address (``127.1`` and
 ``0x7f000001`` are read as the resolver reads them), or ``localhost`` and its subdomains. A
@@ -20,7 +37,8 @@ to a name that must stay public connects only to the public addresses the name r
 then (none: :class:`NonPublicOnly`, a bad redirect), so a name pointing inside, or one that
 rebinds between two lookups, does not lead there: the fills' direct GET, and httpx's path in
 its connection pool (:class:`GuardedPool`). The upstream's own host, when a name, is looked up
-(:data:`RESOLVE`) only when a hop to a non-public address would otherwise be refused.
+(:data:`RESOLVE`) only when a hop to a non-public address, or a plain-HTTP hop after HTTPS,
+would otherwise be refused.
 """
 
 from __future__ import annotations
@@ -29,6 +47,8 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+import threading
+import time
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -121,19 +141,97 @@ def non_public_host(host: str | None) -> bool:
 
 
 def resolves_non_public(host: str, seconds: float) -> bool:
-    """Whether the name ``host`` resolves (within ``seconds``) to non-public addresses only; a
+    """Whether the name ``host`` resolves (within ``seconds``) to some non-public address; a
     lookup that fails or takes too long says no."""
+    return bool(_looked_up(host, seconds))
+
+
+def _looked_up(host: str, seconds: float) -> bool | None:
+    """Whether any address ``host`` resolves to is non-public; None when the lookup failed or
+    took longer than ``seconds``. ANY, not every: the mirror connects to the upstream at each of
+    them anyway (see the module's docstring), and a LAN registry's name often has a global
+    AAAA beside its private A."""
     try:
         found = within(seconds, f"resolve {host}", lambda: RESOLVE(host, None))
     except (OSError, UnicodeError, TimeoutError):
-        return False
+        return None
     addresses = [literal_address(str(entry[4][0])) for entry in found]
-    return bool(addresses) and all(a is not None and non_public_address(a) for a in addresses)
+    if not addresses:
+        return None
+    return any(a is not None and non_public_address(a) for a in addresses)
 
 
-def registry_non_public(registry: str, seconds: float) -> bool:
+#: Seconds an upstream host's looked-up verdict is kept (:class:`RegistryVerdicts`).
+VERDICT_SECONDS = 300.0
+#: Seconds a failed lookup's verdict (public) is kept: a moment, so a resolver that is down is
+#: not asked by every hop at once, and asked again soon.
+FAILED_VERDICT_SECONDS = 10.0
+#: Upstream hosts whose verdicts are kept at once (the oldest dropped first).
+VERDICT_ENTRIES = 64
+
+
+class RegistryVerdicts:
+    """Whether each upstream's own host is non-public (:func:`registry_non_public`), kept for
+    :data:`VERDICT_SECONDS` per host (a failed lookup for :data:`FAILED_VERDICT_SECONDS`), at
+    most ``size`` hosts. Thread-safe: both download paths ask it from worker threads."""
+
+    def __init__(
+        self,
+        *,
+        size: int = VERDICT_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._size = size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[bool, float]] = {}  # host: (verdict, until)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._kept)
+
+    def known(self, registry: str) -> bool | None:
+        """The verdict on ``registry``'s host without a lookup: a literal address or a kept
+        verdict; None when only a lookup can tell."""
+        host = urlsplit(registry).hostname
+        if not host:
+            return False
+        if non_public_host(host):
+            return True
+        if literal_address(host) is not None:
+            return False
+        with self._lock:
+            kept = self._kept.get(host.lower().rstrip("."))
+        if kept is not None and self._clock() < kept[1]:
+            return kept[0]
+        return None
+
+    def non_public(self, registry: str, seconds: float) -> bool:
+        """Whether ``registry``'s host is non-public; a name is looked up (within ``seconds``)
+        unless its verdict is kept."""
+        known = self.known(registry)
+        if known is not None:
+            return known
+        host = (urlsplit(registry).hostname or "").lower().rstrip(".")
+        found = _looked_up(host, seconds)
+        verdict = bool(found)
+        keep = FAILED_VERDICT_SECONDS if found is None else VERDICT_SECONDS
+        with self._lock:
+            self._kept.pop(host, None)
+            self._kept[host] = (verdict, self._clock() + keep)
+            while len(self._kept) > self._size:
+                del self._kept[next(iter(self._kept))]
+        return verdict
+
+
+def registry_non_public(
+    registry: str, seconds: float, verdicts: RegistryVerdicts | None = None
+) -> bool:
     """Whether the configured upstream's own host is not public: a non-public literal address
-    or ``localhost``, or a name that resolves only to such addresses (a LAN registry)."""
+    or ``localhost``, or a name that resolves to some such address (a LAN registry). With
+    ``verdicts``, a name's verdict is the one kept there (looked up when it has none)."""
+    if verdicts is not None:
+        return verdicts.non_public(registry, seconds)
     host = urlsplit(registry).hostname
     if not host:
         return False
@@ -144,6 +242,17 @@ def registry_non_public(registry: str, seconds: float) -> bool:
     return resolves_non_public(host, seconds)
 
 
+def downgrade(target: str, over_https: bool) -> bool:
+    """Whether a hop to ``target`` goes to plain HTTP after some hop went over HTTPS."""
+    return over_https and urlsplit(target).scheme.lower() == "http"
+
+
+def may_look_up(target: str, over_https: bool) -> bool:
+    """Whether :func:`hop_refusal` may look the upstream's host up for a hop to ``target``
+    (else it returns at once): a plain-HTTP hop after HTTPS, or one to a non-public host."""
+    return downgrade(target, over_https) or non_public_host(urlsplit(target).hostname)
+
+
 def hop_refusal(
     target: str,
     *,
@@ -151,22 +260,31 @@ def hop_refusal(
     registry: str,
     listed: Iterable[str] = (),
     lookup_seconds: float = 5.0,
+    verdicts: RegistryVerdicts | None = None,
 ) -> str | None:
     """Why a redirect to ``target`` is not followed, or None to follow it. ``over_https``: the
     request went over HTTPS on some hop already; ``registry``: the configured upstream's URL;
-    ``listed``: its ``ca_origins``. Blocking only when the target's address is non-public and
-    the registry is named by a host name (its lookup, ``lookup_seconds`` at most)."""
+    ``listed``: its ``ca_origins``; ``verdicts``: where the upstream host's verdict is kept.
+    Blocking only when :func:`may_look_up` says so and the registry is named by a host name
+    (its lookup, ``lookup_seconds`` at most, unless its verdict is kept)."""
     parts = urlsplit(target)
-    if over_https and parts.scheme.lower() == "http":
-        return (
-            f"the upstream redirected from HTTPS to plain HTTP ({parts.hostname}): not followed, "
-            "an answer would come unprotected"
-        )
+    if downgrade(target, over_https):
+        # Followed only between non-public hosts: a host name is let through here, to be
+        # connected at its non-public addresses only (hop_guard's HopGuard, inside_only).
+        host = parts.hostname
+        inside = non_public_host(host) or (bool(host) and literal_address(host or "") is None)
+        if not inside or not registry_non_public(registry, lookup_seconds, verdicts):
+            return (
+                f"the upstream redirected from HTTPS to plain HTTP ({parts.hostname}): not "
+                "followed, an answer would come unprotected (only a non-public upstream may "
+                "send a hop to plain HTTP, and only to a non-public address)"
+            )
+        return None
     if not non_public_host(parts.hostname):
         return None
     if origin(target) in {origin(entry) for entry in listed}:
         return None
-    if registry_non_public(registry, lookup_seconds):
+    if registry_non_public(registry, lookup_seconds, verdicts):
         return None
     return (
         f"the upstream redirected to a non-public address ({parts.hostname}): not followed for "
@@ -179,33 +297,66 @@ class NonPublicOnly(OSError):
     non-public addresses: nothing was connected to."""
 
 
+class PublicOnly(NonPublicOnly):
+    """A plain-HTTP hop after HTTPS, which must stay inside (:class:`HopGuard`'s
+    ``inside_only``), named a host that resolved only to public addresses: nothing was
+    connected to. (A :class:`NonPublicOnly`: a bad redirect wherever that one is.)"""
+
+
 class HopGuard:
     """For a redirect hop to a host *name* that :func:`hop_refusal` let through as written:
     the addresses its connection may go to, judged when the name is resolved to connect
     (DNS rebinding: an earlier lookup says nothing of this one). A non-public address is
     allowed only for an upstream whose own host is non-public (:func:`registry_non_public`,
-    asked only once a non-public address turns up, at most once per guard)."""
+    asked only once a non-public address turns up, its verdict kept in ``verdicts``).
+    ``inside_only`` (a plain-HTTP hop after HTTPS): only non-public addresses are allowed,
+    and only for such an upstream."""
 
-    def __init__(self, host: str, registry: str, lookup_seconds: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        registry: str,
+        lookup_seconds: float,
+        verdicts: RegistryVerdicts | None = None,
+        *,
+        inside_only: bool = False,
+    ) -> None:
         self.host = host
+        self.inside_only = inside_only
         self._registry = registry
         self._lookup_seconds = lookup_seconds
-        self._inside_allowed: bool | None = None
+        self._verdicts = verdicts if verdicts is not None else RegistryVerdicts()
 
     def inside_allowed(self) -> bool:
         """Whether the upstream may lead to non-public addresses (its own host is one)."""
-        if self._inside_allowed is None:
-            self._inside_allowed = registry_non_public(self._registry, self._lookup_seconds)
-        return self._inside_allowed
+        return self._verdicts.non_public(self._registry, self._lookup_seconds)
 
     def allows(self, address: str) -> bool:
         """Whether a connection may go to ``address`` (a peer's, as a socket gives it)."""
+        if self.inside_only:
+            return _peer_inside(address) and self.inside_allowed()
         return not _peer_inside(address) or self.inside_allowed()
+
+    def may_look_up(self, address: str) -> bool:
+        """Whether :meth:`allows` may look the upstream's host up (block) for ``address``."""
+        return self.inside_only or _peer_inside(address)
 
     def screened(self, found: Sequence[Entry]) -> list[Entry]:
         """The ``getaddrinfo`` entries a connection may try, in their order: the public ones,
-        or all of them where non-public addresses are allowed. Raises :class:`NonPublicOnly`
-        when none is left."""
+        or all of them where non-public addresses are allowed (the non-public ones alone for
+        an ``inside_only`` guard). Raises :class:`NonPublicOnly` (:class:`PublicOnly`) when
+        none is left."""
+        if self.inside_only:
+            inside = [entry for entry in found if _inside(entry)] if self.inside_allowed() else []
+            if not inside:
+                shown = ", ".join(sorted({str(entry[4][0]) for entry in found}))
+                raise PublicOnly(
+                    f"the upstream redirected from HTTPS to plain HTTP at {self.host}, a name "
+                    f"that resolved to no address it may go to in clear ({shown}): not "
+                    "followed, only a non-public upstream's hop to a non-public address may be "
+                    "plain HTTP"
+                )
+            return inside
         outside = [entry for entry in found if not _inside(entry)]
         if len(outside) == len(found) or self.inside_allowed():
             return list(found)
@@ -231,19 +382,28 @@ def _peer_inside(address: str) -> bool:
 
 
 def hop_guard(
-    target: str, *, registry: str, listed: Iterable[str] = (), lookup_seconds: float = 5.0
+    target: str,
+    *,
+    registry: str,
+    listed: Iterable[str] = (),
+    lookup_seconds: float = 5.0,
+    verdicts: RegistryVerdicts | None = None,
+    over_https: bool = False,
 ) -> HopGuard | None:
     """The guard a followed hop to ``target`` connects under, or None where the rule judged
     it whole already: a literal address or ``localhost`` (judged as written), an origin the
     upstream's ``ca_origins`` lists, or the upstream's own origin (its first hop went there
-    unguarded)."""
+    unguarded). A plain-HTTP hop after HTTPS (``over_https``) to a name is always guarded,
+    inside only."""
     host = urlsplit(target).hostname
     if not host or non_public_host(host) or literal_address(host) is not None:
         return None
+    if downgrade(target, over_https):
+        return HopGuard(host, registry, lookup_seconds, verdicts, inside_only=True)
     here = origin(target)
     if here == origin(registry) or here in {origin(entry) for entry in listed}:
         return None
-    return HopGuard(host, registry, lookup_seconds)
+    return HopGuard(host, registry, lookup_seconds, verdicts)
 
 
 # --- httpx's path: the guard in its connection pool ------------------------------------------
@@ -317,8 +477,8 @@ async def _connect_guarded(
         raise httpcore.ConnectTimeout(f"resolve {host}: no answer in time") from exc
     except (OSError, UnicodeError) as exc:
         raise httpcore.ConnectError(f"resolve {host}: {exc}") from exc
-    if any(_inside(entry) for entry in found):  # the guard may look the upstream's host up
-        found = await asyncio.to_thread(guard.screened, found)
+    if guard.inside_only or any(_inside(entry) for entry in found):
+        found = await asyncio.to_thread(guard.screened, found)  # it may look a name up
     error: Exception = httpcore.ConnectError(f"no address found for {host}")
     for entry in found:
         try:
@@ -342,8 +502,9 @@ class _Guarded(httpcore.AsyncConnectionInterface):
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         guard = request.extensions.get(HOP_GUARD)
-        if isinstance(guard, HopGuard) and self.peer is not None and _peer_inside(self.peer):
-            if not await asyncio.to_thread(guard.inside_allowed):  # it may look a name up
+        peer = self.peer
+        if isinstance(guard, HopGuard) and peer is not None and guard.may_look_up(peer):
+            if not await asyncio.to_thread(guard.allows, peer):  # it may look a name up
                 self._refused = True  # idle still: the pool closes it as expired
                 raise httpcore.ConnectionNotAvailable()
         self.guard = guard if isinstance(guard, HopGuard) else None
