@@ -36,14 +36,15 @@ host *name* is judged where its address is known, at connect time (:class:`HopGu
 to a name that must stay public connects only to the public addresses the name resolves to
 then (none: :class:`NonPublicOnly`, a bad redirect), so a name pointing inside, or one that
 rebinds between two lookups, does not lead there: the fills' direct GET, and httpx's path in
-its connection pool (:class:`GuardedPool`). The upstream's own host, when a name, is looked up
-(:data:`RESOLVE`) only when a hop to a non-public address, or a plain-HTTP hop after HTTPS,
-would otherwise be refused.
+its connection pool (:class:`GuardedPool`, which races a name's addresses as anyio's own
+connect does). The upstream's own host, when a name, is looked up (:data:`RESOLVE`) only when
+a hop to a non-public address, or a plain-HTTP hop after HTTPS, would otherwise be refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
@@ -461,6 +462,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+#: Seconds a guarded connection's attempt at one address has before the next address's starts
+#: beside it (anyio's own ``connect_tcp`` waits as long: RFC 8305's "Connection Attempt
+#: Delay"); an attempt that fails starts the next at once.
+STAGGER_SECONDS = 0.25
+
+
 async def _connect_guarded(
     guard: HopGuard,
     host: str,
@@ -468,10 +475,15 @@ async def _connect_guarded(
     timeout: float | None,
     connect: Callable[[str], typing.Awaitable[httpcore.AsyncNetworkStream]],
 ) -> httpcore.AsyncNetworkStream:
-    """Look ``host`` up and connect to the first address ``guard`` allows that answers."""
+    """Look ``host`` up and connect to the first address ``guard`` allows that answers: the
+    lookup and the attempts within ``timeout`` in all, each next address tried
+    :data:`STAGGER_SECONDS` after the one before it (or as soon as it failed), as anyio's own
+    connect races them; tried one after another, an address that never answers (broken IPv6)
+    held each new connection for the whole connect timeout."""
     lookup = partial(CONNECT_RESOLVE, host, port, 0, socket.SOCK_STREAM)
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             found = await asyncio.to_thread(lookup)
     except TimeoutError as exc:
         raise httpcore.ConnectTimeout(f"resolve {host}: no answer in time") from exc
@@ -479,13 +491,59 @@ async def _connect_guarded(
         raise httpcore.ConnectError(f"resolve {host}: {exc}") from exc
     if guard.inside_only or any(_inside(entry) for entry in found):
         found = await asyncio.to_thread(guard.screened, found)  # it may look a name up
-    error: Exception = httpcore.ConnectError(f"no address found for {host}")
-    for entry in found:
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await _first_to_connect([str(entry[4][0]) for entry in found], connect)
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(f"connect {host}: no address answered in time") from exc
+
+
+async def _first_to_connect(
+    addresses: list[str],
+    connect: Callable[[str], typing.Awaitable[httpcore.AsyncNetworkStream]],
+) -> httpcore.AsyncNetworkStream:
+    """The stream of the first of ``addresses`` to connect, attempts started
+    :data:`STAGGER_SECONDS` apart (the next at once when one fails): the winner cancels the
+    others, and a stream one made meanwhile is closed. Raises the last attempt's error when
+    all fail."""
+    won: list[httpcore.AsyncNetworkStream] = []
+    error: list[Exception] = [httpcore.ConnectError("no address found")]
+    attempts: list[asyncio.Task[None]] = []
+    progress = asyncio.Event()  # an attempt ended: the next may start now
+
+    async def attempt(address: str) -> None:
         try:
-            return await connect(str(entry[4][0]))
-        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-            error = exc
-    raise error
+            stream = await connect(address)
+        except Exception as exc:  # noqa: BLE001 - the caller's, if no address answers
+            error[0] = exc
+            progress.set()
+            return
+        if won:  # another won as this one connected
+            await stream.aclose()
+            return
+        won.append(stream)
+        progress.set()
+        for other in attempts:
+            if other is not asyncio.current_task():
+                other.cancel()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for address in addresses:
+                progress.clear()
+                attempts.append(group.create_task(attempt(address), name=f"connect {address}"))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STAGGER_SECONDS):
+                        await progress.wait()
+                if won:
+                    break
+    except BaseException:
+        for stream in won:  # cancelled (the deadline) as one connected
+            await stream.aclose()
+        raise
+    if won:
+        return won[0]
+    raise error[0]
 
 
 class _Guarded(httpcore.AsyncConnectionInterface):

@@ -10,14 +10,17 @@ never contacted."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import pytest
 from cryptography import x509
 
@@ -285,3 +288,136 @@ def test_the_kept_verdicts_are_bounded(names: dict[str, list[str]]) -> None:
     assert len(verdicts) == 3
     assert verdicts.non_public("http://r9.lan", 1.0)
     assert len(names["asked:r9.lan"]) == 1  # the newest kept
+
+
+# --- 4: a guarded connection's addresses raced, not tried one after another --------------------
+
+
+class Unanswering:
+    """A listener on ``host:port`` whose backlog is full: a further connect to it hangs (its
+    SYN dropped), as one to a host with broken IPv6 does."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.listener = socket.create_server((host, port), backlog=0)
+        self.held: list[socket.socket] = []
+        for _ in range(4):
+            sock = socket.socket()
+            sock.setblocking(False)
+            try:
+                sock.connect((host, port))
+            except BlockingIOError:
+                pass
+            self.held.append(sock)
+        time.sleep(0.1)
+
+    def close(self) -> None:
+        for sock in self.held:
+            sock.close()
+        self.listener.close()
+
+
+async def test_a_guarded_hop_does_not_wait_out_an_address_that_never_answers(
+    names: dict[str, list[str]],
+) -> None:
+    """A CDN name whose first address never answers (broken IPv6): httpx's path tried it for
+    the whole connect timeout (4 s here) before the next one; anyio's own connect raced them.
+    The next address is tried after a short stagger now."""
+    names["cdn.lan"] = [OUTSIDE, STORE]  # OUTSIDE never answers; the rule calls it public
+    hanging = Unanswering(OUTSIDE, 9759)
+    try:
+        with beds(lambda: Bed(STORE, 9759), lambda: Bed(REG, 9758)) as (storage, reg):
+            reg.location = "http://cdn.lan:9759/blob"
+            registry = f"http://{REG}:9758"
+            client = _pooled(connect=4.0)
+            try:
+                started = time.monotonic()
+                assert await _send(client, Upstream(registry), registry + BLOB) == b"blob"
+                waited = time.monotonic() - started
+            finally:
+                await client.http.aclose()
+            assert storage.seen.snapshot() == ["/blob"]
+    finally:
+        hanging.close()
+    assert waited < 2.5, f"waited {waited:.1f}s for an address that never answers"
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return b""
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _entries(*addresses: str) -> list[tuple[Any, ...]]:
+    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 80)) for a in addresses]
+
+
+async def test_guarded_attempts_are_staggered_within_one_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scheduling alone, with a fake connect (nothing contacted): a refused address gives
+    way at once, a hanging one after the stagger, a late winner is closed, and the whole has
+    the connect timeout."""
+    addresses = ["8.8.8.1", "8.8.8.2", "8.8.8.3"]
+    monkeypatch.setattr(redirects, "CONNECT_RESOLVE", lambda *a: _entries(*addresses))
+    guard = redirects.HopGuard("cdn.example", "https://8.8.8.8", 1.0)
+    started: list[tuple[str, float]] = []
+    made: list[_Stream] = []
+    behaviour: dict[str, str] = {}
+
+    async def connect(host: str) -> httpcore.AsyncNetworkStream:
+        started.append((host, time.monotonic()))
+        if behaviour[host] == "refuse":
+            raise httpcore.ConnectError("refused")
+        if behaviour[host] == "hang":
+            await asyncio.sleep(60)
+        if behaviour[host] == "slow":
+            await asyncio.sleep(0.6)
+        stream = _Stream(host)
+        made.append(stream)
+        return stream
+
+    # refused, then one that answers: no stagger waited
+    behaviour.update({"8.8.8.1": "refuse", "8.8.8.2": "ok", "8.8.8.3": "ok"})
+    t0 = time.monotonic()
+    got = await redirects._connect_guarded(guard, "cdn.example", 80, 5.0, connect)
+    assert isinstance(got, _Stream) and got.name == "8.8.8.2"
+    assert time.monotonic() - t0 < 0.2
+
+    # hanging, then one that answers: after the stagger, well inside the timeout
+    started.clear()
+    behaviour.update({"8.8.8.1": "hang", "8.8.8.2": "ok"})
+    t0 = time.monotonic()
+    async with asyncio.timeout(6):  # the test's own bound
+        got = await redirects._connect_guarded(guard, "cdn.example", 80, 5.0, connect)
+    assert isinstance(got, _Stream) and got.name == "8.8.8.2"
+    assert 0.1 <= time.monotonic() - t0 < 2.5
+    assert [host for host, _ in started] == ["8.8.8.1", "8.8.8.2"]
+
+    # every one hangs: the whole has the connect timeout, not one per address
+    behaviour.update({"8.8.8.1": "hang", "8.8.8.2": "hang", "8.8.8.3": "hang"})
+    t0 = time.monotonic()
+    with pytest.raises(httpcore.ConnectTimeout):
+        await redirects._connect_guarded(guard, "cdn.example", 80, 1.5, connect)
+    assert time.monotonic() - t0 < 2.5
+
+    # every one refused: the last error
+    behaviour.update({"8.8.8.1": "refuse", "8.8.8.2": "refuse", "8.8.8.3": "refuse"})
+    with pytest.raises(httpcore.ConnectError, match="refused"):
+        await redirects._connect_guarded(guard, "cdn.example", 80, 5.0, connect)
+
+    # a slow first and a quick second: the second wins, the first is cancelled (not left open)
+    made.clear()
+    behaviour.update({"8.8.8.1": "slow", "8.8.8.2": "ok"})
+    got = await redirects._connect_guarded(guard, "cdn.example", 80, 5.0, connect)
+    assert isinstance(got, _Stream) and got.name == "8.8.8.2"
+    await asyncio.sleep(0.8)
+    assert [s.name for s in made] == ["8.8.8.2"]
