@@ -90,6 +90,11 @@ def _when(value: object) -> dt.datetime | None:
     return when.astimezone(dt.UTC)
 
 
+#: How far ahead of now a status file's last run may be and still be taken up by
+#: :meth:`Runs.catch_up` (both writers share this host's clock: only a moment's rounding).
+CATCH_UP_SLACK = dt.timedelta(seconds=5)
+
+
 @dataclass
 class Runs:
     """Runs renewals one at a time and remembers how the last ones went; ``attempt`` is the work."""
@@ -268,13 +273,27 @@ class Runs:
         failures was undone by the renewer's next run, which, failing, wrote 4 in a row since
         the first of the three, no success since, and backed off as for the fourth. Taken up
         only from a file whose last run is later than this renewer's: one it could not write
-        since (the volume full) holds an older state, never taken."""
+        since (the volume full) holds an older state, never taken.
+
+        Nor from one whose last run is in the future (beyond :data:`CATCH_UP_SLACK`): no run
+        beside this one, on this host's clock, began after now. After the clock stepped back
+        (a VPS started with its clock ahead, then NTP) the file this process wrote itself
+        before the step is ahead of every run's start, and each run's catch-up restored it: a
+        success reported as the old failures and backed off, a failure as the old success
+        with no retry, until real time passed it."""
         try:
             data = json.loads(self.settings.status_file.read_bytes())
             seen = _when(data.get("last_run")) if isinstance(data, dict) else None
         except (OSError, ValueError):
             return False  # none, or unreadable: this renewer's own count stands
         if seen is None or (self.last_run is not None and seen <= self.last_run):
+            return False
+        if seen > dt.datetime.now(dt.UTC) + CATCH_UP_SLACK:
+            log.warning(
+                "the renewer status says a run at %s, ahead of this host's clock (it went "
+                "back?): not taken up, this run's outcome stands",
+                utc_stamp(seen),
+            )
             return False
         log.info("taking up a run made beside this one at %s", utc_stamp(seen))
         self.restore()
