@@ -236,6 +236,7 @@ def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
     except OSError as exc:
         raise CertError(f"lineage {live_dir}: unreadable ({exc.strerror or exc})") from exc
     from docxy.tls.context import (  # cryptography: see above
+        clock_behind,
         inspect_pair,
         kept_over_expired,
         kept_over_not_yet_valid,
@@ -251,6 +252,9 @@ def install(live_dir: Path, cert_path: Path, key_path: Path) -> bool:
     early = kept_over_not_yet_valid(issued, served, src_cert)
     if early is not None:  # nor one they refuse until its notBefore (the renewer retries)
         raise CertError(early)
+    behind = clock_behind(issued, src_cert)
+    if behind is not None:  # nothing served that clients take: installed all the same
+        log.warning("%s", behind)
     write_pair(cert_path, key_path, cert_pem, key_pem)
     log.info("installed certificate from %s to %s", live_dir, cert_path)
     return True

@@ -261,11 +261,18 @@ def kept_over_not_yet_valid(
     it is not valid yet by this host's clock (the CA's clock ahead of this host's, or this
     host's behind) and the one served is valid now; None when it may (nothing valid is served).
     Installed, clients whose clocks agree with this host's refused it until its notBefore; kept
-    out, a later run installs it once it is valid."""
+    out, a later run installs it once it is valid.
+
+    A CA's certificate always replaces a pair no client trusts anyway (:func:`untrusted_over`:
+    the self-signed bootstrap pair of a first issuance): a host whose clock is behind by more
+    than the CA's backdating (Let's Encrypt's, an hour) kept serving the bootstrap pair, where
+    clients, whose clocks are right, would have taken the new one."""
     now = now or _utcnow()
     if served is None or new.not_before is None or new.not_before <= now:
         return None
     if served.not_after <= now or (served.not_before is not None and served.not_before > now):
+        return None
+    if untrusted_over(new, served):
         return None
     return (
         f"certificate {cert_path} is not valid before {utc_stamp(new.not_before)}, by this "
@@ -273,6 +280,29 @@ def kept_over_not_yet_valid(
         f"CA's, is wrong: check its time sync): the one served (serial {served.serial}, valid "
         f"until {utc_stamp(served.not_after)}) is kept, and the new one installed by a run once "
         "it is valid"
+    )
+
+
+def untrusted_over(new: CertInfo, served: CertInfo) -> bool:
+    """Whether ``served`` is a pair no client trusts (self-signed: the mirror's bootstrap pair;
+    or from a staging CA) and ``new`` one a CA issued that is not such: a CA's certificate
+    clients may take, whatever this host's clock says of it, is better served."""
+    if new.self_signed:
+        return False
+    return served.self_signed or (served.staging and not new.staging)
+
+
+def clock_behind(new: CertInfo, cert_path: Path, now: dt.datetime | None = None) -> str | None:
+    """The warning for installing ``new`` (at ``cert_path``) before its notBefore by this host's
+    clock (nothing served that clients take: :func:`kept_over_not_yet_valid` let it through);
+    None when it is valid now."""
+    now = now or _utcnow()
+    if new.not_before is None or new.not_before <= now:
+        return None
+    return (
+        f"installing certificate {cert_path}, not valid before {utc_stamp(new.not_before)}, by "
+        f"this host's clock {_ahead(new.not_before - now)} from now: this host's clock looks "
+        "behind (check its time sync: timedatectl); clients whose clocks are right take it"
     )
 
 

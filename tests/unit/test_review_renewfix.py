@@ -139,7 +139,6 @@ def _ahead(hours: float = 3) -> dt.datetime:
     return dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)
 
 
-@pytest.mark.xfail(strict=True, reason="bootstrap pair kept over a CA certificate not valid yet")
 def test_a_ca_certificate_not_valid_yet_replaces_the_bootstrap_pair(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -156,7 +155,6 @@ def test_a_ca_certificate_not_valid_yet_replaces_the_bootstrap_pair(
     assert "clock" in caplog.text and "behind" in caplog.text, caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason="bootstrap pair kept over a CA certificate not valid yet")
 def test_the_renewer_installs_a_ca_certificate_not_valid_yet_over_the_bootstrap_pair(
     tmp_path: Path,
     fake_certbot: FakeCertbot,  # noqa: F811
