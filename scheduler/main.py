@@ -80,8 +80,11 @@ def build(renewer: Runs) -> BlockingScheduler:
             first.isoformat(),
         )
     scheduler.add_job(job, trigger, id=RENEW_JOB, max_instances=1, next_run_time=first)
-    if first > now:  # else the run at once writes it; until then /health showed the old time
-        renewer.write_status(first)
+    # Written at start, always: within a backoff /health showed the old next run until the
+    # first, and a renewer restarted with its settings mended (hold) left their `refused` in
+    # the file (/health degraded) until its first run ended, minutes later with the wait for
+    # the mirror and certbot. What the file said of the runs before is restored, so it stays.
+    renewer.write_status(first)
     return scheduler
 
 

@@ -137,6 +137,7 @@ class Runs:
             return True
         before = self.last_run
         self.cut_short = False
+        self.interrupted = None  # a one-off run stopped earlier: this run's status replaces it
         try:
             self.last_run = dt.datetime.now(dt.UTC)
             self.attempt()
@@ -250,6 +251,9 @@ class Runs:
         self.restored_certificate = certificate if isinstance(certificate, dict) else None
         set_aside = data.get("set_aside")
         self.set_aside = set_aside if isinstance(set_aside, dict) else None
+        # kept until the next run's status (a renewer's status at start keeps it too)
+        interrupted = data.get("interrupted")
+        self.interrupted = interrupted if isinstance(interrupted, dict) else None
         if failures:
             log.info(
                 "renewal has failed %d time(s) in a row since %s; last success %s",
@@ -296,7 +300,9 @@ class Runs:
             )
             return False
         log.info("taking up a run made beside this one at %s", utc_stamp(seen))
+        stopped = self.interrupted  # this (one-off) run's own stop, if it was: still said
         self.restore()
+        self.interrupted = stopped or self.interrupted
         return True
 
     def write_status(self, next_run: dt.datetime | None) -> None:
