@@ -195,12 +195,9 @@ class RegistryVerdicts:
         """The verdict on ``registry``'s host without a lookup: a literal address or a kept
         verdict; None when only a lookup can tell."""
         host = urlsplit(registry).hostname
-        if not host:
-            return False
-        if non_public_host(host):
-            return True
-        if literal_address(host) is not None:
-            return False
+        literal = _literal_verdict(host)
+        if literal is not None or host is None:
+            return bool(literal)
         with self._lock:
             kept = self._kept.get(host.lower().rstrip("."))
         if kept is not None and self._clock() < kept[1]:
@@ -234,13 +231,23 @@ def registry_non_public(
     if verdicts is not None:
         return verdicts.non_public(registry, seconds)
     host = urlsplit(registry).hostname
+    literal = _literal_verdict(host)
+    if literal is not None or host is None:
+        return bool(literal)
+    return resolves_non_public(host, seconds)
+
+
+def _literal_verdict(host: str | None) -> bool | None:
+    """Whether a registry's ``host`` is non-public by how it is written (no host: public; a
+    literal address or ``localhost``: by its class); None for a name, which only a lookup
+    can tell."""
     if not host:
         return False
     if non_public_host(host):
         return True
     if literal_address(host) is not None:
         return False
-    return resolves_non_public(host, seconds)
+    return None
 
 
 def downgrade(target: str, over_https: bool) -> bool:
