@@ -3,10 +3,9 @@ operator's in .env (an override such as the README's compose.secrets.yaml) kept 
 the image build's network with host networking.
 
 Same sandbox as tests/unit/test_install_script.py (its box, stand-ins and helpers, and
-test_review_install5's `ip` stand-in); its dnsmasq resolver runs here on 127.0.0.194, on a port
-in 9350-9399 (this review's loopback range). The compose arguments the script passed are read
-back by the real docker-compose 1.29 (`config`: no daemon, nothing contacted) where this machine
-has it.
+test_review_install5's `ip` stand-in), its dnsmasq resolver included. The compose arguments
+the script passed are read back by the real docker-compose 1.29 (`config`: no daemon, nothing
+contacted) where this machine has it.
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,38 +25,13 @@ from tests.unavailable import need_binary, need_root, skip_or_fail
 from tests.unit.test_install_script import (
     COMPOSE_UP,
     Resolver,
-    dnsmasq,
     env_file,
     install,
     stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+from tests.unit.test_install_script import resolver as resolver  # noqa: F401  (fixture)
 from tests.unit.test_review_install5 import routes, with_host_file
-
-HOST = "127.0.0.194"
-PORTS = range(9350, 9400)
-
-
-def _free_here(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """test_install_script's dnsmasq, on this review's address and ports."""
-    port = next((p for p in PORTS if _free_here(p)), None)
-    if port is None:
-        pytest.fail(f"no free port in {PORTS} on {HOST}")
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq(HOST, port, log) as found:
-        yield found
-
 
 #: The README's compose.secrets.yaml ("Secrets in files"), as an operator adds it.
 SECRETS_YAML = """\

@@ -1,19 +1,15 @@
 """Review of scripts/install.sh: an IPv6-only host, a dry run without dig, and a .env edited by
 hand before a rerun.
 
-Same sandbox as tests/unit/test_install_script.py (its box, stand-ins and helpers); its dnsmasq
-resolver runs here on 127.0.0.166, on a port in 9000-9049 (this review's loopback range).
+Same sandbox as tests/unit/test_install_script.py (its box, stand-ins and helpers, its dnsmasq
+resolver included).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import socket
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.scriptbox import REPO, Rule, ScriptBox, output
 from tests.unit.test_install_script import (
@@ -24,36 +20,12 @@ from tests.unit.test_install_script import (
     OURS6,
     Resolver,
     clone_script,
-    dnsmasq,
     env_file,
     install,
     stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
-
-HOST = "127.0.0.166"
-PORTS = range(9000, 9050)
-
-
-def _free_here(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """test_install_script's dnsmasq, on this review's address and ports."""
-    port = next((p for p in PORTS if _free_here(p)), None)
-    if port is None:
-        pytest.fail(f"no free port in {PORTS} on {HOST}")
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq(HOST, port, log) as found:
-        yield found
+from tests.unit.test_install_script import resolver as resolver  # noqa: F401  (fixture)
 
 
 def compose_files(box: ScriptBox) -> list[str]:
