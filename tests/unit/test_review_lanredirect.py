@@ -30,6 +30,7 @@ from docxy.upstream import direct, redirects
 from docxy.upstream.client import Upstream, UpstreamClient, make_http_client, read_small
 from docxy.upstream.direct import BadRedirect, open_get
 from lab.certs import issue
+from tests.unit.test_review_rebind import lookup_by
 from tests.unit.test_review_redirects import BLOB, Bed, _client, _close, beds
 
 REG, STORE, OUTSIDE, SPARE = "127.0.0.226", "127.0.0.227", "127.0.0.228", "127.0.0.229"
@@ -60,19 +61,9 @@ def names(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
         f"rule:{LAN_NAME}": ["10.0.0.2"],
         f"rule:{PUBLIC_NAME}": ["8.8.8.8"],
     }
-    real_lookup = socket.getaddrinfo
     real_non_public = redirects.non_public_address
 
-    def connect_lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else str(host)
-        if redirects.literal_address(name) is not None:
-            return real_lookup(name, port, *args, **kwargs)
-        if name not in known:
-            raise socket.gaierror(socket.EAI_NONAME, "no DNS in tests")
-        found: list[Any] = []
-        for address in known[name]:
-            found += real_lookup(address, port, *args, **kwargs)
-        return found
+    connect_lookup = lookup_by(known)
 
     def rule_lookup(host: str, *args: Any, **kwargs: Any) -> Any:
         known.setdefault(f"asked:{host}", []).append(host)

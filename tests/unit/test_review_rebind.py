@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,14 +29,11 @@ PUBLIC_NAME = "registry.example"  # the rule's lookup: 8.8.8.8; connected at REG
 LAN_NAME = "registry.lan"  # the rule's lookup: 10.0.0.2; connected at REG
 
 
-@pytest.fixture
-def names(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
-    """Which addresses the direct path's lookup gives each name (the test fills it in); the
-    rule's lookup knows the two upstream names; CDN counts as a public address. Any other name
-    is refused: no DNS is asked."""
-    known: dict[str, list[str]] = {PUBLIC_NAME: [REG], LAN_NAME: [REG]}
+def lookup_by(known: dict[str, list[str]]) -> Callable[..., Any]:
+    """A ``getaddrinfo`` that takes a literal address as it is and gives each name in ``known``
+    its addresses there (the dict may be filled in later); any other name is refused: no DNS
+    is asked. Made before ``socket.getaddrinfo`` is replaced by it."""
     real_lookup = socket.getaddrinfo
-    real_non_public = redirects.non_public_address
 
     def connect_lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else str(host)
@@ -48,6 +45,19 @@ def names(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
         for address in known[name]:
             found += real_lookup(address, port, *args, **kwargs)
         return found
+
+    return connect_lookup
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
+    """Which addresses the direct path's lookup gives each name (the test fills it in); the
+    rule's lookup knows the two upstream names; CDN counts as a public address. Any other name
+    is refused: no DNS is asked."""
+    known: dict[str, list[str]] = {PUBLIC_NAME: [REG], LAN_NAME: [REG]}
+    real_non_public = redirects.non_public_address
+
+    connect_lookup = lookup_by(known)
 
     def rule_lookup(host: str, *args: Any, **kwargs: Any) -> Any:
         rule = {PUBLIC_NAME: "8.8.8.8", LAN_NAME: "10.0.0.2"}
