@@ -15,7 +15,9 @@ tokens) has answered, not failed: :class:`TokenRefused`, and :meth:`MirrorTokens
 the request with that refusal as the upstream would answer a token it does not accept, so the
 pull services pass the content through (or confirm it with the client's credentials) instead
 of taking the upstream for down (stale-if-error, health). That answer stands for
-``REFUSED_TTL``: the repository's next misses do not ask the token service again.
+``REFUSED_TTL``: the repository's next misses do not ask the token service again. A ``401``
+to the mirror's own login (``upstream.password`` wrong or revoked) stands for the upstream:
+for ``REFUSED_TTL`` no request carries that login, tokens are asked for anonymously.
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ class MirrorTokens:
         self._refused: LruDict[tuple[str, str], float] = LruDict(capacity)
         #: repositories the token service itself refused the mirror: (when, 401 or 403)
         self._denied: LruDict[tuple[str, str], tuple[float, int]] = LruDict(capacity)
+        #: upstream hosts whose token service refused the mirror's login (401): since when.
+        #: Not sent again before ``REFUSED_TTL`` is over: its tokens are asked anonymously.
+        self._login_refused: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: (upstream host, realm) pairs whose withheld login was logged (:meth:`_login_withheld`)
         self._withheld: LruDict[tuple[str, str], bool] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts whose token service answered 429 (or 503) with a Retry-After: until
@@ -253,6 +258,29 @@ class MirrorTokens:
             clear_realm_remedy(realm),
         )
 
+    def login_refused(self, upstream: Upstream) -> bool:
+        """Whether the upstream's token service refused the mirror's login (``401``) less
+        than ``REFUSED_TTL`` ago: it is not sent again before then."""
+        since = self._login_refused.get(upstream.host)
+        return since is not None and time.monotonic() - since < REFUSED_TTL
+
+    def _refuse_login(self, upstream: Upstream, realm: str) -> None:
+        """The token service answered ``401`` to the mirror's login (``upstream.password``
+        wrong or revoked). It was remembered per repository, and every other repository sent
+        the bad login once more: a failed login counted against the account each (Docker Hub
+        may lock it). Now it stands for the upstream: one WARNING, one entry among the status
+        page's recent errors, and tokens asked anonymously until ``REFUSED_TTL`` is over."""
+        self._login_refused.set(upstream.host, time.monotonic())
+        assert upstream.credentials is not None
+        said = (
+            f"the token service of {upstream.host} ({url_host(realm)}) refused the mirror's "
+            f"login ({upstream.credentials[0]}): its password is wrong or revoked; tokens are "
+            f"asked for anonymously, and the login tried again in {REFUSED_TTL:g}s"
+        )
+        log.warning("%s", said)
+        health = self.client.health_of(upstream)
+        health.recent_failures.append((health.clock(), "login_refused", said))
+
     def refused_token(
         self, upstream: Upstream, repository: str, sent: list[tuple[str, str]]
     ) -> bool:
@@ -299,10 +327,13 @@ class MirrorTokens:
         if service:
             params.insert(0, ("service", service))
         headers = []
-        if upstream.credentials is not None and upstream.login_may_go_to(realm):
-            headers.append(("Authorization", basic_authorization(*upstream.credentials)))
-        elif upstream.credentials is not None:
+        login = upstream.credentials is not None and upstream.login_may_go_to(realm)
+        if upstream.credentials is not None and not login:
             self._login_withheld(upstream, realm)
+        if login and self.login_refused(upstream):
+            login = False  # refused lately: not sent again (:meth:`_refuse_login`)
+        if login and upstream.credentials is not None:
+            headers.append(("Authorization", basic_authorization(*upstream.credentials)))
         try:
             answer = await self.client.send(
                 upstream,
@@ -318,6 +349,9 @@ class MirrorTokens:
                 raise
             said = exc.message.replace("the upstream registry", "the upstream's token service", 1)
             raise TokenServiceTimeout(said) from exc  # elsewhere: see TokenServiceTimeout
+        if answer.status_code == 401 and login:
+            self._refuse_login(upstream, realm)
+            return await self._fetch(upstream, repository, service)  # anonymously, once
         if answer.status_code in (401, 403):
             raise TokenRefused(answer.status_code)
         if answer.status_code != 200:
