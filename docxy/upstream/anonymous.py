@@ -38,13 +38,19 @@ def _key(token: str) -> bytes:
 
 class KeptTokens(Generic[V]):
     """Tokens the token endpoint relayed, each with a value (whose it is), until they expire:
-    kept as SHA-256 digests, at most ``capacity`` of them (the least recently kept go first)."""
+    kept as SHA-256 digests, at most ``capacity`` of them (the least recently kept go first).
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    ``grace``: a token is known that long past its expiry too, or one more lifetime if that
+    is longer (none by default): for what must hold of a token whoever still sends it."""
+
+    def __init__(self, capacity: int = CAPACITY, *, grace: float = 0.0) -> None:
         self._kept: LruDict[bytes, tuple[float, V]] = LruDict(capacity)
+        self._grace = grace
 
     def keep(self, token: str, value: V, lifetime: float = DEFAULT_LIFETIME) -> None:
         lifetime = min(max(lifetime, 0.0), LONGEST)
+        if self._grace > 0:
+            lifetime += max(lifetime, self._grace)
         self._kept.set(_key(token), (time.monotonic() + lifetime, value))
 
     def keep_answer(self, body: bytes, value: V) -> None:
@@ -59,8 +65,8 @@ class KeptTokens(Generic[V]):
                 self.keep(token, value, lifetime)
 
     def value(self, authorization: str) -> V | None:
-        """The value kept with a ``Bearer`` ``authorization``'s token while it holds; None for
-        anything else (a token never kept, or expired, Basic)."""
+        """The value kept with a ``Bearer`` ``authorization``'s token while it holds (and its
+        ``grace``); None for anything else (a token never kept, or expired, Basic)."""
         token = bearer_token(authorization)
         if token is None:
             return None
