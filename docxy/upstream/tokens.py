@@ -137,10 +137,14 @@ class MirrorTokens:
         """``Authorization`` for the mirror's own requests to ``repository`` (maybe none)."""
         key = (upstream.host, repository)
         challenge = await self._challenge(upstream, key)
-        if challenge is None:
+        if challenge is None and upstream.auth_realm is None:
             if upstream.credentials is not None:
                 return [("Authorization", basic_authorization(*upstream.credentials))]
             return []
+        # A configured ``auth_realm`` is the upstream's token service even when its ``/v2/``
+        # names none (answers 200): the clients' tokens come from it (``docxy.http.auth``),
+        # and so do the mirror's. Its ``service`` is then not known: none is sent.
+        service = challenge.service if challenge is not None else None
         cached = self._tokens.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return [("Authorization", f"Bearer {cached[1]}")]
@@ -150,7 +154,7 @@ class MirrorTokens:
         resting = self._resting.get(upstream.host)
         if resting is not None and time.monotonic() < resting[0]:
             raise UpstreamUnavailable(resting[1])  # it asked for rest: not asked before then
-        token = await self._shared_fetch(upstream, repository, challenge.service)
+        token = await self._shared_fetch(upstream, repository, service)
         return [("Authorization", f"Bearer {token}")]
 
     async def _challenge(self, upstream: Upstream, key: tuple[str, str]) -> Challenge | None:
@@ -166,7 +170,8 @@ class MirrorTokens:
                 raise
             known = self.client.known_challenge(upstream)
             cached = self._tokens.get(key)
-            if known is not None and (cached is None or cached[0] <= time.monotonic()):
+            tokens = known is not None or upstream.auth_realm is not None
+            if tokens and (cached is None or cached[0] <= time.monotonic()):
                 raise
             return known
 
@@ -235,8 +240,10 @@ class MirrorTokens:
         """The mirror's own Basic login for an upstream without a token service, which its
         clients cannot hold a login of theirs for (they get a token that grants nothing
         upstream): what a request passed through for them goes with. None for an upstream
-        with token auth or without credentials, or whose ``/v2/`` cannot say now."""
-        if upstream.credentials is None:
+        with token auth (an ``auth_realm`` configured is, whatever its ``/v2/`` says: the
+        clients' tokens are that token service's) or without credentials, or whose ``/v2/``
+        cannot say now."""
+        if upstream.credentials is None or upstream.auth_realm is not None:
             return None
         try:
             challenge = await self.client.challenge(upstream)

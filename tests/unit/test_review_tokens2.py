@@ -14,7 +14,7 @@ from docxy.upstream import anonymous as anonymous_module
 from docxy.upstream import tokens as tokens_module
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.issuers import TokenIssuers
-from docxy.upstream.tokens import MirrorTokens
+from docxy.upstream.tokens import MirrorTokens, basic_authorization
 from tests.unit.asgi import call_asgi
 from tests.unit.test_multi_routes import mirror
 from tests.unit.test_review_multi3 import LOGIN, _token
@@ -117,3 +117,42 @@ async def test_an_expired_token_of_one_upstream_is_not_passed_to_another(
         hub = [r for r in m.upstream.requests if r.url.host == "hub.example"]
     assert hub, "the request went to Docker Hub"
     assert all(f"Bearer {token}" not in r.headers.get_list("authorization") for r in hub)
+
+
+# --- a configured auth_realm, for an upstream whose /v2/ asks for nothing ------------------
+
+OPEN_REALM = "https://auth.open.test/token"
+OPEN = Upstream("https://open.test", auth_realm=OPEN_REALM, credentials=("robot", "pw"))
+
+
+def open_v2_token_content(asked: list[str | None]) -> httpx.MockTransport:
+    """A registry whose ``/v2/`` answers ``200`` to anyone, whose content takes only a token
+    of its token service (the one configured as ``auth_realm``): no Basic login."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(200, json={})
+        if request.url.host == "auth.open.test":
+            asked.append(request.headers.get("authorization"))
+            return httpx.Response(200, json={"token": "from-the-realm", "expires_in": 300})
+        if request.headers.get("authorization") == "Bearer from-the-realm":
+            return httpx.Response(200, json={})
+        challenge = f'Bearer realm="{OPEN_REALM}",service="open.test"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    return httpx.MockTransport(upstream)
+
+
+async def test_a_configured_realm_gives_the_mirror_its_tokens_when_v2_asks_for_none() -> None:
+    """``auth_realm`` set for an upstream whose ``/v2/`` names no token service: clients' token
+    requests went to that realm, but the mirror's own fills went with its Basic login (or
+    nothing), which such a registry refuses: nothing was ever cached from it, and a client's
+    request passed through had its token replaced by the mirror's Basic login."""
+    asked: list[str | None] = []
+    async with httpx.AsyncClient(transport=open_v2_token_content(asked)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        answer = await tokens.send(OPEN, "GET", "owner/img", "/v2/owner/img/manifests/1")
+        login = await tokens.basic_login(OPEN)
+    assert answer.status_code == 200
+    assert asked == [basic_authorization("robot", "pw")]
+    assert login is None  # a client's relayed token goes on as it is
