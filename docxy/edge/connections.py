@@ -33,6 +33,9 @@ things the hostile-traffic run showed missing:
 
 Idle clients and slow request headers are hypercorn's ``keep_alive_timeout``: its idle timer
 runs from the connection's start until a whole request head has arrived, and between requests.
+On a TLS listener the handshake and the first request head share that one deadline from the
+connection's start (:meth:`EdgeTCPServer._idle_timeout`): hypercorn's timer starts after the
+handshake, and a client took ``keep_alive_timeout`` for each, twice a plain one's.
 hypercorn's ``read_timeout`` is left off: it also fires while a long download is being sent to
 a client that has nothing more to say, and would cut it.
 
@@ -45,6 +48,7 @@ descriptor limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import resource
@@ -375,6 +379,8 @@ class EdgeTCPServer(PeerCertTCPServer):
             self._refuse(admitted.refusal if tls is None else None)
             return
         self.idle_since = asyncio.get_running_loop().time()  # hypercorn's idle timer runs
+        # the TLS handshake (if any) and the first request head, both by then
+        self._head_by = self.idle_since + self.config.keep_alive_timeout
         guard.serving.add(self)
         try:
             if tls is None or await self._handshake(tls):
@@ -400,7 +406,12 @@ class EdgeTCPServer(PeerCertTCPServer):
         self._handshake_task = task
         try:
             context = tls.context()
-            await self.writer.start_tls(context, ssl_handshake_timeout=tls.handshake_timeout)
+            left = tls.handshake_timeout
+            if self._head_by is not None:
+                left = min(left, self._head_by - asyncio.get_running_loop().time())
+            if left <= 0:
+                raise TimeoutError("no time left for the TLS handshake")
+            await self.writer.start_tls(context, ssl_handshake_timeout=left)
         except OSError:  # ssl.SSLError, a reset, the handshake timeout
             transport.abort()
             return False
@@ -420,6 +431,23 @@ class EdgeTCPServer(PeerCertTCPServer):
 
     _handshake_task: asyncio.Task[Any] | None = None
     _evicted = False
+    #: When the connection's first request head must have come by, its TLS handshake
+    #: included (``keep_alive_timeout`` from its start); None once a request has begun.
+    _head_by: float | None = None
+
+    async def _idle_timeout(self) -> None:
+        """hypercorn's idle timer, which closes the connection ``keep_alive_timeout`` after it
+        (re)starts; the first, which starts once the TLS handshake is done, ends at
+        :attr:`_head_by` instead: a TLS client had ``limits.idle_timeout`` for its handshake
+        and then as long again for its request head."""
+        head_by = self._head_by
+        if head_by is None:
+            await super()._idle_timeout()
+            return
+        left = max(0.0, head_by - asyncio.get_running_loop().time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.context.terminated.wait(), left)
+        await asyncio.shield(self._initiate_server_close())
 
     def evict(self) -> None:
         """Close the connection to make room under the cap (ConnectionGuard._evict_idle). One
@@ -506,6 +534,8 @@ class EdgeTCPServer(PeerCertTCPServer):
         if isinstance(event, Updated):
             now = asyncio.get_running_loop().time()
             self.idle_since, self.busy_since = (now, None) if event.idle else (None, now)
+            if not event.idle:  # a request began: later waits are keep_alive_timeout's own
+                self._head_by = None
         elif isinstance(event, Closed):
             self.idle_since = self.busy_since = None
         guard = self.guard
