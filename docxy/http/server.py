@@ -274,6 +274,8 @@ async def run(config: Config) -> None:
     admission = Admission(app, config, state.access)
     if hc.edge is not None:
         observer.refusers.append(hc.edge)
+        edge = hc.edge
+        observer.evicted = lambda: edge.evicted
     observer.refusers.append(admission)
     drain = Drain(framing.Framing(Guard(admission, https_url, admission.upstreams)))
     asgi = TrimAtRest(AccessLog(drain, observer))

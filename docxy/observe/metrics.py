@@ -294,6 +294,10 @@ def _no_refusers() -> list[Refuser]:
     return []
 
 
+def _none_evicted() -> int:
+    return 0
+
+
 class MirrorCollector(Collector):
     """What the mirror holds, read when Prometheus scrapes (no request-path bookkeeping)."""
 
@@ -302,8 +306,12 @@ class MirrorCollector(Collector):
         state: MirrorState,
         open_connections: Callable[[], int | None],
         refusers: Callable[[], list[Refuser]] = _no_refusers,
+        evicted: Callable[[], int] = _none_evicted,
     ) -> None:
         self.state = state
+        #: connections closed to make room at limits.max_connections (the edge's count;
+        #: docxy.http.server.run: 0 without the edge)
+        self.evicted = evicted
         #: the parts outside the state that refuse (docxy.http.server.run: admission, the edge)
         self.refusers = refusers
         #: the latest count (docxy.observe.connections: read off the loop before a scrape)
@@ -315,6 +323,13 @@ class MirrorCollector(Collector):
             "docxy_open_connections",
             "Client TCP connections open on the mirror's listeners, idle keep-alive included.",
             self.open_connections(),
+        )
+        yield _counter(
+            "docxy_connections_evicted",
+            "Client connections closed to make room for a new one at limits.max_connections: "
+            "the one idle the longest (no request in progress, or one whose request body has "
+            "not all come and whose answer has not started).",
+            self.evicted(),
         )
         yield from self._cache()
         yield from self._upstream()
@@ -567,6 +582,7 @@ def make_registry(
     state: MirrorState,
     open_connections: Callable[[], int | None] = _unknown,
     refusers: Callable[[], list[Refuser]] = _no_refusers,
+    evicted: Callable[[], int] = _none_evicted,
 ) -> CollectorRegistry:
     """A registry of its own (not the global one): one per app, so tests can run several.
 
@@ -576,6 +592,6 @@ def make_registry(
     whole process (read as samples are made); docxy is the only exporter in it."""
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(MirrorCollector(state, open_connections, refusers))
+    registry.register(MirrorCollector(state, open_connections, refusers, evicted))
     ProcessCollector(registry=registry)  # RSS, CPU seconds, open file descriptors
     return registry

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx
@@ -48,7 +48,15 @@ class Observer:
         #: parts that refuse by a setting, beside those in the state (docxy_refused_total):
         #: admission and the connection guard, which docxy.http.server.run makes
         self.refusers: list[Refuser] = []
-        self.registry = make_registry(state, lambda: self.connections.last, lambda: self.refusers)
+        #: connections the edge closed to make room at its cap (docxy_connections_evicted_total):
+        #: the connection guard's count, which docxy.http.server.run hands over
+        self.evicted: Callable[[], int] = lambda: 0
+        self.registry = make_registry(
+            state,
+            lambda: self.connections.last,
+            lambda: self.refusers,
+            lambda: self.evicted(),
+        )
         self.metrics = RequestMetrics(self.registry)
         self.pulls = TopCounts(top_keys)
         self.errors = RecentErrors()

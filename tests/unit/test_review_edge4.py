@@ -168,7 +168,6 @@ async def test_a_tls_client_has_one_idle_timeout_for_its_handshake_and_request_h
 # --- 2. connections evicted at the cap are counted but not exported ---------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="evictions not exported")
 async def test_connections_closed_to_make_room_at_the_cap_are_exported_in_metrics(
     tmp_path: Path, own_range: None
 ) -> None:
