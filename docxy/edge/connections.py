@@ -515,7 +515,8 @@ class EdgeTCPServer(PeerCertTCPServer):
         """Since when the connection could be closed to make room (ConnectionGuard's cap):
         idle, or an HTTP/1.1 request whose body has not all come and whose answer has not
         started (a body trickled, or never sent, held its place for Quart's body timeout,
-        renewed at once); None: a request is being answered, or it is closing already."""
+        ``limits.idle_timeout``, renewed at once); None: a request is being answered, or it is
+        closing already."""
         if self._evicted:
             return None
         if self.idle_since is not None:

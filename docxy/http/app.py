@@ -133,7 +133,9 @@ def create_app(
     app.url_map.merge_slashes = False
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streamed blobs take as long as they take
-        BODY_TIMEOUT=30,
+        # a request body (a POST /auth/token form; at most MAX_CONTENT_LENGTH) may take as
+        # long as a request head: a fixed 30 s held slow clients past a lowered idle_timeout
+        BODY_TIMEOUT=config.limits.idle_timeout,
         MAX_CONTENT_LENGTH=64 * 1024,  # a read-only mirror takes no uploads
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )

@@ -215,7 +215,6 @@ async def test_connections_closed_to_make_room_at_the_cap_are_exported_in_metric
 # --- 3. Quart's body timeout: a fixed 30 s, whatever limits.idle_timeout says -----------------
 
 
-@pytest.mark.xfail(strict=True, reason="BODY_TIMEOUT fixed at 30 s")
 async def test_a_trickled_request_body_is_cut_at_the_idle_timeout(
     tmp_path: Path, own_range: None, edge_installed: None
 ) -> None:
