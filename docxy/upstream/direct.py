@@ -17,11 +17,17 @@ that leads nowhere (:class:`BadRedirect`) is an answer from it, not a failure to
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import http.client
 import ipaddress
+import os
+import selectors
 import socket
 import ssl
 import threading
+import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -47,6 +53,7 @@ from docxy.upstream.client import (
 from docxy.upstream.failures import upstream_certificate_refused
 from docxy.upstream.keepalive import IdleConnections, Origin
 from docxy.upstream.redirects import (
+    STAGGER_SECONDS,
     HopGuard,
     NonPublicOnly,
     RegistryVerdicts,
@@ -514,8 +521,11 @@ def _connect(
     httpx has it: a resolver that never answers held the fill until the C library gave up
     (its own timeouts and retries, per name server). The lookup goes on in its thread then.
     ``guard`` (a redirect hop's): only the addresses it allows are tried (raises
-    :class:`~docxy.upstream.redirects.NonPublicOnly` when none is)."""
+    :class:`~docxy.upstream.redirects.NonPublicOnly` when none is). The addresses are raced
+    as httpx's path races them (:func:`_first_to_connect`), the lookup and every attempt
+    within ``timeout`` in all."""
     host, port = address
+    deadline = None if timeout is None else time.monotonic() + timeout
     lookup = partial(RESOLVE, host, port, 0, socket.SOCK_STREAM)
     try:
         if timeout is None or _is_address(host):  # nothing to wait for, or no limit to it
@@ -528,20 +538,92 @@ def _connect(
         raise socket.gaierror(socket.EAI_NONAME, f"no such host name: {host!r}") from exc
     if guard is not None:
         found = guard.screened(found)
+    if not found:
+        raise OSError(f"no address found for {host}")
+    sock = _first_to_connect(found, deadline, source)
+    sock.settimeout(timeout)  # blocking again, each read with the timeout (the handshake's)
+    return sock
+
+
+#: The errors a non-blocking ``connect_ex`` gives for an attempt still under way.
+_UNDER_WAY = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN}
+
+
+def _first_to_connect(
+    found: list[tuple[Any, ...]], deadline: float | None, source: tuple[str, int] | None
+) -> socket.socket:
+    """The socket of the first of the ``getaddrinfo`` entries ``found`` to connect, attempts
+    started :data:`~docxy.upstream.redirects.STAGGER_SECONDS` apart (the next at once when
+    one fails), as httpx's path (:func:`~docxy.upstream.redirects._connect_guarded`) and
+    anyio race them: tried one after another, each with the whole connect timeout, an address
+    that never answers (broken IPv6) held every new fill connection that long. The others are
+    closed. Raises :class:`TimeoutError` at ``deadline``, else the last attempt's error when
+    all fail."""
+    waiting = list(found)
+    pending: dict[socket.socket, tuple[Any, ...]] = {}
     error: OSError | None = None
-    for family, kind, proto, _, sockaddr in found:
-        sock = socket.socket(family, kind, proto)
+    next_start = time.monotonic()
+    with selectors.DefaultSelector() as selector:
         try:
-            sock.settimeout(timeout)
-            if source is not None:
-                sock.bind(source)
-            sock.connect(sockaddr)
-        except OSError as exc:
-            sock.close()
-            error = exc
-        else:
-            return sock
-    raise error if error is not None else OSError(f"no address found for {host}")
+            while waiting or pending:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError("timed out")
+                if waiting and (now >= next_start or not pending):
+                    family, kind, proto, _, sockaddr = waiting.pop(0)
+                    sock = socket.socket(family, kind, proto)
+                    try:
+                        sock.setblocking(False)
+                        if source is not None:
+                            sock.bind(source)
+                        code = sock.connect_ex(sockaddr)
+                    except OSError as exc:
+                        sock.close()
+                        error, next_start = exc, now  # a failure: the next starts at once
+                        continue
+                    if code == 0:
+                        return _won(sock, pending, selector)
+                    if code not in _UNDER_WAY:
+                        sock.close()
+                        error, next_start = OSError(code, os.strerror(code)), now
+                        continue
+                    pending[sock] = sockaddr
+                    selector.register(sock, selectors.EVENT_WRITE)
+                    next_start = now + STAGGER_SECONDS
+                wake = [deadline] if deadline is not None else []
+                if waiting:
+                    wake.append(next_start)
+                wait = max(0.0, min(wake) - time.monotonic()) if wake else None
+                for key, _ in selector.select(wait):
+                    sock = typing.cast(socket.socket, key.fileobj)
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code == 0:
+                        return _won(sock, pending, selector)
+                    selector.unregister(sock)
+                    del pending[sock]
+                    sock.close()
+                    error = OSError(code, os.strerror(code))
+                    next_start = time.monotonic()  # a failure: the next starts at once
+        except BaseException:
+            for sock in pending:
+                sock.close()
+            raise
+    raise error if error is not None else OSError("no address answered")
+
+
+def _won(
+    sock: socket.socket,
+    pending: dict[socket.socket, tuple[Any, ...]],
+    selector: selectors.BaseSelector,
+) -> socket.socket:
+    """``sock`` connected first: the other attempts are closed."""
+    for other in pending:
+        if other is not sock:
+            other.close()
+    pending.clear()
+    with contextlib.suppress(KeyError, ValueError):
+        selector.unregister(sock)
+    return sock
 
 
 def _is_address(host: str) -> bool:
