@@ -344,12 +344,18 @@ async def _ask_upstream(
     client = mirror_state().client
     if ask.refresh_token is None:
         headers = [] if ask.authorization is None else [("Authorization", ask.authorization)]
-        return await client.send(upstream, "GET", realm, headers, params=params)
+        return await client.send(upstream, "GET", realm, headers, params=params, token_service=True)
     form = params.merge({"grant_type": "refresh_token", "refresh_token": ask.refresh_token})
     headers = [("Content-Type", "application/x-www-form-urlencoded")]
     # The client's own credential, in the form: its account's answers (a 429) are not the mirror's.
     return await client.send(
-        upstream, "POST", realm, headers, content=str(form).encode(), client_credentials=True
+        upstream,
+        "POST",
+        realm,
+        headers,
+        content=str(form).encode(),
+        client_credentials=True,
+        token_service=True,
     )
 
 

@@ -48,6 +48,7 @@ from docxy.upstream.redirects import (
     HOP_GUARD,
     NonPublicOnly,
     RegistryVerdicts,
+    downgrade,
     guarded_transport,
     hop_guard,
     hop_refusal,
@@ -514,6 +515,7 @@ class UpstreamClient:
         content: bytes | None = None,
         mirror_credentials: bool = False,
         client_credentials: bool = False,
+        token_service: bool = False,
     ) -> httpx.Response:
         """Send and follow redirects (where :mod:`docxy.upstream.redirects` lets them lead:
         never from HTTPS to plain HTTP, nor from a public upstream to a non-public address);
@@ -532,6 +534,14 @@ class UpstreamClient:
         (:mod:`docxy.upstream.anonymous`: the mirror's address asks then). The answers to a
         client's credentials tell the upstream's health only what is not about that client's
         account (its rate limit, and the ``ratelimit-*`` headers, are not the mirror's).
+
+        ``token_service``: ``url`` is the upstream's token service (from
+        :meth:`auth_realm`). Unless the operator set it (``auth_realm``), the realm came from
+        the upstream's ``/v2/`` challenge, and is judged as a redirect hop from the registry
+        (:mod:`docxy.upstream.redirects`): a public upstream's realm at a non-public address
+        (or a name resolving only there) is not asked, nor an HTTPS registry's plain-HTTP
+        realm but between non-public hosts. It was asked wherever it pointed (a metadata
+        service, the mirror's admin port), its answer's errors relayed.
         """
         health = self.health_of(upstream)
         own = not client_credentials and (mirror_credentials or self._anonymous(headers))
@@ -542,6 +552,9 @@ class UpstreamClient:
             marks[CLIENT_CREDENTIALS] = True
         first = url
         over_https = False  # some hop went over HTTPS: none goes to plain HTTP (redirects)
+        if token_service and url != upstream.auth_realm:  # a challenge's: a hop from /v2/
+            over_https = urlsplit(upstream.registry).scheme.lower() == "https"
+            await self._guard_first(upstream, url, over_https, marks)
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 response = await self._sent(method, url, current_headers, params, content, marks)
@@ -606,7 +619,34 @@ class UpstreamClient:
             params = None  # the Location carries its own query
         raise UpstreamUnavailable(f"the upstream redirected more than {MAX_REDIRECTS} times")
 
-    async def _hop_refused(self, upstream: Upstream, url: str, over_https: bool) -> str | None:
+    async def _guard_first(
+        self, upstream: Upstream, realm: str, over_https: bool, marks: dict[str, object]
+    ) -> None:
+        """The token service ``realm`` a challenge named, judged as a hop from the registry
+        (``over_https``: the registry is HTTPS): refused (:class:`UpstreamUnavailable`, saying
+        what the operator can do), or its :class:`~docxy.upstream.redirects.HopGuard` put in
+        ``marks`` for its connection. Nothing is sent when refused, and the upstream's health
+        hears nothing of it."""
+        refused = await self._hop_refused(upstream, realm, over_https, realm=True)
+        if refused is not None:
+            if downgrade(realm, over_https):
+                refused = f"{refused}; {clear_realm_remedy(realm)}"
+            raise UpstreamUnavailable(refused)
+        guard = hop_guard(
+            realm,
+            registry=upstream.registry,
+            listed=upstream.ca_origins,
+            lookup_seconds=self.http.timeout.connect or LOOKUP_SECONDS,
+            verdicts=self.verdicts,
+            over_https=over_https,
+            realm=True,
+        )
+        if guard is not None:
+            marks[HOP_GUARD] = guard
+
+    async def _hop_refused(
+        self, upstream: Upstream, url: str, over_https: bool, *, realm: bool = False
+    ) -> str | None:
         """Why a redirect to ``url`` is not followed (:func:`~docxy.upstream.redirects.
         hop_refusal`), or None. Off the event loop when the rule may look the upstream's host
         name up (a hop to a non-public address, or to plain HTTP after HTTPS, whose upstream's
@@ -620,6 +660,7 @@ class UpstreamClient:
             listed=upstream.ca_origins,
             lookup_seconds=lookup,
             verdicts=self.verdicts,
+            realm=realm,
         )
         if may_look_up(url, over_https) and self.verdicts.known(upstream.registry) is None:
             return await asyncio.to_thread(refusal)

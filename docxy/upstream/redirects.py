@@ -19,6 +19,14 @@ Two refusals, each a bad redirect (502):
   its CDN) does not get the mirror to GET ``169.254.169.254`` or ``127.0.0.1:admin-port`` for
   it, and relay the answer.
 
+The token service an upstream's ``/v2/`` challenge names (its realm) is judged as a hop from
+the registry, though the mirror asks it directly, not through a redirect: a public upstream's
+realm stays public (judged at connect time for a name, as a hop is), and an HTTPS registry's
+realm is plain HTTP only where both are non-public. A hostile or compromised public registry
+does not get the mirror to GET an inside address by naming it as its realm, and relay the
+answer's errors. A realm the operator set (``auth_realm``) is the operator's choice, and is
+asked as it is (:meth:`~docxy.upstream.client.UpstreamClient.send`'s ``token_service``).
+
 The upstream's own host is non-public when it is a non-public literal address or
 ``localhost``, or a name of which ANY address is non-public (:func:`resolves_non_public`): a
 dual-stack LAN registry with a private A record and a global AAAA, or a cloud registry reached
@@ -269,12 +277,15 @@ def hop_refusal(
     listed: Iterable[str] = (),
     lookup_seconds: float = 5.0,
     verdicts: RegistryVerdicts | None = None,
+    realm: bool = False,
 ) -> str | None:
     """Why a redirect to ``target`` is not followed, or None to follow it. ``over_https``: the
     request went over HTTPS on some hop already; ``registry``: the configured upstream's URL;
     ``listed``: its ``ca_origins``; ``verdicts``: where the upstream host's verdict is kept.
     Blocking only when :func:`may_look_up` says so and the registry is named by a host name
-    (its lookup, ``lookup_seconds`` at most, unless its verdict is kept)."""
+    (its lookup, ``lookup_seconds`` at most, unless its verdict is kept). ``realm``: the target
+    is the token service the upstream's ``/v2/`` challenge names, judged as a hop from the
+    registry (see the module's docstring); the refusal says so."""
     parts = urlsplit(target)
     if downgrade(target, over_https):
         # Followed only between non-public hosts: a host name is let through here, to be
@@ -282,6 +293,13 @@ def hop_refusal(
         host = parts.hostname
         inside = non_public_host(host) or (bool(host) and literal_address(host or "") is None)
         if not inside or not registry_non_public(registry, lookup_seconds, verdicts):
+            if realm:
+                return (
+                    f"the upstream's challenge names a plain-HTTP token service ({host}) for "
+                    "an HTTPS registry: not asked, a token would come unprotected (only a "
+                    "non-public upstream's token service at a non-public address may be "
+                    "plain HTTP)"
+                )
             return (
                 f"the upstream redirected from HTTPS to plain HTTP ({parts.hostname}): not "
                 "followed, an answer would come unprotected (only a non-public upstream may "
@@ -294,10 +312,19 @@ def hop_refusal(
         return None
     if registry_non_public(registry, lookup_seconds, verdicts):
         return None
+    if realm:
+        return (
+            f"the upstream's challenge names a token service at a non-public address "
+            f"({parts.hostname}): not asked for a public upstream ({OWN_REALM})"
+        )
     return (
         f"the upstream redirected to a non-public address ({parts.hostname}): not followed for "
         "a public upstream (list that origin in the upstream's ca_origins if it is its storage)"
     )
+
+
+#: What a refused token service's message tells the operator: a realm they set is theirs.
+OWN_REALM = "set the upstream's auth_realm to it if the operator means the mirror to ask there"
 
 
 class NonPublicOnly(OSError):
@@ -328,9 +355,11 @@ class HopGuard:
         verdicts: RegistryVerdicts | None = None,
         *,
         inside_only: bool = False,
+        realm: bool = False,
     ) -> None:
         self.host = host
         self.inside_only = inside_only
+        self.realm = realm  # the token service a challenge names: its refusals say so
         self._registry = registry
         self._lookup_seconds = lookup_seconds
         self._verdicts = verdicts if verdicts is not None else RegistryVerdicts()
@@ -358,6 +387,13 @@ class HopGuard:
             inside = [entry for entry in found if _inside(entry)] if self.inside_allowed() else []
             if not inside:
                 shown = ", ".join(sorted({str(entry[4][0]) for entry in found}))
+                if self.realm:
+                    raise PublicOnly(
+                        f"the upstream's challenge names a plain-HTTP token service at "
+                        f"{self.host}, a name that resolved to no address it may go to in clear "
+                        f"({shown}): not asked, only a non-public upstream's token service at a "
+                        "non-public address may be plain HTTP"
+                    )
                 raise PublicOnly(
                     f"the upstream redirected from HTTPS to plain HTTP at {self.host}, a name "
                     f"that resolved to no address it may go to in clear ({shown}): not "
@@ -370,6 +406,12 @@ class HopGuard:
             return list(found)
         if not outside:
             shown = ", ".join(sorted({str(entry[4][0]) for entry in found}))
+            if self.realm:
+                raise NonPublicOnly(
+                    f"the upstream's challenge names a token service at {self.host}, a name "
+                    f"that resolved only to non-public addresses ({shown}): not asked for a "
+                    f"public upstream ({OWN_REALM})"
+                )
             raise NonPublicOnly(
                 f"the upstream redirected to {self.host}, a name that resolved only to "
                 f"non-public addresses ({shown}): not followed for a public upstream (list that "
@@ -397,21 +439,23 @@ def hop_guard(
     lookup_seconds: float = 5.0,
     verdicts: RegistryVerdicts | None = None,
     over_https: bool = False,
+    realm: bool = False,
 ) -> HopGuard | None:
     """The guard a followed hop to ``target`` connects under, or None where the rule judged
     it whole already: a literal address or ``localhost`` (judged as written), an origin the
     upstream's ``ca_origins`` lists, or the upstream's own origin (its first hop went there
     unguarded). A plain-HTTP hop after HTTPS (``over_https``) to a name is always guarded,
-    inside only."""
+    inside only. ``realm``: the target is the token service a challenge names (its refusals
+    say so)."""
     host = urlsplit(target).hostname
     if not host or non_public_host(host) or literal_address(host) is not None:
         return None
     if downgrade(target, over_https):
-        return HopGuard(host, registry, lookup_seconds, verdicts, inside_only=True)
+        return HopGuard(host, registry, lookup_seconds, verdicts, inside_only=True, realm=realm)
     here = origin(target)
     if here == origin(registry) or here in {origin(entry) for entry in listed}:
         return None
-    return HopGuard(host, registry, lookup_seconds, verdicts)
+    return HopGuard(host, registry, lookup_seconds, verdicts, realm=realm)
 
 
 # --- httpx's path: the guard in its connection pool ------------------------------------------

@@ -349,6 +349,7 @@ class MirrorTokens:
                 headers,
                 params=httpx.QueryParams(params),
                 mirror_credentials=True,
+                token_service=True,
             )
             body = await read_small(answer)
         except UpstreamTimeout as exc:

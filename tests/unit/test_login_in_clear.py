@@ -6,22 +6,44 @@ client's password or refresh token, in clear text. The mirror asks for its own t
 anonymously then (one WARNING says why), answers a client's login with a 403 without sending
 it, and lets an anonymous ask through. A plain-HTTP registry, whose tokens travel in clear
 anyway, and a realm the operator configured as ``auth_realm`` are taken as they are.
+
+Since the realm is judged as a redirect hop from the registry (docxy.upstream.redirects), an
+HTTPS registry's plain-HTTP realm is asked at all only where both are non-public:
+``registry.example`` is a LAN registry here (the rule's lookup says 10.0.0.2; nothing is
+contacted, the transport is a fake). A public one's: tests/unit/test_review_guards2.py.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import socket
 
 import httpx
 import pytest
 
+from docxy.upstream import redirects
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
 from tests.unit.fakes import reply
 from tests.unit.test_routes import error_code, mirror
 
 LOGIN = ("mirror-account", "s3cret-pw")
+
+
+@pytest.fixture(autouse=True)
+def lan_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The redirect rule's lookup of ``registry.example``: 10.0.0.2 (a LAN registry); any
+    other name is refused: no DNS is asked."""
+
+    def lookup(host: str, *args: object) -> list[tuple[object, ...]]:
+        if host != "registry.example":
+            raise socket.gaierror(socket.EAI_NONAME, "no DNS in tests")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.2", 0))]
+
+    monkeypatch.setattr(redirects, "RESOLVE", lookup)
+
+
 CLEAR_REALM = "http://auth.example/token"
 BASIC = "Basic " + base64.b64encode(b"bob:hunter2").decode()
 
