@@ -122,6 +122,10 @@ def _open_shared(
     return http, shared
 
 
+#: The longest a request body may take (Quart's ``BODY_TIMEOUT``), whatever idle_timeout is.
+MAX_BODY_SECONDS = 30.0
+
+
 def create_app(
     config: Config, *, probe: bool = True, transport: httpx.AsyncBaseTransport | None = None
 ) -> Quart:
@@ -134,8 +138,9 @@ def create_app(
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streamed blobs take as long as they take
         # a request body (a POST /auth/token form; at most MAX_CONTENT_LENGTH) may take as
-        # long as a request head: a fixed 30 s held slow clients past a lowered idle_timeout
-        BODY_TIMEOUT=config.limits.idle_timeout,
+        # long as a request head: a fixed 30 s held slow clients past a lowered idle_timeout;
+        # never more than those 30 s (a raised idle_timeout is for idle keep-alive, not bodies)
+        BODY_TIMEOUT=min(config.limits.idle_timeout, MAX_BODY_SECONDS),
         MAX_CONTENT_LENGTH=64 * 1024,  # a read-only mirror takes no uploads
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )

@@ -238,3 +238,24 @@ async def test_a_trickled_request_body_is_cut_at_the_idle_timeout(
             writer.transport.abort()
         assert line.startswith(b"HTTP/1.1 408"), line
         assert 0.8 < answered < 2.5, f"answered {answered:.1f}s on (idle_timeout 1s)"
+
+
+@pytest.mark.parametrize(("idle", "body"), [("1", 1.0), ("30", 30.0), ("300", 30.0)])
+def test_a_request_body_gets_the_idle_timeout_but_never_more_than_30_s(
+    idle: str, body: float
+) -> None:
+    """A lowered ``idle_timeout`` cuts a trickled body sooner (above); a raised one (300 s,
+    for slow networks' idle keep-alive) gave a trickled ``POST /auth/token`` body that long
+    too, where it had been cut at 30 s: at most 30 s, as before."""
+    import httpx
+
+    from docxy.config import load_config
+    from docxy.http.app import create_app
+
+    config = load_config(
+        {"limits.idle_timeout": idle, "upstream.registry": "http://127.0.0.242:9999"}, environ={}
+    )
+    app = create_app(
+        config, probe=False, transport=httpx.MockTransport(lambda r: httpx.Response(500))
+    )
+    assert app.config["BODY_TIMEOUT"] == body
