@@ -1,7 +1,7 @@
 """The bed's token service refusing the mirror's account (a wrong password: 401) is an answer,
-not an outage: clients still get public content (passed through with their own token, by the
-real direct fill path), the mirror asks the token service once per repository, not per
-request, and ``/health`` stays ``ok``."""
+not an outage: clients still get public content (the mirror, its login refused, asks for an
+anonymous token and fills the cache by the real direct fill path: 6890b56), the refused login
+is sent once, not per request, and ``/health`` stays ``ok``."""
 
 from __future__ import annotations
 
