@@ -53,6 +53,7 @@ from docxy.upstream.redirects import (
     hop_guard,
     hop_refusal,
     may_look_up,
+    on_registry_host,
 )
 from docxy.upstream.trust import UpstreamTrust, trusting_transport
 
@@ -540,8 +541,11 @@ class UpstreamClient:
         the upstream's ``/v2/`` challenge, and is judged as a redirect hop from the registry
         (:mod:`docxy.upstream.redirects`): a public upstream's realm at a non-public address
         (or a name resolving only there) is not asked, nor an HTTPS registry's plain-HTTP
-        realm but between non-public hosts. It was asked wherever it pointed (a metadata
-        service, the mirror's admin port), its answer's errors relayed.
+        realm but between non-public hosts or on the registry's own host (any port: Harbor
+        behind a TLS-terminating proxy names ``http://<its host>/service/token``; asked
+        anonymously there, the login withheld by the callers, its redirect to https followed).
+        It was asked wherever it pointed (a metadata service, the mirror's admin port), its
+        answer's errors relayed.
         """
         health = self.health_of(upstream)
         own = not client_credentials and (mirror_credentials or self._anonymous(headers))
@@ -553,7 +557,11 @@ class UpstreamClient:
         first = url
         over_https = False  # some hop went over HTTPS: none goes to plain HTTP (redirects)
         if token_service and url != upstream.auth_realm:  # a challenge's: a hop from /v2/
+            # On the registry's own host (Harbor behind a TLS proxy names its inner http://
+            # realm) it is judged from a plain-HTTP start: asked anonymously (the caller
+            # withholds the login, Upstream.login_may_go_to), never inside for a public one.
             over_https = urlsplit(upstream.registry).scheme.lower() == "https"
+            over_https = over_https and not on_registry_host(url, upstream.registry)
             await self._guard_first(upstream, url, over_https, marks)
         for _ in range(MAX_REDIRECTS + 1):
             try:

@@ -22,10 +22,15 @@ Two refusals, each a bad redirect (502):
 The token service an upstream's ``/v2/`` challenge names (its realm) is judged as a hop from
 the registry, though the mirror asks it directly, not through a redirect: a public upstream's
 realm stays public (judged at connect time for a name, as a hop is), and an HTTPS registry's
-realm is plain HTTP only where both are non-public. A hostile or compromised public registry
-does not get the mirror to GET an inside address by naming it as its realm, and relay the
-answer's errors. A realm the operator set (``auth_realm``) is the operator's choice, and is
-asked as it is (:meth:`~docxy.upstream.client.UpstreamClient.send`'s ``token_service``).
+realm is plain HTTP only where both are non-public, or on the registry's own host
+(:func:`on_registry_host`: Harbor behind a TLS-terminating proxy names its inner
+``http://<host>/service/token``; it is asked anonymously, the login withheld, as before the
+realm was judged, and a public upstream's is still connected outside only). A plain-HTTP
+realm on another host of a public HTTPS registry is not asked. A hostile or compromised
+public registry does not get the mirror to GET an inside address by naming it as its realm,
+and relay the answer's errors. A realm the operator set (``auth_realm``) is the operator's
+choice, and is asked as it is (:meth:`~docxy.upstream.client.UpstreamClient.send`'s
+``token_service``).
 
 The upstream's own host is non-public when it is a non-public literal address or
 ``localhost``, or a name of which ANY address is non-public (:func:`resolves_non_public`): a
@@ -261,6 +266,18 @@ def _literal_verdict(host: str | None) -> bool | None:
 def downgrade(target: str, over_https: bool) -> bool:
     """Whether a hop to ``target`` goes to plain HTTP after some hop went over HTTPS."""
     return over_https and urlsplit(target).scheme.lower() == "http"
+
+
+def on_registry_host(target: str, registry: str) -> bool:
+    """Whether ``target`` is on the configured upstream's own host: the same host name (or
+    literal address) as ``registry``, on any port, in any scheme. A plain-HTTP token service
+    there is the registry's own (Harbor behind a TLS-terminating proxy advertises its inner
+    ``http://<host>/service/token``), not another host's: it is judged from a plain-HTTP
+    start (:meth:`~docxy.upstream.client.UpstreamClient.send`), a public upstream's still
+    connected outside only."""
+    host = urlsplit(target).hostname
+    own = urlsplit(registry).hostname
+    return bool(host) and (host or "").rstrip(".") == (own or "").rstrip(".")
 
 
 def may_look_up(target: str, over_https: bool) -> bool:
