@@ -332,9 +332,9 @@ def hop_refusal(
             if realm:
                 return (
                     f"the upstream's challenge names a plain-HTTP token service ({host}) for "
-                    "an HTTPS registry: not asked, a token would come unprotected (only a "
-                    "non-public upstream's token service at a non-public address may be "
-                    "plain HTTP)"
+                    "an HTTPS registry: not asked, a token would come unprotected (only one "
+                    "on the registry's own host, or a non-public upstream's at a non-public "
+                    "address, may be plain HTTP)"
                 )
             return (
                 f"the upstream redirected from HTTPS to plain HTTP ({parts.hostname}): not "
@@ -427,8 +427,8 @@ class HopGuard:
                     raise PublicOnly(
                         f"the upstream's challenge names a plain-HTTP token service at "
                         f"{self.host}, a name that resolved to no address it may go to in clear "
-                        f"({shown}): not asked, only a non-public upstream's token service at a "
-                        "non-public address may be plain HTTP"
+                        f"({shown}): not asked, only one on the registry's own host, or a "
+                        "non-public upstream's at a non-public address, may be plain HTTP"
                     )
                 raise PublicOnly(
                     f"the upstream redirected from HTTPS to plain HTTP at {self.host}, a name "

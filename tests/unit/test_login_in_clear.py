@@ -8,9 +8,10 @@ it, and lets an anonymous ask through. A plain-HTTP registry, whose tokens trave
 anyway, and a realm the operator configured as ``auth_realm`` are taken as they are.
 
 Since the realm is judged as a redirect hop from the registry (docxy.upstream.redirects), an
-HTTPS registry's plain-HTTP realm is asked at all only where both are non-public:
-``registry.example`` is a LAN registry here (the rule's lookup says 10.0.0.2; nothing is
-contacted, the transport is a fake). A public one's: tests/unit/test_review_guards2.py.
+HTTPS registry's plain-HTTP realm on another host is asked at all only where both are
+non-public: ``registry.example`` is a LAN registry here (the rule's lookup says 10.0.0.2;
+nothing is contacted, the transport is a fake). A public one's: tests/unit/test_review_guards2.py;
+one on the registry's own host (asked, anonymously): tests/unit/test_review_realm2.py.
 """
 
 from __future__ import annotations
