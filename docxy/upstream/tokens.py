@@ -15,9 +15,15 @@ tokens) has answered, not failed: :class:`TokenRefused`, and :meth:`MirrorTokens
 the request with that refusal as the upstream would answer a token it does not accept, so the
 pull services pass the content through (or confirm it with the client's credentials) instead
 of taking the upstream for down (stale-if-error, health). That answer stands for
-``REFUSED_TTL``: the repository's next misses do not ask the token service again. A ``401``
-to the mirror's own login (``upstream.password`` wrong or revoked) stands for the upstream:
-for ``REFUSED_TTL`` no request carries that login, tokens are asked for anonymously.
+``REFUSED_TTL``: the repository's next misses do not ask the token service again.
+
+The mirror's own login is checked as ``docker login`` checks one: the token service asked with
+it and no scope (:meth:`MirrorTokens._login_verdict`), once per upstream at a time (concurrent
+misses wait for that one verdict), before it goes with a scope, and again when a scope's
+request with it is answered ``401``. Refused there (``upstream.password`` wrong or revoked), it
+stands for the upstream: for ``REFUSED_TTL`` no request carries that login, tokens are asked for
+anonymously. Accepted there, a scope's ``401`` is that repository's only (gcr.io and Artifact
+Registry answer ``401`` to a good login that may not read one repository).
 """
 
 from __future__ import annotations
@@ -112,6 +118,10 @@ class MirrorTokens:
         #: upstream hosts whose token service refused the mirror's login (401): since when.
         #: Not sent again before ``REFUSED_TTL`` is over: its tokens are asked anonymously.
         self._login_refused: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
+        #: upstream hosts whose token service last accepted the mirror's login: since when
+        self._login_accepted: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
+        #: scope-less login checks in flight, one per upstream host (:meth:`_login_verdict`)
+        self._checking: Coalesced[str, bool | None] = Coalesced(UpstreamError)
         #: (upstream host, realm) pairs whose withheld login was logged (:meth:`_login_withheld`)
         self._withheld: LruDict[tuple[str, str], bool] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts whose token service answered 429 (or 503) with a Retry-After: until
@@ -271,6 +281,73 @@ class MirrorTokens:
         since = self._login_refused.get(upstream.host)
         return since is not None and time.monotonic() - since < REFUSED_TTL
 
+    async def _login_verdict(
+        self, upstream: Upstream, realm: str, service: str | None, since: float | None = None
+    ) -> bool | None:
+        """Whether the token service accepts the mirror's login, as ``docker login`` asks it:
+        with the login and no scope. Known for ``REFUSED_TTL`` (refused, or accepted since
+        ``since`` if given: a verdict older than a ``401`` says nothing of it); else asked,
+        one request per upstream at a time, the misses meanwhile waiting for its verdict (each
+        sent the login, a failed login on the account each). None: it could not say (not
+        200, 401 nor 403)."""
+        if self.login_refused(upstream):
+            return False
+        accepted = self._login_accepted.get(upstream.host)
+        if accepted is not None:
+            fresh = time.monotonic() - accepted < REFUSED_TTL
+            if (since is None and fresh) or (since is not None and accepted >= since):
+                return True
+        name = f"login check {upstream.host}"
+        return await self._checking.run(
+            upstream.host, name, lambda: self._check_login(upstream, realm, service)
+        )
+
+    async def _check_login(
+        self, upstream: Upstream, realm: str, service: str | None
+    ) -> bool | None:
+        """One scope-less token request with the mirror's login (:meth:`_login_verdict`)."""
+        assert upstream.credentials is not None
+        params: list[tuple[str, str | int | float | bool | None]] = []
+        if service:
+            params.append(("service", service))
+        headers = [("Authorization", basic_authorization(*upstream.credentials))]
+        answer, _ = await self._ask(upstream, realm, headers, params)
+        if answer.status_code in (200, 403):  # 403: the login known, denied, not refused
+            self._login_accepted.set(upstream.host, time.monotonic())
+            return True
+        if answer.status_code == 401:
+            self._refuse_login(upstream, realm)
+            return False
+        said = f"the upstream's token service refused the mirror ({answer.status_code})"
+        self._rest(upstream, answer, said)
+        return None
+
+    async def _ask(
+        self,
+        upstream: Upstream,
+        realm: str,
+        headers: list[tuple[str, str]],
+        params: list[tuple[str, str | int | float | bool | None]],
+    ) -> tuple[httpx.Response, bytes]:
+        """One request to the token service, and its body (read, the answer closed)."""
+        try:
+            answer = await self.client.send(
+                upstream,
+                "GET",
+                realm,
+                headers,
+                params=httpx.QueryParams(params),
+                mirror_credentials=True,
+                token_service=True,
+            )
+            body = await read_small(answer)
+        except UpstreamTimeout as exc:
+            if same_origin(realm, upstream.registry):  # on the registry's host: its silence
+                raise
+            said = exc.message.replace("the upstream registry", "the upstream's token service", 1)
+            raise TokenServiceTimeout(said) from exc  # elsewhere: see TokenServiceTimeout
+        return answer, body
+
     def _refuse_login(self, upstream: Upstream, realm: str) -> None:
         """The token service answered ``401`` to the mirror's login (``upstream.password``
         wrong or revoked). It was remembered per repository, and every other repository sent
@@ -278,6 +355,7 @@ class MirrorTokens:
         may lock it). Now it stands for the upstream: one WARNING, one entry among the status
         page's recent errors, and tokens asked anonymously until ``REFUSED_TTL`` is over."""
         self._login_refused.set(upstream.host, time.monotonic())
+        self._login_accepted.pop(upstream.host)
         assert upstream.credentials is not None
         said = (
             f"the token service of {upstream.host} ({url_host(realm)}) refused the mirror's "
@@ -337,35 +415,24 @@ class MirrorTokens:
         login = upstream.credentials is not None and upstream.login_may_go_to(realm)
         if upstream.credentials is not None and not login:
             self._login_withheld(upstream, realm)
-        if login and self.login_refused(upstream):
-            login = False  # refused lately: not sent again (:meth:`_refuse_login`)
+        if login and await self._login_verdict(upstream, realm, service) is False:
+            login = False  # refused (lately): not sent again (:meth:`_refuse_login`)
         if login and upstream.credentials is not None:
             headers.append(("Authorization", basic_authorization(*upstream.credentials)))
-        try:
-            answer = await self.client.send(
-                upstream,
-                "GET",
-                realm,
-                headers,
-                params=httpx.QueryParams(params),
-                mirror_credentials=True,
-                token_service=True,
-            )
-            body = await read_small(answer)
-        except UpstreamTimeout as exc:
-            if same_origin(realm, upstream.registry):  # on the registry's host: its silence
-                raise
-            said = exc.message.replace("the upstream registry", "the upstream's token service", 1)
-            raise TokenServiceTimeout(said) from exc  # elsewhere: see TokenServiceTimeout
+        sent = time.monotonic()
+        answer, body = await self._ask(upstream, realm, headers, params)
         if answer.status_code == 401 and login:
-            self._refuse_login(upstream, realm)
-            return await self._fetch(upstream, repository, service)  # anonymously, once
+            # The login refused, or this one repository? As ``docker login`` asks (no scope).
+            if await self._login_verdict(upstream, realm, service, since=sent) is False:
+                return await self._fetch(upstream, repository, service)  # anonymously, once
         if answer.status_code in (401, 403):
             raise TokenRefused(answer.status_code)
         if answer.status_code != 200:
             said = f"the upstream's token service refused the mirror ({answer.status_code})"
             self._rest(upstream, answer, said)
             raise UpstreamUnavailable(said)
+        if login:
+            self._login_accepted.set(upstream.host, time.monotonic())
         data = jsondoc.object_in(body) or {}
         token = data.get("token") or data.get("access_token")
         expires_in = data.get("expires_in")

@@ -144,7 +144,8 @@ async def test_the_mirror_fetches_with_its_own_account(tmp_path: Path) -> None:
         for ask in (client.get, client.head):  # HEAD: what `docxy warm` asks after a miss
             again = await ask(f"/v2/team/app/blobs/{DIGEST}")
             assert again.headers.getlist("Cache-Status") == ["Docxy; hit"]
-    assert upstream.token_auth == [basic("bot", "s3cret")]
+    # the login checked first (no scope, as docker login: test_review_tokens3), then the token
+    assert upstream.token_auth == [basic("bot", "s3cret")] * 2
     assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
 
 

@@ -154,5 +154,6 @@ async def test_a_configured_realm_gives_the_mirror_its_tokens_when_v2_asks_for_n
         answer = await tokens.send(OPEN, "GET", "owner/img", "/v2/owner/img/manifests/1")
         login = await tokens.basic_login(OPEN)
     assert answer.status_code == 200
-    assert asked == [basic_authorization("robot", "pw")]
+    # the login checked (no scope, test_review_tokens3), then the repository's token with it
+    assert asked == [basic_authorization("robot", "pw")] * 2
     assert login is None  # a client's relayed token goes on as it is
