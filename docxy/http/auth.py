@@ -37,6 +37,7 @@ from docxy.http.routes import count_relay, own_challenge, refuse_unsendable, req
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
 from docxy.tasks import spawn
+from docxy.upstream.anonymous import OFFLINE_TOKEN as OFFLINE_TOKEN
 from docxy.upstream.client import SERVER_TROUBLE, Upstream, clear_realm_remedy, read_small
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("token", __name__)
 
-OFFLINE_TOKEN = "docxy-offline"
 OFFLINE_TOKEN_LIFETIME = 60
 FORWARDED_PARAMS = frozenset({"service", "scope", "account", "client_id", "offline_token"})
 NO_REFRESH_TOKENS = "this mirror issues no refresh tokens: docker login again"

@@ -290,7 +290,7 @@ def _pull(route: Route, reference: Reference) -> Pull:
         tuple(request.headers.getlist("Accept")),
         _range(reference),
         authorization=authorization,
-        anonymous_token=authorization is not None and anonymous.holds(authorization),
+        anonymous_token=authorization is not None and anonymous.anonymous(authorization),
     )
 
 

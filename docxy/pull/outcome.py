@@ -68,7 +68,9 @@ class Pull:
     ``authorization`` the client's own ``Authorization`` header, for the upstream checks made on
     its behalf (a blob cached from another repository, confirmed with the client's token);
     ``anonymous_token`` if that is a token the mirror's token endpoint relayed for an
-    anonymous pull (:mod:`docxy.upstream.anonymous`): no credential of the client's own.
+    anonymous pull, expired or not (:meth:`~docxy.upstream.anonymous.AnonymousTokens.anonymous`:
+    up to 10 minutes past), or the mirror's own offline or mirror-only token: no credential of
+    the client's own.
     """
 
     upstream: Upstream
@@ -87,9 +89,10 @@ class Pull:
         the upstream (a login, or a token got with one), which may read what the mirror's own
         token is refused or told does not exist. Not so without ``authorization`` (none sent,
         or one that stays at the mirror: users mode) nor with a token relayed for an anonymous
-        pull. A Bearer token the mirror does not know (relayed before a restart, or got
-        elsewhere) counts as the client's own: wrongly so, it costs one more upstream request;
-        the other way, it would fail a private pull."""
+        pull (a while past its expiry too), nor the mirror's own offline token. A Bearer token
+        the mirror does not know (relayed before a restart, or got elsewhere) counts as the
+        client's own: wrongly so, it costs one more upstream request; the other way, it would
+        fail a private pull."""
         return self.authorization is not None and not self.anonymous_token
 
     @property

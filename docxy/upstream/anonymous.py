@@ -7,8 +7,12 @@ headers). Only a client's own login is its own account. The token endpoint tells
 :class:`AnonymousTokens` each token it relayed to an anonymous client; the upstream client
 asks it whose an ``Authorization`` is.
 
-Tokens are kept as SHA-256 digests, until they expire and at most ``capacity`` of them (the
-least recently handed out go first).
+Tokens are kept as SHA-256 digests, at most ``capacity`` of them (the least recently handed
+out go first), until :data:`GRACE` past their expiry: whether a client's request carries a
+credential of its own (:meth:`AnonymousTokens.anonymous`) holds of a token whoever still sends
+it, and containerd keeps sending one a while past its ``expires_in``; the health's question
+(:meth:`AnonymousTokens.holds`) is asked until it expires. The mirror's own token
+(:data:`OFFLINE_TOKEN`: offline, mirror-only) is always anonymous.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ CAPACITY = 16384
 DEFAULT_LIFETIME = DEFAULT_EXPIRES_IN
 #: However long a token says it lasts, it is not remembered longer than this.
 LONGEST = 86400.0
+#: Seconds a relayed token is still known after it expires (at least; or one more lifetime).
+GRACE = 600.0
+#: The token the mirror's token endpoint answers itself (``docxy.http.auth``: its upstream's
+#: token service down, or none): it grants nothing upstream, whoever holds it asks as nobody.
+OFFLINE_TOKEN = "docxy-offline"
 
 
 def _key(token: str) -> bytes:
@@ -44,14 +53,15 @@ class KeptTokens(Generic[V]):
     is longer (none by default): for what must hold of a token whoever still sends it."""
 
     def __init__(self, capacity: int = CAPACITY, *, grace: float = 0.0) -> None:
-        self._kept: LruDict[bytes, tuple[float, V]] = LruDict(capacity)
+        #: digest -> (expiry, kept until: expiry and grace, value)
+        self._kept: LruDict[bytes, tuple[float, float, V]] = LruDict(capacity)
         self._grace = grace
 
     def keep(self, token: str, value: V, lifetime: float = DEFAULT_LIFETIME) -> None:
         lifetime = min(max(lifetime, 0.0), LONGEST)
-        if self._grace > 0:
-            lifetime += max(lifetime, self._grace)
-        self._kept.set(_key(token), (time.monotonic() + lifetime, value))
+        kept = lifetime + max(lifetime, self._grace) if self._grace > 0 else lifetime
+        now = time.monotonic()
+        self._kept.set(_key(token), (now + lifetime, now + kept, value))
 
     def keep_answer(self, body: bytes, value: V) -> None:
         """Keep the token(s) of a token service's answer (``token``, ``access_token``)."""
@@ -64,9 +74,10 @@ class KeptTokens(Generic[V]):
             if isinstance(token, str) and token:
                 self.keep(token, value, lifetime)
 
-    def value(self, authorization: str) -> V | None:
+    def value(self, authorization: str, *, graced: bool = True) -> V | None:
         """The value kept with a ``Bearer`` ``authorization``'s token while it holds (and its
-        ``grace``); None for anything else (a token never kept, or expired, Basic)."""
+        ``grace``, unless not ``graced``); None for anything else (a token never kept, or
+        expired, Basic)."""
         token = bearer_token(authorization)
         if token is None:
             return None
@@ -74,17 +85,20 @@ class KeptTokens(Generic[V]):
         found = self._kept.get(key)
         if found is None:
             return None
-        if time.monotonic() > found[0]:
+        now = time.monotonic()
+        if now > found[1]:
             self._kept.pop(key)
             return None
-        return found[1]
+        if not graced and now > found[0]:
+            return None
+        return found[2]
 
 
 class AnonymousTokens:
     """Tokens the mirror handed out for anonymous pulls, and until when they hold."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
-        self._kept = KeptTokens[bool](capacity)
+        self._kept = KeptTokens[bool](capacity, grace=GRACE)
 
     def remember(self, token: str, lifetime: float = DEFAULT_LIFETIME) -> None:
         self._kept.keep(token, True, lifetime)
@@ -96,4 +110,13 @@ class AnonymousTokens:
     def holds(self, authorization: str) -> bool:
         """Whether ``authorization`` is ``Bearer`` with a token handed out for anonymous pulls
         that has not expired."""
+        return self._kept.value(authorization, graced=False) is not None
+
+    def anonymous(self, authorization: str) -> bool:
+        """Whether ``authorization`` is no credential of the client's own: a token handed out
+        for an anonymous pull, expired less than :data:`GRACE` ago (containerd sends one past
+        its ``expires_in``), or the mirror's own :data:`OFFLINE_TOKEN` (known here only a
+        minute after it was last handed out, and not at all after a restart)."""
+        if bearer_token(authorization) == OFFLINE_TOKEN:
+            return True
         return self._kept.value(authorization) is not None

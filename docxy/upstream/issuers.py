@@ -17,10 +17,7 @@ is known :data:`GRACE` past its expiry, or one more lifetime if that is longer.
 
 from __future__ import annotations
 
-from docxy.upstream.anonymous import CAPACITY, KeptTokens
-
-#: Seconds a relayed token's upstream is still known after the token expires (at least).
-GRACE = 600.0
+from docxy.upstream.anonymous import CAPACITY, GRACE, KeptTokens
 
 
 class TokenIssuers:
