@@ -423,7 +423,11 @@ class MirrorTokens:
         answer, body = await self._ask(upstream, realm, headers, params)
         if answer.status_code == 401 and login:
             # The login refused, or this one repository? As ``docker login`` asks (no scope).
-            if await self._login_verdict(upstream, realm, service, since=sent) is False:
+            try:
+                verdict = await self._login_verdict(upstream, realm, service, since=sent)
+            except UpstreamError:
+                verdict = None  # no word on the login: the 401 stands for this repository
+            if verdict is False:
                 return await self._fetch(upstream, repository, service)  # anonymously, once
         if answer.status_code in (401, 403):
             raise TokenRefused(answer.status_code)

@@ -178,3 +178,26 @@ def test_an_anonymous_record_outlives_its_token_a_while_only(
     assert not tokens.anonymous("Bearer t")
     assert tokens.anonymous(f"Bearer {OFFLINE_TOKEN}")  # never handed out here: still nobody's
     assert not tokens.anonymous("Bearer of-a-login") and not tokens.anonymous("Basic eDp5")
+
+
+async def test_a_login_check_that_fails_leaves_the_401_to_its_repository() -> None:
+    """The scope-less check after a scope's 401 cannot be made (the token service's connection
+    drops): the 401 is the token service's answer for that repository, not an outage."""
+    inner = one_repository_unauthorized([])
+    checks = [0]
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.test" and "scope" not in request.url.params:
+            checks[0] += 1
+            if checks[0] > 1:  # the first check (before the scope's request) passes
+                raise httpx.ConnectError("dropped", request=request)
+        answer = inner.handler(request)
+        assert isinstance(answer, httpx.Response)
+        return answer
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        answer = await tokens.send(ROBOT, "GET", "owner/b", "/v2/owner/b/manifests/1")
+    assert checks[0] == 2
+    assert answer.status_code == 401
+    assert not tokens.login_refused(ROBOT)
