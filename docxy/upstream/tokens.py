@@ -415,8 +415,18 @@ class MirrorTokens:
         login = upstream.credentials is not None and upstream.login_may_go_to(realm)
         if upstream.credentials is not None and not login:
             self._login_withheld(upstream, realm)
-        if login and await self._login_verdict(upstream, realm, service) is False:
-            login = False  # refused (lately): not sent again (:meth:`_refuse_login`)
+        if login:
+            try:
+                verdict = await self._login_verdict(upstream, realm, service)
+            except UpstreamTimeout:
+                raise  # a token service that does not answer: the scoped request would not
+            except UpstreamError:
+                verdict = None  # the check broke (a reset): no word; this request goes on
+            if verdict is False:
+                login = False  # refused (lately): not sent again (:meth:`_refuse_login`)
+            resting = self._resting.get(upstream.host)
+            if verdict is None and resting is not None and time.monotonic() < resting[0]:
+                raise UpstreamUnavailable(resting[1])  # the check was told to rest: no request
         if login and upstream.credentials is not None:
             headers.append(("Authorization", basic_authorization(*upstream.credentials)))
         sent = time.monotonic()

@@ -201,3 +201,66 @@ async def test_a_login_check_that_fails_leaves_the_401_to_its_repository() -> No
     assert checks[0] == 2
     assert answer.status_code == 401
     assert not tokens.login_refused(ROBOT)
+
+
+# --- 4. the login check's own trouble (a regression read of 65bace0) -------------------------
+
+
+def checked_login(
+    asked: list[str | None], check: httpx.Response | Exception
+) -> httpx.MockTransport:
+    """A token service whose scope-less login check gets ``check`` (an answer, or raised) and
+    whose scoped requests get a token; ``asked`` gets each token request's ``scope``."""
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
+        if request.url.host == "auth.test":
+            scope = request.url.params.get("scope")
+            asked.append(scope)
+            if scope is None:
+                if isinstance(check, Exception):
+                    raise check
+                return check
+            return httpx.Response(200, json={"token": "good", "expires_in": 300})
+        if request.headers.get("authorization") == "Bearer good":
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
+
+    return httpx.MockTransport(upstream)
+
+
+async def test_a_login_check_answered_429_asks_for_no_token_before_its_retry_after() -> None:
+    """The check answered ``429`` with ``Retry-After`` (too many failed logins): the token
+    service asked for rest, and the README says it is asked for no new token until then. The
+    misses waiting on that check each sent their scoped request all the same."""
+    asked: list[str | None] = []
+    busy = httpx.Response(429, headers={"Retry-After": "60"}, json={"errors": []})
+    async with httpx.AsyncClient(transport=slowly(checked_login(asked, busy))) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        answers = await asyncio.gather(
+            *(
+                tokens.send(REVOKED, "GET", f"owner/img{n}", f"/v2/owner/img{n}/manifests/1")
+                for n in range(4)
+            ),
+            return_exceptions=True,
+        )
+    assert all(isinstance(a, Exception) for a in answers), answers
+    assert asked == [None]  # the check alone: no scoped request during the rest
+
+
+async def test_a_login_check_that_breaks_leaves_the_misses_their_own_requests() -> None:
+    """The one shared check's connection reset: every concurrent miss of every repository
+    failed with it, where each repository's own token request would have got its token."""
+    asked: list[str | None] = []
+    reset = httpx.ReadError("connection reset")
+    async with httpx.AsyncClient(transport=slowly(checked_login(asked, reset))) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        answers = await asyncio.gather(
+            *(
+                tokens.send(REVOKED, "GET", f"owner/img{n}", f"/v2/owner/img{n}/manifests/1")
+                for n in range(4)
+            ),
+            return_exceptions=True,
+        )
+    assert [getattr(a, "status_code", a) for a in answers] == [200] * 4
