@@ -33,8 +33,7 @@ choice, and is asked as it is (:meth:`~docxy.upstream.client.UpstreamClient.send
 ``token_service``).
 
 The upstream's own host is non-public when it is a non-public literal address or
-``localhost``, or a name of which ANY address is non-public (:func:`resolves_non_public`; an
-address DNS64 synthesized in a NAT64 prefix is not counted: :func:`_registry_inside`): a
+``localhost``, or a name of which ANY address is non-public (:func:`resolves_non_public`): a
 dual-stack LAN registry with a private A record and a global AAAA, or a cloud registry reached
 through a private interface endpoint, is a LAN registry. That widens nothing: the mirror
 connects to the upstream's name at whatever addresses it resolves to, for every request, so an
@@ -173,25 +172,7 @@ def _looked_up(host: str, seconds: float) -> bool | None:
     addresses = [literal_address(str(entry[4][0])) for entry in found]
     if not addresses:
         return None
-    return any(a is not None and _registry_inside(a) for a in addresses)
-
-
-def _registry_inside(address: Address) -> bool:
-    """Whether one address of the upstream's own name makes it a LAN registry: a non-public
-    one, but not an address a DNS64 resolver synthesized for an IPv4-only name. On a
-    dual-stack host behind DNS64 every public registry (``registry-1.docker.io``) has an AAAA
-    in the NAT64 prefix beside its public A, and counted as a LAN registry (its redirects and
-    realm let inside, HTTPS to plain HTTP allowed). The well-known prefix ``64:ff9b::/96`` is
-    judged by the IPv4 address it carries (:func:`non_public_address`: a public one is
-    public; RFC 6052 forbids it carrying a non-public one, so one that does was written so);
-    an address in the local-use prefix ``64:ff9b:1::/48`` (RFC 8215) counts for neither, as
-    where it carries its IPv4 address depends on the prefix length the network chose. A
-    NAT64 prefix taken from the network's own unique-local range (``fd00::/8``) cannot be told
-    apart from a real ULA address: such an address still makes a LAN registry. (A *hop's*
-    address in the local-use prefix is still non-public: :func:`non_public_address`.)"""
-    if isinstance(address, ipaddress.IPv6Address) and address in _LOCAL_NAT64:
-        return False
-    return non_public_address(address)
+    return any(a is not None and non_public_address(a) for a in addresses)
 
 
 #: Seconds an upstream host's looked-up verdict is kept (:class:`RegistryVerdicts`).

@@ -183,13 +183,18 @@ def _resolving(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
     monkeypatch.setattr(redirects, "RESOLVE", lookup)
 
 
+LOCAL_NAT64 = pytest.mark.xfail(
+    strict=True, reason="a local-use NAT64 address made the registry a LAN one"
+)
+
+
 @pytest.mark.parametrize(
     "synthesized",
     [
-        "64:ff9b::3416:e4ba",  # the well-known prefix: 52.22.228.186 (public), fine before too
+        "64:ff9b::3416:e4ba",  # the well-known prefix: 52.22.228.186 (public), fine already
         # the local-use prefix (RFC 8215), a network's own translator
-        "64:ff9b:1::3416:e4ba",
-        "64:ff9b:1:ab::3416:e4ba",
+        pytest.param("64:ff9b:1::3416:e4ba", marks=LOCAL_NAT64),
+        pytest.param("64:ff9b:1:ab::3416:e4ba", marks=LOCAL_NAT64),
     ],
 )
 def test_a_dns64_synthesized_address_does_not_make_a_public_registry_a_lan_one(
