@@ -114,9 +114,10 @@ class AnonymousTokens:
 
     def anonymous(self, authorization: str) -> bool:
         """Whether ``authorization`` is no credential of the client's own: a token handed out
-        for an anonymous pull, expired less than :data:`GRACE` ago (containerd sends one past
-        its ``expires_in``), or the mirror's own :data:`OFFLINE_TOKEN` (known here only a
-        minute after it was last handed out, and not at all after a restart)."""
+        for an anonymous pull, expired less than :data:`GRACE` (or one more lifetime) ago
+        (containerd sends one past its ``expires_in``), or the mirror's own
+        :data:`OFFLINE_TOKEN`, always (the record of it lasts a minute after it was last handed
+        out, and none survives a restart: it is told by its value)."""
         if bearer_token(authorization) == OFFLINE_TOKEN:
             return True
         return self._kept.value(authorization) is not None
