@@ -546,12 +546,16 @@ def not_json(path, text, exc):
     if isinstance(exc, json.JSONDecodeError) and text[exc.pos:].startswith(COMMENT_STARTS):
         fail(path, f"has a comment at line {exc.lineno} column {exc.colno}: JSON allows none,"
                    " and dockerd refuses the file too; delete it")
-    if isinstance(exc, json.JSONDecodeError) and text[exc.pos:exc.pos + 1] in ("}", "]"):
-        before = text[:exc.pos].rstrip()
-        if before.endswith(","):
-            comma = len(before) - 1
-            line = before.count("\n") + 1
-            column = comma - before.rfind("\n")
+    if isinstance(exc, json.JSONDecodeError):
+        # Python 3.13 points at the comma ("Illegal trailing comma"), older ones at the } or ]
+        at, comma = exc.pos, None
+        if text[at:at + 1] == "," and text[at + 1:].lstrip()[:1] in ("}", "]"):
+            comma = at
+        elif text[at:at + 1] in ("}", "]") and text[:at].rstrip().endswith(","):
+            comma = len(text[:at].rstrip()) - 1
+        if comma is not None:
+            line = text.count("\n", 0, comma) + 1
+            column = comma - text.rfind("\n", 0, comma)
             fail(path, f"has a trailing comma at line {line} column {column}: JSON allows"
                        " none, and dockerd refuses the file too; delete it")
     fail(path, f"is not valid JSON ({exc})")
