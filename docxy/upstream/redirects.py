@@ -614,14 +614,49 @@ async def _first_to_connect(
     raise error[0]
 
 
-class _Guarded(httpcore.AsyncConnectionInterface):
+class DelegatingConnection(httpcore.AsyncConnectionInterface):
+    """A pooled httpcore connection that passes every call to the one it wraps: the wrappers
+    of the mirror's pool (:class:`_Guarded`, ``trust._Verified``) change only what they mean to."""
+
+    def __init__(self, connection: httpcore.AsyncConnectionInterface) -> None:
+        self._connection = connection
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        return await self._connection.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._connection.aclose()
+
+    def info(self) -> str:
+        return self._connection.info()
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return self._connection.can_handle_request(origin)
+
+    def is_available(self) -> bool:
+        return self._connection.is_available()
+
+    def has_expired(self) -> bool:
+        return self._connection.has_expired()
+
+    def is_idle(self) -> bool:
+        return self._connection.is_idle()
+
+    def is_closed(self) -> bool:
+        return self._connection.is_closed()
+
+    def __repr__(self) -> str:
+        return repr(self._connection)
+
+
+class _Guarded(DelegatingConnection):
     """A pooled connection that knows its peer's address: a guarded request (its
     ``extensions`` carry a :class:`HopGuard`) is not sent on it when the guard does not allow
     that address (a connection a LAN upstream's request made to the same name); it is closed
     instead, and the pool makes the request a new connection, under the guard."""
 
     def __init__(self, connection: httpcore.AsyncConnectionInterface) -> None:
-        self._connection = connection
+        super().__init__(connection)
         self.guard: HopGuard | None = None
         self.peer: str | None = None
         self._refused = False
@@ -640,12 +675,6 @@ class _Guarded(httpcore.AsyncConnectionInterface):
         finally:
             _SENDING.reset(token)
 
-    async def aclose(self) -> None:
-        await self._connection.aclose()
-
-    def info(self) -> str:
-        return self._connection.info()
-
     def can_handle_request(self, origin: httpcore.Origin) -> bool:
         return not self._refused and self._connection.can_handle_request(origin)
 
@@ -655,15 +684,6 @@ class _Guarded(httpcore.AsyncConnectionInterface):
     def has_expired(self) -> bool:
         refused = self._refused and self._connection.is_idle()
         return refused or self._connection.has_expired()
-
-    def is_idle(self) -> bool:
-        return self._connection.is_idle()
-
-    def is_closed(self) -> bool:
-        return self._connection.is_closed()
-
-    def __repr__(self) -> str:
-        return repr(self._connection)
 
 
 class GuardedPool(httpcore.AsyncConnectionPool):

@@ -15,7 +15,7 @@ import httpx
 
 from docxy.config import CaFile
 from docxy.core.hosts import origin
-from docxy.upstream.redirects import GuardedPool, guarded_transport
+from docxy.upstream.redirects import DelegatingConnection, GuardedPool, guarded_transport
 
 if TYPE_CHECKING:
     from docxy.upstream.client import Upstream
@@ -240,7 +240,7 @@ def _trust_origin(origin: httpcore.Origin) -> TrustOrigin:
     return (origin.scheme.decode("ascii"), origin.host.decode("ascii"), origin.port)
 
 
-class _Verified(httpcore.AsyncConnectionInterface):
+class _Verified(DelegatingConnection):
     """A pooled connection and the context it verified its origin with: once the origin's
     context is another (a realm moved, another upstream without a ca_file uses the origin too),
     it takes no more requests and, idle, is closed as expired. Kept, it would still carry
@@ -253,7 +253,7 @@ class _Verified(httpcore.AsyncConnectionInterface):
         origin: httpcore.Origin,
         context: ssl.SSLContext,
     ) -> None:
-        self._connection = connection
+        super().__init__(connection)
         self._trust = trust
         self._origin = _trust_origin(origin)
         self._context = context
@@ -261,33 +261,12 @@ class _Verified(httpcore.AsyncConnectionInterface):
     def _current(self) -> bool:
         return self._trust.context_for(self._origin) is self._context
 
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        return await self._connection.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._connection.aclose()
-
-    def info(self) -> str:
-        return self._connection.info()
-
     def can_handle_request(self, origin: httpcore.Origin) -> bool:
         return self._connection.can_handle_request(origin) and self._current()
-
-    def is_available(self) -> bool:
-        return self._connection.is_available()
 
     def has_expired(self) -> bool:
         stale = not self._current() and self._connection.is_idle()
         return stale or self._connection.has_expired()
-
-    def is_idle(self) -> bool:
-        return self._connection.is_idle()
-
-    def is_closed(self) -> bool:
-        return self._connection.is_closed()
-
-    def __repr__(self) -> str:
-        return repr(self._connection)
 
 
 def trusting_transport(trust: UpstreamTrust, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
