@@ -63,6 +63,13 @@ log = logging.getLogger(__name__)
 
 EXPIRY_MARGIN = 30.0
 REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is passed through
+#: Seconds a login the token service accepted is trusted without another scope-less check
+#: (:meth:`MirrorTokens._login_verdict`). The check tells a wrong password from a login that
+#: may not read one repository, and a scoped ``401`` with the login checks it again at once:
+#: a password revoked meanwhile is found at its first refusal all the same. Checked again
+#: after every ``REFUSED_TTL``, each first miss after a quiet minute paid one more token
+#: request, on its client's path (a quiet mirror's token requests about doubled).
+LOGIN_TRUSTED = 3600.0
 #: Seconds the token service is not asked for a new token after a 429 without ``Retry-After``.
 REST_WITHOUT_RETRY_AFTER = 5.0
 #: The longest a token is kept, whatever its ``expires_in`` says (Docker Hub's last 300 s).
@@ -285,8 +292,9 @@ class MirrorTokens:
         self, upstream: Upstream, realm: str, service: str | None, since: float | None = None
     ) -> bool | None:
         """Whether the token service accepts the mirror's login, as ``docker login`` asks it:
-        with the login and no scope. Known for ``REFUSED_TTL`` (refused, or accepted since
-        ``since`` if given: a verdict older than a ``401`` says nothing of it); else asked,
+        with the login and no scope. Known for ``REFUSED_TTL`` if refused, ``LOGIN_TRUSTED``
+        if accepted (or accepted since ``since`` if given: a verdict older than a ``401`` says
+        nothing of it); else asked,
         one request per upstream at a time, the misses meanwhile waiting for its verdict (each
         sent the login, a failed login on the account each). None: it could not say (not
         200, 401 nor 403)."""
@@ -294,7 +302,7 @@ class MirrorTokens:
             return False
         accepted = self._login_accepted.get(upstream.host)
         if accepted is not None:
-            fresh = time.monotonic() - accepted < REFUSED_TTL
+            fresh = time.monotonic() - accepted < LOGIN_TRUSTED
             if (since is None and fresh) or (since is not None and accepted >= since):
                 return True
         name = f"login check {upstream.host}"
