@@ -215,6 +215,11 @@ class UpstreamHealth:
     #: site's 404. It stands until a ``/v2/`` answers as a registry (:meth:`probed`): the
     #: pulls' own answers then (a 404 each) say nothing of it.
     not_registry: str | None = None
+    #: the mirror's own login (``upstream.username``), as the token service last judged it:
+    #: ``accepted``, ``refused``, or None (no login, or not asked yet); and since when it has
+    #: been refused (:meth:`login_judged`)
+    login: str | None = None
+    login_refused_since: float | None = None
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
     @property
@@ -304,6 +309,17 @@ class UpstreamHealth:
                 self.recent_failures.append((now, "not_registry", message))
             self.not_registry = said
             self.last_error, self.last_error_message = now, said
+
+    def login_judged(self, accepted: bool) -> str | None:
+        """The token service accepted the mirror's login, or refused it: what it was before
+        (``refused`` twice in a row keeps the first time as :attr:`login_refused_since`)."""
+        before = self.login
+        self.login = "accepted" if accepted else "refused"
+        if accepted:
+            self.login_refused_since = None
+        elif before != "refused":
+            self.login_refused_since = self.clock()
+        return before
 
     def served_stale(self) -> None:
         """The cache answered for an upstream that failed (stale-if-error)."""

@@ -321,7 +321,7 @@ class MirrorTokens:
         headers = [("Authorization", basic_authorization(*upstream.credentials))]
         answer, _ = await self._ask(upstream, realm, headers, params)
         if answer.status_code in (200, 403):  # 403: the login known, denied, not refused
-            self._login_accepted.set(upstream.host, time.monotonic())
+            self._accept_login(upstream)
             return True
         if answer.status_code == 401:
             self._refuse_login(upstream, realm)
@@ -356,12 +356,28 @@ class MirrorTokens:
             raise TokenServiceTimeout(said) from exc  # elsewhere: see TokenServiceTimeout
         return answer, body
 
+    def _accept_login(self, upstream: Upstream) -> None:
+        """The token service accepted the mirror's login (a check, or a token got with it):
+        trusted for ``LOGIN_TRUSTED``; one INFO line if it was refused before."""
+        self._login_accepted.set(upstream.host, time.monotonic())
+        if self.client.health_of(upstream).login_judged(True) == "refused":
+            assert upstream.credentials is not None
+            log.info(
+                "the token service of %s accepted the mirror's login (%s) again: its tokens "
+                "are asked with it",
+                upstream.host,
+                upstream.credentials[0],
+            )
+
     def _refuse_login(self, upstream: Upstream, realm: str) -> None:
         """The token service answered ``401`` to the mirror's login (``upstream.password``
         wrong or revoked). It was remembered per repository, and every other repository sent
         the bad login once more: a failed login counted against the account each (Docker Hub
-        may lock it). Now it stands for the upstream: one WARNING, one entry among the status
-        page's recent errors, and tokens asked anonymously until ``REFUSED_TTL`` is over."""
+        may lock it). Now it stands for the upstream: tokens asked anonymously until
+        ``REFUSED_TTL`` is over, then the login checked again. One WARNING and one entry among
+        the status page's recent errors when it comes to be refused (it was accepted, or not
+        known); DEBUG at each check that finds it still refused (a WARNING each minute, and
+        the recent errors pushed off by this one, for as long as the password stays wrong)."""
         self._login_refused.set(upstream.host, time.monotonic())
         self._login_accepted.pop(upstream.host)
         assert upstream.credentials is not None
@@ -370,8 +386,11 @@ class MirrorTokens:
             f"login ({upstream.credentials[0]}): its password is wrong or revoked; tokens are "
             f"asked for anonymously, and the login tried again in {REFUSED_TTL:g}s"
         )
-        log.warning("%s", said)
         health = self.client.health_of(upstream)
+        if health.login_judged(False) == "refused":
+            log.debug("%s (still)", said)
+            return
+        log.warning("%s", said)
         health.recent_failures.append((health.clock(), "login_refused", said))
 
     def refused_token(
@@ -454,7 +473,7 @@ class MirrorTokens:
             self._rest(upstream, answer, said)
             raise UpstreamUnavailable(said)
         if login:
-            self._login_accepted.set(upstream.host, time.monotonic())
+            self._accept_login(upstream)
         data = jsondoc.object_in(body) or {}
         token = data.get("token") or data.get("access_token")
         expires_in = data.get("expires_in")

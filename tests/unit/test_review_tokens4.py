@@ -117,7 +117,6 @@ async def test_a_password_revoked_meanwhile_is_still_found(now: list[float]) -> 
 # --- 2. a refused login's WARNING once a minute ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the refusal WARNING is logged at each re-check")
 async def test_a_refused_login_is_logged_once_per_change(
     now: list[float], caplog: pytest.LogCaptureFixture
 ) -> None:
