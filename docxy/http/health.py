@@ -22,7 +22,10 @@ PROBE_INTERVAL = 60.0
 
 def _upstream_report(state: MirrorState, upstream: Upstream) -> tuple[bool, dict[str, object]]:
     seen = state.client.health_of(upstream) if state.services is not None else None
-    healthy = seen is None or seen.healthy is not False
+    # The mirror's own login refused by the token service: its private pulls fail (its
+    # tokens are anonymous) however well the upstream answers.
+    refused = seen is not None and seen.login == "refused"
+    healthy = seen is None or (seen.healthy is not False and not refused)
     # ``healthy``: this upstream's part in ``status`` (``reachable`` is true while it answers
     # 429s or 5xx), for the status page's badge and for scripts
     shown = {"registry": upstream.registry, **(seen.as_dict() if seen else {}), "healthy": healthy}

@@ -167,6 +167,8 @@ def _upstream(upstream: dict[str, Any], ident: str = "upstream", title: str = "U
     state = ("not tried yet", "warn")
     if reachable is False:
         state = ("unreachable", "bad")
+    elif upstream.get("login") == "refused":  # answering, but the mirror's login refused
+        state = ("login refused", "bad")
     elif upstream.get("healthy") is False:  # answering, but 429s or 5xx (or as no registry)
         state = ("rate limited" if upstream.get("rate_limited_until") else "failing", "bad")
     elif reachable:

@@ -351,6 +351,8 @@ class UpstreamHealth:
             "last_rate_limited": utc_stamp(self.last_limited),
             "stale_served": self.stale_served,
             "last_stale": utc_stamp(self.last_stale),
+            "login": self.login,
+            "login_refused_since": utc_stamp(self.login_refused_since),
         }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from docxy.observe.status import render_page
 from docxy.upstream import tokens as tokens_module
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import REFUSED_TTL, MirrorTokens, basic_authorization
@@ -165,7 +166,6 @@ class RefusesLogin(AccountRegistry):
         return super().__call__(request)
 
 
-@pytest.mark.xfail(strict=True, reason="/health says nothing of a refused login")
 async def test_health_shows_a_refused_login_and_is_degraded(
     tmp_path: Path, now: list[float]
 ) -> None:
@@ -200,3 +200,12 @@ async def test_health_shows_a_refused_login_and_is_degraded(
     assert report["upstream"]["login"] == "accepted"
     assert report["upstream"]["login_refused_since"] is None
     assert report["upstream"]["healthy"] is True
+
+
+def test_the_status_page_badge_says_the_login_is_refused() -> None:
+    """The upstream answering, the mirror's login refused: its badge said "failing", as for
+    a 5xx; it names the trouble, and says nothing of it once the login is accepted."""
+    seen = {"reachable": True, "healthy": False, "login": "refused"}
+    assert ">login refused<" in render_page({"upstream": seen})
+    accepted = {"reachable": True, "healthy": True, "login": "accepted"}
+    assert "login refused" not in render_page({"upstream": accepted})
