@@ -426,3 +426,18 @@ async def test_http2_is_refused_on_both_listeners_by_default(tmp_path: Path) -> 
         assert response.http_version == "HTTP/1.1"
     finally:
         stop_process(proc, grace=15)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_says_the_setting_covers_http2_on_the_tls_listener() -> None:
+    """The TLS listener offers only ``http/1.1`` by ALPN, but takes the HTTP/2 preface of a
+    client that sends it anyway (:func:`test_http2_streams_are_each_counted_against_requests_
+    per_minute` is served so; refused by default): the settings table's row and the threat
+    model say so, not "plain HTTP" alone."""
+    text = README.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `limits.h2_max_streams`"))
+    assert "TLS listener" in row, row
+    model = text[text.index("- **HTTP/2 over plain TCP (h2c)**") :][:1500]
+    assert "prior knowledge" in model, model[:400]
