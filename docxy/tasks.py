@@ -63,6 +63,10 @@ class Coalesced(Generic[K, T]):
         #: Callers that waited for another's task instead of starting their own.
         self.joined = 0
 
+    def running(self, key: K) -> bool:
+        """Whether a task for ``key`` is running: a caller of :meth:`share` now would join it."""
+        return key in self._running
+
     async def run(self, key: K, name: str, work: Callable[[], Awaitable[T]]) -> T:
         result, _ = await self.share(key, name, work)
         return result

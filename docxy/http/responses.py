@@ -125,11 +125,13 @@ def cache_status(outcome: Outcome) -> str:
     manifest fetched but not kept ``stored=?0`` with why (``cache-unwritable``, ``evicted``), and
     a blob whose commit still runs ``committing``. The registry's answer to the mirror's own
     request relayed (its 404 of a mistyped tag: :class:`~docxy.core.errors.UpstreamAnswered`)
-    is ``fwd=miss`` with the upstream's status as ``fwd-status``."""
+    is ``fwd=miss`` with the upstream's status as ``fwd-status``, and ``collapsed`` when that
+    request was another client's, which this one waited for (:attr:`PassThrough.joined`)."""
     if isinstance(outcome, PassThrough) and isinstance(outcome.failed, UpstreamAnswered):
         # the registry's word on it, relayed from the mirror's own request on a miss
-        status = outcome.failed.status
-        return f"{CACHE_NAME}; fwd=miss; fwd-status={status}; detail={outcome.reason.value}"
+        said = f"{CACHE_NAME}; fwd=miss; fwd-status={outcome.failed.status}"
+        collapsed = "; collapsed" if outcome.joined else ""
+        return f"{said}{collapsed}; detail={outcome.reason.value}"
     if isinstance(outcome, PassThrough):
         return f"{CACHE_NAME}; fwd=bypass; detail={outcome.reason.value}"
     said = f"{CACHE_NAME}; {_SOURCE_STATUS[outcome.source]}"

@@ -158,6 +158,20 @@ class Head:
     answered: UpstreamAnswered | None = None
 
 
+class FetchFailed(Exception):
+    """The mirror's upstream GET of a manifest failed with ``error``: its own, or, ``joined``,
+    another request's that this one waited for (:attr:`PassThrough.joined`)."""
+
+    def __init__(self, error: UpstreamError, joined: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.joined = joined
+
+    def outcome(self, pull: Pull) -> PassThrough:
+        """What ``pull`` is answered (:func:`upstream_failed`)."""
+        return upstream_failed(self.error, pull, joined=self.joined)
+
+
 UNCACHED = PassThrough(Reason.UPSTREAM_ANSWER, "the mirror's fetch got no manifest it caches")
 NOT_ACCEPTED = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the cached type")
 NOT_TAKEN = PassThrough(Reason.NOT_CACHEABLE, "the client does not accept the upstream's type")
@@ -228,8 +242,8 @@ class ManifestService:
                 return looked
         try:
             fetched, source = await self._fetch(repo, pull, digest)
-        except UpstreamError as exc:
-            return upstream_failed(exc, pull)
+        except FetchFailed as failed:
+            return failed.outcome(pull)
         if fetched is None:
             return self._uncached(pull)
         await self._moved_in(repo, fetched)
@@ -374,12 +388,12 @@ class ManifestService:
             return TOO_LARGE  # a GET of the mirror's would stop at the cap: one the client's
         try:
             fetched, source = await self._fetch(repo, pull, None)
-        except UpstreamAnswered as exc:  # no outage: the tag is gone (forgotten), or mistyped
-            return upstream_failed(exc, pull)
-        except UpstreamError as exc:
-            if stale is None:  # pass through: the client sees the upstream's own answer
-                return upstream_failed(exc, pull)
-            log.warning("serving %s:%s stale: %s", repo.repo, tag, exc.message)
+        except FetchFailed as failed:
+            # An answer is no outage: the tag is gone (forgotten), or mistyped. Nothing stale:
+            # pass through, the client sees the upstream's own answer.
+            if isinstance(failed.error, UpstreamAnswered) or stale is None:
+                return failed.outcome(pull)
+            log.warning("serving %s:%s stale: %s", repo.repo, tag, failed.error.message)
             return _served(Source.STALE, stale, pull)
         if fetched is None:
             return self._uncached(pull)
@@ -471,8 +485,8 @@ class ManifestService:
         containerd takes the media type from a HEAD; it was sent an empty ``Content-Type``."""
         try:
             fetched, source = await self._fetch(repo, pull, pull.reference.digest)
-        except UpstreamError as exc:
-            return upstream_failed(exc, pull)
+        except FetchFailed as failed:
+            return failed.outcome(pull)
         if fetched is None:
             return self._uncached(pull)
         tag = pull.reference.tag
@@ -555,13 +569,20 @@ class ManifestService:
         mirror may cache. Concurrent misses of one manifest share one upstream GET (a counted
         pull on Docker Hub): the first starts it as a named task (:attr:`Source.MISS`), the
         others wait for it (:attr:`Source.JOINED`: no fetch of their own), and a client going
-        away cancels only its own wait."""
+        away cancels only its own wait. Its failure raises :class:`FetchFailed`, which says
+        whether it was this request's own GET (a registry's 404 relayed to a client that
+        waited for another's is ``collapsed`` too)."""
         ref = pull.reference.ref
-        fetched, joined = await self._fetching.share(
-            (repo.upstream, repo.repo, ref),
-            f"manifest {repo.upstream} {repo.repo}:{ref}",
-            lambda: self._fetch_once(repo, pull, digest),
-        )
+        key = (repo.upstream, repo.repo, ref)
+        joined = self._fetching.running(key)  # share() checks the same before its first wait
+        try:
+            fetched, joined = await self._fetching.share(
+                key,
+                f"manifest {repo.upstream} {repo.repo}:{ref}",
+                lambda: self._fetch_once(repo, pull, digest),
+            )
+        except UpstreamError as exc:
+            raise FetchFailed(exc, joined) from exc
         return fetched, Source.JOINED if joined else Source.MISS
 
     async def _fetch_once(

@@ -157,7 +157,10 @@ class PassThrough:
     #: A blob GET that joined another request's fill (free: not counted for its client),
     #: which ended in this pass-through: its upstream download waits for a permit under
     #: ``fills_total`` as an admitted one's does, but is first held to
-    #: ``limits.fills_per_client`` as a new fill is.
+    #: ``limits.fills_per_client`` as a new fill is. Also a manifest GET that waited for
+    #: another request's upstream GET, which failed. Either way, one answered with the
+    #: registry's word (``failed``) from that request sent none of its own: ``Cache-Status``
+    #: says ``collapsed``.
     joined: bool = False
     #: Not sent upstream after all: the mirror's own request found the registry silent (a
     #: timeout), and the client's would wait as long again; or the registry answered it with
@@ -166,7 +169,9 @@ class PassThrough:
     failed: UpstreamError | None = None
 
 
-def upstream_failed(exc: UpstreamError, pull: Pull, detail: str | None = None) -> PassThrough:
+def upstream_failed(
+    exc: UpstreamError, pull: Pull, detail: str | None = None, *, joined: bool = False
+) -> PassThrough:
     """The mirror's own request failed (``exc``) and nothing cached can stand in: ``pull``
     goes upstream itself (it gets the upstream's own answer, asked with its own credentials),
     unless the registry sent nothing in time, when asking again would only wait as long: then
@@ -180,18 +185,21 @@ def upstream_failed(exc: UpstreamError, pull: Pull, detail: str | None = None) -
     a client with credentials of its own (:attr:`Pull.credentialed`): a registry that hides a
     private repository from those who may not read it answers the mirror's token ``404``
     (Artifactory, some Nexus and Quay set-ups, GitLab), and the client's own ``200``; its
-    request passes through, the registry's answer to it relayed."""
+    request passes through, the registry's answer to it relayed. ``joined``: ``exc`` is the
+    failure of another request's upstream GET that ``pull`` waited for
+    (:attr:`PassThrough.joined`)."""
     said = exc.message if detail is None else detail
     if isinstance(exc, UpstreamAnswered) and exc.name == pull.name:
         if pull.credentialed:  # its word to the mirror's token: the client's may read it
-            return PassThrough(Reason.UPSTREAM_ANSWER, said)
-        return PassThrough(Reason.UPSTREAM_ANSWER, said, failed=exc)
+            return PassThrough(Reason.UPSTREAM_ANSWER, said, joined=joined)
+        return PassThrough(Reason.UPSTREAM_ANSWER, said, joined=joined, failed=exc)
     silent = (
         isinstance(exc, UpstreamTimeout)
         and not isinstance(exc, HopTimeout)
         and (not isinstance(exc, TokenServiceTimeout) or pull.authorization is None)
     )
-    return PassThrough(Reason.UPSTREAM_FAILED, said, failed=exc if silent else None)
+    failed = exc if silent else None
+    return PassThrough(Reason.UPSTREAM_FAILED, said, joined=joined, failed=failed)
 
 
 Outcome = Served | PassThrough
