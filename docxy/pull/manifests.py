@@ -8,9 +8,10 @@ the digest did not change. When the upstream or its auth service is down, slow, 
 the mirror's the registry answers with its word on the manifest (a 404 MANIFEST_UNKNOWN for a
 mistyped tag, a 400: ``THE_REGISTRYS_WORD``) is the answer of its clients, relayed (an
 :class:`~docxy.core.errors.UpstreamAnswered`), not asked again by passing them through; so is
-the registry's 404 to the mirror's HEAD (a client's HEAD, a stale tag's revalidation). Not so
-for a client with credentials of its own (:attr:`~docxy.pull.outcome.Pull.credentialed`): a
-registry hiding private repositories behind a 404 says it to the mirror's token only. Content
+the registry's 404 to the mirror's HEAD (a client's HEAD, a stale tag's revalidation), and its
+400 to a client's HEAD. Not so for a client with credentials of its own
+(:attr:`~docxy.pull.outcome.Pull.credentialed`): a registry hiding private repositories behind
+a 404 says it to the mirror's token only. Content
 the mirror cannot read with its own token, or will not cache (schema 1), passes through with
 the client's credentials, uncached.
 
@@ -149,8 +150,8 @@ class Head:
     """The upstream's answer to the mirror's HEAD of a manifest: ``found`` if it answered 200,
     ``digest`` if that answer named the manifest's, ``content`` if it also named its length
     and type (what a client's HEAD is answered with; the digest alone confirms a cached tag).
-    ``answered`` if the registry itself answered 404: its word on the manifest, the client's
-    answer then (:meth:`ManifestService._not_found`)."""
+    ``answered`` if the registry itself answered with its word on the manifest (a 404, a 400:
+    :data:`THE_REGISTRYS_WORD`), the client's answer then (:meth:`ManifestService._not_found`)."""
 
     found: bool
     content: ManifestContent | None = None
@@ -326,9 +327,13 @@ class ManifestService:
     def _not_found(self, pull: Pull, head: Head) -> PassThrough:
         """The mirror's ``HEAD`` found nothing: the registry's own 404 is the client's answer
         (a mistyped or deleted tag: its request, passed through, would only be told the same,
-        a counted ``GET`` on Docker Hub); a refusal passes it through (:meth:`_uncached`)."""
-        if head.answered is not None:
-            return upstream_failed(head.answered, pull)
+        a counted ``GET`` on Docker Hub); a refusal passes it through (:meth:`_uncached`). Its
+        other word (a 400 TAG_INVALID...) answers a client's ``HEAD`` (the same request, as
+        a ``GET``'s 400 answers the ``GET``s: :meth:`_fetch_once`), not a ``GET`` the mirror
+        looked up first: a front may refuse a ``HEAD`` it answers as a ``GET``."""
+        answered = head.answered
+        if answered is not None and (pull.head or answered.status == 404):
+            return upstream_failed(answered, pull)
         return self._uncached(pull)
 
     @staticmethod
@@ -514,10 +519,11 @@ class ManifestService:
         self._note_refusal(pull, answer)
         if answer.status_code == 404 and tag is not None:
             await self._gone(repo, tag)
-        if answer.status_code == 404 and same_origin(
+        status = answer.status_code
+        if status in THE_REGISTRYS_WORD and same_origin(
             answered_by(answer, pull), pull.upstream.registry
         ):  # its word on the manifest (no body: a HEAD's), not on the mirror's token
-            return Head(found=False, answered=UpstreamAnswered(404, b"", repo.repo, UNKNOWN))
+            return Head(found=False, answered=UpstreamAnswered(status, b"", repo.repo, UNKNOWN))
         if answer.status_code != 200:
             return Head(found=False)
         header = answer.headers.get("docker-content-digest")
