@@ -191,6 +191,11 @@ def upstream_failed(
     said = exc.message if detail is None else detail
     if isinstance(exc, UpstreamAnswered) and exc.name == pull.name:
         if pull.credentialed:  # its word to the mirror's token: the client's may read it
+            # Per client, even for clients that waited for one GET: each credential may read
+            # what another may not (test_review_pull5). Two clients sending the same one would
+            # be answered alike, but sharing that would mean coalescing their pass-throughs
+            # (streamed, each with its own Authorization): each costs the upstream what its
+            # pull would cost it without the mirror.
             return PassThrough(Reason.UPSTREAM_ANSWER, said, joined=joined)
         return PassThrough(Reason.UPSTREAM_ANSWER, said, joined=joined, failed=exc)
     silent = (

@@ -5,6 +5,7 @@ word on the manifest (a ``400``, as a ``404``)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from tests.unit.test_pull_blobs import DIGEST, mirror
 from tests.unit.test_pull_manifest_misses import HeldHub
 from tests.unit.test_pull_scoped_blobs import AS_ANON, Hub, anonymous_token
 from tests.unit.test_review_manifest404 import NOPE, HeldNotFound, manifest_gets, manifest_heads
+from tests.unit.test_review_privrelay import HidesPrivate
 from tests.unit.test_review_pullpath import HeldMissing, NoSuchBlob
 from tests.unit.turns import until
 
@@ -185,3 +187,60 @@ async def test_a_get_after_a_head_400_is_unchanged(tmp_path: Path) -> None:
     assert response.status_code == 400
     assert manifest_heads(hub) == [BAD]
     assert manifest_gets(hub) == [BAD]
+
+
+# --- 2. clients with credentials of their own: each one's answer is its own ------------------
+
+
+class HeldHidesPrivate(HidesPrivate):
+    """:class:`HidesPrivate`, the mirror's own manifest GETs (neither client's token) held
+    until :attr:`go` is set; :attr:`arrived` counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.arrived = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        auth = request.headers.get("authorization")
+        if request.method == "GET" and request.url.path == PRIVATE and auth not in CLIENTS:
+            self.arrived += 1
+            await self.go.wait()
+        return self(request)
+
+
+PRIVATE = "/v2/team/mine/manifests/1"
+READER = "Bearer client-of-team-mine"  # Hub.client_token: may read team/mine
+STRANGER = "Bearer someone-else"  # a token of its own, which may not
+CLIENTS = (READER, STRANGER)
+
+
+async def test_a_shared_404_is_not_the_answer_of_clients_with_their_own_credentials(
+    tmp_path: Path,
+) -> None:
+    """Why the registry's 404 to the mirror's GET is relayed only to clients without
+    credentials of their own, even when they waited for the same GET: a registry that hides a
+    private repository answers each token as it may read. Two clients with their own tokens
+    miss one manifest at once and share the mirror's GET (404: hidden from the mirror's
+    token); the one whose token reads the repository gets the manifest, the other the
+    registry's 404, each from its own request. Shared, both would have been told 404."""
+    hub = HeldHidesPrivate()
+    assert hub.client_token == READER
+    manifest = hub.repos["team/mine"].manifests["1"]
+    async with mirror(tmp_path, hub.handle) as app:  # type: ignore[arg-type]
+        service = mirror_state(app).running.manifests
+        client = app.test_client()
+        first = spawn("reader", client.get(PRIVATE, headers={"Authorization": READER}))
+        await until(lambda: hub.arrived == 1)
+        second = spawn("stranger", client.get(PRIVATE, headers={"Authorization": STRANGER}))
+        await until(lambda: service.fetches_joined == 1)
+        hub.go.set()
+        reader, stranger = await first, await second
+        body = await reader.get_data(as_text=False)
+    assert (reader.status_code, body) == (200, manifest)
+    assert stranger.status_code == 404
+    gets = [auth for method, auth in hub.asked(PRIVATE) if method == "GET"]
+    assert sorted(a for a in gets if a in CLIENTS) == sorted(CLIENTS)  # each its own request
+    assert hub.arrived == 1  # the mirror's one GET, shared
+    for answer in (reader, stranger):
+        assert answer.headers["Cache-Status"] == "Docxy; fwd=bypass; detail=upstream-answer"
