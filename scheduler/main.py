@@ -223,7 +223,7 @@ def _wait_for_stop() -> int:
 
 def hold(settings: settings_mod.Settings) -> int:
     """The renewer's own settings are refused (:func:`scheduler.settings.held`): say so in the
-    log and in the status file (``refused``: /health turns ``degraded`` with the reason,
+    log and in the status file (``refused``: /health turns ``degraded``, /status.json says why,
     ``docxy certs status`` says it), schedule no run, and wait for SIGTERM. Exiting instead
     made supervisord mark the renewer FATAL, and its listener took the container, the mirror
     serving pulls with it, down at every start. Mended, the renewer is restarted (the

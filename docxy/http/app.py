@@ -117,7 +117,7 @@ def _open_shared(
     http = make_http_client(timeouts, transport, ssl_context)
     shared = open_tier(config.shared, state.cache.blobs, http)
     state.extras.setdefault("health", {})["shared"] = shared.report
-    state.extras.setdefault("health_public", {})["shared"] = shared.public_report
+    state.extras.setdefault("health_public", {})["shared"] = lambda _whole: shared.public_report()
     log.info("shared store: %s bucket %s", config.shared.endpoint, config.shared.bucket)
     return http, shared
 

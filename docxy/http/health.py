@@ -35,9 +35,13 @@ def _upstream_report(state: MirrorState, upstream: Upstream) -> tuple[bool, dict
 def health_report(state: MirrorState, *, public: bool = False) -> dict[str, object]:
     """``upstream`` is ``[upstream]``; ``upstreams`` has every upstream by name, it included.
 
-    ``public`` (the main listener's ``/health``): a part that registered a public report of its
-    own in ``extras["health_public"]`` shows that one (the shared tier: its state, not where
-    the bucket is); the admin listener's ``/status.json`` shows them whole."""
+    ``public`` (the main listener's ``/health``, which an ``open`` mirror with no
+    ``access.allow`` serves to anyone): a part that registered a public view of its own in
+    ``extras["health_public"]`` (a function of its whole report) shows that one: the shared
+    tier its state, not where the bucket is; ``tls`` and ``renewal`` their times and booleans,
+    not the words that name the server's files (:func:`docxy.http.server.register_health`).
+    The admin listener's ``/status.json`` shows them whole. ``status`` is judged on the whole
+    parts, so it is the same in both."""
     reports = {u.name: _upstream_report(state, u) for u in state.upstreams.all()}
     report: dict[str, object] = {
         "status": "ok" if all(ok for ok, _ in reports.values()) else "degraded",
@@ -57,16 +61,18 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
             "reserved_bytes": usage.reserved,
             "freeing_bytes": usage.freeing,
         }
-    trimmed = state.extras.get("health_public", {}) if public else {}
+    trims = state.extras.get("health_public", {}) if public else {}
+    whole: dict[str, object] = {}
     for name, provider in state.extras.get("health", {}).items():
-        report[name] = trimmed.get(name, provider)()
-    tls = report.get("tls")
+        whole[name] = part = provider()
+        report[name] = trims[name](part) if name in trims else part
+    tls = whole.get("tls")
     # Clients will soon refuse the certificate (renewals are failing), or refuse it now
     # (docxy.tls.trust.refusal).
     if isinstance(tls, dict) and (tls.get("expires_soon") is True or tls.get("warning")):
         report["status"] = "degraded"
     # The renewer refuses its own settings and schedules no renewal (scheduler.main.hold).
-    renewal = report.get("renewal")
+    renewal = whole.get("renewal")
     if isinstance(renewal, dict) and renewal.get("refused"):
         report["status"] = "degraded"
     return report

@@ -28,10 +28,10 @@ from docxy.http.app import create_app
 from docxy.http.drain import CUT_MARGIN, Drain
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.rest import TrimAtRest
-from docxy.http.state import mirror_state
+from docxy.http.state import MirrorState, mirror_state
 from docxy.observe import Observer, create_admin_app, serve_admin
 from docxy.tasks import cancel_all, spawn
-from docxy.tls.certs import renewal_status
+from docxy.tls.certs import public_renewal, renewal_status
 from docxy.upstream.startup import warn_about_upstreams
 
 if TYPE_CHECKING:
@@ -254,6 +254,25 @@ def hypercorn_config(config: Config, tls: ReloadableTLS | None) -> _HypercornCon
     return hc
 
 
+def register_health(state: MirrorState, config: Config, tls: ReloadableTLS | None) -> None:
+    """The ``tls`` and ``renewal`` parts of ``/status.json``, and of the public ``/health``
+    without what names the server's files (the certificate's path, reload and certbot errors,
+    the refused settings): an ``open`` mirror with no ``access.allow`` shows it to anyone."""
+    health, public = (
+        state.extras.setdefault("health", {}),
+        state.extras.setdefault("health_public", {}),
+    )
+    if tls is not None:
+        from docxy.tls.context import public_status  # loaded already, with tls
+
+        health["tls"], public["tls"] = tls.status, public_status
+    renewal_dir = config.certs.config_dir
+    # Without a domain no renewer runs (or it idles, writing no status): nothing to report.
+    if renewal_dir is not None and config.certs.domain is not None:
+        health["renewal"] = lambda: renewal_status(renewal_dir)
+        public["renewal"] = public_renewal
+
+
 async def run(config: Config) -> None:
     refuse_plain_http(config)  # before anything listens
     tune_malloc()
@@ -262,12 +281,7 @@ async def run(config: Config) -> None:
     hc.create_sockets()  # before anything starts: a listener that cannot bind stops here
     app = create_app(config)
     state = mirror_state(app)
-    if tls is not None:
-        state.extras.setdefault("health", {})["tls"] = tls.status
-    renewal_dir = config.certs.config_dir
-    # Without a domain no renewer runs (or it idles, writing no status): nothing to report.
-    if renewal_dir is not None and config.certs.domain is not None:
-        state.extras.setdefault("health", {})["renewal"] = lambda: renewal_status(renewal_dir)
+    register_health(state, config, tls)
     https_url = config.server.public_url if tls is not None else None
     observer = Observer(state)
     observer.attach(app)

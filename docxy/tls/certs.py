@@ -329,6 +329,58 @@ def renewal_status(config_dir: Path) -> dict[str, object]:
     return data
 
 
+#: What the public ``/health`` shows of :func:`renewal_status`: when the renewer ran, how many
+#: runs failed since when, when it runs next. Not certbot's words (``last_error``), the refused
+#: settings' (``refused``: true), where a lineage was set aside nor why, the certificate file:
+#: they name the server's files and settings (``/status.json`` has them).
+PUBLIC_RENEWAL = (
+    "last_run",
+    "last_success",
+    "failures",
+    "failing_since",
+    "next_run",
+    "reload_pending",
+)
+#: What the public ``/health`` shows of the renewer's ``certificate`` (``clients_refuse``: its
+#: ``warning``, a sentence, is not null).
+PUBLIC_CERTIFICATE = (
+    "served",
+    "domain",
+    "subject",
+    "sans",
+    "serial",
+    "not_before",
+    "not_after",
+    "days_left",
+    "expires_soon",
+)
+#: The public ``error`` of a renewer status that cannot be read (the admin's names the file).
+NO_RENEWAL_STATUS = "no renewer status"
+
+
+def public_renewal(status: dict[str, object]) -> dict[str, object]:
+    """The ``renewal`` part of the public ``/health``, of :func:`renewal_status`'s."""
+    if "error" in status:
+        return {"error": NO_RENEWAL_STATUS}
+    shown = {key: status[key] for key in PUBLIC_RENEWAL if key in status}
+    certificate = status.get("certificate")
+    if isinstance(certificate, dict):
+        if "error" in certificate:  # the served files could not be read
+            shown["certificate"] = {"unreadable": True}
+        else:
+            told = {key: certificate[key] for key in PUBLIC_CERTIFICATE if key in certificate}
+            shown["certificate"] = {**told, "clients_refuse": bool(certificate.get("warning"))}
+    set_aside = status.get("set_aside")
+    if isinstance(set_aside, dict):  # when (its reason is certbot's words, moved_to a path)
+        shown["set_aside"] = {"at": set_aside.get("at")}
+    interrupted = status.get("interrupted")
+    if isinstance(interrupted, dict):
+        shown["interrupted"] = {key: interrupted.get(key) for key in ("at", "signal")}
+    if status.get("refused"):
+        shown["refused"] = True
+    return shown
+
+
 # --- `docxy certs ...` ------------------------------------------------------------------------
 
 

@@ -626,13 +626,19 @@ class ReloadableTLS:
         return True
 
     def status(self) -> dict[str, object]:
+        """The ``tls`` part of ``/status.json`` (:func:`public_status`: of ``/health``).
+        ``warning`` says in words why clients refuse it (``clients_refuse``) and why the
+        files' pair is not served (``reload_refused``: refused for :data:`RELOAD_GRACE`)."""
         served, refused = self._refusal()
-        said = [why for why in (refused, self._stuck()) if why is not None]
+        stuck = self._stuck()
+        said = [why for why in (refused, stuck) if why is not None]
         return {
             "cert_path": str(self.cert_path),
             "served": served,
             "domain": self.domain,
             "warning": "; ".join(said) or None,
+            "clients_refuse": refused is not None,
+            "reload_refused": stuck is not None,
             **self._info.as_dict(),
             "last_reload": utc_stamp(self._last_reload),
             "last_error": self._last_error,
@@ -668,6 +674,31 @@ class ReloadableTLS:
             if str(exc) != before:  # tried again each look: said once per error
                 serial = self._info.serial
                 log.warning("TLS reload failed, still serving serial %s: %s", serial, exc)
+
+
+#: What the public ``/health`` shows of :meth:`ReloadableTLS.status`: what is served, its
+#: validity and why clients refuse it, as booleans and times. Not ``cert_path``, nor
+#: ``last_error`` and ``warning``, whose words name the files and say what to run.
+PUBLIC_STATUS = (
+    "served",
+    "domain",
+    "clients_refuse",
+    "reload_refused",
+    "subject",
+    "sans",
+    "serial",
+    "not_before",
+    "not_after",
+    "days_left",
+    "expires_soon",
+    "last_reload",
+    "reload_failing_since",
+)
+
+
+def public_status(status: dict[str, object]) -> dict[str, object]:
+    """The ``tls`` part of the public ``/health``, of :meth:`ReloadableTLS.status`'s."""
+    return {key: status[key] for key in PUBLIC_STATUS if key in status}
 
 
 def self_signed_builder(

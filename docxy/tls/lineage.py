@@ -53,7 +53,7 @@ class SetAside:
     at: dt.datetime
 
     def as_dict(self) -> dict[str, object]:
-        """For the renewer's status file (and so /health)."""
+        """For the renewer's status file (and so /status.json; the public /health: ``at``)."""
         return {"at": self.at.isoformat(), "reason": self.reason, "moved_to": str(self.moved_to)}
 
 

@@ -5,11 +5,12 @@ not name the domain.
 ``/health`` stayed ``ok`` while the mirror served its bootstrap certificate (before certbot's
 first issuance, or while issuance kept failing) or a lineage for another name, and every
 ``docker pull`` failed with an x509 error. :func:`served_kind` says which it is from the
-certificate alone; :func:`refusal` says, in a sentence for ``/health``, why clients refuse it,
-when the mirror knows they will: with ``certs.domain`` and ``tls.cert_path`` the renewer puts
-a CA's certificate for that domain there, so anything else is a stand-in or a mistake. The
-mirror's own self-signed pair (no certificate paths) and a pair the operator installed without
-``certs.domain`` are the operator's choice: their kind is shown, never held against them.
+certificate alone; :func:`refusal` says, in a sentence for ``/status.json`` (the public
+``/health``: ``clients_refuse``), why clients refuse it, when the mirror knows they will:
+with ``certs.domain`` and ``tls.cert_path`` the renewer puts a CA's certificate for that
+domain there, so anything else is a stand-in or a mistake. The mirror's own self-signed pair
+(no certificate paths) and a pair the operator installed without ``certs.domain`` are the
+operator's choice: their kind is shown, never held against them.
 
 Names are compared as TLS clients compare them (RFC 6125): case-insensitively, a wildcard
 only as the whole left-most label (``*.example.com`` names ``mirror.example.com``, not
