@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from docxy.config import SETTINGS
+from docxy.http.server import register_health
 from docxy.http.state import mirror_state
 from docxy.tls import certs
 from docxy.tls.context import ReloadableTLS, self_signed
@@ -87,9 +89,10 @@ async def test_the_keys_the_readme_health_section_names_are_in_the_report(
 ) -> None:
     """Each field the Health section names (``fills_in_flight``, ``uploads_dropped``, ...) is
     in the admin listener's ``/status.json``, the whole report, of a mirror with the cache and
-    the shared tier on, and TLS with a renewer (``tls``, ``renewal``); the public ``/health``
-    has ``status`` and ``version``. So is each dotted one the README names anywhere
-    (``renewal.refused``, ``tls.warning``), a renewer refusing its settings included."""
+    the shared tier on, and TLS with a renewer (``tls``, ``renewal``), or in the public
+    ``/health`` (its own: ``unreadable``), which has ``status`` and ``version`` and no path of
+    the server's. So is each dotted one the README names anywhere (``renewal.refused``,
+    ``tls.warning``), a renewer refusing its settings included."""
     section = README.read_text().split("\n## Health\n")[1].split("\n## ")[0]
     named = set(re.findall(r"`([a-z_]+)`", section)) - {"ok", "degraded", "null"}
     named = {name for name in named if not name.startswith("docxy_")}  # metrics, not keys
@@ -102,19 +105,28 @@ async def test_the_keys_the_readme_health_section_names_are_in_the_report(
         # a renewer holding on a bad [scheduler] setting, after a --once stopped by a signal
         "refused": "scheduler.interval: not a duration",
         "interrupted": {"at": "2026-11-30T02:00:00Z", "signal": "SIGTERM"},
+        "failing_since": None,
+        # a lineage set aside earlier; the served files unreadable to the renewer
+        "set_aside": {"at": "2026-11-29T02:00:00Z", "reason": "parse", "moved_to": str(renewer)},
+        "certificate": {"cert_path": str(cert), "error": f"cannot read {cert}"},
     }
     (renewer / certs.STATUS_FILE).write_text(json.dumps({**status, "failures": 0}))
     async with stack(tmp_path, settings=SHARED) as mirror:
-        providers = mirror_state(mirror.app).extras.setdefault("health", {})
+        state = mirror_state(mirror.app)
         # as docxy.http.server.run does, for a mirror with certs.domain and its paths
-        providers["tls"] = ReloadableTLS(cert, key, domain="mirror.test").status
-        providers["renewal"] = lambda: certs.renewal_status(renewer)
-        public = json.loads((await mirror.get("/health")).body)
+        config = replace(
+            state.config,
+            certs=replace(state.config.certs, domain="mirror.test", config_dir=renewer),
+        )
+        register_health(state, config, ReloadableTLS(cert, key, domain="mirror.test"))
+        body = (await mirror.get("/health")).body
         code, text = await mirror.admin_get("/status.json")
+    public = json.loads(body)
     assert code == 200 and {"status", "version"} <= set(public)
+    assert str(tmp_path).encode() not in body
     assert "fill_bytes_in_flight" in named and "uploads_dropped" in named
     report = json.loads(text)
-    assert sorted(named - keys_of(report)) == []
+    assert sorted(named - keys_of(report) - keys_of(public)) == []
     paths = report_paths({part for part, value in report.items() if isinstance(value, dict)})
     assert {"renewal.refused", "tls.warning", "tls.expires_soon"} <= paths
     assert sorted(path for path in paths if not resolves(report, path)) == []
