@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import signal
 import socket
@@ -205,13 +206,33 @@ def _noted(_signum: int, _frame: FrameType | None) -> None:
     carries it); without a handler of Python's own the signal would end the process."""
 
 
-def idle(once: bool) -> int:
+def idle(settings: settings_mod.Settings) -> int:
     """No domain, no certificate: certbot is never run. Wait for SIGTERM (a supervisor would
-    otherwise take a renewer that exits at once for one that cannot start)."""
-    log.info("no certs.domain set: no certificate to obtain or renew; certbot is not run")
-    if once:
+    otherwise take a renewer that exits at once for one that cannot start).
+
+    A refusal a held renewer wrote (:func:`hold`, a domain or none) is dropped from the status
+    file first: the mirror shows it on /health without a domain too (``degraded``), and it
+    stayed there once the settings were mended. Not by ``--once``: the long-running renewer
+    beside it may still hold (its environment is its own)."""
+    if settings.once:
+        log.info("no certs.domain set: no certificate to obtain or renew; certbot is not run")
         return 0
+    _drop_refusal(settings)
+    log.info("no certs.domain set: no certificate to obtain or renew; certbot is not run")
     return _wait_for_stop()
+
+
+def _drop_refusal(settings: settings_mod.Settings) -> None:
+    """Write the status file anew, without ``refused``, if it says one (else leave it be)."""
+    try:
+        said = json.loads(settings.status_file.read_bytes())
+    except (OSError, ValueError):
+        return
+    if isinstance(said, dict) and said.get("refused"):
+        runs = Runs(settings)
+        runs.restore()
+        runs.write_status(None)
+        log.info("the renewer's settings are no longer refused (status %s)", settings.status_file)
 
 
 def _wait_for_stop() -> int:
@@ -221,23 +242,62 @@ def _wait_for_stop() -> int:
     return 0
 
 
-def hold(settings: settings_mod.Settings) -> int:
+#: How often a renewer holding on refused settings (:func:`hold`) reads them again.
+HOLD_RECHECK = 60.0
+
+
+def hold(settings: settings_mod.Settings, flags: Sequence[str] = ()) -> settings_mod.Settings | int:
     """The renewer's own settings are refused (:func:`scheduler.settings.held`): say so in the
     log and in the status file (``refused``: /health turns ``degraded``, /status.json says why,
-    ``docxy certs status`` says it), schedule no run, and wait for SIGTERM. Exiting instead
-    made supervisord mark the renewer FATAL, and its listener took the container, the mirror
-    serving pulls with it, down at every start. Mended, the renewer is restarted (the
-    container, or ``supervisorctl restart scheduler``) and its first status drops the
-    refusal."""
+    ``docxy certs status`` says it), schedule no run, and read them again (``flags`` and the
+    environment as at start, the config file as it is now) every :data:`HOLD_RECHECK` seconds
+    and at once on SIGHUP. The settings mended: returned, and the renewer starts with them
+    (its first status drops the refusal); SIGTERM or SIGINT first: 0. Exiting instead made
+    supervisord mark the renewer FATAL, and its listener took the container, the mirror
+    serving pulls with it, down at every start; holding until restarted left a mended
+    setting unused (and SIGHUP, not handled, ended the renewer)."""
     log.error(
         "the renewer's settings are refused: %s; no renewal is scheduled until they are "
-        "mended and the renewer restarted (the mirror goes on serving)",
+        "mended: read again every %.0f s and on SIGHUP (the mirror goes on serving)",
         settings.halted,
+        HOLD_RECHECK,
     )
+    _say_refused(settings)
+    said = settings.halted
+    waited = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    try:
+        while True:
+            got = signal.sigtimedwait(waited, HOLD_RECHECK)
+            if got is not None and got.si_signo != signal.SIGHUP:
+                log.info("signal %d: stopping", got.si_signo)
+                return 0
+            try:
+                mended = settings_mod.load(flags)
+            except ConfigError as exc:
+                again = settings_mod.held(flags)
+                why = again.halted if again is not None else str(exc)
+                if why != said:  # another refusal: said (and written) once
+                    log.error("the renewer's settings are still refused: %s", why)
+                    if again is not None:
+                        _say_refused(again)
+                    said = why
+                elif got is not None:
+                    log.info("SIGHUP: the renewer's settings are still refused: %s", why)
+                continue
+            log.info("the renewer's settings are mended: renewals are scheduled again")
+            # A SIGHUP come since is not to end the renewer (its default) once unblocked.
+            signal.signal(signal.SIGHUP, _noted)
+            return mended
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _say_refused(settings: settings_mod.Settings) -> None:
+    """The status file, with the refusal: what it said of the runs before stands."""
     runs = Runs(settings)
     runs.restore()  # the count and the last success stand; only the refusal is added
     runs.write_status(None)
-    return _wait_for_stop()
 
 
 def warn_nowhere_to_install(settings: settings_mod.Settings) -> None:
@@ -293,9 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         held = settings_mod.held(flags)
         if held is None or held.once:  # a one-shot run fails loudly; so does a mirror's error
             return 2
-        return hold(held)
+        resumed = hold(held, flags)
+        if isinstance(resumed, int):
+            return resumed
+        settings = resumed
     if settings.domain is None:
-        return idle(settings.once)
+        return idle(settings)
     if settings.cert_path is None:
         warn_nowhere_to_install(settings)
     if settings.once:

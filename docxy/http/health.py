@@ -64,7 +64,10 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     trims = state.extras.get("health_public", {}) if public else {}
     whole: dict[str, object] = {}
     for name, provider in state.extras.get("health", {}).items():
-        whole[name] = part = provider()
+        part = provider()
+        if part is None:  # nothing to report now (the renewal without a domain)
+            continue
+        whole[name] = part
         report[name] = trims[name](part) if name in trims else part
     tls = whole.get("tls")
     # Clients will soon refuse the certificate (renewals are failing), or refuse it now

@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -266,11 +266,9 @@ def register_health(state: MirrorState, config: Config, tls: ReloadableTLS | Non
         from docxy.tls.context import public_status  # loaded already, with tls
 
         health["tls"], public["tls"] = tls.status, public_status
-    renewal_dir = config.certs.config_dir
-    # Without a domain no renewer runs (or it idles, writing no status): nothing to report.
-    if renewal_dir is not None and config.certs.domain is not None:
-        health["renewal"] = lambda: renewal_status(renewal_dir)
-        public["renewal"] = public_renewal
+    renewal = renewal_provider(config)
+    if renewal is not None:
+        health["renewal"], public["renewal"] = renewal, public_renewal
 
 
 async def run(config: Config) -> None:
@@ -331,6 +329,25 @@ async def run(config: Config) -> None:
         await serve(asgi, hc, shutdown_trigger=stop.wait)
     finally:
         await cancel_all()
+
+
+def renewal_provider(config: Config) -> Callable[[], dict[str, object] | None] | None:
+    """/health's ``renewal``: the renewer's status file (in ``certs.config_dir``; none set:
+    nothing). Without ``certs.domain`` the renewer renews nothing (it idles, writing no
+    status), so nothing is said, but for a refusal of its own settings (``refused``: it holds,
+    ``scheduler.main.hold``), shown as with a domain (/health ``degraded``): it was in the
+    renewer's log alone."""
+    renewal_dir = config.certs.config_dir
+    if renewal_dir is None:
+        return None
+    if config.certs.domain is not None:
+        return lambda: renewal_status(renewal_dir)
+
+    def refusal_only() -> dict[str, object] | None:
+        status = renewal_status(renewal_dir)
+        return status if status.get("refused") else None
+
+    return refusal_only
 
 
 def _nothing_to_reload() -> None:

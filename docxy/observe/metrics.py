@@ -280,7 +280,8 @@ def _counter(name: str, doc: str, value: float, labels: Labels = None) -> Metric
     return family
 
 
-Provider = Callable[[], dict[str, object]]
+#: A part of /health's report; None: nothing to report now (it is left out).
+Provider = Callable[[], dict[str, object] | None]
 
 
 class Refuser(Protocol):
@@ -530,15 +531,15 @@ class MirrorCollector(Collector):
 
     def _certificate(self) -> Iterator[Metric]:
         providers: dict[str, Provider] = self.state.extras.get("health", {})
-        if "tls" in providers:
-            tls = providers["tls"]()
+        tls = providers["tls"]() if "tls" in providers else None
+        if tls is not None:
             yield _gauge(
                 "docxy_tls_cert_expiry_timestamp_seconds",
                 "notAfter of the certificate being served.",
                 timestamp(tls.get("not_after")),
             )
-        if "renewal" in providers:
-            renewal = providers["renewal"]()
+        renewal = providers["renewal"]() if "renewal" in providers else None
+        if renewal is not None:  # None: no domain, and the renewer refuses nothing
             last_run, last_success = (
                 timestamp(renewal.get("last_run")),
                 timestamp(renewal.get("last_success")),
