@@ -362,4 +362,10 @@ def _reload(tls: ReloadableTLS) -> None:
     except CertError as exc:
         log.error("TLS reload failed, still serving the previous certificate: %s", exc)
         return
+    waiting = tls.waiting
+    if waiting is not None:  # said (a warning) by the reload
+        log.info(
+            "TLS reload: the new certificate (serial %s) waits for its notBefore", waiting.serial
+        )
+        return
     log.info("TLS reload: %s", "new certificate loaded" if changed else "certificate unchanged")

@@ -283,6 +283,11 @@ def kept_over_not_yet_valid(
     )
 
 
+def _waiting(info: CertInfo) -> dict[str, object]:
+    """``tls.waiting`` in /health: the pair at the served paths, not valid yet."""
+    return {"serial": info.serial, "not_before": utc_stamp(info.not_before)}
+
+
 def untrusted_over(new: CertInfo, served: CertInfo) -> bool:
     """Whether ``served`` is a pair no client trusts (self-signed: the mirror's bootstrap pair;
     or from a staging CA) and ``new`` one a CA issued that is not such: a CA's certificate
@@ -481,6 +486,9 @@ class ReloadableTLS:
         #: Since when the files hold a pair that cannot be served (None: they serve).
         self._failing_since: dt.datetime | None = None
         self._warned: tuple[str, dt.datetime] | None = None  # serial and time of the last warning
+        #: The files' pair, not valid yet while the one served is (:meth:`reload`): served at
+        #: the first look after its notBefore.
+        self._waiting: CertInfo | None = None
         log.info("TLS certificate loaded from %s: %s", self.cert_path, self._summary())
         self._warn_if_refused()
         self.warn_if_expiring()
@@ -529,14 +537,19 @@ class ReloadableTLS:
             if expired is not None:
                 raise CertError(expired)
         except CertError as exc:
+            self._waiting = None
             self._last_error = str(exc)
             now = _utcnow()
             if self._failing_since is None or self._failing_since > now:  # or the clock stepped
                 self._failing_since = now
             raise
-        self._signature = signature
         self._last_error = None
         self._failing_since = None
+        if kept_over_not_yet_valid(info, self._info, self.cert_path) is not None:
+            self._wait_for(info)  # the files count as not seen: each look tries them again
+            return False
+        self._waiting = None
+        self._signature = signature
         self._warn_if_key_exposed()  # a chmod alone reloads the same pair: said then too
         if chain == self._chain:  # the whole chain: a fixed intermediate is a change too
             return False
@@ -545,6 +558,31 @@ class ReloadableTLS:
         log.info("TLS certificate reloaded from %s: %s", self.cert_path, self._summary())
         self._warn_if_refused()
         return True
+
+    @property
+    def waiting(self) -> CertInfo | None:
+        """The files' pair, kept waiting for its notBefore (None: none waits)."""
+        return self._waiting
+
+    def _wait_for(self, info: CertInfo) -> None:
+        """Keep the valid pair served over the files' one, not valid yet by this host's clock
+        (a pair put in place by hand, a CA's clock ahead): clients whose clocks agree refuse
+        it until then. It was served at once. Said once per certificate; /health shows it as
+        ``tls.waiting``; the first look (or SIGHUP) after its notBefore serves it."""
+        if self._waiting is None or self._waiting.serial != info.serial:
+            assert info.not_before is not None  # kept_over_not_yet_valid
+            log.warning(
+                "TLS: the certificate %s (serial %s) is not valid before %s, by this host's "
+                "clock %s from now: still serving serial %s (valid until %s), the new one "
+                "from then (if this host's clock is behind: check its time sync)",
+                self.cert_path,
+                info.serial,
+                utc_stamp(info.not_before),
+                _ahead(info.not_before - _utcnow()),
+                self._info.serial,
+                utc_stamp(self._info.not_after),
+            )
+        self._waiting = info
 
     def _refusal(self) -> tuple[str, str | None]:
         """What is served and why clients refuse it (:meth:`CertInfo.verdict`)."""
@@ -643,6 +681,7 @@ class ReloadableTLS:
             "last_reload": utc_stamp(self._last_reload),
             "last_error": self._last_error,
             "reload_failing_since": utc_stamp(self._failing_since),
+            "waiting": None if self._waiting is None else _waiting(self._waiting),
         }
 
     async def watch(self, interval: float) -> None:

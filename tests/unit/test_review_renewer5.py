@@ -212,7 +212,6 @@ def _ca_pair(directory: Path, valid_from: dt.datetime | None = None) -> tuple[Pa
     return cert, key
 
 
-@pytest.mark.xfail(strict=True, reason="reload served a pair not valid yet")
 def test_the_mirror_waits_for_a_pair_not_valid_yet_then_serves_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
