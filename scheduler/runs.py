@@ -16,9 +16,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from docxy.core.stamps import aware, utc_stamp
 from docxy.logs import log_to_stderr
@@ -88,6 +90,65 @@ def _when(value: object) -> dt.datetime | None:
     if when is None:
         raise ValueError(f"not a time: {value!r}")
     return when.astimezone(dt.UTC)
+
+
+#: How many paths :func:`not_owned` looks at before it gives up (a bound, not a limit met).
+OWNERS_LOOKED_AT = 20000
+
+DENIED = ("Permission denied", "Operation not permitted")
+
+
+def not_owned(settings: Settings) -> tuple[Path, int] | None:
+    """The first path this process may be denied because another user owns it, with that
+    owner: in ``certs.config_dir`` (certbot's whole tree, the status file), the webroot's
+    ``.well-known/`` and the served pair. None as root, or when all are this user's."""
+    uid = os.geteuid()
+    if uid == 0:
+        return None
+    tops = [settings.config_dir]
+    if settings.certs.webroot is not None:
+        tops.append(settings.certs.webroot / ".well-known")
+    tops += [path for path in (settings.cert_path, settings.key_path) if path is not None]
+    looked = 0
+    for top in tops:
+        try:
+            if top.lstat().st_uid != uid:
+                return top, top.lstat().st_uid
+        except OSError:
+            continue
+        for where, dirs, files in os.walk(top, onerror=lambda _exc: None):
+            for name in sorted(dirs + files):
+                path = Path(where) / name
+                looked += 1
+                if looked > OWNERS_LOOKED_AT:
+                    return None
+                try:
+                    owner = path.lstat().st_uid
+                except OSError:
+                    continue
+                if owner != uid:
+                    return path, owner
+    return None
+
+
+def owners_hint(settings: Settings, reason: str) -> str:
+    """``reason`` (a run's failure, a status file not written) and, if it is a refusal
+    (EACCES, EPERM) and a path of another user's is where the renewer works: that path and
+    the fix. What an older run as root left there (certbot's logs, live/, the status file)
+    made every run fail saying "Permission denied" alone."""
+    if not any(said in reason for said in DENIED):
+        return reason
+    found = not_owned(settings)
+    if found is None:
+        return reason
+    path, owner = found
+    uid, gid = os.geteuid(), os.getegid()
+    return (
+        f"{reason}; {path} is uid {owner}'s, not the renewer's (uid {uid}): left by a run as "
+        "root? Run `docxy certs renew` as root once (the container: `docker compose exec -u 0 "
+        "docxy docxy certs renew`), which hands what it finds in certs.config_dir back to its "
+        f"owner, or `chown -R {uid}:{gid} {settings.config_dir}`"
+    )
 
 
 #: How far ahead of now a status file's last run may be and still be taken up by
@@ -173,6 +234,7 @@ class Runs:
             self._lock.release()
 
     def _failed(self, reason: str) -> None:
+        reason = owners_hint(self.settings, reason)
         self.failures += 1
         if self.failing_since is None:
             self.failing_since = self.last_run
@@ -338,5 +400,5 @@ class Runs:
             log.warning(
                 "cannot write the renewer status %s (/health shows the last one written): %s",
                 self.settings.status_file,
-                exc.strerror or exc,
+                owners_hint(self.settings, str(exc.strerror or exc)),
             )

@@ -250,7 +250,6 @@ def test_the_mirror_waits_for_a_pair_not_valid_yet_then_serves_it(
 # --- 4. root's leftovers in certs.config_dir -----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="only Permission denied")
 def test_roots_leftovers_are_named_with_the_fix(
     appliance: Appliance,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
