@@ -287,6 +287,10 @@ def _certificate(tls: object, renewal: object) -> str:
         if tls.get("expires_soon") is True:  # docxy.tls.context.CertInfo.expires_soon
             rows.append(("warning", "expires soon and has not been renewed: see the renewal"))
         rows.append(("subject", str(tls.get("subject", "?"))))
+        waiting = tls.get("waiting")  # docxy.tls.context.ReloadableTLS._wait_for
+        if isinstance(waiting, dict):
+            when = _when(waiting.get("not_before"))
+            rows.append(("next certificate", f"serial {waiting.get('serial', '?')}, from {when}"))
     else:
         rows.append(("served", "no TLS listener"))
     if isinstance(renewal, dict):

@@ -237,6 +237,10 @@ def test_the_mirror_waits_for_a_pair_not_valid_yet_then_serves_it(
     assert str(waiting["not_before"]).startswith(ahead.strftime("%Y-%m-%dT%H:%M")), status
     assert status["last_error"] is None, status  # nothing wrong with the pair: it waits
     assert "not valid before" in caplog.text, caplog.text
+    from docxy.observe import status as status_page
+
+    shown = status_page._certificate(status, None)
+    assert "next certificate" in shown and str(waiting["serial"]) in shown, shown
     tls._watch_once()  # a look before its time: still the old one
     assert tls.status()["serial"] == old
     later = ahead + dt.timedelta(minutes=1)
