@@ -731,6 +731,7 @@ PUBLIC_STATUS = (
     "days_left",
     "expires_soon",
     "last_reload",
+    "waiting",  # a pair not valid yet: its serial and notBefore, no path
     "reload_failing_since",
 )
 

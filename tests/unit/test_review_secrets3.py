@@ -102,7 +102,7 @@ def test_a_pidfile_holding_no_pid_is_reported_without_what_it_holds(
     """``scheduler.pidfile`` naming a file that holds no pid (a mistyped path: the .env, a
     secret's file) failed the reload with int()'s words, "invalid literal for int() with base
     10: 'DOCXY_UPSTREAM_PASSWORD=...'": up to 200 characters of that file, in the renewer's
-    log, its status file and /health's renewal.last_error, public in open mode. The reason
+    log, its status file and /health's renewal.last_error (public in open mode then). The reason
     names the file and says it holds no pid, nothing of what it holds."""
     pidfile = tmp_path / "docxy.pid"
     pidfile.write_bytes(held)
