@@ -74,11 +74,30 @@ def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]
     for key, value in pairs:
         if key.lower() == "connection":
             connection_named |= {token.strip().lower() for token in value.split(",")}
+    if _transfer_coded(pairs):
+        # Its Content-Length is not its body's (RFC 9112 6.3: an intermediary that forwards
+        # such an answer drops it): relayed, it said another length than the bytes sent.
+        connection_named.add("content-length")
     return [
         (k, v)
         for k, v in pairs
         if k.lower() not in _DROP_RESPONSE and k.lower() not in connection_named
     ]
+
+
+def _transfer_coded(pairs: Iterable[tuple[str, str]]) -> bool:
+    return any(k.lower() == "transfer-encoding" for k, _ in pairs)
+
+
+def body_length(headers: Iterable[tuple[str, str]]) -> int | None:
+    """The length an upstream answer's headers give its body: its ``Content-Length``
+    (:func:`content_length`), unless it has a ``Transfer-Encoding``, which overrides it (RFC
+    9112 6.3; both HTTP clients then read the body by its chunks): such a length is not the
+    body's (a smuggling sign), and the body's length is unknown until its end."""
+    pairs = list(headers)
+    if _transfer_coded(pairs):
+        return None
+    return content_length(next((v for k, v in pairs if k.lower() == "content-length"), None))
 
 
 def kept_retry_after(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -62,7 +62,7 @@ from docxy.cache.resuming import BrokeOff
 from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
 from docxy.core.errors import UpstreamAnswered, UpstreamError
-from docxy.core.headers import ACCEPT_IDENTITY, content_length
+from docxy.core.headers import ACCEPT_IDENTITY, body_length
 from docxy.core.hosts import url_host
 from docxy.core.ranges import parse_content_range, parse_range
 from docxy.edge.fills import FillPermits, Release, released_after
@@ -328,7 +328,7 @@ class BlobService:
             answer.close()
             self._refused(pull, answer.status, final_url, body)
         self._holds_blob(pull)
-        size = content_length(answer.header("content-length"))
+        size = body_length(answer.headers)  # a chunked answer's Content-Length is not its own
 
         async def close() -> None:
             answer.close()
@@ -380,7 +380,7 @@ class BlobService:
             body = await _error_body(answer)
             self._refused(pull, answer.status_code, answered_by(answer, pull), body)
         self._holds_blob(pull)
-        size = content_length(answer.headers.get("content-length"))
+        size = body_length(answer.headers.multi_items())
         return Download(size, answer.aiter_raw(), answer.aclose)
 
     async def _fetch_rest(self, pull: Pull, offset: int, size: int | None) -> Download:
@@ -402,7 +402,7 @@ class BlobService:
         if status not in (200, 206):
             await answer.aclose()
             self._refused(pull, status, answered_by(answer, pull))
-        known = content_length(answer.headers.get("content-length"))
+        known = body_length(answer.headers.multi_items())
         problem = not_the_rest(status, answer.headers.get("content-range"), known, offset, size)
         if problem:
             await answer.aclose()

@@ -438,9 +438,29 @@ def _send(
     if late.is_set():  # cut as the last of them came: the body cannot be read
         response.close()
         raise HeadersLate(within)
+    coding = _unread_coding(response)
+    if coding is not None:
+        response.close()
+        connection.close()  # not at the end of an answer it cannot read: never kept
+        raise UpstreamUnavailable(
+            f"the upstream registry's answer has Transfer-Encoding: {coding}, "
+            "which is not read (only chunked is)"
+        )
     give_back = partial(settings.idle.give, origin)
     body = DirectBody(connection, sock, response, give_back, settings.read_timeout)
     return DirectAnswer(response.status, response.getheaders(), body)
+
+
+def _unread_coding(response: http.client.HTTPResponse) -> str | None:
+    """An answer's ``Transfer-Encoding`` when it is not just ``chunked`` (None: none, or just
+    that). http.client reads only a first such header that says exactly ``chunked`` by its
+    chunks; any other (``gzip, chunked``, two headers) it read by the Content-Length or to
+    the close, the chunk framing taken for the blob's bytes: refused, as httpx's h11 does."""
+    values = response.headers.get_all("transfer-encoding") or []
+    codings = [c.strip().lower() for value in values for c in value.split(",")]
+    if not values or (len(values) == 1 and codings == ["chunked"]):
+        return None
+    return ", ".join(values)
 
 
 class HeadersLate(TimeoutError):
