@@ -5,15 +5,17 @@ A blob's bytes come from a download that may break off midway: a cut or stalled 
 one of its ``broke_off`` errors. :class:`Resuming` then asks ``fetch`` for the rest from where
 the bytes stopped, and again should that rest break off in its turn, up to ``limit`` times,
 each only after the try before gave new bytes: an upstream that breaks off at the same byte
-again and again is not asked for ever. A break after the blob's last byte (the bytes had are
-its length and its digest: ``complete``) is no break: nothing is asked for then. When it may
-not go on it raises :class:`BrokeOff`, which says why (the error, how many resumes, what the
-last gave). What that means (a fill that failed, a client cut) and its one log line are the
-caller's; so is the INFO line for each resume (``went_on``), worded for whose download it is.
-What it means for the source is the source's: the download being read when it gave up is told
-(its ``gave_up``), the upstream's owner counting it as a failure of that upstream; not when
-nobody wanted the bytes any more (the break is then the echo of the fill's end, not the
-upstream's doing).
+again and again is not asked for ever. A rest that ends cleanly short of where the blob ends
+(:attr:`Resuming.end`, as the latest answer of a known length said: a ``206`` to the close,
+closed early) is a break too (:class:`EndedShort`), not the blob's end. A break after the
+blob's last byte (the bytes had are its length and its digest: ``complete``) is no break:
+nothing is asked for then. When it may not go on it raises :class:`BrokeOff`, which says why
+(the error, how many resumes, what the last gave). What that means (a fill that failed, a
+client cut) and its one log line are the caller's; so is the INFO line for each resume
+(``went_on``), worded for whose download it is. What it means for the source is the source's:
+the download being read when it gave up is told (its ``gave_up``), the upstream's owner
+counting it as a failure of that upstream; not when nobody wanted the bytes any more (the break
+is then the echo of the fill's end, not the upstream's doing).
 
 Each rest it fetched is closed once read, broken off, or left by its consumer; a ``first``
 download handed to it is its owner's to close. Errors other than a break (a rest that cannot be
@@ -53,6 +55,15 @@ class BrokeOff(FillAborted):
         self.cause, self.at, self.resumes, self.gave = cause, at, resumes, gave
 
 
+class EndedShort(Exception):
+    """A download whose length was known ended, cleanly, before it (a body that runs to the
+    close, closed early): a break, as a cut is."""
+
+    def __init__(self, missing: int) -> None:
+        super().__init__(f"the answer ended {missing} bytes short of its length")
+        self.missing = missing
+
+
 def _always() -> bool:
     return True
 
@@ -78,6 +89,9 @@ class Resuming:
     #: that broke off after its last byte (a chunked body whose ending never came) is then
     #: over, not resumed (a rest from the blob's end is a 416). None: always resumed.
     complete: Callable[[], Awaitable[bool]] | None = None
+    #: Where the blob ends, as the latest download of a known length said (its start and
+    #: length): None while none did.
+    end: int | None = None
 
     def broke(self, exc: Exception, start: int, source: Download | None = None) -> None:
         """A download (``source``) that began at byte ``start`` broke off at :attr:`at` with
@@ -103,14 +117,26 @@ class Resuming:
             if current is None:
                 current, owned = await self.fetch(self.at), True
             start = self.at
+            if current.size is not None:
+                self.end = start + current.size
+            breaks: tuple[type[Exception], ...] = (
+                *self.broke_off,
+                *current.broke_off,
+                EndedShort,
+            )
             try:
                 assert current.chunks is not None, "a resumed download is read on the loop"
                 async for chunk in current.chunks:
                     if chunk:
                         self.at += len(chunk)
                         yield chunk
+                if owned and self.end is not None and self.at < self.end:
+                    # A rest that ended cleanly short of the blob's end (a 206 to the close,
+                    # closed early) was taken for that end: the verify failed the fill, its
+                    # clients cut. (A ``first`` download's end is its owner's to judge.)
+                    raise EndedShort(self.end - self.at)
                 return
-            except (*self.broke_off, *current.broke_off) as exc:
+            except breaks as exc:
                 if self.complete is not None and await self.complete():
                     return  # broke off after the last byte: nothing is missing
                 self.broke(exc, start, current)

@@ -148,3 +148,46 @@ def test_an_answer_with_a_transfer_coding_has_no_length_to_trust() -> None:
     assert headers.body_length(framed) is None
     relayed = headers.response_headers([("Transfer-Encoding", "chunked"), ("Content-Length", "10")])
     assert relayed == []
+
+
+# 2. A close-delimited 206 cut short.
+
+
+def cut_rests(first: int, rests: list[int]) -> Answer:
+    """The whole blob's answer (with its length) breaks off after ``first`` bytes; each Range
+    GET is answered 206 with its Content-Range and no length (the body runs to the close), the
+    n-th cleanly closed after ``rests[n]`` bytes (the last ones in full)."""
+    answered: list[int] = []
+
+    def answer(handler: QuietHandler, start: int | None) -> None:
+        handler.close_connection = True
+        if start is None:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(BLOB)))
+            handler.end_headers()
+            handler.wfile.write(BLOB[:first])
+            return
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        sent = rests[len(answered)] if len(answered) < len(rests) else len(BLOB)
+        answered.append(start)
+        handler.wfile.write(BLOB[start : start + sent])
+
+    return answer
+
+
+async def test_a_close_delimited_rest_cut_short_is_resumed_not_taken_for_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fill's body breaks off; the rest asked for comes as a 206 without a length (to the
+    close), and the upstream closes it cleanly short of the blob's end, twice. Its
+    Content-Range says where the blob ends: each short close is a break to go on from (it was
+    taken for the blob's end, and the fill failed at the verify, its client cut); the third
+    rest brings the end, the client gets the whole blob and it is cached."""
+    with scripted(cut_rests(300_000, [200_000, 200_000])) as server:
+        answer = await pull_blob(tmp_path, monkeypatch)
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert server.seen[0] is None and len(server.seen) == 4, server.seen
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]

@@ -417,7 +417,8 @@ class Rest:
         async def close() -> None:
             self.closed += 1
 
-        return Download(size, chunks(), close, broke_off=(httpx.TransportError,))
+        left = None if size is None else size - offset  # a Download's size: what is left
+        return Download(left, chunks(), close, broke_off=(httpx.TransportError,))
 
 
 def object_body(rest: Rest | None, told: list[ObjectStoreError]) -> ObjectBody:
