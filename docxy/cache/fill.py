@@ -1144,12 +1144,16 @@ class BlobFollower(ClosingStream):
         try:
             async with aclosing(resuming.chunks()) as chunks:
                 async for whole in chunks:
-                    if fill.size is not None and resuming.at > fill.size:
+                    # The blob's end: its length, else (unknown) where the rest's answer said
+                    # it ends (its Content-Range), for bytes past it (junk after the blob) went
+                    # out to the client, all but their last, before the digest check cut it.
+                    end = fill.size if fill.size is not None else resuming.end
+                    if end is not None and resuming.at > end:
                         # More bytes than the blob has (a 206 whose body runs past its
                         # Content-Range): not its rest. Cut before any of this piece goes out:
                         # the held last byte, then bytes past the blob's length, went out
                         # before the verify found the length wrong.
-                        said = f"the rest ran past the blob's {fill.size} bytes"
+                        said = f"the rest ran past the blob's {end} bytes"
                         log.warning("blob %s: %s; the client is cut", fill.digest, said)
                         raise FillAborted(f"{fill.digest}: {said}")
                     hasher.update(whole)
@@ -1372,6 +1376,11 @@ async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
             resuming.broke(exc, start, download)  # raises BrokeOff when it may not go on
     async with aclosing(resuming.chunks(first)) as chunks:
         async for chunk in chunks:
+            # A blob of unknown length ends where its rest's answer said (its Content-Range):
+            # bytes past that (junk after the blob) reached the fill's clients, all but their
+            # last, before the digest check failed the fill. (A known length: reserve's.)
+            if fill.size is None and resuming.end is not None and resuming.at > resuming.end:
+                raise FillAborted(f"the rest ran past the blob's {resuming.end} bytes")
             await writer.write(chunk)
             if fill.state is FillState.ABORTED:
                 break

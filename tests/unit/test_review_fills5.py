@@ -4,22 +4,26 @@ that runs past the blob."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
+from docxy.cache import fill
 from docxy.config import load_config
 from docxy.core import headers
 from docxy.http import app as app_module
 from docxy.http.app import create_app
 from lab.bed.httpserver import QuietHandler
+from tests.unit import fakes
 from tests.unit.asgi import AsgiAnswer, call_asgi
-from tests.unit.test_pull_blobs import BLOB, DIGEST, HALF, cached_blobs, committed
-from tests.unit.test_review_fills import PATH
+from tests.unit.test_pull_blobs import BLOB, DIGEST, HALF, cached_blobs, committed, mirror
+from tests.unit.test_review_fills import AUTH, PATH, SETTINGS, LongRest
 
 #: This review's loopback address and port (its range: 127.0.45.1-9, ports 10400-10449).
 HOST, PORT = "127.0.45.1", 10400
@@ -191,3 +195,82 @@ async def test_a_close_delimited_rest_cut_short_is_resumed_not_taken_for_the_end
     assert answer.status == 200 and answer.complete and answer.body == BLOB
     assert server.seen[0] is None and len(server.seen) == 4, server.seen
     assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+# 3. A client's rest of a blob of unknown size, with junk after it.
+
+
+class UnknownLengthLongRest(LongRest):
+    """The whole blob without a length (chunked); a Range GET answered with the blob's rest,
+    then ``extra`` (see :class:`LongRest`)."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = super().__call__(request)
+        if request.url.host == "auth.test" or request.headers.get("range") is not None:
+            return answer
+        if answer.status_code != 200 or request.url.path == "/v2/":
+            return answer
+        return httpx.Response(200, stream=fakes.Body.of(BLOB))
+
+
+@pytest.mark.parametrize("pieces", [len(BLOB), HALF // 4], ids=["with-last-byte", "after-it"])
+async def test_a_followers_rest_of_a_blob_of_unknown_size_never_gives_junk_past_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    pieces: int,
+) -> None:
+    """The blob's length is unknown (its answer chunked); the disk fails under the fill, and
+    its client's rest (a 206 whose Content-Range says the blob's end) sends junk after the
+    blob's last byte. The client never gets a byte past the blob, nor its last byte (the
+    junk went out to it, all of it but its last byte, before the digest check cut it)."""
+    monkeypatch.setattr(fill, "write_all", fakes.DiskFullAfter(HALF))
+    upstream = UnknownLengthLongRest(b"junk" * 1000, length=False, pieces=pieces)
+    async with mirror(tmp_path, upstream, **SETTINGS) as app:
+        with caplog.at_level(logging.WARNING, logger="docxy"):
+            answer = await call_asgi(app, "GET", PATH, headers=AUTH, host="mirror.test")
+    assert answer.status == 200 and not answer.complete
+    assert len(answer.body) < len(BLOB), len(answer.body) - len(BLOB)
+    assert answer.body == BLOB[: len(answer.body)]
+    assert upstream.ranges == [None, f"bytes={HALF}-"]
+    said = [r.getMessage() for r in caplog.records if "the client is cut" in r.getMessage()]
+    assert len(said) == 1 and "ran past the blob's" in said[0], caplog.text
+    assert cached_blobs(tmp_path) == []
+
+
+def unknown_length_then_junk(first: int, junk: bytes) -> Answer:
+    """The whole blob chunked (its length unknown), cut after ``first`` bytes; a Range GET
+    answered 206, chunked, with the blob's rest and ``junk`` after it."""
+
+    def answer(handler: QuietHandler, start: int | None) -> None:
+        handler.close_connection = True
+        handler.send_response(200 if start is None else 206)
+        if start is not None:
+            handler.send_header("Content-Range", f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        if start is None:
+            handler.wfile.write(chunked(BLOB)[:first])  # cut inside a chunk: no ending
+            return
+        handler.wfile.write(chunked(BLOB[start:] + junk))
+
+    return answer
+
+
+async def test_a_fills_rest_of_a_blob_of_unknown_size_never_gives_junk_past_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fill's own body (chunked: the blob's length unknown) breaks off; its rest (a 206
+    whose Content-Range says the blob's end) sends junk after the blob's last byte. The fill
+    fails before writing past that end: its client never gets a byte past the blob, nor its
+    last byte, and nothing is cached."""
+    with scripted(unknown_length_then_junk(600_000, b"junk" * 100_000)) as server:
+        with caplog.at_level(logging.WARNING, logger="docxy"):
+            answer = await pull_blob(tmp_path, monkeypatch)
+    assert answer.status == 200 and not answer.complete
+    assert len(answer.body) < len(BLOB), len(answer.body) - len(BLOB)
+    assert answer.body == BLOB[: len(answer.body)]
+    assert server.seen[0] is None and len(server.seen) == 2, server.seen
+    failed = [r.getMessage() for r in caplog.records if "fill failed" in r.getMessage()]
+    assert len(failed) == 1 and "ran past the blob's" in failed[0], caplog.text
+    assert cached_blobs(tmp_path) == []
