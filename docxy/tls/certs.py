@@ -30,7 +30,7 @@ from docxy.cli.owner import Owner
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
-from docxy.tls.files import CertError, pending_path, write_pair
+from docxy.tls.files import PUBLIC_CERTIFICATE, CertError, pending_path, write_pair
 
 if TYPE_CHECKING:
     from docxy.tls.context import CertInfo
@@ -340,19 +340,6 @@ PUBLIC_RENEWAL = (
     "failing_since",
     "next_run",
     "reload_pending",
-)
-#: What the public ``/health`` shows of the renewer's ``certificate`` (``clients_refuse``: its
-#: ``warning``, a sentence, is not null).
-PUBLIC_CERTIFICATE = (
-    "served",
-    "domain",
-    "subject",
-    "sans",
-    "serial",
-    "not_before",
-    "not_after",
-    "days_left",
-    "expires_soon",
 )
 #: The public ``error`` of a renewer status that cannot be read (the admin's names the file).
 NO_RENEWAL_STATUS = "no renewer status"

@@ -32,9 +32,9 @@ from cryptography.x509.oid import NameOID
 
 from docxy.core.stamps import aware, utc_stamp
 from docxy.tls import trust
+from docxy.tls.files import PUBLIC_CERTIFICATE, write_pair
 from docxy.tls.files import CertError as CertError  # its callers import it here
 from docxy.tls.files import write_files_atomic as write_files_atomic  # its callers import it here
-from docxy.tls.files import write_pair
 
 log = logging.getLogger(__name__)
 
@@ -719,17 +719,9 @@ class ReloadableTLS:
 #: validity and why clients refuse it, as booleans and times. Not ``cert_path``, nor
 #: ``last_error`` and ``warning``, whose words name the files and say what to run.
 PUBLIC_STATUS = (
-    "served",
-    "domain",
+    *PUBLIC_CERTIFICATE,
     "clients_refuse",
     "reload_refused",
-    "subject",
-    "sans",
-    "serial",
-    "not_before",
-    "not_after",
-    "days_left",
-    "expires_soon",
     "last_reload",
     "waiting",  # a pair not valid yet: its serial and notBefore, no path
     "reload_failing_since",

@@ -101,6 +101,19 @@ def directory_lock(path: Path) -> Iterator[None]:
 
 
 #: What flock says on a file system that cannot lock a directory (NFS: EBADF, ENOLCK).
+#: What a public ``/health`` shows of a certificate (the mirror's served one under ``tls``, the
+#: renewer's under ``renewal``): its names and validity, never where its files are.
+PUBLIC_CERTIFICATE = (
+    "served",
+    "domain",
+    "subject",
+    "sans",
+    "serial",
+    "not_before",
+    "not_after",
+    "days_left",
+    "expires_soon",
+)
 _NO_DIRECTORY_LOCKS = frozenset({errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
 
 
