@@ -16,6 +16,19 @@
 # DOCXY_SERVER_PUBLIC_URL) and the renewer is not started: there is no certificate to renew.
 set -euo pipefail
 
+# Until it execs supervisord this script is the container's PID 1, which the kernel gives no
+# signal it has no handler for: without these a `docker stop` during the checks below (a second
+# or so at every start) was ignored, and Docker waited out stop_grace_period before its SIGKILL.
+# A check under way (a child) is ended with it. exec gives the program the default handlers.
+child=""
+stopped() {
+  [[ -z "$child" ]] || kill -TERM "$child" 2>/dev/null || true
+  exit "$1"
+}
+trap 'stopped 143' TERM
+trap 'stopped 130' INT
+trap 'stopped 129' HUP
+
 state="${DOCXY_STATE_DIR:-/var/lib/docxy}"
 export DOCXY_RUN_DIR="${DOCXY_RUN_DIR:-/run/docxy}"
 export DOCXY_CACHE_DIR="${DOCXY_CACHE_DIR:-$state/cache}"
@@ -125,8 +138,20 @@ done
 # (a port in use, a volume it may not write): supervisord's retries are for those. After the
 # volumes' check: a key a volume of another UID holds is "cannot read" here, and that check
 # names the one chown that mends it.
-if ! refused="$(python -m docxy serve --show-config 2>&1 >/dev/null)"; then
-  printf '%s\n' "$refused" >&2
+# Read from a process substitution: bash runs a trap only once a command in the foreground (a
+# `$(...)`) has ended, where `read` is interrupted at once.
+exec {check}< <(exec python -m docxy serve --show-config 2>&1 >/dev/null)
+child=$!
+refused=""
+while IFS= read -r line <&"$check" || [[ -n "$line" ]]; do
+  refused+="$line"$'\n'
+done
+exec {check}<&-
+status=0
+wait "$child" || status=$?
+child=""
+if ((status != 0)); then
+  printf '%s' "$refused" >&2
   exit 2
 fi
 

@@ -7,10 +7,17 @@ resolver included).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+from lab.processes import wait_for
 from tests.scriptbox import REPO, Rule, ScriptBox, output
 from tests.unit.test_install_script import (
     COMPOSE_UP,
@@ -268,3 +275,76 @@ def test_purge_takes_the_copies_with_env(box: ScriptBox, resolver: Resolver) -> 
 
     assert result.returncode == 0, output(result)
     assert backups(box) == [] and not env_file(box).exists()
+
+
+# --- 4. a `docker stop` while the entrypoint checks the settings --------------------------------
+
+SLOW_CHECK = """#!/usr/bin/env bash
+# `python`, first on PATH: the entrypoint's settings check (`-m docxy serve --show-config`)
+# says it has begun, then takes long; anything else is the real interpreter.
+if [[ "$*" == *"serve --show-config"* ]]; then
+  echo "$$" >"{ready}"
+  exec sleep 30
+fi
+exec {python} "$@"
+"""
+
+
+def test_a_stop_during_the_entrypoints_checks_ends_the_container_at_once(
+    tmp_path: Path,
+) -> None:
+    """The entrypoint is the container's PID 1 until it execs supervisord, and the kernel
+    gives PID 1 no signal it has no handler for: a `docker stop` while it checked the settings
+    (a second or so at every start) was ignored, and Docker waited out stop_grace_period (30 s)
+    before its SIGKILL. Here the entrypoint is PID 1 of a PID namespace of its own (as in the
+    container) and its check takes 30 s: SIGTERM from outside (as dockerd sends it) must end
+    it within a few seconds."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here")
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "true"],
+        capture_output=True, timeout=10, check=False,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(f"no user and PID namespaces here: {probe.stderr!r}")
+    ready = tmp_path / "ready"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "python"
+    python.write_text(SLOW_CHECK.format(ready=ready, python=sys.executable))
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env |= {
+        "PATH": f"{bin_dir}:{env['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "DOCXY_STATE_DIR": str(tmp_path / "state"),
+        "DOCXY_RUN_DIR": str(tmp_path / "run"),
+        "DOCXY_IF_INET6": str(tmp_path / "none"),
+        "DOCXY_SERVER_PUBLIC_URL": "http://mirror.test",
+        "DOCXY_SERVER_LISTEN": "127.0.43.1:10300",
+        "DOCXY_SERVER_ADMIN_LISTEN": "",
+        "DOCXY_UPSTREAM_REGISTRY": "http://127.0.43.1:10301",
+    }
+    argv = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child",
+            "bash", str(REPO / "scripts" / "entrypoint.sh")]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(ready.exists, timeout=20, what="the entrypoint's settings check")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1, children  # the entrypoint's bash, PID 1 in there
+        os.kill(int(children[0]), signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the entrypoint (PID 1) went on after SIGTERM")
+        assert rc in (143, 128 + signal.SIGTERM), rc
+        assert not re.search(
+            r"supervisord|Traceback", proc.stderr.read().decode() if proc.stderr else ""
+        )
+    finally:
+        proc.kill()  # unshare, whose --kill-child takes the namespace down with it
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
