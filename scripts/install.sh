@@ -1166,7 +1166,8 @@ roll_back() {
   fi
   warn "bringing the previous version up again"
   if compose up -d --build >&2; then
-    warn "the previous version is running again (check https://$DOMAIN/health)"
+    https_target 2>/dev/null
+    warn "the previous version is running again (check $(health_url))"
   else
     warn "the previous version did not come back up either: see the messages above"
   fi
@@ -1419,15 +1420,55 @@ bring_up() {
   rm -f -- "$DIR/$UP_PENDING"
 }
 
+# https_target: where this host's mirror takes HTTPS, as .env has it, into HTTPS_ADDRESS (for
+# curl --resolve) and HTTPS_PORT: compose.yaml publishes it on ${DOCXY_HTTPS_PORT:-443} (PORT or
+# ADDRESS:PORT), compose.host.yaml listens on DOCXY_SERVER_TLS_LISTEN (default [::]:443). A
+# wildcard address is asked on 127.0.0.1.
+HTTPS_ADDRESS=127.0.0.1
+HTTPS_PORT=443
+https_target() {
+  local name=DOCXY_HTTPS_PORT value address=""
+  [[ "$COMPOSE_YAML" != "$HOST_FILE" ]] || name=DOCXY_SERVER_TLS_LISTEN
+  value="$(env_value "$name")"
+  [[ -n "$value" ]] || return 0
+  if [[ "$value" == *:* ]]; then
+    address="${value%:*}"
+    value="${value##*:}"
+  fi
+  address="${address#[}"
+  address="${address%]}"
+  if [[ ! "$value" =~ ^[0-9]{1,5}$ ]] || ((10#$value < 1 || 10#$value > 65535)); then
+    warn "$name in $ENV_FILE does not end in a port; the health check asks port 443"
+    return 0
+  fi
+  HTTPS_PORT=$((10#$value))
+  case "$address" in
+    "" | 0.0.0.0 | :: | "*") HTTPS_ADDRESS=127.0.0.1 ;;
+    *:*) HTTPS_ADDRESS="[$address]" ;;
+    *) HTTPS_ADDRESS="$address" ;;
+  esac
+}
+
+# health_url: https://DOMAIN/health, with the port where it is not 443.
+health_url() {
+  if ((HTTPS_PORT == 443)); then
+    printf 'https://%s/health' "$DOMAIN"
+  else
+    printf 'https://%s:%s/health' "$DOMAIN" "$HTTPS_PORT"
+  fi
+}
+
 wait_for_health() {
-  local url="https://$DOMAIN/health" deadline=$((SECONDS + HEALTH_TIMEOUT)) answer
+  https_target
+  local url deadline=$((SECONDS + HEALTH_TIMEOUT)) answer
+  url="$(health_url)"
   if ((DRY_RUN)); then
     say "  would wait for $url with a verified certificate"
     return
   fi
   say "  waiting for $url (certificate verified; the first issuance takes a minute)"
   while true; do
-    if answer="$(curl -fsS --max-time 10 --resolve "$DOMAIN:443:127.0.0.1" "$url" 2>&1)"; then
+    if answer="$(curl -fsS --max-time 10 --resolve "$DOMAIN:$HTTPS_PORT:$HTTPS_ADDRESS" "$url" 2>&1)"; then
       say "  $url: $answer"
       return
     fi
