@@ -92,6 +92,36 @@ die() {
   exit "${2:-1}"
 }
 
+# duration_seconds VALUE: VALUE as whole seconds, read as the mirror reads a duration
+# (docxy/core/durations.py): a bare number of seconds (10), or numbers with units, 30s, 5m, 2h,
+# 7d, several together (1m30s, each unit once). Fails on anything else, a fraction included
+# (whole numbers here).
+duration_seconds() {
+  local rest="$1" total=0 number unit seen=""
+  rest="${rest#"${rest%%[![:space:]]*}"}"
+  rest="${rest%"${rest##*[![:space:]]}"}"
+  if [[ "$rest" =~ ^[0-9]{1,9}$ ]]; then
+    printf '%s' "$((10#$rest))"
+    return 0
+  fi
+  [[ -n "$rest" ]] || return 1
+  while [[ -n "$rest" ]]; do
+    [[ "$rest" =~ ^([0-9]{1,9})[[:space:]]*([a-z]+)[[:space:]]*(.*)$ ]] || return 1
+    number=$((10#${BASH_REMATCH[1]}))
+    unit="${BASH_REMATCH[2]}"
+    rest="${BASH_REMATCH[3]}"
+    [[ "$unit" == [dhms] && "$seen" != *"$unit"* ]] || return 1
+    seen+="$unit"
+    case "$unit" in
+      d) total=$((total + number * 86400)) ;;
+      h) total=$((total + number * 3600)) ;;
+      m) total=$((total + number * 60)) ;;
+      s) total=$((total + number)) ;;
+    esac
+  done
+  printf '%s' "$total"
+}
+
 MIRROR="$MIRROR_DEFAULT"
 REMOVE=0
 DRY_RUN=0
@@ -196,6 +226,8 @@ parse_args() {
     [[ "${entry%%=*}${url,,}" =~ $name_pattern ]] ||
       die "--registry must be a registry host name such as ghcr.io (or NAME=https://HOST), not '$entry'" 2
   done
+  RELOAD_WAIT="$(duration_seconds "${DOCXY_RELOAD_WAIT:-10}")" ||
+    die "DOCXY_RELOAD_WAIT=${DOCXY_RELOAD_WAIT}: expected whole seconds (10), or a duration with units: 30s, 5m, 2h (or several: 1m30s)" 2
   check_certificates
 }
 
@@ -760,10 +792,11 @@ mirror_active() {
   return 1
 }
 
-# Did dockerd take the file? Polled for up to $DOCXY_RELOAD_WAIT seconds (default 10): a
-# SIGHUP reload finishes after kill returns.
+# Did dockerd take the file? Polled for up to DOCXY_RELOAD_WAIT (default 10 s; 30s, 1m: a
+# duration as the mirror's settings take them): a SIGHUP reload finishes after kill returns.
+RELOAD_WAIT=10
 docker_agrees() {
-  local tries=$((${DOCXY_RELOAD_WAIT:-10} * 2)) mirrors
+  local tries=$((RELOAD_WAIT * 2)) mirrors
   while ((tries-- > 0)); do
     if mirrors="$(active_mirrors)"; then
       if ((REMOVE)); then

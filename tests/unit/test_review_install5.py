@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +24,28 @@ from tests.unit.test_install_script import (
     COMPOSE_UP,
     DOMAIN,
     EMAIL,
+    HEALTHY,
     OURS,
     OURS6,
     Resolver,
+    dnsmasq,
     clone_script,
     env_file,
     install,
     stack_is_running,
 )
+from tests.unit.test_configure_client import MIRROR as CLIENT_MIRROR
+from tests.unit.test_configure_client import attempt as client_attempt
+from tests.unit.test_configure_client import docker_info
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
-from tests.unit.test_install_script import resolver as resolver  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+    """test_install_script's dnsmasq, on this review's loopback address and port."""
+    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+    with dnsmasq("127.0.43.2", 10302, log) as found:
+        yield found
 
 
 def compose_files(box: ScriptBox) -> list[str]:
@@ -348,3 +361,99 @@ def test_a_stop_during_the_entrypoints_checks_ends_the_container_at_once(
             proc.stdout.close()
         if proc.stderr:
             proc.stderr.close()
+
+
+# --- 5. the health wait on the HTTPS port .env publishes ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "host_networking", "resolve", "url"),
+    [
+        pytest.param(["DOCXY_HTTPS_PORT=8443"], False, "127.0.0.1",
+                     "https://mirror.test:8443/health"),
+        pytest.param(["DOCXY_HTTPS_PORT=127.0.0.1:10443"], False, "127.0.0.1",
+                     "https://mirror.test:10443/health"),
+        pytest.param(["DOCXY_HTTPS_PORT=[::1]:10443"], False, "[::1]",
+                     "https://mirror.test:10443/health"),
+        pytest.param(["COMPOSE_FILE=compose.host.yaml", "DOCXY_SERVER_TLS_LISTEN=[::]:9443"], True,
+                     "127.0.0.1", "https://mirror.test:9443/health"),
+        ([], False, "127.0.0.1", "https://mirror.test/health"),
+    ],
+)  # fmt: skip
+def test_the_health_wait_asks_the_https_port_env_publishes(
+    box: ScriptBox, resolver: Resolver, lines: list[str], host_networking: bool, resolve: str,
+    url: str,
+) -> None:  # fmt: skip
+    """compose.yaml publishes the mirror's HTTPS on ${DOCXY_HTTPS_PORT:-443} (the README's way
+    to make room for a proxy on this host), compose.host.yaml on DOCXY_SERVER_TLS_LISTEN's
+    port. The wait after `compose up` asked https://DOMAIN/health on port 443 whatever .env
+    said: on such a host it reached the proxy, or nothing, and after --health-timeout stopped
+    the run with "Docxy did not come up", over a mirror that was up."""
+    if host_networking:
+        with_host_file(box)
+    env_file(box).write_text("".join(f"{line}\n" for line in lines))
+    port = url.split("/")[2].partition(":")[2] or "443"
+    box.stand_in(
+        "curl",
+        Rule(re.escape(f"--resolve {DOMAIN}:{port}:{resolve} {url}"), stdout=HEALTHY),
+        Rule(r".", rc=7, stderr="curl: (7) the stand-in reaches nothing\n"),
+    )
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert f"{url}: {HEALTHY}" in result.stdout
+
+
+# --- 6. configure-client.sh's DOCXY_RELOAD_WAIT, a duration as the mirror's --------------------
+
+
+@pytest.fixture
+def stale_dockerd(tmp_path: Path) -> ScriptBox:
+    """A Docker host under systemd whose dockerd never takes the change (`docker info` keeps
+    another mirror): configure-client.sh polls it for DOCXY_RELOAD_WAIT, twice a second."""
+    box = ScriptBox(tmp_path)
+    box.stand_in("docker", docker_info("https://other.example"))
+    box.stand_in("systemctl", Rule(r"is-active", rc=0))
+    box.stand_in("kill")
+    return box
+
+
+def polls_after_reload(box: ScriptBox, wait: str) -> tuple[int, str]:
+    """How many times the script asked `docker info` after reloading dockerd, and what it said."""
+    result = client_attempt(box, "--mirror", CLIENT_MIRROR, env={"DOCXY_RELOAD_WAIT": wait})
+    calls = [c.line for c in box.calls()]
+    reload = next((i for i, line in enumerate(calls) if "reload docker" in line), len(calls))
+    return sum(
+        1
+        for line in calls[reload:]
+        if line == "docker info --format {{json .RegistryConfig.Mirrors}}"
+    ), output(result)
+
+
+@pytest.mark.parametrize("wait", ["1s", "1", " 1s ", "0m1s"])
+def test_the_reload_wait_takes_a_unit_as_the_mirrors_durations_do(
+    stale_dockerd: ScriptBox, wait: str
+) -> None:
+    """Every duration setting of the mirror takes 30s, 5m, 1h30m (docxy/core/durations.py);
+    DOCXY_RELOAD_WAIT took a bare number only, and `1s` or `5m` was bash arithmetic's error
+    (`value too great for base`) in the middle of the run, after daemon.json was written."""
+    polls, said = polls_after_reload(stale_dockerd, wait)
+    assert polls == 2, said  # 1 s, polled every 0.5 s
+    assert "DOCXY_RELOAD_WAIT" not in said and "base" not in said, said
+
+
+@pytest.mark.parametrize("wait", ["abc", "5 mins", "1.5", "-1", "08x", "1m1m"])
+def test_a_reload_wait_it_cannot_read_is_refused_before_any_change(
+    stale_dockerd: ScriptBox, wait: str
+) -> None:
+    """`abc` was read as an unset arithmetic variable, 0: no wait at all, and dockerd
+    "did not pick up the change" however soon it would have. A value it cannot read now stops
+    the script before anything is changed, naming the variable and the forms it takes."""
+    result = client_attempt(
+        stale_dockerd, "--mirror", CLIENT_MIRROR, env={"DOCXY_RELOAD_WAIT": wait}
+    )
+    assert result.returncode == 2, output(result)
+    assert f"DOCXY_RELOAD_WAIT={wait}" in result.stderr
+    assert "30s, 5m" in result.stderr
+    assert not stale_dockerd.path("/etc/docker/daemon.json").exists()
+    assert not stale_dockerd.called(r"reload")
