@@ -1085,7 +1085,7 @@ OTHER_ENV = frozenset(
     {
         "DOCXY_CONFIG",  # the TOML file (load_config)
         "DOCXY_DOMAIN",  # container: HTTPS with Let's Encrypt for this name (entrypoint.sh)
-        "DOCXY_EMAIL",  # container: the ACME account's e-mail (entrypoint.sh)
+        "DOCXY_EMAIL",  # container: the ACME account's e-mail, certs.email (_from_env)
         "DOCXY_STATE_DIR",  # container: cache, webroot and certificates (entrypoint.sh)
         "DOCXY_RUN_DIR",  # container: supervisord's socket and pid file (entrypoint.sh)
         "DOCXY_SUPERVISOR_CONF",  # container: supervisord's config (entrypoint.sh)
@@ -1162,6 +1162,11 @@ def _from_env(
     for alias, key in ENV_ALIASES.items():
         if alias in environ:
             found[key] = (environ[alias], f"env {alias}")
+    # The container's DOCXY_EMAIL (.env), with a DOCXY_DOMAIN (entrypoint.sh), is certs.email
+    # unless DOCXY_CERTS_EMAIL is set, and named as written wherever it is refused.
+    if "DOCXY_EMAIL" in environ and "DOCXY_CERTS_EMAIL" not in environ:
+        if environ.get("DOCXY_DOMAIN", "").strip():
+            found["certs.email"] = (environ["DOCXY_EMAIL"], "env DOCXY_EMAIL")
     for name, value in environ.items():
         if not name.startswith("DOCXY_") or name in ENV_ALIASES or name in OTHER_ENV:
             continue

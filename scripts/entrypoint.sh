@@ -48,7 +48,8 @@ export DOCXY_DOMAIN="$domain"
 
 if [[ -n "$domain" ]]; then
   export DOCXY_CERTS_DOMAIN="${DOCXY_CERTS_DOMAIN:-$domain}"
-  export DOCXY_CERTS_EMAIL="${DOCXY_CERTS_EMAIL:-${DOCXY_EMAIL:-}}"
+  # DOCXY_EMAIL is certs.email as it is (docxy.config reads it with a domain, unless
+  # DOCXY_CERTS_EMAIL is set): a copy here was refused under the copy's name.
   # On the plain listener's addresses: [::] with compose.host.yaml, else the image's 0.0.0.0.
   any=0.0.0.0
   [[ "${DOCXY_SERVER_LISTEN:-}" == "[::]:"* ]] && any="[::]"

@@ -648,6 +648,32 @@ compose_file_value() {
   printf '%s' "$value"
 }
 
+# compose_file_line: compose_file_value as .env writes it. Both .env parsers (Compose 1.29's
+# python-dotenv, v2's compose-go) cut an unquoted value at ` #` (older v2: at any #) and strip
+# its ends, and v2 expands `$NAME` in it: a value with anything beyond these plain characters
+# is single-quoted, which both take as written (check_compose_file_quoting refuses what not).
+compose_file_line() {
+  local value
+  value="$(compose_file_value)"
+  if [[ "$value" =~ ^[A-Za-z0-9._/:@+,=-]*$ ]]; then
+    printf 'COMPOSE_FILE=%s' "$value"
+  else
+    printf "COMPOSE_FILE='%s'" "$value"
+  fi
+}
+
+# check_compose_file_quoting: a COMPOSE_FILE that must be quoted cannot hold a ' (it would end
+# the quotes), a \ (1.29 reads an escape in single quotes, v2 does not), a newline, or `${`
+# (1.29 puts a variable's value in its place, however quoted).
+check_compose_file_quoting() {
+  local value
+  compose_file_ours || return 0
+  value="$(compose_file_value)"
+  [[ ! "$value" =~ ^[A-Za-z0-9._/:@+,=-]*$ ]] || return 0
+  [[ "$value" != *["'\\"]* && "$value" != *$'\n'* && "$value" != *"\${"* ]] ||
+    die "COMPOSE_FILE in $ENV_FILE: $value cannot be written to .env for Compose 1.29 and v2 alike (quoted for its spaces, # or \$, it may not hold a single quote, a backslash or \${): rename the file, then run this again" 2
+}
+
 # compose_file_ours: COMPOSE_FILE is written by the script (host networking, or files of the
 # operator's to keep after compose.yaml); else a line of theirs is left as it is.
 compose_file_ours() { [[ "$COMPOSE_YAML" != compose.yaml ]] || ((${#COMPOSE_EXTRA[@]})); }
@@ -683,6 +709,7 @@ settle_network() {
   [[ "$COMPOSE_YAML" != "$HOST_FILE" ]] || host_firewall
   ((${#COMPOSE_EXTRA[@]} == 0)) ||
     say "Compose files: $(compose_file_value) (yours after the first, from COMPOSE_FILE in $ENV_FILE)"
+  check_compose_file_quoting
   host_file_present
 }
 
@@ -790,7 +817,8 @@ ask() {
 settle_settings() {
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
   ((EMAIL_GIVEN)) || EMAIL="$(env_value DOCXY_EMAIL)"
-  local size_in_env=0
+  local email_in_env=0 size_in_env=0
+  [[ -z "$EMAIL" ]] || ((EMAIL_GIVEN)) || email_in_env=1
   if [[ -z "$CACHE_SIZE" ]]; then
     CACHE_SIZE="$(env_value DOCXY_CACHE_MAX_SIZE)"
     [[ -z "$CACHE_SIZE" ]] || size_in_env=1
@@ -816,7 +844,11 @@ settle_settings() {
   [[ -z "$EMAIL" || ("$EMAIL" =~ ^[A-Za-z0-9._%+-][A-Za-z0-9._%+\'-]*@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$ &&
     "$EMAIL" != .* && "$EMAIL" != *..* && "$EMAIL" != *.@* && "$EMAIL" != *@.* &&
     "$EMAIL" != *@-* && "$EMAIL" != *-.* && "$EMAIL" != *.-*) ]] ||
-    die "--email '$EMAIL' is not an email address" 2
+    if ((!email_in_env)); then
+      die "--email '$EMAIL' is not an email address" 2
+    else
+      die "DOCXY_EMAIL=$EMAIL in $ENV_FILE is not an email address: mend it there, or pass --email ADDRESS (--email '' for none)" 2
+    fi
   # As the mirror reads it (20G, 1.5T, 512MiB, 1TB, 2048B; binary units), above 0 bytes: one
   # set by hand in .env must not stop every later run.
   if [[ ! "$CACHE_SIZE" =~ ^[0-9]+(\.[0-9]+)?([KkMmGgTt]([Ii]?[Bb])?|[Bb])?$ ]] ||
@@ -863,7 +895,7 @@ render_ours() {
   say "DOCXY_EMAIL=$EMAIL"
   say "DOCXY_CACHE_MAX_SIZE=$CACHE_SIZE"
   [[ -z "$BASE_IMAGE" ]] || say "DOCXY_BASE_IMAGE=$BASE_IMAGE"
-  ! compose_file_ours || say "COMPOSE_FILE=$(compose_file_value)"
+  ! compose_file_ours || say "$(compose_file_line)"
   if [[ -n "$UPSTREAM_USER" ]]; then
     say "DOCXY_UPSTREAM_USERNAME=$UPSTREAM_USER"
     # None where the operator's DOCXY_UPSTREAM_PASSWORD_FILE names its file (settle_settings).

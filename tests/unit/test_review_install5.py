@@ -20,6 +20,9 @@ import pytest
 
 from lab.processes import wait_for
 from tests.scriptbox import REPO, Rule, ScriptBox, output
+from tests.unit.test_configure_client import MIRROR as CLIENT_MIRROR
+from tests.unit.test_configure_client import attempt as client_attempt
+from tests.unit.test_configure_client import docker_info
 from tests.unit.test_install_script import (
     COMPOSE_UP,
     DOMAIN,
@@ -28,15 +31,12 @@ from tests.unit.test_install_script import (
     OURS,
     OURS6,
     Resolver,
-    dnsmasq,
     clone_script,
+    dnsmasq,
     env_file,
     install,
     stack_is_running,
 )
-from tests.unit.test_configure_client import MIRROR as CLIENT_MIRROR
-from tests.unit.test_configure_client import attempt as client_attempt
-from tests.unit.test_configure_client import docker_info
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
 
 
@@ -457,3 +457,135 @@ def test_a_reload_wait_it_cannot_read_is_refused_before_any_change(
     assert "30s, 5m" in result.stderr
     assert not stale_dockerd.path("/etc/docker/daemon.json").exists()
     assert not stale_dockerd.called(r"reload")
+
+
+# --- 7. COMPOSE_FILE's names written as Compose reads them --------------------------------------
+
+OVERRIDE = """services:
+  docxy:
+    environment:
+      DOCXY_SERVER_ADMIN_HOSTS: read-from-the-override
+"""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "my override.yaml",  # spaces alone: both parsers keep them, quoted or not
+        "ops #2.yaml",
+        "ops.yaml ",
+        "ops$HOME.yaml",  # v2 expands $HOME in an unquoted value
+    ],
+)
+def test_compose_file_names_are_written_as_compose_reads_them(
+    box: ScriptBox, resolver: Resolver, name: str
+) -> None:
+    """install.sh rewrites .env's COMPOSE_FILE (compose.yaml first, then the operator's
+    files) unquoted. Both .env parsers (docker-compose 1.29's python-dotenv, v2's compose-go)
+    cut an unquoted value at ` #` and strip its end, and v2 expands `$NAME` in it: the
+    operator's `COMPOSE_FILE='compose.yaml:ops #2.yaml'` came back as
+    `COMPOSE_FILE=compose.yaml:ops #2.yaml`, which Compose read as compose.yaml:ops, a file
+    that is not there: every `docker compose` by hand in the project failed. It is now
+    single-quoted where a name needs it (both take a single-quoted value as written). Checked
+    with the real docker-compose 1.29 reading the written .env."""
+    (clone_dir := box.base / "clone").joinpath(name).write_text(OVERRIDE)
+    env_file(box).write_text(f"COMPOSE_FILE='compose.yaml:{name}'\n")
+    result = install(box, resolver)
+    assert result.returncode == 0, output(result)
+    assert compose_files(box)[-1] == str(clone_dir / name), "the script read it right"
+
+    written = [line for line in env_file(box).read_text().splitlines() if "COMPOSE_FILE" in line]
+    assert written == [f"COMPOSE_FILE='compose.yaml:{name}'"] or (
+        " #" not in name
+        and name == name.strip()
+        and written == [f"COMPOSE_FILE=compose.yaml:{name}"]
+    ), written
+    # here: test_review_composefile imports this module's helpers
+    from tests.unit.test_review_composefile import compose129_service
+
+    service = compose129_service(["--project-directory", str(clone_dir)], cwd=clone_dir)
+    assert service["environment"].get("DOCXY_SERVER_ADMIN_HOSTS") == "read-from-the-override"
+
+
+def test_a_compose_file_name_that_cannot_be_quoted_alike_is_refused(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A name that must be quoted and holds a `'` or `\\`: Compose 1.29 reads an escape in a
+    single-quoted value, v2 does not. Refused before any change, naming it."""
+    name = "bob's #1.yaml"
+    (box.base / "clone" / name).write_text(OVERRIDE)
+    env_file(box).write_text(f'COMPOSE_FILE="compose.yaml:{name}"\n')
+    before = env_file(box).read_text()
+    result = install(box, resolver)
+    assert result.returncode == 2, output(result)
+    assert name in result.stderr and "COMPOSE_FILE" in result.stderr, result.stderr
+    assert env_file(box).read_text() == before
+    assert not box.called(COMPOSE_UP)
+
+
+# --- 8. an e-mail address refused under the name the operator set -------------------------------
+
+
+def container_config(tmp_path: Path, **settings: str) -> str:
+    """What `docxy serve --show-config` says in the container (through the entrypoint, as
+    `docker exec CTR docxy ...` runs), HTTPS for mirror.test, with these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "DOCXY_STATE_DIR": str(tmp_path / "state"),
+        "DOCXY_IF_INET6": str(tmp_path / "none"),
+        "DOCXY_DOMAIN": "mirror.test",
+        "DOCXY_SERVER_TLS_LISTEN": "127.0.43.1:10303",
+        "DOCXY_SERVER_LISTEN": "127.0.43.1:10304",
+        "DOCXY_SERVER_ADMIN_LISTEN": "",
+        "DOCXY_UPSTREAM_REGISTRY": "http://127.0.43.1:10305",
+        **settings,
+    }
+    argv = ["python", "-m", "docxy", "serve", "--show-config"]
+    shown = subprocess.run(
+        ["bash", str(REPO / "scripts" / "entrypoint.sh"), *argv],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout + shown.stderr
+
+
+def test_the_containers_email_is_refused_as_docxy_email(tmp_path: Path) -> None:
+    """.env's DOCXY_EMAIL (the README's and .env.example's name) reaches the mirror as
+    certs.email; the entrypoint copied it into DOCXY_CERTS_EMAIL, so a wrong one was refused
+    as `certs.email: ... got 'ops-at-example.org' (env DOCXY_CERTS_EMAIL)`, a variable the
+    operator never wrote and would look for in .env in vain."""
+    said = container_config(tmp_path, DOCXY_EMAIL="ops-at-example.org")
+    assert "'ops-at-example.org' (env DOCXY_EMAIL)" in said, said
+    assert "DOCXY_CERTS_EMAIL" not in said, said
+
+
+def test_the_containers_email_is_taken(tmp_path: Path) -> None:
+    said = container_config(tmp_path, DOCXY_EMAIL="ops@example.org")
+    assert "certs.email = ops@example.org" in said, said
+
+
+def test_the_containers_certs_email_wins_and_is_named_as_set(tmp_path: Path) -> None:
+    """DOCXY_CERTS_EMAIL (the mirror's own name for certs.email) wins over DOCXY_EMAIL and is
+    refused under its own name."""
+    said = container_config(tmp_path, DOCXY_EMAIL="ops@example.org", DOCXY_CERTS_EMAIL="bad-one")
+    assert "'bad-one' (env DOCXY_CERTS_EMAIL)" in said, said
+    said = container_config(tmp_path, DOCXY_EMAIL="bad-one", DOCXY_CERTS_EMAIL="ops@example.org")
+    assert "certs.email = ops@example.org" in said and "bad-one" not in said, said
+
+
+def test_installs_email_from_env_is_refused_as_docxy_email(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A DOCXY_EMAIL in .env that is no address (edited by hand) stopped a rerun without
+    --email with "--email 'ops-at-example.org' is not an email address", an option the
+    operator did not give; it now names .env's line, as DOCXY_CACHE_MAX_SIZE's refusal does."""
+    env_file(box).write_text(f"DOCXY_DOMAIN={DOMAIN}\nDOCXY_EMAIL=ops-at-example.org\n")
+    result = box.run(
+        clone_script(box),
+        "--root", str(box.root), "--public-ip", OURS, "--dns-server", resolver.address,
+        "--health-timeout", "0", "--yes",
+    )  # fmt: skip
+    assert result.returncode == 2, output(result)
+    assert "DOCXY_EMAIL=ops-at-example.org in" in result.stderr, result.stderr
+    assert "is not an email address" in result.stderr and "--email 'ops" not in result.stderr
