@@ -1,8 +1,11 @@
 """Review of scripts/install.sh: an IPv6-only host, a dry run without dig, and a .env edited by
-hand before a rerun.
+hand before a rerun. Second pass: a `docker stop` during the entrypoint's checks, the health
+wait's HTTPS port, configure-client.sh's DOCXY_RELOAD_WAIT, COMPOSE_FILE's quoting in .env and
+DOCXY_EMAIL's name in refusals.
 
 Same sandbox as tests/unit/test_install_script.py (its box, stand-ins and helpers, its dnsmasq
-resolver included).
+helper, here on 127.0.43.2:10302). Addresses in the settings (127.0.43.1, ports 10300-10305)
+are values only: nothing listens there.
 """
 
 from __future__ import annotations
