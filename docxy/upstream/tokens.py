@@ -23,11 +23,15 @@ misses wait for that one verdict), before it goes with a scope, and again when a
 request with it is answered ``401``. Refused there (``upstream.password`` wrong or revoked), it
 stands for the upstream: for ``REFUSED_TTL`` no request carries that login, tokens are asked for
 anonymously. Accepted there, a scope's ``401`` is that repository's only (gcr.io and Artifact
-Registry answer ``401`` to a good login that may not read one repository).
+Registry answer ``401`` to a good login that may not read one repository). An acceptance is
+trusted for ``LOGIN_TRUSTED``; past ``REFUSED_TTL`` of it, the login goes with one token
+request per upstream at a time, the other misses waiting for its outcome
+(:meth:`MirrorTokens._login_turn`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -68,7 +72,10 @@ REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is pas
 #: may not read one repository, and a scoped ``401`` with the login checks it again at once:
 #: a password revoked meanwhile is found at its first refusal all the same. Checked again
 #: after every ``REFUSED_TTL``, each first miss after a quiet minute paid one more token
-#: request, on its client's path (a quiet mirror's token requests about doubled).
+#: request, on its client's path (a quiet mirror's token requests about doubled). Past
+#: ``REFUSED_TTL``, one token request with the login goes at a time per upstream, the other
+#: misses waiting for its outcome (:meth:`MirrorTokens._login_turn`): a password revoked in a
+#: quiet spell is not sent by every concurrent miss before the first ``401`` comes back.
 LOGIN_TRUSTED = 3600.0
 #: Seconds the token service is not asked for a new token after a 429 without ``Retry-After``.
 REST_WITHOUT_RETRY_AFTER = 5.0
@@ -129,6 +136,9 @@ class MirrorTokens:
         self._login_accepted: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: scope-less login checks in flight, one per upstream host (:meth:`_login_verdict`)
         self._checking: Coalesced[str, bool | None] = Coalesced(UpstreamError)
+        #: upstream hosts with a token request in flight that carries a login accepted more
+        #: than ``REFUSED_TTL`` ago, done when its outcome is known (:meth:`_login_turn`)
+        self._vouching: dict[str, asyncio.Future[None]] = {}
         #: (upstream host, realm) pairs whose withheld login was logged (:meth:`_login_withheld`)
         self._withheld: LruDict[tuple[str, str], bool] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts whose token service answered 429 (or 503) with a Retry-After: until
@@ -310,6 +320,63 @@ class MirrorTokens:
             upstream.host, name, lambda: self._check_login(upstream, realm, service)
         )
 
+    async def _login_turn(
+        self, upstream: Upstream, realm: str, service: str | None
+    ) -> tuple[bool | None, asyncio.Future[None] | None]:
+        """The login's verdict (:meth:`_login_verdict`) for a token request about to go, and
+        whether this request goes first for the others (a future to end with
+        :meth:`_vouched` once its outcome is known).
+
+        An acceptance older than ``REFUSED_TTL`` (trusted still, not checked again) may be
+        stale: a password revoked in a quiet spell was sent by every concurrent miss of
+        another repository before the first ``401`` came back, a failed login on the account
+        each (Docker Hub may lock it). Then one token request with the login per upstream
+        goes at a time: the others wait for its outcome, and are told the verdict it left (a
+        ``200`` renewed the acceptance; a ``401`` was checked: refused, they go anonymously;
+        accepted, that ``401`` was its repository's). A fresher acceptance makes no one wait.
+        Raises what the check raises on a timeout, and :class:`UpstreamUnavailable` while
+        the token service asked for rest (the check, or the request waited for, told so)."""
+        lead: asyncio.Future[None] | None = None
+        waited = False
+        verdict = await self._verdict_or_none(upstream, realm, service)
+        accepted = self._login_accepted.get(upstream.host)
+        stale = accepted is not None and time.monotonic() - accepted >= REFUSED_TTL
+        if verdict is True and stale:
+            pending = self._vouching.get(upstream.host)
+            if pending is None:
+                lead = asyncio.get_running_loop().create_future()
+                self._vouching[upstream.host] = lead
+            else:
+                await asyncio.shield(pending)  # a waiter going away cancels its wait only
+                waited = True
+                # Its verdict now (once: a request that failed, 5xx or timeout, said nothing
+                # of the login, which stays trusted as before).
+                verdict = await self._verdict_or_none(upstream, realm, service)
+        resting = self._resting.get(upstream.host)
+        if (verdict is None or (waited and verdict)) and resting is not None:
+            if time.monotonic() < resting[0]:
+                raise UpstreamUnavailable(resting[1])  # told to rest: no request
+        return verdict, lead
+
+    async def _verdict_or_none(
+        self, upstream: Upstream, realm: str, service: str | None
+    ) -> bool | None:
+        try:
+            return await self._login_verdict(upstream, realm, service)
+        except UpstreamTimeout:
+            raise  # a token service that does not answer: the scoped request would not
+        except UpstreamError:
+            return None  # the check broke (a reset): no word; this request goes on
+
+    def _vouched(self, upstream: Upstream, lead: asyncio.Future[None] | None) -> None:
+        """The outcome of the token request that went first with the login is known (or it
+        failed): the misses waiting for it (:meth:`_login_turn`) go on."""
+        if lead is None or lead.done():
+            return
+        if self._vouching.get(upstream.host) is lead:
+            del self._vouching[upstream.host]
+        lead.set_result(None)
+
     async def _check_login(
         self, upstream: Upstream, realm: str, service: str | None
     ) -> bool | None:
@@ -442,38 +509,35 @@ class MirrorTokens:
         login = upstream.credentials is not None and upstream.login_may_go_to(realm)
         if upstream.credentials is not None and not login:
             self._login_withheld(upstream, realm)
+        lead: asyncio.Future[None] | None = None
         if login:
-            try:
-                verdict = await self._login_verdict(upstream, realm, service)
-            except UpstreamTimeout:
-                raise  # a token service that does not answer: the scoped request would not
-            except UpstreamError:
-                verdict = None  # the check broke (a reset): no word; this request goes on
+            verdict, lead = await self._login_turn(upstream, realm, service)
             if verdict is False:
                 login = False  # refused (lately): not sent again (:meth:`_refuse_login`)
-            resting = self._resting.get(upstream.host)
-            if verdict is None and resting is not None and time.monotonic() < resting[0]:
-                raise UpstreamUnavailable(resting[1])  # the check was told to rest: no request
-        if login and upstream.credentials is not None:
-            headers.append(("Authorization", basic_authorization(*upstream.credentials)))
-        sent = time.monotonic()
-        answer, body = await self._ask(upstream, realm, headers, params)
-        if answer.status_code == 401 and login:
-            # The login refused, or this one repository? As ``docker login`` asks (no scope).
-            try:
-                verdict = await self._login_verdict(upstream, realm, service, since=sent)
-            except UpstreamError:
-                verdict = None  # no word on the login: the 401 stands for this repository
-            if verdict is False:
-                return await self._fetch(upstream, repository, service)  # anonymously, once
-        if answer.status_code in (401, 403):
-            raise TokenRefused(answer.status_code)
-        if answer.status_code != 200:
-            said = f"the upstream's token service refused the mirror ({answer.status_code})"
-            self._rest(upstream, answer, said)
-            raise UpstreamUnavailable(said)
-        if login:
-            self._accept_login(upstream)
+        try:
+            if login and upstream.credentials is not None:
+                headers.append(("Authorization", basic_authorization(*upstream.credentials)))
+            sent = time.monotonic()
+            answer, body = await self._ask(upstream, realm, headers, params)
+            if answer.status_code == 401 and login:
+                # The login refused, or this one repository? As ``docker login`` asks it.
+                try:
+                    verdict = await self._login_verdict(upstream, realm, service, since=sent)
+                except UpstreamError:
+                    verdict = None  # no word on the login: the 401 stands for this repository
+                if verdict is False:
+                    self._vouched(upstream, lead)  # the others go anonymously at once
+                    return await self._fetch(upstream, repository, service)  # anonymously
+            if answer.status_code in (401, 403):
+                raise TokenRefused(answer.status_code)
+            if answer.status_code != 200:
+                said = f"the upstream's token service refused the mirror ({answer.status_code})"
+                self._rest(upstream, answer, said)
+                raise UpstreamUnavailable(said)
+            if login:
+                self._accept_login(upstream)
+        finally:
+            self._vouched(upstream, lead)
         data = jsondoc.object_in(body) or {}
         token = data.get("token") or data.get("access_token")
         expires_in = data.get("expires_in")

@@ -1,0 +1,154 @@
+"""Review of ddc0359 (an accepted login trusted for ``LOGIN_TRUSTED``) and of how the mirror's
+own login shows on ``/health`` (tokens5): faults found, each shown here failing first (a strict
+xfail), then fixed. Nothing leaves the process: the upstreams are ``httpx.MockTransport``
+fakes, and a clock the tests move (``now``, test_review_tokens4's) stands for the time that
+passes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from docxy.upstream.client import Upstream, UpstreamClient
+from docxy.upstream.tokens import MirrorTokens, basic_authorization
+from tests.unit.test_review_tokens4 import LOGIN, Revocable, miss
+from tests.unit.test_review_tokens4 import now as now  # noqa: F401  (fixture)
+
+
+def answering_late(registry: Revocable) -> httpx.MockTransport:
+    """``registry`` answering each request after a short pause: concurrent misses are all
+    sent before the first answer comes back, as over a network."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.02)
+        return registry(request)
+
+    return httpx.MockTransport(handler)
+
+
+def bad_logins(registry: Revocable) -> int:
+    """Token requests that carried the (revoked) login: scoped ones and the checks."""
+    scoped = sum(1 for _, sent in registry.scoped if sent == LOGIN)
+    return scoped + registry.checks
+
+
+# --- 1. a password revoked after a quiet spell, sent by every concurrent miss ---------------
+
+
+async def test_a_revoked_password_is_not_sent_by_every_concurrent_miss(now: list[float]) -> None:
+    """The login accepted, 150 s of quiet (trusted still, for ``LOGIN_TRUSTED``), the password
+    revoked, then 10 misses of 10 repositories at once: each sent the login before the first
+    ``401`` came back, 10 scoped requests and a check, 11 failed logins on the account (one
+    before ddc0359, which checked it after a minute). Now one miss's request goes with it,
+    the others wait for its outcome: its ``401``'s check refuses the login, all go
+    anonymously."""
+    registry = Revocable()
+    async with httpx.AsyncClient(transport=answering_late(registry)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        assert await miss(tokens, "owner/a") == 200
+        before = bad_logins(registry)  # the first miss's check and scoped request (accepted)
+        now[0] += 150
+        registry.revoked = True
+        repositories = [f"owner/img{n}" for n in range(10)]
+        answers = await asyncio.gather(*(miss(tokens, r) for r in repositories))
+    assert answers == [200] * 10  # public: read with anonymous tokens
+    assert bad_logins(registry) - before <= 2  # the one scoped request, and its check
+    assert tokens.login_refused(Upstream("https://registry.test"))
+    anonymous = {scope for scope, sent in registry.scoped if sent is None}
+    assert anonymous == {f"repository:{r}:pull" for r in repositories}
+
+
+async def test_a_good_login_after_a_quiet_spell_serves_every_concurrent_miss(
+    now: list[float],
+) -> None:
+    """The same 10 concurrent misses after 150 s, the password still good: the one request
+    that went first renews the acceptance, and every miss gets its token with the login,
+    without another scope-less check."""
+    registry = Revocable()
+    async with httpx.AsyncClient(transport=answering_late(registry)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        assert await miss(tokens, "owner/a") == 200
+        now[0] += 150
+        repositories = [f"owner/img{n}" for n in range(10)]
+        answers = await asyncio.gather(*(miss(tokens, r) for r in repositories))
+    assert answers == [200] * 10
+    assert registry.checks == 1  # the first miss's only
+    with_login = {scope for scope, sent in registry.scoped if sent == LOGIN}
+    assert with_login == {"repository:owner/a:pull"} | {
+        f"repository:{r}:pull" for r in repositories
+    }
+    assert all(sent == LOGIN for _, sent in registry.scoped)
+
+
+async def test_a_fresh_acceptance_makes_no_miss_wait(now: list[float]) -> None:
+    """Within ``REFUSED_TTL`` of the acceptance, concurrent misses send their requests at once,
+    as before: none waits for another's answer."""
+    registry = Revocable()
+    in_flight = [0, 0]  # now, most
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        scoped = request.url.host == "auth.test" and "scope" in request.url.params
+        if scoped:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+        await asyncio.sleep(0.02)
+        if scoped:
+            in_flight[0] -= 1
+        return registry(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        assert await miss(tokens, "owner/a") == 200
+        now[0] += 30
+        answers = await asyncio.gather(*(miss(tokens, f"owner/img{n}") for n in range(5)))
+    assert answers == [200] * 5
+    assert in_flight[1] == 5
+    assert registry.checks == 1
+
+
+# --- 3. an upstream with Basic auth: a wrong password never showed on /health --------------
+
+
+class BasicRegistry:
+    """A registry with Basic auth and no token service: ``/v2/`` challenges ``Basic``, and any
+    request with the login ``robot:`` :attr:`password` is answered 200, anything else 401."""
+
+    def __init__(self) -> None:
+        self.password = "right"
+        self.logins: list[str | None] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        sent = request.headers.get("authorization")
+        if request.url.path != "/v2/":
+            self.logins.append(sent)
+        if sent == basic_authorization("robot", self.password):
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="registry"'})
+
+
+@pytest.mark.xfail(strict=True, reason="a Basic 401 never judges the login")
+async def test_a_basic_upstreams_refused_login_shows_on_health() -> None:
+    """A Basic upstream the mirror's ``upstream.password`` is wrong for: its own requests got
+    ``401`` and ``UpstreamHealth.login`` stayed None, so ``/health`` said ``ok``. It now says
+    ``refused``, and ``accepted`` once a request with the login gets through."""
+    registry = BasicRegistry()
+    registry.password = "rotated"
+    upstream = Upstream("https://registry.test", credentials=("robot", "right"))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
+        client = UpstreamClient(http)
+        tokens = MirrorTokens(client)
+        answer = await tokens.send(upstream, "GET", "owner/a", "/v2/owner/a/manifests/1")
+        await answer.aclose()
+        assert answer.status_code == 401
+        health = client.health_of(upstream)
+        assert health.login == "refused"
+        assert health.login_refused_since is not None
+        registry.password = "right"
+        answer = await tokens.send(upstream, "GET", "owner/a", "/v2/owner/a/manifests/1")
+        await answer.aclose()
+        assert answer.status_code == 200
+    assert registry.logins == [basic_authorization("robot", "right")] * 2
+    assert health.login == "accepted"
+    assert health.login_refused_since is None
