@@ -581,7 +581,7 @@ class UpstreamClient:
             over_https = urlsplit(upstream.registry).scheme.lower() == "https"
             over_https = over_https and not on_registry_host(url, upstream.registry)
             await self._guard_first(upstream, url, over_https, marks)
-        for _ in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
             try:
                 response = await self._sent(method, url, current_headers, params, content, marks)
             except httpx.PoolTimeout as exc:
@@ -613,6 +613,8 @@ class UpstreamClient:
             health.answered(response.status_code, own, pull, response.headers.get("retry-after"))
             if own:
                 health.saw(response.headers)
+            if hop == 0 and mirror_credentials and not token_service:
+                self._basic_login_answered(upstream, headers, response.status_code)
             if response.status_code not in REDIRECT_STATUSES:
                 return response
             location = response.headers.get("location")
@@ -727,6 +729,35 @@ class UpstreamClient:
                     raise
                 log.debug("upstream: %s, sent again", failure(f"{method} {url_host(url)}", exc))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _basic_login_answered(
+        self, upstream: Upstream, headers: list[tuple[str, str]], status: int
+    ) -> None:
+        """The registry's answer to a request of the mirror's own with its Basic login (an
+        upstream without a token service: :meth:`MirrorTokens.headers`, or ``basic_login``
+        for a request passed through): a ``401`` refused the login (``upstream.password``
+        wrong or revoked), a success or a redirect let it in; :attr:`UpstreamHealth.login`
+        says so on ``/health``. One WARNING and one recent error when it comes to be refused,
+        one INFO line when accepted again. (The token service's verdicts are
+        :mod:`docxy.upstream.tokens`'.)"""
+        if upstream.credentials is None:
+            return
+        sent = next((v for k, v in headers if k.lower() == "authorization"), "")
+        if not sent.lower().startswith("basic "):
+            return
+        health = self.health_of(upstream)
+        user = upstream.credentials[0]
+        if status == 401:
+            if health.login_judged(False) == "refused":
+                return
+            said = (
+                f"{upstream.host} answered 401 to the mirror's own Basic login ({user}): its "
+                "password is wrong or revoked"
+            )
+            log.warning("%s", said)
+            health.recent_failures.append((health.clock(), "login_refused", said))
+        elif status < 400 and health.login_judged(True) == "refused":
+            log.info("%s accepted the mirror's own Basic login (%s) again", upstream.host, user)
 
     def _log_pool_full(self, said: str) -> None:
         """One WARNING a minute at most: a crowd that fills the pool would write one a request.

@@ -7,12 +7,16 @@ passes."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import httpx
-import pytest
 
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens, basic_authorization
+from tests.unit.test_pull_blobs import basic, mirror
+from tests.unit.test_pull_manifests import BasicRegistry as ManifestBasicRegistry
+from tests.unit.test_pull_scoped_blobs import DOCKER_MANIFEST
 from tests.unit.test_review_tokens4 import LOGIN, Revocable, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401  (fixture)
 
@@ -128,7 +132,6 @@ class BasicRegistry:
         return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="registry"'})
 
 
-@pytest.mark.xfail(strict=True, reason="a Basic 401 never judges the login")
 async def test_a_basic_upstreams_refused_login_shows_on_health() -> None:
     """A Basic upstream the mirror's ``upstream.password`` is wrong for: its own requests got
     ``401`` and ``UpstreamHealth.login`` stayed None, so ``/health`` said ``ok``. It now says
@@ -152,3 +155,28 @@ async def test_a_basic_upstreams_refused_login_shows_on_health() -> None:
     assert registry.logins == [basic_authorization("robot", "right")] * 2
     assert health.login == "accepted"
     assert health.login_refused_since is None
+
+
+async def test_a_basic_upstreams_refused_login_degrades_health(tmp_path: Path) -> None:
+    """The same through the mirror, the cache off (each pull passed through with the mirror's
+    own Basic login, ``basic_login``): ``/health`` said ``ok`` while every pull got the
+    registry's ``401``; it says ``degraded``, ``login: refused``, without the password."""
+    registry = ManifestBasicRegistry()
+    content = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST}).encode()
+    registry.tag("1", content)
+    settings = {
+        "upstream__username": "bot",
+        "upstream__password": "wrong",
+        "cache__enabled": "false",
+    }
+    async with mirror(tmp_path, registry, **settings) as app:
+        client = app.test_client()
+        response = await client.get("/v2/team/tool/manifests/1")
+        assert response.status_code == 401
+        text = await (await client.get("/health")).get_data(as_text=True)
+    report = json.loads(text)
+    assert report["status"] == "degraded"
+    assert report["upstream"]["login"] == "refused"
+    assert "wrong" not in text
+    asked = [r.headers.get("authorization") for r in registry.requests if r.url.path != "/v2/"]
+    assert asked == [basic("bot", "wrong")]
