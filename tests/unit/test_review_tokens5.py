@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 
 from docxy.upstream.client import Upstream, UpstreamClient
-from docxy.upstream.tokens import MirrorTokens, basic_authorization
+from docxy.upstream.tokens import REFUSED_TTL, MirrorTokens, basic_authorization
 from tests.unit.test_pull_blobs import basic, mirror
 from tests.unit.test_pull_manifests import BasicRegistry as ManifestBasicRegistry
 from tests.unit.test_pull_scoped_blobs import DOCKER_MANIFEST
-from tests.unit.test_review_tokens4 import LOGIN, Revocable, miss
+from tests.unit.test_review_tokens4 import LOGIN, ROBOT, Revocable, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401  (fixture)
 
 
@@ -180,3 +180,31 @@ async def test_a_basic_upstreams_refused_login_degrades_health(tmp_path: Path) -
     assert "wrong" not in text
     asked = [r.headers.get("authorization") for r in registry.requests if r.url.path != "/v2/"]
     assert asked == [basic("bot", "wrong")]
+
+
+# --- 2. when /health's ``login: refused`` clears ---------------------------------------------
+
+
+async def test_a_refused_login_clears_at_the_next_token_request_past_the_minute(
+    now: list[float],
+) -> None:
+    """What the README says of ``login: "refused"``: no request is made to find out; past the
+    refusal's minute it stands while the mirror needs no new token (a token it holds serves
+    a repository's requests), and clears at its next token request with the login."""
+    registry = Revocable()
+    registry.revoked = True
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
+        client = UpstreamClient(http)
+        tokens = MirrorTokens(client)
+        assert await miss(tokens, "owner/a") == 200
+        health = client.health_of(ROBOT)
+        assert health.login == "refused"
+        registry.revoked = False  # the account mended upstream
+        now[0] += REFUSED_TTL + 1
+        asked = (registry.checks, len(registry.scoped))
+        assert await miss(tokens, "owner/a") == 200  # its anonymous token still held
+        assert (registry.checks, len(registry.scoped)) == asked
+        assert health.login == "refused"
+        assert await miss(tokens, "owner/b") == 200  # a token to ask for: the login goes
+    assert health.login == "accepted"
+    assert registry.scoped[-1] == ("repository:owner/b:pull", LOGIN)
