@@ -924,6 +924,8 @@ async def test_health_shape_before_any_upstream_call() -> None:
         "last_rate_limited": None,
         "stale_served": 0,
         "last_stale": None,
+        "login": None,  # no login configured: nothing judged (fe45a4d)
+        "login_refused_since": None,
         "healthy": True,
     }
     assert m.upstream.requests == []
