@@ -117,12 +117,15 @@ fi
 # written by an image whose docxy user had another UID (before the Dockerfile pinned 999, on a
 # base where `useradd --system` picked another) stops the mirror. Say which and how to hand it
 # over once; the mirror still starts and reports its own error, as supervisord expects.
-me="$(id -u):$(id -g)"
+# One command substitution per command: bash 5.2 (bookworm's) fails to parse a trap's action
+# (exit 2, "unexpected EOF") when the signal comes during the first of two in one command.
+me="$(id -u)"
+me+=":$(id -g)"
 for volume in "$DOCXY_CACHE_DIR" "$state/certs"; do
   for dir in "$volume" "$volume"/*/; do
     if [[ -d "$dir" && ! -w "$dir" ]]; then
-      echo "docxy: cannot write ${dir%/} (owner $(stat -c %u:%g -- "$dir"), mode" \
-        "$(stat -c %a -- "$dir")) as $me. Left by an image whose docxy user had another UID?" \
+      echo "docxy: cannot write ${dir%/} ($(stat -c 'owner %u:%g, mode %a' -- "$dir"))" \
+        "as $me. Left by an image whose docxy user had another UID?" \
         "Give it to this one once: docker compose run --rm --user 0 --entrypoint chown docxy" \
         "-R $me $volume (or docker run --rm --user 0 -v VOLUME:$volume --entrypoint chown" \
         "IMAGE -R $me $volume)" >&2
