@@ -1164,7 +1164,9 @@ def _from_env(
             found[key] = (environ[alias], f"env {alias}")
     # The container's DOCXY_EMAIL (.env), with a DOCXY_DOMAIN (entrypoint.sh), is certs.email
     # unless DOCXY_CERTS_EMAIL is set, and named as written wherever it is refused.
-    if "DOCXY_EMAIL" in environ and "DOCXY_CERTS_EMAIL" not in environ:
+    # An empty DOCXY_CERTS_EMAIL= (a .env line left blank) does not hide it, as the entrypoint's
+    # ${DOCXY_CERTS_EMAIL:-$DOCXY_EMAIL} did not.
+    if "DOCXY_EMAIL" in environ and not environ.get("DOCXY_CERTS_EMAIL", "").strip():
         if environ.get("DOCXY_DOMAIN", "").strip():
             found["certs.email"] = (environ["DOCXY_EMAIL"], "env DOCXY_EMAIL")
     for name, value in environ.items():
@@ -1178,6 +1180,8 @@ def _from_env(
                 continue
             key = name[len(prefix) :].lower()
             full = f"{section}.{key}"
+            if full == "certs.email" and "certs.email" in found and not value.strip():
+                break  # DOCXY_CERTS_EMAIL= left blank: DOCXY_EMAIL's, above
             if key not in keys and full not in SECRET_FILE_KEYS:
                 _refuse(_unknown_key(full, f"env {name}"), full, deferred)
             else:

@@ -306,6 +306,15 @@ exec {python} "$@"
 """
 
 
+SLOW_ID = """#!/usr/bin/env bash
+# `id`, first on PATH: the entrypoint's `me="$(id -u)..."` says it has begun, then takes two
+# seconds (bash runs a trap once a command substitution under way has ended).
+echo "$$" >"{ready}"
+sleep 2
+exec /usr/bin/id "$@"
+"""
+
+
 def test_a_stop_during_the_entrypoints_checks_ends_the_container_at_once(
     tmp_path: Path,
 ) -> None:
@@ -315,6 +324,20 @@ def test_a_stop_during_the_entrypoints_checks_ends_the_container_at_once(
     before its SIGKILL. Here the entrypoint is PID 1 of a PID namespace of its own (as in the
     container) and its check takes 30 s: SIGTERM from outside (as dockerd sends it) must end
     it within a few seconds."""
+    stopped_during(tmp_path, "python", SLOW_CHECK)
+
+
+def test_a_stop_during_the_volume_check_ends_it_with_143(tmp_path: Path) -> None:
+    """The same stop while the volumes' check asks `id`: bash 5.2 (bookworm's) fails to parse
+    the trap's action when the signal comes during the first of two command substitutions in
+    one command (`me="$(id -u):$(id -g)"`): exit 2 and "unexpected EOF", the code of a refused
+    setting (found by a read of 95e44d9)."""
+    stopped_during(tmp_path, "id", SLOW_ID)
+
+
+def stopped_during(tmp_path: Path, name: str, fake: str) -> None:
+    """Runs the entrypoint as PID 1 of a PID namespace with ``fake`` (a script writing its
+    ``{ready}`` file, then slow) first on PATH as ``name``; SIGTERM once it is ready."""
     if shutil.which("unshare") is None:
         pytest.skip("no unshare here")
     probe = subprocess.run(
@@ -326,9 +349,9 @@ def test_a_stop_during_the_entrypoints_checks_ends_the_container_at_once(
     ready = tmp_path / "ready"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    python = bin_dir / "python"
-    python.write_text(SLOW_CHECK.format(ready=ready, python=sys.executable))
-    python.chmod(0o755)
+    slow = bin_dir / name
+    slow.write_text(fake.format(ready=ready, python=sys.executable))
+    slow.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
     env |= {
         "PATH": f"{bin_dir}:{env['PATH']}",
@@ -575,6 +598,15 @@ def test_the_containers_certs_email_wins_and_is_named_as_set(tmp_path: Path) -> 
     assert "'bad-one' (env DOCXY_CERTS_EMAIL)" in said, said
     said = container_config(tmp_path, DOCXY_EMAIL="bad-one", DOCXY_CERTS_EMAIL="ops@example.org")
     assert "certs.email = ops@example.org" in said and "bad-one" not in said, said
+
+
+def test_a_blank_certs_email_line_does_not_hide_the_containers_email(tmp_path: Path) -> None:
+    """A .env with DOCXY_CERTS_EMAIL= left blank beside DOCXY_EMAIL: the entrypoint's old
+    ${DOCXY_CERTS_EMAIL:-$DOCXY_EMAIL} took DOCXY_EMAIL; the first version of the mirror's own
+    reading (afa3ce1) took the blank instead, and the account went without an email (found
+    by a read of afa3ce1)."""
+    said = container_config(tmp_path, DOCXY_EMAIL="ops@example.org", DOCXY_CERTS_EMAIL="")
+    assert "certs.email = ops@example.org" in said, said
 
 
 def test_installs_email_from_env_is_refused_as_docxy_email(
