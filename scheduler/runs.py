@@ -383,6 +383,9 @@ class Runs:
             "failing_since": _iso(self.failing_since),
             "next_run": _iso(next_run),
             "reload_pending": self.reload_pending,
+            # Which domain it was written for: a mirror without certs.domain shows a refusal
+            # only from a renewer without one too (docxy.http.server.renewal_provider).
+            "domain": self.settings.domain,
         }
         certificate = self.certificate() or self.restored_certificate
         if certificate is not None:

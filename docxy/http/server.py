@@ -336,7 +336,11 @@ def renewal_provider(config: Config) -> Callable[[], dict[str, object] | None] |
     nothing). Without ``certs.domain`` the renewer renews nothing (it idles, writing no
     status), so nothing is said, but for a refusal of its own settings (``refused``: it holds,
     ``scheduler.main.hold``), shown as with a domain (/health ``degraded``): it was in the
-    renewer's log alone."""
+    renewer's log alone. Only from a file that says it was written without a domain too
+    (``domain``: null): one a held renewer wrote with a domain stayed there once the domain
+    was gone (the appliance then starts no renewer to drop it), and /health stayed
+    ``degraded`` for ever. A file from before ``domain`` was written is not shown either:
+    a renewer without a domain that still holds writes it anew at its start."""
     renewal_dir = config.certs.config_dir
     if renewal_dir is None:
         return None
@@ -345,7 +349,9 @@ def renewal_provider(config: Config) -> Callable[[], dict[str, object] | None] |
 
     def refusal_only() -> dict[str, object] | None:
         status = renewal_status(renewal_dir)
-        return status if status.get("refused") else None
+        if not status.get("refused") or "domain" not in status or status["domain"] is not None:
+            return None
+        return status
 
     return refusal_only
 
