@@ -280,10 +280,15 @@ RUN_REFUSES = frozenset({"certs.email"})
 def renewer_refuses(key: str) -> str:
     """What ``docxy serve`` says of a renewer-only setting it set aside."""
     if key in RUN_REFUSES:
-        return "every certificate renewal fails with it (shown on /health) until it is mended"
+        return (
+            "every certificate renewal fails with it until it is mended (the failures counted"
+            " on /health, the reason on the admin /status.json)"
+        )
     return (
-        "the renewer (python -m scheduler) schedules no renewal with it, until it is mended and"
-        " the renewer restarted (shown on /health); the mirror itself goes on"
+        "the renewer (python -m scheduler) schedules no renewal with it until it is mended: it"
+        " reads its config file again every minute and on SIGHUP (a mended environment"
+        " variable needs its restart); /health is degraded with renewal.refused, the reason"
+        " on the admin /status.json; the mirror itself goes on"
     )
 
 

@@ -90,7 +90,6 @@ def test_a_refusal_written_with_a_domain_is_not_shown_by_a_mirror_without_one(
 # --- 2. what docxy serve says of a refused renewer setting --------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: says restart, /health")
 def test_what_serve_says_of_a_refused_renewer_setting_is_true() -> None:
     """Logged at every ``docxy serve`` start and printed by --show-config: "until it is mended
     and the renewer restarted (shown on /health)". No restart is needed (read again every
