@@ -176,6 +176,8 @@ class SignalStop:
         stopping = False
         while data := self._readable.recv(64):
             for signum in data:
+                if signum == signal.SIGHUP:  # main's handler (_noted): said, nothing else
+                    log.info(NOTHING_HELD)
                 if signum not in self._signals:
                     continue
                 if stopping:
@@ -204,6 +206,10 @@ class SignalStop:
 def _noted(_signum: int, _frame: FrameType | None) -> None:
     """The Python side of a signal :class:`SignalStop` watches: nothing (the wake-up socket
     carries it); without a handler of Python's own the signal would end the process."""
+
+
+#: What a renewer that holds nothing (:func:`hold`) logs of a SIGHUP, which it otherwise ignores.
+NOTHING_HELD = "SIGHUP: settings are read at start; nothing held"
 
 
 def idle(settings: settings_mod.Settings) -> int:
@@ -236,9 +242,13 @@ def _drop_refusal(settings: settings_mod.Settings) -> None:
 
 
 def _wait_for_stop() -> int:
+    """Until SIGTERM or SIGINT; a SIGHUP is logged (:data:`NOTHING_HELD`) and waited past."""
     stop = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-    log.info("signal %d: stopping", signal.sigwait(stop))
+    waited = stop | {signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    while (got := signal.sigwait(waited)) not in stop:
+        log.info(NOTHING_HELD)
+    log.info("signal %d: stopping", got)
     return 0
 
 
@@ -344,6 +354,10 @@ def stopped_by(signals: Sequence[int]) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: the README tells the operator to send SIGHUP once a setting is mended, and
+    # a renewer that was not held (hold waits for it itself) died of it, its default action;
+    # systemd's Restart=on-failure takes such a death for a clean exit and left it down.
+    signal.signal(signal.SIGHUP, _noted)
     configure_logging()
     flags = list(sys.argv[1:] if argv is None else argv)
     try:
