@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -262,10 +263,11 @@ def hold(settings: settings_mod.Settings, flags: Sequence[str] = ()) -> settings
     ``docxy certs status`` says it), schedule no run, and read them again (``flags`` and the
     environment as at start, the config file as it is now) every :data:`HOLD_RECHECK` seconds
     and at once on SIGHUP. The settings mended: returned, and the renewer starts with them
-    (its first status drops the refusal); SIGTERM or SIGINT first: 0. Exiting instead made
-    supervisord mark the renewer FATAL, and its listener took the container, the mirror
-    serving pulls with it, down at every start; holding until restarted left a mended
-    setting unused (and SIGHUP, not handled, ended the renewer)."""
+    (its first status drops the refusal); SIGTERM or SIGINT first: 0. Refused another way,
+    the mirror's too (what exits 2 at a start): still held, the status saying the new reason.
+    Exiting instead made supervisord mark the renewer FATAL, and its listener took the
+    container, the mirror serving pulls with it, down at every start; holding until
+    restarted left a mended setting unused (and SIGHUP, not handled, ended the renewer)."""
     log.error(
         "the renewer's settings are refused: %s; no renewal is scheduled until they are "
         "mended: read again every %.0f s and on SIGHUP (the mirror goes on serving)",
@@ -285,12 +287,17 @@ def hold(settings: settings_mod.Settings, flags: Sequence[str] = ()) -> settings
             try:
                 mended = settings_mod.load(flags)
             except ConfigError as exc:
+                # One the mirror refuses too (held: None) exits 2 at a start, but not here: the
+                # mirror beside it serves with the settings it started with, and exiting made
+                # supervisord give the renewer up after five quick exits (FATAL), its listener
+                # stop the container, and the entrypoint's check refuse every restart of it,
+                # for a config file edited (perhaps half-way) under a running mirror. It holds,
+                # and its status says the reason now (it kept the old one).
                 again = settings_mod.held(flags)
                 why = again.halted if again is not None else str(exc)
                 if why != said:  # another refusal: said (and written) once
                     log.error("the renewer's settings are still refused: %s", why)
-                    if again is not None:
-                        _say_refused(again)
+                    _say_refused(again or dataclasses.replace(settings, halted=why))
                     said = why
                 elif got is not None:
                     log.info("SIGHUP: the renewer's settings are still refused: %s", why)

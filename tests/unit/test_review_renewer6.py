@@ -165,7 +165,6 @@ def test_sighup_does_not_end_an_idle_renewer(
 # --- 4. a held renewer whose settings go bad another way ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 4: the held renewer keeps the old reason")
 @pytest.mark.usefixtures("terminate_after")
 def test_a_held_renewer_says_the_new_reason_when_the_mirror_refuses_it_too(
     tmp_path: Path,
