@@ -13,6 +13,7 @@ so the process that waits between runs stays small.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -98,22 +99,28 @@ OWNERS_LOOKED_AT = 20000
 DENIED = ("Permission denied", "Operation not permitted")
 
 
-def not_owned(settings: Settings) -> tuple[Path, int] | None:
+def _pair(settings: Settings) -> list[Path]:
+    """The served pair's files (those set)."""
+    return [path for path in (settings.cert_path, settings.key_path) if path is not None]
+
+
+def not_owned(settings: Settings) -> tuple[Path, int, Path] | None:
     """The first path this process may be denied because another user owns it, with that
-    owner: in ``certs.config_dir`` (certbot's whole tree, the status file), the webroot's
-    ``.well-known/`` and the served pair. None as root, or when all are this user's."""
+    owner and the top it was found under: ``certs.config_dir`` (certbot's whole tree, the
+    status file), the webroot's ``.well-known/`` or a file of the served pair (its own top).
+    None as root, or when all are this user's."""
     uid = os.geteuid()
     if uid == 0:
         return None
     tops = [settings.config_dir]
     if settings.certs.webroot is not None:
         tops.append(settings.certs.webroot / ".well-known")
-    tops += [path for path in (settings.cert_path, settings.key_path) if path is not None]
+    tops += _pair(settings)
     looked = 0
     for top in tops:
         try:
             if top.lstat().st_uid != uid:
-                return top, top.lstat().st_uid
+                return top, top.lstat().st_uid, top
         except OSError:
             continue
         for where, dirs, files in os.walk(top, onerror=lambda _exc: None):
@@ -127,8 +134,23 @@ def not_owned(settings: Settings) -> tuple[Path, int] | None:
                 except OSError:
                     continue
                 if owner != uid:
-                    return path, owner
+                    return path, owner, top
     return None
+
+
+def _chown(settings: Settings, top: Path, uid: int, gid: int) -> str:
+    """The chown that hands `top` back: the whole tree of certs.config_dir or of the webroot's
+    ``.well-known/``; for the served pair, its files that are another's, by name (their
+    directory may be one of the system's, /etc/ssl: no ``-R`` there)."""
+    pair = _pair(settings)
+    if top not in pair:
+        return f"chown -R {uid}:{gid} {top}"
+    others = []
+    for path in pair:
+        with contextlib.suppress(OSError):
+            if path.lstat().st_uid != uid and path not in others:
+                others.append(path)
+    return f"chown {uid}:{gid} {' '.join(str(path) for path in others or [top])}"
 
 
 def owners_hint(settings: Settings, reason: str) -> str:
@@ -141,13 +163,14 @@ def owners_hint(settings: Settings, reason: str) -> str:
     found = not_owned(settings)
     if found is None:
         return reason
-    path, owner = found
+    path, owner, top = found
     uid, gid = os.geteuid(), os.getegid()
     return (
         f"{reason}; {path} is uid {owner}'s, not the renewer's (uid {uid}): left by a run as "
         "root? Run `docxy certs renew` as root once (the container: `docker compose exec -u 0 "
-        "docxy docxy certs renew`), which hands what it finds in certs.config_dir back to its "
-        f"owner, or `chown -R {uid}:{gid} {settings.config_dir}`"
+        "docxy docxy certs renew`), which hands what it finds in certs.config_dir, the "
+        "webroot's .well-known/ and the served pair back to their owner, or "
+        f"`{_chown(settings, top, uid, gid)}`"
     )
 
 

@@ -208,7 +208,6 @@ def test_a_held_renewer_says_the_new_reason_when_the_mirror_refuses_it_too(
 # --- 5. the chown named for a path not the renewer's --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 5: the chown names certs.config_dir")
 def test_a_served_pair_of_roots_is_named_in_the_chown_not_the_config_dir(
     appliance: Appliance,  # noqa: F811
 ) -> None:
