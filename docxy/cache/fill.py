@@ -1138,7 +1138,11 @@ class BlobFollower(ClosingStream):
             return whole and hasher.hexdigest() == fill.digest.hex
 
         resuming = Resuming(
-            lambda offset: rest(offset, fill.size), start, self._went_on, complete=complete
+            lambda offset: rest(offset, fill.size),
+            start,
+            self._went_on,
+            complete=complete,
+            end=fill.size,  # a rest of no length that ends cleanly short of it: a break
         )
         held = b""  # the last byte seen so far: it goes out once the whole is verified
         try:
@@ -1362,6 +1366,10 @@ async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
         download.broke_off,
         lambda: fill.state is FillState.WRITING,
         complete=writer.whole,
+        # Where the blob ends, as its download said (a pumped body is not handed to Resuming,
+        # which would read it from there): a rest of no length (a 200, the Range ignored, to
+        # the close) that ends cleanly short of it is a break, not the blob's end.
+        end=download.size,
     )
     first: Download | None = download
     if download.body is not None:  # read by the pump's thread; its rests on the loop

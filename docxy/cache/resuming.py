@@ -90,7 +90,9 @@ class Resuming:
     #: over, not resumed (a rest from the blob's end is a 416). None: always resumed.
     complete: Callable[[], Awaitable[bool]] | None = None
     #: Where the blob ends, as the latest download of a known length said (its start and
-    #: length): None while none did.
+    #: length), or as the caller knew it before (the fill's download, its Content-Length):
+    #: None while none did. Never from the length a caller expected: a rest's own length is
+    #: only what its answer says.
     end: int | None = None
 
     def broke(self, exc: Exception, start: int, source: Download | None = None) -> None:

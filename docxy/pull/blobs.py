@@ -410,17 +410,21 @@ class BlobService:
         self._holds_blob(pull)
         broke_off = (httpx.TransportError,)  # a cut or stalled body: the caller's to say
         gave_up = partial(self._gave_up, pull)
-        # The rest's length, when known, even from an answer of none (to the close, or
-        # chunked): a body that ends short of it, cleanly closed, is a break to go on from, not
-        # the blob's end (see Resuming.chunks); one running past it is not the blob's rest.
+        # The rest's length, when its answer says it, even one of no length (to the close, or
+        # chunked) by its Content-Range: a body that ends short of it, cleanly closed, is a
+        # break to go on from, not the blob's end (see Resuming.chunks); one running past it is
+        # not the blob's rest.
         if status == 206:
             span = parse_content_range(answer.headers.get("content-range"))
             if known is None and span is not None:  # checked by not_the_rest: from offset
                 known = span[1] - offset
             chunks = answer.aiter_raw()
             return Download(known, chunks, answer.aclose, broke_off=broke_off, gave_up=gave_up)
-        whole = known if known is not None else size
-        left = None if whole is None else max(whole - offset, 0)
+        # A 200 (the Range ignored) of no length says none: never the ``size`` the caller
+        # expected, which the shared tier would take for the upstream confirming a stored
+        # object's length (SharedTier._room_for). Where the blob ends is then still known to
+        # the caller's Resuming from the download before, if that said a length.
+        left = None if known is None else max(known - offset, 0)
         chunks = _skipped(answer.aiter_raw(), offset)
         return Download(left, chunks, answer.aclose, broke_off=broke_off, gave_up=gave_up)
 
