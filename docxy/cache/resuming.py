@@ -94,6 +94,10 @@ class Resuming:
     #: None while none did. Never from the length a caller expected: a rest's own length is
     #: only what its answer says.
     end: int | None = None
+    #: Whether a fetched rest that ends short (:class:`EndedShort`) is a break of this one's:
+    #: False raises it to the caller as it is, for a Resuming of its own to go on from (the
+    #: shared store's hand-over, allowed once, whose rest's breaks are the fill's).
+    short_is_break: bool = True
 
     def broke(self, exc: Exception, start: int, source: Download | None = None) -> None:
         """A download (``source``) that began at byte ``start`` broke off at :attr:`at` with
@@ -121,11 +125,8 @@ class Resuming:
             start = self.at
             if current.size is not None:
                 self.end = start + current.size
-            breaks: tuple[type[Exception], ...] = (
-                *self.broke_off,
-                *current.broke_off,
-                EndedShort,
-            )
+            short = (EndedShort,) if self.short_is_break else ()
+            breaks: tuple[type[Exception], ...] = (*self.broke_off, *current.broke_off, *short)
             try:
                 assert current.chunks is not None, "a resumed download is read on the loop"
                 async for chunk in current.chunks:

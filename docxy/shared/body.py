@@ -12,7 +12,8 @@ bytes from there on spent upstream quota, and are counted as the upstream's.
 
 The hand-over is a :class:`~docxy.cache.resuming.Resuming` allowed once (the one rule for a
 download that breaks off), its one INFO line this module's. A rest that breaks off in its turn
-is not this one's to go on from: its error reaches the fill as it is, whose own ``Resuming``
+is not this one's to go on from: its error (or its ending cleanly short of the blob's end,
+:class:`~docxy.cache.resuming.EndedShort`) reaches the fill as it is, whose own ``Resuming``
 goes on from there (counted among its :data:`~docxy.cache.resuming.RESUMES`). Each rest is
 closed once read, broken off, or when the body is closed midway.
 
@@ -74,8 +75,10 @@ class ObjectBody:
         # The hand-over is a resume (Resuming, the one rule for a download that breaks off)
         # allowed once: from the store's body to the upstream's rest. A rest that breaks off
         # in its turn is the fill's to go on from (its own Resuming, which counts it among
-        # its resumes), so the rest's errors are not this one's to catch.
-        resuming = Resuming(self._rest, 0, self._went_on, limit=1)
+        # its resumes), so the rest's errors are not this one's to catch; nor is its ending
+        # cleanly short of the blob's end (EndedShort), a break the fill's Resuming goes on
+        # from (this one, allowed once, gave up on it: the fill failed, its clients cut).
+        resuming = Resuming(self._rest, 0, self._went_on, limit=1, short_is_break=False)
         stored = Download(self.size, self._stored(), _nothing, broke_off=(httpx.HTTPError,))
         self._resuming = resuming.chunks(stored)
         async for chunk in self._resuming:

@@ -178,7 +178,6 @@ class ShortFirstRest(CutBucket):
         return httpx.Response(206, headers=span, stream=Unsized(sent))
 
 
-@pytest.mark.xfail(strict=True, reason="the hand-over gives up on EndedShort")
 async def test_a_short_rest_after_the_shared_body_broke_off_is_resumed(tmp_path: Path) -> None:
     """README: a rest that ends short of the blob's end is a break, resumed (up to three
     times). After the shared store's body broke off, the hand-over's own Resuming (allowed
@@ -195,7 +194,6 @@ async def test_a_short_rest_after_the_shared_body_broke_off_is_resumed(tmp_path:
     assert [path.read_bytes() == BLOB for path in kept] == [True]
 
 
-@pytest.mark.xfail(strict=True, reason="the hand-over gives up on EndedShort")
 async def test_the_hand_over_raises_a_short_rest_as_it_is() -> None:
     """The object body's hand-over gives its short end to the fill (EndedShort, a break the
     fill's Resuming goes on from), not a give-up of its own (BrokeOff)."""
