@@ -67,16 +67,20 @@ def request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]
     return [(k, v) for k, v in headers if k.lower() in FORWARD_REQUEST]
 
 
-def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream response headers to relay to the client, hop-by-hop and rewritten ones dropped."""
+def response_headers(
+    headers: Iterable[tuple[str, str]], *, head: bool = False
+) -> list[tuple[str, str]]:
+    """Upstream response headers to relay to the client, hop-by-hop and rewritten ones dropped.
+    ``head``: the answer to a HEAD, which has no body for a Transfer-Encoding to frame."""
     connection_named = set()
     pairs = list(headers)
     for key, value in pairs:
         if key.lower() == "connection":
             connection_named |= {token.strip().lower() for token in value.split(",")}
-    if _transfer_coded(pairs):
+    if not head and _transfer_coded(pairs):
         # Its Content-Length is not its body's (RFC 9112 6.3: an intermediary that forwards
-        # such an answer drops it): relayed, it said another length than the bytes sent.
+        # such an answer drops it): relayed, it said another length than the bytes sent. A
+        # HEAD's has no body to misframe: its Content-Length (the blob's) is kept.
         connection_named.add("content-length")
     return [
         (k, v)

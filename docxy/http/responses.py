@@ -281,7 +281,7 @@ def relay(
     when it is dropped unstarted (the client left before its first byte: Quart closes only a
     body it began to send).
     """
-    headers = response_headers(upstream.headers.multi_items())
+    headers = response_headers(upstream.headers.multi_items(), head=method == "HEAD")
     offered = upstream.headers.get_list("www-authenticate")
     for challenge in rewrite_challenges(offered, realm, library_prefix, prefix=prefix):
         headers.append(("WWW-Authenticate", challenge))

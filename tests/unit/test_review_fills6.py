@@ -211,7 +211,6 @@ async def test_the_hand_over_raises_a_short_rest_as_it_is() -> None:
 # 3. A relayed HEAD keeps its Content-Length.
 
 
-@pytest.mark.xfail(strict=True, reason="response_headers drops it for HEAD too")
 def test_a_relayed_head_keeps_its_content_length_beside_a_transfer_encoding() -> None:
     """A HEAD has no body, so no framing for its Transfer-Encoding to override: its
     Content-Length (the blob's) is relayed, as relay's docstring says. A GET's is dropped."""
