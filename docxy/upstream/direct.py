@@ -455,7 +455,9 @@ def _unread_coding(response: http.client.HTTPResponse) -> str | None:
     """An answer's ``Transfer-Encoding`` when it is not just ``chunked`` (None: none, or just
     that). http.client reads only a first such header that says exactly ``chunked`` by its
     chunks; any other (``gzip, chunked``, two headers) it read by the Content-Length or to
-    the close, the chunk framing taken for the blob's bytes: refused, as httpx's h11 does."""
+    the close, the chunk framing taken for the blob's bytes: refused, as httpx's h11 does.
+    A lone ``identity`` (RFC 7230 removed it) http.client would read by its length, but h11
+    refuses it: refused here too, so an answer fails or fills the same on either path."""
     values = response.headers.get_all("transfer-encoding") or []
     codings = [c.strip().lower() for value in values for c in value.split(",")]
     if not values or (len(values) == 1 and codings == ["chunked"]):
