@@ -210,7 +210,9 @@ def _noted(_signum: int, _frame: FrameType | None) -> None:
 
 
 #: What a renewer that holds nothing (:func:`hold`) logs of a SIGHUP, which it otherwise ignores.
-NOTHING_HELD = "SIGHUP: settings are read at start; nothing held"
+NOTHING_HELD = (
+    "SIGHUP: nothing held (the schedule is read at start; each run reads the config file)"
+)
 
 
 def idle(settings: settings_mod.Settings) -> int:
@@ -225,8 +227,9 @@ def idle(settings: settings_mod.Settings) -> int:
         log.info("no certs.domain set: no certificate to obtain or renew; certbot is not run")
         return 0
     _drop_refusal(settings)
-    log.info("no certs.domain set: no certificate to obtain or renew; certbot is not run")
-    return _wait_for_stop()
+    return _wait_for_stop(
+        "no certs.domain set: no certificate to obtain or renew; certbot is not run"
+    )
 
 
 def _drop_refusal(settings: settings_mod.Settings) -> None:
@@ -242,11 +245,14 @@ def _drop_refusal(settings: settings_mod.Settings) -> None:
         log.info("the renewer's settings are no longer refused (status %s)", settings.status_file)
 
 
-def _wait_for_stop() -> int:
-    """Until SIGTERM or SIGINT; a SIGHUP is logged (:data:`NOTHING_HELD`) and waited past."""
+def _wait_for_stop(said: str) -> int:
+    """Log ``said``, then wait until SIGTERM or SIGINT; a SIGHUP is logged
+    (:data:`NOTHING_HELD`) and waited past. The signals are blocked before ``said`` is logged:
+    one sent on seeing that line is waited for, not taken by :func:`_noted` in between."""
     stop = {signal.SIGTERM, signal.SIGINT}
     waited = stop | {signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    log.info("%s", said)
     while (got := signal.sigwait(waited)) not in stop:
         log.info(NOTHING_HELD)
     log.info("signal %d: stopping", got)
@@ -433,7 +439,9 @@ def _once(settings: settings_mod.Settings) -> int:
     once.restore()
     stopped: Stopped | None = None
     try:
-        with stopped_by((signal.SIGTERM, signal.SIGINT)):
+        # SIGHUP too: a terminal's hangup (an ssh session dropped) reaches certbot as well,
+        # which dies of it; counted as certbot's failure, it started the renewer's backoff.
+        with stopped_by((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
             ok = once.run()
     except Stopped as exc:  # its status says so (`interrupted`); the exit, which signal
         stopped, ok = exc, False

@@ -223,7 +223,7 @@ def test_a_one_off_run_does_not_overwrite_a_newer_run_of_the_renewer(
 # --- 3. a signal during --once ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_during_once_leaves_a_status(
     tmp_path: Path,
     env: dict[str, str],  # noqa: F811
