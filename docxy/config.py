@@ -287,7 +287,8 @@ def renewer_refuses(key: str) -> str:
     return (
         "the renewer (python -m scheduler) schedules no renewal with it until it is mended: it"
         " reads its config file again every minute and on SIGHUP (a mended environment"
-        " variable needs its restart); /health is degraded with renewal.refused, the reason"
+        " variable needs it started with the new environment: in the container docker compose"
+        " up -d); /health is degraded with renewal.refused, the reason"
         " on the admin /status.json; the mirror itself goes on"
     )
 
