@@ -153,7 +153,13 @@ class SharedConfig:
     access_key: str | None = None
     secret_key: str | None = field(default=None, repr=False)
     prefix: str = "docxy"
-    uploads: int = 2  # uploads at once
+    uploads: int = 2  # uploads at once; 0: none, a replica that only reads the bucket
+
+    @property
+    def read_only(self) -> bool:
+        """The replica reads the bucket and never writes to it (``uploads = 0``: a key that
+        may only read, given on purpose)."""
+        return self.uploads == 0
 
     @property
     def enabled(self) -> bool:
@@ -902,7 +908,7 @@ SETTINGS: dict[str, dict[str, tuple[Parser, object]]] = {
         "access_key": (_opt_str, ""),
         "secret_key": (_secret_str, ""),
         "prefix": (_prefix, "docxy"),
-        "uploads": (_int_in(1, 64), 2),
+        "uploads": (_int_in(0, 64), 2),  # 0: read-only
     },
     "certs": {
         "domain": (_opt_domain, ""),
@@ -1522,6 +1528,8 @@ def shown(key: str, value: object, *, size: bool = False) -> str:
         return UNSET_SHOWN.get(key, "(none)")
     if key in OFF_AT_ZERO and value == 0:
         return "(off)"
+    if key == "shared.uploads" and value == 0:  # not "none at once" of something still on
+        return "0 (read-only: no uploads)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float) and value.is_integer():

@@ -118,7 +118,12 @@ def _open_shared(
     shared = open_tier(config.shared, state.cache.blobs, http)
     state.extras.setdefault("health", {})["shared"] = shared.report
     state.extras.setdefault("health_public", {})["shared"] = lambda _whole: shared.public_report()
-    log.info("shared store: %s bucket %s", config.shared.endpoint, config.shared.bucket)
+    log.info(
+        "shared store: %s bucket %s%s",
+        config.shared.endpoint,
+        config.shared.bucket,
+        " (read-only: shared.uploads = 0, no uploads)" if config.shared.read_only else "",
+    )
     return http, shared
 
 

@@ -251,6 +251,8 @@ def _shared(shared: object) -> list[str]:
         ),
         ("errors", str(shared.get("errors", 0))),
     ]
+    if shared.get("uploads") == "off":  # shared.uploads = 0: meant so, not a fault
+        rows.insert(0, ("uploads", "off: a read-only replica (shared.uploads = 0)"))
     if shared.get("reason"):  # why it is degraded
         rows.insert(0, ("degraded", str(shared["reason"])))
     if shared.get("last_error"):  # kept once the store answers again: when says how old

@@ -46,6 +46,11 @@
   and goes once the rest is over): a store that serves reads but takes no writes is read
   from all the while. An upload that got no answer at all (unreachable, timed out) is the
   store in trouble, as above.
+- A replica meant only to read the bucket (a read-only key given on purpose: an edge replica,
+  a second site) is made with ``concurrency`` 0 (``shared.uploads = 0``): it queues and sends
+  no upload at all (nor a repair), so it is never ``degraded`` for uploads it does not make;
+  ``/health`` says ``"uploads": "off"``. A bad object it finds is fetched upstream, left to a
+  replica that uploads to replace.
 """
 
 from __future__ import annotations
@@ -112,6 +117,8 @@ class SharedTier:
     def __init__(self, objects: ObjectStore, blobs: DiskBlobStore, concurrency: int) -> None:
         self.objects = objects
         self.blobs = blobs
+        #: ``concurrency`` 0: a replica that only reads the bucket, and uploads nothing
+        self.read_only = concurrency == 0
         self.uploads = UploadQueue(self._upload, concurrency)
         self.counts = SharedCounts()
         self._bad: LruDict[Digest, bool] = LruDict(MAX_BAD)
@@ -307,6 +314,11 @@ class SharedTier:
         self.counts.corrupt += 1
         self._bad.set(digest, True)
         self.objects.distrust()  # a page served as every object fails so too
+        if self.read_only:
+            return (
+                "the shared object is marked bad: fetched upstream from now on (not replaced "
+                "from here: this replica uploads nothing)"
+            )
         return "the shared object is marked bad: fetched upstream from now on, then replaced"
 
     def _repair(self, digest: Digest) -> None:
@@ -315,7 +327,7 @@ class SharedTier:
         byte for every replica) once the store answers again, whatever its length says.
         Only a sha256 blob, as for any upload: a PUT is signed with the blob's digest as its
         payload hash, and another one's upload raised in the worker, again at every answer."""
-        if digest.algorithm != "sha256":
+        if digest.algorithm != "sha256" or self.read_only:
             return
         self._repairs[digest] = None
         while len(self._repairs) > MAX_BAD:
@@ -344,7 +356,8 @@ class SharedTier:
         if entry is not None and entry.size != claimed:
             self._length_bad(digest, f"{claimed} bytes, the blob has {entry.size}")
         if (
-            digest.algorithm == "sha256"
+            not self.read_only
+            and digest.algorithm == "sha256"
             and self.blobs.holds(digest)
             and self.reachable is not False
             and not self._uploads_resting()
@@ -552,6 +565,7 @@ class SharedTier:
             "reachable": self.reachable,
             "state": state,
             "reason": reason,
+            "uploads": "off" if self.read_only else "on",  # off: a read-only replica
             **vars(self.counts),
             "uploads_waiting": self.uploads.waiting,
             "uploads_dropped": self.uploads.dropped,

@@ -4,7 +4,9 @@
 full (then it is dropped and counted: another replica, or the next fill, will upload it); the tier
 drops what waits when the store fails (:meth:`UploadQueue.drop_waiting`). At most
 ``concurrency`` worker tasks run; each takes items until the queue is empty, then ends.
-Nothing here is on a client's path: ``offer`` never waits.
+A queue of ``concurrency`` 0 takes nothing (a read-only replica, ``shared.uploads = 0``): an
+offer is refused, not counted as dropped. Nothing here is on a client's path: ``offer`` never
+waits.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class UploadQueue:
         concurrency: int,
         max_waiting: int = MAX_WAITING,
     ) -> None:
-        if concurrency < 1 or max_waiting < 1:
-            raise ValueError("an upload queue needs room for one upload at least")
+        if concurrency < 0 or max_waiting < 1:
+            raise ValueError("an upload queue needs room for one waiting upload at least")
         self._upload = upload
         self.concurrency = concurrency
         self.max_waiting = max_waiting
@@ -49,8 +51,9 @@ class UploadQueue:
 
     def offer(self, digest: Digest) -> bool:
         """Queue ``digest``; False when it is queued already, the queue is full, or it was
-        cancelled (a fill whose commit ends during the stop: its client is being closed)."""
-        if digest in self._busy or self._cancelled:
+        cancelled (a fill whose commit ends during the stop: its client is being closed), or
+        it takes none (``concurrency`` 0: nothing is dropped, as nothing is meant to go)."""
+        if digest in self._busy or self._cancelled or self.concurrency == 0:
             return False
         if len(self._waiting) >= self.max_waiting:
             self.dropped += 1

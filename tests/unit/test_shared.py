@@ -98,7 +98,7 @@ def test_an_endpoint_needs_bucket_and_keys(missing: str) -> None:
     [
         ("shared.endpoint", "s3://bucket"),
         ("shared.bucket", "Not_A_Bucket"),
-        ("shared.uploads", "0"),
+        ("shared.uploads", "-1"),  # 0 is taken: a read-only replica (test_review_shared5)
         ("shared.uploads", "65"),
         ("shared.prefix", "../up"),
         ("shared.region", " "),
@@ -254,8 +254,10 @@ def test_a_queue_needs_room() -> None:
     async def upload(item: Digest) -> None:
         del item
 
+    with pytest.raises(ValueError):  # 0 is a queue that takes none (test_review_shared5)
+        UploadQueue(upload, concurrency=-1)
     with pytest.raises(ValueError):
-        UploadQueue(upload, concurrency=0)
+        UploadQueue(upload, concurrency=1, max_waiting=0)
 
 
 def test_without_botocore_the_shared_tier_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
