@@ -313,38 +313,187 @@ docker_refuses_us() {
   ((DRY_RUN)) && [[ "$(id -u)" != 0 ]] && have docker && ! docker info >/dev/null 2>&1
 }
 
+# The host ports the stack takes, as .env moves them (check_ports): compose.yaml publishes
+# ${DOCXY_HTTP_PORT:-80} and ${DOCXY_HTTPS_PORT:-443} (PORT or ADDRESS:PORT), compose.host.yaml
+# listens on DOCXY_SERVER_LISTEN and DOCXY_SERVER_TLS_LISTEN ([::]:80, [::]:443 by default).
+PORT_NAMES=()     # the .env setting that moves each
+PORT_ADDRESSES=() # its address, without brackets; empty: every address
+PORT_NUMBERS=()
+PORT_LABELS=() # 443, or 127.0.0.1:8443 where an address narrows it
+
+# published NAME DEFAULT: where the stack takes the port .env's NAME gives (DEFAULT without
+# one) into PUBLISHED_ADDRESS (no brackets; empty for none) and PUBLISHED_PORT; fails on a
+# value that does not end in a port.
+PUBLISHED_ADDRESS=""
+PUBLISHED_PORT=""
+published() {
+  local value address=""
+  value="$(env_value "$1")"
+  value="${value:-$2}"
+  if [[ "$value" == *:* ]]; then
+    address="${value%:*}"
+    value="${value##*:}"
+  fi
+  address="${address#[}"
+  address="${address%]}"
+  [[ "$value" =~ ^[0-9]{1,5}$ ]] && ((10#$value >= 1 && 10#$value <= 65535)) || return 1
+  PUBLISHED_ADDRESS="$address"
+  PUBLISHED_PORT=$((10#$value))
+}
+
+# any_address ADDRESS: ADDRESS is every one of this host's (a wildcard, or none given).
+any_address() { [[ -z "$1" || "$1" == "*" || "$1" == :: || "$1" == 0.0.0.0 ]]; }
+
+# host_networking_chosen: the stack will run from compose.host.yaml, as settle_network decides
+# (said there).
+host_networking_chosen() {
+  read_compose_file
+  [[ "$COMPOSE_FIRST" == "$HOST_FILE" ]] || ipv4_less
+}
+
+# stack_ports: the ports the stack will take, into PORT_*; a setting that names no port is said
+# and left unchecked.
+stack_ports() {
+  local names=(DOCXY_HTTP_PORT DOCXY_HTTPS_PORT) defaults=(80 443) i label
+  if host_networking_chosen; then
+    names=(DOCXY_SERVER_LISTEN DOCXY_SERVER_TLS_LISTEN)
+    defaults=("[::]:80" "[::]:443")
+  fi
+  PORT_NAMES=() PORT_ADDRESSES=() PORT_NUMBERS=() PORT_LABELS=()
+  for i in 0 1; do
+    if ! published "${names[i]}" "${defaults[i]}"; then
+      say "${names[i]} in $ENV_FILE does not end in a port: that port is not checked"
+      continue
+    fi
+    label="$PUBLISHED_PORT"
+    if ! any_address "$PUBLISHED_ADDRESS"; then
+      case "$PUBLISHED_ADDRESS" in
+        *:*) label="[$PUBLISHED_ADDRESS]:$PUBLISHED_PORT" ;;
+        *) label="$PUBLISHED_ADDRESS:$PUBLISHED_PORT" ;;
+      esac
+    fi
+    PORT_NAMES+=("${names[i]}")
+    PORT_ADDRESSES+=("$PUBLISHED_ADDRESS")
+    PORT_NUMBERS+=("$PUBLISHED_PORT")
+    PORT_LABELS+=("$label")
+  done
+}
+
+# plain_port NAME: NAME is the setting of the plain-HTTP port (not HTTPS's).
+plain_port() { [[ "$1" == DOCXY_HTTP_PORT || "$1" == DOCXY_SERVER_LISTEN ]]; }
+
+# port_said I: the port PORT_LABELS[I] as a message says it: "port 443", "127.0.0.1:8443".
+port_said() {
+  [[ "${PORT_LABELS[$1]}" == *:* ]] || printf 'port '
+  printf '%s' "${PORT_LABELS[$1]}"
+}
+
+# ports_said: the ports' labels, "80 and 443".
+ports_said() {
+  local joined="" label
+  for label in "${PORT_LABELS[@]}"; do joined+="${joined:+ and }$label"; done
+  printf '%s' "$joined"
+}
+
+# clashes OURS THEIRS: a listener on address THEIRS keeps the stack from taking the same port
+# on OURS (addresses without brackets; empty: every address, as Docker publishes a bare port).
+# A wildcard takes the port on every address of its family ([::] and * on both, as dual-stack).
+clashes() {
+  local ours="$1" theirs="$2"
+  [[ -z "$ours" || "$ours" == "*" || "$ours" == :: || "$theirs" == "*" || "$theirs" == :: ]] &&
+    return 0
+  if [[ "$ours" == 0.0.0.0 ]]; then
+    [[ "$theirs" != *:* ]]
+    return
+  fi
+  [[ "$theirs" == 0.0.0.0 && "$ours" != *:* ]] || [[ "$theirs" == "$ours" ]]
+}
+
 # ports_unchecked WHY: the check could not be made; say so, and how to look by hand.
 ports_unchecked() {
-  say "Ports 80 and 443: not checked ($1)"
-  say "  check by hand that nothing listens there: sudo lsof -nP -iTCP:80 -iTCP:443 -sTCP:LISTEN"
-  say "  (or: sudo netstat -ltnp | grep -E ':(80|443) '); the mirror cannot start while they are taken"
+  local i tcp="" grep=""
+  for i in "${!PORT_NUMBERS[@]}"; do
+    tcp+=" -iTCP:${PORT_NUMBERS[i]}"
+    grep+="${grep:+|}${PORT_NUMBERS[i]}"
+  done
+  say "Ports $(ports_said): not checked ($1)"
+  say "  check by hand that nothing listens there: sudo lsof -nP$tcp -sTCP:LISTEN"
+  say "  (or: sudo netstat -ltnp | grep -E ':($grep) '); the mirror cannot start while they are taken"
+}
+
+# http01_reachable: with the mirror's plain HTTP off port 80 of every address, Let's Encrypt's
+# HTTP-01 check (port 80 of the domain's addresses) reaches it only through something that
+# forwards it there: said, not refused (a proxy on port 80 may do just that).
+http01_reachable() {
+  local value
+  [[ -n "$DOMAIN" ]] && plain_port "${PORT_NAMES[0]:-}" || return 0
+  if ((PORT_NUMBERS[0] == 80)) && any_address "${PORT_ADDRESSES[0]}"; then return 0; fi
+  value="$(env_value "${PORT_NAMES[0]}")"
+  warn "${PORT_NAMES[0]}=$value in $ENV_FILE: the mirror's plain HTTP is not on port 80 of every"
+  warn "  address, where Let's Encrypt's HTTP-01 check asks for $DOMAIN: the certificate can be"
+  warn "  neither issued nor renewed unless what listens on port 80 forwards"
+  warn "  /.well-known/acme-challenge/ to $(port_said 0)"
 }
 
 check_ports() {
-  local listeners error
+  local listeners error line fields address port i taken=() held="" what="" moves="" it=it
+  stack_ports
+  http01_reachable
+  ((${#PORT_NUMBERS[@]})) || return 0
   if ! have ss; then
     ports_unchecked "no ss here; apt-get install iproute2"
     return
   fi
+  local filter=""
+  for port in "${PORT_NUMBERS[@]}"; do filter+="${filter:+ or }sport = :$port"; done
   error="$(mktemp)"
-  if ! listeners="$(ss -Hltnp '( sport = :80 or sport = :443 )' 2>"$error")"; then
+  if ! listeners="$(ss -Hltnp "( $filter )" 2>"$error")"; then
     ports_unchecked "ss failed: $(head -n 1 -- "$error")"
     rm -f -- "$error"
     return
   fi
   rm -f -- "$error"
-  if [[ -z "$listeners" ]]; then
-    say "Ports 80 and 443: free"
+  # Which listener holds which of the ports (ss prints ADDRESS:PORT fourth, [v6]:PORT, and an
+  # interface as ADDRESS%IF).
+  while IFS= read -r line; do
+    read -r -a fields <<<"$line"
+    ((${#fields[@]} >= 4)) || continue
+    port="${fields[3]##*:}"
+    address="${fields[3]%:*}"
+    address="${address%\%*}"
+    address="${address#[}"
+    address="${address%]}"
+    for i in "${!PORT_NUMBERS[@]}"; do
+      if [[ "$port" == "${PORT_NUMBERS[i]}" ]] && clashes "${PORT_ADDRESSES[i]}" "$address"; then
+        held+="$line"$'\n'
+        [[ " ${taken[*]} " == *" $i "* ]] || taken+=("$i")
+      fi
+    done
+  done <<<"$listeners"
+  if ((${#taken[@]} == 0)); then
+    say "Ports $(ports_said): free"
   elif stack_running; then
-    say "Ports 80 and 443: already Docxy's"
+    say "Ports $(ports_said): already Docxy's"
   elif docker_refuses_us; then
-    say "Ports 80 and 443 are in use, by Docxy or not: docker does not answer this user (not"
+    say "Ports $(ports_said) are in use, by Docxy or not: docker does not answer this user (not"
     say "root), so this dry run cannot tell; with sudo it can:"
-    say "$listeners"
+    printf '%s' "$held"
   else
-    say "Ports 80 and 443 are in use:"
-    say "$listeners"
-    die "free ports 80 and 443 (Let's Encrypt needs 80, clients 443), then run this again"
+    for i in "${taken[@]}"; do
+      what+="${what:+ and }$(port_said "$i")"
+      if plain_port "${PORT_NAMES[i]}" && ((PORT_NUMBERS[i] == 80)); then
+        what+=" (plain HTTP, where Let's Encrypt checks the domain)"
+      elif plain_port "${PORT_NAMES[i]}"; then
+        what+=" (plain HTTP)"
+      else
+        what+=" (clients' HTTPS)"
+      fi
+      moves+="${moves:+ or }${PORT_NAMES[i]}"
+    done
+    say "In use:"
+    printf '%s' "$held"
+    ((${#taken[@]} == 1)) || it=them
+    die "free $what, or move the mirror off $it with $moves in $ENV_FILE, then run this again"
   fi
 }
 
@@ -1459,25 +1608,17 @@ bring_up() {
 HTTPS_ADDRESS=127.0.0.1
 HTTPS_PORT=443
 https_target() {
-  local name=DOCXY_HTTPS_PORT value address=""
-  [[ "$COMPOSE_YAML" != "$HOST_FILE" ]] || name=DOCXY_SERVER_TLS_LISTEN
-  value="$(env_value "$name")"
-  [[ -n "$value" ]] || return 0
-  if [[ "$value" == *:* ]]; then
-    address="${value%:*}"
-    value="${value##*:}"
-  fi
-  address="${address#[}"
-  address="${address%]}"
-  if [[ ! "$value" =~ ^[0-9]{1,5}$ ]] || ((10#$value < 1 || 10#$value > 65535)); then
+  local name=DOCXY_HTTPS_PORT default=443
+  [[ "$COMPOSE_YAML" != "$HOST_FILE" ]] || { name=DOCXY_SERVER_TLS_LISTEN default="[::]:443"; }
+  if ! published "$name" "$default"; then
     warn "$name in $ENV_FILE does not end in a port; the health check asks port 443"
     return 0
   fi
-  HTTPS_PORT=$((10#$value))
-  case "$address" in
+  HTTPS_PORT="$PUBLISHED_PORT"
+  case "$PUBLISHED_ADDRESS" in
     "" | 0.0.0.0 | :: | "*") HTTPS_ADDRESS=127.0.0.1 ;;
-    *:*) HTTPS_ADDRESS="[$address]" ;;
-    *) HTTPS_ADDRESS="$address" ;;
+    *:*) HTTPS_ADDRESS="[$PUBLISHED_ADDRESS]" ;;
+    *) HTTPS_ADDRESS="$PUBLISHED_ADDRESS" ;;
   esac
 }
 

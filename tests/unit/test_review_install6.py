@@ -1,0 +1,201 @@
+"""Review of scripts/install.sh's port check: it asked for host ports 80 and 443 whatever .env
+published, so a host whose proxy holds 443, with the mirror moved by DOCXY_HTTPS_PORT (the
+README's way to make room for it), stopped at "free ports 80 and 443" before any change.
+
+Same sandbox as tests/unit/test_install_script.py (its box, stand-ins and helpers, its dnsmasq
+helper, here on 127.0.56.2:10951). The addresses in .env (127.0.56.1, 127.0.56.3, ports
+10955-10958) are values only: nothing listens there. The `ss` stand-in prints the listeners it
+was given whatever filter it is asked with, so the script must read which address and port
+each one holds.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.scriptbox import REPO, Rule, ScriptBox, output
+from tests.unit.test_install_script import (
+    COMPOSE_UP,
+    DOMAIN,
+    HEALTHY,
+    Resolver,
+    dnsmasq,
+    env_file,
+    install,
+)
+from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+
+MOVED = "127.0.56.1"
+
+
+@pytest.fixture(scope="module")
+def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+    """test_install_script's dnsmasq, on this review's loopback address and port."""
+    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+    with dnsmasq("127.0.56.2", 10951, log) as found:
+        yield found
+
+
+def listening(box: ScriptBox, *addresses: str) -> None:
+    """The `ss` stand-in: something else (nginx) listens on each ADDRESS:PORT."""
+    lines = "".join(
+        f"LISTEN 0 511 {address} {'[::]:*' if address.startswith('[') else '0.0.0.0:*'} "
+        f'users:(("nginx",pid={812 + i},fd=6))\n'
+        for i, address in enumerate(addresses)
+    )
+    box.stand_in("ss", Rule(r".", stdout=lines))
+
+
+def healthy_at(box: ScriptBox, port: int, address: str) -> str:
+    """The curl stand-in answers /health on PORT at ADDRESS only; the URL the script asks."""
+    url = f"https://{DOMAIN}:{port}/health"
+    box.stand_in(
+        "curl",
+        Rule(re.escape(f"--resolve {DOMAIN}:{port}:{address} {url}"), stdout=HEALTHY),
+        Rule(r".", rc=7, stderr="curl: (7) the stand-in reaches nothing\n"),
+    )
+    return url
+
+
+def write_env(box: ScriptBox, *lines: str) -> None:
+    env_file(box).write_text("".join(f"{line}\n" for line in lines))
+
+
+# --- the HTTPS port moved off a 443 that a proxy holds ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        pytest.param(("0.0.0.0:443", "[::]:443"), id="443-wildcard"),
+        # The moved port, on other addresses than the mirror's: no conflict.
+        pytest.param(("0.0.0.0:443", "127.0.56.3:10955"), id="same-port-other-address"),
+    ],
+)
+def test_a_moved_https_port_lets_the_install_go_on_with_443_taken(
+    box: ScriptBox, resolver: Resolver, held: tuple[str, ...]
+) -> None:
+    """DOCXY_HTTPS_PORT moves compose.yaml's published port (README: room for a proxy on this
+    host). The check asked for 443 anyway and stopped a first install that would have run."""
+    write_env(box, f"DOCXY_HTTPS_PORT={MOVED}:10955")
+    listening(box, *held)
+    url = healthy_at(box, 10955, MOVED)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert box.called(COMPOSE_UP)
+    assert f"{url}: {HEALTHY}" in result.stdout
+    assert f"{MOVED}:10955" in result.stdout and "free" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        pytest.param(f"{MOVED}:10955", id="same-address"),
+        pytest.param("0.0.0.0:10955", id="ipv4-wildcard"),
+        pytest.param("[::]:10955", id="ipv6-wildcard"),
+        pytest.param("*:10955", id="dual-stack"),
+    ],
+)
+def test_a_moved_https_port_that_is_taken_is_refused_by_name(
+    box: ScriptBox, resolver: Resolver, held: str
+) -> None:
+    write_env(box, f"DOCXY_HTTPS_PORT={MOVED}:10955")
+    listening(box, held)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert not box.called(COMPOSE_UP)
+    assert "nginx" in result.stdout
+    refusal = result.stderr.replace(str(env_file(box)), ".env")  # its path may hold a 443
+    assert f"{MOVED}:10955" in refusal and "DOCXY_HTTPS_PORT" in refusal, refusal
+    assert "443" not in refusal.replace("10955", ""), refusal  # 443 is not the mirror's here
+
+
+def test_443_taken_with_nothing_moved_is_refused_naming_the_variable(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    listening(box, "0.0.0.0:443")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert not box.called(COMPOSE_UP)
+    assert "free port 443" in result.stderr and "DOCXY_HTTPS_PORT" in result.stderr, output(result)
+    assert "DOCXY_HTTP_PORT" not in result.stderr  # 80 is free
+
+
+def test_free_default_ports_are_said_as_before(box: ScriptBox, resolver: Resolver) -> None:
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert "Ports 80 and 443: free" in result.stdout
+    assert "HTTP-01" not in result.stderr
+
+
+# --- the plain port moved: Let's Encrypt still asks port 80 -------------------------------------
+
+
+def test_a_moved_http_port_goes_on_with_80_taken_and_warns_of_lets_encrypt(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """The domain's certificate comes by HTTP-01 on port 80 of the domain's address: with the
+    mirror's plain port elsewhere it cannot be issued unless something forwards 80 to it. Said,
+    not refused (a proxy on 80 may forward the challenge)."""
+    write_env(box, f"DOCXY_HTTP_PORT={MOVED}:10956", f"DOCXY_HTTPS_PORT={MOVED}:10955")
+    listening(box, "0.0.0.0:80", "0.0.0.0:443")
+    healthy_at(box, 10955, MOVED)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert box.called(COMPOSE_UP)
+    warning = result.stderr
+    assert "DOCXY_HTTP_PORT" in warning and "HTTP-01" in warning and "port 80" in warning, warning
+
+
+def test_a_taken_http_port_is_refused_by_name(box: ScriptBox, resolver: Resolver) -> None:
+    write_env(box, "DOCXY_HTTP_PORT=10956")
+    listening(box, "[::]:10956")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert "port 10956" in result.stderr and "DOCXY_HTTP_PORT" in result.stderr, output(result)
+
+
+# --- host networking: the listeners DOCXY_SERVER_(TLS_)LISTEN name ------------------------------
+
+
+def host_networking(box: ScriptBox, *lines: str) -> None:
+    shutil.copy(REPO / "compose.host.yaml", box.base / "clone" / "compose.host.yaml")
+    write_env(box, "COMPOSE_FILE=compose.host.yaml", *lines)
+
+
+def test_host_networking_checks_the_tls_listen_port(box: ScriptBox, resolver: Resolver) -> None:
+    host_networking(box, f"DOCXY_SERVER_TLS_LISTEN={MOVED}:10957")
+    listening(box, "0.0.0.0:443")
+    url = healthy_at(box, 10957, MOVED)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert f"{url}: {HEALTHY}" in result.stdout
+
+
+def test_host_networking_refuses_a_taken_tls_listen_port_by_name(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    host_networking(box, f"DOCXY_SERVER_TLS_LISTEN={MOVED}:10957")
+    listening(box, "0.0.0.0:10957")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert "DOCXY_SERVER_TLS_LISTEN" in result.stderr and "10957" in result.stderr, output(result)
