@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shlex
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -143,14 +144,14 @@ def _chown(settings: Settings, top: Path, uid: int, gid: int) -> str:
     ``.well-known/``; for the served pair, its files that are another's, by name (their
     directory may be one of the system's, /etc/ssl: no ``-R`` there)."""
     pair = _pair(settings)
-    if top not in pair:
-        return f"chown -R {uid}:{gid} {top}"
+    if top not in pair:  # quoted: a path with a space is pasted as one
+        return f"chown -R {uid}:{gid} {shlex.quote(str(top))}"
     others = []
     for path in pair:
         with contextlib.suppress(OSError):
             if path.lstat().st_uid != uid and path not in others:
                 others.append(path)
-    return f"chown {uid}:{gid} {' '.join(str(path) for path in others or [top])}"
+    return f"chown {uid}:{gid} {shlex.join(str(path) for path in others or [top])}"
 
 
 def owners_hint(settings: Settings, reason: str) -> str:
