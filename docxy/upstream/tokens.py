@@ -26,7 +26,8 @@ anonymously. Accepted there, a scope's ``401`` is that repository's only (gcr.io
 Registry answer ``401`` to a good login that may not read one repository). An acceptance is
 trusted for ``LOGIN_TRUSTED``; past ``REFUSED_TTL`` of it, the login goes with one token
 request per upstream at a time, the other misses waiting for its outcome
-(:meth:`MirrorTokens._login_turn`).
+(:meth:`MirrorTokens._login_turn`); a token service that answered it (or its check) not in time
+has their requests time out with it, not sent to wait the timeout again.
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ class MirrorTokens:
         #: scope-less login checks in flight, one per upstream host (:meth:`_login_verdict`)
         self._checking: Coalesced[str, bool | None] = Coalesced(UpstreamError)
         #: upstream hosts with a token request in flight that carries a login accepted more
-        #: than ``REFUSED_TTL`` ago, done when its outcome is known (:meth:`_login_turn`)
-        self._vouching: dict[str, asyncio.Future[None]] = {}
+        #: than ``REFUSED_TTL`` ago, done when its outcome is known (:meth:`_login_turn`): the
+        #: timeout it ended in, if the token service did not answer it (or its check)
+        self._vouching: dict[str, asyncio.Future[UpstreamTimeout | None]] = {}
         #: (upstream host, realm) pairs whose withheld login was logged (:meth:`_login_withheld`)
         self._withheld: LruDict[tuple[str, str], bool] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts whose token service answered 429 (or 503) with a Retry-After: until
@@ -322,7 +324,7 @@ class MirrorTokens:
 
     async def _login_turn(
         self, upstream: Upstream, realm: str, service: str | None
-    ) -> tuple[bool | None, asyncio.Future[None] | None]:
+    ) -> tuple[bool | None, asyncio.Future[UpstreamTimeout | None] | None]:
         """The login's verdict (:meth:`_login_verdict`) for a token request about to go, and
         whether this request goes first for the others (a future to end with
         :meth:`_vouched` once its outcome is known).
@@ -335,8 +337,11 @@ class MirrorTokens:
         ``200`` renewed the acceptance; a ``401`` was checked: refused, they go anonymously;
         accepted, that ``401`` was its repository's). A fresher acceptance makes no one wait.
         Raises what the check raises on a timeout, and :class:`UpstreamUnavailable` while
-        the token service asked for rest (the check, or the request waited for, told so)."""
-        lead: asyncio.Future[None] | None = None
+        the token service asked for rest (the check, or the request waited for, told so). A
+        request waited for that the token service never answered (nor its check of a ``401``)
+        ends its waiters with its timeout: each sent its own then, and waited the timeout
+        again (twice the timeout for every client)."""
+        lead: asyncio.Future[UpstreamTimeout | None] | None = None
         waited = False
         verdict = await self._verdict_or_none(upstream, realm, service)
         accepted = self._login_accepted.get(upstream.host)
@@ -347,7 +352,10 @@ class MirrorTokens:
                 lead = asyncio.get_running_loop().create_future()
                 self._vouching[upstream.host] = lead
             else:
-                await asyncio.shield(pending)  # a waiter going away cancels its wait only
+                # a waiter going away cancels its wait only
+                silence = await asyncio.shield(pending)
+                if silence is not None:  # not answered in time: nor would this one be
+                    raise type(silence)(silence.message)
                 waited = True
                 # Its verdict now (once: a request that failed, 5xx or timeout, said nothing
                 # of the login, which stays trusted as before).
@@ -368,14 +376,20 @@ class MirrorTokens:
         except UpstreamError:
             return None  # the check broke (a reset): no word; this request goes on
 
-    def _vouched(self, upstream: Upstream, lead: asyncio.Future[None] | None) -> None:
+    def _vouched(
+        self,
+        upstream: Upstream,
+        lead: asyncio.Future[UpstreamTimeout | None] | None,
+        silence: UpstreamTimeout | None = None,
+    ) -> None:
         """The outcome of the token request that went first with the login is known (or it
-        failed): the misses waiting for it (:meth:`_login_turn`) go on."""
+        failed): the misses waiting for it (:meth:`_login_turn`) go on, or end with
+        ``silence``, the timeout it (or its check) ended in."""
         if lead is None or lead.done():
             return
         if self._vouching.get(upstream.host) is lead:
             del self._vouching[upstream.host]
-        lead.set_result(None)
+        lead.set_result(silence)
 
     async def _check_login(
         self, upstream: Upstream, realm: str, service: str | None
@@ -509,7 +523,8 @@ class MirrorTokens:
         login = upstream.credentials is not None and upstream.login_may_go_to(realm)
         if upstream.credentials is not None and not login:
             self._login_withheld(upstream, realm)
-        lead: asyncio.Future[None] | None = None
+        lead: asyncio.Future[UpstreamTimeout | None] | None = None
+        silence: UpstreamTimeout | None = None  # the token service's, for the waiters
         if login:
             verdict, lead = await self._login_turn(upstream, realm, service)
             if verdict is False:
@@ -523,6 +538,8 @@ class MirrorTokens:
                 # The login refused, or this one repository? As ``docker login`` asks it.
                 try:
                     verdict = await self._login_verdict(upstream, realm, service, since=sent)
+                except UpstreamTimeout as exc:
+                    verdict, silence = None, exc  # as below; the waiters' checks would too
                 except UpstreamError:
                     verdict = None  # no word on the login: the 401 stands for this repository
                 if verdict is False:
@@ -536,8 +553,11 @@ class MirrorTokens:
                 raise UpstreamUnavailable(said)
             if login:
                 self._accept_login(upstream)
+        except UpstreamTimeout as exc:
+            silence = exc
+            raise
         finally:
-            self._vouched(upstream, lead)
+            self._vouched(upstream, lead, silence)
         data = jsondoc.object_in(body) or {}
         token = data.get("token") or data.get("access_token")
         expires_in = data.get("expires_in")
