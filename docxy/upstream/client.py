@@ -581,7 +581,7 @@ class UpstreamClient:
             over_https = urlsplit(upstream.registry).scheme.lower() == "https"
             over_https = over_https and not on_registry_host(url, upstream.registry)
             await self._guard_first(upstream, url, over_https, marks)
-        for hop in range(MAX_REDIRECTS + 1):
+        for _hop in range(MAX_REDIRECTS + 1):
             try:
                 response = await self._sent(method, url, current_headers, params, content, marks)
             except httpx.PoolTimeout as exc:
@@ -613,9 +613,10 @@ class UpstreamClient:
             health.answered(response.status_code, own, pull, response.headers.get("retry-after"))
             if own:
                 health.saw(response.headers)
-            if hop == 0 and mirror_credentials and not token_service:
-                self._basic_login_answered(upstream, headers, response.status_code)
             if response.status_code not in REDIRECT_STATUSES:
+                if mirror_credentials and not token_service:
+                    status = response.status_code
+                    self._basic_login_answered(upstream, current_headers, status)
                 return response
             location = response.headers.get("location")
             await response.aclose()
@@ -735,10 +736,13 @@ class UpstreamClient:
     ) -> None:
         """The registry's answer to a request of the mirror's own with its Basic login (an
         upstream without a token service: :meth:`MirrorTokens.headers`, or ``basic_login``
-        for a request passed through): a ``401`` refused the login (``upstream.password``
-        wrong or revoked), a success or a redirect let it in; :attr:`UpstreamHealth.login`
-        says so on ``/health``. One WARNING and one recent error when it comes to be refused,
-        one INFO line when accepted again. (The token service's verdicts are
+        for a request passed through), ``headers`` those its last hop carried: a ``401``
+        refused the login (``upstream.password`` wrong or revoked), a ``2xx`` let it in;
+        :attr:`UpstreamHealth.login` says so on ``/health``. A redirect says nothing of the
+        login (its ``3xx`` was taken for accepted, while the hop it led to answered ``401``
+        to every pull): the answer of the hop it led to is judged, if that hop carried the
+        login (not to another origin). One WARNING and one recent error when it comes to be
+        refused, one INFO line when accepted again. (The token service's verdicts are
         :mod:`docxy.upstream.tokens`'.)"""
         if upstream.credentials is None:
             return
@@ -756,7 +760,7 @@ class UpstreamClient:
             )
             log.warning("%s", said)
             health.recent_failures.append((health.clock(), "login_refused", said))
-        elif status < 400 and health.login_judged(True) == "refused":
+        elif 200 <= status < 300 and health.login_judged(True) == "refused":
             log.info("%s accepted the mirror's own Basic login (%s) again", upstream.host, user)
 
     def _log_pool_full(self, said: str) -> None:

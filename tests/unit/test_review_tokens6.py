@@ -226,7 +226,6 @@ async def test_concurrent_401s_share_one_check_of_the_basic_login() -> None:
 # --- 3. a redirect taken for the Basic login accepted ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 3: a 3xx counted as accepted")
 async def test_a_redirect_to_the_basic_login_is_no_acceptance() -> None:
     """A registry that redirects on its own origin, then answers the next hop 401 (the
     password wrong): the first hop's 307 counted as accepted, and ``/health`` said so while
@@ -250,7 +249,6 @@ async def test_a_redirect_to_the_basic_login_is_no_acceptance() -> None:
     assert client.health_of(upstream).login == "refused"
 
 
-@pytest.mark.xfail(strict=True, reason="fault 3: a 3xx counted as accepted")
 async def test_a_redirect_that_drops_the_basic_login_is_no_acceptance() -> None:
     """``http://`` redirecting to ``https://`` (another origin: the login is not carried): the
     ``301`` counted as accepted. It says nothing of the login now."""
