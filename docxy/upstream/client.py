@@ -509,6 +509,9 @@ class UpstreamClient:
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
         self._open: set[str] = set()  # hosts whose last probe got 200: no auth at all
         self._probes: Coalesced[str, Challenge | None] = Coalesced(UpstreamError)
+        #: ``GET /v2/`` with the mirror's Basic login in flight, one per host: is a
+        #: repository's ``401`` the login's? (:meth:`_basic_login_answered`)
+        self._basic_checks: Coalesced[str, None] = Coalesced(UpstreamError)
         #: Tokens the mirror's token endpoint relayed for anonymous pulls: a request carrying
         #: one is the mirror's own as far as the upstream's health goes.
         self.anonymous_tokens = AnonymousTokens()
@@ -616,7 +619,7 @@ class UpstreamClient:
             if response.status_code not in REDIRECT_STATUSES:
                 if mirror_credentials and not token_service:
                     status = response.status_code
-                    self._basic_login_answered(upstream, current_headers, status)
+                    await self._basic_login_answered(upstream, first, current_headers, status)
                 return response
             location = response.headers.get("location")
             await response.aclose()
@@ -731,19 +734,22 @@ class UpstreamClient:
                 log.debug("upstream: %s, sent again", failure(f"{method} {url_host(url)}", exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _basic_login_answered(
-        self, upstream: Upstream, headers: list[tuple[str, str]], status: int
+    async def _basic_login_answered(
+        self, upstream: Upstream, first: str, headers: list[tuple[str, str]], status: int
     ) -> None:
         """The registry's answer to a request of the mirror's own with its Basic login (an
         upstream without a token service: :meth:`MirrorTokens.headers`, or ``basic_login``
-        for a request passed through), ``headers`` those its last hop carried: a ``401``
-        refused the login (``upstream.password`` wrong or revoked), a ``2xx`` let it in;
-        :attr:`UpstreamHealth.login` says so on ``/health``. A redirect says nothing of the
-        login (its ``3xx`` was taken for accepted, while the hop it led to answered ``401``
-        to every pull): the answer of the hop it led to is judged, if that hop carried the
-        login (not to another origin). One WARNING and one recent error when it comes to be
-        refused, one INFO line when accepted again. (The token service's verdicts are
-        :mod:`docxy.upstream.tokens`'.)"""
+        for a request passed through), ``headers`` those its last hop carried (a redirect's
+        ``3xx`` says nothing of the login; a hop to another origin went without it).
+        :attr:`UpstreamHealth.login` says on ``/health`` what it told: a ``2xx`` let the login
+        in; a ``401`` to ``GET /v2/`` (``first``) refused it (``upstream.password`` wrong or
+        revoked). A ``401`` to a repository may be that repository's only (one the account
+        may not read, or a name the registry hides behind ``401``): it was taken for the login
+        refused, and ``/health`` flapped between accepted and refused with each pull, a
+        WARNING each time. It is asked of ``/v2/`` with the login now, one request per
+        upstream at a time (:meth:`_check_basic_login`), unless the login stands refused
+        already. One WARNING and one recent error when it comes to be refused, one INFO line
+        when accepted again. (The token service's verdicts are :mod:`docxy.upstream.tokens`'.)"""
         if upstream.credentials is None:
             return
         sent = next((v for k, v in headers if k.lower() == "authorization"), "")
@@ -751,7 +757,15 @@ class UpstreamClient:
             return
         health = self.health_of(upstream)
         user = upstream.credentials[0]
-        if status == 401:
+        if status == 401 and first != upstream.url("/v2/"):
+            if health.login != "refused":  # a wrong login's, or this repository's: ask /v2/
+                name = f"basic login check {upstream.host}"
+                check = partial(self._check_basic_login, upstream, sent)
+                try:
+                    await self._basic_checks.run(upstream.host, name, check)
+                except UpstreamError:
+                    pass  # no word on the login: the 401 stands for the repository
+        elif status == 401:
             if health.login_judged(False) == "refused":
                 return
             said = (
@@ -762,6 +776,18 @@ class UpstreamClient:
             health.recent_failures.append((health.clock(), "login_refused", said))
         elif 200 <= status < 300 and health.login_judged(True) == "refused":
             log.info("%s accepted the mirror's own Basic login (%s) again", upstream.host, user)
+
+    async def _check_basic_login(self, upstream: Upstream, login: str) -> None:
+        """``GET /v2/`` with the mirror's Basic ``login``: judged as it is answered
+        (:meth:`_basic_login_answered`: ``401`` refused, ``2xx`` accepted)."""
+        answer = await self.send(
+            upstream,
+            "GET",
+            upstream.url("/v2/"),
+            [("Authorization", login)],
+            mirror_credentials=True,
+        )
+        await answer.aclose()
 
     def _log_pool_full(self, said: str) -> None:
         """One WARNING a minute at most: a crowd that fills the pool would write one a request.

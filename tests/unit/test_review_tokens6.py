@@ -128,7 +128,6 @@ class AclRegistry(ManifestBasicRegistry):
         return super().__call__(request)
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: any Basic 401 taken for the login refused")
 async def test_a_repositorys_401_to_a_good_basic_login_does_not_flip_health(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -159,7 +158,6 @@ async def test_a_repositorys_401_to_a_good_basic_login_does_not_flip_health(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: no /v2/ check of a Basic 401")
 async def test_a_basic_401_confirmed_at_v2_still_shows_the_login_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -189,7 +187,6 @@ async def test_a_basic_401_confirmed_at_v2_still_shows_the_login_refused(
     assert asked == ["/v2/", "/v2/owner/a/manifests/1", "/v2/", "/v2/owner/b/manifests/1"]
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: no /v2/ check of a Basic 401")
 async def test_concurrent_401s_share_one_check_of_the_basic_login() -> None:
     """Concurrent misses of private repositories, each a 401: one ``GET /v2/`` with the login
     says whose it is, not one each."""
