@@ -27,8 +27,8 @@ from tests.unit.test_review_tokens4 import now as now  # noqa: F401  (fixture)
 from tests.unit.test_review_tokens5 import BasicRegistry
 
 #: Each wait of the fake upstreams' client: a request's whole wait for its answer's headers is
-#: four of them (``headers_deadline``: pool, connect, write, read), 0.4 s.
-STEP = 0.1
+#: four of them (``headers_deadline``: pool, connect, write, read), 0.8 s.
+STEP = 0.2
 DEADLINE = 4 * STEP
 
 
