@@ -10,6 +10,7 @@ does)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import socket
@@ -339,7 +340,15 @@ async def test_the_mirror_bounds_streams_a_connection(served: Served) -> None:
             conn.receive_data(data)
             assert conn.remote_settings.max_concurrent_streams == H2_STREAMS
         finally:
-            writer.close()
+            await closed(writer)
+
+
+async def closed(writer: asyncio.StreamWriter) -> None:
+    """Close a test connection and wait until it is: a transport left to the loop's end (a
+    TLS one's shutdown above all) was reported unclosed at another test's teardown."""
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError, asyncio.TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), GUARD)
 
 
 def _no_verify() -> ssl.SSLContext:
@@ -386,7 +395,7 @@ async def upgraded_status(port: int, source: str) -> tuple[int, dict[bytes, byte
             writer.write(conn.data_to_send())
         raise AssertionError("no answer on stream 1")
     finally:
-        writer.close()
+        await closed(writer)
 
 
 async def test_a_request_upgraded_to_h2c_is_counted(served: Served) -> None:
@@ -419,7 +428,7 @@ async def test_http2_is_refused_on_both_listeners_by_default(tmp_path: Path) -> 
                 ends = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
                 assert [e.error_code for e in ends] == [ErrorCodes.HTTP_1_1_REQUIRED], events
             finally:
-                writer.close()
+                await closed(writer)
         transport = httpx.AsyncHTTPTransport(local_address=H1_CLIENT, http2=True, verify=False)
         async with httpx.AsyncClient(transport=transport, timeout=GUARD) as c:
             response = await c.get(f"https://{MIRROR_HOST}:{tls}/health")
