@@ -395,11 +395,24 @@ ports_said() {
   printf '%s' "$joined"
 }
 
+# unmapped ADDRESS: an IPv4-mapped IPv6 address (::ffff:127.0.0.1, as ss shows an IPv4 bind
+# made through an IPv6 socket) as the IPv4 address it is; any other as given.
+unmapped() {
+  local address="$1"
+  if [[ "${address,,}" =~ ^::ffff:([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)$ ]]; then
+    address="${BASH_REMATCH[1]}"
+  fi
+  printf '%s' "$address"
+}
+
 # clashes OURS THEIRS: a listener on address THEIRS keeps the stack from taking the same port
-# on OURS (addresses without brackets; empty: every address, as Docker publishes a bare port).
-# A wildcard takes the port on every address of its family ([::] and * on both, as dual-stack).
+# on OURS (addresses without brackets; empty: every address, as Docker publishes a bare port;
+# an IPv4-mapped one, ::ffff:a.b.c.d, as a.b.c.d). A wildcard takes the port on every address
+# of its family ([::] and * on both, as dual-stack).
 clashes() {
-  local ours="$1" theirs="$2"
+  local ours theirs
+  ours="$(unmapped "$1")"
+  theirs="$(unmapped "$2")"
   [[ -z "$ours" || "$ours" == "*" || "$ours" == :: || "$theirs" == "*" || "$theirs" == :: ]] &&
     return 0
   if [[ "$ours" == 0.0.0.0 ]]; then

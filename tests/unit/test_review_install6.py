@@ -199,3 +199,17 @@ def test_host_networking_refuses_a_taken_tls_listen_port_by_name(
 
     assert result.returncode == 1, output(result)
     assert "DOCXY_SERVER_TLS_LISTEN" in result.stderr and "10957" in result.stderr, output(result)
+
+
+# --- how ss shows what it holds: mapped IPv4 --------------------------------------------------
+
+
+def test_an_ipv4_mapped_listener_on_the_moved_address_is_refused(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """A Java server binds IPv4 through an IPv6 socket: ss shows [::ffff:127.0.0.1]:8080. It
+    was compared as ::ffff:127.0.0.1 with the mirror's 127.0.0.1, taken for free, and compose up
+    failed on the bind after the run had made its changes."""
+    test_a_moved_https_port_that_is_taken_is_refused_by_name(
+        box, resolver, f"[::ffff:{MOVED}]:10955"
+    )
