@@ -407,19 +407,19 @@ unmapped() {
 
 # clashes OURS THEIRS: a listener on address THEIRS keeps the stack from taking the same port
 # on OURS (addresses without brackets; empty: every address, as Docker publishes a bare port;
-# an IPv4-mapped one, ::ffff:a.b.c.d, as a.b.c.d). A wildcard takes the port on every address
-# of its family ([::] and * on both, as dual-stack).
+# an IPv4-mapped one, ::ffff:a.b.c.d, as a.b.c.d). ss shows a dual-stack IPv6 wildcard as *:
+# it takes the port on every address; [::] is a v6only one, every IPv6 address only; 0.0.0.0
+# every IPv4 address.
 clashes() {
   local ours theirs
   ours="$(unmapped "$1")"
   theirs="$(unmapped "$2")"
-  [[ -z "$ours" || "$ours" == "*" || "$ours" == :: || "$theirs" == "*" || "$theirs" == :: ]] &&
-    return 0
-  if [[ "$ours" == 0.0.0.0 ]]; then
-    [[ "$theirs" != *:* ]]
-    return
-  fi
-  [[ "$theirs" == 0.0.0.0 && "$ours" != *:* ]] || [[ "$theirs" == "$ours" ]]
+  [[ -z "$ours" || "$ours" == "*" || "$ours" == :: || "$theirs" == "*" ]] && return 0
+  case "$theirs" in
+    ::) [[ "$ours" == *:* ]] ;;
+    0.0.0.0) [[ "$ours" != *:* ]] ;;
+    *) [[ "$ours" == 0.0.0.0 && "$theirs" != *:* ]] || [[ "$theirs" == "$ours" ]] ;;
+  esac
 }
 
 # ports_unchecked WHY: the check could not be made; say so, and how to look by hand.

@@ -98,8 +98,9 @@ def test_a_moved_https_port_lets_the_install_go_on_with_443_taken(
     [
         pytest.param(f"{MOVED}:10955", id="same-address"),
         pytest.param("0.0.0.0:10955", id="ipv4-wildcard"),
-        pytest.param("[::]:10955", id="ipv6-wildcard"),
-        pytest.param("*:10955", id="dual-stack"),
+        # ss prints a dual-stack IPv6 wildcard as *, and [::] only for a v6only socket (which
+        # leaves IPv4 free: see test_a_v6only_wildcard_leaves_an_ipv4_address_free).
+        pytest.param("*:10955", id="ipv6-wildcard"),
     ],
 )
 def test_a_moved_https_port_that_is_taken_is_refused_by_name(
@@ -201,7 +202,7 @@ def test_host_networking_refuses_a_taken_tls_listen_port_by_name(
     assert "DOCXY_SERVER_TLS_LISTEN" in result.stderr and "10957" in result.stderr, output(result)
 
 
-# --- how ss shows what it holds: mapped IPv4 --------------------------------------------------
+# --- how ss shows what it holds: mapped IPv4, the v6only wildcard -------------------------------
 
 
 def test_an_ipv4_mapped_listener_on_the_moved_address_is_refused(
@@ -213,3 +214,22 @@ def test_an_ipv4_mapped_listener_on_the_moved_address_is_refused(
     test_a_moved_https_port_that_is_taken_is_refused_by_name(
         box, resolver, f"[::ffff:{MOVED}]:10955"
     )
+
+
+def test_a_v6only_wildcard_leaves_an_ipv4_address_free(box: ScriptBox, resolver: Resolver) -> None:
+    """[::] in ss's output is a v6only socket (a dual-stack one shows as *): an IPv4 address's
+    bind on the same port works, and the run was refused."""
+    test_a_moved_https_port_lets_the_install_go_on_with_443_taken(
+        box, resolver, ("0.0.0.0:443", "[::]:10955")
+    )
+
+
+def test_a_v6only_wildcard_clashes_with_an_ipv6_address(box: ScriptBox, resolver: Resolver) -> None:
+    write_env(box, "DOCXY_HTTPS_PORT=[::1]:10955")
+    listening(box, "[::]:10955")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert not box.called(COMPOSE_UP)
+    assert "[::1]:10955" in result.stderr and "DOCXY_HTTPS_PORT" in result.stderr, output(result)
