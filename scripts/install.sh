@@ -434,17 +434,26 @@ ports_unchecked() {
   say "  (or: sudo netstat -ltnp | grep -E ':($grep) '); the mirror cannot start while they are taken"
 }
 
-# http01_reachable: with the mirror's plain HTTP off port 80 of every address, Let's Encrypt's
-# HTTP-01 check (port 80 of the domain's addresses) reaches it only through something that
-# forwards it there: said, not refused (a proxy on port 80 may do just that).
+# loopback ADDRESS: ADDRESS is one of this host's loopback addresses (127.*, ::1), which no
+# other host reaches.
+loopback() {
+  local address
+  address="$(unmapped "$1")"
+  [[ "$address" == 127.* || "$address" == ::1 ]]
+}
+
+# http01_reachable: with the mirror's plain HTTP off port 80, or on port 80 of a loopback
+# address only, Let's Encrypt's HTTP-01 check (port 80 of the domain's addresses) reaches it only
+# through something that forwards it there: said, not refused (a proxy on port 80 may do just
+# that). Port 80 of a named address is taken to be the domain's.
 http01_reachable() {
   local value
   [[ -n "$DOMAIN" ]] && plain_port "${PORT_NAMES[0]:-}" || return 0
-  if ((PORT_NUMBERS[0] == 80)) && any_address "${PORT_ADDRESSES[0]}"; then return 0; fi
+  if ((PORT_NUMBERS[0] == 80)) && ! loopback "${PORT_ADDRESSES[0]}"; then return 0; fi
   value="$(env_value "${PORT_NAMES[0]}")"
-  warn "${PORT_NAMES[0]}=$value in $ENV_FILE: the mirror's plain HTTP is not on port 80 of every"
-  warn "  address, where Let's Encrypt's HTTP-01 check asks for $DOMAIN: the certificate can be"
-  warn "  neither issued nor renewed unless what listens on port 80 forwards"
+  warn "${PORT_NAMES[0]}=$value in $ENV_FILE: the mirror's plain HTTP is not on port 80 of this"
+  warn "  host's public addresses, where Let's Encrypt's HTTP-01 check asks for $DOMAIN: the"
+  warn "  certificate can be neither issued nor renewed unless what listens on port 80 forwards"
   warn "  /.well-known/acme-challenge/ to $(port_said 0)"
 }
 

@@ -233,3 +233,31 @@ def test_a_v6only_wildcard_clashes_with_an_ipv6_address(box: ScriptBox, resolver
     assert result.returncode == 1, output(result)
     assert not box.called(COMPOSE_UP)
     assert "[::1]:10955" in result.stderr and "DOCXY_HTTPS_PORT" in result.stderr, output(result)
+
+
+# --- HTTP-01: port 80 is port 80, on whichever public address -----------------------------------
+
+
+def test_port_80_on_a_named_address_does_not_warn_of_http01(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    write_env(box, "DOCXY_HTTP_PORT=203.0.113.7:80")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert "HTTP-01" not in result.stderr, result.stderr
+    assert "Ports 203.0.113.7:80 and 443: free" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "[::1]"])
+def test_port_80_on_loopback_only_warns_of_http01(
+    box: ScriptBox, resolver: Resolver, address: str
+) -> None:
+    """Let's Encrypt cannot reach a loopback address: the warning stays."""
+    write_env(box, f"DOCXY_HTTP_PORT={address}:80")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert "HTTP-01" in result.stderr and "DOCXY_HTTP_PORT" in result.stderr, result.stderr
