@@ -388,11 +388,13 @@ port_said() {
   printf '%s' "${PORT_LABELS[$1]}"
 }
 
-# ports_said: the ports' labels, "80 and 443".
+# ports_said [I...]: the ports PORT_LABELS[I] (all of them without an I) as a message starts
+# with them: "Ports 80 and 443", "Port 127.0.0.1:8443".
 ports_said() {
-  local joined="" label
-  for label in "${PORT_LABELS[@]}"; do joined+="${joined:+ and }$label"; done
-  printf '%s' "$joined"
+  local joined="" i
+  (($#)) || set -- "${!PORT_LABELS[@]}"
+  for i in "$@"; do joined+="${joined:+ and }${PORT_LABELS[i]}"; done
+  (($# == 1)) && printf 'Port %s' "$joined" || printf 'Ports %s' "$joined"
 }
 
 # unmapped ADDRESS: an IPv4-mapped IPv6 address (::ffff:127.0.0.1, as ss shows an IPv4 bind
@@ -429,7 +431,7 @@ ports_unchecked() {
     tcp+=" -iTCP:${PORT_NUMBERS[i]}"
     grep+="${grep:+|}${PORT_NUMBERS[i]}"
   done
-  say "Ports $(ports_said): not checked ($1)"
+  say "$(ports_said): not checked ($1)"
   say "  check by hand that nothing listens there: sudo lsof -nP$tcp -sTCP:LISTEN"
   say "  (or: sudo netstat -ltnp | grep -E ':($grep) '); the mirror cannot start while they are taken"
 }
@@ -458,7 +460,7 @@ http01_reachable() {
 }
 
 check_ports() {
-  local listeners error line fields address port i taken=() held="" what="" moves="" it=it
+  local listeners error line fields address port i taken=() held="" what="" moves="" it=it verb
   stack_ports
   http01_reachable
   ((${#PORT_NUMBERS[@]})) || return 0
@@ -493,12 +495,13 @@ check_ports() {
     done
   done <<<"$listeners"
   if ((${#taken[@]} == 0)); then
-    say "Ports $(ports_said): free"
+    say "$(ports_said): free"
   elif stack_running; then
-    say "Ports $(ports_said): already Docxy's"
+    say "$(ports_said "${taken[@]}"): already Docxy's"
   elif docker_refuses_us; then
-    say "Ports $(ports_said) are in use, by Docxy or not: docker does not answer this user (not"
-    say "root), so this dry run cannot tell; with sudo it can:"
+    ((${#taken[@]} == 1)) && verb=is || verb=are
+    say "$(ports_said "${taken[@]}") $verb in use, by Docxy or not: docker does not answer this"
+    say "user (not root), so this dry run cannot tell; with sudo it can:"
     printf '%s' "$held"
   else
     for i in "${taken[@]}"; do

@@ -28,6 +28,7 @@ from tests.unit.test_install_script import (
     install,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+from tests.unit.test_review_install import docker_refuses_this_user
 
 MOVED = "127.0.56.1"
 
@@ -261,3 +262,28 @@ def test_port_80_on_loopback_only_warns_of_http01(
 
     assert result.returncode == 0, output(result)
     assert "HTTP-01" in result.stderr and "DOCXY_HTTP_PORT" in result.stderr, result.stderr
+
+
+# --- the ports said are the ports taken ---------------------------------------------------------
+
+
+def test_a_dry_run_that_cannot_ask_docker_names_only_the_taken_port(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    listening(box, "0.0.0.0:443")
+    docker_refuses_this_user(box)
+
+    result = install(box, resolver, "--dry-run")
+
+    assert result.returncode == 0, output(result)
+    assert "Port 443 is in use, by Docxy or not" in result.stdout, result.stdout
+    assert "80" not in result.stdout.split("is in use")[0].splitlines()[-1], result.stdout
+
+
+def test_one_port_checked_is_said_in_the_singular(box: ScriptBox, resolver: Resolver) -> None:
+    write_env(box, "DOCXY_HTTPS_PORT=https")
+
+    result = install(box, resolver)
+
+    assert "DOCXY_HTTPS_PORT" in result.stdout and "not checked" in result.stdout, output(result)
+    assert "Port 80: free" in result.stdout, result.stdout
