@@ -453,13 +453,19 @@ NO_TLS = (
 )
 
 
-def _renewer_refusal(config_dir: Path | None) -> str | None:
+def _renewer_refusal(config_dir: Path | None, domain: str | None) -> str | None:
     """Why the renewer refuses its settings and schedules nothing, from its status file
-    (``refused``: ``scheduler.main.hold``); None when it does not say so."""
+    (``refused``: ``scheduler.main.hold``); None when it does not say so. Without a
+    ``domain``, only a refusal written without one (as the mirror's /health shows it:
+    ``docxy.http.server.renewal_provider``): one left by a renewer that had a domain stands
+    for settings no renewer reads any more."""
     if config_dir is None:
         return None
-    refused = renewal_status(config_dir).get("refused")
-    return str(refused) if refused else None
+    status = renewal_status(config_dir)
+    refused = status.get("refused")
+    if not refused or (domain is None and status.get("domain", "") is not None):
+        return None
+    return str(refused)
 
 
 def required(value: T | None, key: str) -> T:
@@ -479,7 +485,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             raise ConfigError(NO_TLS)
         cert, key = required(cert_path, "tls.cert_path"), required(key_path, "tls.key_path")
         described = describe_files(cert, key, certs.domain)
-        halted = _renewer_refusal(certs.config_dir)
+        halted = _renewer_refusal(certs.config_dir, certs.domain)
         if halted is not None:
             described["renewer_refused"] = halted
             print(
