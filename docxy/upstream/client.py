@@ -15,7 +15,7 @@ import re
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -69,6 +69,9 @@ MAX_REDIRECTS = 5
 LOOKUP_SECONDS = 5.0
 REALM_TTL = 600.0
 MAX_SMALL_BODY = 4 * 1024 * 1024
+#: Bytes of a repository's ``401`` to the mirror's Basic login read before its login check
+#: (:func:`held_answer`: its connection goes back to the pool first); a larger body is dropped.
+MAX_HELD_BODY = 64 * 1024
 #: Answers that mean "the upstream is in trouble, try later": the routes serve stale on them,
 #: and /health counts them as failures. A 429, and every 5xx: a CDN front's own (Cloudflare's
 #: 520-524 and 530: the origin down, unreachable, timing out or unresolved) as much as a
@@ -618,8 +621,9 @@ class UpstreamClient:
                 health.saw(response.headers)
             if response.status_code not in REDIRECT_STATUSES:
                 if mirror_credentials and not token_service:
-                    status = response.status_code
-                    await self._basic_login_answered(upstream, first, current_headers, status)
+                    return await self._basic_login_answered(
+                        upstream, first, current_headers, response
+                    )
                 return response
             location = response.headers.get("location")
             await response.aclose()
@@ -735,8 +739,12 @@ class UpstreamClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _basic_login_answered(
-        self, upstream: Upstream, first: str, headers: list[tuple[str, str]], status: int
-    ) -> None:
+        self,
+        upstream: Upstream,
+        first: str,
+        headers: list[tuple[str, str]],
+        response: httpx.Response,
+    ) -> httpx.Response:
         """The registry's answer to a request of the mirror's own with its Basic login (an
         upstream without a token service: :meth:`MirrorTokens.headers`, or ``basic_login``
         for a request passed through), ``headers`` those its last hop carried (a redirect's
@@ -749,25 +757,35 @@ class UpstreamClient:
         WARNING each time. It is asked of ``/v2/`` with the login now, one request per
         upstream at a time (:meth:`_check_basic_login`), unless the login stands refused
         already. One WARNING and one recent error when it comes to be refused, one INFO line
-        when accepted again. (The token service's verdicts are :mod:`docxy.upstream.tokens`'.)"""
+        when accepted again. (The token service's verdicts are :mod:`docxy.upstream.tokens`'.)
+
+        Returns ``response``, or the same answer read (:func:`held_answer`) when a check
+        went: the ``401`` held its connection through the check, which needs one of its own
+        (on a full pool each ``401`` waited the pool timeout, and got no verdict), and a
+        client gone meanwhile left it open for good, lost to the pool."""
+        status = response.status_code
         if upstream.credentials is None:
-            return
+            return response
         sent = next((v for k, v in headers if k.lower() == "authorization"), "")
         if not sent.lower().startswith("basic "):
-            return
+            return response
         health = self.health_of(upstream)
         user = upstream.credentials[0]
         if status == 401 and first != upstream.url("/v2/"):
             if health.login != "refused":  # a wrong login's, or this repository's: ask /v2/
+                response = await held_answer(response)  # its connection free for the check
                 name = f"basic login check {upstream.host}"
                 check = partial(self._check_basic_login, upstream, sent)
                 try:
                     await self._basic_checks.run(upstream.host, name, check)
                 except UpstreamError:
                     pass  # no word on the login: the 401 stands for the repository
+                except BaseException:  # the client gone (cancelled), or a fault
+                    await response.aclose()
+                    raise
         elif status == 401:
             if health.login_judged(False) == "refused":
-                return
+                return response
             said = (
                 f"{upstream.host} answered 401 to the mirror's own Basic login ({user}): its "
                 "password is wrong or revoked"
@@ -776,6 +794,7 @@ class UpstreamClient:
             health.recent_failures.append((health.clock(), "login_refused", said))
         elif 200 <= status < 300 and health.login_judged(True) == "refused":
             log.info("%s accepted the mirror's own Basic login (%s) again", upstream.host, user)
+        return response
 
     async def _check_basic_login(self, upstream: Upstream, login: str) -> None:
         """``GET /v2/`` with the mirror's Basic ``login``: judged as it is answered
@@ -922,8 +941,12 @@ def _read_timeout(upstream: httpx.Response) -> float | None:
     return float(read) if isinstance(read, int | float) else None
 
 
-async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> bytes:
+async def read_small(
+    upstream: httpx.Response, limit: int = MAX_SMALL_BODY, *, inflate: bool = True
+) -> bytes:
     """Read a small body (token, manifest, ``/v2/`` answer) with a bound; always closes it.
+    ``inflate=False``: its bytes as they came (a ``Content-Encoding`` kept), for an answer
+    that is relayed (:func:`held_answer`).
 
     A body that stalls or breaks off raises :class:`UpstreamTimeout` or
     :class:`UpstreamUnavailable`, as a failure before the headers does; so does one that does
@@ -948,7 +971,8 @@ async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> b
         if upstream.is_stream_consumed:  # read whole already (a transport that answered so)
             take([upstream.content])
         else:
-            inflater = Inflater.of(upstream.headers.get("content-encoding"))
+            coding = upstream.headers.get("content-encoding") if inflate else None
+            inflater = Inflater.of(coding)
             async with asyncio.timeout(within):
                 async for raw in upstream.aiter_raw():
                     take([raw] if inflater is None else inflater.feed(raw, limit - size))
@@ -968,3 +992,39 @@ async def read_small(upstream: httpx.Response, limit: int = MAX_SMALL_BODY) -> b
     finally:
         await upstream.aclose()
     return b"".join(chunks)
+
+
+class _HeldBody(httpx.AsyncByteStream):
+    """A body read already (:func:`held_answer`), streamed again to whoever relays it."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._body:
+            yield self._body
+
+
+async def held_answer(upstream: httpx.Response, limit: int = MAX_HELD_BODY) -> httpx.Response:
+    """``upstream`` (a small answer: a ``401``) read with a bound and closed, its connection
+    back to the pool; the answer returned streams the same bytes (as they came, its headers
+    kept) to whoever relays it. A body over ``limit`` is dropped: the answer goes with none
+    (``Content-Length: 0``). One a transport read whole already holds no connection: as is.
+    Raises as :func:`read_small` when the body stalls or breaks off."""
+    if upstream.is_stream_consumed:
+        return upstream
+    headers = upstream.headers
+    try:
+        body = await read_small(upstream, limit, inflate=False)
+    except AnswerTooLarge:
+        dropped = ("content-length", "content-encoding", "transfer-encoding")
+        headers = httpx.Headers([(k, v) for k, v in headers.multi_items() if k not in dropped])
+        headers["Content-Length"] = "0"
+        body = b""
+    return httpx.Response(
+        upstream.status_code,
+        headers=headers,
+        stream=_HeldBody(body),
+        request=upstream.request,
+        extensions=upstream.extensions,
+    )
