@@ -26,8 +26,9 @@ anonymously. Accepted there, a scope's ``401`` is that repository's only (gcr.io
 Registry answer ``401`` to a good login that may not read one repository). An acceptance is
 trusted for ``LOGIN_TRUSTED``; past ``REFUSED_TTL`` of it, the login goes with one token
 request per upstream at a time, the other misses waiting for its outcome
-(:meth:`MirrorTokens._login_turn`); a token service that answered it (or its check) not in time
-has their requests time out with it, not sent to wait the timeout again.
+(:meth:`MirrorTokens._login_turn`); a token service that answered it not in time has their
+requests time out with it, not sent to wait the timeout again (a check of its ``401`` that timed
+out does not: the ``401`` may be its repository's alone).
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ REFUSED_TTL = 60.0  # seconds a repository the mirror's token cannot read is pas
 LOGIN_TRUSTED = 3600.0
 #: Seconds the token service is not asked for a new token after a 429 without ``Retry-After``.
 REST_WITHOUT_RETRY_AFTER = 5.0
+#: Seconds a scope-less login check the token service did not answer in time is remembered:
+#: a ``401`` meanwhile is not checked again (:meth:`MirrorTokens._fetch`), it stands for its
+#: repository, not the login (the misses that waited for that check would each have waited
+#: the timeout of a new one).
+CHECK_SILENCE_HOLD = 5.0
 #: The longest a token is kept, whatever its ``expires_in`` says (Docker Hub's last 300 s).
 MAX_EXPIRES_IN = 86400.0
 #: A token as it may go in ``Authorization: Bearer``: visible ASCII, no space.
@@ -137,9 +143,12 @@ class MirrorTokens:
         self._login_accepted: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: scope-less login checks in flight, one per upstream host (:meth:`_login_verdict`)
         self._checking: Coalesced[str, bool | None] = Coalesced(UpstreamError)
+        #: upstream hosts whose login check (after a scoped ``401``) timed out: since when
+        #: (``CHECK_SILENCE_HOLD``)
+        self._check_silent: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts with a token request in flight that carries a login accepted more
         #: than ``REFUSED_TTL`` ago, done when its outcome is known (:meth:`_login_turn`): the
-        #: timeout it ended in, if the token service did not answer it (or its check)
+        #: timeout it ended in, if the token service did not answer it
         self._vouching: dict[str, asyncio.Future[UpstreamTimeout | None]] = {}
         #: (upstream host, realm) pairs whose withheld login was logged (:meth:`_login_withheld`)
         self._withheld: LruDict[tuple[str, str], bool] = LruDict(WITHHELD_LOGGED)
@@ -338,9 +347,13 @@ class MirrorTokens:
         accepted, that ``401`` was its repository's). A fresher acceptance makes no one wait.
         Raises what the check raises on a timeout, and :class:`UpstreamUnavailable` while
         the token service asked for rest (the check, or the request waited for, told so). A
-        request waited for that the token service never answered (nor its check of a ``401``)
-        ends its waiters with its timeout: each sent its own then, and waited the timeout
-        again (twice the timeout for every client)."""
+        request waited for that the token service never answered ends its waiters with its
+        timeout: each sent its own then, and waited the timeout again (twice the timeout for
+        every client). Not when only its check of a ``401`` timed out: that ``401`` may be its
+        repository's alone (a private one), and the waiters' repositories readable (they were
+        answered 504 where their own requests got 200); they send theirs, and a ``401`` of
+        theirs is not checked again while that check's silence is fresh
+        (``CHECK_SILENCE_HOLD``)."""
         lead: asyncio.Future[UpstreamTimeout | None] | None = None
         waited = False
         verdict = await self._verdict_or_none(upstream, realm, service)
@@ -376,6 +389,22 @@ class MirrorTokens:
         except UpstreamError:
             return None  # the check broke (a reset): no word; this request goes on
 
+    async def _checked_401(
+        self, upstream: Upstream, realm: str, service: str | None, sent: float
+    ) -> bool | None:
+        """The login's verdict after a scoped ``401`` to a request sent at ``sent``
+        (:meth:`_login_verdict`); None without a check while one lately went unanswered
+        (``CHECK_SILENCE_HOLD``), and remembered so when this one does not answer in time.
+        That timeout is no answer to the scoped request, which was answered."""
+        silent = self._check_silent.get(upstream.host)
+        if silent is not None and time.monotonic() - silent < CHECK_SILENCE_HOLD:
+            return None
+        try:
+            return await self._login_verdict(upstream, realm, service, since=sent)
+        except UpstreamTimeout:
+            self._check_silent.set(upstream.host, time.monotonic())
+            raise
+
     def _vouched(
         self,
         upstream: Upstream,
@@ -384,7 +413,7 @@ class MirrorTokens:
     ) -> None:
         """The outcome of the token request that went first with the login is known (or it
         failed): the misses waiting for it (:meth:`_login_turn`) go on, or end with
-        ``silence``, the timeout it (or its check) ended in."""
+        ``silence``, the timeout it ended in (the token service silent to it)."""
         if lead is None or lead.done():
             return
         if self._vouching.get(upstream.host) is lead:
@@ -537,9 +566,7 @@ class MirrorTokens:
             if answer.status_code == 401 and login:
                 # The login refused, or this one repository? As ``docker login`` asks it.
                 try:
-                    verdict = await self._login_verdict(upstream, realm, service, since=sent)
-                except UpstreamTimeout as exc:
-                    verdict, silence = None, exc  # as below; the waiters' checks would too
+                    verdict = await self._checked_401(upstream, realm, service, sent)
                 except UpstreamError:
                     verdict = None  # no word on the login: the 401 stands for this repository
                 if verdict is False:

@@ -253,7 +253,6 @@ class Acl(Silent):
         return super().__call__(request)
 
 
-@pytest.mark.xfail(strict=True, reason="cc1eca3: the leader's check timeout ends its waiters")
 async def test_misses_of_readable_repositories_do_not_share_a_private_ones_check_timeout(
     now: list[float],
 ) -> None:
