@@ -398,7 +398,7 @@ class MirrorTokens:
         That timeout is no answer to the scoped request, which was answered."""
         silent = self._check_silent.get(upstream.host)
         if silent is not None and time.monotonic() - silent < CHECK_SILENCE_HOLD:
-            return None
+            return False if self.login_refused(upstream) else None  # known without asking
         try:
             return await self._login_verdict(upstream, realm, service, since=sent)
         except UpstreamTimeout:

@@ -20,8 +20,8 @@ import pytest
 
 from docxy.tasks import spawn
 from docxy.upstream.client import MAX_HELD_BODY, Upstream, UpstreamClient
-from docxy.upstream.tokens import MirrorTokens, basic_authorization
-from tests.unit.test_review_tokens4 import miss
+from docxy.upstream.tokens import CHECK_SILENCE_HOLD, MirrorTokens, basic_authorization
+from tests.unit.test_review_tokens4 import ROBOT, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401  (fixture)
 from tests.unit.test_review_tokens6 import DEADLINE, STEP, Silent
 
@@ -280,3 +280,25 @@ async def test_misses_of_readable_repositories_do_not_share_a_private_ones_check
     assert not isinstance(led[0], BaseException), led
     assert registry.held == 1
     assert took < 1.5 * DEADLINE, took
+
+
+async def test_a_silent_login_check_is_remembered_a_few_seconds_only(now: list[float]) -> None:
+    """A check of a scoped 401 that timed out spares the next 401s a check of their own
+    (each would wait the timeout again), for ``CHECK_SILENCE_HOLD`` only: after it, a 401 is
+    checked again, and a revoked password is found (the miss then goes anonymously)."""
+    registry = Silent()
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(registry.handle), timeout=httpx.Timeout(STEP)
+    ) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        assert await miss(tokens, "owner/a") == 200
+        now[0] += 1  # its acceptance older than the 401s to come
+        registry.revoked = True
+        registry.checks_silent = True
+        assert await miss(tokens, "owner/b") == 401  # its check held, timed out
+        assert await miss(tokens, "owner/c") == 401  # not checked: no second wait
+        assert registry.held == 1
+        now[0] += CHECK_SILENCE_HOLD + 1
+        registry.checks_silent = False
+        assert await miss(tokens, "owner/d") == 200  # checked: refused, anonymously
+        assert tokens.login_refused(ROBOT)
