@@ -1,7 +1,9 @@
 """The bed's token service refusing the mirror's account (a wrong password: 401) is an answer,
 not an outage: clients still get public content (the mirror, its login refused, asks for an
 anonymous token and fills the cache by the real direct fill path: 6890b56), the refused login
-is sent once, not per request, and ``/health`` stays ``ok``."""
+is sent once, not per request. ``/health`` is ``degraded`` with the login ``refused`` (since
+fe45a4d: the operator's password is wrong, its private pulls fail), still answering 200, and
+nothing is served stale."""
 
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ def test_a_refused_mirror_account_is_not_an_outage(bed: Bed, start_mirror: Start
                 assert answer.status_code == 200, answer.text
                 assert "sha256:" + hashlib.sha256(answer.content).hexdigest() == digest
         health = client.get("/health").json()
-    assert health["status"] == "ok", health
+    assert health["status"] == "degraded", health  # not an outage: a login to mend
+    assert health["upstream"]["login"] == "refused", health
+    assert health["upstream"]["reachable"] is True, health
     assert health["upstream"]["stale_served"] == 0
     mirrors = [r for r in bed.token_log.where(lambda r: r.basic_user == bed.user)]
     assert mirrors and {r.status for r in mirrors} == {401}
