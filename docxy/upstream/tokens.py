@@ -84,7 +84,9 @@ REST_WITHOUT_RETRY_AFTER = 5.0
 #: Seconds a scope-less login check the token service did not answer in time is remembered:
 #: a ``401`` meanwhile is not checked again (:meth:`MirrorTokens._fetch`), it stands for its
 #: repository, not the login (the misses that waited for that check would each have waited
-#: the timeout of a new one).
+#: the timeout of a new one), for that miss only: not remembered for ``REFUSED_TTL`` (a public
+#: repository stood refused a minute for a revoked password, the token service answering
+#: again a second after its silence), the next miss past the hold checks it.
 CHECK_SILENCE_HOLD = 5.0
 #: The longest a token is kept, whatever its ``expires_in`` says (Docker Hub's last 300 s).
 MAX_EXPIRES_IN = 86400.0
@@ -107,13 +109,18 @@ class TokenRefused(UpstreamError):
 
     An ``UpstreamError`` so that whoever fetches with the mirror's token gives up the fetch as
     for any upstream error; never an outage (nothing counts it as one, the services are told
-    by :meth:`MirrorTokens.send` as an answer)."""
+    by :meth:`MirrorTokens.send` as an answer).
 
-    def __init__(self, status: int) -> None:
+    ``unchecked``: a ``401`` to the mirror's login taken for its repository's without a check
+    of the login, one having gone unanswered lately (``CHECK_SILENCE_HOLD``): not remembered
+    (:meth:`MirrorTokens._fetch_and_keep`), the next miss after the hold checks it."""
+
+    def __init__(self, status: int, *, unchecked: bool = False) -> None:
         super().__init__(
             f"the upstream's token service refused the mirror ({status})", status=status
         )
         self.code = "DENIED" if status == 403 else "UNAUTHORIZED"
+        self.unchecked = unchecked
 
     def answer(self) -> httpx.Response:
         """The refusal as the upstream's answer to a request made with the refused token: a
@@ -136,6 +143,9 @@ class MirrorTokens:
         self._refused: LruDict[tuple[str, str], float] = LruDict(capacity)
         #: repositories the token service itself refused the mirror: (when, 401 or 403)
         self._denied: LruDict[tuple[str, str], tuple[float, int]] = LruDict(capacity)
+        #: repositories whose last token request was refused unchecked (:class:`TokenRefused`'s
+        #: ``unchecked``): since when; their refusal answered not marked (:meth:`mark_refused`)
+        self._unchecked: LruDict[tuple[str, str], float] = LruDict(capacity)
         #: upstream hosts whose token service refused the mirror's login (401): since when.
         #: Not sent again before ``REFUSED_TTL`` is over: its tokens are asked anonymously.
         self._login_refused: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
@@ -168,8 +178,15 @@ class MirrorTokens:
         return since is not None and time.monotonic() - since < REFUSED_TTL
 
     def mark_refused(self, upstream: Upstream, repository: str) -> None:
-        """Private to the mirror's token: pass it through a while instead of asking twice."""
-        self._refused.set((upstream.host, repository), time.monotonic())
+        """Private to the mirror's token: pass it through a while instead of asking twice.
+        Not while its token request's last refusal was an unchecked ``401`` (the pull services
+        mark the refusal :meth:`send` answered with): it stood for ``REFUSED_TTL``, a public
+        repository refused a minute for a password revoked, after a check that timed out."""
+        key = (upstream.host, repository)
+        unchecked = self._unchecked.get(key)
+        if unchecked is not None and time.monotonic() - unchecked < CHECK_SILENCE_HOLD:
+            return
+        self._refused.set(key, time.monotonic())
 
     async def headers(self, upstream: Upstream, repository: str) -> list[tuple[str, str]]:
         """``Authorization`` for the mirror's own requests to ``repository`` (maybe none)."""
@@ -233,9 +250,14 @@ class MirrorTokens:
         try:
             token, expires_in = await self._fetch(upstream, repository, service)
         except TokenRefused as exc:
+            if exc.unchecked:  # no word on the login: the next miss past the hold asks again
+                self._unchecked.set(key, time.monotonic())
+                raise
+            self._unchecked.pop(key)
             self._denied.set(key, (time.monotonic(), exc.status))
             self.mark_refused(upstream, repository)
             raise
+        self._unchecked.pop(key)
         self._tokens.set(key, (time.monotonic() + max(expires_in - EXPIRY_MARGIN, 1.0), token))
         return token
 
@@ -396,14 +418,20 @@ class MirrorTokens:
         (:meth:`_login_verdict`); None without a check while one lately went unanswered
         (``CHECK_SILENCE_HOLD``), and remembered so when this one does not answer in time.
         That timeout is no answer to the scoped request, which was answered."""
-        silent = self._check_silent.get(upstream.host)
-        if silent is not None and time.monotonic() - silent < CHECK_SILENCE_HOLD:
+        if self._check_held(upstream):
             return False if self.login_refused(upstream) else None  # known without asking
         try:
             return await self._login_verdict(upstream, realm, service, since=sent)
         except UpstreamTimeout:
             self._check_silent.set(upstream.host, time.monotonic())
             raise
+
+    def _check_held(self, upstream: Upstream) -> bool:
+        """Whether a login check went unanswered less than ``CHECK_SILENCE_HOLD`` ago: a
+        ``401`` is not checked (:meth:`_checked_401`), nor remembered (:class:`TokenRefused`'s
+        ``unchecked``)."""
+        silent = self._check_silent.get(upstream.host)
+        return silent is not None and time.monotonic() - silent < CHECK_SILENCE_HOLD
 
     def _vouched(
         self,
@@ -563,8 +591,10 @@ class MirrorTokens:
                 headers.append(("Authorization", basic_authorization(*upstream.credentials)))
             sent = time.monotonic()
             answer, body = await self._ask(upstream, realm, headers, params)
+            unchecked = False
             if answer.status_code == 401 and login:
                 # The login refused, or this one repository? As ``docker login`` asks it.
+                unchecked = self._check_held(upstream)
                 try:
                     verdict = await self._checked_401(upstream, realm, service, sent)
                 except UpstreamError:
@@ -573,7 +603,7 @@ class MirrorTokens:
                     self._vouched(upstream, lead)  # the others go anonymously at once
                     return await self._fetch(upstream, repository, service)  # anonymously
             if answer.status_code in (401, 403):
-                raise TokenRefused(answer.status_code)
+                raise TokenRefused(answer.status_code, unchecked=unchecked)
             if answer.status_code != 200:
                 said = f"the upstream's token service refused the mirror ({answer.status_code})"
                 self._rest(upstream, answer, said)
