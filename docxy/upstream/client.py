@@ -70,7 +70,8 @@ LOOKUP_SECONDS = 5.0
 REALM_TTL = 600.0
 MAX_SMALL_BODY = 4 * 1024 * 1024
 #: Bytes of a repository's ``401`` to the mirror's Basic login read before its login check
-#: (:func:`held_answer`: its connection goes back to the pool first); a larger body is dropped.
+#: (:func:`held_answer`: its connection goes back to the pool first); a larger body is dropped
+#: (as one that stalls or breaks off).
 MAX_HELD_BODY = 64 * 1024
 #: Answers that mean "the upstream is in trouble, try later": the routes serve stale on them,
 #: and /health counts them as failures. A 429, and every 5xx: a CDN front's own (Cloudflare's
@@ -1010,13 +1011,15 @@ async def held_answer(upstream: httpx.Response, limit: int = MAX_HELD_BODY) -> h
     back to the pool; the answer returned streams the same bytes (as they came, its headers
     kept) to whoever relays it. A body over ``limit`` is dropped: the answer goes with none
     (``Content-Length: 0``). One a transport read whole already holds no connection: as is.
-    Raises as :func:`read_small` when the body stalls or breaks off."""
+    A body that stalls or breaks off goes so too: it raised :func:`read_small`'s
+    :class:`UpstreamTimeout` or :class:`UpstreamUnavailable` out of ``send``, the client was
+    answered 504 or 502 for the registry's ``401``, and the login check never went."""
     if upstream.is_stream_consumed:
         return upstream
     headers = upstream.headers
     try:
         body = await read_small(upstream, limit, inflate=False)
-    except AnswerTooLarge:
+    except (AnswerTooLarge, UpstreamTimeout, UpstreamUnavailable):
         dropped = ("content-length", "content-encoding", "transfer-encoding")
         headers = httpx.Headers([(k, v) for k, v in headers.multi_items() if k not in dropped])
         headers["Content-Length"] = "0"

@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
-import pytest
 
 from docxy.core.headers import response_headers
 from docxy.upstream.client import MAX_HELD_BODY, Upstream, UpstreamClient
@@ -163,9 +162,6 @@ def relayed(answer: httpx.Response, method: str = "GET") -> dict[str, str]:
     return {k.lower(): v for k, v in headers}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="c74ff3c: held_answer raises UpstreamTimeout on a stalled 401 body"
-)
 async def test_a_401_whose_body_stalls_is_relayed_without_it() -> None:
     """A 401 whose body stops after 10 of its 100 bytes (the connection held open): reading it
     before the login check raised UpstreamTimeout out of ``send``, the client got 504 for a
@@ -181,9 +177,6 @@ async def test_a_401_whose_body_stalls_is_relayed_without_it() -> None:
             assert client.health_of(upstream).login == "accepted"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="c74ff3c: held_answer raises UpstreamUnavailable on a 401 body cut off"
-)
 async def test_a_401_whose_body_breaks_off_is_relayed_without_it() -> None:
     """The same with the connection closed after 10 of its 100 bytes: UpstreamUnavailable out
     of ``send`` (502 to the client). Relayed without its body now, the check gone."""
