@@ -599,9 +599,13 @@ class MirrorTokens:
                     verdict = await self._checked_401(upstream, realm, service, sent)
                 except UpstreamError:
                     verdict = None  # no word on the login: the 401 stands for this repository
+                if verdict is None:  # ... for this miss only: not remembered (its own check,
+                    unchecked = True  # or one it joined, said nothing: timed out, broke)
                 if verdict is False:
                     self._vouched(upstream, lead)  # the others go anonymously at once
                     return await self._fetch(upstream, repository, service)  # anonymously
+            if answer.status_code == 403 and login:
+                self._accept_login(upstream)  # known, denied this repository: not refused
             if answer.status_code in (401, 403):
                 raise TokenRefused(answer.status_code, unchecked=unchecked)
             if answer.status_code != 200:
