@@ -567,7 +567,8 @@ def container_config(tmp_path: Path, **settings: str) -> str:
         "DOCXY_UPSTREAM_REGISTRY": "http://127.0.43.1:10305",
         **settings,
     }
-    argv = ["python", "-m", "docxy", "serve", "--show-config"]
+    # this interpreter, not `python` from PATH: Debian's python3 has none (.ci/py313's chroot)
+    argv = [sys.executable, "-m", "docxy", "serve", "--show-config"]
     shown = subprocess.run(
         ["bash", str(REPO / "scripts" / "entrypoint.sh"), *argv],
         env=env, capture_output=True, text=True, timeout=60, check=False,
