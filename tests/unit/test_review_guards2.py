@@ -94,7 +94,10 @@ def test_a_direct_connect_has_one_deadline_for_all_its_addresses(
             assert sock.gettimeout() == 5.0  # blocking, with the timeout, as create_connection's
         finally:
             sock.close()
-    assert time.monotonic() - started < 0.45  # no stagger (0.25 s each) waited after a refusal
+    # Not the connect timeout (5 s): a refused address is passed over. Whether its refusal is
+    # seen before the next 0.25 s stagger is a race under load (.ci/lowest's full runs twice
+    # took 0.503 s, passing alone): bounded at three staggers, not at one.
+    assert time.monotonic() - started < 0.8
 
 
 def test_a_direct_connect_to_a_name_that_resolves_to_nothing_says_so(
