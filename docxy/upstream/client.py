@@ -15,7 +15,7 @@ import re
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -588,7 +588,7 @@ class UpstreamClient:
             over_https = urlsplit(upstream.registry).scheme.lower() == "https"
             over_https = over_https and not on_registry_host(url, upstream.registry)
             await self._guard_first(upstream, url, over_https, marks)
-        for _hop in range(MAX_REDIRECTS + 1):
+        for _ in range(MAX_REDIRECTS + 1):
             try:
                 response = await self._sent(method, url, current_headers, params, content, marks)
             except httpx.PoolTimeout as exc:
@@ -995,17 +995,6 @@ async def read_small(
     return b"".join(chunks)
 
 
-class _HeldBody(httpx.AsyncByteStream):
-    """A body read already (:func:`held_answer`), streamed again to whoever relays it."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._body:
-            yield self._body
-
-
 async def held_answer(upstream: httpx.Response, limit: int = MAX_HELD_BODY) -> httpx.Response:
     """``upstream`` (a small answer: a ``401``) read with a bound and closed, its connection
     back to the pool; the answer returned streams the same bytes (as they came, its headers
@@ -1027,7 +1016,7 @@ async def held_answer(upstream: httpx.Response, limit: int = MAX_HELD_BODY) -> h
     return httpx.Response(
         upstream.status_code,
         headers=headers,
-        stream=_HeldBody(body),
+        stream=httpx.ByteStream(body),  # the bytes read, streamed again to the relay
         request=upstream.request,
         extensions=upstream.extensions,
     )
