@@ -594,13 +594,13 @@ class MirrorTokens:
             unchecked = False
             if answer.status_code == 401 and login:
                 # The login refused, or this one repository? As ``docker login`` asks it.
-                unchecked = self._check_held(upstream)
                 try:
                     verdict = await self._checked_401(upstream, realm, service, sent)
                 except UpstreamError:
                     verdict = None  # no word on the login: the 401 stands for this repository
-                if verdict is None:  # ... for this miss only: not remembered (its own check,
-                    unchecked = True  # or one it joined, said nothing: timed out, broke)
+                # ... for this miss only, not remembered: no check (the hold), or its own or
+                # the one it joined said nothing (timed out, broke)
+                unchecked = verdict is None
                 if verdict is False:
                     self._vouched(upstream, lead)  # the others go anonymously at once
                     return await self._fetch(upstream, repository, service)  # anonymously
