@@ -14,6 +14,7 @@ import httpx
 
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import REFUSED_TTL, MirrorTokens, basic_authorization
+from tests.unit.logins import logged_in
 from tests.unit.test_pull_blobs import basic, mirror
 from tests.unit.test_pull_manifests import BasicRegistry as ManifestBasicRegistry
 from tests.unit.test_pull_scoped_blobs import DOCKER_MANIFEST
@@ -49,9 +50,7 @@ async def test_a_revoked_password_is_not_sent_by_every_concurrent_miss(now: list
     the others wait for its outcome: its ``401``'s check refuses the login, all go
     anonymously."""
     registry = Revocable()
-    async with httpx.AsyncClient(transport=answering_late(registry)) as http:
-        tokens = MirrorTokens(UpstreamClient(http))
-        assert await miss(tokens, "owner/a") == 200
+    async with logged_in(answering_late(registry)) as tokens:
         before = bad_logins(registry)  # the first miss's check and scoped request (accepted)
         now[0] += 150
         registry.revoked = True
@@ -71,9 +70,7 @@ async def test_a_good_login_after_a_quiet_spell_serves_every_concurrent_miss(
     that went first renews the acceptance, and every miss gets its token with the login,
     without another scope-less check."""
     registry = Revocable()
-    async with httpx.AsyncClient(transport=answering_late(registry)) as http:
-        tokens = MirrorTokens(UpstreamClient(http))
-        assert await miss(tokens, "owner/a") == 200
+    async with logged_in(answering_late(registry)) as tokens:
         now[0] += 150
         repositories = [f"owner/img{n}" for n in range(10)]
         answers = await asyncio.gather(*(miss(tokens, r) for r in repositories))
@@ -102,9 +99,7 @@ async def test_a_fresh_acceptance_makes_no_miss_wait(now: list[float]) -> None:
             in_flight[0] -= 1
         return registry(request)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        tokens = MirrorTokens(UpstreamClient(http))
-        assert await miss(tokens, "owner/a") == 200
+    async with logged_in(httpx.MockTransport(handler)) as tokens:
         now[0] += 30
         answers = await asyncio.gather(*(miss(tokens, f"owner/img{n}") for n in range(5)))
     assert answers == [200] * 5

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from docxy.core.errors import UpstreamTimeout
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import MirrorTokens, basic_authorization
 from tests.unit import fakes
+from tests.unit.logins import logged_in
 from tests.unit.test_pull_blobs import mirror
 from tests.unit.test_pull_manifests import BasicRegistry as ManifestBasicRegistry
 from tests.unit.test_pull_scoped_blobs import DOCKER_MANIFEST
@@ -54,6 +56,24 @@ class Silent(Revocable):
         return self(request)
 
 
+def silent_login(registry: Silent) -> AbstractAsyncContextManager[MirrorTokens]:
+    """``registry``'s mirror tokens (each client wait ``STEP``), its login accepted
+    (:func:`~tests.unit.logins.logged_in`)."""
+    return logged_in(httpx.MockTransport(registry.handle), STEP)
+
+
+async def revoked_and_check_silent(
+    registry: Silent, tokens: MirrorTokens, now: list[float]
+) -> None:
+    """1 s after the login's acceptance, its password revoked and the token service silent to
+    login checks: a miss of ``owner/b`` is answered ``401`` (its scoped request refused), its
+    check held until it timed out."""
+    now[0] += 1  # its acceptance older than the 401s to come
+    registry.revoked = True
+    registry.checks_silent = True
+    assert await miss(tokens, "owner/b") == 401
+
+
 async def timed_misses(tokens: MirrorTokens, count: int) -> tuple[float, list[int | BaseException]]:
     start = time.perf_counter()
     misses = (miss(tokens, f"owner/img{n}") for n in range(count))
@@ -73,12 +93,7 @@ async def test_misses_waiting_for_a_silent_token_request_wait_one_timeout(
     the client's 0.3 s steps; 2 min with the default 60 s read timeout). They now share its
     timeout: one request, one wait."""
     registry = Silent()
-    timeout = httpx.Timeout(STEP)
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(registry.handle), timeout=timeout
-    ) as http:
-        tokens = MirrorTokens(UpstreamClient(http))
-        assert await miss(tokens, "owner/a") == 200
+    async with silent_login(registry) as tokens:
         now[0] += 150
         registry.scoped_silent = True
         took, results = await timed_misses(tokens, 5)
@@ -97,12 +112,7 @@ async def test_misses_waiting_for_a_silent_login_check_wait_one_timeout(
     repositories: test_review_tokens7), but their 401s are not checked again while its
     silence is fresh: one timeout, each miss answered 401."""
     registry = Silent()
-    timeout = httpx.Timeout(STEP)
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(registry.handle), timeout=timeout
-    ) as http:
-        tokens = MirrorTokens(UpstreamClient(http))
-        assert await miss(tokens, "owner/a") == 200
+    async with silent_login(registry) as tokens:
         now[0] += 150
         registry.revoked = True
         registry.checks_silent = True

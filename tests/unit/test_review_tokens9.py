@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import httpx
 
-from docxy.upstream.client import UpstreamClient
-from docxy.upstream.tokens import CHECK_SILENCE_HOLD, REFUSED_TTL, MirrorTokens
+from docxy.upstream.tokens import CHECK_SILENCE_HOLD, REFUSED_TTL
+from tests.unit.logins import logged_in
 from tests.unit.test_review_tokens4 import ROBOT, Revocable, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401  (fixture)
-from tests.unit.test_review_tokens6 import STEP, Silent
+from tests.unit.test_review_tokens6 import Silent, revoked_and_check_silent, silent_login
 
 
 async def test_a_401_whose_own_check_timed_out_is_not_remembered(now: list[float]) -> None:
     registry = Silent()
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(registry.handle), timeout=httpx.Timeout(STEP)
-    ) as http:
-        tokens = MirrorTokens(UpstreamClient(http))
-        assert await miss(tokens, "owner/a") == 200
-        now[0] += 1
-        registry.revoked = True
-        registry.checks_silent = True
-        assert await miss(tokens, "owner/b") == 401  # its own check held, timed out
+    async with silent_login(registry) as tokens:
+        await revoked_and_check_silent(registry, tokens, now)  # owner/b's 401
         tokens.mark_refused(ROBOT, "owner/b")  # as the pull services mark the 401 sent
         registry.checks_silent = False  # the token service answers again
         now[0] += CHECK_SILENCE_HOLD + 1  # the hold over, well inside REFUSED_TTL
@@ -61,9 +54,7 @@ async def test_a_scoped_403_to_the_login_renews_its_acceptance(now: list[float])
     outcome with the login is known (165be19); a ``403`` is such an outcome (the scope-less
     check takes it for the login known), but it left the acceptance stale."""
     registry = Denies()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
-        tokens = MirrorTokens(UpstreamClient(http))
-        assert await miss(tokens, "owner/a") == 200
+    async with logged_in(httpx.MockTransport(registry)) as tokens:
         now[0] += REFUSED_TTL + 60  # stale, still trusted
         checks = registry.checks
         assert await miss(tokens, "owner/denied") in (401, 403)
