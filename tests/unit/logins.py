@@ -4,7 +4,8 @@ login accepted at the clock's time; the test then moves the clock (``now``) on f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -28,3 +29,25 @@ async def logged_in(
         tokens = MirrorTokens(UpstreamClient(http))
         assert await miss(tokens, "owner/a") == 200
         yield tokens
+
+
+class InFlight:
+    """``registry`` answering each request after a short pause (as over a network), counting
+    its scoped token requests in flight together: :attr:`most` is the most at once (a test
+    may set it back to 0). Misses that go at once all have theirs in flight together; misses
+    that wait for one going first (a stale acceptance, 165be19) do not."""
+
+    def __init__(self, registry: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.registry = registry
+        self.now = 0
+        self.most = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        scoped = request.url.host == "auth.test" and "scope" in request.url.params
+        if scoped:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        await asyncio.sleep(0.02)
+        if scoped:
+            self.now -= 1
+        return self.registry(request)

@@ -14,7 +14,7 @@ import httpx
 
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import REFUSED_TTL, MirrorTokens, basic_authorization
-from tests.unit.logins import logged_in
+from tests.unit.logins import InFlight, logged_in
 from tests.unit.test_pull_blobs import basic, mirror
 from tests.unit.test_pull_manifests import BasicRegistry as ManifestBasicRegistry
 from tests.unit.test_pull_scoped_blobs import DOCKER_MANIFEST
@@ -87,23 +87,12 @@ async def test_a_fresh_acceptance_makes_no_miss_wait(now: list[float]) -> None:
     """Within ``REFUSED_TTL`` of the acceptance, concurrent misses send their requests at once,
     as before: none waits for another's answer."""
     registry = Revocable()
-    in_flight = [0, 0]  # now, most
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        scoped = request.url.host == "auth.test" and "scope" in request.url.params
-        if scoped:
-            in_flight[0] += 1
-            in_flight[1] = max(in_flight)
-        await asyncio.sleep(0.02)
-        if scoped:
-            in_flight[0] -= 1
-        return registry(request)
-
-    async with logged_in(httpx.MockTransport(handler)) as tokens:
+    flights = InFlight(registry)
+    async with logged_in(httpx.MockTransport(flights.handle)) as tokens:
         now[0] += 30
         answers = await asyncio.gather(*(miss(tokens, f"owner/img{n}") for n in range(5)))
     assert answers == [200] * 5
-    assert in_flight[1] == 5
+    assert flights.most == 5
     assert registry.checks == 1
 
 

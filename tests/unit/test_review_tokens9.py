@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from docxy.upstream.tokens import CHECK_SILENCE_HOLD, REFUSED_TTL
-from tests.unit.logins import logged_in
+from tests.unit.logins import InFlight, logged_in
 from tests.unit.test_review_tokens4 import ROBOT, Revocable, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401  (fixture)
 from tests.unit.test_review_tokens6 import Silent, revoked_and_check_silent, silent_login
@@ -54,10 +56,16 @@ async def test_a_scoped_403_to_the_login_renews_its_acceptance(now: list[float])
     outcome with the login is known (165be19); a ``403`` is such an outcome (the scope-less
     check takes it for the login known), but it left the acceptance stale."""
     registry = Denies()
-    async with logged_in(httpx.MockTransport(registry)) as tokens:
+    flights = InFlight(registry)
+    async with logged_in(httpx.MockTransport(flights.handle)) as tokens:
         now[0] += REFUSED_TTL + 60  # stale, still trusted
         checks = registry.checks
         assert await miss(tokens, "owner/denied") in (401, 403)
-        # the acceptance is as fresh as that answer (tokens' own record of it)
-        assert tokens._login_accepted.get(ROBOT.host) == now[0]
         assert registry.checks == checks  # a 403 needs no scope-less check
+        # The acceptance as fresh as that answer: the next misses go at once, none waiting
+        # for one to go first with the login (as they would after a stale acceptance).
+        flights.most = 0
+        answers = await asyncio.gather(*(miss(tokens, f"owner/img{n}") for n in range(5)))
+    assert answers == [200] * 5
+    assert flights.most == 5
+    assert registry.checks == checks
