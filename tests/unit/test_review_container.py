@@ -32,6 +32,28 @@ exec {python} "$@"
 """
 
 
+def entrypoint_env(
+    root: Path, bin_dir: Path, listen: str, upstream: str, **settings: str
+) -> dict[str, str]:
+    """The environment scripts/entrypoint.sh runs in here: this one's without its DOCXY_
+    variables, ``bin_dir`` first on PATH, this checkout's code, the state and run directories
+    under ``root`` (no IPv6: ``root/none`` for if_inet6), plain HTTP for mirror.test on
+    ``listen`` (no admin listener) and ``upstream`` as the registry; then ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
+    return env | {
+        "PATH": f"{bin_dir}:{env['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "DOCXY_STATE_DIR": str(root / "state"),
+        "DOCXY_RUN_DIR": str(root / "run"),
+        "DOCXY_IF_INET6": str(root / "none"),
+        "DOCXY_SERVER_PUBLIC_URL": "http://mirror.test",
+        "DOCXY_SERVER_LISTEN": listen,
+        "DOCXY_SERVER_ADMIN_LISTEN": "",
+        "DOCXY_UPSTREAM_REGISTRY": upstream,
+        **settings,
+    }
+
+
 def start_appliance(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
     """scripts/entrypoint.sh without arguments (the container's start), plain HTTP, up to the
     point where it execs supervisord."""
@@ -40,19 +62,9 @@ def start_appliance(tmp_path: Path, **settings: str) -> subprocess.CompletedProc
     python = bin_dir / "python"
     python.write_text(FAKE_PYTHON.format(python=sys.executable))
     python.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
-    env |= {
-        "PATH": f"{bin_dir}:{env['PATH']}",
-        "PYTHONPATH": str(REPO),
-        "DOCXY_STATE_DIR": str(tmp_path / "state"),
-        "DOCXY_RUN_DIR": str(tmp_path / "run"),
-        "DOCXY_IF_INET6": str(tmp_path / "none"),
-        "DOCXY_SERVER_PUBLIC_URL": "http://mirror.test",
-        "DOCXY_SERVER_LISTEN": "127.0.0.210:9550",
-        "DOCXY_SERVER_ADMIN_LISTEN": "",
-        "DOCXY_UPSTREAM_REGISTRY": "http://127.0.0.210:9551",
-        **settings,
-    }
+    env = entrypoint_env(
+        tmp_path, bin_dir, "127.0.0.210:9550", "http://127.0.0.210:9551", **settings
+    )
     return subprocess.run(
         ["bash", str(ENTRYPOINT)],
         env=env, capture_output=True, text=True, timeout=60, check=False,
@@ -230,20 +242,10 @@ def test_a_restart_of_a_mirror_that_ignores_sigterm_is_not_refused(tmp_path: Pat
         assert found, tool
         (bin_dir / tool).symlink_to(found)
     lock_log = short / "pids"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
-    env |= {
-        "PATH": f"{bin_dir}:{env['PATH']}",
-        "PYTHONPATH": str(REPO),
-        "TMPDIR": str(short),
-        "DOCXY_STATE_DIR": str(state),
-        "DOCXY_RUN_DIR": str(run_dir),
-        "DOCXY_IF_INET6": str(short / "none"),
-        "DOCXY_SERVER_PUBLIC_URL": "http://mirror.test",
-        "DOCXY_SERVER_LISTEN": "127.0.0.210:9552",
-        "DOCXY_SERVER_ADMIN_LISTEN": "",
-        "DOCXY_UPSTREAM_REGISTRY": "http://127.0.0.210:9553",
-        "LOCK_LOG": str(lock_log),
-    }
+    env = entrypoint_env(
+        short, bin_dir, "127.0.0.210:9552", "http://127.0.0.210:9553",
+        TMPDIR=str(short), LOCK_LOG=str(lock_log),
+    )  # fmt: skip
     output = short / "output.log"
 
     def pids() -> list[str]:

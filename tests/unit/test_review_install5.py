@@ -41,6 +41,7 @@ from tests.unit.test_install_script import (
     stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+from tests.unit.test_review_container import entrypoint_env
 
 
 @pytest.fixture(scope="module")
@@ -352,18 +353,7 @@ def stopped_during(tmp_path: Path, name: str, fake: str) -> None:
     slow = bin_dir / name
     slow.write_text(fake.format(ready=ready, python=sys.executable))
     slow.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCXY_")}
-    env |= {
-        "PATH": f"{bin_dir}:{env['PATH']}",
-        "PYTHONPATH": str(REPO),
-        "DOCXY_STATE_DIR": str(tmp_path / "state"),
-        "DOCXY_RUN_DIR": str(tmp_path / "run"),
-        "DOCXY_IF_INET6": str(tmp_path / "none"),
-        "DOCXY_SERVER_PUBLIC_URL": "http://mirror.test",
-        "DOCXY_SERVER_LISTEN": "127.0.43.1:10300",
-        "DOCXY_SERVER_ADMIN_LISTEN": "",
-        "DOCXY_UPSTREAM_REGISTRY": "http://127.0.43.1:10301",
-    }
+    env = entrypoint_env(tmp_path, bin_dir, "127.0.43.1:10300", "http://127.0.43.1:10301")
     argv = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child",
             "bash", str(REPO / "scripts" / "entrypoint.sh")]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
