@@ -264,9 +264,13 @@ def test_entrypoint_bootstraps_obtains_reloads_and_stops_cleanly(tmp_path: Path)
             assert health["tls"]["serial"] == format(leaf.serial_number, "x")
             assert health["tls"]["sans"] == [DOMAIN]
             assert health["tls"]["reload_failing_since"] is None
-            renewal = health["renewal"]  # the public view: no certbot words (/status.json's)
-            assert "error" not in renewal and "last_error" not in renewal, renewal
-            assert renewal["failures"] == 0
+            # The public view (no certbot words: /status.json has them) of a run that succeeded:
+            # the last run is the last success, no run failing since (a failed run would leave
+            # last_success behind last_run, failing_since set and failures counted).
+            renewal = health["renewal"]
+            assert "error" not in renewal, renewal  # the renewer's status file read
+            assert renewal["last_run"] == renewal["last_success"], renewal
+            assert renewal["failing_since"] is None and renewal["failures"] == 0, renewal
             assert renewal["certificate"]["serial"] == format(leaf.serial_number, "x")
 
             # 4. Plain HTTP redirects to the public HTTPS URL, except /health.
@@ -326,7 +330,8 @@ def test_a_domain_without_an_email_gets_its_certificate_and_the_mirror_stays_up(
 
         poll(renewal_recorded, DEADLINE, "renewal status in /health\n" + appliance.output())
         renewal = appliance.health()["renewal"]
-        assert "last_error" not in renewal and renewal["failures"] == 0, renewal
+        assert renewal["last_run"] == renewal["last_success"], renewal  # the last run succeeded
+        assert renewal["failing_since"] is None and renewal["failures"] == 0, renewal
         output = appliance.output()
         assert "without an email" in output, output
         assert "FATAL" not in output and "gave up" not in output, output
