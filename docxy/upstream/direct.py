@@ -117,8 +117,10 @@ class DirectBody:
         response: http.client.HTTPResponse,
         give_back: Callable[[http.client.HTTPConnection], None],
         read_timeout: float,
+        keep: bool = True,
     ) -> None:
         self._connection = connection
+        self._keep = keep  # False: closed after this answer, however it ends
         self._sock = sock  # the connection forgets it when the answer says Connection: close
         self._response = response
         self._give_back = give_back
@@ -166,10 +168,11 @@ class DirectBody:
         # Only a connection that can be kept is worth a read: one that will close (a body of
         # no stated length runs to the close) waited for that close, up to the read timeout,
         # before the redirect was followed.
-        if drain and not response.isclosed() and not response.will_close:
+        if drain and self._keep and not response.isclosed() and not response.will_close:
             self._drain(response)
         reusable = (
-            response.isclosed()
+            self._keep
+            and response.isclosed()
             and not response.will_close
             and not self._interrupted
             and self._connection.sock is not None
@@ -447,7 +450,11 @@ def _send(
             "which is not read (only chunked is)"
         )
     give_back = partial(settings.idle.give, origin)
-    body = DirectBody(connection, sock, response, give_back, settings.read_timeout)
+    # Chunked and a Content-Length both: read by its chunks, the length ignored, and the
+    # connection closed after it (RFC 9112 6.3: whatever framed it on the way may have read
+    # another body); http.client kept it for the next GET.
+    keep = response.getheader("content-length") is None or not response.chunked
+    body = DirectBody(connection, sock, response, give_back, settings.read_timeout, keep)
     return DirectAnswer(response.status, response.getheaders(), body)
 
 
