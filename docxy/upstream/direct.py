@@ -12,7 +12,8 @@ The httpx client is made with ``trust_env=False`` and no proxies, so there is no
 here; a client with a custom transport (the tests' fakes) gets no :class:`DirectSettings` and its
 fills stay on httpx. Failures map to the same errors as httpx's: :class:`UpstreamTimeout` (504)
 and :class:`UpstreamUnavailable` (502); and the upstream's health hears the same: a redirect
-that leads nowhere (:class:`BadRedirect`) is an answer from it, not a failure to reach it.
+that leads nowhere (:class:`BadRedirect`) is an answer from it, not a failure to reach it, and
+so is an answer in a transfer coding not read (:class:`UnreadAnswer`).
 """
 
 from __future__ import annotations
@@ -218,6 +219,17 @@ class BadRedirect(UpstreamUnavailable):
         self.hops = hops
 
 
+class UnreadAnswer(UpstreamUnavailable):
+    """An answer whose body the GET does not read (a transfer coding but chunked): the upstream
+    was reached and answered (``hops``: its answers, each ``(url, status)``, this one last),
+    as for a :class:`BadRedirect`; not a failure to reach it."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.hops: tuple[tuple[str, int], ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class DirectAnswer:
     """The final answer to a direct GET: a status, its headers, and the open body."""
@@ -250,8 +262,8 @@ async def open_get(
             lambda: get(settings, url, headers, upstream),
             discard=DirectAnswer.close,
         )
-    except BadRedirect as exc:  # answered: a redirect that leads nowhere
-        health.answered(exc.hops[-1][1])
+    except (BadRedirect, UnreadAnswer) as exc:  # answered: a redirect that leads nowhere,
+        health.answered(exc.hops[-1][1])  # or a body in a transfer coding not read
         _told(client, exc.hops, url)
         raise
     except UpstreamError as exc:
@@ -298,6 +310,9 @@ def get(
             answer = _get_once(settings, url, headers, guard)
         except NonPublicOnly as exc:  # the upstream answered: a redirect that leads nowhere
             raise BadRedirect(str(exc), tuple(hops)) from exc
+        except UnreadAnswer as exc:  # answered, in a way not read
+            exc.hops = (*hops, (url, exc.status))
+            raise
         except UpstreamTimeout as exc:
             if same_origin(url, first):
                 raise
@@ -445,9 +460,10 @@ def _send(
     if coding is not None:
         response.close()
         connection.close()  # not at the end of an answer it cannot read: never kept
-        raise UpstreamUnavailable(
+        raise UnreadAnswer(
             f"the upstream registry's answer has Transfer-Encoding: {coding}, "
-            "which is not read (only chunked is)"
+            "which is not read (only chunked is)",
+            response.status,
         )
     give_back = partial(settings.idle.give, origin)
     # Chunked and a Content-Length both: read by its chunks, the length ignored, and the

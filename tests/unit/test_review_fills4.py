@@ -163,7 +163,6 @@ def test_a_chunked_answer_with_a_content_length_closes_its_connection() -> None:
 # --- 2. a transfer coding the direct path does not read: answered, not unreachable ----------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: counted unreachable")
 async def test_a_refused_transfer_coding_is_an_answer_not_unreachable() -> None:
     """``Transfer-Encoding: gzip, chunked`` is refused (502 for the fill's clients), but the
     upstream was reached and answered: /health said it ``unreachable`` and
