@@ -1376,12 +1376,25 @@ async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
         first, start = None, resuming.at
         try:
             await writer.pump(download.body)
-            return
         except download.broke_off as exc:
             resuming.at = writer.received
             if await writer.whole():
                 return  # broke off after its last byte: the commit verifies the whole
             resuming.broke(exc, start, download)  # raises BrokeOff when it may not go on
+        else:
+            resuming.at = writer.received
+            if await _ended_unverified(writer, resuming):
+                await _rest_of_unknown(writer, resuming, went_on)
+            return
+    await _feed_rests(writer, resuming, first)
+    if await _ended_unverified(writer, resuming):
+        await _rest_of_unknown(writer, resuming, went_on)
+
+
+async def _feed_rests(writer: BlobWriter, resuming: Resuming, first: Download | None) -> None:
+    """Feed ``first`` (None: a rest fetched from :attr:`Resuming.at`) and the rests after each
+    of its breaks to ``writer``."""
+    fill = writer.fill
     async with aclosing(resuming.chunks(first)) as chunks:
         async for chunk in chunks:
             # A blob of unknown length ends where its rest's answer said (its Content-Range):
@@ -1392,6 +1405,46 @@ async def _feed_resuming(writer: BlobWriter, download: Download) -> None:
             await writer.write(chunk)
             if fill.state is FillState.ABORTED:
                 break
+
+
+class EndedUnverified(Exception):
+    """A download of a blob whose size no answer said (chunked) ended cleanly, and its bytes
+    are not the blob (its digest): maybe cut short on the way, maybe not the blob at all."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(f"the answer of no stated length ended after {at} bytes, not the blob")
+
+
+async def _ended_unverified(writer: BlobWriter, resuming: Resuming) -> bool:
+    """Whether a download that ended cleanly left a fill of unknown size short of its blob:
+    some bytes came, no answer said where the blob ends (a rest's Content-Range would have:
+    one that ends short of it is a break already), the bytes are not the blob, and a resume is
+    left. (A known size's short end is a break: :class:`~docxy.cache.resuming.EndedShort`.)"""
+    fill = writer.fill
+    return (
+        fill.size is None
+        and resuming.end is None
+        and writer.received > 0
+        and resuming.resumes < resuming.limit
+        and fill.state is FillState.WRITING
+        and not await writer.whole()
+    )
+
+
+async def _rest_of_unknown(
+    writer: BlobWriter, resuming: Resuming, went_on: Callable[[Exception, int, int], None]
+) -> None:
+    """A fill of unknown size ended cleanly short of its blob (:func:`_ended_unverified`): its
+    rest asked once from where it ended (``Range: bytes=N-``), as for a download that broke
+    off. A ``206`` with more bytes goes on (its own breaks resumed as ever); a rest that
+    cannot be had (a ``416``: nothing past those bytes) leaves the bytes as they are, for the
+    commit's digest check to fail them, as it did before this was asked."""
+    resuming.resumes += 1
+    went_on(EndedUnverified(resuming.at), resuming.at, resuming.resumes)
+    try:
+        await _feed_rests(writer, resuming, None)
+    except FetchFailed as exc:
+        log.info("blob %s: no rest after %d bytes: %s", writer.digest, resuming.at, exc)
 
 
 async def _feed(writer: BlobWriter, download: Download) -> None:

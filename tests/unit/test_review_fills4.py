@@ -9,12 +9,16 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
+from docxy.config import load_config
 from docxy.core.errors import UpstreamUnavailable
+from docxy.http import app as app_module
+from docxy.http.app import create_app
 from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
 from docxy.observe.observer import Observer
@@ -22,9 +26,11 @@ from docxy.tasks import spawn
 from docxy.upstream import direct
 from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
+from lab.bed.httpserver import QuietHandler
 from tests.unit.asgi import AsgiAnswer, call_asgi
-from tests.unit.test_pull_blobs import BLOB, DIGEST, mirror
-from tests.unit.test_review_fills5 import chunked
+from tests.unit.test_pull_blobs import BLOB, DIGEST, HALF, cached_blobs, committed, mirror
+from tests.unit.test_review_fills import PATH
+from tests.unit.test_review_fills5 import Answer, ScriptedHandler, chunked
 from tests.unit.test_review_pullpath import HeldMissing
 from tests.unit.turns import until
 
@@ -229,3 +235,108 @@ async def test_clients_waiting_on_a_relayed_404_count_as_joined(tmp_path: Path) 
         for outcome in ("uncached", "joined", "miss")
     }
     assert counted == {"uncached": 1, "joined": 2, "miss": 0}
+
+
+# --- 4. a blob of unknown size whose answer ends cleanly short: one rest asked -------------
+
+SHORT_PORT = 11710
+
+
+class Scripted(ThreadingHTTPServer):
+    """test_review_fills5's scripted registry (its handler), on this review's address."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, answer: Answer) -> None:
+        super().__init__((HOST, port), ScriptedHandler)
+        self.answer = answer
+        self.seen: list[str | None] = []
+
+
+@contextmanager
+def scripted(port: int, answer: Answer) -> Iterator[Scripted]:
+    server = Scripted(port, answer)
+    thread = threading.Thread(target=server.serve_forever, name="fills4", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(GUARD)
+
+
+async def pull_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int, path: str
+) -> AsgiAnswer:
+    """A client's GET of the blob from a mirror of the scripted registry, its fill made
+    directly (http.client) or through httpx."""
+    if path == "httpx":  # as for a client with a transport of its own: fills on httpx
+        monkeypatch.setattr(app_module, "direct_settings", lambda *_: None)
+    config = load_config(
+        {"upstream.registry": f"http://{HOST}:{port}", "cache.dir": str(tmp_path / "cache")},
+        environ={},
+    )
+    app = create_app(config, probe=False)
+    async with app.test_app():
+        answer = await call_asgi(app, "GET", PATH, host="mirror.test")
+        await committed(app)
+    return answer
+
+
+def short_then(rest: str) -> Answer:
+    """The whole blob's answer is chunked (no length) and ends cleanly after half the blob;
+    a Range GET is answered ``rest``: ``206`` (the rest, with its Content-Range) or ``416``."""
+
+    def answer(handler: QuietHandler, start: int | None) -> None:
+        if start is None:
+            handler.send_response(200)
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            handler.wfile.write(chunked(BLOB[:HALF]))
+            return
+        if rest == "416":
+            handler.send_response(416)
+            handler.send_header("Content-Range", f"bytes */{len(BLOB)}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}")
+        handler.send_header("Content-Length", str(len(BLOB) - start))
+        handler.end_headers()
+        handler.wfile.write(BLOB[start:])
+
+    return answer
+
+
+@pytest.mark.parametrize("path", ["direct", "httpx"])
+async def test_a_blob_of_unknown_size_that_ends_short_goes_on_with_a_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The blob's answer is chunked (its size unknown to the fill) and ends cleanly after half
+    of it: the fill took that for the blob's end, failed the digest check and cut its client,
+    though a Range GET from there gives the rest (as it does for a fill of known size). Now it
+    asks that rest once: the client gets the blob whole and it is cached."""
+    port = SHORT_PORT + (path == "httpx")
+    with scripted(port, short_then("206")) as server:
+        answer = await pull_blob(tmp_path, monkeypatch, port, path)
+    assert server.seen == [None, f"bytes={HALF}-"]
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
+
+
+@pytest.mark.parametrize("path", ["direct", "httpx"])
+async def test_a_blob_of_unknown_size_that_ends_short_and_has_no_rest_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The same, but the registry answers the Range 416 (nothing past those bytes): the bytes
+    really are all it has, and not the blob. The fill fails as before (its client cut, nothing
+    cached) after that one Range GET: no more are asked."""
+    port = SHORT_PORT + 2 + (path == "httpx")
+    with scripted(port, short_then("416")) as server:
+        answer = await pull_blob(tmp_path, monkeypatch, port, path)
+    assert server.seen == [None, f"bytes={HALF}-"]
+    assert not (answer.complete and answer.body == BLOB)
+    assert cached_blobs(tmp_path) == []
