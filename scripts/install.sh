@@ -314,8 +314,10 @@ docker_refuses_us() {
 }
 
 # The host ports the stack takes, as .env moves them (check_ports): compose.yaml publishes
-# ${DOCXY_HTTP_PORT:-80} and ${DOCXY_HTTPS_PORT:-443} (PORT or ADDRESS:PORT), compose.host.yaml
-# listens on DOCXY_SERVER_LISTEN and DOCXY_SERVER_TLS_LISTEN ([::]:80, [::]:443 by default).
+# ${DOCXY_HTTP_PORT:-80} and ${DOCXY_HTTPS_PORT:-443} (PORT or ADDRESS:PORT), and the admin
+# listener on 127.0.0.1:${DOCXY_ADMIN_PORT:-9180}; compose.host.yaml listens on
+# DOCXY_SERVER_LISTEN and DOCXY_SERVER_TLS_LISTEN ([::]:80, [::]:443 by default) and
+# DOCXY_SERVER_ADMIN_LISTEN (127.0.0.1:9180; empty: off).
 PORT_NAMES=()     # the .env setting that moves each
 PORT_ADDRESSES=() # its address, without brackets; empty: every address
 PORT_NUMBERS=()
@@ -344,17 +346,33 @@ published() {
 # any_address ADDRESS: ADDRESS is every one of this host's (a wildcard, or none given).
 any_address() { [[ -z "$1" || "$1" == "*" || "$1" == :: || "$1" == 0.0.0.0 ]]; }
 
-# host_networking_chosen: the stack will run from compose.host.yaml, as settle_network decides
-# (said there).
+# host_networking_chosen: the stack will run from compose.host.yaml (choose_network decides,
+# settle_network says why).
 host_networking_chosen() {
-  read_compose_file
-  [[ "$COMPOSE_FIRST" == "$HOST_FILE" ]] || ipv4_less
+  choose_network
+  [[ "$COMPOSE_YAML" == "$HOST_FILE" ]]
 }
 
-# stack_ports: the ports the stack will take, into PORT_*; a setting that names no port is said
-# and left unchecked.
+# add_port NAME: PUBLISHED_ADDRESS and PUBLISHED_PORT (published's) as a port the stack takes,
+# moved by .env's NAME.
+add_port() {
+  local label="$PUBLISHED_PORT"
+  if ! any_address "$PUBLISHED_ADDRESS"; then
+    case "$PUBLISHED_ADDRESS" in
+      *:*) label="[$PUBLISHED_ADDRESS]:$PUBLISHED_PORT" ;;
+      *) label="$PUBLISHED_ADDRESS:$PUBLISHED_PORT" ;;
+    esac
+  fi
+  PORT_NAMES+=("$1")
+  PORT_ADDRESSES+=("$PUBLISHED_ADDRESS")
+  PORT_NUMBERS+=("$PUBLISHED_PORT")
+  PORT_LABELS+=("$label")
+}
+
+# stack_ports: the ports the stack will take, into PORT_* (plain HTTP, HTTPS, admin: in that
+# order); a setting that names no port is said and left unchecked.
 stack_ports() {
-  local names=(DOCXY_HTTP_PORT DOCXY_HTTPS_PORT) defaults=(80 443) i label
+  local names=(DOCXY_HTTP_PORT DOCXY_HTTPS_PORT) defaults=(80 443) i value
   if host_networking_chosen; then
     names=(DOCXY_SERVER_LISTEN DOCXY_SERVER_TLS_LISTEN)
     defaults=("[::]:80" "[::]:443")
@@ -365,22 +383,35 @@ stack_ports() {
       say "${names[i]} in $ENV_FILE does not end in a port: that port is not checked"
       continue
     fi
-    label="$PUBLISHED_PORT"
-    if ! any_address "$PUBLISHED_ADDRESS"; then
-      case "$PUBLISHED_ADDRESS" in
-        *:*) label="[$PUBLISHED_ADDRESS]:$PUBLISHED_PORT" ;;
-        *) label="$PUBLISHED_ADDRESS:$PUBLISHED_PORT" ;;
-      esac
-    fi
-    PORT_NAMES+=("${names[i]}")
-    PORT_ADDRESSES+=("$PUBLISHED_ADDRESS")
-    PORT_NUMBERS+=("$PUBLISHED_PORT")
-    PORT_LABELS+=("$label")
+    add_port "${names[i]}"
   done
+  # The admin listener (/metrics, /status), on loopback. Host networking: the mirror binds
+  # DOCXY_SERVER_ADMIN_LISTEN itself (`-`: empty turns it off). compose.yaml: Docker publishes
+  # 127.0.0.1:${DOCXY_ADMIN_PORT:-9180} whatever the container listens on.
+  if host_networking_chosen; then
+    if env_sets DOCXY_SERVER_ADMIN_LISTEN && [[ -z "$(env_value DOCXY_SERVER_ADMIN_LISTEN)" ]]; then
+      return 0
+    elif published DOCXY_SERVER_ADMIN_LISTEN 127.0.0.1:9180; then
+      add_port DOCXY_SERVER_ADMIN_LISTEN
+    else
+      say "DOCXY_SERVER_ADMIN_LISTEN in $ENV_FILE does not end in a port: that port is not checked"
+    fi
+    return 0
+  fi
+  value="$(env_value DOCXY_ADMIN_PORT)"
+  if [[ "$value" != *:* ]] && published DOCXY_ADMIN_PORT 9180; then
+    PUBLISHED_ADDRESS=127.0.0.1
+    add_port DOCXY_ADMIN_PORT
+  else
+    say "DOCXY_ADMIN_PORT in $ENV_FILE is not a port (compose.yaml publishes 127.0.0.1:PORT): that port is not checked"
+  fi
 }
 
 # plain_port NAME: NAME is the setting of the plain-HTTP port (not HTTPS's).
 plain_port() { [[ "$1" == DOCXY_HTTP_PORT || "$1" == DOCXY_SERVER_LISTEN ]]; }
+
+# admin_port NAME: NAME is the setting of the admin listener's port.
+admin_port() { [[ "$1" == DOCXY_ADMIN_PORT || "$1" == DOCXY_SERVER_ADMIN_LISTEN ]]; }
 
 # port_said I: the port PORT_LABELS[I] as a message says it: "port 443", "127.0.0.1:8443".
 port_said() {
@@ -391,9 +422,18 @@ port_said() {
 # ports_said [I...]: the ports PORT_LABELS[I] (all of them without an I) as a message starts
 # with them: "Ports 80 and 443", "Port 127.0.0.1:8443".
 ports_said() {
-  local joined="" i
+  local joined="" i n=0
   (($#)) || set -- "${!PORT_LABELS[@]}"
-  for i in "$@"; do joined+="${joined:+ and }${PORT_LABELS[i]}"; done
+  for i in "$@"; do
+    n=$((n + 1))
+    if ((n == 1)); then
+      joined="${PORT_LABELS[i]}"
+    elif ((n == $#)); then
+      joined+=" and ${PORT_LABELS[i]}"
+    else
+      joined+=", ${PORT_LABELS[i]}"
+    fi
+  done
   (($# == 1)) && printf 'Port %s' "$joined" || printf 'Ports %s' "$joined"
 }
 
@@ -471,20 +511,25 @@ check_ports() {
   local filter=""
   for port in "${PORT_NUMBERS[@]}"; do filter+="${filter:+ or }sport = :$port"; done
   error="$(mktemp)"
-  if ! listeners="$(ss -Hltnp "( $filter )" 2>"$error")"; then
+  # No -H (no header): an older ss refuses it; the header line is passed over below.
+  if ! listeners="$(ss -ltnp "( $filter )" 2>"$error")"; then
     ports_unchecked "ss failed: $(head -n 1 -- "$error")"
     rm -f -- "$error"
     return
   fi
   rm -f -- "$error"
   # Which listener holds which of the ports (ss prints ADDRESS:PORT fourth, [v6]:PORT, and an
-  # interface as ADDRESS%IF).
+  # interface as ADDRESS%IF). An older ss puts no brackets round an IPv6 address, and shows
+  # every IPv6 socket on the wildcard as :::PORT, dual-stack (Linux's default, which holds the
+  # port on IPv4 too) or v6only alike: taken as dual-stack, as *.
   while IFS= read -r line; do
     read -r -a fields <<<"$line"
     ((${#fields[@]} >= 4)) || continue
+    [[ "${fields[0]}" != State ]] || continue
     port="${fields[3]##*:}"
     address="${fields[3]%:*}"
     address="${address%\%*}"
+    [[ "$address" != :: ]] || address="*"
     address="${address#[}"
     address="${address%]}"
     for i in "${!PORT_NUMBERS[@]}"; do
@@ -506,7 +551,9 @@ check_ports() {
   else
     for i in "${taken[@]}"; do
       what+="${what:+ and }$(port_said "$i")"
-      if plain_port "${PORT_NAMES[i]}" && ((PORT_NUMBERS[i] == 80)); then
+      if admin_port "${PORT_NAMES[i]}"; then
+        what+=" (the admin listener: /metrics, /status)"
+      elif plain_port "${PORT_NAMES[i]}" && ((PORT_NUMBERS[i] == 80)); then
         what+=" (plain HTTP, where Let's Encrypt checks the domain)"
       elif plain_port "${PORT_NAMES[i]}"; then
         what+=" (plain HTTP)"
@@ -866,20 +913,43 @@ ipv4_less() {
   [[ -z "$v4" && -n "$v6" ]]
 }
 
-settle_network() {
+# choose_network: which file the stack runs from, into COMPOSE_YAML, and why, into NETWORK_WHY
+# (env: COMPOSE_FILE names compose.host.yaml first; ipv4-less; bridge; unchecked: no `ip`).
+# Decided once, at the first ask (check_ports'): the routes are not read again later (a route
+# that came up meanwhile had the ports of one file checked and the other file started).
+NETWORK_WHY=""
+choose_network() {
+  [[ -z "$NETWORK_WHY" ]] || return 0
   read_compose_file
   if [[ "$COMPOSE_FIRST" == "$HOST_FILE" ]]; then
-    COMPOSE_YAML="$HOST_FILE"
-    say "Network: host networking ($HOST_FILE), as $ENV_FILE says (COMPOSE_FILE)"
+    NETWORK_WHY="env"
   elif ipv4_less; then
-    COMPOSE_YAML="$HOST_FILE"
-    say "Network: this host has no IPv4 route, only IPv6: host networking ($HOST_FILE), as"
-    say "  compose.yaml's bridge network would give the container no way out and hide IPv6"
-    say "  clients' addresses behind NAT. The upstream must be reachable over IPv6 (or NAT64)."
+    NETWORK_WHY=ipv4-less
   elif ! have ip; then
-    say "Network: not checked (no ip here; apt-get install iproute2): compose.yaml's bridge"
-    say "  network, which needs IPv4; on an IPv6-only host use $HOST_FILE (see the README)"
+    NETWORK_WHY=unchecked
+  else
+    NETWORK_WHY=bridge
   fi
+  case "$NETWORK_WHY" in
+    env | ipv4-less) COMPOSE_YAML="$HOST_FILE" ;;
+    *) COMPOSE_YAML=compose.yaml ;;
+  esac
+}
+
+settle_network() {
+  choose_network
+  case "$NETWORK_WHY" in
+    env) say "Network: host networking ($HOST_FILE), as $ENV_FILE says (COMPOSE_FILE)" ;;
+    ipv4-less)
+      say "Network: this host has no IPv4 route, only IPv6: host networking ($HOST_FILE), as"
+      say "  compose.yaml's bridge network would give the container no way out and hide IPv6"
+      say "  clients' addresses behind NAT. The upstream must be reachable over IPv6 (or NAT64)."
+      ;;
+    unchecked)
+      say "Network: not checked (no ip here; apt-get install iproute2): compose.yaml's bridge"
+      say "  network, which needs IPv4; on an IPv6-only host use $HOST_FILE (see the README)"
+      ;;
+  esac
   [[ "$COMPOSE_YAML" != "$HOST_FILE" ]] || host_firewall
   ((${#COMPOSE_EXTRA[@]} == 0)) ||
     say "Compose files: $(compose_file_value) (yours after the first, from COMPOSE_FILE in $ENV_FILE)"
@@ -888,13 +958,27 @@ settle_network() {
 }
 
 # host_firewall: ports published by Docker (compose.yaml) pass its own rules, ahead of ufw's;
-# the host's own ports (host networking) do not, and an active ufw would drop Let's Encrypt's
-# check on port 80 (the health wait would time out with no word of the cause). Said, not
-# changed: the firewall is the operator's. (`ufw status` answers root only.)
+# the host's own ports (host networking) do not, and an active ufw would drop clients and Let's
+# Encrypt's check on port 80 (the health wait would time out with no word of the cause). The
+# ports named are those the mirror takes (check_ports' PORT_*: DOCXY_SERVER_LISTEN and
+# DOCXY_SERVER_TLS_LISTEN), less those on loopback only (ufw passes loopback, and no other
+# host reaches them); port 80 always, as HTTP-01 comes there whatever listens on it (with the
+# plain port elsewhere, what forwards it: http01_reachable). Said, not changed: the firewall is
+# the operator's. (`ufw status` answers root only.)
 host_firewall() {
   have ufw && ufw status 2>/dev/null | grep -q '^Status: active' || return 0
+  local i ports=() commands="" on_80=0
+  for i in "${!PORT_NUMBERS[@]}"; do
+    if admin_port "${PORT_NAMES[i]}" || loopback "${PORT_ADDRESSES[i]}"; then continue; fi
+    ((PORT_NUMBERS[i] == 80)) && on_80=1
+    [[ " ${ports[*]} " == *" ${PORT_NUMBERS[i]} "* ]] || ports+=("${PORT_NUMBERS[i]}")
+  done
+  ((on_80)) || ports=(80 "${ports[@]}")
+  for i in "${ports[@]}"; do commands+="${commands:+ && }sudo ufw allow $i/tcp"; done
   warn "ufw is active: with host networking it filters the mirror's ports, and Let's Encrypt"
-  warn "  must reach port 80. Unless its rules allow them: sudo ufw allow 80/tcp && sudo ufw allow 443/tcp"
+  warn "  must reach port 80. Unless its rules allow them: $commands"
+  ((on_80)) ||
+    warn "  (port 80 for Let's Encrypt's HTTP-01 check, which reaches the mirror there only through what forwards it)"
 }
 
 # host_file_present: the project at hand (a clone, a copy fetched before) has compose.host.yaml

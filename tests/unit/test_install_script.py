@@ -646,8 +646,10 @@ def test_a_failing_ss_is_not_taken_for_free_ports(box: ScriptBox, resolver: Reso
 
     result = install(box, resolver)
 
-    assert "Ports 80 and 443: free" not in result.stdout, output(result)
-    assert "Ports 80 and 443: not checked (ss failed" in result.stdout, output(result)
+    assert "Ports 80, 443 and 127.0.0.1:9180: free" not in result.stdout, output(result)
+    assert "Ports 80, 443 and 127.0.0.1:9180: not checked (ss failed" in result.stdout, output(
+        result
+    )
     assert "-sTCP:LISTEN" in result.stdout  # how to look by hand
 
 
@@ -658,7 +660,9 @@ def test_without_ss_the_ports_are_not_checked_and_it_says_how(
 
     result = install(box, resolver)
 
-    assert "Ports 80 and 443: not checked (no ss here" in result.stdout, output(result)
+    assert "Ports 80, 443 and 127.0.0.1:9180: not checked (no ss here" in result.stdout, output(
+        result
+    )
     assert "-sTCP:LISTEN" in result.stdout
 
 

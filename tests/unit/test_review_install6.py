@@ -137,7 +137,7 @@ def test_free_default_ports_are_said_as_before(box: ScriptBox, resolver: Resolve
     result = install(box, resolver)
 
     assert result.returncode == 0, output(result)
-    assert "Ports 80 and 443: free" in result.stdout
+    assert "Ports 80, 443 and 127.0.0.1:9180: free" in result.stdout
     assert "HTTP-01" not in result.stderr
 
 
@@ -248,7 +248,7 @@ def test_port_80_on_a_named_address_does_not_warn_of_http01(
 
     assert result.returncode == 0, output(result)
     assert "HTTP-01" not in result.stderr, result.stderr
-    assert "Ports 203.0.113.7:80 and 443: free" in result.stdout, result.stdout
+    assert "Ports 203.0.113.7:80, 443 and 127.0.0.1:9180: free" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "[::1]"])
@@ -281,9 +281,12 @@ def test_a_dry_run_that_cannot_ask_docker_names_only_the_taken_port(
 
 
 def test_one_port_checked_is_said_in_the_singular(box: ScriptBox, resolver: Resolver) -> None:
-    write_env(box, "DOCXY_HTTPS_PORT=https")
+    # With the admin listener off (host networking), the one left is port 80.
+    host_networking(box, "DOCXY_SERVER_TLS_LISTEN=https", "DOCXY_SERVER_ADMIN_LISTEN=")
 
     result = install(box, resolver)
 
-    assert "DOCXY_HTTPS_PORT" in result.stdout and "not checked" in result.stdout, output(result)
+    assert "DOCXY_SERVER_TLS_LISTEN" in result.stdout and "not checked" in result.stdout, output(
+        result
+    )
     assert "Port 80: free" in result.stdout, result.stdout
