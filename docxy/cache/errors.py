@@ -7,7 +7,8 @@
     ├── FillAborted                   a follower's writer gave up (cut upstream, bad bytes, disk)
     │   └── NoRoom                    no room under cache.max_size for it: pass through
     ├── FetchFailed                   the upstream half of a fill could not start a download
-    │   └── FetchRefused              401, 403 or another 4xx of the upstream's: not the mirror's
+    │   ├── FetchRefused              401, 403 or another 4xx of the upstream's: not the mirror's
+    │   └── OtherLength               a rest's answer says the blob has another length
     ├── CacheUnwritable               no temp file can be made (disk full...): pass through
     ├── CacheUnreadable               a cached blob cannot be opened (no descriptor left, EIO)
     ├── FillClosed                    a writer was used after commit/abort
@@ -76,6 +77,16 @@ class FetchRefused(FetchFailed):
     400...): no fault of the mirror's. For a refusal the client's own request, passed through,
     gets the upstream's answer; the registry's word on the blob is ``upstream`` (an
     :class:`~docxy.core.errors.UpstreamAnswered`), which the fill's clients are answered with."""
+
+
+class OtherLength(FetchFailed):
+    """The upstream's answer to a rest (a ``Range`` GET) says the blob has ``length`` bytes,
+    not the length the rest was asked for: whoever said that one (a shared object's
+    ``Content-Length``) was wrong about the blob."""
+
+    def __init__(self, message: str, length: int) -> None:
+        super().__init__(message)
+        self.length = length
 
 
 class CacheUnwritable(CacheError):

@@ -54,6 +54,7 @@ from docxy.cache.errors import (
     FetchUnanswered,
     FillAborted,
     NoRoom,
+    OtherLength,
 )
 from docxy.cache.fill import BlobFollower, Download, FillState
 from docxy.cache.pairings import BlobPairings
@@ -406,7 +407,11 @@ class BlobService:
         problem = not_the_rest(status, answer.headers.get("content-range"), known, offset, size)
         if problem:
             await answer.aclose()
-            raise FetchFailed(f"{pull.upstream.host} answered bytes={offset}- with {problem}")
+            said = f"{pull.upstream.host} answered bytes={offset}- with {problem}"
+            length = blob_length(status, answer.headers.get("content-range"), known)
+            if length is not None and size is not None and length != size:
+                raise OtherLength(said, length)  # the blob's own length is another
+            raise FetchFailed(said)
         self._holds_blob(pull)
         broke_off = (httpx.TransportError,)  # a cut or stalled body: the caller's to say
         gave_up = partial(self._gave_up, pull)
@@ -435,6 +440,15 @@ class BlobService:
         said = f"the body of {pull.reference.digest} from {pull.upstream.host} broke off"
         health = self.tokens.client.health_of(pull.upstream)
         health.failed(f"{said} at byte {error.at}: {error}", "broke_off")
+
+
+def blob_length(status: int, content_range: str | None, length: int | None) -> int | None:
+    """The blob's whole length as an answer to a ``Range`` GET says it (None: it does not):
+    a ``200``'s length, a ``206``'s ``Content-Range`` total."""
+    if status == 200:
+        return length
+    span = parse_content_range(content_range)
+    return None if span is None else span[2]
 
 
 def not_the_rest(

@@ -8,7 +8,10 @@ of a ``200``: instead of cutting them (each retrying the whole blob), the fill g
 GET). The fill verifies length and digest over the whole body at its commit, as any fill's,
 so a rest that is not the blob's is never kept nor served as a whole blob. Where the upstream
 took over is told to the fill (:class:`~docxy.cache.fill.Handover`) before its first byte: the
-bytes from there on spent upstream quota, and are counted as the upstream's.
+bytes from there on spent upstream quota, and are counted as the upstream's. A rest whose
+answer says the blob has another length than the object claimed
+(:class:`~docxy.cache.errors.OtherLength`) is told to the tier (``denied``): the object is not
+the blob, and is marked bad as one that does not verify.
 
 The hand-over is a :class:`~docxy.cache.resuming.Resuming` allowed once (the one rule for a
 download that breaks off), its one INFO line this module's. A rest that breaks off in its turn
@@ -30,6 +33,7 @@ from dataclasses import replace
 
 import httpx
 
+from docxy.cache.errors import OtherLength
 from docxy.cache.fill import Download, Handover, Resume
 from docxy.cache.resuming import Resuming
 from docxy.core.digests import Digest
@@ -42,7 +46,9 @@ log = logging.getLogger(__name__)
 class ObjectBody:
     """The chunks of ``answer`` (``first``, then ``body``), or the rest from ``rest`` once it
     breaks off (the rest of a blob of ``size`` bytes, None: unknown); ``broke`` is told the
-    store's failure (the tier's health) either way, and ``handover`` where the rest began."""
+    store's failure (the tier's health) either way, and ``handover`` where the rest began;
+    ``denied`` is told when the upstream's rest says the blob has another length than ``size``
+    (the object's own claim: the object is not the blob)."""
 
     def __init__(
         self,
@@ -54,6 +60,7 @@ class ObjectBody:
         rest: Resume | None,
         broke: Callable[[ObjectStoreError], None],
         handover: Handover,
+        denied: Callable[[OtherLength], None] | None = None,
     ) -> None:
         self.digest = digest
         self.size = size
@@ -63,6 +70,7 @@ class ObjectBody:
         self.rest = rest
         self.broke = broke
         self.handover = handover
+        self.denied = denied
         self._resuming: AsyncGenerator[bytes] | None = None
         self._rest_read = False  # the rest's last byte came
         self._mismatched = False  # the fill found the whole not the blob
@@ -109,7 +117,12 @@ class ObjectBody:
         left to the fill's own resume; where it took over is told before its first byte."""
         assert self.rest is not None
         await self.answer.aclose()
-        download = await self.rest(offset, self.size)
+        try:
+            download = await self.rest(offset, self.size)
+        except OtherLength as exc:  # the object's length is not the blob's: it is not the blob
+            if self.denied is not None:
+                self.denied(exc)
+            raise
         self.handover.at = offset
         return replace(download, broke_off=())
 

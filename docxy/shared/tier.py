@@ -7,10 +7,12 @@
   from then on and overwrites the object with its verified copy. A good object the fill could
   not keep (a full local disk, no room) is not the object's fault, and stays trusted. A body
   that breaks off after its first bytes went out is finished from the upstream
-  (:mod:`docxy.shared.body`); should that blob then not verify, the object is *not* marked
-  bad: which part was wrong cannot be told (the upstream's rest as likely as the store's
-  part), and only what is known bad is blamed. The fill's one WARNING names both sources and
-  says so; the next miss reads the object again, and a bad one is then caught whole.
+  (:mod:`docxy.shared.body`): a rest whose answer says the blob has another length than the
+  object claims (:class:`~docxy.cache.errors.OtherLength`) shows the object is not the blob,
+  and it is marked bad as one that does not verify; should that blob not verify, the object
+  is *not* marked bad: which part was wrong cannot be told (the upstream's rest as likely as
+  the store's part), and only what is known bad is blamed. The fill's one WARNING names both
+  sources and says so; the next miss reads the object again, and a bad one is then caught whole.
 - The fill reserves the object's length before its first byte, evicting blobs for it, and
   only its last byte shows whether the object is the blob: a length the cache has free is
   taken on the object's word, a longer one only once the upstream confirms it (a ranged GET
@@ -63,7 +65,7 @@ from dataclasses import dataclass
 import httpx
 
 from docxy.cache.blobs import DiskBlobStore
-from docxy.cache.errors import FetchFailed, FetchUnanswered, VerifyError
+from docxy.cache.errors import FetchFailed, FetchUnanswered, OtherLength, VerifyError
 from docxy.cache.files import BlobFile
 from docxy.cache.fill import Download, Handover, Resume
 from docxy.config import SharedConfig
@@ -212,8 +214,19 @@ class SharedTier:
         self._trusting += room
         log.info("blob %s: filling from the shared store", digest)
         handover = Handover()
-        body = ObjectBody(digest, size, answer, first, chunks, rest, self._trouble, handover)
         blamed = False  # counted corrupt: not a hit as well
+
+        def denied(exc: OtherLength) -> None:
+            # The body broke off, and the upstream's rest says the blob is another length than
+            # the object claims: the object is not the blob (its clients, told that length,
+            # are cut with the fill), as one that does not verify is not.
+            nonlocal blamed
+            blamed = True
+            self._length_bad(digest, f"{size} bytes, the upstream's blob has {exc.length}")
+
+        body = ObjectBody(
+            digest, size, answer, first, chunks, rest, self._trouble, handover, denied
+        )
 
         def mismatch(_: VerifyError) -> str:
             nonlocal blamed
