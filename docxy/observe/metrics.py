@@ -487,6 +487,12 @@ class MirrorCollector(Collector):
             "1 if the shared store's last answer got through.",
             _or_nan(reachable),
         )
+        yield _gauge(
+            "docxy_shared_uploads_enabled",
+            "1 if this replica uploads to the shared store; 0 for one set shared.uploads = 0, "
+            "which only reads it.",
+            0.0 if shared.read_only else 1.0,
+        )
         why = shared.degraded_by()
         degraded = GaugeMetricFamily(
             "docxy_shared_degraded",

@@ -36,7 +36,6 @@ READ_ONLY = {**SHARED, "shared.uploads": "0"}
 # --- 1. a read-only replica on /metrics ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: no docxy_shared_uploads_enabled")
 @pytest.mark.parametrize(("settings", "enabled"), [(READ_ONLY, 0.0), (SHARED, 1.0)])
 async def test_metrics_say_whether_this_replica_uploads(
     tmp_path: Path, settings: dict[str, str], enabled: float
