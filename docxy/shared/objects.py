@@ -150,7 +150,13 @@ class ObjectStore:
             raise ObjectStoreError(failure(method, exc)) from exc
 
     async def size_of(self, digest: Digest) -> int | None:
-        """The stored object's length, or None when there is none.
+        """The stored object's length, or None when there is none (:meth:`head`)."""
+        headers = await self.head(digest)
+        return None if headers is None else content_length(headers.get("content-length"))
+
+    async def head(self, digest: Digest) -> httpx.Headers | None:
+        """The stored object's headers (its length, ETag, Last-Modified), or None when there
+        is none.
 
         A HEAD's answer has no body, so no S3 error code: its 404 is a miss when it is S3's
         (:func:`s3_head_miss`); a 404 that may be anyone's is asked again as a GET, whose
@@ -170,12 +176,11 @@ class ObjectStore:
         try:
             await _check(answer, "HEAD")
             vouched = vouched or self._vouched(answer)
-            length = content_length(answer.headers.get("content-length"))
         finally:
             await answer.aclose()
         if not vouched:
             await self._vouch(answer.status_code, "HEAD")
-        return length
+        return answer.headers
 
     async def open(self, digest: Digest) -> httpx.Response | None:
         """The object's body, streamed (the caller closes it), or None when there is none.

@@ -52,7 +52,8 @@
   a second site) is made with ``concurrency`` 0 (``shared.uploads = 0``): it queues and sends
   no upload at all (nor a repair), so it is never ``degraded`` for uploads it does not make;
   ``/health`` says ``"uploads": "off"``. A bad object it finds is fetched upstream, left to a
-  replica that uploads to replace.
+  replica that uploads to replace; once its HEAD shows it replaced (another ETag, else
+  Last-Modified: :data:`BAD_RECHECK`), it is read again.
 """
 
 from __future__ import annotations
@@ -94,10 +95,26 @@ SHARED_CONNECT = 3.0
 SHARED_READ = 15.0
 #: Blobs remembered as bad in the object store (read from upstream, overwritten on upload).
 MAX_BAD = 4096
+#: Seconds before a blob whose object was found bad has that object asked about again (a HEAD,
+#: at most one per this while and blob): replaced since (another ETag, else Last-Modified: a
+#: replica that uploads put the verified blob over it), it is read again. A replica that
+#: uploads replaces the object itself; one that only reads (``shared.uploads = 0``) has no
+#: other way to learn it, and fetched the blob upstream until a restart.
+BAD_RECHECK = 60.0
 #: The ``origin`` of a fill from the object store (``Download.origin``).
 ORIGIN = "shared"
 #: Seconds between two log lines saying the tier's client had no free connection.
 NO_CONNECTION_LOG_EVERY = 60.0
+
+
+@dataclass
+class BadObject:
+    """A blob whose object was found bad: which object (``stamp``: its ETag, else its
+    Last-Modified; None: it said neither), and when it was found so or last asked about
+    (monotonic)."""
+
+    stamp: str | None
+    asked: float
 
 
 @dataclass
@@ -123,7 +140,7 @@ class SharedTier:
         self.read_only = concurrency == 0
         self.uploads = UploadQueue(self._upload, concurrency)
         self.counts = SharedCounts()
-        self._bad: LruDict[Digest, bool] = LruDict(MAX_BAD)
+        self._bad: LruDict[Digest, BadObject] = LruDict(MAX_BAD)
         #: objects whose body broke off under a fill the upstream's rest then made whole: the
         #: verified copy goes over each once the store answers again (:meth:`_offer_repairs`)
         self._repairs: dict[Digest, None] = {}
@@ -143,7 +160,8 @@ class SharedTier:
         self._trusting = 0
         #: lengths of objects not filled from (the upstream did not confirm them): checked
         #: against the blob the upstream's fill commits (:meth:`filled`)
-        self._claims: LruDict[Digest, int] = LruDict(MAX_BAD)
+        #: against the blob the upstream's fill commits (:meth:`filled`), with the object's stamp
+        self._claims: LruDict[Digest, tuple[int, str | None]] = LruDict(MAX_BAD)
 
     # --- the source -------------------------------------------------------------------------
 
@@ -154,8 +172,12 @@ class SharedTier:
         after its first bytes went to the fill's clients (:mod:`docxy.shared.body`); without
         it such a fill is aborted (its clients cut). It is asked for the blob's last byte
         first when the object's length is more than the cache has free (:meth:`_room_for`);
-        without it such an object is not filled from."""
-        if digest in self._bad or self._resting() or self._probing:
+        without it such an object is not filled from. A blob whose object was found bad is
+        not read from it unless the object was replaced since (:meth:`_replaced`)."""
+        if self._resting() or self._probing:
+            return None
+        bad = self._bad.get(digest)
+        if bad is not None and not await self._replaced(digest, bad):
             return None
         # After a failure, one miss at a time finds out whether the store is back: a hung store
         # must not hold every miss that comes meanwhile for the whole timeout.
@@ -184,6 +206,7 @@ class SharedTier:
             return None
         first, chunks = started
         size = content_length(answer.headers.get("content-length"))
+        stamp = _stamp(answer.headers)  # which object: should it be found bad
         if size is not None and size > self.blobs.max_size:
             # No blob that large is cached here: a fill from it would find no room before its
             # first byte, which says nothing against the object, and the verdict "larger than
@@ -193,8 +216,8 @@ class SharedTier:
             # kept here, prove of another length, the object is counted corrupt then, and
             # replaced (:meth:`filled`).
             await answer.aclose()
-            self._bad.set(digest, True)
-            self._claims.set(digest, size)
+            self._mark_bad(digest, stamp)
+            self._claims.set(digest, (size, stamp))
             log.info(
                 "blob %s: the shared object says %d bytes, more than the whole cache (%d): "
                 "fetched upstream",
@@ -204,7 +227,7 @@ class SharedTier:
             )
             return None
         try:
-            room = await self._room_for(digest, size, rest)
+            room = await self._room_for(digest, size, stamp, rest)
         except BaseException:  # cancelled while the upstream was asked
             await answer.aclose()
             raise
@@ -222,7 +245,8 @@ class SharedTier:
             # are cut with the fill), as one that does not verify is not.
             nonlocal blamed
             blamed = True
-            self._length_bad(digest, f"{size} bytes, the upstream's blob has {exc.length}")
+            said = f"{size} bytes, the upstream's blob has {exc.length}"
+            self._length_bad(digest, said, stamp)
 
         body = ObjectBody(
             digest, size, answer, first, chunks, rest, self._trouble, handover, denied
@@ -232,7 +256,7 @@ class SharedTier:
             nonlocal blamed
             body.mismatch()
             corrupt = self.counts.corrupt
-            said = self._unverified(digest, handover)
+            said = self._unverified(digest, handover, stamp)
             blamed = self.counts.corrupt != corrupt
             return said
 
@@ -257,7 +281,9 @@ class SharedTier:
             handover=handover,
         )
 
-    async def _room_for(self, digest: Digest, size: int | None, rest: Resume | None) -> int | None:
+    async def _room_for(
+        self, digest: Digest, size: int | None, stamp: str | None, rest: Resume | None
+    ) -> int | None:
         """Whether a fill may take the object's length, ``size``, on its word: the fill
         reserves that much before its first byte (evicting blobs to make room), and only its
         last byte shows whether the object is the blob. A length the cache has free (less what
@@ -291,7 +317,7 @@ class SharedTier:
                 if last.size is not None:
                     return 0
                 reason = "its answer says no length"
-        self._claims.set(digest, size)
+        self._claims.set(digest, (size, stamp))
         log.info(
             "blob %s: the shared object says %d bytes, more than the cache has free, and the "
             "upstream did not confirm that length (%s): filled from the upstream",
@@ -301,11 +327,11 @@ class SharedTier:
         )
         return None
 
-    def _length_bad(self, digest: Digest, said: str) -> None:
+    def _length_bad(self, digest: Digest, said: str, stamp: str | None) -> None:
         """The object of ``digest`` claims a length it cannot have (``said``): counted corrupt,
         marked bad (fetched upstream from now on, and replaced by the upload of that blob)."""
         self.counts.corrupt += 1
-        self._bad.set(digest, True)
+        self._mark_bad(digest, stamp)
         self.objects.distrust()  # a page served as every object fails so too
         log.warning(
             "blob %s: the shared object says %s: marked bad, fetched upstream", digest, said
@@ -319,13 +345,13 @@ class SharedTier:
         free = usage.max_size - usage.bytes - usage.reserved - usage.freeing
         return free - self._trusting
 
-    def _unverified(self, digest: Digest, handover: Handover) -> str:
+    def _unverified(self, digest: Digest, handover: Handover, stamp: str | None) -> str:
         """A fill from the object did not verify: what the tier makes of it, for the end of
         the fill's WARNING line (its only line: one failure, one line)."""
         if handover.at is not None:  # the store's part, or the upstream's rest: not known
             return "the shared object is not marked bad (which part was wrong cannot be told)"
         self.counts.corrupt += 1
-        self._bad.set(digest, True)
+        self._mark_bad(digest, stamp)
         self.objects.distrust()  # a page served as every object fails so too
         if self.read_only:
             return (
@@ -333,6 +359,44 @@ class SharedTier:
                 "from here: this replica uploads nothing)"
             )
         return "the shared object is marked bad: fetched upstream from now on, then replaced"
+
+    def _mark_bad(self, digest: Digest, stamp: str | None) -> None:
+        """The object of ``digest`` (``stamp``: which one) is bad: the blob is fetched upstream
+        until it is replaced (:meth:`_replaced`), by this replica's upload or another's."""
+        self._bad.set(digest, BadObject(stamp, time.monotonic()))
+
+    async def _replaced(self, digest: Digest, bad: BadObject) -> bool:
+        """Whether the object of ``digest``, found bad, was replaced since: asked with a HEAD
+        once :data:`BAD_RECHECK` seconds passed since it was found bad or last asked (misses
+        meanwhile go upstream, the bad object not read again), and only while the store
+        answers. Another stamp (ETag, else Last-Modified) than the bad one's: another object,
+        read again (and, should it be bad too, marked so in its turn); the same, or none there
+        (deleted: a replica's upload makes it anew, with another stamp), it stays bad. An
+        object whose answers have no stamp at all is read again once per that while."""
+        now = time.monotonic()
+        if now - bad.asked < BAD_RECHECK or self.reachable is False:
+            return False
+        bad.asked = now  # before the HEAD: misses meanwhile do not ask too
+        try:
+            headers = await self.objects.head(digest)
+        except NoFreeConnection as exc:  # the request never left: the store is not blamed
+            self._no_connection(exc)
+            return False
+        except ObjectStoreError as exc:
+            self._trouble(exc)
+            return False
+        self._answered()
+        stamp = None if headers is None else _stamp(headers)
+        if headers is None or (stamp is not None and stamp == bad.stamp):
+            return False
+        self._bad.pop(digest)
+        log.info(
+            "blob %s: its shared object, found bad, was replaced since (%s, was %s): read again",
+            digest,
+            stamp,
+            bad.stamp,
+        )
+        return True
 
     def _repair(self, digest: Digest) -> None:
         """The object broke off and the blob was made whole from the upstream: its verified
@@ -364,10 +428,11 @@ class SharedTier:
         store's last answer was a failure (a miss finds out whether it is back). An object not
         filled from for a length the upstream did not confirm (:meth:`_room_for`) is known bad
         once the blob proves of another length: counted corrupt, and replaced."""
-        claimed = self._claims.pop(digest)
-        entry = self.blobs.lookup(digest) if claimed is not None else None
-        if entry is not None and entry.size != claimed:
-            self._length_bad(digest, f"{claimed} bytes, the blob has {entry.size}")
+        claim = self._claims.pop(digest)
+        entry = self.blobs.lookup(digest) if claim is not None else None
+        if claim is not None and entry is not None and entry.size != claim[0]:
+            claimed, stamp = claim
+            self._length_bad(digest, f"{claimed} bytes, the blob has {entry.size}", stamp)
         if (
             not self.read_only
             and digest.algorithm == "sha256"
@@ -598,6 +663,11 @@ async def _started(answer: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]
     except BaseException:  # cancelled: the fill's task ends
         await answer.aclose()
         raise
+
+
+def _stamp(headers: httpx.Headers) -> str | None:
+    """Which object an answer is of: its ETag, else its Last-Modified (None: neither said)."""
+    return headers.get("etag") or headers.get("last-modified") or None
 
 
 #: S3 error codes of a 4xx that says "not now", not "no": trouble that passes, as a 503
