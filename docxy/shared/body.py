@@ -33,7 +33,7 @@ from dataclasses import replace
 
 import httpx
 
-from docxy.cache.errors import OtherLength
+from docxy.cache.errors import OtherLength, SizeMismatch
 from docxy.cache.fill import Download, Handover, Resume
 from docxy.cache.resuming import Resuming
 from docxy.core.digests import Digest
@@ -47,8 +47,8 @@ class ObjectBody:
     """The chunks of ``answer`` (``first``, then ``body``), or the rest from ``rest`` once it
     breaks off (the rest of a blob of ``size`` bytes, None: unknown); ``broke`` is told the
     store's failure (the tier's health) either way, and ``handover`` where the rest began;
-    ``denied`` is told when the upstream's rest says the blob has another length than ``size``
-    (the object's own claim: the object is not the blob)."""
+    ``denied`` is told what shows the object is not the blob: the upstream's rest says the blob
+    has another length than ``size`` (the object's own claim), or its body runs past it."""
 
     def __init__(
         self,
@@ -60,7 +60,7 @@ class ObjectBody:
         rest: Resume | None,
         broke: Callable[[ObjectStoreError], None],
         handover: Handover,
-        denied: Callable[[OtherLength], None] | None = None,
+        denied: Callable[[str], None] | None = None,
     ) -> None:
         self.digest = digest
         self.size = size
@@ -94,11 +94,19 @@ class ObjectBody:
         self._rest_read = self.handover.at is not None
 
     async def _stored(self) -> AsyncIterator[bytes]:
-        """The store's bytes; a break is told to ``broke`` (the tier's health) and raised."""
-        if self.first:
-            yield self.first
+        """The store's bytes; a break is told to ``broke`` (the tier's health) and raised. A
+        body that runs past the object's ``size`` (a store's answer framed otherwise, chunked)
+        is not the blob: told to ``denied`` and raised as a :class:`SizeMismatch`, before a
+        byte past it goes out."""
+        received = 0
         try:
-            async for chunk in self.body:
+            async for chunk in _chained(self.first, self.body):
+                received += len(chunk)
+                if self.size is not None and received > self.size:
+                    said = f"{self.size} bytes, its body ran past them"
+                    if self.denied is not None:
+                        self.denied(said)
+                    raise SizeMismatch(f"{self.digest}: the shared object's {said}")
                 yield chunk
         except httpx.HTTPError as exc:
             self.broke(body_error(exc))
@@ -121,7 +129,7 @@ class ObjectBody:
             download = await self.rest(offset, self.size)
         except OtherLength as exc:  # the object's length is not the blob's: it is not the blob
             if self.denied is not None:
-                self.denied(exc)
+                self.denied(f"{self.size} bytes, the upstream's blob has {exc.length}")
             raise
         self.handover.at = offset
         return replace(download, broke_off=())
@@ -142,6 +150,13 @@ class ObjectBody:
         if self._resuming is not None:  # closes the rest it fetched, if it was not read out
             await self._resuming.aclose()
         await self.answer.aclose()
+
+
+async def _chained(first: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in body:
+        yield chunk
 
 
 async def _nothing() -> None:

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import httpx
 
 from docxy.cache.blobs import DiskBlobStore
-from docxy.cache.errors import FetchFailed, FetchUnanswered, OtherLength, VerifyError
+from docxy.cache.errors import FetchFailed, FetchUnanswered, VerifyError
 from docxy.cache.files import BlobFile
 from docxy.cache.fill import Download, Handover, Resume
 from docxy.config import SharedConfig
@@ -239,13 +239,13 @@ class SharedTier:
         handover = Handover()
         blamed = False  # counted corrupt: not a hit as well
 
-        def denied(exc: OtherLength) -> None:
-            # The body broke off, and the upstream's rest says the blob is another length than
-            # the object claims: the object is not the blob (its clients, told that length,
-            # are cut with the fill), as one that does not verify is not.
+        def denied(said: str) -> None:
+            # The body ran past the object's length, or broke off and the upstream's rest says
+            # the blob is another length than the object claims: the object is not the blob
+            # (its clients, told that length, are cut with the fill), as one that does not
+            # verify is not.
             nonlocal blamed
             blamed = True
-            said = f"{size} bytes, the upstream's blob has {exc.length}"
             self._length_bad(digest, said, stamp)
 
         body = ObjectBody(
