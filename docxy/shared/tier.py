@@ -159,8 +159,8 @@ class SharedTier:
         #: bytes of running fills from objects whose length was taken on its word (it fit)
         self._trusting = 0
         #: lengths of objects not filled from (the upstream did not confirm them): checked
-        #: against the blob the upstream's fill commits (:meth:`filled`)
-        #: against the blob the upstream's fill commits (:meth:`filled`), with the object's stamp
+        #: against the blob the upstream's fill commits (:meth:`filled`), with each object's
+        #: stamp (:class:`BadObject`)
         self._claims: LruDict[Digest, tuple[int, str | None]] = LruDict(MAX_BAD)
 
     # --- the source -------------------------------------------------------------------------
@@ -390,6 +390,7 @@ class SharedTier:
         if headers is None or (stamp is not None and stamp == bad.stamp):
             return False
         self._bad.pop(digest)
+        self._claims.pop(digest)  # the length the bad object claimed: not this one's
         log.info(
             "blob %s: its shared object, found bad, was replaced since (%s, was %s): read again",
             digest,
