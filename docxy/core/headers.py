@@ -112,7 +112,8 @@ def kept_retry_after(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]
 
 
 def redirect_headers(headers: list[tuple[str, str]], same_origin: bool) -> list[tuple[str, str]]:
-    """Headers for the next hop of an upstream redirect: ``Authorization`` stays on one origin."""
+    """Headers for the next hop of an upstream redirect: ``Authorization`` stays on one origin
+    (``same_origin``: the caller's verdict, which takes its upgrade to HTTPS for the same)."""
     if same_origin:
         return headers
     return [(k, v) for k, v in headers if k.lower() != "authorization"]

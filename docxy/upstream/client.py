@@ -371,24 +371,40 @@ def same_origin(a: str, b: str) -> bool:
     return origin(a) == origin(b)
 
 
+def upgraded(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a``'s own origin upgraded to HTTPS: ``http://`` to ``https://`` on
+    the same host, each on its scheme's default port or both on the same one (a token service
+    or registry sending its plain-HTTP URL to its TLS self). Never HTTPS to plain HTTP, nor
+    another host or port. Raises ValueError for a port out of range."""
+    scheme_a, host_a, port_a = origin(a)
+    scheme_b, host_b, port_b = origin(b)
+    if (scheme_a, scheme_b) != ("http", "https") or host_a is None or host_a != host_b:
+        return False
+    return port_a == port_b or (port_a == 80 and port_b == 443)
+
+
 def next_hop(
     url: str, location: str | None, headers: list[tuple[str, str]]
 ) -> tuple[str, list[tuple[str, str]]]:
     """Where a redirect from ``url`` leads, and the headers to send there.
 
-    ``Authorization`` is dropped on a hop to another origin; raises
-    :class:`UpstreamUnavailable` for a missing, malformed or non-HTTP ``Location``.
+    ``Authorization`` is dropped on a hop to another origin, but for the same one upgraded to
+    HTTPS (:func:`upgraded`: Docker's client keeps it on a redirect to the same host; dropped
+    there, a token service redirecting its ``http://`` realm to its ``https://`` self never
+    saw the mirror's login, and its ``401`` to the request without it was taken for the
+    password refused). Raises :class:`UpstreamUnavailable` for a missing, malformed or
+    non-HTTP ``Location``.
     """
     if not location:
         raise UpstreamUnavailable("the upstream sent a redirect without a Location")
     try:
         next_url = urljoin(url, location)
-        kept_origin = same_origin(url, next_url)
+        kept_login = same_origin(url, next_url) or upgraded(url, next_url)
     except ValueError:  # e.g. a port out of range
         raise UpstreamUnavailable("the upstream redirected to a malformed URL") from None
     if urlsplit(next_url).scheme not in ("http", "https"):
         raise UpstreamUnavailable("the upstream redirected to a non-HTTP URL")
-    return next_url, redirect_headers(headers, kept_origin)
+    return next_url, redirect_headers(headers, kept_login)
 
 
 class HeadersTimeout(httpx.ReadTimeout):

@@ -129,6 +129,16 @@ class TokenRefused(UpstreamError):
         return httpx.Response(self.status, headers=headers, stream=httpx.ByteStream(self.encoded()))
 
 
+def _carried_login(answer: httpx.Response) -> bool:
+    """Whether the request ``answer`` answers (the last hop's, after redirects) carried the
+    ``Authorization`` it was sent with (:func:`~docxy.upstream.client.next_hop` drops it on a
+    hop to another origin). An answer that names no request (a test's stand-in) did."""
+    try:
+        return "authorization" in answer.request.headers
+    except RuntimeError:  # httpx: no request set on it
+        return True
+
+
 def basic_authorization(username: str, password: str) -> str:
     raw = f"{username}:{password}".encode()
     return "Basic " + base64.b64encode(raw).decode("ascii")
@@ -458,6 +468,10 @@ class MirrorTokens:
             params.append(("service", service))
         headers = [("Authorization", basic_authorization(*upstream.credentials))]
         answer, _ = await self._ask(upstream, realm, headers, params)
+        if not _carried_login(answer):
+            # A redirect to another origin dropped the login: its last hop's answer is to a
+            # request without it (a 401 there was taken for the password refused).
+            return None
         if answer.status_code in (200, 403):  # 403: the login known, denied, not refused
             self._accept_login(upstream)
             return True
@@ -592,6 +606,11 @@ class MirrorTokens:
             sent = time.monotonic()
             answer, body = await self._ask(upstream, realm, headers, params)
             unchecked = False
+            if login and not _carried_login(answer):
+                # A redirect to another origin dropped the login: its answer says nothing of
+                # it (neither a token got with it, nor a 401 to it), its 401 not remembered.
+                login = False
+                unchecked = answer.status_code == 401
             if answer.status_code == 401 and login:
                 # The login refused, or this one repository? As ``docker login`` asks it.
                 try:

@@ -260,12 +260,13 @@ async def test_a_redirect_to_the_basic_login_is_no_acceptance() -> None:
 
 
 async def test_a_redirect_that_drops_the_basic_login_is_no_acceptance() -> None:
-    """``http://`` redirecting to ``https://`` (another origin: the login is not carried): the
-    ``301`` counted as accepted. It says nothing of the login now."""
+    """``http://`` redirecting to ``https://`` on another host (another origin: the login is
+    not carried): the ``301`` counted as accepted. It says nothing of the login now. (On its
+    own host, the upgrade carries the login: test_review_login2.)"""
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.scheme == "http":
-            target = str(request.url.copy_with(scheme="https"))
+            target = str(request.url.copy_with(scheme="https", host="other.test"))
             return httpx.Response(301, headers={"Location": target})
         return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
 
