@@ -519,6 +519,10 @@ class UpstreamClient:
         #: told the realm each probe finds, for the CAs its origin is verified with
         self.trust = trust
         self.health: dict[str, UpstreamHealth] = {}
+        #: Basic-only upstream hosts whose registry refused the mirror's own Basic login (a
+        #: ``401`` to ``GET /v2/`` with it, or to a request with it while refused): when
+        #: (:meth:`basic_login_withheld`)
+        self._basic_refused: dict[str, float] = {}
         #: Whether each upstream's own host is non-public (the redirect rule's), kept a few
         #: minutes; the direct GETs' own, when they have settings, so one lookup serves both.
         self.verdicts = direct.verdicts if direct is not None else RegistryVerdicts()
@@ -788,6 +792,13 @@ class UpstreamClient:
             return response
         health = self.health_of(upstream)
         user = upstream.credentials[0]
+        if status == 401 and health.login == "refused" and upstream.host in self._basic_refused:
+            # Sent past the hold (:meth:`basic_login_withheld`): this request was the check.
+            self._basic_refused[upstream.host] = time.monotonic()
+            log.debug(
+                "%s answered 401 to the mirror's own Basic login (%s) still", upstream.host, user
+            )
+            return response
         if status == 401 and first != upstream.url("/v2/"):
             if health.login != "refused":  # a wrong login's, or this repository's: ask /v2/
                 response = await held_answer(response)  # its connection free for the check
@@ -801,6 +812,7 @@ class UpstreamClient:
                     await response.aclose()
                     raise
         elif status == 401:
+            self._basic_refused[upstream.host] = time.monotonic()  # held: basic_login_withheld
             if health.login_judged(False) == "refused":
                 return response
             said = (
@@ -809,9 +821,19 @@ class UpstreamClient:
             )
             log.warning("%s", said)
             health.recent_failures.append((health.clock(), "login_refused", said))
-        elif 200 <= status < 300 and health.login_judged(True) == "refused":
-            log.info("%s accepted the mirror's own Basic login (%s) again", upstream.host, user)
+        elif 200 <= status < 300:
+            self._basic_refused.pop(upstream.host, None)
+            if health.login_judged(True) == "refused":
+                log.info("%s accepted the mirror's own Basic login (%s) again", upstream.host, user)
         return response
+
+    def basic_login_withheld(self, upstream: Upstream, hold: float) -> bool:
+        """Whether the mirror's own Basic login is kept from a Basic-only upstream now: its
+        registry refused it (:meth:`_basic_login_answered`) less than ``hold`` seconds ago.
+        It went with every request, a failed login on the account each (Nexus, Artifactory
+        lock one); past the hold, the first request with it is the next check."""
+        since = self._basic_refused.get(upstream.host)
+        return since is not None and time.monotonic() - since < hold
 
     async def _check_basic_login(self, upstream: Upstream, login: str) -> None:
         """``GET /v2/`` with the mirror's Basic ``login``: judged as it is answered

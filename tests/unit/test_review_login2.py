@@ -5,11 +5,15 @@ passes."""
 
 from __future__ import annotations
 
+import time
+import types
+
 import httpx
 import pytest
 
+from docxy.upstream import client as client_module
 from docxy.upstream.client import Upstream, UpstreamClient, next_hop
-from docxy.upstream.tokens import MirrorTokens
+from docxy.upstream.tokens import REFUSED_TTL, MirrorTokens, basic_authorization
 from tests.unit.test_review_tokens4 import LOGIN, REFUSED
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401 (the fixture)
 
@@ -110,3 +114,71 @@ async def test_a_check_whose_last_hop_lost_the_login_is_no_verdict(
         assert client.health_of(upstream).login != "refused"
     assert ("https", None, False) in registry.log  # the check's last hop: no login
     assert REFUSED not in caplog.text
+
+
+# --- 2. a Basic-only upstream is sent a refused password on every request -------------------
+
+
+@pytest.fixture
+def client_now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The upstream client module's monotonic clock, moved by the test."""
+    clock = [1000.0]
+    fake = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(client_module, "time", fake)
+    return clock
+
+
+class BasicOnly:
+    """A registry with Basic auth and no token service, accepting ``robot:<password>``;
+    ``failed`` counts the requests that carried another login (failed logins on the
+    account), ``sent`` has each request's (path, whether it carried a login)."""
+
+    def __init__(self, password: str = "right") -> None:
+        self.password = password
+        self.failed = 0
+        self.sent: list[tuple[str, bool]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        sent = request.headers.get("authorization")
+        self.sent.append((request.url.path, sent is not None))
+        if sent is not None and sent == basic_authorization("robot", self.password):
+            return httpx.Response(200, json={})
+        if sent is not None:
+            self.failed += 1
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+
+async def basic_miss(tokens: MirrorTokens, upstream: Upstream, repository: str) -> int:
+    answer = await tokens.send(upstream, "GET", repository, f"/v2/{repository}/manifests/1")
+    await answer.aclose()
+    return answer.status_code
+
+
+async def test_a_refused_basic_login_is_not_sent_again_for_a_while(
+    client_now: list[float],
+) -> None:
+    """A wrong ``upstream.password`` for a Basic-only upstream went with every request of the
+    mirror's, for ever: 6 misses, 7 failed logins on the account (Nexus and Artifactory lock
+    one). A token service's refusal is held ``REFUSED_TTL``; now a Basic one confirmed by
+    ``/v2/`` is too: no login goes for that minute, and the first request after it is the
+    next check (its ``401`` holds it again, its ``2xx`` accepts it)."""
+    registry = BasicOnly(password="other")
+    upstream = Upstream("https://registry.test", credentials=("robot", "right"))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
+        client = UpstreamClient(http)
+        tokens = MirrorTokens(client)
+        for n in range(6):
+            assert await basic_miss(tokens, upstream, f"o/i{n}") == 401
+        assert registry.failed == 2  # the first miss and its /v2/ check
+        assert client.health_of(upstream).login == "refused"
+        assert await tokens.basic_login(upstream) is None  # nor passed through for a client
+        client_now[0] += REFUSED_TTL + 1
+        assert await basic_miss(tokens, upstream, "o/a") == 401  # the check: refused still
+        assert await basic_miss(tokens, upstream, "o/b") == 401
+        assert registry.failed == 3
+        client_now[0] += REFUSED_TTL + 1
+        registry.password = "right"  # mended
+        assert await basic_miss(tokens, upstream, "o/c") == 200
+        assert client.health_of(upstream).login == "accepted"
+        assert await basic_miss(tokens, upstream, "o/d") == 200
+    assert registry.failed == 3

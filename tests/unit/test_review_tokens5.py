@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import types
 from pathlib import Path
 
 import httpx
+import pytest
 
+from docxy.upstream import client as client_module
 from docxy.upstream.client import Upstream, UpstreamClient
 from docxy.upstream.tokens import REFUSED_TTL, MirrorTokens, basic_authorization
 from tests.unit.logins import InFlight, logged_in
@@ -116,10 +120,16 @@ class BasicRegistry:
         return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="registry"'})
 
 
-async def test_a_basic_upstreams_refused_login_shows_on_health() -> None:
+async def test_a_basic_upstreams_refused_login_shows_on_health(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A Basic upstream the mirror's ``upstream.password`` is wrong for: its own requests got
     ``401`` and ``UpstreamHealth.login`` stayed None, so ``/health`` said ``ok``. It now says
-    ``refused``, and ``accepted`` once a request with the login gets through."""
+    ``refused``, and ``accepted`` once a request with the login gets through (the first past
+    the refusal's ``REFUSED_TTL``: none carries it before, test_review_login2)."""
+    clock = [1000.0]
+    fake = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(client_module, "time", fake)
     registry = BasicRegistry()
     registry.password = "rotated"
     upstream = Upstream("https://registry.test", credentials=("robot", "right"))
@@ -133,6 +143,7 @@ async def test_a_basic_upstreams_refused_login_shows_on_health() -> None:
         assert health.login == "refused"
         assert health.login_refused_since is not None
         registry.password = "right"
+        clock[0] += REFUSED_TTL + 1
         answer = await tokens.send(upstream, "GET", "owner/a", "/v2/owner/a/manifests/1")
         await answer.aclose()
         assert answer.status_code == 200
