@@ -312,11 +312,18 @@ class MirrorTokens:
         upstream): what a request passed through for them goes with. None for an upstream
         with token auth (an ``auth_realm`` configured is, whatever its ``/v2/`` says: the
         clients' tokens are that token service's) or without credentials, or whose ``/v2/``
-        cannot say now."""
+        cannot say now and never said (one that answers a probe ``429`` or ``5xx`` after
+        answering one before is taken at its last word, as for the mirror's own requests,
+        :meth:`_challenge`: a pass-through went without the login meanwhile, ``401`` for a
+        private repository)."""
         if upstream.credentials is None or upstream.auth_realm is not None:
             return None
         try:
             challenge = await self.client.challenge(upstream)
+        except ProbeTrouble:
+            if not self.client.probed(upstream):
+                return None
+            challenge = self.client.known_challenge(upstream)
         except UpstreamError:
             return None
         if challenge is not None or self._basic_held(upstream):

@@ -182,3 +182,36 @@ async def test_a_refused_basic_login_is_not_sent_again_for_a_while(
         assert client.health_of(upstream).login == "accepted"
         assert await basic_miss(tokens, upstream, "o/d") == 200
     assert registry.failed == 3
+
+
+# --- 3. a pass-through loses the mirror's Basic login while /v2/ answers 5xx ----------------
+
+
+async def test_a_basic_login_stands_while_v2_is_in_trouble(client_now: list[float]) -> None:
+    """A Basic-only upstream probed before, its ``/v2/`` answering ``503`` when the challenge
+    is asked again (past ``REALM_TTL``): the mirror's own requests went on with the challenge
+    last seen (``_challenge``), but ``basic_login`` answered None, and a pull passed through
+    for a client went without the login (``401`` for a private repository). It stands now as
+    for the mirror's own; an upstream never probed still has none to give."""
+    state = {"v2": 401}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent = request.headers.get("authorization")
+        if request.url.path == "/v2/" and sent is None and state["v2"] == 503:
+            return httpx.Response(503)
+        if sent == LOGIN:
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+    upstream = Upstream("https://registry.test", credentials=("robot", "right"))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        client = UpstreamClient(http)
+        tokens = MirrorTokens(client)
+        state["v2"] = 503
+        assert await tokens.basic_login(upstream) is None  # never probed: not known
+        state["v2"] = 401
+        assert await tokens.basic_login(upstream) == LOGIN
+        client_now[0] += client_module.REALM_TTL + 1
+        state["v2"] = 503
+        assert await tokens.basic_login(upstream) == LOGIN
+        assert await basic_miss(tokens, upstream, "o/a") == 200  # the mirror's own, as before
