@@ -5,6 +5,7 @@ passes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import types
 
@@ -14,7 +15,7 @@ import pytest
 from docxy.upstream import client as client_module
 from docxy.upstream.client import Upstream, UpstreamClient, next_hop
 from docxy.upstream.tokens import REFUSED_TTL, MirrorTokens, basic_authorization
-from tests.unit.test_review_tokens4 import LOGIN, REFUSED
+from tests.unit.test_review_tokens4 import LOGIN, REFUSED, ROBOT, Revocable, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401 (the fixture)
 
 # --- 1. a realm's redirect to https on its own host drops the login -------------------------
@@ -215,3 +216,42 @@ async def test_a_basic_login_stands_while_v2_is_in_trouble(client_now: list[floa
         state["v2"] = 503
         assert await tokens.basic_login(upstream) == LOGIN
         assert await basic_miss(tokens, upstream, "o/a") == 200  # the mirror's own, as before
+
+
+# --- 4. README: what a password revoked in a quiet spell costs the account ------------------
+
+
+class CountingRevocable(Revocable):
+    """:class:`Revocable`, each answer a little late (so concurrent misses overlap), counting
+    the requests whose login it refused (failed logins on the account)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)
+        if request.url.host == "auth.test" and self.revoked and "authorization" in request.headers:
+            self.failed += 1
+        return self(request)
+
+
+@pytest.mark.parametrize(("quiet", "failed"), [(30.0, 6), (REFUSED_TTL + 60, 2)])
+async def test_a_revoked_password_costs_two_failed_logins_only_past_a_minute(
+    now: list[float], quiet: float, failed: int
+) -> None:
+    """The README said a password revoked in a quiet spell costs the account two failed
+    logins, not one per concurrent miss: so it does once the acceptance is more than a minute
+    old (one token request with the login at a time, :meth:`MirrorTokens._login_turn`); within
+    that minute the misses do not wait, each sends the login, and the check is one more. The
+    README says both now."""
+    registry = CountingRevocable()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry.handle)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        assert await miss(tokens, "owner/a") == 200
+        now[0] += quiet
+        registry.revoked = True
+        answers = await asyncio.gather(*(miss(tokens, f"owner/i{n}") for n in range(5)))
+        assert answers == [200] * 5  # public: anonymous tokens read them
+        assert tokens.login_refused(ROBOT)
+    assert registry.failed == failed
