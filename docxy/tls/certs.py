@@ -481,18 +481,21 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     cert_path: Path | None = args.install_cert or config.tls.cert_path
     key_path: Path | None = args.install_key or config.tls.key_path
     if args.certs_command == "status":
-        if cert_path is None and key_path is None:
-            raise ConfigError(NO_TLS)
-        cert, key = required(cert_path, "tls.cert_path"), required(key_path, "tls.key_path")
-        described = describe_files(cert, key, certs.domain)
+        # Read first: without TLS the refusal recorded in the renewer's status file is often
+        # why there is none, and the operator asking was told "no TLS" alone.
         halted = _renewer_refusal(certs.config_dir, certs.domain)
         if halted is not None:
-            described["renewer_refused"] = halted
             print(
                 f"docxy certs {args.certs_command}: the renewer refuses its settings and "
                 f"renews nothing: {halted}",
                 file=sys.stderr,
             )
+        if cert_path is None and key_path is None:
+            raise ConfigError(NO_TLS)
+        cert, key = required(cert_path, "tls.cert_path"), required(key_path, "tls.key_path")
+        described = describe_files(cert, key, certs.domain)
+        if halted is not None:
+            described["renewer_refused"] = halted
         print(json.dumps(described, indent=2))
         failed = "error" in described or halted is not None
         return EXIT_FAILED if failed else EXIT_OK  # shown either way; a script sees the failure
