@@ -1,4 +1,13 @@
-import sys
+import signal
+
+# First of all, before the imports below (APScheduler, docxy's settings: a good part of a
+# second): supervisord or the entrypoint may send SIGHUP while the renewer starts, and its
+# default action ends the process. Ignored until main() puts its own handler in place (its
+# first line). ``python -m scheduler`` runs scheduler/__init__.py first, which holds only its
+# docstring: this is the first line of the renewer's own that runs.
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+import sys  # noqa: E402 - after the signal
 
 try:
     from scheduler.main import main
