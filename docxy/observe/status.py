@@ -286,10 +286,14 @@ def _certificate(tls: object, renewal: object) -> str:
         if tls.get("warning"):  # docxy.tls.trust.refusal: clients refuse it now
             rows.append(("warning", str(tls["warning"])))
         rows.append(("expires", _when(tls.get("not_after"))))
-        if tls.get("expires_soon") is True:  # docxy.tls.context.CertInfo.expires_soon
-            rows.append(("warning", "expires soon and has not been renewed: see the renewal"))
-        rows.append(("subject", str(tls.get("subject", "?"))))
         waiting = tls.get("waiting")  # docxy.tls.context.ReloadableTLS._wait_for
+        if tls.get("expires_soon") is True:  # docxy.tls.context.CertInfo.expires_soon
+            if isinstance(waiting, dict):  # renewed: the new pair is not valid yet
+                said = "expires soon; the next certificate is in place and waits for its start"
+            else:
+                said = "expires soon and has not been renewed: see the renewal"
+            rows.append(("warning", said))
+        rows.append(("subject", str(tls.get("subject", "?"))))
         if isinstance(waiting, dict):
             when = _when(waiting.get("not_before"))
             rows.append(("next certificate", f"serial {waiting.get('serial', '?')}, from {when}"))

@@ -627,6 +627,14 @@ class ReloadableTLS:
         why = "it has not been renewed (see the renewer's log and `renewal` in /health)"
         if self._last_error is not None:  # renewed, maybe, but not servable: not the renewer's
             why = f"the files hold a pair the mirror refuses ({self._last_error})"
+        elif self._waiting is not None:  # renewed: the new pair waits for its notBefore
+            waiting = self._waiting
+            assert waiting.not_before is not None  # kept_over_not_yet_valid
+            why = (
+                f"a new certificate (serial {waiting.serial}) is in place already, but not"
+                f" valid before {utc_stamp(waiting.not_before)}, and is served from then"
+                " (if this host's clock is behind: check its time sync)"
+            )
         log.warning(
             "TLS certificate %s (serial %s) expires in %.1f days, at %s: %s",
             self.cert_path,

@@ -150,7 +150,6 @@ def test_a_sighup_during_the_renewers_imports_does_not_end_it(tmp_path: Path) ->
 # --- 3. "expires soon" while the renewed pair waits ---------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 3: says not renewed")
 def test_expiring_soon_while_the_renewed_pair_waits_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
