@@ -302,6 +302,8 @@ def _certificate(tls: object, renewal: object) -> str:
     if isinstance(renewal, dict):
         if "error" in renewal:
             rows.append(("renewal", str(renewal["error"])))
+            if renewal.get("refused"):  # docxy.tls.certs.stranded_config_dir
+                rows.append(("renewer", f"refused: {renewal['refused']}"))
         else:
             outcome = "failed: " + str(renewal["last_error"]) if renewal.get("last_error") else "ok"
             if renewal.get("refused"):  # scheduler.main.hold: no run is scheduled

@@ -19,6 +19,8 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -297,6 +299,32 @@ def describe_files(cert_path: Path, key_path: Path, domain: str | None = None) -
     }
 
 
+def stranded_config_dir(config_dir: Path) -> str | None:
+    """What to say of a ``certs.config_dir`` that is itself root's in a directory of another
+    user's (the appliance's certs volume, the mirror's and the renewer's user's: a root run
+    made it before the owner was kept): that user's renewer can neither run certbot there nor
+    write its status file, so its own hint (the path, the owner, the chown) reached its log
+    alone, and the status file read here was an old one or none. None when the directory is
+    not root's, its parent is root's too (a host install run as root), or others may write it.
+    """
+    try:
+        st, up = config_dir.stat(), config_dir.parent.stat()
+    except OSError:
+        return None
+    if st.st_uid != 0 or up.st_uid == 0:
+        return None
+    if st.st_mode & stat.S_IWOTH or (st.st_gid == up.st_gid and st.st_mode & stat.S_IWGRP):
+        return None  # its owner's user may write in it all the same
+    fix = f"chown -R {up.st_uid}:{up.st_gid} {shlex.quote(str(config_dir))}"
+    return (
+        f"certs.config_dir {config_dir} is uid 0's, not uid {up.st_uid}'s (the owner of "
+        f"{config_dir.parent}, the renewer's user): the renewer can neither run certbot there "
+        "nor write its status (what it last wrote, if anything, is old). Run `docxy certs "
+        "renew` as root once (the container: `docker compose exec -u 0 docxy docxy certs "
+        f"renew`), which hands it back to its owner, or `{fix}`"
+    )
+
+
 #: The times in the renewer's status file; and in its parts, by part.
 RENEWAL_TIMES = ("last_run", "last_success", "failing_since", "next_run")
 RENEWAL_PART_TIMES = {"set_aside": "at", "certificate": "not_after", "interrupted": "at"}
@@ -309,12 +337,18 @@ def renewal_status(config_dir: Path) -> dict[str, object]:
     Its times as ``/health``'s others (:func:`docxy.core.stamps.utc_stamp`): the file keeps
     ``isoformat()``'s, with microseconds (``scheduler.runs``), in files of every version."""
     path = config_dir / STATUS_FILE
+    stranded = stranded_config_dir(config_dir)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        return {"error": f"no renewer status in {path}: {exc.__class__.__name__}"}
+        data = {"error": f"no renewer status in {path}: {exc.__class__.__name__}"}
     if not isinstance(data, dict):
-        return {"error": f"{path}: not a JSON object"}
+        data = {"error": f"{path}: not a JSON object"}
+    if stranded is not None:  # said as a refusal: /health degraded, `docxy certs status` exit 1
+        refused = data.get("refused")
+        data["refused"] = f"{refused}; {stranded}" if refused else stranded
+    if "error" in data:
+        return data
     from docxy.tls.context import refreshed
 
     if isinstance(data.get("certificate"), dict):
@@ -348,7 +382,10 @@ NO_RENEWAL_STATUS = "no renewer status"
 def public_renewal(status: dict[str, object]) -> dict[str, object]:
     """The ``renewal`` part of the public ``/health``, of :func:`renewal_status`'s."""
     if "error" in status:
-        return {"error": NO_RENEWAL_STATUS}
+        unread: dict[str, object] = {"error": NO_RENEWAL_STATUS}
+        if status.get("refused"):  # stranded_config_dir: the words stay on /status.json
+            unread["refused"] = True
+        return unread
     shown = {key: status[key] for key in PUBLIC_RENEWAL if key in status}
     certificate = status.get("certificate")
     if isinstance(certificate, dict):

@@ -202,7 +202,6 @@ def test_expiring_soon_without_a_waiting_pair_still_says_not_renewed(
 # --- 4. certs.config_dir itself root's ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 4: log only")
 def test_a_root_owned_config_dir_is_said_where_refusals_are(
     appliance: Appliance,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
