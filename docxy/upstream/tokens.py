@@ -163,10 +163,6 @@ class MirrorTokens:
         self._login_accepted: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: scope-less login checks in flight, one per upstream host (:meth:`_login_verdict`)
         self._checking: Coalesced[str, bool | None] = Coalesced(UpstreamError)
-        #: upstream hosts whose token service answered a login check with a ``4xx`` that is
-        #: no verdict (not 401, 403 nor 429: a ``400`` asking for a scope): since when
-        #: (:meth:`_check_says_nothing`)
-        self._check_mute: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts whose login check (after a scoped ``401``) timed out: since when
         #: (``CHECK_SILENCE_HOLD``)
         self._check_silent: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
@@ -454,20 +450,6 @@ class MirrorTokens:
             self._check_silent.set(upstream.host, time.monotonic())
             raise
 
-    def _check_says_nothing(self, upstream: Upstream) -> bool:
-        """Whether a scoped ``401`` to the login is taken for its refusal without a verdict:
-        the token service answered a check less than ``REFUSED_TTL`` ago with a ``4xx`` that
-        is none (a ``400``: it wants a scope), and has not accepted the login for as long.
-        Such a check never gave a verdict, each ``401`` stood for its repository alone: a
-        wrong password went with every miss (a failed login each), and a public repository
-        was answered ``401`` where an anonymous token reads it. A login accepted within the
-        minute keeps its ``401`` that repository's (one the account may not read)."""
-        mute = self._check_mute.get(upstream.host)
-        if mute is None or time.monotonic() - mute >= REFUSED_TTL:
-            return False
-        accepted = self._login_accepted.get(upstream.host)
-        return accepted is None or time.monotonic() - accepted >= REFUSED_TTL
-
     def _check_held(self, upstream: Upstream) -> bool:
         """Whether a login check went unanswered less than ``CHECK_SILENCE_HOLD`` ago: a
         ``401`` is not checked (:meth:`_checked_401`), nor remembered (:class:`TokenRefused`'s
@@ -505,15 +487,11 @@ class MirrorTokens:
             # request without it (a 401 there was taken for the password refused).
             return None
         if answer.status_code in (200, 403):  # 403: the login known, denied, not refused
-            self._check_mute.pop(upstream.host)
             self._accept_login(upstream)
             return True
         if answer.status_code == 401:
-            self._check_mute.pop(upstream.host)
             self._refuse_login(upstream, realm)
             return False
-        if 400 <= answer.status_code < 500 and answer.status_code != 429:
-            self._check_mute.set(upstream.host, time.monotonic())  # it will not say
         said = f"the upstream's token service refused the mirror ({answer.status_code})"
         self._rest(upstream, answer, said)
         return None
@@ -653,10 +631,6 @@ class MirrorTokens:
                     verdict = await self._checked_401(upstream, realm, service, sent)
                 except UpstreamError:
                     verdict = None  # no word on the login: the 401 stands for this repository
-                if verdict is None and self._check_says_nothing(upstream):
-                    # ... unless the check never says there: the 401 is the login's refusal
-                    self._refuse_login(upstream, realm)
-                    verdict = False
                 # ... for this miss only, not remembered: no check (the hold), or its own or
                 # the one it joined said nothing (timed out, broke)
                 unchecked = verdict is None

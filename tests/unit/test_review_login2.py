@@ -15,7 +15,6 @@ import pytest
 from docxy.upstream import client as client_module
 from docxy.upstream.client import Upstream, UpstreamClient, next_hop
 from docxy.upstream.tokens import REFUSED_TTL, MirrorTokens, basic_authorization
-from tests.unit.test_review_tokens import TOKEN_CHALLENGE
 from tests.unit.test_review_tokens4 import LOGIN, REFUSED, ROBOT, Revocable, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401 (the fixture)
 
@@ -256,71 +255,3 @@ async def test_a_revoked_password_costs_two_failed_logins_only_past_a_minute(
         assert answers == [200] * 5  # public: anonymous tokens read them
         assert tokens.login_refused(ROBOT)
     assert registry.failed == failed
-
-
-# --- 5. a token service whose scope-less check says nothing (400) --------------------------
-
-
-class ScopeRequired:
-    """A token-auth registry whose token service answers a scope-less request ``400`` (a
-    scope required), accepts the login ``robot:<password>`` with a scope, gives anyone an
-    anonymous token; its repositories are public. ``failed`` counts the scoped requests whose
-    login it refused (failed logins on the account)."""
-
-    def __init__(self, password: str) -> None:
-        self.password = password
-        self.failed = 0
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v2/":
-            return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
-        if request.url.host == "auth.test":
-            sent = request.headers.get("authorization")
-            if request.url.params.get("scope") is None:
-                return httpx.Response(400, json={"details": "scope required"})
-            if sent is not None and sent != basic_authorization("robot", self.password):
-                self.failed += 1
-                return httpx.Response(401, json={"details": "incorrect username or password"})
-            token = "anonymous" if sent is None else "robot"
-            return httpx.Response(200, json={"token": token, "expires_in": 300})
-        if request.headers.get("authorization") in ("Bearer robot", "Bearer anonymous"):
-            return httpx.Response(200, json={})
-        return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
-
-
-async def test_a_check_that_says_nothing_leaves_the_scoped_401_for_the_login(
-    now: list[float], caplog: pytest.LogCaptureFixture
-) -> None:
-    """Its check never gave a verdict, so each miss's scoped ``401`` stood for its repository
-    alone: a wrong password sent with every miss (a failed login each) and public
-    repositories answered ``401`` where an anonymous token reads them. Now the check is known
-    to say nothing there (for ``REFUSED_TTL``), the scoped ``401`` is taken for the login's
-    refusal, and the misses go anonymously: one failed login a minute."""
-    registry = ScopeRequired(password="other")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
-        client = UpstreamClient(http)
-        tokens = MirrorTokens(client)
-        for n in range(5):
-            assert await miss(tokens, f"o/i{n}") == 200
-            now[0] += 10
-        assert registry.failed == 1
-        assert client.health_of(ROBOT).login == "refused"
-        now[0] += REFUSED_TTL
-        assert await miss(tokens, "o/later") == 200
-        assert await miss(tokens, "o/later2") == 200
-    assert registry.failed == 2
-    assert REFUSED in caplog.text
-
-
-async def test_a_check_that_says_nothing_still_lets_a_good_login_in(now: list[float]) -> None:
-    """The same token service, the password right: its tokens come with the login, which is
-    not taken for refused."""
-    registry = ScopeRequired(password="right")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
-        client = UpstreamClient(http)
-        tokens = MirrorTokens(client)
-        for n in range(3):
-            assert await miss(tokens, f"o/i{n}") == 200
-        assert not tokens.login_refused(ROBOT)
-        assert client.health_of(ROBOT).login == "accepted"
-    assert registry.failed == 0
