@@ -461,11 +461,6 @@ def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: fl
         return
     if isinstance(outcome, PassThrough):
         facts["cache"] = "bypass" if outcome.reason is Reason.NO_CACHE else "uncached"
-        if outcome.joined and isinstance(outcome.failed, UpstreamAnswered):
-            # Answered with the registry's word that another request's GET got, which this
-            # one waited for (Cache-Status: collapsed): it sent none of its own. Counted
-            # uncached, as if it had, three clients of one 404 were three pass-throughs.
-            facts["cache"] = "joined"
         facts["reason"] = outcome.reason.value
     else:
         facts["cache"] = outcome.source.value

@@ -160,12 +160,11 @@ class RequestMetrics:
         self.cache = Counter(
             "docxy_cache_requests",
             "Manifest and blob requests by cache outcome: hit, joined (a blob fill or manifest "
-            "GET another request started, its relayed 404 included), miss, shared (filled from "
-            "the shared bucket), stale, revalidated, bypass (cache off), uncached (passed "
-            "through or not kept, the access log's reason= says why: private, not-cacheable, "
-            "upstream-answer (a 404 or another answer passed on as it is), upstream-failed (the "
-            "upstream's fetch failed, nothing cached), unconfirmed, cache-full, "
-            "cache-unwritable, cache-unreadable).",
+            "GET another request started), miss, shared (filled from the shared bucket), stale, "
+            "revalidated, bypass (cache off), uncached (passed through or not kept, the access "
+            "log's reason= says why: private, not-cacheable, upstream-answer (a 404 or another "
+            "answer passed on as it is), upstream-failed (the upstream's fetch failed, nothing "
+            "cached), unconfirmed, cache-full, cache-unwritable, cache-unreadable).",
             ["route", "outcome"],
             registry=registry,
         )

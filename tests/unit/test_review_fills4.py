@@ -1,10 +1,9 @@
 """Review of a fill's upstream answers (docxy/upstream/direct.py, docxy/cache/fill.py): an
-answer both chunked and with a Content-Length, a transfer coding the direct path refuses, a
-relayed 404 that clients waited for, and a blob of unknown size whose answer ends short."""
+answer both chunked and with a Content-Length, a transfer coding the direct path refuses, and a
+blob of unknown size whose answer ends short."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -19,20 +18,14 @@ from docxy.config import load_config
 from docxy.core.errors import UpstreamUnavailable
 from docxy.http import app as app_module
 from docxy.http.app import create_app
-from docxy.http.middleware import AccessLog, Guard
-from docxy.http.state import mirror_state
-from docxy.observe.observer import Observer
-from docxy.tasks import spawn
 from docxy.upstream import direct
 from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
 from lab.bed.httpserver import QuietHandler
 from tests.unit.asgi import AsgiAnswer, call_asgi
-from tests.unit.test_pull_blobs import BLOB, DIGEST, HALF, cached_blobs, committed, mirror
+from tests.unit.test_pull_blobs import BLOB, DIGEST, HALF, cached_blobs, committed
 from tests.unit.test_review_fills import PATH
 from tests.unit.test_review_fills5 import Answer, ScriptedHandler, chunked
-from tests.unit.test_review_pullpath import HeldMissing
-from tests.unit.turns import until
 
 #: This review's loopback address and ports (its range: 127.0.71.1-9, ports 11700-11749).
 HOST = "127.0.71.1"
@@ -196,45 +189,6 @@ async def test_a_refused_transfer_coding_is_an_answer_not_unreachable() -> None:
     assert len(server.requests) == 1
     assert health.failures["unreachable"] == 0, health.failures
     assert health.reachable is True
-
-
-# --- 3. a relayed 404 that clients waited for: one uncached, the rest joined ----------------
-
-
-async def test_clients_waiting_on_a_relayed_404_count_as_joined(tmp_path: Path) -> None:
-    """Three clients GET a blob the registry lacks at once: the mirror sends one GET, answered
-    404, relayed to all three. docxy_cache_requests_total says (README, its help) ``joined``
-    for a request that waited on another's fetch and ``uncached`` for a pass-through, each
-    ``miss`` one upstream request of its own: the two that waited (``Cache-Status: ...
-    collapsed``) counted ``uncached`` as if each had sent its own GET, three for one upstream
-    answer. Now the one that sent it is ``uncached``, the two that waited ``joined``."""
-    upstream = HeldMissing()
-    path = f"/v2/team/app/blobs/{DIGEST}"
-    async with mirror(tmp_path, upstream) as app:  # type: ignore[arg-type]
-        state = mirror_state(app)
-        store = state.running.blobs.store
-        assert store is not None
-        observer = Observer(state)
-        logged = AccessLog(Guard(app, None), observer)
-
-        def get(name: str) -> asyncio.Task[AsgiAnswer]:
-            return spawn(name, call_asgi(logged, "GET", path, host="mirror.test"))
-
-        first = get("first")
-        await until(lambda: upstream.asked == ["team/app"])
-        others = [get("second"), get("third")]
-        await until(lambda: store.followers_joined == 2)
-        upstream.go.set()
-        answers = [await first, *[await other for other in others]]
-    assert [a.status for a in answers] == [404, 404, 404]
-    assert upstream.asked == ["team/app"]
-    value = observer.registry.get_sample_value
-    blob = {"route": "blob"}
-    counted = {
-        outcome: value("docxy_cache_requests_total", {**blob, "outcome": outcome})
-        for outcome in ("uncached", "joined", "miss")
-    }
-    assert counted == {"uncached": 1, "joined": 2, "miss": 0}
 
 
 # --- 4. a blob of unknown size whose answer ends cleanly short: one rest asked -------------
