@@ -399,7 +399,9 @@ stack_ports() {
     return 0
   fi
   value="$(env_value DOCXY_ADMIN_PORT)"
-  if [[ "$value" != *:* ]] && published DOCXY_ADMIN_PORT 9180; then
+  if [[ "$value" == *:* ]]; then
+    die "DOCXY_ADMIN_PORT=$value in $ENV_FILE: compose.yaml publishes the admin listener on 127.0.0.1:PORT, so it takes a port only (such as 9181), not ADDRESS:PORT: mend it there" 2
+  elif published DOCXY_ADMIN_PORT 9180; then
     PUBLISHED_ADDRESS=127.0.0.1
     add_port DOCXY_ADMIN_PORT
   else
@@ -511,17 +513,29 @@ check_ports() {
   local filter=""
   for port in "${PORT_NUMBERS[@]}"; do filter+="${filter:+ or }sport = :$port"; done
   error="$(mktemp)"
-  # No -H (no header): an older ss refuses it; the header line is passed over below.
-  if ! listeners="$(ss -ltnp "( $filter )" 2>"$error")"; then
-    ports_unchecked "ss failed: $(head -n 1 -- "$error")"
-    rm -f -- "$error"
-    return
+  # -H (no header) is refused by an older ss, whose lines are read the older way (below); its
+  # header line is passed over.
+  local old=0
+  if ! listeners="$(ss -Hltnp "( $filter )" 2>/dev/null)"; then
+    old=1
+    if ! listeners="$(ss -ltnp "( $filter )" 2>"$error")"; then
+      ports_unchecked "ss failed: $(head -n 1 -- "$error")"
+      rm -f -- "$error"
+      return
+    fi
   fi
   rm -f -- "$error"
+  # An IPv6 address without brackets is the older way too.
+  while IFS= read -r line; do
+    read -r -a fields <<<"$line"
+    ((${#fields[@]} >= 4)) || continue
+    [[ "${fields[3]}" != *:*:* || "${fields[3]}" == \[* ]] || old=1
+  done <<<"$listeners"
   # Which listener holds which of the ports (ss prints ADDRESS:PORT fourth, [v6]:PORT, and an
-  # interface as ADDRESS%IF). An older ss puts no brackets round an IPv6 address, and shows
-  # every IPv6 socket on the wildcard as :::PORT, dual-stack (Linux's default, which holds the
-  # port on IPv4 too) or v6only alike: taken as dual-stack, as *.
+  # interface as ADDRESS%IF; * for a dual-stack IPv6 wildcard). The older way puts no brackets
+  # round an IPv6 address, prints the IPv4 wildcard as *, and every IPv6 socket on the
+  # wildcard as :::PORT, dual-stack (Linux's default, which holds the port on IPv4 too) or
+  # v6only alike: taken as dual-stack.
   while IFS= read -r line; do
     read -r -a fields <<<"$line"
     ((${#fields[@]} >= 4)) || continue
@@ -529,7 +543,12 @@ check_ports() {
     port="${fields[3]##*:}"
     address="${fields[3]%:*}"
     address="${address%\%*}"
-    [[ "$address" != :: ]] || address="*"
+    if ((old)); then
+      case "$address" in
+        "*") address=0.0.0.0 ;;
+        ::) address="*" ;;
+      esac
+    fi
     address="${address#[}"
     address="${address%]}"
     for i in "${!PORT_NUMBERS[@]}"; do

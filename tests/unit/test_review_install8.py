@@ -232,6 +232,66 @@ def test_an_old_ss_other_ipv6_address_leaves_ours_free(box: ScriptBox, resolver:
     assert re.search(r"\[::1\]:11532[^\n]*: free", result.stdout), result.stdout
 
 
+def test_an_old_ss_ipv4_wildcard_leaves_an_ipv6_address_free(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """An older ss prints the IPv4 wildcard as *: read as a dual-stack socket (as a newer ss
+    means it), it refused an IPv6 address that is free."""
+    write_env(box, "DOCXY_HTTPS_PORT=[::1]:11533")
+    line = 'LISTEN     0      128       *:11533                    *:*                    users:(("nginx",pid=77,fd=9))\n'  # noqa: E501
+    old_ss(box, line)
+    healthy_at(box, 11533, "[::1]")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert re.search(r"\[::1\]:11533[^\n]*: free", result.stdout), result.stdout
+
+
+def test_an_old_ss_ipv4_wildcard_clashes_with_an_ipv4_address(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    write_env(box, f"DOCXY_HTTPS_PORT={MOVED}:11534")
+    line = 'LISTEN     0      128       *:11534                    *:*                    users:(("nginx",pid=77,fd=9))\n'  # noqa: E501
+    old_ss(box, line)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert not box.called(COMPOSE_UP)
+    assert f"{MOVED}:11534" in result.stderr, output(result)
+
+
+def test_a_newer_ss_star_is_dual_stack_and_clashes_with_an_ipv6_address(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    write_env(box, "DOCXY_HTTPS_PORT=[::1]:11535")
+    listening(box, "*:11535")
+
+    result = install(box, resolver)
+
+    assert result.returncode == 1, output(result)
+    assert not box.called(COMPOSE_UP)
+    assert "[::1]:11535" in result.stderr, output(result)
+
+
+def test_an_admin_port_with_an_address_stops_the_run_before_any_change(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """compose.yaml publishes 127.0.0.1:${DOCXY_ADMIN_PORT}: an ADDRESS:PORT there (as the HTTP
+    and HTTPS ports take) makes an invalid port spec, and `compose up` failed after .env was
+    written; the run said only that the port was not checked."""
+    write_env(box, "DOCXY_ADMIN_PORT=127.0.0.1:11536")
+    listening(box)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 2, output(result)
+    assert not box.called(COMPOSE_UP)
+    assert "DOCXY_ADMIN_PORT=127.0.0.1:11536" in result.stderr, output(result)
+    assert "port only" in result.stderr, output(result)
+
+
 # --- 4. one choice of compose file --------------------------------------------------------------
 
 
