@@ -520,9 +520,11 @@ class UpstreamClient:
         self.trust = trust
         self.health: dict[str, UpstreamHealth] = {}
         #: Basic-only upstream hosts whose registry refused the mirror's own Basic login (a
-        #: ``401`` to ``GET /v2/`` with it, or to a request with it while refused): when
+        #: ``401`` to ``GET /v2/`` with it; a repository's ``401`` is not the login's): when
         #: (:meth:`basic_login_withheld`)
         self._basic_refused: dict[str, float] = {}
+        #: those hosts whose check past the hold said nothing (``5xx``, no answer): when
+        self._basic_silent: dict[str, float] = {}
         #: Whether each upstream's own host is non-public (the redirect rule's), kept a few
         #: minutes; the direct GETs' own, when they have settings, so one lookup serves both.
         self.verdicts = direct.verdicts if direct is not None else RegistryVerdicts()
@@ -792,13 +794,6 @@ class UpstreamClient:
             return response
         health = self.health_of(upstream)
         user = upstream.credentials[0]
-        if status == 401 and health.login == "refused" and upstream.host in self._basic_refused:
-            # Sent past the hold (:meth:`basic_login_withheld`): this request was the check.
-            self._basic_refused[upstream.host] = time.monotonic()
-            log.debug(
-                "%s answered 401 to the mirror's own Basic login (%s) still", upstream.host, user
-            )
-            return response
         if status == 401 and first != upstream.url("/v2/"):
             if health.login != "refused":  # a wrong login's, or this repository's: ask /v2/
                 response = await held_answer(response)  # its connection free for the check
@@ -814,6 +809,11 @@ class UpstreamClient:
         elif status == 401:
             self._basic_refused[upstream.host] = time.monotonic()  # held: basic_login_withheld
             if health.login_judged(False) == "refused":
+                log.debug(
+                    "%s answered 401 to the mirror's own Basic login (%s) still",
+                    upstream.host,
+                    user,
+                )
                 return response
             said = (
                 f"{upstream.host} answered 401 to the mirror's own Basic login ({user}): its "
@@ -827,13 +827,37 @@ class UpstreamClient:
                 log.info("%s accepted the mirror's own Basic login (%s) again", upstream.host, user)
         return response
 
-    def basic_login_withheld(self, upstream: Upstream, hold: float) -> bool:
-        """Whether the mirror's own Basic login is kept from a Basic-only upstream now: its
+    async def basic_login_withheld(
+        self, upstream: Upstream, login: str, hold: float, quiet: float
+    ) -> bool:
+        """Whether the mirror's own Basic ``login`` is kept from a Basic-only upstream now: its
         registry refused it (:meth:`_basic_login_answered`) less than ``hold`` seconds ago.
         It went with every request, a failed login on the account each (Nexus, Artifactory
-        lock one); past the hold, the first request with it is the next check."""
-        since = self._basic_refused.get(upstream.host)
-        return since is not None and time.monotonic() - since < hold
+        lock one). Past the hold, ``GET /v2/`` with it is the next check, one per upstream at
+        a time (:meth:`_check_basic_login`), the requests meanwhile waiting for its verdict:
+        a ``401`` holds it back again, a ``2xx`` lets it go with them all, a check that says
+        nothing (``5xx``, no answer in time, a broken connection) leaves it held back: they go
+        without it, and it is asked again after ``quiet`` seconds (each request would wait a
+        silent registry's timeout). The first request past the hold was the check: its
+        ``401`` may be its repository's alone, and held a mended password back another
+        minute; and every request in flight then sent a wrong one."""
+        host = upstream.host
+        since = self._basic_refused.get(host)
+        if since is None:
+            return False
+        now = time.monotonic()
+        silent = self._basic_silent.get(host)
+        if now - since < hold or (silent is not None and now - silent < quiet):
+            return True
+        name = f"basic login check {host}"
+        check = partial(self._check_basic_login, upstream, login)
+        try:
+            await self._basic_checks.run(host, name, check)
+        except UpstreamError:
+            pass  # no word on the login: held back still
+        if self._basic_refused.get(host) == since:  # neither refused again nor accepted
+            self._basic_silent[host] = time.monotonic()
+        return host in self._basic_refused
 
     async def _check_basic_login(self, upstream: Upstream, login: str) -> None:
         """``GET /v2/`` with the mirror's Basic ``login``: judged as it is answered

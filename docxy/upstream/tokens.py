@@ -203,7 +203,7 @@ class MirrorTokens:
         key = (upstream.host, repository)
         challenge = await self._challenge(upstream, key)
         if challenge is None and upstream.auth_realm is None:
-            if upstream.credentials is not None and not self._basic_held(upstream):
+            if upstream.credentials is not None and not await self._basic_held(upstream):
                 return [("Authorization", basic_authorization(*upstream.credentials))]
             return []
         # A configured ``auth_realm`` is the upstream's token service even when its ``/v2/``
@@ -326,14 +326,20 @@ class MirrorTokens:
             challenge = self.client.known_challenge(upstream)
         except UpstreamError:
             return None
-        if challenge is not None or self._basic_held(upstream):
+        if challenge is not None or await self._basic_held(upstream):
             return None
         return basic_authorization(*upstream.credentials)
 
-    def _basic_held(self, upstream: Upstream) -> bool:
+    async def _basic_held(self, upstream: Upstream) -> bool:
         """Whether the Basic-only upstream refused the mirror's login less than
-        ``REFUSED_TTL`` ago: not sent before then (as a token service's refusal)."""
-        return self.client.basic_login_withheld(upstream, REFUSED_TTL)
+        ``REFUSED_TTL`` ago: not sent before then (as a token service's refusal); past it,
+        whether ``GET /v2/`` with it still refuses it, or said nothing less than
+        ``CHECK_SILENCE_HOLD`` ago (:meth:`UpstreamClient.basic_login_withheld`)."""
+        assert upstream.credentials is not None
+        login = basic_authorization(*upstream.credentials)
+        return await self.client.basic_login_withheld(
+            upstream, login, REFUSED_TTL, CHECK_SILENCE_HOLD
+        )
 
     def _login_withheld(self, upstream: Upstream, realm: str) -> None:
         """One WARNING per upstream and token service: the mirror's token is asked for
