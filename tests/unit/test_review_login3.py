@@ -177,3 +177,43 @@ async def test_past_the_hold_a_silent_check_sends_no_login(
         assert await basic_miss(tokens, UPSTREAM, "o/c") == 200
         assert client.health_of(UPSTREAM).login == "accepted"
     assert registry.failed == 2
+
+
+# --- 3. the token path's guard: a 200 from a hop the login did not reach ---------------------
+
+
+async def test_a_token_got_where_the_login_did_not_go_does_not_accept_it(
+    now: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The realm redirects the token requests to another host: the login is not sent there
+    (:func:`~docxy.upstream.client.next_hop`), and that host's ``200`` (an anonymous token)
+    says nothing of the password, here a wrong one: taken for the login accepted, ``/health``
+    would say ``login: "accepted"`` (and an INFO line "accepted ... again" after a refusal)."""
+    seen: list[tuple[str, str | None, bool]] = []
+    challenge = 'Bearer realm="https://auth.test/token",service="registry.test"'
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        host, path = request.url.host, request.url.path
+        sent = request.headers.get("authorization")
+        if host == "registry.test" and path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        if host == "auth.test":
+            location = "https://tokens.test" + request.url.raw_path.decode()
+            return httpx.Response(307, headers={"Location": location})
+        if host == "tokens.test":
+            seen.append((host, request.url.params.get("scope"), sent is not None))
+            return httpx.Response(200, json={"token": "anonymous", "expires_in": 300})
+        if sent == "Bearer anonymous":
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    upstream = Upstream("https://registry.test", credentials=("robot", "wrong"))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        client = UpstreamClient(http)
+        tokens = MirrorTokens(client)
+        answer = await tokens.send(upstream, "GET", "o/a", "/v2/o/a/manifests/1")
+        await answer.aclose()
+        assert answer.status_code == 200
+        assert ("tokens.test", "repository:o/a:pull", False) in seen  # the scoped hop, no login
+        assert client.health_of(upstream).login != "accepted"
+    assert "accepted the mirror's login" not in caplog.text
