@@ -161,8 +161,8 @@ async def test_a_refused_basic_login_is_not_sent_again_for_a_while(
     """A wrong ``upstream.password`` for a Basic-only upstream went with every request of the
     mirror's, for ever: 6 misses, 7 failed logins on the account (Nexus and Artifactory lock
     one). A token service's refusal is held ``REFUSED_TTL``; now a Basic one confirmed by
-    ``/v2/`` is too: no login goes for that minute, and the first request after it is the
-    next check (its ``401`` holds it again, its ``2xx`` accepts it)."""
+    ``/v2/`` is too: no login goes for that minute, and past it ``GET /v2/`` with it is the
+    next check (its ``401`` holds it again, its ``2xx`` accepts it; test_review_login3)."""
     registry = BasicOnly(password="other")
     upstream = Upstream("https://registry.test", credentials=("robot", "right"))
     async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
