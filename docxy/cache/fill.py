@@ -1238,6 +1238,9 @@ class BlobFollower(ClosingStream):
         return hasher
 
 
+#: The ``origin`` of a download from the upstream (:attr:`Download.origin`'s default).
+UPSTREAM = "upstream"
+
 #: Told why a fill's bytes are not its blob; answers what was made of it, for the fill's
 #: WARNING line (None: nothing to add).
 Mismatch = Callable[[VerifyError], str | None]
@@ -1260,7 +1263,7 @@ class Download:
     body: BodySource | None = None
     mismatch: Mismatch | None = None
     #: Where the bytes come from, told to every client of the fill (``InFlight.origin``).
-    origin: str = "upstream"
+    origin: str = UPSTREAM
     #: Where they came from the upstream instead, should the download go on from it.
     handover: Handover = field(default_factory=Handover)
     #: The rest of the blob from an offset on, should ``body`` or ``chunks`` raise one of
@@ -1419,10 +1422,16 @@ async def _ended_unverified(writer: BlobWriter, resuming: Resuming) -> bool:
     """Whether a download that ended cleanly left a fill of unknown size short of its blob:
     some bytes came, no answer said where the blob ends (a rest's Content-Range would have:
     one that ends short of it is a break already), the bytes are not the blob, and a resume is
-    left. (A known size's short end is a break: :class:`~docxy.cache.resuming.EndedShort`.)"""
+    left. (A known size's short end is a break: :class:`~docxy.cache.resuming.EndedShort`.)
+
+    Only bytes the upstream sent: a shared store's object whose own answer ended cleanly
+    short (no hand-over to the upstream) is not the blob, for the commit's digest check to
+    fail and the tier to mark bad; its rest from the upstream would make every later miss
+    read the same short object again, counted a hit."""
     fill = writer.fill
     return (
         fill.size is None
+        and (fill.origin == UPSTREAM or fill.handover.at is not None)
         and resuming.end is None
         and writer.received > 0
         and resuming.resumes < resuming.limit
@@ -1540,7 +1549,7 @@ def _discard(
 
 def _warn_failed(fill: InFlight, reason: str) -> None:
     """A failed download's one WARNING line: why, and where its bytes came from."""
-    origin = fill.handover.describe(fill.origin or "upstream")
+    origin = fill.handover.describe(fill.origin or UPSTREAM)
     log.warning("blob %s: fill failed (from %s): %s", fill.digest, origin, reason)
 
 
