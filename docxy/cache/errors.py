@@ -82,9 +82,10 @@ class FetchRefused(FetchFailed):
 class OtherLength(FetchFailed):
     """The upstream's answer to a rest (a ``Range`` GET) says the blob has ``length`` bytes,
     not the length the rest was asked for: whoever said that one (a shared object's
-    ``Content-Length``) was wrong about the blob."""
+    ``Content-Length``) was wrong about the blob. ``length`` None: a ``416`` that said no
+    length, from an offset short of the one asked for (the blob ends before it)."""
 
-    def __init__(self, message: str, length: int) -> None:
+    def __init__(self, message: str, length: int | None) -> None:
         super().__init__(message)
         self.length = length
 

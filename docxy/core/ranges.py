@@ -81,3 +81,13 @@ def parse_content_range(header: str | None) -> tuple[int, int, int | None] | Non
     if stop <= start or (size is not None and stop > size):
         return None
     return (start, stop, size)
+
+
+_UNSATISFIED_RANGE = re.compile(r"\s*bytes\s+\*/(\d{1,20})\s*")
+
+
+def unsatisfied_length(header: str | None) -> int | None:
+    """A ``416``'s ``Content-Range: bytes */size`` as the size it says the whole has; None
+    when absent or not that form."""
+    match = _UNSATISFIED_RANGE.fullmatch(header or "")
+    return None if match is None else int(match.group(1))

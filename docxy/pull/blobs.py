@@ -65,7 +65,7 @@ from docxy.core.digests import Digest
 from docxy.core.errors import UpstreamAnswered, UpstreamError
 from docxy.core.headers import ACCEPT_IDENTITY, body_length
 from docxy.core.hosts import url_host
-from docxy.core.ranges import parse_content_range, parse_range
+from docxy.core.ranges import parse_content_range, parse_range, unsatisfied_length
 from docxy.edge.fills import FillPermits, Release, released_after
 from docxy.pull.asking import (
     THE_REGISTRYS_WORD,
@@ -402,6 +402,8 @@ class BlobService:
         status = answer.status_code
         if status not in (200, 206):
             await answer.aclose()
+            if status == 416:
+                _denied_length(pull, answer.headers.get("content-range"), offset, size)
             self._refused(pull, status, answered_by(answer, pull))
         known = body_length(answer.headers.multi_items())
         problem = not_the_rest(status, answer.headers.get("content-range"), known, offset, size)
@@ -440,6 +442,25 @@ class BlobService:
         said = f"the body of {pull.reference.digest} from {pull.upstream.host} broke off"
         health = self.tokens.client.health_of(pull.upstream)
         health.failed(f"{said} at byte {error.at}: {error}", "broke_off")
+
+
+def _denied_length(pull: Pull, content_range: str | None, offset: int, size: int | None) -> None:
+    """Raise :class:`OtherLength` when a ``416`` to ``Range: bytes=offset-`` denies that the
+    blob has ``size`` bytes: its ``Content-Range: bytes */N`` says another length, or (saying
+    none) ``offset`` is short of ``size`` yet has no byte there. The rest of a longer claim (a
+    shared object's ``Content-Length`` past the blob's end) is a length denied, not the
+    upstream refusing the mirror. A ``416`` that says the blob has ``size`` bytes is the
+    upstream's own trouble, left as it was (a failed fetch)."""
+    if size is None:
+        return
+    total = unsatisfied_length(content_range)
+    if total is None and offset < size:
+        said = f"416 (no byte {offset}: not a blob of {size} bytes)"
+    elif total is not None and total != size:
+        said = f"416, Content-Range {content_range!r}: not of the blob's {size} bytes"
+    else:
+        return
+    raise OtherLength(f"{pull.upstream.host} answered bytes={offset}- with {said}", total)
 
 
 def blob_length(status: int, content_range: str | None, length: int | None) -> int | None:

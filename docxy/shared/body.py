@@ -129,7 +129,8 @@ class ObjectBody:
             download = await self.rest(offset, self.size)
         except OtherLength as exc:  # the object's length is not the blob's: it is not the blob
             if self.denied is not None:
-                self.denied(f"{self.size} bytes, the upstream's blob has {exc.length}")
+                has = f"no byte {offset}" if exc.length is None else exc.length
+                self.denied(f"{self.size} bytes, the upstream's blob has {has}")
             raise
         self.handover.at = offset
         return replace(download, broke_off=())
