@@ -20,8 +20,9 @@
   in an outage the bucket serves misses). Denied, the fill is the upstream's, and should
   the blob it commits be of another length, the object is marked bad (counted ``corrupt``,
   replaced by the upload): a bucket writer's object claiming most of the cache evicts
-  nothing. An object larger than the whole cache is not filled from nor asked again (a
-  replica with a larger cache may have uploaded that very blob): it is counted corrupt only
+  nothing. An object larger than the whole cache is not filled from (a replica with a
+  larger cache may have uploaded that very blob), and is set aside as a bad one is (asked
+  about again only by the HEAD of :meth:`SharedTier._replaced`): it is counted corrupt only
   should the blob the upstream's fill keeps here prove of another length.
 - :meth:`SharedTier.filled` is told when a fill from the upstream ended: a committed sha256
   blob is queued for upload (:class:`~docxy.shared.uploads.UploadQueue`); one already stored
@@ -210,11 +211,12 @@ class SharedTier:
         if size is not None and size > self.blobs.max_size:
             # No blob that large is cached here: a fill from it would find no room before its
             # first byte, which says nothing against the object, and the verdict "larger than
-            # the whole cache" would stand for the digest until a restart. Not asked again
-            # (the upstream serves it, passed through), but not blamed either: a replica with
-            # a larger cache may have uploaded that very blob. Should the upstream's blob,
-            # kept here, prove of another length, the object is counted corrupt then, and
-            # replaced (:meth:`filled`).
+            # the whole cache" would stand for the digest until a restart. Set aside as a bad
+            # object is, asked about only by its HEAD once BAD_RECHECK passed (_replaced; the
+            # upstream serves it meanwhile, passed through), but not blamed either: a replica
+            # with a larger cache may have uploaded that very blob. Should the upstream's
+            # blob, kept here, prove of another length, the object is counted corrupt then,
+            # and replaced (:meth:`filled`).
             await answer.aclose()
             self._mark_bad(digest, stamp)
             self._claims.set(digest, (size, stamp))
