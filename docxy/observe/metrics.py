@@ -507,8 +507,8 @@ class MirrorCollector(Collector):
         blobs = CounterMetricFamily(
             "docxy_shared_blobs",
             "Local misses asked of the shared store: hit (filled from it, counted as the fill "
-            "ends; not one found corrupt), miss, corrupt (its object, read whole, did not "
-            "verify), resumed (a hit whose body broke off, "
+            "ends; not one found corrupt), miss, corrupt (its object found not to be the blob: "
+            "digest or length), resumed (a hit whose body broke off, "
             "finished from the upstream: the rest read to its end and the blob verified).",
             labels=["result"],
         )

@@ -124,7 +124,7 @@ class SharedCounts:
 
     hits: int = 0  # local fills from the object store, counted as each ends (not corrupt)
     misses: int = 0  # asked, not there
-    corrupt: int = 0  # fills from an object that did not verify (read whole: not resumed)
+    corrupt: int = 0  # objects found not to be the blob (digest, or a length denied)
     uploaded: int = 0
     upload_skipped: int = 0  # already stored
     upload_failed: int = 0
