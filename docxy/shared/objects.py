@@ -160,8 +160,12 @@ class ObjectStore:
 
         A HEAD's answer has no body, so no S3 error code: its 404 is a miss when it is S3's
         (:func:`s3_head_miss`); a 404 that may be anyone's is asked again as a GET, whose
-        code tells (:meth:`open`)."""
-        answer = await self._send("HEAD", self.bucket.url(digest))
+        code tells (:meth:`open`). Asked as :meth:`open` asks (``Accept-Encoding:
+        identity``): its ETag is compared with the one a GET's answer gave (a bad object's
+        stamp), which a compressing proxy would change for a client that accepts gzip, and
+        its length is the object's own."""
+        identity = dict([ACCEPT_IDENTITY])
+        answer = await self._send("HEAD", self.bucket.url(digest), headers=identity)
         vouched = False
         if answer.status_code == 404:
             miss = s3_head_miss(answer)

@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from docxy.core.digests import digest_of
 from docxy.shared import tier as tier_module
+from docxy.shared.objects import Bucket, ObjectStore
 from tests.unit.test_observe_routes import (
     BLOB,
     BLOB_DIGEST,
@@ -23,6 +25,7 @@ from tests.unit.test_observe_routes import (
     blob_path,
     stack,
 )
+from tests.unit.test_review_shared3 import BUCKET, REQUEST_ID
 from tests.unit.test_shared_resume import BreaksOff, CutBucket
 
 OBJECT_KEY_END = BLOB_DIGEST.removeprefix("sha256:")
@@ -144,3 +147,29 @@ async def test_a_416_that_says_the_objects_own_length_does_not_blame_it(
         await mirror.committed()
         health = json.loads((await mirror.get("/health")).body)["shared"]
     assert health["corrupt"] == 0
+
+
+def compressing_proxy(request: httpx.Request) -> httpx.Response:
+    """A store behind a proxy that may compress: an answer to a client that accepts gzip has
+    its ETag weakened (as nginx's gzip does), one to ``identity`` keeps the store's."""
+    etag = '"5d41402abc4b2a76b9719d911017c592"'
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        etag = "W/" + etag
+    headers = {**REQUEST_ID, "ETag": etag, "Content-Length": str(len(BLOB))}
+    return httpx.Response(200, headers=headers, content=b"" if request.method == "HEAD" else BLOB)
+
+
+async def test_a_heads_etag_is_the_one_its_get_stamped() -> None:
+    """A bad object's stamp is its GET's ETag (asked Accept-Encoding: identity); the HEAD that
+    asks whether it was replaced must ask the same, or a proxy's other ETag passes for a
+    replacement (the bad object read again each minute)."""
+    where = Bucket("http://127.0.79.1:9", BUCKET, "us-east-1", "docxy", "x")  # never dialled
+    digest = digest_of(BLOB)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(compressing_proxy)) as http:
+        store = ObjectStore(where, http)
+        got = await store.open(digest)
+        assert got is not None
+        await got.aclose()
+        headers = await store.head(digest)
+    assert headers is not None
+    assert headers["etag"] == got.headers["etag"]
