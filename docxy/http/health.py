@@ -74,9 +74,12 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     # (docxy.tls.trust.refusal).
     if isinstance(tls, dict) and (tls.get("expires_soon") is True or tls.get("warning")):
         report["status"] = "degraded"
-    # The renewer refuses its own settings and schedules no renewal (scheduler.main.hold).
+    # The renewer refuses its own settings and schedules no renewal (scheduler.main.hold), or
+    # cannot write certs.config_dir (docxy.tls.certs.stranded_config_dir): every run fails.
     renewal = whole.get("renewal")
-    if isinstance(renewal, dict) and renewal.get("refused"):
+    if isinstance(renewal, dict) and (
+        renewal.get("refused") or renewal.get("config_dir_unwritable")
+    ):
         report["status"] = "degraded"
     return report
 

@@ -300,10 +300,11 @@ def _certificate(tls: object, renewal: object) -> str:
     else:
         rows.append(("served", "no TLS listener"))
     if isinstance(renewal, dict):
+        stuck = renewal.get("config_dir_unwritable")  # docxy.tls.certs.stranded_config_dir
+        if stuck:  # scheduled, and each run fails: neither certbot nor its status can write
+            rows.append(("renewer", f"cannot write certs.config_dir: {stuck}"))
         if "error" in renewal:
             rows.append(("renewal", str(renewal["error"])))
-            if renewal.get("refused"):  # docxy.tls.certs.stranded_config_dir
-                rows.append(("renewer", f"refused: {renewal['refused']}"))
         else:
             outcome = "failed: " + str(renewal["last_error"]) if renewal.get("last_error") else "ok"
             if renewal.get("refused"):  # scheduler.main.hold: no run is scheduled

@@ -344,9 +344,8 @@ def renewal_status(config_dir: Path) -> dict[str, object]:
         data = {"error": f"no renewer status in {path}: {exc.__class__.__name__}"}
     if not isinstance(data, dict):
         data = {"error": f"{path}: not a JSON object"}
-    if stranded is not None:  # said as a refusal: /health degraded, `docxy certs status` exit 1
-        refused = data.get("refused")
-        data["refused"] = f"{refused}; {stranded}" if refused else stranded
+    if stranded is not None:  # /health degraded, `docxy certs status` exit 1; not `refused`
+        data["config_dir_unwritable"] = stranded
     if "error" in data:
         return data
     from docxy.tls.context import refreshed
@@ -383,8 +382,8 @@ def public_renewal(status: dict[str, object]) -> dict[str, object]:
     """The ``renewal`` part of the public ``/health``, of :func:`renewal_status`'s."""
     if "error" in status:
         unread: dict[str, object] = {"error": NO_RENEWAL_STATUS}
-        if status.get("refused"):  # stranded_config_dir: the words stay on /status.json
-            unread["refused"] = True
+        if status.get("config_dir_unwritable"):  # the words stay on /status.json
+            unread["config_dir_unwritable"] = True
         return unread
     shown = {key: status[key] for key in PUBLIC_RENEWAL if key in status}
     certificate = status.get("certificate")
@@ -402,6 +401,8 @@ def public_renewal(status: dict[str, object]) -> dict[str, object]:
         shown["interrupted"] = {key: interrupted.get(key) for key in ("at", "signal")}
     if status.get("refused"):
         shown["refused"] = True
+    if status.get("config_dir_unwritable"):  # stranded_config_dir: the renewer is stuck
+        shown["config_dir_unwritable"] = True
     return shown
 
 
@@ -505,6 +506,16 @@ def _renewer_refusal(config_dir: Path | None, domain: str | None) -> str | None:
     return str(refused)
 
 
+def _renewer_stuck(config_dir: Path | None, domain: str | None) -> str | None:
+    """Why the renewer cannot write ``certs.config_dir`` (:func:`stranded_config_dir`, as
+    ``renewal_status`` says it); None when it can, or without a ``domain`` (no renewer works
+    there then, as the mirror's /health does not look: ``docxy.http.server.renewal_provider``)."""
+    if config_dir is None or domain is None:
+        return None
+    stuck = renewal_status(config_dir).get("config_dir_unwritable")
+    return str(stuck) if stuck else None
+
+
 def required(value: T | None, key: str) -> T:
     """`value`, or ConfigError naming the unset `key` and where to give it."""
     if value is None:
@@ -527,14 +538,19 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
                 f"renews nothing: {halted}",
                 file=sys.stderr,
             )
+        stuck = _renewer_stuck(certs.config_dir, certs.domain)
+        if stuck is not None:  # scheduled, and failing at every run
+            print(f"docxy certs {args.certs_command}: {stuck}", file=sys.stderr)
         if cert_path is None and key_path is None:
             raise ConfigError(NO_TLS)
         cert, key = required(cert_path, "tls.cert_path"), required(key_path, "tls.key_path")
         described = describe_files(cert, key, certs.domain)
         if halted is not None:
             described["renewer_refused"] = halted
+        if stuck is not None:
+            described["renewer_config_dir_unwritable"] = stuck
         print(json.dumps(described, indent=2))
-        failed = "error" in described or halted is not None
+        failed = "error" in described or halted is not None or stuck is not None
         return EXIT_FAILED if failed else EXIT_OK  # shown either way; a script sees the failure
     from docxy.tls.lineage import Lineage  # which imports this module
 

@@ -8,6 +8,7 @@ in the table with the labels the table gives, and every name the table lists is 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -52,8 +53,12 @@ def exported(text: str) -> dict[str, set[str]]:
 
 async def test_the_readme_metrics_table_is_what_metrics_exports(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path / "tls", "mirror.test")
-    renewer = tmp_path / "letsencrypt"
-    renewer.mkdir()
+    # certs.config_dir root's in a volume of the renewer's user (uid 4242), who cannot write
+    # it: renewal.config_dir_unwritable (docxy.tls.certs.stranded_config_dir)
+    renewer = tmp_path / "volume" / "letsencrypt"
+    renewer.mkdir(parents=True)
+    if os.getuid() == 0:
+        os.chown(renewer.parent, 4242, 4242)
     status = {"last_run": "2026-11-30T03:00:00Z", "last_success": "2026-11-30T03:00:00Z"}
     (renewer / certs.STATUS_FILE).write_text(json.dumps({**status, "failures": 0}))
     async with stack(tmp_path, settings=SHARED) as mirror:
@@ -97,8 +102,12 @@ async def test_the_keys_the_readme_health_section_names_are_in_the_report(
     named = set(re.findall(r"`([a-z_]+)`", section)) - {"ok", "degraded", "null"}
     named = {name for name in named if not name.startswith("docxy_")}  # metrics, not keys
     cert, key = self_signed(tmp_path / "tls", "mirror.test")
-    renewer = tmp_path / "letsencrypt"
-    renewer.mkdir()
+    # certs.config_dir root's in a volume of the renewer's user (uid 4242), who cannot write
+    # it: renewal.config_dir_unwritable (docxy.tls.certs.stranded_config_dir)
+    renewer = tmp_path / "volume" / "letsencrypt"
+    renewer.mkdir(parents=True)
+    if os.getuid() == 0:
+        os.chown(renewer.parent, 4242, 4242)
     status = {
         "last_run": "2026-11-30T03:00:00Z",
         "next_run": "2026-12-01T03:00:00Z",

@@ -222,11 +222,11 @@ def test_a_root_owned_config_dir_is_said_where_refusals_are(
         status = certs.renewal_status(appliance.config_dir)  # as the mirror reads it
     logged = [r.getMessage() for r in caplog.records if "renewer status" in r.getMessage()]
     assert logged and "chown" in logged[-1], logged  # the log had it before
-    refused = str(status.get("refused"))
-    assert str(appliance.config_dir) in refused, status
-    assert "uid 0" in refused and f"chown -R {OWNER}:{OWNER}" in refused, status
-    assert "docxy certs renew" in refused, status
-    assert certs.public_renewal(status).get("refused") is True  # /health: degraded, no path
+    said = str(status.get("config_dir_unwritable"))  # not `refused` (settings): review certs5
+    assert str(appliance.config_dir) in said and "refused" not in status, status
+    assert "uid 0" in said and f"chown -R {OWNER}:{OWNER}" in said, status
+    assert "docxy certs renew" in said, status
+    assert certs.public_renewal(status).get("config_dir_unwritable") is True  # /health: no path
     assert str(appliance.config_dir) not in json.dumps(certs.public_renewal(status))
     capsys.readouterr()
     assert run_cli(["certs", "status"]) == 1  # the pair is missing too; the refusal is said
@@ -240,7 +240,7 @@ def test_a_config_dir_of_the_owner_is_not_refused(
     appliance.config_dir.mkdir()
     os.chown(appliance.config_dir, OWNER, OWNER)
     (appliance.config_dir / certs.STATUS_FILE).write_text(json.dumps({"failures": 0}))
-    assert "refused" not in certs.renewal_status(appliance.config_dir)
+    assert "config_dir_unwritable" not in certs.renewal_status(appliance.config_dir)
 
 
 def test_a_host_install_all_roots_is_not_refused(tmp_path: Path) -> None:
@@ -250,4 +250,4 @@ def test_a_host_install_all_roots_is_not_refused(tmp_path: Path) -> None:
     if os.stat(tmp_path).st_uid != 0 or config_dir.stat().st_uid != 0:
         pytest.skip("needs root's directories")
     (config_dir / certs.STATUS_FILE).write_text(json.dumps({"failures": 0}))
-    assert "refused" not in certs.renewal_status(config_dir)
+    assert "config_dir_unwritable" not in certs.renewal_status(config_dir)
