@@ -410,6 +410,10 @@ class Runs:
             # Which domain it was written for: a mirror without certs.domain shows a refusal
             # only from a renewer without one too (docxy.http.server.renewal_provider).
             "domain": self.settings.domain,
+            # Who wrote it, the renewer (or a root run acting as the owner): whether it can
+            # write certs.config_dir is judged by these (docxy.tls.certs.stranded_config_dir).
+            "uid": os.geteuid(),
+            "gids": list(dict.fromkeys([os.getegid(), *os.getgroups()])),
         }
         certificate = self.certificate() or self.restored_certificate
         if certificate is not None:

@@ -23,7 +23,7 @@ import shlex
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -299,30 +299,83 @@ def describe_files(cert_path: Path, key_path: Path, domain: str | None = None) -
     }
 
 
-def stranded_config_dir(config_dir: Path) -> str | None:
-    """What to say of a ``certs.config_dir`` that is itself root's in a directory of another
-    user's (the appliance's certs volume, the mirror's and the renewer's user's: a root run
-    made it before the owner was kept): that user's renewer can neither run certbot there nor
-    write its status file, so its own hint (the path, the owner, the chown) reached its log
-    alone, and the status file read here was an old one or none. None when the directory is
-    not root's, its parent is root's too (a host install run as root), or others may write it.
+def stranded_config_dir(config_dir: Path, status: Mapping[str, object]) -> str | None:
+    """What to say of a ``certs.config_dir`` its renewer cannot write (root's in the
+    appliance's certs volume, made by a root run before the owner was kept): it can neither
+    run certbot there nor write its status file, so its own hint reached its log alone, and
+    the status file read here (`status`) is an old one or none.
+
+    The renewer is who its status file says wrote it (``uid``, ``gids``: scheduler.runs); a
+    root renewer writes anywhere. The same user asks the kernel (:func:`os.access`: ACLs and
+    supplementary groups count); another (root) judges the mode bits by the recorded ids, and
+    says nothing of a directory with an ACL. Without a recorded uid (an older renewer's file,
+    or none), a reader other than root takes the renewer for itself (in the appliance and on a
+    host install both run as one user); root says nothing. Not the owner of the parent: a
+    host install run as root may keep config_dir in a directory of the operator's user.
     """
     try:
-        st, up = config_dir.stat(), config_dir.parent.stat()
+        st = config_dir.stat()
     except OSError:
         return None
-    if st.st_uid != 0 or up.st_uid == 0:
+    me, uid, gids = os.geteuid(), status.get("uid"), status.get("gids")
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        if me == 0:
+            return None
+        uid = me
+    if uid == 0:
         return None
-    if st.st_mode & stat.S_IWOTH or (st.st_gid == up.st_gid and st.st_mode & stat.S_IWGRP):
-        return None  # its owner's user may write in it all the same
-    fix = f"chown -R {up.st_uid}:{up.st_gid} {shlex.quote(str(config_dir))}"
-    return (
-        f"certs.config_dir {config_dir} is uid 0's, not uid {up.st_uid}'s (the owner of "
-        f"{config_dir.parent}, the renewer's user): the renewer can neither run certbot there "
-        "nor write its status (what it last wrote, if anything, is old). Run `docxy certs "
-        "renew` as root once (the container: `docker compose exec -u 0 docxy docxy certs "
-        f"renew`), which hands it back to its owner, or `{fix}`"
+    gid: int | None
+    if uid == me:
+        if os.access(config_dir, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
+            return None
+        gid = os.getegid()
+    else:
+        groups = [g for g in gids if isinstance(g, int)] if isinstance(gids, list) else []
+        if _mode_lets(st, uid, groups) or _has_acl(config_dir):
+            return None
+        gid = groups[0] if groups else None
+    path = shlex.quote(str(config_dir))
+    fix = f"chown -R {uid}:{gid} {path}" if gid is not None else f"chown -R {uid} {path}"
+    said = (
+        f"certs.config_dir {config_dir} is uid {st.st_uid}'s (mode "
+        f"{stat.S_IMODE(st.st_mode):o}) and the renewer, uid {uid}, cannot write it: it can "
+        "neither run certbot there nor write its status (what it last wrote, if anything, is "
+        "old). "
     )
+    try:
+        handed_back = st.st_uid == 0 and config_dir.parent.stat().st_uid == uid
+    except OSError:
+        handed_back = False
+    if handed_back:  # docxy.cli.owner.Owner.of: a root run hands it to its parent's owner
+        return (
+            f"{said}Run `docxy certs renew` as root once (the container: `docker compose exec "
+            f"-u 0 docxy docxy certs renew`), which hands it back to uid {uid}, or `{fix}`"
+        )
+    return f"{said}Give it to the renewer's user: `{fix}`"
+
+
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _mode_lets(st: os.stat_result, uid: int, gids: list[int]) -> bool:
+    """Whether the mode bits let `uid` (in `gids`) make files in the directory `st` is of:
+    the owner's bits for its owner, the group's for its group, the others' for the rest."""
+    if st.st_uid == uid:
+        need = stat.S_IWUSR | stat.S_IXUSR
+    elif st.st_gid in gids:
+        need = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        need = stat.S_IWOTH | stat.S_IXOTH
+    return st.st_mode & need == need
+
+
+def _has_acl(path: Path) -> bool:
+    """Whether `path` has a POSIX access ACL (its entries may let a user the bits do not)."""
+    try:
+        os.getxattr(path, "system.posix_acl_access")
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 #: The times in the renewer's status file; and in its parts, by part.
@@ -337,13 +390,13 @@ def renewal_status(config_dir: Path) -> dict[str, object]:
     Its times as ``/health``'s others (:func:`docxy.core.stamps.utc_stamp`): the file keeps
     ``isoformat()``'s, with microseconds (``scheduler.runs``), in files of every version."""
     path = config_dir / STATUS_FILE
-    stranded = stranded_config_dir(config_dir)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         data = {"error": f"no renewer status in {path}: {exc.__class__.__name__}"}
     if not isinstance(data, dict):
         data = {"error": f"{path}: not a JSON object"}
+    stranded = stranded_config_dir(config_dir, {} if "error" in data else data)
     if stranded is not None:  # /health degraded, `docxy certs status` exit 1; not `refused`
         data["config_dir_unwritable"] = stranded
     if "error" in data:

@@ -8,7 +8,6 @@ in the table with the labels the table gives, and every name the table lists is 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -53,12 +52,8 @@ def exported(text: str) -> dict[str, set[str]]:
 
 async def test_the_readme_metrics_table_is_what_metrics_exports(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path / "tls", "mirror.test")
-    # certs.config_dir root's in a volume of the renewer's user (uid 4242), who cannot write
-    # it: renewal.config_dir_unwritable (docxy.tls.certs.stranded_config_dir)
-    renewer = tmp_path / "volume" / "letsencrypt"
-    renewer.mkdir(parents=True)
-    if os.getuid() == 0:
-        os.chown(renewer.parent, 4242, 4242)
+    renewer = tmp_path / "letsencrypt"
+    renewer.mkdir(mode=0o755)
     status = {"last_run": "2026-11-30T03:00:00Z", "last_success": "2026-11-30T03:00:00Z"}
     (renewer / certs.STATUS_FILE).write_text(json.dumps({**status, "failures": 0}))
     async with stack(tmp_path, settings=SHARED) as mirror:
@@ -102,12 +97,8 @@ async def test_the_keys_the_readme_health_section_names_are_in_the_report(
     named = set(re.findall(r"`([a-z_]+)`", section)) - {"ok", "degraded", "null"}
     named = {name for name in named if not name.startswith("docxy_")}  # metrics, not keys
     cert, key = self_signed(tmp_path / "tls", "mirror.test")
-    # certs.config_dir root's in a volume of the renewer's user (uid 4242), who cannot write
-    # it: renewal.config_dir_unwritable (docxy.tls.certs.stranded_config_dir)
-    renewer = tmp_path / "volume" / "letsencrypt"
-    renewer.mkdir(parents=True)
-    if os.getuid() == 0:
-        os.chown(renewer.parent, 4242, 4242)
+    renewer = tmp_path / "letsencrypt"
+    renewer.mkdir(mode=0o755)
     status = {
         "last_run": "2026-11-30T03:00:00Z",
         "next_run": "2026-12-01T03:00:00Z",
@@ -115,6 +106,10 @@ async def test_the_keys_the_readme_health_section_names_are_in_the_report(
         "refused": "scheduler.interval: not a duration",
         "interrupted": {"at": "2026-11-30T02:00:00Z", "signal": "SIGTERM"},
         "failing_since": None,
+        # written by a renewer (uid 4242) that cannot write certs.config_dir since (the test's:
+        # 0755, not its): renewal.config_dir_unwritable (docxy.tls.certs.stranded_config_dir)
+        "uid": 4242,
+        "gids": [4242],
         # a lineage set aside earlier; the served files unreadable to the renewer
         "set_aside": {"at": "2026-11-29T02:00:00Z", "reason": "parse", "moved_to": str(renewer)},
         "certificate": {"cert_path": str(cert), "error": f"cannot read {cert}"},

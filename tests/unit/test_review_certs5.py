@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,7 +98,6 @@ def in_group(group: int) -> Iterator[None]:
 # --- 1. who the renewer is, not who owns the parent --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: no uid recorded")
 @pytest.mark.usefixtures("clean_env")
 def test_the_renewer_records_who_it_is(volume: Path) -> None:
     config_dir = volume / "letsencrypt"
@@ -110,7 +110,6 @@ def test_the_renewer_records_who_it_is(volume: Path) -> None:
     assert "uid" not in certs.public_renewal(certs.renewal_status(config_dir))
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: parent's owner taken for the renewer")
 @pytest.mark.usefixtures("clean_env")
 def test_a_host_install_all_roots_under_alices_directory_is_not_refused(
     volume: Path, capsys: pytest.CaptureFixture[str]
@@ -146,7 +145,6 @@ def test_the_appliance_layout_is_still_said(volume: Path) -> None:
         assert "docxy certs renew" in str(hint), said
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: group bits judged by the parent's gid")
 @pytest.mark.usefixtures("clean_env")
 def test_a_group_that_grants_write_is_not_refused(volume: Path) -> None:
     """config_dir root's, group GROUP rwx: the renewer (OWNER, in GROUP besides its own)
@@ -166,7 +164,6 @@ def test_a_group_that_grants_write_is_not_refused(volume: Path) -> None:
     assert GROUP in written["gids"], written  # type: ignore[operator]
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1/2: no own field, parent's owner guessed")
 @pytest.mark.usefixtures("clean_env")
 def test_no_uid_recorded_root_says_nothing_the_user_asks_the_kernel(volume: Path) -> None:
     """A status file of an older version (no uid), or none: root cannot tell whose renewer it
@@ -213,3 +210,35 @@ async def test_an_unwritable_config_dir_is_not_refused_settings(
     assert run_cli([*argv, "--key", str(key), "--set", "certs.domain=mirror.test"]) == 1
     err = capsys.readouterr().err
     assert f"chown -R {OWNER}:{OWNER}" in err and "refuses its settings" not in err, err
+
+
+def _acl_entry(tag: int, perm: int, who: int = 0xFFFFFFFF) -> bytes:
+    return struct.pack("<HHI", tag, perm, who)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_an_acl_that_grants_write_is_not_refused(volume: Path) -> None:
+    """config_dir root's 0755 with an ACL entry giving OWNER rwx: the renewer writes it; the
+    bits alone said it could not."""
+    os.chown(volume, OWNER, OWNER)
+    config_dir = volume / "letsencrypt"
+    config_dir.mkdir(mode=0o755)
+    acl = struct.pack("<I", 2) + b"".join(
+        (
+            _acl_entry(0x01, 7),  # the owner
+            _acl_entry(0x02, 7, OWNER),  # OWNER: rwx
+            _acl_entry(0x04, 5),  # the group
+            _acl_entry(0x10, 7),  # the mask
+            _acl_entry(0x20, 5),  # others
+        )
+    )
+    try:
+        os.setxattr(config_dir, "system.posix_acl_access", acl)
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs here: {exc}")
+    with Owner(OWNER, OWNER, config_dir).acting():
+        written_status(config_dir)  # it can: the ACL's
+        as_owner = certs.renewal_status(config_dir)
+    assert "config_dir_unwritable" not in as_owner, as_owner
+    as_root = certs.renewal_status(config_dir)
+    assert "config_dir_unwritable" not in as_root, as_root
