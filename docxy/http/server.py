@@ -351,6 +351,8 @@ def renewal_provider(config: Config) -> Callable[[], dict[str, object] | None] |
         status = renewal_status(renewal_dir)
         if not status.get("refused") or "domain" not in status or status["domain"] is not None:
             return None
+        # No certbot runs without a domain: whether it could write there is not a trouble.
+        status.pop("config_dir_unwritable", None)
         return status
 
     return refusal_only

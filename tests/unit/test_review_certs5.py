@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from docxy.cli.owner import Owner
+from docxy.config import load_config
 from docxy.observe import status as status_page
 from docxy.tls import certs
 from scheduler import settings as settings_mod
@@ -242,3 +243,26 @@ def test_an_acl_that_grants_write_is_not_refused(volume: Path) -> None:
     assert "config_dir_unwritable" not in as_owner, as_owner
     as_root = certs.renewal_status(config_dir)
     assert "config_dir_unwritable" not in as_root, as_root
+
+
+# --- 3. without certs.domain nothing of it is said -----------------------------------------------
+
+
+def test_without_a_domain_an_unwritable_config_dir_is_not_said(
+    volume: Path, tmp_path: Path
+) -> None:
+    """No certs.domain: the renewer runs no certbot; a refusal of its settings it wrote
+    (domain null) is shown, as before, but not that it cannot write config_dir since (the
+    README: said with certs.domain set)."""
+    from docxy.http.server import renewal_provider
+
+    config_dir = stranded(volume)
+    said = json.loads((config_dir / certs.STATUS_FILE).read_text())
+    said.update(domain=None, refused="scheduler.interval: not a duration")
+    (config_dir / certs.STATUS_FILE).write_text(json.dumps(said))
+    config = load_config({"certs.config_dir": str(config_dir)}, environ={})
+    provider = renewal_provider(config)
+    assert provider is not None
+    shown = provider()
+    assert shown is not None and shown.get("refused"), shown
+    assert "config_dir_unwritable" not in shown, shown
