@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -23,7 +22,6 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from docxy.cli.owner import Owner, recorded_runner
 from docxy.core.errors import ConfigError
 from scheduler import settings as settings_mod
 from scheduler.runs import Runs, Stopped, backoff, configure_logging
@@ -419,6 +417,7 @@ def one_off(settings: settings_mod.Settings) -> int:
     certbot, the pair and the status file were root's, and the renewer (the mirror's user)
     failed at its next run.
     """
+    from docxy.cli.owner import recorded_runner
     from docxy.tls.certs import certbots_owner, pairs_owner
 
     pair = settings.cert_path.parent if settings.cert_path is not None else None
@@ -426,10 +425,9 @@ def one_off(settings: settings_mod.Settings) -> int:
     owner = certbots_owner(settings.config_dir, settings.certs.webroot, also=pair)
     if owner.switches and settings.cert_path is not None and settings.key_path is not None:
         pairs_owner(settings.cert_path, settings.key_path, runner)  # the same owner's: handed over
-    records_who = not _guessed_root(settings, owner)
     try:
         with owner.acting():
-            return _once(settings, records_who=records_who)
+            return _once(settings)
     except PermissionError as exc:  # a root that may not change its uid (cap_drop): says how
         if owner.acted:
             raise
@@ -437,25 +435,10 @@ def one_off(settings: settings_mod.Settings) -> int:
         return 1
 
 
-def _guessed_root(settings: settings_mod.Settings, owner: Owner) -> bool:
-    """Whether this run stays root only for want of evidence: root, acting as itself, with no
-    renewer recorded and certs.config_dir in a directory of another user's (the appliance's
-    volume after an older root run, or an operator's home). Its status file then says nothing
-    of who wrote it: uid 0 there would be taken for the renewer's by the mirror and by every
-    later root run."""
-    if os.geteuid() != 0 or owner.switches or recorded_runner(settings.config_dir) is not None:
-        return False
-    try:
-        return settings.config_dir.parent.stat().st_uid != 0
-    except OSError:
-        return False
-
-
-def _once(settings: settings_mod.Settings, *, records_who: bool = True) -> int:
+def _once(settings: settings_mod.Settings) -> int:
     from scheduler.renewal import Renewer  # the work, in this process: it ends after one run
 
     once = Renewer(settings)
-    once.records_who = records_who
     once.restore()
     stopped: Stopped | None = None
     try:

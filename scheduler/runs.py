@@ -220,9 +220,6 @@ class Runs:
     #: The last run was stopped from outside (:class:`RunCutShort`): the renewer is stopping,
     #: so no retry is due, even before its own SIGTERM has stopped the scheduler.
     cut_short: bool = False
-    #: Whether the status file says who wrote it (``uid``, ``gids``): not a root one-off run
-    #: that found no record and stays root on no evidence (:func:`scheduler.main.one_off`).
-    records_who: bool = True
     #: The one-off run was stopped by a signal (:class:`Stopped`): when, and by which signal.
     #: Written to the status file (a trace of the run) until the next run's status replaces it.
     interrupted: dict[str, object] | None = None
@@ -431,13 +428,11 @@ class Runs:
             # Which domain it was written for: a mirror without certs.domain shows a refusal
             # only from a renewer without one too (docxy.http.server.renewal_provider).
             "domain": self.settings.domain,
+            # Who wrote it, the renewer (or a root run acting as the owner): whether it can
+            # write certs.config_dir is judged by these (docxy.tls.certs.stranded_config_dir).
+            "uid": os.geteuid(),
+            "gids": list(dict.fromkeys([os.getegid(), *os.getgroups()])),
         }
-        if self.records_who:
-            # Who wrote it, the renewer (or a root run acting as it): whether it can write
-            # certs.config_dir is judged by these (docxy.tls.certs.stranded_config_dir), and
-            # a root run acts as it (docxy.cli.owner.recorded_runner).
-            status["uid"] = os.geteuid()
-            status["gids"] = list(dict.fromkeys([os.getegid(), *os.getgroups()]))
         certificate = self.certificate() or self.restored_certificate
         if certificate is not None:
             status["certificate"] = certificate

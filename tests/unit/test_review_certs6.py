@@ -13,7 +13,6 @@ the directory itself; a tree of root's is never handed to another user on a gues
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -168,22 +167,3 @@ def test_the_appliance_cache_is_still_acted_on_as_its_owner(
     code, out, err = run_cache(capsys, populated, "gc")
     assert code == 0, err
     assert owned_by(populated.root, 0) == []
-
-
-def test_a_root_one_off_with_no_record_does_not_record_root_as_the_renewer(
-    appliance: Appliance, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The appliance after an older root run made certbot's directory itself root's, with no
-    record of the renewer: a root ``python -m scheduler --once`` now runs as root (nothing is
-    handed over on a guess). Its status file must not then name root as the renewer: the
-    mirror (uid OWNER) took it at its word, said nothing of a config_dir its renewer cannot
-    write, and every later root ``docxy certs renew`` stayed root."""
-    _older_root_run(appliance)
-    assert appliance.config_dir.stat().st_uid == 0
-    assert scheduler_main.main(["--once"]) == 0, capsys.readouterr().err
-    assert appliance.ran_as()[-1] == "ran as 0:0 real 0"
-    written = json.loads((appliance.config_dir / certs.STATUS_FILE).read_text())
-    assert "uid" not in written, written
-    with Owner(OWNER, OWNER, appliance.config_dir).acting():
-        status = certs.renewal_status(appliance.config_dir)  # as the mirror reads it
-    assert f"chown -R {OWNER}:{OWNER}" in str(status.get("config_dir_unwritable")), status
