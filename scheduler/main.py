@@ -411,20 +411,17 @@ def one_off(settings: settings_mod.Settings) -> int:
     """``--once``: one run in this process, its status written; the exit says how it went.
 
     Run as root (``docker compose exec -u 0 docxy python -m scheduler --once``) it acts as the
-    renewer's user (its status file's record, else the owner of certs.config_dir itself), as
-    ``docxy certs renew`` does (:func:`docxy.tls.certs.certbots_owner`), where the served
-    pair's directory is that user's too (one of root's beside it: all as root, as before):
-    certbot, the pair and the status file were root's, and the renewer (the mirror's user)
-    failed at its next run.
+    owner of certs.config_dir, as ``docxy certs renew`` does (:func:`docxy.tls.certs.
+    certbots_owner`), where the served pair's directory is that owner's too (one of root's
+    beside it: all as root, as before): certbot, the pair and the status file were root's, and
+    the renewer (the mirror's user) failed at its next run.
     """
-    from docxy.cli.owner import recorded_runner
     from docxy.tls.certs import certbots_owner, pairs_owner
 
     pair = settings.cert_path.parent if settings.cert_path is not None else None
-    runner = recorded_runner(settings.config_dir)
     owner = certbots_owner(settings.config_dir, settings.certs.webroot, also=pair)
     if owner.switches and settings.cert_path is not None and settings.key_path is not None:
-        pairs_owner(settings.cert_path, settings.key_path, runner)  # the same owner's: handed over
+        pairs_owner(settings.cert_path, settings.key_path)  # the same owner's: handed over
     try:
         with owner.acting():
             return _once(settings)

@@ -24,7 +24,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docxy.cli.owner import recorded_runner
 from docxy.core.stamps import aware, utc_stamp
 from docxy.logs import log_to_stderr
 from docxy.tls.files import write_files_atomic
@@ -167,30 +166,13 @@ def owners_hint(settings: Settings, reason: str) -> str:
         return reason
     path, owner, top = found
     uid, gid = os.geteuid(), os.getegid()
-    said = (
-        f"{reason}; {path} is uid {owner}'s, not the renewer's (uid {uid}): left by a run as root?"
-    )
-    fix = _chown(settings, top, uid, gid)
-    if not _root_acts_as(settings.config_dir, uid):
-        return f"{said} Give it to the renewer's user: `{fix}`"
     return (
-        f"{said} Run `docxy certs renew` as root once (the container: `docker compose exec -u 0 "
+        f"{reason}; {path} is uid {owner}'s, not the renewer's (uid {uid}): left by a run as "
+        "root? Run `docxy certs renew` as root once (the container: `docker compose exec -u 0 "
         "docxy docxy certs renew`), which hands what it finds in certs.config_dir, the "
-        f"webroot's .well-known/ and the served pair back to their owner, or `{fix}`"
+        "webroot's .well-known/ and the served pair back to their owner, or "
+        f"`{_chown(settings, top, uid, gid)}`"
     )
-
-
-def _root_acts_as(config_dir: Path, uid: int) -> bool:
-    """Whether a root ``docxy certs renew`` acts as `uid` (:func:`docxy.tls.certs.
-    certbots_owner`): the user the status file records, else the owner of config_dir itself
-    (one of root's, with no record, stays root's: it is not handed over on a guess)."""
-    runner = recorded_runner(config_dir)
-    if runner is not None:
-        return runner[0] == uid
-    try:
-        return config_dir.stat().st_uid == uid
-    except OSError:
-        return False
 
 
 #: How far ahead of now a status file's last run may be and still be taken up by

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from docxy.cli.exits import EXIT_FAILED
 from docxy.cli.options import ConfigLoader, add_config_arguments
-from docxy.cli.owner import Owner, recorded_runner
+from docxy.cli.owner import Owner
 
 #: Where ``docxy clients add NAME`` puts the kit without ``--out``: ``auth.dir/kits/NAME``.
 KITS = "kits"
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, load: ConfigLoader) -> int:
     args.set = [*args.set, *args.set_after]  # before the action, then after it: the last wins
     config = load(args)  # a ConfigError is docxy's (main) to report
     where = config.auth.users_file.parent if args.group == "users" else config.auth.dir
-    owner = Owner.of(where, recorded_runner(config.certs.config_dir))
+    owner = Owner.of(where)
     try:
         if args.group == "users":
             owner.hand_over(where, [config.auth.users_file.name])

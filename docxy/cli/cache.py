@@ -42,7 +42,7 @@ from docxy.cache.images import ImageKey, below
 from docxy.cache.visibility import upstream_key
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, cancelled_by_signals, exit_code
 from docxy.cli.options import ConfigLoader, add_config_arguments
-from docxy.cli.owner import Owner, recorded_runner
+from docxy.cli.owner import Owner
 from docxy.config import Config
 from docxy.core.digests import ALGORITHMS
 from docxy.core.errors import ConfigError
@@ -602,7 +602,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     # Run as root (`docker exec -u 0 <container> docxy cache gc`), it acts as the owner of the
     # cache directory, the mirror's user: a directory it made (tmp/, where a cache had none
     # yet) was root's, and the mirror could write no blob there.
-    owner = Owner.of(config.cache.dir, recorded_runner(config.certs.config_dir))
+    owner = Owner.of(config.cache.dir)
     try:
         with owner.acting():
             return _run(args, config, image, out)

@@ -10,7 +10,6 @@ directory instead.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
@@ -18,67 +17,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-#: The renewer's status file in ``certs.config_dir`` (``scheduler.runs``): it records the
-#: ``uid`` and ``gids`` of the process that wrote it.
-STATUS_FILE = "status.json"
-
-
-def recorded_runner(config_dir: Path | None) -> tuple[int, int] | None:
-    """The uid and gid the renewer records it runs as, in its status file in `config_dir`
-    (the mirror's user in the appliance, where both run as ``docxy``); None without one.
-
-    Believed only from a regular file of that uid's own (the renewer writes it as itself): a
-    file of one user naming another is no one's word about itself."""
-    if config_dir is None:
-        return None
-    path = config_dir / STATUS_FILE
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
-            return None
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    uid, gids = data.get("uid"), data.get("gids")
-    if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0 or st.st_uid != uid:
-        return None
-    if isinstance(gids, list) and gids and isinstance(gids[0], int) and gids[0] >= 0:
-        return uid, gids[0]
-    return uid, st.st_gid
-
 
 class Owner:
     """Root acting as the owner of the directory the files go in (its nearest existing one:
     ``auth.dir`` is made on first use), through the effective uid and gid alone, so that what
     it writes (and the directories and locks it makes) is that user's from the start. Anyone
-    else, or a directory of root's, acts as themselves.
-
-    A directory of root's is never handed to another user on the strength of who owns the one
-    above it: on a host install whose mirror runs as root, it may lie in a directory of the
-    operator's login user (/home/alice/docxy), and its keys would have been given to her. Only
-    the user the renewer records it runs as (`runner`, :func:`recorded_runner`), where that
-    directory above is that user's too: the appliance, where an older version's root run made
-    it anew in the volume of the mirror's user."""
+    else, or a directory of root's, acts as themselves."""
 
     def __init__(self, uid: int, gid: int, path: Path) -> None:
         self.uid, self.gid, self.path = uid, gid, path
         self.acted = False  # switched to the owner at least once (an error then says so)
 
     @classmethod
-    def of(cls, directory: Path, runner: tuple[int, int] | None = None) -> Owner:
+    def of(cls, directory: Path) -> Owner:
         if os.geteuid() != 0:
             return cls(0, 0, directory)
         found = [(path, os.stat(path)) for path in (directory, *directory.parents) if path.exists()]
         if not found:
             return cls(0, 0, directory)
         (path, st), *up = found
-        if st.st_uid == 0 and path == directory and up and runner is not None:
-            uid, gid = runner
-            if uid != 0 and up[0][1].st_uid == uid:
-                # made by a root run before this owner was kept, in the recorded runner's
-                return cls(uid, gid, up[0][0])
+        if st.st_uid == 0 and path == directory and up and up[0][1].st_uid != 0:
+            # made by a root run before this owner was kept, in a directory of the mirror's
+            path, st = up[0]
         return cls(st.st_uid, st.st_gid, path)
 
     def hand_over(self, directory: Path, names: list[str]) -> None:

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from docxy.cli.owner import STATUS_FILE as STATUS_FILE
-from docxy.cli.owner import Owner, recorded_runner
+from docxy.cli.owner import Owner
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
@@ -44,6 +43,7 @@ T = TypeVar("T")
 
 CERTBOT = "certbot"
 TIMEOUT = 300.0
+STATUS_FILE = "status.json"  # the renewer's, in certs.config_dir
 _NOISE = ("Saving debug log", "Ask for help", "See the logfile", "- - -", "re-run Certbot")
 
 
@@ -342,10 +342,11 @@ def stranded_config_dir(config_dir: Path, status: Mapping[str, object]) -> str |
         "neither run certbot there nor write its status (what it last wrote, if anything, is "
         "old). "
     )
-    # A root `docxy certs renew` acts as the renewer its status file records (certbots_owner),
-    # and hands it the tree; without that record it stays root and hands over nothing.
-    runner = recorded_runner(config_dir)
-    if st.st_uid == 0 and runner is not None and runner[0] == uid:
+    try:
+        handed_back = st.st_uid == 0 and config_dir.parent.stat().st_uid == uid
+    except OSError:
+        handed_back = False
+    if handed_back:  # docxy.cli.owner.Owner.of: a root run hands it to its parent's owner
         return (
             f"{said}Run `docxy certs renew` as root once (the container: `docker compose exec "
             f"-u 0 docxy docxy certs renew`), which hands it back to uid {uid}, or `{fix}`"
@@ -634,11 +635,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         print(f"set aside to {aside.moved_to} and obtained anew: {aside.reason}")
     print(live)
     if cert_path is not None and key_path is not None and not args.dry_run:
-        # Copies of certbot's keys: as root where certbot ran as root (its tree root's), never
-        # as the owner of a directory above the pair's (the operator's login user).
-        runner = recorded_runner(lineage.config_dir)
-        writer = pairs_owner(cert_path, key_path, runner) if owner.switches else owner
-        with writer.acting():
+        with pairs_owner(cert_path, key_path).acting():
             changed = install(live, cert_path, key_path)
         print(f"{'installed' if changed else 'unchanged'}: {cert_path}")
     return EXIT_OK
@@ -646,34 +643,26 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
 def certbots_owner(config_dir: Path, webroot: Path | None, *, also: Path | None = None) -> Owner:
     """Whom a run as root acts as for certbot's work (:class:`docxy.cli.owner.Owner`): the
-    renewer's user, once what earlier root runs left root's there (and in the webroot's
-    ``.well-known/``, where that user's certbot writes its tokens) is handed over to it.
-
-    The renewer's user is the one its status file records (:func:`docxy.cli.owner.
-    recorded_runner`: root for a renewer run as root, which changes no owner); without a
-    record, the owner of `config_dir` itself, never of the directory above it (a host install
-    run as root may keep a config_dir of root's in a directory of the operator's user, whose
-    keys were handed to that user). Root itself where `also`, a directory the same run writes
-    in, is not that owner's (as before: all as root)."""
-    runner = recorded_runner(config_dir)
-    owner = Owner(*runner, config_dir) if runner is not None else Owner.of(config_dir)
-    if also is not None and Owner.of(also, runner).uid != owner.uid:
+    owner of `config_dir`, the renewer's user, once what earlier root runs left root's there
+    (and in the webroot's ``.well-known/``, where that user's certbot writes its tokens) is
+    handed over to it. Root itself where that directory is root's (a host install), or where
+    `also`, a directory the same run writes in, is not that owner's (as before: all as root)."""
+    owner = Owner.of(config_dir)
+    if also is not None and Owner.of(also).uid != owner.uid:
         return Owner(0, 0, config_dir)
     owner.hand_over_tree(config_dir)
-    if webroot is not None and Owner.of(webroot, runner).uid == owner.uid:
+    if webroot is not None and Owner.of(webroot).uid == owner.uid:
         owner.hand_over_tree(webroot / ".well-known")
     return owner
 
 
-def pairs_owner(cert_path: Path, key_path: Path, runner: tuple[int, int] | None = None) -> Owner:
+def pairs_owner(cert_path: Path, key_path: Path) -> Owner:
     """Whom a run as root writes the served pair as: the owner of its directory (the mirror's
-    user), once the files an older root run left root's there are handed over to it (a
-    directory of root's: to the renewer's recorded user alone, `runner`, where the directory
-    above is that user's)."""
-    served = Owner.of(cert_path.parent, runner)
+    user), once the files an older root run left root's there are handed over to it."""
+    served = Owner.of(cert_path.parent)
     served.hand_over(cert_path.parent, _pair_names(cert_path))
     if key_path.parent != cert_path.parent:
-        Owner.of(key_path.parent, runner).hand_over(key_path.parent, _pair_names(key_path))
+        Owner.of(key_path.parent).hand_over(key_path.parent, _pair_names(key_path))
     return served
 
 

@@ -20,10 +20,8 @@ import pytest
 
 from docxy.access.users import UsersFile
 from docxy.cli.main import main
-from docxy.cli.owner import Owner
 from lab.ports import bound_socket
 from tests.unavailable import need_binary, need_root
-from tests.unit.test_review_certs5 import written_status
 from tests.unit.test_watchdog_clock import start_watchdog
 
 MIRROR_UID = MIRROR_GID = 999  # the image's docxy user (Dockerfile)
@@ -82,15 +80,6 @@ def test_root_run_access_commands_leave_files_the_mirror_can_read(
     finally:
         shutil.rmtree(kit, ignore_errors=True)
     # what a root run made before this fix (auth.dir, the users file, the keys) is handed over
-    # to the mirror's user, which the renewer's status file records (an appliance with
-    # DOCXY_DOMAIN): a root-owned auth.dir is never handed to its parent's owner on a guess
-    # (review certs6)
-    config_dir = volume / "letsencrypt"
-    config_dir.mkdir()
-    os.chown(config_dir, MIRROR_UID, MIRROR_GID)
-    monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(config_dir))
-    with Owner(MIRROR_UID, MIRROR_GID, config_dir).acting():
-        written_status(config_dir)
     for path in (access, access / "users", access / "token-key.pem"):
         os.chown(path, 0, 0)
     monkeypatch.setattr("sys.stdin", io.StringIO("other\n"))

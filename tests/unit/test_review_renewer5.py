@@ -34,7 +34,7 @@ from scheduler import settings as settings_mod
 from scheduler.renewal import Renewer
 from tests.unit.test_observe_metrics import make_state
 from tests.unit.test_review_renewer import DOMAIN, stop
-from tests.unit.test_review_rootcerts import OWNER, Appliance, _older_root_run, _renewer_ran_first
+from tests.unit.test_review_rootcerts import OWNER, Appliance, _older_root_run
 from tests.unit.test_review_rootcerts import appliance as appliance  # noqa: F401  (fixture)
 from tests.unit.test_scheduler import HANG, fake_certbot_on_path, issued_lineage, poll
 from tests.unit.test_scheduler import env as env  # noqa: F401  (fixture)
@@ -262,7 +262,6 @@ def test_roots_leftovers_are_named_with_the_fix(
     """An older root run left certbot's directory root's: the renewer's runs (as the
     directory's owner) failed saying "Permission denied", no more. Now the run's error names
     a file of root's and how to hand them back."""
-    _renewer_ran_first(appliance)  # else a root renew hands nothing back: not offered
     _older_root_run(appliance)
     renewer = Renewer(settings_mod.load([]))
     with caplog.at_level(logging.WARNING), Owner(OWNER, OWNER, appliance.config_dir).acting():

@@ -152,15 +152,6 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Appliance]:
     yield from _layout(0, monkeypatch)
 
 
-def _renewer_ran_first(app: Appliance) -> None:
-    """The renewer's first start wrote its status file (its uid and gids in it) before an
-    older version's root run made certbot's directory root's: whom a root ``docxy certs renew``
-    hands it back to (one of root's, with no such record, is not handed over: review certs6)."""
-    from tests.unit.test_review_certs5 import stranded  # which imports this module
-
-    assert stranded(app.config_dir.parent) == app.config_dir
-
-
 def _older_root_run(app: Appliance) -> None:
     """What a root run of an older version left: certbot's whole directory, the served pair
     and the webroot's challenge directory, all root's."""
@@ -205,7 +196,6 @@ def test_renew_as_root_hands_over_what_an_older_root_run_left(
     """After a root run of an older version, the renewer failed at every run and a root
     ``docxy certs renew`` went on adding root's files. Now it hands them to the owner first
     (saying so), and runs and writes as the owner."""
-    _renewer_ran_first(appliance)
     _older_root_run(appliance)
     failed = appliance.renewer_run()
     assert failed.returncode != 0 and "Permission denied" in failed.stderr
@@ -259,7 +249,6 @@ def test_the_hand_over_follows_no_link_and_leaves_a_hard_linked_file(
 ) -> None:
     """The certs volume is the mirror user's: a link it put there to a directory or file of
     root's, or a hard link to root's file, is not a way to have root hand those over."""
-    _renewer_ran_first(appliance)
     _older_root_run(appliance)
     secret_dir = appliance.top / "roots"
     secret_dir.mkdir()
@@ -309,7 +298,6 @@ def test_a_one_off_renewer_run_as_root_acts_as_the_owner(
     """``docker compose exec -u 0 docxy python -m scheduler --once`` (the README's one-off
     run): certbot, the pair and the renewer's status file were root's, and the renewer's own
     runs after it failed (EACCES) where an older root run had left them so."""
-    _renewer_ran_first(appliance)
     _older_root_run(appliance)
     assert scheduler_main.main(["--once"]) == 0, capsys.readouterr().err
     assert (appliance.config_dir / "status.json").is_file()
