@@ -523,8 +523,6 @@ class UpstreamClient:
         #: ``401`` to ``GET /v2/`` with it; a repository's ``401`` is not the login's): when
         #: (:meth:`basic_login_withheld`)
         self._basic_refused: dict[str, float] = {}
-        #: those hosts whose check past the hold said nothing (``5xx``, no answer): when
-        self._basic_silent: dict[str, float] = {}
         #: Whether each upstream's own host is non-public (the redirect rule's), kept a few
         #: minutes; the direct GETs' own, when they have settings, so one lookup serves both.
         self.verdicts = direct.verdicts if direct is not None else RegistryVerdicts()
@@ -827,36 +825,36 @@ class UpstreamClient:
                 log.info("%s accepted the mirror's own Basic login (%s) again", upstream.host, user)
         return response
 
-    async def basic_login_withheld(
-        self, upstream: Upstream, login: str, hold: float, quiet: float
-    ) -> bool:
+    async def basic_login_withheld(self, upstream: Upstream, login: str, hold: float) -> bool:
         """Whether the mirror's own Basic ``login`` is kept from a Basic-only upstream now: its
         registry refused it (:meth:`_basic_login_answered`) less than ``hold`` seconds ago.
         It went with every request, a failed login on the account each (Nexus, Artifactory
         lock one). Past the hold, ``GET /v2/`` with it is the next check, one per upstream at
         a time (:meth:`_check_basic_login`), the requests meanwhile waiting for its verdict:
-        a ``401`` holds it back again, a ``2xx`` lets it go with them all, a check that says
-        nothing (``5xx``, no answer in time, a broken connection) leaves it held back: they go
-        without it, and it is asked again after ``quiet`` seconds (each request would wait a
-        silent registry's timeout). The first request past the hold was the check: its
-        ``401`` may be its repository's alone, and held a mended password back another
-        minute; and every request in flight then sent a wrong one."""
+        a ``401`` holds it back again, a ``2xx`` lets it go with them all; a check that says
+        nothing (``5xx``, no answer in time, a broken connection) holds it back another
+        ``hold`` too (the registry may have counted it a failed login: a slow login backend
+        answered every few seconds would lock the account), and they go without it. The
+        check itself marks that, as it ends, so that no request between its end and its
+        waiters' turn starts another."""
         host = upstream.host
         since = self._basic_refused.get(host)
         if since is None:
             return False
-        now = time.monotonic()
-        silent = self._basic_silent.get(host)
-        if now - since < hold or (silent is not None and now - silent < quiet):
+        if time.monotonic() - since < hold:
             return True
-        name = f"basic login check {host}"
-        check = partial(self._check_basic_login, upstream, login)
+
+        async def check() -> None:
+            try:
+                await self._check_basic_login(upstream, login)
+            finally:
+                if self._basic_refused.get(host) == since:  # neither refused again nor accepted
+                    self._basic_refused[host] = time.monotonic()
+
         try:
-            await self._basic_checks.run(host, name, check)
+            await self._basic_checks.run(host, f"basic login check {host}", check)
         except UpstreamError:
             pass  # no word on the login: held back still
-        if self._basic_refused.get(host) == since:  # neither refused again nor accepted
-            self._basic_silent[host] = time.monotonic()
         return host in self._basic_refused
 
     async def _check_basic_login(self, upstream: Upstream, login: str) -> None:

@@ -337,9 +337,7 @@ class MirrorTokens:
         ``CHECK_SILENCE_HOLD`` ago (:meth:`UpstreamClient.basic_login_withheld`)."""
         assert upstream.credentials is not None
         login = basic_authorization(*upstream.credentials)
-        return await self.client.basic_login_withheld(
-            upstream, login, REFUSED_TTL, CHECK_SILENCE_HOLD
-        )
+        return await self.client.basic_login_withheld(upstream, login, REFUSED_TTL)
 
     def _login_withheld(self, upstream: Upstream, realm: str) -> None:
         """One WARNING per upstream and token service: the mirror's token is asked for

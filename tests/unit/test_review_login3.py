@@ -153,8 +153,9 @@ async def test_past_the_hold_a_silent_check_sends_no_login(
     client_now: list[float], v2: int | str
 ) -> None:
     """The check answered ``5xx`` (or not in time) says nothing of the login: the misses go
-    without it (no failed login), the login stays refused on ``/health``, and is asked again
-    past ``CHECK_SILENCE_HOLD`` (not by every request, each waiting a silent check)."""
+    without it (no failed login), the login stays refused on ``/health``, and is held back
+    another ``REFUSED_TTL`` (the registry may have counted the check a failed login: asked
+    again every few seconds, a slow login backend would lock the account)."""
     registry = Registry(password="other")
     async with httpx.AsyncClient(transport=httpx.MockTransport(registry)) as http:
         client = UpstreamClient(http)
@@ -171,9 +172,13 @@ async def test_past_the_hold_a_silent_check_sends_no_login(
         start = len(registry.sent)
         assert await basic_miss(tokens, UPSTREAM, "o/b") == 401
         assert registry.logins_since(start) == []  # not asked again at once
+        client_now[0] += CHECK_SILENCE_HOLD + 1
+        start = len(registry.sent)
+        assert await basic_miss(tokens, UPSTREAM, "o/b2") == 401
+        assert registry.logins_since(start) == []  # nor seconds later: a hold's time
         registry.v2 = None
         registry.password = "right"  # mended meanwhile
-        client_now[0] += CHECK_SILENCE_HOLD + 1
+        client_now[0] += REFUSED_TTL
         assert await basic_miss(tokens, UPSTREAM, "o/c") == 200
         assert client.health_of(UPSTREAM).login == "accepted"
     assert registry.failed == 2
