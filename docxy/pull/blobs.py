@@ -445,21 +445,19 @@ class BlobService:
 
 
 def _denied_length(pull: Pull, content_range: str | None, offset: int, size: int | None) -> None:
-    """Raise :class:`OtherLength` when a ``416`` to ``Range: bytes=offset-`` denies that the
-    blob has ``size`` bytes: its ``Content-Range: bytes */N`` says another length, or (saying
-    none) ``offset`` is short of ``size`` yet has no byte there. The rest of a longer claim (a
-    shared object's ``Content-Length`` past the blob's end) is a length denied, not the
-    upstream refusing the mirror. A ``416`` that says the blob has ``size`` bytes is the
-    upstream's own trouble, left as it was (a failed fetch)."""
+    """Raise :class:`OtherLength` when a ``416`` to ``Range: bytes=offset-`` shows the blob
+    has not ``size`` bytes: its ``Content-Range: bytes */N`` says it ends at or before
+    ``offset`` (the rest of a longer claim, a shared object's ``Content-Length`` past the
+    blob's end: a length denied, not the upstream refusing the mirror). A ``416`` that says
+    nothing of the length, or a length with a byte at ``offset`` (contradicting itself), is
+    the upstream's own trouble, left as it was (a failed fetch): a right object is not
+    marked bad for an upstream's passing fault."""
     if size is None:
         return
     total = unsatisfied_length(content_range)
-    if total is None and offset < size:
-        said = f"416 (no byte {offset}: not a blob of {size} bytes)"
-    elif total is not None and total != size:
-        said = f"416, Content-Range {content_range!r}: not of the blob's {size} bytes"
-    else:
+    if total is None or total > offset:
         return
+    said = f"416, Content-Range {content_range!r}: not of the blob's {size} bytes"
     raise OtherLength(f"{pull.upstream.host} answered bytes={offset}- with {said}", total)
 
 
