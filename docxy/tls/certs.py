@@ -307,19 +307,24 @@ def stranded_config_dir(config_dir: Path, status: Mapping[str, object]) -> str |
 
     The renewer is who its status file says wrote it (``uid``, ``gids``: scheduler.runs); a
     root renewer writes anywhere. The same user asks the kernel (:func:`os.access`: ACLs and
-    supplementary groups count); another (root) judges the mode bits by the recorded ids, and
-    says nothing of a directory with an ACL. Without a recorded uid (an older renewer's file,
-    or none), a reader other than root takes the renewer for itself (in the appliance and on a
-    host install both run as one user); root says nothing. Not the owner of the parent: a
-    host install run as root may keep config_dir in a directory of the operator's user.
+    supplementary groups count) and the mode bits by the groups the renewer recorded (it may
+    be in one the reader is not); another (root) judges the mode bits by the recorded ids,
+    and says nothing of a directory with an ACL. Without a recorded uid (an older renewer's
+    file, or none), only the appliance's case is said, to a reader other than root: config_dir
+    root's inside a directory of the reader's own (the certs volume of the mirror's user,
+    the renewer's too); a host install whose renewer runs as root beside a mirror of another
+    user would otherwise be told to give root's certbot tree (account and private keys) to
+    the mirror's user. Not the owner of the parent as such: a host install run as root may
+    keep config_dir in a directory of the operator's user.
     """
     try:
         st = config_dir.stat()
     except OSError:
         return None
     me, uid, gids = os.geteuid(), status.get("uid"), status.get("gids")
+    groups = [g for g in gids if isinstance(g, int)] if isinstance(gids, list) else []
     if not isinstance(uid, int) or isinstance(uid, bool):
-        if me == 0:
+        if me == 0 or st.st_uid != 0 or not _owned_by(config_dir.parent, me):
             return None
         uid = me
     if uid == 0:
@@ -328,9 +333,10 @@ def stranded_config_dir(config_dir: Path, status: Mapping[str, object]) -> str |
     if uid == me:
         if os.access(config_dir, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
             return None
+        if _mode_lets(st, uid, groups):
+            return None
         gid = os.getegid()
     else:
-        groups = [g for g in gids if isinstance(g, int)] if isinstance(gids, list) else []
         if _mode_lets(st, uid, groups) or _has_acl(config_dir):
             return None
         gid = groups[0] if groups else None
@@ -355,6 +361,13 @@ def stranded_config_dir(config_dir: Path, status: Mapping[str, object]) -> str |
 
 
 _EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _owned_by(directory: Path, uid: int) -> bool:
+    try:
+        return directory.stat().st_uid == uid
+    except OSError:
+        return False
 
 
 def _mode_lets(st: os.stat_result, uid: int, gids: list[int]) -> bool:

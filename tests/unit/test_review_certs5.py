@@ -179,6 +179,38 @@ def test_no_uid_recorded_root_says_nothing_the_user_asks_the_kernel(volume: Path
     assert f"chown -R {OWNER}:{OWNER} {config_dir}" in str(hint), hint
 
 
+@pytest.mark.usefixtures("clean_env")
+def test_no_uid_recorded_a_root_renewer_beside_a_mirror_user_is_not_said(volume: Path) -> None:
+    """A host install: config_dir root's (a root renewer, or `sudo docxy certs obtain`) in a
+    directory of root's, the mirror run as another user, no uid recorded (no status yet, or an
+    older version's): the mirror took itself for the renewer, said it stuck, and told to give
+    root's certbot tree to its own user."""
+    config_dir = volume / "letsencrypt"
+    config_dir.mkdir(mode=0o755)  # root's, in root's certs/
+    for status in (None, {"failures": 0}):
+        if status is not None:
+            (config_dir / certs.STATUS_FILE).write_text(json.dumps(status))
+        with Owner(OWNER, OWNER, config_dir).acting():
+            said = certs.renewal_status(config_dir)
+        assert "config_dir_unwritable" not in said, said
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_the_same_user_in_a_recorded_group_that_grants_write_is_not_said(volume: Path) -> None:
+    """The renewer (OWNER, in GROUP) can write; the mirror, the same uid without GROUP, read
+    only its own groups (os.access) and said it stuck."""
+    os.chown(volume, OWNER, OWNER)
+    config_dir = volume / "letsencrypt"
+    config_dir.mkdir()
+    os.chown(config_dir, 0, GROUP)
+    os.chmod(config_dir, 0o2775)
+    with in_group(GROUP):
+        written_status(config_dir)
+    with Owner(OWNER, OWNER, config_dir).acting():
+        said = certs.renewal_status(config_dir)
+    assert "config_dir_unwritable" not in said, said
+
+
 # --- 2. its own field, not `refused` -----------------------------------------------------------
 
 
