@@ -55,9 +55,8 @@ REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 #: Blobs up to this share of the machine's memory are read back once committed.
 READ_BACK_SHARE = 8
-#: How much of a blob is read back at a time: asked of the kernel's readahead, then waited for
-#: (a fill that starts meanwhile waits at most that long for the disk).
-READ_BACK_CHUNK = 8 * 1024 * 1024
+#: The size of those reads (one buffer, reused).
+READ_BACK_CHUNK = 256 * 1024
 #: At most this many blobs wait to be read back (a disk slower than the fills, a burst of small
 #: blobs): the oldest waiting is dropped, and its first hit reads it from the disk as any would.
 READ_BACK_PENDING = 256
@@ -235,17 +234,12 @@ def read_back(
     cache; returns the bytes read: none when it is larger than ``1/READ_BACK_SHARE`` of
     ``memory`` (:func:`memory_size`, by default), those read before it was gone (evicted)
     otherwise. With ``fills``, it reads only while none runs: when one starts, it lets go of
-    the file (an eviction meanwhile frees it) and goes on from there once they are all done.
-
-    Nothing is copied out: each :data:`READ_BACK_CHUNK` is handed to the kernel's readahead
-    (``POSIX_FADV_WILLNEED``), and a read of its last byte waits for it. Reading the bytes
-    into a buffer only to drop them cost 0.4-2.5 CPU-s per GiB on the benchmark's VM (the copy,
-    and the new pages touched by the guest), the readahead 0.14-0.18, in less wall time."""
+    the file (an eviction meanwhile frees it) and goes on from there once they are all done."""
     memory = memory_size() if memory is None else memory
     if memory is None or size > memory // READ_BACK_SHARE:
         return 0
     total = 0
-    last = bytearray(1)
+    buffer = bytearray(min(READ_BACK_CHUNK, max(size, 1)))
     while True:
         if fills is not None:
             fills.wait()
@@ -254,12 +248,8 @@ def read_back(
         except OSError:
             return total
         try:
-            while total < size:
-                step = min(READ_BACK_CHUNK, size - total)
-                _readahead(fd, total, step)
-                if not os.preadv(fd, [last], total + step - 1):
-                    return total  # shorter than committed: read to its end
-                total += step
+            while count := os.preadv(fd, [buffer], total):
+                total += count
                 if fills is not None and fills.busy:
                     break
             else:
@@ -268,20 +258,6 @@ def read_back(
             return total  # a disk that fails the read fails the hit's read too, and says so
         finally:
             os.close(fd)
-
-
-#: Linux reads at most the file's readahead window per ``POSIX_FADV_WILLNEED`` (the larger of
-#: the disk's ``read_ahead_kb`` and its largest request): asked in pieces of its default size,
-#: 128 KiB, a read back is whole on every disk but one tuned below that.
-READ_BACK_ADVICE = 128 * 1024
-
-
-def _readahead(fd: int, offset: int, length: int) -> None:
-    """The kernel reads ``length`` bytes at ``offset`` of ``fd`` into the page cache, started
-    now (Linux, where the direct writes that need this are: it always has the advice)."""
-    for start in range(offset, offset + length, READ_BACK_ADVICE):
-        piece = min(READ_BACK_ADVICE, offset + length - start)
-        os.posix_fadvise(fd, start, piece, os.POSIX_FADV_WILLNEED)
 
 
 class ReadBacks:

@@ -7,10 +7,8 @@ must be the reads, in order, either way.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
-import mmap
 import os
 import shutil
 import threading
@@ -140,56 +138,6 @@ def test_a_committed_blob_is_read_back_once_if_memory_could_hold_it(tmp_path: Pa
     assert read_back(path, size, memory=size * directwrite.READ_BACK_SHARE) == size
     assert read_back(path, size, memory=size * directwrite.READ_BACK_SHARE - 1) == 0
     assert read_back(tmp_path / "evicted", size, memory=1 << 40) == 0
-
-
-def cached_pages(path: Path) -> tuple[int, int]:
-    """How many of ``path``'s pages the page cache holds, of how many (``mincore``)."""
-    size = path.stat().st_size
-    pages = -(-size // mmap.PAGESIZE)
-    with path.open("rb") as file, mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY) as view:
-        start = ctypes.c_char.from_buffer(view)
-        try:
-            vector = (ctypes.c_ubyte * pages)()
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), size, vector):
-                raise OSError(ctypes.get_errno(), "mincore")
-            return sum(page & 1 for page in vector), pages
-        finally:
-            del start  # the view cannot close while a pointer into it lives
-
-
-def test_a_read_back_leaves_the_blob_in_the_page_cache(tmp_path: Path) -> None:
-    """The readahead it asks for is done by the time it returns: a hit finds the pages."""
-    path = tmp_path / "blob"
-    path.write_bytes(os.urandom(2 * directwrite.READ_BACK_CHUNK + 3 * ALIGN + 5))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # clean pages, which the advice below can drop
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    held, pages = cached_pages(path)
-    if held > pages // 2:
-        pytest.skip(f"this file system keeps its pages ({held} of {pages}; tmpfs does)")
-    size = path.stat().st_size
-    assert read_back(path, size, memory=1 << 40) == size
-    assert cached_pages(path) == (pages, pages)
-
-
-def test_a_read_back_is_whole_where_the_kernel_reads_ahead_little_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Linux reads at most the file's readahead window per advice: 8 MiB on the benchmark's VM,
-    128 KiB on a disk left at the default. The advice is given in pieces no larger."""
-    advise = os.posix_fadvise
-
-    def small_window(fd: int, offset: int, length: int, advice: int) -> None:
-        if advice == os.POSIX_FADV_WILLNEED:
-            length = min(length, 128 * 1024)
-        advise(fd, offset, length, advice)
-
-    monkeypatch.setattr(os, "posix_fadvise", small_window)
-    test_a_read_back_leaves_the_blob_in_the_page_cache(tmp_path)
 
 
 class FillStarts(directwrite.Running):
