@@ -449,14 +449,15 @@ def _denied_length(pull: Pull, content_range: str | None, offset: int, size: int
     has not ``size`` bytes: its ``Content-Range: bytes */N`` says it ends at or before
     ``offset`` (the rest of a longer claim, a shared object's ``Content-Length`` past the
     blob's end: a length denied, not the upstream refusing the mirror). A ``416`` that says
-    nothing of the length, or a length with a byte at ``offset`` (contradicting itself), is
-    the upstream's own trouble, left as it was (a failed fetch): a right object is not
-    marked bad for an upstream's passing fault."""
+    nothing of the length, or a length with a byte at ``offset`` (contradicting itself), or
+    the very length claimed (a whole body that broke off after its last byte is asked for
+    its rest at ``size``), is the upstream's own trouble or none, left as it was (a failed
+    fetch): a right object is not marked bad for an upstream's passing fault."""
     if size is None:
         return
     total = unsatisfied_length(content_range)
-    if total is None or total > offset:
-        return
+    if total is None or total > offset or total == size:
+        return  # a length with that byte, or the one claimed: nothing shown of the object
     said = f"416, Content-Range {content_range!r}: not of the blob's {size} bytes"
     raise OtherLength(f"{pull.upstream.host} answered bytes={offset}- with {said}", total)
 

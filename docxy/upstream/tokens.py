@@ -333,8 +333,8 @@ class MirrorTokens:
     async def _basic_held(self, upstream: Upstream) -> bool:
         """Whether the Basic-only upstream refused the mirror's login less than
         ``REFUSED_TTL`` ago: not sent before then (as a token service's refusal); past it,
-        whether ``GET /v2/`` with it still refuses it, or said nothing less than
-        ``CHECK_SILENCE_HOLD`` ago (:meth:`UpstreamClient.basic_login_withheld`)."""
+        whether ``GET /v2/`` with it still refuses it (one that says nothing holds it back
+        another ``REFUSED_TTL`` too: :meth:`UpstreamClient.basic_login_withheld`)."""
         assert upstream.credentials is not None
         login = basic_authorization(*upstream.credentials)
         return await self.client.basic_login_withheld(upstream, login, REFUSED_TTL)

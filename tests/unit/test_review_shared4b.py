@@ -152,6 +152,46 @@ async def test_a_416_that_does_not_show_the_blob_shorter_does_not_blame_it(
     assert health["corrupt"] == 0
 
 
+class WholeThenBroken(CutBucket):
+    """The object is right (the blob's length, the blob's bytes), but its body breaks off after
+    its last byte; the rest asked from the blob's end gets the upstream's 416 of that length."""
+
+    def __init__(self) -> None:
+        super().__init__("honoured")
+
+    def bucket(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.endswith(OBJECT_KEY_END):
+            self.bucket_seen.append(f"GET {request.url.path}")
+            headers = {"Content-Length": str(len(BLOB))}
+            return httpx.Response(200, headers=headers, stream=BreaksOff(BLOB))
+        return super().bucket(request)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        wanted = request.headers.get("range")
+        if request.method == "GET" and "/blobs/" in request.url.path and wanted:
+            if int(wanted.removeprefix("bytes=").removesuffix("-")) >= len(BLOB):
+                self.ranged.append(wanted)
+                said = {"Content-Range": f"bytes */{len(BLOB)}"}
+                return answer(416, b'{"errors":[]}', said)
+        return super().__call__(request)
+
+
+async def test_a_416_of_the_claimed_length_at_its_end_does_not_blame_a_whole_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A right object whose body broke off after its last byte is asked for its rest at the
+    blob's end; the upstream's 416 there confirms the length claimed. Taken for a length
+    denied (total <= offset), the right object was counted corrupt and marked bad."""
+    monkeypatch.setattr(tier_module, "RETRY_AFTER", 0.0)
+    upstream = WholeThenBroken()
+    async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
+        await mirror.get(blob_path())
+        await mirror.committed()
+        health = json.loads((await mirror.get("/health")).body)["shared"]
+    assert upstream.ranged == [f"bytes={len(BLOB)}-"]
+    assert health["corrupt"] == 0
+
+
 def compressing_proxy(request: httpx.Request) -> httpx.Response:
     """A store behind a proxy that may compress: an answer to a client that accepts gzip has
     its ETag weakened (as nginx's gzip does), one to ``identity`` keeps the store's."""
