@@ -14,18 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from docxy.config import load_config
 from docxy.core.errors import UpstreamUnavailable
-from docxy.http import app as app_module
-from docxy.http.app import create_app
 from docxy.upstream import direct
 from docxy.upstream.client import Upstream, UpstreamClient, upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
 from lab.bed.httpserver import QuietHandler
-from tests.unit.asgi import AsgiAnswer, call_asgi
-from tests.unit.test_pull_blobs import BLOB, DIGEST, HALF, cached_blobs, committed
-from tests.unit.test_review_fills import PATH
-from tests.unit.test_review_fills5 import Answer, ScriptedHandler, chunked
+from tests.unit.test_pull_blobs import BLOB, DIGEST, HALF, cached_blobs
+from tests.unit.test_review_fills5 import Answer, ScriptedHandler, chunked, pull_blob
 
 #: This review's loopback address and ports (its range: 127.0.71.1-9, ports 11700-11749).
 HOST = "127.0.71.1"
@@ -221,24 +216,6 @@ def scripted(port: int, answer: Answer) -> Iterator[Scripted]:
         thread.join(GUARD)
 
 
-async def pull_blob(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int, path: str
-) -> AsgiAnswer:
-    """A client's GET of the blob from a mirror of the scripted registry, its fill made
-    directly (http.client) or through httpx."""
-    if path == "httpx":  # as for a client with a transport of its own: fills on httpx
-        monkeypatch.setattr(app_module, "direct_settings", lambda *_: None)
-    config = load_config(
-        {"upstream.registry": f"http://{HOST}:{port}", "cache.dir": str(tmp_path / "cache")},
-        environ={},
-    )
-    app = create_app(config, probe=False)
-    async with app.test_app():
-        answer = await call_asgi(app, "GET", PATH, host="mirror.test")
-        await committed(app)
-    return answer
-
-
 def short_then(rest: str) -> Answer:
     """The whole blob's answer is chunked (no length) and ends cleanly after half the blob;
     a Range GET is answered ``rest``: ``206`` (the rest, with its Content-Range) or ``416``."""
@@ -275,7 +252,7 @@ async def test_a_blob_of_unknown_size_that_ends_short_goes_on_with_a_range(
     asks that rest once: the client gets the blob whole and it is cached."""
     port = SHORT_PORT + (path == "httpx")
     with scripted(port, short_then("206")) as server:
-        answer = await pull_blob(tmp_path, monkeypatch, port, path)
+        answer = await pull_blob(tmp_path, monkeypatch, path, f"http://{HOST}:{port}")
     assert server.seen == [None, f"bytes={HALF}-"]
     assert answer.status == 200 and answer.complete and answer.body == BLOB
     assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
@@ -290,7 +267,7 @@ async def test_a_blob_of_unknown_size_that_ends_short_and_has_no_rest_fails(
     cached) after that one Range GET: no more are asked."""
     port = SHORT_PORT + 2 + (path == "httpx")
     with scripted(port, short_then("416")) as server:
-        answer = await pull_blob(tmp_path, monkeypatch, port, path)
+        answer = await pull_blob(tmp_path, monkeypatch, path, f"http://{HOST}:{port}")
     assert server.seen == [None, f"bytes={HALF}-"]
     assert not (answer.complete and answer.body == BLOB)
     assert cached_blobs(tmp_path) == []

@@ -71,14 +71,21 @@ def scripted(answer: Answer) -> Iterator[Scripted]:
 
 
 async def pull_blob(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str = "direct"
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str = "direct",
+    registry: str | None = None,
 ) -> AsgiAnswer:
-    """A client's GET of the blob from a mirror of the scripted registry, its fill made
-    directly (http.client) or, ``path="httpx"``, through httpx (h11)."""
+    """A client's GET of the blob from a mirror of the scripted ``registry`` (this review's
+    HOST and PORT, as they are at the call), its fill made directly (http.client) or,
+    ``path="httpx"``, through httpx (h11)."""
     if path == "httpx":  # as for a client with a transport of its own: fills on httpx
         monkeypatch.setattr(app_module, "direct_settings", lambda *_: None)
     config = load_config(
-        {"upstream.registry": f"http://{HOST}:{PORT}", "cache.dir": str(tmp_path / "cache")},
+        {
+            "upstream.registry": registry or f"http://{HOST}:{PORT}",
+            "cache.dir": str(tmp_path / "cache"),
+        },
         environ={},
     )
     app = create_app(config, probe=False)
