@@ -192,11 +192,8 @@ class SharedTier:
             # reads the upstream instead. Later, the clients have bytes: the rest comes from
             # ``rest``.
             started = None if answer is None else await _started(answer)
-        except NoFreeConnection as exc:  # the request never left: the store is not blamed
-            self._no_connection(exc)
-            return None
         except ObjectStoreError as exc:
-            self._trouble(exc)
+            self._read_failed(exc)
             return None
         finally:
             if probe:
@@ -381,11 +378,8 @@ class SharedTier:
         bad.asked = now  # before the HEAD: misses meanwhile do not ask too
         try:
             headers = await self.objects.head(digest)
-        except NoFreeConnection as exc:  # the request never left: the store is not blamed
-            self._no_connection(exc)
-            return False
         except ObjectStoreError as exc:
-            self._trouble(exc)
+            self._read_failed(exc)
             return False
         self._answered()
         stamp = None if headers is None else _stamp(headers)
@@ -563,6 +557,14 @@ class SharedTier:
             )
         self._uploads_failed_at = time.monotonic()
         self._drop_waiting()
+
+    def _read_failed(self, exc: ObjectStoreError) -> None:
+        """A read of the store (an object's GET or HEAD) failed: a request that never left
+        (no free connection) does not blame the store; anything else is trouble."""
+        if isinstance(exc, NoFreeConnection):
+            self._no_connection(exc)
+        else:
+            self._trouble(exc)
 
     def _trouble(self, exc: ObjectStoreError) -> None:
         self.counts.errors += 1
