@@ -96,6 +96,16 @@ def in_group(group: int) -> Iterator[None]:
         os.setgroups(groups)
 
 
+def group_writable(volume: Path) -> Path:
+    """config_dir root's, group GROUP rwx (setgid), in the renewer's (OWNER's) volume."""
+    os.chown(volume, OWNER, OWNER)
+    config_dir = volume / "letsencrypt"
+    config_dir.mkdir()
+    os.chown(config_dir, 0, GROUP)
+    os.chmod(config_dir, 0o2775)
+    return config_dir
+
+
 # --- 1. who the renewer is, not who owns the parent --------------------------------------------
 
 
@@ -151,11 +161,7 @@ def test_a_group_that_grants_write_is_not_refused(volume: Path) -> None:
     """config_dir root's, group GROUP rwx: the renewer (OWNER, in GROUP besides its own)
     writes it. Neither root (the gids recorded) nor the renewer's user (os.access) says
     otherwise."""
-    os.chown(volume, OWNER, OWNER)
-    config_dir = volume / "letsencrypt"
-    config_dir.mkdir()
-    os.chown(config_dir, 0, GROUP)
-    os.chmod(config_dir, 0o2775)
+    config_dir = group_writable(volume)
     with in_group(GROUP):
         written = written_status(config_dir)  # it can: the group's
         as_owner = certs.renewal_status(config_dir)
@@ -199,11 +205,7 @@ def test_no_uid_recorded_a_root_renewer_beside_a_mirror_user_is_not_said(volume:
 def test_the_same_user_in_a_recorded_group_that_grants_write_is_not_said(volume: Path) -> None:
     """The renewer (OWNER, in GROUP) can write; the mirror, the same uid without GROUP, read
     only its own groups (os.access) and said it stuck."""
-    os.chown(volume, OWNER, OWNER)
-    config_dir = volume / "letsencrypt"
-    config_dir.mkdir()
-    os.chown(config_dir, 0, GROUP)
-    os.chmod(config_dir, 0o2775)
+    config_dir = group_writable(volume)
     with in_group(GROUP):
         written_status(config_dir)
     with Owner(OWNER, OWNER, config_dir).acting():
