@@ -38,6 +38,8 @@ def volume(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     certs = top / "certs"
     certs.mkdir()
     os.chown(certs, MIRROR_UID, MIRROR_GID)
+    (top / "cache").mkdir()  # the cache volume, the mirror's user's (docxy.cli.owner.Owner.of)
+    os.chown(top / "cache", MIRROR_UID, MIRROR_GID)
     for name in list(os.environ):
         if name.startswith("DOCXY_"):
             monkeypatch.delenv(name)

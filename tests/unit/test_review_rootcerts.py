@@ -124,12 +124,14 @@ def _layout(owner: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[Appliance]:
         script.write_text(CERTBOT.replace("{issued}", str(issued)))
         script.chmod(0o755)
         state = top / "state"
-        for each in ("certs", "webroot"):  # the image's: made at build, chowned to docxy
+        for each in ("cache", "certs", "webroot"):  # the image's: made at build, chowned to docxy
             (state / each).mkdir(parents=True)
-        for name in (state, state / "certs", state / "webroot"):
+        for name in (state, state / "cache", state / "certs", state / "webroot"):
             os.chown(name, owner, owner)
         monkeypatch.setattr(certs, "CERTBOT", str(script))
         app = Appliance(top, state, script)
+        # the mirror's user is the owner of cache.dir (docxy.cli.owner.Owner.of)
+        monkeypatch.setenv("DOCXY_CACHE_DIR", str(state / "cache"))
         monkeypatch.setenv("DOCXY_CERTS_DOMAIN", "mirror.test")
         monkeypatch.setenv("DOCXY_CERTS_WEBROOT", str(app.webroot))
         monkeypatch.setenv("DOCXY_CERTS_CONFIG_DIR", str(app.config_dir))
