@@ -412,16 +412,18 @@ def one_off(settings: settings_mod.Settings) -> int:
 
     Run as root (``docker compose exec -u 0 docxy python -m scheduler --once``) it acts as the
     owner of certs.config_dir, as ``docxy certs renew`` does (:func:`docxy.tls.certs.
-    certbots_owner`), where the served pair's directory is that owner's too (one of root's
-    beside it: all as root, as before): certbot, the pair and the status file were root's, and
-    the renewer (the mirror's user) failed at its next run.
+    certbots_owner`), where that owner is the mirror's user (cache.dir's) and the served
+    pair's directory is that owner's too (one of root's beside it: all as root, as before):
+    certbot, the pair and the status file were root's, and the renewer (the mirror's user)
+    failed at its next run.
     """
     from docxy.tls.certs import certbots_owner, pairs_owner
 
     pair = settings.cert_path.parent if settings.cert_path is not None else None
-    owner = certbots_owner(settings.config_dir, settings.certs.webroot, also=pair)
+    mirror = settings.cache_dir  # its owner is the mirror's user: the only one root acts as
+    owner = certbots_owner(settings.config_dir, settings.certs.webroot, mirror=mirror, also=pair)
     if owner.switches and settings.cert_path is not None and settings.key_path is not None:
-        pairs_owner(settings.cert_path, settings.key_path)  # the same owner's: handed over
+        pairs_owner(settings.cert_path, settings.key_path, mirror=mirror)  # handed over
     try:
         with owner.acting():
             return _once(settings)

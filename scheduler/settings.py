@@ -31,6 +31,7 @@ class Settings:
     certs: CertsConfig  # certs.config_dir set (checked at load); certbot's, through Lineage.of
     cert_path: Path | None
     key_path: Path | None
+    cache_dir: Path  # the mirror's: its owner is the mirror's user (docxy.cli.owner)
     hours: tuple[int, int]  # the two daily runs...
     minute: int  # ...at this minute: picked at random unless given
     interval: float | None  # instead of the daily runs (tests)
@@ -162,6 +163,7 @@ def _load(argv: Sequence[str] | None, environ: Mapping[str, str] | None, renewer
         certs=config.certs,
         cert_path=config.tls.cert_path,
         key_path=config.tls.key_path,
+        cache_dir=config.cache.dir,
         hours=(hour, hour + 12),
         minute=random.randrange(60) if own.minute is None else own.minute,
         interval=own.interval,

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, load: ConfigLoader) -> int:
     args.set = [*args.set, *args.set_after]  # before the action, then after it: the last wins
     config = load(args)  # a ConfigError is docxy's (main) to report
     where = config.auth.users_file.parent if args.group == "users" else config.auth.dir
-    owner = Owner.of(where)
+    owner = Owner.of(where, mirror=config.cache.dir)
     try:
         if args.group == "users":
             owner.hand_over(where, [config.auth.users_file.name])

@@ -602,7 +602,7 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     # Run as root (`docker exec -u 0 <container> docxy cache gc`), it acts as the owner of the
     # cache directory, the mirror's user: a directory it made (tmp/, where a cache had none
     # yet) was root's, and the mirror could write no blob there.
-    owner = Owner.of(config.cache.dir)
+    owner = Owner.of(config.cache.dir, mirror=config.cache.dir)
     try:
         with owner.acting():
             return _run(args, config, image, out)

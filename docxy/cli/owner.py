@@ -6,6 +6,12 @@ mirror could not read or write it. The access CLI (``docxy users|clients|tokens`
 CLI (``docxy cache``) and ``docxy certs obtain|renew`` (certbot's directory: certbot itself is
 started as that user outright, :func:`docxy.tls.certs.run_certbot`) act as the owner of their
 directory instead.
+
+Root acts as another user only when that user is the mirror's: the owner of ``cache.dir``,
+which the mirror makes and writes at every start (the image's ``docxy`` in the appliance). On
+a host install whose mirror runs as root that directory is root's, and root stays root even
+where its directories lie in a login user's (``/home/op/docxy/certs``): their keys and password
+hashes are never handed to that user.
 """
 
 from __future__ import annotations
@@ -21,15 +27,17 @@ from pathlib import Path
 class Owner:
     """Root acting as the owner of the directory the files go in (its nearest existing one:
     ``auth.dir`` is made on first use), through the effective uid and gid alone, so that what
-    it writes (and the directories and locks it makes) is that user's from the start. Anyone
-    else, or a directory of root's, acts as themselves."""
+    it writes (and the directories and locks it makes) is that user's from the start, where
+    that user is the mirror's (see the module). Anyone else, or a directory of root's, or of
+    another user than the mirror's, acts as themselves."""
 
     def __init__(self, uid: int, gid: int, path: Path) -> None:
         self.uid, self.gid, self.path = uid, gid, path
         self.acted = False  # switched to the owner at least once (an error then says so)
 
     @classmethod
-    def of(cls, directory: Path) -> Owner:
+    def of(cls, directory: Path, *, mirror: Path | None) -> Owner:
+        """Whom root acts as in `directory`; `mirror` is ``cache.dir`` (None: not known)."""
         if os.geteuid() != 0:
             return cls(0, 0, directory)
         found = [(path, os.stat(path)) for path in (directory, *directory.parents) if path.exists()]
@@ -39,7 +47,9 @@ class Owner:
         if st.st_uid == 0 and path == directory and up and up[0][1].st_uid != 0:
             # made by a root run before this owner was kept, in a directory of the mirror's
             path, st = up[0]
-        return cls(st.st_uid, st.st_gid, path)
+        if st.st_uid == 0 or _mirrors_user(mirror, st.st_uid, directory, path):
+            return cls(st.st_uid, st.st_gid, path)
+        return cls(0, 0, directory)
 
     def hand_over(self, directory: Path, names: list[str]) -> None:
         """Give the owner what a root run made here before it was kept: `directory` and these
@@ -173,3 +183,26 @@ class Owner:
         finally:
             os.setegid(self.gid)
             os.seteuid(self.uid)
+
+
+def _mirrors_user(mirror: Path | None, uid: int, directory: Path, path: Path) -> bool:
+    """Whether `uid` (the owner of `path`, where root would write `directory` as it) is the
+    mirror's user: the owner of ``cache.dir`` (`mirror`). Not through a link: its owner says
+    nothing of who the mirror runs as, and whoever may write the directory it is in could make
+    one to a directory of theirs. Without a cache.dir (the mirror never started) it cannot be
+    told, and root writes as root, saying so: the mirror may be that user, unable to read it."""
+    if mirror is None:
+        return False
+    try:
+        st = os.lstat(mirror)
+    except FileNotFoundError:
+        print(
+            f"docxy: writing {directory} as root, not as uid {uid} (the owner of {path}): "
+            f"cache.dir {mirror} is not there to say who the mirror runs as. If it runs as uid "
+            f"{uid}, start it once (it makes cache.dir) and run this again",
+            file=sys.stderr,
+        )
+        return False
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid

@@ -634,7 +634,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     # the renewer failed at its next run (EACCES) and the mirror could not read its key. On a
     # host install whose directories are root's, all runs as root, as before. A root that may
     # not change its uid (cap_drop) fails here, saying how to run it (an OSError: run_cli).
-    owner = certbots_owner(lineage.config_dir, lineage.webroot)
+    mirror = config.cache.dir  # its owner is the mirror's user: the only one root acts as
+    owner = certbots_owner(lineage.config_dir, lineage.webroot, mirror=mirror)
     with owner.acting():
         if args.certs_command == "obtain":
             # As the renewer does: an issued lineage is renewed (when due), never issued over
@@ -648,34 +649,40 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         print(f"set aside to {aside.moved_to} and obtained anew: {aside.reason}")
     print(live)
     if cert_path is not None and key_path is not None and not args.dry_run:
-        with pairs_owner(cert_path, key_path).acting():
+        with pairs_owner(cert_path, key_path, mirror=mirror).acting():
             changed = install(live, cert_path, key_path)
         print(f"{'installed' if changed else 'unchanged'}: {cert_path}")
     return EXIT_OK
 
 
-def certbots_owner(config_dir: Path, webroot: Path | None, *, also: Path | None = None) -> Owner:
+def certbots_owner(
+    config_dir: Path, webroot: Path | None, *, mirror: Path | None, also: Path | None = None
+) -> Owner:
     """Whom a run as root acts as for certbot's work (:class:`docxy.cli.owner.Owner`): the
     owner of `config_dir`, the renewer's user, once what earlier root runs left root's there
     (and in the webroot's ``.well-known/``, where that user's certbot writes its tokens) is
-    handed over to it. Root itself where that directory is root's (a host install), or where
-    `also`, a directory the same run writes in, is not that owner's (as before: all as root)."""
-    owner = Owner.of(config_dir)
-    if also is not None and Owner.of(also).uid != owner.uid:
+    handed over to it. Root itself where that directory is root's (a host install), where that
+    owner is not the mirror's user (the owner of `mirror`, cache.dir: a login user's directory
+    holding a root mirror's), or where `also`, a directory the same run writes in, is not that
+    owner's (as before: all as root)."""
+    owner = Owner.of(config_dir, mirror=mirror)
+    if also is not None and Owner.of(also, mirror=mirror).uid != owner.uid:
         return Owner(0, 0, config_dir)
     owner.hand_over_tree(config_dir)
-    if webroot is not None and Owner.of(webroot).uid == owner.uid:
+    if webroot is not None and Owner.of(webroot, mirror=mirror).uid == owner.uid:
         owner.hand_over_tree(webroot / ".well-known")
     return owner
 
 
-def pairs_owner(cert_path: Path, key_path: Path) -> Owner:
-    """Whom a run as root writes the served pair as: the owner of its directory (the mirror's
-    user), once the files an older root run left root's there are handed over to it."""
-    served = Owner.of(cert_path.parent)
+def pairs_owner(cert_path: Path, key_path: Path, *, mirror: Path | None) -> Owner:
+    """Whom a run as root writes the served pair as: the owner of its directory where that is
+    the mirror's user (the owner of `mirror`, cache.dir), once the files an older root run
+    left root's there are handed over to it."""
+    served = Owner.of(cert_path.parent, mirror=mirror)
     served.hand_over(cert_path.parent, _pair_names(cert_path))
     if key_path.parent != cert_path.parent:
-        Owner.of(key_path.parent).hand_over(key_path.parent, _pair_names(key_path))
+        keys = Owner.of(key_path.parent, mirror=mirror)
+        keys.hand_over(key_path.parent, _pair_names(key_path))
     return served
 
 

@@ -66,7 +66,6 @@ def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         shutil.rmtree(top, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="root hands a root-owned dir to the parent's owner")
 def test_access_cli_as_root_keeps_roots_auth_dir_in_a_users_directory(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -81,7 +80,6 @@ def test_access_cli_as_root_keeps_roots_auth_dir_in_a_users_directory(
     assert "now uid" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="root hands a root-owned dir to the parent's owner")
 def test_access_cli_as_root_without_a_cache_dir_stays_root_and_says_so(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -92,7 +90,7 @@ def test_access_cli_as_root_without_a_cache_dir_stays_root_and_says_so(
     err = capsys.readouterr().err
     assert _uids(home / "access") == {0}
     assert "now uid" not in err
-    assert f"{home / 'access'} is root's" in err and "cache.dir" in err
+    assert f"writing {home / 'access'} as root, not as uid {OP}" in err and "cache.dir" in err
 
 
 def test_access_cli_as_root_still_hands_back_where_the_mirror_is_that_user(
@@ -107,7 +105,6 @@ def test_access_cli_as_root_still_hands_back_where_the_mirror_is_that_user(
     assert f"now uid {OP}'s" in err
 
 
-@pytest.mark.xfail(strict=True, reason="root hands a root-owned dir to the parent's owner")
 def test_a_link_for_cache_dir_is_no_mirror_user(
     home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,7 +129,6 @@ def _in_a_users_directory(app: Appliance) -> None:
     os.chown(cache, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="root hands a root-owned dir to the parent's owner")
 def test_certs_renew_as_root_keeps_roots_certbot_tree_in_a_users_directory(
     appliance: Appliance, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -148,7 +144,6 @@ def test_certs_renew_as_root_keeps_roots_certbot_tree_in_a_users_directory(
     assert f"uid {OWNER}" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="root hands a root-owned dir to the parent's owner")
 def test_a_one_off_renewer_run_as_root_keeps_roots_certbot_tree_in_a_users_directory(
     appliance: Appliance, capsys: pytest.CaptureFixture[str]
 ) -> None:
