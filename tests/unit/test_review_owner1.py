@@ -153,3 +153,19 @@ def test_a_one_off_renewer_run_as_root_keeps_roots_certbot_tree_in_a_users_direc
     assert _uids(appliance.config_dir) == {0}
     assert _uids(appliance.cert.parent) == {0}
     assert appliance.ran_as()[-1] == "ran as 0:0 real 0"
+
+
+@pytest.mark.parametrize("layout", ["auth.dir op's", "auth.dir not made yet"])
+def test_access_cli_as_root_writes_no_key_as_a_user_not_the_mirrors(
+    home: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    """auth.dir op's itself, or not there yet in op's directory (the nearest existing one):
+    the signing key root writes is the mirror's (root's), not op's."""
+    access = home / "access"
+    if layout == "auth.dir op's":
+        os.chown(access, OP, OP)
+    else:
+        shutil.rmtree(access)
+    assert main(["tokens", "rotate"]) == 0, capsys.readouterr().err
+    assert os.lstat(access / "token-key.pem").st_uid == 0
+    assert "now uid" not in capsys.readouterr().err
