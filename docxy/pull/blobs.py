@@ -403,7 +403,7 @@ class BlobService:
         if status not in (200, 206):
             await answer.aclose()
             if status == 416:
-                _denied_length(pull, answer.headers.get("content-range"), offset, size)
+                await self._denied_length(pull, answer.headers.get("content-range"), offset, size)
             self._refused(pull, status, answered_by(answer, pull))
         known = body_length(answer.headers.multi_items())
         problem = not_the_rest(status, answer.headers.get("content-range"), known, offset, size)
@@ -435,6 +435,47 @@ class BlobService:
         chunks = _skipped(answer.aiter_raw(), offset)
         return Download(left, chunks, answer.aclose, broke_off=broke_off, gave_up=gave_up)
 
+    async def _denied_length(
+        self, pull: Pull, content_range: str | None, offset: int, size: int | None
+    ) -> None:
+        """Raise :class:`OtherLength` when a ``416`` to ``Range: bytes=offset-`` shows the blob
+        has not ``size`` bytes: its ``Content-Range: bytes */N`` says it ends at or before
+        ``offset`` (the rest of a longer claim, a shared object's ``Content-Length`` past the
+        blob's end: a length denied, not the upstream refusing the mirror). A ``416`` that says
+        nothing of the length, for a byte the claim has (``offset`` short of ``size``), is asked
+        about once: the upstream's ``HEAD`` of the blob says its length, judged as such a total
+        would be (behind an upstream whose 416s never say one, an object longer than its blob
+        was otherwise cut at every miss, never marked bad). A length with a byte at ``offset``
+        (the upstream contradicting itself), the very length claimed (a whole body that broke
+        off after its last byte asked for its rest at ``size``), or none to be had, is the
+        upstream's own trouble or none, left as it was (a failed fetch): a right object is not
+        marked bad for an upstream's passing fault."""
+        if size is None:
+            return
+        total = unsatisfied_length(content_range)
+        said = f"416, Content-Range {content_range!r}"
+        if total is None and offset < size:
+            total = await self._head_length(pull)
+            said = f"416 saying no length, and its HEAD Content-Length {total}"
+        if total is None or total > offset or total == size:
+            return  # a length with that byte, or the one claimed: nothing shown of the object
+        said += f": not of the blob's {size} bytes"
+        raise OtherLength(f"{pull.upstream.host} answered bytes={offset}- with {said}", total)
+
+    async def _head_length(self, pull: Pull) -> int | None:
+        """The blob's length as the upstream's ``HEAD`` of it says (its ``Content-Length``);
+        None when it says none (no answer, not a ``200``, no length)."""
+        try:
+            answer = await self.tokens.send(
+                pull.upstream, "HEAD", pull.name, pull.path, [ACCEPT_IDENTITY]
+            )
+        except UpstreamError:
+            return None
+        await answer.aclose()
+        if answer.status_code != 200:
+            return None
+        return body_length(answer.headers.multi_items())
+
     def _gave_up(self, pull: Pull, error: BrokeOff) -> None:
         """The blob's body from the upstream kept breaking off, and the fill or a client's rest
         gave it up: a failure of that upstream, as a timeout is (its health: /health,
@@ -442,24 +483,6 @@ class BlobService:
         said = f"the body of {pull.reference.digest} from {pull.upstream.host} broke off"
         health = self.tokens.client.health_of(pull.upstream)
         health.failed(f"{said} at byte {error.at}: {error}", "broke_off")
-
-
-def _denied_length(pull: Pull, content_range: str | None, offset: int, size: int | None) -> None:
-    """Raise :class:`OtherLength` when a ``416`` to ``Range: bytes=offset-`` shows the blob
-    has not ``size`` bytes: its ``Content-Range: bytes */N`` says it ends at or before
-    ``offset`` (the rest of a longer claim, a shared object's ``Content-Length`` past the
-    blob's end: a length denied, not the upstream refusing the mirror). A ``416`` that says
-    nothing of the length, or a length with a byte at ``offset`` (contradicting itself), or
-    the very length claimed (a whole body that broke off after its last byte is asked for
-    its rest at ``size``), is the upstream's own trouble or none, left as it was (a failed
-    fetch): a right object is not marked bad for an upstream's passing fault."""
-    if size is None:
-        return
-    total = unsatisfied_length(content_range)
-    if total is None or total > offset or total == size:
-        return  # a length with that byte, or the one claimed: nothing shown of the object
-    said = f"416, Content-Range {content_range!r}: not of the blob's {size} bytes"
-    raise OtherLength(f"{pull.upstream.host} answered bytes={offset}- with {said}", total)
 
 
 def blob_length(status: int, content_range: str | None, length: int | None) -> int | None:
