@@ -75,6 +75,7 @@ import httpx
 
 from docxy.core.hosts import origin
 from docxy.threads import within
+from docxy.upstream.framing import closed_after_if_framed_twice
 
 #: How the upstream's own host name is looked up (``socket.getaddrinfo``; tests replace it).
 RESOLVE: Callable[..., list[tuple[Any, ...]]] = socket.getaddrinfo
@@ -653,7 +654,9 @@ class _Guarded(DelegatingConnection):
     """A pooled connection that knows its peer's address: a guarded request (its
     ``extensions`` carry a :class:`HopGuard`) is not sent on it when the guard does not allow
     that address (a connection a LAN upstream's request made to the same name); it is closed
-    instead, and the pool makes the request a new connection, under the guard."""
+    instead, and the pool makes the request a new connection, under the guard. An answer
+    framed twice (chunked and a Content-Length) closes it once the answer is closed
+    (:mod:`docxy.upstream.framing`)."""
 
     def __init__(self, connection: httpcore.AsyncConnectionInterface) -> None:
         super().__init__(connection)
@@ -671,9 +674,11 @@ class _Guarded(DelegatingConnection):
         self.guard = guard if isinstance(guard, HopGuard) else None
         token = _SENDING.set(self)
         try:
-            return await self._connection.handle_async_request(request)
+            response = await self._connection.handle_async_request(request)
         finally:
             _SENDING.reset(token)
+        # Chunked and a Content-Length both: closed after it, never kept (RFC 9112 6.3).
+        return closed_after_if_framed_twice(response, self._connection)
 
     def can_handle_request(self, origin: httpcore.Origin) -> bool:
         return not self._refused and self._connection.can_handle_request(origin)

@@ -26,8 +26,8 @@ from docxy.upstream.client import Upstream, UpstreamClient, make_http_client, up
 from docxy.upstream.direct import DirectSettings
 from tests.unit.test_observe_routes import BLOB_DIGEST, blob_path, stack
 from tests.unit.test_observe_routes import Upstream as RoutesUpstream
-from tests.unit.test_pull_blobs import BLOB
-from tests.unit.test_review_fills5 import chunked
+from tests.unit.test_pull_blobs import BLOB, DIGEST, cached_blobs
+from tests.unit.test_review_fills5 import chunked, pull_blob
 from tests.unit.turns import until
 
 #: This review's loopback address and ports (its range: 127.0.88.0/24, ports 12570-12589).
@@ -165,7 +165,6 @@ async def test_a_chunked_answer_without_a_length_keeps_its_httpx_connection() ->
     assert (len(server.requests), server.connections) == (2, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: httpx keeps the connection")
 async def test_a_chunked_answer_with_a_content_length_closes_its_httpx_connection() -> None:
     """RFC 9112 6.3: an answer with both Transfer-Encoding and Content-Length is read by its
     chunks and its connection closed after it (whatever framed it on the way may have read
@@ -175,6 +174,40 @@ async def test_a_chunked_answer_with_a_content_length_closes_its_httpx_connectio
     respond = blob_answer("Transfer-Encoding: chunked", f"Content-Length: {len(BLOB) // 2}")
     server = await gets_on_httpx(12571, respond)
     assert (len(server.requests), server.connections) == (2, 2)
+
+
+def cut_then_framed_twice(head: bytes) -> tuple[bytes, bool]:
+    """The registry: ``/v2/`` open; the blob's GET breaks off after half of it; its ``Range``
+    rest (a 206) comes chunked with a Content-Length too."""
+    if head.startswith(b"GET /v2/ "):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", False
+    ranged = [line for line in head.split(b"\r\n") if line.lower().startswith(b"range:")]
+    if not ranged:
+        start = f"HTTP/1.1 200 OK\r\nContent-Length: {len(BLOB)}\r\n\r\n".encode()
+        return start + BLOB[: len(BLOB) // 2], True
+    offset = int(ranged[0].split(b"=")[1].rstrip(b"-"))
+    lines = (
+        "HTTP/1.1 206 Partial Content",
+        f"Content-Range: bytes {offset}-{len(BLOB) - 1}/{len(BLOB)}",
+        "Transfer-Encoding: chunked",
+        "Content-Length: 7",
+    )
+    framed = "".join(f"{line}\r\n" for line in lines).encode() + b"\r\n"
+    return framed + chunked(BLOB[offset:]), False
+
+
+async def test_a_fills_rest_framed_twice_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rest of a broken fill (httpx's ``Range`` GET) answered chunked with a
+    Content-Length: read by its chunks to the blob's end through the connection that is then
+    closed; the client gets the blob whole and it is cached."""
+    with raw_server(12574, cut_then_framed_twice) as server:
+        answer = await pull_blob(tmp_path, monkeypatch, "direct", server.url)
+    ranged = [head for head in server.requests if b"range:" in head.lower()]
+    assert len(ranged) == 1, server.requests
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert [p.name for p in cached_blobs(tmp_path)] == [DIGEST.split(":")[1]]
 
 
 # --- 2. a transfer coding not read: a bad answer in health, never unreachable --------------

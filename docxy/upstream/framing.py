@@ -1,0 +1,58 @@
+"""An answer on httpx's path framed twice, by ``Transfer-Encoding`` and ``Content-Length``.
+
+h11 reads such an answer by its chunks (RFC 9112 6.3: the ``Transfer-Encoding`` overrides the
+length), as the direct path's ``http.client`` does; but RFC 9112 6.3 also says the connection
+must be closed after it: whatever framed it on the way (a proxy reading by the length) may
+have taken another body from it, or left one in it. h11 keeps the connection, and httpcore
+gave it back to the pool for the next request (a fill's ``Range`` rest, a manifest, a token),
+which then read whatever that was. The direct path closes it
+(:mod:`docxy.upstream.direct`); here the pooled connection is closed once its answer is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+import httpcore
+
+
+def framed_twice(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer's headers say both ``Transfer-Encoding`` and ``Content-Length``."""
+    names = {name.lower() for name, _ in headers}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
+class ClosedAfter:
+    """An answer's body whose connection is closed once the answer is: never kept for
+    another request, however far the body was read."""
+
+    def __init__(
+        self, stream: AsyncIterable[bytes], connection: httpcore.AsyncConnectionInterface
+    ) -> None:
+        self._stream = stream
+        self._connection = connection
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        # The answer first (a body read to its end leaves the connection idle), then the
+        # connection: closed, the pool drops it instead of handing it to the next request.
+        # Nothing in between yields to the event loop, so no other request takes it idle.
+        try:
+            closing = getattr(self._stream, "aclose", None)
+            if closing is not None:
+                await closing()
+        finally:
+            await self._connection.aclose()
+
+
+def closed_after_if_framed_twice(
+    response: httpcore.Response, connection: httpcore.AsyncConnectionInterface
+) -> httpcore.Response:
+    """``response`` (from ``connection``), its connection to be closed with it when it is
+    framed twice (:func:`framed_twice`); else as it is."""
+    stream = response.stream
+    if framed_twice(response.headers) and isinstance(stream, AsyncIterable):  # async: httpx's
+        response.stream = ClosedAfter(stream, connection)
+    return response
