@@ -75,7 +75,7 @@ REFUSING_SETTINGS = (
 )
 
 #: docxy_upstream_errors_total's kinds (``UpstreamHealth.failures``), each exported from the start.
-ERROR_KINDS = ("timeout", "unreachable", "rate_limited", "server_error", "broke_off")
+ERROR_KINDS = ("timeout", "unreachable", "rate_limited", "server_error", "broke_off", "bad_answer")
 
 #: The access log's reason for a manifest served on a miss (or joined) that its disk refused.
 UNWRITABLE = Reason.CACHE_UNWRITABLE.value
@@ -457,7 +457,8 @@ class MirrorCollector(Collector):
             "docxy_upstream_errors",
             "Upstream failures by kind: timeout, unreachable (connect/transport), "
             "rate_limited (429), server_error (5xx), broke_off (a blob body that kept breaking "
-            "off, given up after its resumes).",
+            "off, given up after its resumes), bad_answer (an answer in a transfer coding "
+            "not read).",
             labels=["upstream", "kind"],
         )
         for upstream, health in upstreams:

@@ -42,6 +42,7 @@ from docxy.tasks import Coalesced
 from docxy.upstream.anonymous import AnonymousTokens
 from docxy.upstream.encoding import ACCEPTED, Inflater
 from docxy.upstream.failures import failure, upstream_certificate_refused
+from docxy.upstream.framing import unread_coding
 from docxy.upstream.issuers import TokenIssuers
 from docxy.upstream.presets import DEFAULT_NAME
 from docxy.upstream.redirects import (
@@ -203,7 +204,7 @@ class UpstreamHealth:
     stale_served: int = 0
     last_stale: float | None = None
     #: by kind: timeout, unreachable, rate_limited (429), server_error (5xx), broke_off (a
-    #: blob's body that kept breaking off: docxy.pull.blobs)
+    #: blob's body that kept breaking off: docxy.pull.blobs), bad_answer (one not read)
     failures: Counter[str] = field(default_factory=Counter)
     recent_failures: deque[tuple[float, str, str]] = field(
         default_factory=lambda: deque(maxlen=20)
@@ -335,6 +336,16 @@ class UpstreamHealth:
         if "ratelimit-remaining" in headers:
             self.ratelimit_remaining = headers["ratelimit-remaining"]
             self.ratelimit_limit = headers.get("ratelimit-limit")
+
+    def answered_badly(self, message: str) -> None:
+        """The upstream answered, in a way the mirror cannot read (a transfer coding but
+        ``chunked``): reached, but failing, as a 5xx is: degraded until its next good
+        answer, counted (kind ``bad_answer``), one of the status page's recent errors. Never
+        ``unreachable``: docxy_upstream_up stays 1."""
+        self.reachable, self.healthy = True, False
+        self.last_error, self.last_error_message = self.clock(), message
+        self.failures["bad_answer"] += 1
+        self.recent_failures.append((self.last_error, "bad_answer", message))
 
     def failed(self, message: str, kind: str = "unreachable") -> None:
         self.last_error = self.clock()
@@ -629,6 +640,12 @@ class UpstreamClient:
             except NonPublicOnly as exc:  # a hop's name resolved inside: a bad redirect
                 raise UpstreamUnavailable(str(exc)) from exc
             except (httpx.TransportError, httpx.InvalidURL, ssl.SSLError) as exc:
+                unread = unread_coding(exc)  # h11 refused the answer: it came, badly
+                if unread is not None:
+                    said = f"the upstream registry's answer ({url_host(url)}) has a "
+                    said += f"Transfer-Encoding which is not read (only chunked is): {unread}"
+                    health.answered_badly(said)
+                    raise UpstreamUnavailable(said) from exc
                 # ssl.SSLError: httpcore before 1.0.6 let a handshake's own error through
                 refused = upstream_certificate_refused(url, exc, self.trust)
                 health.failed(refused or f"{type(exc).__name__} talking to {url_host(url)}")
@@ -755,6 +772,8 @@ class UpstreamClient:
                 # Not once the client is closed (the mirror stopping cut the connection): the
                 # second try raised httpx's RuntimeError, a traceback in the stop's log.
                 if attempt == 2 or method not in RETRIED_METHODS or self.http.is_closed:
+                    raise
+                if unread_coding(exc) is not None:  # an answer, not a broken connection
                     raise
                 log.debug("upstream: %s, sent again", failure(f"{method} {url_host(url)}", exc))
         raise AssertionError("unreachable")  # pragma: no cover

@@ -12,8 +12,9 @@ The httpx client is made with ``trust_env=False`` and no proxies, so there is no
 here; a client with a custom transport (the tests' fakes) gets no :class:`DirectSettings` and its
 fills stay on httpx. Failures map to the same errors as httpx's: :class:`UpstreamTimeout` (504)
 and :class:`UpstreamUnavailable` (502); and the upstream's health hears the same: a redirect
-that leads nowhere (:class:`BadRedirect`) is an answer from it, not a failure to reach it, and
-so is an answer in a transfer coding not read (:class:`UnreadAnswer`).
+that leads nowhere (:class:`BadRedirect`) is an answer from it, not a failure to reach it; an
+answer in a transfer coding not read (:class:`UnreadAnswer`) is a bad answer from it
+(:meth:`~docxy.upstream.client.UpstreamHealth.answered_badly`), as on httpx's path.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ class BadRedirect(UpstreamUnavailable):
 class UnreadAnswer(UpstreamUnavailable):
     """An answer whose body the GET does not read (a transfer coding but chunked): the upstream
     was reached and answered (``hops``: its answers, each ``(url, status)``, this one last),
-    as for a :class:`BadRedirect`; not a failure to reach it."""
+    badly (its health's ``bad_answer``, as on httpx's path); not a failure to reach it."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -262,8 +263,12 @@ async def open_get(
             lambda: get(settings, url, headers, upstream),
             discard=DirectAnswer.close,
         )
-    except (BadRedirect, UnreadAnswer) as exc:  # answered: a redirect that leads nowhere,
-        health.answered(exc.hops[-1][1])  # or a body in a transfer coding not read
+    except BadRedirect as exc:  # answered: a redirect that leads nowhere
+        health.answered(exc.hops[-1][1])
+        _told(client, exc.hops, url)
+        raise
+    except UnreadAnswer as exc:  # answered badly: a body in a transfer coding not read
+        health.answered_badly(f"{exc.message} ({url_host(exc.hops[-1][0])})")
         _told(client, exc.hops, url)
         raise
     except UpstreamError as exc:

@@ -1,4 +1,6 @@
-"""An answer on httpx's path framed twice, by ``Transfer-Encoding`` and ``Content-Length``.
+"""How httpx's path (h11) frames an upstream's answer, where it differs from the direct path's.
+
+An answer framed twice, by ``Transfer-Encoding`` and ``Content-Length``:
 
 h11 reads such an answer by its chunks (RFC 9112 6.3: the ``Transfer-Encoding`` overrides the
 length), as the direct path's ``http.client`` does; but RFC 9112 6.3 also says the connection
@@ -7,6 +9,12 @@ have taken another body from it, or left one in it. h11 keeps the connection, an
 gave it back to the pool for the next request (a fill's ``Range`` rest, a manifest, a token),
 which then read whatever that was. The direct path closes it
 (:mod:`docxy.upstream.direct`); here the pooled connection is closed once its answer is.
+
+An answer in a transfer coding but ``chunked`` (``gzip, chunked``, two such headers, a lone
+``identity``): h11 refuses its headers with a ``RemoteProtocolError``, which is also what a
+connection closed before any answer raises. :func:`unread_coding` tells the two apart, so
+that the upstream is recorded as having answered badly (as the direct path records it:
+:class:`~docxy.upstream.direct.UnreadAnswer`), not as unreachable, and is not asked again.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 
 import httpcore
+import httpx
 
 
 def framed_twice(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -56,3 +65,13 @@ def closed_after_if_framed_twice(
     if framed_twice(response.headers) and isinstance(stream, AsyncIterable):  # async: httpx's
         response.stream = ClosedAfter(stream, connection)
     return response
+
+
+def unread_coding(exc: BaseException) -> str | None:
+    """h11's reason when ``exc`` is its refusal of an answer's ``Transfer-Encoding`` (None:
+    any other error). Its words are the only sign: ``Only Transfer-Encoding: chunked is
+    supported``, ``multiple Transfer-Encoding headers``."""
+    if not isinstance(exc, httpx.RemoteProtocolError):
+        return None
+    said = str(exc)
+    return said if "transfer-encoding" in said.lower() else None
