@@ -20,7 +20,11 @@ of taking the upstream for down (stale-if-error, health). That answer stands for
 The mirror's own login is checked as ``docker login`` checks one: the token service asked with
 it and no scope (:meth:`MirrorTokens._login_verdict`), once per upstream at a time (concurrent
 misses wait for that one verdict), before it goes with a scope, and again when a scope's
-request with it is answered ``401``. Refused there (``upstream.password`` wrong or revoked), it
+request with it is answered ``401``. A token service that answers it with a ``4xx`` that is no
+verdict (some answer every scope-less request ``400``) is asked with the miss's repository's
+scope instead, for ``REFUSED_TTL``: a token with the login accepts it, a ``401`` to it where the
+same scope asked anonymously gets a token refuses it, a ``401`` to both says nothing
+(:meth:`MirrorTokens._scoped_check`). Refused there (``upstream.password`` wrong or revoked), it
 stands for the upstream: for ``REFUSED_TTL`` no request carries that login, tokens are asked for
 anonymously. Accepted there, a scope's ``401`` is that repository's only (gcr.io and Artifact
 Registry answer ``401`` to a good login that may not read one repository). An acceptance is
@@ -163,6 +167,9 @@ class MirrorTokens:
         self._login_accepted: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: scope-less login checks in flight, one per upstream host (:meth:`_login_verdict`)
         self._checking: Coalesced[str, bool | None] = Coalesced(UpstreamError)
+        #: upstream hosts whose token service answered a scope-less check with a ``4xx`` that
+        #: is no verdict (a ``400``, "scope required"): since when (:meth:`_wants_scope`)
+        self._scope_required: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts whose login check (after a scoped ``401``) timed out: since when
         #: (``CHECK_SILENCE_HOLD``)
         self._check_silent: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
@@ -360,7 +367,14 @@ class MirrorTokens:
         return since is not None and time.monotonic() - since < REFUSED_TTL
 
     async def _login_verdict(
-        self, upstream: Upstream, realm: str, service: str | None, since: float | None = None
+        self,
+        upstream: Upstream,
+        realm: str,
+        service: str | None,
+        repository: str,
+        since: float | None = None,
+        *,
+        known_401: bool = False,
     ) -> bool | None:
         """Whether the token service accepts the mirror's login, as ``docker login`` asks it:
         with the login and no scope. Known for ``REFUSED_TTL`` if refused, ``LOGIN_TRUSTED``
@@ -368,7 +382,8 @@ class MirrorTokens:
         nothing of it); else asked,
         one request per upstream at a time, the misses meanwhile waiting for its verdict (each
         sent the login, a failed login on the account each). None: it could not say (not
-        200, 401 nor 403)."""
+        200, 401 nor 403, and :meth:`_scoped_check` with ``repository``'s scope could not
+        either; ``known_401``: that scope's request with the login was just answered ``401``)."""
         if self.login_refused(upstream):
             return False
         accepted = self._login_accepted.get(upstream.host)
@@ -378,11 +393,13 @@ class MirrorTokens:
                 return True
         name = f"login check {upstream.host}"
         return await self._checking.run(
-            upstream.host, name, lambda: self._check_login(upstream, realm, service)
+            upstream.host,
+            name,
+            lambda: self._check_login(upstream, realm, service, repository, known_401),
         )
 
     async def _login_turn(
-        self, upstream: Upstream, realm: str, service: str | None
+        self, upstream: Upstream, realm: str, service: str | None, repository: str
     ) -> tuple[bool | None, asyncio.Future[UpstreamTimeout | None] | None]:
         """The login's verdict (:meth:`_login_verdict`) for a token request about to go, and
         whether this request goes first for the others (a future to end with
@@ -406,7 +423,7 @@ class MirrorTokens:
         (``CHECK_SILENCE_HOLD``)."""
         lead: asyncio.Future[UpstreamTimeout | None] | None = None
         waited = False
-        verdict = await self._verdict_or_none(upstream, realm, service)
+        verdict = await self._verdict_or_none(upstream, realm, service, repository)
         accepted = self._login_accepted.get(upstream.host)
         stale = accepted is not None and time.monotonic() - accepted >= REFUSED_TTL
         if verdict is True and stale:
@@ -422,7 +439,7 @@ class MirrorTokens:
                 waited = True
                 # Its verdict now (once: a request that failed, 5xx or timeout, said nothing
                 # of the login, which stays trusted as before).
-                verdict = await self._verdict_or_none(upstream, realm, service)
+                verdict = await self._verdict_or_none(upstream, realm, service, repository)
         resting = self._resting.get(upstream.host)
         if (verdict is None or (waited and verdict)) and resting is not None:
             if time.monotonic() < resting[0]:
@@ -430,17 +447,17 @@ class MirrorTokens:
         return verdict, lead
 
     async def _verdict_or_none(
-        self, upstream: Upstream, realm: str, service: str | None
+        self, upstream: Upstream, realm: str, service: str | None, repository: str
     ) -> bool | None:
         try:
-            return await self._login_verdict(upstream, realm, service)
+            return await self._login_verdict(upstream, realm, service, repository)
         except UpstreamTimeout:
             raise  # a token service that does not answer: the scoped request would not
         except UpstreamError:
             return None  # the check broke (a reset): no word; this request goes on
 
     async def _checked_401(
-        self, upstream: Upstream, realm: str, service: str | None, sent: float
+        self, upstream: Upstream, realm: str, service: str | None, repository: str, sent: float
     ) -> bool | None:
         """The login's verdict after a scoped ``401`` to a request sent at ``sent``
         (:meth:`_login_verdict`); None without a check while one lately went unanswered
@@ -449,7 +466,9 @@ class MirrorTokens:
         if self._check_held(upstream):
             return False if self.login_refused(upstream) else None  # known without asking
         try:
-            return await self._login_verdict(upstream, realm, service, since=sent)
+            return await self._login_verdict(
+                upstream, realm, service, repository, since=sent, known_401=True
+            )
         except UpstreamTimeout:
             self._check_silent.set(upstream.host, time.monotonic())
             raise
@@ -477,14 +496,24 @@ class MirrorTokens:
         lead.set_result(silence)
 
     async def _check_login(
-        self, upstream: Upstream, realm: str, service: str | None
+        self,
+        upstream: Upstream,
+        realm: str,
+        service: str | None,
+        repository: str,
+        known_401: bool = False,
     ) -> bool | None:
-        """One scope-less token request with the mirror's login (:meth:`_login_verdict`)."""
+        """One scope-less token request with the mirror's login (:meth:`_login_verdict`);
+        answered with a ``4xx`` that is no verdict, :meth:`_scoped_check` of ``repository``
+        (at once while such an answer is fresh: :meth:`_wants_scope`)."""
         assert upstream.credentials is not None
         params: list[tuple[str, str | int | float | bool | None]] = []
         if service:
             params.append(("service", service))
         headers = [("Authorization", basic_authorization(*upstream.credentials))]
+        scoped = [*params, ("scope", f"repository:{repository}:pull")]
+        if self._wants_scope(upstream):
+            return await self._scoped_check(upstream, realm, headers, scoped, known_401)
         answer, _ = await self._ask(upstream, realm, headers, params)
         if not _carried_login(answer):
             # A redirect to another origin dropped the login: its last hop's answer is to a
@@ -496,9 +525,55 @@ class MirrorTokens:
         if answer.status_code == 401:
             self._refuse_login(upstream, realm)
             return False
+        if 400 <= answer.status_code < 500 and answer.status_code != 429:
+            # Some token services answer every scope-less request 400 ("scope required"):
+            # without a verdict each scoped 401 stood for its repository, a wrong password
+            # sent with every miss (a failed login each). Taking the 400 for a refusal
+            # (df98667, reverted) refused a right password. A scope gets a verdict.
+            self._scope_required.set(upstream.host, time.monotonic())
+            return await self._scoped_check(upstream, realm, headers, scoped, known_401)
         said = f"the upstream's token service refused the mirror ({answer.status_code})"
         self._rest(upstream, answer, said)
         return None
+
+    def _wants_scope(self, upstream: Upstream) -> bool:
+        """Whether the token service answered a scope-less check with a ``4xx`` that is no
+        verdict less than ``REFUSED_TTL`` ago: not asked so again meanwhile (each asking sent
+        the login for nothing, a failed login on the account with a wrong password)."""
+        since = self._scope_required.get(upstream.host)
+        return since is not None and time.monotonic() - since < REFUSED_TTL
+
+    async def _scoped_check(
+        self,
+        upstream: Upstream,
+        realm: str,
+        headers: list[tuple[str, str]],
+        params: list[tuple[str, str | int | float | bool | None]],
+        known_401: bool,
+    ) -> bool | None:
+        """The login's verdict from a token service that gives none without a scope: asked
+        with a repository's scope (``params``), with the login (``headers``; not when
+        ``known_401``, that request just answered ``401``) and, answered ``401``, without.
+        A token (or a ``403``) got with it accepts it; a ``401`` to it where the anonymous
+        request gets a token refuses it (a right password reads what anonymous reads); a
+        ``401`` to both is the repository's (private, or one the account may not read, as
+        gcr.io answers): no verdict, as for any other answer."""
+        if not known_401:
+            answer, _ = await self._ask(upstream, realm, headers, params)
+            if not _carried_login(answer):
+                return None  # its last hop went without the login: no word on it
+            if answer.status_code in (200, 403):
+                self._accept_login(upstream)
+                return True
+            if answer.status_code != 401:
+                said = f"the upstream's token service refused the mirror ({answer.status_code})"
+                self._rest(upstream, answer, said)
+                return None
+        anonymous, _ = await self._ask(upstream, realm, [], params)
+        if anonymous.status_code != 200:
+            return None
+        self._refuse_login(upstream, realm)
+        return False
 
     async def _ask(
         self,
@@ -615,7 +690,7 @@ class MirrorTokens:
         lead: asyncio.Future[UpstreamTimeout | None] | None = None
         silence: UpstreamTimeout | None = None  # the token service's, for the waiters
         if login:
-            verdict, lead = await self._login_turn(upstream, realm, service)
+            verdict, lead = await self._login_turn(upstream, realm, service, repository)
             if verdict is False:
                 login = False  # refused (lately): not sent again (:meth:`_refuse_login`)
         try:
@@ -632,7 +707,7 @@ class MirrorTokens:
             if answer.status_code == 401 and login:
                 # The login refused, or this one repository? As ``docker login`` asks it.
                 try:
-                    verdict = await self._checked_401(upstream, realm, service, sent)
+                    verdict = await self._checked_401(upstream, realm, service, repository, sent)
                 except UpstreamError:
                     verdict = None  # no word on the login: the 401 stands for this repository
                 # ... for this miss only, not remembered: no check (the hold), or its own or
