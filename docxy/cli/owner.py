@@ -185,24 +185,44 @@ class Owner:
             os.seteuid(self.uid)
 
 
+#: What :func:`_mirrors_user` said already (one line per directory and owner, not one per
+#: :meth:`Owner.of` call: a certs run asks for up to four directories).
+_SAID: set[tuple[str, int]] = set()
+
+
 def _mirrors_user(mirror: Path | None, uid: int, directory: Path, path: Path) -> bool:
     """Whether `uid` (the owner of `path`, where root would write `directory` as it) is the
-    mirror's user: the owner of ``cache.dir`` (`mirror`). Not through a link: its owner says
-    nothing of who the mirror runs as, and whoever may write the directory it is in could make
-    one to a directory of theirs. Without a cache.dir (the mirror never started) it cannot be
-    told, and root writes as root, saying so: the mirror may be that user, unable to read it."""
+    mirror's user: the owner of ``cache.dir`` (`mirror`), through a link (a cache on a larger
+    disk): whoever may write the directory it is in could put a directory of theirs there
+    as well as a link, so not following one would protect nothing. When it is not, or there
+    is no cache.dir yet (the mirror never started), root writes as root, saying so once: a
+    renewer run as another user than the mirror's then cannot read what root wrote."""
     if mirror is None:
         return False
     try:
-        st = os.lstat(mirror)
-    except FileNotFoundError:
-        print(
+        st = os.stat(mirror)
+    except OSError:
+        _say_once(
+            directory,
+            uid,
             f"docxy: writing {directory} as root, not as uid {uid} (the owner of {path}): "
             f"cache.dir {mirror} is not there to say who the mirror runs as. If it runs as uid "
             f"{uid}, start it once (it makes cache.dir) and run this again",
-            file=sys.stderr,
         )
         return False
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+        return True
+    _say_once(
+        directory,
+        uid,
+        f"docxy: writing {directory} as root, not as uid {uid} (the owner of {path}): root "
+        f"acts only as the mirror's user, the owner of cache.dir {mirror} (uid {st.st_uid}). "
+        f"If uid {uid} runs the renewer or the mirror, run this as that user instead",
+    )
+    return False
+
+
+def _say_once(directory: Path, uid: int, line: str) -> None:
+    if (str(directory), uid) not in _SAID:
+        _SAID.add((str(directory), uid))
+        print(line, file=sys.stderr)

@@ -355,7 +355,8 @@ def stranded_config_dir(config_dir: Path, status: Mapping[str, object]) -> str |
     if handed_back:  # docxy.cli.owner.Owner.of: a root run hands it to its parent's owner
         return (
             f"{said}Run `docxy certs renew` as root once (the container: `docker compose exec "
-            f"-u 0 docxy docxy certs renew`), which hands it back to uid {uid}, or `{fix}`"
+            f"-u 0 docxy docxy certs renew`), which hands it back to uid {uid} where uid "
+            f"{uid} owns cache.dir (the mirror's user, as in the image), or `{fix}`"
         )
     return f"{said}Give it to the renewer's user: `{fix}`"
 
