@@ -458,6 +458,9 @@ clashes() {
   local ours theirs
   ours="$(unmapped "$1")"
   theirs="$(unmapped "$2")"
+  # The mirror binds a host name with an IPv4 socket (docxy/http/server.py, as hypercorn), so
+  # localhost is 127.0.0.1 there; ss shows addresses only.
+  ! local_name "$ours" || ours=127.0.0.1
   [[ -z "$ours" || "$ours" == "*" || "$ours" == :: || "$theirs" == "*" ]] && return 0
   case "$theirs" in
     ::) [[ "$ours" == *:* ]] ;;
@@ -478,12 +481,20 @@ ports_unchecked() {
   say "  (or: sudo netstat -ltnp | grep -E ':($grep) '); the mirror cannot start while they are taken"
 }
 
-# loopback ADDRESS: ADDRESS is one of this host's loopback addresses (127.*, ::1), which no
-# other host reaches.
+# local_name ADDRESS: ADDRESS is the name localhost (any case, a trailing dot or not), which
+# RFC 6761 keeps for loopback whatever /etc/hosts says. No other name is judged here: it may
+# resolve to anything.
+local_name() {
+  local name="${1,,}"
+  [[ "${name%.}" == localhost ]]
+}
+
+# loopback ADDRESS: ADDRESS is one of this host's loopback addresses (127.*, ::1, localhost),
+# which no other host reaches.
 loopback() {
   local address
   address="$(unmapped "$1")"
-  [[ "$address" == 127.* || "$address" == ::1 ]]
+  [[ "$address" == 127.* || "$address" == ::1 ]] || local_name "$address"
 }
 
 # http01_reachable: with the mirror's plain HTTP off port 80, or on port 80 of a loopback
@@ -1732,7 +1743,7 @@ bring_up() {
 # https_target: where this host's mirror takes HTTPS, as .env has it, into HTTPS_ADDRESS (for
 # curl --resolve) and HTTPS_PORT: compose.yaml publishes it on ${DOCXY_HTTPS_PORT:-443} (PORT or
 # ADDRESS:PORT), compose.host.yaml listens on DOCXY_SERVER_TLS_LISTEN (default [::]:443). A
-# wildcard address is asked on 127.0.0.1.
+# wildcard address, and localhost, is asked on 127.0.0.1.
 HTTPS_ADDRESS=127.0.0.1
 HTTPS_PORT=443
 https_target() {
@@ -1743,11 +1754,15 @@ https_target() {
     return 0
   fi
   HTTPS_PORT="$PUBLISHED_PORT"
-  case "$PUBLISHED_ADDRESS" in
-    "" | 0.0.0.0 | :: | "*") HTTPS_ADDRESS=127.0.0.1 ;;
-    *:*) HTTPS_ADDRESS="[$PUBLISHED_ADDRESS]" ;;
-    *) HTTPS_ADDRESS="$PUBLISHED_ADDRESS" ;;
-  esac
+  # curl --resolve takes an address only: localhost (which it refuses, exit 49) is 127.0.0.1,
+  # as the mirror binds it (clashes).
+  if any_address "$PUBLISHED_ADDRESS" || local_name "$PUBLISHED_ADDRESS"; then
+    HTTPS_ADDRESS=127.0.0.1
+  elif [[ "$PUBLISHED_ADDRESS" == *:* ]]; then
+    HTTPS_ADDRESS="[$PUBLISHED_ADDRESS]"
+  else
+    HTTPS_ADDRESS="$PUBLISHED_ADDRESS"
+  fi
 }
 
 # health_url: https://DOMAIN/health, with the port where it is not 443.

@@ -55,7 +55,6 @@ def healthy_anywhere(box: ScriptBox, port: int) -> None:
 # --- 1. `localhost` is loopback -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="localhost taken for a public listener: ufw allow advised")
 @pytest.mark.parametrize("name", LOCALHOSTS)
 def test_ufw_advice_leaves_out_a_localhost_listener(
     box: ScriptBox, resolver: Resolver, name: str
@@ -72,9 +71,6 @@ def test_ufw_advice_leaves_out_a_localhost_listener(
     assert allowed(result.stderr) == ["80"], result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True, reason="localhost:80 taken for a public port 80: no HTTP-01 warning"
-)
 @pytest.mark.parametrize("name", LOCALHOSTS)
 def test_port_80_on_localhost_warns_of_http01(
     box: ScriptBox, resolver: Resolver, name: str
@@ -90,9 +86,6 @@ def test_port_80_on_localhost_warns_of_http01(
     assert "HTTP-01" in result.stderr and "DOCXY_SERVER_LISTEN" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True, reason="localhost compared as text with 127.0.0.1: port taken for free"
-)
 @pytest.mark.parametrize("name", LOCALHOSTS)
 def test_a_listener_on_127_0_0_1_clashes_with_localhost(
     box: ScriptBox, resolver: Resolver, name: str
@@ -111,9 +104,6 @@ def test_a_listener_on_127_0_0_1_clashes_with_localhost(
     assert "DOCXY_SERVER_TLS_LISTEN" in result.stderr, output(result)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the health wait asks curl --resolve at localhost, which curl refuses"
-)
 def test_a_listener_on_another_loopback_address_leaves_localhost_free(
     box: ScriptBox, resolver: Resolver
 ) -> None:
@@ -127,9 +117,6 @@ def test_a_listener_on_another_loopback_address_leaves_localhost_free(
     assert "localhost:12613" in result.stdout and "free" in result.stdout, result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the health wait asks curl --resolve at localhost, which curl refuses"
-)
 @pytest.mark.parametrize("name", LOCALHOSTS)
 def test_the_health_wait_asks_localhost_at_127_0_0_1(
     box: ScriptBox, resolver: Resolver, name: str
