@@ -1848,10 +1848,12 @@ uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
   DOMAIN="${DOMAIN,,}" # as the install wrote it (settle_settings)
-  read_compose_file
-  if [[ "$COMPOSE_FIRST" == "$HOST_FILE" && -f "$DIR/$HOST_FILE" ]]; then
-    COMPOSE_YAML="$HOST_FILE"
-  fi
+  # The file install chose, by the same decision (choose_network: .env's COMPOSE_FILE, else the
+  # routes), so that what comes down is the stack that runs; read apart, a .env without that
+  # line brought compose.yaml down on an IPv6-only host. compose.yaml where the project lacks
+  # compose.host.yaml: compose down cannot read a file that is not there.
+  choose_network
+  [[ "$COMPOSE_YAML" != "$HOST_FILE" || -f "$DIR/$HOST_FILE" ]] || COMPOSE_YAML=compose.yaml
   # A file of the operator's since deleted would stop `compose down`: it goes without it.
   local extra extras=()
   for extra in "${COMPOSE_EXTRA[@]}"; do

@@ -143,7 +143,6 @@ def compose_down_files(box: ScriptBox) -> list[str]:
     return [argv[i + 1] for i, word in enumerate(argv) if word == "-f"]
 
 
-@pytest.mark.xfail(strict=True, reason="uninstall reads COMPOSE_FILE alone, not choose_network")
 def test_uninstall_brings_down_the_file_install_would_choose(
     box: ScriptBox, resolver: Resolver
 ) -> None:
