@@ -4,7 +4,9 @@ import signal
 # second): supervisord or the entrypoint may send SIGHUP while the renewer starts, and its
 # default action ends the process. Ignored until main() puts its own handler in place (its
 # first line). ``python -m scheduler`` runs scheduler/__init__.py first, which holds only its
-# docstring: this is the first line of the renewer's own that runs.
+# docstring: this is the first line of the renewer's own that runs. The appliance's supervisord
+# (scheduler.supervise) starts the renewer with SIGHUP ignored already, which also covers the
+# interpreter's own start before this line; started another way, that moment stays open.
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 import sys  # noqa: E402 - after the signal
