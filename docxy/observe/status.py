@@ -301,8 +301,9 @@ def _certificate(tls: object, renewal: object) -> str:
         rows.append(("served", "no TLS listener"))
     if isinstance(renewal, dict):
         stuck = renewal.get("config_dir_unwritable")  # docxy.tls.certs.stranded_config_dir
-        if stuck:  # scheduled, and each run fails: neither certbot nor its status can write
-            rows.append(("renewer", f"cannot write certs.config_dir: {stuck}"))
+        if stuck:  # neither certbot nor its status can write there
+            # a sentence of its own, naming the setting and the trouble (not repeated here)
+            rows.append(("renewer", str(stuck)))
         if "error" in renewal:
             rows.append(("renewal", str(renewal["error"])))
         else:

@@ -107,7 +107,6 @@ def test_supervisord_starts_the_renewer_with_sighup_ignored(tmp_path: Path) -> N
 # --- 2. the status page's row for an unwritable config_dir --------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: the row names certs.config_dir twice")
 def test_the_status_pages_unwritable_config_dir_row_names_the_setting_once(
     appliance: Appliance,  # noqa: F811
 ) -> None:
