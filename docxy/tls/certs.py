@@ -316,9 +316,14 @@ def stranded_config_dir(config_dir: Path, status: Mapping[str, object]) -> str |
     user would otherwise be told to give root's certbot tree (account and private keys) to
     the mirror's user. Not the owner of the parent as such: a host install run as root may
     keep config_dir in a directory of the operator's user.
+
+    A config_dir that does not exist is said when the renewer cannot make it
+    (:func:`_unmakeable_config_dir`).
     """
     try:
         st = config_dir.stat()
+    except FileNotFoundError:
+        return _unmakeable_config_dir(config_dir, status)
     except OSError:
         return None
     me, uid, gids = os.geteuid(), status.get("uid"), status.get("gids")
@@ -362,6 +367,49 @@ def stranded_config_dir(config_dir: Path, status: Mapping[str, object]) -> str |
 
 
 _EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _unmakeable_config_dir(config_dir: Path, status: Mapping[str, object]) -> str | None:
+    """What to say of a missing ``certs.config_dir`` the renewer cannot make: the renewer makes
+    it at its start (its first status), so missing means it could not (the appliance's certs
+    volume a bind mount Docker made root's, or another UID's), or it never ran. It can then
+    neither run certbot nor write its status, and only the entrypoint's log said so.
+
+    Judged on the nearest directory above that exists, for the renewer its status file names
+    (none can exist here: the renewer itself asks with its own ids) or, without one, the reader
+    if not root (the appliance's mirror and renewer are one user); root says nothing. The fix
+    named makes config_dir alone, not the directory above (``/var`` on a host install)."""
+    top = config_dir.parent
+    while not top.exists():
+        if top.parent == top:
+            return None
+        top = top.parent
+    me, uid = os.geteuid(), status.get("uid")
+    gids = status.get("gids")
+    groups = [g for g in gids if isinstance(g, int)] if isinstance(gids, list) else []
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        if me == 0:
+            return None
+        uid, groups = me, list(dict.fromkeys([os.getegid(), *os.getgroups()]))
+    if uid == 0:
+        return None
+    try:
+        st = top.stat()
+    except OSError:
+        return None
+    if uid == me and os.access(top, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
+        return None
+    if _mode_lets(st, uid, groups) or (uid != me and _has_acl(top)):
+        return None
+    owner = f"{uid}:{groups[0]}" if groups else str(uid)
+    path = shlex.quote(str(config_dir))
+    return (
+        f"certs.config_dir {config_dir} does not exist and the renewer, uid {uid}, cannot make "
+        f"it: {top} is uid {st.st_uid}'s (mode {stat.S_IMODE(st.st_mode):o}), so it can neither "
+        f"run certbot nor write its status. Make it the renewer's, as root: "
+        f"`mkdir -p {path} && chown {owner} {path}` (or `chown -R {owner} {shlex.quote(str(top))}`"
+        " where that directory is the renewer's volume)"
+    )
 
 
 def _owned_by(directory: Path, uid: int) -> bool:

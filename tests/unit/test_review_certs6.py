@@ -234,7 +234,6 @@ def test_a_held_renewer_stops_on_sigterm(
 # --- 4. a config_dir missing where the renewer cannot make it -----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 4: a missing config_dir is not said")
 def test_a_missing_config_dir_in_a_volume_the_renewer_cannot_write_is_said(
     appliance: Appliance,  # noqa: F811
 ) -> None:
