@@ -7,12 +7,13 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 from apscheduler.schedulers import SchedulerNotRunningError
@@ -51,7 +52,11 @@ def build(renewer: Runs) -> BlockingScheduler:
     late_is_fine = {"coalesce": True, "misfire_grace_time": None}
     scheduler = BlockingScheduler(timezone=dt.UTC, job_defaults=late_is_fine)
 
+    said: dict[str, str] = {}  # what skipped_unwritable last logged
+
     def job() -> None:
+        if skipped_unwritable(scheduler, job, s, said):
+            return
         renewer.catch_up()  # a --once run since the last: its count, not this one's
         ok = renewer.run()
         if renewer.catch_up():  # a --once begun during this run, ended first: it is newer
@@ -88,6 +93,42 @@ def build(renewer: Runs) -> BlockingScheduler:
     # the mirror and certbot. What the file said of the runs before is restored, so it stays.
     renewer.write_status(first)
     return scheduler
+
+
+def unwritable(settings: settings_mod.Settings) -> str | None:
+    """Why this renewer can neither write ``certs.config_dir`` nor make it (certbot would fail,
+    and so would its status), judged as the mirror judges it for /health
+    (:func:`docxy.tls.certs.stranded_config_dir`) with this process's ids; None if it can."""
+    from docxy.tls.certs import stranded_config_dir
+
+    me = {"uid": os.geteuid(), "gids": list(dict.fromkeys([os.getegid(), *os.getgroups()]))}
+    return stranded_config_dir(settings.config_dir, me)
+
+
+def skipped_unwritable(
+    scheduler: BaseScheduler,
+    job: Callable[[], None],
+    settings: settings_mod.Settings,
+    said: dict[str, str],
+) -> bool:
+    """Whether a run due now is skipped, certs.config_dir having become unwritable since the
+    renewer started (a root certbot run by hand): neither run (certbot would fail, each retry
+    asking the CA again) nor counted as a failure; looked at again in :data:`HOLD_RECHECK`.
+    Logged once while the reason stays the same (`said`, the build's; /health says it
+    meanwhile: ``config_dir_unwritable``)."""
+    why = unwritable(settings)
+    if why is None:
+        if said.pop("why", None) is not None:
+            log.info("certs.config_dir %s can be written again: runs go on", settings.config_dir)
+        return False
+    if said.get("why") != why:
+        log.error(
+            "%s; no certbot run until it can: looked at again every %.0f s", why, HOLD_RECHECK
+        )
+        said["why"] = why
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=HOLD_RECHECK)
+    scheduler.add_job(job, DateTrigger(when), id=RETRY_JOB, replace_existing=True, max_instances=1)
+    return True
 
 
 def horizon(settings: settings_mod.Settings) -> dt.timedelta:
@@ -316,6 +357,42 @@ def hold(settings: settings_mod.Settings, flags: Sequence[str] = ()) -> settings
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def hold_unwritable(settings: settings_mod.Settings) -> int | None:
+    """certs.config_dir cannot be written or made by this renewer (:func:`unwritable`): certbot
+    would fail at every run, counted, logged, asking the CA again each time. Hold as
+    :func:`hold` does: schedule nothing, look again every :data:`HOLD_RECHECK` seconds and at
+    once on SIGHUP; None once it can (the renewer then starts as usual), 0 on SIGTERM or
+    SIGINT first. No status is written (it cannot be): the mirror and ``docxy certs status``
+    say it themselves (``config_dir_unwritable``)."""
+    why = unwritable(settings)
+    if why is None:
+        return None
+    log.error(
+        "%s; no renewal is scheduled until it can: looked at again every %.0f s and on SIGHUP "
+        "(the mirror goes on serving)",
+        why,
+        HOLD_RECHECK,
+    )
+    waited = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    try:
+        while True:
+            got = signal.sigtimedwait(waited, HOLD_RECHECK)
+            if got is not None and got.si_signo != signal.SIGHUP:
+                log.info("signal %d: stopping", got.si_signo)
+                return 0
+            if unwritable(settings) is None:
+                log.info(
+                    "certs.config_dir %s can be written: renewals are scheduled",
+                    settings.config_dir,
+                )
+                return None
+            if got is not None:
+                log.info("SIGHUP: certs.config_dir %s still cannot be written", settings.config_dir)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _say_refused(settings: settings_mod.Settings) -> None:
     """The status file, with the refusal: what it said of the runs before stands."""
     runs = Runs(settings)
@@ -390,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn_nowhere_to_install(settings)
     if settings.once:
         return one_off(settings)
+    if hold_unwritable(settings) == 0:  # stopped while it held
+        return 0
     renewer = InChild(settings, argv=flags)
     renewer.restore()  # failures in a row, their backoff, the last success: as before a restart
     scheduler = build(renewer)

@@ -75,7 +75,7 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
     if isinstance(tls, dict) and (tls.get("expires_soon") is True or tls.get("warning")):
         report["status"] = "degraded"
     # The renewer refuses its own settings and schedules no renewal (scheduler.main.hold), or
-    # cannot write certs.config_dir (docxy.tls.certs.stranded_config_dir): every run fails.
+    # cannot write certs.config_dir (docxy.tls.certs.stranded_config_dir): it holds too.
     renewal = whole.get("renewal")
     if isinstance(renewal, dict) and (
         renewal.get("refused") or renewal.get("config_dir_unwritable")
