@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import shutil
 import signal
@@ -150,51 +151,69 @@ def _main_until_built(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return built
 
 
-def _blocks(native_id: int, signum: int) -> bool:
-    """Whether the thread blocks `signum` (it waits for it: sigtimedwait)."""
-    for line in Path(f"/proc/self/task/{native_id}/status").read_text().splitlines():
-        if line.startswith("SigBlk:"):
-            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
-    return False
+#: What the renewer logs as it begins to hold (scheduler.main.hold_unwritable).
+HOLDING = "no renewal is scheduled until it can"
 
 
-def _signal_when_waited_for(
-    main_thread: tuple[int, int], signum: int, done: threading.Event, before: Callable[[], None]
+class Holding(logging.Handler):
+    """Notes the renewer's line saying it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if HOLDING in record.getMessage():
+            self.seen.set()
+
+
+def _signal_while_held(
+    ident: int, signum: int, holding: Holding, done: threading.Event, before: Callable[[], None]
 ) -> None:
-    """Once the main thread waits for `signum` (else its default could end pytest): `before`,
-    then `signum` to that thread. Nothing if main() returned first."""
-    ident, native_id = main_thread
-    poll(lambda: done.is_set() or _blocks(native_id, signum), timeout=HANG)
+    """Once the renewer says it holds: `before`, then `signum` to the main thread, again every
+    few milliseconds until main() returns (one may come between the line and the wait, or
+    between two waits, and go to the handler in place then: the test's, or main()'s)."""
+    while not (done.is_set() or holding.seen.wait(0.02)):
+        pass
     if done.is_set():
         return
     before()
-    signal.pthread_kill(ident, signum)
+    while not done.wait(0.02):
+        signal.pthread_kill(ident, signum)
 
 
 @contextlib.contextmanager
 def signalled(signum: int, before: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """`signum` to this (the main) thread once it waits for it, from a thread of its own."""
-    done = threading.Event()
-    me = (threading.get_ident(), threading.get_native_id())
-    sender = threading.Thread(
-        target=_signal_when_waited_for, args=(me, signum, done, before), daemon=True
-    )
+    """`signum` to this (the main) thread while the renewer holds, from a thread of its own."""
+    holding, done = Holding(), threading.Event()
+    renewer_log = logging.getLogger("scheduler")
+    renewer_log.addHandler(holding)
+    args = (threading.get_ident(), signum, holding, done, before)
+    sender = threading.Thread(target=_signal_while_held, args=args, daemon=True)
     sender.start()
     try:
         yield
     finally:
         done.set()
         sender.join(timeout=HANG)
+        renewer_log.removeHandler(holding)
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    """SIGTERM in the test process between the renewer's waits: not its default (the end)."""
 
 
 @pytest.fixture
 def restore_signals() -> Iterator[None]:
-    """main() installs its own SIGHUP handler: the test process's comes back after."""
-    before = signal.getsignal(signal.SIGHUP)
+    """main() installs its own SIGHUP handler, and SIGTERM here must never end pytest: the test
+    process's come back after."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGHUP, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _ignore)
     try:
         yield
     finally:
-        signal.signal(signal.SIGHUP, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 @pytest.mark.usefixtures("restore_signals")
@@ -209,6 +228,7 @@ def test_a_renewer_that_cannot_write_config_dir_holds_until_it_can(
     again every minute and on SIGHUP, and schedules its runs once it can write there."""
     appliance.config_dir.mkdir()  # as root
     built = _main_until_built(monkeypatch)
+    monkeypatch.setattr(scheduler_main, "HOLD_RECHECK", HANG)  # only the SIGHUP ends the wait
 
     def hand_back() -> None:  # as the renewer's user: its parent is the user's
         appliance.config_dir.rename(appliance.config_dir.with_name("letsencrypt.root"))
