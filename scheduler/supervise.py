@@ -24,10 +24,12 @@ from supervisor.options import ServerOptions  # type: ignore[import-untyped]
 FATAL_NOTE = "fatal"  # written by scripts/supervisor-fatal.sh: what went FATAL
 EXIT_FATAL = 1
 
-#: The programs (scripts/supervisord.conf) started with SIGHUP ignored: the renewer, which
-#: ignores it itself only once Python has started (scheduler/__main__.py's first line, some
-#: 20 ms on), and then puts its own handler in place. SIGHUP's default in between ended it.
-SIGHUP_IGNORED_AT_START = frozenset({"scheduler"})
+#: The programs (scripts/supervisord.conf) started with SIGHUP ignored: the renewer and the
+#: mirror, which ignore it themselves only once Python has started (the first line of
+#: scheduler/__main__.py and docxy/__main__.py, some 20 ms on), and then put their own
+#: handlers in place. SIGHUP's default in between ended them (the renewer's reload of a new
+#: certificate is a SIGHUP to the mirror, which may be starting: a restart after a crash).
+SIGHUP_IGNORED_AT_START = frozenset({"scheduler", "docxy"})
 
 Execve = Callable[[object, str, Sequence[str], Mapping[str, str]], None]
 

@@ -42,14 +42,16 @@ from tests.unit.test_scheduler import HANG, REPO_ROOT, poll
 # --- 1. the renewer started with SIGHUP ignored -------------------------------------------------
 
 #: `python` first on supervisord's PATH: for the renewer's command (`python -m scheduler ...`)
-#: it notes the signals it was started with ignored (bash keeps an inherited SIG_IGN and passes
-#: it on), for anything else (the mirror) it waits. Nothing is run for real.
+#: and the mirror's (`python -m docxy serve`) it notes the signals it was started with ignored
+#: (bash keeps an inherited SIG_IGN and passes it on), then waits. Nothing is run for real.
 FAKE_PYTHON = """#!/usr/bin/env bash
-if [[ "$1 $2" == "-m scheduler" ]]; then
+note="$SIGIGN_NOTE"
+[[ "$1 $2" == "-m docxy" ]] && note="$SIGIGN_NOTE.docxy"
+if [[ "$1 $2" == "-m scheduler" || "$1 $2" == "-m docxy" ]]; then
   while read -r key value; do
-    if [[ "$key" == SigIgn: ]]; then echo "$value" > "$SIGIGN_NOTE.tmp"; fi
+    if [[ "$key" == SigIgn: ]]; then echo "$value" > "$note.tmp"; fi
   done < /proc/$$/status
-  mv "$SIGIGN_NOTE.tmp" "$SIGIGN_NOTE"
+  mv "$note.tmp" "$note"
 fi
 exec sleep 600
 """
@@ -102,11 +104,16 @@ def test_supervisord_starts_the_renewer_with_sighup_ignored(tmp_path: Path) -> N
     ended the renewer. Ignored by supervisord in the child before its exec, it is ignored
     from the renewer's first instruction on (its own handler replaces SIG_IGN later)."""
     note = tmp_path / "sigign"
+    mirror = note.with_name(note.name + ".docxy")
     with supervised(note) as proc:
-        poll(lambda: note.exists() or proc.poll() is not None, timeout=HANG)
+        poll(lambda: (note.exists() and mirror.exists()) or proc.poll() is not None, timeout=HANG)
         assert note.exists(), f"supervisord ended ({proc.returncode}) before the renewer began"
+        assert mirror.exists(), f"supervisord ended ({proc.returncode}) before the mirror began"
         ignored = int(note.read_text().strip(), 16)
+        mirrors = int(mirror.read_text().strip(), 16)
     assert ignored & (1 << (signal.SIGHUP - 1)), f"SigIgn {ignored:x}: SIGHUP not ignored"
+    # The mirror too: the renewer's reload is a SIGHUP, which in the mirror's start ended it.
+    assert mirrors & (1 << (signal.SIGHUP - 1)), f"SigIgn {mirrors:x}: SIGHUP not ignored"
 
 
 # --- 2. the status page's row for an unwritable config_dir --------------------------------------
