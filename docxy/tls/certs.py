@@ -377,7 +377,9 @@ def _unmakeable_config_dir(config_dir: Path, status: Mapping[str, object]) -> st
 
     Judged on the nearest directory above that exists, for the renewer its status file names
     (none can exist here: the renewer itself asks with its own ids) or, without one, the reader
-    if not root (the appliance's mirror and renewer are one user); root says nothing. The fix
+    if not root (the appliance's mirror and renewer are one user) and only in the appliance's
+    layout: that directory not the reader's, inside one of the reader's own; root says
+    nothing. The fix
     named makes config_dir alone, not the directory above (``/var`` on a host install)."""
     top = config_dir.parent
     while not top.exists():
@@ -387,15 +389,19 @@ def _unmakeable_config_dir(config_dir: Path, status: Mapping[str, object]) -> st
     me, uid = os.geteuid(), status.get("uid")
     gids = status.get("gids")
     groups = [g for g in gids if isinstance(g, int)] if isinstance(gids, list) else []
-    if not isinstance(uid, int) or isinstance(uid, bool):
-        if me == 0:
-            return None
-        uid, groups = me, list(dict.fromkeys([os.getegid(), *os.getgroups()]))
-    if uid == 0:
-        return None
     try:
         st = top.stat()
     except OSError:
+        return None
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        # As for an existing config_dir without a record: only the appliance's layout, a
+        # volume not the reader's inside a directory of the reader's own (/var/lib/docxy); a
+        # host install whose renewer runs as root (/etc/letsencrypt not made yet) is not
+        # told to give root's future certbot tree to the mirror's user.
+        if me == 0 or st.st_uid == me or not _owned_by(top.parent, me):
+            return None
+        uid, groups = me, list(dict.fromkeys([os.getegid(), *os.getgroups()]))
+    if uid == 0:
         return None
     if uid == me and os.access(top, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
         return None

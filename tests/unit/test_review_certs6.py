@@ -290,6 +290,21 @@ def test_a_missing_config_dir_the_renewer_can_make_is_not_said(
     assert "config_dir_unwritable" not in status, status
 
 
+def test_a_missing_config_dir_of_a_root_renewer_is_not_said_to_the_mirrors_user(
+    appliance: Appliance,  # noqa: F811
+) -> None:
+    """A host install: the renewer root's, not started yet (no status), the mirror another
+    user's, config_dir under a directory of root's (/etc/letsencrypt, /etc root's in a tree
+    of root's). Not the appliance's layout: the mirror's user is not told to chown root's
+    future certbot tree (or /etc) to itself, nor /health made degraded."""
+    etc = appliance.state / "etc"
+    etc.mkdir()
+    os.chown(appliance.state, 0, 0)  # the whole tree root's: nothing of the mirror's user
+    with Owner(OWNER, OWNER, etc).acting():
+        status = certs.renewal_status(etc / "letsencrypt")
+    assert "config_dir_unwritable" not in status, status
+
+
 def test_a_missing_config_dir_is_not_said_to_root(appliance: Appliance) -> None:  # noqa: F811
     os.chown(appliance.config_dir.parent, 0, 0)
     assert "config_dir_unwritable" not in certs.renewal_status(appliance.config_dir)
