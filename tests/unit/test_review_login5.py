@@ -1,0 +1,123 @@
+"""Review of the login check against a token service that answers ``400`` to a scope-less
+request (login5, after fa048d6): its scoped check took any anonymous ``200`` for "anonymous
+reads it", but token services hand anonymous tokens that grant nothing for any scope (Docker
+Hub always issues one; Distribution's convention: the ``access`` claim is then empty). Shown
+failing first (a strict xfail), then fixed. Nothing leaves the process: the upstreams are
+``httpx.MockTransport`` fakes, and a clock the tests move (``now``) stands for the time."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+import pytest
+
+from docxy.upstream.client import UpstreamClient
+from docxy.upstream.tokens import MirrorTokens
+from tests.unit.test_review_tokens import TOKEN_CHALLENGE
+from tests.unit.test_review_tokens4 import LOGIN, ROBOT, miss
+from tests.unit.test_review_tokens4 import now as now  # noqa: F401 (the fixture)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwt_shaped(subject: str, access: list[dict[str, object]]) -> str:
+    """A token shaped as Distribution's (a JWT, its signature not checked by the mirror)."""
+    header = _b64url(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
+    payload = _b64url(json.dumps({"sub": subject, "access": access}).encode())
+    return f"{header}.{payload}.{_b64url(b'not checked')}"
+
+
+def pull_of(repository: str) -> list[dict[str, object]]:
+    return [{"type": "repository", "name": repository, "actions": ["pull"]}]
+
+
+class GcrStyle:
+    """A token service that answers ``400`` without a scope; the login reads ``priv/*`` and
+    ``pub/*``, is answered ``401`` for ``other/*`` (another account's, as gcr.io answers a
+    good login that may not read one); anyone gets a token for any scope, granting pull on
+    ``pub/*`` only (for ``other/*`` and ``priv/*`` an empty ``access``, as Docker Hub gives).
+    ``log`` has each token request's (scope, Authorization, status)."""
+
+    def __init__(self, *, opaque: bool = False) -> None:
+        self.log: list[tuple[str | None, str | None, int]] = []
+        self.opaque = opaque
+
+    def token(self, scope: str, sent: str | None) -> str:
+        repository = scope.split(":")[1]
+        readable = repository.startswith("pub/") or (
+            sent == LOGIN and repository.startswith("priv/")
+        )
+        if self.opaque:
+            return "robot" if sent == LOGIN else "anonymous"
+        subject = "robot" if sent == LOGIN else ""
+        return jwt_shaped(subject, pull_of(repository) if readable else [])
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
+        if request.url.host == "auth.test":
+            return self.token_answer(request)
+        return self.registry_answer(request)
+
+    def token_answer(self, request: httpx.Request) -> httpx.Response:
+        scope = request.url.params.get("scope")
+        sent = request.headers.get("authorization")
+        if scope is None:
+            answer = httpx.Response(400, json={"details": "scope required"})
+        elif sent is not None and sent != LOGIN:
+            answer = httpx.Response(401, json={"details": "bad password"})
+        elif sent == LOGIN and scope.startswith("repository:other/"):
+            answer = httpx.Response(401, json={"details": "access denied"})
+        else:
+            answer = httpx.Response(200, json={"token": self.token(scope, sent)})
+        self.log.append((scope, sent, answer.status_code))
+        return answer
+
+    def registry_answer(self, request: httpx.Request) -> httpx.Response:
+        sent = request.headers.get("authorization", "")
+        path = request.url.path
+        if self.opaque:
+            pub_ok = sent in ("Bearer robot", "Bearer anonymous")
+            ok = (path.startswith("/v2/priv/") and sent == "Bearer robot") or (
+                path.startswith("/v2/pub/") and pub_ok
+            )
+        else:
+            repository = "/".join(path.split("/")[2:4])
+            ok = sent.startswith("Bearer ") and json.dumps(pull_of(repository)) in _claims(sent)
+        if ok:
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
+
+
+def _claims(bearer: str) -> str:
+    """The ``access`` claim of a :func:`jwt_shaped` token, as JSON text."""
+    payload = bearer.removeprefix("Bearer ").split(".")[1]
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return json.dumps(decoded["access"])
+
+
+@pytest.mark.xfail(strict=True, reason="an anonymous token granting nothing refuses the login")
+@pytest.mark.parametrize("opaque", [False, True])
+@pytest.mark.parametrize("fresh", [True, False])
+async def test_a_right_password_is_not_refused_by_a_repository_it_may_not_read(
+    now: list[float], fresh: bool, opaque: bool
+) -> None:
+    """The right password; a client pulls a name the account may not read (or a made-up
+    one): the login gets ``401``, an anonymous request a token that grants nothing. That is
+    no word on the login: it stays in use, the mirror's private repositories read (they were
+    answered ``401`` for a minute, with a WARNING "wrong or revoked", renewable by pulling
+    that name every minute). A token that is no JWT says nothing of what it grants."""
+    registry = GcrStyle(opaque=opaque)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry.handle)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        if not fresh:
+            assert await miss(tokens, "priv/a") == 200  # the login reads its private one
+            now[0] += 1
+        assert await miss(tokens, "other/x") == 401  # anyone may ask for another's
+        assert not tokens.login_refused(ROBOT), registry.log
+        assert tokens.client.health_of(ROBOT).login != "refused"
+        assert await miss(tokens, "priv/b") == 200
