@@ -7,32 +7,15 @@ failing first (a strict xfail), then fixed. Nothing leaves the process: the upst
 
 from __future__ import annotations
 
-import base64
-import json
-
 import httpx
 import pytest
 
 from docxy.upstream.client import UpstreamClient
 from docxy.upstream.tokens import MirrorTokens
+from tests.unit.test_review_login4 import jwt_shaped, pull_of, reads
 from tests.unit.test_review_tokens import TOKEN_CHALLENGE
 from tests.unit.test_review_tokens4 import LOGIN, ROBOT, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401 (the fixture)
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def jwt_shaped(subject: str, access: list[dict[str, object]]) -> str:
-    """A token shaped as Distribution's (a JWT, its signature not checked by the mirror)."""
-    header = _b64url(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
-    payload = _b64url(json.dumps({"sub": subject, "access": access}).encode())
-    return f"{header}.{payload}.{_b64url(b'not checked')}"
-
-
-def pull_of(repository: str) -> list[dict[str, object]]:
-    return [{"type": "repository", "name": repository, "actions": ["pull"]}]
 
 
 class GcrStyle:
@@ -86,18 +69,10 @@ class GcrStyle:
                 path.startswith("/v2/pub/") and pub_ok
             )
         else:
-            repository = "/".join(path.split("/")[2:4])
-            ok = sent.startswith("Bearer ") and json.dumps(pull_of(repository)) in _claims(sent)
+            ok = reads(sent, path)
         if ok:
             return httpx.Response(200, json={})
         return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
-
-
-def _claims(bearer: str) -> str:
-    """The ``access`` claim of a :func:`jwt_shaped` token, as JSON text."""
-    payload = bearer.removeprefix("Bearer ").split(".")[1]
-    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return json.dumps(decoded["access"])
 
 
 @pytest.mark.xfail(strict=True, reason="an anonymous token granting nothing refuses the login")
