@@ -19,20 +19,20 @@ of taking the upstream for down (stale-if-error, health). That answer stands for
 
 The mirror's own login is checked as ``docker login`` checks one: the token service asked with
 it and no scope (:meth:`MirrorTokens._login_verdict`), once per upstream at a time (concurrent
-misses wait for that one verdict), before it goes with a scope, and again when a scope's
-request with it is answered ``401``. A token service that answers it with a ``4xx`` that is no
-verdict (some answer every scope-less request ``400``) is asked with the miss's repository's
-scope instead, for ``REFUSED_TTL``: a token with the login accepts it, a ``401`` to it where the
-same scope asked anonymously gets a token refuses it, a ``401`` to both says nothing
-(:meth:`MirrorTokens._scoped_check`). Refused there (``upstream.password`` wrong or revoked), it
-stands for the upstream: for ``REFUSED_TTL`` no request carries that login, tokens are asked for
-anonymously. Accepted there, a scope's ``401`` is that repository's only (gcr.io and Artifact
-Registry answer ``401`` to a good login that may not read one repository). An acceptance is
-trusted for ``LOGIN_TRUSTED``; past ``REFUSED_TTL`` of it, the login goes with one token
-request per upstream at a time, the other misses waiting for its outcome
-(:meth:`MirrorTokens._login_turn`); a token service that answered it not in time has their
-requests time out with it, not sent to wait the timeout again (a check of its ``401`` that timed
-out does not: the ``401`` may be its repository's alone).
+misses wait for that one verdict), before it goes with a scope, and again when a scope's request
+with it is answered ``401``. A token service that answers it with a ``4xx`` that is no verdict
+(some answer every scope-less request ``400``) is asked with the miss's repository's scope
+instead (for ``REFUSED_TTL`` after a ``400``): a token with the login accepts it, a ``401`` to
+it where the same scope asked anonymously gets a token that grants ``pull`` on it refuses it;
+anything else says nothing (:meth:`MirrorTokens._scoped_check`). Refused there
+(``upstream.password`` wrong or revoked), it stands for the upstream: for ``REFUSED_TTL`` no
+request carries that login, tokens are asked for anonymously. Accepted there, a scope's ``401``
+is that repository's only (gcr.io and Artifact Registry answer ``401`` to a good login that may
+not read one repository). An acceptance is trusted for ``LOGIN_TRUSTED``; past ``REFUSED_TTL``
+of it, the login goes with one token request per upstream at a time, the other misses waiting
+for its outcome (:meth:`MirrorTokens._login_turn`); a token service that answered it not in time
+has their requests time out with it, not sent to wait the timeout again (a check of its ``401``
+that timed out does not: the ``401`` may be its repository's alone).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from docxy.core.errors import (
     UpstreamUnavailable,
 )
 from docxy.core.expiry import token_lifetime
+from docxy.core.grants import grants_pull
 from docxy.core.headers import retry_after_seconds
 from docxy.core.hosts import url_host
 from docxy.tasks import Coalesced
@@ -143,6 +144,13 @@ def _carried_login(answer: httpx.Response) -> bool:
         return True
 
 
+def _token_in(body: bytes) -> str | None:
+    """The token in a token service's answer (``token``, or OAuth2's ``access_token``)."""
+    data = jsondoc.object_in(body) or {}
+    token = data.get("token") or data.get("access_token")
+    return token if isinstance(token, str) and token else None
+
+
 def basic_authorization(username: str, password: str) -> str:
     raw = f"{username}:{password}".encode()
     return "Basic " + base64.b64encode(raw).decode("ascii")
@@ -167,8 +175,8 @@ class MirrorTokens:
         self._login_accepted: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: scope-less login checks in flight, one per upstream host (:meth:`_login_verdict`)
         self._checking: Coalesced[str, bool | None] = Coalesced(UpstreamError)
-        #: upstream hosts whose token service answered a scope-less check with a ``4xx`` that
-        #: is no verdict (a ``400``, "scope required"): since when (:meth:`_wants_scope`)
+        #: upstream hosts whose token service answered a scope-less check ``400`` ("scope
+        #: required"): since when (:meth:`_wants_scope`)
         self._scope_required: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts whose login check (after a scoped ``401``) timed out: since when
         #: (``CHECK_SILENCE_HOLD``)
@@ -511,9 +519,8 @@ class MirrorTokens:
         if service:
             params.append(("service", service))
         headers = [("Authorization", basic_authorization(*upstream.credentials))]
-        scoped = [*params, ("scope", f"repository:{repository}:pull")]
         if self._wants_scope(upstream):
-            return await self._scoped_check(upstream, realm, headers, scoped, known_401)
+            return await self._scoped_check(upstream, realm, headers, params, repository, known_401)
         answer, _ = await self._ask(upstream, realm, headers, params)
         if not _carried_login(answer):
             # A redirect to another origin dropped the login: its last hop's answer is to a
@@ -529,16 +536,21 @@ class MirrorTokens:
             # Some token services answer every scope-less request 400 ("scope required"):
             # without a verdict each scoped 401 stood for its repository, a wrong password
             # sent with every miss (a failed login each). Taking the 400 for a refusal
-            # (df98667, reverted) refused a right password. A scope gets a verdict.
-            self._scope_required.set(upstream.host, time.monotonic())
-            return await self._scoped_check(upstream, realm, headers, scoped, known_401)
+            # (df98667, reverted) refused a right password. A scope gets a verdict. Only a
+            # 400 ("scope required") is remembered: a 404 or 408 is no such answer (a path
+            # not found, a request timed out: a one-off as likely), and the scope-less check
+            # is the better one (a private repository's scope gives no verdict): the next
+            # check asks without a scope again.
+            if answer.status_code == 400:
+                self._scope_required.set(upstream.host, time.monotonic())
+            return await self._scoped_check(upstream, realm, headers, params, repository, known_401)
         said = f"the upstream's token service refused the mirror ({answer.status_code})"
         self._rest(upstream, answer, said)
         return None
 
     def _wants_scope(self, upstream: Upstream) -> bool:
-        """Whether the token service answered a scope-less check with a ``4xx`` that is no
-        verdict less than ``REFUSED_TTL`` ago: not asked so again meanwhile (each asking sent
+        """Whether the token service answered a scope-less check ``400`` less than
+        ``REFUSED_TTL`` ago: not asked so again meanwhile (each asking sent
         the login for nothing, a failed login on the account with a wrong password)."""
         since = self._scope_required.get(upstream.host)
         return since is not None and time.monotonic() - since < REFUSED_TTL
@@ -549,15 +561,20 @@ class MirrorTokens:
         realm: str,
         headers: list[tuple[str, str]],
         params: list[tuple[str, str | int | float | bool | None]],
+        repository: str,
         known_401: bool,
     ) -> bool | None:
         """The login's verdict from a token service that gives none without a scope: asked
-        with a repository's scope (``params``), with the login (``headers``; not when
-        ``known_401``, that request just answered ``401``) and, answered ``401``, without.
-        A token (or a ``403``) got with it accepts it; a ``401`` to it where the anonymous
-        request gets a token refuses it (a right password reads what anonymous reads); a
-        ``401`` to both is the repository's (private, or one the account may not read, as
-        gcr.io answers): no verdict, as for any other answer."""
+        (``params``, the ``service``) with ``repository``'s scope, with the login
+        (``headers``; not when ``known_401``, that request just answered ``401``) and,
+        answered ``401``, without. A token (or a ``403``) got with it accepts it; a ``401`` to
+        it where the anonymous token grants ``pull`` on that repository refuses it (a right
+        password reads what anonymous reads). An anonymous token is no such evidence by
+        itself: many token services give one for any scope, granting nothing (Docker Hub;
+        gcr.io answers a good login ``401`` for a repository it may not read), and a right
+        password was refused for any name a client pulled. Granting nothing, opaque, or a
+        ``401``: the repository's answer (private, another account's), no verdict."""
+        params = [*params, ("scope", f"repository:{repository}:pull")]
         if not known_401:
             answer, _ = await self._ask(upstream, realm, headers, params)
             if not _carried_login(answer):
@@ -569,8 +586,9 @@ class MirrorTokens:
                 said = f"the upstream's token service refused the mirror ({answer.status_code})"
                 self._rest(upstream, answer, said)
                 return None
-        anonymous, _ = await self._ask(upstream, realm, [], params)
-        if anonymous.status_code != 200:
+        anonymous, body = await self._ask(upstream, realm, [], params)
+        token = _token_in(body) if anonymous.status_code == 200 else None
+        if token is None or not grants_pull(token, repository):
             return None
         self._refuse_login(upstream, realm)
         return False

@@ -119,7 +119,6 @@ async def test_a_wrong_password_costs_failed_logins_once_not_per_miss(
     assert {f"repository:{r}:pull" for r in repositories} <= anonymous
 
 
-@pytest.mark.xfail(strict=True, reason="an anonymous token granting nothing refuses the login")
 @pytest.mark.parametrize("quiet", [0.0, REFUSED_TTL + 30])
 async def test_a_right_password_is_never_judged_refused(now: list[float], quiet: float) -> None:
     """The right password on such a token service (the case that made df98667 go, reverted
@@ -146,7 +145,6 @@ async def test_a_right_password_is_never_judged_refused(now: list[float], quiet:
     assert checked  # their 401s were checked (anonymously, with the scope)
 
 
-@pytest.mark.xfail(strict=True, reason="an anonymous token granting nothing taken as a verdict")
 async def test_a_token_service_wanting_a_scope_is_not_asked_without_one_each_miss(
     now: list[float],
 ) -> None:

@@ -75,7 +75,6 @@ class GcrStyle:
         return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
 
 
-@pytest.mark.xfail(strict=True, reason="an anonymous token granting nothing refuses the login")
 @pytest.mark.parametrize("opaque", [False, True])
 @pytest.mark.parametrize("fresh", [True, False])
 async def test_a_right_password_is_not_refused_by_a_repository_it_may_not_read(
