@@ -95,3 +95,41 @@ async def test_a_right_password_is_not_refused_by_a_repository_it_may_not_read(
         assert not tokens.login_refused(ROBOT), registry.log
         assert tokens.client.health_of(ROBOT).login != "refused"
         assert await miss(tokens, "priv/b") == 200
+
+
+class OneOff(GcrStyle):
+    """:class:`GcrStyle` whose token service answers the scope-less login check as
+    ``docker login`` expects (a token for the right login), but the first such request
+    ``status`` once (a path a proxy lost for a moment, a request timed out). ``checks``
+    counts the scope-less requests."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
+        self.checks = 0
+
+    def token_answer(self, request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("scope") is not None:
+            return super().token_answer(request)
+        self.checks += 1
+        if self.checks == 1:
+            return httpx.Response(self.status, json={"details": "not now"})
+        return httpx.Response(200, json={"token": jwt_shaped("robot", [])})
+
+
+@pytest.mark.parametrize("status", [404, 408])
+async def test_a_one_off_answer_to_the_login_check_is_not_taken_for_scope_required(
+    now: list[float], status: int
+) -> None:
+    """A scope-less check answered ``404`` or ``408`` once was taken for "scope required"
+    (as a ``400``) for a minute: the checks meanwhile went with a scope only, and a
+    repository the account may not read gave them no verdict (the login never known
+    accepted, such ``401``s unchecked). Only a ``400`` is remembered so: the check of the
+    miss's ``401`` asks without a scope again, and that answer accepts the login."""
+    registry = OneOff(status)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(registry.handle)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        assert await miss(tokens, "other/x") == 401  # before it: the one-off, no verdict
+        assert registry.checks == 2  # after its 401: asked without a scope again
+        assert tokens.client.health_of(ROBOT).login == "accepted"
+        assert not tokens.login_refused(ROBOT)
