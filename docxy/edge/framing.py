@@ -5,7 +5,7 @@ list in one, a sign, whitespace before the colon, an unknown ``Transfer-Encoding
 chunk size). It does accept ``Content-Length`` *and* ``Transfer-Encoding: chunked`` together:
 it reads the body as chunked and keeps the connection open, so a proxy that framed the same
 bytes by their length would see a different next request (checked over a raw socket: two
-responses to one such write). RFC 9112 §6.3 lets a server refuse that; this layer does,
+responses to one such write). RFC 9112 §6.1 lets a server refuse that; this layer does,
 with ``400`` and ``Connection: close``, so nothing after it on the connection is read.
 
 It also caps the total size of the request head: h11's limit only applies while a head is

@@ -472,8 +472,9 @@ def _send(
         )
     give_back = partial(settings.idle.give, origin)
     # Chunked and a Content-Length both: read by its chunks, the length ignored, and the
-    # connection closed after it (RFC 9112 6.3: whatever framed it on the way may have read
-    # another body); http.client kept it for the next GET.
+    # connection closed after it (the mirror's choice, for RFC 9112 6.3's reason to take such
+    # an answer for an error: whatever framed it on the way may have read another body);
+    # http.client kept it for the next GET.
     keep = response.getheader("content-length") is None or not response.chunked
     body = DirectBody(connection, sock, response, give_back, settings.read_timeout, keep)
     return DirectAnswer(response.status, response.getheaders(), body)

@@ -3,12 +3,15 @@
 An answer framed twice, by ``Transfer-Encoding`` and ``Content-Length``:
 
 h11 reads such an answer by its chunks (RFC 9112 6.3: the ``Transfer-Encoding`` overrides the
-length), as the direct path's ``http.client`` does; but RFC 9112 6.3 also says the connection
-must be closed after it: whatever framed it on the way (a proxy reading by the length) may
-have taken another body from it, or left one in it. h11 keeps the connection, and httpcore
-gave it back to the pool for the next request (a fill's ``Range`` rest, a manifest, a token),
-which then read whatever that was. The direct path closes it
-(:mod:`docxy.upstream.direct`); here the pooled connection is closed once its answer is.
+length), as the direct path's ``http.client`` does. RFC 9112 6.3 also says such a message
+ought to be handled as an error, for the reason that its framing may have been tampered with
+on the way: whatever framed it there (a proxy reading by the length) may have taken another
+body from the connection, or left one in it. It does not require a client to close the
+connection (its MUST-close, 6.1, is a server's, after such a request); closing it is the
+mirror's defensive choice, for that reason. h11 keeps the connection, and httpcore gave it
+back to the pool for the next request (a fill's ``Range`` rest, a manifest, a token), which
+then read whatever that was. The direct path closes it (:mod:`docxy.upstream.direct`); here
+the pooled connection is closed once its answer is.
 
 An answer in a transfer coding but ``chunked`` (``gzip, chunked``, two such headers, a lone
 ``identity``): h11 refuses its headers with a ``RemoteProtocolError``, which is also what a

@@ -677,7 +677,8 @@ class _Guarded(DelegatingConnection):
             response = await self._connection.handle_async_request(request)
         finally:
             _SENDING.reset(token)
-        # Chunked and a Content-Length both: closed after it, never kept (RFC 9112 6.3).
+        # Chunked and a Content-Length both: closed after it, never kept (the mirror's choice:
+        # its framing may have been tampered with on the way, RFC 9112 6.3).
         return closed_after_if_framed_twice(response, self._connection)
 
     def can_handle_request(self, origin: httpcore.Origin) -> bool:
