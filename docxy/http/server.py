@@ -32,6 +32,7 @@ from docxy.http.state import MirrorState, mirror_state
 from docxy.observe import Observer, create_admin_app, serve_admin
 from docxy.tasks import cancel_all, spawn
 from docxy.tls.certs import public_renewal, renewal_status
+from docxy.upstream.settings import SECTION
 from docxy.upstream.startup import warn_about_upstreams
 
 if TYPE_CHECKING:
@@ -173,11 +174,17 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         # The renewer's certificate is expected at the configured paths; the own pair is kept
         # self-signed on purpose (docxy.tls.trust).
         domain = config.certs.domain if own is None else None
-        return ReloadableTLS(Path(cert), Path(key), client_ca, own, domain)
+        return ReloadableTLS(Path(cert), Path(key), client_ca, own, domain, _routed_hosts(config))
     except CertError as exc:
         raise ConfigError(
             f"tls.cert_path/tls.key_path: {exc} ({config.sources['tls.cert_path']})"
         ) from exc
+
+
+def _routed_hosts(config: Config) -> dict[str, tuple[str, ...]]:
+    """Each upstream's ``hosts`` by its setting: names clients reach the mirror by over TLS,
+    which the served certificate must name too (``docxy.tls.trust.uncovered``)."""
+    return {f"{SECTION}.{u.name}.hosts": u.hosts for u in config.upstreams if u.hosts}
 
 
 def _public_host(public_url: str) -> str:

@@ -285,6 +285,8 @@ def _certificate(tls: object, renewal: object) -> str:
             rows.append(("served", _served(tls)))
         if tls.get("warning"):  # docxy.tls.trust.refusal: clients refuse it now
             rows.append(("warning", str(tls["warning"])))
+        if tls.get("hosts_warning"):  # docxy.tls.trust.hosts_refusal: by those names
+            rows.append(("upstream host names", str(tls["hosts_warning"])))
         rows.append(("expires", _when(tls.get("not_after"))))
         waiting = tls.get("waiting")  # docxy.tls.context.ReloadableTLS._wait_for
         if tls.get("expires_soon") is True:  # docxy.tls.context.CertInfo.expires_soon

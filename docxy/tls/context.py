@@ -21,6 +21,7 @@ import re
 import ssl
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -466,6 +467,7 @@ class ReloadableTLS:
         client_ca: Path | None = None,
         own: SelfSignedPair | None = None,
         domain: str | None = None,
+        hosts: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
@@ -475,6 +477,9 @@ class ReloadableTLS:
         #: The name the renewer installs a CA's certificate for at these paths (certs.domain):
         #: one self-signed or for another name is refused by clients (:mod:`docxy.tls.trust`).
         self.domain = domain
+        #: Other names clients reach the mirror by: each upstream's ``hosts``, by setting
+        #: (``upstreams.<name>.hosts``); each one the certificate lacks is said.
+        self.hosts: Mapping[str, tuple[str, ...]] = dict(hosts or {})
         self._own_tried: dt.datetime | None = None  # when a new one was last written (or not)
         self._signature = _file_signature(self.cert_path, self.key_path)
         #: Replaced (never changed) by a reload: take it per handshake, never keep it.
@@ -608,10 +613,21 @@ class ReloadableTLS:
         self._key_exposed = exposed
 
     def _warn_if_refused(self) -> None:
-        """Log, once per certificate loaded, that clients will refuse it."""
+        """Log, once per certificate loaded, that clients will refuse it, for the domain and
+        for each upstream ``hosts`` name it does not name."""
         refused = self._refusal()[1]
         if refused is not None:
             log.warning("TLS %s: %s", self.cert_path, refused)
+        lacking = self._hosts_refusal()
+        if lacking is not None:
+            log.warning("TLS %s: %s", self.cert_path, lacking)
+
+    def _uncovered(self) -> dict[str, tuple[str, ...]]:
+        """The upstreams' ``hosts`` names the served certificate does not name, by setting."""
+        return trust.uncovered(self._info.sans, self.hosts)
+
+    def _hosts_refusal(self) -> str | None:
+        return trust.hosts_refusal(self._uncovered(), self._info.sans)
 
     def warn_if_expiring(self, now: dt.datetime | None = None) -> None:
         """Log a warning, once every 24 hours, while the served certificate expires soon:
@@ -678,6 +694,9 @@ class ReloadableTLS:
         served, refused = self._refusal()
         stuck = self._stuck()
         said = [why for why in (refused, stuck) if why is not None]
+        # Not in ``warning``: a name routed by host is one of the mirror's ways in, and
+        # /health keeps saying whether the mirror's own name is served (the status page shows it).
+        lacking = self._uncovered()
         return {
             "cert_path": str(self.cert_path),
             "served": served,
@@ -690,6 +709,8 @@ class ReloadableTLS:
             "last_error": self._last_error,
             "reload_failing_since": utc_stamp(self._failing_since),
             "waiting": None if self._waiting is None else _waiting(self._waiting),
+            "hosts_uncovered": [host for hosts in lacking.values() for host in hosts],
+            "hosts_warning": trust.hosts_refusal(lacking, self._info.sans),
         }
 
     async def watch(self, interval: float) -> None:

@@ -16,12 +16,19 @@ Names are compared as TLS clients compare them (RFC 6125): case-insensitively, a
 only as the whole left-most label (``*.example.com`` names ``mirror.example.com``, not
 ``example.com`` nor ``a.b.example.com``), an IP address only by an IP entry. The common name
 is not looked at: Go's TLS (Docker's) ignores it.
+
+An upstream's ``hosts`` (host-based routing) are names clients reach the mirror by too, and
+the certificate certbot is asked for names ``certs.domain`` alone: :func:`uncovered` says which
+of them the served certificate does not name, :func:`hosts_refusal` what that means and what
+to do. Said whatever the certificate is: no client takes one for a name it does not carry.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from docxy.core.hosts import host_key
 
 #: :func:`served_kind`'s answers, as ``/health`` shows them under ``tls.served``.
 CA_ISSUED = "ca-issued"
@@ -118,4 +125,37 @@ def refusal(kind: str, sans: Sequence[str], domain: str | None) -> str | None:
     return (
         f"serving a certificate for {named}, not {domain}: clients refuse it (x509: certificate"
         " is not valid for the name); see renewal, certs.domain and tls.cert_path"
+    )
+
+
+def uncovered(
+    sans: Sequence[str], hosts: Mapping[str, Sequence[str]]
+) -> dict[str, tuple[str, ...]]:
+    """Of each setting's mirror host names (``upstreams.<name>.hosts`` → its entries), those a
+    certificate with these subject alternative names does not name, each once and without its
+    port (a certificate names hosts, not ports: ``HOST:8443`` is ``HOST``); a setting whose
+    every name is named is left out."""
+    missing: dict[str, tuple[str, ...]] = {}
+    for key, entries in hosts.items():
+        bare = dict.fromkeys(host_key(entry)[1] for entry in entries)
+        lacking = tuple(host for host in bare if host and not names(sans, host))
+        if lacking:
+            missing[key] = lacking
+    return missing
+
+
+def hosts_refusal(missing: Mapping[str, Sequence[str]], sans: Sequence[str]) -> str | None:
+    """Why clients that reach the mirror by an upstream's ``hosts`` name over TLS refuse the
+    certificate, and what to do (None: ``missing`` is empty, from :func:`uncovered`)."""
+    if not missing:
+        return None
+    listed = "; ".join(f"{key}: {', '.join(hosts)}" for key, hosts in missing.items())
+    named = ", ".join(sans) or "no name"
+    return (
+        f"the served certificate names {named}, not these upstream host names ({listed}):"
+        " clients that pull by them over TLS refuse it (x509: certificate is not valid for"
+        " the name); the certificate the renewer obtains names certs.domain alone, so use a"
+        " certificate that covers them (tls.cert_path and tls.key_path: one naming each, or"
+        " a wildcard *.<parent> for names one label under it), or pick those upstreams by"
+        " path prefix or containerd's ?ns= instead"
     )
