@@ -219,12 +219,14 @@ parse_args() {
   if ((${#REGISTRIES[@]} == 0)); then
     read -r -a REGISTRIES <<<"${REGISTRIES_DEFAULT:-$DOCKER_HUB}"
   fi
-  local entry url name_pattern="^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(=https?://$HOST_PORT)?\$"
+  # NAME:PORT for a registry whose images are named with its port: containerd reads
+  # certs.d/NAME:PORT/hosts.toml for them.
+  local entry url name_pattern="^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(=https?://$HOST_PORT)?\$"
   for entry in "${REGISTRIES[@]}"; do
     url="" # the URL's scheme and host in any case (the name in lower case only)
     [[ "$entry" != *=* ]] || url="=${entry#*=}"
     [[ "${entry%%=*}${url,,}" =~ $name_pattern ]] ||
-      die "--registry must be a registry host name such as ghcr.io (or NAME=https://HOST), not '$entry'" 2
+      die "--registry must be a registry host name such as ghcr.io, or HOST:PORT (or NAME=https://HOST), not '$entry'" 2
   done
   RELOAD_WAIT="$(duration_seconds "${DOCXY_RELOAD_WAIT:-10}")" ||
     die "DOCXY_RELOAD_WAIT=${DOCXY_RELOAD_WAIT}: expected whole seconds (10), or a duration with units: 30s, 5m, 2h (or several: 1m30s)" 2
@@ -1675,6 +1677,7 @@ docker_hub_only_note() {
   for entry in "${REGISTRIES[@]}"; do
     name="$(registry_name "$entry")"
     [[ "$name" == "$DOCKER_HUB" ]] && continue
+    [[ "$name" == *:* ]] && continue # HOST:PORT is no path prefix: containerd's alone
     say "  registry-mirrors applies to Docker Hub only: pull $name images through the mirror by"
     say "  prefix, e.g. docker pull $MIRROR_HOST/$name/OWNER/IMAGE:TAG"
     return 0

@@ -734,6 +734,12 @@ def _mirror_image(text: str, upstreams: list[str], *, library_prefix: bool) -> I
     image = parse_image_ref(text, library_prefix=library_prefix)
     if image.on_hub():
         return image
+    if image.domain in upstreams and ":" in image.domain:
+        # A repository name has no ``:``: such an upstream is reached by ?ns= alone.
+        raise ValueError(
+            f"{text!r}: warm pulls by path prefix, and {image.domain}, named with its port, "
+            f"is no path prefix (containerd reaches it by ?ns=)"
+        )
     if image.domain in upstreams:
         return ImageRef(None, f"{image.domain}/{image.name}", image.tag, image.digest)
     known = ", ".join(["docker.io", *upstreams])

@@ -8,7 +8,7 @@ holds one host twice under two spellings:
 - :func:`host_key`: a mirror host name (a ``Host`` header, an upstream's ``hosts`` entry).
   The mirror serves both schemes and a ``Host`` header does not say which, so ``:443`` and
   ``:80`` are both dropped (an entry that names a port, :func:`takes_any_port` says, still
-  takes no other port than those);
+  takes no other port than those; an IPv6 address is written as :mod:`ipaddress` writes it);
 - :func:`url_host` and :func:`canonical_url`: a URL's host (a registry's, which keys the
   cache, tokens and health), without the default port of *its* scheme (``http://x:443`` keeps
   its port);
@@ -21,6 +21,7 @@ holds one host twice under two spellings:
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,6 +41,30 @@ def _split(host: str) -> tuple[str, str]:
     return bare, port
 
 
+def _one_spelling(bare: str) -> str:
+    """An IPv6 literal as :mod:`ipaddress` writes it, ``[FD00:0::5]`` → ``[fd00::5]``: one
+    address has many spellings, and a ``hosts`` entry written one way must take a request's
+    ``Host`` written another. Anything else (a name, an IPv4 address) as it is."""
+    if not (bare.startswith("[") and bare.endswith("]")):
+        return bare
+    try:
+        return f"[{ipaddress.IPv6Address(bare[1:-1]).compressed}]"
+    except ValueError:  # not an address: a name nothing is configured as
+        return bare
+
+
+def split_host(host: str) -> tuple[str, str]:
+    """``host[:port]`` as compared → (host, port as written, ``""`` for none): lower case
+    (ASCII only: see :func:`host_key`), without a trailing dot, an IPv6 literal written one
+    way. No port is dropped: which one is the default is the caller's to say."""
+    host = host.strip(" \t")
+    if host.isascii():
+        host = host.lower()
+    bare, port = _split(host)
+    # The fully qualified spelling (RFC 3986), ``ghcr.mirror.`` for ``ghcr.mirror``: one host.
+    return _one_spelling(bare.removesuffix(".")), port
+
+
 def _is_default(port: str, defaults: frozenset[int]) -> bool:
     return port == "" or (port.isascii() and port.isdigit() and int(port) in defaults)
 
@@ -49,13 +74,9 @@ def host_key(host: str) -> tuple[str, str]:
     dropped: ``Ghcr.Mirror:443`` → (``ghcr.mirror``, ``ghcr.mirror``); ``[::1]:8080`` →
     (``[::1]:8080``, ``[::1]``). Only ASCII is folded: ``str.lower`` and ``str.strip`` would
     make ``K`` (KELVIN SIGN) a ``k`` and drop a trailing U+00A0, so a name spelled with them
-    would be another's; it stays a name nothing is configured as."""
-    host = host.strip(" \t")
-    if host.isascii():
-        host = host.lower()
-    bare, port = _split(host)
-    # The fully qualified spelling (RFC 3986), ``ghcr.mirror.`` for ``ghcr.mirror``: one host.
-    bare = bare.removesuffix(".")
+    would be another's; it stays a name nothing is configured as. An IPv6 address is written
+    one way: ``[FD00:0::5]`` is ``[fd00::5]``."""
+    bare, port = split_host(host)
     if _is_default(port, MIRROR_DEFAULT_PORTS):
         return bare, bare
     return f"{bare}:{port}", bare

@@ -3,8 +3,9 @@
 A Docker host is pointed at the mirror with ``curl -fsSL https://mirror.example.com/setup.sh |
 sudo bash``. The script is ``scripts/configure-client.sh``, shipped inside the package as
 ``docxy/data/configure-client.sh``; its ``MIRROR_DEFAULT=""`` line gets ``server.public_url``
-and its ``REGISTRIES_DEFAULT=""`` line the registries the mirror fronts (``docker.io``, then each
-of ``upstreams`` as ``NAME=REGISTRY-URL``), so containerd gets a ``hosts.toml`` for each.
+and its ``REGISTRIES_DEFAULT=""`` line the registries the mirror fronts (``docker.io``,
+``[upstream]``'s registry host when it is not Docker Hub, then each of ``upstreams`` as
+``NAME=REGISTRY-URL``), so containerd gets a ``hosts.toml`` for each.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from quart import Blueprint, Response
 
 from docxy.config import Config
 from docxy.core.errors import RegistryError
+from docxy.core.hosts import url_host
 from docxy.http.health import for_strangers
 from docxy.http.state import mirror_state
-from docxy.upstream.presets import DEFAULT_NAME
+from docxy.upstream.presets import DEFAULT_NAME, PRESETS
 
 blueprint = Blueprint("setup_script", __name__)
 
@@ -28,8 +30,11 @@ PLACEHOLDER = 'MIRROR_DEFAULT=""\n'
 REGISTRIES_PLACEHOLDER = 'REGISTRIES_DEFAULT=""\n'
 # What may stand between double quotes in a shell script without being interpreted.
 _SAFE_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?")
-# One registry for the script's --registry: NAME or NAME=http(s)://HOST[:PORT] (no path).
-_SAFE_REGISTRY = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?:=https?://[A-Za-z0-9.:\[\]-]+)?")
+# One registry for the script's --registry: NAME[:PORT] or NAME[:PORT]=http(s)://HOST[:PORT]
+# (no path); containerd reads the hosts.toml of an image named with a port from certs.d/HOST:PORT.
+_SAFE_REGISTRY = re.compile(
+    r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?(?:=https?://[A-Za-z0-9.:\[\]-]+)?"
+)
 
 
 class SetupScriptError(RegistryError):
@@ -38,14 +43,30 @@ class SetupScriptError(RegistryError):
 
 def registries_of(config: Config, *, urls: bool = True) -> tuple[str, ...]:
     """The registries this mirror fronts, as the script's ``--registry`` takes them: Docker Hub
-    (``[upstream]``, whose hosts.toml falls back to Docker Hub itself), then each of
-    ``upstreams`` with its registry URL (just the name, meaning ``https://NAME``, when the URL
-    has a path the script's form cannot carry, or without ``urls``)."""
+    (``[upstream]``, whose hosts.toml falls back to Docker Hub itself), ``[upstream]``'s own
+    registry host when it is not Docker Hub and ``urls`` (containerd sends ``?ns=`` that host
+    for images named by it, which picks ``[upstream]``), then each of ``upstreams``, with its
+    registry URL (just the name, meaning ``https://NAME``, when the URL has a path the script's
+    form cannot carry, or without ``urls``)."""
     entries = [DEFAULT_NAME]
-    for upstream in config.upstreams:
-        entry = f"{upstream.name}={upstream.registry.rstrip('/')}"
-        entries.append(entry if urls and _SAFE_REGISTRY.fullmatch(entry) else upstream.name)
+    names = {upstream.name for upstream in config.upstreams}
+    default_host = url_host(config.upstream.registry)
+    # Not for strangers (urls off): that host is the internal registry's address.
+    hub = url_host(PRESETS[DEFAULT_NAME].registry)
+    if urls and default_host not in (hub, *names):
+        entry = _entry(default_host, config.upstream.registry, urls=urls)
+        # An address the script's form cannot carry (IPv6): no hosts.toml rather than none
+        # at all, as fill_in would refuse the whole script.
+        if _SAFE_REGISTRY.fullmatch(entry):
+            entries.append(entry)
+    entries += [_entry(u.name, u.registry, urls=urls) for u in config.upstreams]
     return tuple(entries)
+
+
+def _entry(name: str, registry: str, *, urls: bool) -> str:
+    """``NAME=URL`` for the script's ``--registry``, or ``NAME`` when the URL cannot go."""
+    entry = f"{name}={registry.rstrip('/')}"
+    return entry if urls and _SAFE_REGISTRY.fullmatch(entry) else name
 
 
 def fill_in(script: str, public_url: str, registries: tuple[str, ...] = (DEFAULT_NAME,)) -> str:

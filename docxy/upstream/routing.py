@@ -3,7 +3,9 @@
 Pure: strings in, an :class:`Upstream` out, or :class:`UpstreamUnknown` before anything is sent.
 Only configured upstreams can ever be chosen; what a client writes only *selects* one of them::
 
-    ?ns=ghcr.io                          containerd's hosts.toml mirror (``:443`` or not)
+    ?ns=ghcr.io                          containerd's hosts.toml mirror (``:443`` or not,
+                                         for an https upstream; ``:80`` for an http one)
+    ?ns=registry.lab.example             [upstream]'s own registry host, as docker.io is
     Host: ghcr.mirror.example.com        one of an upstream's ``hosts`` (``:443`` or not)
     /v2/ghcr.io/owner/img/...            a path prefix: ``owner/img`` on ghcr.io
     /v2/owner/img/...                    none of these: ``[upstream]`` (Docker Hub)
@@ -19,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from docxy.core.challenge import scope_repository
 from docxy.core.errors import ClientError
-from docxy.core.hosts import host_key, takes_any_port
+from docxy.core.hosts import DEFAULT_PORTS, host_key, split_host, takes_any_port, url_host
 from docxy.core.names import upstream_name
 from docxy.upstream.client import Upstream
 
@@ -61,20 +63,41 @@ class Upstreams:
             for host in upstream.hosts:
                 table = self.any_port if takes_any_port(host) else self.by_host
                 table[host_key(host)[0]] = upstream
+        # What ?ns= may say: every name, and [upstream]'s registry host too, which is what
+        # containerd sends for an image named by it (``registry.lab.example/app`` with a
+        # hosts.toml for that host) when [upstream] is not Docker Hub. A name wins over it.
+        self.by_ns: dict[str, Upstream] = {_ns_key(url_host(default.registry)): default}
+        self.by_ns |= {_ns_key(name): upstream for name, upstream in self.by_name.items()}
 
     def all(self) -> list[Upstream]:
         return list(self.by_name.values())
 
     def named(self, name: str) -> Upstream:
         """The upstream ``name`` (an ``?ns=``, a realm's ``?upstream=``) names, compared as a
-        host (``docxy.core.hosts``): ``ghcr.io:443`` and ``GHCR.io`` are ``ghcr.io``, as
-        containerd may write the registry of an image reference that names its port."""
-        found = self.by_name.get(host_key(name)[0])
+        host (``docxy.core.hosts``): ``GHCR.io`` is ``ghcr.io``, and so is ``ghcr.io:443`` (as
+        containerd may write the registry of an image reference that names its port) for an
+        https upstream, ``:80`` for an http one; another port is part of the name
+        (``registry.lab.example:5000``). ``[upstream]``'s registry host names it too."""
+        found = self._by_ns(name)
         if found is None:
             raise UpstreamUnknown(
                 "this mirror has no such upstream", {"upstream": name[:100], "known": self.names()}
             )
         return found
+
+    def _by_ns(self, name: str) -> Upstream | None:
+        bare, port = split_host(name)
+        if not port:
+            return self.by_ns.get(bare)
+        found = self.by_ns.get(f"{bare}:{port}")
+        if found is not None:
+            return found
+        # The port the upstream's own scheme leaves out, not the other scheme's: an https
+        # upstream on port 80 would be another registry.
+        found = self.by_ns.get(bare)
+        if found is not None and _default_port_of(found.registry, port):
+            return found
+        return None
 
     def names(self) -> list[str]:
         return list(self.by_name)
@@ -140,6 +163,18 @@ class Upstreams:
                     )
                 chosen = upstream
         return chosen or self.default
+
+
+def _ns_key(name: str) -> str:
+    """A name (or registry host) as ?ns= lookups compare it; a port, any port, kept."""
+    bare, port = split_host(name)
+    return f"{bare}:{port}" if port else bare
+
+
+def _default_port_of(registry: str, port: str) -> bool:
+    """Whether ``port`` is the default port of the scheme of the URL ``registry``."""
+    default = DEFAULT_PORTS.get(urlsplit(registry).scheme.lower())
+    return default is not None and port.isascii() and port.isdigit() and int(port) == default
 
 
 def configured_upstreams(config: Config) -> Upstreams:

@@ -78,6 +78,7 @@ SECRET_FILE = "password_file"  # names a file holding the password: a key in eve
 GIVEN_KEYS = (*KEYS, SECRET_FILE)  # what a layer may give
 PRESET_KEYS = ("registry", "library_prefix")  # what a preset gives (docxy.upstream.presets)
 _NAME = re.compile(r"[a-z0-9]+(?:-+[a-z0-9]+)*(?:\.[a-z0-9]+(?:-+[a-z0-9]+)*)+")
+_PORT = re.compile(r"[1-9][0-9]{0,4}")  # and below 65536
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 _HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::\d{{1,5}})?")
 
@@ -100,13 +101,26 @@ def is_upstreams_env(name: str) -> bool:
 
 
 def parse_name(value: object) -> str:
+    """An upstream's name: a registry host name (with a dot), or ``HOST:PORT`` for a registry
+    images are named with its port (``registry.lab.example:5000/app``, as registry:2 is run),
+    which containerd sends as ``?ns=HOST:PORT``. Such a name cannot be a path prefix (the
+    repository grammar has no ``:``). Port 80 or 443 is refused: the name without it is the
+    one, and ``?ns=`` with it picks that (``docxy.upstream.routing``)."""
     text = value.strip().lower() if isinstance(value, str) else ""
-    if not _NAME.fullmatch(text) or len(text) > 253:
+    host, colon, port = text.partition(":")
+    if not _NAME.fullmatch(host) or len(host) > 253 or (colon and not _valid_port(port)):
         shown = redacted(value) if isinstance(value, str) else value  # a URL's user:password@
         raise ValueError(
-            f"expected a registry host name such as ghcr.io (lower case, with a dot), got {shown!r}"
+            "expected a registry host name such as ghcr.io (lower case, with a dot), or "
+            f"HOST:PORT (port 1-65535), got {shown!r}"
         )
+    if colon and int(port) in (80, 443):
+        raise ValueError(f"{text!r}: leave out port {port}, a default port: name it {host!r}")
     return text
+
+
+def _valid_port(port: str) -> bool:
+    return _PORT.fullmatch(port) is not None and int(port) < 65536
 
 
 def parse_hosts(value: object) -> tuple[str, ...]:

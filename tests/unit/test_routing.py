@@ -64,11 +64,13 @@ def test_unknown_upstreams_are_refused(name: str, ns: str | None) -> None:
     assert caught.value.code == "NAME_UNKNOWN"
 
 
-@pytest.mark.parametrize("ns", ["ghcr.io:443", "GHCR.IO", "Ghcr.io:443", "ghcr.io:80"])
+@pytest.mark.parametrize("ns", ["ghcr.io:443", "GHCR.IO", "Ghcr.io:443", "ghcr.io."])
 def test_an_ns_is_compared_as_a_host(ns: str) -> None:
-    """containerd names the registry of the image reference, which may carry its port: a
-    default port is no port, and case does not matter (``docxy.core.hosts``), as for ``hosts``
-    (on 00eccfd ``?ns=ghcr.io:443`` was refused while ``ghcr.io`` was taken)."""
+    """containerd names the registry of the image reference, which may carry its port: the
+    default port of the upstream's scheme is no port, and case does not matter
+    (``docxy.core.hosts``), as for ``hosts`` (on 00eccfd ``?ns=ghcr.io:443`` was refused
+    while ``ghcr.io`` was taken). ``ghcr.io:80``, HTTPS's other port, is another registry:
+    ``test_review_routing1``."""
     assert TABLE.route("owner/img", ns=ns) == Route(GHCR, "owner/img")
     assert TABLE.for_token(ns, []) is GHCR
 

@@ -93,7 +93,11 @@ async def test_route_fills_in_every_configured_registry() -> None:
         body = await response.get_data(as_text=True)
 
     assert response.status_code == 200
-    registries = "docker.io ghcr.io=https://ghcr.io lab.test=http://10.0.0.5:5000 odd.test"
+    # [upstream] (https://registry.example) is not Docker Hub: its host gets a hosts.toml too.
+    default = "registry.example=https://registry.example"
+    registries = (
+        f"docker.io {default} ghcr.io=https://ghcr.io lab.test=http://10.0.0.5:5000 odd.test"
+    )
     assert body == expected("https://mirror.example.com", registries)
 
 
@@ -122,7 +126,8 @@ async def test_route_serves_the_script_with_this_mirrors_url() -> None:
 
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/x-shellscript")
-    assert body == expected("https://mirror.example.com")
+    registries = "docker.io registry.example=https://registry.example"  # [upstream]'s host too
+    assert body == expected("https://mirror.example.com", registries)
     assert head.status_code == 200
 
 
