@@ -57,6 +57,7 @@ from docxy.pull.manifests import MANIFEST_TYPES, encoded
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Source
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.upstream.client import MAX_SMALL_BODY, SERVER_TROUBLE, Upstream, read_small
+from docxy.upstream.issuers import may_go_to
 from docxy.upstream.routing import Route, request_picks
 
 blueprint = Blueprint("registry", __name__)
@@ -218,7 +219,7 @@ async def content(rest: str) -> Response:
     refuse_unsendable()
     state = mirror_state()
     route = _route(state, reference.name)
-    pull = _pull(route, reference)
+    pull = await _pull(route, reference)
     services = state.running
     started = time.monotonic()
     outcome: Outcome | None = None
@@ -278,9 +279,9 @@ def _range(reference: Reference) -> str | None:
     return range_asked(request.method, headers.get("Range"), headers.get("If-Range"), etag)
 
 
-def _pull(route: Route, reference: Reference) -> Pull:
+async def _pull(route: Route, reference: Reference) -> Pull:
     upstream = route.upstream
-    authorization = _upstream_authorization(route)
+    authorization = await _upstream_authorization(route)
     anonymous = mirror_state().client.anonymous_tokens
     return Pull(
         upstream,
@@ -294,7 +295,7 @@ def _pull(route: Route, reference: Reference) -> Pull:
     )
 
 
-def _upstream_authorization(route: Route) -> str | None:
+async def _upstream_authorization(route: Route) -> str | None:
     """The client's ``Authorization``, when it is meant for the upstream: never a token the
     mirror issued itself (users mode), which must not leave the mirror; never a Basic login
     on a route chosen by path prefix (``mirror/lab.example/owner/img``) to an upstream other
@@ -304,7 +305,8 @@ def _upstream_authorization(route: Route) -> str | None:
     challenge with it. A Bearer token there is that upstream's own: the token endpoint asked
     it of that upstream, anonymously; never a token the mirror relayed for another upstream
     (:mod:`docxy.upstream.issuers`), which a client that reaches several through one host may
-    send with the same scope's request for another."""
+    send with the same scope's request for another; nor, with several upstreams, a token the
+    mirror does not know (a restart) unless its JWT claims tell it is this upstream's."""
     if not request_facts().get("forward_credentials", True):
         return None
     given = request.headers.getlist("Authorization")
@@ -314,10 +316,12 @@ def _upstream_authorization(route: Route) -> str | None:
     by_prefix = route.prefix is not None and not route.upstream.is_default
     if by_prefix and (authorization or "").lower().startswith("basic "):
         return None
-    if authorization is not None:
-        issuer = mirror_state().client.token_issuers.issuer(authorization)
-        if issuer is not None and issuer != route.upstream.host:
-            return None  # another upstream's token (containerd reuses one per scope): kept
+    if authorization is None:
+        return None
+    state = mirror_state()
+    upstreams = state.upstreams.all()
+    if not await may_go_to(state.client, route.upstream, upstreams, authorization):
+        return None  # another's token (containerd reuses one per scope), or not told whose
     return authorization
 
 
@@ -356,7 +360,7 @@ async def _pass_through(
             challenge = own_challenge(state, pull.upstream, by_prefix=by_prefix)
             response.headers["WWW-Authenticate"] = challenge
         return response
-    client_login = _upstream_authorization(route)
+    client_login = await _upstream_authorization(route)
     if client_login is None:  # none, or the mirror's own token: it stays here
         headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
     mirror_login = None

@@ -17,8 +17,10 @@ import httpx
 import pytest
 
 from docxy.config import load_config
+from docxy.core.claims import TokenClaims, token_claims
 from docxy.http.app import create_app
 from docxy.http.state import mirror_state
+from docxy.upstream.issuers import TokenService, told_for
 from tests.unit.asgi import call_asgi
 from tests.unit.fakes import FakeUpstream
 from tests.unit.test_multi_routes import PUBLIC, Mirror, mirror, registries
@@ -54,7 +56,6 @@ async def pull(m: Mirror, path: str, token: str) -> int:
 # --- the reviewer's repro: ghcr.io's token to Docker Hub after a restart -------------------
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown token goes to the routed upstream")
 async def test_ghcr_token_reaches_hub_after_restart() -> None:
     """ghcr.io's token, got with the client's ghcr.io login, was kept from Docker Hub while
     the mirror remembered whose it was, and sent there after a restart (containerd reuses it
@@ -138,7 +139,6 @@ async def test_a_token_whose_claims_name_the_upstream_goes_to_it(token: str) -> 
         assert sent_with(m, "hub.example", token)
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown token is forwarded whatever it names")
 @pytest.mark.parametrize(
     ("token", "path", "host"),
     [
@@ -161,7 +161,6 @@ async def test_a_token_not_told_to_be_the_upstreams_stays_here(
     assert status in (200, 401)  # the mirror's own token, or a challenge to ask again
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown token is forwarded whatever it names")
 async def test_a_token_is_not_told_while_another_upstreams_challenge_is_unknown() -> None:
     """Docker Hub's ``aud``, but ghcr.io's challenge not yet seen (its probe failed, or has
     not run since the restart): it may name the same service. Not sent; the client asks the
@@ -169,3 +168,70 @@ async def test_a_token_is_not_told_while_another_upstreams_challenge_is_unknown(
     async with mirror() as m:
         await pull(m, HUB_PATH, HUB_JWT)
         assert sent_with(m, "hub.example", HUB_JWT) == []
+
+
+# --- the pure parts: a token's claims, and whether they tell whose it is -------------------
+
+
+@pytest.mark.parametrize(
+    ("authorization", "audiences", "issuer"),
+    [
+        (f"Bearer {HUB_JWT}", {"hub-service"}, "auth.other.example"),
+        (f"bearer  {GHCR_JWT} ", {"ghcr-service"}, "auth.ghcr.example"),
+        (f"Bearer {jwt({'aud': ['a', 7, '', 'b']})}", {"a", "b"}, None),
+        (f"Bearer {jwt({'iss': 'https://Auth.Hub.example/'})}", set(), "https://Auth.Hub.example/"),
+    ],
+)
+def test_token_claims_of_a_jwt(authorization: str, audiences: set[str], issuer: str) -> None:
+    claims = token_claims(authorization)
+    assert claims is not None
+    assert claims.audiences == audiences
+    assert claims.issuer == issuer
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Basic Ym9iOmh1bnRlcjI=",
+        "Bearer ",
+        "Bearer opaque-token",
+        "Bearer a.b",
+        f"Bearer {HUB_JWT}.extra.parts",  # a JWE: its claims are not readable
+        "Bearer bm90.-a-jwt.x",
+        "Bearer e30.e30.e30",  # {} : no aud, no iss
+        f"Bearer {jwt({'aud': 7, 'iss': ''})}",
+        "Bearer x.W10.x",  # [] : JSON, but not an object
+        "Bearer x.%%%%.x",
+    ],
+)
+def test_token_claims_of_anything_else(authorization: str | None) -> None:
+    assert token_claims(authorization) is None
+
+
+HUB = TokenService(frozenset({"hub-service"}), frozenset({"auth.hub.example"}))
+GHCR = TokenService(frozenset({"ghcr-service"}), frozenset({"auth.ghcr.example"}))
+NONE = TokenService(frozenset(), frozenset())  # a Basic or open registry
+
+
+@pytest.mark.parametrize(
+    ("claims", "routed", "others", "told"),
+    [
+        (TokenClaims(frozenset({"hub-service"}), None), HUB, [GHCR, NONE], True),
+        (TokenClaims(frozenset(), "auth.hub.example"), HUB, [GHCR], True),
+        (TokenClaims(frozenset(), "https://AUTH.hub.example/"), HUB, [GHCR], True),
+        (TokenClaims(frozenset({"ghcr-service"}), None), HUB, [GHCR], False),
+        (TokenClaims(frozenset({"hub-service"}), "auth.ghcr.example"), HUB, [GHCR], False),
+        (TokenClaims(frozenset({"hub-service"}), None), NONE, [HUB], False),
+        (TokenClaims(frozenset({"hub-service"}), None), None, [GHCR], False),  # not seen
+        (TokenClaims(frozenset({"hub-service"}), None), HUB, [GHCR, None], False),  # not seen
+        (None, HUB, [GHCR], False),  # opaque
+    ],
+)
+def test_told_for(
+    claims: TokenClaims | None,
+    routed: TokenService | None,
+    others: list[TokenService | None],
+    told: bool,
+) -> None:
+    assert told_for(claims, routed, others) is told
