@@ -232,6 +232,43 @@ async def token() -> Response:
     upstream = state.upstreams.for_token(ask.get("upstream"), ask.scopes)
     if ask.credentialed and not credentials_go_to(upstream, ask):
         ask = ask.anonymous()
+    if basic_credentials(ask.authorization) is not None:
+        return await _relayed_login(upstream, ask)
+    return await _relay(upstream, ask)
+
+
+async def _relayed_login(upstream: Upstream, ask: TokenAsk) -> Response:
+    """A password for the upstream, relayed within the guessing limit of its client's address
+    (``docxy.access.logins``, users mode's buckets): the upstream's token service sees every
+    guess come from the mirror's address, and would rate-limit or ban it for every user. Its
+    place is taken before the upstream is asked and given back unless the upstream answered
+    ``401``; a client out of wrong guesses gets ``429`` and nothing is sent."""
+    state = mirror_state()
+    address = request_address(request.scope, state.config.server)
+    client = limit_key(None, address)  # by address, never by the user name it guesses for
+    site = site_key(address) if address is not None else None
+    refusal = state.logins.take(client, site)
+    if refusal is not None:
+        raise refusal
+    # A client that hangs up while the upstream is asked keeps the place spent: its password
+    # may have reached the upstream, and hanging up must not make guessing free.
+    wrong = True
+    try:
+        response = await _relay(upstream, ask)
+        wrong = response.status_code == 401
+        return response
+    except RegistryError:  # the upstream said nothing of the password (down, not asked)
+        wrong = False
+        raise
+    finally:
+        if not wrong:
+            state.logins.give_back(client, site)
+
+
+async def _relay(upstream: Upstream, ask: TokenAsk) -> Response:
+    """The upstream's answer to ``ask`` (its token service's, found through its realm), or
+    the mirror's own token when there is none to be had."""
+    state = mirror_state()
     # A relay (docxy.edge.relays) is counted once for a request that asks the upstream
     # anything, before the first thing it asks: the realm lookup's /v2/ when the realm is not
     # known, else the token service. A token the mirror answers itself (mirror-only, 404)

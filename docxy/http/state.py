@@ -13,6 +13,7 @@ from urllib.parse import quote
 from quart import Quart, current_app
 
 from docxy.access.gate import AccessControl
+from docxy.access.logins import FailedLogins
 from docxy.cache import Cache
 from docxy.cache.pairings import BlobPairings
 from docxy.config import Config
@@ -47,11 +48,21 @@ class MirrorState:
     upstreams: Upstreams = field(init=False)
     #: ``/v2/`` and token requests passed upstream, per client address (docxy.edge.relays)
     relays: TokenRelays = field(init=False)
+    #: wrong upstream passwords relayed per client address without ``access`` (open mode)
+    open_logins: FailedLogins = field(init=False)
 
     def __post_init__(self) -> None:
         others = [Upstream.from_config(named) for named in self.config.upstreams]
         self.upstreams = Upstreams(self.upstream, others)
         self.relays = TokenRelays(self.config.limits.token_relays_per_minute)
+        self.open_logins = FailedLogins(self.config.limits.failed_logins_per_minute)
+
+    @property
+    def logins(self) -> FailedLogins:
+        """The wrong-password buckets (``docxy.access.logins``): the mirror's own users' and
+        the upstream logins it relays share one per client, so a guesser gets its limit once,
+        whichever it guesses for."""
+        return self.access.logins if self.access is not None else self.open_logins
 
     @property
     def token_realm(self) -> str:

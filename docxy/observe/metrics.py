@@ -343,8 +343,7 @@ class MirrorCollector(Collector):
         refusers: list[Refuser] = [*self.refusers(), self.state.relays]
         if self.state.services is not None:
             refusers.append(self.state.services.blobs.permits)
-        if self.state.access is not None:
-            refusers.append(self.state.access.logins)
+        refusers.append(self.state.logins)
         for refuser in refusers:
             counts.update(refuser.refusals())
         family = CounterMetricFamily(
