@@ -130,6 +130,20 @@ def plain_http_reason(config: Config) -> str | None:
     return None
 
 
+def unnamed_proxy_reason(config: Config) -> str | None:
+    """Why ``users`` mode looks reached through a TLS proxy that ``server.trusted_proxies``
+    does not name; None when it does not, as far as the mirror can tell (the mode is not
+    ``users``, proxies are named, the mirror has a TLS listener of its own, or its public URL
+    is not ``https://``). Behind such a proxy every client is the proxy's address: one
+    guesser's wrong passwords use up the failed-login bucket every user's login needs."""
+    server = config.server
+    if config.auth.mode != "users" or server.trusted_proxies or server.tls_listen is not None:
+        return None
+    if urlsplit(server.public_url).scheme != "https":
+        return None
+    return f"server.public_url {server.public_url} is https:// with no server.tls_listen"
+
+
 def refuse_plain_http(config: Config) -> None:
     """Refuse to serve ``users`` mode with logins over plain HTTP off loopback unless the
     operator said ``auth.allow_plain_http``: :class:`ConfigError` (one line, exit 2)."""
@@ -165,6 +179,7 @@ class AccessControl:
         self.users_mode = auth.mode == "users"
         self.upstream_logins = auth.upstream_logins
         self.plain_http = plain_http_reason(config)  # users mode's logins in clear: why
+        self.unnamed_proxy = unnamed_proxy_reason(config)  # users mode behind an unnamed proxy
         self.ca: ClientCA | None = None
         if auth.client_certs:
             from docxy.access.clientca import ClientCA
@@ -209,6 +224,8 @@ class AccessControl:
             except UsersFileError as exc:
                 # said now, not first by every pull failing (and at each check, answered 503)
                 log.error("users file: %s; every login and token is 503 until it is mended", exc)
+            else:
+                self._warn_no_users()
             try:
                 self.keys.ensure()
             except TokenKeyError as exc:  # auth.dir read-only, not a directory...: as above
@@ -219,8 +236,35 @@ class AccessControl:
                     "and tokens cross the network unencrypted",
                     self.plain_http,
                 )
+            if self.unnamed_proxy is not None:
+                log.warning(
+                    "auth.mode = users behind a TLS proxy, as far as the mirror can tell (%s), "
+                    "and server.trusted_proxies is empty: every client is the proxy's address, "
+                    "so limits.failed_logins_per_minute wrong passwords from anyone refuse "
+                    "every user's login for a while; list the proxy's address in "
+                    "server.trusted_proxies (its header: server.forwarded_header)",
+                    self.unnamed_proxy,
+                )
         if self.ca is not None:
             self.ca.ensure()
+
+    def _warn_no_users(self) -> None:
+        """A users file that is not there, or names nobody, is "no users": every login is
+        refused as a wrong password. Said at start-up, naming the path, since a typo in
+        ``auth.users_file`` or a volume not mounted look exactly like that."""
+        if self.users.users():
+            return
+        path = self._auth.users_file
+        what = (
+            "holds no user"
+            if path.exists()
+            else "missing (a typo in auth.users_file, or its volume not mounted?)"
+        )
+        log.warning(
+            "users file %s: %s: no users, every login is refused (docxy users add makes one)",
+            path,
+            what,
+        )
 
     def normal(self, name: str) -> str:
         return upstream_name(name, self.library_prefix)

@@ -107,7 +107,6 @@ def warnings_of(caplog: pytest.LogCaptureFixture, word: str) -> list[str]:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="no start-up warning for users mode behind an unnamed proxy")
 async def test_users_mode_behind_an_unnamed_proxy_is_warned_of(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -149,7 +148,6 @@ async def test_open_mode_behind_a_proxy_is_not_warned_of(
 # --- 3. a users file that is not there ----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a missing users file is taken for no users silently")
 async def test_a_missing_users_file_is_warned_of_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -169,7 +167,6 @@ async def test_a_missing_users_file_is_warned_of_at_start(
     assert "missing" in said and "every login is refused" in said
 
 
-@pytest.mark.xfail(strict=True, reason="an empty users file is taken for no users silently")
 async def test_an_empty_users_file_is_warned_of_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
