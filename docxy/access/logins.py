@@ -13,7 +13,9 @@ With either bucket empty, the client's logins are refused (``429`` with ``Retry-
 before any password is checked, the right one included: a refusal that still said "right"
 would not stop guessing. Counted by address, never by user name, so nobody can lock a user out
 from elsewhere (a guesser in a user's own /48 can, as one behind a user's own NAT can); a
-login that succeeds or carries no password costs nothing.
+login that succeeds or carries no password costs nothing. The same buckets hold the upstream
+logins the mirror relays (``docxy.http.auth``), each one the upstream's token service refuses
+(``401``) a wrong password: the upstream sees every guess come from the mirror's address.
 
 ``limits.exempt`` does not spare it, unlike the other per-client limits: a password guesser
 inside a NAT-ed office is still guessing, and its colleagues, whose logins are right, spend
