@@ -53,6 +53,9 @@ def health_report(state: MirrorState, *, public: bool = False) -> dict[str, obje
         blobs = state.cache.blobs
         usage = blobs.usage()
         report["cache"] = {
+            # False while the blob index is read at start (in the background): ``blobs`` and
+            # ``bytes`` then count only the blobs found so far, not an emptier cache.
+            "index_ready": blobs.index_complete,
             "blobs": usage.entries,
             "bytes": usage.bytes,
             "max_size": usage.max_size,

@@ -211,23 +211,37 @@ def _cache(cache: dict[str, Any]) -> str:
     )
     if cache.get("enabled") is False:
         return _section("cache", "Cache", "<p class=big>off</p>" + _rows(rows))
-    used, cap = int(cache.get("bytes", 0)), int(cache.get("max_size", 0)) or 1
-    share = min(100.0, used * 100 / cap)
-    empty = ";min-width:0" if used == 0 else ""
+    counted = cache.get("index_ready") is not False  # False: the index read at start
+    blobs = str(cache.get("blobs", 0))
     rows += [
-        ("blobs", str(cache.get("blobs", 0))),
+        ("blobs", blobs if counted else f"counting… ({blobs} found so far)"),
         ("fills in flight", str(cache.get("fills_in_flight", 0))),
         ("reserved by fills", human_size(int(cache.get("reserved_bytes", 0)))),
         ("being freed", human_size(int(cache.get("freeing_bytes", 0)))),
         ("coalesced followers", str(cache.get("coalesced_followers", 0))),
         ("evictions", str(cache.get("evictions", 0))),
     ]
-    head = (
+    head = _cache_size(cache) if counted else _cache_counting(cache)
+    return _section("cache", "Cache", head + _rows(rows))
+
+
+def _cache_size(cache: dict[str, Any]) -> str:
+    """The cache's size against its cap, figure and bar."""
+    used, cap = int(cache.get("bytes", 0)), int(cache.get("max_size", 0)) or 1
+    share = min(100.0, used * 100 / cap)
+    empty = ";min-width:0" if used == 0 else ""
+    return (
         f"<p class=big id=cache-size>{escape(human_size(used))} "
         f"<small>of {escape(human_size(cap))}</small></p>"
         f'<div class=bar title="{share:.1f}%"><span style="width:{share:.1f}%{empty}"></span></div>'
     )
-    return _section("cache", "Cache", head + _rows(rows))
+
+
+def _cache_counting(cache: dict[str, Any]) -> str:
+    """While the blob index is read at start: the blobs found so far are no size to show
+    (each restart would show a cache near empty), so no figure and no bar."""
+    cap = int(cache.get("max_size", 0)) or 1
+    return f"<p class=big id=cache-size>counting… <small>of {escape(human_size(cap))}</small></p>"
 
 
 COUNTED = ("hits", "misses", "corrupt")
