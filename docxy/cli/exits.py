@@ -1,6 +1,7 @@
 """The exit codes the ``docxy`` commands share: 0 done; 1 ran but did not do what was asked
 (a command may give its 1 a name of its own: ``docxy cache``'s not found, ``docxy health``'s
-unhealthy); 2 a configuration or usage error (argparse's own code for bad usage); 130
+unhealthy); 2 a configuration or usage error (argparse's own code for bad usage; but
+``docxy health`` says a config error and exits 1, as Docker reserves a HEALTHCHECK's 2); 130
 interrupted (Ctrl-C: the shell's own code for a command ended by SIGINT), and 128 + N for
 another signal N a command stops at (143 for SIGTERM, see :func:`cancelled_by_signals`)."""
 

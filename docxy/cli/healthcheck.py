@@ -8,18 +8,28 @@ where IPv6 loopback may not (containers often run with ``net.ipv6.conf.lo.disabl
 an address that refuses the connection or cannot be used is followed by the other. Exit
 codes: 0 the mirror answered 200 with its health report (``ok`` or ``degraded``: it serves),
 1 it did not answer, not with 200, or not with Docxy's report (another server on that port),
-2 config error.
+or no listener can be found in the settings (never 2: Docker reserves it for a HEALTHCHECK).
+
+The settings are loaded whole, as the mirror would; when they are refused (a config file being
+edited, a certificate being replaced: nothing the running mirror rereads), the error is said on
+stderr and the listener alone is looked up (:func:`configured_listen`): what the probe needs
+is only ``server.listen``, which is plain HTTP whatever ``[tls]`` says.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from docxy.cli.exits import EXIT_FAILED, EXIT_OK
 from docxy.cli.options import ConfigLoader, add_config_arguments, seconds
-from docxy.config import HostPort
+from docxy.config import SETTINGS, HostPort, parse_host_port
+from docxy.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import httpx
@@ -94,7 +104,55 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
-    config = load_config(args)  # a ConfigError is docxy's (main) to report
-    healthy, said = probe(local_urls(config.server.listen), args.timeout)
+    try:
+        listen = load_config(args).server.listen
+    except ConfigError as exc:
+        # Said, but no verdict on the mirror running with the settings it started with.
+        print(f"docxy: config error: {exc}", file=sys.stderr)
+        try:
+            listen = configured_listen(args)
+        except ConfigError as again:
+            print(f"docxy: config error: {again}", file=sys.stderr)
+            return EXIT_UNHEALTHY  # Docker reserves a HEALTHCHECK's exit 2
+    healthy, said = probe(local_urls(listen), args.timeout)
     print(said, file=sys.stdout if healthy else sys.stderr)
     return EXIT_OK if healthy else EXIT_UNHEALTHY
+
+
+def configured_listen(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> HostPort:
+    """``server.listen`` alone, from the layers :func:`docxy.config.load_config` reads, in its
+    order (``--listen`` > ``--set server.listen`` > ``DOCXY_SERVER_LISTEN`` > the TOML file >
+    default): a layer above the file spares reading it (one half written). ConfigError when
+    the one that wins is no listener, or the file cannot be read."""
+    environ = os.environ if environ is None else environ
+    given: list[tuple[object, str]] = [(args.listen, "flag --listen")]
+    for item in reversed(args.set):  # the last --set of a key wins, as in main's overrides
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "server.listen":
+            given.append((value, "flag"))
+            break
+    given.append((environ.get("DOCXY_SERVER_LISTEN"), "env DOCXY_SERVER_LISTEN"))
+    value, source = next(((v, s) for v, s in given if v is not None), (None, ""))
+    if value is None:
+        value, source = _listen_in_file(args.config or environ.get("DOCXY_CONFIG") or None)
+    try:
+        return parse_host_port(value)
+    except ValueError as exc:
+        raise ConfigError(f"server.listen: {exc} ({source})") from None
+
+
+def _listen_in_file(path: Path | str | None) -> tuple[object, str]:
+    """``[server] listen`` in the TOML file at `path`, else the default, with its source."""
+    default = SETTINGS["server"]["listen"][1], "default"
+    if path is None:
+        return default
+    try:
+        text = Path(path).read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+        server = tomllib.loads(text).get("server", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: cannot read server.listen: {exc}") from None
+    if not isinstance(server, dict) or "listen" not in server:
+        return default
+    return server["listen"], f"file {path}"

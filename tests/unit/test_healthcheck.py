@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from docxy.cli import healthcheck
 from docxy.cli.exits import EXIT_CONFIG, EXIT_OK
 from docxy.cli.healthcheck import EXIT_UNHEALTHY, local_urls
 from docxy.cli.main import main
@@ -83,12 +84,16 @@ def test_health_with_nothing_listening_is_unhealthy(capsys: pytest.CaptureFixtur
     assert f"127.0.0.1:{port}/health: Connect" in capsys.readouterr().err
 
 
-def test_health_config_error_is_exit_2(
+def test_health_config_error_is_said_and_the_listener_still_probed(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Never exit 2 (Docker reserves it for a HEALTHCHECK): the error on stderr, and the
+    listener probed all the same (more in test_review_observe5)."""
     monkeypatch.setenv("DOCXY_SERVER_LISTEN", "0.0.0.0:80")  # wildcard without a public URL
-    assert main(["health"]) == EXIT_CONFIG
-    assert "server.public_url" in capsys.readouterr().err
+    monkeypatch.setattr(healthcheck, "probe", lambda urls, timeout: (False, f"{urls[0]}: no"))
+    assert main(["health"]) == EXIT_UNHEALTHY
+    err = capsys.readouterr().err
+    assert "config error: server.public_url" in err and "http://127.0.0.1:80/health: no" in err
 
 
 @pytest.mark.parametrize("command", [["health"], ["warm", "--mirror", "http://127.0.0.1:9", "a"]])

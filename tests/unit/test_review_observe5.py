@@ -100,7 +100,6 @@ UNRELATED = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="the whole config is loaded: exit 2")
 @pytest.mark.usefixtures("clean_docxy_env")
 @pytest.mark.parametrize("key", sorted(UNRELATED))
 def test_docxy_health_ignores_a_setting_the_probe_does_not_need(
@@ -118,7 +117,6 @@ def test_docxy_health_ignores_a_setting_the_probe_does_not_need(
     assert key in err  # the config error is still said
 
 
-@pytest.mark.xfail(strict=True, reason="a config error exits 2")
 @pytest.mark.usefixtures("clean_docxy_env")
 @pytest.mark.parametrize(
     "toml",
@@ -138,7 +136,6 @@ def test_docxy_health_on_a_config_error_is_unhealthy_not_exit_2(
     assert "config error" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="a broken file stops the probe: exit 2")
 @pytest.mark.usefixtures("clean_docxy_env")
 def test_docxy_health_follows_the_listener_from_the_environment_over_a_broken_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
