@@ -93,6 +93,9 @@ REST_WITHOUT_RETRY_AFTER = 5.0
 #: repository stood refused a minute for a revoked password, the token service answering
 #: again a second after its silence), the next miss past the hold checks it.
 CHECK_SILENCE_HOLD = 5.0
+#: Token requests with a login of no verdict (neither accepted nor refused lately) an upstream
+#: is sent a minute at most (:meth:`MirrorTokens._may_send_unvouched`).
+NO_VERDICT_SENDS = 5
 #: The longest a token is kept, whatever its ``expires_in`` says (Docker Hub's last 300 s).
 MAX_EXPIRES_IN = 86400.0
 #: A token as it may go in ``Authorization: Bearer``: visible ASCII, no space.
