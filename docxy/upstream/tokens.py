@@ -22,17 +22,21 @@ it and no scope (:meth:`MirrorTokens._login_verdict`), once per upstream at a ti
 misses wait for that one verdict), before it goes with a scope, and again when a scope's request
 with it is answered ``401``. A token service that answers it with a ``4xx`` that is no verdict
 (some answer every scope-less request ``400``) is asked with the miss's repository's scope
-instead (for ``REFUSED_TTL`` after a ``400``): a token with the login accepts it, a ``401`` to
-it where the same scope asked anonymously gets a token that grants ``pull`` on it refuses it;
-anything else says nothing (:meth:`MirrorTokens._scoped_check`). Refused there
-(``upstream.password`` wrong or revoked), it stands for the upstream: for ``REFUSED_TTL`` no
-request carries that login, tokens are asked for anonymously. Accepted there, a scope's ``401``
-is that repository's only (gcr.io and Artifact Registry answer ``401`` to a good login that may
-not read one repository). An acceptance is trusted for ``LOGIN_TRUSTED``; past ``REFUSED_TTL``
-of it, the login goes with one token request per upstream at a time, the other misses waiting
-for its outcome (:meth:`MirrorTokens._login_turn`); a token service that answered it not in time
-has their requests time out with it, not sent to wait the timeout again (a check of its ``401``
-that timed out does not: the ``401`` may be its repository's alone).
+instead (for ``REFUSED_TTL`` after a ``400``, or the same other ``4xx`` twice in a row): a token
+with the login accepts it, a ``401`` to it where the same scope asked anonymously gets a token
+that grants ``pull`` on it refuses it; anything else says nothing
+(:meth:`MirrorTokens._scoped_check`). Refused there (``upstream.password`` wrong or revoked),
+it stands for the upstream: for ``REFUSED_TTL`` no request carries that login, tokens are asked
+for anonymously. Accepted there, a scope's ``401`` is that repository's only (gcr.io and
+Artifact Registry answer ``401`` to a good login that may not read one repository). No verdict
+there, that repository's ``401`` stands for ``REFUSED_TTL`` too (the login not sent for it
+meanwhile), and while the login has no verdict ``NO_VERDICT_SENDS`` token requests go with it
+in ``REFUSED_TTL`` at most (:meth:`MirrorTokens._may_send_unvouched`). An acceptance is
+trusted for ``LOGIN_TRUSTED``; past ``REFUSED_TTL`` of it, the login goes with one token
+request per upstream at a time, the other misses waiting for its outcome
+(:meth:`MirrorTokens._login_turn`); a token service that answered it not in time has their
+requests time out with it, not sent to wait the timeout again (a check of its ``401`` that
+timed out does not: the ``401`` may be its repository's alone).
 """
 
 from __future__ import annotations
@@ -93,8 +97,13 @@ REST_WITHOUT_RETRY_AFTER = 5.0
 #: repository stood refused a minute for a revoked password, the token service answering
 #: again a second after its silence), the next miss past the hold checks it.
 CHECK_SILENCE_HOLD = 5.0
-#: Token requests with a login of no verdict (neither accepted nor refused lately) an upstream
-#: is sent a minute at most (:meth:`MirrorTokens._may_send_unvouched`).
+#: Token requests with the login an upstream is sent in ``REFUSED_TTL`` while the login has
+#: no verdict (neither accepted nor refused: :meth:`MirrorTokens._may_send_unvouched`). A token
+#: service that gives none (``400`` without a scope, an anonymous token granting nothing for a
+#: private name) cannot tell a wrong password from a name the account may not read: each such
+#: request may be a failed login on the account, and clients pulling private names one after
+#: another sent it without bound. Past it the login is held back (tokens asked anonymously)
+#: for the rest of that time; a login once accepted is never held back so.
 NO_VERDICT_SENDS = 5
 #: The longest a token is kept, whatever its ``expires_in`` says (Docker Hub's last 300 s).
 MAX_EXPIRES_IN = 86400.0
@@ -181,6 +190,15 @@ class MirrorTokens:
         #: upstream hosts whose token service answered a scope-less check ``400`` ("scope
         #: required"): since when (:meth:`_wants_scope`)
         self._scope_required: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
+        #: upstream hosts whose last scope-less check was answered a ``4xx`` that is no verdict
+        #: nor a ``400``: when, and that status (:meth:`_note_scopeless`)
+        self._scopeless_seen: LruDict[str, tuple[float, int]] = LruDict(WITHHELD_LOGGED)
+        #: repositories whose ``401`` to the login a scoped check found no verdict in (the
+        #: anonymous token grants nothing there): since when (:meth:`_said_nothing`)
+        self._no_verdict: LruDict[tuple[str, str], float] = LruDict(capacity)
+        #: upstream hosts: the start of the ``REFUSED_TTL`` the requests sent with a login of
+        #: no verdict are counted in, how many, and whether holding it back was logged
+        self._unvouched: LruDict[str, tuple[float, int, bool]] = LruDict(WITHHELD_LOGGED)
         #: upstream hosts whose login check (after a scoped ``401``) timed out: since when
         #: (``CHECK_SILENCE_HOLD``)
         self._check_silent: LruDict[str, float] = LruDict(WITHHELD_LOGGED)
@@ -529,6 +547,8 @@ class MirrorTokens:
             # A redirect to another origin dropped the login: its last hop's answer is to a
             # request without it (a 401 there was taken for the password refused).
             return None
+        if answer.status_code in (200, 401, 403):
+            self._scopeless_seen.pop(upstream.host)  # a verdict: a one-off before it stays one
         if answer.status_code in (200, 403):  # 403: the login known, denied, not refused
             self._accept_login(upstream)
             return True
@@ -539,22 +559,33 @@ class MirrorTokens:
             # Some token services answer every scope-less request 400 ("scope required"):
             # without a verdict each scoped 401 stood for its repository, a wrong password
             # sent with every miss (a failed login each). Taking the 400 for a refusal
-            # (df98667, reverted) refused a right password. A scope gets a verdict. Only a
-            # 400 ("scope required") is remembered: a 404 or 408 is no such answer (a path
-            # not found, a request timed out: a one-off as likely), and the scope-less check
-            # is the better one (a private repository's scope gives no verdict): the next
-            # check asks without a scope again.
-            if answer.status_code == 400:
-                self._scope_required.set(upstream.host, time.monotonic())
+            # (df98667, reverted) refused a right password. A scope gets a verdict.
+            self._note_scopeless(upstream, answer.status_code)
             return await self._scoped_check(upstream, realm, headers, params, repository, known_401)
         said = f"the upstream's token service refused the mirror ({answer.status_code})"
         self._rest(upstream, answer, said)
         return None
 
+    def _note_scopeless(self, upstream: Upstream, status: int) -> None:
+        """A scope-less check answered ``status``, a ``4xx`` that is no verdict: remembered
+        as "scope required" (:meth:`_wants_scope`) if a ``400``, or if the check before it was
+        answered the same less than ``REFUSED_TTL`` ago. A ``404`` or ``408`` once is no such
+        answer (a path a proxy lost a moment, a request timed out): the scope-less check is
+        the better one (a private repository's scope gives no verdict), the next check asks
+        so again. But one that answers every check ``404`` was asked twice a miss, with the
+        login (four requests with it a miss for a name a right login may not read)."""
+        now = time.monotonic()
+        last = self._scopeless_seen.get(upstream.host)
+        self._scopeless_seen.set(upstream.host, (now, status))
+        again = last is not None and last[1] == status and now - last[0] < REFUSED_TTL
+        if status == 400 or again:
+            self._scope_required.set(upstream.host, now)
+
     def _wants_scope(self, upstream: Upstream) -> bool:
-        """Whether the token service answered a scope-less check ``400`` less than
-        ``REFUSED_TTL`` ago: not asked so again meanwhile (each asking sent
-        the login for nothing, a failed login on the account with a wrong password)."""
+        """Whether the token service answered a scope-less check "scope required" (a ``400``,
+        or another ``4xx`` twice in a row: :meth:`_note_scopeless`) less than ``REFUSED_TTL``
+        ago: not asked so again meanwhile (each asking sent the login for nothing, a failed
+        login on the account with a wrong password)."""
         since = self._scope_required.get(upstream.host)
         return since is not None and time.monotonic() - since < REFUSED_TTL
 
@@ -579,6 +610,8 @@ class MirrorTokens:
         ``401``: the repository's answer (private, another account's), no verdict."""
         params = [*params, ("scope", f"repository:{repository}:pull")]
         if not known_401:
+            if not self._may_send_unvouched(upstream):
+                return None  # held back: no request with it, no word on it
             answer, _ = await self._ask(upstream, realm, headers, params)
             if not _carried_login(answer):
                 return None  # its last hop went without the login: no word on it
@@ -592,8 +625,51 @@ class MirrorTokens:
         anonymous, body = await self._ask(upstream, realm, [], params)
         token = _token_in(body) if anonymous.status_code == 200 else None
         if token is None or not grants_pull(token, repository):
+            # No word on the login, but one on this repository: its 401 to the login stands
+            # a while (:meth:`_said_nothing`), the login not sent for it again meanwhile.
+            self._no_verdict.set((upstream.host, repository), time.monotonic())
             return None
         self._refuse_login(upstream, realm)
+        return False
+
+    def _said_nothing(self, upstream: Upstream, repository: str, since: float) -> bool:
+        """Whether a scoped check found no verdict in ``repository``'s ``401`` to the login
+        (:meth:`_scoped_check`) at ``since`` or after, less than ``REFUSED_TTL`` ago: that
+        ``401`` is the repository's answer for that time, as a ``401`` to an accepted login
+        is (its misses answered ``401`` without asking, :class:`TokenRefused`). It stood for
+        its miss only, and every miss sent the login again: with a wrong password on a token
+        service that gives no verdict, a failed login on the account each (two a miss)."""
+        checked = self._no_verdict.get((upstream.host, repository))
+        now = time.monotonic()
+        return checked is not None and checked >= since and now - checked < REFUSED_TTL
+
+    def _may_send_unvouched(self, upstream: Upstream) -> bool:
+        """Whether a token request may go with a login of no verdict (neither accepted nor
+        refused lately): ``NO_VERDICT_SENDS`` in each ``REFUSED_TTL`` (counted as they go:
+        concurrent misses are held to it too), then held back for the rest of it, with one
+        WARNING. A wrong password cannot be told from names the account may not read when the
+        token service gives no verdict (see :meth:`_scoped_check`), so it is not judged
+        refused; but clients pulling private names one after another sent it once each, a
+        failed login on the account each, without bound (an account that locks after N)."""
+        now = time.monotonic()
+        start, sent, logged = self._unvouched.get(upstream.host) or (now, 0, False)
+        if now - start >= REFUSED_TTL:
+            start, sent, logged = now, 0, False
+        if sent < NO_VERDICT_SENDS:
+            self._unvouched.set(upstream.host, (start, sent + 1, logged))
+            return True
+        if not logged:
+            assert upstream.credentials is not None
+            log.warning(
+                "the token service of %s gave no verdict on the mirror's login (%s) in %d "
+                "token requests with it (each refused: a wrong password, or names the account "
+                "may not read): the login is held back for %.0fs, tokens asked anonymously",
+                upstream.host,
+                upstream.credentials[0],
+                sent,
+                start + REFUSED_TTL - now,
+            )
+        self._unvouched.set(upstream.host, (start, sent, True))
         return False
 
     async def _ask(
@@ -714,6 +790,10 @@ class MirrorTokens:
             verdict, lead = await self._login_turn(upstream, realm, service, repository)
             if verdict is False:
                 login = False  # refused (lately): not sent again (:meth:`_refuse_login`)
+            elif verdict is None and self._said_nothing(upstream, repository, since=0.0):
+                raise TokenRefused(401)  # its check was just answered 401: not asked again
+            elif verdict is None and not self._may_send_unvouched(upstream):
+                login = False  # as for a login refused, for the rest of the minute
         try:
             if login and upstream.credentials is not None:
                 headers.append(("Authorization", basic_authorization(*upstream.credentials)))
@@ -732,8 +812,9 @@ class MirrorTokens:
                 except UpstreamError:
                     verdict = None  # no word on the login: the 401 stands for this repository
                 # ... for this miss only, not remembered: no check (the hold), or its own or
-                # the one it joined said nothing (timed out, broke)
-                unchecked = verdict is None
+                # the one it joined said nothing (timed out, broke, another repository's);
+                # remembered when its check of this repository found no verdict in it
+                unchecked = verdict is None and not self._said_nothing(upstream, repository, sent)
                 if verdict is False:
                     self._vouched(upstream, lead)  # the others go anonymously at once
                     return await self._fetch(upstream, repository, service)  # anonymously
