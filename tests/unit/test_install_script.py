@@ -136,12 +136,28 @@ def install(
     return box.run(clone_script(box), *base, *args, env=env)
 
 
+#: The label Compose puts on each container: the files it was made from, joined by commas.
+CONFIG_FILES_LABEL = "com.docker.compose.project.config_files"
+
+
+def files_brought_up(box: ScriptBox) -> list[str]:
+    """The -f files of the last `compose ... up` the stand-ins saw (none: no up)."""
+    ups = [c for c in box.calls() if "compose" in c.line and "up" in c.argv and "-f" in c.argv]
+    argv = ups[-1].argv if ups else []
+    return [argv[i + 1] for i, word in enumerate(argv) if word == "-f"]
+
+
 def stack_is_running(box: ScriptBox, *more: Rule) -> None:
-    """From now on the docker stand-in shows Docxy's container running (and obeys ``more``)."""
+    """From now on the docker stand-in shows Docxy's container running (and obeys ``more``).
+
+    Asked for the container's config_files label, it answers as dockerd would for a container
+    made by the last `compose up` seen (the files it was given), empty where there was none."""
+    made_from = ",".join(files_brought_up(box))
     box.stand_in(
         "docker",
         Rule(r"^compose version", stdout="Docker Compose version v2.26.1\n"),
         Rule(r"^info", stdout="[]\n"),
+        Rule(rf"^ps .*{re.escape(CONFIG_FILES_LABEL)}", stdout=f"{made_from}\n"),
         Rule(r"^ps ", stdout="3f2a1b\n"),
         Rule(r"^(volume|image) inspect"),
         *more,
