@@ -1679,6 +1679,11 @@ start_docker() {
 COMPOSE_FILES=()
 compose_files() {
   local name
+  if ((${#COMPOSE_MADE_FROM[@]})); then # uninstall: what the stack was made from, and no more
+    COMPOSE_FILES=()
+    for name in "${COMPOSE_MADE_FROM[@]}"; do COMPOSE_FILES+=(-f "$name"); done
+    return 0
+  fi
   COMPOSE_FILES=(-f "$DIR/$COMPOSE_YAML")
   for name in "${COMPOSE_EXTRA[@]}"; do
     COMPOSE_FILES+=(-f "$(compose_path "$name")")
@@ -1848,23 +1853,12 @@ uninstall() {
   step "Uninstalling Docxy from $DIR"
   DOMAIN="${DOMAIN:-$(env_value DOCXY_DOMAIN)}"
   DOMAIN="${DOMAIN,,}" # as the install wrote it (settle_settings)
-  # The file install chose, by the same decision (choose_network: .env's COMPOSE_FILE, else the
-  # routes), so that what comes down is the stack that runs; read apart, a .env without that
-  # line brought compose.yaml down on an IPv6-only host. compose.yaml where the project lacks
-  # compose.host.yaml: compose down cannot read a file that is not there.
-  choose_network
-  [[ "$COMPOSE_YAML" != "$HOST_FILE" || -f "$DIR/$HOST_FILE" ]] || COMPOSE_YAML=compose.yaml
-  # A file of the operator's since deleted would stop `compose down`: it goes without it.
-  local extra extras=()
-  for extra in "${COMPOSE_EXTRA[@]}"; do
-    if [[ -e "$(compose_path "$extra")" ]]; then
-      extras+=("$extra")
-    else
-      say "  COMPOSE_FILE in $ENV_FILE names $extra, which is not there: left out"
-    fi
-  done
-  COMPOSE_EXTRA=("${extras[@]}")
   have docker && dockerd_answers
+  # What comes down is what runs: the files its containers were made from; failing those, the
+  # file install chooses (a bridge install writes no COMPOSE_FILE, and the routes may have
+  # changed since: compose.host.yaml brought down a compose.yaml stack, its network left).
+  have docker && read_files_made_from
+  ((${#COMPOSE_MADE_FROM[@]})) || uninstall_files_chosen
   local dockerd_failed=0
   if [[ -n "$DOMAIN" ]] &&
     grep -qF "https://$DOMAIN" -- "$(under_root /etc/docker/daemon.json)" 2>/dev/null; then
@@ -1887,6 +1881,56 @@ be uninstalled all the same. Dry run: the changes above were not made."
     die "taking https://$DOMAIN out of this host's dockerd failed (above); the rest is \
 uninstalled. Once that is mended: $(dockerd_finish)"
   fi
+}
+
+# The compose files the project's containers were made from, as Compose labels each container
+# (absolute paths joined by commas; Compose 1.29 keeps a relative -f as given: taken here as
+# relative to the project, where `docker compose` by hand runs). Set, compose_files gives these.
+COMPOSE_MADE_FROM=()
+CONFIG_FILES_LABEL=com.docker.compose.project.config_files
+
+# read_files_made_from: the newest labelled container's files into COMPOSE_MADE_FROM, provided
+# the first is still there (compose down cannot read a missing file; without it the others
+# are no stack); another since deleted is left out, as a missing one of .env's is.
+read_files_made_from() {
+  local labels label="" entry files=()
+  # Read whole, then the first non-empty line (newest first): a `| grep -m1` could end docker
+  # with SIGPIPE, a failure under pipefail.
+  labels="$(docker ps -a --filter "label=com.docker.compose.project=$PROJECT" \
+    --format "{{.Label \"$CONFIG_FILES_LABEL\"}}" 2>/dev/null)" || return 0
+  while IFS= read -r entry; do
+    [[ -z "$entry" ]] || { label="$entry" && break; }
+  done <<<"$labels"
+  [[ -n "$label" ]] || return 0
+  IFS=, read -ra files <<<"$label"
+  if [[ ! -f "$(compose_path "${files[0]}")" ]]; then
+    say "  Docxy's containers were made from $label, which is not there: going by $ENV_FILE and this host's routes"
+    return 0
+  fi
+  for entry in "${files[@]}"; do
+    if [[ -e "$(compose_path "$entry")" ]]; then
+      COMPOSE_MADE_FROM+=("$(compose_path "$entry")")
+    else
+      say "  Docxy's containers were made from $entry too, which is not there: left out"
+    fi
+  done
+}
+
+# uninstall_files_chosen: the file install chooses (choose_network: .env's COMPOSE_FILE, else
+# the routes), compose.yaml where the project lacks compose.host.yaml (compose down cannot read
+# a file that is not there), and .env's files of the operator's that are still there.
+uninstall_files_chosen() {
+  choose_network
+  [[ "$COMPOSE_YAML" != "$HOST_FILE" || -f "$DIR/$HOST_FILE" ]] || COMPOSE_YAML=compose.yaml
+  local extra extras=()
+  for extra in "${COMPOSE_EXTRA[@]}"; do
+    if [[ -e "$(compose_path "$extra")" ]]; then
+      extras+=("$extra")
+    else
+      say "  COMPOSE_FILE in $ENV_FILE names $extra, which is not there: left out"
+    fi
+  done
+  COMPOSE_EXTRA=("${extras[@]}")
 }
 
 # dockerd_answers: with dockerd down, every `docker ps` and `docker volume inspect` fails and
@@ -1923,7 +1967,8 @@ remove_stack() {
       CHANGES=$((CHANGES + 1))
       downed=1
       if ((DRY_RUN)); then
-        say "  would run: ${COMPOSE[*]} --project-name $PROJECT down --remove-orphans"
+        compose_files
+        say "  would run: ${COMPOSE[*]} --project-name $PROJECT ${COMPOSE_FILES[*]} down --remove-orphans"
       else
         DOCXY_DOMAIN="${DOMAIN:-unset}" DOCXY_EMAIL=unset compose down --remove-orphans
       fi
@@ -1933,9 +1978,10 @@ remove_stack() {
       act docker rm -f "${containers[@]}"
     fi
   fi
-  # What `compose down` removes with them.
+  # What `compose down` removes with them; after a real one, what it left: a network no file
+  # it was given names (the containers' files gone, and .env and the routes guessed another).
   local networks=()
-  ((downed)) ||
+  ((downed && DRY_RUN)) ||
     mapfile -t networks < <(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
   ((${#networks[@]} == 0)) || act docker network rm "${networks[@]}"
   volume_exists "${PROJECT}_cache" && act docker volume rm "${PROJECT}_cache"
