@@ -1983,7 +1983,10 @@ remove_stack() {
   local networks=()
   ((downed && DRY_RUN)) ||
     mapfile -t networks < <(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
-  ((${#networks[@]} == 0)) || act docker network rm "${networks[@]}"
+  # One another container still uses stays, as `compose down` leaves it: said, not fatal (the
+  # cache volume is still to go).
+  ((${#networks[@]} == 0)) || act docker network rm "${networks[@]}" ||
+    warn "could not remove the network ${networks[*]} (another container still in it?): docker network rm it once that is gone"
   volume_exists "${PROJECT}_cache" && act docker volume rm "${PROJECT}_cache"
   if ((PURGE)); then
     volume_exists "${PROJECT}_certs" && act docker volume rm "${PROJECT}_certs"

@@ -146,7 +146,6 @@ def test_a_network_the_files_brought_down_did_not_name_is_removed(
     assert box.called(r"^docker network rm 5e1d0c$")
 
 
-@pytest.mark.xfail(strict=True, reason="the sweep's failure ends the run before the cache")
 def test_a_network_still_in_use_is_said_and_the_rest_removed(
     box: ScriptBox, resolver: Resolver
 ) -> None:
