@@ -60,7 +60,7 @@ class TokenIssuers:
 class TokenService:
     """What the mirror knows of an upstream's token service: the ``service`` its challenge
     named, and its realm's host (the challenge's, a configured ``auth_realm``); both empty
-    for an upstream seen to have none (Basic, or open)."""
+    for an upstream seen to have none (Basic, or open) and no ``auth_realm``."""
 
     services: frozenset[str]
     realm_hosts: frozenset[str]
@@ -85,17 +85,16 @@ def told_for(
 
 
 def known_service(client: UpstreamClient, upstream: Upstream) -> TokenService | None:
-    """The upstream's token service as its last ``/v2/`` challenge showed it; None before any
-    probe answered, or for one with no challenge of its own but a configured ``auth_realm``
-    (its tokens may say any ``aud``)."""
+    """The upstream's token service as its last ``/v2/`` probe showed it; None before any
+    probe answered. One whose ``/v2/`` named no Bearer challenge (Basic, or none: ``200``)
+    names no ``service``: no token of another's names it, but by a configured
+    ``auth_realm``'s host as its ``iss`` (that realm is its token service all the same)."""
     if not client.probed(upstream):
         return None
     found = client.known_challenge(upstream)
-    if found is None:
-        none = frozenset[str]()
-        return None if upstream.auth_realm is not None else TokenService(none, none)
-    services = frozenset({found.service} if found.service else ())
-    realms = frozenset(url_host(r) for r in (found.realm, upstream.auth_realm) if r)
+    services = frozenset({found.service} if found is not None and found.service else ())
+    realm = found.realm if found is not None else None
+    realms = frozenset(url_host(r) for r in (realm, upstream.auth_realm) if r)
     return TokenService(services, realms)
 
 

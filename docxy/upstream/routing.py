@@ -4,7 +4,7 @@ Pure: strings in, an :class:`Upstream` out, or :class:`UpstreamUnknown` before a
 Only configured upstreams can ever be chosen; what a client writes only *selects* one of them::
 
     ?ns=ghcr.io                          containerd's hosts.toml mirror (``:443`` or not,
-                                         for an https upstream; ``:80`` for an http one)
+                                         whatever scheme the upstream is fetched with)
     ?ns=registry.lab.example             [upstream]'s own registry host, as docker.io is
     Host: ghcr.mirror.example.com        one of an upstream's ``hosts`` (``:443`` or not)
     /v2/ghcr.io/owner/img/...            a path prefix: ``owner/img`` on ghcr.io
@@ -21,16 +21,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from docxy.core.challenge import scope_repository
 from docxy.core.errors import ClientError
-from docxy.core.hosts import DEFAULT_PORTS, host_key, split_host, takes_any_port, url_host
+from docxy.core.hosts import host_key, split_host, takes_any_port, url_host
 from docxy.core.names import upstream_name
 from docxy.upstream.client import Upstream
 
 if TYPE_CHECKING:
     from docxy.config import Config
+
+
+#: The port an image name's registry host has when it names none (the Docker reference
+#: grammar's default, HTTPS's), whichever scheme the upstream is fetched with.
+NS_DEFAULT_PORT = 443
 
 
 class UpstreamUnknown(ClientError):
@@ -75,9 +80,11 @@ class Upstreams:
     def named(self, name: str) -> Upstream:
         """The upstream ``name`` (an ``?ns=``, a realm's ``?upstream=``) names, compared as a
         host (``docxy.core.hosts``): ``GHCR.io`` is ``ghcr.io``, and so is ``ghcr.io:443`` (as
-        containerd may write the registry of an image reference that names its port) for an
-        https upstream, ``:80`` for an http one; another port is part of the name
-        (``registry.lab.example:5000``). ``[upstream]``'s registry host names it too."""
+        containerd may write the registry of an image reference that names its port), for
+        every upstream: ``?ns=`` names the image's registry host, whose default port is 443
+        whatever scheme the mirror fetches it with (``registry.lab.example`` may be fetched
+        from ``http://10.0.0.5:5000``). Any other port is part of the name (``:5000``, and
+        ``:80`` too). ``[upstream]``'s registry host names it too."""
         found = self._by_ns(name)
         if found is None:
             raise UpstreamUnknown(
@@ -92,12 +99,9 @@ class Upstreams:
         found = self.by_ns.get(f"{bare}:{port}")
         if found is not None:
             return found
-        # The port the upstream's own scheme leaves out, not the other scheme's: an https
-        # upstream on port 80 would be another registry.
-        found = self.by_ns.get(bare)
-        if found is not None and _default_port_of(found.registry, port):
-            return found
-        return None
+        # An image name's registry host without a port is on 443 (containerd's default), so
+        # :443 is no port; not so :80, which names another registry than the one on 443.
+        return self.by_ns.get(bare) if _is_ns_default(port) else None
 
     def names(self) -> list[str]:
         return list(self.by_name)
@@ -171,10 +175,8 @@ def _ns_key(name: str) -> str:
     return f"{bare}:{port}" if port else bare
 
 
-def _default_port_of(registry: str, port: str) -> bool:
-    """Whether ``port`` is the default port of the scheme of the URL ``registry``."""
-    default = DEFAULT_PORTS.get(urlsplit(registry).scheme.lower())
-    return default is not None and port.isascii() and port.isdigit() and int(port) == default
+def _is_ns_default(port: str) -> bool:
+    return port.isascii() and port.isdigit() and int(port) == NS_DEFAULT_PORT
 
 
 def configured_upstreams(config: Config) -> Upstreams:

@@ -239,16 +239,13 @@ async def test_the_ping_forwards_the_upstreams_own_token() -> None:
 
 PLAIN = Upstream("http://10.0.0.5:5000", library_prefix=False, name="registry.lab.example")
 SECURE = Upstream("https://secure.example", library_prefix=False, name="secure.test")
-FAULT4 = pytest.mark.xfail(
-    strict=True, reason="fault 4: the port dropped is the upstream URL scheme's"
-)
 HUB = Upstream("https://hub.example", library_prefix=True, name="docker.io")
 
 
 @pytest.mark.parametrize(
     ("ns", "expected"),
     [
-        pytest.param("registry.lab.example:443", PLAIN, marks=FAULT4),
+        ("registry.lab.example:443", PLAIN),
         ("registry.lab.example", PLAIN),
         ("secure.test:443", SECURE),
     ],
@@ -259,7 +256,7 @@ def test_ns_443_is_no_port_for_every_upstream(ns: str, expected: Upstream) -> No
 
 @pytest.mark.parametrize(
     "ns",
-    [pytest.param("registry.lab.example:80", marks=FAULT4), "secure.test:80", "secure.test:8443"],
+    ["registry.lab.example:80", "secure.test:80", "secure.test:8443"],
 )
 def test_ns_any_other_port_is_another_registry(ns: str) -> None:
     with pytest.raises(UpstreamUnknown):
@@ -269,10 +266,6 @@ def test_ns_any_other_port_is_another_registry(ns: str) -> None:
 # --- fault 5: an upstream with no Bearer challenge of its own is told apart ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fault 5: an auth_realm upstream with no Bearer challenge is never told apart",
-)
 async def test_an_auth_realm_upstream_with_a_basic_challenge_is_told_apart() -> None:
     """The lab registry's ``/v2/`` says Basic, and an ``auth_realm`` is set for it: it was
     never seen to name a service, yet Docker Hub's JWT (Docker Hub's ``aud`` and ``iss``,
@@ -294,10 +287,6 @@ async def test_an_auth_realm_upstreams_own_issuer_is_not_told() -> None:
         assert sent_with(m, "hub.example", token) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fault 5: an auth_realm upstream with no Bearer challenge is never told apart",
-)
 async def test_an_open_upstream_with_an_auth_realm_is_told_apart() -> None:
     fake = Registries()
     fake.lab_open = True

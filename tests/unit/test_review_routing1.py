@@ -121,24 +121,24 @@ def test_setup_script_writes_the_hosts_toml_of_a_registry_named_with_its_port(
     assert '[host."https://mirror.example.com"]' in toml
 
 
-# --- 3. ?ns= ports by the upstream's scheme; IPv6 hosts entries -----------------------------
+# --- 3. ?ns= ports: 443 is no port, for every upstream (review r4: test_review_issuer2) -----
 
 
 @pytest.mark.parametrize(
     ("ns", "expected"),
     [
         ("secure.test:443", SECURE),
-        ("plain.test:80", PLAIN),
+        ("plain.test:443", PLAIN),  # the image's registry host is on 443, however fetched
         ("secure.test", SECURE),
         ("plain.test", PLAIN),
     ],
 )
-def test_ns_default_port_of_the_upstreams_scheme_is_no_port(ns: str, expected: Upstream) -> None:
+def test_ns_443_is_no_port(ns: str, expected: Upstream) -> None:
     assert Upstreams(HUB, [SECURE, PLAIN]).route("app", ns=ns).upstream is expected
 
 
-@pytest.mark.parametrize("ns", ["secure.test:80", "plain.test:443"])
-def test_ns_default_port_of_the_other_scheme_picks_nothing(ns: str) -> None:
+@pytest.mark.parametrize("ns", ["secure.test:80", "plain.test:80"])
+def test_ns_port_80_picks_nothing(ns: str) -> None:
     with pytest.raises(UpstreamUnknown):
         Upstreams(HUB, [SECURE, PLAIN]).route("app", ns=ns)
 
