@@ -97,6 +97,20 @@ def rewrite_challenge(
     return Challenge("Bearer", params).render()
 
 
+def with_error(header: str, error: str) -> str:
+    """A Bearer challenge (one, as :func:`rewrite_challenges` makes them) with the RFC 6750
+    §3.1 ``error`` parameter ``error`` added; one that names an error already, or of another
+    scheme, unchanged."""
+    found = _scheme(header.strip())
+    if found is None or found[0].lower() != "bearer":
+        return header
+    params, whole = _read_params(found[1])
+    if not whole or "error" in params:
+        return header
+    params["error"] = error
+    return Challenge(found[0], params).render()
+
+
 def split_challenges(header: str) -> list[str]:
     """The challenges of one ``WWW-Authenticate`` value, each as its own text.
 

@@ -19,7 +19,7 @@ from docxy.access.gate import remembered
 from docxy.access.identity import Via, identity_of, set_identity
 from docxy.cache.fill import BlobFollower
 from docxy.core import jsondoc
-from docxy.core.challenge import Challenge, rewrite_challenges
+from docxy.core.challenge import Challenge, rewrite_challenges, with_error
 from docxy.core.cidr import site_key
 from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import (
@@ -65,6 +65,10 @@ blueprint = Blueprint("registry", __name__)
 READ_METHODS = ("GET", "HEAD")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 JSON = [("Content-Type", "application/json")]
+#: Request facts: the client's Bearer token was kept from the upstream as not its own
+#: (``docxy.upstream.issuers``), or not told yet (a pass-through tells).
+WITHHELD = "token_withheld"
+UNTOLD = "token_untold"
 
 
 def request_facts() -> dict[str, Any]:
@@ -130,8 +134,10 @@ async def ping() -> Response:
     refuse_unsendable()
     upstream = _route(state).upstream
     realm = state.token_realm_for(upstream)
-    known = _anonymous_challenge(state, upstream)
-    is_open = known is None and _anonymous_open(state, upstream)
+    sent = await _ping_credentials(state, upstream)
+    known = None if sent is not None else state.client.known_challenge(upstream)
+    # An upstream without auth: its answer is the version check's.
+    is_open = known is None and sent is None and state.client.known_open(upstream)
     if known is None and not is_open:
         count_relay(state)
     elif state.client.challenge_fresh(upstream) or not count_relay(state, refuse=False):
@@ -143,7 +149,8 @@ async def ping() -> Response:
     # Read here, not relayed: the shared client's codings (which read_small inflates), not the
     # client's (a browser's br came back as a 502).
     headers = request_headers(request.headers.items())
-    headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+    dropped = ("accept-encoding",) if sent is not None else ("accept-encoding", "authorization")
+    headers = [(k, v) for k, v in headers if k.lower() not in dropped]
     try:
         answer = await state.client.send(upstream, "GET", upstream.url("/v2/"), headers)
         body = await read_small(answer)
@@ -176,21 +183,37 @@ def own_challenge(state: MirrorState, upstream: Upstream, *, by_prefix: bool = F
     return Challenge("Bearer", params).render()
 
 
-def _anonymous_challenge(state: MirrorState, upstream: Upstream) -> Challenge | None:
-    """The upstream's Bearer challenge to a ``/v2/`` without credentials, as the mirror last saw
-    it; None when it saw none, or when the client sends credentials: whether they hold, only
-    the upstream can say (``docker login`` checks a token so)."""
-    if request.headers.get("Authorization") is not None:
+async def _ping_credentials(state: MirrorState, upstream: Upstream) -> str | None:
+    """The client's ``Authorization`` for the upstream's ``/v2/``, when it may go there
+    (:func:`~docxy.upstream.issuers.may_go_to`: never a token relayed for another upstream,
+    which ``docker login`` or a client reusing it would send); None for none, or one kept
+    here: the client is then answered as one without credentials, the upstream's challenge
+    saying its token is invalid (:func:`say_withheld`). Whether credentials that go hold,
+    only the upstream can say (``docker login`` checks a token so)."""
+    authorization = request.headers.get("Authorization")
+    if authorization is None:
         return None
-    return state.client.known_challenge(upstream)
+    upstreams = state.upstreams.all()
+    if not await may_go_to(state.client, upstream, upstreams, authorization, probe=True):
+        request_facts()[WITHHELD] = True
+        return None
+    return authorization
 
 
-def _anonymous_open(state: MirrorState, upstream: Upstream) -> bool:
-    """Whether a ``/v2/`` without credentials gets ``200`` from the upstream, as the mirror's
-    own probe last saw it (an upstream without auth: nothing to relay)."""
-    if request.headers.get("Authorization") is not None:
-        return False
-    return state.client.known_open(upstream)
+@blueprint.after_request
+async def say_withheld(response: Response) -> Response:
+    """A ``401`` to a request whose Bearer token the mirror kept from the upstream: each
+    Bearer challenge says ``error="invalid_token"`` (RFC 6750 §3.1). containerd drops the
+    token it holds for the mirror's host only on a challenge with an ``error``; without, it
+    sends the same token again until its retries run out. A ``401`` to a client that sent
+    no token, or whose token went, is left as it is (the start of the token dance)."""
+    if response.status_code != 401 or not request_facts().get(WITHHELD):
+        return response
+    challenges = response.headers.getlist("WWW-Authenticate")
+    response.headers.remove("WWW-Authenticate")
+    for challenge in challenges:
+        response.headers.add("WWW-Authenticate", with_error(challenge, "invalid_token"))
+    return response
 
 
 def _error_body(body: bytes, status: int) -> bytes:
@@ -281,7 +304,8 @@ def _range(reference: Reference) -> str | None:
 
 async def _pull(route: Route, reference: Reference) -> Pull:
     upstream = route.upstream
-    authorization = await _upstream_authorization(route)
+    # No probe here: a cache hit must not wait for one (the pass-through tells, if any).
+    authorization = await _upstream_authorization(route, probe=False)
     anonymous = mirror_state().client.anonymous_tokens
     return Pull(
         upstream,
@@ -292,10 +316,11 @@ async def _pull(route: Route, reference: Reference) -> Pull:
         _range(reference),
         authorization=authorization,
         anonymous_token=authorization is not None and anonymous.anonymous(authorization),
+        untold_token=bool(request_facts().get(UNTOLD)),
     )
 
 
-async def _upstream_authorization(route: Route) -> str | None:
+async def _upstream_authorization(route: Route, *, probe: bool = True) -> str | None:
     """The client's ``Authorization``, when it is meant for the upstream: never a token the
     mirror issued itself (users mode), which must not leave the mirror; never a Basic login
     on a route chosen by path prefix (``mirror/lab.example/owner/img``) to an upstream other
@@ -306,7 +331,9 @@ async def _upstream_authorization(route: Route) -> str | None:
     it of that upstream, anonymously; never a token the mirror relayed for another upstream
     (:mod:`docxy.upstream.issuers`), which a client that reaches several through one host may
     send with the same scope's request for another; nor, with several upstreams, a token the
-    mirror does not know (a restart) unless its JWT claims tell it is this upstream's."""
+    mirror does not know (a restart) unless its JWT claims tell it is this upstream's.
+    Kept back, :data:`WITHHELD` is set; not told yet (no ``probe`` of the routed upstream's
+    challenge, never seen), :data:`UNTOLD`."""
     if not request_facts().get("forward_credentials", True):
         return None
     given = request.headers.getlist("Authorization")
@@ -320,7 +347,11 @@ async def _upstream_authorization(route: Route) -> str | None:
         return None
     state = mirror_state()
     upstreams = state.upstreams.all()
-    if not await may_go_to(state.client, route.upstream, upstreams, authorization):
+    verdict = await may_go_to(state.client, route.upstream, upstreams, authorization, probe=probe)
+    facts = request_facts()
+    facts[UNTOLD] = verdict is None
+    facts[WITHHELD] = verdict is False
+    if not verdict:
         return None  # another's token (containerd reuses one per scope), or not told whose
     return authorization
 

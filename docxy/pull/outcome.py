@@ -82,6 +82,9 @@ class Pull:
     identity: Identity = ANONYMOUS
     authorization: str | None = field(default=None, repr=False)
     anonymous_token: bool = False
+    #: the client sent a Bearer token the mirror does not know, kept back until it can tell
+    #: whose it is (``docxy.upstream.issuers.may_go_to``): a pass-through asks then
+    untold_token: bool = False
 
     @property
     def credentialed(self) -> bool:
@@ -92,7 +95,10 @@ class Pull:
         pull (a while past its expiry too), nor the mirror's own offline token. A Bearer token
         the mirror does not know (relayed before a restart, or got elsewhere) counts as the
         client's own: wrongly so, it costs one more upstream request; the other way, it would
-        fail a private pull."""
+        fail a private pull. So does one not told yet (:attr:`untold_token`): a pass-through
+        may find it the client's own for this upstream."""
+        if self.untold_token:
+            return True
         return self.authorization is not None and not self.anonymous_token
 
     @property

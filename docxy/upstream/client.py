@@ -69,6 +69,10 @@ MAX_REDIRECTS = 5
 #: Seconds the redirect rule may spend looking the upstream's host up, without a connect timeout.
 LOOKUP_SECONDS = 5.0
 REALM_TTL = 600.0
+#: Seconds after a failed ``/v2/`` probe before a request may ask :meth:`UpstreamClient.
+#: challenge_unless_failed` to probe that upstream again (the background probe still runs):
+#: a down upstream costs the requests that need its challenge one connect timeout, not each.
+PROBE_RETRY = 30.0
 MAX_SMALL_BODY = 4 * 1024 * 1024
 #: Bytes of a repository's ``401`` to the mirror's Basic login read before its login check
 #: (:func:`held_answer`: its connection goes back to the pool first); a larger body is dropped
@@ -544,6 +548,7 @@ class UpstreamClient:
         self._realms: dict[str, tuple[float, Challenge | None]] = {}
         self._open: set[str] = set()  # hosts whose last probe got 200: no auth at all
         self._probes: Coalesced[str, Challenge | None] = Coalesced(UpstreamError)
+        self._probe_failed: dict[str, float] = {}  # host: monotonic time of its latest failure
         #: ``GET /v2/`` with the mirror's Basic login in flight, one per host: is a
         #: repository's ``401`` the login's? (:meth:`_basic_login_answered`)
         self._basic_checks: Coalesced[str, None] = Coalesced(UpstreamError)
@@ -947,7 +952,24 @@ class UpstreamClient:
         if cached is not None and time.monotonic() - cached[0] < REALM_TTL and not refresh:
             return cached[1]
         host = upstream.host
-        return await self._probes.run(host, f"probe {host}", lambda: self._probe(upstream))
+        try:
+            return await self._probes.run(host, f"probe {host}", lambda: self._probe(upstream))
+        except UpstreamError:
+            self._probe_failed[host] = time.monotonic()
+            raise
+
+    async def challenge_unless_failed(self, upstream: Upstream) -> bool:
+        """Probe the upstream's ``/v2/`` unless a probe failed within :data:`PROBE_RETRY`:
+        whether it answered (:meth:`probed` then says so). For a request that would like its
+        challenge but can go on without it."""
+        failed = self._probe_failed.get(upstream.host)
+        if failed is not None and time.monotonic() - failed < PROBE_RETRY:
+            return False
+        try:
+            await self.challenge(upstream)
+        except UpstreamError:
+            return False
+        return True
 
     @property
     def probes_joined(self) -> int:

@@ -19,7 +19,8 @@ With one upstream an unknown token can only be its own, and goes there (a pull i
 across a restart keeps working). With several, :func:`may_go_to` lets it go only where its
 JWT claims (:mod:`docxy.core.claims`) name the upstream's token service and no other's; an
 opaque token, or one whose claims cannot be told apart, stays here as another's does: the
-request goes on without it, and the challenge it gets has the client ask for a new token.
+request goes on without it, and the ``401`` it may get says ``error="invalid_token"``
+(``docxy.http.routes.say_withheld``), on which containerd asks for a new token.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from docxy.core.claims import TokenClaims, token_claims
-from docxy.core.errors import UpstreamError
 from docxy.core.headers import bearer_token
 from docxy.core.hosts import url_host
 from docxy.upstream.anonymous import CAPACITY, GRACE, KeptTokens
@@ -99,13 +99,21 @@ def known_service(client: UpstreamClient, upstream: Upstream) -> TokenService | 
 
 
 async def may_go_to(
-    client: UpstreamClient, routed: Upstream, upstreams: Iterable[Upstream], authorization: str
-) -> bool:
+    client: UpstreamClient,
+    routed: Upstream,
+    upstreams: Iterable[Upstream],
+    authorization: str,
+    *,
+    probe: bool,
+) -> bool | None:
     """Whether the client's ``authorization`` may go to the ``routed`` upstream: not a Bearer
     token (not the question here), or one relayed for it, or (unknown) the only upstream's,
-    or one whose claims say it is its (:func:`told_for`). The routed upstream's challenge is
-    looked at first if it never was (a JWT only: the request goes there anyway); the others'
-    only as known, so one that is down delays nothing."""
+    or one whose claims say it is its (:func:`told_for`). The others' challenges are taken
+    only as known, so one that is down delays nothing. The routed upstream's, if never seen,
+    is looked at first (a JWT only) when ``probe``, but not again for a while after a probe
+    failed (:meth:`~docxy.upstream.client.UpstreamClient.challenge_unless_failed`): False
+    then, as for a token not told. Without ``probe`` (a request that may yet be served from
+    the cache, which no probe should delay), None: not told yet."""
     if bearer_token(authorization) is None:
         return True
     issuer = client.token_issuers.issuer(authorization)
@@ -118,9 +126,9 @@ async def may_go_to(
     if claims is None:
         return False
     if not client.probed(routed):
-        try:
-            await client.challenge(routed)
-        except UpstreamError:
+        if not probe:
+            return None
+        if not await client.challenge_unless_failed(routed):
             return False  # not told: the request that follows meets the same trouble
     services = [known_service(client, other) for other in others.values()]
     return told_for(claims, known_service(client, routed), services)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from docxy.config import load_config
-from docxy.core.challenge import parse_challenge, split_challenges
+from docxy.core.challenge import parse_challenge, split_challenges, with_error
 from docxy.http.app import create_app
 from docxy.http.state import mirror_state
 from docxy.upstream.client import Upstream
@@ -25,6 +25,7 @@ from tests.unit.test_multi_routes import CHALLENGES, JSON, PUBLIC, Mirror, regis
 from tests.unit.test_review_issuer1 import jwt
 
 HUB_CLIENT = jwt({"iss": "auth.hub.example", "aud": "hub-service", "sub": "bob"})
+OWN = {"hub.example": HUB_CLIENT, "ghcr.example": "ghcr-client"}
 PRIVATE = "/v2/private/img/manifests/1"
 MANIFEST = {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"}
 
@@ -35,16 +36,19 @@ class Registries:
 
     def __init__(self) -> None:
         self.ghcr_down = False
+        self.ghcr_ping_down = False  # ghcr.io's /v2/ alone answers 503
         self.lab_open = False
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         host, path = request.url.host, request.url.path
         if self.ghcr_down and host == "ghcr.example":
             return reply(503, b"{}", JSON)
+        if self.ghcr_ping_down and host == "ghcr.example" and path == "/v2/":
+            return reply(503, b"{}", JSON)
         if self.lab_open and host == "lab.example" and path == "/v2/":
             return reply(200, b"{}", JSON)
-        if "/private/" in path and host == "hub.example":
-            if request.headers.get("authorization") != f"Bearer {HUB_CLIENT}":
+        if "/private/" in path and host in ("hub.example", "ghcr.example"):
+            if request.headers.get("authorization") != f"Bearer {OWN[host]}":
                 headers = {"WWW-Authenticate": CHALLENGES[host], **JSON}
                 return reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', headers)
             return reply(200, b"{}", MANIFEST, length=True)
@@ -110,7 +114,6 @@ def sent_with(m: Mirror, host: str, token: str) -> list[str]:
 # --- fault 1: a withheld token's 401 says it is invalid, so containerd asks for a new one ----
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: a withheld token's 401 names no error")
 async def test_a_withheld_tokens_challenge_says_invalid_token() -> None:
     """Docker Hub's private pull across a restart while ghcr.io is down (its challenge unseen,
     so Docker Hub's JWT cannot be told apart from ghcr.io's): withheld, and the ``401`` says
@@ -125,7 +128,6 @@ async def test_a_withheld_tokens_challenge_says_invalid_token() -> None:
     assert errors_of(answer) == ["invalid_token"]
 
 
-@pytest.mark.xfail(strict=True, reason="fault 1: a withheld token's 401 names no error")
 async def test_another_upstreams_relayed_token_gets_invalid_token() -> None:
     """ghcr.io's relayed token, reused by containerd for Docker Hub's same scope: withheld,
     and told invalid, so containerd drops its handler (ghcr.io's realm) and asks anew."""
@@ -172,7 +174,6 @@ def probes(m: Mirror, since: int, host: str) -> list[str]:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: each request probes the down upstream twice")
 async def test_a_down_upstream_is_probed_once_for_many_unknown_tokens() -> None:
     fake = Registries()
     fake.ghcr_down = True
@@ -183,7 +184,6 @@ async def test_a_down_upstream_is_probed_once_for_many_unknown_tokens() -> None:
         assert len(probes(m, before, "ghcr.example")) <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: each request probes the down upstream twice")
 async def test_one_request_probes_the_routed_upstream_once_at_most() -> None:
     fake = Registries()
     fake.ghcr_down = True
@@ -192,7 +192,6 @@ async def test_one_request_probes_the_routed_upstream_once_at_most() -> None:
         assert len(probes(m, 0, "ghcr.example")) <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="fault 2: the probe runs before the cache is looked at")
 async def test_a_cache_hit_waits_for_no_probe(tmp_path: object) -> None:
     """A manifest by digest the cache holds, asked with a token the mirror does not know for
     an upstream never probed: served from the cache, no ``/v2/`` asked first."""
@@ -209,10 +208,36 @@ async def test_a_cache_hit_waits_for_no_probe(tmp_path: object) -> None:
         assert probes(m, before, "ghcr.example") == []
 
 
+async def test_a_down_upstream_is_probed_once_for_many_pass_throughs() -> None:
+    """ghcr.io's ``/v2/`` down, its private repository answering the mirror's token ``401``:
+    each request passes through, and its unknown JWT cannot be told. One probe for them all
+    (then :data:`~docxy.upstream.client.PROBE_RETRY` without), each told its token invalid."""
+    fake = Registries()
+    fake.ghcr_ping_down = True
+    async with mirror(fake) as m:
+        answers = [await get(m, PRIVATE + "?ns=ghcr.test", HUB_CLIENT) for _ in range(3)]
+        assert len(probes(m, 0, "ghcr.example")) == 1
+        assert sent_with(m, "ghcr.example", HUB_CLIENT) == []
+    assert [errors_of(a) for a in answers] == [["invalid_token"]] * 3
+
+
+async def test_an_untold_token_is_told_by_the_pass_through() -> None:
+    """A restart, Docker Hub's challenge not seen yet (the others' are): the private pull's
+    token is not told when the request comes in (no probe before the cache), but the
+    pass-through probes Docker Hub's ``/v2/`` once, tells it, and sends it: the pull works."""
+    async with mirror(Registries()) as m:
+        await probe_all(m)
+        state = mirror_state(m.app)
+        del state.client._realms["hub.example"]
+        before = len(m.upstream.requests)
+        answer = await get(m, PRIVATE, HUB_CLIENT)
+        assert len(probes(m, before, "hub.example")) == 1
+    assert answer.status == 200
+
+
 # --- fault 3: the /v2/ ping keeps another upstream's token -------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fault 3: the ping passes any Authorization upstream")
 async def test_the_ping_keeps_another_upstreams_token() -> None:
     async with mirror(Registries()) as m:
         await probe_all(m)
@@ -295,3 +320,23 @@ async def test_an_open_upstream_with_an_auth_realm_is_told_apart() -> None:
         await probe_all(m)
         await get(m, "/v2/owner/img/manifests/1", HUB_CLIENT)
         assert sent_with(m, "hub.example", HUB_CLIENT)
+
+
+# --- the pure part: a challenge told its token is invalid ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('Bearer realm="r",service="s"', 'Bearer realm="r",service="s",error="invalid_token"'),
+        ('bearer realm="r"', 'bearer realm="r",error="invalid_token"'),
+        (
+            'Bearer realm="r",error="insufficient_scope"',
+            'Bearer realm="r",error="insufficient_scope"',
+        ),
+        ('Basic realm="lab"', 'Basic realm="lab"'),
+        ("Bearer", 'Bearer error="invalid_token"'),
+    ],
+)
+def test_with_error(header: str, expected: str) -> None:
+    assert with_error(header, "invalid_token") == expected
