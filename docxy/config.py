@@ -226,7 +226,7 @@ class LimitsConfig:
     send_min_rate: int
     requests_per_minute: int
     manifests_per_minute: int
-    failed_logins_per_minute: int  # wrong passwords at /auth/token per client, relayed too
+    failed_logins_per_minute: int  # wrong passwords per client: own, relayed, passed through
     token_relays_per_minute: int  # /v2/ and /auth/token asked upstream per address (edge.relays)
     bandwidth: int  # bytes a second per client
     fills_per_client: int

@@ -14,8 +14,12 @@ before any password is checked, the right one included: a refusal that still sai
 would not stop guessing. Counted by address, never by user name, so nobody can lock a user out
 from elsewhere (a guesser in a user's own /48 can, as one behind a user's own NAT can); a
 login that succeeds or carries no password costs nothing. The same buckets hold the upstream
-logins the mirror relays (``docxy.http.auth``), each one the upstream's token service refuses
-(``401``) a wrong password: the upstream sees every guess come from the mirror's address.
+logins the mirror relays, each one the upstream refuses (``401``) a wrong password: the upstream
+sees every guess come from the mirror's address. Those are passwords ``/auth/token`` relays to
+a token service (``docxy.http.auth``) and Basic passwords passed through to a registry that
+checks them itself (``docxy.http.routes.within_login_limit``). Their place is not taken before
+the upstream is asked (:meth:`FailedLogins.refusal` only looks) but charged when it said wrong
+(:meth:`FailedLogins.charge`): held for a round trip, right logins sent at once used it up.
 
 ``limits.exempt`` does not spare it, unlike the other per-client limits: a password guesser
 inside a NAT-ed office is still guessing, and its colleagues, whose logins are right, spend
@@ -65,3 +69,18 @@ class FailedLogins(SitedBuckets):
     def give_back(self, client: str, site: str | None = None) -> None:
         """The check :meth:`take` made room for was no wrong password."""
         self.give_place(client, site)
+
+    def refusal(self, client: str, site: str | None = None) -> TooManyRequests | None:
+        """Why ``client`` may try no password now (its bucket, or its site's, is empty), or
+        None; nothing taken. For a login another checks (a relayed one): :meth:`charge` it
+        when that one said wrong."""
+        wait = self.wait_place(client, site)
+        if wait <= 0:
+            return None
+        self.refused += 1
+        return TooManyRequests(THROTTLED, {"retry_after": retry_after(wait)})
+
+    def charge(self, client: str, site: str | None = None) -> None:
+        """A password that another checked (the upstream) was wrong: one place spent, after
+        the fact (into debt for guesses that were in flight together)."""
+        self.charge_place(client, site)

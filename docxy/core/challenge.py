@@ -164,6 +164,11 @@ def rewrite_challenges(
     return [rewrite_challenge(text, realm, library_prefix, prefix=prefix) for text in bearers]
 
 
+def offers_bearer(values: list[str]) -> bool:
+    """Whether ``WWW-Authenticate`` ``values`` offer a Bearer challenge (a token service's)."""
+    return any(_is_bearer(text) for value in values for text in split_challenges(value))
+
+
 def _is_bearer(text: str) -> bool:
     found = _scheme(text.strip())
     return found is not None and found[0].lower() == "bearer"

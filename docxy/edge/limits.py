@@ -46,6 +46,11 @@ class Bucket:
             return 0.0
         return (amount - self.tokens) / self.rate
 
+    def wait(self, now: float, amount: float = 1.0) -> float:
+        """The seconds until the bucket holds ``amount`` (0: it does now); nothing taken."""
+        self._refill(now)
+        return max(0.0, (amount - self.tokens) / self.rate)
+
     def give(self, now: float, amount: float = 1.0) -> None:
         """Put back ``amount`` taken for something that turned out free (up to ``burst``)."""
         self._refill(now)
@@ -92,6 +97,9 @@ class Buckets:
     def take(self, key: str, amount: float = 1.0) -> float:
         return self.of(key).take(self.clock(), amount) if self else 0.0
 
+    def wait(self, key: str, amount: float = 1.0) -> float:
+        return self.of(key).wait(self.clock(), amount) if self else 0.0
+
     def give(self, key: str, amount: float = 1.0) -> None:
         if self:
             self.of(key).give(self.clock(), amount)
@@ -129,6 +137,21 @@ class SitedBuckets:
         self.buckets.give(client)
         if site is not None:
             self.sites.give(site)
+
+    def wait_place(self, client: str, site: str | None) -> float:
+        """The seconds until ``client`` and its ``site`` both have a place (0: they do now);
+        nothing taken."""
+        wait = self.buckets.wait(client)
+        if site is not None:
+            wait = max(wait, self.sites.wait(site))
+        return wait
+
+    def charge_place(self, client: str, site: str | None) -> None:
+        """Spend a place of ``client`` and its ``site`` after the fact, into debt if none is
+        left: what was spent past the limit is waited out before the next place."""
+        self.buckets.charge(client, 1.0)
+        if site is not None:
+            self.sites.charge(site, 1.0)
 
 
 class SitedBandwidth:

@@ -33,7 +33,13 @@ from docxy.core.errors import Denied, NotFound, RegistryError, Unauthorized, Ups
 from docxy.core.headers import bearer_token, kept_retry_after
 from docxy.core.hosts import url_host
 from docxy.edge.clients import limit_key, request_address
-from docxy.http.routes import count_relay, own_challenge, refuse_unsendable, request_facts
+from docxy.http.routes import (
+    count_relay,
+    login_client,
+    own_challenge,
+    refuse_unsendable,
+    request_facts,
+)
 from docxy.http.state import mirror_state
 from docxy.http.token_ask import TokenAsk, for_post_client, from_form, from_query
 from docxy.tasks import spawn
@@ -240,18 +246,22 @@ async def token() -> Response:
 async def _relayed_login(upstream: Upstream, ask: TokenAsk) -> Response:
     """A password for the upstream, relayed within the guessing limit of its client's address
     (``docxy.access.logins``, users mode's buckets): the upstream's token service sees every
-    guess come from the mirror's address, and would rate-limit or ban it for every user. Its
-    place is taken before the upstream is asked and given back unless the upstream answered
-    ``401``; a client out of wrong guesses gets ``429`` and nothing is sent."""
+    guess come from the mirror's address, and would rate-limit or ban it for every user. A
+    client out of wrong guesses gets ``429`` and nothing is sent; a place is spent only when
+    the upstream answered ``401``."""
     state = mirror_state()
-    address = request_address(request.scope, state.config.server)
-    client = limit_key(None, address)  # by address, never by the user name it guesses for
-    site = site_key(address) if address is not None else None
-    refusal = state.logins.take(client, site)
+    client = login_client(state)
+    # No place is held while the upstream is asked (a round trip): held, a dozen right logins
+    # at once from one address (compose pulling many images, a CI farm behind one NAT) used
+    # up the bucket and got "too many failed logins". Charged after the 401 instead, wrong
+    # guesses sent at once may pass the limit by those in flight together, which the
+    # address's connections bound (limits.connections_per_client, and their HTTP/2 streams);
+    # the overshoot is charged into debt, waited out before the next guess goes.
+    refusal = state.logins.refusal(*client)
     if refusal is not None:
-        raise refusal
-    # A client that hangs up while the upstream is asked keeps the place spent: its password
-    # may have reached the upstream, and hanging up must not make guessing free.
+        return login_refused(refusal)
+    # A client that hangs up while the upstream is asked is charged: its password may have
+    # reached the upstream, and hanging up must not make guessing free.
     wrong = True
     try:
         response = await _relay(upstream, ask)
@@ -261,8 +271,18 @@ async def _relayed_login(upstream: Upstream, ask: TokenAsk) -> Response:
         wrong = False
         raise
     finally:
-        if not wrong:
-            state.logins.give_back(client, site)
+        if wrong:
+            state.logins.charge(*client)
+
+
+def login_refused(refusal: RegistryError) -> Response:
+    """The token endpoint's ``429`` for a client out of wrong guesses: never stored, as no
+    answer of ``/auth/token`` is."""
+    response = Response(
+        refusal.encoded(), status=refusal.status, headers=Headers(refusal.headers())
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def _relay(upstream: Upstream, ask: TokenAsk) -> Response:

@@ -9,22 +9,23 @@ access log's facts and the upstream's health.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 from quart import Blueprint, Response, request
 
-from docxy.access.gate import remembered
+from docxy.access.gate import basic_credentials, remembered
 from docxy.access.identity import Via, identity_of, set_identity
 from docxy.cache.fill import BlobFollower
 from docxy.core import jsondoc
-from docxy.core.challenge import Challenge, rewrite_challenges, with_error
+from docxy.core.challenge import Challenge, offers_bearer, rewrite_challenges, with_error
 from docxy.core.cidr import site_key
 from docxy.core.digests import Digest, digest_of
 from docxy.core.errors import (
     ClientError,
     Denied,
+    RegistryError,
     TooManyRequests,
     Unsupported,
     UpstreamAnswered,
@@ -98,6 +99,46 @@ def count_relay(state: MirrorState, *, refuse: bool = True) -> bool:
     return state.relays.take(limit_key(None, address), site, refuse=refuse)
 
 
+def login_client(state: MirrorState) -> tuple[str, str | None]:
+    """This request's keys in the failed-login buckets (``docxy.access.logins``): its address,
+    never the user name it guesses for, and an IPv6 one's /48."""
+    address = request_address(request.scope, state.config.server)
+    return limit_key(None, address), (site_key(address) if address is not None else None)
+
+
+async def within_login_limit(
+    state: MirrorState, authorization: str | None, answer: Callable[[], Awaitable[Response]]
+) -> Response:
+    """``answer()``, which sends ``authorization`` upstream, within the failed-login limit
+    when it is a Basic password (``docxy.access.logins``): a registry that checks Basic
+    passwords itself (no token service) sees every guess come from the mirror's address, as
+    a token service does (``docxy.http.auth``). A client out of wrong guesses gets ``429``
+    and nothing is sent; a place is spent when the upstream refused the password (its ``401``
+    offers no Bearer challenge: a token registry answers any Basic login so, right or not),
+    or the client hung up while it was asked. Guesses in flight together may pass the limit
+    by their number, which the address's connections bound (``limits.connections_per_client``
+    and their HTTP/2 streams): charged into debt, waited out before the next one goes."""
+    if basic_credentials(authorization) is None:
+        return await answer()
+    client = login_client(state)
+    refusal = state.logins.refusal(*client)
+    if refusal is not None:
+        raise refusal
+    wrong = True
+    try:
+        response = await answer()
+        wrong = response.status_code == 401 and not offers_bearer(
+            response.headers.getlist("WWW-Authenticate")
+        )
+        return response
+    except RegistryError:  # the upstream said nothing of the password (down, not asked)
+        wrong = False
+        raise
+    finally:
+        if wrong:
+            state.logins.charge(*client)
+
+
 def _raw_path() -> str:
     raw = request.scope.get("raw_path")
     if isinstance(raw, bytes) and raw:
@@ -146,6 +187,14 @@ async def ping() -> Response:
         if known is None:  # an upstream without auth: its answer is the version check's
             return registry_response(b"{}", 200, JSON)
         return unauthorized(*rewrite_challenges([known.render()], realm, upstream.library_prefix))
+    # docker login's check, a Basic one's: limited as a relayed login (None: none goes)
+    return await within_login_limit(state, sent, lambda: _asked_ping(state, upstream, sent))
+
+
+async def _asked_ping(state: MirrorState, upstream: Upstream, sent: str | None) -> Response:
+    """The upstream's own answer to the client's ``/v2/``, asked with its headers (its
+    ``Authorization`` only as ``sent``: :func:`_ping_credentials`)."""
+    realm = state.token_realm_for(upstream)
     # Read here, not relayed: the shared client's codings (which read_small inflates), not the
     # client's (a browser's br came back as a 502).
     headers = request_headers(request.headers.items())
@@ -243,6 +292,12 @@ async def content(rest: str) -> Response:
     state = mirror_state()
     route = _route(state, reference.name)
     pull = await _pull(route, reference)
+    return await within_login_limit(state, pull.authorization, lambda: _content(state, route, pull))
+
+
+async def _content(state: MirrorState, route: Route, pull: Pull) -> Response:
+    """The pull's answer: served by the blob or manifest service, or passed through."""
+    reference = pull.reference
     services = state.running
     started = time.monotonic()
     outcome: Outcome | None = None
