@@ -131,17 +131,44 @@ def plain_http_reason(config: Config) -> str | None:
 
 
 def unnamed_proxy_reason(config: Config) -> str | None:
-    """Why ``users`` mode looks reached through a TLS proxy that ``server.trusted_proxies``
-    does not name; None when it does not, as far as the mirror can tell (the mode is not
-    ``users``, proxies are named, the mirror has a TLS listener of its own, or its public URL
-    is not ``https://``). Behind such a proxy every client is the proxy's address: one
-    guesser's wrong passwords use up the failed-login bucket every user's login needs."""
+    """Why the mirror looks reached through a TLS proxy that ``server.trusted_proxies`` does
+    not name; None when it does not, as far as the mirror can tell (proxies are named, the
+    mirror has a TLS listener of its own, or its public URL is not ``https://``). Behind such
+    a proxy every client is the proxy's address: one client's wrong passwords use up the
+    failed-login bucket every client's logins need (``docxy.access.logins``), the mirror's
+    own users' in ``users`` mode, the upstream logins it relays in either mode."""
     server = config.server
-    if config.auth.mode != "users" or server.trusted_proxies or server.tls_listen is not None:
+    if server.trusted_proxies or server.tls_listen is not None:
         return None
     if urlsplit(server.public_url).scheme != "https":
         return None
     return f"server.public_url {server.public_url} is https:// with no server.tls_listen"
+
+
+def warn_unnamed_proxy(config: Config) -> None:
+    """Say at start-up that the mirror looks behind a proxy not in ``server.trusted_proxies``
+    (:func:`unnamed_proxy_reason`), in the words of its mode."""
+    reason = unnamed_proxy_reason(config)
+    if reason is None:
+        return
+    if config.auth.mode == "users":
+        whose = (
+            "limits.failed_logins_per_minute wrong passwords from anyone refuse every user's login"
+        )
+    else:  # open mode relays upstream logins within the same per-address limit
+        whose = (
+            "limits.failed_logins_per_minute upstream logins refused as wrong (one client's "
+            "stale password) refuse every client's upstream logins"
+        )
+    log.warning(
+        "auth.mode = %s behind a TLS proxy, as far as the mirror can tell (%s), and "
+        "server.trusted_proxies is empty: every client is the proxy's address, so %s for a "
+        "while; list the proxy's address in server.trusted_proxies (its header: "
+        "server.forwarded_header)",
+        config.auth.mode,
+        reason,
+        whose,
+    )
 
 
 def refuse_plain_http(config: Config) -> None:
@@ -179,7 +206,6 @@ class AccessControl:
         self.users_mode = auth.mode == "users"
         self.upstream_logins = auth.upstream_logins
         self.plain_http = plain_http_reason(config)  # users mode's logins in clear: why
-        self.unnamed_proxy = unnamed_proxy_reason(config)  # users mode behind an unnamed proxy
         self.ca: ClientCA | None = None
         if auth.client_certs:
             from docxy.access.clientca import ClientCA
@@ -220,12 +246,12 @@ class AccessControl:
             from docxy.access.users import UsersFileError  # loaded with self.users
 
             try:
-                self.users.prepare()  # read now: what it warns of is said at start-up
+                users = self.users.prepare()  # read now: what it warns of is said at start-up
             except UsersFileError as exc:
                 # said now, not first by every pull failing (and at each check, answered 503)
                 log.error("users file: %s; every login and token is 503 until it is mended", exc)
             else:
-                self._warn_no_users()
+                self._warn_no_users(users)  # what was read: a second read could fail here
             try:
                 self.keys.ensure()
             except TokenKeyError as exc:  # auth.dir read-only, not a directory...: as above
@@ -236,23 +262,15 @@ class AccessControl:
                     "and tokens cross the network unencrypted",
                     self.plain_http,
                 )
-            if self.unnamed_proxy is not None:
-                log.warning(
-                    "auth.mode = users behind a TLS proxy, as far as the mirror can tell (%s), "
-                    "and server.trusted_proxies is empty: every client is the proxy's address, "
-                    "so limits.failed_logins_per_minute wrong passwords from anyone refuse "
-                    "every user's login for a while; list the proxy's address in "
-                    "server.trusted_proxies (its header: server.forwarded_header)",
-                    self.unnamed_proxy,
-                )
         if self.ca is not None:
             self.ca.ensure()
 
-    def _warn_no_users(self) -> None:
+    def _warn_no_users(self, users: dict[str, str]) -> None:
         """A users file that is not there, or names nobody, is "no users": every login is
         refused as a wrong password. Said at start-up, naming the path, since a typo in
-        ``auth.users_file`` or a volume not mounted look exactly like that."""
-        if self.users.users():
+        ``auth.users_file`` or a volume not mounted look exactly like that; only noted when
+        clients come by certificate (``auth.client_certs``), as they may with no user at all."""
+        if users:
             return
         path = self._auth.users_file
         what = (
@@ -260,6 +278,13 @@ class AccessControl:
             if path.exists()
             else "missing (a typo in auth.users_file, or its volume not mounted?)"
         )
+        if self.ca is not None:
+            log.info(
+                "users file %s: %s: no password logins, clients come by certificate only",
+                path,
+                what,
+            )
+            return
         log.warning(
             "users file %s: %s: no users, every login is refused (docxy users add makes one)",
             path,

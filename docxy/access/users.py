@@ -268,13 +268,14 @@ class UsersFile:
             self._snapshot.warn_rarer_costs(self.path)
         return self._snapshot.users
 
-    def prepare(self) -> None:
+    def prepare(self) -> dict[str, str]:
         """Read the file now, and make the hash an unknown name is checked against at its
         usual cost (the mirror's start, off any request: made by the first unknown name's
-        check, it took that check three hashes' time)."""
-        self.users()
+        check, it took that check three hashes' time). The users it read."""
+        users = self.users()
         assert self._snapshot is not None
         _dummy_hash(self._snapshot.usual_cost)
+        return users
 
     def exists(self, name: str) -> bool:
         return name in self.users()

@@ -18,7 +18,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 
-from docxy.access.gate import refuse_plain_http
+from docxy.access.gate import refuse_plain_http, warn_unnamed_proxy
 from docxy.config import Config
 from docxy.core.errors import ConfigError
 from docxy.edge import connections, framing, h2c
@@ -329,6 +329,7 @@ async def run(config: Config) -> None:
         config.upstream.registry,
     )
     warn_about_upstreams(config)
+    warn_unnamed_proxy(config)  # every mode: its relayed logins are limited by address too
     if config.server.admin_listen is not None:
         admin = create_admin_app(observer, config.server.admin_listen, config.server.admin_hosts)
         spawn("admin-listener", serve_admin(admin, config.server.admin_listen, stop.wait))

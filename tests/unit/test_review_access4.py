@@ -15,10 +15,12 @@ import httpx
 import pytest
 from quart import Response
 
+from docxy.access.gate import warn_unnamed_proxy
 from docxy.access.users import UsersFile
+from docxy.config import load_config
 from tests.unit.fakes import reply
 from tests.unit.test_access_routes import basic, code_of
-from tests.unit.test_routes import Mirror, hub, mirror
+from tests.unit.test_routes import PUBLIC, REGISTRY, Mirror, hub, mirror
 
 TOKEN_PATH = "/auth/token?service=registry.example&scope=repository:victim/app:pull"
 GUESSER = "127.0.103.7"
@@ -107,42 +109,41 @@ def warnings_of(caplog: pytest.LogCaptureFixture, word: str) -> list[str]:
     ]
 
 
-async def test_users_mode_behind_an_unnamed_proxy_is_warned_of(
+def started(settings: dict[str, object]) -> None:
+    """What ``docxy.http.server.run`` says of the proxy in front when it starts serving (said
+    there, not by create_app, which every test builds)."""
+    base: dict[str, object] = {"server.public_url": PUBLIC, "upstream.registry": REGISTRY}
+    warn_unnamed_proxy(load_config({**base, **settings}, environ={}))
+
+
+def test_users_mode_behind_an_unnamed_proxy_is_warned_of(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """https public_url, no TLS listener of its own: a proxy terminates TLS, and without
     server.trusted_proxies every client is the proxy's address, so ten wrong passwords from
     anyone lock every user out. Started without a word."""
-    UsersFile(tmp_path / "users").add("alice", "right")
     caplog.set_level(logging.INFO)
-    async with mirror(hub, {"auth.mode": "users", "auth.dir": str(tmp_path)}):
-        pass
+    started({"auth.mode": "users", "auth.dir": str(tmp_path)})
     [said] = warnings_of(caplog, "server.trusted_proxies")
-    assert "https://mirror.example.com" in said
+    assert "https://mirror.example.com" in said and "auth.mode = users" in said
 
 
-async def test_users_mode_with_its_proxy_named_is_not_warned_of(
+def test_users_mode_with_its_proxy_named_is_not_warned_of(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    UsersFile(tmp_path / "users").add("alice", "right")
     caplog.set_level(logging.INFO)
-    settings: dict[str, object] = {
-        "auth.mode": "users",
-        "auth.dir": str(tmp_path),
-        "server.trusted_proxies": "::1",
-    }
-    async with mirror(hub, settings):
-        pass
+    started({"auth.mode": "users", "auth.dir": str(tmp_path), "server.trusted_proxies": "::1"})
     assert warnings_of(caplog, "server.trusted_proxies") == []
 
 
-async def test_open_mode_behind_a_proxy_is_not_warned_of(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_open_mode_behind_a_proxy_is_warned_of_too(caplog: pytest.LogCaptureFixture) -> None:
+    """Open mode limits relayed upstream logins by address as well (review r6): behind an
+    unnamed proxy one client's stale password locks every client's logins out. Worded for
+    open mode in test_review_access5."""
     caplog.set_level(logging.INFO)
-    async with mirror(hub):
-        pass
-    assert warnings_of(caplog, "server.trusted_proxies") == []
+    started({})
+    [said] = warnings_of(caplog, "server.trusted_proxies")
+    assert "auth.mode = open" in said
 
 
 # --- 3. a users file that is not there ----------------------------------------------------

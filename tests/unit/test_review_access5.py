@@ -27,7 +27,7 @@ from docxy.config import load_config
 from docxy.http.app import create_app
 from tests.unit.fakes import reply
 from tests.unit.test_access_routes import basic, code_of
-from tests.unit.test_review_access4 import TOKEN_PATH, HubLogins, warnings_of
+from tests.unit.test_review_access4 import TOKEN_PATH, HubLogins, started, warnings_of
 from tests.unit.test_routes import AUTH, PUBLIC, REGISTRY, hub, mirror
 
 CLIENT = "127.0.110.9"
@@ -201,33 +201,28 @@ async def test_basic_logins_a_token_upstream_challenges_spend_nothing() -> None:
 # --- 2. open mode behind a proxy not in server.trusted_proxies ----------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the unnamed-proxy warning is users mode's only")
-async def test_open_mode_behind_an_unnamed_proxy_is_warned_of(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_open_mode_behind_an_unnamed_proxy_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
     """Open mode has a per-address lock-out of relayed logins too: behind an unnamed proxy one
     client's stale password locks every client's logins out."""
     caplog.set_level(logging.INFO)
-    async with mirror(hub):
-        pass
+    started({})
     [said] = warnings_of(caplog, "server.trusted_proxies")
     assert "https://mirror.example.com" in said
-    assert "auth.mode = users" not in said and "upstream logins" in said
+    assert "auth.mode = open" in said and "upstream logins" in said
 
 
-async def test_open_mode_with_its_proxy_named_is_not_warned_of(
+def test_open_mode_with_its_proxy_named_or_its_own_tls_is_not_warned_of(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with mirror(hub, {"server.trusted_proxies": "::1"}):
-        pass
+    started({"server.trusted_proxies": "::1"})
+    started({"server.public_url": "http://mirror.example.com"})
     assert warnings_of(caplog, "server.trusted_proxies") == []
 
 
 # --- 4. users-mode start-up warnings ------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a certificate-only mirror is told to add users")
 async def test_a_certificate_only_mirror_is_not_told_to_add_users(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -253,7 +248,6 @@ async def test_a_certificate_only_mirror_is_not_told_to_add_users(
     assert warnings_of(caplog, "docxy users add") == []
 
 
-@pytest.mark.xfail(strict=True, reason="_warn_no_users re-reads the users file outside the try")
 def test_a_users_file_turning_unreadable_after_its_read_does_not_abort_start_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
