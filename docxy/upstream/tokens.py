@@ -661,9 +661,10 @@ class MirrorTokens:
         if not logged:
             assert upstream.credentials is not None
             log.warning(
-                "the token service of %s gave no verdict on the mirror's login (%s) in %d "
-                "token requests with it (each refused: a wrong password, or names the account "
-                "may not read): the login is held back for %.0fs, tokens asked anonymously",
+                "the token service of %s has given no verdict on the mirror's login (%s), "
+                "and %d token requests went with it this minute (a wrong password cannot be "
+                "told from names the account may not read, nor a check that failed from "
+                "either): the login is held back for %.0fs, tokens asked anonymously",
                 upstream.host,
                 upstream.credentials[0],
                 sent,
@@ -671,6 +672,11 @@ class MirrorTokens:
             )
         self._unvouched.set(upstream.host, (start, sent, True))
         return False
+
+    def _hold_left(self, upstream: Upstream) -> float:
+        """Seconds left of the hold :meth:`_may_send_unvouched` put the login under."""
+        start, _, _ = self._unvouched.get(upstream.host) or (time.monotonic(), 0, False)
+        return max(start + REFUSED_TTL - time.monotonic(), 0.0)
 
     async def _ask(
         self,
@@ -786,6 +792,7 @@ class MirrorTokens:
             self._login_withheld(upstream, realm)
         lead: asyncio.Future[UpstreamTimeout | None] | None = None
         silence: UpstreamTimeout | None = None  # the token service's, for the waiters
+        held_back = False  # the login of no verdict held back (:meth:`_may_send_unvouched`)
         if login:
             verdict, lead = await self._login_turn(upstream, realm, service, repository)
             if verdict is False:
@@ -794,6 +801,7 @@ class MirrorTokens:
                 raise TokenRefused(401)  # its check was just answered 401: not asked again
             elif verdict is None and not self._may_send_unvouched(upstream):
                 login = False  # as for a login refused, for the rest of the minute
+                held_back = True
         try:
             if login and upstream.credentials is not None:
                 headers.append(("Authorization", basic_authorization(*upstream.credentials)))
@@ -844,4 +852,10 @@ class MirrorTokens:
             raise UpstreamUnavailable(
                 "the upstream's token service sent a token that cannot go in a header"
             )
+        if held_back:
+            # An anonymous token got while the login is held back is used no longer than the
+            # hold: concurrent misses held back while a blip (a 5xx to the check) left the
+            # login without a verdict kept theirs for its whole life (300 s on Docker Hub, up
+            # to a day), pulling on the anonymous quota though the login was accepted since.
+            return token, min(lifetime(expires_in), self._hold_left(upstream) + EXPIRY_MARGIN)
         return token, lifetime(expires_in)

@@ -194,3 +194,56 @@ async def test_a_right_password_held_back_before_any_acceptance_reads_a_minute_o
         assert await miss(tokens, "priv/b") == 200
         assert tokens.client.health_of(ROBOT).login == "accepted"
         assert not tokens.login_refused(ROBOT)
+
+
+# --- a blip of the check: misses held back keep their anonymous tokens no longer than the hold ---
+
+
+class BlipHub:
+    """Docker Hub's way (a right login's scope-less check 200), whose check answers 500 once;
+    public repositories for anyone, every token JWT-shaped."""
+
+    def __init__(self) -> None:
+        self.blips = 1
+        self.log: list[tuple[str | None, str | None]] = []  # (scope, Authorization)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)  # concurrent misses all wait on the first check
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
+        if request.url.host == "auth.test":
+            scope = request.url.params.get("scope")
+            sent = request.headers.get("authorization")
+            self.log.append((scope, sent))
+            if scope is None and self.blips:
+                self.blips -= 1
+                return httpx.Response(500)
+            repo = scope.split(":")[1] if scope else ""
+            grants = pull_of(repo) if scope else []
+            body = {"token": jwt_shaped("robot" if sent else "", grants), "expires_in": 300}
+            return httpx.Response(200, json=body)
+        if reads(request.headers.get("authorization", ""), request.url.path):
+            return httpx.Response(200, json={})
+        return httpx.Response(401, headers={"WWW-Authenticate": TOKEN_CHALLENGE})
+
+
+async def test_misses_held_back_by_a_blip_keep_anonymous_tokens_no_longer_than_the_hold(
+    now: list[float],
+) -> None:
+    """A 500 to the check left the login without a verdict while 8 misses waited: the sixth
+    on went anonymously (the cap), and kept those anonymous tokens for their whole 300 s,
+    pulling on the anonymous quota though the login was accepted meanwhile. Past the hold
+    they ask again, with the login."""
+    hub = BlipHub()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hub.handle)) as http:
+        tokens = MirrorTokens(UpstreamClient(http))
+        repos = [f"pub/img{n}" for n in range(8)]
+        assert await asyncio.gather(*(miss(tokens, repo) for repo in repos)) == [200] * 8
+        anonymous = {scope for scope, sent in hub.log if scope and sent is None}
+        assert anonymous, hub.log  # the cap held some back (else this test shows nothing)
+        now[0] += REFUSED_TTL + 1
+        before = len(hub.log)
+        assert await asyncio.gather(*(miss(tokens, repo) for repo in repos)) == [200] * 8
+        again = {scope for scope, sent in hub.log[before:] if scope}
+        assert again == anonymous, hub.log[before:]  # asked anew, past the hold
+        assert all(sent == LOGIN for scope, sent in hub.log[before:] if scope), hub.log[before:]
