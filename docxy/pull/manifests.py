@@ -159,6 +159,17 @@ class Head:
     answered: UpstreamAnswered | None = None
 
 
+def _head_refused(head: Head) -> bool:
+    """The registry's own word on the mirror's ``HEAD`` is no ``404`` (a ``405``, a ``400``): it
+    refuses the method, not the tag, and may answer a ``GET`` all the same (a front that serves
+    no ``HEAD``). A stale tag is then revalidated with the mirror's ``GET``, as when its
+    ``HEAD`` names no digest; passed through instead, every pull would cost a ``HEAD`` and the
+    client's counted ``GET``, and the tag would never move. A ``401`` or ``403`` to the
+    mirror's token is no such word (:meth:`ManifestService._note_refusal`)."""
+    answered = head.answered
+    return answered is not None and answered.status != 404
+
+
 class FetchFailed(Exception):
     """The mirror's upstream GET of a manifest failed with ``error``: its own, or, ``joined``,
     another request's that this one waited for (:attr:`PassThrough.joined`)."""
@@ -368,7 +379,7 @@ class ManifestService:
             if stale is not None and current == stale.digest:
                 await store.set_tag(repo, tag, stale.digest, public=True)
                 return _served(Source.REVALIDATED, stale, pull)
-            if not head.found:
+            if not head.found and not _head_refused(head):
                 return self._not_found(pull, head)
             # Moved, noted for a manifest cached elsewhere, or found without a digest to compare
             # (a GET below tells): confirmed here if the digest the HEAD names is cached.
