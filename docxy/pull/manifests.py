@@ -28,10 +28,14 @@ looked up with a free ``HEAD``: one of a type it does not take (an index) is pas
 once, for the upstream to answer it as it does such a client (:meth:`ManifestService.
 _look_first`), not fetched by the mirror (a counted pull it could not serve) and then again.
 
-Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub). A
-client's HEAD the cache cannot answer is answered from the mirror's own upstream HEAD, made with
-the mirror's credentials (the client may hold none for this upstream); one that names the digest
-but no length or type, from the manifest the mirror then GETs, as Distribution answers a HEAD.
+Clients missing one manifest at once share one upstream GET (a counted pull on Docker Hub), and
+the mirror's own upstream HEADs of one manifest at once are shared likewise (a fleet revalidating
+a tag whose TTL ran out, or resolving a new tag by HEAD). A client's HEAD the cache cannot answer
+is answered from the mirror's own upstream HEAD, made with the mirror's credentials (the client
+may hold none for this upstream); one that names the digest but no length or type, from the
+manifest the mirror then GETs, as Distribution answers a HEAD. A HEAD with a client's own
+credentials (passed through, or :meth:`ManifestService._theirs`) is never shared: its answer
+depends on who asks.
 """
 
 from __future__ import annotations
@@ -209,6 +213,11 @@ class ManifestService:
         self._fetching: Coalesced[tuple[str, str, str], CachedManifest | None] = Coalesced(
             UpstreamError
         )
+        #: the mirror's own upstream HEADs in flight, one per (upstream, repository, reference,
+        #: "HEAD"): made with the mirror's token, their answer is the same for every client.
+        #: Never a HEAD with a client's own credentials (:func:`head_as_client`, a pass-through):
+        #: its answer depends on who asks.
+        self._heading: Coalesced[tuple[str, str, str, str], Head] = Coalesced(UpstreamError)
         #: tags a client's HEAD found moved to a manifest not cached yet: (repository, new
         #: digest) → each such tag's record then, moved once that manifest is served by digest
         #: if the record is still the same (:meth:`_moved_in`); several tags can move to one
@@ -220,6 +229,12 @@ class ManifestService:
         """Misses that waited for another's upstream GET of the manifest instead of sending
         their own."""
         return self._fetching.joined
+
+    @property
+    def heads_joined(self) -> int:
+        """Requests that waited for another's upstream HEAD of the manifest (a revalidation, a
+        client's HEAD the cache could not answer) instead of sending their own."""
+        return self._heading.joined
 
     async def get(self, pull: Pull) -> Outcome:
         if self.store is None:
@@ -515,10 +530,21 @@ class ManifestService:
 
     async def _head(self, repo: RepoKey, pull: Pull) -> Head:
         """An upstream HEAD of the tag or digest with the mirror's token and every manifest
-        type. A 404 for a tag forgets it (:meth:`_gone`)."""
-        tag, asked = pull.reference.tag, pull.reference.digest
+        type. A 404 for a tag forgets it (:meth:`_gone`). Concurrent requests for one manifest
+        (a fleet revalidating a tag whose TTL ran out, or resolving a new tag by HEAD) share
+        one: asked with the mirror's credentials, not the client's, its answer is everyone's,
+        as the shared GET's is (:meth:`_fetch`)."""
         if self._private(pull):
             return Head(found=False)  # its answer stands a while: not asked again at once
+        ref = pull.reference.ref
+        return await self._heading.run(
+            (repo.upstream, repo.repo, ref, "HEAD"),
+            f"manifest HEAD {repo.upstream} {repo.repo}:{ref}",
+            lambda: self._head_once(repo, pull),
+        )
+
+    async def _head_once(self, repo: RepoKey, pull: Pull) -> Head:
+        tag, asked = pull.reference.tag, pull.reference.digest
         path = f"/v2/{repo.repo}/manifests/{pull.reference.ref}"
         # Identity: a HEAD's length is that of the body a GET with its headers would get, and
         # the shared client asks for gzip; a registry that zips said the zipped length, which

@@ -9,7 +9,6 @@ import asyncio
 from pathlib import Path
 
 import httpx
-import pytest
 from quart import Quart
 
 from docxy.http.state import mirror_state
@@ -80,9 +79,6 @@ async def all_in(hub: HeldHeads, app: Quart) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="each client's HEAD of a tag not cached sends its own upstream HEAD"
-)
 async def test_concurrent_heads_of_a_tag_not_cached_cost_one_upstream_head(
     tmp_path: Path,
 ) -> None:
@@ -109,9 +105,6 @@ async def test_concurrent_heads_of_a_tag_not_cached_cost_one_upstream_head(
     assert hub.seen("HEAD", "manifests", mirror=False) == []  # nothing passed through
 
 
-@pytest.mark.xfail(
-    strict=True, reason="each GET of a stale tag sends its own revalidating upstream HEAD"
-)
 async def test_concurrent_gets_of_a_stale_tag_cost_one_upstream_head(tmp_path: Path) -> None:
     """A tag whose TTL ran out is revalidated with a free upstream HEAD: 20 clients pulling it
     at once sent 20 HEADs. Now one, and each is served the cached manifest, revalidated."""
