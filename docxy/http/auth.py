@@ -255,8 +255,9 @@ async def _relayed_login(upstream: Upstream, ask: TokenAsk) -> Response:
     # at once from one address (compose pulling many images, a CI farm behind one NAT) used
     # up the bucket and got "too many failed logins". Charged after the 401 instead, wrong
     # guesses sent at once may pass the limit by those in flight together, which the
-    # address's connections bound (limits.connections_per_client, and their HTTP/2 streams);
-    # the overshoot is charged into debt, waited out before the next guess goes.
+    # address's connections bound (limits.connections_per_client, and their HTTP/2 streams)
+    # only where limits apply (not in limits.exempt networks); the overshoot is charged into
+    # debt, waited out before the next guess goes.
     refusal = state.logins.refusal(*client)
     if refusal is not None:
         return login_refused(refusal)

@@ -115,9 +115,11 @@ async def within_login_limit(
     a token service does (``docxy.http.auth``). A client out of wrong guesses gets ``429``
     and nothing is sent; a place is spent when the upstream refused the password (its ``401``
     offers no Bearer challenge: a token registry answers any Basic login so, right or not),
-    or the client hung up while it was asked. Guesses in flight together may pass the limit
-    by their number, which the address's connections bound (``limits.connections_per_client``
-    and their HTTP/2 streams): charged into debt, waited out before the next one goes."""
+    or the client hung up while it was asked (its password may have gone). Guesses in flight
+    together may pass the limit by their number: charged into debt, waited out before the
+    next one goes. Their number is bounded by the address's connections
+    (``limits.connections_per_client`` and their HTTP/2 streams) only where limits apply: not
+    in ``limits.exempt`` networks."""
     if basic_credentials(authorization) is None:
         return await answer()
     client = login_client(state)
@@ -292,7 +294,7 @@ async def content(rest: str) -> Response:
     state = mirror_state()
     route = _route(state, reference.name)
     pull = await _pull(route, reference)
-    return await within_login_limit(state, pull.authorization, lambda: _content(state, route, pull))
+    return await _content(state, route, pull)
 
 
 async def _content(state: MirrorState, route: Route, pull: Pull) -> Response:
@@ -313,7 +315,7 @@ async def _content(state: MirrorState, route: Route, pull: Pull) -> Response:
         elif outcome.failed is not None:  # the registry was silent: not asked again
             return error_response(outcome.failed)  # the mirror's own error: no Cache-Status
         elif reference.kind is not Kind.BLOB or pull.head:
-            response = await _pass_through(state, pull, route)
+            response = await _limited_pass_through(state, pull, route)
         else:
             # Its permit is given back when the relayed body is done.
             try:
@@ -322,7 +324,7 @@ async def _content(state: MirrorState, route: Route, pull: Pull) -> Response:
                 outcome = None  # refused as a fill is, and logged so: nothing passed through
                 raise
             try:
-                response = await _pass_through(state, pull, route, release)
+                response = await _limited_pass_through(state, pull, route, release)
             except BaseException:
                 release()
                 raise
@@ -409,6 +411,18 @@ async def _upstream_authorization(route: Route, *, probe: bool = True) -> str | 
     if not verdict:
         return None  # another's token (containerd reuses one per scope), or not told whose
     return authorization
+
+
+async def _limited_pass_through(
+    state: MirrorState, pull: Pull, route: Route, release: Callable[[], None] | None = None
+) -> Response:
+    """:func:`_pass_through` within the failed-login limit: the one path of a pull that sends
+    the client's own login upstream. A cache hit, a fill with the mirror's login, a shared
+    object send none, and are never refused for the client's password (a colleague's stale
+    one behind the same address emptied the bucket: every cached pull got ``429``)."""
+    return await within_login_limit(
+        state, pull.authorization, lambda: _pass_through(state, pull, route, release)
+    )
 
 
 async def _pass_through(

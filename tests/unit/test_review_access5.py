@@ -11,6 +11,7 @@ before the code was mended.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -279,3 +280,62 @@ def test_a_users_file_turning_unreadable_after_its_read_does_not_abort_start_up(
     caplog.set_level(logging.INFO)
     access.prepare()  # must not raise
     assert warnings_of(caplog, "every login is refused") != []
+
+
+# --- review r8: a cache hit sends no password, and is never refused for one ---------------------
+
+BODY = b'{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}'
+DIGEST = "sha256:" + hashlib.sha256(BODY).hexdigest()
+
+
+class CachingLab:
+    """A Basic-only private registry: the mirror's own login and ``u:right`` read ``team/app``,
+    only ``u:right`` reads ``team/secret``."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str | None]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host != "lab.example":
+            return hub(request)
+        login = request.headers.get("Authorization")
+        self.asked.append((request.url.path, login))
+        readers = {basic("u", "right")["Authorization"]}
+        if "/secret/" not in request.url.path:
+            readers.add(basic("mirror", "secret")["Authorization"])
+        if login not in readers:
+            body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+            headers = {"WWW-Authenticate": 'Basic realm="lab"', "Content-Type": "application/json"}
+            return reply(401, body, headers)
+        if request.url.path == "/v2/":
+            return reply(200, b"{}", {"Content-Type": "application/json"})
+        media = "application/vnd.docker.distribution.manifest.v2+json"
+        headers = {"Content-Type": media, "Docker-Content-Digest": DIGEST}
+        return reply(200, b"" if request.method == "HEAD" else BODY, headers)
+
+
+async def test_a_cache_hit_is_never_refused_for_a_neighbours_wrong_passwords(
+    tmp_path: Path,
+) -> None:
+    """A colleague behind the same address emptied the bucket with a stale password: the
+    right password's cache hit (nothing sent upstream) got 429, the same hit without
+    credentials 200."""
+    lab = CachingLab()
+    settings = {
+        **LAB_SETTINGS,
+        "limits.failed_logins_per_minute": "2",
+        "upstreams.lab.example.username": "mirror",
+        "upstreams.lab.example.password": "secret",
+        "cache.enabled": "true",
+        "cache.dir": str(tmp_path),
+    }
+    async with mirror(lab, settings) as m:
+        path = f"/v2/team/app/manifests/{DIGEST}?ns=lab.example"
+        assert (await lab_get(m.client, path, "right", CLIENT)).status_code == 200  # filled
+        for n in range(3):  # the colleague's stale password, a private repository
+            secret = "/v2/team/secret/manifests/latest?ns=lab.example"
+            await lab_get(m.client, secret, f"stale{n}", CLIENT)
+        asked = len(lab.asked)
+        hit = await lab_get(m.client, path, "right", CLIENT)
+        assert hit.status_code == 200, hit.status_code
+        assert len(lab.asked) == asked  # served from the cache, nothing sent
