@@ -106,39 +106,61 @@ def login_client(state: MirrorState) -> tuple[str, str | None]:
     return limit_key(None, address), (site_key(address) if address is not None else None)
 
 
+class ClientLogins:
+    """The failed-login limit (``docxy.access.logins``) for this request's own Basic login,
+    where the mirror sends it upstream: a registry that checks Basic passwords itself (no
+    token service) sees every guess come from the mirror's address, as a token service does
+    (``docxy.http.auth``). A client out of wrong guesses gets ``429`` and nothing is sent; a
+    place is spent when the upstream refused the password (its ``401`` offers no Bearer
+    challenge: a token registry answers any Basic login so, right or not). Only where the
+    login goes: a cache hit, a fill with the mirror's login, a shared object send none, and
+    are never refused for the client's password (a colleague's stale one behind the same
+    address empties the bucket). Guesses in flight together may pass the limit by their
+    number: charged into debt, waited out before the next one goes. Their number is bounded
+    by the address's connections (``limits.connections_per_client`` and their HTTP/2
+    streams) only where limits apply: not in ``limits.exempt`` networks."""
+
+    def __init__(self, state: MirrorState) -> None:
+        self._state = state
+        self._client = login_client(state)
+
+    @staticmethod
+    def of(state: MirrorState, authorization: str | None) -> ClientLogins | None:
+        """The limit for ``authorization`` when it is a Basic login; None: nothing to limit."""
+        return ClientLogins(state) if basic_credentials(authorization) is not None else None
+
+    def refuse(self) -> None:
+        refusal = self._state.logins.refusal(*self._client)
+        if refusal is not None:
+            raise refusal
+
+    def answered(self, status: int, challenges: list[str]) -> None:
+        if status == 401 and not offers_bearer(challenges):
+            self._state.logins.charge(*self._client)
+
+    def charge(self) -> None:
+        self._state.logins.charge(*self._client)
+
+
 async def within_login_limit(
     state: MirrorState, authorization: str | None, answer: Callable[[], Awaitable[Response]]
 ) -> Response:
     """``answer()``, which sends ``authorization`` upstream, within the failed-login limit
-    when it is a Basic password (``docxy.access.logins``): a registry that checks Basic
-    passwords itself (no token service) sees every guess come from the mirror's address, as
-    a token service does (``docxy.http.auth``). A client out of wrong guesses gets ``429``
-    and nothing is sent; a place is spent when the upstream refused the password (its ``401``
-    offers no Bearer challenge: a token registry answers any Basic login so, right or not),
-    or the client hung up while it was asked (its password may have gone). Guesses in flight
-    together may pass the limit by their number: charged into debt, waited out before the
-    next one goes. Their number is bounded by the address's connections
-    (``limits.connections_per_client`` and their HTTP/2 streams) only where limits apply: not
-    in ``limits.exempt`` networks."""
-    if basic_credentials(authorization) is None:
+    when it is a Basic password (:class:`ClientLogins`); a client that hung up while it was
+    asked is charged too (its password may have gone)."""
+    logins = ClientLogins.of(state, authorization)
+    if logins is None:
         return await answer()
-    client = login_client(state)
-    refusal = state.logins.refusal(*client)
-    if refusal is not None:
-        raise refusal
-    wrong = True
+    logins.refuse()
     try:
         response = await answer()
-        wrong = response.status_code == 401 and not offers_bearer(
-            response.headers.getlist("WWW-Authenticate")
-        )
-        return response
     except RegistryError:  # the upstream said nothing of the password (down, not asked)
-        wrong = False
         raise
-    finally:
-        if wrong:
-            state.logins.charge(*client)
+    except BaseException:  # hung up while it was asked
+        logins.charge()
+        raise
+    logins.answered(response.status_code, response.headers.getlist("WWW-Authenticate"))
+    return response
 
 
 def _raw_path() -> str:
@@ -374,6 +396,7 @@ async def _pull(route: Route, reference: Reference) -> Pull:
         authorization=authorization,
         anonymous_token=authorization is not None and anonymous.anonymous(authorization),
         untold_token=bool(request_facts().get(UNTOLD)),
+        logins=ClientLogins.of(mirror_state(), authorization),
     )
 
 
@@ -416,10 +439,8 @@ async def _upstream_authorization(route: Route, *, probe: bool = True) -> str | 
 async def _limited_pass_through(
     state: MirrorState, pull: Pull, route: Route, release: Callable[[], None] | None = None
 ) -> Response:
-    """:func:`_pass_through` within the failed-login limit: the one path of a pull that sends
-    the client's own login upstream. A cache hit, a fill with the mirror's login, a shared
-    object send none, and are never refused for the client's password (a colleague's stale
-    one behind the same address emptied the bucket: every cached pull got ``429``)."""
+    """:func:`_pass_through` within the failed-login limit (:class:`ClientLogins`; the
+    services' checks with the client's login are, through :attr:`Pull.logins`)."""
     return await within_login_limit(
         state, pull.authorization, lambda: _pass_through(state, pull, route, release)
     )

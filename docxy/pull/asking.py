@@ -55,9 +55,13 @@ async def head_as_client(
     the upstream cannot say (down, 429/5xx)."""
     if pull.authorization is None:
         return None
+    if pull.logins is not None:  # a Basic login: within the failed-login limit
+        pull.logins.refuse()
     headers = [*extra, ("Authorization", pull.authorization)]
     answer = await client.send(pull.upstream, "HEAD", pull.upstream.url(pull.path), headers)
     await answer.aclose()
+    if pull.logins is not None:
+        pull.logins.answered(answer.status_code, answer.headers.get_list("www-authenticate"))
     raise_for_trouble(answer)
     return answer
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from docxy.cache.fill import BlobFollower
 from docxy.cache.reader import BlobReader
@@ -59,6 +60,19 @@ class Reason(enum.Enum):
     UNCONFIRMED = "unconfirmed"  # a cached blob the upstream did not confirm in this repository
 
 
+class LoginLimit(Protocol):
+    """The failed-login limit (``docxy.access.logins``) for one client's login, where the
+    mirror sends it upstream on the client's behalf: a registry that checks Basic passwords
+    itself sees every guess come from the mirror's address."""
+
+    def refuse(self) -> None:
+        """Raise ``429`` before the login goes, when the client is out of wrong guesses."""
+
+    def answered(self, status: int, challenges: list[str]) -> None:
+        """The upstream's answer to the login: a ``401`` offering no Bearer challenge refused
+        the password (a token registry answers any Basic login so, right or not)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Pull:
     """One read request on the pull path, as the services see it.
@@ -85,6 +99,9 @@ class Pull:
     #: the client sent a Bearer token the mirror does not know, kept back until it can tell
     #: whose it is (``docxy.upstream.issuers.may_go_to``): a pass-through asks then
     untold_token: bool = False
+    #: the failed-login limit for the client's own login, where a check sends it upstream
+    #: (:func:`~docxy.pull.asking.head_as_client`); None: none (the pure core's tests)
+    logins: LoginLimit | None = field(default=None, repr=False, compare=False)
 
     @property
     def credentialed(self) -> bool:

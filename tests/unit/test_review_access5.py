@@ -339,3 +339,32 @@ async def test_a_cache_hit_is_never_refused_for_a_neighbours_wrong_passwords(
         hit = await lab_get(m.client, path, "right", CLIENT)
         assert hit.status_code == 200, hit.status_code
         assert len(lab.asked) == asked  # served from the cache, nothing sent
+
+
+async def test_wrong_passwords_in_a_cached_blobs_or_manifests_check_are_limited(
+    tmp_path: Path,
+) -> None:
+    """A manifest cached for one repository, asked by digest under another (``team/secret``,
+    which the mirror's login may not read): the mirror's HEAD with the client's own login
+    (``head_as_client``) sent every guess to the registry, outside the limit, and answered a
+    right password 200 past it, a wrong one 429: an oracle without bound (review r9)."""
+    lab = CachingLab()
+    settings = {
+        **LAB_SETTINGS,
+        "limits.failed_logins_per_minute": "2",
+        "upstreams.lab.example.username": "mirror",
+        "upstreams.lab.example.password": "secret",
+        "cache.enabled": "true",
+        "cache.dir": str(tmp_path),
+    }
+    own = {basic("mirror", "secret")["Authorization"], basic("u", "right")["Authorization"]}
+    async with mirror(lab, settings) as m:
+        cached = f"/v2/team/app/manifests/{DIGEST}?ns=lab.example"
+        assert (await lab_get(m.client, cached, "right", CLIENT)).status_code == 200
+        secret = f"/v2/team/secret/manifests/{DIGEST}?ns=lab.example"
+        codes = [(await lab_get(m.client, secret, f"g{n}", CLIENT)).status_code for n in range(6)]
+        guesses = [login for path, login in lab.asked if "/secret/" in path and login not in own]
+        assert len(guesses) <= 3, (codes, guesses)  # the limit's 2, and one in flight at most
+        assert codes[-1] == 429, codes
+        right = await lab_get(m.client, secret, "right", CLIENT)
+        assert right.status_code == 429, right.status_code  # no oracle: the right one waits too
