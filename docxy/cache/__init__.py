@@ -158,7 +158,6 @@ def open_for_admin(
     access = AccessIndex(directory / "access")
     manifests = ManifestStore(directory / "manifests", access, tag_ttl=tag_ttl)
     manifests.upgrade(registries)  # as ManifestStore.open does
-    manifests.beside_mirror = True  # gc's evictions take in what a live mirror stores meanwhile
     blobs.catalog = manifests  # gc evicts image by image; a removed blob takes its images along
     return Cache(blobs=blobs, manifests=manifests, access=access)
 

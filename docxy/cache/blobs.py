@@ -1026,8 +1026,6 @@ class DiskBlobStore:
             need = self._kept_bytes() - target
             if need <= 0:
                 return
-            if catalog is not None:  # `docxy cache gc`: what a live mirror stored meanwhile
-                await catalog.catch_up()
             blobs = list(self._index.values())
             images = catalog.images() if catalog is not None else []
             kept = frozenset(catalog.undeletable() if catalog is not None else ())
@@ -1056,8 +1054,7 @@ class DiskBlobStore:
 
         Manifests go first, so no manifest outlives its blobs; a blob is deleted only if it is
         still unpinned and no image the catalogue offers now needs it (one may have been pulled
-        since the plan was made; beside a live mirror, ``docxy cache gc`` takes in the
-        manifests that mirror stored meanwhile before each chunk of deletes)."""
+        since the plan was made)."""
         catalog = self.catalog
         if catalog is not None and plan.images:
             await catalog.evict_images(plan.images)  # with any index above them
@@ -1066,8 +1063,6 @@ class DiskBlobStore:
         try:
             try:
                 for entries in _chunks(plan.blobs):
-                    if catalog is not None:
-                        await catalog.catch_up()
                     for planned in entries:
                         entry = self._index.get(planned.digest)
                         if entry is None or self._pins[entry.digest]:

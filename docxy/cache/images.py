@@ -79,12 +79,6 @@ class ImageCatalog(Protocol):
         """Whether an image the cache still offers needs blob ``digest``."""
         ...
 
-    async def catch_up(self) -> None:
-        """Take in the images another process (a serving mirror, beside ``docxy cache gc``)
-        stored since the catalogue was read: before an eviction plans, and before it deletes
-        blobs, so none that such an image needs goes."""
-        ...
-
     def undeletable(self) -> set[ImageKey]:
         """Images an eviction must leave alone (the disk refused to delete their files)."""
         ...

@@ -163,9 +163,6 @@ class ManifestStore:
         #: images needing them (the blob store's ``drop_vanished``, set by ``open_cache``):
         #: asked before a manifest that needs them is stored (see :meth:`put`).
         self.drop_vanished: Callable[[Iterable[Digest]], Awaitable[None]] | None = None
-        #: Opened beside a serving mirror (``docxy cache ...``): that process stores manifests
-        #: this catalogue does not hear of, so an eviction asks :meth:`catch_up` for them.
-        self.beside_mirror = False
 
     @classmethod
     def open(
@@ -741,32 +738,6 @@ class ManifestStore:
         self._catalogue()
         return digest in self._holders
 
-    async def catch_up(self) -> None:
-        """Beside a serving mirror (:attr:`beside_mirror`), take into the catalogue the
-        manifests stored on disk since it was read: an eviction then plans with them and keeps
-        the blobs they need (a manifest the mirror stored just now may reuse a layer of an
-        image planned out, and with the upstream down its pull would fail half-way at that
-        layer). The serving process hears of every manifest it stores: nothing to do there."""
-        if not self.beside_mirror:
-            return
-        stored = await asyncio.to_thread(self._stored_since, frozenset(self._catalogue()))
-        images = self._catalogue()
-        for image in stored:
-            if image.key not in images:  # not taken in meanwhile (another catch-up)
-                images[image.key] = image
-                self._index(image)
-
-    def _stored_since(self, known: frozenset[ImageKey]) -> list[Image]:
-        """In a worker thread: the manifests on disk that are not among ``known``."""
-        base = self.root / "by-digest"
-        now = time.time()
-        found = []
-        for path in base.glob("*/*/*/*") if base.is_dir() else ():
-            image = _read_image(base, path, now, known)
-            if image is not None:
-                found.append(image)
-        return found
-
     def pulled_above(self, keys: Iterable[ImageKey]) -> dict[ImageKey, float]:
         """``keys`` cached and the cached indexes above them → when each was last pulled (see
         :meth:`ImageCatalog.pulled_above`)."""
@@ -1010,9 +981,17 @@ class ManifestStore:
         # now: else eviction took it for the latest pull until then, before any real one.
         now = time.time()
         for path in base.glob("*/*/*/*") if base.is_dir() else ():
-            image = _read_image(base, path, now)
-            if image is not None:
-                images[image.key] = image
+            upstream_key, algorithm, _, hex_ = path.relative_to(base).parts
+            try:
+                key = ImageKey(upstream_key, Digest(algorithm, hex_))
+                if not _meta_path(path).is_file():
+                    continue  # its record was never written: not cached (as for get)
+                content = path.read_bytes()
+                mtime = min(path.stat().st_mtime, now)
+            except (DigestInvalid, OSError):
+                continue  # the .json beside it, or a file that went away
+            blobs, children = needs(content)
+            images[key] = Image(key, mtime, blobs, children)
         tags: dict[Path, ImageKey] = {}
         for entry in self.list_tags():
             path = self._tag_path(entry.repo, entry.tag)
@@ -1024,25 +1003,6 @@ class ManifestStore:
                 known = seen.setdefault(key, {})
                 known[marker.stem] = known.get(marker.stem, False) or marker.suffix == ".public"
         return images, tags, seen
-
-
-def _read_image(
-    base: Path, path: Path, now: float, known: frozenset[ImageKey] = frozenset()
-) -> Image | None:
-    """In a worker thread: the cached manifest at ``path`` under ``by-digest`` (``base``), or
-    None: not a manifest's file, not cached (no record beside it, as for ``get``), gone, or
-    among ``known`` (not read). A file time in the future counts as ``now``."""
-    upstream_key, algorithm, _, hex_ = path.relative_to(base).parts
-    try:
-        key = ImageKey(upstream_key, Digest(algorithm, hex_))
-        if key in known or not _meta_path(path).is_file():
-            return None
-        content = path.read_bytes()
-        mtime = min(path.stat().st_mtime, now)
-    except (DigestInvalid, OSError):
-        return None  # the .json beside it, or a file that went away
-    blobs, children = needs(content)
-    return Image(key, mtime, blobs, children)
 
 
 def _meta_path(path: Path) -> Path:
