@@ -17,6 +17,8 @@
 set -euo pipefail
 
 PROG=install.sh
+# Compose's project name, written to .env as COMPOSE_PROJECT_NAME; one the operator set there is
+# used instead (settle_project).
 PROJECT=docxy
 SOURCE_URL="${DOCXY_SOURCE_URL:-https://github.com/docxy/docxy/archive/refs/heads/main.tar.gz}"
 # The project's and Docker's key's downloads give up on a network that stalls them, rather than
@@ -251,7 +253,8 @@ manual_steps() {
 Manual steps on another system:
   1. Install Docker Engine and Compose: https://docs.docker.com/engine/install/
   2. Get the project (git clone, or unpack its tarball) and cd into it.
-  3. Write .env (chmod 600) with DOCXY_DOMAIN=... (DOCXY_EMAIL=... optional, DOCXY_CACHE_MAX_SIZE=20G)
+  3. Write .env (chmod 600) with DOCXY_DOMAIN=... (DOCXY_EMAIL=... optional, DOCXY_CACHE_MAX_SIZE=20G,
+     COMPOSE_PROJECT_NAME=docxy)
   4. docker compose up -d --build   and check   curl https://DOMAIN/health
 EOF
 }
@@ -1183,6 +1186,7 @@ render_ours() {
   say "DOCXY_EMAIL=$EMAIL"
   say "DOCXY_CACHE_MAX_SIZE=$CACHE_SIZE"
   [[ -z "$BASE_IMAGE" ]] || say "DOCXY_BASE_IMAGE=$BASE_IMAGE"
+  say "COMPOSE_PROJECT_NAME=$PROJECT"
   ! compose_file_ours || say "$(compose_file_line)"
   if [[ -n "$UPSTREAM_USER" ]]; then
     say "DOCXY_UPSTREAM_USERNAME=$UPSTREAM_USER"
@@ -1200,7 +1204,7 @@ render_theirs() {
     # Ours in every spelling compose reads (`export`, spaces): a stale one must not stay behind.
     # COMPOSE_FILE is ours where host networking is chosen or it names files of yours (kept in
     # it, after the script's); else one of yours is left as it is.
-    local ours="DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|BASE_IMAGE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)"
+    local ours="(DOCXY_(DOMAIN|EMAIL|CACHE_MAX_SIZE|BASE_IMAGE|UPSTREAM_USERNAME|UPSTREAM_PASSWORD)|COMPOSE_PROJECT_NAME)"
     ! compose_file_ours || ours="($ours|COMPOSE_FILE)"
     grep -vE -e "^# Written by Docxy" -e "$(env_assignment "$ours")" -- "$ENV_FILE" || true
   fi
@@ -1350,6 +1354,20 @@ settle_dir() {
   # Piped, the script has no clone of its own; a git clone named by --dir is one all the same.
   if [[ -z "$CLONE" && -d "$DIR/.git" && -f "$DIR/compose.yaml" ]]; then CLONE="$DIR"; fi
   ENV_FILE="$DIR/.env"
+  settle_project
+}
+
+# settle_project: every compose here runs as --project-name PROJECT, and .env says it too
+# (render_ours), so that a `docker compose` by hand in the project is the same stack whatever
+# the directory's name (without it compose takes that name: `logs docxy` finds nothing, and
+# `up` makes a second stack with empty volumes). One the operator set in .env is kept.
+settle_project() {
+  local name
+  name="$(env_value COMPOSE_PROJECT_NAME)"
+  [[ -n "$name" ]] || return 0
+  [[ "$name" =~ ^[a-z0-9][a-z0-9_-]*$ ]] ||
+    die "COMPOSE_PROJECT_NAME=$name in $ENV_FILE is not a compose project name (lower-case letters, digits, - and _, a letter or digit first): mend it there, then run this again" 2
+  PROJECT="$name"
 }
 
 # dir_is_empty DIR: fails closed (an error listing DIR counts as "not empty").
@@ -1803,10 +1821,34 @@ wait_for_health() {
   done
 }
 
+# settle_mirror_url: the URL clients reach the mirror at, into MIRROR_URL: .env's
+# DOCXY_SERVER_PUBLIC_URL where set (the mirror's own public_url), else https://DOMAIN with the
+# HTTPS port .env publishes where it is not 443. One published on a loopback address only is
+# no other host's to reach: a proxy of the operator's fronts it, on https://DOMAIN.
+MIRROR_URL=""
+settle_mirror_url() {
+  MIRROR_URL="$(env_value DOCXY_SERVER_PUBLIC_URL)"
+  MIRROR_URL="${MIRROR_URL%/}"
+  [[ -z "$MIRROR_URL" ]] || return 0
+  MIRROR_URL="https://$DOMAIN"
+  local name=DOCXY_HTTPS_PORT default=443
+  choose_network
+  [[ "$COMPOSE_YAML" != "$HOST_FILE" ]] || { name=DOCXY_SERVER_TLS_LISTEN default="[::]:443"; }
+  published "$name" "$default" || return 0
+  ((PUBLISHED_PORT != 443)) && ! loopback "$PUBLISHED_ADDRESS" || return 0
+  MIRROR_URL+=":$PUBLISHED_PORT"
+  # With host networking the mirror's public_url has its TLS listener's port; in compose.yaml's
+  # bridge it listens on 443 inside, and says 443 (its token realm too) unless told.
+  [[ "${1:-}" == warn && "$COMPOSE_YAML" != "$HOST_FILE" ]] || return 0
+  warn "$name publishes HTTPS on port $PUBLISHED_PORT, but with no DOCXY_SERVER_PUBLIC_URL in $ENV_FILE"
+  warn "the mirror takes its URL (and its token realm) to be https://$DOMAIN, port 443: set"
+  warn "DOCXY_SERVER_PUBLIC_URL=$MIRROR_URL there (or the URL clients reach it at), then run this again"
+}
+
 configure_local_docker() {
   # --no-summary: its "Dry run..." and "Nothing to change..." lines are this script's to say.
   # --reload: the dockerd to reload is this host's, --root or not (the tests' stand-in).
-  local args=(--mirror "https://$DOMAIN" --docker --root "${ROOT:-/}" --reload --no-summary)
+  local args=(--mirror "$MIRROR_URL" --docker --root "${ROOT:-/}" --reload --no-summary)
   ((DRY_RUN)) && args+=(--dry-run)
   ((UNINSTALL)) && args+=(--remove)
   if ((DRY_RUN)) && [[ ! -f "$DIR/scripts/configure-client.sh" ]]; then
@@ -1828,15 +1870,15 @@ print_client_commands() {
   ((DRY_RUN)) && serves="would serve"
   cat <<EOF
 
-Docxy $serves https://$DOMAIN. On each Docker host that should pull through it:
+Docxy $serves $MIRROR_URL. On each Docker host that should pull through it:
 
-  curl -fsSL https://$DOMAIN/setup.sh | sudo bash
+  curl -fsSL $MIRROR_URL/setup.sh | sudo bash
 
 (it sets up Docker, containerd and podman, whichever are installed: for Docker the mirror goes
 first in /etc/docker/daemon.json, everything else kept, and dockerd is reloaded.
 '-s -- --dry-run' shows the changes first, '-s -- --remove' undoes them). By hand:
 
-  /etc/docker/daemon.json:  { "registry-mirrors": ["https://$DOMAIN"] }
+  /etc/docker/daemon.json:  { "registry-mirrors": ["$MIRROR_URL"] }
   then: sudo systemctl reload docker && docker info | grep -A1 'Registry Mirrors'
 EOF
 }
@@ -1859,9 +1901,10 @@ uninstall() {
   # changed since: compose.host.yaml brought down a compose.yaml stack, its network left).
   have docker && read_files_made_from
   ((${#COMPOSE_MADE_FROM[@]})) || uninstall_files_chosen
+  settle_mirror_url
   local dockerd_failed=0
   if [[ -n "$DOMAIN" ]] &&
-    grep -qF "https://$DOMAIN" -- "$(under_root /etc/docker/daemon.json)" 2>/dev/null; then
+    grep -qF "$MIRROR_URL" -- "$(under_root /etc/docker/daemon.json)" 2>/dev/null; then
     say "This host's dockerd uses the mirror: taking it out"
     if [[ -f "$DIR/scripts/configure-client.sh" ]]; then
       configure_local_docker || dockerd_failed=$?
@@ -1871,14 +1914,14 @@ uninstall() {
     fi
   fi
   if ((dockerd_failed && !DRY_RUN)); then # said again should removing the stack fail too
-    STILL_TO_DO="also: taking https://$DOMAIN out of this host's dockerd failed (further above); once that is mended: $(dockerd_finish)"
+    STILL_TO_DO="also: taking $MIRROR_URL out of this host's dockerd failed (further above); once that is mended: $(dockerd_finish)"
   fi
   remove_stack
   if ((dockerd_failed && DRY_RUN)); then
-    die "taking https://$DOMAIN out of this host's dockerd would fail (above); the rest would \
+    die "taking $MIRROR_URL out of this host's dockerd would fail (above); the rest would \
 be uninstalled all the same. Dry run: the changes above were not made."
   elif ((dockerd_failed)); then
-    die "taking https://$DOMAIN out of this host's dockerd failed (above); the rest is \
+    die "taking $MIRROR_URL out of this host's dockerd failed (above); the rest is \
 uninstalled. Once that is mended: $(dockerd_finish)"
   fi
 }
@@ -1947,9 +1990,9 @@ dockerd_answers() {
 # have removed the project, configure-client.sh with it).
 dockerd_finish() {
   if [[ -f "$DIR/scripts/configure-client.sh" ]]; then
-    printf '%s' "sudo bash $DIR/scripts/configure-client.sh --mirror https://$DOMAIN --docker --remove"
+    printf '%s' "sudo bash $DIR/scripts/configure-client.sh --mirror $MIRROR_URL --docker --remove"
   else
-    printf '%s' "take https://$DOMAIN out of registry-mirrors in /etc/docker/daemon.json, then reload docker"
+    printf '%s' "take $MIRROR_URL out of registry-mirrors in /etc/docker/daemon.json, then reload docker"
   fi
 }
 
@@ -2041,6 +2084,7 @@ main() {
     need_curl
     check_dns
     settle_network
+    settle_mirror_url warn
     step "Docker"
     install_docker
     start_docker

@@ -179,6 +179,7 @@ def test_install_from_a_clone_writes_env_brings_the_stack_up_and_prints_client_c
         f"DOCXY_DOMAIN={DOMAIN}",
         f"DOCXY_EMAIL={EMAIL}",
         "DOCXY_CACHE_MAX_SIZE=1G",
+        "COMPOSE_PROJECT_NAME=docxy",
     ]
     assert box.called(COMPOSE_UP)
     up = next(c for c in box.calls("docker") if c.argv[-1] == "--build")
