@@ -1360,13 +1360,27 @@ settle_dir() {
 # settle_project: every compose here runs as --project-name PROJECT, and .env says it too
 # (render_ours), so that a `docker compose` by hand in the project is the same stack whatever
 # the directory's name (without it compose takes that name: `logs docxy` finds nothing, and
-# `up` makes a second stack with empty volumes). One the operator set in .env is kept.
+# `up` makes a second stack with empty volumes). One the operator set in .env is kept, but
+# where a stack of project PROJECT is here already: an older version ran every compose as
+# PROJECT whatever .env said, and that stack's volumes hold the cache and the certificates
+# (taken at its word, a rerun made a second stack with empty ones, and --uninstall left the
+# running one up). --uninstall never stops on a name compose would refuse.
 settle_project() {
   local name
   name="$(env_value COMPOSE_PROJECT_NAME)"
-  [[ -n "$name" ]] || return 0
-  [[ "$name" =~ ^[a-z0-9][a-z0-9_-]*$ ]] ||
+  [[ -n "$name" && "$name" != "$PROJECT" ]] || return 0
+  if command -v docker >/dev/null 2>&1 &&
+    [[ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)" ]]; then
+    warn "COMPOSE_PROJECT_NAME=$name in $ENV_FILE, but the stack here runs as project $PROJECT (an older install ran it so whatever .env said): $PROJECT is kept"
+    return 0
+  fi
+  if [[ ! "$name" =~ ^[a-z0-9][a-z0-9_-]*$ ]]; then
+    if [[ "$UNINSTALL" == 1 ]]; then
+      warn "COMPOSE_PROJECT_NAME=$name in $ENV_FILE is not a compose project name: taking down project $PROJECT"
+      return 0
+    fi
     die "COMPOSE_PROJECT_NAME=$name in $ENV_FILE is not a compose project name (lower-case letters, digits, - and _, a letter or digit first): mend it there, then run this again" 2
+  fi
   PROJECT="$name"
 }
 

@@ -22,6 +22,7 @@ from tests.unit.test_install_script import (
     dnsmasq,
     env_file,
     install,
+    stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
 
@@ -162,3 +163,32 @@ def test_a_project_name_compose_refuses_stops_the_run_before_any_change(
     assert result.returncode == 2, output(result)
     assert "COMPOSE_PROJECT_NAME" in result.stderr
     assert not box.called(r"^docker compose .* up ")
+
+
+def test_an_older_installs_project_line_does_not_make_a_second_stack(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    """An older version ran every compose as `docxy` whatever .env said: with its stack here,
+    a `COMPOSE_PROJECT_NAME` line of the operator's taken at its word made a second stack
+    with empty volumes (a new certificate), and --uninstall left the running one up."""
+    env_file(box).write_text("COMPOSE_PROJECT_NAME=mirror2\n")
+    stack_is_running(box)
+
+    result = install(box, resolver)
+
+    assert result.returncode == 0, output(result)
+    assert "mirror2" in result.stderr  # said
+    assert box.called(r"^docker compose --project-name docxy ")
+    assert not box.called(r"^docker compose --project-name mirror2 ")
+
+
+def test_uninstall_goes_on_past_a_project_name_compose_refuses(
+    box: ScriptBox, resolver: Resolver
+) -> None:
+    env_file(box).write_text("COMPOSE_PROJECT_NAME=My Mirror\n")
+    stack_is_running(box)
+
+    result = install(box, resolver, "--uninstall")
+
+    assert result.returncode == 0, output(result)
+    assert box.called(r"^docker compose --project-name docxy .*down")
