@@ -200,6 +200,16 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+def basic_scheme(authorization: str | None) -> bool:
+    """Whether ``authorization`` says the Basic scheme, whatever follows: one the mirror cannot
+    decode (base64 without its ``=`` padding, a password not UTF-8) still goes upstream as it
+    is, where a registry may take it (nginx's ``auth_basic`` and Go's ``BasicAuth`` do), so it
+    counts as a password for the failed-login limit."""
+    if authorization is None:
+        return False
+    return authorization.strip().partition(" ")[0].lower() == "basic"
+
+
 class AccessControl:
     def __init__(self, config: Config) -> None:
         auth = self._auth = config.auth

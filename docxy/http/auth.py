@@ -24,7 +24,7 @@ import httpx
 from quart import Blueprint, Response, request
 from werkzeug.datastructures import Headers
 
-from docxy.access.gate import AccessControl, basic_credentials, users_unreadable
+from docxy.access.gate import AccessControl, basic_credentials, basic_scheme, users_unreadable
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core import jsondoc
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
@@ -238,7 +238,7 @@ async def token() -> Response:
     upstream = state.upstreams.for_token(ask.get("upstream"), ask.scopes)
     if ask.credentialed and not credentials_go_to(upstream, ask):
         ask = ask.anonymous()
-    if basic_credentials(ask.authorization) is not None:
+    if basic_scheme(ask.authorization):  # one not decoded here too: it goes as it is
         return await _relayed_login(upstream, ask)
     return await _relay(upstream, ask)
 

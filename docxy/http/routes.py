@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from quart import Blueprint, Response, request
 
-from docxy.access.gate import basic_credentials, remembered
+from docxy.access.gate import basic_scheme, remembered
 from docxy.access.identity import Via, identity_of, set_identity
 from docxy.cache.fill import BlobFollower
 from docxy.core import jsondoc
@@ -126,8 +126,10 @@ class ClientLogins:
 
     @staticmethod
     def of(state: MirrorState, authorization: str | None) -> ClientLogins | None:
-        """The limit for ``authorization`` when it is a Basic login; None: nothing to limit."""
-        return ClientLogins(state) if basic_credentials(authorization) is not None else None
+        """The limit for ``authorization`` when it is a Basic login, decoded here or not (it
+        goes upstream as it is: :func:`~docxy.access.gate.basic_scheme`); None: nothing to
+        limit."""
+        return ClientLogins(state) if basic_scheme(authorization) else None
 
     def refuse(self) -> None:
         refusal = self._state.logins.refusal(*self._client)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from docxy.core.errors import UpstreamUnavailable
+from docxy.core.errors import UpstreamError, UpstreamUnavailable
 from docxy.core.headers import kept_retry_after
 from docxy.pull.outcome import Pull
 from docxy.upstream.client import SERVER_TROUBLE, UpstreamClient, same_origin
@@ -58,7 +58,14 @@ async def head_as_client(
     if pull.logins is not None:  # a Basic login: within the failed-login limit
         pull.logins.refuse()
     headers = [*extra, ("Authorization", pull.authorization)]
-    answer = await client.send(pull.upstream, "HEAD", pull.upstream.url(pull.path), headers)
+    try:
+        answer = await client.send(pull.upstream, "HEAD", pull.upstream.url(pull.path), headers)
+    except UpstreamError:
+        raise  # nothing said of the password (down, not asked)
+    except BaseException:
+        if pull.logins is not None:  # hung up while it was asked: the password may have gone
+            pull.logins.charge()
+        raise
     await answer.aclose()
     if pull.logins is not None:
         pull.logins.answered(answer.status_code, answer.headers.get_list("www-authenticate"))

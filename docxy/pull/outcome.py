@@ -68,6 +68,9 @@ class LoginLimit(Protocol):
     def refuse(self) -> None:
         """Raise ``429`` before the login goes, when the client is out of wrong guesses."""
 
+    def charge(self) -> None:
+        """Spend a place: the client hung up while its login was being asked."""
+
     def answered(self, status: int, challenges: list[str]) -> None:
         """The upstream's answer to the login: a ``401`` offering no Bearer challenge refused
         the password (a token registry answers any Basic login so, right or not)."""

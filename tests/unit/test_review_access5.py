@@ -11,6 +11,7 @@ before the code was mended.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -368,3 +369,20 @@ async def test_wrong_passwords_in_a_cached_blobs_or_manifests_check_are_limited(
         assert codes[-1] == 429, codes
         right = await lab_get(m.client, secret, "right", CLIENT)
         assert right.status_code == 429, right.status_code  # no oracle: the right one waits too
+
+
+async def test_basic_logins_the_mirror_cannot_decode_are_limited_too() -> None:
+    """base64 without its `=` padding (nginx's auth_basic and Go's BasicAuth take it) is no
+    Basic login to the mirror's decoder, yet it went upstream as it was: every guess reached
+    the registry outside the limit (review r10)."""
+    lab = BasicLab()
+    async with mirror(lab, LAB_SETTINGS) as m:
+        codes = []
+        for n in range(6):
+            unpadded = base64.b64encode(f"u:g{n}".encode()).decode().rstrip("=")
+            assert len(unpadded) % 4  # really without its padding
+            headers = {"Authorization": f"Basic {unpadded}"}
+            got = await m.client.get(MANIFEST, headers=headers, scope_base=at(CLIENT))
+            codes.append(got.status_code)
+        assert len(lab.asked) <= 3, (codes, lab.asked)
+        assert codes[-1] == 429, codes
