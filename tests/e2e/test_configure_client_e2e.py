@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from docxy.core.hosts import url_host
 from lab.basic_upstream import BasicUpstream, start_basic_upstream
 from lab.bed import Bed
 from lab.clients.containerd import running_containerd
@@ -111,11 +112,17 @@ def active_mirrors(daemon: Dockerd) -> list[str]:
     return [str(m).rstrip("/") for m in mirrors]
 
 
+def default_registries(bed: Bed) -> str:
+    """What /setup.sh names by default for the bed's mirror: docker.io, and [upstream]'s own
+    registry (the bed's loopback one, not Docker Hub) by its host, as containerd names it."""
+    return f"docker.io {url_host(bed.upstream_url)}={bed.upstream_url}"
+
+
 def test_setup_script_points_a_running_dockerd_at_the_mirror(
     bed: Bed, mirror: Mirror, dockerd: Dockerd, egress: EgressGuard
 ) -> None:
     script = served_script(mirror)
-    assert script == expected(mirror.url)
+    assert script == expected(mirror.url, default_registries(bed))
     assert active_mirrors(dockerd) == [DEAD_MIRROR]
 
     added = run_served(script, dockerd)
@@ -201,7 +208,7 @@ def lab(tmp_path: Path) -> Iterator[BasicUpstream]:
 
 
 def test_setup_script_writes_hosts_toml_for_every_configured_registry(
-    start_mirror: StartMirror, lab: BasicUpstream, egress: EgressGuard, tmp_path: Path
+    bed: Bed, start_mirror: StartMirror, lab: BasicUpstream, egress: EgressGuard, tmp_path: Path
 ) -> None:
     need_binaries(*CONTAINERD, "python3")
     mirror = start_mirror(
@@ -212,10 +219,11 @@ def test_setup_script_writes_hosts_toml_for_every_configured_registry(
         }
     )
     script = served_script(mirror)
-    assert script == expected(mirror.url, f"docker.io lab.test={lab.url}")
+    assert script == expected(mirror.url, f"{default_registries(bed)} lab.test={lab.url}")
     root = tmp_path / "node"
     said, hosts_dir = configure_containerd(script, root)
-    assert sorted(p.name for p in hosts_dir.iterdir()) == ["docker.io", "lab.test"], said
+    names = sorted(["docker.io", "lab.test", url_host(bed.upstream_url)])
+    assert sorted(p.name for p in hosts_dir.iterdir()) == names, said
     ref = f"lab.test/{lab.image.repo}:1"
 
     with running_containerd(egress_proxy=egress.url) as containerd:
