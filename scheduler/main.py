@@ -323,14 +323,8 @@ def hold(settings: settings_mod.Settings, flags: Sequence[str] = ()) -> settings
     )
     _say_refused(settings)
     said = settings.halted
-    waited = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    try:
-        while True:
-            got = signal.sigtimedwait(waited, HOLD_RECHECK)
-            if got is not None and got.si_signo != signal.SIGHUP:
-                log.info("signal %d: stopping", got.si_signo)
-                return 0
+    with _holding() as wake:
+        while (hup := wake()) is not None:
             try:
                 mended = settings_mod.load(flags)
             except ConfigError as exc:
@@ -346,15 +340,14 @@ def hold(settings: settings_mod.Settings, flags: Sequence[str] = ()) -> settings
                     log.error("the renewer's settings are still refused: %s", why)
                     _say_refused(again or dataclasses.replace(settings, halted=why))
                     said = why
-                elif got is not None:
+                elif hup:
                     log.info("SIGHUP: the renewer's settings are still refused: %s", why)
                 continue
             log.info("the renewer's settings are mended: renewals are scheduled again")
             # A SIGHUP come since is not to end the renewer (its default) once unblocked.
             signal.signal(signal.SIGHUP, _noted)
             return mended
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    return 0
 
 
 def hold_unwritable(settings: settings_mod.Settings) -> int | None:
@@ -373,22 +366,39 @@ def hold_unwritable(settings: settings_mod.Settings) -> int | None:
         why,
         HOLD_RECHECK,
     )
-    waited = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    try:
-        while True:
-            got = signal.sigtimedwait(waited, HOLD_RECHECK)
-            if got is not None and got.si_signo != signal.SIGHUP:
-                log.info("signal %d: stopping", got.si_signo)
-                return 0
+    with _holding() as wake:
+        while (hup := wake()) is not None:
             if unwritable(settings) is None:
                 log.info(
                     "certs.config_dir %s can be written: renewals are scheduled",
                     settings.config_dir,
                 )
                 return None
-            if got is not None:
+            if hup:
                 log.info("SIGHUP: certs.config_dir %s still cannot be written", settings.config_dir)
+    return 0
+
+
+@contextlib.contextmanager
+def _holding() -> Iterator[Callable[[], bool | None]]:
+    """A hold's wait (:func:`hold`, :func:`hold_unwritable`): SIGTERM, SIGINT and SIGHUP
+    blocked while it holds, and a call that waits for one up to :data:`HOLD_RECHECK` seconds:
+    True for a SIGHUP (look again now), False for the time up (look again), None for SIGTERM
+    or SIGINT (logged: the hold ends, the renewer with it)."""
+    waited = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+
+    def wake() -> bool | None:
+        got = signal.sigtimedwait(waited, HOLD_RECHECK)
+        if got is None:
+            return False
+        if got.si_signo != signal.SIGHUP:
+            log.info("signal %d: stopping", got.si_signo)
+            return None
+        return True
+
+    try:
+        yield wake
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
