@@ -121,6 +121,12 @@ def lifetime(expires_in: object) -> float:
 WITHHELD_LOGGED = 64  # (upstream, token service) pairs remembered as logged, the latest
 
 
+def _lately(since: float | None, seconds: float = REFUSED_TTL) -> bool:
+    """Whether ``since`` (a ``time.monotonic()`` a map remembered, None: nothing) is less than
+    ``seconds`` ago."""
+    return since is not None and time.monotonic() - since < seconds
+
+
 class TokenRefused(UpstreamError):
     """The upstream's token service refused the mirror: ``401 UNAUTHORIZED`` or ``403 DENIED``.
 
@@ -220,8 +226,7 @@ class MirrorTokens:
 
     def refused(self, upstream: Upstream, repository: str) -> bool:
         """Whether the upstream refused the mirror's token for ``repository`` lately."""
-        since = self._refused.get((upstream.host, repository))
-        return since is not None and time.monotonic() - since < REFUSED_TTL
+        return _lately(self._refused.get((upstream.host, repository)))
 
     def mark_refused(self, upstream: Upstream, repository: str) -> None:
         """Private to the mirror's token: pass it through a while instead of asking twice.
@@ -229,8 +234,7 @@ class MirrorTokens:
         mark the refusal :meth:`send` answered with): it stood for ``REFUSED_TTL``, a public
         repository refused a minute for a password revoked, after a check that timed out."""
         key = (upstream.host, repository)
-        unchecked = self._unchecked.get(key)
-        if unchecked is not None and time.monotonic() - unchecked < CHECK_SILENCE_HOLD:
+        if _lately(self._unchecked.get(key), CHECK_SILENCE_HOLD):
             return
         self._refused.set(key, time.monotonic())
 
@@ -392,8 +396,7 @@ class MirrorTokens:
     def login_refused(self, upstream: Upstream) -> bool:
         """Whether the upstream's token service refused the mirror's login (``401``) less
         than ``REFUSED_TTL`` ago: it is not sent again before then."""
-        since = self._login_refused.get(upstream.host)
-        return since is not None and time.monotonic() - since < REFUSED_TTL
+        return _lately(self._login_refused.get(upstream.host))
 
     async def _login_verdict(
         self,
@@ -506,8 +509,7 @@ class MirrorTokens:
         """Whether a login check went unanswered less than ``CHECK_SILENCE_HOLD`` ago: a
         ``401`` is not checked (:meth:`_checked_401`), nor remembered (:class:`TokenRefused`'s
         ``unchecked``)."""
-        silent = self._check_silent.get(upstream.host)
-        return silent is not None and time.monotonic() - silent < CHECK_SILENCE_HOLD
+        return _lately(self._check_silent.get(upstream.host), CHECK_SILENCE_HOLD)
 
     def _vouched(
         self,
@@ -586,8 +588,7 @@ class MirrorTokens:
         or another ``4xx`` twice in a row: :meth:`_note_scopeless`) less than ``REFUSED_TTL``
         ago: not asked so again meanwhile (each asking sent the login for nothing, a failed
         login on the account with a wrong password)."""
-        since = self._scope_required.get(upstream.host)
-        return since is not None and time.monotonic() - since < REFUSED_TTL
+        return _lately(self._scope_required.get(upstream.host))
 
     async def _scoped_check(
         self,
