@@ -28,12 +28,11 @@ from docxy.access.gate import AccessControl, basic_credentials, basic_scheme, us
 from docxy.access.identity import ClientIdentity, Via, set_identity
 from docxy.core import jsondoc
 from docxy.core.challenge import rewrite_scope, scope_repository, unprefix_scope
-from docxy.core.cidr import site_key
 from docxy.core.errors import Denied, NotFound, RegistryError, Unauthorized, UpstreamError
 from docxy.core.headers import bearer_token, kept_retry_after
 from docxy.core.hosts import url_host
-from docxy.edge.clients import limit_key, request_address
 from docxy.http.routes import (
+    ClientLogins,
     count_relay,
     login_client,
     own_challenge,
@@ -249,31 +248,17 @@ async def _relayed_login(upstream: Upstream, ask: TokenAsk) -> Response:
     guess come from the mirror's address, and would rate-limit or ban it for every user. A
     client out of wrong guesses gets ``429`` and nothing is sent; a place is spent only when
     the upstream answered ``401``."""
-    state = mirror_state()
-    client = login_client(state)
     # No place is held while the upstream is asked (a round trip): held, a dozen right logins
     # at once from one address (compose pulling many images, a CI farm behind one NAT) used
-    # up the bucket and got "too many failed logins". Charged after the 401 instead, wrong
-    # guesses sent at once may pass the limit by those in flight together, which the
-    # address's connections bound (limits.connections_per_client, and their HTTP/2 streams)
-    # only where limits apply (not in limits.exempt networks); the overshoot is charged into
-    # debt, waited out before the next guess goes.
-    refusal = state.logins.refusal(*client)
+    # up the bucket and got "too many failed logins". Charged after the 401 instead (the
+    # overshoot of guesses in flight together: routes.ClientLogins).
+    logins = ClientLogins(mirror_state())
+    refusal = logins.refusal()
     if refusal is not None:
         return login_refused(refusal)
-    # A client that hangs up while the upstream is asked is charged: its password may have
-    # reached the upstream, and hanging up must not make guessing free.
-    wrong = True
-    try:
-        response = await _relay(upstream, ask)
-        wrong = response.status_code == 401
-        return response
-    except RegistryError:  # the upstream said nothing of the password (down, not asked)
-        wrong = False
-        raise
-    finally:
-        if wrong:
-            state.logins.charge(*client)
+    return await logins.asked(
+        lambda: _relay(upstream, ask), lambda answer: answer.status_code == 401
+    )
 
 
 def login_refused(refusal: RegistryError) -> Response:
@@ -475,10 +460,7 @@ async def _checked_login(access: AccessControl, ask: TokenAsk) -> Issued | Regis
     address (``docxy.access.logins``): a client out of wrong guesses is not checked at all."""
     from docxy.access.authority import issue_token
 
-    config = mirror_state().config
-    address = request_address(request.scope, config.server)
-    client = limit_key(None, address)  # by address, never by the user name it guesses for
-    site = site_key(address) if address is not None else None  # and an IPv6 one's /48 too
+    client, site = login_client(mirror_state())  # by address, never by the user name
     if ask.authorization is None:  # no password to check: nothing to count
         return issue_token(access, None, ask.scopes)
     refusal = access.logins.take(client, site)  # before the check: guesses sent at once count too

@@ -131,17 +131,39 @@ class ClientLogins:
         limit."""
         return ClientLogins(state) if basic_scheme(authorization) else None
 
+    def refusal(self) -> TooManyRequests | None:
+        """Why this client may send no password now (out of wrong guesses), or None."""
+        return self._state.logins.refusal(*self._client)
+
     def refuse(self) -> None:
-        refusal = self._state.logins.refusal(*self._client)
+        refusal = self.refusal()
         if refusal is not None:
             raise refusal
 
     def answered(self, status: int, challenges: list[str]) -> None:
         if status == 401 and not offers_bearer(challenges):
-            self._state.logins.charge(*self._client)
+            self.charge()
 
     def charge(self) -> None:
         self._state.logins.charge(*self._client)
+
+    async def asked(
+        self, answer: Callable[[], Awaitable[Response]], wrong: Callable[[Response], bool]
+    ) -> Response:
+        """``answer()``, which sends the password upstream: a place spent when ``wrong`` says
+        its answer refused it, or when the client hung up while it was asked (the password may
+        have gone, and hanging up must not make guessing free); none when the upstream said
+        nothing of it (a :class:`RegistryError`: down, not asked)."""
+        try:
+            response = await answer()
+        except RegistryError:
+            raise
+        except BaseException:
+            self.charge()
+            raise
+        if wrong(response):
+            self.charge()
+        return response
 
 
 async def within_login_limit(
@@ -154,15 +176,15 @@ async def within_login_limit(
     if logins is None:
         return await answer()
     logins.refuse()
-    try:
-        response = await answer()
-    except RegistryError:  # the upstream said nothing of the password (down, not asked)
-        raise
-    except BaseException:  # hung up while it was asked
-        logins.charge()
-        raise
-    logins.answered(response.status_code, response.headers.getlist("WWW-Authenticate"))
-    return response
+    return await logins.asked(answer, _refused_basic)
+
+
+def _refused_basic(response: Response) -> bool:
+    """A registry's ``401`` to a Basic password that offers no Bearer challenge: the password
+    refused (a token registry answers any Basic login so, right or not)."""
+    return response.status_code == 401 and not offers_bearer(
+        response.headers.getlist("WWW-Authenticate")
+    )
 
 
 def _raw_path() -> str:
