@@ -6,6 +6,7 @@ hypercorn would call them, so the observer sees what the access log sees.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -27,8 +28,10 @@ from docxy.http.middleware import AccessLog, Guard
 from docxy.http.state import mirror_state
 from docxy.observe import Observer, create_admin_app
 from docxy.observe.status import status_report
+from docxy.tasks import spawn
 from tests.unit import test_pull_blobs as pull_tests
 from tests.unit.asgi import AsgiAnswer, call_asgi
+from tests.unit.turns import until
 
 REGISTRY = "http://upstream.test"
 STORE_HOST = "store.test"
@@ -124,6 +127,18 @@ class Stack:
 
     async def get(self, path: str, method: str = "GET") -> AsgiAnswer:
         return await call_asgi(self.asgi, method, path, host="mirror.test")
+
+    async def two_on_one_fill(self, release: asyncio.Event) -> list[AsgiAnswer]:
+        """Two GETs of :func:`blob_path`, the second joining the first's fill (the upstream
+        holds its answer until ``release``, set once both are in): their answers."""
+        store = mirror_state(self.app).running.blobs.store
+        assert store is not None
+        first = spawn("first", self.get(blob_path()))
+        await until(lambda: store.fills_started == 1)
+        second = spawn("second", self.get(blob_path()))
+        await until(lambda: store.followers_joined == 1)
+        release.set()
+        return list(await asyncio.wait_for(asyncio.gather(first, second), 10))
 
     async def committed(self) -> None:
         """Wait for the fills that verified to be committed (their clients are done first)."""

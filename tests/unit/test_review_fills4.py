@@ -31,21 +31,22 @@ Respond = Callable[[bytes], tuple[bytes, bool]]
 
 
 class RawServer:
-    """A byte-level HTTP/1.1 server on ``HOST``: each connection's requests answered in turn
-    by ``respond`` (kept open unless it says close); counts connections and requests."""
+    """A byte-level HTTP/1.1 server on ``host``: each connection's requests answered in turn
+    by ``respond`` (kept open unless it says close); counts connections and requests, so a
+    test can tell whether a second request came on the first's connection."""
 
-    def __init__(self, port: int, respond: Respond) -> None:
+    def __init__(self, port: int, respond: Respond, host: str = HOST) -> None:
         self.respond = respond
         self.connections = 0
         self.requests: list[bytes] = []
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((HOST, port))
+        self._listener.bind((host, port))
         self._listener.listen(8)
         self._listener.settimeout(0.1)
         self._threads: list[threading.Thread] = []
-        self.url = f"http://{HOST}:{port}"
+        self.url = f"http://{host}:{port}"
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -98,8 +99,8 @@ class RawServer:
 
 
 @contextmanager
-def raw_server(port: int, respond: Respond) -> Iterator[RawServer]:
-    server = RawServer(port, respond)
+def raw_server(port: int, respond: Respond, host: str = HOST) -> Iterator[RawServer]:
+    server = RawServer(port, respond, host)
     server.start()
     try:
         yield server

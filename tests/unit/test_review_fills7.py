@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,101 +17,26 @@ import pytest
 
 from docxy.config import load_config
 from docxy.core.errors import UpstreamUnavailable
-from docxy.http.state import mirror_state
-from docxy.tasks import spawn
 from docxy.upstream import direct
 from docxy.upstream.client import Upstream, UpstreamClient, make_http_client, upstream_ssl_context
 from docxy.upstream.direct import DirectSettings
-from tests.unit.test_observe_routes import BLOB_DIGEST, blob_path, stack
+from tests.unit import test_review_fills4 as fills4
+from tests.unit.test_observe_routes import BLOB_DIGEST, stack
 from tests.unit.test_observe_routes import Upstream as RoutesUpstream
 from tests.unit.test_pull_blobs import BLOB, DIGEST, cached_blobs
+from tests.unit.test_review_fills4 import RawServer, Respond
 from tests.unit.test_review_fills5 import chunked, pull_blob
-from tests.unit.turns import until
 
 #: This review's loopback address and ports (its range: 127.0.88.0/24, ports 12570-12589).
 HOST = "127.0.88.1"
 GUARD = 10.0  # seconds any socket or wait takes, at most
 
 #: The answer to one request (its head, as received): its bytes, and whether to close after.
-Respond = Callable[[bytes], tuple[bytes, bool]]
 
 
-class RawServer:
-    """A byte-level HTTP/1.1 server on ``HOST``: each connection's requests answered in turn
-    by ``respond`` (the connection kept unless it says close); counts connections and
-    requests, so a test can tell whether a second request came on the first's connection."""
-
-    def __init__(self, port: int, respond: Respond) -> None:
-        self.respond = respond
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self._stop = threading.Event()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((HOST, port))
-        self._listener.listen(8)
-        self._listener.settimeout(0.1)
-        self._threads: list[threading.Thread] = []
-        self.url = f"http://{HOST}:{port}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(GUARD)
-        buffered = b""
-        with conn:
-            for _ in range(50):  # requests on one connection, bounded
-                while b"\r\n\r\n" not in buffered and not self._stop.is_set():
-                    try:
-                        got = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not got:
-                        return
-                    buffered += got
-                if self._stop.is_set():
-                    return
-                head, _, buffered = buffered.partition(b"\r\n\r\n")
-                self.requests.append(head)
-                answer, close = self.respond(head)
-                try:
-                    conn.sendall(answer)
-                except OSError:
-                    return
-                if close:
-                    return
-
-    def start(self) -> None:
-        thread = threading.Thread(target=self._accept, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        for thread in self._threads:
-            thread.join(GUARD)
-
-
-@contextmanager
-def raw_server(port: int, respond: Respond) -> Iterator[RawServer]:
-    server = RawServer(port, respond)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def raw_server(port: int, respond: Respond) -> AbstractContextManager[RawServer]:
+    """test_review_fills4's byte-level server, on this file's address."""
+    return fills4.raw_server(port, respond, HOST)
 
 
 def blob_answer(*head: str, status: str = "200 OK") -> Respond:
@@ -314,14 +237,7 @@ async def test_the_waiters_of_a_failed_fill_count_as_its_starter_does(
     upstream = FailingBlob(how=how)
     async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
         caplog.set_level(logging.INFO, logger="docxy.access")
-        store = mirror_state(mirror.app).running.blobs.store
-        assert store is not None
-        first = spawn("first", mirror.get(blob_path()))
-        await until(lambda: store.fills_started == 1)
-        second = spawn("second", mirror.get(blob_path()))
-        await until(lambda: store.followers_joined == 1)
-        upstream.release.set()
-        answers = await asyncio.wait_for(asyncio.gather(first, second), GUARD)
+        answers = await mirror.two_on_one_fill(upstream.release)
         seen = await mirror.scrape()
     assert [a.status for a in answers] == [status, status]
     lines = [r.getMessage() for r in caplog.records if r.name == "docxy.access"]

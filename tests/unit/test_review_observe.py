@@ -130,14 +130,7 @@ async def test_a_client_joining_a_fill_is_no_miss_and_its_bytes_no_upstream_byte
     upstream = SlowBlobUpstream()
     async with stack(tmp_path, upstream=upstream, transport_handler=upstream.handle) as mirror:
         caplog.set_level(logging.INFO, logger="docxy.access")
-        store = mirror_state(mirror.app).running.blobs.store
-        assert store is not None
-        first = spawn("first", mirror.get(blob_path()))
-        await until(lambda: store.fills_started == 1)
-        second = spawn("second", mirror.get(blob_path()))
-        await until(lambda: store.followers_joined == 1)
-        upstream.release.set()
-        answers = await asyncio.wait_for(asyncio.gather(first, second), GUARD)
+        answers = await mirror.two_on_one_fill(upstream.release)
         seen = await mirror.scrape()
         report = status_report(mirror.observer)
     assert [(a.status, a.body == BLOB) for a in answers] == [(200, True), (200, True)]

@@ -21,7 +21,6 @@ from docxy.shared import tier
 from docxy.shared.body import ObjectBody
 from docxy.shared.objects import ObjectStoreError
 from docxy.shared.tier import SharedTier
-from docxy.tasks import spawn
 from tests.unit.test_observe_routes import (
     BLOB,
     BLOB_DIGEST,
@@ -32,7 +31,6 @@ from tests.unit.test_observe_routes import (
     no_such_key,
     stack,
 )
-from tests.unit.turns import until
 
 CUT_AT = 5000  # bytes of the object's body before it breaks off
 
@@ -308,14 +306,7 @@ async def test_a_client_joining_a_resumed_fill_is_the_caches_and_the_rest_counte
     upstream = HeldBucket()
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
         caplog.set_level(logging.INFO, logger="docxy.access")
-        store = mirror_state(mirror.app).running.blobs.store
-        assert store is not None
-        first = spawn("first", mirror.get(blob_path()))
-        await until(lambda: store.fills_started == 1)
-        second = spawn("second", mirror.get(blob_path()))
-        await until(lambda: store.followers_joined == 1)
-        upstream.release.set()
-        answers = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        answers = await mirror.two_on_one_fill(upstream.release)
         seen = await mirror.scrape()
     assert [(a.status, a.body == BLOB) for a in answers] == [(200, True), (200, True)]
     rest = len(BLOB) - CUT_AT
