@@ -86,6 +86,20 @@ class ScopeRequired(Revocable):
         return httpx.Response(200, json={"token": token, "expires_in": 300})
 
 
+async def misses(
+    tokens: MirrorTokens, repositories: list[str], *, together: bool, now: list[float], step: float
+) -> list[int]:
+    """A miss of each repository (:func:`miss`): all at once, or one after another ``step``
+    seconds apart on the fake clock ``now``."""
+    if together:
+        return list(await asyncio.gather(*(miss(tokens, r) for r in repositories)))
+    answers = []
+    for repository in repositories:
+        answers.append(await miss(tokens, repository))
+        now[0] += step
+    return answers
+
+
 @pytest.mark.parametrize("together", [False, True])
 async def test_a_wrong_password_costs_failed_logins_once_not_per_miss(
     now: list[float], together: bool
@@ -101,13 +115,7 @@ async def test_a_wrong_password_costs_failed_logins_once_not_per_miss(
     repositories = [f"owner/img{n}" for n in range(5)]
     async with httpx.AsyncClient(transport=httpx.MockTransport(registry.handle)) as http:
         tokens = MirrorTokens(UpstreamClient(http))
-        if together:
-            answers = await asyncio.gather(*(miss(tokens, r) for r in repositories))
-        else:
-            answers = []
-            for repository in repositories:
-                answers.append(await miss(tokens, repository))
-                now[0] += 10
+        answers = await misses(tokens, repositories, together=together, now=now, step=10)
         assert registry.failed <= 2  # the scope-less check, and its scoped one
         assert answers == [200] * 5  # public: anonymous tokens read them
         assert tokens.login_refused(ROBOT)

@@ -15,7 +15,7 @@ import pytest
 
 from docxy.upstream.client import UpstreamClient
 from docxy.upstream.tokens import NO_VERDICT_SENDS, REFUSED_TTL, MirrorTokens, basic_authorization
-from tests.unit.test_review_login4 import jwt_shaped, pull_of, reads
+from tests.unit.test_review_login4 import jwt_shaped, misses, pull_of, reads
 from tests.unit.test_review_tokens import TOKEN_CHALLENGE
 from tests.unit.test_review_tokens4 import LOGIN, ROBOT, miss
 from tests.unit.test_review_tokens4 import now as now  # noqa: F401 (the fixture)
@@ -99,13 +99,7 @@ async def test_a_wrong_password_on_private_repositories_costs_a_bounded_number_o
     repositories = [f"priv/img{n}" for n in range(8)]
     async with httpx.AsyncClient(transport=httpx.MockTransport(registry.handle)) as http:
         tokens = MirrorTokens(UpstreamClient(http))
-        if together:
-            answers = await asyncio.gather(*(miss(tokens, r) for r in repositories))
-        else:
-            answers = []
-            for repository in repositories:
-                answers.append(await miss(tokens, repository))
-                now[0] += 5
+        answers = await misses(tokens, repositories, together=together, now=now, step=5)
         assert answers == [401] * 8
         assert not tokens.login_refused(ROBOT)
         assert registry.failed_logins() <= NO_VERDICT_SENDS, registry.log
