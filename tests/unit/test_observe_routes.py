@@ -140,6 +140,18 @@ class Stack:
         release.set()
         return list(await asyncio.wait_for(asyncio.gather(first, second), 10))
 
+    async def pulled(self) -> AsgiAnswer:
+        """A GET of :func:`blob_path`, and its fill committed (when it verified)."""
+        answer = await self.get(blob_path())
+        await self.committed()
+        return answer
+
+    async def shared_health(self) -> dict[str, Any]:
+        """/health's part for the shared tier."""
+        shared = json.loads((await self.get("/health")).body)["shared"]
+        assert isinstance(shared, dict)
+        return shared
+
     async def committed(self) -> None:
         """Wait for the fills that verified to be committed (their clients are done first)."""
         await pull_tests.committed(self.app)

@@ -5,7 +5,6 @@ for as its GET is."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from tests.unit.test_observe_routes import (
     SHARED,
     Upstream,
     answer,
-    blob_path,
     stack,
 )
 from tests.unit.test_review_shared3 import BUCKET, REQUEST_ID
@@ -69,11 +67,9 @@ async def test_a_chunked_object_that_ends_short_is_marked_bad_not_finished_upstr
     caplog.set_level(logging.INFO)
     upstream = ChunkedShortObject()
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        await mirror.get(blob_path())
-        await mirror.committed()
-        after_first = json.loads((await mirror.get("/health")).body)["shared"]
-        second = await mirror.get(blob_path())
-        await mirror.committed()
+        await mirror.pulled()
+        after_first = await mirror.shared_health()
+        second = await mirror.pulled()
     said = [record.getMessage() for record in caplog.records]
     assert upstream.ranged == []  # no rest of the store's object asked of the upstream
     assert (after_first["corrupt"], after_first["hits"]) == (1, 0)
@@ -123,11 +119,9 @@ async def test_a_416_rest_of_an_object_longer_than_its_blob_marks_it_bad(
     monkeypatch.setattr(tier_module, "RETRY_AFTER", 0.0)  # the store's break rests nothing
     upstream = LongerObject(said)
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        await mirror.get(blob_path())
-        await mirror.committed()
-        second = await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
+        await mirror.pulled()
+        second = await mirror.pulled()
+        health = await mirror.shared_health()
     gets = [line for line in upstream.bucket_seen if line.startswith("GET ")]
     assert upstream.ranged == [f"bytes={len(BLOB) + 50}-"]
     assert (health["corrupt"], health["hits"]) == (1, 0)
@@ -147,9 +141,8 @@ async def test_a_416_that_does_not_show_the_blob_shorter_does_not_blame_it(
     monkeypatch.setattr(tier_module, "RETRY_AFTER", 0.0)
     upstream = LongerObject(said)
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
+        await mirror.pulled()
+        health = await mirror.shared_health()
     assert health["corrupt"] == 0
 
 
@@ -187,9 +180,8 @@ async def test_a_416_of_the_claimed_length_at_its_end_does_not_blame_a_whole_obj
     monkeypatch.setattr(tier_module, "RETRY_AFTER", 0.0)
     upstream = WholeThenBroken()
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
+        await mirror.pulled()
+        health = await mirror.shared_health()
     assert upstream.ranged == []
     assert health["corrupt"] == 0
 

@@ -4,7 +4,6 @@ says no total, and whose fault a break is when the object turns out not to be th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ from docxy.cache.fill import Download, Handover
 from docxy.core.digests import parse_digest
 from docxy.shared.body import ObjectBody
 from docxy.shared.objects import ObjectStoreError
-from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, SHARED, blob_path, stack
+from tests.unit.test_observe_routes import BLOB, BLOB_DIGEST, SHARED, stack
 from tests.unit.test_review_shared4b import OBJECT_KEY_END, LongerObject, WholeThenBroken
 from tests.unit.test_shared_resume import BreaksOff, CutBucket, cached
 
@@ -60,9 +59,8 @@ async def test_a_whole_object_that_breaks_off_at_its_end_is_served_and_kept(
 ) -> None:
     upstream = WholeThenBroken()
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        first = await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
+        first = await mirror.pulled()
+        health = await mirror.shared_health()
         kept = cached(tmp_path)
     assert (first.status, first.body == BLOB) == (200, True)
     assert upstream.ranged == []
@@ -101,11 +99,9 @@ async def test_an_object_longer_than_its_blob_behind_a_416_of_no_total_is_marked
     break was the bad object's doing, not the store's trouble: no rest taken for it."""
     upstream = Headed(None)
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        await mirror.get(blob_path())
-        await mirror.committed()
-        second = await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
+        await mirror.pulled()
+        second = await mirror.pulled()
+        health = await mirror.shared_health()
     gets = [line for line in upstream.bucket_seen if line.startswith("GET ")]
     assert upstream.ranged == [f"bytes={len(BLOB) + 50}-"]
     assert (second.status, second.body == BLOB) == (200, True)
@@ -135,9 +131,8 @@ async def test_a_416_of_no_total_for_a_right_object_blames_nothing(tmp_path: Pat
     the object (1fff8b1's case), which is not marked bad."""
     upstream = PassingFault()
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
+        await mirror.pulled()
+        health = await mirror.shared_health()
     assert health["corrupt"] == 0
 
 
@@ -150,9 +145,8 @@ async def test_a_break_the_object_made_is_not_the_stores_trouble(
     store error first, and the tier rested (``unreachable``) for a fault of the object's."""
     upstream = Headed(said)
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
+        await mirror.pulled()
+        health = await mirror.shared_health()
     assert (health["corrupt"], health["errors"]) == (1, 0)
     assert (health["reachable"], health["state"]) == (True, "reachable")
     assert upstream.heads == (0 if said else 1)  # a 416's total is taken without a HEAD
@@ -174,8 +168,7 @@ async def test_a_whole_object_that_does_not_verify_is_corrupt_not_the_stores_tro
 ) -> None:
     upstream = WrongWholeThenBroken()
     async with stack(tmp_path, settings=SHARED, upstream=upstream) as mirror:
-        first = await mirror.get(blob_path())
-        await mirror.committed()
-        health = json.loads((await mirror.get("/health")).body)["shared"]
+        first = await mirror.pulled()
+        health = await mirror.shared_health()
     assert first.body != BLOB
     assert (health["corrupt"], health["errors"], health["state"]) == (1, 0, "reachable")
