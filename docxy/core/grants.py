@@ -11,32 +11,17 @@ A token that is no JWT (opaque, as gcr.io's) says nothing: read as granting noth
 
 from __future__ import annotations
 
-import base64
-import binascii
-
-from docxy.core import jsondoc
+from docxy.core.claims import jwt_payload
 
 
 def grants_pull(token: str, repository: str) -> bool:
     """Whether ``token``'s ``access`` claim grants ``pull`` (or ``*``) on ``repository``;
     False for a token that is no JWT, or whose payload is no JSON object."""
-    parts = token.split(".")
-    if len(parts) != 3:  # opaque, or a JWE (five parts): nothing to read
-        return False
-    claims = _payload(parts[1])
+    claims = jwt_payload(token)  # None: opaque, or a JWE (five parts): nothing to read
     access = claims.get("access") if claims is not None else None
     if not isinstance(access, list):
         return False
     return any(_pulls(entry, repository) for entry in access)
-
-
-def _payload(part: str) -> dict[str, object] | None:
-    """A JWT's payload part (base64url, unpadded) as a JSON object; None if it is none."""
-    try:
-        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-    except (ValueError, binascii.Error):
-        return None
-    return jsondoc.object_in(raw)
 
 
 def _pulls(entry: object, repository: str) -> bool:
