@@ -19,6 +19,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,12 +82,20 @@ def dnsmasq(host: str, port: int, log: Path) -> Iterator[Resolver]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """dnsmasq on a free loopback port (see dnsmasq)."""
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq("127.0.0.1", free_port(), log) as found:
-        yield found
+def resolver_on(address: str, port: int | None = None) -> Any:
+    """A test module's ``resolver`` fixture (module-scoped): dnsmasq on ``address`` and
+    ``port`` (None: a free one), so that modules run at once do not share one."""
+
+    @pytest.fixture(scope="module")
+    def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
+        log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
+        with dnsmasq(address, free_port() if port is None else port, log) as found:
+            yield found
+
+    return resolver
+
+
+resolver = resolver_on("127.0.0.1")
 
 
 @pytest.fixture

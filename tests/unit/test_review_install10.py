@@ -9,9 +9,6 @@ listens there.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-
-import pytest
 
 from tests.scriptbox import Rule, ScriptBox, output
 from tests.unavailable import need_binary
@@ -19,20 +16,14 @@ from tests.unit.test_install_script import (
     DOMAIN,
     HEALTHY,
     Resolver,
-    dnsmasq,
     env_file,
     install,
+    resolver_on,
     stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
 
-
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """test_install_script's dnsmasq, on this review's loopback address and port."""
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq("127.0.120.2", 13210, log) as found:
-        yield found
+resolver = resolver_on("127.0.120.2", 13210)  # this module's own address and port
 
 
 def healthy_at(box: ScriptBox, port: int, mirror: str = "") -> None:

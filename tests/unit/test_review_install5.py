@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,21 +34,15 @@ from tests.unit.test_install_script import (
     OURS6,
     Resolver,
     clone_script,
-    dnsmasq,
     env_file,
     install,
+    resolver_on,
     stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
 from tests.unit.test_review_container import entrypoint_env
 
-
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """test_install_script's dnsmasq, on this review's loopback address and port."""
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq("127.0.43.2", 10302, log) as found:
-        yield found
+resolver = resolver_on("127.0.43.2", 10302)  # this module's own address and port
 
 
 def compose_files(box: ScriptBox) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,9 +22,9 @@ from tests.unit.test_install_script import (
     DOMAIN,
     HEALTHY,
     Resolver,
-    dnsmasq,
     env_file,
     install,
+    resolver_on,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
 from tests.unit.test_review_install import docker_refuses_this_user
@@ -33,12 +32,7 @@ from tests.unit.test_review_install import docker_refuses_this_user
 MOVED = "127.0.56.1"
 
 
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """test_install_script's dnsmasq, on this review's loopback address and port."""
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq("127.0.56.2", 10951, log) as found:
-        yield found
+resolver = resolver_on("127.0.56.2", 10951)  # this module's own address and port
 
 
 def listening(box: ScriptBox, *addresses: str) -> None:

@@ -11,12 +11,11 @@ each one holds.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
 from tests.scriptbox import Rule, ScriptBox, output
-from tests.unit.test_install_script import COMPOSE_UP, Resolver, dnsmasq, install
+from tests.unit.test_install_script import COMPOSE_UP, Resolver, install, resolver_on
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
 from tests.unit.test_review_install5 import compose_files, install_v6, with_host_file
 from tests.unit.test_review_install6 import healthy_at, host_networking, listening, write_env
@@ -24,12 +23,7 @@ from tests.unit.test_review_install6 import healthy_at, host_networking, listeni
 MOVED = "127.0.67.1"
 
 
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """test_install_script's dnsmasq, on this review's loopback address and port."""
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq("127.0.67.2", 11502, log) as found:
-        yield found
+resolver = resolver_on("127.0.67.2", 11502)  # this module's own address and port
 
 
 def ufw_active(box: ScriptBox) -> None:

@@ -10,7 +10,6 @@ with.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,9 +20,9 @@ from tests.unit.test_install_script import (
     HEALTHY,
     Resolver,
     clone_script,
-    dnsmasq,
     env_file,
     install,
+    resolver_on,
     stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
@@ -35,12 +34,7 @@ from tests.unit.test_review_install8 import allowed, ufw_active
 LOCALHOSTS = ["localhost", "localhost.", "LocalHost"]
 
 
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    """test_install_script's dnsmasq, on this review's loopback address and port."""
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq("127.0.90.2", 12610, log) as found:
-        yield found
+resolver = resolver_on("127.0.90.2", 12610)  # this module's own address and port
 
 
 def healthy_anywhere(box: ScriptBox, port: int) -> None:

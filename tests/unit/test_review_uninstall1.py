@@ -9,30 +9,22 @@ and compose.yaml's network stayed behind. The containers' own label says which f
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-
-import pytest
 
 from tests.scriptbox import Rule, ScriptBox, output
 from tests.unit.test_install_script import (
     CONFIG_FILES_LABEL,
     Resolver,
     clone_script,
-    dnsmasq,
     env_file,
     install,
+    resolver_on,
     stack_is_running,
 )
 from tests.unit.test_install_script import box as box  # noqa: F401
 from tests.unit.test_review_install5 import routes, with_host_file
 from tests.unit.test_review_install9 import compose_down_files
 
-
-@pytest.fixture(scope="module")
-def resolver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resolver]:
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    with dnsmasq("127.0.102.2", 12850, log) as found:
-        yield found
+resolver = resolver_on("127.0.102.2", 12850)  # this module's own address and port
 
 
 def uninstall(box: ScriptBox, *args: str) -> str:
