@@ -14,23 +14,20 @@ import asyncio
 import base64
 import hashlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from quart import Quart, Response
+from quart import Response
 from quart.typing import TestClientProtocol as QuartClient
 
 from docxy.access.gate import AccessControl
 from docxy.access.users import UsersFile, UsersFileError
 from docxy.config import load_config
-from docxy.http.app import create_app
 from tests.unit.fakes import reply
 from tests.unit.test_access_routes import basic, code_of
 from tests.unit.test_review_access4 import TOKEN_PATH, HubLogins, started, warnings_of
-from tests.unit.test_routes import AUTH, PUBLIC, REGISTRY, hub, mirror
+from tests.unit.test_routes import PUBLIC, REGISTRY, hub, mirror
 
 CLIENT = "127.0.110.9"
 NEIGHBOUR = "127.0.110.10"
@@ -38,25 +35,6 @@ NEIGHBOUR = "127.0.110.10"
 
 def at(address: str) -> dict[str, object]:
     return {"client": (address, 40000)}
-
-
-@asynccontextmanager
-async def slow_mirror(
-    handler: httpx.AsyncBaseTransport | object, settings: dict[str, object] | None = None
-) -> AsyncIterator[tuple[Quart, QuartClient]]:
-    """A mirror over an upstream ``handler`` that may be a coroutine (a slow token service)."""
-    overrides: dict[str, object] = {
-        "server.public_url": PUBLIC,
-        "upstream.registry": REGISTRY,
-        "upstream.auth_realm": AUTH,
-        "cache.enabled": "false",
-    }
-    overrides.update(settings or {})
-    config = load_config(overrides, environ={})
-    transport = httpx.MockTransport(handler)  # type: ignore[arg-type]
-    app = create_app(config, probe=False, transport=transport)
-    async with app.test_app() as test_app:
-        yield app, test_app.test_client()
 
 
 # --- 1. right logins held a failed-login place while the upstream was asked ---------------
@@ -73,10 +51,10 @@ async def test_concurrent_right_upstream_logins_are_never_refused() -> None:
             return httpx.Response(200, json={"token": "t0ken"})
         return hub(request)
 
-    async with slow_mirror(slow) as (_, client):
+    async with mirror(transport=httpx.MockTransport(slow)) as m:
         answers = await asyncio.gather(
             *(
-                client.get(TOKEN_PATH, headers=basic("victim", "right"), scope_base=at(CLIENT))
+                m.client.get(TOKEN_PATH, headers=basic("victim", "right"), scope_base=at(CLIENT))
                 for _ in range(12)
             )
         )
@@ -289,6 +267,17 @@ BODY = b'{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.
 DIGEST = "sha256:" + hashlib.sha256(BODY).hexdigest()
 
 
+def caching_lab_settings(cache: Path) -> dict[str, object]:
+    """LAB_SETTINGS with the mirror's own login for the lab and a cache in ``cache``."""
+    return {
+        **LAB_SETTINGS,
+        "upstreams.lab.example.username": "mirror",
+        "upstreams.lab.example.password": "secret",
+        "cache.enabled": "true",
+        "cache.dir": str(cache),
+    }
+
+
 class CachingLab:
     """A Basic-only private registry: the mirror's own login and ``u:right`` read ``team/app``,
     only ``u:right`` reads ``team/secret``."""
@@ -322,14 +311,7 @@ async def test_a_cache_hit_is_never_refused_for_a_neighbours_wrong_passwords(
     right password's cache hit (nothing sent upstream) got 429, the same hit without
     credentials 200."""
     lab = CachingLab()
-    settings = {
-        **LAB_SETTINGS,
-        "limits.failed_logins_per_minute": "2",
-        "upstreams.lab.example.username": "mirror",
-        "upstreams.lab.example.password": "secret",
-        "cache.enabled": "true",
-        "cache.dir": str(tmp_path),
-    }
+    settings = caching_lab_settings(tmp_path)
     async with mirror(lab, settings) as m:
         path = f"/v2/team/app/manifests/{DIGEST}?ns=lab.example"
         assert (await lab_get(m.client, path, "right", CLIENT)).status_code == 200  # filled
@@ -350,14 +332,7 @@ async def test_wrong_passwords_in_a_cached_blobs_or_manifests_check_are_limited(
     (``head_as_client``) sent every guess to the registry, outside the limit, and answered a
     right password 200 past it, a wrong one 429: an oracle without bound (review r9)."""
     lab = CachingLab()
-    settings = {
-        **LAB_SETTINGS,
-        "limits.failed_logins_per_minute": "2",
-        "upstreams.lab.example.username": "mirror",
-        "upstreams.lab.example.password": "secret",
-        "cache.enabled": "true",
-        "cache.dir": str(tmp_path),
-    }
+    settings = caching_lab_settings(tmp_path)
     own = {basic("mirror", "secret")["Authorization"], basic("u", "right")["Authorization"]}
     async with mirror(lab, settings) as m:
         cached = f"/v2/team/app/manifests/{DIGEST}?ns=lab.example"

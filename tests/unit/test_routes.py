@@ -103,8 +103,12 @@ class Mirror:
 
 @asynccontextmanager
 async def mirror(
-    handler: Handler = hub, settings: dict[str, object] | None = None
+    handler: Handler = hub,
+    settings: dict[str, object] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Mirror]:
+    """A mirror over ``handler`` (recorded by a FakeUpstream), or over ``transport`` as it is
+    (an async handler's: a slow token service)."""
     overrides: dict[str, object] = {
         "server.public_url": PUBLIC,
         "upstream.registry": REGISTRY,
@@ -114,7 +118,7 @@ async def mirror(
     overrides.update(settings or {})
     config = load_config(overrides, environ={})
     upstream = FakeUpstream(handler)
-    app = create_app(config, probe=False, transport=httpx.MockTransport(upstream))
+    app = create_app(config, probe=False, transport=transport or httpx.MockTransport(upstream))
     async with app.test_app() as test_app:
         yield Mirror(app, test_app.test_client(), upstream)
 
