@@ -147,28 +147,49 @@ def unnamed_proxy_reason(config: Config) -> str | None:
 
 def warn_unnamed_proxy(config: Config) -> None:
     """Say at start-up that the mirror looks behind a proxy not in ``server.trusted_proxies``
-    (:func:`unnamed_proxy_reason`), in the words of its mode."""
+    (:func:`unnamed_proxy_reason`), naming each per-client limit that is on: every client is
+    the proxy's one address, so they all share one client's share of each. Nothing to say
+    when every such limit is off."""
     reason = unnamed_proxy_reason(config)
-    if reason is None:
+    shared = _shared_limits(config)
+    if reason is None or not shared:
         return
-    if config.auth.mode == "users":
-        whose = (
-            "limits.failed_logins_per_minute wrong passwords from anyone refuse every user's login"
-        )
+    logins = config.limits.failed_logins_per_minute
+    if not logins:
+        why = ""
+    elif config.auth.mode == "users":
+        why = "; one guesser's wrong passwords refuse every user's login for a while"
     else:  # open mode relays upstream logins within the same per-address limit
-        whose = (
-            "limits.failed_logins_per_minute upstream logins refused as wrong (one client's "
-            "stale password) refuse every client's upstream logins"
+        why = (
+            "; one client's upstream logins refused as wrong (a stale password) refuse every "
+            "client's upstream logins for a while"
         )
     log.warning(
         "auth.mode = %s behind a TLS proxy, as far as the mirror can tell (%s), and "
-        "server.trusted_proxies is empty: every client is the proxy's address, so %s for a "
-        "while; list the proxy's address in server.trusted_proxies (its header: "
+        "server.trusted_proxies is empty: every client is the proxy's address, so all share "
+        "one client's %s%s; list the proxy's address in server.trusted_proxies (its header: "
         "server.forwarded_header)",
         config.auth.mode,
         reason,
-        whose,
+        ", ".join(shared),
+        why,
     )
+
+
+def _shared_limits(config: Config) -> list[str]:
+    """The per-client limits that are on (``docxy.edge.admission``, ``docxy.edge.connections``,
+    ``docxy.access.logins``), each as ``name (value)``: what clients behind one address share."""
+    limits = config.limits
+    named = {
+        "connections_per_client": limits.connections_per_client,
+        "requests_per_minute": limits.requests_per_minute,
+        "manifests_per_minute": limits.manifests_per_minute,
+        "token_relays_per_minute": limits.token_relays_per_minute,
+        "failed_logins_per_minute": limits.failed_logins_per_minute,
+        "fills_per_client": limits.fills_per_client,
+        "bandwidth": limits.bandwidth,
+    }
+    return [f"limits.{name} ({value})" for name, value in named.items() if value]
 
 
 def refuse_plain_http(config: Config) -> None:
