@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -155,12 +155,14 @@ class Head:
     ``digest`` if that answer named the manifest's, ``content`` if it also named its length
     and type (what a client's HEAD is answered with; the digest alone confirms a cached tag).
     ``answered`` if the registry itself answered with its word on the manifest (a 404, a 400:
-    :data:`THE_REGISTRYS_WORD`), the client's answer then (:meth:`ManifestService._not_found`)."""
+    :data:`THE_REGISTRYS_WORD`), the client's answer then (:meth:`ManifestService._not_found`).
+    ``joined`` if this request waited for another's HEAD (it cost the upstream nothing)."""
 
     found: bool
     content: ManifestContent | None = None
     digest: Digest | None = None
     answered: UpstreamAnswered | None = None
+    joined: bool = False
 
 
 def _head_refused(head: Head) -> bool:
@@ -506,7 +508,7 @@ class ManifestService:
             await store.set_tag(repo, str(tag), found.digest, public=True)
         elif record is not None:
             self._moving_to(repo, found.digest, record)
-        return Served(Source.MISS, found)
+        return Served(Source.JOINED if head.joined else Source.MISS, found)
 
     async def _head_by_get(self, store: ManifestStore, repo: RepoKey, pull: Pull) -> Outcome:
         """A client's HEAD the upstream's own HEAD cannot answer: it found the manifest and
@@ -537,11 +539,12 @@ class ManifestService:
         if self._private(pull):
             return Head(found=False)  # its answer stands a while: not asked again at once
         ref = pull.reference.ref
-        return await self._heading.run(
+        head, joined = await self._heading.share(
             (repo.upstream, repo.repo, ref, "HEAD"),
             f"manifest HEAD {repo.upstream} {repo.repo}:{ref}",
             lambda: self._head_once(repo, pull),
         )
+        return replace(head, joined=True) if joined else head
 
     async def _head_once(self, repo: RepoKey, pull: Pull) -> Head:
         tag, asked = pull.reference.tag, pull.reference.digest

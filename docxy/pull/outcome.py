@@ -37,8 +37,8 @@ class Source(enum.Enum):
 
     HIT = "hit"  # the cache, without asking upstream
     MISS = "miss"  # fetched upstream just now, through the cache
-    #: the blob fill (upstream or bucket) or manifest GET another request started: no fetch
-    #: of its own
+    #: the blob fill (upstream or bucket), manifest GET or the mirror's manifest HEAD another
+    #: request started: no fetch of its own
     JOINED = "joined"
     SHARED = "shared"  # fetched from the shared bucket ([shared]) just now, through the cache
     REVALIDATED = "revalidated"  # the cache, after an upstream HEAD said it is current
