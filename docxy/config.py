@@ -1293,10 +1293,28 @@ def load_config(
     )
     check_registry_hosts(config)
     if renewer:
+        check_tls_files(config)  # it reads the served pair to compare and install over it
         for key, refusal in deferred:
             if key not in RUN_REFUSES:
                 raise ConfigError(refusal)
     return config
+
+
+def check_tls_files(config: Config) -> None:
+    """Refuse a ``tls.cert_path``/``tls.key_path`` this process may not read: for ``docxy
+    serve`` and the renewer, which read the pair, not for every command's load. certbot's
+    ``privkey.pem`` is root's, mode 600: ``docxy cache ls`` run by another user, or a cron job
+    sharing the config, was refused over a file it never opens. Missing with ``certs.domain``
+    set is a first start: a bootstrap certificate stands in until the renewer installs one."""
+    for key, path in (
+        ("tls.cert_path", config.tls.cert_path),
+        ("tls.key_path", config.tls.key_path),
+    ):
+        if path is None or os.access(path, os.R_OK):
+            continue
+        if config.certs.domain is not None and not path.exists():
+            continue
+        raise ConfigError(f"{key}: cannot read {path} ({config.sources.get(key, 'default')})")
 
 
 def _check_retries(
@@ -1345,13 +1363,9 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
             "must be another file than tls.cert_path when certs.domain is set (the renewer "
             "writes the certificate and its key separately)",
         )
-    for key in ("tls.cert_path", "tls.key_path", "certs.ca_bundle"):
-        path = values[key]
-        if path is None or os.access(path, os.R_OK):
-            continue
-        if key != "certs.ca_bundle" and certs.domain is not None and not path.exists():
-            continue  # first start: a bootstrap certificate stands in until the renewer installs
-        raise fail(key, f"cannot read {path}")
+    ca_bundle = values["certs.ca_bundle"]
+    if ca_bundle is not None and not os.access(ca_bundle, os.R_OK):
+        raise fail("certs.ca_bundle", f"cannot read {ca_bundle}")
     admin, plain, tls_listen = server["admin_listen"], server["listen"], server["tls_listen"]
     if tls_listen is not None and _overlap(plain, tls_listen):
         # Taken, the second listener failed to bind once the first had started.

@@ -17,7 +17,7 @@ from docxy.cli import access as accesscli
 from docxy.cli import cache as cachecli
 from docxy.cli import healthcheck, warm
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED
-from docxy.config import Config, describe, load_config, renewer_refuses
+from docxy.config import Config, check_tls_files, describe, load_config, renewer_refuses
 from docxy.core.errors import ConfigError
 from docxy.logs import log_to_stderr
 from docxy.tls import certs
@@ -163,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is not None:
             return _flushed(int(handler(args, config_from_args)))
         config = config_from_args(args)
+        check_tls_files(config)  # here, not in every command's load: serve reads the pair
         if args.show_config:
             # What serve refuses before it listens, from the settings alone: the appliance's
             # entry point runs this to stop on a refused setting before supervisord does.

@@ -14,6 +14,7 @@ from docxy.config import (
     SETTINGS,
     Config,
     HostPort,
+    check_tls_files,
     describe,
     env_name,
     load_config,
@@ -664,15 +665,17 @@ def test_bad_toml_values_name_key_and_file(tmp_path: Path, toml: str, key: str) 
 def test_unreadable_cert(tmp_path: Path, cert_pair: tuple[Path, Path]) -> None:
     _, key = cert_pair
     missing = tmp_path / "missing.pem"
-    message = config_error({"tls.cert_path": str(missing), "tls.key_path": str(key)})
+    message = config_error({"tls.cert_path": str(missing), "tls.key_path": str(key)}, renewer=True)
     assert message == f"tls.cert_path: cannot read {missing} (flag)"
 
 
 def test_unreadable_key_via_seed_alias(tmp_path: Path, cert_pair: tuple[Path, Path]) -> None:
     cert, _ = cert_pair
     missing = tmp_path / "missing.key"
-    message = config_error(environ={"DOCXY_CERT_PATH": str(cert), "DOCXY_KEY_PATH": str(missing)})
-    assert message == f"tls.key_path: cannot read {missing} (env DOCXY_KEY_PATH)"
+    config = load_config(environ={"DOCXY_CERT_PATH": str(cert), "DOCXY_KEY_PATH": str(missing)})
+    with pytest.raises(ConfigError) as info:  # where the pair is read: serve's start-up
+        check_tls_files(config)
+    assert str(info.value) == f"tls.key_path: cannot read {missing} (env DOCXY_KEY_PATH)"
 
 
 def test_unreadable_ca_bundle(tmp_path: Path) -> None:
