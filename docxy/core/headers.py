@@ -45,7 +45,10 @@ FORWARD_REQUEST = frozenset(
 )
 
 # Response headers the mirror never relays: hop-by-hop, the upstream's cookies and server
-# identity, and headers it rewrites itself (``www-authenticate``, ``location``).
+# identity, headers it rewrites itself (``www-authenticate``, ``location``), and the policy an
+# upstream (or its CDN) sets for its own origin, which a client would take for the mirror's:
+# HSTS would pin the mirror's domain and subdomains to HTTPS, Alt-Svc send clients to an
+# HTTP/3 port it does not serve, CORS open it to other sites' scripts.
 _DROP_RESPONSE = HOP_BY_HOP | {
     "set-cookie",
     "server",
@@ -53,7 +56,15 @@ _DROP_RESPONSE = HOP_BY_HOP | {
     "www-authenticate",
     "location",
     "docker-distribution-api-version",
+    "strict-transport-security",
+    "alt-svc",
+    "public-key-pins",
+    "public-key-pins-report-only",
+    "expect-ct",
+    "clear-site-data",
 }
+# Whole families of such origin policy: every CORS answer header (``access-control-*``).
+_DROP_RESPONSE_PREFIXES = ("access-control-",)
 
 
 def unsendable(headers: Iterable[tuple[str, str]]) -> str | None:
@@ -82,11 +93,12 @@ def response_headers(
         # such an answer drops it): relayed, it said another length than the bytes sent. A
         # HEAD's has no body to misframe: its Content-Length (the blob's) is kept.
         connection_named.add("content-length")
-    return [
-        (k, v)
-        for k, v in pairs
-        if k.lower() not in _DROP_RESPONSE and k.lower() not in connection_named
-    ]
+    return [(k, v) for k, v in pairs if _may_relay(k.lower()) and k.lower() not in connection_named]
+
+
+def _may_relay(name: str) -> bool:
+    """Whether a response header (``name`` in lower case) may cross to the client."""
+    return name not in _DROP_RESPONSE and not name.startswith(_DROP_RESPONSE_PREFIXES)
 
 
 def _transfer_coded(pairs: Iterable[tuple[str, str]]) -> bool:
