@@ -73,9 +73,18 @@ def unsendable(headers: Iterable[tuple[str, str]]) -> str | None:
     return next((k for k, v in headers if k.lower() in FORWARD_REQUEST and not v.isascii()), None)
 
 
-def request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Client request headers to send upstream (every ``Accept`` value kept)."""
-    return [(k, v) for k, v in headers if k.lower() in FORWARD_REQUEST]
+# A range asked for: a HEAD's is not forwarded, as the mirror's own HEAD ignores it.
+_RANGE_REQUEST = frozenset({"range", "if-range"})
+
+
+def request_headers(
+    headers: Iterable[tuple[str, str]], *, head: bool = False
+) -> list[tuple[str, str]]:
+    """Client request headers to send upstream (every ``Accept`` value kept). ``head``: for a
+    HEAD, whose ``Range`` the mirror ignores (a hit answers ``200`` with the whole length), so
+    none goes upstream either: a registry answers a HEAD's range ``206`` with its length."""
+    sent = FORWARD_REQUEST - _RANGE_REQUEST if head else FORWARD_REQUEST
+    return [(k, v) for k, v in headers if k.lower() in sent]
 
 
 def response_headers(

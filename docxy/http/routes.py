@@ -486,7 +486,7 @@ async def _pass_through(
     require 'docker login'``). It is ``403 DENIED`` saying so, but to a certificate client
     under ``auth.upstream_logins``, whom the challenge lets bring its own upstream login.
     """
-    headers = request_headers(request.headers.items())
+    headers = request_headers(request.headers.items(), head=pull.head)
     if not any(k.lower() == "accept-encoding" for k, _ in headers):
         # Not httpx's own gzip: the body is relayed as it comes, zipped or not, and a client
         # that asked for no encoding reads it as the blob (curl and scripts: zipped bytes).
