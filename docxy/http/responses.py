@@ -238,11 +238,12 @@ def _nothing() -> None:
     pass
 
 
-def _trouble_page(upstream: httpx.Response, method: str) -> bool:
-    """A server error whose body is no registry error (not JSON)."""
+def _trouble_page(upstream: httpx.Response) -> bool:
+    """A server error whose body is no registry error (not JSON). A HEAD's too: it gets the
+    header fields the GET would (RFC 9110 §9.3.2), the mirror's error's type and length."""
     media = upstream.headers.get("content-type", "").split(";")[0].strip().lower()
     is_json = media == "application/json" or media.endswith("+json")
-    return upstream.status_code >= 500 and method != "HEAD" and not is_json
+    return upstream.status_code >= 500 and not is_json
 
 
 def _unsatisfiable(upstream: httpx.Response, method: str) -> bool:
@@ -287,7 +288,7 @@ def relay(
         headers.append(("WWW-Authenticate", challenge))
     done = release or _nothing
     unsatisfiable = _unsatisfiable(upstream, method)
-    replaced = _trouble_page(upstream, method) or unsatisfiable
+    replaced = _trouble_page(upstream) or unsatisfiable
     if unsatisfiable:
         # The mirror's own 416 (a whole answer, as for a cached blob), the upstream's range.
         unmet = RangeNotSatisfiable("the upstream could not satisfy the range")
@@ -304,7 +305,7 @@ def relay(
         content = error.encoded()
         headers = [*error.headers(), ("Content-Length", str(len(content)))]
         headers += kept_retry_after(upstream.headers.multi_items())
-        body = _replaced(upstream, done, content)
+        body = _closed(upstream, done) if method == "HEAD" else _replaced(upstream, done, content)
     elif method == "HEAD":
         body = _closed(upstream, done)
     else:

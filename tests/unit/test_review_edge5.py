@@ -105,7 +105,6 @@ def _html_503(request: httpx.Request) -> httpx.Response:
     return reply(503, page, {"Content-Type": "text/html", "Retry-After": "30"}, length=True)
 
 
-@pytest.mark.xfail(strict=True, reason="a HEAD relays the proxy page's text/html and length")
 @pytest.mark.parametrize("path", ["/v2/x/manifests/latest", f"/v2/x/blobs/{BLOB_DIGEST}"])
 async def test_a_head_of_an_upstream_trouble_page_has_the_get_s_headers(path: str) -> None:
     async with mirror(_html_503) as m:
