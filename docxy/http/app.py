@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
-from quart import Quart, Response
+from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from docxy.access.gate import AccessControl
@@ -201,7 +201,7 @@ def create_app(
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         if error.code == 405:
-            allowed = getattr(error, "valid_methods", None) or ("GET", "HEAD")
+            allowed = routes.allowed_methods(request.path, getattr(error, "valid_methods", None))
             return error_response(Unsupported("method not allowed", allow=allowed))
         if error.code == 404:
             return error_response(NotFound("unknown path"))

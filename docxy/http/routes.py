@@ -9,7 +9,7 @@ access log's facts and the upstream's health.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import httpx
@@ -70,6 +70,15 @@ JSON = [("Content-Type", "application/json")]
 #: (``docxy.upstream.issuers``), or not told yet (a pass-through tells).
 WITHHELD = "token_withheld"
 UNTOLD = "token_untold"
+
+
+def allowed_methods(path: str, valid: Iterable[str] | None) -> tuple[str, ...]:
+    """What a ``405`` to ``path`` names in ``Allow``: ``GET, HEAD`` on the registry's routes,
+    whose rules take :data:`ALL_METHODS` only to refuse writes as read-only (each of them is
+    a ``405`` itself); elsewhere the methods its rule takes (``valid``, werkzeug's)."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return READ_METHODS
+    return tuple(valid or READ_METHODS)
 
 
 def request_facts() -> dict[str, Any]:
