@@ -5,7 +5,8 @@
     │   ├── SizeMismatch
     │   └── DigestMismatch
     ├── FillAborted                   a follower's writer gave up (cut upstream, bad bytes, disk)
-    │   └── NoRoom                    no room under cache.max_size for it: pass through
+    │   ├── NoRoom                    no room under cache.max_size for it: pass through
+    │   └── CorruptDownload           its download was not the blob (length or digest)
     ├── FetchFailed                   the upstream half of a fill could not start a download
     │   ├── FetchRefused              401, 403 or another 4xx of the upstream's: not the mirror's
     │   └── OtherLength               a rest's answer says the blob has another length
@@ -61,6 +62,12 @@ class FillAborted(UpstreamCaused):
 class NoRoom(FillAborted):
     """The blob cannot be kept under ``cache.max_size`` (larger than the cache, or the rest is in
     use and cannot be evicted): nothing is written past the cap; the caller passes it through."""
+
+
+class CorruptDownload(FillAborted):
+    """The fill's download ended, and its bytes are not the blob: another length than it
+    said, or another digest. Before the client's first byte it is answered ``502`` (a
+    pass-through would relay the same bytes as a whole ``200``); after, the client is cut."""
 
 
 class FetchFailed(UpstreamCaused):

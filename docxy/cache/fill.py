@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from docxy.cache.directwrite import FILLS, DirectWriter, read_back_later
 from docxy.cache.errors import (
+    CorruptDownload,
     DigestMismatch,
     FetchFailed,
     FetchRefused,
@@ -295,6 +296,8 @@ class InFlight:
     reserved: int = 0
     #: Aborted because the cache had no room for it: its followers pass it through.
     no_room: bool = False
+    #: Aborted because its bytes are not the blob (length or digest): :class:`CorruptDownload`.
+    corrupt: bool = False
     #: Set when the cache itself gave the fill up (a failed write, no room) after this many
     #: good bytes in the temp file: a follower with a ``rest`` reads them, then gets the rest
     #: of the blob from the upstream (see :meth:`BlobFollower._resumed`) instead of being cut.
@@ -351,6 +354,8 @@ class InFlight:
             if self.no_room:
                 raise NoRoom(self.reason)
             said = f"fill of {self.digest} aborted: {self.reason}"
+            if self.corrupt:
+                raise CorruptDownload(said, self.upstream_error, self.upstream_source)
             raise FillAborted(said, self.upstream_error, self.upstream_source)
 
 
@@ -822,6 +827,7 @@ class BlobWriter:
                 # Given up by the cache meanwhile (the write of the last bytes failed, no room)
                 # and said then: that the download is not the blob is news all the same.
                 _warn_failed(self.fill, reason)
+            self.fill.corrupt = True
             self.fail(reason)
             raise unverified
         self.fill.size, self.fill.size_known = self.fill.received, True

@@ -367,7 +367,7 @@ async def _content(state: MirrorState, route: Route, pull: Pull) -> Response:
             response = served_response(outcome)
         elif isinstance(outcome.failed, UpstreamAnswered):  # said no: not asked again
             return with_cache_status(error_response(outcome.failed), outcome)  # fwd-status=
-        elif outcome.failed is not None:  # the registry was silent: not asked again
+        elif outcome.failed is not None:  # silent, or sent no blob: not asked again
             return error_response(outcome.failed)  # the mirror's own error: no Cache-Status
         elif reference.kind is not Kind.BLOB or pull.head:
             response = await _limited_pass_through(state, pull, route)

@@ -49,6 +49,7 @@ from docxy.cache.errors import (
     CacheError,
     CacheUnreadable,
     CacheUnwritable,
+    CorruptDownload,
     FetchFailed,
     FetchRefused,
     FetchUnanswered,
@@ -62,7 +63,7 @@ from docxy.cache.reader import BlobReader
 from docxy.cache.resuming import BrokeOff
 from docxy.cache.visibility import RepoKey, may_serve
 from docxy.core.digests import Digest
-from docxy.core.errors import UpstreamAnswered, UpstreamError
+from docxy.core.errors import UpstreamAnswered, UpstreamError, UpstreamUnavailable
 from docxy.core.headers import ACCEPT_IDENTITY, body_length
 from docxy.core.hosts import url_host
 from docxy.core.ranges import parse_content_range, parse_range, unsatisfied_length
@@ -197,6 +198,9 @@ class BlobService:
             return PassThrough(Reason.CACHE_FULL, str(exc))
         except FillAborted as exc:
             stream.close()
+            corrupt = _corrupt(stream, exc)
+            if corrupt is not None:
+                return corrupt
             if self.tokens.refused(pull.upstream, pull.name):
                 return PassThrough(Reason.PRIVATE, str(exc))
             if exc.upstream is not None and exc.source == pull.upstream.host:
@@ -544,6 +548,21 @@ async def _skipped(chunks: AsyncIterator[bytes], offset: int) -> AsyncIterator[b
             continue
         yield chunk[offset:] if offset else chunk
         offset = 0
+
+
+def _corrupt(stream: BlobReader | BlobFollower, exc: FillAborted) -> PassThrough | None:
+    """A fill whose download from the upstream ended before this client's first byte, and was
+    not the blob (:class:`CorruptDownload`: an empty ``200`` for a blob that is not empty): an
+    upstream failure the client is answered with (``502 UNAVAILABLE``), not passed through,
+    where the upstream would send the same bytes, relayed as a whole ``200``. None for any
+    other failure, and for a download from the shared bucket: the upstream may hold the
+    blob right."""
+    if not isinstance(exc, CorruptDownload) or not isinstance(stream, BlobFollower):
+        return None
+    if stream.fill.origin == SHARED_ORIGIN:
+        return None
+    failed = UpstreamUnavailable(f"the upstream's download was not the blob: {exc}")
+    return PassThrough(Reason.UPSTREAM_FAILED, str(exc), failed=failed)
 
 
 async def _first_byte(follower: BlobFollower, within: float) -> None:

@@ -190,8 +190,10 @@ class PassThrough:
     joined: bool = False
     #: Not sent upstream after all: the mirror's own request found the registry silent (a
     #: timeout), and the client's would wait as long again; or the registry answered it with
-    #: its word on the blob (a 404 BLOB_UNKNOWN), which it would only say again. It is
-    #: answered with this error (the upstream's status and registry error, for the latter).
+    #: its word on the blob (a 404 BLOB_UNKNOWN), which it would only say again; or it sent
+    #: bytes that are not the blob (a ``502``), which it would only send again, as a ``200``.
+    #: It is answered with this error (the upstream's status and registry error, for the
+    #: second).
     failed: UpstreamError | None = None
 
 
