@@ -10,7 +10,7 @@ the edge's ASGI layers for what they refuse before it::
     │   ├── NameInvalid             400 NAME_INVALID    repository name breaks the grammar
     │   ├── DigestInvalid           400 DIGEST_INVALID  malformed digest
     │   ├── TagInvalid              400 TAG_INVALID     malformed tag
-    │   ├── RequestTooLarge         414/431 SIZE_INVALID  oversized query or headers
+    │   ├── RequestTooLarge         413/414/431 SIZE_INVALID  oversized body, query, headers
     │   ├── RangeNotSatisfiable     416 RANGE_INVALID   a Range outside the blob
     │   ├── NotFound                404 NOT_FOUND       no such route
     │   ├── Unauthorized            401 UNAUTHORIZED    no or bad credentials (with a challenge)

@@ -16,7 +16,14 @@ from werkzeug.exceptions import HTTPException
 from docxy.access.gate import AccessControl
 from docxy.cache import Cache, CacheInUse, open_configured
 from docxy.config import Config
-from docxy.core.errors import ConfigError, NotFound, RegistryError, StreamCut, Unsupported
+from docxy.core.errors import (
+    ConfigError,
+    NotFound,
+    RegistryError,
+    RequestTooLarge,
+    StreamCut,
+    Unsupported,
+)
 from docxy.http import acme, auth, health, routes, setup_script
 from docxy.http.middleware import CUT
 from docxy.http.responses import error_response
@@ -205,6 +212,8 @@ def create_app(
             return error_response(Unsupported("method not allowed", allow=allowed))
         if error.code == 404:
             return error_response(NotFound("unknown path"))
+        if error.code == 413:  # over MAX_CONTENT_LENGTH: said as the other size refusals are
+            return error_response(RequestTooLarge("request body too large", status=413))
         return error_response(
             RegistryError(error.description or "bad request", status=error.code or 400)
         )

@@ -187,7 +187,6 @@ async def test_a_corrupt_download_with_bytes_still_cuts_its_client(tmp_path: Pat
     assert not (answer.status == 200 and answer.complete)
 
 
-@pytest.mark.xfail(strict=True, reason="413 says UNKNOWN in werkzeug's words")
 async def test_a_body_over_the_limit_is_size_invalid() -> None:
     headers = [("Content-Type", "application/x-www-form-urlencoded")]
     headers.append(("Content-Length", "100000000"))
