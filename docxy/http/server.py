@@ -138,7 +138,7 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         CertError,
         ReloadableTLS,
         SelfSignedPair,
-        bootstrap_pair,
+        ServedBootstrap,
     )
 
     cert, key = config.tls.cert_path, config.tls.key_path
@@ -147,17 +147,19 @@ def load_tls(config: Config) -> ReloadableTLS | None:
         from docxy.tls.recover import finish_install
 
         finish_install(cert, key)  # a renewer's install cut short between its two renames
-    own = None  # the mirror's own pair, renewed while it runs
+    own: SelfSignedPair | ServedBootstrap | None = None  # the mirror's own, renewed while it runs
     if cert is None or key is None:
         own = SelfSignedPair(config.cache.dir.parent / "docxy-tls", host, SELF_SIGNED_DAYS)
         with _unwritable("cache.dir", config, f"the bootstrap certificate in {own.dir}"):
             cert, key = own.kept()
         _warn_bootstrap(host, cert)
-    elif config.certs.domain is not None and not (cert.exists() and key.exists()):
-        # First start with a domain: the renewer obtains the certificate through this mirror's
-        # webroot and installs it at these paths; the watcher then switches over.
+    elif config.certs.domain is not None:
+        # Until the first issuance: the renewer obtains the certificate through this mirror's
+        # webroot and installs it at these paths (the watcher then switches over); meanwhile a
+        # pair of the mirror's own stands in there, for this domain, renewed like the one above.
+        own = ServedBootstrap(cert, key, host, SELF_SIGNED_DAYS)
         with _unwritable("tls.cert_path", config, f"a bootstrap certificate at {cert}"):
-            made = bootstrap_pair(cert, key, host)  # unless the renewer's install came first
+            made = own.kept()  # not over the renewer's install, nor any pair not the mirror's
         if made:
             _warn_bootstrap(host, cert)
     client_ca = None
@@ -173,7 +175,7 @@ def load_tls(config: Config) -> ReloadableTLS | None:
     try:
         # The renewer's certificate is expected at the configured paths; the own pair is kept
         # self-signed on purpose (docxy.tls.trust).
-        domain = config.certs.domain if own is None else None
+        domain = None if isinstance(own, SelfSignedPair) else config.certs.domain
         return ReloadableTLS(Path(cert), Path(key), client_ca, own, domain, _routed_hosts(config))
     except CertError as exc:
         raise ConfigError(

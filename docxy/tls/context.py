@@ -21,7 +21,7 @@ import re
 import ssl
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -465,14 +465,15 @@ class ReloadableTLS:
         cert_path: Path,
         key_path: Path,
         client_ca: Path | None = None,
-        own: SelfSignedPair | None = None,
+        own: SelfSignedPair | ServedBootstrap | None = None,
         domain: str | None = None,
         hosts: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
         self.client_ca = client_ca
-        #: The mirror's own self-signed pair, served from these paths: renewed while serving.
+        #: The mirror's own self-signed pair, served from these paths: renewed while serving
+        #: (a :class:`ServedBootstrap` only while the files hold the mirror's own).
         self.own = own
         #: The name the renewer installs a CA's certificate for at these paths (certs.domain):
         #: one self-signed or for another name is refused by clients (:mod:`docxy.tls.trust`).
@@ -681,11 +682,10 @@ class ReloadableTLS:
             utc_stamp(self._info.not_after),
         )
         try:
-            own.renew()
+            return own.refresh()
         except OSError as exc:
             log.error("TLS: cannot write a new self-signed certificate in %s: %s", own.dir, exc)
             return False
-        return True
 
     def status(self) -> dict[str, object]:
         """The ``tls`` part of ``/status.json`` (:func:`public_status`: of ``/health``).
@@ -810,17 +810,6 @@ def self_signed(
     return cert_path, key_path
 
 
-def bootstrap_pair(cert_path: Path, key_path: Path, hostname: str) -> bool:
-    """Write a self-signed pair for `hostname` at the served paths unless both are there by the
-    time :func:`docxy.tls.files.write_pair` holds its lock (the renewer's first install came
-    first: it is kept); True if written."""
-    if not write_pair(cert_path, key_path, *_self_signed_pems(hostname, 90), keep=True):
-        log.info("TLS: %s appeared meanwhile; kept, no bootstrap pair written", cert_path)
-        return False
-    log.warning("wrote a self-signed bootstrap certificate for %s to %s", hostname, cert_path)
-    return True
-
-
 def _self_signed_pems(hostname: str, days: float) -> tuple[bytes, bytes]:
     """A new self-signed ECC certificate for `hostname` and its key, both PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -891,6 +880,105 @@ class SelfSignedPair:
 
     def renew(self) -> tuple[Path, Path]:
         return self_signed(self.dir, self.hostname, days=self.days)
+
+    def refresh(self) -> bool:
+        """A new pair in `dir` (:meth:`ReloadableTLS.renew_own_if_due`); always written."""
+        self.renew()
+        return True
+
+
+#: The longest life of a certificate the mirror makes (:func:`_self_signed_pems`: 90 days from
+#: five minutes ago), with room for the seconds its dates are cut to.
+OWN_LIFETIME = dt.timedelta(days=90, minutes=10)
+
+
+def made_by_the_mirror(info: CertInfo) -> bool:
+    """Whether ``info`` is of a pair the mirror made itself (:func:`_self_signed_pems`): issued
+    by itself, its subject the common name of its one name and nothing else, for 90 days at
+    most. Not a CA's certificate, nor one made by hand (``openssl req -x509`` for a year, more
+    in its subject, more names): those the mirror never writes over."""
+    if not info.self_signed or len(info.sans) != 1 or info.not_before is None:
+        return False
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, info.sans[0][:64])])
+    if info.subject != name.rfc4514_string():
+        return False
+    return info.not_after - info.not_before <= OWN_LIFETIME
+
+
+@dataclass(frozen=True)
+class ServedBootstrap:
+    """The self-signed pair served at ``tls.cert_path``/``tls.key_path`` for ``certs.domain``
+    until the renewer installs the first issued certificate there.
+
+    Written at start when there is none, or anew when the pair there is the mirror's own
+    (:func:`made_by_the_mirror`) for another name (``certs.domain`` corrected before the first
+    issuance) or near its end; renewed in place while the mirror runs, as :class:`SelfSignedPair`
+    (issuance can keep failing for months: DNS not pointed here yet, and clients told to trust
+    this certificate with ``--ca-cert`` then refused it at its end). Each write happens under
+    the lock the renewer's install takes (:func:`docxy.tls.files.write_pair`) and only while
+    the files still hold the mirror's own pair: an issued one is never written over.
+    """
+
+    cert_path: Path
+    key_path: Path
+    hostname: str
+    days: float = SELF_SIGNED_DAYS
+
+    @property
+    def dir(self) -> Path:
+        return self.cert_path.parent
+
+    @property
+    def margin(self) -> dt.timedelta:
+        return dt.timedelta(days=self.days) / 3
+
+    def kept(self) -> bool:
+        """At start: True if a new pair was written (see the class)."""
+        return self._write(self._replaceable_at_start)
+
+    def due(self, served: CertInfo, now: dt.datetime) -> bool:
+        """Whether the served certificate is the mirror's own and within the margin of its end."""
+        return made_by_the_mirror(served) and served.not_after - now < self.margin
+
+    def refresh(self) -> bool:
+        """A new pair in place of the mirror's own; False (nothing written) when the files hold
+        another by now: the renewer's first install came between two looks of the watch."""
+        if self._write(lambda: self._files_own() is not None):
+            return True
+        log.info("TLS: %s holds a certificate the mirror did not make: kept", self.cert_path)
+        return False
+
+    def _write(self, only_if: Callable[[], bool]) -> bool:
+        cert_pem, key_pem = _self_signed_pems(self.hostname, self.days)
+        if not write_pair(self.cert_path, self.key_path, cert_pem, key_pem, only_if=only_if):
+            return False
+        log.warning(
+            "wrote a self-signed bootstrap certificate for %s to %s", self.hostname, self.cert_path
+        )
+        return True
+
+    def _files_own(self) -> CertInfo | None:
+        """The files' pair if it is the mirror's own (readable, matching), else None."""
+        cert, key = self.cert_path, self.key_path
+        try:
+            info = inspect_pair(cert.read_bytes(), key.read_bytes(), cert, key)
+        except (OSError, CertError):
+            return None  # not the mirror's to mend: the served pair's load says what is wrong
+        return info if made_by_the_mirror(info) else None
+
+    def _replaceable_at_start(self) -> bool:
+        if not (self.cert_path.exists() and self.key_path.exists()):
+            return True  # first start (the renewer's first install did not come first)
+        info = self._files_own()
+        if info is None:
+            return False
+        if info.sans != (self.hostname,):
+            log.info("TLS: %s names %s, not %s", self.cert_path, info.sans[0], self.hostname)
+            return True
+        if info.not_after - _utcnow() < self.margin:
+            log.info("TLS: %s expires at %s", self.cert_path, utc_stamp(info.not_after))
+            return True
+        return False
 
 
 def _reusable(cert_path: Path, key_path: Path, hostname: str, margin: dt.timedelta) -> str | None:

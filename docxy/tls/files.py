@@ -7,7 +7,7 @@ import errno
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,7 +41,13 @@ def pending_path(path: Path) -> Path:
 
 
 def write_pair(
-    cert_path: Path, key_path: Path, cert_pem: bytes, key_pem: bytes, *, keep: bool = False
+    cert_path: Path,
+    key_path: Path,
+    cert_pem: bytes,
+    key_pem: bytes,
+    *,
+    keep: bool = False,
+    only_if: Callable[[], bool] | None = None,
 ) -> bool:
     """Put a certificate and its key in place so that a crash at any moment leaves either the
     old pair, the new pair, or a half-done install that :func:`docxy.tls.recover.finish_install`
@@ -56,10 +62,14 @@ def write_pair(
     take turns under a lock on the certificate's directory: the pending names are shared, and a key
     staged by one renamed beside a certificate staged by the other would be served. With
     `keep` (a bootstrap pair), nothing is written when both files exist by the time the lock
-    is held: the pair that came first is kept.
+    is held: the pair that came first is kept. With `only_if`, nothing is written unless it
+    says yes under that lock (the mirror's bootstrap pair renewed in place only while the files
+    still hold it: an issued pair installed meanwhile is kept).
     """
     with directory_lock(cert_path):
         if keep and cert_path.exists() and key_path.exists():
+            return False
+        if only_if is not None and not only_if():
             return False
         pairs = [(key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)]
         for path, data, mode in pairs:
