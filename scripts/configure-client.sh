@@ -154,6 +154,29 @@ CHANGES=0
 # daemon.json, which dockerd then refuses to start with; fd00::1 unbracketed dials nothing.)
 HOST_PORT='(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?'
 
+# port_ok HOST[:PORT]: its port, if it names one, is 1 to 65535. HOST_PORT takes any five
+# digits, and dockerd takes a mirror at port 0 or 99999, then sends every pull to Docker Hub
+# without a word. A leading zero is read as Go reads it (08443 is 8443), not as octal.
+port_ok() {
+  local port="${1##*]}" # past an IPv6 address's brackets
+  [[ "$port" == *:* ]] || return 0
+  port="${port##*:}"
+  ((10#$port >= 1 && 10#$port <= 65535))
+}
+
+# registry_ports_ok NAME[:PORT][=URL]: both ports, where named, are 1 to 65535 (port_ok).
+registry_ports_ok() {
+  port_ok "${1%%=*}" || return 1
+  [[ "$1" == *=* ]] || return 0
+  port_ok "$(url_host_port "${1#*=}")"
+}
+
+# url_host_port URL: the host[:port] of an http(s) URL.
+url_host_port() {
+  local rest="${1#*://}"
+  printf '%s\n' "${rest%%/*}"
+}
+
 parse_args() {
   while (($#)); do
     case "$1" in
@@ -192,6 +215,10 @@ parse_args() {
   local url_pattern="^https?://$HOST_PORT(/[A-Za-z0-9._~/-]*)?\$"
   [[ "${MIRROR,,}" =~ $url_pattern ]] ||
     die "--mirror must be an http(s) URL such as https://mirror.example.com, not '$MIRROR'" 2
+  # --remove still takes one out (written by an older version of this script, which took any).
+  if ! port_ok "$(url_host_port "$MIRROR")" && ((!REMOVE)); then
+    die "--mirror names a port outside 1 to 65535, which nothing listens on: '$MIRROR'" 2
+  fi
   # Scheme and host are not case-sensitive: one spelling, so every file compares equal.
   local scheme="${MIRROR%%://*}" rest="${MIRROR#*://}" path=""
   [[ "$rest" == */* ]] && path="/${rest#*/}"
@@ -227,6 +254,9 @@ parse_args() {
     [[ "$entry" != *=* ]] || url="=${entry#*=}"
     [[ "${entry%%=*}${url,,}" =~ $name_pattern ]] ||
       die "--registry must be a registry host name such as ghcr.io, or HOST:PORT (or NAME=https://HOST), not '$entry'" 2
+    if ((!REMOVE)) && ! registry_ports_ok "$entry"; then
+      die "--registry names a port outside 1 to 65535, which nothing listens on: '$entry'" 2
+    fi
   done
   RELOAD_WAIT="$(duration_seconds "${DOCXY_RELOAD_WAIT:-10}")" ||
     die "DOCXY_RELOAD_WAIT=${DOCXY_RELOAD_WAIT}: expected whole seconds (10), or a duration with units: 30s, 5m, 2h (or several: 1m30s)" 2

@@ -308,3 +308,46 @@ def test_good_mirror_urls_are_still_taken(box: ScriptBox, mirror: str) -> None:
 
     assert result.returncode == 0, output(result)
     assert daemon_json(box)["registry-mirrors"] == [mirror]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--mirror", "https://mirror.example.com:0"],
+        ["--mirror", "https://mirror.example.com:65536"],
+        ["--mirror", "https://mirror.example.com:99999"],
+        ["--mirror", "http://127.0.0.1:00000"],
+        ["--mirror", MIRROR, "--registry", "lab.test:0"],
+        ["--mirror", MIRROR, "--registry", "lab.test:70000=https://10.0.0.5:5000"],
+        ["--mirror", MIRROR, "--registry", "lab.test=https://10.0.0.5:65536"],
+        ["--mirror", MIRROR, "--registry", "lab.test=https://[fd00::5]:0"],
+    ],
+)
+def test_a_port_outside_1_to_65535_is_refused(box: ScriptBox, args: list[str]) -> None:
+    """Any one to five digits passed as a port: dockerd takes a mirror at port 0 or 99999 and
+    then sends every pull to Docker Hub without a word. Refused now (exit 2), nothing written."""
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text('{"debug": true}\n')
+    before = box.files()
+
+    result = attempt(box, *args, "--docker", "--containerd")
+
+    assert result.returncode == 2, output(result)
+    assert "port" in result.stderr and "1 to 65535" in result.stderr, output(result)
+    assert box.files() == before
+    assert not box.called(r"^(systemctl|kill)")
+
+
+@pytest.mark.parametrize(
+    "mirror", ["https://mirror.example.com:65535", "http://127.0.0.1:1", "https://m.example:08443"]
+)
+def test_ports_at_the_ends_of_the_range_are_taken(box: ScriptBox, mirror: str) -> None:
+    box.stand_in("docker", docker_info(mirror))
+
+    result = attempt(
+        box, "--mirror", mirror, "--docker", "--containerd",
+        "--registry", "lab.test:65535=https://10.0.0.5:1",
+    )  # fmt: skip
+
+    assert result.returncode == 0, output(result)
+    assert daemon_json(box)["registry-mirrors"] == [mirror]
