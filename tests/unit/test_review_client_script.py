@@ -351,3 +351,16 @@ def test_ports_at_the_ends_of_the_range_are_taken(box: ScriptBox, mirror: str) -
 
     assert result.returncode == 0, output(result)
     assert daemon_json(box)["registry-mirrors"] == [mirror]
+
+
+def test_remove_takes_out_a_mirror_at_a_port_outside_the_range(box: ScriptBox) -> None:
+    """An older version of the script wrote one; the run that takes it out is not refused."""
+    wrong = "https://mirror.example.com:99999"
+    box.path(DAEMON_JSON).parent.mkdir(parents=True)
+    box.path(DAEMON_JSON).write_text(json.dumps({"registry-mirrors": [wrong, "https://o.example"]}))
+    box.stand_in("docker", docker_info("https://o.example"))
+
+    result = attempt(box, "--mirror", wrong, "--remove", "--docker")
+
+    assert result.returncode == 0, output(result)
+    assert daemon_json(box)["registry-mirrors"] == ["https://o.example"]
