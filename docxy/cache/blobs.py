@@ -9,9 +9,10 @@ Eviction asks the manifest store (:attr:`DiskBlobStore.catalog`) which images ne
 and evicts as :func:`docxy.cache.images.plan_eviction` says: blobs no image needs first, then
 whole images, least recently pulled first. Without a catalogue it is plain LRU. It starts when
 a fill needs room that committed blobs and the other fills' reservations leave no more of under
-``max_size``, and frees down to :func:`low_water`, so the plan over the whole catalogue is made
-once per that many bytes, in a worker thread over a snapshot; the event loop only applies it, a
-chunk at a time, re-checking each blob as it goes.
+``max_size`` (and at start over it, :meth:`DiskBlobStore.check_at_start`; a tenth on a full
+disk, :meth:`DiskBlobStore._disk_full`), and frees down to :func:`low_water`, so the plan over
+the whole catalogue is made once per that many bytes, in a worker thread over a snapshot; the
+event loop only applies it, a chunk at a time, re-checking each blob as it goes.
 
 The cap is a promise about the disk: a fill reserves its length (the upstream's Content-Length,
 or its bytes as they come when there is none) before writing, committed blobs, reservations,
@@ -33,7 +34,7 @@ import stat
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -276,6 +277,9 @@ class DiskBlobStore:
         self._pins: Counter[Digest] = Counter()
         self._write_failed_logged = False
         self._read_failed_logged = False
+        #: An eviction for a full disk ran, and no blob was stored since: the disk is full of
+        #: other files, and another would only shrink the cache away (see :meth:`_disk_full`).
+        self._disk_full_evicted = False
         #: When writing a fill last failed (disk full...): the routes pass misses through a while.
         self.write_failed_at: float | None = None
         #: Since start, for /metrics: fills begun, clients that joined a fill another client was
@@ -937,6 +941,8 @@ class DiskBlobStore:
         clients get) and that misses go uncached a while. A WARNING, then DEBUG until a blob
         is stored again (a full disk fails every fill meanwhile)."""
         self.write_failed_at = time.monotonic()
+        if exc.errno == errno.ENOSPC:
+            self._disk_full(fill)
         level = logging.DEBUG if self._write_failed_logged else logging.WARNING
         self._write_failed_logged = True
         log.log(
@@ -974,6 +980,7 @@ class DiskBlobStore:
         self._index[fill.digest] = entry
         self._total += size
         self._write_failed_logged = False
+        self._disk_full_evicted = False
         return entry
 
     # --- eviction ---------------------------------------------------------------------------
@@ -993,20 +1000,93 @@ class DiskBlobStore:
         if self._pins[digest] <= 0:
             del self._pins[digest]
 
-    def _start_eviction(self) -> asyncio.Task[None]:
-        """The running eviction down to :func:`low_water`, started if none is."""
+    def _start_eviction(
+        self, evict: Callable[[], Coroutine[Any, Any, None]] | None = None
+    ) -> asyncio.Task[None]:
+        """The running eviction, started if none is: ``evict``, or down to :func:`low_water`."""
         if self._eviction is None or self._eviction.done():
-            self._eviction = spawn("cache-eviction", self._evict_for_room())
+            self._eviction = spawn("cache-eviction", (evict or self._evict_for_room)())
             self._eviction.add_done_callback(lambda _: self._room_grew())
         return self._eviction
 
-    async def _evict_for_room(self) -> None:
-        """:meth:`_evict_to` :func:`low_water`; a disk that refuses to delete the images'
-        files stops it (no blob they need goes), in one WARNING line, not a traceback."""
+    async def _evict_for_room(self, target: int | None = None) -> None:
+        """:meth:`_evict_to` ``target`` (:func:`low_water`); a disk that refuses to delete the
+        images' files stops it (no blob they need goes), in one WARNING line, not a traceback."""
         try:
-            await self._evict_to(low_water(self.max_size))
+            await self._evict_to(low_water(self.max_size) if target is None else target)
         except OSError as exc:
             log.warning("cache: eviction stopped: cannot delete the evicted manifests: %s", exc)
+
+    def _disk_full(self, fill: InFlight) -> None:
+        """The disk ran out of room before ``max_size`` did (a cap larger than the disk, other
+        files on it): evict 10% of the blobs (or the failed blob's length, if more), as an
+        eviction for room would, so that later misses are cached again. Once only until a blob
+        is stored again: a disk that other files keep full would else lose the whole cache, a
+        tenth per back-off; then misses just pass through (``WRITE_FAILURE_BACKOFF``)."""
+        if self._disk_full_evicted or not self._total:
+            return
+        if self._eviction is not None and not self._eviction.done():
+            return  # one eviction at a time: the next full disk tries again
+        self._disk_full_evicted = True
+        free = max(self._total - int(self._total * LOW_WATER), fill.size or 0)
+        # The failed fill's reservation leaves the count as it is discarded: not room made.
+        target = max(0, self._kept_bytes() - fill.reserved - free)
+        self._start_eviction(partial(self._evict_for_disk, target))
+
+    async def _evict_for_disk(self, target: int) -> None:
+        """:meth:`_evict_for_room` after ENOSPC; if it freed bytes, misses are cached again at
+        once rather than after the back-off."""
+        before = self.evicted_bytes
+        await self._evict_for_room(target)
+        if self.evicted_bytes > before:
+            log.info(
+                "cache: the disk was full: evicted %d bytes, misses are cached again",
+                self.evicted_bytes - before,
+            )
+            self.write_failed_at = None
+
+    def check_at_start(self) -> None:
+        """For a serving start: say a cap larger than the disk (it fills before the cap; see
+        :meth:`_disk_full`), and, on the event loop, once the index and the catalogue are read,
+        evict what is over ``max_size`` (a cap lowered between runs): with only hits, no
+        download would ever ask for that room."""
+        self._say_cap_over_disk()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        spawn("cache-cap-at-start", self._evict_if_over())
+
+    def _say_cap_over_disk(self) -> None:
+        try:
+            fs = os.statvfs(self.root)
+        except OSError:
+            return
+        disk = fs.f_blocks * fs.f_frsize
+        if self.max_size > disk:
+            log.warning(
+                "cache: cache.max_size (%d bytes) is larger than the file system of %s (%d"
+                " bytes): the disk fills first, and each time it does the cache evicts a tenth",
+                self.max_size,
+                self.root,
+                disk,
+            )
+
+    async def _evict_if_over(self) -> None:
+        await self.indexed()
+        if self.catalog is not None:
+            await self.catalog.loaded()
+        over = self._kept_bytes() - self.max_size
+        if over <= 0:
+            return
+        log.warning(
+            "cache: %d bytes cached, %d over cache.max_size (%d): evicting down to %d",
+            self._total,
+            over,
+            self.max_size,
+            low_water(self.max_size),
+        )
+        await self._start_eviction()
 
     async def settle(self) -> None:
         """Wait for a running eviction to end (tests, ``docxy cache gc``)."""
