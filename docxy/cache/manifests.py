@@ -684,7 +684,9 @@ class ManifestStore:
     async def loaded(self) -> None:
         """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""
         if self._scanning is not None and not self._scanning.done():
-            await asyncio.wrap_future(self._scanning)
+            # Waited on, not awaited: a waiter cancelled (the start's cap check, as the loop
+            # closes) would else cancel the read itself, and its thread fail to set the result.
+            await asyncio.wait([asyncio.wrap_future(self._scanning)])
         self._catalogue()
 
     def _on_disk(self, key: ImageKey) -> bool:
