@@ -139,6 +139,7 @@ def open_cache(
     )
     blobs.catalog = manifests  # eviction keeps images whole, least recently pulled go first
     manifests.drop_vanished = blobs.drop_vanished  # a manifest stored finds its blobs as they are
+    manifests.sizes_read = blobs.hold_to_sizes  # a blob file cut short while stopped is dropped
     blobs.check_at_start()  # a cap over the disk's size said; a cap lowered since, evicted to
     return Cache(blobs=blobs, manifests=manifests, access=access)
 

@@ -34,7 +34,15 @@ import stat
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -296,6 +304,9 @@ class DiskBlobStore:
         self._eviction: asyncio.Task[None] | None = None
         self._reading: Future[Walked] | None = None  # the index, read at open in a thread
         self._gone_while_reading: set[Digest] = set()
+        #: The sizes the cached manifests give their blobs, while the index is still being
+        #: read: the blobs it finds are held to them (:meth:`hold_to_sizes`).
+        self._sizes_given: Mapping[Digest, int] | None = None
         #: Eviction plans made since start (each over the whole catalogue, in a worker thread).
         self.plans = 0
 
@@ -484,6 +495,9 @@ class DiskBlobStore:
             self._index = OrderedDict(sorted(self._index.items(), key=lambda i: i[1].last_used))
             self._total = sum(e.size for e in self._index.values())
             self._gone_while_reading.clear()
+            sizes, self._sizes_given = self._sizes_given, None
+            if sizes is not None:
+                self._drop_resized(list(self._index.values()), sizes)
         return self._reading is None
 
     @property
@@ -515,6 +529,9 @@ class DiskBlobStore:
         entry = BlobEntry(digest, path, st.st_size, min(st.st_mtime, time.time()))
         self._index[digest] = entry
         self._total += entry.size
+        if self._sizes_given is not None:  # its length, read from disk, is held to them too
+            self._drop_resized([entry], self._sizes_given)
+            return self._index.get(digest)
         return entry
 
     # --- reads ------------------------------------------------------------------------------
@@ -650,6 +667,44 @@ class DiskBlobStore:
         level = logging.DEBUG if self._read_failed_logged else logging.WARNING
         self._read_failed_logged = True
         log.log(level, "cache: cannot open %s (%s); passed through", digest, exc)
+
+    def hold_to_sizes(self, sizes: Mapping[Digest, int]) -> None:
+        """Drop every blob whose length is not the size ``sizes`` gives it (the cached
+        manifests' descriptors, read at start: :attr:`ManifestStore.sizes_read`), and while
+        the index is still being read, the blobs it finds as they come. The index takes a
+        file's length as its blob's at start, so a file cut short or grown while the mirror
+        was stopped (a disk fault, a write cache lost at power loss, a half-restored volume)
+        passed :meth:`_length_kept` and was served wrong on every pull. One dict lookup a
+        blob, no I/O (no hashing): a blob no cached manifest names is not checked."""
+        if not self._index_read():
+            self._sizes_given = sizes  # let go once the index is read
+        self._drop_resized(list(self._index.values()), sizes)
+
+    def _drop_resized(self, entries: Iterable[BlobEntry], sizes: Mapping[Digest, int]) -> None:
+        """Drop those of ``entries`` whose length is not the one ``sizes`` gives, with the
+        images needing them (as :meth:`_cached_read_broke` does), in one WARNING."""
+        wrong = [(e, sizes[e.digest]) for e in entries if sizes.get(e.digest, e.size) != e.size]
+        if not wrong:
+            return
+        log.warning(
+            "cache: %d cached blob(s) have another length than the cached manifests give"
+            " (cut short or grown while the mirror was stopped: a disk fault?): dropped, with"
+            " the images needing them, fetched again at their next pull: %s",
+            len(wrong),
+            "; ".join(f"{e.digest} holds {e.size} bytes, not {size}" for e, size in wrong[:3])
+            + (" ..." if len(wrong) > 3 else ""),
+        )
+        trash: list[Path] = []
+        for entry, _ in wrong:
+            if self._index.get(entry.digest) is not entry:
+                continue
+            self._forget(entry)
+            moved = self._trash_name(UNREADABLE, entry)
+            with contextlib.suppress(OSError):  # the disk refuses: a new fill's commit replaces it
+                os.rename(entry.path, moved)  # off its name now: a new fill may commit there
+                trash.append(moved)
+        if trash:
+            spawn("delete resized blobs", asyncio.to_thread(_unlink_quietly_all, trash))
 
     # --- fills ------------------------------------------------------------------------------
 
@@ -1465,6 +1520,11 @@ def _unlink_all(files: Iterable[tuple[Path, int]]) -> list[tuple[Path, int, OSEr
         except OSError as exc:
             stuck.append((path, size, exc))
     return stuck
+
+
+def _unlink_quietly_all(paths: Iterable[Path]) -> None:
+    for path in paths:
+        unlink_quietly(path)
 
 
 def _unlink(path: Path) -> bool:

@@ -99,26 +99,46 @@ def needs(content: bytes) -> tuple[frozenset[Digest], frozenset[Digest]]:
     bytes unchecked). A cached manifest makes its blobs known in each repository it was
     served for (:meth:`ManifestStore.blob_visibility`): a descriptor nobody checked would
     let any repository's manifest name another's private blob into it."""
-    doc = jsondoc.object_in(content)
-    if doc is None:
-        return frozenset(), frozenset()
-    children = _digests(doc.get("manifests"))
-    blobs = _digests([doc.get("config")], pushed=True) | _digests(doc.get("layers"), pushed=True)
+    blobs, children, _ = needs_sized(content)
     return blobs, children
 
 
-def _digests(items: Any, *, pushed: bool = False) -> frozenset[Digest]:
+def needs_sized(
+    content: bytes,
+) -> tuple[frozenset[Digest], frozenset[Digest], dict[Digest, int]]:
+    """:func:`needs`, with the size the manifest gives each of those blobs (in one parse: the
+    catalogue read at start holds the blob files to these sizes, see
+    :meth:`DiskBlobStore.hold_to_sizes`)."""
+    doc = jsondoc.object_in(content)
+    if doc is None:
+        return frozenset(), frozenset(), {}
+    children = _digests(doc.get("manifests"))
+    layers = doc.get("layers")
+    descriptors = [doc.get("config"), *(layers if isinstance(layers, list) else [])]
+    sizes: dict[Digest, int] = {}
+    blobs = _digests(descriptors, pushed=True, sizes=sizes)
+    return blobs, children, sizes
+
+
+def _digests(
+    items: Any, *, pushed: bool = False, sizes: dict[Digest, int] | None = None
+) -> frozenset[Digest]:
     """The digests of the descriptors ``items``; ``pushed``: only those a registry checks are
-    there when the manifest is pushed (not a foreign layer's, with ``urls``)."""
+    there when the manifest is pushed (not a foreign layer's, with ``urls``). Given ``sizes``,
+    the ``size`` each descriptor that has one gives its digest is put there."""
     found = set()
     for item in items if isinstance(items, list) else []:
         if pushed and isinstance(item, dict) and item.get("urls"):
             continue  # a foreign layer: the registry never checked it is there
         if isinstance(item, dict) and isinstance(item.get("digest"), str):
             try:
-                found.add(parse_digest(item["digest"]))
+                digest = parse_digest(item["digest"])
             except DigestInvalid:
                 continue
+            found.add(digest)
+            size = item.get("size")
+            if sizes is not None and type(size) is int and size >= 0:
+                sizes[digest] = size
     return frozenset(found)
 
 

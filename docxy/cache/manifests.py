@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
-from docxy.cache.images import Image, ImageKey, below, needs
+from docxy.cache.images import Image, ImageKey, below, needs, needs_sized
 from docxy.cache.startup import read_in_thread
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
 from docxy.cache.visibility import upstream_key as _upstream_key
@@ -163,6 +163,10 @@ class ManifestStore:
         #: images needing them (the blob store's ``drop_vanished``, set by ``open_cache``):
         #: asked before a manifest that needs them is stored (see :meth:`put`).
         self.drop_vanished: Callable[[Iterable[Digest]], Awaitable[None]] | None = None
+        #: Given, once the catalogue read at start is taken over, the size the cached
+        #: manifests give each blob they need (the blob store's ``hold_to_sizes``, set by
+        #: ``open_cache``): a blob file cut short while the mirror was stopped is found so.
+        self.sizes_read: Callable[[Mapping[Digest, int]], None] | None = None
 
     @classmethod
     def open(
@@ -669,8 +673,10 @@ class ManifestStore:
         images: dict[ImageKey, Image],
         tags: dict[Path, ImageKey],
         seen: dict[ImageKey, dict[str, bool]],
+        sizes: Mapping[Digest, int],
     ) -> None:
-        """Take a catalogue read from disk, with its indexes."""
+        """Take a catalogue read from disk, with its indexes; then hand ``sizes`` (what the
+        manifests read give their blobs) to :attr:`sizes_read`."""
         self._images, self._tag_files, self._tags_of, self._seen = images, {}, {}, seen
         self._holders, self._parents = {}, {}
         for image in images.values():
@@ -680,6 +686,8 @@ class ManifestStore:
         journal, self._journal = self._journal, []
         for change in journal:
             change()
+        if self.sizes_read is not None:
+            self.sizes_read(sizes)
 
     async def loaded(self) -> None:
         """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""
@@ -978,6 +986,8 @@ class ManifestStore:
 
     def _scan(self) -> Scanned:
         images: dict[ImageKey, Image] = {}
+        sizes: dict[Digest, int] = {}
+        mixed: set[Digest] = set()  # blobs manifests give different sizes: held to none
         base = self.root / "by-digest"
         # A file time in the future (set while the clock ran ahead, since set right) counts as
         # now: else eviction took it for the latest pull until then, before any real one.
@@ -992,8 +1002,13 @@ class ManifestStore:
                 mtime = min(path.stat().st_mtime, now)
             except (DigestInvalid, OSError):
                 continue  # the .json beside it, or a file that went away
-            blobs, children = needs(content)
+            blobs, children, given = needs_sized(content)
             images[key] = Image(key, mtime, blobs, children)
+            for digest, size in given.items():
+                if sizes.setdefault(digest, size) != size:
+                    mixed.add(digest)
+        for digest in mixed:
+            del sizes[digest]
         tags: dict[Path, ImageKey] = {}
         for entry in self.list_tags():
             path = self._tag_path(entry.repo, entry.tag)
@@ -1004,7 +1019,7 @@ class ManifestStore:
             if key in images and marker.suffix in (".public", ".private"):
                 known = seen.setdefault(key, {})
                 known[marker.stem] = known.get(marker.stem, False) or marker.suffix == ".public"
-        return images, tags, seen
+        return images, tags, seen, sizes
 
 
 def _meta_path(path: Path) -> Path:
@@ -1076,7 +1091,9 @@ def _unlink_existed(path: Path) -> bool:
     return True
 
 
-Scanned = tuple[dict[ImageKey, Image], dict[Path, ImageKey], dict[ImageKey, dict[str, bool]]]
+Scanned = tuple[
+    dict[ImageKey, Image], dict[Path, ImageKey], dict[ImageKey, dict[str, bool]], dict[Digest, int]
+]
 
 
 def _discard(index: dict[K, set[V]], key: K, value: V) -> None:
