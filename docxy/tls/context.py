@@ -69,6 +69,10 @@ class CertInfo:
     #: Issued by a CA that names itself a test CA: Let's Encrypt's staging CA puts
     #: ``(STAGING)`` before its names (:data:`STAGING_MARK`), and no client trusts it.
     staging: bool = False
+    #: Shaped as the mirror writes its own (:func:`_self_signed_pems`): an EC key, and exactly
+    #: the key identifiers, one name and critical basic constraints that say it is no CA.
+    #: ``openssl req -x509`` writes ``CA:TRUE``: a pair made by hand so is never the mirror's.
+    mirror_shaped: bool = False
     #: Its issuer's certificate is in the served file too (or it is its own issuer): a leaf
     #: served without its intermediate is refused by clients that do not fetch it (Go's).
     issuer_included: bool = True
@@ -343,6 +347,33 @@ def describe(cert: x509.Certificate) -> CertInfo:
         not_before=cert.not_valid_before_utc,
         self_signed=cert.issuer == cert.subject,
         staging=from_staging(cert.issuer),
+        mirror_shaped=_mirror_shaped(cert),
+    )
+
+
+#: The extensions :func:`_self_signed_pems` writes, and no other.
+_OWN_EXTENSIONS = frozenset(
+    {
+        x509.SubjectKeyIdentifier,
+        x509.AuthorityKeyIdentifier,
+        x509.SubjectAlternativeName,
+        x509.BasicConstraints,
+    }
+)
+
+
+def _mirror_shaped(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` is shaped as the mirror's own (:attr:`CertInfo.mirror_shaped`)."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+        kinds = {type(extension.value) for extension in cert.extensions}
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return (
+        constraints.critical
+        and not constraints.value.ca
+        and kinds == _OWN_EXTENSIONS
+        and isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     )
 
 
@@ -674,18 +705,20 @@ class ReloadableTLS:
         if self._own_tried is not None and _within(now - self._own_tried, OWN_RETRY):
             return False
         self._own_tried = now
-        log.warning(
-            "TLS: the self-signed certificate %s (serial %s) ends at %s: making a new one;"
-            " clients that trust the old one must fetch the new one",
-            self.cert_path,
-            self._info.serial,
-            utc_stamp(self._info.not_after),
-        )
         try:
-            return own.refresh()
+            made = own.refresh()  # False: the files hold an issued pair by now (not served yet)
         except OSError as exc:
             log.error("TLS: cannot write a new self-signed certificate in %s: %s", own.dir, exc)
             return False
+        if made:
+            log.warning(
+                "TLS: the self-signed certificate %s (serial %s) ends at %s: made a new one;"
+                " clients that trust the old one must fetch the new one",
+                self.cert_path,
+                self._info.serial,
+                utc_stamp(self._info.not_after),
+            )
+        return made
 
     def status(self) -> dict[str, object]:
         """The ``tls`` part of ``/status.json`` (:func:`public_status`: of ``/health``).
@@ -895,9 +928,12 @@ OWN_LIFETIME = dt.timedelta(days=90, minutes=10)
 def made_by_the_mirror(info: CertInfo) -> bool:
     """Whether ``info`` is of a pair the mirror made itself (:func:`_self_signed_pems`): issued
     by itself, its subject the common name of its one name and nothing else, for 90 days at
-    most. Not a CA's certificate, nor one made by hand (``openssl req -x509`` for a year, more
-    in its subject, more names): those the mirror never writes over."""
-    if not info.self_signed or len(info.sans) != 1 or info.not_before is None:
+    most, shaped as it writes them (:attr:`CertInfo.mirror_shaped`). Not a CA's certificate,
+    nor one made by hand (``openssl req -x509``, which says ``CA:TRUE``, whatever its days,
+    more in its subject, more names): those the mirror never writes over."""
+    if not (info.self_signed and info.mirror_shaped) or len(info.sans) != 1:
+        return False
+    if info.not_before is None:
         return False
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, info.sans[0][:64])])
     if info.subject != name.rfc4514_string():
@@ -933,7 +969,11 @@ class ServedBootstrap:
         return dt.timedelta(days=self.days) / 3
 
     def kept(self) -> bool:
-        """At start: True if a new pair was written (see the class)."""
+        """At start: True if a new pair was written (see the class). A pair there that is not
+        the mirror's own is left without taking the lock: its directory need not be readable
+        to serve it (only the files), as before there was a bootstrap to renew."""
+        if self.cert_path.exists() and self.key_path.exists() and self._files_own() is None:
+            return False
         return self._write(self._replaceable_at_start)
 
     def due(self, served: CertInfo, now: dt.datetime) -> bool:
