@@ -127,7 +127,7 @@ def open_cache(
     :class:`CacheInUse` when another process serves from ``directory`` (:mod:`docxy.cache.lock`)."""
     directory = Path(directory)
     hold(directory)  # before its start-up sweep: another mirror's fills are not ours to clear
-    access = AccessIndex(directory / "access")
+    access = AccessIndex(directory / "access", directory / "manifests" / "tmp")
     blobs = DiskBlobStore.open(
         directory, max_size, room_wait=room_wait, direct_writes=direct_writes
     )
@@ -157,7 +157,7 @@ def open_for_admin(
         raise FileNotFoundError(f"no cache in {directory}")
     blobs = DiskBlobStore(directory, max_size)
     blobs.scan(strict=True)  # a folder it may not list raises: not counted as empty
-    access = AccessIndex(directory / "access")
+    access = AccessIndex(directory / "access", directory / "manifests" / "tmp")
     manifests = ManifestStore(directory / "manifests", access, tag_ttl=tag_ttl)
     manifests.upgrade(registries)  # as ManifestStore.open does
     blobs.catalog = manifests  # gc evicts image by image; a removed blob takes its images along

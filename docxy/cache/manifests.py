@@ -6,7 +6,8 @@ Layout under ``root``::
     by-digest/<sha256 of upstream>/<algo>/<xx>/<hex>.json   {"media_type": ...}
     tags/<sha256 of [upstream, repo, tag]>.json             {"upstream", "repo", "tag", "digest",
                                                              "fetched_at", "public"}
-    tmp/                                                    atomic-write staging, cleared on open
+    tmp/                                                    atomic-write staging (the access
+                                                            records' too), cleared on open
 
 Every file is written to ``tmp/``, fsynced and renamed into place, and a manifest is re-hashed on
 every read, so a crash can only lose an entry, never serve a wrong one. Names never become paths.
@@ -42,7 +43,7 @@ from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, below, needs, needs_sized
 from docxy.cache.startup import read_in_thread
-from docxy.cache.visibility import AccessIndex, RepoKey, Visibility
+from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, is_temp_name
 from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core import jsondoc
 from docxy.core.digests import Digest, digest_of, parse_digest
@@ -65,6 +66,12 @@ ORPHAN_AGE = 3600.0
 #: A manifest whose delete the disk refused is left out of evictions for this long (seconds),
 #: then tried again: one WARNING per try while the disk still refuses.
 REFUSED_RETRY = 600.0
+#: ``docxy cache gc`` removes a ``.json`` record without its manifest file, or a temp file,
+#: once it is this old (seconds): a live mirror's put writes the one just before the other.
+LEFTOVER_AGE = 3600.0
+
+#: Files :meth:`ManifestStore.tidy` removed, and those the disk refused (with why).
+Tidied = tuple[int, list[tuple[Path, OSError]]]
 
 
 class NotKept(enum.Enum):
@@ -465,6 +472,11 @@ class ManifestStore:
         :meth:`_scan` as for :meth:`get`), so a write that fails halfway leaves none."""
         path = self._content_path(repo.upstream, digest)
         meta = json.dumps({"media_type": media, "size": len(content)}).encode()
+        if not path.exists():
+            # Records of a manifest not cached are left of a delete cut short (an earlier
+            # version's, or its forget refused): they vouch for nothing now. A put of the same
+            # manifest racing this one may lose its record: a miss there, asked upstream.
+            self.access.forget_digest(_upstream_key(repo.upstream), digest)
         write_atomic(_meta_path(path), meta, self._tmp)
         write_atomic(path, content, self._tmp)
         self.access.record(repo, digest, public=public)
@@ -924,18 +936,22 @@ class ManifestStore:
         deleted: list[ImageKey] | None = None,
     ) -> None:
         """The files of forgotten images, image by image (indexes before the rest, ``gone``'s
-        order): its manifest file, then its tag records and the rest of its records (each one
-        whose manifest file went is added to ``deleted``). Cut short (the process killed), what
-        is left on disk is whole: no index of a deleted platform manifest (a tag record left of
-        a deleted one is a note, :meth:`sweep_tags`'s). A manifest file the disk refuses to
-        delete (read-only, another owner's) stops it there, for the same reason, and raises,
-        that image and the rest untouched: the caller deletes no blob they need (they would be
-        back, without it, at the next start). A record refused after its manifest file went
-        raises once the rest are deleted."""
+        order): its repository records, its manifest file, then its tag records and its ``.json``
+        record (each one whose manifest file went is added to ``deleted``). Cut short (the process
+        killed), what is left on disk is whole: no index of a deleted platform manifest (a tag
+        record left of a deleted one is a note, :meth:`sweep_tags`'s). A manifest file the disk
+        refuses to delete (read-only, another owner's), or a repository record, stops it there, for
+        the same reason, and raises, that image and the rest untouched: the caller deletes no blob
+        they need (they would be back, without it, at the next start). A record refused after its
+        manifest file went raises once the rest are deleted."""
         failed: OSError | None = None
         for key in gone:
             path = self._key_path(key)
-            unlink_quietly(path)  # first: without it, the manifest is no longer cached
+            # Its repository records before its file: cut short between the two, a manifest is
+            # left with none (a miss: asked upstream), never records of one no longer cached,
+            # which would vouch for it in those repositories once it is cached again.
+            self.access.forget_digest(key.upstream, key.digest)
+            unlink_quietly(path)  # without it, the manifest is no longer cached
             if deleted is not None:
                 deleted.append(key)
             for record in [*tags.get(key, ()), _meta_path(path)]:
@@ -943,7 +959,6 @@ class ManifestStore:
                     unlink_quietly(record)
                 except OSError as exc:
                     failed = failed or exc
-            self.access.forget_digest(key.upstream, key.digest)
         if failed is not None:
             raise failed
 
@@ -983,6 +998,52 @@ class ManifestStore:
             self._index(self._images[key])
         else:
             self._images[key] = Image(key, when, old.blobs, old.children)
+
+    def tidy(self, age: float = LEFTOVER_AGE) -> Tidied:
+        """For ``docxy cache gc``, beside a live mirror maybe: remove what a kill or a full
+        disk left that nothing else would. A ``.json`` record without its manifest file (the
+        disk refused the file after it), the records of a manifest no longer cached (a delete
+        cut short by an earlier version), temp files in ``tmp/`` and those earlier versions
+        wrote beside a repository record; those a live writer may hold (younger than ``age``
+        seconds) are left. Returns how many files went, and those the disk kept."""
+        cutoff = time.time() - age
+        tidied: Tidied = (0, [])
+        base = self.root / "by-digest"
+        for meta in base.glob("*/*/*/*.json") if base.is_dir() else ():
+            if not meta.with_name(meta.name.removesuffix(".json")).exists():
+                tidied = _plus(tidied, _remove_older(meta, cutoff))
+        for folder in {self._tmp, self.access.tmp_dir}:
+            for path in folder.iterdir() if folder.is_dir() else ():
+                tidied = _plus(tidied, _remove_older(path, cutoff))
+        for upstream, digest, folder in self.access.digest_dirs():
+            tidied = _plus(tidied, self._tidy_records(ImageKey(upstream, digest), folder, cutoff))
+        return tidied
+
+    def _tidy_records(self, key: ImageKey, folder: Path, cutoff: float) -> Tidied:
+        """The repository records of manifest ``key`` in ``folder``, if it is not cached (a
+        put racing this may lose its record: a miss there, asked upstream); else their old
+        temp files. Never a record of a cached manifest."""
+        if self._key_path(key).exists():
+            tidied: Tidied = (0, [])
+            for path in folder.iterdir():
+                if is_temp_name(path.name):
+                    tidied = _plus(tidied, _remove_older(path, cutoff))
+            return tidied
+        removed, refused = 0, []
+        for path in folder.iterdir():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                refused.append((path, exc))
+                continue
+            removed += 1
+        try:
+            folder.rmdir()
+        except OSError:  # a record written meanwhile, or one the disk kept: said above
+            pass
+        return removed, refused
 
     def _scan(self) -> Scanned:
         images: dict[ImageKey, Image] = {}
@@ -1025,6 +1086,24 @@ class ManifestStore:
 def _meta_path(path: Path) -> Path:
     """The record (media type, size) beside a manifest's file."""
     return path.with_name(path.name + ".json")
+
+
+def _remove_older(path: Path, cutoff: float) -> Tidied:
+    """Remove file ``path`` if last changed before ``cutoff``: (1, []) if it went, (0, [])
+    if young or gone already, (0, [(path, why)]) if the disk refused."""
+    try:
+        if not path.is_file() or path.stat().st_mtime >= cutoff:
+            return 0, []
+        path.unlink()
+    except FileNotFoundError:
+        return 0, []
+    except OSError as exc:
+        return 0, [(path, exc)]
+    return 1, []
+
+
+def _plus(a: Tidied, b: Tidied) -> Tidied:
+    return a[0] + b[0], a[1] + b[1]
 
 
 def _merge_into(source: Path, target: Path) -> int:

@@ -81,8 +81,12 @@ class AccessIndex:
     earlier layout, ``<root>/<sha256 of repo key>/<algo>/<hex>.public`` beside a ``repo.json``.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tmp_dir: Path | None = None) -> None:
         self.root = Path(root)
+        #: Where records are written before they are renamed into place: the manifest store's
+        #: ``tmp/`` for the cache (cleared at start, tidied by gc), never a record's own folder,
+        #: where a temp file left by a kill would be seen by nothing.
+        self.tmp_dir = Path(tmp_dir) if tmp_dir is not None else self.root / "tmp"
 
     def _digest_dir(self, upstream: str, digest: Digest) -> Path:
         """``upstream`` is the store's key of the upstream (:func:`upstream_key`)."""
@@ -97,7 +101,7 @@ class AccessIndex:
         """Remember that ``digest`` was fetched in ``repo`` anonymously (public) or not."""
         marker = self._marker(repo, digest, public)
         if not marker.exists():
-            write_atomic(marker, _repo_json(repo), marker.parent, sync=False)
+            write_atomic(marker, _repo_json(repo), self.tmp_dir, sync=False)
 
     def visibility(self, repo: RepoKey, digest: Digest) -> Visibility | None:
         """Public if ever seen publicly in ``repo``, private if seen only privately, else None."""
@@ -112,8 +116,9 @@ class AccessIndex:
             unlink_quietly(self._marker(repo, digest, public))
 
     def forget_digest(self, upstream: str, digest: Digest) -> None:
-        """Drop every repository's record of ``digest`` at ``upstream`` (the store's key)."""
-        shutil.rmtree(self._digest_dir(upstream, digest), ignore_errors=True)
+        """Drop every repository's record of ``digest`` at ``upstream`` (the store's key). One
+        the disk keeps raises (the caller keeps the manifest: records never outlive it)."""
+        shutil.rmtree(self._digest_dir(upstream, digest), onerror=_missing_ok)
 
     def markers(self) -> Iterator[tuple[str, Digest, Path]]:
         """Every record as ``(upstream key, digest, marker path)`` (administration)."""
@@ -124,6 +129,18 @@ class AccessIndex:
                 yield upstream, Digest(algorithm, hex_), path
             except DigestInvalid:
                 continue
+
+    def digest_dirs(self) -> Iterator[tuple[str, Digest, Path]]:
+        """Every manifest's folder of records as ``(upstream key, digest, folder)`` (gc)."""
+        base = self.root / "by-digest"
+        for path in base.glob("*/*/*/*") if base.is_dir() else ():
+            upstream, algorithm, _, hex_ = path.relative_to(base).parts
+            try:
+                digest = Digest(algorithm, hex_)
+            except DigestInvalid:
+                continue
+            if path.is_dir():
+                yield upstream, digest, path
 
     def repositories(self) -> list[RepoKey]:
         """Every repository with a record (for ``docxy cache ls``)."""
@@ -186,6 +203,24 @@ class AccessIndex:
                     moved += 1
             shutil.rmtree(old.path, ignore_errors=True)
         return moved
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a record's temp file as earlier versions left them in the record's
+    own folder (``<key>.public.<hex>``), cut by a kill before its rename."""
+    parts = name.split(".")
+    return len(parts) == 3 and parts[1] in ("public", "private")
+
+
+def _missing_ok(_func: object, path: str, exc_info: tuple[type, BaseException, object]) -> None:
+    """For ``shutil.rmtree``: a file gone meanwhile (another process removed it) is fine;
+    another error is raised naming the whole path (rmtree's names only the file)."""
+    exc = exc_info[1]
+    if isinstance(exc, FileNotFoundError):
+        return
+    if isinstance(exc, OSError):
+        raise type(exc)(exc.errno, exc.strerror, path) from exc
+    raise exc
 
 
 def upstream_key(upstream: str) -> str:

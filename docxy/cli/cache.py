@@ -452,6 +452,7 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
             pins.enter_context(store.pinned(paths[path]))
         try:
             held = {path.name for path in open_by_processes(_temp_files(store))}
+            await _tidy_manifests(cache, tally)
             await store.gc(verify=verify, evict=evict, tally=tally, spare=held)
         except OSError as exc:  # read-only, another owner's files (EACCES), EIO
             print(cannot("change", "gc", store.root, exc), file=sys.stderr)
@@ -479,6 +480,15 @@ async def cmd_gc(cache: Cache, verify: bool, out: TextIO, *, evict: bool = True)
         or report.corrupt_in_use
     )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _tidy_manifests(cache: Cache, tally: GcTally) -> None:
+    """What a kill or a full disk left in the manifest and access trees (a ``.json`` record
+    without its manifest, records of a manifest not cached, old temp files), counted as stray
+    files; those the disk keeps, as gc's other refused files."""
+    removed, refused = await asyncio.to_thread(cache.manifests.tidy)
+    tally.removed_stray += removed
+    tally.refused.extend(refused)
 
 
 def _temp_files(store: DiskBlobStore) -> list[Path]:
