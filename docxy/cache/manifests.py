@@ -50,6 +50,7 @@ from docxy.core.digests import Digest, digest_of, parse_digest
 from docxy.core.errors import DigestInvalid
 from docxy.core.hosts import earlier_spellings, key_now, url_host
 from docxy.tasks import spawn
+from docxy.threads import running_loop
 
 log = logging.getLogger(__name__)
 
@@ -686,9 +687,11 @@ class ManifestStore:
         tags: dict[Path, ImageKey],
         seen: dict[ImageKey, dict[str, bool]],
         sizes: Mapping[Digest, int],
+        leftovers: set[ImageKey],
     ) -> None:
         """Take a catalogue read from disk, with its indexes; then hand ``sizes`` (what the
-        manifests read give their blobs) to :attr:`sizes_read`."""
+        manifests read give their blobs) to :attr:`sizes_read`, and delete the ``leftovers``
+        (:meth:`_drop_leftovers`)."""
         self._images, self._tag_files, self._tags_of, self._seen = images, {}, {}, seen
         self._holders, self._parents = {}, {}
         for image in images.values():
@@ -700,6 +703,40 @@ class ManifestStore:
             change()
         if self.sizes_read is not None:
             self.sizes_read(sizes)
+        self._drop_leftovers(leftovers)
+
+    def _drop_leftovers(self, leftovers: set[ImageKey]) -> None:
+        """Delete, in a worker thread, the ``.json`` records and repository records the read
+        at start found of manifests with no file (a kill or a full disk left them); none of one
+        the catalogue holds now (a put of it since), and a put of one meanwhile waits for the
+        delete. Only in a serving process (it holds the cache's lock: no other writer), on its
+        loop; ``docxy cache gc`` removes them otherwise."""
+        images = self._images or {}
+        doomed = [key for key in leftovers if key not in images and key not in self._deleting]
+        if not doomed or self._scanning is None or running_loop() is None:
+            return
+        self._deleting_in_thread(
+            "cache: delete the leftovers of manifests not cached",
+            asyncio.to_thread(self._delete_leftovers, doomed),
+            doomed,
+        )
+
+    def _delete_leftovers(self, keys: list[ImageKey]) -> None:
+        """In a worker thread: the records of manifests ``keys``, if their files are not there."""
+        removed = 0
+        for key in keys:
+            path = self._key_path(key)
+            if path.exists():
+                continue
+            try:
+                self.access.forget_digest(key.upstream, key.digest)
+                unlink_quietly(_meta_path(path))
+            except OSError as exc:  # read-only, another owner's: gc says so
+                log.warning("cache: cannot delete records of manifest %s: %s", key.digest, exc)
+                continue
+            removed += 1
+        if removed:
+            log.info("cache: deleted the records of %d manifests not cached", removed)
 
     async def loaded(self) -> None:
         """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""
@@ -1053,10 +1090,16 @@ class ManifestStore:
         # A file time in the future (set while the clock ran ahead, since set right) counts as
         # now: else eviction took it for the latest pull until then, before any real one.
         now = time.time()
+        listed: set[ImageKey] = set()  # manifest files, read or not
+        records: set[ImageKey] = set()  # .json records: those of no manifest file are leftovers
         for path in base.glob("*/*/*/*") if base.is_dir() else ():
             upstream_key, algorithm, _, hex_ = path.relative_to(base).parts
             try:
+                if hex_.endswith(".json"):
+                    records.add(ImageKey(upstream_key, Digest(algorithm, hex_[:-5])))
+                    continue
                 key = ImageKey(upstream_key, Digest(algorithm, hex_))
+                listed.add(key)
                 if not _meta_path(path).is_file():
                     continue  # its record was never written: not cached (as for get)
                 content = path.read_bytes()
@@ -1077,10 +1120,12 @@ class ManifestStore:
         seen: dict[ImageKey, dict[str, bool]] = {}
         for upstream, digest, marker in self.access.markers():
             key = ImageKey(upstream, digest)
-            if key in images and marker.suffix in (".public", ".private"):
+            if key not in images:
+                records.add(key)
+            elif marker.suffix in (".public", ".private"):
                 known = seen.setdefault(key, {})
                 known[marker.stem] = known.get(marker.stem, False) or marker.suffix == ".public"
-        return images, tags, seen, sizes
+        return images, tags, seen, sizes, records - listed
 
 
 def _meta_path(path: Path) -> Path:
@@ -1170,8 +1215,14 @@ def _unlink_existed(path: Path) -> bool:
     return True
 
 
+#: The catalogue read from disk: images, tag pointers, repository records, blob sizes, and the
+#: manifests not cached that left a ``.json`` record or repository records (see :meth:`_adopt`).
 Scanned = tuple[
-    dict[ImageKey, Image], dict[Path, ImageKey], dict[ImageKey, dict[str, bool]], dict[Digest, int]
+    dict[ImageKey, Image],
+    dict[Path, ImageKey],
+    dict[ImageKey, dict[str, bool]],
+    dict[Digest, int],
+    set[ImageKey],
 ]
 
 

@@ -186,3 +186,50 @@ def test_an_access_record_cut_while_written_leaves_nothing_after_a_restart(
     monkeypatch.undo()
     open_cache(pop.root, max_size=1 << 20, tag_ttl=300)  # the restart
     assert set(access.iterdir()) == before
+
+
+# --- the serving start, which lists the manifest tree already ----------------------------------
+
+
+def test_the_serving_start_removes_the_leftovers_of_manifests_not_cached(tmp_path: Path) -> None:
+    pop = asyncio.run(_populate(tmp_path / "cache"))
+    manifest, meta, access = _paths(pop, "busybox")
+    _, orphan_meta, _ = _paths(pop, "alpine")
+    kept, kept_meta, kept_access = _paths(pop, "hello")
+    os.unlink(manifest)  # a delete cut short: its .json and records are left
+    os.unlink(orphan_meta.with_name(orphan_meta.name.removesuffix(".json")))  # and ENOSPC's
+
+    async def restart() -> None:
+        cache = open_cache(pop.root, max_size=1 << 20, tag_ttl=300)
+        await cache.manifests.loaded()
+        for _ in range(50):  # the delete runs in a worker thread
+            if not meta.exists() and not access.exists() and not orphan_meta.exists():
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(restart())
+    assert not meta.exists() and not access.exists() and not orphan_meta.exists()
+    assert kept.exists() and kept_meta.exists() and kept_access.is_dir()
+
+
+def test_a_put_during_the_start_keeps_what_it_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guard, passing before the fix too: a manifest stored again as the start reads the
+    catalogue keeps its files and records (the start removes only those of manifests not
+    cached once it is read, a put's in it already)."""
+    pop = asyncio.run(_populate(tmp_path / "cache"))
+    manifest, meta, access = _paths(pop, "busybox")
+    content = manifest.read_bytes()
+    os.unlink(manifest)
+    busybox = RepoKey(HOST, "library/busybox")
+
+    async def restart() -> None:
+        cache = open_cache(pop.root, max_size=1 << 20, tag_ttl=300)
+        stored = await cache.manifests.put(busybox, content, "application/json", public=True)
+        assert stored.kept
+        await cache.manifests.loaded()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(restart())
+    assert manifest.exists() and meta.exists() and access.is_dir()
