@@ -72,7 +72,7 @@ from docxy.cache.images import (
     plan_eviction,
 )
 from docxy.cache.reader import READ_CHUNK, BlobReader
-from docxy.cache.startup import read_in_thread
+from docxy.cache.startup import read_in_thread, waited_off_loop
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
@@ -126,6 +126,14 @@ def low_water(max_size: int) -> int:
 
 #: What :meth:`BlobStore.fetch_or_join` hands out: a cache hit, the one writer, or a follower.
 Fill = BlobReader | BlobWriter | BlobFollower
+
+
+def file_system_size(path: Path) -> int:
+    """The size of the file system holding ``path`` (raises OSError): read through this one
+    function so that the unit tests can make every disk look large (their conftest), and the
+    start-up WARNING of a cap over the disk depends on no host's /tmp."""
+    fs = os.statvfs(path)
+    return fs.f_blocks * fs.f_frsize
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +315,13 @@ class DiskBlobStore:
         #: The sizes the cached manifests give their blobs, while the index is still being
         #: read: the blobs it finds are held to them (:meth:`hold_to_sizes`).
         self._sizes_given: Mapping[Digest, int] | None = None
+        #: Blobs committed in this run (verified as fetched) while the cached manifests' sizes
+        #: are still to come: only files found on disk at start are held to those (a wrong
+        #: descriptor size, which not every registry checks, would else drop a good blob).
+        #: None once the sizes were applied: nothing is held to them after that.
+        self._verified_here: set[Digest] | None = set()
+        #: The start's check of the cap (:meth:`check_at_start`): tests wait for it.
+        self.start_check: asyncio.Task[None] | None = None
         #: Eviction plans made since start (each over the whole catalogue, in a worker thread).
         self.plans = 0
 
@@ -498,6 +513,7 @@ class DiskBlobStore:
             sizes, self._sizes_given = self._sizes_given, None
             if sizes is not None:
                 self._drop_resized(list(self._index.values()), sizes)
+                self._verified_here = None  # the check is done
         return self._reading is None
 
     @property
@@ -509,7 +525,7 @@ class DiskBlobStore:
     async def indexed(self) -> None:
         """Wait, without blocking the loop, until the index is read (see :meth:`open`)."""
         if self._reading is not None:
-            await asyncio.wait([asyncio.wrap_future(self._reading)])
+            await waited_off_loop(self._reading)
         self._index_read()
 
     def _entry(self, digest: Digest) -> BlobEntry | None:
@@ -679,11 +695,18 @@ class DiskBlobStore:
         if not self._index_read():
             self._sizes_given = sizes  # let go once the index is read
         self._drop_resized(list(self._index.values()), sizes)
+        if self._sizes_given is None:
+            self._verified_here = None  # the check is done
 
     def _drop_resized(self, entries: Iterable[BlobEntry], sizes: Mapping[Digest, int]) -> None:
         """Drop those of ``entries`` whose length is not the one ``sizes`` gives, with the
         images needing them (as :meth:`_cached_read_broke` does), in one WARNING."""
-        wrong = [(e, sizes[e.digest]) for e in entries if sizes.get(e.digest, e.size) != e.size]
+        verified: Collection[Digest] = self._verified_here or ()
+        wrong = [
+            (e, sizes[e.digest])
+            for e in entries
+            if sizes.get(e.digest, e.size) != e.size and e.digest not in verified
+        ]
         if not wrong:
             return
         log.warning(
@@ -997,7 +1020,7 @@ class DiskBlobStore:
         is stored again (a full disk fails every fill meanwhile)."""
         self.write_failed_at = time.monotonic()
         if exc.errno == errno.ENOSPC:
-            self._disk_full(fill)
+            self._disk_full()
         level = logging.DEBUG if self._write_failed_logged else logging.WARNING
         self._write_failed_logged = True
         log.log(
@@ -1034,6 +1057,8 @@ class DiskBlobStore:
         entry = BlobEntry(fill.digest, path, size, now / 1e9)
         self._index[fill.digest] = entry
         self._total += size
+        if self._verified_here is not None:
+            self._verified_here.add(fill.digest)
         self._write_failed_logged = False
         self._disk_full_evicted = False
         return entry
@@ -1072,27 +1097,33 @@ class DiskBlobStore:
         except OSError as exc:
             log.warning("cache: eviction stopped: cannot delete the evicted manifests: %s", exc)
 
-    def _disk_full(self, fill: InFlight) -> None:
+    def _disk_full(self) -> None:
         """The disk ran out of room before ``max_size`` did (a cap larger than the disk, other
-        files on it): evict 10% of the blobs (or the failed blob's length, if more), as an
-        eviction for room would, so that later misses are cached again. Once only until a blob
-        is stored again: a disk that other files keep full would else lose the whole cache, a
+        files on it): evict a tenth of the cached blobs, as an eviction for room would, so that
+        later misses are cached again. A tenth at most, whatever the failed blob's size: one
+        ENOSPC for a multi-GB layer would else flush the whole cache. Once only until a blob is
+        stored again: a disk that other files keep full would else lose the whole cache, a
         tenth per back-off; then misses just pass through (``WRITE_FAILURE_BACKOFF``)."""
-        if self._disk_full_evicted or not self._total:
+        if self._disk_full_evicted or (self._reading is None and not self._total):
             return
         if self._eviction is not None and not self._eviction.done():
             return  # one eviction at a time: the next full disk tries again
         self._disk_full_evicted = True
-        free = max(self._total - int(self._total * LOW_WATER), fill.size or 0)
-        # The failed fill's reservation leaves the count as it is discarded: not room made.
-        target = max(0, self._kept_bytes() - fill.reserved - free)
-        self._start_eviction(partial(self._evict_for_disk, target))
+        self._start_eviction(self._evict_for_disk)
 
-    async def _evict_for_disk(self, target: int) -> None:
-        """:meth:`_evict_for_room` after ENOSPC; if it freed bytes, misses are cached again at
-        once rather than after the back-off."""
+    async def _evict_for_disk(self) -> None:
+        """:meth:`_evict_for_room` after ENOSPC, a tenth of the blobs; if it freed bytes, misses
+        are cached again at once rather than after the back-off. The tenth is reckoned once the
+        index is read: while it is, ``_total`` counts only the blobs known so far, and a target
+        from it would evict nearly the whole cache."""
+        await self.indexed()
+        if self.catalog is not None:
+            await self.catalog.loaded()  # (as _evict_to does: no wait between here and its plan)
+        free = self._total - int(self._total * LOW_WATER)
+        if free <= 0:
+            return
         before = self.evicted_bytes
-        await self._evict_for_room(target)
+        await self._evict_for_room(max(0, self._kept_bytes() - free))
         if self.evicted_bytes > before:
             log.info(
                 "cache: the disk was full: evicted %d bytes, misses are cached again",
@@ -1110,14 +1141,13 @@ class DiskBlobStore:
             asyncio.get_running_loop()
         except RuntimeError:
             return
-        spawn("cache-cap-at-start", self._evict_if_over())
+        self.start_check = spawn("cache-cap-at-start", self._evict_if_over())
 
     def _say_cap_over_disk(self) -> None:
         try:
-            fs = os.statvfs(self.root)
+            disk = file_system_size(self.root)
         except OSError:
             return
-        disk = fs.f_blocks * fs.f_frsize
         if self.max_size > disk:
             log.warning(
                 "cache: cache.max_size (%d bytes) is larger than the file system of %s (%d"
@@ -1131,12 +1161,13 @@ class DiskBlobStore:
         await self.indexed()
         if self.catalog is not None:
             await self.catalog.loaded()
-        over = self._kept_bytes() - self.max_size
+        kept = self._kept_bytes()  # the figure eviction works to, said as such
+        over = kept - self.max_size
         if over <= 0:
             return
         log.warning(
             "cache: %d bytes cached, %d over cache.max_size (%d): evicting down to %d",
-            self._total,
+            kept,
             over,
             self.max_size,
             low_water(self.max_size),
@@ -1277,6 +1308,8 @@ class DiskBlobStore:
         needing it (``planned``), the catalogue forgets them now."""
         if self._reading is not None:
             self._gone_while_reading.add(entry.digest)
+        if self._verified_here is not None:  # (bounded by the index, if no sizes ever come)
+            self._verified_here.discard(entry.digest)
         if self._index.pop(entry.digest, None) is not None:
             self._total -= entry.size
             if self.catalog is not None and not planned:

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, below, needs, needs_sized
-from docxy.cache.startup import read_in_thread
+from docxy.cache.startup import read_in_thread, waited_off_loop
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, is_temp_name
 from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core import jsondoc
@@ -175,6 +175,10 @@ class ManifestStore:
         #: manifests give each blob they need (the blob store's ``hold_to_sizes``, set by
         #: ``open_cache``): a blob file cut short while the mirror was stopped is found so.
         self.sizes_read: Callable[[Mapping[Digest, int]], None] | None = None
+        #: The sizes each manifest stored while the catalogue is read gives its blobs: a blob
+        #: they give another size than the manifests read do is held to none (a descriptor
+        #: with a wrong size, which not every registry checks, is not the file's fault).
+        self._sizes_meanwhile: list[dict[Digest, int]] = []
 
     @classmethod
     def open(
@@ -341,6 +345,8 @@ class ManifestStore:
             # them: their next use would forget this one with them, once stored. An index's
             # are its platforms' (cached already: a pull stores the index first).
             await self.drop_vanished(self._blobs_under(key.upstream, content))
+        if not self._in_memory():
+            self._sizes_meanwhile.append(needs_sized(content)[2])
         # In the catalogue first: from now on, eviction keeps the blobs it needs (an eviction
         # deleting this manifest's files right now among them: it looks once they are gone).
         self._pulled(key, content)
@@ -701,8 +707,9 @@ class ManifestStore:
         journal, self._journal = self._journal, []
         for change in journal:
             change()
+        meanwhile, self._sizes_meanwhile = self._sizes_meanwhile, []
         if self.sizes_read is not None:
-            self.sizes_read(sizes)
+            self.sizes_read(_undisputed(sizes, meanwhile))
         self._drop_leftovers(leftovers)
 
     def _drop_leftovers(self, leftovers: set[ImageKey]) -> None:
@@ -741,9 +748,7 @@ class ManifestStore:
     async def loaded(self) -> None:
         """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""
         if self._scanning is not None and not self._scanning.done():
-            # Waited on, not awaited: a waiter cancelled (the start's cap check, as the loop
-            # closes) would else cancel the read itself, and its thread fail to set the result.
-            await asyncio.wait([asyncio.wrap_future(self._scanning)])
+            await waited_off_loop(self._scanning)  # (not cancelled with its waiter)
         self._catalogue()
 
     def _on_disk(self, key: ImageKey) -> bool:
@@ -1126,6 +1131,16 @@ class ManifestStore:
                 known = seen.setdefault(key, {})
                 known[marker.stem] = known.get(marker.stem, False) or marker.suffix == ".public"
         return images, tags, seen, sizes, records - listed
+
+
+def _undisputed(sizes: Mapping[Digest, int], others: list[dict[Digest, int]]) -> dict[Digest, int]:
+    """``sizes`` without the blobs any of ``others`` gives another size."""
+    kept = dict(sizes)
+    for given in others:
+        for digest, size in given.items():
+            if kept.get(digest, size) != size:
+                del kept[digest]
+    return kept
 
 
 def _meta_path(path: Path) -> Path:

@@ -6,11 +6,12 @@ until then they answer from disk directly and note what changes, as each store's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +34,21 @@ def read_in_thread(name: str, work: Callable[[], T]) -> Future[T]:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+async def waited_off_loop(future: Future[Any]) -> None:
+    """Wait, without blocking the loop, until ``future`` (of :func:`read_in_thread`) is done;
+    its result or error is the caller's to take from ``future`` itself.
+
+    Waited on, not awaited: a waiter cancelled (the start's cap check, as the loop closes)
+    would else cancel the read itself, and its thread fail to set the result. The asyncio copy
+    waited on has its error taken here, even after its waiter was cancelled: else every failed
+    read left a "Future exception was never retrieved" ERROR behind."""
+    wrapped = asyncio.wrap_future(future)
+    wrapped.add_done_callback(_taken)
+    await asyncio.wait([wrapped])
+
+
+def _taken(wrapped: asyncio.Future[Any]) -> None:
+    if not wrapped.cancelled():
+        wrapped.exception()  # retrieved: the caller takes it from the thread's future

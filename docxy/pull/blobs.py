@@ -44,7 +44,7 @@ from typing import NoReturn
 
 import httpx
 
-from docxy.cache.blobs import DiskBlobStore
+from docxy.cache.blobs import BlobEntry, DiskBlobStore
 from docxy.cache.errors import (
     CacheError,
     CacheUnreadable,
@@ -133,17 +133,12 @@ class BlobService:
             held = await self._held(pull, digest)  # first: even a 416 would tell the size
             if isinstance(held, PassThrough):
                 return held
-            span = parse_range(pull.range, entry.size)  # RangeNotSatisfiable: 416
-            start, stop = span if span is not None else (0, entry.size)
-            try:
-                reader = None if pull.head else self.store.open_read(digest, start, stop)
-            except CacheUnreadable as exc:  # no descriptor left, EIO: the upstream serves it
-                return PassThrough(Reason.CACHE_UNREADABLE, str(exc))
-            if pull.head or reader is not None:  # None: evicted since the lookup, a miss
-                # A fill's verified temp file while its commit runs: served, not yet kept.
-                committing = self.store.filling(digest)
-                content = BlobContent(digest, entry.size, reader, span)
-                return Served(held, content, committing=committing)
+            # Looked up again: _held waits for the manifests read at start, whose length check
+            # may have dropped this very blob meanwhile (a file cut short while stopped).
+            entry = self.store.lookup(digest)
+            hit = None if entry is None else _hit(self.store, pull, entry, held)
+            if hit is not None:
+                return hit
         if pull.head or pull.range:
             return PassThrough(Reason.NOT_CACHEABLE, "HEAD or Range of a blob not cached")
         if self.tokens.refused(pull.upstream, pull.name):
@@ -487,6 +482,22 @@ class BlobService:
         said = f"the body of {pull.reference.digest} from {pull.upstream.host} broke off"
         health = self.tokens.client.health_of(pull.upstream)
         health.failed(f"{said} at byte {error.at}: {error}", "broke_off")
+
+
+def _hit(store: DiskBlobStore, pull: Pull, entry: BlobEntry, held: Source) -> Outcome | None:
+    """Serve cached blob ``entry``; None if it was evicted since it was looked up (a miss)."""
+    span = parse_range(pull.range, entry.size)  # RangeNotSatisfiable: 416
+    start, stop = span if span is not None else (0, entry.size)
+    try:
+        reader = None if pull.head else store.open_read(entry.digest, start, stop)
+    except CacheUnreadable as exc:  # no descriptor left, EIO: the upstream serves it
+        return PassThrough(Reason.CACHE_UNREADABLE, str(exc))
+    if not pull.head and reader is None:
+        return None
+    # A fill's verified temp file while its commit runs: served, not yet kept.
+    committing = store.filling(entry.digest)
+    content = BlobContent(entry.digest, entry.size, reader, span)
+    return Served(held, content, committing=committing)
 
 
 def blob_length(status: int, content_range: str | None, length: int | None) -> int | None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from docxy.cache import blobs as blobs_module
 from docxy.cache import fill as fill_module
 from docxy.cache import open_cache
 from docxy.cache.blobs import DiskBlobStore, low_water
@@ -94,10 +94,10 @@ async def test_a_disk_that_stays_full_evicts_once_not_in_a_loop(
 
 
 async def test_a_cap_larger_than_the_disk_is_said_at_start(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fs = os.statvfs(tmp_path)
-    disk = fs.f_blocks * fs.f_frsize
+    disk = 4 << 30  # a small disk (the conftest makes every disk look large)
+    monkeypatch.setattr(blobs_module, "file_system_size", lambda _: disk)
     caplog.set_level(logging.WARNING, logger="docxy.cache")
     open_cache(tmp_path, max_size=disk * 2, tag_ttl=300)
     said = [r.getMessage() for r in caplog.records if "max_size" in r.getMessage()]
@@ -129,5 +129,9 @@ async def test_a_cache_under_its_cap_evicts_nothing_at_start(tmp_path: Path) -> 
         await put(first.blobs, blob(SIZE, i))
     again = open_cache(tmp_path, max_size=3 * SIZE, tag_ttl=300)
     await guard(again.blobs.indexed())
-    await asyncio.sleep(0.1)
+    await guard(again.manifests.loaded())
+    # The start-up check ends before anything is asserted: else it could evict after.
+    assert again.blobs.start_check is not None
+    await guard(again.blobs.start_check)
+    await guard(again.blobs.settle())
     assert again.blobs.usage().bytes == 3 * SIZE and again.blobs.evicted == 0
