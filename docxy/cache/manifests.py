@@ -25,6 +25,7 @@ for, so that knowledge lives exactly as long as the manifests do, restarts inclu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -1055,37 +1056,35 @@ class ManifestStore:
             if not meta.with_name(meta.name.removesuffix(".json")).exists():
                 tidied = _plus(tidied, _remove_older(meta, cutoff))
         for folder in {self._tmp, self.access.tmp_dir}:
-            for path in folder.iterdir() if folder.is_dir() else ():
+            try:
+                paths = list(folder.iterdir()) if folder.is_dir() else []
+            except OSError as exc:  # one folder it may not list stops nothing else
+                tidied = _plus(tidied, (0, [(folder, exc)]))
+                continue
+            for path in paths:
                 tidied = _plus(tidied, _remove_older(path, cutoff))
         for upstream, digest, folder in self.access.digest_dirs():
-            tidied = _plus(tidied, self._tidy_records(ImageKey(upstream, digest), folder, cutoff))
+            try:
+                found = self._tidy_records(ImageKey(upstream, digest), folder, cutoff)
+            except OSError as exc:  # a folder it may not list (an old root run's): said, skipped
+                found = (0, [(folder, exc)])
+            tidied = _plus(tidied, found)
         return tidied
 
     def _tidy_records(self, key: ImageKey, folder: Path, cutoff: float) -> Tidied:
-        """The repository records of manifest ``key`` in ``folder``, if it is not cached (a
-        put racing this may lose its record: a miss there, asked upstream); else their old
-        temp files. Never a record of a cached manifest."""
-        if self._key_path(key).exists():
-            tidied: Tidied = (0, [])
-            for path in folder.iterdir():
-                if is_temp_name(path.name):
-                    tidied = _plus(tidied, _remove_older(path, cutoff))
-            return tidied
-        removed, refused = 0, []
+        """The repository records of manifest ``key`` in ``folder`` older than ``cutoff``, if
+        it is not cached; else their old temp files. A record younger than that is left: a
+        live mirror's put may have cached its manifest since this looked (a put forgets the
+        records of a manifest it finds uncached, the serving start those left over)."""
+        cached = self._on_disk(key)
+        tidied: Tidied = (0, [])
         for path in folder.iterdir():
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                refused.append((path, exc))
-                continue
-            removed += 1
-        try:
-            folder.rmdir()
-        except OSError:  # a record written meanwhile, or one the disk kept: said above
-            pass
-        return removed, refused
+            if not cached or is_temp_name(path.name):
+                tidied = _plus(tidied, _remove_older(path, cutoff))
+        if not cached:
+            with contextlib.suppress(OSError):  # a record left (young, or the disk kept it)
+                folder.rmdir()
+        return tidied
 
     def _scan(self) -> Scanned:
         images: dict[ImageKey, Image] = {}
