@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from docxy.cache import RepoKey, digest_of, open_cache
+from docxy.cache import Cache, RepoKey, digest_of, open_cache
 from docxy.cache import blobs as blobs_module
 from docxy.cache import fill as fill_module
 from docxy.cache.blobs import DiskBlobStore, Walked, file_system_size
@@ -176,15 +176,21 @@ def slow_scan(release: threading.Event) -> Any:
     return scan
 
 
+def opened_while_held(root: Path, release: threading.Event) -> Cache:
+    """The cache at ``root`` opened as a serving start does, its catalogue read held until
+    ``release`` is set."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ManifestStore, "_scan", slow_scan(release))
+        return open_cache(root, max_size=1 << 20, tag_ttl=300)
+
+
 async def test_a_blob_verified_in_this_run_is_not_held_to_a_cached_descriptor(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "cache"
     await first_run(root, layer=False)
     release = threading.Event()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ManifestStore, "_scan", slow_scan(release))
-        cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
+    cache = opened_while_held(root, release)
     try:
         await cache.blobs.indexed()
         await put_blob(cache, LAYER)  # fetched and verified now, while the catalogue is read
@@ -200,9 +206,7 @@ async def test_a_manifest_stored_while_the_catalogue_is_read_unchecks_a_disputed
     root = tmp_path / "cache"
     await first_run(root)
     release = threading.Event()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ManifestStore, "_scan", slow_scan(release))
-        cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
+    cache = opened_while_held(root, release)
     try:
         await cache.blobs.indexed()
         # a user pulls a good image naming the layer with its true size meanwhile
@@ -231,9 +235,7 @@ async def test_a_head_while_the_length_check_runs_does_not_answer_the_cut_length
     root = tmp_path / "cache"
     await first_run(root)  # the manifest says 1201 bytes: the 1200 on disk are "cut short"
     release = threading.Event()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ManifestStore, "_scan", slow_scan(release))
-        cache = open_cache(root, max_size=1 << 20, tag_ttl=300)
+    cache = opened_while_held(root, release)
     await cache.blobs.indexed()
     client = UpstreamClient(httpx.AsyncClient(transport=httpx.MockTransport(head_ok)))
     service = BlobService(cache.blobs, MirrorTokens(client), BlobPairings(cache.manifests))

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from docxy.http.server import load_tls
 from docxy.tls import files
+from lab.certs import Issued
 from tests.unit.test_review_certs7 import _config, _files, _install_issued, _served, _tls
 
 NAME = "a.mirror.test"
@@ -45,16 +46,7 @@ def _openssl_like(tmp: Path, days: int) -> None:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = _served(tmp)
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    Issued(key, cert).write(*_served(tmp))
 
 
 @pytest.mark.parametrize("days", [30, 90])

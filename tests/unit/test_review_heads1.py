@@ -79,14 +79,8 @@ async def all_in(hub: HeldHeads, app: Quart) -> None:
     )
 
 
-async def test_concurrent_heads_of_a_tag_not_cached_cost_one_upstream_head(
-    tmp_path: Path,
-) -> None:
-    """containerd resolves a tag by HEAD: a fleet rolling out a tag the cache does not hold
-    sent one upstream HEAD per client (20 for 20), each made with the mirror's own token, so
-    each answer was the same. Now one, its answer given to all."""
-    hub = HeldHeads()
-    manifest = hub.repos["library/base"].manifests["1"]
+async def fleet_heads(tmp_path: Path, hub: HeldHeads) -> list[AsgiAnswer]:
+    """CLIENTS anonymous HEADs of TAG at once, the mirror's upstream HEAD held until all are in."""
     async with mirror(tmp_path, hub.handle) as app:  # type: ignore[arg-type]
         anonymous_token(app)
 
@@ -96,7 +90,18 @@ async def test_concurrent_heads_of_a_tag_not_cached_cost_one_upstream_head(
         heads = [spawn(f"head {n}", head()) for n in range(CLIENTS)]
         await all_in(hub, app)
         hub.release.set()
-        answers = await asyncio.wait_for(asyncio.gather(*heads), GUARD)
+        return await asyncio.wait_for(asyncio.gather(*heads), GUARD)
+
+
+async def test_concurrent_heads_of_a_tag_not_cached_cost_one_upstream_head(
+    tmp_path: Path,
+) -> None:
+    """containerd resolves a tag by HEAD: a fleet rolling out a tag the cache does not hold
+    sent one upstream HEAD per client (20 for 20), each made with the mirror's own token, so
+    each answer was the same. Now one, its answer given to all."""
+    hub = HeldHeads()
+    manifest = hub.repos["library/base"].manifests["1"]
+    answers = await fleet_heads(tmp_path, hub)
     for answer in answers:
         assert answer.status == 200
         assert answer.headers["Docker-Content-Digest"] == digest_of(manifest)
