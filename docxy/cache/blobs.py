@@ -232,6 +232,7 @@ class GcTally:
 class BlobStore(Protocol):
     """What the routes use; a store shared by several replicas would implement the same."""
 
+    def cached(self, digest: Digest) -> bool: ...
     def lookup(self, digest: Digest) -> BlobEntry | None: ...
     def open_read(
         self, digest: Digest, start: int = 0, stop: int | None = None
@@ -555,6 +556,10 @@ class DiskBlobStore:
     def holds(self, digest: Digest) -> bool:
         """Whether the blob is committed here, from the index (its recency untouched)."""
         return self._entry(digest) is not None
+
+    def cached(self, digest: Digest) -> bool:
+        """Whether :meth:`lookup` would find ``digest`` now, without marking it used."""
+        return self._entry(digest) is not None or self._verified_entry(digest) is not None
 
     def lookup(self, digest: Digest) -> BlobEntry | None:
         """The committed blob, marked as just used; None if not cached. A fill whose blob

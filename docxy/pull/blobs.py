@@ -128,13 +128,13 @@ class BlobService:
         digest = pull.reference.digest
         if self.store is None or digest is None:
             return PassThrough(Reason.NO_CACHE)
-        entry = self.store.lookup(digest)
-        if entry is not None:
+        if self.store.cached(digest):
             held = await self._held(pull, digest)  # first: even a 416 would tell the size
             if isinstance(held, PassThrough):
                 return held
-            # Looked up again: _held waits for the manifests read at start, whose length check
-            # may have dropped this very blob meanwhile (a file cut short while stopped).
+            # Looked up (and marked used) only now: _held waits for the manifests read at
+            # start, whose length check may have dropped this very blob meanwhile (a file cut
+            # short while stopped), or for an upstream HEAD, while an eviction may take it.
             entry = self.store.lookup(digest)
             hit = None if entry is None else _hit(self.store, pull, entry, held)
             if hit is not None:
