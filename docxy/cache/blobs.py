@@ -50,7 +50,13 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from docxy.cache.errors import BlobInUse, CacheUnreadable, CacheUnwritable, NoRoom
-from docxy.cache.files import close_after_reading, close_off_loop, open_quietly, unlink_quietly
+from docxy.cache.files import (
+    close_after_reading,
+    close_off_loop,
+    open_quietly,
+    os_error,
+    unlink_quietly,
+)
 from docxy.cache.fill import (
     PUMP_BUFFER,
     PUMP_DEPTH,
@@ -1606,10 +1612,3 @@ def held_bytes(st: os.stat_result) -> int:
     was preallocated to the blob's length (:mod:`docxy.cache.preallocate`, its length only
     what was written before a crash cut it), and one with holes holds less than its length."""
     return st.st_blocks * 512
-
-
-def os_error(exc: OSError) -> str:
-    """``No space left on device, ENOSPC``: the words and the name to look up."""
-    name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
-    words = exc.strerror or str(exc)
-    return f"{words}, {name}" if name else words

@@ -5,6 +5,7 @@ removals and closes that never block the event loop on freeing a large file's bl
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 import threading
@@ -181,3 +182,10 @@ class BlobFile:
             except RuntimeError:  # that loop is closed: no release to run there
                 pass
         _close_quietly(self._fd)
+
+
+def os_error(exc: OSError) -> str:
+    """``No space left on device, ENOSPC``: the words and the name to look up."""
+    name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    words = exc.strerror or str(exc)
+    return f"{words}, {name}" if name else words

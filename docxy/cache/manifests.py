@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from docxy.cache.errors import CacheError, DigestMismatch
-from docxy.cache.files import clear_dir, unlink_quietly, write_atomic
+from docxy.cache.files import clear_dir, os_error, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, below, needs, needs_sized
 from docxy.cache.startup import read_in_thread, waited_off_loop
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, is_temp_name
@@ -730,8 +730,11 @@ class ManifestStore:
         )
 
     def _delete_leftovers(self, keys: list[ImageKey]) -> None:
-        """In a worker thread: the records of manifests ``keys``, if their files are not there."""
-        removed = 0
+        """In a worker thread: the records of manifests ``keys``, if their files are not there.
+        Those the disk keeps (read-only, another owner's: a root run's) are said in one
+        WARNING at each start, not one a manifest: gc names each file and how to hand them
+        over."""
+        removed, kept = 0, []
         for key in keys:
             path = self._key_path(key)
             if path.exists():
@@ -739,12 +742,22 @@ class ManifestStore:
             try:
                 self.access.forget_digest(key.upstream, key.digest)
                 unlink_quietly(_meta_path(path))
-            except OSError as exc:  # read-only, another owner's: gc says so
-                log.warning("cache: cannot delete records of manifest %s: %s", key.digest, exc)
+            except OSError as exc:
+                kept.append((key, exc))
                 continue
             removed += 1
         if removed:
             log.info("cache: deleted the records of %d manifests not cached", removed)
+        if kept:
+            first, why = kept[0]
+            log.warning(
+                "cache: cannot delete the records of %d manifests not cached (%s: %s); kept, "
+                "unused: `docxy cache gc` names each file and how to hand them to the cache's "
+                "owner",
+                len(kept),
+                first.digest,
+                os_error(why),
+            )
 
     async def loaded(self) -> None:
         """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""

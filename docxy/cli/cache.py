@@ -37,7 +37,8 @@ from docxy.cache import (
     open_configured,
     referenced_digests,
 )
-from docxy.cache.blobs import GcReport, GcTally, os_error
+from docxy.cache.blobs import GcReport, GcTally
+from docxy.cache.files import os_error
 from docxy.cache.images import ImageKey, below
 from docxy.cache.visibility import upstream_key
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, cancelled_by_signals, exit_code
