@@ -48,7 +48,14 @@ FORWARD_REQUEST = frozenset(
 # identity, headers it rewrites itself (``www-authenticate``, ``location``), and the policy an
 # upstream (or its CDN) sets for its own origin, which a client would take for the mirror's:
 # HSTS would pin the mirror's domain and subdomains to HTTPS, Alt-Svc send clients to an
-# HTTP/3 port it does not serve, CORS open it to other sites' scripts.
+# HTTP/3 port it does not serve, CORS open it to other sites' scripts. A browser's policy
+# too: CSP, X-Frame-Options, Permissions-Policy (Feature-Policy before it), cross-origin
+# isolation (COOP, COEP, CORP) and Origin-Agent-Cluster are the upstream's choice for its own
+# pages, and NEL, Report-To, Reporting-Endpoints and the report-only policies make a browser
+# send reports about the mirror's origin (the URLs its users fetch) to the upstream's
+# collector. Only relayed answers lose them: the mirror's own (its errors, /status) are
+# built by the mirror and never pass here. Kept: what says how to read this one answer
+# (``X-Content-Type-Options``, ``Cache-Control``, ``Content-Type``).
 _DROP_RESPONSE = HOP_BY_HOP | {
     "set-cookie",
     "server",
@@ -62,9 +69,20 @@ _DROP_RESPONSE = HOP_BY_HOP | {
     "public-key-pins-report-only",
     "expect-ct",
     "clear-site-data",
+    "content-security-policy",
+    "content-security-policy-report-only",
+    "x-frame-options",
+    "permissions-policy",
+    "feature-policy",
+    "origin-agent-cluster",
+    "nel",
+    "report-to",
+    "reporting-endpoints",
 }
-# Whole families of such origin policy: every CORS answer header (``access-control-*``).
-_DROP_RESPONSE_PREFIXES = ("access-control-",)
+# Whole families of such origin policy: every CORS answer header (``access-control-*``), and
+# cross-origin isolation's (``cross-origin-{opener,embedder,resource}-policy``, the first two
+# with ``-report-only`` twins).
+_DROP_RESPONSE_PREFIXES = ("access-control-", "cross-origin-")
 
 
 def unsendable(headers: Iterable[tuple[str, str]]) -> str | None:
