@@ -23,6 +23,7 @@ import asyncio
 import base64
 import functools
 import hmac
+import ipaddress
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from docxy.access.peer import peer_certificate
 from docxy.access.scopes import Access, allows
 from docxy.config import Config, loopback_host
 from docxy.core.challenge import Challenge
+from docxy.core.cidr import Network, parse_address
 from docxy.core.errors import ConfigError, MirrorUnavailable, RegistryError, Unauthorized
 from docxy.core.headers import bearer_token
 from docxy.core.names import upstream_name
@@ -148,12 +150,27 @@ def unnamed_proxy_reason(config: Config) -> str | None:
 def warn_unnamed_proxy(config: Config) -> None:
     """Say at start-up that the mirror looks behind a proxy not in ``server.trusted_proxies``
     (:func:`unnamed_proxy_reason`), naming each per-client limit that is on: every client is
-    the proxy's one address, so they all share one client's share of each. Nothing to say
-    when every such limit is off."""
+    the proxy's one address, so they all share one client's share of each. ``limits.exempt``
+    spares an address all of them but the failed-login bucket (:data:`EXEMPT_SPARES`): when
+    it covers the proxy's address, as far as the mirror can tell (:func:`_exempts_the_proxy`),
+    only that bucket is named; when it lists networks that may not, what listing the proxy
+    there would leave shared is said too. Nothing to say when nothing is shared."""
     reason = unnamed_proxy_reason(config)
     shared = _shared_limits(config)
     if reason is None or not shared:
         return
+    exempt = config.limits.exempt
+    still = [(name, value) for name, value in shared if name not in EXEMPT_SPARES]
+    spared = ""
+    if exempt and _exempts_the_proxy(config):
+        if still != shared:
+            spared = f" (limits.exempt, {exempt}, spares the proxy's address the others)"
+        shared = still
+        if not shared:
+            return
+    elif exempt and still != shared:
+        then = f"{_named(still)} only" if still else "nothing"
+        spared = f" (unless limits.exempt lists the proxy's address: then {then})"
     logins = config.limits.failed_logins_per_minute
     if not logins:
         why = ""
@@ -167,20 +184,38 @@ def warn_unnamed_proxy(config: Config) -> None:
     log.warning(
         "auth.mode = %s behind a TLS proxy, as far as the mirror can tell (%s), and "
         "server.trusted_proxies is empty: every client is the proxy's address, so all share "
-        "one client's %s%s; list the proxy's address in server.trusted_proxies (its header: "
+        "one client's %s%s%s; list the proxy's address in server.trusted_proxies (its header: "
         "server.forwarded_header)",
         config.auth.mode,
         reason,
-        ", ".join(shared),
+        _named(shared),
+        spared,
         why,
     )
 
 
-def _shared_limits(config: Config) -> list[str]:
+#: The per-client limits an address in ``limits.exempt`` is spared: admission's buckets and
+#: pacing (``docxy.edge.admission``), the connection cap per address
+#: (``docxy.edge.connections``), token relays (``docxy.http.routes.count_relay``) and the fill
+#: cap per client (``docxy.edge.fills``). Not ``failed_logins_per_minute``
+#: (``docxy.access.logins``): a guesser behind an exempt address is still guessing.
+EXEMPT_SPARES = frozenset(
+    {
+        "connections_per_client",
+        "requests_per_minute",
+        "manifests_per_minute",
+        "token_relays_per_minute",
+        "fills_per_client",
+        "bandwidth",
+    }
+)
+
+
+def _shared_limits(config: Config) -> list[tuple[str, object]]:
     """The per-client limits that are on (``docxy.edge.admission``, ``docxy.edge.connections``,
-    ``docxy.access.logins``), each as ``name (value)``: what clients behind one address share."""
+    ``docxy.access.logins``), by name and value: what clients behind one address share."""
     limits = config.limits
-    named = {
+    named: dict[str, object] = {
         "connections_per_client": limits.connections_per_client,
         "requests_per_minute": limits.requests_per_minute,
         "manifests_per_minute": limits.manifests_per_minute,
@@ -189,7 +224,40 @@ def _shared_limits(config: Config) -> list[str]:
         "fills_per_client": limits.fills_per_client,
         "bandwidth": limits.bandwidth,
     }
-    return [f"limits.{name} ({value})" for name, value in named.items() if value]
+    return [(name, value) for name, value in named.items() if value]
+
+
+def _named(limits: list[tuple[str, object]]) -> str:
+    """Limits as the warning names them, each ``limits.NAME (value)``."""
+    return ", ".join(f"limits.{name} ({value})" for name, value in limits)
+
+
+#: Where a proxy on this host reaches a loopback listener from: any of its family's loopback.
+_LOOPBACK: dict[int, Network] = {
+    4: ipaddress.IPv4Network("127.0.0.0/8"),
+    6: ipaddress.IPv6Network("::1/128"),
+}
+_EVERY_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
+_EVERY_IPV6 = ipaddress.IPv6Network("::/0")
+
+
+def _exempts_the_proxy(config: Config) -> bool:
+    """Whether ``limits.exempt`` covers the unnamed proxy's address, which the mirror does not
+    know: only when it covers every address ``server.listen`` can be reached from. A loopback
+    listener is reached from this host's loopback (``localhost``: both families'); an IPv4
+    one from any IPv4 address; an IPv6 one (a dual-stack ``::`` takes IPv4 too) or a host
+    name from any address at all."""
+    host = config.server.listen.host
+    address = parse_address(host)
+    if host == "localhost":
+        peers: tuple[Network, ...] = (_LOOPBACK[4], _LOOPBACK[6])
+    elif address is not None and address.is_loopback:
+        peers = (_LOOPBACK[address.version],)
+    elif address is not None and address.version == 4:
+        peers = (_EVERY_IPV4,)
+    else:
+        peers = (_EVERY_IPV4, _EVERY_IPV6)
+    return all(config.limits.exempt.covers(network) for network in peers)
 
 
 def refuse_plain_http(config: Config) -> None:

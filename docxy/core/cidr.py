@@ -88,6 +88,13 @@ class Networks:
         address = _unmapped(address)
         return any(address in network for network in self.networks)
 
+    def covers(self, network: Network) -> bool:
+        """Whether every address of ``network`` is in this list: one network of it holds it
+        whole (two that only add up to it, ``0.0.0.0/1`` and ``128.0.0.0/1``, are not seen
+        to: a caller that wants a certainty is told no)."""
+        first, last = network.network_address, network.broadcast_address
+        return any(first in listed and last in listed for listed in self.networks)
+
     def __str__(self) -> str:
         return ", ".join(str(network) for network in self.networks)
 
