@@ -1294,6 +1294,7 @@ def load_config(
     check_registry_hosts(config)
     if renewer:
         check_tls_files(config)  # it reads the served pair to compare and install over it
+        check_ca_bundle(config)  # its certbot runs are told it
         for key, refusal in deferred:
             if key not in RUN_REFUSES:
                 raise ConfigError(refusal)
@@ -1315,6 +1316,18 @@ def check_tls_files(config: Config) -> None:
         if config.certs.domain is not None and not path.exists():
             continue
         raise ConfigError(f"{key}: cannot read {path} ({config.sources.get(key, 'default')})")
+
+
+def check_ca_bundle(config: Config) -> None:
+    """Refuse a ``certs.ca_bundle`` this process may not read: for what runs certbot with it
+    (``docxy certs obtain``/``renew``, the renewer, at its start rather than at its first run
+    hours later), not for every command's load. A bundle only the renewer's user may read
+    stopped ``docxy cache ls``, ``users list`` or ``serve`` run by another user over a file
+    they never open, as :func:`check_tls_files` does for the served pair."""
+    path = config.certs.ca_bundle
+    if path is not None and not os.access(path, os.R_OK):
+        source = config.sources.get("certs.ca_bundle", "default")
+        raise ConfigError(f"certs.ca_bundle: cannot read {path} ({source})")
 
 
 def _check_retries(
@@ -1363,9 +1376,6 @@ def _assemble(values: dict[str, Any], sources: dict[str, str]) -> Config:
             "must be another file than tls.cert_path when certs.domain is set (the renewer "
             "writes the certificate and its key separately)",
         )
-    ca_bundle = values["certs.ca_bundle"]
-    if ca_bundle is not None and not os.access(ca_bundle, os.R_OK):
-        raise fail("certs.ca_bundle", f"cannot read {ca_bundle}")
     admin, plain, tls_listen = server["admin_listen"], server["listen"], server["tls_listen"]
     if tls_listen is not None and _overlap(plain, tls_listen):
         # Taken, the second listener failed to bind once the first had started.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.owner import Owner
-from docxy.config import Config
+from docxy.config import Config, check_ca_bundle
 from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
 from docxy.tls.files import PUBLIC_CERTIFICATE, CertError, pending_path, write_pair
@@ -678,6 +678,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     for setting, refusal in config.renewer_errors:  # certbot is told certs.email, as the renewer
         if setting.startswith("certs."):
             raise ConfigError(refusal)
+    check_ca_bundle(config)  # and certs.ca_bundle: said here, not by certbot's failing TLS
     lineage = Lineage.of(certs, staging=getattr(args, "staging", False))
     if lineage.staging and lineage.acme_server:
         raise ConfigError("give either an ACME server (certs.acme_server) or --staging, not both")

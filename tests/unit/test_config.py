@@ -680,7 +680,9 @@ def test_unreadable_key_via_seed_alias(tmp_path: Path, cert_pair: tuple[Path, Pa
 
 def test_unreadable_ca_bundle(tmp_path: Path) -> None:
     missing = tmp_path / "ca.pem"
-    message = config_error(environ={"DOCXY_CERTS_CA_BUNDLE": str(missing)})
+    environ = {"DOCXY_CERTS_CA_BUNDLE": str(missing)}
+    assert load_config(environ=environ).certs.ca_bundle == missing  # certbot's alone
+    message = config_error(environ=environ, renewer=True)
     assert message == f"certs.ca_bundle: cannot read {missing} (env DOCXY_CERTS_CA_BUNDLE)"
 
 
