@@ -1294,7 +1294,6 @@ def load_config(
     check_registry_hosts(config)
     if renewer:
         check_tls_files(config)  # it reads the served pair to compare and install over it
-        check_ca_bundle(config)  # its certbot runs are told it
         for key, refusal in deferred:
             if key not in RUN_REFUSES:
                 raise ConfigError(refusal)
@@ -1319,15 +1318,24 @@ def check_tls_files(config: Config) -> None:
 
 
 def check_ca_bundle(config: Config) -> None:
-    """Refuse a ``certs.ca_bundle`` this process may not read: for what runs certbot with it
-    (``docxy certs obtain``/``renew``, the renewer, at its start rather than at its first run
-    hours later), not for every command's load. A bundle only the renewer's user may read
-    stopped ``docxy cache ls``, ``users list`` or ``serve`` run by another user over a file
-    they never open, as :func:`check_tls_files` does for the served pair."""
-    path = config.certs.ca_bundle
+    """Refuse a ``certs.ca_bundle`` this process may not read, for ``docxy certs obtain`` and
+    ``renew``, which run certbot with it; not for every command's load. A bundle only the
+    renewer's user may read stopped ``docxy cache ls``, ``users list`` or ``serve`` run by
+    another user over a file they never open, as :func:`check_tls_files` does for the served
+    pair. The renewer's runs each fail with :func:`unreadable_ca_bundle` instead: one that
+    stopped at start took the appliance down with it (see :data:`RUN_REFUSES`)."""
+    refusal = unreadable_ca_bundle(config.certs)
+    if refusal is not None:
+        raise ConfigError(f"{refusal} ({config.sources.get('certs.ca_bundle', 'default')})")
+
+
+def unreadable_ca_bundle(certs: CertsConfig) -> str | None:
+    """Why certbot cannot be run with ``certs.ca_bundle`` by this process; None if it can (or
+    none is set). Looked at when certbot is to run: a file mounted or mended since counts."""
+    path = certs.ca_bundle
     if path is not None and not os.access(path, os.R_OK):
-        source = config.sources.get("certs.ca_bundle", "default")
-        raise ConfigError(f"certs.ca_bundle: cannot read {path} ({source})")
+        return f"certs.ca_bundle: cannot read {path}"
+    return None
 
 
 def _check_retries(

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from docxy.cli.healthcheck import verdict
+from docxy.config import unreadable_ca_bundle
 from docxy.core.errors import ConfigError
 from docxy.tls import certs
 from docxy.tls.context import CertError
@@ -136,6 +137,8 @@ class Renewer(Runs):
     def attempt(self) -> None:
         if self.settings.refused is not None:  # certbot would be told a wrong certs.email
             raise RunFailed(self.settings.refused)
+        if (refusal := unreadable_ca_bundle(self.settings.certs)) is not None:
+            raise RunFailed(refusal)  # (each run: a bundle mounted or mended since is taken)
         try:
             self._obtain_or_renew()
         except (certs.CertbotError, CertError, ConfigError, OSError, ValueError) as exc:

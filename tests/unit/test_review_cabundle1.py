@@ -16,8 +16,9 @@ from docxy.cache import open_configured
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED
 from docxy.cli.main import main
 from docxy.config import load_config
-from docxy.core.errors import ConfigError
+from docxy.tls import certs as certs_mod
 from scheduler import settings
+from scheduler.renewal import Renewer
 
 pytestmark = pytest.mark.usefixtures("clean_docxy_env")
 
@@ -108,16 +109,29 @@ def test_certs_ca_bundle_flag_is_named_as_the_flag(
     )
 
 
-def test_the_renewer_still_refuses_an_unreadable_bundle_at_start(tmp_path: Path) -> None:
-    """At start, not at its first certbot run hours later; and it exits (held: None), as for
-    any setting the mirror beside it does not hold against it either."""
+def test_the_renewer_starts_and_each_run_fails_on_an_unreadable_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewer loads (an exit at start went FATAL under supervisord and took the appliance
+    down: see RUN_REFUSES), and each run fails with the bundle's refusal before certbot is
+    run, counted on /health; a bundle mounted or mended since is taken at the next run."""
     cfg, bundle = _config(tmp_path, _lineage(tmp_path))
-    message = rf"^certs\.ca_bundle: cannot read {bundle} \(file {cfg}\)$"
-    with pytest.raises(ConfigError, match=message):
-        settings.load(["--config", str(cfg)], environ={})
-    with pytest.raises(ConfigError, match=message):
-        load_config(config_file=cfg, environ={}, renewer=True)
-    assert settings.held(["--config", str(cfg)], environ={}) is None
+    loaded = settings.load(["--config", str(cfg)], environ={})
+    assert load_config(config_file=cfg, environ={}, renewer=True).certs.ca_bundle == bundle
+    ran: list[str] = []
+
+    def certbot(*_: object, **__: object) -> None:
+        ran.append("certbot")
+        raise certs_mod.CertbotError("certbot certonly failed: stand-in")
+
+    monkeypatch.setattr(certs_mod, "obtain", certbot)
+    renewer = Renewer(loaded)
+    assert renewer.run() is False
+    assert renewer.failures == 1 and ran == []
+    assert renewer.last_error == f"certs.ca_bundle: cannot read {bundle}"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")  # mounted since
+    assert renewer.run() is False
+    assert ran == ["certbot"] and "stand-in" in str(renewer.last_error)
 
 
 def test_a_readable_bundle_passes_everywhere(tmp_path: Path) -> None:
