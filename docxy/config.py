@@ -1331,9 +1331,11 @@ def check_ca_bundle(config: Config) -> None:
 
 def unreadable_ca_bundle(certs: CertsConfig) -> str | None:
     """Why certbot cannot be run with ``certs.ca_bundle`` by this process; None if it can (or
-    none is set). Looked at when certbot is to run: a file mounted or mended since counts."""
+    none is set). Looked at when certbot is to run: a file mounted or mended since counts. By
+    the effective ids: a root run acting as the certificates' owner runs certbot as that user
+    (:mod:`docxy.cli.owner`), and a bundle only root may read would pass a check by root's."""
     path = certs.ca_bundle
-    if path is not None and not os.access(path, os.R_OK):
+    if path is not None and not os.access(path, os.R_OK, effective_ids=True):
         return f"certs.ca_bundle: cannot read {path}"
     return None
 

@@ -678,7 +678,6 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     for setting, refusal in config.renewer_errors:  # certbot is told certs.email, as the renewer
         if setting.startswith("certs."):
             raise ConfigError(refusal)
-    check_ca_bundle(config)  # and certs.ca_bundle: said here, not by certbot's failing TLS
     lineage = Lineage.of(certs, staging=getattr(args, "staging", False))
     if lineage.staging and lineage.acme_server:
         raise ConfigError("give either an ACME server (certs.acme_server) or --staging, not both")
@@ -693,6 +692,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     mirror = config.cache.dir  # its owner is the mirror's user: the only one root acts as
     owner = certbots_owner(lineage.config_dir, lineage.webroot, mirror=mirror)
     with owner.acting():
+        # certs.ca_bundle, as certbot's user will read it: said here, not by its failing TLS
+        check_ca_bundle(config)
         if args.certs_command == "obtain":
             # As the renewer does: an issued lineage is renewed (when due), never issued over
             # into <domain>-0001; one certbot cannot go on from is set aside and obtained anew.

@@ -8,6 +8,7 @@ read a mode-000 file), as in test_review_cli1."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from docxy.cache import open_configured
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED
 from docxy.cli.main import main
-from docxy.config import load_config
+from docxy.config import load_config, unreadable_ca_bundle
 from docxy.tls import certs as certs_mod
 from scheduler import settings
 from scheduler.renewal import Renewer
@@ -139,3 +140,30 @@ def test_a_readable_bundle_passes_everywhere(tmp_path: Path) -> None:
     bundle.write_text("-----BEGIN CERTIFICATE-----\n")
     assert settings.load(["--config", str(cfg)], environ={}).certs.ca_bundle == bundle
     assert load_config(config_file=cfg, environ={}, renewer=True).certs.ca_bundle == bundle
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_a_root_run_acting_as_the_owner_is_judged_by_the_owners_access(tmp_path: Path) -> None:
+    """Review of 97184c8: `docxy certs renew` or `--once` run as root act as the certificates'
+    owner (seteuid) and run certbot as that user; os.access by the real uid (root's) passed a
+    bundle only root may read, and certbot then failed with its own TLS error."""
+    bundle = tmp_path / "root-only.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    bundle.chmod(0o600)
+    certs_config = load_config(environ={"DOCXY_CERTS_CA_BUNDLE": str(bundle)}).certs
+    assert unreadable_ca_bundle(certs_config) is None  # root's own
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child acts as nobody, as docxy.cli.owner does, and says what it found
+        try:
+            os.close(read)
+            os.setegid(65534)
+            os.seteuid(65534)
+            os.write(write, str(unreadable_ca_bundle(certs_config)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as said:
+        found = said.read()
+    os.waitpid(pid, 0)
+    assert found == f"certs.ca_bundle: cannot read {bundle}"
