@@ -157,6 +157,8 @@ def warn_unnamed_proxy(config: Config) -> None:
     there would leave shared is said too. Nothing to say when nothing is shared."""
     reason = unnamed_proxy_reason(config)
     shared = _shared_limits(config)
+    if config.auth.mode == "users":  # the mirror is the authority: it relays no logins
+        shared = [(name, value) for name, value in shared if name != "token_relays_per_minute"]
     if reason is None or not shared:
         return
     exempt = config.limits.exempt
@@ -188,10 +190,33 @@ def warn_unnamed_proxy(config: Config) -> None:
         "server.forwarded_header)",
         config.auth.mode,
         reason,
-        _named(shared),
+        _by_whom(config, shared),
         spared,
         why,
     )
+
+
+#: The per-client limits kept under a user's name once it is logged in
+#: (``docxy.edge.clients.limit_key``): behind the proxy, all clients share them only for what
+#: they ask without a token (the ``/v2/`` challenge, the token requests of their logins).
+BY_USER = frozenset(
+    {"requests_per_minute", "manifests_per_minute", "bandwidth", "fills_per_client"}
+)
+
+
+def _by_whom(config: Config, shared: list[tuple[str, object]]) -> str:
+    """The shared limits as the warning names them; in ``users`` mode, those a logged-in user
+    has of its own (:data:`BY_USER`) said as shared before a login only."""
+    if config.auth.mode != "users":
+        return _named(shared)
+    everyone = [(name, value) for name, value in shared if name not in BY_USER]
+    before = [(name, value) for name, value in shared if name in BY_USER]
+    if not before:
+        return _named(everyone)
+    later = "before a login (challenges, logins' token requests; a user's own after it) " + _named(
+        before
+    )
+    return f"{_named(everyone)}, and {later}" if everyone else later
 
 
 #: The per-client limits an address in ``limits.exempt`` is spared: admission's buckets and

@@ -131,3 +131,29 @@ def test_with_every_limit_off_nothing_is_warned_of(caplog: pytest.LogCaptureFixt
     assert warned(caplog, OFF) == []
     assert warned(caplog, {**OFF, **EVERYWHERE}) == []
     assert warned(caplog, {**OFF, "limits.exempt": "10.0.0.0/8"}) == []
+
+
+#: Kept per user once a client is logged in (docxy.edge.clients.limit_key): shared behind the
+#: proxy only by what comes without a token (challenges, the token requests of logins).
+BY_USER = [
+    "limits.requests_per_minute",
+    "limits.manifests_per_minute",
+    "limits.bandwidth",
+    "limits.fills_per_client",
+]
+
+
+def test_in_users_mode_per_user_limits_are_said_shared_only_before_a_login(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review of 9121476: in users mode a logged-in client's requests, manifests, bandwidth
+    and fills are counted under its user name, not the proxy's address, and the mirror relays
+    no upstream logins (it is the authority): the warning said all clients share them."""
+    users = {**ON, **LOOPBACK, "auth.mode": "users", "auth.dir": "/nonexistent"}
+    [said] = warned(caplog, users)
+    everyone, _, before_login = shares(said).partition("before a login")
+    assert "limits.connections_per_client (16)" in everyone
+    assert "limits.failed_logins_per_minute (7)" in everyone
+    assert [name for name in BY_USER if name in everyone] == []
+    assert [name for name in BY_USER if name not in before_login] == []
+    assert "limits.token_relays_per_minute" not in said
