@@ -6,7 +6,8 @@
 #       [--registry ghcr.io ...] [--client-cert DIR] [--ca-cert FILE]
 #
 # Docker:     merges the mirror into "registry-mirrors" of /etc/docker/daemon.json (first, no
-#             duplicates, every other key and mirror kept), backs the old file up, replaces it
+#             duplicates, every other key and mirror kept but those at a --replace-host: the
+#             mirror's earlier URLs), backs the old file up, replaces it
 #             atomically, reloads dockerd (SIGHUP, or `systemctl reload docker`) and checks
 #             `docker info`. A malformed daemon.json is reported and left untouched (exit 3);
 #             a UTF-8 byte order mark and "registry-mirrors": null are read as dockerd reads them.
@@ -52,6 +53,10 @@ usage: $PROG [--mirror URL] [options]
   --mirror URL          the Docxy mirror's root URL (no path), e.g. https://mirror.example.com${MIRROR_DEFAULT:+
                         (default: $MIRROR_DEFAULT)}
   --remove              take this mirror out again (only this one)
+  --replace-host HOST   Docker: also take out every other registry mirror at HOST (any
+                        scheme, port or trailing slash), earlier URLs of this mirror; not a
+                        host that merely contains HOST (repeatable; install.sh passes its
+                        domain)
   --dry-run             print every change, make none
   --no-summary          leave out the opening and closing lines (Dry run..., Nothing to
                         change...): for a script that runs this one and says its own
@@ -143,6 +148,7 @@ WANT_CONTAINERD=0
 WANT_PODMAN=0
 REGISTRIES=()
 REGISTRIES_GIVEN=0 # --registry named them: --remove looks at those alone
+REPLACE_HOSTS=() # --replace-host: Docker's other mirrors at these hosts are this one's old URLs
 CLIENT_DIR=""
 CA_CERT=""
 MIRROR_HOST=""
@@ -180,7 +186,7 @@ url_host_port() {
 parse_args() {
   while (($#)); do
     case "$1" in
-      --mirror | --root | --registry | --client-cert | --ca-cert | --daemon-json | --dockerd-pidfile)
+      --mirror | --root | --registry | --client-cert | --ca-cert | --daemon-json | --dockerd-pidfile | --replace-host)
         if (($# < 2)) || [[ -z "$2" ]]; then usage >&2; die "$1 needs a value" 2; fi
         ;;
     esac
@@ -188,6 +194,8 @@ parse_args() {
       --mirror) MIRROR="$2"; shift ;;
       --mirror=*) MIRROR="${1#*=}" ;;
       --remove) REMOVE=1 ;;
+      --replace-host) REPLACE_HOSTS+=("$2"); shift ;;
+      --replace-host=*) REPLACE_HOSTS+=("${1#*=}") ;;
       --dry-run) DRY_RUN=1 ;;
       --no-summary) SUMMARY=0 ;;
       --no-reload) RELOAD=0 ;;
@@ -230,6 +238,13 @@ parse_args() {
   if [[ -n "$path" ]] && ((!REMOVE)); then
     die "--mirror takes the mirror's root URL (scheme, host, port), not '$MIRROR': dockerd refuses to start with a registry mirror that has a path" 2
   fi
+  # A host alone: a URL given here would match no entry, and leave the old one in silently.
+  local i host_pattern='^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)$'
+  for i in "${!REPLACE_HOSTS[@]}"; do
+    REPLACE_HOSTS[i]="${REPLACE_HOSTS[i],,}"
+    [[ "${REPLACE_HOSTS[i]}" =~ $host_pattern ]] ||
+      die "--replace-host takes a host name such as mirror.example.com (no scheme, port or path), not '${REPLACE_HOSTS[i]}'" 2
+  done
   if ((USER_MODE)); then
     if ((WANT_DOCKER || WANT_CONTAINERD)); then
       usage >&2
@@ -555,8 +570,13 @@ certs_copy() {
 # --- Docker: daemon.json ---------------------------------------------------------------------
 
 # The JSON work, in python3's json module. Modes:
-#   merge|remove FILE URL OUT  write the new document to OUT; exit 0 changed, 10 unchanged,
-#                              3 FILE is not a JSON object with a list of strings as mirrors
+#   merge|remove FILE URL OUT [HOST...]
+#                              write the new document to OUT, every other mirror at a HOST
+#                              taken out too (--replace-host), and print what goes: with
+#                              remove URL (once, as compared) if it was there, then each
+#                              other URL at a HOST as FILE spells it; exit 0 changed, 10
+#                              unchanged, 3 FILE is not a JSON object with a list of strings
+#                              as mirrors
 #   validate FILE              exit 0 when FILE is a JSON object, 3 otherwise
 #   insecure FILE              print FILE's "insecure-registries" one per line; exit 0 when
 #                              it has that key (whatever its value), 1 when not
@@ -566,6 +586,7 @@ daemon_json_tool() {
   python3 - "$@" <<'PY'
 import json
 import sys
+from urllib.parse import urlsplit
 
 
 def fail(path, why):
@@ -658,6 +679,17 @@ def same(a, b):
     return canonical(a) == canonical(b)
 
 
+def host(url):
+    """The URL's host in lower case, without port or an IPv6 address's brackets (None for no
+    http(s) URL): mirror.example.com:8443's is mirror.example.com, and so is
+    HTTP://Mirror.Example.com/'s, while mirror.example.com.evil.net is another host."""
+    try:
+        parts = urlsplit(url.strip())
+        return parts.hostname if parts.scheme.lower() in ("http", "https") else None
+    except ValueError:
+        return None
+
+
 mode = sys.argv[1]
 if mode == "mirrors":
     try:
@@ -682,13 +714,20 @@ if mode == "insecure":  # the key at all (any value: [] and null too), its strin
         if isinstance(entry, str):
             print(entry)
     sys.exit(0 if "insecure-registries" in document else 1)
-url, out = sys.argv[3], sys.argv[4]
+url, out, hosts = sys.argv[3], sys.argv[4], {h.strip("[]") for h in sys.argv[5:]}
 had = document.get("registry-mirrors") is not None
 mirrors = document.get("registry-mirrors") or []
-others = [m for m in mirrors if not same(m, url)]
+others = [m for m in mirrors if not same(m, url) and host(m) not in hosts]
 wanted = [url, *others] if mode == "merge" else others
 if wanted == mirrors and (had or mode == "remove"):
     sys.exit(10)
+# What goes, one a line: with remove this mirror (as compared, once), then each other URL of a
+# replaced host as the file spells it.
+if mode == "remove" and any(same(m, url) for m in mirrors):
+    print(canonical(url))
+for m in mirrors:
+    if not same(m, url) and host(m) in hosts:
+        print(m)
 # The last mirror taken out leaves "registry-mirrors": [], not no key: dockerd's reload takes
 # the mirrors from the file only when the key is there, and would go on using this one.
 document["registry-mirrors"] = wanted
@@ -698,11 +737,11 @@ PY
 }
 
 configure_docker() {
-  local verb=merge new rc=0
+  local verb=merge new rc=0 gone url
   ((REMOVE)) && verb=remove
   say "Docker: $DAEMON_JSON"
   new="$(mktemp)"
-  daemon_json_tool "$verb" "$DAEMON_JSON" "$MIRROR" "$new" || rc=$?
+  gone="$(daemon_json_tool "$verb" "$DAEMON_JSON" "$MIRROR" "$new" "${REPLACE_HOSTS[@]}")" || rc=$?
   if ((rc == 3)); then
     rm -f -- "$new"
     warn "fix $DAEMON_JSON by hand (it was not changed), then run this again"
@@ -735,17 +774,19 @@ configure_docker() {
   if ((DRY_RUN)); then
     show_new_content "$DAEMON_JSON" "$new"
     rm -f -- "$new"
+    while IFS= read -r url; do
+      [[ -z "$url" ]] || say "  would remove $url from registry-mirrors"
+    done <<<"$gone"
     if ((HOST_DOCKERD && RELOAD)); then say "  would reload dockerd and check \`docker info\`"; fi
     return
   fi
   LAST_BACKUP=""
   place_file "$DAEMON_JSON" "$new" 0644
   DAEMON_JSON_WRITTEN=1 DAEMON_JSON_BACKUP="$LAST_BACKUP"
-  if ((REMOVE)); then
-    say "  removed $MIRROR from registry-mirrors"
-  else
-    say "  registry-mirrors now starts with $MIRROR"
-  fi
+  ((REMOVE)) || say "  registry-mirrors now starts with $MIRROR"
+  while IFS= read -r url; do
+    [[ -z "$url" ]] || say "  removed $url from registry-mirrors"
+  done <<<"$gone"
   confirm_docker changed
 }
 
