@@ -1865,6 +1865,13 @@ configure_local_docker() {
   local args=(--mirror "$MIRROR_URL" --docker --root "${ROOT:-/}" --reload --no-summary)
   ((DRY_RUN)) && args+=(--dry-run)
   ((UNINSTALL)) && args+=(--remove)
+  # The mirror's URL an earlier run wrote (before .env gave it a port, say) is a dead one now,
+  # which dockerd would try on every pull: every other mirror at DOMAIN goes with this one. A
+  # project copy older than this script (fetched before, no --update) lacks the option.
+  if [[ -n "$DOMAIN" ]] && { [[ ! -f "$DIR/scripts/configure-client.sh" ]] ||
+    grep -q -- '--replace-host' "$DIR/scripts/configure-client.sh"; }; then
+    args+=(--replace-host "$DOMAIN")
+  fi
   if ((DRY_RUN)) && [[ ! -f "$DIR/scripts/configure-client.sh" ]]; then
     # A dry run fetches nothing: the script is not there to ask.
     say "  would run: bash $DIR/scripts/configure-client.sh ${args[*]}"
@@ -1917,8 +1924,7 @@ uninstall() {
   ((${#COMPOSE_MADE_FROM[@]})) || uninstall_files_chosen
   settle_mirror_url
   local dockerd_failed=0
-  if [[ -n "$DOMAIN" ]] &&
-    grep -qF "$MIRROR_URL" -- "$(under_root /etc/docker/daemon.json)" 2>/dev/null; then
+  if [[ -n "$DOMAIN" ]] && names_the_mirror "$(under_root /etc/docker/daemon.json)"; then
     say "This host's dockerd uses the mirror: taking it out"
     if [[ -f "$DIR/scripts/configure-client.sh" ]]; then
       configure_local_docker || dockerd_failed=$?
@@ -2000,11 +2006,24 @@ dockerd_answers() {
   die "dockerd is not running (\`docker info\` does not answer), so Docxy's containers and volumes cannot be seen or removed: start it (systemctl start docker), then run --uninstall again. Nothing was removed"
 }
 
+# names_the_mirror FILE: FILE (daemon.json) holds MIRROR_URL, or another URL at DOMAIN (one an
+# earlier install wrote, before its port changed), as a whole JSON string: not a host that
+# merely starts with DOMAIN's name (mirror.test.example.net) or ends with it.
+names_the_mirror() {
+  local url domain
+  url="$(ere_quote "$MIRROR_URL")"
+  domain="$(ere_quote "$DOMAIN")"
+  grep -qiE -- "\"($url|https?://$domain(:[0-9]+)?)/*\"" "$1" 2>/dev/null
+}
+
+# ere_quote TEXT: TEXT as a grep -E pattern that matches it alone.
+ere_quote() { printf '%s' "$1" | sed 's/[][\\.*^$+?(){}|]/\\&/g'; }
+
 # dockerd_finish: how to take the mirror out of this host's dockerd by hand, now (--purge may
 # have removed the project, configure-client.sh with it).
 dockerd_finish() {
   if [[ -f "$DIR/scripts/configure-client.sh" ]]; then
-    printf '%s' "sudo bash $DIR/scripts/configure-client.sh --mirror $MIRROR_URL --docker --remove"
+    printf '%s' "sudo bash $DIR/scripts/configure-client.sh --mirror $MIRROR_URL --docker --remove${DOMAIN:+ --replace-host $DOMAIN}"
   else
     printf '%s' "take $MIRROR_URL out of registry-mirrors in /etc/docker/daemon.json, then reload docker"
   fi

@@ -44,6 +44,8 @@ QUERIES = (
     r"|docker (ps|info|volume inspect|image inspect|compose version))"
 )
 COMPOSE_UP = r"^docker compose --project-name docxy .* up -d --build$"
+#: How an uninstall says to take the mirror (every URL of it) out of this host's dockerd.
+FINISH_BY_HAND = f"--mirror https://{DOMAIN} --docker --remove --replace-host {DOMAIN}"
 
 
 @dataclass(frozen=True)
@@ -1665,7 +1667,7 @@ def test_uninstall_removes_the_stack_when_the_local_docker_cannot_be_undone(
     assert box.called(r"^docker volume rm docxy_cache$")
     said = result.stderr.splitlines()[-1]
     assert said.startswith(f"install.sh: taking https://{DOMAIN} out of this host's dockerd")
-    assert said.endswith(f"--mirror https://{DOMAIN} --docker --remove"), said
+    assert said.endswith(FINISH_BY_HAND), said
     assert f"https://{DOMAIN}" in daemon.read_text()  # as found: nothing guessed
 
 
@@ -1688,7 +1690,7 @@ def test_uninstall_still_names_the_local_docker_when_removing_the_stack_fails_to
     last = result.stderr.splitlines()[-3:]
     assert last[0].startswith("install.sh: stopped at"), output(result)
     assert last[-1].startswith(f"install.sh: also: taking https://{DOMAIN} out of this host's")
-    assert last[-1].endswith(f"--mirror https://{DOMAIN} --docker --remove"), output(result)
+    assert last[-1].endswith(FINISH_BY_HAND), output(result)
 
 
 def test_uninstall_purge_of_a_fetched_copy_names_no_script_it_removed(
