@@ -234,8 +234,13 @@ def load_upstreams(
     listed_by = ""  # the source of the list that decides
     for value, source in layers:  # the highest layer with a list decides which are on
         entries = _list_entries(value, source)
-        layer: dict[str, Raw] = {}  # a name listed twice: one layer still
+        layer: dict[str, Raw] = {}
         for listed, keys in entries:
+            if listed in layer:  # a copied table not renamed: merged, one's login went to
+                raise ConfigError(  # the other's registry
+                    f"{SECTION}: {listed!r} is listed twice ({source}): give each upstream "
+                    "a name of its own (names are compared without case)"
+                )
             merged = layer.setdefault(listed, {})
             for key, (raw, given) in keys.items():
                 _put(merged, listed, key, raw, given)
