@@ -209,10 +209,36 @@ async def _cut_on_abort(stream: BlobReader | BlobFollower) -> AsyncIterator[byte
         stream.close()
 
 
-async def _relayed(upstream: httpx.Response, done: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _relayed(
+    upstream: httpx.Response, done: Callable[[], None], digest: Digest | None = None
+) -> AsyncIterator[bytes]:
+    """The upstream's body as it comes; with a ``digest``, its last byte is held back until
+    the whole hashes to it: bytes that do not (wrong, short, long or none, whatever length the
+    upstream said) cut the client before its last byte (:class:`StreamCut`), so it sees a
+    short read, never a whole ``200`` of another blob (as a fill's clients are cut). Only a
+    byte is held: the rest streams as it comes."""
+    hasher = None if digest is None else digest.hasher()
+    held = b""
     try:
         async for chunk in upstream.aiter_raw():
-            yield chunk
+            if hasher is None:
+                yield chunk
+                continue
+            if not chunk:
+                continue
+            hasher.update(chunk)
+            if held:
+                yield held
+            if len(chunk) > 1:
+                yield chunk[:-1]
+            held = chunk[-1:]
+        if hasher is not None and digest is not None:
+            if hasher.hexdigest() != digest.hex:
+                said = f"the upstream's body is not {digest}: not relayed to its end"
+                log.warning("cutting the client: %s", said)
+                raise StreamCut(said)
+            if held:
+                yield held
     except httpx.HTTPError as exc:
         # The upstream broke the body off: the client's is cut (``cut`` in the access log),
         # not an error escaping the app (a traceback from the server for each one).
@@ -272,6 +298,7 @@ def relay(
     library_prefix: bool,
     prefix: str | None = None,
     release: Callable[[], None] | None = None,
+    digest: Digest | None = None,
 ) -> Response:
     """A streaming response mirroring ``upstream``.
 
@@ -280,7 +307,8 @@ def relay(
     its scopes named as the client names the repository (``prefix``, if it used one).
     ``release`` (a fill permit's: it must be idempotent) is called once the body is done, or
     when it is dropped unstarted (the client left before its first byte: Quart closes only a
-    body it began to send).
+    body it began to send). A body given a ``digest`` (a whole blob's) is hashed as it goes
+    out and its last chunk held back until it verifies (:func:`_relayed`).
     """
     headers = response_headers(upstream.headers.multi_items(), head=method == "HEAD")
     offered = upstream.headers.get_list("www-authenticate")
@@ -309,7 +337,7 @@ def relay(
     elif method == "HEAD":
         body = _closed(upstream, done)
     else:
-        body = _relayed(upstream, done)
+        body = _relayed(upstream, done, digest)
     if release is not None:
         # Back on this loop, whatever thread the garbage collector drops the body in: a
         # permit's release counts and wakes a waiter's future, which only the loop may touch.

@@ -8,6 +8,7 @@ access log's facts and the upstream's health.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -60,6 +61,8 @@ from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.upstream.client import MAX_SMALL_BODY, SERVER_TROUBLE, Upstream, read_small
 from docxy.upstream.issuers import may_go_to
 from docxy.upstream.routing import Route, request_picks
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("registry", __name__)
 
@@ -562,6 +565,13 @@ async def _relayed(
     A manifest's ``200`` that names none is given the digest of its bytes, when the mirror
     holds them whole (:func:`_held_whole`); one it does not hold whole gets none."""
     answer, computed = await _held_whole(pull, answer)
+    verified = _verified_blob(pull, answer)
+    if verified is not None and content_length(answer.headers.get("content-length")) == 0:
+        if verified != digest_of(b"", verified.algorithm):
+            await answer.aclose()  # the caller gives the permit back
+            said = f"the upstream answered {verified} with an empty 200"
+            log.warning("%s: not passed through", said)
+            raise UpstreamUnavailable(f"{said}: not the blob")
     response = relay(
         answer,
         method=pull.method,
@@ -569,6 +579,7 @@ async def _relayed(
         library_prefix=pull.upstream.library_prefix,
         prefix=route.prefix,
         release=release,
+        digest=verified,
     )
     digest = pull.reference.digest
     is_blob = pull.reference.kind is Kind.BLOB and digest is not None
@@ -577,6 +588,23 @@ async def _relayed(
     if computed is not None:
         response.headers[DIGEST_HEADER] = str(computed)
     return response
+
+
+def _verified_blob(pull: Pull, answer: httpx.Response) -> Digest | None:
+    """The digest a blob ``GET``'s ``200`` passed through is verified against as it is relayed
+    (:func:`~docxy.http.responses.relay`), as a fill's download is: the whole blob, asked for
+    by that digest. None for anything else: a ``HEAD`` (no body), a ``206`` (a part says
+    nothing of the digest), and a body in a content coding the client asked for itself (its
+    bytes are a coding of the blob, which the client decodes; one the mirror asked
+    ``identity`` for is verified as it comes, as a fill's is: a storage's ``gzip`` label)."""
+    digest = pull.reference.digest
+    if pull.reference.kind is not Kind.BLOB or digest is None or pull.head:
+        return None
+    if answer.status_code != 200:
+        return None
+    if encoded(answer) and "accept-encoding" in request.headers:
+        return None
+    return digest
 
 
 def _media_type(answer: httpx.Response) -> str:

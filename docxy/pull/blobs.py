@@ -565,7 +565,8 @@ def _corrupt(stream: BlobReader | BlobFollower, exc: FillAborted) -> PassThrough
     """A fill whose download from the upstream ended before this client's first byte, and was
     not the blob (:class:`CorruptDownload`: an empty ``200`` for a blob that is not empty): an
     upstream failure the client is answered with (``502 UNAVAILABLE``), not passed through,
-    where the upstream would send the same bytes, relayed as a whole ``200``. None for any
+    where the upstream would only be asked for the same bytes again (a pass-through verifies
+    them too: ``docxy.http.routes._verified_blob``). None for any
     other failure, and for a download from the shared bucket: the upstream may hold the
     blob right."""
     if not isinstance(exc, CorruptDownload) or not isinstance(stream, BlobFollower):

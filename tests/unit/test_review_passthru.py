@@ -1,0 +1,143 @@
+"""Review finding: a blob passed through (the cache off, a blob too large to cache, a failing
+disk, a private repository) whose upstream sent bytes that are not the digest asked for was
+relayed as a whole ``200`` (wrong bytes, or none at all, stamped with the asked
+``Docker-Content-Digest``). A fill's clients were never given such an answer (cut before the
+last byte; an empty ``200`` is ``502``); a pass-through's now are not either. In-process: the
+app called as hypercorn calls it, over a mock upstream.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.unit.fakes import Body, reply
+from tests.unit.test_routes import mirror
+
+BLOB = bytes(range(256)) * 16
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
+
+#: What the upstream sends for the blob, by the test's mode (the repository's last component).
+BODIES = {
+    "good": BLOB,
+    "same": b"X" * len(BLOB),  # the blob's length, other bytes
+    "short": BLOB[:2000],
+    "long": BLOB + b"Y" * 2000,
+    "empty": b"",
+}
+
+#: The cache off; on, with a blob too large for it (a pass-through, ``cache-full``).
+CACHE_OFF: dict[str, object] = {"cache.enabled": "false"}
+TOO_LARGE: dict[str, object] = {"cache.enabled": "true", "cache.max_size": "1000"}
+SETTINGS = {"no-cache": CACHE_OFF, "too-large": TOO_LARGE}
+
+
+def _settings(where: str, tmp: Path) -> dict[str, object]:
+    return {**SETTINGS[where], "cache.dir": str(tmp)}
+
+
+def _upstream(request: httpx.Request) -> httpx.Response:
+    if request.url.host == "auth.example":
+        return reply(200, b'{"token": "t0ken"}', {"Content-Type": "application/json"})
+    if request.url.path == "/v2/":
+        return reply(200, b"{}")
+    mode, chunked = request.url.path.split("/")[3], False
+    if mode.endswith("-chunked"):  # no Content-Length: read to its end
+        mode, chunked = mode.removesuffix("-chunked"), True
+    body = BODIES[mode]
+    headers = [("Content-Type", "application/octet-stream"), ("Docker-Content-Digest", DIGEST)]
+    if request.method == "HEAD":
+        return reply(200, b"", [*headers, ("Content-Length", str(len(body)))])
+    return reply(200, Body.of(body, 1000) if body else Body(), headers, length=not chunked)
+
+
+@pytest.mark.parametrize("where", sorted(SETTINGS))
+@pytest.mark.parametrize("mode", ["same", "short", "long", "same-chunked", "empty-chunked"])
+async def test_wrong_bytes_passed_through_are_cut(where: str, mode: str, tmp_path: Path) -> None:
+    """Bytes that are not the blob: the client is cut before the last one, never given a whole
+    ``200`` (Docker sees a short read and retries); or, before any went out, a ``502``."""
+    async with mirror(_upstream, _settings(where, tmp_path)) as m:
+        answer = await m.raw("GET", f"/v2/x/{mode}/blobs/{DIGEST}")
+    if answer.status == 502:  # none sent yet (an empty fill's, too large to cache or not)
+        assert json.loads(answer.body)["errors"][0]["code"] == "UNAVAILABLE"
+        return
+    assert answer.status in (0, 200)
+    assert not answer.complete
+    assert len(answer.body) < len(BODIES[mode.removesuffix("-chunked")]) or not answer.body
+
+
+@pytest.mark.parametrize("where", sorted(SETTINGS))  # too large: not, its fill's 502
+async def test_an_empty_200_passed_through_is_a_502(where: str, tmp_path: Path) -> None:
+    """An upstream ``200`` of no bytes (``Content-Length: 0``) for a blob that is not empty is
+    known wrong before a byte goes out: ``502 UNAVAILABLE`` in the registry's error format."""
+    async with mirror(_upstream, _settings(where, tmp_path)) as m:
+        answer = await m.raw("GET", f"/v2/x/empty/blobs/{DIGEST}")
+    assert answer.status == 502 and answer.complete
+    assert json.loads(answer.body)["errors"][0]["code"] == "UNAVAILABLE"
+
+
+@pytest.mark.parametrize("where", sorted(SETTINGS))
+@pytest.mark.parametrize("mode", ["good", "good-chunked"])
+async def test_the_blob_passed_through_is_whole(where: str, mode: str, tmp_path: Path) -> None:
+    """Guard: the blob itself is relayed whole, its digest named."""
+    async with mirror(_upstream, _settings(where, tmp_path)) as m:
+        answer = await m.raw("GET", f"/v2/x/{mode}/blobs/{DIGEST}")
+    assert answer.status == 200 and answer.complete and answer.body == BLOB
+    assert answer.headers["Docker-Content-Digest"] == DIGEST
+
+
+def _empty_blob(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/v2/":
+        return reply(200, b"{}")
+    return reply(200, b"", {"Content-Type": "application/octet-stream", "Content-Length": "0"})
+
+
+async def test_the_empty_blob_passed_through_is_a_200() -> None:
+    """Guard: the empty blob's own digest, empty, is the blob (a whole ``200``)."""
+    async with mirror(_empty_blob) as m:
+        answer = await m.raw("GET", f"/v2/x/y/blobs/{EMPTY}")
+    assert answer.status == 200 and answer.complete and answer.body == b""
+
+
+def _ranged(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/v2/":
+        return reply(200, b"{}")
+    part = [("Content-Range", f"bytes 0-9/{len(BLOB)}"), ("Content-Length", "10")]
+    return reply(206, BLOB[:10], [("Content-Type", "application/octet-stream"), *part])
+
+
+async def test_a_206_passed_through_is_relayed_whole() -> None:
+    """Guard: a part of the blob says nothing of its digest: relayed as it comes."""
+    async with mirror(_ranged) as m:
+        answer = await m.raw("GET", f"/v2/x/y/blobs/{DIGEST}", [("Range", "bytes=0-9")])
+    assert answer.status == 206 and answer.complete and answer.body == BLOB[:10]
+
+
+def _zipped(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/v2/":
+        return reply(200, b"{}")
+    headers = [("Content-Type", "application/octet-stream"), ("Content-Encoding", "gzip")]
+    return reply(200, gzip.compress(BLOB), headers, length=True)
+
+
+async def test_a_coding_the_client_asked_for_is_relayed_whole() -> None:
+    """Guard: a body in a content coding the client asked for is a coding of the blob, which
+    the client decodes: its bytes are not the digest's, and it is relayed whole."""
+    async with mirror(_zipped) as m:
+        answer = await m.raw("GET", f"/v2/x/y/blobs/{DIGEST}", [("Accept-Encoding", "gzip")])
+    assert answer.status == 200 and answer.complete
+    assert gzip.decompress(answer.body) == BLOB
+
+
+async def test_a_coding_the_mirror_did_not_ask_for_is_verified() -> None:
+    """A client that asked for no coding gets the body as it comes (the mirror asked for
+    ``identity``), verified as such, as a fill's is: gzip bytes are not the blob."""
+    async with mirror(_zipped) as m:
+        answer = await m.raw("GET", f"/v2/x/y/blobs/{DIGEST}")
+    assert answer.status == 200 and not answer.complete
