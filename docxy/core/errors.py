@@ -37,6 +37,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from docxy.core.echoes import NONE, Secrets
 from docxy.core.jsondoc import object_in
 
 
@@ -179,19 +180,78 @@ class UpstreamAnswered(UpstreamError):
     again, would only be told the same (and cost the upstream a second request); one with its
     own may be told more (a registry hiding private repositories behind a 404). Answered with
     the upstream's status and its registry error (``body``, when it is one:
-    ``{"errors": [...]}``), else the mirror's own saying the status (``unknown`` its code for
-    a 404)."""
+    ``{"errors": [...]}``, of at most :data:`RELAYED_LIMIT` bytes), else the mirror's own
+    saying the status (``unknown`` its code for a 404).
 
-    def __init__(self, status: int, body: bytes, name: str, unknown: str = "BLOB_UNKNOWN") -> None:
+    That body answers a request sent with the mirror's own credentials, ``secrets``
+    (:meth:`~docxy.upstream.tokens.MirrorTokens.secrets`): an error whose code, message or
+    detail repeats one (an upstream or a proxy that echoes request headers) keeps its code but
+    says the mirror's own words for it, without its detail (:func:`relayable`). The body is
+    relayed as parsed, never as it came: what the mirror checked is what the client reads."""
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        name: str,
+        unknown: str = "BLOB_UNKNOWN",
+        secrets: Secrets = NONE,
+    ) -> None:
         super().__init__(f"the upstream answered {status}", status=status)
         if status == 404:  # the code of the mirror's own error, when the registry sent none
             self.code = unknown
         self.name = name
-        parsed = object_in(body)
-        self.said = body if parsed is not None and isinstance(parsed.get("errors"), list) else None
+        self.said = relayable(body, secrets, self.code)
 
     def encoded(self) -> bytes:
         return self.said if self.said is not None else super().encoded()
+
+
+#: The largest upstream error body relayed (parsed, checked for the mirror's secrets): a
+#: registry's is a few hundred bytes; a larger one gets the mirror's own error.
+RELAYED_LIMIT = 64 * 1024
+
+#: The mirror's own words for a registry error code (Distribution's), said in place of an
+#: upstream's message that repeated the mirror's credentials.
+OWN_WORDS = {
+    "BLOB_UNKNOWN": "blob unknown to registry",
+    "MANIFEST_UNKNOWN": "manifest unknown",
+    "NAME_UNKNOWN": "repository name not known to registry",
+    "NAME_INVALID": "invalid repository name",
+    "TAG_INVALID": "manifest tag did not match URI",
+    "DIGEST_INVALID": "provided digest did not match uploaded content",
+    "MANIFEST_INVALID": "manifest invalid",
+    "UNAUTHORIZED": "authentication required",
+    "DENIED": "requested access to the resource is denied",
+    "TOOMANYREQUESTS": "too many requests",
+    "UNSUPPORTED": "the operation is unsupported",
+}
+WITHHELD = "the upstream's message is withheld: it repeated the mirror's upstream credentials"
+
+
+def relayable(body: bytes, secrets: Secrets, code: str) -> bytes | None:
+    """An upstream's registry error ``body`` as a client may be told it; None when it is none
+    (no JSON object with an ``errors`` list of objects, or over :data:`RELAYED_LIMIT` bytes):
+    the caller says its own. Each error keeps its ``code``, ``message`` and ``detail``, unless
+    one of them holds a ``secrets`` value (:class:`~docxy.core.echoes.Secrets`): then its
+    message is the mirror's own for its code (``code`` for a code that held one), its detail
+    dropped. Anything else in the body is left out (a duplicate key's first value too)."""
+    if len(body) > RELAYED_LIMIT:
+        return None
+    parsed = object_in(body)
+    errors = parsed.get("errors") if parsed is not None else None
+    if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+        return None
+    told: list[dict[str, Any]] = []
+    for error in errors:
+        said = {key: error[key] for key in ("code", "message", "detail") if key in error}
+        if secrets.in_value(said):
+            own = said.get("code")
+            own = own if isinstance(own, str) and not secrets.in_text(own) else code
+            words = OWN_WORDS.get(own.upper(), "the upstream answered an error")
+            said = {"code": own, "message": f"{words} ({WITHHELD})"}
+        told.append(said)
+    return json.dumps({"errors": told}).encode()
 
 
 class UpstreamBusy(UpstreamUnavailable):

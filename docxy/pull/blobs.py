@@ -37,7 +37,7 @@ the fill's handover counts as the upstream's (``upstream_bytes=`` in the access 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import NoReturn
@@ -90,7 +90,7 @@ from docxy.shared.tier import SharedTier
 from docxy.threads import in_own_thread
 from docxy.upstream import direct
 from docxy.upstream.client import AnswerTooLarge, read_small, same_origin
-from docxy.upstream.tokens import MirrorTokens, TokenRefused
+from docxy.upstream.tokens import MirrorTokens, TokenRefused, sent_authorization
 
 #: How long a fill's client waits for the fill's first byte before its headers go out anyway
 #: (:func:`_first_byte`): a fill that fails in that time (the upstream's body reset at once)
@@ -326,7 +326,8 @@ class BlobService:
                     f"upstream error body {pull.upstream.host}", partial(_read_error, answer)
                 )
             answer.close()
-            self._refused(pull, answer.status, final_url, body)
+            sent = [v for k, v in headers if k.lower() == "authorization"]
+            self._refused(pull, answer.status, final_url, body, sent)
         self._holds_blob(pull)
         size = body_length(answer.headers)  # a chunked answer's Content-Length is not its own
 
@@ -341,13 +342,21 @@ class BlobService:
         if digest is not None:
             self.pairings.confirm(RepoKey(pull.upstream.host, pull.name), digest, public=True)
 
-    def _refused(self, pull: Pull, status: int, final_url: str, body: bytes = b"") -> NoReturn:
+    def _refused(
+        self,
+        pull: Pull,
+        status: int,
+        final_url: str,
+        body: bytes = b"",
+        sent: Sequence[str | None] = (),
+    ) -> NoReturn:
         """The fetch's answer was no blob. A 401 or 403 from the registry refuses the mirror's
         token for the repository; from where it redirected to (a CDN's signed URL expired, a
         CDN rule) it is a failed fetch: the registry took the token. Another 4xx of the
         registry's (a 404 BLOB_UNKNOWN, a 400; its error ``body``) is its word on the blob in
         this repository: the fill's clients of it are answered so (:class:`UpstreamAnswered`),
-        none sends the same GET again."""
+        none sends the same GET again, told none of the mirror's credentials (``sent``: the
+        ``Authorization`` its GET carried) that ``body`` may repeat."""
         by_registry = same_origin(final_url, pull.upstream.registry)
         if status in (401, 403) and not by_registry:
             where = url_host(final_url)
@@ -357,7 +366,8 @@ class BlobService:
             self.tokens.mark_refused(pull.upstream, pull.name)
             raise FetchRefused(said)
         if status in THE_REGISTRYS_WORD and by_registry:
-            answered = UpstreamAnswered(status, body, pull.name)
+            secrets = self.tokens.secrets(pull.upstream, pull.name, sent)
+            answered = UpstreamAnswered(status, body, pull.name, secrets=secrets)
             raise FetchRefused(said, answered, pull.upstream.host)
         if status == 404:  # a CDN's: not the registry's word, nor the mirror's fault
             raise FetchRefused(said)
@@ -378,7 +388,8 @@ class BlobService:
             raise FetchFailed(exc.message, exc, pull.upstream.host) from exc
         if answer.status_code != 200:
             body = await _error_body(answer)
-            self._refused(pull, answer.status_code, answered_by(answer, pull), body)
+            sent = [sent_authorization(answer)]
+            self._refused(pull, answer.status_code, answered_by(answer, pull), body, sent)
         self._holds_blob(pull)
         size = body_length(answer.headers.multi_items())
         return Download(size, answer.aiter_raw(), answer.aclose)

@@ -77,7 +77,7 @@ from docxy.pull.outcome import (
 )
 from docxy.tasks import Coalesced
 from docxy.upstream.client import MAX_SMALL_BODY, AnswerTooLarge, read_small, same_origin
-from docxy.upstream.tokens import MirrorTokens
+from docxy.upstream.tokens import MirrorTokens, sent_authorization
 
 log = logging.getLogger(__name__)
 
@@ -651,7 +651,8 @@ class ManifestService:
         if answer.status_code in THE_REGISTRYS_WORD and same_origin(
             answered_by(answer, pull), pull.upstream.registry
         ):  # its word on the manifest (a mistyped tag): the clients', not asked again
-            raise UpstreamAnswered(answer.status_code, body, repo.repo, UNKNOWN)
+            sent = self.tokens.secrets(pull.upstream, repo.repo, [sent_authorization(answer)])
+            raise UpstreamAnswered(answer.status_code, body, repo.repo, UNKNOWN, sent)
         if answer.status_code != 200:
             return None
         media_type = answer.headers.get("content-type", "").split(";")[0].strip()

@@ -47,12 +47,14 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Iterable
 
 import httpx
 
 from docxy.core import jsondoc
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
 from docxy.core.challenge import Challenge
+from docxy.core.echoes import Secrets
 from docxy.core.errors import (
     TokenServiceTimeout,
     UpstreamError,
@@ -174,6 +176,30 @@ def basic_authorization(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+def sent_authorization(answer: httpx.Response) -> str | None:
+    """The ``Authorization`` the request ``answer`` answers carried (its last hop's), if any."""
+    try:
+        sent: str | None = answer.request.headers.get("authorization")
+    except RuntimeError:  # httpx: no request set on it (a stand-in answer)
+        return None
+    return sent
+
+
+def login_secrets(upstream: Upstream, sent: Iterable[str | None] = ()) -> Secrets:
+    """What an upstream's answer to a request sent with the mirror's own credentials must not
+    pass on to a client: the ``Authorization`` values ``sent`` (a Bearer token, a Basic login)
+    and their credential, and the mirror's login for ``upstream`` whether sent or not: its
+    password, ``user:password``, and their Basic form."""
+    values: list[str] = []
+    for authorization in sent:
+        if authorization:
+            values += [authorization, authorization.strip().partition(" ")[2]]
+    if upstream.credentials is not None:
+        user, password = upstream.credentials
+        values += [password, f"{user}:{password}", basic_authorization(user, password)]
+    return Secrets(v for v in values if v.strip())
+
+
 class MirrorTokens:
     """Pull tokens the mirror holds for itself, per (upstream, repository)."""
 
@@ -237,6 +263,15 @@ class MirrorTokens:
         if _lately(self._unchecked.get(key), CHECK_SILENCE_HOLD):
             return
         self._refused.set(key, time.monotonic())
+
+    def secrets(
+        self, upstream: Upstream, repository: str, sent: Iterable[str | None] = ()
+    ) -> Secrets:
+        """:func:`login_secrets` for the mirror's request to ``repository``, with the token the
+        mirror holds for it now besides those ``sent`` (an answer names the request of its
+        last hop only)."""
+        held = self._tokens.get((upstream.host, repository))
+        return login_secrets(upstream, [*sent, held[1] if held is not None else None])
 
     async def headers(self, upstream: Upstream, repository: str) -> list[tuple[str, str]]:
         """``Authorization`` for the mirror's own requests to ``repository`` (maybe none)."""
