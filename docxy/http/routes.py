@@ -23,7 +23,9 @@ from docxy.core import jsondoc
 from docxy.core.challenge import Challenge, offers_bearer, rewrite_challenges, with_error
 from docxy.core.cidr import site_key
 from docxy.core.digests import Digest, digest_of
+from docxy.core.echoes import Secrets
 from docxy.core.errors import (
+    RELAYED_LIMIT,
     ClientError,
     Denied,
     RegistryError,
@@ -61,6 +63,7 @@ from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
 from docxy.upstream.client import MAX_SMALL_BODY, SERVER_TROUBLE, Upstream, read_small
 from docxy.upstream.issuers import may_go_to
 from docxy.upstream.routing import Route, request_picks
+from docxy.upstream.tokens import login_secrets, sent_authorization
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +510,8 @@ async def _pass_through(
         kept = [(k, v) for k, v in headers if k.lower() != "authorization"]
         tokens = state.running.tokens
         answer = await tokens.send(pull.upstream, pull.method, pull.name, pull.path, kept)
+        sent = tokens.secrets(pull.upstream, pull.name, [sent_authorization(answer)])
+        answer = await _told_without(pull, answer, sent)
         if answer.status_code == 401 and not _brings_upstream_login(state):
             await answer.aclose()
             raise Denied(UPSTREAM_REFUSED_MIRROR.format(name=route.name))
@@ -530,6 +535,8 @@ async def _pass_through(
     answer = await state.client.send(
         pull.upstream, pull.method, url, headers, mirror_credentials=mirror_login is not None
     )
+    if mirror_login is not None:
+        answer = await _told_without(pull, answer, login_secrets(pull.upstream, [mirror_login]))
     return await _relayed(state, pull, route, answer, release)
 
 
@@ -605,6 +612,31 @@ def _verified_blob(pull: Pull, answer: httpx.Response) -> Digest | None:
     if encoded(answer) and "accept-encoding" in request.headers:
         return None
     return digest
+
+
+async def _told_without(pull: Pull, answer: httpx.Response, secrets: Secrets) -> httpx.Response:
+    """The upstream's error ``answer`` (``4xx``/``5xx``) to a pass-through sent with the
+    mirror's own credentials, its body told as the registry error a client may read
+    (:class:`~docxy.core.errors.UpstreamAnswered`): none of ``secrets`` in it, else the
+    mirror's own words for its code; one that is no registry error (a proxy's page, or over
+    :data:`~docxy.core.errors.RELAYED_LIMIT` bytes), the mirror's own error for its status.
+    Its other header fields are kept (a challenge, ``Retry-After``). Any other answer, and a
+    ``HEAD``'s (no body), as it comes."""
+    if answer.status_code < 400 or pull.head:
+        return answer
+    try:
+        body = await read_small(answer, RELAYED_LIMIT)  # closes it
+    except UpstreamError:  # too large, or broke off: none to tell
+        body = b""
+    unknown = "BLOB_UNKNOWN" if pull.reference.kind is Kind.BLOB else "MANIFEST_UNKNOWN"
+    content = UpstreamAnswered(answer.status_code, body, pull.name, unknown, secrets).encoded()
+    framing = {"content-length", "content-encoding", "transfer-encoding", "content-type"}
+    headers = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in framing]
+    headers += [("Content-Type", "application/json"), ("Content-Length", str(len(content)))]
+    stream = httpx.ByteStream(content)  # not read yet: relayed as a streamed answer is
+    return httpx.Response(
+        answer.status_code, headers=headers, stream=stream, request=answer.request
+    )
 
 
 def _media_type(answer: httpx.Response) -> str:

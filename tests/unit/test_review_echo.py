@@ -155,16 +155,6 @@ def mirror(
     yield from _mirror(tmp_path_factory.mktemp(request.param), handler, up, port, *extra)
 
 
-@pytest.fixture(autouse=True)
-def _pass_through_pending(request: pytest.FixtureRequest) -> None:
-    callspec = getattr(request.node, "callspec", None)
-    params = callspec.params if callspec is not None else {}
-    if params.get("mirror") == "basic-nocache" and params.get("method", "GET") == "GET":
-        if "clean" not in request.node.name:
-            reason = "a pass-through with the mirror's Basic login relays its answer raw"
-            request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def _told(answer: httpx.Response) -> str:
     return answer.text + json.dumps(list(answer.headers.multi_items()))
 
