@@ -4,6 +4,7 @@ loopback addresses and ports, against a loopback upstream."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from docxy.edge import h2c
 from tests.unit import test_review_edge2, test_review_edge3
 from tests.unit.test_review_edge2 import mirror
 from tests.unit.test_review_edge3 import own_range as own_range  # noqa: F401  (fixture)
-from tests.unit.test_review_h2c import BLOB, H2Client
+from tests.unit.test_review_h2c import BLOB, DIGEST, H2Client
 from tests.unit.test_review_h2c import h2c_allowed as h2c_allowed  # noqa: F401  (fixture)
 
 MIRROR_HOST = "127.0.0.234"
@@ -192,7 +193,10 @@ async def test_a_download_in_flight_at_goaway_finishes(
         seen = watch(client)
         try:
             await client.read(0.2)
-            blob = await client.get(BLOB)
+            # the blob the stand-in upstream sends (1 MiB of x), by its own digest: a
+            # pass-through is verified to its last byte (ccd42c9)
+            whole = "sha256:" + hashlib.sha256(test_review_edge2.CHUNK * 16).hexdigest()
+            blob = await client.get(BLOB.replace(DIGEST, whole))
             await client.read(0.5)
             assert client.status == 200 and not client.ended  # its window shut: in flight
             for burst in range(5):
