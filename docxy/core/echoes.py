@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
+from docxy.core.challenge import Challenge, parse_challenge, split_challenges
+
 #: The shortest run of a secret's characters taken for an echo of it (a value shorter than
 #: this, a short password, is looked for whole).
 ECHO_RUN = 12
@@ -74,3 +76,32 @@ class Secrets:
 
 
 NONE = Secrets(())
+
+
+def told_headers(headers: Iterable[tuple[str, str]], secrets: Secrets) -> list[tuple[str, str]]:
+    """The header fields of an upstream's answer to a request sent with the mirror's own
+    credentials that a client may be told: a field whose value holds one of ``secrets``
+    (an upstream or proxy repeating the request's ``Authorization`` in a field of its own, a
+    cookie) is dropped; a ``WWW-Authenticate`` keeps its challenges, each without a parameter
+    that holds one (an ``error_description`` repeating the login): the challenge still says
+    where and how to log in. A challenge this cannot read whole, holding one, is dropped.
+    The rest (``Retry-After``, ``RateLimit-*``) as they came."""
+    told: list[tuple[str, str]] = []
+    for key, value in headers:
+        if not secrets.in_text(value):
+            told.append((key, value))
+        elif key.lower() == "www-authenticate":
+            kept = [_told_challenge(text, secrets) for text in split_challenges(value)]
+            if any(kept):
+                told.append((key, ", ".join(text for text in kept if text)))
+    return told
+
+
+def _told_challenge(text: str, secrets: Secrets) -> str | None:
+    if not secrets.in_text(text):
+        return text
+    parsed = parse_challenge(text)
+    if parsed is None or secrets.in_text(parsed.scheme):
+        return None
+    params = {k: v for k, v in parsed.params.items() if not secrets.in_value({k: v})}
+    return Challenge(parsed.scheme, params).render()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 
 # Every answer of the registry API carries it (the app's and the edge's refusals alike).
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -146,8 +146,28 @@ def body_length(headers: Iterable[tuple[str, str]]) -> int | None:
 def kept_retry_after(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The ``Retry-After`` of an upstream answer the mirror passes on in a response of its own
     making (a relayed token answer, a ``/v2/`` error): a ``429`` or ``503`` says how long to
-    wait, and the client should hear that too. Empty when the upstream gave none."""
-    return [("Retry-After", v) for k, v in headers if k.lower() == "retry-after"][:1]
+    wait, and the client should hear that too. Empty when the upstream gave none, or none
+    that reads as one. Said again as read, never as it came: delay-seconds, or the HTTP-date
+    anew (the date parser takes text after the date), so that a field an upstream filled
+    with what the mirror's request carried (its ``Authorization``: the answer to a fill's GET
+    is told to clients without credentials) cannot pass it on."""
+    for key, value in headers:
+        if key.lower() == "retry-after":
+            return _retry_after_again(value)
+    return []
+
+
+def _retry_after_again(value: str) -> list[tuple[str, str]]:
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return [("Retry-After", text)]
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return []
+    if when.tzinfo is None:  # as retry_after_seconds takes it: GMT
+        when = when.replace(tzinfo=UTC)
+    return [("Retry-After", format_datetime(when.astimezone(UTC), usegmt=True))]
 
 
 def redirect_headers(headers: list[tuple[str, str]], same_origin: bool) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from docxy.core import jsondoc
 from docxy.core.challenge import Challenge, offers_bearer, rewrite_challenges, with_error
 from docxy.core.cidr import site_key
 from docxy.core.digests import Digest, digest_of
-from docxy.core.echoes import Secrets
+from docxy.core.echoes import Secrets, told_headers
 from docxy.core.errors import (
     RELAYED_LIMIT,
     ClientError,
@@ -615,14 +615,20 @@ def _verified_blob(pull: Pull, answer: httpx.Response) -> Digest | None:
 
 
 async def _told_without(pull: Pull, answer: httpx.Response, secrets: Secrets) -> httpx.Response:
-    """The upstream's error ``answer`` (``4xx``/``5xx``) to a pass-through sent with the
-    mirror's own credentials, its body told as the registry error a client may read
+    """The upstream's ``answer`` to a pass-through sent with the mirror's own credentials, as
+    a client may be told it: none of ``secrets`` in its header fields
+    (:func:`~docxy.core.echoes.told_headers`: a field repeating one dropped, a challenge's
+    parameter too; a ``HEAD``'s as well, whose fields are all it says), and an error's
+    (``4xx``/``5xx``) body told as the registry error a client may read
     (:class:`~docxy.core.errors.UpstreamAnswered`): none of ``secrets`` in it, else the
     mirror's own words for its code; one that is no registry error (a proxy's page, or over
     :data:`~docxy.core.errors.RELAYED_LIMIT` bytes), the mirror's own error for its status.
-    Its other header fields are kept (a challenge, ``Retry-After``). Any other answer, and a
-    ``HEAD``'s (no body), as it comes."""
+    Any other answer's body, and a ``HEAD``'s (none), as it comes."""
+    came = answer.headers.multi_items()
+    told = told_headers(came, secrets)
     if answer.status_code < 400 or pull.head:
+        if told != came:
+            answer.headers = httpx.Headers(told)  # its body is not touched: as it comes
         return answer
     try:
         body = await read_small(answer, RELAYED_LIMIT)  # closes it
@@ -631,7 +637,7 @@ async def _told_without(pull: Pull, answer: httpx.Response, secrets: Secrets) ->
     unknown = "BLOB_UNKNOWN" if pull.reference.kind is Kind.BLOB else "MANIFEST_UNKNOWN"
     content = UpstreamAnswered(answer.status_code, body, pull.name, unknown, secrets).encoded()
     framing = {"content-length", "content-encoding", "transfer-encoding", "content-type"}
-    headers = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in framing]
+    headers = [(k, v) for k, v in told if k.lower() not in framing]
     headers += [("Content-Type", "application/json"), ("Content-Length", str(len(content)))]
     stream = httpx.ByteStream(content)  # not read yet: relayed as a streamed answer is
     return httpx.Response(
