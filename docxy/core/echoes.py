@@ -5,8 +5,10 @@ sent with the mirror's own login) answers a request the mirror made with its own
 its ``Authorization`` (a Bearer token got with ``upstream.username``/``password``, or that
 Basic login itself). An upstream, or a proxy or WAF before it, whose error page repeats the
 request's headers would hand them to anyone asking for a missing tag. :class:`Secrets` finds
-them in its text: the whole value, or any run of :data:`ECHO_RUN` of its characters (an echo
-cut short), in any case, and also after percent-decoding (an echo of the URL-encoded login).
+them in its text, in any case, and also after percent-decoding (an echo of the URL-encoded
+login): what the request carried (its token, its Basic base64) as any run of :data:`ECHO_RUN`
+of its characters (an echo cut short); what only stands for it (``user:password``, a long
+password) whole (:func:`~docxy.upstream.tokens.login_secrets` says which is which).
 """
 
 from __future__ import annotations
@@ -18,37 +20,45 @@ from urllib.parse import unquote
 from docxy.core.challenge import Challenge, parse_challenge, split_challenges
 
 #: The shortest run of a secret's characters taken for an echo of it (a value shorter than
-#: this, a short password, is looked for whole).
+#: this is looked for whole).
 ECHO_RUN = 12
 
 
 class Secrets:
     """The values a request of the mirror's carried or stands for, never shown: its
-    ``repr`` names none, and they are kept only as runs to look for."""
+    ``repr`` names none. ``runs``: each looked for as any run of :data:`ECHO_RUN` of its
+    characters (a shorter one whole): an opaque credential the request carried, whose every
+    run is as unlikely in an innocent text as the whole. ``whole``: each looked for whole
+    only: a value made of words a registry's message may hold in part (a username names
+    repositories and tags, ``mycompanyrobot-v2``)."""
 
-    __slots__ = ("_runs",)
+    __slots__ = ("_runs", "_whole")
 
-    def __init__(self, values: Iterable[str]) -> None:
-        runs: dict[int, set[str]] = {}
-        for value in values:
+    def __init__(self, runs: Iterable[str], whole: Iterable[str] = ()) -> None:
+        found: dict[int, set[str]] = {}
+        for value in runs:
             value = value.strip().casefold()
             width = min(ECHO_RUN, len(value))
             if width:
-                found = runs.setdefault(width, set())
-                found.update(value[i : i + width] for i in range(len(value) - width + 1))
-        self._runs = runs
+                found.setdefault(width, set()).update(
+                    value[i : i + width] for i in range(len(value) - width + 1)
+                )
+        self._runs = found
+        self._whole = {value.strip().casefold() for value in whole} - {""}
 
     def __repr__(self) -> str:
         return "Secrets(...)"
 
     def __bool__(self) -> bool:
-        return bool(self._runs)
+        return bool(self._runs or self._whole)
 
     def in_text(self, text: str) -> bool:
         """Whether ``text`` holds a secret, or a run of one."""
         folded = text.casefold()
         decoded = unquote(folded)
         for candidate in (folded, decoded) if decoded != folded else (folded,):
+            if any(value in candidate for value in self._whole):
+                return True
             for width, runs in self._runs.items():
                 for i in range(len(candidate) - width + 1):
                     if candidate[i : i + width] in runs:

@@ -54,7 +54,7 @@ import httpx
 from docxy.core import jsondoc
 from docxy.core.bounded import MAX_REPOSITORIES, LruDict
 from docxy.core.challenge import Challenge
-from docxy.core.echoes import Secrets
+from docxy.core.echoes import ECHO_RUN, Secrets
 from docxy.core.errors import (
     TokenServiceTimeout,
     UpstreamError,
@@ -187,17 +187,34 @@ def sent_authorization(answer: httpx.Response) -> str | None:
 
 def login_secrets(upstream: Upstream, sent: Iterable[str | None] = ()) -> Secrets:
     """What an upstream's answer to a request sent with the mirror's own credentials must not
-    pass on to a client: the ``Authorization`` values ``sent`` (a Bearer token, a Basic login)
-    and their credential, and the mirror's login for ``upstream`` whether sent or not: its
-    password, ``user:password``, and their Basic form."""
-    values: list[str] = []
+    pass on to a client (:class:`~docxy.core.echoes.Secrets`).
+
+    What an echo of the request repeats is its ``Authorization``: the credential of each value
+    ``sent`` (the Bearer token, the Basic base64) and the Basic form of the mirror's login for
+    ``upstream`` whether sent or not, each looked for as any 12 of its characters (one shorter,
+    the value as sent, whole). The login in plain text stands for it but is not what a
+    request carries (Basic sends it base64-encoded only): ``user:password`` is looked for
+    whole, and no run of the username alone, which names repositories and tags
+    (``mycompanyrobot/app:mycompanyrobot-v2``). The password alone only when it is 12
+    characters or more, whole: a shorter one may be an ordinary word (``docker``, which every
+    Docker Hub rate-limit message holds in ``docker.com``), and its plain text is no echo of
+    a header; the Basic form and ``user:password`` still find the request's echo."""
+    runs: list[str] = []
+    whole: list[str] = []
     for authorization in sent:
-        if authorization:
-            values += [authorization, authorization.strip().partition(" ")[2]]
+        value = (authorization or "").strip()
+        credential = value.partition(" ")[2].strip() or value  # a token held: no scheme
+        if len(credential) >= ECHO_RUN:
+            runs.append(credential)
+        elif value:
+            whole.append(value)
     if upstream.credentials is not None:
         user, password = upstream.credentials
-        values += [password, f"{user}:{password}", basic_authorization(user, password)]
-    return Secrets(v for v in values if v.strip())
+        runs.append(basic_authorization(user, password).partition(" ")[2])
+        whole.append(f"{user}:{password}")
+        if len(password.strip()) >= ECHO_RUN:
+            whole.append(password)
+    return Secrets(runs, whole)
 
 
 class MirrorTokens:
