@@ -640,9 +640,11 @@ async def _told_without(pull: Pull, answer: httpx.Response, secrets: Secrets) ->
     headers = [(k, v) for k, v in told if k.lower() not in framing]
     headers += [("Content-Type", "application/json"), ("Content-Length", str(len(content)))]
     stream = httpx.ByteStream(content)  # not read yet: relayed as a streamed answer is
-    return httpx.Response(
-        answer.status_code, headers=headers, stream=stream, request=answer.request
-    )
+    try:
+        sent: httpx.Request | None = answer.request
+    except RuntimeError:  # none set: the refusal MirrorTokens.send answers in the upstream's name
+        sent = None
+    return httpx.Response(answer.status_code, headers=headers, stream=stream, request=sent)
 
 
 def _media_type(answer: httpx.Response) -> str:
