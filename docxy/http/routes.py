@@ -570,15 +570,16 @@ async def _relayed(
     redirected to a CDN is answered by the CDN, which sends none. The digest the client asked
     for is the only one a content-addressed blob can have; one the upstream sent is kept.
     A manifest's ``200`` that names none is given the digest of its bytes, when the mirror
-    holds them whole (:func:`_held_whole`); one it does not hold whole gets none."""
+    holds them whole (:func:`_held_whole`); one it does not hold whole gets none.
+
+    Content asked for by digest is that content or an error (:func:`_verified`): known wrong
+    before a byte goes out, ``502`` (:func:`_refuse_wrong`); else a body not held whole is
+    hashed as it is relayed, and cut before its last byte if it is not the content."""
     answer, computed = await _held_whole(pull, answer)
-    verified = _verified_blob(pull, answer)
-    if verified is not None and content_length(answer.headers.get("content-length")) == 0:
-        if verified != digest_of(b"", verified.algorithm):
-            await answer.aclose()  # the caller gives the permit back
-            said = f"the upstream answered {verified} with an empty 200"
-            log.warning("%s: not passed through", said)
-            raise UpstreamUnavailable(f"{said}: not the blob")
+    verified = _verified(pull, answer)
+    if verified is not None:
+        await _refuse_wrong(pull, answer, verified, computed)
+    streamed = not pull.head and computed is None and _of_its_bytes(pull, answer)
     response = relay(
         answer,
         method=pull.method,
@@ -586,7 +587,7 @@ async def _relayed(
         library_prefix=pull.upstream.library_prefix,
         prefix=route.prefix,
         release=release,
-        digest=verified,
+        digest=verified if streamed else None,
     )
     digest = pull.reference.digest
     is_blob = pull.reference.kind is Kind.BLOB and digest is not None
@@ -597,21 +598,52 @@ async def _relayed(
     return response
 
 
-def _verified_blob(pull: Pull, answer: httpx.Response) -> Digest | None:
-    """The digest a blob ``GET``'s ``200`` passed through is verified against as it is relayed
-    (:func:`~docxy.http.responses.relay`), as a fill's download is: the whole blob, asked for
-    by that digest. None for anything else: a ``HEAD`` (no body), a ``206`` (a part says
-    nothing of the digest), and a body in a content coding the client asked for itself (its
-    bytes are a coding of the blob, which the client decodes; one the mirror asked
-    ``identity`` for is verified as it comes, as a fill's is: a storage's ``gzip`` label)."""
+def _verified(pull: Pull, answer: httpx.Response) -> Digest | None:
+    """The digest a ``GET``'s ``200`` passed through is checked against (a blob's or a
+    manifest's, asked for by that digest): its body is verified as a fill's download is,
+    hashed as it is relayed (:func:`~docxy.http.responses.relay`) or held whole first (a
+    manifest within the cap: :func:`_held_whole`). None for anything else: asked by tag
+    (no digest to check), a ``HEAD`` (no body), a ``206`` (a part says nothing of the
+    digest), and a body in a content coding the client asked for itself (its bytes are a
+    coding of the content, which the client decodes; one the mirror asked ``identity`` for is
+    verified as it comes, as a fill's is: a storage's ``gzip`` label)."""
     digest = pull.reference.digest
-    if pull.reference.kind is not Kind.BLOB or digest is None or pull.head:
-        return None
-    if answer.status_code != 200:
+    if digest is None or pull.head or answer.status_code != 200:
         return None
     if encoded(answer) and "accept-encoding" in request.headers:
         return None
     return digest
+
+
+def _of_its_bytes(pull: Pull, answer: httpx.Response) -> bool:
+    """Whether the digest of the content ``answer`` brings is that of all its bytes: a blob's,
+    and a manifest's of the types the mirror caches (a signed schema 1 manifest's is of its
+    payload; one of a type not known is not known to be)."""
+    return pull.reference.kind is Kind.BLOB or _media_type(answer) in MANIFEST_TYPES
+
+
+async def _refuse_wrong(
+    pull: Pull, answer: httpx.Response, verified: Digest, computed: Digest | None
+) -> None:
+    """Raise ``502 UNAVAILABLE`` (one WARNING line) for an ``answer`` known not to be the
+    content ``verified`` names before a byte of it goes out: a manifest held whole whose bytes
+    hash to another digest (``computed``: said as the cached path's
+    :class:`~docxy.cache.errors.DigestMismatch` says it), and a ``200`` of
+    ``Content-Length: 0`` for a digest that is not the empty content's. Relayed,
+    either would be a whole ``200`` of other content; a client asking by digest gets that
+    content or an error. (The answer is closed; the caller gives the permit back.)"""
+    kind = "blob" if pull.reference.kind is Kind.BLOB else "manifest"
+    if computed is not None and computed != verified:
+        said = f"{kind} for {verified} hashes to {computed}"
+    elif content_length(answer.headers.get("content-length")) == 0 and verified != digest_of(
+        b"", verified.algorithm
+    ):
+        said = f"the upstream answered {verified} with an empty 200"
+    else:
+        return
+    await answer.aclose()
+    log.warning("%s %s from upstream does not match its digest: %s", kind, pull.path, said)
+    raise UpstreamUnavailable(f"{said}: not the {kind}")
 
 
 async def _told_without(pull: Pull, answer: httpx.Response, secrets: Secrets) -> httpx.Response:
@@ -654,7 +686,8 @@ def _media_type(answer: httpx.Response) -> str:
 
 async def _held_whole(pull: Pull, answer: httpx.Response) -> tuple[httpx.Response, Digest | None]:
     """A manifest ``GET``'s ``200`` that names no ``Docker-Content-Digest`` (the registry API's
-    SHOULD; a client reads it, ``docker pull``'s ``Digest:`` line by tag): read whole when its
+    SHOULD; a client reads it, ``docker pull``'s ``Digest:`` line by tag), or one asked for by
+    digest (named or not: checked against it, :func:`_refuse_wrong`): read whole when its
     length says it is within the manifest cap (as the mirror's own manifest fetch is), and
     answered as read, with the digest of those bytes (sha256, or the algorithm of the digest
     asked for), as Distribution names it. Any
@@ -665,7 +698,7 @@ async def _held_whole(pull: Pull, answer: httpx.Response) -> tuple[httpx.Respons
         pull.reference.kind is not Kind.MANIFEST
         or pull.head
         or answer.status_code != 200
-        or DIGEST_HEADER in answer.headers
+        or (DIGEST_HEADER in answer.headers and pull.reference.digest is None)
         or encoded(answer)
         or _media_type(answer) not in MANIFEST_TYPES  # schema 1's is not of all its bytes
     ):

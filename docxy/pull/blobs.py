@@ -577,7 +577,7 @@ def _corrupt(stream: BlobReader | BlobFollower, exc: FillAborted) -> PassThrough
     not the blob (:class:`CorruptDownload`: an empty ``200`` for a blob that is not empty): an
     upstream failure the client is answered with (``502 UNAVAILABLE``), not passed through,
     where the upstream would only be asked for the same bytes again (a pass-through verifies
-    them too: ``docxy.http.routes._verified_blob``). None for any
+    them too: ``docxy.http.routes._verified``). None for any
     other failure, and for a download from the shared bucket: the upstream may hold the
     blob right."""
     if not isinstance(exc, CorruptDownload) or not isinstance(stream, BlobFollower):

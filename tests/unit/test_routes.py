@@ -482,7 +482,11 @@ async def test_upstream_404_is_relayed() -> None:
         ("/v2/redis/manifests/7", {}, "/v2/library/redis/manifests/7"),
         ("/v2/library/redis/manifests/7", {}, "/v2/library/redis/manifests/7"),
         ("/v2/org/team/app/manifests/v1.2", {}, "/v2/org/team/app/manifests/v1.2"),
-        (f"/v2/redis/manifests/{DIGEST}", {}, f"/v2/library/redis/manifests/{DIGEST}"),
+        (  # by its own digest: a manifest passed through by digest is checked against it
+            f"/v2/redis/manifests/{digest_of(MANIFEST)}",
+            {},
+            f"/v2/library/redis/manifests/{digest_of(MANIFEST)}",
+        ),
         (
             "/v2/redis/manifests/7",
             {"upstream.library_prefix": "false"},
