@@ -599,16 +599,17 @@ async def _relayed(
 
 
 def _verified(pull: Pull, answer: httpx.Response) -> Digest | None:
-    """The digest a ``GET``'s ``200`` passed through is checked against (a blob's or a
-    manifest's, asked for by that digest): its body is verified as a fill's download is,
+    """The digest a ``GET``'s or ``HEAD``'s ``200`` passed through is checked against (a blob's
+    or a manifest's, asked for by that digest): a body is verified as a fill's download is,
     hashed as it is relayed (:func:`~docxy.http.responses.relay`) or held whole first (a
-    manifest within the cap: :func:`_held_whole`). None for anything else: asked by tag
-    (no digest to check), a ``HEAD`` (no body), a ``206`` (a part says nothing of the
-    digest), and a body in a content coding the client asked for itself (its bytes are a
-    coding of the content, which the client decodes; one the mirror asked ``identity`` for is
-    verified as it comes, as a fill's is: a storage's ``gzip`` label)."""
+    manifest within the cap: :func:`_held_whole`); a ``HEAD`` says only its length, and one of
+    ``0`` for content that is not empty is known wrong. None for anything else: asked by tag
+    (no digest to check), a ``206`` (a part says nothing of the digest), and a body in a
+    content coding the client asked for itself (its bytes are a coding of the content, which
+    the client decodes; one the mirror asked ``identity`` for is verified as it comes, as a
+    fill's is: a storage's ``gzip`` label)."""
     digest = pull.reference.digest
-    if digest is None or pull.head or answer.status_code != 200:
+    if digest is None or answer.status_code != 200:
         return None
     if encoded(answer) and "accept-encoding" in request.headers:
         return None
@@ -628,8 +629,8 @@ async def _refuse_wrong(
     """Raise ``502 UNAVAILABLE`` (one WARNING line) for an ``answer`` known not to be the
     content ``verified`` names before a byte of it goes out: a manifest held whole whose bytes
     hash to another digest (``computed``: said as the cached path's
-    :class:`~docxy.cache.errors.DigestMismatch` says it), and a ``200`` of
-    ``Content-Length: 0`` for a digest that is not the empty content's. Relayed,
+    :class:`~docxy.cache.errors.DigestMismatch` says it), and a ``200`` (a ``GET``'s or a
+    ``HEAD``'s) of ``Content-Length: 0`` for a digest that is not the empty content's. Relayed,
     either would be a whole ``200`` of other content; a client asking by digest gets that
     content or an error. (The answer is closed; the caller gives the permit back.)"""
     kind = "blob" if pull.reference.kind is Kind.BLOB else "manifest"
