@@ -34,6 +34,7 @@ from docxy.core.errors import (
 from docxy.core.headers import (
     API_VERSION_HEADER,
     DIGEST_HEADER,
+    content_length,
     kept_retry_after,
     response_headers,
 )
@@ -216,8 +217,14 @@ async def _relayed(
     the whole hashes to it: bytes that do not (wrong, short, long or none, whatever length the
     upstream said) cut the client before its last byte (:class:`StreamCut`), so it sees a
     short read, never a whole ``200`` of another blob (as a fill's clients are cut). Only a
-    byte is held: the rest streams as it comes."""
+    byte is held: the rest streams as it comes (a slow upstream's first read reaches the
+    client before its next). Reads before the length the upstream announced are passed on
+    whole, and only the one that reaches it is split: holding back each read's last byte
+    cost a second ``send`` and a copy of every read. Without a length (chunked), the byte
+    held goes out with the next read, one ``send`` each."""
     hasher = None if digest is None else digest.hasher()
+    announced = content_length(upstream.headers.get("content-length"))
+    passed = 0  # bytes yielded
     held = b""
     try:
         async for chunk in upstream.aiter_raw():
@@ -227,11 +234,14 @@ async def _relayed(
             if not chunk:
                 continue
             hasher.update(chunk)
-            if held:
-                yield held
-            if len(chunk) > 1:
-                yield chunk[:-1]
-            held = chunk[-1:]
+            out = held + chunk if held else chunk
+            if announced is not None and passed + len(out) < announced:
+                held = b""  # not the last: whole
+            else:
+                held, out = out[-1:], out[:-1]
+            if out:
+                passed += len(out)
+                yield out
         if hasher is not None and digest is not None:
             if hasher.hexdigest() != digest.hex:
                 said = f"the upstream's body is not {digest}: not relayed to its end"
