@@ -576,7 +576,7 @@ async def _relayed(
     before a byte goes out, ``502`` (:func:`_refuse_wrong`); else a body not held whole is
     hashed as it is relayed, and cut before its last byte if it is not the content."""
     answer, computed = await _held_whole(pull, answer)
-    verified = _verified(pull, answer)
+    verified = _verified(pull, answer, held=computed is not None)
     if verified is not None:
         await _refuse_wrong(pull, answer, verified, computed)
     streamed = not pull.head and computed is None and _of_its_bytes(pull, answer)
@@ -598,7 +598,7 @@ async def _relayed(
     return response
 
 
-def _verified(pull: Pull, answer: httpx.Response) -> Digest | None:
+def _verified(pull: Pull, answer: httpx.Response, *, held: bool = False) -> Digest | None:
     """The digest a ``GET``'s or ``HEAD``'s ``200`` passed through is checked against (a blob's
     or a manifest's, asked for by that digest): a body is verified as a fill's download is,
     hashed as it is relayed (:func:`~docxy.http.responses.relay`) or held whole first (a
@@ -607,11 +607,12 @@ def _verified(pull: Pull, answer: httpx.Response) -> Digest | None:
     (no digest to check), a ``206`` (a part says nothing of the digest), and a body in a
     content coding the client asked for itself (its bytes are a coding of the content, which
     the client decodes; one the mirror asked ``identity`` for is verified as it comes, as a
-    fill's is: a storage's ``gzip`` label)."""
+    fill's is: a storage's ``gzip`` label), unless ``held``: a manifest held whole, whose
+    coding :func:`_held_whole` undid to hash what it decodes to."""
     digest = pull.reference.digest
     if digest is None or answer.status_code != 200:
         return None
-    if encoded(answer) and "accept-encoding" in request.headers:
+    if encoded(answer) and "accept-encoding" in request.headers and not held:
         return None
     return digest
 
@@ -691,19 +692,23 @@ async def _held_whole(pull: Pull, answer: httpx.Response) -> tuple[httpx.Respons
     digest (named or not: checked against it, :func:`_refuse_wrong`): read whole when its
     length says it is within the manifest cap (as the mirror's own manifest fetch is), and
     answered as read, with the digest of those bytes (sha256, or the algorithm of the digest
-    asked for), as Distribution names it. Any
-    other answer is relayed as it comes, and None: no body held whole (no length, a zipped or
-    larger one, a ``HEAD``), no digest made up; nor for a type whose digest is not that of
-    all its bytes, or not known to be (a signed schema 1 manifest's is of its payload)."""
+    asked for), as Distribution names it. One asked for by digest in a content coding is held
+    whole whatever its length (:func:`_decoded_whole`): its digest is that of what it decodes
+    to. Any other answer is relayed as it comes, and None: no body held whole (no length, a
+    zipped one by tag, a larger one, a ``HEAD``), no digest made up; nor for a type whose
+    digest is not that of all its bytes, or not known to be (a signed schema 1 manifest's is
+    of its payload)."""
     if (
         pull.reference.kind is not Kind.MANIFEST
         or pull.head
         or answer.status_code != 200
         or (DIGEST_HEADER in answer.headers and pull.reference.digest is None)
-        or encoded(answer)
+        or (encoded(answer) and pull.reference.digest is None)
         or _media_type(answer) not in MANIFEST_TYPES  # schema 1's is not of all its bytes
     ):
         return answer, None
+    if pull.reference.digest is not None and encoded(answer):
+        return await _decoded_whole(pull, answer, pull.reference.digest)
     length = content_length(answer.headers.get("content-length"))
     if length is None or length > MAX_SMALL_BODY:
         return answer, None
@@ -712,6 +717,57 @@ async def _held_whole(pull: Pull, answer: httpx.Response) -> tuple[httpx.Respons
     held = httpx.Response(200, headers=answer.headers, stream=stream, request=answer.request)
     asked = pull.reference.digest  # by digest: in the algorithm the client asked in
     return held, digest_of(body, asked.algorithm if asked is not None else "sha256")
+
+
+async def _decoded_whole(
+    pull: Pull, answer: httpx.Response, asked: Digest
+) -> tuple[httpx.Response, Digest]:
+    """A manifest asked for by ``asked`` whose ``answer`` is in a content coding (``gzip``:
+    what Go's clients ask for, docker's and containerd's; or sent though the mirror asked
+    ``identity``), held whole and decoded as the mirror's own manifest fetch decodes it
+    (:func:`~docxy.upstream.client.read_small`: each within the manifest cap), and the digest
+    of what it decodes to (the manifest's digest is of its bytes, not of a coding of them).
+    Answered as it came to a client that takes its coding (``Accept-Encoding``), decoded
+    (its own length, no ``Content-Encoding``) to one that does not: what it asked for. One
+    larger than the cap, in a coding the mirror does not read, or that does not decode,
+    cannot be checked: ``502 UNAVAILABLE`` saying why (one WARNING line)."""
+    coding = answer.headers.get("content-encoding", "").strip().lower()
+    try:
+        raw = await read_small(answer, inflate=False)  # closes it
+        stream = httpx.ByteStream(raw)
+        came = httpx.Response(200, headers=answer.headers, stream=stream, request=answer.request)
+        body = await read_small(came)  # decoded, bounded
+    except UpstreamUnavailable as exc:  # too large (AnswerTooLarge), corrupt, unknown coding
+        said = f"manifest for {asked} came {coding}-encoded and cannot be checked: {exc}"
+        log.warning("manifest %s from upstream: %s", pull.path, said)
+        raise UpstreamUnavailable(said) from exc
+    sent = raw if _takes(coding) else body
+    headers = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in _FRAMING]
+    if sent is raw:
+        headers.append(("Content-Encoding", coding))
+    headers.append(("Content-Length", str(len(sent))))
+    stream = httpx.ByteStream(sent)  # not read yet: relayed as a streamed answer is
+    held = httpx.Response(200, headers=headers, stream=stream, request=answer.request)
+    return held, digest_of(body, asked.algorithm)
+
+
+#: The fields a held answer's body is framed by, set anew for what is relayed.
+_FRAMING = {"content-length", "content-encoding", "transfer-encoding"}
+
+
+def _takes(coding: str) -> bool:
+    """Whether this request's ``Accept-Encoding`` takes ``coding`` (named, or ``*``, at a
+    weight that is not ``0``); none sent takes none here: the mirror asked ``identity``."""
+    for item in request.headers.get("accept-encoding", "").split(","):
+        name, _, params = item.partition(";")
+        if name.strip().lower() not in (coding, "*"):
+            continue
+        weight = params.strip().lower().removeprefix("q=").strip() if params else "1"
+        try:
+            return float(weight or "1") > 0
+        except ValueError:
+            return False
+    return False
 
 
 def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -314,3 +315,132 @@ async def test_a_verified_relay_splits_only_the_read_that_completes_the_blob(
     assert len(sent) == len(reads) + 1  # one split: the completing read's last byte
     if announced:
         assert sent[:2] == reads[:2]
+
+
+# Manifests by digest in a content coding (review s44 r4, after 8a082f5): one the upstream sent
+# gzip-encoded to a client asking ``Accept-Encoding: gzip`` (Go's default: docker, containerd,
+# skopeo, crane) was not checked at all, other bytes relayed as a whole ``200`` (with the cache
+# on too: its fetch found them wrong and passed the request through); the right one, sent
+# gzip-encoded when the mirror asked ``identity``, was hashed as its gzip bytes and cut.
+#: What the upstream sends, by the test's mode: ``gz-``/``deflate-`` the coding, then the
+#: manifest (``good``, ``other``), or ``corrupt`` (no such coding of anything) or ``bomb``
+#: (a small gzip of more than the cap); ``-chunked``: no Content-Length.
+CODED = {"good": MANIFEST, "other": OTHER, "bomb": MANIFEST[:-1] + b" " * (5 << 20) + b"}"}
+
+
+def _coded(request: httpx.Request) -> httpx.Response:
+    if request.url.host == "auth.example":
+        return reply(200, b'{"token": "t0ken"}', {"Content-Type": "application/json"})
+    if request.url.path == "/v2/":
+        return reply(200, b"{}")
+    mode, chunked = request.url.path.split("/")[3], False
+    if mode.endswith("-chunked"):
+        mode, chunked = mode.removesuffix("-chunked"), True
+    coding, what = mode.split("-", 1)
+    if what == "corrupt":
+        body = b"\x1f\x8b\x08\x00 this is no gzip stream at all"
+    elif coding == "gzip":
+        body = gzip.compress(CODED[what])
+    else:
+        body = zlib.compress(CODED[what])
+    headers = [("Content-Type", MANIFEST_TYPE), ("Content-Encoding", coding)]
+    return reply(200, Body.of(body, 1000), headers, length=not chunked)
+
+
+GZIP = [("Accept-Encoding", "gzip")]
+
+
+@pytest.mark.parametrize("where", sorted(MANIFEST_SETTINGS))
+@pytest.mark.parametrize("mode", ["gzip-other", "gzip-other-chunked", "deflate-other"])
+@pytest.mark.parametrize("accepts", [True, False], ids=["gzip-client", "no-coding-client"])
+async def test_a_wrong_encoded_manifest_by_digest_is_a_502(
+    where: str, mode: str, accepts: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another manifest, content-coded, for a digest: held whole and decoded, its decoded
+    bytes hashed: ``502 UNAVAILABLE`` saying so, one WARNING line, as an identity one is."""
+    async with mirror(_coded, _manifest_settings(where, tmp_path)) as m:
+        path = f"/v2/x/{mode}/manifests/{MANIFEST_DIGEST}"
+        answer = await m.raw("GET", path, GZIP if accepts else [])
+    assert answer.status == 502 and answer.complete
+    [error] = json.loads(answer.body)["errors"]
+    assert error["code"] == "UNAVAILABLE" and MANIFEST_DIGEST in error["message"]
+    warned = [r for r in caplog.records if r.name == "docxy.http.routes"]
+    assert [r.levelname for r in warned] == ["WARNING"]
+
+
+@pytest.mark.parametrize("mode", ["gzip-good", "gzip-good-chunked", "deflate-good"])
+async def test_the_encoded_manifest_to_a_client_asking_no_coding_is_decoded(
+    mode: str, tmp_path: Path
+) -> None:
+    """The right manifest, sent coded though the mirror asked ``identity`` (the client asked
+    for no coding): the client gets the manifest, decoded, whole, its own length."""
+    async with mirror(_coded, _manifest_settings("no-cache", tmp_path)) as m:
+        answer = await m.raw("GET", f"/v2/x/{mode}/manifests/{MANIFEST_DIGEST}")
+    assert answer.status == 200 and answer.complete and answer.body == MANIFEST
+    assert "Content-Encoding" not in answer.headers
+    assert answer.headers["Content-Length"] == str(len(MANIFEST))
+    assert answer.headers["Docker-Content-Digest"] == MANIFEST_DIGEST
+
+
+@pytest.mark.parametrize(
+    ("where", "accepts"),
+    [("no-cache", True), ("cache", True), ("cache", False)],  # (no-cache, False): above
+    ids=["no-cache-gzip-client", "cache-gzip-client", "cache-no-coding-client"],
+)
+@pytest.mark.parametrize("mode", ["gzip-good", "gzip-good-chunked", "deflate-good"])
+async def test_the_encoded_manifest_by_digest_is_whole(
+    where: str, mode: str, accepts: bool, tmp_path: Path
+) -> None:
+    """Guard: the manifest itself, coded, is relayed whole and decodes to its bytes, named by
+    its digest (coded as it came to a client that takes the coding)."""
+    async with mirror(_coded, _manifest_settings(where, tmp_path)) as m:
+        path = f"/v2/x/{mode}/manifests/{MANIFEST_DIGEST}"
+        answer = await m.raw("GET", path, [("Accept-Encoding", "gzip, deflate")] if accepts else [])
+    assert answer.status == 200 and answer.complete
+    coding = answer.headers.get("Content-Encoding")
+    assert coding in (None, "gzip", "deflate") and (coding is None or accepts)
+    body = answer.body if coding is None else zlib.decompress(answer.body, 32 + zlib.MAX_WBITS)
+    assert body == MANIFEST
+    assert answer.headers["Docker-Content-Digest"] == MANIFEST_DIGEST
+
+
+@pytest.mark.parametrize("mode", ["gzip-corrupt", "gzip-bomb"])
+async def test_an_encoded_manifest_that_cannot_be_checked_is_a_502(mode: str) -> None:
+    """One whose coding does not decode, or decodes to more than the manifest cap: it cannot
+    be checked, ``502 UNAVAILABLE`` saying why."""
+    async with mirror(_coded) as m:
+        answer = await m.raw("GET", f"/v2/x/{mode}/manifests/{MANIFEST_DIGEST}", GZIP)
+    assert answer.status == 502 and answer.complete
+    [error] = json.loads(answer.body)["errors"]
+    assert error["code"] == "UNAVAILABLE" and MANIFEST_DIGEST in error["message"]
+
+
+@pytest.mark.parametrize("mode", ["gzip-other", "gzip-good"])
+async def test_an_encoded_manifest_by_tag_is_relayed_as_it_comes(mode: str) -> None:
+    """Guard: by tag there is no digest to check: relayed as it comes, coded."""
+    async with mirror(_coded) as m:
+        answer = await m.raw("GET", f"/v2/x/{mode}/manifests/latest", GZIP)
+    assert answer.status == 200 and answer.complete
+    assert answer.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(answer.body) == CODED[mode.split("-")[1]]
+
+
+@pytest.mark.parametrize(
+    ("accept", "coded"),
+    [("gzip", True), ("*", True), ("br, gzip;q=0.5", True), ("gzip;q=0", False), ("br", False)],
+)
+async def test_the_encoded_manifest_is_coded_only_for_a_client_that_takes_it(
+    accept: str, coded: bool
+) -> None:
+    """The coded bytes as they came (their length, their ``Content-Encoding``) go to a client
+    whose ``Accept-Encoding`` takes gzip; the decoded manifest to one that does not."""
+    async with mirror(_coded) as m:
+        path = f"/v2/x/gzip-good-chunked/manifests/{MANIFEST_DIGEST}"
+        answer = await m.raw("GET", path, [("Accept-Encoding", accept)])
+    assert answer.status == 200 and answer.complete
+    assert answer.headers["Content-Length"] == str(len(answer.body))
+    if coded:
+        assert answer.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(answer.body) == MANIFEST
+    else:
+        assert "Content-Encoding" not in answer.headers and answer.body == MANIFEST
