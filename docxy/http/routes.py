@@ -60,7 +60,13 @@ from docxy.http.state import MirrorState, mirror_state
 from docxy.pull.manifests import MANIFEST_TYPES, encoded
 from docxy.pull.outcome import BlobContent, Outcome, PassThrough, Pull, Reason, Source
 from docxy.shared.tier import ORIGIN as SHARED_ORIGIN
-from docxy.upstream.client import MAX_SMALL_BODY, SERVER_TROUBLE, Upstream, read_small
+from docxy.upstream.client import (
+    MAX_SMALL_BODY,
+    SERVER_TROUBLE,
+    Upstream,
+    read_small,
+    request_of,
+)
 from docxy.upstream.issuers import may_go_to
 from docxy.upstream.routing import Route, request_picks
 from docxy.upstream.tokens import login_secrets, sent_authorization
@@ -670,14 +676,11 @@ async def _told_without(pull: Pull, answer: httpx.Response, secrets: Secrets) ->
         body = b""
     unknown = "BLOB_UNKNOWN" if pull.reference.kind is Kind.BLOB else "MANIFEST_UNKNOWN"
     content = UpstreamAnswered(answer.status_code, body, pull.name, unknown, secrets).encoded()
-    framing = {"content-length", "content-encoding", "transfer-encoding", "content-type"}
-    headers = [(k, v) for k, v in told if k.lower() not in framing]
+    headers = [(k, v) for k, v in told if k.lower() not in _FRAMING | {"content-type"}]
     headers += [("Content-Type", "application/json"), ("Content-Length", str(len(content)))]
     stream = httpx.ByteStream(content)  # not read yet: relayed as a streamed answer is
-    try:
-        sent: httpx.Request | None = answer.request
-    except RuntimeError:  # none set: the refusal MirrorTokens.send answers in the upstream's name
-        sent = None
+    # (no request: the refusal MirrorTokens.send answers in the upstream's name)
+    sent = request_of(answer)
     return httpx.Response(answer.status_code, headers=headers, stream=stream, request=sent)
 
 

@@ -1032,13 +1032,23 @@ class UpstreamClient:
         return found.realm if found is not None else None
 
 
+def request_of(answer: httpx.Response) -> httpx.Request | None:
+    """The request ``answer`` answers (its last hop's, after redirects); None for an answer
+    the mirror made itself (:meth:`TokenRefused.answer`) or a test's stand-in: httpx raises
+    for one with no request set."""
+    try:
+        return answer.request
+    except RuntimeError:
+        return None
+
+
 def _read_timeout(upstream: httpx.Response) -> float | None:
     """The read timeout the answer's request was sent with (httpx's, per read); None for an
     answer the mirror made itself (no request: :meth:`TokenRefused.answer`)."""
-    try:
-        timeout = upstream.request.extensions.get("timeout")
-    except RuntimeError:
+    sent = request_of(upstream)
+    if sent is None:
         return None
+    timeout = sent.extensions.get("timeout")
     read = timeout.get("read") if isinstance(timeout, dict) else None
     return float(read) if isinstance(read, int | float) else None
 

@@ -73,6 +73,7 @@ from docxy.upstream.client import (
     UpstreamClient,
     clear_realm_remedy,
     read_small,
+    request_of,
     same_origin,
 )
 
@@ -158,10 +159,8 @@ def _carried_login(answer: httpx.Response) -> bool:
     """Whether the request ``answer`` answers (the last hop's, after redirects) carried the
     ``Authorization`` it was sent with (:func:`~docxy.upstream.client.next_hop` drops it on a
     hop to another origin). An answer that names no request (a test's stand-in) did."""
-    try:
-        return "authorization" in answer.request.headers
-    except RuntimeError:  # httpx: no request set on it
-        return True
+    sent = request_of(answer)
+    return sent is None or "authorization" in sent.headers
 
 
 def _token_in(body: bytes) -> str | None:
@@ -178,11 +177,8 @@ def basic_authorization(username: str, password: str) -> str:
 
 def sent_authorization(answer: httpx.Response) -> str | None:
     """The ``Authorization`` the request ``answer`` answers carried (its last hop's), if any."""
-    try:
-        sent: str | None = answer.request.headers.get("authorization")
-    except RuntimeError:  # httpx: no request set on it (a stand-in answer)
-        return None
-    return sent
+    sent = request_of(answer)
+    return sent.headers.get("authorization") if sent is not None else None
 
 
 def login_secrets(upstream: Upstream, sent: Iterable[str | None] = ()) -> Secrets:
