@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fnmatch
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from docxy.threads import running_loop
@@ -47,6 +48,33 @@ def clear_dir(directory: Path) -> int:
             unlink_quietly(Path(entry.path))
             removed += 1
     return removed
+
+
+def globbed(base: Path, pattern: str) -> Iterator[Path]:
+    """``base.glob(pattern)`` for a pattern of names and wildcards (``"*/*/*.json"``), walked
+    beside a live mirror: a folder that goes away between being listed and being read (a put
+    forgetting a manifest's records, a delete, gc) is left out, as one it may not list is.
+    Python 3.11's glob raised FileNotFoundError for it (3.13's leaves it out too)."""
+    name, _, rest = pattern.partition("/")
+    try:
+        with os.scandir(base) as listing:
+            entries = list(listing)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    for entry in entries:
+        if not fnmatch.fnmatchcase(entry.name, name):
+            continue
+        if not rest:
+            yield Path(entry.path)
+        elif _is_dir(entry):
+            yield from globbed(Path(entry.path), rest)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def unlink_quietly(path: Path) -> None:

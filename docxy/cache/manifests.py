@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from docxy.cache.errors import CacheError, DigestMismatch
-from docxy.cache.files import clear_dir, os_error, unlink_quietly, write_atomic
+from docxy.cache.files import clear_dir, globbed, os_error, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, below, needs, needs_sized
 from docxy.cache.startup import read_in_thread, waited_off_loop
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, is_temp_name
@@ -1065,7 +1065,7 @@ class ManifestStore:
         cutoff = time.time() - age
         tidied: Tidied = (0, [])
         base = self.root / "by-digest"
-        for meta in base.glob("*/*/*/*.json") if base.is_dir() else ():
+        for meta in globbed(base, "*/*/*/*.json"):
             if not meta.with_name(meta.name.removesuffix(".json")).exists():
                 tidied = _plus(tidied, _remove_older(meta, cutoff))
         for folder in {self._tmp, self.access.tmp_dir}:
@@ -1079,6 +1079,8 @@ class ManifestStore:
         for upstream, digest, folder in self.access.digest_dirs():
             try:
                 found = self._tidy_records(ImageKey(upstream, digest), folder, cutoff)
+            except FileNotFoundError:  # forgotten since listed (a live mirror's put, delete)
+                continue
             except OSError as exc:  # a folder it may not list (an old root run's): said, skipped
                 found = (0, [(folder, exc)])
             tidied = _plus(tidied, found)
@@ -1109,7 +1111,7 @@ class ManifestStore:
         now = time.time()
         listed: set[ImageKey] = set()  # manifest files, read or not
         records: set[ImageKey] = set()  # .json records: those of no manifest file are leftovers
-        for path in base.glob("*/*/*/*") if base.is_dir() else ():
+        for path in globbed(base, "*/*/*/*"):
             upstream_key, algorithm, _, hex_ = path.relative_to(base).parts
             try:
                 if hex_.endswith(".json"):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docxy.cache.files import unlink_quietly, write_atomic
+from docxy.cache.files import globbed, unlink_quietly, write_atomic
 from docxy.core.digests import Digest
 from docxy.core.errors import DigestInvalid
 
@@ -124,7 +124,7 @@ class AccessIndex:
     def markers(self) -> Iterator[tuple[str, Digest, Path]]:
         """Every record as ``(upstream key, digest, marker path)`` (administration)."""
         base = self.root / "by-digest"
-        for path in base.glob("*/*/*/*/*.*") if base.is_dir() else ():
+        for path in globbed(base, "*/*/*/*/*.*"):
             upstream, algorithm, _, hex_, _name = path.relative_to(base).parts
             try:
                 yield upstream, Digest(algorithm, hex_), path
@@ -134,7 +134,7 @@ class AccessIndex:
     def digest_dirs(self) -> Iterator[tuple[str, Digest, Path]]:
         """Every manifest's folder of records as ``(upstream key, digest, folder)`` (gc)."""
         base = self.root / "by-digest"
-        for path in base.glob("*/*/*/*") if base.is_dir() else ():
+        for path in globbed(base, "*/*/*/*"):
             upstream, algorithm, _, hex_ = path.relative_to(base).parts
             try:
                 digest = Digest(algorithm, hex_)
@@ -157,7 +157,7 @@ class AccessIndex:
         """The upstream whose key (:func:`upstream_key`) is ``key``, as one of its records names
         it; None if it has none."""
         base = self.root / "by-digest" / key
-        for marker in base.glob("*/*/*/*.*") if base.is_dir() else ():
+        for marker in globbed(base, "*/*/*/*.*"):
             repo = _parse_repo_json(marker)
             if repo is not None and upstream_key(repo.upstream) == key:
                 return repo.upstream
@@ -169,7 +169,7 @@ class AccessIndex:
         the old records; returns how many moved."""
         base = self.root / "by-digest" / upstream_key(old)
         moved = 0
-        for marker in base.glob("*/*/*/*.*") if base.is_dir() else ():
+        for marker in globbed(base, "*/*/*/*.*"):
             algorithm, _, hex_, _name = marker.relative_to(base).parts
             repo = _parse_repo_json(marker)
             if repo is None or repo.upstream != old or marker.suffix not in (".public", ".private"):
