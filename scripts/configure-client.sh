@@ -7,7 +7,8 @@
 #
 # Docker:     merges the mirror into "registry-mirrors" of /etc/docker/daemon.json (first, no
 #             duplicates, every other key and mirror kept but those at a --replace-host: the
-#             mirror's earlier URLs), backs the old file up, replaces it
+#             mirror's earlier URLs; served as /setup.sh, the serving mirror's host is one
+#             unless --keep-others), backs the old file up, replaces it
 #             atomically, reloads dockerd (SIGHUP, or `systemctl reload docker`) and checks
 #             `docker info`. A malformed daemon.json is reported and left untouched (exit 3);
 #             a UTF-8 byte order mark and "registry-mirrors": null are read as dockerd reads them.
@@ -56,7 +57,13 @@ usage: $PROG [--mirror URL] [options]
   --replace-host HOST   Docker: also take out every other registry mirror at HOST (any
                         scheme, port or trailing slash), earlier URLs of this mirror; not a
                         host that merely contains HOST (repeatable; install.sh passes its
-                        domain)
+                        domain)${MIRROR_DEFAULT:+; set up from $MIRROR_DEFAULT (the default,
+                        or --mirror giving that URL), this script does so for its host
+                        unasked, but not with --remove}
+  --keep-others         Docker: keep the other registry mirrors at this mirror's host (a
+                        second mirror of yours on another port), which the script served at
+                        /setup.sh takes out by default as this mirror's earlier URLs (a
+                        --replace-host naming the host still takes them out)
   --dry-run             print every change, make none
   --no-summary          leave out the opening and closing lines (Dry run..., Nothing to
                         change...): for a script that runs this one and says its own
@@ -149,6 +156,8 @@ WANT_PODMAN=0
 REGISTRIES=()
 REGISTRIES_GIVEN=0 # --registry named them: --remove looks at those alone
 REPLACE_HOSTS=() # --replace-host: Docker's other mirrors at these hosts are this one's old URLs
+KEEP_OTHERS=0 # --keep-others: the served script's own host is not one of REPLACE_HOSTS
+SERVED_HOST="" # the host of the mirror that served this script, when in REPLACE_HOSTS unasked
 CLIENT_DIR=""
 CA_CERT=""
 MIRROR_HOST=""
@@ -177,6 +186,35 @@ registry_ports_ok() {
   port_ok "$(url_host_port "${1#*=}")"
 }
 
+# canonical_url URL: URL as every file compares it: scheme and host in lower case (neither is
+# case-sensitive), no trailing slash.
+canonical_url() {
+  local url="$1"
+  while [[ "$url" == */ ]]; do url="${url%/}"; done
+  local scheme="${url%%://*}" rest="${url#*://}" path=""
+  [[ "$rest" == */* ]] && path="/${rest#*/}"
+  rest="${rest%%/*}"
+  printf '%s\n' "${scheme,,}://${rest,,}$path"
+}
+
+# served_host_replaced: the script served at /setup.sh, setting up the mirror that served it
+# (no --mirror, or that same URL), takes Docker's other mirrors at that host out as
+# --replace-host would: after a move (http://HOST:5000 to https://HOST) the old URL stayed
+# beside the new one, dead, and dockerd tried it on every pull. Not with --keep-others, not
+# for a --mirror elsewhere (the served host's entries are not that mirror's), not with
+# --remove (it takes out only this mirror, as it says).
+served_host_replaced() {
+  if [[ -z "$MIRROR_DEFAULT" ]] || ((KEEP_OTHERS || REMOVE)); then return 0; fi
+  [[ "$MIRROR" == "$(canonical_url "$MIRROR_DEFAULT")" ]] || return 0
+  SERVED_HOST="$MIRROR_HOST"
+  if [[ "$SERVED_HOST" == \[* ]]; then
+    SERVED_HOST="${SERVED_HOST%%]*}]"
+  else
+    SERVED_HOST="${SERVED_HOST%%:*}"
+  fi
+  REPLACE_HOSTS+=("$SERVED_HOST")
+}
+
 # url_host_port URL: the host[:port] of an http(s) URL.
 url_host_port() {
   local rest="${1#*://}"
@@ -196,6 +234,7 @@ parse_args() {
       --remove) REMOVE=1 ;;
       --replace-host) REPLACE_HOSTS+=("$2"); shift ;;
       --replace-host=*) REPLACE_HOSTS+=("${1#*=}") ;;
+      --keep-others) KEEP_OTHERS=1 ;;
       --dry-run) DRY_RUN=1 ;;
       --no-summary) SUMMARY=0 ;;
       --no-reload) RELOAD=0 ;;
@@ -227,11 +266,9 @@ parse_args() {
   if ! port_ok "$(url_host_port "$MIRROR")" && ((!REMOVE)); then
     die "--mirror names a port outside 1 to 65535, which nothing listens on: '$MIRROR'" 2
   fi
-  # Scheme and host are not case-sensitive: one spelling, so every file compares equal.
-  local scheme="${MIRROR%%://*}" rest="${MIRROR#*://}" path=""
+  MIRROR="$(canonical_url "$MIRROR")"
+  local rest="${MIRROR#*://}" path=""
   [[ "$rest" == */* ]] && path="/${rest#*/}"
-  rest="${rest%%/*}"
-  MIRROR="${scheme,,}://${rest,,}$path"
   # dockerd refuses to start with a registry mirror that has a path ("invalid mirror: path,
   # query, or fragment at end of the URI"), and Docxy answers /v2/ at its root. --remove still
   # takes one out (say, one an older version of this script wrote).
@@ -258,6 +295,7 @@ parse_args() {
   DAEMON_JSON="${DAEMON_JSON:-$ROOT/etc/docker/daemon.json}"
   MIRROR_HOST="${MIRROR#*://}"
   MIRROR_HOST="${MIRROR_HOST%%/*}"
+  served_host_replaced
   if ((${#REGISTRIES[@]} == 0)); then
     read -r -a REGISTRIES <<<"${REGISTRIES_DEFAULT:-$DOCKER_HUB}"
   fi
@@ -777,6 +815,7 @@ configure_docker() {
     while IFS= read -r url; do
       [[ -z "$url" ]] || say "  would remove $url from registry-mirrors"
     done <<<"$gone"
+    served_host_said "$gone"
     if ((HOST_DOCKERD && RELOAD)); then say "  would reload dockerd and check \`docker info\`"; fi
     return
   fi
@@ -787,7 +826,15 @@ configure_docker() {
   while IFS= read -r url; do
     [[ -z "$url" ]] || say "  removed $url from registry-mirrors"
   done <<<"$gone"
+  served_host_said "$gone"
   confirm_docker changed
+}
+
+# served_host_said GONE: when the served script took out mirrors at its own host unasked
+# (served_host_replaced) and GONE names any, why, and how to keep them.
+served_host_said() {
+  [[ -n "$SERVED_HOST" && -n "$1" ]] || return 0
+  say "  (other mirrors at $SERVED_HOST are taken for earlier URLs of this one; --keep-others keeps them)"
 }
 
 # dockerd runs with --registry-mirror on its command line (its unit or service file): it

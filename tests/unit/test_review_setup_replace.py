@@ -31,9 +31,6 @@ HOST = "mirror.example.com"
 SERVED = f"https://{HOST}"
 OLD = f"http://{HOST}:5000"
 #: Not this mirror, whatever they share with its name.
-XFAIL = pytest.mark.xfail(
-    strict=True, reason="the served script leaves the old URLs at its host (no --keep-others)"
-)
 OTHERS = ["https://other.example", f"https://sub.{HOST}", f"https://{HOST}.evil.net"]
 
 
@@ -59,7 +56,6 @@ def serve(box: ScriptBox, *args: str, public_url: str = SERVED) -> str:
     return run_ok(attempt(box, "--docker", *args, stdin=served_script(public_url)))
 
 
-@XFAIL
 @pytest.mark.parametrize(
     "before",
     [[OLD, *OTHERS], [OTHERS[0], OLD, *OTHERS[1:]], [SERVED, OLD, *OTHERS]],
@@ -75,7 +71,6 @@ def test_the_served_script_takes_out_the_mirrors_old_url(box: ScriptBox, before:
     assert f"removed {OLD} from registry-mirrors" in said
 
 
-@XFAIL
 def test_the_served_script_with_its_own_url_given_takes_it_out_too(box: ScriptBox) -> None:
     """--mirror spelling the served URL (another case, a trailing slash) is the same mirror."""
     with_mirrors(box, OLD, *OTHERS)
@@ -86,7 +81,6 @@ def test_the_served_script_with_its_own_url_given_takes_it_out_too(box: ScriptBo
     assert daemon_json(box)["registry-mirrors"] == [SERVED, *OTHERS], said
 
 
-@XFAIL
 def test_a_served_dry_run_says_what_it_would_take_out_and_changes_nothing(
     box: ScriptBox,
 ) -> None:
@@ -99,7 +93,6 @@ def test_a_served_dry_run_says_what_it_would_take_out_and_changes_nothing(
     assert box.path(DAEMON_JSON).read_text() == before
 
 
-@XFAIL
 def test_an_ipv6_mirror_takes_out_its_old_urls(box: ScriptBox) -> None:
     served, old = "https://[2001:db8::1]:8443", "http://[2001:DB8::1]:5000"
     with_mirrors(box, old, *OTHERS)
@@ -111,7 +104,6 @@ def test_an_ipv6_mirror_takes_out_its_old_urls(box: ScriptBox) -> None:
     assert f"removed {old} from registry-mirrors" in said
 
 
-@XFAIL
 def test_keep_others_keeps_the_served_hosts_other_urls(box: ScriptBox) -> None:
     """A second mirror of the operator's at the same host (another port) is theirs to keep."""
     with_mirrors(box, OLD, *OTHERS)
@@ -156,7 +148,6 @@ def test_a_served_remove_takes_out_only_this_mirror(box: ScriptBox) -> None:
     assert daemon_json(box)["registry-mirrors"] == [OLD, *OTHERS], said
 
 
-@XFAIL
 def test_keep_others_by_hand_is_taken_and_keeps_them(box: ScriptBox) -> None:
     """Run by hand (no served default) nothing is taken out unasked: --keep-others changes
     nothing there, and is taken all the same (one command line for both)."""
