@@ -21,12 +21,17 @@ ACCEPTED = "gzip, deflate"
 
 
 class Inflater:
-    """One body's ``Content-Encoding`` undone, bounded."""
+    """One body's ``Content-Encoding`` undone, bounded.
+
+    A gzip body is read to the end of its last member: RFC 1952 (§2.2) lets one hold several,
+    one after another, and Go's, curl's and Python's readers read them all (read to its first
+    member's end only, the rest was dropped: the right manifest hashed to another digest). A
+    deflate body is one stream: bytes after its end are corrupt, not content."""
 
     def __init__(self, coding: str) -> None:
         self.coding = coding
-        wbits = WBITS[coding]
-        self._zlib = None if wbits is None else zlib.decompressobj(wbits)
+        self._wbits = WBITS[coding]
+        self._zlib = None if self._wbits is None else zlib.decompressobj(self._wbits)
         self._head = b""  # deflate's first bytes, until there are two to tell its form by
         self._fed = False
 
@@ -55,10 +60,12 @@ class Inflater:
             data, self._head = self._head, b""
             self._zlib = zlib.decompressobj(deflate_wbits(data))
         while data and room >= 0:
+            if self._zlib.eof:  # more after a gzip member's end: the next member
+                self._next_member()
             piece = self._inflate(data, room + 1)  # one byte past the room tells "too large"
-            room -= len(piece)
+            room -= len(piece)  # (the room is the whole body's, all members')
             yield piece
-            data = self._zlib.unconsumed_tail
+            data = self._zlib.unused_data if self._zlib.eof else self._zlib.unconsumed_tail
 
     def end(self, room: int) -> bytes:
         """What the coding still holds once the body ended (at most ``room`` + 1 bytes)."""
@@ -66,6 +73,14 @@ class Inflater:
         if self._fed and (self._zlib is None or not self._zlib.eof):  # (an empty body is empty)
             raise UpstreamUnavailable(f"the upstream's {self.coding} answer broke off")
         return piece
+
+    def _next_member(self) -> None:
+        """A new decoder for what follows a gzip member; a deflate body has nothing after."""
+        if self._wbits is None:
+            raise UpstreamUnavailable(
+                f"the upstream's {self.coding} answer is corrupt (data after its end)"
+            )
+        self._zlib = zlib.decompressobj(self._wbits)
 
     def _inflate(self, data: bytes, most: int) -> bytes:
         assert self._zlib is not None

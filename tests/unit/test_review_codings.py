@@ -39,9 +39,8 @@ BLOB = bytes(range(256)) * 16
 BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 
 
-#: Marks a test seen failing before each mend (removed with it).
+#: Marks a test seen failing before its mend (removed with it).
 CODINGS = pytest.mark.xfail(strict=True, reason="r1: the client's codings go upstream")
-MEMBERS = pytest.mark.xfail(strict=True, reason="r1: only the first gzip member is read")
 
 
 def _settings(where: str, tmp: Path) -> dict[str, object]:
@@ -194,7 +193,6 @@ def _multi(request: httpx.Request) -> httpx.Response:
     return reply(200, Body.of(_members(MANIFEST), 7), headers, length=True)
 
 
-@MEMBERS
 @pytest.mark.parametrize("where", ["no-cache", "cache"])
 @pytest.mark.parametrize("accept", ["gzip", None])
 @pytest.mark.parametrize("coding", ["gzip", "x-gzip"])
@@ -225,7 +223,6 @@ def _inflated(inflater: Inflater, body: bytes, room: int, step: int) -> bytes:
     return out + inflater.end(room - len(out))
 
 
-@MEMBERS
 @pytest.mark.parametrize("step", [1, 5, 1 << 20])
 def test_the_inflater_reads_every_gzip_member(step: int) -> None:
     content = bytes(range(256)) * 40
@@ -233,7 +230,6 @@ def test_the_inflater_reads_every_gzip_member(step: int) -> None:
     assert _inflated(Inflater("gzip"), body, 1 << 20, step) == content
 
 
-@MEMBERS
 @pytest.mark.parametrize("step", [3, 1 << 20])
 def test_the_bound_holds_across_members(step: int) -> None:
     """Each member small, together more than the room: stopped one byte past it."""
@@ -242,20 +238,17 @@ def test_the_bound_holds_across_members(step: int) -> None:
     assert 5000 < len(out) <= 5001 + 600
 
 
-@MEMBERS
 def test_a_member_that_breaks_off_is_broken() -> None:
     body = gzip.compress(b"one") + gzip.compress(b"two")[:-3]
     with pytest.raises(UpstreamUnavailable, match="broke off"):
         _inflated(Inflater("gzip"), body, 1000, 1000)
 
 
-@MEMBERS
 def test_what_is_no_gzip_member_after_one_is_corrupt() -> None:
     with pytest.raises(UpstreamUnavailable, match="corrupt"):
         _inflated(Inflater("gzip"), gzip.compress(b"one") + b"no gzip member", 1000, 1000)
 
 
-@MEMBERS
 @pytest.mark.parametrize("wrapped", [True, False], ids=["zlib", "raw"])
 def test_data_after_a_deflate_stream_is_corrupt(wrapped: bool) -> None:
     """``deflate`` is one stream: bytes after its end are no part of the content."""
