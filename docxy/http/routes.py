@@ -67,6 +67,7 @@ from docxy.upstream.client import (
     read_small,
     request_of,
 )
+from docxy.upstream.encoding import WBITS
 from docxy.upstream.issuers import may_go_to
 from docxy.upstream.routing import Route, request_picks
 from docxy.upstream.tokens import login_secrets, sent_authorization
@@ -507,11 +508,7 @@ async def _pass_through(
     require 'docker login'``). It is ``403 DENIED`` saying so, but to a certificate client
     under ``auth.upstream_logins``, whom the challenge lets bring its own upstream login.
     """
-    headers = request_headers(request.headers.items(), head=pull.head)
-    if not any(k.lower() == "accept-encoding" for k, _ in headers):
-        # Not httpx's own gzip: the body is relayed as it comes, zipped or not, and a client
-        # that asked for no encoding reads it as the blob (curl and scripts: zipped bytes).
-        headers.append(ACCEPT_IDENTITY)
+    headers = _codings_asked(pull, request_headers(request.headers.items(), head=pull.head))
     if not request_facts().get("forward_credentials", True):
         kept = [(k, v) for k, v in headers if k.lower() != "authorization"]
         tokens = state.running.tokens
@@ -544,6 +541,37 @@ async def _pass_through(
     if mirror_login is not None:
         answer = await _told_without(pull, answer, login_secrets(pull.upstream, [mirror_login]))
     return await _relayed(state, pull, route, answer, release)
+
+
+def _codings_asked(pull: Pull, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` for the upstream with the ``Accept-Encoding`` a pass-through asks in.
+
+    Content asked for by digest is checked (:func:`_verified`), so the upstream is asked only
+    in codings the mirror can check it in: a manifest in the client's own codings the mirror
+    reads (gzip, deflate: :data:`~docxy.upstream.encoding.WBITS`), in its order and weights,
+    else ``identity``; held whole and decoded (:func:`_decoded_whole`): one in ``br`` or
+    ``zstd``, which ``curl --compressed`` and browsers offer, could not be and was a ``502``.
+    A blob ``identity`` whatever the client takes: it is hashed as it is relayed, its bytes as
+    they come (a coding of it would go unchecked). Anything else (by tag) in the client's own
+    codings, relayed as it comes. A client that names none is asked ``identity``, not httpx's
+    own gzip: a client that asked for no coding reads the body as the blob (curl and scripts:
+    zipped bytes)."""
+    asked = [v for k, v in headers if k.lower() == "accept-encoding"]
+    digest, kind = pull.reference.digest, pull.reference.kind
+    if digest is None and asked:
+        return headers
+    headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+    if digest is None or kind is Kind.BLOB:
+        return [*headers, ACCEPT_IDENTITY]
+    readable: list[tuple[str, float]] = []
+    for item in ",".join(asked).split(","):
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        if name in WBITS or (name == "identity" and _weight(params) > 0):
+            readable.append((item.strip(), _weight(params)))
+    if not any(weight > 0 for _, weight in readable):
+        return [*headers, ACCEPT_IDENTITY]
+    return [*headers, ("Accept-Encoding", ", ".join(item for item, _ in readable))]
 
 
 #: A users-mode client's request the upstream answered 401 with the mirror's own login.
@@ -610,15 +638,17 @@ def _verified(pull: Pull, answer: httpx.Response, *, held: bool = False) -> Dige
     hashed as it is relayed (:func:`~docxy.http.responses.relay`) or held whole first (a
     manifest within the cap: :func:`_held_whole`); a ``HEAD`` says only its length, and one of
     ``0`` for content that is not empty is known wrong. None for anything else: asked by tag
-    (no digest to check), a ``206`` (a part says nothing of the digest), and a body in a
-    content coding the client asked for itself (its bytes are a coding of the content, which
-    the client decodes; one the mirror asked ``identity`` for is verified as it comes, as a
-    fill's is: a storage's ``gzip`` label), unless ``held``: a manifest held whole, whose
-    coding :func:`_held_whole` undid to hash what it decodes to."""
+    (no digest to check), a ``206`` (a part says nothing of the digest), and a manifest not
+    held whole in a content coding the client asked for itself (its bytes are a coding of the
+    content, which the client decodes: one of a type not known to be the digest of its bytes).
+    A blob is asked ``identity`` whatever the client takes (:func:`_codings_asked`): one coded
+    all the same is verified as it comes, as a fill's is (a storage's ``gzip`` label); a
+    manifest ``held`` whole, by what :func:`_held_whole` decoded it to."""
     digest = pull.reference.digest
     if digest is None or answer.status_code != 200:
         return None
-    if encoded(answer) and "accept-encoding" in request.headers and not held:
+    is_blob = pull.reference.kind is Kind.BLOB
+    if encoded(answer) and "accept-encoding" in request.headers and not (held or is_blob):
         return None
     return digest
 
@@ -729,11 +759,12 @@ async def _decoded_whole(
     what Go's clients ask for, docker's and containerd's; or sent though the mirror asked
     ``identity``), held whole and decoded as the mirror's own manifest fetch decodes it
     (:func:`~docxy.upstream.client.read_small`: each within the manifest cap), and the digest
-    of what it decodes to (the manifest's digest is of its bytes, not of a coding of them).
-    Answered as it came to a client that takes its coding (``Accept-Encoding``), decoded
-    (its own length, no ``Content-Encoding``) to one that does not: what it asked for. One
-    larger than the cap, in a coding the mirror does not read, or that does not decode,
-    cannot be checked: ``502 UNAVAILABLE`` saying why (one WARNING line)."""
+    of what it decodes to (the manifest's digest is of its bytes, not of a coding of them);
+    asked only in codings the mirror reads (:func:`_codings_asked`). Answered as it came to a
+    client that takes its coding (``Accept-Encoding``), decoded (its own length, no
+    ``Content-Encoding``) to one that does not: what it asked for. One larger than the cap,
+    in a coding the mirror does not read (``br``, sent though not asked for), or that does
+    not decode, cannot be checked: ``502 UNAVAILABLE`` saying why (one WARNING line)."""
     coding = answer.headers.get("content-encoding", "").strip().lower()
     try:
         raw = await read_small(answer, inflate=False)  # closes it
@@ -763,14 +794,19 @@ def _takes(coding: str) -> bool:
     weight that is not ``0``); none sent takes none here: the mirror asked ``identity``."""
     for item in request.headers.get("accept-encoding", "").split(","):
         name, _, params = item.partition(";")
-        if name.strip().lower() not in (coding, "*"):
-            continue
-        weight = params.strip().lower().removeprefix("q=").strip() if params else "1"
-        try:
-            return float(weight or "1") > 0
-        except ValueError:
-            return False
+        if name.strip().lower() in (coding, "*"):
+            return _weight(params) > 0
     return False
+
+
+def _weight(params: str) -> float:
+    """An ``Accept-Encoding`` item's weight by its parameters (``q=``; none: ``1``); ``0``
+    for one that is no number."""
+    weight = params.strip().lower().removeprefix("q=").strip() if params else "1"
+    try:
+        return float(weight or "1")
+    except ValueError:
+        return 0.0
 
 
 def _record(state: MirrorState, pull: Pull, outcome: Outcome | None, started: float) -> None:
