@@ -1024,7 +1024,8 @@ async def test_a_blob_passed_through_comes_in_the_encoding_its_client_asked_for(
 ) -> None:
     """httpx adds ``Accept-Encoding: gzip, deflate`` to a request without one, and a pass-through
     relays the body as it comes: behind a proxy that zips, a client that asked for no encoding
-    (curl, a script) got zipped bytes for the blob."""
+    (curl, a script) got zipped bytes for the blob. A blob by digest is asked ``identity``
+    whatever the client offers (since 362ff51): its bytes are checked as relayed."""
     asked: list[str | None] = []
 
     def upstream(request: httpx.Request) -> httpx.Response:
@@ -1043,12 +1044,8 @@ async def test_a_blob_passed_through_comes_in_the_encoding_its_client_asked_for(
         path = f"/v2/team/app/blobs/{DIGEST}"
         answer = await call_asgi(app, "GET", path, host="mirror.test", headers=headers)
     assert answer.status == 200 and answer.complete
-    if asks is None:
-        assert asked == ["identity"] and answer.body == BLOB
-        assert "content-encoding" not in answer.headers
-    else:
-        assert asked == ["gzip"] and gzip.decompress(answer.body) == BLOB
-        assert answer.headers["content-encoding"] == "gzip"
+    assert asked == ["identity"] and answer.body == BLOB
+    assert "content-encoding" not in answer.headers
 
 
 class YieldingClose(httpx.AsyncByteStream):
