@@ -76,7 +76,8 @@ class ImageCatalog(Protocol):
         ...
 
     def needed(self, digest: Digest) -> bool:
-        """Whether an image the cache still offers needs blob ``digest``."""
+        """Whether an image the cache still offers needs blob ``digest``, or one it is
+        storing (the blob store's eviction deletes no such blob)."""
         ...
 
     def undeletable(self) -> set[ImageKey]:

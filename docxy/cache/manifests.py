@@ -149,6 +149,10 @@ class ManifestStore:
         self._tags_of: dict[ImageKey, set[Path]] = {}  # ...and back
         self._holders: dict[Digest, set[ImageKey]] = {}  # blob -> cached images that need it
         self._parents: dict[ImageKey, set[ImageKey]] = {}  # child manifest -> indexes above it
+        #: Blobs of manifests a :meth:`put` is about to add to the catalogue (how many such
+        #: puts need each): needed already (:meth:`needed`), so an eviction applied while the
+        #: put awaits keeps them.
+        self._storing: dict[Digest, int] = {}
         #: Cached manifest -> the repositories (hashed) it was served for -> publicly or not:
         #: the access records, in memory for blob_visibility (asked for every unknown pairing).
         self._seen: dict[ImageKey, dict[str, bool]] = {}
@@ -342,17 +346,27 @@ class ManifestStore:
         if digest is not None and actual != digest:
             raise DigestMismatch(f"manifest for {digest} hashes to {actual}")
         key = ImageKey(_upstream_key(repo.upstream), actual)
-        if self.drop_vanished is not None:
-            # Blobs it needs that went behind our back (`docxy cache rm --blobs` beside us
-            # removed this very image, maybe) are forgotten now, with the images that need
-            # them: their next use would forget this one with them, once stored. An index's
-            # are its platforms' (cached already: a pull stores the index first).
-            await self.drop_vanished(self._blobs_under(key.upstream, content))
-        if not self._in_memory():
-            self._sizes_meanwhile.append(needs_sized(content)[2])
-        # In the catalogue first: from now on, eviction keeps the blobs it needs (an eviction
-        # deleting this manifest's files right now among them: it looks once they are gone).
-        self._pulled(key, content)
+        # The blobs it needs are needed from now on, before it joins the catalogue: an
+        # eviction applied while drop_vanished's thread runs would else delete one no cached
+        # image needs yet (a layer of an image evicted while it was read), and the image
+        # would be stored without it.
+        blobs = self._blobs_under(key.upstream, content)
+        _count(self._storing, blobs, 1)
+        try:
+            if self.drop_vanished is not None:
+                # Blobs it needs that went behind our back (`docxy cache rm --blobs` beside us
+                # removed this very image, maybe) are forgotten now, with the images that need
+                # them: their next use would forget this one with them, once stored. An
+                # index's are its platforms' (cached already: a pull stores the index first).
+                await self.drop_vanished(blobs)
+            if not self._in_memory():
+                self._sizes_meanwhile.append(needs_sized(content)[2])
+            # In the catalogue first: from now on, eviction keeps the blobs it needs (an
+            # eviction deleting this manifest's files right now among them: it looks once
+            # they are gone).
+            self._pulled(key, content)
+        finally:
+            _count(self._storing, blobs, -1)
         await self._deleted(key)  # ...and the files written after that delete, not under it
         try:
             visibility = await asyncio.to_thread(
@@ -830,9 +844,9 @@ class ManifestStore:
         return below(refused, self._catalogue())
 
     def needed(self, digest: Digest) -> bool:
-        """Whether a cached image needs blob ``digest``."""
+        """Whether a cached image needs blob ``digest``, or one a :meth:`put` is storing."""
         self._catalogue()
-        return digest in self._holders
+        return digest in self._holders or digest in self._storing
 
     def pulled_above(self, keys: Iterable[ImageKey]) -> dict[ImageKey, float]:
         """``keys`` cached and the cached indexes above them → when each was last pulled (see
@@ -1296,6 +1310,15 @@ def _discard(index: dict[K, set[V]], key: K, value: V) -> None:
         values.discard(value)
         if not values:
             del index[key]
+
+
+def _count(counts: dict[K, int], keys: Iterable[K], step: int) -> None:
+    """Add ``step`` to the count of each of ``keys``; a count that falls to 0 goes."""
+    for key in keys:
+        if (left := counts.get(key, 0) + step) > 0:
+            counts[key] = left
+        else:
+            counts.pop(key, None)
 
 
 def _short(keys: Iterable[ImageKey]) -> list[str]:

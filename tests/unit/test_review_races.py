@@ -60,7 +60,6 @@ def _image(cfg: tuple[Digest, int], *layers: tuple[Digest, int]) -> bytes:
     ).encode()
 
 
-@pytest.mark.xfail(strict=True, reason="an eviction's blob chunk lands in put's drop_vanished hop")
 def test_an_eviction_keeps_the_blobs_of_a_manifest_being_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
