@@ -468,9 +468,13 @@ class ManifestStore:
             log.warning("cache: unreadable manifest %s (%s), dropped", digest, exc)
             media_type, content = None, b""
         if not isinstance(media_type, str) or digest_of(content, digest.algorithm) != digest:
+            # In :meth:`_delete`'s order: its repository records, its file, its record last.
+            # Cut short (a kill), it leaves no records of a manifest not cached, nor a file
+            # without its record (both would vouch for those repositories once it is put again).
             try:
-                unlink_quietly(meta_path)
+                self.access.forget_digest(_upstream_key(repo.upstream), digest)
                 unlink_quietly(path)
+                unlink_quietly(meta_path)
             except OSError as exc:  # a failing disk gone read-only: a miss all the same
                 log.warning(
                     "cache: corrupt manifest %s on disk, not served; cannot delete it: %s",
@@ -496,10 +500,11 @@ class ManifestStore:
         :meth:`_scan` as for :meth:`get`), so a write that fails halfway leaves none."""
         path = self._content_path(repo.upstream, digest)
         meta = json.dumps({"media_type": media, "size": len(content)}).encode()
-        if not path.exists():
+        if not self._on_disk(ImageKey(_upstream_key(repo.upstream), digest)):
             # Records of a manifest not cached are left of a delete cut short (an earlier
-            # version's, or its forget refused): they vouch for nothing now. A put of the same
-            # manifest racing this one may lose its record: a miss there, asked upstream.
+            # version's, or its forget refused; a file without its record, of a corrupt
+            # one's drop cut short): they vouch for nothing now. A put of the same manifest
+            # racing this one may lose its record: a miss there, asked upstream.
             self.access.forget_digest(_upstream_key(repo.upstream), digest)
         write_atomic(_meta_path(path), meta, self._tmp)
         write_atomic(path, content, self._tmp)
@@ -731,10 +736,11 @@ class ManifestStore:
 
     def _drop_leftovers(self, leftovers: set[ImageKey]) -> None:
         """Delete, in a worker thread, the ``.json`` records and repository records the read
-        at start found of manifests with no file (a kill or a full disk left them); none of one
-        the catalogue holds now (a put of it since), and a put of one meanwhile waits for the
-        delete. Only in a serving process (it holds the cache's lock: no other writer), on its
-        loop; ``docxy cache gc`` removes them otherwise."""
+        at start found of manifests not cached (a kill or a full disk left them: no manifest
+        file, or one without its ``.json`` record, which goes too); none of one the catalogue
+        holds now (a put of it since), and a put of one meanwhile waits for the delete. Only
+        in a serving process (it holds the cache's lock: no other writer), on its loop;
+        ``docxy cache gc`` removes them otherwise."""
         images = self._images or {}
         doomed = [key for key in leftovers if key not in images and key not in self._deleting]
         if not doomed or self._scanning is None or running_loop() is None:
@@ -746,17 +752,18 @@ class ManifestStore:
         )
 
     def _delete_leftovers(self, keys: list[ImageKey]) -> None:
-        """In a worker thread: the records of manifests ``keys``, if their files are not there.
-        Those the disk keeps (read-only, another owner's: a root run's) are said in one
-        WARNING at each start, not one a manifest: gc names each file and how to hand them
-        over."""
+        """In a worker thread: the records of manifests ``keys`` (and a manifest file without
+        its ``.json``), if they are not cached. Those the disk keeps (read-only, another
+        owner's: a root run's) are said in one WARNING at each start, not one a manifest: gc
+        names each file and how to hand them over."""
         removed, kept = 0, []
         for key in keys:
             path = self._key_path(key)
-            if path.exists():
+            if self._on_disk(key):
                 continue
             try:
                 self.access.forget_digest(key.upstream, key.digest)
+                unlink_quietly(path)  # (:meth:`_delete`'s order)
                 unlink_quietly(_meta_path(path))
             except OSError as exc:
                 kept.append((key, exc))
@@ -1167,9 +1174,12 @@ class ManifestStore:
                     records.add(ImageKey(upstream_key, Digest(algorithm, hex_[:-5])))
                     continue
                 key = ImageKey(upstream_key, Digest(algorithm, hex_))
-                listed.add(key)
                 if not _meta_path(path).is_file():
-                    continue  # its record was never written: not cached (as for get)
+                    # Its record is gone (an earlier version's drop of a corrupt manifest, cut
+                    # short): not cached (as for get), a leftover, its records with it.
+                    records.add(key)
+                    continue
+                listed.add(key)
                 content = path.read_bytes()
                 mtime = min(path.stat().st_mtime, now)
             except (DigestInvalid, OSError):
