@@ -551,13 +551,13 @@ class ManifestStore:
         # eviction of the old image starting meanwhile would take the record (still the old
         # one's in the map) and delete it once written. One of the new image takes it, as it
         # should; the pointer is not set again after the write.
-        # While the catalogue is read at start no eviction runs, and the map is not whole:
-        # then the pointer is journaled after the write, as before.
+        # While the catalogue is read at start, the pointer is journaled so, replayed over
+        # the one the read finds: the catalogue may be taken over, and an eviction of the old
+        # image run, before the write is done.
         key = ImageKey(_upstream_key(repo.upstream), digest)
         early = self._in_memory()
         before = self._tag_files.get(path)
-        if early:
-            self._point_tag(path, key)
+        self._point_tag(path, key)
         old = await asyncio.to_thread(self._read_tag, repo, tag)
         if old is not None and old.digest == digest and old.public:
             public = True
@@ -566,12 +566,16 @@ class ManifestStore:
             await asyncio.to_thread(self._write_tag, entry)
         except OSError as exc:
             log.warning("cache: cannot store tag %s:%s (%s); not cached", repo.repo, tag, exc)
-            if early and self._tag_files.get(path) == key:
-                self._point_tag(path, before)  # the record on disk is the old one still
-            return entry
-        if not early:
-            self._point_tag(path, key)
+            if not early:  # the map was not read yet: the record on disk says
+                before = None if old is None else ImageKey(key.upstream, old.digest)
+            self._or_later(partial(self._point_back, path, key, before))
         return entry
+
+    def _point_back(self, path: Path, key: ImageKey, before: ImageKey | None) -> None:
+        """Tag record ``path`` points at ``before`` again, if at ``key`` still (its write to
+        ``key`` failed: the record on disk is the old one still)."""
+        if self._tag_files.get(path) == key:
+            self._point_tag(path, before)
 
     def _sweep_due(self) -> None:
         """Start :meth:`sweep_tags` if the last look (or the start) was :data:`ORPHAN_AGE` ago."""

@@ -209,7 +209,6 @@ def test_a_put_forgets_the_records_of_a_manifest_file_without_its_record(
     asyncio.run(put())
 
 
-@pytest.mark.xfail(strict=True, reason="set_tag written across the start's adopt and an eviction")
 def test_a_tag_written_as_the_start_read_ends_survives_the_eviction_that_follows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,5 +265,40 @@ def test_a_tag_written_as_the_start_read_ends_survives_the_eviction_that_follows
         assert path.exists(), "the tag record the pull just wrote was deleted"
         resolved = await store.resolve_tag(alpine, "3.20")
         assert resolved.entry is not None and resolved.entry.digest == pop.busybox
+
+    asyncio.run(run())
+
+
+def test_a_tag_write_refused_while_the_start_reads_leaves_the_old_pointer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pointer journaled before the write is put back, once the catalogue is read, when
+    the disk refuses the write: the map says what the record on disk says (the old image)."""
+    pop = asyncio.run(_populate(tmp_path / "cache"))
+    alpine = RepoKey(HOST, "library/alpine")
+    scan_go = threading.Event()
+    real_scan = manifests_mod.ManifestStore._scan
+
+    def slow_scan(self: manifests_mod.ManifestStore) -> manifests_mod.Scanned:
+        assert scan_go.wait(5)
+        return real_scan(self)
+
+    def refused(self: manifests_mod.ManifestStore, entry: manifests_mod.TagEntry) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(manifests_mod.ManifestStore, "_scan", slow_scan)
+    monkeypatch.setattr(manifests_mod.ManifestStore, "_write_tag", refused)
+
+    async def run() -> None:
+        cache = open_cache(pop.root, max_size=1 << 20, tag_ttl=300)
+        store = cache.manifests
+        await store.set_tag(alpine, "3.20", pop.busybox, public=True)
+        scan_go.set()
+        await store.loaded()
+        path = store._tag_path(alpine, "3.20")
+        old = next(i.key for i in store.images() if i.key.digest == pop.alpine)
+        assert store._tag_files.get(path) == old
+        resolved = await store.resolve_tag(alpine, "3.20")
+        assert resolved.entry is not None and resolved.entry.digest == pop.alpine
 
     asyncio.run(run())
