@@ -43,6 +43,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -77,7 +78,7 @@ from docxy.cache.images import (
     plan_eviction,
 )
 from docxy.cache.reader import READ_CHUNK, BlobReader
-from docxy.cache.startup import StartRead, read_in_thread, waited_off_loop
+from docxy.cache.startup import read_in_thread, waited_off_loop
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
@@ -316,7 +317,7 @@ class DiskBlobStore:
         #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
         self.catalog: ImageCatalog | None = None
         self._eviction: asyncio.Task[None] | None = None
-        self._reading: StartRead[Walked] | None = None  # the index, read at open in a thread
+        self._reading: Future[Walked] | None = None  # the index, read at open in a thread
         self._gone_while_reading: set[Digest] = set()
         #: The sizes the cached manifests give their blobs, while the index is still being
         #: read: the blobs it finds are held to them (:meth:`hold_to_sizes`).
@@ -344,13 +345,11 @@ class DiskBlobStore:
         """Open for serving: delete leftover temp files, then rebuild the index from disk in a
         worker thread. Blobs are served meanwhile (one ``stat`` finds a blob the index does not
         hold yet) and eviction waits for the index; a fill committed meanwhile counted only the
-        blobs known then, so the cap holds again from the next fill on. A read that fails is
-        said and tried again (:func:`~docxy.cache.startup.read_in_thread`), served so meanwhile;
-        fills then wait for it no longer (:meth:`reserve`)."""
+        blobs known then, so the cap holds again from the next fill on."""
         store = cls(root, max_size, room_wait=room_wait, direct_writes=direct_writes, **options)
         store._clear_leftovers()
         (store.root / "blobs").mkdir(parents=True, exist_ok=True)
-        store._reading = read_in_thread("docxy-blob-index", "reading the blob index", store._walk)
+        store._reading = read_in_thread("docxy-blob-index", store._walk)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -531,8 +530,7 @@ class DiskBlobStore:
         return self._index_read()
 
     async def indexed(self) -> None:
-        """Wait, without blocking the loop, until the index is read (see :meth:`open`): if a
-        try failed, until one succeeds (eviction plans over the whole index)."""
+        """Wait, without blocking the loop, until the index is read (see :meth:`open`)."""
         if self._reading is not None:
             await waited_off_loop(self._reading)
         self._index_read()
@@ -868,15 +866,7 @@ class DiskBlobStore:
         if wanted > self.max_size:
             reason = f"{wanted} bytes or more, larger than the whole cache ({self.max_size})"
             raise self._found_no_room(fill.digest, reason, float("inf"), wanted)
-        # The cap counts every committed blob: the index read at start is waited for, but not
-        # through the tries after a failed one (a failing disk would hold every fill up); the
-        # blobs known so far are counted then, and eviction waits for the whole index.
-        if self._reading is not None and not self._reading.done():
-            await waited_off_loop(self._reading.first_try)
-        if not self._index_read() and self._room() < nbytes:
-            reason = "the blob index is not read yet (its read at start failed; tried again)"
-            until = time.monotonic() + NO_ROOM_BACKOFF
-            raise self._found_no_room(fill.digest, reason, until, wanted)
+        await self.indexed()  # the cap counts every committed blob
         if self._room() < nbytes:
             self._waiting.append(nbytes)
             try:

@@ -33,6 +33,7 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import chain
@@ -42,7 +43,7 @@ from typing import Any, TypeVar
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, globbed, os_error, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, below, needs, needs_sized
-from docxy.cache.startup import StartRead, read_in_thread, waited_off_loop
+from docxy.cache.startup import read_in_thread, waited_off_loop
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, is_temp_name
 from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core import jsondoc
@@ -156,7 +157,7 @@ class ManifestStore:
         #: Cached manifest -> the repositories (hashed) it was served for -> publicly or not:
         #: the access records, in memory for blob_visibility (asked for every unknown pairing).
         self._seen: dict[ImageKey, dict[str, bool]] = {}
-        self._scanning: StartRead[Scanned] | None = None  # the catalogue read in a thread (open)
+        self._scanning: Future[Scanned] | None = None  # the catalogue read in a thread (open)
         self._journal: list[Callable[[], None]] = []  # changes made while it was being read
         #: Files an eviction's worker thread is deleting (manifests by key, tag records by
         #: path) -> that delete: a pull that writes one of them again waits for it first.
@@ -198,17 +199,14 @@ class ManifestStore:
         keyed otherwise (:meth:`upgrade`), and read the catalogue (every manifest and tag) in
         a worker thread, so a large cache does not hold up the first answers. Manifests and
         tags are served meanwhile, straight from disk; what changes is noted and replayed on
-        the catalogue once it is read. A read that fails is said and tried again, served so
-        meanwhile (:func:`~docxy.cache.startup.read_in_thread`)."""
+        the catalogue once it is read."""
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         try:
             clear_dir(store._tmp)
         except OSError as exc:  # a read-only disk: small files, left; what is cached is served
             log.warning("cache: cannot clear %s: %s", store._tmp, exc)
         store.upgrade(registries)
-        store._scanning = read_in_thread(
-            "docxy-manifest-catalogue", "reading the manifest catalogue", store._scan
-        )
+        store._scanning = read_in_thread("docxy-manifest-catalogue", store._scan)
         return store
 
     def upgrade(self, registries: Iterable[str]) -> None:
@@ -787,26 +785,10 @@ class ManifestStore:
             )
 
     async def loaded(self) -> None:
-        """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`):
-        if a try failed, until one succeeds (eviction plans over the whole catalogue)."""
+        """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""
         if self._scanning is not None and not self._scanning.done():
             await waited_off_loop(self._scanning)  # (not cancelled with its waiter)
         self._catalogue()
-
-    async def tried(self) -> None:
-        """Wait, without blocking the loop, until the catalogue is read, or its first try
-        failed (it is tried again: :meth:`open`); for a request, which a failing disk must not
-        hold up: :meth:`blob_visibility` knows nothing until the catalogue is read then."""
-        if self._scanning is not None and not self._scanning.done():
-            await waited_off_loop(self._scanning.first_try)
-        self._in_memory()
-
-    def _failing(self) -> bool:
-        """Whether the catalogue read at start failed, and is tried again (not done yet):
-        nothing waits for it then but eviction (while the first try is in flight, a lookup
-        waits for it, blocking: :meth:`_catalogue`)."""
-        scanning = self._scanning
-        return scanning is not None and scanning.first_try.done() and not scanning.done()
 
     def _on_disk(self, key: ImageKey) -> bool:
         """In a worker thread: whether manifest ``key`` is cached, its record beside it."""
@@ -868,10 +850,7 @@ class ManifestStore:
 
     def blob_visibility(self, repo: RepoKey, digest: Digest) -> Visibility | None:
         """How blob ``digest`` is known in ``repo``: through a cached manifest that needs it and
-        was served for ``repo`` (public if any such manifest is), else None (not known there,
-        or not yet: the catalogue read at start failed, and is tried again)."""
-        if self._failing():
-            return None
+        was served for ``repo`` (public if any such manifest is), else None (not known there)."""
         self._catalogue()
         upstream, hashed = _upstream_key(repo.upstream), repo.hashed()
         found: Visibility | None = None
@@ -1081,23 +1060,9 @@ class ManifestStore:
         ``present``: it is still there, to be deleted once they are forgotten (``docxy cache
         rm --blobs``, ``gc --verify``): a refused delete raises, the caller keeps the blob, and
         the images not deleted are offered again, whole. Else it is gone already: those are
-        not offered again (see :meth:`forget_images`); while the catalogue read at start is
-        tried again after a failure, once it is read (a lookup must not wait for that)."""
-        if not present and self._failing():
-            self._journal.append(partial(self._gone_later, digest))
-            return
+        not offered again (see :meth:`forget_images`)."""
         self._catalogue()
         self.forget_images(list(self._holders.get(digest, ())), offer_kept=present)
-
-    def _gone_later(self, digest: Digest) -> None:
-        """:meth:`blob_gone`, noted while the catalogue was read, now that it is: a refused
-        delete is said, not raised into the read's takeover (as the blob store says it)."""
-        try:
-            self.blob_gone(digest)
-        except OSError as exc:
-            log.warning(
-                "cache: %s is gone; cannot delete the manifests that need it: %s", digest, exc
-            )
 
     def _pulled(self, key: ImageKey, content: bytes) -> None:
         if self._images is None and self._scanning is None:

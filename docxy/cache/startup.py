@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -19,71 +18,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-#: After a failed read at start (:func:`read_in_thread`), the next try waits this long
-#: (seconds), twice as long after each failure up to :data:`RETRY_LONGEST`: a disk that failed
-#: a listing once (EIO, a network file system's hiccup) is read again soon, one that keeps
-#: failing is not hammered, and no failure is for ever (it was, until a restart).
-RETRY_FIRST = 2.0
-RETRY_LONGEST = 60.0
-
-
-class StartRead(Future[T]):
-    """The future of a read at start (:func:`read_in_thread`): done once a try succeeds, with
-    its result; :attr:`first_try` is done once the first try ended, however it did."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.first_try: Future[None] = Future()
-
-
-def read_in_thread(name: str, what: str, work: Callable[[], T]) -> StartRead[T]:
-    """Run ``work`` (``what`` it reads, for the log) in a daemon thread called ``name``; its
-    result in the future. A try that raises is said in one ERROR (what, why, when it is tried
-    again) and tried again, after :data:`RETRY_FIRST` seconds growing to
-    :data:`RETRY_LONGEST`, until one succeeds: the stores serve from disk meanwhile, as while
-    the read is in flight, and take over its result once it comes, as after any start. A
-    failure that ended in the future instead was raised again by every later lookup, until a
-    restart. (Only a BaseException that is no Exception ends the future with it.)
+def read_in_thread(name: str, work: Callable[[], T]) -> Future[T]:
+    """Run ``work`` in a daemon thread called ``name``; its result (or error) in the future.
 
     Daemon: the work only reads, so there is nothing to finish when the process exits.
     """
-    future: StartRead[T] = StartRead()
+    future: Future[T] = Future()
 
     def run() -> None:
-        delay, tries = RETRY_FIRST, 1
-        while True:
-            try:
-                result = work()
-            except Exception as exc:  # noqa: BLE001 - said, and tried again
-                log.error(
-                    "cache: %s failed (%s: %s); served from disk meanwhile, tried again in %g s",
-                    what,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                _ended(future.first_try)
-                time.sleep(delay)
-                delay, tries = min(delay * 2, RETRY_LONGEST), tries + 1
-                continue
-            except BaseException as exc:
-                log.error("cache: %s failed: %s", what, exc)
-                future.set_exception(exc)
-                _ended(future.first_try)
-                return
-            if tries > 1:
-                log.info("cache: %s done at try %d", what, tries)
-            future.set_result(result)
-            _ended(future.first_try)
-            return
+        try:
+            future.set_result(work())
+        except BaseException as exc:
+            log.error("cache: %s failed: %s", name, exc)
+            future.set_exception(exc)
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
-
-
-def _ended(first_try: Future[None]) -> None:
-    if not first_try.done():
-        first_try.set_result(None)
 
 
 async def waited_off_loop(future: Future[Any]) -> None:

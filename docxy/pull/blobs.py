@@ -225,7 +225,7 @@ class BlobService:
         which tells the client when to retry): an unknown pairing is never served blind."""
         repo = RepoKey(pull.upstream.host, pull.name)
         if self.pairings.manifests is not None:  # still read at start-up: wait off the loop
-            await self.pairings.manifests.tried()  # (not through the tries after a failed one)
+            await self.pairings.manifests.loaded()
         if may_serve(self.pairings.visibility(repo, digest), pull.identity):
             return Source.HIT
         if not self.tokens.refused(pull.upstream, pull.name):
