@@ -44,6 +44,7 @@ from docxy.upstream.encoding import ACCEPTED, Inflater
 from docxy.upstream.failures import failure, upstream_certificate_refused
 from docxy.upstream.framing import unread_coding
 from docxy.upstream.issuers import TokenIssuers
+from docxy.upstream.outage import Outages
 from docxy.upstream.presets import DEFAULT_NAME
 from docxy.upstream.redirects import (
     HOP_GUARD,
@@ -534,6 +535,8 @@ class UpstreamClient:
         #: told the realm each probe finds, for the CAs its origin is verified with
         self.trust = trust
         self.health: dict[str, UpstreamHealth] = {}
+        #: origins that failed at the connection lately: requests to them fail fast
+        self.outages = Outages()
         #: Basic-only upstream hosts whose registry refused the mirror's own Basic login (a
         #: ``401`` to ``GET /v2/`` with it; a repository's ``401`` is not the login's): when
         #: (:meth:`basic_login_withheld`)
@@ -607,7 +610,39 @@ class UpstreamClient:
         anonymously there, the login withheld by the callers, its redirect to https followed).
         It was asked wherever it pointed (a metadata service, the mirror's admin port), its
         answer's errors relayed.
+
+        Not sent while ``url``'s origin is taken to be down (:mod:`docxy.upstream.outage`)
+        and another request is its probe: the failure that marked it down is raised again.
         """
+        health = self.health_of(upstream)
+        with self.outages.attempt(upstream.host, url, health.failed):
+            return await self._send(
+                upstream,
+                method,
+                url,
+                headers,
+                params=params,
+                content=content,
+                mirror_credentials=mirror_credentials,
+                client_credentials=client_credentials,
+                token_service=token_service,
+            )
+
+    async def _send(
+        self,
+        upstream: Upstream,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        *,
+        params: httpx.QueryParams | None,
+        content: bytes | None,
+        mirror_credentials: bool,
+        client_credentials: bool,
+        token_service: bool,
+    ) -> httpx.Response:
+        """:meth:`send`'s hops, its first one's failure at the connection or answer told to
+        :attr:`outages`."""
         health = self.health_of(upstream)
         own = not client_credentials and (mirror_credentials or self._anonymous(headers))
         pull = is_pull(url)
@@ -624,7 +659,7 @@ class UpstreamClient:
             over_https = urlsplit(upstream.registry).scheme.lower() == "https"
             over_https = over_https and not on_registry_host(url, upstream.registry)
             await self._guard_first(upstream, url, over_https, marks)
-        for _ in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
             try:
                 response = await self._sent(method, url, current_headers, params, content, marks)
             except httpx.PoolTimeout as exc:
@@ -640,6 +675,8 @@ class UpstreamClient:
             except httpx.TimeoutException as exc:
                 said = failure(f"{method} {url_host(url)}", exc)  # which wait, how long
                 health.failed(said, "timeout")
+                if hop == 0 and isinstance(exc, httpx.ConnectTimeout):  # no connection
+                    self.outages.failed(upstream.host, url, said, timeout=True)
                 silent = UpstreamTimeout if same_origin(url, first) else HopTimeout
                 raise silent(f"the upstream registry did not answer in time ({said})") from exc
             except NonPublicOnly as exc:  # a hop's name resolved inside: a bad redirect
@@ -654,11 +691,16 @@ class UpstreamClient:
                 # ssl.SSLError: httpcore before 1.0.6 let a handshake's own error through
                 refused = upstream_certificate_refused(url, exc, self.trust)
                 health.failed(refused or f"{type(exc).__name__} talking to {url_host(url)}")
+                if hop == 0 and isinstance(exc, httpx.ConnectError):  # refused, unreachable
+                    said = refused or failure(f"{method} {url_host(url)}", exc)
+                    self.outages.failed(upstream.host, url, said, timeout=False)
                 if refused is not None:
                     raise UpstreamUnavailable(refused) from exc
                 raise UpstreamUnavailable(
                     f"cannot reach the upstream registry ({url_host(url)}): {type(exc).__name__}"
                 ) from exc
+            if hop == 0:
+                self.outages.answered(upstream.host, url)
             health.answered(response.status_code, own, pull, response.headers.get("retry-after"))
             if own:
                 health.saw(response.headers)

@@ -257,12 +257,17 @@ async def open_get(
     settings = client.direct
     assert settings is not None
     health = client.health_of(upstream)
+    # Not sent while the registry is taken to be down (docxy.upstream.outage), but as its
+    # probe; a failure here is not told it (it may be a redirect's hop's), an answer is.
+    probe = client.outages.attempt(upstream.host, url, health.failed)
     try:
-        answer = await in_own_thread(
-            f"upstream GET {url_host(url)}",
-            lambda: get(settings, url, headers, upstream),
-            discard=DirectAnswer.close,
-        )
+        with probe:
+            answer = await in_own_thread(
+                f"upstream GET {url_host(url)}",
+                lambda: get(settings, url, headers, upstream),
+                discard=DirectAnswer.close,
+            )
+        client.outages.answered(upstream.host, url)
     except BadRedirect as exc:  # answered: a redirect that leads nowhere
         health.answered(exc.hops[-1][1])
         _told(client, exc.hops, url)

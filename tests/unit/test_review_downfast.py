@@ -22,14 +22,18 @@ import httpx
 import pytest
 
 from docxy.config import load_config
+from docxy.core.errors import UpstreamTimeout, UpstreamUnavailable
 from docxy.http.app import create_app
 from docxy.http.state import mirror_state
+from docxy.tasks import spawn
+from docxy.upstream import outage
 from tests.unit.asgi import AsgiAnswer, call_asgi
 
 OCI_M = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT = [("Accept", OCI_M)]
 REPO = "team/app"
 PATH = f"/v2/{REPO}/manifests/latest"
+OTHER = f"/v2/{REPO}/manifests/stable"  # another tag, cached too
 #: How long the down registry holds each request before its connect timeout.
 WAIT = 0.6
 
@@ -68,7 +72,7 @@ class Registry:
             raise httpx.ConnectTimeout("timed out", request=request)
         if path == "/v2/":
             return httpx.Response(200)
-        if not path.endswith("/manifests/latest") and not path.endswith(_sha(MANIFEST)):
+        if path.rsplit("/", 1)[-1] not in ("latest", "stable", _sha(MANIFEST)):
             error = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]}
             return httpx.Response(404, json=error)
         headers = {
@@ -100,13 +104,13 @@ async def _pull(app: Any, path: str = PATH) -> tuple[AsgiAnswer, float]:
 
 
 async def _cached_then_down(app: Any, registry: Registry) -> None:
-    first, _ = await _pull(app)
-    assert first.status == 200
+    for path in (PATH, OTHER):
+        first, _ = await _pull(app, path)
+        assert first.status == 200
     await asyncio.sleep(1.1)  # past cache.tag_ttl: the next pull revalidates the tag
     registry.down = True
 
 
-@pytest.mark.xfail(strict=True, reason="every request waits its own timeout")
 async def test_a_cached_pull_waits_once_for_a_down_upstream_not_in_every_request(
     tmp_path: Path,
 ) -> None:
@@ -127,3 +131,95 @@ async def test_a_cached_pull_waits_once_for_a_down_upstream_not_in_every_request
         assert health.stale_served == 2
         assert health.reachable is False
         assert "not tried" in (health.last_error_message or "")
+
+
+async def test_one_probe_at_a_time_goes_once_the_hold_is_over_and_sees_the_upstream_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outage, "FIRST_HOLD", 0.3)
+    registry = Registry()
+    app = _app(tmp_path, registry)
+    async with app.test_app():
+        client = mirror_state(app).client
+        await _cached_then_down(app, registry)
+        await _pull(app)  # marks it down
+        await asyncio.sleep(0.4)  # the hold is over: the next request is the probe
+        asked = registry.asked
+        probe = spawn("probe", _pull(app))
+        await asyncio.sleep(0.1)
+        # Another tag (the same one would join the probe's HEAD): not a second probe
+        meanwhile, waited = await _pull(app, OTHER)
+        assert meanwhile.status == 200
+        assert waited < WAIT / 2
+        probed, waited = await probe
+        assert probed.status == 200  # the probe failed: served stale, after its wait
+        assert waited >= WAIT
+        assert registry.asked == asked + 1
+        assert client.outages.down("registry.test", "https://registry.test/v2/")
+        registry.down = False  # back; the probe after the doubled hold (0.6 s) sees it
+        await asyncio.sleep(0.7)
+        back, waited = await _pull(app)
+        assert back.status == 200
+        assert registry.asked > asked + 1
+        assert not client.outages.down("registry.test", "https://registry.test/v2/")
+        assert client.health_of(mirror_state(app).upstream).reachable is True
+        await asyncio.sleep(1.1)  # past the tag's ttl: every request goes upstream again
+        asked = registry.asked
+        both = await asyncio.gather(_pull(app), _pull(app))
+        assert [answer.status for answer, _ in both] == [200, 200]
+        assert registry.asked > asked
+
+
+async def test_a_request_with_nothing_cached_gets_the_same_error_at_once(tmp_path: Path) -> None:
+    registry = Registry()
+    app = _app(tmp_path, registry)
+    async with app.test_app():
+        await _cached_then_down(app, registry)
+        await _pull(app)  # marks it down
+        cold, waited = await _pull(app, f"/v2/{REPO}/manifests/other")
+        assert waited < WAIT / 2
+        assert cold.status == 504  # as after the timeout: the registry did not answer
+        assert json.loads(cold.body)["errors"][0]["code"] == "UNAVAILABLE"
+        assert "not tried" in json.loads(cold.body)["errors"][0]["message"]
+
+
+def test_the_hold_doubles_to_a_minute_per_upstream_and_any_answer_ends_it() -> None:
+    now = [100.0]
+    outages = outage.Outages(clock=lambda: now[0], wall=lambda: 0.0)
+    told: list[tuple[str, str]] = []
+
+    def tell(said: str, kind: str) -> None:
+        told.append((said, kind))
+
+    a, b = "https://a.test/v2/x/manifests/1", "https://b.test/v2/"
+    with outages.attempt("a.test", a, tell):
+        outages.failed("a.test", a, "GET a.test ConnectError", timeout=False)
+    holds = []
+    for _ in range(6):
+        with pytest.raises(UpstreamUnavailable, match="not tried"):
+            outages.attempt("a.test", a, tell)  # held: not sent
+        with outages.attempt("b.test", b, tell):  # another upstream: sent
+            pass
+        began = now[0]
+        while True:  # the first request once the hold is over is the probe
+            now[0] += 0.5
+            try:
+                probe = outages.attempt("a.test", a, tell)
+            except UpstreamUnavailable:
+                continue
+            break
+        holds.append(now[0] - began)
+        with probe:
+            with pytest.raises(UpstreamUnavailable):  # one probe at a time
+                outages.attempt("a.test", a, tell)
+            outages.failed("a.test", a, "GET a.test ConnectError", timeout=False)
+    assert holds == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+    assert told[0] == (told[0][0], "unreachable")
+    outages.answered("a.test", "https://a.test/v2/")  # any answer of its origin: up
+    with outages.attempt("a.test", a, tell):
+        pass
+    outages.failed("a.test", a, "GET a.test ConnectTimeout", timeout=True)
+    now[0] += 5.0
+    with outages.attempt("a.test", a, tell):  # the hold starts at 5 s again
+        with pytest.raises(UpstreamTimeout):
+            outages.attempt("a.test", a, tell)

@@ -28,6 +28,7 @@ from docxy.config import load_config
 from docxy.core.digests import digest_of
 from docxy.http.app import create_app
 from docxy.upstream import client as client_module
+from docxy.upstream import outage
 from docxy.upstream.client import MAX_REDIRECTS
 from docxy.upstream.encoding import ACCEPTED
 from tests.unit.asgi import AsgiAnswer, call_asgi
@@ -943,7 +944,11 @@ async def test_health_shape_before_any_upstream_call() -> None:
     assert m.upstream.requests == []
 
 
-async def test_health_degraded_after_failure_and_ok_after_success() -> None:
+async def test_health_degraded_after_failure_and_ok_after_success(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At once, not after docxy.upstream.outage's hold (its own tests: test_review_downfast)
+    monkeypatch.setattr(outage, "FIRST_HOLD", 0.0)
     down = True
 
     def upstream(request: httpx.Request) -> httpx.Response:

@@ -10,6 +10,7 @@ import pytest
 from docxy import __version__
 from docxy.config import UpstreamConfig, load_config
 from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from docxy.upstream import outage
 from docxy.upstream.client import (
     MAX_REDIRECTS,
     USER_AGENT,
@@ -412,7 +413,9 @@ async def test_failure_names_the_host_that_failed() -> None:
     await client.http.aclose()
 
 
-async def test_recovers_without_restart() -> None:
+async def test_recovers_without_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At once, not after docxy.upstream.outage's hold (its own tests: test_review_downfast)
+    monkeypatch.setattr(outage, "FIRST_HOLD", 0.0)
     down = True
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -523,7 +526,9 @@ async def test_no_token_auth_discovered(header: str | None, status: int) -> None
     await client.http.aclose()
 
 
-async def test_discovery_failure_is_not_remembered() -> None:
+async def test_discovery_failure_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At once, not after docxy.upstream.outage's hold (its own tests: test_review_downfast)
+    monkeypatch.setattr(outage, "FIRST_HOLD", 0.0)
     down = True
 
     def handler(request: httpx.Request) -> httpx.Response:
