@@ -1,5 +1,5 @@
-"""An upstream that fails at the connection (a connect timeout, refused, unreachable; a
-registry that sends no answer in time) is remembered as down for a short, growing while: a
+"""An upstream that fails at the connection (a connect timeout, refused, unreachable; not a
+registry slow to answer) is remembered as down for a short, growing while: a
 cached pull then gets its stale tag at once instead of waiting the timeout again in every
 request, while one request at a time still goes upstream (the probe) to see it back.
 
