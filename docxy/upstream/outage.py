@@ -6,8 +6,11 @@ own attempt had waited that long (a cached pull's ``HEAD`` and ``GET`` of its ta
 every pull, for as long as the outage lasted. As
 nginx's ``max_fails``/``fail_timeout`` and Envoy's outlier detection do, a failure at the
 connection (a connect or TLS handshake timed out, refused, unreachable, a name not resolved:
-never an HTTP status, nor an answer or body slow to come, which may be one endpoint's) marks
-the origin it was sent to down. For :data:`FIRST_HOLD` seconds no request
+never an HTTP status, nor an answer or body slow to come, which may be one endpoint's),
+:data:`FAILURES_TO_HOLD` in a row with no answer between, marks the origin it was sent to
+down: one connection refused by one of a registry's many addresses, the others answering, holds
+nothing up (nginx never takes the one server of a group down at all; here, with a stale answer
+to give, waiting is what the hold saves). For :data:`FIRST_HOLD` seconds no request
 is sent to it; then one at a time is (the probe), the others still not: a probe that fails
 holds it down twice as long again (up to :data:`LONGEST_HOLD`), the first answer (any status)
 ends the outage. A request not sent is refused with the error of the failure that marked it
@@ -30,7 +33,9 @@ from docxy.core.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailabl
 from docxy.core.hosts import origin
 from docxy.core.stamps import utc_stamp
 
-#: Seconds an origin is held down after its first failure at the connection.
+#: Failures at the connection in a row (no answer from the origin between) that take it down.
+FAILURES_TO_HOLD = 3
+#: Seconds an origin is held down once taken down.
 FIRST_HOLD = 5.0
 #: The longest hold, however many failures in a row.
 LONGEST_HOLD = 60.0
@@ -85,6 +90,8 @@ class Outages:
     ) -> None:
         self._clock, self._wall = clock, wall
         self._down: dict[Key, _Down] = {}
+        #: origins not down (yet): their failures at the connection since their last answer
+        self._failures: dict[Key, int] = {}
 
     @staticmethod
     def _key(host: str, url: str) -> Key:
@@ -108,11 +115,17 @@ class Outages:
 
     def failed(self, host: str, url: str, said: str, *, timeout: bool) -> None:
         """A request to ``url`` got no connection (``timeout``: in time): its origin is down
-        for :data:`FIRST_HOLD` seconds, or twice the last hold if it was down already."""
+        for :data:`FIRST_HOLD` seconds once this is the :data:`FAILURES_TO_HOLD`-th such failure
+        since it last answered, for twice the last hold if it was down already."""
         key = self._key(host, url)
         now = self._clock()
         down = self._down.get(key)
         if down is None:
+            failures = self._failures.get(key, 0) + 1
+            if failures < FAILURES_TO_HOLD:
+                self._failures[key] = failures
+                return
+            self._failures.pop(key, None)
             self._down[key] = _Down(self._wall(), now + FIRST_HOLD, FIRST_HOLD, said, timeout)
             return
         down.hold = min(down.hold * 2, LONGEST_HOLD)
@@ -120,7 +133,9 @@ class Outages:
 
     def answered(self, host: str, url: str) -> None:
         """``url``'s origin answered (whatever its status): up."""
-        self._down.pop(self._key(host, url), None)
+        key = self._key(host, url)
+        self._down.pop(key, None)
+        self._failures.pop(key, None)
 
     def down(self, host: str, url: str) -> bool:
         """Whether ``url``'s origin is taken to be down (until it answers)."""

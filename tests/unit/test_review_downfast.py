@@ -111,6 +111,14 @@ async def _cached_then_down(app: Any, registry: Registry) -> None:
     registry.down = True
 
 
+async def _taken_down(app: Any) -> None:
+    """The pulls whose failures take the down registry down, each served stale after its wait."""
+    for _ in range(outage.FAILURES_TO_HOLD):
+        stale, waited = await _pull(app)
+        assert stale.status == 200
+        assert waited >= WAIT
+
+
 async def test_a_cached_pull_waits_once_for_a_down_upstream_not_in_every_request(
     tmp_path: Path,
 ) -> None:
@@ -118,9 +126,7 @@ async def test_a_cached_pull_waits_once_for_a_down_upstream_not_in_every_request
     app = _app(tmp_path, registry)
     async with app.test_app():
         await _cached_then_down(app, registry)
-        stale, waited = await _pull(app)  # the failure that finds it down: waited for
-        assert stale.status == 200
-        assert waited >= WAIT
+        await _taken_down(app)  # the failures that find it down: waited for
         asked = registry.asked
         again, waited = await _pull(app)
         assert again.status == 200  # served stale, the upstream not tried
@@ -128,7 +134,7 @@ async def test_a_cached_pull_waits_once_for_a_down_upstream_not_in_every_request
         assert waited < WAIT / 2
         assert registry.asked == asked
         health = mirror_state(app).client.health_of(mirror_state(app).upstream)
-        assert health.stale_served == 2
+        assert health.stale_served == outage.FAILURES_TO_HOLD + 1
         assert health.reachable is False
         assert "not tried" in (health.last_error_message or "")
 
@@ -142,7 +148,7 @@ async def test_one_probe_at_a_time_goes_once_the_hold_is_over_and_sees_the_upstr
     async with app.test_app():
         client = mirror_state(app).client
         await _cached_then_down(app, registry)
-        await _pull(app)  # marks it down
+        await _taken_down(app)
         await asyncio.sleep(0.4)  # the hold is over: the next request is the probe
         asked = registry.asked
         probe = spawn("probe", _pull(app))
@@ -175,7 +181,7 @@ async def test_a_request_with_nothing_cached_gets_the_same_error_at_once(tmp_pat
     app = _app(tmp_path, registry)
     async with app.test_app():
         await _cached_then_down(app, registry)
-        await _pull(app)  # marks it down
+        await _taken_down(app)
         cold, waited = await _pull(app, f"/v2/{REPO}/manifests/other")
         assert waited < WAIT / 2
         assert cold.status == 504  # as after the timeout: the registry did not answer
@@ -192,8 +198,9 @@ def test_the_hold_doubles_to_a_minute_per_upstream_and_any_answer_ends_it() -> N
         told.append((said, kind))
 
     a, b = "https://a.test/v2/x/manifests/1", "https://b.test/v2/"
-    with outages.attempt("a.test", a, tell):
-        outages.failed("a.test", a, "GET a.test ConnectError", timeout=False)
+    for _ in range(outage.FAILURES_TO_HOLD):
+        with outages.attempt("a.test", a, tell):  # sent: not down yet
+            outages.failed("a.test", a, "GET a.test ConnectError", timeout=False)
     holds = []
     for _ in range(6):
         with pytest.raises(UpstreamUnavailable, match="not tried"):
@@ -216,10 +223,26 @@ def test_the_hold_doubles_to_a_minute_per_upstream_and_any_answer_ends_it() -> N
     assert holds == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
     assert told[0] == (told[0][0], "unreachable")
     outages.answered("a.test", "https://a.test/v2/")  # any answer of its origin: up
-    with outages.attempt("a.test", a, tell):
-        pass
-    outages.failed("a.test", a, "GET a.test ConnectTimeout", timeout=True)
+    for _ in range(outage.FAILURES_TO_HOLD):
+        with outages.attempt("a.test", a, tell):
+            outages.failed("a.test", a, "GET a.test ConnectTimeout", timeout=True)
     now[0] += 5.0
     with outages.attempt("a.test", a, tell):  # the hold starts at 5 s again
         with pytest.raises(UpstreamTimeout):
             outages.attempt("a.test", a, tell)
+
+
+def test_failures_at_the_connection_between_answers_take_nothing_down() -> None:
+    """One connection refused now and then (one of a registry's addresses, a reset), answers
+    between: every request is still sent; only failures in a row take the origin down."""
+    outages = outage.Outages(clock=lambda: 100.0, wall=lambda: 0.0)
+    told: list[tuple[str, str]] = []
+    url = "https://a.test/v2/x/manifests/1"
+    for _ in range(10):
+        for _ in range(2):  # two in a row, then an answer
+            with outages.attempt("a.test", url, lambda said, kind: told.append((said, kind))):
+                outages.failed("a.test", url, "GET a.test ConnectError", timeout=False)
+        with outages.attempt("a.test", url, lambda said, kind: told.append((said, kind))):
+            outages.answered("a.test", url)
+    assert not outages.down("a.test", url)
+    assert told == []
