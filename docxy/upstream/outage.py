@@ -90,8 +90,9 @@ class Outages:
     ) -> None:
         self._clock, self._wall = clock, wall
         self._down: dict[Key, _Down] = {}
-        #: origins not down (yet): their failures at the connection since their last answer
-        self._failures: dict[Key, int] = {}
+        #: origins not down (yet): their failures at the connection since their last answer,
+        #: and when the first of them was (wall clock)
+        self._failures: dict[Key, tuple[int, float]] = {}
 
     @staticmethod
     def _key(host: str, url: str) -> Key:
@@ -116,17 +117,22 @@ class Outages:
     def failed(self, host: str, url: str, said: str, *, timeout: bool) -> None:
         """A request to ``url`` got no connection (``timeout``: in time): its origin is down
         for :data:`FIRST_HOLD` seconds once this is the :data:`FAILURES_TO_HOLD`-th such failure
-        since it last answered, for twice the last hold if it was down already."""
+        since it last answered; for twice the last hold if this was its probe. A request sent
+        before the hold began that fails in it (one of a burst, all waiting out the same
+        connect timeout) changes nothing: each doubled the first hold to a minute, a registry
+        restarting under a few clients held down a minute after it was back."""
         key = self._key(host, url)
         now = self._clock()
         down = self._down.get(key)
         if down is None:
-            failures = self._failures.get(key, 0) + 1
-            if failures < FAILURES_TO_HOLD:
-                self._failures[key] = failures
+            failures, since = self._failures.get(key, (0, self._wall()))
+            if failures + 1 < FAILURES_TO_HOLD:
+                self._failures[key] = failures + 1, since
                 return
             self._failures.pop(key, None)
-            self._down[key] = _Down(self._wall(), now + FIRST_HOLD, FIRST_HOLD, said, timeout)
+            self._down[key] = _Down(since, now + FIRST_HOLD, FIRST_HOLD, said, timeout)
+            return
+        if not down.probing:
             return
         down.hold = min(down.hold * 2, LONGEST_HOLD)
         down.until, down.said, down.timeout = now + down.hold, said, timeout

@@ -246,3 +246,28 @@ def test_failures_at_the_connection_between_answers_take_nothing_down() -> None:
             outages.answered("a.test", url)
     assert not outages.down("a.test", url)
     assert told == []
+
+
+def test_a_burst_failing_together_holds_it_down_for_the_first_hold_only() -> None:
+    """Ten requests sent together, all refused (review s45 r4): the third failure takes the
+    origin down for 5 s; the seven after it were sent before, not as its probe, and leave the
+    hold alone (each doubled it: a minute after one blip). Only a failed probe doubles it."""
+    now = [1000.0]
+    outages = outage.Outages(clock=lambda: now[0], wall=lambda: 0.0)
+    told: list[str] = []
+    url = "https://a.test/v2/x/manifests/1"
+    sent = [outages.attempt("a.test", url, lambda said, kind: told.append(said)) for _ in range(10)]
+    for request in sent:
+        with request:
+            outages.failed("a.test", url, "GET a.test ConnectError", timeout=False)
+    assert outages.down("a.test", url)
+    now[0] += outage.FIRST_HOLD + 0.1
+    with outages.attempt("a.test", url, lambda said, kind: told.append(said)):  # the probe
+        outages.failed("a.test", url, "GET a.test ConnectError", timeout=False)
+    now[0] += outage.FIRST_HOLD + 0.1  # the probe failed: held twice as long
+    with pytest.raises(UpstreamUnavailable, match="not tried"):
+        outages.attempt("a.test", url, lambda said, kind: told.append(said))
+    now[0] += outage.FIRST_HOLD
+    with outages.attempt("a.test", url, lambda said, kind: told.append(said)):
+        outages.answered("a.test", url)
+    assert not outages.down("a.test", url)
