@@ -78,7 +78,7 @@ from docxy.cache.images import (
     plan_eviction,
 )
 from docxy.cache.reader import READ_CHUNK, BlobReader
-from docxy.cache.startup import read_in_thread, waited_off_loop
+from docxy.cache.startup import StartRead, waited_off_loop
 from docxy.core.bounded import LruDict
 from docxy.core.digests import Digest, blob_relpath, digest_from_relpath
 from docxy.tasks import spawn
@@ -317,7 +317,7 @@ class DiskBlobStore:
         #: Which cached images need which blobs (the manifest store); None: plain LRU eviction.
         self.catalog: ImageCatalog | None = None
         self._eviction: asyncio.Task[None] | None = None
-        self._reading: Future[Walked] | None = None  # the index, read at open in a thread
+        self._reading: StartRead[Walked] | None = None  # the index, read at open in a thread
         self._gone_while_reading: set[Digest] = set()
         #: The sizes the cached manifests give their blobs, while the index is still being
         #: read: the blobs it finds are held to them (:meth:`hold_to_sizes`).
@@ -345,17 +345,27 @@ class DiskBlobStore:
         """Open for serving: delete leftover temp files, then rebuild the index from disk in a
         worker thread. Blobs are served meanwhile (one ``stat`` finds a blob the index does not
         hold yet) and eviction waits for the index; a fill committed meanwhile counted only the
-        blobs known then, so the cap holds again from the next fill on."""
+        blobs known then, so the cap holds again from the next fill on. A read that fails
+        stays failed (a lookup raises its error) until its first use a while later reads
+        again (:class:`~docxy.cache.startup.StartRead`)."""
         store = cls(root, max_size, room_wait=room_wait, direct_writes=direct_writes, **options)
         store._clear_leftovers()
         (store.root / "blobs").mkdir(parents=True, exist_ok=True)
-        store._reading = read_in_thread("docxy-blob-index", store._walk)
+        store._reading = StartRead(
+            "docxy-blob-index", "reading the blob index", store._walk, fresh=store._read_afresh
+        )
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return store  # taken over at first use
-        store._reading.add_done_callback(lambda _: soon_on(loop, store._index_read))
+        store._reading.add_done_callback(partial(_take_over_on, loop, store))
         return store
+
+    def _read_afresh(self) -> None:
+        """Before the index is read again after a failed read: the blobs found gone while
+        the failed one ran are not left out of the fresh one, which sees the disk as it is
+        (one fetched again since is there)."""
+        self._gone_while_reading.clear()
 
     @property
     def tmp_dir(self) -> Path:
@@ -523,6 +533,15 @@ class DiskBlobStore:
                 self._verified_here = None  # the check is done
         return self._reading is None
 
+    def _index_ready(self) -> bool:
+        """:meth:`_index_read`, but a failed read (said once) is not ready: a blob is found on
+        disk then, as while the index is read, and the index read again a while later
+        (:class:`~docxy.cache.startup.StartRead`); raised, each blob request got a 500."""
+        try:
+            return self._index_read()
+        except OSError:
+            return False
+
     @property
     def index_complete(self) -> bool:
         """Whether the blob index read at start is done (never waits): until then
@@ -530,9 +549,10 @@ class DiskBlobStore:
         return self._index_read()
 
     async def indexed(self) -> None:
-        """Wait, without blocking the loop, until the index is read (see :meth:`open`)."""
-        if self._reading is not None:
-            await waited_off_loop(self._reading)
+        """Wait, without blocking the loop, until the index is read (see :meth:`open`). A
+        failed read raises its error (at once, or once the read in flight fails)."""
+        if self._reading is not None and not self._reading.done():
+            await waited_off_loop(self._reading.future)
         self._index_read()
 
     def _entry(self, digest: Digest) -> BlobEntry | None:
@@ -540,7 +560,7 @@ class DiskBlobStore:
         entry = self._index.get(digest)
         if entry is not None:
             return entry
-        if self._index_read():
+        if self._index_ready():
             return self._index.get(digest)  # (the read may have just been taken over)
         path = self.path_of(digest)
         try:
@@ -703,7 +723,7 @@ class DiskBlobStore:
         was stopped (a disk fault, a write cache lost at power loss, a half-restored volume)
         passed :meth:`_length_kept` and was served wrong on every pull. One dict lookup a
         blob, no I/O (no hashing): a blob no cached manifest names is not checked."""
-        if not self._index_read():
+        if not self._index_ready():  # (a failed read: held to them when it is read again)
             self._sizes_given = sizes  # let go once the index is read
         self._drop_resized(list(self._index.values()), sizes)
         if self._sizes_given is None:
@@ -1169,9 +1189,12 @@ class DiskBlobStore:
             )
 
     async def _evict_if_over(self) -> None:
-        await self.indexed()
-        if self.catalog is not None:
-            await self.catalog.loaded()
+        try:
+            await self.indexed()
+            if self.catalog is not None:
+                await self.catalog.loaded()
+        except OSError:  # a read failed (said): the next fill needing room evicts
+            return
         kept = self._kept_bytes()  # the figure eviction works to, said as such
         over = kept - self.max_size
         if over <= 0:
@@ -1612,3 +1635,12 @@ def held_bytes(st: os.stat_result) -> int:
     was preallocated to the blob's length (:mod:`docxy.cache.preallocate`, its length only
     what was written before a crash cut it), and one with holes holds less than its length."""
     return st.st_blocks * 512
+
+
+def _take_over_on(
+    loop: asyncio.AbstractEventLoop, store: DiskBlobStore, read: Future[Walked]
+) -> None:
+    """In the index read's thread, once it ended: its index taken over on ``loop`` soon; a
+    failed read is said already, and raised by the store's next use."""
+    if read.exception() is None:
+        soon_on(loop, store._index_read)

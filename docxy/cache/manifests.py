@@ -33,7 +33,6 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import chain
@@ -43,7 +42,7 @@ from typing import Any, TypeVar
 from docxy.cache.errors import CacheError, DigestMismatch
 from docxy.cache.files import clear_dir, globbed, os_error, unlink_quietly, write_atomic
 from docxy.cache.images import Image, ImageKey, below, needs, needs_sized
-from docxy.cache.startup import read_in_thread, waited_off_loop
+from docxy.cache.startup import StartRead, waited_off_loop
 from docxy.cache.visibility import AccessIndex, RepoKey, Visibility, is_temp_name
 from docxy.cache.visibility import upstream_key as _upstream_key
 from docxy.core import jsondoc
@@ -157,7 +156,7 @@ class ManifestStore:
         #: Cached manifest -> the repositories (hashed) it was served for -> publicly or not:
         #: the access records, in memory for blob_visibility (asked for every unknown pairing).
         self._seen: dict[ImageKey, dict[str, bool]] = {}
-        self._scanning: Future[Scanned] | None = None  # the catalogue read in a thread (open)
+        self._scanning: StartRead[Scanned] | None = None  # the catalogue read in a thread (open)
         self._journal: list[Callable[[], None]] = []  # changes made while it was being read
         #: Files an eviction's worker thread is deleting (manifests by key, tag records by
         #: path) -> that delete: a pull that writes one of them again waits for it first.
@@ -199,14 +198,21 @@ class ManifestStore:
         keyed otherwise (:meth:`upgrade`), and read the catalogue (every manifest and tag) in
         a worker thread, so a large cache does not hold up the first answers. Manifests and
         tags are served meanwhile, straight from disk; what changes is noted and replayed on
-        the catalogue once it is read."""
+        the catalogue once it is read. A read that fails stays failed (what needs the
+        catalogue raises its error) until its first use a while later reads again
+        (:class:`~docxy.cache.startup.StartRead`)."""
         store = cls(root, access, tag_ttl=tag_ttl, clock=clock)
         try:
             clear_dir(store._tmp)
         except OSError as exc:  # a read-only disk: small files, left; what is cached is served
             log.warning("cache: cannot clear %s: %s", store._tmp, exc)
         store.upgrade(registries)
-        store._scanning = read_in_thread("docxy-manifest-catalogue", store._scan)
+        store._scanning = StartRead(
+            "docxy-manifest-catalogue",
+            "reading the manifest catalogue",
+            store._scan,
+            fresh=store._read_afresh,
+        )
         return store
 
     def upgrade(self, registries: Iterable[str]) -> None:
@@ -357,7 +363,7 @@ class ManifestStore:
                 # them: their next use would forget this one with them, once stored. An
                 # index's are its platforms' (cached already: a pull stores the index first).
                 await self.drop_vanished(blobs)
-            if not self._in_memory():
+            if not self._in_memory() and not (self._scanning and self._scanning.failed()):
                 self._sizes_meanwhile.append(needs_sized(content)[2])
             # In the catalogue first: from now on, eviction keeps the blobs it needs (an
             # eviction deleting this manifest's files right now among them: it looks once
@@ -691,24 +697,46 @@ class ManifestStore:
         return list(self._catalogue().values())
 
     def _catalogue(self) -> dict[ImageKey, Image]:
-        """The catalogue; if it is still being read, waits for it (blocking, see :meth:`loaded`)."""
+        """The catalogue; if it is still being read at start, waits for it (blocking, see
+        :meth:`loaded`). A failed read raises its error (see :class:`StartRead`)."""
         if self._images is None:
             scanned = self._scan() if self._scanning is None else self._scanning.result()
             self._adopt(*scanned)
         assert self._images is not None
         return self._images
 
+    def _read_afresh(self) -> None:
+        """Before the catalogue is read again after a failed read: drop what was noted for
+        the failed one. The fresh read finds those changes on disk; replayed on it, one
+        noted long ago (a blob found gone, its image pulled and its blob fetched again since)
+        would undo what the disk says now."""
+        self._journal.clear()
+        self._sizes_meanwhile.clear()
+
     def _in_memory(self) -> bool:
-        """Whether the catalogue is in memory (taking over a finished background read)."""
+        """Whether the catalogue is in memory (taking over a finished background read). Not
+        while its read failed: what is cached is served from disk, as while it is read, and
+        the read is tried again a while later (:class:`StartRead`); a pull or a put failed
+        with its error, a 500 each, until a restart."""
         if self._images is None and self._scanning is not None and self._scanning.done():
-            self._catalogue()
+            try:
+                self._catalogue()
+            except OSError:  # said when it failed (once)
+                return False
         return self._images is not None
 
     def _or_later(self, change: Callable[[], None]) -> None:
-        """Make ``change`` to the catalogue now, or once it is read."""
+        """Make ``change`` to the catalogue now, or once it is read (:meth:`_later`)."""
         if self._in_memory():
             change()
         else:
+            self._later(change)
+
+    def _later(self, change: Callable[[], None]) -> None:
+        """Note ``change`` for the catalogue being read; none while its read failed: the
+        fresh read finds it on disk (noted, and kept till then, one a pull, the notes grew
+        without bound while a disk kept failing, and were replayed late: :meth:`_read_afresh`)."""
+        if self._scanning is None or not self._scanning.failed():
             self._journal.append(change)
 
     def _adopt(
@@ -785,9 +813,10 @@ class ManifestStore:
             )
 
     async def loaded(self) -> None:
-        """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`)."""
+        """Wait, without blocking the loop, until the catalogue is read (see :meth:`open`).
+        A failed read raises its error (at once, or once the read in flight fails)."""
         if self._scanning is not None and not self._scanning.done():
-            await waited_off_loop(self._scanning)  # (not cancelled with its waiter)
+            await waited_off_loop(self._scanning.future)  # (not cancelled with its waiter)
         self._catalogue()
 
     def _on_disk(self, key: ImageKey) -> bool:
@@ -819,7 +848,7 @@ class ManifestStore:
     def _point_tag(self, path: Path, key: ImageKey | None) -> None:
         """Tag record ``path`` now points at ``key`` (None: it is gone)."""
         if not self._in_memory():
-            self._journal.append(lambda: self._point_tag(path, key))
+            self._later(lambda: self._point_tag(path, key))
             return
         old = self._tag_files.pop(path, None)
         if old is not None:
@@ -850,8 +879,12 @@ class ManifestStore:
 
     def blob_visibility(self, repo: RepoKey, digest: Digest) -> Visibility | None:
         """How blob ``digest`` is known in ``repo``: through a cached manifest that needs it and
-        was served for ``repo`` (public if any such manifest is), else None (not known there)."""
-        self._catalogue()
+        was served for ``repo`` (public if any such manifest is), else None (not known there;
+        nor while the catalogue's read failed: the upstream is asked)."""
+        try:
+            self._catalogue()
+        except OSError:
+            return None
         upstream, hashed = _upstream_key(repo.upstream), repo.hashed()
         found: Visibility | None = None
         for key in self._holders.get(digest, ()):

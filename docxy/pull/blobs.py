@@ -37,6 +37,7 @@ the fill's handover counts as the upstream's (``upstream_bytes=`` in the access 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -225,7 +226,8 @@ class BlobService:
         which tells the client when to retry): an unknown pairing is never served blind."""
         repo = RepoKey(pull.upstream.host, pull.name)
         if self.pairings.manifests is not None:  # still read at start-up: wait off the loop
-            await self.pairings.manifests.loaded()
+            with contextlib.suppress(OSError):  # its read failed (said): not known, asked
+                await self.pairings.manifests.loaded()
         if may_serve(self.pairings.visibility(repo, digest), pull.identity):
             return Source.HIT
         if not self.tokens.refused(pull.upstream, pull.name):
