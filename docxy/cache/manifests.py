@@ -169,6 +169,9 @@ class ManifestStore:
         #: Tag records a :meth:`set_tag` is writing (how many at once), and those it started
         #: to write while a sweep runs: that sweep deletes none of them.
         self._writing: dict[Path, int] = {}
+        #: Tag records a write of which the disk refused while others were in flight: their
+        #: pointer is set as the record on disk says once the last one ends (set_tag).
+        self._refused: set[Path] = set()
         self._touched: set[Path] | None = None
         self._swept_at = clock()  # the last look for orphaned tag records (none: the start)
         #: Drops from the blob index the blobs among these whose files are gone, with the
@@ -545,6 +548,13 @@ class ManifestStore:
         finally:
             if (left := self._writing.pop(path) - 1) > 0:
                 self._writing[path] = left
+            elif path in self._refused:  # the last write of it ended: the disk says
+                self._refused.discard(path)
+                # (a task: set even if this pull is cancelled meanwhile; waited for, so the
+                # pull that saw the refusal ends with the pointer set as it was before)
+                await asyncio.shield(
+                    spawn("cache: tag pointer after a refused write", self._point_as_on_disk(path))
+                )
             self._sweep_due()
 
     async def _set_tag(
@@ -559,8 +569,7 @@ class ManifestStore:
         # the one the read finds: the catalogue may be taken over, and an eviction of the old
         # image run, before the write is done.
         key = ImageKey(_upstream_key(repo.upstream), digest)
-        early = self._in_memory()
-        before = self._tag_files.get(path)
+        self._in_memory()  # (the catalogue taken over if it is read: the pointer set there)
         self._point_tag(path, key)
         old = await asyncio.to_thread(self._read_tag, repo, tag)
         if old is not None and old.digest == digest and old.public:
@@ -570,16 +579,26 @@ class ManifestStore:
             await asyncio.to_thread(self._write_tag, entry)
         except OSError as exc:
             log.warning("cache: cannot store tag %s:%s (%s); not cached", repo.repo, tag, exc)
-            if not early:  # the map was not read yet: the record on disk says
-                before = None if old is None else ImageKey(key.upstream, old.digest)
-            self._or_later(partial(self._point_back, path, key, before))
+            # The pointer goes where the record on disk points once no write of it is in
+            # flight (set_tag, the last to end): another pull's write of the same tag may land
+            # after this one was refused, or have been refused too; what either read before
+            # its write is no longer what the disk says.
+            self._refused.add(path)
         return entry
 
-    def _point_back(self, path: Path, key: ImageKey, before: ImageKey | None) -> None:
-        """Tag record ``path`` points at ``before`` again, if at ``key`` still (its write to
-        ``key`` failed: the record on disk is the old one still)."""
-        if self._tag_files.get(path) == key:
-            self._point_tag(path, before)
+    async def _point_as_on_disk(self, path: Path) -> None:
+        """Tag record ``path`` (a write of it refused) points where the record says: read it
+        in a worker thread, then the pointer set (replayed over the catalogue's own while it
+        is read at start). Not if a write of it began meanwhile: that one ends the same way."""
+        key = await asyncio.to_thread(self._tag_record_key, path)
+        if path not in self._writing:
+            self._or_later(partial(self._point_tag, path, key))
+
+    def _tag_record_key(self, path: Path) -> ImageKey | None:
+        entry = _parse_tag(path)
+        if entry is None:
+            return None
+        return ImageKey(_upstream_key(entry.repo.upstream), entry.digest)
 
     def _sweep_due(self) -> None:
         """Start :meth:`sweep_tags` if the last look (or the start) was :data:`ORPHAN_AGE` ago."""
