@@ -545,8 +545,9 @@ class DiskBlobStore:
     @property
     def index_complete(self) -> bool:
         """Whether the blob index read at start is done (never waits): until then
-        :meth:`usage` counts only the blobs known so far."""
-        return self._index_read()
+        :meth:`usage` counts only the blobs known so far; and while it failed (read again a
+        while later): /health and /metrics say so, not a 500."""
+        return self._index_ready()
 
     async def indexed(self) -> None:
         """Wait, without blocking the loop, until the index is read (see :meth:`open`). A
@@ -1388,8 +1389,9 @@ class DiskBlobStore:
         return len(self._fills)
 
     def usage(self) -> Usage:
-        """Never waits: while the index is being read, what is known so far (/health)."""
-        self._index_read()
+        """Never waits: while the index is being read, or its read failed, what is known so
+        far (/health)."""
+        self._index_ready()
         return Usage(
             len(self._index),
             self._total,

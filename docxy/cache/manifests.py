@@ -172,6 +172,8 @@ class ManifestStore:
         #: Tag records a write of which the disk refused while others were in flight: their
         #: pointer is set as the record on disk says once the last one ends (set_tag).
         self._refused: set[Path] = set()
+        #: Those being read back so: whether a set_tag of it began meanwhile, each read's.
+        self._reading_back: dict[Path, list[_ReadBack]] = {}
         self._touched: set[Path] | None = None
         self._swept_at = clock()  # the last look for orphaned tag records (none: the start)
         #: Drops from the blob index the blobs among these whose files are gone, with the
@@ -541,6 +543,8 @@ class ManifestStore:
         """
         path = self._tag_path(repo, tag)
         self._writing[path] = self._writing.get(path, 0) + 1
+        for reading in self._reading_back.get(path, ()):
+            reading.written = True  # its end sets the pointer: not that read back
         if self._touched is not None:
             self._touched.add(path)
         try:
@@ -589,9 +593,18 @@ class ManifestStore:
     async def _point_as_on_disk(self, path: Path) -> None:
         """Tag record ``path`` (a write of it refused) points where the record says: read it
         in a worker thread, then the pointer set (replayed over the catalogue's own while it
-        is read at start). Not if a write of it began meanwhile: that one ends the same way."""
-        key = await asyncio.to_thread(self._tag_record_key, path)
-        if path not in self._writing:
+        is read at start). Not if a write of it began meanwhile (the record read may be the
+        one before it, the pointer already its): that one's end says."""
+        reading = _ReadBack()
+        readers = self._reading_back.setdefault(path, [])
+        readers.append(reading)
+        try:
+            key = await asyncio.to_thread(self._tag_record_key, path)
+        finally:
+            readers.remove(reading)
+            if not readers:
+                del self._reading_back[path]
+        if not reading.written:
             self._or_later(partial(self._point_tag, path, key))
 
     def _tag_record_key(self, path: Path) -> ImageKey | None:
@@ -1354,6 +1367,16 @@ def _count(counts: dict[K, int], keys: Iterable[K], step: int) -> None:
 
 def _short(keys: Iterable[ImageKey]) -> list[str]:
     return [f"{key.digest.algorithm}:{key.digest.hex[:12]}" for key in keys]
+
+
+class _ReadBack:
+    """A tag record read back after a refused write (:meth:`ManifestStore._point_as_on_disk`):
+    ``written`` once a write of it began meanwhile."""
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = False
 
 
 def _parse_tag(path: Path) -> TagEntry | None:
