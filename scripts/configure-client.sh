@@ -59,7 +59,8 @@ usage: $PROG [--mirror URL] [options]
                         host that merely contains HOST (repeatable; install.sh passes its
                         domain)${MIRROR_DEFAULT:+; set up from $MIRROR_DEFAULT (the default,
                         or --mirror giving that URL), this script does so for its host
-                        unasked, but not with --remove}
+                        unasked (a host name: not an IP address or localhost), but not
+                        with --remove}
   --keep-others         Docker: keep the other registry mirrors at this mirror's host (a
                         second mirror of yours on another port), which the script served at
                         /setup.sh takes out by default as this mirror's earlier URLs (a
@@ -202,16 +203,19 @@ canonical_url() {
 # --replace-host would: after a move (http://HOST:5000 to https://HOST) the old URL stayed
 # beside the new one, dead, and dockerd tried it on every pull. Not with --keep-others, not
 # for a --mirror elsewhere (the served host's entries are not that mirror's), not with
-# --remove (it takes out only this mirror, as it says).
+# --remove (it takes out only this mirror, as it says), and not for a mirror named by an IP
+# address or localhost: a LAN box's other ports are as likely other registries or mirrors
+# (a Harbor, a second Docxy) as this one's earlier URLs; --replace-host takes those out.
 served_host_replaced() {
   if [[ -z "$MIRROR_DEFAULT" ]] || ((KEEP_OTHERS || REMOVE)); then return 0; fi
   [[ "$MIRROR" == "$(canonical_url "$MIRROR_DEFAULT")" ]] || return 0
-  SERVED_HOST="$MIRROR_HOST"
-  if [[ "$SERVED_HOST" == \[* ]]; then
-    SERVED_HOST="${SERVED_HOST%%]*}]"
-  else
-    SERVED_HOST="${SERVED_HOST%%:*}"
+  local host="$MIRROR_HOST"
+  [[ "$host" == \[* ]] && return 0 # an IPv6 address
+  host="${host%%:*}"
+  if [[ "$host" == localhost || "$host" == *.localhost || "$host" =~ ^[0-9.]+$ ]]; then
+    return 0
   fi
+  SERVED_HOST="$host"
   REPLACE_HOSTS+=("$SERVED_HOST")
 }
 
