@@ -107,7 +107,7 @@ def test_a_mirror_at_an_address_keeps_the_other_mirrors_there(
     box: ScriptBox, served: str, other: str
 ) -> None:
     """A LAN box's other port is as likely another registry (a Harbor, a second mirror) as
-    this one's earlier URL (stop 51's CI: the e2e dockerd's other mirror at 127.0.0.1 went):
+    this one's earlier URL (the e2e dockerd's other mirror at 127.0.0.1 went):
     only a host name's others go unasked; --replace-host takes an address's out."""
     with_mirrors(box, other, *OTHERS)
     box.stand_in("docker", docker_info(served, other, *OTHERS))
