@@ -1578,12 +1578,53 @@ docker_ce() {
   dpkg-query -W -f '${Status}' docker-ce 2>/dev/null | grep -q 'install ok installed'
 }
 
+# engine_version: the Engine's version (dockerd's, else the docker client's: the same package's,
+# where dockerd does not run yet or does not answer this user), "" where docker does not say.
+engine_version() {
+  local version="" field
+  for field in Server Client; do
+    version="$(docker version --format "{{.$field.Version}}" 2>/dev/null)" || true
+    [[ "$version" =~ ^[0-9]+\. ]] && break
+    version=""
+  done
+  printf '%s' "$version"
+}
+
+# compose_v1_fails: COMPOSE is docker-compose 1.x and the Engine 25 or newer, against which it
+# fails on every recreate (KeyError: 'ContainerConfig', docker/compose#11742): an install worked
+# once, then every run changing .env, and every --update (its rollback too), died in `up`.
+# Debian 12's own pair (docker.io 20.10, docker-compose 1.29) works together. Says why in
+# COMPOSE_V1_WHY.
+COMPOSE_V1_WHY=""
+compose_v1_fails() {
+  local said engine
+  COMPOSE_V1_WHY=""
+  [[ "${COMPOSE[*]}" == docker-compose ]] || return 1
+  said="$(docker-compose version 2>/dev/null)" || true
+  [[ "$said" =~ [Vv]ersion\ v?(1\.[0-9]+\.[0-9]+) ]] || return 1
+  COMPOSE_V1_WHY="docker-compose ${BASH_REMATCH[1]}"
+  engine="$(engine_version)"
+  [[ "$engine" =~ ^([0-9]+)\. ]] && ((BASH_REMATCH[1] >= 25)) || return 1
+  COMPOSE_V1_WHY+=" fails against Docker Engine $engine on every recreate (KeyError: 'ContainerConfig', docker/compose#11742)"
+}
+
+# compose_v2_candidate: apt's docker-compose is Compose v2 (Debian 13's is; 12's is 1.29).
+compose_v2_candidate() {
+  apt-cache policy docker-compose 2>/dev/null | grep -qE 'Candidate: ([0-9]+:)?[2-9]'
+}
+
 install_docker() {
-  local packages=()
+  local packages=() v1=0
   find_compose
   if have docker && ((${#COMPOSE[@]})); then
-    say "  Docker and Compose are installed (${COMPOSE[*]})"
-    return
+    if ! compose_v1_fails; then
+      say "  Docker and Compose are installed (${COMPOSE[*]})"
+      return
+    fi
+    # Never used here: a Compose v2 comes beside it, as where Compose is missing.
+    v1=1
+    say "  $COMPOSE_V1_WHY:"
+    say "  not used here; a Compose v2 is needed beside it"
   fi
   if ((DOCKER_REPO)); then
     say "  source: Docker's own apt repository (--docker-repo): the newest Engine and Compose"
@@ -1638,8 +1679,12 @@ for $OS_ID's own docker.io" "$rc"
       packages+=(docker-compose-plugin)
     elif candidate docker-compose-v2; then
       packages+=(docker-compose-v2)
-    else
+    elif ((!v1)) || compose_v2_candidate; then
       packages+=(docker-compose)
+    else
+      die "$COMPOSE_V1_WHY, and apt offers no Compose v2 here (docker-compose-plugin, \
+docker-compose-v2): run this again with --docker-repo (Docker's own Engine and its Compose plugin), \
+or install the Compose plugin by hand (https://docs.docker.com/compose/install/linux/), then run this again"
     fi
   fi
   # Both sources' dockerd only recommend apparmor, which --no-install-recommends leaves out; on a
@@ -1650,6 +1695,7 @@ for $OS_ID's own docker.io" "$rc"
   ((DRY_RUN)) && { COMPOSE=(docker compose); return; }
   find_compose
   ((${#COMPOSE[@]})) || die "Compose is still missing after installing ${packages[*]}"
+  ! compose_v1_fails || die "$COMPOSE_V1_WHY, and it is still the Compose found after installing ${packages[*]}: install the Compose plugin (https://docs.docker.com/compose/install/linux/), then run this again"
 }
 
 # dockerd_without_systemd WHY: nothing here starts dockerd (WHY says so): it must run already.
