@@ -1354,7 +1354,26 @@ settle_dir() {
   # Piped, the script has no clone of its own; a git clone named by --dir is one all the same.
   if [[ -z "$CLONE" && -d "$DIR/.git" && -f "$DIR/compose.yaml" ]]; then CLONE="$DIR"; fi
   ENV_FILE="$DIR/.env"
+  env_readable
   settle_project
+}
+
+# env_readable: an existing .env this user cannot read (root's, mode 600, to a dry run without
+# sudo, as check_root allows) stops the run, before anything reads it. Read as empty, the dry run
+# showed changes the real run would not make (the e-mail and the operator's lines dropped, the
+# default cache size, "would run compose up", "--domain is required").
+env_readable() {
+  local what="$ENV_FILE" how
+  if [[ -d "$DIR" && ! -x "$DIR" ]]; then
+    what="$DIR"
+  elif [[ ! -e "$ENV_FILE" || -r "$ENV_FILE" ]]; then
+    return 0
+  fi
+  how="$(stat -c "%U's, mode %a" -- "$what" 2>/dev/null)" || how=""
+  what+="${how:+ ($how)}"
+  [[ "$(id -u)" == 0 ]] && die "cannot read $what: make it readable to root, then run this again"
+  ((DRY_RUN)) && die "cannot read $what: run the dry run with sudo to see what would change"
+  die "cannot read $what: run as root: sudo bash $PROG ..."
 }
 
 # settle_project: every compose here runs as --project-name PROJECT, and .env says it too
