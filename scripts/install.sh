@@ -148,6 +148,11 @@ parse_args() {
     shift
   done
   ROOT="${ROOT%/}"
+  # dig's HOST#PORT; HOST:PORT (one colon: no IPv6 address) was taken for a host name, and the
+  # run stopped at "Fix the DNS records", which were not the trouble.
+  if [[ "$DNS_SERVER" =~ ^[^:#]+:[0-9]*$ ]]; then
+    die "--dns-server takes HOST#PORT (as dig does), not HOST:PORT: '$DNS_SERVER'" 2
+  fi
   if [[ "$DNS_SERVER" == *"#"* ]]; then
     DNS_PORT="${DNS_SERVER#*#}"
     DNS_SERVER="${DNS_SERVER%%#*}"

@@ -234,3 +234,21 @@ def test_a_dry_run_without_sudo_that_can_read_env_goes_on(shared_base: Path) -> 
     assert "DOCXY_CACHE_MAX_SIZE=50G" in result.stdout, output(result)
     assert "DOCXY_EMAIL=ops@example.org" in result.stdout, output(result)
     assert "1 line of yours, kept" in result.stdout, output(result)
+
+
+@pytest.mark.parametrize("given", ["127.0.164.1:53", "ns1.example.net:5353", "127.0.164.1:"])
+def test_a_dns_server_given_as_host_colon_port_is_refused_naming_the_form(
+    box: ScriptBox, resolver: Resolver, given: str
+) -> None:
+    """``--dns-server 1.1.1.1:53`` (review s45 r7) was taken for a host name and the run
+    stopped at 'Fix the DNS records', which were not the trouble: it is a usage error, naming
+    dig's HOST#PORT form. An IPv6 resolver (colons, no port) is still one."""
+    result = install(box, resolver, "--dns-server", given)
+    assert result.returncode == 2, output(result)
+    assert "HOST#PORT" in result.stderr and given in result.stderr, output(result)
+    assert "DNS records" not in result.stdout + result.stderr
+
+
+def test_an_ipv6_dns_server_is_no_host_colon_port(box: ScriptBox, resolver: Resolver) -> None:
+    result = install(box, resolver, "--dns-server", "::1#1", "--dry-run")
+    assert "HOST#PORT" not in result.stderr, output(result)
