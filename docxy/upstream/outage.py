@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -68,18 +69,6 @@ class _Probe:
         self._down.probing = False
 
 
-class _Sent:
-    """A request to an origin not taken to be down: nothing to keep."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
-
-
 class Outages:
     """Which origins of which upstreams failed at the connection lately (see the module)."""
 
@@ -98,14 +87,16 @@ class Outages:
     def _key(host: str, url: str) -> Key:
         return host, origin(url)
 
-    def attempt(self, host: str, url: str, told: Callable[[str, str], None]) -> _Probe | _Sent:
+    def attempt(
+        self, host: str, url: str, told: Callable[[str, str], None]
+    ) -> _Probe | nullcontext[None]:
         """May a request of upstream ``host`` to ``url`` be sent? A context its sending runs
         in (a probe's end lets the next one go); raises the error of the failure that marked
         ``url``'s origin down while it is held down or another request is its probe, after
         ``told`` (the upstream health's ``failed``) hears it as a failure of that kind."""
         down = self._down.get(self._key(host, url))
         if down is None:
-            return _Sent()
+            return nullcontext()  # not down: nothing to keep
         if not down.probing and self._clock() >= down.until:
             down.probing = True
             return _Probe(down)
