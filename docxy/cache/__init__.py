@@ -31,6 +31,7 @@ from docxy.cache.errors import (
     SizeMismatch,
     VerifyError,
 )
+from docxy.cache.files import make_private
 from docxy.cache.fill import BlobFollower, BlobWriter, Download, Fetch
 from docxy.cache.images import EvictionPlan, Image, ImageCatalog, ImageKey, plan_eviction
 from docxy.cache.lock import CacheInUse, hold
@@ -126,6 +127,7 @@ def open_cache(
     URLs) is moved to its key now (:meth:`ManifestStore.respell`). Raises
     :class:`CacheInUse` when another process serves from ``directory`` (:mod:`docxy.cache.lock`)."""
     directory = Path(directory)
+    make_private(directory)  # before anything is written in it
     hold(directory)  # before its start-up sweep: another mirror's fills are not ours to clear
     access = AccessIndex(directory / "access", directory / "manifests" / "tmp")
     blobs = DiskBlobStore.open(

@@ -37,6 +37,21 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path, *, sync: bool = True) -
         raise
 
 
+def make_private(directory: Path) -> None:
+    """Create ``directory`` for its owner alone (0700; its missing parents as ``mkdir -p``
+    makes them): the cache holds whatever the mirror's own upstream login may read, private
+    repositories included, and other local users are not to list or read it. One that
+    exists is left as it is: its owner chose its mode (the container's volume is the docxy
+    user's already)."""
+    if directory.is_dir():
+        return
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)
+    except OSError:  # made meanwhile (as one that existed), or not to be made here: the
+        pass  # cache's own start says what stops it, as before
+
+
 def clear_dir(directory: Path) -> int:
     """Remove the files directly in ``directory`` (creating it if needed); returns how many."""
     directory.mkdir(parents=True, exist_ok=True)
