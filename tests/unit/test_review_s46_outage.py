@@ -18,12 +18,6 @@ from docxy.upstream.direct import DirectSettings
 CONNECT = 0.3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="outage.py failed(): a request sent before the hold that fails while a probe is in "
-    "flight doubles the hold as a failed probe does (down.probing is the origin's, not the "
-    "request's), so a burst outlasting the first hold makes it 20 s after one failed probe",
-)
 def test_a_request_sent_before_the_hold_failing_during_the_probe_does_not_double_it() -> None:
     """Black-holed with connect_timeout 10 s: requests sent at t=0..8 fail at t=10..18; the
     third failure (t=12) holds the origin until t=17, when a probe goes; the request sent at
@@ -132,3 +126,33 @@ def test_a_hold_is_per_upstream_and_per_origin_with_its_port() -> None:
         outages.attempt("h", "https://[::1]:5000/v2/x/blobs/y", lambda said, kind: None)
     assert not outages.down("h", "https://[::1]/v2/")
     assert not outages.down("other", url)
+
+
+async def test_a_probe_sent_through_the_client_that_fails_still_doubles_the_hold() -> None:
+    """The probe is known by its task (a context variable): ``send``'s own failure, in the
+    probe's task, doubles the hold; a request of another task failing meanwhile does not."""
+    now = [1000.0]
+
+    async def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(refuse))
+    client = UpstreamClient(http)
+    client.outages = outage.Outages(clock=lambda: now[0], wall=lambda: 0.0)
+    upstream = Upstream("https://registry.test")
+    url = "https://registry.test/v2/x/manifests/1"
+    try:
+        for _ in range(outage.FAILURES_TO_HOLD):
+            with pytest.raises(UpstreamUnavailable, match="cannot reach"):
+                await client.send(upstream, "GET", url, [])
+        now[0] += outage.FIRST_HOLD + 0.1
+        with pytest.raises(UpstreamUnavailable, match="cannot reach"):  # the probe, refused
+            await client.send(upstream, "GET", url, [])
+        now[0] += outage.FIRST_HOLD + 0.1  # past the first hold, not the doubled one
+        with pytest.raises(UpstreamUnavailable, match="not tried"):
+            await client.send(upstream, "GET", url, [])
+        now[0] += outage.FIRST_HOLD
+        with pytest.raises(UpstreamUnavailable, match="cannot reach"):  # the next probe
+            await client.send(upstream, "GET", url, [])
+    finally:
+        await http.aclose()
