@@ -63,14 +63,6 @@ def black_hole() -> Iterator[str]:
                 sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="direct.py open_get(): a direct blob GET's failure to connect to the registry is "
-    "never told to client.outages, so blob-only traffic (a pull by digest, a manifest cached "
-    "fresh, a blob that passed through) never takes the origin down: every cold blob GET of "
-    "every client waits the whole upstream.connect_timeout, while the README says three "
-    "failures to connect take the registry down",
-)
 async def test_direct_blob_gets_that_cannot_connect_take_the_registry_down(
     black_hole: str,
 ) -> None:
@@ -156,3 +148,32 @@ async def test_a_probe_sent_through_the_client_that_fails_still_doubles_the_hold
             await client.send(upstream, "GET", url, [])
     finally:
         await http.aclose()
+
+
+async def test_a_direct_blob_get_as_the_probe_that_is_refused_doubles_the_hold() -> None:
+    """Refused at once (nothing listens): three direct GETs take the registry down; once the
+    hold is over a direct GET is the probe, and its refusal holds it down twice as long."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.170.1", 0))
+        registry = f"http://127.0.170.1:{closed.getsockname()[1]}"
+    now = [1000.0]
+    settings = DirectSettings(upstream_ssl_context(), 2.0, 5.0)
+    client = UpstreamClient(httpx.AsyncClient(), settings)
+    client.outages = outage.Outages(clock=lambda: now[0], wall=lambda: 0.0)
+    upstream = Upstream(registry)
+    url = f"{registry}/v2/team/app/blobs/sha256:{'0' * 64}"
+    try:
+        for _ in range(outage.FAILURES_TO_HOLD):
+            with pytest.raises(UpstreamUnavailable, match="cannot reach"):
+                await direct.open_get(client, upstream, url, [])
+        with pytest.raises(UpstreamUnavailable, match="not tried"):
+            await direct.open_get(client, upstream, url, [])
+        now[0] += outage.FIRST_HOLD + 0.1
+        with pytest.raises(UpstreamUnavailable, match="cannot reach"):  # the probe
+            await direct.open_get(client, upstream, url, [])
+        now[0] += outage.FIRST_HOLD + 0.1  # the first hold's length again: still held
+        with pytest.raises(UpstreamUnavailable, match="not tried"):
+            await direct.open_get(client, upstream, url, [])
+    finally:
+        settings.idle.close()
+        await client.http.aclose()
