@@ -208,6 +208,16 @@ class DirectBody:
             self._interrupted = True
 
 
+class NotConnected(UpstreamUnavailable):
+    """The first hop (the registry's own) got no connection: refused, unreachable, its name
+    not resolved, its TLS handshake failed. Told to the outage hold, as httpx's path tells a
+    ``ConnectError`` of its first hop (:mod:`docxy.upstream.outage`)."""
+
+
+class ConnectTimedOut(UpstreamTimeout):
+    """The first hop (the registry's own) got no connection in time; as :class:`NotConnected`."""
+
+
 class BadRedirect(UpstreamUnavailable):
     """A redirect the GET cannot follow: without a ``Location``, to a malformed or non-HTTP
     one, one the redirect rule refuses (:mod:`docxy.upstream.redirects`: HTTPS to plain HTTP,
@@ -258,15 +268,20 @@ async def open_get(
     assert settings is not None
     health = client.health_of(upstream)
     # Not sent while the registry is taken to be down (docxy.upstream.outage), but as its
-    # probe; a failure here is not told it (it may be a redirect's hop's), an answer is.
+    # probe; told an answer, and a failure to connect of the first hop (the registry's own).
     probe = client.outages.attempt(upstream.host, url, health.failed)
     try:
-        with probe:
-            answer = await in_own_thread(
-                f"upstream GET {url_host(url)}",
-                lambda: get(settings, url, headers, upstream),
-                discard=DirectAnswer.close,
-            )
+        with probe:  # told in it: a probe's failure doubles the hold
+            try:
+                answer = await in_own_thread(
+                    f"upstream GET {url_host(url)}",
+                    lambda: get(settings, url, headers, upstream),
+                    discard=DirectAnswer.close,
+                )
+            except (NotConnected, ConnectTimedOut) as exc:  # the registry's own, no hop's
+                timeout = isinstance(exc, ConnectTimedOut)
+                client.outages.failed(upstream.host, url, exc.message, timeout=timeout)
+                raise
         client.outages.answered(upstream.host, url)
     except BadRedirect as exc:  # answered: a redirect that leads nowhere
         health.answered(exc.hops[-1][1])
@@ -317,7 +332,7 @@ def get(
     guard: HopGuard | None = None  # the first hop is the upstream's own: unguarded
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            answer = _get_once(settings, url, headers, guard)
+            answer = _get_once(settings, url, headers, guard, first=not hops)
         except NonPublicOnly as exc:  # the upstream answered: a redirect that leads nowhere
             raise BadRedirect(str(exc), tuple(hops)) from exc
         except UnreadAnswer as exc:  # answered, in a way not read
@@ -378,10 +393,14 @@ def _get_once(
     url: str,
     headers: list[tuple[str, str]],
     guard: HopGuard | None = None,
+    *,
+    first: bool = False,
 ) -> DirectAnswer:
     """One GET; an idle connection that fails before the answer is retried on a new one.
     ``guard``: the addresses the connection may go to (a redirect hop's); an idle connection
-    whose peer it does not allow is closed, not reused (kept for a LAN upstream's GET)."""
+    whose peer it does not allow is closed, not reused (kept for a LAN upstream's GET).
+    ``first``: the GET's first hop, whose failure to connect raises :class:`NotConnected` or
+    :class:`ConnectTimedOut`."""
     parts = urlsplit(url)
     scheme, hostname, port = url_origin(url)  # https://x and https://x:443: one idle pool
     # The host as httpx sends it (an IDN in its IDNA 2008 form): http.client, ssl and the
@@ -413,20 +432,21 @@ def _get_once(
             raise
         except TimeoutError as exc:
             connection.close()
+            unconnected = first and waiting[0] == "no connection"  # connect() failed
             if isinstance(exc, HeadersLate):
                 waiting = "no whole answer headers", exc.seconds
             waited = _waited(f"GET {url_host(url)}", *waiting)
-            raise UpstreamTimeout(
-                f"the upstream registry did not answer in time ({waited})"
-            ) from exc
+            timed_out = ConnectTimedOut if unconnected else UpstreamTimeout
+            raise timed_out(f"the upstream registry did not answer in time ({waited})") from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
+            unreached = NotConnected if first and waiting[0] == "no connection" else None
             refused = upstream_certificate_refused(url, exc, settings.trust)
             if refused is not None:  # a reused connection did its handshake long ago
-                raise UpstreamUnavailable(refused) from exc
+                raise (unreached or UpstreamUnavailable)(refused) from exc
             if not reused:
                 where = url_host(url)
-                raise UpstreamUnavailable(
+                raise (unreached or UpstreamUnavailable)(
                     f"cannot reach the upstream registry ({where}): {type(exc).__name__}"
                 ) from exc
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -54,19 +55,27 @@ class _Down:
     probing: bool = False  # a request is being sent to it now
 
 
+#: The outage whose probe the current task is sending, if any: only its failure doubles the
+#: hold (another request failing meanwhile was sent before the hold, one of its burst).
+_PROBING: ContextVar[_Down | None] = ContextVar("docxy_outage_probe", default=None)
+
+
 class _Probe:
     """The one request sent to an origin taken to be down: the next may go once it ends."""
 
     def __init__(self, down: _Down) -> None:
         self._down = down
+        self._token: Token[_Down | None] | None = None
 
     def __enter__(self) -> None:
-        return None
+        self._token = _PROBING.set(self._down)
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._down.probing = False
+        if self._token is not None:
+            _PROBING.reset(self._token)
 
 
 class Outages:
@@ -123,8 +132,8 @@ class Outages:
             self._failures.pop(key, None)
             self._down[key] = _Down(since, now + FIRST_HOLD, FIRST_HOLD, said, timeout)
             return
-        if not down.probing:
-            return
+        if not down.probing or _PROBING.get() is not down:
+            return  # sent before the hold (or its probe), not the probe itself
         down.hold = min(down.hold * 2, LONGEST_HOLD)
         down.until, down.said, down.timeout = now + down.hold, said, timeout
 
