@@ -12,10 +12,6 @@ from tests.unit.test_observe_metrics import make_state
 from tests.unit.test_tls_expiry import served_pair
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="out_of_date leaves an expired certificate to expires_soon: clients_refuse false",
-)
 def test_an_expired_certificate_is_one_clients_refuse(tmp_path: Path) -> None:
     """README (Health): `tls.clients_refuse` is "true while clients refuse the certificate
     served, for its names, issuer or dates", and "with or without a domain" a certificate out
@@ -31,7 +27,6 @@ def test_an_expired_certificate_is_one_clients_refuse(tmp_path: Path) -> None:
     assert tls.status()["warning"], tls.status()
 
 
-@pytest.mark.xfail(strict=True, reason="an expired certificate is logged as 'expires in -N days'")
 def test_an_expired_certificate_is_not_logged_as_expiring(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
