@@ -84,7 +84,9 @@ class CertInfo:
     def out_of_date(self, now: dt.datetime | None = None) -> str | None:
         """Why clients refuse the chain as of ``now`` for its dates, not its names: the
         certificate not valid yet, or the intermediate that issued it served outside its
-        validity (None: neither). An expired certificate is :meth:`expires_soon`'s.
+        validity, or the certificate expired (None: none of these). An expired one degraded
+        ``/health`` through :meth:`expires_soon` alone: ``clients_refuse`` stayed false and
+        ``warning`` null while every client refused it.
 
         Said whatever the certificate is (a CA's, the mirror's own, one installed by hand): no
         client takes it. Only the issuer's certificate is looked at, not those above it: a
@@ -96,6 +98,8 @@ class CertInfo:
             "this host's clock, or the CA's, is wrong (check its time sync: timedatectl); a"
             " client whose clock is right takes it if this host's is behind"
         )
+        if self.not_after <= now:
+            return f"the certificate expired at {utc_stamp(self.not_after)}: {refused}"
         if self.not_before is not None and self.not_before > now:
             return (
                 f"the certificate is not valid before {utc_stamp(self.not_before)}, by this"
@@ -683,6 +687,16 @@ class ReloadableTLS:
                 f" valid before {utc_stamp(waiting.not_before)}, and is served from then"
                 " (if this host's clock is behind: check its time sync)"
             )
+        if info.not_after <= now:  # not "expires in -10.0 days"
+            log.warning(
+                "TLS certificate %s (serial %s) expired %.1f days ago, at %s: %s",
+                self.cert_path,
+                info.serial,
+                -info.days_left(now),
+                utc_stamp(info.not_after),
+                why,
+            )
+            return
         log.warning(
             "TLS certificate %s (serial %s) expires in %.1f days, at %s: %s",
             self.cert_path,
