@@ -7,14 +7,28 @@ the resolver on this module's own loopback address).
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.scriptbox import Rule, ScriptBox, output
-from tests.unit.test_install_script import APT, Resolver, env_file, install, resolver_on
+from tests.scriptbox import REPO, Rule, ScriptBox, output
+from tests.unavailable import need_binary
+from tests.unit.test_install_script import (
+    APT,
+    DOMAIN,
+    EMAIL,
+    OURS,
+    Resolver,
+    env_file,
+    install,
+    resolver_on,
+)
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
-from tests.unit.test_review_install11 import engine
+from tests.unit.test_review_install11 import NOBODY, dry_run_as_nobody, engine
+from tests.unit.test_review_install11 import shared_base as shared_base  # noqa: F401
 
 resolver = resolver_on("127.0.171.1")
 
@@ -174,3 +188,50 @@ def test_podman_docker_is_no_engine_25(box: ScriptBox, resolver: Resolver) -> No
     result = install(box, resolver)
     assert result.returncode == 0, output(result)
     assert box.called(r"^docker-compose --project-name docxy .* up -d --build$")
+
+
+# --- a dry run without sudo on an install it cannot reach ----------------------------------------
+
+
+def rerun_as_nobody(shared_base: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """install.sh --dry-run again as user nobody, in the box dry_run_as_nobody made."""
+    root, tools = shared_base / "root", shared_base / "tools"
+    script = root / "opt" / "docxy" / "scripts" / "install.sh"
+    argv = [need_binary("setpriv"), *NOBODY, str(tools / "bash"), str(script)]
+    argv += ["--root", str(root), "--dry-run", *args, "--dns-server", "127.0.171.9"]
+    argv += ["--public-ip", OURS, "--health-timeout", "0", "--yes"]
+    environ = {
+        "PATH": f"{shared_base / 'bin'}:{tools}",
+        "HOME": str(shared_base),
+        "TMPDIR": str(shared_base),
+        "LANG": "C.UTF-8",
+    }
+    return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="env_readable: a --dir under a directory this user cannot search is taken for no "
+    "install at all (-d and -e fail with EACCES): the dry run shows a fresh install",
+)
+def test_a_dry_run_that_cannot_reach_dir_says_so_and_stops(shared_base: Path) -> None:
+    """A clone root made in /root (mode 700), dry-run without sudo from another copy with
+    `--dir /root/docxy`: `[[ -d DIR ]]` and `[[ -e DIR/.env ]]` fail for want of search
+    permission on /root, so env_readable took it for a directory not there yet, and the dry run
+    showed a fresh install ("--domain is required", or every setting written anew)."""
+    private = shared_base / "private"
+    private.mkdir()
+    project = private / "docxy"
+    (project / "scripts").mkdir(parents=True)
+    for name in ("compose.yaml", "Dockerfile", "scripts/install.sh"):
+        shutil.copy(REPO / name, project / name)
+    (project / ".env").write_text(f"DOCXY_DOMAIN={DOMAIN}\nDOCXY_EMAIL={EMAIL}\n")
+    dry_run_as_nobody(shared_base, ["--dir", str(project)], 0o644)
+    private.chmod(0o700)  # too late for dry_run_as_nobody's own run: run again
+    result = rerun_as_nobody(shared_base, ["--dir", str(project)])
+
+    assert result.returncode != 0, output(result)
+    assert f"cannot read {project}" in result.stderr or str(private) in result.stderr, output(
+        result
+    )
+    assert "would" not in result.stdout, output(result)
