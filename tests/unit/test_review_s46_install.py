@@ -55,11 +55,6 @@ def slow_policy(box: ScriptBox) -> str:
     return str(program)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="candidate: apt-cache policy | grep -q under pipefail fails when apt-cache writes "
-    "after grep has matched and exited (SIGPIPE): docker-ce's plugin is missed",
-)
 def test_a_long_version_table_is_still_a_candidate(box: ScriptBox, resolver: Resolver) -> None:
     """Docker's repository lists every release of docker-compose-plugin under its Candidate
     line. grep -q stops reading at the Candidate line; apt-cache, still writing the table,
@@ -79,11 +74,6 @@ def test_a_long_version_table_is_still_a_candidate(box: ScriptBox, resolver: Res
     assert box.called(rf"{APT} install -y --no-install-recommends docker-compose-plugin$")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="install_docker: Compose missing beside an Engine of 25+ (not docker-ce) installs "
-    "Debian 12's docker-compose 1.29, then stops; the dry run says it would go on",
-)
 @pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
 def test_compose_missing_beside_engine_25_without_a_v2_stops_before_installing_1_29(
     box: ScriptBox, resolver: Resolver, dry_run: bool
@@ -115,11 +105,6 @@ def test_compose_missing_beside_engine_25_without_a_v2_stops_before_installing_1
     assert not env_file(box).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_args: [IPV6]:PORT (the IPv6 form of HOST:PORT) is not refused: dig is given "
-    "@[2001:db8::1]:53 and the run stops at 'Fix the DNS records'",
-)
 @pytest.mark.parametrize("given", ["[2001:db8::53]:53", "[2001:db8::53]"])
 def test_a_bracketed_ipv6_dns_server_is_a_usage_error(
     box: ScriptBox, resolver: Resolver, given: str
@@ -209,11 +194,6 @@ def rerun_as_nobody(shared_base: Path, args: list[str]) -> subprocess.CompletedP
     return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="env_readable: a --dir under a directory this user cannot search is taken for no "
-    "install at all (-d and -e fail with EACCES): the dry run shows a fresh install",
-)
 def test_a_dry_run_that_cannot_reach_dir_says_so_and_stops(shared_base: Path) -> None:
     """A clone root made in /root (mode 700), dry-run without sudo from another copy with
     `--dir /root/docxy`: `[[ -d DIR ]]` and `[[ -e DIR/.env ]]` fail for want of search
