@@ -153,6 +153,10 @@ parse_args() {
   if [[ "$DNS_SERVER" =~ ^[^:#]+:[0-9]*$ ]]; then
     die "--dns-server takes HOST#PORT (as dig does), not HOST:PORT: '$DNS_SERVER'" 2
   fi
+  # [IPV6]:PORT, [IPV6]: dig takes the brackets for part of a host name it cannot find.
+  if [[ "$DNS_SERVER" == "["* ]]; then
+    die "--dns-server takes an IPv6 address without brackets, and HOST#PORT for a port (as dig does): '$DNS_SERVER'" 2
+  fi
   if [[ "$DNS_SERVER" == *"#"* ]]; then
     DNS_PORT="${DNS_SERVER#*#}"
     DNS_SERVER="${DNS_SERVER%%#*}"
@@ -1368,9 +1372,12 @@ settle_dir() {
 # showed changes the real run would not make (the e-mail and the operator's lines dropped, the
 # default cache size, "would run compose up", "--domain is required").
 env_readable() {
-  local what="$ENV_FILE" how
-  if [[ -d "$DIR" && ! -x "$DIR" ]]; then
-    what="$DIR"
+  local what="$ENV_FILE" how up="$DIR"
+  # DIR, or the nearest directory above it that is there: one this user cannot search (a --dir
+  # under /root, mode 700) hides DIR and its .env, which -d and -e then take for none.
+  while [[ ! -e "$up" && "$up" != / && "$up" != . ]]; do up="$(dirname -- "$up")"; done
+  if [[ -d "$up" && ! -x "$up" ]]; then
+    what="$up"
   elif [[ ! -e "$ENV_FILE" || -r "$ENV_FILE" ]]; then
     return 0
   fi
@@ -1593,8 +1600,13 @@ apparmor_enabled() {
   [[ "$enabled" == Y* ]]
 }
 
+# candidate PACKAGE: apt has a version of PACKAGE to install. apt-cache's output is read whole:
+# `| grep -q` stopped at the Candidate line, and apt-cache, still writing a long version table
+# (Docker's repository lists every release), died of SIGPIPE: pipefail took that for "none".
 candidate() {
-  apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'
+  local policy
+  policy="$(apt-cache policy "$1" 2>/dev/null)" || return 1
+  [[ "$policy" =~ Candidate:\ [0-9] ]]
 }
 
 # docker_ce: whether the Engine installed is Docker's own package (from download.docker.com).
@@ -1634,7 +1646,17 @@ compose_v1_fails() {
 
 # compose_v2_candidate: apt's docker-compose is Compose v2 (Debian 13's is; 12's is 1.29).
 compose_v2_candidate() {
-  apt-cache policy docker-compose 2>/dev/null | grep -qE 'Candidate: ([0-9]+:)?[2-9]'
+  local policy
+  policy="$(apt-cache policy docker-compose 2>/dev/null)" || return 1
+  [[ "$policy" =~ Candidate:\ ([0-9]+:)?[2-9] ]]
+}
+
+# engine_new: the Engine installed is 25 or newer (against which docker-compose 1.x fails); says
+# which in ENGINE_NEW.
+ENGINE_NEW=""
+engine_new() {
+  ENGINE_NEW="$(engine_version)"
+  [[ "$ENGINE_NEW" =~ ^([0-9]+)\. ]] && ((BASH_REMATCH[1] >= 25))
 }
 
 install_docker() {
@@ -1703,9 +1725,14 @@ for $OS_ID's own docker.io" "$rc"
       packages+=(docker-compose-plugin)
     elif candidate docker-compose-v2; then
       packages+=(docker-compose-v2)
-    elif ((!v1)) || compose_v2_candidate; then
+    elif compose_v2_candidate || { ((!v1)) && ! { have docker && engine_new; }; }; then
       packages+=(docker-compose)
     else
+      # Compose missing beside an Engine of 25 or newer: apt's docker-compose (1.x, if any) was
+      # installed, then refused (and the dry run went on as if it would do).
+      ((v1)) || COMPOSE_V1_WHY="Compose is missing beside Docker Engine $ENGINE_NEW, and apt's \
+docker-compose, if any, is 1.x, which fails against it on every recreate (KeyError: 'ContainerConfig', \
+docker/compose#11742)"
       die "$COMPOSE_V1_WHY, and apt offers no Compose v2 here (docker-compose-plugin, \
 docker-compose-v2): run this again with --docker-repo (Docker's own Engine and its Compose plugin), \
 or install the Compose plugin by hand (https://docs.docker.com/compose/install/linux/), then run this again"
