@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from docxy.cli.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from docxy.cli.owner import Owner
-from docxy.config import Config, check_ca_bundle
+from docxy.config import SECRET_KEYS, Config, check_ca_bundle, env_name
 from docxy.core.errors import ConfigError
 from docxy.core.stamps import restamped
 from docxy.tls.files import PUBLIC_CERTIFICATE, CertError, pending_path, write_pair
@@ -92,8 +92,12 @@ def _dirs(config_dir: Path) -> list[str]:
 
 
 def run_certbot(args: list[str], *, ca_bundle: Path | None, timeout: float = TIMEOUT) -> str:
-    """Run certbot non-interactively; its output on success, CertbotError otherwise."""
-    env = dict(os.environ)
+    """Run certbot non-interactively; its output on success, CertbotError otherwise. The
+    mirror's secrets given in the environment (``DOCXY_UPSTREAM_PASSWORD``,
+    ``DOCXY_SHARED_SECRET_KEY``) are not passed on: certbot needs neither, and its hooks
+    (``scheduler.deploy_hook``, whatever the operator runs there) are not to see them."""
+    secrets = {env_name(key) for key in SECRET_KEYS}
+    env = {name: value for name, value in os.environ.items() if name not in secrets}
     if ca_bundle is not None:
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle)  # the ACME server's TLS, for test CAs
     cmd = [CERTBOT, *args, "--non-interactive"]
