@@ -6,16 +6,10 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
 from docxy.config import load_config
 from docxy.http.app import open_store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_store mkdirs cache.dir (0755) before open_cache's make_private: never 0700",
-)
 async def test_the_cache_dir_docxy_serve_makes_is_for_its_user_alone(tmp_path: Path) -> None:
     """README (threat model): the mirror makes a `cache.dir` that does not exist yet for its
     own user alone (0700). `docxy serve` opens the cache through open_store, which makes the
