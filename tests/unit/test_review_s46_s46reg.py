@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
+
+import pytest
 
 from docxy.config import load_config
 from docxy.http.app import open_store
+from tests.scriptbox import Rule, ScriptBox, output
+from tests.unit.test_install_script import APT, Resolver, install, resolver_on
+from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
+from tests.unit.test_review_install11 import engine
+
+resolver = resolver_on("127.0.174.1")  # this module's own address (review s46reg)
 
 
 async def test_the_cache_dir_docxy_serve_makes_is_for_its_user_alone(tmp_path: Path) -> None:
@@ -24,3 +33,46 @@ async def test_the_cache_dir_docxy_serve_makes_is_for_its_user_alone(tmp_path: P
     finally:
         os.umask(old)
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+# --- scripts/install.sh: apt-cache policy read under the operator's locale ---------------------
+
+#: apt-cache policy as apt writes it: its words in the language of LC_ALL, LC_MESSAGES or LANG
+#: (apt-cache.cc: _("  Candidate: ")), German here as on a host installed in German, whose
+#: /etc/default/locale pam_env hands on to `sudo bash install.sh`.
+LOCALIZED_POLICY = """\
+import os, sys
+lang = os.environ.get("LC_ALL") or os.environ.get("LC_MESSAGES") or os.environ.get("LANG") or "C"
+candidate, installed = "Candidate", "Installed"
+if lang.startswith("de"):
+    candidate, installed = "Installationskandidat", "Installiert"
+package = sys.argv[-1]
+if package == "docker-compose-plugin":
+    sys.stdout.write(f"{package}:\\n  {installed}: (none)\\n  {candidate}: 2.29.7-1~debian.12\\n")
+else:
+    sys.stdout.write(f"{package}:\\n  {installed}: (none)\\n  {candidate}: (none)\\n")
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="install.sh reads apt-cache policy's 'Candidate:' under the operator's locale",
+)
+def test_a_compose_plugin_candidate_under_a_german_locale(
+    box: ScriptBox,  # noqa: F811
+    resolver: Resolver,
+) -> None:
+    """candidate() and compose_v2_candidate() look for apt-cache policy's `Candidate:` line,
+    but apt-cache runs under the operator's locale (only apt_get sets LC_ALL=C), where apt
+    says `Installationskandidat:`. Beside docker-ce 27 and docker-compose 1.29 the run then
+    stops saying apt offers no Compose v2 (docker-compose-plugin), though it does."""
+    engine(box, "27.3.1", docker_ce=True)
+    program = box.base / "localized_policy"
+    program.write_text(f"#!{sys.executable}\n{LOCALIZED_POLICY}")
+    program.chmod(0o755)
+    box.stand_in("apt-cache", Rule(r"policy", passthrough=str(program)))
+
+    result = install(box, resolver, env={"LANG": "de_DE.UTF-8"})
+
+    assert "apt offers no Compose v2" not in result.stderr, output(result)
+    assert box.called(rf"{APT} install -y --no-install-recommends docker-compose-plugin$")
