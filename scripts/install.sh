@@ -1603,9 +1603,10 @@ apparmor_enabled() {
 # candidate PACKAGE: apt has a version of PACKAGE to install. apt-cache's output is read whole:
 # `| grep -q` stopped at the Candidate line, and apt-cache, still writing a long version table
 # (Docker's repository lists every release), died of SIGPIPE: pipefail took that for "none".
+# In the C locale: apt says "Candidate:" in the operator's language (Installationskandidat).
 candidate() {
   local policy
-  policy="$(apt-cache policy "$1" 2>/dev/null)" || return 1
+  policy="$(LC_ALL=C apt-cache policy "$1" 2>/dev/null)" || return 1
   [[ "$policy" =~ Candidate:\ [0-9] ]]
 }
 
@@ -1647,7 +1648,7 @@ compose_v1_fails() {
 # compose_v2_candidate: apt's docker-compose is Compose v2 (Debian 13's is; 12's is 1.29).
 compose_v2_candidate() {
   local policy
-  policy="$(apt-cache policy docker-compose 2>/dev/null)" || return 1
+  policy="$(LC_ALL=C apt-cache policy docker-compose 2>/dev/null)" || return 1
   [[ "$policy" =~ Candidate:\ ([0-9]+:)?[2-9] ]]
 }
 

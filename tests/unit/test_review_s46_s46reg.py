@@ -7,8 +7,6 @@ import stat
 import sys
 from pathlib import Path
 
-import pytest
-
 from docxy.config import load_config
 from docxy.http.app import open_store
 from tests.scriptbox import Rule, ScriptBox, output
@@ -54,10 +52,6 @@ else:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="install.sh reads apt-cache policy's 'Candidate:' under the operator's locale",
-)
 def test_a_compose_plugin_candidate_under_a_german_locale(
     box: ScriptBox,  # noqa: F811
     resolver: Resolver,
