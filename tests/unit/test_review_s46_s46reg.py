@@ -7,8 +7,11 @@ import stat
 import sys
 from pathlib import Path
 
+import pytest
+
 from docxy.config import load_config
 from docxy.http.app import open_store
+from docxy.tls import certs
 from tests.scriptbox import Rule, ScriptBox, output
 from tests.unit.test_install_script import APT, Resolver, install, resolver_on
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
@@ -70,3 +73,33 @@ def test_a_compose_plugin_candidate_under_a_german_locale(
 
     assert "apt offers no Compose v2" not in result.stderr, output(result)
     assert box.called(rf"{APT} install -y --no-install-recommends docker-compose-plugin$")
+
+
+# --- docxy.tls.certs.run_certbot: the secrets kept from certbot and its hooks -----------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run_certbot passes a named upstream's DOCXY_UPSTREAMS_<ID>_PASSWORD on to certbot",
+)
+def test_certbot_runs_without_a_named_upstreams_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """65be1f8 keeps the mirror's secrets from certbot and its deploy hooks (whatever the
+    operator put there): DOCXY_UPSTREAM_PASSWORD and DOCXY_SHARED_SECRET_KEY. A named
+    upstream's password (docxy.upstream.settings: DOCXY_UPSTREAMS_<ID>_PASSWORD, ghcr.io's
+    token) is as secret, and still reached the hook."""
+    seen = tmp_path / "env"
+    script = tmp_path / "certbot"
+    script.write_text(f"#!/bin/sh\nenv > {seen}\necho done\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(certs, "CERTBOT", str(script))
+    monkeypatch.setenv("DOCXY_UPSTREAMS", "ghcr.io")
+    monkeypatch.setenv("DOCXY_UPSTREAMS_GHCR_IO_USERNAME", "bot")
+    monkeypatch.setenv("DOCXY_UPSTREAMS_GHCR_IO_PASSWORD", "ghp_secret0123456789")
+    monkeypatch.setenv("DOCXY_UPSTREAMS_GHCR_IO_PASSWORD_FILE", "/run/secrets/ghcr")  # a path
+    assert certs.run_certbot(["renew"], ca_bundle=None).strip() == "done"
+    passed = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert passed["DOCXY_UPSTREAMS_GHCR_IO_USERNAME"] == "bot"  # not a secret: kept
+    assert passed["DOCXY_UPSTREAMS_GHCR_IO_PASSWORD_FILE"] == "/run/secrets/ghcr"
+    assert "DOCXY_UPSTREAMS_GHCR_IO_PASSWORD" not in passed
