@@ -91,13 +91,23 @@ def _dirs(config_dir: Path) -> list[str]:
     ]
 
 
+def _secret_variable(name: str) -> bool:
+    """Whether environment variable ``name`` holds one of the mirror's secrets (not a file's
+    path: ``..._PASSWORD_FILE`` names one)."""
+    from docxy.upstream.settings import ENV_PREFIX, SECRET
+
+    if name in {env_name(key) for key in SECRET_KEYS}:
+        return True
+    return name.startswith(ENV_PREFIX) and name.endswith("_" + SECRET.upper())
+
+
 def run_certbot(args: list[str], *, ca_bundle: Path | None, timeout: float = TIMEOUT) -> str:
     """Run certbot non-interactively; its output on success, CertbotError otherwise. The
     mirror's secrets given in the environment (``DOCXY_UPSTREAM_PASSWORD``,
-    ``DOCXY_SHARED_SECRET_KEY``) are not passed on: certbot needs neither, and its hooks
-    (``scheduler.deploy_hook``, whatever the operator runs there) are not to see them."""
-    secrets = {env_name(key) for key in SECRET_KEYS}
-    env = {name: value for name, value in os.environ.items() if name not in secrets}
+    ``DOCXY_SHARED_SECRET_KEY``, a named upstream's ``DOCXY_UPSTREAMS_<ID>_PASSWORD``) are not
+    passed on: certbot needs none, and its hooks (``scheduler.deploy_hook``, whatever the
+    operator runs there) are not to see them."""
+    env = {name: value for name, value in os.environ.items() if not _secret_variable(name)}
     if ca_bundle is not None:
         env["REQUESTS_CA_BUNDLE"] = str(ca_bundle)  # the ACME server's TLS, for test CAs
     cmd = [CERTBOT, *args, "--non-interactive"]

@@ -78,10 +78,6 @@ def test_a_compose_plugin_candidate_under_a_german_locale(
 # --- docxy.tls.certs.run_certbot: the secrets kept from certbot and its hooks -----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_certbot passes a named upstream's DOCXY_UPSTREAMS_<ID>_PASSWORD on to certbot",
-)
 def test_certbot_runs_without_a_named_upstreams_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
