@@ -5,6 +5,7 @@ removals and closes that never block the event loop on freeing a large file's bl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fnmatch
 import os
@@ -43,13 +44,9 @@ def make_private(directory: Path) -> None:
     repositories included, and other local users are not to list or read it. One that
     exists is left as it is: its owner chose its mode (the container's volume is the docxy
     user's already)."""
-    if directory.is_dir():
-        return
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        directory.mkdir(mode=0o700)
-    except OSError:  # made meanwhile (as one that existed), or not to be made here: the
-        pass  # cache's own start says what stops it, as before
+    # Path.mkdir applies ``mode`` to the last folder alone, and to none that exists.
+    with contextlib.suppress(OSError):  # not to be made here: the cache's start says why
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def clear_dir(directory: Path) -> int:

@@ -15,7 +15,6 @@ from werkzeug.exceptions import HTTPException
 
 from docxy.access.gate import AccessControl
 from docxy.cache import Cache, CacheInUse, open_configured
-from docxy.cache.files import make_private
 from docxy.config import Config
 from docxy.core.errors import (
     ConfigError,
@@ -101,8 +100,9 @@ def open_store(config: Config) -> Cache:
             config.sources.get("cache.max_size", "default"),
         )
     try:
-        make_private(root)  # one made here is 0700 (README: threat model)
-        root.mkdir(parents=True, exist_ok=True)  # what stops making it, said below
+        # One made here is its user's alone (README: threat model); what stops making it is
+        # said below.
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         return open_configured(config)
     except CacheInUse as exc:  # a second mirror on one cache.dir: refused, not a traceback
         source = config.sources.get("cache.dir", "default")
