@@ -23,15 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-import lab
 import lab.objectstore as lab_objectstore
-import lab.ports as lab_ports
-import lab.service as lab_service
 from docxy.cache.files import BlobFile
 from docxy.core.digests import Digest, digest_of
 from docxy.shared.objects import Bucket, ObjectStore, ObjectStoreError, signed_headers
 from docxy.tasks import spawn
-from tests.unavailable import skip_or_fail
+from tests.unit.weed import weed_on
 
 WEED_HOST = "127.0.172.1"  # this review's loopback range, ports 15700-15799
 WEED_PORTS = range(15700, 15800)
@@ -41,27 +38,8 @@ GUARD = 60.0
 @pytest.fixture(scope="module")
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lab_objectstore.ObjectStore]:
     """SeaweedFS (``lab.objectstore``) on ``WEED_HOST``, its listeners on ``WEED_PORTS``."""
-    handed = iter(WEED_PORTS)
-
-    def port_in_range(host: str = WEED_HOST) -> int:
-        for port in handed:
-            if lab_ports._bindable(WEED_HOST, port):
-                return port
-        raise RuntimeError(f"no free port left in {WEED_PORTS}")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lab_objectstore, "LOOPBACK", WEED_HOST)
-        patch.setattr(lab_service, "LOOPBACK", WEED_HOST)
-        patch.setattr(lab_objectstore, "free_port", port_in_range)
-        try:
-            store = lab_objectstore.start_objectstore(tmp_path_factory.mktemp("weed"))
-        except lab.Unavailable as exc:
-            skip_or_fail(str(exc))  # a failure under DOCXY_REQUIRE_E2E=1 (CI)
-        try:
-            assert store.url.startswith(f"http://{WEED_HOST}:")
-            yield store
-        finally:
-            store.stop()
+    with weed_on(tmp_path_factory.mktemp("weed"), WEED_HOST, WEED_PORTS) as store:
+        yield store
 
 
 @asynccontextmanager

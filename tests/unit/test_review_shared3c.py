@@ -24,10 +24,7 @@ import httpx
 import pytest
 from httpx import ByteStream
 
-import lab
 import lab.objectstore as lab_objectstore
-import lab.ports as lab_ports
-import lab.service as lab_service
 from docxy.core.digests import parse_digest
 from docxy.shared import tier as tier_module
 from docxy.shared.objects import Bucket, signed_headers
@@ -42,6 +39,7 @@ from tests.unit.test_observe_routes import (
 )
 from tests.unit.test_review_metrics import pulled_through, tier_of
 from tests.unit.test_shared_resume import CUT_AT, BreaksOff, CutBucket
+from tests.unit.weed import weed_on
 
 READ_ONLY = {**SHARED, "shared.uploads": "0"}
 
@@ -166,27 +164,8 @@ DIGEST = parse_digest(BLOB_DIGEST)
 @pytest.fixture(scope="module")
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lab_objectstore.ObjectStore]:
     """SeaweedFS (``lab.objectstore``) on ``WEED_HOST``, its listeners on ``WEED_PORTS``."""
-    handed = iter(WEED_PORTS)
-
-    def port_in_range(host: str = WEED_HOST) -> int:
-        for port in handed:
-            if lab_ports._bindable(WEED_HOST, port):
-                return port
-        raise RuntimeError(f"no free port left in {WEED_PORTS}")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lab_objectstore, "LOOPBACK", WEED_HOST)
-        patch.setattr(lab_service, "LOOPBACK", WEED_HOST)
-        patch.setattr(lab_objectstore, "free_port", port_in_range)
-        try:
-            store = lab_objectstore.start_objectstore(tmp_path_factory.mktemp("weed"))
-        except lab.Unavailable as exc:
-            pytest.skip(str(exc))
-        try:
-            assert store.url.startswith(f"http://{WEED_HOST}:")
-            yield store
-        finally:
-            store.stop()
+    with weed_on(tmp_path_factory.mktemp("weed"), WEED_HOST, WEED_PORTS) as store:
+        yield store
 
 
 class Replica(Upstream):
