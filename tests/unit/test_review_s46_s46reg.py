@@ -11,8 +11,8 @@ import pytest
 
 from docxy.config import load_config
 from docxy.http.app import open_store
-from docxy.tls import certs
 from tests.scriptbox import Rule, ScriptBox, output
+from tests.unit.test_certbot_env import env_certbot_gets
 from tests.unit.test_install_script import APT, Resolver, install, resolver_on
 from tests.unit.test_install_script import box as box  # noqa: F401  (fixture)
 from tests.unit.test_review_install11 import engine
@@ -85,17 +85,11 @@ def test_certbot_runs_without_a_named_upstreams_password(
     operator put there): DOCXY_UPSTREAM_PASSWORD and DOCXY_SHARED_SECRET_KEY. A named
     upstream's password (docxy.upstream.settings: DOCXY_UPSTREAMS_<ID>_PASSWORD, ghcr.io's
     token) is as secret, and still reached the hook."""
-    seen = tmp_path / "env"
-    script = tmp_path / "certbot"
-    script.write_text(f"#!/bin/sh\nenv > {seen}\necho done\n")
-    script.chmod(0o755)
-    monkeypatch.setattr(certs, "CERTBOT", str(script))
     monkeypatch.setenv("DOCXY_UPSTREAMS", "ghcr.io")
     monkeypatch.setenv("DOCXY_UPSTREAMS_GHCR_IO_USERNAME", "bot")
     monkeypatch.setenv("DOCXY_UPSTREAMS_GHCR_IO_PASSWORD", "ghp_secret0123456789")
     monkeypatch.setenv("DOCXY_UPSTREAMS_GHCR_IO_PASSWORD_FILE", "/run/secrets/ghcr")  # a path
-    assert certs.run_certbot(["renew"], ca_bundle=None).strip() == "done"
-    passed = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    passed = env_certbot_gets(tmp_path, monkeypatch)
     assert passed["DOCXY_UPSTREAMS_GHCR_IO_USERNAME"] == "bot"  # not a secret: kept
     assert passed["DOCXY_UPSTREAMS_GHCR_IO_PASSWORD_FILE"] == "/run/secrets/ghcr"
     assert "DOCXY_UPSTREAMS_GHCR_IO_PASSWORD" not in passed
