@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -63,6 +63,17 @@ def black_hole() -> Iterator[str]:
                 sock.close()
 
 
+async def failing_waits(get: Callable[[], Awaitable[object]]) -> list[float]:
+    """How long each of ``FAILURES_TO_HOLD + 2`` GETs took to fail (each must fail)."""
+    waits = []
+    for _ in range(outage.FAILURES_TO_HOLD + 2):
+        started = time.monotonic()
+        with pytest.raises(UpstreamError):
+            await get()
+        waits.append(time.monotonic() - started)
+    return waits
+
+
 async def test_direct_blob_gets_that_cannot_connect_take_the_registry_down(
     black_hole: str,
 ) -> None:
@@ -70,13 +81,8 @@ async def test_direct_blob_gets_that_cannot_connect_take_the_registry_down(
     client = UpstreamClient(httpx.AsyncClient(), settings)
     upstream = Upstream(black_hole)
     url = f"{black_hole}/v2/team/app/blobs/sha256:{'0' * 64}"
-    waits = []
     try:
-        for _ in range(outage.FAILURES_TO_HOLD + 2):
-            started = time.monotonic()
-            with pytest.raises(UpstreamError):
-                await direct.open_get(client, upstream, url, [])
-            waits.append(time.monotonic() - started)
+        waits = await failing_waits(lambda: direct.open_get(client, upstream, url, []))
     finally:
         settings.idle.close()
         await client.http.aclose()
@@ -94,14 +100,13 @@ async def test_httpx_blob_gets_that_cannot_connect_take_the_registry_down(
     client = UpstreamClient(http)
     upstream = Upstream(black_hole)
     url = f"{black_hole}/v2/team/app/blobs/sha256:{'0' * 64}"
-    waits = []
+
+    async def get() -> None:
+        response = await client.send(upstream, "GET", url, [])
+        await response.aclose()
+
     try:
-        for _ in range(outage.FAILURES_TO_HOLD + 2):
-            started = time.monotonic()
-            with pytest.raises(UpstreamError):
-                response = await client.send(upstream, "GET", url, [])
-                await response.aclose()
-            waits.append(time.monotonic() - started)
+        waits = await failing_waits(get)
     finally:
         await http.aclose()
     assert client.outages.down(upstream.host, url)
