@@ -1600,14 +1600,15 @@ apparmor_enabled() {
   [[ "$enabled" == Y* ]]
 }
 
-# candidate PACKAGE: apt has a version of PACKAGE to install. apt-cache's output is read whole:
+# candidate PACKAGE [VERSION]: apt has a version of PACKAGE to install (one matching the regex
+# VERSION, default any). apt-cache's output is read whole:
 # `| grep -q` stopped at the Candidate line, and apt-cache, still writing a long version table
 # (Docker's repository lists every release), died of SIGPIPE: pipefail took that for "none".
 # In the C locale: apt says "Candidate:" in the operator's language (Installationskandidat).
 candidate() {
-  local policy
+  local policy version="${2:-[0-9]}"
   policy="$(LC_ALL=C apt-cache policy "$1" 2>/dev/null)" || return 1
-  [[ "$policy" =~ Candidate:\ [0-9] ]]
+  [[ "$policy" =~ Candidate:\ $version ]]
 }
 
 # docker_ce: whether the Engine installed is Docker's own package (from download.docker.com).
@@ -1647,9 +1648,7 @@ compose_v1_fails() {
 
 # compose_v2_candidate: apt's docker-compose is Compose v2 (Debian 13's is; 12's is 1.29).
 compose_v2_candidate() {
-  local policy
-  policy="$(LC_ALL=C apt-cache policy docker-compose 2>/dev/null)" || return 1
-  [[ "$policy" =~ Candidate:\ ([0-9]+:)?[2-9] ]]
+  candidate docker-compose '([0-9]+:)?[2-9]'
 }
 
 # engine_new: the Engine installed is 25 or newer (against which docker-compose 1.x fails); says
